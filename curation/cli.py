@@ -1,0 +1,147 @@
+"""The ``curation`` command.
+
+Exit codes scripts can rely on: 0 the run published (or the check passed), 1 the run failed and
+published nothing, 2 the recipe or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from schemas.config import Recipe, RecipeError, load_recipe
+from schemas.manifest import Manifest
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    name="curation",
+    help="Turn your own data into fine-tuning datasets, and hand them to SageMaker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+
+
+def _load(recipe_path: Path) -> Recipe:
+    try:
+        return load_recipe(recipe_path)
+    except RecipeError as error:
+        console.print(f"[red]recipe error[/red] {error}", markup=True, highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def summary_table(manifest: Manifest) -> Table:
+    """What happened to every input record, by outcome and reason."""
+    counts = manifest.counts
+    table = Table(title=f"{manifest.dataset} v{manifest.version} ({manifest.format})")
+    table.add_column("outcome")
+    table.add_column("reason")
+    table.add_column("records", justify="right")
+    table.add_row("input", "", f"{counts.input:,}", style="bold")
+    for split, info in manifest.splits.items():
+        table.add_row("written", split, f"{info.records:,}")
+    for outcome in ("filtered", "duplicate", "quarantined"):
+        for reason, count in counts.reasons.get(outcome, {}).items():
+            table.add_row(outcome, reason, f"{count:,}")
+    return table
+
+
+def execute(recipe: Recipe, quiet: bool = False) -> int:
+    """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
+    from curation.pipeline import AccountingError, run_recipe
+    from curation.stages.base import StageError
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    )
+    task = progress.add_task(f"curating {recipe.dataset}", total=None)
+    try:
+        with progress:
+            result = run_recipe(
+                recipe,
+                on_start=lambda total: progress.update(task, total=total or None),
+                on_input=lambda done: progress.advance(task, done),
+            )
+    except (OSError, AccountingError, StageError, ValueError) as error:
+        console.print(f"[red]run failed[/red], nothing published: {error}", highlight=False)
+        return EXIT_FAILED
+    out.print(summary_table(result.manifest))
+    out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
+    return EXIT_OK
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Run a recipe and publish the next version of its dataset."""
+    _configure_logging(log_level)
+    raise typer.Exit(execute(_load(recipe), quiet))
+
+
+@app.command()
+def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> None:
+    """Validate a recipe and list what it would read, without running it."""
+    from curation.pipeline import build_sources, build_stages
+
+    loaded = _load(recipe)
+    try:
+        inputs = [entry for source in build_sources(loaded) for entry in source.inputs()]
+        stages = [stage.name for stage in build_stages(loaded)]
+    except (OSError, ValueError) as error:
+        console.print(f"[red]recipe error[/red] {recipe}: {error}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    out.print(
+        f"[green]ok[/green] {recipe}: dataset {loaded.dataset}, {len(inputs)} input(s), stages: {' → '.join(stages)}"
+    )
+    out.print(f"publishes {loaded.output.format} to {loaded.output.dest}", highlight=False)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(help="where the demo writes its input, recipe and output")] = Path(
+        "demo-output"
+    ),
+    rows: Annotated[int, typer.Option(min=10, help="how many transactions to generate")] = 5000,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Generate synthetic bank transactions and curate them into categorisation instructions."""
+    from curation.demo import write_demo
+
+    _configure_logging(log_level)
+    recipe_path = write_demo(folder, rows)
+    out.print(f"demo input and recipe in [bold]{folder}[/bold]; running {recipe_path}", highlight=False)
+    raise typer.Exit(execute(_load(recipe_path)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,231 @@
+"""Builds a run from a recipe and executes it with the embedded (local, streaming) executor.
+
+Batches stream from the sources through the per-batch stages to the writer, so memory stays flat
+however large the input. A global stage (deduplication) is a barrier: the batches before it are
+spilled to a local Arrow file while their signatures are collected, the signatures are resolved
+once, and the spilled batches stream on without the rows it set aside.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.base import Source
+from connectors.files import FilesSourceReader
+from curation.formats import output_format
+from curation.stages.base import GlobalStage, Stage
+from curation.stages.dedup import ExactDedup
+from curation.stages.shape import Shape
+from curation.stages.validate import SchemaValidation
+from curation.state import StateStore
+from curation.writer import DatasetWriter
+from schemas.config import ExactDedupConfig, Recipe
+from schemas.manifest import Counts, Manifest, Split
+from schemas.records import CONTENT_COLUMNS, OUTCOMES, RECORD_MODELS, table_row_model
+
+log = logging.getLogger("curation.pipeline")
+
+AnyStage = Stage | GlobalStage
+
+
+class AccountingError(RuntimeError):
+    """A stage or the run lost or invented records; the run is not published."""
+
+
+@dataclass
+class RunResult:
+    manifest: Manifest
+    version_uri: str
+
+
+@dataclass
+class Tally:
+    """Every record's fate, as the run goes."""
+
+    input: int = 0
+    written: int = 0
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def counts(self) -> Counts:
+        by_outcome: dict[str, dict[str, int]] = {}
+        for (outcome, reason), count in sorted(self.reasons.items()):
+            by_outcome.setdefault(outcome, {})[reason] = count
+        totals = {o: sum(by_outcome.get(o, {}).values()) for o in OUTCOMES}
+        return Counts(input=self.input, written=self.written, reasons=by_outcome, **totals)
+
+
+def build_sources(recipe: Recipe) -> list[Source]:
+    return [FilesSourceReader(config, recipe.batch_rows) for config in recipe.sources]
+
+
+def build_stages(recipe: Recipe) -> list[AnyStage]:
+    kind = recipe.record.kind
+    stages: list[AnyStage] = []
+    if recipe.input_schema is not None and recipe.input_schema.columns:
+        columns = recipe.input_schema.columns
+        required = set(columns) - set(recipe.input_schema.optional)
+        stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
+    stages.append(Shape(recipe.record))
+    stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
+    for config in recipe.stages:
+        if isinstance(config, ExactDedupConfig):
+            fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
+            stages.append(ExactDedup(fields, config.normalize))
+    return stages
+
+
+class LocalExecutor:
+    """Streams batches through the stages on this machine, one batch at a time."""
+
+    def __init__(self, spill_dir: str | None = None) -> None:
+        self.spill_dir = spill_dir
+
+    def run(
+        self,
+        sources: list[Source],
+        stages: list[AnyStage],
+        writer: DatasetWriter,
+        tally: Tally,
+        on_input: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        with tempfile.TemporaryDirectory(prefix="curation-spill-", dir=self.spill_dir) as spill:
+            stream = self._read(sources, writer, tally, on_input)
+            pending: list[Stage] = []
+            for index, stage in enumerate(stages):
+                if isinstance(stage, GlobalStage) and not isinstance(stage, Stage):
+                    stream = self._apply(stream, pending, writer, tally)
+                    stream = self._barrier(stream, stage, writer, tally, Path(spill) / f"{index}.arrow")
+                    pending = []
+                else:
+                    pending.append(stage)
+            for batch in self._apply(stream, pending, writer, tally):
+                writer.write(batch)
+                tally.written += batch.num_rows
+
+    @staticmethod
+    def _read(
+        sources: list[Source], writer: DatasetWriter, tally: Tally, on_input: Callable[[int], None]
+    ) -> Iterator[pa.Table]:
+        for source in sources:
+            for batch in source.batches():
+                tally.input += batch.input_records
+                _set_aside(batch.set_aside, writer, tally)
+                on_input(batch.input_bytes)
+                if batch.rows.num_rows:
+                    yield batch.rows
+
+    @staticmethod
+    def _apply(
+        stream: Iterator[pa.Table], stages: list[Stage], writer: DatasetWriter, tally: Tally
+    ) -> Iterator[pa.Table]:
+        for batch in stream:
+            for stage in stages:
+                result = stage(batch)
+                if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
+                    raise AccountingError(
+                        f"stage {stage.name} took {batch.num_rows} records and returned "
+                        f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
+                    )
+                _set_aside(result.set_aside, writer, tally)
+                batch = result.kept
+                if batch.num_rows == 0:
+                    break
+            if batch.num_rows:
+                yield batch
+
+    @staticmethod
+    def _barrier(
+        stream: Iterator[pa.Table], stage: GlobalStage, writer: DatasetWriter, tally: Tally, spill: Path
+    ) -> Iterator[pa.Table]:
+        signatures, schema, sink, spilled = [], None, None, 0
+        try:
+            for batch in stream:
+                signatures.append(stage.signatures(batch))
+                if sink is None:
+                    schema = batch.schema
+                    sink = pa.ipc.new_file(str(spill), schema)
+                sink.write_table(batch.cast(schema))
+                spilled += batch.num_rows
+        finally:
+            if sink is not None:
+                sink.close()
+        dropped = stage.resolve(signatures)
+        _set_aside(dropped, writer, tally)
+        log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
+        if sink is None:
+            return
+        drop = pa.array(dropped["id"].to_pylist(), pa.string())
+        with pa.memory_map(str(spill)) as source:
+            reader = pa.ipc.open_file(source)
+            for index in range(reader.num_record_batches):
+                batch = pa.Table.from_batches([reader.get_batch(index)])
+                kept = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=drop)))
+                if kept.num_rows:
+                    yield kept
+
+
+def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
+    if table.num_rows == 0:
+        return
+    writer.write_set_aside(table)
+    for (outcome, reason), count in Counter(
+        zip(table["outcome"].to_pylist(), table["reason"].to_pylist(), strict=True)
+    ).items():
+        tally.reasons[(outcome, reason)] += count
+
+
+def run_recipe(
+    recipe: Recipe,
+    on_start: Callable[[int], None] = lambda _: None,
+    on_input: Callable[[int], None] = lambda _: None,
+    executor: LocalExecutor | None = None,
+) -> RunResult:
+    """Run a recipe end to end and publish the next version; nothing is visible if it fails."""
+    fmt = output_format(recipe.output.format, recipe.record.kind)
+    state = StateStore(recipe.state)
+    sources = build_sources(recipe)
+    inputs = [entry for source in sources for entry in source.inputs()]
+    on_start(sum(entry.size or 0 for entry in inputs))
+    out = recipe.output
+    writer = DatasetWriter(out.dest, recipe.dataset, fmt, out.shard_max_bytes, out.validation_fraction, out.split_seed)
+    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint())
+    log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
+    tally = Tally()
+    try:
+        (executor or LocalExecutor()).run(sources, build_stages(recipe), writer, tally, on_input)
+        counts = tally.counts()
+
+        def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
+            return Manifest(
+                dataset=recipe.dataset,
+                version=version,
+                created_at=datetime.now(UTC),
+                recipe_sha256=recipe.fingerprint(),
+                record_kind=recipe.record.kind,
+                format=fmt.name,
+                counts=counts,
+                splits=splits,
+                side_files=side_files,
+                inputs=inputs,
+                row_schema=fmt.row_schema(),
+            )
+
+        published = writer.publish(manifest)
+    except BaseException as error:
+        writer.abort()
+        state.run_finished(writer.run_id, "failed", error=type(error).__name__)
+        raise
+    state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
+    from curation.published import version_uri
+
+    log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
+    return RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))

@@ -1,0 +1,61 @@
+"""Reading published dataset versions: only a version with a manifest exists."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pyarrow.fs as pafs
+
+from connectors.storage import StorageError, filesystem, join
+from schemas.manifest import MANIFEST_NAME, Manifest
+
+VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+def dataset_uri(dest: str, dataset: str) -> str:
+    return join(dest, dataset)
+
+
+def version_uri(dest: str, dataset: str, version: int) -> str:
+    return join(dest, dataset, f"v{version}")
+
+
+def published_versions(dest: str, dataset: str) -> list[int]:
+    """Version numbers that have a manifest, ascending."""
+    fs, path = filesystem(dataset_uri(dest, dataset))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    versions = []
+    for info in infos:
+        match = VERSION_DIR.match(info.base_name)
+        is_version = match and info.type == pafs.FileType.Directory
+        if is_version and fs.get_file_info(f"{info.path}/{MANIFEST_NAME}").type == pafs.FileType.File:
+            versions.append(int(match.group(1)))
+    return sorted(versions)
+
+
+def read_manifest(version_dir: str) -> Manifest:
+    fs, path = filesystem(version_dir)
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST_NAME}") as stream:
+            return Manifest.model_validate_json(stream.read())
+    except FileNotFoundError:
+        raise StorageError(f"{version_dir}: no {MANIFEST_NAME}; this version was never published") from None
+
+
+def verify_checksums(version_dir: str, manifest: Manifest) -> list[str]:
+    """Files whose sha256 does not match the manifest (empty when the version is intact)."""
+    fs, path = filesystem(version_dir)
+    bad = []
+    for shard in manifest.all_files():
+        digest = hashlib.sha256()
+        try:
+            with fs.open_input_stream(f"{path}/{shard.path}") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            bad.append(shard.path)
+            continue
+        if digest.hexdigest() != shard.sha256:
+            bad.append(shard.path)
+    return bad

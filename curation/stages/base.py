@@ -1,0 +1,54 @@
+"""The stage contract.
+
+A stage is a callable on a batch that returns the rows it keeps and the rows it sets aside, each
+with a reason. It holds no state across batches. Work that needs the whole dataset (duplicates)
+is a ``GlobalStage``: a per-batch part that computes signatures and a global part that resolves
+them, so the embedded executor and a distributed one run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.records import empty_set_aside
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on (a setting that only fails on real data); the run publishes nothing."""
+
+
+@dataclass
+class StageResult:
+    kept: pa.Table
+    set_aside: pa.Table = field(default_factory=empty_set_aside)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    name: str
+
+    def __call__(self, batch: pa.Table) -> StageResult: ...
+
+
+@runtime_checkable
+class GlobalStage(Protocol):
+    name: str
+
+    def signatures(self, batch: pa.Table) -> pa.Table:
+        """Per batch: ``id``, ``source`` and the signature columns of each row."""
+        ...
+
+    def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
+        """Over all signatures: the rows to set aside (``SET_ASIDE_SCHEMA``), in any order."""
+        ...
+
+
+def split_by_mask(batch: pa.Table, keep: pa.Array) -> tuple[pa.Table, pa.Table]:
+    """Rows where ``keep`` is true, and the rest."""
+    keep = pc.fill_null(keep, False)
+    return batch.filter(keep), batch.filter(pc.invert(keep))

@@ -1,0 +1,143 @@
+"""Shape input rows into records of one kind (instruction pair, document, VQA item).
+
+Each record field is a column name or a Jinja template over the row's columns. Templates made
+only of text and ``{{ column }}`` over text columns are joined by Arrow without a Python loop;
+anything richer (filters, conditions) renders row by row with Jinja.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jinja2
+import jinja2.nodes as jn
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.stages.base import StageResult
+from schemas.config import RecordShape
+from schemas.records import CONTENT_COLUMNS, set_aside_rows
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class EmptyValue(ValueError):
+    pass
+
+
+def _refuse_null(value: Any) -> Any:
+    if value is None:
+        raise EmptyValue("a value the template uses is empty (null)")
+    return value
+
+
+_ROW_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_refuse_null
+)
+
+
+def _plain_parts(template: str) -> list[tuple[str, str]] | None:
+    """[("text", ...), ("column", ...)] if the template is only text and ``{{ name }}``; else None."""
+    body = _ENV.parse(template).body
+    parts: list[tuple[str, str]] = []
+    for node in body:
+        if not isinstance(node, jn.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, jn.TemplateData):
+                parts.append(("text", child.data))
+            elif isinstance(child, jn.Name):
+                parts.append(("column", child.name))
+            else:
+                return None
+    return parts
+
+
+class Field:
+    """How one record field is made from a row."""
+
+    def __init__(self, target: str, spec: str | None) -> None:
+        self.target = target
+        spec = target if spec is None else spec
+        self.is_template = "{{" in spec or "{%" in spec
+        self.column = None if self.is_template else spec
+        self.template = _ROW_ENV.from_string(spec) if self.is_template else None
+        self.parts = _plain_parts(spec) if self.is_template else None
+
+
+class Shape:
+    name = "shape"
+
+    def __init__(self, shape: RecordShape) -> None:
+        self.kind = shape.kind
+        self.fields = [Field(target, spec) for target, spec in shape.mapping().items()]
+        self.required = {
+            "document": {"text"},
+            "instruction": {"prompt", "completion"},
+            "vqa": {"image", "question", "answer"},
+        }.get(self.kind, set())
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        columns: dict[str, pa.Array] = {}
+        problems: list[str | None] = [None] * batch.num_rows
+        reasons: list[str | None] = [None] * batch.num_rows
+        for field in self.fields:
+            values, field_problems, reason = self._render(field, batch)
+            if values is None:
+                continue
+            columns[field.target] = values
+            for index, problem in enumerate(field_problems):
+                if problem and problems[index] is None:
+                    problems[index] = f"{field.target}: {problem}"
+                    reasons[index] = reason
+        keep = pa.array([p is None for p in problems])
+        shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
+        for target in CONTENT_COLUMNS[self.kind]:
+            if target not in shaped.column_names:
+                shaped = shaped.append_column(target, pa.nulls(batch.num_rows, pa.string()))
+        kept = shaped.filter(keep)
+        bad = batch.filter(pc.invert(keep))
+        bad_reasons = [r for r in reasons if r is not None]
+        sources = bad["source"].to_pylist()
+        details = [
+            f"{s['uri']}:{s['line']}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)
+        ]
+        records = [json.dumps(r, default=str) for r in bad.drop_columns(["id", "source"]).to_pylist()]
+        set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
+        return StageResult(kept=kept, set_aside=set_aside)
+
+    def _render(self, field: Field, batch: pa.Table) -> tuple[pa.Array | None, list[str | None], str]:
+        count = batch.num_rows
+        if field.column is not None:
+            if field.column not in batch.column_names:
+                if field.target not in self.required:
+                    return None, [], ""
+                return (
+                    None if count == 0 else pa.nulls(count, pa.string()),
+                    [f"column '{field.column}' is missing"] * count,
+                    "missing_column",
+                )
+            # Empty values are left to record validation, which owns the "must not be empty" rule.
+            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [None] * count, ""
+        if field.parts is not None:
+            names = [name for kind, name in field.parts if kind == "column"]
+            usable = all(n in batch.column_names and pa.types.is_string(batch[n].type) for n in names)
+            if usable and not any(batch[n].null_count for n in names):
+                pieces = [
+                    pa.array([text] * count, pa.string()) if kind == "text" else batch[text].combine_chunks()
+                    for kind, text in field.parts
+                ]
+                if not pieces:
+                    return pa.array([""] * count, pa.string()), [None] * count, "template"
+                return pc.binary_join_element_wise(*pieces, ""), [None] * count, "template"
+        rendered: list[str | None] = []
+        problems: list[str | None] = []
+        for row in batch.drop_columns(["id", "source"]).to_pylist():
+            try:
+                rendered.append(field.template.render(**row))
+                problems.append(None)
+            except (jinja2.TemplateError, EmptyValue, TypeError, ValueError) as error:
+                rendered.append(None)
+                problems.append(f"template failed: {error}")
+        return pa.array(rendered, pa.string()), problems, "template"

@@ -1,0 +1,113 @@
+"""Schema validation, the first gate: rows that break the contract are quarantined, never dropped.
+
+A vectorised check clears clean batches at Arrow speed; a batch with any problem is validated
+row by row with pydantic, so each quarantined row carries pydantic's own message and its line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ValidationError
+
+from curation.stages.base import StageResult, split_by_mask
+from schemas.records import Record, set_aside_rows
+
+ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _field_type(annotation: Any) -> tuple[Any, bool]:
+    """(python type, nullable) of a simple field annotation such as ``float`` or ``str | None``."""
+    args = getattr(annotation, "__args__", None)
+    if args:
+        concrete = [a for a in args if a is not type(None)]
+        return concrete[0], len(concrete) < len(args)
+    return annotation, False
+
+
+def _location(source: dict[str, Any]) -> str:
+    return f"{source['uri']}:{source['line']}" if source.get("line") is not None else source["uri"]
+
+
+def _describe(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+
+
+class SchemaValidation:
+    """Check each row against a pydantic model; cast the model's columns to their types."""
+
+    def __init__(self, model: type[Record], name: str = "validate") -> None:
+        self.name = name
+        self.model = model
+        self.columns: dict[str, tuple[pa.DataType, bool, int]] = {}
+        for column, info in model.model_fields.items():
+            if column in ("id", "source"):
+                continue
+            python_type, nullable = _field_type(info.annotation)
+            min_length = next((m.min_length for m in info.metadata if hasattr(m, "min_length")), 0)
+            self.columns[column] = (ARROW_TYPES[python_type], nullable or not info.is_required(), min_length or 0)
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        missing = [c for c, (_, nullable, _) in self.columns.items() if c not in batch.column_names and not nullable]
+        if missing:
+            return self._all_missing(batch, missing)
+        for column, (arrow_type, _, _) in self.columns.items():
+            if column not in batch.column_names:
+                batch = batch.append_column(column, pa.nulls(batch.num_rows, arrow_type))
+        cast = self._fast_cast(batch)
+        if cast is not None:
+            return StageResult(kept=cast)
+        return self._row_by_row(batch)
+
+    def _fast_cast(self, batch: pa.Table) -> pa.Table | None:
+        """The batch with columns cast, or None if any row might fail (then pydantic decides)."""
+        for column, (arrow_type, nullable, min_length) in self.columns.items():
+            values = batch[column]
+            if values.type == pa.null() or (pa.types.is_string(arrow_type) and not pa.types.is_string(values.type)):
+                return None
+            try:
+                values = pc.cast(values, arrow_type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return None
+            if not nullable and values.null_count:
+                return None
+            if min_length and pc.any(pc.less(pc.utf8_length(values), min_length)).as_py():
+                return None
+            batch = batch.set_column(batch.column_names.index(column), column, values)
+        return batch
+
+    def _row_by_row(self, batch: pa.Table) -> StageResult:
+        rows = batch.to_pylist()
+        valid: list[bool] = []
+        clean: list[BaseModel] = []
+        details, records = [], []
+        for row in rows:
+            try:
+                clean.append(self.model.model_validate(row))
+                valid.append(True)
+            except ValidationError as error:
+                valid.append(False)
+                details.append(f"{_location(row['source'])}: {_describe(error)}")
+                records.append(json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, default=str))
+        kept, bad = split_by_mask(batch, pa.array(valid))
+        kept_columns = {
+            column: pa.array([getattr(m, column) for m in clean], arrow_type)
+            for column, (arrow_type, _, _) in self.columns.items()
+        }
+        for column, values in kept_columns.items():
+            kept = kept.set_column(kept.column_names.index(column), column, values)
+        set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", "schema", details, records)
+        return StageResult(kept=kept, set_aside=set_aside)
+
+    def _all_missing(self, batch: pa.Table, missing: list[str]) -> StageResult:
+        names = ", ".join(repr(m) for m in missing)
+        sources = batch["source"].to_pylist()
+        details = [f"{_location(s)}: required column {names} is missing" for s in sources]
+        records = [json.dumps(r, default=str) for r in batch.drop_columns(["id", "source"]).to_pylist()]
+        set_aside = set_aside_rows(
+            batch["id"], batch["source"], self.name, "quarantined", "missing_column", details, records
+        )
+        return StageResult(kept=batch.slice(0, 0), set_aside=set_aside)

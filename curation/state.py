@@ -1,0 +1,75 @@
+"""The state store: what runs happened, and (as features land) watermarks, the cross-run dedup
+index and review decisions. SQLAlchemy over a SQLite file by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("dataset", sa.String(200), nullable=False, index=True),
+    sa.Column("recipe_sha256", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running, published, failed, empty
+    sa.Column("version", sa.Integer),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("counts", sa.Text),
+    sa.Column("error", sa.Text),
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url)
+        metadata.create_all(self.engine)
+
+    def run_started(self, run_id: str, dataset: str, recipe_sha256: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                runs.insert().values(
+                    run_id=run_id, dataset=dataset, recipe_sha256=recipe_sha256, status="running", started_at=_now()
+                )
+            )
+
+    def run_finished(
+        self,
+        run_id: str,
+        status: str,
+        version: int | None = None,
+        counts: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id)
+                .values(
+                    status=status,
+                    version=version,
+                    finished_at=_now(),
+                    counts=json.dumps(counts) if counts else None,
+                    error=error,
+                )
+            )
+
+    def last_runs(self, dataset: str, limit: int = 10) -> list[dict[str, Any]]:
+        with self.engine.connect() as db:
+            rows = db.execute(
+                runs.select().where(runs.c.dataset == dataset).order_by(runs.c.started_at.desc()).limit(limit)
+            )
+            return [dict(row._mapping) for row in rows]

@@ -1,0 +1,207 @@
+"""Writes a dataset version: size-bounded JSONL shards, checksums, and an atomic publish.
+
+Everything goes to a staging prefix first (``DEST/DATASET/_staging/RUN``); the manifest is
+written last. Locally the staged folder is renamed into place in one step; on S3 the objects are
+copied to ``vN/`` and the manifest is put after them, so a reader never sees a version without
+all its files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import uuid
+from collections.abc import Callable
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import xxhash
+
+from connectors.storage import filesystem, is_s3, join, make_dirs
+from curation.formats import OutputFormat
+from curation.published import dataset_uri, published_versions, version_uri
+from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
+
+SPLITS = ("train", "validation")
+
+
+def to_ndjson(table: pa.Table) -> bytes:
+    """JSON lines, UTF-8 unescaped, keys in column order."""
+    if table.num_rows == 0:
+        return b""
+    buffer = io.BytesIO()
+    pl.from_arrow(table).write_ndjson(buffer)
+    return buffer.getvalue()
+
+
+class ShardSeries:
+    """part-00000.jsonl, part-00001.jsonl, ... under one folder, each at most ``max_bytes``."""
+
+    def __init__(self, fs: pafs.FileSystem, folder: str, relative: str, max_bytes: int) -> None:
+        self.fs, self.folder, self.relative, self.max_bytes = fs, folder, relative, max_bytes
+        self.shards: list[Shard] = []
+        self._stream = None
+        self._digest = hashlib.sha256()
+        self._bytes = 0
+        self._records = 0
+
+    def write(self, data: bytes) -> list[tuple[str, int]]:
+        """Append whole lines; returns (shard path, first line number) for each piece written."""
+        placed = []
+        while data:
+            if self._stream is None:
+                self._open()
+            room = self.max_bytes - self._bytes
+            if len(data) <= room:
+                piece, data = data, b""
+            else:
+                cut = data.rfind(b"\n", 0, room) + 1
+                if cut == 0:
+                    if self._bytes:  # the next line does not fit: start a new shard
+                        self._close()
+                        continue
+                    cut = data.find(b"\n") + 1  # one line longer than a shard: it gets a shard alone
+                piece, data = data[:cut], data[cut:]
+            placed.append((self._path_relative(), self._records + 1))
+            self._stream.write(piece)
+            self._digest.update(piece)
+            self._bytes += len(piece)
+            self._records += piece.count(b"\n")
+            if data:
+                self._close()
+        return placed
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._close()
+
+    def _path_relative(self) -> str:
+        return f"{self.relative}/part-{len(self.shards):05d}.jsonl"
+
+    def _open(self) -> None:
+        make_dirs(self.fs, f"{self.folder}/{self.relative}")
+        self._stream = self.fs.open_output_stream(f"{self.folder}/{self._path_relative()}")
+        self._digest, self._bytes, self._records = hashlib.sha256(), 0, 0
+
+    def _close(self) -> None:
+        self._stream.close()
+        self.shards.append(
+            Shard(path=self._path_relative(), records=self._records, bytes=self._bytes, sha256=self._digest.hexdigest())
+        )
+        self._stream = None
+
+
+def split_of(ids: pa.Array | pa.ChunkedArray, validation_fraction: float, seed: str) -> pa.Array:
+    """True where a record goes to validation: a hash of seed and id, so reruns agree."""
+    threshold = int(validation_fraction * 2**64)
+    prefix = seed.encode() + b"\x1f"
+    hash64 = xxhash.xxh3_64_intdigest
+    return pa.array([hash64(prefix + i.encode()) < threshold for i in ids.to_pylist()], pa.bool_())
+
+
+class DatasetWriter:
+    def __init__(
+        self,
+        dest: str,
+        dataset: str,
+        fmt: OutputFormat,
+        shard_max_bytes: int,
+        validation_fraction: float,
+        split_seed: str,
+    ) -> None:
+        self.dest, self.dataset, self.format = dest, dataset, fmt
+        self.validation_fraction, self.split_seed = validation_fraction, split_seed
+        self.run_id = uuid.uuid4().hex[:12]
+        self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
+        self.fs, self.staging = filesystem(self.staging_uri)
+        make_dirs(self.fs, self.staging)
+        self.splits = {name: ShardSeries(self.fs, self.staging, name, shard_max_bytes) for name in SPLITS}
+        self.set_aside = ShardSeries(self.fs, self.staging, "set_aside", shard_max_bytes)
+        self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
+        self.written = 0
+
+    def write(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        to_validation = split_of(batch["id"], self.validation_fraction, self.split_seed)
+        for name, mask in (("train", pc.invert(to_validation)), ("validation", to_validation)):
+            part = batch.filter(mask)
+            if part.num_rows == 0:
+                continue
+            placed = self.splits[name].write(to_ndjson(self.format.rows(part)))
+            self._write_lineage(part, placed)
+            self.written += part.num_rows
+
+    def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
+        """One line per output record: which shard and line holds it, its id and its source."""
+        shards, lines = [], []
+        counts = self._piece_sizes(part.num_rows, placed)
+        for (shard, first), count in zip(placed, counts, strict=True):
+            shards += [shard] * count
+            lines += range(first, first + count)
+        table = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
+        self.lineage.write(to_ndjson(table))
+
+    def _piece_sizes(self, total: int, placed: list[tuple[str, int]]) -> list[int]:
+        # Pieces fill each shard to its end, so every piece but the last ends a shard.
+        sizes = []
+        shards = {s.path: s.records for s in self.splits["train"].shards + self.splits["validation"].shards}
+        for shard, first in placed[:-1]:
+            sizes.append(shards[shard] - first + 1)
+        sizes.append(total - sum(sizes))
+        return sizes
+
+    def write_set_aside(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.set_aside.write(to_ndjson(table))
+
+    def publish(self, build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest]) -> Manifest:
+        """Close the shards, write the manifest last and make the version visible at once."""
+        for series in (*self.splits.values(), self.set_aside, self.lineage):
+            series.close()
+        side_files = []
+        for split in SPLITS:
+            for name, content in self.format.side_files.items():
+                make_dirs(self.fs, f"{self.staging}/{split}")
+                with self.fs.open_output_stream(f"{self.staging}/{split}/{name}") as out:
+                    out.write(content)
+                side_files.append(f"{split}/{name}")
+        existing = published_versions(self.dest, self.dataset)
+        version = (existing[-1] + 1) if existing else 1
+        splits = {
+            name: Split(records=sum(s.records for s in series.shards), shards=series.shards)
+            for name, series in self.splits.items()
+        }
+        manifest = build_manifest(version, splits, side_files)
+        manifest.set_aside = self.set_aside.shards
+        manifest.lineage = self.lineage.shards
+        body = manifest.model_dump_json(indent=2).encode()
+        target_uri = version_uri(self.dest, self.dataset, version)
+        _, target = filesystem(target_uri)
+        if is_s3(target_uri):
+            self._publish_s3(target, body)
+        else:
+            with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
+                out.write(body)
+            self.fs.move(self.staging, target)  # one rename: the version appears whole
+        return manifest
+
+    def _publish_s3(self, target: str, manifest_body: bytes) -> None:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True))
+        for info in infos:
+            if info.type == pafs.FileType.File:
+                self.fs.copy_file(info.path, f"{target}/{info.path[len(self.staging) + 1 :]}")
+        with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
+            out.write(manifest_body)
+        self.fs.delete_dir(self.staging)
+
+    def abort(self) -> None:
+        """Remove what this run staged; nothing of it was visible."""
+        for series in (*self.splits.values(), self.set_aside, self.lineage):
+            with contextlib.suppress(OSError):
+                series.close()
+        with contextlib.suppress(OSError, FileNotFoundError):
+            self.fs.delete_dir(self.staging)

@@ -1,0 +1,1 @@
+"""Data contracts shared by connectors, curation stages, the writer and train/."""

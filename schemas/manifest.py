@@ -1,0 +1,74 @@
+"""What a published dataset version says about itself. ``train/`` and readers trust only this file."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+MANIFEST_NAME = "manifest.json"
+
+
+class Shard(BaseModel):
+    path: str  # relative to the version folder
+    records: int
+    bytes: int
+    sha256: str
+
+
+class Split(BaseModel):
+    records: int = 0
+    shards: list[Shard] = Field(default_factory=list)
+
+
+class Counts(BaseModel):
+    """input = written + filtered + duplicate + quarantined; ``reasons`` breaks each down."""
+
+    input: int
+    written: int
+    filtered: int = 0
+    duplicate: int = 0
+    quarantined: int = 0
+    reasons: dict[str, dict[str, int]] = Field(default_factory=dict)  # outcome -> reason -> count
+
+    @model_validator(mode="after")
+    def _accounts_for_every_record(self) -> Counts:
+        total = self.written + self.filtered + self.duplicate + self.quarantined
+        if total != self.input:
+            raise ValueError(
+                f"records unaccounted for: input {self.input} != written {self.written} + filtered "
+                f"{self.filtered} + duplicate {self.duplicate} + quarantined {self.quarantined}"
+            )
+        for outcome, by_reason in self.reasons.items():
+            if sum(by_reason.values()) != getattr(self, outcome):
+                raise ValueError(f"{outcome} reasons do not add up to {getattr(self, outcome)}")
+        return self
+
+
+class InputFile(BaseModel):
+    uri: str
+    size: int | None = None
+    mtime: str | None = None
+    records: int = 0
+
+
+class Manifest(BaseModel):
+    dataset: str
+    version: int
+    extends: int | None = None
+    created_at: datetime
+    recipe_sha256: str
+    record_kind: str
+    format: str
+    counts: Counts
+    splits: dict[str, Split]
+    side_files: list[str] = Field(default_factory=list)
+    set_aside: list[Shard] = Field(default_factory=list)  # rows set aside, with reasons
+    lineage: list[Shard] = Field(default_factory=list)  # output line -> record id and source
+    inputs: list[InputFile] = Field(default_factory=list)
+    row_schema: dict[str, Any] = Field(default_factory=dict)  # JSON schema of one output line
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    def all_files(self) -> list[Shard]:
+        return [s for split in self.splits.values() for s in split.shards] + self.set_aside + self.lineage

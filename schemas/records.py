@@ -1,0 +1,191 @@
+"""Record contracts: what a row is at each point of a run, as pydantic models and Arrow schemas.
+
+Every record carries a stable ``id`` (a hash of where it came from and what it holds) and a
+``source`` (connector, URI, line or page), so any output line can be traced back to its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pyarrow as pa
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+RecordKind = Literal["document", "instruction", "vqa", "table"]
+
+SOURCE_TYPE = pa.struct(
+    [
+        pa.field("connector", pa.string()),
+        pa.field("uri", pa.string()),
+        pa.field("line", pa.int64()),
+        pa.field("page", pa.int64()),
+    ]
+)
+
+
+class SourceRef(BaseModel):
+    """Where a record came from: enough to open the input and find it again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    connector: str
+    uri: str
+    line: int | None = None
+    page: int | None = None
+
+    def __str__(self) -> str:
+        where = f":{self.line}" if self.line is not None else ""
+        if self.page is not None:
+            where += f" (page {self.page})"
+        return f"{self.uri}{where}"
+
+
+def record_ids(uri: str, positions: Sequence[int | str | None], contents: Sequence[bytes]) -> list[str]:
+    """Stable 128-bit ids from where each record sits and what it holds.
+
+    xxh3 is fast and its output is fixed by specification, so ids survive library upgrades
+    (unlike polars' row hash), which matters because review decisions are keyed by id.
+    """
+    prefix = uri.encode() + b"\x1f"
+    hexdigest = xxhash.xxh3_128_hexdigest
+    return [
+        hexdigest(b"%s%s\x1f%s" % (prefix, str(position).encode(), content))
+        for position, content in zip(positions, contents, strict=True)
+    ]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    id: str
+    source: SourceRef
+
+
+class DocumentRecord(Record):
+    """Domain-adaptation text: a document or a chunk of one."""
+
+    text: str = Field(min_length=1)
+    title: str | None = None
+
+
+class InstructionRecord(Record):
+    """An instruction pair: the prompt a model sees and the completion it should give."""
+
+    prompt: str = Field(min_length=1)
+    completion: str = Field(min_length=1)
+    label: str | None = None
+
+
+class VQARecord(Record):
+    """Visual question answering: an image with a question about it and its answer."""
+
+    image: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class TableRow(Record):
+    """A row of customer data; its columns are declared in the recipe (see ``table_row_model``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+RECORD_MODELS: dict[str, type[Record]] = {
+    "document": DocumentRecord,
+    "instruction": InstructionRecord,
+    "vqa": VQARecord,
+    "table": TableRow,
+}
+
+# The content columns of each kind, in output order (id and source are added to all).
+CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "document": ("text", "title"),
+    "instruction": ("prompt", "completion", "label"),
+    "vqa": ("image", "question", "answer"),
+    "table": (),
+}
+
+COLUMN_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def table_row_model(columns: dict[str, str], required: set[str] | None = None) -> type[TableRow]:
+    """A TableRow model for the recipe's declared columns (``{"amount": "float", ...}``)."""
+    required = set(columns) if required is None else required
+    fields: dict[str, Any] = {}
+    for name, type_name in columns.items():
+        python_type = COLUMN_TYPES[type_name]
+        fields[name] = (python_type, ...) if name in required else (python_type | None, None)
+    return create_model("DeclaredTableRow", __base__=TableRow, **fields)
+
+
+def arrow_schema(kind: RecordKind) -> pa.Schema:
+    """The canonical Arrow schema of a record kind (table rows add their declared columns)."""
+    fields = [pa.field("id", pa.string(), nullable=False), pa.field("source", SOURCE_TYPE)]
+    fields += [pa.field(name, pa.string()) for name in CONTENT_COLUMNS[kind]]
+    return pa.schema(fields)
+
+
+# Rows a stage sets aside, and why. ``record`` holds the input row as JSON for quarantined rows,
+# so a reviewer sees exactly what came in; for filtered and duplicate rows it is left empty.
+Outcome = Literal["filtered", "duplicate", "quarantined"]
+OUTCOMES: tuple[Outcome, ...] = ("filtered", "duplicate", "quarantined")
+
+SET_ASIDE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source", SOURCE_TYPE),
+        pa.field("stage", pa.string()),
+        pa.field("outcome", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("record", pa.string()),
+    ]
+)
+
+
+def source_array(
+    connector: str, uri: str, lines: Sequence[int | None], pages: Sequence[int | None] | None = None
+) -> pa.StructArray:
+    """The ``source`` column for rows of one input file."""
+    count = len(lines)
+    return pa.StructArray.from_arrays(
+        [
+            pa.array([connector] * count, pa.string()),
+            pa.array([uri] * count, pa.string()),
+            pa.array(lines, pa.int64()),
+            pa.array(pages if pages is not None else [None] * count, pa.int64()),
+        ],
+        fields=list(SOURCE_TYPE),
+    )
+
+
+def set_aside_rows(
+    ids: Sequence[str | None] | pa.Array,
+    sources: pa.Array | pa.ChunkedArray,
+    stage: str,
+    outcome: Outcome,
+    reasons: Sequence[str] | str,
+    details: Sequence[str | None] | None = None,
+    records: Sequence[str | None] | None = None,
+) -> pa.Table:
+    """Rows a stage sets aside, in the one schema every stage and connector uses."""
+    count = len(ids)
+    reasons = [reasons] * count if isinstance(reasons, str) else list(reasons)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids,
+            "source": sources,
+            "stage": pa.array([stage] * count, pa.string()),
+            "outcome": pa.array([outcome] * count, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "detail": pa.array(details if details is not None else [None] * count, pa.string()),
+            "record": pa.array(records if records is not None else [None] * count, pa.string()),
+        },
+        schema=SET_ASIDE_SCHEMA,
+    )
+
+
+def empty_set_aside() -> pa.Table:
+    return SET_ASIDE_SCHEMA.empty_table()

@@ -1,0 +1,41 @@
+"""Small helpers the tests share: write inputs and recipes, read published output back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curation.pipeline import RunResult, run_recipe
+from schemas.config import load_recipe
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+def write_recipe(folder: Path, recipe: dict[str, Any], name: str = "recipe.yaml") -> Path:
+    recipe.setdefault("state", "sqlite:///state.db")
+    path = folder / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(folder: Path, recipe: dict[str, Any]) -> RunResult:
+    return run_recipe(load_recipe(write_recipe(folder, recipe)))
+
+
+def read_lines(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
+def set_aside(version_dir: Path) -> list[dict[str, Any]]:
+    return read_lines(sorted((version_dir / "set_aside").glob("*.jsonl")))
+
+
+def outputs(version_dir: Path) -> list[dict[str, Any]]:
+    return read_lines(sorted(version_dir.glob("train/*.jsonl")) + sorted(version_dir.glob("validation/*.jsonl")))

@@ -1,0 +1,63 @@
+"""The command line, run as users and scripts run it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import write_jsonl, write_recipe
+
+
+def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "curation.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
+    done = curation("demo", "--folder", "demo", "--rows", "500", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    version = tmp_path / "demo" / "output" / "transactions" / "v1"
+    assert f"published {version}" in done.stdout
+    manifest = json.loads((version / "manifest.json").read_text())
+    input_row = next(line for line in done.stdout.splitlines() if line.startswith("│ input"))
+    assert input_row.split("│")[3].strip() == f"{manifest['counts']['input']:,}"
+    assert "exact_duplicate" in done.stdout and "malformed_csv" in done.stdout
+
+
+def test_run_and_check_exit_codes(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}, {"text": "world"}])
+    good = write_recipe(
+        tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    )
+    checked = curation("check", str(good), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "1 input(s)" in checked.stdout
+    assert not (tmp_path / "output").exists(), "check must not run anything"
+
+    ran = curation("run", str(good), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "output" / "docs" / "v1" / "manifest.json").exists()
+
+    bad = write_recipe(
+        tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl", "colour": "red"}]}, name="bad.yaml"
+    )
+    for command in ("check", "run"):
+        refused = curation(command, str(bad), cwd=tmp_path)
+        assert refused.returncode == 2
+        assert "sources.0.colour (line 4)" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+    missing = write_recipe(
+        tmp_path,
+        {"dataset": "docs", "sources": [{"path": "nowhere/*.jsonl"}], "record": {"kind": "document"}},
+        name="missing.yaml",
+    )
+    failed = curation("run", str(missing), "--quiet", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "no input files match" in failed.stderr and "nothing published" in failed.stderr
+    assert "Traceback" not in failed.stderr

@@ -1,0 +1,92 @@
+"""Publishing is atomic: a run interrupted before publish leaves no visible version, and a rerun
+publishes a complete one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connectors.storage import StorageError
+from curation import writer
+from curation.pipeline import AccountingError, LocalExecutor, Tally, run_recipe
+from curation.published import published_versions, read_manifest, verify_checksums
+from schemas.config import load_recipe
+from tests.helpers import write_jsonl, write_recipe
+
+RECIPE = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_leaves_no_version_and_rerun_publishes(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(500)])
+    recipe = load_recipe(write_recipe(workdir, dict(RECIPE, batch_rows=50)))
+
+    original_write = writer.DatasetWriter.write
+    calls = {"n": 0}
+
+    def write_then_die(self: writer.DatasetWriter, batch) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupted("killed mid-run")
+        original_write(self, batch)
+
+    monkeypatch.setattr(writer.DatasetWriter, "write", write_then_die)
+    with pytest.raises(Interrupted):
+        run_recipe(recipe)
+    dataset_dir = workdir / "output" / "docs"
+    assert published_versions(str(workdir / "output"), "docs") == []
+    assert not list(dataset_dir.glob("v*")), "no version folder may appear"
+    assert not any((dataset_dir / "_staging").iterdir()), "the aborted run's staging is removed"
+
+    monkeypatch.setattr(writer.DatasetWriter, "write", original_write)
+    result = run_recipe(recipe)
+    assert result.manifest.version == 1
+    assert result.manifest.counts.written == 500
+    assert verify_checksums(result.version_uri, read_manifest(result.version_uri)) == []
+
+
+def test_staged_files_without_manifest_are_not_a_version(workdir: Path) -> None:
+    (workdir / "output" / "docs" / "v1" / "train").mkdir(parents=True)
+    (workdir / "output" / "docs" / "v1" / "train" / "part-00000.jsonl").write_text('{"text": "half"}\n')
+    assert published_versions(str(workdir / "output"), "docs") == []
+    with pytest.raises(StorageError, match="never published"):
+        read_manifest(str(workdir / "output" / "docs" / "v1"))
+
+
+def test_a_stage_that_loses_records_fails_the_run(workdir: Path) -> None:
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(10)])
+    recipe = load_recipe(write_recipe(workdir, dict(RECIPE)))
+
+    class Leaky:
+        name = "leaky"
+
+        def __call__(self, batch):
+            from curation.stages.base import StageResult
+
+            return StageResult(kept=batch.slice(0, batch.num_rows - 1))
+
+    from curation import pipeline
+
+    original = pipeline.build_stages
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "build_stages", lambda r: [*original(r), Leaky()])
+        with pytest.raises(AccountingError, match="leaky took 10 records"):
+            run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == []
+
+
+def test_tally_refuses_counts_that_do_not_add_up() -> None:
+    tally = Tally(input=5, written=3)
+    tally.reasons[("duplicate", "exact_duplicate")] = 1
+    with pytest.raises(ValueError, match="input"):
+        tally.counts()
+
+
+def test_executor_is_the_default(workdir: Path) -> None:
+    write_jsonl(workdir / "docs.jsonl", [{"text": "a"}])
+    result = run_recipe(load_recipe(write_recipe(workdir, dict(RECIPE))), executor=LocalExecutor())
+    assert result.manifest.counts.written == 1

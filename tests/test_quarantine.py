@@ -1,0 +1,108 @@
+"""Bad input ends in quarantine with a reason naming file and line; the rest of the run goes on,
+and the manifest accounts for every record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import outputs, run, set_aside, write_jsonl
+
+SCHEMA = {"columns": {"description": "str", "amount": "float", "category": "str"}}
+RECORD = {
+    "kind": "instruction",
+    "prompt": "Categorise {{ description }} ({{ amount }})",
+    "completion": "{{ category }}",
+}
+
+
+def recipe(*paths: str) -> dict:
+    return {"dataset": "tx", "sources": [{"path": p} for p in paths], "input_schema": SCHEMA, "record": RECORD}
+
+
+def assert_adds_up(counts) -> None:
+    assert counts.input == counts.written + counts.filtered + counts.duplicate + counts.quarantined
+    for outcome in ("filtered", "duplicate", "quarantined"):
+        assert sum(counts.reasons.get(outcome, {}).values()) == getattr(counts, outcome)
+
+
+def test_malformed_json_lines(workdir: Path) -> None:
+    path = write_jsonl(
+        workdir / "tx.jsonl",
+        [
+            {"description": "coffee", "amount": 4.5, "category": "Dining"},
+            '{"description": "taxi", "amount": 12',  # cut off
+            "[1, 2, 3]",  # JSON, but not an object
+            {"description": "rent", "amount": 1200, "category": "Housing"},
+        ],
+    )
+    result = run(workdir, recipe("tx.jsonl"))
+    aside = set_aside(Path(result.version_uri))
+    assert [(row["reason"], row["source"]["line"]) for row in aside] == [("malformed_json", 2), ("malformed_json", 3)]
+    assert aside[0]["detail"].startswith(f"{path}:2: malformed JSON")
+    assert aside[1]["detail"] == f"{path}:3: a JSON list, not an object"
+    assert aside[0]["record"] == '{"description": "taxi", "amount": 12'
+    assert sorted(row["completion"] for row in outputs(Path(result.version_uri))) == ["Dining", "Housing"]
+    assert result.manifest.counts.reasons == {"quarantined": {"malformed_json": 2}}
+    assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
+    if suffix == "jsonl":
+        path = write_jsonl(
+            workdir / "tx.jsonl",
+            [
+                {"description": "coffee", "amount": 4.5, "category": "Dining"},
+                {"description": "taxi", "amount": "twelve", "category": "Transport"},
+                {"description": "rent", "amount": 1200, "category": "Housing"},
+                {"description": None, "amount": 3, "category": "Dining"},
+            ],
+        )
+    else:
+        path = workdir / "tx.csv"
+        path.write_text(
+            "description,amount,category\ncoffee,4.5,Dining\ntaxi,twelve,Transport\nrent,1200,Housing\n,3,Dining\n"
+        )
+    result = run(workdir, recipe(path.name))
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda row: row["source"]["line"])
+    first_data_line = 1 if suffix == "jsonl" else 2
+    assert [row["source"]["line"] for row in aside] == [first_data_line + 1, first_data_line + 3]
+    assert {row["reason"] for row in aside} == {"schema"}
+    assert aside[0]["detail"].startswith(f"{path}:{first_data_line + 1}: amount: ")
+    assert "description" in aside[1]["detail"]
+    assert result.manifest.counts.written == 2
+    assert_adds_up(result.manifest.counts)
+
+
+def test_missing_required_column(workdir: Path) -> None:
+    write_jsonl(workdir / "good.jsonl", [{"description": "coffee", "amount": 4.5, "category": "Dining"}])
+    path = write_jsonl(
+        workdir / "old_export.jsonl", [{"description": "taxi", "amount": 12.0}, {"description": "bus", "amount": 2.5}]
+    )
+    result = run(workdir, recipe("good.jsonl", "old_export.jsonl"))
+    aside = set_aside(Path(result.version_uri))
+    assert [row["reason"] for row in aside] == ["missing_column", "missing_column"]
+    assert [row["detail"] for row in aside] == [
+        f"{path}:1: required column 'category' is missing",
+        f"{path}:2: required column 'category' is missing",
+    ]
+    assert result.manifest.counts.written == 1
+    assert_adds_up(result.manifest.counts)
+
+
+def test_template_that_needs_a_missing_value(workdir: Path) -> None:
+    path = write_jsonl(workdir / "qa.jsonl", [{"q": "What is 2+2?", "a": "4"}, {"q": "Empty answer?", "a": None}])
+    result = run(
+        workdir,
+        {
+            "dataset": "qa",
+            "sources": [{"path": "qa.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "Q: {{ q }}", "completion": "{{ a }}"},
+        },
+    )
+    aside = set_aside(Path(result.version_uri))
+    assert len(aside) == 1 and aside[0]["source"]["line"] == 2
+    assert aside[0]["detail"].startswith(f"{path}:2:")
+    assert_adds_up(result.manifest.counts)

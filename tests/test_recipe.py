@@ -1,0 +1,72 @@
+"""Recipes: short ones work, wrong ones fail with the setting and the line named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.config import RecipeError, load_recipe, parse_recipe
+
+
+def test_short_recipe_takes_defaults(tmp_path: Path) -> None:
+    recipe = parse_recipe("dataset: tx\nsources:\n  - path: data/*.csv\n", base_dir=tmp_path)
+    assert recipe.sources[0].path == str(tmp_path / "data/*.csv")
+    assert recipe.record.kind == "instruction"
+    assert recipe.output.format == "jumpstart-instruction"
+    assert [stage.type for stage in recipe.stages] == ["exact_dedup"]
+    assert recipe.state == f"sqlite:///{tmp_path}/.curation/state.db"
+
+
+def test_s3_paths_stay_as_given(tmp_path: Path) -> None:
+    recipe = parse_recipe(
+        "dataset: tx\nsources:\n  - path: s3://b/raw/\noutput:\n  dest: s3://b/out\n", base_dir=tmp_path
+    )
+    assert recipe.sources[0].path == "s3://b/raw/"
+    assert recipe.output.dest == "s3://b/out"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "dataset: tx\nsources:\n  - path: a.csv\n    formatt: csv\n",
+            "sources.0.formatt (line 4): Extra inputs are not permitted",
+        ),
+        ("dataset: tx\nsources: []\n", "sources (line 2): List should have at least 1 item"),
+        ("dataset: 'bad name!'\nsources:\n  - path: a\n", "dataset (line 1): String should match pattern"),
+        (
+            "dataset: tx\nsources:\n  - path: a\nrecord:\n  kind: document\n  prompt: x\n",
+            "record (line 4): Value error, ['prompt'] are not fields of a document record",
+        ),
+        ("dataset: tx\nsources:\n  - path: a\nstages:\n  - type: fuzzy\n", "stages.0 (line 5)"),
+        (
+            "dataset: tx\nsources:\n  - path: a\noutput:\n  validation_fraction: 1.5\n",
+            "output.validation_fraction (line 5)",
+        ),
+    ],
+)
+def test_errors_name_setting_and_line(text: str, expected: str) -> None:
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert str(error.value).startswith("r.yaml: ")
+    assert expected in str(error.value)
+
+
+def test_not_yaml_and_not_a_mapping() -> None:
+    with pytest.raises(RecipeError, match=r"r\.yaml: not valid YAML"):
+        parse_recipe("dataset: [unclosed\n", origin="r.yaml")
+    with pytest.raises(RecipeError, match="a recipe is a YAML mapping"):
+        parse_recipe("- just a list\n", origin="r.yaml")
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="cannot read the recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_changes_with_settings() -> None:
+    a = parse_recipe("dataset: tx\nsources:\n  - path: /a\n")
+    b = parse_recipe("dataset: tx\nsources:\n  - path: /a\noutput:\n  validation_fraction: 0.2\n")
+    assert a.fingerprint() == parse_recipe("dataset: tx\nsources:\n  - path: /a\n").fingerprint()
+    assert a.fingerprint() != b.fingerprint()

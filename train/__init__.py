@@ -1,0 +1,1 @@
+"""Hand a curated dataset version to SageMaker training (see issue: train launch)."""
