@@ -54,6 +54,14 @@ class Tally:
     input: int = 0
     written: int = 0
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stage_stats: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add_stats(self, stage: str, stats: dict[str, int]) -> None:
+        if stats:
+            self.stage_stats.setdefault(stage, Counter()).update(stats)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {stage: dict(sorted(counter.items())) for stage, counter in self.stage_stats.items()}
 
     def counts(self) -> Counts:
         by_outcome: dict[str, dict[str, int]] = {}
@@ -136,6 +144,7 @@ class LocalExecutor:
                         f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
                     )
                 _set_aside(result.set_aside, writer, tally)
+                tally.add_stats(stage.name, result.stats)
                 batch = result.kept
                 if batch.num_rows == 0:
                     break
@@ -217,6 +226,7 @@ def run_recipe(
                 side_files=side_files,
                 inputs=inputs,
                 row_schema=fmt.row_schema(),
+                stats={"stages": tally.stats()} if tally.stage_stats else {},
             )
 
         published = writer.publish(manifest)

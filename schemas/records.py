@@ -141,6 +141,7 @@ SET_ASIDE_SCHEMA = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
         pa.field("record", pa.string()),
+        pa.field("duplicate_of", pa.string()),  # the kept record of a duplicate's cluster
     ]
 )
 
@@ -169,6 +170,7 @@ def set_aside_rows(
     reasons: Sequence[str] | str,
     details: Sequence[str | None] | None = None,
     records: Sequence[str | None] | None = None,
+    duplicate_of: Sequence[str | None] | pa.Array | None = None,
 ) -> pa.Table:
     """Rows a stage sets aside, in the one schema every stage and connector uses."""
     count = len(ids)
@@ -182,6 +184,7 @@ def set_aside_rows(
             "reason": pa.array(reasons, pa.string()),
             "detail": pa.array(details if details is not None else [None] * count, pa.string()),
             "record": pa.array(records if records is not None else [None] * count, pa.string()),
+            "duplicate_of": pa.array(duplicate_of if duplicate_of is not None else [None] * count, pa.string()),
         },
         schema=SET_ASIDE_SCHEMA,
     )

@@ -26,6 +26,9 @@ class StageError(RuntimeError):
 class StageResult:
     kept: pa.Table
     set_aside: pa.Table = field(default_factory=empty_set_aside)
+    # Figures the stage wants in the manifest (changes made, entities redacted, ...): the executor
+    # sums them per stage into ``manifest.stats["stages"][stage.name]``.
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -46,6 +49,23 @@ class GlobalStage(Protocol):
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
         """Over all signatures: the rows to set aside (``SET_ASIDE_SCHEMA``), in any order."""
         ...
+
+
+@runtime_checkable
+class DuplicateStage(GlobalStage, Protocol):
+    """Deduplication as steps that any executor can run, locally or distributed.
+
+    ``signatures(batch)`` returns ``id``, ``source``, ``keys`` (``list<uint64>``: rows that share a
+    key are candidates) and whatever columns ``pairs`` needs. ``pairs(group)`` takes the signature
+    rows that share one key and returns the confirmed duplicate pairs (``a``, ``b``: ids). Clusters
+    are the connected components of all pairs; each keeps its first record in input order (by
+    source URI, line, page, then id, so every executor keeps the same one).
+    ``resolve`` is ``curation.stages.duplicates.resolve_duplicates(self, signatures)``.
+    """
+
+    reason: str
+
+    def pairs(self, group: pa.Table) -> pa.Table: ...
 
 
 def split_by_mask(batch: pa.Table, keep: pa.Array) -> tuple[pa.Table, pa.Table]:

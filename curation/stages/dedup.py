@@ -1,19 +1,19 @@
 """Exact deduplication on normalised content: the first occurrence in input order is kept.
 
 The per-batch part hashes each record's normalised content (Unicode NFKC, case-folded, runs of
-whitespace collapsed); the global part keeps the first record of each hash.
+whitespace collapsed); the hash is the one candidate key, and the shared global step
+(``curation.stages.duplicates``) keeps the first record of each cluster.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from schemas.records import SOURCE_TYPE, empty_set_aside, set_aside_rows
+from curation.stages.duplicates import resolve_duplicates
 
 
 def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.Array:
@@ -34,7 +34,10 @@ def content_hashes(text: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 class ExactDedup:
+    """Records whose normalised content is identical form one cluster; the first is kept."""
+
     name = "exact_dedup"
+    reason = "exact_duplicate"
 
     def __init__(self, fields: list[str], normalize: bool = True) -> None:
         self.fields = fields
@@ -42,24 +45,13 @@ class ExactDedup:
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         hashes = content_hashes(normalised_text(batch, self.fields, self.normalize))
-        return pa.table({"id": batch["id"], "source": batch["source"], "hash": hashes})
+        keys = pa.ListArray.from_arrays(pa.array(range(len(hashes) + 1), pa.int32()), hashes)
+        return pa.table({"id": batch["id"], "source": batch["source"], "keys": keys})
+
+    def pairs(self, group: pa.Table) -> pa.Table:
+        # One key is the whole content hash: every member duplicates every other one.
+        ids = group["id"].to_pylist()
+        return pa.table({"a": [ids[0]] * (len(ids) - 1), "b": ids[1:]})
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
-        tables = [t for t in signatures if t.num_rows]
-        if not tables:
-            return empty_set_aside()
-        frame = pl.from_arrow(pa.concat_tables(tables)).with_row_index("order")
-        firsts = frame.group_by("hash").agg(
-            pl.col("id").sort_by("order").first().alias("kept_id"), pl.col("order").min().alias("first")
-        )
-        dupes = frame.join(firsts, on="hash").filter(pl.col("order") != pl.col("first")).sort("order")
-        details = [f"same content as {kept}" for kept in dupes["kept_id"].to_list()]
-        table = dupes.select("id", "source").to_arrow()
-        return set_aside_rows(
-            table["id"].cast(pa.string()),
-            table["source"].cast(SOURCE_TYPE),
-            self.name,
-            "duplicate",
-            "exact_duplicate",
-            details,
-        )
+        return resolve_duplicates(self, signatures)

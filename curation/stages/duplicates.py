@@ -1,0 +1,93 @@
+"""The global step shared by every deduplication stage: candidate groups by key, confirmed pairs,
+connected components, one kept record per cluster.
+
+The embedded executor runs ``resolve_duplicates`` in one process; a distributed executor runs the
+same ``DuplicateStage.pairs`` per key group after a shuffle and the same ``set_aside_for_clusters``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curation.stages.base import DuplicateStage
+from schemas.records import SOURCE_TYPE, empty_set_aside, set_aside_rows
+
+PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
+
+
+def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
+    """Signature rows grouped by shared key, only groups with two or more rows."""
+    frame = pl.from_arrow(signatures).with_row_index("_row")
+    exploded = frame.select("_row", "keys").explode("keys")
+    shared = exploded.group_by("keys").agg(pl.col("_row").unique()).filter(pl.col("_row").list.len() > 1)
+    return [signatures.take(pa.array(rows, pa.uint32())) for rows in shared["_row"].to_list()]
+
+
+def clusters_from_pairs(ids: pa.Array | pa.ChunkedArray, pairs: pa.Table) -> pa.Table:
+    """``id`` and ``cluster`` (a component number) for every id that is in at least one pair."""
+    if pairs.num_rows == 0:
+        return pa.table({"id": pa.array([], pa.string()), "cluster": pa.array([], pa.int64())})
+    index = pl.DataFrame({"id": pl.Series(ids.to_pylist(), dtype=pl.String)}).with_row_index("n")
+    edges = (
+        pl.from_arrow(pairs)
+        .join(index, left_on="a", right_on="id")
+        .join(index, left_on="b", right_on="id", suffix="_b")
+    )
+    size = index.height
+    graph = coo_matrix(
+        (np.ones(edges.height, dtype=np.int8), (edges["n"].to_numpy(), edges["n_b"].to_numpy())), shape=(size, size)
+    )
+    _, labels = connected_components(graph, directed=False)
+    members = np.unique(np.concatenate([edges["n"].to_numpy(), edges["n_b"].to_numpy()]))
+    return pa.table(
+        {"id": pa.array(index["id"].to_numpy()[members], pa.string()), "cluster": pa.array(labels[members], pa.int64())}
+    )
+
+
+def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, sources: pa.Table) -> pa.Table:
+    """Keep the first record of each cluster in input order; set the others aside, naming it."""
+    if clusters.num_rows == 0:
+        return empty_set_aside()
+    frame = (
+        pl.from_arrow(clusters)
+        .join(pl.from_arrow(sources.select(["id", "source"])).unique("id"), on="id")
+        .with_columns(
+            pl.col("source").struct.field("uri").alias("_uri"),
+            pl.col("source").struct.field("line").alias("_line"),
+            pl.col("source").struct.field("page").alias("_page"),
+        )
+        .sort(["cluster", "_uri", "_line", "_page", "id"], nulls_last=True)
+    )
+    frame = frame.with_columns(pl.col("id").first().over("cluster").alias("kept"))
+    dupes = frame.filter(pl.col("id") != pl.col("kept")).sort(["_uri", "_line", "_page", "id"], nulls_last=True)
+    table = dupes.select("id", "source", "kept").to_arrow()
+    kept = table["kept"].to_pylist()
+    return set_aside_rows(
+        table["id"].cast(pa.string()),
+        table["source"].cast(SOURCE_TYPE),
+        stage.name,
+        "duplicate",
+        stage.reason,
+        [f"duplicate of {k}" for k in kept],
+        duplicate_of=kept,
+    )
+
+
+def resolve_duplicates(stage: DuplicateStage, signatures: Iterable[pa.Table]) -> pa.Table:
+    tables = [t for t in signatures if t.num_rows]
+    if not tables:
+        return empty_set_aside()
+    everything = pa.concat_tables(tables)
+    found = [stage.pairs(group) for group in candidate_groups(everything)]
+    pairs = (
+        pa.concat_tables([p.select(["a", "b"]).cast(PAIR_SCHEMA) for p in found])
+        if found
+        else PAIR_SCHEMA.empty_table()
+    )
+    return set_aside_for_clusters(stage, clusters_from_pairs(everything["id"], pairs), everything)
