@@ -8,6 +8,7 @@ once, and the spilled batches stream on without the rows it set aside.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections import Counter
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from curation.formats import output_format
+from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.shape import Shape
@@ -30,7 +32,7 @@ from curation.state import StateStore
 from curation.writer import DatasetWriter
 from schemas.config import ExactDedupConfig, Recipe
 from schemas.manifest import Counts, Manifest, Split
-from schemas.records import CONTENT_COLUMNS, OUTCOMES, RECORD_MODELS, table_row_model
+from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
 
 log = logging.getLogger("curation.pipeline")
 
@@ -55,6 +57,7 @@ class Tally:
     written: int = 0
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     stage_stats: dict[str, Counter[str]] = field(default_factory=dict)
+    flags: list[pa.Table] = field(default_factory=list)
 
     def add_stats(self, stage: str, stats: dict[str, int]) -> None:
         if stats:
@@ -145,6 +148,8 @@ class LocalExecutor:
                     )
                 _set_aside(result.set_aside, writer, tally)
                 tally.add_stats(stage.name, result.stats)
+                if result.flags.num_rows:
+                    tally.flags.append(result.flags)
                 batch = result.kept
                 if batch.num_rows == 0:
                     break
@@ -186,10 +191,33 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
     if table.num_rows == 0:
         return
     writer.write_set_aside(table)
+    tally.flags.append(quarantine_flags(table))
     for (outcome, reason), count in Counter(
         zip(table["outcome"].to_pylist(), table["reason"].to_pylist(), strict=True)
     ).items():
         tally.reasons[(outcome, reason)] += count
+
+
+def quarantine_flags(set_aside: pa.Table) -> pa.Table:
+    """Every quarantined record goes to the review queue with its reason and raw input."""
+    rows = set_aside.filter(pc.equal(set_aside["outcome"], "quarantined"))
+    payload = [
+        json.dumps({"reason": r, "detail": d, "record": raw})
+        for r, d, raw in zip(
+            rows["reason"].to_pylist(), rows["detail"].to_pylist(), rows["record"].to_pylist(), strict=True
+        )
+    ]
+    return pa.table(
+        {
+            "id": rows["id"],
+            "source": rows["source"],
+            "stage": rows["stage"],
+            "kind": pa.array(["quarantined"] * rows.num_rows, pa.string()),
+            "detail": rows["reason"],
+            "payload": pa.array(payload, pa.string()),
+        },
+        schema=FLAG_SCHEMA,
+    )
 
 
 def run_recipe(
@@ -235,6 +263,8 @@ def run_recipe(
         state.run_finished(writer.run_id, "failed", error=type(error).__name__)
         raise
     state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
+    flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
+    add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
     from curation.published import version_uri
 
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)

@@ -192,3 +192,22 @@ def set_aside_rows(
 
 def empty_set_aside() -> pa.Table:
     return SET_ASIDE_SCHEMA.empty_table()
+
+
+# What a stage flags for the annotators' review queue. ``payload`` is JSON for the review page
+# (text, spans, scores, cluster members) and may hold PII: it goes to the state store only, never
+# to logs or published files. ``detail`` is a short PII-free summary.
+FLAG_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source", SOURCE_TYPE),
+        pa.field("stage", pa.string()),
+        pa.field("kind", pa.string()),  # pii, near_duplicate, quarantined, vqa, ...
+        pa.field("detail", pa.string()),
+        pa.field("payload", pa.string()),
+    ]
+)
+
+
+def empty_flags() -> pa.Table:
+    return FLAG_SCHEMA.empty_table()

@@ -3,6 +3,7 @@ and the manifest accounts for every record."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,19 @@ def test_template_that_needs_a_missing_value(workdir: Path) -> None:
     assert len(aside) == 1 and aside[0]["source"]["line"] == 2
     assert aside[0]["detail"].startswith(f"{path}:2:")
     assert_adds_up(result.manifest.counts)
+
+
+def test_quarantined_records_join_the_review_queue(workdir: Path) -> None:
+    import sqlalchemy as sa
+
+    from curation.review.queue import list_items
+
+    write_jsonl(workdir / "tx.jsonl", [{"description": "coffee", "amount": 4.5, "category": "Dining"}, "{oops"])
+    result = run(workdir, recipe("tx.jsonl"))
+    items = list_items(sa.create_engine(f"sqlite:///{workdir}/state.db"), dataset="tx")
+    assert [(i["kind"], i["detail"], i["version"], i["status"]) for i in items] == [
+        ("quarantined", "malformed_json", 1, "open")
+    ]
+    assert json.loads(items[0]["payload"])["record"] == "{oops"
+    assert json.loads(items[0]["source"])["line"] == 2
+    assert result.manifest.counts.quarantined == 1

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.records import empty_set_aside
+from schemas.records import empty_flags, empty_set_aside
 
 
 class StageError(RuntimeError):
@@ -29,6 +29,8 @@ class StageResult:
     # Figures the stage wants in the manifest (changes made, entities redacted, ...): the executor
     # sums them per stage into ``manifest.stats["stages"][stage.name]``.
     stats: dict[str, int] = field(default_factory=dict)
+    # Records for the review queue (``FLAG_SCHEMA``); they stay in the output or set-aside as usual.
+    flags: pa.Table = field(default_factory=empty_flags)
 
 
 @runtime_checkable

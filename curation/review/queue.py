@@ -1,0 +1,76 @@
+"""The review queue in the state store: what the pipeline flagged for annotators.
+
+Each published run adds its flags (from stages' ``StageResult.flags``, and every quarantined
+record) under its dataset and version. Payloads can hold PII; they live only here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    sa.Column("item_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("record_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False, index=True),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),  # JSON: connector, uri, line, page
+    sa.Column("detail", sa.Text),
+    sa.Column("payload", sa.Text),  # JSON; may hold PII
+    sa.Column("status", sa.String(16), nullable=False, default="open"),  # open, approved, rejected, edited
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def create_tables(engine: sa.Engine) -> None:
+    metadata.create_all(engine)
+
+
+def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:
+    """Store a run's flags; returns how many."""
+    if flags.num_rows == 0:
+        return 0
+    create_tables(engine)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "dataset": dataset,
+            "version": version,
+            "run_id": run_id,
+            "record_id": flag["id"],
+            "kind": flag["kind"],
+            "stage": flag["stage"],
+            "source": json.dumps(flag["source"]),
+            "detail": flag["detail"],
+            "payload": flag["payload"],
+            "status": "open",
+            "created_at": now,
+        }
+        for flag in flags.to_pylist()
+    ]
+    with engine.begin() as db:
+        db.execute(review_items.insert(), rows)
+    return len(rows)
+
+
+def list_items(
+    engine: sa.Engine, dataset: str | None = None, kind: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    create_tables(engine)
+    query = review_items.select().order_by(review_items.c.item_id)
+    for column, value in (("dataset", dataset), ("kind", kind), ("status", status)):
+        if value is not None:
+            query = query.where(review_items.c[column] == value)
+    with engine.connect() as db:
+        return [dict(row._mapping) for row in db.execute(query)]
