@@ -32,6 +32,7 @@ from curation.state import StateStore
 from curation.writer import DatasetWriter
 from schemas.config import ExactDedupConfig, Recipe
 from schemas.manifest import Counts, Manifest, Split
+from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
 
 log = logging.getLogger("curation.pipeline")
@@ -91,6 +92,10 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
             stages.append(ExactDedup(fields, config.normalize))
+        elif isinstance(config, PiiConfig):
+            from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks
+
+            stages.append(PiiRedaction(config, kind))
     return stages
 
 

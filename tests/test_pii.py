@@ -1,0 +1,212 @@
+"""The PII stage on a real presidio analyzer and the packaged spaCy model (loaded once per session)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from bench.pii_corpus import generate, recall
+from curation.pii_engine import MODEL_VERSION, PiiEngineError, check_model
+from curation.stages.base import StageError
+from curation.stages.pii import PiiRedaction
+from schemas.config import RecipeError, parse_recipe
+from schemas.pii import PiiConfig
+from schemas.records import source_array
+from tests.helpers import outputs, run, set_aside, write_jsonl
+
+# Every test uses the same entities and recognizers, so the analyzer is built once per session.
+CUSTOMER_ID = {
+    "entity": "CUSTOMER_ID",
+    "patterns": [{"regex": r"\bCUST-\d{6}\b", "score": 0.4}],
+    "context": ["customer"],
+}
+SECRET = "test-secret-key"
+
+
+def stage(**settings: Any) -> PiiRedaction:
+    config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID], **settings})
+    return PiiRedaction(config, "instruction")
+
+
+def records(prompts: list[str], completion: str = "noted") -> pa.Table:
+    count = len(prompts)
+    return pa.table(
+        {
+            "id": [f"r{i}" for i in range(count)],
+            "source": source_array("files", "mem://input.jsonl", list(range(1, count + 1))),
+            "prompt": prompts,
+            "completion": [completion] * count,
+            "label": [None] * count,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list:
+    return generate(100, seed=11)
+
+
+def test_recall_on_labelled_faker_slice(corpus: list) -> None:
+    pii = stage()
+    found = pii.analyzer.analyze([doc.text for doc in corpus], pii.config.threshold)
+    scores = recall(corpus, [[(e, s, t) for e, s, t, _ in doc] for doc in found])
+    for entity in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN"):
+        assert scores[entity] >= 0.95, scores
+    assert scores["PERSON"] >= 0.85, scores
+
+    # And through the stage: no email, card or SSN of the slice survives in the redacted output.
+    result = pii(records([doc.text for doc in corpus]))
+    text = "\n".join(result.kept["prompt"].to_pylist())
+    for doc in corpus:
+        for entity, start, end in doc.spans:
+            if entity in ("EMAIL_ADDRESS", "CREDIT_CARD", "US_SSN"):
+                assert doc.text[start:end] not in text
+    assert result.stats["EMAIL_ADDRESS"] >= 0.95 * sum(e == "EMAIL_ADDRESS" for d in corpus for e, _, _ in d.spans)
+
+
+def test_pool_of_processes_finds_the_same(corpus: list) -> None:
+    pii = stage()
+    texts = [doc.text for doc in corpus] * 2  # enough texts for two workers
+    pii.analyzer.workers = 1
+    alone = pii.analyzer.analyze(texts, 0.3)
+    pii.analyzer.workers = 2
+    assert pii.analyzer.analyze(texts, 0.3) == alone
+
+
+def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    prompts = [
+        "Please call John Carter back about the refund.",
+        "Yesterday John Carter asked for a new card.",
+        "Maria Lopez wants her statement by email.",
+    ]
+    kept = stage(operators={"PERSON": "pseudonym"})(records(prompts)).kept["prompt"].to_pylist()
+    first, second, other = (p.split()[2 if i == 0 else 1 if i == 1 else 0] for i, p in enumerate(kept))
+    assert first.startswith("<PERSON_") and first == second, kept
+    assert other.startswith("<PERSON_") and other != first, kept
+    assert not any(name in " ".join(kept) for name in ("John", "Carter", "Maria", "Lopez"))
+
+    monkeypatch.setenv("CURATION_PII_SECRET", "another-key")
+    again = stage(operators={"PERSON": "pseudonym"})(records(prompts[:1])).kept["prompt"][0].as_py()
+    assert first not in again  # a different key gives different pseudonyms: the output alone does not reveal them
+
+
+def test_pseudonym_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CURATION_PII_SECRET", raising=False)
+    with pytest.raises(StageError, match="CURATION_PII_SECRET"):
+        stage(operators={"default": "pseudonym"})
+
+
+def test_mask_keeps_the_shape_and_drop_sets_the_record_aside() -> None:
+    batch = records(
+        ["My card 4111 1111 1111 1111 was declined.", "My SSN is 536-22-8146, please update it.", "Thanks!"]
+    )
+    result = stage(operators={"CREDIT_CARD": "mask", "US_SSN": "drop"})(batch)
+    assert result.kept["prompt"].to_pylist() == ["My card **** **** **** **** was declined.", "Thanks!"]
+    assert result.set_aside["id"].to_pylist() == ["r1"]
+    assert result.set_aside["outcome"].to_pylist() == ["filtered"]
+    assert result.set_aside["reason"].to_pylist() == ["pii"]
+    assert result.set_aside["detail"][0].as_py() == "prompt holds US_SSN (operator drop)"
+    assert result.stats["records_dropped"] == 1 and result.stats["CREDIT_CARD"] == 1
+
+
+def test_review_band_redacts_flags_and_can_be_undone() -> None:
+    # A bare number with no context scores 0.4 (between threshold 0.3 and review_below 0.6): redacted
+    # and flagged. The e-mail scores 1.0: redacted, not flagged.
+    prompt = "Reach me at 212-555-0187 or at dana@example.org."
+    result = stage()(records([prompt]))
+    assert result.kept["prompt"][0].as_py() == "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>."
+    assert result.flags.num_rows == 1
+    flag = result.flags.to_pylist()[0]
+    assert (flag["id"], flag["kind"], flag["stage"]) == ("r0", "pii", "pii")
+    assert flag["detail"] == "1 uncertain PII span(s) in prompt: PHONE_NUMBER"
+    payload = json.loads(flag["payload"])
+    assert payload["field"] == "prompt" and payload["original"] == prompt
+    assert payload["redacted"] == result.kept["prompt"][0].as_py()
+    [span] = payload["spans"]
+    assert prompt[span["start"] : span["end"]] == "212-555-0187"
+    assert span["entity"] == "PHONE_NUMBER" and 0.3 <= span["score"] < 0.6 and span["placeholder"] == "<PHONE_NUMBER>"
+
+    # An annotator marks it "not PII": the next run leaves it and counts it.
+    config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID]})
+    undone = {"r0": {("prompt", span["start"], span["end"])}}
+    again = PiiRedaction(config, "instruction", undone=undone)(records([prompt]))
+    assert again.kept["prompt"][0].as_py() == "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>."
+    assert again.stats["review_restored"] == 1 and again.flags.num_rows == 0
+
+
+def test_custom_recognizer_uses_its_context_words() -> None:
+    result = stage()(records(["Customer number CUST-204518 asked for a refund.", "Ref CUST-204518 on file."]))
+    assert [p.split()[2] if i == 0 else p.split()[1] for i, p in enumerate(result.kept["prompt"].to_pylist())] == [
+        "<CUSTOMER_ID>",
+        "<CUSTOMER_ID>",
+    ]
+    # With "customer" nearby the score rises above review_below; without it, the match is only flagged.
+    assert result.flags["id"].to_pylist() == ["r1"]
+    assert result.stats["CUSTOMER_ID"] == 2
+
+
+def test_table_rows_need_fields_and_skip_ner_on_codes() -> None:
+    config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID]})
+    with pytest.raises(StageError, match="needs `fields` for table records"):
+        PiiRedaction(config, "table")
+    from curation.pii_engine import may_hold_names
+
+    assert not may_hold_names("INV-204518") and not may_hold_names("1,250.00") and not may_hold_names("42")
+    assert may_hold_names("Refund for Dana Whitfield") and may_hold_names("Whitfield")
+
+
+def test_model_is_checked_and_a_missing_one_is_a_clear_error() -> None:
+    meta = check_model()
+    assert meta["version"] == MODEL_VERSION and meta["author"] == "Explosion" and "ner" in meta["pipeline"]
+    with pytest.raises(PiiEngineError, match=r"not installed; install it with `pip install"):
+        check_model("en_core_web_missing")
+
+
+def test_bad_recognizer_regex_names_the_recipe_line() -> None:
+    text = "dataset: d\nsources:\n  - path: in.jsonl\nstages:\n  - type: pii\n    recognizers:\n      - entity: TICKET\n        patterns:\n          - regex: 'TK-(\\d+'\n"
+    with pytest.raises(
+        RecipeError, match=r"stages\.0\.recognizers\.0\.patterns\.0\.regex \(line 9\): .*regular expression"
+    ):
+        parse_recipe(text)
+
+
+def test_debug_run_logs_no_pii_and_counts_entities(
+    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, corpus: list
+) -> None:
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    docs = corpus[:30]
+    write_jsonl(workdir / "in.jsonl", [{"message": d.text, "reply": "We are on it."} for d in docs])
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+        "stages": [
+            {"type": "pii", "recognizers": [CUSTOMER_ID], "operators": {"PERSON": "pseudonym", "CREDIT_CARD": "mask"}}
+        ],
+        "output": {"validation_fraction": 0.0},
+    }
+    with caplog.at_level(logging.DEBUG):
+        result = run(workdir, recipe)
+    assert caplog.records, "the run logged nothing at DEBUG: the check below would prove nothing"
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    values = {d.text[s:e] for d in docs for _, s, e in d.spans}
+    assert not [v for v in values if v in logged]
+
+    version = Path(result.version_uri)
+    published = "\n".join(json.dumps(row) for row in outputs(version) + set_aside(version))
+    leaked = [d.text[s:e] for d in docs for ent, s, e in d.spans if ent != "PERSON" and d.text[s:e] in published]
+    assert not leaked
+    stats = result.manifest.stats["stages"]["pii"]
+    emails = sum(entity == "EMAIL_ADDRESS" for d in docs for entity, _, _ in d.spans)
+    assert stats["EMAIL_ADDRESS"] == emails and stats["records_scanned"] == 30
+    # Uncertain spans went to the review queue in the state store, with their PII, and only there.
+    with sa.create_engine(f"sqlite:///{workdir / 'state.db'}").connect() as conn:
+        queued = conn.execute(sa.text("select detail, payload from review_items where kind = 'pii'")).all()
+    assert len(queued) == stats["review_flagged"]
