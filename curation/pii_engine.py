@@ -7,8 +7,8 @@ to download a missing model at run time.
 
 Speed comes from four things, measured in ``bench/pii.py``:
 - spaCy ``pipe`` over batches of texts instead of one call per text;
-- the dependency parser switched off: presidio reads entities, tokens and lemmas, never the parse,
-  and this model's NER has its own tok2vec, so its entities are the same with the parser off;
+- only NER kept of the spaCy pipeline (see ``_trim_pipeline``): presidio never reads the parse or
+  the tags, and this model's NER has its own tok2vec, so its entities are the same;
 - no NER at all on values that cannot hold a name (no letters, or one token with digits: amounts,
   codes, ids); they are tokenised only, which is what the pattern recognisers' context step needs;
 - a process per core, each running the whole analysis (presidio's batch engine parallelises only
@@ -19,6 +19,7 @@ Logging: presidio's loggers are held at WARNING, because at DEBUG they trace ana
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -48,6 +49,18 @@ Detection = tuple[str, int, int, float]  # entity, start, end (character offsets
 
 class PiiEngineError(RuntimeError):
     """The PII engine cannot be built (model missing or not genuine, bad recognizer)."""
+
+
+class PiiTextError(RuntimeError):
+    """Presidio failed on one text; the message says which one, never what it holds."""
+
+    def __init__(self, index: int, error: str) -> None:
+        super().__init__(f"presidio failed on text {index} of the batch with {error} (its message is withheld)")
+        self.index = index
+        self.error = error
+
+    def __reduce__(self) -> tuple:  # so it crosses from a worker process intact
+        return (PiiTextError, (self.index, self.error))
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,33 @@ def _recognizers(spec: EngineSpec, nlp_engine: object) -> object:
     return registry
 
 
+def _lower_lemma(doc: object) -> object:
+    for token in doc:
+        token.lemma_ = token.lower_
+    return doc
+
+
+def _trim_pipeline(nlp: object) -> None:
+    """Keep only what presidio reads: the tokens, NER's entities, and a lemma per token.
+
+    The parser, the tagger and the rule lemmatizer behind it cost ~half of the spaCy time. Presidio
+    uses lemmas only to find context words near a match, by substring ("call" in "calls"), so the
+    lower-cased token serves (measured: same recall, bench/pii.py). This model's NER has its own
+    tok2vec, so its entities are unchanged.
+    """
+    from spacy.language import Language
+
+    if not Language.has_factory("curation_lower_lemma"):
+        Language.component("curation_lower_lemma")(_lower_lemma)
+    unused = ["parser", "tagger", "attribute_ruler", "lemmatizer"]
+    if "tok2vec" in nlp.pipe_names and "ner" not in nlp.get_pipe("tok2vec").listening_components:
+        unused.append("tok2vec")
+    for name in unused:
+        if name in nlp.pipe_names:
+            nlp.disable_pipe(name)
+    nlp.add_pipe("curation_lower_lemma", before="ner")
+
+
 @lru_cache(maxsize=4)
 def build_analyzer(spec: EngineSpec) -> object:
     """The presidio ``AnalyzerEngine`` for a spec; built once per process (forked workers inherit it)."""
@@ -145,9 +185,7 @@ def build_analyzer(spec: EngineSpec) -> object:
     conf = yaml.safe_load(conf_path.read_text())
     conf["models"] = [{"lang_code": LANGUAGE, "model_name": spec.model}]
     nlp_engine = NlpEngineProvider(nlp_configuration=conf).create_engine()
-    nlp = nlp_engine.nlp[LANGUAGE]
-    if "parser" in nlp.pipe_names:
-        nlp.disable_pipe("parser")
+    _trim_pipeline(nlp_engine.nlp[LANGUAGE])
     analyzer = AnalyzerEngine(
         nlp_engine=nlp_engine, registry=_recognizers(spec, nlp_engine), supported_languages=[LANGUAGE]
     )
@@ -172,39 +210,33 @@ def may_hold_names(text: str) -> bool:
     return bool(_LETTERS.search(text)) and not _CODE.fullmatch(text.strip())
 
 
-def _analyze_here(spec: EngineSpec, texts: Sequence[str], ner: Sequence[bool], threshold: float, batch_size: int):
+def _analyze_here(
+    spec: EngineSpec, texts: Sequence[str], ner: Sequence[bool], threshold: float, batch_size: int
+) -> list[list[Detection]]:
     """Detections for each text, in this process."""
-    from presidio_analyzer.nlp_engine import NlpArtifacts
-
     analyzer = build_analyzer(spec)
     engine = analyzer.nlp_engine
     nlp = engine.nlp[LANGUAGE]
     artifacts: list[object] = [None] * len(texts)
-    with_ner = [i for i, flag in enumerate(ner) if flag]
-    for index, (_, nlp_artifacts) in zip(
-        with_ner, engine.process_batch([texts[i] for i in with_ner], LANGUAGE, batch_size=batch_size), strict=True
-    ):
-        artifacts[index] = nlp_artifacts
-    for index, flag in enumerate(ner):
-        if not flag:
-            # Tokens only, lower-cased as lemmas: enough for the context words of pattern recognisers.
-            doc = nlp.make_doc(texts[index])
-            artifacts[index] = NlpArtifacts(
-                entities=[],
-                tokens=doc,
-                tokens_indices=[token.idx for token in doc],
-                lemmas=[token.lower_ for token in doc],
-                nlp_engine=engine,
-                language=LANGUAGE,
-            )
+    for with_ner in (True, False):
+        indices = [i for i, flag in enumerate(ner) if flag == with_ner]
+        # Without NER a text is only tokenised: enough for the pattern recognisers' context words.
+        with contextlib.nullcontext() if with_ner else nlp.select_pipes(disable=["ner"]):
+            batches = engine.process_batch([texts[i] for i in indices], LANGUAGE, batch_size=batch_size)
+            for index, (_, nlp_artifacts) in zip(indices, batches, strict=True):
+                artifacts[index] = nlp_artifacts
     entities = list(spec.entities)
-    return [
-        [
-            (r.entity_type, r.start, r.end, float(r.score))
-            for r in analyzer.analyze(text, LANGUAGE, entities=entities, nlp_artifacts=art, score_threshold=threshold)
-        ]
-        for text, art in zip(texts, artifacts, strict=True)
-    ]
+    found = []
+    for index, (text, nlp_artifacts) in enumerate(zip(texts, artifacts, strict=True)):
+        try:
+            results = analyzer.analyze(
+                text, LANGUAGE, entities=entities, nlp_artifacts=nlp_artifacts, score_threshold=threshold
+            )
+        except Exception as error:
+            # Presidio's messages can quote the text: keep only the type and which text it was.
+            raise PiiTextError(index, type(error).__name__) from None
+        found.append([(r.entity_type, r.start, r.end, float(r.score)) for r in results])
+    return found
 
 
 def _analyze_chunk(args: tuple) -> list[list[Detection]]:
