@@ -285,5 +285,12 @@ class PiiAnalyzer:
             (self.spec, list(texts[i : i + size]), ner[i : i + size], threshold, self.batch_size)
             for i in range(0, len(texts), size)
         ]
+        found: list[list[Detection]] = []
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return [result for chunk in pool.map(_analyze_chunk, chunks) for result in chunk]
+            futures = [pool.submit(_analyze_chunk, chunk) for chunk in chunks]
+            for offset, future in zip(range(0, len(texts), size), futures, strict=True):
+                try:
+                    found += future.result()
+                except PiiTextError as error:
+                    raise PiiTextError(offset + error.index, error.error) from None
+        return found

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 
 import pyarrow as pa
 
-from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer
+from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiTextError
 from curation.stages.base import StageError, StageResult, split_by_mask
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, set_aside_rows
@@ -122,7 +122,15 @@ class PiiRedaction:
         columns = {name: batch[name].to_pylist() for name in self.fields}
         where = [(name, row) for name in self.fields for row, value in enumerate(columns[name]) if value]
         texts = [columns[name][row] for name, row in where]
-        found = self.analyzer.analyze(texts, self.config.threshold, [name in self.ner_fields for name, _ in where])
+        try:
+            found = self.analyzer.analyze(texts, self.config.threshold, [name in self.ner_fields for name, _ in where])
+        except PiiTextError as error:
+            name, row = where[error.index]
+            source = batch["source"][row].as_py()
+            raise StageError(
+                f"{source['uri']}:{source['line']}: record {ids[row]}, field {name}: presidio failed with "
+                f"{error.error} (its message is withheld: it can quote the text)"
+            ) from None
 
         stats: Counter[str] = Counter()
         dropped: dict[int, str] = {}  # row -> PII-free reason
