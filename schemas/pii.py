@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -59,7 +59,7 @@ class PiiConfig(Strict):
     operators: dict[str, PiiOperator] = Field(default_factory=dict)  # entity (or "default") -> operator
     threshold: float = Field(default=0.3, ge=0.0, le=1.0)  # detections scoring less are ignored
     review_below: float = Field(default=0.6, ge=0.0, le=1.0)  # [threshold, review_below): redact and flag
-    secret: str | None = None  # pseudonym key; better kept out of the recipe, in ``secret_env``
+    secret: SecretStr | None = None  # pseudonym key (never printed); better kept out of the recipe, in ``secret_env``
     secret_env: str = "CURATION_PII_SECRET"
     mask_char: str = Field(default="*", min_length=1, max_length=1)
     workers: int | None = Field(default=None, ge=1)  # processes; default: one per core

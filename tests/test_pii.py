@@ -92,9 +92,12 @@ def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) ->
     assert other.startswith("<PERSON_") and other != first, kept
     assert not any(name in " ".join(kept) for name in ("John", "Carter", "Maria", "Lopez"))
 
-    monkeypatch.setenv("CURATION_PII_SECRET", "another-key")
-    again = stage(operators={"PERSON": "pseudonym"})(records(prompts[:1])).kept["prompt"][0].as_py()
-    assert first not in again  # a different key gives different pseudonyms: the output alone does not reveal them
+    # A different key (here from the recipe, which wins over the environment) gives different
+    # pseudonyms: the output alone does not reveal them. The key is never printed with the settings.
+    keyed = stage(operators={"PERSON": "pseudonym"}, secret="another-key")
+    assert "another-key" not in repr(keyed.config)
+    again = keyed(records(prompts[:1])).kept["prompt"][0].as_py()
+    assert again.startswith("Please call <PERSON_") and first not in again
 
 
 def test_pseudonym_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,7 +102,7 @@ class PiiRedaction:
         self.operators = {
             entity: config.operators.get(entity, config.operators.get("default", "replace")) for entity in entities
         }
-        secret = config.secret or os.environ.get(config.secret_env)
+        secret = config.secret.get_secret_value() if config.secret else os.environ.get(config.secret_env)
         if "pseudonym" in self.operators.values() and not secret:
             raise StageError(
                 f"the pii stage's pseudonym operator needs a secret key: set the environment variable "
