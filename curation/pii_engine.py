@@ -41,7 +41,7 @@ MODEL_VERSION = "3.8.0"
 LANGUAGE = "en"
 
 # Presidio traces analysed text at DEBUG (decision process, context words): never let it through.
-for _name in ("presidio-analyzer", "presidio-anonymizer", "decision_process"):
+for _name in ("presidio-analyzer", "presidio-anonymizer", "presidio-image-redactor", "decision_process"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 Detection = tuple[str, int, int, float]  # entity, start, end (character offsets), score

@@ -62,6 +62,7 @@ class PiiConfig(Strict):
     secret: SecretStr | None = None  # pseudonym key (never printed); better kept out of the recipe, in ``secret_env``
     secret_env: str = "CURATION_PII_SECRET"
     mask_char: str = Field(default="*", min_length=1, max_length=1)
+    ocr: bool = False  # also redact text in document images (the ``image_bytes`` column), with tesseract OCR
     workers: int | None = Field(default=None, ge=1)  # processes; default: one per core
     batch_size: int = Field(default=64, ge=1)  # texts per spaCy ``pipe`` batch
 

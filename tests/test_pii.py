@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -213,3 +214,52 @@ def test_debug_run_logs_no_pii_and_counts_entities(
     with sa.create_engine(f"sqlite:///{workdir / 'state.db'}").connect() as conn:
         queued = conn.execute(sa.text("select detail, payload from review_items where kind = 'pii'")).all()
     assert len(queued) == stats["review_flagged"]
+
+
+def document_image() -> bytes:
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 28)
+    image = Image.new("RGB", (900, 220), "white")
+    draw = ImageDraw.Draw(image)
+    for line, text in enumerate(
+        ("Statement for account holder", "Email: dana.whitfield@example.com", "Total due: 120")
+    ):
+        draw.text((30, 30 + 60 * line), text, fill="black", font=font)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_ocr_fills_pii_boxes_in_document_images() -> None:
+    import pytesseract
+    from PIL import Image
+
+    original = document_image()
+    assert "dana.whitfield@example.com" in pytesseract.image_to_string(Image.open(io.BytesIO(original)))
+    batch = pa.table(
+        {
+            "id": ["img0", "img1"],
+            "source": source_array("images", "mem://images.jsonl", [1, 2]),
+            "image": ["statement.png", "broken.png"],
+            "question": ["What is the total due?", "What is shown?"],
+            "answer": ["120", "nothing"],
+            "image_bytes": pa.array([original, b"not an image"], pa.binary()),
+        }
+    )
+    config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID], "ocr": True})
+    result = PiiRedaction(config, "vqa")(batch)
+    assert result.kept["id"].to_pylist() == ["img0"]
+    assert result.set_aside.to_pylist()[0]["reason"] == "bad_image"
+    assert (
+        result.set_aside.to_pylist()[0]["detail"]
+        == "mem://images.jsonl:2: image_bytes: not a readable image (UnidentifiedImageError)"
+    )
+    redacted = Image.open(io.BytesIO(result.kept["image_bytes"][0].as_py()))
+    assert redacted.format == "PNG" and redacted.size == (900, 220)
+    text = pytesseract.image_to_string(redacted)
+    assert "whitfield" not in text.lower() and "Statement for account holder" in text
+    assert result.stats["image_EMAIL_ADDRESS"] == 1 and result.stats["images_redacted"] == 1
+    # The box is filled: the e-mail's line is now mostly black where the text was.
+    line = redacted.convert("L").crop((140, 95, 500, 120))
+    assert sum(1 for p in line.getdata() if p < 50) > 0.8 * line.width * line.height

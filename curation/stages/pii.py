@@ -27,7 +27,8 @@ from collections.abc import Collection, Mapping
 import pyarrow as pa
 
 from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiTextError
-from curation.stages.base import StageError, StageResult, split_by_mask
+from curation.pii_image import BadImage, check_tesseract, redact_image
+from curation.stages.base import StageError, StageResult
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, set_aside_rows
 
@@ -111,6 +112,8 @@ class PiiRedaction:
         self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
         self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
         self.analyzer = analyzer or PiiAnalyzer(EngineSpec(entities, custom), config.workers, config.batch_size)
+        if config.ocr:
+            check_tesseract()
 
     def __call__(self, batch: pa.Table) -> StageResult:
         for name in self.fields:
@@ -158,6 +161,9 @@ class PiiRedaction:
             if uncertain:
                 flags.setdefault(row, []).append(self._flag(batch, row, name, text, new_text, uncertain))
         stats["records_scanned"] += batch.num_rows
+        bad_images: dict[int, str] = {}
+        if self.config.ocr and "image_bytes" in batch.column_names:
+            batch, bad_images = self._redact_images(batch, stats, skip=set(dropped))
         for row, row_counts in counts.items():
             if row not in dropped:
                 stats.update(row_counts)
@@ -165,11 +171,16 @@ class PiiRedaction:
         stats["records_dropped"] += len(dropped)
         for name in self.fields:
             batch = batch.set_column(batch.column_names.index(name), name, pa.array(redacted[name], pa.string()))
-        kept, removed = split_by_mask(batch, pa.array([row not in dropped for row in range(batch.num_rows)]))
-        details = [dropped[row] for row in sorted(dropped)]
-        set_aside = set_aside_rows(removed["id"], removed["source"], self.name, "filtered", "pii", details)
+        out = set(dropped) | set(bad_images)
+        kept = batch.filter(pa.array([row not in out for row in range(batch.num_rows)]))
+        set_aside = pa.concat_tables(
+            [
+                self._set_aside(batch, dropped, "filtered", "pii"),
+                self._set_aside(batch, bad_images, "quarantined", "bad_image"),
+            ]
+        )
         # A dropped record is not published, so there is nothing left in it to review.
-        flag_rows = [flag for row, row_flags in sorted(flags.items()) if row not in dropped for flag in row_flags]
+        flag_rows = [flag for row, row_flags in sorted(flags.items()) if row not in out for flag in row_flags]
         flag_table = pa.Table.from_pylist(flag_rows, schema=FLAG_SCHEMA)
         stats["review_flagged"] += flag_table.num_rows
         log.debug(
@@ -181,6 +192,29 @@ class PiiRedaction:
             flag_table.num_rows,
         )
         return StageResult(kept=kept, set_aside=set_aside, stats=dict(stats), flags=flag_table)
+
+    def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
+        order = sorted(rows)
+        taken = batch.take(pa.array(order, pa.int64()))
+        return set_aside_rows(taken["id"], taken["source"], self.name, outcome, reason, [rows[r] for r in order])
+
+    def _redact_images(self, batch: pa.Table, stats: Counter[str], skip: set[int]) -> tuple[pa.Table, dict[int, str]]:
+        """Fill the boxes of PII text found by OCR in each image; unreadable images are quarantined."""
+        images = batch["image_bytes"].to_pylist()
+        sources = batch["source"].to_pylist()
+        bad: dict[int, str] = {}
+        for row, data in enumerate(images):
+            if data is None or row in skip:
+                continue
+            try:
+                images[row], found = redact_image(data, self.analyzer.spec, self.config.threshold)
+            except BadImage as error:
+                bad[row] = f"{sources[row]['uri']}:{sources[row]['line']}: image_bytes: {error}"
+                continue
+            stats.update({f"image_{entity}": count for entity, count in found.items()})
+            stats["images_redacted"] += bool(found)
+        column = batch.column_names.index("image_bytes")
+        return batch.set_column(column, "image_bytes", pa.array(images, batch["image_bytes"].type)), bad
 
     def _redact(self, text: str, detections: list[Detection]) -> tuple[str, list[dict]]:
         pieces, spans, position = [], [], 0
