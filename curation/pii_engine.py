@@ -20,6 +20,7 @@ Logging: presidio's loggers are held at WARNING, because at DEBUG they trace ana
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -286,11 +287,17 @@ class PiiAnalyzer:
             for i in range(0, len(texts), size)
         ]
         found: list[list[Detection]] = []
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_analyze_chunk, chunk) for chunk in chunks]
-            for offset, future in zip(range(0, len(texts), size), futures, strict=True):
-                try:
-                    found += future.result()
-                except PiiTextError as error:
-                    raise PiiTextError(offset + error.index, error.error) from None
+        # Objects the collector would visit in a child are copied page by page (copy-on-write):
+        # frozen, the parent's objects (the model's vocabulary, presidio's regexes) stay shared.
+        gc.freeze()
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_analyze_chunk, chunk) for chunk in chunks]
+                for offset, future in zip(range(0, len(texts), size), futures, strict=True):
+                    try:
+                        found += future.result()
+                    except PiiTextError as error:
+                        raise PiiTextError(offset + error.index, error.error) from None
+        finally:
+            gc.unfreeze()
         return found
