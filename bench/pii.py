@@ -37,7 +37,7 @@ def plain_engine(entities: list[str]) -> object:
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
     # The only change to stock presidio: its e-mail check must not try the network from here.
-    tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
+    tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
     conf = yaml.safe_load((Path(presidio_analyzer.__file__).parent / "conf" / "default.yaml").read_text())
     conf["models"] = [{"lang_code": LANGUAGE, "model_name": MODEL_NAME}]
     engine = AnalyzerEngine(nlp_engine=NlpEngineProvider(nlp_configuration=conf).create_engine())

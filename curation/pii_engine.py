@@ -114,8 +114,8 @@ def _recognizers(spec: EngineSpec, nlp_engine: object) -> object:
     from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer
 
     # tldextract fetches the public suffix list on first use; offline that is a logged traceback.
-    # Its bundled snapshot is enough to tell a domain from a non-domain.
-    offline = tldextract.TLDExtract(suffix_list_urls=())
+    # Its bundled snapshot is enough to tell a domain from a non-domain (and needs no disk cache).
+    offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
     class OfflineEmailRecognizer(EmailRecognizer):
         def validate_result(self, pattern_text: str) -> bool:
