@@ -31,8 +31,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:  # presidio and spaCy load in ~2 s: imported only when a recipe has a pii stage
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import NlpEngine
+    from spacy.language import Language
+    from spacy.tokens import Doc
 
 log = logging.getLogger("curation.pii")
 
@@ -107,7 +114,7 @@ def check_model(name: str = MODEL_NAME) -> dict:
     return meta
 
 
-def _recognizers(spec: EngineSpec, nlp_engine: object) -> object:
+def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
     """presidio's English recognizers, with our offline email and wider card recognizers, plus the recipe's."""
     import tldextract
     from presidio_analyzer import Pattern, PatternRecognizer, RecognizerRegistry
@@ -147,13 +154,13 @@ def _recognizers(spec: EngineSpec, nlp_engine: object) -> object:
     return registry
 
 
-def _lower_lemma(doc: object) -> object:
+def _lower_lemma(doc: Doc) -> Doc:
     for token in doc:
         token.lemma_ = token.lower_
     return doc
 
 
-def _trim_pipeline(nlp: object) -> None:
+def _trim_pipeline(nlp: Language) -> None:
     """Keep only what presidio reads: the tokens, NER's entities, and a lemma per token.
 
     The parser, the tagger and the rule lemmatizer behind it cost ~half of the spaCy time. Presidio
@@ -175,7 +182,7 @@ def _trim_pipeline(nlp: object) -> None:
 
 
 @lru_cache(maxsize=4)
-def build_analyzer(spec: EngineSpec) -> object:
+def build_analyzer(spec: EngineSpec) -> AnalyzerEngine:
     """The presidio ``AnalyzerEngine`` for a spec; built once per process (forked workers inherit it)."""
     import presidio_analyzer
     from presidio_analyzer import AnalyzerEngine

@@ -10,10 +10,14 @@ import io
 import shutil
 from collections import Counter
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
 from curation.pii_engine import LANGUAGE, EngineSpec, PiiEngineError, build_analyzer
+
+if TYPE_CHECKING:
+    from presidio_image_redactor import ImageRedactorEngine
 
 
 class BadImage(ValueError):
@@ -29,7 +33,7 @@ def check_tesseract() -> None:
 
 
 @lru_cache(maxsize=4)
-def _redactor(spec: EngineSpec) -> object:
+def _redactor(spec: EngineSpec) -> ImageRedactorEngine:
     from presidio_image_redactor import ImageAnalyzerEngine, ImageRedactorEngine
 
     return ImageRedactorEngine(ImageAnalyzerEngine(analyzer_engine=build_analyzer(spec)))

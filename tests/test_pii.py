@@ -156,6 +156,13 @@ def test_custom_recognizer_uses_its_context_words() -> None:
     assert result.stats["CUSTOMER_ID"] == 2
 
 
+def test_ner_runs_only_on_ner_fields() -> None:
+    batch = records(["Dana Whitfield wrote from dana@example.org"], completion="Reply to Dana Whitfield today.")
+    kept = stage(ner_fields=["completion"])(batch).kept
+    assert kept["prompt"][0].as_py() == "Dana Whitfield wrote from <EMAIL_ADDRESS>"  # patterns only
+    assert kept["completion"][0].as_py() == "Reply to <PERSON> today."
+
+
 def test_table_rows_need_fields_and_skip_ner_on_codes() -> None:
     config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID]})
     with pytest.raises(StageError, match="needs `fields` for table records"):
