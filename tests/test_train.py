@@ -206,3 +206,23 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
+
+
+def test_wait_shows_the_jobs_cloudwatch_log_lines(
+    workdir: Path, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import EXIT_OK, follow
+
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
+    logs = boto3.client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    if group not in [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]]:
+        logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/algo-1-1764072000")
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # CloudWatch drops events older than 14 days
+    events = [{"timestamp": now_ms + i, "message": f"epoch=0 step={i} train_epoch_loss=1.{i}"} for i in range(3)]
+    logs.put_log_events(logGroupName=group, logStreamName=f"{name}/algo-1-1764072000", logEvents=events)
+    assert follow(name, 0, None) == EXIT_OK
+    err = capsys.readouterr().err
+    assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
