@@ -83,9 +83,12 @@ _STRING = {"type": "string"}
 
 
 # --- text: domain adaptation ---------------------------------------------------------------------
-# JumpStart text-generation fine-tuning, "domain adaptation" data: JSON lines with a ``text`` field
-# (SageMaker docs, "Fine-tune a large language model (LLM) using domain adaptation": the training
-# channel holds CSV, JSON or TXT; for JSON lines the ``text`` key is used). We write JSON lines only.
+# JumpStart text-generation fine-tuning, domain adaptation (``instruction_tuned="False"``): "a train and
+# an optional validation directory. Each directory contains a CSV/JSON/TXT file ... the data is used
+# from the column called 'text' ... The number of files under train and validation (if provided)
+# should equal to one" (JumpStart Llama 3 fine-tuning notebook, amazon-sagemaker-examples,
+# jumpstart-foundation-models, appendix "Dataset formatting instruction for training", 2.1). So this
+# format writes one JSON-lines file per split, ``data.jsonl``, not size-bounded shards.
 
 
 def chunk_text(text: str, limit: int) -> list[str]:
@@ -115,10 +118,10 @@ def _text(batch: pa.Table, options: FormatOptions) -> Rendered:
 
 
 # --- instruction tuning ----------------------------------------------------------------------------
-# JumpStart instruction fine-tuning reads JSON lines whose keys fill the ``{placeholders}`` of a
-# ``template.json`` (``{"prompt": ..., "completion": ...}``) kept in the same channel folder as the
-# data; the estimator takes ``instruction_tuned="True"`` (SageMaker docs, "Fine-tune a large
-# language model (LLM) using prompt instructions", and the JumpStart Llama fine-tuning notebooks).
+# JumpStart instruction fine-tuning (``instruction_tuned="True"``) reads one or more ``.jsonl`` files
+# from the train (and optional validation) directory, and a ``template.json`` beside them whose
+# ``prompt`` and ``completion`` templates are filled from each line's keys (same notebook, 2.2; the
+# ``.jsonl`` extension is mandatory).
 JUMPSTART_TEMPLATE = {"prompt": "{prompt}", "completion": "{completion}"}
 
 
@@ -230,7 +233,7 @@ def _vqa(batch: pa.Table, options: FormatOptions) -> Rendered:
 
 
 FORMATS: dict[str, OutputFormat] = {
-    "text": OutputFormat("text", frozenset({"document"}), ("text",), renderer=_text),
+    "text": OutputFormat("text", frozenset({"document"}), ("text",), renderer=_text, data_file="data.jsonl"),
     "jumpstart-instruction": OutputFormat(
         "jumpstart-instruction",
         frozenset({"instruction"}),

@@ -59,28 +59,37 @@ def instruction_recipe(folder: Path, fmt: str, **output: Any) -> dict[str, Any]:
 
 def test_text_format_loads_with_datasets_and_chunks_documents(workdir: Path) -> None:
     words = [f"word{i:03d}" for i in range(120)]
-    docs = [" ".join(words), "short document", "Zürich café ☕ " * 3]
+    docs = [" ".join(words), "short document", "Zürich café ☕ " * 3] + [f"filler {i} " * 12 for i in range(20)]
     write_jsonl(workdir / "docs.jsonl", [{"body": d} for d in docs])
     recipe = {
         "dataset": "docs",
         "sources": [{"path": str(workdir / "docs.jsonl")}],
         "record": {"kind": "document", "text": "body"},
-        "output": {"dest": str(workdir / "out"), "format": "text", "chunk_chars": 100, "validation_fraction": 0.0},
+        "output": {
+            "dest": str(workdir / "out"),
+            "format": "text",
+            "chunk_chars": 100,
+            "validation_fraction": 0.0,
+            "shard_max_bytes": 1024,
+        },
     }
     version = Path(run_fresh(workdir, recipe).version_uri)
     loaded = load_json_splits(version)
     assert loaded["train"].column_names == ["text"]  # the key JumpStart domain adaptation reads
+    # JumpStart domain adaptation takes exactly one file per channel, however small the shard limit.
+    assert sorted(p.name for p in (version / "train").iterdir()) == ["data.jsonl"]
+    assert (version / "train" / "data.jsonl").stat().st_size > 1024
     lines = loaded["train"]["text"]
     assert all(len(line) <= 100 for line in lines)
     # The long document became several chunks that together hold every word, in order.
     long_chunks = [line for line in lines if line.startswith("word") or " word" in line]
     assert " ".join(long_chunks).split() == words
     assert "short document" in lines and "Zürich café ☕ Zürich café ☕ Zürich café ☕ " in lines
-    # Lineage: each line traces back to its document, and three records are still three records.
+    # Lineage: each line traces back to its document; chunking does not change the record count.
     manifest = read_manifest(str(version))
-    assert manifest.counts.written == 3 and manifest.splits["train"].records == len(lines)
+    assert manifest.counts.written == 23 and manifest.splits["train"].records == len(lines)
     lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
-    assert len(lineage) == len(lines) and len({row["id"] for row in lineage}) == 3
+    assert len(lineage) == len(lines) and len({row["id"] for row in lineage}) == 23
 
 
 def test_chunk_text_cuts_at_whitespace_and_never_drops_text() -> None:

@@ -65,6 +65,7 @@ def test_dry_run_prints_a_valid_request_for_instruction_data(workdir: Path) -> N
     # template.json is in the training channel, so JumpStart's instruction tuning is switched on.
     assert hp["instruction_tuned"] == "True" and hp["chat_dataset"] == "False"
     assert hp["lora_r"] == "16" and hp["learning_rate"] == "0.0002" and hp["int8_quantization"] == "True"
+    assert hp["enable_fsdp"] == "False"  # JumpStart: int8 and FSDP do not go together
     assert set(channels(request)) == {"training", "validation", "model"}
     assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"

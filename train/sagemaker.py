@@ -128,6 +128,12 @@ def hyperparameters_for(
                 f"{spec.model_id} has no hyperparameter {key!r}; it takes: {', '.join(sorted(spec.hyperparameters))}"
             )
         values[key] = str(value)
+    # JumpStart's Llama notes: int8 quantisation does not work with FSDP; set exactly one of the two.
+    overrides = overrides or {}
+    if values.get("int8_quantization") == "True" and "enable_fsdp" in values:
+        if overrides.get("enable_fsdp") == "True":
+            raise SpecError("int8_quantization=True does not work with enable_fsdp=True; choose one")
+        values["enable_fsdp"] = "False"
     return values
 
 
