@@ -87,8 +87,9 @@ _STRING = {"type": "string"}
 # an optional validation directory. Each directory contains a CSV/JSON/TXT file ... the data is used
 # from the column called 'text' ... The number of files under train and validation (if provided)
 # should equal to one" (JumpStart Llama 3 fine-tuning notebook, amazon-sagemaker-examples,
-# jumpstart-foundation-models, appendix "Dataset formatting instruction for training", 2.1). So this
-# format writes one JSON-lines file per split, ``data.jsonl``, not size-bounded shards.
+# jumpstart-foundation-models, appendix "Dataset formatting instruction for training", 2.1). Shards
+# stay size-bounded here (other trainers stream them); ``curation train`` refuses a text version
+# with more than one shard per split, and says to raise ``output.shard_max_bytes``.
 
 
 def chunk_text(text: str, limit: int) -> list[str]:
@@ -233,7 +234,7 @@ def _vqa(batch: pa.Table, options: FormatOptions) -> Rendered:
 
 
 FORMATS: dict[str, OutputFormat] = {
-    "text": OutputFormat("text", frozenset({"document"}), ("text",), renderer=_text, data_file="data.jsonl"),
+    "text": OutputFormat("text", frozenset({"document"}), ("text",), renderer=_text),
     "jumpstart-instruction": OutputFormat(
         "jumpstart-instruction",
         frozenset({"instruction"}),

@@ -5,6 +5,7 @@ come from the pinned file, so nothing here needs the network."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -36,6 +37,14 @@ def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_fresh(folder: Path, recipe: dict[str, Any]) -> str:
+    """Run a recipe; a rerun over the same input reprocesses it (incremental runs switched off)."""
+    loaded = load_recipe(write_recipe(folder, recipe))
+    if "full_refresh" in inspect.signature(run_recipe).parameters:
+        return run_recipe(loaded, full_refresh=True).version_uri
+    return run_recipe(loaded).version_uri
+
+
 def publish(folder: Path, fmt: str, dest: str | None = None, dataset: str = "pairs") -> str:
     rows = [{"q": f"Categorise purchase {i}", "a": "Dining" if i % 2 else "Travel"} for i in range(30)]
     write_jsonl(folder / "pairs.jsonl", rows)
@@ -45,7 +54,7 @@ def publish(folder: Path, fmt: str, dest: str | None = None, dataset: str = "pai
         "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
         "output": {"dest": dest or str(folder / "out"), "format": fmt, "validation_fraction": 0.2},
     }
-    return run_recipe(load_recipe(write_recipe(folder, recipe))).version_uri
+    return run_fresh(folder, recipe)
 
 
 def channels(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -227,3 +236,21 @@ def test_wait_shows_the_jobs_cloudwatch_log_lines(
     assert follow(name, 0, None) == EXIT_OK
     err = capsys.readouterr().err
     assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
+
+
+def test_text_versions_in_several_shards_are_refused_for_domain_adaptation(workdir: Path) -> None:
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i} " + "words " * 60} for i in range(40)])
+    recipe = {
+        "dataset": "docs",
+        "sources": [{"path": str(workdir / "docs.jsonl")}],
+        "record": {"kind": "document"},
+        "output": {"dest": str(workdir / "out"), "shard_max_bytes": 4096, "validation_fraction": 0.0},
+    }
+    sharded = run_fresh(workdir, recipe)
+    with pytest.raises(TrainError, match=r"one file per channel.*shard_max_bytes"):
+        training_request(sharded, MODEL, specs=PINNED)
+    recipe["output"]["shard_max_bytes"] = 1 << 20
+    whole = run_fresh(workdir, recipe)
+    request = training_request(whole, MODEL, specs=PINNED)
+    assert request["HyperParameters"]["instruction_tuned"] == "False"
+    assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel

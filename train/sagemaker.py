@@ -120,6 +120,15 @@ def hyperparameters_for(
             f"{spec.model_id} trains on {', '.join(spec.formats)} data, not {manifest.format!r}; "
             "publish the dataset in one of those formats (output.format in the recipe)"
         )
+    if manifest.format == "text":
+        # JumpStart domain adaptation reads exactly one file per channel.
+        split_up = [name for name, split in manifest.splits.items() if len(split.shards) > 1]
+        if split_up:
+            raise TrainError(
+                f"{manifest.dataset} v{manifest.version}: JumpStart domain adaptation reads one file per channel, "
+                f"but {', '.join(split_up)} has several shards; republish with output.shard_max_bytes above "
+                "the split's size"
+            )
     values = dict(spec.hyperparameters)
     values.update({k: v for k, v in FORMAT_HYPERPARAMETERS[manifest.format].items() if k in values})
     for key, value in (overrides or {}).items():
