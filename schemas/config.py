@@ -134,6 +134,17 @@ class OutputConfig(Strict):
     system_prompt: str | None = None  # chat and conversation formats: a system turn before each exchange
     chunk_chars: int | None = Field(default=None, ge=16)  # text format: cut documents into pieces this long
 
+    @model_validator(mode="after")
+    def _options_fit_format(self) -> OutputConfig:
+        if self.chunk_chars is not None and self.format not in (None, "text"):
+            raise ValueError(f"chunk_chars applies to the text format, not {self.format}")
+        chat = ("jumpstart-chat", "messages", "bedrock-conversation")
+        if self.system_prompt is not None and self.format not in chat:
+            raise ValueError(
+                f"system_prompt applies to the {', '.join(chat)} formats, not {self.format or 'the default format'}"
+            )
+        return self
+
     def carry_columns(self) -> list[str]:
         """Input columns the split needs at the writer, beyond the record's own fields."""
         return [c for c in (self.stratify_by, self.group_by) if c]

@@ -309,3 +309,14 @@ def test_split_on_a_missing_column_names_it(workdir: Path) -> None:
     with pytest.raises(ValueError, match=r"group_by: column 'account' is not in the records"):
         run_fresh(workdir, recipe)
     assert not list((workdir / "out" / "txns").glob("v*"))  # nothing published
+
+
+def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) -> None:
+    from schemas.config import RecipeError
+
+    recipe = instruction_recipe(workdir, "jumpstart-instruction", system_prompt="Be brief.")
+    with pytest.raises(RecipeError, match="system_prompt applies to the jumpstart-chat"):
+        load_recipe(write_recipe(workdir, recipe))
+    recipe = instruction_recipe(workdir, "messages", chunk_chars=100)
+    with pytest.raises(RecipeError, match="chunk_chars applies to the text format"):
+        load_recipe(write_recipe(workdir, recipe))

@@ -17,6 +17,13 @@ from train.sagemaker import TrainError, describe, model_artifacts, region, valid
 BEDROCK_ROLE_ENV = "BEDROCK_IMPORT_ROLE_ARN"
 
 
+def bedrock_role(role_arn: str | None = None) -> str:
+    role = role_arn or os.environ.get(BEDROCK_ROLE_ENV)
+    if not role:
+        raise TrainError(f"Bedrock needs a service role to read the model: pass --role or set {BEDROCK_ROLE_ENV}")
+    return role
+
+
 def import_request(
     training_job: Mapping[str, Any],
     *,
@@ -29,9 +36,7 @@ def import_request(
     status = training_job["TrainingJobStatus"]
     if status != "Completed":
         raise TrainError(f"training job {name} is {status}; only a completed job has a model to import")
-    role = role_arn or os.environ.get(BEDROCK_ROLE_ENV)
-    if not role:
-        raise TrainError(f"Bedrock needs a service role to read the model: pass --role or set {BEDROCK_ROLE_ENV}")
+    role = bedrock_role(role_arn)
     imported = model_name or name
     tags = {t["Key"]: t["Value"] for t in training_job.get("Tags", [])}
     request: dict[str, Any] = {
@@ -48,8 +53,9 @@ def import_request(
     return request
 
 
-def request_for_job(job_name: str, **options: Any) -> dict:
-    return import_request(describe(job_name), **options)
+def request_for_job(job_name: str, *, role_arn: str | None = None, **options: Any) -> dict:
+    role = bedrock_role(role_arn)  # before any call: a usage error needs no AWS
+    return import_request(describe(job_name), role_arn=role, **options)
 
 
 def start_import(request: dict, client: Any | None = None) -> str:
