@@ -143,5 +143,10 @@ def demo(
     raise typer.Exit(execute(_load(recipe_path)))
 
 
+from curation.review.cli import review_app  # noqa: E402
+
+app.add_typer(review_app, name="review")
+
+
 if __name__ == "__main__":
     app()
