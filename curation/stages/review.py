@@ -68,18 +68,21 @@ class ReviewDecisions:
         ids = batch["id"].to_pylist()
         fields = {name for record in ids if record in self.edits for name in self.edits[record]}
         skipped = 0
+        applied: set[str] = set()
         for name in sorted(fields):
             if name not in batch.column_names or name in ("id", "source"):
                 skipped += sum(1 for record in ids if name in self.edits.get(record, {}))
                 continue
             column = batch[name]
-            values = pc.cast(column, pa.string()).to_pylist() if column.type != pa.string() else column.to_pylist()
-            new = [self.edits.get(record, {}).get(name, value) for record, value in zip(ids, values, strict=True)]
-            try:
-                # Edits arrive as text; a typed column (a table row's amount) takes them cast back.
-                replaced = pc.cast(pa.array(new, pa.string()), column.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                skipped += sum(1 for record in ids if name in self.edits.get(record, {}))
-                continue
-            batch = batch.set_column(batch.column_names.index(name), name, replaced)
-        return batch, sum(1 for record in ids if record in self.edits), skipped
+            values = column.to_pylist()
+            for index, record in enumerate(ids):
+                if name not in self.edits.get(record, {}):
+                    continue
+                try:
+                    # Edits arrive as text; a typed column (a table row's amount) takes them cast back.
+                    values[index] = pc.cast(pa.array([self.edits[record][name]], pa.string()), column.type)[0].as_py()
+                    applied.add(record)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    skipped += 1
+            batch = batch.set_column(batch.column_names.index(name), name, pa.array(values, column.type))
+        return batch, len(applied), skipped
