@@ -75,6 +75,23 @@ def _source(uri: str, line: int) -> dict:
     return {"connector": "files", "uri": uri, "line": line, "page": None}
 
 
+def publish_to_s3(seeded: Seeded, bucket: str) -> Path:
+    """The same tickets published as ``support-s3`` to an S3 bucket (for the training handoff); its recipe."""
+    path = write_recipe(
+        seeded.folder,
+        {
+            "dataset": "support-s3",
+            "sources": [{"path": "tickets.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+            "output": {"dest": f"s3://{bucket}/datasets", "validation_fraction": 0.0},
+            "state": seeded.recipe.state,
+        },
+        name="recipe-s3.yaml",
+    )
+    run_recipe(load_recipe(path))
+    return path
+
+
 def seed(folder: Path) -> Seeded:
     """Input with one malformed line, a published v1, its queue (quarantined, pii, near-dup, vqa) and users."""
     folder.mkdir(parents=True, exist_ok=True)

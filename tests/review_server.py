@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,27 +21,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def review_server(seeded: Seeded) -> Iterator[str]:
-    """Serve the seeded state store through the real CLI; yields the base URL."""
+def review_server(seeded: Seeded, recipes: Sequence[Path] = (), env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Serve the seeded state store through the real CLI, with more recipes and settings if given;
+    yields the base URL. The server's output goes to review-server.log in the seeded folder."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "curation.cli",
-            "review",
-            "serve",
-            "--port",
-            str(port),
-            "--recipe",
-            str(seeded.recipe_path),
-        ],
-        cwd=seeded.folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    options = [arg for path in (seeded.recipe_path, *recipes) for arg in ("--recipe", str(path))]
+    command = [sys.executable, "-m", "curation.cli", "review", "serve", "--port", str(port), *options]
+    with open(seeded.folder / "review-server.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=seeded.folder,
+            env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/login", process)

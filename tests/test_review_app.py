@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, expect
 
 from curation.review import decisions as dec
 from tests.helpers import outputs, set_aside
-from tests.review_seed import NAME, PII_COMPLETION, Seeded, run_again, seed
+from tests.review_seed import NAME, PII_COMPLETION, Seeded, publish_to_s3, run_again, seed
 from tests.review_server import chromium, review_server, sign_in
 
 pytestmark = pytest.mark.slow
@@ -25,9 +27,20 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
     return seed(tmp_path_factory.mktemp("review-browser"))
 
 
+HAS_TRAIN = importlib.util.find_spec("train.sagemaker") is not None
+ROLE = "arn:aws:iam::123456789012:role/curation-training"
+
+
 @pytest.fixture(scope="module")
-def base(seeded: Seeded) -> Iterator[str]:
-    with review_server(seeded) as url:
+def base(seeded: Seeded, aws_env: str) -> Iterator[str]:
+    # The server process takes the AWS settings (pointed at the moto server) for the training handoff,
+    # and also serves a copy of the dataset published to S3, which a launch needs.
+    recipes = []
+    if HAS_TRAIN:
+        bucket = f"review-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=bucket)
+        recipes.append(publish_to_s3(seeded, bucket))
+    with review_server(seeded, recipes, env={"SAGEMAKER_ROLE_ARN": ROLE}) as url:
         yield url
 
 
@@ -120,13 +133,30 @@ def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("train.sagemaker") is None,
+    not HAS_TRAIN,
     reason="train.sagemaker (the training handoff) is not on this branch; it lands with the formats/train issue",
 )
-def test_admin_dry_run_shows_the_request(base: str, browser: Browser, aws_env: str) -> None:
+def test_admin_dry_run_then_launch(base: str, browser: Browser) -> None:
     page = sign_in(browser, base, "ada")
+    # A version published locally: the dry run shows the request and says what a launch still needs.
     page.goto(f"{base}/datasets/support/v1")
     page.click("#launch")
     request = json.loads(page.locator("#training-request").inner_text())
-    assert "support/v1" in json.dumps(request)
-    expect(page.locator("#confirm-launch")).to_be_visible()
+    assert {"Key": "curation:dataset", "Value": "support"} in request["Tags"]
+    assert request["RoleArn"] == ROLE
+    expect(page.locator("#training-needs")).to_contain_text("on S3")
+    page.click("#confirm-launch")
+    expect(page.locator(".error")).to_contain_text("launch failed: cannot launch")
+
+    # The version on S3: dry run, confirm, launched; its status is shown.
+    page.goto(f"{base}/datasets/support-s3/v1")
+    page.click("#launch")
+    request = json.loads(page.locator("#training-request").inner_text())
+    training = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert training.startswith("s3://") and training.endswith("/datasets/support-s3/v1/train/")
+    expect(page.locator("#training-needs")).to_have_count(0)
+    page.click("#confirm-launch")
+    page.wait_for_url(f"{base}/training/{request['TrainingJobName']}")
+    described = json.loads(page.locator("#job-status").inner_text())
+    assert described["TrainingJobName"] == request["TrainingJobName"]
+    assert described["TrainingJobStatus"] in {"InProgress", "Completed"}

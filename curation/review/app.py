@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -90,6 +91,7 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
     create_tables(engine)
     destinations = {recipe.dataset: recipe for recipe in recipes}
     templates = Jinja2Templates(directory=HERE / "templates")
+    shown = URLSafeTimedSerializer(session_secret(engine), salt="training-request")
 
     app = FastAPI(title="curation review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
@@ -275,7 +277,7 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
         user: Admin,
         form: CheckedForm,
     ) -> Response:
-        """The dry run: the exact CreateTrainingJob request; ``confirm=yes`` launches it."""
+        """The dry run: the exact CreateTrainingJob request; ``confirm=yes`` launches the one shown."""
         recipe = destinations.get(dataset)
         if recipe is None:
             raise HTTPException(404, f"no recipe for {dataset}: start the server with --recipe")
@@ -286,23 +288,37 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
         context.update(model_id=model_id, instance_type=instance_type or "")
         if sagemaker is None:
             return render(request, "training.html", user, **context)
+        if form.get("confirm") == "yes":
+            # Launch exactly the request the admin was shown (signed when shown, valid 15 minutes).
+            try:
+                request_body = shown.loads(str(form.get("signed_request", "")), max_age=15 * 60)
+            except BadSignature:
+                raise HTTPException(400, "the confirmed request is missing, changed or too old; start again") from None
+            try:
+                job = sagemaker.launch(request_body)
+            except Exception as error:  # the handoff's, the SDK's and botocore's errors, shown as they are
+                context["error"] = f"launch failed: {error}"
+                return render(request, "training.html", user, status_code=400, **context)
+            return RedirectResponse(f"/training/{job}", status_code=303)
         from curation.published import version_uri
 
         try:
             request_body = sagemaker.training_request(
                 version_uri(recipe.output.dest, dataset, version), model_id, instance_type=instance_type
             )
-        except (ValueError, LookupError, OSError) as error:
-            context["error"] = str(error)
+        except Exception as error:  # the handoff's own errors (no manifest, bad checksum, unknown model)
+            context["error"] = f"no training request for {dataset} v{version}: {error}"
             return render(request, "training.html", user, status_code=400, **context)
-        if form.get("confirm") != "yes":
-            return render(request, "training.html", user, request_json=json.dumps(request_body, indent=2), **context)
-        try:
-            job = sagemaker.launch(request_body)
-        except Exception as error:  # the SDK's and botocore's errors; shown to the admin as they are
-            context["error"] = f"launch failed: {type(error).__name__}: {error}"
-            return render(request, "training.html", user, status_code=502, **context)
-        return RedirectResponse(f"/training/{job}", status_code=303)
+        placeholders = getattr(sagemaker, "placeholders", None)
+        context["needs"] = placeholders(request_body) if placeholders else []
+        return render(
+            request,
+            "training.html",
+            user,
+            request_json=json.dumps(request_body, indent=2),
+            signed_request=shown.dumps(request_body),
+            **context,
+        )
 
     @app.get("/training/{job_name}", response_class=HTMLResponse)
     def job_status(request: Request, job_name: str, user: Admin) -> Response:
