@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -189,3 +190,28 @@ def test_admin_is_told_when_the_training_handoff_is_missing(app) -> None:
     response = client.post("/datasets/support/v1/training", data={"csrf_token": csrf})
     assert response.status_code == 200
     assert "training handoff is not available here: train.sagemaker cannot be imported" in response.text
+
+
+def test_filters_and_counts_left(app, seeded: Seeded) -> None:
+    client, _ = signed_in(app, "rita")
+    page = client.get("/?kind=pii").text
+    assert page.count('<tr class="status-') == 1 and "PERSON 0.62" in page
+    assert client.get("/?dataset=charts").text.count('<tr class="status-') == 1
+    assert client.get("/?dataset=support&version=1").text.count('<tr class="status-') == 3
+    assert client.get("/?dataset=support&version=2").text.count('<tr class="status-') == 0
+    counts = re.findall(r'data-kind="(\w+)">\s*<strong>(\d+)</strong>', client.get("/?dataset=support").text)
+    assert dict(counts) == {"pii": "1", "near_duplicate": "1", "quarantined": "1", "vqa": "0"}
+
+
+def test_report_is_served_sandboxed(app, seeded: Seeded) -> None:
+    client, _ = signed_in(app, "rita")
+    assert "No data-quality report" in client.get("/datasets/support/v1").text
+    report = Path(seeded.first.version_uri) / "report.html"
+    report.write_text("<html><body><h1>quality</h1><script>alert(1)</script></body></html>")
+    try:
+        assert 'id="report-link"' in client.get("/datasets/support/v1").text
+        response = client.get("/datasets/support/v1/report.html")
+        assert response.status_code == 200 and "<h1>quality</h1>" in response.text
+        assert "sandbox" in response.headers["content-security-policy"]
+    finally:
+        report.unlink()

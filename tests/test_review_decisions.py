@@ -35,6 +35,13 @@ def test_latest_decision_per_item_is_in_force(tmp_path: Path) -> None:
     assert decisions.rejected == set()
     assert decisions.edits == {"b": {"completion": "second", "label": "x"}}
     assert dec.get_item(engine, 3)["status"] == "open"
+    # Undoing an older decision leaves the item as the newer one (another annotator's) set it.
+    dec.decide(engine, 3, "rita", "approve")
+    dec.decide(engine, 3, "pia", "reject")
+    dec.undo_last(engine, "rita")  # rita's latest is her approve of c
+    assert dec.get_item(engine, 3)["status"] == "rejected"
+    dec.undo_last(engine, "pia")
+    assert dec.get_item(engine, 3)["status"] == "open"
     assert dec.run_decisions(engine, "other") == dec.RunDecisions()
     with pytest.raises(dec.DecisionError, match="must not be empty"):
         dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"completion": "  "}))

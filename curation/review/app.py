@@ -108,8 +108,9 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
         )
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
@@ -267,7 +268,9 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
         body = _read_version_file(destinations.get(dataset), dataset, version, "report.html")
         if body is None:
             raise HTTPException(404, f"{dataset} v{version} has no report.html")
-        return HTMLResponse(body)
+        # The report is a generated file with inline styles and plots: a sandbox with no scripts.
+        policy = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+        return HTMLResponse(body, headers={"Content-Security-Policy": policy})
 
     @app.post("/datasets/{dataset}/v{version}/training", response_class=HTMLResponse)
     def training(

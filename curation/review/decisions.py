@@ -152,12 +152,19 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
         if row is None:
             return None
         undone = dict(row._mapping)
-        status = json.loads(undone["before"])["status"]
         db.execute(
             decisions.update()
             .where(decisions.c.decision_id == undone["decision_id"])
             .values(undone_at=_now(), undone_by=user)
         )
+        # The item takes the status of the decision now in force on it (another annotator's, maybe), else open.
+        in_force = db.execute(
+            sa.select(decisions.c.action)
+            .where(decisions.c.item_id == undone["item_id"], decisions.c.undone_at.is_(None))
+            .order_by(decisions.c.decision_id.desc())
+            .limit(1)
+        ).first()
+        status = STATUS_OF[in_force.action] if in_force else "open"
         db.execute(review_items.update().where(review_items.c.item_id == undone["item_id"]).values(status=status))
     return undone
 
