@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from playwright.sync_api import Browser, expect
 
 from curation.review import decisions as dec
+from curation.review.queue import list_items
 from tests.helpers import outputs, set_aside
 from tests.review_seed import NAME, PII_COMPLETION, Seeded, publish_to_s3, run_again, seed
 from tests.review_server import chromium, review_server, sign_in
@@ -119,6 +120,17 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     assert "How can I reset my password?" not in {row["prompt"] for row in rows}
     (review,) = [row for row in set_aside(Path(second.version_uri)) if row["reason"] == "review"]
     assert (review["id"], review["outcome"], review["stage"]) == (seeded.ids[3], "filtered", "review")
+
+    # The new version's flag on an already decided record says so; j / k move through the queue.
+    (again,) = list_items(engine, dataset="support", kind="quarantined", status="open")
+    page.goto(f"{base}/?dataset=support&version=2")
+    page.click(f"a[href^='/items/{again['item_id']}']")
+    expect(page.locator("#earlier")).to_contain_text("approve by rita on item 1")
+    page.goto(f"{base}/items/2")
+    page.keyboard.press("j")
+    page.wait_for_url(f"{base}/items/3")
+    page.keyboard.press("k")
+    page.wait_for_url(f"{base}/items/2")
 
 
 def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:

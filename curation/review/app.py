@@ -198,6 +198,7 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
             position=(index + 1, len(siblings)),
             edit_fields=[] if row["kind"] == "quarantined" else fields,
             history=dec.history(engine, item_id),
+            earlier=dec.in_force_for_record(engine, row["dataset"], row["record_id"], item_id),
             message=request.session.pop("message", None),
         )
 
@@ -222,11 +223,12 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
     def undo(request: Request, user: CurrentUser, form: CheckedForm) -> Response:
         undone = dec.undo_last(engine, user.name)
         query = str(form.get("query", ""))
+        suffix = f"?{query}" if query else ""
         if undone is None:
             request.session["message"] = "nothing to undo"
-            return RedirectResponse(f"/?{query}", status_code=303)
+            return RedirectResponse(f"/{suffix}", status_code=303)
         request.session["message"] = f"undid {undone['action']} on item {undone['item_id']}"
-        return RedirectResponse(f"/items/{undone['item_id']}?{query}", status_code=303)
+        return RedirectResponse(f"/items/{undone['item_id']}{suffix}", status_code=303)
 
     @app.get("/items/{item_id}/image")
     def item_image(item_id: int, user: CurrentUser) -> Response:

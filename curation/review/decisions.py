@@ -194,6 +194,11 @@ def active_decisions(engine: sa.Engine, dataset: str) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda row: row["decision_id"])
 
 
+def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides: int) -> list[dict[str, Any]]:
+    """Decisions in force on the same record through other items (an earlier version's flags)."""
+    return [d for d in active_decisions(engine, dataset) if d["record_id"] == record_id and d["item_id"] != besides]
+
+
 @dataclass
 class RunDecisions:
     """What the next run of a dataset applies: rejected record ids and field edits per record."""

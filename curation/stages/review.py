@@ -10,19 +10,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from curation.review.decisions import RunDecisions, run_decisions
+from curation.review.decisions import RunDecisions, run_decisions, undone_redactions
 from curation.stages.base import StageResult, split_by_mask
 from schemas.records import set_aside_rows
 
 
+def _state_exists(state_url: str) -> bool:
+    # Do not create a state file just to find it empty (`curation check`, a first run).
+    is_file = state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:///:memory:")
+    return not is_file or Path(state_url.removeprefix("sqlite:///")).exists()
+
+
 def load_decisions(state_url: str, dataset: str) -> RunDecisions:
     """The dataset's decisions in force; none when the state store does not exist yet."""
-    is_file = state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:///:memory:")
-    if is_file and not Path(state_url.removeprefix("sqlite:///")).exists():
-        return RunDecisions()  # do not create a state file just to find it empty (`curation check`)
+    if not _state_exists(state_url):
+        return RunDecisions()
     engine = sa.create_engine(state_url)
     try:
         return run_decisions(engine, dataset)
+    finally:
+        engine.dispose()
+
+
+def load_undone_redactions(state_url: str, dataset: str) -> dict[str, set[tuple[str, int, int]]]:
+    """For the PII stage's ``undone`` argument: spans annotators marked not PII, by record id."""
+    if not _state_exists(state_url):
+        return {}
+    engine = sa.create_engine(state_url)
+    try:
+        return undone_redactions(engine, dataset)
     finally:
         engine.dispose()
 
