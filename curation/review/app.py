@@ -39,6 +39,7 @@ KINDS = ("pii", "near_duplicate", "quarantined", "vqa")
 STATUSES = ("open", "approved", "rejected", "edited")
 FILTERS = ("dataset", "version", "kind", "status")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
+MAX_LISTED = 500  # rows the queue page lists; the counts and the item pages cover the rest
 
 
 class NotSignedIn(Exception):
@@ -158,12 +159,14 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
     def queue(request: Request, user: CurrentUser) -> Response:
         filters = _filters(request)
         items = _items(engine, filters)
+        total = len(_item_ids(engine, filters))
         left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
             "queue.html",
             user,
             items=items,
+            total=total,
             filters=filters,
             query=urlencode(filters),
             left=left,
@@ -178,7 +181,7 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
     def item(request: Request, item_id: int, user: CurrentUser) -> Response:
         row = _get_item(engine, item_id)
         filters = _filters(request)
-        siblings = [i["item_id"] for i in _items(engine, filters)] or [item_id]
+        siblings = _item_ids(engine, filters) or [item_id]
         index = siblings.index(item_id) if item_id in siblings else -1
         view = item_view(row, user)
         recipe = destinations.get(row["dataset"])
@@ -347,27 +350,43 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") else "/"
 
 
+def _clean(pairs: Any) -> dict[str, str]:
+    # A version that is not a number matches nothing rather than failing in the database.
+    return {k: v for k, v in pairs if k in FILTERS and v and (k != "version" or v.isdigit())}
+
+
 def _filters(request: Request) -> dict[str, str]:
-    return {name: request.query_params[name] for name in FILTERS if request.query_params.get(name)}
+    return _clean(request.query_params.items())
 
 
 def _parse_filters(query: str) -> dict[str, str]:
     from urllib.parse import parse_qsl
 
-    return {k: v for k, v in parse_qsl(query) if k in FILTERS and v}
+    return _clean(parse_qsl(query))
 
 
-def _select(filters: dict[str, str]) -> sa.Select:
-    query = review_items.select().order_by(review_items.c.item_id)
+def _where(query: sa.Select, filters: dict[str, str]) -> sa.Select:
     for name, value in filters.items():
-        column = review_items.c[name]
-        query = query.where(column == (int(value) if name == "version" and value.isdigit() else value))
+        query = query.where(review_items.c[name] == (int(value) if name == "version" else value))
     return query
 
 
-def _items(engine: sa.Engine, filters: dict[str, str]) -> list[dict[str, Any]]:
+def _select(filters: dict[str, str]) -> sa.Select:
+    return _where(review_items.select().order_by(review_items.c.item_id), filters)
+
+
+def _items(engine: sa.Engine, filters: dict[str, str], limit: int = MAX_LISTED) -> list[dict[str, Any]]:
+    """Items under the filters, without their payloads (the list never shows them)."""
+    columns = [c for c in review_items.c if c.name != "payload"]
+    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).limit(limit)
     with engine.connect() as db:
-        return [dict(row._mapping) for row in db.execute(_select(filters))]
+        return [dict(row._mapping) for row in db.execute(query)]
+
+
+def _item_ids(engine: sa.Engine, filters: dict[str, str]) -> list[int]:
+    query = _where(sa.select(review_items.c.item_id).order_by(review_items.c.item_id), filters)
+    with engine.connect() as db:
+        return [row.item_id for row in db.execute(query)]
 
 
 def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
@@ -386,10 +405,10 @@ def _next_open(engine: sa.Engine, after: int, filters: dict[str, str]) -> int | 
 
 def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> dict[str, int]:
     """Open items per kind under the filters."""
-    counts = dict.fromkeys(KINDS, 0)
-    for row in _items(engine, {**filters, "status": "open"}):
-        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
-    return counts
+    query = sa.select(review_items.c.kind, sa.func.count()).group_by(review_items.c.kind)
+    with engine.connect() as db:
+        found = dict(db.execute(_where(query, {**filters, "status": "open"})).all())
+    return {kind: found.get(kind, 0) for kind in (*KINDS, *sorted(set(found) - set(KINDS)))}
 
 
 def _options(engine: sa.Engine) -> dict[str, list[str]]:

@@ -196,7 +196,16 @@ def active_decisions(engine: sa.Engine, dataset: str) -> list[dict[str, Any]]:
 
 def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides: int) -> list[dict[str, Any]]:
     """Decisions in force on the same record through other items (an earlier version's flags)."""
-    return [d for d in active_decisions(engine, dataset) if d["record_id"] == record_id and d["item_id"] != besides]
+    query = (
+        decisions.select()
+        .where(decisions.c.dataset == dataset, decisions.c.record_id == record_id, decisions.c.item_id != besides)
+        .where(decisions.c.undone_at.is_(None))
+        .order_by(decisions.c.decision_id)
+    )
+    with engine.connect() as db:
+        rows = [dict(row._mapping) for row in db.execute(query)]
+    latest = {row["item_id"]: row for row in rows}  # per item, the latest not undone is the one in force
+    return sorted(latest.values(), key=lambda row: row["decision_id"])
 
 
 @dataclass
