@@ -143,6 +143,22 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     assert dec.undone_redactions(engine, "support") == {}
 
 
+def test_edit_checks_field_and_value(app, seeded: Seeded) -> None:
+    client, csrf = signed_in(app, "rita")
+    for data, message in (
+        ({"field": "id", "value": "x"}, "cannot be edited on this item; it has prompt, completion, label"),
+        ({"field": "completion", "value": "   "}, "must not be empty"),
+        ({"field": "completion", "value": "Call <PERSON> at <PHONE_NUMBER> about the refund."}, "an edit needs"),
+    ):
+        response = client.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "csrf_token": csrf, **data})
+        assert response.status_code == 400 and message in response.text
+    response = client.post(
+        "/items/1/decide", data={"action": "edit", "field": "prompt", "value": "x", "csrf_token": csrf}
+    )
+    assert response.status_code == 400 and "no fields" in response.text
+    assert status(seeded, PII_ITEM) == "open" and status(seeded, 1) == "open"
+
+
 def test_reviewer_cannot_launch_training(app) -> None:
     client, csrf = signed_in(app, "rita")
     page = client.get("/datasets/support/v1").text

@@ -184,11 +184,6 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
         siblings = _item_ids(engine, filters) or [item_id]
         index = siblings.index(item_id) if item_id in siblings else -1
         view = item_view(row, user)
-        recipe = destinations.get(row["dataset"])
-        fields = list(CONTENT_COLUMNS[recipe.record.kind]) if recipe else []
-        for name in view["edit_values"]:
-            if name and name not in fields:
-                fields.append(name)
         return render(
             request,
             "item.html",
@@ -199,7 +194,7 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
             previous=siblings[index - 1] if index > 0 else None,
             following=siblings[index + 1] if 0 <= index < len(siblings) - 1 else None,
             position=(index + 1, len(siblings)),
-            edit_fields=[] if row["kind"] == "quarantined" else fields,
+            edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
             history=dec.history(engine, item_id),
             earlier=dec.in_force_for_record(engine, row["dataset"], row["record_id"], item_id),
             message=request.session.pop("message", None),
@@ -211,7 +206,8 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
         action = str(form.get("action", ""))
         edit = None
         if action == "edit":
-            edit = _edit_from_form(form, item_view(row, user), user)
+            view = item_view(row, user)
+            edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
         try:
             dec.decide(engine, item_id, user.name, action, edit)
         except dec.DecisionError as error:
@@ -462,12 +458,24 @@ def _train_module() -> tuple[Any, str | None]:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
 
 
-def _edit_from_form(form: FormData, view: dict[str, Any], user: User) -> dec.Edit:
+def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | None) -> list[str]:
+    """The record fields an edit of this item may change: the record kind's content fields (when the
+    server knows the recipe) and those the flag shows. A quarantined record never reaches the review
+    stage, so it has none."""
+    if row["kind"] == "quarantined":
+        return []
+    fields = list(CONTENT_COLUMNS[recipe.record.kind]) if recipe else []
+    return fields + [name for name in view["edit_values"] if name and name not in fields]
+
+
+def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: list[str]) -> dec.Edit:
     """Changed fields and spans marked not PII; a field left as shown is not an edit."""
     shown = view.get("edit_values", {})
     edit = dec.Edit()
     field = str(form.get("field", ""))
     value = form.get("value")
+    if field and field not in fields:
+        raise HTTPException(400, f"{field!r} cannot be edited on this item; it has {', '.join(fields) or 'no fields'}")
     if field and isinstance(value, str):
         value = value.replace("\r\n", "\n")
         if value != shown.get(field):
