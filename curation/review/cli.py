@@ -62,6 +62,9 @@ def serve(
     from curation.review.app import create_app
 
     recipes = _recipes(recipe)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        # Session cookies are Secure: off loopback, browsers send them only over HTTPS.
+        console.print(f"[yellow]warning[/yellow] listening on {host}: serve it behind HTTPS (a TLS proxy)")
     app = create_app(_state_url(state, recipes), recipes)
     console.print(f"review page on http://{host}:{port}/", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
