@@ -76,12 +76,15 @@ def _source(uri: str, line: int) -> dict:
 
 
 def publish_to_s3(seeded: Seeded, bucket: str) -> Path:
-    """The same tickets published as ``support-s3`` to an S3 bucket (for the training handoff); its recipe."""
+    """The well-formed tickets published as ``support-s3`` to an S3 bucket (for the training handoff); its recipe.
+
+    Clean input, so this dataset adds nothing to the review queue the queue test works through."""
+    write_jsonl(seeded.folder / "tickets-s3.jsonl", TICKETS)
     path = write_recipe(
         seeded.folder,
         {
             "dataset": "support-s3",
-            "sources": [{"path": "tickets.jsonl"}],
+            "sources": [{"path": "tickets-s3.jsonl"}],
             "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
             "output": {"dest": f"s3://{bucket}/datasets", "validation_fraction": 0.0},
             "state": seeded.recipe.state,

@@ -41,7 +41,7 @@ def base(seeded: Seeded, aws_env: str) -> Iterator[str]:
         bucket = f"review-{uuid.uuid4().hex[:8]}"
         boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=bucket)
         recipes.append(publish_to_s3(seeded, bucket))
-    with review_server(seeded, recipes, env={"SAGEMAKER_ROLE_ARN": ROLE}) as url:
+    with review_server(seeded, recipes, env={"SAGEMAKER_ROLE_ARN": ROLE, "CURATION_JUMPSTART_SPECS": "pinned"}) as url:
         yield url
 
 
