@@ -3,7 +3,6 @@ is refused; raw PII reaches only pii-reviewers and admins."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -197,15 +196,6 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     dec.undo_last(engine, "labelstudio")
     dec.undo_last(engine, "labelstudio")
     assert dec.undone_redactions(engine, "support") == {}
-
-
-@pytest.mark.skipif(importlib.util.find_spec("train.sagemaker") is not None, reason="train.sagemaker is installed")
-def test_admin_is_told_when_the_training_handoff_is_missing(app) -> None:
-    client, csrf = signed_in(app, "ada")
-    assert 'id="launch"' in client.get("/datasets/support/v1").text
-    response = client.post("/datasets/support/v1/training", data={"csrf_token": csrf})
-    assert response.status_code == 200
-    assert "training handoff is not available here: train.sagemaker cannot be imported" in response.text
 
 
 def test_filters_and_counts_left(app, seeded: Seeded) -> None:

@@ -3,7 +3,6 @@ keys, edit a record, undo; then the next run of the recipe honours every decisio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import uuid
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
     return seed(tmp_path_factory.mktemp("review-browser"))
 
 
-HAS_TRAIN = importlib.util.find_spec("train.sagemaker") is not None
 ROLE = "arn:aws:iam::123456789012:role/curation-training"
 
 
@@ -36,11 +34,9 @@ ROLE = "arn:aws:iam::123456789012:role/curation-training"
 def base(seeded: Seeded, aws_env: str) -> Iterator[str]:
     # The server process takes the AWS settings (pointed at the moto server) for the training handoff,
     # and also serves a copy of the dataset published to S3, which a launch needs.
-    recipes = []
-    if HAS_TRAIN:
-        bucket = f"review-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=bucket)
-        recipes.append(publish_to_s3(seeded, bucket))
+    bucket = f"review-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=bucket)
+    recipes = [publish_to_s3(seeded, bucket)]
     with review_server(seeded, recipes, env={"SAGEMAKER_ROLE_ARN": ROLE, "CURATION_JUMPSTART_SPECS": "pinned"}) as url:
         yield url
 
@@ -144,10 +140,6 @@ def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:
     assert "only an admin can launch training" in response.text()
 
 
-@pytest.mark.skipif(
-    not HAS_TRAIN,
-    reason="train.sagemaker (the training handoff) is not on this branch; it lands with the formats/train issue",
-)
 def test_admin_dry_run_then_launch(base: str, browser: Browser) -> None:
     page = sign_in(browser, base, "ada")
     # A version published locally: the dry run shows the request and says what a launch still needs.
