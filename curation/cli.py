@@ -16,8 +16,10 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from curation.review.cli import review_app
 from schemas.config import Recipe, RecipeError, load_recipe
 from schemas.manifest import Manifest
+from train.cli import app as train_app
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -141,6 +143,10 @@ def demo(
     recipe_path = write_demo(folder, rows)
     out.print(f"demo input and recipe in [bold]{folder}[/bold]; running {recipe_path}", highlight=False)
     raise typer.Exit(execute(_load(recipe_path)))
+
+
+app.add_typer(train_app, name="train")
+app.add_typer(review_app, name="review")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from curation.formats import output_format
+from curation.formats import FormatOptions, output_format
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
+from curation.stages.review import ReviewDecisions, load_undone_redactions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
@@ -86,8 +87,9 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         columns = recipe.input_schema.columns
         required = set(columns) - set(recipe.input_schema.optional)
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
-    stages.append(Shape(recipe.record))
+    stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
+    stages.append(ReviewDecisions.from_state(recipe.state, recipe.dataset))
     for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
@@ -95,7 +97,8 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         elif isinstance(config, PiiConfig):
             from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks
 
-            stages.append(PiiRedaction(config, kind))
+            undone = load_undone_redactions(recipe.state, recipe.dataset)  # spans annotators marked "not PII"
+            stages.append(PiiRedaction(config, kind, undone=undone))
     return stages
 
 
@@ -232,13 +235,26 @@ def run_recipe(
     executor: LocalExecutor | None = None,
 ) -> RunResult:
     """Run a recipe end to end and publish the next version; nothing is visible if it fails."""
-    fmt = output_format(recipe.output.format, recipe.record.kind)
+    fmt = output_format(
+        recipe.output.format,
+        recipe.record.kind,
+        FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
+    )
     state = StateStore(recipe.state)
     sources = build_sources(recipe)
     inputs = [entry for source in sources for entry in source.inputs()]
     on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
-    writer = DatasetWriter(out.dest, recipe.dataset, fmt, out.shard_max_bytes, out.validation_fraction, out.split_seed)
+    writer = DatasetWriter(
+        out.dest,
+        recipe.dataset,
+        fmt,
+        out.shard_max_bytes,
+        out.validation_fraction,
+        out.split_seed,
+        stratify_by=out.stratify_by,
+        group_by=out.group_by,
+    )
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint())
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
