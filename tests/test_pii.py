@@ -103,8 +103,9 @@ def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_pseudonym_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CURATION_PII_SECRET", raising=False)
-    with pytest.raises(StageError, match="CURATION_PII_SECRET"):
+    with pytest.raises(StageError, match="CURATION_PII_SECRET") as error:
         stage(operators={"default": "pseudonym"})
+    assert isinstance(error.value, ValueError)  # so `curation check` reports it as a recipe error
 
 
 def test_mask_keeps_the_shape_and_drop_sets_the_record_aside() -> None:
@@ -309,3 +310,25 @@ def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
     second = run_again(workdir, recipe)
     assert outputs(Path(second.version_uri))[0]["prompt"] == "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>."
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
+
+
+def test_check_reports_a_pii_stage_that_cannot_work(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from tests.helpers import write_recipe
+
+    monkeypatch.delenv("CURATION_PII_SECRET", raising=False)
+    write_jsonl(workdir / "in.jsonl", [{"text": "hello"}])
+    recipe = write_recipe(
+        workdir,
+        {
+            "dataset": "docs",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "document"},
+            "stages": [{"type": "pii", "operators": {"PERSON": "pseudonym"}}],
+        },
+    )
+    result = CliRunner().invoke(app, ["check", str(recipe)])
+    assert result.exit_code == 2
+    assert "recipe error" in result.output and "CURATION_PII_SECRET" in result.output

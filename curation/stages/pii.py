@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 
 import pyarrow as pa
 
-from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiTextError
+from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiEngineError, PiiTextError
 from curation.pii_image import BadImage, check_tesseract, redact_image
 from curation.stages.base import StageError, StageResult
 from schemas.pii import PiiConfig
@@ -43,6 +43,11 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 Undone = Mapping[str, Collection[tuple[str, int, int]]]
+
+
+class PiiSettingError(StageError, ValueError):
+    """The stage's settings cannot work (no fields, no key, model or tesseract missing): found when it
+    is built, so `curation check` reports it as a recipe error and `curation run` before reading."""
 
 
 def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
@@ -90,10 +95,12 @@ class PiiRedaction:
         self.config = config
         self.fields = list(config.fields or DEFAULT_FIELDS[kind])
         if not self.fields:
-            raise StageError(f"the pii stage needs `fields` for {kind} records: name the columns that can hold PII")
+            raise PiiSettingError(
+                f"the pii stage needs `fields` for {kind} records: name the columns that can hold PII"
+            )
         bad = sorted(set(self.fields) - set(CONTENT_COLUMNS[kind])) if kind != "table" else []
         if bad:
-            raise StageError(f"the pii stage scans {bad}, which are not fields of {kind} records")
+            raise PiiSettingError(f"the pii stage scans {bad}, which are not fields of {kind} records")
         self.ner_fields = set(config.ner_fields if config.ner_fields is not None else self.fields)
         custom = tuple(
             CustomRecognizer(r.entity, tuple((p.regex, p.score) for p in r.patterns), tuple(r.context))
@@ -105,15 +112,18 @@ class PiiRedaction:
         }
         secret = config.secret.get_secret_value() if config.secret else os.environ.get(config.secret_env)
         if "pseudonym" in self.operators.values() and not secret:
-            raise StageError(
+            raise PiiSettingError(
                 f"the pii stage's pseudonym operator needs a secret key: set the environment variable "
                 f"{config.secret_env} (or `secret` in the stage settings)"
             )
         self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
         self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
-        self.analyzer = analyzer or PiiAnalyzer(EngineSpec(entities, custom), config.workers, config.batch_size)
-        if config.ocr:
-            check_tesseract()
+        try:
+            self.analyzer = analyzer or PiiAnalyzer(EngineSpec(entities, custom), config.workers, config.batch_size)
+            if config.ocr:
+                check_tesseract()
+        except PiiEngineError as error:
+            raise PiiSettingError(str(error)) from None
 
     def __call__(self, batch: pa.Table) -> StageResult:
         for name in self.fields:
