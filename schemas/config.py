@@ -103,9 +103,37 @@ class ExactDedupConfig(Strict):
     type: Literal["exact_dedup"]
     fields: list[str] | None = None  # default: the record kind's content fields
     normalize: bool = True  # case, Unicode form and whitespace do not make content new
+    across_runs: bool = True  # also drop content already published in an earlier version
 
 
-StageConfig = Annotated[ExactDedupConfig, Field(discriminator="type")]
+class NearDedupConfig(Strict):
+    """Drop near-duplicates: MinHash over shingles, LSH banding, pairs confirmed by estimated Jaccard."""
+
+    type: Literal["near_dedup"]
+    fields: list[str] | None = None  # default: the record kind's content fields
+    shingle: Literal["word", "char"] = "word"
+    shingle_size: int = Field(default=3, ge=1, le=32)
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    bands: int = Field(default=32, ge=1)
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    across_runs: bool = True  # also drop content near-duplicating earlier published versions
+
+    @model_validator(mode="after")
+    def _bands_divide_perms(self) -> NearDedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
+
+
+class ImageDedupConfig(Strict):
+    """Drop images whose perceptual hash (pHash) is within ``max_distance`` bits of an earlier one."""
+
+    type: Literal["image_dedup"]
+    column: str = "image_bytes"
+    max_distance: int = Field(default=6, ge=0, le=32)
+
+
+StageConfig = Annotated[ExactDedupConfig | NearDedupConfig | ImageDedupConfig, Field(discriminator="type")]
 
 
 # --- output --------------------------------------------------------------------------------------
