@@ -27,12 +27,12 @@ from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
-from curation.stages.neardup import ImageNearDedup, NearDedup
+from curation.stages.quality import QUALITY_CONFIGS, quality_stage
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.writer import DatasetWriter
-from schemas.config import ExactDedupConfig, ImageDedupConfig, NearDedupConfig, Recipe
+from schemas.config import ExactDedupConfig, Recipe
 from schemas.manifest import Counts, Manifest, Split
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
 
@@ -95,14 +95,8 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
             stages.append(ExactDedup(fields, config.normalize))
-        elif isinstance(config, NearDedupConfig):
-            fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]
-            near = NearDedup(
-                fields, config.shingle, config.shingle_size, config.num_perm, config.bands, config.threshold
-            )
-            stages.append(near)
-        elif isinstance(config, ImageDedupConfig):
-            stages.append(ImageNearDedup(config.column, config.max_distance))
+        elif isinstance(config, QUALITY_CONFIGS):
+            stages.append(quality_stage(config, kind))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset)
             stages[-1] = CrossRunDedup(stages[-1], index)
