@@ -199,8 +199,36 @@ class InstructionFilterConfig(Strict):
     drop_prompt_equals_completion: bool = True
 
 
+class Expectation(Strict):
+    """One great-expectations check on one column; rows that fail it are quarantined under its name."""
+
+    column: str
+    check: Literal["not_null", "unique", "length_between", "between", "matches_regex", "in_set"]
+    min: float | None = None  # length_between / between
+    max: float | None = None
+    regex: str | None = None  # matches_regex
+    values: list[str | int | float | bool] | None = None  # in_set
+
+    @model_validator(mode="after")
+    def _has_its_arguments(self) -> Expectation:
+        needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
+        if self.check in needed and all(getattr(self, n) is None for n in needed[self.check]):
+            raise ValueError(f"{self.check} needs {' or '.join(needed[self.check])}")
+        if self.check == "in_set" and not self.values:
+            raise ValueError("in_set needs values")
+        return self
+
+
+class ExpectationsConfig(Strict):
+    """Validate every batch with great-expectations (after schema validation, the first gate)."""
+
+    type: Literal["expectations"]
+    expect: list[Expectation] = Field(min_length=1)
+
+
 StageConfig = Annotated[
-    ExactDedupConfig
+    ExpectationsConfig
+    | ExactDedupConfig
     | NearDedupConfig
     | ImageDedupConfig
     | CleanConfig

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from curation.stages.clean import Clean
+from curation.stages.expectations import Expectations
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
 from curation.stages.neardup import ImageNearDedup, NearDedup
 from schemas.config import (
     CleanConfig,
+    ExpectationsConfig,
     ImageDedupConfig,
     InstructionFilterConfig,
     LanguageFilterConfig,
@@ -18,7 +20,8 @@ from schemas.config import (
 from schemas.records import CONTENT_COLUMNS, RECORD_MODELS
 
 QualityConfig = (
-    CleanConfig
+    ExpectationsConfig
+    | CleanConfig
     | LengthFilterConfig
     | LanguageFilterConfig
     | RepetitionFilterConfig
@@ -28,7 +31,16 @@ QualityConfig = (
     | ImageDedupConfig
 )
 QUALITY_CONFIGS = QualityConfig.__args__
-QualityStage = Clean | LengthFilter | LanguageFilter | RepetitionFilter | RatioFilter | InstructionFilter | NearDedup
+QualityStage = (
+    Expectations
+    | Clean
+    | LengthFilter
+    | LanguageFilter
+    | RepetitionFilter
+    | RatioFilter
+    | InstructionFilter
+    | NearDedup
+)
 
 
 def text_fields(kind: str) -> list[str]:
@@ -37,6 +49,8 @@ def text_fields(kind: str) -> list[str]:
 
 
 def quality_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
+    if isinstance(config, ExpectationsConfig):
+        return Expectations(config.expect)
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
     if isinstance(config, CleanConfig):
