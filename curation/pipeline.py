@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from curation.formats import output_format
+from curation.report import Profile, attach_report
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -101,6 +102,7 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
             index = index or SignatureIndex(recipe.state, recipe.dataset)
             stages[-1] = CrossRunDedup(stages[-1], index)
             across_runs.append(stages[-1])
+    stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if across_runs:
         stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
     return stages
@@ -265,7 +267,7 @@ def run_recipe(
         counts = tally.counts()
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
-            return Manifest(
+            built = Manifest(
                 dataset=recipe.dataset,
                 version=version,
                 created_at=datetime.now(UTC),
@@ -279,6 +281,7 @@ def run_recipe(
                 row_schema=fmt.row_schema(),
                 stats={"stages": tally.stats()} if tally.stage_stats else {},
             )
+            return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
         published = writer.publish(manifest)
     except BaseException as error:
