@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from bench.corpus import generate, score
 from curation.published import read_manifest
 from curation.stages.base import DuplicateStage
+from curation.stages.duplicates import resolve_duplicates
 from curation.stages.neardup import ImageNearDedup, NearDedup
 from curation.state import StateStore
 from schemas.records import source_array
@@ -134,3 +135,14 @@ def test_recipe_run_sets_near_duplicates_aside_and_flags_clusters_for_review(wor
     assert set(payload) == {"cluster", "kept", "member", "similarity"}
     assert payload["kept"]["text"] in corpus.texts and payload["member"]["text"] in corpus.texts
     assert payload["similarity"] >= 0.7
+
+
+def test_vectorised_resolve_matches_the_shared_group_by_group_step() -> None:
+    """The local fast path and the per-key-group path a distributed executor runs agree exactly."""
+    corpus = generate(150, duplicate_share=0.6, seed=2)
+    batch = _batch(corpus.ids, corpus.texts)
+    stage = NearDedup(["text"])
+    signatures = [stage.signatures(batch.slice(i, 70)) for i in range(0, batch.num_rows, 70)]
+    fast = stage.resolve(signatures)
+    assert fast.num_rows > 40
+    assert fast.equals(resolve_duplicates(stage, signatures))

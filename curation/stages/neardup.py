@@ -33,8 +33,8 @@ import pyarrow.compute as pc
 import xxhash
 
 from curation.stages.dedup import normalised_text
-from curation.stages.duplicates import PAIR_SCHEMA, resolve_duplicates
-from schemas.records import FLAG_SCHEMA
+from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, resolve_duplicates, set_aside_for_clusters
+from schemas.records import FLAG_SCHEMA, empty_set_aside
 
 EMPTY = np.uint64(1 << 32)  # a bin no shingle fell in (bin values are 32-bit)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -203,7 +203,55 @@ class NearDedup:
         return pa.table({"a": pa.array(left, pa.string()), "b": pa.array(right, pa.string())}, schema=PAIR_SCHEMA)
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
-        return resolve_duplicates(self, signatures)
+        """The shared dedup step, with the candidate pairs of all key groups confirmed at once.
+
+        Same pairs, clusters and kept records as ``resolve_duplicates(self, signatures)`` (which a
+        distributed executor runs group by group), without a table and a Python call per key group.
+        """
+        tables = [t for t in signatures if t.num_rows]
+        if not tables:
+            return empty_set_aside()
+        everything = pa.concat_tables(tables).combine_chunks()
+        pairs = self.confirmed_pairs(everything)
+        return set_aside_for_clusters(self, clusters_from_pairs(everything["id"], pairs), everything)
+
+    def confirmed_pairs(self, signatures: pa.Table) -> pa.Table:
+        """Every pair of rows that share an LSH key and reach the threshold (what ``pairs`` finds per group)."""
+        keys = signatures["keys"].combine_chunks()
+        owner = pc.list_parent_indices(keys).to_numpy()
+        values = pc.list_flatten(keys).to_numpy()
+        order = np.lexsort((owner, values))
+        values, owner = values[order], owner[order]
+        starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+        sizes = np.diff(np.concatenate([starts, [values.size]]))
+        ids = np.array(signatures["id"].to_pylist(), dtype=object)
+        sig = _matrix(signatures["minhash"], self.num_perm)
+        found = [self._large_groups(signatures, owner, starts, sizes)]
+        small = (sizes > 1) & (sizes <= _ALL_PAIRS_MAX)
+        group_end = np.repeat(starts + sizes, sizes)
+        position = np.flatnonzero(np.repeat(small, sizes))
+        left, right = [], []
+        for offset in range(1, int(sizes[small].max()) if small.any() else 1):
+            position = position[position + offset < group_end[position]]
+            left.append(owner[position])
+            right.append(owner[position + offset])
+        if left:
+            a, b = np.concatenate(left), np.concatenate(right)
+            a, b = np.minimum(a, b), np.maximum(a, b)
+            unique = np.unique(a.astype(np.int64) * len(ids) + b)
+            a, b = unique // len(ids), unique % len(ids)
+            keep = np.zeros(a.size, bool)
+            for chunk in range(0, a.size, 65536):  # bounded memory: pairs x num_perm comparisons per chunk
+                part = slice(chunk, chunk + 65536)
+                keep[part] = similarity(sig[a[part]], sig[b[part]]) >= self.threshold
+            found.append(pa.table({"a": ids[a[keep]].tolist(), "b": ids[b[keep]].tolist()}, schema=PAIR_SCHEMA))
+        return pa.concat_tables(found)
+
+    def _large_groups(self, signatures: pa.Table, owner: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> pa.Table:
+        """Groups too large to compare all pairs go through ``pairs`` (representatives)."""
+        large = [owner[s : s + n] for s, n in zip(starts, sizes, strict=True) if n > _ALL_PAIRS_MAX]
+        found = [self.pairs(signatures.take(pa.array(np.sort(rows)))) for rows in large]
+        return pa.concat_tables(found) if found else PAIR_SCHEMA.empty_table()
 
     def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
         """One ``near_duplicate`` flag per record set aside, with both texts and their similarity."""
