@@ -2,7 +2,8 @@
 
 Each original document is a few sentences of words drawn (Zipf-like) from a fixed vocabulary;
 some get variants made by small edits: words replaced, a sentence inserted or deleted, two
-sentences swapped. The truth is the cluster each document belongs to.
+sentences swapped. Others get a related but distinct document that shares about a third of their
+sentences, which must not be merged. The truth is the cluster each document belongs to.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def _render(sentences: list[list[str]]) -> str:
     return " ".join(" ".join(s).capitalize() + "." for s in sentences)
 
 
-def generate(originals: int, duplicate_share: float = 0.3, seed: int = 7) -> Corpus:
-    """``originals`` documents; about ``duplicate_share`` of them get 1-3 near-duplicate variants."""
+def generate(originals: int, duplicate_share: float = 0.3, seed: int = 7, related_share: float = 0.2) -> Corpus:
+    """``originals`` documents; about ``duplicate_share`` of them get 1-3 near-duplicate variants, and
+    ``related_share`` of the others a related but distinct document (a hard negative)."""
     rng = random.Random(seed)
     vocab = _vocabulary(seed)
     weights = list(itertools.accumulate(1.0 / (rank + 10) for rank in range(len(vocab))))
@@ -68,6 +70,10 @@ def generate(originals: int, duplicate_share: float = 0.3, seed: int = 7) -> Cor
         if rng.random() < duplicate_share:
             for _ in range(rng.randint(1, 3)):
                 items.append((_render(_edit(rng, sentences, vocab, weights)), number))
+        elif rng.random() < related_share:
+            # A hard negative: a different document that shares about a third of this one's sentences.
+            related = [s if rng.random() < 0.35 else _sentence(rng, vocab, weights) for s in sentences]
+            items.append((_render(related), originals + number))
     rng.shuffle(items)
     return Corpus(
         ids=[f"doc-{i:07d}" for i in range(len(items))],

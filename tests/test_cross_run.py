@@ -39,7 +39,7 @@ RECIPE = {
 
 
 def test_second_version_does_not_repeat_exact_or_near_content_of_the_first(workdir: Path) -> None:
-    texts = generate(80, duplicate_share=0.0, seed=21).texts
+    texts = generate(80, duplicate_share=0.0, seed=21, related_share=0.0).texts
     first, fresh = texts[:60], texts[60:]
     write_jsonl(workdir / "input" / "part1.jsonl", [{"text": t} for t in first])
     v1 = Path(run_again(workdir, RECIPE).version_uri)
@@ -78,7 +78,7 @@ class FailsAfterWriting(LocalExecutor):
 
 
 def test_a_failed_run_leaves_no_signatures_behind(workdir: Path) -> None:
-    texts = generate(20, duplicate_share=0.0, seed=4).texts
+    texts = generate(20, duplicate_share=0.0, seed=4, related_share=0.0).texts
     write_jsonl(workdir / "input" / "a.jsonl", [{"text": t} for t in texts])
     recipe = load_recipe(write_recipe(workdir, RECIPE))
     with pytest.raises(RuntimeError, match="simulated"):

@@ -74,6 +74,16 @@ def test_short_and_empty_texts_and_char_shingles() -> None:
     assert char == {"b": "a", "e": "d"}
 
 
+def test_words_with_letters_beyond_ascii_stay_whole() -> None:
+    # "ü" or "é" must not split a word: "Zürich" and "Zurich" are different words, "Straße" one word.
+    texts = [
+        "Grüße aus Zürich: die schöne Straße am Fluss ist heute gesperrt, bitte nehmen Sie die Brücke",
+        "grüße aus zürich die schöne straße am fluss ist heute gesperrt bitte nehmen sie die brücke!",
+        "Grusse aus Zurich: die schone Strasse am Fluss ist heute gesperrt, bitte nehmen Sie die Brucke",
+    ]
+    assert _removed(NearDedup(["text"]), _batch(["a", "b", "c"], texts), size=3) == {"b": "a"}
+
+
 def _image(shift: int, pattern: int) -> bytes:
     image = Image.new("RGB", (128, 128), "white")
     draw = ImageDraw.Draw(image)

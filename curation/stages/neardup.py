@@ -65,7 +65,7 @@ def _hash_strings(values: pa.Array) -> np.ndarray:
 
 def _word_tokens(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(token hashes, owning row) for the words of each text, in order."""
-    lists = pc.split_pattern_regex(text, r"[^\w]+")
+    lists = pc.split_pattern_regex(text, r"[^\pL\pN\pM]+")  # Unicode letters and digits (RE2's \w is ASCII)
     flat = pc.list_flatten(lists)
     owner = pc.list_parent_indices(lists).to_numpy()
     nonempty = pc.greater(pc.utf8_length(flat), 0)
@@ -174,7 +174,10 @@ class NearDedup:
         self.num_perm, self.bands, self.threshold = num_perm, bands, threshold
 
     def minhash(self, batch: pa.Table) -> np.ndarray:
-        text = normalised_text(batch, self.fields, normalize=True)
+        if self.shingle == "word":  # words split on anything but letters, so whitespace needs no collapsing
+            text = pc.utf8_lower(pc.utf8_normalize(normalised_text(batch, self.fields, normalize=False), "NFKC"))
+        else:
+            text = normalised_text(batch, self.fields, normalize=True)
         text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
         tokens, owner = (_word_tokens if self.shingle == "word" else _char_tokens)(text)
         hashes, owner = shingle_hashes(tokens, owner, batch.num_rows, self.shingle_size)
