@@ -101,6 +101,8 @@ def test_recipe_filters_report_what_each_removed(workdir: Path) -> None:
         },
         {"q": "Echo", "a": "echo"},
         {"q": "Card?", "a": "4111 1111 1111 1111 12/29 123 4567 8910"},
+        {"q": "Spam", "a": "\n".join(["Buy now and save big today!"] * 6)},
+        {"q": "Shout", "a": "Wow!!! $$$ ### *** @@@ ok"},
     ]
     write_jsonl(workdir / "in.jsonl", rows)
     result = run(
@@ -113,19 +115,29 @@ def test_recipe_filters_report_what_each_removed(workdir: Path) -> None:
                 {"type": "instruction_filter"},
                 {"type": "length_filter", "fields": ["completion"], "min_chars": 3},
                 {"type": "ratio_filter"},
+                {"type": "repetition_filter"},
                 {"type": "language_filter", "fields": ["completion"], "languages": ["en"]},
             ],
         },
     )
     version = Path(result.version_uri)
     manifest = read_manifest(str(version))
-    assert manifest.counts.reasons["filtered"] == {"instruction": 1, "length": 1, "digit_ratio": 1, "language": 1}
-    by_stage = {row["stage"]: row["reason"] for row in set_aside(version)}
-    assert by_stage == {
-        "instruction_filter": "instruction",
-        "length_filter": "length",
-        "ratio_filter": "digit_ratio",
-        "language_filter": "language",
+    assert manifest.counts.reasons["filtered"] == {
+        "instruction": 1,
+        "length": 1,
+        "repetition": 1,
+        "digit_ratio": 1,
+        "symbol_ratio": 1,
+        "language": 1,
+    }
+    by_line = {row["source"]["line"]: (row["stage"], row["reason"]) for row in set_aside(version)}
+    assert by_line == {
+        2: ("length_filter", "length"),
+        3: ("language_filter", "language"),
+        4: ("instruction_filter", "instruction"),
+        5: ("ratio_filter", "digit_ratio"),
+        6: ("repetition_filter", "repetition"),
+        7: ("ratio_filter", "symbol_ratio"),
     }
     assert [r["completion"] for r in outputs(version)] == [PROSE]
     assert manifest.stats["stages"]["language_filter"] == {"checked": 2, "removed:language": 1}
