@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
-from curation.stages.duplicates import resolve_duplicates
 from schemas.records import SOURCE_TYPE, empty_flags
 
 REASON = "earlier_version"
@@ -132,21 +131,34 @@ class CrossRunDedup:
         return self.inner.pairs(group)
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
-        signatures = list(signatures)
-        earlier = self.index.load(self.name, self.params)
-        if earlier is None or not any(t.num_rows for t in signatures):
-            return resolve_duplicates(self, signatures)
-        current = signatures[0].schema
-        aside = resolve_duplicates(self, [earlier.select(current.names).cast(current), *signatures])
+        signatures = [t for t in signatures if t.num_rows]
+        if not signatures:
+            return self.inner.resolve(signatures)
+        earlier = self.earlier(signatures[0].schema)
+        return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
+
+    def earlier(self, schema: pa.Schema) -> pa.Table | None:
+        """Signature rows of every published version, in this run's signature schema.
+
+        A distributed executor adds them to its signature dataset before the shuffle on keys, then
+        passes what it sets aside through ``relabel``.
+        """
+        published = self.index.load(self.name, self.params)
+        return None if published is None else published.select(schema.names).cast(schema)
+
+    @staticmethod
+    def relabel(aside: pa.Table) -> pa.Table:
+        """Drop published rows; rows whose cluster keeps a published record get reason ``earlier_version``."""
         aside = aside.filter(pc.invert(pc.starts_with(aside["id"], _PREFIX)))
+        if not pc.any(pc.starts_with(aside["duplicate_of"], _PREFIX)).as_py():
+            return aside
         rows = aside.to_pylist()
         for row in rows:
             kept = row["duplicate_of"]
-            if kept.startswith(_PREFIX):
+            if kept and kept.startswith(_PREFIX):
                 version, original = kept[len(_PREFIX) :].split(":", 1)
-                row.update(
-                    reason=REASON, duplicate_of=original, detail=f"duplicate of {original} published in v{version}"
-                )
+                detail = f"duplicate of {original} published in v{version}"
+                row.update(reason=REASON, duplicate_of=original, detail=detail)
         return pa.Table.from_pylist(rows, schema=aside.schema)
 
     def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
