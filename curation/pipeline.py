@@ -23,9 +23,12 @@ import pyarrow.compute as pc
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from curation.formats import FormatOptions, output_format
+from curation.report import Profile, attach_report
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.quality import QUALITY_CONFIGS, quality_stage
 from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
@@ -89,10 +92,21 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
     stages.append(ReviewDecisions.from_state(recipe.state, recipe.dataset))
+    across_runs: list[CrossRunDedup] = []
+    index = None
     for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
             stages.append(ExactDedup(fields, config.normalize))
+        elif isinstance(config, QUALITY_CONFIGS):
+            stages.append(quality_stage(config, kind))
+        if getattr(config, "across_runs", False):
+            index = index or SignatureIndex(recipe.state, recipe.dataset)
+            stages[-1] = CrossRunDedup(stages[-1], index)
+            across_runs.append(stages[-1])
+    stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
+    if across_runs:
+        stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
     return stages
 
 
@@ -176,6 +190,9 @@ class LocalExecutor:
                 sink.close()
         dropped = stage.resolve(signatures)
         _set_aside(dropped, writer, tally)
+        review_flags = getattr(stage, "review_flags", None)
+        if review_flags is not None and dropped.num_rows and sink is not None:
+            tally.flags.append(review_flags(dropped, signatures, _spilled(spill)))
         log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
         if sink is None:
             return
@@ -187,6 +204,13 @@ class LocalExecutor:
                 kept = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=drop)))
                 if kept.num_rows:
                     yield kept
+
+
+def _spilled(spill: Path) -> Iterator[pa.Table]:
+    with pa.memory_map(str(spill)) as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(reader.num_record_batches):
+            yield pa.Table.from_batches([reader.get_batch(index)])
 
 
 def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
@@ -253,11 +277,12 @@ def run_recipe(
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
-        (executor or LocalExecutor()).run(sources, build_stages(recipe), writer, tally, on_input)
+        stages = build_stages(recipe)
+        (executor or LocalExecutor()).run(sources, stages, writer, tally, on_input)
         counts = tally.counts()
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
-            return Manifest(
+            built = Manifest(
                 dataset=recipe.dataset,
                 version=version,
                 created_at=datetime.now(UTC),
@@ -271,6 +296,7 @@ def run_recipe(
                 row_schema=fmt.row_schema(),
                 stats={"stages": tally.stats()} if tally.stage_stats else {},
             )
+            return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
         published = writer.publish(manifest)
     except BaseException as error:
@@ -278,6 +304,9 @@ def run_recipe(
         state.run_finished(writer.run_id, "failed", error=type(error).__name__)
         raise
     state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
+    for stage in stages:  # stages that keep cross-run state learn the version they went into
+        if hasattr(stage, "published"):
+            stage.published(published.version)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
     add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
     from curation.published import version_uri

@@ -103,9 +103,142 @@ class ExactDedupConfig(Strict):
     type: Literal["exact_dedup"]
     fields: list[str] | None = None  # default: the record kind's content fields
     normalize: bool = True  # case, Unicode form and whitespace do not make content new
+    across_runs: bool = True  # also drop content already published in an earlier version
 
 
-StageConfig = Annotated[ExactDedupConfig, Field(discriminator="type")]
+class NearDedupConfig(Strict):
+    """Drop near-duplicates: MinHash over shingles, LSH banding, pairs confirmed by estimated Jaccard."""
+
+    type: Literal["near_dedup"]
+    fields: list[str] | None = None  # default: the record kind's content fields
+    shingle: Literal["word", "char"] = "word"
+    shingle_size: int = Field(default=3, ge=1, le=32)
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    bands: int = Field(default=32, ge=1)
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    across_runs: bool = True  # also drop content near-duplicating earlier published versions
+
+    @model_validator(mode="after")
+    def _bands_divide_perms(self) -> NearDedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
+
+
+class ImageDedupConfig(Strict):
+    """Drop images whose perceptual hash (pHash) is within ``max_distance`` bits of an earlier one."""
+
+    type: Literal["image_dedup"]
+    column: str = "image_bytes"
+    max_distance: int = Field(default=6, ge=0, le=32)
+
+
+class CleanConfig(Strict):
+    """Repair text in place; each kind of change is counted in the manifest's stage stats."""
+
+    type: Literal["clean"]
+    fields: list[str] | None = None  # default: the record kind's text fields
+    fix_unicode: bool = True  # mojibake ("cafÃ©" -> "café") with ftfy
+    strip_html: bool = True  # tags, comments and entities left over from HTML
+    remove_control: bool = True  # control and zero-width characters (tabs and newlines stay)
+    normalize_whitespace: bool = True  # runs of spaces, blank-line runs, leading/trailing space
+
+
+class LengthFilterConfig(Strict):
+    """Drop records whose text is too short or too long (characters and words)."""
+
+    type: Literal["length_filter"]
+    fields: list[str] | None = None
+    min_chars: int | None = Field(default=None, ge=0)
+    max_chars: int | None = Field(default=None, ge=1)
+    min_words: int | None = Field(default=None, ge=0)
+    max_words: int | None = Field(default=None, ge=1)
+
+
+class LanguageFilterConfig(Strict):
+    """Keep records in the given languages (ISO 639-1), detected with langdetect's packaged profiles."""
+
+    type: Literal["language_filter"]
+    fields: list[str] | None = None
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+
+
+class RepetitionFilterConfig(Strict):
+    """Gopher repetition rules (Rae et al. 2021, table A1): repeated lines, paragraphs and n-grams."""
+
+    type: Literal["repetition_filter"]
+    fields: list[str] | None = None
+    max_duplicate_line_fraction: float = 0.30
+    max_duplicate_paragraph_fraction: float = 0.30
+    max_duplicate_line_char_fraction: float = 0.20
+    max_duplicate_paragraph_char_fraction: float = 0.20
+    max_top_ngram_char_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+
+
+class RatioFilterConfig(Strict):
+    """Drop records where symbols or digits make up too much of the text (tables, dumps, noise)."""
+
+    type: Literal["ratio_filter"]
+    fields: list[str] | None = None
+    max_symbol_ratio: float | None = Field(default=0.25, ge=0.0, le=1.0)  # of non-space characters
+    max_digit_ratio: float | None = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class InstructionFilterConfig(Strict):
+    """Drop instruction pairs with an empty or trivial completion, or a completion that repeats the prompt."""
+
+    type: Literal["instruction_filter"]
+    min_completion_chars: int = Field(default=1, ge=0)
+    trivial_completions: list[str] = Field(
+        default_factory=lambda: ["n/a", "na", "none", "null", "todo", "tbd", "...", "-", "?", "no answer"]
+    )
+    drop_prompt_equals_completion: bool = True
+
+
+class Expectation(Strict):
+    """One great-expectations check on one column; rows that fail it are quarantined under its name."""
+
+    column: str
+    check: Literal["not_null", "unique", "length_between", "between", "matches_regex", "in_set"]
+    min: float | None = None  # length_between / between
+    max: float | None = None
+    regex: str | None = None  # matches_regex
+    values: list[str | int | float | bool] | None = None  # in_set
+
+    @model_validator(mode="after")
+    def _has_its_arguments(self) -> Expectation:
+        needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
+        if self.check in needed and all(getattr(self, n) is None for n in needed[self.check]):
+            raise ValueError(f"{self.check} needs {' or '.join(needed[self.check])}")
+        if self.check == "in_set" and not self.values:
+            raise ValueError("in_set needs values")
+        return self
+
+
+class ExpectationsConfig(Strict):
+    """Validate every batch with great-expectations (after schema validation, the first gate)."""
+
+    type: Literal["expectations"]
+    expect: list[Expectation] = Field(min_length=1)
+
+
+StageConfig = Annotated[
+    ExpectationsConfig
+    | ExactDedupConfig
+    | NearDedupConfig
+    | ImageDedupConfig
+    | CleanConfig
+    | LengthFilterConfig
+    | LanguageFilterConfig
+    | RepetitionFilterConfig
+    | RatioFilterConfig
+    | InstructionFilterConfig,
+    Field(discriminator="type"),
+]
 
 
 # --- output --------------------------------------------------------------------------------------
