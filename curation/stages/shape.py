@@ -93,6 +93,8 @@ class Shape:
                     reasons[index] = reason
         keep = pa.array([p is None for p in problems])
         shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
+        if "image_bytes" in batch.column_names:  # the images connector's verified image goes on to the writer
+            shaped = shaped.append_column("image_bytes", batch["image_bytes"])
         for target in CONTENT_COLUMNS[self.kind]:
             if target not in shaped.column_names:
                 shaped = shaped.append_column(target, pa.nulls(batch.num_rows, pa.string()))
