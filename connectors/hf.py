@@ -24,8 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch
-from connectors.files import _rows_as_text
-from connectors.sql import with_lineage
+from connectors.sql import row_contents, with_lineage
 from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import HFSource
@@ -83,13 +82,6 @@ def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
     state = _read_json(join(folder, "state.json")) or {}
     split = state.get("_split") or name or "train"
     return [(split, join(folder, item["filename"])) for item in state.get("_data_files", [])]
-
-
-def _content(table: pa.Table) -> list[bytes]:
-    try:
-        return _rows_as_text(table)
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested columns (lists, images) do not cast to text
-        return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
 
 
 def _plain_strings(table: pa.Table) -> pa.Table:
@@ -157,7 +149,7 @@ class HFSourceReader:
     def _batch(self, entry: FileEntry, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
         table = _plain_strings(table)
         lines = list(range(first_row, first_row + table.num_rows))
-        ids = record_ids(entry.uri, lines, _content(table))
+        ids = record_ids(entry.uri, lines, row_contents(table))
         return SourceBatch(
             rows=with_lineage(table, ids, source_array(CONNECTOR, entry.uri, lines)), input_bytes=input_bytes
         )

@@ -112,7 +112,7 @@ class ImagesSourceReader:
 
     def batches(self) -> Iterator[SourceBatch]:
         for batch in self.sidecar.batches():
-            set_aside = _as_images(batch.set_aside)
+            set_aside = self._not_seen(_as_images(batch.set_aside))
             if batch.rows.num_rows == 0:
                 yield SourceBatch(rows=pa.table({}), set_aside=set_aside, input_bytes=batch.input_bytes)
                 continue
@@ -166,6 +166,17 @@ class ImagesSourceReader:
             ],
         )
         return kept, set_aside
+
+    def _not_seen(self, set_aside: pa.Table) -> pa.Table:
+        """Sidecar lines that did not parse, less those an earlier run already quarantined."""
+        if self.watermark is None or set_aside.num_rows == 0:
+            return set_aside
+        fresh = []
+        for record_id in set_aside["id"].to_pylist():
+            item = f"bad:{record_id}"
+            fresh.append(self.watermark.is_new(item, True))
+            self.watermark.set(item, True)
+        return set_aside.filter(pa.array(fresh))
 
     def _image(self, name: str, cache: dict[str, CleanImage | ImageProblem]) -> CleanImage | ImageProblem:
         if name not in cache:

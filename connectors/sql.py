@@ -8,6 +8,7 @@ column, only rows past the last published run's highest value are read, in curso
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,14 @@ def _database_message(error: sa.exc.SQLAlchemyError) -> str:
     original = getattr(error, "orig", None) or error
     first = str(original).strip().splitlines()[0] if str(original).strip() else ""
     return f"{type(original).__name__}: {first}"
+
+
+def row_contents(table: pa.Table) -> list[bytes]:
+    """Each row's values as bytes, the content part of its record id."""
+    try:
+        return _rows_as_text(table)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested or binary columns do not cast to text
+        return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
 
 
 def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
@@ -132,7 +141,7 @@ class SqlSourceReader:
                 if self.config.key:
                     at = [columns.index(k) for k in self.config.key]
                     positions = ["\x1f".join(str(row[i]) for i in at) for row in rows]
-                ids = record_ids(self.uri, positions, _rows_as_text(table))
+                ids = record_ids(self.uri, positions, row_contents(table))
                 yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
         if self.watermark is not None and highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(highest))

@@ -145,13 +145,12 @@ def test_postgresql_streams_with_a_server_side_cursor(postgres_url: str) -> None
     reader = SqlSourceReader(SqlSource(type="sql", url=postgres_url, table="big"), 1000)
     batches = reader.batches()
     first = next(batches)
-    # While the first batch is in hand, the server holds an open named (server-side) cursor.
+    # While the first batch is in hand, the reader's session is fetching from a named server-side cursor.
     with engine.connect() as db:
-        open_cursors = db.execute(sa.text("SELECT count(*) FROM pg_cursors")).scalar()
         active = db.execute(
             sa.text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DECLARE%' OR query LIKE 'FETCH%'")
         ).scalar()
     assert first.rows.num_rows == 1000
-    assert open_cursors == 0 and active >= 1  # pg_cursors is per session: the reader's session shows in activity
+    assert active >= 1
     assert sum(b.rows.num_rows for b in batches) == 4000
     engine.dispose()
