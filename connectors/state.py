@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
@@ -51,6 +52,18 @@ run_locks = sa.Table(
 )
 
 
+def create_tables(engine: sa.Engine) -> None:
+    """Create the watermark and lock tables if missing; two first runs at once may race to do it."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)  # checks first: a retry creates only what is still missing
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 class RunLocked(RuntimeError):
     """Another run of the same dataset holds the lock; this one did nothing."""
 
@@ -82,7 +95,7 @@ class Watermarks:
 
     def __init__(self, engine: sa.Engine, dataset: str, full_refresh: bool = False) -> None:
         self.engine, self.dataset, self.full_refresh = engine, dataset, full_refresh
-        metadata.create_all(engine)
+        create_tables(engine)
         self.sources: dict[str, SourceWatermark] = {}
 
     def for_source(self, config: BaseModel) -> SourceWatermark:
@@ -150,7 +163,7 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
     A lock left by a process that died on this host is taken over; one held from another host is
     respected until someone removes it (``DELETE FROM run_locks WHERE dataset = ...``).
     """
-    metadata.create_all(engine)
+    create_tables(engine)
     host, pid = socket.gethostname(), os.getpid()
     for attempt in range(2):
         try:

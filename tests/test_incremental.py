@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -175,3 +177,35 @@ def test_readme_connector_recipes_are_valid(tmp_path: Path) -> None:
     # The VQA recipe needs the VQA output format (formats lane); its source settings are checked here.
     vqa = yaml.safe_load(next(text for text in recipes if "kind: vqa" in text))
     assert ImagesSource.model_validate(vqa["sources"][0]).max_side == 1024
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_the_lock_admits_one_of_many_simultaneous_runs(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{tmp_path}/state.db" if store == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    if store == "postgresql":  # a fresh store each time, as on a first run: the tables are created in the race
+        with engine.begin() as db:
+            db.execute(sa.text("DROP TABLE IF EXISTS run_locks, watermarks"))
+    start, results = threading.Barrier(6), []
+
+    def attempt(run_id: str) -> None:
+        start.wait()
+        try:
+            with run_lock(engine, "race", run_id):
+                time.sleep(0.5)  # hold it while the others try
+            results.append("ran")
+        except RunLocked as error:
+            results.append(str(error))
+
+    threads = [threading.Thread(target=attempt, args=(f"run{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6 and results.count("ran") == 1
+    assert all("is being curated by another run" in r for r in results if r != "ran")
+    with engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+    engine.dispose()
