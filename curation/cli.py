@@ -102,6 +102,8 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         return EXIT_OK
     out.print(summary_table(result.manifest))
     out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
+    if result.manifest.extends is not None:
+        out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
     return EXIT_OK
 
 

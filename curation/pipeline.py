@@ -295,6 +295,7 @@ def _run_locked(
         extends = previous[-1] if previous and watermarks.had_previous() else None
         if extends is not None and counts.input == 0:
             writer.abort()
+            watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
             message = f"nothing new since {recipe.dataset} v{extends}: published nothing"
             log.info("run=%s %s", writer.run_id, message)

@@ -102,10 +102,16 @@ def test_scheduled_job_takes_only_new_rows_and_files(workdir: Path) -> None:
     assert texts(fourth.version_uri) == ["# Refunds\n\nRefunds now take three days."]
 
     # --full-refresh forgets the watermarks and takes everything again.
+    fifth = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    assert fifth.returncode == 0 and "nothing new since support v3" in fifth.stdout
     full = curation("run", "--quiet", "--full-refresh", str(recipe_path), cwd=workdir)
     assert full.returncode == 0, full.stderr
     manifest = json.loads((workdir / "output" / "support" / "v4" / "manifest.json").read_text())
     assert manifest["extends"] is None and manifest["counts"]["input"] == 8
+    assert "holds what is new" not in full.stdout
+    add_tickets(f"sqlite:///{workdir}/crm.db", 7, 1)
+    after = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    assert "published" in after.stdout and "v5 holds what is new since v4" in after.stdout
 
 
 def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
