@@ -121,6 +121,8 @@ def test_postgresql_incremental_by_timestamp_cursor(workdir: Path, postgres_url:
     fill(url, 1, 30)
     spec = recipe(url, table="tickets", cursor="updated_at", key=["id"])
     spec["batch_rows"] = 8
+    spec["state"] = postgres_url  # run history, watermarks and the lock in PostgreSQL too
+    spec["dataset"] = "support-pg"
     first = run(workdir, spec)
     assert first.manifest.counts.input == 30 and first.manifest.extends is None
     fill(url, 31, 4)
