@@ -18,6 +18,7 @@ from rich.table import Table
 
 from schemas.config import Recipe, RecipeError, load_recipe
 from schemas.manifest import Manifest
+from train.cli import app as train_app
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -154,6 +155,9 @@ def demo(
     recipe_path = write_demo(folder, rows)
     out.print(f"demo input and recipe in [bold]{folder}[/bold]; running {recipe_path}", highlight=False)
     raise typer.Exit(execute(_load(recipe_path)))
+
+
+app.add_typer(train_app, name="train")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,47 @@
-"""Output formats: how a record becomes one JSONL line, and the side files a consumer needs.
+"""Output formats: how records become the lines (and side files) a trainer reads.
 
-- ``text``: SageMaker JumpStart domain-adaptation fine-tuning reads JSON lines with a ``text``
-  field (JumpStart text-generation fine-tuning, "domain adaptation" data format).
-- ``jumpstart-instruction``: JumpStart instruction fine-tuning reads JSON lines whose keys fill
-  the ``{placeholders}`` of a ``template.json`` (``{"prompt": ..., "completion": ...}``) kept in
-  the same channel folder as the data (SageMaker docs, "Fine-tune a large language model (LLM)
-  using prompt instructions", and the JumpStart Llama fine-tuning notebooks).
+Each formatter cites the contract it follows. ``render`` turns a batch of records into the output
+lines (nested JSON values allowed: lists of messages), which record each line came from (one record
+may become several lines, e.g. chunked documents) and the binary files the lines refer to (images).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+
+from connectors.storage import filesystem
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+# JumpStart's dialog convention writes each turn as {"content": ..., "role": ...}.
+DIALOG_TURN = pa.struct([pa.field("content", pa.string()), pa.field("role", pa.string())])
+TEXT_BLOCK = pa.struct([pa.field("text", pa.string())])
+BEDROCK_MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.list_(TEXT_BLOCK))])
+
+
+class FormatError(ValueError):
+    """A record the format cannot write; the message names the record and what to do."""
+
+
+@dataclass
+class Rendered:
+    rows: pa.Table  # the output lines, columns in output order
+    index: pa.Array | None = None  # row of the input batch each line came from (None: one line per record)
+    files: dict[str, bytes] = field(default_factory=dict)  # path relative to the split folder -> content
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Recipe settings some formats use."""
+
+    system_prompt: str | None = None
+    chunk_chars: int | None = None  # text format: cut documents into pieces of at most this many characters
 
 
 @dataclass(frozen=True)
@@ -23,33 +50,241 @@ class OutputFormat:
     kinds: frozenset[str]
     columns: tuple[str, ...]  # keys of each output line, in order
     side_files: dict[str, bytes] = field(default_factory=dict)  # path in each split folder -> content
+    renderer: Callable[[pa.Table, FormatOptions], Rendered] | None = None  # None: select ``columns``
+    properties: dict[str, Any] = field(default_factory=dict)  # JSON schema of columns that are not strings
+    data_file: str | None = None  # the consumer reads one file of this name per split (no sharding)
+    options: FormatOptions = field(default_factory=FormatOptions)
+
+    def render(self, batch: pa.Table) -> Rendered:
+        if self.renderer is None:
+            return Rendered(batch.select(list(self.columns)))
+        return self.renderer(batch, self.options)
 
     def rows(self, batch: pa.Table) -> pa.Table:
-        return batch.select(list(self.columns))
+        return self.render(batch).rows
 
     def row_schema(self) -> dict[str, Any]:
         return {
             "type": "object",
-            "properties": {c: {"type": "string"} for c in self.columns},
+            "properties": {c: self.properties.get(c, {"type": "string"}) for c in self.columns},
             "required": list(self.columns),
         }
 
 
+def _list_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": item}
+
+
+def _object(**properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+_STRING = {"type": "string"}
+
+
+# --- text: domain adaptation ---------------------------------------------------------------------
+# JumpStart text-generation fine-tuning, domain adaptation (``instruction_tuned="False"``): "a train and
+# an optional validation directory. Each directory contains a CSV/JSON/TXT file ... the data is used
+# from the column called 'text' ... The number of files under train and validation (if provided)
+# should equal to one" (JumpStart Llama 3 fine-tuning notebook, amazon-sagemaker-examples,
+# jumpstart-foundation-models, appendix "Dataset formatting instruction for training", 2.1). Shards
+# stay size-bounded here (other trainers stream them); ``curation train`` refuses a text version
+# with more than one shard per split, and says to raise ``output.shard_max_bytes``.
+
+
+def chunk_text(text: str, limit: int) -> list[str]:
+    """Pieces of at most ``limit`` characters, cut at the last whitespace before the limit when there is one."""
+    pieces = []
+    while len(text) > limit:
+        cut = max(text.rfind(" ", 0, limit + 1), text.rfind("\n", 0, limit + 1))
+        if cut <= 0:
+            cut = limit
+        piece, text = text[:cut].strip(), text[cut:].lstrip()
+        if piece:
+            pieces.append(piece)
+    if text.strip():
+        pieces.append(text.strip() if pieces else text)
+    return pieces
+
+
+def _text(batch: pa.Table, options: FormatOptions) -> Rendered:
+    if options.chunk_chars is None:
+        return Rendered(batch.select(["text"]))
+    texts, index = [], []
+    for row, text in enumerate(batch["text"].to_pylist()):
+        for piece in chunk_text(text, options.chunk_chars):
+            texts.append(piece)
+            index.append(row)
+    return Rendered(pa.table({"text": pa.array(texts, pa.string())}), pa.array(index, pa.int64()))
+
+
+# --- instruction tuning ----------------------------------------------------------------------------
+# JumpStart instruction fine-tuning (``instruction_tuned="True"``) reads one or more ``.jsonl`` files
+# from the train (and optional validation) directory, and a ``template.json`` beside them whose
+# ``prompt`` and ``completion`` templates are filled from each line's keys (same notebook, 2.2; the
+# ``.jsonl`` extension is mandatory).
 JUMPSTART_TEMPLATE = {"prompt": "{prompt}", "completion": "{completion}"}
 
+
+def _conversation(
+    batch: pa.Table, options: FormatOptions, turn_type: pa.DataType, make_turn: Callable[[str, str], dict]
+) -> pa.Array:
+    turns = []
+    for prompt, completion in zip(batch["prompt"].to_pylist(), batch["completion"].to_pylist(), strict=True):
+        turn = [make_turn("user", prompt), make_turn("assistant", completion)]
+        if options.system_prompt:
+            turn.insert(0, make_turn("system", options.system_prompt))
+        turns.append(turn)
+    return pa.array(turns, pa.list_(turn_type))
+
+
+# JumpStart chat fine-tuning of Llama chat/instruct models (hyperparameter ``chat_dataset="True"``):
+# each line is ``{"dialog": [{"content": ..., "role": "user"}, {"content": ..., "role": "assistant"}]}``,
+# an optional ``system`` turn first (JumpStart Llama 2/3 fine-tuning notebooks, "chat_dataset"
+# section; the same check appears in the training scripts: "value of `dialog` should be List[dict]").
+def _dialog(batch: pa.Table, options: FormatOptions) -> Rendered:
+    dialog = _conversation(batch, options, DIALOG_TURN, lambda role, text: {"content": text, "role": role})
+    return Rendered(pa.table({"dialog": dialog}))
+
+
+# OpenAI chat fine-tuning / TRL ``SFTTrainer`` conversational format:
+# ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` (OpenAI fine-tuning
+# guide "Preparing your dataset"; TRL docs "Dataset formats and types", conversational language modeling;
+# TRL's ``is_conversational`` checks for a ``messages`` list of role/content dicts).
+def _messages(batch: pa.Table, options: FormatOptions) -> Rendered:
+    messages = _conversation(batch, options, MESSAGE, lambda role, text: {"role": role, "content": text})
+    return Rendered(pa.table({"messages": messages}))
+
+
+# Amazon Bedrock model customisation, text conversation data (Bedrock user guide, "Prepare data for
+# fine-tuning text-to-text models" and "distillation-data-prep-option-1"): one JSON object a line,
+# ``{"schemaVersion": "bedrock-conversation-2024", "system": [{"text": ...}],
+#   "messages": [{"role": "user", "content": [{"text": ...}]}, {"role": "assistant", "content": [{"text": ...}]}]}``.
+BEDROCK_SCHEMA_VERSION = "bedrock-conversation-2024"
+
+
+def _bedrock(batch: pa.Table, options: FormatOptions) -> Rendered:
+    count = batch.num_rows
+    system = [[{"text": options.system_prompt}] if options.system_prompt else [] for _ in range(count)]
+    messages = [
+        [{"role": "user", "content": [{"text": p}]}, {"role": "assistant", "content": [{"text": c}]}]
+        for p, c in zip(batch["prompt"].to_pylist(), batch["completion"].to_pylist(), strict=True)
+    ]
+    return Rendered(
+        pa.table(
+            {
+                "schemaVersion": pa.array([BEDROCK_SCHEMA_VERSION] * count, pa.string()),
+                "system": pa.array(system, pa.list_(TEXT_BLOCK)),
+                "messages": pa.array(messages, pa.list_(BEDROCK_MESSAGE)),
+            }
+        )
+    )
+
+
+# --- visual question answering ---------------------------------------------------------------------
+# JumpStart fine-tuning of Llama 3.2 Vision (model ids ``meta-vlm-llama-3-2-11b-vision[-instruct]``):
+# each channel folder (train/, validation/) holds an ``images/`` folder and a ``metadata.jsonl`` whose
+# lines are ``{"file_name": "images/<name>", "prompt": <question>, "completion": <answer>}`` (AWS ML blog
+# "Accelerating LLM fine-tuning with unstructured data using SageMaker Unified Studio and S3", with its
+# notebook aws-samples/sample-finetuning-sagemaker-unified-studio-with-s3; the same layout is Hugging
+# Face's ``imagefolder``, so ``load_dataset("imagefolder")`` reads it too). Images are stored under
+# the sha256 of their bytes, so a picture asked about twice is written once.
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+
+
+def image_extension(data: bytes) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return IMAGE_EXTENSIONS.get(image.format or "")
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+def _read_image(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def _vqa(batch: pa.Table, options: FormatOptions) -> Rendered:
+    has_bytes = "image_bytes" in batch.column_names
+    images = batch["image_bytes"].to_pylist() if has_bytes else [None] * batch.num_rows
+    files: dict[str, bytes] = {}
+    names = []
+    for row, (uri, data, record_id) in enumerate(
+        zip(batch["image"].to_pylist(), images, batch["id"].to_pylist(), strict=True)
+    ):
+        if data is None:
+            try:
+                data = _read_image(uri)
+            except (OSError, FileNotFoundError) as error:
+                raise FormatError(f"record {record_id} (row {row}): cannot read image {uri!r}: {error}") from None
+        extension = image_extension(data)
+        if extension is None:
+            raise FormatError(f"record {record_id}: image {uri!r} is not a readable image (JPEG, PNG, GIF, WebP)")
+        name = f"images/{hashlib.sha256(data).hexdigest()}.{extension}"
+        files[name] = data
+        names.append(name)
+    rows = pa.table(
+        {"file_name": pa.array(names, pa.string()), "prompt": batch["question"], "completion": batch["answer"]}
+    )
+    return Rendered(rows, files=files)
+
+
 FORMATS: dict[str, OutputFormat] = {
-    "text": OutputFormat("text", frozenset({"document"}), ("text",)),
+    "text": OutputFormat("text", frozenset({"document"}), ("text",), renderer=_text),
     "jumpstart-instruction": OutputFormat(
         "jumpstart-instruction",
         frozenset({"instruction"}),
         ("prompt", "completion"),
         {"template.json": json.dumps(JUMPSTART_TEMPLATE, indent=2).encode() + b"\n"},
     ),
+    "jumpstart-chat": OutputFormat(
+        "jumpstart-chat",
+        frozenset({"instruction"}),
+        ("dialog",),
+        renderer=_dialog,
+        properties={"dialog": _list_of(_object(content=_STRING, role=_STRING))},
+    ),
+    "messages": OutputFormat(
+        "messages",
+        frozenset({"instruction"}),
+        ("messages",),
+        renderer=_messages,
+        properties={"messages": _list_of(_object(role=_STRING, content=_STRING))},
+    ),
+    "bedrock-conversation": OutputFormat(
+        "bedrock-conversation",
+        frozenset({"instruction"}),
+        ("schemaVersion", "system", "messages"),
+        renderer=_bedrock,
+        properties={
+            "schemaVersion": {"const": BEDROCK_SCHEMA_VERSION},
+            "system": _list_of(_object(text=_STRING)),
+            "messages": _list_of(_object(role=_STRING, content=_list_of(_object(text=_STRING)))),
+        },
+    ),
+    "jumpstart-vqa": OutputFormat(
+        "jumpstart-vqa",
+        frozenset({"vqa"}),
+        ("file_name", "prompt", "completion"),
+        renderer=_vqa,
+        data_file="metadata.jsonl",
+    ),
 }
 
 
-def output_format(name: str, kind: str) -> OutputFormat:
+def output_format(name: str, kind: str, options: FormatOptions | None = None) -> OutputFormat:
     fmt = FORMATS[name]
     if kind not in fmt.kinds:
         raise ValueError(f"output format {name!r} takes {sorted(fmt.kinds)} records, not {kind!r}")
+    if options is not None:
+        fmt = OutputFormat(**{**fmt.__dict__, "options": options})
     return fmt
+
+
+def take_rows(batch: pa.Table, rendered: Rendered) -> pa.Table:
+    """The input record behind each output line (for lineage)."""
+    return batch if rendered.index is None else batch.take(rendered.index)

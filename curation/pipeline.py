@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from connectors.state import Watermarks, run_lock
-from curation.formats import output_format
+from curation.formats import FormatOptions, output_format
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -115,7 +115,7 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         columns = recipe.input_schema.columns
         required = set(columns) - set(recipe.input_schema.optional)
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
-    stages.append(Shape(recipe.record))
+    stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
     for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
@@ -278,13 +278,26 @@ def _run_locked(
 ) -> RunResult:
     from curation.published import published_versions, version_uri
 
-    fmt = output_format(recipe.output.format, recipe.record.kind)
+    fmt = output_format(
+        recipe.output.format,
+        recipe.record.kind,
+        FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
+    )
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh)
     sources = build_sources(recipe, watermarks)
     inputs = [entry for source in sources for entry in source.inputs()]
     on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
-    writer = DatasetWriter(out.dest, recipe.dataset, fmt, out.shard_max_bytes, out.validation_fraction, out.split_seed)
+    writer = DatasetWriter(
+        out.dest,
+        recipe.dataset,
+        fmt,
+        out.shard_max_bytes,
+        out.validation_fraction,
+        out.split_seed,
+        stratify_by=out.stratify_by,
+        group_by=out.group_by,
+    )
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint())
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()

@@ -13,16 +13,17 @@ import hashlib
 import io
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import xxhash
 
 from connectors.storage import filesystem, is_s3, join, make_dirs
-from curation.formats import OutputFormat
+from curation.formats import OutputFormat, take_rows
 from curation.published import dataset_uri, published_versions, version_uri
+from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
 
 SPLITS = ("train", "validation")
@@ -38,10 +39,18 @@ def to_ndjson(table: pa.Table) -> bytes:
 
 
 class ShardSeries:
-    """part-00000.jsonl, part-00001.jsonl, ... under one folder, each at most ``max_bytes``."""
+    """part-00000.jsonl, part-00001.jsonl, ... under one folder, each at most ``max_bytes``.
 
-    def __init__(self, fs: pafs.FileSystem, folder: str, relative: str, max_bytes: int) -> None:
+    With ``file_name`` the series is that one file, unbounded: for consumers that read a fixed name.
+    """
+
+    def __init__(
+        self, fs: pafs.FileSystem, folder: str, relative: str, max_bytes: int, file_name: str | None = None
+    ) -> None:
         self.fs, self.folder, self.relative, self.max_bytes = fs, folder, relative, max_bytes
+        self.file_name = file_name
+        if file_name is not None:
+            self.max_bytes = 1 << 62
         self.shards: list[Shard] = []
         self._stream = None
         self._digest = hashlib.sha256()
@@ -79,6 +88,8 @@ class ShardSeries:
             self._close()
 
     def _path_relative(self) -> str:
+        if self.file_name is not None:
+            return f"{self.relative}/{self.file_name}"
         return f"{self.relative}/part-{len(self.shards):05d}.jsonl"
 
     def _open(self) -> None:
@@ -94,14 +105,6 @@ class ShardSeries:
         self._stream = None
 
 
-def split_of(ids: pa.Array | pa.ChunkedArray, validation_fraction: float, seed: str) -> pa.Array:
-    """True where a record goes to validation: a hash of seed and id, so reruns agree."""
-    threshold = int(validation_fraction * 2**64)
-    prefix = seed.encode() + b"\x1f"
-    hash64 = xxhash.xxh3_64_intdigest
-    return pa.array([hash64(prefix + i.encode()) < threshold for i in ids.to_pylist()], pa.bool_())
-
-
 class DatasetWriter:
     def __init__(
         self,
@@ -111,14 +114,20 @@ class DatasetWriter:
         shard_max_bytes: int,
         validation_fraction: float,
         split_seed: str,
+        stratify_by: str | None = None,
+        group_by: str | None = None,
     ) -> None:
         self.dest, self.dataset, self.format = dest, dataset, fmt
         self.validation_fraction, self.split_seed = validation_fraction, split_seed
+        self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by)
         self.run_id = uuid.uuid4().hex[:12]
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
         self.fs, self.staging = filesystem(self.staging_uri)
         make_dirs(self.fs, self.staging)
-        self.splits = {name: ShardSeries(self.fs, self.staging, name, shard_max_bytes) for name in SPLITS}
+        self.splits = {
+            name: ShardSeries(self.fs, self.staging, name, shard_max_bytes, fmt.data_file) for name in SPLITS
+        }
+        self.files: dict[str, Shard] = {}  # binary side files the lines refer to (images), by path
         self.set_aside = ShardSeries(self.fs, self.staging, "set_aside", shard_max_bytes)
         self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
         self.written = 0
@@ -126,14 +135,28 @@ class DatasetWriter:
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
             return
-        to_validation = split_of(batch["id"], self.validation_fraction, self.split_seed)
+        to_validation = self.splitter.assign(batch)
         for name, mask in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             part = batch.filter(mask)
             if part.num_rows == 0:
                 continue
-            placed = self.splits[name].write(to_ndjson(self.format.rows(part)))
-            self._write_lineage(part, placed)
+            rendered = self.format.render(part)
+            self._write_files(name, rendered.files)
+            placed = self.splits[name].write(to_ndjson(rendered.rows))
+            self._write_lineage(take_rows(part, rendered), placed)
             self.written += part.num_rows
+
+    def _write_files(self, split: str, files: dict[str, bytes]) -> None:
+        """Binary side files, each once per split (their names are content hashes)."""
+        for relative, content in files.items():
+            path = f"{split}/{relative}"
+            if path in self.files:
+                continue
+            make_dirs(self.fs, f"{self.staging}/{path.rsplit('/', 1)[0]}")
+            with self.fs.open_output_stream(f"{self.staging}/{path}") as out:
+                out.write(content)
+            digest = hashlib.sha256(content).hexdigest()
+            self.files[path] = Shard(path=path, records=1, bytes=len(content), sha256=digest)
 
     def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
         """One line per output record: which shard and line holds it, its id and its source."""
@@ -178,6 +201,8 @@ class DatasetWriter:
         manifest = build_manifest(version, splits, side_files)
         manifest.set_aside = self.set_aside.shards
         manifest.lineage = self.lineage.shards
+        manifest.files = sorted(self.files.values(), key=lambda shard: shard.path)
+        manifest.split = self.split_report()
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
@@ -188,6 +213,9 @@ class DatasetWriter:
                 out.write(body)
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest
+
+    def split_report(self) -> dict[str, Any]:
+        return self.splitter.report()
 
     def _publish_s3(self, target: str, manifest_body: bytes) -> None:
         infos = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True))

@@ -182,10 +182,13 @@ StageConfig = Annotated[ExactDedupConfig, Field(discriminator="type")]
 # --- output --------------------------------------------------------------------------------------
 
 
-OutputFormat = Literal["text", "jumpstart-instruction"]
+OutputFormat = Literal[
+    "text", "jumpstart-instruction", "jumpstart-chat", "messages", "bedrock-conversation", "jumpstart-vqa"
+]
 DEFAULT_FORMAT: dict[str, OutputFormat] = {
     "document": "text",
     "instruction": "jumpstart-instruction",
+    "vqa": "jumpstart-vqa",
 }
 
 
@@ -195,6 +198,27 @@ class OutputConfig(Strict):
     shard_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     split_seed: str = "curation"
+    # Split settings: a record column whose values keep their share on both sides (e.g. label), and a
+    # column whose values never straddle train and validation (customer, document).
+    stratify_by: str | None = None
+    group_by: str | None = None
+    system_prompt: str | None = None  # chat and conversation formats: a system turn before each exchange
+    chunk_chars: int | None = Field(default=None, ge=16)  # text format: cut documents into pieces this long
+
+    @model_validator(mode="after")
+    def _options_fit_format(self) -> OutputConfig:
+        if self.chunk_chars is not None and self.format not in (None, "text"):
+            raise ValueError(f"chunk_chars applies to the text format, not {self.format}")
+        chat = ("jumpstart-chat", "messages", "bedrock-conversation")
+        if self.system_prompt is not None and self.format not in chat:
+            raise ValueError(
+                f"system_prompt applies to the {', '.join(chat)} formats, not {self.format or 'the default format'}"
+            )
+        return self
+
+    def carry_columns(self) -> list[str]:
+        """Input columns the split needs at the writer, beyond the record's own fields."""
+        return [c for c in (self.stratify_by, self.group_by) if c]
 
 
 class Recipe(Strict):

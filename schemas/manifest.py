@@ -69,6 +69,10 @@ class Manifest(BaseModel):
     inputs: list[InputFile] = Field(default_factory=list)
     row_schema: dict[str, Any] = Field(default_factory=dict)  # JSON schema of one output line
     stats: dict[str, Any] = Field(default_factory=dict)
+    files: list[Shard] = Field(default_factory=list)  # binary files the lines refer to (VQA images)
+    # How records were split: method, seed, stratify_by/group_by, records per side, label balance, groups.
+    split: dict[str, Any] = Field(default_factory=dict)
 
     def all_files(self) -> list[Shard]:
-        return [s for split in self.splits.values() for s in split.shards] + self.set_aside + self.lineage
+        shards = [s for split in self.splits.values() for s in split.shards]
+        return shards + self.set_aside + self.lineage + self.files

@@ -8,6 +8,7 @@ anything richer (filters, conditions) renders row by row with Jinja.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import jinja2
@@ -69,8 +70,10 @@ class Field:
 class Shape:
     name = "shape"
 
-    def __init__(self, shape: RecordShape) -> None:
+    def __init__(self, shape: RecordShape, carry: Sequence[str] = ()) -> None:
         self.kind = shape.kind
+        # Input columns passed through unchanged for later steps (the split's group and label columns).
+        self.carry = [c for c in carry if c not in CONTENT_COLUMNS[shape.kind] and c not in ("id", "source")]
         self.fields = [Field(target, spec) for target, spec in shape.mapping().items()]
         self.required = {
             "document": {"text"},
@@ -95,6 +98,9 @@ class Shape:
         shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
         if "image_bytes" in batch.column_names:  # the images connector's verified image goes on to the writer
             shaped = shaped.append_column("image_bytes", batch["image_bytes"])
+        for name in self.carry:
+            if name in batch.column_names and name not in shaped.column_names:
+                shaped = shaped.append_column(name, batch[name])
         for target in CONTENT_COLUMNS[self.kind]:
             if target not in shaped.column_names:
                 shaped = shaped.append_column(target, pa.nulls(batch.num_rows, pa.string()))

@@ -1,0 +1,117 @@
+"""Train/validation splits: deterministic, optionally stratified by a label and grouped by a key.
+
+- Plain: a record goes to validation when a hash of (seed, id) falls under the fraction, so reruns
+  and any batch order agree, and nothing has to be remembered.
+- Grouped (``group_by``): the same hash of the group key instead of the id, so every record of a
+  customer or document lands on the same side.
+- Stratified (``stratify_by``): hashing gives the fraction only on average, which leaves a rare
+  label with no validation examples at all. So each label keeps a counter and the k-th unit
+  (record, or group when grouped) of a label goes to validation when ``floor(k * f + phase)``
+  steps up, which holds every label's validation share within one unit of the fraction. ``phase``
+  comes from a hash of the seed and the label, so the seed still picks which units. This depends on
+  the order records arrive in: the same input read in the same order always splits the same way.
+  A group's side is fixed by its first record and kept for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+import xxhash
+
+NO_VALUE = "(none)"  # how a missing label or group key is reported
+
+
+class SplitError(ValueError):
+    """The split settings do not fit the records (a column is missing)."""
+
+
+def _unit_hash(seed: str, value: str) -> int:
+    return xxhash.xxh3_64_intdigest(seed.encode() + b"\x1f" + value.encode())
+
+
+def split_of(ids: pa.Array | pa.ChunkedArray, validation_fraction: float, seed: str) -> pa.Array:
+    """True where a record goes to validation: a hash of seed and id, so reruns agree."""
+    threshold = int(validation_fraction * 2**64)
+    return pa.array([_unit_hash(seed, i) < threshold for i in ids.to_pylist()], pa.bool_())
+
+
+class Splitter:
+    def __init__(
+        self,
+        validation_fraction: float,
+        seed: str,
+        stratify_by: str | None = None,
+        group_by: str | None = None,
+    ) -> None:
+        self.fraction, self.seed = validation_fraction, seed
+        self.stratify_by, self.group_by = stratify_by, group_by
+        self._threshold = int(validation_fraction * 2**64)
+        self._groups: dict[str, bool] = {}  # group key -> goes to validation (stratified runs only)
+        self._seen: Counter[str] = Counter()  # label -> units seen
+        self._to_validation: Counter[str] = Counter()  # label -> units sent to validation
+        self.labels: dict[str, Counter[str]] = {"train": Counter(), "validation": Counter()}
+        self.records: Counter[str] = Counter()
+        self._group_sides: dict[str, set[str]] = {"train": set(), "validation": set()}
+
+    def _column(self, batch: pa.Table, name: str, setting: str) -> list[str]:
+        if name not in batch.column_names:
+            usable = ", ".join(c for c in batch.column_names if c not in ("source", "image_bytes"))
+            raise SplitError(f"output.{setting}: column {name!r} is not in the records; they have: {usable}")
+        return [NO_VALUE if v is None else str(v) for v in batch[name].to_pylist()]
+
+    def assign(self, batch: pa.Table) -> pa.Array:
+        """True where each record of the batch goes to validation."""
+        ids = batch["id"].to_pylist()
+        keys = self._column(batch, self.group_by, "group_by") if self.group_by else ids
+        # A record without a group key is a group of its own.
+        keys = [i if k == NO_VALUE else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
+        if self.stratify_by:
+            labels = self._column(batch, self.stratify_by, "stratify_by")
+            sides = [self._stratified(key, label) for key, label in zip(keys, labels, strict=True)]
+        else:
+            labels = None
+            sides = [_unit_hash(self.seed, key) < self._threshold for key in keys]
+        for index, side in enumerate(sides):
+            name = "validation" if side else "train"
+            self.records[name] += 1
+            if labels is not None:
+                self.labels[name][labels[index]] += 1
+            if self.group_by:
+                self._group_sides[name].add(keys[index])
+        return pa.array(sides, pa.bool_())
+
+    def _stratified(self, key: str, label: str) -> bool:
+        if key in self._groups:
+            return self._groups[key]
+        self._seen[label] += 1
+        phase = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+        due = math.floor(self._seen[label] * self.fraction + phase)
+        side = due > self._to_validation[label]
+        if side:
+            self._to_validation[label] += 1
+        if self.group_by:
+            self._groups[key] = side
+        return side
+
+    def report(self) -> dict[str, Any]:
+        """What the manifest says about the split: records per side, label balance and groups when used."""
+        records = {"train": self.records["train"], "validation": self.records["validation"]}
+        total = sum(records.values())
+        report: dict[str, Any] = {
+            "method": "stratified" if self.stratify_by else "hash",
+            "validation_fraction": self.fraction,
+            "seed": self.seed,
+            "stratify_by": self.stratify_by,
+            "group_by": self.group_by,
+            "records": records,
+            "actual_validation_fraction": round(records.get("validation", 0) / total, 6) if total else 0.0,
+        }
+        if self.stratify_by:
+            report["labels"] = {side: dict(sorted(counter.items())) for side, counter in self.labels.items()}
+        if self.group_by:
+            report["groups"] = {side: len(keys) for side, keys in self._group_sides.items()}
+        return report

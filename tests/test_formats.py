@@ -1,0 +1,322 @@
+"""Every output format, loaded back with its consumer's own code where that installs (Hugging Face
+``datasets``), and checked for the keys JumpStart, TRL and Bedrock read. Splits: stratified, grouped,
+deterministic, and reported in the manifest."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from curation.formats import chunk_text, output_format
+from curation.pipeline import RunResult, run_recipe
+from curation.published import read_manifest, verify_checksums
+from curation.writer import DatasetWriter
+from schemas.config import load_recipe
+from schemas.records import source_array
+from tests.helpers import outputs, read_lines, write_jsonl, write_recipe
+
+
+def run_fresh(folder: Path, recipe: dict[str, Any]) -> RunResult:
+    """Run a recipe; a rerun over the same input reprocesses it (incremental runs switched off)."""
+    loaded = load_recipe(write_recipe(folder, recipe))
+    if "full_refresh" in inspect.signature(run_recipe).parameters:
+        return run_recipe(loaded, full_refresh=True)
+    return run_recipe(loaded)
+
+
+def split_files(version: Path, pattern: str = "*.jsonl") -> dict[str, list[str]]:
+    return {split: sorted(str(p) for p in (version / split).glob(pattern)) for split in ("train", "validation")}
+
+
+def load_json_splits(version: Path) -> datasets.DatasetDict:
+    return datasets.load_dataset("json", data_files={k: v for k, v in split_files(version).items() if v})
+
+
+def instructions(folder: Path, count: int = 40) -> Path:
+    rows = [
+        {"q": f"What is {i} plus {i}?", "a": f"{2 * i}", "topic": "math" if i % 4 else "trivia"} for i in range(count)
+    ]
+    return write_jsonl(folder / "input" / "pairs.jsonl", rows)
+
+
+def instruction_recipe(folder: Path, fmt: str, **output: Any) -> dict[str, Any]:
+    return {
+        "dataset": "pairs",
+        "sources": [{"path": str(instructions(folder))}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "topic"},
+        "output": {"dest": str(folder / "out"), "format": fmt, "validation_fraction": 0.25, **output},
+    }
+
+
+def test_text_format_loads_with_datasets_and_chunks_documents(workdir: Path) -> None:
+    words = [f"word{i:03d}" for i in range(120)]
+    docs = [" ".join(words), "short document", "Zürich café ☕ " * 3] + [f"filler {i} " * 12 for i in range(20)]
+    write_jsonl(workdir / "docs.jsonl", [{"body": d} for d in docs])
+    recipe = {
+        "dataset": "docs",
+        "sources": [{"path": str(workdir / "docs.jsonl")}],
+        "record": {"kind": "document", "text": "body"},
+        "output": {
+            "dest": str(workdir / "out"),
+            "format": "text",
+            "chunk_chars": 100,
+            "validation_fraction": 0.0,
+            "shard_max_bytes": 1024,
+        },
+    }
+    version = Path(run_fresh(workdir, recipe).version_uri)
+    loaded = load_json_splits(version)
+    assert loaded["train"].column_names == ["text"]  # the key JumpStart domain adaptation reads
+    assert len(list((version / "train").glob("*.jsonl"))) > 1  # bounded shards, every chunk within them
+    lines = loaded["train"]["text"]
+    assert all(len(line) <= 100 for line in lines)
+    # The long document became several chunks that together hold every word, in order.
+    long_chunks = [line for line in lines if line.startswith("word") or " word" in line]
+    assert " ".join(long_chunks).split() == words
+    assert "short document" in lines and "Zürich café ☕ Zürich café ☕ Zürich café ☕ " in lines
+    # Lineage: each line traces back to its document; chunking does not change the record count.
+    manifest = read_manifest(str(version))
+    assert manifest.counts.written == 23 and manifest.splits["train"].records == len(lines)
+    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    assert len(lineage) == len(lines) and len({row["id"] for row in lineage}) == 23
+
+
+def test_chunk_text_cuts_at_whitespace_and_never_drops_text() -> None:
+    assert chunk_text("aaaa bbbb cccc", 9) == ["aaaa bbbb", "cccc"]
+    assert chunk_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+    assert chunk_text("short", 10) == ["short"]
+
+
+def test_jumpstart_instruction_format_fills_its_template(workdir: Path) -> None:
+    version = Path(run_fresh(workdir, instruction_recipe(workdir, "jumpstart-instruction")).version_uri)
+    loaded = load_json_splits(version)
+    for split in ("train", "validation"):
+        # JumpStart reads template.json beside the data and fills its placeholders from each line.
+        template = json.loads((version / split / "template.json").read_text())
+        for row in loaded[split]:
+            assert template["prompt"].format(**row).startswith("What is ")
+            assert template["completion"].format(**row) == row["completion"]
+    assert len(loaded["train"]) + len(loaded["validation"]) == 40
+
+
+def test_jumpstart_chat_format_is_the_dialog_convention(workdir: Path) -> None:
+    recipe = instruction_recipe(workdir, "jumpstart-chat", system_prompt="You are a careful calculator.")
+    version = Path(run_fresh(workdir, recipe).version_uri)
+    loaded = load_json_splits(version)
+    assert loaded["train"].column_names == ["dialog"]
+    first = loaded["train"][0]["dialog"]
+    assert [turn["role"] for turn in first] == ["system", "user", "assistant"]
+    assert first[0]["content"] == "You are a careful calculator."
+    assert first[1]["content"].startswith("What is ") and first[2]["content"].isdigit()
+    # Each turn is written content first, role second, as the JumpStart examples show.
+    raw = (version / "train" / "part-00000.jsonl").read_text().splitlines()[0]
+    assert raw.startswith('{"dialog":[{"content":')
+
+
+def is_conversational(example: dict[str, Any]) -> bool:
+    """TRL's rule (trl.data_utils.is_conversational): a known key holding a list of role/content dicts."""
+    for key in ("prompt", "chosen", "rejected", "completion", "messages"):
+        value = example.get(key)
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "role" in value[0]:
+            return True
+    return False
+
+
+def test_messages_format_is_openai_and_trl_conversational(workdir: Path) -> None:
+    version = Path(run_fresh(workdir, instruction_recipe(workdir, "messages")).version_uri)
+    loaded = load_json_splits(version)
+    assert loaded["train"].column_names == ["messages"]
+    for row in loaded["train"]:
+        assert is_conversational(row)
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert set(row["messages"][0]) == {"role", "content"}
+    # No system prompt set: no system turn, and no empty one either.
+    assert all(len(row["messages"]) == 2 for row in loaded["validation"])
+
+
+def test_bedrock_conversation_format(workdir: Path) -> None:
+    recipe = instruction_recipe(workdir, "bedrock-conversation", system_prompt="Answer with a number.")
+    version = Path(run_fresh(workdir, recipe).version_uri)
+    loaded = load_json_splits(version)
+    rows = outputs(version)
+    assert len(loaded["train"]) + len(loaded["validation"]) == len(rows) == 40
+    for row in rows:
+        assert row["schemaVersion"] == "bedrock-conversation-2024"
+        assert row["system"] == [{"text": "Answer with a number."}]
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and user["content"][0]["text"].startswith("What is ")
+        assert assistant["role"] == "assistant" and assistant["content"][0]["text"].isdigit()
+    assert read_manifest(str(version)).row_schema["properties"]["schemaVersion"] == {
+        "const": "bedrock-conversation-2024"
+    }
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (12, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_jumpstart_vqa_layout_loads_as_an_imagefolder(workdir: Path) -> None:
+    colors = {"red.png": (255, 0, 0), "green.png": (0, 255, 0), "blue.png": (0, 0, 255)}
+    for name, color in colors.items():
+        (workdir / "scans").mkdir(exist_ok=True)
+        (workdir / "scans" / name).write_bytes(png(color))
+    rows = [
+        {"image": str(workdir / "scans" / name), "question": f"Which colour is this? ({i})", "answer": name[:-4]}
+        for i in range(4)
+        for name in colors
+    ]
+    write_jsonl(workdir / "vqa.jsonl", rows)
+    recipe = {
+        "dataset": "scans",
+        "sources": [{"path": str(workdir / "vqa.jsonl")}],
+        "record": {"kind": "vqa"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3},
+    }
+    version = Path(run_fresh(workdir, recipe).version_uri)
+    manifest = read_manifest(str(version))
+    assert manifest.format == "jumpstart-vqa"
+    for split in ("train", "validation"):
+        lines = read_lines([version / split / "metadata.jsonl"])  # the one file name JumpStart reads
+        assert lines and all(set(line) == {"file_name", "prompt", "completion"} for line in lines)
+        for line in lines:
+            image = version / split / line["file_name"]
+            assert line["file_name"].startswith("images/") and image.is_file()
+            assert Image.open(image).getpixel((0, 0)) == colors[f"{line['completion']}.png"]
+        # Hugging Face's imagefolder reads the same layout: images decoded, keys as columns.
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(version / split), split="train")
+        assert len(loaded) == len(lines)
+        assert {"image", "prompt", "completion"} <= set(loaded.column_names)
+        assert loaded[0]["image"].size == (12, 8)
+    # Every image is checksummed in the manifest, each stored once per split however often asked about.
+    assert manifest.files and verify_checksums(str(version), manifest) == []
+    assert len({f.sha256 for f in manifest.files if f.path.startswith("train/")}) == len(
+        [f for f in manifest.files if f.path.startswith("train/")]
+    )
+
+
+def test_vqa_writes_image_bytes_from_the_connector(workdir: Path) -> None:
+    """The Images contract: an ``image_bytes`` column wins over the file at ``image``."""
+    data = png((9, 9, 9))
+    batch = pa.table(
+        {
+            "id": ["a", "b"],
+            "source": source_array("images", "mem://", [1, 2]),
+            "image": ["does/not/exist.png", "does/not/exist.png"],
+            "image_bytes": pa.array([data, data], pa.binary()),
+            "question": ["q1", "q2"],
+            "answer": ["a1", "a2"],
+        }
+    )
+    writer = DatasetWriter(str(workdir / "out"), "bytes", output_format("jumpstart-vqa", "vqa"), 1 << 20, 0.0, "s")
+    writer.write(batch)
+    assert len(writer.files) == 1
+    ((path, shard),) = writer.files.items()
+    assert path.startswith("train/images/") and path.endswith(".png") and shard.bytes == len(data)
+    writer.abort()
+
+
+def test_vqa_refuses_an_unreadable_image_naming_the_record(workdir: Path) -> None:
+    (workdir / "bad.png").write_bytes(b"not an image")
+    batch = pa.table(
+        {
+            "id": ["rec-1"],
+            "source": source_array("files", "x", [1]),
+            "image": [str(workdir / "bad.png")],
+            "question": ["q"],
+            "answer": ["a"],
+        }
+    )
+    with pytest.raises(ValueError, match=r"rec-1.*not a readable image"):
+        output_format("jumpstart-vqa", "vqa").render(batch)
+
+
+def customers(folder: Path) -> Path:
+    """60 customers with 1-6 transactions each; one label is rare (about 8% of records)."""
+    rows = []
+    for customer in range(60):
+        for n in range(1 + customer % 6):
+            label = "fraud" if customer % 12 == 0 else ("travel" if (customer + n) % 3 else "dining")
+            rows.append({"customer": f"c{customer:02d}", "text": f"txn {customer}-{n}", "label": label})
+    return write_jsonl(folder / "input" / "txns.jsonl", rows)
+
+
+def split_recipe(folder: Path, **output: Any) -> dict[str, Any]:
+    return {
+        "dataset": "txns",
+        "sources": [{"path": str(customers(folder))}],
+        "record": {"kind": "instruction", "prompt": "text", "completion": "label", "label": "label"},
+        "output": {"dest": str(folder / "out"), "validation_fraction": 0.2, **output},
+    }
+
+
+def side_of_each(version: Path) -> dict[str, str]:
+    """record id -> split, from the lineage."""
+    return {row["id"]: row["shard"].split("/")[0] for row in read_lines(sorted((version / "lineage").glob("*.jsonl")))}
+
+
+def test_split_is_grouped_stratified_deterministic_and_reported(workdir: Path) -> None:
+    recipe = split_recipe(workdir, stratify_by="label", group_by="customer")
+    first = Path(run_fresh(workdir, recipe).version_uri)
+    manifest = read_manifest(str(first))
+
+    # Grouped: no customer on both sides.
+    input_rows = read_lines([workdir / "input" / "txns.jsonl"])
+    sides_by_customer: dict[str, set[str]] = defaultdict(set)
+    written = outputs(first)
+    customer_of = {r["text"]: r["customer"] for r in input_rows}
+    for split in ("train", "validation"):
+        for row in read_lines(sorted((first / split).glob("*.jsonl"))):
+            sides_by_customer[customer_of[row["prompt"]]].add(split)
+    assert len(written) == len(input_rows)
+    assert all(len(sides) == 1 for sides in sides_by_customer.values())
+
+    # Stratified: even the rare label has validation examples; the manifest's balance is the truth.
+    report = manifest.split
+    assert report["method"] == "stratified" and report["group_by"] == "customer"
+    validation_labels = Counter(row["completion"] for row in read_lines(sorted((first / "validation").glob("*.jsonl"))))
+    assert report["labels"]["validation"] == dict(sorted(validation_labels.items()))
+    assert validation_labels["fraud"] >= 1
+    groups = report["groups"]
+    assert groups["train"] + groups["validation"] == 60
+    assert 0.1 <= groups["validation"] / 60 <= 0.3
+    assert report["records"]["train"] == manifest.splits["train"].records
+
+    # Deterministic: the same input and seed split the same way again.
+    again = Path(run_fresh(workdir, recipe).version_uri)
+    assert side_of_each(again) == side_of_each(first)
+
+
+def test_a_different_seed_moves_records_and_plain_split_is_hash_based(workdir: Path) -> None:
+    base = Path(run_fresh(workdir, split_recipe(workdir)).version_uri)
+    reseeded = Path(run_fresh(workdir, split_recipe(workdir, split_seed="other")).version_uri)
+    assert side_of_each(base) != side_of_each(reseeded)
+    assert read_manifest(str(base)).split["method"] == "hash"
+
+
+def test_split_on_a_missing_column_names_it(workdir: Path) -> None:
+    recipe = split_recipe(workdir, group_by="account")
+    with pytest.raises(ValueError, match=r"group_by: column 'account' is not in the records"):
+        run_fresh(workdir, recipe)
+    assert not list((workdir / "out" / "txns").glob("v*"))  # nothing published
+
+
+def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) -> None:
+    from schemas.config import RecipeError
+
+    recipe = instruction_recipe(workdir, "jumpstart-instruction", system_prompt="Be brief.")
+    with pytest.raises(RecipeError, match="system_prompt applies to the jumpstart-chat"):
+        load_recipe(write_recipe(workdir, recipe))
+    recipe = instruction_recipe(workdir, "messages", chunk_chars=100)
+    with pytest.raises(RecipeError, match="chunk_chars applies to the text format"):
+        load_recipe(write_recipe(workdir, recipe))

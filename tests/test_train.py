@@ -1,0 +1,256 @@
+"""The SageMaker handoff: the training request is checked against botocore's service model, sent to
+a moto server on loopback through the SageMaker SDK, described and waited on; the Bedrock import
+request is built from the finished job and checked against botocore's Bedrock model. JumpStart specs
+come from the pinned file, so nothing here needs the network."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from curation.pipeline import run_recipe
+from schemas.config import load_recipe
+from tests.helpers import write_jsonl, write_recipe
+from train.bedrock import import_request, start_import
+from train.jumpstart import SpecError, VendoredSpecs
+from train.sagemaker import TrainError, describe, launch, training_request, validate, wait
+
+ROLE = "arn:aws:iam::123456789012:role/curation-training"
+PINNED = VendoredSpecs()
+MODEL = "meta-textgeneration-llama-3-2-1b"
+
+
+def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "curation.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def run_fresh(folder: Path, recipe: dict[str, Any]) -> str:
+    """Run a recipe; a rerun over the same input reprocesses it (incremental runs switched off)."""
+    loaded = load_recipe(write_recipe(folder, recipe))
+    if "full_refresh" in inspect.signature(run_recipe).parameters:
+        return run_recipe(loaded, full_refresh=True).version_uri
+    return run_recipe(loaded).version_uri
+
+
+def publish(folder: Path, fmt: str, dest: str | None = None, dataset: str = "pairs") -> str:
+    rows = [{"q": f"Categorise purchase {i}", "a": "Dining" if i % 2 else "Travel"} for i in range(30)]
+    write_jsonl(folder / "pairs.jsonl", rows)
+    recipe = {
+        "dataset": dataset,
+        "sources": [{"path": str(folder / "pairs.jsonl")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"dest": dest or str(folder / "out"), "format": fmt, "validation_fraction": 0.2},
+    }
+    return run_fresh(folder, recipe)
+
+
+def channels(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in request["InputDataConfig"]}
+
+
+def test_dry_run_prints_a_valid_request_for_instruction_data(workdir: Path) -> None:
+    version = publish(workdir, "jumpstart-instruction")
+    done = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--lora-r", "16",
+        "-H", "learning_rate=0.0002", "--int8", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    request = json.loads(done.stdout)
+    validate("CreateTrainingJob", request)  # what botocore would send, exactly
+    hp = request["HyperParameters"]
+    # template.json is in the training channel, so JumpStart's instruction tuning is switched on.
+    assert hp["instruction_tuned"] == "True" and hp["chat_dataset"] == "False"
+    assert hp["lora_r"] == "16" and hp["learning_rate"] == "0.0002" and hp["int8_quantization"] == "True"
+    assert hp["enable_fsdp"] == "False"  # JumpStart: int8 and FSDP do not go together
+    assert set(channels(request)) == {"training", "validation", "model"}
+    assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
+    assert request["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
+    # Published locally and no role given: the dry run says what a real launch still needs.
+    assert "execution role" in done.stderr and "dataset on S3" in done.stderr
+
+
+def test_chat_data_switches_chat_mode_and_bad_settings_are_refused(workdir: Path) -> None:
+    version = publish(workdir, "jumpstart-chat")
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
+    assert request["HyperParameters"]["chat_dataset"] == "True"
+    assert request["HyperParameters"]["instruction_tuned"] == "False"
+    assert channels(request)["training"]["S3Uri"] == "s3://b/pairs/v1/train/"
+    with pytest.raises(SpecError, match="no hyperparameter 'lora_rank'"):
+        training_request(version, MODEL, hyperparameters={"lora_rank": "8"}, specs=PINNED)
+    with pytest.raises(SpecError, match=r"does not train on ml\.t3\.medium"):
+        training_request(version, MODEL, instance_type="ml.t3.medium", specs=PINNED)
+    with pytest.raises(TrainError, match="trains on jumpstart-vqa data"):
+        training_request(version, "meta-vlm-llama-3-2-11b-vision-instruct", specs=PINNED)
+
+
+def test_formats_jumpstart_does_not_read_are_refused(workdir: Path) -> None:
+    version = publish(workdir, "messages")
+    with pytest.raises(TrainError, match="TRL's SFTTrainer"):
+        training_request(version, MODEL, specs=PINNED)
+
+
+def test_refuses_a_version_without_manifest_or_with_a_bad_shard(workdir: Path) -> None:
+    version = Path(publish(workdir, "jumpstart-instruction"))
+    shard = version / "train" / "part-00000.jsonl"
+    shard.write_text(shard.read_text().replace("Dining", "Dinner", 1))
+    done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 2
+    assert "train/part-00000.jsonl" in done.stderr and "sha256" in done.stderr
+    (version / "manifest.json").unlink()
+    done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 2 and "never published" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path, bucket: str) -> None:
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    request = training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)
+    assert request["TrainingJobName"] == "pairs-v1-llama-3-2-1b-20261125-120000"
+    assert channels(request)["training"]["S3Uri"] == f"s3://{bucket}/datasets/pairs/v1/train/"
+    name = launch(request)
+    described = describe(name)
+    assert described["TrainingJobName"] == name
+    assert described["AlgorithmSpecification"]["TrainingImage"] == request["AlgorithmSpecification"]["TrainingImage"]
+    assert described["HyperParameters"] == request["HyperParameters"]
+    assert described["RoleArn"] == ROLE
+    assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model"]
+
+
+def test_launch_refuses_a_request_with_placeholders(workdir: Path) -> None:
+    request = training_request(publish(workdir, "jumpstart-instruction"), MODEL, specs=PINNED)
+    with pytest.raises(TrainError, match="execution role"):
+        launch(request)
+
+
+def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bucket: str) -> None:
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    done = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE,
+        "--wait", "--poll-seconds", "0", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
+    name = done.stdout.split("launched ")[1].split()[0]
+    assert describe(name)["TrainingJobStatus"] == "Completed"
+
+
+def failed_job(name: str) -> dict[str, Any]:
+    started = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+        "TrainingJobStatus": "Failed",
+        "SecondaryStatus": "Failed",
+        "FailureReason": "AlgorithmError: CUDA out of memory",
+        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "img"},
+        "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": started,
+        "ModelArtifacts": {"S3ModelArtifacts": ""},
+    }
+
+
+def test_wait_reports_a_failed_job_and_exits_non_zero(aws_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """moto's training jobs complete at once, so the failed answer is stubbed; Stubber checks it
+    against botocore's DescribeTrainingJob output shape, so it is an answer SageMaker could give."""
+    from train.cli import EXIT_FAILED, follow
+
+    client = boto3.client("sagemaker")
+    stub = Stubber(client)
+    in_progress = {**failed_job("job-1"), "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    in_progress.pop("FailureReason")
+    stub.add_response("describe_training_job", in_progress, {"TrainingJobName": "job-1"})
+    stub.add_response("describe_training_job", failed_job("job-1"), {"TrainingJobName": "job-1"})
+    seen: list[str] = []
+    with stub:
+        code = follow("job-1", 0, None, describe_job=lambda name: client.describe_training_job(TrainingJobName=name))
+        stub.assert_no_pending_responses()
+    assert code == EXIT_FAILED
+    assert "CUDA out of memory" in capsys.readouterr().err
+    with Stubber(client) as again:
+        again.add_response("describe_training_job", failed_job("job-2"), {"TrainingJobName": "job-2"})
+        info = wait(
+            "job-2", lambda i: seen.append(i["TrainingJobStatus"]), poll_seconds=0, describe_job=describe_via(client)
+        )
+    assert info["TrainingJobStatus"] == "Failed" and seen == ["Failed"]
+
+
+def describe_via(client: Any) -> Any:
+    return lambda name: client.describe_training_job(TrainingJobName=name)
+
+
+def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str) -> None:
+    """moto does not implement Bedrock's CreateModelImportJob, so the request is validated against
+    botocore's Bedrock model and sent to a Stubber'd Bedrock client, which checks it again."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
+    job = describe(name)
+    request = import_request(job, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    # The uncompressed model folder the training request asked for: what Custom Model Import reads.
+    assert request["modelDataSource"]["s3DataSource"]["s3Uri"] == (
+        f"s3://{bucket}/datasets/pairs/training-output/{name}/output/model/"
+    )
+    assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"[:63]
+
+    client = boto3.client("bedrock")
+    arn = f"arn:aws:bedrock:us-east-1:123456789012:model-import-job/{name[:12]}"
+    with Stubber(client) as stub:
+        stub.add_response("create_model_import_job", {"jobArn": arn}, request)
+        assert start_import(request, client) == arn
+
+    with pytest.raises(TrainError, match="only a completed job"):
+        import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
+    done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
+    assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
+
+
+def test_wait_shows_the_jobs_cloudwatch_log_lines(
+    workdir: Path, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import EXIT_OK, follow
+
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
+    logs = boto3.client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    if group not in [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]]:
+        logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/algo-1-1764072000")
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # CloudWatch drops events older than 14 days
+    events = [{"timestamp": now_ms + i, "message": f"epoch=0 step={i} train_epoch_loss=1.{i}"} for i in range(3)]
+    logs.put_log_events(logGroupName=group, logStreamName=f"{name}/algo-1-1764072000", logEvents=events)
+    assert follow(name, 0, None) == EXIT_OK
+    err = capsys.readouterr().err
+    assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
+
+
+def test_text_versions_in_several_shards_are_refused_for_domain_adaptation(workdir: Path) -> None:
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i} " + "words " * 60} for i in range(40)])
+    recipe = {
+        "dataset": "docs",
+        "sources": [{"path": str(workdir / "docs.jsonl")}],
+        "record": {"kind": "document"},
+        "output": {"dest": str(workdir / "out"), "shard_max_bytes": 4096, "validation_fraction": 0.0},
+    }
+    sharded = run_fresh(workdir, recipe)
+    with pytest.raises(TrainError, match=r"one file per channel.*shard_max_bytes"):
+        training_request(sharded, MODEL, specs=PINNED)
+    recipe["output"]["shard_max_bytes"] = 1 << 20
+    whole = run_fresh(workdir, recipe)
+    request = training_request(whole, MODEL, specs=PINNED)
+    assert request["HyperParameters"]["instruction_tuned"] == "False"
+    assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel

@@ -1,0 +1,204 @@
+"""``curation train ...``: launch fine-tuning on a published dataset version, follow it, import the
+result into Bedrock. Exit codes: 0 done (or the job completed), 1 the job or the call failed,
+2 the command line, the version or the model is wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from train.jumpstart import AutoSpecs, SdkSpecs, SpecError, SpecResolver, VendoredSpecs
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(help="Fine-tune on a published dataset version with SageMaker; import into Bedrock.")
+console = Console(stderr=True)
+out = Console()
+
+SPEC_SOURCES = {"auto": AutoSpecs, "live": SdkSpecs, "pinned": VendoredSpecs}
+
+
+def _resolver(name: str) -> SpecResolver:
+    if name not in SPEC_SOURCES:
+        raise typer.BadParameter(f"--specs takes {', '.join(SPEC_SOURCES)}")
+    return SPEC_SOURCES[name]()
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: write hyperparameters as key=value")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    console.print(f"[red]error[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def follow(
+    job_name: str,
+    poll_seconds: float,
+    timeout_seconds: float | None,
+    describe_job: Callable[[str], dict] | None = None,
+) -> int:
+    """Follow a job with a progress display (status and its latest log lines); the exit code."""
+    from train.logs import JobLogs
+    from train.sagemaker import describe, wait
+
+    logs = JobLogs(job_name)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(f"{job_name}: submitted", total=None)
+
+        def update(info: dict) -> None:
+            status = f"{info['TrainingJobStatus']} / {info.get('SecondaryStatus', '')}".rstrip(" /")
+            bar.update(task, description=f"{job_name}: {status}")
+            for line in logs.new_lines():
+                bar.console.print(line, highlight=False, markup=False)
+
+        info = wait(
+            job_name,
+            update,
+            poll_seconds=poll_seconds,
+            timeout_seconds=timeout_seconds,
+            describe_job=describe_job or describe,
+        )
+    status = info["TrainingJobStatus"]
+    if status == "Completed":
+        out.print(
+            f"[green]completed[/green] {job_name}; model at {info.get('ModelArtifacts', {}).get('S3ModelArtifacts')}"
+        )
+        return EXIT_OK
+    reason = info.get("FailureReason", "no reason given")
+    console.print(f"[red]{status.lower()}[/red] {job_name}: {reason}", highlight=False)
+    return EXIT_FAILED
+
+
+@app.command()
+def launch(
+    dataset_version: Annotated[str, typer.Argument(help="the published version: s3://.../DATASET/vN or a local path")],
+    model: Annotated[str, typer.Option("--model", help="JumpStart model ID")],
+    instance_type: Annotated[str | None, typer.Option(help="default: the model's own")] = None,
+    hyperparameter: Annotated[
+        list[str] | None, typer.Option("--hyperparameter", "-H", help="key=value, repeatable")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank (lora_r)")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (lora_alpha)")] = None,
+    int8: Annotated[bool | None, typer.Option("--int8/--no-int8", help="int8 quantisation of the base model")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs (epoch)")] = None,
+    role: Annotated[str | None, typer.Option(help="SageMaker execution role ARN (or SAGEMAKER_ROLE_ARN)")] = None,
+    output: Annotated[str | None, typer.Option(help="S3 prefix for the trained model")] = None,
+    data_uri: Annotated[str | None, typer.Option(help="where the version sits on S3, if published locally")] = None,
+    specs: Annotated[str, typer.Option(help="JumpStart specs: auto (live, else pinned), live or pinned")] = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
+    follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
+    poll_seconds: Annotated[float, typer.Option(help="how often --wait asks", min=0.0)] = 30.0,
+    timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
+) -> None:
+    """Fine-tune a JumpStart model on a published dataset version."""
+    from train.sagemaker import TrainError, placeholders, training_request
+    from train.sagemaker import launch as create_job
+
+    values = parse_pairs(hyperparameter or [])
+    shortcuts = {"lora_r": lora_r, "lora_alpha": lora_alpha, "epoch": epochs}
+    values.update({k: str(v) for k, v in shortcuts.items() if v is not None})
+    if int8 is not None:
+        values["int8_quantization"] = str(int8)
+    try:
+        request = training_request(
+            dataset_version,
+            model,
+            instance_type=instance_type,
+            hyperparameters=values,
+            role_arn=role,
+            output_uri=output,
+            data_uri=data_uri,
+            specs=_resolver(specs),
+        )
+    except (TrainError, SpecError) as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    if dry_run:
+        out.print_json(json.dumps(request))
+        for need in placeholders(request):
+            console.print(f"[yellow]note[/yellow] a real launch needs {need}", highlight=False)
+        raise typer.Exit(EXIT_OK)
+    try:
+        name = create_job(request)
+    except TrainError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    except (ClientError, BotoCoreError) as error:
+        raise _fail(f"SageMaker refused the training job: {error}", EXIT_FAILED) from None
+    out.print(f"launched [bold]{name}[/bold]", highlight=False)
+    if follow_job:
+        try:
+            raise typer.Exit(follow(name, poll_seconds, timeout))
+        except (ClientError, BotoCoreError, TrainError) as error:
+            raise _fail(f"{name}: {error}", EXIT_FAILED) from None
+
+
+@app.command("wait")
+def wait_command(
+    job_name: Annotated[str, typer.Argument(help="the training job's name")],
+    poll_seconds: Annotated[float, typer.Option(min=0.0)] = 30.0,
+    timeout: Annotated[float | None, typer.Option()] = None,
+) -> None:
+    """Follow a training job until it ends; exit 1 if it failed or stopped."""
+    from train.sagemaker import TrainError
+
+    try:
+        raise typer.Exit(follow(job_name, poll_seconds, timeout))
+    except (ClientError, BotoCoreError, TrainError) as error:
+        raise _fail(f"{job_name}: {error}", EXIT_FAILED) from None
+
+
+@app.command("import-to-bedrock")
+def import_to_bedrock(
+    job_name: Annotated[str, typer.Argument(help="a completed training job")],
+    model_name: Annotated[str | None, typer.Option(help="the imported model's name (default: the job's)")] = None,
+    role: Annotated[str | None, typer.Option(help="Bedrock service role ARN (or BEDROCK_IMPORT_ROLE_ARN)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
+) -> None:
+    """Import a fine-tuned model into Amazon Bedrock (Custom Model Import)."""
+    from train.bedrock import request_for_job, start_import
+    from train.sagemaker import TrainError
+
+    try:
+        request = request_for_job(job_name, model_name=model_name, role_arn=role)
+    except TrainError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    except (ClientError, BotoCoreError) as error:
+        raise _fail(f"cannot read training job {job_name}: {error}", EXIT_FAILED) from None
+    if dry_run:
+        out.print_json(json.dumps(request))
+        raise typer.Exit(EXIT_OK)
+    try:
+        arn = start_import(request)
+    except (ClientError, BotoCoreError) as error:
+        raise _fail(f"Bedrock refused the import: {error}", EXIT_FAILED) from None
+    out.print(f"import started: [bold]{arn}[/bold]", highlight=False)
+
+
+@app.command()
+def spec(
+    model: Annotated[str, typer.Argument(help="JumpStart model ID")],
+    specs: Annotated[str, typer.Option(help="auto, live or pinned")] = "auto",
+) -> None:
+    """Show what a JumpStart model ID resolves to (image, script, defaults)."""
+    from dataclasses import asdict
+
+    from train.sagemaker import region
+
+    try:
+        resolved = _resolver(specs)(model, region())
+    except SpecError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    out.print_json(json.dumps(asdict(resolved)))

@@ -1,0 +1,144 @@
+"""JumpStart model ID -> what a training job for it needs: image, training script, model artifact,
+default hyperparameters, which of our formats it takes.
+
+Two resolvers with one interface: ``SdkSpecs`` asks the installed SageMaker SDK's JumpStart lookup
+(``sagemaker.core.image_uris`` / ``script_uris`` / ``model_uris`` / ``hyperparameters``, which read
+JumpStart's spec files over the network), ``VendoredSpecs`` reads the pinned ``jumpstart_specs.json``
+beside this file (no network: tests and offline dry runs). ``AutoSpecs`` (the default) tries the SDK
+and falls back to the pin when the lookup cannot be made, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any, Protocol
+
+log = logging.getLogger("curation.train")
+
+VENDORED_SPECS = "jumpstart_specs.json"
+
+
+class SpecError(LookupError):
+    """A model ID we cannot resolve, or a setting it does not take; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    version: str
+    training_image: str
+    script_uri: str
+    entry_point: str
+    model_uri: str
+    gated: bool
+    default_instance_type: str
+    supported_instance_types: tuple[str, ...]
+    volume_size_gb: int
+    formats: tuple[str, ...]
+    hyperparameters: dict[str, str]
+    metric_definitions: tuple[dict[str, str], ...] = ()
+    origin: str = "vendored"  # "sdk" when the live lookup answered
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SpecResolver(Protocol):
+    def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec: ...
+
+
+class VendoredSpecs:
+    """The pinned specs (or any file of the same layout)."""
+
+    def __init__(self, text: str | None = None) -> None:
+        raw = text if text is not None else resources.files("train").joinpath(VENDORED_SPECS).read_text()
+        self.models: dict[str, dict[str, Any]] = json.loads(raw)["models"]
+
+    def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
+        if model_id not in self.models:
+            known = ", ".join(sorted(self.models))
+            raise SpecError(
+                f"model {model_id!r} is not in the pinned JumpStart specs ({known}); "
+                "use the live lookup (AWS credentials and network) for other models"
+            )
+        raw = self.models[model_id]
+        return ModelSpec(
+            model_id=model_id,
+            version=raw["version"],
+            training_image=raw["training_image"].format(region=region),
+            script_uri=raw["script_uri"].format(region=region),
+            entry_point=raw["entry_point"],
+            model_uri=raw["model_uri"].format(region=region),
+            gated=raw["gated"],
+            default_instance_type=raw["default_instance_type"],
+            supported_instance_types=tuple(raw["supported_instance_types"]),
+            volume_size_gb=raw["volume_size_gb"],
+            formats=tuple(raw["formats"]),
+            hyperparameters=dict(raw["hyperparameters"]),
+            metric_definitions=tuple(raw.get("metric_definitions", ())),
+        )
+
+
+class SdkSpecs:
+    """The SageMaker SDK's own JumpStart lookup (network). Formats come from the pin when we have one."""
+
+    def __init__(self, fallback: VendoredSpecs | None = None) -> None:
+        self.fallback = fallback or VendoredSpecs()
+
+    def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
+        from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
+
+        pinned = self.fallback.models.get(model_id)
+        instance = instance_type or (pinned or {}).get("default_instance_type")
+        common = {"region": region, "model_id": model_id, "model_version": "*"}
+        image = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance, **common)
+        script = script_uris.retrieve(script_scope="training", **common)
+        model = model_uris.retrieve(model_scope="training", **common)
+        defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
+        formats = tuple((pinned or {}).get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
+        return ModelSpec(
+            model_id=model_id,
+            version="*",
+            training_image=image,
+            script_uri=script,
+            entry_point="transfer_learning.py",
+            model_uri=model,
+            gated=bool((pinned or {}).get("gated", True)),
+            default_instance_type=instance or "ml.g5.2xlarge",
+            supported_instance_types=tuple((pinned or {}).get("supported_instance_types", ())),
+            volume_size_gb=int((pinned or {}).get("volume_size_gb", 256)),
+            formats=formats,
+            hyperparameters={k: str(v) for k, v in defaults.items()},
+            metric_definitions=tuple((pinned or {}).get("metric_definitions", ())),
+            origin="sdk",
+        )
+
+
+class AutoSpecs:
+    """Live lookup first; the pin when the lookup cannot be made (no network, no credentials)."""
+
+    def __init__(self) -> None:
+        self.vendored = VendoredSpecs()
+        self.sdk = SdkSpecs(self.vendored)
+
+    def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
+        try:
+            return self.sdk(model_id, region, instance_type)
+        except Exception as error:  # the SDK raises many kinds (botocore, ValueError, KeyError) when offline
+            if model_id not in self.vendored.models:
+                raise SpecError(f"cannot resolve JumpStart model {model_id!r}: {error}") from None
+            log.warning(
+                "JumpStart live lookup failed (%s); using the pinned spec for %s", type(error).__name__, model_id
+            )
+            return self.vendored(model_id, region, instance_type)
+
+
+def with_instance(spec: ModelSpec, instance_type: str | None) -> ModelSpec:
+    """The spec with the instance type to use, refusing one the model does not list."""
+    chosen = instance_type or spec.default_instance_type
+    if spec.supported_instance_types and chosen not in spec.supported_instance_types:
+        raise SpecError(
+            f"{spec.model_id} does not train on {chosen}; it takes: {', '.join(spec.supported_instance_types)}"
+        )
+    return replace(spec, default_instance_type=chosen)

@@ -1,0 +1,268 @@
+"""Hand a published dataset version to SageMaker training.
+
+``training_request`` reads the version's manifest (a version without one, or with a file whose
+sha256 does not match, is refused), maps its format to the channels and hyperparameters the
+JumpStart model needs, and returns the exact CreateTrainingJob request, checked against botocore's
+service model. ``launch`` sends it through the installed SageMaker SDK v3 (``sagemaker.core.resources
+.TrainingJob.create``) to whatever endpoint the AWS settings name; ``describe`` and ``wait`` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import botocore.session
+from botocore.validate import ParamValidator
+
+from connectors.storage import StorageError, is_s3
+from curation.published import read_manifest, verify_checksums
+from schemas.manifest import Manifest
+from train.jumpstart import AutoSpecs, ModelSpec, SpecError, SpecResolver, with_instance
+
+# Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
+PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
+PLACEHOLDER_BUCKET = "replace-with-your-bucket"
+ROLE_ENV = "SAGEMAKER_ROLE_ARN"
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+# What each format asks of the JumpStart training script (JumpStart text-generation fine-tuning:
+# ``instruction_tuned`` reads template.json from the training channel; ``chat_dataset`` reads the
+# ``dialog`` lines; neither: domain adaptation on ``text``). The VQA layout is the vision models' only one.
+FORMAT_HYPERPARAMETERS: dict[str, dict[str, str]] = {
+    "text": {"instruction_tuned": "False", "chat_dataset": "False"},
+    "jumpstart-instruction": {"instruction_tuned": "True", "chat_dataset": "False"},
+    "jumpstart-chat": {"instruction_tuned": "False", "chat_dataset": "True"},
+    "jumpstart-vqa": {},
+}
+NOT_FOR_SAGEMAKER = {
+    "messages": "train it with TRL's SFTTrainer or another trainer that reads OpenAI-style messages",
+    "bedrock-conversation": "hand it to Amazon Bedrock model customisation (CreateModelCustomizationJob)",
+}
+
+
+class TrainError(RuntimeError):
+    """The handoff cannot go on; the message names the version or job and what to do."""
+
+
+def validate(operation: str, request: Mapping[str, Any], service: str = "sagemaker") -> None:
+    """Check a request against botocore's service model, as the client would before sending it."""
+    model = botocore.session.get_session().get_service_model(service)
+    shape = model.operation_model(operation).input_shape
+    report = ParamValidator().validate(dict(request), shape)
+    if report.has_errors():
+        raise TrainError(f"{operation} request is not valid for {service}:\n{report.generate_report()}")
+
+
+def load_version(version_uri: str) -> Manifest:
+    """The version's manifest, after checking every file it lists against its sha256."""
+    try:
+        manifest = read_manifest(version_uri)
+    except StorageError as error:
+        raise TrainError(str(error)) from None
+    bad = verify_checksums(version_uri, manifest)
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise TrainError(f"{version_uri}: {len(bad)} file(s) do not match their sha256 in the manifest: {listed}")
+    return manifest
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def job_name(manifest: Manifest, model_id: str, now: datetime | None = None) -> str:
+    """``DATASET-vN-MODEL-TIMESTAMP``, cut to SageMaker's 63 characters."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    model = re.sub(r"^(meta|huggingface)-(textgeneration|vlm|llm)-", "", model_id)
+    head = re.sub(r"[^A-Za-z0-9-]+", "-", f"{manifest.dataset}-v{manifest.version}-{model}").strip("-")
+    return f"{head[: 62 - len(stamp)].rstrip('-')}-{stamp}"
+
+
+def _s3_location(version_uri: str, data_uri: str | None, manifest: Manifest) -> str:
+    if data_uri:
+        return data_uri.rstrip("/")
+    if is_s3(version_uri):
+        return version_uri.rstrip("/")
+    # A version published on local disk: a dry run shows where it would be read from once copied.
+    return f"s3://{PLACEHOLDER_BUCKET}/{manifest.dataset}/v{manifest.version}"
+
+
+def _channel(name: str, uri: str, content_type: str | None = None) -> dict[str, Any]:
+    channel: dict[str, Any] = {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+        },
+        "InputMode": "File",
+    }
+    if content_type:
+        channel["ContentType"] = content_type
+    return channel
+
+
+def hyperparameters_for(
+    spec: ModelSpec, manifest: Manifest, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The model's defaults, the switches the format needs, then the user's settings (checked by name)."""
+    if manifest.format in NOT_FOR_SAGEMAKER:
+        raise TrainError(
+            f"{manifest.dataset} v{manifest.version} is in the {manifest.format!r} format, which JumpStart does "
+            f"not read; {NOT_FOR_SAGEMAKER[manifest.format]}"
+        )
+    if manifest.format not in spec.formats:
+        raise TrainError(
+            f"{spec.model_id} trains on {', '.join(spec.formats)} data, not {manifest.format!r}; "
+            "publish the dataset in one of those formats (output.format in the recipe)"
+        )
+    if manifest.format == "text":
+        # JumpStart domain adaptation reads exactly one file per channel.
+        split_up = [name for name, split in manifest.splits.items() if len(split.shards) > 1]
+        if split_up:
+            raise TrainError(
+                f"{manifest.dataset} v{manifest.version}: JumpStart domain adaptation reads one file per channel, "
+                f"but {', '.join(split_up)} has several shards; republish with output.shard_max_bytes above "
+                "the split's size"
+            )
+    values = dict(spec.hyperparameters)
+    values.update({k: v for k, v in FORMAT_HYPERPARAMETERS[manifest.format].items() if k in values})
+    for key, value in (overrides or {}).items():
+        if key not in spec.hyperparameters:
+            raise SpecError(
+                f"{spec.model_id} has no hyperparameter {key!r}; it takes: {', '.join(sorted(spec.hyperparameters))}"
+            )
+        values[key] = str(value)
+    # JumpStart's Llama notes: int8 quantisation does not work with FSDP; set exactly one of the two.
+    overrides = overrides or {}
+    if values.get("int8_quantization") == "True" and "enable_fsdp" in values:
+        if overrides.get("enable_fsdp") == "True":
+            raise SpecError("int8_quantization=True does not work with enable_fsdp=True; choose one")
+        values["enable_fsdp"] = "False"
+    return values
+
+
+def training_request(
+    version_uri: str,
+    model_id: str,
+    *,
+    instance_type: str | None = None,
+    hyperparameters: Mapping[str, str] | None = None,
+    role_arn: str | None = None,
+    output_uri: str | None = None,
+    data_uri: str | None = None,
+    specs: SpecResolver | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version."""
+    manifest = load_version(version_uri)
+    spec = with_instance((specs or AutoSpecs())(model_id, region(), instance_type), instance_type)
+    values = hyperparameters_for(spec, manifest, hyperparameters)
+    # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
+    values["sagemaker_program"] = json.dumps(spec.entry_point)
+    values["sagemaker_submit_directory"] = json.dumps(spec.script_uri)
+    data = _s3_location(version_uri, data_uri, manifest)
+    content_type = None if manifest.format == "jumpstart-vqa" else "application/jsonlines"
+    channels = [_channel("training", f"{data}/train/", content_type)]
+    if manifest.splits.get("validation") and manifest.splits["validation"].records:
+        channels.append(_channel("validation", f"{data}/validation/", content_type))
+    model_channel = _channel("model", spec.model_uri)
+    model_channel["DataSource"]["S3DataSource"]["S3DataType"] = "S3Object"
+    if spec.gated:
+        # Meta's models are gated: the job reads the weights only with the EULA accepted.
+        model_channel["DataSource"]["S3DataSource"]["ModelAccessConfig"] = {"AcceptEula": True}
+    channels.append(model_channel)
+    name = job_name(manifest, model_id, now)
+    output = (output_uri or f"{data.rsplit('/', 1)[0]}/training-output").rstrip("/") + "/"
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "RoleArn": role_arn or os.environ.get(ROLE_ENV) or PLACEHOLDER_ROLE,
+        "AlgorithmSpecification": {
+            "TrainingImage": spec.training_image,
+            "TrainingInputMode": "File",
+            **({"MetricDefinitions": list(spec.metric_definitions)} if spec.metric_definitions else {}),
+        },
+        "HyperParameters": values,
+        "InputDataConfig": channels,
+        # Uncompressed artifacts: Bedrock Custom Model Import reads the model files from an S3 prefix.
+        "OutputDataConfig": {"S3OutputPath": output, "CompressionType": "NONE"},
+        "ResourceConfig": {
+            "InstanceType": spec.default_instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": spec.volume_size_gb,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": 360000},
+        "EnableNetworkIsolation": True,
+        "Tags": [
+            {"Key": "sagemaker-sdk:jumpstart-model-id", "Value": model_id},
+            {"Key": "sagemaker-sdk:jumpstart-model-version", "Value": spec.version},
+            {"Key": "curation:dataset", "Value": manifest.dataset},
+            {"Key": "curation:version", "Value": str(manifest.version)},
+            {"Key": "curation:recipe-sha256", "Value": manifest.recipe_sha256},
+        ],
+    }
+    validate("CreateTrainingJob", request)
+    return request
+
+
+def placeholders(request: Mapping[str, Any]) -> list[str]:
+    """What a dry run filled in that a real launch needs from the user."""
+    text = json.dumps(request)
+    found = []
+    if PLACEHOLDER_ROLE in text:
+        found.append(f"an execution role (--role or {ROLE_ENV})")
+    if PLACEHOLDER_BUCKET in text:
+        found.append("the dataset on S3 (publish it to s3:// or copy it there and pass --data-uri)")
+    return found
+
+
+def launch(request: dict) -> str:
+    """Create the training job through the SageMaker SDK; returns its name."""
+    missing = placeholders(request)
+    if missing:
+        raise TrainError("cannot launch: the request still needs " + " and ".join(missing))
+    validate("CreateTrainingJob", request)
+    from sagemaker.core.resources import TrainingJob
+    from sagemaker.core.utils.code_injection.codec import transform
+
+    job = TrainingJob.create(**transform(request, "CreateTrainingJobRequest"), region=region())
+    return job.training_job_name
+
+
+def describe(job_name: str) -> dict:
+    """DescribeTrainingJob, as botocore returns it (the SDK's own client)."""
+    from sagemaker.core.resources import Base
+
+    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    return client.describe_training_job(TrainingJobName=job_name)
+
+
+def wait(
+    job_name: str,
+    on_update: Callable[[dict], None] = lambda _: None,
+    poll_seconds: float = 15.0,
+    timeout_seconds: float | None = None,
+    describe_job: Callable[[str], dict] = describe,
+) -> dict:
+    """Poll until the job ends; returns the last description (check ``TrainingJobStatus``)."""
+    started = time.monotonic()
+    while True:
+        info = describe_job(job_name)
+        on_update(info)
+        if info["TrainingJobStatus"] in TERMINAL:
+            return info
+        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+            raise TrainError(f"{job_name}: still {info['TrainingJobStatus']} after {timeout_seconds:.0f}s")
+        time.sleep(poll_seconds)
+
+
+def model_artifacts(info: Mapping[str, Any]) -> str:
+    """Where the trained model is: the uncompressed folder when the job wrote one."""
+    output = info.get("OutputDataConfig", {})
+    if output.get("CompressionType") == "NONE":
+        return f"{output['S3OutputPath'].rstrip('/')}/{info['TrainingJobName']}/output/model/"
+    return info["ModelArtifacts"]["S3ModelArtifacts"]
