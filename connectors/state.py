@@ -87,7 +87,7 @@ class SourceWatermark:
         self.pending[item] = value
 
     def is_new(self, item: str, value: Any) -> bool:
-        return self.committed.get(item) != value
+        return item not in self.committed or self.committed[item] != value
 
 
 class Watermarks:

@@ -19,6 +19,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecordShape
 from schemas.records import VQARecord
+from tests.helpers import outputs, run
 
 GPS_IFD = 0x8825
 
@@ -200,3 +201,36 @@ def test_images_from_s3(bucket: str) -> None:
     assert [r["image"] for r in got] == ["receipt.jpg"]
     assert Image.open(io.BytesIO(got[0]["image_bytes"])).getexif().get_ifd(GPS_IFD) == {}
     assert [(a["reason"], a["source"]["uri"]) for a in aside] == [("truncated", f"s3://{bucket}/vqa/qa.jsonl")]
+
+
+def test_vqa_recipe_publishes_clean_images_beside_the_shards(workdir: Path) -> None:
+    write_folder(workdir)
+    result = run(
+        workdir,
+        {
+            "dataset": "receipts",
+            "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+            "record": {"kind": "vqa"},
+            "output": {"validation_fraction": 0.0},
+        },
+    )
+    counts = result.manifest.counts
+    assert counts.input == 11 and counts.written == 4
+    assert counts.reasons["quarantined"] == {
+        "corrupt": 1,
+        "decompression_bomb": 1,
+        "malformed_json": 1,
+        "missing_image": 1,
+        "truncated": 1,
+        "unsupported": 2,
+    }
+    version = Path(result.version_uri)
+    lines = outputs(version)
+    assert sorted(line["prompt"] for line in lines) == sorted(
+        ["What is in receipt.jpg?", "What is in rotated.jpg?", "What is in form.png?", "What is the total?"]
+    )
+    for line in lines:
+        published = version / "train" / line["file_name"]
+        image = Image.open(published)
+        assert dict(image.getexif()) == {} and b"PhoneMaker" not in published.read_bytes()
+    assert len({line["file_name"] for line in lines}) == 3  # receipt.jpg asked about twice, stored once
