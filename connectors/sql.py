@@ -98,12 +98,17 @@ class SqlSourceReader:
             except sa.exc.NoSuchTableError:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
             statement = sa.select(table)
+            if config.cursor is not None and config.cursor not in table.c:
+                raise SqlSourceError(
+                    f"{self.uri}: the cursor column {config.cursor!r} is not in table {config.table!r}"
+                )
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
             query = (config.query or "").strip().rstrip(";")
             statement = sa.select(sa.literal_column("*")).select_from(sa.text(f"({query}) AS curation_source"))
         if config.cursor is not None:
-            cursor = sa.column(config.cursor)  # quoted as the dialect needs
+            # The table's own column binds the watermark with the column's type; a query's is quoted as is.
+            cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
             last = self.watermark.get(CURSOR_ITEM) if self.watermark is not None else None
             if last is not None:
                 statement = statement.where(cursor > decode_cursor(last))

@@ -103,6 +103,8 @@ def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
         read_all(SqlSource(type="sql", url=url, table="customers"), 10)
     with pytest.raises(SqlSourceError, match=r"cannot read: OperationalError: no such column: nope"):
         read_all(SqlSource(type="sql", url=url, query="SELECT nope FROM tickets"), 10)
+    with pytest.raises(SqlSourceError, match=r"the cursor column 'changed' is not in table 'tickets'"):
+        read_all(SqlSource(type="sql", url=url, table="tickets", cursor="changed"), 10)
     with pytest.raises(SqlSourceError, match=r"column 'missing' is not in the result"):
         read_all(SqlSource(type="sql", url=url, query="SELECT id FROM tickets", key=["missing"]), 10)
 
