@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from curation.review.cli import review_app
 from schemas.config import Recipe, RecipeError, load_recipe
 from schemas.manifest import Manifest
 from train.cli import app as train_app
@@ -158,6 +159,7 @@ def demo(
 
 
 app.add_typer(train_app, name="train")
+app.add_typer(review_app, name="review")
 
 
 if __name__ == "__main__":

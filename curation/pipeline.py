@@ -28,6 +28,7 @@ from curation.formats import FormatOptions, output_format
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
+from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
@@ -117,6 +118,7 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
+    stages.append(ReviewDecisions.from_state(recipe.state, recipe.dataset))
     for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]

@@ -123,10 +123,11 @@ def test_jumpstart_chat_format_is_the_dialog_convention(workdir: Path) -> None:
 
 
 def is_conversational(example: dict[str, Any]) -> bool:
-    """TRL's rule (trl.data_utils.is_conversational): a known key holding a list of role/content dicts."""
+    """TRL's rule (trl/data_utils.py ``is_conversational``; TRL itself needs torch, too heavy to install for a
+    test): a supported key whose value is a list whose first item is a dict with ``role`` and ``content``."""
     for key in ("prompt", "chosen", "rejected", "completion", "messages"):
         value = example.get(key)
-        if isinstance(value, list) and value and isinstance(value[0], dict) and "role" in value[0]:
+        if isinstance(value, list) and value and isinstance(value[0], dict) and {"role", "content"} <= set(value[0]):
             return True
     return False
 

@@ -13,7 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from train.jumpstart import AutoSpecs, SdkSpecs, SpecError, SpecResolver, VendoredSpecs
+from train.jumpstart import SPEC_SOURCES, SpecError, SpecResolver, spec_resolver
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -21,13 +21,11 @@ app = typer.Typer(help="Fine-tune on a published dataset version with SageMaker;
 console = Console(stderr=True)
 out = Console()
 
-SPEC_SOURCES = {"auto": AutoSpecs, "live": SdkSpecs, "pinned": VendoredSpecs}
 
-
-def _resolver(name: str) -> SpecResolver:
-    if name not in SPEC_SOURCES:
+def _resolver(name: str | None) -> SpecResolver:
+    if name is not None and name not in SPEC_SOURCES:
         raise typer.BadParameter(f"--specs takes {', '.join(SPEC_SOURCES)}")
-    return SPEC_SOURCES[name]()
+    return spec_resolver(name)
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -98,7 +96,12 @@ def launch(
     role: Annotated[str | None, typer.Option(help="SageMaker execution role ARN (or SAGEMAKER_ROLE_ARN)")] = None,
     output: Annotated[str | None, typer.Option(help="S3 prefix for the trained model")] = None,
     data_uri: Annotated[str | None, typer.Option(help="where the version sits on S3, if published locally")] = None,
-    specs: Annotated[str, typer.Option(help="JumpStart specs: auto (live, else pinned), live or pinned")] = "auto",
+    specs: Annotated[
+        str | None,
+        typer.Option(
+            help="JumpStart specs: auto (live, else pinned), live or pinned; default $CURATION_JUMPSTART_SPECS"
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
     follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
     poll_seconds: Annotated[float, typer.Option(help="how often --wait asks", min=0.0)] = 30.0,
@@ -190,7 +193,7 @@ def import_to_bedrock(
 @app.command()
 def spec(
     model: Annotated[str, typer.Argument(help="JumpStart model ID")],
-    specs: Annotated[str, typer.Option(help="auto, live or pinned")] = "auto",
+    specs: Annotated[str | None, typer.Option(help="auto, live or pinned; default $CURATION_JUMPSTART_SPECS")] = None,
 ) -> None:
     """Show what a JumpStart model ID resolves to (image, script, defaults)."""
     from dataclasses import asdict

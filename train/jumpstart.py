@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Protocol
@@ -132,6 +133,18 @@ class AutoSpecs:
                 "JumpStart live lookup failed (%s); using the pinned spec for %s", type(error).__name__, model_id
             )
             return self.vendored(model_id, region, instance_type)
+
+
+SPEC_SOURCES: dict[str, type[SpecResolver]] = {"auto": AutoSpecs, "live": SdkSpecs, "pinned": VendoredSpecs}
+SPECS_ENV = "CURATION_JUMPSTART_SPECS"
+
+
+def spec_resolver(name: str | None = None) -> SpecResolver:
+    """The named lookup; by default ``$CURATION_JUMPSTART_SPECS`` or ``auto`` (offline hosts set ``pinned``)."""
+    name = name or os.environ.get(SPECS_ENV) or "auto"
+    if name not in SPEC_SOURCES:
+        raise SpecError(f"JumpStart specs source {name!r} is not one of {', '.join(SPEC_SOURCES)}")
+    return SPEC_SOURCES[name]()
 
 
 def with_instance(spec: ModelSpec, instance_type: str | None) -> ModelSpec:

@@ -23,7 +23,7 @@ from botocore.validate import ParamValidator
 from connectors.storage import StorageError, is_s3
 from curation.published import read_manifest, verify_checksums
 from schemas.manifest import Manifest
-from train.jumpstart import AutoSpecs, ModelSpec, SpecError, SpecResolver, with_instance
+from train.jumpstart import ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
 
 # Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
@@ -160,7 +160,7 @@ def training_request(
 ) -> dict:
     """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version."""
     manifest = load_version(version_uri)
-    spec = with_instance((specs or AutoSpecs())(model_id, region(), instance_type), instance_type)
+    spec = with_instance((specs or spec_resolver())(model_id, region(), instance_type), instance_type)
     values = hyperparameters_for(spec, manifest, hyperparameters)
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
     values["sagemaker_program"] = json.dumps(spec.entry_point)

@@ -1,0 +1,489 @@
+"""The annotators' review page: a server-rendered FastAPI app over the state store.
+
+Every page needs a signed-in user; every POST needs the session's CSRF token (form field
+``csrf_token`` or header ``X-CSRF-Token``). Session cookies are signed, HttpOnly, SameSite=Lax and
+Secure (browsers keep Secure cookies on loopback over plain HTTP, which is where it listens by
+default). Launching training is for admins only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import mimetypes
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import FormData
+from starlette.middleware.sessions import SessionMiddleware
+
+from curation.review import decisions as dec
+from curation.review.auth import User, authenticate, get_user, session_secret
+from curation.review.queue import create_tables, review_items
+from curation.review.views import item_view
+from curation.state import StateStore, runs
+from schemas.config import Recipe
+from schemas.records import CONTENT_COLUMNS
+
+HERE = Path(__file__).parent
+KINDS = ("pii", "near_duplicate", "quarantined", "vqa")
+STATUSES = ("open", "approved", "rejected", "edited")
+FILTERS = ("dataset", "version", "kind", "status")
+DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
+MAX_LISTED = 500  # rows the queue page lists; the counts and the item pages cover the rest
+
+
+class NotSignedIn(Exception):
+    """No session: pages redirect to the sign-in form, other requests get 401."""
+
+
+def _csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+async def checked_form(request: Request) -> FormData:
+    """The POSTed form, once its CSRF token matches the session's; 403 otherwise."""
+    form = await request.form()
+    sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
+    expected = request.session.get("csrf", "")
+    if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page and try again")
+    return form
+
+
+def current_user(request: Request) -> User:
+    """The signed-in user; the user must still exist (a removed user's session ends)."""
+    name = request.session.get("user")
+    user = get_user(request.app.state.engine, name) if name else None
+    if user is None:
+        raise NotSignedIn()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise HTTPException(403, f"{user.name} is a {user.role}; only an admin can launch training")
+    return user
+
+
+Admin = Annotated[User, Depends(admin)]
+CheckedForm = Annotated[FormData, Depends(checked_form)]
+
+
+def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: bool = True) -> FastAPI:
+    """The review app over one state store; ``recipes`` tell it where each dataset is published."""
+    state = StateStore(state_url)
+    engine = state.engine
+    create_tables(engine)
+    destinations = {recipe.dataset: recipe for recipe in recipes}
+    templates = Jinja2Templates(directory=HERE / "templates")
+    shown = URLSafeTimedSerializer(session_secret(engine), salt="training-request")
+
+    app = FastAPI(title="curation review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret(engine),
+        session_cookie="curation_review",
+        max_age=12 * 60 * 60,
+        same_site="lax",
+        https_only=secure_cookies,
+    )
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, _: NotSignedIn) -> Response:
+        if request.method == "GET":
+            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
+        return HTMLResponse("sign in first", status_code=401)
+
+    def render(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> Response:
+        context.update(user=user, csrf_token=_csrf_token(request))
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        name = request.session.get("user")
+        return render(request, "error.html", get_user(engine, name) if name else None, error.status_code, error=error)
+
+    # --- signing in ------------------------------------------------------------------------------
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/") -> Response:
+        return render(request, "login.html", None, next=_safe_next(next))
+
+    @app.post("/login")
+    def login(request: Request, form: CheckedForm) -> Response:
+        user = authenticate(engine, str(form.get("username", "")), str(form.get("password", "")))
+        if user is None:
+            return render(request, "login.html", None, 401, next=_safe_next(str(form.get("next", "/"))), failed=True)
+        request.session.clear()  # a new session on sign-in: nothing from before carries over
+        request.session["user"] = user.name
+        return RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
+
+    @app.post("/logout")
+    def logout(request: Request, form: CheckedForm) -> Response:
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    # --- the queue -------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    def queue(request: Request, user: CurrentUser) -> Response:
+        filters = _filters(request)
+        items = _items(engine, filters)
+        total = len(_item_ids(engine, filters))
+        left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
+        return render(
+            request,
+            "queue.html",
+            user,
+            items=items,
+            total=total,
+            filters=filters,
+            query=urlencode(filters),
+            left=left,
+            options=_options(engine),
+            kinds=KINDS,
+            statuses=STATUSES,
+            versions=_versions(engine),
+            message=request.session.pop("message", None),
+        )
+
+    @app.get("/items/{item_id}", response_class=HTMLResponse)
+    def item(request: Request, item_id: int, user: CurrentUser) -> Response:
+        row = _get_item(engine, item_id)
+        filters = _filters(request)
+        siblings = _item_ids(engine, filters) or [item_id]
+        index = siblings.index(item_id) if item_id in siblings else -1
+        view = item_view(row, user)
+        return render(
+            request,
+            "item.html",
+            user,
+            item=row,
+            view=view,
+            query=urlencode(filters),
+            previous=siblings[index - 1] if index > 0 else None,
+            following=siblings[index + 1] if 0 <= index < len(siblings) - 1 else None,
+            position=(index + 1, len(siblings)),
+            edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
+            history=dec.history(engine, item_id),
+            earlier=dec.in_force_for_record(engine, row["dataset"], row["record_id"], item_id),
+            message=request.session.pop("message", None),
+        )
+
+    @app.post("/items/{item_id}/decide")
+    def decide(request: Request, item_id: int, user: CurrentUser, form: CheckedForm) -> Response:
+        row = _get_item(engine, item_id)
+        action = str(form.get("action", ""))
+        edit = None
+        if action == "edit":
+            view = item_view(row, user)
+            edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
+        try:
+            dec.decide(engine, item_id, user.name, action, edit)
+        except dec.DecisionError as error:
+            raise HTTPException(400, str(error)) from None
+        request.session["message"] = f"item {item_id}: {dec.STATUS_OF[action]}"
+        query = str(form.get("query", ""))
+        following = _next_open(engine, item_id, _parse_filters(query))
+        target = f"/items/{following}" if following else "/"
+        return RedirectResponse(f"{target}?{query}" if query else target, status_code=303)
+
+    @app.post("/undo")
+    def undo(request: Request, user: CurrentUser, form: CheckedForm) -> Response:
+        undone = dec.undo_last(engine, user.name)
+        query = str(form.get("query", ""))
+        suffix = f"?{query}" if query else ""
+        if undone is None:
+            request.session["message"] = "nothing to undo"
+            return RedirectResponse(f"/{suffix}", status_code=303)
+        request.session["message"] = f"undid {undone['action']} on item {undone['item_id']}"
+        return RedirectResponse(f"/items/{undone['item_id']}{suffix}", status_code=303)
+
+    @app.get("/items/{item_id}/image")
+    def item_image(item_id: int, user: CurrentUser) -> Response:
+        row = _get_item(engine, item_id)
+        if row["kind"] != "vqa":
+            raise HTTPException(404, "only VQA items have an image")
+        uri = json.loads(row["payload"] or "{}").get("image", "")
+        from connectors.storage import filesystem
+
+        try:
+            fs, path = filesystem(uri)
+            with fs.open_input_stream(path) as stream:
+                body = stream.read()
+        except (OSError, ValueError):
+            raise HTTPException(404, f"the image {uri} cannot be read") from None
+        return Response(body, media_type=mimetypes.guess_type(uri)[0] or "application/octet-stream")
+
+    # --- dataset versions and training -----------------------------------------------------------
+
+    @app.get("/datasets/{dataset}/v{version}", response_class=HTMLResponse)
+    def version_page(request: Request, dataset: str, version: int, user: CurrentUser) -> Response:
+        manifest, report, problem = _manifest(destinations.get(dataset), dataset, version)
+        return render(
+            request,
+            "version.html",
+            user,
+            dataset=dataset,
+            version=version,
+            manifest=manifest,
+            manifest_json=json.dumps(manifest, indent=2) if manifest else None,
+            report=report,
+            problem=problem,
+            model_id=DEFAULT_MODEL_ID,
+            open_items=_counts_left(engine, {"dataset": dataset, "version": str(version)}),
+        )
+
+    @app.get("/datasets/{dataset}/v{version}/report.html")
+    def report_page(dataset: str, version: int, user: CurrentUser) -> Response:
+        body = _read_version_file(destinations.get(dataset), dataset, version, "report.html")
+        if body is None:
+            raise HTTPException(404, f"{dataset} v{version} has no report.html")
+        # The report is a generated file with inline styles and plots: a sandbox with no scripts.
+        policy = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox"
+        return HTMLResponse(body, headers={"Content-Security-Policy": policy})
+
+    @app.post("/datasets/{dataset}/v{version}/training", response_class=HTMLResponse)
+    def training(
+        request: Request,
+        dataset: str,
+        version: int,
+        user: Admin,
+        form: CheckedForm,
+    ) -> Response:
+        """The dry run: the exact CreateTrainingJob request; ``confirm=yes`` launches the one shown."""
+        recipe = destinations.get(dataset)
+        if recipe is None:
+            raise HTTPException(404, f"no recipe for {dataset}: start the server with --recipe")
+        sagemaker, missing = _train_module()
+        context: dict[str, Any] = {"dataset": dataset, "version": version, "missing": missing}
+        model_id = str(form.get("model_id") or DEFAULT_MODEL_ID)
+        instance_type = str(form.get("instance_type") or "") or None
+        context.update(model_id=model_id, instance_type=instance_type or "")
+        if sagemaker is None:
+            return render(request, "training.html", user, **context)
+        if form.get("confirm") == "yes":
+            # Launch exactly the request the admin was shown (signed when shown, valid 15 minutes).
+            try:
+                request_body = shown.loads(str(form.get("signed_request", "")), max_age=15 * 60)
+            except BadSignature:
+                raise HTTPException(400, "the confirmed request is missing, changed or too old; start again") from None
+            try:
+                job = sagemaker.launch(request_body)
+            except Exception as error:  # the handoff's, the SDK's and botocore's errors, shown as they are
+                context["error"] = f"launch failed: {error}"
+                return render(request, "training.html", user, status_code=400, **context)
+            return RedirectResponse(f"/training/{job}", status_code=303)
+        from curation.published import version_uri
+
+        try:
+            request_body = sagemaker.training_request(
+                version_uri(recipe.output.dest, dataset, version), model_id, instance_type=instance_type
+            )
+        except Exception as error:  # the handoff's own errors (no manifest, bad checksum, unknown model)
+            context["error"] = f"no training request for {dataset} v{version}: {error}"
+            return render(request, "training.html", user, status_code=400, **context)
+        placeholders = getattr(sagemaker, "placeholders", None)
+        context["needs"] = placeholders(request_body) if placeholders else []
+        return render(
+            request,
+            "training.html",
+            user,
+            request_json=json.dumps(request_body, indent=2),
+            signed_request=shown.dumps(request_body),
+            **context,
+        )
+
+    @app.get("/training/{job_name}", response_class=HTMLResponse)
+    def job_status(request: Request, job_name: str, user: Admin) -> Response:
+        sagemaker, missing = _train_module()
+        if sagemaker is None:
+            return render(request, "training.html", user, missing=missing, dataset=None, version=None)
+        try:
+            described = sagemaker.describe(job_name)
+        except Exception as error:  # the job may be unknown to the endpoint
+            raise HTTPException(404, f"cannot describe {job_name}: {error}") from None
+        return render(request, "job.html", user, job=job_name, described=json.dumps(described, indent=2, default=str))
+
+    return app
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _safe_next(target: str) -> str:
+    """Only same-site paths: a sign-in link must not send people elsewhere."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+def _clean(pairs: Any) -> dict[str, str]:
+    # A version that is not a number matches nothing rather than failing in the database.
+    return {k: v for k, v in pairs if k in FILTERS and v and (k != "version" or v.isdigit())}
+
+
+def _filters(request: Request) -> dict[str, str]:
+    return _clean(request.query_params.items())
+
+
+def _parse_filters(query: str) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    return _clean(parse_qsl(query))
+
+
+def _where(query: sa.Select, filters: dict[str, str]) -> sa.Select:
+    for name, value in filters.items():
+        query = query.where(review_items.c[name] == (int(value) if name == "version" else value))
+    return query
+
+
+def _select(filters: dict[str, str]) -> sa.Select:
+    return _where(review_items.select().order_by(review_items.c.item_id), filters)
+
+
+def _items(engine: sa.Engine, filters: dict[str, str], limit: int = MAX_LISTED) -> list[dict[str, Any]]:
+    """Items under the filters, without their payloads (the list never shows them)."""
+    columns = [c for c in review_items.c if c.name != "payload"]
+    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).limit(limit)
+    with engine.connect() as db:
+        return [dict(row._mapping) for row in db.execute(query)]
+
+
+def _item_ids(engine: sa.Engine, filters: dict[str, str]) -> list[int]:
+    query = _where(sa.select(review_items.c.item_id).order_by(review_items.c.item_id), filters)
+    with engine.connect() as db:
+        return [row.item_id for row in db.execute(query)]
+
+
+def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
+    try:
+        return dec.get_item(engine, item_id)
+    except dec.DecisionError as error:
+        raise HTTPException(404, str(error)) from None
+
+
+def _next_open(engine: sa.Engine, after: int, filters: dict[str, str]) -> int | None:
+    query = _select({**filters, "status": "open"}).where(review_items.c.item_id > after).limit(1)
+    with engine.connect() as db:
+        row = db.execute(query).first()
+    return row.item_id if row else None
+
+
+def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> dict[str, int]:
+    """Open items per kind under the filters."""
+    query = sa.select(review_items.c.kind, sa.func.count()).group_by(review_items.c.kind)
+    with engine.connect() as db:
+        found = dict(db.execute(_where(query, {**filters, "status": "open"})).all())
+    return {kind: found.get(kind, 0) for kind in (*KINDS, *sorted(set(found) - set(KINDS)))}
+
+
+def _options(engine: sa.Engine) -> dict[str, list[str]]:
+    with engine.connect() as db:
+        datasets = db.execute(sa.select(review_items.c.dataset).distinct().order_by(review_items.c.dataset))
+        versions = db.execute(sa.select(review_items.c.version).distinct().order_by(review_items.c.version))
+        return {"dataset": [r[0] for r in datasets], "version": [str(r[0]) for r in versions]}
+
+
+def _versions(engine: sa.Engine) -> list[tuple[str, int]]:
+    """Published dataset versions the state store knows, newest first."""
+    query = (
+        sa.select(runs.c.dataset, runs.c.version)
+        .where(runs.c.status == "published")
+        .order_by(runs.c.dataset, runs.c.version.desc())
+    )
+    with engine.connect() as db:
+        return [(row.dataset, row.version) for row in db.execute(query)]
+
+
+def _read_version_file(recipe: Recipe | None, dataset: str, version: int, name: str) -> bytes | None:
+    if recipe is None:
+        return None
+    from connectors.storage import filesystem
+    from curation.published import version_uri
+
+    try:
+        fs, path = filesystem(version_uri(recipe.output.dest, dataset, version))
+        with fs.open_input_stream(f"{path}/{name}") as stream:
+            return stream.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _manifest(recipe: Recipe | None, dataset: str, version: int) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """The version's manifest, whether it has a report, and what went wrong if there is no manifest."""
+    if recipe is None:
+        return None, False, f"the server does not know where {dataset} is published: start it with --recipe"
+    body = _read_version_file(recipe, dataset, version, "manifest.json")
+    if body is None:
+        return None, False, f"{dataset} v{version} has no manifest under {recipe.output.dest}"
+    has_report = _read_version_file(recipe, dataset, version, "report.html") is not None
+    return json.loads(body), has_report, None
+
+
+def _train_module() -> tuple[Any, str | None]:
+    """``train.sagemaker``, imported only when asked for (it loads the SageMaker SDK)."""
+    try:
+        return importlib.import_module("train.sagemaker"), None
+    except ImportError as error:
+        return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
+
+
+def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | None) -> list[str]:
+    """The record fields an edit of this item may change: the record kind's content fields (when the
+    server knows the recipe) and those the flag shows. A quarantined record never reaches the review
+    stage, so it has none."""
+    if row["kind"] == "quarantined":
+        return []
+    fields = list(CONTENT_COLUMNS[recipe.record.kind]) if recipe else []
+    return fields + [name for name in view["edit_values"] if name and name not in fields]
+
+
+def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: list[str]) -> dec.Edit:
+    """Changed fields and spans marked not PII; a field left as shown is not an edit."""
+    shown = view.get("edit_values", {})
+    edit = dec.Edit()
+    field = str(form.get("field", ""))
+    value = form.get("value")
+    if field and field not in fields:
+        raise HTTPException(400, f"{field!r} cannot be edited on this item; it has {', '.join(fields) or 'no fields'}")
+    if field and isinstance(value, str):
+        value = value.replace("\r\n", "\n")
+        if value != shown.get(field):
+            edit.fields[field] = value
+    not_pii = [str(v) for v in form.getlist("not_pii")]
+    if not_pii and not user.sees_pii:
+        raise HTTPException(403, "only a pii-reviewer or an admin can mark redactions as not PII")
+    for key in not_pii:
+        name, start, end = key.rsplit(":", 2)
+        edit.not_pii.append((name, int(start), int(end)))
+    return edit

@@ -1,0 +1,114 @@
+"""Who may use the review page: users with one role each, passwords hashed with Argon2id.
+
+Roles, from least to most:
+- ``reviewer``: works the queue; sees PII items only as redacted text.
+- ``pii-reviewer``: also sees the raw text and spans of PII detections, and may mark spans not PII.
+- ``admin``: all of that, and may launch training.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from curation.review.queue import create_tables, metadata
+
+ROLES = ("reviewer", "pii-reviewer", "admin")
+_HASHER = PasswordHasher()
+# Verified against when the user does not exist, so a wrong name takes as long as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+users = sa.Table(
+    "review_users",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+settings = sa.Table(
+    "review_settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+class AuthError(ValueError):
+    """A user that cannot be created (unknown role, empty name or password)."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+    @property
+    def sees_pii(self) -> bool:
+        return self.role in ("pii-reviewer", "admin")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def add_user(engine: sa.Engine, name: str, role: str, password: str) -> User:
+    """Create a user, or set an existing user's role and password."""
+    if role not in ROLES:
+        raise AuthError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    if not name.strip():
+        raise AuthError("a user needs a name")
+    if len(password) < 8:
+        raise AuthError("a password needs at least 8 characters")
+    create_tables(engine)
+    values = {"role": role, "password_hash": _HASHER.hash(password)}
+    with engine.begin() as db:
+        exists = db.execute(sa.select(users.c.name).where(users.c.name == name)).first()
+        if exists:
+            db.execute(users.update().where(users.c.name == name).values(**values))
+        else:
+            db.execute(users.insert().values(name=name, created_at=datetime.now(UTC), **values))
+    return User(name, role)
+
+
+def get_user(engine: sa.Engine, name: str) -> User | None:
+    create_tables(engine)
+    with engine.connect() as db:
+        row = db.execute(sa.select(users.c.name, users.c.role).where(users.c.name == name)).first()
+    return User(row.name, row.role) if row else None
+
+
+def authenticate(engine: sa.Engine, name: str, password: str) -> User | None:
+    """The user, if the password is right; None otherwise (never says which part was wrong)."""
+    create_tables(engine)
+    with engine.connect() as db:
+        row = db.execute(users.select().where(users.c.name == name)).first()
+    try:
+        _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None:
+        return None
+    if _HASHER.check_needs_rehash(row.password_hash):
+        with engine.begin() as db:
+            db.execute(users.update().where(users.c.name == name).values(password_hash=_HASHER.hash(password)))
+    return User(row.name, row.role)
+
+
+def session_secret(engine: sa.Engine) -> str:
+    """The key that signs session cookies: made once and kept in the state store, so a restart of
+    the server does not sign everyone out."""
+    create_tables(engine)
+    with engine.begin() as db:
+        row = db.execute(sa.select(settings.c.value).where(settings.c.name == "session_secret")).first()
+        if row:
+            return row.value
+        secret = secrets.token_urlsafe(48)
+        db.execute(settings.insert().values(name="session_secret", value=secret))
+        return secret

@@ -1,0 +1,140 @@
+"""``curation review``: serve the review page, manage its users, move the queue to and from Label Studio."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from schemas.config import Recipe
+
+review_app = typer.Typer(help="The annotators' review page and its queue.", no_args_is_help=True)
+console = Console(stderr=True)
+DEFAULT_STATE_URL = "sqlite:///.curation/state.db"
+PASSWORD_ENV = "CURATION_REVIEW_PASSWORD"
+
+StateOption = Annotated[
+    str | None, typer.Option("--state", help="state store URL (default: the first recipe's, else .curation/state.db)")
+]
+RecipeOption = Annotated[
+    list[Path] | None,
+    typer.Option("--recipe", help="a recipe whose dataset the page shows (where it is published); repeatable"),
+]
+
+
+def _recipes(paths: list[Path] | None) -> list[Recipe]:
+    from schemas.config import RecipeError, load_recipe
+
+    recipes = []
+    for path in paths or []:
+        try:
+            recipes.append(load_recipe(path))
+        except RecipeError as error:
+            console.print(f"[red]recipe error[/red] {error}", highlight=False)
+            raise typer.Exit(2) from None
+    return recipes
+
+
+def _state_url(state: str | None, recipes: list[Recipe]) -> str:
+    return state or (recipes[0].state if recipes else DEFAULT_STATE_URL)
+
+
+def _engine(url: str):
+    from curation.state import StateStore
+
+    return StateStore(url).engine
+
+
+@review_app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on; loopback unless you put TLS in front")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    state: StateOption = None,
+    recipe: RecipeOption = None,
+) -> None:
+    """Serve the review page (sign in with a user made by `curation review add-user`)."""
+    import uvicorn
+
+    from curation.review.app import create_app
+
+    recipes = _recipes(recipe)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        # Session cookies are Secure: off loopback, browsers send them only over HTTPS.
+        console.print(f"[yellow]warning[/yellow] listening on {host}: serve it behind HTTPS (a TLS proxy)")
+    app = create_app(_state_url(state, recipes), recipes)
+    console.print(f"review page on http://{host}:{port}/", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+
+
+@review_app.command("add-user")
+def add_user(
+    name: Annotated[str, typer.Argument(help="the name the user signs in with")],
+    role: Annotated[str, typer.Option(help="reviewer, pii-reviewer or admin")] = "reviewer",
+    state: StateOption = None,
+    recipe: RecipeOption = None,
+) -> None:
+    """Create a user (or reset one's role and password); the password comes from $CURATION_REVIEW_PASSWORD or a prompt."""
+    from curation.review.auth import AuthError
+    from curation.review.auth import add_user as create
+
+    password = os.environ.get(PASSWORD_ENV) or typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = create(_engine(_state_url(state, _recipes(recipe))), name, role, password)
+    except AuthError as error:
+        console.print(f"[red]error[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"user [bold]{user.name}[/bold] is a {user.role}", highlight=False)
+
+
+@review_app.command("export")
+def export(
+    out: Annotated[Path, typer.Argument(help="where to write the Label Studio tasks (JSON)")],
+    dataset: Annotated[str | None, typer.Option(help="only this dataset")] = None,
+    version: Annotated[int | None, typer.Option(help="only this version")] = None,
+    kind: Annotated[str | None, typer.Option(help="only this kind: pii, near_duplicate, quarantined, vqa")] = None,
+    status: Annotated[str | None, typer.Option(help="only this status, e.g. open")] = None,
+    include_pii: Annotated[bool, typer.Option(help="export raw PII text and spans (default: redacted)")] = False,
+    state: StateOption = None,
+    recipe: RecipeOption = None,
+) -> None:
+    """Write the queue as Label Studio tasks; with --kind, also the matching labeling config next to it."""
+    from curation.review.labelstudio import LABEL_CONFIGS, export_tasks
+
+    engine = _engine(_state_url(state, _recipes(recipe)))
+    filters = {"dataset": dataset, "version": version, "kind": kind, "status": status}
+    tasks = export_tasks(engine, filters, include_pii)
+    out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
+    if kind in LABEL_CONFIGS:
+        out.with_suffix(".xml").write_text(LABEL_CONFIGS[kind])
+    console.print(f"{len(tasks)} task(s) written to {out}", highlight=False)
+
+
+@review_app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="a Label Studio JSON export of tasks made by `review export`")],
+    user: Annotated[str, typer.Option(help="whose decisions these are (recorded with each one)")],
+    state: StateOption = None,
+    recipe: RecipeOption = None,
+) -> None:
+    """Take Label Studio annotations as decisions: approve/reject choices, removed PII spans, edited answers."""
+    from curation.review.decisions import DecisionError
+    from curation.review.labelstudio import LabelStudioError, import_annotations
+
+    try:
+        tasks = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        console.print(f"[red]error[/red] {path}: not a Label Studio JSON export ({error})", highlight=False)
+        raise typer.Exit(2) from None
+    if not isinstance(tasks, list):
+        console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
+        raise typer.Exit(2)
+    try:
+        counts = import_annotations(_engine(_state_url(state, _recipes(recipe))), tasks, user)
+    except (LabelStudioError, DecisionError) as error:
+        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(", ".join(f"{count} {action}" for action, count in counts.items()), highlight=False)

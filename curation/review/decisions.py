@@ -1,0 +1,244 @@
+"""Annotators' decisions on review items, and what the next run of a recipe takes from them.
+
+Every decision is a row: who, when, the action, and the item's state before and after, so the
+history can be audited and the latest decision undone. The pipeline reads only the *active*
+decisions (the latest one not undone, per item), keyed by record id: rejected records are
+filtered with reason ``review``, edits replace field values, and redaction spans marked
+"not PII" are handed to the PII stage (``undone_redactions``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from curation.review.queue import create_tables, metadata, review_items
+
+Action = Literal["approve", "reject", "edit"]
+ACTIONS: tuple[Action, ...] = ("approve", "reject", "edit")
+STATUS_OF: dict[str, str] = {"approve": "approved", "reject": "rejected", "edit": "edited"}
+
+decisions = sa.Table(
+    "review_decisions",
+    metadata,
+    sa.Column("decision_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("item_id", sa.Integer, nullable=False, index=True),
+    sa.Column("dataset", sa.String(200), nullable=False, index=True),
+    sa.Column("record_id", sa.String(64), nullable=False, index=True),
+    sa.Column("user", sa.String(100), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # approve, reject, edit
+    sa.Column("before", sa.Text, nullable=False),  # JSON: status and the values the action changes
+    sa.Column("after", sa.Text, nullable=False),  # JSON: status, field edits, spans marked not PII
+    sa.Column("undone_at", sa.DateTime(timezone=True)),
+    sa.Column("undone_by", sa.String(100)),
+)
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be taken (unknown item, bad edit); the message says why."""
+
+
+@dataclass
+class Edit:
+    """What an ``edit`` changes: field values, and redaction spans an annotator says are not PII."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    not_pii: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"fields": self.fields, "not_pii": [list(span) for span in self.not_pii]}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
+    create_tables(engine)
+    with engine.connect() as db:
+        row = db.execute(review_items.select().where(review_items.c.item_id == item_id)).first()
+    if row is None:
+        raise DecisionError(f"review item {item_id} does not exist")
+    return dict(row._mapping)
+
+
+def known_values(item: dict[str, Any]) -> dict[str, str]:
+    """Record fields whose value the flag's payload holds (to prefill an edit and record "before")."""
+    payload = json.loads(item["payload"] or "{}")
+    if item["kind"] == "pii" and "field" in payload:
+        return {payload["field"]: payload.get("original", "")}
+    if item["kind"] == "vqa":
+        return {name: payload[name] for name in ("question", "answer") if name in payload}
+    return {}
+
+
+def _pii_spans(item: dict[str, Any]) -> set[tuple[str, int, int]]:
+    payload = json.loads(item["payload"] or "{}")
+    return {(payload.get("field", ""), s["start"], s["end"]) for s in payload.get("spans", [])}
+
+
+def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit | None = None) -> int:
+    """Record a decision on an item and set its status; returns the decision id."""
+    if action not in ACTIONS:
+        raise DecisionError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+    item = get_item(engine, item_id)
+    if action == "edit":
+        if edit is None or not (edit.fields or edit.not_pii):
+            raise DecisionError("an edit needs at least one changed field or one span marked not PII")
+        empty = [name for name, value in edit.fields.items() if not value.strip()]
+        if empty:
+            raise DecisionError(f"edited field(s) {', '.join(empty)} must not be empty")
+        unknown = set(edit.not_pii) - _pii_spans(item)
+        if unknown:
+            raise DecisionError("only spans the PII stage flagged on this item can be marked not PII")
+    previous = _active_for_item(engine, item_id)
+    before: dict[str, Any] = {"status": item["status"]}
+    after: dict[str, Any] = {"status": STATUS_OF[action]}
+    if action == "edit" and edit is not None:
+        after.update(edit.as_json())
+        # The values the edit replaces: an earlier edit's, else what the flag showed.
+        earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
+        known = {**known_values(item), **earlier}
+        before["fields"] = {name: known.get(name) for name in edit.fields}
+    with engine.begin() as db:
+        decision_id = db.execute(
+            decisions.insert().values(
+                item_id=item_id,
+                dataset=item["dataset"],
+                record_id=item["record_id"],
+                user=user,
+                at=_now(),
+                action=action,
+                before=json.dumps(before),
+                after=json.dumps(after),
+            )
+        ).inserted_primary_key[0]
+        db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=after["status"]))
+    return int(decision_id)
+
+
+def _active_for_item(engine: sa.Engine, item_id: int) -> dict[str, Any] | None:
+    query = (
+        decisions.select()
+        .where(decisions.c.item_id == item_id, decisions.c.undone_at.is_(None))
+        .order_by(decisions.c.decision_id.desc())
+        .limit(1)
+    )
+    with engine.connect() as db:
+        row = db.execute(query).first()
+    return dict(row._mapping) if row else None
+
+
+def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
+    """Undo this user's latest decision still in force; the item goes back to its earlier status.
+
+    The decision row stays (marked undone, by whom and when) so the history keeps it. Returns the
+    undone decision, or None when the user has nothing left to undo.
+    """
+    create_tables(engine)
+    query = (
+        decisions.select()
+        .where(decisions.c.user == user, decisions.c.undone_at.is_(None))
+        .order_by(decisions.c.decision_id.desc())
+        .limit(1)
+    )
+    with engine.begin() as db:
+        row = db.execute(query).first()
+        if row is None:
+            return None
+        undone = dict(row._mapping)
+        db.execute(
+            decisions.update()
+            .where(decisions.c.decision_id == undone["decision_id"])
+            .values(undone_at=_now(), undone_by=user)
+        )
+        # The item takes the status of the decision now in force on it (another annotator's, maybe), else open.
+        in_force = db.execute(
+            sa.select(decisions.c.action)
+            .where(decisions.c.item_id == undone["item_id"], decisions.c.undone_at.is_(None))
+            .order_by(decisions.c.decision_id.desc())
+            .limit(1)
+        ).first()
+        status = STATUS_OF[in_force.action] if in_force else "open"
+        db.execute(review_items.update().where(review_items.c.item_id == undone["item_id"]).values(status=status))
+    return undone
+
+
+def history(engine: sa.Engine, item_id: int) -> list[dict[str, Any]]:
+    """Every decision on an item, oldest first, undone ones included."""
+    create_tables(engine)
+    query = decisions.select().where(decisions.c.item_id == item_id).order_by(decisions.c.decision_id)
+    with engine.connect() as db:
+        return [dict(row._mapping) for row in db.execute(query)]
+
+
+def active_decisions(engine: sa.Engine, dataset: str) -> list[dict[str, Any]]:
+    """The decision in force on each item of a dataset (latest not undone), oldest first."""
+    if not sa.inspect(engine).has_table(decisions.name):
+        return []
+    query = (
+        decisions.select()
+        .where(decisions.c.dataset == dataset, decisions.c.undone_at.is_(None))
+        .order_by(decisions.c.decision_id)
+    )
+    with engine.connect() as db:
+        rows = [dict(row._mapping) for row in db.execute(query)]
+    latest: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        latest[row["item_id"]] = row
+    return sorted(latest.values(), key=lambda row: row["decision_id"])
+
+
+def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides: int) -> list[dict[str, Any]]:
+    """Decisions in force on the same record through other items (an earlier version's flags)."""
+    query = (
+        decisions.select()
+        .where(decisions.c.dataset == dataset, decisions.c.record_id == record_id, decisions.c.item_id != besides)
+        .where(decisions.c.undone_at.is_(None))
+        .order_by(decisions.c.decision_id)
+    )
+    with engine.connect() as db:
+        rows = [dict(row._mapping) for row in db.execute(query)]
+    latest = {row["item_id"]: row for row in rows}  # per item, the latest not undone is the one in force
+    return sorted(latest.values(), key=lambda row: row["decision_id"])
+
+
+@dataclass
+class RunDecisions:
+    """What the next run of a dataset applies: rejected record ids and field edits per record."""
+
+    rejected: set[str] = field(default_factory=set)
+    edits: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.rejected or self.edits)
+
+
+def run_decisions(engine: sa.Engine, dataset: str) -> RunDecisions:
+    """Active decisions of a dataset as the review stage needs them (later edits win per field)."""
+    result = RunDecisions()
+    for decision in active_decisions(engine, dataset):
+        record = decision["record_id"]
+        if decision["action"] == "reject":
+            result.rejected.add(record)
+        elif decision["action"] == "edit":
+            fields = json.loads(decision["after"]).get("fields", {})
+            if fields:
+                result.edits.setdefault(record, {}).update(fields)
+    return result
+
+
+def undone_redactions(engine: sa.Engine, dataset: str) -> dict[str, set[tuple[str, int, int]]]:
+    """Record id -> {(field, start, end)}: redaction spans annotators marked "not PII"."""
+    undone: dict[str, set[tuple[str, int, int]]] = {}
+    for decision in active_decisions(engine, dataset):
+        if decision["action"] != "edit":
+            continue
+        for field_name, start, end in json.loads(decision["after"]).get("not_pii", []):
+            undone.setdefault(decision["record_id"], set()).add((field_name, int(start), int(end)))
+    return undone

@@ -1,0 +1,173 @@
+"""The review queue as Label Studio tasks, and annotations from Label Studio back as decisions.
+
+Export writes Label Studio's JSON task list (``[{"data": {...}, "predictions": [...]}]``); each
+task's ``data`` carries our ``item_id`` so an exported project's annotations find their item on
+import. PII text is exported redacted unless ``include_pii`` is set; only then do tasks carry the
+raw text and the detected spans as ``labels`` predictions. ``LABEL_CONFIGS`` are the labeling
+interfaces that match each kind.
+
+Import reads Label Studio's JSON export: per task, the latest annotation's ``decision`` choice
+(approve / reject) and, for PII tasks exported with raw text, the spans the annotator removed
+(those become "not PII"); for VQA, a changed ``answer`` becomes an edit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from curation.review import decisions as dec
+from curation.review.queue import create_tables, review_items
+
+_DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
+    <Choice value="approve"/><Choice value="reject"/>
+  </Choices>"""
+
+LABEL_CONFIGS: dict[str, str] = {
+    "pii": f"""<View>
+  <Labels name="pii" toName="text"><Label value="PERSON"/><Label value="EMAIL_ADDRESS"/><Label value="PHONE_NUMBER"/>
+    <Label value="LOCATION"/><Label value="CREDIT_CARD"/><Label value="IBAN_CODE"/></Labels>
+  <Text name="text" value="$text"/>
+{_DECISION.format(to="text")}
+</View>""",
+    "near_duplicate": f"""<View>
+  <Text name="kept" value="$kept"/><Text name="member" value="$member"/>
+{_DECISION.format(to="member")}
+</View>""",
+    "quarantined": f"""<View>
+  <Header value="$reason"/><Text name="raw" value="$raw"/>
+{_DECISION.format(to="raw")}
+</View>""",
+    "vqa": f"""<View>
+  <Image name="image" value="$image"/><Header value="$question"/>
+  <TextArea name="answer" toName="image" value="$answer" editable="true" maxSubmissions="1"/>
+{_DECISION.format(to="image")}
+</View>""",
+}
+
+
+def _task(item: dict[str, Any], include_pii: bool) -> dict[str, Any]:
+    payload = json.loads(item["payload"] or "{}")
+    data: dict[str, Any] = {
+        "item_id": item["item_id"],
+        "record_id": item["record_id"],
+        "kind": item["kind"],
+        "dataset": item["dataset"],
+        "version": item["version"],
+        "detail": item["detail"],
+    }
+    task: dict[str, Any] = {"data": data}
+    if item["kind"] == "pii":
+        data["field"] = payload.get("field")
+        if include_pii:
+            original = payload.get("original", "")
+            data["text"] = original
+            task["predictions"] = [
+                {
+                    "model_version": item["stage"],
+                    "result": [
+                        {
+                            "id": f"s{index}",
+                            "from_name": "pii",
+                            "to_name": "text",
+                            "type": "labels",
+                            "value": {
+                                "start": span["start"],
+                                "end": span["end"],
+                                "text": original[span["start"] : span["end"]],
+                                "labels": [span["entity"]],
+                            },
+                            "score": span["score"],
+                        }
+                        for index, span in enumerate(payload.get("spans", []))
+                    ],
+                }
+            ]
+        else:
+            data["text"] = payload.get("redacted", "")
+    elif item["kind"] == "near_duplicate":
+        data.update(
+            kept=payload.get("kept", {}).get("text", ""),
+            member=payload.get("member", {}).get("text", ""),
+            similarity=payload.get("similarity"),
+        )
+    elif item["kind"] == "quarantined":
+        data.update(reason=payload.get("reason"), raw=payload.get("record"))
+    elif item["kind"] == "vqa":
+        data.update({name: payload.get(name) for name in ("image", "question", "answer")})
+    return task
+
+
+def export_tasks(
+    engine: sa.Engine, filters: dict[str, Any] | None = None, include_pii: bool = False
+) -> list[dict[str, Any]]:
+    """Queue items matching ``filters`` (dataset, version, kind, status) as Label Studio tasks."""
+    create_tables(engine)
+    query = review_items.select().order_by(review_items.c.item_id)
+    for name, value in (filters or {}).items():
+        if value is not None:
+            query = query.where(review_items.c[name] == value)
+    with engine.connect() as db:
+        return [_task(dict(row._mapping), include_pii) for row in db.execute(query)]
+
+
+class LabelStudioError(ValueError):
+    """A Label Studio export that cannot be read; the message names the task."""
+
+
+def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not annotations:
+        return None
+    return max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+
+
+def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str) -> dict[str, int]:
+    """Take each task's latest annotation as a decision by ``user``; returns counts per action."""
+    counts = {"approve": 0, "reject": 0, "edit": 0, "skipped": 0}
+    for position, task in enumerate(tasks):
+        data = task.get("data") or {}
+        if "item_id" not in data:
+            raise LabelStudioError(f"task {position} (Label Studio id {task.get('id')}) has no data.item_id")
+        annotation = _latest_annotation(task)
+        if annotation is None:
+            counts["skipped"] += 1
+            continue
+        item = dec.get_item(engine, int(data["item_id"]))
+        results = annotation.get("result") or []
+        choice = next((r["value"]["choices"][0] for r in results if r.get("from_name") == "decision"), None)
+        edit = _edit(item, data, results)
+        if choice == "reject":
+            action = "reject"
+        elif edit is not None:
+            action = "edit"
+        elif choice == "approve":
+            action = "approve"
+        else:
+            counts["skipped"] += 1
+            continue
+        dec.decide(engine, item["item_id"], user, action, edit if action == "edit" else None)
+        counts[action] += 1
+    return counts
+
+
+def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> dec.Edit | None:
+    payload = json.loads(item["payload"] or "{}")
+    edit = dec.Edit()
+    labelled = [r for r in results if r.get("type") == "labels"]
+    if item["kind"] == "pii" and labelled and data.get("text") == payload.get("original"):
+        # Spans the annotator left labelled stay redacted; a detected span they removed is not PII.
+        # (No labels at all means the annotator did not work on spans: nothing is restored.)
+        kept = {(r["value"]["start"], r["value"]["end"]) for r in labelled}
+        for span in payload.get("spans", []):
+            if (span["start"], span["end"]) not in kept:
+                edit.not_pii.append((payload.get("field", ""), span["start"], span["end"]))
+    if item["kind"] == "vqa":
+        answer = next((r["value"]["text"] for r in results if r.get("from_name") == "answer"), None)
+        if isinstance(answer, list):
+            answer = answer[0] if answer else None
+        if answer and answer != payload.get("answer"):
+            edit.fields["answer"] = answer
+    return edit if (edit.fields or edit.not_pii) else None

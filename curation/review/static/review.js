@@ -1,0 +1,51 @@
+// Keyboard shortcuts for the review page; every action is also a plain form, so it works without them.
+"use strict";
+(function () {
+  function click(id) {
+    var element = document.getElementById(id);
+    if (element) { element.click(); return true; }
+    return false;
+  }
+  function fillEdit() {
+    var select = document.getElementById("edit-field");
+    var value = document.getElementById("edit-value");
+    if (!select || !value) return;
+    var option = select.options[select.selectedIndex];
+    value.value = option ? option.getAttribute("data-value") || "" : "";
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    var select = document.getElementById("edit-field");
+    if (select) { select.addEventListener("change", fillEdit); fillEdit(); }
+    var value = document.getElementById("edit-value");
+    if (value) {
+      value.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+          event.preventDefault();
+          document.getElementById("edit-form").requestSubmit();
+        }
+      });
+    }
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var target = event.target;
+    var typing = target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT");
+    if (typing) {
+      if (event.key === "Escape") target.blur();
+      return;
+    }
+    var handled = false;
+    switch (event.key) {
+      case "a": handled = click("approve"); break;
+      case "r": handled = click("reject"); break;
+      case "u": handled = click("undo-button"); break;
+      case "j": case "n": handled = click("next"); break;
+      case "k": case "p": handled = click("previous"); break;
+      case "e":
+        var field = document.getElementById("edit-value");
+        if (field) { field.focus(); handled = true; }
+        break;
+    }
+    if (handled) event.preventDefault();
+  });
+})();

@@ -1,0 +1,94 @@
+"""What the item pages show, computed from a flag's payload: highlighted PII spans, the redacted
+text for users without the PII role, and word-level differences between near-duplicates."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from curation.review.auth import User
+
+_WORDS = re.compile(r"\s+|[^\s]+")
+
+
+@dataclass
+class Segment:
+    text: str
+    mark: str | None = None  # css class: "pii", "del", "ins"
+    title: str | None = None
+
+
+def pii_segments(original: str, spans: list[dict[str, Any]]) -> list[Segment]:
+    """The original text cut into plain parts and the flagged spans (entity and score as title)."""
+    segments: list[Segment] = []
+    position = 0
+    for span in sorted(spans, key=lambda s: (s["start"], s["end"])):
+        start, end = max(span["start"], position), span["end"]
+        if end <= start:
+            continue
+        segments.append(Segment(original[position:start]))
+        segments.append(Segment(original[start:end], "pii", f"{span['entity']} {span['score']:.2f}"))
+        position = end
+    segments.append(Segment(original[position:]))
+    return [s for s in segments if s.text]
+
+
+def word_diff(kept: str, member: str) -> tuple[list[Segment], list[Segment]]:
+    """Both texts cut into words, with what only one side has marked (``del`` / ``ins``)."""
+    a, b = _WORDS.findall(kept), _WORDS.findall(member)
+    left: list[Segment] = []
+    right: list[Segment] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            left.append(Segment("".join(a[i1:i2])))
+            right.append(Segment("".join(b[j1:j2])))
+            continue
+        if i2 > i1:
+            left.append(Segment("".join(a[i1:i2]), "del"))
+        if j2 > j1:
+            right.append(Segment("".join(b[j1:j2]), "ins"))
+    return left, right
+
+
+def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
+    """The template context for one item; raw PII only for users whose role may see it."""
+    payload = json.loads(item["payload"] or "{}")
+    view: dict[str, Any] = {"kind": item["kind"], "detail": item["detail"], "source": json.loads(item["source"])}
+    if item["kind"] == "pii":
+        spans = payload.get("spans", [])
+        view["field"] = payload.get("field")
+        view["entities"] = [
+            {"entity": s["entity"], "score": s["score"], "placeholder": s.get("placeholder", "")} for s in spans
+        ]
+        if user.sees_pii:
+            original = payload.get("original", "")
+            view["segments"] = pii_segments(original, spans)
+            view["spans"] = [
+                {**s, "text": original[s["start"] : s["end"]], "key": f"{payload.get('field')}:{s['start']}:{s['end']}"}
+                for s in spans
+            ]
+            view["edit_values"] = {payload.get("field"): original}
+        else:
+            view["redacted"] = payload.get("redacted", "")
+            view["edit_values"] = {payload.get("field"): payload.get("redacted", "")}
+    elif item["kind"] == "near_duplicate":
+        kept, member = payload.get("kept", {}), payload.get("member", {})
+        view["kept"], view["member"] = kept, member
+        view["similarity"] = payload.get("similarity")
+        view["left"], view["right"] = word_diff(kept.get("text", ""), member.get("text", ""))
+        view["edit_values"] = {}
+    elif item["kind"] == "quarantined":
+        view["reason"] = payload.get("reason")
+        view["reason_detail"] = payload.get("detail")
+        view["raw"] = payload.get("record")
+        view["edit_values"] = {}
+    elif item["kind"] == "vqa":
+        view.update({name: payload.get(name) for name in ("image", "question", "answer")})
+        view["edit_values"] = {name: payload.get(name, "") for name in ("question", "answer")}
+    else:
+        view["payload"] = json.dumps(payload, indent=2) if user.sees_pii else None
+        view["edit_values"] = {}
+    return view

@@ -1,0 +1,104 @@
+"""Annotators' decisions, applied by the next run: rejected records are filtered with reason
+``review`` and edited fields take the annotator's value. It runs right after record validation,
+so edits go through every later stage (PII redaction included) like any other content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from curation.review.decisions import RunDecisions, run_decisions, undone_redactions
+from curation.stages.base import StageResult, split_by_mask
+from schemas.records import set_aside_rows
+
+
+def _state_exists(state_url: str) -> bool:
+    # Do not create a state file just to find it empty (`curation check`, a first run).
+    is_file = state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:///:memory:")
+    return not is_file or Path(state_url.removeprefix("sqlite:///")).exists()
+
+
+def load_decisions(state_url: str, dataset: str) -> RunDecisions:
+    """The dataset's decisions in force; none when the state store does not exist yet."""
+    if not _state_exists(state_url):
+        return RunDecisions()
+    engine = sa.create_engine(state_url)
+    try:
+        return run_decisions(engine, dataset)
+    finally:
+        engine.dispose()
+
+
+def load_undone_redactions(state_url: str, dataset: str) -> dict[str, set[tuple[str, int, int]]]:
+    """For the PII stage's ``undone`` argument: spans annotators marked not PII, by record id."""
+    if not _state_exists(state_url):
+        return {}
+    engine = sa.create_engine(state_url)
+    try:
+        return undone_redactions(engine, dataset)
+    finally:
+        engine.dispose()
+
+
+class ReviewDecisions:
+    """Set aside rejected records and apply field edits; decisions are read once, when built."""
+
+    name = "review"
+
+    def __init__(self, decisions: RunDecisions) -> None:
+        self.rejected = pa.array(sorted(decisions.rejected), pa.string())
+        self.edits = decisions.edits
+        self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
+
+    @classmethod
+    def from_state(cls, state_url: str, dataset: str) -> ReviewDecisions:
+        return cls(load_decisions(state_url, dataset))
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        if len(self.rejected) == 0 and len(self.edited_ids) == 0:
+            return StageResult(kept=batch)
+        keep = pc.invert(pc.is_in(batch["id"], value_set=self.rejected))
+        kept, rejected = split_by_mask(batch, keep)
+        set_aside = set_aside_rows(
+            rejected["id"],
+            rejected["source"],
+            self.name,
+            "filtered",
+            "review",
+            ["rejected by an annotator"] * rejected.num_rows,
+        )
+        kept, edited, skipped = self._apply_edits(kept)
+        stats = {name: count for name, count in (("rejected", rejected.num_rows), ("edited", edited)) if count}
+        if skipped:
+            stats["edits_skipped"] = skipped
+        return StageResult(kept=kept, set_aside=set_aside, stats=stats)
+
+    def _apply_edits(self, batch: pa.Table) -> tuple[pa.Table, int, int]:
+        """The batch with edited values; how many records were edited, and edits of unknown fields."""
+        touched = pc.is_in(batch["id"], value_set=self.edited_ids)
+        if not pc.any(touched).as_py():
+            return batch, 0, 0
+        ids = batch["id"].to_pylist()
+        fields = {name for record in ids if record in self.edits for name in self.edits[record]}
+        skipped = 0
+        applied: set[str] = set()
+        for name in sorted(fields):
+            if name not in batch.column_names or name in ("id", "source"):
+                skipped += sum(1 for record in ids if name in self.edits.get(record, {}))
+                continue
+            column = batch[name]
+            values = column.to_pylist()
+            for index, record in enumerate(ids):
+                if name not in self.edits.get(record, {}):
+                    continue
+                try:
+                    # Edits arrive as text; a typed column (a table row's amount) takes them cast back.
+                    values[index] = pc.cast(pa.array([self.edits[record][name]], pa.string()), column.type)[0].as_py()
+                    applied.add(record)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    skipped += 1
+            batch = batch.set_column(batch.column_names.index(name), name, pa.array(values, column.type))
+        return batch, len(applied), skipped

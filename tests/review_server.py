@@ -1,0 +1,64 @@
+"""The review app as users meet it: `curation review serve` in its own process on a free loopback
+port, and Debian's Chromium driven headless by Playwright. Shared by the browser tests and
+scripts/screenshots.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import free_port, wait_for_http
+from tests.review_seed import PASSWORD, Seeded
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def review_server(seeded: Seeded, recipes: Sequence[Path] = (), env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Serve the seeded state store through the real CLI, with more recipes and settings if given;
+    yields the base URL. The server's output goes to review-server.log in the seeded folder."""
+    port = free_port()
+    options = [arg for path in (seeded.recipe_path, *recipes) for arg in ("--recipe", str(path))]
+    command = [sys.executable, "-m", "curation.cli", "review", "serve", "--port", str(port), *options]
+    with open(seeded.folder / "review-server.log", "ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=seeded.folder,
+            env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/login", process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def sign_in(browser: Browser, base: str, name: str) -> Page:
+    page = browser.new_context(viewport={"width": 1200, "height": 800}).new_page()
+    page.goto(f"{base}/")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    return page

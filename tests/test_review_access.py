@@ -1,0 +1,223 @@
+"""The review app over plain HTTP: who may do what. No session, a bad CSRF token or the wrong role
+is refused; raw PII reaches only pii-reviewers and admins."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from curation.review import decisions as dec
+from curation.review.app import create_app
+from curation.review.labelstudio import export_tasks, import_annotations
+from tests.review_seed import NAME, PASSWORD, PHONE, Seeded, seed
+
+PII_ITEM, NEAR_DUP_ITEM, VQA_ITEM = 2, 3, 4
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("review"))
+
+
+@pytest.fixture
+def app(seeded: Seeded):
+    return create_app(seeded.state_url, [seeded.recipe])
+
+
+def token(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def signed_in(app, name: str) -> tuple[TestClient, str]:
+    client = TestClient(app, base_url="https://testserver")
+    csrf = token(client.get("/login").text)
+    response = client.post(
+        "/login", data={"username": name, "password": PASSWORD, "csrf_token": csrf}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    return client, token(client.get("/").text)
+
+
+def status(seeded: Seeded, item_id: int) -> str:
+    return dec.get_item(sa.create_engine(seeded.state_url), item_id)["status"]
+
+
+def test_no_session_is_refused(app, seeded: Seeded) -> None:
+    client = TestClient(app, base_url="https://testserver")
+    page = client.get(f"/items/{PII_ITEM}", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    assert client.get(f"/items/{VQA_ITEM}/image", follow_redirects=False).status_code == 303
+    # A CSRF token from the sign-in page is not a session: deciding still needs a user.
+    csrf = token(client.get("/login").text)
+    response = client.post(f"/items/{PII_ITEM}/decide", data={"action": "reject", "csrf_token": csrf})
+    assert response.status_code == 401
+    assert status(seeded, PII_ITEM) == "open"
+
+
+def test_wrong_password_gets_no_session(app) -> None:
+    client = TestClient(app, base_url="https://testserver")
+    csrf = token(client.get("/login").text)
+    response = client.post("/login", data={"username": "rita", "password": "wrong password", "csrf_token": csrf})
+    assert response.status_code == 401 and "Wrong name or password" in response.text
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_session_cookie_is_signed_secure_httponly(app) -> None:
+    client = TestClient(app, base_url="https://testserver")
+    csrf = token(client.get("/login").text)
+    response = client.post(
+        "/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf}, follow_redirects=False
+    )
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "secure" in cookie and "samesite=lax" in cookie
+    # A forged cookie (another user's name, no valid signature) is not a session.
+    forged = TestClient(app, base_url="https://testserver", cookies={"curation_review": "eyJ1c2VyIjogImFkYSJ9.x.y"})
+    assert forged.get("/", follow_redirects=False).status_code == 303
+
+
+def test_bad_csrf_token_is_refused(app, seeded: Seeded) -> None:
+    client, csrf = signed_in(app, "rita")
+    for sent in ("", "not-the-token", csrf[:-1] + ("A" if csrf[-1] != "A" else "B")):
+        response = client.post(f"/items/{NEAR_DUP_ITEM}/decide", data={"action": "reject", "csrf_token": sent})
+        assert response.status_code == 403
+        assert status(seeded, NEAR_DUP_ITEM) == "open"
+    # The header works as well as the form field (for scripts), and the right token is accepted.
+    response = client.post(
+        f"/items/{NEAR_DUP_ITEM}/decide",
+        data={"action": "reject"},
+        headers={"X-CSRF-Token": csrf},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert status(seeded, NEAR_DUP_ITEM) == "rejected"
+    assert client.post("/undo", data={"csrf_token": csrf}).status_code == 200
+    assert status(seeded, NEAR_DUP_ITEM) == "open"
+
+
+def test_every_post_route_checks_csrf(app) -> None:
+    client, _ = signed_in(app, "ada")
+    posts = [route.path for route in app.routes if "POST" in getattr(route, "methods", set())]
+    assert {"/login", "/logout", "/undo", "/items/{item_id}/decide"} <= set(posts)
+    for path in posts:
+        url = path.replace("{item_id}", str(PII_ITEM)).replace("{dataset}", "support").replace("{version}", "1")
+        assert client.post(url, data={"action": "approve"}).status_code == 403, url
+
+
+def test_raw_pii_only_for_pii_reviewers(app, seeded: Seeded) -> None:
+    reviewer, _ = signed_in(app, "rita")
+    page = reviewer.get(f"/items/{PII_ITEM}").text
+    assert NAME not in page and PHONE not in page
+    assert "Call &lt;PERSON&gt; at &lt;PHONE_NUMBER&gt; about the refund." in page
+    assert "PERSON" in page and "0.62" in page  # entity and score, without the text
+    for role_user in ("pia", "ada"):
+        client, _ = signed_in(app, role_user)
+        page = client.get(f"/items/{PII_ITEM}").text
+        assert f'<mark class="pii" title="PERSON 0.62">{NAME}</mark>' in page
+        assert f'<mark class="pii" title="PHONE_NUMBER 0.55">{PHONE}</mark>' in page
+
+
+def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    reviewer, csrf = signed_in(app, "rita")
+    key = "completion:5:16"
+    response = reviewer.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf})
+    assert response.status_code == 403
+    assert dec.undone_redactions(engine, "support") == {}
+    client, csrf = signed_in(app, "pia")
+    response = client.post(
+        f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    assert dec.undone_redactions(engine, "support") == {seeded.ids[1]: {("completion", 5, 16)}}
+    (decision,) = [d for d in dec.history(engine, PII_ITEM) if d["undone_at"] is None]
+    assert (decision["user"], decision["action"]) == ("pia", "edit")
+    assert json.loads(decision["before"]) == {"status": "open", "fields": {}}
+    assert json.loads(decision["after"])["not_pii"] == [["completion", 5, 16]]
+    dec.undo_last(engine, "pia")
+    assert dec.undone_redactions(engine, "support") == {}
+
+
+def test_edit_checks_field_and_value(app, seeded: Seeded) -> None:
+    client, csrf = signed_in(app, "rita")
+    for data, message in (
+        ({"field": "id", "value": "x"}, "cannot be edited on this item; it has prompt, completion, label"),
+        ({"field": "completion", "value": "   "}, "must not be empty"),
+        ({"field": "completion", "value": "Call <PERSON> at <PHONE_NUMBER> about the refund."}, "an edit needs"),
+    ):
+        response = client.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "csrf_token": csrf, **data})
+        assert response.status_code == 400 and message in response.text
+    response = client.post(
+        "/items/1/decide", data={"action": "edit", "field": "prompt", "value": "x", "csrf_token": csrf}
+    )
+    assert response.status_code == 400 and "no fields" in response.text
+    assert status(seeded, PII_ITEM) == "open" and status(seeded, 1) == "open"
+
+
+def test_reviewer_cannot_launch_training(app) -> None:
+    client, csrf = signed_in(app, "rita")
+    page = client.get("/datasets/support/v1").text
+    assert "Only an admin can launch training" in page and 'id="launch"' not in page
+    response = client.post("/datasets/support/v1/training", data={"csrf_token": csrf, "confirm": "yes"})
+    assert response.status_code == 403 and "only an admin" in response.text
+    assert client.get("/training/some-job").status_code == 403
+
+
+def test_label_studio_round_trip(seeded: Seeded) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    redacted = export_tasks(engine, {"dataset": "support", "kind": "pii"})
+    assert len(redacted) == 1 and NAME not in json.dumps(redacted) and "predictions" not in redacted[0]
+    (task,) = export_tasks(engine, {"dataset": "support", "kind": "pii"}, include_pii=True)
+    assert task["data"]["text"][5:16] == NAME
+    spans = task["predictions"][0]["result"]
+    assert [s["value"]["labels"] for s in spans] == [["PERSON"], ["PHONE_NUMBER"]]
+    # The annotator keeps the phone number labelled, removes the name (not PII), and approves.
+    task["annotations"] = [
+        {
+            "id": 1,
+            "result": [
+                spans[1],
+                {"from_name": "decision", "to_name": "text", "type": "choices", "value": {"choices": ["approve"]}},
+            ],
+        }
+    ]
+    (vqa,) = export_tasks(engine, {"kind": "vqa"})
+    vqa["annotations"] = [
+        {"id": 2, "result": [{"from_name": "answer", "type": "textarea", "value": {"text": ["the orange one"]}}]}
+    ]
+    counts = import_annotations(engine, [task, vqa], "labelstudio")
+    assert counts == {"approve": 0, "reject": 0, "edit": 2, "skipped": 0}
+    assert dec.undone_redactions(engine, "support") == {seeded.ids[1]: {("completion", 5, 16)}}
+    assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
+    dec.undo_last(engine, "labelstudio")
+    dec.undo_last(engine, "labelstudio")
+    assert dec.undone_redactions(engine, "support") == {}
+
+
+def test_filters_and_counts_left(app, seeded: Seeded) -> None:
+    client, _ = signed_in(app, "rita")
+    page = client.get("/?kind=pii").text
+    assert page.count('<tr class="status-') == 1 and "PERSON 0.62" in page
+    assert client.get("/?dataset=charts").text.count('<tr class="status-') == 1
+    assert client.get("/?dataset=support&version=1").text.count('<tr class="status-') == 3
+    assert client.get("/?dataset=support&version=2").text.count('<tr class="status-') == 0
+    counts = re.findall(r'data-kind="(\w+)">\s*<strong>(\d+)</strong>', client.get("/?dataset=support").text)
+    assert dict(counts) == {"pii": "1", "near_duplicate": "1", "quarantined": "1", "vqa": "0"}
+
+
+def test_report_is_served_sandboxed(app, seeded: Seeded) -> None:
+    client, _ = signed_in(app, "rita")
+    assert "No data-quality report" in client.get("/datasets/support/v1").text
+    report = Path(seeded.first.version_uri) / "report.html"
+    report.write_text("<html><body><h1>quality</h1><script>alert(1)</script></body></html>")
+    try:
+        assert 'id="report-link"' in client.get("/datasets/support/v1").text
+        response = client.get("/datasets/support/v1/report.html")
+        assert response.status_code == 200 and "<h1>quality</h1>" in response.text
+        assert "sandbox" in response.headers["content-security-policy"]
+    finally:
+        report.unlink()

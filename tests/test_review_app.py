@@ -1,0 +1,166 @@
+"""The review page in a real browser: sign in, work through the queue with the mouse and the
+keys, edit a record, undo; then the next run of the recipe honours every decision."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import sqlalchemy as sa
+from playwright.sync_api import Browser, expect
+
+from curation.review import decisions as dec
+from curation.review.queue import list_items
+from tests.helpers import outputs, set_aside
+from tests.review_seed import NAME, PII_COMPLETION, Seeded, publish_to_s3, run_again, seed
+from tests.review_server import chromium, review_server, sign_in
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("review-browser"))
+
+
+ROLE = "arn:aws:iam::123456789012:role/curation-training"
+
+
+@pytest.fixture(scope="module")
+def base(seeded: Seeded, aws_env: str) -> Iterator[str]:
+    # The server process takes the AWS settings (pointed at the moto server) for the training handoff,
+    # and also serves a copy of the dataset published to S3, which a launch needs.
+    bucket = f"review-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=bucket)
+    recipes = [publish_to_s3(seeded, bucket)]
+    with review_server(seeded, recipes, env={"SAGEMAKER_ROLE_ARN": ROLE, "CURATION_JUMPSTART_SPECS": "pinned"}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: Browser, seeded: Seeded) -> None:
+    page = sign_in(browser, base, "rita")
+    expect(page.locator(".count[data-kind=pii] strong")).to_have_text("1")
+    expect(page.locator(".count[data-kind=quarantined] strong")).to_have_text("1")
+
+    # Quarantined record: its reason and raw input; approved with the key.
+    page.click("text=malformed_json")
+    expect(page.locator("pre.raw")).to_contain_text('{"question": "broken')
+    page.keyboard.press("a")
+
+    # The queue moves on to the PII item: a reviewer sees it redacted, and fixes the completion.
+    expect(page.locator("h1")).to_contain_text("pii")
+    expect(page.locator("#redacted-text")).to_have_text("Call <PERSON> at <PHONE_NUMBER> about the refund.")
+    assert NAME not in page.content()
+    page.keyboard.press("e")
+    expect(page.locator("#edit-value")).to_be_focused()
+    expect(page.locator("#edit-value")).to_have_value("Call <PERSON> at <PHONE_NUMBER> about the refund.")
+    page.fill("#edit-value", "Please call our support line about the refund.")
+    page.keyboard.press("Control+Enter")
+
+    # Near-duplicate: both texts side by side, differences marked; rejected with the key.
+    expect(page.locator("h1")).to_contain_text("near duplicate")
+    expect(page.locator(".side-by-side del").first).to_have_text("do")
+    expect(page.locator(".side-by-side ins").first).to_have_text("can")
+    page.keyboard.press("r")
+
+    # VQA: image, question, answer; approved with the mouse, undone with the key, then edited.
+    expect(page.locator("#question")).to_have_text("Which bar is tallest?")
+    assert page.locator(".vqa img").evaluate("img => img.naturalWidth") == 240
+    page.click("#approve")
+    expect(page.locator(".count[data-kind=vqa] strong")).to_have_text("0")
+    page.keyboard.press("u")
+    expect(page.locator("#status")).to_have_text("open")
+    expect(page.locator(".message")).to_contain_text("undid approve")
+    page.select_option("#edit-field", "answer")
+    page.fill("#edit-value", "the orange one")
+    page.click("#save-edit")
+
+    for kind in ("pii", "near_duplicate", "quarantined", "vqa"):
+        expect(page.locator(f".count[data-kind={kind}] strong")).to_have_text("0")
+    expect(page.locator("tr.status-rejected")).to_have_count(1)
+    expect(page.locator("tr.status-edited")).to_have_count(2)
+
+    # Every decision is stored with who and when; the undone one stays in the history.
+    engine = sa.create_engine(seeded.state_url)
+    history = [d for item in range(1, 5) for d in dec.history(engine, item)]
+    assert [(d["user"], d["action"], d["undone_at"] is not None) for d in history] == [
+        ("rita", "approve", False),
+        ("rita", "edit", False),
+        ("rita", "reject", False),
+        ("rita", "approve", True),
+        ("rita", "edit", False),
+    ]
+    pii_edit = history[1]
+    assert json.loads(pii_edit["before"]) == {"status": "open", "fields": {"completion": PII_COMPLETION}}
+    assert json.loads(pii_edit["after"])["fields"] == {"completion": "Please call our support line about the refund."}
+
+    # The next run: the rejected record is filtered with reason `review`, the edit is applied.
+    second = run_again(seeded.recipe)
+    counts = second.manifest.counts
+    assert counts.reasons["filtered"] == {"review": 1}
+    assert counts.input == 6 and counts.written == 4
+    assert second.manifest.stats["stages"]["review"] == {"edited": 1, "rejected": 1}
+    rows = outputs(Path(second.version_uri))
+    assert "Please call our support line about the refund." in {row["completion"] for row in rows}
+    assert all(NAME not in row["completion"] for row in rows)
+    assert "How can I reset my password?" not in {row["prompt"] for row in rows}
+    (review,) = [row for row in set_aside(Path(second.version_uri)) if row["reason"] == "review"]
+    assert (review["id"], review["outcome"], review["stage"]) == (seeded.ids[3], "filtered", "review")
+
+    # The new version's flag on an already decided record says so; j / k move through the queue.
+    (again,) = list_items(engine, dataset="support", kind="quarantined", status="open")
+    page.goto(f"{base}/?dataset=support&version=2")
+    page.click(f"a[href^='/items/{again['item_id']}']")
+    expect(page.locator("#earlier")).to_contain_text("approve by rita on item 1")
+    page.goto(f"{base}/items/2")
+    page.keyboard.press("j")
+    page.wait_for_url(f"{base}/items/3")
+    page.keyboard.press("k")
+    page.wait_for_url(f"{base}/items/2")
+
+
+def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:
+    page = sign_in(browser, base, "rita")
+    page.goto(f"{base}/datasets/support/v1")
+    expect(page.locator(".launch")).to_contain_text("Only an admin can launch training")
+    expect(page.locator("#launch")).to_have_count(0)
+    csrf = page.locator("#undo-form input[name=csrf_token]").get_attribute("value")
+    response = page.request.post(f"{base}/datasets/support/v1/training", form={"csrf_token": csrf, "confirm": "yes"})
+    assert response.status == 403
+    assert "only an admin can launch training" in response.text()
+
+
+def test_admin_dry_run_then_launch(base: str, browser: Browser) -> None:
+    page = sign_in(browser, base, "ada")
+    # A version published locally: the dry run shows the request and says what a launch still needs.
+    page.goto(f"{base}/datasets/support/v1")
+    page.click("#launch")
+    request = json.loads(page.locator("#training-request").inner_text())
+    assert {"Key": "curation:dataset", "Value": "support"} in request["Tags"]
+    assert request["RoleArn"] == ROLE
+    expect(page.locator("#training-needs")).to_contain_text("on S3")
+    page.click("#confirm-launch")
+    expect(page.locator(".error")).to_contain_text("launch failed: cannot launch")
+
+    # The version on S3: dry run, confirm, launched; its status is shown.
+    page.goto(f"{base}/datasets/support-s3/v1")
+    page.click("#launch")
+    request = json.loads(page.locator("#training-request").inner_text())
+    training = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert training.startswith("s3://") and training.endswith("/datasets/support-s3/v1/train/")
+    expect(page.locator("#training-needs")).to_have_count(0)
+    page.click("#confirm-launch")
+    page.wait_for_url(f"{base}/training/{request['TrainingJobName']}")
+    described = json.loads(page.locator("#job-status").inner_text())
+    assert described["TrainingJobName"] == request["TrainingJobName"]
+    assert described["TrainingJobStatus"] in {"InProgress", "Completed"}

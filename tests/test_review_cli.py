@@ -1,0 +1,80 @@
+"""`curation review add-user / export / import` as a user runs them: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from curation.review import decisions as dec
+from curation.review.auth import authenticate
+from tests.review_seed import NAME, Seeded, seed
+
+
+def review(*args: str, cwd: Path, password: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("CURATION_REVIEW_PASSWORD", None)
+    if password is not None:
+        env["CURATION_REVIEW_PASSWORD"] = password
+    return subprocess.run(
+        [sys.executable, "-m", "curation.cli", "review", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("review-cli"))
+
+
+def test_add_user_from_env_or_prompt(seeded: Seeded) -> None:
+    recipe = str(seeded.recipe_path)
+    done = review("add-user", "olga", "--role", "admin", "--recipe", recipe, cwd=seeded.folder, password="s3cret-pass")
+    assert done.returncode == 0, done.stderr
+    prompted = review("add-user", "ivan", "--recipe", recipe, cwd=seeded.folder, stdin="another-pass\nanother-pass\n")
+    assert prompted.returncode == 0, prompted.stderr
+    engine = sa.create_engine(seeded.state_url)
+    assert authenticate(engine, "olga", "s3cret-pass").role == "admin"
+    assert authenticate(engine, "ivan", "another-pass").role == "reviewer"
+    assert authenticate(engine, "olga", "another-pass") is None
+    bad = review("add-user", "x", "--role", "owner", "--recipe", recipe, cwd=seeded.folder, password="long-enough")
+    assert bad.returncode == 2 and "unknown role 'owner'" in bad.stderr
+
+
+def test_export_then_import_label_studio(seeded: Seeded) -> None:
+    recipe = str(seeded.recipe_path)
+    out = seeded.folder / "tasks.json"
+    done = review("export", str(out), "--kind", "near_duplicate", "--recipe", recipe, cwd=seeded.folder)
+    assert done.returncode == 0, done.stderr
+    (task,) = json.loads(out.read_text())
+    assert task["data"]["kind"] == "near_duplicate" and "How can I reset" in task["data"]["member"]
+    assert '<Choice value="reject"/>' in out.with_suffix(".xml").read_text()
+    redacted = review("export", str(out), "--kind", "pii", "--recipe", recipe, cwd=seeded.folder)
+    assert redacted.returncode == 0 and NAME not in out.read_text()
+
+    task["annotations"] = [
+        {"id": 7, "result": [{"from_name": "decision", "type": "choices", "value": {"choices": ["reject"]}}]}
+    ]
+    exported = seeded.folder / "ls-export.json"
+    exported.write_text(json.dumps([task]))
+    done = review("import", str(exported), "--user", "maria", "--recipe", recipe, cwd=seeded.folder)
+    assert done.returncode == 0, done.stderr
+    assert "1 reject" in done.stderr
+    engine = sa.create_engine(seeded.state_url)
+    assert dec.run_decisions(engine, "support").rejected == {seeded.ids[3]}
+    (decision,) = dec.history(engine, task["data"]["item_id"])
+    assert decision["user"] == "maria"
+
+    exported.write_text('[{"data": {}}]')
+    broken = review("import", str(exported), "--user", "maria", "--recipe", recipe, cwd=seeded.folder)
+    assert broken.returncode == 2 and "has no data.item_id" in broken.stderr

@@ -1,0 +1,94 @@
+"""Decisions as the pipeline sees them: what is in force after edits and undos, and the review
+stage applying them to batches (typed columns, unknown fields, no state store yet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from curation.pipeline import build_stages
+from curation.review import decisions as dec
+from curation.review.queue import add_items
+from curation.stages.review import ReviewDecisions, load_decisions, load_undone_redactions
+from schemas.config import parse_recipe
+from schemas.records import FLAG_SCHEMA, source_array
+
+
+def flag(record: str, kind: str = "quarantined", payload: str = "{}") -> dict:
+    source = {"connector": "files", "uri": "in.jsonl", "line": 1, "page": None}
+    return {"id": record, "source": source, "stage": "s", "kind": kind, "detail": "d", "payload": payload}
+
+
+def test_latest_decision_per_item_is_in_force(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist([flag("a"), flag("b"), flag("c")], schema=FLAG_SCHEMA))
+    dec.decide(engine, 1, "rita", "reject")
+    dec.decide(engine, 1, "rita", "approve")  # changed her mind: no longer rejected
+    dec.decide(engine, 2, "rita", "edit", dec.Edit(fields={"completion": "first"}))
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"completion": "second", "label": "x"}))
+    dec.decide(engine, 3, "pia", "reject")
+    dec.undo_last(engine, "pia")  # pia's reject of c is undone; her edit of b stays
+    decisions = dec.run_decisions(engine, "ds")
+    assert decisions.rejected == set()
+    assert decisions.edits == {"b": {"completion": "second", "label": "x"}}
+    assert dec.get_item(engine, 3)["status"] == "open"
+    # Undoing an older decision leaves the item as the newer one (another annotator's) set it.
+    dec.decide(engine, 3, "rita", "approve")
+    dec.decide(engine, 3, "pia", "reject")
+    dec.undo_last(engine, "rita")  # rita's latest is her approve of c
+    assert dec.get_item(engine, 3)["status"] == "rejected"
+    dec.undo_last(engine, "pia")
+    assert dec.get_item(engine, 3)["status"] == "open"
+    assert dec.run_decisions(engine, "other") == dec.RunDecisions()
+    with pytest.raises(dec.DecisionError, match="must not be empty"):
+        dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"completion": "  "}))
+    with pytest.raises(dec.DecisionError, match="only spans the PII stage flagged"):
+        dec.decide(engine, 1, "rita", "edit", dec.Edit(not_pii=[("completion", 0, 3)]))
+    with pytest.raises(dec.DecisionError, match="does not exist"):
+        dec.decide(engine, 99, "rita", "approve")
+
+
+def test_stage_filters_rejected_and_applies_edits() -> None:
+    stage = ReviewDecisions(
+        dec.RunDecisions(
+            rejected={"r2"},
+            edits={"r1": {"completion": "fixed", "amount": "12.5", "nope": "x"}, "r3": {"amount": "twelve"}},
+        )
+    )
+    batch = pa.table(
+        {
+            "id": ["r1", "r2", "r3"],
+            "source": source_array("files", "in.jsonl", [1, 2, 3]),
+            "completion": ["old", "gone", "same"],
+            "amount": pa.array([1.0, 2.0, 3.0]),
+        }
+    )
+    result = stage(batch)
+    assert result.kept["id"].to_pylist() == ["r1", "r3"]
+    assert result.kept["completion"].to_pylist() == ["fixed", "same"]
+    assert result.kept["amount"].to_pylist() == [12.5, 3.0]  # "twelve" cannot be a float: skipped, counted
+    assert result.set_aside.to_pylist()[0] | {"source": None} == {
+        "id": "r2",
+        "source": None,
+        "stage": "review",
+        "outcome": "filtered",
+        "reason": "review",
+        "detail": "rejected by an annotator",
+        "record": None,
+        "duplicate_of": None,
+    }
+    assert result.stats == {"rejected": 1, "edited": 1, "edits_skipped": 2}
+
+
+def test_stage_sits_after_record_validation_and_creates_no_state(tmp_path: Path) -> None:
+    state = tmp_path / "nothing-yet" / "state.db"
+    recipe = parse_recipe(f"dataset: d\nsources: [{{path: in.jsonl}}]\nstate: sqlite:///{state}\n", base_dir=tmp_path)
+    names = [stage.name for stage in build_stages(recipe)]
+    assert names[names.index("validate_record") + 1] == "review"
+    assert not state.exists()
+    assert load_decisions(f"sqlite:///{state}", "d") == dec.RunDecisions()
+    assert load_undone_redactions(f"sqlite:///{state}", "d") == {}
+    assert not state.exists()
