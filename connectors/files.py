@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch
+from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, list_files
 from schemas.config import FilesSource
 from schemas.manifest import InputFile
@@ -74,17 +75,19 @@ class FilesSourceReader:
 
     name = CONNECTOR
 
-    def __init__(self, config: FilesSource, batch_rows: int) -> None:
+    def __init__(self, config: FilesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
         self.config = config
         self.batch_rows = batch_rows
+        self.watermark = watermark  # with one, only files new or changed since the last run are read
         self._entries: list[FileEntry] | None = None
 
     def entries(self) -> list[FileEntry]:
         if self._entries is None:
             suffixes = tuple(FORMATS) + tuple(f"{s}.gz" for s in FORMATS)
-            self._entries = list_files(self.config.path, suffixes=suffixes)
-            if not self._entries:
+            entries = list_files(self.config.path, suffixes=suffixes)
+            if not entries:
                 raise StorageError(f"{self.config.path}: no input files match")
+            self._entries = new_files(entries, self.watermark)
         return self._entries
 
     def inputs(self) -> list[InputFile]:

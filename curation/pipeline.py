@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
+from connectors.state import Watermarks, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.report import Profile, attach_report
 from curation.review.queue import add_items
@@ -34,7 +36,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.writer import DatasetWriter
-from schemas.config import ExactDedupConfig, Recipe
+from schemas.config import DocumentsSource, ExactDedupConfig, HFSource, ImagesSource, Recipe, SqlSource
 from schemas.manifest import Counts, Manifest, Split
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
 
@@ -49,8 +51,14 @@ class AccountingError(RuntimeError):
 
 @dataclass
 class RunResult:
-    manifest: Manifest
-    version_uri: str
+    # Both None when an incremental run found nothing new: it published nothing (see ``message``).
+    manifest: Manifest | None
+    version_uri: str | None
+    message: str = ""
+
+    @property
+    def published(self) -> bool:
+        return self.manifest is not None
 
 
 @dataclass
@@ -78,8 +86,30 @@ class Tally:
         return Counts(input=self.input, written=self.written, reasons=by_outcome, **totals)
 
 
-def build_sources(recipe: Recipe) -> list[Source]:
-    return [FilesSourceReader(config, recipe.batch_rows) for config in recipe.sources]
+def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[Source]:
+    """A reader per source; with ``watermarks``, each reads only what is new since the last run."""
+    sources: list[Source] = []
+    for config in recipe.sources:
+        mark = watermarks.for_source(config) if watermarks is not None else None
+        if isinstance(config, SqlSource):
+            from connectors.sql import SqlSourceReader
+
+            sources.append(SqlSourceReader(config, recipe.batch_rows, mark))
+        elif isinstance(config, DocumentsSource):
+            from connectors.documents import DocumentsSourceReader
+
+            sources.append(DocumentsSourceReader(config, mark))
+        elif isinstance(config, ImagesSource):
+            from connectors.images import ImagesSourceReader
+
+            sources.append(ImagesSourceReader(config, recipe.batch_rows, mark))
+        elif isinstance(config, HFSource):
+            from connectors.hf import HFSourceReader
+
+            sources.append(HFSourceReader(config, recipe.batch_rows, mark))
+        else:
+            sources.append(FilesSourceReader(config, recipe.batch_rows, mark))
+    return sources
 
 
 def build_stages(recipe: Recipe) -> list[AnyStage]:
@@ -251,15 +281,36 @@ def run_recipe(
     on_start: Callable[[int], None] = lambda _: None,
     on_input: Callable[[int], None] = lambda _: None,
     executor: LocalExecutor | None = None,
+    full_refresh: bool = False,
 ) -> RunResult:
-    """Run a recipe end to end and publish the next version; nothing is visible if it fails."""
+    """Run a recipe end to end and publish the next version; nothing is visible if it fails.
+
+    Sources take only what is new since the last published run (``full_refresh`` takes everything
+    again); a run that finds nothing new publishes nothing. Two runs of one dataset never overlap:
+    the second raises ``RunLocked``.
+    """
+    state = StateStore(recipe.state)
+    with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
+        return _run_locked(recipe, state, on_start, on_input, executor, full_refresh)
+
+
+def _run_locked(
+    recipe: Recipe,
+    state: StateStore,
+    on_start: Callable[[int], None],
+    on_input: Callable[[int], None],
+    executor: LocalExecutor | None,
+    full_refresh: bool,
+) -> RunResult:
+    from curation.published import published_versions, version_uri
+
     fmt = output_format(
         recipe.output.format,
         recipe.record.kind,
         FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
     )
-    state = StateStore(recipe.state)
-    sources = build_sources(recipe)
+    watermarks = Watermarks(state.engine, recipe.dataset, full_refresh)
+    sources = build_sources(recipe, watermarks)
     inputs = [entry for source in sources for entry in source.inputs()]
     on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
@@ -280,11 +331,21 @@ def run_recipe(
         stages = build_stages(recipe)
         (executor or LocalExecutor()).run(sources, stages, writer, tally, on_input)
         counts = tally.counts()
+        previous = published_versions(out.dest, recipe.dataset)
+        extends = previous[-1] if previous and watermarks.had_previous() else None
+        if extends is not None and counts.input == 0:
+            writer.abort()
+            watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
+            state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
+            message = f"nothing new since {recipe.dataset} v{extends}: published nothing"
+            log.info("run=%s %s", writer.run_id, message)
+            return RunResult(manifest=None, version_uri=None, message=message)
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
             built = Manifest(
                 dataset=recipe.dataset,
                 version=version,
+                extends=extends,
                 created_at=datetime.now(UTC),
                 recipe_sha256=recipe.fingerprint(),
                 record_kind=recipe.record.kind,
@@ -303,13 +364,12 @@ def run_recipe(
         writer.abort()
         state.run_finished(writer.run_id, "failed", error=type(error).__name__)
         raise
+    watermarks.commit(writer.run_id)
     state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
     for stage in stages:  # stages that keep cross-run state learn the version they went into
         if hasattr(stage, "published"):
             stage.published(published.version)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
     add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
-    from curation.published import version_uri
-
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
     return RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))

@@ -44,7 +44,78 @@ class FilesSource(Strict):
     csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
 
 
-SourceConfig = Annotated[FilesSource, Field(discriminator="type")]
+class SqlSource(Strict):
+    """Rows of a table or a query from any SQLAlchemy URL (SQLite file, PostgreSQL, ...).
+
+    With ``cursor`` (a column that only grows: an id, an ``updated_at``), a rerun takes only rows
+    whose cursor is past the last run's highest; without it, every run reads everything.
+    """
+
+    type: Literal["sql"]
+    url: str
+    table: str | None = None
+    query: str | None = None
+    cursor: str | None = None
+    key: list[str] = Field(default_factory=list)  # columns that identify a row (record ids survive edits)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        return self
+
+
+class ChunkConfig(Strict):
+    """Split long text into chunks of at most ``max_chars``, on paragraph boundaries, overlapping."""
+
+    max_chars: int = Field(default=4000, ge=100)
+    overlap_chars: int = Field(default=200, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> ChunkConfig:
+        if self.overlap_chars >= self.max_chars:
+            raise ValueError("overlap_chars must be smaller than max_chars")
+        return self
+
+
+class DocumentsSource(Strict):
+    """PDF, DOCX, HTML, Markdown and text files: a file, folder or glob, local or ``s3://``."""
+
+    type: Literal["documents"]
+    path: str
+    chunk: ChunkConfig | None = None  # default: one record per PDF page or document section
+
+
+class ImagesSource(Strict):
+    """Images with questions and answers: a folder or ``s3://`` prefix and a JSONL/CSV sidecar.
+
+    Each sidecar row names an image (path relative to ``path``) and gives a question and answer.
+    """
+
+    type: Literal["images"]
+    path: str
+    sidecar: str
+    image_column: str = "image"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    max_side: int | None = Field(default=None, ge=16)  # resize so the longer side is at most this
+    max_pixels: int = Field(default=50_000_000, ge=1)  # larger is treated as a decompression bomb
+    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP"]
+    )
+
+
+class HFSource(Strict):
+    """A Hugging Face dataset saved to disk (``save_to_disk``) or a folder of its parquet/arrow files."""
+
+    type: Literal["hf"]
+    path: str
+    split: str | None = None  # default: every split
+
+
+SourceConfig = Annotated[
+    FilesSource | SqlSource | DocumentsSource | ImagesSource | HFSource, Field(discriminator="type")
+]
 
 
 # --- what the input rows must look like, and what record they become ------------------------------
@@ -336,6 +407,16 @@ def _resolve_local(path: str, base: Path) -> str:
     return str(base.resolve() / path)
 
 
+def _resolve_source_paths(source: Any, base_dir: Path) -> None:
+    """Relative local paths in a source (and a relative SQLite file in a SQL URL) are taken from ``base_dir``."""
+    for name in ("path", "sidecar"):
+        if isinstance(getattr(source, name, None), str):
+            setattr(source, name, _resolve_local(getattr(source, name), base_dir))
+    url = getattr(source, "url", None)
+    if isinstance(url, str) and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        source.url = "sqlite:///" + _resolve_local(url.removeprefix("sqlite:///"), base_dir)
+
+
 def _union_tags(*unions: Any) -> set[str]:
     """The ``type`` values of tagged unions: pydantic puts them in error locations; readers don't need them."""
     tags = set()
@@ -369,7 +450,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         raise RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems)) from None
     if base_dir is not None:
         for source in recipe.sources:
-            source.path = _resolve_local(source.path, base_dir)
+            _resolve_source_paths(source, base_dir)
         recipe.output.dest = _resolve_local(recipe.output.dest, base_dir)
         if recipe.state.startswith("sqlite:///") and recipe.state != "sqlite:///:memory:":
             recipe.state = "sqlite:///" + _resolve_local(recipe.state.removeprefix("sqlite:///"), base_dir)
