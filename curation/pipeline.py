@@ -112,7 +112,8 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     return sources
 
 
-def build_stages(recipe: Recipe) -> list[AnyStage]:
+def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
+    """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run."""
     kind = recipe.record.kind
     stages: list[AnyStage] = []
     if recipe.input_schema is not None and recipe.input_schema.columns:
@@ -131,7 +132,7 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
         elif isinstance(config, QUALITY_CONFIGS):
             stages.append(quality_stage(config, kind))
         if getattr(config, "across_runs", False):
-            index = index or SignatureIndex(recipe.state, recipe.dataset)
+            index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(stages[-1], index)
             across_runs.append(stages[-1])
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
@@ -328,7 +329,7 @@ def _run_locked(
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
-        stages = build_stages(recipe)
+        stages = build_stages(recipe, full_refresh)
         (executor or LocalExecutor()).run(sources, stages, writer, tally, on_input)
         counts = tally.counts()
         previous = published_versions(out.dest, recipe.dataset)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,8 @@ from schemas.config import load_recipe
 from tests.helpers import outputs, set_aside, write_jsonl, write_recipe
 
 
-def run_again(folder: Path, recipe: dict[str, Any]) -> RunResult:
-    """Run a recipe; the second run over the same input must reprocess it (``full_refresh`` where it exists)."""
-    loaded = load_recipe(write_recipe(folder, recipe))
-    if "full_refresh" in inspect.signature(run_recipe).parameters:
-        return run_recipe(loaded, full_refresh=True)
-    return run_recipe(loaded)
+def run(folder: Path, recipe: dict[str, Any], full_refresh: bool = False) -> RunResult:
+    return run_recipe(load_recipe(write_recipe(folder, recipe)), full_refresh=full_refresh)
 
 
 def _edit(text: str) -> str:
@@ -42,14 +37,15 @@ def test_second_version_does_not_repeat_exact_or_near_content_of_the_first(workd
     texts = generate(80, duplicate_share=0.0, seed=21, related_share=0.0).texts
     first, fresh = texts[:60], texts[60:]
     write_jsonl(workdir / "input" / "part1.jsonl", [{"text": t} for t in first])
-    v1 = Path(run_again(workdir, RECIPE).version_uri)
+    v1 = Path(run(workdir, RECIPE).version_uri)
     assert sorted(r["text"] for r in outputs(v1)) == sorted(first)
 
-    # v2's input: part1 again untouched, ten of its texts with small edits, and twenty new ones.
+    # v2's new input: part1's texts again untouched, ten of them with small edits, and twenty new ones.
     write_jsonl(
-        workdir / "input" / "part2.jsonl", [{"text": _edit(t)} for t in first[:10]] + [{"text": t} for t in fresh]
+        workdir / "input" / "part2.jsonl",
+        [{"text": t} for t in first] + [{"text": _edit(t)} for t in first[:10]] + [{"text": t} for t in fresh],
     )
-    v2 = Path(run_again(workdir, RECIPE).version_uri)
+    v2 = Path(run(workdir, RECIPE).version_uri)
     assert sorted(r["text"] for r in outputs(v2)) == sorted(fresh)
 
     manifest = read_manifest(str(v2))
@@ -62,11 +58,25 @@ def test_second_version_does_not_repeat_exact_or_near_content_of_the_first(workd
         assert row["detail"].endswith("published in v1") and row["duplicate_of"]
     assert by_stage == {"exact_dedup": 60, "near_dedup": 10}
 
-    # v3 over the same input publishes nothing new: every record points back at v1 or v2.
-    v3 = Path(run_again(workdir, RECIPE).version_uri)
+    # v3's new input repeats content of v1 and of v2: nothing is written, each record points back.
+    write_jsonl(workdir / "input" / "part3.jsonl", [{"text": t} for t in first[:5] + fresh[:5]])
+    v3 = Path(run(workdir, RECIPE).version_uri)
     assert outputs(v3) == []
     details = {row["detail"].rsplit(" ", 1)[-1] for row in set_aside(v3)}
     assert details == {"v1", "v2"}
+
+    # A full refresh starts over: the new version holds all the content once, whatever was published before.
+    v4 = Path(run(workdir, RECIPE, full_refresh=True).version_uri)
+    assert sorted(r["text"] for r in outputs(v4)) == sorted(first + fresh)
+    assert "earlier_version" not in read_manifest(str(v4)).counts.reasons.get("duplicate", {})
+
+    # ... and later runs compare with the new start only: new content goes in, repeats do not.
+    write_jsonl(
+        workdir / "input" / "part4.jsonl", [{"text": t} for t in [*first[:3], "A brand new note about refunds."]]
+    )
+    v5 = Path(run(workdir, RECIPE).version_uri)
+    assert [r["text"] for r in outputs(v5)] == ["A brand new note about refunds."]
+    assert {row["detail"].rsplit(" ", 1)[-1] for row in set_aside(v5)} == {"v4"}
 
 
 class FailsAfterWriting(LocalExecutor):
@@ -83,5 +93,5 @@ def test_a_failed_run_leaves_no_signatures_behind(workdir: Path) -> None:
     recipe = load_recipe(write_recipe(workdir, RECIPE))
     with pytest.raises(RuntimeError, match="simulated"):
         run_recipe(recipe, executor=FailsAfterWriting())
-    v1 = Path(run_again(workdir, RECIPE).version_uri)
-    assert len(outputs(v1)) == 20  # the failed run's signatures did not count as published
+    v1 = Path(run(workdir, RECIPE).version_uri)  # incremental: the failed run left its input unread
+    assert len(outputs(v1)) == 20  # and its signatures did not count as published

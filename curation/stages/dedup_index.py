@@ -55,12 +55,18 @@ def _to_ipc(table: pa.Table) -> bytes:
 
 
 class SignatureIndex:
-    """The published signatures of one dataset in the state store."""
+    """The published signatures of one dataset in the state store.
 
-    def __init__(self, url: str, dataset: str) -> None:
+    ``start_over`` (a full refresh) ignores what earlier versions published: this run's version stands
+    alone, and once it publishes, the signatures of older versions are dropped so later runs
+    compare with it and its successors only.
+    """
+
+    def __init__(self, url: str, dataset: str, start_over: bool = False) -> None:
         self.engine = sa.create_engine(url)
         _metadata.create_all(self.engine)
         self.dataset = dataset
+        self.start_over = start_over
         self.token = uuid.uuid4().hex
 
     def stage_pending(self, stage: str, params: str, signatures: pa.Table) -> None:
@@ -81,6 +87,8 @@ class SignatureIndex:
         table = published_signatures
         with self.engine.begin() as db:
             db.execute(table.update().where(table.c.token == self.token).values(version=version))
+            if self.start_over:
+                db.execute(table.delete().where(table.c.dataset == self.dataset, table.c.version < version))
             db.execute(
                 table.delete().where(
                     table.c.dataset == self.dataset, table.c.version.is_(None), table.c.token != self.token
@@ -89,6 +97,8 @@ class SignatureIndex:
 
     def load(self, stage: str, params: str) -> pa.Table | None:
         """Published signature rows; ``id`` is prefixed and ``source`` names the version."""
+        if self.start_over:
+            return None
         table = published_signatures
         query = sa.select(table.c.version, table.c.data).where(
             table.c.dataset == self.dataset,
