@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors.base import SourceBatch
+from connectors.base import SourceBatch, with_lineage
 from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, list_files
 from schemas.config import FilesSource
@@ -42,8 +42,7 @@ def file_format(uri: str, declared: str) -> str:
 
 
 def _with_lineage(table: pa.Table, uri: str, lines: Sequence[int], contents: Sequence[bytes]) -> pa.Table:
-    ids = pa.array(record_ids(uri, lines, contents), pa.string())
-    return table.add_column(0, "id", ids).add_column(1, "source", source_array(CONNECTOR, uri, lines))
+    return with_lineage(table, record_ids(uri, lines, contents), source_array(CONNECTOR, uri, lines))
 
 
 def _rows_as_text(table: pa.Table) -> list[bytes]:

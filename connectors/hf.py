@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.base import SourceBatch
-from connectors.sql import row_contents, with_lineage
+from connectors.base import SourceBatch, with_lineage
+from connectors.sql import row_contents
 from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import HFSource

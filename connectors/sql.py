@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from connectors.base import SourceBatch
+from connectors.base import SourceBatch, with_lineage
 from connectors.files import _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
@@ -62,20 +62,6 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
     return pa.table(arrays)
-
-
-RESERVED = ("id", "source")
-
-
-def with_lineage(table: pa.Table, ids: list[str], sources: pa.Array) -> pa.Table:
-    """Prepend the record ``id`` and ``source``; input columns of those names become ``input_id``/``input_source``.
-
-    Customer tables nearly always have an ``id`` column; renaming keeps it for templates
-    (``{{ input_id }}``) without clashing with the record id that lineage depends on.
-    """
-    names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
-    table = table.rename_columns(names)
-    return table.add_column(0, "id", pa.array(ids, pa.string())).add_column(1, "source", sources)
 
 
 class SqlSourceReader:

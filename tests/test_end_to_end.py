@@ -142,3 +142,18 @@ def test_csv_all_rows_accounted(workdir: Path) -> None:
         },
     )
     assert result.manifest.counts.input == 50 == result.manifest.counts.written
+
+
+def test_input_columns_named_id_or_source_are_kept_as_input_id_and_input_source(workdir: Path) -> None:
+    rows = [{"id": f"T-{n}", "source": "crm", "question": f"Question {n}?", "answer": f"Answer {n}."} for n in range(4)]
+    write_jsonl(workdir / "tickets.jsonl", rows)
+    recipe = {
+        "dataset": "tickets",
+        "sources": [{"path": "tickets.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "[{{ input_id }} from {{ input_source }}] {{ question }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    recipe["record"]["completion"] = "answer"
+    result = run(workdir, recipe)
+    written = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
+    assert written == [f"[T-{n} from crm] Question {n}?" for n in range(4)]
