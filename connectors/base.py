@@ -33,3 +33,17 @@ class Source(Protocol):
         ...
 
     def batches(self) -> Iterator[SourceBatch]: ...
+
+
+RESERVED = ("id", "source")
+
+
+def with_lineage(table: pa.Table, ids: list[str], sources: pa.Array) -> pa.Table:
+    """Prepend the record ``id`` and ``source``; input columns of those names become ``input_id``/``input_source``.
+
+    Customer tables nearly always have an ``id`` column; renaming keeps it for templates
+    (``{{ input_id }}``) without clashing with the record id that lineage depends on.
+    """
+    names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
+    table = table.rename_columns(names)
+    return table.add_column(0, "id", pa.array(ids, pa.string())).add_column(1, "source", sources)

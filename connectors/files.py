@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from connectors.base import SourceBatch
+from connectors.base import SourceBatch, with_lineage
+from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, list_files
 from schemas.config import FilesSource
 from schemas.manifest import InputFile
@@ -41,8 +42,7 @@ def file_format(uri: str, declared: str) -> str:
 
 
 def _with_lineage(table: pa.Table, uri: str, lines: Sequence[int], contents: Sequence[bytes]) -> pa.Table:
-    ids = pa.array(record_ids(uri, lines, contents), pa.string())
-    return table.add_column(0, "id", ids).add_column(1, "source", source_array(CONNECTOR, uri, lines))
+    return with_lineage(table, record_ids(uri, lines, contents), source_array(CONNECTOR, uri, lines))
 
 
 def _rows_as_text(table: pa.Table) -> list[bytes]:
@@ -74,17 +74,19 @@ class FilesSourceReader:
 
     name = CONNECTOR
 
-    def __init__(self, config: FilesSource, batch_rows: int) -> None:
+    def __init__(self, config: FilesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
         self.config = config
         self.batch_rows = batch_rows
+        self.watermark = watermark  # with one, only files new or changed since the last run are read
         self._entries: list[FileEntry] | None = None
 
     def entries(self) -> list[FileEntry]:
         if self._entries is None:
             suffixes = tuple(FORMATS) + tuple(f"{s}.gz" for s in FORMATS)
-            self._entries = list_files(self.config.path, suffixes=suffixes)
-            if not self._entries:
+            entries = list_files(self.config.path, suffixes=suffixes)
+            if not entries:
                 raise StorageError(f"{self.config.path}: no input files match")
+            self._entries = new_files(entries, self.watermark)
         return self._entries
 
     def inputs(self) -> list[InputFile]:

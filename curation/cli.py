@@ -68,8 +68,9 @@ def summary_table(manifest: Manifest) -> Table:
     return table
 
 
-def execute(recipe: Recipe, quiet: bool = False) -> int:
+def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
+    from connectors.state import RunLocked
     from curation.pipeline import AccountingError, run_recipe
     from curation.stages.base import StageError
 
@@ -90,12 +91,21 @@ def execute(recipe: Recipe, quiet: bool = False) -> int:
                 recipe,
                 on_start=lambda total: progress.update(task, total=total or None),
                 on_input=lambda done: progress.advance(task, done),
+                full_refresh=full_refresh,
             )
+    except RunLocked as error:
+        console.print(f"[red]not started[/red]: {error}", highlight=False)
+        return EXIT_FAILED
     except (OSError, AccountingError, StageError, ValueError) as error:
         console.print(f"[red]run failed[/red], nothing published: {error}", highlight=False)
         return EXIT_FAILED
+    if result.manifest is None:  # a scheduled run that found nothing new: not a failure
+        out.print(result.message, highlight=False)
+        return EXIT_OK
     out.print(summary_table(result.manifest))
     out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
+    if result.manifest.extends is not None:
+        out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
     return EXIT_OK
 
 
@@ -103,11 +113,14 @@ def execute(recipe: Recipe, quiet: bool = False) -> int:
 def run(
     recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    full_refresh: Annotated[
+        bool, typer.Option("--full-refresh", help="forget what earlier runs took and read all input again")
+    ] = False,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Run a recipe and publish the next version of its dataset."""
+    """Run a recipe and publish the next version of its dataset (only what is new since the last run)."""
     _configure_logging(log_level)
-    raise typer.Exit(execute(_load(recipe), quiet))
+    raise typer.Exit(execute(_load(recipe), quiet, full_refresh))
 
 
 @app.command()

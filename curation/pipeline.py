@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,16 +23,20 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
+from connectors.state import Watermarks, run_lock
 from curation.formats import FormatOptions, output_format
+from curation.report import Profile, attach_report
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.quality import QUALITY_CONFIGS, quality_stage
 from curation.stages.review import ReviewDecisions, load_undone_redactions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.writer import DatasetWriter
-from schemas.config import ExactDedupConfig, Recipe
+from schemas.config import DocumentsSource, ExactDedupConfig, HFSource, ImagesSource, Recipe, SqlSource
 from schemas.manifest import Counts, Manifest, Split
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
@@ -47,8 +52,14 @@ class AccountingError(RuntimeError):
 
 @dataclass
 class RunResult:
-    manifest: Manifest
-    version_uri: str
+    # Both None when an incremental run found nothing new: it published nothing (see ``message``).
+    manifest: Manifest | None
+    version_uri: str | None
+    message: str = ""
+
+    @property
+    def published(self) -> bool:
+        return self.manifest is not None
 
 
 @dataclass
@@ -76,11 +87,34 @@ class Tally:
         return Counts(input=self.input, written=self.written, reasons=by_outcome, **totals)
 
 
-def build_sources(recipe: Recipe) -> list[Source]:
-    return [FilesSourceReader(config, recipe.batch_rows) for config in recipe.sources]
+def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[Source]:
+    """A reader per source; with ``watermarks``, each reads only what is new since the last run."""
+    sources: list[Source] = []
+    for config in recipe.sources:
+        mark = watermarks.for_source(config) if watermarks is not None else None
+        if isinstance(config, SqlSource):
+            from connectors.sql import SqlSourceReader
+
+            sources.append(SqlSourceReader(config, recipe.batch_rows, mark))
+        elif isinstance(config, DocumentsSource):
+            from connectors.documents import DocumentsSourceReader
+
+            sources.append(DocumentsSourceReader(config, mark))
+        elif isinstance(config, ImagesSource):
+            from connectors.images import ImagesSourceReader
+
+            sources.append(ImagesSourceReader(config, recipe.batch_rows, mark))
+        elif isinstance(config, HFSource):
+            from connectors.hf import HFSourceReader
+
+            sources.append(HFSourceReader(config, recipe.batch_rows, mark))
+        else:
+            sources.append(FilesSourceReader(config, recipe.batch_rows, mark))
+    return sources
 
 
-def build_stages(recipe: Recipe) -> list[AnyStage]:
+def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
+    """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run."""
     kind = recipe.record.kind
     stages: list[AnyStage] = []
     if recipe.input_schema is not None and recipe.input_schema.columns:
@@ -90,6 +124,8 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
     stages.append(ReviewDecisions.from_state(recipe.state, recipe.dataset))
+    across_runs: list[CrossRunDedup] = []
+    index = None
     for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
@@ -99,6 +135,15 @@ def build_stages(recipe: Recipe) -> list[AnyStage]:
 
             undone = load_undone_redactions(recipe.state, recipe.dataset)  # spans annotators marked "not PII"
             stages.append(PiiRedaction(config, kind, undone=undone))
+        elif isinstance(config, QUALITY_CONFIGS):
+            stages.append(quality_stage(config, kind))
+        if getattr(config, "across_runs", False):
+            index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
+            stages[-1] = CrossRunDedup(stages[-1], index)
+            across_runs.append(stages[-1])
+    stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
+    if across_runs:
+        stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
     return stages
 
 
@@ -182,6 +227,9 @@ class LocalExecutor:
                 sink.close()
         dropped = stage.resolve(signatures)
         _set_aside(dropped, writer, tally)
+        review_flags = getattr(stage, "review_flags", None)
+        if review_flags is not None and dropped.num_rows and sink is not None:
+            tally.flags.append(review_flags(dropped, signatures, _spilled(spill)))
         log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
         if sink is None:
             return
@@ -193,6 +241,13 @@ class LocalExecutor:
                 kept = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=drop)))
                 if kept.num_rows:
                     yield kept
+
+
+def _spilled(spill: Path) -> Iterator[pa.Table]:
+    with pa.memory_map(str(spill)) as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(reader.num_record_batches):
+            yield pa.Table.from_batches([reader.get_batch(index)])
 
 
 def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
@@ -233,15 +288,36 @@ def run_recipe(
     on_start: Callable[[int], None] = lambda _: None,
     on_input: Callable[[int], None] = lambda _: None,
     executor: LocalExecutor | None = None,
+    full_refresh: bool = False,
 ) -> RunResult:
-    """Run a recipe end to end and publish the next version; nothing is visible if it fails."""
+    """Run a recipe end to end and publish the next version; nothing is visible if it fails.
+
+    Sources take only what is new since the last published run (``full_refresh`` takes everything
+    again); a run that finds nothing new publishes nothing. Two runs of one dataset never overlap:
+    the second raises ``RunLocked``.
+    """
+    state = StateStore(recipe.state)
+    with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
+        return _run_locked(recipe, state, on_start, on_input, executor, full_refresh)
+
+
+def _run_locked(
+    recipe: Recipe,
+    state: StateStore,
+    on_start: Callable[[int], None],
+    on_input: Callable[[int], None],
+    executor: LocalExecutor | None,
+    full_refresh: bool,
+) -> RunResult:
+    from curation.published import published_versions, version_uri
+
     fmt = output_format(
         recipe.output.format,
         recipe.record.kind,
         FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
     )
-    state = StateStore(recipe.state)
-    sources = build_sources(recipe)
+    watermarks = Watermarks(state.engine, recipe.dataset, full_refresh)
+    sources = build_sources(recipe, watermarks)
     inputs = [entry for source in sources for entry in source.inputs()]
     on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
@@ -259,13 +335,24 @@ def run_recipe(
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
-        (executor or LocalExecutor()).run(sources, build_stages(recipe), writer, tally, on_input)
+        stages = build_stages(recipe, full_refresh)
+        (executor or LocalExecutor()).run(sources, stages, writer, tally, on_input)
         counts = tally.counts()
+        previous = published_versions(out.dest, recipe.dataset)
+        extends = previous[-1] if previous and watermarks.had_previous() else None
+        if extends is not None and counts.input == 0:
+            writer.abort()
+            watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
+            state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
+            message = f"nothing new since {recipe.dataset} v{extends}: published nothing"
+            log.info("run=%s %s", writer.run_id, message)
+            return RunResult(manifest=None, version_uri=None, message=message)
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
-            return Manifest(
+            built = Manifest(
                 dataset=recipe.dataset,
                 version=version,
+                extends=extends,
                 created_at=datetime.now(UTC),
                 recipe_sha256=recipe.fingerprint(),
                 record_kind=recipe.record.kind,
@@ -277,16 +364,19 @@ def run_recipe(
                 row_schema=fmt.row_schema(),
                 stats={"stages": tally.stats()} if tally.stage_stats else {},
             )
+            return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
         published = writer.publish(manifest)
     except BaseException as error:
         writer.abort()
         state.run_finished(writer.run_id, "failed", error=type(error).__name__)
         raise
+    watermarks.commit(writer.run_id)
     state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
+    for stage in stages:  # stages that keep cross-run state learn the version they went into
+        if hasattr(stage, "published"):
+            stage.published(published.version)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
     add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
-    from curation.published import version_uri
-
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
     return RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))

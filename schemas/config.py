@@ -45,7 +45,78 @@ class FilesSource(Strict):
     csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
 
 
-SourceConfig = Annotated[FilesSource, Field(discriminator="type")]
+class SqlSource(Strict):
+    """Rows of a table or a query from any SQLAlchemy URL (SQLite file, PostgreSQL, ...).
+
+    With ``cursor`` (a column that only grows: an id, an ``updated_at``), a rerun takes only rows
+    whose cursor is past the last run's highest; without it, every run reads everything.
+    """
+
+    type: Literal["sql"]
+    url: str
+    table: str | None = None
+    query: str | None = None
+    cursor: str | None = None
+    key: list[str] = Field(default_factory=list)  # columns that identify a row (record ids survive edits)
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        return self
+
+
+class ChunkConfig(Strict):
+    """Split long text into chunks of at most ``max_chars``, on paragraph boundaries, overlapping."""
+
+    max_chars: int = Field(default=4000, ge=100)
+    overlap_chars: int = Field(default=200, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> ChunkConfig:
+        if self.overlap_chars >= self.max_chars:
+            raise ValueError("overlap_chars must be smaller than max_chars")
+        return self
+
+
+class DocumentsSource(Strict):
+    """PDF, DOCX, HTML, Markdown and text files: a file, folder or glob, local or ``s3://``."""
+
+    type: Literal["documents"]
+    path: str
+    chunk: ChunkConfig | None = None  # default: one record per PDF page or document section
+
+
+class ImagesSource(Strict):
+    """Images with questions and answers: a folder or ``s3://`` prefix and a JSONL/CSV sidecar.
+
+    Each sidecar row names an image (path relative to ``path``) and gives a question and answer.
+    """
+
+    type: Literal["images"]
+    path: str
+    sidecar: str
+    image_column: str = "image"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    max_side: int | None = Field(default=None, ge=16)  # resize so the longer side is at most this
+    max_pixels: int = Field(default=50_000_000, ge=1)  # larger is treated as a decompression bomb
+    formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP"]
+    )
+
+
+class HFSource(Strict):
+    """A Hugging Face dataset saved to disk (``save_to_disk``) or a folder of its parquet/arrow files."""
+
+    type: Literal["hf"]
+    path: str
+    split: str | None = None  # default: every split
+
+
+SourceConfig = Annotated[
+    FilesSource | SqlSource | DocumentsSource | ImagesSource | HFSource, Field(discriminator="type")
+]
 
 
 # --- what the input rows must look like, and what record they become ------------------------------
@@ -104,9 +175,143 @@ class ExactDedupConfig(Strict):
     type: Literal["exact_dedup"]
     fields: list[str] | None = None  # default: the record kind's content fields
     normalize: bool = True  # case, Unicode form and whitespace do not make content new
+    across_runs: bool = True  # also drop content already published in an earlier version
 
 
-StageConfig = Annotated[ExactDedupConfig | PiiConfig, Field(discriminator="type")]
+class NearDedupConfig(Strict):
+    """Drop near-duplicates: MinHash over shingles, LSH banding, pairs confirmed by estimated Jaccard."""
+
+    type: Literal["near_dedup"]
+    fields: list[str] | None = None  # default: the record kind's content fields
+    shingle: Literal["word", "char"] = "word"
+    shingle_size: int = Field(default=3, ge=1, le=32)
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    bands: int = Field(default=32, ge=1)
+    threshold: float = Field(default=0.7, gt=0.0, le=1.0)
+    across_runs: bool = True  # also drop content near-duplicating earlier published versions
+
+    @model_validator(mode="after")
+    def _bands_divide_perms(self) -> NearDedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
+
+
+class ImageDedupConfig(Strict):
+    """Drop images whose perceptual hash (pHash) is within ``max_distance`` bits of an earlier one."""
+
+    type: Literal["image_dedup"]
+    column: str = "image_bytes"
+    max_distance: int = Field(default=6, ge=0, le=32)
+
+
+class CleanConfig(Strict):
+    """Repair text in place; each kind of change is counted in the manifest's stage stats."""
+
+    type: Literal["clean"]
+    fields: list[str] | None = None  # default: the record kind's text fields
+    fix_unicode: bool = True  # mojibake ("cafÃ©" -> "café") with ftfy
+    strip_html: bool = True  # tags, comments and entities left over from HTML
+    remove_control: bool = True  # control and zero-width characters (tabs and newlines stay)
+    normalize_whitespace: bool = True  # runs of spaces, blank-line runs, leading/trailing space
+
+
+class LengthFilterConfig(Strict):
+    """Drop records whose text is too short or too long (characters and words)."""
+
+    type: Literal["length_filter"]
+    fields: list[str] | None = None
+    min_chars: int | None = Field(default=None, ge=0)
+    max_chars: int | None = Field(default=None, ge=1)
+    min_words: int | None = Field(default=None, ge=0)
+    max_words: int | None = Field(default=None, ge=1)
+
+
+class LanguageFilterConfig(Strict):
+    """Keep records in the given languages (ISO 639-1), detected with langdetect's packaged profiles."""
+
+    type: Literal["language_filter"]
+    fields: list[str] | None = None
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+
+
+class RepetitionFilterConfig(Strict):
+    """Gopher repetition rules (Rae et al. 2021, table A1): repeated lines, paragraphs and n-grams."""
+
+    type: Literal["repetition_filter"]
+    fields: list[str] | None = None
+    max_duplicate_line_fraction: float = 0.30
+    max_duplicate_paragraph_fraction: float = 0.30
+    max_duplicate_line_char_fraction: float = 0.20
+    max_duplicate_paragraph_char_fraction: float = 0.20
+    max_top_ngram_char_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+
+
+class RatioFilterConfig(Strict):
+    """Drop records where symbols or digits make up too much of the text (tables, dumps, noise)."""
+
+    type: Literal["ratio_filter"]
+    fields: list[str] | None = None
+    max_symbol_ratio: float | None = Field(default=0.25, ge=0.0, le=1.0)  # of non-space characters
+    max_digit_ratio: float | None = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class InstructionFilterConfig(Strict):
+    """Drop instruction pairs with an empty or trivial completion, or a completion that repeats the prompt."""
+
+    type: Literal["instruction_filter"]
+    min_completion_chars: int = Field(default=1, ge=0)
+    trivial_completions: list[str] = Field(
+        default_factory=lambda: ["n/a", "na", "none", "null", "todo", "tbd", "...", "-", "?", "no answer"]
+    )
+    drop_prompt_equals_completion: bool = True
+
+
+class Expectation(Strict):
+    """One great-expectations check on one column; rows that fail it are quarantined under its name."""
+
+    column: str
+    check: Literal["not_null", "unique", "length_between", "between", "matches_regex", "in_set"]
+    min: float | None = None  # length_between / between
+    max: float | None = None
+    regex: str | None = None  # matches_regex
+    values: list[str | int | float | bool] | None = None  # in_set
+
+    @model_validator(mode="after")
+    def _has_its_arguments(self) -> Expectation:
+        needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
+        if self.check in needed and all(getattr(self, n) is None for n in needed[self.check]):
+            raise ValueError(f"{self.check} needs {' or '.join(needed[self.check])}")
+        if self.check == "in_set" and not self.values:
+            raise ValueError("in_set needs values")
+        return self
+
+
+class ExpectationsConfig(Strict):
+    """Validate every batch with great-expectations (after schema validation, the first gate)."""
+
+    type: Literal["expectations"]
+    expect: list[Expectation] = Field(min_length=1)
+
+
+StageConfig = Annotated[
+    ExpectationsConfig
+    | ExactDedupConfig
+    | NearDedupConfig
+    | ImageDedupConfig
+    | CleanConfig
+    | LengthFilterConfig
+    | LanguageFilterConfig
+    | RepetitionFilterConfig
+    | RatioFilterConfig
+    | InstructionFilterConfig
+    | PiiConfig,
+    Field(discriminator="type"),
+]
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -204,6 +409,16 @@ def _resolve_local(path: str, base: Path) -> str:
     return str(base.resolve() / path)
 
 
+def _resolve_source_paths(source: Any, base_dir: Path) -> None:
+    """Relative local paths in a source (and a relative SQLite file in a SQL URL) are taken from ``base_dir``."""
+    for name in ("path", "sidecar"):
+        if isinstance(getattr(source, name, None), str):
+            setattr(source, name, _resolve_local(getattr(source, name), base_dir))
+    url = getattr(source, "url", None)
+    if isinstance(url, str) and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        source.url = "sqlite:///" + _resolve_local(url.removeprefix("sqlite:///"), base_dir)
+
+
 def _union_tags(*unions: Any) -> set[str]:
     """The ``type`` values of tagged unions: pydantic puts them in error locations; readers don't need them."""
     tags = set()
@@ -237,7 +452,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         raise RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems)) from None
     if base_dir is not None:
         for source in recipe.sources:
-            source.path = _resolve_local(source.path, base_dir)
+            _resolve_source_paths(source, base_dir)
         recipe.output.dest = _resolve_local(recipe.output.dest, base_dir)
         if recipe.state.startswith("sqlite:///") and recipe.state != "sqlite:///:memory:":
             recipe.state = "sqlite:///" + _resolve_local(recipe.state.removeprefix("sqlite:///"), base_dir)

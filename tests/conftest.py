@@ -17,6 +17,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+pytest_plugins = ["tests.pg"]  # the PostgreSQL server fixture
+
 
 def free_port() -> int:
     with socket.socket() as sock:

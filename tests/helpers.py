@@ -25,8 +25,8 @@ def write_recipe(folder: Path, recipe: dict[str, Any], name: str = "recipe.yaml"
     return path
 
 
-def run(folder: Path, recipe: dict[str, Any]) -> RunResult:
-    return run_recipe(load_recipe(write_recipe(folder, recipe)))
+def run(folder: Path, recipe: dict[str, Any], full_refresh: bool = False) -> RunResult:
+    return run_recipe(load_recipe(write_recipe(folder, recipe)), full_refresh=full_refresh)
 
 
 def read_lines(paths: list[Path]) -> list[dict[str, Any]]:

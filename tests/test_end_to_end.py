@@ -78,7 +78,7 @@ def test_split_is_deterministic_across_runs(workdir: Path) -> None:
     write_jsonl(workdir / "a.jsonl", [{"text": f"document number {i}"} for i in range(400)])
     recipe = {"dataset": "d", "sources": [{"path": "a.jsonl"}], "record": {"kind": "document"}, "stages": []}
     first = run(workdir, recipe)
-    second = run(workdir, recipe)
+    second = run(workdir, recipe, full_refresh=True)  # the same input again, not only what is new
     assert [p for p in published_versions(str(workdir / "output"), "d")] == [1, 2]
     for split in ("train", "validation"):
         a = outputs_of(Path(first.version_uri), split)
@@ -142,3 +142,18 @@ def test_csv_all_rows_accounted(workdir: Path) -> None:
         },
     )
     assert result.manifest.counts.input == 50 == result.manifest.counts.written
+
+
+def test_input_columns_named_id_or_source_are_kept_as_input_id_and_input_source(workdir: Path) -> None:
+    rows = [{"id": f"T-{n}", "source": "crm", "question": f"Question {n}?", "answer": f"Answer {n}."} for n in range(4)]
+    write_jsonl(workdir / "tickets.jsonl", rows)
+    recipe = {
+        "dataset": "tickets",
+        "sources": [{"path": "tickets.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "[{{ input_id }} from {{ input_source }}] {{ question }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    recipe["record"]["completion"] = "answer"
+    result = run(workdir, recipe)
+    written = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
+    assert written == [f"[T-{n} from crm] Question {n}?" for n in range(4)]

@@ -73,7 +73,7 @@ def test_a_stage_that_loses_records_fails_the_run(workdir: Path) -> None:
 
     original = pipeline.build_stages
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "build_stages", lambda r: [*original(r), Leaky()])
+        patch.setattr(pipeline, "build_stages", lambda r, *a: [*original(r, *a), Leaky()])
         with pytest.raises(AccountingError, match="leaky took 10 records"):
             run_recipe(recipe)
     assert published_versions(str(workdir / "output"), "docs") == []

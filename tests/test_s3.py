@@ -72,6 +72,6 @@ def test_second_run_publishes_next_version_on_s3(workdir: Path, bucket: str, aws
         "output": {"dest": f"s3://{bucket}/out"},
     }
     run(workdir, recipe)
-    second = run(workdir, recipe)
+    second = run(workdir, recipe, full_refresh=True)  # the same input again, not only what is new
     assert second.manifest.version == 2
     assert published_versions(f"s3://{bucket}/out", "docs") == [1, 2]

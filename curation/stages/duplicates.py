@@ -25,7 +25,10 @@ def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
     """Signature rows grouped by shared key, only groups with two or more rows."""
     frame = pl.from_arrow(signatures).with_row_index("_row")
     exploded = frame.select("_row", "keys").explode("keys")
-    shared = exploded.group_by("keys").agg(pl.col("_row").unique()).filter(pl.col("_row").list.len() > 1)
+    shared = exploded.group_by("keys").agg(pl.col("_row").unique().sort()).filter(pl.col("_row").list.len() > 1)
+    # Near-duplicates share many keys (LSH bands): each distinct candidate set is checked once.
+    shared = shared.unique("_row", maintain_order=True)
+    signatures = signatures.combine_chunks()  # ``take`` on many chunks is slow, once per group
     return [signatures.take(pa.array(rows, pa.uint32())) for rows in shared["_row"].to_list()]
 
 

@@ -96,8 +96,10 @@ class Shape:
                     reasons[index] = reason
         keep = pa.array([p is None for p in problems])
         shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
+        if "image_bytes" in batch.column_names:  # the images connector's verified image goes on to the writer
+            shaped = shaped.append_column("image_bytes", batch["image_bytes"])
         for name in self.carry:
-            if name in batch.column_names:
+            if name in batch.column_names and name not in shaped.column_names:
                 shaped = shaped.append_column(name, batch[name])
         for target in CONTENT_COLUMNS[self.kind]:
             if target not in shaped.column_names:

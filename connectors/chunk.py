@@ -1,0 +1,77 @@
+"""Split text into overlapping chunks for domain adaptation, cutting on paragraph boundaries.
+
+Paragraphs (blank-line separated) are packed into a chunk while it stays within ``max_chars``;
+the next chunk starts with the last paragraphs of the previous one, up to ``overlap_chars``, so
+no sentence loses its context at a cut. A paragraph longer than a chunk is cut at the last
+sentence end (or space) that fits, never inside a word unless it has no space at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # character offset of the chunk's first character in the text
+    text: str
+
+
+def _paragraphs(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each paragraph, without the blank lines between them."""
+    spans, position = [], 0
+    for match in _PARAGRAPH_BREAK.finditer(text):
+        if text[position : match.start()].strip():
+            spans.append((position, match.start()))
+        position = match.end()
+    if text[position:].strip():
+        spans.append((position, len(text.rstrip())))
+    return spans
+
+
+def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
+    """Pieces of one over-long paragraph, each at most ``max_chars``, cut at sentence ends or spaces."""
+    pieces = []
+    while end - start > max_chars:
+        window = text[start : start + max_chars]
+        ends = [m.end() for m in _SENTENCE_END.finditer(window)]
+        cut = ends[-1] if ends and ends[-1] > max_chars // 2 else window.rfind(" ") + 1
+        if cut <= 0:
+            cut = max_chars
+        pieces.append((start, start + cut))
+        start += cut
+        while start < end and text[start].isspace():
+            start += 1
+    if start < end:
+        pieces.append((start, end))
+    return pieces
+
+
+def chunk_text(text: str, max_chars: int, overlap_chars: int = 0) -> list[Chunk]:
+    """Chunks of at most ``max_chars`` characters covering every paragraph of ``text``, in order."""
+    if overlap_chars >= max_chars:
+        raise ValueError("overlap_chars must be smaller than max_chars")
+    units: list[tuple[int, int]] = []
+    for start, end in _paragraphs(text):
+        units.extend(_cut_long(text, start, end, max_chars))
+    chunks: list[Chunk] = []
+    index = 0
+    while index < len(units):
+        first = index
+        end = index + 1  # a chunk always takes at least one unit
+        while end < len(units) and units[end][1] - units[first][0] <= max_chars:
+            end += 1
+        chunks.append(Chunk(units[first][0], text[units[first][0] : units[end - 1][1]]))
+        if end == len(units):
+            break
+        # Overlap: step back over whole trailing units while they fit in overlap_chars, but always move on.
+        index = end
+        while index - 1 > first and units[end - 1][1] - units[index - 1][0] <= overlap_chars:
+            index -= 1
+        while index < end and units[end][1] - units[index][0] > max_chars:  # leave room for the next unit
+            index += 1
+    return chunks

@@ -1,0 +1,315 @@
+"""PDF, DOCX, HTML, Markdown and plain-text files to document records, from local paths and S3.
+
+Each PDF page and each document section (a heading and what follows it) becomes a record with the
+document's title (``Title › Section``) and its place in ``source``: the page for PDFs, the line
+(Markdown, text) or paragraph number (DOCX) where it starts. With ``chunk`` set, each is cut into
+overlapping chunks on paragraph boundaries. Boilerplate is dropped: running headers and footers
+that repeat on most PDF pages, navigation and footers of web pages (trafilatura), page headers of
+Word files (only the body is read). A file that cannot be read (encrypted, corrupt) is quarantined
+with the reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from connectors.base import SourceBatch
+from connectors.chunk import chunk_text
+from connectors.state import SourceWatermark, new_files
+from connectors.storage import FileEntry, StorageError, filesystem, list_files
+from schemas.config import DocumentsSource
+from schemas.manifest import InputFile
+from schemas.records import record_ids, set_aside_rows, source_array
+
+CONNECTOR = "documents"
+KINDS = {
+    ".pdf": "pdf",
+    ".docx": "docx",
+    ".html": "html",
+    ".htm": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+}
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # password-protected Office files are OLE containers
+
+
+class DocumentError(Exception):
+    """A document that cannot become records; ``reason`` goes to the manifest, ``detail`` to the reviewer."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Part:
+    """A page or section of a document, with where it starts."""
+
+    text: str
+    page: int | None = None
+    line: int | None = None
+    section: str | None = None
+
+
+@dataclass
+class Extracted:
+    title: str
+    parts: list[Part]
+
+
+# --- PDF ---------------------------------------------------------------------------------------------
+
+
+def _boilerplate_lines(pages: list[list[str]]) -> set[str]:
+    """Lines that open or close most pages (running headers, footers, page numbers), digits ignored."""
+    if len(pages) < 3:
+        return set()
+    edges: Counter[str] = Counter()
+    for lines in pages:
+        edges.update({_shape(line) for line in lines[:2] + lines[-2:]})
+    threshold = max(3, int(0.6 * len(pages)))
+    return {shape for shape, count in edges.items() if count >= threshold}
+
+
+def _shape(line: str) -> str:
+    return re.sub(r"\d+", "#", line.strip().lower())
+
+
+def extract_pdf(data: bytes, stem: str) -> Extracted:
+    from pypdf import PasswordType, PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise DocumentError("encrypted", "the PDF is password-protected")
+        texts = [page.extract_text() or "" for page in reader.pages]
+        metadata_title = (reader.metadata.title if reader.metadata else None) or ""
+    except DocumentError:
+        raise
+    except Exception as error:  # pypdf raises many kinds of errors on damaged files; each is "corrupt"
+        raise DocumentError("corrupt", f"not a readable PDF ({type(error).__name__}: {error})") from None
+    pages = [[line for line in text.splitlines() if line.strip()] for text in texts]
+    boilerplate = _boilerplate_lines(pages)
+    parts = []
+    for number, lines in enumerate(pages, start=1):
+        kept = [line for line in lines if _shape(line) not in boilerplate]
+        if kept:
+            parts.append(Part("\n".join(kept), page=number))
+    title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
+    return Extracted(title, parts)
+
+
+# --- DOCX --------------------------------------------------------------------------------------------
+
+
+def extract_docx(data: bytes, stem: str) -> Extracted:
+    if data.startswith(OLE_MAGIC):
+        raise DocumentError("encrypted", "the Word file is password-protected (or an old binary .doc)")
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(data))
+        blocks = list(document.iter_inner_content())
+        core_title = document.core_properties.title or ""
+    except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
+        raise DocumentError("corrupt", f"not a readable DOCX ({type(error).__name__}: {error})") from None
+    title = core_title.strip()
+    parts: list[Part] = []
+    current = Part("", line=1)
+    for number, block in enumerate(blocks, start=1):
+        if isinstance(block, Table):
+            text = "\n".join(" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
+            style = ""
+        else:
+            text, style = block.text.strip(), (block.style.name if block.style is not None else "")
+        if not text:
+            continue
+        if style == "Title":
+            title = title or text
+            continue
+        if style.startswith("Heading"):
+            if current.text.strip():
+                parts.append(current)
+            current = Part(text, line=number, section=text)
+            continue
+        current.text = f"{current.text}\n\n{text}" if current.text else text
+    if current.text.strip():
+        parts.append(current)
+    title = title or next((p.section for p in parts if p.section), None) or stem
+    return Extracted(title, parts)
+
+
+# --- HTML, Markdown, text ----------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
+    """(first H1 or front-matter title, sections split at ATX headings outside code fences)."""
+    lines = text.splitlines()
+    title, offset = None, 0
+    if lines and lines[0].strip() == "---":  # YAML front matter
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
+        if end is not None:
+            for line in lines[1:end]:
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "title" and value.strip():
+                    title = value.strip().strip("\"'")
+            offset = end + 1
+    parts: list[Part] = []
+    current = Part("", line=offset + 1)
+    body: list[str] = []
+    in_fence = False
+    for number, line in enumerate(lines[offset:], start=offset + 1):
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        heading = None if in_fence else _HEADING.match(line)
+        if heading:
+            current.text = "\n".join(body).strip()
+            if current.text:
+                parts.append(current)
+            name = heading.group(2).strip()
+            if len(heading.group(1)) == 1 and title is None:
+                title = name
+            current, body = Part("", line=number, section=name), [line]
+            continue
+        body.append(line)
+    current.text = "\n".join(body).strip()
+    if current.text:
+        parts.append(current)
+    return title, parts
+
+
+def extract_markdown(data: bytes, stem: str) -> Extracted:
+    title, parts = markdown_sections(_decode(data))
+    return Extracted(title or stem, parts)
+
+
+def extract_text(data: bytes, stem: str) -> Extracted:
+    text = _decode(data)
+    return Extracted(stem, [Part(text.strip(), line=1)] if text.strip() else [])
+
+
+def extract_html(data: bytes, stem: str) -> Extracted:
+    import trafilatura
+
+    html = _decode(data)
+    # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
+    # markdown output keeps the headings, so sections can be split as for Markdown files.
+    body = trafilatura.extract(
+        html, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
+    )
+    metadata = trafilatura.extract_metadata(html)
+    first_heading, parts = markdown_sections(body or "")
+    for part in parts:
+        part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
+    title = (metadata.title if metadata is not None else None) or first_heading or stem
+    return Extracted(title, parts)
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DocumentError("corrupt", "not UTF-8 text") from None
+
+
+EXTRACTORS = {
+    "pdf": extract_pdf,
+    "docx": extract_docx,
+    "html": extract_html,
+    "markdown": extract_markdown,
+    "text": extract_text,
+}
+
+
+# --- the source --------------------------------------------------------------------------------------
+
+
+class DocumentsSourceReader:
+    name = CONNECTOR
+
+    def __init__(self, config: DocumentsSource, watermark: SourceWatermark | None = None) -> None:
+        self.config, self.watermark = config, watermark
+        self._entries: list[FileEntry] | None = None
+
+    def entries(self) -> list[FileEntry]:
+        if self._entries is None:
+            entries = list_files(self.config.path, suffixes=tuple(KINDS))
+            if not entries:
+                raise StorageError(f"{self.config.path}: no documents match ({', '.join(KINDS)})")
+            self._entries = new_files(entries, self.watermark)
+        return self._entries
+
+    def inputs(self) -> list[InputFile]:
+        return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
+
+    def batches(self) -> Iterator[SourceBatch]:
+        for entry in self.entries():
+            fs, path = filesystem(entry.uri)
+            try:
+                with fs.open_input_stream(path) as stream:
+                    data = stream.read()
+            except OSError as exc:
+                raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+            yield self._records(entry, data)
+
+    def _records(self, entry: FileEntry, data: bytes) -> SourceBatch:
+        name = posixpath.basename(entry.uri)
+        stem, suffix = posixpath.splitext(name)
+        try:
+            extracted = EXTRACTORS[KINDS[suffix.lower()]](data, stem)
+            if not extracted.parts:
+                raise DocumentError("no_text", "no text found (a scanned document needs OCR first)")
+        except DocumentError as problem:
+            return SourceBatch(
+                rows=pa.table({}), set_aside=self._quarantine(entry.uri, problem), input_bytes=entry.size
+            )
+        texts, titles, lines, pages, positions = [], [], [], [], []
+        for part in extracted.parts:
+            title = f"{extracted.title} › {part.section}" if part.section and part.section != extracted.title else None
+            chunks = [(0, part.text)]
+            if self.config.chunk is not None:
+                chunks = [
+                    (c.start, c.text)
+                    for c in chunk_text(part.text, self.config.chunk.max_chars, self.config.chunk.overlap_chars)
+                ]
+            for start, text in chunks:
+                line = part.line + part.text.count("\n", 0, start) if part.line is not None else None
+                texts.append(text)
+                titles.append(title or extracted.title)
+                lines.append(line)
+                pages.append(part.page)
+                positions.append(f"{part.page}:{part.line}:{start}")
+        ids = record_ids(entry.uri, positions, [t.encode() for t in texts])
+        rows = pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "source": source_array(CONNECTOR, entry.uri, lines, pages),
+                "text": pa.array(texts, pa.string()),
+                "title": pa.array(titles, pa.string()),
+            }
+        )
+        return SourceBatch(rows=rows, input_bytes=entry.size)
+
+    @staticmethod
+    def _quarantine(uri: str, problem: DocumentError) -> pa.Table:
+        return set_aside_rows(
+            record_ids(uri, [None], [b""]),
+            source_array(CONNECTOR, uri, [None]),
+            stage="read",
+            outcome="quarantined",
+            reasons=problem.reason,
+            details=[f"{uri}: {problem.detail}"],
+        )

@@ -1,0 +1,155 @@
+"""A Hugging Face dataset saved to disk, read as Arrow batches, locally or from S3.
+
+Two layouts are understood:
+
+- what ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` writes (``state.json`` naming the
+  Arrow stream files of a split; ``dataset_dict.json`` naming the splits), i.e. what
+  ``datasets.load_from_disk`` reads;
+- a folder of parquet or ``.arrow`` files as the Hub stores them (``data/train-00000-of-00002.parquet``),
+  the split taken from the file name.
+
+The Arrow files are read directly with pyarrow, batch by batch, so a large dataset streams without
+``datasets`` building a cache, and S3 works through the same filesystem layer as every source.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from connectors.base import SourceBatch, with_lineage
+from connectors.sql import row_contents
+from connectors.state import SourceWatermark, new_files
+from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
+from schemas.config import HFSource
+from schemas.manifest import InputFile
+from schemas.records import record_ids, source_array
+
+CONNECTOR = "hf"
+_SPLIT_IN_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.(parquet|arrow)$")
+
+
+def _read_json(uri: str) -> dict | None:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise StorageError(f"{uri}: cannot read: {error}") from None
+
+
+def _exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return fs.get_file_info(path).type.name == "File"
+    except OSError:
+        return False
+
+
+def data_files(path: str, split: str | None) -> list[tuple[str, str]]:
+    """(split, file URI) of every data file of the dataset at ``path``, in split and file order."""
+    path = path.rstrip("/")
+    if _exists(join(path, "dataset_dict.json")):
+        splits = (_read_json(join(path, "dataset_dict.json")) or {}).get("splits", [])
+        if split is not None and split not in splits:
+            raise StorageError(f"{path}: no split {split!r}; the dataset has {splits}")
+        return [item for name in splits if split in (None, name) for item in _saved_split(join(path, name), name)]
+    if _exists(join(path, "state.json")):
+        files = _saved_split(path, None)
+        return [(name, uri) for name, uri in files if split in (None, name)]
+    entries = list_files(path, suffixes=(".parquet", ".arrow"))
+    found = []
+    for entry in entries:
+        name = posixpath.basename(entry.uri)
+        match = _SPLIT_IN_NAME.match(name)
+        file_split = match.group("split") if match else posixpath.basename(posixpath.dirname(entry.uri))
+        if split in (None, file_split):
+            found.append((file_split, entry.uri))
+    if not found:
+        raise StorageError(f"{path}: no dataset here (no dataset_dict.json, state.json, parquet or arrow files)")
+    return found
+
+
+def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
+    state = _read_json(join(folder, "state.json")) or {}
+    split = state.get("_split") or name or "train"
+    return [(split, join(folder, item["filename"])) for item in state.get("_data_files", [])]
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    for index, field in enumerate(table.schema):
+        if pa.types.is_large_string(field.type):
+            table = table.set_column(index, field.name, pc.cast(table[field.name], pa.string()))
+    return table
+
+
+class HFSourceReader:
+    name = CONNECTOR
+
+    def __init__(self, config: HFSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+        self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
+        self._files: list[tuple[str, FileEntry]] | None = None
+
+    def files(self) -> list[tuple[str, FileEntry]]:
+        if self._files is None:
+            listed = data_files(self.config.path, self.config.split)
+            entries = {e.uri: e for e in list_files(self.config.path, suffixes=(".parquet", ".arrow"))}
+            missing = [uri for _, uri in listed if uri not in entries]
+            if missing:
+                raise StorageError(f"{missing[0]}: named by the dataset's state.json but missing")
+            fresh = {e.uri for e in new_files([entries[uri] for _, uri in listed], self.watermark)}
+            self._files = [(split, entries[uri]) for split, uri in listed if uri in fresh]
+        return self._files
+
+    def inputs(self) -> list[InputFile]:
+        return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for _, e in self.files()]
+
+    def batches(self) -> Iterator[SourceBatch]:
+        for _split, entry in self.files():
+            try:
+                yield from self._file(entry)
+            except (pa.ArrowInvalid, OSError) as error:
+                raise StorageError(f"{entry.uri}: cannot read: {error}") from None
+
+    def _file(self, entry: FileEntry) -> Iterator[SourceBatch]:
+        fs, path = filesystem(entry.uri)
+        row = 1
+        if entry.uri.endswith(".parquet"):
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                total = max(parquet.metadata.num_rows, 1)
+                for batch in parquet.iter_batches(batch_size=self.batch_rows):
+                    yield self._batch(
+                        entry, pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
+                    )
+                    row += batch.num_rows
+            return
+        with fs.open_input_stream(path) as stream:  # save_to_disk writes Arrow IPC streams
+            reader = pa.ipc.open_stream(stream)
+            pending: list[pa.RecordBatch] = []
+            for batch in reader:
+                pending.append(batch)
+                while sum(b.num_rows for b in pending) >= self.batch_rows:
+                    table = pa.Table.from_batches(pending)
+                    head, rest = table.slice(0, self.batch_rows), table.slice(self.batch_rows)
+                    yield self._batch(entry, head, row, 0)
+                    row += head.num_rows
+                    pending = rest.to_batches()
+            if pending:
+                yield self._batch(entry, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
+
+    def _batch(self, entry: FileEntry, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
+        table = _plain_strings(table)
+        lines = list(range(first_row, first_row + table.num_rows))
+        ids = record_ids(entry.uri, lines, row_contents(table))
+        return SourceBatch(
+            rows=with_lineage(table, ids, source_array(CONNECTOR, entry.uri, lines)), input_bytes=input_bytes
+        )

@@ -1,0 +1,232 @@
+"""Images with questions and answers (VQA, document understanding): a folder or S3 prefix of images
+and a JSONL/CSV sidecar of (image, question, answer) rows.
+
+Every image is decoded and verified with Pillow before it becomes a record. Corrupt, truncated,
+oversized (decompression bomb) and unsupported images are quarantined with the reason; the run
+goes on. What is kept is re-encoded from its pixels only, so EXIF (GPS position, camera, owner),
+XMP and other metadata never leave; the EXIF orientation is applied first so the image still
+looks the same. Rows carry the image's bytes in ``image_bytes``; the VQA output format writes them
+beside the shards, so the published dataset is self-contained.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from connectors.base import SourceBatch
+from connectors.files import FilesSourceReader
+from connectors.state import SourceWatermark, file_fingerprints
+from connectors.storage import StorageError, filesystem, join, list_files
+from schemas.config import FilesSource, ImagesSource
+from schemas.manifest import InputFile
+from schemas.records import SOURCE_TYPE, set_aside_rows
+
+CONNECTOR = "images"
+IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
+REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
+
+
+class ImageProblem(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class CleanImage:
+    data: bytes
+    format: str
+    size: tuple[int, int]
+
+
+def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int | None = None) -> CleanImage:
+    """The image verified, without metadata, optionally resized; ``ImageProblem`` says why not."""
+    with warnings.catch_warnings():
+        # We enforce our own pixel limit below; Pillow's global one only warns (or errors at twice it).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                fmt, (width, height) = probe.format or "", probe.size
+        except Image.DecompressionBombError as error:
+            raise ImageProblem("decompression_bomb", str(error)) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise ImageProblem("unsupported", "not an image Pillow can read") from None
+        if fmt not in formats:
+            raise ImageProblem("unsupported", f"{fmt} images are not accepted (accepted: {', '.join(formats)})")
+        if width * height > max_pixels:
+            raise ImageProblem(
+                "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
+            )
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()  # checks structure and checksums without decoding
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()  # decodes every pixel: catches truncated data that verify() lets through
+                upright = ImageOps.exif_transpose(image)
+        except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+            reason = "truncated" if "truncated" in str(error).lower() else "corrupt"
+            raise ImageProblem(reason, f"{fmt} image does not decode: {error}") from None
+    # Rebuilt from pixels: nothing of the original's metadata (EXIF, XMP, ICC, comments) is carried.
+    clean = Image.frombytes(upright.mode, upright.size, upright.tobytes())
+    if upright.mode == "P":
+        clean.putpalette(upright.getpalette())
+    if max_side is not None and max(clean.size) > max_side:
+        clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    out_format = REENCODE[fmt]
+    if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
+        clean = clean.convert("RGB")
+    buffer = io.BytesIO()
+    clean.save(buffer, format=out_format, **({"quality": 95} if out_format in ("JPEG", "WEBP") else {}))
+    return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+class ImagesSourceReader:
+    name = CONNECTOR
+
+    def __init__(self, config: ImagesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+        self.config, self.watermark = config, watermark
+        self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
+        self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
+        self._fingerprints: dict[str, str] | None = None
+
+    def inputs(self) -> list[InputFile]:
+        return self.sidecar.inputs()
+
+    def fingerprints(self) -> dict[str, str]:
+        """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
+        if self._fingerprints is None:
+            try:
+                self._fingerprints = file_fingerprints(list_files(self.config.path))
+            except StorageError:
+                self._fingerprints = {}
+        return self._fingerprints
+
+    def batches(self) -> Iterator[SourceBatch]:
+        for batch in self.sidecar.batches():
+            set_aside = self._not_seen(_as_images(batch.set_aside))
+            if batch.rows.num_rows == 0:
+                yield SourceBatch(rows=pa.table({}), set_aside=set_aside, input_bytes=batch.input_bytes)
+                continue
+            rows, bad = self._images(batch.rows)
+            yield SourceBatch(rows=rows, set_aside=pa.concat_tables([set_aside, bad]), input_bytes=batch.input_bytes)
+
+    def _images(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+        config = self.config
+        table = table.set_column(1, "source", _as_images_source(table["source"]))
+        for index, field in enumerate(table.schema):  # JSONL blocks come as large_string, single lines as string
+            if pa.types.is_large_string(field.type):
+                table = table.set_column(index, field.name, pc.cast(table[field.name], pa.string()))
+        if config.image_column not in table.column_names:
+            names = [None] * table.num_rows
+        else:
+            names = pc.cast(table[config.image_column], pa.string()).to_pylist()
+        cache: dict[str, CleanImage | ImageProblem] = {}
+        keep, payload, problems = [], [], []
+        rows = table.to_pylist()
+        for row, name in zip(rows, names, strict=True):
+            result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
+            if self._is_new(row, name):
+                result = self._image(name, cache) if name else ImageProblem("missing_image", "the row names no image")
+            keep.append(isinstance(result, CleanImage))
+            payload.append(result.data if isinstance(result, CleanImage) else None)
+            problems.append(result if isinstance(result, ImageProblem) else None)
+        mask = pa.array(keep)
+        kept = table.filter(mask)
+        kept = kept.append_column(
+            "image_bytes", pa.array([p for p, k in zip(payload, keep, strict=True) if k], pa.binary())
+        )
+        kept = _rename(
+            kept, {config.image_column: "image", config.question_column: "question", config.answer_column: "answer"}
+        )
+        bad_mask = pa.array([p is not None for p in problems])
+        bad = table.filter(bad_mask)
+        bad_problems = [p for p in problems if p is not None]
+        bad_rows = [r for r, p in zip(rows, problems, strict=True) if p is not None]
+        set_aside = set_aside_rows(
+            bad["id"],
+            bad["source"],
+            stage="read",
+            outcome="quarantined",
+            reasons=[p.reason for p in bad_problems],
+            details=[
+                f"{r['source']['uri']}:{r['source']['line']}: {r.get(config.image_column)}: {p.detail}"
+                for r, p in zip(bad_rows, bad_problems, strict=True)
+            ],
+            records=[
+                json.dumps({k: v for k, v in r.items() if k not in ("id", "source")}, default=str) for r in bad_rows
+            ],
+        )
+        return kept, set_aside
+
+    def _not_seen(self, set_aside: pa.Table) -> pa.Table:
+        """Sidecar lines that did not parse, less those an earlier run already quarantined."""
+        if self.watermark is None or set_aside.num_rows == 0:
+            return set_aside
+        fresh = []
+        for record_id in set_aside["id"].to_pylist():
+            item = f"bad:{record_id}"
+            fresh.append(self.watermark.is_new(item, True))
+            self.watermark.set(item, True)
+        return set_aside.filter(pa.array(fresh))
+
+    def _image(self, name: str, cache: dict[str, CleanImage | ImageProblem]) -> CleanImage | ImageProblem:
+        if name not in cache:
+            uri = join(self.config.path, name)
+            fs, path = filesystem(uri)
+            try:
+                with fs.open_input_stream(path) as stream:
+                    data = stream.read()
+            except (FileNotFoundError, OSError) as error:
+                missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
+                cache[name] = ImageProblem("missing_image" if missing else "unreadable", f"cannot read {uri}")
+                return cache[name]
+            try:
+                cache[name] = clean_image(data, list(self.config.formats), self.config.max_pixels, self.config.max_side)
+            except ImageProblem as problem:
+                cache[name] = problem
+        return cache[name]
+
+    def _is_new(self, row: dict, name: str | None) -> bool:
+        """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
+        if self.watermark is None:
+            return True
+        content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
+        item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
+        fingerprint = self.fingerprints().get(join(self.config.path, name)) if name else None
+        if not self.watermark.is_new(item, fingerprint):
+            return False
+        self.watermark.set(item, fingerprint)
+        return True
+
+
+def _as_images_source(sources: pa.ChunkedArray | pa.Array) -> pa.StructArray:
+    """The sidecar reader's ``source`` with this connector's name: rows come from the sidecar's lines."""
+    sources = sources.combine_chunks() if isinstance(sources, pa.ChunkedArray) else sources
+    connector = pa.array([CONNECTOR] * len(sources), pa.string())
+    fields = [connector] + [sources.field(i) for i in range(1, sources.type.num_fields)]
+    return pa.StructArray.from_arrays(fields, fields=list(SOURCE_TYPE))
+
+
+def _as_images(set_aside: pa.Table) -> pa.Table:
+    if set_aside.num_rows == 0:
+        return set_aside
+    return set_aside.set_column(1, "source", _as_images_source(set_aside["source"]))
+
+
+def _rename(table: pa.Table, names: dict[str, str]) -> pa.Table:
+    """Sidecar columns to the VQA names; a column already bearing a target name gives way."""
+    for source, target in names.items():
+        if source != target and source in table.column_names:
+            if target in table.column_names:
+                table = table.drop_columns([target])
+            table = table.rename_columns([target if name == source else name for name in table.column_names])
+    return table

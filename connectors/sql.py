@@ -1,0 +1,138 @@
+"""Rows from any database SQLAlchemy reaches (SQLite by default, PostgreSQL, ...), in Arrow batches.
+
+The result is streamed through a server-side cursor (``stream_results``) and fetched
+``batch_rows`` at a time, so memory stays flat whatever the table's size. With a ``cursor``
+column, only rows past the last published run's highest value are read, in cursor order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from connectors.base import SourceBatch, with_lineage
+from connectors.files import _rows_as_text
+from connectors.state import SourceWatermark, decode_cursor, encode_cursor
+from connectors.storage import StorageError
+from schemas.config import SqlSource
+from schemas.manifest import InputFile
+from schemas.records import record_ids, source_array
+
+CONNECTOR = "sql"
+CURSOR_ITEM = "cursor"
+
+
+class SqlSourceError(StorageError):
+    """The database cannot be reached or the table/query cannot be read; the message names it."""
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked: fit for logs, manifests and record sources."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _database_message(error: sa.exc.SQLAlchemyError) -> str:
+    # The driver's own first line says what went wrong; SQLAlchemy's text adds the statement and its
+    # parameters, which may hold customer data, so it stays out.
+    original = getattr(error, "orig", None) or error
+    first = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return f"{type(original).__name__}: {first}"
+
+
+def row_contents(table: pa.Table) -> list[bytes]:
+    """Each row's values as bytes, the content part of its record id."""
+    try:
+        return _rows_as_text(table)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested or binary columns do not cast to text
+        return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
+
+
+def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """Rows of Python values as an Arrow table; a column whose values Arrow cannot type becomes text."""
+    arrays = {}
+    for index, name in enumerate(columns):
+        values = [row[index] for row in rows]
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(arrays)
+
+
+class SqlSourceReader:
+    name = CONNECTOR
+
+    def __init__(self, config: SqlSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+        self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
+        what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
+        self.uri = f"{safe_url(config.url)}#{what}"
+
+    def inputs(self) -> list[InputFile]:
+        return [InputFile(uri=self.uri)]
+
+    def _statement(self, engine: sa.Engine) -> sa.Select:
+        config = self.config
+        if config.table is not None:
+            schema, _, name = config.table.rpartition(".")
+            try:
+                table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
+            except sa.exc.NoSuchTableError:
+                raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
+            statement = sa.select(table)
+            if config.cursor is not None and config.cursor not in table.c:
+                raise SqlSourceError(
+                    f"{self.uri}: the cursor column {config.cursor!r} is not in table {config.table!r}"
+                )
+        else:
+            # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
+            query = (config.query or "").strip().rstrip(";")
+            statement = sa.select(sa.literal_column("*")).select_from(sa.text(f"({query}) AS curation_source"))
+        if config.cursor is not None:
+            # The table's own column binds the watermark with the column's type; a query's is quoted as is.
+            cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
+            last = self.watermark.get(CURSOR_ITEM) if self.watermark is not None else None
+            if last is not None:
+                statement = statement.where(cursor > decode_cursor(last))
+            statement = statement.order_by(cursor)
+        return statement
+
+    def batches(self) -> Iterator[SourceBatch]:
+        engine = sa.create_engine(self.config.url)
+        try:
+            yield from self._read(engine)
+        except sa.exc.SQLAlchemyError as error:
+            raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
+        finally:
+            engine.dispose()
+
+    def _read(self, engine: sa.Engine) -> Iterator[SourceBatch]:
+        statement = self._statement(engine)
+        highest = None
+        ordinal = 0
+        with engine.connect() as db:
+            result = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows).execute(statement)
+            columns = list(result.keys())
+            for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
+                raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
+            for rows in result.partitions(self.batch_rows):
+                table = arrow_table(columns, rows)
+                lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
+                ordinal += table.num_rows
+                if self.config.cursor is not None:
+                    values = [row[columns.index(self.config.cursor)] for row in rows]
+                    present = [v for v in values if v is not None]
+                    if present:
+                        highest = max(present) if highest is None else max(highest, *present)
+                positions: list[Any] = lines
+                if self.config.key:
+                    at = [columns.index(k) for k in self.config.key]
+                    positions = ["\x1f".join(str(row[i]) for i in at) for row in rows]
+                ids = record_ids(self.uri, positions, row_contents(table))
+                yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
+        if self.watermark is not None and highest is not None:
+            self.watermark.set(CURSOR_ITEM, encode_cursor(highest))

@@ -1,0 +1,274 @@
+"""Incremental state: per dataset and source, what earlier runs have taken; and the run lock.
+
+A watermark is one value per item of a source: a file's fingerprint (S3 ETag, or size and mtime)
+keyed by its URI, or the highest value of a SQL cursor column. Sources read the committed
+watermarks and stage new ones while they read; the pipeline commits them only after the version
+is published, so a run that fails leaves the next run to take the same input again.
+
+The lock is one row per dataset: a second run of the same recipe meets the row and stops with a
+message naming the run that holds it, before it reads or writes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+
+from connectors.storage import FileEntry, is_s3
+
+metadata = sa.MetaData()
+
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("source", sa.String(64), primary_key=True),  # hash of the source's settings
+    sa.Column("item", sa.String(2048), primary_key=True),  # a file URI, or "cursor"
+    sa.Column("value", sa.Text, nullable=False),  # JSON
+    sa.Column("run_id", sa.String(32)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+run_locks = sa.Table(
+    "run_locks",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def create_tables(engine: sa.Engine) -> None:
+    """Create the watermark and lock tables if missing; two first runs at once may race to do it."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)  # checks first: a retry creates only what is still missing
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+class RunLocked(RuntimeError):
+    """Another run of the same dataset holds the lock; this one did nothing."""
+
+
+def source_key(config: BaseModel) -> str:
+    """A stable key for a source's settings: change what it reads or how, and it starts afresh."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:32]
+
+
+class SourceWatermark:
+    """What one source took in earlier runs (committed) and what this run has taken (pending)."""
+
+    def __init__(self, committed: dict[str, Any]) -> None:
+        self.committed = committed
+        self.pending: dict[str, Any] = {}
+
+    def get(self, item: str) -> Any:
+        return self.committed.get(item)
+
+    def set(self, item: str, value: Any) -> None:
+        self.pending[item] = value
+
+    def is_new(self, item: str, value: Any) -> bool:
+        return item not in self.committed or self.committed[item] != value
+
+
+class Watermarks:
+    """The watermarks of one dataset, read at the start of a run and committed after it publishes."""
+
+    def __init__(self, engine: sa.Engine, dataset: str, full_refresh: bool = False) -> None:
+        self.engine, self.dataset, self.full_refresh = engine, dataset, full_refresh
+        create_tables(engine)
+        self.sources: dict[str, SourceWatermark] = {}
+
+    def for_source(self, config: BaseModel) -> SourceWatermark:
+        key = source_key(config)
+        if key not in self.sources:
+            committed: dict[str, Any] = {}
+            if not self.full_refresh:
+                with self.engine.connect() as db:
+                    rows = db.execute(
+                        sa.select(watermarks.c.item, watermarks.c.value).where(
+                            watermarks.c.dataset == self.dataset, watermarks.c.source == key
+                        )
+                    )
+                    committed = {item: json.loads(value) for item, value in rows}
+            self.sources[key] = SourceWatermark(committed)
+        return self.sources[key]
+
+    def had_previous(self) -> bool:
+        """Whether any source of this run took only what was new since an earlier run."""
+        return any(source.committed for source in self.sources.values())
+
+    def commit(self, run_id: str) -> None:
+        """Record what this run took, in one transaction; a full refresh forgets everything before."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as db:
+            if self.full_refresh:
+                db.execute(watermarks.delete().where(watermarks.c.dataset == self.dataset))
+            for key, source in self.sources.items():
+                for item, value in source.pending.items():
+                    where = (
+                        (watermarks.c.dataset == self.dataset)
+                        & (watermarks.c.source == key)
+                        & (watermarks.c.item == item)
+                    )
+                    db.execute(watermarks.delete().where(where))
+                    db.execute(
+                        watermarks.insert().values(
+                            dataset=self.dataset,
+                            source=key,
+                            item=item,
+                            value=json.dumps(value),
+                            run_id=run_id,
+                            updated_at=now,
+                        )
+                    )
+
+
+# --- the run lock ----------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
+    """Hold the dataset's lock for the block; raise ``RunLocked`` if another run holds it.
+
+    A lock left by a process that died on this host is taken over; one held from another host is
+    respected until someone removes it (``DELETE FROM run_locks WHERE dataset = ...``).
+    """
+    create_tables(engine)
+    host, pid = socket.gethostname(), os.getpid()
+    for attempt in range(2):
+        try:
+            with engine.begin() as db:
+                db.execute(
+                    run_locks.insert().values(
+                        dataset=dataset, run_id=run_id, host=host, pid=pid, acquired_at=datetime.now(UTC)
+                    )
+                )
+            break
+        except sa.exc.IntegrityError:
+            with engine.begin() as db:
+                holder = db.execute(run_locks.select().where(run_locks.c.dataset == dataset)).mappings().first()
+                if holder is None:
+                    continue  # released between our insert and this look
+                if attempt == 0 and holder["host"] == host and not _alive(holder["pid"]):
+                    db.execute(
+                        run_locks.delete().where(
+                            (run_locks.c.dataset == dataset) & (run_locks.c.run_id == holder["run_id"])
+                        )
+                    )
+                    continue
+            raise RunLocked(
+                f"dataset {dataset!r} is being curated by another run (run {holder['run_id']}, pid {holder['pid']} "
+                f"on {holder['host']}, since {holder['acquired_at']:%Y-%m-%d %H:%M:%S}); this run did nothing. "
+                "Try again when it has finished."
+            ) from None
+    else:
+        raise RunLocked(f"dataset {dataset!r}: could not take the run lock; try again")
+    try:
+        yield
+    finally:
+        with engine.begin() as db:
+            db.execute(run_locks.delete().where((run_locks.c.dataset == dataset) & (run_locks.c.run_id == run_id)))
+
+
+# --- file fingerprints -----------------------------------------------------------------------------
+
+
+def file_fingerprints(entries: Iterable[FileEntry]) -> dict[str, str]:
+    """URI -> fingerprint: the S3 ETag (content hash), or size and mtime for local files."""
+    entries = list(entries)
+    prints = {e.uri: f"{e.size}:{e.mtime}" for e in entries if not is_s3(e.uri)}
+    by_bucket: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        if is_s3(entry.uri):
+            bucket, _, key = entry.uri.removeprefix("s3://").partition("/")
+            by_bucket[bucket].append(key)
+    if by_bucket:
+        import boto3  # only runs that read S3 pay for the import
+
+        client = boto3.client("s3")
+        for bucket, keys in by_bucket.items():
+            prefix = os.path.commonprefix(keys)  # noqa: RUF071 (S3 prefixes are plain strings)
+            wanted = set(keys)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if obj["Key"] in wanted:
+                        prints[f"s3://{bucket}/{obj['Key']}"] = obj["ETag"].strip('"')
+    for entry in entries:  # an object that vanished since listing is read (and fails) as usual
+        prints.setdefault(entry.uri, f"{entry.size}:{entry.mtime}")
+    return prints
+
+
+def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> list[FileEntry]:
+    """The files that are new or changed since the committed watermark; stages their fingerprints."""
+    if watermark is None:
+        return entries
+    prints = file_fingerprints(entries)
+    fresh = [e for e in entries if watermark.is_new(e.uri, prints[e.uri])]
+    for entry in fresh:
+        watermark.set(entry.uri, prints[entry.uri])
+    return fresh
+
+
+# --- typed cursor values ---------------------------------------------------------------------------
+
+
+def encode_cursor(value: Any) -> dict[str, str] | None:
+    """A cursor value as JSON that keeps its type, so it binds back as the same type."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return {"type": "bool", "value": str(value)}
+    if isinstance(value, int):
+        return {"type": "int", "value": str(value)}
+    if isinstance(value, float):
+        return {"type": "float", "value": repr(value)}
+    if isinstance(value, Decimal):
+        return {"type": "decimal", "value": str(value)}
+    if isinstance(value, datetime):
+        return {"type": "datetime", "value": value.isoformat()}
+    if isinstance(value, date):
+        return {"type": "date", "value": value.isoformat()}
+    return {"type": "str", "value": str(value)}
+
+
+def decode_cursor(encoded: dict[str, str]) -> Any:
+    kind, text = encoded["type"], encoded["value"]
+    return {
+        "bool": lambda t: t == "True",
+        "int": int,
+        "float": float,
+        "decimal": Decimal,
+        "datetime": datetime.fromisoformat,
+        "date": date.fromisoformat,
+        "str": str,
+    }[kind](text)

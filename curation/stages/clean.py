@@ -1,0 +1,132 @@
+"""Cleaning: repair text in place, and count every kind of change.
+
+Steps, in order (each can be switched off in the recipe):
+
+- ``unicode_fixed``: mojibake and other encoding damage repaired with ftfy (only its encoding fixes:
+  quotes, ligatures and widths are content and stay as they are);
+- ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``);
+- ``control_removed``: control and zero-width characters (tabs and newlines stay);
+- ``whitespace_normalized``: runs of spaces, trailing spaces, runs of blank lines, space at the ends.
+
+Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
+records changed at all (``records_changed``). A record whose required text is empty after cleaning
+is filtered (reason ``empty_after_clean``): nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import ftfy
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.stages.base import StageResult, split_by_mask
+from schemas.records import set_aside_rows
+
+_FTFY = ftfy.TextFixerConfig(
+    unescape_html=False,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    uncurl_quotes=False,
+    fix_line_breaks=False,
+    remove_control_chars=False,
+    normalization=None,
+    explain=False,
+)
+_TAG = r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9:-]*(?:\s[^<>]*)?/?>"
+_BREAK_TAG = r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</li\s*>|</h[1-6]\s*>"
+_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{7f}-\x{9f}\x{200b}-\x{200d}\x{2060}\x{feff}]"  # RE2 syntax
+
+
+def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
+    return pc.fill_null(pc.not_equal(before, after), False)
+
+
+def _fix_unicode(values: pa.Array) -> pa.Array:
+    # Mojibake needs non-ASCII characters, so ASCII strings skip the per-string ftfy call.
+    suspect = pc.fill_null(pc.invert(pc.string_is_ascii(values)), False).to_pylist()
+    texts = values.to_pylist()
+    return pa.array(
+        [ftfy.fix_text(t, _FTFY) if s else t for t, s in zip(texts, suspect, strict=True)],
+        pa.string(),
+    )
+
+
+def _strip_html(values: pa.Array) -> pa.Array:
+    values = pc.replace_substring_regex(values, _BREAK_TAG, "\n")
+    values = pc.replace_substring_regex(values, _TAG, " ")
+    has_entity = pc.fill_null(pc.match_substring_regex(values, _ENTITY.pattern), False).to_pylist()
+    texts = values.to_pylist()
+    return pa.array([html.unescape(t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
+
+
+def _normalize_whitespace(values: pa.Array) -> pa.Array:
+    values = pc.replace_substring_regex(values, r"\r\n?", "\n")
+    # RE2's \s is ASCII only: name the Unicode spaces (NBSP, en/em spaces, ideographic space) too.
+    values = pc.replace_substring_regex(values, r"[\t\f\v \x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]+", " ")
+    values = pc.replace_substring_regex(values, r" ?\n ?", "\n")
+    values = pc.replace_substring_regex(values, r"\n{3,}", "\n\n")
+    return pc.utf8_trim_whitespace(values)
+
+
+class Clean:
+    """Repair the text fields of each record; count what changed."""
+
+    name = "clean"
+
+    def __init__(
+        self,
+        fields: list[str],
+        fix_unicode: bool = True,
+        strip_html: bool = True,
+        remove_control: bool = True,
+        normalize_whitespace: bool = True,
+        required: list[str] | None = None,
+    ) -> None:
+        self.fields = fields
+        self.required = required if required is not None else fields
+        self.steps = [
+            (name, step)
+            for name, step, on in (
+                ("unicode_fixed", _fix_unicode, fix_unicode),
+                ("html_removed", _strip_html, strip_html),
+                ("control_removed", lambda v: pc.replace_substring_regex(v, _CONTROL, ""), remove_control),
+                ("whitespace_normalized", _normalize_whitespace, normalize_whitespace),
+            )
+            if on
+        ]
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        stats: dict[str, int] = {}
+        any_change = pa.array([False] * batch.num_rows)
+        for field in (f for f in self.fields if f in batch.column_names):
+            values = batch[field].combine_chunks()
+            if not pa.types.is_string(values.type):
+                continue
+            for step_name, step in self.steps:
+                fixed = step(values)
+                changed = _changed(values, fixed)
+                count = pc.sum(changed).as_py() or 0
+                if count:
+                    stats[step_name] = stats.get(step_name, 0) + count
+                    stats[f"{step_name}:{field}"] = count
+                    any_change = pc.or_(any_change, changed)
+                values = fixed
+            batch = batch.set_column(batch.column_names.index(field), field, values)
+        stats["records_changed"] = pc.sum(any_change).as_py() or 0
+        empty = pa.array([False] * batch.num_rows)
+        for field in (f for f in self.required if f in batch.column_names):
+            empty = pc.or_(empty, pc.fill_null(pc.equal(pc.utf8_length(batch[field]), 0), False))
+        kept, gone = split_by_mask(batch, pc.invert(empty))
+        set_aside = set_aside_rows(
+            gone["id"],
+            gone["source"],
+            self.name,
+            "filtered",
+            "empty_after_clean",
+            ["nothing left of a required field after cleaning"] * gone.num_rows,
+        )
+        return StageResult(kept=kept, set_aside=set_aside, stats=stats)

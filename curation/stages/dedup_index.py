@@ -1,0 +1,193 @@
+"""Across runs: signatures of published records live in the state store, so a later version never
+repeats content (exact or near) of an earlier one.
+
+- ``CrossRunDedup`` wraps a dedup stage: its global step resolves this run's signatures together
+  with those of every published version. Published records sort first, so a cluster that holds one
+  keeps it, and this run's members are set aside with reason ``earlier_version``.
+- ``SignatureRecorder`` is the last per-batch stage: it computes the signatures of exactly the
+  records that go to the writer and stores them as *pending* (no version). ``published(version)``
+  gives them the version once the run has published; a failed run's pending rows are never read
+  and are removed by the next successful run.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from curation.stages.base import DuplicateStage, StageResult
+from schemas.records import SOURCE_TYPE, empty_flags
+
+REASON = "earlier_version"
+_PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
+
+_metadata = sa.MetaData()
+published_signatures = sa.Table(
+    "published_signatures",
+    _metadata,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset", sa.String(200), nullable=False, index=True),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("params", sa.String(64), nullable=False),  # signatures are comparable only with equal params
+    sa.Column("token", sa.String(32), nullable=False, index=True),
+    sa.Column("version", sa.Integer),  # null while the run has not published
+    sa.Column("data", sa.LargeBinary, nullable=False),  # the signature rows, Arrow IPC stream
+)
+
+
+def signature_params(stage: Any) -> str:
+    """A digest of the settings that shape a stage's signatures (not its threshold)."""
+    settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index")}
+    return uuid.uuid5(uuid.NAMESPACE_OID, json.dumps([stage.name, settings], default=str)).hex
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class SignatureIndex:
+    """The published signatures of one dataset in the state store.
+
+    ``start_over`` (a full refresh) ignores what earlier versions published: this run's version stands
+    alone, and once it publishes, the signatures of older versions are dropped so later runs
+    compare with it and its successors only.
+    """
+
+    def __init__(self, url: str, dataset: str, start_over: bool = False) -> None:
+        self.engine = sa.create_engine(url)
+        _metadata.create_all(self.engine)
+        self.dataset = dataset
+        self.start_over = start_over
+        self.token = uuid.uuid4().hex
+
+    def stage_pending(self, stage: str, params: str, signatures: pa.Table) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                published_signatures.insert().values(
+                    dataset=self.dataset,
+                    stage=stage,
+                    params=params,
+                    token=self.token,
+                    version=None,
+                    data=_to_ipc(signatures.drop_columns(["source"])),
+                )
+            )
+
+    def published(self, version: int) -> None:
+        """This run published ``version``: its pending signatures count from now on."""
+        table = published_signatures
+        with self.engine.begin() as db:
+            db.execute(table.update().where(table.c.token == self.token).values(version=version))
+            if self.start_over:
+                db.execute(table.delete().where(table.c.dataset == self.dataset, table.c.version < version))
+            db.execute(
+                table.delete().where(
+                    table.c.dataset == self.dataset, table.c.version.is_(None), table.c.token != self.token
+                )
+            )
+
+    def load(self, stage: str, params: str) -> pa.Table | None:
+        """Published signature rows; ``id`` is prefixed and ``source`` names the version."""
+        if self.start_over:
+            return None
+        table = published_signatures
+        query = sa.select(table.c.version, table.c.data).where(
+            table.c.dataset == self.dataset,
+            table.c.stage == stage,
+            table.c.params == params,
+            table.c.version.is_not(None),
+        )
+        with self.engine.connect() as db:
+            rows = db.execute(query.order_by(table.c.n)).all()
+        parts = []
+        for version, data in rows:
+            part = pa.ipc.open_stream(data).read_all()
+            ids = pc.binary_join_element_wise(f"{_PREFIX}{version}:", part["id"], "")
+            count = part.num_rows
+            source = pa.StructArray.from_arrays(
+                [
+                    pa.array(["published"] * count, pa.string()),
+                    pa.array([""] * count, pa.string()),  # sorts before every real URI: published rows are kept
+                    pa.array([version] * count, pa.int64()),
+                    pa.nulls(count, pa.int64()),
+                ],
+                fields=list(SOURCE_TYPE),
+            )
+            parts.append(part.set_column(0, "id", ids).add_column(1, "source", source))
+        return pa.concat_tables(parts) if parts else None
+
+
+class CrossRunDedup:
+    """A dedup stage whose clusters also hold the records of every earlier published version."""
+
+    def __init__(self, inner: DuplicateStage, index: SignatureIndex) -> None:
+        self.inner, self.index = inner, index
+        self.name, self.reason = inner.name, inner.reason
+        self.params = signature_params(inner)
+
+    def signatures(self, batch: pa.Table) -> pa.Table:
+        return self.inner.signatures(batch)
+
+    def pairs(self, group: pa.Table) -> pa.Table:
+        return self.inner.pairs(group)
+
+    def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
+        signatures = [t for t in signatures if t.num_rows]
+        if not signatures:
+            return self.inner.resolve(signatures)
+        earlier = self.earlier(signatures[0].schema)
+        return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
+
+    def earlier(self, schema: pa.Schema) -> pa.Table | None:
+        """Signature rows of every published version, in this run's signature schema.
+
+        A distributed executor adds them to its signature dataset before the shuffle on keys, then
+        passes what it sets aside through ``relabel``.
+        """
+        published = self.index.load(self.name, self.params)
+        return None if published is None else published.select(schema.names).cast(schema)
+
+    @staticmethod
+    def relabel(aside: pa.Table) -> pa.Table:
+        """Drop published rows; rows whose cluster keeps a published record get reason ``earlier_version``."""
+        aside = aside.filter(pc.invert(pc.starts_with(aside["id"], _PREFIX)))
+        if not pc.any(pc.starts_with(aside["duplicate_of"], _PREFIX)).as_py():
+            return aside
+        rows = aside.to_pylist()
+        for row in rows:
+            kept = row["duplicate_of"]
+            if kept and kept.startswith(_PREFIX):
+                version, original = kept[len(_PREFIX) :].split(":", 1)
+                detail = f"duplicate of {original} published in v{version}"
+                row.update(reason=REASON, duplicate_of=original, detail=detail)
+        return pa.Table.from_pylist(rows, schema=aside.schema)
+
+    def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
+        flags = getattr(self.inner, "review_flags", None)
+        return flags(dropped, signatures, batches) if flags is not None else empty_flags()
+
+
+class SignatureRecorder:
+    """Last stage before the writer: stores the signatures of the records being written."""
+
+    name = "dedup_index"
+
+    def __init__(self, stages: list[CrossRunDedup], index: SignatureIndex) -> None:
+        self.stages, self.index = stages, index
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        for stage in self.stages:
+            self.index.stage_pending(stage.name, stage.params, stage.signatures(batch))
+        return StageResult(kept=batch)
+
+    def published(self, version: int) -> None:
+        self.index.published(version)

@@ -1,0 +1,74 @@
+"""Builds the quality stages (cleaning, filters, near-duplicates) from their recipe settings."""
+
+from __future__ import annotations
+
+from curation.stages.clean import Clean
+from curation.stages.expectations import Expectations
+from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
+from curation.stages.neardup import ImageNearDedup, NearDedup
+from schemas.config import (
+    CleanConfig,
+    ExpectationsConfig,
+    ImageDedupConfig,
+    InstructionFilterConfig,
+    LanguageFilterConfig,
+    LengthFilterConfig,
+    NearDedupConfig,
+    RatioFilterConfig,
+    RepetitionFilterConfig,
+)
+from schemas.records import CONTENT_COLUMNS, RECORD_MODELS
+
+QualityConfig = (
+    ExpectationsConfig
+    | CleanConfig
+    | LengthFilterConfig
+    | LanguageFilterConfig
+    | RepetitionFilterConfig
+    | RatioFilterConfig
+    | InstructionFilterConfig
+    | NearDedupConfig
+    | ImageDedupConfig
+)
+QUALITY_CONFIGS = QualityConfig.__args__
+QualityStage = (
+    Expectations
+    | Clean
+    | LengthFilter
+    | LanguageFilter
+    | RepetitionFilter
+    | RatioFilter
+    | InstructionFilter
+    | NearDedup
+)
+
+
+def text_fields(kind: str) -> list[str]:
+    """The fields of a record kind that hold text (not labels, not image references)."""
+    return [c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]
+
+
+def quality_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
+    if isinstance(config, ExpectationsConfig):
+        return Expectations(config.expect)
+    fields = getattr(config, "fields", None) or text_fields(kind)
+    settings = config.model_dump(exclude={"type", "fields", "across_runs"})
+    if isinstance(config, CleanConfig):
+        model = RECORD_MODELS[kind].model_fields
+        required = [f for f in fields if f in model and model[f].is_required()]
+        return Clean(fields, required=required, **settings)
+    if isinstance(config, LengthFilterConfig):
+        return LengthFilter(fields, **settings)
+    if isinstance(config, LanguageFilterConfig):
+        return LanguageFilter(fields, **settings)
+    if isinstance(config, RepetitionFilterConfig):
+        return RepetitionFilter(fields, **settings)
+    if isinstance(config, RatioFilterConfig):
+        return RatioFilter(fields, **settings)
+    if isinstance(config, InstructionFilterConfig):
+        return InstructionFilter(
+            config.min_completion_chars, config.trivial_completions, config.drop_prompt_equals_completion
+        )
+    if isinstance(config, NearDedupConfig):
+        return NearDedup(fields, **settings)
+    return ImageNearDedup(config.column, config.max_distance)

@@ -1,0 +1,81 @@
+"""Cleaning repairs text in place and counts each kind of change; a record emptied by it is filtered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from curation.published import read_manifest
+from curation.stages.clean import Clean
+from schemas.records import source_array
+from tests.helpers import outputs, run, set_aside, write_jsonl
+
+
+def _batch(texts: list[str]) -> pa.Table:
+    ids = [f"r{i}" for i in range(len(texts))]
+    return pa.table(
+        {"id": ids, "source": source_array("files", "/in.jsonl", list(range(1, len(ids) + 1))), "text": texts}
+    )
+
+
+def test_each_repair_and_its_count() -> None:
+    texts = [
+        "The café’s menu",  # already clean: untouched, curly quote kept
+        "The cafÃ© doesnâ€™t open",  # mojibake
+        "<p>Fish &amp; chips</p><br/>Today<!-- note -->",  # HTML remnants
+        "zero\u200bwidth\x07 bell",  # control and zero-width characters
+        "  lots \t of\u00a0space \r\n\n\n\nend  ",  # whitespace
+        "a < b and 3 > 2",  # comparison signs are not tags
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [
+        "The café’s menu",
+        "The café doesn’t open",
+        "Fish & chips\n\nToday",
+        "zerowidth bell",
+        "lots of space\n\nend",
+        "a < b and 3 > 2",
+    ]
+    assert result.stats["unicode_fixed"] == 1
+    assert result.stats["html_removed"] == 1
+    assert result.stats["control_removed"] == 1
+    # the HTML row also had its whitespace tidied once its tags were gone
+    assert result.stats["whitespace_normalized"] == 2
+    assert result.stats["records_changed"] == 4
+    assert result.set_aside.num_rows == 0
+
+
+def test_steps_can_be_switched_off() -> None:
+    result = Clean(["text"], fix_unicode=False, strip_html=False)(_batch(["cafÃ© <b>x</b>"]))
+    assert result.kept["text"].to_pylist() == ["cafÃ© <b>x</b>"]
+    assert "unicode_fixed" not in result.stats and "html_removed" not in result.stats
+
+
+def test_recipe_counts_changes_in_the_manifest_and_filters_emptied_records(workdir: Path) -> None:
+    write_jsonl(
+        workdir / "in.jsonl",
+        [
+            {"q": "What is <b>2+2</b>?", "a": "Four &amp; nothing else"},
+            {"q": "Où est la gare ?", "a": "Ã€ gauche"},
+            {"q": "Blank answer", "a": "<br/><br/>"},
+            {"q": "Fine", "a": "Fine too"},
+        ],
+    )
+    result = run(
+        workdir,
+        {
+            "dataset": "qa",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [{"type": "clean"}],
+        },
+    )
+    version = Path(result.version_uri)
+    manifest = read_manifest(str(version))
+    stats = manifest.stats["stages"]["clean"]
+    assert stats["html_removed"] == 3 and stats["html_removed:prompt"] == 1 and stats["html_removed:completion"] == 2
+    assert stats["unicode_fixed"] == 1
+    assert manifest.counts.reasons["filtered"] == {"empty_after_clean": 1}
+    assert [row["detail"] for row in set_aside(version)] == ["nothing left of a required field after cleaning"]
+    assert sorted(r["completion"] for r in outputs(version)) == ["Fine too", "Four & nothing else", "À gauche"]

@@ -1,0 +1,97 @@
+"""Across runs: content published in v1 and resubmitted (as is, or with small edits) is not in v2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.corpus import generate
+from curation.pipeline import LocalExecutor, RunResult, run_recipe
+from curation.published import read_manifest
+from schemas.config import load_recipe
+from tests.helpers import outputs, set_aside, write_jsonl, write_recipe
+
+
+def run(folder: Path, recipe: dict[str, Any], full_refresh: bool = False) -> RunResult:
+    return run_recipe(load_recipe(write_recipe(folder, recipe)), full_refresh=full_refresh)
+
+
+def _edit(text: str) -> str:
+    words = text.split()
+    words[len(words) // 2] = "changed"
+    return " ".join(words) + " Thanks."
+
+
+RECIPE = {
+    "dataset": "notes",
+    "sources": [{"path": "input"}],
+    "record": {"kind": "document"},
+    "stages": [{"type": "exact_dedup"}, {"type": "near_dedup"}],
+    "batch_rows": 50,
+}
+
+
+def test_second_version_does_not_repeat_exact_or_near_content_of_the_first(workdir: Path) -> None:
+    texts = generate(80, duplicate_share=0.0, seed=21, related_share=0.0).texts
+    first, fresh = texts[:60], texts[60:]
+    write_jsonl(workdir / "input" / "part1.jsonl", [{"text": t} for t in first])
+    v1 = Path(run(workdir, RECIPE).version_uri)
+    assert sorted(r["text"] for r in outputs(v1)) == sorted(first)
+
+    # v2's new input: part1's texts again untouched, ten of them with small edits, and twenty new ones.
+    write_jsonl(
+        workdir / "input" / "part2.jsonl",
+        [{"text": t} for t in first] + [{"text": _edit(t)} for t in first[:10]] + [{"text": t} for t in fresh],
+    )
+    v2 = Path(run(workdir, RECIPE).version_uri)
+    assert sorted(r["text"] for r in outputs(v2)) == sorted(fresh)
+
+    manifest = read_manifest(str(v2))
+    assert manifest.counts.input == 90
+    assert manifest.counts.reasons["duplicate"] == {"earlier_version": 70}
+    aside = set_aside(v2)
+    by_stage = {}
+    for row in aside:
+        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + 1
+        assert row["detail"].endswith("published in v1") and row["duplicate_of"]
+    assert by_stage == {"exact_dedup": 60, "near_dedup": 10}
+
+    # v3's new input repeats content of v1 and of v2: nothing is written, each record points back.
+    write_jsonl(workdir / "input" / "part3.jsonl", [{"text": t} for t in first[:5] + fresh[:5]])
+    v3 = Path(run(workdir, RECIPE).version_uri)
+    assert outputs(v3) == []
+    details = {row["detail"].rsplit(" ", 1)[-1] for row in set_aside(v3)}
+    assert details == {"v1", "v2"}
+
+    # A full refresh starts over: the new version holds all the content once, whatever was published before.
+    v4 = Path(run(workdir, RECIPE, full_refresh=True).version_uri)
+    assert sorted(r["text"] for r in outputs(v4)) == sorted(first + fresh)
+    assert "earlier_version" not in read_manifest(str(v4)).counts.reasons.get("duplicate", {})
+
+    # ... and later runs compare with the new start only: new content goes in, repeats do not.
+    write_jsonl(
+        workdir / "input" / "part4.jsonl", [{"text": t} for t in [*first[:3], "A brand new note about refunds."]]
+    )
+    v5 = Path(run(workdir, RECIPE).version_uri)
+    assert [r["text"] for r in outputs(v5)] == ["A brand new note about refunds."]
+    assert {row["detail"].rsplit(" ", 1)[-1] for row in set_aside(v5)} == {"v4"}
+
+
+class FailsAfterWriting(LocalExecutor):
+    """Runs every stage, then fails before publishing (as a full disk or a lost connection would)."""
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        super().run(*args, **kwargs)
+        raise RuntimeError("simulated failure after the stages ran")
+
+
+def test_a_failed_run_leaves_no_signatures_behind(workdir: Path) -> None:
+    texts = generate(20, duplicate_share=0.0, seed=4, related_share=0.0).texts
+    write_jsonl(workdir / "input" / "a.jsonl", [{"text": t} for t in texts])
+    recipe = load_recipe(write_recipe(workdir, RECIPE))
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_recipe(recipe, executor=FailsAfterWriting())
+    v1 = Path(run(workdir, RECIPE).version_uri)  # incremental: the failed run left its input unread
+    assert len(outputs(v1)) == 20  # and its signatures did not count as published

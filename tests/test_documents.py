@@ -1,0 +1,214 @@
+"""Documents: PDF (fpdf2), DOCX (python-docx), HTML, Markdown and text, generated here; local and S3."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from pathlib import Path
+
+import boto3
+import docx
+import pytest
+from fpdf import FPDF
+
+from connectors.chunk import chunk_text
+from connectors.documents import DocumentsSourceReader
+from schemas.config import ChunkConfig, DocumentsSource
+from tests.helpers import outputs, run, set_aside
+
+PARAGRAPHS = [
+    "Refunds are paid within five working days of the returned item arriving at the warehouse.",
+    "Customers abroad may return items by courier; the courier fee is refunded with the item.",
+    "Gift cards cannot be refunded once activated, but they can be transferred to another account.",
+]
+
+
+class HandbookPDF(FPDF):
+    def header(self) -> None:
+        self.set_font("helvetica", size=9)
+        self.cell(0, 8, "ACME Internal - Confidential", new_x="LMARGIN", new_y="NEXT")
+
+    def footer(self) -> None:
+        self.set_y(-15)
+        self.set_font("helvetica", size=9)
+        self.cell(0, 8, f"Page {self.page_no()} of 4")
+
+
+def make_pdf(pages: int = 4, password: str | None = None) -> bytes:
+    pdf = HandbookPDF()
+    pdf.set_title("Customer Handbook")
+    if password:
+        pdf.set_encryption(owner_password="owner", user_password=password)
+    for number in range(1, pages + 1):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=12)
+        pdf.multi_cell(0, 8, f"Chapter {number}. " + PARAGRAPHS[number % 3])
+    return bytes(pdf.output())
+
+
+def make_docx() -> bytes:
+    document = docx.Document()
+    document.sections[0].header.paragraphs[0].text = "ACME letterhead - do not copy"
+    document.add_paragraph("Returns Policy", style="Title")
+    document.add_paragraph("This policy applies to all stores.")
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    document.add_heading("Gift cards", level=1)
+    document.add_paragraph(PARAGRAPHS[2])
+    table = document.add_table(rows=2, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "Card", "Refundable"
+    table.cell(1, 0).text, table.cell(1, 1).text = "Activated", "No"
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+HTML = """<html><head><title>Shipping times | ACME</title></head><body>
+<nav><a href="/">Home</a> | <a href="/shop">Shop</a> | <a href="/login">Log in to your account</a></nav>
+<article><h1>Shipping times</h1>
+<p>Orders placed before noon leave the warehouse the same day and arrive within two working days.</p>
+<h2>International</h2>
+<p>International parcels take five to ten working days, depending on customs in the destination country.</p>
+</article>
+<footer>Copyright 2026 ACME Ltd. All rights reserved. Cookie settings.</footer></body></html>"""
+
+MARKDOWN = """---
+title: Support playbook
+---
+Intro line for agents.
+
+# Escalation
+
+Escalate fraud reports to the risk team within one hour.
+
+```bash
+# not a heading: a comment in a code block
+```
+
+## Refunds
+
+Refunds above 500 USD need a second approval.
+"""
+
+
+def read(path: Path | str, **settings: object) -> tuple[list[dict], list[dict]]:
+    reader = DocumentsSourceReader(DocumentsSource(type="documents", path=str(path), **settings))
+    rows, aside = [], []
+    for batch in reader.batches():
+        rows += batch.rows.to_pylist()
+        aside += batch.set_aside.to_pylist()
+    return rows, aside
+
+
+def test_pdf_pages_keep_order_and_lose_running_headers(tmp_path: Path) -> None:
+    (tmp_path / "handbook.pdf").write_bytes(make_pdf())
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [r["source"]["page"] for r in rows] == [1, 2, 3, 4]
+    assert all(r["title"] == "Customer Handbook" for r in rows)
+    for number, row in enumerate(rows, start=1):
+        assert row["text"].startswith(f"Chapter {number}.")
+        assert "Confidential" not in row["text"] and "of 4" not in row["text"]
+
+
+def test_docx_sections_title_and_tables_without_page_header(tmp_path: Path) -> None:
+    (tmp_path / "policy.docx").write_bytes(make_docx())
+    rows, _ = read(tmp_path)
+    assert [r["title"] for r in rows] == ["Returns Policy", "Returns Policy › Refunds", "Returns Policy › Gift cards"]
+    assert rows[0]["text"] == "This policy applies to all stores."
+    assert rows[1]["text"] == "Refunds\n\n" + PARAGRAPHS[0]
+    assert "Activated | No" in rows[2]["text"]
+    assert all("letterhead" not in r["text"] for r in rows)
+    assert [r["source"]["line"] for r in rows] == [1, 3, 5]  # paragraph where each section starts
+
+
+def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
+    (tmp_path / "shipping.html").write_text(HTML)
+    rows, _ = read(tmp_path)
+    text = "\n".join(r["text"] for r in rows)
+    assert "same day" in text and "customs" in text
+    assert "Log in" not in text and "Copyright" not in text
+    assert rows[0]["title"] == "Shipping times"
+    assert rows[-1]["title"] == "Shipping times › International"
+
+
+def test_markdown_sections_skip_code_fences_and_read_front_matter(tmp_path: Path) -> None:
+    (tmp_path / "playbook.md").write_text(MARKDOWN)
+    (tmp_path / "notes.txt").write_text("Plain notes.\n\nSecond paragraph.\n")
+    rows, _ = read(tmp_path)
+    by_title = {r["title"]: r for r in rows}
+    assert set(by_title) == {"Support playbook", "Support playbook › Escalation", "Support playbook › Refunds", "notes"}
+    assert "not a heading" in by_title["Support playbook › Escalation"]["text"]
+    assert by_title["Support playbook › Refunds"]["source"]["line"] == 14
+    assert by_title["notes"]["text"] == "Plain notes.\n\nSecond paragraph."
+
+
+def test_chunker_respects_size_overlap_and_paragraphs() -> None:
+    paragraphs = [f"Paragraph {i} says something about topic {i}." for i in range(40)]
+    text = "\n\n".join(paragraphs)
+    chunks = chunk_text(text, max_chars=300, overlap_chars=100)
+    assert all(len(c.text) <= 300 for c in chunks)
+    assert all(text[c.start : c.start + len(c.text)] == c.text for c in chunks)
+    for chunk in chunks:  # every chunk is whole paragraphs
+        assert all(p in paragraphs for p in chunk.text.split("\n\n"))
+    for before, after in itertools.pairwise(chunks):  # consecutive chunks share a paragraph
+        assert after.text.split("\n\n")[0] in before.text.split("\n\n")
+    covered = {p for c in chunks for p in c.text.split("\n\n")}
+    assert covered == set(paragraphs)
+    long = "word " * 500 + "end."
+    pieces = chunk_text(long, max_chars=200)
+    assert all(len(p.text) <= 200 for p in pieces) and all(not p.text.startswith(" ") for p in pieces)
+    assert "".join(p.text.replace(" ", "") for p in pieces) == long.replace(" ", "")
+
+
+def test_chunked_markdown_points_at_the_line_of_each_chunk(tmp_path: Path) -> None:
+    lines = [f"Line {i} of the guide has a sentence about parcels." for i in range(1, 61)]
+    (tmp_path / "guide.md").write_text("\n\n".join(lines) + "\n")
+    rows, _ = read(tmp_path, chunk=ChunkConfig(max_chars=400, overlap_chars=60))
+    assert len(rows) > 5
+    for row in rows:
+        first = row["text"].splitlines()[0]
+        assert first == f"Line {(row['source']['line'] + 1) // 2} of the guide has a sentence about parcels."
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason", "detail"),
+    [
+        ("locked.pdf", lambda: make_pdf(password="secret"), "encrypted", "password-protected"),
+        ("broken.pdf", lambda: make_pdf()[:400], "corrupt", "not a readable PDF"),
+        ("noise.pdf", lambda: b"%PDF-1.7\n" + bytes(range(256)) * 4, "corrupt", "not a readable PDF"),
+        ("locked.docx", lambda: bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 512, "encrypted", "password-protected"),
+        ("broken.docx", lambda: make_docx()[:300], "corrupt", "not a readable DOCX"),
+        ("latin1.txt", lambda: "caf\xe9".encode("latin-1"), "corrupt", "not UTF-8"),
+    ],
+)
+def test_bad_documents_are_quarantined_and_the_run_goes_on(
+    workdir: Path, name: str, content, reason: str, detail: str
+) -> None:
+    docs = workdir / "docs"
+    docs.mkdir()
+    (docs / name).write_bytes(content())
+    (docs / "handbook.pdf").write_bytes(make_pdf())
+    (docs / "playbook.md").write_text(MARKDOWN)
+    result = run(
+        workdir, {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    )
+    counts = result.manifest.counts
+    assert counts.reasons["quarantined"] == {reason: 1}
+    assert counts.written == 4 + 3 and counts.input == 4 + 3 + 1
+    [row] = set_aside(Path(result.version_uri))
+    assert row["reason"] == reason and name in row["detail"] and detail in row["detail"]
+    assert len(outputs(Path(result.version_uri))) == 7
+
+
+def test_documents_from_s3(bucket: str) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="kb/policy.docx", Body=make_docx())
+    s3.put_object(Bucket=bucket, Key="kb/handbook.pdf", Body=make_pdf(pages=3))
+    s3.put_object(Bucket=bucket, Key="kb/locked.pdf", Body=make_pdf(password="pw"))
+    rows, aside = read(f"s3://{bucket}/kb/")
+    assert [r["source"]["uri"] for r in rows] == [f"s3://{bucket}/kb/handbook.pdf"] * 3 + [
+        f"s3://{bucket}/kb/policy.docx"
+    ] * 3
+    assert [a["reason"] for a in aside] == ["encrypted"]
+    assert [r["source"]["page"] for r in rows[:3]] == [1, 2, 3]

@@ -1,0 +1,123 @@
+"""great-expectations suites: each expectation quarantines exactly the rows that fail it, by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curation.published import read_manifest
+from curation.stages.base import StageError
+from curation.stages.expectations import Expectations
+from schemas.config import Expectation, RecipeError, parse_recipe
+from tests.helpers import outputs, run, set_aside, write_jsonl
+
+ROWS = [
+    {"q": "Categorise: coffee at Blue Bottle", "a": "food", "tag": "food"},  # passes everything
+    {"q": "Categorise: rent", "a": "housing", "tag": "rent"},  # tag not in set
+    {"q": "x", "a": "travel", "tag": "travel"},  # prompt too short
+    {"q": "categorise: lowercase start", "a": "food", "tag": "food"},  # prompt does not match ^[A-Z]
+    {"q": "Categorise: taxi to airport", "a": "travel", "tag": "travel"},  # passes
+    {"q": "Categorise: taxi to airport", "a": "travel", "tag": "travel"},  # same prompt as the row above
+]
+
+RECIPE = {
+    "dataset": "tx",
+    "sources": [{"path": "in.jsonl"}],
+    "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "tag"},
+    "stages": [
+        {
+            "type": "expectations",
+            "expect": [
+                {"column": "label", "check": "in_set", "values": ["food", "travel", "housing"]},
+                {"column": "prompt", "check": "length_between", "min": 5, "max": 200},
+                {"column": "prompt", "check": "matches_regex", "regex": "^[A-Z]"},
+                {"column": "prompt", "check": "unique"},
+                {"column": "completion", "check": "not_null"},
+            ],
+        }
+    ],
+}
+
+
+def test_failing_rows_are_quarantined_with_the_expectation_name(workdir: Path) -> None:
+    write_jsonl(workdir / "in.jsonl", ROWS)
+    version = Path(run(workdir, RECIPE).version_uri)
+    manifest = read_manifest(str(version))
+    assert manifest.counts.reasons["quarantined"] == {
+        "expect_column_values_to_be_in_set:label": 1,
+        "expect_column_value_lengths_to_be_between:prompt": 1,
+        "expect_column_values_to_match_regex:prompt": 1,
+        "expect_column_values_to_be_unique:prompt": 2,
+    }
+    assert [r["prompt"] for r in outputs(version)] == ["Categorise: coffee at Blue Bottle"]
+    aside = {row["source"]["line"]: row for row in set_aside(version)}
+    assert sorted(aside) == [2, 3, 4, 5, 6]
+    assert aside[2]["detail"].endswith("in.jsonl:2: failed expect_column_values_to_be_in_set:label")
+    assert '"label": "rent"' in aside[2]["record"]  # the reviewer sees the record as it was
+    stats = manifest.stats["stages"]["expectations"]
+    assert stats["rows_checked"] == 6 and stats["rows_failed"] == 5
+    assert stats["failed:expect_column_values_to_not_be_null:completion"] == 0
+    assert stats["failed:expect_column_values_to_be_unique:prompt"] == 2
+
+
+def test_not_null_and_between_on_a_batch() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c", "d"],
+            "source": source_array("files", "/t.jsonl", [1, 2, 3, 4]),
+            "text": ["x", None, "y", "z"],
+            "score": [0.5, 0.1, 1.5, None],
+        }
+    )
+    stage = Expectations(
+        [Expectation(column="text", check="not_null"), Expectation(column="score", check="between", min=0, max=1)]
+    )
+    result = stage(batch)
+    assert result.kept["id"].to_pylist() == ["a", "d"]  # a null is not "out of range"; only not_null catches nulls
+    assert result.set_aside["reason"].to_pylist() == [
+        "expect_column_values_to_not_be_null:text",
+        "expect_column_values_to_be_between:score",
+    ]
+
+
+def test_unknown_column_is_a_clear_error_and_bad_specs_fail_the_recipe() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    batch = pa.table({"id": ["a"], "source": source_array("files", "/t.jsonl", [1]), "text": ["x"]})
+    with pytest.raises(StageError, match=r"\['labl'\]; records have \['text'\]"):
+        Expectations([Expectation(column="labl", check="not_null")])(batch)
+    with pytest.raises(RecipeError, match="in_set needs values"):
+        parse_recipe(
+            "dataset: d\nsources: [{path: x}]\nstages:\n  - type: expectations\n    expect: [{column: a, check: in_set}]\n"
+        )
+
+
+def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path) -> None:
+    # A fresh interpreter: importing great-expectations takes seconds, so a recipe without
+    # expectations must not pay for it.
+    check = (
+        "import sys; from schemas.config import parse_recipe; from curation.pipeline import build_stages; "
+        "build_stages(parse_recipe(sys.argv[1])); print('great_expectations' in sys.modules)"
+    )
+    recipes = {
+        "without": "dataset: d\nsources: [{path: x}]\nstages: [{type: clean}]\n",
+        "with": "dataset: d\nsources: [{path: x}]\nstages: [{type: expectations, expect: [{column: text, check: unique}]}]\n",
+    }
+    root = Path(__file__).resolve().parent.parent
+    seen = {
+        name: subprocess.run(
+            [sys.executable, "-c", check, text], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        or "error"
+        for name, text in recipes.items()
+    }
+    assert seen == {"without": "False", "with": "False"}  # building the stage does not import it either

@@ -1,0 +1,143 @@
+"""Each quality filter removes exactly what it should, with its reason in the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from curation.published import read_manifest
+from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
+from schemas.records import source_array
+from tests.helpers import outputs, run, set_aside, write_jsonl
+
+PROSE = (
+    "The quarterly report shows that revenue grew in every region, led by strong demand for the new "
+    "savings accounts. Customer complaints fell for the third quarter in a row, and the branch network "
+    "finished its move to the new booking system without a single day of downtime."
+)
+
+
+def _batch(**columns: list[str]) -> pa.Table:
+    rows = len(next(iter(columns.values())))
+    ids = [f"r{i}" for i in range(rows)]
+    return pa.table({"id": ids, "source": source_array("files", "/in.jsonl", list(range(1, rows + 1))), **columns})
+
+
+def _gone(result) -> dict[str, str]:
+    aside = result.set_aside
+    return dict(zip(aside["id"].to_pylist(), aside["reason"].to_pylist(), strict=True))
+
+
+def test_length_bounds_in_characters_and_words() -> None:
+    texts = ["too short", "just right here ok", "x" * 60, "one two three four five six seven"]
+    result = LengthFilter(["text"], min_chars=10, max_chars=50, min_words=2, max_words=5)(_batch(text=texts))
+    assert result.kept["id"].to_pylist() == ["r1"]
+    assert _gone(result) == {"r0": "length", "r2": "length", "r3": "length"}
+    assert result.set_aside["detail"].to_pylist() == [
+        "9 characters < min_chars 10",
+        "60 characters > max_chars 50",
+        "7 words > max_words 5",
+    ]
+    assert result.stats == {"checked": 4, "removed:length": 3}
+
+
+def test_language_detection_uses_the_packaged_model() -> None:
+    texts = [
+        PROSE,
+        "Le rapport trimestriel montre que le chiffre d'affaires a augmenté dans toutes les régions du pays.",
+        "Der Quartalsbericht zeigt, dass der Umsatz in allen Regionen des Landes gestiegen ist.",
+        "12345 !!! 678",
+    ]
+    result = LanguageFilter(["text"], ["en"], min_confidence=0.8)(_batch(text=texts))
+    assert result.kept["id"].to_pylist() == ["r0"]
+    details = result.set_aside["detail"].to_pylist()
+    assert details[0].startswith("detected fr") and details[1].startswith("detected de")
+    assert details[2] == "no language detected; wanted en >= 0.8"
+    both = LanguageFilter(["text"], ["en", "fr"])(_batch(text=texts))
+    assert both.kept["id"].to_pylist() == ["r0", "r1"]
+
+
+def test_gopher_repetition_rules() -> None:
+    repeated_lines = "\n".join(["Buy now and save big today!"] * 5 + ["Terms apply."])
+    repeated_phrase = "the best offer " * 30
+    looping = PROSE + " " + PROSE  # a passage pasted twice: no single phrase dominates
+    result = RepetitionFilter(["text"])(_batch(text=[PROSE, repeated_lines, repeated_phrase, looping]))
+    assert result.kept["id"].to_pylist() == ["r0"]
+    details = result.set_aside["detail"].to_pylist()
+    assert details[0].startswith("duplicate paragraphs") or details[0].startswith("duplicate lines")
+    assert details[1].startswith("top 2-gram")
+    assert details[2].startswith("duplicate 5-grams")
+    assert set(_gone(result).values()) == {"repetition"}
+
+
+def test_symbol_and_digit_ratios() -> None:
+    texts = [PROSE, "#### $$$ %%% *** !!! @@@ word", "4111 1111 1111 1111 exp 12/29 cvv 123", "Room 12, floor 3."]
+    result = RatioFilter(["text"], max_symbol_ratio=0.25, max_digit_ratio=0.5)(_batch(text=texts))
+    assert result.kept["id"].to_pylist() == ["r0", "r3"]
+    assert _gone(result) == {"r1": "symbol_ratio", "r2": "digit_ratio"}
+
+
+def test_instruction_rules() -> None:
+    prompts = ["Summarise the call", "What is 2+2?", "Translate: hello", "Name a colour", "Explain", "Say hi"]
+    completions = ["The customer asked for a refund.", "  ", "translate:   HELLO", "N/A", "...", "Hi"]
+    result = InstructionFilter(min_completion_chars=2, trivial=["n/a"])(_batch(prompt=prompts, completion=completions))
+    assert result.kept["id"].to_pylist() == ["r0", "r5"]
+    assert result.set_aside["detail"].to_pylist() == [
+        "empty completion",
+        "completion equals the prompt",
+        "trivial completion",
+        "trivial completion",
+    ]
+
+
+def test_recipe_filters_report_what_each_removed(workdir: Path) -> None:
+    rows = [
+        {"q": "Summarise the call", "a": PROSE},
+        {"q": "Too short?", "a": "ok"},
+        {
+            "q": "Répondez en français",
+            "a": "Le rapport trimestriel montre que le chiffre d'affaires a augmenté partout.",
+        },
+        {"q": "Echo", "a": "echo"},
+        {"q": "Card?", "a": "4111 1111 1111 1111 12/29 123 4567 8910"},
+        {"q": "Spam", "a": "\n".join(["Buy now and save big today!"] * 6)},
+        {"q": "Shout", "a": "Wow!!! $$$ ### *** @@@ ok"},
+    ]
+    write_jsonl(workdir / "in.jsonl", rows)
+    result = run(
+        workdir,
+        {
+            "dataset": "qa",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [
+                {"type": "instruction_filter"},
+                {"type": "length_filter", "fields": ["completion"], "min_chars": 3},
+                {"type": "ratio_filter"},
+                {"type": "repetition_filter"},
+                {"type": "language_filter", "fields": ["completion"], "languages": ["en"]},
+            ],
+        },
+    )
+    version = Path(result.version_uri)
+    manifest = read_manifest(str(version))
+    assert manifest.counts.reasons["filtered"] == {
+        "instruction": 1,
+        "length": 1,
+        "repetition": 1,
+        "digit_ratio": 1,
+        "symbol_ratio": 1,
+        "language": 1,
+    }
+    by_line = {row["source"]["line"]: (row["stage"], row["reason"]) for row in set_aside(version)}
+    assert by_line == {
+        2: ("length_filter", "length"),
+        3: ("language_filter", "language"),
+        4: ("instruction_filter", "instruction"),
+        5: ("ratio_filter", "digit_ratio"),
+        6: ("repetition_filter", "repetition"),
+        7: ("ratio_filter", "symbol_ratio"),
+    }
+    assert [r["completion"] for r in outputs(version)] == [PROSE]
+    assert manifest.stats["stages"]["language_filter"] == {"checked": 2, "removed:language": 1}

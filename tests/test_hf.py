@@ -1,0 +1,96 @@
+"""Hugging Face datasets saved to disk (save_to_disk, Hub-style parquet), locally and on S3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import datasets
+import pytest
+
+from connectors.hf import HFSourceReader
+from connectors.storage import StorageError
+from schemas.config import HFSource
+from tests.helpers import outputs, run
+
+
+def make_dataset() -> datasets.DatasetDict:
+    def split(prefix: str, count: int) -> datasets.Dataset:
+        return datasets.Dataset.from_dict(
+            {
+                "id": [f"{prefix}-{i}" for i in range(count)],
+                "question": [f"How do I reset PIN number {i}?" for i in range(count)],
+                "answer": [f"Open the app, choose card {i}, then Reset PIN." for i in range(count)],
+                "tags": [["cards", f"t{i % 3}"] for i in range(count)],
+            }
+        )
+
+    return datasets.DatasetDict({"train": split("tr", 25), "test": split("te", 6)})
+
+
+def read(path: str, batch_rows: int = 10, **settings: object) -> list[dict]:
+    reader = HFSourceReader(HFSource(type="hf", path=path, **settings), batch_rows)
+    batches = list(reader.batches())
+    assert all(b.rows.num_rows <= batch_rows for b in batches)
+    return [row for b in batches for row in b.rows.to_pylist()]
+
+
+def test_save_to_disk_layout_reads_like_load_from_disk(tmp_path: Path) -> None:
+    make_dataset().save_to_disk(str(tmp_path / "faq"), num_shards={"train": 3, "test": 1})
+    rows = read(str(tmp_path / "faq"))
+    expected = datasets.load_from_disk(str(tmp_path / "faq"))
+    want = [dict(r) for name in ("train", "test") for r in expected[name]]
+    assert [r["input_id"] for r in rows] == [r["id"] for r in want]
+    assert [(r["question"], r["answer"], r["tags"]) for r in rows] == [
+        (r["question"], r["answer"], r["tags"]) for r in want
+    ]
+    assert len({r["id"] for r in rows}) == 31
+    assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in rows} == {"train", "test"}
+    assert [r["input_id"] for r in read(str(tmp_path / "faq"), split="test")] == [f"te-{i}" for i in range(6)]
+
+
+def test_hub_parquet_layout_and_a_recipe(workdir: Path) -> None:
+    faq = make_dataset()
+    (workdir / "hub" / "data").mkdir(parents=True)
+    faq["train"].to_parquet(str(workdir / "hub" / "data" / "train-00000-of-00001.parquet"))
+    faq["test"].to_parquet(str(workdir / "hub" / "data" / "test-00000-of-00001.parquet"))
+    assert len(read(str(workdir / "hub"), split="train")) == 25
+    result = run(
+        workdir,
+        {
+            "dataset": "faq",
+            "sources": [{"type": "hf", "path": "hub", "split": "train"}],
+            "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+            "output": {"validation_fraction": 0.0},
+        },
+    )
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == sorted(faq["train"]["question"])
+    again = run(
+        workdir,
+        {
+            "dataset": "faq",
+            "sources": [{"type": "hf", "path": "hub", "split": "train"}],
+            "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+            "output": {"validation_fraction": 0.0},
+        },
+    )
+    assert not again.published and "nothing new" in again.message
+
+
+def test_missing_split_and_empty_folder_are_clear(tmp_path: Path) -> None:
+    make_dataset().save_to_disk(str(tmp_path / "faq"))
+    with pytest.raises(StorageError, match=r"no split 'validation'; the dataset has \['train', 'test'\]"):
+        read(str(tmp_path / "faq"), split="validation")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="no dataset here"):
+        read(str(tmp_path / "empty"))
+
+
+def test_saved_dataset_on_s3(tmp_path: Path, bucket: str) -> None:
+    make_dataset().save_to_disk(str(tmp_path / "faq"))
+    s3 = boto3.client("s3")
+    for file in (tmp_path / "faq").rglob("*"):
+        if file.is_file():
+            s3.upload_file(str(file), bucket, f"datasets/faq/{file.relative_to(tmp_path / 'faq')}")
+    rows = read(f"s3://{bucket}/datasets/faq")
+    assert len(rows) == 31 and rows[0]["source"]["uri"].startswith(f"s3://{bucket}/datasets/faq/train/")

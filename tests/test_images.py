@@ -1,0 +1,236 @@
+"""Images with questions and answers: generated with Pillow, read locally and from S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from connectors.images import ImagesSourceReader
+from connectors.state import Watermarks
+from curation.stages.shape import Shape
+from curation.stages.validate import SchemaValidation
+from schemas.config import ImagesSource, RecordShape
+from schemas.records import VQARecord
+from tests.helpers import outputs, run
+
+GPS_IFD = 0x8825
+
+
+def jpeg_with_exif(size: tuple[int, int] = (40, 20), orientation: int | None = None) -> bytes:
+    image = Image.new("RGB", size, (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, size[0] // 2, size[1]))  # left half blue: shows the rotation
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"  # Make
+    exif[0x0110] = "Model X"  # Model
+    exif.get_ifd(GPS_IFD).update({1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)})
+    if orientation:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def png(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, 120).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bmp() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+def broken_crc_png() -> bytes:
+    data = bytearray(png())
+    at = data.index(b"IDAT") + 8  # flip a byte of compressed data: the chunk's CRC no longer matches
+    data[at] ^= 0xFF
+    return bytes(data)
+
+
+IMAGES = {
+    "receipt.jpg": jpeg_with_exif(),
+    "rotated.jpg": jpeg_with_exif(orientation=6),
+    "form.png": png(),
+    "truncated.jpg": (lambda data: data[: len(data) * 2 // 3])(jpeg_with_exif((300, 200))),
+    "crc.png": broken_crc_png(),
+    "huge.png": png((1100, 1000), mode="L"),
+    "scan.bmp": bmp(),
+    "notes.png": b"these are not image bytes",
+}
+
+
+def sidecar_rows() -> list[dict]:
+    rows = [{"image": name, "question": f"What is in {name}?", "answer": f"It shows {name}."} for name in IMAGES]
+    rows.append({"image": "receipt.jpg", "question": "What is the total?", "answer": "12.50 USD"})
+    rows.append({"image": "missing.jpg", "question": "Where is it?", "answer": "Nowhere."})
+    return rows
+
+
+def write_folder(folder: Path) -> Path:
+    (folder / "img").mkdir(parents=True)
+    for name, data in IMAGES.items():
+        (folder / "img" / name).write_bytes(data)
+    lines = [json.dumps(row) for row in sidecar_rows()] + ["{not json"]
+    (folder / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def read(config: ImagesSource, watermark=None) -> tuple[list[dict], list[dict], pa.Table]:
+    rows, aside, tables = [], [], []
+    for batch in ImagesSourceReader(config, batch_rows=4, watermark=watermark).batches():
+        rows += batch.rows.to_pylist()
+        aside += batch.set_aside.to_pylist()
+        if batch.rows.num_rows:
+            tables.append(batch.rows)
+    return rows, aside, pa.concat_tables(tables, promote_options="default")
+
+
+def config_for(folder: str, sidecar: str, **settings: object) -> ImagesSource:
+    return ImagesSource(type="images", path=folder, sidecar=sidecar, max_pixels=1_000_000, **settings)
+
+
+def test_bad_images_are_quarantined_with_reasons_and_good_ones_kept(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    rows, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    assert [r["image"] for r in rows] == ["receipt.jpg", "rotated.jpg", "form.png", "receipt.jpg"]
+    reasons = {a["detail"].split(": ")[1]: a["reason"] for a in aside if a["reason"] != "malformed_json"}
+    assert reasons == {
+        "truncated.jpg": "truncated",
+        "crc.png": "corrupt",
+        "huge.png": "decompression_bomb",
+        "scan.bmp": "unsupported",
+        "notes.png": "unsupported",
+        "missing.jpg": "missing_image",
+    }
+    assert [a["source"]["line"] for a in aside if a["reason"] == "malformed_json"] == [11]
+    assert all(a["source"]["connector"] == "images" and a["outcome"] == "quarantined" for a in aside)
+    assert {a["source"]["line"] for a in aside} | {r["source"]["line"] for r in rows} == set(range(1, 12))
+    huge = next(a for a in aside if a["reason"] == "decompression_bomb")
+    assert "1100x1000 is 1100000 pixels, over max_pixels 1000000" in huge["detail"]
+    assert json.loads(huge["record"])["question"] == "What is in huge.png?"
+
+
+def test_exif_is_stripped_and_orientation_applied(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    rows, _, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    original = Image.open(io.BytesIO(IMAGES["receipt.jpg"]))
+    assert original.getexif().get_ifd(GPS_IFD)  # the input does carry a GPS position
+    for row in rows:
+        cleaned = Image.open(io.BytesIO(row["image_bytes"]))
+        assert cleaned.format == "JPEG" if row["image"].endswith(".jpg") else cleaned.format == "PNG"
+        assert dict(cleaned.getexif()) == {} and "exif" not in cleaned.info
+        assert b"PhoneMaker" not in row["image_bytes"]
+    rotated = Image.open(io.BytesIO(next(r for r in rows if r["image"] == "rotated.jpg")["image_bytes"]))
+    assert rotated.size == (20, 40)  # orientation 6 turned the 40x20 image upright
+    top = rotated.getpixel((10, 5))
+    assert top[2] > 150 and top[0] < 100  # the blue left half is on top after the turn
+
+
+def test_resize_to_max_side(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    rows, _, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), max_side=32))
+    sizes = {r["image"]: Image.open(io.BytesIO(r["image_bytes"])).size for r in rows}
+    assert sizes["form.png"] == (32, 24) and sizes["receipt.jpg"] == (32, 16)
+
+
+def test_sidecar_csv_with_other_column_names(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "qa.csv").write_text('file,q,a\nform.png,"Which form is it?","Form W-9"\nreceipt.jpg,Total?,12.50\n')
+    config = config_for(
+        str(tmp_path / "img"), str(tmp_path / "qa.csv"), image_column="file", question_column="q", answer_column="a"
+    )
+    rows, aside, _ = read(config)
+    assert aside == []
+    assert [(r["image"], r["question"], r["answer"]) for r in rows] == [
+        ("form.png", "Which form is it?", "Form W-9"),
+        ("receipt.jpg", "Total?", "12.50"),
+    ]
+
+
+def test_image_bytes_survive_shape_and_validation(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    _, _, table = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    shaped = Shape(RecordShape(kind="vqa"))(table).kept
+    valid = SchemaValidation(VQARecord, name="validate_record")(shaped).kept
+    assert valid.num_rows == 4
+    assert valid["image_bytes"].to_pylist() == table["image_bytes"].to_pylist()
+
+
+def test_rerun_takes_new_rows_and_changed_images_only(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    config = config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"))
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    first = Watermarks(engine, "vqa")
+    rows, aside, _ = read(config, first.for_source(config))
+    assert len(rows) == 4
+    first.commit("r1")
+    with (tmp_path / "qa.jsonl").open("a") as sidecar:
+        sidecar.write(json.dumps({"image": "form.png", "question": "Signed?", "answer": "Yes"}) + "\n")
+    (tmp_path / "img" / "rotated.jpg").write_bytes(jpeg_with_exif((30, 30)))
+    os.utime(tmp_path / "img" / "rotated.jpg", (1, 1))  # a different mtime whatever the clock's resolution
+    second = Watermarks(engine, "vqa")
+    rows, aside, _ = read(config, second.for_source(config))
+    assert sorted((r["image"], r["question"]) for r in rows) == [
+        ("form.png", "Signed?"),
+        ("rotated.jpg", "What is in rotated.jpg?"),
+    ]
+    assert aside == []  # rows already quarantined (a bad image, a malformed line) are not counted again
+
+
+@pytest.mark.s3
+def test_images_from_s3(bucket: str) -> None:
+    s3 = boto3.client("s3")
+    for name in ("receipt.jpg", "truncated.jpg"):
+        s3.put_object(Bucket=bucket, Key=f"vqa/img/{name}", Body=IMAGES[name])
+    rows = [
+        {"image": "receipt.jpg", "question": "Total?", "answer": "12.50"},
+        {"image": "truncated.jpg", "question": "?", "answer": "!"},
+    ]
+    s3.put_object(Bucket=bucket, Key="vqa/qa.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows).encode())
+    got, aside, _ = read(config_for(f"s3://{bucket}/vqa/img", f"s3://{bucket}/vqa/qa.jsonl"))
+    assert [r["image"] for r in got] == ["receipt.jpg"]
+    assert Image.open(io.BytesIO(got[0]["image_bytes"])).getexif().get_ifd(GPS_IFD) == {}
+    assert [(a["reason"], a["source"]["uri"]) for a in aside] == [("truncated", f"s3://{bucket}/vqa/qa.jsonl")]
+
+
+def test_vqa_recipe_publishes_clean_images_beside_the_shards(workdir: Path) -> None:
+    write_folder(workdir)
+    result = run(
+        workdir,
+        {
+            "dataset": "receipts",
+            "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+            "record": {"kind": "vqa"},
+            "output": {"validation_fraction": 0.0},
+        },
+    )
+    counts = result.manifest.counts
+    assert counts.input == 11 and counts.written == 4
+    assert counts.reasons["quarantined"] == {
+        "corrupt": 1,
+        "decompression_bomb": 1,
+        "malformed_json": 1,
+        "missing_image": 1,
+        "truncated": 1,
+        "unsupported": 2,
+    }
+    version = Path(result.version_uri)
+    lines = outputs(version)
+    assert sorted(line["prompt"] for line in lines) == sorted(
+        ["What is in receipt.jpg?", "What is in rotated.jpg?", "What is in form.png?", "What is the total?"]
+    )
+    for line in lines:
+        published = version / "train" / line["file_name"]
+        image = Image.open(published)
+        assert dict(image.getexif()) == {} and b"PhoneMaker" not in published.read_bytes()
+    assert len({line["file_name"] for line in lines}) == 3  # receipt.jpg asked about twice, stored once

@@ -1,0 +1,213 @@
+"""Scheduled runs: each takes only what is new since the last published version."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+import sqlalchemy as sa
+
+from connectors.state import RunLocked, run_lock, run_locks
+from curation.pipeline import run_recipe
+from curation.published import published_versions
+from curation.writer import DatasetWriter
+from schemas.config import load_recipe, parse_recipe
+from tests.helpers import outputs, run, write_jsonl, write_recipe
+from tests.test_cli import curation
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def add_tickets(db_url: str, first: int, count: int) -> None:
+    engine = sa.create_engine(db_url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE IF NOT EXISTS tickets (id INTEGER PRIMARY KEY, body TEXT, updated_at TEXT)"))
+        db.execute(
+            sa.text("INSERT INTO tickets VALUES (:id, :body, :at)"),
+            [
+                {
+                    "id": i,
+                    "body": f"Ticket {i}: card blocked after travel",
+                    "at": (START + timedelta(hours=i)).isoformat(),
+                }
+                for i in range(first, first + count)
+            ],
+        )
+    engine.dispose()
+
+
+def scheduled_recipe(folder: Path) -> Path:
+    return write_recipe(
+        folder,
+        {
+            "dataset": "support",
+            "sources": [
+                {
+                    "type": "sql",
+                    "url": "sqlite:///crm.db",
+                    "query": "SELECT id AS ticket, body AS text, updated_at FROM tickets",
+                    "cursor": "updated_at",
+                },
+                {"type": "documents", "path": "kb"},
+            ],
+            "record": {"kind": "document"},
+            "output": {"validation_fraction": 0.0},
+        },
+    )
+
+
+def texts(version_uri: str) -> list[str]:
+    return sorted(line["text"] for line in outputs(Path(version_uri)))
+
+
+def test_scheduled_job_takes_only_new_rows_and_files(workdir: Path) -> None:
+    add_tickets(f"sqlite:///{workdir}/crm.db", 1, 4)
+    (workdir / "kb").mkdir()
+    (workdir / "kb" / "refunds.md").write_text("# Refunds\n\nRefunds take five days.\n")
+    recipe_path = scheduled_recipe(workdir)
+
+    first = run_recipe(load_recipe(recipe_path))
+    assert first.manifest.version == 1 and first.manifest.extends is None
+    assert first.manifest.counts.input == 5
+
+    add_tickets(f"sqlite:///{workdir}/crm.db", 5, 2)
+    (workdir / "kb" / "shipping.md").write_text("# Shipping\n\nParcels leave the same day.\n")
+    second = run_recipe(load_recipe(recipe_path))
+    assert second.manifest.version == 2 and second.manifest.extends == 1
+    assert texts(second.version_uri) == [
+        "# Shipping\n\nParcels leave the same day.",
+        "Ticket 5: card blocked after travel",
+        "Ticket 6: card blocked after travel",
+    ]
+    assert [i.uri for i in second.manifest.inputs][1:] == [str(workdir / "kb" / "shipping.md")]
+
+    # The third run, as the scheduler runs it: nothing new, nothing published, exit code 0.
+    third = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    assert third.returncode == 0, third.stderr
+    assert "nothing new since support v2: published nothing" in third.stdout
+    assert published_versions(str(workdir / "output"), "support") == [1, 2]
+
+    # A changed file is taken again (its size and mtime changed), and only it.
+    (workdir / "kb" / "refunds.md").write_text("# Refunds\n\nRefunds now take three days.\n")
+    fourth = run_recipe(load_recipe(recipe_path))
+    assert fourth.manifest.extends == 2
+    assert texts(fourth.version_uri) == ["# Refunds\n\nRefunds now take three days."]
+
+    # --full-refresh forgets the watermarks and takes everything again.
+    fifth = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    assert fifth.returncode == 0 and "nothing new since support v3" in fifth.stdout
+    full = curation("run", "--quiet", "--full-refresh", str(recipe_path), cwd=workdir)
+    assert full.returncode == 0, full.stderr
+    manifest = json.loads((workdir / "output" / "support" / "v4" / "manifest.json").read_text())
+    assert manifest["extends"] is None and manifest["counts"]["input"] == 8
+    assert "holds what is new" not in full.stdout
+    add_tickets(f"sqlite:///{workdir}/crm.db", 7, 1)
+    after = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    assert "published" in after.stdout and "v5 holds what is new since v4" in after.stdout
+
+
+def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+
+    def broken(self, build_manifest):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DatasetWriter, "publish", broken)
+        with pytest.raises(OSError, match="disk full"):
+            run(workdir, recipe)
+    result = run(workdir, recipe)
+    assert result.manifest.version == 1 and result.manifest.counts.input == 2
+
+
+def test_s3_objects_are_taken_again_only_when_their_etag_changes(workdir: Path, bucket: str) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    recipe = {
+        "dataset": "docs",
+        "sources": [{"path": f"s3://{bucket}/in/"}],
+        "record": {"kind": "document"},
+        "output": {"dest": f"s3://{bucket}/out", "validation_fraction": 0.0},
+    }
+    assert run(workdir, recipe).manifest.counts.input == 1
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "two"}\n')
+    second = run(workdir, recipe)
+    assert second.manifest.extends == 1 and [i.uri for i in second.manifest.inputs] == [f"s3://{bucket}/in/b.jsonl"]
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')  # same bytes, same ETag
+    assert not run(workdir, recipe).published
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one, edited"}\n')
+    fourth = run(workdir, recipe)
+    assert fourth.manifest.version == 3 and fourth.manifest.counts.input == 1
+
+
+def test_a_second_run_of_the_same_dataset_stops_with_a_clear_message(workdir: Path) -> None:
+    write_jsonl(workdir / "in.jsonl", [{"text": "alpha"}])
+    recipe_path = write_recipe(
+        workdir, {"dataset": "d", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    )
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with run_lock(engine, "d", "holder123"):
+        done = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+        with pytest.raises(RunLocked, match="run holder123"):
+            run_recipe(load_recipe(recipe_path))
+    assert done.returncode == 1
+    assert "dataset 'd' is being curated by another run (run holder123" in done.stderr
+    assert not (workdir / "output" / "d").exists() or published_versions(str(workdir / "output"), "d") == []
+    # Released: the next run goes ahead, and a lock left by a dead process on this host is taken over.
+    with engine.begin() as db:
+        db.execute(
+            run_locks.insert().values(
+                dataset="d", run_id="dead", host=os.uname().nodename, pid=2**22 + 17, acquired_at=datetime.now(UTC)
+            )
+        )
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
+    with engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+def test_readme_connector_recipes_are_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Connectors", 1)[1].split("\n## ", 1)[0]
+    recipes = [block for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    kinds = {parse_recipe(text, base_dir=tmp_path).sources[0].type for text in recipes}
+    assert kinds == {"sql", "documents", "images", "hf"}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_the_lock_admits_one_of_many_simultaneous_runs(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{tmp_path}/state.db" if store == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    if store == "postgresql":  # a fresh store each time, as on a first run: the tables are created in the race
+        with engine.begin() as db:
+            db.execute(sa.text("DROP TABLE IF EXISTS run_locks, watermarks"))
+    start, results = threading.Barrier(6), []
+
+    def attempt(run_id: str) -> None:
+        start.wait()
+        try:
+            with run_lock(engine, "race", run_id):
+                time.sleep(0.5)  # hold it while the others try
+            results.append("ran")
+        except RunLocked as error:
+            results.append(str(error))
+
+    threads = [threading.Thread(target=attempt, args=(f"run{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6 and results.count("ran") == 1
+    assert all("is being curated by another run" in r for r in results if r != "ran")
+    with engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+    engine.dispose()

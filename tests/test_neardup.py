@@ -1,0 +1,158 @@
+"""Near-duplicate removal: MinHash + LSH finds edited copies and leaves distinct documents alone."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw
+
+from bench.corpus import generate, score
+from curation.published import read_manifest
+from curation.stages.base import DuplicateStage
+from curation.stages.duplicates import resolve_duplicates
+from curation.stages.neardup import ImageNearDedup, NearDedup
+from curation.state import StateStore
+from schemas.records import source_array
+from tests.helpers import outputs, run, set_aside, write_jsonl
+
+
+def _batch(ids: list[str], texts: list[str]) -> pa.Table:
+    return pa.table(
+        {"id": ids, "source": source_array("files", "/in.jsonl", list(range(1, len(ids) + 1))), "text": texts}
+    )
+
+
+def _removed(stage: NearDedup, batch: pa.Table, size: int) -> dict[str, str]:
+    signatures = [stage.signatures(batch.slice(i, size)) for i in range(0, batch.num_rows, size)]
+    aside = stage.resolve(signatures)
+    return dict(zip(aside["id"].to_pylist(), aside["duplicate_of"].to_pylist(), strict=True))
+
+
+def test_precision_and_recall_on_a_generated_set_at_the_default_threshold() -> None:
+    corpus = generate(400, seed=11)
+    stage = NearDedup(["text"])
+    assert isinstance(stage, DuplicateStage)
+    removed = _removed(stage, _batch(corpus.ids, corpus.texts), size=150)  # clusters span batches
+    precision, recall = score(corpus, removed)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    # Each cluster keeps its first record in input order.
+    position = {i: n for n, i in enumerate(corpus.ids)}
+    assert all(position[kept] < position[member] for member, kept in removed.items())
+
+
+def test_estimated_similarity_tracks_true_jaccard() -> None:
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(4000)]
+    base = list(rng.choice(words, 300))
+    texts, truths = [" ".join(base)], [1.0]
+    for changed in (15, 40, 90, 150):
+        edited = base[:]
+        for i in rng.choice(len(base), changed, replace=False):
+            edited[i] = f"new{i}"
+        texts.append(" ".join(edited))
+        a = {tuple(base[i : i + 3]) for i in range(len(base) - 2)}
+        b = {tuple(edited[i : i + 3]) for i in range(len(edited) - 2)}
+        truths.append(len(a & b) / len(a | b))
+    stage = NearDedup(["text"], num_perm=256, bands=32)
+    sig = stage.minhash(_batch([str(i) for i in range(len(texts))], texts))
+    estimates = (sig[1:] == sig[0]).mean(axis=1)
+    assert np.abs(estimates - np.array(truths[1:])).max() < 0.08, (estimates, truths)
+
+
+def test_short_and_empty_texts_and_char_shingles() -> None:
+    batch = _batch(
+        ["a", "b", "c", "d", "e"],
+        ["Refund my card", "refund my card!", "", "Where is my parcel", "Where is my parcel?? please"],
+    )
+    word = _removed(NearDedup(["text"]), batch, size=5)
+    assert word == {"b": "a"}  # the empty text is never anyone's duplicate
+    char = _removed(NearDedup(["text"], shingle="char", shingle_size=4, threshold=0.5), batch, size=2)
+    assert char == {"b": "a", "e": "d"}
+
+
+def test_words_with_letters_beyond_ascii_stay_whole() -> None:
+    # "ü" or "é" must not split a word: "Zürich" and "Zurich" are different words, "Straße" one word.
+    texts = [
+        "Grüße aus Zürich: die schöne Straße am Fluss ist heute gesperrt, bitte nehmen Sie die Brücke",
+        "grüße aus zürich die schöne straße am fluss ist heute gesperrt bitte nehmen sie die brücke!",
+        "Grusse aus Zurich: die schone Strasse am Fluss ist heute gesperrt, bitte nehmen Sie die Brucke",
+    ]
+    assert _removed(NearDedup(["text"]), _batch(["a", "b", "c"], texts), size=3) == {"b": "a"}
+
+
+def _image(shift: int, pattern: int) -> bytes:
+    image = Image.new("RGB", (128, 128), "white")
+    draw = ImageDraw.Draw(image)
+    rng = np.random.default_rng(pattern)
+    for _ in range(12):
+        x, y = rng.integers(0, 100, 2)
+        draw.rectangle([x + shift, y, x + shift + 25, y + 25], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=60 + shift)
+    return out.getvalue()
+
+
+def test_image_near_duplicates_by_perceptual_hash() -> None:
+    images = [_image(0, 1), _image(1, 1), _image(0, 2), b"not an image", _image(0, 3)]
+    batch = pa.table(
+        {
+            "id": ["p", "q", "r", "bad", "s"],
+            "source": source_array("files", "/vqa.jsonl", [1, 2, 3, 4, 5]),
+            "image_bytes": pa.array(images, pa.binary()),
+        }
+    )
+    stage = ImageNearDedup(max_distance=6)
+    aside = stage.resolve([stage.signatures(batch.slice(0, 2)), stage.signatures(batch.slice(2))])
+    assert aside["id"].to_pylist() == ["q"] and aside["duplicate_of"].to_pylist() == ["p"]
+    assert aside["reason"].to_pylist() == ["near_duplicate_image"]
+
+
+def test_recipe_run_sets_near_duplicates_aside_and_flags_clusters_for_review(workdir: Path) -> None:
+    corpus = generate(60, duplicate_share=0.5, seed=5)
+    write_jsonl(workdir / "in.jsonl", [{"text": t} for t in corpus.texts])
+    result = run(
+        workdir,
+        {
+            "dataset": "docs",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "document"},
+            "stages": [{"type": "near_dedup", "threshold": 0.7}],
+            "batch_rows": 40,
+        },
+    )
+    version = Path(result.version_uri)
+    manifest = read_manifest(str(version))
+    aside = set_aside(version)
+    near = [row for row in aside if row["reason"] == "near_duplicate"]
+    sizes: dict[int, int] = {}
+    for c in corpus.cluster:
+        sizes[c] = sizes.get(c, 0) + 1
+    expected = sum(s - 1 for s in sizes.values())
+    assert 0.9 * expected <= len(near) <= expected
+    assert manifest.counts.reasons["duplicate"]["near_duplicate"] == len(near)
+    assert manifest.counts.written == len(outputs(version)) == len(corpus.texts) - len(near)
+
+    # Every removed record is queued for review with both texts and their similarity.
+    store = StateStore(f"sqlite:///{workdir / 'state.db'}")
+    with store.engine.connect() as db:
+        rows = db.exec_driver_sql("SELECT record_id, kind, payload FROM review_items WHERE kind='near_duplicate'").all()
+    assert sorted(r[0] for r in rows) == sorted(row["id"] for row in near)
+    payload = json.loads(rows[0][2])
+    assert set(payload) == {"cluster", "kept", "member", "similarity"}
+    assert payload["kept"]["text"] in corpus.texts and payload["member"]["text"] in corpus.texts
+    assert payload["similarity"] >= 0.7
+
+
+def test_vectorised_resolve_matches_the_shared_group_by_group_step() -> None:
+    """The local fast path and the per-key-group path a distributed executor runs agree exactly."""
+    corpus = generate(150, duplicate_share=0.6, seed=2)
+    batch = _batch(corpus.ids, corpus.texts)
+    stage = NearDedup(["text"])
+    signatures = [stage.signatures(batch.slice(i, 70)) for i in range(0, batch.num_rows, 70)]
+    fast = stage.resolve(signatures)
+    assert fast.num_rows > 40
+    assert fast.equals(resolve_duplicates(stage, signatures))

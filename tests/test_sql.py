@@ -1,0 +1,160 @@
+"""The SQL connector against SQLite and a real PostgreSQL server (tests/pg.py starts one)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.sql import SqlSourceError, SqlSourceReader
+from connectors.state import Watermarks
+from schemas.config import SqlSource
+from tests.helpers import outputs, run
+
+CUSTOMERS = sa.MetaData()
+tickets = sa.Table(
+    "tickets",
+    CUSTOMERS,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("reply", sa.Text),
+    sa.Column("amount", sa.Numeric(10, 2)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def fill(url: str, first: int, count: int) -> None:
+    engine = sa.create_engine(url)
+    CUSTOMERS.create_all(engine)
+    rows = [
+        {
+            "id": i,
+            "subject": f"Card declined abroad #{i}",
+            "reply": f"Travel notice set for ticket {i}.",
+            "amount": Decimal(f"{i}.25"),
+            "updated_at": START + timedelta(minutes=i),
+        }
+        for i in range(first, first + count)
+    ]
+    with engine.begin() as db:
+        db.execute(tickets.insert(), rows)
+    engine.dispose()
+
+
+def read_all(config: SqlSource, batch_rows: int, watermark=None) -> list:
+    return list(SqlSourceReader(config, batch_rows, watermark).batches())
+
+
+def recipe(url: str, **source: object) -> dict:
+    return {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": url, **source}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }}", "completion": "{{ reply }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+
+
+def test_sqlite_table_is_read_in_bounded_batches(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/crm.db"
+    fill(url, 1, 23)
+    batches = read_all(SqlSource(type="sql", url=url, table="tickets"), batch_rows=5)
+    assert [b.rows.num_rows for b in batches] == [5, 5, 5, 5, 3]
+    rows = [row for b in batches for row in b.rows.to_pylist()]
+    assert [r["input_id"] for r in rows] == list(range(1, 24))  # the table's own id, kept beside the record id
+    assert rows[0]["amount"] == Decimal("1.25")
+    assert rows[4]["source"] == {"connector": "sql", "uri": f"{url}#tickets", "line": 5, "page": None}
+    assert len({r["id"] for r in rows}) == 23
+
+
+def test_sqlite_query_runs_end_to_end(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 12)
+    result = run(workdir, recipe(url, query="SELECT subject, reply FROM tickets WHERE id % 2 = 0;"))
+    lines = outputs(Path(result.version_uri))
+    assert sorted(line["prompt"] for line in lines) == sorted(f"Card declined abroad #{i}" for i in range(2, 13, 2))
+    assert result.manifest.counts.input == 6
+    assert result.manifest.inputs[0].uri.endswith("#query-" + result.manifest.inputs[0].uri.rsplit("-", 1)[1])
+
+
+def test_cursor_takes_only_rows_past_the_watermark(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/crm.db"
+    fill(url, 1, 10)
+    config = SqlSource(type="sql", url=url, table="tickets", cursor="id")
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    marks = Watermarks(engine, "support")
+    first = read_all(config, 4, marks.for_source(config))
+    assert sum(b.rows.num_rows for b in first) == 10
+    marks.commit("run1")
+    fill(url, 11, 3)
+    again = Watermarks(engine, "support")
+    second = read_all(config, 4, again.for_source(config))
+    assert [r["input_id"] for b in second for r in b.rows.to_pylist()] == [11, 12, 13]
+
+
+def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/crm.db"
+    fill(url, 1, 1)
+    with pytest.raises(SqlSourceError, match=r"crm.db#customers: no table 'customers'"):
+        read_all(SqlSource(type="sql", url=url, table="customers"), 10)
+    with pytest.raises(SqlSourceError, match=r"cannot read: OperationalError: no such column: nope"):
+        read_all(SqlSource(type="sql", url=url, query="SELECT nope FROM tickets"), 10)
+    with pytest.raises(SqlSourceError, match=r"the cursor column 'changed' is not in table 'tickets'"):
+        read_all(SqlSource(type="sql", url=url, table="tickets", cursor="changed"), 10)
+    with pytest.raises(SqlSourceError, match=r"column 'missing' is not in the result"):
+        read_all(SqlSource(type="sql", url=url, query="SELECT id FROM tickets", key=["missing"]), 10)
+
+
+def test_recipe_takes_exactly_one_of_table_or_query() -> None:
+    with pytest.raises(ValueError, match="exactly one of 'table' or 'query'"):
+        SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
+
+
+def test_postgresql_incremental_by_timestamp_cursor(workdir: Path, postgres_url: str) -> None:
+    url = postgres_url.replace("curation@", "curation:s3cret@")  # trust auth ignores it; it must never show
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS tickets"))
+    engine.dispose()
+    fill(url, 1, 30)
+    spec = recipe(url, table="tickets", cursor="updated_at", key=["id"])
+    spec["batch_rows"] = 8
+    spec["state"] = postgres_url  # run history, watermarks and the lock in PostgreSQL too
+    spec["dataset"] = "support-pg"
+    first = run(workdir, spec)
+    assert first.manifest.counts.input == 30 and first.manifest.extends is None
+    fill(url, 31, 4)
+    second = run(workdir, spec)
+    assert second.manifest.version == 2 and second.manifest.extends == 1
+    assert sorted(line["prompt"] for line in outputs(Path(second.version_uri))) == sorted(
+        f"Card declined abroad #{i}" for i in range(31, 35)
+    )
+    published = (Path(second.version_uri) / "manifest.json").read_text()
+    lineage = "".join(p.read_text() for p in (Path(second.version_uri) / "lineage").glob("*.jsonl"))
+    assert "s3cret" not in published and "s3cret" not in lineage
+    assert json.loads(published)["inputs"][0]["uri"].startswith("postgresql+psycopg://curation:***@127.0.0.1")
+
+
+def test_postgresql_streams_with_a_server_side_cursor(postgres_url: str) -> None:
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS big"))
+        db.execute(
+            sa.text("CREATE TABLE big AS SELECT g AS id, repeat('x', 100) AS body FROM generate_series(1, 5000) g")
+        )
+    reader = SqlSourceReader(SqlSource(type="sql", url=postgres_url, table="big"), 1000)
+    batches = reader.batches()
+    first = next(batches)
+    # While the first batch is in hand, the reader's session is fetching from a named server-side cursor.
+    with engine.connect() as db:
+        active = db.execute(
+            sa.text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DECLARE%' OR query LIKE 'FETCH%'")
+        ).scalar()
+    assert first.rows.num_rows == 1000
+    assert active >= 1
+    assert sum(b.rows.num_rows for b in batches) == 4000
+    engine.dispose()
