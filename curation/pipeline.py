@@ -220,6 +220,15 @@ def quarantine_flags(set_aside: pa.Table) -> pa.Table:
     )
 
 
+def default_executor(recipe: Recipe) -> LocalExecutor:
+    """The executor the recipe's ``engine`` names: embedded by default, Ray Data when asked."""
+    if recipe.engine == "ray":
+        from curation.executors.ray_executor import RayExecutor
+
+        return RayExecutor(recipe.ray_address)  # type: ignore[return-value]  (same run() contract)
+    return LocalExecutor()
+
+
 def run_recipe(
     recipe: Recipe,
     on_start: Callable[[int], None] = lambda _: None,
@@ -238,7 +247,7 @@ def run_recipe(
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
-        (executor or LocalExecutor()).run(sources, build_stages(recipe), writer, tally, on_input)
+        (executor or default_executor(recipe)).run(sources, build_stages(recipe), writer, tally, on_input)
         counts = tally.counts()
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:

@@ -58,12 +58,16 @@ class Field:
     """How one record field is made from a row."""
 
     def __init__(self, target: str, spec: str | None) -> None:
-        self.target = target
+        self.target, self.spec = target, spec
         spec = target if spec is None else spec
         self.is_template = "{{" in spec or "{%" in spec
         self.column = None if self.is_template else spec
         self.template = _ROW_ENV.from_string(spec) if self.is_template else None
         self.parts = _plain_parts(spec) if self.is_template else None
+
+    def __reduce__(self) -> tuple[type[Field], tuple[str, str | None]]:
+        # Compiled Jinja templates do not pickle; a distributed executor rebuilds the field from its spec.
+        return (Field, (self.target, self.spec))
 
 
 class Shape:
