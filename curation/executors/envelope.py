@@ -9,7 +9,9 @@ record's fate, and tables whose columns differ from batch to batch never need on
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -25,6 +27,10 @@ ENVELOPE_SCHEMA = pa.schema(
         pa.field("stats", pa.string()),  # {stage: {name: count}}
         pa.field("input_records", pa.int64()),  # records read from the input (only on read envelopes)
         pa.field("input_bytes", pa.int64()),  # bytes read, for progress
+        # A project error (StageError, AccountingError, StorageError, ...) raised in a worker, pickled:
+        # Ray keeps only the text of a failed task's exception, so it travels as data instead and
+        # the driver raises it again, same type, same message.
+        pa.field("error", pa.large_binary()),
     ]
 )
 
@@ -50,6 +56,7 @@ class Letter:
     stats: dict[str, Counter[str]] = field(default_factory=dict)
     input_records: int = 0
     input_bytes: int = 0
+    error: BaseException | None = None
 
     def seal(self) -> dict[str, object]:
         aside = pa.concat_tables(self.set_aside) if self.set_aside else SET_ASIDE_SCHEMA.empty_table()
@@ -61,6 +68,7 @@ class Letter:
             "stats": json.dumps({stage: dict(counter) for stage, counter in self.stats.items()}),
             "input_records": self.input_records,
             "input_bytes": self.input_bytes,
+            "error": pickle.dumps(self.error) if self.error is not None else None,
         }
 
 
@@ -80,9 +88,28 @@ def open_all(envelopes: pa.Table) -> list[Letter]:
                 stats=stats,
                 input_records=row["input_records"],
                 input_bytes=row["input_bytes"],
+                error=pickle.loads(row["error"]) if row["error"] is not None else None,
             )
         )
     return letters
+
+
+PROJECT_PACKAGES = ("curation.", "schemas.", "connectors.", "train.")
+
+
+def is_project_error(error: BaseException) -> bool:
+    """Errors the project raises on purpose (with a message for the user), not bugs."""
+    return type(error).__module__.startswith(PROJECT_PACKAGES) or isinstance(error, OSError)
+
+
+def carrying_errors(make: Callable[[], pa.Table]) -> pa.Table:
+    """``make()``, or an envelope holding the project error it raised."""
+    try:
+        return make()
+    except Exception as error:
+        if not is_project_error(error):
+            raise
+        return seal_all([Letter(rows=pa.table({}), error=error)])
 
 
 def apply_stages(letter: Letter, stages: list[Stage]) -> Letter:

@@ -67,6 +67,13 @@ def drop_rows(envelopes: pa.Table, drop: pa.Array) -> pa.Table:
     return seal_all(letters) if letters else ENVELOPE_SCHEMA.empty_table()
 
 
+def partitions() -> int:
+    """Shuffle partitions: a couple per CPU (Ray's default of 200 drowns a small cluster in actors)."""
+    import ray
+
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+
 def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
     """The rows ``stage`` sets aside among the envelopes of ``kept`` (``SET_ASIDE_SCHEMA``)."""
     signatures = kept.map_batches(
@@ -76,7 +83,7 @@ def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
         return empty_set_aside()
     pairs_ds = (
         signatures.map_batches(explode_keys, batch_format="pyarrow", batch_size=None)
-        .groupby(KEY)
+        .groupby(KEY, num_partitions=partitions())
         .map_groups(pairs_in_group, fn_kwargs={"stage": stage}, batch_format="pyarrow")
     )
     found = [t for t in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from curation.executors.envelope import Letter, apply_stages, open_all, seal_all
+from curation.executors.envelope import Letter, apply_stages, carrying_errors, is_project_error, open_all, seal_all
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.writer import DatasetWriter
 
@@ -31,6 +31,9 @@ AnyStage = Stage | GlobalStage
 # The project's own errors: a worker's failure is raised again on the driver as one of these, with
 # the worker's message and without Ray's wrapping.
 PROJECT_ERRORS: tuple[type[BaseException], ...] = (StageError, OSError, ValueError, KeyError)
+
+
+SMALL_CLUSTER_CPUS = 8
 
 
 class RayUnavailable(ValueError):
@@ -89,7 +92,17 @@ def split_sources(sources: list[Source]) -> list[Source]:
 def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
     """A read task: the batches of the sources it is given, as envelopes."""
     for index in tasks["task"].to_pylist():
-        for batch in sources[index].batches():
+        batches = iter(sources[index].batches())
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as error:
+                if not is_project_error(error):
+                    raise
+                yield seal_all([Letter(rows=pa.table({}), error=error)])
+                return
             letter = Letter(
                 rows=batch.rows,
                 set_aside=[batch.set_aside] if batch.set_aside.num_rows else [],
@@ -100,7 +113,11 @@ def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
 
 
 def run_segment(envelopes: pa.Table, stages: list[Stage]) -> pa.Table:
-    return seal_all([apply_stages(letter, stages) for letter in open_all(envelopes)])
+    # A letter holding an error goes on to the driver as it is, to be raised there.
+    letters = open_all(envelopes)
+    return carrying_errors(
+        lambda: seal_all([letter if letter.error else apply_stages(letter, stages) for letter in letters])
+    )
 
 
 class SegmentActor:
@@ -191,9 +208,16 @@ class RayExecutor:
         tally: Any,
         on_input: Callable[[int], None],
     ) -> None:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar and logs say enough
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        if ray.cluster_resources().get("CPU", 0) <= SMALL_CLUSTER_CPUS:
+            # A sort-based shuffle starts no aggregator actors; Ray's hash shuffle starts one per
+            # partition, which costs more than it saves on a few CPUs. Clusters keep Ray's default.
+            from ray.data.context import ShuffleStrategy
+
+            context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         check_shippable(stages)
         parts = split_sources(sources)
         if not parts:
@@ -270,6 +294,8 @@ class RayExecutor:
         if envelopes.num_rows == 0:
             return
         for letter in open_all(envelopes):
+            if letter.error is not None:
+                raise letter.error
             tally.input += letter.input_records
             if letter.input_bytes:
                 on_input(letter.input_bytes)
