@@ -26,7 +26,11 @@ def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
     frame = pl.from_arrow(signatures).with_row_index("_row")
     exploded = frame.select("_row", "keys").explode("keys")
     shared = exploded.group_by("keys").agg(pl.col("_row").unique()).filter(pl.col("_row").list.len() > 1)
-    return [signatures.take(pa.array(rows, pa.uint32())) for rows in shared["_row"].to_list()]
+    # One take for all groups, then zero-copy slices: a take per group costs a pass over every chunk.
+    groups = shared["_row"].to_list()
+    ordered = signatures.take(pa.array([row for rows in groups for row in rows], pa.uint32()))
+    starts = np.cumsum([0, *(len(rows) for rows in groups)])[:-1]
+    return [ordered.slice(start, len(rows)) for start, rows in zip(starts, groups, strict=True)]
 
 
 def clusters_from_pairs(ids: pa.Array | pa.ChunkedArray, pairs: pa.Table) -> pa.Table:

@@ -54,6 +54,11 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
     return parts
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    # polars hands JSONL text over as large_string: it takes the fast path as well.
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -126,10 +131,12 @@ class Shape:
             return pc.cast(batch[field.column], pa.string()).combine_chunks(), [None] * count, ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
-            usable = all(n in batch.column_names and pa.types.is_string(batch[n].type) for n in names)
+            usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
                 pieces = [
-                    pa.array([text] * count, pa.string()) if kind == "text" else batch[text].combine_chunks()
+                    pa.array([text] * count, pa.string())
+                    if kind == "text"
+                    else batch[text].combine_chunks().cast(pa.string())
                     for kind, text in field.parts
                 ]
                 if not pieces:
