@@ -1,8 +1,8 @@
 """The global step of a ``DuplicateStage``, distributed on Ray Data.
 
 Signatures are computed where the rows are (``map_batches``), their ``keys`` exploded to one row
-per key, rows that share a key brought together by a shuffle (``groupby(key).map_groups``) where
-the stage confirms pairs. Only the pairs (few: one per duplicate) come back to the driver, which
+per key, rows that share a key brought together by a shuffle on the key (the one
+``groupby(key)`` runs), and in each partition the stage confirms pairs among them. Only the pairs (few: one per duplicate) come back to the driver, which
 joins them into clusters (connected components) and picks the kept record of each with the same
 ``set_aside_for_clusters`` the embedded executor uses, so both executors keep the same records.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,16 +39,35 @@ def explode_keys(signatures: pa.Table) -> pa.Table:
     return exploded.append_column(KEY, pc.list_flatten(keys).cast(pa.uint64()))
 
 
-def pairs_in_group(group: pa.Table, stage: DuplicateStage) -> pa.Table:
-    """The stage's confirmed pairs among the rows that share one key (a row listed once)."""
-    if group.num_rows < 2:
+def pairs_in_partition(rows: pa.Table, stage: DuplicateStage) -> pa.Table:
+    """The stage's confirmed pairs in one shuffle partition, which holds every row of its keys.
+
+    Grouping here is one vectorised pass (polars); only keys shared by two or more records reach
+    ``stage.pairs``. (``groupby().map_groups()`` would call Python once per key, and almost every
+    key is a singleton: a million calls for a million records.)
+    """
+    if rows.num_rows < 2:
         return PAIR_SCHEMA.empty_table()
-    ids = group["id"].to_pylist()
-    first = sorted({value: index for index, value in reversed(list(enumerate(ids)))}.values())
-    if len(first) < 2:
-        return PAIR_SCHEMA.empty_table()
-    members = group.take(pa.array(first, pa.int64())).drop_columns([KEY])
-    return stage.pairs(members).select(["a", "b"]).cast(PAIR_SCHEMA)
+    frame = pl.from_arrow(rows.select([KEY, "id"])).with_row_index("_row")
+    shared = frame.group_by(KEY).agg(pl.col("_row"), pl.col("id").n_unique().alias("_ids")).filter(pl.col("_ids") > 1)
+    found = [PAIR_SCHEMA.empty_table()]
+    body = rows.drop_columns([KEY])
+    for members in shared["_row"].to_list():
+        group = body.take(pa.array(members, pa.uint32()))
+        ids = group["id"].to_pylist()
+        first = sorted({value: index for index, value in reversed(list(enumerate(ids)))}.values())
+        found.append(stage.pairs(group.take(pa.array(first, pa.uint32()))).select(["a", "b"]).cast(PAIR_SCHEMA))
+    return pa.concat_tables(found)
+
+
+def shuffle_by_key(exploded):
+    """Every row of a key in one partition: Ray's hash shuffle on a cluster, a sort on a few CPUs
+    (the same two shuffles ``groupby().map_groups()`` runs, chosen the same way)."""
+    from ray.data.context import ShuffleStrategy
+
+    if exploded.context.shuffle_strategy in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
+        return exploded.repartition(partitions(), keys=[KEY])
+    return exploded.sort(KEY)
 
 
 def members_of(signatures: pa.Table, ids: pa.Array) -> pa.Table:
@@ -81,10 +101,10 @@ def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
     ).materialize()
     if signatures.count() == 0:
         return empty_set_aside()
-    pairs_ds = (
-        signatures.map_batches(explode_keys, batch_format="pyarrow", batch_size=None)
-        .groupby(KEY, num_partitions=partitions())
-        .map_groups(pairs_in_group, fn_kwargs={"stage": stage}, batch_format="pyarrow")
+    exploded = signatures.map_batches(explode_keys, batch_format="pyarrow", batch_size=None)
+    # batch_size=None: a whole partition per call, so no key's rows are split between calls.
+    pairs_ds = shuffle_by_key(exploded).map_batches(
+        pairs_in_partition, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None
     )
     found = [t for t in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
     if not found:
