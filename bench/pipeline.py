@@ -43,27 +43,38 @@ ANSWERS = [
 ]
 
 
-def generate(path: Path, records: int, seed: int = 7) -> None:
+PARTS = 8  # input comes as a folder of parts, as exports to a data lake do
+
+
+def generate(folder: Path, records: int, seed: int = 7) -> None:
     """Small instruction rows: about 10% exact duplicates, about a third mention a person or contact."""
     rng = random.Random(seed)
-    with path.open("w") as out:
-        written: list[str] = []
-        for i in range(records):
-            if written and rng.random() < 0.1:
-                out.write(rng.choice(written))
-                continue
-            topic = rng.randrange(len(TOPICS))
-            question = f"How do I {TOPICS[topic]}? (ticket {i})"
-            if rng.random() < 0.35:
-                first, last = rng.choice(FIRST), rng.choice(LAST)
-                question = (
-                    f"Hi, this is {first} {last}, email {first.lower()}.{last.lower()}@example.com, "
-                    f"phone 555-{rng.randrange(100, 999)}-{rng.randrange(1000, 9999)}. {question}"
-                )
-            line = json.dumps({"question": question, "answer": ANSWERS[topic]}) + "\n"
-            out.write(line)
-            if len(written) < 10_000:
-                written.append(line)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    out = None
+    part_records = -(-records // PARTS)
+    for i in range(records):
+        if i % part_records == 0:
+            if out is not None:
+                out.close()
+            out = (folder / f"part-{i // part_records:04d}.jsonl").open("w")
+        if written and rng.random() < 0.1:
+            out.write(rng.choice(written))
+            continue
+        topic = rng.randrange(len(TOPICS))
+        question = f"How do I {TOPICS[topic]}? (ticket {i})"
+        if rng.random() < 0.35:
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            question = (
+                f"Hi, this is {first} {last}, email {first.lower()}.{last.lower()}@example.com, "
+                f"phone 555-{rng.randrange(100, 999)}-{rng.randrange(1000, 9999)}. {question}"
+            )
+        line = json.dumps({"question": question, "answer": ANSWERS[topic]}) + "\n"
+        out.write(line)
+        if len(written) < 10_000:
+            written.append(line)
+    if out is not None:
+        out.close()
 
 
 def recipe(source: Path, dest: Path, pii: dict[str, Any] | None) -> dict[str, Any]:
@@ -78,6 +89,22 @@ def recipe(source: Path, dest: Path, pii: dict[str, Any] | None) -> dict[str, An
         "output": {"dest": str(dest)},
         "state": f"sqlite:///{dest}/state.db",
     }
+
+
+def _import_stages(batch: Any) -> Any:
+    import curation.executors.ray_duplicates
+    import curation.executors.ray_executor
+    import curation.pipeline  # noqa: F401
+
+    return batch
+
+
+def warm_up(ray: Any) -> None:
+    """Start every worker and import the code once, as on a cluster that is already running."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    items = ray.data.from_items([{"n": n} for n in range(cpus)], override_num_blocks=cpus)
+    items.map_batches(_import_stages, batch_format="pyarrow").materialize()
 
 
 # --- one run, in its own process -----------------------------------------------------------------
@@ -102,10 +129,12 @@ def child(kind: str, source: str, dest: str, recipe_json: str) -> dict[str, Any]
             from curation.executors.ray_executor import RayExecutor, code_root
 
             ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": code_root()}})
+            warm_up(ray)
             executor = RayExecutor()
     start = time.perf_counter()
     if kind == "floor":
-        pl.read_ndjson(source).write_ndjson(f"{dest}/floor.jsonl")
+        for part in sorted(Path(source).glob("*.jsonl")):
+            pl.read_ndjson(part).write_ndjson(f"{dest}/{part.name}")
         records = None
     else:
         result = run_recipe(loaded, executor=executor)
@@ -149,11 +178,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="curation-bench-", dir=args.work) as work:
         folder = Path(work)
-        source = folder / "input.jsonl"
+        source = folder / "input"
         started = time.perf_counter()
         generate(source, args.records)
+        size = sum(p.stat().st_size for p in source.glob("*.jsonl"))
+        parts = len(list(source.glob("*.jsonl")))
         print(
-            f"{args.records:,} records, {source.stat().st_size / 2**20:.0f} MiB JSONL, "
+            f"{args.records:,} records, {size / 2**20:.0f} MiB JSONL in {parts} part(s), "
             f"generated in {time.perf_counter() - started:.1f}s",
             flush=True,
         )
@@ -173,7 +204,7 @@ def main() -> None:
         report(args.records, results, floor)
         if "local" in engines and not args.no_memory_check:
             small = max(1, args.records // 10)
-            small_source = folder / "small.jsonl"
+            small_source = folder / "small"
             generate(small_source, small)
             spec = recipe(small_source, folder / "local-small", None)
             tenth = measure("local", small_source, folder / "local-small", spec)

@@ -186,14 +186,17 @@ class RayExecutor:
     def _connect(self, ray: Any) -> bool:
         if ray.is_initialized():
             return False
-        if self.address:
-            # A real cluster: ship this driver's packages, so the workers run the same code.
+        if self.address and self.address.startswith("ray://"):
+            # Ray Client from outside the cluster: ship this driver's packages, so the workers run
+            # the same code as the driver (inside a cluster, the image or the job's working_dir has it).
             import connectors
             import curation
             import schemas
 
             runtime_env = {"py_modules": [curation, schemas, connectors]}
             ray.init(address=self.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        elif self.address:
+            ray.init(address=self.address, logging_level=logging.WARNING)
         else:
             env = {"env_vars": {"PYTHONPATH": code_root()}}
             ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env, logging_level=logging.WARNING)
