@@ -12,6 +12,7 @@ embedded executor's.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,7 +82,7 @@ def split_sources(sources: list[Source]) -> list[Source]:
     for source in sources:
         if isinstance(source, FilesSourceReader):
             for entry in source.entries():
-                part = FilesSourceReader(source.config.model_copy(update={"path": entry.uri}), source.batch_rows)
+                part = copy.copy(source)  # the same reader, settings and all, limited to one file
                 part._entries = [entry]  # already listed: do not list the store again per file
                 parts.append(part)
         else:
