@@ -178,7 +178,9 @@ class LocalExecutor:
         if sink is None:
             return
         drop = pa.array(dropped["id"].to_pylist(), pa.string())
-        with pa.memory_map(str(spill)) as source:
+        # Read, not memory-mapped: mapped pages stay resident as the file is read, so the run's
+        # memory would grow with its input.
+        with pa.OSFile(str(spill)) as source:
             reader = pa.ipc.open_file(source)
             for index in range(reader.num_record_batches):
                 batch = pa.Table.from_batches([reader.get_batch(index)])

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -23,8 +24,8 @@ PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())]
 
 def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
     """Signature rows grouped by shared key, only groups with two or more rows."""
-    frame = pl.from_arrow(signatures).with_row_index("_row")
-    exploded = frame.select("_row", "keys").explode("keys")
+    frame = pl.from_arrow(signatures.select(["keys"])).with_row_index("_row")  # only the keys: ids stay in Arrow
+    exploded = frame.explode("keys")
     shared = exploded.group_by("keys").agg(pl.col("_row").unique()).filter(pl.col("_row").list.len() > 1)
     # One take for all groups, then zero-copy slices: a take per group costs a pass over every chunk.
     groups = shared["_row"].to_list()
@@ -58,9 +59,13 @@ def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, sources: p
     """Keep the first record of each cluster in input order; set the others aside, naming it."""
     if clusters.num_rows == 0:
         return empty_set_aside()
+    # Only the clustered records' sources: converting every signature's source costs memory that grows with input.
+    sources = sources.select(["id", "source"]).filter(
+        pc.is_in(sources["id"], value_set=clusters["id"].combine_chunks())
+    )
     frame = (
         pl.from_arrow(clusters)
-        .join(pl.from_arrow(sources.select(["id", "source"])).unique("id"), on="id")
+        .join(pl.from_arrow(sources).unique("id"), on="id")
         .with_columns(
             pl.col("source").struct.field("uri").alias("_uri"),
             pl.col("source").struct.field("line").alias("_line"),
