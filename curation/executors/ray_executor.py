@@ -29,11 +29,6 @@ from curation.writer import DatasetWriter
 log = logging.getLogger("curation.ray")
 
 AnyStage = Stage | GlobalStage
-# The project's own errors: a worker's failure is raised again on the driver as one of these, with
-# the worker's message and without Ray's wrapping.
-PROJECT_ERRORS: tuple[type[BaseException], ...] = (StageError, OSError, ValueError, KeyError)
-
-
 SMALL_CLUSTER_CPUS = 8
 
 
@@ -139,8 +134,6 @@ def side_only(envelopes: pa.Table) -> pa.Table:
 
 def unwrap(error: BaseException) -> BaseException | None:
     """The project's own error behind Ray's wrapping (task error, user code error), if any."""
-    from curation.pipeline import AccountingError
-
     seen: set[int] = set()
     pending = [error]
     while pending:
@@ -150,7 +143,7 @@ def unwrap(error: BaseException) -> BaseException | None:
         seen.add(id(current))
         cause = getattr(current, "cause", None)
         is_wrapper = type(current).__module__.startswith("ray.")
-        if not is_wrapper and isinstance(current, (AccountingError, *PROJECT_ERRORS)):
+        if not is_wrapper and is_project_error(current):
             return current
         pending += [cause, current.__cause__, current.__context__]
     return None
