@@ -62,12 +62,15 @@ class SignatureIndex:
     compare with it and its successors only.
     """
 
-    def __init__(self, url: str, dataset: str, start_over: bool = False) -> None:
+    def __init__(self, url: str, dataset: str, start_over: bool = False, token: str | None = None) -> None:
+        self.url, self.dataset, self.start_over = url, dataset, start_over
         self.engine = sa.create_engine(url)
         _metadata.create_all(self.engine)
-        self.dataset = dataset
-        self.start_over = start_over
-        self.token = uuid.uuid4().hex
+        self.token = token or uuid.uuid4().hex
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to Ray workers by its settings: an engine (connection pool) does not pickle.
+        return SignatureIndex, (self.url, self.dataset, self.start_over, self.token)
 
     def stage_pending(self, stage: str, params: str, signatures: pa.Table) -> None:
         with self.engine.begin() as db:
