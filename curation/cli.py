@@ -117,10 +117,22 @@ def run(
         bool, typer.Option("--full-refresh", help="forget what earlier runs took and read all input again")
     ] = False,
     log_level: LogLevel = "warning",
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="local (embedded, the default) or ray; overrides the recipe's engine")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="the Ray cluster to run on (with --engine ray); default: local")
+    ] = None,
 ) -> None:
     """Run a recipe and publish the next version of its dataset (only what is new since the last run)."""
     _configure_logging(log_level)
-    raise typer.Exit(execute(_load(recipe), quiet, full_refresh))
+    loaded = _load(recipe)
+    if engine is not None and engine not in ("local", "ray"):
+        console.print(f"[red]usage error[/red] --engine must be local or ray, not {engine!r}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    overrides = {"engine": engine, "ray_address": address}
+    loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    raise typer.Exit(execute(loaded, quiet, full_refresh))
 
 
 @app.command()

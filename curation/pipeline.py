@@ -234,7 +234,9 @@ class LocalExecutor:
         if sink is None:
             return
         drop = pa.array(dropped["id"].to_pylist(), pa.string())
-        with pa.memory_map(str(spill)) as source:
+        # Read, not memory-mapped: mapped pages stay resident as the file is read, so the run's
+        # memory would grow with its input.
+        with pa.OSFile(str(spill)) as source:
             reader = pa.ipc.open_file(source)
             for index in range(reader.num_record_batches):
                 batch = pa.Table.from_batches([reader.get_batch(index)])
@@ -244,7 +246,7 @@ class LocalExecutor:
 
 
 def _spilled(spill: Path) -> Iterator[pa.Table]:
-    with pa.memory_map(str(spill)) as source:
+    with pa.OSFile(str(spill)) as source:
         reader = pa.ipc.open_file(source)
         for index in range(reader.num_record_batches):
             yield pa.Table.from_batches([reader.get_batch(index)])
@@ -281,6 +283,15 @@ def quarantine_flags(set_aside: pa.Table) -> pa.Table:
         },
         schema=FLAG_SCHEMA,
     )
+
+
+def default_executor(recipe: Recipe) -> LocalExecutor:
+    """The executor the recipe's ``engine`` names: embedded by default, Ray Data when asked."""
+    if recipe.engine == "ray":
+        from curation.executors.ray_executor import RayExecutor
+
+        return RayExecutor(recipe.ray_address)  # type: ignore[return-value]  (same run() contract)
+    return LocalExecutor()
 
 
 def run_recipe(
@@ -336,7 +347,7 @@ def _run_locked(
     tally = Tally()
     try:
         stages = build_stages(recipe, full_refresh)
-        (executor or LocalExecutor()).run(sources, stages, writer, tally, on_input)
+        (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
         counts = tally.counts()
         previous = published_versions(out.dest, recipe.dataset)
         extends = previous[-1] if previous and watermarks.had_previous() else None

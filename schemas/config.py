@@ -365,6 +365,8 @@ class Recipe(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     state: str = "sqlite:///.curation/state.db"
     batch_rows: int = Field(default=50_000, ge=1)
+    engine: Literal["local", "ray"] = "local"  # ray: the same stages on Ray Data (pip install 'curation[ray]')
+    ray_address: str | None = None  # a Ray cluster (ray://host:10001 or auto); none: a local Ray instance
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -383,7 +385,9 @@ class Recipe(Strict):
 
     def fingerprint(self) -> str:
         """sha256 of the validated recipe: two runs with the same hash did the same work."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # Where it runs (engine, cluster) does not change the work, so it is left out of the hash.
+        settings = self.model_dump(mode="json", exclude={"engine", "ray_address"})
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -12,6 +12,7 @@ repeats content (exact or near) of an earlier one.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable
@@ -62,12 +63,20 @@ class SignatureIndex:
     compare with it and its successors only.
     """
 
-    def __init__(self, url: str, dataset: str, start_over: bool = False) -> None:
-        self.engine = sa.create_engine(url)
-        _metadata.create_all(self.engine)
-        self.dataset = dataset
-        self.start_over = start_over
-        self.token = uuid.uuid4().hex
+    def __init__(self, url: str, dataset: str, start_over: bool = False, token: str | None = None) -> None:
+        self.url, self.dataset, self.start_over = url, dataset, start_over
+        self.token = token or uuid.uuid4().hex
+
+    @functools.cached_property
+    def engine(self) -> sa.Engine:
+        # Made on first use: building a run's stages (``curation check``) leaves no state behind.
+        engine = sa.create_engine(self.url)
+        _metadata.create_all(engine)
+        return engine
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to Ray workers by its settings: an engine (connection pool) does not pickle.
+        return SignatureIndex, (self.url, self.dataset, self.start_over, self.token)
 
     def stage_pending(self, stage: str, params: str, signatures: pa.Table) -> None:
         with self.engine.begin() as db:

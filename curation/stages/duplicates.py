@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -23,13 +24,16 @@ PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())]
 
 def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
     """Signature rows grouped by shared key, only groups with two or more rows."""
-    frame = pl.from_arrow(signatures).with_row_index("_row")
-    exploded = frame.select("_row", "keys").explode("keys")
+    frame = pl.from_arrow(signatures.select(["keys"])).with_row_index("_row")  # only the keys: ids stay in Arrow
+    exploded = frame.explode("keys")
     shared = exploded.group_by("keys").agg(pl.col("_row").unique().sort()).filter(pl.col("_row").list.len() > 1)
     # Near-duplicates share many keys (LSH bands): each distinct candidate set is checked once.
     shared = shared.unique("_row", maintain_order=True)
-    signatures = signatures.combine_chunks()  # ``take`` on many chunks is slow, once per group
-    return [signatures.take(pa.array(rows, pa.uint32())) for rows in shared["_row"].to_list()]
+    # One take for all groups, then zero-copy slices: a take per group costs a pass over every chunk.
+    groups = shared["_row"].to_list()
+    ordered = signatures.take(pa.array([row for rows in groups for row in rows], pa.uint32()))
+    starts = np.cumsum([0, *(len(rows) for rows in groups)])[:-1]
+    return [ordered.slice(start, len(rows)) for start, rows in zip(starts, groups, strict=True)]
 
 
 def clusters_from_pairs(ids: pa.Array | pa.ChunkedArray, pairs: pa.Table) -> pa.Table:
@@ -57,9 +61,13 @@ def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, sources: p
     """Keep the first record of each cluster in input order; set the others aside, naming it."""
     if clusters.num_rows == 0:
         return empty_set_aside()
+    # Only the clustered records' sources: converting every signature's source costs memory that grows with input.
+    sources = sources.select(["id", "source"]).filter(
+        pc.is_in(sources["id"], value_set=clusters["id"].combine_chunks())
+    )
     frame = (
         pl.from_arrow(clusters)
-        .join(pl.from_arrow(sources.select(["id", "source"])).unique("id"), on="id")
+        .join(pl.from_arrow(sources).unique("id"), on="id")
         .with_columns(
             pl.col("source").struct.field("uri").alias("_uri"),
             pl.col("source").struct.field("line").alias("_line"),

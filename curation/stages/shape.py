@@ -55,16 +55,25 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
     return parts
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    # polars hands JSONL text over as large_string: it takes the fast path as well.
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 class Field:
     """How one record field is made from a row."""
 
     def __init__(self, target: str, spec: str | None) -> None:
-        self.target = target
+        self.target, self.spec = target, spec
         spec = target if spec is None else spec
         self.is_template = "{{" in spec or "{%" in spec
         self.column = None if self.is_template else spec
         self.template = _ROW_ENV.from_string(spec) if self.is_template else None
         self.parts = _plain_parts(spec) if self.is_template else None
+
+    def __reduce__(self) -> tuple[type[Field], tuple[str, str | None]]:
+        # Compiled Jinja templates do not pickle; a distributed executor rebuilds the field from its spec.
+        return (Field, (self.target, self.spec))
 
 
 class Shape:
@@ -130,10 +139,12 @@ class Shape:
             return pc.cast(batch[field.column], pa.string()).combine_chunks(), [None] * count, ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
-            usable = all(n in batch.column_names and pa.types.is_string(batch[n].type) for n in names)
+            usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
                 pieces = [
-                    pa.array([text] * count, pa.string()) if kind == "text" else batch[text].combine_chunks()
+                    pa.array([text] * count, pa.string())
+                    if kind == "text"
+                    else batch[text].combine_chunks().cast(pa.string())
                     for kind, text in field.parts
                 ]
                 if not pieces:

@@ -1,0 +1,137 @@
+"""The envelope: one Arrow row per batch that carries the kept rows and everything a stage set aside.
+
+Ray Data moves one table per ``map_batches`` call, but a stage returns four things: the rows it
+keeps, the rows it sets aside, review flags and stats. The envelope packs them into one row (the
+tables as Arrow IPC bytes, the stats as JSON), so the writer and the tally on the driver get every
+record's fate, and tables whose columns differ from batch to batch never need one Ray schema.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from curation.stages.base import Stage
+from schemas.records import FLAG_SCHEMA, SET_ASIDE_SCHEMA
+
+ENVELOPE_SCHEMA = pa.schema(
+    [
+        pa.field("rows", pa.large_binary()),  # the kept rows, Arrow IPC stream
+        pa.field("set_aside", pa.large_binary()),  # SET_ASIDE_SCHEMA rows, Arrow IPC stream
+        pa.field("flags", pa.large_binary()),  # FLAG_SCHEMA rows, Arrow IPC stream
+        pa.field("stats", pa.string()),  # {stage: {name: count}}
+        pa.field("input_records", pa.int64()),  # records read from the input (only on read envelopes)
+        pa.field("input_bytes", pa.int64()),  # bytes read, for progress
+        # A project error (StageError, AccountingError, StorageError, ...) raised in a worker, pickled:
+        # Ray keeps only the text of a failed task's exception, so it travels as data instead and
+        # the driver raises it again, same type, same message.
+        pa.field("error", pa.large_binary()),
+    ]
+)
+
+
+def pack(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.BufferReader(data)).read_all()
+
+
+@dataclass
+class Letter:
+    """One envelope row, unpacked."""
+
+    rows: pa.Table
+    set_aside: list[pa.Table] = field(default_factory=list)
+    flags: list[pa.Table] = field(default_factory=list)
+    stats: dict[str, Counter[str]] = field(default_factory=dict)
+    input_records: int = 0
+    input_bytes: int = 0
+    error: BaseException | None = None
+
+    def seal(self) -> dict[str, object]:
+        aside = pa.concat_tables(self.set_aside) if self.set_aside else SET_ASIDE_SCHEMA.empty_table()
+        flags = pa.concat_tables(self.flags) if self.flags else FLAG_SCHEMA.empty_table()
+        return {
+            "rows": pack(self.rows),
+            "set_aside": pack(aside.cast(SET_ASIDE_SCHEMA)),
+            "flags": pack(flags.cast(FLAG_SCHEMA)),
+            "stats": json.dumps({stage: dict(counter) for stage, counter in self.stats.items()}),
+            "input_records": self.input_records,
+            "input_bytes": self.input_bytes,
+            "error": pickle.dumps(self.error) if self.error is not None else None,
+        }
+
+
+def seal_all(letters: list[Letter]) -> pa.Table:
+    return pa.Table.from_pylist([letter.seal() for letter in letters], schema=ENVELOPE_SCHEMA)
+
+
+def open_all(envelopes: pa.Table) -> list[Letter]:
+    letters = []
+    for row in envelopes.to_pylist():
+        stats = {stage: Counter(counts) for stage, counts in json.loads(row["stats"]).items()}
+        letters.append(
+            Letter(
+                rows=unpack(row["rows"]),
+                set_aside=[unpack(row["set_aside"])],
+                flags=[unpack(row["flags"])],
+                stats=stats,
+                input_records=row["input_records"],
+                input_bytes=row["input_bytes"],
+                error=pickle.loads(row["error"]) if row["error"] is not None else None,
+            )
+        )
+    return letters
+
+
+PROJECT_PACKAGES = ("curation.", "schemas.", "connectors.", "train.")
+
+
+def is_project_error(error: BaseException) -> bool:
+    """Errors the project raises on purpose (with a message for the user), not bugs."""
+    return type(error).__module__.startswith(PROJECT_PACKAGES) or isinstance(error, OSError)
+
+
+def carrying_errors(make: Callable[[], pa.Table]) -> pa.Table:
+    """``make()``, or an envelope holding the project error it raised."""
+    try:
+        return make()
+    except Exception as error:
+        if not is_project_error(error):
+            raise
+        return seal_all([Letter(rows=pa.table({}), error=error)])
+
+
+def apply_stages(letter: Letter, stages: list[Stage]) -> Letter:
+    """Run per-batch stages on the letter's rows, as the embedded executor does, checking each count."""
+    from curation.pipeline import AccountingError
+
+    batch = letter.rows
+    for stage in stages:
+        if batch.num_rows == 0:
+            break
+        result = stage(batch)
+        if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
+            raise AccountingError(
+                f"stage {stage.name} took {batch.num_rows} records and returned "
+                f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
+            )
+        if result.set_aside.num_rows:
+            letter.set_aside.append(result.set_aside)
+        if result.stats:
+            letter.stats.setdefault(stage.name, Counter()).update(result.stats)
+        if result.flags.num_rows:
+            letter.flags.append(result.flags)
+        batch = result.kept
+    letter.rows = batch
+    return letter

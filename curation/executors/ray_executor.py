@@ -1,0 +1,311 @@
+"""Runs a recipe's stages on Ray Data, with the same contract and accounting as ``LocalExecutor``.
+
+Sources are read in Ray tasks, one per input file where the source lists files, so reading
+scales with the cluster. Per-batch stages run as ``map_batches`` over Arrow batches; a segment
+that holds a stage with a model (PII) runs on an actor pool, so each worker loads the model once,
+not once per batch. A ``DuplicateStage`` runs its global step distributed
+(``curation.executors.ray_duplicates``). Each batch travels as an envelope carrying its kept rows
+and what the stages set aside, flagged and counted; the writer stays on this driver and consumes
+the stream with ``iter_batches``, so the layout, the manifest and the accounting are the
+embedded executor's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from connectors.base import Source
+from connectors.files import FilesSourceReader
+from curation.executors.envelope import Letter, apply_stages, carrying_errors, is_project_error, open_all, seal_all
+from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
+from curation.writer import DatasetWriter
+
+log = logging.getLogger("curation.ray")
+
+AnyStage = Stage | GlobalStage
+SMALL_CLUSTER_CPUS = 8
+
+
+class RayUnavailable(ValueError):
+    """``engine: ray`` was asked for but Ray is not installed."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise RayUnavailable(
+            "engine 'ray' needs Ray Data: install the ray extra (pip install 'curation[ray]')"
+        ) from None
+    return ray
+
+
+def code_root() -> str:
+    """The folder that holds this checkout's packages, so local workers import the driver's code."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def loads_model(stage: AnyStage) -> bool:
+    """A stage with a model to load (PII) says so, or lives in the PII module."""
+    return bool(getattr(stage, "loads_model", False)) or type(stage).__module__.startswith("curation.stages.pii")
+
+
+def check_shippable(stages: list[AnyStage]) -> None:
+    """Stages travel to the workers pickled; say which one cannot, before any work starts."""
+    import cloudpickle
+
+    for stage in stages:
+        try:
+            cloudpickle.dumps(stage)
+        except Exception as error:
+            raise StageError(
+                f"stage {stage.name} cannot be sent to Ray workers ({type(error).__name__}: {error}); "
+                "load models lazily on first use, or give the stage a __reduce__ that rebuilds it from its settings"
+            ) from None
+
+
+def split_sources(sources: list[Source]) -> list[Source]:
+    """One read task per input file where the source lists files; other sources read whole."""
+    parts: list[Source] = []
+    for source in sources:
+        if isinstance(source, FilesSourceReader):
+            for entry in source.entries():
+                part = copy.copy(source)  # the same reader, settings and all, limited to one file
+                part._entries = [entry]  # already listed: do not list the store again per file
+                parts.append(part)
+        else:
+            parts.append(source)
+    return parts
+
+
+def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
+    """A read task: the batches of the sources it is given, as envelopes."""
+    for index in tasks["task"].to_pylist():
+        batches = iter(sources[index].batches())
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as error:
+                if not is_project_error(error):
+                    raise
+                yield seal_all([Letter(rows=pa.table({}), error=error)])
+                return
+            letter = Letter(
+                rows=batch.rows,
+                set_aside=[batch.set_aside] if batch.set_aside.num_rows else [],
+                input_records=batch.input_records,
+                input_bytes=batch.input_bytes,
+            )
+            yield seal_all([letter])
+
+
+def run_segment(envelopes: pa.Table, stages: list[Stage]) -> pa.Table:
+    # A letter holding an error goes on to the driver as it is, to be raised there.
+    letters = open_all(envelopes)
+    return carrying_errors(
+        lambda: seal_all([letter if letter.error else apply_stages(letter, stages) for letter in letters])
+    )
+
+
+class SegmentActor:
+    """A segment on an actor: its stages are unpickled (and load their models) once per worker."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        self.stages = stages
+
+    def __call__(self, envelopes: pa.Table) -> pa.Table:
+        return run_segment(envelopes, self.stages)
+
+
+def side_only(envelopes: pa.Table) -> pa.Table:
+    """The envelopes without their kept rows: what the driver needs at a barrier."""
+    empty = seal_all([Letter(rows=pa.table({}))])["rows"][0]
+    return envelopes.set_column(0, "rows", pa.array([empty.as_py()] * envelopes.num_rows, pa.large_binary()))
+
+
+def unwrap(error: BaseException) -> BaseException | None:
+    """The project's own error behind Ray's wrapping (task error, user code error), if any."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        is_wrapper = type(current).__module__.startswith("ray.")
+        if not is_wrapper and is_project_error(current):
+            return current
+        pending += [cause, current.__cause__, current.__context__]
+    return None
+
+
+class RayExecutor:
+    """Runs the stages on a Ray cluster: a local one by default, or the one at ``address``."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+        self.address = address
+        self.workers = workers  # CPUs of a local instance, and the size of a model stage's actor pool
+
+    def run(
+        self,
+        sources: list[Source],
+        stages: list[AnyStage],
+        writer: DatasetWriter,
+        tally: Any,
+        on_input: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        ray = _ray()
+        started = self._connect(ray)
+        try:
+            self._run(ray, sources, stages, writer, tally, on_input)
+        except Exception as error:
+            found = unwrap(error)
+            if found is None or found is error:
+                raise
+            raise type(found)(*found.args) from None
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _connect(self, ray: Any) -> bool:
+        if ray.is_initialized():
+            return False
+        if self.address and self.address.startswith("ray://"):
+            # Ray Client from outside the cluster: ship this driver's packages, so the workers run
+            # the same code as the driver (inside a cluster, the image or the job's working_dir has it).
+            import connectors
+            import curation
+            import schemas
+
+            runtime_env = {"py_modules": [curation, schemas, connectors]}
+            ray.init(address=self.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        elif self.address:
+            ray.init(address=self.address, logging_level=logging.WARNING)
+        else:
+            env = {"env_vars": {"PYTHONPATH": code_root()}}
+            ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env, logging_level=logging.WARNING)
+        return True
+
+    def _run(
+        self,
+        ray: Any,
+        sources: list[Source],
+        stages: list[AnyStage],
+        writer: DatasetWriter,
+        tally: Any,
+        on_input: Callable[[int], None],
+    ) -> None:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar and logs say enough
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        if ray.cluster_resources().get("CPU", 0) <= SMALL_CLUSTER_CPUS:
+            # A sort-based shuffle starts no aggregator actors; Ray's hash shuffle starts one per
+            # partition, which costs more than it saves on a few CPUs. Clusters keep Ray's default.
+            from ray.data.context import ShuffleStrategy
+
+            context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        check_shippable(stages)
+        parts = split_sources(sources)
+        if not parts:
+            return
+        tasks = ray.data.from_items([{"task": i} for i in range(len(parts))], override_num_blocks=len(parts))
+        stream = tasks.map_batches(read_sources, fn_kwargs={"sources": parts}, batch_format="pyarrow", batch_size=1)
+        pending: list[Stage] = []
+        for stage in stages:
+            if isinstance(stage, GlobalStage) and not isinstance(stage, Stage):
+                stream = self._segment(stream, pending)
+                stream = self._barrier(ray, stream, stage, writer, tally, on_input)
+                pending = []
+            else:
+                pending.append(stage)
+        stream = self._segment(stream, pending)
+        for envelopes in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
+            self._deliver(envelopes, writer, tally, on_input, write_rows=True)
+
+    def _segment(self, stream: Any, stages: list[Stage]) -> Any:
+        """Consecutive per-batch stages as one map over the envelopes (on actors if one has a model)."""
+        if not stages:
+            return stream
+        if any(loads_model(stage) for stage in stages):
+            size = self.workers or max(1, int(_ray().cluster_resources().get("CPU", 1)) - 1)
+            return stream.map_batches(
+                SegmentActor,
+                fn_constructor_args=(stages,),
+                batch_format="pyarrow",
+                batch_size=None,
+                concurrency=size,
+            )
+        return stream.map_batches(run_segment, fn_kwargs={"stages": stages}, batch_format="pyarrow", batch_size=None)
+
+    def _barrier(
+        self,
+        ray: Any,
+        stream: Any,
+        stage: GlobalStage,
+        writer: DatasetWriter,
+        tally: Any,
+        on_input: Callable[[int], None],
+    ) -> Any:
+        """Everything before a global stage is computed once (Ray spills it if it outgrows memory);
+        its set-aside rows go to the writer, the global step decides which rows go on."""
+        from curation.executors.ray_duplicates import drop_rows, resolve_distributed, review_flags
+
+        done = stream.materialize()
+        for envelopes in done.map_batches(side_only, batch_format="pyarrow", batch_size=None).iter_batches(
+            batch_size=None, batch_format="pyarrow"
+        ):
+            self._deliver(envelopes, writer, tally, on_input, write_rows=False)
+        if isinstance(stage, DuplicateStage):
+            dropped = resolve_distributed(stage, done)
+        else:  # a global stage without the duplicate steps: its signatures meet on the driver
+            from curation.executors.ray_duplicates import signatures_of
+
+            signatures = done.map_batches(signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow")
+            dropped = stage.resolve(signatures.iter_batches(batch_size=None, batch_format="pyarrow"))
+        self._deliver_set_aside(dropped, writer, tally)
+        flags = review_flags(stage, dropped, done)
+        if flags is not None and flags.num_rows:
+            tally.flags.append(flags)
+        log.info("stage=%s set_aside=%d", stage.name, dropped.num_rows)
+        drop = pa.array(dropped["id"].to_pylist(), pa.string())
+        return done.map_batches(drop_rows, fn_kwargs={"drop": drop}, batch_format="pyarrow", batch_size=None)
+
+    @staticmethod
+    def _deliver_set_aside(table: pa.Table, writer: DatasetWriter, tally: Any) -> None:
+        from curation.pipeline import _set_aside
+
+        _set_aside(table, writer, tally)
+
+    def _deliver(
+        self, envelopes: pa.Table, writer: DatasetWriter, tally: Any, on_input: Callable[[int], None], write_rows: bool
+    ) -> None:
+        """Hand one block of envelopes to the tally and the writer, as the embedded executor would."""
+        if envelopes.num_rows == 0:
+            return
+        for letter in open_all(envelopes):
+            if letter.error is not None:
+                raise letter.error
+            tally.input += letter.input_records
+            if letter.input_bytes:
+                on_input(letter.input_bytes)
+            for aside in letter.set_aside:
+                self._deliver_set_aside(aside, writer, tally)
+            for stage, counts in letter.stats.items():
+                tally.add_stats(stage, dict(counts))
+            for flags in letter.flags:
+                if flags.num_rows:
+                    tally.flags.append(flags)
+            if write_rows and letter.rows.num_rows:
+                writer.write(letter.rows)
+                tally.written += letter.rows.num_rows

@@ -1,0 +1,319 @@
+"""The Ray Data executor publishes what the embedded executor publishes, record for record.
+
+Ray runs locally with 2 CPUs (a session fixture), its workers importing this checkout's code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+import xxhash
+
+from bench.corpus import generate
+from curation import pipeline
+from curation.pipeline import AccountingError, LocalExecutor, RunResult, run_recipe
+from curation.review.queue import list_items
+from curation.stages.base import StageError, StageResult
+from curation.stages.duplicates import resolve_duplicates
+from schemas.config import load_recipe
+from tests.helpers import outputs, read_lines, write_jsonl, write_recipe
+
+ray = pytest.importorskip("ray")
+from curation.executors.ray_executor import RayExecutor  # noqa: E402  (needs ray)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Any:
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            logging_level="WARNING",
+        )
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def run_both(folder: Path, recipe: dict[str, Any]) -> tuple[RunResult, RunResult]:
+    loaded = load_recipe(write_recipe(folder, recipe))
+    # Both read all input afresh (a rerun would otherwise take only what is new, which is nothing).
+    local = run_recipe(loaded, executor=LocalExecutor(), full_refresh=True)
+    distributed = run_recipe(loaded, executor=RayExecutor(), full_refresh=True)
+    return local, distributed
+
+
+def published(result: RunResult) -> dict[str, Any]:
+    """What a version says about each record: output ids per split, set-aside rows, counts."""
+    root = Path(result.version_uri)
+    lineage = read_lines(sorted((root / "lineage").glob("*.jsonl")))
+    by_split: dict[str, set[str]] = {}
+    for row in lineage:
+        by_split.setdefault(row["shard"].split("/")[0], set()).add(row["id"])
+    aside = read_lines(sorted((root / "set_aside").glob("*.jsonl")))
+    return {
+        "ids": by_split,
+        "set_aside": {(r["id"], r["outcome"], r["reason"], r["duplicate_of"]) for r in aside},
+        "counts": result.manifest.counts.model_dump(),
+        "stats": result.manifest.stats,
+        "shard_records": sum(s.records for split in result.manifest.splits.values() for s in split.shards),
+    }
+
+
+def instruction_rows(count: int) -> list[Any]:
+    rows: list[Any] = []
+    for i in range(count):
+        topic = i % (count * 2 // 3)  # a third of the rows repeat an earlier one
+        question = f"How do I reset my password for account {topic}?"
+        if i != topic and i % 2:
+            question = question.upper().replace(" ", "  ")  # a normalised variant is still a duplicate
+        rows.append({"q": question, "a": f"Open settings, choose security, then reset ({topic})."})
+    rows[7] = "{not json"
+    rows[11] = {"q": "an empty answer", "a": ""}
+    rows[13] = {"question": "the template's column is missing"}
+    return rows
+
+
+def test_same_records_counts_and_clusters_with_both_executors(workdir: Path, local_ray: Any) -> None:
+    rows = instruction_rows(900)
+    # Duplicates span files and batches: the second file repeats topics of the first.
+    write_jsonl(workdir / "in" / "a.jsonl", rows[:500])
+    write_jsonl(workdir / "in" / "b.jsonl", rows[500:])
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "batch_rows": 128,
+        "output": {"dest": str(workdir / "out"), "shard_max_bytes": 16384},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+
+    counts = expected["counts"]
+    assert counts["input"] == 900 and counts["duplicate"] > 250 and counts["quarantined"] == 3
+    assert {r[2] for r in expected["set_aside"]} == {"exact_duplicate", "malformed_json", "schema", "template"}
+    assert actual["ids"] == expected["ids"]
+    assert actual["counts"] == counts
+    assert actual["set_aside"] == expected["set_aside"]  # the same duplicate_of: the same clusters
+    assert actual["stats"] == expected["stats"]
+    assert actual["shard_records"] == counts["written"]
+
+
+def second_version(folder: Path, executor: LocalExecutor | RayExecutor) -> dict[str, Any]:
+    """v1 of some notes, then v2 whose new input repeats them (some with small edits): what v2 holds
+    (by content: ids name the input path, which differs per folder), and v1's near-duplicate flags."""
+    texts = generate(60, duplicate_share=0.0, seed=8, related_share=0.0).texts
+    first, fresh = texts[:40], texts[40:]
+    near = [t.replace(t.split()[3], "changed", 1) + " Thanks." for t in first[:8]]
+    write_jsonl(folder / "in" / "a.jsonl", [{"text": t} for t in first + near[:4]])
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(folder / "in")}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup"}, {"type": "near_dedup"}],
+        "output": {"dest": str(folder / "out")},
+        "batch_rows": 16,
+    }
+    loaded = load_recipe(write_recipe(folder, recipe))
+    run_recipe(loaded, executor=executor)
+    write_jsonl(folder / "in" / "b.jsonl", [{"text": t} for t in first[:10] + near[4:] + fresh])
+    v2 = run_recipe(loaded, executor=executor)
+    root = Path(v2.version_uri)
+    aside = read_lines(sorted((root / "set_aside").glob("*.jsonl")))
+    flags = list_items(sa.create_engine(loaded.state), "notes", kind="near_duplicate")
+    return {
+        "counts": v2.manifest.counts.model_dump(),
+        "texts": sorted(row["text"] for row in outputs(root)),
+        "set_aside": sorted((row["stage"], row["reason"], row["detail"].rsplit(" ", 1)[-1]) for row in aside),
+        "flags": sorted((json.loads(f["payload"])["member"]["text"], f["version"]) for f in flags),
+    }
+
+
+def test_cross_run_dedup_and_review_flags_are_the_same_on_ray(workdir: Path, local_ray: Any) -> None:
+    expected = second_version(workdir / "local", LocalExecutor())
+    actual = second_version(workdir / "ray", RayExecutor())
+    assert expected["counts"]["reasons"]["duplicate"] == {"earlier_version": 14}
+    assert len(expected["texts"]) == 20
+    assert len(expected["flags"]) == 4 and {version for _, version in expected["flags"]} == {1}
+    assert actual == expected
+
+
+def words(text: str) -> set[str]:
+    return set(text.lower().split())
+
+
+class WordOverlap:
+    """A near-duplicate stage in the DuplicateStage shape: several keys per row, pairs confirmed by
+    word overlap, so clusters form through chains (a~b, b~c) that share no single key."""
+
+    name = "word_overlap"
+    reason = "near_duplicate"
+
+    def signatures(self, batch: pa.Table) -> pa.Table:
+        texts = batch["prompt"].to_pylist()
+        keys = [sorted({xxhash.xxh3_64_intdigest(w.encode()) for w in words(t) if len(w) > 6}) for t in texts]
+        return pa.table(
+            {
+                "id": batch["id"],
+                "source": batch["source"],
+                "keys": pa.array(keys, pa.list_(pa.uint64())),
+                "text": batch["prompt"],
+            }
+        )
+
+    def pairs(self, group: pa.Table) -> pa.Table:
+        ids, texts = group["id"].to_pylist(), [words(t) for t in group["text"].to_pylist()]
+        found = [
+            (ids[i], ids[j])
+            for i in range(len(ids))
+            for j in range(i + 1, len(ids))
+            if len(texts[i] & texts[j]) / len(texts[i] | texts[j]) >= 0.6
+        ]
+        return pa.table(
+            {"a": [a for a, _ in found], "b": [b for _, b in found]},
+            schema=pa.schema([("a", pa.string()), ("b", pa.string())]),
+        )
+
+    def resolve(self, signatures: Any) -> pa.Table:
+        return resolve_duplicates(self, signatures)
+
+
+def test_any_duplicate_stage_runs_distributed_with_the_same_clusters(
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chains: each prompt shares most words with the next one, so a long chain is one cluster.
+    vocabulary = [f"wordnumber{n:03d}" for n in range(400)]
+    rows = []
+    for i in range(300):
+        start = (i // 30) * 40 + (i % 30) // 3  # 10 chains; neighbours overlap by 7 of 8 words
+        rows.append({"q": " ".join(vocabulary[start : start + 8]), "a": "ok"})
+    write_jsonl(workdir / "in" / "chains.jsonl", rows)
+    build = pipeline.build_stages
+    monkeypatch.setattr(pipeline, "build_stages", lambda recipe, *more: [*build(recipe, *more), WordOverlap()])
+    recipe = {
+        "dataset": "chains",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "stages": [],
+        "batch_rows": 50,
+        "output": {"dest": str(workdir / "out")},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+    clusters = Counter(r[3] for r in expected["set_aside"])
+    assert len(clusters) >= 10 and expected["counts"]["reasons"]["duplicate"]["near_duplicate"] > 150
+    assert actual["set_aside"] == expected["set_aside"]
+    assert actual["ids"] == expected["ids"]
+    assert actual["counts"] == expected["counts"]
+
+
+class CountingModel:
+    """A stage with a model to load: it counts, in its stats, how often the model was loaded."""
+
+    name = "model_stage"
+    loads_model = True
+
+    def __init__(self) -> None:
+        self._model: object | None = None
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        loads = 0
+        if self._model is None:
+            self._model = object()
+            loads = 1
+        return StageResult(kept=batch, stats={"model_loads": loads, "batches": 1})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_model": None}  # a model is never shipped; each worker loads its own
+
+
+def test_model_stage_loads_once_per_worker(workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"question {i}", "a": "answer"} for i in range(400)])
+    build = pipeline.build_stages
+    monkeypatch.setattr(pipeline, "build_stages", lambda recipe, *more: [*build(recipe, *more), CountingModel()])
+    recipe = {
+        "dataset": "models",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "batch_rows": 40,
+        "output": {"dest": str(workdir / "out")},
+    }
+    result = run_recipe(load_recipe(write_recipe(workdir, recipe)), executor=RayExecutor(workers=1))
+    stats = result.manifest.stats["stages"]["model_stage"]
+    assert stats["batches"] == 10
+    assert stats["model_loads"] == 1  # one actor, one load, for ten batches
+    assert result.manifest.counts.written == 400
+
+
+class Failing:
+    name = "failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        raise self.error
+
+
+class Losing:
+    name = "losing"
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        return StageResult(kept=batch.slice(1))
+
+
+@pytest.mark.parametrize(
+    ("stage", "error", "message"),
+    [
+        (Failing(StageError("column 'text' is not a string")), StageError, "column 'text' is not a string"),
+        (Losing(), AccountingError, "stage losing took"),
+    ],
+)
+def test_worker_errors_come_back_as_the_projects_errors(
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch, stage: Any, error: type, message: str
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": "question", "a": "answer"}])
+    build = pipeline.build_stages
+    monkeypatch.setattr(pipeline, "build_stages", lambda recipe, *more: [*build(recipe, *more), stage])
+    recipe = {
+        "dataset": "broken",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": str(workdir / "out")},
+    }
+    with pytest.raises(error) as raised:
+        run_recipe(load_recipe(write_recipe(workdir, recipe)), executor=RayExecutor())
+    assert type(raised.value) is error
+    assert message in str(raised.value) and "Traceback" not in str(raised.value)
+    assert not (workdir / "out" / "broken" / "v1").exists()
+
+
+def test_cli_engine_ray(workdir: Path, local_ray: Any) -> None:
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"question {i % 50}", "a": "answer"} for i in range(120)])
+    recipe = {
+        "dataset": "cli",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": str(workdir / "out")},
+    }
+    path = write_recipe(workdir, recipe)
+    result = CliRunner().invoke(app, ["run", str(path), "--engine", "ray", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((workdir / "out" / "cli" / "v1" / "manifest.json").read_text())
+    assert manifest["counts"]["written"] == 50 and manifest["counts"]["duplicate"] == 70
+    bad = CliRunner().invoke(app, ["run", str(path), "--engine", "spark"])
+    assert bad.exit_code == 2
