@@ -25,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import re
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -252,6 +253,10 @@ def _analyze_chunk(args: tuple) -> list[list[Detection]]:
 
 
 def default_workers() -> int:
+    """A process per core; one inside Ray, whose executor already runs a copy of the stage per core."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -263,7 +268,7 @@ class PiiAnalyzer:
 
     def __init__(self, spec: EngineSpec, workers: int | None = None, batch_size: int = 64) -> None:
         self.spec = spec
-        self.workers = workers or default_workers()
+        self.workers = workers  # None: decided per call (default_workers)
         self.batch_size = batch_size
         analyzer = build_analyzer(spec)  # fail early (model missing, unknown entity); forked workers inherit it
         ner_entities = {
@@ -284,7 +289,7 @@ class PiiAnalyzer:
             ner = [may_hold_names(t) for t in texts]
         else:
             ner = [flag and may_hold_names(t) for t, flag in zip(texts, ner, strict=True)]
-        workers = min(self.workers, len(texts) // self.MIN_TEXTS_PER_WORKER)
+        workers = min(self.workers or default_workers(), len(texts) // self.MIN_TEXTS_PER_WORKER)
         if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
             return _analyze_here(self.spec, texts, ner, threshold, self.batch_size)
         # Several chunks per worker even out uneven texts. Fork: workers start with the model loaded.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,19 @@ def test_check_reports_a_pii_stage_that_cannot_work(workdir: Path, monkeypatch: 
     result = CliRunner().invoke(app, ["check", str(recipe)])
     assert result.exit_code == 2
     assert "recipe error" in result.output and "CURATION_PII_SECRET" in result.output
+
+
+def test_stage_ships_to_ray_workers_without_its_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+    import types
+
+    from curation.pii_engine import default_workers
+
+    pii = stage()
+    shipped = pickle.dumps(pii)
+    assert len(shipped) < 10_000  # settings only: each worker builds (or inherits) the analyzer itself
+    copy = pickle.loads(shipped)
+    assert copy(records(["Write to dana@example.org"])).kept["prompt"][0].as_py() == "Write to <EMAIL_ADDRESS>"
+    # Inside Ray, which already runs one copy of the stage per core, the stage adds no processes.
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    assert default_workers() == 1 and pii.loads_model

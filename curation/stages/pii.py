@@ -83,6 +83,7 @@ class PiiRedaction:
     """The PII stage: redacts, pseudonymises, drops and flags for review, per the recipe."""
 
     name = "pii"
+    loads_model = True  # the Ray executor runs it on an actor pool, so each worker loads the model once
 
     def __init__(
         self,
