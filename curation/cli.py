@@ -104,6 +104,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         return EXIT_OK
     out.print(summary_table(result.manifest))
     out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
+    out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False)
     if result.manifest.extends is not None:
         out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
     return EXIT_OK
@@ -167,7 +168,7 @@ def demo(
     _configure_logging(log_level)
     recipe_path = write_demo(folder, rows)
     out.print(f"demo input and recipe in [bold]{folder}[/bold]; running {recipe_path}", highlight=False)
-    raise typer.Exit(execute(_load(recipe_path)))
+    raise typer.Exit(execute(_load(recipe_path), full_refresh=True))  # the demo starts over each time
 
 
 app.add_typer(train_app, name="train")

@@ -1,7 +1,8 @@
 """The demo: synthetic bank transactions become categorisation instructions, as in the talk's
 QuickBooks case. The data is generated (seeded, so every demo run sees the same input) with a few
-rows of the kinds real exports carry: a truncated line, an amount that is not a number, and
-repeated transactions."""
+rows of the kinds real exports carry: a truncated line, an amount that is not a number, repeated
+transactions, stray whitespace and HTML entities, and person-to-person transfers that name a
+customer and a phone number (the PII stage redacts them)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ CATEGORIES: dict[str, list[str]] = {
     "Office Supplies": ["Staples", "Office Depot", "Amazon Business", "Uline", "Costco"],
     "Utilities": ["PG&E", "Comcast", "Verizon", "AT&T", "Con Edison"],
 }
+# Person-to-person transfers name people: the PII stage must keep them out of the training set.
+PAYEES = ["Maria Lopez", "James Carter", "Aisha Khan", "Robert Nguyen", "Emily Fischer", "David Okafor"]
+PHONES = ["415-555-0134", "212-555-0187", "312-555-0122", "617-555-0199"]
 DESCRIPTIONS = ["POS PURCHASE", "CARD PAYMENT", "ONLINE PMT", "RECURRING DEBIT", "CONTACTLESS", "ACH DEBIT"]
 AMOUNTS = {
     "Dining": (4, 80),
@@ -27,6 +31,7 @@ AMOUNTS = {
     "Travel": (90, 1800),
     "Office Supplies": (12, 400),
     "Utilities": (40, 300),
+    "Transfers": (20, 900),
 }
 
 RECIPE = """\
@@ -44,10 +49,18 @@ record:
   completion: "{{{{ category }}}}"
   label: category
 stages:
-  - type: exact_dedup
+  - type: clean               # whitespace, control characters, HTML remnants, mojibake
+  - type: instruction_filter  # empty or trivial completions
+  - type: exact_dedup         # the same transaction exported twice
+  - type: pii                 # names and phone numbers in transfers become <PERSON>, <PHONE_NUMBER>
+    entities: [PERSON, PHONE_NUMBER, EMAIL_ADDRESS, CREDIT_CARD, US_BANK_NUMBER]
+    recognizers:              # the payee of a transfer: a name the small NER model can miss
+      - entity: PAYEE
+        patterns: [{{regex: "(?<=PAYMENT TO at )[A-Z][a-z]+(?: [A-Z][a-z]+)+", score: 0.9}}]
 output:
   dest: output
   validation_fraction: 0.1
+  stratify_by: label          # every category on both sides of the split
 state: sqlite:///state.db
 """
 
@@ -66,13 +79,20 @@ def write_transactions(path: Path, rows: int, seed: int = 7) -> None:
             if index % 397 == 0 and index:
                 handle.write("2026-03-01,POS PURCHASE,Starbucks\n")  # a truncated line
                 continue
-            category = rng.choice(list(CATEGORIES))
+            category = rng.choice([*CATEGORIES, "Transfers"])
             low, high = AMOUNTS[category]
             amount = f"{rng.uniform(low, high):.2f}" if index % 211 else "n/a"  # an unreadable amount
-            merchant = rng.choice(CATEGORIES[category])
+            if category == "Transfers":
+                description = "ZELLE PAYMENT TO"
+                merchant = f"{rng.choice(PAYEES)} {rng.choice(PHONES)}"
+            else:
+                description = rng.choice(DESCRIPTIONS)
+                merchant = rng.choice(CATEGORIES[category])
+            if index % 97 == 5:
+                description = f"  {description}&amp;\t"  # export noise the clean stage repairs
             row = [
                 f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-                rng.choice(DESCRIPTIONS),
+                description,
                 merchant,
                 amount,
                 category,
@@ -85,5 +105,5 @@ def write_demo(folder: Path, rows: int = 5000) -> Path:
     """Generate the demo input and its recipe under ``folder``; returns the recipe's path."""
     write_transactions(folder / "input" / "transactions.csv", rows)
     recipe = folder / "recipe.yaml"
-    recipe.write_text(RECIPE.format(categories=", ".join(CATEGORIES)))
+    recipe.write_text(RECIPE.format(categories=", ".join([*CATEGORIES, "Transfers"])))
     return recipe

@@ -50,8 +50,9 @@ MODEL_VERSION = "3.8.0"
 LANGUAGE = "en"
 
 # Presidio traces analysed text at DEBUG (decision process, context words): never let it through.
+# Its warnings are one per recognizer of another language in its default registry: noise for us.
 for _name in ("presidio-analyzer", "presidio-anonymizer", "presidio-image-redactor", "decision_process"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 Detection = tuple[str, int, int, float]  # entity, start, end (character offsets), score
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import datasets
 
-from curation.demo import write_demo
+from curation.demo import CATEGORIES, PAYEES, PHONES, write_demo
 from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from schemas.config import load_recipe
@@ -39,6 +39,16 @@ def test_demo_recipe_publishes_jumpstart_instruction_data(workdir: Path) -> None
     assert all(set(row) == {"prompt", "completion"} for row in rows)
     assert rows[0]["prompt"].startswith("Categorise this bank transaction")
     assert verify_checksums(str(version), manifest) == []
+
+    # Transfers name people: none of their names or phone numbers reach the training set.
+    text = "\n".join(row["prompt"] for row in rows)
+    assert "ZELLE PAYMENT TO" in text
+    assert not [value for value in [*PAYEES, *PHONES] if value in text]
+    stages = manifest.stats["stages"]
+    assert stages["pii"]["PERSON"] > 0 and stages["clean"]["records_changed"] > 0
+
+    # Stratified by category: each one is on the validation side too.
+    assert set(manifest.split["labels"]["validation"]) == {*CATEGORIES, "Transfers"}
 
     # The split is deterministic and both sides are used.
     assert manifest.splits["train"].records + manifest.splits["validation"].records == counts.written
