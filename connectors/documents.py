@@ -22,10 +22,9 @@ import pyarrow as pa
 
 from connectors.base import SourceBatch
 from connectors.chunk import chunk_text
-from connectors.state import SourceWatermark, new_files
-from connectors.storage import FileEntry, StorageError, filesystem, list_files
+from connectors.state import ListedFiles, SourceWatermark
+from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import DocumentsSource
-from schemas.manifest import InputFile
 from schemas.records import record_ids, set_aside_rows, source_array
 
 CONNECTOR = "documents"
@@ -237,23 +236,13 @@ EXTRACTORS = {
 # --- the source --------------------------------------------------------------------------------------
 
 
-class DocumentsSourceReader:
+class DocumentsSourceReader(ListedFiles):
     name = CONNECTOR
+    suffixes = tuple(KINDS)
+    nothing_found = f"no documents match ({', '.join(KINDS)})"
 
     def __init__(self, config: DocumentsSource, watermark: SourceWatermark | None = None) -> None:
         self.config, self.watermark = config, watermark
-        self._entries: list[FileEntry] | None = None
-
-    def entries(self) -> list[FileEntry]:
-        if self._entries is None:
-            entries = list_files(self.config.path, suffixes=tuple(KINDS))
-            if not entries:
-                raise StorageError(f"{self.config.path}: no documents match ({', '.join(KINDS)})")
-            self._entries = new_files(entries, self.watermark)
-        return self._entries
-
-    def inputs(self) -> list[InputFile]:
-        return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():

@@ -19,10 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
-from connectors.state import SourceWatermark, new_files
-from connectors.storage import FileEntry, StorageError, filesystem, list_files
+from connectors.state import ListedFiles, SourceWatermark
+from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.manifest import InputFile
 from schemas.records import record_ids, set_aside_rows, source_array
 
 CONNECTOR = "files"
@@ -69,28 +68,16 @@ class _ByteProgress:
         return self.advance(self.size)
 
 
-class FilesSourceReader:
+class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
     name = CONNECTOR
+    suffixes = tuple(FORMATS) + tuple(f"{s}.gz" for s in FORMATS)
 
     def __init__(self, config: FilesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
         self.config = config
         self.batch_rows = batch_rows
         self.watermark = watermark  # with one, only files new or changed since the last run are read
-        self._entries: list[FileEntry] | None = None
-
-    def entries(self) -> list[FileEntry]:
-        if self._entries is None:
-            suffixes = tuple(FORMATS) + tuple(f"{s}.gz" for s in FORMATS)
-            entries = list_files(self.config.path, suffixes=suffixes)
-            if not entries:
-                raise StorageError(f"{self.config.path}: no input files match")
-            self._entries = new_files(entries, self.watermark)
-        return self._entries
-
-    def inputs(self) -> list[InputFile]:
-        return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():

@@ -26,7 +26,8 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from connectors.storage import FileEntry, is_s3
+from connectors.storage import FileEntry, StorageError, is_s3, list_files
+from schemas.manifest import InputFile
 
 metadata = sa.MetaData()
 
@@ -237,6 +238,30 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
     for entry in fresh:
         watermark.set(entry.uri, prints[entry.uri])
     return fresh
+
+
+class ListedFiles:
+    """A source over the files under ``config.path``: listed once per run, only new or changed ones kept.
+
+    Subclasses set ``suffixes`` (what to list) and ``nothing_found`` (the error when none match).
+    """
+
+    suffixes: tuple[str, ...]
+    nothing_found: str = "no input files match"
+    config: Any
+    watermark: SourceWatermark | None
+    _listed: list[FileEntry] | None = None
+
+    def entries(self) -> list[FileEntry]:
+        if self._listed is None:
+            entries = list_files(self.config.path, suffixes=self.suffixes)
+            if not entries:
+                raise StorageError(f"{self.config.path}: {self.nothing_found}")
+            self._listed = new_files(entries, self.watermark)
+        return self._listed
+
+    def inputs(self) -> list[InputFile]:
+        return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
 
 
 # --- typed cursor values ---------------------------------------------------------------------------
