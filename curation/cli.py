@@ -62,6 +62,8 @@ def summary_table(manifest: Manifest) -> Table:
     table.add_row("input", "", f"{counts.input:,}", style="bold")
     for split, info in manifest.splits.items():
         table.add_row("written", split, f"{info.records:,}")
+    if counts.carried:  # the split rows above include them; this run did not read them
+        table.add_row("carried", f"from v{manifest.carried_from}", f"{counts.carried:,}")
     for outcome in ("filtered", "duplicate", "quarantined"):
         for reason, count in counts.reasons.get(outcome, {}).items():
             table.add_row(outcome, reason, f"{count:,}")
@@ -104,7 +106,14 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         return EXIT_OK
     out.print(summary_table(result.manifest))
     out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
-    if result.manifest.extends is not None:
+    if result.manifest.carried_from is not None:
+        done = result.manifest
+        out.print(
+            f"v{done.version} holds the whole dataset: {done.counts.written:,} new record(s) and "
+            f"{done.counts.carried:,} carried from v{done.carried_from}",
+            highlight=False,
+        )
+    elif result.manifest.extends is not None:
         out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
     return EXIT_OK
 
