@@ -60,10 +60,14 @@ def summary_table(manifest: Manifest) -> Table:
     table.add_column("reason")
     table.add_column("records", justify="right")
     table.add_row("input", "", f"{counts.input:,}", style="bold")
-    for split, info in manifest.splits.items():
-        table.add_row("written", split, f"{info.records:,}")
-    if counts.carried:  # the split rows above include them; this run did not read them
+    if manifest.carried_from is not None:  # the splits also hold records this run did not read
+        table.add_row("written", "this run", f"{counts.written:,}")
         table.add_row("carried", f"from v{manifest.carried_from}", f"{counts.carried:,}")
+        for split, info in manifest.splits.items():
+            table.add_row("in version", split, f"{info.records:,}")
+    else:
+        for split, info in manifest.splits.items():
+            table.add_row("written", split, f"{info.records:,}")
     for outcome in ("filtered", "duplicate", "quarantined"):
         for reason, count in counts.reasons.get(outcome, {}).items():
             table.add_row(outcome, reason, f"{count:,}")

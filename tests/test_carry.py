@@ -4,18 +4,25 @@ its own, so the latest version is the whole dataset (what ``curation train launc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from curation.published import published_versions, verify_checksums
+from curation.review.app import create_app
+from curation.review.auth import add_user
+from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from tests.helpers import outputs, processed, read_lines, run, set_aside, write_jsonl, write_recipe
 from tests.test_cli import curation
 from tests.test_formats import png
+from tests.test_review_access import token
 from train.sagemaker import load_version
 
 
@@ -243,5 +250,24 @@ def test_cli_summary_shows_what_was_carried(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "b.jsonl", notes(8, 2))
     second = curation("run", "--quiet", str(path), cwd=workdir)
     assert second.returncode == 0, second.stderr
-    assert "carried" in second.stdout and "from v1" in second.stdout
+    rows = {tuple(cell.strip() for cell in line.split("│")[1:4]) for line in second.stdout.splitlines() if "│" in line}
+    assert {("input", "", "2"), ("written", "this run", "2"), ("carried", "from v1", "8")} <= rows
+    in_version = {split: int(count) for outcome, split, count in rows if outcome == "in version"}
+    assert sum(in_version.values()) == 10 and set(in_version) == {"train", "validation"}
     assert "2 new record(s) and 8 carried from v1" in second.stdout
+
+
+def test_review_page_shows_what_was_carried(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 6))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(6, 3))
+    run(workdir, recipe("out"))
+    loaded = load_recipe(workdir / "recipe.yaml")
+    app = create_app(loaded.state, [loaded])
+    add_user(sa.create_engine(loaded.state), "ada", "admin", "a long enough password")
+    client = TestClient(app, base_url="https://testserver")
+    csrf = token(client.get("/login").text)
+    client.post("/login", data={"username": "ada", "password": "a long enough password", "csrf_token": csrf})
+    page = client.get("/datasets/notes/v2").text
+    assert re.search(r'<td id="carried">6 <small>from v1</small>', page)
+    assert "carried" not in client.get("/datasets/notes/v1").text.split("<h2>Manifest")[0]
