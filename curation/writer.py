@@ -4,6 +4,9 @@ Everything goes to a staging prefix first (``DEST/DATASET/_staging/RUN``); the m
 written last. Locally the staged folder is renamed into place in one step; on S3 the objects are
 copied to ``vN/`` and the manifest is put after them, so a reader never sees a version without
 all its files.
+
+A scheduled run's version also holds the records of the version it extends (``carry``): they are
+copied into the same staging prefix, so they publish, or vanish, with the run's own.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
 
 SPLITS = ("train", "validation")
-# Formats whose consumer reads one file per channel (JumpStart VQA's metadata.jsonl, domain adaptation's
-# text): carried lines go into this run's file instead of beside it, or training could not take the version.
+# Formats whose consumer reads one file per channel (besides those with a fixed ``data_file``, like VQA's
+# metadata.jsonl): JumpStart domain adaptation's text. Carried lines go into this run's file instead of
+# beside it, or training could not take the version.
 ONE_FILE_FORMATS = ("text",)
 CARRIED_NAME = re.compile(r"^part-v\d+-")
 
@@ -201,7 +205,8 @@ class DatasetWriter:
         if (previous.format, previous.record_kind) != (self.format.name, record_kind):
             raise ValueError(
                 f"{version_dir} holds {previous.record_kind} records in the {previous.format} format, this run "
-                f"writes {record_kind} records in {self.format.name}: its records cannot be carried; run with --full-refresh"
+                f"writes {record_kind} records in {self.format.name}: its records cannot be carried; "
+                "run with --full-refresh"
             )
         source_fs, source = filesystem(version_dir)
         append = self.format.data_file is not None or self.format.name in ONE_FILE_FORMATS
