@@ -60,8 +60,14 @@ def summary_table(manifest: Manifest) -> Table:
     table.add_column("reason")
     table.add_column("records", justify="right")
     table.add_row("input", "", f"{counts.input:,}", style="bold")
-    for split, info in manifest.splits.items():
-        table.add_row("written", split, f"{info.records:,}")
+    if manifest.carried_from is not None:  # the splits also hold records this run did not read
+        table.add_row("written", "this run", f"{counts.written:,}")
+        table.add_row("carried", f"from v{manifest.carried_from}", f"{counts.carried:,}")
+        for split, info in manifest.splits.items():
+            table.add_row("in version", split, f"{info.records:,}")
+    else:
+        for split, info in manifest.splits.items():
+            table.add_row("written", split, f"{info.records:,}")
     for outcome in ("filtered", "duplicate", "quarantined"):
         for reason, count in counts.reasons.get(outcome, {}).items():
             table.add_row(outcome, reason, f"{count:,}")
@@ -105,7 +111,14 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
     out.print(summary_table(result.manifest))
     out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
     out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False)
-    if result.manifest.extends is not None:
+    if result.manifest.carried_from is not None:
+        done = result.manifest
+        out.print(
+            f"v{done.version} holds the whole dataset: {done.counts.written:,} new record(s) and "
+            f"{done.counts.carried:,} carried from v{done.carried_from}",
+            highlight=False,
+        )
+    elif result.manifest.extends is not None:
         out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
     return EXIT_OK
 

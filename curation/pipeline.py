@@ -359,11 +359,16 @@ def _run_locked(
             log.info("run=%s %s", writer.run_id, message)
             return RunResult(manifest=None, version_uri=None, message=message)
 
+        carried_from = extends if out.carry_forward else None
+        if carried_from is not None:  # the new version is the whole dataset, not only this run's records
+            counts.carried = writer.carry(version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind)
+
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
             built = Manifest(
                 dataset=recipe.dataset,
                 version=version,
                 extends=extends,
+                carried_from=carried_from,
                 created_at=datetime.now(UTC),
                 recipe_sha256=recipe.fingerprint(),
                 record_kind=recipe.record.kind,

@@ -116,6 +116,8 @@ def figures(manifest: Manifest, set_aside: pl.DataFrame) -> dict[str, Any]:
         "pii": pii,
         "stage_stats": {name: stats for name, stats in stages.items() if name not in pii},
         "splits": {name: split.records for name, split in manifest.splits.items()},
+        # The figures above are this run's; the splits also hold records copied from an earlier version.
+        "carried": {"records": counts.carried, "from_version": manifest.carried_from},
     }
 
 
@@ -221,6 +223,12 @@ def render_html(data: dict[str, Any], svgs: dict[str, str]) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
     parts.append(f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>")
     parts.append(f"<p>Created {html.escape(data['created_at'])}. Every input record is accounted for below.</p>")
+    carried = data.get("carried") or {}
+    if carried.get("from_version") is not None:
+        parts.append(
+            f"<p id='carried'>Carried {carried['records']:,} records from v{carried['from_version']} unchanged; "
+            "the figures below describe this run only.</p>"
+        )
     c = data["counts"]
     parts.append(_table([(k, v) for k, v in c.items()], ("outcome", "records")))
     captions = {

@@ -4,6 +4,9 @@ Everything goes to a staging prefix first (``DEST/DATASET/_staging/RUN``); the m
 written last. Locally the staged folder is renamed into place in one step; on S3 the objects are
 copied to ``vN/`` and the manifest is put after them, so a reader never sees a version without
 all its files.
+
+A scheduled run's version also holds the records of the version it extends (``carry``): they are
+copied into the same staging prefix, so they publish, or vanish, with the run's own.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,11 +26,16 @@ import pyarrow.fs as pafs
 
 from connectors.storage import filesystem, is_s3, join, make_dirs
 from curation.formats import OutputFormat, take_rows
-from curation.published import dataset_uri, published_versions, version_uri
+from curation.published import dataset_uri, published_versions, read_manifest, version_uri
 from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
 
 SPLITS = ("train", "validation")
+# Formats whose consumer reads one file per channel (besides those with a fixed ``data_file``, like VQA's
+# metadata.jsonl): JumpStart domain adaptation's text. Carried lines go into this run's file instead of
+# beside it, or training could not take the version.
+ONE_FILE_FORMATS = ("text",)
+CARRIED_NAME = re.compile(r"^part-v\d+-")
 
 
 def to_ndjson(table: pa.Table) -> bytes:
@@ -131,6 +140,8 @@ class DatasetWriter:
         self.set_aside = ShardSeries(self.fs, self.staging, "set_aside", shard_max_bytes)
         self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
         self.written = 0
+        self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
+        self.carried_records = 0
 
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
@@ -181,6 +192,57 @@ class DatasetWriter:
         if table.num_rows:
             self.set_aside.write(to_ndjson(table))
 
+    def carry(self, version_dir: str, record_kind: str) -> int:
+        """Copy the published records of ``version_dir`` into this version; returns how many.
+
+        Only the train and validation lines (and the images they name) travel: the set-aside rows,
+        lineage and report describe the run that made that version. Shards are copied whole (a
+        server-side copy on S3) under a name that says where they came from, so they keep their
+        sha256; for formats read as one file per channel the lines are appended to this run's file.
+        Call before ``publish``: everything lands in the staging prefix, so a failed run leaves none.
+        """
+        previous = read_manifest(version_dir)
+        if (previous.format, previous.record_kind) != (self.format.name, record_kind):
+            raise ValueError(
+                f"{version_dir} holds {previous.record_kind} records in the {previous.format} format, this run "
+                f"writes {record_kind} records in {self.format.name}: its records cannot be carried; "
+                "run with --full-refresh"
+            )
+        source_fs, source = filesystem(version_dir)
+        append = self.format.data_file is not None or self.format.name in ONE_FILE_FORMATS
+        for name in SPLITS:
+            split = previous.splits.get(name)
+            for shard in split.shards if split else []:
+                if append:
+                    self._append_lines(source_fs, f"{source}/{shard.path}", self.splits[name])
+                    continue
+                folder, base = shard.path.rsplit("/", 1)
+                renamed = base if CARRIED_NAME.match(base) else f"part-v{previous.version}-{base.removeprefix('part-')}"
+                path = f"{folder}/{renamed}"
+                make_dirs(self.fs, f"{self.staging}/{folder}")
+                self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
+                self.carried[name].append(shard.model_copy(update={"path": path}))
+        for image in previous.files:
+            if image.path not in self.files:  # named by content hash: one already here is the same file
+                make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")
+                self.fs.copy_file(f"{source}/{image.path}", f"{self.staging}/{image.path}")
+                self.files[image.path] = image
+        self.carried_records = sum(split.records for split in previous.splits.values())
+        return self.carried_records
+
+    @staticmethod
+    def _append_lines(fs: pafs.FileSystem, path: str, series: ShardSeries) -> None:
+        rest = b""
+        with fs.open_input_stream(path) as stream:
+            while chunk := stream.read(1 << 20):
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    series.write(data[:cut])
+                rest = data[cut:]
+        if rest:  # a last line without its newline
+            series.write(rest + b"\n")
+
     def publish(self, build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest]) -> Manifest:
         """Close the shards, write the manifest last and make the version visible at once."""
         for series in (*self.splits.values(), self.set_aside, self.lineage):
@@ -195,8 +257,8 @@ class DatasetWriter:
         existing = published_versions(self.dest, self.dataset)
         version = (existing[-1] + 1) if existing else 1
         splits = {
-            name: Split(records=sum(s.records for s in series.shards), shards=series.shards)
-            for name, series in self.splits.items()
+            name: Split(records=sum(s.records for s in shards), shards=shards)
+            for name, shards in ((name, self.carried[name] + series.shards) for name, series in self.splits.items())
         }
         manifest = build_manifest(version, splits, side_files)
         manifest.set_aside = self.set_aside.shards

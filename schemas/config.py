@@ -339,6 +339,9 @@ class OutputConfig(Strict):
     group_by: str | None = None
     system_prompt: str | None = None  # chat and conversation formats: a system turn before each exchange
     chunk_chars: int | None = Field(default=None, ge=16)  # text format: cut documents into pieces this long
+    # An incremental run's version also holds the records of the version it extends, so the latest
+    # version is the whole dataset; false: each version holds only what its run took.
+    carry_forward: bool = True
 
     @model_validator(mode="after")
     def _options_fit_format(self) -> OutputConfig:

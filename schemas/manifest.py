@@ -30,6 +30,9 @@ class Counts(BaseModel):
     filtered: int = 0
     duplicate: int = 0
     quarantined: int = 0
+    # Records copied unchanged from the version this one extends (output.carry_forward): outside the
+    # equation above, which accounts for what this run read.
+    carried: int = 0
     reasons: dict[str, dict[str, int]] = Field(default_factory=dict)  # outcome -> reason -> count
 
     @model_validator(mode="after")
@@ -57,6 +60,7 @@ class Manifest(BaseModel):
     dataset: str
     version: int
     extends: int | None = None
+    carried_from: int | None = None  # the version whose published records this one also holds (carry_forward)
     created_at: datetime
     recipe_sha256: str
     record_kind: str

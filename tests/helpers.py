@@ -39,3 +39,13 @@ def set_aside(version_dir: Path) -> list[dict[str, Any]]:
 
 def outputs(version_dir: Path) -> list[dict[str, Any]]:
     return read_lines(sorted(version_dir.glob("train/*.jsonl")) + sorted(version_dir.glob("validation/*.jsonl")))
+
+
+def processed(version_dir: Path) -> list[dict[str, Any]]:
+    """The output lines this version's own run wrote (its lineage), without those carried from earlier versions."""
+    lines: dict[str, list[str]] = {}
+    found = []
+    for entry in read_lines(sorted((version_dir / "lineage").glob("*.jsonl"))):
+        shard = lines.setdefault(entry["shard"], (version_dir / entry["shard"]).read_text().splitlines())
+        found.append(json.loads(shard[entry["line"] - 1]))
+    return found

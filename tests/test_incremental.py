@@ -19,7 +19,7 @@ from curation.pipeline import run_recipe
 from curation.published import published_versions
 from curation.writer import DatasetWriter
 from schemas.config import load_recipe, parse_recipe
-from tests.helpers import outputs, run, write_jsonl, write_recipe
+from tests.helpers import outputs, processed, run, write_jsonl, write_recipe
 from tests.test_cli import curation
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -81,11 +81,16 @@ def test_scheduled_job_takes_only_new_rows_and_files(workdir: Path) -> None:
     (workdir / "kb" / "shipping.md").write_text("# Shipping\n\nParcels leave the same day.\n")
     second = run_recipe(load_recipe(recipe_path))
     assert second.manifest.version == 2 and second.manifest.extends == 1
-    assert texts(second.version_uri) == [
+    new = [
         "# Shipping\n\nParcels leave the same day.",
         "Ticket 5: card blocked after travel",
         "Ticket 6: card blocked after travel",
     ]
+    # Only the new items were processed; v2 holds them and everything v1 published (carry_forward).
+    assert second.manifest.counts.input == 3 and second.manifest.counts.written == 3
+    assert sorted(line["text"] for line in processed(Path(second.version_uri))) == new
+    assert second.manifest.counts.carried == 5 and second.manifest.carried_from == 1
+    assert texts(second.version_uri) == sorted(texts(first.version_uri) + new)
     assert [i.uri for i in second.manifest.inputs][1:] == [str(workdir / "kb" / "shipping.md")]
 
     # The third run, as the scheduler runs it: nothing new, nothing published, exit code 0.
@@ -98,7 +103,10 @@ def test_scheduled_job_takes_only_new_rows_and_files(workdir: Path) -> None:
     (workdir / "kb" / "refunds.md").write_text("# Refunds\n\nRefunds now take three days.\n")
     fourth = run_recipe(load_recipe(recipe_path))
     assert fourth.manifest.extends == 2
-    assert texts(fourth.version_uri) == ["# Refunds\n\nRefunds now take three days."]
+    assert [line["text"] for line in processed(Path(fourth.version_uri))] == [
+        "# Refunds\n\nRefunds now take three days."
+    ]
+    assert len(texts(fourth.version_uri)) == 8 + 1  # v2's records (carried) and the changed file's new one
 
     # --full-refresh forgets the watermarks and takes everything again.
     fifth = curation("run", "--quiet", str(recipe_path), cwd=workdir)
@@ -107,10 +115,15 @@ def test_scheduled_job_takes_only_new_rows_and_files(workdir: Path) -> None:
     assert full.returncode == 0, full.stderr
     manifest = json.loads((workdir / "output" / "support" / "v4" / "manifest.json").read_text())
     assert manifest["extends"] is None and manifest["counts"]["input"] == 8
+    assert manifest["carried_from"] is None and manifest["counts"]["carried"] == 0
+    assert manifest["splits"]["train"]["records"] == 8  # a full refresh carries nothing
     assert "holds what is new" not in full.stdout
     add_tickets(f"sqlite:///{workdir}/crm.db", 7, 1)
     after = curation("run", "--quiet", str(recipe_path), cwd=workdir)
-    assert "published" in after.stdout and "v5 holds what is new since v4" in after.stdout
+    assert (
+        "published" in after.stdout
+        and "v5 holds the whole dataset: 1 new record(s) and 8 carried from v4" in after.stdout
+    )
 
 
 def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageError, StageResult
 from curation.stages.duplicates import resolve_duplicates
 from schemas.config import load_recipe
-from tests.helpers import outputs, read_lines, write_jsonl, write_recipe
+from tests.helpers import outputs, processed, read_lines, write_jsonl, write_recipe
 
 ray = pytest.importorskip("ray")
 from curation.executors.ray_executor import RayExecutor  # noqa: E402  (needs ray)
@@ -125,7 +125,7 @@ def second_version(folder: Path, executor: LocalExecutor | RayExecutor) -> dict[
         "batch_rows": 16,
     }
     loaded = load_recipe(write_recipe(folder, recipe))
-    run_recipe(loaded, executor=executor)
+    v1 = run_recipe(loaded, executor=executor)
     write_jsonl(folder / "in" / "b.jsonl", [{"text": t} for t in first[:10] + near[4:] + fresh])
     v2 = run_recipe(loaded, executor=executor)
     root = Path(v2.version_uri)
@@ -133,7 +133,9 @@ def second_version(folder: Path, executor: LocalExecutor | RayExecutor) -> dict[
     flags = list_items(sa.create_engine(loaded.state), "notes", kind="near_duplicate")
     return {
         "counts": v2.manifest.counts.model_dump(),
-        "texts": sorted(row["text"] for row in outputs(root)),
+        "texts": sorted(row["text"] for row in processed(root)),  # what the second run wrote
+        "whole": sorted(row["text"] for row in outputs(root)),  # and with v1's records carried
+        "v1": sorted(row["text"] for row in outputs(Path(v1.version_uri))),
         "set_aside": sorted((row["stage"], row["reason"], row["detail"].rsplit(" ", 1)[-1]) for row in aside),
         "flags": sorted((json.loads(f["payload"])["member"]["text"], f["version"]) for f in flags),
     }
@@ -144,6 +146,7 @@ def test_cross_run_dedup_and_review_flags_are_the_same_on_ray(workdir: Path, loc
     actual = second_version(workdir / "ray", RayExecutor())
     assert expected["counts"]["reasons"]["duplicate"] == {"earlier_version": 14}
     assert len(expected["texts"]) == 20
+    assert expected["whole"] == sorted(expected["v1"] + expected["texts"])
     assert len(expected["flags"]) == 4 and {version for _, version in expected["flags"]} == {1}
     assert actual == expected
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import outputs, run
+from tests.helpers import outputs, processed, run
 
 CUSTOMERS = sa.MetaData()
 tickets = sa.Table(
@@ -130,8 +130,13 @@ def test_postgresql_incremental_by_timestamp_cursor(workdir: Path, postgres_url:
     fill(url, 31, 4)
     second = run(workdir, spec)
     assert second.manifest.version == 2 and second.manifest.extends == 1
-    assert sorted(line["prompt"] for line in outputs(Path(second.version_uri))) == sorted(
+    # Only the new rows were read and processed; v2 holds them and v1's 30 (carried forward).
+    assert second.manifest.counts.input == 4 and second.manifest.counts.carried == 30
+    assert sorted(line["prompt"] for line in processed(Path(second.version_uri))) == sorted(
         f"Card declined abroad #{i}" for i in range(31, 35)
+    )
+    assert sorted(line["prompt"] for line in outputs(Path(second.version_uri))) == sorted(
+        f"Card declined abroad #{i}" for i in range(1, 35)
     )
     published = (Path(second.version_uri) / "manifest.json").read_text()
     lineage = "".join(p.read_text() for p in (Path(second.version_uri) / "lineage").glob("*.jsonl"))

@@ -1,0 +1,273 @@
+"""Carry forward: an incremental run's version holds the records of the version it extends as well as
+its own, so the latest version is the whole dataset (what ``curation train launch`` hands to SageMaker)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from curation.published import published_versions, verify_checksums
+from curation.review.app import create_app
+from curation.review.auth import add_user
+from schemas.config import load_recipe
+from schemas.manifest import Manifest
+from tests.helpers import outputs, processed, read_lines, run, set_aside, write_jsonl, write_recipe
+from tests.test_cli import curation
+from tests.test_formats import png
+from tests.test_review_access import token
+from train.sagemaker import load_version
+
+
+def notes(first: int, count: int) -> list[dict[str, Any]]:
+    """Questions and answers (instruction records, published in the jumpstart-instruction format)."""
+    return [
+        {
+            "q": f"Where was parcel {i} on day {i}?",
+            "a": f"Parcel {i} left the depot and arrived {i % 3 + 1} days later.",
+        }
+        for i in range(first, first + count)
+    ]
+
+
+def recipe(dest: str, **output: Any) -> dict[str, Any]:
+    return {
+        "dataset": "notes",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "exact_dedup"}],
+        # Small shards, so each version has several, and a validation side: both splits carry.
+        "output": {"dest": dest, "shard_max_bytes": 1024, "validation_fraction": 0.25, **output},
+    }
+
+
+def texts(rows: list[dict[str, Any]]) -> list[str]:
+    """Input rows and output lines alike, by their question."""
+    return sorted(row.get("prompt") or row["q"] for row in rows)
+
+
+def shards(manifest: Manifest) -> dict[str, Any]:
+    return {shard.path: shard for split in manifest.splits.values() for shard in split.shards}
+
+
+def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_checksums(workdir: Path) -> None:
+    # v1's input has one record twice: set aside as a duplicate, so v1 has set-aside rows of its own.
+    write_jsonl(workdir / "in" / "a.jsonl", [*notes(0, 30), notes(0, 1)[0]])
+    v1 = run(workdir, recipe("out"))
+    one = Path(v1.version_uri)
+    assert v1.manifest.counts.duplicate == 1 and set_aside(one)
+    assert len(v1.manifest.splits["train"].shards) > 1 and v1.manifest.splits["validation"].records
+
+    write_jsonl(workdir / "in" / "b.jsonl", notes(30, 12))
+    v2 = run(workdir, recipe("out"))
+    two = Path(v2.version_uri)
+    manifest = v2.manifest
+    # This run processed only the new records; the version holds v1's as well, each once.
+    assert (manifest.counts.input, manifest.counts.written, manifest.counts.carried) == (12, 12, 30)
+    assert manifest.extends == 1 and manifest.carried_from == 1
+    assert texts(processed(two)) == texts(notes(30, 12))
+    assert texts(outputs(two)) == texts(outputs(one) + notes(30, 12))
+    for name, split in manifest.splits.items():
+        assert split.records == v1.manifest.splits[name].records + sum(
+            s.records for s in split.shards if "-v1-" not in s.path
+        )
+        assert split.records == sum(s.records for s in split.shards)
+    # Carried shards are v1's files under names that say where they came from, with v1's checksums.
+    first_shards, second_shards = shards(v1.manifest), shards(manifest)
+    for path, shard in first_shards.items():
+        carried = second_shards[path.replace("/part-", "/part-v1-")]
+        assert (carried.sha256, carried.records, carried.bytes) == (shard.sha256, shard.records, shard.bytes)
+        assert (two / carried.path).read_bytes() == (one / path).read_bytes()
+    assert verify_checksums(str(two), manifest) == []
+    assert load_version(str(two)).version == 2  # training's check: every file against its sha256
+    # Set-aside rows and lineage describe one run: not carried.
+    assert set_aside(two) == []
+    assert len(read_lines(sorted((two / "lineage").glob("*.jsonl")))) == 12
+    report = json.loads((two / "report.json").read_text())
+    assert report["carried"] == {"records": 30, "from_version": 1} and report["counts"]["input"] == 12
+    assert "Carried 30 records from v1" in (two / "report.html").read_text()
+
+    # v3 carries v2, which carried v1: the whole chain, v1's shards keep their names.
+    write_jsonl(workdir / "in" / "c.jsonl", notes(42, 3))
+    v3 = run(workdir, recipe("out"))
+    three = Path(v3.version_uri)
+    assert v3.manifest.counts.carried == 42 and v3.manifest.carried_from == 2
+    assert texts(outputs(three)) == texts(notes(0, 45))
+    third_shards = shards(v3.manifest)
+    assert {p for p in first_shards if p.endswith(".jsonl")} <= {p.replace("-v1-", "-") for p in third_shards}
+    assert any("/part-v2-" in p for p in third_shards)
+    assert verify_checksums(str(three), v3.manifest) == []
+
+
+def test_carry_forward_false_keeps_delta_versions(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    run(workdir, recipe("out", carry_forward=False))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 4))
+    v2 = run(workdir, recipe("out", carry_forward=False))
+    assert v2.manifest.extends == 1 and v2.manifest.carried_from is None and v2.manifest.counts.carried == 0
+    assert texts(outputs(Path(v2.version_uri))) == texts(notes(10, 4))
+
+
+def test_a_full_refresh_carries_nothing(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 4))
+    v2 = run(workdir, recipe("out"), full_refresh=True)
+    assert v2.manifest.extends is None and v2.manifest.carried_from is None and v2.manifest.counts.carried == 0
+    assert texts(outputs(Path(v2.version_uri))) == texts(notes(0, 14))  # read again, each once
+    assert not any("-v1-" in path for path in shards(v2.manifest))
+
+
+def test_a_failed_run_leaves_no_partial_copy(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 20))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 5))
+
+    def fails(manifest: Manifest, writer: Any) -> Manifest:  # after the copy, before the manifest
+        assert any(writer.carried.values())
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("curation.pipeline.attach_report", fails)
+        with pytest.raises(OSError, match="disk full"):
+            run(workdir, recipe("out"))
+    dataset = workdir / "out" / "notes"
+    assert published_versions(str(workdir / "out"), "notes") == [1]
+    # Nothing of the failed run is left: no copied shard in staging, no v2.
+    assert [p for p in dataset.rglob("*") if p.is_file() and p.relative_to(dataset).parts[0] != "v1"] == []
+    v2 = run(workdir, recipe("out"))  # the next run takes the input again and carries v1 in full
+    assert v2.manifest.version == 2 and v2.manifest.counts.input == 5 and v2.manifest.counts.carried == 20
+    assert texts(outputs(Path(v2.version_uri))) == texts(notes(0, 25))
+
+
+def s3_texts(s3: Any, bucket: str, prefix: str, manifest: Manifest) -> list[str]:
+    rows = []
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            body = s3.get_object(Bucket=bucket, Key=f"{prefix}/{shard.path}")["Body"].read().decode()
+            rows += [json.loads(line) for line in body.splitlines()]
+    return texts(rows)
+
+
+def lost_connection(manifest: Manifest, writer: Any) -> Manifest:
+    raise OSError("lost connection")  # after the copies, before the manifest
+
+
+def staged(s3: Any, bucket: str) -> list[str]:
+    """Files left under the staging prefix (its folder marker aside)."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="out/notes/_staging/").get("Contents", [])
+    return [o["Key"] for o in listed if not o["Key"].endswith("/")]
+
+
+def test_carry_on_s3(workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(0, 25)).encode())
+    config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
+    run(workdir, config)
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(25, 6)).encode())
+    v2 = run(workdir, config)
+    assert v2.version_uri == f"s3://{bucket}/out/notes/v2"
+    assert v2.manifest.counts.input == 6 and v2.manifest.counts.carried == 25
+    assert s3_texts(s3, bucket, "out/notes/v2", v2.manifest) == texts(notes(0, 31))
+    assert verify_checksums(v2.version_uri, v2.manifest) == []
+    assert load_version(v2.version_uri).counts.carried == 25
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/notes/")["Contents"]}
+    assert staged(s3, bucket) == []
+    assert any(key.startswith("out/notes/v2/train/part-v1-") for key in keys)
+    assert not any(key.startswith("out/notes/v2/set_aside/part-v1") for key in keys)
+
+    # A run that fails after the server-side copies leaves none of them behind.
+    s3.put_object(Bucket=bucket, Key="in/c.jsonl", Body=json.dumps(notes(31, 1)[0]).encode() + b"\n")
+    with monkeypatch.context() as patch:
+        patch.setattr("curation.pipeline.attach_report", lost_connection)
+        with pytest.raises(OSError, match="lost connection"):
+            run(workdir, config)
+    assert staged(s3, bucket) == [] and published_versions(f"s3://{bucket}/out", "notes") == [1, 2]
+
+
+def test_one_file_formats_append_carried_lines_to_the_one_file(workdir: Path) -> None:
+    """JumpStart reads metadata.jsonl (VQA) and one text file per channel: carried lines go into that file."""
+    colors = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    (workdir / "scans").mkdir()
+    for name, color in colors.items():
+        (workdir / "scans" / f"{name}.png").write_bytes(png(color))
+
+    def asks(names: list[str], tag: str) -> list[dict[str, str]]:
+        image = str(workdir / "scans" / "{}.png")
+        return [{"image": image.format(n), "question": f"Colour? ({tag})", "answer": n} for n in names]
+
+    vqa = {"dataset": "scans", "sources": [{"path": "vqa"}], "record": {"kind": "vqa"}}
+    vqa["output"] = {"dest": "out", "validation_fraction": 0.0}
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(["red", "green"], "a"))
+    run(workdir, vqa)
+    write_jsonl(workdir / "vqa" / "b.jsonl", asks(["blue"], "b"))
+    v2 = run(workdir, vqa)
+    version = Path(v2.version_uri)
+    assert [s.path for s in v2.manifest.splits["train"].shards] == ["train/metadata.jsonl"]
+    lines = read_lines([version / "train" / "metadata.jsonl"])
+    assert sorted(line["completion"] for line in lines) == ["blue", "green", "red"]
+    for line in lines:  # every carried line's image was copied too
+        pixel = Image.open(version / "train" / line["file_name"]).getpixel((0, 0))
+        assert pixel == colors[line["completion"]]
+    assert len(v2.manifest.files) == 3 and verify_checksums(str(version), v2.manifest) == []
+    # the new record's lineage still points at its line
+    (entry,) = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    assert lines[entry["line"] - 1]["completion"] == "blue"
+
+    text = {"dataset": "corpus", "sources": [{"path": "docs"}], "record": {"kind": "document"}}
+    text["output"] = {"dest": "out", "format": "text", "validation_fraction": 0.0}
+    write_jsonl(workdir / "docs" / "a.jsonl", [{"text": f"Document {i}."} for i in range(5)])
+    run(workdir, text)
+    write_jsonl(workdir / "docs" / "b.jsonl", [{"text": f"Document {i}."} for i in range(5, 7)])
+    v2 = run(workdir, text)
+    assert len(v2.manifest.splits["train"].shards) == 1 and v2.manifest.splits["train"].records == 7
+    assert len(outputs(Path(v2.version_uri))) == 7
+
+
+def test_a_changed_format_cannot_be_carried(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 5))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(5, 2))
+    with pytest.raises(
+        ValueError,
+        match=r"instruction records in the jumpstart-instruction format, this run writes instruction records in messages.*full-refresh",
+    ):
+        run(workdir, recipe("out", format="messages"))
+    assert published_versions(str(workdir / "out"), "notes") == [1]
+
+
+def test_cli_summary_shows_what_was_carried(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    path = write_recipe(workdir, recipe("out"))
+    assert curation("run", "--quiet", str(path), cwd=workdir).returncode == 0
+    write_jsonl(workdir / "in" / "b.jsonl", notes(8, 2))
+    second = curation("run", "--quiet", str(path), cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    rows = {tuple(cell.strip() for cell in line.split("│")[1:4]) for line in second.stdout.splitlines() if "│" in line}
+    assert {("input", "", "2"), ("written", "this run", "2"), ("carried", "from v1", "8")} <= rows
+    in_version = {split: int(count) for outcome, split, count in rows if outcome == "in version"}
+    assert sum(in_version.values()) == 10 and set(in_version) == {"train", "validation"}
+    assert "2 new record(s) and 8 carried from v1" in second.stdout
+
+
+def test_review_page_shows_what_was_carried(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 6))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(6, 3))
+    run(workdir, recipe("out"))
+    loaded = load_recipe(workdir / "recipe.yaml")
+    app = create_app(loaded.state, [loaded])
+    add_user(sa.create_engine(loaded.state), "ada", "admin", "a long enough password")
+    client = TestClient(app, base_url="https://testserver")
+    csrf = token(client.get("/login").text)
+    client.post("/login", data={"username": "ada", "password": "a long enough password", "csrf_token": csrf})
+    page = client.get("/datasets/notes/v2").text
+    assert re.search(r'<td id="carried">6 <small>from v1</small>', page)
+    assert "carried" not in client.get("/datasets/notes/v1").text.split("<h2>Manifest")[0]
