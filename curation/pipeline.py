@@ -347,6 +347,8 @@ def _run_locked(
     tally = Tally()
     try:
         stages = build_stages(recipe, full_refresh)
+        # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
+        writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
         counts = tally.counts()
         previous = published_versions(out.dest, recipe.dataset)

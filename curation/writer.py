@@ -142,6 +142,8 @@ class DatasetWriter:
         self.written = 0
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
         self.carried_records = 0
+        # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
+        self.scrub: Callable[[pa.Table], pa.Table] | None = None
 
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
@@ -190,7 +192,7 @@ class DatasetWriter:
 
     def write_set_aside(self, table: pa.Table) -> None:
         if table.num_rows:
-            self.set_aside.write(to_ndjson(table))
+            self.set_aside.write(to_ndjson(self.scrub(table) if self.scrub else table))
 
     def carry(self, version_dir: str, record_kind: str) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many.

@@ -225,6 +225,30 @@ def test_debug_run_logs_no_pii_and_counts_entities(
     assert len(queued) == stats["review_flagged"]
 
 
+def test_quarantined_raw_input_is_published_redacted_and_queued_raw(workdir: Path, corpus: list) -> None:
+    docs = [d for d in corpus if any(entity == "EMAIL_ADDRESS" for entity, _, _ in d.spans)][:3]
+    emails = [d.text[s:e] for d in docs for entity, s, e in d.spans if entity == "EMAIL_ADDRESS"]
+    # Each line misses its reply: quarantined by the template before the PII stage sees it.
+    write_jsonl(workdir / "in.jsonl", [{"message": d.text} for d in docs] + [{"message": "hi", "reply": "ok"}])
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, recipe)
+    assert result.manifest.counts.quarantined == 3
+    published = json.dumps(set_aside(Path(result.version_uri)))
+    assert emails and not [email for email in emails if email in published]
+    assert "<EMAIL_ADDRESS>" in published
+    with sa.create_engine(f"sqlite:///{workdir / 'state.db'}").connect() as conn:
+        queued = " ".join(
+            conn.execute(sa.text("select payload from review_items where kind = 'quarantined'")).scalars()
+        )
+    assert all(email in queued for email in emails)  # annotators see what came in
+
+
 def document_image() -> bytes:
     from PIL import Image, ImageDraw, ImageFont
 

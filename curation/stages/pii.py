@@ -204,6 +204,29 @@ class PiiRedaction:
         )
         return StageResult(kept=kept, set_aside=set_aside, stats=dict(stats), flags=flag_table)
 
+    def scrub_set_aside(self, table: pa.Table) -> pa.Table:
+        """Set-aside rows with PII redacted from their raw input and detail, before they are published.
+
+        A quarantined record never reached this stage, yet its raw input (``record``) and the
+        validator's message (``detail``, which can quote a value) are published in the version's
+        ``set_aside/``. They are scanned as free text; every entity found is replaced by ``<ENTITY>``.
+        The review queue keeps the raw input (state store only) for annotators.
+        """
+        for name in ("record", "detail"):
+            values = table[name].to_pylist()
+            where = [row for row, value in enumerate(values) if value]
+            if not where:
+                continue
+            found = self.analyzer.analyze([values[row] for row in where], self.config.threshold)
+            for row, detections in zip(where, found, strict=True):
+                text, position, pieces = values[row], 0, []
+                for entity, start, end, _ in resolve_overlaps(detections):
+                    pieces += [text[position:start], f"<{entity}>"]
+                    position = end
+                values[row] = "".join([*pieces, text[position:]])
+            table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
+        return table
+
     def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
         order = sorted(rows)
         taken = batch.take(pa.array(order, pa.int64()))
