@@ -12,6 +12,7 @@ message naming the run that holds it, before it reads or writes anything.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -262,6 +263,12 @@ class ListedFiles:
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
+
+    def limited_to(self, entries: list[FileEntry]) -> Any:
+        """The same reader, settings and all, reading only ``entries`` (already listed: no listing again)."""
+        part = copy.copy(self)
+        part._listed = list(entries)
+        return part
 
 
 # --- typed cursor values ---------------------------------------------------------------------------

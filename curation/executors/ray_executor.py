@@ -12,7 +12,6 @@ embedded executor's.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from connectors.base import Source
-from connectors.files import FilesSourceReader
+from connectors.state import ListedFiles
 from curation.executors.envelope import Letter, apply_stages, carrying_errors, is_project_error, open_all, seal_all
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.writer import DatasetWriter
@@ -75,11 +74,8 @@ def split_sources(sources: list[Source]) -> list[Source]:
     """One read task per input file where the source lists files; other sources read whole."""
     parts: list[Source] = []
     for source in sources:
-        if isinstance(source, FilesSourceReader):
-            for entry in source.entries():
-                part = copy.copy(source)  # the same reader, settings and all, limited to one file
-                part._entries = [entry]  # already listed: do not list the store again per file
-                parts.append(part)
+        if isinstance(source, ListedFiles):
+            parts += [source.limited_to([entry]) for entry in source.entries()]
         else:
             parts.append(source)
     return parts
