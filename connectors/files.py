@@ -8,6 +8,7 @@ aside as quarantined with the file and line, and the rest of the file goes on.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from schemas.records import record_ids, set_aside_rows, source_array
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
+# A line that bytes.strip() empties (ASCII whitespace only), found in one pass over the block.
+_BLANK_LINE = re.compile(rb"(?:\A|\n)[ \t\r\x0b\x0c]*(?:\n|\Z)")
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 
 
@@ -125,12 +128,15 @@ class FilesSourceReader:
                     return
 
     def _parse_lines(self, uri: str, first_line: int, lines: list[bytes]) -> SourceBatch:
-        numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
-        input_bytes = sum(len(line) + 1 for line in lines)
-        if not numbered:
+        input_bytes = sum(map(len, lines)) + len(lines)
+        if _BLANK_LINE.search(b"\n".join(lines)) is None:  # the usual block: no blank lines to skip
+            numbers, raws = list(range(first_line, first_line + len(lines))), lines
+        else:
+            numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
+            numbers = [n for n, _ in numbered]
+            raws = [line for _, line in numbered]
+        if not raws:
             return SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
-        numbers = [n for n, _ in numbered]
-        raws = [line for _, line in numbered]
         try:
             # Fast path: the whole block parses as JSON objects (polars does not guess dates).
             table = pl.read_ndjson(b"\n".join(raws), infer_schema_length=None).to_arrow()

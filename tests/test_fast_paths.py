@@ -51,3 +51,15 @@ def test_exact_dedup_clusters_match_the_shared_pairs_and_components_step() -> No
     assert fast.to_pylist() == shared.to_pylist()
     kept = dict(zip(fast["id"].to_pylist(), fast["duplicate_of"].to_pylist(), strict=True))
     assert kept["s3://b/a.jsonl-0"] == "s3://b/0.jsonl-3"  # the first in input order is kept
+
+
+def test_blank_line_check_agrees_with_bytes_strip() -> None:
+    from connectors.files import _BLANK_LINE
+
+    samples = [b'{"a": 1}', b"", b" ", b"\t\r", b"\x0b\x0c ", b'  {"a": 2}  ', b"\xc2\xa0", b"x"]
+    for first in samples:
+        for second in samples:
+            lines = [b'{"z": 0}', first, second]
+            has_blank = any(not line.strip() for line in lines)
+            assert (_BLANK_LINE.search(b"\n".join(lines)) is not None) == has_blank, lines
+            assert (_BLANK_LINE.search(b"\n".join([first])) is not None) == (not first.strip()), first
