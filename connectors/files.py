@@ -29,8 +29,9 @@ from schemas.records import record_ids, set_aside_rows, source_array
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
-# A line that bytes.strip() empties (ASCII whitespace only), found in one pass over the block.
-_BLANK_LINE = re.compile(rb"(?:\A|\n)[ \t\r\x0b\x0c]*(?:\n|\Z)")
+# An inner line that bytes.strip() empties (ASCII whitespace only); starting with a literal lets re skip
+# from newline to newline, one fast pass over the block.
+_BLANK_INNER_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 
 
@@ -70,6 +71,13 @@ class _ByteProgress:
 
     def rest(self) -> int:
         return self.advance(self.size)
+
+
+def has_blank_line(lines: list[bytes]) -> bool:
+    """Whether any line is empty or ASCII whitespace only, as ``not line.strip()`` says."""
+    if not lines or not lines[0].strip() or not lines[-1].strip():
+        return True
+    return _BLANK_INNER_LINE.search(b"\n".join(lines)) is not None
 
 
 class FilesSourceReader:
@@ -129,7 +137,7 @@ class FilesSourceReader:
 
     def _parse_lines(self, uri: str, first_line: int, lines: list[bytes]) -> SourceBatch:
         input_bytes = sum(map(len, lines)) + len(lines)
-        if _BLANK_LINE.search(b"\n".join(lines)) is None:  # the usual block: no blank lines to skip
+        if not has_blank_line(lines):  # the usual block: no per-line check
             numbers, raws = list(range(first_line, first_line + len(lines))), lines
         else:
             numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
