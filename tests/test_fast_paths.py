@@ -26,6 +26,11 @@ def test_normalisation_matches_the_plain_regex_for_every_whitespace_like_charact
     # Text with nothing to fold takes the shortcut and is still the same.
     plain = ["One Two", "ÉCOLE  ", "ﬁne"]
     assert normalised_text(pa.table({"t": plain}), ["t"], True).to_pylist() == reference_normalised(plain).to_pylist()
+    # An all-ASCII batch takes the ASCII kernels and is still the same.
+    ascii_only = [chr(c) * 3 + "Ab\tC  d " for c in range(1, 128)]
+    assert normalised_text(pa.table({"t": ascii_only}), ["t"], True).to_pylist() == (
+        reference_normalised(ascii_only).to_pylist()
+    )
 
 
 def _signatures(stage: ExactDedup, texts: list[str], uri: str) -> pa.Table:

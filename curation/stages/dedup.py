@@ -28,7 +28,8 @@ def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.A
     text = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
     if normalize:
         text = pc.utf8_normalize(text, "NFKC")
-        text = pc.utf8_lower(text)
+        # All-ASCII text lowers the same either way, and the ASCII kernel is about 10x faster.
+        text = pc.ascii_lower(text) if pc.all(pc.string_is_ascii(text)).as_py() else pc.utf8_lower(text)
         if pc.any(pc.match_substring_regex(text, _WHITESPACE_TO_FOLD)).as_py():  # most text has none
             text = pc.replace_substring_regex(text, _WHITESPACE_TO_FOLD, " ")
         text = pc.utf8_trim_whitespace(text)
