@@ -8,6 +8,7 @@ aside as quarantined with the file and line, and the rest of the file goes on.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,6 +28,9 @@ from schemas.records import record_ids, set_aside_rows, source_array
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
+# An inner line that bytes.strip() empties (ASCII whitespace only); starting with a literal lets re skip
+# from newline to newline, one fast pass over the block.
+_BLANK_INNER_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 
 
@@ -66,6 +70,13 @@ class _ByteProgress:
 
     def rest(self) -> int:
         return self.advance(self.size)
+
+
+def has_blank_line(lines: list[bytes]) -> bool:
+    """Whether any line is empty or ASCII whitespace only, as ``not line.strip()`` says."""
+    if not lines or not lines[0].strip() or not lines[-1].strip():
+        return True
+    return _BLANK_INNER_LINE.search(b"\n".join(lines)) is not None
 
 
 class FilesSourceReader(ListedFiles):
@@ -112,12 +123,15 @@ class FilesSourceReader(ListedFiles):
                     return
 
     def _parse_lines(self, uri: str, first_line: int, lines: list[bytes]) -> SourceBatch:
-        numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
-        input_bytes = sum(len(line) + 1 for line in lines)
-        if not numbered:
+        input_bytes = sum(map(len, lines)) + len(lines)
+        if not has_blank_line(lines):  # the usual block: no per-line check
+            numbers, raws = list(range(first_line, first_line + len(lines))), lines
+        else:
+            numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
+            numbers = [n for n, _ in numbered]
+            raws = [line for _, line in numbered]
+        if not raws:
             return SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
-        numbers = [n for n, _ in numbered]
-        raws = [line for _, line in numbered]
         try:
             # Fast path: the whole block parses as JSON objects (polars does not guess dates).
             table = pl.read_ndjson(b"\n".join(raws), infer_schema_length=None).to_arrow()

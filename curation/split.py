@@ -66,6 +66,14 @@ class Splitter:
     def assign(self, batch: pa.Table) -> pa.Array:
         """True where each record of the batch goes to validation."""
         ids = batch["id"].to_pylist()
+        if not self.group_by and not self.stratify_by:  # the common case, without a Python step per record
+            prefix, hash64, threshold = self.seed.encode() + b"\x1f", xxhash.xxh3_64_intdigest, self._threshold
+            sides = [hash64(prefix + key.encode()) < threshold for key in ids]
+            to_validation = sum(sides)
+            for name, count in (("validation", to_validation), ("train", len(sides) - to_validation)):
+                if count:
+                    self.records[name] += count
+            return pa.array(sides, pa.bool_())
         keys = self._column(batch, self.group_by, "group_by") if self.group_by else ids
         # A record without a group key is a group of its own.
         keys = [i if k == NO_VALUE else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys

@@ -153,10 +153,10 @@ def source_array(
     count = len(lines)
     return pa.StructArray.from_arrays(
         [
-            pa.array([connector] * count, pa.string()),
-            pa.array([uri] * count, pa.string()),
+            pa.repeat(pa.scalar(connector, pa.string()), count),  # no Python list per row
+            pa.repeat(pa.scalar(uri, pa.string()), count),
             pa.array(lines, pa.int64()),
-            pa.array(pages if pages is not None else [None] * count, pa.int64()),
+            pa.array(pages, pa.int64()) if pages is not None else pa.nulls(count, pa.int64()),
         ],
         fields=list(SOURCE_TYPE),
     )

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stages.duplicates import resolve_duplicates
+from curation.stages.duplicates import resolve_duplicates, set_aside_for_clusters
+from schemas.records import empty_set_aside
+
+# What ``\s+`` -> " " did, as Arrow's RE2 reads ``\s`` (ASCII [\t\n\f\r ] only), without rewriting every
+# single space: a run of two or more, or one whitespace that is not a space. About 4x faster.
+_WHITESPACE_TO_FOLD = r"[\t\n\f\r ]{2,}|[\t\n\f\r]"
 
 
 def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.Array:
@@ -22,15 +28,18 @@ def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.A
     text = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
     if normalize:
         text = pc.utf8_normalize(text, "NFKC")
-        text = pc.utf8_lower(text)
-        text = pc.replace_substring_regex(text, r"\s+", " ")
+        # All-ASCII text lowers the same either way, and the ASCII kernel is about 10x faster.
+        text = pc.ascii_lower(text) if pc.all(pc.string_is_ascii(text)).as_py() else pc.utf8_lower(text)
+        if pc.any(pc.match_substring_regex(text, _WHITESPACE_TO_FOLD)).as_py():  # most text has none
+            text = pc.replace_substring_regex(text, _WHITESPACE_TO_FOLD, " ")
         text = pc.utf8_trim_whitespace(text)
     return text
 
 
 def content_hashes(text: pa.Array | pa.ChunkedArray) -> pa.Array:
     hash64 = xxhash.xxh3_64_intdigest
-    return pa.array([hash64(value.encode()) for value in text.to_pylist()], pa.uint64())
+    # Binary values are the UTF-8 bytes already: no str object and no encode per row.
+    return pa.array([hash64(value) for value in text.cast(pa.binary()).to_pylist()], pa.uint64())
 
 
 class ExactDedup:
@@ -54,4 +63,15 @@ class ExactDedup:
         return pa.table({"a": [ids[0]] * (len(ids) - 1), "b": ids[1:]})
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
-        return resolve_duplicates(self, signatures)
+        tables = [t for t in signatures if t.num_rows]
+        if not tables:
+            return empty_set_aside()
+        everything = pa.concat_tables(tables)
+        one_key = pc.all(pc.equal(pc.list_value_length(everything["keys"]), 1)).as_py()
+        if not one_key or pc.count_distinct(everything["id"]).as_py() != everything.num_rows:
+            return resolve_duplicates(self, [everything])
+        # Each row holds one key and ids are unique, so a cluster is exactly the rows sharing a key:
+        # the same clusters the shared pairs + connected-components step finds, without a group per key.
+        frame = pl.from_arrow(pa.table({"id": everything["id"], "cluster": pc.list_flatten(everything["keys"])}))
+        clusters = frame.filter(pl.len().over("cluster") > 1).to_arrow()
+        return set_aside_for_clusters(self, clusters, everything)

@@ -99,6 +99,8 @@ class Shape:
             if values is None:
                 continue
             columns[field.target] = values
+            if not any(field_problems):  # the usual case: no per-record step
+                continue
             for index, problem in enumerate(field_problems):
                 if problem and problems[index] is None:
                     problems[index] = f"{field.target}: {problem}"

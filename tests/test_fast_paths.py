@@ -1,0 +1,71 @@
+"""The hot path's vectorised shortcuts give exactly what the plain per-record code gave."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.stages.dedup import ExactDedup, normalised_text
+from curation.stages.duplicates import resolve_duplicates
+from schemas.records import source_array
+
+# Every code point up to U+3100 (Latin, Greek, Cyrillic, the Unicode spaces, ...) plus a few beyond.
+CHARS = [chr(c) for c in range(1, 0x3100) if not 0xD800 <= c < 0xE000] + ["\u2028", "\u2029", "\ufeff", "\U0001f600"]
+
+
+def reference_normalised(texts: list[str]) -> pa.Array:
+    """What exact dedup's normalisation was before its whitespace shortcut."""
+    text = pc.utf8_lower(pc.utf8_normalize(pa.array(texts, pa.string()), "NFKC"))
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))
+
+
+def test_normalisation_matches_the_plain_regex_for_every_whitespace_like_character() -> None:
+    texts = [f"a{c}b{c}{c}c {c}d{c} " for c in CHARS] + [f"{c}x  \t y{c}" for c in CHARS] + ["plain text", ""]
+    fast = normalised_text(pa.table({"t": texts}), ["t"], normalize=True)
+    assert fast.to_pylist() == reference_normalised(texts).to_pylist()
+    # Text with nothing to fold takes the shortcut and is still the same.
+    plain = ["One Two", "ÉCOLE  ", "ﬁne"]
+    assert normalised_text(pa.table({"t": plain}), ["t"], True).to_pylist() == reference_normalised(plain).to_pylist()
+    # An all-ASCII batch takes the ASCII kernels and is still the same.
+    ascii_only = [chr(c) * 3 + "Ab\tC  d " for c in range(1, 128)]
+    assert normalised_text(pa.table({"t": ascii_only}), ["t"], True).to_pylist() == (
+        reference_normalised(ascii_only).to_pylist()
+    )
+
+
+def _signatures(stage: ExactDedup, texts: list[str], uri: str) -> pa.Table:
+    count = len(texts)
+    batch = pa.table(
+        {
+            "id": [f"{uri}-{i}" for i in range(count)],
+            "source": source_array("files", uri, list(range(1, count + 1))),
+            "prompt": texts,
+            "completion": ["same answer"] * count,
+        }
+    )
+    return stage.signatures(batch)
+
+
+def test_exact_dedup_clusters_match_the_shared_pairs_and_components_step() -> None:
+    stage = ExactDedup(["prompt", "completion"])
+    first = _signatures(stage, ["Hello", "hello ", "Other", "HELLO", "x", "other", "unique"], "s3://b/a.jsonl")
+    second = _signatures(stage, ["x", "Unique", "new", "hello"], "s3://b/0.jsonl")  # sorts before a.jsonl
+    fast = stage.resolve([first, second])
+    shared = resolve_duplicates(stage, [first, second])
+    assert fast.num_rows == 5  # "hello " differs: only the joined text's ends are trimmed
+    assert fast.to_pylist() == shared.to_pylist()
+    kept = dict(zip(fast["id"].to_pylist(), fast["duplicate_of"].to_pylist(), strict=True))
+    assert kept["s3://b/a.jsonl-0"] == "s3://b/0.jsonl-3"  # the first in input order is kept
+
+
+def test_blank_line_check_agrees_with_bytes_strip() -> None:
+    from connectors.files import has_blank_line
+
+    samples = [b'{"a": 1}', b"", b" ", b"\t\r", b"\x0b\x0c ", b'  {"a": 2}  ', b"\xc2\xa0", b"x"]
+    for first in samples:
+        for second in samples:
+            lines = [b'{"z": 0}', first, second]
+            has_blank = any(not line.strip() for line in lines)
+            for order in (lines, lines[::-1], [lines[1], lines[0], lines[2]]):
+                assert has_blank_line(order) == has_blank, order
+            assert has_blank_line([first]) == (not first.strip()), first
