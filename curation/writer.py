@@ -321,7 +321,8 @@ class DatasetWriter:
                 path = f"{folder}/{renamed}"
                 make_dirs(self.fs, f"{self.staging}/{folder}")
                 if carrying.touches(rows.values()):
-                    # Read the shard (it is size-bounded) and rewrite it only if a line really changes.
+                    # Read the shard (it is size-bounded; ``review`` counts its lines) and rewrite it only
+                    # if a line really changes: an edit carried before is already in the line.
                     kept = list(carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), rows))
                     if len(kept) != shard.records or any(changed for _, _, changed in kept):
                         rewritten = ShardSeries(self.fs, self.staging, folder, 0, file_name=renamed)
@@ -329,9 +330,10 @@ class DatasetWriter:
                         rewritten.close()
                         self.carried[name] += rewritten.shards
                         continue
+                else:
+                    carrying.copied(shard.records, len(rows))
                 self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
                 self.carried[name].append(shard.model_copy(update={"path": path}))
-                carrying.copied(shard.records, len(rows))
                 self._write_carried_lineage([(path, line, row) for line, row in sorted(rows.items())])
         for image in previous.files:
             if image.path not in self.files:  # named by content hash: one already here is the same file
