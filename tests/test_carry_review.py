@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pyarrow as pa
 import sqlalchemy as sa
 
@@ -17,6 +18,7 @@ from curation.review import decisions as dec
 from curation.review.queue import add_items, review_items
 from curation.writer import to_ndjson
 from schemas.config import load_recipe
+from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA
 from tests.helpers import outputs, read_lines, run, write_jsonl
 from tests.test_carry import notes, recipe, shards, texts
@@ -171,3 +173,37 @@ def test_edits_find_the_turn_of_each_conversation_format() -> None:
     assert vqa["completion"] == "crimson"
     # Chunked text: a line holds part of the document, so the edit is not applied.
     assert apply_edits({"text": "part"}, {"text": "whole"}, "text", chunked=True) == (False, ["text"])
+
+
+def test_decisions_reach_records_carried_on_s3(workdir: Path, bucket: str, aws_env: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+
+    def put(key: str, rows: list[dict[str, Any]]) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body="".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def lines(prefix: str, manifest: Manifest) -> dict[str, dict[str, Any]]:
+        """Output lines by record id, through the version's lineage on S3."""
+
+        def read(path: str) -> list[str]:
+            return s3.get_object(Bucket=bucket, Key=f"{prefix}/{path}")["Body"].read().decode().splitlines()
+
+        found = {}
+        for shard in manifest.lineage:
+            for row in map(json.loads, read(shard.path)):
+                found[row["id"]] = json.loads(read(row["shard"])[row["line"] - 1])
+        return found
+
+    put("in/a.jsonl", notes(0, 20))
+    config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
+    v1 = run(workdir, config)
+    by_id = lines("out/notes/v1", v1.manifest)
+    (rejected,) = [record for record, line in by_id.items() if line["prompt"] == notes(5, 1)[0]["q"]]
+    (edited,) = [record for record, line in by_id.items() if line["prompt"] == notes(9, 1)[0]["q"]]
+    decide(workdir, "notes", 1, {rejected: ("reject", None), edited: ("edit", {"completion": "Fixed."})})
+
+    put("in/b.jsonl", notes(20, 3))
+    v2 = run(workdir, config)
+    assert v2.manifest.counts.carried == 19 and v2.manifest.stats["carry"]["review_rejected"] == 1
+    after = lines("out/notes/v2", v2.manifest)
+    assert rejected not in after and after[edited]["completion"] == "Fixed." and len(after) == 22
+    assert verify_checksums(v2.version_uri, v2.manifest) == []
