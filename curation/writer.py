@@ -80,8 +80,8 @@ def _read_lineage(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> dict
 class _Carrying:
     """Review decisions applied to carried lines, and the counts of what they did."""
 
-    def __init__(self, decisions: RunDecisions, version: int, fmt: str, chunked: bool) -> None:
-        self.decisions, self.version, self.fmt, self.chunked = decisions, version, fmt, chunked
+    def __init__(self, decisions: RunDecisions, fmt: str, chunked: bool) -> None:
+        self.decisions, self.fmt, self.chunked = decisions, fmt, chunked
         self.carried = 0
         self.unknown = 0  # carried lines without a lineage row: no record id to match decisions against
         self.rejected: set[str] = set()
@@ -98,9 +98,9 @@ class _Carrying:
         self.unknown += max(lines - known, 0)
 
     def review(
-        self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]]
+        self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]], where: str
     ) -> Iterator[tuple[bytes, dict[str, Any] | None, bool]]:
-        """(line, its lineage row, whether an edit changed it) for each line that stays."""
+        """(line, its lineage row, whether an edit changed it) for each line of shard ``where`` that stays."""
         for number, line in enumerate(lines, 1):
             row = rows.get(number)
             if row is None:
@@ -114,7 +114,12 @@ class _Carrying:
                 continue
             changed = False
             if record in self.decisions.edits:
-                parsed = json.loads(line)
+                try:
+                    parsed = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(
+                        f"{where} line {number}: not a JSON object ({error}); cannot apply its edit"
+                    ) from None
                 changed, missed = apply_edits(parsed, self.decisions.edits[record], self.fmt, self.chunked)
                 if missed:
                     self.edits_not_applied.add(record)
@@ -303,9 +308,7 @@ class DatasetWriter:
             )
         source_fs, source = filesystem(version_dir)
         self._carried_from = previous.version
-        carrying = _Carrying(
-            decisions or RunDecisions(), previous.version, self.format.name, self.format.options.chunk_chars is not None
-        )
+        carrying = _Carrying(decisions or RunDecisions(), self.format.name, self.format.options.chunk_chars is not None)
         lineage = _read_lineage(source_fs, source, previous.lineage)
         append = self.format.data_file is not None or self.format.name in ONE_FILE_FORMATS
         for name in SPLITS:
@@ -314,7 +317,7 @@ class DatasetWriter:
                 rows = lineage.get(shard.path, {})
                 if append:
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    self._emit(self.splits[name], carrying.review(lines, rows))
+                    self._emit(self.splits[name], carrying.review(lines, rows, f"{version_dir}/{shard.path}"))
                     continue
                 folder, base = shard.path.rsplit("/", 1)
                 renamed = base if CARRIED_NAME.match(base) else f"part-v{previous.version}-{base.removeprefix('part-')}"
@@ -323,7 +326,8 @@ class DatasetWriter:
                 if carrying.touches(rows.values()):
                     # Read the shard (it is size-bounded; ``review`` counts its lines) and rewrite it only
                     # if a line really changes: an edit carried before is already in the line.
-                    kept = list(carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), rows))
+                    lines = _read_lines(source_fs, f"{source}/{shard.path}")
+                    kept = list(carrying.review(lines, rows, f"{version_dir}/{shard.path}"))
                     if len(kept) != shard.records or any(changed for _, _, changed in kept):
                         rewritten = ShardSeries(self.fs, self.staging, folder, 0, file_name=renamed)
                         self._emit(rewritten, kept)

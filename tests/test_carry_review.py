@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
 from curation.carried_edits import apply_edits
@@ -207,3 +208,18 @@ def test_decisions_reach_records_carried_on_s3(workdir: Path, bucket: str, aws_e
     after = lines("out/notes/v2", v2.manifest)
     assert rejected not in after and after[edited]["completion"] == "Fixed." and len(after) == 22
     assert verify_checksums(v2.version_uri, v2.manifest) == []
+
+
+def test_a_damaged_carried_line_is_named_in_the_error(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
+    v1 = run(workdir, recipe("out", validation_fraction=0.0))
+    one = Path(v1.version_uri)
+    (row, *_) = read_lines(sorted((one / "lineage").glob("*.jsonl")))
+    decide(workdir, "notes", 1, {row["id"]: ("edit", {"completion": "Fixed."})})
+    shard = one / row["shard"]
+    lines = shard.read_text().splitlines()
+    lines[row["line"] - 1] = '{"prompt": "cut off'
+    shard.write_text("\n".join(lines) + "\n")
+    write_jsonl(workdir / "in" / "b.jsonl", notes(4, 1))
+    with pytest.raises(ValueError, match=rf"v1/{row['shard']} line {row['line']}: not a JSON object"):
+        run(workdir, recipe("out", validation_fraction=0.0))
