@@ -26,6 +26,7 @@ from connectors.files import FilesSourceReader
 from connectors.state import Watermarks, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.report import Profile, attach_report
+from curation.review.decisions import run_decisions
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -363,7 +364,11 @@ def _run_locked(
 
         carried_from = extends if out.carry_forward else None
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
-            counts.carried = writer.carry(version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind)
+            # Annotators' decisions reach the carried records too, not only those this run read.
+            decisions = run_decisions(state.engine, recipe.dataset)
+            counts.carried = writer.carry(
+                version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind, decisions
+            )
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
             built = Manifest(
@@ -382,6 +387,8 @@ def _run_locked(
                 row_schema=fmt.row_schema(),
                 stats={"stages": tally.stats()} if tally.stage_stats else {},
             )
+            if writer.carry_stats:
+                built.stats["carry"] = writer.carry_stats
             return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
         published = writer.publish(manifest)

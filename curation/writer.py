@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
+import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import polars as pl
@@ -25,10 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from connectors.storage import filesystem, is_s3, join, make_dirs
+from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
+from curation.review.decisions import RunDecisions
 from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
 # Formats whose consumer reads one file per channel (besides those with a fixed ``data_file``, like VQA's
@@ -45,6 +51,91 @@ def to_ndjson(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pl.from_arrow(table).write_ndjson(buffer)
     return buffer.getvalue()
+
+
+def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
+    """The lines of a file, each with its newline (one is added to a last line without it)."""
+    rest = b""
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 20):
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield from data[:cut].splitlines(keepends=True)
+            rest = data[cut:]
+    if rest:
+        yield rest + b"\n"
+
+
+def _read_lineage(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> dict[str, dict[int, dict[str, Any]]]:
+    """A version's lineage rows by output shard and line number."""
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for shard in shards:
+        for line in _read_lines(fs, f"{folder}/{shard.path}"):
+            row = json.loads(line)
+            rows.setdefault(row["shard"], {})[row["line"]] = row
+    return rows
+
+
+class _Carrying:
+    """Review decisions applied to carried lines, and the counts of what they did."""
+
+    def __init__(self, decisions: RunDecisions, fmt: str, chunked: bool) -> None:
+        self.decisions, self.fmt, self.chunked = decisions, fmt, chunked
+        self.carried = 0
+        self.unknown = 0  # carried lines without a lineage row: no record id to match decisions against
+        self.rejected: set[str] = set()
+        self.edited: set[str] = set()
+        self.edits_not_applied: set[str] = set()
+
+    def touches(self, rows: Iterable[dict[str, Any]]) -> bool:
+        ids = self.decisions.rejected | self.decisions.edits.keys()
+        return bool(ids) and any(row["id"] in ids for row in rows)
+
+    def copied(self, lines: int, known: int) -> None:
+        """A shard copied whole: all its lines carried, ``known`` of them with a lineage row."""
+        self.carried += lines
+        self.unknown += max(lines - known, 0)
+
+    def review(
+        self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]], where: str
+    ) -> Iterator[tuple[bytes, dict[str, Any] | None, bool]]:
+        """(line, its lineage row, whether an edit changed it) for each line of shard ``where`` that stays."""
+        for number, line in enumerate(lines, 1):
+            row = rows.get(number)
+            if row is None:
+                self.unknown += 1
+                self.carried += 1
+                yield line, None, False
+                continue
+            record = row["id"]
+            if record in self.decisions.rejected:
+                self.rejected.add(record)
+                continue
+            changed = False
+            if record in self.decisions.edits:
+                try:
+                    parsed = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(
+                        f"{where} line {number}: not a JSON object ({error}); cannot apply its edit"
+                    ) from None
+                changed, missed = apply_edits(parsed, self.decisions.edits[record], self.fmt, self.chunked)
+                if missed:
+                    self.edits_not_applied.add(record)
+                if changed:
+                    self.edited.add(record)
+                    line = json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            self.carried += 1
+            yield line, row, changed
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "review_rejected": len(self.rejected),
+            "review_edited": len(self.edited),
+            "edits_not_applied": len(self.edits_not_applied),
+            "lines_without_lineage": self.unknown,
+        }
 
 
 class ShardSeries:
@@ -142,6 +233,8 @@ class DatasetWriter:
         self.written = 0
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
         self.carried_records = 0
+        self.carry_stats: dict[str, int] = {}  # what review decisions did to the carried lines
+        self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
 
@@ -194,14 +287,17 @@ class DatasetWriter:
         if table.num_rows:
             self.set_aside.write(to_ndjson(self.scrub(table) if self.scrub else table))
 
-    def carry(self, version_dir: str, record_kind: str) -> int:
-        """Copy the published records of ``version_dir`` into this version; returns how many.
+    def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
+        """Copy the published records of ``version_dir`` into this version; returns how many lines.
 
-        Only the train and validation lines (and the images they name) travel: the set-aside rows,
-        lineage and report describe the run that made that version. Shards are copied whole (a
-        server-side copy on S3) under a name that says where they came from, so they keep their
-        sha256; for formats read as one file per channel the lines are appended to this run's file.
-        Call before ``publish``: everything lands in the staging prefix, so a failed run leaves none.
+        Only the train and validation lines (and the images they name) travel, with their lineage
+        rows (new shard and line, marked ``carried_from``) so a later carry still knows their record
+        ids; the set-aside rows and report describe the run that made that version. Shards are copied
+        whole (a server-side copy on S3) under a name that says where they came from, so they keep
+        their sha256; for formats read as one file per channel the lines are appended to this run's
+        file. With ``decisions``, lines of rejected records stay behind and edits are applied: a shard
+        with such a line is rewritten (``carry_stats`` counts them). Call before ``publish``:
+        everything lands in the staging prefix, so a failed run leaves none.
         """
         previous = read_manifest(version_dir)
         if (previous.format, previous.record_kind) != (self.format.name, record_kind):
@@ -211,39 +307,97 @@ class DatasetWriter:
                 "run with --full-refresh"
             )
         source_fs, source = filesystem(version_dir)
+        self._carried_from = previous.version
+        carrying = _Carrying(decisions or RunDecisions(), self.format.name, self.format.options.chunk_chars is not None)
+        lineage = _read_lineage(source_fs, source, previous.lineage)
         append = self.format.data_file is not None or self.format.name in ONE_FILE_FORMATS
         for name in SPLITS:
             split = previous.splits.get(name)
             for shard in split.shards if split else []:
+                rows = lineage.get(shard.path, {})
                 if append:
-                    self._append_lines(source_fs, f"{source}/{shard.path}", self.splits[name])
+                    lines = _read_lines(source_fs, f"{source}/{shard.path}")
+                    self._emit(self.splits[name], carrying.review(lines, rows, f"{version_dir}/{shard.path}"))
                     continue
                 folder, base = shard.path.rsplit("/", 1)
                 renamed = base if CARRIED_NAME.match(base) else f"part-v{previous.version}-{base.removeprefix('part-')}"
                 path = f"{folder}/{renamed}"
                 make_dirs(self.fs, f"{self.staging}/{folder}")
+                if carrying.touches(rows.values()):
+                    # Read the shard (it is size-bounded; ``review`` counts its lines) and rewrite it only
+                    # if a line really changes: an edit carried before is already in the line.
+                    lines = _read_lines(source_fs, f"{source}/{shard.path}")
+                    kept = list(carrying.review(lines, rows, f"{version_dir}/{shard.path}"))
+                    if len(kept) != shard.records or any(changed for _, _, changed in kept):
+                        rewritten = ShardSeries(self.fs, self.staging, folder, 0, file_name=renamed)
+                        self._emit(rewritten, kept)
+                        rewritten.close()
+                        self.carried[name] += rewritten.shards
+                        continue
+                else:
+                    carrying.copied(shard.records, len(rows))
                 self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
                 self.carried[name].append(shard.model_copy(update={"path": path}))
+                self._write_carried_lineage([(path, line, row) for line, row in sorted(rows.items())])
         for image in previous.files:
             if image.path not in self.files:  # named by content hash: one already here is the same file
                 make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")
                 self.fs.copy_file(f"{source}/{image.path}", f"{self.staging}/{image.path}")
                 self.files[image.path] = image
-        self.carried_records = sum(split.records for split in previous.splits.values())
+        if carrying.unknown:
+            log.warning(
+                "%s: %d carried line(s) have no lineage row, so review decisions cannot reach them",
+                version_dir,
+                carrying.unknown,
+            )
+        if carrying.edits_not_applied:
+            log.warning(
+                "%s: %d carried record(s) have edits the %s format has no simple place for; kept unedited",
+                version_dir,
+                len(carrying.edits_not_applied),
+                self.format.name,
+            )
+        self.carried_records = carrying.carried
+        self.carry_stats = carrying.stats()
         return self.carried_records
 
-    @staticmethod
-    def _append_lines(fs: pafs.FileSystem, path: str, series: ShardSeries) -> None:
-        rest = b""
-        with fs.open_input_stream(path) as stream:
-            while chunk := stream.read(1 << 20):
-                data = rest + chunk
-                cut = data.rfind(b"\n") + 1
-                if cut:
-                    series.write(data[:cut])
-                rest = data[cut:]
-        if rest:  # a last line without its newline
-            series.write(rest + b"\n")
+    def _emit(self, series: ShardSeries, lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
+        """Write carried lines to ``series`` in chunks, with a lineage row for each line that has one."""
+        chunk: list[tuple[bytes, dict[str, Any] | None, bool]] = []
+        size = 0
+        for item in lines:
+            chunk.append(item)
+            size += len(item[0])
+            if size >= 1 << 20:
+                self._emit_chunk(series, chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._emit_chunk(series, chunk)
+
+    def _emit_chunk(self, series: ShardSeries, chunk: list[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
+        placed = series.write(b"".join(line for line, _, _ in chunk))
+        # Pieces fill each shard to its end (that shard is closed by then), so every piece but the last ends one.
+        closed = {shard.path: shard.records for shard in series.shards}
+        positions: list[tuple[str, int]] = []
+        for index, (path, first) in enumerate(placed):
+            count = closed[path] - first + 1 if index < len(placed) - 1 else len(chunk) - len(positions)
+            positions += [(path, first + offset) for offset in range(count)]
+        self._write_carried_lineage(
+            [(path, line, row) for (path, line), (_, row, _) in zip(positions, chunk, strict=True) if row is not None],
+        )
+
+    def _write_carried_lineage(self, placed: list[tuple[str, int, dict[str, Any]]]) -> None:
+        if not placed:
+            return
+        version = self._carried_from
+        body = "".join(
+            json.dumps(
+                {**row, "shard": path, "line": line, "carried_from": version}, ensure_ascii=False, separators=(",", ":")
+            )
+            + "\n"
+            for path, line, row in placed
+        )
+        self.lineage.write(body.encode())
 
     def publish(self, build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest]) -> Manifest:
         """Close the shards, write the manifest last and make the version visible at once."""

@@ -42,10 +42,12 @@ def outputs(version_dir: Path) -> list[dict[str, Any]]:
 
 
 def processed(version_dir: Path) -> list[dict[str, Any]]:
-    """The output lines this version's own run wrote (its lineage), without those carried from earlier versions."""
+    """The output lines this version's own run wrote (its lineage), without those carried from earlier versions (their lineage rows say ``carried_from``)."""
     lines: dict[str, list[str]] = {}
     found = []
     for entry in read_lines(sorted((version_dir / "lineage").glob("*.jsonl"))):
+        if "carried_from" in entry:  # a line carried from an earlier version
+            continue
         shard = lines.setdefault(entry["shard"], (version_dir / entry["shard"]).read_text().splitlines())
         found.append(json.loads(shard[entry["line"] - 1]))
     return found

@@ -87,9 +87,10 @@ def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_chec
         assert (two / carried.path).read_bytes() == (one / path).read_bytes()
     assert verify_checksums(str(two), manifest) == []
     assert load_version(str(two)).version == 2  # training's check: every file against its sha256
-    # Set-aside rows and lineage describe one run: not carried.
+    # Set-aside rows describe one run: not carried. Lineage is, marked with the version it came from.
     assert set_aside(two) == []
-    assert len(read_lines(sorted((two / "lineage").glob("*.jsonl")))) == 12
+    lineage = read_lines(sorted((two / "lineage").glob("*.jsonl")))
+    assert len(lineage) == 42 and sum(row.get("carried_from") == 1 for row in lineage) == 30
     report = json.loads((two / "report.json").read_text())
     assert report["carried"] == {"records": 30, "from_version": 1} and report["counts"]["input"] == 12
     assert "Carried 30 records from v1" in (two / "report.html").read_text()
@@ -217,9 +218,12 @@ def test_one_file_formats_append_carried_lines_to_the_one_file(workdir: Path) ->
         pixel = Image.open(version / "train" / line["file_name"]).getpixel((0, 0))
         assert pixel == colors[line["completion"]]
     assert len(v2.manifest.files) == 3 and verify_checksums(str(version), v2.manifest) == []
-    # the new record's lineage still points at its line
-    (entry,) = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    # Lineage points at each line: the new record's, and the carried ones at their new place in the file.
+    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    (entry,) = [row for row in lineage if "carried_from" not in row]
     assert lines[entry["line"] - 1]["completion"] == "blue"
+    carried = sorted(lines[row["line"] - 1]["completion"] for row in lineage if row.get("carried_from") == 1)
+    assert carried == ["green", "red"] and {row["shard"] for row in lineage} == {"train/metadata.jsonl"}
 
     text = {"dataset": "corpus", "sources": [{"path": "docs"}], "record": {"kind": "document"}}
     text["output"] = {"dest": "out", "format": "text", "validation_fraction": 0.0}

@@ -1,0 +1,225 @@
+"""Review decisions reach carried records: a record rejected or edited after it was published is left out
+of, or edited in, the next version even when the run does not read it again (it is carried)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from curation.carried_edits import apply_edits
+from curation.formats import FormatOptions, output_format
+from curation.published import verify_checksums
+from curation.review import decisions as dec
+from curation.review.queue import add_items, review_items
+from curation.writer import to_ndjson
+from schemas.config import load_recipe
+from schemas.manifest import Manifest
+from schemas.records import FLAG_SCHEMA
+from tests.helpers import outputs, read_lines, run, write_jsonl
+from tests.test_carry import notes, recipe, shards, texts
+from tests.test_review_decisions import flag
+
+
+def lines_by_id(version: Path) -> dict[str, list[dict[str, Any]]]:
+    """Output lines by record id, found through the version's lineage (every line must have a row)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    files: dict[str, list[str]] = {}
+    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    for row in lineage:
+        lines = files.setdefault(row["shard"], (version / row["shard"]).read_text().splitlines())
+        found.setdefault(row["id"], []).append(json.loads(lines[row["line"] - 1]))
+    assert len(lineage) == len(outputs(version))
+    assert len({(row["shard"], row["line"]) for row in lineage}) == len(lineage)
+    return found
+
+
+def id_of(by_id: dict[str, list[dict[str, Any]]], key: str, value: str) -> str:
+    (record,) = [record for record, lines in by_id.items() if lines[0][key] == value]
+    return record
+
+
+def decide(workdir: Path, dataset: str, version: int, actions: dict[str, tuple[str, dict[str, str] | None]]) -> None:
+    """Flag each record for review and take the decision on it, as an annotator would on the review page."""
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    flags = pa.Table.from_pylist([flag(record) for record in actions], schema=FLAG_SCHEMA)
+    add_items(engine, dataset, version, "review-test", flags)
+    with engine.connect() as db:
+        items = {row.record_id: row.item_id for row in db.execute(sa.select(review_items))}
+    for record, (action, fields) in actions.items():
+        dec.decide(engine, items[record], "rita", action, dec.Edit(fields=fields) if fields else None)
+    engine.dispose()
+
+
+def test_carried_records_follow_review_decisions_across_versions(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 30))
+    v1 = run(workdir, recipe("out"))
+    one = Path(v1.version_uri)
+    by_id = lines_by_id(one)
+    rejected = id_of(by_id, "prompt", notes(3, 1)[0]["q"])
+    edited = id_of(by_id, "prompt", notes(7, 1)[0]["q"])
+    labelled = id_of(by_id, "prompt", notes(11, 1)[0]["q"])  # a field this format's lines do not hold
+    fixed = "Parcel 7 was lost, then found."
+    decide(
+        workdir,
+        "notes",
+        1,
+        {rejected: ("reject", None), edited: ("edit", {"completion": fixed}), labelled: ("edit", {"label": "late"})},
+    )
+
+    write_jsonl(workdir / "in" / "b.jsonl", notes(30, 5))
+    v2 = run(workdir, recipe("out"))
+    two = Path(v2.version_uri)
+    counts = v2.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (5, 5, 29)
+    assert v2.manifest.stats["carry"] == {
+        "review_rejected": 1,
+        "review_edited": 1,
+        "edits_not_applied": 1,
+        "lines_without_lineage": 0,
+    }
+    expected = [row for row in notes(0, 35) if row["q"] != notes(3, 1)[0]["q"]]
+    assert texts(outputs(two)) == texts(expected)
+    after = lines_by_id(two)
+    assert rejected not in after and after[edited][0]["completion"] == fixed
+    assert after[labelled] == by_id[labelled]  # kept as it was
+    assert sum(split.records for split in v2.manifest.splits.values()) == 34
+    assert verify_checksums(str(two), v2.manifest) == []
+    # Only the shards holding the rejected or edited line were rewritten; the others are v1's bytes.
+    first = shards(v1.manifest)
+    touched = {
+        row["shard"] for row in read_lines(sorted((one / "lineage").glob("*.jsonl"))) if row["id"] in (rejected, edited)
+    }
+    second = shards(v2.manifest)
+    for path, shard in first.items():
+        if not path.endswith(".jsonl"):
+            continue
+        same = second[path.replace("/part-", "/part-v1-")].sha256 == shard.sha256
+        assert same == (path not in touched), path
+
+    # v3 carries v2: the lineage v2 carried still names the rejected record's absence and the edit.
+    write_jsonl(workdir / "in" / "c.jsonl", notes(35, 2))
+    v3 = run(workdir, recipe("out"))
+    three = Path(v3.version_uri)
+    assert v3.manifest.counts.carried == 34
+    # Nothing left to reject or edit: the edit is already in v2's line, so every shard is copied whole.
+    assert v3.manifest.stats["carry"]["review_rejected"] == 0 and v3.manifest.stats["carry"]["review_edited"] == 0
+    third = shards(v3.manifest)
+    for path, shard in second.items():
+        if path.endswith(".jsonl"):
+            carried = path if "/part-v" in path else path.replace("/part-", "/part-v2-")
+            assert third[carried].sha256 == shard.sha256
+    final = lines_by_id(three)
+    assert rejected not in final and final[edited][0]["completion"] == fixed
+    assert texts(outputs(three)) == texts([*expected, *notes(35, 2)])
+    assert verify_checksums(str(three), v3.manifest) == []
+
+
+def test_one_file_text_format_drops_rejected_and_edits_lines(workdir: Path) -> None:
+    text = {"dataset": "corpus", "sources": [{"path": "docs"}], "record": {"kind": "document"}}
+    text["output"] = {"dest": "out", "format": "text", "validation_fraction": 0.0}
+    write_jsonl(workdir / "docs" / "a.jsonl", [{"text": f"Document {i}."} for i in range(6)])
+    v1 = run(workdir, text)
+    by_id = lines_by_id(Path(v1.version_uri))
+    rejected, edited = id_of(by_id, "text", "Document 1."), id_of(by_id, "text", "Document 4.")
+    decide(workdir, "corpus", 1, {rejected: ("reject", None), edited: ("edit", {"text": "Document four, fixed."})})
+
+    write_jsonl(workdir / "docs" / "b.jsonl", [{"text": "Document 6."}])
+    v2 = run(workdir, text)
+    version = Path(v2.version_uri)
+    (shard,) = v2.manifest.splits["train"].shards
+    assert shard.path == "train/part-00000.jsonl" and shard.records == 6
+    assert sorted(line["text"] for line in outputs(version)) == [
+        "Document 0.",
+        "Document 2.",
+        "Document 3.",
+        "Document 5.",
+        "Document 6.",
+        "Document four, fixed.",
+    ]
+    assert v2.manifest.counts.carried == 5
+    assert v2.manifest.stats["carry"]["review_rejected"] == 1 and v2.manifest.stats["carry"]["review_edited"] == 1
+    after = lines_by_id(version)
+    assert rejected not in after and after[edited] == [{"text": "Document four, fixed."}]
+    assert verify_checksums(str(version), v2.manifest) == []
+
+
+def rendered(fmt: str, system_prompt: str | None = "Be brief.") -> dict[str, Any]:
+    """One instruction record as the format writes it."""
+    batch = pa.table({"id": ["r1"], "prompt": ["Where is it?"], "completion": ["Here."]})
+    rows = output_format(fmt, "instruction", FormatOptions(system_prompt=system_prompt)).rows(batch)
+    return json.loads(to_ndjson(rows))
+
+
+def test_edits_find_the_turn_of_each_conversation_format() -> None:
+    for fmt in ("messages", "jumpstart-chat", "bedrock-conversation", "jumpstart-instruction"):
+        line = rendered(fmt)
+        changed, missed = apply_edits(line, {"completion": "There.", "prompt": "Where now?"}, fmt)
+        assert changed and missed == [], fmt
+        text = json.dumps(line)
+        assert "There." in text and "Where now?" in text and "Here." not in text and "Where is it?" not in text
+        assert "Be brief." in text or fmt == "jumpstart-instruction"  # the system turn is left alone
+    # Applying the same edit again changes nothing; a field with no place in the line is reported.
+    line = rendered("messages")
+    apply_edits(line, {"completion": "There."}, "messages")
+    assert apply_edits(line, {"completion": "There."}, "messages") == (False, [])
+    assert apply_edits(line, {"label": "x"}, "messages") == (False, ["label"])
+    vqa = {"file_name": "images/a.png", "prompt": "Colour?", "completion": "red"}
+    assert apply_edits(vqa, {"answer": "crimson"}, "jumpstart-vqa") == (True, [])
+    assert vqa["completion"] == "crimson"
+    # Chunked text: a line holds part of the document, so the edit is not applied.
+    assert apply_edits({"text": "part"}, {"text": "whole"}, "text", chunked=True) == (False, ["text"])
+
+
+def test_decisions_reach_records_carried_on_s3(workdir: Path, bucket: str, aws_env: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+
+    def put(key: str, rows: list[dict[str, Any]]) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body="".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def lines(prefix: str, manifest: Manifest) -> dict[str, dict[str, Any]]:
+        """Output lines by record id, through the version's lineage on S3."""
+
+        def read(path: str) -> list[str]:
+            return s3.get_object(Bucket=bucket, Key=f"{prefix}/{path}")["Body"].read().decode().splitlines()
+
+        found = {}
+        for shard in manifest.lineage:
+            for row in map(json.loads, read(shard.path)):
+                found[row["id"]] = json.loads(read(row["shard"])[row["line"] - 1])
+        return found
+
+    put("in/a.jsonl", notes(0, 20))
+    config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
+    v1 = run(workdir, config)
+    by_id = lines("out/notes/v1", v1.manifest)
+    (rejected,) = [record for record, line in by_id.items() if line["prompt"] == notes(5, 1)[0]["q"]]
+    (edited,) = [record for record, line in by_id.items() if line["prompt"] == notes(9, 1)[0]["q"]]
+    decide(workdir, "notes", 1, {rejected: ("reject", None), edited: ("edit", {"completion": "Fixed."})})
+
+    put("in/b.jsonl", notes(20, 3))
+    v2 = run(workdir, config)
+    assert v2.manifest.counts.carried == 19 and v2.manifest.stats["carry"]["review_rejected"] == 1
+    after = lines("out/notes/v2", v2.manifest)
+    assert rejected not in after and after[edited]["completion"] == "Fixed." and len(after) == 22
+    assert verify_checksums(v2.version_uri, v2.manifest) == []
+
+
+def test_a_damaged_carried_line_is_named_in_the_error(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
+    v1 = run(workdir, recipe("out", validation_fraction=0.0))
+    one = Path(v1.version_uri)
+    (row, *_) = read_lines(sorted((one / "lineage").glob("*.jsonl")))
+    decide(workdir, "notes", 1, {row["id"]: ("edit", {"completion": "Fixed."})})
+    shard = one / row["shard"]
+    lines = shard.read_text().splitlines()
+    lines[row["line"] - 1] = '{"prompt": "cut off'
+    shard.write_text("\n".join(lines) + "\n")
+    write_jsonl(workdir / "in" / "b.jsonl", notes(4, 1))
+    with pytest.raises(ValueError, match=rf"v1/{row['shard']} line {row['line']}: not a JSON object"):
+        run(workdir, recipe("out", validation_fraction=0.0))
