@@ -298,18 +298,21 @@ class ExpectationsConfig(Strict):
     expect: list[Expectation] = Field(min_length=1)
 
 
-StageConfig = Annotated[
+# The stages curation/stages/quality.py builds.
+QualityConfig = (
     ExpectationsConfig
-    | ExactDedupConfig
-    | NearDedupConfig
-    | ImageDedupConfig
     | CleanConfig
     | LengthFilterConfig
     | LanguageFilterConfig
     | RepetitionFilterConfig
     | RatioFilterConfig
     | InstructionFilterConfig
-    | PiiConfig,
+    | NearDedupConfig
+    | ImageDedupConfig
+)
+
+StageConfig = Annotated[
+    QualityConfig | ExactDedupConfig | PiiConfig,
     Field(discriminator="type"),
 ]
 

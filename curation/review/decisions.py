@@ -122,13 +122,14 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
     return int(decision_id)
 
 
+def _latest_in_force(*where: Any) -> sa.Select:
+    """The latest decision not undone among those matching ``where``."""
+    query = decisions.select().where(*where, decisions.c.undone_at.is_(None))
+    return query.order_by(decisions.c.decision_id.desc()).limit(1)
+
+
 def _active_for_item(engine: sa.Engine, item_id: int) -> dict[str, Any] | None:
-    query = (
-        decisions.select()
-        .where(decisions.c.item_id == item_id, decisions.c.undone_at.is_(None))
-        .order_by(decisions.c.decision_id.desc())
-        .limit(1)
-    )
+    query = _latest_in_force(decisions.c.item_id == item_id)
     with engine.connect() as db:
         row = db.execute(query).first()
     return dict(row._mapping) if row else None
@@ -141,12 +142,7 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
     undone decision, or None when the user has nothing left to undo.
     """
     create_tables(engine)
-    query = (
-        decisions.select()
-        .where(decisions.c.user == user, decisions.c.undone_at.is_(None))
-        .order_by(decisions.c.decision_id.desc())
-        .limit(1)
-    )
+    query = _latest_in_force(decisions.c.user == user)
     with engine.begin() as db:
         row = db.execute(query).first()
         if row is None:

@@ -9,27 +9,16 @@ from curation.stages.neardup import ImageNearDedup, NearDedup
 from schemas.config import (
     CleanConfig,
     ExpectationsConfig,
-    ImageDedupConfig,
     InstructionFilterConfig,
     LanguageFilterConfig,
     LengthFilterConfig,
     NearDedupConfig,
+    QualityConfig,
     RatioFilterConfig,
     RepetitionFilterConfig,
 )
 from schemas.records import CONTENT_COLUMNS, RECORD_MODELS
 
-QualityConfig = (
-    ExpectationsConfig
-    | CleanConfig
-    | LengthFilterConfig
-    | LanguageFilterConfig
-    | RepetitionFilterConfig
-    | RatioFilterConfig
-    | InstructionFilterConfig
-    | NearDedupConfig
-    | ImageDedupConfig
-)
 QUALITY_CONFIGS = QualityConfig.__args__
 QualityStage = (
     Expectations
