@@ -109,8 +109,9 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         out.print(result.message, highlight=False)
         return EXIT_OK
     out.print(summary_table(result.manifest))
-    out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False)
-    out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False)
+    # Paths are printed whole (soft wrap), so a script or a terminal can copy them.
+    out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False, soft_wrap=True)
+    out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False, soft_wrap=True)
     if result.manifest.carried_from is not None:
         done = result.manifest
         out.print(
