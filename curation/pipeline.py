@@ -26,7 +26,7 @@ from connectors.files import FilesSourceReader
 from connectors.state import Watermarks, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.report import Profile, attach_report
-from curation.review.decisions import run_decisions
+from curation.review.decisions import changes_since, run_decisions
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -264,6 +264,17 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         tally.reasons[(outcome, reason)] += count
 
 
+def _review_changes(recipe: Recipe, state: StateStore, version: int) -> int:
+    """Rejections and edits decided since ``version`` was published: with carry-forward they make a new
+    version (the carried records with the decisions applied) even when there is no new input."""
+    from curation.published import read_manifest, version_uri
+
+    if not recipe.output.carry_forward:
+        return 0
+    published = read_manifest(version_uri(recipe.output.dest, recipe.dataset, version)).created_at
+    return changes_since(state.engine, recipe.dataset, published)
+
+
 def quarantine_flags(set_aside: pa.Table) -> pa.Table:
     """Every quarantined record goes to the review queue with its reason and raw input."""
     rows = set_aside.filter(pc.equal(set_aside["outcome"], "quarantined"))
@@ -354,7 +365,7 @@ def _run_locked(
         counts = tally.counts()
         previous = published_versions(out.dest, recipe.dataset)
         extends = previous[-1] if previous and watermarks.had_previous() else None
-        if extends is not None and counts.input == 0:
+        if extends is not None and counts.input == 0 and not _review_changes(recipe, state, extends):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())

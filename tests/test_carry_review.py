@@ -223,3 +223,21 @@ def test_a_damaged_carried_line_is_named_in_the_error(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "b.jsonl", notes(4, 1))
     with pytest.raises(ValueError, match=rf"v1/{row['shard']} line {row['line']}: not a JSON object"):
         run(workdir, recipe("out", validation_fraction=0.0))
+
+
+def test_decisions_alone_publish_a_version_and_then_nothing_is_new(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    rejected = id_of(lines_by_id(one), "prompt", notes(4, 1)[0]["q"])
+    decide(workdir, "notes", 1, {rejected: ("reject", None)})
+
+    # No new input, but an annotator rejected a record: the next run publishes v2 without it.
+    v2 = run(workdir, recipe("out"))
+    assert v2.manifest is not None and v2.manifest.extends == 1
+    assert (v2.manifest.counts.input, v2.manifest.counts.carried) == (0, 9)
+    assert rejected not in lines_by_id(Path(v2.version_uri))
+    assert v2.manifest.stats["carry"]["review_rejected"] == 1
+
+    # Nothing new since v2, decisions included: nothing is published.
+    v3 = run(workdir, recipe("out"))
+    assert v3.manifest is None and "nothing new since notes v2" in v3.message

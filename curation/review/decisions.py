@@ -215,6 +215,21 @@ class RunDecisions:
         return bool(self.rejected or self.edits)
 
 
+def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
+    """How many rejections and edits in force were decided after ``since`` (a version's publication):
+    the next run publishes them even when it has no new input."""
+    return sum(
+        1
+        for row in active_decisions(engine, dataset)
+        if row["action"] in ("reject", "edit") and _utc(row["at"]) > _utc(since)
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def run_decisions(engine: sa.Engine, dataset: str) -> RunDecisions:
     """Active decisions of a dataset as the review stage needs them (later edits win per field)."""
     result = RunDecisions()
