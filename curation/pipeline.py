@@ -26,7 +26,7 @@ from connectors.files import FilesSourceReader
 from connectors.state import Watermarks, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.report import Profile, attach_report
-from curation.review.decisions import changes_since, run_decisions
+from curation.review.decisions import changes_since
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -235,18 +235,15 @@ class LocalExecutor:
         if sink is None:
             return
         drop = pa.array(dropped["id"].to_pylist(), pa.string())
-        # Read, not memory-mapped: mapped pages stay resident as the file is read, so the run's
-        # memory would grow with its input.
-        with pa.OSFile(str(spill)) as source:
-            reader = pa.ipc.open_file(source)
-            for index in range(reader.num_record_batches):
-                batch = pa.Table.from_batches([reader.get_batch(index)])
-                kept = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=drop)))
-                if kept.num_rows:
-                    yield kept
+        for batch in _spilled(spill):
+            kept = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=drop)))
+            if kept.num_rows:
+                yield kept
 
 
 def _spilled(spill: Path) -> Iterator[pa.Table]:
+    """The spilled batches, in order. Read, not memory-mapped: mapped pages stay resident as the file
+    is read, so the run's memory would grow with its input."""
     with pa.OSFile(str(spill)) as source:
         reader = pa.ipc.open_file(source)
         for index in range(reader.num_record_batches):
@@ -375,8 +372,8 @@ def _run_locked(
 
         carried_from = extends if out.carry_forward else None
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
-            # Annotators' decisions reach the carried records too, not only those this run read.
-            decisions = run_decisions(state.engine, recipe.dataset)
+            # Annotators' decisions reach the carried records too, as the review stage read them.
+            decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
             counts.carried = writer.carry(
                 version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind, decisions
             )

@@ -4,7 +4,9 @@ so edits go through every later stage (PII redaction included) like any other co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,6 +16,8 @@ from curation.review.decisions import RunDecisions, run_decisions, undone_redact
 from curation.stages.base import StageResult, split_by_mask
 from schemas.records import set_aside_rows
 
+T = TypeVar("T")
+
 
 def _state_exists(state_url: str) -> bool:
     # Do not create a state file just to find it empty (`curation check`, a first run).
@@ -21,26 +25,25 @@ def _state_exists(state_url: str) -> bool:
     return not is_file or Path(state_url.removeprefix("sqlite:///")).exists()
 
 
-def load_decisions(state_url: str, dataset: str) -> RunDecisions:
-    """The dataset's decisions in force; none when the state store does not exist yet."""
+def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
+    """``read`` on the state store, or ``empty`` when it does not exist yet (nothing decided)."""
     if not _state_exists(state_url):
-        return RunDecisions()
+        return empty
     engine = sa.create_engine(state_url)
     try:
-        return run_decisions(engine, dataset)
+        return read(engine)
     finally:
         engine.dispose()
+
+
+def load_decisions(state_url: str, dataset: str) -> RunDecisions:
+    """The dataset's decisions in force; none when the state store does not exist yet."""
+    return _read_state(state_url, lambda engine: run_decisions(engine, dataset), RunDecisions())
 
 
 def load_undone_redactions(state_url: str, dataset: str) -> dict[str, set[tuple[str, int, int]]]:
     """For the PII stage's ``undone`` argument: spans annotators marked not PII, by record id."""
-    if not _state_exists(state_url):
-        return {}
-    engine = sa.create_engine(state_url)
-    try:
-        return undone_redactions(engine, dataset)
-    finally:
-        engine.dispose()
+    return _read_state(state_url, lambda engine: undone_redactions(engine, dataset), {})
 
 
 class ReviewDecisions:
@@ -49,6 +52,7 @@ class ReviewDecisions:
     name = "review"
 
     def __init__(self, decisions: RunDecisions) -> None:
+        self.decisions = decisions  # the run's one reading: carried records get the same (pipeline)
         self.rejected = pa.array(sorted(decisions.rejected), pa.string())
         self.edits = decisions.edits
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
