@@ -54,8 +54,9 @@ def _exists(uri: str) -> bool:
         return False
 
 
-def data_files(path: str, split: str | None) -> list[tuple[str, str]]:
-    """(split, file URI) of every data file of the dataset at ``path``, in split and file order."""
+def data_files(path: str, split: str | None, entries: list[FileEntry]) -> list[tuple[str, str]]:
+    """(split, file URI) of every data file of the dataset at ``path``, in split and file order;
+    ``entries`` are the parquet and arrow files listed under it."""
     path = path.rstrip("/")
     if _exists(join(path, "dataset_dict.json")):
         splits = (_read_json(join(path, "dataset_dict.json")) or {}).get("splits", [])
@@ -65,7 +66,6 @@ def data_files(path: str, split: str | None) -> list[tuple[str, str]]:
     if _exists(join(path, "state.json")):
         files = _saved_split(path, None)
         return [(name, uri) for name, uri in files if split in (None, name)]
-    entries = list_files(path, suffixes=(".parquet", ".arrow"))
     found = []
     for entry in entries:
         name = posixpath.basename(entry.uri)
@@ -100,8 +100,9 @@ class HFSourceReader:
 
     def files(self) -> list[tuple[str, FileEntry]]:
         if self._files is None:
-            listed = data_files(self.config.path, self.config.split)
-            entries = {e.uri: e for e in list_files(self.config.path, suffixes=(".parquet", ".arrow"))}
+            files = list_files(self.config.path, suffixes=(".parquet", ".arrow"))  # listed once: S3 calls cost
+            listed = data_files(self.config.path, self.config.split, files)
+            entries = {e.uri: e for e in files}
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:
                 raise StorageError(f"{missing[0]}: named by the dataset's state.json but missing")
