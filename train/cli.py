@@ -43,6 +43,16 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _followed(job_name: str, poll_seconds: float, timeout_seconds: float | None) -> typer.Exit:
+    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be followed."""
+    from train.sagemaker import TrainError
+
+    try:
+        return typer.Exit(follow(job_name, poll_seconds, timeout_seconds))
+    except (ClientError, BotoCoreError, TrainError) as error:
+        return _fail(f"{job_name}: {error}", EXIT_FAILED)
+
+
 def follow(
     job_name: str,
     poll_seconds: float,
@@ -142,10 +152,7 @@ def launch(
         raise _fail(f"SageMaker refused the training job: {error}", EXIT_FAILED) from None
     out.print(f"launched [bold]{name}[/bold]", highlight=False)
     if follow_job:
-        try:
-            raise typer.Exit(follow(name, poll_seconds, timeout))
-        except (ClientError, BotoCoreError, TrainError) as error:
-            raise _fail(f"{name}: {error}", EXIT_FAILED) from None
+        raise _followed(name, poll_seconds, timeout)
 
 
 @app.command("wait")
@@ -155,12 +162,7 @@ def wait_command(
     timeout: Annotated[float | None, typer.Option()] = None,
 ) -> None:
     """Follow a training job until it ends; exit 1 if it failed or stopped."""
-    from train.sagemaker import TrainError
-
-    try:
-        raise typer.Exit(follow(job_name, poll_seconds, timeout))
-    except (ClientError, BotoCoreError, TrainError) as error:
-        raise _fail(f"{job_name}: {error}", EXIT_FAILED) from None
+    raise _followed(job_name, poll_seconds, timeout)
 
 
 @app.command("import-to-bedrock")
