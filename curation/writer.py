@@ -218,7 +218,6 @@ class DatasetWriter:
         group_by: str | None = None,
     ) -> None:
         self.dest, self.dataset, self.format = dest, dataset, fmt
-        self.validation_fraction, self.split_seed = validation_fraction, split_seed
         self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by)
         self.run_id = uuid.uuid4().hex[:12]
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
@@ -232,7 +231,6 @@ class DatasetWriter:
         self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
         self.written = 0
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
-        self.carried_records = 0
         self.carry_stats: dict[str, int] = {}  # what review decisions did to the carried lines
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
@@ -357,9 +355,8 @@ class DatasetWriter:
                 len(carrying.edits_not_applied),
                 self.format.name,
             )
-        self.carried_records = carrying.carried
         self.carry_stats = carrying.stats()
-        return self.carried_records
+        return carrying.carried
 
     def _emit(self, series: ShardSeries, lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
         """Write carried lines to ``series`` in chunks, with a lineage row for each line that has one."""
@@ -420,7 +417,7 @@ class DatasetWriter:
         manifest.set_aside = self.set_aside.shards
         manifest.lineage = self.lineage.shards
         manifest.files = sorted(self.files.values(), key=lambda shard: shard.path)
-        manifest.split = self.split_report()
+        manifest.split = self.splitter.report()
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
@@ -431,9 +428,6 @@ class DatasetWriter:
                 out.write(body)
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest
-
-    def split_report(self) -> dict[str, Any]:
-        return self.splitter.report()
 
     def _publish_s3(self, target: str, manifest_body: bytes) -> None:
         infos = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True))
