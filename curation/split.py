@@ -33,12 +33,6 @@ def _unit_hash(seed: str, value: str) -> int:
     return xxhash.xxh3_64_intdigest(seed.encode() + b"\x1f" + value.encode())
 
 
-def split_of(ids: pa.Array | pa.ChunkedArray, validation_fraction: float, seed: str) -> pa.Array:
-    """True where a record goes to validation: a hash of seed and id, so reruns agree."""
-    threshold = int(validation_fraction * 2**64)
-    return pa.array([_unit_hash(seed, i) < threshold for i in ids.to_pylist()], pa.bool_())
-
-
 class Splitter:
     def __init__(
         self,
@@ -67,6 +61,7 @@ class Splitter:
         """True where each record of the batch goes to validation."""
         ids = batch["id"].to_pylist()
         if not self.group_by and not self.stratify_by:  # the common case, without a Python step per record
+            # ``_unit_hash`` inlined: a call per record is a measurable share of a large run.
             prefix, hash64, threshold = self.seed.encode() + b"\x1f", xxhash.xxh3_64_intdigest, self._threshold
             sides = [hash64(prefix + key.encode()) < threshold for key in ids]
             to_validation = sum(sides)
