@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.manifest import InputFile
 from schemas.records import empty_set_aside
@@ -47,3 +48,11 @@ def with_lineage(table: pa.Table, ids: list[str], sources: pa.Array) -> pa.Table
     names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
     table = table.rename_columns(names)
     return table.add_column(0, "id", pa.array(ids, pa.string())).add_column(1, "source", sources)
+
+
+def plain_strings(table: pa.Table) -> pa.Table:
+    """``large_string`` columns as ``string``: readers hand back either, stages expect one type."""
+    for index, column in enumerate(table.schema):
+        if pa.types.is_large_string(column.type):
+            table = table.set_column(index, column.name, pc.cast(table[column.name], pa.string()))
+    return table

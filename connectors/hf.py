@@ -20,10 +20,9 @@ import re
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.base import SourceBatch, with_lineage
+from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
@@ -84,13 +83,6 @@ def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
     return [(split, join(folder, item["filename"])) for item in state.get("_data_files", [])]
 
 
-def _plain_strings(table: pa.Table) -> pa.Table:
-    for index, field in enumerate(table.schema):
-        if pa.types.is_large_string(field.type):
-            table = table.set_column(index, field.name, pc.cast(table[field.name], pa.string()))
-    return table
-
-
 class HFSourceReader:
     name = CONNECTOR
 
@@ -148,7 +140,7 @@ class HFSourceReader:
                 yield self._batch(entry, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
 
     def _batch(self, entry: FileEntry, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
-        table = _plain_strings(table)
+        table = plain_strings(table)
         lines = list(range(first_row, first_row + table.num_rows))
         ids = record_ids(entry.uri, lines, row_contents(table))
         return SourceBatch(

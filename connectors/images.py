@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from connectors.base import SourceBatch
+from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader
 from connectors.state import SourceWatermark, file_fingerprints
 from connectors.storage import StorageError, filesystem, join, list_files
@@ -122,9 +122,7 @@ class ImagesSourceReader:
     def _images(self, table: pa.Table) -> tuple[pa.Table, pa.Table]:
         config = self.config
         table = table.set_column(1, "source", _as_images_source(table["source"]))
-        for index, field in enumerate(table.schema):  # JSONL blocks come as large_string, single lines as string
-            if pa.types.is_large_string(field.type):
-                table = table.set_column(index, field.name, pc.cast(table[field.name], pa.string()))
+        table = plain_strings(table)  # JSONL blocks come as large_string, single lines as string
         if config.image_column not in table.column_names:
             names = [None] * table.num_rows
         else:
