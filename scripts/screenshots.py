@@ -13,8 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import chromium  # noqa: E402
 from tests.review_seed import seed  # noqa: E402
-from tests.review_server import chromium, review_server, sign_in  # noqa: E402
+from tests.review_server import review_server, sign_in  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 

@@ -12,12 +12,19 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 pytest_plugins = ["tests.pg"]  # the PostgreSQL server fixture
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, from scripts/system-packages.txt
 
 
 def free_port() -> int:
@@ -39,22 +46,39 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 30.0) ->
     raise RuntimeError(f"server for {url} did not start in {timeout}s")
 
 
+@contextmanager
+def served(command: list[str], ready_url: str, **popen: Any) -> Iterator[subprocess.Popen]:
+    """A server process for the block: started, waited for until ``ready_url`` answers, then stopped."""
+    process = subprocess.Popen(command, **popen)
+    try:
+        wait_for_http(ready_url, process)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium (installed by the test setup), headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright  # only the browser tests pay for it
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto server process on loopback; yields its endpoint URL."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{endpoint}/moto-api/", process)
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with served(command, f"{endpoint}/moto-api/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The review app as users meet it: `curation review serve` in its own process on a free loopback
-port, and Debian's Chromium driven headless by Playwright. Shared by the browser tests and
-scripts/screenshots.py."""
+port, and signing in to it (the browser is ``tests.conftest.chromium``). Shared by the browser tests
+and scripts/screenshots.py."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from tests.conftest import free_port, wait_for_http
+from tests.conftest import free_port, served
 from tests.review_seed import PASSWORD, Seeded
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,31 +26,13 @@ def review_server(seeded: Seeded, recipes: Sequence[Path] = (), env: Mapping[str
     port = free_port()
     options = [arg for path in (seeded.recipe_path, *recipes) for arg in ("--recipe", str(path))]
     command = [sys.executable, "-m", "curation.cli", "review", "serve", "--port", str(port), *options]
-    with open(seeded.folder / "review-server.log", "ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=seeded.folder,
-            env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/login", process)
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+    with (
+        open(seeded.folder / "review-server.log", "ab") as log,
+        served(command, f"{base}/login", cwd=seeded.folder, env=env, stdout=log, stderr=subprocess.STDOUT),
+    ):
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@contextmanager
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def sign_in(browser: Browser, base: str, name: str) -> Page:

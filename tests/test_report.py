@@ -10,15 +10,13 @@ from pathlib import Path
 import boto3
 import polars as pl
 import pytest
-from playwright.sync_api import sync_playwright
 
 from bench.corpus import generate
 from curation.published import read_manifest
 from curation.report import figures, plots, render_html
 from schemas.manifest import Counts, Manifest
+from tests.conftest import chromium
 from tests.helpers import run, write_jsonl
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _recipe(dest: str) -> dict:
@@ -51,8 +49,7 @@ def _rows() -> list[dict]:
 
 def _render(path: Path) -> dict:
     """Open the page headless; every request that is not the file itself is refused and recorded."""
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+    with chromium() as browser:
         page = browser.new_page()
         outside: list[str] = []
         page.route(
@@ -74,7 +71,6 @@ def _render(path: Path) -> dict:
             })""",
         )
         title = page.title()
-        browser.close()
     return {"plots": {f["name"]: f for f in found}, "outside": outside, "title": title}
 
 

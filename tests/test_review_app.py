@@ -15,9 +15,10 @@ from playwright.sync_api import Browser, expect
 
 from curation.review import decisions as dec
 from curation.review.queue import list_items
+from tests.conftest import chromium
 from tests.helpers import outputs, set_aside
 from tests.review_seed import NAME, PII_COMPLETION, Seeded, publish_to_s3, run_again, seed
-from tests.review_server import chromium, review_server, sign_in
+from tests.review_server import review_server, sign_in
 
 pytestmark = pytest.mark.slow
 
