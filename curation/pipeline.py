@@ -234,9 +234,13 @@ class LocalExecutor:
         log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
         if sink is None:
             return
-        drop = pa.array(dropped["id"].to_pylist(), pa.string())
+        # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch.
+        ids = pa.chunked_array([s["id"] for s in signatures if s.num_rows], pa.string()).combine_chunks()
+        keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
+        offset = 0
         for batch in _spilled(spill):
-            kept = batch.filter(pc.invert(pc.is_in(batch["id"], value_set=drop)))
+            kept = batch.filter(keep.slice(offset, batch.num_rows))
+            offset += batch.num_rows
             if kept.num_rows:
                 yield kept
 

@@ -92,8 +92,8 @@ class Shape:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         columns: dict[str, pa.Array] = {}
-        problems: list[str | None] = [None] * batch.num_rows
-        reasons: list[str | None] = [None] * batch.num_rows
+        problems: list[str | None] | None = None  # per record, made only when a field has a problem
+        reasons: list[str | None] = []
         for field in self.fields:
             values, field_problems, reason = self._render(field, batch)
             if values is None:
@@ -101,11 +101,12 @@ class Shape:
             columns[field.target] = values
             if not any(field_problems):  # the usual case: no per-record step
                 continue
+            if problems is None:
+                problems, reasons = [None] * batch.num_rows, [None] * batch.num_rows
             for index, problem in enumerate(field_problems):
                 if problem and problems[index] is None:
                     problems[index] = f"{field.target}: {problem}"
                     reasons[index] = reason
-        keep = pa.array([p is None for p in problems])
         shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
         if "image_bytes" in batch.column_names:  # the images connector's verified image goes on to the writer
             shaped = shaped.append_column("image_bytes", batch["image_bytes"])
@@ -115,6 +116,9 @@ class Shape:
         for target in CONTENT_COLUMNS[self.kind]:
             if target not in shaped.column_names:
                 shaped = shaped.append_column(target, pa.nulls(batch.num_rows, pa.string()))
+        if problems is None:
+            return StageResult(kept=shaped)
+        keep = pa.array([p is None for p in problems])
         kept = shaped.filter(keep)
         bad = batch.filter(pc.invert(keep))
         bad_reasons = [r for r in reasons if r is not None]
@@ -127,6 +131,7 @@ class Shape:
         return StageResult(kept=kept, set_aside=set_aside)
 
     def _render(self, field: Field, batch: pa.Table) -> tuple[pa.Array | None, list[str | None], str]:
+        """The field's values, its problem per record (an empty list when there are none) and their reason."""
         count = batch.num_rows
         if field.column is not None:
             if field.column not in batch.column_names:
@@ -138,20 +143,20 @@ class Shape:
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
-            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [None] * count, ""
+            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [], ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
                 pieces = [
-                    pa.array([text] * count, pa.string())
+                    pa.repeat(pa.scalar(text, pa.string()), count)
                     if kind == "text"
                     else batch[text].combine_chunks().cast(pa.string())
                     for kind, text in field.parts
                 ]
                 if not pieces:
-                    return pa.array([""] * count, pa.string()), [None] * count, "template"
-                return pc.binary_join_element_wise(*pieces, ""), [None] * count, "template"
+                    return pa.array([""] * count, pa.string()), [], "template"
+                return pc.binary_join_element_wise(*pieces, ""), [], "template"
         rendered: list[str | None] = []
         problems: list[str | None] = []
         for row in batch.drop_columns(["id", "source"]).to_pylist():
