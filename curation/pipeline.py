@@ -25,6 +25,7 @@ from connectors.base import Source
 from connectors.files import FilesSourceReader
 from connectors.state import Watermarks, run_lock
 from curation.formats import FormatOptions, output_format
+from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
 from curation.review.decisions import changes_since
 from curation.review.queue import add_items
@@ -180,13 +181,13 @@ class LocalExecutor:
     def _read(
         sources: list[Source], writer: DatasetWriter, tally: Tally, on_input: Callable[[int], None]
     ) -> Iterator[pa.Table]:
-        for source in sources:
-            for batch in source.batches():
-                tally.input += batch.input_records
-                _set_aside(batch.set_aside, writer, tally)
-                on_input(batch.input_bytes)
-                if batch.rows.num_rows:
-                    yield batch.rows
+        # Sources are read a batch or two ahead, on another thread, while the stages work.
+        for batch in read_ahead(batch for source in sources for batch in source.batches()):
+            tally.input += batch.input_records
+            _set_aside(batch.set_aside, writer, tally)
+            on_input(batch.input_bytes)
+            if batch.rows.num_rows:
+                yield batch.rows
 
     @staticmethod
     def _apply(
