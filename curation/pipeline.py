@@ -260,9 +260,10 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         return
     writer.write_set_aside(table)
     tally.flags.append(quarantine_flags(table))
-    for (outcome, reason), count in Counter(
-        zip(table["outcome"].to_pylist(), table["reason"].to_pylist(), strict=True)
-    ).items():
+    counted = table.group_by(["outcome", "reason"]).aggregate([([], "count_all")])
+    for outcome, reason, count in zip(
+        *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all")), strict=True
+    ):
         tally.reasons[(outcome, reason)] += count
 
 
