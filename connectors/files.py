@@ -117,9 +117,10 @@ def _schema_seen_whole(text: bytes, frame: pl.DataFrame) -> bool:
     if sum(frame.null_count().row(0)) > 0 or (b"\\" in text and _ESCAPED_COLON.search(text)):
         return False
     strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
-    in_strings = frame.select(pl.col(strings).str.count_matches(":", literal=True).sum()).sum_horizontal()
+    counts = frame.select(pl.col(strings).str.count_matches(":", literal=True).sum())
+    in_strings = sum(counts.row(0)) if strings else 0
     colons = np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":"))
-    return colons == frame.height * frame.width + (in_strings.item() if strings else 0)
+    return colons == frame.height * frame.width + in_strings
 
 
 def read_json_objects(text: bytes, count: int) -> pa.Table | None:
@@ -132,10 +133,10 @@ def read_json_objects(text: bytes, count: int) -> pa.Table | None:
     for infer_rows in (100, None):
         try:
             frame = pl.read_ndjson(text, infer_schema_length=infer_rows)
-        except Exception:  # a line polars cannot take, or a type the first rows did not show
+            if frame.height == count and (infer_rows is None or count <= infer_rows or _schema_seen_whole(text, frame)):
+                return frame.to_arrow()
+        except Exception:  # a line polars cannot take, a type the first rows did not show, or none Arrow has
             continue
-        if frame.height == count and (infer_rows is None or count <= infer_rows or _schema_seen_whole(text, frame)):
-            return frame.to_arrow()
     return None
 
 
@@ -198,7 +199,8 @@ class FilesSourceReader(ListedFiles):
             numbers, raws = numbers[~blank], raws.filter(pa.array(~blank))
             if not len(raws):
                 return SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
-            text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), b"\n")[0].as_py()
+            newline = pa.scalar(b"\n", pa.large_binary())
+            text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         table = read_json_objects(text, len(raws))
         if table is None:
             return self._parse_lines_one_by_one(uri, numbers.tolist(), raws.to_pylist(), input_bytes)
