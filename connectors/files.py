@@ -93,9 +93,9 @@ def _line_array(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """The lines ``data[starts[i]:ends[i]]``, each followed by a newline in ``data``, as one binary array."""
     # Consecutive lines with their newline are one run of data: offsets alone slice it, then the
     # newline is cut off each value.
-    offsets = np.append(starts, ends[-1] + 1) if len(starts) else np.zeros(1, dtype=np.int64)
+    offsets = np.append(starts, ends[-1] + 1).astype(np.int64)
     with_newline = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data)]
+        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
     return pc.binary_slice(with_newline, 0, -1)
 
