@@ -116,11 +116,12 @@ def _schema_seen_whole(text: bytes, frame: pl.DataFrame) -> bool:
         return False
     if sum(frame.null_count().row(0)) > 0 or (b"\\" in text and _ESCAPED_COLON.search(text)):
         return False
+    colons = np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":"))
+    if colons == frame.height * frame.width:  # no colon in any string: no need to count them there
+        return True
     strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
     counts = frame.select(pl.col(strings).str.count_matches(":", literal=True).sum())
-    in_strings = sum(counts.row(0)) if strings else 0
-    colons = np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":"))
-    return colons == frame.height * frame.width + in_strings
+    return colons == frame.height * frame.width + (sum(counts.row(0)) if strings else 0)
 
 
 def read_json_objects(text: bytes, count: int) -> pa.Table | None:

@@ -261,15 +261,18 @@ def test_json_objects_are_typed_as_from_every_row() -> None:
         '{"a": null}',
     ],
 )
-def test_a_late_row_that_could_change_the_schema_gets_the_second_pass(late: str) -> None:
-    text = ("\n".join(['{"a": "v:1"}'] * 150 + [late]) + "\n").encode()
+@pytest.mark.parametrize("first", ['{"a": "v:1"}', '{"a": "v"}'])  # with and without colons in strings
+def test_a_late_row_that_could_change_the_schema_gets_the_second_pass(first: str, late: str) -> None:
+    text = ("\n".join([first] * 150 + [late]) + "\n").encode()
     frame = pl.read_ndjson(text)
     assert not files._schema_seen_whole(text, frame)
     assert read_json_objects(text, 151).to_pylist() == full_typing(text, 151).to_pylist()
 
 
-def test_late_rows_like_the_first_ones_skip_the_second_pass() -> None:
-    text = "".join(json.dumps({"a": f"v:{i}", "n": i, "x": 0.5, "ok": True}) + "\n" for i in range(500)).encode()
+@pytest.mark.parametrize("value", ["v:{}", "v{}"])
+def test_late_rows_like_the_first_ones_skip_the_second_pass(value: str) -> None:
+    rows = [{"a": value.format(i), "n": i, "x": 0.5, "ok": True} for i in range(500)]
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
     assert files._schema_seen_whole(text, pl.read_ndjson(text))
 
 
