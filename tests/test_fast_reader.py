@@ -124,7 +124,7 @@ def assert_ids_follow_the_lines(batches: list[SourceBatch], uri: str, content: b
 
 def tricky_jsonl() -> bytes:
     rows = [json.dumps({"text": t, "n": i}) for i, t in enumerate(TRICKY)]
-    rows += [json.dumps({"text": t}, ensure_ascii=False) for t in TRICKY]  # raw UTF-8, not \\u escapes
+    rows += [json.dumps({"text": t}, ensure_ascii=False) for t in TRICKY]  # raw UTF-8, not \u escapes
     rows += [
         "",  # blank lines are skipped but counted
         "   \t",
