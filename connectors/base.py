@@ -39,7 +39,7 @@ class Source(Protocol):
 RESERVED = ("id", "source")
 
 
-def with_lineage(table: pa.Table, ids: list[str], sources: pa.Array) -> pa.Table:
+def with_lineage(table: pa.Table, ids: list[str] | pa.Array | pa.ChunkedArray, sources: pa.Array) -> pa.Table:
     """Prepend the record ``id`` and ``source``; input columns of those names become ``input_id``/``input_source``.
 
     Customer tables nearly always have an ``id`` column; renaming keeps it for templates
@@ -47,7 +47,8 @@ def with_lineage(table: pa.Table, ids: list[str], sources: pa.Array) -> pa.Table
     """
     names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
     table = table.rename_columns(names)
-    return table.add_column(0, "id", pa.array(ids, pa.string())).add_column(1, "source", sources)
+    ids = pc.cast(ids, pa.string()) if isinstance(ids, pa.Array | pa.ChunkedArray) else pa.array(ids, pa.string())
+    return table.add_column(0, "id", ids).add_column(1, "source", sources)
 
 
 def plain_strings(table: pa.Table) -> pa.Table:

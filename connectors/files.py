@@ -28,9 +28,12 @@ from schemas.records import record_ids, set_aside_rows, source_array
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
-# An inner line that bytes.strip() empties (ASCII whitespace only); starting with a literal lets re skip
-# from newline to newline, one fast pass over the block.
-_BLANK_INNER_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+# The bytes bytes.strip() removes: a line of only these is blank.
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
+# Column types whose values cannot hide a key: see _schema_seen_whole.
+_FLAT_TYPES = (pl.String, pl.Int64, pl.Float64, pl.Boolean)
+_ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 
 
@@ -44,17 +47,21 @@ def file_format(uri: str, declared: str) -> str:
     raise StorageError(f"{uri}: cannot tell the format from the name; set 'format' on the source")
 
 
-def _with_lineage(table: pa.Table, uri: str, lines: Sequence[int], contents: Sequence[bytes]) -> pa.Table:
+def _with_lineage(
+    table: pa.Table,
+    uri: str,
+    lines: Sequence[int] | np.ndarray,
+    contents: Sequence[bytes] | pa.Array | pa.ChunkedArray,
+) -> pa.Table:
     return with_lineage(table, record_ids(uri, lines, contents), source_array(CONNECTOR, uri, lines))
 
 
-def _rows_as_text(table: pa.Table) -> list[bytes]:
-    """One byte string per row holding all its values: the content part of a CSV/Parquet row id."""
+def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """One string per row holding all its values: the content part of a CSV/Parquet row id."""
     if table.num_columns == 0:
-        return [b""] * table.num_rows
+        return pa.repeat(pa.scalar("", pa.string()), table.num_rows)
     columns = [pc.fill_null(pc.cast(column, pa.string()), "\x00") for column in table.columns]
-    joined = pc.binary_join_element_wise(*columns, "\x1f")
-    return [value.encode() for value in joined.to_pylist()]
+    return pc.binary_join_element_wise(*columns, "\x1f")
 
 
 class _ByteProgress:
@@ -72,11 +79,66 @@ class _ByteProgress:
         return self.advance(self.size)
 
 
-def has_blank_line(lines: list[bytes]) -> bool:
-    """Whether any line is empty or ASCII whitespace only, as ``not line.strip()`` says."""
-    if not lines or not lines[0].strip() or not lines[-1].strip():
+def blank_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines ``data[starts[i]:ends[i]]`` are empty or ASCII whitespace only, as ``not line.strip()`` says."""
+    octets = np.frombuffer(data, dtype=np.uint8)
+    if (octets[starts] == ord("{")).all():
+        return np.zeros(len(starts), dtype=bool)  # the usual block: every line starts with an object
+    solid = np.zeros(len(octets) + 1, dtype=np.int64)  # non-whitespace bytes before each offset
+    np.cumsum(~_WHITESPACE[octets], out=solid[1:])
+    return solid[ends] == solid[starts]
+
+
+def _line_array(data: bytes, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """The lines ``data[starts[i]:ends[i]]``, each followed by a newline in ``data``, as one binary array."""
+    # Consecutive lines with their newline are one run of data: offsets alone slice it, then the
+    # newline is cut off each value.
+    offsets = np.append(starts, ends[-1] + 1).astype(np.int64)
+    with_newline = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return pc.binary_slice(with_newline, 0, -1)
+
+
+def _schema_seen_whole(text: bytes, frame: pl.DataFrame) -> bool:
+    """Whether the schema polars inferred from the first rows of ``text`` is what all rows give.
+
+    Reading with a schema is what polars does either way, so the frames are then equal too. A later
+    row can change the schema without failing the read only by a key not seen before (polars drops
+    it) or a value under a null-typed, list or struct column (polars keeps null or drops a field);
+    any other type change fails the read. Without null, list and struct columns, the keys remain: in
+    the text every key is followed by one colon and a colon elsewhere is in a string, so with no
+    column name holding a colon, no escaped colon (\\u003a) and every cell filled (each key once per
+    row), the text's colons number rows x columns plus those in string values exactly when no key
+    is new.
+    """
+    if any(dtype not in _FLAT_TYPES for dtype in frame.dtypes) or any(":" in name for name in frame.columns):
+        return False
+    if sum(frame.null_count().row(0)) > 0 or (b"\\" in text and _ESCAPED_COLON.search(text)):
+        return False
+    colons = np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":"))
+    if colons == frame.height * frame.width:  # no colon in any string: no need to count them there
         return True
-    return _BLANK_INNER_LINE.search(b"\n".join(lines)) is not None
+    strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    counts = frame.select(pl.col(strings).str.count_matches(":", literal=True).sum())
+    return colons == frame.height * frame.width + (sum(counts.row(0)) if strings else 0)
+
+
+def read_json_objects(text: bytes, count: int) -> pa.Table | None:
+    """The ``count`` JSON lines of ``text`` as a table, typed from all rows; None unless each is an object.
+
+    polars does not guess dates. It types columns from the first rows unless told to read all of them
+    first, a second pass over the text that cost more than the read itself: that pass runs only when
+    the first rows may not tell the whole schema.
+    """
+    for infer_rows in (100, None):
+        try:
+            frame = pl.read_ndjson(text, infer_schema_length=infer_rows)
+            if frame.height == count and (infer_rows is None or count <= infer_rows or _schema_seen_whole(text, frame)):
+                return frame.to_arrow()
+        except Exception:  # a line polars cannot take, a type the first rows did not show, or none Arrow has
+            continue
+    return None
 
 
 class FilesSourceReader(ListedFiles):
@@ -108,38 +170,42 @@ class FilesSourceReader(ListedFiles):
             pending = b""
             while True:
                 chunk = stream.read(BLOCK_BYTES)
-                data = pending + chunk
                 if chunk:
-                    cut = data.rfind(b"\n") + 1
-                    data, pending = data[:cut], data[cut:]
-                lines = data.split(b"\n")
-                if lines and lines[-1] == b"":
-                    lines.pop()
-                for start in range(0, len(lines), self.batch_rows):
-                    group = lines[start : start + self.batch_rows]
-                    yield self._parse_lines(entry.uri, line_no + start + 1, group)
-                line_no += len(lines)
+                    cut = chunk.rfind(b"\n") + 1
+                    if not cut:  # no line ends in this block: it all waits for the next
+                        pending += chunk
+                        continue
+                    # Whole lines, copied once; the rest waits for the next block.
+                    data, pending = b"".join((pending, memoryview(chunk)[:cut])), chunk[cut:]
+                else:
+                    data = pending + b"\n" if pending else b""  # the last line, without its newline in the file
+                ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
+                starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+                for start in range(0, len(ends), self.batch_rows):
+                    group = slice(start, start + self.batch_rows)
+                    yield self._parse_lines(entry.uri, line_no + start + 1, data, starts[group], ends[group])
+                line_no += len(ends)
                 if not chunk:
                     return
 
-    def _parse_lines(self, uri: str, first_line: int, lines: list[bytes]) -> SourceBatch:
-        input_bytes = sum(map(len, lines)) + len(lines)
-        if not has_blank_line(lines):  # the usual block: no per-line check
-            numbers, raws = list(range(first_line, first_line + len(lines))), lines
+    def _parse_lines(self, uri: str, first_line: int, data: bytes, starts: np.ndarray, ends: np.ndarray) -> SourceBatch:
+        """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line``; blank ones are skipped."""
+        input_bytes = int(ends[-1]) + 1 - int(starts[0])  # the lines and their newlines
+        numbers = np.arange(first_line, first_line + len(starts))
+        raws = _line_array(data, starts, ends)
+        blank = blank_lines(data, starts, ends)
+        if not blank.any():  # the usual block: polars reads it as it lies in the file
+            text = data[starts[0] : ends[-1] + 1]
         else:
-            numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
-            numbers = [n for n, _ in numbered]
-            raws = [line for _, line in numbered]
-        if not raws:
-            return SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
-        try:
-            # Fast path: the whole block parses as JSON objects (polars does not guess dates).
-            table = pl.read_ndjson(b"\n".join(raws), infer_schema_length=None).to_arrow()
-            if table.num_rows == len(raws):
-                return SourceBatch(_with_lineage(table, uri, numbers, raws), input_bytes=input_bytes)
-        except Exception:
-            pass
-        return self._parse_lines_one_by_one(uri, numbers, raws, input_bytes)
+            numbers, raws = numbers[~blank], raws.filter(pa.array(~blank))
+            if not len(raws):
+                return SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
+            newline = pa.scalar(b"\n", pa.large_binary())
+            text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
+        table = read_json_objects(text, len(raws))
+        if table is None:
+            return self._parse_lines_one_by_one(uri, numbers.tolist(), raws.to_pylist(), input_bytes)
+        return SourceBatch(_with_lineage(table, uri, numbers, raws), input_bytes=input_bytes)
 
     def _parse_lines_one_by_one(self, uri: str, numbers: list[int], raws: list[bytes], input_bytes: int) -> SourceBatch:
         good_lines, good_raws, objects = [], [], []
@@ -204,11 +270,10 @@ class FilesSourceReader(ListedFiles):
                 set_aside = self._invalid_csv_rows(entry.uri, invalid, len(header))
                 invalid.clear()
                 table = pa.Table.from_batches([batch])
-                lines = []
-                while len(lines) < table.num_rows:
-                    if next_line not in skipped:
-                        lines.append(next_line)
-                    next_line += 1
+                # The next num_rows line numbers that were not skipped.
+                candidates = np.arange(next_line, next_line + table.num_rows + len(skipped))
+                lines = candidates[~np.isin(candidates, np.fromiter(skipped, np.int64, len(skipped)))][: table.num_rows]
+                next_line = int(lines[-1]) + 1 if len(lines) else next_line
                 rows = _with_lineage(table, entry.uri, lines, _rows_as_text(table))
                 for start in range(0, max(rows.num_rows, 1), self.batch_rows):
                     yield SourceBatch(
@@ -243,7 +308,7 @@ class FilesSourceReader(ListedFiles):
             row = 1
             for batch in parquet.iter_batches(batch_size=self.batch_rows):
                 table = pa.Table.from_batches([batch])
-                lines = list(range(row, row + table.num_rows))
+                lines = np.arange(row, row + table.num_rows)
                 row += table.num_rows
                 yield SourceBatch(
                     rows=_with_lineage(table, entry.uri, lines, _rows_as_text(table)),

@@ -1,0 +1,338 @@
+"""The vectorised reader gives what the per-line reader gave: ids, line numbers, rows, set-aside rows, progress.
+
+The reference below is the reader as it was (a Python list of lines per block, ``bytes.strip`` for
+blank lines, polars typing from every row, one ``xxhash`` call per record): ids and rows are persisted
+and compared across runs, so the fast path must not change a bit of them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import xxhash
+
+import connectors.files as files
+from connectors.base import SourceBatch
+from connectors.files import FilesSourceReader, _rows_as_text, read_json_objects
+from schemas.config import FilesSource
+from schemas.records import SOURCE_TYPE, record_ids
+
+TRICKY = [
+    "",
+    " ",
+    "plain",
+    "héllo wörld",
+    "日本語のテキスト",
+    "\U0001f600 emoji",
+    "tab\there",
+    "line\nbreak\r\n",
+    'quote " and \\ backslash',
+    "colon: here",
+    "\u2028\u2029\ufeff",
+    "x" * 5000,
+]
+
+
+def old_id(uri: str, position: object, content: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(uri.encode() + b"\x1f" + str(position).encode() + b"\x1f" + content)
+
+
+def old_batches(reader: FilesSourceReader, uri: str, content: bytes, block: int) -> list[SourceBatch]:
+    """The reader as it was, over ``content`` read ``block`` bytes at a time."""
+    batches, pending, line_no, at = [], b"", 0, 0
+    while True:
+        chunk = content[at : at + block]
+        at += block
+        data = pending + chunk
+        if chunk:
+            cut = data.rfind(b"\n") + 1
+            data, pending = data[:cut], data[cut:]
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for start in range(0, len(lines), reader.batch_rows):
+            group = lines[start : start + reader.batch_rows]
+            input_bytes = sum(map(len, group)) + len(group)
+            numbered = [(line_no + start + 1 + i, line) for i, line in enumerate(group) if line.strip()]
+            numbers, raws = [n for n, _ in numbered], [line for _, line in numbered]
+            batches.append(old_parse(reader, uri, numbers, raws, input_bytes))
+        line_no += len(lines)
+        if not chunk:
+            return batches
+
+
+def old_parse(reader: FilesSourceReader, uri: str, numbers: list[int], raws: list[bytes], size: int) -> SourceBatch:
+    if not raws:
+        return SourceBatch(rows=pa.table({}), input_bytes=size)
+    try:
+        table = pl.read_ndjson(b"\n".join(raws), infer_schema_length=None).to_arrow()
+        if table.num_rows == len(raws):
+            names = [f"input_{name}" if name in ("id", "source") else name for name in table.column_names]
+            table = table.rename_columns(names)
+            ids = pa.array([old_id(uri, n, raw) for n, raw in zip(numbers, raws, strict=True)], pa.string())
+            table = table.add_column(0, "id", ids).add_column(1, "source", old_sources(uri, numbers))
+            return SourceBatch(table, input_bytes=size)
+    except Exception:
+        pass
+    return reader._parse_lines_one_by_one(uri, numbers, raws, size)  # unchanged; its ids are checked apart
+
+
+def old_sources(uri: str, lines: list[int]) -> pa.StructArray:
+    return pa.array([{"connector": "files", "uri": uri, "line": n, "page": None} for n in lines], SOURCE_TYPE)
+
+
+def read_new(path: Path, batch_rows: int) -> list[SourceBatch]:
+    return list(FilesSourceReader(FilesSource(path=str(path)), batch_rows).batches())
+
+
+def uri_of(batches: list[SourceBatch]) -> str:
+    tables = [table for batch in batches for table in (batch.rows, batch.set_aside) if table.num_rows]
+    return tables[0]["source"][0]["uri"].as_py()
+
+
+def assert_same_batches(new: list[SourceBatch], old: list[SourceBatch]) -> None:
+    assert len(new) == len(old)
+    for fresh, reference in zip(new, old, strict=True):
+        assert fresh.rows.schema == reference.rows.schema
+        assert fresh.rows.to_pylist() == reference.rows.to_pylist()
+        assert fresh.set_aside.to_pylist() == reference.set_aside.to_pylist()
+        assert fresh.input_bytes == reference.input_bytes
+
+
+def assert_ids_follow_the_lines(batches: list[SourceBatch], uri: str, content: bytes) -> None:
+    """Every row's id and source, read or set aside, is the old formula over its line in the file."""
+    lines = content.split(b"\n")
+    seen = []
+    for batch in batches:
+        for table in (batch.rows, batch.set_aside):
+            if table.num_rows == 0:
+                continue
+            for row_id, source in zip(table["id"].to_pylist(), table["source"].to_pylist(), strict=True):
+                assert source == {"connector": "files", "uri": uri, "line": source["line"], "page": None}
+                assert row_id == old_id(uri, source["line"], lines[source["line"] - 1])
+                seen.append(source["line"])
+    assert sorted(seen) == [n for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def tricky_jsonl() -> bytes:
+    rows = [json.dumps({"text": t, "n": i}) for i, t in enumerate(TRICKY)]
+    rows += [json.dumps({"text": t}, ensure_ascii=False) for t in TRICKY]  # raw UTF-8, not \u escapes
+    rows += [
+        "",  # blank lines are skipped but counted
+        "   \t",
+        "\x0b\x0c",
+        '  {"text": "padded", "n": 1}  ',
+        '{"text": "crlf", "n": 2}\r',
+        '{"text": "no number"}',
+        '{"text": null, "n": 3}',
+        '{"text": "broken',  # malformed: set aside with its line
+        "[1, 2]",  # not an object
+        '"just a string"',
+        '{"id": "theirs", "source": "kept as input_id and input_source", "text": "renamed"}',
+    ]
+    invalid_utf8 = b'{"text": "bad \xff utf-8"}'
+    return b"\n".join([row.encode() for row in rows] + [invalid_utf8, b'{"text": "last, no newline"}'])
+
+
+@pytest.mark.parametrize("block", [64, 1000, 1 << 20])
+@pytest.mark.parametrize("batch_rows", [1, 7, 50_000])
+def test_jsonl_batches_equal_the_per_line_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, batch_rows: int
+) -> None:
+    content = tricky_jsonl()
+    path = tmp_path / "tricky.jsonl"
+    path.write_bytes(content)
+    monkeypatch.setattr(files, "BLOCK_BYTES", block)  # small blocks: lines longer than a block, many blocks
+    new = read_new(path, batch_rows)
+    reader = FilesSourceReader(FilesSource(path=str(path)), batch_rows)
+    uri = uri_of(new)
+    assert_same_batches(new, old_batches(reader, uri, content, block))
+    assert_ids_follow_the_lines(new, uri, content)
+    assert sum(batch.input_bytes for batch in new) == len(content) + 1  # the last line counts its missing newline
+    quarantined = [row["source"]["line"] for batch in new for row in batch.set_aside.to_pylist()]
+    assert [content.split(b"\n")[n - 1][:8] for n in quarantined] == [b'{"text":', b"[1, 2]", b'"just a ', b'{"text":']
+
+
+def test_a_large_clean_file_equals_the_per_line_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual case (every line an object, no blank line), with keys and types that show up late."""
+    rng = random.Random(3)
+    rows = [{"question": f"q{i}: {rng.choice(TRICKY)[:50]}", "answer": rng.choice(TRICKY)} for i in range(3000)]
+    rows[150]["late"] = "a key the first rows do not have"
+    rows[1700]["score"] = 1.5
+    rows[2500]["nested"] = {"a": [1, 2]}
+    content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    path = tmp_path / "big.jsonl.gz"
+    path.write_bytes(gzip.compress(content))
+    monkeypatch.setattr(files, "BLOCK_BYTES", 64 * 1024)
+    new = read_new(path, 1000)
+    uri = uri_of(new)
+    reader = FilesSourceReader(FilesSource(path=str(path)), 1000)
+    assert_same_batches(new, old_batches(reader, uri, content, 64 * 1024))
+    assert_ids_follow_the_lines(new, uri, content)
+    assert any("late" in batch.rows.column_names for batch in new)
+
+
+# --- typing from the first rows only when it is the typing from every row -------------------
+
+FLAT = {
+    "int": lambda rng: rng.randint(-5, 5),
+    "float": lambda rng: rng.choice([0.5, -1e3, 2.0]),
+    "str": lambda rng: rng.choice(["", "a:b", "::", "x", "é:", '"q"']) * rng.randint(0, 3),
+    "bool": lambda rng: rng.random() < 0.5,
+}
+KINDS = {
+    **FLAT,
+    "big": lambda rng: 2**63 + rng.randint(0, 5),
+    "null": lambda rng: None,
+    "list": lambda rng: [rng.randint(0, 3)] * rng.randint(0, 2),
+    "struct": lambda rng: {"k": rng.choice(["v", "v:w"])} if rng.random() < 0.8 else {},
+}
+KEYS = ["a", "b", "c:d", "é", "new"]
+
+
+def random_block(rng: random.Random, count: int) -> bytes:
+    """Rows shaped like the first ones, but for a few: a new key, another type, a missing key, an escape."""
+    shape = {key: rng.choice(list(FLAT if rng.random() < 0.7 else KINDS)) for key in rng.sample(KEYS[:3], 2)}
+    rows = [{key: KINDS[kind](rng) for key, kind in shape.items()} for _ in range(count)]
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        row = rows[rng.randrange(count)]
+        if rng.random() < 0.7:
+            row[rng.choice(KEYS)] = KINDS[rng.choice(list(KINDS))](rng)
+        elif row:
+            del row[rng.choice(list(row))]
+    lines = [json.dumps(row, ensure_ascii=rng.random() < 0.5) for row in rows]
+    if rng.random() < 0.1:  # a key and a value holding an escaped colon
+        at = rng.randrange(count)
+        lines[at] = lines[at][:-1] + (", " if rows[at] else "") + '"x\\u003ay": "v\\u003aw"}'
+    return ("\n".join(lines) + "\n").encode()
+
+
+def full_typing(text: bytes, count: int) -> pa.Table | None:
+    try:  # what the reader did: any failure sends the block line by line
+        frame = pl.read_ndjson(text, infer_schema_length=None)
+        return frame.to_arrow() if frame.height == count else None
+    except Exception:
+        return None
+
+
+def first_rows_typing(text: bytes) -> pl.DataFrame | None:
+    try:
+        return pl.read_ndjson(text)
+    except Exception:
+        return None
+
+
+def test_json_objects_are_typed_as_from_every_row() -> None:
+    rng = random.Random(11)
+    shortcuts = silent_changes = 0
+    for _ in range(400):
+        count = rng.choice([5, 101, 150, 400])
+        text = random_block(rng, count)
+        fast, full = read_json_objects(text, count), full_typing(text, count)
+        assert (fast is None) == (full is None), text[:300]
+        if full is not None:
+            assert fast.schema == full.schema, text[:300]
+            assert fast.to_pylist() == full.to_pylist(), text[:300]
+        first = first_rows_typing(text)
+        if first is not None and first.height == count and count > 100:
+            shortcuts += files._schema_seen_whole(text, first)
+            silent_changes += full is not None and first.to_arrow() != full  # what the check must catch
+    # Both sides are exercised: blocks the shortcut takes, and late rows that would change the table.
+    assert shortcuts > 20
+    assert silent_changes > 20
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        '{"a": "x", "new": 1}',  # a key the first rows lack
+        '{"a": "x", "b": 1}',  # ... with a colon-free string beside it
+        '{"a": "x:\\u003a"}',  # an escaped colon could hide a key's colon
+        '{"a": "x", "a": "y"}',  # a key twice
+        "{}",  # a row with no keys: a null cell
+        '{"a": null}',
+    ],
+)
+@pytest.mark.parametrize("first", ['{"a": "v:1"}', '{"a": "v"}'])  # with and without colons in strings
+def test_a_late_row_that_could_change_the_schema_gets_the_second_pass(first: str, late: str) -> None:
+    text = ("\n".join([first] * 150 + [late]) + "\n").encode()
+    frame = pl.read_ndjson(text)
+    assert not files._schema_seen_whole(text, frame)
+    assert read_json_objects(text, 151).to_pylist() == full_typing(text, 151).to_pylist()
+
+
+@pytest.mark.parametrize("value", ["v:{}", "v{}"])
+def test_late_rows_like_the_first_ones_skip_the_second_pass(value: str) -> None:
+    rows = [{"a": value.format(i), "n": i, "x": 0.5, "ok": True} for i in range(500)]
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    assert files._schema_seen_whole(text, pl.read_ndjson(text))
+
+
+# --- record ids over whole columns ------------------------------------------------------------
+
+
+def test_record_ids_equal_the_per_record_formula() -> None:
+    contents = [t.encode() for t in TRICKY] + [b"\xff\xfe invalid utf-8", b"\x00\x1f"]
+    positions = list(range(1, len(contents) + 1))
+    expected = [old_id("s3://b/ü k.jsonl", p, c) for p, c in zip(positions, contents, strict=True)]
+    uri = "s3://b/ü k.jsonl"
+    assert record_ids(uri, positions, contents).to_pylist() == expected
+    assert record_ids(uri, np.array(positions), pa.array(contents, pa.large_binary())).to_pylist() == expected
+    chunked = pa.chunked_array([pa.array(contents[:3]), pa.array(contents[3:])])
+    assert record_ids(uri, pa.array(positions, pa.int32()), chunked).to_pylist() == expected
+    mixed = ["7:2:0", None, -3, "ü"]
+    texts = ["a", "", "日本", "x"]
+    assert record_ids(uri, mixed, [t.encode() for t in texts]).to_pylist() == [
+        old_id(uri, p, t.encode()) for p, t in zip(mixed, texts, strict=True)
+    ]
+    assert record_ids(uri, pa.array(["1:2", "z"]), pa.array(["a", "b"])).to_pylist() == [
+        old_id(uri, "1:2", b"a"),
+        old_id(uri, "z", b"b"),
+    ]
+    assert record_ids(uri, [], []).to_pylist() == []
+    with pytest.raises(ValueError):
+        record_ids(uri, [1, 2], [b"a"])
+
+
+def old_rows_as_text(table: pa.Table) -> list[bytes]:
+    """The content part of a CSV/Parquet id as it was: the joined row, encoded row by row."""
+    return [value.encode() for value in _rows_as_text(table).to_pylist()]
+
+
+def test_csv_and_parquet_ids_and_lines_equal_the_per_row_formula(tmp_path: Path) -> None:
+    texts = [t for t in TRICKY if "\n" not in t and "\r" not in t]
+    csv_lines = ["text,note"] + [f'"{t.replace(chr(34), chr(34) * 2)}",n{i}' for i, t in enumerate(texts)]
+    csv_lines[3] = "too,many,fields"  # set aside: later line numbers skip it
+    csv_lines[6] = "only one field"
+    csv_lines.insert(8, ",")  # both fields empty: nulls
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(csv_lines) + "\n")
+    batches = read_new(path, 4)
+    rows = pa.concat_tables([batch.rows for batch in batches if batch.rows.num_rows])
+    uri = uri_of(batches)
+    lines = [source["line"] for source in rows["source"].to_pylist()]
+    assert lines == [n for n in range(2, len(csv_lines) + 1) if n not in (4, 7)]
+    contents = old_rows_as_text(rows.drop_columns(["id", "source"]))
+    assert rows["id"].to_pylist() == [old_id(uri, n, c) for n, c in zip(lines, contents, strict=True)]
+    assert sorted(source["line"] for batch in batches for source in batch.set_aside["source"].to_pylist()) == [4, 7]
+
+    count = len(texts) + 1
+    table = pa.table({"text": [*texts, None], "n": [*range(count - 1), None], "f": ([0.5, None] * count)[:count]})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)
+    batches = read_new(tmp_path / "t.parquet", 2)
+    rows = pa.concat_tables([batch.rows for batch in batches])
+    uri = uri_of(batches)
+    assert [source["line"] for source in rows["source"].to_pylist()] == list(range(1, table.num_rows + 1))
+    assert rows["id"].to_pylist() == [old_id(uri, n, c) for n, c in enumerate(old_rows_as_text(table), 1)]
+
+
+def test_a_row_of_no_columns_is_empty_text() -> None:
+    assert _rows_as_text(pa.table({"x": [1, 2]}).drop_columns("x")).to_pylist() == ["", ""]
