@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,7 @@ from schemas.records import SOURCE_TYPE, empty_flags
 
 REASON = "earlier_version"
 _PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
+_PUBLISHED_ID = rf"(?s)^{re.escape(_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 
 _metadata = sa.MetaData()
 published_signatures = sa.Table(
@@ -169,16 +171,18 @@ class CrossRunDedup:
     def relabel(aside: pa.Table) -> pa.Table:
         """Drop published rows; rows whose cluster keeps a published record get reason ``earlier_version``."""
         aside = aside.filter(pc.invert(pc.starts_with(aside["id"], _PREFIX)))
-        if not pc.any(pc.starts_with(aside["duplicate_of"], _PREFIX)).as_py():
+        # "published:<version>:<original id>"; null where the kept record is one of this run's.
+        published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
+        earlier = pc.is_valid(published)
+        if not pc.any(earlier).as_py():
             return aside
-        rows = aside.to_pylist()
-        for row in rows:
-            kept = row["duplicate_of"]
-            if kept and kept.startswith(_PREFIX):
-                version, original = kept[len(_PREFIX) :].split(":", 1)
-                detail = f"duplicate of {original} published in v{version}"
-                row.update(reason=REASON, duplicate_of=original, detail=detail)
-        return pa.Table.from_pylist(rows, schema=aside.schema)
+        version, original = pc.struct_field(published, "version"), pc.struct_field(published, "original")
+        detail = pc.binary_join_element_wise("duplicate of ", original, " published in v", version, "")
+        relabelled = {"reason": REASON, "detail": detail, "duplicate_of": original}
+        for name, value in relabelled.items():
+            index = aside.schema.get_field_index(name)
+            aside = aside.set_column(index, aside.field(index), pc.if_else(earlier, value, aside[name]))
+        return aside
 
     def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
         flags = getattr(self.inner, "review_flags", None)
