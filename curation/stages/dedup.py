@@ -33,7 +33,9 @@ def _utf8_bytes(text: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
         if data is None or len(chunk) == 0:
             continue
         offsets = np.frombuffer(offsets, np.int32)
-        views.append(np.frombuffer(data, np.uint8)[offsets[chunk.offset] : offsets[chunk.offset + len(chunk)]])
+        start, end = offsets[chunk.offset], offsets[chunk.offset + len(chunk)]
+        if end > start:  # only empty strings: nothing to check
+            views.append(np.frombuffer(data, np.uint8)[start:end])
     return views
 
 
