@@ -4,13 +4,14 @@ persisted in the cross-run index, and set-aside rows are published and compared 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
 from curation.stages.dedup import ExactDedup, normalised_text
-from curation.stages.dedup_index import CrossRunDedup
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, _to_ipc, published_signatures
 from curation.stages.duplicates import resolve_duplicates
 from schemas.records import SOURCE_TYPE, set_aside_rows
 
@@ -196,3 +197,37 @@ def test_relabel_matches_the_per_row_formula() -> None:
     assert CrossRunDedup.relabel(aside).to_pylist() == reference_relabel(aside)
     unchanged = aside.filter(pc.invert(pc.starts_with(aside["id"], "published:"))).slice(1, 2)
     assert CrossRunDedup.relabel(unchanged).equals(unchanged)
+
+
+def _stored(ids: list[str], keys: list[list[int]]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "source": pa.array([{"connector": "files", "uri": "u", "line": n} for n in range(len(ids))], SOURCE_TYPE),
+            "keys": pa.array(keys, pa.list_(pa.uint64())),
+        }
+    )
+
+
+def test_stored_signatures_load_as_given_and_rows_stored_before_still_load(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    hex_ids = [f"{rng.getrandbits(128):032x}" for _ in range(500)] + ["0" * 32, "f" * 32]
+    exact = _stored(hex_ids, [[rng.getrandbits(64)] for _ in hex_ids])
+    # Not every id is 32 lowercase hex digits, or not one key per row: stored as they are.
+    other_ids = _stored(["A" * 32, "0" * 31, "r1", "é" * 16], [[1], [2], [3], [4]])
+    other_keys = _stored(hex_ids[:3], [[1, 2], [], [2**64 - 1]])
+    before = _stored(hex_ids[:2], [[5], [6]])
+    assert len(_to_ipc(_packed(exact))) < 0.6 * len(_to_ipc(exact.drop_columns(["source"])))
+
+    index = SignatureIndex(f"sqlite:///{tmp_path}/state.db", "d")
+    for table in (exact, other_ids, other_keys, exact.slice(0, 0)):
+        index.stage_pending("exact_dedup", "p", table)
+    with index.engine.begin() as db:  # a row as the code before packing stored it
+        row = {"dataset": "d", "stage": "exact_dedup", "params": "p", "token": index.token}
+        db.execute(published_signatures.insert().values(**row, data=_to_ipc(before.drop_columns(["source"]))))
+    index.published(1)
+    loaded = index.load("exact_dedup", "p")
+    tables = (exact, other_ids, other_keys, before)
+    assert loaded["id"].to_pylist() == [f"published:1:{i}" for t in tables for i in t["id"].to_pylist()]
+    assert loaded["keys"].to_pylist() == [k for t in tables for k in t["keys"].to_pylist()]
+    assert loaded.schema.field("keys").type == pa.list_(pa.uint64())

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
@@ -57,6 +58,63 @@ def _to_ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+# Stored signatures take about half the bytes (writing them to the state store costs about as much
+# as computing them): record ids of 32 lowercase hex digits (xxh3-128, what every connector makes)
+# as their 16 bytes, and one key per row (exact dedup) as a plain ``key`` column. Rows stored
+# before, or that do not fit, are kept as they come; ``_unpacked`` reads both.
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+_DIGIT_VALUES = np.full(256, 16, np.uint8)  # 16: not a lowercase hex digit
+_DIGIT_VALUES[_HEX_DIGITS] = np.arange(16, dtype=np.uint8)
+_ID_BYTES = pa.binary(16)
+
+
+def _id_bytes(ids: pa.Array) -> pa.Array | None:
+    """Each id's 16 bytes, or None unless every id is 32 lowercase hex digits."""
+    if len(ids) == 0 or ids.null_count:
+        return None
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
+    if not (np.diff(offsets) == 32).all():
+        return None
+    digits = _DIGIT_VALUES[np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]]
+    if digits.max() > 15:
+        return None
+    packed = (digits[0::2] << 4) | digits[1::2]
+    return pa.FixedSizeBinaryArray.from_buffers(_ID_BYTES, len(ids), [None, pa.py_buffer(packed)])
+
+
+def _hex_ids(packed: pa.Array) -> pa.Array:
+    data = np.frombuffer(packed.buffers()[1], np.uint8)[packed.offset * 16 : (packed.offset + len(packed)) * 16]
+    digits = np.empty(2 * len(data), np.uint8)
+    digits[0::2], digits[1::2] = _HEX_DIGITS[data >> 4], _HEX_DIGITS[data & 15]
+    offsets = np.arange(0, 32 * len(packed) + 1, 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), pa.py_buffer(digits))
+
+
+def _packed(signatures: pa.Table) -> pa.Table:
+    """Signature rows (``source`` left out) as they are stored."""
+    table = signatures.drop_columns(["source"]).combine_chunks()
+    ids = _id_bytes(table["id"].chunk(0)) if table.num_rows else None
+    if ids is not None:
+        table = table.set_column(0, pa.field("id", _ID_BYTES), ids)
+    keys = table["keys"]
+    if table.num_rows and pc.all(pc.equal(pc.list_value_length(keys), 1)).as_py():
+        table = table.set_column(table.schema.get_field_index("keys"), "key", pc.list_flatten(keys))
+    return table
+
+
+def _unpacked(table: pa.Table) -> pa.Table:
+    """Stored signature rows as ``signatures`` gave them (``source`` left out)."""
+    table = table.combine_chunks()
+    if table.schema.field("id").type == _ID_BYTES:
+        table = table.set_column(0, "id", _hex_ids(table["id"].chunk(0)))
+    if "key" in table.schema.names:
+        index = table.schema.get_field_index("key")
+        key = table["key"].chunk(0) if table.num_rows else pa.array([], pa.uint64())
+        keys = pa.ListArray.from_arrays(pa.array(np.arange(len(key) + 1, dtype=np.int32)), key)
+        table = table.set_column(index, "keys", keys)
+    return table
+
+
 class SignatureIndex:
     """The published signatures of one dataset in the state store.
 
@@ -89,7 +147,7 @@ class SignatureIndex:
                     params=params,
                     token=self.token,
                     version=None,
-                    data=_to_ipc(signatures.drop_columns(["source"])),
+                    data=_to_ipc(_packed(signatures)),
                 )
             )
 
@@ -121,7 +179,7 @@ class SignatureIndex:
             rows = db.execute(query.order_by(table.c.n)).all()
         parts = []
         for version, data in rows:
-            part = pa.ipc.open_stream(data).read_all()
+            part = _unpacked(pa.ipc.open_stream(data).read_all())
             ids = pc.binary_join_element_wise(f"{_PREFIX}{version}:", part["id"], "")
             count = part.num_rows
             source = pa.StructArray.from_arrays(
