@@ -62,10 +62,13 @@ def _to_ipc(table: pa.Table) -> bytes:
 # as computing them): record ids of 32 lowercase hex digits (xxh3-128, what every connector makes)
 # as their 16 bytes, and one key per row (exact dedup) as a plain ``key`` column. Rows stored
 # before, or that do not fit, are kept as they come; ``_unpacked`` reads both.
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
-_DIGIT_VALUES = np.full(256, 16, np.uint8)  # 16: not a lowercase hex digit
-_DIGIT_VALUES[_HEX_DIGITS] = np.arange(16, dtype=np.uint8)
 _ID_BYTES = pa.binary(16)
+# Two characters read as one little-endian 16-bit number -> the byte their hex digits spell (256: they
+# are not two lowercase hex digits), and back: one table look-up per byte of an id, not per digit.
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).astype("<u2")
+_BYTE_OF_DIGITS = np.full(1 << 16, 256, "<u2")
+_BYTE_OF_DIGITS[_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)] = np.arange(256).reshape(16, 16)
+_DIGITS_OF_BYTE = (_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)).ravel()
 
 
 def _id_bytes(ids: pa.Array) -> pa.Array | None:
@@ -75,19 +78,16 @@ def _id_bytes(ids: pa.Array) -> pa.Array | None:
     offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
     if not (np.diff(offsets) == 32).all():
         return None
-    digits = _DIGIT_VALUES[np.frombuffer(ids.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]]
-    if digits.max() > 15:
+    packed = _BYTE_OF_DIGITS[np.frombuffer(ids.buffers()[2], "<u2", len(ids) * 16, offsets[0])]
+    if packed.max() > 255:
         return None
-    packed = (digits[0::2] << 4) | digits[1::2]
-    return pa.FixedSizeBinaryArray.from_buffers(_ID_BYTES, len(ids), [None, pa.py_buffer(packed)])
+    return pa.FixedSizeBinaryArray.from_buffers(_ID_BYTES, len(ids), [None, pa.py_buffer(packed.astype(np.uint8))])
 
 
 def _hex_ids(packed: pa.Array) -> pa.Array:
-    data = np.frombuffer(packed.buffers()[1], np.uint8)[packed.offset * 16 : (packed.offset + len(packed)) * 16]
-    digits = np.empty(2 * len(data), np.uint8)
-    digits[0::2], digits[1::2] = _HEX_DIGITS[data >> 4], _HEX_DIGITS[data & 15]
+    data = np.frombuffer(packed.buffers()[1], np.uint8, len(packed) * 16, packed.offset * 16)
     offsets = np.arange(0, 32 * len(packed) + 1, 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), pa.py_buffer(digits))
+    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), pa.py_buffer(_DIGITS_OF_BYTE[data]))
 
 
 def _packed(signatures: pa.Table) -> pa.Table:
