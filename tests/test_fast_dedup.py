@@ -82,6 +82,12 @@ def test_content_hashes_equal_the_per_record_xxhash_of_the_old_normalisation() -
     assert _hashes(_batch(prompts, completions, chunks=4)) == expected
     # A slice: the skipped rows' bytes (non-ASCII, double spaces) stay in the buffers, never in the values.
     assert _hashes(_batch(prompts, completions).slice(3, 6)) == expected[3:9]
+    # One field is hashed as it comes (no join makes a new array): the checks must read the slice's
+    # bytes, not those of the rows before it (plain ASCII with nothing to fold).
+    texts = ["plain", "ascii", "x  Y", "ÉCOLE ﬁ", "a\tb"]
+    one_field = pa.table({"id": ["a", "b", "c", "d", "e"], "source": pa.nulls(5, SOURCE_TYPE), "text": texts})
+    keys = ExactDedup(["text"]).signatures(one_field.slice(2, 3))["keys"]
+    assert pc.list_flatten(keys).to_pylist() == reference_hashes([[t] for t in texts[2:]])
     # All-ASCII batches take the ASCII shortcuts: with and without anything to fold.
     for ascii_rows in (
         [["Hello World", "Fine"], ["a b", "c"], ["", ""]],
