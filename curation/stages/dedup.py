@@ -9,17 +9,53 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
-from curation.stages.duplicates import resolve_duplicates, set_aside_for_clusters
+from curation.stages.duplicates import keep_first, resolve_duplicates
+from schemas.hashing import xxh3_64
 from schemas.records import empty_set_aside
 
 # What ``\s+`` -> " " did, as Arrow's RE2 reads ``\s`` (ASCII [\t\n\f\r ] only), without rewriting every
 # single space: a run of two or more, or one whitespace that is not a space. About 4x faster.
 _WHITESPACE_TO_FOLD = r"[\t\n\f\r ]{2,}|[\t\n\f\r]"
+_DOUBLE_SPACE = 0x2020  # two spaces read as one 16-bit number (either byte order)
+
+
+def _utf8_bytes(text: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The UTF-8 bytes of each chunk's values end to end, without a copy (``text`` is ``pa.string()``)."""
+    chunks = text.chunks if isinstance(text, pa.ChunkedArray) else [text]
+    views = []
+    for chunk in chunks:
+        _, offsets, data = chunk.buffers()
+        if data is None or len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(offsets, np.int32)
+        start, end = offsets[chunk.offset], offsets[chunk.offset + len(chunk)]
+        if end > start:  # only empty strings: nothing to check
+            views.append(np.frombuffer(data, np.uint8)[start:end])
+    return views
+
+
+def _is_ascii(text: pa.Array | pa.ChunkedArray) -> bool:
+    # One reduction over the bytes: about 3x faster than Arrow's per-value ``string_is_ascii``.
+    return all(values.max() < 0x80 for values in _utf8_bytes(text))
+
+
+def _may_need_folding(text: pa.Array | pa.ChunkedArray) -> bool:
+    """False only if no value holds a match of ``_WHITESPACE_TO_FOLD``, found without running the regex
+    (about 8x faster). In UTF-8 a byte below 0x80 is always an ASCII character, so a tab, newline,
+    form feed or carriage return shows as a byte below 14 (vertical tab and control characters also
+    count: a needless fold changes nothing), and two spaces as the bytes 0x20 0x20 at an even or an
+    odd position. Two spaces across the end of one value and the start of the next also count."""
+    for values in _utf8_bytes(text):
+        even = values[: len(values) // 2 * 2].view(np.uint16)
+        odd = values[1 : 1 + (len(values) - 1) // 2 * 2].view(np.uint16)
+        if values.min() < 14 or (even == _DOUBLE_SPACE).any() or (odd == _DOUBLE_SPACE).any():
+            return True
+    return False
 
 
 def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.Array:
@@ -27,19 +63,19 @@ def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.A
     parts = [pc.fill_null(pc.cast(batch[f], pa.string()), "") for f in fields]
     text = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
     if normalize:
-        text = pc.utf8_normalize(text, "NFKC")
-        # All-ASCII text lowers the same either way, and the ASCII kernel is about 10x faster.
-        text = pc.ascii_lower(text) if pc.all(pc.string_is_ascii(text)).as_py() else pc.utf8_lower(text)
-        if pc.any(pc.match_substring_regex(text, _WHITESPACE_TO_FOLD)).as_py():  # most text has none
+        # NFKC leaves ASCII as it is, and the ASCII kernel lowers it the same, about 10x faster.
+        text = pc.ascii_lower(text) if _is_ascii(text) else pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
+        if _may_need_folding(text):  # most text has nothing to fold
             text = pc.replace_substring_regex(text, _WHITESPACE_TO_FOLD, " ")
         text = pc.utf8_trim_whitespace(text)
     return text
 
 
-def content_hashes(text: pa.Array | pa.ChunkedArray) -> pa.Array:
-    hash64 = xxhash.xxh3_64_intdigest
-    # Binary values are the UTF-8 bytes already: no str object and no encode per row.
-    return pa.array([hash64(value) for value in text.cast(pa.binary()).to_pylist()], pa.uint64())
+def _all_distinct(ids: pa.ChunkedArray) -> bool:
+    # Distinct 64-bit hashes prove distinct ids, about 5x faster than counting distinct strings: the
+    # strings are compared only when two hashes collide (``hash`` is polars' own: it is never stored).
+    hashes = pl.from_arrow(ids).hash()
+    return hashes.n_unique() == len(ids) or pc.count_distinct(ids).as_py() == len(ids)
 
 
 class ExactDedup:
@@ -53,8 +89,8 @@ class ExactDedup:
         self.normalize = normalize
 
     def signatures(self, batch: pa.Table) -> pa.Table:
-        hashes = content_hashes(normalised_text(batch, self.fields, self.normalize))
-        keys = pa.ListArray.from_arrays(pa.array(range(len(hashes) + 1), pa.int32()), hashes)
+        hashes = xxh3_64(normalised_text(batch, self.fields, self.normalize))
+        keys = pa.ListArray.from_arrays(pa.array(np.arange(len(hashes) + 1, dtype=np.int32)), hashes)
         return pa.table({"id": batch["id"], "source": batch["source"], "keys": keys})
 
     def pairs(self, group: pa.Table) -> pa.Table:
@@ -68,10 +104,11 @@ class ExactDedup:
             return empty_set_aside()
         everything = pa.concat_tables(tables)
         one_key = pc.all(pc.equal(pc.list_value_length(everything["keys"]), 1)).as_py()
-        if not one_key or pc.count_distinct(everything["id"]).as_py() != everything.num_rows:
+        if not one_key or not _all_distinct(everything["id"]):
             return resolve_duplicates(self, [everything])
         # Each row holds one key and ids are unique, so a cluster is exactly the rows sharing a key:
         # the same clusters the shared pairs + connected-components step finds, without a group per key.
-        frame = pl.from_arrow(pa.table({"id": everything["id"], "cluster": pc.list_flatten(everything["keys"])}))
-        clusters = frame.filter(pl.len().over("cluster") > 1).to_arrow()
-        return set_aside_for_clusters(self, clusters, everything)
+        keys = pl.from_arrow(pc.list_flatten(everything["keys"]))
+        rows = keys.is_duplicated().arg_true()
+        members = pl.from_arrow(everything.select(["id", "source"]).take(rows.to_arrow()))
+        return keep_first(self, members.with_columns(cluster=keys.gather(rows)))

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
@@ -27,6 +29,7 @@ from schemas.records import SOURCE_TYPE, empty_flags
 
 REASON = "earlier_version"
 _PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
+_PUBLISHED_ID = rf"(?s)^{re.escape(_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 
 _metadata = sa.MetaData()
 published_signatures = sa.Table(
@@ -53,6 +56,63 @@ def _to_ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+# Stored signatures take about half the bytes (writing them to the state store costs about as much
+# as computing them): record ids of 32 lowercase hex digits (xxh3-128, what every connector makes)
+# as their 16 bytes, and one key per row (exact dedup) as a plain ``key`` column. Rows stored
+# before, or that do not fit, are kept as they come; ``_unpacked`` reads both.
+_ID_BYTES = pa.binary(16)
+# Two characters read as one little-endian 16-bit number -> the byte their hex digits spell (256: they
+# are not two lowercase hex digits), and back: one table look-up per byte of an id, not per digit.
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).astype("<u2")
+_BYTE_OF_DIGITS = np.full(1 << 16, 256, "<u2")
+_BYTE_OF_DIGITS[_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)] = np.arange(256).reshape(16, 16)
+_DIGITS_OF_BYTE = (_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)).ravel()
+
+
+def _id_bytes(ids: pa.Array) -> pa.Array | None:
+    """Each id's 16 bytes, or None unless every id is 32 lowercase hex digits."""
+    if len(ids) == 0 or ids.null_count:
+        return None
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
+    if not (np.diff(offsets) == 32).all():
+        return None
+    packed = _BYTE_OF_DIGITS[np.frombuffer(ids.buffers()[2], "<u2", len(ids) * 16, offsets[0])]
+    if packed.max() > 255:
+        return None
+    return pa.FixedSizeBinaryArray.from_buffers(_ID_BYTES, len(ids), [None, pa.py_buffer(packed.astype(np.uint8))])
+
+
+def _hex_ids(packed: pa.Array) -> pa.Array:
+    data = np.frombuffer(packed.buffers()[1], np.uint8, len(packed) * 16, packed.offset * 16)
+    offsets = np.arange(0, 32 * len(packed) + 1, 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), pa.py_buffer(_DIGITS_OF_BYTE[data]))
+
+
+def _packed(signatures: pa.Table) -> pa.Table:
+    """Signature rows (``source`` left out) as they are stored."""
+    table = signatures.drop_columns(["source"]).combine_chunks()
+    ids = _id_bytes(table["id"].chunk(0)) if table.num_rows else None
+    if ids is not None:
+        table = table.set_column(0, pa.field("id", _ID_BYTES), ids)
+    keys = table["keys"]
+    if table.num_rows and pc.all(pc.equal(pc.list_value_length(keys), 1)).as_py():
+        table = table.set_column(table.schema.get_field_index("keys"), "key", pc.list_flatten(keys))
+    return table
+
+
+def _unpacked(table: pa.Table) -> pa.Table:
+    """Stored signature rows as ``signatures`` gave them (``source`` left out)."""
+    table = table.combine_chunks()
+    if table.schema.field("id").type == _ID_BYTES:
+        table = table.set_column(0, "id", _hex_ids(table["id"].chunk(0)))
+    if "key" in table.schema.names:
+        index = table.schema.get_field_index("key")
+        key = table["key"].chunk(0) if table.num_rows else pa.array([], pa.uint64())
+        keys = pa.ListArray.from_arrays(pa.array(np.arange(len(key) + 1, dtype=np.int32)), key)
+        table = table.set_column(index, "keys", keys)
+    return table
 
 
 class SignatureIndex:
@@ -87,7 +147,7 @@ class SignatureIndex:
                     params=params,
                     token=self.token,
                     version=None,
-                    data=_to_ipc(signatures.drop_columns(["source"])),
+                    data=_to_ipc(_packed(signatures)),
                 )
             )
 
@@ -119,7 +179,7 @@ class SignatureIndex:
             rows = db.execute(query.order_by(table.c.n)).all()
         parts = []
         for version, data in rows:
-            part = pa.ipc.open_stream(data).read_all()
+            part = _unpacked(pa.ipc.open_stream(data).read_all())
             ids = pc.binary_join_element_wise(f"{_PREFIX}{version}:", part["id"], "")
             count = part.num_rows
             source = pa.StructArray.from_arrays(
@@ -169,16 +229,18 @@ class CrossRunDedup:
     def relabel(aside: pa.Table) -> pa.Table:
         """Drop published rows; rows whose cluster keeps a published record get reason ``earlier_version``."""
         aside = aside.filter(pc.invert(pc.starts_with(aside["id"], _PREFIX)))
-        if not pc.any(pc.starts_with(aside["duplicate_of"], _PREFIX)).as_py():
+        # "published:<version>:<original id>"; null where the kept record is one of this run's.
+        published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
+        earlier = pc.is_valid(published)
+        if not pc.any(earlier).as_py():
             return aside
-        rows = aside.to_pylist()
-        for row in rows:
-            kept = row["duplicate_of"]
-            if kept and kept.startswith(_PREFIX):
-                version, original = kept[len(_PREFIX) :].split(":", 1)
-                detail = f"duplicate of {original} published in v{version}"
-                row.update(reason=REASON, duplicate_of=original, detail=detail)
-        return pa.Table.from_pylist(rows, schema=aside.schema)
+        version, original = pc.struct_field(published, "version"), pc.struct_field(published, "original")
+        detail = pc.binary_join_element_wise("duplicate of ", original, " published in v", version, "")
+        relabelled = {"reason": REASON, "detail": detail, "duplicate_of": original}
+        for name, value in relabelled.items():
+            index = aside.schema.get_field_index(name)
+            aside = aside.set_column(index, aside.field(index), pc.if_else(earlier, value, aside[name]))
+        return aside
 
     def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
         flags = getattr(self.inner, "review_flags", None)

@@ -65,28 +65,40 @@ def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, sources: p
     sources = sources.select(["id", "source"]).filter(
         pc.is_in(sources["id"], value_set=clusters["id"].combine_chunks())
     )
+    return keep_first(stage, pl.from_arrow(clusters).join(pl.from_arrow(sources).unique("id"), on="id"))
+
+
+def keep_first(stage: DuplicateStage, members: pl.DataFrame) -> pa.Table:
+    """``set_aside_for_clusters`` once each clustered record's ``source`` is known: ``members`` has
+    ``id``, ``source`` and ``cluster`` (any value that is equal within a cluster)."""
+    if members.height == 0:
+        return empty_set_aside()
+    order = ["_uri", "_line", "_page", "id"]
+    # In input order, the first member of a cluster is the one kept, and the rest are already in the
+    # order they are set aside in: one sort.
     frame = (
-        pl.from_arrow(clusters)
-        .join(pl.from_arrow(sources).unique("id"), on="id")
-        .with_columns(
+        members.with_columns(
             pl.col("source").struct.field("uri").alias("_uri"),
             pl.col("source").struct.field("line").alias("_line"),
             pl.col("source").struct.field("page").alias("_page"),
         )
-        .sort(["cluster", "_uri", "_line", "_page", "id"], nulls_last=True)
+        .sort(order, nulls_last=True)
+        .with_columns(pl.col("id").first().over("cluster").alias("kept"))
     )
-    frame = frame.with_columns(pl.col("id").first().over("cluster").alias("kept"))
-    dupes = frame.filter(pl.col("id") != pl.col("kept")).sort(["_uri", "_line", "_page", "id"], nulls_last=True)
-    table = dupes.select("id", "source", "kept").to_arrow()
-    kept = table["kept"].to_pylist()
+    dupes = frame.filter(pl.col("id") != pl.col("kept")).select(
+        "id", "source", "kept", pl.concat_str(pl.lit("duplicate of "), "kept").alias("detail")
+    )
+    table = dupes.to_arrow().cast(
+        pa.schema([("id", pa.string()), ("source", SOURCE_TYPE), ("kept", pa.string()), ("detail", pa.string())])
+    )
     return set_aside_rows(
-        table["id"].cast(pa.string()),
-        table["source"].cast(SOURCE_TYPE),
+        table["id"].combine_chunks(),
+        table["source"],
         stage.name,
         "duplicate",
         stage.reason,
-        [f"duplicate of {k}" for k in kept],
-        duplicate_of=kept,
+        table["detail"].combine_chunks(),
+        duplicate_of=table["kept"].combine_chunks(),
     )
 
 

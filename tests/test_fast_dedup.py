@@ -1,0 +1,239 @@
+"""Exact dedup's column kernels give exactly what its per-record formulas gave: the content hashes are
+persisted in the cross-run index, and set-aside rows are published and compared across runs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from curation.stages.dedup import ExactDedup, normalised_text
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, _to_ipc, published_signatures
+from curation.stages.duplicates import resolve_duplicates
+from schemas.records import SOURCE_TYPE, set_aside_rows
+
+TRICKY = [
+    "",
+    " ",
+    "Plain ASCII",
+    "two  spaces",
+    "tab\there",
+    "line\nbreak\r\nand\fform feed",
+    "vertical\x0btab and \x01 control",
+    "  leading and trailing \t",
+    "ÉCOLE Straße ΣΊΣΥΦΟΣ İstanbul",  # final sigma, dotted capital I
+    "ﬁne ｆｕｌｌ　ｗｉｄｔｈ",  # ligature, full-width letters and ideographic space (NFKC)
+    "no\u00a0break\u00a0 space",  # NFKC makes a space that then meets another
+    "e\u0301 combining",
+    "\u2028line separator\u2029",
+    "emoji \U0001f600  end ",
+    "\x1c\x1d\x1e unit\x1fseparators",
+    "x" * 5000 + "  " + "Y" * 3000,
+]
+
+
+def reference_text(values: list[str | None]) -> str:
+    """The old normalisation of one row: fields joined, NFKC, lower, ``\\s+`` folded, trimmed."""
+    joined = pa.array(["\x1f".join(v if v is not None else "" for v in values)], pa.string())
+    text = pc.utf8_lower(pc.utf8_normalize(joined, "NFKC"))
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))[0].as_py()
+
+
+def reference_hashes(rows: list[list[str | None]]) -> list[int]:
+    """The old content hash: xxh3-64 of each row's normalised UTF-8 bytes, in a Python loop."""
+    return [xxhash.xxh3_64_intdigest(reference_text(values).encode()) for values in rows]
+
+
+def _batch(prompts: list[str | None], completions: list[str | None], chunks: int = 1) -> pa.Table:
+    count = len(prompts)
+    step = -(-count // chunks) or 1
+
+    def chunked(values: list[str | None]) -> pa.ChunkedArray:
+        return pa.chunked_array(
+            [pa.array(values[i : i + step], pa.string()) for i in range(0, count, step)], pa.string()
+        )
+
+    return pa.table(
+        {
+            "id": [f"r{i}" for i in range(count)],
+            "source": pa.array([{"connector": "files", "uri": "a", "line": i, "page": None} for i in range(count)]),
+            "prompt": chunked(prompts),
+            "completion": chunked(completions),
+        }
+    ).cast(
+        pa.schema([("id", pa.string()), ("source", SOURCE_TYPE), ("prompt", pa.string()), ("completion", pa.string())])
+    )
+
+
+def _hashes(batch: pa.Table) -> list[int]:
+    return pc.list_flatten(ExactDedup(["prompt", "completion"]).signatures(batch)["keys"]).to_pylist()
+
+
+def test_content_hashes_equal_the_per_record_xxhash_of_the_old_normalisation() -> None:
+    rng = random.Random(5)
+    prompts: list[str | None] = [*TRICKY, None, "ascii", None]
+    completions: list[str | None] = [rng.choice(TRICKY) for _ in TRICKY] + ["x", None, None]
+    rows = [[p, c] for p, c in zip(prompts, completions, strict=True)]
+    expected = reference_hashes(rows)
+    assert _hashes(_batch(prompts, completions)) == expected
+    assert _hashes(_batch(prompts, completions, chunks=4)) == expected
+    # A slice: the skipped rows' bytes (non-ASCII, double spaces) stay in the buffers, never in the values.
+    assert _hashes(_batch(prompts, completions).slice(3, 6)) == expected[3:9]
+    # One field is hashed as it comes (no join makes a new array): the checks must read the slice's
+    # bytes, not those of the rows before it (plain ASCII with nothing to fold).
+    texts = ["plain", "ascii", "x  Y", "ÉCOLE ﬁ", "a\tb"]
+    one_field = pa.table({"id": ["a", "b", "c", "d", "e"], "source": pa.nulls(5, SOURCE_TYPE), "text": texts})
+    keys = ExactDedup(["text"]).signatures(one_field.slice(2, 3))["keys"]
+    assert pc.list_flatten(keys).to_pylist() == reference_hashes([[t] for t in texts[2:]])
+    # All-ASCII batches take the ASCII shortcuts: with and without anything to fold.
+    for ascii_rows in (
+        [["Hello World", "Fine"], ["a b", "c"], ["", ""]],
+        [["Hello  World", "x\ty"], ["A\nB", " c "], ["\x0b", "\x01"]],
+    ):
+        prompts, completions = [r[0] for r in ascii_rows], [r[1] for r in ascii_rows]
+        assert _hashes(_batch(prompts, completions)) == reference_hashes(ascii_rows)
+
+
+def test_the_byte_checks_never_skip_a_fold() -> None:
+    # Two spaces at an odd and at an even byte offset, a space that meets one of the next value only
+    # (a needless fold: same text), a tab as the very last byte, and values that are all empty.
+    for texts in (
+        ["ab  c"],
+        ["a  bc"],
+        ["x ", " y"],
+        ["abc\t"],
+        ["a\tb"],
+        ["a\rb"],
+        ["", ""],
+        ["\u00e9  x", "\u00e9\u00a0 x"],
+    ):
+        fast = normalised_text(pa.table({"t": pa.array(texts, pa.string())}), ["t"], normalize=True)
+        assert fast.to_pylist() == [reference_text([t]) for t in texts], texts
+
+
+def _signatures(rows: list[tuple[str, str, int | None, int | None, int]]) -> pa.Table:
+    """Signature rows from (id, uri, line, page, key)."""
+    return pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.string()),
+            "source": pa.array(
+                [{"connector": "files", "uri": r[1], "line": r[2], "page": r[3]} for r in rows], SOURCE_TYPE
+            ),
+            "keys": pa.array([[r[4]] for r in rows], pa.list_(pa.uint64())),
+        }
+    )
+
+
+def reference_resolve(stage: ExactDedup, rows: list[tuple[str, str, int | None, int | None, int]]) -> list[dict]:
+    """Per cluster (rows sharing a key) the first in input order is kept; the others are set aside in
+    input order. Input order: URI, line, page (missing ones last), then id."""
+
+    def order(row: tuple[str, str, int | None, int | None, int]) -> tuple:
+        record_id, uri, line, page, _ = row
+        return (uri, line is None, line or 0, page is None, page or 0, record_id)
+
+    clusters: dict[int, list] = {}
+    for row in rows:
+        clusters.setdefault(row[4], []).append(row)
+    aside = []
+    for members in clusters.values():
+        members = sorted(members, key=order)
+        aside += [(row, members[0][0]) for row in members[1:]]
+    aside.sort(key=lambda pair: order(pair[0]))
+    table = set_aside_rows(
+        [row[0] for row, _ in aside],
+        _signatures([row for row, _ in aside])["source"],
+        stage.name,
+        "duplicate",
+        stage.reason,
+        [f"duplicate of {kept}" for _, kept in aside],
+        duplicate_of=[kept for _, kept in aside],
+    )
+    return table.to_pylist()
+
+
+def test_resolve_sets_aside_the_rows_of_the_per_record_formula_in_its_order() -> None:
+    rng = random.Random(11)
+    uris = ["s3://b/a.jsonl", "s3://b/0.jsonl", "s3://b/b.jsonl"]
+    rows = [
+        (f"id{n:03d}", rng.choice(uris), rng.choice([None, *range(8)]), rng.choice([None, 1, 2]), rng.randrange(40))
+        for n in range(300)
+    ]
+    stage = ExactDedup(["prompt", "completion"])
+    signatures = [_signatures(rows[:100]), _signatures(rows[100:250]), _signatures(rows[250:])]
+    fast = stage.resolve(signatures)
+    assert fast.num_rows == 260
+    assert fast.to_pylist() == reference_resolve(stage, rows)
+    assert fast.to_pylist() == resolve_duplicates(stage, signatures).to_pylist()
+    # An id seen twice takes the shared pairs + components step, as before.
+    twice = [*rows[:50], rows[0]]
+    assert stage.resolve([_signatures(twice)]).equals(resolve_duplicates(stage, [_signatures(twice)]))
+
+
+def reference_relabel(aside: pa.Table) -> list[dict]:
+    """The old ``relabel``, row by row."""
+    rows = [row for row in aside.to_pylist() if not row["id"].startswith("published:")]
+    for row in rows:
+        kept = row["duplicate_of"]
+        if kept and kept.startswith("published:"):
+            version, original = kept[len("published:") :].split(":", 1)
+            row.update(
+                reason="earlier_version",
+                duplicate_of=original,
+                detail=f"duplicate of {original} published in v{version}",
+            )
+    return rows
+
+
+def test_relabel_matches_the_per_row_formula() -> None:
+    ids = ["a", "published:1:x", "b", "c", "d", "e", "f"]
+    kept = ["published:3:abc", "published:3:abc", "a", None, "published:12:id:with:colons", "published:2:", "é"]
+    aside = set_aside_rows(
+        ids,
+        _signatures([(i, "u", n, None, 0) for n, i in enumerate(ids)])["source"],
+        "exact_dedup",
+        "duplicate",
+        "exact_duplicate",
+        [f"duplicate of {k}" if k else None for k in kept],
+        duplicate_of=kept,
+    )
+    assert CrossRunDedup.relabel(aside).to_pylist() == reference_relabel(aside)
+    unchanged = aside.filter(pc.invert(pc.starts_with(aside["id"], "published:"))).slice(1, 2)
+    assert CrossRunDedup.relabel(unchanged).equals(unchanged)
+
+
+def _stored(ids: list[str], keys: list[list[int]]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "source": pa.array([{"connector": "files", "uri": "u", "line": n} for n in range(len(ids))], SOURCE_TYPE),
+            "keys": pa.array(keys, pa.list_(pa.uint64())),
+        }
+    )
+
+
+def test_stored_signatures_load_as_given_and_rows_stored_before_still_load(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    hex_ids = [f"{rng.getrandbits(128):032x}" for _ in range(500)] + ["0" * 32, "f" * 32]
+    exact = _stored(hex_ids, [[rng.getrandbits(64)] for _ in hex_ids])
+    # Not every id is 32 lowercase hex digits, or not one key per row: stored as they are.
+    other_ids = _stored(["A" * 32, "0" * 31, "r1", "é" * 16], [[1], [2], [3], [4]])
+    other_keys = _stored(hex_ids[:3], [[1, 2], [], [2**64 - 1]])
+    before = _stored(hex_ids[:2], [[5], [6]])
+    assert len(_to_ipc(_packed(exact))) < 0.6 * len(_to_ipc(exact.drop_columns(["source"])))
+
+    index = SignatureIndex(f"sqlite:///{tmp_path}/state.db", "d")
+    for table in (exact, other_ids, other_keys, exact.slice(0, 0)):
+        index.stage_pending("exact_dedup", "p", table)
+    with index.engine.begin() as db:  # a row as the code before packing stored it
+        row = {"dataset": "d", "stage": "exact_dedup", "params": "p", "token": index.token}
+        db.execute(published_signatures.insert().values(**row, data=_to_ipc(before.drop_columns(["source"]))))
+    index.published(1)
+    loaded = index.load("exact_dedup", "p")
+    tables = (exact, other_ids, other_keys, before)
+    assert loaded["id"].to_pylist() == [f"published:1:{i}" for t in tables for i in t["id"].to_pylist()]
+    assert loaded["keys"].to_pylist() == [k for t in tables for k in t["keys"].to_pylist()]
+    assert loaded.schema.field("keys").type == pa.list_(pa.uint64())
