@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -157,29 +158,39 @@ class ShardSeries:
         self._bytes = 0
         self._records = 0
 
-    def write(self, data: bytes) -> list[tuple[str, int]]:
-        """Append whole lines; returns (shard path, first line number) for each piece written."""
+    def write(self, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
+        """Append whole lines; returns (shard path, first line number) for each piece written.
+
+        ``lines``, when the caller knows it, is how many lines ``data`` holds: counting them is a
+        pass over every byte, so only the pieces that end a shard are counted then.
+        """
         placed = []
-        while data:
+        view = memoryview(data)  # pieces are views: no copy of a large ``data`` per shard
+        start, end = 0, len(data)
+        while start < end:
             if self._stream is None:
                 self._open()
             room = self.max_bytes - self._bytes
-            if len(data) <= room:
-                piece, data = data, b""
+            if end - start <= room:
+                cut = end
             else:
-                cut = data.rfind(b"\n", 0, room) + 1
+                cut = data.rfind(b"\n", start, start + room) + 1
                 if cut == 0:
                     if self._bytes:  # the next line does not fit: start a new shard
                         self._close()
                         continue
-                    cut = data.find(b"\n") + 1  # one line longer than a shard: it gets a shard alone
-                piece, data = data[:cut], data[cut:]
+                    cut = data.find(b"\n", start) + 1 or end  # one line longer than a shard: it gets a shard alone
             placed.append((self._path_relative(), self._records + 1))
+            piece = view[start:cut]
             self._stream.write(piece)
             self._digest.update(piece)
-            self._bytes += len(piece)
-            self._records += piece.count(b"\n")
-            if data:
+            self._bytes += cut - start
+            count = data.count(b"\n", start, cut) if lines is None or cut < end else lines
+            self._records += count
+            if lines is not None:
+                lines -= count
+            start = cut
+            if start < end:
                 self._close()
         return placed
 
@@ -246,7 +257,7 @@ class DatasetWriter:
                 continue
             rendered = self.format.render(part)
             self._write_files(name, rendered.files)
-            placed = self.splits[name].write(to_ndjson(rendered.rows))
+            placed = self.splits[name].write(to_ndjson(rendered.rows), rendered.rows.num_rows)
             self._write_lineage(take_rows(part, rendered), placed)
             self.written += part.num_rows
 
@@ -264,13 +275,14 @@ class DatasetWriter:
 
     def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
         """One line per output record: which shard and line holds it, its id and its source."""
-        shards, lines = [], []
-        counts = self._piece_sizes(part.num_rows, placed)
-        for (shard, first), count in zip(placed, counts, strict=True):
-            shards += [shard] * count
-            lines += range(first, first + count)
+        counts = np.array(self._piece_sizes(part.num_rows, placed), np.int64)
+        firsts = np.array([first for _, first in placed], np.int64)
+        piece = np.repeat(np.arange(len(placed)), counts)  # which piece each record went into
+        starts = np.cumsum(counts) - counts  # index in ``part`` of each piece's first record
+        lines = np.arange(part.num_rows, dtype=np.int64) - starts[piece] + firsts[piece]
+        shards = pa.array([shard for shard, _ in placed], pa.string()).take(piece)
         table = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
-        self.lineage.write(to_ndjson(table))
+        self.lineage.write(to_ndjson(table), table.num_rows)
 
     def _piece_sizes(self, total: int, placed: list[tuple[str, int]]) -> list[int]:
         # Pieces fill each shard to its end, so every piece but the last ends a shard.
@@ -283,7 +295,8 @@ class DatasetWriter:
 
     def write_set_aside(self, table: pa.Table) -> None:
         if table.num_rows:
-            self.set_aside.write(to_ndjson(self.scrub(table) if self.scrub else table))
+            table = self.scrub(table) if self.scrub else table
+            self.set_aside.write(to_ndjson(table), table.num_rows)
 
     def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.
