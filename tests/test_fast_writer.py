@@ -126,3 +126,114 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
             files[row["shard"]] = (Path(writer.staging) / row["shard"]).read_text().splitlines()
         assert json.loads(files[row["shard"]][row["line"] - 1]) == {"text": expected[row["id"]]}
     assert list(rows[0]) == ["shard", "line", "id", "source"]
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+FIGURES = {
+    "dataset": "d",
+    "version": 3,
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "counts": {"input": 1_000_000, "written": 899_413, "filtered": 12, "duplicate": 100_575, "quarantined": 0},
+    "reasons": {},
+    "removed_by_stage": [
+        {"stage": "exact_dedup", "outcome": "duplicate", "reason": "exact_duplicate", "records": 100_563},
+        {"stage": "expectations", "outcome": "filtered", "reason": "in_set:label <'é'> & " + "x" * 80, "records": 12},
+    ],
+    "duplicate_cluster_sizes": {"2": 500, "3": 40, "17": 1},
+    "lengths": {"prompt": {"16": 3, "32": 400, "64": 90_000}, "completion": {"64": 300_000, "128": 599_413}},
+    "labels": {**{f"label {i}": 1000 * i for i in range(11)}, "it's <b>": 7},
+    "pii": {"pii": {"PERSON": 4000, "EMAIL_ADDRESS": 2, "note": "not a count"}},
+    "stage_stats": {},
+    "splits": {},
+    "carried": {},
+}
+
+
+def test_each_plot_carries_its_figures_in_chromium(tmp_path: Path) -> None:
+    """Every bar (and length point) is drawn with its label and value, and the value is written as text."""
+    from curation.report import plots, render_html
+    from tests.conftest import chromium
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(FIGURES, plots(FIGURES)))
+    with chromium() as browser:
+        tab = browser.new_page()
+        tab.goto(page.as_uri())
+        found = tab.eval_on_selector_all(
+            "figure.plot",
+            """figs => figs.map(f => ({
+                name: f.dataset.plot,
+                title: f.querySelector('svg > title').textContent,
+                named: f.querySelector('svg').getAttribute('aria-labelledby') === f.querySelector('svg > title').id,
+                marks: [...f.querySelectorAll('.bar, .point')].map(b => {
+                    const box = b.getBoundingClientRect();
+                    return [b.dataset.label, Number(b.dataset.value), box.width, box.height];
+                }),
+                values: [...f.querySelectorAll('text.value')].map(t => t.textContent),
+                axes: [...f.querySelectorAll('text.axis-label')].map(t => t.textContent),
+            }))""",
+        )
+    plotted = {f["name"]: f for f in found}
+    counts = FIGURES["counts"]
+    expected = {  # plot -> (its figures, the names on its axes)
+        "outcomes": ({n: counts[n] for n in ("written", "filtered", "duplicate", "quarantined")}, ["records"]),
+        "removed": ({f"{r['stage']}: {r['reason']}": r["records"] for r in FIGURES["removed_by_stage"]}, ["records"]),
+        "lengths": (
+            {
+                f"{field} ≤{u}": bins.get(str(u), 0)
+                for field, bins in FIGURES["lengths"].items()
+                for u in (16, 32, 64, 128)
+            },
+            ["characters", "records"],
+        ),
+        "labels": (FIGURES["labels"], ["records"]),
+        "clusters": (FIGURES["duplicate_cluster_sizes"], ["size", "clusters"]),
+        "pii": ({"PERSON": 4000, "EMAIL_ADDRESS": 2}, ["found"]),
+    }
+    assert list(plotted) == list(expected)
+    for name, (figure, axes) in expected.items():
+        plot = plotted[name]
+        assert {label: value for label, value, _, _ in plot["marks"]} == figure, name
+        assert sorted(plot["values"]) == sorted(f"{v:,}" for v in figure.values()), name
+        assert plot["named"] and plot["title"] and plot["axes"] == axes, name
+        if name != "lengths":  # bars are to scale: a bigger figure, a longer bar
+            horizontal = len({round(height, 2) for _, _, _, height in plot["marks"]}) == 1
+            size = {label: width if horizontal else height for label, _, width, height in plot["marks"]}
+            in_order = [size[label] for label in sorted(figure, key=figure.get)]
+            assert in_order == sorted(in_order) and in_order[-1] > 100, name
+    assert plotted["outcomes"]["title"] == "What happened to 1,000,000 input records"
+
+
+def test_set_aside_figures_read_only_their_columns_and_equal_a_full_parse(tmp_path: Path) -> None:
+    import polars as pl
+
+    from curation.report import _set_aside_frame
+
+    rows = [
+        {
+            "id": "a",
+            "source": {"uri": "é", "line": 1},
+            "stage": "s",
+            "outcome": "duplicate",
+            "reason": "r",
+            "record": None,
+            "duplicate_of": "b",
+        },
+        {
+            "id": "c",
+            "source": {"uri": "x", "line": 2},
+            "stage": "s\t",
+            "outcome": "filtered",
+            "reason": '日本 "q"',
+            "record": "{}",
+            "duplicate_of": None,
+        },
+    ]
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    (tmp_path / "a.jsonl").write_text(lines)
+    (tmp_path / "empty.jsonl").write_text("")
+    frame = _set_aside_frame(pafs.LocalFileSystem(), str(tmp_path), ["a.jsonl", "empty.jsonl", "a.jsonl"])
+    full = pl.read_ndjson(tmp_path / "a.jsonl").select("stage", "outcome", "reason", "duplicate_of")
+    assert frame.equals(pl.concat([full, full]))
+    assert _set_aside_frame(pafs.LocalFileSystem(), str(tmp_path), []).columns == full.columns
