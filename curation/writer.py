@@ -31,6 +31,7 @@ from connectors.storage import filesystem, is_s3, join, make_dirs
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
+from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
 from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
@@ -239,6 +240,7 @@ class DatasetWriter:
         }
         self.files: dict[str, Shard] = {}  # binary side files the lines refer to (images), by path
         self.set_aside = ShardSeries(self.fs, self.staging, "set_aside", shard_max_bytes)
+        self.set_aside_reported: list[pa.Table] = []  # the columns of the set-aside rows the report counts
         self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
         self.written = 0
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
@@ -297,6 +299,7 @@ class DatasetWriter:
         if table.num_rows:
             table = self.scrub(table) if self.scrub else table
             self.set_aside.write(to_ndjson(table), table.num_rows)
+            self.set_aside_reported.append(reported_columns(table))
 
     def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.

@@ -205,35 +205,38 @@ def test_each_plot_carries_its_figures_in_chromium(tmp_path: Path) -> None:
     assert plotted["outcomes"]["title"] == "What happened to 1,000,000 input records"
 
 
-def test_set_aside_figures_read_only_their_columns_and_equal_a_full_parse(tmp_path: Path) -> None:
+def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) -> None:
+    """The writer keeps what the report counts of each set-aside table; it equals a parse of the rows written."""
     import polars as pl
 
-    from curation.report import _set_aside_frame
+    from curation.report import SET_ASIDE_COLUMNS, set_aside_frame
 
-    rows = [
-        {
-            "id": "a",
-            "source": {"uri": "é", "line": 1},
-            "stage": "s",
-            "outcome": "duplicate",
-            "reason": "r",
-            "record": None,
-            "duplicate_of": "b",
-        },
-        {
-            "id": "c",
-            "source": {"uri": "x", "line": 2},
-            "stage": "s\t",
-            "outcome": "filtered",
-            "reason": '日本 "q"',
-            "record": "{}",
-            "duplicate_of": None,
-        },
-    ]
-    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    (tmp_path / "a.jsonl").write_text(lines)
-    (tmp_path / "empty.jsonl").write_text("")
-    frame = _set_aside_frame(pafs.LocalFileSystem(), str(tmp_path), ["a.jsonl", "empty.jsonl", "a.jsonl"])
-    full = pl.read_ndjson(tmp_path / "a.jsonl").select("stage", "outcome", "reason", "duplicate_of")
-    assert frame.equals(pl.concat([full, full]))
-    assert _set_aside_frame(pafs.LocalFileSystem(), str(tmp_path), []).columns == full.columns
+    writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1024, 0.3, "seed")
+    assert set_aside_frame(writer.set_aside_reported).columns == list(SET_ASIDE_COLUMNS)
+    writer.scrub = lambda table: table.set_column(4, "reason", pa.array(["[scrubbed]"] * table.num_rows))
+    source = {"connector": "files", "uri": "é", "line": 1, "page": None}
+    writer.write_set_aside(
+        pa.table(
+            {
+                "id": ["a", "b", "c"],
+                "source": [source] * 3,
+                "stage": ["exact_dedup", "s\t", "日本"],
+                "outcome": ["duplicate", "filtered", "quarantined"],
+                "reason": ["x", "y", "z"],
+                "record": [None, '{"q": "\\n"}', ""],
+                "duplicate_of": ["d", None, ""],
+            }
+        )
+    )
+    writer.scrub = None
+    writer.write_set_aside(pa.table({"stage": pa.array(["expectations"], pa.large_string()), "outcome": ["filtered"]}))
+    writer.set_aside.close()
+    published = pl.concat(
+        [
+            pl.read_ndjson(Path(writer.staging) / shard.path, schema=dict.fromkeys(SET_ASIDE_COLUMNS, pl.String))
+            for shard in writer.set_aside.shards
+        ]
+    )
+    kept = set_aside_frame(writer.set_aside_reported)
+    assert kept.equals(published) and kept["reason"].to_list() == ["[scrubbed]"] * 3 + [None]
+    assert kept["stage"].to_list() == ["exact_dedup", "s\t", "日本", "expectations"]
