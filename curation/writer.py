@@ -19,6 +19,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ import pyarrow.fs as pafs
 
 from connectors.storage import filesystem, is_s3, join, make_dirs
 from curation.carried_edits import apply_edits
-from curation.formats import OutputFormat, take_rows
+from curation.formats import OutputFormat, Rendered, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
 from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
@@ -248,20 +249,42 @@ class DatasetWriter:
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
+        # Encoding JSON, hashing and writing files run on one thread, in the order they were asked
+        # for, while the caller makes the next batch: polars, hashlib and file writes release the GIL.
+        # One job in flight at most, so memory holds one batch more; its error is raised by the next
+        # call (write, write_set_aside, carry or publish), and the run fails with it as before.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-writer")
+        self._pending: Future[None] | None = None
 
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
             return
         to_validation = self.splitter.assign(batch)
+        parts = []
         for name, mask in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             part = batch.filter(mask)
-            if part.num_rows == 0:
-                continue
-            rendered = self.format.render(part)
-            self._write_files(name, rendered.files)
-            placed = self.splits[name].write(to_ndjson(rendered.rows), rendered.rows.num_rows)
+            if part.num_rows:
+                # Rendered here, and its images written, so a record the format refuses fails this call.
+                rendered = self.format.render(part)
+                self._write_files(name, rendered.files)
+                parts.append((name, part, rendered))
+                self.written += part.num_rows
+        self._submit(lambda: self._write_parts(parts))
+
+    def _write_parts(self, parts: list[tuple[str, pa.Table, Rendered]]) -> None:
+        for split, part, rendered in parts:
+            placed = self.splits[split].write(to_ndjson(rendered.rows), rendered.rows.num_rows)
             self._write_lineage(take_rows(part, rendered), placed)
-            self.written += part.num_rows
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        self.flush()
+        self._pending = self._worker.submit(job)
+
+    def flush(self) -> None:
+        """Wait until what was asked for is written; raises the error of a write that failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _write_files(self, split: str, files: dict[str, bytes]) -> None:
         """Binary side files, each once per split (their names are content hashes)."""
@@ -298,8 +321,8 @@ class DatasetWriter:
     def write_set_aside(self, table: pa.Table) -> None:
         if table.num_rows:
             table = self.scrub(table) if self.scrub else table
-            self.set_aside.write(to_ndjson(table), table.num_rows)
             self.set_aside_reported.append(reported_columns(table))
+            self._submit(lambda: self.set_aside.write(to_ndjson(table), table.num_rows))
 
     def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.
@@ -313,6 +336,7 @@ class DatasetWriter:
         with such a line is rewritten (``carry_stats`` counts them). Call before ``publish``:
         everything lands in the staging prefix, so a failed run leaves none.
         """
+        self.flush()
         previous = read_manifest(version_dir)
         if (previous.format, previous.record_kind) != (self.format.name, record_kind):
             raise ValueError(
@@ -414,6 +438,8 @@ class DatasetWriter:
 
     def publish(self, build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest]) -> Manifest:
         """Close the shards, write the manifest last and make the version visible at once."""
+        self.flush()
+        self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             series.close()
         side_files = []
@@ -456,6 +482,9 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Remove what this run staged; nothing of it was visible."""
+        with contextlib.suppress(Exception):  # the run failed already: with this error, or with another
+            self.flush()
+        self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             with contextlib.suppress(OSError):
                 series.close()

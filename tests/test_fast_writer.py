@@ -115,6 +115,7 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
         expected.update(zip(ids, texts, strict=True))
         sources = [{"connector": "files", "uri": "in.jsonl", "line": n, "page": None} for n in range(len(ids))]
         writer.write(pa.table({"id": ids, "source": sources, "text": texts}))
+    writer.flush()
     for series in (*writer.splits.values(), writer.lineage):
         series.close()
     assert sum(len(series.shards) for series in writer.splits.values()) > 3
@@ -230,6 +231,7 @@ def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) 
     )
     writer.scrub = None
     writer.write_set_aside(pa.table({"stage": pa.array(["expectations"], pa.large_string()), "outcome": ["filtered"]}))
+    writer.flush()
     writer.set_aside.close()
     published = pl.concat(
         [
@@ -240,3 +242,42 @@ def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) 
     kept = set_aside_frame(writer.set_aside_reported)
     assert kept.equals(published) and kept["reason"].to_list() == ["[scrubbed]"] * 3 + [None]
     assert kept["stage"].to_list() == ["exact_dedup", "s\t", "日本", "expectations"]
+
+
+@pytest.mark.parametrize("failing", [3, 10])  # a write in the middle of the run, and the run's last one
+def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    from curation.pipeline import run_recipe
+    from curation.published import published_versions
+    from schemas.config import load_recipe
+    from tests.helpers import write_jsonl, write_recipe
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(500)])
+    recipe = load_recipe(
+        write_recipe(
+            workdir,
+            {
+                "dataset": "docs",
+                "sources": [{"path": "docs.jsonl"}],
+                "record": {"kind": "document"},
+                "batch_rows": 50,  # 10 batches, all to train: 10 lineage writes
+                "output": {"validation_fraction": 0.0},
+            },
+        )
+    )
+    original, calls = ShardSeries.write, []
+
+    def disk_full(self: ShardSeries, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
+        calls.append(self.relative)
+        if self.relative == "lineage" and calls.count("lineage") == failing:
+            raise OSError("No space left on device")
+        return original(self, data, lines)
+
+    monkeypatch.setattr(ShardSeries, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_recipe(recipe)
+    assert calls.count("lineage") == failing  # nothing was written after the failure
+    assert calls.count("train") == failing  # raised by the next write, or by publish after the last one
+    assert published_versions(str(workdir / "output"), "docs") == []
+    assert not any((workdir / "output" / "docs" / "_staging").iterdir())
