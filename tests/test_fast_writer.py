@@ -281,3 +281,56 @@ def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothin
     assert calls.count("train") == failing  # raised by the next write, or by publish after the last one
     assert published_versions(str(workdir / "output"), "docs") == []
     assert not any((workdir / "output" / "docs" / "_staging").iterdir())
+
+
+# --- conversation formats ----------------------------------------------------------------------------
+
+
+def _old_rows(name: str, batch: pa.Table, system_prompt: str | None) -> pa.Table:
+    """The per-record renderers the conversation formats were published with: a dict per turn."""
+    from curation.formats import BEDROCK_MESSAGE, BEDROCK_SCHEMA_VERSION, DIALOG_TURN, MESSAGE, TEXT_BLOCK
+
+    pairs = list(zip(batch["prompt"].to_pylist(), batch["completion"].to_pylist(), strict=True))
+    if name == "bedrock-conversation":
+        system = [[{"text": system_prompt}] if system_prompt else [] for _ in pairs]
+        messages = [
+            [{"role": "user", "content": [{"text": p}]}, {"role": "assistant", "content": [{"text": c}]}]
+            for p, c in pairs
+        ]
+        return pa.table(
+            {
+                "schemaVersion": pa.array([BEDROCK_SCHEMA_VERSION] * len(pairs), pa.string()),
+                "system": pa.array(system, pa.list_(TEXT_BLOCK)),
+                "messages": pa.array(messages, pa.list_(BEDROCK_MESSAGE)),
+            }
+        )
+    turn_type, column = (DIALOG_TURN, "dialog") if name == "jumpstart-chat" else (MESSAGE, "messages")
+    turns = []
+    for prompt, completion in pairs:
+        turn = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        if system_prompt:
+            turn.insert(0, {"role": "system", "content": system_prompt})
+        turns.append(turn)
+    return pa.table({column: pa.array(turns, pa.list_(turn_type))})
+
+
+@pytest.mark.parametrize("name", ["jumpstart-chat", "messages", "bedrock-conversation"])
+@pytest.mark.parametrize("system_prompt", [None, "", 'Be brief: "quoted", ünïcode\n'])
+def test_conversation_rows_equal_the_per_record_renderer(name: str, system_prompt: str | None) -> None:
+    from curation.formats import FormatOptions
+    from curation.writer import to_ndjson
+
+    prompts = [*TRICKY, None, "last"]
+    completions = [*reversed(TRICKY), "answer", None]
+    halves = len(prompts) // 2
+    batch = pa.table(  # two chunks, and large strings: what a concatenated or sliced batch can hold
+        {
+            "prompt": pa.chunked_array([prompts[:halves], prompts[halves:]]),
+            "completion": pa.chunked_array([pa.array(completions, pa.large_string())]),
+        }
+    )
+    fmt = output_format(name, "instruction", FormatOptions(system_prompt=system_prompt))
+    for rows in (batch, batch.slice(3, 5), batch.slice(0, 0)):
+        new, old = fmt.rows(rows), _old_rows(name, rows, system_prompt)
+        assert new.schema == old.schema and new.to_pylist() == old.to_pylist()
+        assert to_ndjson(new) == to_ndjson(old)
