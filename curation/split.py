@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from itertools import compress
 from typing import Any
 
 import pyarrow as pa
@@ -90,13 +91,14 @@ class Splitter:
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
-        for index, side in enumerate(sides):
-            name = "validation" if side else "train"
-            self.records[name] += 1
+        to_train = [not side for side in sides]
+        for name, chosen in (("train", to_train), ("validation", sides)):
+            if count := sum(chosen):
+                self.records[name] += count
             if labels is not None:
-                self.labels[name][labels[index]] += 1
+                self.labels[name].update(compress(labels, chosen))
             if self.group_by:
-                self._group_sides[name].add(keys[index])
+                self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
 
     def _under_threshold(self, hashes: pa.Array) -> pa.Array:

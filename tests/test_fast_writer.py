@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,6 +75,11 @@ def test_stratified_sides_follow_each_labels_counter() -> None:
         seen[label] = seen.get(label, 0) + 1
         expected.append(math.floor(seen[label] * 0.2 + phase) > math.floor((seen[label] - 1) * 0.2 + phase))
     assert sides == expected
+    named = [NO_VALUE if v is None else v for v in labels]
+    assert splitter.report()["labels"] == {
+        side: dict(sorted(Counter(label for label, s in zip(named, sides, strict=True) if s == to).items()))
+        for side, to in (("train", False), ("validation", True))
+    }
 
 
 def _lines(rng: random.Random, count: int) -> list[bytes]:
