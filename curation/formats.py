@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from connectors.storage import filesystem
@@ -126,16 +127,33 @@ def _text(batch: pa.Table, options: FormatOptions) -> Rendered:
 JUMPSTART_TEMPLATE = {"prompt": "{prompt}", "completion": "{completion}"}
 
 
-def _conversation(
-    batch: pa.Table, options: FormatOptions, turn_type: pa.DataType, make_turn: Callable[[str, str], dict]
-) -> pa.Array:
-    turns = []
-    for prompt, completion in zip(batch["prompt"].to_pylist(), batch["completion"].to_pylist(), strict=True):
-        turn = [make_turn("user", prompt), make_turn("assistant", completion)]
-        if options.system_prompt:
-            turn.insert(0, make_turn("system", options.system_prompt))
-        turns.append(turn)
-    return pa.array(turns, pa.list_(turn_type))
+def _interleaved(columns: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    """The values of ``columns`` record by record: a0, b0, c0, a1, b1, c1, ..."""
+    count, width = len(columns[0]), len(columns)
+    arrays = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
+    values = pa.concat_arrays([a.cast(pa.string()) for a in arrays])
+    return values.take((np.arange(count)[:, None] + np.arange(width) * count).ravel())
+
+
+def _lists(values: pa.Array, count: int, width: int) -> pa.ListArray:
+    """``count`` lists of ``width`` consecutive values each."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(count + 1, dtype=np.int32) * width), values)
+
+
+def _conversation(batch: pa.Table, options: FormatOptions, turn_type: pa.StructType) -> pa.Array:
+    """Each record's turns ([system,] user prompt, assistant completion) as a list of ``turn_type``,
+    assembled from whole columns: a dict per turn cost more than writing its line."""
+    count = batch.num_rows
+    texts, roles = [batch["prompt"], batch["completion"]], ["user", "assistant"]
+    if options.system_prompt:
+        texts.insert(0, pa.repeat(pa.scalar(options.system_prompt, pa.string()), count))
+        roles.insert(0, "system")
+    fields = {
+        "content": _interleaved(texts),
+        "role": pa.array(roles, pa.string()).take(np.tile(np.arange(len(roles)), count)),
+    }
+    turns = pa.StructArray.from_arrays([fields[f.name] for f in turn_type], fields=list(turn_type))
+    return _lists(turns, count, len(roles))
 
 
 # JumpStart chat fine-tuning of Llama chat/instruct models (hyperparameter ``chat_dataset="True"``):
@@ -143,7 +161,7 @@ def _conversation(
 # an optional ``system`` turn first (JumpStart Llama 2/3 fine-tuning notebooks, "chat_dataset"
 # section; the same check appears in the training scripts: "value of `dialog` should be List[dict]").
 def _dialog(batch: pa.Table, options: FormatOptions) -> Rendered:
-    dialog = _conversation(batch, options, DIALOG_TURN, lambda role, text: {"content": text, "role": role})
+    dialog = _conversation(batch, options, DIALOG_TURN)
     return Rendered(pa.table({"dialog": dialog}))
 
 
@@ -152,7 +170,7 @@ def _dialog(batch: pa.Table, options: FormatOptions) -> Rendered:
 # guide "Preparing your dataset"; TRL docs "Dataset formats and types", conversational language modeling;
 # TRL's ``is_conversational`` checks for a ``messages`` list of role/content dicts).
 def _messages(batch: pa.Table, options: FormatOptions) -> Rendered:
-    messages = _conversation(batch, options, MESSAGE, lambda role, text: {"role": role, "content": text})
+    messages = _conversation(batch, options, MESSAGE)
     return Rendered(pa.table({"messages": messages}))
 
 
@@ -165,17 +183,17 @@ BEDROCK_SCHEMA_VERSION = "bedrock-conversation-2024"
 
 def _bedrock(batch: pa.Table, options: FormatOptions) -> Rendered:
     count = batch.num_rows
-    system = [[{"text": options.system_prompt}] if options.system_prompt else [] for _ in range(count)]
-    messages = [
-        [{"role": "user", "content": [{"text": p}]}, {"role": "assistant", "content": [{"text": c}]}]
-        for p, c in zip(batch["prompt"].to_pylist(), batch["completion"].to_pylist(), strict=True)
-    ]
+    system_count = 1 if options.system_prompt else 0
+    system = pa.repeat(pa.scalar(options.system_prompt or "", pa.string()), count * system_count)
+    blocks = pa.StructArray.from_arrays([_interleaved([batch["prompt"], batch["completion"]])], fields=list(TEXT_BLOCK))
+    roles = pa.array(["user", "assistant"], pa.string()).take(np.tile(np.arange(2), count))
+    messages = pa.StructArray.from_arrays([roles, _lists(blocks, 2 * count, 1)], fields=list(BEDROCK_MESSAGE))
     return Rendered(
         pa.table(
             {
-                "schemaVersion": pa.array([BEDROCK_SCHEMA_VERSION] * count, pa.string()),
-                "system": pa.array(system, pa.list_(TEXT_BLOCK)),
-                "messages": pa.array(messages, pa.list_(BEDROCK_MESSAGE)),
+                "schemaVersion": pa.repeat(pa.scalar(BEDROCK_SCHEMA_VERSION, pa.string()), count),
+                "system": _lists(pa.StructArray.from_arrays([system], fields=list(TEXT_BLOCK)), count, system_count),
+                "messages": _lists(messages, count, 2),
             }
         )
     )

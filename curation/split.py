@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from itertools import compress
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
+
+from schemas.hashing import Column, xxh3_64
 
 NO_VALUE = "(none)"  # how a missing label or group key is reported
 
@@ -31,6 +35,16 @@ class SplitError(ValueError):
 
 def _unit_hash(seed: str, value: str) -> int:
     return xxhash.xxh3_64_intdigest(seed.encode() + b"\x1f" + value.encode())
+
+
+def _unit_hashes(seed: str, values: Column) -> pa.Array:
+    """``_unit_hash`` of every value of a string column at once, as uint64."""
+    if values.null_count:  # a null would hash to null and its record would reach neither side
+        raise ValueError("split keys must not be null")
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.large_string())  # string views: the join has no kernel for them
+    text = values.type
+    return xxh3_64(pc.binary_join_element_wise(pa.scalar(seed + "\x1f", text), values, pa.scalar("", text)))
 
 
 class Splitter:
@@ -47,6 +61,7 @@ class Splitter:
         self._groups: dict[str, bool] = {}  # group key -> goes to validation (stratified runs only)
         self._seen: Counter[str] = Counter()  # label -> units seen
         self._to_validation: Counter[str] = Counter()  # label -> units sent to validation
+        self._phases: dict[str, float] = {}  # label -> its phase (a hash of the seed and the label)
         self.labels: dict[str, Counter[str]] = {"train": Counter(), "validation": Counter()}
         self.records: Counter[str] = Counter()
         self._group_sides: dict[str, set[str]] = {"train": set(), "validation": set()}
@@ -59,16 +74,14 @@ class Splitter:
 
     def assign(self, batch: pa.Table) -> pa.Array:
         """True where each record of the batch goes to validation."""
+        if not self.group_by and not self.stratify_by:  # the common case, in Arrow kernels without a Python step
+            to_validation = self._under_threshold(_unit_hashes(self.seed, batch["id"]))
+            count = pc.sum(to_validation).as_py() or 0
+            for name, records in (("validation", count), ("train", batch.num_rows - count)):
+                if records:
+                    self.records[name] += records
+            return to_validation
         ids = batch["id"].to_pylist()
-        if not self.group_by and not self.stratify_by:  # the common case, without a Python step per record
-            # ``_unit_hash`` inlined: a call per record is a measurable share of a large run.
-            prefix, hash64, threshold = self.seed.encode() + b"\x1f", xxhash.xxh3_64_intdigest, self._threshold
-            sides = [hash64(prefix + key.encode()) < threshold for key in ids]
-            to_validation = sum(sides)
-            for name, count in (("validation", to_validation), ("train", len(sides) - to_validation)):
-                if count:
-                    self.records[name] += count
-            return pa.array(sides, pa.bool_())
         keys = self._column(batch, self.group_by, "group_by") if self.group_by else ids
         # A record without a group key is a group of its own.
         keys = [i if k == NO_VALUE else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
@@ -77,21 +90,28 @@ class Splitter:
             sides = [self._stratified(key, label) for key, label in zip(keys, labels, strict=True)]
         else:
             labels = None
-            sides = [_unit_hash(self.seed, key) < self._threshold for key in keys]
-        for index, side in enumerate(sides):
-            name = "validation" if side else "train"
-            self.records[name] += 1
+            sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
+        to_train = [not side for side in sides]
+        for name, chosen in (("train", to_train), ("validation", sides)):
+            if count := sum(chosen):
+                self.records[name] += count
             if labels is not None:
-                self.labels[name][labels[index]] += 1
+                self.labels[name].update(compress(labels, chosen))
             if self.group_by:
-                self._group_sides[name].add(keys[index])
+                self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
+
+    def _under_threshold(self, hashes: pa.Array) -> pa.Array:
+        # The threshold fits uint64: the fraction is below 1 (the recipe checks it).
+        return pc.less(hashes, pa.scalar(self._threshold, pa.uint64()))
 
     def _stratified(self, key: str, label: str) -> bool:
         if key in self._groups:
             return self._groups[key]
         self._seen[label] += 1
-        phase = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+        if label not in self._phases:
+            self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+        phase = self._phases[label]
         due = math.floor(self._seen[label] * self.fraction + phase)
         side = due > self._to_validation[label]
         if side:

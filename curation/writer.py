@@ -19,8 +19,10 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,8 +30,9 @@ import pyarrow.fs as pafs
 
 from connectors.storage import filesystem, is_s3, join, make_dirs
 from curation.carried_edits import apply_edits
-from curation.formats import OutputFormat, take_rows
+from curation.formats import OutputFormat, Rendered, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
+from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
 from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
@@ -157,29 +160,39 @@ class ShardSeries:
         self._bytes = 0
         self._records = 0
 
-    def write(self, data: bytes) -> list[tuple[str, int]]:
-        """Append whole lines; returns (shard path, first line number) for each piece written."""
+    def write(self, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
+        """Append whole lines; returns (shard path, first line number) for each piece written.
+
+        ``lines``, when the caller knows it, is how many lines ``data`` holds: counting them is a
+        pass over every byte, so only the pieces that end a shard are counted then.
+        """
         placed = []
-        while data:
+        view = memoryview(data)  # pieces are views: no copy of a large ``data`` per shard
+        start, end = 0, len(data)
+        while start < end:
             if self._stream is None:
                 self._open()
             room = self.max_bytes - self._bytes
-            if len(data) <= room:
-                piece, data = data, b""
+            if end - start <= room:
+                cut = end
             else:
-                cut = data.rfind(b"\n", 0, room) + 1
+                cut = data.rfind(b"\n", start, start + room) + 1
                 if cut == 0:
                     if self._bytes:  # the next line does not fit: start a new shard
                         self._close()
                         continue
-                    cut = data.find(b"\n") + 1  # one line longer than a shard: it gets a shard alone
-                piece, data = data[:cut], data[cut:]
+                    cut = data.find(b"\n", start) + 1 or end  # one line longer than a shard: it gets a shard alone
             placed.append((self._path_relative(), self._records + 1))
+            piece = view[start:cut]
             self._stream.write(piece)
             self._digest.update(piece)
-            self._bytes += len(piece)
-            self._records += piece.count(b"\n")
-            if data:
+            self._bytes += cut - start
+            count = data.count(b"\n", start, cut) if lines is None or cut < end else lines
+            self._records += count
+            if lines is not None:
+                lines -= count
+            start = cut
+            if start < end:
                 self._close()
         return placed
 
@@ -228,6 +241,7 @@ class DatasetWriter:
         }
         self.files: dict[str, Shard] = {}  # binary side files the lines refer to (images), by path
         self.set_aside = ShardSeries(self.fs, self.staging, "set_aside", shard_max_bytes)
+        self.set_aside_reported: list[pa.Table] = []  # the columns of the set-aside rows the report counts
         self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
         self.written = 0
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
@@ -235,20 +249,42 @@ class DatasetWriter:
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
+        # Encoding JSON, hashing and writing files run on one thread, in the order they were asked
+        # for, while the caller makes the next batch: polars, hashlib and file writes release the GIL.
+        # One job in flight at most, so memory holds one batch more; its error is raised by the next
+        # call (write, write_set_aside, carry or publish), and the run fails with it as before.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-writer")
+        self._pending: Future[None] | None = None
 
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
             return
         to_validation = self.splitter.assign(batch)
+        parts = []
         for name, mask in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             part = batch.filter(mask)
-            if part.num_rows == 0:
-                continue
-            rendered = self.format.render(part)
-            self._write_files(name, rendered.files)
-            placed = self.splits[name].write(to_ndjson(rendered.rows))
+            if part.num_rows:
+                # Rendered here, and its images written, so a record the format refuses fails this call.
+                rendered = self.format.render(part)
+                self._write_files(name, rendered.files)
+                parts.append((name, part, rendered))
+                self.written += part.num_rows
+        self._submit(lambda: self._write_parts(parts))
+
+    def _write_parts(self, parts: list[tuple[str, pa.Table, Rendered]]) -> None:
+        for split, part, rendered in parts:
+            placed = self.splits[split].write(to_ndjson(rendered.rows), rendered.rows.num_rows)
             self._write_lineage(take_rows(part, rendered), placed)
-            self.written += part.num_rows
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        self.flush()
+        self._pending = self._worker.submit(job)
+
+    def flush(self) -> None:
+        """Wait until what was asked for is written; raises the error of a write that failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _write_files(self, split: str, files: dict[str, bytes]) -> None:
         """Binary side files, each once per split (their names are content hashes)."""
@@ -264,13 +300,14 @@ class DatasetWriter:
 
     def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
         """One line per output record: which shard and line holds it, its id and its source."""
-        shards, lines = [], []
-        counts = self._piece_sizes(part.num_rows, placed)
-        for (shard, first), count in zip(placed, counts, strict=True):
-            shards += [shard] * count
-            lines += range(first, first + count)
+        counts = np.array(self._piece_sizes(part.num_rows, placed), np.int64)
+        firsts = np.array([first for _, first in placed], np.int64)
+        piece = np.repeat(np.arange(len(placed)), counts)  # which piece each record went into
+        starts = np.cumsum(counts) - counts  # index in ``part`` of each piece's first record
+        lines = np.arange(part.num_rows, dtype=np.int64) - starts[piece] + firsts[piece]
+        shards = pa.array([shard for shard, _ in placed], pa.string()).take(piece)
         table = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
-        self.lineage.write(to_ndjson(table))
+        self.lineage.write(to_ndjson(table), table.num_rows)
 
     def _piece_sizes(self, total: int, placed: list[tuple[str, int]]) -> list[int]:
         # Pieces fill each shard to its end, so every piece but the last ends a shard.
@@ -283,7 +320,9 @@ class DatasetWriter:
 
     def write_set_aside(self, table: pa.Table) -> None:
         if table.num_rows:
-            self.set_aside.write(to_ndjson(self.scrub(table) if self.scrub else table))
+            table = self.scrub(table) if self.scrub else table
+            self.set_aside_reported.append(reported_columns(table))
+            self._submit(lambda: self.set_aside.write(to_ndjson(table), table.num_rows))
 
     def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.
@@ -297,6 +336,7 @@ class DatasetWriter:
         with such a line is rewritten (``carry_stats`` counts them). Call before ``publish``:
         everything lands in the staging prefix, so a failed run leaves none.
         """
+        self.flush()
         previous = read_manifest(version_dir)
         if (previous.format, previous.record_kind) != (self.format.name, record_kind):
             raise ValueError(
@@ -398,6 +438,8 @@ class DatasetWriter:
 
     def publish(self, build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest]) -> Manifest:
         """Close the shards, write the manifest last and make the version visible at once."""
+        self.flush()
+        self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             series.close()
         side_files = []
@@ -440,6 +482,9 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Remove what this run staged; nothing of it was visible."""
+        with contextlib.suppress(Exception):  # the run failed already: with this error, or with another
+            self.flush()
+        self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             with contextlib.suppress(OSError):
                 series.close()

@@ -1,0 +1,342 @@
+"""The writer's column-at-a-time paths give exactly what the per-record code gave: split sides,
+shard cuts and record counts, lineage rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+import xxhash
+
+from curation.formats import output_format
+from curation.split import NO_VALUE, Splitter
+from curation.writer import DatasetWriter, ShardSeries
+
+# Ids and keys that stress the byte-level join: non-ASCII, empty, odd whitespace, the separator itself, long.
+TRICKY = ["", " ", "\t\n", "é", "日本語", "\U0001f600", "a\x1fb", "x" * 5000, "  padded  ", "\u00a0nbsp", '\\"q"']
+KEYS = TRICKY + [f"id-{i}" for i in range(2000)]
+
+
+def _old_side(seed: str, key: str, fraction: float) -> bool:
+    """The per-record formula the splits were published with."""
+    return xxhash.xxh3_64_intdigest(seed.encode() + b"\x1f" + key.encode()) < int(fraction * 2**64)
+
+
+@pytest.mark.parametrize("seed", ["curation", "", "sé\x1fed"])
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.999999])
+def test_plain_split_sides_equal_the_per_record_formula(seed: str, fraction: float) -> None:
+    ids = pa.chunked_array([pa.array(KEYS[:7], pa.large_string()), pa.array(KEYS[7:], pa.large_string())])
+    splitter = Splitter(fraction, seed)
+    sides = splitter.assign(pa.table({"id": ids}))
+    expected = [_old_side(seed, key, fraction) for key in KEYS]
+    assert sides.to_pylist() == expected
+    assert splitter.report()["records"] == {"train": expected.count(False), "validation": expected.count(True)}
+
+
+def test_null_ids_are_refused_rather_than_lost() -> None:
+    with pytest.raises(ValueError, match="null"):
+        Splitter(0.5, "s").assign(pa.table({"id": pa.array(["a", None])}))
+
+
+def test_grouped_split_sides_equal_the_per_record_formula() -> None:
+    rng = random.Random(3)
+    groups = [rng.choice([None, "", "é", "acme", 7, "x" * 300]) for _ in KEYS]
+    splitter = Splitter(0.3, "seed", group_by="customer")
+    sides = splitter.assign(
+        pa.table({"id": KEYS, "customer": pa.array([None if g is None else str(g) for g in groups])})
+    )
+    keys = [key if group is None else f"g\x1f{group}" for key, group in zip(KEYS, groups, strict=True)]
+    expected = [_old_side("seed", key, 0.3) for key in keys]
+    assert sides.to_pylist() == expected
+    report = splitter.report()
+    assert report["groups"] == {
+        "train": len({k for k, s in zip(keys, expected, strict=True) if not s}),
+        "validation": len({k for k, s in zip(keys, expected, strict=True) if s}),
+    }
+
+
+def test_stratified_sides_follow_each_labels_counter() -> None:
+    rng = random.Random(5)
+    labels = [rng.choice(["billing", "cards", "é", None]) for _ in KEYS]
+    splitter = Splitter(0.2, "seed", stratify_by="label")
+    batch = pa.table({"id": KEYS, "label": labels})
+    sides = splitter.assign(batch.slice(0, 900)).to_pylist() + splitter.assign(batch.slice(900)).to_pylist()
+    # The k-th record of a label goes to validation when floor(k * f + phase) steps up.
+    seen: dict[str, int] = {}
+    expected = []
+    for label in (NO_VALUE if v is None else v for v in labels):
+        phase = xxhash.xxh3_64_intdigest(b"seed\x1f" + f"label\x1f{label}".encode()) / 2**64
+        seen[label] = seen.get(label, 0) + 1
+        expected.append(math.floor(seen[label] * 0.2 + phase) > math.floor((seen[label] - 1) * 0.2 + phase))
+    assert sides == expected
+    named = [NO_VALUE if v is None else v for v in labels]
+    assert splitter.report()["labels"] == {
+        side: dict(sorted(Counter(label for label, s in zip(named, sides, strict=True) if s == to).items()))
+        for side, to in (("train", False), ("validation", True))
+    }
+
+
+def _lines(rng: random.Random, count: int) -> list[bytes]:
+    """JSON lines from empty to longer than the smallest shard."""
+    sizes = [0, 1, 30, 600, 3000]
+    return [json.dumps({"t": "é" * rng.choice(sizes)}, ensure_ascii=False).encode() + b"\n" for _ in range(count)]
+
+
+@pytest.mark.parametrize("max_bytes", [1024, 4096, 1 << 20])
+def test_shards_are_cut_the_same_whether_lines_are_counted_or_given(tmp_path: Path, max_bytes: int) -> None:
+    rng = random.Random(max_bytes)
+    writes = [_lines(rng, rng.choice([1, 2, 5, 40])) for _ in range(30)]
+    fs = pafs.LocalFileSystem()
+    counted = ShardSeries(fs, str(tmp_path), "counted", max_bytes)
+    given = ShardSeries(fs, str(tmp_path), "given", max_bytes)
+    for lines in writes:
+        assert counted.write(b"".join(lines)) == [
+            (path.replace("given", "counted"), first) for path, first in given.write(b"".join(lines), len(lines))
+        ]
+    counted.close(), given.close()
+    assert [s.model_dump(exclude={"path"}) for s in counted.shards] == [
+        s.model_dump(exclude={"path"}) for s in given.shards
+    ]
+    assert len(given.shards) > 1 or max_bytes == 1 << 20
+    assert sum(s.records for s in given.shards) == sum(map(len, writes))
+    for shard in given.shards:
+        body = (tmp_path / shard.path).read_bytes()
+        assert body.count(b"\n") == shard.records and len(body) == shard.bytes
+
+
+def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -> None:
+    """Small shards, so batches straddle shard ends: every lineage row names the shard and line of its record."""
+    writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1024, 0.3, "seed")
+    rng = random.Random(1)
+    expected = {}
+    for batch_number in range(6):
+        ids = [f"r{batch_number}-{i}" for i in range(rng.choice([1, 7, 60, 90]))]
+        texts = [f"{i} " + "ü" * rng.choice([0, 5, 200]) for i in ids]
+        expected.update(zip(ids, texts, strict=True))
+        sources = [{"connector": "files", "uri": "in.jsonl", "line": n, "page": None} for n in range(len(ids))]
+        writer.write(pa.table({"id": ids, "source": sources, "text": texts}))
+    writer.flush()
+    for series in (*writer.splits.values(), writer.lineage):
+        series.close()
+    assert sum(len(series.shards) for series in writer.splits.values()) > 3
+    rows = [json.loads(line) for s in writer.lineage.shards for line in (Path(writer.staging) / s.path).open()]
+    assert sorted(row["id"] for row in rows) == sorted(expected)
+    files: dict[str, list[str]] = {}
+    for row in rows:
+        if row["shard"] not in files:
+            files[row["shard"]] = (Path(writer.staging) / row["shard"]).read_text().splitlines()
+        assert json.loads(files[row["shard"]][row["line"] - 1]) == {"text": expected[row["id"]]}
+    assert list(rows[0]) == ["shard", "line", "id", "source"]
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+FIGURES = {
+    "dataset": "d",
+    "version": 3,
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "counts": {"input": 1_000_000, "written": 899_413, "filtered": 12, "duplicate": 100_575, "quarantined": 0},
+    "reasons": {},
+    "removed_by_stage": [
+        {"stage": "exact_dedup", "outcome": "duplicate", "reason": "exact_duplicate", "records": 100_563},
+        {"stage": "expectations", "outcome": "filtered", "reason": "in_set:label <'é'> & " + "x" * 80, "records": 12},
+    ],
+    "duplicate_cluster_sizes": {"2": 500, "3": 40, "17": 1},
+    "lengths": {"prompt": {"16": 3, "32": 400, "64": 90_000}, "completion": {"64": 300_000, "128": 599_413}},
+    "labels": {**{f"label {i}": 1000 * i for i in range(11)}, "it's <b>": 7},
+    "pii": {"pii": {"PERSON": 4000, "EMAIL_ADDRESS": 2, "note": "not a count"}},
+    "stage_stats": {},
+    "splits": {},
+    "carried": {},
+}
+
+
+def test_each_plot_carries_its_figures_in_chromium(tmp_path: Path) -> None:
+    """Every bar (and length point) is drawn with its label and value, and the value is written as text."""
+    from curation.report import plots, render_html
+    from tests.conftest import chromium
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(FIGURES, plots(FIGURES)))
+    with chromium() as browser:
+        tab = browser.new_page()
+        tab.goto(page.as_uri())
+        found = tab.eval_on_selector_all(
+            "figure.plot",
+            """figs => figs.map(f => ({
+                name: f.dataset.plot,
+                title: f.querySelector('svg > title').textContent,
+                named: f.querySelector('svg').getAttribute('aria-labelledby') === f.querySelector('svg > title').id,
+                marks: [...f.querySelectorAll('.bar, .point')].map(b => {
+                    const box = b.getBoundingClientRect();
+                    return [b.dataset.label, Number(b.dataset.value), box.width, box.height];
+                }),
+                values: [...f.querySelectorAll('text.value')].map(t => t.textContent),
+                axes: [...f.querySelectorAll('text.axis-label')].map(t => t.textContent),
+            }))""",
+        )
+    plotted = {f["name"]: f for f in found}
+    counts = FIGURES["counts"]
+    expected = {  # plot -> (its figures, the names on its axes)
+        "outcomes": ({n: counts[n] for n in ("written", "filtered", "duplicate", "quarantined")}, ["records"]),
+        "removed": ({f"{r['stage']}: {r['reason']}": r["records"] for r in FIGURES["removed_by_stage"]}, ["records"]),
+        "lengths": (
+            {
+                f"{field} ≤{u}": bins.get(str(u), 0)
+                for field, bins in FIGURES["lengths"].items()
+                for u in (16, 32, 64, 128)
+            },
+            ["characters", "records"],
+        ),
+        "labels": (FIGURES["labels"], ["records"]),
+        "clusters": (FIGURES["duplicate_cluster_sizes"], ["size", "clusters"]),
+        "pii": ({"PERSON": 4000, "EMAIL_ADDRESS": 2}, ["found"]),
+    }
+    assert list(plotted) == list(expected)
+    for name, (figure, axes) in expected.items():
+        plot = plotted[name]
+        assert {label: value for label, value, _, _ in plot["marks"]} == figure, name
+        assert sorted(plot["values"]) == sorted(f"{v:,}" for v in figure.values()), name
+        assert plot["named"] and plot["title"] and plot["axes"] == axes, name
+        if name != "lengths":  # bars are to scale: a bigger figure, a longer bar
+            horizontal = len({round(height, 2) for _, _, _, height in plot["marks"]}) == 1
+            size = {label: width if horizontal else height for label, _, width, height in plot["marks"]}
+            in_order = [size[label] for label in sorted(figure, key=figure.get)]
+            assert in_order == sorted(in_order) and in_order[-1] > 100, name
+    assert plotted["outcomes"]["title"] == "What happened to 1,000,000 input records"
+
+
+def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) -> None:
+    """The writer keeps what the report counts of each set-aside table; it equals a parse of the rows written."""
+    import polars as pl
+
+    from curation.report import SET_ASIDE_COLUMNS, set_aside_frame
+
+    writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1024, 0.3, "seed")
+    assert set_aside_frame(writer.set_aside_reported).columns == list(SET_ASIDE_COLUMNS)
+    writer.scrub = lambda table: table.set_column(4, "reason", pa.array(["[scrubbed]"] * table.num_rows))
+    source = {"connector": "files", "uri": "é", "line": 1, "page": None}
+    writer.write_set_aside(
+        pa.table(
+            {
+                "id": ["a", "b", "c"],
+                "source": [source] * 3,
+                "stage": ["exact_dedup", "s\t", "日本"],
+                "outcome": ["duplicate", "filtered", "quarantined"],
+                "reason": ["x", "y", "z"],
+                "record": [None, '{"q": "\\n"}', ""],
+                "duplicate_of": ["d", None, ""],
+            }
+        )
+    )
+    writer.scrub = None
+    writer.write_set_aside(pa.table({"stage": pa.array(["expectations"], pa.large_string()), "outcome": ["filtered"]}))
+    writer.flush()
+    writer.set_aside.close()
+    published = pl.concat(
+        [
+            pl.read_ndjson(Path(writer.staging) / shard.path, schema=dict.fromkeys(SET_ASIDE_COLUMNS, pl.String))
+            for shard in writer.set_aside.shards
+        ]
+    )
+    kept = set_aside_frame(writer.set_aside_reported)
+    assert kept.equals(published) and kept["reason"].to_list() == ["[scrubbed]"] * 3 + [None]
+    assert kept["stage"].to_list() == ["exact_dedup", "s\t", "日本", "expectations"]
+
+
+@pytest.mark.parametrize("failing", [3, 10])  # a write in the middle of the run, and the run's last one
+def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    from curation.pipeline import run_recipe
+    from curation.published import published_versions
+    from schemas.config import load_recipe
+    from tests.helpers import write_jsonl, write_recipe
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(500)])
+    recipe = load_recipe(
+        write_recipe(
+            workdir,
+            {
+                "dataset": "docs",
+                "sources": [{"path": "docs.jsonl"}],
+                "record": {"kind": "document"},
+                "batch_rows": 50,  # 10 batches, all to train: 10 lineage writes
+                "output": {"validation_fraction": 0.0},
+            },
+        )
+    )
+    original, calls = ShardSeries.write, []
+
+    def disk_full(self: ShardSeries, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
+        calls.append(self.relative)
+        if self.relative == "lineage" and calls.count("lineage") == failing:
+            raise OSError("No space left on device")
+        return original(self, data, lines)
+
+    monkeypatch.setattr(ShardSeries, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_recipe(recipe)
+    assert calls.count("lineage") == failing  # nothing was written after the failure
+    assert calls.count("train") == failing  # raised by the next write, or by publish after the last one
+    assert published_versions(str(workdir / "output"), "docs") == []
+    assert not any((workdir / "output" / "docs" / "_staging").iterdir())
+
+
+# --- conversation formats ----------------------------------------------------------------------------
+
+
+def _old_rows(name: str, batch: pa.Table, system_prompt: str | None) -> pa.Table:
+    """The per-record renderers the conversation formats were published with: a dict per turn."""
+    from curation.formats import BEDROCK_MESSAGE, BEDROCK_SCHEMA_VERSION, DIALOG_TURN, MESSAGE, TEXT_BLOCK
+
+    pairs = list(zip(batch["prompt"].to_pylist(), batch["completion"].to_pylist(), strict=True))
+    if name == "bedrock-conversation":
+        system = [[{"text": system_prompt}] if system_prompt else [] for _ in pairs]
+        messages = [
+            [{"role": "user", "content": [{"text": p}]}, {"role": "assistant", "content": [{"text": c}]}]
+            for p, c in pairs
+        ]
+        return pa.table(
+            {
+                "schemaVersion": pa.array([BEDROCK_SCHEMA_VERSION] * len(pairs), pa.string()),
+                "system": pa.array(system, pa.list_(TEXT_BLOCK)),
+                "messages": pa.array(messages, pa.list_(BEDROCK_MESSAGE)),
+            }
+        )
+    turn_type, column = (DIALOG_TURN, "dialog") if name == "jumpstart-chat" else (MESSAGE, "messages")
+    turns = []
+    for prompt, completion in pairs:
+        turn = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        if system_prompt:
+            turn.insert(0, {"role": "system", "content": system_prompt})
+        turns.append(turn)
+    return pa.table({column: pa.array(turns, pa.list_(turn_type))})
+
+
+@pytest.mark.parametrize("name", ["jumpstart-chat", "messages", "bedrock-conversation"])
+@pytest.mark.parametrize("system_prompt", [None, "", 'Be brief: "quoted", ünïcode\n'])
+def test_conversation_rows_equal_the_per_record_renderer(name: str, system_prompt: str | None) -> None:
+    from curation.formats import FormatOptions
+    from curation.writer import to_ndjson
+
+    prompts = [*TRICKY, None, "last"]
+    completions = [*reversed(TRICKY), "answer", None]
+    halves = len(prompts) // 2
+    batch = pa.table(  # two chunks, and large strings: what a concatenated or sliced batch can hold
+        {
+            "prompt": pa.chunked_array([prompts[:halves], prompts[halves:]]),
+            "completion": pa.chunked_array([pa.array(completions, pa.large_string())]),
+        }
+    )
+    fmt = output_format(name, "instruction", FormatOptions(system_prompt=system_prompt))
+    for rows in (batch, batch.slice(3, 5), batch.slice(0, 0)):
+        new, old = fmt.rows(rows), _old_rows(name, rows, system_prompt)
+        assert new.schema == old.schema and new.to_pylist() == old.to_pylist()
+        assert to_ndjson(new) == to_ndjson(old)
