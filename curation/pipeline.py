@@ -236,7 +236,7 @@ class LocalExecutor:
         if sink is None:
             return
         # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch.
-        ids = pa.chunked_array([s["id"] for s in signatures if s.num_rows], pa.string()).combine_chunks()
+        ids = pa.concat_arrays([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks])
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
         offset = 0
         for batch in _spilled(spill):
