@@ -145,6 +145,9 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
             across_runs.append(stages[-1])
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if across_runs:
+        for stage in across_runs:
+            after = stages[stages.index(stage) + 1 :]
+            stage.reuse_for_recording = all(isinstance(s, Profile) for s in after)  # Profile only counts rows
         stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
     return stages
 
@@ -238,6 +241,7 @@ class LocalExecutor:
         # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch.
         ids = pa.concat_arrays([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks])
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
+        del signatures, ids  # not needed while the spill streams on: memory stays flat
         offset = 0
         for batch in _spilled(spill):
             kept = batch.filter(keep.slice(offset, batch.num_rows))

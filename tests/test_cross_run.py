@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from bench.corpus import generate
@@ -98,3 +100,51 @@ def test_a_failed_run_leaves_no_signatures_behind(workdir: Path) -> None:
         run_recipe(recipe, executor=FailsAfterWriting())
     v1 = Path(run(workdir, RECIPE).version_uri)  # incremental: the failed run left its input unread
     assert len(outputs(v1)) == 20  # and its signatures did not count as published
+
+
+def test_the_recorder_stores_what_the_barrier_computed_only_when_nothing_in_between_changes_records(
+    workdir: Path,
+) -> None:
+    from curation.pipeline import build_stages
+    from curation.stages.dedup_index import CrossRunDedup, SignatureIndex
+    from schemas.config import Recipe
+
+    def across(stages: list[dict[str, Any]]) -> list[CrossRunDedup]:
+        recipe = Recipe.model_validate({**RECIPE, "stages": stages, "state": f"sqlite:///{workdir}/s.db"})
+        return [s for s in build_stages(recipe) if isinstance(s, CrossRunDedup)]
+
+    # Near-dedup's barrier drops records after exact dedup's, and cleaning changes text: only the last
+    # dedup stage, with nothing but the profile after it, can hand its rows on.
+    exact, near = across([{"type": "exact_dedup"}, {"type": "near_dedup"}])
+    assert (exact.reuse_for_recording, near.reuse_for_recording) == (False, True)
+    (exact,) = across([{"type": "exact_dedup"}, {"type": "clean"}])
+    assert not exact.reuse_for_recording
+
+    (stage,) = across([{"type": "exact_dedup"}])
+    texts = ["Alpha", "beta", "ALPHA", "gamma", "delta", "Beta "]
+    batches = [outputs_batch(texts[:3], 0), outputs_batch(texts[3:], 3)]
+    stage.index = SignatureIndex(f"sqlite:///{workdir}/s.db", "notes")
+    aside = stage.resolve([stage.signatures(b) for b in batches])
+    assert sorted(aside["id"].to_pylist()) == ["r2", "r5"]
+    written = [b.filter(pc.invert(pc.is_in(b["id"], value_set=aside["id"].combine_chunks()))) for b in batches]
+    computed = [stage.signatures(b).drop_columns(["source"]) for b in written]
+    stage.inner.signatures = None  # the kept rows line up: nothing is computed again
+    assert [stage.to_record(b) for b in written] == computed
+    # Out of step (as when a later stage drops rows): computed again from the batch, not taken from the rows kept.
+    del stage.inner.signatures
+    stage.resolve([stage.signatures(b) for b in batches])
+    assert stage.to_record(written[1]) == computed[1]
+
+
+def outputs_batch(texts: list[str], first: int) -> pa.Table:
+    from schemas.records import source_array
+
+    count = len(texts)
+    return pa.table(
+        {
+            "id": [f"r{first + i}" for i in range(count)],
+            "source": source_array("files", "input/a.jsonl", list(range(first + 1, first + count + 1))),
+            "text": texts,
+            "title": pa.nulls(count, pa.string()),
+        }
+    )

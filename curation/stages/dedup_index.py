@@ -92,7 +92,7 @@ def _hex_ids(packed: pa.Array) -> pa.Array:
 
 def _packed(signatures: pa.Table) -> pa.Table:
     """Signature rows (``source`` left out) as they are stored."""
-    table = signatures.drop_columns(["source"]).combine_chunks()
+    table = signatures.select([n for n in signatures.column_names if n != "source"]).combine_chunks()
     ids = _id_bytes(table["id"].chunk(0)) if table.num_rows else None
     if ids is not None:
         table = table.set_column(0, pa.field("id", _ID_BYTES), ids)
@@ -202,9 +202,25 @@ class CrossRunDedup:
         self.inner, self.index = inner, index
         self.name, self.reason = inner.name, inner.reason
         self.params = signature_params(inner)
+        # Set by ``build_stages`` when no stage between this one and the writer changes or drops a
+        # record: the signature rows ``resolve`` kept are then exactly the ones to record.
+        self.reuse_for_recording = False
+        self._kept: pa.Table | None = None
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         return self.inner.signatures(batch)
+
+    def to_record(self, batch: pa.Table) -> pa.Table:
+        """The signature rows of ``batch`` (about to be written) for the index, without ``source``: the rows this run's
+        ``resolve`` kept when they line up with the batch, which they do batch after batch in the
+        embedded executor; computed again otherwise (Ray, or stages in between)."""
+        if self._kept is not None:
+            rows = self._kept.slice(0, batch.num_rows)
+            if rows.num_rows == batch.num_rows and rows["id"].equals(batch["id"]):
+                self._kept = self._kept.slice(batch.num_rows)
+                return rows
+            self._kept = None  # out of step: compute from here on
+        return self.signatures(batch).drop_columns(["source"])
 
     def pairs(self, group: pa.Table) -> pa.Table:
         return self.inner.pairs(group)
@@ -214,7 +230,13 @@ class CrossRunDedup:
         if not signatures:
             return self.inner.resolve(signatures)
         earlier = self.earlier(signatures[0].schema)
-        return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
+        aside = self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
+        if self.reuse_for_recording:
+            everything = pa.concat_tables([t.drop_columns(["source"]) for t in signatures])
+            self._kept = everything.filter(
+                pc.invert(pc.is_in(everything["id"], value_set=aside["id"].combine_chunks()))
+            )
+        return aside
 
     def earlier(self, schema: pa.Schema) -> pa.Table | None:
         """Signature rows of every published version, in this run's signature schema.
@@ -257,7 +279,7 @@ class SignatureRecorder:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         for stage in self.stages:
-            self.index.stage_pending(stage.name, stage.params, stage.signatures(batch))
+            self.index.stage_pending(stage.name, stage.params, stage.to_record(batch))
         return StageResult(kept=batch)
 
     def published(self, version: int) -> None:
