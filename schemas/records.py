@@ -215,7 +215,10 @@ def set_aside_rows(
 
 
 def empty_set_aside() -> pa.Table:
-    return SET_ASIDE_SCHEMA.empty_table()
+    return _EMPTY_SET_ASIDE  # Arrow tables are immutable: one empty table serves every stage result
+
+
+_EMPTY_SET_ASIDE = SET_ASIDE_SCHEMA.empty_table()
 
 
 # What a stage flags for the annotators' review queue. ``payload`` is JSON for the review page
@@ -234,4 +237,7 @@ FLAG_SCHEMA = pa.schema(
 
 
 def empty_flags() -> pa.Table:
-    return FLAG_SCHEMA.empty_table()
+    return _EMPTY_FLAGS
+
+
+_EMPTY_FLAGS = FLAG_SCHEMA.empty_table()

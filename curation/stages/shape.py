@@ -143,11 +143,13 @@ class Shape:
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
-            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [], ""
+            return pc.cast(batch[field.column], pa.string()), [], ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
+                if [kind for kind, _ in field.parts] == ["column"]:  # "{{ question }}": the column as it is
+                    return pc.cast(batch[names[0]], pa.string()), [], "template"
                 pieces = [
                     pa.repeat(pa.scalar(text, pa.string()), count)
                     if kind == "text"

@@ -74,7 +74,7 @@ class SchemaValidation:
                 return None
             if not nullable and values.null_count:
                 return None
-            if min_length and pc.any(pc.less(pc.utf8_length(values), min_length)).as_py():
+            if min_length and _shorter_than(values, min_length):
                 return None
             batch = batch.set_column(batch.column_names.index(column), column, values)
         return batch
@@ -111,3 +111,10 @@ class SchemaValidation:
             batch["id"], batch["source"], self.name, "quarantined", "missing_column", details, records
         )
         return StageResult(kept=batch.slice(0, 0), set_aside=set_aside)
+
+
+def _shorter_than(values: pa.Array | pa.ChunkedArray, min_length: int) -> bool:
+    """Whether any value has fewer than ``min_length`` characters. A value has at least one character
+    exactly when it has a byte, and byte lengths come from the offsets without reading the text."""
+    lengths = pc.binary_length(values) if min_length == 1 else pc.utf8_length(values)
+    return pc.any(pc.less(lengths, min_length)).as_py()
