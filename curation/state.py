@@ -12,6 +12,25 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+
+def state_engine(url: str) -> sa.Engine:
+    """An engine on the state store. A SQLite file is put in write-ahead-log mode with normal sync:
+    a commit then appends to the log instead of waiting for the disk (a run commits once per batch
+    while it records signatures), readers such as the review page never block the run, and a power
+    cut can lose only the last commits, never corrupt the file."""
+    engine = sa.create_engine(url)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+
+        @sa.event.listens_for(engine, "connect")
+        def _write_ahead(connection: Any, _: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    return engine
+
+
 runs = sa.Table(
     "runs",
     metadata,
@@ -35,7 +54,7 @@ class StateStore:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url)
+        self.engine = state_engine(url)
         metadata.create_all(self.engine)
 
     def run_started(self, run_id: str, dataset: str, recipe_sha256: str) -> None:

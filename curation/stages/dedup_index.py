@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
+from curation.state import state_engine
 from schemas.records import SOURCE_TYPE, empty_flags
 
 REASON = "earlier_version"
@@ -130,7 +131,7 @@ class SignatureIndex:
     @functools.cached_property
     def engine(self) -> sa.Engine:
         # Made on first use: building a run's stages (``curation check``) leaves no state behind.
-        engine = sa.create_engine(self.url)
+        engine = state_engine(self.url)
         _metadata.create_all(engine)
         return engine
 

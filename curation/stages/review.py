@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from curation.review.decisions import RunDecisions, run_decisions, undone_redactions
 from curation.stages.base import StageResult, split_by_mask
+from curation.state import state_engine
 from schemas.records import set_aside_rows
 
 T = TypeVar("T")
@@ -29,7 +30,7 @@ def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
     """``read`` on the state store, or ``empty`` when it does not exist yet (nothing decided)."""
     if not _state_exists(state_url):
         return empty
-    engine = sa.create_engine(state_url)
+    engine = state_engine(state_url)
     try:
         return read(engine)
     finally:

@@ -143,13 +143,14 @@ class Shape:
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
-            return pc.cast(batch[field.column], pa.string()), [], ""
+            # One chunk: the reader's many small ones make every later kernel pay per chunk.
+            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [], ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
                 if [kind for kind, _ in field.parts] == ["column"]:  # "{{ question }}": the column as it is
-                    return pc.cast(batch[names[0]], pa.string()), [], "template"
+                    return pc.cast(batch[names[0]], pa.string()).combine_chunks(), [], "template"
                 pieces = [
                     pa.repeat(pa.scalar(text, pa.string()), count)
                     if kind == "text"
