@@ -241,6 +241,9 @@ class LocalExecutor:
         # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch.
         ids = pa.concat_arrays([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks])
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
+        if getattr(stage, "reuse_for_recording", False):  # the recorder stores these rows, not new ones
+            kept = pa.concat_tables([s.drop_columns(["source"]) for s in signatures if s.num_rows])
+            stage.remember_kept(kept.filter(keep))
         del signatures, ids  # not needed while the spill streams on: memory stays flat
         offset = 0
         for batch in _spilled(spill):

@@ -124,15 +124,20 @@ def test_the_recorder_stores_what_the_barrier_computed_only_when_nothing_in_betw
     texts = ["Alpha", "beta", "ALPHA", "gamma", "delta", "Beta "]
     batches = [outputs_batch(texts[:3], 0), outputs_batch(texts[3:], 3)]
     stage.index = SignatureIndex(f"sqlite:///{workdir}/s.db", "notes")
-    aside = stage.resolve([stage.signatures(b) for b in batches])
+    signatures = [stage.signatures(b) for b in batches]
+    aside = stage.resolve(signatures)
     assert sorted(aside["id"].to_pylist()) == ["r2", "r5"]
-    written = [b.filter(pc.invert(pc.is_in(b["id"], value_set=aside["id"].combine_chunks()))) for b in batches]
+    dropped = aside["id"].combine_chunks()
+    written = [b.filter(pc.invert(pc.is_in(b["id"], value_set=dropped))) for b in batches]
     computed = [stage.signatures(b).drop_columns(["source"]) for b in written]
+    signature_rows = pa.concat_tables(s.drop_columns(["source"]) for s in signatures)
+    kept = signature_rows.filter(pc.invert(pc.is_in(signature_rows["id"], value_set=dropped)))
+    stage.remember_kept(kept)
     stage.inner.signatures = None  # the kept rows line up: nothing is computed again
     assert [stage.to_record(b) for b in written] == computed
     # Out of step (as when a later stage drops rows): computed again from the batch, not taken from the rows kept.
     del stage.inner.signatures
-    stage.resolve([stage.signatures(b) for b in batches])
+    stage.remember_kept(kept)
     assert stage.to_record(written[1]) == computed[1]
 
 
@@ -148,3 +153,24 @@ def outputs_batch(texts: list[str], first: int) -> pa.Table:
             "title": pa.nulls(count, pa.string()),
         }
     )
+
+
+def test_a_run_hashes_each_record_once_when_the_recorder_can_take_the_barriers_rows(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation.stages.dedup import ExactDedup
+
+    hashed: list[str] = []
+    signatures = ExactDedup.signatures
+    monkeypatch.setattr(
+        ExactDedup, "signatures", lambda self, b: (hashed.extend(b["id"].to_pylist()), signatures(self, b))[1]
+    )
+    texts = [f"note {n % 7}" for n in range(40)]  # 7 distinct, 33 duplicates
+    write_jsonl(workdir / "input" / "part1.jsonl", [{"text": t} for t in texts])
+    result = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}], "batch_rows": 10})
+    assert result.manifest.counts.written == 7
+    assert len(hashed) == len(set(hashed)) == 40  # at the barrier only, not again for the 7 recorded
+    # What the recorder stored is what a second run compares with: all 40 are earlier versions' content.
+    write_jsonl(workdir / "input" / "part2.jsonl", [{"text": t} for t in texts[:7]])
+    second = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}], "batch_rows": 10})
+    assert second.manifest.counts.reasons["duplicate"] == {"earlier_version": 7}

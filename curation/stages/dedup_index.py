@@ -212,9 +212,9 @@ class CrossRunDedup:
         return self.inner.signatures(batch)
 
     def to_record(self, batch: pa.Table) -> pa.Table:
-        """The signature rows of ``batch`` (about to be written) for the index, without ``source``: the rows this run's
-        ``resolve`` kept when they line up with the batch, which they do batch after batch in the
-        embedded executor; computed again otherwise (Ray, or stages in between)."""
+        """The signature rows of ``batch`` (about to be written) for the index, without ``source``: the rows
+        the barrier kept (``remember_kept``) when they line up with the batch, which they do batch after
+        batch in the embedded executor; computed again otherwise (Ray, or stages in between)."""
         if self._kept is not None:
             rows = self._kept.slice(0, batch.num_rows)
             if rows.num_rows == batch.num_rows and rows["id"].equals(batch["id"]):
@@ -231,13 +231,11 @@ class CrossRunDedup:
         if not signatures:
             return self.inner.resolve(signatures)
         earlier = self.earlier(signatures[0].schema)
-        aside = self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
-        if self.reuse_for_recording:
-            everything = pa.concat_tables([t.drop_columns(["source"]) for t in signatures])
-            self._kept = everything.filter(
-                pc.invert(pc.is_in(everything["id"], value_set=aside["id"].combine_chunks()))
-            )
-        return aside
+        return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
+
+    def remember_kept(self, kept: pa.Table) -> None:
+        """The executor's barrier hands over the signature rows it kept, in input order (``to_record``)."""
+        self._kept = kept
 
     def earlier(self, schema: pa.Schema) -> pa.Table | None:
         """Signature rows of every published version, in this run's signature schema.
