@@ -267,13 +267,15 @@ class DatasetWriter:
                 # Rendered here, and its images written, so a record the format refuses fails this call.
                 rendered = self.format.render(part)
                 self._write_files(name, rendered.files)
-                parts.append((name, part, rendered))
+                # The lines are encoded here too: the thread then has the lineage, which needs to know
+                # where they land, and the two halves of the work keep both cores busy.
+                parts.append((name, part, rendered, to_ndjson(rendered.rows)))
                 self.written += part.num_rows
         self._submit(lambda: self._write_parts(parts))
 
-    def _write_parts(self, parts: list[tuple[str, pa.Table, Rendered]]) -> None:
-        for split, part, rendered in parts:
-            placed = self.splits[split].write(to_ndjson(rendered.rows), rendered.rows.num_rows)
+    def _write_parts(self, parts: list[tuple[str, pa.Table, Rendered, bytes]]) -> None:
+        for split, part, rendered, lines in parts:
+            placed = self.splits[split].write(lines, rendered.rows.num_rows)
             self._write_lineage(take_rows(part, rendered), placed)
 
     def _submit(self, job: Callable[[], None]) -> None:
