@@ -14,7 +14,7 @@ metadata = sa.MetaData()
 
 
 def state_engine(url: str) -> sa.Engine:
-    """An engine on the state store. A SQLite file is put in write-ahead-log mode with normal sync:
+    """An engine on the state store. A SQLite file gets 64 KiB pages and write-ahead-log mode with normal sync:
     a commit then appends to the log instead of waiting for the disk (a run commits once per batch
     while it records signatures), readers such as the review page never block the run, and a power
     cut can lose only the last commits, never corrupt the file."""
@@ -24,6 +24,9 @@ def state_engine(url: str) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _write_ahead(connection: Any, _: Any) -> None:
             cursor = connection.cursor()
+            # Large pages for a new file (an existing one keeps its own): the signature index stores
+            # a blob per batch, which takes a chain of 4 KiB pages by default, about 7x slower.
+            cursor.execute("PRAGMA page_size=65536")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
