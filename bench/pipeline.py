@@ -201,10 +201,11 @@ def main() -> None:
     parser.add_argument("--engines", default="local,ray", help="which executors to run (local, ray)")
     parser.add_argument("--pii-stage", default=None, help='the PII stage as recipe JSON (default {"type": "pii"})')
     parser.add_argument("--no-memory-check", action="store_true", help="skip the N/10 run of the memory check")
+    parser.add_argument("--no-pii", action="store_true", help="skip the runs with the PII stage (slow at 1M)")
     parser.add_argument("--work", default=None, help="a folder for input and output (default: a temporary one)")
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
-    pii = pii_stage(args.pii_stage)
+    pii = None if args.no_pii else pii_stage(args.pii_stage)
 
     with tempfile.TemporaryDirectory(prefix="curation-bench-", dir=args.work) as work:
         folder = Path(work)
@@ -229,7 +230,7 @@ def main() -> None:
                 outcome = measure(engine, source, folder / f"{engine}-{len(results)}", spec)
                 results.append((f"{engine} executor, {label}", outcome))
                 print(f"  {engine} {label}: {outcome['seconds']:.1f}s (+{outcome['setup']:.1f}s start-up)", flush=True)
-        if pii is None:
+        if pii is None and not args.no_pii:
             print("PII stage: curation.stages.pii is not in this checkout; runs are without it")
         report(args.records, results, floor)
         if "local" in engines and not args.no_memory_check:
