@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -65,25 +62,6 @@ def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
         return pa.repeat(pa.scalar("", pa.string()), table.num_rows)
     columns = [pc.fill_null(pc.cast(column, pa.string()), "\x00") for column in table.columns]
     return pc.binary_join_element_wise(*columns, "\x1f")
-
-
-T = TypeVar("T")
-
-
-def in_order(tasks: Iterator[Callable[[], T]], workers: int) -> Iterator[T]:
-    """Each task's result, in the tasks' order, running up to ``workers`` of them at once on threads."""
-    with ThreadPoolExecutor(workers, thread_name_prefix="curation-parse") as pool:
-        running: deque[Future[T]] = deque()
-        try:
-            for task in tasks:
-                running.append(pool.submit(task))
-                if len(running) >= workers:
-                    yield running.popleft().result()
-            while running:
-                yield running.popleft().result()
-        finally:
-            for future in running:  # stopped early: what has not started never will
-                future.cancel()
 
 
 class _ByteProgress:
@@ -186,11 +164,6 @@ class FilesSourceReader(ListedFiles):
     # --- JSONL -------------------------------------------------------------------------------
 
     def _jsonl(self, entry: FileEntry) -> Iterator[SourceBatch]:
-        # Blocks are parsed two at a time: turning polars' columns into Arrow and hashing the ids run on
-        # one core each, and both release the GIL.
-        return in_order(self._jsonl_blocks(entry), workers=2)
-
-    def _jsonl_blocks(self, entry: FileEntry) -> Iterator[Callable[[], SourceBatch]]:
         fs, path = filesystem(entry.uri)
         line_no = 0
         with fs.open_input_stream(path, compression="detect") as stream:
@@ -210,7 +183,7 @@ class FilesSourceReader(ListedFiles):
                 starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
                 for start in range(0, len(ends), self.batch_rows):
                     group = slice(start, start + self.batch_rows)
-                    yield partial(self._parse_lines, entry.uri, line_no + start + 1, data, starts[group], ends[group])
+                    yield self._parse_lines(entry.uri, line_no + start + 1, data, starts[group], ends[group])
                 line_no += len(ends)
                 if not chunk:
                     return

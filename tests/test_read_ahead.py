@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,21 +40,3 @@ def test_the_reader_stays_at_most_depth_items_ahead_and_stops_when_the_consumer_
     stream.close()  # the consumer stops early: the reader thread ends, it does not read on
     assert not any(t.name == "curation-read-ahead" and t.is_alive() for t in threading.enumerate())
     assert len(produced) <= 5
-
-
-def test_blocks_parsed_on_two_threads_come_back_in_order_with_the_first_error_where_it_happened() -> None:
-    from connectors.files import in_order
-
-    def task(n: int) -> Callable[[], int]:
-        def run() -> int:
-            time.sleep(0.02 if n % 2 == 0 else 0)  # even blocks finish after the odd ones started later
-            if n == 5:
-                raise ValueError("part-0000.jsonl: block 5 is not JSON")
-            return n
-
-        return run
-
-    stream = in_order((task(n) for n in range(10)), workers=2)
-    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError, match="block 5"):
-        next(stream)
