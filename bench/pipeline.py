@@ -112,18 +112,19 @@ def warm_up(ray: Any) -> None:
 
 
 def child(kind: str, source: str, dest: str, recipe_json: str) -> dict[str, Any]:
-    # The clock starts once the code is imported and warm (the same run over 1,000 records first) and,
-    # for Ray, the local cluster is up, as on a machine or cluster that runs many jobs; the start-up
-    # is reported on its own.
+    # The clock starts once the code is imported and warm (the same run over 1,000 records first, so
+    # what is timed is the work on the records, not the first use of each module, compiled regexes or
+    # a new SQLite file's tables) and, for Ray, the local cluster is up, as on a machine or cluster that
+    # runs many jobs; the start-up is reported on its own.
     setup = time.perf_counter()
     import polars as pl
 
+    executor: Any = None
     if kind != "floor":
         from curation.pipeline import LocalExecutor, run_recipe
         from schemas.config import Recipe
 
-        loaded = Recipe.model_validate(json.loads(recipe_json))
-        executor: Any = LocalExecutor()
+        executor = LocalExecutor()
         if kind == "ray":
             import ray
 
@@ -132,15 +133,27 @@ def child(kind: str, source: str, dest: str, recipe_json: str) -> dict[str, Any]
             ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": code_root()}})
             warm_up(ray)
             executor = RayExecutor()
-    warm_up_run(kind, Path(source), Path(dest), recipe_json)
+
+    def work(source: Path, dest: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+        if executor is None:
+            for part in sorted(source.glob("*.jsonl")):
+                pl.read_ndjson(part).write_ndjson(dest / part.name)
+            return None
+        return run_recipe(Recipe.model_validate(spec), executor=executor).manifest.counts.model_dump()
+
+    spec = json.loads(recipe_json)
+    sample = Path(dest) / "_warm_up"
+    sample_spec = {
+        **spec,
+        "sources": [{"path": str(first_lines(Path(source), sample / "input", 1000))}],
+        "output": {"dest": str(sample / "out")},
+        "state": f"sqlite:///{sample}/state.db",
+    }
+    (sample / "out").mkdir()
+    work(sample / "input", sample / "out", sample_spec)
+    shutil.rmtree(sample)
     start = time.perf_counter()
-    if kind == "floor":
-        for part in sorted(Path(source).glob("*.jsonl")):
-            pl.read_ndjson(part).write_ndjson(f"{dest}/{part.name}")
-        records = None
-    else:
-        result = run_recipe(loaded, executor=executor)
-        records = result.manifest.counts.model_dump()
+    records = work(Path(source), Path(dest), spec)
     seconds = time.perf_counter() - start
     peak_kib = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -148,32 +161,13 @@ def child(kind: str, source: str, dest: str, recipe_json: str) -> dict[str, Any]
     return {"seconds": seconds, "setup": start - setup, "peak_mib": peak_kib / 1024, "counts": records}
 
 
-def warm_up_run(kind: str, source: Path, dest: Path, recipe_json: str) -> None:
-    """The same work on 1,000 records first, into a scratch folder, so what is timed is the work on the
-    records, not the first use of each module (imports, compiled regexes, a new SQLite file's tables)."""
-    import polars as pl
-
-    sample = dest / "_warm_up"
-    (sample / "input").mkdir(parents=True)
+def first_lines(source: Path, folder: Path, count: int) -> Path:
+    """``folder`` holding the first ``count`` lines of the first part of ``source``."""
+    folder.mkdir(parents=True)
     first = sorted(source.glob("*.jsonl"))[0]
-    with first.open("rb") as lines, (sample / "input" / first.name).open("wb") as out:
-        out.writelines(line for _, line in zip(range(1000), lines, strict=False))
-    if kind == "floor":
-        pl.read_ndjson(sample / "input" / first.name).write_ndjson(sample / first.name)
-    else:
-        from curation.pipeline import LocalExecutor, run_recipe
-        from schemas.config import Recipe
-
-        spec = json.loads(recipe_json)
-        spec.update(sources=[{"path": str(sample / "input")}], output={"dest": str(sample / "out")})
-        spec["state"] = f"sqlite:///{sample}/state.db"
-        executor = LocalExecutor()
-        if kind == "ray":
-            from curation.executors.ray_executor import RayExecutor
-
-            executor = RayExecutor()
-        run_recipe(Recipe.model_validate(spec), executor=executor)
-    shutil.rmtree(sample)
+    with first.open("rb") as lines, (folder / first.name).open("wb") as out:
+        out.writelines(line for _, line in zip(range(count), lines, strict=False))
+    return folder
 
 
 def measure(kind: str, source: Path, dest: Path, spec: dict[str, Any] | None) -> dict[str, Any]:
