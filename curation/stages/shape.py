@@ -149,8 +149,6 @@ class Shape:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
-                if [kind for kind, _ in field.parts] == ["column"]:  # "{{ question }}": the column as it is
-                    return pc.cast(batch[names[0]], pa.string()).combine_chunks(), [], "template"
                 pieces = [
                     pa.repeat(pa.scalar(text, pa.string()), count)
                     if kind == "text"
@@ -159,6 +157,8 @@ class Shape:
                 ]
                 if not pieces:
                     return pa.array([""] * count, pa.string()), [], "template"
+                if len(pieces) == 1:  # "{{ question }}": nothing to join, no copy of the column
+                    return pieces[0], [], "template"
                 return pc.binary_join_element_wise(*pieces, ""), [], "template"
         rendered: list[str | None] = []
         problems: list[str | None] = []
