@@ -13,13 +13,20 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` state URL names; None for an in-memory database or another server."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///"))
+
+
 def state_engine(url: str) -> sa.Engine:
     """An engine on the state store. A SQLite file gets 64 KiB pages and write-ahead-log mode with normal sync:
     a commit then appends to the log instead of waiting for the disk (a run commits once per batch
     while it records signatures), readers such as the review page never block the run, and a power
     cut can lose only the last commits, never corrupt the file."""
     engine = sa.create_engine(url)
-    if url.startswith("sqlite:///") and ":memory:" not in url:
+    if sqlite_file(url) is not None:
 
         @sa.event.listens_for(engine, "connect")
         def _write_ahead(connection: Any, _: Any) -> None:
@@ -55,8 +62,8 @@ def _now() -> datetime:
 
 class StateStore:
     def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if (path := sqlite_file(url)) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = state_engine(url)
         metadata.create_all(self.engine)
 

@@ -5,7 +5,6 @@ so edits go through every later stage (PII redaction included) like any other co
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 
 from curation.review.decisions import RunDecisions, run_decisions, undone_redactions
 from curation.stages.base import StageResult, split_by_mask
-from curation.state import state_engine
+from curation.state import sqlite_file, state_engine
 from schemas.records import set_aside_rows
 
 T = TypeVar("T")
@@ -22,8 +21,8 @@ T = TypeVar("T")
 
 def _state_exists(state_url: str) -> bool:
     # Do not create a state file just to find it empty (`curation check`, a first run).
-    is_file = state_url.startswith("sqlite:///") and not state_url.startswith("sqlite:///:memory:")
-    return not is_file or Path(state_url.removeprefix("sqlite:///")).exists()
+    path = sqlite_file(state_url)
+    return path is None or path.exists()
 
 
 def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
