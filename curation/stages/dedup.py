@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.duplicates import keep_first, resolve_duplicates
+from curation.stages.duplicates import keep_first, one_key_each, resolve_duplicates
 from schemas.hashing import xxh3_64
 from schemas.records import empty_set_aside
 
@@ -90,8 +90,7 @@ class ExactDedup:
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         hashes = xxh3_64(normalised_text(batch, self.fields, self.normalize))
-        keys = pa.ListArray.from_arrays(pa.array(np.arange(len(hashes) + 1, dtype=np.int32)), hashes)
-        return pa.table({"id": batch["id"], "source": batch["source"], "keys": keys})
+        return pa.table({"id": batch["id"], "source": batch["source"], "keys": one_key_each(hashes)})
 
     def pairs(self, group: pa.Table) -> pa.Table:
         # One key is the whole content hash: every member duplicates every other one.

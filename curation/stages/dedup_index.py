@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
+from curation.stages.duplicates import one_key_each
 from curation.state import state_engine
 from schemas.records import SOURCE_TYPE, empty_flags
 
@@ -111,8 +112,7 @@ def _unpacked(table: pa.Table) -> pa.Table:
     if "key" in table.schema.names:
         index = table.schema.get_field_index("key")
         key = table["key"].chunk(0) if table.num_rows else pa.array([], pa.uint64())
-        keys = pa.ListArray.from_arrays(pa.array(np.arange(len(key) + 1, dtype=np.int32)), key)
-        table = table.set_column(index, "keys", keys)
+        table = table.set_column(index, "keys", one_key_each(key))
     return table
 
 
@@ -204,7 +204,7 @@ class CrossRunDedup:
         self.name, self.reason = inner.name, inner.reason
         self.params = signature_params(inner)
         # Set by ``build_stages`` when no stage between this one and the writer changes or drops a
-        # record: the signature rows ``resolve`` kept are then exactly the ones to record.
+        # record: the signature rows the barrier kept (``remember_kept``) are then the ones to record.
         self.reuse_for_recording = False
         self._kept: pa.Table | None = None
 

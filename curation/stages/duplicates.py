@@ -22,6 +22,11 @@ from schemas.records import SOURCE_TYPE, empty_set_aside, set_aside_rows
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 
 
+def one_key_each(keys: pa.Array) -> pa.ListArray:
+    """The ``keys`` column of signature rows that hold one key each (exact dedup's content hash)."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(keys) + 1, dtype=np.int32)), keys)
+
+
 def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
     """Signature rows grouped by shared key, only groups with two or more rows."""
     frame = pl.from_arrow(signatures.select(["keys"])).with_row_index("_row")  # only the keys: ids stay in Arrow
