@@ -242,8 +242,8 @@ class LocalExecutor:
         ids = pa.concat_arrays([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks])
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
         if getattr(stage, "reuse_for_recording", False):  # the recorder stores these rows, not new ones
-            kept = pa.concat_tables([s.drop_columns(["source"]) for s in signatures if s.num_rows])
-            stage.remember_kept(kept.filter(keep))
+            rows = pa.concat_tables([s.drop_columns(["source"]) for s in signatures if s.num_rows])
+            stage.remember_kept(rows.filter(keep))
         del signatures, ids  # not needed while the spill streams on: memory stays flat
         offset = 0
         for batch in _spilled(spill):

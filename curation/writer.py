@@ -249,7 +249,7 @@ class DatasetWriter:
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
-        # Encoding JSON, hashing and writing files run on one thread, in the order they were asked
+        # The lineage's JSON, hashing and writing files run on one thread, in the order they were asked
         # for, while the caller makes the next batch: polars, hashlib and file writes release the GIL.
         # One job in flight at most, so memory holds one batch more; its error is raised by the next
         # call (write, write_set_aside, carry or publish), and the run fails with it as before.
