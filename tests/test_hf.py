@@ -55,25 +55,15 @@ def test_hub_parquet_layout_and_a_recipe(workdir: Path) -> None:
     faq["train"].to_parquet(str(workdir / "hub" / "data" / "train-00000-of-00001.parquet"))
     faq["test"].to_parquet(str(workdir / "hub" / "data" / "test-00000-of-00001.parquet"))
     assert len(read(str(workdir / "hub"), split="train")) == 25
-    result = run(
-        workdir,
-        {
-            "dataset": "faq",
-            "sources": [{"type": "hf", "path": "hub", "split": "train"}],
-            "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
-            "output": {"validation_fraction": 0.0},
-        },
-    )
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "hub", "split": "train"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, recipe)
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == sorted(faq["train"]["question"])
-    again = run(
-        workdir,
-        {
-            "dataset": "faq",
-            "sources": [{"type": "hf", "path": "hub", "split": "train"}],
-            "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
-            "output": {"validation_fraction": 0.0},
-        },
-    )
+    again = run(workdir, recipe)
     assert not again.published and "nothing new" in again.message
 
 
