@@ -36,6 +36,7 @@ from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
 from curation.split import Splitter
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
+from schemas.records import SOURCE_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,28 @@ SPLITS = ("train", "validation")
 # beside it, or training could not take the version.
 ONE_FILE_FORMATS = ("text",)
 CARRIED_NAME = re.compile(r"^part-v\d+-")
+# A lineage row, as ``_write_lineage`` writes it and a carry adds ``carried_from`` (the version it came from).
+LINEAGE_SCHEMA = pl.from_arrow(
+    pa.schema(
+        [
+            ("shard", pa.string()),
+            ("line", pa.int64()),
+            ("id", pa.string()),
+            ("source", SOURCE_TYPE),
+            ("carried_from", pa.int64()),
+        ]
+    ).empty_table()
+).schema
 
 
 def to_ndjson(table: pa.Table) -> bytes:
     """JSON lines, UTF-8 unescaped, keys in column order."""
-    if table.num_rows == 0:
-        return b""
+    return _ndjson(pl.from_arrow(table)) if table.num_rows else b""
+
+
+def _ndjson(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    pl.from_arrow(table).write_ndjson(buffer)
+    frame.write_ndjson(buffer)
     return buffer.getvalue()
 
 
@@ -70,14 +85,50 @@ def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
         yield rest + b"\n"
 
 
-def _read_lineage(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> dict[str, dict[int, dict[str, Any]]]:
-    """A version's lineage rows by output shard and line number."""
-    rows: dict[str, dict[int, dict[str, Any]]] = {}
-    for shard in shards:
-        for line in _read_lines(fs, f"{folder}/{shard.path}"):
+def _read_lineage(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> dict[str, pl.DataFrame]:
+    """A version's lineage rows by output shard, each in line order.
+
+    Read as columns: a version carried by every scheduled run can hold millions of rows, and a JSON
+    object per row cost more than the rest of an incremental run together.
+    """
+    if not shards:
+        return {}
+    rows = pl.concat([_lineage_file(fs, f"{folder}/{shard.path}") for shard in shards])
+    return {key[0]: part.sort("line") for key, part in rows.partition_by("shard", as_dict=True).items()}
+
+
+def _lineage_file(fs: pafs.FileSystem, path: str) -> pl.DataFrame:
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    if not data.strip():
+        return pl.DataFrame(schema=LINEAGE_SCHEMA)
+    try:
+        frame = pl.read_ndjson(io.BytesIO(data), schema=LINEAGE_SCHEMA)
+    except pl.exceptions.PolarsError as error:
+        raise ValueError(f"{path}: {_first_bad_line(data, error)}") from None
+    missing = frame.select(pl.any_horizontal(pl.col("shard", "line", "id").is_null()).arg_true().first()).item()
+    if missing is not None:
+        raise ValueError(f"{path}: lineage row {missing + 1} has no shard, line or id")
+    return frame
+
+
+def _first_bad_line(data: bytes, error: Exception) -> str:
+    """Where polars' error is: the first line that is not a JSON object (polars names no line)."""
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            rows.setdefault(row["shard"], {})[row["line"]] = row
-    return rows
+        except ValueError as problem:
+            return f"line {number} is not JSON ({problem})"
+        if not isinstance(row, dict):
+            return f"line {number} is not a JSON object"
+    return f"not JSON lines of lineage rows ({error})"
+
+
+def _by_line(rows: pl.DataFrame | None) -> dict[int, dict[str, Any]]:
+    """Lineage rows keyed by line, for the shards whose lines are read one by one."""
+    return {} if rows is None else {row["line"]: row for row in rows.to_dicts()}
 
 
 class _Carrying:
@@ -91,9 +142,9 @@ class _Carrying:
         self.edited: set[str] = set()
         self.edits_not_applied: set[str] = set()
 
-    def touches(self, rows: Iterable[dict[str, Any]]) -> bool:
+    def touches(self, rows: pl.DataFrame | None) -> bool:
         ids = self.decisions.rejected | self.decisions.edits.keys()
-        return bool(ids) and any(row["id"] in ids for row in rows)
+        return bool(ids) and rows is not None and bool(rows["id"].is_in(pl.Series(list(ids), dtype=pl.String)).any())
 
     def copied(self, lines: int, known: int) -> None:
         """A shard copied whole: all its lines carried, ``known`` of them with a lineage row."""
@@ -354,20 +405,20 @@ class DatasetWriter:
         for name in SPLITS:
             split = previous.splits.get(name)
             for shard in split.shards if split else []:
-                rows = lineage.get(shard.path, {})
+                rows = lineage.get(shard.path)
                 if append:
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    self._emit(self.splits[name], carrying.review(lines, rows, f"{version_dir}/{shard.path}"))
+                    self._emit(self.splits[name], carrying.review(lines, _by_line(rows), f"{version_dir}/{shard.path}"))
                     continue
                 folder, base = shard.path.rsplit("/", 1)
                 renamed = base if CARRIED_NAME.match(base) else f"part-v{previous.version}-{base.removeprefix('part-')}"
                 path = f"{folder}/{renamed}"
                 make_dirs(self.fs, f"{self.staging}/{folder}")
-                if carrying.touches(rows.values()):
+                if carrying.touches(rows):
                     # Read the shard (it is size-bounded; ``review`` counts its lines) and rewrite it only
                     # if a line really changes: an edit carried before is already in the line.
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    kept = list(carrying.review(lines, rows, f"{version_dir}/{shard.path}"))
+                    kept = list(carrying.review(lines, _by_line(rows), f"{version_dir}/{shard.path}"))
                     if len(kept) != shard.records or any(changed for _, _, changed in kept):
                         rewritten = ShardSeries(self.fs, self.staging, folder, 0, file_name=renamed)
                         self._emit(rewritten, kept)
@@ -375,10 +426,12 @@ class DatasetWriter:
                         self.carried[name] += rewritten.shards
                         continue
                 else:
-                    carrying.copied(shard.records, len(rows))
+                    carrying.copied(shard.records, 0 if rows is None else rows.height)
                 self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
                 self.carried[name].append(shard.model_copy(update={"path": path}))
-                self._write_carried_lineage([(path, line, row) for line, row in sorted(rows.items())])
+                if rows is not None:
+                    moved = rows.with_columns(shard=pl.lit(path), carried_from=pl.lit(self._carried_from))
+                    self.lineage.write(_ndjson(moved), moved.height)
         for image in previous.files:
             if image.path not in self.files:  # named by content hash: one already here is the same file
                 make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")

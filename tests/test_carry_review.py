@@ -225,6 +225,22 @@ def test_a_damaged_carried_line_is_named_in_the_error(workdir: Path) -> None:
         run(workdir, recipe("out", validation_fraction=0.0))
 
 
+def test_a_damaged_lineage_line_is_named_in_the_error(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
+    one = Path(run(workdir, recipe("out", validation_fraction=0.0)).version_uri)
+    (lineage,) = sorted((one / "lineage").glob("*.jsonl"))
+    lines = lineage.read_text().splitlines()
+    lines[2] = lines[2][:20]
+    lineage.write_text("\n".join(lines) + "\n")
+    write_jsonl(workdir / "in" / "b.jsonl", notes(4, 1))
+    with pytest.raises(ValueError, match=r"lineage/part-00000.jsonl: line 3 is not JSON"):
+        run(workdir, recipe("out", validation_fraction=0.0))
+    lines[2] = json.dumps({"shard": "train/part-00000.jsonl", "line": 3})  # JSON, but whose record?
+    lineage.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"lineage/part-00000.jsonl: lineage row 3 has no shard, line or id"):
+        run(workdir, recipe("out", validation_fraction=0.0))
+
+
 def test_decisions_alone_publish_a_version_and_then_nothing_is_new(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
     one = Path(run(workdir, recipe("out")).version_uri)
