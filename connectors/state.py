@@ -208,10 +208,11 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
 def file_fingerprints(entries: Iterable[FileEntry]) -> dict[str, str]:
     """URI -> fingerprint: the S3 ETag (content hash), or size and mtime for local files."""
     entries = list(entries)
-    prints = {e.uri: f"{e.size}:{e.mtime}" for e in entries if not is_s3(e.uri)}
+    prints = {e.uri: e.etag for e in entries if e.etag is not None}  # S3 listings carry it
+    prints |= {e.uri: f"{e.size}:{e.mtime}" for e in entries if not is_s3(e.uri)}
     by_bucket: dict[str, list[str]] = defaultdict(list)
     for entry in entries:
-        if is_s3(entry.uri):
+        if is_s3(entry.uri) and entry.uri not in prints:
             bucket, _, key = entry.uri.removeprefix("s3://").partition("/")
             by_bucket[bucket].append(key)
     if by_bucket:

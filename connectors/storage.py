@@ -11,6 +11,7 @@ import fnmatch
 import functools
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -57,6 +58,7 @@ class FileEntry:
     uri: str
     size: int
     mtime: str | None
+    etag: str | None = None  # S3's content hash, from the same listing: a scheduled run's fingerprint
 
 
 def _entry(uri_prefix: str, info: pafs.FileInfo) -> FileEntry:
@@ -64,36 +66,88 @@ def _entry(uri_prefix: str, info: pafs.FileInfo) -> FileEntry:
     return FileEntry(uri=f"{uri_prefix}{info.path}", size=info.size or 0, mtime=mtime)
 
 
+def _is_glob(path: str) -> bool:
+    return any(char in path for char in "*?[")
+
+
+def _glob_base(path: str) -> str:
+    while _is_glob(path):
+        path = posixpath.dirname(path)
+    return path
+
+
+def _listed(relative: str, suffixes: tuple[str, ...]) -> bool:
+    """Under a folder, as data lakes lay it out: what is hidden or in the making (``.x``, ``_x``: a file
+    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped, and only
+    ``suffixes`` are kept."""
+    hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
+    return not hidden and (not suffixes or relative.lower().endswith(suffixes))
+
+
 def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
     """Files at a path, under a folder (recursively) or matching a glob, sorted by URI."""
+    if is_s3(uri):
+        return _list_s3(uri, suffixes)
     fs, path = filesystem(uri)
-    prefix = "s3://" if is_s3(uri) else ""
     try:
-        if any(char in path for char in "*?["):
-            base = path
-            while any(char in base for char in "*?["):
-                base = posixpath.dirname(base)
-            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        if _is_glob(path):
+            infos = fs.get_file_info(pafs.FileSelector(_glob_base(path), recursive=True, allow_not_found=True))
             found = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
-                return [_entry(prefix, info)]
+                return [_entry("", info)]
             if info.type != pafs.FileType.Directory:
                 raise StorageError(f"{uri}: no such file or folder")
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             found = [
-                i
-                for i in infos
-                if i.type == pafs.FileType.File
-                and not i.base_name.startswith((".", "_"))
-                and (not suffixes or i.base_name.lower().endswith(suffixes))
+                i for i in infos if i.type == pafs.FileType.File and _listed(os.path.relpath(i.path, path), suffixes)
             ]
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
         raise StorageError(f"{uri}: cannot list: {exc}") from None
-    return sorted((_entry(prefix, i) for i in found), key=lambda e: e.uri)
+    return sorted((_entry("", i) for i in found), key=lambda e: e.uri)
+
+
+def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
+    """One S3 listing gives each object's size, time and ETag: the ETag is the fingerprint a scheduled
+    run compares, so the objects are not listed a second time to get it (a page per 1,000 objects)."""
+    import boto3  # only runs that read S3 pay for the import
+    import botocore.exceptions
+
+    path = uri.removeprefix("s3://")
+    bucket, _, key = path.partition("/")
+    client = boto3.client("s3")
+
+    def objects(prefix: str) -> Iterator[FileEntry]:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):  # a folder marker, not a file
+                    yield FileEntry(
+                        uri=f"s3://{bucket}/{item['Key']}",
+                        size=item["Size"],
+                        mtime=item["LastModified"].isoformat(),
+                        etag=item["ETag"].strip('"'),
+                    )
+
+    try:
+        if _is_glob(path):
+            base = _glob_base(path)
+            prefix = base.partition("/")[2]
+            found = [e for e in objects(f"{prefix}/" if prefix else "") if fnmatch.fnmatch(e.uri[5:], path)]
+        else:
+            folder = f"{key.rstrip('/')}/" if key.strip("/") else ""
+            listed = list(objects(key))  # the object itself, if there is one, and everything under the folder
+            if any(entry.uri == uri for entry in listed):
+                return [next(entry for entry in listed if entry.uri == uri)]
+            found = [e for e in listed if e.uri.startswith(f"s3://{bucket}/{folder}")]
+            if not found:
+                raise StorageError(f"{uri}: no such file or folder")
+            found = [e for e in found if _listed(e.uri.removeprefix(f"s3://{bucket}/{folder}"), suffixes)]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise StorageError(f"{uri}: cannot list: {exc}") from None
+    return sorted(found, key=lambda e: e.uri)
 
 
 def make_dirs(fs: pafs.FileSystem, path: str) -> None:

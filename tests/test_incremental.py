@@ -224,3 +224,13 @@ def test_the_lock_admits_one_of_many_simultaneous_runs(
     with engine.connect() as db:
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
     engine.dispose()
+
+
+def test_folder_listing_skips_what_is_hidden_or_in_the_making(tmp_path: Path) -> None:
+    from connectors.storage import list_files
+
+    for name in ["a.jsonl", "sub/b.jsonl", "sub/_SUCCESS", "_temporary/0/c.jsonl", ".git/d.jsonl", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    listed = [Path(e.uri).relative_to(tmp_path).as_posix() for e in list_files(str(tmp_path), (".jsonl",))]
+    assert listed == ["a.jsonl", "sub/b.jsonl"]

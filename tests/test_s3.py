@@ -4,12 +4,14 @@ server over HTTP (moto in server mode), then the published version read back."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from curation.published import published_versions, read_manifest, verify_checksums
 from tests.helpers import run
@@ -75,3 +77,37 @@ def test_second_run_publishes_next_version_on_s3(workdir: Path, bucket: str, aws
     second = run(workdir, recipe, full_refresh=True)  # the same input again, not only what is new
     assert second.manifest.version == 2
     assert published_versions(f"s3://{bucket}/out", "docs") == [1, 2]
+
+
+def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: str, aws_env: str) -> None:
+    from connectors.state import file_fingerprints
+    from connectors.storage import StorageError, list_files
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    keys = ["in/a.jsonl", "in/deep/b.jsonl", "in/c.csv", "in/_staging/d.jsonl", "in/.hidden.jsonl", "inbox/e.jsonl"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=f"{key}\n".encode())
+    s3.put_object(Bucket=bucket, Key="in/empty/", Body=b"")  # a console-made folder marker
+    uri = f"s3://{bucket}"
+
+    def names(entries: list) -> list[str]:
+        return [e.uri.removeprefix(f"{uri}/") for e in entries]
+
+    # A folder: everything under it (not under a folder whose name starts the same), hidden and
+    # staging files skipped, suffixes applied.
+    assert names(list_files(f"{uri}/in", (".jsonl",))) == ["in/a.jsonl", "in/deep/b.jsonl"]
+    assert names(list_files(f"{uri}/in/")) == ["in/a.jsonl", "in/c.csv", "in/deep/b.jsonl"]
+    assert names(list_files(f"{uri}/in/a.jsonl")) == ["in/a.jsonl"]
+    assert names(list_files(f"{uri}/in/*.csv")) == ["in/c.csv"]
+    assert names(list_files(f"{uri}/in*/*.jsonl")) == [k for k in sorted(keys) if k.endswith(".jsonl")]
+    with pytest.raises(StorageError, match="no such file or folder"):
+        list_files(f"{uri}/missing")
+
+    # Each entry holds its object's ETag, and the fingerprints are those: no second listing (an entry
+    # in a bucket that does not exist would fail one).
+    entries = list_files(f"{uri}/in/")
+    for entry in entries:
+        etag = s3.head_object(Bucket=bucket, Key=entry.uri.removeprefix(f"{uri}/"))["ETag"].strip('"')
+        assert entry.etag == etag
+    ghost = replace(entries[0], uri="s3://no-such-bucket-here/a.jsonl")
+    assert file_fingerprints([*entries, ghost]) == {e.uri: e.etag for e in [*entries, ghost]}
