@@ -7,14 +7,17 @@ import json
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from curation.review import decisions as dec
 from curation.review.app import create_app
+from curation.review.auth import SignInLimits
 from curation.review.labelstudio import export_tasks, import_annotations
-from tests.review_seed import NAME, PASSWORD, PHONE, Seeded, seed
+from tests.review_seed import NAME, PASSWORD, PHONE, USERS, Seeded, seed
+from tests.review_server import review_server
 
 PII_ITEM, NEAR_DUP_ITEM, VQA_ITEM = 2, 3, 4
 
@@ -223,3 +226,47 @@ def test_report_is_served_sandboxed(app, seeded: Seeded) -> None:
         assert "sandbox" in response.headers["content-security-policy"]
     finally:
         report.write_bytes(original)
+
+
+def test_repeated_wrong_passwords_lock_the_name_then_the_address(seeded: Seeded) -> None:
+    limits = SignInLimits(per_name="3 per 15 minutes", per_address="5 per 15 minutes")
+    client = TestClient(
+        create_app(seeded.state_url, [seeded.recipe], sign_in_limits=limits), base_url="https://testserver"
+    )
+
+    def sign_in(name: str, password: str):
+        csrf = token(client.get("/login").text)
+        data = {"username": name, "password": password, "csrf_token": csrf}
+        return client.post("/login", data=data, follow_redirects=False)
+
+    rita, other = "rita", next(name for name in USERS if name != "rita")
+    assert [sign_in(rita, "guess").status_code for _ in range(3)] == [401, 401, 401]
+    refused = sign_in(rita, PASSWORD)  # the right password, after too many wrong ones
+    assert refused.status_code == 429 and "Too many failed sign-ins: try again in 15 minutes" in refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= 15 * 60
+    assert client.get("/", follow_redirects=False).status_code == 303  # no session came of it
+    # Another name from the same address may still sign in; a success clears only its own failures.
+    assert sign_in(other, "guess").status_code == 401
+    assert sign_in(other, PASSWORD).status_code == 303
+    # The address has failed 4 times; one more and every name from it waits.
+    assert sign_in("nobody", "guess").status_code == 401
+    assert sign_in(other, PASSWORD).status_code == 429
+
+
+def test_behind_a_proxy_failed_sign_ins_count_per_forwarded_address(seeded: Seeded) -> None:
+    # The real server, told which proxy to trust: the address limit (30) falls on the client the
+    # proxy names, not on the proxy, which every client shares.
+    with review_server(seeded, options=["--proxy", "127.0.0.1"]) as base:
+
+        def sign_in(name: str, password: str, client: str) -> int:
+            forwarded = {"X-Forwarded-For": client}
+            page = httpx.get(f"{base}/login", headers=forwarded)
+            # The session cookie is Secure, which an HTTP client keeps off plain HTTP: send it by hand.
+            session = page.headers["set-cookie"].split(";", 1)[0]
+            data = {"username": name, "password": password, "csrf_token": token(page.text)}
+            answer = httpx.post(f"{base}/login", data=data, headers={**forwarded, "Cookie": session})
+            return answer.status_code
+
+        assert {sign_in(f"guess-{n}", "guess", "203.0.113.7") for n in range(30)} == {401}
+        assert sign_in("rita", PASSWORD, "203.0.113.7") == 429
+        assert sign_in("rita", PASSWORD, "198.51.100.2") == 303

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import mimetypes
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +28,7 @@ from starlette.datastructures import FormData
 from starlette.middleware.sessions import SessionMiddleware
 
 from curation.review import decisions as dec
-from curation.review.auth import User, authenticate, get_user, session_secret
+from curation.review.auth import SignInLimits, User, authenticate, get_user, session_secret
 from curation.review.queue import create_tables, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
@@ -85,8 +86,14 @@ Admin = Annotated[User, Depends(admin)]
 CheckedForm = Annotated[FormData, Depends(checked_form)]
 
 
-def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: bool = True) -> FastAPI:
+def create_app(
+    state_url: str,
+    recipes: Sequence[Recipe] = (),
+    secure_cookies: bool = True,
+    sign_in_limits: SignInLimits | None = None,
+) -> FastAPI:
     """The review app over one state store; ``recipes`` tell it where each dataset is published."""
+    sign_in_limits = sign_in_limits or SignInLimits()
     state = StateStore(state_url)
     engine = state.engine
     create_tables(engine)
@@ -141,12 +148,21 @@ def create_app(state_url: str, recipes: Sequence[Recipe] = (), secure_cookies: b
 
     @app.post("/login")
     def login(request: Request, form: CheckedForm) -> Response:
-        user = authenticate(engine, str(form.get("username", "")), str(form.get("password", "")))
+        name, next_page = str(form.get("username", "")), _safe_next(str(form.get("next", "/")))
+        address = request.client.host if request.client else ""
+        wait = sign_in_limits.wait(name, address)
+        if wait:
+            response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
+            response.headers["Retry-After"] = str(wait)
+            return response
+        user = authenticate(engine, name, str(form.get("password", "")))
         if user is None:
-            return render(request, "login.html", None, 401, next=_safe_next(str(form.get("next", "/"))), failed=True)
+            sign_in_limits.failed(name, address)
+            return render(request, "login.html", None, 401, next=next_page, failed=True)
+        sign_in_limits.succeeded(name)
         request.session.clear()  # a new session on sign-in: nothing from before carries over
         request.session["user"] = user.name
-        return RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
+        return RedirectResponse(next_page, status_code=303)
 
     @app.post("/logout")
     def logout(request: Request, form: CheckedForm) -> Response:

@@ -8,13 +8,16 @@ Roles, from least to most:
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from limits import parse, storage, strategies
 
 from curation.review.queue import create_tables, metadata
 
@@ -112,3 +115,34 @@ def session_secret(engine: sa.Engine) -> str:
         secret = secrets.token_urlsafe(48)
         db.execute(settings.insert().values(name="session_secret", value=secret))
         return secret
+
+
+class SignInLimits:
+    """Failed sign-ins, counted per user name and per client address over a moving window.
+
+    Past either limit, sign-in is refused, even with the right password, until the oldest failure
+    leaves the window: guessing a password gets slow, and guessing many accounts from one address
+    too. The counts live in the server process (the review page runs as one); behind a proxy,
+    ``curation review serve --proxy ADDRESS`` makes the address the client's, not the proxy's.
+    """
+
+    def __init__(self, per_name: str = "5 per 15 minutes", per_address: str = "30 per 15 minutes") -> None:
+        self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self._rates = {"name": parse(per_name), "address": parse(per_address)}
+
+    def wait(self, name: str, address: str) -> int:
+        """Seconds until ``name`` may try again from ``address``; 0 when it may now."""
+        waits = [
+            self._limiter.get_window_stats(self._rates[kind], kind, key).reset_time - time.time()
+            for kind, key in (("name", name), ("address", address))
+            if not self._limiter.test(self._rates[kind], kind, key)
+        ]
+        return max(1, math.ceil(max(waits))) if waits else 0
+
+    def failed(self, name: str, address: str) -> None:
+        self._limiter.hit(self._rates["name"], "name", name)
+        self._limiter.hit(self._rates["address"], "address", address)
+
+    def succeeded(self, name: str) -> None:
+        """The user knows the password: the name's failures no longer count (the address's still do)."""
+        self._limiter.clear(self._rates["name"], "name", name)

@@ -55,6 +55,10 @@ def serve(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     state: StateOption = None,
     recipe: RecipeOption = None,
+    proxy: Annotated[
+        str | None,
+        typer.Option(help="address of the TLS proxy in front: its X-Forwarded-For names each client"),
+    ] = None,
 ) -> None:
     """Serve the review page (sign in with a user made by `curation review add-user`)."""
     import uvicorn
@@ -67,7 +71,10 @@ def serve(
         console.print(f"[yellow]warning[/yellow] listening on {host}: serve it behind HTTPS (a TLS proxy)")
     app = create_app(_state_url(state, recipes), recipes)
     console.print(f"review page on http://{host}:{port}/", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    # Failed sign-ins are counted per client address: behind a proxy that is the forwarded one, and
+    # only the named proxy may say so (any other client could claim any address).
+    forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
+    uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
 
 
 @review_app.command("add-user")
