@@ -160,6 +160,8 @@ class FilesSourceReader(ListedFiles):
                 yield from reader(entry)
             except OSError as exc:
                 raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+            except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
+                raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
 
     # --- JSONL -------------------------------------------------------------------------------
 
@@ -212,10 +214,14 @@ class FilesSourceReader(ListedFiles):
         bad_lines, bad_raws, details = [], [], []
         for number, raw in zip(numbers, raws, strict=True):
             try:
-                value = json.loads(raw)
+                # Decoded first: given bytes, json guesses UTF-16 or -32 from the first bytes, and JSON
+                # Lines are UTF-8 (a file may start with a byte-order mark).
+                value = json.loads(raw.decode("utf-8-sig"))
                 problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                problem = f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else exc}"
+            except UnicodeDecodeError as exc:
+                problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
+            except json.JSONDecodeError as exc:
+                problem = f"malformed JSON: {exc.msg}: column {exc.colno}"
             if problem is None:
                 good_lines.append(number)
                 good_raws.append(raw)

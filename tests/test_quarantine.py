@@ -49,6 +49,28 @@ def test_malformed_json_lines(workdir: Path) -> None:
     assert_adds_up(result.manifest.counts)
 
 
+def test_lines_that_are_not_utf8_are_named_and_a_byte_order_mark_is_not_one(workdir: Path) -> None:
+    good = json.dumps({"description": "coffee", "amount": 4.5, "category": "Dining"}).encode()
+    latin1 = json.dumps({"description": "caf\u00e9", "amount": 3, "category": "Dining"}, ensure_ascii=False)
+    # A Windows export's mark before line 1, a Latin-1 line, and a cut-off one: the batch is read line by line.
+    (workdir / "tx.jsonl").write_bytes(b"\xef\xbb\xbf" + good + b"\n" + latin1.encode("latin-1") + b'\n{"cut\n')
+    result = run(workdir, recipe("tx.jsonl"))
+    aside = set_aside(Path(result.version_uri))
+    path, column = workdir / "tx.jsonl", latin1.index("\u00e9") + 1
+    assert [row["detail"] for row in aside] == [
+        f"{path}:2: not UTF-8: byte 0xe9 at column {column}",
+        f"{path}:3: malformed JSON: Unterminated string starting at: column 2",
+    ]
+    assert [row["completion"] for row in outputs(Path(result.version_uri))] == ["Dining"]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_damaged_parquet_file_is_named(workdir: Path) -> None:
+    (workdir / "tx.parquet").write_bytes(b"PAR1 this is not a Parquet file")
+    with pytest.raises(OSError, match=r"tx.parquet: not a readable parquet file: .*magic bytes"):
+        run(workdir, recipe("tx.parquet"))
+
+
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
 def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
     if suffix == "jsonl":
