@@ -238,17 +238,21 @@ class LocalExecutor:
         log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
         if sink is None:
             return
-        # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch.
-        ids = pa.concat_arrays([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks])
+        # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch;
+        # the chunks are not joined into one array, which would copy every id at the run's peak.
+        ids = pa.chunked_array([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks], pa.string())
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
+        recorded = None
         if getattr(stage, "reuse_for_recording", False):  # the recorder stores these rows, not new ones
-            rows = pa.concat_tables([s.drop_columns(["source"]) for s in signatures if s.num_rows])
-            stage.remember_kept(rows.filter(keep))
+            recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures if s.num_rows])
         del signatures, ids  # not needed while the spill streams on: memory stays flat
         offset = 0
         for batch in _spilled(spill):
-            kept = batch.filter(keep.slice(offset, batch.num_rows))
+            mask = keep.slice(offset, batch.num_rows)
+            if recorded is not None:
+                stage.remember_kept(recorded.slice(offset, batch.num_rows).filter(mask))
             offset += batch.num_rows
+            kept = batch.filter(mask)
             if kept.num_rows:
                 yield kept
 

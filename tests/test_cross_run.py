@@ -132,13 +132,21 @@ def test_the_recorder_stores_what_the_barrier_computed_only_when_nothing_in_betw
     computed = [stage.signatures(b).drop_columns(["source"]) for b in written]
     signature_rows = pa.concat_tables(s.drop_columns(["source"]) for s in signatures)
     kept = signature_rows.filter(pc.invert(pc.is_in(signature_rows["id"], value_set=dropped)))
-    stage.remember_kept(kept)
-    stage.inner.signatures = None  # the kept rows line up: nothing is computed again
-    assert [stage.to_record(b) for b in written] == computed
+    # The barrier hands each batch's kept rows on before the batch: they line up, nothing is computed again.
+    stage.inner.signatures = None
+    first = written[0].num_rows
+    for rows, batch, expected in zip((kept.slice(0, first), kept.slice(first)), written, computed, strict=True):
+        stage.remember_kept(rows)
+        assert stage.to_record(batch) == expected
     # Out of step (as when a later stage drops rows): computed again from the batch, not taken from the rows kept.
     del stage.inner.signatures
     stage.remember_kept(kept)
     assert stage.to_record(written[1]) == computed[1]
+    # And it stays so: rows handed on later are not trusted either.
+    calls = []
+    stage.inner.signatures = lambda batch: calls.append(batch) or type(stage.inner).signatures(stage.inner, batch)
+    stage.remember_kept(kept.slice(0, first))
+    assert stage.to_record(written[0]) == computed[0] and len(calls) == 1
 
 
 def outputs_batch(texts: list[str], first: int) -> pa.Table:

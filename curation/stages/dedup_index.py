@@ -207,6 +207,7 @@ class CrossRunDedup:
         # record: the signature rows the barrier kept (``remember_kept``) are then the ones to record.
         self.reuse_for_recording = False
         self._kept: pa.Table | None = None
+        self._out_of_step = False
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         return self.inner.signatures(batch)
@@ -215,12 +216,12 @@ class CrossRunDedup:
         """The signature rows of ``batch`` (about to be written) for the index, without ``source``: the rows
         the barrier kept (``remember_kept``) when they line up with the batch, which they do batch after
         batch in the embedded executor; computed again otherwise (Ray, or stages in between)."""
-        if self._kept is not None:
+        if self._kept is not None and not self._out_of_step:
             rows = self._kept.slice(0, batch.num_rows)
             if rows.num_rows == batch.num_rows and rows["id"].equals(batch["id"]):
                 self._kept = self._kept.slice(batch.num_rows)
                 return rows
-            self._kept = None  # out of step: compute from here on
+            self._kept, self._out_of_step = None, True  # compute from here on
         return self.signatures(batch).drop_columns(["source"])
 
     def pairs(self, group: pa.Table) -> pa.Table:
@@ -234,8 +235,10 @@ class CrossRunDedup:
         return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
 
     def remember_kept(self, kept: pa.Table) -> None:
-        """The executor's barrier hands over the signature rows it kept, in input order (``to_record``)."""
-        self._kept = kept
+        """The executor's barrier hands over the signature rows it keeps, batch by batch in input order,
+        each before the batch itself goes on (``to_record`` takes them)."""
+        if not self._out_of_step:
+            self._kept = kept if self._kept is None else pa.concat_tables([self._kept, kept])
 
     def earlier(self, schema: pa.Schema) -> pa.Table | None:
         """Signature rows of every published version, in this run's signature schema.
