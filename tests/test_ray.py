@@ -10,14 +10,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 import xxhash
 
 from bench.corpus import generate
+from connectors.storage import filesystem
 from curation import pipeline
 from curation.pipeline import AccountingError, LocalExecutor, RunResult, run_recipe
+from curation.published import verify_checksums
 from curation.review.queue import list_items
 from curation.stages.base import StageError, StageResult
 from curation.stages.duplicates import resolve_duplicates
@@ -31,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def local_ray() -> Any:
+def local_ray(aws_env: str) -> Any:
+    # Started with the AWS settings in the environment, so its workers, like a cluster's with their
+    # own role, reach S3 (here the test server) by the standard settings.
     started = not ray.is_initialized()
     if started:
         ray.init(
@@ -55,12 +60,19 @@ def run_both(folder: Path, recipe: dict[str, Any]) -> tuple[RunResult, RunResult
 
 def published(result: RunResult) -> dict[str, Any]:
     """What a version says about each record: output ids per split, set-aside rows, counts."""
-    root = Path(result.version_uri)
-    lineage = read_lines(sorted((root / "lineage").glob("*.jsonl")))
+    fs, root = filesystem(result.version_uri)  # on disk or on S3
+
+    def rows(shards: list[Any]) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for shard in shards
+            for line in fs.open_input_stream(f"{root}/{shard.path}").read().splitlines()
+        ]
+
     by_split: dict[str, set[str]] = {}
-    for row in lineage:
+    for row in rows(result.manifest.lineage):
         by_split.setdefault(row["shard"].split("/")[0], set()).add(row["id"])
-    aside = read_lines(sorted((root / "set_aside").glob("*.jsonl")))
+    aside = rows(result.manifest.set_aside)
     return {
         "ids": by_split,
         "set_aside": {(r["id"], r["outcome"], r["reason"], r["duplicate_of"]) for r in aside},
@@ -320,3 +332,29 @@ def test_cli_engine_ray(workdir: Path, local_ray: Any) -> None:
     assert manifest["counts"]["written"] == 50 and manifest["counts"]["duplicate"] == 70
     bad = CliRunner().invoke(app, ["run", str(path), "--engine", "spark"])
     assert bad.exit_code == 2
+
+
+def test_s3_in_and_out_on_ray(workdir: Path, local_ray: Any, bucket: str) -> None:
+    # The cluster set-up of docs/ray.md: workers read the objects, the driver publishes to S3.
+    s3 = boto3.client("s3")
+    rows = instruction_rows(300)
+    for part, start in enumerate(range(0, 300, 100)):
+        body = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows[start : start + 100])
+        s3.put_object(Bucket=bucket, Key=f"in/part-{part}.jsonl", Body=body.encode())
+    base = {
+        "dataset": "s3ray",
+        "sources": [{"path": f"s3://{bucket}/in/"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "stages": [{"type": "exact_dedup"}],
+    }
+
+    def on(executor: Any, name: str) -> RunResult:
+        recipe = {**base, "output": {"dest": f"s3://{bucket}/{name}"}, "state": f"sqlite:///{workdir}/{name}.db"}
+        (workdir / name).mkdir()
+        return run_recipe(load_recipe(write_recipe(workdir / name, recipe)), executor=executor)
+
+    distributed, local = on(RayExecutor(), "ray"), on(LocalExecutor(), "local")
+    assert distributed.version_uri == f"s3://{bucket}/ray/s3ray/v1"
+    assert published(distributed) == published(local)
+    assert distributed.manifest.counts.duplicate > 0 and distributed.manifest.counts.quarantined == 3
+    assert verify_checksums(distributed.version_uri, distributed.manifest) == []
