@@ -46,6 +46,7 @@ SPLITS = ("train", "validation")
 # beside it, or training could not take the version.
 ONE_FILE_FORMATS = ("text",)
 CARRIED_NAME = re.compile(r"^part-v\d+-")
+SET_ASIDE_PIECE_ROWS = 16_384
 # A lineage row, as ``_write_lineage`` writes it and a carry adds ``carried_from`` (the version it came from).
 LINEAGE_SCHEMA = pl.from_arrow(
     pa.schema(
@@ -375,7 +376,13 @@ class DatasetWriter:
         if table.num_rows:
             table = self.scrub(table) if self.scrub else table
             self.set_aside_reported.append(reported_columns(table))
-            self._submit(lambda: self.set_aside.write(to_ndjson(table), table.num_rows))
+            self._submit(lambda: self._write_set_aside(table))
+
+    def _write_set_aside(self, table: pa.Table) -> None:
+        # In pieces: a dedup barrier sets aside every duplicate of the run at once, and its JSON in
+        # one piece would add to the run's memory peak.
+        for piece in table.to_batches(SET_ASIDE_PIECE_ROWS):
+            self.set_aside.write(to_ndjson(pa.Table.from_batches([piece])), piece.num_rows)
 
     def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.

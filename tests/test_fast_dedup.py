@@ -171,6 +171,8 @@ def test_resolve_sets_aside_the_rows_of_the_per_record_formula_in_its_order() ->
     # An id seen twice takes the shared pairs + components step, as before.
     twice = [*rows[:50], rows[0]]
     assert stage.resolve([_signatures(twice)]).equals(resolve_duplicates(stage, [_signatures(twice)]))
+    apart = [_signatures(rows[:50]), _signatures(rows[:1])]  # the same id in two batches (ids are checked per batch)
+    assert stage.resolve(apart).equals(resolve_duplicates(stage, apart))
 
 
 def reference_relabel(aside: pa.Table) -> list[dict]:

@@ -250,6 +250,20 @@ def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) 
     assert kept["stage"].to_list() == ["exact_dedup", "s\t", "日本", "expectations"]
 
 
+def test_a_large_set_aside_table_is_written_in_pieces_with_the_bytes_of_one(tmp_path: Path) -> None:
+    from curation.writer import SET_ASIDE_PIECE_ROWS, to_ndjson
+
+    writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1 << 30, 0.3, "seed")
+    count = 2 * SET_ASIDE_PIECE_ROWS + 5
+    table = pa.table({"id": [f"{n:032x}" for n in range(count)], "detail": [f"duplicate of {n}" for n in range(count)]})
+    pieces = []
+    writer.set_aside.write = lambda data, lines: pieces.append((bytes(data), lines))
+    writer.write_set_aside(table)
+    writer.flush()
+    assert [lines for _, lines in pieces] == [SET_ASIDE_PIECE_ROWS, SET_ASIDE_PIECE_ROWS, 5]
+    assert b"".join(data for data, _ in pieces) == to_ndjson(table)
+
+
 @pytest.mark.parametrize("failing", [3, 10])  # a write in the middle of the run, and the run's last one
 def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, failing: int

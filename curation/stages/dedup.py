@@ -74,7 +74,8 @@ def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.A
 def _all_distinct(ids: pa.ChunkedArray) -> bool:
     # Distinct 64-bit hashes prove distinct ids, about 5x faster than counting distinct strings: the
     # strings are compared only when two hashes collide (``hash`` is polars' own: it is never stored).
-    hashes = pl.from_arrow(ids).hash()
+    # Hashed chunk by chunk: polars would otherwise copy every id at once, at the run's memory peak.
+    hashes = pl.concat([pl.from_arrow(chunk).hash() for chunk in ids.chunks]) if ids.num_chunks else pl.Series([])
     return hashes.n_unique() == len(ids) or pc.count_distinct(ids).as_py() == len(ids)
 
 
@@ -108,6 +109,7 @@ class ExactDedup:
         # Each row holds one key and ids are unique, so a cluster is exactly the rows sharing a key:
         # the same clusters the shared pairs + connected-components step finds, without a group per key.
         keys = pl.from_arrow(pc.list_flatten(everything["keys"]))
-        rows = keys.is_duplicated().arg_true()
-        members = pl.from_arrow(everything.select(["id", "source"]).take(rows.to_arrow()))
-        return keep_first(self, members.with_columns(cluster=keys.gather(rows)))
+        clustered = keys.is_duplicated()
+        # A mask filters chunk by chunk; a take would first join every chunk of ids and sources.
+        members = pl.from_arrow(everything.select(["id", "source"]).filter(clustered.to_arrow()))
+        return keep_first(self, members.with_columns(cluster=keys.filter(clustered)))
