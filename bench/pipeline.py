@@ -7,9 +7,10 @@ largest resident size of that process or of any process it waited for) is its ow
     python bench/pipeline.py                  # 1M records
     python bench/pipeline.py --records 20000  # a quick look
 
-Prints records/s, peak memory and the ratio of each to the floor, with and without the PII stage
-(the PII stage runs when ``curation.stages.pii`` exists), and the embedded executor's peak memory
-at N against N/10 records.
+Prints records/s, CPU seconds, peak memory and the ratio of each to the floor, with and without the
+PII stage (the PII stage runs when ``curation.stages.pii`` exists); then a scheduled run that adds
+N/800 records and carries the rest, against the first run's time; and the embedded executor's peak
+memory at N against N/10 records.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--pii-stage", default=None, help='the PII stage as recipe JSON (default {"type": "pii"})')
     parser.add_argument("--no-memory-check", action="store_true", help="skip the N/10 run of the memory check")
     parser.add_argument("--no-pii", action="store_true", help="skip the runs with the PII stage (slow at 1M)")
+    parser.add_argument("--no-scheduled", action="store_true", help="skip the scheduled run that adds N/800 records")
     parser.add_argument("--work", default=None, help="a folder for input and output (default: a temporary one)")
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
@@ -225,15 +227,21 @@ def main() -> None:
         floor = measure("floor", source, folder / "floor", None)
         results[0] = (results[0][0], floor)
         variants = [("without PII", None)] + ([("with PII", pii)] if pii is not None else [])
+        scheduled = None  # the embedded run without PII, which a scheduled run then extends
         for label, stage in variants:
             for engine in engines:
-                spec = recipe(source, folder / f"{engine}-{len(results)}", stage)
-                outcome = measure(engine, source, folder / f"{engine}-{len(results)}", spec)
+                dest = folder / f"{engine}-{len(results)}"
+                spec = recipe(source, dest, stage)
+                outcome = measure(engine, source, dest, spec)
                 results.append((f"{engine} executor, {label}", outcome))
                 print(f"  {engine} {label}: {outcome['seconds']:.1f}s (+{outcome['setup']:.1f}s start-up)", flush=True)
+                if (engine, stage) == ("local", None):
+                    scheduled = (dest, spec, outcome)
         if pii is None and not args.no_pii:
             print("PII stage: curation.stages.pii is not in this checkout; runs are without it")
         report(args.records, results, floor)
+        if scheduled is not None and not args.no_scheduled:
+            scheduled_run(folder, source, *scheduled, max(1, args.records // 800))
         if "local" in engines and not args.no_memory_check:
             small = max(1, args.records // 10)
             small_source = folder / "small"
@@ -247,6 +255,25 @@ def main() -> None:
                 f"\nembedded executor peak memory: {full['peak_mib']:.0f} MiB at {args.records:,} records, "
                 f"{tenth['peak_mib']:.0f} MiB at {small:,}: {ratio:.2f}x ({verdict})"
             )
+
+
+def scheduled_run(folder: Path, source: Path, dest: Path, spec: dict[str, Any], full: dict[str, Any], new: int) -> None:
+    """A scheduled run after the embedded one: a new part with ``new`` records (some repeat published
+    ones) lands beside the input; the run reads only that part and carries every published record
+    into its version (``output.carry_forward``, the default)."""
+    generate(folder / "new", new, seed=11)
+    part = source / "part-new.jsonl"
+    part.write_bytes(b"".join(p.read_bytes() for p in sorted((folder / "new").glob("*.jsonl"))))
+    try:
+        outcome = measure("local", source, dest, spec)
+    finally:
+        part.unlink()
+    counts = outcome["counts"]
+    print(
+        f"\nscheduled run (embedded): {counts['input']:,} new records, {counts['carried']:,} carried: "
+        f"{outcome['seconds']:.1f}s, {outcome['seconds'] / full['seconds']:.2f}x the first run's time, "
+        f"peak {outcome['peak_mib']:.0f} MiB"
+    )
 
 
 def report(records: int, results: list[tuple[str, dict[str, Any]]], floor: dict[str, Any]) -> None:

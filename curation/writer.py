@@ -86,16 +86,12 @@ def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
         yield rest + b"\n"
 
 
-def _read_lineage(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> dict[str, pl.DataFrame]:
-    """A version's lineage rows by output shard, each in line order.
-
-    Read as columns: a version carried by every scheduled run can hold millions of rows, and a JSON
-    object per row cost more than the rest of an incremental run together.
-    """
-    if not shards:
-        return {}
-    rows = pl.concat([_lineage_file(fs, f"{folder}/{shard.path}") for shard in shards])
-    return {key[0]: part.sort("line") for key, part in rows.partition_by("shard", as_dict=True).items()}
+def _lineage_files(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> Iterator[pl.DataFrame]:
+    """A version's lineage rows, a file at a time: a version carried by every scheduled run can hold
+    millions of rows, so they are read as columns (a JSON object per row cost more than the rest of
+    an incremental run) and never all at once."""
+    for shard in shards:
+        yield _lineage_file(fs, f"{folder}/{shard.path}")
 
 
 def _lineage_file(fs: pafs.FileSystem, path: str) -> pl.DataFrame:
@@ -143,9 +139,9 @@ class _Carrying:
         self.edited: set[str] = set()
         self.edits_not_applied: set[str] = set()
 
-    def touches(self, rows: pl.DataFrame | None) -> bool:
-        ids = self.decisions.rejected | self.decisions.edits.keys()
-        return bool(ids) and rows is not None and bool(rows["id"].is_in(pl.Series(list(ids), dtype=pl.String)).any())
+    def decided(self) -> pl.Series:
+        """The ids a decision rejects or edits."""
+        return pl.Series(sorted(self.decisions.rejected | self.decisions.edits.keys()), dtype=pl.String)
 
     def copied(self, lines: int, known: int) -> None:
         """A shard copied whole: all its lines carried, ``known`` of them with a lineage row."""
@@ -407,38 +403,42 @@ class DatasetWriter:
         source_fs, source = filesystem(version_dir)
         self._carried_from = previous.version
         carrying = _Carrying(decisions or RunDecisions(), self.format.name, self.format.options.chunk_chars is not None)
-        lineage = _read_lineage(source_fs, source, previous.lineage)
         append = self.format.data_file is not None or self.format.name in ONE_FILE_FORMATS
+        shards = {name: previous.splits[name].shards if name in previous.splits else [] for name in SPLITS}
+        paths = {
+            shard.path: self._carried_path(shard.path, previous.version) for name in SPLITS for shard in shards[name]
+        }
+        # Shards read line by line: every shard of a one-file format, and those a review decision reaches
+        # (a shard is size-bounded). The lineage of the others moves as it is, a file at a time.
+        by_line = set(paths) if append else self._decided_shards(source_fs, source, previous.lineage, carrying)
+        held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line)
         for name in SPLITS:
-            split = previous.splits.get(name)
-            for shard in split.shards if split else []:
-                rows = lineage.get(shard.path)
+            for shard in shards[name]:
+                rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
                 if append:
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    self._emit(self.splits[name], carrying.review(lines, _by_line(rows), f"{version_dir}/{shard.path}"))
+                    self._emit(self.splits[name], carrying.review(lines, _by_line(rows), where))
                     continue
-                folder, base = shard.path.rsplit("/", 1)
-                renamed = base if CARRIED_NAME.match(base) else f"part-v{previous.version}-{base.removeprefix('part-')}"
-                path = f"{folder}/{renamed}"
+                path = paths[shard.path]
+                folder, renamed = path.rsplit("/", 1)
                 make_dirs(self.fs, f"{self.staging}/{folder}")
-                if carrying.touches(rows):
-                    # Read the shard (it is size-bounded; ``review`` counts its lines) and rewrite it only
-                    # if a line really changes: an edit carried before is already in the line.
+                if shard.path in by_line:
+                    # Read the shard and rewrite it only if a line really changes: an edit carried
+                    # before is already in the line.
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    kept = list(carrying.review(lines, _by_line(rows), f"{version_dir}/{shard.path}"))
+                    kept = list(carrying.review(lines, _by_line(rows), where))
                     if len(kept) != shard.records or any(changed for _, _, changed in kept):
                         rewritten = ShardSeries(self.fs, self.staging, folder, 0, file_name=renamed)
                         self._emit(rewritten, kept)
                         rewritten.close()
                         self.carried[name] += rewritten.shards
                         continue
+                    if rows is not None:
+                        self._write_moved_lineage(rows, {shard.path: path})
                 else:
-                    carrying.copied(shard.records, 0 if rows is None else rows.height)
+                    carrying.copied(shard.records, known[shard.path])
                 self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
                 self.carried[name].append(shard.model_copy(update={"path": path}))
-                if rows is not None:
-                    moved = rows.with_columns(shard=pl.lit(path), carried_from=pl.lit(self._carried_from))
-                    self.lineage.write(_ndjson(moved), moved.height)
         for image in previous.files:
             if image.path not in self.files:  # named by content hash: one already here is the same file
                 make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")
@@ -459,6 +459,51 @@ class DatasetWriter:
             )
         self.carry_stats = carrying.stats()
         return carrying.carried
+
+    @staticmethod
+    def _carried_path(path: str, version: int) -> str:
+        """Where a carried shard goes: under a name that says which version it came from (kept as it
+        is when it came from an earlier one already)."""
+        folder, base = path.rsplit("/", 1)
+        return path if CARRIED_NAME.match(base) else f"{folder}/part-v{version}-{base.removeprefix('part-')}"
+
+    @staticmethod
+    def _decided_shards(fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying) -> set[str]:
+        """The shards holding a record that a review decision rejects or edits."""
+        decided = carrying.decided()
+        if decided.is_empty():
+            return set()
+        found: set[str] = set()
+        for rows in _lineage_files(fs, folder, lineage):
+            found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())
+        return found
+
+    def _carry_lineage(
+        self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], paths: dict[str, str], by_line: set[str]
+    ) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+        """Writes the moved lineage rows of the shards copied whole, a lineage file at a time; returns the
+        rows of the shards read line by line (``by_line``), each in line order, and how many rows each
+        shard has."""
+        held: dict[str, list[pl.DataFrame]] = {}
+        known: dict[str, int] = dict.fromkeys(paths, 0)
+        for rows in _lineage_files(fs, folder, lineage):
+            rows = rows.filter(pl.col("shard").is_in(pl.Series(list(paths), dtype=pl.String).implode()))
+            for shard, count in rows["shard"].value_counts().iter_rows():
+                known[shard] += count
+            reviewed = pl.col("shard").is_in(pl.Series(list(by_line), dtype=pl.String).implode())
+            for (shard,), part in rows.filter(reviewed).partition_by("shard", as_dict=True).items():
+                held.setdefault(shard, []).append(part)
+            self._write_moved_lineage(rows.filter(~reviewed), paths)
+        return {shard: pl.concat(parts).sort("line") for shard, parts in held.items()}, known
+
+    def _write_moved_lineage(self, rows: pl.DataFrame, paths: dict[str, str]) -> None:
+        """Lineage rows of shards copied whole: the new shard name, and the version they came from."""
+        if rows.height:
+            moved = rows.with_columns(
+                shard=pl.col("shard").replace_strict(paths, return_dtype=pl.String),
+                carried_from=pl.lit(self._carried_from, pl.Int64),
+            )
+            self.lineage.write(_ndjson(moved), moved.height)
 
     def _emit(self, series: ShardSeries, lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
         """Write carried lines to ``series`` in chunks, with a lineage row for each line that has one."""

@@ -207,6 +207,25 @@ def test_relabel_matches_the_per_row_formula() -> None:
     assert CrossRunDedup.relabel(unchanged).equals(unchanged)
 
 
+def test_a_run_resolves_against_only_the_published_rows_that_share_its_keys() -> None:
+    rng = random.Random(5)
+    # As the index loads them: their source sorts before every real one, so they are the ones kept.
+    published = [(f"published:1:p{n}", "", 1, None, rng.randrange(10_000)) for n in range(3000)]
+    new = [
+        (f"n{n}", "s3://b/new.jsonl", n, None, rng.choice([rng.randrange(10_000), 20_000 + n % 7])) for n in range(60)
+    ]
+    stage = CrossRunDedup(ExactDedup(["prompt", "completion"]), index=None)
+    stage.earlier = lambda schema: _signatures(published)
+    seen = []
+    resolve = stage.inner.resolve
+    stage.inner.resolve = lambda signatures: seen.append(sum(t.num_rows for t in signatures)) or resolve(signatures)
+    fast = stage.resolve([_signatures(new[:30]), _signatures(new[30:])])
+    everything = CrossRunDedup.relabel(resolve([_signatures(published), _signatures(new[:30]), _signatures(new[30:])]))
+    assert fast.equals(everything) and fast.num_rows > 0
+    assert {r["reason"] for r in fast.to_pylist()} == {"earlier_version", "exact_duplicate"}
+    assert seen == [60 + sum(key in {k for *_, k in new} for *_, key in published)]
+
+
 def _stored(ids: list[str], keys: list[list[int]]) -> pa.Table:
     return pa.table(
         {

@@ -359,7 +359,7 @@ def test_conversation_rows_equal_the_per_record_renderer(name: str, system_promp
 def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path: Path) -> None:
     # Lineage is read as columns: a page number or ``carried_from`` seen only after the first rows
     # (a PDF after 150 text records, rows carried from an earlier version) must survive the read.
-    from curation.writer import _read_lineage
+    from curation.writer import _lineage_files
     from schemas.manifest import Shard
 
     def row(line: int, page: int | None, **more: int) -> dict:
@@ -367,10 +367,10 @@ def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path:
         return {"shard": "train/part-00000.jsonl", "line": line, "id": f"{line:032x}", "source": source, **more}
 
     rows = [row(n, None) for n in range(1, 151)] + [row(151, 3, carried_from=1), row(152, 4)]
-    (tmp_path / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [rows[1], rows[0], *rows[2:]]))
+    (tmp_path / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shard = Shard(path="part-00000.jsonl", records=len(rows), bytes=0, sha256="")
-    (frame,) = _read_lineage(pafs.LocalFileSystem(), str(tmp_path), [shard]).values()
+    (frame,) = _lineage_files(pafs.LocalFileSystem(), str(tmp_path), [shard])
     read = frame.to_dicts()
-    assert [r["line"] for r in read] == list(range(1, 153))  # back in line order
+    assert [r["line"] for r in read] == list(range(1, 153))
     assert [r["source"]["page"] for r in read[-3:]] == [None, 3, 4]
     assert [r["carried_from"] for r in read[-3:]] == [None, 1, None]

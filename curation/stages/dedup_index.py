@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
+from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import one_key_each
 from curation.state import state_engine
 from schemas.records import SOURCE_TYPE, empty_flags
@@ -232,6 +233,13 @@ class CrossRunDedup:
         if not signatures:
             return self.inner.resolve(signatures)
         earlier = self.earlier(signatures[0].schema)
+        if earlier is not None and isinstance(self.inner, ExactDedup):
+            # A content hash is the whole cluster key: only published rows with one of this run's keys
+            # can be in a cluster. A scheduled run adding a few records to millions resolves only those.
+            keys = pa.chunked_array([pc.list_flatten(s["keys"]) for s in signatures], pa.uint64())
+            published = pc.list_flatten(earlier["keys"])
+            if len(published) == earlier.num_rows:  # one key each, as exact dedup stores them
+                earlier = earlier.filter(pc.is_in(published, value_set=keys.combine_chunks()))
         return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
 
     def remember_kept(self, kept: pa.Table) -> None:
