@@ -7,6 +7,7 @@ not read ``AWS_ENDPOINT_URL`` itself, so we pass it on.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import os
@@ -137,11 +138,14 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
             prefix = base.partition("/")[2]
             found = [e for e in objects(f"{prefix}/" if prefix else "") if fnmatch.fnmatch(e.uri[5:], path)]
         else:
+            if key and not key.endswith("/"):
+                # One object, if it is one: read access to it is enough, as for reading it.
+                with contextlib.suppress(botocore.exceptions.ClientError):
+                    head = client.head_object(Bucket=bucket, Key=key)
+                    modified = head["LastModified"].isoformat()
+                    return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))]
             folder = f"{key.rstrip('/')}/" if key.strip("/") else ""
-            listed = list(objects(key))  # the object itself, if there is one, and everything under the folder
-            if any(entry.uri == uri for entry in listed):
-                return [next(entry for entry in listed if entry.uri == uri)]
-            found = [e for e in listed if e.uri.startswith(f"s3://{bucket}/{folder}")]
+            found = list(objects(folder))
             if not found:
                 raise StorageError(f"{uri}: no such file or folder")
             found = [e for e in found if _listed(e.uri.removeprefix(f"s3://{bucket}/{folder}"), suffixes)]

@@ -109,5 +109,6 @@ def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: 
     for entry in entries:
         etag = s3.head_object(Bucket=bucket, Key=entry.uri.removeprefix(f"{uri}/"))["ETag"].strip('"')
         assert entry.etag == etag
+    assert list_files(f"{uri}/in/a.jsonl") == [e for e in entries if e.uri.endswith("/in/a.jsonl")]
     ghost = replace(entries[0], uri="s3://no-such-bucket-here/a.jsonl")
     assert file_fingerprints([*entries, ghost]) == {e.uri: e.etag for e in [*entries, ghost]}
