@@ -133,6 +133,7 @@ class _Carrying:
 
     def __init__(self, decisions: RunDecisions, fmt: str, chunked: bool) -> None:
         self.decisions, self.fmt, self.chunked = decisions, fmt, chunked
+        self.edits = decisions.carried_edits()  # annotators' values, and texts with not-PII spans put back
         self.carried = 0
         self.unknown = 0  # carried lines without a lineage row: no record id to match decisions against
         self.rejected: set[str] = set()
@@ -141,7 +142,7 @@ class _Carrying:
 
     def decided(self) -> pl.Series:
         """The ids a decision rejects or edits."""
-        return pl.Series(sorted(self.decisions.rejected | self.decisions.edits.keys()), dtype=pl.String)
+        return pl.Series(sorted(self.decisions.rejected | self.edits.keys()), dtype=pl.String)
 
     def copied(self, lines: int, known: int) -> None:
         """A shard copied whole: all its lines carried, ``known`` of them with a lineage row."""
@@ -164,14 +165,14 @@ class _Carrying:
                 self.rejected.add(record)
                 continue
             changed = False
-            if record in self.decisions.edits:
+            if record in self.edits:
                 try:
                     parsed = json.loads(line)
                 except ValueError as error:
                     raise ValueError(
                         f"{where} line {number}: not a JSON object ({error}); cannot apply its edit"
                     ) from None
-                changed, missed = apply_edits(parsed, self.decisions.edits[record], self.fmt, self.chunked)
+                changed, missed = apply_edits(parsed, self.edits[record], self.fmt, self.chunked)
                 if missed:
                     self.edits_not_applied.add(record)
                 if changed:

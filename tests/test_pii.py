@@ -337,6 +337,55 @@ def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
 
 
+def test_annotator_undo_reaches_the_carried_copy_of_a_record(workdir: Path) -> None:
+    from curation.review.decisions import Edit, decide
+
+    prompt = "Reach me at 212-555-0187 or at dana@example.org."
+    write_jsonl(workdir / "in" / "a.jsonl", [{"message": prompt, "reply": "Will do."}])
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+        "stages": [{"type": "pii", "recognizers": [CUSTOMER_ID]}],
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, recipe)
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with engine.connect() as conn:
+        item_id, payload = conn.execute(sa.text("select item_id, payload from review_items where kind = 'pii'")).one()
+    [span] = json.loads(payload)["spans"]
+    decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+
+    # A scheduled run: new input only; the record of v1 is carried, with the span put back.
+    write_jsonl(workdir / "in" / "b.jsonl", [{"message": "Call 212-555-0199 for dana@example.org.", "reply": "OK."}])
+    second = run(workdir, recipe)
+    prompts = sorted(row["prompt"] for row in outputs(Path(second.version_uri)))
+    assert prompts == ["Call <PHONE_NUMBER> for <EMAIL_ADDRESS>.", "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>."]
+    assert second.manifest.counts.carried == 1 and second.manifest.stats["carry"]["review_edited"] == 1
+    # The next carry finds the line as decided: copied as it is.
+    write_jsonl(workdir / "in" / "c.jsonl", [{"message": "Thanks!", "reply": "Welcome."}])
+    third = run(workdir, recipe)
+    assert third.manifest.counts.carried == 2 and third.manifest.stats["carry"]["review_edited"] == 0
+    assert "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>." in {r["prompt"] for r in outputs(Path(third.version_uri))}
+
+
+def test_a_flag_rebuilds_its_field_with_only_the_spans_still_redacted() -> None:
+    from curation.review.decisions import restored_text
+
+    text = "Call 212-555-0187, mail dana@example.org."
+    phone = {"start": 5, "end": 17, "placeholder": "<PHONE_NUMBER>"}
+    mail = {"start": 24, "end": 40, "placeholder": "<EMAIL_ADDRESS>"}
+    published = "Call <PHONE_NUMBER>, mail <EMAIL_ADDRESS>."
+    flag = {"field": "prompt", "original": text, "redacted": published, "spans": [phone], "redactions": [phone, mail]}
+    assert restored_text(flag, {(5, 17)}) == "Call 212-555-0187, mail <EMAIL_ADDRESS>."
+    assert restored_text(flag, set()) == published
+    # Flags written before they held every redaction: rebuilt only when the uncertain spans were all of them.
+    older = {key: value for key, value in flag.items() if key != "redactions"}
+    assert restored_text(older, {(5, 17)}) is None
+    alone = {**older, "spans": [phone, mail]}
+    assert restored_text(alone, {(24, 40)}) == "Call <PHONE_NUMBER>, mail dana@example.org."
+
+
 def test_check_reports_a_pii_stage_that_cannot_work(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 

@@ -10,13 +10,17 @@ filtered with reason ``review``, edits replace field values, and redaction spans
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from curation.redaction import redacted
 from curation.review.queue import create_tables, metadata, review_items
+
+log = logging.getLogger(__name__)
 
 Action = Literal["approve", "reject", "edit"]
 ACTIONS: tuple[Action, ...] = ("approve", "reject", "edit")
@@ -206,13 +210,26 @@ def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides
 
 @dataclass
 class RunDecisions:
-    """What the next run of a dataset applies: rejected record ids and field edits per record."""
+    """What the next run of a dataset applies: rejected record ids and field edits per record.
+
+    ``restored`` holds, per record and field, the published text rebuilt with the spans annotators
+    marked not PII put back: a record read again gets that from the PII stage (``undone_redactions``),
+    a carried one from this.
+    """
 
     rejected: set[str] = field(default_factory=set)
     edits: dict[str, dict[str, str]] = field(default_factory=dict)
+    restored: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.rejected or self.edits)
+        return bool(self.rejected or self.edits or self.restored)
+
+    def carried_edits(self) -> dict[str, dict[str, str]]:
+        """Field values for carried records: restorations, and edits, which win for the same field."""
+        return {
+            record: {**self.restored.get(record, {}), **self.edits.get(record, {})}
+            for record in self.restored.keys() | self.edits.keys()
+        }
 
 
 def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
@@ -231,17 +248,54 @@ def _utc(moment: datetime) -> datetime:
 
 
 def run_decisions(engine: sa.Engine, dataset: str) -> RunDecisions:
-    """Active decisions of a dataset as the review stage needs them (later edits win per field)."""
+    """Active decisions of a dataset as the review stage and carry-forward need them (later edits win
+    per field)."""
     result = RunDecisions()
+    not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII
     for decision in active_decisions(engine, dataset):
         record = decision["record_id"]
         if decision["action"] == "reject":
             result.rejected.add(record)
         elif decision["action"] == "edit":
-            fields = json.loads(decision["after"]).get("fields", {})
-            if fields:
-                result.edits.setdefault(record, {}).update(fields)
+            after = json.loads(decision["after"])
+            if after.get("fields"):
+                result.edits.setdefault(record, {}).update(after["fields"])
+            if after.get("not_pii"):
+                not_pii[decision["item_id"]] = (record, after["not_pii"])
+    if not_pii:
+        with engine.connect() as db:
+            query = sa.select(review_items.c.item_id, review_items.c.payload)
+            payloads = dict(db.execute(query.where(review_items.c.item_id.in_(not_pii))).all())
+        for item_id, (record, spans) in not_pii.items():
+            payload = json.loads(payloads.get(item_id) or "{}")
+            text = restored_text(payload, {(int(start), int(end)) for _, start, end in spans})
+            if text is None:
+                log.warning(
+                    "review item %d: its flag does not hold every redaction of the field, so a carried copy "
+                    "of record %s keeps the spans marked not PII redacted; --full-refresh reads it again",
+                    item_id,
+                    record,
+                )
+            else:
+                result.restored.setdefault(record, {})[payload["field"]] = text
     return result
+
+
+def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str | None:
+    """A PII flag's field as published, but with the spans in ``not_pii`` left as they were.
+
+    The payload keeps every redaction of the field; a flag written before it did kept only the
+    uncertain ones, which are all of them when redacting with them alone gives the published text.
+    None when the flag cannot say.
+    """
+    original, redactions = payload.get("original"), payload.get("redactions")
+    if original is None or "field" not in payload:
+        return None
+    if redactions is None:
+        redactions = payload.get("spans", [])
+        if redacted(original, redactions) != payload.get("redacted"):
+            return None
+    return redacted(original, [span for span in redactions if (span["start"], span["end"]) not in not_pii])
 
 
 def undone_redactions(engine: sa.Engine, dataset: str) -> dict[str, set[tuple[str, int, int]]]:

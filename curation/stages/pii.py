@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiEngineError, PiiTextError
 from curation.pii_image import BadImage, check_tesseract, redact_image
+from curation.redaction import redacted
 from curation.stages.base import StageError, StageResult
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, set_aside_rows
@@ -170,7 +171,7 @@ class PiiRedaction:
             counts.setdefault(row, Counter()).update(entity for entity, *_ in keep)
             uncertain = [span for span in spans if span["score"] < self.config.review_below]
             if uncertain:
-                flags.setdefault(row, []).append(self._flag(batch, row, name, text, new_text, uncertain))
+                flags.setdefault(row, []).append(self._flag(batch, row, name, text, new_text, uncertain, spans))
         stats["records_scanned"] += batch.num_rows
         bad_images: dict[int, str] = {}
         if self.config.ocr and "image_bytes" in batch.column_names:
@@ -251,24 +252,31 @@ class PiiRedaction:
         return batch.set_column(column, "image_bytes", pa.array(images, batch["image_bytes"].type)), bad
 
     def _redact(self, text: str, detections: list[Detection]) -> tuple[str, list[dict]]:
-        pieces, spans, position = [], [], 0
-        for entity, start, end, score in detections:
-            placeholder = self.placeholder(self.operators[entity], entity, text[start:end])
-            pieces += [text[position:start], placeholder]
-            spans.append(
-                {"start": start, "end": end, "entity": entity, "score": round(score, 4), "placeholder": placeholder}
-            )
-            position = end
-        pieces.append(text[position:])
-        return "".join(pieces), spans
+        spans = [
+            {
+                "start": start,
+                "end": end,
+                "entity": entity,
+                "score": round(score, 4),
+                "placeholder": self.placeholder(self.operators[entity], entity, text[start:end]),
+            }
+            for entity, start, end, score in detections
+        ]
+        return redacted(text, spans), spans
 
-    def _flag(self, batch: pa.Table, row: int, name: str, original: str, redacted: str, spans: list[dict]) -> dict:
+    def _flag(
+        self, batch: pa.Table, row: int, name: str, original: str, text: str, spans: list[dict], every: list[dict]
+    ) -> dict:
+        """A review item for the uncertain ``spans``; ``every`` redaction of the field is kept beside them,
+        so a carried copy can be rebuilt when some of them are marked not PII."""
         entities = ", ".join(sorted({span["entity"] for span in spans}))
+        redactions = [{key: span[key] for key in ("start", "end", "placeholder")} for span in every]
+        payload = {"field": name, "original": original, "redacted": text, "spans": spans, "redactions": redactions}
         return {
             "id": batch["id"][row].as_py(),
             "source": batch["source"][row].as_py(),
             "stage": self.name,
             "kind": "pii",
             "detail": f"{len(spans)} uncertain PII span(s) in {name}: {entities}",
-            "payload": json.dumps({"field": name, "original": original, "redacted": redacted, "spans": spans}),
+            "payload": json.dumps(payload),
         }
