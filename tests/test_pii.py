@@ -312,50 +312,41 @@ def run_again(folder: Path, recipe: dict[str, Any]) -> Any:
     return run_recipe(loaded)
 
 
-def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
+UNDO_PROMPT = "Reach me at 212-555-0187 or at dana@example.org."
+UNDO_RECIPE = {
+    "dataset": "support",
+    "sources": [{"path": "in"}],
+    "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+    "stages": [{"type": "pii", "recognizers": [CUSTOMER_ID]}],
+    "output": {"validation_fraction": 0.0},
+}
+
+
+def published_then_marked_not_pii(workdir: Path) -> Any:
+    """v1 of a record whose phone number is an uncertain detection, which an annotator then marks not PII."""
     from curation.review.decisions import Edit, decide
 
-    prompt = "Reach me at 212-555-0187 or at dana@example.org."
-    write_jsonl(workdir / "in.jsonl", [{"message": prompt, "reply": "Will do."}])
-    recipe = {
-        "dataset": "support",
-        "sources": [{"path": "in.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
-        "stages": [{"type": "pii", "recognizers": [CUSTOMER_ID]}],
-        "output": {"validation_fraction": 0.0},
-    }
-    first = run(workdir, recipe)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"message": UNDO_PROMPT, "reply": "Will do."}])
+    first = run(workdir, UNDO_RECIPE)
     assert outputs(Path(first.version_uri))[0]["prompt"] == "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>."
     engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
     with engine.connect() as conn:
         item_id, payload = conn.execute(sa.text("select item_id, payload from review_items where kind = 'pii'")).one()
     [span] = json.loads(payload)["spans"]
     decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+    return first
 
-    second = run_again(workdir, recipe)
+
+def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
+    published_then_marked_not_pii(workdir)
+    second = run_again(workdir, UNDO_RECIPE)
     assert outputs(Path(second.version_uri))[0]["prompt"] == "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>."
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
 
 
 def test_annotator_undo_reaches_the_carried_copy_of_a_record(workdir: Path) -> None:
-    from curation.review.decisions import Edit, decide
-
-    prompt = "Reach me at 212-555-0187 or at dana@example.org."
-    write_jsonl(workdir / "in" / "a.jsonl", [{"message": prompt, "reply": "Will do."}])
-    recipe = {
-        "dataset": "support",
-        "sources": [{"path": "in"}],
-        "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
-        "stages": [{"type": "pii", "recognizers": [CUSTOMER_ID]}],
-        "output": {"validation_fraction": 0.0},
-    }
-    run(workdir, recipe)
-    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
-    with engine.connect() as conn:
-        item_id, payload = conn.execute(sa.text("select item_id, payload from review_items where kind = 'pii'")).one()
-    [span] = json.loads(payload)["spans"]
-    decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
-
+    published_then_marked_not_pii(workdir)
+    recipe = UNDO_RECIPE
     # A scheduled run: new input only; the record of v1 is carried, with the span put back.
     write_jsonl(workdir / "in" / "b.jsonl", [{"message": "Call 212-555-0199 for dana@example.org.", "reply": "OK."}])
     second = run(workdir, recipe)
