@@ -91,6 +91,11 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         disable=quiet,
     )
     task = progress.add_task(f"curating {recipe.dataset}", total=None)
+
+    def written(records: int) -> None:
+        # The bar is the input read; after a dedup stage's barrier it is full while the writing goes on.
+        progress.update(task, description=f"curating {recipe.dataset}: {records:,} records written")
+
     try:
         with progress:
             result = run_recipe(
@@ -98,6 +103,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 on_start=lambda total: progress.update(task, total=total or None),
                 on_input=lambda done: progress.advance(task, done),
                 full_refresh=full_refresh,
+                on_written=written,
             )
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {error}", highlight=False)

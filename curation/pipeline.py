@@ -326,16 +326,19 @@ def run_recipe(
     on_input: Callable[[int], None] = lambda _: None,
     executor: LocalExecutor | None = None,
     full_refresh: bool = False,
+    on_written: Callable[[int], None] = lambda _: None,
 ) -> RunResult:
     """Run a recipe end to end and publish the next version; nothing is visible if it fails.
 
     Sources take only what is new since the last published run (``full_refresh`` takes everything
     again); a run that finds nothing new publishes nothing. Two runs of one dataset never overlap:
-    the second raises ``RunLocked``.
+    the second raises ``RunLocked``. For progress: ``on_start`` gets the input's size in bytes,
+    ``on_input`` the bytes read since, ``on_written`` the records written so far (after a
+    deduplication stage, writing starts once all input is read).
     """
     state = StateStore(recipe.state)
     with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
-        return _run_locked(recipe, state, on_start, on_input, executor, full_refresh)
+        return _run_locked(recipe, state, on_start, on_input, executor, full_refresh, on_written)
 
 
 def _run_locked(
@@ -345,6 +348,7 @@ def _run_locked(
     on_input: Callable[[int], None],
     executor: LocalExecutor | None,
     full_refresh: bool,
+    on_written: Callable[[int], None],
 ) -> RunResult:
     from curation.published import published_versions, version_uri
 
@@ -368,6 +372,7 @@ def _run_locked(
         stratify_by=out.stratify_by,
         group_by=out.group_by,
     )
+    writer.on_written = on_written
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint())
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()

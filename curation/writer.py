@@ -298,6 +298,7 @@ class DatasetWriter:
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
+        self.on_written: Callable[[int], None] = lambda _: None  # records written so far, for progress
         # The lineage's JSON, hashing and writing files run on one thread, in the order they were asked
         # for, while the caller makes the next batch: polars, hashlib and file writes release the GIL.
         # One job in flight at most, so memory holds one batch more; its error is raised by the next
@@ -321,6 +322,7 @@ class DatasetWriter:
                 parts.append((name, part, rendered, to_ndjson(rendered.rows)))
                 self.written += part.num_rows
         self._submit(lambda: self._write_parts(parts))
+        self.on_written(self.written)
 
     def _write_parts(self, parts: list[tuple[str, pa.Table, Rendered, bytes]]) -> None:
         for split, part, rendered, lines in parts:

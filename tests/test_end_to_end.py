@@ -13,7 +13,7 @@ from curation.demo import CATEGORIES, PAYEES, PHONES, write_demo
 from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from schemas.config import load_recipe
-from tests.helpers import outputs, run, set_aside, write_jsonl
+from tests.helpers import outputs, run, set_aside, write_jsonl, write_recipe
 
 
 def test_demo_recipe_publishes_jumpstart_instruction_data(workdir: Path) -> None:
@@ -167,3 +167,29 @@ def test_input_columns_named_id_or_source_are_kept_as_input_id_and_input_source(
     result = run(workdir, recipe)
     written = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
     assert written == [f"[T-{n} from crm] Question {n}?" for n in range(4)]
+
+
+def test_progress_reports_bytes_read_then_records_written(workdir: Path) -> None:
+    rows = [{"text": f"record {i % 900} " + "x" * 50} for i in range(1000)]  # 100 exact duplicates
+    path = write_jsonl(workdir / "in.jsonl", rows)
+    recipe = {
+        "dataset": "progress",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup"}],
+        "batch_rows": 100,
+    }
+    events: list[tuple[str, int]] = []
+    result = run_recipe(
+        load_recipe(write_recipe(workdir, recipe)),
+        on_start=lambda total: events.append(("start", total)),
+        on_input=lambda done: events.append(("read", done)),
+        on_written=lambda records: events.append(("written", records)),
+    )
+    assert events[0] == ("start", path.stat().st_size)
+    assert sum(n for kind, n in events if kind == "read") == path.stat().st_size
+    written = [n for kind, n in events if kind == "written"]
+    assert len(written) > 1 and written == sorted(written) and written[-1] == result.manifest.counts.written == 900
+    # The dedup stage is a barrier: every byte is read before the first record is written.
+    first_write = next(i for i, (kind, _) in enumerate(events) if kind == "written")
+    assert all(kind == "written" for kind, _ in events[first_write:])
