@@ -358,3 +358,34 @@ def test_s3_in_and_out_on_ray(workdir: Path, local_ray: Any, bucket: str) -> Non
     assert published(distributed) == published(local)
     assert distributed.manifest.counts.duplicate > 0 and distributed.manifest.counts.quarantined == 3
     assert verify_checksums(distributed.version_uri, distributed.manifest) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "ray_address", "expected"),
+    [
+        (None, None, {"address": "local", "num_cpus": 3}),  # a new local instance, whatever else runs here
+        (None, "10.0.0.1:6379", {}),  # inside a job submitted to a cluster: that cluster
+        ("auto", None, {"address": "auto"}),
+    ],
+)
+def test_which_ray_a_run_joins(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, ray_address: str | None, expected: dict[str, Any]
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    class Ray:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**options: Any) -> None:
+            calls.append(options)
+
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert RayExecutor(address=address, workers=3)._connect(Ray) is True
+    (options,) = calls
+    assert {key: options[key] for key in ("address", "num_cpus") if key in options} == expected

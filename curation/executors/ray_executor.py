@@ -13,6 +13,7 @@ embedded executor's.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,19 @@ class RayExecutor:
             ray.init(address=self.address, runtime_env=runtime_env, logging_level=logging.WARNING)
         elif self.address:
             ray.init(address=self.address, logging_level=logging.WARNING)
+        elif os.environ.get("RAY_ADDRESS"):  # a job on a cluster (`ray job submit`): that cluster
+            ray.init(logging_level=logging.WARNING)
         else:
+            # "local": a new instance of its own, even where `ray start` left one running (Ray would
+            # otherwise join that one, and refuse the CPU count).
             env = {"env_vars": {"PYTHONPATH": code_root()}}
-            ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env, logging_level=logging.WARNING)
+            ray.init(
+                address="local",
+                num_cpus=self.workers,
+                include_dashboard=False,
+                runtime_env=env,
+                logging_level=logging.WARNING,
+            )
         return True
 
     def _run(
