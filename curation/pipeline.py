@@ -269,8 +269,8 @@ def _spilled(spill: Path) -> Iterator[pa.Table]:
 def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
     if table.num_rows == 0:
         return
-    writer.write_set_aside(table)
-    tally.flags.append(quarantine_flags(table))
+    published = writer.write_set_aside(table)
+    tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     counted = table.group_by(["outcome", "reason"]).aggregate([([], "count_all")])
     for outcome, reason, count in zip(
         *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all")), strict=True
@@ -289,15 +289,22 @@ def _review_changes(recipe: Recipe, state: StateStore, version: int) -> int:
     return changes_since(state.engine, recipe.dataset, published)
 
 
-def quarantine_flags(set_aside: pa.Table) -> pa.Table:
-    """Every quarantined record goes to the review queue with its reason and raw input."""
-    rows = set_aside.filter(pc.equal(set_aside["outcome"], "quarantined"))
-    payload = [
-        json.dumps({"reason": r, "detail": d, "record": raw})
-        for r, d, raw in zip(
-            rows["reason"].to_pylist(), rows["detail"].to_pylist(), rows["record"].to_pylist(), strict=True
-        )
-    ]
+def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:
+    """Every quarantined record goes to the review queue with its reason and raw input, and, when the
+    recipe redacts PII, the same rows as published (``redacted``, in the same order): the review
+    page shows those to roles that do not see PII."""
+    quarantined = pc.equal(set_aside["outcome"], "quarantined")
+    rows = set_aside.filter(quarantined)
+    columns = [rows[name].to_pylist() for name in ("reason", "detail", "record")]
+    if redacted is None:
+        payload = [json.dumps({"reason": r, "detail": d, "record": raw}) for r, d, raw in zip(*columns, strict=True)]
+    else:
+        published = redacted.filter(quarantined)
+        columns += [published[name].to_pylist() for name in ("detail", "record")]
+        payload = [
+            json.dumps({"reason": r, "detail": d, "record": raw, "redacted_detail": rd, "redacted_record": rr})
+            for r, d, raw, rd, rr in zip(*columns, strict=True)
+        ]
     return pa.table(
         {
             "id": rows["id"],

@@ -371,11 +371,13 @@ class DatasetWriter:
         sizes.append(total - sum(sizes))
         return sizes
 
-    def write_set_aside(self, table: pa.Table) -> None:
+    def write_set_aside(self, table: pa.Table) -> pa.Table:
+        """Write set-aside rows; returns them as published (with ``scrub``, their PII redacted)."""
         if table.num_rows:
             table = self.scrub(table) if self.scrub else table
             self.set_aside_reported.append(reported_columns(table))
             self._submit(lambda: self._write_set_aside(table))
+        return table
 
     def _write_set_aside(self, table: pa.Table) -> None:
         # In pieces: a dedup barrier sets aside every duplicate of the run at once, and its JSON in

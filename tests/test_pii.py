@@ -247,6 +247,23 @@ def test_quarantined_raw_input_is_published_redacted_and_queued_raw(workdir: Pat
             conn.execute(sa.text("select payload from review_items where kind = 'quarantined'")).scalars()
         )
     assert all(email in queued for email in emails)  # annotators see what came in
+    # ... if their role sees PII; a reviewer sees the input as published.
+    from curation.review.auth import User
+    from curation.review.views import item_view
+
+    with sa.create_engine(f"sqlite:///{workdir / 'state.db'}").connect() as conn:
+        items = [
+            dict(row)
+            for row in conn.execute(sa.text("select * from review_items where kind = 'quarantined'")).mappings()
+        ]
+    assert len(items) == 3
+    for item in items:
+        reviewer, pii_reviewer = item_view(item, User("rita", "reviewer")), item_view(item, User("pia", "pii-reviewer"))
+        assert reviewer["redacted"] and "<EMAIL_ADDRESS>" in reviewer["raw"]
+        assert not [email for email in emails if email in reviewer["raw"] + (reviewer["reason_detail"] or "")]
+        assert not pii_reviewer["redacted"] and pii_reviewer["raw"] == json.loads(item["payload"])["record"]
+    raw = " ".join(item_view(item, User("pia", "pii-reviewer"))["raw"] for item in items)
+    assert all(email in raw for email in emails)
 
 
 def document_image() -> bytes:

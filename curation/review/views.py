@@ -82,8 +82,11 @@ def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
         view["edit_values"] = {}
     elif item["kind"] == "quarantined":
         view["reason"] = payload.get("reason")
-        view["reason_detail"] = payload.get("detail")
-        view["raw"] = payload.get("record")
+        # With a PII stage in the recipe, roles that do not see PII get the input as published.
+        view["redacted"] = "redacted_record" in payload and not user.sees_pii
+        prefix = "redacted_" if view["redacted"] else ""
+        view["reason_detail"] = payload.get(f"{prefix}detail")
+        view["raw"] = payload.get(f"{prefix}record")
         view["edit_values"] = {}
     elif item["kind"] == "vqa":
         view.update({name: payload.get(name) for name in ("image", "question", "answer")})

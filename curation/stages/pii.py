@@ -220,11 +220,11 @@ class PiiRedaction:
                 continue
             found = self.analyzer.analyze([values[row] for row in where], self.config.threshold)
             for row, detections in zip(where, found, strict=True):
-                text, position, pieces = values[row], 0, []
-                for entity, start, end, _ in resolve_overlaps(detections):
-                    pieces += [text[position:start], f"<{entity}>"]
-                    position = end
-                values[row] = "".join([*pieces, text[position:]])
+                spans = [
+                    {"start": s, "end": e, "placeholder": f"<{entity}>"}
+                    for entity, s, e, _ in resolve_overlaps(detections)
+                ]
+                values[row] = redacted(values[row], spans)
             table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
         return table
 
