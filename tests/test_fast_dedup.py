@@ -207,23 +207,28 @@ def test_relabel_matches_the_per_row_formula() -> None:
     assert CrossRunDedup.relabel(unchanged).equals(unchanged)
 
 
-def test_a_run_resolves_against_only_the_published_rows_that_share_its_keys() -> None:
+def test_a_run_resolves_against_only_the_published_rows_that_share_its_keys(tmp_path: Path) -> None:
     rng = random.Random(5)
-    # As the index loads them: their source sorts before every real one, so they are the ones kept.
-    published = [(f"published:1:p{n}", "", 1, None, rng.randrange(10_000)) for n in range(3000)]
+    hex_ids = [f"{rng.getrandbits(128):032x}" for _ in range(3000)]
+    published = _stored(hex_ids, [[rng.randrange(10_000)] for _ in hex_ids])
+    index = SignatureIndex(f"sqlite:///{tmp_path}/state.db", "d")
+    index.stage_pending("exact_dedup", "p", published)
+    index.published(1)
     new = [
         (f"n{n}", "s3://b/new.jsonl", n, None, rng.choice([rng.randrange(10_000), 20_000 + n % 7])) for n in range(60)
     ]
-    stage = CrossRunDedup(ExactDedup(["prompt", "completion"]), index=None)
-    stage.earlier = lambda schema: _signatures(published)
+    stage = CrossRunDedup(ExactDedup(["prompt", "completion"]), index)
+    stage.params = "p"
     seen = []
     resolve = stage.inner.resolve
     stage.inner.resolve = lambda signatures: seen.append(sum(t.num_rows for t in signatures)) or resolve(signatures)
-    fast = stage.resolve([_signatures(new[:30]), _signatures(new[30:])])
-    everything = CrossRunDedup.relabel(resolve([_signatures(published), _signatures(new[:30]), _signatures(new[30:])]))
+    signatures = [_signatures(new[:30]), _signatures(new[30:])]
+    fast = stage.resolve(signatures)
+    everything = CrossRunDedup.relabel(resolve([stage.earlier(signatures[0].schema), *signatures]))
     assert fast.equals(everything) and fast.num_rows > 0
     assert {r["reason"] for r in fast.to_pylist()} == {"earlier_version", "exact_duplicate"}
-    assert seen == [60 + sum(key in {k for *_, k in new} for *_, key in published)]
+    new_keys = {key for *_, key in new}
+    assert seen == [60 + sum(key in new_keys for [key] in published["keys"].to_pylist())]
 
 
 def _stored(ids: list[str], keys: list[list[int]]) -> pa.Table:
@@ -258,3 +263,8 @@ def test_stored_signatures_load_as_given_and_rows_stored_before_still_load(tmp_p
     assert loaded["id"].to_pylist() == [f"published:1:{i}" for t in tables for i in t["id"].to_pylist()]
     assert loaded["keys"].to_pylist() == [k for t in tables for k in t["keys"].to_pylist()]
     assert loaded.schema.field("keys").type == pa.list_(pa.uint64())
+    # Asked for some keys: rows of one key each holding none of them stay out, packed or stored before;
+    # rows of several keys (or none) all come, since a cluster can reach them through any key.
+    wanted = [exact["keys"][0][0].as_py(), 6, 1]
+    holding = index.load("exact_dedup", "p", pa.array(wanted, pa.uint64()))
+    assert holding["id"].to_pylist() == [f"published:1:{i}" for i in (hex_ids[0], "A" * 32, *hex_ids[:3], hex_ids[1])]

@@ -109,12 +109,25 @@ def _unpacked(table: pa.Table) -> pa.Table:
     """Stored signature rows as ``signatures`` gave them (``source`` left out)."""
     table = table.combine_chunks()
     if table.schema.field("id").type == _ID_BYTES:
-        table = table.set_column(0, "id", _hex_ids(table["id"].chunk(0)))
+        ids = _hex_ids(table["id"].chunk(0)) if table.num_rows else pa.array([], pa.string())
+        table = table.set_column(0, "id", ids)
     if "key" in table.schema.names:
         index = table.schema.get_field_index("key")
         key = table["key"].chunk(0) if table.num_rows else pa.array([], pa.uint64())
         table = table.set_column(index, "keys", one_key_each(key))
     return table
+
+
+def _holding(stored: pa.Table, keys: pa.Array | None) -> pa.Table:
+    """Stored rows of one key each that hold one of ``keys``; all rows without ``keys`` or when rows
+    hold several keys (near-duplicate bands: a cluster can reach a row through any of them)."""
+    if keys is None:
+        return stored
+    if "key" in stored.schema.names:
+        return stored.filter(pc.is_in(stored["key"], value_set=keys))
+    if stored.num_rows and pc.all(pc.equal(pc.list_value_length(stored["keys"]), 1)).as_py():
+        return stored.filter(pc.is_in(pc.list_flatten(stored["keys"]), value_set=keys))
+    return stored
 
 
 class SignatureIndex:
@@ -166,8 +179,10 @@ class SignatureIndex:
                 )
             )
 
-    def load(self, stage: str, params: str) -> pa.Table | None:
-        """Published signature rows; ``id`` is prefixed and ``source`` names the version."""
+    def load(self, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
+        """Published signature rows; ``id`` is prefixed and ``source`` names the version. With ``keys``
+        (for rows of one key each, as exact dedup stores them), only the rows holding one of them:
+        a scheduled run adding a few records to millions unpacks only those."""
         if self.start_over:
             return None
         table = published_signatures
@@ -181,7 +196,7 @@ class SignatureIndex:
             rows = db.execute(query.order_by(table.c.n)).all()
         parts = []
         for version, data in rows:
-            part = _unpacked(pa.ipc.open_stream(data).read_all())
+            part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
             ids = pc.binary_join_element_wise(f"{_PREFIX}{version}:", part["id"], "")
             count = part.num_rows
             source = pa.StructArray.from_arrays(
@@ -232,14 +247,12 @@ class CrossRunDedup:
         signatures = [t for t in signatures if t.num_rows]
         if not signatures:
             return self.inner.resolve(signatures)
-        earlier = self.earlier(signatures[0].schema)
-        if earlier is not None and isinstance(self.inner, ExactDedup):
+        keys = None
+        if isinstance(self.inner, ExactDedup):
             # A content hash is the whole cluster key: only published rows with one of this run's keys
             # can be in a cluster. A scheduled run adding a few records to millions resolves only those.
-            keys = pa.chunked_array([pc.list_flatten(s["keys"]) for s in signatures], pa.uint64())
-            published = pc.list_flatten(earlier["keys"])
-            if len(published) == earlier.num_rows:  # one key each, as exact dedup stores them
-                earlier = earlier.filter(pc.is_in(published, value_set=keys.combine_chunks()))
+            keys = pa.chunked_array([pc.list_flatten(s["keys"]) for s in signatures], pa.uint64()).combine_chunks()
+        earlier = self.earlier(signatures[0].schema, keys)
         return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
 
     def remember_kept(self, kept: pa.Table) -> None:
@@ -248,13 +261,14 @@ class CrossRunDedup:
         if not self._out_of_step:
             self._kept = kept if self._kept is None else pa.concat_tables([self._kept, kept])
 
-    def earlier(self, schema: pa.Schema) -> pa.Table | None:
-        """Signature rows of every published version, in this run's signature schema.
+    def earlier(self, schema: pa.Schema, keys: pa.Array | None = None) -> pa.Table | None:
+        """Signature rows of every published version, in this run's signature schema (with ``keys``,
+        only the rows holding one of them: see ``SignatureIndex.load``).
 
         A distributed executor adds them to its signature dataset before the shuffle on keys, then
         passes what it sets aside through ``relabel``.
         """
-        published = self.index.load(self.name, self.params)
+        published = self.index.load(self.name, self.params, keys)
         return None if published is None else published.select(schema.names).cast(schema)
 
     @staticmethod
