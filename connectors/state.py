@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -27,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from connectors.storage import FileEntry, StorageError, is_s3, list_files
+from connectors.storage import FileEntry, StorageError, list_files
 from schemas.manifest import InputFile
 
 metadata = sa.MetaData()
@@ -206,29 +205,8 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
 
 
 def file_fingerprints(entries: Iterable[FileEntry]) -> dict[str, str]:
-    """URI -> fingerprint: the S3 ETag (content hash), or size and mtime for local files."""
-    entries = list(entries)
-    prints = {e.uri: e.etag for e in entries if e.etag is not None}  # S3 listings carry it
-    prints |= {e.uri: f"{e.size}:{e.mtime}" for e in entries if not is_s3(e.uri)}
-    by_bucket: dict[str, list[str]] = defaultdict(list)
-    for entry in entries:
-        if is_s3(entry.uri) and entry.uri not in prints:
-            bucket, _, key = entry.uri.removeprefix("s3://").partition("/")
-            by_bucket[bucket].append(key)
-    if by_bucket:
-        import boto3  # only runs that read S3 pay for the import
-
-        client = boto3.client("s3")
-        for bucket, keys in by_bucket.items():
-            prefix = os.path.commonprefix(keys)  # noqa: RUF071 (S3 prefixes are plain strings)
-            wanted = set(keys)
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    if obj["Key"] in wanted:
-                        prints[f"s3://{bucket}/{obj['Key']}"] = obj["ETag"].strip('"')
-    for entry in entries:  # an object that vanished since listing is read (and fails) as usual
-        prints.setdefault(entry.uri, f"{entry.size}:{entry.mtime}")
-    return prints
+    """URI -> fingerprint: the S3 ETag (a content hash, from the listing), or size and mtime."""
+    return {entry.uri: entry.etag or f"{entry.size}:{entry.mtime}" for entry in entries}
 
 
 def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> list[FileEntry]:

@@ -62,9 +62,9 @@ class FileEntry:
     etag: str | None = None  # S3's content hash, from the same listing: a scheduled run's fingerprint
 
 
-def _entry(uri_prefix: str, info: pafs.FileInfo) -> FileEntry:
+def _entry(info: pafs.FileInfo) -> FileEntry:
     mtime = info.mtime.isoformat() if info.mtime is not None else None
-    return FileEntry(uri=f"{uri_prefix}{info.path}", size=info.size or 0, mtime=mtime)
+    return FileEntry(uri=info.path, size=info.size or 0, mtime=mtime)
 
 
 def _is_glob(path: str) -> bool:
@@ -97,7 +97,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
-                return [_entry("", info)]
+                return [_entry(info)]
             if info.type != pafs.FileType.Directory:
                 raise StorageError(f"{uri}: no such file or folder")
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -108,7 +108,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
         if isinstance(exc, StorageError):
             raise
         raise StorageError(f"{uri}: cannot list: {exc}") from None
-    return sorted((_entry("", i) for i in found), key=lambda e: e.uri)
+    return sorted((_entry(i) for i in found), key=lambda e: e.uri)
 
 
 def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
