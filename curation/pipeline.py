@@ -33,7 +33,7 @@ from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
 from curation.stages.quality import QUALITY_CONFIGS, quality_stage
-from curation.stages.review import ReviewDecisions, load_undone_redactions
+from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
@@ -125,7 +125,8 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
-    stages.append(ReviewDecisions.from_state(recipe.state, recipe.dataset))
+    review = ReviewDecisions.from_state(recipe.state, recipe.dataset)
+    stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
     for config in recipe.stages:
@@ -135,8 +136,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
         elif isinstance(config, PiiConfig):
             from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks
 
-            undone = load_undone_redactions(recipe.state, recipe.dataset)  # spans annotators marked "not PII"
-            stages.append(PiiRedaction(config, kind, undone=undone))
+            stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
         elif isinstance(config, QUALITY_CONFIGS):
             stages.append(quality_stage(config, kind))
         if getattr(config, "across_runs", False):

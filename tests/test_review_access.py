@@ -130,19 +130,19 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     key = "completion:5:16"
     response = reviewer.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf})
     assert response.status_code == 403
-    assert dec.undone_redactions(engine, "support") == {}
+    assert dec.run_decisions(engine, "support").undone == {}
     client, csrf = signed_in(app, "pia")
     response = client.post(
         f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf}, follow_redirects=False
     )
     assert response.status_code == 303
-    assert dec.undone_redactions(engine, "support") == {seeded.ids[1]: {("completion", 5, 16)}}
+    assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     (decision,) = [d for d in dec.history(engine, PII_ITEM) if d["undone_at"] is None]
     assert (decision["user"], decision["action"]) == ("pia", "edit")
     assert json.loads(decision["before"]) == {"status": "open", "fields": {}}
     assert json.loads(decision["after"])["not_pii"] == [["completion", 5, 16]]
     dec.undo_last(engine, "pia")
-    assert dec.undone_redactions(engine, "support") == {}
+    assert dec.run_decisions(engine, "support").undone == {}
 
 
 def test_edit_checks_field_and_value(app, seeded: Seeded) -> None:
@@ -194,11 +194,11 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     ]
     counts = import_annotations(engine, [task, vqa], "labelstudio")
     assert counts == {"approve": 0, "reject": 0, "edit": 2, "skipped": 0}
-    assert dec.undone_redactions(engine, "support") == {seeded.ids[1]: {("completion", 5, 16)}}
+    assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
     dec.undo_last(engine, "labelstudio")
     dec.undo_last(engine, "labelstudio")
-    assert dec.undone_redactions(engine, "support") == {}
+    assert dec.run_decisions(engine, "support").undone == {}
 
 
 def test_filters_and_counts_left(app, seeded: Seeded) -> None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from curation.pipeline import build_stages
 from curation.review import decisions as dec
 from curation.review.queue import add_items
-from curation.stages.review import ReviewDecisions, load_decisions, load_undone_redactions
+from curation.stages.review import ReviewDecisions, load_decisions
 from schemas.config import parse_recipe
 from schemas.records import FLAG_SCHEMA, source_array
 
@@ -90,5 +90,5 @@ def test_stage_sits_after_record_validation_and_creates_no_state(tmp_path: Path)
     assert names[names.index("validate_record") + 1] == "review"
     assert not state.exists()
     assert load_decisions(f"sqlite:///{state}", "d") == dec.RunDecisions()
-    assert load_undone_redactions(f"sqlite:///{state}", "d") == {}
+    assert load_decisions(f"sqlite:///{state}", "d").undone == {}
     assert not state.exists()

@@ -4,7 +4,7 @@ Every decision is a row: who, when, the action, and the item's state before and 
 history can be audited and the latest decision undone. The pipeline reads only the *active*
 decisions (the latest one not undone, per item), keyed by record id: rejected records are
 filtered with reason ``review``, edits replace field values, and redaction spans marked
-"not PII" are handed to the PII stage (``undone_redactions``).
+"not PII" are handed to the PII stage (``RunDecisions.undone``).
 """
 
 from __future__ import annotations
@@ -212,17 +212,18 @@ def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides
 class RunDecisions:
     """What the next run of a dataset applies: rejected record ids and field edits per record.
 
-    ``restored`` holds, per record and field, the published text rebuilt with the spans annotators
-    marked not PII put back: a record read again gets that from the PII stage (``undone_redactions``),
-    a carried one from this.
+    ``undone`` holds, per record, the redaction spans (field, start, end) annotators marked not PII,
+    for the PII stage to leave as they are in a record read again; ``restored`` the published text of
+    each such field rebuilt with those spans put back, for a carried record.
     """
 
     rejected: set[str] = field(default_factory=set)
     edits: dict[str, dict[str, str]] = field(default_factory=dict)
+    undone: dict[str, set[tuple[str, int, int]]] = field(default_factory=dict)
     restored: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.rejected or self.edits or self.restored)
+        return bool(self.rejected or self.edits or self.undone)
 
     def carried_edits(self) -> dict[str, dict[str, str]]:
         """Field values for carried records: restorations, and edits, which win for the same field."""
@@ -262,6 +263,8 @@ def run_decisions(engine: sa.Engine, dataset: str) -> RunDecisions:
                 result.edits.setdefault(record, {}).update(after["fields"])
             if after.get("not_pii"):
                 not_pii[decision["item_id"]] = (record, after["not_pii"])
+                spans = {(field_name, int(start), int(end)) for field_name, start, end in after["not_pii"]}
+                result.undone.setdefault(record, set()).update(spans)
     if not_pii:
         with engine.connect() as db:
             query = sa.select(review_items.c.item_id, review_items.c.payload)
@@ -296,14 +299,3 @@ def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str
         if redacted(original, redactions) != payload.get("redacted"):
             return None
     return redacted(original, [span for span in redactions if (span["start"], span["end"]) not in not_pii])
-
-
-def undone_redactions(engine: sa.Engine, dataset: str) -> dict[str, set[tuple[str, int, int]]]:
-    """Record id -> {(field, start, end)}: redaction spans annotators marked "not PII"."""
-    undone: dict[str, set[tuple[str, int, int]]] = {}
-    for decision in active_decisions(engine, dataset):
-        if decision["action"] != "edit":
-            continue
-        for field_name, start, end in json.loads(decision["after"]).get("not_pii", []):
-            undone.setdefault(decision["record_id"], set()).add((field_name, int(start), int(end)))
-    return undone

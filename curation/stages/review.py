@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from curation.review.decisions import RunDecisions, run_decisions, undone_redactions
+from curation.review.decisions import RunDecisions, run_decisions
 from curation.stages.base import StageResult, split_by_mask
 from curation.state import sqlite_file, state_engine
 from schemas.records import set_aside_rows
@@ -41,18 +41,13 @@ def load_decisions(state_url: str, dataset: str) -> RunDecisions:
     return _read_state(state_url, lambda engine: run_decisions(engine, dataset), RunDecisions())
 
 
-def load_undone_redactions(state_url: str, dataset: str) -> dict[str, set[tuple[str, int, int]]]:
-    """For the PII stage's ``undone`` argument: spans annotators marked not PII, by record id."""
-    return _read_state(state_url, lambda engine: undone_redactions(engine, dataset), {})
-
-
 class ReviewDecisions:
     """Set aside rejected records and apply field edits; decisions are read once, when built."""
 
     name = "review"
 
     def __init__(self, decisions: RunDecisions) -> None:
-        self.decisions = decisions  # the run's one reading: carried records get the same (pipeline)
+        self.decisions = decisions  # the run's one reading: the PII stage and carried records get the same
         self.rejected = pa.array(sorted(decisions.rejected), pa.string())
         self.edits = decisions.edits
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
