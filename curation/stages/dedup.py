@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.duplicates import keep_first, one_key_each, resolve_duplicates
+from curation.stages.duplicates import holds_one_key_each, keep_first, one_key_each, resolve_duplicates
 from schemas.hashing import xxh3_64
 from schemas.records import empty_set_aside
 
@@ -103,8 +103,7 @@ class ExactDedup:
         if not tables:
             return empty_set_aside()
         everything = pa.concat_tables(tables)
-        one_key = pc.all(pc.equal(pc.list_value_length(everything["keys"]), 1)).as_py()
-        if not one_key or not _all_distinct(everything["id"]):
+        if not holds_one_key_each(everything["keys"]) or not _all_distinct(everything["id"]):
             return resolve_duplicates(self, [everything])
         # Each row holds one key and ids are unique, so a cluster is exactly the rows sharing a key:
         # the same clusters the shared pairs + connected-components step finds, without a group per key.

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
-from curation.stages.duplicates import one_key_each
+from curation.stages.duplicates import holds_one_key_each, one_key_each
 from curation.state import state_engine
 from schemas.records import SOURCE_TYPE, empty_flags
 
@@ -100,7 +100,7 @@ def _packed(signatures: pa.Table) -> pa.Table:
     if ids is not None:
         table = table.set_column(0, pa.field("id", _ID_BYTES), ids)
     keys = table["keys"]
-    if table.num_rows and pc.all(pc.equal(pc.list_value_length(keys), 1)).as_py():
+    if holds_one_key_each(keys):
         table = table.set_column(table.schema.get_field_index("keys"), "key", pc.list_flatten(keys))
     return table
 
@@ -125,7 +125,7 @@ def _holding(stored: pa.Table, keys: pa.Array | None) -> pa.Table:
         return stored
     if "key" in stored.schema.names:
         return stored.filter(pc.is_in(stored["key"], value_set=keys))
-    if stored.num_rows and pc.all(pc.equal(pc.list_value_length(stored["keys"]), 1)).as_py():
+    if holds_one_key_each(stored["keys"]):
         return stored.filter(pc.is_in(pc.list_flatten(stored["keys"]), value_set=keys))
     return stored
 

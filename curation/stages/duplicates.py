@@ -27,6 +27,11 @@ def one_key_each(keys: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(np.arange(len(keys) + 1, dtype=np.int32)), keys)
 
 
+def holds_one_key_each(keys: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every row of a ``keys`` column holds exactly one key (False for no rows)."""
+    return len(keys) > 0 and bool(pc.all(pc.equal(pc.list_value_length(keys), 1)).as_py())
+
+
 def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
     """Signature rows grouped by shared key, only groups with two or more rows."""
     frame = pl.from_arrow(signatures.select(["keys"])).with_row_index("_row")  # only the keys: ids stay in Arrow
