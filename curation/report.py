@@ -198,6 +198,19 @@ def _value_grid(ticks: list[int], x0: float, y0: float, width: float, height: fl
     return out
 
 
+def _left_margin(ticks: list[int]) -> float:
+    """Room left of an upright plot for its largest tick value and the vertical axis's name."""
+    return len(f"{ticks[-1]:,}") * _CHAR + 34
+
+
+def _label_below(middle: float, y: float, text: str, rotate: bool) -> str:
+    """A label under a bar or bin, centred, or turned 30 degrees when labels are long."""
+    if not rotate:
+        return f"<text x='{middle:.1f}' y='{y:.1f}' text-anchor='middle'>{_e(text)}</text>"
+    turn = f"rotate(-30 {middle:.1f} {y:.1f})"
+    return f"<text x='{middle:.1f}' y='{y:.1f}' text-anchor='end' transform='{turn}'>{_e(text)}</text>"
+
+
 def _bar(
     name: str,
     labels: list[str],
@@ -231,7 +244,7 @@ def _bar(
         total = y0 + height + 48
     else:
         rotate = longest > 8
-        x0 = len(f"{ticks[-1]:,}") * _CHAR + 34
+        x0 = _left_margin(ticks)
         y0, height = 48.0, 200.0
         width, band = _WIDTH - x0 - 16, (_WIDTH - x0 - 16) / max(len(labels), 1)
         body += _value_grid(ticks, x0, y0, width, height, across=False)
@@ -240,11 +253,7 @@ def _bar(
             x, y, middle = x0 + index * band + band * 0.15, y0 + height - h, x0 + (index + 0.5) * band
             body.append(bar.format(label=_e(label), value=value, shown=f"{value:,}", x=x, y=y, w=band * 0.7, h=h))
             body.append(f"<text class='value' x='{middle:.1f}' y='{y - 4:.1f}' text-anchor='middle'>{value:,}</text>")
-            turn = f" transform='rotate(-30 {middle:.1f} {y0 + height + 16:.1f})'" if rotate else ""
-            anchor = "end" if rotate else "middle"
-            body.append(
-                f"<text x='{middle:.1f}' y='{y0 + height + 16:.1f}' text-anchor='{anchor}'{turn}>{_e(label)}</text>"
-            )
+            body.append(_label_below(middle, y0 + height + 16, label, rotate))
         axes = (label_axis, value_label)
         total = y0 + height + (longest * _CHAR * 0.5 + 24 if rotate else 24) + 24
     body += _axis_labels(axes, x0, y0, width, height, total)
@@ -268,16 +277,13 @@ def _lengths_plot(lengths: dict[str, dict[str, int]]) -> str:
     """A step line per field over the power-of-two length bins (a bin a field lacks holds 0 of its records)."""
     uppers = sorted({int(upper) for bins in lengths.values() for upper in bins})
     ticks = _ticks(max((v for bins in lengths.values() for v in bins.values()), default=0))
-    x0 = len(f"{ticks[-1]:,}") * _CHAR + 34
+    x0 = _left_margin(ticks)
     y0, height, width = 64.0, 200.0, _WIDTH - x0 - 16
     band = width / len(uppers)
     body = _value_grid(ticks, x0, y0, width, height, across=False)
     legend_x = x0
     for index, upper in enumerate(uppers):
-        middle = x0 + (index + 0.5) * band
-        turn = f"rotate(-30 {middle:.1f} {y0 + height + 16:.1f})"
-        body.append(f"<text x='{middle:.1f}' y='{y0 + height + 16:.1f}' text-anchor='end' transform='{turn}'>")
-        body.append(f"≤{upper:,}</text>")
+        body.append(_label_below(x0 + (index + 0.5) * band, y0 + height + 16, f"≤{upper:,}", rotate=True))
     for number, (field, bins) in enumerate(lengths.items()):
         colour = _COLOURS[number % len(_COLOURS)]
         values = [bins.get(str(upper), 0) for upper in uppers]
