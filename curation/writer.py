@@ -474,7 +474,9 @@ class DatasetWriter:
 
     @staticmethod
     def _decided_shards(fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying) -> set[str]:
-        """The shards holding a record that a review decision rejects or edits."""
+        """The shards holding a record that a review decision rejects or edits. A pass of its own over
+        the lineage, made only when there are decisions: the carry's pass writes each file's rows as it
+        reads them, so it must know these shards before it starts."""
         decided = carrying.decided()
         if decided.is_empty():
             return set()
