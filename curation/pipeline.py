@@ -32,6 +32,7 @@ from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stage
 from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
@@ -289,6 +290,17 @@ def _review_changes(recipe: Recipe, state: StateStore, version: int) -> int:
     return changes_since(state.engine, recipe.dataset, published)
 
 
+def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
+    """Near-duplicate flags made before the recipe's PII stage quote raw text; they get its redacted
+    form too, which the review page shows roles that do not see PII."""
+    found = [(at, stage.scrub_texts) for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")]
+    if not found:
+        return flags
+    pii, scrub = found[0]
+    before = {stage.name for stage in stages[:pii]}
+    return [with_published_texts(table, scrub, made_by=before) for table in flags]
+
+
 def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:
     """Every quarantined record goes to the review queue with its reason and raw input, and, when the
     recipe redacts PII, the same rows as published (``redacted``, in the same order): the review
@@ -388,6 +400,7 @@ def _run_locked(
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
+        tally.flags = _flags_as_published(stages, tally.flags)
         counts = tally.counts()
         previous = published_versions(out.dest, recipe.dataset)
         extends = previous[-1] if previous and watermarks.had_previous() else None

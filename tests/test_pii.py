@@ -264,6 +264,59 @@ def test_quarantined_raw_input_is_published_redacted_and_queued_raw(workdir: Pat
         assert not pii_reviewer["redacted"] and pii_reviewer["raw"] == json.loads(item["payload"])["record"]
     raw = " ".join(item_view(item, User("pia", "pii-reviewer"))["raw"] for item in items)
     assert all(email in raw for email in emails)
+    # Label Studio tasks hold the input as published unless raw PII is asked for.
+    from curation.review.labelstudio import export_tasks
+
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    exported = json.dumps(export_tasks(engine, {"kind": "quarantined"}))
+    assert "<EMAIL_ADDRESS>" in exported and not [email for email in emails if email in exported]
+    assert all(email in json.dumps(export_tasks(engine, {"kind": "quarantined"}, include_pii=True)) for email in emails)
+
+
+def test_near_duplicates_found_before_the_pii_stage_are_shown_redacted(workdir: Path) -> None:
+    from curation.review.auth import User
+    from curation.review.labelstudio import export_tasks
+    from curation.review.views import item_view
+
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    emails = ["dana.whitfield@example.com", "omar.haddad@example.org"]
+    rows = [{"message": f"{base}. Write to {email}.", "reply": "Done, the address is updated."} for email in emails]
+    write_jsonl(workdir / "in.jsonl", rows)
+
+    def near_duplicate_items(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        recipe = {
+            "dataset": "support",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+            "stages": stages,
+            "output": {"validation_fraction": 0.0},
+        }
+        version = run(workdir, recipe, full_refresh=True).manifest.version
+        with sa.create_engine(f"sqlite:///{workdir / 'state.db'}").connect() as conn:
+            query = "select * from review_items where kind = 'near_duplicate' and version = :v"
+            return [dict(row) for row in conn.execute(sa.text(query), {"v": version}).mappings()]
+
+    # Near-dedup before PII: the flag quotes the raw texts, and the redacted ones beside them.
+    (item,) = near_duplicate_items([{"type": "near_dedup", "threshold": 0.6}, {"type": "pii"}])
+    payload = json.loads(item["payload"])
+    assert emails[0] in payload["kept"]["text"] and emails[1] in payload["member"]["text"]
+    reviewer, pii_reviewer = item_view(item, User("rita", "reviewer")), item_view(item, User("pia", "pii-reviewer"))
+    diff = [segment.text for segment in reviewer["left"] + reviewer["right"]]
+    shown = " ".join([reviewer["kept"]["text"], reviewer["member"]["text"], *diff])
+    assert reviewer["redacted"] and "<EMAIL_ADDRESS>" in shown
+    assert not [email for email in emails if email in shown]
+    assert not pii_reviewer["redacted"] and pii_reviewer["member"]["text"] == payload["member"]["text"]
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    exported = json.dumps(export_tasks(engine, {"kind": "near_duplicate", "version": item["version"]}))
+    assert "<EMAIL_ADDRESS>" in exported and not [email for email in emails if email in exported]
+    raw = json.dumps(export_tasks(engine, {"kind": "near_duplicate", "version": item["version"]}, include_pii=True))
+    assert all(email in raw for email in emails)
+
+    # PII before near-dedup: the texts the flag quotes are already redacted; nothing to add.
+    (item,) = near_duplicate_items([{"type": "pii"}, {"type": "near_dedup", "threshold": 0.6}])
+    payload = json.loads(item["payload"])
+    assert "published_text" not in payload["member"] and "<EMAIL_ADDRESS>" in payload["member"]["text"]
+    assert not item_view(item, User("rita", "reviewer"))["redacted"]
 
 
 def document_image() -> bytes:

@@ -88,13 +88,18 @@ def _task(item: dict[str, Any], include_pii: bool) -> dict[str, Any]:
         else:
             data["text"] = payload.get("redacted", "")
     elif item["kind"] == "near_duplicate":
+        # Texts taken before the recipe's PII stage have their redacted form beside them.
+        text = "text" if include_pii else "published_text"
+        kept, member = payload.get("kept", {}), payload.get("member", {})
         data.update(
-            kept=payload.get("kept", {}).get("text", ""),
-            member=payload.get("member", {}).get("text", ""),
+            kept=kept.get(text, kept.get("text", "")),
+            member=member.get(text, member.get("text", "")),
             similarity=payload.get("similarity"),
         )
     elif item["kind"] == "quarantined":
-        data.update(reason=payload.get("reason"), raw=payload.get("record"))
+        # With a PII stage in the recipe, the input as published is beside the raw.
+        raw = payload.get("record") if include_pii else payload.get("redacted_record", payload.get("record"))
+        data.update(reason=payload.get("reason"), raw=raw)
     elif item["kind"] == "vqa":
         data.update({name: payload.get(name) for name in ("image", "question", "answer")})
     return task

@@ -76,6 +76,11 @@ def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
             view["edit_values"] = {payload.get("field"): payload.get("redacted", "")}
     elif item["kind"] == "near_duplicate":
         kept, member = payload.get("kept", {}), payload.get("member", {})
+        # With the recipe's PII stage after the near-dedup stage, roles that do not see PII get the
+        # texts as published.
+        view["redacted"] = "published_text" in member and not user.sees_pii
+        if view["redacted"]:
+            kept, member = ({**side, "text": side.get("published_text", "")} for side in (kept, member))
         view["kept"], view["member"] = kept, member
         view["similarity"] = payload.get("similarity")
         view["left"], view["right"] = word_diff(kept.get("text", ""), member.get("text", ""))

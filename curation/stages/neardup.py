@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Literal
 
@@ -313,6 +313,30 @@ def near_duplicate_flags(
         },
         schema=FLAG_SCHEMA,
     )
+
+
+def with_published_texts(
+    flags: pa.Table, scrub: Callable[[list[str | None]], list[str | None]], made_by: set[str]
+) -> pa.Table:
+    """The near-duplicate flags of the stages ``made_by`` with each text's redacted form beside it
+    (``published_text``), for a recipe whose PII stage comes after them: their texts were taken before
+    it, so they hold raw PII, and the review page shows roles that do not see PII the redacted form."""
+    ours = pc.and_(
+        pc.equal(flags["kind"], "near_duplicate"), pc.is_in(flags["stage"], pa.array(sorted(made_by), pa.string()))
+    )
+    # (pyarrow 25's indices_nonzero crashes on a chunked array with no chunks: numpy finds the rows.)
+    rows = np.flatnonzero(ours.to_numpy(zero_copy_only=False)).tolist()
+    if not rows:
+        return flags
+    payloads = [json.loads(text) for text in flags["payload"].take(rows).to_pylist()]
+    texts = list(dict.fromkeys(p[side]["text"] for p in payloads for side in ("kept", "member")))
+    published = dict(zip(texts, scrub(texts), strict=True))
+    column = flags["payload"].to_pylist()
+    for row, payload in zip(rows, payloads, strict=True):
+        for side in ("kept", "member"):
+            payload[side]["published_text"] = published[payload[side]["text"]]
+        column[row] = json.dumps(payload)
+    return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
 
 
 # --- images ----------------------------------------------------------------------------------------

@@ -210,23 +210,28 @@ class PiiRedaction:
 
         A quarantined record never reached this stage, yet its raw input (``record``) and the
         validator's message (``detail``, which can quote a value) are published in the version's
-        ``set_aside/``. They are scanned as free text; every entity found is replaced by ``<ENTITY>``.
-        The review queue keeps the raw input (state store only) for annotators.
+        ``set_aside/``. The review queue keeps the raw input (state store only) for annotators.
         """
         for name in ("record", "detail"):
-            values = table[name].to_pylist()
-            where = [row for row, value in enumerate(values) if value]
-            if not where:
-                continue
-            found = self.analyzer.analyze([values[row] for row in where], self.config.threshold)
-            for row, detections in zip(where, found, strict=True):
-                spans = [
-                    {"start": s, "end": e, "placeholder": f"<{entity}>"}
-                    for entity, s, e, _ in resolve_overlaps(detections)
-                ]
-                values[row] = redacted(values[row], spans)
+            values = self.scrub_texts(table[name].to_pylist())
             table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
         return table
+
+    def scrub_texts(self, values: list[str | None]) -> list[str | None]:
+        """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
+        leaves the stage's path (set-aside rows, review items made before it) and that no operator,
+        undo or review flag applies to."""
+        values = list(values)
+        where = [row for row, value in enumerate(values) if value]
+        if not where:
+            return values
+        found = self.analyzer.analyze([values[row] for row in where], self.config.threshold)
+        for row, detections in zip(where, found, strict=True):
+            spans = [
+                {"start": s, "end": e, "placeholder": f"<{entity}>"} for entity, s, e, _ in resolve_overlaps(detections)
+            ]
+            values[row] = redacted(str(values[row]), spans)
+        return values
 
     def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
         order = sorted(rows)
