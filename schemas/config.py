@@ -198,11 +198,14 @@ class NearDedupConfig(Strict):
 
 
 class ImageDedupConfig(Strict):
-    """Drop images whose perceptual hash (pHash) is within ``max_distance`` bits of an earlier one."""
+    """Drop records whose image's perceptual hash (pHash) is within ``max_distance`` bits of an earlier
+    one's, and (``match_question``, VQA records) whose question is the same."""
 
     type: Literal["image_dedup"]
     column: str = "image_bytes"
     max_distance: int = Field(default=6, ge=0, le=32)
+    match_question: bool = True  # several questions about one image are separate examples
+    across_runs: bool = True  # also drop images near-duplicating those of earlier published versions
 
 
 class CleanConfig(Strict):

@@ -17,7 +17,7 @@ from curation.stages.duplicates import resolve_duplicates
 from curation.stages.neardup import ImageNearDedup, NearDedup
 from curation.state import StateStore
 from schemas.records import source_array
-from tests.helpers import outputs, run, set_aside, write_jsonl
+from tests.helpers import outputs, processed, run, set_aside, write_jsonl
 
 
 def _batch(ids: list[str], texts: list[str]) -> pa.Table:
@@ -109,6 +109,60 @@ def test_image_near_duplicates_by_perceptual_hash() -> None:
     aside = stage.resolve([stage.signatures(batch.slice(0, 2)), stage.signatures(batch.slice(2))])
     assert aside["id"].to_pylist() == ["q"] and aside["duplicate_of"].to_pylist() == ["p"]
     assert aside["reason"].to_pylist() == ["near_duplicate_image"]
+
+
+def test_images_published_in_an_earlier_version_are_not_published_again(workdir: Path) -> None:
+    def add(rows: list[tuple[str, bytes, str]]) -> Path:
+        (workdir / "img").mkdir(exist_ok=True)
+        for name, data, _ in rows:
+            (workdir / "img" / name).write_bytes(data)
+        with (workdir / "qa.jsonl").open("a") as sidecar:
+            sidecar.writelines(json.dumps({"image": n, "question": q, "answer": "Form 12."}) + "\n" for n, _, q in rows)
+        recipe = {
+            "dataset": "forms",
+            "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+            "record": {"kind": "vqa"},
+            "stages": [{"type": "image_dedup", "max_distance": 6}],
+            "output": {"validation_fraction": 0.0},
+        }
+        return Path(run(workdir, recipe).version_uri)
+
+    v1 = add([("a.jpg", _image(0, 1), "Which form is this?"), ("b.jpg", _image(0, 2), "Which form is this?")])
+    assert len(outputs(v1)) == 2
+    # v2: a rescan of a.jpg (shifted a pixel, saved at another quality) asked the same question, and
+    # asked a new one; and a new form.
+    rescan = _image(1, 1)
+    v2 = add(
+        [
+            ("a-rescan.jpg", rescan, "which form is this? "),
+            ("a-rescan.jpg", rescan, "Who signed it?"),
+            ("c.jpg", _image(0, 3), "Which form is this?"),
+        ]
+    )
+    assert sorted(line["prompt"] for line in processed(v2)) == ["Which form is this?", "Who signed it?"]
+    (row,) = set_aside(v2)
+    assert (row["reason"], row["stage"], row["source"]["line"]) == ("earlier_version", "image_near_dedup", 3)
+    assert row["detail"].endswith("published in v1")
+    lineage = [json.loads(line) for path in sorted((v1 / "lineage").glob("*.jsonl")) for line in path.open()]
+    (a,) = [entry["id"] for entry in lineage if entry["source"]["line"] == 1]  # a.jpg's row of the sidecar
+    assert row["duplicate_of"] == a
+    assert read_manifest(str(v2)).counts.reasons["duplicate"] == {"earlier_version": 1}
+
+
+def test_image_near_duplicates_with_other_questions_are_kept_unless_asked_to_match_images_only() -> None:
+    batch = pa.table(
+        {
+            "id": ["p", "q", "r"],
+            "source": source_array("files", "/vqa.jsonl", [1, 2, 3]),
+            "image_bytes": pa.array([_image(0, 1), _image(1, 1), _image(0, 1)], pa.binary()),
+            "question": ["Who signed it?", "What is the total?", "WHO signed  it?"],
+        }
+    )
+    by_question = ImageNearDedup(max_distance=6, question="question")
+    aside = by_question.resolve([by_question.signatures(batch)])
+    assert aside["id"].to_pylist() == ["r"] and aside["duplicate_of"].to_pylist() == ["p"]
+    images_only = ImageNearDedup(max_distance=6)
+    assert sorted(images_only.resolve([images_only.signatures(batch)])["id"].to_pylist()) == ["q", "r"]
 
 
 def test_recipe_run_sets_near_duplicates_aside_and_flags_clusters_for_review(workdir: Path) -> None:

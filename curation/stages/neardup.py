@@ -32,8 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from curation.stages.base import StageError
 from curation.stages.dedup import normalised_text
 from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, resolve_duplicates, set_aside_for_clusters
+from schemas.hashing import xxh3_64
 from schemas.records import FLAG_SCHEMA, empty_set_aside
 
 EMPTY = np.uint64(1 << 32)  # a bin no shingle fell in (bin values are 32-bit)
@@ -356,28 +358,36 @@ def _phash(data: bytes | None) -> int | None:
 
 
 class ImageNearDedup:
-    """Images whose 64-bit perceptual hashes differ in at most ``max_distance`` bits form one cluster.
+    """Records whose images' 64-bit perceptual hashes differ in at most ``max_distance`` bits, and, with
+    ``question`` (a column), whose questions are the same normalised text, form one cluster. Several
+    questions about one image are separate examples, so by default only a repeated question about a
+    near-duplicate image is one.
 
     Keys: the hash cut into ``max_distance + 1`` bands; by the pigeonhole principle two hashes within
-    the distance agree exactly on at least one band, so no close pair is missed.
+    the distance agree exactly on at least one band, so no close pair is missed. Each band key is
+    mixed with the question's hash, so only rows with the same question share one.
     """
 
     name = "image_near_dedup"
     reason = "near_duplicate_image"
 
-    def __init__(self, column: str = "image_bytes", max_distance: int = 6) -> None:
-        self.column, self.max_distance = column, max_distance
+    def __init__(self, column: str = "image_bytes", max_distance: int = 6, question: str | None = None) -> None:
+        self.column, self.max_distance, self.question = column, max_distance, question
         self.bands = max_distance + 1
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         data = batch[self.column].to_pylist() if self.column in batch.column_names else [None] * batch.num_rows
         hashes = [_phash(d) for d in data]
+        asked = self._question_hashes(batch)
         width = -(-64 // self.bands)
+        low = (1 << 58) - 1
         keys = [
             []
             if h is None
-            else [(band << 58) | ((h >> (band * width)) & ((1 << width) - 1)) for band in range(self.bands)]
-            for h in hashes
+            else [
+                (band << 58) | ((((h >> (band * width)) & ((1 << width) - 1)) ^ q) & low) for band in range(self.bands)
+            ]
+            for h, q in zip(hashes, asked, strict=True)
         ]
         return pa.table(
             {
@@ -385,17 +395,28 @@ class ImageNearDedup:
                 "source": batch["source"],
                 "keys": pa.array(keys, pa.list_(pa.uint64())),
                 "phash": pa.array(hashes, pa.uint64()),
+                "question": pa.array(asked, pa.uint64()),
             }
         )
+
+    def _question_hashes(self, batch: pa.Table) -> list[int]:
+        if self.question is None:
+            return [0] * batch.num_rows
+        if self.question not in batch.column_names:
+            raise StageError(
+                f"image_dedup matches questions in column {self.question!r}, which the records do not have"
+            )
+        return xxh3_64(normalised_text(batch, [self.question], normalize=True)).to_pylist()
 
     def pairs(self, group: pa.Table) -> pa.Table:
         ids = group["id"].to_pylist()
         hashes = group["phash"].to_pylist()
+        asked = group["question"].to_pylist() if "question" in group.column_names else [0] * len(ids)
         found = [
             (ids[i], ids[j])
             for i in range(len(ids))
             for j in range(i + 1, len(ids))
-            if (hashes[i] ^ hashes[j]).bit_count() <= self.max_distance
+            if asked[i] == asked[j] and (hashes[i] ^ hashes[j]).bit_count() <= self.max_distance
         ]
         return pa.table({"a": [a for a, _ in found], "b": [b for _, b in found]}, schema=PAIR_SCHEMA)
 

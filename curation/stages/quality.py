@@ -60,4 +60,5 @@ def quality_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearD
         )
     if isinstance(config, NearDedupConfig):
         return NearDedup(fields, **settings)
-    return ImageNearDedup(config.column, config.max_distance)
+    question = "question" if config.match_question and kind == "vqa" else None
+    return ImageNearDedup(config.column, config.max_distance, question)
