@@ -146,9 +146,6 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
             across_runs.append(stages[-1])
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if across_runs:
-        for stage in across_runs:
-            after = stages[stages.index(stage) + 1 :]
-            stage.reuse_for_recording = all(isinstance(s, Profile) for s in after)  # Profile only counts rows
         stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
     return stages
 
@@ -243,17 +240,17 @@ class LocalExecutor:
         # the chunks are not joined into one array, which would copy every id at the run's peak.
         ids = pa.chunked_array([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks], pa.string())
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
-        recorded = None
-        if getattr(stage, "reuse_for_recording", False):  # the recorder stores these rows, not new ones
-            recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures if s.num_rows])
+        # A cross-run stage's kept rows carry their signatures on to the recorder.
+        carry = getattr(stage, "with_signatures", None)
+        recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures]) if carry else None
         del signatures, ids  # not needed while the spill streams on: memory stays flat
         offset = 0
         for batch in _spilled(spill):
             mask = keep.slice(offset, batch.num_rows)
-            if recorded is not None:
-                stage.remember_kept(recorded.slice(offset, batch.num_rows).filter(mask))
-            offset += batch.num_rows
             kept = batch.filter(mask)
+            if carry is not None:
+                kept = carry(kept, recorded.slice(offset, batch.num_rows).filter(mask))
+            offset += batch.num_rows
             if kept.num_rows:
                 yield kept
 

@@ -186,6 +186,12 @@ def source_array(
     )
 
 
+# Rows kept by a cross-run dedup stage carry the signatures it computed in a column named with this
+# prefix and the stage's name, from its resolve to the recorder that stores them (and takes the column
+# off before the writer); a stage that publishes whole rows leaves such columns out.
+SIGNATURE_COLUMN_PREFIX = "_signatures:"
+
+
 def set_aside_rows(
     ids: Sequence[str | None] | pa.Array,
     sources: pa.Array | pa.ChunkedArray,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,51 +103,55 @@ def test_a_failed_run_leaves_no_signatures_behind(workdir: Path) -> None:
     assert len(outputs(v1)) == 20  # and its signatures did not count as published
 
 
-def test_the_recorder_stores_what_the_barrier_computed_only_when_nothing_in_between_changes_records(
-    workdir: Path,
-) -> None:
+def test_the_recorder_stores_the_signatures_the_dedup_stage_computed(workdir: Path) -> None:
     from curation.pipeline import build_stages
-    from curation.stages.dedup_index import CrossRunDedup, SignatureIndex
+    from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
     from schemas.config import Recipe
 
-    def across(stages: list[dict[str, Any]]) -> list[CrossRunDedup]:
-        recipe = Recipe.model_validate({**RECIPE, "stages": stages, "state": f"sqlite:///{workdir}/s.db"})
-        return [s for s in build_stages(recipe) if isinstance(s, CrossRunDedup)]
-
-    # Near-dedup's barrier drops records after exact dedup's, and cleaning changes text: only the last
-    # dedup stage, with nothing but the profile after it, can hand its rows on.
-    exact, near = across([{"type": "exact_dedup"}, {"type": "near_dedup"}])
-    assert (exact.reuse_for_recording, near.reuse_for_recording) == (False, True)
-    (exact,) = across([{"type": "exact_dedup"}, {"type": "clean"}])
-    assert not exact.reuse_for_recording
-
-    (stage,) = across([{"type": "exact_dedup"}])
-    texts = ["Alpha", "beta", "ALPHA", "gamma", "delta", "Beta "]
-    batches = [outputs_batch(texts[:3], 0), outputs_batch(texts[3:], 3)]
+    spec = {**RECIPE, "stages": [{"type": "exact_dedup"}, {"type": "clean"}], "state": f"sqlite:///{workdir}/s.db"}
+    stages = build_stages(Recipe.model_validate(spec))
+    (stage,) = [s for s in stages if isinstance(s, CrossRunDedup)]
+    (recorder,) = [s for s in stages if isinstance(s, SignatureRecorder)]
     stage.index = SignatureIndex(f"sqlite:///{workdir}/s.db", "notes")
-    signatures = [stage.signatures(b) for b in batches]
-    aside = stage.resolve(signatures)
-    assert sorted(aside["id"].to_pylist()) == ["r2", "r5"]
-    dropped = aside["id"].combine_chunks()
-    written = [b.filter(pc.invert(pc.is_in(b["id"], value_set=dropped))) for b in batches]
-    computed = [stage.signatures(b).drop_columns(["source"]) for b in written]
-    signature_rows = pa.concat_tables(s.drop_columns(["source"]) for s in signatures)
-    kept = signature_rows.filter(pc.invert(pc.is_in(signature_rows["id"], value_set=dropped)))
-    # The barrier hands each batch's kept rows on before the batch: they line up, nothing is computed again.
-    stage.inner.signatures = None
-    first = written[0].num_rows
-    for rows, batch, expected in zip((kept.slice(0, first), kept.slice(first)), written, computed, strict=True):
-        stage.remember_kept(rows)
-        assert stage.to_record(batch) == expected
-    # Out of step (as when a later stage drops rows): computed again from the batch, not taken from the rows kept.
-    del stage.inner.signatures
-    stage.remember_kept(kept)
-    assert stage.to_record(written[1]) == computed[1]
-    # And it stays so: rows handed on later are not trusted either.
-    calls = []
-    stage.inner.signatures = lambda batch: calls.append(batch) or type(stage.inner).signatures(stage.inner, batch)
-    stage.remember_kept(kept.slice(0, first))
-    assert stage.to_record(written[0]) == computed[0] and len(calls) == 1
+    batch = outputs_batch(["Alpha", "beta", "ALPHA", "gamma"], 0)
+    signatures = stage.signatures(batch)
+    dropped = stage.resolve([signatures])["id"].combine_chunks()
+    assert dropped.to_pylist() == ["r2"]
+    keep = pc.invert(pc.is_in(batch["id"], value_set=dropped))
+    rows = signatures.drop_columns(["source"]).filter(keep)
+    carried = stage.with_signatures(batch.filter(keep), rows)
+    # A later stage changes the text and drops a record: the rows stored are the dedup stage's, for the
+    # records that remain, and the column that carried them is gone before the writer.
+    changed = carried.set_column(2, "text", pc.binary_join_element_wise(carried["text"], "edited", " ")).slice(1)
+    stored: list[pa.Table] = []
+    recorder.index = type("Index", (), {"stage_pending": lambda self, name, params, table: stored.append(table)})()
+    result = recorder(changed)
+    assert result.kept.column_names == batch.column_names
+    assert result.kept["text"].to_pylist() == ["beta edited", "gamma edited"]
+    assert stored == [rows.slice(1)]
+    assert stored[0] != stage.signatures(result.kept).drop_columns(["source"])  # not the changed text's
+    # With no column (an executor that does not carry them), they are computed from the batch.
+    assert stage.to_record(batch)[0] == stage.signatures(batch).drop_columns(["source"])
+
+
+def test_repeats_are_found_across_runs_when_a_later_stage_changed_the_published_text(workdir: Path) -> None:
+    stages = [
+        {"type": "exact_dedup"},
+        {"type": "expectations", "expect": [{"column": "text", "check": "length_between", "min": 8}]},
+        {"type": "clean"},
+    ]
+    texts = ["<b>Refunds take five days</b>", "Cards arrive in a week", "short"]
+    write_jsonl(workdir / "input" / "part1.jsonl", [{"text": t} for t in texts])
+    v1 = Path(run(workdir, {**RECIPE, "stages": stages}).version_uri)
+    assert sorted(r["text"] for r in outputs(v1)) == ["Cards arrive in a week", "Refunds take five days"]
+    (quarantined,) = set_aside(v1)  # its raw record holds its fields, not the signatures carried on
+    assert quarantined["reason"].startswith("expect_column_value_lengths_to_be_between")
+    assert json.loads(quarantined["record"]) == {"text": "short", "title": None}
+    # The same input again: exact repeats of what v1 published (after cleaning), found by exact dedup.
+    write_jsonl(workdir / "input" / "part2.jsonl", [{"text": t} for t in texts[:2]])
+    v2 = Path(run(workdir, {**RECIPE, "stages": stages}).version_uri)
+    assert processed(v2) == []
+    assert [(r["stage"], r["reason"]) for r in set_aside(v2)] == [("exact_dedup", "earlier_version")] * 2
 
 
 def outputs_batch(texts: list[str], first: int) -> pa.Table:

@@ -10,6 +10,7 @@ joins them into clusters (connected components) and picks the kept record of eac
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -74,8 +75,9 @@ def members_of(signatures: pa.Table, ids: pa.Array) -> pa.Table:
     return signatures.filter(pc.is_in(signatures["id"], value_set=ids)).select(["id", "source"])
 
 
-def drop_rows(envelopes: pa.Table, drop: pa.Array) -> pa.Table:
-    """The envelopes' kept rows less the ids set aside; side outputs were already handed over."""
+def drop_rows(envelopes: pa.Table, drop: pa.Array, stage: Any = None) -> pa.Table:
+    """The envelopes' kept rows less the ids set aside; side outputs were already handed over. A
+    cross-run ``stage`` gives the kept rows their signatures to carry to the recorder."""
     from curation.executors.envelope import Letter, seal_all
 
     letters = []
@@ -83,6 +85,8 @@ def drop_rows(envelopes: pa.Table, drop: pa.Array) -> pa.Table:
         rows = unpack(data)
         if rows.num_rows and len(drop):
             rows = rows.filter(pc.invert(pc.is_in(rows["id"], value_set=drop)))
+        if stage is not None and rows.num_rows:
+            rows = stage.with_signatures(rows, stage.signatures(rows).drop_columns(["source"]))
         letters.append(Letter(rows=rows))
     return seal_all(letters) if letters else ENVELOPE_SCHEMA.empty_table()
 

@@ -286,7 +286,10 @@ class RayExecutor:
             tally.flags.append(flags)
         log.info("stage=%s set_aside=%d", stage.name, dropped.num_rows)
         drop = pa.array(dropped["id"].to_pylist(), pa.string())
-        return done.map_batches(drop_rows, fn_kwargs={"drop": drop}, batch_format="pyarrow", batch_size=None)
+        carries = stage if hasattr(stage, "with_signatures") else None  # signatures on to the recorder
+        return done.map_batches(
+            drop_rows, fn_kwargs={"drop": drop, "stage": carries}, batch_format="pyarrow", batch_size=None
+        )
 
     @staticmethod
     def _deliver_set_aside(table: pa.Table, writer: DatasetWriter, tally: Any) -> None:

@@ -4,8 +4,10 @@ repeats content (exact or near) of an earlier one.
 - ``CrossRunDedup`` wraps a dedup stage: its global step resolves this run's signatures together
   with those of every published version. Published records sort first, so a cluster that holds one
   keeps it, and this run's members are set aside with reason ``earlier_version``.
-- ``SignatureRecorder`` is the last per-batch stage: it computes the signatures of exactly the
-  records that go to the writer and stores them as *pending* (no version). ``published(version)``
+- ``SignatureRecorder`` is the last per-batch stage: it stores the signatures of exactly the
+  records that go to the writer, as the dedup stage computed them (they travel with each kept row
+  from the resolve, so a later stage that changes the text does not change what the next run is
+  compared with), as *pending* (no version). ``published(version)``
   gives them the version once the run has published; a failed run's pending rows are never read
   and are removed by the next successful run.
 """
@@ -28,7 +30,7 @@ from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import holds_one_key_each, one_key_each
 from curation.state import state_engine
-from schemas.records import SOURCE_TYPE, empty_flags
+from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
 REASON = "earlier_version"
 _PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
@@ -219,26 +221,30 @@ class CrossRunDedup:
         self.inner, self.index = inner, index
         self.name, self.reason = inner.name, inner.reason
         self.params = signature_params(inner)
-        # Set by ``build_stages`` when no stage between this one and the writer changes or drops a
-        # record: the signature rows the barrier kept (``remember_kept``) are then the ones to record.
-        self.reuse_for_recording = False
-        self._kept: pa.Table | None = None
-        self._out_of_step = False
+        self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         return self.inner.signatures(batch)
 
-    def to_record(self, batch: pa.Table) -> pa.Table:
-        """The signature rows of ``batch`` (about to be written) for the index, without ``source``: the rows
-        the barrier kept (``remember_kept``) when they line up with the batch, which they do batch after
-        batch in the embedded executor; computed again otherwise (Ray, or stages in between)."""
-        if self._kept is not None and not self._out_of_step:
-            rows = self._kept.slice(0, batch.num_rows)
-            if rows.num_rows == batch.num_rows and rows["id"].equals(batch["id"]):
-                self._kept = self._kept.slice(batch.num_rows)
-                return rows
-            self._kept, self._out_of_step = None, True  # compute from here on
-        return self.signatures(batch).drop_columns(["source"])
+    def with_signatures(self, kept: pa.Table, rows: pa.Table) -> pa.Table:
+        """``kept`` (rows the resolve let through) with their signature ``rows`` (same order, without
+        ``source``) in a column that travels to the recorder, which takes it off. What is stored is what
+        this stage compared: a later stage (clean, PII) can change the text that is published, and the
+        next run compares its input as this stage sees it, not as it was published."""
+        values = rows.drop_columns(["id"])
+        columns = [column.combine_chunks() for column in values.columns]
+        carried = pa.StructArray.from_arrays(columns, names=values.column_names)
+        return kept.append_column(self.column, carried)
+
+    def to_record(self, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """The signature rows of ``batch`` (about to be written) for the index, without ``source``, and the
+        batch without the column that carried them (computed from the batch when none did)."""
+        if self.column not in batch.column_names:
+            return self.signatures(batch).drop_columns(["source"]), batch
+        carried = batch[self.column].combine_chunks()
+        names = [field.name for field in carried.type]
+        rows = pa.Table.from_arrays([batch["id"].combine_chunks(), *carried.flatten()], names=["id", *names])
+        return rows, batch.drop_columns([self.column])
 
     def pairs(self, group: pa.Table) -> pa.Table:
         return self.inner.pairs(group)
@@ -254,12 +260,6 @@ class CrossRunDedup:
             keys = pa.chunked_array([pc.list_flatten(s["keys"]) for s in signatures], pa.uint64()).combine_chunks()
         earlier = self.earlier(signatures[0].schema, keys)
         return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
-
-    def remember_kept(self, kept: pa.Table) -> None:
-        """The executor's barrier hands over the signature rows it keeps, batch by batch in input order,
-        each before the batch itself goes on (``to_record`` takes them)."""
-        if not self._out_of_step:
-            self._kept = kept if self._kept is None else pa.concat_tables([self._kept, kept])
 
     def earlier(self, schema: pa.Schema, keys: pa.Array | None = None) -> pa.Table | None:
         """Signature rows of every published version, in this run's signature schema (with ``keys``,
@@ -303,7 +303,8 @@ class SignatureRecorder:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         for stage in self.stages:
-            self.index.stage_pending(stage.name, stage.params, stage.to_record(batch))
+            rows, batch = stage.to_record(batch)
+            self.index.stage_pending(stage.name, stage.params, rows)
         return StageResult(kept=batch)
 
     def published(self, version: int) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curation.stages.base import StageError, StageResult, split_by_mask
 from schemas.config import Expectation
-from schemas.records import set_aside_rows
+from schemas.records import SIGNATURE_COLUMN_PREFIX, set_aside_rows
 
 _GX_TYPES = {
     "not_null": "ExpectColumnValuesToNotBeNull",
@@ -116,10 +116,9 @@ class Expectations:
         details = [
             f"{_where(source)}: failed {', '.join(failed[row])}" for row, source in zip(bad_rows, sources, strict=True)
         ]
-        records = [
-            json.dumps(r, default=str)
-            for r in bad.drop_columns([c for c in ("id", "source") if c in bad.column_names]).to_pylist()
-        ]
+        # The raw record: its fields, not the id, source or signatures a dedup stage carries on.
+        own = [c for c in bad.column_names if c not in ("id", "source") and not c.startswith(SIGNATURE_COLUMN_PREFIX)]
+        records = [json.dumps(r, default=str) for r in bad.select(own).to_pylist()]
         aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", reasons, details, records)
         stats = {
             "rows_checked": batch.num_rows,
