@@ -192,6 +192,13 @@ def source_array(
 SIGNATURE_COLUMN_PREFIX = "_signatures:"
 
 
+def location(source: dict[str, Any] | None) -> str:
+    """Where a record came from as details begin with it: ``uri:line``, or the uri alone."""
+    if not source:
+        return ""
+    return f"{source['uri']}:{source['line']}" if source.get("line") is not None else str(source["uri"])
+
+
 def set_aside_rows(
     ids: Sequence[str | None] | pa.Array,
     sources: pa.Array | pa.ChunkedArray,

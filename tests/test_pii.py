@@ -273,6 +273,37 @@ def test_quarantined_raw_input_is_published_redacted_and_queued_raw(workdir: Pat
     assert all(email in json.dumps(export_tasks(engine, {"kind": "quarantined"}, include_pii=True)) for email in emails)
 
 
+def test_set_aside_details_keep_their_location_and_wording(workdir: Path) -> None:
+    # Line 1690 of a file looks like a phone number, and "Input" like a name, to the analyzer.
+    filler = [{"message": f"How do I close account {n}?", "reply": "Open Settings.", "amount": n} for n in range(1688)]
+    rows = [
+        *filler,
+        {"message": "Refund for dana.whitfield@example.com", "reply": "Done.", "amount": "twelve"},
+    ]
+    lines = [json.dumps(row) for row in rows] + ['{"message": "Write to omar.haddad@example.org", "reply": ']
+    (workdir / "in.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "input_schema": {"columns": {"message": "str", "reply": "str", "amount": "int"}},
+        "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0.0},
+    }
+    version = Path(run(workdir, recipe).version_uri)
+    aside = {row["reason"]: row for row in set_aside(version)}
+    schema, unreadable = aside["schema"], aside["malformed_json"]
+    # A validator's detail names the field and the rule, not the value: published as it was written.
+    assert (
+        schema["detail"]
+        == f"{workdir / 'in.jsonl'}:1689: amount: Input should be a valid integer, unable to parse string as an integer"
+    )
+    assert "dana.whitfield" not in schema["record"] and "<EMAIL_ADDRESS>" in schema["record"]
+    # A reader's detail can quote the input: scanned, all but its file:line.
+    assert unreadable["detail"].startswith(f"{workdir / 'in.jsonl'}:1690: ")
+    assert "omar.haddad" not in unreadable["record"] + unreadable["detail"]
+
+
 def test_near_duplicates_found_before_the_pii_stage_are_shown_redacted(workdir: Path) -> None:
     from curation.review.auth import User
     from curation.review.labelstudio import export_tasks

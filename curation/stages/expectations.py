@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from curation.stages.base import StageError, StageResult, split_by_mask
 from schemas.config import Expectation
-from schemas.records import SIGNATURE_COLUMN_PREFIX, set_aside_rows
+from schemas.records import SIGNATURE_COLUMN_PREFIX, location, set_aside_rows
 
 _GX_TYPES = {
     "not_null": "ExpectColumnValuesToNotBeNull",
@@ -114,7 +114,8 @@ class Expectations:
         reasons = [failed[row][0] for row in bad_rows]
         sources = bad["source"].to_pylist()
         details = [
-            f"{_where(source)}: failed {', '.join(failed[row])}" for row, source in zip(bad_rows, sources, strict=True)
+            f"{location(source)}: failed {', '.join(failed[row])}"
+            for row, source in zip(bad_rows, sources, strict=True)
         ]
         # The raw record: its fields, not the id, source or signatures a dedup stage carries on.
         own = [c for c in bad.column_names if c not in ("id", "source") and not c.startswith(SIGNATURE_COLUMN_PREFIX)]
@@ -126,7 +127,3 @@ class Expectations:
             **{f"failed:{k}": v for k, v in counts.items()},
         }
         return StageResult(kept=kept, set_aside=aside, stats=stats)
-
-
-def _where(source: dict[str, Any]) -> str:
-    return f"{source['uri']}:{source['line']}" if source.get("line") is not None else str(source.get("uri"))

@@ -31,7 +31,7 @@ from curation.pii_image import BadImage, check_tesseract, redact_image
 from curation.redaction import redacted
 from curation.stages.base import StageError, StageResult
 from schemas.pii import PiiConfig
-from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, location, set_aside_rows
 
 log = logging.getLogger("curation.stages.pii")
 
@@ -44,6 +44,10 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 Undone = Mapping[str, Collection[tuple[str, int, int]]]
+
+# The stages whose set-aside details can quote input: readers (a line they could not parse, a file
+# name) and the template (a value it could not render).
+_QUOTING_STAGES = frozenset({"read", "shape"})
 
 
 class PiiSettingError(StageError, ValueError):
@@ -143,7 +147,7 @@ class PiiRedaction:
             name, row = where[error.index]
             source = batch["source"][row].as_py()
             raise StageError(
-                f"{source['uri']}:{source['line']}: record {ids[row]}, field {name}: presidio failed with "
+                f"{location(source)}: record {ids[row]}, field {name}: presidio failed with "
                 f"{error.error} (its message is withheld: it can quote the text)"
             ) from None
 
@@ -208,14 +212,35 @@ class PiiRedaction:
     def scrub_set_aside(self, table: pa.Table) -> pa.Table:
         """Set-aside rows with PII redacted from their raw input and detail, before they are published.
 
-        A quarantined record never reached this stage, yet its raw input (``record``) and the
-        validator's message (``detail``, which can quote a value) are published in the version's
-        ``set_aside/``. The review queue keeps the raw input (state store only) for annotators.
+        A quarantined record never reached this stage, yet its raw input (``record``) and the reader's
+        or template's message (``detail``, which can quote what it could not parse) are published in
+        the version's ``set_aside/``. A detail's ``file:line`` is left as it is, and so are the details
+        the other stages write: they name fields, limits and measures, never values, and their words
+        would be taken for names ("Input should be a valid number"). The review queue keeps the raw
+        input (state store only) for annotators.
         """
-        for name in ("record", "detail"):
-            values = self.scrub_texts(table[name].to_pylist())
-            table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
-        return table
+        table = table.set_column(
+            table.column_names.index("record"),
+            "record",
+            pa.array(self.scrub_texts(table["record"].to_pylist()), pa.string()),
+        )
+        details = table["detail"].to_pylist()
+        quoting = [
+            row
+            for row, (stage, detail) in enumerate(zip(table["stage"].to_pylist(), details, strict=True))
+            if detail and stage in _QUOTING_STAGES
+        ]
+        if not quoting:
+            return table
+        sources = table["source"].to_pylist()
+        where = [location(sources[row]) for row in quoting]
+        prefix = [
+            len(at) + 2 if details[row].startswith(f"{at}: ") else 0 for row, at in zip(quoting, where, strict=True)
+        ]
+        messages = self.scrub_texts([details[row][cut:] for row, cut in zip(quoting, prefix, strict=True)])
+        for row, cut, message in zip(quoting, prefix, messages, strict=True):
+            details[row] = details[row][:cut] + (message or "")
+        return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
     def scrub_texts(self, values: list[str | None]) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
@@ -249,7 +274,7 @@ class PiiRedaction:
             try:
                 images[row], found = redact_image(data, self.analyzer.spec, self.config.threshold)
             except BadImage as error:
-                bad[row] = f"{sources[row]['uri']}:{sources[row]['line']}: image_bytes: {error}"
+                bad[row] = f"{location(sources[row])}: image_bytes: {error}"
                 continue
             stats.update({f"image_{entity}": count for entity, count in found.items()})
             stats["images_redacted"] += bool(found)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from curation.stages.base import StageResult
 from schemas.config import RecordShape
-from schemas.records import CONTENT_COLUMNS, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -123,9 +123,7 @@ class Shape:
         bad = batch.filter(pc.invert(keep))
         bad_reasons = [r for r in reasons if r is not None]
         sources = bad["source"].to_pylist()
-        details = [
-            f"{s['uri']}:{s['line']}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)
-        ]
+        details = [f"{location(s)}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)]
         records = [json.dumps(r, default=str) for r in bad.drop_columns(["id", "source"]).to_pylist()]
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)

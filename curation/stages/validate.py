@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from curation.stages.base import StageResult, split_by_mask
-from schemas.records import Record, set_aside_rows
+from schemas.records import Record, location, set_aside_rows
 
 ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -26,10 +26,6 @@ def _field_type(annotation: Any) -> tuple[Any, bool]:
         concrete = [a for a in args if a is not type(None)]
         return concrete[0], len(concrete) < len(args)
     return annotation, False
-
-
-def _location(source: dict[str, Any]) -> str:
-    return f"{source['uri']}:{source['line']}" if source.get("line") is not None else source["uri"]
 
 
 def _describe(error: ValidationError) -> str:
@@ -90,7 +86,7 @@ class SchemaValidation:
                 valid.append(True)
             except ValidationError as error:
                 valid.append(False)
-                details.append(f"{_location(row['source'])}: {_describe(error)}")
+                details.append(f"{location(row['source'])}: {_describe(error)}")
                 records.append(json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, default=str))
         kept, bad = split_by_mask(batch, pa.array(valid))
         kept_columns = {
@@ -105,7 +101,7 @@ class SchemaValidation:
     def _all_missing(self, batch: pa.Table, missing: list[str]) -> StageResult:
         names = ", ".join(repr(m) for m in missing)
         sources = batch["source"].to_pylist()
-        details = [f"{_location(s)}: required column {names} is missing" for s in sources]
+        details = [f"{location(s)}: required column {names} is missing" for s in sources]
         records = [json.dumps(r, default=str) for r in batch.drop_columns(["id", "source"]).to_pylist()]
         set_aside = set_aside_rows(
             batch["id"], batch["source"], self.name, "quarantined", "missing_column", details, records
