@@ -108,6 +108,9 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {error}", highlight=False)
         return EXIT_FAILED
+    except RecipeError as error:  # found only once records were read (a column no record has)
+        console.print(f"[red]recipe error[/red], nothing published: {error}", highlight=False)
+        return EXIT_USAGE
     except (OSError, AccountingError, StageError, ValueError) as error:
         console.print(f"[red]run failed[/red], nothing published: {error}", highlight=False)
         return EXIT_FAILED

@@ -39,7 +39,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.writer import DatasetWriter
-from schemas.config import DocumentsSource, ExactDedupConfig, HFSource, ImagesSource, Recipe, SqlSource
+from schemas.config import DocumentsSource, ExactDedupConfig, HFSource, ImagesSource, Recipe, RecipeError, SqlSource
 from schemas.manifest import Counts, Manifest, Split
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
@@ -74,6 +74,7 @@ class Tally:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     stage_stats: dict[str, Counter[str]] = field(default_factory=dict)
     flags: list[pa.Table] = field(default_factory=list)
+    examples: dict[tuple[str, str], str] = field(default_factory=dict)  # the first detail of each reason
 
     def add_stats(self, stage: str, stats: dict[str, int]) -> None:
         if stats:
@@ -269,11 +270,14 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         return
     published = writer.write_set_aside(table)
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
-    counted = table.group_by(["outcome", "reason"]).aggregate([([], "count_all")])
-    for outcome, reason, count in zip(
-        *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all")), strict=True
+    counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
+        [([], "count_all"), ("detail", "first")]
+    )
+    for outcome, reason, count, detail in zip(
+        *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all", "detail_first")), strict=True
     ):
         tally.reasons[(outcome, reason)] += count
+        tally.examples.setdefault((outcome, reason), detail)
 
 
 def _review_changes(recipe: Recipe, state: StateStore, version: int) -> int:
@@ -296,6 +300,34 @@ def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[p
     pii, scrub = found[0]
     before = {stage.name for stage in stages[:pii]}
     return [with_published_texts(table, scrub, made_by=before) for table in flags]
+
+
+def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:
+    """A run whose every record lacks a column the recipe names is a recipe error (a misspelt column),
+    not bad data: it fails, publishes nothing and leaves its input to be read again once fixed."""
+    missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
+    if missing and counts.written == 0 and counts.quarantined == counts.input:
+        raise RecipeError(
+            f"not one of the {counts.input:,} records was shaped, and {missing:,} lack a column the recipe names, "
+            f"for example {example}; "
+            "fix the column name in the recipe (or the input) and run again"
+        )
+
+
+def _recipe_changed(recipe: Recipe, extends: int | None) -> str | None:
+    """A note when the recipe differs from the one that made version ``extends``: records read before
+    were made by the old recipe, and a scheduled run reads only what is new."""
+    from curation.published import read_manifest, version_uri
+
+    if extends is None:
+        return None
+    before = read_manifest(version_uri(recipe.output.dest, recipe.dataset, extends)).recipe_sha256
+    if before == recipe.fingerprint():
+        return None
+    return (
+        f"the recipe changed since v{extends}: records read before keep what the old recipe made of them "
+        "(only new input is read); run with --full-refresh to apply the new recipe to every record"
+    )
 
 
 def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:
@@ -399,15 +431,21 @@ def _run_locked(
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
         tally.flags = _flags_as_published(stages, tally.flags)
         counts = tally.counts()
+        _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
         previous = published_versions(out.dest, recipe.dataset)
         extends = previous[-1] if previous and watermarks.had_previous() else None
+        changed = _recipe_changed(recipe, extends)
         if extends is not None and counts.input == 0 and not _review_changes(recipe, state, extends):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
-            message = f"nothing new since {recipe.dataset} v{extends}: published nothing"
+            message = f"nothing new since {recipe.dataset} v{extends}: published nothing" + (
+                f"; {changed}" if changed else ""
+            )
             log.info("run=%s %s", writer.run_id, message)
             return RunResult(manifest=None, version_uri=None, message=message)
+        if changed:
+            log.warning("%s", changed)
 
         carried_from = extends if out.carry_forward else None
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records

@@ -149,6 +149,18 @@ class RecordShape(Strict):
     question: str | None = None
     answer: str | None = None
 
+    @field_validator("text", "title", "prompt", "completion", "label", "image", "question", "answer")
+    @classmethod
+    def _templates_parse(cls, spec: str | None) -> str | None:
+        if spec is not None and ("{{" in spec or "{%" in spec):
+            import jinja2  # only for a recipe with templates
+
+            try:
+                jinja2.Environment().parse(spec)
+            except jinja2.TemplateSyntaxError as error:
+                raise ValueError(f"template syntax error: {error.message}") from None
+        return spec
+
     @model_validator(mode="after")
     def _fields_belong_to_kind(self) -> RecordShape:
         allowed = set(CONTENT_COLUMNS[self.kind])

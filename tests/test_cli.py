@@ -62,3 +62,44 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "no input files match" in failed.stderr and "nothing published" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "questoin", "completion": "answer"},
+    }
+    recipe = write_recipe(tmp_path, spec)
+    refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    said = " ".join((refused.stdout + refused.stderr).split())  # as one line, however the console wrapped it
+    assert refused.returncode == 2 and "Traceback" not in said
+    assert "nothing published" in said and "faq.jsonl:1: prompt: column 'questoin' is missing" in said
+    assert not (tmp_path / "output" / "faq" / "v1").exists()
+    # Fixed: the input was not taken as read, so this run reads it.
+    write_recipe(tmp_path, {**spec, "record": {**spec["record"], "prompt": "question"}})
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert json.loads((tmp_path / "output" / "faq" / "v1" / "manifest.json").read_text())["counts"]["written"] == 3
+    # A later change to the recipe reads nothing again, and says so.
+    write_recipe(tmp_path, {**spec, "record": {**spec["record"], "prompt": "Q: {{ question }}"}})
+    again = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    said = " ".join((again.stdout + again.stderr).split())
+    assert again.returncode == 0 and "nothing new since faq v1" in said
+    assert "the recipe changed since v1" in said and "--full-refresh" in said
+
+
+def test_a_template_syntax_error_is_a_recipe_error_with_its_line(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "faq.jsonl", [{"question": "Q?", "answer": "A."}])
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }", "completion": "answer"},
+    }
+    recipe = write_recipe(tmp_path, spec)
+    for command in ("check", "run"):
+        refused = curation(command, str(recipe), cwd=tmp_path)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and "Traceback" not in said
+        assert "record.prompt (line 6)" in said and "template syntax error" in said
