@@ -25,9 +25,9 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -249,6 +249,11 @@ def _analyze_here(
     return found
 
 
+def _worker_signals() -> None:
+    """A pool worker dies on SIGTERM (how the pool stops it), whatever handler the parent had."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _analyze_chunk(args: tuple) -> list[list[Detection]]:
     return _analyze_here(*args)
 
@@ -304,11 +309,13 @@ class PiiAnalyzer:
         # frozen, the parent's objects (the model's vocabulary, presidio's regexes) stay shared.
         gc.freeze()
         try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_analyze_chunk, chunk) for chunk in chunks]
-                for offset, future in zip(range(0, len(texts), size), futures, strict=True):
+            # Leaving the block terminates the workers: a failed chunk or a stopped run (SIGTERM, ^C)
+            # does not wait for the chunks still queued, and leaves no worker behind.
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals) as pool:
+                results = pool.imap(_analyze_chunk, chunks)
+                for offset in range(0, len(texts), size):
                     try:
-                        found += future.result()
+                        found += next(results)
                     except PiiTextError as error:
                         raise PiiTextError(offset + error.index, error.error) from None
         finally:
