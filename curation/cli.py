@@ -7,6 +7,7 @@ published nothing, 2 the recipe or the command line is wrong.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
 from schemas.config import Recipe, RecipeError, load_recipe
@@ -35,7 +37,12 @@ out = Console()
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
 
 
+LEVELS = ("debug", "info", "warning", "error")
+
+
 def _configure_logging(level: str) -> None:
+    if level.lower() not in LEVELS:
+        raise typer.BadParameter(f"{level!r} is not one of {', '.join(LEVELS)}", param_hint="--log-level")
     logging.basicConfig(
         level=level.upper(),
         format="%(name)s %(message)s",
@@ -74,6 +81,15 @@ def summary_table(manifest: Manifest) -> Table:
     return table
 
 
+class Stopped(BaseException):
+    """SIGTERM (how cron, Airflow and Kubernetes stop a task): raised in the main thread, so the run
+    unwinds as on any failure (its staging files removed, PII workers ended, the run marked failed)."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import RunLocked
@@ -96,6 +112,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         # The bar is the input read; after a dedup stage's barrier it is full while the writing goes on.
         progress.update(task, description=f"curating {recipe.dataset}: {records:,} records written")
 
+    signal.signal(signal.SIGTERM, _stop)
     try:
         with progress:
             result = run_recipe(
@@ -105,12 +122,18 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 full_refresh=full_refresh,
                 on_written=written,
             )
+    except Stopped:
+        console.print("[red]stopped[/red] by SIGTERM, nothing published", highlight=False)
+        return 128 + signal.SIGTERM
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {error}", highlight=False)
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
         console.print(f"[red]recipe error[/red], nothing published: {error}", highlight=False)
         return EXIT_USAGE
+    except SQLAlchemyError as error:
+        console.print(f"[red]state store error[/red], nothing published: {state_problem(recipe.state, error)}")
+        return EXIT_FAILED
     except (OSError, AccountingError, StageError, ValueError) as error:
         console.print(f"[red]run failed[/red], nothing published: {error}", highlight=False)
         return EXIT_FAILED
@@ -168,13 +191,32 @@ def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> No
     try:
         inputs = [entry for source in build_sources(loaded) for entry in source.inputs()]
         stages = [stage.name for stage in build_stages(loaded)]
+    except SQLAlchemyError as error:
+        console.print(f"[red]state store error[/red] {state_problem(loaded.state, error)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
     except (OSError, ValueError) as error:
         console.print(f"[red]recipe error[/red] {recipe}: {error}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     out.print(
         f"[green]ok[/green] {recipe}: dataset {loaded.dataset}, {len(inputs)} input(s), stages: {' → '.join(stages)}"
     )
+    for entry in inputs[:SHOWN_INPUTS]:
+        size = f"{entry.size:,} bytes" if entry.size is not None else "size unknown"
+        out.print(f"  {entry.uri} ({size})", highlight=False)
+    if len(inputs) > SHOWN_INPUTS:
+        out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
     out.print(f"publishes {loaded.output.format} to {loaded.output.dest}", highlight=False)
+
+
+SHOWN_INPUTS = 20
+
+
+def state_problem(url: str, error: SQLAlchemyError) -> str:
+    """The state store's URL (password hidden) and the driver's own first line of the error."""
+    from sqlalchemy.engine import make_url
+
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return f"{make_url(url).render_as_string(hide_password=True)}: {reason}"
 
 
 @app.command()

@@ -389,6 +389,20 @@ class Recipe(Strict):
     engine: Literal["local", "ray"] = "local"  # ray: the same stages on Ray Data (pip install 'curation[ray]')
     ray_address: str | None = None  # a Ray cluster (ray://host:10001 or auto); none: a local Ray instance
 
+    @field_validator("state")
+    @classmethod
+    def _state_is_sqlite_or_postgresql(cls, url: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            raise ValueError(f"{url!r} is not a database URL (sqlite:///path or postgresql+psycopg://...)") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"the state store is SQLite or PostgreSQL, not {backend}")
+        return url
+
     @field_validator("sources", mode="before")
     @classmethod
     def _default_source_type(cls, value: Any) -> Any:

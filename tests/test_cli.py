@@ -103,3 +103,57 @@ def test_a_template_syntax_error_is_a_recipe_error_with_its_line(tmp_path: Path)
         said = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode == 2 and "Traceback" not in said
         assert "record.prompt (line 6)" in said and "template syntax error" in said
+
+
+def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from bench.pii_corpus import generate
+
+    docs = generate(400, seed=3)
+    write_jsonl(tmp_path / "in.jsonl", [{"message": d.text, "reply": "Noted."} for d in docs] * 5)
+    recipe = write_recipe(
+        tmp_path,
+        {
+            "dataset": "support",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+            "stages": [{"type": "pii", "workers": 2, "batch_size": 8}],
+            "batch_rows": 2000,
+        },
+    )
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "curation.cli", "run", str(recipe), "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: list[int] = []
+    deadline = time.monotonic() + 90
+    while not workers and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+        children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
+        workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    assert workers, "the PII stage's worker pool never started"
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert "stopped by SIGTERM, nothing published" in " ".join((stdout + stderr).split())
+    assert "Traceback" not in stderr
+    time.sleep(1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+    assert alive == []
+    staging = tmp_path / "output" / "support" / "_staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert not (tmp_path / "output" / "support" / "v1").exists()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"
