@@ -75,6 +75,13 @@ class Tally:
     stage_stats: dict[str, Counter[str]] = field(default_factory=dict)
     flags: list[pa.Table] = field(default_factory=list)
     examples: dict[tuple[str, str], str] = field(default_factory=dict)  # the first detail of each reason
+    by_input: Counter[str] = field(default_factory=Counter)  # records per input URI, once each is accounted for
+
+    def count_inputs(self, table: pa.Table) -> None:
+        """Every record is written or set aside once: counted then, by the input it came from."""
+        if table.num_rows:
+            counted = pc.value_counts(pc.struct_field(table["source"], "uri"))
+            self.by_input.update(dict(zip(counted.field(0).to_pylist(), counted.field(1).to_pylist(), strict=True)))
 
     def add_stats(self, stage: str, stats: dict[str, int]) -> None:
         if stats:
@@ -178,6 +185,7 @@ class LocalExecutor:
             for batch in self._apply(stream, pending, writer, tally):
                 writer.write(batch)
                 tally.written += batch.num_rows
+                tally.count_inputs(batch)
 
     @staticmethod
     def _read(
@@ -269,6 +277,7 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
     if table.num_rows == 0:
         return
     published = writer.write_set_aside(table)
+    tally.count_inputs(table)
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
@@ -468,7 +477,7 @@ def _run_locked(
                 counts=counts,
                 splits=splits,
                 side_files=side_files,
-                inputs=inputs,
+                inputs=[entry.model_copy(update={"records": tally.by_input[entry.uri]}) for entry in inputs],
                 row_schema=fmt.row_schema(),
                 stats={"stages": tally.stats()} if tally.stage_stats else {},
             )

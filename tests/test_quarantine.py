@@ -47,6 +47,7 @@ def test_malformed_json_lines(workdir: Path) -> None:
     assert sorted(row["completion"] for row in outputs(Path(result.version_uri))) == ["Dining", "Housing"]
     assert result.manifest.counts.reasons == {"quarantined": {"malformed_json": 2}}
     assert_adds_up(result.manifest.counts)
+    assert [(i.uri, i.records) for i in result.manifest.inputs] == [(str(path), 4)]
 
 
 def test_lines_that_are_not_utf8_are_named_and_a_byte_order_mark_is_not_one(workdir: Path) -> None:

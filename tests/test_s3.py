@@ -48,6 +48,7 @@ def test_recipe_reads_from_and_publishes_to_s3(workdir: Path, bucket: str, aws_e
         f"s3://{bucket}/raw/2026/part-1.jsonl",
         f"s3://{bucket}/raw/2026/part-2.parquet",
     ]
+    assert sum(i.records for i in manifest.inputs) == 152 and all(i.records for i in manifest.inputs)
 
     keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket, Prefix="curated/")["Contents"]}
     assert not [key for key in keys if "/_staging/" in key and not key.endswith("/")], "staging must be gone"

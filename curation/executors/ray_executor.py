@@ -319,3 +319,4 @@ class RayExecutor:
             if write_rows and letter.rows.num_rows:
                 writer.write(letter.rows)
                 tally.written += letter.rows.num_rows
+                tally.count_inputs(letter.rows)
