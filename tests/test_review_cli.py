@@ -78,3 +78,9 @@ def test_export_then_import_label_studio(seeded: Seeded) -> None:
     exported.write_text('[{"data": {}}]')
     broken = review("import", str(exported), "--user", "maria", "--recipe", recipe, cwd=seeded.folder)
     assert broken.returncode == 2 and "has no data.item_id" in broken.stderr
+
+
+def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_says_so(tmp_path: Path) -> None:
+    done = review("export", "tasks.json", cwd=tmp_path)
+    assert done.returncode == 2 and "no state store" in done.stderr and "--recipe" in done.stderr
+    assert not (tmp_path / ".curation").exists() and not (tmp_path / "tasks.json").exists()

@@ -40,7 +40,20 @@ def _recipes(paths: list[Path] | None) -> list[Recipe]:
 
 
 def _state_url(state: str | None, recipes: list[Recipe]) -> str:
-    return state or (recipes[0].state if recipes else DEFAULT_STATE_URL)
+    if state or recipes:
+        return state or recipes[0].state
+    from curation.state import sqlite_file
+
+    default = sqlite_file(DEFAULT_STATE_URL)
+    if default is not None and not default.exists():
+        # Made here, it would be a new, empty store: the queue would be empty and decisions lost.
+        console.print(
+            f"[red]no state store[/red] at {default} (from this folder): pass --recipe RECIPE to use its "
+            "state store, or --state URL",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    return DEFAULT_STATE_URL
 
 
 def _engine(url: str):
