@@ -179,6 +179,9 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     overrides = {"engine": engine, "ray_address": address}
     loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if address is not None and loaded.engine != "ray":
+        console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     raise typer.Exit(execute(loaded, quiet, full_refresh))
 
 

@@ -157,3 +157,27 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (OSError, IndexError):
         return "gone"
+
+
+def test_usage_mistakes_are_usage_errors(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
+    recipe = write_recipe(
+        tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    )
+    for args in (("--address", "auto"), ("--log-level", "loud")):
+        refused = curation("run", str(recipe), *args, cwd=tmp_path)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert not (tmp_path / "output").exists()
+    (tmp_path / "a-folder").mkdir()  # not a database file: SQLite cannot open it
+    for state, said in (
+        ("mysql://x/y", "SQLite or PostgreSQL, not mysql"),
+        (f"sqlite:///{tmp_path / 'a-folder'}", "state store error"),
+    ):
+        bad = write_recipe(
+            tmp_path,
+            {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}, "state": state},
+            name="bad.yaml",
+        )
+        refused = curation("run", str(bad), cwd=tmp_path)
+        text = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode in (1, 2) and said in text and "Traceback" not in text, text

@@ -30,6 +30,7 @@ from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnal
 from curation.pii_image import BadImage, check_tesseract, redact_image
 from curation.redaction import redacted
 from curation.stages.base import StageError, StageResult
+from schemas.config import RecipeError
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, location, set_aside_rows
 
@@ -50,7 +51,7 @@ Undone = Mapping[str, Collection[tuple[str, int, int]]]
 _QUOTING_STAGES = frozenset({"read", "shape"})
 
 
-class PiiSettingError(StageError, ValueError):
+class PiiSettingError(StageError, RecipeError):
     """The stage's settings cannot work (no fields, no key, model or tesseract missing): found when it
     is built, so `curation check` reports it as a recipe error and `curation run` before reading."""
 
