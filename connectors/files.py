@@ -7,6 +7,8 @@ aside as quarantined with the file and line, and the rest of the file goes on.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -23,7 +25,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.records import record_ids, set_aside_rows, source_array
+from schemas.records import empty_set_aside, record_ids, set_aside_rows, source_array
 
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -34,6 +36,7 @@ _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
 # Column types whose values cannot hide a key: see _schema_seen_whole.
 _FLAT_TYPES = (pl.String, pl.Int64, pl.Float64, pl.Boolean)
 _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, decoded with surrogateescape
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 
 
@@ -246,11 +249,11 @@ class FilesSourceReader(ListedFiles):
 
     def _csv(self, entry: FileEntry) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        probe = pacsv.ParseOptions(delimiter=self.config.csv_delimiter, invalid_row_handler=lambda _: "skip")
-        with fs.open_input_stream(path, compression="detect") as stream:
-            header = pacsv.open_csv(stream, parse_options=probe).schema.names
-        # Read every column as text: a type guessed from the first block would break on a later one;
-        # the input schema (if any) decides types, with errors that name the row.
+        progress = _ByteProgress(entry.size)
+        header = self._csv_header(entry.uri)
+        if header is None:  # no record, as in an empty JSONL file
+            yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
+            return
         invalid: list[Any] = []
 
         def keep_invalid(row: Any) -> str:
@@ -258,7 +261,12 @@ class FilesSourceReader(ListedFiles):
             return "skip"
 
         read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES)
-        parse = pacsv.ParseOptions(delimiter=self.config.csv_delimiter, invalid_row_handler=keep_invalid)
+        # A quoted value may hold newlines: a block must not end inside one.
+        parse = pacsv.ParseOptions(
+            delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=keep_invalid
+        )
+        # Read every column as text: a type guessed from the first block would break on a later one;
+        # the input schema (if any) decides types, with errors that name the row.
         # An empty unquoted field is a missing value, so a required column can catch it.
         convert = pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header},
@@ -266,41 +274,87 @@ class FilesSourceReader(ListedFiles):
             null_values=[""],
             quoted_strings_can_be_null=False,
         )
-        next_line = 2  # line 1 is the header
-        skipped: set[int] = set()
-        progress = _ByteProgress(entry.size)
-        with fs.open_input_stream(path, compression="detect") as stream:
+        lines = _CsvLines(header)
+        with fs.open_input_stream(path, compression="detect") as raw:
+            stream = _Utf8Guard(raw)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
-                skipped.update(row.number for row in invalid if row.number is not None)
-                set_aside = self._invalid_csv_rows(entry.uri, invalid, len(header))
-                invalid.clear()
                 table = pa.Table.from_batches([batch])
-                # The next num_rows line numbers that were not skipped.
-                candidates = np.arange(next_line, next_line + table.num_rows + len(skipped))
-                lines = candidates[~np.isin(candidates, np.fromiter(skipped, np.int64, len(skipped)))][: table.num_rows]
-                next_line = int(lines[-1]) + 1 if len(lines) else next_line
-                rows = _with_lineage(table, entry.uri, lines, _rows_as_text(table))
+                starts, ends, placed = lines.place(table, invalid)
+                invalid.clear()
+                rows, not_utf8 = self._split_not_utf8(entry.uri, table, starts, ends, stream.bad)
+                set_aside = self._invalid_csv_rows(entry.uri, placed, len(header))
+                if not_utf8.num_rows:
+                    set_aside = pa.concat_tables([set_aside, not_utf8])
                 for start in range(0, max(rows.num_rows, 1), self.batch_rows):
                     yield SourceBatch(
                         rows=rows.slice(start, self.batch_rows),
                         set_aside=set_aside if start == 0 else set_aside.slice(0, 0),
                         input_bytes=progress.advance(batch.nbytes) if start == 0 else 0,
                     )
-            rest = self._invalid_csv_rows(entry.uri, invalid, len(header))  # rows rejected after the last batch
+            _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
+            rest = self._invalid_csv_rows(entry.uri, placed, len(header))
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
+    def _csv_header(self, uri: str) -> list[str] | None:
+        """The column names, or None when the file holds no record: it is empty or a header alone."""
+        fs, path = filesystem(uri)
+        probe = pacsv.ParseOptions(
+            delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
+        )
+        try:
+            with fs.open_input_stream(path, compression="detect") as raw:
+                return pacsv.open_csv(_Utf8Guard(raw), parse_options=probe).schema.names
+        except pa.ArrowInvalid:
+            # Arrow reads no file without a line that a newline ends.
+            with fs.open_input_stream(path, compression="detect") as raw:
+                head = raw.read(BLOCK_BYTES)
+            if len(head) < BLOCK_BYTES and b"\n" not in head.strip():
+                return None
+            raise
+
+    def _split_not_utf8(
+        self, uri: str, table: pa.Table, starts: np.ndarray, ends: np.ndarray, bad: list[tuple[int, int, int]]
+    ) -> tuple[pa.Table, pa.Table]:
+        """The rows of ``table`` on lines ``starts[i]``..``ends[i]`` with their lineage, and those on a
+        line with a byte that is not UTF-8 (``bad``: line, column, byte), set aside."""
+        first = np.searchsorted([line for line, _, _ in bad], starts) if bad else None
+        hit = first < len(bad) if first is not None else None
+        if hit is not None:
+            hit[hit] = np.array([bad[i][0] for i in first[hit]]) <= ends[hit]
+        if hit is None or not hit.any():  # the usual: all UTF-8
+            return _with_lineage(table, uri, starts, _rows_as_text(table)), empty_set_aside()
+        good = table.filter(pa.array(~hit))
+        rows = _with_lineage(good, uri, starts[~hit], _rows_as_text(good))
+        indices = np.flatnonzero(hit)
+        records = [_csv_line(list(row.values()), self.config.csv_delimiter) for row in table.take(indices).to_pylist()]
+        details = []
+        for index in indices:
+            line, column, byte = bad[first[index]]
+            where = f"column {column}" if line == starts[index] else f"line {line}, column {column}"
+            details.append(f"{uri}:{starts[index]}: not UTF-8: byte {byte:#04x} at {where}")
+        set_aside = set_aside_rows(
+            record_ids(uri, starts[indices], [record.encode() for record in records]),
+            source_array(CONNECTOR, uri, starts[indices]),
+            stage="read",
+            outcome="quarantined",
+            reasons="malformed_csv",
+            details=details,
+            records=[record[:MAX_RAW_CHARS] for record in records],
+        )
+        return rows, set_aside
+
     @staticmethod
-    def _invalid_csv_rows(uri: str, rows: list[Any], expected: int) -> pa.Table:
-        lines = [row.number for row in rows]
-        texts = [row.text for row in rows]
+    def _invalid_csv_rows(uri: str, placed: list[tuple[int, Any]], expected: int) -> pa.Table:
+        lines = [line for line, _ in placed]
+        texts = [row.text for _, row in placed]
         return set_aside_rows(
             record_ids(uri, lines, [t.encode() for t in texts]),
             source_array(CONNECTOR, uri, lines),
             stage="read",
             outcome="quarantined",
             reasons="malformed_csv",
-            details=[f"{uri}:{row.number}: expected {expected} fields, found {row.actual_columns}" for row in rows],
+            details=[f"{uri}:{line}: expected {expected} fields, found {row.actual_columns}" for line, row in placed],
             records=[t[:MAX_RAW_CHARS] for t in texts],
         )
 
@@ -320,6 +374,129 @@ class FilesSourceReader(ListedFiles):
                     rows=_with_lineage(table, entry.uri, lines, _rows_as_text(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
+
+
+class _Utf8Guard(io.RawIOBase):
+    """A CSV stream as Arrow is to read it: each byte that is not UTF-8 is replaced by U+FFFD and noted.
+
+    Arrow fails a whole file on a value that is not UTF-8, and cannot hand over a row with the wrong
+    number of fields that holds one. Replaced, the row reads; noted, it is set aside by its line. The
+    stream is passed on in whole lines, so a character is never cut in two.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.pending, self.out = stream, b"", memoryview(b"")
+        self.line = 1  # of the next byte passed on
+        self.bad: list[tuple[int, int, int]] = []  # (line, column, byte) of each byte not UTF-8, in order
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        # Filled whole: Arrow takes a short read as a short block, and a record may span two blocks only.
+        size = 0
+        while size < len(buffer):
+            if not self.out:
+                self.out = memoryview(self._next_lines())
+                if not self.out:
+                    break
+            step = min(len(buffer) - size, len(self.out))
+            buffer[size : size + step] = self.out[:step]
+            self.out, size = self.out[step:], size + step
+        return size
+
+    def _next_lines(self) -> bytes:
+        while True:
+            chunk = self.stream.read(BLOCK_BYTES)
+            cut = chunk.rfind(b"\n") + 1
+            if chunk and not cut:  # no line ends in this block: it all waits for the next
+                self.pending += chunk
+                continue
+            data, self.pending = (self.pending + chunk[:cut], chunk[cut:]) if chunk else (self.pending, b"")
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                data = self._replace_bad_bytes(data)
+            else:
+                self.line += data.count(b"\n")
+            return data
+
+    def _replace_bad_bytes(self, data: bytes) -> bytes:
+        text = data.decode("utf-8", "surrogateescape")  # each byte not UTF-8 becomes one of U+DC80..U+DCFF
+        offset = line_start = done = 0  # bytes before text[done:], and before its line
+        for match in _ESCAPED_BYTE.finditer(text):
+            before = text[done : match.start()]
+            if "\n" in before:
+                self.line += before.count("\n")
+                line_start = offset + len(before[: before.rfind("\n") + 1].encode())
+            offset += len(before.encode())
+            self.bad.append((self.line, offset - line_start + 1, ord(match.group()) - 0xDC00))
+            offset, done = offset + 1, match.end()
+        self.line += text.count("\n", done)
+        return _ESCAPED_BYTE.sub("\ufffd", text).encode()
+
+
+class _CsvLines:
+    """The lines each CSV record spans.
+
+    Arrow numbers records (the header is 1) and gives the numbers of the rows it rejects, so the rows
+    it keeps have the numbers left. A quoted value can span lines: a record starts on its number plus
+    the newlines inside the records before it.
+    """
+
+    def __init__(self, header: list[str]) -> None:
+        self.next_number = 2
+        self.newlines = sum(name.count("\n") for name in header)
+        self.pending: list[Any] = []  # rejected rows after the last row placed
+
+    def place(
+        self, table: pa.Table | None, rejected: list[Any]
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Any]]]:
+        """The first and last lines of ``table``'s rows, and (line, row) for each rejected row before its
+        last one; with no table (the file's end), for every rejected row left."""
+        self.pending += rejected
+        count = table.num_rows if table is not None else 0
+        skipped = np.array([row.number for row in self.pending], dtype=np.int64)
+        candidates = np.arange(self.next_number, self.next_number + count + len(skipped))
+        numbers = candidates[~np.isin(candidates, skipped)][:count]
+        if count:
+            self.next_number = int(numbers[-1]) + 1
+        last = self.next_number - 1 if table is not None else np.iinfo(np.int64).max
+        placed = [row for row in self.pending if row.number <= last]
+        self.pending = [row for row in self.pending if row.number > last]
+        in_rows = _newlines_per_row(table) if count else None
+        in_placed = np.array([row.text.count("\n") for row in placed], dtype=np.int64)
+        if in_rows is None and not in_placed.any():  # the usual: a record a line
+            starts = numbers + self.newlines
+            return starts, starts, [(row.number + self.newlines, row) for row in placed]
+        both = np.concatenate((numbers, [row.number for row in placed])).astype(np.int64)
+        newlines = np.concatenate((np.zeros(count, np.int64) if in_rows is None else in_rows, in_placed))
+        order = np.argsort(both, kind="stable")
+        starts = np.empty_like(both)
+        starts[order] = both[order] + self.newlines + np.cumsum(newlines[order]) - newlines[order]
+        self.newlines += int(newlines.sum())
+        return (
+            starts[:count],
+            starts[:count] + newlines[:count],
+            list(zip(starts[count:].tolist(), placed, strict=True)),
+        )
+
+
+def _newlines_per_row(table: pa.Table) -> np.ndarray | None:
+    """How many newlines each row's values hold, or None when none holds one (the usual table)."""
+    counts = None
+    for column in table.columns:
+        if pc.any(pc.match_substring(column, "\n")).as_py():
+            found = pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy().astype(np.int64)
+            counts = found if counts is None else counts + found
+    return counts
+
+
+def _csv_line(values: list[str | None], delimiter: str) -> str:
+    """Values as the CSV line that holds them, for a reviewer."""
+    line = io.StringIO()
+    csv.writer(line, delimiter=delimiter, lineterminator="").writerow(values)
+    return line.getvalue()
 
 
 def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:

@@ -25,6 +25,7 @@ from schemas.records import record_ids, source_array
 
 CONNECTOR = "sql"
 CURSOR_ITEM = "cursor"
+READ_ITEM = "read"  # a source without a cursor was read by a published run
 
 
 class SqlSourceError(StorageError):
@@ -128,11 +129,20 @@ class SqlSourceReader:
                     present = [v for v in values if v is not None]
                     if present:
                         highest = max(present) if highest is None else max(highest, *present)
-                positions: list[Any] = lines
                 if self.config.key:
+                    # The row's identity, not its content: an edited row keeps its id, so its new
+                    # version replaces the one carried from earlier versions, and review decisions
+                    # stay with it.
                     at = [columns.index(k) for k in self.config.key]
-                    positions = ["\x1f".join(str(row[i]) for i in at) for row in rows]
-                ids = record_ids(self.uri, positions, row_contents(table))
+                    keys = ["\x1f".join(str(row[i]) for i in at) for row in rows]
+                    ids = record_ids(self.uri, keys, [b""] * len(keys))
+                else:
+                    ids = record_ids(self.uri, lines, row_contents(table))
                 yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
         if self.watermark is not None and highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(highest))
+        elif self.watermark is not None and self.config.cursor is None:
+            # Read whole, yet read before: the next version extends this one (its records carried, the
+            # rows read again set aside as earlier versions' by cross-run dedup) instead of holding
+            # only what this run wrote.
+            self.watermark.set(READ_ITEM, True)

@@ -139,6 +139,8 @@ class _Carrying:
         self.rejected: set[str] = set()
         self.edited: set[str] = set()
         self.edits_not_applied: set[str] = set()
+        self.superseded: set[str] = set()  # carried records this run wrote again: the new one replaces it
+        self.replaced: set[str] = set()
 
     def decided(self) -> pl.Series:
         """The ids a decision rejects or edits."""
@@ -161,6 +163,9 @@ class _Carrying:
                 yield line, None, False
                 continue
             record = row["id"]
+            if record in self.superseded:
+                self.replaced.add(record)
+                continue
             if record in self.decisions.rejected:
                 self.rejected.add(record)
                 continue
@@ -183,6 +188,7 @@ class _Carrying:
 
     def stats(self) -> dict[str, int]:
         return {
+            "replaced": len(self.replaced),
             "review_rejected": len(self.rejected),
             "review_edited": len(self.edited),
             "edits_not_applied": len(self.edits_not_applied),
@@ -413,9 +419,11 @@ class DatasetWriter:
         paths = {
             shard.path: self._carried_path(shard.path, previous.version) for name in SPLITS for shard in shards[name]
         }
-        # Shards read line by line: every shard of a one-file format, and those a review decision reaches
-        # (a shard is size-bounded). The lineage of the others moves as it is, a file at a time.
-        by_line = set(paths) if append else self._decided_shards(source_fs, source, previous.lineage, carrying)
+        # Shards read line by line: every shard of a one-file format, and those a review decision or a
+        # record written again reaches (a shard is size-bounded). The lineage of the others moves as it
+        # is, a file at a time.
+        reached = self._reached_shards(source_fs, source, previous.lineage, carrying)
+        by_line = set(paths) if append else reached
         held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line)
         for name in SPLITS:
             for shard in shards[name]:
@@ -472,18 +480,31 @@ class DatasetWriter:
         folder, base = path.rsplit("/", 1)
         return path if CARRIED_NAME.match(base) else f"{folder}/part-v{version}-{base.removeprefix('part-')}"
 
-    @staticmethod
-    def _decided_shards(fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying) -> set[str]:
-        """The shards holding a record that a review decision rejects or edits. A pass of its own over
-        the lineage, made only when there are decisions: the carry's pass writes each file's rows as it
-        reads them, so it must know these shards before it starts."""
+    def _reached_shards(self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying) -> set[str]:
+        """The shards holding a record that a review decision rejects or edits, or that this run wrote
+        again (``carrying.superseded`` gets those ids: a keyed SQL row that was edited, a line of a file
+        read again with no dedup stage). A pass of its own over the lineage, made only when there are
+        decisions or records written: the carry's pass writes each file's rows as it reads them, so it
+        must know these shards before it starts."""
         decided = carrying.decided()
-        if decided.is_empty():
+        written = self._written_ids()
+        if decided.is_empty() and written.is_empty():
             return set()
         found: set[str] = set()
         for rows in _lineage_files(fs, folder, lineage):
+            again = rows.filter(pl.col("id").is_in(written.implode()))
+            carrying.superseded.update(again["id"].to_list())
+            found.update(again["shard"].to_list())
             found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())
         return found
+
+    def _written_ids(self) -> pl.Series:
+        """The ids of the records this run wrote, from its own lineage in the staging folder (its open
+        file closed first: the carried rows start a new one)."""
+        self.flush()
+        self.lineage.close()
+        parts = [rows["id"] for rows in _lineage_files(self.fs, self.staging, self.lineage.shards)]
+        return pl.concat(parts) if parts else pl.Series([], dtype=pl.String)
 
     def _carry_lineage(
         self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], paths: dict[str, str], by_line: set[str]

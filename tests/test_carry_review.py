@@ -78,6 +78,7 @@ def test_carried_records_follow_review_decisions_across_versions(workdir: Path) 
     counts = v2.manifest.counts
     assert (counts.input, counts.written, counts.carried) == (5, 5, 29)
     assert v2.manifest.stats["carry"] == {
+        "replaced": 0,
         "review_rejected": 1,
         "review_edited": 1,
         "edits_not_applied": 1,

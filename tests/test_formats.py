@@ -174,7 +174,7 @@ def test_jumpstart_vqa_layout_loads_as_an_imagefolder(workdir: Path) -> None:
         (workdir / "scans" / name).write_bytes(png(color))
     rows = [
         {"image": str(workdir / "scans" / name), "question": f"Which colour is this? ({i})", "answer": name[:-4]}
-        for i in range(4)
+        for i in range(10)  # 30 rows: each split gets some, whatever the ids (1 run in 70 left one empty at 12)
         for name in colors
     ]
     write_jsonl(workdir / "vqa.jsonl", rows)

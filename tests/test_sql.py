@@ -96,6 +96,43 @@ def test_cursor_takes_only_rows_past_the_watermark(tmp_path: Path) -> None:
     assert [r["input_id"] for b in second for r in b.rows.to_pylist()] == [11, 12, 13]
 
 
+@pytest.mark.parametrize("stages", [[{"type": "exact_dedup"}], [{"type": "exact_dedup"}, {"type": "near_dedup"}]])
+def test_an_edited_row_with_a_key_replaces_its_published_version(workdir: Path, stages: list) -> None:
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 6)
+    spec = {**recipe(url, table="tickets", cursor="updated_at", key=["id"]), "stages": stages}
+    v1 = Path(run(workdir, spec).version_uri)
+    assert len(outputs(v1)) == 6
+    engine = sa.create_engine(url)
+    with engine.begin() as db:  # ticket 5's reply is corrected, and ticket 7 comes in
+        db.execute(
+            tickets.update()
+            .where(tickets.c.id == 5)
+            .values(reply="Travel notice set for ticket 5; card reissued.", updated_at=START + timedelta(days=1))
+        )
+    fill(url, 7, 1)
+    second = run(workdir, spec)
+    v2 = Path(second.version_uri)
+    replies = sorted(line["completion"] for line in outputs(v2))
+    assert len(replies) == 7 and "Travel notice set for ticket 5." not in replies
+    assert "Travel notice set for ticket 5; card reissued." in replies
+    assert second.manifest.counts.written == 2 and second.manifest.counts.carried == 5
+    assert second.manifest.stats["carry"]["replaced"] == 1
+
+
+@pytest.mark.parametrize("stages", [[{"type": "exact_dedup"}], [{"type": "exact_dedup"}, {"type": "near_dedup"}]])
+def test_an_unchanged_row_read_again_is_a_repeat_not_a_new_version(workdir: Path, stages: list) -> None:
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 6)
+    spec = {**recipe(url, table="tickets", key=["id"]), "stages": stages}  # no cursor: the whole table each run
+    first = run(workdir, spec)
+    fill(url, 7, 1)
+    again = run(workdir, spec)
+    assert again.manifest.counts.written == 1 and again.manifest.counts.reasons["duplicate"] == {"earlier_version": 6}
+    assert again.manifest.counts.carried == 6 and again.manifest.stats["carry"]["replaced"] == 0
+    assert len(outputs(Path(again.version_uri))) == 7 and len(outputs(Path(first.version_uri))) == 6
+
+
 def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/crm.db"
     fill(url, 1, 1)

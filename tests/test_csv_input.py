@@ -1,0 +1,83 @@
+"""CSV input that used to stop a run or misplace its rows: bytes that are not UTF-8, files with no
+record, quoted values that span lines. Each record is written or quarantined at the line it starts on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.helpers import outputs, read_lines, run, set_aside, write_jsonl
+from tests.test_quarantine import assert_adds_up, recipe
+
+QA_RECORD = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"}
+
+
+def lineage_lines(version_dir: Path) -> dict[str, int]:
+    """Each written completion and the source line its lineage row gives."""
+    found = {}
+    for entry in read_lines(sorted((version_dir / "lineage").glob("*.jsonl"))):
+        line = (version_dir / entry["shard"]).read_text().splitlines()[entry["line"] - 1]
+        found[json.loads(line)["completion"]] = entry["source"]["line"]
+    return found
+
+
+def test_a_row_that_is_not_utf8_is_quarantined_and_the_rest_is_read(workdir: Path) -> None:
+    path = workdir / "tx.csv"
+    path.write_bytes(
+        b"description,amount,category\n"
+        b"coffee,4.5,Dining\n"
+        b'"caf\xe9, au lait",3,Dining\n'  # Latin-1, as a spreadsheet export may write it
+        b"rent,1200,Housing\n"
+        b"bus,2.5,Tr\xffansport\n"
+    )
+    result = run(workdir, recipe("tx.csv"))
+    version = Path(result.version_uri)
+    aside = set_aside(version)
+    assert [(row["reason"], row["source"]["line"], row["detail"]) for row in aside] == [
+        ("malformed_csv", 3, f"{path}:3: not UTF-8: byte 0xe9 at column 5"),
+        ("malformed_csv", 5, f"{path}:5: not UTF-8: byte 0xff at column 11"),
+    ]
+    assert aside[0]["record"] == '"caf\ufffd, au lait",3,Dining'
+    assert lineage_lines(version) == {"Dining": 2, "Housing": 4}
+    assert result.manifest.counts.reasons == {"quarantined": {"malformed_csv": 2}}
+    assert (result.manifest.counts.input, result.manifest.counts.written) == (4, 2)
+    assert_adds_up(result.manifest.counts)
+
+
+def test_csv_files_without_records_give_none_and_the_run_goes_on(workdir: Path) -> None:
+    (workdir / "empty.csv").write_bytes(b"")
+    (workdir / "header.csv").write_text("description,amount,category\n")
+    (workdir / "header_no_newline.csv").write_text("description,amount,category")
+    (workdir / "blank.csv").write_text("\n\n")
+    write_jsonl(workdir / "tx.jsonl", [{"description": "coffee", "amount": 4.5, "category": "Dining"}])
+    names = ["blank.csv", "empty.csv", "header.csv", "header_no_newline.csv", "tx.jsonl"]
+    result = run(workdir, recipe(*names))
+    assert [row["completion"] for row in outputs(Path(result.version_uri))] == ["Dining"]
+    assert [(Path(i.uri).name, i.records) for i in result.manifest.inputs] == [(name, 0) for name in names[:4]] + [
+        ("tx.jsonl", 1)
+    ]
+    assert (result.manifest.counts.input, result.manifest.counts.written, result.manifest.counts.reasons) == (1, 1, {})
+
+
+def test_lines_count_the_newlines_inside_quoted_values(workdir: Path) -> None:
+    path = workdir / "qa.csv"
+    path.write_text(
+        "n,question,answer,account\n"  # 1
+        '1,"multi\nline question here?","ans one",acct\n'  # 2-3
+        "2,a,b,c,d,e\n"  # 4: six fields
+        '3,"two\nbreaks\nhere",ans,acct,extra\n'  # 5-7: five fields
+        '4,"after them?","ans four",acct\n'  # 8
+        '5,"unterminated...\n'  # 9
+    )
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    version = Path(result.version_uri)
+    aside = set_aside(version)
+    assert [(row["source"]["line"], row["detail"]) for row in aside] == [
+        (4, f"{path}:4: expected 4 fields, found 6"),
+        (5, f"{path}:5: expected 4 fields, found 5"),
+        (9, f"{path}:9: expected 4 fields, found 2"),
+    ]
+    assert aside[1]["record"] == '3,"two\nbreaks\nhere",ans,acct,extra'
+    assert lineage_lines(version) == {"ans one": 2, "ans four": 8}
+    assert result.manifest.counts.reasons == {"quarantined": {"malformed_csv": 3}}
+    assert_adds_up(result.manifest.counts)
