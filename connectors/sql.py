@@ -97,6 +97,8 @@ class SqlSourceReader:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
             cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
             last = self.watermark.get(CURSOR_ITEM) if self.watermark is not None else None
+            if self.watermark is not None and self.watermark.committed:
+                self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
             if last is not None:
                 statement = statement.where(cursor > decode_cursor(last))
             statement = statement.order_by(cursor)

@@ -80,6 +80,9 @@ class SourceWatermark:
     def __init__(self, committed: dict[str, Any]) -> None:
         self.committed = committed
         self.pending: dict[str, Any] = {}
+        # Whether this run reads again something an earlier run took (a changed file, a table read
+        # whole): records published before can then be written again, and replace their carried copy.
+        self.reread = False
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -88,7 +91,12 @@ class SourceWatermark:
         self.pending[item] = value
 
     def is_new(self, item: str, value: Any) -> bool:
-        return item not in self.committed or self.committed[item] != value
+        if item not in self.committed:
+            return True
+        if self.committed[item] != value:
+            self.reread = True
+            return True
+        return False
 
 
 class Watermarks:
@@ -117,6 +125,10 @@ class Watermarks:
     def had_previous(self) -> bool:
         """Whether any source of this run took only what was new since an earlier run."""
         return any(source.committed for source in self.sources.values())
+
+    def reread(self) -> bool:
+        """Whether any source read again something an earlier run took."""
+        return any(source.reread for source in self.sources.values())
 
     def commit(self, run_id: str) -> None:
         """Record what this run took, in one transaction; a full refresh forgets everything before."""

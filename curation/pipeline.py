@@ -461,7 +461,7 @@ def _run_locked(
             # Annotators' decisions reach the carried records too, as the review stage read them.
             decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
             counts.carried = writer.carry(
-                version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind, decisions
+                version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind, decisions, watermarks.reread()
             )
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:

@@ -391,7 +391,9 @@ class DatasetWriter:
         for piece in table.to_batches(SET_ASIDE_PIECE_ROWS):
             self.set_aside.write(to_ndjson(pa.Table.from_batches([piece])), piece.num_rows)
 
-    def carry(self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None) -> int:
+    def carry(
+        self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None, reread: bool = True
+    ) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.
 
         Only the train and validation lines (and the images they name) travel, with their lineage
@@ -400,8 +402,9 @@ class DatasetWriter:
         whole (a server-side copy on S3) under a name that says where they came from, so they keep
         their sha256; for formats read as one file per channel the lines are appended to this run's
         file. With ``decisions``, lines of rejected records stay behind and edits are applied: a shard
-        with such a line is rewritten (``carry_stats`` counts them). Call before ``publish``:
-        everything lands in the staging prefix, so a failed run leaves none.
+        with such a line is rewritten (``carry_stats`` counts them). So is a shard with a line whose
+        record this run wrote again, which only a run that ``reread`` input an earlier run took can do.
+        Call before ``publish``: everything lands in the staging prefix, so a failed run leaves none.
         """
         self.flush()
         previous = read_manifest(version_dir)
@@ -422,7 +425,7 @@ class DatasetWriter:
         # Shards read line by line: every shard of a one-file format, and those a review decision or a
         # record written again reaches (a shard is size-bounded). The lineage of the others moves as it
         # is, a file at a time.
-        reached = self._reached_shards(source_fs, source, previous.lineage, carrying)
+        reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread)
         by_line = set(paths) if append else reached
         held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line)
         for name in SPLITS:
@@ -480,14 +483,16 @@ class DatasetWriter:
         folder, base = path.rsplit("/", 1)
         return path if CARRIED_NAME.match(base) else f"{folder}/part-v{version}-{base.removeprefix('part-')}"
 
-    def _reached_shards(self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying) -> set[str]:
+    def _reached_shards(
+        self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying, reread: bool
+    ) -> set[str]:
         """The shards holding a record that a review decision rejects or edits, or that this run wrote
         again (``carrying.superseded`` gets those ids: a keyed SQL row that was edited, a line of a file
         read again with no dedup stage). A pass of its own over the lineage, made only when there are
         decisions or records written: the carry's pass writes each file's rows as it reads them, so it
         must know these shards before it starts."""
         decided = carrying.decided()
-        written = self._written_ids()
+        written = self._written_ids() if reread else pl.Series([], dtype=pl.String)
         if decided.is_empty() and written.is_empty():
             return set()
         found: set[str] = set()

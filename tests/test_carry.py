@@ -107,6 +107,22 @@ def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_chec
     assert verify_checksums(str(three), v3.manifest) == []
 
 
+def test_a_file_read_again_without_a_dedup_stage_replaces_its_carried_records(workdir: Path) -> None:
+    spec = {**recipe("out"), "stages": []}
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 30))
+    v1 = run(workdir, spec)
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 32))  # two lines appended: the file is read again
+    v2 = run(workdir, spec)
+    assert v2.manifest.counts.written == 32 and v2.manifest.stats["carry"]["replaced"] == 30
+    assert texts(outputs(Path(v2.version_uri))) == texts(notes(0, 32))  # each record once, not 30 twice
+    assert len(outputs(Path(v1.version_uri))) == 30
+    # A new file beside it reads nothing again: nothing to replace, and the carry does not look.
+    write_jsonl(workdir / "in" / "b.jsonl", notes(40, 3))
+    v3 = run(workdir, spec)
+    assert v3.manifest.stats["carry"]["replaced"] == 0 and v3.manifest.counts.carried == 32
+    assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 32) + notes(40, 3))
+
+
 def test_carry_forward_false_keeps_delta_versions(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
     run(workdir, recipe("out", carry_forward=False))
