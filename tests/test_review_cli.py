@@ -84,3 +84,16 @@ def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_s
     done = review("export", "tasks.json", cwd=tmp_path)
     assert done.returncode == 2 and "no state store" in done.stderr and "--recipe" in done.stderr
     assert not (tmp_path / ".curation").exists() and not (tmp_path / "tasks.json").exists()
+
+
+def test_the_pii_labeling_config_has_a_label_for_the_recipes_own_entities() -> None:
+    import xml.etree.ElementTree as ET
+
+    from curation.review.labelstudio import label_config
+
+    tasks = [{"data": {}, "predictions": [{"result": [{"value": {"start": 0, "end": 4, "labels": ["PAYEE"]}}]}]}]
+    config = ET.fromstring(label_config("pii", tasks, ["US_BANK_NUMBER", "PERSON"]))
+    labels = [label.get("value") for label in config.iter("Label")]
+    assert labels[:2] == ["PERSON", "EMAIL_ADDRESS"] and labels.count("PERSON") == 1
+    assert {"US_BANK_NUMBER", "PAYEE"} <= set(labels)
+    assert label_config("near_duplicate", tasks) is not None and label_config("other", tasks) is None

@@ -122,14 +122,24 @@ def export(
     recipe: RecipeOption = None,
 ) -> None:
     """Write the queue as Label Studio tasks; with --kind, also the matching labeling config next to it."""
-    from curation.review.labelstudio import LABEL_CONFIGS, export_tasks
+    from curation.review.labelstudio import export_tasks, label_config
+    from schemas.pii import PiiConfig
 
-    engine = _engine(_state_url(state, _recipes(recipe)))
+    recipes = _recipes(recipe)
+    engine = _engine(_state_url(state, recipes))
     filters = {"dataset": dataset, "version": version, "kind": kind, "status": status}
     tasks = export_tasks(engine, filters, include_pii)
     out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
-    if kind in LABEL_CONFIGS:
-        out.with_suffix(".xml").write_text(LABEL_CONFIGS[kind])
+    entities = [
+        entity
+        for r in recipes
+        for stage in r.stages
+        if isinstance(stage, PiiConfig)
+        for entity in [*stage.entities, *(custom.entity for custom in stage.recognizers)]
+    ]
+    config = label_config(kind, tasks, entities) if kind else None
+    if config is not None:
+        out.with_suffix(".xml").write_text(config)
     console.print(f"{len(tasks)} task(s) written to {out}", highlight=False)
 
 

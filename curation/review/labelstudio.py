@@ -14,6 +14,8 @@ Import reads Label Studio's JSON export: per task, the latest annotation's ``dec
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from html import escape
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,10 +27,11 @@ _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInli
     <Choice value="approve"/><Choice value="reject"/>
   </Choices>"""
 
+DEFAULT_ENTITIES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "CREDIT_CARD", "IBAN_CODE")
+
 LABEL_CONFIGS: dict[str, str] = {
     "pii": f"""<View>
-  <Labels name="pii" toName="text"><Label value="PERSON"/><Label value="EMAIL_ADDRESS"/><Label value="PHONE_NUMBER"/>
-    <Label value="LOCATION"/><Label value="CREDIT_CARD"/><Label value="IBAN_CODE"/></Labels>
+  <Labels name="pii" toName="text">{{labels}}</Labels>
   <Text name="text" value="$text"/>
 {_DECISION.format(to="text")}
 </View>""",
@@ -46,6 +49,25 @@ LABEL_CONFIGS: dict[str, str] = {
 {_DECISION.format(to="image")}
 </View>""",
 }
+
+
+def label_config(kind: str, tasks: list[dict[str, Any]], entities: Iterable[str] = ()) -> str | None:
+    """The labeling interface for ``kind``; for PII, a label for each entity the recipe looks for
+    (``entities``) or the tasks' spans hold, so annotators can label the recipe's own entities too."""
+    if kind not in LABEL_CONFIGS:
+        return None
+    if kind != "pii":
+        return LABEL_CONFIGS[kind]
+    found = [
+        label
+        for task in tasks
+        for prediction in task.get("predictions", [])
+        for result in prediction.get("result", [])
+        for label in result.get("value", {}).get("labels", [])
+    ]
+    names = dict.fromkeys([*DEFAULT_ENTITIES, *entities, *sorted(set(found))])
+    labels = "".join(f'<Label value="{escape(name)}"/>' for name in names)
+    return LABEL_CONFIGS[kind].replace("{labels}", labels)
 
 
 def _task(item: dict[str, Any], include_pii: bool) -> dict[str, Any]:
