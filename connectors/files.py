@@ -1,8 +1,8 @@
 """JSONL, CSV and Parquet files from local paths and S3, read as a stream of bounded batches.
 
 Memory stays flat as input grows: each file is read block by block, never whole. Input that
-cannot become a row (a malformed JSON line, a CSV row with the wrong number of fields) is set
-aside as quarantined with the file and line, and the rest of the file goes on.
+cannot become a row (a malformed JSON line, a CSV row with the wrong number of fields, a line that is
+not UTF-8) is set aside as quarantined with the file and line, and the rest of the file goes on.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from schemas.records import empty_set_aside, record_ids, set_aside_rows, source_
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
+PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
 # The bytes bytes.strip() removes: a line of only these is blank.
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
@@ -297,19 +298,20 @@ class FilesSourceReader(ListedFiles):
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
     def _csv_header(self, uri: str) -> list[str] | None:
-        """The column names, or None when the file holds no record: it is empty or a header alone."""
+        """The column names, or None when there is no line to read: the file is empty, blank, or a
+        header that no newline ends (Arrow reads none of these)."""
         fs, path = filesystem(uri)
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
         )
+        read = pacsv.ReadOptions(use_threads=False, block_size=PROBE_BYTES)
         try:
             with fs.open_input_stream(path, compression="detect") as raw:
-                return pacsv.open_csv(_Utf8Guard(raw), parse_options=probe).schema.names
+                return pacsv.open_csv(_Utf8Guard(raw, PROBE_BYTES), read_options=read, parse_options=probe).schema.names
         except pa.ArrowInvalid:
-            # Arrow reads no file without a line that a newline ends.
             with fs.open_input_stream(path, compression="detect") as raw:
-                head = raw.read(BLOCK_BYTES)
-            if len(head) < BLOCK_BYTES and b"\n" not in head.strip():
+                head = raw.read(PROBE_BYTES)
+            if len(head) < PROBE_BYTES and b"\n" not in head.strip():
                 return None
             raise
 
@@ -318,19 +320,21 @@ class FilesSourceReader(ListedFiles):
     ) -> tuple[pa.Table, pa.Table]:
         """The rows of ``table`` on lines ``starts[i]``..``ends[i]`` with their lineage, and those on a
         line with a byte that is not UTF-8 (``bad``: line, column, byte), set aside."""
-        first = np.searchsorted([line for line, _, _ in bad], starts) if bad else None
-        hit = first < len(bad) if first is not None else None
-        if hit is not None:
-            hit[hit] = np.array([bad[i][0] for i in first[hit]]) <= ends[hit]
-        if hit is None or not hit.any():  # the usual: all UTF-8
+        bad_lines = np.array([line for line, _, _ in bad], dtype=np.int64)
+        first = np.searchsorted(bad_lines, starts)  # the first bad byte on or after each row's first line
+        hit = np.append(bad_lines, np.iinfo(np.int64).max)[first] <= ends
+        culprits = [bad[i] for i in first[hit]]
+        if len(bad_lines) and len(ends):
+            # Later rows start after these rows end: the bad bytes noted so far are done with.
+            del bad[: np.searchsorted(bad_lines, ends.max(), side="right")]
+        if not culprits:  # the usual: all UTF-8
             return _with_lineage(table, uri, starts, _rows_as_text(table)), empty_set_aside()
         good = table.filter(pa.array(~hit))
         rows = _with_lineage(good, uri, starts[~hit], _rows_as_text(good))
         indices = np.flatnonzero(hit)
         records = [_csv_line(list(row.values()), self.config.csv_delimiter) for row in table.take(indices).to_pylist()]
         details = []
-        for index in indices:
-            line, column, byte = bad[first[index]]
+        for index, (line, column, byte) in zip(indices, culprits, strict=True):
             where = f"column {column}" if line == starts[index] else f"line {line}, column {column}"
             details.append(f"{uri}:{starts[index]}: not UTF-8: byte {byte:#04x} at {where}")
         set_aside = set_aside_rows(
@@ -384,41 +388,38 @@ class _Utf8Guard(io.RawIOBase):
     stream is passed on in whole lines, so a character is never cut in two.
     """
 
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.pending, self.out = stream, b"", memoryview(b"")
+    def __init__(self, stream: Any, block_bytes: int = BLOCK_BYTES) -> None:
+        self.stream, self.block_bytes, self.pending, self.out = stream, block_bytes, b"", memoryview(b"")
         self.line = 1  # of the next byte passed on
         self.bad: list[tuple[int, int, int]] = []  # (line, column, byte) of each byte not UTF-8, in order
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
-        # Filled whole: Arrow takes a short read as a short block, and a record may span two blocks only.
-        size = 0
-        while size < len(buffer):
+    def read(self, size: int = -1) -> bytes:
+        # Read whole: Arrow takes a short read as a short block, and a record may span two blocks only.
+        pieces = []
+        while size < 0 or size > 0:
             if not self.out:
                 self.out = memoryview(self._next_lines())
                 if not self.out:
                     break
-            step = min(len(buffer) - size, len(self.out))
-            buffer[size : size + step] = self.out[:step]
-            self.out, size = self.out[step:], size + step
-        return size
+            pieces.append(self.out[:size] if size >= 0 else self.out)
+            self.out, size = self.out[len(pieces[-1]) :], size - len(pieces[-1])
+        return b"".join(pieces)
 
     def _next_lines(self) -> bytes:
         while True:
-            chunk = self.stream.read(BLOCK_BYTES)
+            chunk = self.stream.read(self.block_bytes)
             cut = chunk.rfind(b"\n") + 1
             if chunk and not cut:  # no line ends in this block: it all waits for the next
                 self.pending += chunk
                 continue
-            data, self.pending = (self.pending + chunk[:cut], chunk[cut:]) if chunk else (self.pending, b"")
-            try:
-                data.decode()
-            except UnicodeDecodeError:
-                data = self._replace_bad_bytes(data)
-            else:
-                self.line += data.count(b"\n")
+            # Whole lines, copied once; the rest waits for the next block.
+            data, self.pending = b"".join((self.pending, memoryview(chunk)[:cut])), chunk[cut:]
+            if not _is_utf8(data):
+                return self._replace_bad_bytes(data)
+            self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
             return data
 
     def _replace_bad_bytes(self, data: bytes) -> bytes:
@@ -434,6 +435,16 @@ class _Utf8Guard(io.RawIOBase):
             offset, done = offset + 1, match.end()
         self.line += text.count("\n", done)
         return _ESCAPED_BYTE.sub("\ufffd", text).encode()
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is UTF-8, checked by Arrow: several times faster than decoding it."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)]).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 class _CsvLines:
@@ -486,10 +497,15 @@ def _newlines_per_row(table: pa.Table) -> np.ndarray | None:
     """How many newlines each row's values hold, or None when none holds one (the usual table)."""
     counts = None
     for column in table.columns:
-        if pc.any(pc.match_substring(column, "\n")).as_py():
+        # A look at the bytes behind the values first: counting them one by one costs ten times more.
+        if any(_holds_newline(chunk.buffers()[-1]) for chunk in column.chunks):
             found = pc.fill_null(pc.count_substring(column, "\n"), 0).to_numpy().astype(np.int64)
             counts = found if counts is None else counts + found
     return counts
+
+
+def _holds_newline(data: pa.Buffer | None) -> bool:
+    return data is not None and bool((np.frombuffer(data, dtype=np.uint8) == ord("\n")).any())
 
 
 def _csv_line(values: list[str | None], delimiter: str) -> str:

@@ -29,6 +29,7 @@ def test_a_row_that_is_not_utf8_is_quarantined_and_the_rest_is_read(workdir: Pat
         b'"caf\xe9, au lait",3,Dining\n'  # Latin-1, as a spreadsheet export may write it
         b"rent,1200,Housing\n"
         b"bus,2.5,Tr\xffansport\n"
+        b"taxi,caf\xe9,12,Transport\n"  # a field too many, too: Arrow could not hand this row over
     )
     result = run(workdir, recipe("tx.csv"))
     version = Path(result.version_uri)
@@ -36,11 +37,12 @@ def test_a_row_that_is_not_utf8_is_quarantined_and_the_rest_is_read(workdir: Pat
     assert [(row["reason"], row["source"]["line"], row["detail"]) for row in aside] == [
         ("malformed_csv", 3, f"{path}:3: not UTF-8: byte 0xe9 at column 5"),
         ("malformed_csv", 5, f"{path}:5: not UTF-8: byte 0xff at column 11"),
+        ("malformed_csv", 6, f"{path}:6: expected 3 fields, found 4"),
     ]
-    assert aside[0]["record"] == '"caf\ufffd, au lait",3,Dining'
+    assert [row["record"] for row in aside[::2]] == ['"caf\ufffd, au lait",3,Dining', "taxi,caf\ufffd,12,Transport"]
     assert lineage_lines(version) == {"Dining": 2, "Housing": 4}
-    assert result.manifest.counts.reasons == {"quarantined": {"malformed_csv": 2}}
-    assert (result.manifest.counts.input, result.manifest.counts.written) == (4, 2)
+    assert result.manifest.counts.reasons == {"quarantined": {"malformed_csv": 3}}
+    assert (result.manifest.counts.input, result.manifest.counts.written) == (5, 2)
     assert_adds_up(result.manifest.counts)
 
 
