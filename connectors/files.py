@@ -151,10 +151,23 @@ class FilesSourceReader(ListedFiles):
     name = CONNECTOR
     suffixes = tuple(FORMATS) + tuple(f"{s}.gz" for s in FORMATS)
 
-    def __init__(self, config: FilesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+    def __init__(
+        self,
+        config: FilesSource,
+        batch_rows: int,
+        watermark: SourceWatermark | None = None,
+        text_columns: Sequence[str] = (),
+    ) -> None:
         self.config = config
         self.batch_rows = batch_rows
         self.watermark = watermark  # with one, only files new or changed since the last run are read
+        # Columns the input schema declares ``str``. A JSON reader makes text of any value in a column
+        # whose other values are text (["a"] becomes '["a"]'), so a value that is not a JSON string
+        # in one of these is quarantined here, while its type can still be seen.
+        self.text_columns = list(text_columns)
+        self._not_text = [
+            re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
+        ]
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
@@ -209,19 +222,28 @@ class FilesSourceReader(ListedFiles):
             newline = pa.scalar(b"\n", pa.large_binary())
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         table = read_json_objects(text, len(raws))
-        if table is None:
+        if table is None or self._may_hold_values_not_text(text):
             return self._parse_lines_one_by_one(uri, numbers.tolist(), raws.to_pylist(), input_bytes)
         return SourceBatch(_with_lineage(table, uri, numbers, raws), input_bytes=input_bytes)
 
+    def _may_hold_values_not_text(self, text: bytes) -> bool:
+        """Whether a declared text column may hold a number, boolean, list or object in ``text`` (a key
+        followed by such a value; possibly a nested key of the same name: the lines are then parsed one
+        by one, which tells)."""
+        return any(pattern.search(text) for pattern in self._not_text)
+
     def _parse_lines_one_by_one(self, uri: str, numbers: list[int], raws: list[bytes], input_bytes: int) -> SourceBatch:
         good_lines, good_raws, objects = [], [], []
-        bad_lines, bad_raws, details = [], [], []
+        bad_lines, bad_raws, reasons, details = [], [], [], []
         for number, raw in zip(numbers, raws, strict=True):
+            reason = "malformed_json"
             try:
                 # Decoded first: given bytes, json guesses UTF-16 or -32 from the first bytes, and JSON
                 # Lines are UTF-8 (a file may start with a byte-order mark).
                 value = json.loads(raw.decode("utf-8-sig"))
                 problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+                if problem is None and (problem := self._not_text_problem(value)) is not None:
+                    reason = "schema"
             except UnicodeDecodeError as exc:
                 problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
             except json.JSONDecodeError as exc:
@@ -233,18 +255,29 @@ class FilesSourceReader(ListedFiles):
             else:
                 bad_lines.append(number)
                 bad_raws.append(raw)
+                reasons.append(reason)
                 details.append(f"{uri}:{number}: {problem}")
         set_aside = set_aside_rows(
             record_ids(uri, bad_lines, bad_raws),
             source_array(CONNECTOR, uri, bad_lines),
             stage="read",
             outcome="quarantined",
-            reasons="malformed_json",
+            reasons=reasons,
             details=details,
             records=[raw.decode("utf-8", "replace")[:MAX_RAW_CHARS] for raw in bad_raws],
         )
         rows = _with_lineage(_table_from_objects(objects), uri, good_lines, good_raws)
         return SourceBatch(rows=rows, set_aside=set_aside, input_bytes=input_bytes)
+
+    def _not_text_problem(self, value: dict[str, Any]) -> str | None:
+        """What is wrong when a declared text column holds something else than a JSON string (null is
+        left to the schema check, which knows whether the column is optional)."""
+        for name in self.text_columns:
+            found = value.get(name)
+            if found is not None and not isinstance(found, str):
+                kind = {dict: "object", list: "array", bool: "boolean"}.get(type(found), "number")
+                return f"{name}: a JSON {kind}, not a string (the input schema declares str)"
+        return None
 
     # --- CSV ---------------------------------------------------------------------------------
 

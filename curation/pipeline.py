@@ -120,7 +120,9 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
 
             sources.append(HFSourceReader(config, recipe.batch_rows, mark))
         else:
-            sources.append(FilesSourceReader(config, recipe.batch_rows, mark))
+            declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
+            text = [name for name, kind in declared.items() if kind == "str"]
+            sources.append(FilesSourceReader(config, recipe.batch_rows, mark, text_columns=text))
     return sources
 
 

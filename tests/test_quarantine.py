@@ -146,3 +146,26 @@ def test_quarantined_records_join_the_review_queue(workdir: Path) -> None:
     assert json.loads(items[0]["payload"])["record"] == "{oops"
     assert json.loads(items[0]["source"])["line"] == 2
     assert result.manifest.counts.quarantined == 1
+
+
+def test_a_value_that_is_not_a_string_in_a_declared_str_column_is_quarantined(workdir: Path) -> None:
+    rows = [
+        {"description": "coffee", "amount": 4.5, "category": "Dining"},
+        {"description": ["tea", "cake"], "amount": 6, "category": "Dining"},  # a list where text is declared
+        {"description": "taxi", "amount": 12, "category": {"main": "Transport"}},
+        {"description": "[not a list]", "amount": 3, "category": "Dining"},  # text that looks like one
+        {"description": "rent", "amount": 1200, "category": 7},
+        {"description": "bus", "amount": 2, "category": "Transport", "meta": {"category": 1}},  # nested: fine
+    ]
+    path = write_jsonl(workdir / "tx.jsonl", rows)
+    result = run(workdir, recipe("tx.jsonl"))
+    aside = set_aside(Path(result.version_uri))
+    assert [(row["reason"], row["source"]["line"], row["detail"]) for row in aside] == [
+        ("schema", 2, f"{path}:2: description: a JSON array, not a string (the input schema declares str)"),
+        ("schema", 3, f"{path}:3: category: a JSON object, not a string (the input schema declares str)"),
+        ("schema", 5, f"{path}:5: category: a JSON number, not a string (the input schema declares str)"),
+    ]
+    assert json.loads(aside[0]["record"]) == rows[1]  # the raw line, as it came
+    written = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
+    assert written == ["Categorise [not a list] (3.0)", "Categorise bus (2.0)", "Categorise coffee (4.5)"]
+    assert_adds_up(result.manifest.counts)
