@@ -319,9 +319,8 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
     missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
     if missing and counts.written == 0 and counts.quarantined == counts.input:
         raise RecipeError(
-            f"not one of the {counts.input:,} records was shaped, and {missing:,} lack a column the recipe names, "
-            f"for example {example}; "
-            "fix the column name in the recipe (or the input) and run again"
+            f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
+            f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
         )
 
 
