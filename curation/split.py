@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from itertools import compress
@@ -26,6 +27,7 @@ import xxhash
 
 from schemas.hashing import Column, xxh3_64
 
+log = logging.getLogger("curation.split")
 NO_VALUE = "(none)"  # how a missing label or group key is reported
 
 
@@ -135,6 +137,11 @@ class Splitter:
         }
         if self.stratify_by:
             report["labels"] = {side: dict(sorted(counter.items())) for side, counter in self.labels.items()}
+            if total and set(self.labels["train"]) | set(self.labels["validation"]) == {NO_VALUE}:
+                log.warning(
+                    "output.stratify_by: no record has a value in %r, so the split could not balance labels",
+                    self.stratify_by,
+                )
         if self.group_by:
             report["groups"] = {side: len(keys) for side, keys in self._group_sides.items()}
         return report

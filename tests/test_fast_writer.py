@@ -374,3 +374,17 @@ def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path:
     assert [r["line"] for r in read] == list(range(1, 153))
     assert [r["source"]["page"] for r in read[-3:]] == [None, 3, 4]
     assert [r["carried_from"] for r in read[-3:]] == [None, 1, None]
+
+
+def test_a_stratified_split_without_any_label_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    splitter = Splitter(0.2, "seed", stratify_by="label")
+    splitter.assign(pa.table({"id": KEYS[:50], "label": pa.nulls(50, pa.string())}))
+    with caplog.at_level("WARNING", logger="curation.split"):
+        splitter.report()
+    assert "no record has a value in 'label'" in caplog.text
+    caplog.clear()
+    labelled = Splitter(0.2, "seed", stratify_by="label")
+    labelled.assign(pa.table({"id": KEYS[:50], "label": ["a", None] * 25}))
+    with caplog.at_level("WARNING", logger="curation.split"):
+        labelled.report()
+    assert caplog.text == ""
