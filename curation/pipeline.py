@@ -32,6 +32,7 @@ from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.expectations import UniqueValues
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stage
 from curation.stages.review import ReviewDecisions
@@ -39,7 +40,16 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.writer import DatasetWriter
-from schemas.config import DocumentsSource, ExactDedupConfig, HFSource, ImagesSource, Recipe, RecipeError, SqlSource
+from schemas.config import (
+    DocumentsSource,
+    ExactDedupConfig,
+    ExpectationsConfig,
+    HFSource,
+    ImagesSource,
+    Recipe,
+    RecipeError,
+    SqlSource,
+)
 from schemas.manifest import Counts, Manifest, Split
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
@@ -148,6 +158,13 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
             from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks
 
             stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
+        elif isinstance(config, ExpectationsConfig):
+            # ``unique`` is over the whole run: a global stage after the per-batch expectations.
+            unique = [spec.column for spec in config.expect if spec.check == "unique"]
+            if len(unique) < len(config.expect):
+                stages.append(quality_stage(config, kind))
+            if unique:
+                stages.append(UniqueValues(unique))
         elif isinstance(config, QUALITY_CONFIGS):
             stages.append(quality_stage(config, kind))
         if getattr(config, "across_runs", False):

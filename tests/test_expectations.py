@@ -57,10 +57,44 @@ def test_failing_rows_are_quarantined_with_the_expectation_name(workdir: Path) -
     assert sorted(aside) == [2, 3, 4, 5, 6]
     assert aside[2]["detail"].endswith("in.jsonl:2: failed expect_column_values_to_be_in_set:label")
     assert '"label": "rent"' in aside[2]["record"]  # the reviewer sees the record as it was
-    stats = manifest.stats["stages"]["expectations"]
-    assert stats["rows_checked"] == 6 and stats["rows_failed"] == 5
+    assert aside[6]["detail"].endswith("in.jsonl:6: failed expect_column_values_to_be_unique:prompt")
+    stats = manifest.stats["stages"]["expectations"]  # the per-batch checks; unique is over the whole run
+    assert stats["rows_checked"] == 6 and stats["rows_failed"] == 3
     assert stats["failed:expect_column_values_to_not_be_null:completion"] == 0
-    assert stats["failed:expect_column_values_to_be_unique:prompt"] == 2
+
+
+def test_unique_holds_across_batches_and_files(workdir: Path) -> None:
+    rows = [{"q": f"Question {n}?", "a": "Yes.", "ref": f"T-{n % 45}"} for n in range(50)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows[:30])
+    write_jsonl(workdir / "in" / "b.jsonl", rows[30:])
+    recipe = {
+        "dataset": "tx",
+        "sources": [{"path": "in"}],
+        "input_schema": {"columns": {"q": "str", "a": "str", "ref": "str"}},
+        "record": {"kind": "instruction", "prompt": "{{ q }} ({{ ref }})", "completion": "a"},
+        "stages": [
+            {
+                "type": "expectations",
+                "expect": [{"column": "completion", "check": "unique"}, {"column": "prompt", "check": "unique"}],
+            }
+        ],
+        "batch_rows": 8,  # each repeat lies in another batch than its first
+    }
+    # Every completion is the same: all 50 fail; prompts are all distinct.
+    version = Path(run(workdir, recipe).version_uri)
+    assert read_manifest(str(version)).counts.reasons == {
+        "quarantined": {"expect_column_values_to_be_unique:completion": 50}
+    }
+    recipe["stages"] = [{"type": "expectations", "expect": [{"column": "ref", "check": "unique"}]}]
+    recipe["record"]["label"] = "ref"
+    recipe["stages"][0]["expect"][0]["column"] = "label"
+    version = Path(run(workdir, recipe, full_refresh=True).version_uri)
+    aside = sorted((row["source"]["uri"].rsplit("/", 1)[1], row["source"]["line"]) for row in set_aside(version))
+    # T-0..T-4 appear twice: lines 1-5 of a.jsonl and lines 16-20 of b.jsonl (rows 45-49), all of them fail.
+    assert aside == [("a.jsonl", n) for n in range(1, 6)] + [("b.jsonl", n) for n in range(16, 21)]
+    assert len(outputs(version)) == 40
+    (first,) = [row for row in set_aside(version) if row["source"]["line"] == 1]
+    assert first["record"] == '{"label": "T-0"}' and first["reason"] == "expect_column_values_to_be_unique:label"
 
 
 def test_not_null_and_between_on_a_batch() -> None:

@@ -121,6 +121,23 @@ def test_same_records_counts_and_clusters_with_both_executors(workdir: Path, loc
     assert actual["shard_records"] == counts["written"]
 
 
+def test_a_global_check_that_is_not_dedup_gives_the_same_records_on_ray(workdir: Path, local_ray: Any) -> None:
+    rows = [{"q": f"Question {n}?", "a": "Yes.", "ref": f"T-{n % 90}"} for n in range(100)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    recipe = {
+        "dataset": "refs",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "ref"},
+        "stages": [{"type": "expectations", "expect": [{"column": "label", "check": "unique"}]}],
+        "batch_rows": 16,
+        "output": {"dest": str(workdir / "out")},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+    assert expected["counts"]["reasons"] == {"quarantined": {"expect_column_values_to_be_unique:label": 20}}
+    assert actual["set_aside"] == expected["set_aside"] and actual["ids"] == expected["ids"]
+
+
 def second_version(folder: Path, executor: LocalExecutor | RayExecutor) -> dict[str, Any]:
     """v1 of some notes, then v2 whose new input repeats them (some with small edits): what v2 holds
     (by content: ids name the input path, which differs per folder), and v1's near-duplicate flags."""

@@ -4,21 +4,26 @@ one are quarantined, with the expectation's name as the reason (``expect_column_
 Pydantic schema validation stays the first gate; this stage checks what a schema cannot say (value
 sets, lengths, patterns, uniqueness). great-expectations validates pandas DataFrames, so each batch's
 checked columns are converted (cheap: ~0.02 s per 100k rows); it is imported only when a recipe has
-expectations, because the import alone takes seconds. ``unique`` holds within a batch
-(``batch_rows``), and every occurrence of a repeated value fails it, as great-expectations defines it.
+expectations, because the import alone takes seconds. ``unique`` needs the whole run, not a batch:
+it is ``UniqueValues``, a global stage right after the others, over the records that passed them;
+every occurrence of a repeated value fails it, as great-expectations defines the expectation.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.stages.base import StageError, StageResult, split_by_mask
 from schemas.config import Expectation
-from schemas.records import SIGNATURE_COLUMN_PREFIX, location, set_aside_rows
+from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, set_aside_rows
 
 _GX_TYPES = {
     "not_null": "ExpectColumnValuesToNotBeNull",
@@ -127,3 +132,50 @@ class Expectations:
             **{f"failed:{k}": v for k, v in counts.items()},
         }
         return StageResult(kept=kept, set_aside=aside, stats=stats)
+
+
+class UniqueValues:
+    """``unique`` expectations over the whole run: each record whose value in one of ``columns`` another
+    record also has is quarantined (all occurrences, as great-expectations defines it; nulls are not
+    values). A global stage: ``signatures`` per batch, ``resolve`` over them all, on either executor."""
+
+    name = "expectations"
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = list(dict.fromkeys(columns))
+
+    def signatures(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in self.columns if c not in batch.column_names]
+        if missing:
+            have = [c for c in batch.column_names if c not in ("id", "source")]
+            raise StageError(f"expectations name columns the records do not have: {missing}; records have {have}")
+        values = {f"value:{c}": pc.cast(batch[c], pa.string()) for c in self.columns}
+        return pa.table({"id": batch["id"], "source": batch["source"], **values})
+
+    def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
+        tables = [t for t in signatures if t.num_rows]
+        if not tables:
+            return empty_set_aside()
+        table = pa.concat_tables(tables)
+        frame = pl.from_arrow(table.select([f"value:{c}" for c in self.columns]))
+        assert isinstance(frame, pl.DataFrame)
+        failed = {
+            column: (frame[f"value:{column}"].is_duplicated() & frame[f"value:{column}"].is_not_null()).to_numpy()
+            for column in self.columns
+        }
+        rows = np.flatnonzero(np.logical_or.reduce(list(failed.values())))
+        if not len(rows):
+            return empty_set_aside()
+        bad = table.take(pa.array(rows))
+        names = [
+            [f"expect_column_values_to_be_unique:{c}" for c in self.columns if failed[c][row]] for row in rows.tolist()
+        ]
+        sources = bad["source"].to_pylist()
+        details = [
+            f"{location(source)}: failed {', '.join(found)}" for source, found in zip(sources, names, strict=True)
+        ]
+        values = {c: bad[f"value:{c}"].to_pylist() for c in self.columns}
+        # The values the expectation is about, not the whole record: the resolve sees only these.
+        records = [json.dumps({c: values[c][i] for c in self.columns}) for i in range(bad.num_rows)]
+        reasons = [found[0] for found in names]
+        return set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", reasons, details, records)

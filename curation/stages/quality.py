@@ -39,7 +39,7 @@ def text_fields(kind: str) -> list[str]:
 
 def quality_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
     if isinstance(config, ExpectationsConfig):
-        return Expectations(config.expect)
+        return Expectations([spec for spec in config.expect if spec.check != "unique"])
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
     if isinstance(config, CleanConfig):
