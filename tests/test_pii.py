@@ -273,6 +273,14 @@ def test_quarantined_raw_input_is_published_redacted_and_queued_raw(workdir: Pat
     assert all(email in json.dumps(export_tasks(engine, {"kind": "quarantined"}, include_pii=True)) for email in emails)
 
 
+def test_ner_fields_must_be_fields_the_stage_scans() -> None:
+    from curation.stages.pii import PiiSettingError
+
+    with pytest.raises(PiiSettingError, match=r"ner_fields names \['promt'\]"):
+        stage(ner_fields=["promt"])  # fields left at the kind's default: prompt, completion
+    assert stage(ner_fields=["prompt"]).ner_fields == {"prompt"}
+
+
 def test_set_aside_details_keep_their_location_and_wording(workdir: Path) -> None:
     # Line 1690 of a file looks like a phone number, and "Input" like a name, to the analyzer.
     filler = [{"message": f"How do I close account {n}?", "reply": "Open Settings.", "amount": n} for n in range(1688)]

@@ -109,6 +109,9 @@ class PiiRedaction:
         if bad:
             raise PiiSettingError(f"the pii stage scans {bad}, which are not fields of {kind} records")
         self.ner_fields = set(config.ner_fields if config.ner_fields is not None else self.fields)
+        unscanned = sorted(self.ner_fields - set(self.fields))
+        if unscanned:  # a misspelt name would quietly turn name detection off
+            raise PiiSettingError(f"ner_fields names {unscanned}, which the pii stage does not scan: {self.fields}")
         custom = tuple(
             CustomRecognizer(r.entity, tuple((p.regex, p.score) for p in r.patterns), tuple(r.context))
             for r in config.recognizers
