@@ -69,6 +69,15 @@ class RunLocked(RuntimeError):
     """Another run of the same dataset holds the lock; this one did nothing."""
 
 
+def has_read_before(engine: sa.Engine, dataset: str) -> bool:
+    """Whether a published run of ``dataset`` recorded what it read."""
+    create_tables(engine)
+    with engine.connect() as db:
+        return (
+            db.execute(sa.select(watermarks.c.item).where(watermarks.c.dataset == dataset).limit(1)).first() is not None
+        )
+
+
 def source_key(config: BaseModel) -> str:
     """A stable key for a source's settings: change what it reads or how, and it starts afresh."""
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:32]

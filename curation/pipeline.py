@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from connectors.state import Watermarks, run_lock
+from connectors.state import Watermarks, has_read_before, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
@@ -432,6 +432,18 @@ def _run_locked(
         recipe.record.kind,
         FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
     )
+    first_here = not published_versions(recipe.output.dest, recipe.dataset)
+    if not full_refresh and first_here and has_read_before(state.engine, recipe.dataset):
+        # Runs published elsewhere (another dest) or their versions were deleted: reading only what is
+        # new would publish an empty version, and every record would be an earlier version's.
+        log.warning(
+            "%s has no version at %s, yet the state store says earlier runs read its input: this run "
+            "reads all of it again and compares with no earlier version (as --full-refresh), and the state "
+            "store follows this dest from now on (a dataset name or state store per dest keeps both)",
+            recipe.dataset,
+            recipe.output.dest,
+        )
+        full_refresh = True
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh)
     sources = build_sources(recipe, watermarks)
     inputs = [entry for source in sources for entry in source.inputs()]

@@ -234,3 +234,20 @@ def test_folder_listing_skips_what_is_hidden_or_in_the_making(tmp_path: Path) ->
         (tmp_path / name).write_text("{}\n")
     listed = [Path(e.uri).relative_to(tmp_path).as_posix() for e in list_files(str(tmp_path), (".jsonl",))]
     assert listed == ["a.jsonl", "sub/b.jsonl"]
+
+
+def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "in.jsonl", [{"text": f"Note {n} on refunds."} for n in range(5)])
+    spec = {"dataset": "notes", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    first = run(workdir, {**spec, "output": {"dest": "out"}})
+    assert first.manifest.counts.written == 5
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        moved = run(workdir, {**spec, "output": {"dest": "elsewhere"}})  # same dataset, same state store
+    assert moved.manifest.version == 1 and moved.manifest.counts.written == 5
+    assert moved.manifest.counts.reasons == {}  # not taken for repeats of the other dest's version
+    assert "has no version at" in caplog.text and "reads all of it again" in caplog.text
+    # And from there on, scheduled runs at the new dest take only what is new.
+    again = run(workdir, {**spec, "output": {"dest": "elsewhere"}})
+    assert again.manifest is None and "nothing new" in again.message
