@@ -6,6 +6,7 @@ import hashlib
 import re
 
 import pyarrow.fs as pafs
+from pydantic import ValidationError
 
 from connectors.storage import StorageError, filesystem, join
 from schemas.manifest import MANIFEST_NAME, Manifest
@@ -41,21 +42,32 @@ def read_manifest(version_dir: str) -> Manifest:
             return Manifest.model_validate_json(stream.read())
     except FileNotFoundError:
         raise StorageError(f"{version_dir}: no {MANIFEST_NAME}; this version was never published") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        raise StorageError(f"{version_dir}/{MANIFEST_NAME}: not a manifest ({where}: {first['msg']})") from None
 
 
 def verify_checksums(version_dir: str, manifest: Manifest) -> list[str]:
-    """Files whose sha256 does not match the manifest (empty when the version is intact)."""
+    """Files whose sha256 does not match the manifest (empty when the version is intact), and files in
+    the split folders that it does not list: training reads a split's folder whole."""
     fs, path = filesystem(version_dir)
+    expected = {shard.path: shard.sha256 for shard in manifest.all_files()} | manifest.side_file_sha256
     bad = []
-    for shard in manifest.all_files():
+    for relative, sha256 in expected.items():
         digest = hashlib.sha256()
         try:
-            with fs.open_input_stream(f"{path}/{shard.path}") as stream:
+            with fs.open_input_stream(f"{path}/{relative}") as stream:
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
         except FileNotFoundError:
-            bad.append(shard.path)
+            bad.append(relative)
             continue
-        if digest.hexdigest() != shard.sha256:
-            bad.append(shard.path)
+        if digest.hexdigest() != sha256:
+            bad.append(relative)
+    known = set(expected) | set(manifest.side_files)
+    for split in manifest.splits:
+        listed = fs.get_file_info(pafs.FileSelector(f"{path}/{split}", recursive=True, allow_not_found=True))
+        unlisted = (info.path[len(path) + 1 :] for info in listed if info.type == pafs.FileType.File)
+        bad += sorted(f"{name} (not in the manifest)" for name in unlisted if name not in known)
     return bad

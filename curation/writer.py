@@ -582,20 +582,21 @@ class DatasetWriter:
         self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             series.close()
-        side_files = []
+        side_files: dict[str, str] = {}
         for split in SPLITS:
             for name, content in self.format.side_files.items():
                 make_dirs(self.fs, f"{self.staging}/{split}")
                 with self.fs.open_output_stream(f"{self.staging}/{split}/{name}") as out:
                     out.write(content)
-                side_files.append(f"{split}/{name}")
+                side_files[f"{split}/{name}"] = hashlib.sha256(content).hexdigest()
         existing = published_versions(self.dest, self.dataset)
         version = (existing[-1] + 1) if existing else 1
         splits = {
             name: Split(records=sum(s.records for s in shards), shards=shards)
             for name, shards in ((name, self.carried[name] + series.shards) for name, series in self.splits.items())
         }
-        manifest = build_manifest(version, splits, side_files)
+        manifest = build_manifest(version, splits, list(side_files))
+        manifest.side_file_sha256 = side_files
         manifest.set_aside = self.set_aside.shards
         manifest.lineage = self.lineage.shards
         manifest.files = sorted(self.files.values(), key=lambda shard: shard.path)

@@ -68,6 +68,7 @@ class Manifest(BaseModel):
     counts: Counts
     splits: dict[str, Split]
     side_files: list[str] = Field(default_factory=list)
+    side_file_sha256: dict[str, str] = Field(default_factory=dict)  # each side file's sha256 (template.json)
     set_aside: list[Shard] = Field(default_factory=list)  # rows set aside, with reasons
     lineage: list[Shard] = Field(default_factory=list)  # output line -> record id and source
     inputs: list[InputFile] = Field(default_factory=list)

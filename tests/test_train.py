@@ -109,10 +109,65 @@ def test_refuses_a_version_without_manifest_or_with_a_bad_shard(workdir: Path) -
     done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
     assert done.returncode == 2
     assert "train/part-00000.jsonl" in done.stderr and "sha256" in done.stderr
+    (version / "manifest.json").write_text("{")
+    done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 2 and "manifest.json: not a manifest" in done.stderr and "Traceback" not in done.stderr
     (version / "manifest.json").unlink()
     done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "never published" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_file_training_would_read_that_the_manifest_does_not_vouch_for_is_refused(workdir: Path) -> None:
+    version = Path(publish(workdir, "jumpstart-instruction"))
+    template = version / "train" / "template.json"
+    original = template.read_text()
+    template.write_text('{"a": 1}')  # a side file: its sha256 is in the manifest too
+    with pytest.raises(TrainError, match=r"train/template\.json"):
+        training_request(str(version), MODEL, specs=PINNED)
+    template.write_text(original)
+    (version / "train" / "part-00001.jsonl").write_text('{"prompt": "x", "completion": "y"}\n')  # not published
+    with pytest.raises(TrainError, match=r"train/part-00001\.jsonl \(not in the manifest\)"):
+        training_request(str(version), MODEL, specs=PINNED)
+
+
+def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
+    version = publish(workdir, "jumpstart-instruction")
+    for values, message in (
+        ({"epoch": "abc"}, "epoch=abc: takes a whole number"),
+        ({"epoch": "-3"}, "epoch=-3: must be above 0"),
+        ({"learning_rate": "-1"}, "learning_rate=-1: must be above 0"),
+        ({"int8_quantization": "maybe"}, "takes True or False"),
+        ({"instruction_tuned": "False"}, "trains with instruction_tuned=True"),
+    ):
+        with pytest.raises(SpecError, match=message):
+            training_request(version, MODEL, hyperparameters=values, specs=PINNED)
+    assert training_request(version, MODEL, hyperparameters={"max_train_samples": "-1"}, specs=PINNED)
+    with pytest.raises(TrainError, match="--output must be an s3:// URI"):
+        training_request(version, MODEL, output_uri="/local/path", specs=PINNED)
+    with pytest.raises(TrainError, match="--data-uri must be an s3:// URI"):
+        training_request(version, MODEL, data_uri="http://x", specs=PINNED)
+    clash = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--epochs", "2",
+        "-H", "epoch=5", cwd=workdir,
+    )  # fmt: skip
+    assert clash.returncode == 2 and "epoch set twice" in clash.stderr
+
+
+def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: str) -> None:
+    from train.sagemaker import check_copy
+
+    version = Path(publish(workdir, "jumpstart-instruction"))
+    s3 = boto3.client("s3")
+    for path in version.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"copy/{path.relative_to(version)}")
+    check_copy(str(version), f"s3://{bucket}/copy")  # a faithful copy passes
+    with pytest.raises(TrainError, match=r"no manifest\.json"):
+        check_copy(str(version), f"s3://{bucket}/elsewhere")
+    s3.put_object(Bucket=bucket, Key="copy/train/part-00000.jsonl", Body=b"{}\n")
+    with pytest.raises(TrainError, match=r"is not a copy of .*train/part-00000\.jsonl"):
+        check_copy(str(version), f"s3://{bucket}/copy")
 
 
 def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path, bucket: str) -> None:

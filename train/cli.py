@@ -118,14 +118,18 @@ def launch(
     timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
-    from train.sagemaker import TrainError, placeholders, training_request
+    from train.sagemaker import TrainError, check_copy, placeholders, training_request
     from train.sagemaker import launch as create_job
 
     values = parse_pairs(hyperparameter or [])
     shortcuts = {"lora_r": lora_r, "lora_alpha": lora_alpha, "epoch": epochs}
-    values.update({k: str(v) for k, v in shortcuts.items() if v is not None})
+    given = {k: str(v) for k, v in shortcuts.items() if v is not None}
     if int8 is not None:
-        values["int8_quantization"] = str(int8)
+        given["int8_quantization"] = str(int8)
+    clash = sorted(k for k, v in given.items() if k in values and values[k] != v)
+    if clash:
+        raise _fail(f"{', '.join(clash)} set twice (an option and -H) to different values", EXIT_USAGE)
+    values.update(given)
     try:
         request = training_request(
             dataset_version,
@@ -145,6 +149,8 @@ def launch(
             console.print(f"[yellow]note[/yellow] a real launch needs {need}", highlight=False)
         raise typer.Exit(EXIT_OK)
     try:
+        if data_uri is not None:
+            check_copy(dataset_version, data_uri)
         name = create_job(request)
     except TrainError as error:
         raise _fail(str(error), EXIT_USAGE) from None

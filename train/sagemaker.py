@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import botocore.session
+import pyarrow.fs as pafs
 from botocore.validate import ParamValidator
 
-from connectors.storage import StorageError, is_s3
+from connectors.storage import StorageError, filesystem, is_s3
 from curation.published import read_manifest, verify_checksums
 from schemas.manifest import Manifest
 from train.jumpstart import ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
@@ -70,6 +71,37 @@ def load_version(version_uri: str) -> Manifest:
         listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise TrainError(f"{version_uri}: {len(bad)} file(s) do not match their sha256 in the manifest: {listed}")
     return manifest
+
+
+def check_copy(version_uri: str, data_uri: str) -> None:
+    """The copy at ``data_uri`` (of a version published on local disk) is that version: the same
+    manifest, every file it lists there with its size, and nothing else in the split folders. Sizes,
+    not sha256: hashing the copy would mean downloading it (the local files' sha256 were checked)."""
+    manifest = load_version(version_uri)
+    try:
+        copy = read_manifest(data_uri)
+    except StorageError as error:
+        raise TrainError(f"--data-uri {data_uri}: {error}") from None
+    if copy != manifest:
+        raise TrainError(
+            f"--data-uri {data_uri} holds {copy.dataset} v{copy.version} as published on {copy.created_at:%Y-%m-%d %H:%M}, "
+            f"not the {manifest.dataset} v{manifest.version} of {version_uri}: copy the version there again"
+        )
+    fs, root = filesystem(data_uri)
+    sizes = {
+        info.path[len(root) + 1 :]: info.size
+        for split in manifest.splits
+        for info in fs.get_file_info(pafs.FileSelector(f"{root}/{split}", recursive=True, allow_not_found=True))
+        if info.type == pafs.FileType.File
+    }
+    expected = {
+        shard.path: shard.bytes for shard in manifest.all_files() if shard.path.split("/")[0] in manifest.splits
+    }
+    wrong = sorted(path for path, size in expected.items() if sizes.get(path) != size)
+    extra = sorted(set(sizes) - set(expected) - set(manifest.side_files))
+    if wrong or extra:
+        listed = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
+        raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {listed}")
 
 
 def region() -> str:
@@ -130,12 +162,18 @@ def hyperparameters_for(
                 "the split's size"
             )
     values = dict(spec.hyperparameters)
-    values.update({k: v for k, v in FORMAT_HYPERPARAMETERS[manifest.format].items() if k in values})
+    needed = {k: v for k, v in FORMAT_HYPERPARAMETERS[manifest.format].items() if k in values}
+    values.update(needed)
     for key, value in (overrides or {}).items():
         if key not in spec.hyperparameters:
             raise SpecError(
                 f"{spec.model_id} has no hyperparameter {key!r}; it takes: {', '.join(sorted(spec.hyperparameters))}"
             )
+        if key in needed and str(value) != needed[key]:
+            raise SpecError(f"the {manifest.format} format trains with {key}={needed[key]}, not {value}")
+        problem = _value_problem(str(value), spec.hyperparameters[key])
+        if problem:
+            raise SpecError(f"hyperparameter {key}={value}: {problem}")
         values[key] = str(value)
     # JumpStart's Llama notes: int8 quantisation does not work with FSDP; set exactly one of the two.
     overrides = overrides or {}
@@ -144,6 +182,27 @@ def hyperparameters_for(
             raise SpecError("int8_quantization=True does not work with enable_fsdp=True; choose one")
         values["enable_fsdp"] = "False"
     return values
+
+
+def _value_problem(value: str, default: str) -> str | None:
+    """What is wrong with ``value`` for a hyperparameter whose default is ``default``: it must be of
+    the default's kind (True/False, a whole number, a number), and a positive default stays positive
+    (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
+    if default in ("True", "False"):
+        return None if value in ("True", "False") else "takes True or False"
+    for kind, name in ((int, "a whole number"), (float, "a number")):
+        try:
+            number = kind(default)
+        except ValueError:
+            continue
+        try:
+            given = kind(value)
+        except ValueError:
+            return f"takes {name} (default {default})"
+        if number > 0 and given <= 0:
+            return f"must be above 0 (default {default})"
+        return None
+    return None
 
 
 def training_request(
@@ -165,6 +224,9 @@ def training_request(
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
     values["sagemaker_program"] = json.dumps(spec.entry_point)
     values["sagemaker_submit_directory"] = json.dumps(spec.script_uri)
+    for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
+        if uri is not None and not uri.startswith("s3://"):
+            raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
     data = _s3_location(version_uri, data_uri, manifest)
     content_type = None if manifest.format == "jumpstart-vqa" else "application/jsonlines"
     channels = [_channel("training", f"{data}/train/", content_type)]
