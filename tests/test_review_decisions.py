@@ -92,3 +92,23 @@ def test_stage_sits_after_record_validation_and_creates_no_state(tmp_path: Path)
     assert load_decisions(f"sqlite:///{state}", "d") == dec.RunDecisions()
     assert load_decisions(f"sqlite:///{state}", "d").undone == {}
     assert not state.exists()
+
+
+def test_a_flag_already_queued_is_not_queued_again(tmp_path: Path) -> None:
+    from curation.review.queue import list_items
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    first = pa.Table.from_pylist([flag("r1", payload='{"a": 1}'), flag("r2")], schema=FLAG_SCHEMA)
+    assert add_items(engine, "tx", 1, "run1", first) == 2
+    # A full refresh flags the same records again: only what differs is queued.
+    again = pa.Table.from_pylist(
+        [flag("r1", payload='{"a": 1}'), flag("r2", payload='{"b": 2}'), flag("r3")], schema=FLAG_SCHEMA
+    )
+    assert add_items(engine, "tx", 2, "run2", again) == 2
+    assert sorted((i["record_id"], i["version"]) for i in list_items(engine)) == [
+        ("r1", 1),
+        ("r2", 1),
+        ("r2", 2),
+        ("r3", 2),
+    ]
+    assert add_items(engine, "other", 1, "run3", first) == 2  # another dataset's queue is its own

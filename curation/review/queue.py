@@ -38,11 +38,13 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:
-    """Store a run's flags; returns how many."""
+    """Store a run's flags, but those already queued (the same record, kind and payload: a full refresh
+    reads the same input again, and an annotator has decided on it or will); returns how many."""
     if flags.num_rows == 0:
         return 0
     create_tables(engine)
     now = datetime.now(UTC)
+    queued = _queued(engine, dataset, flags["id"].to_pylist())
     rows = [
         {
             "dataset": dataset,
@@ -58,10 +60,26 @@ def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags:
             "created_at": now,
         }
         for flag in flags.to_pylist()
+        if (flag["id"], flag["kind"], flag["payload"]) not in queued
     ]
-    with engine.begin() as db:
-        db.execute(review_items.insert(), rows)
+    if rows:
+        with engine.begin() as db:
+            db.execute(review_items.insert(), rows)
     return len(rows)
+
+
+def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple[str, str, str | None]]:
+    """(record, kind, payload) of the items already queued for these records."""
+    found: set[tuple[str, str, str | None]] = set()
+    table = review_items
+    distinct = sorted(set(record_ids))
+    with engine.connect() as db:
+        for start in range(0, len(distinct), 500):  # under every database's limit on bound parameters
+            query = sa.select(table.c.record_id, table.c.kind, table.c.payload).where(
+                table.c.dataset == dataset, table.c.record_id.in_(distinct[start : start + 500])
+            )
+            found.update((row.record_id, row.kind, row.payload) for row in db.execute(query))
+    return found
 
 
 def list_items(
