@@ -83,6 +83,22 @@ def test_session_cookie_is_signed_secure_httponly(app) -> None:
     assert forged.get("/", follow_redirects=False).status_code == 303
 
 
+def test_signing_out_or_a_new_password_ends_the_session_whatever_the_cookie(app, seeded: Seeded) -> None:
+    from curation.review.auth import add_user
+
+    client, csrf = signed_in(app, "rita")
+    kept = dict(client.cookies)  # what a copied or stolen cookie would be
+    assert client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    replayed = TestClient(app, base_url="https://testserver", cookies=kept)
+    assert replayed.get("/", follow_redirects=False).status_code == 303
+    assert replayed.post(f"/items/{PII_ITEM}/decide", data={"action": "reject", "csrf_token": csrf}).status_code == 401
+    assert status(seeded, PII_ITEM) == "open"
+    # A password set again (or a role changed) signs the user out everywhere.
+    client, _ = signed_in(app, "rita")
+    add_user(sa.create_engine(seeded.state_url), "rita", "reviewer", PASSWORD)
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
 def test_bad_csrf_token_is_refused(app, seeded: Seeded) -> None:
     client, csrf = signed_in(app, "rita")
     for sent in ("", "not-the-token", csrf[:-1] + ("A" if csrf[-1] != "A" else "B")):

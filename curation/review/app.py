@@ -28,7 +28,16 @@ from starlette.datastructures import FormData
 from starlette.middleware.sessions import SessionMiddleware
 
 from curation.review import decisions as dec
-from curation.review.auth import SignInLimits, User, authenticate, get_user, session_secret
+from curation.review.auth import (
+    SESSION_HOURS,
+    SignInLimits,
+    User,
+    authenticate,
+    end_session,
+    session_secret,
+    session_user,
+    start_session,
+)
 from curation.review.queue import create_tables, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
@@ -66,8 +75,7 @@ async def checked_form(request: Request) -> FormData:
 
 def current_user(request: Request) -> User:
     """The signed-in user; the user must still exist (a removed user's session ends)."""
-    name = request.session.get("user")
-    user = get_user(request.app.state.engine, name) if name else None
+    user = session_user(request.app.state.engine, request.session.get("session"))
     if user is None:
         raise NotSignedIn()
     return user
@@ -107,7 +115,7 @@ def create_app(
         SessionMiddleware,
         secret_key=session_secret(engine),
         session_cookie="curation_review",
-        max_age=12 * 60 * 60,
+        max_age=SESSION_HOURS * 60 * 60,
         same_site="lax",
         https_only=secure_cookies,
     )
@@ -137,8 +145,8 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
-        name = request.session.get("user")
-        return render(request, "error.html", get_user(engine, name) if name else None, error.status_code, error=error)
+        user = session_user(engine, request.session.get("session"))
+        return render(request, "error.html", user, error.status_code, error=error)
 
     # --- signing in ------------------------------------------------------------------------------
 
@@ -160,12 +168,14 @@ def create_app(
             sign_in_limits.failed(name, address)
             return render(request, "login.html", None, 401, next=next_page, failed=True)
         sign_in_limits.succeeded(name)
+        end_session(engine, request.session.get("session"))
         request.session.clear()  # a new session on sign-in: nothing from before carries over
-        request.session["user"] = user.name
+        request.session["session"] = start_session(engine, user.name)
         return RedirectResponse(next_page, status_code=303)
 
     @app.post("/logout")
     def logout(request: Request, form: CheckedForm) -> Response:
+        end_session(engine, request.session.get("session"))  # the cookie, if kept, no longer signs anyone in
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 

@@ -12,7 +12,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -34,6 +34,16 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# A signed-in session, server-side: signing out or a new password ends it, whatever the cookie says.
+sessions = sa.Table(
+    "review_sessions",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, index=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+)
+SESSION_HOURS = 12
 
 settings = sa.Table(
     "review_settings",
@@ -75,9 +85,41 @@ def add_user(engine: sa.Engine, name: str, role: str, password: str) -> User:
         exists = db.execute(sa.select(users.c.name).where(users.c.name == name)).first()
         if exists:
             db.execute(users.update().where(users.c.name == name).values(**values))
+            db.execute(sessions.delete().where(sessions.c.name == name))  # a new password or role: sign in again
         else:
             db.execute(users.insert().values(name=name, created_at=datetime.now(UTC), **values))
     return User(name, role)
+
+
+def start_session(engine: sa.Engine, name: str) -> str:
+    """A new session for ``name``; its id goes in the signed cookie."""
+    session_id = secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
+    with engine.begin() as db:
+        db.execute(sessions.delete().where(sessions.c.started_at < now - timedelta(hours=SESSION_HOURS)))
+        db.execute(sessions.insert().values(session_id=session_id, name=name, started_at=now))
+    return session_id
+
+
+def session_user(engine: sa.Engine, session_id: str | None) -> User | None:
+    """The user of a session that has not ended (signed out, password changed, user removed, too old)."""
+    if not session_id:
+        return None
+    since = datetime.now(UTC) - timedelta(hours=SESSION_HOURS)
+    query = (
+        sa.select(users.c.name, users.c.role)
+        .join(sessions, sessions.c.name == users.c.name)
+        .where(sessions.c.session_id == session_id, sessions.c.started_at >= since)
+    )
+    with engine.connect() as db:
+        row = db.execute(query).first()
+    return User(row.name, row.role) if row else None
+
+
+def end_session(engine: sa.Engine, session_id: str | None) -> None:
+    if session_id:
+        with engine.begin() as db:
+            db.execute(sessions.delete().where(sessions.c.session_id == session_id))
 
 
 def get_user(engine: sa.Engine, name: str) -> User | None:

@@ -38,8 +38,9 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:
-    """Store a run's flags, but those already queued (the same record, kind and payload: a full refresh
-    reads the same input again, and an annotator has decided on it or will); returns how many."""
+    """Store a run's flags, but those already waiting in the queue (the same record, kind and payload,
+    still open: a full refresh reads the same input again); returns how many. One an annotator has
+    decided on is queued again, and its page shows the earlier decision."""
     if flags.num_rows == 0:
         return 0
     create_tables(engine)
@@ -69,14 +70,16 @@ def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags:
 
 
 def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple[str, str, str | None]]:
-    """(record, kind, payload) of the items already queued for these records."""
+    """(record, kind, payload) of the open items of these records."""
     found: set[tuple[str, str, str | None]] = set()
     table = review_items
     distinct = sorted(set(record_ids))
     with engine.connect() as db:
         for start in range(0, len(distinct), 500):  # under every database's limit on bound parameters
             query = sa.select(table.c.record_id, table.c.kind, table.c.payload).where(
-                table.c.dataset == dataset, table.c.record_id.in_(distinct[start : start + 500])
+                table.c.dataset == dataset,
+                table.c.status == "open",
+                table.c.record_id.in_(distinct[start : start + 500]),
             )
             found.update((row.record_id, row.kind, row.payload) for row in db.execute(query))
     return found
