@@ -269,6 +269,9 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
 
     with pytest.raises(TrainError, match="only a completed job"):
         import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
+    # Strings are checked against their shapes' patterns, which botocore's validator leaves to the service.
+    with pytest.raises(TrainError, match=r"importedModelName: 'bad name!!' does not match"):
+        import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
 

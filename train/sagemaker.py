@@ -9,11 +9,12 @@ service model. ``launch`` sends it through the installed SageMaker SDK v3 (``sag
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,12 +53,44 @@ class TrainError(RuntimeError):
 
 
 def validate(operation: str, request: Mapping[str, Any], service: str = "sagemaker") -> None:
-    """Check a request against botocore's service model, as the client would before sending it."""
+    """Check a request against botocore's service model, as the client would before sending it, and
+    each string against its shape's pattern, which the service checks and the client does not."""
     model = botocore.session.get_session().get_service_model(service)
     shape = model.operation_model(operation).input_shape
     report = ParamValidator().validate(dict(request), shape)
     if report.has_errors():
         raise TrainError(f"{operation} request is not valid for {service}:\n{report.generate_report()}")
+    wrong = list(_pattern_misses(request, shape, operation))
+    if wrong:
+        raise TrainError(f"{operation} request is not valid for {service}: " + "; ".join(wrong))
+
+
+def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
+    """``where: value`` for each string of ``value`` that does not match its shape's pattern."""
+    if shape.type_name == "structure" and isinstance(value, Mapping):
+        for name, member in shape.members.items():
+            if name in value:
+                yield from _pattern_misses(value[name], member, f"{where}.{name}")
+    elif shape.type_name == "list" and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _pattern_misses(item, shape.member, f"{where}[{index}]")
+    elif shape.type_name == "map" and isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _pattern_misses(key, shape.key, f"{where} key")
+            yield from _pattern_misses(item, shape.value, f"{where}[{key}]")
+    elif shape.type_name == "string" and isinstance(value, str) and "pattern" in shape.metadata:
+        pattern = _compiled(shape.metadata["pattern"])
+        # AWS services match the whole value (their models come from Java's matches()), anchored or not.
+        if pattern is not None and not pattern.fullmatch(value):
+            yield f"{where}: {value!r} does not match {shape.metadata['pattern']}"
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:  # a Java-only construct: left to the service
+        return None
 
 
 def load_version(version_uri: str) -> Manifest:
