@@ -133,11 +133,14 @@ def test_raw_pii_only_for_pii_reviewers(app, seeded: Seeded) -> None:
     assert NAME not in page and PHONE not in page
     assert "Call &lt;PERSON&gt; at &lt;PHONE_NUMBER&gt; about the refund." in page
     assert "PERSON" in page and "0.62" in page  # entity and score, without the text
+    # The edit form holds the text each role may see, without the page's script.
+    assert re.search(r'<textarea name="value" id="edit-value" rows="4">Call &lt;PERSON&gt; at', page)
     for role_user in ("pia", "ada"):
         client, _ = signed_in(app, role_user)
         page = client.get(f"/items/{PII_ITEM}").text
         assert f'<mark class="pii" title="PERSON 0.62">{NAME}</mark>' in page
         assert f'<mark class="pii" title="PHONE_NUMBER 0.55">{PHONE}</mark>' in page
+        assert re.search(rf'<textarea name="value" id="edit-value" rows="4">Call {NAME} at', page)
 
 
 def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
