@@ -7,6 +7,7 @@ customer and a phone number (the PII stage redacts them)."""
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -57,6 +58,7 @@ stages:
     recognizers:              # the payee of a transfer: a name the small NER model can miss
       - entity: PAYEE
         patterns: [{{regex: "(?<=PAYMENT TO at )[A-Z][a-z]+(?: [A-Z][a-z]+)+", score: 0.9}}]
+    allow: {merchants}  # merchants are not people, though "Sushi Go" looks like a name to the model
 output:
   dest: output
   validation_fraction: 0.1
@@ -105,5 +107,6 @@ def write_demo(folder: Path, rows: int = 5000) -> Path:
     """Generate the demo input and its recipe under ``folder``; returns the recipe's path."""
     write_transactions(folder / "input" / "transactions.csv", rows)
     recipe = folder / "recipe.yaml"
-    recipe.write_text(RECIPE.format(categories=", ".join([*CATEGORIES, "Transfers"])))
+    merchants = json.dumps([name for names in CATEGORIES.values() for name in names])
+    recipe.write_text(RECIPE.format(categories=", ".join([*CATEGORIES, "Transfers"]), merchants=merchants))
     return recipe

@@ -57,6 +57,9 @@ class PiiConfig(Strict):
     entities: list[str] = Field(default_factory=lambda: list(PII_DEFAULT_ENTITIES))
     recognizers: list[PiiRecognizerConfig] = Field(default_factory=list)
     operators: dict[str, PiiOperator] = Field(default_factory=dict)  # entity (or "default") -> operator
+    # Values that are not PII though a recognizer takes them for some (merchant or product names): a
+    # detection whose whole text is one of these, in any case, is left as it is.
+    allow: list[str] = Field(default_factory=list)
     threshold: float = Field(default=0.3, ge=0.0, le=1.0)  # detections scoring less are ignored
     review_below: float = Field(default=0.6, ge=0.0, le=1.0)  # [threshold, review_below): redact and flag
     secret: SecretStr | None = None  # pseudonym key (never printed); better kept out of the recipe, in ``secret_env``

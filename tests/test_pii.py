@@ -273,6 +273,14 @@ def test_quarantined_raw_input_is_published_redacted_and_queued_raw(workdir: Pat
     assert all(email in json.dumps(export_tasks(engine, {"kind": "quarantined"}, include_pii=True)) for email in emails)
 
 
+def test_allowed_values_are_left_as_they_are() -> None:
+    pii = stage(allow=["cust-000001"])  # in any case: CUST-000001 is the bank's own test account
+    prompts = ["Customer CUST-000001 and customer CUST-123456 asked about fees."]
+    kept = pii(records(prompts)).kept["prompt"].to_pylist()
+    assert kept == ["Customer CUST-000001 and customer <CUSTOMER_ID> asked about fees."]
+    assert pii.scrub_texts(prompts) == kept
+
+
 def test_ner_fields_must_be_fields_the_stage_scans() -> None:
     from curation.stages.pii import PiiSettingError
 

@@ -128,6 +128,7 @@ class PiiRedaction:
             )
         self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
         self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
+        self.allowed = {value.casefold() for value in config.allow}
         try:
             self.analyzer = analyzer or PiiAnalyzer(EngineSpec(entities, custom), config.workers, config.batch_size)
             if config.ocr:
@@ -163,7 +164,7 @@ class PiiRedaction:
         for (name, row), text, detections in zip(where, texts, found, strict=True):
             undone = self.undone.get(ids[row], ())
             keep = []
-            for det in resolve_overlaps(detections):
+            for det in resolve_overlaps(self._not_allowed(text, detections)):
                 if (name, det[1], det[2]) in undone:
                     stats["review_restored"] += 1
                 else:
@@ -213,6 +214,12 @@ class PiiRedaction:
         )
         return StageResult(kept=kept, set_aside=set_aside, stats=dict(stats), flags=flag_table)
 
+    def _not_allowed(self, text: str, detections: list[Detection]) -> list[Detection]:
+        """``detections`` less those of a value the recipe allows (``allow``)."""
+        if not self.allowed:
+            return detections
+        return [det for det in detections if text[det[1] : det[2]].casefold() not in self.allowed]
+
     def scrub_set_aside(self, table: pa.Table) -> pa.Table:
         """Set-aside rows with PII redacted from their raw input and detail, before they are published.
 
@@ -257,7 +264,8 @@ class PiiRedaction:
         found = self.analyzer.analyze([values[row] for row in where], self.config.threshold)
         for row, detections in zip(where, found, strict=True):
             spans = [
-                {"start": s, "end": e, "placeholder": f"<{entity}>"} for entity, s, e, _ in resolve_overlaps(detections)
+                {"start": s, "end": e, "placeholder": f"<{entity}>"}
+                for entity, s, e, _ in resolve_overlaps(self._not_allowed(str(values[row]), detections))
             ]
             values[row] = redacted(str(values[row]), spans)
         return values
