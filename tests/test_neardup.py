@@ -149,6 +149,35 @@ def test_images_published_in_an_earlier_version_are_not_published_again(workdir:
     assert read_manifest(str(v2)).counts.reasons["duplicate"] == {"earlier_version": 1}
 
 
+def test_an_image_changed_in_place_replaces_its_published_version(workdir: Path) -> None:
+    import os
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.jpg").write_bytes(_image(0, 1))
+    (workdir / "img" / "b.jpg").write_bytes(_image(0, 2))
+    rows = [{"image": n, "question": "Which form is this?", "answer": "Form 12."} for n in ("a.jpg", "b.jpg")]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    recipe = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "exact_dedup"}, {"type": "image_dedup"}],
+        "output": {"validation_fraction": 0.0},
+    }
+    v1 = run(workdir, recipe)
+    (workdir / "img" / "b.jpg").write_bytes(_image(0, 3))  # another picture under the same name
+    os.utime(workdir / "img" / "b.jpg", (1, 1))  # a new mtime whatever the clock's resolution
+    v2 = run(workdir, recipe)
+    assert v2.manifest.counts.written == 1 and v2.manifest.stats["carry"]["replaced"] == 1
+    before = {line["file_name"] for line in outputs(Path(v1.version_uri))}
+    after = {line["file_name"] for line in outputs(Path(v2.version_uri))}
+    assert len(after) == 2 and len(after & before) == 1  # a.jpg's as it was, b.jpg's new picture
+    (new,) = after - before
+    assert (Path(v2.version_uri) / "train" / new).read_bytes() != (
+        Path(v1.version_uri) / "train" / (before - after).pop()
+    ).read_bytes()
+
+
 def test_image_near_duplicates_with_other_questions_are_kept_unless_asked_to_match_images_only() -> None:
     batch = pa.table(
         {
