@@ -122,13 +122,6 @@ def end_session(engine: sa.Engine, session_id: str | None) -> None:
             db.execute(sessions.delete().where(sessions.c.session_id == session_id))
 
 
-def get_user(engine: sa.Engine, name: str) -> User | None:
-    create_tables(engine)
-    with engine.connect() as db:
-        row = db.execute(sa.select(users.c.name, users.c.role).where(users.c.name == name)).first()
-    return User(row.name, row.role) if row else None
-
-
 def authenticate(engine: sa.Engine, name: str, password: str) -> User | None:
     """The user, if the password is right; None otherwise (never says which part was wrong)."""
     create_tables(engine)
