@@ -109,8 +109,9 @@ def load_version(version_uri: str) -> Manifest:
 def check_copy(version_uri: str, data_uri: str) -> None:
     """The copy at ``data_uri`` (of a version published on local disk) is that version: the same
     manifest, every file it lists there with its size, and nothing else in the split folders. Sizes,
-    not sha256: hashing the copy would mean downloading it (the local files' sha256 were checked)."""
-    manifest = load_version(version_uri)
+    not sha256: hashing the copy would mean downloading it. The local files' sha256 are checked by
+    ``training_request``, which a launch builds first, so they are not read a second time here."""
+    manifest = read_manifest(version_uri)
     try:
         copy = read_manifest(data_uri)
     except StorageError as error:
