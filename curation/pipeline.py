@@ -308,15 +308,13 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         tally.examples.setdefault((outcome, reason), detail)
 
 
-def _review_changes(recipe: Recipe, state: StateStore, version: int) -> int:
-    """Rejections and edits decided since ``version`` was published: with carry-forward they make a new
-    version (the carried records with the decisions applied) even when there is no new input."""
-    from curation.published import read_manifest, version_uri
-
+def _review_changes(recipe: Recipe, state: StateStore, extended: Manifest) -> int:
+    """Rejections and edits decided since the ``extended`` version was published: with carry-forward
+    they make a new version (the carried records with the decisions applied) even when there is no
+    new input."""
     if not recipe.output.carry_forward:
         return 0
-    published = read_manifest(version_uri(recipe.output.dest, recipe.dataset, version)).created_at
-    return changes_since(state.engine, recipe.dataset, published)
+    return changes_since(state.engine, recipe.dataset, extended.created_at)
 
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
@@ -341,19 +339,14 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
         )
 
 
-def _recipe_changed(recipe: Recipe, extends: int | None) -> str | None:
-    """A note when the recipe differs from the one that made version ``extends``: records read before
-    were made by the old recipe, and a scheduled run reads only what is new."""
-    from curation.published import read_manifest, version_uri
-
-    if extends is None:
-        return None
-    before = read_manifest(version_uri(recipe.output.dest, recipe.dataset, extends)).recipe_sha256
-    if before == recipe.fingerprint():
+def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
+    """A note when the recipe differs from the one that made the ``extended`` version: records read
+    before were made by the old recipe, and a scheduled run reads only what is new."""
+    if extended is None or extended.recipe_sha256 == recipe.fingerprint():
         return None
     return (
-        f"the recipe changed since v{extends}: records read before keep what the old recipe made of them "
-        "(only new input is read); run with --full-refresh to apply the new recipe to every record"
+        f"the recipe changed since v{extended.version}: records read before keep what the old recipe made of "
+        "them (only new input is read); run with --full-refresh to apply the new recipe to every record"
     )
 
 
@@ -425,15 +418,16 @@ def _run_locked(
     full_refresh: bool,
     on_written: Callable[[int], None],
 ) -> RunResult:
-    from curation.published import published_versions, version_uri
+    from curation.published import published_versions, read_manifest, version_uri
 
     fmt = output_format(
         recipe.output.format,
         recipe.record.kind,
         FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
     )
-    first_here = not published_versions(recipe.output.dest, recipe.dataset)
-    if not full_refresh and first_here and has_read_before(state.engine, recipe.dataset):
+    # The run holds the dataset's lock: no other run publishes a version until it ends.
+    previous = published_versions(recipe.output.dest, recipe.dataset)
+    if not full_refresh and not previous and has_read_before(state.engine, recipe.dataset):
         # Runs published elsewhere (another dest) or their versions were deleted: reading only what is
         # new would publish an empty version, and every record would be an earlier version's.
         log.warning(
@@ -471,10 +465,10 @@ def _run_locked(
         tally.flags = _flags_as_published(stages, tally.flags)
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
-        previous = published_versions(out.dest, recipe.dataset)
         extends = previous[-1] if previous and watermarks.had_previous() else None
-        changed = _recipe_changed(recipe, extends)
-        if extends is not None and counts.input == 0 and not _review_changes(recipe, state, extends):
+        extended = read_manifest(version_uri(out.dest, recipe.dataset, extends)) if extends is not None else None
+        changed = _recipe_changed(recipe, extended)
+        if extended is not None and counts.input == 0 and not _review_changes(recipe, state, extended):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
