@@ -69,6 +69,10 @@ class PiiConfig(Strict):
     workers: int | None = Field(default=None, ge=1)  # processes; default: one per core
     batch_size: int = Field(default=64, ge=1)  # texts per spaCy ``pipe`` batch
 
+    def scanned_entities(self) -> list[str]:
+        """Every entity the stage looks for: the listed ones, then the recipe's own recognizers'."""
+        return list(dict.fromkeys([*self.entities, *(r.entity for r in self.recognizers)]))
+
     @model_validator(mode="after")
     def _consistent(self) -> PiiConfig:
         if self.review_below < self.threshold:
@@ -76,8 +80,7 @@ class PiiConfig(Strict):
         for name in (*self.entities, *self.operators):
             if name != "default" and not re.match(_ENTITY_NAME, name):
                 raise ValueError(f"{name!r} is not an entity name (upper case, like PERSON or US_SSN)")
-        custom = {r.entity for r in self.recognizers}
-        unknown = sorted(set(self.operators) - set(self.entities) - custom - {"default"})
+        unknown = sorted(set(self.operators) - set(self.scanned_entities()) - {"default"})
         if unknown:
             raise ValueError(f"operators set for entities that are not scanned: {unknown}")
         if self.ner_fields is not None and self.fields is not None:

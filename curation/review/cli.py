@@ -135,7 +135,7 @@ def export(
         for r in recipes
         for stage in r.stages
         if isinstance(stage, PiiConfig)
-        for entity in [*stage.entities, *(custom.entity for custom in stage.recognizers)]
+        for entity in stage.scanned_entities()
     ]
     config = label_config(kind, tasks, entities) if kind else None
     if config is not None:

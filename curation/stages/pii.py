@@ -116,7 +116,7 @@ class PiiRedaction:
             CustomRecognizer(r.entity, tuple((p.regex, p.score) for p in r.patterns), tuple(r.context))
             for r in config.recognizers
         )
-        entities = tuple(dict.fromkeys([*config.entities, *(r.entity for r in custom)]))
+        entities = tuple(config.scanned_entities())
         self.operators = {
             entity: config.operators.get(entity, config.operators.get("default", "replace")) for entity in entities
         }
