@@ -89,6 +89,13 @@ class _Suite:
         return found
 
 
+def _require_columns(batch: pa.Table, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in batch.column_names]
+    if missing:
+        have = [c for c in batch.column_names if c not in ("id", "source")]
+        raise StageError(f"expectations name columns the records do not have: {missing}; records have {have}")
+
+
 class Expectations:
     """Quarantine the rows of each batch that fail any of the recipe's expectations."""
 
@@ -100,10 +107,7 @@ class Expectations:
         self._suite: _Suite | None = None
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        missing = [c for c in self.columns if c not in batch.column_names]
-        if missing:
-            have = [c for c in batch.column_names if c not in ("id", "source")]
-            raise StageError(f"expectations name columns the records do not have: {missing}; records have {have}")
+        _require_columns(batch, self.columns)
         if self._suite is None:
             self._suite = _Suite(self.specs)
         failed: dict[int, list[str]] = {}
@@ -145,10 +149,7 @@ class UniqueValues:
         self.columns = list(dict.fromkeys(columns))
 
     def signatures(self, batch: pa.Table) -> pa.Table:
-        missing = [c for c in self.columns if c not in batch.column_names]
-        if missing:
-            have = [c for c in batch.column_names if c not in ("id", "source")]
-            raise StageError(f"expectations name columns the records do not have: {missing}; records have {have}")
+        _require_columns(batch, self.columns)
         values = {f"value:{c}": pc.cast(batch[c], pa.string()) for c in self.columns}
         return pa.table({"id": batch["id"], "source": batch["source"], **values})
 
