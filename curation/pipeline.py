@@ -32,9 +32,8 @@ from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
-from curation.stages.expectations import UniqueValues
 from curation.stages.neardup import with_published_texts
-from curation.stages.quality import QUALITY_CONFIGS, quality_stage
+from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
@@ -43,7 +42,6 @@ from curation.writer import DatasetWriter
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
-    ExpectationsConfig,
     HFSource,
     ImagesSource,
     Recipe,
@@ -158,15 +156,8 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
             from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks
 
             stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
-        elif isinstance(config, ExpectationsConfig):
-            # ``unique`` is over the whole run: a global stage after the per-batch expectations.
-            unique = [spec.column for spec in config.expect if spec.check == "unique"]
-            if len(unique) < len(config.expect):
-                stages.append(quality_stage(config, kind))
-            if unique:
-                stages.append(UniqueValues(unique))
         elif isinstance(config, QUALITY_CONFIGS):
-            stages.append(quality_stage(config, kind))
+            stages.extend(quality_stages(config, kind))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(stages[-1], index)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from curation.stages.clean import Clean
-from curation.stages.expectations import Expectations
+from curation.stages.expectations import Expectations, UniqueValues
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
 from curation.stages.neardup import ImageNearDedup, NearDedup
 from schemas.config import (
@@ -37,9 +37,18 @@ def text_fields(kind: str) -> list[str]:
     return [c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]
 
 
-def quality_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
+def quality_stages(config: QualityConfig, kind: str) -> list[QualityStage | ImageNearDedup | UniqueValues]:
+    """The stages one recipe entry makes: one, but for expectations, whose ``unique`` checks are over
+    the whole run (a global stage after the per-batch ones)."""
     if isinstance(config, ExpectationsConfig):
-        return Expectations([spec for spec in config.expect if spec.check != "unique"])
+        per_batch = [spec for spec in config.expect if spec.check != "unique"]
+        unique = [spec.column for spec in config.expect if spec.check == "unique"]
+        return [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
+    return [_one_stage(config, kind)]
+
+
+def _one_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
+    """The stage of one recipe entry other than expectations (see ``quality_stages``)."""
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
     if isinstance(config, CleanConfig):
