@@ -186,26 +186,15 @@ class FilesSourceReader(ListedFiles):
         fs, path = filesystem(entry.uri)
         line_no = 0
         with fs.open_input_stream(path, compression="detect") as stream:
-            pending = b""
-            while True:
-                chunk = stream.read(BLOCK_BYTES)
-                if chunk:
-                    cut = chunk.rfind(b"\n") + 1
-                    if not cut:  # no line ends in this block: it all waits for the next
-                        pending += chunk
-                        continue
-                    # Whole lines, copied once; the rest waits for the next block.
-                    data, pending = b"".join((pending, memoryview(chunk)[:cut])), chunk[cut:]
-                else:
-                    data = pending + b"\n" if pending else b""  # the last line, without its newline in the file
+            for data in _line_blocks(stream, BLOCK_BYTES):
+                if not data.endswith(b"\n"):
+                    data += b"\n"  # the last line, without its newline in the file
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
                 starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
                 for start in range(0, len(ends), self.batch_rows):
                     group = slice(start, start + self.batch_rows)
                     yield self._parse_lines(entry.uri, line_no + start + 1, data, starts[group], ends[group])
                 line_no += len(ends)
-                if not chunk:
-                    return
 
     def _parse_lines(self, uri: str, first_line: int, data: bytes, starts: np.ndarray, ends: np.ndarray) -> SourceBatch:
         """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line``; blank ones are skipped."""
@@ -413,6 +402,22 @@ class FilesSourceReader(ListedFiles):
                 )
 
 
+def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:
+    """The stream in blocks of whole lines, about ``block_bytes`` each; the last holds what follows
+    the last newline, if anything does."""
+    pending = b""
+    while chunk := stream.read(block_bytes):
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:  # no line ends in this block: it all waits for the next
+            pending += chunk
+            continue
+        # Whole lines, copied once; the rest waits for the next block.
+        yield b"".join((pending, memoryview(chunk)[:cut]))
+        pending = chunk[cut:]
+    if pending:
+        yield pending
+
+
 class _Utf8Guard(io.RawIOBase):
     """A CSV stream as Arrow is to read it: each byte that is not UTF-8 is replaced by U+FFFD and noted.
 
@@ -422,7 +427,7 @@ class _Utf8Guard(io.RawIOBase):
     """
 
     def __init__(self, stream: Any, block_bytes: int = BLOCK_BYTES) -> None:
-        self.stream, self.block_bytes, self.pending, self.out = stream, block_bytes, b"", memoryview(b"")
+        self.blocks, self.out = _line_blocks(stream, block_bytes), memoryview(b"")
         self.line = 1  # of the next byte passed on
         self.bad: list[tuple[int, int, int]] = []  # (line, column, byte) of each byte not UTF-8, in order
 
@@ -442,18 +447,11 @@ class _Utf8Guard(io.RawIOBase):
         return b"".join(pieces)
 
     def _next_lines(self) -> bytes:
-        while True:
-            chunk = self.stream.read(self.block_bytes)
-            cut = chunk.rfind(b"\n") + 1
-            if chunk and not cut:  # no line ends in this block: it all waits for the next
-                self.pending += chunk
-                continue
-            # Whole lines, copied once; the rest waits for the next block.
-            data, self.pending = b"".join((self.pending, memoryview(chunk)[:cut])), chunk[cut:]
-            if not _is_utf8(data):
-                return self._replace_bad_bytes(data)
-            self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
-            return data
+        data = next(self.blocks, b"")
+        if not _is_utf8(data):
+            return self._replace_bad_bytes(data)
+        self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
+        return data
 
     def _replace_bad_bytes(self, data: bytes) -> bytes:
         text = data.decode("utf-8", "surrogateescape")  # each byte not UTF-8 becomes one of U+DC80..U+DCFF
