@@ -97,9 +97,29 @@ class ImagesSourceReader:
         self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
         self._fingerprints: dict[str, str] | None = None
+        self._changed: set[str] | None = None
 
     def inputs(self) -> list[InputFile]:
+        self.changed_sidecars()
         return self.sidecar.inputs()
+
+    def changed_sidecars(self) -> set[str]:
+        """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
+        replaces what they gave before (a corrected answer must not stay beside the old one). A sidecar
+        that only grew at its end (rows appended) is not: its rows taken before are skipped as ever."""
+        if self._changed is None:
+            self._changed = set()
+            if self.watermark is not None:
+                for entry in self.sidecar.entries():
+                    fs, path = filesystem(entry.uri)
+                    with fs.open_input_stream(path) as stream:
+                        data = stream.read()
+                    item, before = f"sidecar:{entry.uri}", self.watermark.get(f"sidecar:{entry.uri}")
+                    if before is not None and xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]:
+                        self._changed.add(entry.uri)
+                        self.watermark.replaced.add(entry.uri)
+                    self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
+        return self._changed
 
     def fingerprints(self) -> dict[str, str]:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
@@ -200,7 +220,7 @@ class ImagesSourceReader:
         content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
         item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
         fingerprint = self.fingerprints().get(join(self.config.path, name)) if name else None
-        if not self.watermark.is_new(item, fingerprint):
+        if not self.watermark.is_new(item, fingerprint) and row["source"]["uri"] not in self.changed_sidecars():
             return False
         self.watermark.set(item, fingerprint)
         return True

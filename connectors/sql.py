@@ -72,6 +72,8 @@ class SqlSourceReader:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
         what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
         self.uri = f"{safe_url(config.url)}#{what}"
+        if config.cursor is None and watermark is not None and watermark.committed:
+            watermark.replaced.add(self.uri)  # read whole every run: its rows now are the table's records
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=self.uri)]
@@ -144,7 +146,6 @@ class SqlSourceReader:
         if self.watermark is not None and highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(highest))
         elif self.watermark is not None and self.config.cursor is None:
-            # Read whole, yet read before: the next version extends this one (its records carried, the
-            # rows read again set aside as earlier versions' by cross-run dedup) instead of holding
-            # only what this run wrote.
+            # Read whole, yet read before: the next version extends this one (other sources' records
+            # carried, this table's replaced by what it holds now) instead of holding only this run's.
             self.watermark.set(READ_ITEM, True)

@@ -92,6 +92,9 @@ class SourceWatermark:
         # Whether this run reads again something an earlier run took (a changed file, a table read
         # whole): records published before can then be written again, and replace their carried copy.
         self.reread = False
+        # Inputs read whole again (a changed file, a table without a cursor): their records published
+        # before are replaced by what the run reads from them now, so an edited or removed line goes.
+        self.replaced: set[str] = set()
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -138,6 +141,10 @@ class Watermarks:
     def reread(self) -> bool:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
+
+    def replaced(self) -> set[str]:
+        """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""
+        return {uri for source in self.sources.values() for uri in source.replaced}
 
     def commit(self, run_id: str) -> None:
         """Record what this run took, in one transaction; a full refresh forgets everything before."""
@@ -238,6 +245,8 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
     fresh = [e for e in entries if watermark.is_new(e.uri, prints[e.uri])]
     for entry in fresh:
         watermark.set(entry.uri, prints[entry.uri])
+        if entry.uri in watermark.committed:  # changed since an earlier run took it: read whole again
+            watermark.replaced.add(entry.uri)
     return fresh
 
 

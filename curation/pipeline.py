@@ -38,7 +38,7 @@ from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
-from curation.writer import DatasetWriter
+from curation.writer import DatasetWriter, ids_from_inputs
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
@@ -434,6 +434,10 @@ def _run_locked(
     inputs = [entry for source in sources for entry in source.inputs()]
     on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
+    # Inputs read whole again (changed files): the records the latest version holds from them are
+    # replaced by what they hold now, so neither cross-run dedup nor the carry keeps the old ones.
+    replaced = watermarks.replaced() if out.carry_forward and previous else set()
+    read_again = ids_from_inputs(version_uri(out.dest, recipe.dataset, previous[-1]), replaced) if replaced else None
     writer = DatasetWriter(
         out.dest,
         recipe.dataset,
@@ -450,6 +454,10 @@ def _run_locked(
     tally = Tally()
     try:
         stages = build_stages(recipe, full_refresh)
+        if read_again is not None:
+            for stage in stages:
+                if isinstance(stage, SignatureRecorder):
+                    stage.index.retire(read_again.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
@@ -459,7 +467,8 @@ def _run_locked(
         extends = previous[-1] if previous and watermarks.had_previous() else None
         extended = read_manifest(version_uri(out.dest, recipe.dataset, extends)) if extends is not None else None
         changed = _recipe_changed(recipe, extended)
-        if extended is not None and counts.input == 0 and not _review_changes(recipe, state, extended):
+        emptied = read_again is not None and not read_again.is_empty()  # an input read again holds nothing now
+        if extended is not None and counts.input == 0 and not emptied and not _review_changes(recipe, state, extended):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
@@ -476,7 +485,11 @@ def _run_locked(
             # Annotators' decisions reach the carried records too, as the review stage read them.
             decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
             counts.carried = writer.carry(
-                version_uri(out.dest, recipe.dataset, carried_from), recipe.record.kind, decisions, watermarks.reread()
+                version_uri(out.dest, recipe.dataset, carried_from),
+                recipe.record.kind,
+                decisions,
+                watermarks.reread(),
+                read_again,
             )
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:

@@ -94,6 +94,17 @@ def _lineage_files(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> Ite
         yield _lineage_file(fs, f"{folder}/{shard.path}")
 
 
+def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
+    """The ids of the records that ``version_dir`` holds (its own and carried) from the inputs ``uris``."""
+    fs, folder = filesystem(version_dir)
+    wanted = pl.Series(sorted(uris), dtype=pl.String).implode()
+    parts = [
+        rows.filter(pl.col("source").struct.field("uri").is_in(wanted))["id"]
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage)
+    ]
+    return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
+
+
 def _lineage_file(fs: pafs.FileSystem, path: str) -> pl.DataFrame:
     with fs.open_input_stream(path) as stream:
         data = stream.read()
@@ -139,7 +150,8 @@ class _Carrying:
         self.rejected: set[str] = set()
         self.edited: set[str] = set()
         self.edits_not_applied: set[str] = set()
-        self.superseded: set[str] = set()  # carried records this run wrote again: the new one replaces it
+        # Carried records this run read again: what it wrote of them (if anything) replaces them.
+        self.superseded: set[str] = set()
         self.replaced: set[str] = set()
 
     def decided(self) -> pl.Series:
@@ -392,7 +404,12 @@ class DatasetWriter:
             self.set_aside.write(to_ndjson(pa.Table.from_batches([piece])), piece.num_rows)
 
     def carry(
-        self, version_dir: str, record_kind: str, decisions: RunDecisions | None = None, reread: bool = True
+        self,
+        version_dir: str,
+        record_kind: str,
+        decisions: RunDecisions | None = None,
+        reread: bool = True,
+        read_again: pl.Series | None = None,
     ) -> int:
         """Copy the published records of ``version_dir`` into this version; returns how many lines.
 
@@ -403,7 +420,9 @@ class DatasetWriter:
         their sha256; for formats read as one file per channel the lines are appended to this run's
         file. With ``decisions``, lines of rejected records stay behind and edits are applied: a shard
         with such a line is rewritten (``carry_stats`` counts them). So is a shard with a line whose
-        record this run wrote again, which only a run that ``reread`` input an earlier run took can do.
+        record this run wrote again, which only a run that ``reread`` input an earlier run took can do,
+        or whose record came from an input this run read whole again (ids ``read_again``): what the
+        input holds now replaces what it held, so an edited or deleted line does not stay.
         Call before ``publish``: everything lands in the staging prefix, so a failed run leaves none.
         """
         self.flush()
@@ -425,7 +444,8 @@ class DatasetWriter:
         # Shards read line by line: every shard of a one-file format, and those a review decision or a
         # record written again reaches (a shard is size-bounded). The lineage of the others moves as it
         # is, a file at a time.
-        reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread)
+        read_again = read_again if read_again is not None else pl.Series([], dtype=pl.String)
+        reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread, read_again)
         by_line = set(paths) if append else reached
         held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line)
         for name in SPLITS:
@@ -484,20 +504,26 @@ class DatasetWriter:
         return path if CARRIED_NAME.match(base) else f"{folder}/part-v{version}-{base.removeprefix('part-')}"
 
     def _reached_shards(
-        self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], carrying: _Carrying, reread: bool
+        self,
+        fs: pafs.FileSystem,
+        folder: str,
+        lineage: list[Shard],
+        carrying: _Carrying,
+        reread: bool,
+        read_again: pl.Series,
     ) -> set[str]:
-        """The shards holding a record that a review decision rejects or edits, or that this run wrote
-        again (``carrying.superseded`` gets those ids: a keyed SQL row that was edited, a line of a file
-        read again with no dedup stage). A pass of its own over the lineage, made only when there are
-        decisions or records written: the carry's pass writes each file's rows as it reads them, so it
-        must know these shards before it starts."""
+        """The shards holding a record that a review decision rejects or edits, that this run wrote
+        again (a keyed SQL row that was edited), or that came from an input this run read whole again
+        (``carrying.superseded`` gets those ids). A pass of its own over the lineage, made only when
+        there are such records: the carry's pass writes each file's rows as it reads them, so it must
+        know these shards before it starts."""
         decided = carrying.decided()
         written = self._written_ids() if reread else pl.Series([], dtype=pl.String)
-        if decided.is_empty() and written.is_empty():
+        if decided.is_empty() and written.is_empty() and read_again.is_empty():
             return set()
         found: set[str] = set()
         for rows in _lineage_files(fs, folder, lineage):
-            again = rows.filter(pl.col("id").is_in(written.implode()))
+            again = rows.filter(pl.col("id").is_in(written.implode()) | pl.col("id").is_in(read_again.implode()))
             carrying.superseded.update(again["id"].to_list())
             found.update(again["shard"].to_list())
             found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())

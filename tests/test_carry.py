@@ -123,6 +123,44 @@ def test_a_file_read_again_without_a_dedup_stage_replaces_its_carried_records(wo
     assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 32) + notes(40, 3))
 
 
+@pytest.mark.parametrize("stages", [[{"type": "exact_dedup"}], [{"type": "exact_dedup"}, {"type": "near_dedup"}]])
+def test_a_changed_file_replaces_the_records_it_gave_before(workdir: Path, stages: list) -> None:
+    spec = {**recipe("out"), "stages": stages}
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 5))
+    run(workdir, spec)
+    old_five = notes(5, 1)[0]
+    edited = notes(0, 10)
+    del edited[3]  # a line deleted
+    edited[4] = {**old_five, "a": "Parcel 5 was returned to the sender."}  # a line edited (note 5)
+    edited.append(notes(12, 1)[0])  # a copy of one of b's lines: still an earlier version's
+    write_jsonl(workdir / "in" / "a.jsonl", edited)
+    v2 = run(workdir, spec)
+    published = outputs(Path(v2.version_uri))
+    assert texts(published) == texts(edited[:-1] + notes(10, 5))  # each once, neither note 3 nor the old note 5
+    assert {"prompt": old_five["q"], "completion": "Parcel 5 was returned to the sender."} in [
+        {k: line[k] for k in ("prompt", "completion")} for line in published
+    ]
+    assert v2.manifest.stats["carry"]["replaced"] == 10 and v2.manifest.counts.carried == 5
+    assert v2.manifest.counts.written == 9 and v2.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # What the file no longer holds is no longer published: the old wording of note 5, and note 3, are new
+    # content for a later run, not repeats of an earlier version.
+    write_jsonl(workdir / "in" / "c.jsonl", [old_five, notes(3, 1)[0]])
+    v3 = run(workdir, spec)
+    assert v3.manifest.counts.written == 2 and v3.manifest.counts.duplicate == 0
+    assert len(outputs(Path(v3.version_uri))) == 16
+
+
+def test_a_file_emptied_of_its_records_takes_them_out(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 3))
+    run(workdir, recipe("out"))
+    (workdir / "in" / "a.jsonl").write_text("")
+    v2 = run(workdir, recipe("out"))
+    assert v2.manifest is not None and v2.manifest.counts.input == 0
+    assert texts(outputs(Path(v2.version_uri))) == texts(notes(10, 3))
+
+
 def test_carry_forward_false_keeps_delta_versions(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
     run(workdir, recipe("out", carry_forward=False))

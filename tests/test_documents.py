@@ -212,3 +212,28 @@ def test_documents_from_s3(bucket: str) -> None:
     ] * 3
     assert [a["reason"] for a in aside] == ["encrypted"]
     assert [r["source"]["page"] for r in rows[:3]] == [1, 2, 3]
+
+
+def test_an_edited_document_replaces_its_sections(workdir: Path) -> None:
+    docs = workdir / "docs"
+    docs.mkdir()
+    (docs / "playbook.md").write_text(MARKDOWN)
+    (docs / "handbook.pdf").write_bytes(make_pdf())
+    spec = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": "docs"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup"}, {"type": "near_dedup"}],
+    }
+    first = run(workdir, spec)
+    (docs / "playbook.md").write_text(
+        MARKDOWN.replace("within one hour", "within 30 minutes").replace(
+            "## Refunds\n\nRefunds above 500 USD need a second approval.\n", ""
+        )
+    )
+    second = run(workdir, spec)
+    texts = [line["text"] for line in outputs(Path(second.version_uri))]
+    joined = "\n".join(texts)
+    assert "within 30 minutes" in joined and "within one hour" not in joined and "Refunds above" not in joined
+    assert len(texts) == len(outputs(Path(first.version_uri))) - 1  # the PDF's sections carried, once each
+    assert second.manifest.counts.carried == first.manifest.counts.written - 3

@@ -149,6 +149,16 @@ def test_images_published_in_an_earlier_version_are_not_published_again(workdir:
     assert read_manifest(str(v2)).counts.reasons["duplicate"] == {"earlier_version": 1}
 
 
+# Scanned forms from img/ with their questions in qa.jsonl, deduplicated exactly and by image, across runs.
+FORMS = {
+    "dataset": "forms",
+    "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+    "record": {"kind": "vqa"},
+    "stages": [{"type": "exact_dedup"}, {"type": "image_dedup"}],
+    "output": {"validation_fraction": 0.0},
+}
+
+
 def test_an_image_changed_in_place_replaces_its_published_version(workdir: Path) -> None:
     import os
 
@@ -157,13 +167,7 @@ def test_an_image_changed_in_place_replaces_its_published_version(workdir: Path)
     (workdir / "img" / "b.jpg").write_bytes(_image(0, 2))
     rows = [{"image": n, "question": "Which form is this?", "answer": "Form 12."} for n in ("a.jpg", "b.jpg")]
     write_jsonl(workdir / "qa.jsonl", rows)
-    recipe = {
-        "dataset": "forms",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
-        "record": {"kind": "vqa"},
-        "stages": [{"type": "exact_dedup"}, {"type": "image_dedup"}],
-        "output": {"validation_fraction": 0.0},
-    }
+    recipe = FORMS
     v1 = run(workdir, recipe)
     (workdir / "img" / "b.jpg").write_bytes(_image(0, 3))  # another picture under the same name
     os.utime(workdir / "img" / "b.jpg", (1, 1))  # a new mtime whatever the clock's resolution
@@ -239,3 +243,25 @@ def test_vectorised_resolve_matches_the_shared_group_by_group_step() -> None:
     fast = stage.resolve(signatures)
     assert fast.num_rows > 40
     assert fast.equals(resolve_duplicates(stage, signatures))
+
+
+def test_a_corrected_answer_in_the_sidecar_replaces_the_old_row_and_appended_rows_read_alone(workdir: Path) -> None:
+    (workdir / "img").mkdir()
+    for index, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        (workdir / "img" / name).write_bytes(_image(0, index + 1))
+    rows = [
+        {"image": n, "question": "What is the total?", "answer": f"{i}0 USD"} for i, n in enumerate(["a.jpg", "b.jpg"])
+    ]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    recipe = FORMS
+    run(workdir, recipe)
+    rows.append({"image": "c.jpg", "question": "What is the total?", "answer": "20 USD"})
+    write_jsonl(workdir / "qa.jsonl", rows)  # a row appended: only it is read
+    v2 = run(workdir, recipe)
+    assert v2.manifest.counts.input == 1 and v2.manifest.counts.carried == 2
+    rows[1]["answer"] = "15 USD"  # a corrected answer: the sidecar is read again and replaces its rows
+    write_jsonl(workdir / "qa.jsonl", rows)
+    v3 = run(workdir, recipe)
+    answers = sorted(line["completion"] for line in outputs(Path(v3.version_uri)))
+    assert answers == ["00 USD", "15 USD", "20 USD"]
+    assert v3.manifest.stats["carry"]["replaced"] == 3 and v3.manifest.counts.carried == 0

@@ -120,17 +120,29 @@ def test_an_edited_row_with_a_key_replaces_its_published_version(workdir: Path, 
     assert second.manifest.stats["carry"]["replaced"] == 1
 
 
-@pytest.mark.parametrize("stages", [[{"type": "exact_dedup"}], [{"type": "exact_dedup"}, {"type": "near_dedup"}]])
-def test_an_unchanged_row_read_again_is_a_repeat_not_a_new_version(workdir: Path, stages: list) -> None:
+@pytest.mark.parametrize("stages", [[], [{"type": "exact_dedup"}], [{"type": "exact_dedup"}, {"type": "near_dedup"}]])
+def test_a_table_without_a_cursor_is_published_as_it_is_now(workdir: Path, stages: list) -> None:
     url = f"sqlite:///{workdir}/crm.db"
     fill(url, 1, 6)
-    spec = {**recipe(url, table="tickets", key=["id"]), "stages": stages}  # no cursor: the whole table each run
+    spec = {**recipe(url, table="tickets"), "stages": stages}  # no cursor: the whole table each run
     first = run(workdir, spec)
     fill(url, 7, 1)
+    engine = sa.create_engine(url)
+    with engine.begin() as db:  # ticket 2 is closed and deleted; ticket 5's reply is corrected
+        db.execute(tickets.delete().where(tickets.c.id == 2))
+        db.execute(tickets.update().where(tickets.c.id == 5).values(reply="Card reissued for ticket 5."))
     again = run(workdir, spec)
-    assert again.manifest.counts.written == 1 and again.manifest.counts.reasons["duplicate"] == {"earlier_version": 6}
-    assert again.manifest.counts.carried == 6 and again.manifest.stats["carry"]["replaced"] == 0
-    assert len(outputs(Path(again.version_uri))) == 7 and len(outputs(Path(first.version_uri))) == 6
+    replies = sorted(line["completion"] for line in outputs(Path(again.version_uri)))
+    assert replies == sorted(
+        [f"Travel notice set for ticket {i}." for i in (1, 3, 4, 6, 7)] + ["Card reissued for ticket 5."]
+    )
+    # Each row once: read again, not set aside as a repeat of the row it replaces.
+    assert again.manifest.counts.written == 6 and again.manifest.counts.carried == 0
+    assert again.manifest.stats["carry"]["replaced"] == 6
+    assert len(outputs(Path(first.version_uri))) == 6
+    # Nothing changed: the next run publishes the same records.
+    third = run(workdir, spec)
+    assert sorted(line["completion"] for line in outputs(Path(third.version_uri))) == replies
 
 
 def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:

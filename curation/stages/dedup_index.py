@@ -143,6 +143,12 @@ class SignatureIndex:
     def __init__(self, url: str, dataset: str, start_over: bool = False, token: str | None = None) -> None:
         self.url, self.dataset, self.start_over = url, dataset, start_over
         self.token = token or uuid.uuid4().hex
+        self.retired = pa.array([], pa.string())
+
+    def retire(self, ids: pa.Array) -> None:
+        """Published records this run replaces (those of an input it reads whole again): their rows are
+        not compared with, and are removed from earlier versions' signatures once the run publishes."""
+        self.retired = ids
 
     @functools.cached_property
     def engine(self) -> sa.Engine:
@@ -173,6 +179,8 @@ class SignatureIndex:
         table = published_signatures
         with self.engine.begin() as db:
             db.execute(table.update().where(table.c.token == self.token).values(version=version))
+            if len(self.retired) and not self.start_over:
+                self._remove_retired(db, version)
             if self.start_over:
                 db.execute(table.delete().where(table.c.dataset == self.dataset, table.c.version < version))
             db.execute(
@@ -180,6 +188,23 @@ class SignatureIndex:
                     table.c.dataset == self.dataset, table.c.version.is_(None), table.c.token != self.token
                 )
             )
+
+    def _remove_retired(self, db: sa.Connection, version: int) -> None:
+        """Take the retired ids out of the signature rows of versions before ``version`` (its own rows
+        hold the ids this run wrote again, with their new signatures)."""
+        table = published_signatures
+        rows = db.execute(
+            sa.select(table.c.n, table.c.data).where(table.c.dataset == self.dataset, table.c.version < version)
+        ).all()
+        for n, data in rows:
+            stored = _unpacked(pa.ipc.open_stream(data).read_all())
+            kept = stored.filter(pc.invert(pc.is_in(stored["id"], value_set=self.retired)))
+            if kept.num_rows == stored.num_rows:
+                continue
+            if kept.num_rows:
+                db.execute(table.update().where(table.c.n == n).values(data=_to_ipc(_packed(kept))))
+            else:
+                db.execute(table.delete().where(table.c.n == n))
 
     def load(self, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
         """Published signature rows; ``id`` is prefixed and ``source`` names the version. With ``keys``
@@ -199,6 +224,8 @@ class SignatureIndex:
         parts = []
         for version, data in rows:
             part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
+            if len(self.retired):
+                part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
             ids = pc.binary_join_element_wise(f"{_PREFIX}{version}:", part["id"], "")
             count = part.num_rows
             source = pa.StructArray.from_arrays(
