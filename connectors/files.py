@@ -283,10 +283,16 @@ class FilesSourceReader(ListedFiles):
             invalid.append(row)
             return "skip"
 
-        read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES)
-        # A quoted value may hold newlines: a block must not end inside one.
+        header_line, header = header
+        read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, skip_rows=header_line - 1)
+        # A quoted value may hold newlines: a block must not end inside one. Blank lines come through as
+        # rows with no value (and are dropped below): skipped by Arrow, they would go uncounted, and
+        # every later record's line would be off.
         parse = pacsv.ParseOptions(
-            delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=keep_invalid
+            delimiter=self.config.csv_delimiter,
+            newlines_in_values=True,
+            invalid_row_handler=keep_invalid,
+            ignore_empty_lines=False,
         )
         # Read every column as text: a type guessed from the first block would break on a later one;
         # the input schema (if any) decides types, with errors that name the row.
@@ -297,7 +303,7 @@ class FilesSourceReader(ListedFiles):
             null_values=[""],
             quoted_strings_can_be_null=False,
         )
-        lines = _CsvLines(header)
+        lines = _CsvLines(header, header_line)
         with fs.open_input_stream(path, compression="detect") as raw:
             stream = _Utf8Guard(raw)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
@@ -305,6 +311,7 @@ class FilesSourceReader(ListedFiles):
                 table = pa.Table.from_batches([batch])
                 starts, ends, placed = lines.place(table, invalid)
                 invalid.clear()
+                table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
                 rows, not_utf8 = self._split_not_utf8(entry.uri, table, starts, ends, stream.bad)
                 set_aside = self._invalid_csv_rows(entry.uri, placed, len(header))
                 if not_utf8.num_rows:
@@ -319,23 +326,28 @@ class FilesSourceReader(ListedFiles):
             rest = self._invalid_csv_rows(entry.uri, placed, len(header))
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
-    def _csv_header(self, uri: str) -> list[str] | None:
-        """The column names, or None when there is no line to read: the file is empty, blank, or a
-        header that no newline ends (Arrow reads none of these)."""
+    def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
+        """The header's line (after any blank lines) and column names, or None when there is no line to
+        read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these)."""
         fs, path = filesystem(uri)
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
         )
         read = pacsv.ReadOptions(use_threads=False, block_size=PROBE_BYTES)
+        with fs.open_input_stream(path, compression="detect") as raw:
+            head = raw.read(PROBE_BYTES)
+        leading = len(head) - len(head.lstrip(b"\r\n"))
+        header_line = head[:leading].count(b"\n") + 1
         try:
             with fs.open_input_stream(path, compression="detect") as raw:
-                return pacsv.open_csv(_Utf8Guard(raw, PROBE_BYTES), read_options=read, parse_options=probe).schema.names
+                names = pacsv.open_csv(
+                    _Utf8Guard(raw, PROBE_BYTES), read_options=read, parse_options=probe
+                ).schema.names
         except pa.ArrowInvalid:
-            with fs.open_input_stream(path, compression="detect") as raw:
-                head = raw.read(PROBE_BYTES)
             if len(head) < PROBE_BYTES and b"\n" not in head.strip():
                 return None
             raise
+        return header_line, names
 
     def _split_not_utf8(
         self, uri: str, table: pa.Table, starts: np.ndarray, ends: np.ndarray, bad: list[tuple[int, int, int]]
@@ -430,6 +442,7 @@ class _Utf8Guard(io.RawIOBase):
         self.blocks, self.out = _line_blocks(stream, block_bytes), memoryview(b"")
         self.line = 1  # of the next byte passed on
         self.bad: list[tuple[int, int, int]] = []  # (line, column, byte) of each byte not UTF-8, in order
+        self.blank: list[int] = []  # the numbers of empty lines, in order
 
     def readable(self) -> bool:
         return True
@@ -448,10 +461,20 @@ class _Utf8Guard(io.RawIOBase):
 
     def _next_lines(self) -> bytes:
         data = next(self.blocks, b"")
+        self._note_blank_lines(data)
         if not _is_utf8(data):
             return self._replace_bad_bytes(data)
         self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
         return data
+
+    def _note_blank_lines(self, data: bytes) -> None:
+        if b"\n\n" not in data and b"\n\r\n" not in data and not data.startswith((b"\n", b"\r\n")):
+            return  # the usual: none, found without a pass in Python
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        lengths = np.diff(ends, prepend=-1) - 1  # each line's bytes before its newline
+        carriage = np.frombuffer(data, dtype=np.uint8)[np.maximum(ends - 1, 0)] == ord("\r")
+        blank = (lengths == 0) | ((lengths == 1) & carriage)
+        self.blank += (self.line + np.flatnonzero(blank)).tolist()
 
     def _replace_bad_bytes(self, data: bytes) -> bytes:
         text = data.decode("utf-8", "surrogateescape")  # each byte not UTF-8 becomes one of U+DC80..U+DCFF
@@ -486,8 +509,8 @@ class _CsvLines:
     the newlines inside the records before it.
     """
 
-    def __init__(self, header: list[str]) -> None:
-        self.next_number = 2
+    def __init__(self, header: list[str], header_line: int = 1) -> None:
+        self.next_number = header_line + 1
         self.newlines = sum(name.count("\n") for name in header)
         self.pending: list[Any] = []  # rejected rows after the last row placed
 
@@ -522,6 +545,24 @@ class _CsvLines:
             starts[:count] + newlines[:count],
             list(zip(starts[count:].tolist(), placed, strict=True)),
         )
+
+
+def _without_blank_lines(
+    table: pa.Table, starts: np.ndarray, ends: np.ndarray, blank: list[int]
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """``table`` (rows on lines ``starts``..``ends``) less the rows that are a blank line: no value, on
+    a line the stream found empty (a line of delimiters only is a record, with every value missing)."""
+    if not blank or not len(starts):
+        return table, starts, ends
+    on_blank = np.isin(starts, blank) & (starts == ends)
+    del blank[: int(np.searchsorted(blank, ends.max(), side="right"))]  # later rows start after these
+    if on_blank.any():
+        empty = np.ones(table.num_rows, dtype=bool)
+        for column in table.columns:
+            empty &= column.is_null().to_numpy(zero_copy_only=False)
+        keep = ~(on_blank & empty)
+        table, starts, ends = table.filter(pa.array(keep)), starts[keep], ends[keep]
+    return table, starts, ends
 
 
 def _newlines_per_row(table: pa.Table) -> np.ndarray | None:

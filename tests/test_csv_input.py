@@ -83,3 +83,28 @@ def test_lines_count_the_newlines_inside_quoted_values(workdir: Path) -> None:
     assert lineage_lines(version) == {"ans one": 2, "ans four": 8}
     assert result.manifest.counts.reasons == {"quarantined": {"malformed_csv": 3}}
     assert_adds_up(result.manifest.counts)
+
+
+def test_blank_lines_are_counted_and_give_no_record(workdir: Path) -> None:
+    path = workdir / "tx.csv"
+    path.write_bytes(
+        b"\r\n"  # 1: before the header
+        b"description,amount,category\r\n"  # 2
+        b"coffee,4.5,Dining\r\n"  # 3
+        b"\r\n"  # 4
+        b"\n"  # 5
+        b'"rent\n\nfor May",1200,Housing\n'  # 6-8: a blank line inside a quoted value is not one
+        b"bus,2.5\n"  # 9: a field short
+        b",,\n"  # 10: a record with every value missing, not a blank line
+        b"taxi,12,Transport\n"  # 11
+        b"\n\n"  # 12-13
+    )
+    result = run(workdir, recipe("tx.csv"))
+    version = Path(result.version_uri)
+    assert lineage_lines(version) == {"Dining": 3, "Housing": 6, "Transport": 11}
+    assert [(row["source"]["line"], row["reason"]) for row in set_aside(version)] == [
+        (9, "malformed_csv"),
+        (10, "schema"),
+    ]
+    assert result.manifest.counts.input == 5
+    assert_adds_up(result.manifest.counts)
