@@ -15,7 +15,6 @@ import io
 import logging
 import posixpath
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -69,15 +68,45 @@ class Extracted:
 # --- PDF ---------------------------------------------------------------------------------------------
 
 
+EDGE_LINES = 2  # running headers and footers are looked for in this many lines at each end of a page
+
+
 def _boilerplate_lines(pages: list[list[str]]) -> set[str]:
-    """Lines that open or close most pages (running headers, footers, page numbers), digits ignored."""
+    """Lines that open or close most pages (running headers, footers, page numbers): the same on each
+    page but for numbers that follow the page's (digits are ignored in the shapes returned)."""
     if len(pages) < 3:
         return set()
-    edges: Counter[str] = Counter()
-    for lines in pages:
-        edges.update({_shape(line) for line in lines[:2] + lines[-2:]})
+    edges: dict[str, dict[int, str]] = {}
+    for page, lines in enumerate(pages, start=1):
+        for line in _edges(lines):
+            edges.setdefault(_shape(line), {}).setdefault(page, line)
     threshold = max(3, int(0.6 * len(pages)))
-    return {shape for shape, count in edges.items() if count >= threshold}
+    return {shape for shape, found in edges.items() if len(found) >= threshold and _runs_with_pages(found)}
+
+
+def _runs_with_pages(found: dict[int, str]) -> bool:
+    """Whether each number in these lines (page -> line, all of one shape) is the same on every page or
+    goes up with the page ("Page 3 of 12"): a line whose numbers change otherwise is content."""
+    numbers = {page: [int(n) for n in re.findall(r"\d+", line)] for page, line in found.items()}
+    for position in range(len(next(iter(numbers.values())))):
+        values = {page: found_numbers[position] for page, found_numbers in numbers.items()}
+        if len(set(values.values())) > 1 and len({value - page for page, value in values.items()}) > 1:
+            return False
+    return True
+
+
+def _edges(lines: list[str]) -> list[str]:
+    return lines[:EDGE_LINES] + lines[EDGE_LINES:][-EDGE_LINES:]
+
+
+def _without_boilerplate(lines: list[str], boilerplate: set[str]) -> list[str]:
+    """The page's lines less boilerplate at its ends (a body line of the same shape stays)."""
+    last = len(lines) - EDGE_LINES
+    return [
+        line
+        for index, line in enumerate(lines)
+        if not ((index < EDGE_LINES or index >= last) and _shape(line) in boilerplate)
+    ]
 
 
 def _shape(line: str) -> str:
@@ -104,11 +133,12 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         raise DocumentError("corrupt", f"not a readable PDF ({type(error).__name__}: {error})") from None
     pages = [[line for line in text.splitlines() if line.strip()] for text in texts]
     boilerplate = _boilerplate_lines(pages)
-    parts = []
-    for number, lines in enumerate(pages, start=1):
-        kept = [line for line in lines if _shape(line) not in boilerplate]
-        if kept:
-            parts.append(Part("\n".join(kept), page=number))
+    kept = [_without_boilerplate(lines, boilerplate) for lines in pages]
+    if not any(kept):
+        # Every line looked like a running header: pages that differ only in numbers (a form per
+        # page, a ledger) are the content, not boilerplate.
+        kept = pages
+    parts = [Part("\n".join(lines), page=number) for number, lines in enumerate(kept, start=1) if lines]
     title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
     return Extracted(title, parts)
 

@@ -111,6 +111,32 @@ def test_pdf_pages_keep_order_and_lose_running_headers(tmp_path: Path) -> None:
         assert "Confidential" not in row["text"] and "of 4" not in row["text"]
 
 
+def test_pdf_lines_that_differ_only_in_numbers_are_kept_unless_they_run_at_the_page_edges(tmp_path: Path) -> None:
+    def pdf(bodies: list[list[str]], running: bool) -> bytes:
+        document = HandbookPDF() if running else FPDF()
+        for body in bodies:
+            document.add_page()
+            document.set_font("helvetica", size=12)
+            for line in body:
+                document.cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
+        return bytes(document.output())
+
+    # A ledger: the same shape of line in the body of every page, between a running header and footer.
+    ledger = [[f"Invoice {n}{k} total {k * 12} USD" for k in range(1, 6)] for n in range(1, 5)]
+    (tmp_path / "ledger.pdf").write_bytes(pdf(ledger, running=True))
+    # A form per page, one line each: every line looks like a running header, yet they are the content.
+    forms = [[f"Form {n}: amount due {n * 40} USD"] for n in range(1, 5)]
+    (tmp_path / "forms.pdf").write_bytes(pdf(forms, running=False))
+    rows, aside = read(tmp_path)
+    assert aside == []
+    texts = {(Path(r["source"]["uri"]).name, r["source"]["page"]): r["text"] for r in rows}
+    for n in range(1, 5):
+        assert texts["forms.pdf", n] == f"Form {n}: amount due {n * 40} USD"
+        ledger_page = texts["ledger.pdf", n].splitlines()
+        assert "Confidential" not in texts["ledger.pdf", n] and "of 4" not in texts["ledger.pdf", n]
+        assert ledger_page == ledger[n - 1]
+
+
 def test_docx_sections_title_and_tables_without_page_header(tmp_path: Path) -> None:
     (tmp_path / "policy.docx").write_bytes(make_docx())
     rows, _ = read(tmp_path)
