@@ -8,6 +8,7 @@ once, and the spilled batches stream on without the rows it set aside.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -27,7 +28,7 @@ from connectors.state import Watermarks, has_read_before, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
-from curation.review.decisions import changes_since
+from curation.review.decisions import RunDecisions, changes_since
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -50,7 +51,15 @@ from schemas.config import (
 )
 from schemas.manifest import Counts, Manifest, Split
 from schemas.pii import PiiConfig
-from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, OUTCOMES, RECORD_MODELS, empty_flags, table_row_model
+from schemas.records import (
+    CONTENT_COLUMNS,
+    FLAG_SCHEMA,
+    OUTCOMES,
+    RECORD_MODELS,
+    SOURCE_TYPE,
+    empty_flags,
+    table_row_model,
+)
 
 log = logging.getLogger("curation.pipeline")
 
@@ -341,6 +350,39 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     )
 
 
+def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
+    """Annotators' edits as the stages that rewrite text after the review stage (clean, PII) make them.
+
+    A record read again meets an edit before those stages; a carried line is not read again, so its
+    edit would be published as typed (a name or a phone number in a reply, HTML). Returns the decisions
+    with the edited values as the stages leave them, and the edited records a stage sets aside (a PII
+    ``drop`` operator, nothing left after cleaning): rejected too, so they are not carried.
+    """
+    rewriting = [stage for stage in stages if getattr(stage, "rewrites_text", False)]
+    if not decisions.edits or not rewriting:
+        return decisions, set()
+    ids = sorted(decisions.edits)
+    names = sorted(
+        {name for fields in decisions.edits.values() for name in fields}.union(
+            *(stage.fields for stage in rewriting)  # type: ignore[attr-defined]
+        )
+    )
+    batch = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "source": pa.nulls(len(ids), pa.struct(list(SOURCE_TYPE))),
+            **{name: pa.array([decisions.edits[r].get(name) for r in ids], pa.string()) for name in names},
+        }
+    )
+    set_aside: set[str] = set()
+    for stage in rewriting:
+        result = stage(batch)  # type: ignore[operator]
+        batch = result.kept
+        set_aside.update(result.set_aside["id"].to_pylist())
+    edits = {row["id"]: {name: row[name] for name in decisions.edits[row["id"]]} for row in batch.to_pylist()}
+    return dataclasses.replace(decisions, edits=edits, rejected=decisions.rejected | set_aside), set_aside
+
+
 def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:
     """Every quarantined record goes to the review queue with its reason and raw input, and, when the
     recipe redacts PII, the same rows as published (``redacted``, in the same order): the review
@@ -484,6 +526,7 @@ def _run_locked(
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
             # Annotators' decisions reach the carried records too, as the review stage read them.
             decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
+            decisions, edits_set_aside = edits_through_stages(stages, decisions)
             counts.carried = writer.carry(
                 version_uri(out.dest, recipe.dataset, carried_from),
                 recipe.record.kind,
@@ -491,6 +534,14 @@ def _run_locked(
                 watermarks.reread(),
                 read_again,
             )
+
+            if edits_set_aside:
+                writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
+                log.warning(
+                    "%d carried record(s) left out: a stage sets aside their text as annotators edited it "
+                    "(a PII operator drop, nothing left after cleaning)",
+                    len(edits_set_aside),
+                )
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
             built = Manifest(

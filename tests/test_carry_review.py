@@ -258,3 +258,30 @@ def test_decisions_alone_publish_a_version_and_then_nothing_is_new(workdir: Path
     # Nothing new since v2, decisions included: nothing is published.
     v3 = run(workdir, recipe("out"))
     assert v3.manifest is None and "nothing new since notes v2" in v3.message
+
+
+def test_an_edit_of_a_carried_record_goes_through_clean_and_pii_as_a_record_read_again_would(workdir: Path) -> None:
+    spec = recipe("out")
+    spec["stages"] = [
+        {"type": "clean"},
+        {"type": "exact_dedup"},
+        {"type": "pii", "entities": ["PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN"], "operators": {"US_SSN": "drop"}},
+    ]
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 6))
+    v1 = run(workdir, spec)
+    by_id = lines_by_id(Path(v1.version_uri))
+    typed, dropped = (id_of(by_id, "prompt", notes(i, 1)[0]["q"]) for i in (2, 4))
+    decide(
+        workdir,
+        "notes",
+        1,
+        {
+            typed: ("edit", {"completion": "Parcel 2 is <b>late</b>; call  +1 415 555 0132 or mail ana@example.com."}),
+            dropped: ("edit", {"completion": "Customer SSN 536-22-8726 on file."}),
+        },
+    )
+    v2 = run(workdir, spec)  # no new input: the decisions alone make the version
+    after = lines_by_id(Path(v2.version_uri))
+    assert after[typed][0]["completion"] == "Parcel 2 is late ; call <PHONE_NUMBER> or mail <EMAIL_ADDRESS>."
+    assert dropped not in after  # as a record read again with that text would be: filtered by the drop operator
+    assert v2.manifest.stats["carry"]["edits_set_aside"] == 1 and v2.manifest.counts.carried == 5

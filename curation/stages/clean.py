@@ -76,6 +76,7 @@ class Clean:
     """Repair the text fields of each record; count what changed."""
 
     name = "clean"
+    rewrites_text = True  # annotators' edits of carried records go through it too (see the pipeline)
 
     def __init__(
         self,

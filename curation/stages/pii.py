@@ -89,6 +89,7 @@ class PiiRedaction:
     """The PII stage: redacts, pseudonymises, drops and flags for review, per the recipe."""
 
     name = "pii"
+    rewrites_text = True  # annotators' edits of carried records go through it too (see the pipeline)
     loads_model = True  # the Ray executor runs it on an actor pool, so each worker loads the model once
 
     def __init__(
