@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import write_jsonl, write_recipe
 
 
@@ -64,12 +66,13 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr
 
 
-def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template
+def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path, prompt: str) -> None:
     write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])
     spec = {
         "dataset": "faq",
         "sources": [{"path": "faq.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "questoin", "completion": "answer"},
+        "record": {"kind": "instruction", "prompt": prompt, "completion": "answer"},
     }
     recipe = write_recipe(tmp_path, spec)
     refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)

@@ -8,6 +8,7 @@ anything richer (filters, conditions) renders row by row with Jinja.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ from schemas.config import RecordShape
 from schemas.records import CONTENT_COLUMNS, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+_UNDEFINED = re.compile(r"'(.+)' is undefined")  # jinja2's message for a name the row does not have
 
 
 class EmptyValue(ValueError):
@@ -160,11 +164,19 @@ class Shape:
                 return pc.binary_join_element_wise(*pieces, ""), [], "template"
         rendered: list[str | None] = []
         problems: list[str | None] = []
+        only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
         for row in batch.drop_columns(["id", "source"]).to_pylist():
             try:
                 rendered.append(field.template.render(**row))
                 problems.append(None)
             except (jinja2.TemplateError, EmptyValue, TypeError, ValueError) as error:
                 rendered.append(None)
-                problems.append(f"template failed: {error}")
-        return pa.array(rendered, pa.string()), problems, "template"
+                missing = _UNDEFINED.fullmatch(str(error)) if isinstance(error, jinja2.UndefinedError) else None
+                only_missing &= missing is not None
+                problems.append(
+                    f"column '{missing.group(1)}' is missing (the template uses it)"
+                    if missing
+                    else f"template failed: {error}"
+                )
+        reason = "missing_column" if only_missing and any(problems) else "template"
+        return pa.array(rendered, pa.string()), problems, reason
