@@ -294,7 +294,14 @@ def test_set_aside_details_keep_their_location_and_wording(workdir: Path) -> Non
     filler = [{"message": f"How do I close account {n}?", "reply": "Open Settings.", "amount": n} for n in range(1688)]
     rows = [
         *filler,
-        {"message": "Refund for dana.whitfield@example.com", "reply": "Done.", "amount": "twelve"},
+        {
+            "message": "Refund for dana.whitfield@example.com",
+            "customer": "Dr. Ekaterina Volkova",
+            "question": "Ekaterina Volkova here, I live at 221B Baker Street. The courier left the package outside "
+            "in the rain, everything is wet.",
+            "reply": "Sorry about that. Please send photos of the damage and we will replace the items at no cost.",
+            "amount": "twelve",
+        },
     ]
     lines = [json.dumps(row) for row in rows] + ['{"message": "Write to omar.haddad@example.org", "reply": ']
     (workdir / "in.jsonl").write_text("\n".join(lines) + "\n")
@@ -315,6 +322,8 @@ def test_set_aside_details_keep_their_location_and_wording(workdir: Path) -> Non
         == f"{workdir / 'in.jsonl'}:1689: amount: Input should be a valid integer, unable to parse string as an integer"
     )
     assert "dana.whitfield" not in schema["record"] and "<EMAIL_ADDRESS>" in schema["record"]
+    # Each value of a parsed row is scanned alone, as the stage scans a field (as one JSON text, a name was missed).
+    assert json.loads(schema["record"])["question"].startswith("<PERSON> here")
     # A reader's detail can quote the input: scanned, all but its file:line.
     assert unreadable["detail"].startswith(f"{workdir / 'in.jsonl'}:1690: ")
     assert "omar.haddad" not in unreadable["record"] + unreadable["detail"]

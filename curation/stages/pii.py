@@ -15,6 +15,7 @@ set-aside details and errors name fields and entity types, never the text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,7 +23,8 @@ import logging
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -83,6 +85,16 @@ class Placeholders:
             digest = hmac.new(self.secret, f"{entity}\x1f{key}".encode(), hashlib.sha256).hexdigest()
             return f"<{entity}_{digest[:10]}>"
         return f"<{entity}>"
+
+
+def _string_places(value: Any) -> Iterator[tuple[Any, Any]]:
+    """(container, key) of every string inside a parsed JSON value."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        if isinstance(inner, str):
+            yield value, key
+        else:
+            yield from _string_places(inner)
 
 
 class PiiRedaction:
@@ -234,7 +246,7 @@ class PiiRedaction:
         table = table.set_column(
             table.column_names.index("record"),
             "record",
-            pa.array(self.scrub_texts(table["record"].to_pylist()), pa.string()),
+            pa.array(self._scrub_records(table["record"].to_pylist()), pa.string()),
         )
         details = table["detail"].to_pylist()
         quoting = [
@@ -253,6 +265,22 @@ class PiiRedaction:
         for row, cut, message in zip(quoting, prefix, messages, strict=True):
             details[row] = details[row][:cut] + (message or "")
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
+
+    def _scrub_records(self, records: list[str | None]) -> list[str | None]:
+        """Raw inputs as ``scrub_texts`` leaves them; one that is a JSON object (a row the reader could
+        parse) has each of its string values scanned alone, as the stage scans a field: scanned as one
+        JSON text, a name between quotes and keys went unseen."""
+        parsed: dict[int, dict[str, Any]] = {}
+        for row, record in enumerate(records):
+            if record and record.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    parsed[row] = json.loads(record)
+        texts = [None if row in parsed else record for row, record in enumerate(records)]
+        places = [place for value in parsed.values() for place in _string_places(value)]
+        scrubbed = self.scrub_texts(texts + [holder[key] for holder, key in places])
+        for (holder, key), value in zip(places, scrubbed[len(records) :], strict=True):
+            holder[key] = value
+        return [json.dumps(parsed[row]) if row in parsed else scrubbed[row] for row in range(len(records))]
 
     def scrub_texts(self, values: list[str | None]) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
