@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import SignInLimits
-from curation.review.labelstudio import export_tasks, import_annotations
+from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations
 from tests.review_seed import NAME, PASSWORD, PHONE, USERS, Seeded, seed
 from tests.review_server import review_server
 
@@ -211,12 +211,18 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     vqa["annotations"] = [
         {"id": 2, "result": [{"from_name": "answer", "type": "textarea", "value": {"text": ["the orange one"]}}]}
     ]
-    counts = import_annotations(engine, [task, vqa], "labelstudio")
+    # As on the page: the user must exist, and only a role that sees PII marks spans not PII.
+    with pytest.raises(LabelStudioError, match="no review user 'ghost'"):
+        import_annotations(engine, [task, vqa], "ghost")
+    with pytest.raises(LabelStudioError, match=r"task 1 .*rita is a reviewer; only a pii-reviewer"):
+        import_annotations(engine, [vqa, task], "rita")
+    assert dec.run_decisions(engine, "charts").edits == {}  # nothing of a refused import is recorded
+    counts = import_annotations(engine, [task, vqa], "pia")
     assert counts == {"approve": 0, "reject": 0, "edit": 2, "skipped": 0}
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
-    dec.undo_last(engine, "labelstudio")
-    dec.undo_last(engine, "labelstudio")
+    dec.undo_last(engine, "pia")
+    dec.undo_last(engine, "pia")
     assert dec.run_decisions(engine, "support").undone == {}
 
 

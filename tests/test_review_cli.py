@@ -67,16 +67,16 @@ def test_export_then_import_label_studio(seeded: Seeded) -> None:
     ]
     exported = seeded.folder / "ls-export.json"
     exported.write_text(json.dumps([task]))
-    done = review("import", str(exported), "--user", "maria", "--recipe", recipe, cwd=seeded.folder)
+    done = review("import", str(exported), "--user", "pia", "--recipe", recipe, cwd=seeded.folder)
     assert done.returncode == 0, done.stderr
     assert "1 reject" in done.stderr
     engine = sa.create_engine(seeded.state_url)
     assert dec.run_decisions(engine, "support").rejected == {seeded.ids[3]}
     (decision,) = dec.history(engine, task["data"]["item_id"])
-    assert decision["user"] == "maria"
+    assert decision["user"] == "pia"
 
     exported.write_text('[{"data": {}}]')
-    broken = review("import", str(exported), "--user", "maria", "--recipe", recipe, cwd=seeded.folder)
+    broken = review("import", str(exported), "--user", "pia", "--recipe", recipe, cwd=seeded.folder)
     assert broken.returncode == 2 and "has no data.item_id" in broken.stderr
 
 

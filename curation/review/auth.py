@@ -116,6 +116,12 @@ def session_user(engine: sa.Engine, session_id: str | None) -> User | None:
     return User(row.name, row.role) if row else None
 
 
+def find_user(engine: sa.Engine, name: str) -> User | None:
+    with engine.connect() as db:
+        row = db.execute(sa.select(users.c.name, users.c.role).where(users.c.name == name)).first()
+    return User(row.name, row.role) if row else None
+
+
 def end_session(engine: sa.Engine, session_id: str | None) -> None:
     if session_id:
         with engine.begin() as db:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
+from curation.review.auth import find_user
 from curation.review.queue import create_tables, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
@@ -152,8 +153,14 @@ def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str) -> dict[str, int]:
-    """Take each task's latest annotation as a decision by ``user``; returns counts per action."""
+    """Take each task's latest annotation as a decision by ``user`` (a user of the review page, whose
+    role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
+    every task can be."""
+    reviewer = find_user(engine, user)
+    if reviewer is None:
+        raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
     counts = {"approve": 0, "reject": 0, "edit": 0, "skipped": 0}
+    decisions: list[tuple[int, str, dec.Edit | None]] = []
     for position, task in enumerate(tasks):
         data = task.get("data") or {}
         if "item_id" not in data:
@@ -175,8 +182,15 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
         else:
             counts["skipped"] += 1
             continue
-        dec.decide(engine, item["item_id"], user, action, edit if action == "edit" else None)
+        if edit is not None and edit.not_pii and not reviewer.sees_pii:
+            raise LabelStudioError(
+                f"task {position} (Label Studio id {task.get('id')}): {user} is a {reviewer.role}; only a "
+                "pii-reviewer or an admin can mark redactions as not PII. Nothing was imported"
+            )
+        decisions.append((item["item_id"], action, edit if action == "edit" else None))
         counts[action] += 1
+    for item_id, action, edit in decisions:
+        dec.decide(engine, item_id, user, action, edit)
     return counts
 
 
