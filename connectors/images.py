@@ -115,7 +115,8 @@ class ImagesSourceReader:
                     with fs.open_input_stream(path) as stream:
                         data = stream.read()
                     item, before = f"sidecar:{entry.uri}", self.watermark.get(f"sidecar:{entry.uri}")
-                    if before is not None and xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]:
+                    edited = before is not None and xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]
+                    if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})

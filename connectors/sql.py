@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.manifest import InputFile
 from schemas.records import record_ids, source_array
+
+log = logging.getLogger(__name__)
 
 CONNECTOR = "sql"
 CURSOR_ITEM = "cursor"
@@ -74,6 +77,12 @@ class SqlSourceReader:
         self.uri = f"{safe_url(config.url)}#{what}"
         if config.cursor is None and watermark is not None and watermark.committed:
             watermark.replaced.add(self.uri)  # read whole every run: its rows now are the table's records
+        elif watermark is not None and self.uri in watermark.read_again:
+            log.warning(
+                "%s: review decisions undone since the last version (or taken on set-aside rows) reach its rows "
+                "when they are read again: the cursor reads only new rows, so run with --full-refresh",
+                self.uri,
+            )
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=self.uri)]

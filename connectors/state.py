@@ -86,8 +86,11 @@ def source_key(config: BaseModel) -> str:
 class SourceWatermark:
     """What one source took in earlier runs (committed) and what this run has taken (pending)."""
 
-    def __init__(self, committed: dict[str, Any]) -> None:
+    def __init__(self, committed: dict[str, Any], read_again: set[str] | None = None) -> None:
         self.committed = committed
+        # Inputs taken before that this run reads again though unchanged (review decisions that only
+        # a record read again can take: see curation.review.decisions.inputs_to_read_again).
+        self.read_again = read_again or set()
         self.pending: dict[str, Any] = {}
         # Whether this run reads again something an earlier run took (a changed file, a table read
         # whole): records published before can then be written again, and replace their carried copy.
@@ -114,8 +117,11 @@ class SourceWatermark:
 class Watermarks:
     """The watermarks of one dataset, read at the start of a run and committed after it publishes."""
 
-    def __init__(self, engine: sa.Engine, dataset: str, full_refresh: bool = False) -> None:
+    def __init__(
+        self, engine: sa.Engine, dataset: str, full_refresh: bool = False, read_again: set[str] | None = None
+    ) -> None:
         self.engine, self.dataset, self.full_refresh = engine, dataset, full_refresh
+        self.read_again = read_again or set()
         create_tables(engine)
         self.sources: dict[str, SourceWatermark] = {}
 
@@ -131,7 +137,7 @@ class Watermarks:
                         )
                     )
                     committed = {item: json.loads(value) for item, value in rows}
-            self.sources[key] = SourceWatermark(committed)
+            self.sources[key] = SourceWatermark(committed, self.read_again)
         return self.sources[key]
 
     def had_previous(self) -> bool:
@@ -242,7 +248,11 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
     if watermark is None:
         return entries
     prints = file_fingerprints(entries)
-    fresh = [e for e in entries if watermark.is_new(e.uri, prints[e.uri])]
+    fresh = [
+        e
+        for e in entries
+        if watermark.is_new(e.uri, prints[e.uri]) or (e.uri in watermark.read_again and e.uri in watermark.committed)
+    ]
     for entry in fresh:
         watermark.set(entry.uri, prints[entry.uri])
         if entry.uri in watermark.committed:  # changed since an earlier run took it: read whole again

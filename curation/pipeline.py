@@ -28,7 +28,7 @@ from connectors.state import Watermarks, has_read_before, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
-from curation.review.decisions import RunDecisions, changes_since
+from curation.review.decisions import RunDecisions, changes_since, inputs_to_read_again
 from curation.review.queue import add_items
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
@@ -471,7 +471,15 @@ def _run_locked(
             recipe.output.dest,
         )
         full_refresh = True
-    watermarks = Watermarks(state.engine, recipe.dataset, full_refresh)
+    latest = read_manifest(version_uri(recipe.output.dest, recipe.dataset, previous[-1])) if previous else None
+    read_again = (
+        inputs_to_read_again(state.engine, recipe.dataset, latest.created_at)
+        if latest is not None and recipe.output.carry_forward and not full_refresh
+        else set()
+    )
+    if read_again:
+        log.info("%d input(s) read again for review decisions a carried record cannot take", len(read_again))
+    watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
     inputs = [entry for source in sources for entry in source.inputs()]
     on_start(sum(entry.size or 0 for entry in inputs))
@@ -479,7 +487,7 @@ def _run_locked(
     # Inputs read whole again (changed files): the records the latest version holds from them are
     # replaced by what they hold now, so neither cross-run dedup nor the carry keeps the old ones.
     replaced = watermarks.replaced() if out.carry_forward and previous else set()
-    read_again = ids_from_inputs(version_uri(out.dest, recipe.dataset, previous[-1]), replaced) if replaced else None
+    replaced_ids = ids_from_inputs(version_uri(out.dest, recipe.dataset, previous[-1]), replaced) if replaced else None
     writer = DatasetWriter(
         out.dest,
         recipe.dataset,
@@ -496,10 +504,10 @@ def _run_locked(
     tally = Tally()
     try:
         stages = build_stages(recipe, full_refresh)
-        if read_again is not None:
+        if replaced_ids is not None:
             for stage in stages:
                 if isinstance(stage, SignatureRecorder):
-                    stage.index.retire(read_again.to_arrow())
+                    stage.index.retire(replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
@@ -507,9 +515,9 @@ def _run_locked(
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
         extends = previous[-1] if previous and watermarks.had_previous() else None
-        extended = read_manifest(version_uri(out.dest, recipe.dataset, extends)) if extends is not None else None
+        extended = latest if extends is not None else None  # the latest version, read once above
         changed = _recipe_changed(recipe, extended)
-        emptied = read_again is not None and not read_again.is_empty()  # an input read again holds nothing now
+        emptied = replaced_ids is not None and not replaced_ids.is_empty()  # an input read again holds nothing now
         if extended is not None and counts.input == 0 and not emptied and not _review_changes(recipe, state, extended):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
@@ -532,9 +540,15 @@ def _run_locked(
                 recipe.record.kind,
                 decisions,
                 watermarks.reread(),
-                read_again,
+                replaced_ids,
             )
 
+            if writer.carry_rejected or replaced_ids is not None:
+                # No longer published: later runs must not take their content for an earlier version's.
+                gone = pa.array(sorted(writer.carry_rejected), pa.string())
+                for stage in stages:
+                    if isinstance(stage, SignatureRecorder):
+                        stage.index.retire(pa.concat_arrays([stage.index.retired, gone]))
             if edits_set_aside:
                 writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
                 log.warning(

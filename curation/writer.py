@@ -313,6 +313,7 @@ class DatasetWriter:
         self.written = 0
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
         self.carry_stats: dict[str, int] = {}  # what review decisions did to the carried lines
+        self.carry_rejected: set[str] = set()  # carried records left out because an annotator rejected them
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
@@ -494,6 +495,7 @@ class DatasetWriter:
                 self.format.name,
             )
         self.carry_stats = carrying.stats()
+        self.carry_rejected = carrying.rejected
         return carrying.carried
 
     @staticmethod

@@ -285,3 +285,63 @@ def test_an_edit_of_a_carried_record_goes_through_clean_and_pii_as_a_record_read
     assert after[typed][0]["completion"] == "Parcel 2 is late ; call <PHONE_NUMBER> or mail <EMAIL_ADDRESS>."
     assert dropped not in after  # as a record read again with that text would be: filtered by the drop operator
     assert v2.manifest.stats["carry"]["edits_set_aside"] == 1 and v2.manifest.counts.carried == 5
+
+
+def sources_by_id(version: Path) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row["source"] for row in read_lines(sorted((version / "lineage").glob("*.jsonl")))}
+
+
+def queue(workdir: Path, dataset: str, version: int, records: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """A review item for each record (with its real source), as a stage would flag it; item id per record."""
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    flags = [{**flag(record), "source": source} for record, source in records.items()]
+    add_items(engine, dataset, version, "review-test", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    with engine.connect() as db:
+        items = {row.record_id: row.item_id for row in db.execute(sa.select(review_items))}
+    engine.dispose()
+    return items
+
+
+def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_it_was(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 3))
+    v1 = run(workdir, recipe("out"))
+    one = Path(v1.version_uri)
+    by_id, sources = lines_by_id(one), sources_by_id(one)
+    edited, rejected = (id_of(by_id, "prompt", notes(i, 1)[0]["q"]) for i in (2, 5))
+    items = queue(workdir, "notes", 1, {edited: sources[edited], rejected: sources[rejected]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[edited], "rita", "edit", dec.Edit(fields={"completion": "Lost."}))
+    dec.decide(engine, items[rejected], "rita", "reject")
+    v2 = run(workdir, recipe("out"))  # the decisions reach the carried lines
+    after = lines_by_id(Path(v2.version_uri))
+    assert after[edited][0]["completion"] == "Lost." and rejected not in after
+    dec.undo_last(engine, "rita")
+    dec.undo_last(engine, "rita")
+    # Undone: the carried lines hold the edit and lack the record, not the input's values; the run
+    # reads a.jsonl again (and only it), and both records are as the input has them.
+    v3 = run(workdir, recipe("out"))
+    assert v3.manifest.counts.input == 8 and [Path(i.uri).name for i in v3.manifest.inputs] == ["a.jsonl"]
+    final = lines_by_id(Path(v3.version_uri))
+    assert final[edited] == by_id[edited] and final[rejected] == by_id[rejected]
+    assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 8) + notes(20, 3))
+    engine.dispose()
+
+
+def test_a_decision_on_a_set_aside_near_duplicate_reads_its_input_again(workdir: Path) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}, *notes(0, 3)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    v1 = run(workdir, spec)
+    assert v1.manifest.counts.duplicate == 1
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+    # The annotator rewrites the set-aside one so it is no longer a near duplicate: it is published
+    # by the next scheduled run, which reads its input again for it (no --full-refresh needed).
+    dec.decide(engine, item.item_id, "rita", "edit", dec.Edit(fields={"prompt": "How do I change my e-mail address?"}))
+    v2 = run(workdir, spec)
+    prompts = [line["prompt"] for line in outputs(Path(v2.version_uri))]
+    assert "How do I change my e-mail address?" in prompts and len(prompts) == 5
+    engine.dispose()

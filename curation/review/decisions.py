@@ -243,6 +243,33 @@ def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
     )
 
 
+def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> set[str]:
+    """The inputs (URIs) holding records whose decisions since ``since`` a carried line cannot take:
+    a decision undone (the line holds the edit, or lacks the rejected record, and not the input's
+    value) and a decision on a near duplicate that was set aside (it is in no line). Read again, the
+    record meets the decisions in force as any record read does."""
+    if not sa.inspect(engine).has_table(decisions.name):
+        return set()
+    query = (
+        sa.select(review_items.c.source, review_items.c.kind, decisions.c.at, decisions.c.undone_at)
+        .join(decisions, decisions.c.item_id == review_items.c.item_id)
+        .where(
+            decisions.c.dataset == dataset,
+            sa.or_(decisions.c.undone_at.is_not(None), review_items.c.kind == "near_duplicate"),
+        )
+    )
+    with engine.connect() as db:
+        rows = db.execute(query).all()
+    # Compared here, not in SQL: SQLite hands datetimes back naive (see _utc).
+    later = [
+        row.source
+        for row in rows
+        if (row.undone_at is not None and _utc(row.undone_at) > _utc(since))
+        or (row.kind == "near_duplicate" and _utc(row.at) > _utc(since))
+    ]
+    return {uri for uri in (json.loads(source).get("uri") for source in later) if uri}
+
+
 def _utc(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were written in UTC."""
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

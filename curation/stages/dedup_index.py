@@ -145,10 +145,11 @@ class SignatureIndex:
         self.token = token or uuid.uuid4().hex
         self.retired = pa.array([], pa.string())
 
-    def retire(self, ids: pa.Array) -> None:
+    def retire(self, ids: pa.Array | pa.ChunkedArray) -> None:
         """Published records this run replaces (those of an input it reads whole again): their rows are
         not compared with, and are removed from earlier versions' signatures once the run publishes."""
-        self.retired = ids
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        self.retired = ids.cast(pa.string())
 
     @functools.cached_property
     def engine(self) -> sa.Engine:
