@@ -25,7 +25,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageError, StageResult
 from curation.stages.duplicates import resolve_duplicates
 from schemas.config import load_recipe
-from tests.helpers import outputs, processed, read_lines, write_jsonl, write_recipe
+from tests.helpers import outputs, processed, read_lines, run, write_jsonl, write_recipe
 
 ray = pytest.importorskip("ray")
 from curation.executors.ray_executor import RayExecutor  # noqa: E402  (needs ray)
@@ -411,3 +411,31 @@ def test_which_ray_a_run_joins(
     assert RayExecutor(address=address, workers=3)._connect(Ray) is True
     (options,) = calls
     assert {key: options[key] for key in ("address", "num_cpus") if key in options} == expected
+
+
+def test_a_sql_cursor_and_vqa_rows_taken_on_ray_workers_are_committed(workdir: Path, local_ray: Any) -> None:
+    """Sources that note what they took while they read (a SQL cursor, VQA rows) do it in a worker's
+    copy: the driver commits it, so the next run takes only what is new, as the embedded executor does."""
+    from tests.test_neardup import FORMS, _image
+    from tests.test_sql import fill
+    from tests.test_sql import recipe as sql_recipe
+
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 5)
+    spec = {**sql_recipe(url, table="tickets", cursor="updated_at", key=["id"]), "engine": "ray"}
+    spec["stages"] = [{"type": "exact_dedup"}]
+    run(workdir, spec)
+    fill(url, 6, 2)
+    second = run(workdir, spec)
+    assert second.manifest.counts.input == 2 and second.manifest.extends == 1 and second.manifest.counts.carried == 5
+
+    (workdir / "img").mkdir()
+    for index, name in enumerate(("a.jpg", "b.jpg")):
+        (workdir / "img" / name).write_bytes(_image(0, index + 1))
+    rows = [{"image": "a.jpg", "question": "What is the total?", "answer": "10 USD"}]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    forms = {**FORMS, "engine": "ray"}
+    run(workdir, forms)
+    write_jsonl(workdir / "qa.jsonl", [*rows, {"image": "b.jpg", "question": "What is the total?", "answer": "20 USD"}])
+    again = run(workdir, forms)
+    assert again.manifest.counts.input == 1 and again.manifest.counts.carried == 1

@@ -31,6 +31,9 @@ ENVELOPE_SCHEMA = pa.schema(
         # Ray keeps only the text of a failed task's exception, so it travels as data instead and
         # the driver raises it again, same type, same message.
         pa.field("error", pa.large_binary()),
+        # What a read task's source took ({"task", "pending", "reread", "replaced"}, JSON): a worker's
+        # copy of the source records it (a SQL cursor's highest value, VQA rows), the driver commits it.
+        pa.field("watermark", pa.string()),
     ]
 )
 
@@ -57,6 +60,7 @@ class Letter:
     input_records: int = 0
     input_bytes: int = 0
     error: BaseException | None = None
+    watermark: str | None = None
 
     def seal(self) -> dict[str, object]:
         aside = pa.concat_tables(self.set_aside) if self.set_aside else SET_ASIDE_SCHEMA.empty_table()
@@ -69,6 +73,7 @@ class Letter:
             "input_records": self.input_records,
             "input_bytes": self.input_bytes,
             "error": pickle.dumps(self.error) if self.error is not None else None,
+            "watermark": self.watermark,
         }
 
 
@@ -89,6 +94,7 @@ def open_all(envelopes: pa.Table) -> list[Letter]:
                 input_records=row["input_records"],
                 input_bytes=row["input_bytes"],
                 error=pickle.loads(row["error"]) if row["error"] is not None else None,
+                watermark=row["watermark"],
             )
         )
     return letters

@@ -12,6 +12,7 @@ embedded executor's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -103,6 +104,12 @@ def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
                 input_bytes=batch.input_bytes,
             )
             yield seal_all([letter])
+        watermark = getattr(sources[index], "watermark", None)
+        if watermark is not None:  # this copy's record of what it took, for the driver to commit
+            taken = {"task": index, "pending": watermark.pending, "reread": watermark.reread}
+            yield seal_all(
+                [Letter(rows=pa.table({}), watermark=json.dumps({**taken, "replaced": sorted(watermark.replaced)}))]
+            )
 
 
 def run_segment(envelopes: pa.Table, stages: list[Stage]) -> pa.Table:
@@ -226,6 +233,7 @@ class RayExecutor:
         parts = split_sources(sources)
         if not parts:
             return
+        self._parts = parts  # the driver's sources, whose watermarks the read tasks' records go to
         tasks = ray.data.from_items([{"task": i} for i in range(len(parts))], override_num_blocks=len(parts))
         stream = tasks.map_batches(read_sources, fn_kwargs={"sources": parts}, batch_format="pyarrow", batch_size=1)
         pending: list[Stage] = []
@@ -291,6 +299,12 @@ class RayExecutor:
             drop_rows, fn_kwargs={"drop": drop, "stage": carries}, batch_format="pyarrow", batch_size=None
         )
 
+    def _take_watermark(self, taken: dict[str, Any]) -> None:
+        watermark = self._parts[taken["task"]].watermark
+        watermark.pending.update(taken["pending"])
+        watermark.reread |= taken["reread"]
+        watermark.replaced.update(taken["replaced"])
+
     @staticmethod
     def _deliver_set_aside(table: pa.Table, writer: DatasetWriter, tally: Any) -> None:
         from curation.pipeline import _set_aside
@@ -306,6 +320,8 @@ class RayExecutor:
         for letter in open_all(envelopes):
             if letter.error is not None:
                 raise letter.error
+            if letter.watermark is not None:
+                self._take_watermark(json.loads(letter.watermark))
             tally.input += letter.input_records
             if letter.input_bytes:
                 on_input(letter.input_bytes)
