@@ -81,19 +81,16 @@ def summary_table(manifest: Manifest) -> Table:
     return table
 
 
-class Stopped(BaseException):
-    """SIGTERM (how cron, Airflow and Kubernetes stop a task): raised in the main thread, so the run
-    unwinds as on any failure (its staging files removed, PII workers ended, the run marked failed)."""
-
-
 def _stop(signum: int, _frame: object) -> None:
+    from curation.pipeline import Stopped
+
     raise Stopped(signum)
 
 
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import RunLocked
-    from curation.pipeline import AccountingError, run_recipe
+    from curation.pipeline import AccountingError, Stopped, run_recipe
     from curation.stages.base import StageError
 
     progress = Progress(
@@ -122,8 +119,13 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 full_refresh=full_refresh,
                 on_written=written,
             )
-    except Stopped:
-        console.print("[red]stopped[/red] by SIGTERM, nothing published", highlight=False)
+    except Stopped as stop:
+        if stop.published is not None:  # the signal came once the version was visible: it was recorded
+            console.print(
+                f"[red]stopped[/red] by SIGTERM after publishing {stop.published.version_uri}", highlight=False
+            )
+        else:
+            console.print("[red]stopped[/red] by SIGTERM, nothing published", highlight=False)
         return 128 + signal.SIGTERM
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {error}", highlight=False)

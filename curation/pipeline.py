@@ -11,13 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import tempfile
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -412,6 +415,37 @@ def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> p
     )
 
 
+class Stopped(BaseException):
+    """SIGTERM (how cron, Airflow and Kubernetes stop a task), raised in the main thread so the run
+    unwinds as on any failure (its staging files removed, PII workers ended, the run marked failed).
+    ``published``: the run's result when the signal came once its version was visible."""
+
+    def __init__(self, signum: int, published: RunResult | None = None) -> None:
+        super().__init__(signum)
+        self.published = published
+
+
+class HeldSigterm:
+    """SIGTERM held off from the moment a version becomes visible until the run has recorded what it
+    took and published: stopped in between, the next run would read the same input again and
+    publish its records a second time. A signal that came meanwhile is raised after (``signals``)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.holding = False
+        self.previous: Callable[[int, FrameType | None], object] | int | None = None
+
+    def hold(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = signal.signal(signal.SIGTERM, lambda signum, _frame: self.signals.append(signum))
+            self.holding = True
+
+    def release(self) -> None:
+        if self.holding:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.holding = False
+
+
 def default_executor(recipe: Recipe) -> LocalExecutor:
     """The executor the recipe's ``engine`` names: embedded by default, Ray Data when asked."""
     if recipe.engine == "ray":
@@ -500,6 +534,7 @@ def _run_locked(
     )
     writer.on_written = on_written
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint())
+    held = HeldSigterm()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
@@ -520,6 +555,7 @@ def _run_locked(
         emptied = replaced_ids is not None and not replaced_ids.is_empty()  # an input read again holds nothing now
         if extended is not None and counts.input == 0 and not emptied and not _review_changes(recipe, state, extended):
             writer.abort()
+            writer.clean_up()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
             message = f"nothing new since {recipe.dataset} v{extends}: published nothing" + (
@@ -578,17 +614,25 @@ def _run_locked(
                 built.stats["carry"] = writer.carry_stats
             return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
-        published = writer.publish(manifest)
+        published = writer.publish(manifest, before_visible=held.hold)
     except BaseException as error:
+        held.release()
         writer.abort()
         state.run_finished(writer.run_id, "failed", error=type(error).__name__)
         raise
-    watermarks.commit(writer.run_id)
-    state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
-    for stage in stages:  # stages that keep cross-run state learn the version they went into
-        if hasattr(stage, "published"):
-            stage.published(published.version)
-    flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
-    add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+    try:  # the version is visible: what it took and what it holds are recorded before anything else
+        watermarks.commit(writer.run_id)
+        state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
+        for stage in stages:  # stages that keep cross-run state learn the version they went into
+            if hasattr(stage, "published"):
+                stage.published(published.version)
+        flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
+        add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+    finally:
+        held.release()
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
-    return RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))
+    result = RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))
+    if held.signals:
+        raise Stopped(held.signals[0], result)
+    writer.clean_up()
+    return result

@@ -604,8 +604,15 @@ class DatasetWriter:
         )
         self.lineage.write(body.encode())
 
-    def publish(self, build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest]) -> Manifest:
-        """Close the shards, write the manifest last and make the version visible at once."""
+    def publish(
+        self,
+        build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest],
+        before_visible: Callable[[], None] = lambda: None,
+    ) -> Manifest:
+        """Close the shards, write the manifest last and make the version visible at once.
+
+        ``before_visible`` is called right before that (the run holds SIGTERM off from then on, so the
+        version it publishes is recorded as published). The staging area is left to ``clean_up``."""
         self.flush()
         self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
@@ -633,21 +640,30 @@ class DatasetWriter:
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
         if is_s3(target_uri):
-            self._publish_s3(target, body)
+            self._publish_s3(target, body, before_visible)
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
                 out.write(body)
+            before_visible()
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest
 
-    def _publish_s3(self, target: str, manifest_body: bytes) -> None:
+    def _publish_s3(self, target: str, manifest_body: bytes, before_visible: Callable[[], None]) -> None:
+        # A folder without a manifest is no version: what a run killed while copying left there goes first.
+        self.fs.delete_dir_contents(target, missing_dir_ok=True)
         infos = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True))
         for info in infos:
             if info.type == pafs.FileType.File:
                 self.fs.copy_file(info.path, f"{target}/{info.path[len(self.staging) + 1 :]}")
+        before_visible()
         with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
             out.write(manifest_body)
-        self.fs.delete_dir(self.staging)
+
+    def clean_up(self) -> None:
+        """Remove the dataset's staging area: this run's (copied to S3, or already renamed away) and what
+        runs killed before it left there (the dataset's lock means no other run is using it)."""
+        with contextlib.suppress(OSError, FileNotFoundError):
+            self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
 
     def abort(self) -> None:
         """Remove what this run staged; nothing of it was visible."""

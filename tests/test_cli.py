@@ -155,6 +155,40 @@ def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "output" / "support" / "v1").exists()
 
 
+def test_sigterm_once_the_version_is_visible_is_held_until_the_run_has_recorded_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from connectors.state import Watermarks
+    from curation.cli import _stop
+    from curation.pipeline import Stopped, run_recipe
+    from schemas.config import load_recipe
+
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
+    recipe = load_recipe(
+        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
+    )
+    commit = Watermarks.commit
+
+    def stopped_meanwhile(self: Watermarks, run_id: str) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # as cron or Kubernetes would, right after the version appeared
+        commit(self, run_id)
+
+    before = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(Watermarks, "commit", stopped_meanwhile)
+            with pytest.raises(Stopped) as stop:
+                run_recipe(recipe)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stop.value.published is not None and stop.value.published.manifest.version == 1
+    # Recorded as published: the next run finds nothing new, instead of publishing the five again.
+    again = run_recipe(recipe)
+    assert again.manifest is None and "nothing new since docs v1" in again.message
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()

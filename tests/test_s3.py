@@ -80,6 +80,29 @@ def test_second_run_publishes_next_version_on_s3(workdir: Path, bucket: str, aws
     assert published_versions(f"s3://{bucket}/out", "docs") == [1, 2]
 
 
+def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, bucket: str, aws_env: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    # A run killed while copying into v1 (no manifest: no version) and one killed while staging.
+    for key in ("out/docs/v1/train/part-v0-00000.jsonl", "out/docs/v1/lineage/part-00007.jsonl"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b'{"text": "stale"}\n')
+    s3.put_object(Bucket=bucket, Key="out/docs/_staging/deadrun/train/part-00000.jsonl", Body=b"{}\n")
+    recipe = {
+        "dataset": "docs",
+        "sources": [{"path": f"s3://{bucket}/in/docs.jsonl"}],
+        "record": {"kind": "document"},
+        "output": {"dest": f"s3://{bucket}/out", "validation_fraction": 0.0},
+    }
+    result = run(workdir, recipe)
+    assert result.manifest.version == 1
+    objects = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/")["Contents"]
+    listed = {o["Key"] for o in objects if not o["Key"].endswith("/")}  # folder markers are no files
+    besides = ["manifest.json", "report.html", "report.json"]
+    files = {f"out/docs/v1/{path}" for path in [s.path for s in result.manifest.all_files()] + besides}
+    assert listed == files  # nothing the manifest does not list, and no staging left behind
+    assert verify_checksums(f"s3://{bucket}/out/docs/v1", result.manifest) == []
+
+
 def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: str, aws_env: str) -> None:
     from connectors.state import file_fingerprints
     from connectors.storage import StorageError, list_files
