@@ -579,9 +579,10 @@ def _run_locked(
                 replaced_ids,
             )
 
-            if writer.carry_rejected or replaced_ids is not None:
-                # No longer published: later runs must not take their content for an earlier version's.
-                gone = pa.array(sorted(writer.carry_rejected), pa.string())
+            if writer.carry_rejected or writer.carry_replaced or replaced_ids is not None:
+                # No longer published as they were: later runs must not take that content for an
+                # earlier version's (a record written again keeps the signature this run stores).
+                gone = pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string())
                 for stage in stages:
                     if isinstance(stage, SignatureRecorder):
                         stage.index.retire(pa.concat_arrays([stage.index.retired, gone]))

@@ -314,6 +314,7 @@ class DatasetWriter:
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
         self.carry_stats: dict[str, int] = {}  # what review decisions did to the carried lines
         self.carry_rejected: set[str] = set()  # carried records left out because an annotator rejected them
+        self.carry_replaced: set[str] = set()  # carried records left out because this run read them again
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
@@ -496,6 +497,7 @@ class DatasetWriter:
             )
         self.carry_stats = carrying.stats()
         self.carry_rejected = carrying.rejected
+        self.carry_replaced = carrying.replaced
         return carrying.carried
 
     @staticmethod
@@ -520,7 +522,7 @@ class DatasetWriter:
         there are such records: the carry's pass writes each file's rows as it reads them, so it must
         know these shards before it starts."""
         decided = carrying.decided()
-        written = self._written_ids() if reread else pl.Series([], dtype=pl.String)
+        written = self._read_ids() if reread else pl.Series([], dtype=pl.String)
         if decided.is_empty() and written.is_empty() and read_again.is_empty():
             return set()
         found: set[str] = set()
@@ -531,12 +533,18 @@ class DatasetWriter:
             found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())
         return found
 
-    def _written_ids(self) -> pl.Series:
-        """The ids of the records this run wrote, from its own lineage in the staging folder (its open
-        file closed first: the carried rows start a new one)."""
+    def _read_ids(self) -> pl.Series:
+        """The ids of the records this run read: those it wrote, from its own lineage in the staging
+        folder (its open file closed first: the carried rows start a new one), and those it set aside."""
         self.flush()
         self.lineage.close()
         parts = [rows["id"] for rows in _lineage_files(self.fs, self.staging, self.lineage.shards)]
+        self.set_aside.close()
+        for shard in self.set_aside.shards:
+            with self.fs.open_input_stream(f"{self.staging}/{shard.path}") as stream:
+                data = stream.read()
+            if data.strip():
+                parts.append(pl.read_ndjson(io.BytesIO(data), schema={"id": pl.String})["id"])
         return pl.concat(parts) if parts else pl.Series([], dtype=pl.String)
 
     def _carry_lineage(

@@ -133,7 +133,7 @@ def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
     recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
 
-    def broken(self, build_manifest):
+    def broken(self, build_manifest, before_visible):
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:

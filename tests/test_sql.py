@@ -120,6 +120,33 @@ def test_an_edited_row_with_a_key_replaces_its_published_version(workdir: Path, 
     assert second.manifest.stats["carry"]["replaced"] == 1
 
 
+def test_a_keyed_row_is_published_as_it_is_now_whatever_it_held_or_other_rows_hold(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 5)
+    spec = {**recipe(url, table="tickets", cursor="updated_at", key=["id"]), "stages": [{"type": "exact_dedup"}]}
+    run(workdir, spec)
+    engine = sa.create_engine(url)
+
+    def edit(ticket: int, minutes: int, **values: str) -> list[tuple[str, str]]:
+        with engine.begin() as db:
+            moved = START + timedelta(days=1, minutes=minutes)
+            db.execute(tickets.update().where(tickets.c.id == ticket).values(updated_at=moved, **values))
+        latest = run(workdir, spec)
+        return sorted((line["prompt"], line["completion"]) for line in outputs(Path(latest.version_uri)))
+
+    def row(ticket: int, reply: str | None = None) -> tuple[str, str]:
+        return f"Card declined abroad #{ticket}", reply or f"Travel notice set for ticket {ticket}."
+
+    assert row(2, "Billing > Invoices") in edit(2, 1, reply="Billing > Invoices")
+    # Back to what it held in v1: a repeat of no record published now, so it is written again.
+    assert edit(2, 2, reply="Travel notice set for ticket 2.") == sorted(row(n) for n in range(1, 6))
+    # Now the same as ticket 4: a duplicate of it, set aside, and ticket 3's old values go too.
+    assert edit(3, 3, subject=row(4)[0], reply=row(4)[1]) == sorted(row(n) for n in (1, 2, 4, 5))
+    # Read again unchanged (its cursor moved): written again as it is, replacing its carried copy.
+    assert edit(5, 4) == sorted(row(n) for n in (1, 2, 4, 5))
+    engine.dispose()
+
+
 @pytest.mark.parametrize("stages", [[], [{"type": "exact_dedup"}], [{"type": "exact_dedup"}, {"type": "near_dedup"}]])
 def test_a_table_without_a_cursor_is_published_as_it_is_now(workdir: Path, stages: list) -> None:
     url = f"sqlite:///{workdir}/crm.db"

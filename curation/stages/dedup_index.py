@@ -302,16 +302,15 @@ class CrossRunDedup:
     def relabel(self, aside: pa.Table) -> pa.Table:
         """Drop published rows; rows whose cluster keeps a published record get reason ``earlier_version``.
 
-        A near duplicate of its own published version (the same record id: a keyed SQL row that was
-        edited) is not set aside: it is the record's new version, and replaces the carried one.
+        A duplicate of its own published version (the same record id: a keyed SQL row read again) is
+        not set aside: it is the record as it is now, written again, and replaces the carried one.
         """
         aside = aside.filter(pc.invert(pc.starts_with(aside["id"], _PREFIX)))
         # "published:<version>:<original id>"; null where the kept record is one of this run's.
         published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
-        if not isinstance(self.inner, ExactDedup):  # an exact repeat of itself is a repeat: carried as it is
-            own = pc.fill_null(pc.equal(pc.struct_field(published, "original"), aside["id"]), False)
-            if pc.any(own).as_py():
-                aside, published = aside.filter(pc.invert(own)), published.filter(pc.invert(own))
+        own = pc.fill_null(pc.equal(pc.struct_field(published, "original"), aside["id"]), False)
+        if pc.any(own).as_py():
+            aside, published = aside.filter(pc.invert(own)), published.filter(pc.invert(own))
         earlier = pc.is_valid(published)
         if not pc.any(earlier).as_py():
             return aside
