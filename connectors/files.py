@@ -64,8 +64,23 @@ def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
     """One string per row holding all its values: the content part of a CSV/Parquet row id."""
     if table.num_columns == 0:
         return pa.repeat(pa.scalar("", pa.string()), table.num_rows)
-    columns = [pc.fill_null(pc.cast(column, pa.string()), "\x00") for column in table.columns]
+    columns = [pc.fill_null(_as_text(column), "\x00") for column in table.columns]
     return pc.binary_join_element_wise(*columns, "\x1f")
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """Each value as text; nested ones (a Parquet struct, list or map), which Arrow cannot cast, as JSON."""
+    if not pa.types.is_nested(column.type):
+        return pc.cast(column, pa.string())
+    values = column.to_pylist()
+    return pa.array([None if v is None else json.dumps(v, sort_keys=True, default=str) for v in values], pa.string())
+
+
+def _once_each(uri: str, names: list[str]) -> None:
+    """A column named twice cannot be told apart from its namesake: the file is refused, by name."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise StorageError(f"{uri}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
 
 
 class _ByteProgress:
@@ -175,6 +190,8 @@ class FilesSourceReader(ListedFiles):
             reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
             try:
                 yield from reader(entry)
+            except StorageError:
+                raise  # names the file already
             except OSError as exc:
                 raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
             except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
@@ -284,6 +301,7 @@ class FilesSourceReader(ListedFiles):
             return "skip"
 
         header_line, header = header
+        _once_each(entry.uri, header)
         read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, skip_rows=header_line - 1)
         # A quoted value may hold newlines: a block must not end inside one. Blank lines come through as
         # rows with no value (and are dropped below): skipped by Arrow, they would go uncounted, and
@@ -402,6 +420,7 @@ class FilesSourceReader(ListedFiles):
         fs, path = filesystem(entry.uri)
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
+            _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
             row = 1
             for batch in parquet.iter_batches(batch_size=self.batch_rows):

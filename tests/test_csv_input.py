@@ -108,3 +108,20 @@ def test_blank_lines_are_counted_and_give_no_record(workdir: Path) -> None:
     ]
     assert result.manifest.counts.input == 5
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_nested_parquet_column_reads_and_a_column_named_twice_is_refused_by_name(workdir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from connectors.storage import StorageError
+
+    table = pa.table({"question": ["Q1?", "Q2?"], "answer": ["A1.", "A2."], "meta": [{"k": 1}, None]})
+    pq.write_table(table, workdir / "nested.parquet")
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "nested.parquet"}], "record": QA_RECORD})
+    assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["A1.", "A2."]
+
+    (workdir / "twice.csv").write_text("question,answer,question\nQ?,A.,Q again?\n")
+    with pytest.raises(StorageError, match=r"twice.csv: column\(s\) 'question' appear more than once"):
+        run(workdir, {"dataset": "qa2", "sources": [{"path": "twice.csv"}], "record": QA_RECORD})
