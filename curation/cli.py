@@ -31,7 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
 out = Console()
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]

@@ -55,15 +55,19 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
         assert "sources.0.colour (line 4)" in refused.stderr
         assert "Traceback" not in refused.stderr
 
+    deep = "nowhere/" + "exports-of-the-billing-team/" * 4 + "*.jsonl"  # longer than a terminal line
     missing = write_recipe(
         tmp_path,
-        {"dataset": "docs", "sources": [{"path": "nowhere/*.jsonl"}], "record": {"kind": "document"}},
+        {"dataset": "docs", "sources": [{"path": deep}], "record": {"kind": "document"}},
         name="missing.yaml",
     )
     failed = curation("run", str(missing), "--quiet", cwd=tmp_path)
     assert failed.returncode == 1
     assert "no input files match" in failed.stderr and "nothing published" in failed.stderr
     assert "Traceback" not in failed.stderr
+    # One line, the path whole, as a log (cron, a file) keeps it: grep finds the file by its name.
+    (said,) = [line for line in failed.stderr.splitlines() if "no input files match" in line]
+    assert str(tmp_path / deep) in said
 
 
 @pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template

@@ -18,7 +18,7 @@ from train.jumpstart import SPEC_SOURCES, SpecError, SpecResolver, spec_resolver
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 app = typer.Typer(help="Fine-tune on a published dataset version with SageMaker; import into Bedrock.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
 out = Console()
 
 

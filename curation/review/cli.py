@@ -13,7 +13,7 @@ from rich.console import Console
 from schemas.config import Recipe
 
 review_app = typer.Typer(help="The annotators' review page and its queue.", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
 DEFAULT_STATE_URL = "sqlite:///.curation/state.db"
 PASSWORD_ENV = "CURATION_REVIEW_PASSWORD"
 
