@@ -142,6 +142,18 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
     registry.remove_recognizer("CreditCardRecognizer")
     registry.add_recognizer(OfflineEmailRecognizer())
     registry.add_recognizer(CreditCardRecognizer(patterns=cards))
+    # presidio's phone recognizer (python-phonenumbers) takes only numbers valid in a region, so a
+    # local number without its area code ("call 555-0199") passes. Such a number is one only beside
+    # a word that says so: its score reaches the threshold through the context step alone.
+    registry.add_recognizer(
+        PatternRecognizer(
+            supported_entity="PHONE_NUMBER",
+            name="local phone number",
+            patterns=[Pattern("local number", r"(?<![\w-])\d{3}[-. ]\d{4}(?![\w-])", 0.25)],
+            context=["call", "phone", "tel", "telephone", "mobile", "cell", "contact", "reach", "text", "sms", "dial"],
+            supported_language=LANGUAGE,
+        )
+    )
     for custom in spec.recognizers:
         patterns = [Pattern(f"{custom.entity} {i}", regex, score) for i, (regex, score) in enumerate(custom.patterns)]
         registry.add_recognizer(

@@ -72,6 +72,22 @@ def test_recall_on_labelled_faker_slice(corpus: list) -> None:
     assert result.stats["EMAIL_ADDRESS"] >= 0.95 * sum(e == "EMAIL_ADDRESS" for d in corpus for e, _, _ in d.spans)
 
 
+def test_a_local_phone_number_is_taken_beside_a_word_that_says_so() -> None:
+    pii = stage()
+    texts = [
+        "Contact me at 555-0199 or by mail.",
+        "My mobile: 555 0199.",
+        "Invoice 555-0199 was paid on time.",  # no such word: an invoice number stays
+        "Reference ORD-555-0199 shipped.",
+    ]
+    assert pii.scrub_texts(texts)[:3] == [
+        "Contact me at <PHONE_NUMBER> or by mail.",
+        "My mobile: <PHONE_NUMBER>.",
+        "Invoice 555-0199 was paid on time.",
+    ]
+    assert "555-0199" in pii.scrub_texts(texts)[3]
+
+
 def test_pool_of_processes_finds_the_same(corpus: list) -> None:
     pii = stage()
     texts = [doc.text for doc in corpus] * 2  # enough texts for two workers
