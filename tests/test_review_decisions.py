@@ -3,6 +3,7 @@ stage applying them to batches (typed columns, unknown fields, no state store ye
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,6 +50,27 @@ def test_latest_decision_per_item_is_in_force(tmp_path: Path) -> None:
         dec.decide(engine, 1, "rita", "edit", dec.Edit(not_pii=[("completion", 0, 3)]))
     with pytest.raises(dec.DecisionError, match="does not exist"):
         dec.decide(engine, 99, "rita", "approve")
+
+
+def test_an_edit_keeps_what_the_edit_in_force_on_the_item_holds(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    payload = json.dumps(
+        {
+            "field": "completion",
+            "original": "Ask Dana in London.",
+            "spans": [
+                {"start": 4, "end": 8, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"},
+                {"start": 12, "end": 18, "entity": "LOCATION", "score": 0.4, "placeholder": "<LOCATION>"},
+            ],
+        }
+    )
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", payload)], schema=FLAG_SCHEMA))
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[("completion", 12, 18)]))  # London is no PII
+    dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"prompt": "Who handles refunds?"}))
+    decisions = dec.run_decisions(engine, "ds")
+    # rita's edit of another field leaves pia's span in force (only the latest decision counts).
+    assert decisions.undone == {"a": {("completion", 12, 18)}}
+    assert decisions.edits == {"a": {"prompt": "Who handles refunds?"}}
 
 
 def test_stage_filters_rejected_and_applies_edits() -> None:

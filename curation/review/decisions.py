@@ -104,10 +104,14 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
     before: dict[str, Any] = {"status": item["status"]}
     after: dict[str, Any] = {"status": STATUS_OF[action]}
     if action == "edit" and edit is not None:
-        after.update(edit.as_json())
+        # An edit adds to the edit in force on the item (another annotator's fields and spans marked
+        # not PII stay): only the latest decision per item counts, so it must hold them all.
+        earlier = json.loads(previous["after"]) if previous and previous["action"] == "edit" else {}
+        fields = {**earlier.get("fields", {}), **edit.fields}
+        spans = [*earlier.get("not_pii", []), *([*span] for span in edit.not_pii)]
+        after.update({"fields": fields, "not_pii": [list(span) for span in dict.fromkeys(map(tuple, spans))]})
         # The values the edit replaces: an earlier edit's, else what the flag showed.
-        earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
-        known = {**known_values(item), **earlier}
+        known = {**known_values(item), **earlier.get("fields", {})}
         before["fields"] = {name: known.get(name) for name in edit.fields}
     with engine.begin() as db:
         decision_id = db.execute(
