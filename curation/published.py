@@ -61,7 +61,7 @@ def verify_checksums(version_dir: str, manifest: Manifest) -> list[str]:
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
         except FileNotFoundError:
-            bad.append(relative)
+            bad.append(f"{relative} (missing)")
             continue
         if digest.hexdigest() != sha256:
             bad.append(relative)

@@ -40,7 +40,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
 def test_add_user_from_env_or_prompt(seeded: Seeded) -> None:
     recipe = str(seeded.recipe_path)
     done = review("add-user", "olga", "--role", "admin", "--recipe", recipe, cwd=seeded.folder, password="s3cret-pass")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and "user olga is an admin" in done.stderr, done.stderr
     prompted = review("add-user", "ivan", "--recipe", recipe, cwd=seeded.folder, stdin="another-pass\nanother-pass\n")
     assert prompted.returncode == 0, prompted.stderr
     engine = sa.create_engine(seeded.state_url)
@@ -53,7 +53,7 @@ def test_add_user_from_env_or_prompt(seeded: Seeded) -> None:
 
 def test_export_then_import_label_studio(seeded: Seeded) -> None:
     recipe = str(seeded.recipe_path)
-    out = seeded.folder / "tasks.json"
+    out = seeded.folder / "exports" / "today" / "tasks.json"  # a folder not made yet
     done = review("export", str(out), "--kind", "near_duplicate", "--recipe", recipe, cwd=seeded.folder)
     assert done.returncode == 0, done.stderr
     (task,) = json.loads(out.read_text())

@@ -129,6 +129,10 @@ def test_a_file_training_would_read_that_the_manifest_does_not_vouch_for_is_refu
     (version / "train" / "part-00001.jsonl").write_text('{"prompt": "x", "completion": "y"}\n')  # not published
     with pytest.raises(TrainError, match=r"train/part-00001\.jsonl \(not in the manifest\)"):
         training_request(str(version), MODEL, specs=PINNED)
+    (version / "train" / "part-00001.jsonl").unlink()
+    (version / "train" / "part-00000.jsonl").unlink()
+    with pytest.raises(TrainError, match=r"train/part-00000\.jsonl \(missing\)"):
+        training_request(str(version), MODEL, specs=PINNED)
 
 
 def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:

@@ -102,7 +102,10 @@ def load_version(version_uri: str) -> Manifest:
     bad = verify_checksums(version_uri, manifest)
     if bad:
         listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise TrainError(f"{version_uri}: {len(bad)} file(s) do not match their sha256 in the manifest: {listed}")
+        raise TrainError(
+            f"{version_uri}: {len(bad)} file(s) differ from their sha256 in the manifest, are missing or "
+            f"are not in it: {listed}"
+        )
     return manifest
 
 

@@ -107,7 +107,8 @@ def add_user(
     except AuthError as error:
         console.print(f"[red]error[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
-    console.print(f"user [bold]{user.name}[/bold] is a {user.role}", highlight=False)
+    article = "an" if user.role[0] in "aeiou" else "a"
+    console.print(f"user [bold]{user.name}[/bold] is {article} {user.role}", highlight=False)
 
 
 @review_app.command("export")
@@ -129,7 +130,12 @@ def export(
     engine = _engine(_state_url(state, recipes))
     filters = {"dataset": dataset, "version": version, "kind": kind, "status": status}
     tasks = export_tasks(engine, filters, include_pii)
-    out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
+    except OSError as error:
+        console.print(f"[red]error[/red] {out}: cannot write the tasks ({error.strerror or error})", highlight=False)
+        raise typer.Exit(2) from None
     entities = [
         entity
         for r in recipes
