@@ -555,7 +555,6 @@ def _run_locked(
         emptied = replaced_ids is not None and not replaced_ids.is_empty()  # an input read again holds nothing now
         if extended is not None and counts.input == 0 and not emptied and not _review_changes(recipe, state, extended):
             writer.abort()
-            writer.clean_up()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
             message = f"nothing new since {recipe.dataset} v{extends}: published nothing" + (

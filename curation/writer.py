@@ -674,12 +674,11 @@ class DatasetWriter:
             self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
 
     def abort(self) -> None:
-        """Remove what this run staged; nothing of it was visible."""
+        """Remove what this run staged (and the staging area: see ``clean_up``); nothing of it was visible."""
         with contextlib.suppress(Exception):  # the run failed already: with this error, or with another
             self.flush()
         self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             with contextlib.suppress(OSError):
                 series.close()
-        with contextlib.suppress(OSError, FileNotFoundError):
-            self.fs.delete_dir(self.staging)
+        self.clean_up()

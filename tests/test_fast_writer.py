@@ -300,7 +300,7 @@ def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothin
     assert calls.count("lineage") == failing  # nothing was written after the failure
     assert calls.count("train") == failing  # raised by the next write, or by publish after the last one
     assert published_versions(str(workdir / "output"), "docs") == []
-    assert not any((workdir / "output" / "docs" / "_staging").iterdir())
+    assert not (workdir / "output" / "docs" / "_staging").exists()
 
 
 # --- conversation formats ----------------------------------------------------------------------------

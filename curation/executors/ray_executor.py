@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,7 +171,12 @@ class RayExecutor:
         on_input: Callable[[int], None] = lambda _: None,
     ) -> None:
         ray = _ray()
+        # ray.init puts its own SIGTERM handler (sys.exit) in place of the run's, which unwinds the run
+        # as a failure and says whether it published; the run's goes back once connected.
+        handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         started = self._connect(ray)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
         try:
             self._run(ray, sources, stages, writer, tally, on_input)
         except Exception as error:
