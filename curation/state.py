@@ -47,7 +47,7 @@ runs = sa.Table(
     sa.Column("run_id", sa.String(32), primary_key=True),
     sa.Column("dataset", sa.String(200), nullable=False, index=True),
     sa.Column("recipe_sha256", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # running, published, failed, empty
+    sa.Column("status", sa.String(16), nullable=False),  # running, published, failed, empty, killed
     sa.Column("version", sa.Integer),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -68,7 +68,14 @@ class StateStore:
         metadata.create_all(self.engine)
 
     def run_started(self, run_id: str, dataset: str, recipe_sha256: str) -> None:
+        """Record a run as running; called under the dataset's lock, so runs of it still marked running
+        were killed (SIGKILL, a lost machine): they are marked so."""
         with self.engine.begin() as db:
+            db.execute(
+                runs.update()
+                .where(runs.c.dataset == dataset, runs.c.status == "running")
+                .values(status="killed", finished_at=_now(), error="found still running by a later run")
+            )
             db.execute(
                 runs.insert().values(
                     run_id=run_id, dataset=dataset, recipe_sha256=recipe_sha256, status="running", started_at=_now()

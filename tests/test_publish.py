@@ -90,3 +90,17 @@ def test_executor_is_the_default(workdir: Path) -> None:
     write_jsonl(workdir / "docs.jsonl", [{"text": "a"}])
     result = run_recipe(load_recipe(write_recipe(workdir, dict(RECIPE))), executor=LocalExecutor())
     assert result.manifest.counts.written == 1
+
+
+def test_a_run_killed_before_it_finished_is_marked_so_by_the_next(workdir: Path) -> None:
+    from curation.state import StateStore
+
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    recipe = load_recipe(
+        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
+    )
+    state = StateStore(recipe.state)
+    state.run_started("killedrun", "docs", "x")  # as a SIGKILLed run leaves it
+    run_recipe(recipe)
+    statuses = {run["run_id"]: run["status"] for run in state.last_runs("docs")}
+    assert statuses.pop("killedrun") == "killed" and list(statuses.values()) == ["published"]
