@@ -154,6 +154,25 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
     return sorted(found, key=lambda e: e.uri)
 
 
+def s3_objects(uri: str) -> dict[str, FileEntry]:
+    """Every object under an S3 prefix (hidden ones too), by path relative to it, with size and ETag."""
+    import boto3
+    import botocore.exceptions
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    prefix = f"{key.rstrip('/')}/" if key.strip("/") else ""
+    found: dict[str, FileEntry] = {}
+    try:
+        for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if not item["Key"].endswith("/"):
+                    entry = FileEntry(f"s3://{bucket}/{item['Key']}", item["Size"], None, item["ETag"].strip('"'))
+                    found[item["Key"][len(prefix) :]] = entry
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise StorageError(f"{uri}: cannot list: {exc}") from None
+    return found
+
+
 def make_dirs(fs: pafs.FileSystem, path: str) -> None:
     """Create a local folder; S3 has no folders, and a marker object would only be clutter."""
     if not isinstance(fs, pafs.S3FileSystem):

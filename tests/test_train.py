@@ -169,8 +169,15 @@ def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: s
     check_copy(str(version), f"s3://{bucket}/copy")  # a faithful copy passes
     with pytest.raises(TrainError, match=r"no manifest\.json"):
         check_copy(str(version), f"s3://{bucket}/elsewhere")
-    s3.put_object(Bucket=bucket, Key="copy/train/part-00000.jsonl", Body=b"{}\n")
+    original = (version / "train" / "part-00000.jsonl").read_bytes()
+    same_size = original.replace(b"Dining", b"DINING", 1)  # as long, other bytes: S3's MD5 tells
+    assert same_size != original and len(same_size) == len(original)
+    s3.put_object(Bucket=bucket, Key="copy/train/part-00000.jsonl", Body=same_size)
     with pytest.raises(TrainError, match=r"is not a copy of .*train/part-00000\.jsonl"):
+        check_copy(str(version), f"s3://{bucket}/copy")
+    s3.put_object(Bucket=bucket, Key="copy/train/part-00000.jsonl", Body=original)
+    s3.put_object(Bucket=bucket, Key="copy/train/.hidden.jsonl", Body=b"{}\n")  # training reads it too
+    with pytest.raises(TrainError, match=r"train/\.hidden\.jsonl \(not in the manifest\)"):
         check_copy(str(version), f"s3://{bucket}/copy")
 
 

@@ -10,6 +10,7 @@ service model. ``launch`` sends it through the installed SageMaker SDK v3 (``sag
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -19,10 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import botocore.session
-import pyarrow.fs as pafs
 from botocore.validate import ParamValidator
 
-from connectors.storage import StorageError, filesystem, is_s3
+from connectors.storage import StorageError, filesystem, is_s3, s3_objects
 from curation.published import read_manifest, verify_checksums
 from schemas.manifest import Manifest
 from train.jumpstart import ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
@@ -111,9 +111,9 @@ def load_version(version_uri: str) -> Manifest:
 
 def check_copy(version_uri: str, data_uri: str) -> None:
     """The copy at ``data_uri`` (of a version published on local disk) is that version: the same
-    manifest, every file it lists there with its size, and nothing else in the split folders. Sizes,
-    not sha256: hashing the copy would mean downloading it. The local files' sha256 are checked by
-    ``training_request``, which a launch builds first, so they are not read a second time here."""
+    manifest, every file it lists there with its size and, where S3 gives an object's MD5 (its ETag
+    after a single-part upload), its content; and nothing else in the split folders. Hashing the copy
+    itself would mean downloading it. The local files' sha256 are checked by ``training_request``."""
     manifest = read_manifest(version_uri)
     try:
         copy = read_manifest(data_uri)
@@ -124,21 +124,32 @@ def check_copy(version_uri: str, data_uri: str) -> None:
             f"--data-uri {data_uri} holds {copy.dataset} v{copy.version} as published on {copy.created_at:%Y-%m-%d %H:%M}, "
             f"not the {manifest.dataset} v{manifest.version} of {version_uri}: copy the version there again"
         )
-    fs, root = filesystem(data_uri)
-    sizes = {
-        info.path[len(root) + 1 :]: info.size
-        for split in manifest.splits
-        for info in fs.get_file_info(pafs.FileSelector(f"{root}/{split}", recursive=True, allow_not_found=True))
-        if info.type == pafs.FileType.File
-    }
-    expected = {
-        shard.path: shard.bytes for shard in manifest.all_files() if shard.path.split("/")[0] in manifest.splits
-    }
-    wrong = sorted(path for path, size in expected.items() if sizes.get(path) != size)
-    extra = sorted(set(sizes) - set(expected) - set(manifest.side_files))
+    try:
+        objects = {path: entry for path, entry in s3_objects(data_uri).items() if path.split("/")[0] in manifest.splits}
+    except StorageError as error:
+        raise TrainError(f"--data-uri {data_uri}: {error}") from None
+    local, root = filesystem(version_uri)
+    listed = {shard.path: shard.bytes for shard in manifest.all_files() if shard.path.split("/")[0] in manifest.splits}
+    side = {path: None for path in manifest.side_files if path.split("/")[0] in manifest.splits}
+    sizes: dict[str, int | None] = {**listed, **side}
+
+    def differs(path: str, size: int | None) -> bool:
+        entry = objects.get(path)
+        if entry is None or (size is not None and entry.size != size):
+            return True
+        if entry.etag and re.fullmatch(r"[0-9a-f]{32}", entry.etag):  # a multipart ETag is no MD5
+            digest = hashlib.md5(usedforsecurity=False)
+            with local.open_input_stream(f"{root}/{path}") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+            return digest.hexdigest() != entry.etag
+        return False
+
+    wrong = sorted(path for path, size in sizes.items() if differs(path, size))
+    extra = sorted(set(objects) - set(sizes))
     if wrong or extra:
-        listed = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
-        raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {listed}")
+        named = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
+        raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {named}")
 
 
 def region() -> str:
