@@ -135,6 +135,16 @@ def test_a_file_training_would_read_that_the_manifest_does_not_vouch_for_is_refu
         training_request(str(version), MODEL, specs=PINNED)
 
 
+def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:
+    version = Path(publish(workdir, "jumpstart-instruction"))
+    manifest = version / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"jumpstart-instruction"', '"jumpstart-chat"'))
+    with pytest.raises(
+        TrainError, match=r"says jumpstart-chat, whose lines hold \['dialog'\], but .* holds \['completion', 'prompt'\]"
+    ):
+        training_request(str(version), MODEL, specs=PINNED)
+
+
 def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for values, message in (

@@ -106,7 +106,37 @@ def load_version(version_uri: str) -> Manifest:
             f"{version_uri}: {len(bad)} file(s) differ from their sha256 in the manifest, are missing or "
             f"are not in it: {listed}"
         )
+    _check_lines_fit_format(version_uri, manifest)
     return manifest
+
+
+def _check_lines_fit_format(version_uri: str, manifest: Manifest) -> None:
+    """The manifest's format decides the training switches, and nothing checksums the manifest: its
+    first line must hold what that format writes (a manifest edited to another format is refused)."""
+    from curation.formats import output_format
+
+    try:
+        columns = set(output_format(manifest.format, manifest.record_kind).columns)
+    except (KeyError, ValueError):
+        raise TrainError(
+            f"{version_uri}: the manifest names {manifest.record_kind} records in the {manifest.format!r} format, "
+            "which curation does not write"
+        ) from None
+    shard = next((s for split in manifest.splits.values() for s in split.shards if s.records), None)
+    if shard is None:
+        return
+    fs, root = filesystem(version_uri)
+    with fs.open_input_stream(f"{root}/{shard.path}") as stream:
+        first = stream.read(1 << 20).split(b"\n", 1)[0]
+    try:
+        keys = set(json.loads(first))
+    except (ValueError, TypeError):
+        keys = set()
+    if keys != columns:
+        raise TrainError(
+            f"{version_uri}: the manifest says {manifest.format}, whose lines hold {sorted(columns)}, but the first "
+            f"line of {shard.path} holds {sorted(keys)}: was the manifest changed after publishing?"
+        )
 
 
 def check_copy(version_uri: str, data_uri: str) -> None:
