@@ -333,3 +333,19 @@ def test_text_versions_in_several_shards_are_refused_for_domain_adaptation(workd
     request = training_request(whole, MODEL, specs=PINNED)
     assert request["HyperParameters"]["instruction_tuned"] == "False"
     assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel
+
+
+def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train.jumpstart import AutoSpecs, SpecError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+    specs = AutoSpecs()
+    assert specs(MODEL, "us-east-1").model_id == MODEL  # no credentials: the pinned spec
+    with pytest.raises(SpecError, match=r"'nope-model' is not among the pinned specs .*check the model id"):
+        specs("nope-model", "us-east-1")

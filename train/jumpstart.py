@@ -128,7 +128,11 @@ class AutoSpecs:
             return self.sdk(model_id, region, instance_type)
         except Exception as error:  # the SDK raises many kinds (botocore, ValueError, KeyError) when offline
             if model_id not in self.vendored.models:
-                raise SpecError(f"cannot resolve JumpStart model {model_id!r}: {error}") from None
+                known = ", ".join(sorted(self.vendored.models))
+                raise SpecError(
+                    f"JumpStart model {model_id!r} is not among the pinned specs ({known}), and the live lookup "
+                    f"failed ({type(error).__name__}: {error}): check the model id, or the AWS credentials"
+                ) from None
             log.warning(
                 "JumpStart live lookup failed (%s); using the pinned spec for %s", type(error).__name__, model_id
             )
