@@ -150,8 +150,10 @@ def test_admin_dry_run_then_launch(base: str, browser: Browser) -> None:
     assert {"Key": "curation:dataset", "Value": "support"} in request["Tags"]
     assert request["RoleArn"] == ROLE
     expect(page.locator("#training-needs")).to_contain_text("on S3")
-    page.click("#confirm-launch")
-    expect(page.locator(".error")).to_contain_text("launch failed: cannot launch")
+    expect(page.locator("#confirm-launch")).to_have_count(0)  # nothing to confirm: it cannot launch
+    csrf = page.locator("#undo-form input[name=csrf_token]").get_attribute("value")
+    posted = page.request.post(f"{base}/datasets/support/v1/training", form={"csrf_token": csrf, "confirm": "yes"})
+    assert posted.status == 400  # and a form posted anyway is refused (it holds no signed request)
 
     # The version on S3: dry run, confirm, launched; its status is shown.
     page.goto(f"{base}/datasets/support-s3/v1")
