@@ -178,6 +178,12 @@ def test_edit_checks_field_and_value(app, seeded: Seeded) -> None:
     )
     assert response.status_code == 400 and "no fields" in response.text
     assert status(seeded, PII_ITEM) == "open" and status(seeded, 1) == "open"
+    # The history shows an edit's characters, not JSON escapes.
+    client, csrf = signed_in(app, "pia")
+    edit = {"action": "edit", "field": "completion", "value": "Rückruf morgen 📞", "csrf_token": csrf}
+    assert client.post(f"/items/{PII_ITEM}/decide", data=edit).status_code in (200, 303)
+    page = client.get(f"/items/{PII_ITEM}").text
+    assert "Rückruf morgen 📞" in page.split('class="history"')[1] and "\\u00fc" not in page
 
 
 def test_reviewer_cannot_launch_training(app) -> None:

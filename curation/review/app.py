@@ -221,7 +221,11 @@ def create_app(
             following=siblings[index + 1] if 0 <= index < len(siblings) - 1 else None,
             position=(index + 1, len(siblings)),
             edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
-            history=dec.history(engine, item_id),
+            # Stored as escaped JSON ("\u00dc"): shown with its characters.
+            history=[
+                {**d, "after": json.dumps(json.loads(d["after"]), ensure_ascii=False)}
+                for d in dec.history(engine, item_id)
+            ],
             earlier=dec.in_force_for_record(engine, row["dataset"], row["record_id"], item_id),
             message=request.session.pop("message", None),
         )
