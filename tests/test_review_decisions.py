@@ -71,6 +71,11 @@ def test_an_edit_keeps_what_the_edit_in_force_on_the_item_holds(tmp_path: Path) 
     # rita's edit of another field leaves pia's span in force (only the latest decision counts).
     assert decisions.undone == {"a": {("completion", 12, 18)}}
     assert decisions.edits == {"a": {"prompt": "Who handles refunds?"}}
+    # An edit of the field itself: the spans were marked on text it no longer holds, and would leave
+    # whatever stands at those offsets now (a name the annotator typed) unredacted.
+    dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"completion": "Ask Jane Miller in Leeds."}))
+    decisions = dec.run_decisions(engine, "ds")
+    assert decisions.undone == {} and decisions.edits["a"]["completion"] == "Ask Jane Miller in Leeds."
 
 
 def test_stage_filters_rejected_and_applies_edits() -> None:

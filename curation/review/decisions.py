@@ -296,6 +296,12 @@ def run_decisions(engine: sa.Engine, dataset: str) -> RunDecisions:
                 not_pii[decision["item_id"]] = (record, after["not_pii"])
                 spans = {(field_name, int(start), int(end)) for field_name, start, end in after["not_pii"]}
                 result.undone.setdefault(record, set()).update(spans)
+    # Spans were marked on the text the PII stage saw: a field an annotator has since edited holds other
+    # text, where the same offsets would leave whatever now stands there unredacted.
+    for record, fields in result.edits.items():
+        kept = {span for span in result.undone.pop(record, set()) if span[0] not in fields}
+        if kept:
+            result.undone[record] = kept
     if not_pii:
         with engine.connect() as db:
             query = sa.select(review_items.c.item_id, review_items.c.payload)
