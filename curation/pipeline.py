@@ -172,7 +172,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
             stages.extend(quality_stages(config, kind))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
-            stages[-1] = CrossRunDedup(stages[-1], index)
+            stages[-1] = CrossRunDedup(stages[-1], index, replaces_own=recipe.output.carry_forward)
             across_runs.append(stages[-1])
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if across_runs:

@@ -168,6 +168,12 @@ def test_carry_forward_false_keeps_delta_versions(workdir: Path) -> None:
     v2 = run(workdir, recipe("out", carry_forward=False))
     assert v2.manifest.extends == 1 and v2.manifest.carried_from is None and v2.manifest.counts.carried == 0
     assert texts(outputs(Path(v2.version_uri))) == texts(notes(10, 4))
+    # A changed file is read again: a delta holds what changed, not its unchanged lines once more.
+    edited = notes(0, 10)
+    edited[4] = {**edited[4], "a": "Parcel 4 was returned."}
+    write_jsonl(workdir / "in" / "a.jsonl", edited)
+    v3 = run(workdir, recipe("out", carry_forward=False))
+    assert [line["completion"] for line in outputs(Path(v3.version_uri))] == ["Parcel 4 was returned."]
 
 
 def test_a_full_refresh_carries_nothing(workdir: Path) -> None:

@@ -245,8 +245,10 @@ class SignatureIndex:
 class CrossRunDedup:
     """A dedup stage whose clusters also hold the records of every earlier published version."""
 
-    def __init__(self, inner: DuplicateStage, index: SignatureIndex) -> None:
-        self.inner, self.index = inner, index
+    def __init__(self, inner: DuplicateStage, index: SignatureIndex, replaces_own: bool = True) -> None:
+        # ``replaces_own``: versions carry forward, so a record written again replaces its published
+        # copy; delta versions (carry_forward: false) would hold an exact repeat of it twice.
+        self.inner, self.index, self.replaces_own = inner, index, replaces_own
         self.name, self.reason = inner.name, inner.reason
         self.params = signature_params(inner)
         self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
@@ -309,7 +311,7 @@ class CrossRunDedup:
         # "published:<version>:<original id>"; null where the kept record is one of this run's.
         published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
         own = pc.fill_null(pc.equal(pc.struct_field(published, "original"), aside["id"]), False)
-        if pc.any(own).as_py():
+        if (self.replaces_own or not isinstance(self.inner, ExactDedup)) and pc.any(own).as_py():
             aside, published = aside.filter(pc.invert(own)), published.filter(pc.invert(own))
         earlier = pc.is_valid(published)
         if not pc.any(earlier).as_py():
