@@ -134,6 +134,17 @@ def _first_bad_line(data: bytes, error: Exception) -> str:
     return f"not JSON lines of lineage rows ({error})"
 
 
+def _noting_images(
+    lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]], split: str, named: set[str]
+) -> Iterator[tuple[bytes, dict[str, Any] | None, bool]]:
+    """``lines`` as they pass, noting the image each names (``file_name``, relative to its split's folder)."""
+    for item in lines:
+        file_name = json.loads(item[0]).get("file_name")
+        if isinstance(file_name, str):
+            named.add(f"{split}/{file_name}")
+        yield item
+
+
 def _by_line(rows: pl.DataFrame | None) -> dict[int, dict[str, Any]]:
     """Lineage rows keyed by line, for the shards whose lines are read one by one."""
     return {} if rows is None else {row["line"]: row for row in rows.to_dicts()}
@@ -450,12 +461,14 @@ class DatasetWriter:
         reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread, read_again)
         by_line = set(paths) if append else reached
         held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line)
+        named: set[str] = set()  # the images the carried lines name (VQA): those of dropped lines stay behind
         for name in SPLITS:
             for shard in shards[name]:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
                 if append:
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    self._emit(self.splits[name], carrying.review(lines, _by_line(rows), where))
+                    kept = carrying.review(lines, _by_line(rows), where)
+                    self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
                     continue
                 path = paths[shard.path]
                 folder, renamed = path.rsplit("/", 1)
@@ -478,6 +491,8 @@ class DatasetWriter:
                 self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
                 self.carried[name].append(shard.model_copy(update={"path": path}))
         for image in previous.files:
+            if image.path not in named:
+                continue
             if image.path not in self.files:  # named by content hash: one already here is the same file
                 make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")
                 self.fs.copy_file(f"{source}/{image.path}", f"{self.staging}/{image.path}")

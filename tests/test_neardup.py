@@ -177,9 +177,11 @@ def test_an_image_changed_in_place_replaces_its_published_version(workdir: Path)
     after = {line["file_name"] for line in outputs(Path(v2.version_uri))}
     assert len(after) == 2 and len(after & before) == 1  # a.jpg's as it was, b.jpg's new picture
     (new,) = after - before
-    assert (Path(v2.version_uri) / "train" / new).read_bytes() != (
-        Path(v1.version_uri) / "train" / (before - after).pop()
-    ).read_bytes()
+    (old,) = before - after
+    assert (Path(v2.version_uri) / "train" / new).read_bytes() != (Path(v1.version_uri) / "train" / old).read_bytes()
+    # The old picture is no longer named by any line: it is not carried.
+    assert not (Path(v2.version_uri) / "train" / old).exists()
+    assert sorted(f.path for f in v2.manifest.files) == sorted(f"train/{name}" for name in after)
 
 
 def test_image_near_duplicates_with_other_questions_are_kept_unless_asked_to_match_images_only() -> None:
