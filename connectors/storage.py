@@ -8,10 +8,10 @@ not read ``AWS_ENDPOINT_URL`` itself, so we pass it on.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -71,6 +71,38 @@ def _is_glob(path: str) -> bool:
     return any(char in path for char in "*?[")
 
 
+@functools.lru_cache(maxsize=64)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as shells read it: ``*``, ``?`` and ``[...]`` within one path segment, ``**`` across
+    segments (fnmatch's ``*`` crosses ``/``: ``*.jsonl`` beside the output matched every shard under it)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] in "*?":
+            out.append("[^/]*" if pattern[i] == "*" else "[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            out.append(f"[{'^' + body[1:] if body.startswith('!') else body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """``path`` matches ``pattern``, and no hidden or in-the-making part (see ``_listed``) lies below
+    the pattern's fixed base: a glob does not reach into ``_staging/`` or ``.git/`` either."""
+    base = _glob_base(pattern)
+    return bool(_glob_regex(pattern).match(path)) and _listed(path[len(base) :].lstrip("/"), ())
+
+
 def _glob_base(path: str) -> str:
     while _is_glob(path):
         path = posixpath.dirname(path)
@@ -93,7 +125,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
     try:
         if _is_glob(path):
             infos = fs.get_file_info(pafs.FileSelector(_glob_base(path), recursive=True, allow_not_found=True))
-            found = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+            found = [i for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path)]
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
@@ -136,7 +168,7 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
         if _is_glob(path):
             base = _glob_base(path)
             prefix = base.partition("/")[2]
-            found = [e for e in objects(f"{prefix}/" if prefix else "") if fnmatch.fnmatch(e.uri[5:], path)]
+            found = [e for e in objects(f"{prefix}/" if prefix else "") if _glob_match(e.uri[5:], path)]
         else:
             if key and not key.endswith("/"):
                 # One object, if it is one: read access to it is enough, as for reading it.

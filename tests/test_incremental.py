@@ -254,3 +254,12 @@ def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     # And from there on, scheduled runs at the new dest take only what is new.
     again = run(workdir, {**spec, "output": {"dest": "elsewhere"}})
     assert again.manifest is None and "nothing new" in again.message
+
+
+def test_a_glob_beside_the_output_does_not_read_the_published_version(workdir: Path) -> None:
+    write_jsonl(workdir / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    spec = {"dataset": "g", "sources": [{"path": "*.jsonl"}], "record": {"kind": "document"}, "output": {"dest": "."}}
+    run(workdir, spec)
+    write_jsonl(workdir / "b.jsonl", [{"text": "gamma"}])
+    second = run(workdir, spec)  # g/v1/train/part-00000.jsonl matches "*.jsonl" only if * crosses folders
+    assert [Path(i.uri).name for i in second.manifest.inputs] == ["b.jsonl"] and second.manifest.counts.input == 1
