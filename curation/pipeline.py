@@ -516,6 +516,12 @@ def _run_locked(
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
     inputs = [entry for source in sources for entry in source.inputs()]
+    for gone in sorted(read_again - {entry.uri for entry in inputs}):
+        log.warning(
+            "%s: review decisions on its records (undone, or on a set-aside near duplicate) cannot take effect: "
+            "the input is no longer there to read again",
+            gone,
+        )
     on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
     # Inputs read whole again (changed files): the records the latest version holds from them are

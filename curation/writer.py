@@ -667,6 +667,8 @@ class DatasetWriter:
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
                 out.write(body)
+            with contextlib.suppress(FileNotFoundError):  # a folder without a manifest is no version
+                self.fs.delete_dir(target)
             before_visible()
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest

@@ -4,6 +4,7 @@ of, or edited in, the next version even when the run does not read it again (it 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +303,9 @@ def queue(workdir: Path, dataset: str, version: int, records: dict[str, dict[str
     return items
 
 
-def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_it_was(workdir: Path) -> None:
+def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_it_was(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
     write_jsonl(workdir / "in" / "b.jsonl", notes(20, 3))
     v1 = run(workdir, recipe("out"))
@@ -325,6 +328,16 @@ def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_i
     final = lines_by_id(Path(v3.version_uri))
     assert final[edited] == by_id[edited] and final[rejected] == by_id[rejected]
     assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 8) + notes(20, 3))
+    # An input moved away since: the decision cannot take effect, and the run says so.
+    items = queue(workdir, "notes", 3, {rejected: sources[rejected]})
+    dec.decide(engine, items[rejected], "rita", "reject")
+    v4 = run(workdir, recipe("out"))
+    assert rejected not in lines_by_id(Path(v4.version_uri))
+    (workdir / "in" / "a.jsonl").rename(workdir / "a.jsonl")
+    dec.undo_last(engine, "rita")
+    with caplog.at_level(logging.WARNING):
+        assert run(workdir, recipe("out")).manifest is None  # nothing new to read
+    assert "a.jsonl: review decisions on its records" in caplog.text and "no longer there" in caplog.text
     engine.dispose()
 
 

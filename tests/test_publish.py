@@ -104,3 +104,15 @@ def test_a_run_killed_before_it_finished_is_marked_so_by_the_next(workdir: Path)
     run_recipe(recipe)
     statuses = {run["run_id"]: run["status"] for run in state.last_runs("docs")}
     assert statuses.pop("killedrun") == "killed" and list(statuses.values()) == ["published"]
+
+
+def test_a_version_folder_without_a_manifest_does_not_block_the_next_run(workdir: Path) -> None:
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    stray = workdir / "output" / "docs" / "v1" / "train"
+    stray.mkdir(parents=True)
+    (stray / "part-00000.jsonl").write_text('{"text": "left by hand"}\n')  # no manifest: no version
+    recipe = load_recipe(
+        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
+    )
+    result = run_recipe(recipe)
+    assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
