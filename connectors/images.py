@@ -103,6 +103,9 @@ class ImagesSourceReader:
         self.changed_sidecars()
         return self.sidecar.inputs()
 
+    def list_again(self) -> None:
+        self._changed = None
+
     def changed_sidecars(self) -> set[str]:
         """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
         replaces what they gave before (a corrected answer must not stay beside the old one). A sidecar

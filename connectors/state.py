@@ -90,7 +90,7 @@ class SourceWatermark:
         self.committed = committed
         # Inputs taken before that this run reads again though unchanged (review decisions that only
         # a record read again can take: see curation.review.decisions.inputs_to_read_again).
-        self.read_again = read_again or set()
+        self.read_again = read_again if read_again is not None else set()
         self.pending: dict[str, Any] = {}
         # Whether this run reads again something an earlier run took (a changed file, a table read
         # whole): records published before can then be written again, and replace their carried copy.
@@ -121,7 +121,7 @@ class Watermarks:
         self, engine: sa.Engine, dataset: str, full_refresh: bool = False, read_again: set[str] | None = None
     ) -> None:
         self.engine, self.dataset, self.full_refresh = engine, dataset, full_refresh
-        self.read_again = read_again or set()
+        self.read_again = read_again if read_again is not None else set()  # shared with each source's
         create_tables(engine)
         self.sources: dict[str, SourceWatermark] = {}
 
@@ -282,6 +282,10 @@ class ListedFiles:
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
+
+    def list_again(self) -> None:
+        """Forget the listing: the next ``entries`` lists again (inputs added to ``read_again`` since)."""
+        self._listed = None
 
     def limited_to(self, entries: list[FileEntry]) -> Any:
         """The same reader, settings and all, reading only ``entries`` (already listed: no listing again)."""

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -42,7 +43,7 @@ from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
-from curation.writer import DatasetWriter, ids_from_inputs
+from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
@@ -52,7 +53,7 @@ from schemas.config import (
     RecipeError,
     SqlSource,
 )
-from schemas.manifest import Counts, Manifest, Split
+from schemas.manifest import Counts, InputFile, Manifest, Split
 from schemas.pii import PiiConfig
 from schemas.records import (
     CONTENT_COLUMNS,
@@ -353,6 +354,31 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     )
 
 
+def _replaced_records(
+    recipe: Recipe, watermarks: Watermarks, sources: list[Source], previous: list[int], inputs: list[InputFile]
+) -> tuple[list[InputFile], pl.Series]:
+    """The ids of the records the latest version holds from inputs this run reads whole again (changed
+    files): what those hold now replaces them, so neither cross-run dedup nor the carry keeps them.
+
+    A replaced record may have been the kept copy of content other inputs hold too (set aside as its
+    duplicates): those inputs are read again as well (the listing, returned, grows), or the content
+    would leave the dataset."""
+    from curation.published import version_uri
+
+    latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
+    replaced_ids = ids_from_inputs(latest, watermarks.replaced())
+    if replaced_ids.is_empty():
+        return inputs, replaced_ids
+    holding = inputs_of_duplicates(recipe.output.dest, recipe.dataset, previous, replaced_ids) - watermarks.replaced()
+    if holding:
+        watermarks.read_again.update(holding)
+        for source in sources:
+            getattr(source, "list_again", lambda: None)()
+        inputs = [entry for source in sources for entry in source.inputs()]
+        replaced_ids = ids_from_inputs(latest, watermarks.replaced())
+    return inputs, replaced_ids
+
+
 def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
     """Annotators' edits as the stages that rewrite text after the review stage (clean, PII) make them.
 
@@ -522,12 +548,11 @@ def _run_locked(
             "the input is no longer there to read again",
             gone,
         )
-    on_start(sum(entry.size or 0 for entry in inputs))
     out = recipe.output
-    # Inputs read whole again (changed files): the records the latest version holds from them are
-    # replaced by what they hold now, so neither cross-run dedup nor the carry keeps the old ones.
-    replaced = watermarks.replaced() if out.carry_forward and previous else set()
-    replaced_ids = ids_from_inputs(version_uri(out.dest, recipe.dataset, previous[-1]), replaced) if replaced else None
+    replaced_ids = None
+    if out.carry_forward and previous and watermarks.replaced():
+        inputs, replaced_ids = _replaced_records(recipe, watermarks, sources, previous, inputs)
+    on_start(sum(entry.size or 0 for entry in inputs))
     writer = DatasetWriter(
         out.dest,
         recipe.dataset,

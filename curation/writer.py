@@ -105,6 +105,27 @@ def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
     return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
 
 
+def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> set[str]:
+    """The inputs of records that ``versions`` set aside as duplicates of one of ``ids``: when those are
+    replaced (their input changed), the content may live on only in such a record, read again."""
+    wanted = ids.implode()
+    found: set[str] = set()
+    for version in versions:
+        folder = version_uri(dest, dataset, version)
+        fs, root = filesystem(folder)
+        for shard in read_manifest(folder).set_aside:
+            with fs.open_input_stream(f"{root}/{shard.path}") as stream:
+                data = stream.read()
+            if not data.strip():
+                continue
+            rows = pl.read_ndjson(
+                io.BytesIO(data), schema={"source": LINEAGE_SCHEMA["source"], "duplicate_of": pl.String}
+            )
+            duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted))
+            found.update(uri for uri in duplicates["source"].struct.field("uri").to_list() if uri)
+    return found
+
+
 def _lineage_file(fs: pafs.FileSystem, path: str) -> pl.DataFrame:
     with fs.open_input_stream(path) as stream:
         data = stream.read()

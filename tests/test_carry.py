@@ -151,6 +151,18 @@ def test_a_changed_file_replaces_the_records_it_gave_before(workdir: Path, stage
     assert len(outputs(Path(v3.version_uri))) == 16
 
 
+def test_content_kept_from_a_changed_file_stays_when_another_file_holds_it_too(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    write_jsonl(workdir / "in" / "b.jsonl", [*notes(10, 2), notes(1, 1)[0]])  # note 1 again: set aside
+    v1 = run(workdir, recipe("out"))
+    assert v1.manifest.counts.duplicate == 1
+    write_jsonl(workdir / "in" / "a.jsonl", [notes(0, 1)[0], notes(2, 1)[0]])  # note 1 leaves a.jsonl
+    v2 = run(workdir, recipe("out"))
+    # b.jsonl still holds note 1: it is read again, and its copy published.
+    assert texts(outputs(Path(v2.version_uri))) == texts([*notes(0, 3), *notes(10, 2)])
+    assert sorted(Path(i.uri).name for i in v2.manifest.inputs) == ["a.jsonl", "b.jsonl"]
+
+
 def test_a_file_emptied_of_its_records_takes_them_out(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
     write_jsonl(workdir / "in" / "b.jsonl", notes(10, 3))
