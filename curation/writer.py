@@ -454,9 +454,10 @@ class DatasetWriter:
         their sha256; for formats read as one file per channel the lines are appended to this run's
         file. With ``decisions``, lines of rejected records stay behind and edits are applied: a shard
         with such a line is rewritten (``carry_stats`` counts them). So is a shard with a line whose
-        record this run wrote again, which only a run that ``reread`` input an earlier run took can do,
-        or whose record came from an input this run read whole again (ids ``read_again``): what the
-        input holds now replaces what it held, so an edited or deleted line does not stay.
+        record this run read again (wrote, or set aside: a keyed SQL row now a duplicate of another),
+        which only a run that ``reread`` input an earlier run took can do, or whose record came from an
+        input this run read whole again (ids ``read_again``): what the input holds now replaces what it
+        held, so an edited or deleted line does not stay.
         Call before ``publish``: everything lands in the staging prefix, so a failed run leaves none.
         """
         self.flush()
@@ -552,18 +553,18 @@ class DatasetWriter:
         reread: bool,
         read_again: pl.Series,
     ) -> set[str]:
-        """The shards holding a record that a review decision rejects or edits, that this run wrote
+        """The shards holding a record that a review decision rejects or edits, that this run read
         again (a keyed SQL row that was edited), or that came from an input this run read whole again
         (``carrying.superseded`` gets those ids). A pass of its own over the lineage, made only when
         there are such records: the carry's pass writes each file's rows as it reads them, so it must
         know these shards before it starts."""
         decided = carrying.decided()
-        written = self._read_ids() if reread else pl.Series([], dtype=pl.String)
-        if decided.is_empty() and written.is_empty() and read_again.is_empty():
+        read = self._read_ids() if reread else pl.Series([], dtype=pl.String)
+        if decided.is_empty() and read.is_empty() and read_again.is_empty():
             return set()
         found: set[str] = set()
         for rows in _lineage_files(fs, folder, lineage):
-            again = rows.filter(pl.col("id").is_in(written.implode()) | pl.col("id").is_in(read_again.implode()))
+            again = rows.filter(pl.col("id").is_in(read.implode()) | pl.col("id").is_in(read_again.implode()))
             carrying.superseded.update(again["id"].to_list())
             found.update(again["shard"].to_list())
             found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())
