@@ -531,6 +531,15 @@ def _run_locked(
             recipe.output.dest,
         )
         full_refresh = True
+    unrecorded = state.unrecorded_versions(recipe.dataset, previous) if previous else []
+    if unrecorded and not full_refresh:
+        log.warning(
+            "%s v%s was published by a run killed before it recorded what it read: this run reads all input again "
+            "(as --full-refresh), or it would publish that version's new records a second time",
+            recipe.dataset,
+            unrecorded[-1],
+        )
+        full_refresh = True
     latest = read_manifest(version_uri(recipe.output.dest, recipe.dataset, previous[-1])) if previous else None
     read_again = (
         inputs_to_read_again(state.engine, recipe.dataset, latest.created_at)
@@ -645,7 +654,11 @@ def _run_locked(
                 built.stats["carry"] = writer.carry_stats
             return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
-        published = writer.publish(manifest, before_visible=held.hold)
+        def visible_next(version: int) -> None:
+            state.run_publishing(writer.run_id, version)
+            held.hold()
+
+        published = writer.publish(manifest, before_visible=visible_next)
     except BaseException as error:
         held.release()
         writer.abort()

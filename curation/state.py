@@ -47,7 +47,8 @@ runs = sa.Table(
     sa.Column("run_id", sa.String(32), primary_key=True),
     sa.Column("dataset", sa.String(200), nullable=False, index=True),
     sa.Column("recipe_sha256", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # running, published, failed, empty, killed
+    # running, publishing (its version may be visible), published, failed, empty, killed
+    sa.Column("status", sa.String(16), nullable=False),
     sa.Column("version", sa.Integer),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
@@ -81,6 +82,26 @@ class StateStore:
                     run_id=run_id, dataset=dataset, recipe_sha256=recipe_sha256, status="running", started_at=_now()
                 )
             )
+
+    def run_publishing(self, run_id: str, version: int) -> None:
+        """The run's version is about to become visible; ``published`` follows once it is recorded."""
+        with self.engine.begin() as db:
+            db.execute(runs.update().where(runs.c.run_id == run_id).values(status="publishing", version=version))
+
+    def unrecorded_versions(self, dataset: str, published: list[int]) -> list[int]:
+        """Versions of ``dataset`` that became visible but whose run was killed before it recorded what
+        it read: marked so, and returned (a run must then not trust the watermarks)."""
+        with self.engine.begin() as db:
+            rows = db.execute(
+                sa.select(runs.c.run_id, runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "publishing")
+            ).all()
+            found = sorted(row.version for row in rows if row.version in published)
+            db.execute(
+                runs.update()
+                .where(runs.c.dataset == dataset, runs.c.status == "publishing")
+                .values(status="killed", finished_at=_now(), error="killed while publishing")
+            )
+        return found
 
     def run_finished(
         self,

@@ -652,12 +652,12 @@ class DatasetWriter:
     def publish(
         self,
         build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest],
-        before_visible: Callable[[], None] = lambda: None,
+        before_visible: Callable[[int], None] = lambda _version: None,
     ) -> Manifest:
         """Close the shards, write the manifest last and make the version visible at once.
 
-        ``before_visible`` is called right before that (the run holds SIGTERM off from then on, so the
-        version it publishes is recorded as published). The staging area is left to ``clean_up``."""
+        ``before_visible(version)`` is called right before that (the run records that it is publishing
+        and holds SIGTERM off from then on, so the version it publishes is recorded as published). The staging area is left to ``clean_up``."""
         self.flush()
         self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
@@ -685,13 +685,13 @@ class DatasetWriter:
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
         if is_s3(target_uri):
-            self._publish_s3(target, body, before_visible)
+            self._publish_s3(target, body, lambda: before_visible(version))
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
                 out.write(body)
             with contextlib.suppress(FileNotFoundError):  # a folder without a manifest is no version
                 self.fs.delete_dir(target)
-            before_visible()
+            before_visible(version)
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest
 

@@ -116,3 +116,37 @@ def test_a_version_folder_without_a_manifest_does_not_block_the_next_run(workdir
     )
     result = run_recipe(recipe)
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
+
+
+def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_everything_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from connectors.state import Watermarks
+    from tests.helpers import outputs
+
+    class Killed(BaseException):  # as SIGKILL: nothing after it runs
+        pass
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(
+        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in"}], "record": {"kind": "document"}})
+    )
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+
+    def killed(self: Watermarks, run_id: str) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Watermarks, "commit", killed)
+        with pytest.raises(Killed):
+            run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == [1, 2]  # visible, but not recorded
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    with caplog.at_level(logging.WARNING):
+        third = run_recipe(recipe)
+    assert "killed before it recorded what it read" in caplog.text
+    texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert texts == ["four", "one", "three", "two"]  # each once: b.jsonl's "three" is not published twice
