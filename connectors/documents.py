@@ -88,6 +88,8 @@ def _runs_with_pages(found: dict[int, str]) -> bool:
     """Whether each number in these lines (page -> line, all of one shape) is the same on every page or
     goes up with the page ("Page 3 of 12"): a line whose numbers change otherwise is content."""
     numbers = {page: [int(n) for n in re.findall(r"\d+", line)] for page, line in found.items()}
+    if len({len(values) for values in numbers.values()}) > 1:  # "Ticket #" beside "Ticket 3": not one line
+        return False
     for position in range(len(next(iter(numbers.values())))):
         values = {page: found_numbers[position] for page, found_numbers in numbers.items()}
         if len(set(values.values())) > 1 and len({value - page for page, value in values.items()}) > 1:

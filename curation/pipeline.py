@@ -540,7 +540,12 @@ def _run_locked(
             unrecorded[-1],
         )
         full_refresh = True
-    latest = read_manifest(version_uri(recipe.output.dest, recipe.dataset, previous[-1])) if previous else None
+    # Not on a full refresh: it compares with no earlier version (and so runs even when the latest is damaged).
+    latest = (
+        read_manifest(version_uri(recipe.output.dest, recipe.dataset, previous[-1]))
+        if previous and not full_refresh
+        else None
+    )
     read_again = (
         inputs_to_read_again(state.engine, recipe.dataset, latest.created_at)
         if latest is not None and recipe.output.carry_forward and not full_refresh
@@ -676,7 +681,7 @@ def _run_locked(
         held.release()
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
     result = RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))
+    writer.clean_up()
     if held.signals:
         raise Stopped(held.signals[0], result)
-    writer.clean_up()
     return result

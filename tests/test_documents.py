@@ -127,9 +127,14 @@ def test_pdf_lines_that_differ_only_in_numbers_are_kept_unless_they_run_at_the_p
     # A form per page, one line each: every line looks like a running header, yet they are the content.
     forms = [[f"Form {n}: amount due {n * 40} USD"] for n in range(1, 5)]
     (tmp_path / "forms.pdf").write_bytes(pdf(forms, running=False))
+    # Edge lines of one shape but not as many numbers ("Ticket #" beside "Ticket 3"): content, no crash.
+    (tmp_path / "tickets.pdf").write_bytes(
+        pdf([["Ticket 1", "a"], ["Ticket #", "b"], ["Ticket 3", "c"]], running=False)
+    )
     rows, aside = read(tmp_path)
     assert aside == []
     texts = {(Path(r["source"]["uri"]).name, r["source"]["page"]): r["text"] for r in rows}
+    assert texts["tickets.pdf", 2] == "Ticket #\nb"
     for n in range(1, 5):
         assert texts["forms.pdf", n] == f"Form {n}: amount due {n * 40} USD"
         ledger_page = texts["ledger.pdf", n].splitlines()

@@ -150,3 +150,13 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
     assert "killed before it recorded what it read" in caplog.text
     texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
     assert texts == ["four", "one", "three", "two"]  # each once: b.jsonl's "three" is not published twice
+
+
+def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    recipe = load_recipe(
+        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
+    )
+    first = run_recipe(recipe)
+    (Path(first.version_uri) / "manifest.json").write_text("{")
+    assert run_recipe(recipe, full_refresh=True).manifest.version == 2  # it compares with no earlier version

@@ -20,7 +20,7 @@ from botocore.stub import Stubber
 
 from curation.pipeline import run_recipe
 from schemas.config import load_recipe
-from tests.helpers import write_jsonl, write_recipe
+from tests.helpers import run, write_jsonl, write_recipe
 from train.bedrock import import_request, start_import
 from train.jumpstart import SpecError, VendoredSpecs
 from train.sagemaker import TrainError, describe, launch, training_request, validate, wait
@@ -133,6 +133,15 @@ def test_a_file_training_would_read_that_the_manifest_does_not_vouch_for_is_refu
     (version / "train" / "part-00000.jsonl").unlink()
     with pytest.raises(TrainError, match=r"train/part-00000\.jsonl \(missing\)"):
         training_request(str(version), MODEL, specs=PINNED)
+
+
+def test_a_first_line_longer_than_a_read_is_checked_whole(workdir: Path) -> None:
+    from train.sagemaker import load_version
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": "word " * 300_000}])  # 1.5 MB on one line
+    spec = {"dataset": "long", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    spec["output"] = {"format": "text", "validation_fraction": 0.0}
+    assert load_version(run(workdir, spec).version_uri).format == "text"
 
 
 def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:

@@ -127,7 +127,10 @@ def _check_lines_fit_format(version_uri: str, manifest: Manifest) -> None:
         return
     fs, root = filesystem(version_uri)
     with fs.open_input_stream(f"{root}/{shard.path}") as stream:
-        first = stream.read(1 << 20).split(b"\n", 1)[0]
+        first = b""
+        while b"\n" not in first and (chunk := stream.read(1 << 20)):  # a document can be one long line
+            first += chunk
+        first = first.split(b"\n", 1)[0]
     try:
         keys = set(json.loads(first))
     except (ValueError, TypeError):
