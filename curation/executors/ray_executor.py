@@ -88,6 +88,9 @@ def split_sources(sources: list[Source]) -> list[Source]:
 def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
     """A read task: the batches of the sources it is given, as envelopes."""
     for index in tasks["task"].to_pylist():
+        watermark = getattr(sources[index], "watermark", None)
+        # What the source took before reading (the driver's listing, shared by every task): not sent back.
+        listed = dict(watermark.pending) if watermark is not None else {}
         batches = iter(sources[index].batches())
         while True:
             try:
@@ -106,9 +109,9 @@ def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
                 input_bytes=batch.input_bytes,
             )
             yield seal_all([letter])
-        watermark = getattr(sources[index], "watermark", None)
-        if watermark is not None:  # this copy's record of what it took, for the driver to commit
-            taken = {"task": index, "pending": watermark.pending, "reread": watermark.reread}
+        if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
+            added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
+            taken = {"task": index, "pending": added, "reread": watermark.reread}
             yield seal_all(
                 [Letter(rows=pa.table({}), watermark=json.dumps({**taken, "replaced": sorted(watermark.replaced)}))]
             )
@@ -174,9 +177,11 @@ class RayExecutor:
         # ray.init puts its own SIGTERM handler (sys.exit) in place of the run's, which unwinds the run
         # as a failure and says whether it published; the run's goes back once connected.
         handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-        started = self._connect(ray)
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
+        try:
+            started = self._connect(ray)
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGTERM, handler)
         try:
             self._run(ray, sources, stages, writer, tally, on_input)
         except Exception as error:
