@@ -93,7 +93,10 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error:
+        raise StorageError(f"{pattern}: not a glob this reader understands (*, ?, [abc], [!abc], **)") from None
 
 
 def _glob_match(path: str, pattern: str) -> bool:

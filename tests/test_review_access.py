@@ -224,6 +224,10 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     with pytest.raises(LabelStudioError, match=r"task 1 .*rita is a reviewer; only a pii-reviewer"):
         import_annotations(engine, [vqa, task], "rita")
     assert dec.run_decisions(engine, "charts").edits == {}  # nothing of a refused import is recorded
+    blank = {**vqa, "annotations": [{"id": 3, "result": [{"from_name": "answer", "value": {"text": ["  "]}}]}]}
+    with pytest.raises(LabelStudioError, match=r"task 1 .*must not be empty. Nothing was imported"):
+        import_annotations(engine, [task, blank], "pia")
+    assert dec.run_decisions(engine, "support").undone == {}  # task 0's decision was not recorded either
     counts = import_annotations(engine, [task, vqa], "pia")
     assert counts == {"approve": 0, "reject": 0, "edit": 2, "skipped": 0}
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}

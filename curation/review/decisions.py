@@ -86,11 +86,10 @@ def _pii_spans(item: dict[str, Any]) -> set[tuple[str, int, int]]:
     return {(payload.get("field", ""), s["start"], s["end"]) for s in payload.get("spans", [])}
 
 
-def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit | None = None) -> int:
-    """Record a decision on an item and set its status; returns the decision id."""
+def check_decision(item: dict[str, Any], action: str, edit: Edit | None) -> None:
+    """Raise ``DecisionError`` when ``action`` (with ``edit``) cannot be taken on ``item``."""
     if action not in ACTIONS:
         raise DecisionError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
-    item = get_item(engine, item_id)
     if action == "edit":
         if edit is None or not (edit.fields or edit.not_pii):
             raise DecisionError("an edit needs at least one changed field or one span marked not PII")
@@ -100,6 +99,12 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
         unknown = set(edit.not_pii) - _pii_spans(item)
         if unknown:
             raise DecisionError("only spans the PII stage flagged on this item can be marked not PII")
+
+
+def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit | None = None) -> int:
+    """Record a decision on an item and set its status; returns the decision id."""
+    item = get_item(engine, item_id)
+    check_decision(item, action, edit)
     previous = _active_for_item(engine, item_id)
     before: dict[str, Any] = {"status": item["status"]}
     after: dict[str, Any] = {"status": STATUS_OF[action]}

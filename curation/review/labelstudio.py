@@ -187,6 +187,12 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
                 f"task {position} (Label Studio id {task.get('id')}): {user} is a {reviewer.role}; only a "
                 "pii-reviewer or an admin can mark redactions as not PII. Nothing was imported"
             )
+        try:
+            dec.check_decision(item, action, edit if action == "edit" else None)
+        except dec.DecisionError as error:
+            raise LabelStudioError(
+                f"task {position} (Label Studio id {task.get('id')}): {error}. Nothing was imported"
+            ) from None
         decisions.append((item["item_id"], action, edit if action == "edit" else None))
         counts[action] += 1
     for item_id, action, edit in decisions:
