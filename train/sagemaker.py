@@ -175,7 +175,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
             with local.open_input_stream(f"{root}/{path}") as stream:
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
-            return digest.hexdigest() != entry.etag
+            return digest.hexdigest() != entry.etag and not _encrypted_by_key(entry.uri)
         return False
 
     wrong = sorted(path for path, size in sizes.items() if differs(path, size))
@@ -183,6 +183,15 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     if wrong or extra:
         named = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
         raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {named}")
+
+
+def _encrypted_by_key(uri: str) -> bool:
+    """Whether S3 encrypts the object with KMS or a customer key: its ETag is then no MD5 of the content."""
+    import boto3
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+    return head.get("ServerSideEncryption", "").startswith("aws:kms") or "SSECustomerAlgorithm" in head
 
 
 def region() -> str:
