@@ -369,13 +369,26 @@ def _replaced_records(
     replaced_ids = ids_from_inputs(latest, watermarks.replaced())
     if replaced_ids.is_empty():
         return inputs, replaced_ids
-    holding = inputs_of_duplicates(recipe.output.dest, recipe.dataset, previous, replaced_ids) - watermarks.replaced()
+    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, previous, replaced_ids)
+    holding = set(found) - watermarks.replaced()
     if holding:
         watermarks.read_again.update(holding)
         for source in sources:
             getattr(source, "list_again", lambda: None)()
         inputs = [entry for source in sources for entry in source.inputs()]
         replaced_ids = ids_from_inputs(latest, watermarks.replaced())
+    # An input that cannot be read again (gone, a SQL cursor, a source that lists once): the records
+    # it holds duplicates of stay as they were published, or their content would leave the dataset.
+    unread = sorted(holding - watermarks.replaced())
+    if unread:
+        kept = pl.Series(sorted(set().union(*(found[uri] for uri in unread))), dtype=pl.String)
+        replaced_ids = replaced_ids.filter(~replaced_ids.is_in(kept.implode()))
+        log.warning(
+            "%d record(s) of changed inputs stay as published: %s also held them (set aside as duplicates) "
+            "and cannot be read again",
+            len(kept),
+            ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
+        )
     return inputs, replaced_ids
 
 

@@ -105,11 +105,12 @@ def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
     return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
 
 
-def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> set[str]:
-    """The inputs of records that ``versions`` set aside as duplicates of one of ``ids``: when those are
-    replaced (their input changed), the content may live on only in such a record, read again."""
+def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> dict[str, set[str]]:
+    """The inputs of records that ``versions`` set aside as duplicates of one of ``ids``, each with the
+    ids it holds duplicates of: when those are replaced (their input changed), the content may live
+    on only in such a record, read again."""
     wanted = ids.implode()
-    found: set[str] = set()
+    found: dict[str, set[str]] = {}
     for version in versions:
         folder = version_uri(dest, dataset, version)
         fs, root = filesystem(folder)
@@ -122,7 +123,10 @@ def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.S
                 io.BytesIO(data), schema={"source": LINEAGE_SCHEMA["source"], "duplicate_of": pl.String}
             )
             duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted))
-            found.update(uri for uri in duplicates["source"].struct.field("uri").to_list() if uri)
+            uris = duplicates["source"].struct.field("uri").to_list()
+            for uri, kept in zip(uris, duplicates["duplicate_of"].to_list(), strict=True):
+                if uri:
+                    found.setdefault(uri, set()).add(kept)
     return found
 
 

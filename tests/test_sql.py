@@ -239,3 +239,27 @@ def test_postgresql_streams_with_a_server_side_cursor(postgres_url: str) -> None
     assert active >= 1
     assert sum(b.rows.num_rows for b in batches) == 4000
     engine.dispose()
+
+
+def test_content_a_table_with_a_cursor_also_holds_stays_when_it_leaves_a_changed_file(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.helpers import write_jsonl
+
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 2)  # "Card declined abroad #1" / "#2"
+    row = {"subject": "Card declined abroad #1", "reply": "Travel notice set for ticket 1."}
+    write_jsonl(workdir / "in" / "a.jsonl", [row, {"subject": "Lost card", "reply": "Blocked."}])
+    spec = {**recipe(url, table="tickets", cursor="updated_at"), "stages": [{"type": "exact_dedup"}]}
+    spec["sources"] = [{"path": "in"}, *spec["sources"]]  # the file is read first: its copy is kept
+    first = run(workdir, spec)
+    assert first.manifest.counts.reasons["duplicate"] == {"exact_duplicate": 1}
+    write_jsonl(workdir / "in" / "a.jsonl", [{"subject": "Lost card", "reply": "Blocked."}])
+    with caplog.at_level(logging.WARNING):
+        second = run(workdir, spec)
+    # The table's copy was set aside and a cursor reads only new rows: the file's copy stays.
+    prompts = sorted(line["prompt"] for line in outputs(Path(second.version_uri)))
+    assert prompts == ["Card declined abroad #1", "Card declined abroad #2", "Lost card"]
+    assert "stay as published" in caplog.text and "crm.db#tickets" in caplog.text
