@@ -323,7 +323,7 @@ class FilesSourceReader(ListedFiles):
         )
         lines = _CsvLines(header, header_line)
         with fs.open_input_stream(path, compression="detect") as raw:
-            stream = _Utf8Guard(raw)
+            stream = _Utf8Guard(_LineFeeds(raw))
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
                 table = pa.Table.from_batches([batch])
@@ -353,13 +353,13 @@ class FilesSourceReader(ListedFiles):
         )
         read = pacsv.ReadOptions(use_threads=False, block_size=PROBE_BYTES)
         with fs.open_input_stream(path, compression="detect") as raw:
-            head = raw.read(PROBE_BYTES)
+            head = _LineFeeds(raw).read(PROBE_BYTES)
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
         try:
             with fs.open_input_stream(path, compression="detect") as raw:
                 names = pacsv.open_csv(
-                    _Utf8Guard(raw, PROBE_BYTES), read_options=read, parse_options=probe
+                    _Utf8Guard(_LineFeeds(raw), PROBE_BYTES), read_options=read, parse_options=probe
                 ).schema.names
         except pa.ArrowInvalid:
             if len(head) < PROBE_BYTES and b"\n" not in head.strip():
@@ -447,6 +447,24 @@ def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:
         pending = chunk[cut:]
     if pending:
         yield pending
+
+
+class _LineFeeds(io.RawIOBase):
+    """A stream whose lines end in CR alone (classic Mac, Excel's "CSV (Macintosh)") with LF instead,
+    byte for byte, so lines are counted and blank ones found as in any other file; others pass as
+    they are. Decided by the first read: CR without any LF."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.cr_only = stream, None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if self.cr_only is None and data:
+            self.cr_only = b"\r" in data and b"\n" not in data
+        return data.replace(b"\r", b"\n") if self.cr_only else data
 
 
 class _Utf8Guard(io.RawIOBase):

@@ -125,3 +125,12 @@ def test_a_nested_parquet_column_reads_and_a_column_named_twice_is_refused_by_na
     (workdir / "twice.csv").write_text("question,answer,question\nQ?,A.,Q again?\n")
     with pytest.raises(StorageError, match=r"twice.csv: column\(s\) 'question' appear more than once"):
         run(workdir, {"dataset": "qa2", "sources": [{"path": "twice.csv"}], "record": QA_RECORD})
+
+
+def test_a_csv_whose_lines_end_in_cr_alone_reads_like_any_other(workdir: Path) -> None:
+    (workdir / "mac.csv").write_bytes(b"description,amount,category\rcoffee,4.5,Dining\r\rrent,1200,Housing\rbus,2.5\r")
+    result = run(workdir, recipe("mac.csv"))
+    version = Path(result.version_uri)
+    assert lineage_lines(version) == {"Dining": 2, "Housing": 4}  # the blank line 3 gives no record
+    assert [(row["source"]["line"], row["reason"]) for row in set_aside(version)] == [(5, "malformed_csv")]
+    assert_adds_up(result.manifest.counts)
