@@ -148,9 +148,11 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
     out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False, soft_wrap=True)
     if result.manifest.carried_from is not None:
         done = result.manifest
+        replaced = done.stats.get("carry", {}).get("replaced", 0)
         out.print(
             f"v{done.version} holds the whole dataset: {done.counts.written:,} new record(s) and "
-            f"{done.counts.carried:,} carried from v{done.carried_from}",
+            f"{done.counts.carried:,} carried from v{done.carried_from}"
+            + (f"; {replaced:,} carried record(s) replaced by what their inputs hold now" if replaced else ""),
             highlight=False,
         )
     elif result.manifest.extends is not None:

@@ -101,13 +101,15 @@ def test_scheduled_job_takes_only_new_rows_and_files(workdir: Path) -> None:
 
     # A changed file is taken again (its size and mtime changed), and only it.
     (workdir / "kb" / "refunds.md").write_text("# Refunds\n\nRefunds now take three days.\n")
-    fourth = run_recipe(load_recipe(recipe_path))
-    assert fourth.manifest.extends == 2
-    assert [line["text"] for line in processed(Path(fourth.version_uri))] == [
-        "# Refunds\n\nRefunds now take three days."
-    ]
+    changed = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    assert changed.returncode == 0, changed.stderr
+    said = " ".join(changed.stdout.split())
+    assert "1 new record(s) and 7 carried from v2; 1 carried record(s) replaced by what their inputs hold now" in said
+    fourth_uri = str(workdir / "output" / "support" / "v3")
+    assert json.loads((Path(fourth_uri) / "manifest.json").read_text())["extends"] == 2
+    assert [line["text"] for line in processed(Path(fourth_uri))] == ["# Refunds\n\nRefunds now take three days."]
     # v2's other records (carried) and the changed file's new wording, which replaces the old one.
-    assert texts(fourth.version_uri) == sorted(
+    assert texts(fourth_uri) == sorted(
         [t for t in texts(second.version_uri) if "five days" not in t] + ["# Refunds\n\nRefunds now take three days."]
     )
 
