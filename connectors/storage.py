@@ -14,6 +14,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -155,23 +156,11 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
     path = uri.removeprefix("s3://")
     bucket, _, key = path.partition("/")
     client = boto3.client("s3")
-
-    def objects(prefix: str) -> Iterator[FileEntry]:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                if not item["Key"].endswith("/"):  # a folder marker, not a file
-                    yield FileEntry(
-                        uri=f"s3://{bucket}/{item['Key']}",
-                        size=item["Size"],
-                        mtime=item["LastModified"].isoformat(),
-                        etag=item["ETag"].strip('"'),
-                    )
-
     try:
         if _is_glob(path):
             base = _glob_base(path)
-            prefix = base.partition("/")[2]
-            found = [e for e in objects(f"{prefix}/" if prefix else "") if _glob_match(e.uri[5:], path)]
+            prefix = _folder(base.partition("/")[2])
+            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path)]
         else:
             if key and not key.endswith("/"):
                 # One object, if it is one: read access to it is enough, as for reading it.
@@ -179,8 +168,8 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
                     head = client.head_object(Bucket=bucket, Key=key)
                     modified = head["LastModified"].isoformat()
                     return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))]
-            folder = f"{key.rstrip('/')}/" if key.strip("/") else ""
-            found = list(objects(folder))
+            folder = _folder(key)
+            found = list(_s3_objects(client, bucket, folder))
             if not found:
                 raise StorageError(f"{uri}: no such file or folder")
             found = [e for e in found if _listed(e.uri.removeprefix(f"s3://{bucket}/{folder}"), suffixes)]
@@ -189,23 +178,35 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
     return sorted(found, key=lambda e: e.uri)
 
 
+def _folder(key: str) -> str:
+    """An S3 key prefix as a folder ("a/b" -> "a/b/"; the bucket's root -> "")."""
+    return f"{key.rstrip('/')}/" if key.strip("/") else ""
+
+
+def _s3_objects(client: Any, bucket: str, prefix: str) -> Iterator[FileEntry]:
+    """Every object under ``prefix`` (folder markers are no files), with size, time and ETag."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if not item["Key"].endswith("/"):
+                yield FileEntry(
+                    uri=f"s3://{bucket}/{item['Key']}",
+                    size=item["Size"],
+                    mtime=item["LastModified"].isoformat(),
+                    etag=item["ETag"].strip('"'),
+                )
+
+
 def s3_objects(uri: str) -> dict[str, FileEntry]:
     """Every object under an S3 prefix (hidden ones too), by path relative to it, with size and ETag."""
     import boto3
     import botocore.exceptions
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
-    prefix = f"{key.rstrip('/')}/" if key.strip("/") else ""
-    found: dict[str, FileEntry] = {}
+    root = f"s3://{bucket}/{_folder(key)}"
     try:
-        for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                if not item["Key"].endswith("/"):
-                    entry = FileEntry(f"s3://{bucket}/{item['Key']}", item["Size"], None, item["ETag"].strip('"'))
-                    found[item["Key"][len(prefix) :]] = entry
+        return {e.uri.removeprefix(root): e for e in _s3_objects(boto3.client("s3"), bucket, _folder(key))}
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
-    return found
 
 
 def make_dirs(fs: pafs.FileSystem, path: str) -> None:
