@@ -115,12 +115,8 @@ def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.S
         folder = version_uri(dest, dataset, version)
         fs, root = filesystem(folder)
         for shard in read_manifest(folder).set_aside:
-            with fs.open_input_stream(f"{root}/{shard.path}") as stream:
-                data = stream.read()
-            if not data.strip():
-                continue
-            rows = pl.read_ndjson(
-                io.BytesIO(data), schema={"source": LINEAGE_SCHEMA["source"], "duplicate_of": pl.String}
+            rows = _ndjson_columns(
+                fs, f"{root}/{shard.path}", {"source": LINEAGE_SCHEMA["source"], "duplicate_of": pl.String}
             )
             duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted))
             uris = duplicates["source"].struct.field("uri").to_list()
@@ -128,6 +124,13 @@ def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.S
                 if uri:
                     found.setdefault(uri, set()).add(kept)
     return found
+
+
+def _ndjson_columns(fs: pafs.FileSystem, path: str, schema: dict[str, Any]) -> pl.DataFrame:
+    """The ``schema`` columns of a JSONL file this project wrote (set-aside rows), as a frame."""
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    return pl.read_ndjson(io.BytesIO(data), schema=schema) if data.strip() else pl.DataFrame(schema=schema)
 
 
 def _lineage_file(fs: pafs.FileSystem, path: str) -> pl.DataFrame:
@@ -581,11 +584,10 @@ class DatasetWriter:
         self.lineage.close()
         parts = [rows["id"] for rows in _lineage_files(self.fs, self.staging, self.lineage.shards)]
         self.set_aside.close()
-        for shard in self.set_aside.shards:
-            with self.fs.open_input_stream(f"{self.staging}/{shard.path}") as stream:
-                data = stream.read()
-            if data.strip():
-                parts.append(pl.read_ndjson(io.BytesIO(data), schema={"id": pl.String})["id"])
+        parts += [
+            _ndjson_columns(self.fs, f"{self.staging}/{shard.path}", {"id": pl.String})["id"]
+            for shard in self.set_aside.shards
+        ]
         return pl.concat(parts) if parts else pl.Series([], dtype=pl.String)
 
     def _carry_lineage(
@@ -661,7 +663,8 @@ class DatasetWriter:
         """Close the shards, write the manifest last and make the version visible at once.
 
         ``before_visible(version)`` is called right before that (the run records that it is publishing
-        and holds SIGTERM off from then on, so the version it publishes is recorded as published). The staging area is left to ``clean_up``."""
+        and holds SIGTERM off from then on, so the version it publishes is recorded as published). The
+        staging area is left to ``clean_up``."""
         self.flush()
         self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
