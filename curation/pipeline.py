@@ -392,6 +392,14 @@ def _replaced_records(
     return inputs, replaced_ids
 
 
+def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
+    """Hand ``ids`` to the signature index of the recipe's cross-run dedup stages, if it has any."""
+    if len(ids):
+        for stage in stages:
+            if isinstance(stage, SignatureRecorder):
+                stage.index.retire(ids)
+
+
 def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
     """Annotators' edits as the stages that rewrite text after the review stage (clean, PII) make them.
 
@@ -598,9 +606,7 @@ def _run_locked(
     try:
         stages = build_stages(recipe, full_refresh)
         if replaced_ids is not None:
-            for stage in stages:
-                if isinstance(stage, SignatureRecorder):
-                    stage.index.retire(replaced_ids.to_arrow())
+            _retire(stages, replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
@@ -636,13 +642,9 @@ def _run_locked(
                 replaced_ids,
             )
 
-            if writer.carry_rejected or writer.carry_replaced or replaced_ids is not None:
-                # No longer published as they were: later runs must not take that content for an
-                # earlier version's (a record written again keeps the signature this run stores).
-                gone = pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string())
-                for stage in stages:
-                    if isinstance(stage, SignatureRecorder):
-                        stage.index.retire(pa.concat_arrays([stage.index.retired, gone]))
+            # No longer published as they were: later runs must not take that content for an earlier
+            # version's (a record written again keeps the signature this run stores).
+            _retire(stages, pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string()))
             if edits_set_aside:
                 writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
                 log.warning(

@@ -146,10 +146,10 @@ class SignatureIndex:
         self.retired = pa.array([], pa.string())
 
     def retire(self, ids: pa.Array | pa.ChunkedArray) -> None:
-        """Published records this run replaces (those of an input it reads whole again): their rows are
-        not compared with, and are removed from earlier versions' signatures once the run publishes."""
+        """Published records this run replaces or leaves out (added to those retired before): their rows
+        are not compared with, and are removed from earlier versions' signatures once the run publishes."""
         ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        self.retired = ids.cast(pa.string())
+        self.retired = pa.concat_arrays([self.retired, ids.cast(pa.string())])
 
     @functools.cached_property
     def engine(self) -> sa.Engine:
