@@ -354,6 +354,26 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     )
 
 
+def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]) -> str | None:
+    """Why what the state store says earlier runs read cannot be trusted, if it cannot: reading only
+    what is new would then publish a wrong version."""
+    unrecorded = state.unrecorded_versions(recipe.dataset, previous) if previous else []
+    if unrecorded:
+        return (
+            f"{recipe.dataset} v{unrecorded[-1]} was published by a run killed before it recorded what it read "
+            "(reading only what is new would publish that version's new records a second time)"
+        )
+    if not previous and has_read_before(state.engine, recipe.dataset):
+        # Runs published elsewhere (another dest), or their versions were deleted.
+        return (
+            f"{recipe.dataset} has no version at {recipe.output.dest}, yet the state store says earlier runs read "
+            "its input (reading only what is new would publish an empty version); it compares with no earlier "
+            "version, and the state store follows this dest from now on (a dataset name or state store per dest "
+            "keeps both)"
+        )
+    return None
+
+
 def _replaced_records(
     recipe: Recipe, watermarks: Watermarks, sources: list[Source], previous: list[int], inputs: list[InputFile]
 ) -> tuple[list[InputFile], pl.Series]:
@@ -541,25 +561,9 @@ def _run_locked(
     )
     # The run holds the dataset's lock: no other run publishes a version until it ends.
     previous = published_versions(recipe.output.dest, recipe.dataset)
-    if not full_refresh and not previous and has_read_before(state.engine, recipe.dataset):
-        # Runs published elsewhere (another dest) or their versions were deleted: reading only what is
-        # new would publish an empty version, and every record would be an earlier version's.
-        log.warning(
-            "%s has no version at %s, yet the state store says earlier runs read its input: this run "
-            "reads all of it again and compares with no earlier version (as --full-refresh), and the state "
-            "store follows this dest from now on (a dataset name or state store per dest keeps both)",
-            recipe.dataset,
-            recipe.output.dest,
-        )
-        full_refresh = True
-    unrecorded = state.unrecorded_versions(recipe.dataset, previous) if previous else []
-    if unrecorded and not full_refresh:
-        log.warning(
-            "%s v%s was published by a run killed before it recorded what it read: this run reads all input again "
-            "(as --full-refresh), or it would publish that version's new records a second time",
-            recipe.dataset,
-            unrecorded[-1],
-        )
+    untrusted = _watermarks_untrusted(recipe, state, previous)
+    if untrusted and not full_refresh:
+        log.warning("%s: this run reads all of it again (as --full-refresh)", untrusted)
         full_refresh = True
     # Not on a full refresh: it compares with no earlier version (and so runs even when the latest is damaged).
     latest = (
