@@ -55,11 +55,9 @@ def verify_checksums(version_dir: str, manifest: Manifest) -> list[str]:
     expected = {shard.path: shard.sha256 for shard in manifest.all_files()} | manifest.side_file_sha256
     bad = []
     for relative, sha256 in expected.items():
-        digest = hashlib.sha256()
         try:
             with fs.open_input_stream(f"{path}/{relative}") as stream:
-                while chunk := stream.read(1 << 20):
-                    digest.update(chunk)
+                digest = hashlib.file_digest(stream, "sha256")
         except FileNotFoundError:
             bad.append(f"{relative} (missing)")
             continue

@@ -171,10 +171,8 @@ def check_copy(version_uri: str, data_uri: str) -> None:
         if entry is None or (size is not None and entry.size != size):
             return True
         if entry.etag and re.fullmatch(r"[0-9a-f]{32}", entry.etag):  # a multipart ETag is no MD5
-            digest = hashlib.md5(usedforsecurity=False)
             with local.open_input_stream(f"{root}/{path}") as stream:
-                while chunk := stream.read(1 << 20):
-                    digest.update(chunk)
+                digest = hashlib.file_digest(stream, lambda: hashlib.md5(usedforsecurity=False))
             return digest.hexdigest() != entry.etag and not _encrypted_by_key(entry.uri)
         return False
 
