@@ -182,18 +182,18 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
         else:
             counts["skipped"] += 1
             continue
-        if edit is not None and edit.not_pii and not reviewer.sees_pii:
-            raise LabelStudioError(
-                f"task {position} (Label Studio id {task.get('id')}): {user} is a {reviewer.role}; only a "
-                "pii-reviewer or an admin can mark redactions as not PII. Nothing was imported"
-            )
+        taken = edit if action == "edit" else None
         try:
-            dec.check_decision(item, action, edit if action == "edit" else None)
+            if edit is not None and edit.not_pii and not reviewer.sees_pii:
+                raise dec.DecisionError(
+                    f"{user} is a {reviewer.role}; only a pii-reviewer or an admin can mark redactions as not PII"
+                )
+            dec.check_decision(item, action, taken)
         except dec.DecisionError as error:
             raise LabelStudioError(
                 f"task {position} (Label Studio id {task.get('id')}): {error}. Nothing was imported"
             ) from None
-        decisions.append((item["item_id"], action, edit if action == "edit" else None))
+        decisions.append((item["item_id"], action, taken))
         counts[action] += 1
     for item_id, action, edit in decisions:
         dec.decide(engine, item_id, user, action, edit)
