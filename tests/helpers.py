@@ -25,6 +25,14 @@ def write_recipe(folder: Path, recipe: dict[str, Any], name: str = "recipe.yaml"
     return path
 
 
+def docs_recipe(path: str, **output: Any) -> dict[str, Any]:
+    """A recipe publishing the JSONL ``{"text": ...}`` rows at ``path`` as dataset ``docs``."""
+    recipe: dict[str, Any] = {"dataset": "docs", "sources": [{"path": path}], "record": {"kind": "document"}}
+    if output:
+        recipe["output"] = output
+    return recipe
+
+
 def run(folder: Path, recipe: dict[str, Any], full_refresh: bool = False) -> RunResult:
     return run_recipe(load_recipe(write_recipe(folder, recipe)), full_refresh=full_refresh)
 

@@ -19,7 +19,7 @@ from curation.pipeline import run_recipe
 from curation.published import published_versions
 from curation.writer import DatasetWriter
 from schemas.config import load_recipe, parse_recipe
-from tests.helpers import outputs, processed, run, write_jsonl, write_recipe
+from tests.helpers import docs_recipe, outputs, processed, run, write_jsonl, write_recipe
 from tests.test_cli import curation
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -149,12 +149,7 @@ def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: 
 def test_s3_objects_are_taken_again_only_when_their_etag_changes(workdir: Path, bucket: str) -> None:
     s3 = boto3.client("s3")
     s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
-    recipe = {
-        "dataset": "docs",
-        "sources": [{"path": f"s3://{bucket}/in/"}],
-        "record": {"kind": "document"},
-        "output": {"dest": f"s3://{bucket}/out", "validation_fraction": 0.0},
-    }
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0)
     assert run(workdir, recipe).manifest.counts.input == 1
     s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "two"}\n')
     second = run(workdir, recipe)

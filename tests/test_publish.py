@@ -12,7 +12,7 @@ from curation import writer
 from curation.pipeline import AccountingError, LocalExecutor, Tally, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from schemas.config import load_recipe
-from tests.helpers import write_jsonl, write_recipe
+from tests.helpers import docs_recipe, write_jsonl, write_recipe
 
 RECIPE = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
 
@@ -96,9 +96,7 @@ def test_a_run_killed_before_it_finished_is_marked_so_by_the_next(workdir: Path)
     from curation.state import StateStore
 
     write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
-    recipe = load_recipe(
-        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
     state = StateStore(recipe.state)
     state.run_started("killedrun", "docs", "x")  # as a SIGKILLed run leaves it
     run_recipe(recipe)
@@ -111,9 +109,7 @@ def test_a_version_folder_without_a_manifest_does_not_block_the_next_run(workdir
     stray = workdir / "output" / "docs" / "v1" / "train"
     stray.mkdir(parents=True)
     (stray / "part-00000.jsonl").write_text('{"text": "left by hand"}\n')  # no manifest: no version
-    recipe = load_recipe(
-        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
     result = run_recipe(recipe)
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
 
@@ -154,9 +150,7 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
 
 def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:
     write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
-    recipe = load_recipe(
-        write_recipe(workdir, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
     first = run_recipe(recipe)
     (Path(first.version_uri) / "manifest.json").write_text("{")
     assert run_recipe(recipe, full_refresh=True).manifest.version == 2  # it compares with no earlier version

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.published import published_versions, read_manifest, verify_checksums
-from tests.helpers import run
+from tests.helpers import docs_recipe, run
 
 
 def test_recipe_reads_from_and_publishes_to_s3(workdir: Path, bucket: str, aws_env: str) -> None:
@@ -87,13 +87,9 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     for key in ("out/docs/v1/train/part-v0-00000.jsonl", "out/docs/v1/lineage/part-00007.jsonl"):
         s3.put_object(Bucket=bucket, Key=key, Body=b'{"text": "stale"}\n')
     s3.put_object(Bucket=bucket, Key="out/docs/_staging/deadrun/train/part-00000.jsonl", Body=b"{}\n")
-    recipe = {
-        "dataset": "docs",
-        "sources": [{"path": f"s3://{bucket}/in/docs.jsonl"}],
-        "record": {"kind": "document"},
-        "output": {"dest": f"s3://{bucket}/out", "validation_fraction": 0.0},
-    }
-    result = run(workdir, recipe)
+    result = run(
+        workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out", validation_fraction=0.0)
+    )
     assert result.manifest.version == 1
     objects = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/")["Contents"]
     listed = {o["Key"] for o in objects if not o["Key"].endswith("/")}  # folder markers are no files
