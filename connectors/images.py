@@ -117,7 +117,8 @@ class ImagesSourceReader:
                     fs, path = filesystem(entry.uri)
                     with fs.open_input_stream(path) as stream:
                         data = stream.read()
-                    item, before = f"sidecar:{entry.uri}", self.watermark.get(f"sidecar:{entry.uri}")
+                    item = f"sidecar:{entry.uri}"
+                    before = self.watermark.get(item)
                     edited = before is not None and xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]
                     if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
