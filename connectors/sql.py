@@ -68,13 +68,18 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
     return pa.table(arrays)
 
 
+def source_uri(config: SqlSource) -> str:
+    """The URI of a table or query in records' ``source`` and the watermarks (no password)."""
+    what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
+    return f"{safe_url(config.url)}#{what}"
+
+
 class SqlSourceReader:
     name = CONNECTOR
 
     def __init__(self, config: SqlSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
-        what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
-        self.uri = f"{safe_url(config.url)}#{what}"
+        self.uri = source_uri(config)
         if config.cursor is None and watermark is not None and watermark.committed:
             watermark.replaced.add(self.uri)  # read whole every run: its rows now are the table's records
         elif watermark is not None and self.uri in watermark.read_again:

@@ -147,6 +147,13 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     return sources
 
 
+def _keyed_uris(recipe: Recipe) -> frozenset[str]:
+    """The SQL sources whose record ids come from a key, not content (a row keeps its id when edited)."""
+    from connectors.sql import source_uri
+
+    return frozenset(source_uri(c) for c in recipe.sources if isinstance(c, SqlSource) and c.key)
+
+
 def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
     """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run."""
     kind = recipe.record.kind
@@ -173,7 +180,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
             stages.extend(quality_stages(config, kind))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
-            stages[-1] = CrossRunDedup(stages[-1], index, replaces_own=recipe.output.carry_forward)
+            stages[-1] = CrossRunDedup(stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe))
             across_runs.append(stages[-1])
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if across_runs:

@@ -173,18 +173,20 @@ def test_a_file_emptied_of_its_records_takes_them_out(workdir: Path) -> None:
     assert texts(outputs(Path(v2.version_uri))) == texts(notes(10, 3))
 
 
-def test_carry_forward_false_keeps_delta_versions(workdir: Path) -> None:
+@pytest.mark.parametrize("stages", [[{"type": "exact_dedup"}], [{"type": "near_dedup"}]])
+def test_carry_forward_false_keeps_delta_versions(workdir: Path, stages: list) -> None:
+    spec = {**recipe("out", carry_forward=False), "stages": stages}
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
-    run(workdir, recipe("out", carry_forward=False))
+    run(workdir, spec)
     write_jsonl(workdir / "in" / "b.jsonl", notes(10, 4))
-    v2 = run(workdir, recipe("out", carry_forward=False))
+    v2 = run(workdir, spec)
     assert v2.manifest.extends == 1 and v2.manifest.carried_from is None and v2.manifest.counts.carried == 0
     assert texts(outputs(Path(v2.version_uri))) == texts(notes(10, 4))
     # A changed file is read again: a delta holds what changed, not its unchanged lines once more.
     edited = notes(0, 10)
     edited[4] = {**edited[4], "a": "Parcel 4 was returned."}
     write_jsonl(workdir / "in" / "a.jsonl", edited)
-    v3 = run(workdir, recipe("out", carry_forward=False))
+    v3 = run(workdir, spec)
     assert [line["completion"] for line in outputs(Path(v3.version_uri))] == ["Parcel 4 was returned."]
 
 

@@ -120,6 +120,24 @@ def test_an_edited_row_with_a_key_replaces_its_published_version(workdir: Path, 
     assert second.manifest.stats["carry"]["replaced"] == 1
 
 
+def test_a_delta_version_holds_an_edited_keyed_row_even_when_it_is_near_its_old_text(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 6)
+    spec = {
+        **recipe(url, table="tickets", cursor="updated_at", key=["id"]),
+        "stages": [{"type": "exact_dedup"}, {"type": "near_dedup", "threshold": 0.5}],
+        "output": {"validation_fraction": 0.0, "carry_forward": False},
+    }
+    run(workdir, spec)
+    engine = sa.create_engine(url)
+    with engine.begin() as db:  # a word added to ticket 5's reply: near its published text
+        reply = "Travel notice set for ticket 5 today."
+        db.execute(tickets.update().where(tickets.c.id == 5).values(reply=reply, updated_at=START + timedelta(days=1)))
+    engine.dispose()
+    delta = run(workdir, spec)
+    assert [line["completion"] for line in outputs(Path(delta.version_uri))] == [reply]
+
+
 def test_a_keyed_row_is_published_as_it_is_now_whatever_it_held_or_other_rows_hold(workdir: Path) -> None:
     url = f"sqlite:///{workdir}/crm.db"
     fill(url, 1, 5)

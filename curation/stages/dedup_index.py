@@ -245,10 +245,19 @@ class SignatureIndex:
 class CrossRunDedup:
     """A dedup stage whose clusters also hold the records of every earlier published version."""
 
-    def __init__(self, inner: DuplicateStage, index: SignatureIndex, replaces_own: bool = True) -> None:
+    def __init__(
+        self,
+        inner: DuplicateStage,
+        index: SignatureIndex,
+        replaces_own: bool = True,
+        keyed_uris: frozenset[str] = frozenset(),
+    ) -> None:
         # ``replaces_own``: versions carry forward, so a record written again replaces its published
-        # copy; delta versions (carry_forward: false) would hold an exact repeat of it twice.
-        self.inner, self.index, self.replaces_own = inner, index, replaces_own
+        # copy. Delta versions (carry_forward: false) hold each record once: there only a row whose id
+        # comes from a key (``keyed_uris``: an edited row keeps its id) can be a new version of
+        # itself, and only a near one (an exact repeat is the row unchanged). Any other id includes
+        # its content: the same id is the same record, published in an earlier delta.
+        self.inner, self.index, self.replaces_own, self.keyed_uris = inner, index, replaces_own, keyed_uris
         self.name, self.reason = inner.name, inner.reason
         self.params = signature_params(inner)
         self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
@@ -311,7 +320,10 @@ class CrossRunDedup:
         # "published:<version>:<original id>"; null where the kept record is one of this run's.
         published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
         own = pc.fill_null(pc.equal(pc.struct_field(published, "original"), aside["id"]), False)
-        if (self.replaces_own or not isinstance(self.inner, ExactDedup)) and pc.any(own).as_py():
+        if not self.replaces_own:
+            keyed = pa.array(sorted(self.keyed_uris) if not isinstance(self.inner, ExactDedup) else [], pa.string())
+            own = pc.and_(own, pc.is_in(pc.struct_field(aside["source"], "uri"), value_set=keyed))
+        if pc.any(own).as_py():
             aside, published = aside.filter(pc.invert(own)), published.filter(pc.invert(own))
         earlier = pc.is_valid(published)
         if not pc.any(earlier).as_py():
