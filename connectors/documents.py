@@ -25,7 +25,7 @@ from connectors.chunk import chunk_text
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import DocumentsSource
-from schemas.records import record_ids, set_aside_rows, source_array
+from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
 CONNECTOR = "documents"
 KINDS = {
@@ -303,7 +303,7 @@ class DocumentsSourceReader(ListedFiles):
             return SourceBatch(
                 rows=pa.table({}), set_aside=self._quarantine(entry.uri, problem), input_bytes=entry.size
             )
-        texts, titles, lines, pages, positions = [], [], [], [], []
+        texts, titles, lines, pages = [], [], [], []
         for part in extracted.parts:
             title = f"{extracted.title} › {part.section}" if part.section and part.section != extracted.title else None
             chunks = [(0, part.text)]
@@ -318,8 +318,7 @@ class DocumentsSourceReader(ListedFiles):
                 titles.append(title or extracted.title)
                 lines.append(line)
                 pages.append(part.page)
-                positions.append(f"{part.page}:{part.line}:{start}")
-        ids = record_ids(entry.uri, positions, [t.encode() for t in texts])
+        ids = InputIds(entry.uri)([t.encode() for t in texts])
         rows = pa.table(
             {
                 "id": pa.array(ids, pa.string()),

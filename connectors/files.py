@@ -25,7 +25,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.records import empty_set_aside, record_ids, set_aside_rows, source_array
+from schemas.records import InputIds, empty_set_aside, set_aside_rows, source_array
 
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -53,11 +53,11 @@ def file_format(uri: str, declared: str) -> str:
 
 def _with_lineage(
     table: pa.Table,
-    uri: str,
+    ids: InputIds,
     lines: Sequence[int] | np.ndarray,
     contents: Sequence[bytes] | pa.Array | pa.ChunkedArray,
 ) -> pa.Table:
-    return with_lineage(table, record_ids(uri, lines, contents), source_array(CONNECTOR, uri, lines))
+    return with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines))
 
 
 def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
@@ -202,6 +202,7 @@ class FilesSourceReader(ListedFiles):
     def _jsonl(self, entry: FileEntry) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         line_no = 0
+        ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as stream:
             for data in _line_blocks(stream, BLOCK_BYTES):
                 if not data.endswith(b"\n"):
@@ -210,10 +211,12 @@ class FilesSourceReader(ListedFiles):
                 starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
                 for start in range(0, len(ends), self.batch_rows):
                     group = slice(start, start + self.batch_rows)
-                    yield self._parse_lines(entry.uri, line_no + start + 1, data, starts[group], ends[group])
+                    yield self._parse_lines(ids, line_no + start + 1, data, starts[group], ends[group])
                 line_no += len(ends)
 
-    def _parse_lines(self, uri: str, first_line: int, data: bytes, starts: np.ndarray, ends: np.ndarray) -> SourceBatch:
+    def _parse_lines(
+        self, ids: InputIds, first_line: int, data: bytes, starts: np.ndarray, ends: np.ndarray
+    ) -> SourceBatch:
         """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line``; blank ones are skipped."""
         input_bytes = int(ends[-1]) + 1 - int(starts[0])  # the lines and their newlines
         numbers = np.arange(first_line, first_line + len(starts))
@@ -229,8 +232,8 @@ class FilesSourceReader(ListedFiles):
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         table = read_json_objects(text, len(raws))
         if table is None or self._may_hold_values_not_text(text):
-            return self._parse_lines_one_by_one(uri, numbers.tolist(), raws.to_pylist(), input_bytes)
-        return SourceBatch(_with_lineage(table, uri, numbers, raws), input_bytes=input_bytes)
+            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
+        return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
 
     def _may_hold_values_not_text(self, text: bytes) -> bool:
         """Whether a declared text column may hold a number, boolean, list or object in ``text`` (a key
@@ -238,7 +241,10 @@ class FilesSourceReader(ListedFiles):
         by one, which tells)."""
         return any(pattern.search(text) for pattern in self._not_text)
 
-    def _parse_lines_one_by_one(self, uri: str, numbers: list[int], raws: list[bytes], input_bytes: int) -> SourceBatch:
+    def _parse_lines_one_by_one(
+        self, ids: InputIds, numbers: list[int], raws: list[bytes], input_bytes: int
+    ) -> SourceBatch:
+        uri = ids.uri
         good_lines, good_raws, objects = [], [], []
         bad_lines, bad_raws, reasons, details = [], [], [], []
         for number, raw in zip(numbers, raws, strict=True):
@@ -263,8 +269,9 @@ class FilesSourceReader(ListedFiles):
                 bad_raws.append(raw)
                 reasons.append(reason)
                 details.append(f"{uri}:{number}: {problem}")
+        rows = _with_lineage(_table_from_objects(objects), ids, good_lines, good_raws)
         set_aside = set_aside_rows(
-            record_ids(uri, bad_lines, bad_raws),
+            ids(bad_raws),
             source_array(CONNECTOR, uri, bad_lines),
             stage="read",
             outcome="quarantined",
@@ -272,7 +279,6 @@ class FilesSourceReader(ListedFiles):
             details=details,
             records=[raw.decode("utf-8", "replace")[:MAX_RAW_CHARS] for raw in bad_raws],
         )
-        rows = _with_lineage(_table_from_objects(objects), uri, good_lines, good_raws)
         return SourceBatch(rows=rows, set_aside=set_aside, input_bytes=input_bytes)
 
     def _not_text_problem(self, value: dict[str, Any]) -> str | None:
@@ -322,6 +328,7 @@ class FilesSourceReader(ListedFiles):
             quoted_strings_can_be_null=False,
         )
         lines = _CsvLines(header, header_line)
+        row_ids, raw_ids = InputIds(entry.uri), InputIds(entry.uri)  # a row's values; a set-aside line's text
         with fs.open_input_stream(path, compression="detect") as raw:
             stream = _Utf8Guard(_LineFeeds(raw))
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
@@ -330,8 +337,8 @@ class FilesSourceReader(ListedFiles):
                 starts, ends, placed = lines.place(table, invalid)
                 invalid.clear()
                 table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
-                rows, not_utf8 = self._split_not_utf8(entry.uri, table, starts, ends, stream.bad)
-                set_aside = self._invalid_csv_rows(entry.uri, placed, len(header))
+                rows, not_utf8 = self._split_not_utf8(row_ids, raw_ids, table, starts, ends, stream.bad)
+                set_aside = self._invalid_csv_rows(raw_ids, placed, len(header))
                 if not_utf8.num_rows:
                     set_aside = pa.concat_tables([set_aside, not_utf8])
                 for start in range(0, max(rows.num_rows, 1), self.batch_rows):
@@ -341,7 +348,7 @@ class FilesSourceReader(ListedFiles):
                         input_bytes=progress.advance(batch.nbytes) if start == 0 else 0,
                     )
             _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
-            rest = self._invalid_csv_rows(entry.uri, placed, len(header))
+            rest = self._invalid_csv_rows(raw_ids, placed, len(header))
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
     def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
@@ -368,7 +375,13 @@ class FilesSourceReader(ListedFiles):
         return header_line, names
 
     def _split_not_utf8(
-        self, uri: str, table: pa.Table, starts: np.ndarray, ends: np.ndarray, bad: list[tuple[int, int, int]]
+        self,
+        row_ids: InputIds,
+        raw_ids: InputIds,
+        table: pa.Table,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        bad: list[tuple[int, int, int]],
     ) -> tuple[pa.Table, pa.Table]:
         """The rows of ``table`` on lines ``starts[i]``..``ends[i]`` with their lineage, and those on a
         line with a byte that is not UTF-8 (``bad``: line, column, byte), set aside."""
@@ -380,9 +393,10 @@ class FilesSourceReader(ListedFiles):
             # Later rows start after these rows end: the bad bytes noted so far are done with.
             del bad[: np.searchsorted(bad_lines, ends.max(), side="right")]
         if not culprits:  # the usual: all UTF-8
-            return _with_lineage(table, uri, starts, _rows_as_text(table)), empty_set_aside()
+            return _with_lineage(table, row_ids, starts, _rows_as_text(table)), empty_set_aside()
+        uri = raw_ids.uri
         good = table.filter(pa.array(~hit))
-        rows = _with_lineage(good, uri, starts[~hit], _rows_as_text(good))
+        rows = _with_lineage(good, row_ids, starts[~hit], _rows_as_text(good))
         indices = np.flatnonzero(hit)
         records = [_csv_line(list(row.values()), self.config.csv_delimiter) for row in table.take(indices).to_pylist()]
         details = []
@@ -390,7 +404,7 @@ class FilesSourceReader(ListedFiles):
             where = f"column {column}" if line == starts[index] else f"line {line}, column {column}"
             details.append(f"{uri}:{starts[index]}: not UTF-8: byte {byte:#04x} at {where}")
         set_aside = set_aside_rows(
-            record_ids(uri, starts[indices], [record.encode() for record in records]),
+            raw_ids([record.encode() for record in records]),
             source_array(CONNECTOR, uri, starts[indices]),
             stage="read",
             outcome="quarantined",
@@ -401,11 +415,12 @@ class FilesSourceReader(ListedFiles):
         return rows, set_aside
 
     @staticmethod
-    def _invalid_csv_rows(uri: str, placed: list[tuple[int, Any]], expected: int) -> pa.Table:
+    def _invalid_csv_rows(ids: InputIds, placed: list[tuple[int, Any]], expected: int) -> pa.Table:
+        uri = ids.uri
         lines = [line for line, _ in placed]
         texts = [row.text for _, row in placed]
         return set_aside_rows(
-            record_ids(uri, lines, [t.encode() for t in texts]),
+            ids([t.encode() for t in texts]),
             source_array(CONNECTOR, uri, lines),
             stage="read",
             outcome="quarantined",
@@ -423,12 +438,13 @@ class FilesSourceReader(ListedFiles):
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
             row = 1
+            ids = InputIds(entry.uri)
             for batch in parquet.iter_batches(batch_size=self.batch_rows):
                 table = pa.Table.from_batches([batch])
                 lines = np.arange(row, row + table.num_rows)
                 row += table.num_rows
                 yield SourceBatch(
-                    rows=_with_lineage(table, entry.uri, lines, _rows_as_text(table)),
+                    rows=_with_lineage(table, ids, lines, _rows_as_text(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
 

@@ -28,7 +28,7 @@ from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import HFSource
 from schemas.manifest import InputFile
-from schemas.records import record_ids, source_array
+from schemas.records import InputIds, source_array
 
 CONNECTOR = "hf"
 _SPLIT_IN_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.(parquet|arrow)$")
@@ -114,14 +114,14 @@ class HFSourceReader:
 
     def _file(self, entry: FileEntry) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        row = 1
+        row, ids = 1, InputIds(entry.uri)
         if entry.uri.endswith(".parquet"):
             with fs.open_input_file(path) as handle:
                 parquet = pq.ParquetFile(handle)
                 total = max(parquet.metadata.num_rows, 1)
                 for batch in parquet.iter_batches(batch_size=self.batch_rows):
                     yield self._batch(
-                        entry, pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
+                        ids, pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
                     )
                     row += batch.num_rows
             return
@@ -133,16 +133,14 @@ class HFSourceReader:
                 while sum(b.num_rows for b in pending) >= self.batch_rows:
                     table = pa.Table.from_batches(pending)
                     head, rest = table.slice(0, self.batch_rows), table.slice(self.batch_rows)
-                    yield self._batch(entry, head, row, 0)
+                    yield self._batch(ids, head, row, 0)
                     row += head.num_rows
                     pending = rest.to_batches()
             if pending:
-                yield self._batch(entry, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
+                yield self._batch(ids, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
 
-    def _batch(self, entry: FileEntry, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
+    def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
         table = plain_strings(table)
         lines = list(range(first_row, first_row + table.num_rows))
-        ids = record_ids(entry.uri, lines, row_contents(table))
-        return SourceBatch(
-            rows=with_lineage(table, ids, source_array(CONNECTOR, entry.uri, lines)), input_bytes=input_bytes
-        )
+        rows = with_lineage(table, ids(row_contents(table)), source_array(CONNECTOR, ids.uri, lines))
+        return SourceBatch(rows=rows, input_bytes=input_bytes)

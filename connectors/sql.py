@@ -22,7 +22,7 @@ from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.manifest import InputFile
-from schemas.records import record_ids, source_array
+from schemas.records import InputIds, record_ids, source_array
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class SqlSourceReader:
         statement = self._statement(engine)
         highest = None
         ordinal = 0
+        row_ids = InputIds(self.uri)
         with engine.connect() as db:
             result = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows).execute(statement)
             columns = list(result.keys())
@@ -155,7 +156,7 @@ class SqlSourceReader:
                     keys = ["\x1f".join(str(row[i]) for i in at) for row in rows]
                     ids = record_ids(self.uri, keys, [b""] * len(keys))
                 else:
-                    ids = record_ids(self.uri, lines, row_contents(table))
+                    ids = row_ids(row_contents(table))
                 yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
         if self.watermark is not None and highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(highest))

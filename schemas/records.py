@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from schemas.hashing import xxh3_128_hex
+from schemas.hashing import xxh3_64, xxh3_128_hex
 
 RecordKind = Literal["document", "instruction", "vqa", "table"]
 
@@ -75,6 +75,47 @@ def record_ids(
         pa.scalar(b"\x1f", pa.large_binary()),
     )
     return xxh3_128_hex(joined)
+
+
+class InputIds:
+    """Record ids for the records of one input, taken in the order the input holds them.
+
+    A record's position in its id is how many records before it in the input hold the same content
+    (0 for nearly all), not its line: a line inserted above a record, or deleted, leaves its id as it
+    was, so review decisions, queue items and split sides stay with it when its file is read again.
+    Equal records of one input still get an id each. Call once per batch, in the input's order.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._hashes = np.empty(0, np.uint64)  # the contents seen so far, as sorted xxh3-64 hashes
+        self._counts = np.empty(0, np.int64)  # how many records held each
+
+    def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
+        if not isinstance(contents, pa.Array | pa.ChunkedArray):
+            contents = pa.array(contents, pa.binary())
+        return record_ids(self.uri, self._occurrences(contents), contents)
+
+    def _occurrences(self, contents: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        # A hash collision only numbers two different contents as one's first and second: the ids,
+        # which hash the content too, still differ.
+        hashes = xxh3_64(pc.cast(contents, pa.large_binary())).to_numpy(zero_copy_only=False)
+        order = np.argsort(hashes, kind="stable")
+        ordered = hashes[order]
+        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.empty(0, np.int64)
+        sizes = np.diff(np.r_[first, len(ordered)])
+        unique = ordered[first]
+        at = np.searchsorted(self._hashes, unique)
+        seen = at < len(self._hashes)
+        seen[seen] = self._hashes[at[seen]] == unique[seen]
+        before = np.zeros(len(unique), np.int64)
+        before[seen] = self._counts[at[seen]]
+        numbers = np.empty(len(hashes), np.int64)
+        numbers[order] = np.arange(len(ordered)) - np.repeat(first - before, sizes)
+        self._counts[at[seen]] += sizes[seen]
+        self._hashes = np.insert(self._hashes, at[~seen], unique[~seen])
+        self._counts = np.insert(self._counts, at[~seen], sizes[~seen])
+        return numbers
 
 
 class Record(BaseModel):

@@ -303,19 +303,27 @@ def queue(workdir: Path, dataset: str, version: int, records: dict[str, dict[str
     return items
 
 
-def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_it_was(
-    workdir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
-    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 3))
-    v1 = run(workdir, recipe("out"))
-    one = Path(v1.version_uri)
+def edit_note_2_and_reject_note_5(workdir: Path) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """Run the recipe, then, as an annotator, edit note 2's completion and reject note 5: their lines in
+    v1 by id, v1's sources by id, and the two record ids."""
+    one = Path(run(workdir, recipe("out")).version_uri)
     by_id, sources = lines_by_id(one), sources_by_id(one)
     edited, rejected = (id_of(by_id, "prompt", notes(i, 1)[0]["q"]) for i in (2, 5))
     items = queue(workdir, "notes", 1, {edited: sources[edited], rejected: sources[rejected]})
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
     dec.decide(engine, items[edited], "rita", "edit", dec.Edit(fields={"completion": "Lost."}))
     dec.decide(engine, items[rejected], "rita", "reject")
+    engine.dispose()
+    return by_id, sources, edited, rejected
+
+
+def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_it_was(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 3))
+    by_id, sources, edited, rejected = edit_note_2_and_reject_note_5(workdir)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
     v2 = run(workdir, recipe("out"))  # the decisions reach the carried lines
     after = lines_by_id(Path(v2.version_uri))
     assert after[edited][0]["completion"] == "Lost." and rejected not in after
@@ -358,3 +366,15 @@ def test_a_decision_on_a_set_aside_near_duplicate_reads_its_input_again(workdir:
     prompts = [line["prompt"] for line in outputs(Path(v2.version_uri))]
     assert "How do I change my e-mail address?" in prompts and len(prompts) == 5
     engine.dispose()
+
+
+def test_decisions_stay_with_their_records_when_lines_are_inserted_above_them(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    _, _, edited, rejected = edit_note_2_and_reject_note_5(workdir)
+    # The export comes again with new rows on top and one row gone: the file is read again whole.
+    write_jsonl(workdir / "in" / "a.jsonl", [*notes(20, 2), *notes(0, 1), *notes(2, 6)])
+    v2 = run(workdir, recipe("out"))
+    assert v2.manifest.counts.input == 9 and v2.manifest.counts.reasons["filtered"] == {"review": 1}
+    after = lines_by_id(Path(v2.version_uri))
+    assert rejected not in after and after[edited][0]["completion"] == "Lost."
+    assert texts(outputs(Path(v2.version_uri))) == texts([*notes(20, 2), *notes(0, 1), *notes(2, 3), *notes(6, 2)])

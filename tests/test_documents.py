@@ -268,3 +268,15 @@ def test_an_edited_document_replaces_its_sections(workdir: Path) -> None:
     assert "within 30 minutes" in joined and "within one hour" not in joined and "Refunds above" not in joined
     assert len(texts) == len(outputs(Path(first.version_uri))) - 1  # the PDF's sections carried, once each
     assert second.manifest.counts.carried == first.manifest.counts.written - 3
+
+
+def test_a_section_repeated_in_one_document_is_a_record_of_its_own_and_a_duplicate(workdir: Path) -> None:
+    docs = workdir / "docs"
+    docs.mkdir()
+    note = "<h2>Notes</h2><p>To be decided later by the team.</p>"
+    (docs / "a.html").write_text(f"<main><h1>Doc</h1><p>Intro text for the document here.</p>{note}{note}</main>")
+    spec = {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    result = run(workdir, spec)
+    assert (result.manifest.counts.written, result.manifest.counts.duplicate) == (2, 1)
+    texts = [line["text"] for line in outputs(Path(result.version_uri))]
+    assert texts.count("## Notes\n\nTo be decided later by the team.") == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import connectors.files as files
 from connectors.base import SourceBatch
 from connectors.files import FilesSourceReader, _rows_as_text, read_json_objects
 from schemas.config import FilesSource
-from schemas.records import SOURCE_TYPE, record_ids
+from schemas.records import SOURCE_TYPE, InputIds, record_ids
 
 TRICKY = [
     "",
@@ -45,9 +46,20 @@ def old_id(uri: str, position: object, content: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(uri.encode() + b"\x1f" + str(position).encode() + b"\x1f" + content)
 
 
+def ids_in_order(uri: str, contents: list[bytes]) -> list[str]:
+    """The ids of an input's records in its order: the formula with how often the content came before."""
+    seen: Counter[bytes] = Counter()
+    ids = []
+    for content in contents:
+        ids.append(old_id(uri, seen[content], content))
+        seen[content] += 1
+    return ids
+
+
 def old_batches(reader: FilesSourceReader, uri: str, content: bytes, block: int) -> list[SourceBatch]:
     """The reader as it was, over ``content`` read ``block`` bytes at a time."""
     batches, pending, line_no, at = [], b"", 0, 0
+    ids = InputIds(uri)  # the ids are checked apart (assert_ids_follow_the_lines)
     while True:
         chunk = content[at : at + block]
         at += block
@@ -63,13 +75,15 @@ def old_batches(reader: FilesSourceReader, uri: str, content: bytes, block: int)
             input_bytes = sum(map(len, group)) + len(group)
             numbered = [(line_no + start + 1 + i, line) for i, line in enumerate(group) if line.strip()]
             numbers, raws = [n for n, _ in numbered], [line for _, line in numbered]
-            batches.append(old_parse(reader, uri, numbers, raws, input_bytes))
+            batches.append(old_parse(reader, ids, numbers, raws, input_bytes))
         line_no += len(lines)
         if not chunk:
             return batches
 
 
-def old_parse(reader: FilesSourceReader, uri: str, numbers: list[int], raws: list[bytes], size: int) -> SourceBatch:
+def old_parse(
+    reader: FilesSourceReader, ids: InputIds, numbers: list[int], raws: list[bytes], size: int
+) -> SourceBatch:
     if not raws:
         return SourceBatch(rows=pa.table({}), input_bytes=size)
     try:
@@ -77,12 +91,11 @@ def old_parse(reader: FilesSourceReader, uri: str, numbers: list[int], raws: lis
         if table.num_rows == len(raws):
             names = [f"input_{name}" if name in ("id", "source") else name for name in table.column_names]
             table = table.rename_columns(names)
-            ids = pa.array([old_id(uri, n, raw) for n, raw in zip(numbers, raws, strict=True)], pa.string())
-            table = table.add_column(0, "id", ids).add_column(1, "source", old_sources(uri, numbers))
+            table = table.add_column(0, "id", ids(raws)).add_column(1, "source", old_sources(ids.uri, numbers))
             return SourceBatch(table, input_bytes=size)
     except Exception:
         pass
-    return reader._parse_lines_one_by_one(uri, numbers, raws, size)  # unchanged; its ids are checked apart
+    return reader._parse_lines_one_by_one(ids, numbers, raws, size)  # unchanged
 
 
 def old_sources(uri: str, lines: list[int]) -> pa.StructArray:
@@ -108,18 +121,21 @@ def assert_same_batches(new: list[SourceBatch], old: list[SourceBatch]) -> None:
 
 
 def assert_ids_follow_the_lines(batches: list[SourceBatch], uri: str, content: bytes) -> None:
-    """Every row's id and source, read or set aside, is the old formula over its line in the file."""
+    """Every row's id and source, read or set aside, is the formula over its line in the file, numbered by
+    how often the line came before."""
     lines = content.split(b"\n")
-    seen = []
+    seen, ids = [], []
     for batch in batches:
         for table in (batch.rows, batch.set_aside):
             if table.num_rows == 0:
                 continue
             for row_id, source in zip(table["id"].to_pylist(), table["source"].to_pylist(), strict=True):
                 assert source == {"connector": "files", "uri": uri, "line": source["line"], "page": None}
-                assert row_id == old_id(uri, source["line"], lines[source["line"] - 1])
                 seen.append(source["line"])
+                ids.append(row_id)
     assert sorted(seen) == [n for n, line in enumerate(lines, 1) if line.strip()]
+    order = sorted(range(len(seen)), key=seen.__getitem__)
+    assert [ids[i] for i in order] == ids_in_order(uri, [lines[seen[i] - 1] for i in order])
 
 
 def tricky_jsonl() -> bytes:
@@ -137,6 +153,8 @@ def tricky_jsonl() -> bytes:
         "[1, 2]",  # not an object
         '"just a string"',
         '{"id": "theirs", "source": "kept as input_id and input_source", "text": "renamed"}',
+        '{"text": "no number"}',  # a repeat: an id of its own
+        "[1, 2]",
     ]
     invalid_utf8 = b'{"text": "bad \xff utf-8"}'
     return b"\n".join([row.encode() for row in rows] + [invalid_utf8, b'{"text": "last, no newline"}'])
@@ -158,7 +176,13 @@ def test_jsonl_batches_equal_the_per_line_reader(
     assert_ids_follow_the_lines(new, uri, content)
     assert sum(batch.input_bytes for batch in new) == len(content) + 1  # the last line counts its missing newline
     quarantined = [row["source"]["line"] for batch in new for row in batch.set_aside.to_pylist()]
-    assert [content.split(b"\n")[n - 1][:8] for n in quarantined] == [b'{"text":', b"[1, 2]", b'"just a ', b'{"text":']
+    assert [content.split(b"\n")[n - 1][:8] for n in quarantined] == [
+        b'{"text":',
+        b"[1, 2]",
+        b'"just a ',
+        b"[1, 2]",
+        b'{"text":',
+    ]
 
 
 def test_a_large_clean_file_equals_the_per_line_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +192,7 @@ def test_a_large_clean_file_equals_the_per_line_reader(tmp_path: Path, monkeypat
     rows[150]["late"] = "a key the first rows do not have"
     rows[1700]["score"] = 1.5
     rows[2500]["nested"] = {"a": [1, 2]}
+    rows[2900] = rows[10]  # a repeat
     content = "".join(json.dumps(row) + "\n" for row in rows).encode()
     path = tmp_path / "big.jsonl.gz"
     path.write_bytes(gzip.compress(content))
@@ -313,26 +338,59 @@ def test_csv_and_parquet_ids_and_lines_equal_the_per_row_formula(tmp_path: Path)
     csv_lines[3] = "too,many,fields"  # set aside: later line numbers skip it
     csv_lines[6] = "only one field"
     csv_lines.insert(8, ",")  # both fields empty: nulls
+    csv_lines += [csv_lines[2], csv_lines[6]]  # a row and a set-aside line again: an id of their own
     path = tmp_path / "t.csv"
     path.write_text("\n".join(csv_lines) + "\n")
     batches = read_new(path, 4)
     rows = pa.concat_tables([batch.rows for batch in batches if batch.rows.num_rows])
     uri = uri_of(batches)
     lines = [source["line"] for source in rows["source"].to_pylist()]
-    assert lines == [n for n in range(2, len(csv_lines) + 1) if n not in (4, 7)]
+    last = len(csv_lines)
+    assert lines == [n for n in range(2, last + 1) if n not in (4, 7, last)]
     contents = old_rows_as_text(rows.drop_columns(["id", "source"]))
-    assert rows["id"].to_pylist() == [old_id(uri, n, c) for n, c in zip(lines, contents, strict=True)]
-    assert sorted(source["line"] for batch in batches for source in batch.set_aside["source"].to_pylist()) == [4, 7]
+    assert rows["id"].to_pylist() == ids_in_order(uri, contents)
+    set_aside = pa.concat_tables([batch.set_aside for batch in batches])
+    assert [source["line"] for source in set_aside["source"].to_pylist()] == [4, 7, last]
+    assert set_aside["id"].to_pylist() == ids_in_order(uri, [csv_lines[n - 1].encode() for n in (4, 7, last)])
 
     count = len(texts) + 1
     table = pa.table({"text": [*texts, None], "n": [*range(count - 1), None], "f": ([0.5, None] * count)[:count]})
+    table = pa.concat_tables([table, table.slice(1, 3)])  # rows again, in another batch
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)
     batches = read_new(tmp_path / "t.parquet", 2)
     rows = pa.concat_tables([batch.rows for batch in batches])
     uri = uri_of(batches)
     assert [source["line"] for source in rows["source"].to_pylist()] == list(range(1, table.num_rows + 1))
-    assert rows["id"].to_pylist() == [old_id(uri, n, c) for n, c in enumerate(old_rows_as_text(table), 1)]
+    assert rows["id"].to_pylist() == ids_in_order(uri, old_rows_as_text(table))
 
 
 def test_a_row_of_no_columns_is_empty_text() -> None:
     assert _rows_as_text(pa.table({"x": [1, 2]}).drop_columns("x")).to_pylist() == ["", ""]
+
+
+def test_input_ids_number_each_content_by_how_often_it_came_before_across_batches() -> None:
+    rng = random.Random(5)
+    ids, contents, got = InputIds("s3://b/k.csv"), [], []
+    for _ in range(30):
+        batch = [str(rng.randrange(40)).encode() for _ in range(rng.randrange(0, 60))]
+        contents += batch
+        got += ids(batch).to_pylist()
+    assert got == ids_in_order("s3://b/k.csv", contents)
+    assert len(set(got)) == len(got)
+
+
+def test_a_line_inserted_or_deleted_above_a_record_leaves_its_id(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jsonl"
+    rows = [json.dumps({"text": f"note {i}"}) for i in range(6)]
+    path.write_text("\n".join(rows) + "\n")
+
+    def ids_by_text() -> dict[str, str]:
+        table = pa.concat_tables([batch.rows for batch in read_new(path, 4)])
+        return dict(zip(table["text"].to_pylist(), table["id"].to_pylist(), strict=True))
+
+    before = ids_by_text()
+    path.write_text("\n".join([json.dumps({"text": "new"}), *rows[:2], *rows[3:]]) + "\n")
+    after = ids_by_text()
+    assert {text: after[text] for text in before if text != "note 2"} == {
+        text: before[text] for text in before if text != "note 2"
+    }
