@@ -263,7 +263,8 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
 class ListedFiles:
     """A source over the files under ``config.path``: listed once per run, only new or changed ones kept.
 
-    Subclasses set ``suffixes`` (what to list) and ``nothing_found`` (the error when none match).
+    Subclasses set ``suffixes`` (what to list) and ``nothing_found`` (the error when none match on a
+    source's first run).
     """
 
     suffixes: tuple[str, ...]
@@ -275,7 +276,9 @@ class ListedFiles:
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
             entries = list_files(self.config.path, suffixes=self.suffixes)
-            if not entries:
+            # A source that gave files before may be empty now (inputs are moved away once taken): nothing
+            # new. One that never did most likely names the wrong place.
+            if not entries and not (self.watermark is not None and self.watermark.committed):
                 raise StorageError(f"{self.config.path}: {self.nothing_found}")
             self._listed = new_files(entries, self.watermark)
         return self._listed

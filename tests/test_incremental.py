@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.state import RunLocked, run_lock, run_locks
+from connectors.storage import StorageError
 from curation.pipeline import run_recipe
 from curation.published import published_versions
 from curation.writer import DatasetWriter
@@ -260,3 +261,18 @@ def test_a_glob_beside_the_output_does_not_read_the_published_version(workdir: P
     write_jsonl(workdir / "b.jsonl", [{"text": "gamma"}])
     second = run(workdir, spec)  # g/v1/train/part-00000.jsonl matches "*.jsonl" only if * crosses folders
     assert [Path(i.uri).name for i in second.manifest.inputs] == ["b.jsonl"] and second.manifest.counts.input == 1
+
+
+@pytest.mark.parametrize("path", ["landing", "landing/*.jsonl"])
+def test_inputs_moved_away_once_taken_leave_nothing_new_not_a_failed_run(workdir: Path, path: str) -> None:
+    spec = {**docs_recipe(path), "dataset": "notes"}
+    write_jsonl(workdir / "landing" / "a.jsonl", [{"text": "Parcel 1 left the depot."}])
+    run(workdir, spec)
+    (workdir / "landing" / "a.jsonl").rename(workdir / "a.jsonl")  # taken: archived
+    assert "nothing new since notes v1" in run(workdir, spec).message
+    write_jsonl(workdir / "landing" / "b.jsonl", [{"text": "Parcel 2 arrived."}])
+    v2 = run(workdir, spec)
+    assert (v2.manifest.counts.written, v2.manifest.counts.carried) == (1, 1)
+    # A source that never gave a file names the wrong place, most likely: that fails.
+    with pytest.raises(StorageError, match="no input files match"):
+        run(workdir, {**spec, "dataset": "other", "sources": [{"path": "landing/*.csv"}]})
