@@ -192,11 +192,11 @@ def run(
 @app.command()
 def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> None:
     """Validate a recipe and list what it would read, without running it."""
-    from curation.pipeline import build_sources, build_stages
+    from curation.pipeline import build_sources, build_stages, source_inputs
 
     loaded = _load(recipe)
     try:
-        inputs = [entry for source in build_sources(loaded) for entry in source.inputs()]
+        inputs = source_inputs(build_sources(loaded))
         stages = [stage.name for stage in build_stages(loaded)]
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {state_problem(loaded.state, error)}", highlight=False)

@@ -147,6 +147,23 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     return sources
 
 
+def source_inputs(sources: list[Source]) -> list[InputFile]:
+    """What the sources are to read; an input two sources match would give its records twice, so that
+    is a recipe error."""
+    inputs: list[InputFile] = []
+    matched_by: dict[str, int] = {}
+    for number, source in enumerate(sources):
+        for entry in source.inputs():
+            if entry.uri in matched_by:
+                raise RecipeError(
+                    f"{entry.uri}: matched by sources.{matched_by[entry.uri]} and sources.{number}; "
+                    "an input must belong to one source (narrow a path or glob)"
+                )
+            matched_by[entry.uri] = number
+            inputs.append(entry)
+    return inputs
+
+
 def _keyed_uris(recipe: Recipe) -> frozenset[str]:
     """The SQL sources whose record ids come from a key, not content (a row keeps its id when edited)."""
     from connectors.sql import source_uri
@@ -402,7 +419,7 @@ def _replaced_records(
         watermarks.read_again.update(holding)
         for source in sources:
             getattr(source, "list_again", lambda: None)()
-        inputs = [entry for source in sources for entry in source.inputs()]
+        inputs = source_inputs(sources)
         replaced_ids = ids_from_inputs(latest, watermarks.replaced())
     # An input that cannot be read again (gone, a SQL cursor, a source that lists once): the records
     # it holds duplicates of stay as they were published, or their content would leave the dataset.
@@ -587,7 +604,7 @@ def _run_locked(
         log.info("%d input(s) read again for review decisions a carried record cannot take", len(read_again))
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
-    inputs = [entry for source in sources for entry in source.inputs()]
+    inputs = source_inputs(sources)
     for gone in sorted(read_again - {entry.uri for entry in inputs}):
         log.warning(
             "%s: review decisions on its records (undone, or on a set-aside near duplicate) cannot take effect: "

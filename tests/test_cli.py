@@ -222,3 +222,15 @@ def test_usage_mistakes_are_usage_errors(tmp_path: Path) -> None:
         refused = curation("run", str(bad), cwd=tmp_path)
         text = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode in (1, 2) and said in text and "Traceback" not in text, text
+
+
+def test_an_input_two_sources_match_is_a_recipe_error(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": "Parcel 1 left the depot."}])
+    spec = {"dataset": "docs", "sources": [{"path": "in"}, {"path": "in/*.jsonl"}], "record": {"kind": "document"}}
+    recipe = write_recipe(tmp_path, spec)
+    for args in (("check", str(recipe)), ("run", str(recipe), "--quiet")):
+        refused = curation(*args, cwd=tmp_path)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and "Traceback" not in said, said
+        assert "x.jsonl: matched by sources.0 and sources.1" in said
+    assert not (tmp_path / "output").exists()
