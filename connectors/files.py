@@ -358,21 +358,20 @@ class FilesSourceReader(ListedFiles):
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
         )
-        read = pacsv.ReadOptions(use_threads=False, block_size=PROBE_BYTES)
         with fs.open_input_stream(path, compression="detect") as raw:
             head = _LineFeeds(raw).read(PROBE_BYTES)
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
         try:
-            with fs.open_input_stream(path, compression="detect") as raw:
-                names = pacsv.open_csv(
-                    _Utf8Guard(_LineFeeds(raw), PROBE_BYTES), read_options=read, parse_options=probe
-                ).schema.names
-        except pa.ArrowInvalid:
+            return header_line, _csv_names(fs, path, probe, PROBE_BYTES)
+        except pa.ArrowInvalid as error:
             if len(head) < PROBE_BYTES and b"\n" not in head.strip():
                 return None
-            raise
-        return header_line, names
+            if "straddl" not in str(error):
+                raise
+        # Arrow reads the first rows with the header: a first row longer than the probe takes a block
+        # as large as the reading itself uses.
+        return header_line, _csv_names(fs, path, probe, BLOCK_BYTES)
 
     def _split_not_utf8(
         self,
@@ -447,6 +446,15 @@ class FilesSourceReader(ListedFiles):
                     rows=_with_lineage(table, ids, lines, _rows_as_text(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
+
+
+def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
+    """The column names Arrow reads from a CSV file's header, reading ``block_bytes`` at a time."""
+    read = pacsv.ReadOptions(use_threads=False, block_size=block_bytes)
+    with fs.open_input_stream(path, compression="detect") as raw:
+        return pacsv.open_csv(
+            _Utf8Guard(_LineFeeds(raw), block_bytes), read_options=read, parse_options=parse
+        ).schema.names
 
 
 def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:

@@ -134,3 +134,10 @@ def test_a_csv_whose_lines_end_in_cr_alone_reads_like_any_other(workdir: Path) -
     assert lineage_lines(version) == {"Dining": 2, "Housing": 4}  # the blank line 3 gives no record
     assert [(row["source"]["line"], row["reason"]) for row in set_aside(version)] == [(5, "malformed_csv")]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_first_row_longer_than_the_header_probe_is_read(workdir: Path) -> None:
+    long = "y" * (3 << 20)  # 3 MiB: the header probe reads 1 MiB
+    (workdir / "big.csv").write_text(f"description,amount,category\n{long},4.5,Dining\nrent,1200,Housing\n")
+    result = run(workdir, recipe("big.csv"))
+    assert lineage_lines(Path(result.version_uri)) == {"Dining": 2, "Housing": 3}
