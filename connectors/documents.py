@@ -234,7 +234,7 @@ def extract_markdown(data: bytes, stem: str) -> Extracted:
 
 
 def extract_text(data: bytes, stem: str) -> Extracted:
-    text = _decode(data)
+    text = _decode(data).replace("\r\n", "\n").replace("\r", "\n")  # as Markdown's lines are joined
     return Extracted(stem, [Part(text.strip(), line=1)] if text.strip() else [])
 
 

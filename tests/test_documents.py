@@ -280,3 +280,10 @@ def test_a_section_repeated_in_one_document_is_a_record_of_its_own_and_a_duplica
     assert (result.manifest.counts.written, result.manifest.counts.duplicate) == (2, 1)
     texts = [line["text"] for line in outputs(Path(result.version_uri))]
     assert texts.count("## Notes\n\nTo be decided later by the team.") == 1
+
+
+def test_text_files_lines_end_in_a_newline_whatever_the_file_used(tmp_path: Path) -> None:
+    (tmp_path / "crlf.txt").write_bytes(b"Line one.\r\nLine two.\r\n\r\nLine four.\r\n")
+    (tmp_path / "cr.txt").write_bytes(b"Line one.\rLine two.\r\rLine four.\r")
+    rows, _ = read(tmp_path)
+    assert [row["text"] for row in rows] == ["Line one.\nLine two.\n\nLine four."] * 2
