@@ -61,6 +61,7 @@ from schemas.records import (
     OUTCOMES,
     RECORD_MODELS,
     SOURCE_TYPE,
+    dedup_fields,
     empty_flags,
     table_row_model,
 )
@@ -187,7 +188,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
     index = None
     for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
-            fields = config.fields or [c for c in CONTENT_COLUMNS[kind] if c != "label"]
+            fields = config.fields or dedup_fields(kind)
             stages.append(ExactDedup(fields, config.normalize))
         elif isinstance(config, PiiConfig):
             from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks

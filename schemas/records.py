@@ -169,6 +169,14 @@ CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "table": (),
 }
 
+
+def dedup_fields(kind: str) -> list[str]:
+    """What dedup compares unless a recipe names fields: what a record's published line holds (not a
+    label; not a document's title, which no format publishes: two sections of one text under other
+    titles would be two equal lines)."""
+    return [c for c in CONTENT_COLUMNS[kind] if c not in ("label", "title")]
+
+
 COLUMN_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
 

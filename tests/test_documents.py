@@ -287,3 +287,21 @@ def test_text_files_lines_end_in_a_newline_whatever_the_file_used(tmp_path: Path
     (tmp_path / "cr.txt").write_bytes(b"Line one.\rLine two.\r\rLine four.\r")
     rows, _ = read(tmp_path)
     assert [row["text"] for row in rows] == ["Line one.\nLine two.\n\nLine four."] * 2
+
+
+@pytest.mark.parametrize("stage", ["exact_dedup", "near_dedup"])
+def test_equal_sections_of_documents_with_other_titles_are_duplicates(workdir: Path, stage: str) -> None:
+    docs = workdir / "docs"
+    docs.mkdir()
+    note = "## Notes\n\nTo be decided later by the team, once the quarterly figures are in."
+    for name in ("Returns", "Shipping"):
+        (docs / f"{name.lower()}.md").write_text(f"# {name}\n\nHow {name.lower()} work at ACME.\n\n{note}\n")
+    spec = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": "docs"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": stage}],
+    }
+    result = run(workdir, spec)
+    texts = [line["text"] for line in outputs(Path(result.version_uri))]  # the text format has no title
+    assert texts.count(note) == 1 and result.manifest.counts.duplicate == 1

@@ -17,7 +17,7 @@ from schemas.config import (
     RatioFilterConfig,
     RepetitionFilterConfig,
 )
-from schemas.records import CONTENT_COLUMNS, RECORD_MODELS
+from schemas.records import CONTENT_COLUMNS, RECORD_MODELS, dedup_fields
 
 QUALITY_CONFIGS = QualityConfig.__args__
 QualityStage = (
@@ -68,6 +68,6 @@ def _one_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedu
             config.min_completion_chars, config.trivial_completions, config.drop_prompt_equals_completion
         )
     if isinstance(config, NearDedupConfig):
-        return NearDedup(fields, **settings)
+        return NearDedup(config.fields or [f for f in dedup_fields(kind) if f != "image"], **settings)
     question = "question" if config.match_question and kind == "vqa" else None
     return ImageNearDedup(config.column, config.max_distance, question)
