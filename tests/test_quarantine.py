@@ -95,7 +95,7 @@ def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
     assert [row["source"]["line"] for row in aside] == [first_data_line + 1, first_data_line + 3]
     assert {row["reason"] for row in aside} == {"schema"}
     assert aside[0]["detail"].startswith(f"{path}:{first_data_line + 1}: amount: ")
-    assert "description" in aside[1]["detail"]
+    assert aside[1]["detail"] == f"{path}:{first_data_line + 3}: description: no value, and the column is required"
     assert result.manifest.counts.written == 2
     assert_adds_up(result.manifest.counts)
 

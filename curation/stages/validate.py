@@ -29,7 +29,13 @@ def _field_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def _describe(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+    # A null is a value missing from its row (an empty CSV field, a JSONL line without the key), which
+    # pydantic calls the wrong type.
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: "
+        + ("no value, and the column is required" if "input" in e and e["input"] is None else e["msg"])
+        for e in error.errors()
+    )
 
 
 class SchemaValidation:
