@@ -100,11 +100,13 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         raise StorageError(f"{pattern}: not a glob this reader understands (*, ?, [abc], [!abc], **)") from None
 
 
-def _glob_match(path: str, pattern: str) -> bool:
+def _glob_match(path: str, pattern: str, suffixes: tuple[str, ...] = ()) -> bool:
     """``path`` matches ``pattern``, and no hidden or in-the-making part (see ``_listed``) lies below
-    the pattern's fixed base: a glob does not reach into ``_staging/`` or ``.git/`` either."""
-    base = _glob_base(pattern)
-    return bool(_glob_regex(pattern).match(path)) and _listed(path[len(base) :].lstrip("/"), ())
+    the pattern's fixed base: a glob does not reach into ``_staging/`` or ``.git/`` either. A glob
+    ending in ``/`` names folders: it matches the files under them a folder source would read."""
+    folders = pattern.endswith("/")
+    matched = _glob_regex(pattern + "**" if folders else pattern).match(path)
+    return bool(matched) and _listed(path[len(_glob_base(pattern)) :].lstrip("/"), suffixes if folders else ())
 
 
 def _glob_base(path: str) -> str:
@@ -129,7 +131,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
     try:
         if _is_glob(path):
             infos = fs.get_file_info(pafs.FileSelector(_glob_base(path), recursive=True, allow_not_found=True))
-            found = [i for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path)]
+            found = [i for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path, suffixes)]
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
@@ -160,7 +162,7 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
         if _is_glob(path):
             base = _glob_base(path)
             prefix = _folder(base.partition("/")[2])
-            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path)]
+            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path, suffixes)]
         else:
             if key and not key.endswith("/"):
                 # One object, if it is one: read access to it is enough, as for reading it.

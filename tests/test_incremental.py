@@ -235,6 +235,9 @@ def test_folder_listing_skips_what_is_hidden_or_in_the_making(tmp_path: Path) ->
         (tmp_path / name).write_text("{}\n")
     listed = [Path(e.uri).relative_to(tmp_path).as_posix() for e in list_files(str(tmp_path), (".jsonl",))]
     assert listed == ["a.jsonl", "sub/b.jsonl"]
+    # A glob ending in / names folders: what a folder source would read under each.
+    globbed = [Path(e.uri).relative_to(tmp_path).as_posix() for e in list_files(f"{tmp_path}/*/", (".jsonl",))]
+    assert globbed == ["sub/b.jsonl"]
 
 
 def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(

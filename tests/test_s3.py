@@ -123,6 +123,8 @@ def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: 
     assert names(list_files(f"{uri}/in*/*.jsonl")) == ["in/a.jsonl", "inbox/e.jsonl"]
     assert names(list_files(f"{uri}/in/**/*.jsonl")) == ["in/a.jsonl", "in/deep/b.jsonl"]
     assert names(list_files(f"{uri}/in/**")) == ["in/a.jsonl", "in/c.csv", "in/deep/b.jsonl"]
+    # A glob ending in / names folders: the files under them, as a folder source reads them.
+    assert names(list_files(f"{uri}/in*/", (".jsonl",))) == ["in/a.jsonl", "in/deep/b.jsonl", "inbox/e.jsonl"]
     with pytest.raises(StorageError, match="no such file or folder"):
         list_files(f"{uri}/missing")
 
