@@ -378,3 +378,22 @@ def test_decisions_stay_with_their_records_when_lines_are_inserted_above_them(wo
     after = lines_by_id(Path(v2.version_uri))
     assert rejected not in after and after[edited][0]["completion"] == "Lost."
     assert texts(outputs(Path(v2.version_uri))) == texts([*notes(20, 2), *notes(0, 1), *notes(2, 3), *notes(6, 2)])
+
+
+def test_a_later_approve_ends_a_rejection_and_an_edit_of_carried_records(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 3))
+    by_id, _, edited, rejected = edit_note_2_and_reject_note_5(workdir)
+    after = lines_by_id(Path(run(workdir, recipe("out")).version_uri))
+    assert rejected not in after and after[edited][0]["completion"] == "Lost."
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        items = {row.record_id: row.item_id for row in db.execute(sa.select(review_items))}
+    for record in (edited, rejected):  # an admin approves both records as the input has them
+        dec.decide(engine, items[record], "adm", "approve")
+    engine.dispose()
+    v3 = run(workdir, recipe("out"))
+    assert [Path(i.uri).name for i in v3.manifest.inputs] == ["a.jsonl"]  # the carried lines cannot take it
+    final = lines_by_id(Path(v3.version_uri))
+    assert final[edited] == by_id[edited] and final[rejected] == by_id[rejected]
+    assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 8) + notes(20, 3))

@@ -235,6 +235,36 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     dec.undo_last(engine, "pia")
     dec.undo_last(engine, "pia")
     assert dec.run_decisions(engine, "support").undone == {}
+    # A label whose edges the annotator moved still covers its span: it stays redacted.
+    moved = {**spans[0], "value": {**spans[0]["value"], "end": spans[0]["value"]["end"] + 1}}
+    task["annotations"] = [{"id": 4, "result": [moved, spans[1]]}]
+    assert import_annotations(engine, [task], "pia")["skipped"] == 1  # no decision, no span removed
+    assert dec.run_decisions(engine, "support").undone == {}
+
+
+@pytest.mark.parametrize(
+    ("task", "said"),
+    [
+        ("not a task", "'str' object has no attribute 'get'"),
+        ({"data": {"item_id": "abc"}, "annotations": [{"result": []}]}, "invalid literal for int()"),
+        (
+            {"data": {"item_id": 1}, "annotations": [{"result": [{"from_name": "decision", "value": {}}]}]},
+            "no 'choices'",
+        ),
+    ],
+)
+def test_a_task_not_as_label_studio_exports_them_is_named(seeded: Seeded, task: object, said: str) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    with pytest.raises(LabelStudioError, match=r"task 1 \(Label Studio id None\) is not a task as Label Studio"):
+        import_annotations(engine, [{"data": {"item_id": 1}}, task], "pia")
+    with pytest.raises(LabelStudioError, match=re.escape(said)):
+        import_annotations(engine, [task], "pia")
+    maybe = {
+        "data": {"item_id": 1},
+        "annotations": [{"result": [{"from_name": "decision", "value": {"choices": ["maybe"]}}]}],
+    }
+    with pytest.raises(LabelStudioError, match="unknown decision 'maybe'"):
+        import_annotations(engine, [maybe], "pia")
 
 
 def test_filters_and_counts_left(app, seeded: Seeded) -> None:

@@ -78,6 +78,33 @@ def test_an_edit_keeps_what_the_edit_in_force_on_the_item_holds(tmp_path: Path) 
     assert decisions.undone == {} and decisions.edits["a"]["completion"] == "Ask Jane Miller in Leeds."
 
 
+def test_undoing_a_decision_takes_out_its_own_values_whatever_others_decided_since(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    payload = json.dumps(
+        {
+            "field": "completion",
+            "original": "Ask Dana in London.",
+            "spans": [{"start": 12, "end": 18, "entity": "LOCATION", "score": 0.4, "placeholder": "<LOCATION>"}],
+        }
+    )
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", payload)], schema=FLAG_SCHEMA))
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[("completion", 12, 18)]))
+    dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"prompt": "Who handles refunds?"}))
+    dec.undo_last(engine, "pia")  # London is PII after all: redacted again, rita's edit stands
+    decisions = dec.run_decisions(engine, "ds")
+    assert decisions.undone == {} and decisions.edits == {"a": {"prompt": "Who handles refunds?"}}
+    assert dec.get_item(engine, 1)["status"] == "edited"
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[("completion", 12, 18)]))
+    dec.undo_last(engine, "rita")
+    decisions = dec.run_decisions(engine, "ds")
+    assert decisions.undone == {"a": {("completion", 12, 18)}} and decisions.edits == {}
+    # An approve sets aside the edits before it; an edit after it starts from the flag again.
+    dec.decide(engine, 1, "rita", "approve")
+    assert dec.run_decisions(engine, "ds") == dec.RunDecisions()
+    dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"prompt": "Who pays refunds?"}))
+    assert dec.run_decisions(engine, "ds").edits == {"a": {"prompt": "Who pays refunds?"}}
+
+
 def test_stage_filters_rejected_and_applies_edits() -> None:
     stage = ReviewDecisions(
         dec.RunDecisions(

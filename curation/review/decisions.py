@@ -1,10 +1,11 @@
 """Annotators' decisions on review items, and what the next run of a recipe takes from them.
 
 Every decision is a row: who, when, the action, and the item's state before and after, so the
-history can be audited and the latest decision undone. The pipeline reads only the *active*
-decisions (the latest one not undone, per item), keyed by record id: rejected records are
-filtered with reason ``review``, edits replace field values, and redaction spans marked
-"not PII" are handed to the PII stage (``RunDecisions.undone``).
+history can be audited and the latest decision undone. The pipeline reads the decision *in force*
+on each item (its decisions not undone, taken in order: an approve or a reject sets aside what came
+before, edits add up), keyed by record id: rejected records are filtered with reason ``review``,
+edits replace field values, and redaction spans marked "not PII" are handed to the PII stage
+(``RunDecisions.undone``).
 """
 
 from __future__ import annotations
@@ -105,18 +106,16 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
     """Record a decision on an item and set its status; returns the decision id."""
     item = get_item(engine, item_id)
     check_decision(item, action, edit)
-    previous = _active_for_item(engine, item_id)
     before: dict[str, Any] = {"status": item["status"]}
     after: dict[str, Any] = {"status": STATUS_OF[action]}
     if action == "edit" and edit is not None:
-        # An edit adds to the edit in force on the item (another annotator's fields and spans marked
-        # not PII stay): only the latest decision per item counts, so it must hold them all.
-        earlier = json.loads(previous["after"]) if previous and previous["action"] == "edit" else {}
-        fields = {**earlier.get("fields", {}), **edit.fields}
-        spans = [*earlier.get("not_pii", []), *([*span] for span in edit.not_pii)]
-        after.update({"fields": fields, "not_pii": [list(span) for span in dict.fromkeys(map(tuple, spans))]})
-        # The values the edit replaces: an earlier edit's, else what the flag showed.
-        known = {**known_values(item), **earlier.get("fields", {})}
+        # Only this edit's own values: it adds to the edits in force when they are read (see
+        # ``in_force``), so undoing an earlier one takes out that one alone.
+        after.update(edit.as_json())
+        # The values the edit replaces: an edit's in force, else what the flag showed.
+        previous = _in_force_for_item(engine, item_id)
+        earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
+        known = {**known_values(item), **earlier}
         before["fields"] = {name: known.get(name) for name in edit.fields}
     with engine.begin() as db:
         decision_id = db.execute(
@@ -141,11 +140,40 @@ def _latest_in_force(*where: Any) -> sa.Select:
     return query.order_by(decisions.c.decision_id.desc()).limit(1)
 
 
-def _active_for_item(engine: sa.Engine, item_id: int) -> dict[str, Any] | None:
-    query = _latest_in_force(decisions.c.item_id == item_id)
+def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What one item's decisions (not undone, oldest first) leave in force, as a decision row: the
+    latest one's who and when, with the action and ``after`` they add up to. An approve or a reject
+    sets aside what came before it; edits add up (a later value of a field wins), so two annotators'
+    edits both stand and undoing one takes out its own values alone."""
+    if not rows:
+        return None
+    rejected, fields, spans = False, {}, []
+    for row in rows:
+        if row["action"] != "edit":
+            rejected, fields, spans = row["action"] == "reject", {}, []
+            continue
+        after = json.loads(row["after"])
+        rejected = False
+        fields.update(after.get("fields", {}))
+        spans += [span for span in after.get("not_pii", []) if span not in spans]
+    action = "reject" if rejected else "edit" if fields or spans else "approve"
+    after = {"status": STATUS_OF[action], **({"fields": fields, "not_pii": spans} if action == "edit" else {})}
+    return {**rows[-1], "action": action, "after": json.dumps(after)}
+
+
+def _in_force_per_item(engine: sa.Engine, *where: Any) -> dict[int, dict[str, Any]]:
+    """The decision in force (``in_force``) on each item with decisions matching ``where``."""
+    query = decisions.select().where(*where, decisions.c.undone_at.is_(None)).order_by(decisions.c.decision_id)
     with engine.connect() as db:
-        row = db.execute(query).first()
-    return dict(row._mapping) if row else None
+        rows = [dict(row._mapping) for row in db.execute(query)]
+    per_item: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        per_item.setdefault(row["item_id"], []).append(row)
+    return {item: decision for item, decision in ((i, in_force(r)) for i, r in per_item.items()) if decision}
+
+
+def _in_force_for_item(engine: sa.Engine, item_id: int) -> dict[str, Any] | None:
+    return _in_force_per_item(engine, decisions.c.item_id == item_id).get(item_id)
 
 
 def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
@@ -166,14 +194,10 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             .where(decisions.c.decision_id == undone["decision_id"])
             .values(undone_at=_now(), undone_by=user)
         )
-        # The item takes the status of the decision now in force on it (another annotator's, maybe), else open.
-        in_force = db.execute(
-            sa.select(decisions.c.action)
-            .where(decisions.c.item_id == undone["item_id"], decisions.c.undone_at.is_(None))
-            .order_by(decisions.c.decision_id.desc())
-            .limit(1)
-        ).first()
-        status = STATUS_OF[in_force.action] if in_force else "open"
+    # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
+    now = _in_force_for_item(engine, undone["item_id"])
+    status = STATUS_OF[now["action"]] if now else "open"
+    with engine.begin() as db:
         db.execute(review_items.update().where(review_items.c.item_id == undone["item_id"]).values(status=status))
     return undone
 
@@ -187,34 +211,17 @@ def history(engine: sa.Engine, item_id: int) -> list[dict[str, Any]]:
 
 
 def active_decisions(engine: sa.Engine, dataset: str) -> list[dict[str, Any]]:
-    """The decision in force on each item of a dataset (latest not undone), oldest first."""
+    """The decision in force on each item of a dataset (``in_force``), oldest first."""
     if not sa.inspect(engine).has_table(decisions.name):
         return []
-    query = (
-        decisions.select()
-        .where(decisions.c.dataset == dataset, decisions.c.undone_at.is_(None))
-        .order_by(decisions.c.decision_id)
-    )
-    with engine.connect() as db:
-        rows = [dict(row._mapping) for row in db.execute(query)]
-    latest: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        latest[row["item_id"]] = row
-    return sorted(latest.values(), key=lambda row: row["decision_id"])
+    in_force_now = _in_force_per_item(engine, decisions.c.dataset == dataset)
+    return sorted(in_force_now.values(), key=lambda row: row["decision_id"])
 
 
 def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides: int) -> list[dict[str, Any]]:
     """Decisions in force on the same record through other items (an earlier version's flags)."""
-    query = (
-        decisions.select()
-        .where(decisions.c.dataset == dataset, decisions.c.record_id == record_id, decisions.c.item_id != besides)
-        .where(decisions.c.undone_at.is_(None))
-        .order_by(decisions.c.decision_id)
-    )
-    with engine.connect() as db:
-        rows = [dict(row._mapping) for row in db.execute(query)]
-    latest = {row["item_id"]: row for row in rows}  # per item, the latest not undone is the one in force
-    return sorted(latest.values(), key=lambda row: row["decision_id"])
+    where = (decisions.c.dataset == dataset, decisions.c.record_id == record_id, decisions.c.item_id != besides)
+    return sorted(_in_force_per_item(engine, *where).values(), key=lambda row: row["decision_id"])
 
 
 @dataclass
@@ -253,30 +260,56 @@ def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
 
 
 def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> set[str]:
-    """The inputs (URIs) holding records whose decisions since ``since`` a carried line cannot take:
-    a decision undone (the line holds the edit, or lacks the rejected record, and not the input's
-    value) and a decision on a near duplicate that was set aside (it is in no line). Read again, the
-    record meets the decisions in force as any record read does."""
+    """The inputs (URIs) holding records whose decisions changed since ``since`` in a way a carried line
+    cannot take: what was in force then (a rejection, an edit's value, a span marked not PII) is not
+    now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
+    is not the input's; and any decision on a near duplicate, which was set aside (it is in no line).
+    Read again, the record meets the decisions in force as any record read does."""
     if not sa.inspect(engine).has_table(decisions.name):
         return set()
     query = (
-        sa.select(review_items.c.source, review_items.c.kind, decisions.c.at, decisions.c.undone_at)
+        sa.select(review_items.c.source, review_items.c.kind, decisions)
         .join(decisions, decisions.c.item_id == review_items.c.item_id)
-        .where(
-            decisions.c.dataset == dataset,
-            sa.or_(decisions.c.undone_at.is_not(None), review_items.c.kind == "near_duplicate"),
-        )
+        .where(decisions.c.dataset == dataset)
+        .order_by(decisions.c.decision_id)
     )
     with engine.connect() as db:
-        rows = db.execute(query).all()
+        rows = [dict(row._mapping) for row in db.execute(query)]
+    per_item: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        per_item.setdefault(row["item_id"], []).append(row)
+    since = _utc(since)
+    sources = set()
     # Compared here, not in SQL: SQLite hands datetimes back naive (see _utc).
-    later = [
-        row.source
-        for row in rows
-        if (row.undone_at is not None and _utc(row.undone_at) > _utc(since))
-        or (row.kind == "near_duplicate" and _utc(row.at) > _utc(since))
-    ]
-    return {uri for uri in (json.loads(source).get("uri") for source in later) if uri}
+    for item_rows in per_item.values():
+        decided = [row for row in item_rows if _utc(row["at"]) > since]
+        undone = [row for row in item_rows if row["undone_at"] is not None and _utc(row["undone_at"]) > since]
+        if not decided and not undone:
+            continue
+        then = in_force(
+            [
+                r
+                for r in item_rows
+                if _utc(r["at"]) <= since and (r["undone_at"] is None or _utc(r["undone_at"]) > since)
+            ]
+        )
+        now = in_force([r for r in item_rows if r["undone_at"] is None])
+        if (item_rows[0]["kind"] == "near_duplicate" and decided) or _taken_away(then, now):
+            sources.add(item_rows[0]["source"])
+    return {uri for uri in (json.loads(source).get("uri") for source in sources) if uri}
+
+
+def _taken_away(then: dict[str, Any] | None, now: dict[str, Any] | None) -> bool:
+    """Whether a carried line, which holds what was in force ``then``, holds an effect no longer in
+    force ``now`` (a carried line takes a new rejection, edit or not-PII mark, not the end of one)."""
+    if then is None or then["action"] == "approve" or (now is not None and now["action"] == "reject"):
+        return False
+    if now is None or now["action"] == "approve" or then["action"] == "reject":
+        return True
+    before, after = json.loads(then["after"]), json.loads(now["after"])
+    return bool(set(before.get("fields", {})) - set(after.get("fields", {}))) or any(
+        span not in after.get("not_pii", []) for span in before.get("not_pii", [])
+    )
 
 
 def _utc(moment: datetime) -> datetime:

@@ -162,17 +162,26 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
     counts = {"approve": 0, "reject": 0, "edit": 0, "skipped": 0}
     decisions: list[tuple[int, str, dec.Edit | None]] = []
     for position, task in enumerate(tasks):
-        data = task.get("data") or {}
-        if "item_id" not in data:
-            raise LabelStudioError(f"task {position} (Label Studio id {task.get('id')}) has no data.item_id")
-        annotation = _latest_annotation(task)
-        if annotation is None:
-            counts["skipped"] += 1
-            continue
-        item = dec.get_item(engine, int(data["item_id"]))
-        results = annotation.get("result") or []
-        choice = next((r["value"]["choices"][0] for r in results if r.get("from_name") == "decision"), None)
-        edit = _edit(item, data, results)
+        where = f"task {position} (Label Studio id {task.get('id') if isinstance(task, dict) else None})"
+        try:
+            data = task.get("data") or {}
+            if "item_id" not in data:
+                raise LabelStudioError(f"{where} has no data.item_id")
+            annotation = _latest_annotation(task)
+            if annotation is None:
+                counts["skipped"] += 1
+                continue
+            item = dec.get_item(engine, int(data["item_id"]))
+            results = annotation.get("result") or []
+            choice = next((r["value"]["choices"][0] for r in results if r.get("from_name") == "decision"), None)
+            if choice not in (None, "approve", "reject"):
+                raise LabelStudioError(f"{where}: unknown decision {choice!r}; the choices are approve and reject")
+            edit = _edit(item, data, results)
+        except (LabelStudioError, dec.DecisionError):
+            raise
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
+            problem = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
         if choice == "reject":
             action = "reject"
         elif edit is not None:
@@ -205,11 +214,12 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
     edit = dec.Edit()
     labelled = [r for r in results if r.get("type") == "labels"]
     if item["kind"] == "pii" and labelled and data.get("text") == payload.get("original"):
-        # Spans the annotator left labelled stay redacted; a detected span they removed is not PII.
+        # Spans the annotator left labelled stay redacted; a detected span they removed is not PII. A
+        # label whose edges they moved still covers the span: it stays redacted as detected.
         # (No labels at all means the annotator did not work on spans: nothing is restored.)
-        kept = {(r["value"]["start"], r["value"]["end"]) for r in labelled}
+        kept = [(int(r["value"]["start"]), int(r["value"]["end"])) for r in labelled]
         for span in payload.get("spans", []):
-            if (span["start"], span["end"]) not in kept:
+            if not any(start < span["end"] and span["start"] < end for start, end in kept):
                 edit.not_pii.append((payload.get("field", ""), span["start"], span["end"]))
     if item["kind"] == "vqa":
         answer = next((r["value"]["text"] for r in results if r.get("from_name") == "answer"), None)
