@@ -144,6 +144,19 @@ def test_a_first_line_longer_than_a_read_is_checked_whole(workdir: Path) -> None
     assert load_version(run(workdir, spec).version_uri).format == "text"
 
 
+def test_a_version_without_training_records_is_refused(workdir: Path) -> None:
+    write_jsonl(workdir / "faq.jsonl", [{"q": f"Question {n}?", "a": ""} for n in range(3)])
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "instruction_filter"}],  # every completion is empty: nothing is written
+    }
+    version = run(workdir, spec).version_uri
+    with pytest.raises(TrainError, match="its train split holds no records: nothing to train on"):
+        training_request(version, MODEL, specs=PINNED)
+
+
 def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:
     version = Path(publish(workdir, "jumpstart-instruction"))
     manifest = version / "manifest.json"
@@ -160,6 +173,8 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         ({"epoch": "abc"}, "epoch=abc: takes a whole number"),
         ({"epoch": "-3"}, "epoch=-3: must be above 0"),
         ({"learning_rate": "-1"}, "learning_rate=-1: must be above 0"),
+        ({"learning_rate": "nan"}, "learning_rate=nan: takes a finite number"),
+        ({"learning_rate": "inf"}, "learning_rate=inf: takes a finite number"),
         ({"int8_quantization": "maybe"}, "takes True or False"),
         ({"instruction_tuned": "False"}, "trains with instruction_tuned=True"),
     ):

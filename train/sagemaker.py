@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -107,6 +108,9 @@ def load_version(version_uri: str) -> Manifest:
             f"are not in it: {listed}"
         )
     _check_lines_fit_format(version_uri, manifest)
+    train = manifest.splits.get("train")
+    if train is None or not train.records:
+        raise TrainError(f"{version_uri}: its train split holds no records: nothing to train on")
     return manifest
 
 
@@ -287,6 +291,8 @@ def _value_problem(value: str, default: str) -> str | None:
             given = kind(value)
         except ValueError:
             return f"takes {name} (default {default})"
+        if not math.isfinite(given):
+            return f"takes a finite number (default {default})"
         if number > 0 and given <= 0:
             return f"must be above 0 (default {default})"
         return None
