@@ -80,10 +80,26 @@ def test_export_then_import_label_studio(seeded: Seeded) -> None:
     assert broken.returncode == 2 and "has no data.item_id" in broken.stderr
 
 
+def test_an_export_filter_that_can_match_nothing_is_said(seeded: Seeded) -> None:
+    recipe = str(seeded.recipe_path)
+    out = str(seeded.folder / "filtered.json")
+    typo = review("export", out, "--kind", "piii", "--recipe", recipe, cwd=seeded.folder)
+    assert typo.returncode == 2 and "--kind piii: use one of pii, near_duplicate, quarantined, vqa" in typo.stderr
+    typo = review("export", out, "--status", "opne", "--recipe", recipe, cwd=seeded.folder)
+    assert typo.returncode == 2 and "--status opne: use one of open, approved, rejected, edited" in typo.stderr
+    unknown = review("export", out, "--dataset", "nope", "--recipe", recipe, cwd=seeded.folder)
+    assert unknown.returncode == 0 and "the queue holds no item of dataset 'nope'" in unknown.stderr
+    known = review("export", out, "--dataset", "support", "--recipe", recipe, cwd=seeded.folder)
+    assert known.returncode == 0 and "no item" not in known.stderr
+
+
 def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_says_so(tmp_path: Path) -> None:
     done = review("export", "tasks.json", cwd=tmp_path)
     assert done.returncode == 2 and "no state store" in done.stderr and "--recipe" in done.stderr
     assert not (tmp_path / ".curation").exists() and not (tmp_path / "tasks.json").exists()
+    typo = review("export", "tasks.json", "--state", f"sqlite:///{tmp_path}/stat.db", cwd=tmp_path)
+    assert typo.returncode == 2 and f"no state store at {tmp_path}/stat.db:" in typo.stderr
+    assert not (tmp_path / "stat.db").exists()
 
 
 def test_the_pii_labeling_config_has_a_label_for_the_recipes_own_entities() -> None:

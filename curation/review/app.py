@@ -38,14 +38,13 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import create_tables, review_items
+from curation.review.queue import KINDS, create_tables, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
 from schemas.records import CONTENT_COLUMNS
 
 HERE = Path(__file__).parent
-KINDS = ("pii", "near_duplicate", "quarantined", "vqa")
 STATUSES = ("open", "approved", "rejected", "edited")
 FILTERS = ("dataset", "version", "kind", "status")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"

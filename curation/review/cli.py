@@ -40,20 +40,23 @@ def _recipes(paths: list[Path] | None) -> list[Recipe]:
 
 
 def _state_url(state: str | None, recipes: list[Recipe]) -> str:
-    if state or recipes:
-        return state or recipes[0].state
+    """The state store to use: one named by --state or the default must exist already (made here, it
+    would be a new, empty store: the queue empty and decisions lost); a recipe's is made with it."""
     from curation.state import sqlite_file
 
-    default = sqlite_file(DEFAULT_STATE_URL)
-    if default is not None and not default.exists():
-        # Made here, it would be a new, empty store: the queue would be empty and decisions lost.
+    if recipes and not state:
+        return recipes[0].state
+    url = state or DEFAULT_STATE_URL
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        where = f"at {path}" + ("" if state else " (from this folder)")
         console.print(
-            f"[red]no state store[/red] at {default} (from this folder): pass --recipe RECIPE to use its "
-            "state store, or --state URL",
+            f"[red]no state store[/red] {where}: pass --recipe RECIPE to use its state store, or --state URL "
+            "of an existing one",
             highlight=False,
         )
         raise typer.Exit(2)
-    return DEFAULT_STATE_URL
+    return url
 
 
 def _engine(url: str):
@@ -124,12 +127,19 @@ def export(
 ) -> None:
     """Write the queue as Label Studio tasks; with --kind, also the matching labeling config next to it."""
     from curation.review.labelstudio import export_tasks, label_config
+    from curation.review.queue import KINDS, STATUSES, queued_datasets
     from schemas.pii import PiiConfig
 
+    for option, value, known in (("kind", kind, KINDS), ("status", status, STATUSES)):
+        if value is not None and value not in known:
+            console.print(f"[red]error[/red] --{option} {value}: use one of {', '.join(known)}", highlight=False)
+            raise typer.Exit(2)
     recipes = _recipes(recipe)
     engine = _engine(_state_url(state, recipes))
     filters = {"dataset": dataset, "version": version, "kind": kind, "status": status}
     tasks = export_tasks(engine, filters, include_pii)
+    if dataset is not None and not tasks and dataset not in queued_datasets(engine):
+        console.print(f"[yellow]warning[/yellow] the queue holds no item of dataset {dataset!r}", highlight=False)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))

@@ -31,6 +31,8 @@ review_items = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default="open"),  # open, approved, rejected, edited
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+KINDS = ("pii", "near_duplicate", "quarantined", "vqa")  # what the stages flag
+STATUSES = ("open", "approved", "rejected", "edited")
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -95,3 +97,10 @@ def list_items(
             query = query.where(review_items.c[column] == value)
     with engine.connect() as db:
         return [dict(row._mapping) for row in db.execute(query)]
+
+
+def queued_datasets(engine: sa.Engine) -> set[str]:
+    """The datasets with items in the queue."""
+    create_tables(engine)
+    with engine.connect() as db:
+        return set(db.execute(sa.select(review_items.c.dataset).distinct()).scalars())
