@@ -359,6 +359,8 @@ def test_a_decision_on_a_set_aside_near_duplicate_reads_its_input_again(workdir:
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
     with engine.connect() as db:
         (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+    dec.decide(engine, item.item_id, "rita", "approve")  # yes, a duplicate: nothing to read again
+    assert run(workdir, spec).manifest is None
     # The annotator rewrites the set-aside one so it is no longer a near duplicate: it is published
     # by the next scheduled run, which reads its input again for it (no --full-refresh needed).
     dec.decide(engine, item.item_id, "rita", "edit", dec.Edit(fields={"prompt": "How do I change my e-mail address?"}))

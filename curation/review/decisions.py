@@ -263,7 +263,8 @@ def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> se
     """The inputs (URIs) holding records whose decisions changed since ``since`` in a way a carried line
     cannot take: what was in force then (a rejection, an edit's value, a span marked not PII) is not
     now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
-    is not the input's; and any decision on a near duplicate, which was set aside (it is in no line).
+    is not the input's; and a change on a near duplicate, which was set aside (it is in no line; an
+    approve confirms that).
     Read again, the record meets the decisions in force as any record read does."""
     if not sa.inspect(engine).has_table(decisions.name):
         return set()
@@ -294,9 +295,14 @@ def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> se
             ]
         )
         now = in_force([r for r in item_rows if r["undone_at"] is None])
-        if (item_rows[0]["kind"] == "near_duplicate" and decided) or _taken_away(then, now):
+        if _taken_away(then, now) or (item_rows[0]["kind"] == "near_duplicate" and _effect(then) != _effect(now)):
             sources.add(item_rows[0]["source"])
     return {uri for uri in (json.loads(source).get("uri") for source in sources) if uri}
+
+
+def _effect(decision: dict[str, Any] | None) -> tuple[str, str] | None:
+    """What a decision in force does to its record: nothing for an approve (it confirms the flag)."""
+    return None if decision is None or decision["action"] == "approve" else (decision["action"], decision["after"])
 
 
 def _taken_away(then: dict[str, Any] | None, now: dict[str, Any] | None) -> bool:
