@@ -88,8 +88,10 @@ class InputIds:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self._hashes = np.empty(0, np.uint64)  # the contents seen so far, as sorted xxh3-64 hashes
-        self._counts = np.empty(0, np.int64)  # how many records held each
+        # The contents seen so far, as sorted runs of xxh3-64 hashes, each at least twice as long as
+        # the next: a batch's run is merged into the shorter ones, as a binary counter carries, so
+        # each hash is merged about log2(batches) times and memory stays 8 bytes per record.
+        self._runs: list[np.ndarray] = []
 
     def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
         if not isinstance(contents, pa.Array | pa.ChunkedArray):
@@ -100,22 +102,38 @@ class InputIds:
         # A hash collision only numbers two different contents as one's first and second: the ids,
         # which hash the content too, still differ.
         hashes = xxh3_64(pc.cast(contents, pa.large_binary())).to_numpy(zero_copy_only=False)
-        order = np.argsort(hashes, kind="stable")
-        ordered = hashes[order]
-        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.empty(0, np.int64)
-        sizes = np.diff(np.r_[first, len(ordered)])
-        unique = ordered[first]
-        at = np.searchsorted(self._hashes, unique)
-        seen = at < len(self._hashes)
-        seen[seen] = self._hashes[at[seen]] == unique[seen]
-        before = np.zeros(len(unique), np.int64)
-        before[seen] = self._counts[at[seen]]
-        numbers = np.empty(len(hashes), np.int64)
-        numbers[order] = np.arange(len(ordered)) - np.repeat(first - before, sizes)
-        self._counts[at[seen]] += sizes[seen]
-        self._hashes = np.insert(self._hashes, at[~seen], unique[~seen])
-        self._counts = np.insert(self._counts, at[~seen], sizes[~seen])
+        ordered = np.sort(hashes)
+        before = np.zeros(len(ordered), np.int64)  # per sorted hash: how often the input held it before
+        for run in self._runs:
+            before += np.searchsorted(run, ordered, "right") - np.searchsorted(run, ordered, "left")
+        repeats = len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any())
+        self._remember(ordered)
+        if not repeats and not before.any():
+            return before  # the usual batch: every content new to the input
+        order = np.argsort(hashes, kind="stable")  # equal hashes in input order
+        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        within = np.arange(len(ordered)) - np.repeat(first, np.diff(np.r_[first, len(ordered)]))
+        numbers = np.empty(len(ordered), np.int64)
+        numbers[order] = before + within
         return numbers
+
+    def _remember(self, ordered: np.ndarray) -> None:
+        if not len(ordered):
+            return
+        run = ordered
+        while self._runs and len(self._runs[-1]) <= 2 * len(run):
+            run = _merged(self._runs.pop(), run)
+        self._runs.append(run)
+
+
+def _merged(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two sorted arrays as one, in one pass."""
+    at = np.searchsorted(a, b, "right") + np.arange(len(b))
+    out = np.empty(len(a) + len(b), a.dtype)
+    taken = np.zeros(len(out), bool)
+    taken[at] = True
+    out[at], out[~taken] = b, a
+    return out
 
 
 class Record(BaseModel):
