@@ -219,6 +219,31 @@ def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: s
         check_copy(str(version), f"s3://{bucket}/copy")
 
 
+def test_a_copy_uploaded_in_parts_is_checked_by_its_parts_md5s(workdir: Path, bucket: str) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    from train.sagemaker import check_copy
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"Manual page {n}: " + "lorem ipsum " * 9000} for n in range(60)])
+    spec = {"dataset": "manual", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    version = Path(run(workdir, {**spec, "output": {"validation_fraction": 0.0}}).version_uri)
+    shard = version / "train" / "part-00000.jsonl"
+    assert shard.stat().st_size > 6 << 20  # over two 5 MiB parts
+    s3 = boto3.client("s3")
+    in_parts = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    for path in version.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"copy/{path.relative_to(version)}", Config=in_parts)
+    assert s3.head_object(Bucket=bucket, Key="copy/train/part-00000.jsonl")["ETag"].endswith('-2"')
+    check_copy(str(version), f"s3://{bucket}/copy")
+    original = shard.read_bytes()
+    changed = workdir / "changed.jsonl"
+    changed.write_bytes(original.replace(b"Manual page 7:", b"Manual page 8:", 1))  # as long, other bytes
+    s3.upload_file(str(changed), bucket, "copy/train/part-00000.jsonl", Config=in_parts)
+    with pytest.raises(TrainError, match=r"is not a copy of .*train/part-00000\.jsonl"):
+        check_copy(str(version), f"s3://{bucket}/copy")
+
+
 def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path, bucket: str) -> None:
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

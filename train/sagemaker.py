@@ -23,7 +23,7 @@ from typing import Any
 import botocore.session
 from botocore.validate import ParamValidator
 
-from connectors.storage import StorageError, filesystem, is_s3, s3_objects
+from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import read_manifest, verify_checksums
 from schemas.manifest import Manifest
 from train.jumpstart import ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
@@ -148,9 +148,9 @@ def _check_lines_fit_format(version_uri: str, manifest: Manifest) -> None:
 
 def check_copy(version_uri: str, data_uri: str) -> None:
     """The copy at ``data_uri`` (of a version published on local disk) is that version: the same
-    manifest, every file it lists there with its size and, where S3 gives an object's MD5 (its ETag
-    after a single-part upload), its content; and nothing else in the split folders. Hashing the copy
-    itself would mean downloading it. The local files' sha256 are checked by ``training_request``."""
+    manifest, every file it lists there with its size and its content as S3's ETag tells it (see
+    ``_local_etag``); and nothing else in the split folders. Hashing the copy itself would mean
+    downloading it. The local files' sha256 are checked by ``training_request``."""
     manifest = read_manifest(version_uri)
     try:
         copy = read_manifest(data_uri)
@@ -174,17 +174,38 @@ def check_copy(version_uri: str, data_uri: str) -> None:
         entry = objects.get(path)
         if entry is None or (size is not None and entry.size != size):
             return True
-        if entry.etag and re.fullmatch(r"[0-9a-f]{32}", entry.etag):  # a multipart ETag is no MD5
-            with local.open_input_stream(f"{root}/{path}") as stream:
-                digest = hashlib.file_digest(stream, lambda: hashlib.md5(usedforsecurity=False))
-            return digest.hexdigest() != entry.etag and not _encrypted_by_key(entry.uri)
-        return False
+        etag = _local_etag(local, f"{root}/{path}", entry) if entry.etag else None
+        return etag is not None and etag != entry.etag and not _encrypted_by_key(entry.uri)
 
     wrong = sorted(path for path, size in sizes.items() if differs(path, size))
     extra = sorted(set(objects) - set(sizes))
     if wrong or extra:
         named = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
         raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {named}")
+
+
+def _local_etag(fs: Any, path: str, entry: FileEntry) -> str | None:
+    """The ETag S3 would give the local file at ``path`` uploaded as ``entry`` was: its MD5 after a
+    single-part upload; after a multipart one, the MD5 of its parts' MD5s and their count, with the
+    size S3 gives the first part (``aws s3 cp`` uploads files over 8 MiB in parts). None when the
+    parts cannot be told (their count differs: not all but the last of one size)."""
+    multipart = re.fullmatch(r"[0-9a-f]{32}-(\d+)", entry.etag)
+    if multipart is None:
+        if not re.fullmatch(r"[0-9a-f]{32}", entry.etag):
+            return None
+        with fs.open_input_stream(path) as stream:
+            return hashlib.file_digest(stream, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+    import boto3
+
+    bucket, _, key = entry.uri.removeprefix("s3://").partition("/")
+    part_bytes = boto3.client("s3").head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"]
+    digests = []
+    with fs.open_input_stream(path) as stream:
+        while part := stream.read(part_bytes):
+            digests.append(hashlib.md5(part, usedforsecurity=False).digest())
+    if len(digests) != int(multipart.group(1)):
+        return None
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 def _encrypted_by_key(uri: str) -> bool:
