@@ -649,17 +649,17 @@ def _csv_line(values: list[str | None], delimiter: str) -> str:
 
 
 def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
-    """Rows from parsed JSON objects; a key whose values mix types is kept as JSON text."""
-    if not objects:
-        return pa.table({})
-    try:
-        return pa.Table.from_pylist(objects)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        pass
+    """Rows from parsed JSON objects, a column for every key any of them has (a key the first lacks
+    too); a key whose values mix types is kept as JSON text."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
     for key in keys:
         values = [obj.get(key) for obj in objects]
+        try:
+            columns[key] = pa.array(values)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
         kinds = {type(v) for v in values if v is not None}
         if kinds <= {int, float}:
             columns[key] = pa.array(values, pa.float64() if float in kinds else None)
@@ -667,7 +667,7 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
             columns[key] = pa.array(values, pa.string())
         else:
             columns[key] = pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values])
-    return pa.table(columns)
+    return pa.table(columns) if objects else pa.table({})
 
 
 def lines_of(table: pa.Table) -> np.ndarray:

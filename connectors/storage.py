@@ -128,6 +128,8 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
     if is_s3(uri):
         return _list_s3(uri, suffixes)
     fs, path = filesystem(uri)
+    if _is_glob(uri) and uri.endswith("/"):
+        path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
     try:
         if _is_glob(path):
             infos = fs.get_file_info(pafs.FileSelector(_glob_base(path), recursive=True, allow_not_found=True))

@@ -169,3 +169,15 @@ def test_a_value_that_is_not_a_string_in_a_declared_str_column_is_quarantined(wo
     written = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
     assert written == ["Categorise [not a list] (3.0)", "Categorise bus (2.0)", "Categorise coffee (4.5)"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_key_the_first_line_lacks_is_kept_when_a_bad_line_sends_the_block_line_by_line(workdir: Path) -> None:
+    (workdir / "faq.jsonl").write_text('{"q": "Where is it?"}\n{"q": "When?", "a": "Tomorrow."}\n{broken\n')
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ a or 'unknown' }}"},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["Tomorrow.", "unknown"]
+    assert result.manifest.counts.quarantined == 1
