@@ -328,7 +328,9 @@ class FilesSourceReader(ListedFiles):
             quoted_strings_can_be_null=False,
         )
         lines = _CsvLines(header, header_line)
-        row_ids, raw_ids = InputIds(entry.uri), InputIds(entry.uri)  # a row's values; a set-aside line's text
+        # One numbering for rows (their values joined) and set-aside lines (their text): a row and a
+        # line with one content are two records with two ids.
+        ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as raw:
             stream = _Utf8Guard(_LineFeeds(raw))
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
@@ -337,8 +339,8 @@ class FilesSourceReader(ListedFiles):
                 starts, ends, placed = lines.place(table, invalid)
                 invalid.clear()
                 table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
-                rows, not_utf8 = self._split_not_utf8(row_ids, raw_ids, table, starts, ends, stream.bad)
-                set_aside = self._invalid_csv_rows(raw_ids, placed, len(header))
+                rows, not_utf8 = self._split_not_utf8(ids, table, starts, ends, stream.bad)
+                set_aside = self._invalid_csv_rows(ids, placed, len(header))
                 if not_utf8.num_rows:
                     set_aside = pa.concat_tables([set_aside, not_utf8])
                 for start in range(0, max(rows.num_rows, 1), self.batch_rows):
@@ -348,7 +350,7 @@ class FilesSourceReader(ListedFiles):
                         input_bytes=progress.advance(batch.nbytes) if start == 0 else 0,
                     )
             _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
-            rest = self._invalid_csv_rows(raw_ids, placed, len(header))
+            rest = self._invalid_csv_rows(ids, placed, len(header))
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
     def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
@@ -375,8 +377,7 @@ class FilesSourceReader(ListedFiles):
 
     def _split_not_utf8(
         self,
-        row_ids: InputIds,
-        raw_ids: InputIds,
+        ids: InputIds,
         table: pa.Table,
         starts: np.ndarray,
         ends: np.ndarray,
@@ -392,10 +393,10 @@ class FilesSourceReader(ListedFiles):
             # Later rows start after these rows end: the bad bytes noted so far are done with.
             del bad[: np.searchsorted(bad_lines, ends.max(), side="right")]
         if not culprits:  # the usual: all UTF-8
-            return _with_lineage(table, row_ids, starts, _rows_as_text(table)), empty_set_aside()
-        uri = raw_ids.uri
+            return _with_lineage(table, ids, starts, _rows_as_text(table)), empty_set_aside()
+        uri = ids.uri
         good = table.filter(pa.array(~hit))
-        rows = _with_lineage(good, row_ids, starts[~hit], _rows_as_text(good))
+        rows = _with_lineage(good, ids, starts[~hit], _rows_as_text(good))
         indices = np.flatnonzero(hit)
         records = [_csv_line(list(row.values()), self.config.csv_delimiter) for row in table.take(indices).to_pylist()]
         details = []
@@ -403,7 +404,7 @@ class FilesSourceReader(ListedFiles):
             where = f"column {column}" if line == starts[index] else f"line {line}, column {column}"
             details.append(f"{uri}:{starts[index]}: not UTF-8: byte {byte:#04x} at {where}")
         set_aside = set_aside_rows(
-            raw_ids([record.encode() for record in records]),
+            ids([record.encode() for record in records]),
             source_array(CONNECTOR, uri, starts[indices]),
             stage="read",
             outcome="quarantined",

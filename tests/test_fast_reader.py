@@ -394,3 +394,13 @@ def test_a_line_inserted_or_deleted_above_a_record_leaves_its_id(tmp_path: Path)
     assert {text: after[text] for text in before if text != "note 2"} == {
         text: before[text] for text in before if text != "note 2"
     }
+
+
+def test_a_csv_row_and_a_set_aside_line_of_one_content_get_two_ids(tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text('text\n"a,b"\na,b\n')  # a row holding "a,b", then a line with one field too many
+    batches = read_new(path, 10)
+    (row,) = pa.concat_tables([b.rows for b in batches if b.rows.num_rows]).to_pylist()
+    (line,) = pa.concat_tables([b.set_aside for b in batches]).to_pylist()
+    assert row["text"] == "a,b" and line["reason"] == "malformed_csv"
+    assert row["id"] != line["id"]
