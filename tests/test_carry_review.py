@@ -399,3 +399,23 @@ def test_a_later_approve_ends_a_rejection_and_an_edit_of_carried_records(workdir
     final = lines_by_id(Path(v3.version_uri))
     assert final[edited] == by_id[edited] and final[rejected] == by_id[rejected]
     assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 8) + notes(20, 3))
+
+
+def test_undoing_a_later_decision_puts_the_one_before_it_back_in_force(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    _, _, edited, rejected = edit_note_2_and_reject_note_5(workdir)  # rita: "Lost.", and a rejection
+    run(workdir, recipe("out"))
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        items = {row.record_id: row.item_id for row in db.execute(sa.select(review_items))}
+    dec.decide(engine, items[edited], "sam", "edit", dec.Edit(fields={"completion": "Found."}))
+    dec.decide(engine, items[rejected], "adm", "approve")
+    three = lines_by_id(Path(run(workdir, recipe("out")).version_uri))
+    assert three[edited][0]["completion"] == "Found." and rejected in three
+    dec.undo_last(engine, "sam")
+    dec.undo_last(engine, "adm")
+    engine.dispose()
+    v4 = run(workdir, recipe("out"))  # no new input: the decisions alone make the version
+    assert v4.manifest is not None
+    four = lines_by_id(Path(v4.version_uri))
+    assert four[edited][0]["completion"] == "Lost." and rejected not in four

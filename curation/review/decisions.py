@@ -249,25 +249,22 @@ class RunDecisions:
         }
 
 
-def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
-    """How many rejections and edits in force were decided after ``since`` (a version's publication):
-    the next run publishes them even when it has no new input."""
-    return sum(
-        1
-        for row in active_decisions(engine, dataset)
-        if row["action"] in ("reject", "edit") and _utc(row["at"]) > _utc(since)
-    )
+@dataclass
+class Change:
+    """An item whose decisions changed after a version was published: what was in force then (what the
+    version's lines hold) and what is now."""
+
+    kind: str
+    source: str  # the item's source, as JSON
+    then: dict[str, Any] | None
+    now: dict[str, Any] | None
 
 
-def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> set[str]:
-    """The inputs (URIs) holding records whose decisions changed since ``since`` in a way a carried line
-    cannot take: what was in force then (a rejection, an edit's value, a span marked not PII) is not
-    now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
-    is not the input's; and a change on a near duplicate, which was set aside (it is in no line; an
-    approve confirms that).
-    Read again, the record meets the decisions in force as any record read does."""
+def changes(engine: sa.Engine, dataset: str, since: datetime) -> list[Change]:
+    """The items of a dataset with a decision taken or undone after ``since`` that changed its effect
+    on the record (an approve of a fresh flag changes nothing)."""
     if not sa.inspect(engine).has_table(decisions.name):
-        return set()
+        return []
     query = (
         sa.select(review_items.c.source, review_items.c.kind, decisions)
         .join(decisions, decisions.c.item_id == review_items.c.item_id)
@@ -280,23 +277,43 @@ def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> se
     for row in rows:
         per_item.setdefault(row["item_id"], []).append(row)
     since = _utc(since)
-    sources = set()
+    found = []
     # Compared here, not in SQL: SQLite hands datetimes back naive (see _utc).
     for item_rows in per_item.values():
-        decided = [row for row in item_rows if _utc(row["at"]) > since]
-        undone = [row for row in item_rows if row["undone_at"] is not None and _utc(row["undone_at"]) > since]
-        if not decided and not undone:
+        undone_at = [_utc(r["undone_at"]) if r["undone_at"] is not None else None for r in item_rows]
+        if all(_utc(r["at"]) <= since and (u is None or u <= since) for r, u in zip(item_rows, undone_at, strict=True)):
             continue
         then = in_force(
             [
                 r
-                for r in item_rows
-                if _utc(r["at"]) <= since and (r["undone_at"] is None or _utc(r["undone_at"]) > since)
+                for r, u in zip(item_rows, undone_at, strict=True)
+                if _utc(r["at"]) <= since and (u is None or u > since)
             ]
         )
         now = in_force([r for r in item_rows if r["undone_at"] is None])
-        if _taken_away(then, now) or (item_rows[0]["kind"] == "near_duplicate" and _effect(then) != _effect(now)):
-            sources.add(item_rows[0]["source"])
+        if _effect(then) != _effect(now):
+            found.append(Change(item_rows[0]["kind"], item_rows[0]["source"], then, now))
+    return found
+
+
+def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
+    """How many records' decisions in force changed after ``since`` (a version's publication) in a way
+    their carried lines take: the next run publishes them even when it has no new input. (The other
+    changes read their inputs again: ``inputs_to_read_again``.)"""
+    return sum(
+        1 for c in changes(engine, dataset, since) if c.kind != "near_duplicate" and not _taken_away(c.then, c.now)
+    )
+
+
+def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> set[str]:
+    """The inputs (URIs) holding records whose decisions changed since ``since`` in a way a carried line
+    cannot take: what was in force then (a rejection, an edit's field, a span marked not PII) is not
+    now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
+    is not the input's; and a change on a near duplicate, which was set aside (it is in no line).
+    Read again, the record meets the decisions in force as any record read does."""
+    sources = {
+        c.source for c in changes(engine, dataset, since) if c.kind == "near_duplicate" or _taken_away(c.then, c.now)
+    }
     return {uri for uri in (json.loads(source).get("uri") for source in sources) if uri}
 
 
