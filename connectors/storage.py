@@ -172,10 +172,10 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
                     head = client.head_object(Bucket=bucket, Key=key)
                     modified = head["LastModified"].isoformat()
                     return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))]
+            # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
+            # lists nothing, which the source decides about (see ListedFiles.entries).
             folder = _folder(key)
             found = list(_s3_objects(client, bucket, folder))
-            if not found:
-                raise StorageError(f"{uri}: no such file or folder")
             found = [e for e in found if _listed(e.uri.removeprefix(f"s3://{bucket}/{folder}"), suffixes)]
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None

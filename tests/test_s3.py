@@ -99,9 +99,22 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     assert verify_checksums(f"s3://{bucket}/out/docs/v1", result.manifest) == []
 
 
+def test_an_s3_landing_folder_emptied_once_taken_has_nothing_new(workdir: Path, bucket: str, aws_env: str) -> None:
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="landing/a.jsonl", Body=b'{"text": "Parcel 1 left the depot."}\n')
+    spec = docs_recipe(f"s3://{bucket}/landing/")
+    run(workdir, spec)
+    s3.delete_object(Bucket=bucket, Key="landing/a.jsonl")  # taken: the folder is gone with it
+    assert "nothing new since docs v1" in run(workdir, spec).message
+    with pytest.raises(StorageError, match="no input files match"):  # never gave a file: a wrong path
+        run(workdir, {**spec, "dataset": "other", "sources": [{"path": f"s3://{bucket}/landin/"}]})
+
+
 def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: str, aws_env: str) -> None:
     from connectors.state import file_fingerprints
-    from connectors.storage import StorageError, list_files
+    from connectors.storage import list_files
 
     s3 = boto3.client("s3", endpoint_url=aws_env)
     keys = ["in/a.jsonl", "in/deep/b.jsonl", "in/c.csv", "in/_staging/d.jsonl", "in/.hidden.jsonl", "inbox/e.jsonl"]
@@ -125,8 +138,7 @@ def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: 
     assert names(list_files(f"{uri}/in/**")) == ["in/a.jsonl", "in/c.csv", "in/deep/b.jsonl"]
     # A glob ending in / names folders: the files under them, as a folder source reads them.
     assert names(list_files(f"{uri}/in*/", (".jsonl",))) == ["in/a.jsonl", "in/deep/b.jsonl", "inbox/e.jsonl"]
-    with pytest.raises(StorageError, match="no such file or folder"):
-        list_files(f"{uri}/missing")
+    assert list_files(f"{uri}/missing") == []  # on S3 an empty folder is no folder: the source decides
 
     # Each entry holds its object's ETag, and the fingerprints are those: no second listing (an entry
     # in a bucket that does not exist would fail one).
