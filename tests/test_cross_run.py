@@ -187,3 +187,20 @@ def test_a_run_hashes_each_record_once_when_the_recorder_can_take_the_barriers_r
     write_jsonl(workdir / "input" / "part2.jsonl", [{"text": t} for t in texts[:7]])
     second = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}], "batch_rows": 10})
     assert second.manifest.counts.reasons["duplicate"] == {"earlier_version": 7}
+
+
+def test_signatures_computed_with_other_settings_are_said_not_to_be_compared(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "input" / "a.jsonl", [{"text": "Parcel 1 left the depot on Monday."}])
+    run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup", "fields": ["text", "title"]}]})
+    write_jsonl(workdir / "input" / "b.jsonl", [{"text": "Parcel 1 left the depot on Monday."}])
+    with caplog.at_level("WARNING"):
+        second = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})  # the fields changed
+    assert second.manifest.counts.written == 1  # not compared: the warning says so
+    assert "exact_dedup: the published versions' signatures were computed with other settings" in caplog.text
+    caplog.clear()
+    write_jsonl(workdir / "input" / "c.jsonl", [{"text": "Parcel 2 arrived."}])
+    with caplog.at_level("WARNING"):
+        run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})
+    assert "other settings" not in caplog.text  # v2's signatures have the recipe's settings

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -31,6 +32,8 @@ from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import holds_one_key_each, one_key_each
 from curation.state import state_engine
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
+
+log = logging.getLogger(__name__)
 
 REASON = "earlier_version"
 _PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
@@ -207,6 +210,25 @@ class SignatureIndex:
             else:
                 db.execute(table.delete().where(table.c.n == n))
 
+    def _warn_of_other_settings(self, db: sa.Connection, stage: str, params: str) -> None:
+        """Say so when the published versions' signatures were computed with other settings of the stage
+        (its fields, shingles, ...: a changed recipe, or defaults changed by an upgrade): they are not
+        comparable, so this run's records are not compared with the published ones."""
+        table = published_signatures
+        other = sa.select(table.c.n).where(
+            table.c.dataset == self.dataset,
+            table.c.stage == stage,
+            table.c.params != params,
+            table.c.version.is_not(None),
+        )
+        if db.execute(other.limit(1)).first() is not None:
+            log.warning(
+                "%s: the published versions' signatures were computed with other settings of the stage (its "
+                "fields or parameters changed), so this run's records are not compared with them; --full-refresh "
+                "rebuilds the dataset with the settings of the recipe",
+                stage,
+            )
+
     def load(self, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
         """Published signature rows; ``id`` is prefixed and ``source`` names the version. With ``keys``
         (for rows of one key each, as exact dedup stores them), only the rows holding one of them:
@@ -222,6 +244,8 @@ class SignatureIndex:
         )
         with self.engine.connect() as db:
             rows = db.execute(query.order_by(table.c.n)).all()
+            if not rows:
+                self._warn_of_other_settings(db, stage, params)
         parts = []
         for version, data in rows:
             part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
