@@ -100,6 +100,11 @@ def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_s
     typo = review("export", "tasks.json", "--state", f"sqlite:///{tmp_path}/stat.db", cwd=tmp_path)
     assert typo.returncode == 2 and f"no state store at {tmp_path}/stat.db:" in typo.stderr
     assert not (tmp_path / "stat.db").exists()
+    path = review("export", "tasks.json", "--state", "stat.db", cwd=tmp_path)
+    assert path.returncode == 2 and "--state stat.db: not a database URL" in path.stderr
+    assert "Traceback" not in path.stderr
+    asked = review("add-user", "olga", "--state", f"sqlite:///{tmp_path}/stat.db", cwd=tmp_path, stdin="")
+    assert asked.returncode == 2 and "no state store" in asked.stderr and "password" not in asked.stdout
 
 
 def test_the_pii_labeling_config_has_a_label_for_the_recipes_own_entities() -> None:

@@ -42,11 +42,21 @@ def _recipes(paths: list[Path] | None) -> list[Recipe]:
 def _state_url(state: str | None, recipes: list[Recipe]) -> str:
     """The state store to use: one named by --state or the default must exist already (made here, it
     would be a new, empty store: the queue empty and decisions lost); a recipe's is made with it."""
+    import sqlalchemy as sa
+
     from curation.state import sqlite_file
 
     if recipes and not state:
         return recipes[0].state
     url = state or DEFAULT_STATE_URL
+    try:
+        sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        console.print(
+            f"[red]error[/red] --state {url}: not a database URL (sqlite:///path/state.db, postgresql+psycopg://...)",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
     path = sqlite_file(url)
     if path is not None and not path.exists():
         where = f"at {path}" + ("" if state else " (from this folder)")
@@ -104,9 +114,10 @@ def add_user(
     from curation.review.auth import AuthError
     from curation.review.auth import add_user as create
 
+    url = _state_url(state, _recipes(recipe))  # before the prompt: a wrong store is said at once
     password = os.environ.get(PASSWORD_ENV) or typer.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
-        user = create(_engine(_state_url(state, _recipes(recipe))), name, role, password)
+        user = create(_engine(url), name, role, password)
     except AuthError as error:
         console.print(f"[red]error[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
