@@ -162,6 +162,9 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     assert json.loads(decision["after"])["not_pii"] == [["completion", 5, 16]]
     dec.undo_last(engine, "pia")
     assert dec.run_decisions(engine, "support").undone == {}
+    for bad in ("garbage", "completion:a:b"):
+        response = client.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": bad, "csrf_token": csrf})
+        assert response.status_code == 400 and "a span is field:start:end" in response.text
 
 
 def test_edit_checks_field_and_value(app, seeded: Seeded) -> None:
@@ -265,6 +268,9 @@ def test_a_task_not_as_label_studio_exports_them_is_named(seeded: Seeded, task: 
     }
     with pytest.raises(LabelStudioError, match="unknown decision 'maybe'"):
         import_annotations(engine, [maybe], "pia")
+    gone = {"data": {"item_id": 999}, "annotations": [{"result": []}]}
+    with pytest.raises(LabelStudioError, match=r"task 0 \(Label Studio id None\): review item 999 does not exist"):
+        import_annotations(engine, [gone], "pia")
 
 
 def test_filters_and_counts_left(app, seeded: Seeded) -> None:

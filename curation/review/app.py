@@ -12,6 +12,7 @@ import importlib
 import json
 import math
 import mimetypes
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -513,6 +514,8 @@ def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: li
     if not_pii and not user.sees_pii:
         raise HTTPException(403, "only a pii-reviewer or an admin can mark redactions as not PII")
     for key in not_pii:
-        name, start, end = key.rsplit(":", 2)
-        edit.not_pii.append((name, int(start), int(end)))
+        span = re.fullmatch(r"(.+):(\d+):(\d+)", key)
+        if span is None:
+            raise HTTPException(400, f"not_pii={key!r}: a span is field:start:end")
+        edit.not_pii.append((span.group(1), int(span.group(2)), int(span.group(3))))
     return edit

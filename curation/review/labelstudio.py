@@ -173,12 +173,15 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
                 continue
             item = dec.get_item(engine, int(data["item_id"]))
             results = annotation.get("result") or []
-            choice = next((r["value"]["choices"][0] for r in results if r.get("from_name") == "decision"), None)
+            choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
+            choice = choices[0] if isinstance(choices, list) and choices else choices
             if choice not in (None, "approve", "reject"):
                 raise LabelStudioError(f"{where}: unknown decision {choice!r}; the choices are approve and reject")
             edit = _edit(item, data, results)
-        except (LabelStudioError, dec.DecisionError):
+        except LabelStudioError:
             raise
+        except dec.DecisionError as error:  # an item that is not in the queue
+            raise LabelStudioError(f"{where}: {error}") from None
         except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
             problem = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
