@@ -148,7 +148,7 @@ def test_stage_sits_after_record_validation_and_creates_no_state(tmp_path: Path)
     assert not state.exists()
 
 
-def test_a_flag_still_open_in_the_queue_is_not_queued_again(tmp_path: Path) -> None:
+def test_a_flag_the_queue_holds_is_not_queued_again(tmp_path: Path) -> None:
     from curation.review.queue import list_items
 
     engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
@@ -166,7 +166,7 @@ def test_a_flag_still_open_in_the_queue_is_not_queued_again(tmp_path: Path) -> N
         ("r3", 2),
     ]
     assert add_items(engine, "other", 1, "run3", first) == 2  # another dataset's queue is its own
-    # One decided on is asked again (its page shows the earlier decision).
+    # Nor one decided on: the decision stays in force for the record.
     (r3,) = [i for i in list_items(engine) if i["record_id"] == "r3"]
     dec.decide(engine, r3["item_id"], "rita", "approve")
-    assert add_items(engine, "tx", 3, "run4", pa.Table.from_pylist([flag("r3")], schema=FLAG_SCHEMA)) == 1
+    assert add_items(engine, "tx", 3, "run4", pa.Table.from_pylist([flag("r3")], schema=FLAG_SCHEMA)) == 0

@@ -40,9 +40,9 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:
-    """Store a run's flags, but those already waiting in the queue (the same record, kind and payload,
-    still open: a full refresh reads the same input again); returns how many. One an annotator has
-    decided on is queued again, and its page shows the earlier decision."""
+    """Store a run's flags, but those the queue already holds (the same record, kind and payload: an
+    input read again, a full refresh), open or decided: a decision on the item stays in force for the
+    record, so asking again would only repeat the annotators' work. Returns how many."""
     if flags.num_rows == 0:
         return 0
     create_tables(engine)
@@ -72,7 +72,7 @@ def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags:
 
 
 def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple[str, str, str | None]]:
-    """(record, kind, payload) of the open items of these records."""
+    """(record, kind, payload) of the items of these records."""
     found: set[tuple[str, str, str | None]] = set()
     table = review_items
     distinct = sorted(set(record_ids))
@@ -80,7 +80,6 @@ def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple
         for start in range(0, len(distinct), 500):  # under every database's limit on bound parameters
             query = sa.select(table.c.record_id, table.c.kind, table.c.payload).where(
                 table.c.dataset == dataset,
-                table.c.status == "open",
                 table.c.record_id.in_(distinct[start : start + 500]),
             )
             found.update((row.record_id, row.kind, row.payload) for row in db.execute(query))
