@@ -272,6 +272,7 @@ class ListedFiles:
     config: Any
     watermark: SourceWatermark | None
     _listed: list[FileEntry] | None = None
+    listed_uris: list[str]  # every file the path matches, new or not (set by ``entries``)
 
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
@@ -280,6 +281,7 @@ class ListedFiles:
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):
                 raise StorageError(f"{self.config.path}: {self.nothing_found}")
+            self.listed_uris = [entry.uri for entry in entries]
             self._listed = new_files(entries, self.watermark)
         return self._listed
 

@@ -149,19 +149,20 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
 
 
 def source_inputs(sources: list[Source]) -> list[InputFile]:
-    """What the sources are to read; an input two sources match would give its records twice, so that
-    is a recipe error."""
+    """What the sources are to read. An input two sources match, new or not, would give its records
+    twice: that is a recipe error."""
     inputs: list[InputFile] = []
     matched_by: dict[str, int] = {}
     for number, source in enumerate(sources):
-        for entry in source.inputs():
-            if entry.uri in matched_by:
+        taken = source.inputs()
+        for uri in getattr(source, "listed_uris", None) or [entry.uri for entry in taken]:
+            if uri in matched_by:
                 raise RecipeError(
-                    f"{entry.uri}: matched by sources.{matched_by[entry.uri]} and sources.{number}; "
+                    f"{uri}: matched by sources.{matched_by[uri]} and sources.{number}; "
                     "an input must belong to one source (narrow a path or glob)"
                 )
-            matched_by[entry.uri] = number
-            inputs.append(entry)
+            matched_by[uri] = number
+        inputs += taken
     return inputs
 
 

@@ -234,3 +234,10 @@ def test_an_input_two_sources_match_is_a_recipe_error(tmp_path: Path) -> None:
         assert refused.returncode == 2 and "Traceback" not in said, said
         assert "x.jsonl: matched by sources.0 and sources.1" in said
     assert not (tmp_path / "output").exists()
+    # A source added to a recipe that ran: the file it matches is not new to the first source, and
+    # still belongs to it.
+    write_recipe(tmp_path, {**spec, "sources": spec["sources"][:1]})
+    assert curation("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
+    write_recipe(tmp_path, spec)
+    refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert refused.returncode == 2 and "x.jsonl: matched by sources.0 and sources.1" in refused.stderr
