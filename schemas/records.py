@@ -96,6 +96,8 @@ class InputIds:
     def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
         if not isinstance(contents, pa.Array | pa.ChunkedArray):
             contents = pa.array(contents, pa.binary())
+        if contents.null_count:
+            raise ValueError(f"{self.uri}: a record's content is null; ids need bytes")
         return record_ids(self.uri, self._occurrences(contents), contents)
 
     def _occurrences(self, contents: pa.Array | pa.ChunkedArray) -> np.ndarray:

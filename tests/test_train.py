@@ -175,6 +175,7 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         ({"learning_rate": "-1"}, "learning_rate=-1: must be above 0"),
         ({"learning_rate": "nan"}, "learning_rate=nan: takes a finite number"),
         ({"learning_rate": "inf"}, "learning_rate=inf: takes a finite number"),
+        ({"lora_r": "1_6"}, "lora_r=1_6: takes a whole number"),
         ({"int8_quantization": "maybe"}, "takes True or False"),
         ({"instruction_tuned": "False"}, "trains with instruction_tuned=True"),
     ):

@@ -309,7 +309,7 @@ def _value_problem(value: str, default: str) -> str | None:
         except ValueError:
             continue
         try:
-            given = kind(value)
+            given = kind(value.replace("_", "?"))  # Python reads 1_6 as 16; a training script may not
         except ValueError:
             return f"takes {name} (default {default})"
         if not math.isfinite(given):

@@ -10,6 +10,7 @@ edits replace field values, and redaction spans marked "not PII" are handed to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -161,10 +162,11 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after)}
 
 
-def _in_force_per_item(engine: sa.Engine, *where: Any) -> dict[int, dict[str, Any]]:
-    """The decision in force (``in_force``) on each item with decisions matching ``where``."""
+def _in_force_per_item(engine: sa.Engine | sa.Connection, *where: Any) -> dict[int, dict[str, Any]]:
+    """The decision in force (``in_force``) on each item with decisions matching ``where`` (read on a
+    connection, a transaction's, when given one)."""
     query = decisions.select().where(*where, decisions.c.undone_at.is_(None)).order_by(decisions.c.decision_id)
-    with engine.connect() as db:
+    with engine.connect() if isinstance(engine, sa.Engine) else contextlib.nullcontext(engine) as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
     per_item: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
@@ -172,7 +174,7 @@ def _in_force_per_item(engine: sa.Engine, *where: Any) -> dict[int, dict[str, An
     return {item: decision for item, decision in ((i, in_force(r)) for i, r in per_item.items()) if decision}
 
 
-def _in_force_for_item(engine: sa.Engine, item_id: int) -> dict[str, Any] | None:
+def _in_force_for_item(engine: sa.Engine | sa.Connection, item_id: int) -> dict[str, Any] | None:
     return _in_force_per_item(engine, decisions.c.item_id == item_id).get(item_id)
 
 
@@ -194,10 +196,9 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             .where(decisions.c.decision_id == undone["decision_id"])
             .values(undone_at=_now(), undone_by=user)
         )
-    # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
-    now = _in_force_for_item(engine, undone["item_id"])
-    status = STATUS_OF[now["action"]] if now else "open"
-    with engine.begin() as db:
+        # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
+        now = _in_force_for_item(db, undone["item_id"])
+        status = STATUS_OF[now["action"]] if now else "open"
         db.execute(review_items.update().where(review_items.c.item_id == undone["item_id"]).values(status=status))
     return undone
 
