@@ -77,6 +77,9 @@ def record_ids(
     return xxh3_128_hex(joined)
 
 
+_SLOT_BITS = 24  # InputIds' filter: 16 MiB of slots, a few percent taken twice by chance at a million
+
+
 class InputIds:
     """Record ids for the records of one input, taken in the order the input holds them.
 
@@ -90,8 +93,11 @@ class InputIds:
         self.uri = uri
         # The contents seen so far, as sorted runs of xxh3-64 hashes, each at least twice as long as
         # the next: a batch's run is merged into the shorter ones, as a binary counter carries, so
-        # each hash is merged about log2(batches) times and memory stays 8 bytes per record.
+        # each hash is merged about log2(batches) times and memory stays 8 bytes per record. In front,
+        # a bit per slot of the hash's top bits: a content whose slot no earlier one took is new, with
+        # no search (nearly every content, as inputs rarely repeat one).
         self._runs: list[np.ndarray] = []
+        self._slots: np.ndarray | None = None
 
     def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
         if not isinstance(contents, pa.Array | pa.ChunkedArray):
@@ -104,20 +110,26 @@ class InputIds:
         # A hash collision only numbers two different contents as one's first and second: the ids,
         # which hash the content too, still differ.
         hashes = xxh3_64(pc.cast(contents, pa.large_binary())).to_numpy(zero_copy_only=False)
-        ordered = np.sort(hashes)
-        before = np.zeros(len(ordered), np.int64)  # per sorted hash: how often the input held it before
+        if self._slots is None:
+            self._slots = np.zeros(1 << _SLOT_BITS, dtype=bool)  # pages are taken as slots are
+        slots = (hashes >> np.uint64(64 - _SLOT_BITS)).astype(np.intp)
+        maybe = np.flatnonzero(self._slots[slots])  # an earlier content took the slot: look it up
+        self._slots[slots] = True
+        before = np.zeros(len(hashes), np.int64)  # how often the input held each content before
         for run in self._runs:
-            before += np.searchsorted(run, ordered, "right") - np.searchsorted(run, ordered, "left")
-        repeats = len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any())
+            found = hashes[maybe]
+            before[maybe] += np.searchsorted(run, found, "right") - np.searchsorted(run, found, "left")
+        ordered = np.sort(hashes)
         self._remember(ordered)
-        if not repeats and not before.any():
-            return before  # the usual batch: every content new to the input
-        order = np.argsort(hashes, kind="stable")  # equal hashes in input order
-        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        within = np.arange(len(ordered)) - np.repeat(first, np.diff(np.r_[first, len(ordered)]))
-        numbers = np.empty(len(ordered), np.int64)
-        numbers[order] = before + within
-        return numbers
+        twice = ordered[1:][ordered[1:] == ordered[:-1]]  # contents the batch holds more than once
+        if len(twice):  # number them within the batch, in input order
+            twice = np.unique(twice)
+            at = np.flatnonzero(twice[np.minimum(np.searchsorted(twice, hashes), len(twice) - 1)] == hashes)
+            order = np.argsort(hashes[at], kind="stable")
+            grouped = hashes[at][order]
+            first = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+            before[at[order]] += np.arange(len(at)) - np.repeat(first, np.diff(np.r_[first, len(at)]))
+        return before
 
     def _remember(self, ordered: np.ndarray) -> None:
         if not len(ordered):
