@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, expect
 
 from curation.review import decisions as dec
-from curation.review.queue import list_items
+from curation.review.queue import add_items, list_items
+from schemas.records import FLAG_SCHEMA
 from tests.conftest import chromium
 from tests.helpers import outputs, set_aside
 from tests.review_seed import NAME, PII_COMPLETION, Seeded, publish_to_s3, run_again, seed
@@ -118,7 +120,12 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     (review,) = [row for row in set_aside(Path(second.version_uri)) if row["reason"] == "review"]
     assert (review["id"], review["outcome"], review["stage"]) == (seeded.ids[3], "filtered", "review")
 
-    # The new version's flag on an already decided record says so; j / k move through the queue.
+    # The run read the input again: its flag on the decided record was not queued again. Another flag
+    # on that record (another payload) says the record already has a decision; j / k move through the queue.
+    assert list_items(engine, dataset="support", kind="quarantined", status="open") == []
+    (decided,) = list_items(engine, dataset="support", kind="quarantined")
+    other = {**decided, "id": decided["record_id"], "source": json.loads(decided["source"]), "payload": "{}"}
+    add_items(engine, "support", 2, "another-run", pa.Table.from_pylist([other], schema=FLAG_SCHEMA))
     (again,) = list_items(engine, dataset="support", kind="quarantined", status="open")
     page.goto(f"{base}/?dataset=support&version=2")
     page.click(f"a[href^='/items/{again['item_id']}']")
