@@ -338,13 +338,19 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         tally.examples.setdefault((outcome, reason), detail)
 
 
+def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> datetime:
+    """Up to when the run that published ``version`` had read the review decisions: its start (a
+    decision taken while it ran may have come too late for it, so it counts as taken after), else,
+    where the state store does not know the run, the version's publication."""
+    return state.started(recipe.dataset, version.version) or version.created_at
+
+
 def _review_changes(recipe: Recipe, state: StateStore, extended: Manifest) -> int:
-    """Rejections and edits decided since the ``extended`` version was published: with carry-forward
-    they make a new version (the carried records with the decisions applied) even when there is no
-    new input."""
+    """Decisions changed since the ``extended`` version's run read them: with carry-forward they make
+    a new version (the carried records with the decisions applied) even when there is no new input."""
     if not recipe.output.carry_forward:
         return 0
-    return changes_since(state.engine, recipe.dataset, extended.created_at)
+    return changes_since(state.engine, recipe.dataset, _decisions_read(recipe, state, extended))
 
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
@@ -598,7 +604,7 @@ def _run_locked(
         else None
     )
     read_again = (
-        inputs_to_read_again(state.engine, recipe.dataset, latest.created_at)
+        inputs_to_read_again(state.engine, recipe.dataset, _decisions_read(recipe, state, latest))
         if latest is not None and recipe.output.carry_forward and not full_refresh
         else set()
     )

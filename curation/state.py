@@ -124,6 +124,15 @@ class StateStore:
                 )
             )
 
+    def started(self, dataset: str, version: int) -> datetime | None:
+        """When the run that published ``version`` of ``dataset`` started (before it read the review
+        decisions), or None when the store does not know the version."""
+        query = sa.select(runs.c.started_at).where(
+            runs.c.dataset == dataset, runs.c.version == version, runs.c.status == "published"
+        )
+        with self.engine.connect() as db:
+            return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
+
     def last_runs(self, dataset: str, limit: int = 10) -> list[dict[str, Any]]:
         with self.engine.connect() as db:
             rows = db.execute(

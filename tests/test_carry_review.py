@@ -419,3 +419,29 @@ def test_undoing_a_later_decision_puts_the_one_before_it_back_in_force(workdir: 
     assert v4.manifest is not None
     four = lines_by_id(Path(v4.version_uri))
     assert four[edited][0]["completion"] == "Lost." and rejected not in four
+
+
+def test_a_decision_taken_while_a_run_ran_reaches_the_next_version(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation.writer import DatasetWriter
+
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    by_id, sources = lines_by_id(one), sources_by_id(one)
+    rejected = id_of(by_id, "prompt", notes(5, 1)[0]["q"])
+    items = queue(workdir, "notes", 1, {rejected: sources[rejected]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    publish = DatasetWriter.publish
+
+    def decided_meanwhile(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        dec.decide(engine, items[rejected], "rita", "reject")  # the run read the decisions before this
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", decided_meanwhile)
+    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 2))
+    assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # too late for v2
+    monkeypatch.undo()
+    v3 = run(workdir, recipe("out"))  # no new input: the decision alone makes the version
+    assert v3.manifest is not None and rejected not in lines_by_id(Path(v3.version_uri))
+    engine.dispose()
