@@ -82,8 +82,9 @@ def summary_table(manifest: Manifest) -> Table:
 
 
 def _stop(signum: int, _frame: object) -> None:
-    from curation.pipeline import Stopped
+    from curation.pipeline import Stopped, stop_signals
 
+    stop_signals.append(signum)  # should this exception be swallowed, the run still sees the signal
     raise Stopped(signum)
 
 

@@ -324,6 +324,9 @@ class PiiAnalyzer:
             # Leaving the block terminates the workers: a failed chunk or a stopped run (SIGTERM, ^C)
             # does not wait for the chunks still queued, and leaves no worker behind.
             with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals) as pool:
+                from curation.pipeline import raise_if_stopped
+
+                raise_if_stopped()  # a SIGTERM that came as the pool forked (see stop_signals)
                 results = pool.imap(_analyze_chunk, chunks)
                 for offset in range(0, len(texts), size):
                     try:

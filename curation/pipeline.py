@@ -254,6 +254,7 @@ class LocalExecutor:
     ) -> Iterator[pa.Table]:
         for batch in stream:
             for stage in stages:
+                raise_if_stopped()
                 result = stage(batch)
                 if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
                     raise AccountingError(
@@ -524,6 +525,17 @@ class Stopped(BaseException):
         self.published = published
 
 
+# SIGTERMs the CLI's handler raised ``Stopped`` on. A handler runs wherever the main thread is, and
+# Python ignores an exception raised in some places (an at-fork hook, as a worker pool forks): the
+# run looks here between batches, so such a signal still stops it.
+stop_signals: list[int] = []
+
+
+def raise_if_stopped() -> None:
+    if stop_signals:
+        raise Stopped(stop_signals[0])
+
+
 class HeldSigterm:
     """SIGTERM held off from the moment a version becomes visible until the run has recorded what it
     took and published: stopped in between, the next run would read the same input again and
@@ -570,6 +582,7 @@ def run_recipe(
     ``on_input`` the bytes read since, ``on_written`` the records written so far (after a
     deduplication stage, writing starts once all input is read).
     """
+    stop_signals.clear()  # a process may run several recipes (tests, a notebook)
     state = StateStore(recipe.state)
     with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
         return _run_locked(recipe, state, on_start, on_input, executor, full_refresh, on_written)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from curation.pipeline import run_recipe
+from schemas.config import load_recipe
 from tests.helpers import write_jsonl, write_recipe
 
 
@@ -241,3 +245,29 @@ def test_an_input_two_sources_match_is_a_recipe_error(tmp_path: Path) -> None:
     write_recipe(tmp_path, spec)
     refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
     assert refused.returncode == 2 and "x.jsonl: matched by sources.0 and sources.1" in refused.stderr
+
+
+def test_a_sigterm_whose_exception_python_swallowed_still_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curation.pipeline as pipeline
+    from curation.stages.shape import Shape
+
+    write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "question", "completion": "answer"},
+    }
+    shape = Shape.__call__
+
+    def signalled_meanwhile(self: Shape, batch: Any) -> Any:
+        # What the CLI's handler leaves when its Stopped is raised where Python ignores exceptions
+        # (an at-fork hook, as the PII stage's pool forks): the signal noted, the run going on.
+        pipeline.stop_signals.append(signal.SIGTERM)
+        return shape(self, batch)
+
+    monkeypatch.setattr(Shape, "__call__", signalled_meanwhile)
+    with pytest.raises(pipeline.Stopped):
+        run_recipe(load_recipe(write_recipe(tmp_path, spec)))
+    assert not (tmp_path / "output" / "faq" / "v1").exists()
