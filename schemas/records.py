@@ -94,8 +94,8 @@ class InputIds:
         # The contents seen so far, as sorted runs of xxh3-64 hashes, each at least twice as long as
         # the next: a batch's run is merged into the shorter ones, as a binary counter carries, so
         # each hash is merged about log2(batches) times and memory stays 8 bytes per record. In front,
-        # a bit per slot of the hash's top bits: a content whose slot no earlier one took is new, with
-        # no search (nearly every content, as inputs rarely repeat one).
+        # a flag per value of the hash's top bits: a content whose slot no earlier one took is new,
+        # with no search (nearly every content, as inputs rarely repeat one).
         self._runs: list[np.ndarray] = []
         self._slots: np.ndarray | None = None
 
@@ -116,8 +116,8 @@ class InputIds:
         maybe = np.flatnonzero(self._slots[slots])  # an earlier content took the slot: look it up
         self._slots[slots] = True
         before = np.zeros(len(hashes), np.int64)  # how often the input held each content before
+        found = hashes[maybe]
         for run in self._runs:
-            found = hashes[maybe]
             before[maybe] += np.searchsorted(run, found, "right") - np.searchsorted(run, found, "left")
         ordered = np.sort(hashes)
         self._remember(ordered)
