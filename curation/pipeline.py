@@ -173,8 +173,9 @@ def _keyed_uris(recipe: Recipe) -> frozenset[str]:
     return frozenset(source_uri(c) for c in recipe.sources if isinstance(c, SqlSource) and c.key)
 
 
-def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
-    """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run."""
+def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: datetime | None = None) -> list[AnyStage]:
+    """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run; the
+    review decisions are those in force at ``decisions_as_of`` (default: now)."""
     kind = recipe.record.kind
     stages: list[AnyStage] = []
     if recipe.input_schema is not None and recipe.input_schema.columns:
@@ -183,7 +184,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False) -> list[AnyStage]:
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
-    review = ReviewDecisions.from_state(recipe.state, recipe.dataset)
+    review = ReviewDecisions.from_state(recipe.state, recipe.dataset, decisions_as_of)
     stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
@@ -340,18 +341,19 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
 
 
 def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> datetime:
-    """Up to when the run that published ``version`` had read the review decisions: its start (a
-    decision taken while it ran may have come too late for it, so it counts as taken after), else,
-    where the state store does not know the run, the version's publication."""
+    """The moment whose review decisions the run that published ``version`` applied: its start (a run
+    reads the decisions as they stood then, see ``_run_locked``), else, where the state store does not
+    know the run, the version's publication."""
     return state.started(recipe.dataset, version.version) or version.created_at
 
 
-def _review_changes(recipe: Recipe, state: StateStore, extended: Manifest) -> int:
-    """Decisions changed since the ``extended`` version's run read them: with carry-forward they make
-    a new version (the carried records with the decisions applied) even when there is no new input."""
+def _review_changes(recipe: Recipe, state: StateStore, extended: Manifest, now: datetime) -> int:
+    """Decisions changed between the ``extended`` version's reading of them and this run's (``now``):
+    with carry-forward they make a new version (the carried records with the decisions applied) even
+    when there is no new input."""
     if not recipe.output.carry_forward:
         return 0
-    return changes_since(state.engine, recipe.dataset, _decisions_read(recipe, state, extended))
+    return changes_since(state.engine, recipe.dataset, _decisions_read(recipe, state, extended), now)
 
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
@@ -599,6 +601,11 @@ def _run_locked(
 ) -> RunResult:
     from curation.published import published_versions, read_manifest, version_uri
 
+    # The one moment whose review decisions this run applies, everywhere it reads them (which inputs to
+    # read again, the review stage, the carry): recorded as the run's start, so the next run compares
+    # the decisions in force then with its own, and nothing decided in between is lost or counted twice.
+    decided_by = datetime.now(UTC)
+
     fmt = output_format(
         recipe.output.format,
         recipe.record.kind,
@@ -617,7 +624,7 @@ def _run_locked(
         else None
     )
     read_again = (
-        inputs_to_read_again(state.engine, recipe.dataset, _decisions_read(recipe, state, latest))
+        inputs_to_read_again(state.engine, recipe.dataset, _decisions_read(recipe, state, latest), decided_by)
         if latest is not None and recipe.output.carry_forward and not full_refresh
         else set()
     )
@@ -648,12 +655,12 @@ def _run_locked(
         group_by=out.group_by,
     )
     writer.on_written = on_written
-    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint())
+    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
     held = HeldSigterm()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
-        stages = build_stages(recipe, full_refresh)
+        stages = build_stages(recipe, full_refresh, decided_by)
         if replaced_ids is not None:
             _retire(stages, replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
@@ -666,7 +673,12 @@ def _run_locked(
         extended = latest if extends is not None else None  # the latest version, read once above
         changed = _recipe_changed(recipe, extended)
         emptied = replaced_ids is not None and not replaced_ids.is_empty()  # an input read again holds nothing now
-        if extended is not None and counts.input == 0 and not emptied and not _review_changes(recipe, state, extended):
+        if (
+            extended is not None
+            and counts.input == 0
+            and not emptied
+            and not _review_changes(recipe, state, extended, decided_by)
+        ):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())

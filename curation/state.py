@@ -68,7 +68,7 @@ class StateStore:
         self.engine = state_engine(url)
         metadata.create_all(self.engine)
 
-    def run_started(self, run_id: str, dataset: str, recipe_sha256: str) -> None:
+    def run_started(self, run_id: str, dataset: str, recipe_sha256: str, started_at: datetime | None = None) -> None:
         """Record a run as running; called under the dataset's lock, so runs of it still marked running
         were killed (SIGKILL, a lost machine): they are marked so."""
         with self.engine.begin() as db:
@@ -79,7 +79,11 @@ class StateStore:
             )
             db.execute(
                 runs.insert().values(
-                    run_id=run_id, dataset=dataset, recipe_sha256=recipe_sha256, status="running", started_at=_now()
+                    run_id=run_id,
+                    dataset=dataset,
+                    recipe_sha256=recipe_sha256,
+                    status="running",
+                    started_at=started_at or _now(),
                 )
             )
 

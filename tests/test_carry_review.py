@@ -445,3 +445,33 @@ def test_a_decision_taken_while_a_run_ran_reaches_the_next_version(
     v3 = run(workdir, recipe("out"))  # no new input: the decision alone makes the version
     assert v3.manifest is not None and rejected not in lines_by_id(Path(v3.version_uri))
     engine.dispose()
+
+
+@pytest.mark.parametrize("moment", ["build_sources", "build_stages"])  # before, after the run is recorded
+def test_a_run_applies_the_decisions_of_one_moment_and_the_next_run_compares_with_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    import curation.pipeline as pipeline
+
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    by_id, sources = lines_by_id(one), sources_by_id(one)
+    rejected = id_of(by_id, "prompt", notes(5, 1)[0]["q"])
+    items = queue(workdir, "notes", 1, {rejected: sources[rejected]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    step = getattr(pipeline, moment)
+
+    def decided_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        dec.decide(engine, items[rejected], "rita", "reject")  # while v2's run is under way
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, moment, decided_meanwhile)
+    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 2))
+    assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # after its moment
+    monkeypatch.undo()
+    three = run(workdir, recipe("out"))  # no new input: the rejection alone makes v3
+    assert three.manifest is not None and rejected not in lines_by_id(Path(three.version_uri))
+    assert run(workdir, recipe("out")).manifest is None  # and then nothing is new
+    dec.undo_last(engine, "rita")
+    assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # undone: back in v4
+    engine.dispose()

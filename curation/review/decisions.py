@@ -162,12 +162,24 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after)}
 
 
-def _in_force_per_item(engine: sa.Engine | sa.Connection, *where: Any) -> dict[int, dict[str, Any]]:
-    """The decision in force (``in_force``) on each item with decisions matching ``where`` (read on a
-    connection, a transaction's, when given one)."""
-    query = decisions.select().where(*where, decisions.c.undone_at.is_(None)).order_by(decisions.c.decision_id)
+def _standing(row: dict[str, Any], moment: datetime) -> bool:
+    """Whether a decision was taken, and not undone, at ``moment`` (UTC)."""
+    undone = row["undone_at"]
+    return _utc(row["at"]) <= moment and (undone is None or _utc(undone) > moment)
+
+
+def _in_force_per_item(
+    engine: sa.Engine | sa.Connection, *where: Any, as_of: datetime | None = None
+) -> dict[int, dict[str, Any]]:
+    """The decision in force (``in_force``) on each item with decisions matching ``where``: now, or as
+    it stood at ``as_of`` (read on a connection, a transaction's, when given one)."""
+    query = decisions.select().where(*where).order_by(decisions.c.decision_id)
+    if as_of is None:
+        query = query.where(decisions.c.undone_at.is_(None))
     with engine.connect() if isinstance(engine, sa.Engine) else contextlib.nullcontext(engine) as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
+    if as_of is not None:  # compared here: SQLite hands datetimes back naive (see _utc)
+        rows = [row for row in rows if _standing(row, _utc(as_of))]
     per_item: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         per_item.setdefault(row["item_id"], []).append(row)
@@ -211,11 +223,11 @@ def history(engine: sa.Engine, item_id: int) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in db.execute(query)]
 
 
-def active_decisions(engine: sa.Engine, dataset: str) -> list[dict[str, Any]]:
-    """The decision in force on each item of a dataset (``in_force``), oldest first."""
+def active_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None) -> list[dict[str, Any]]:
+    """The decision in force on each item of a dataset (``in_force``), now or at ``as_of``, oldest first."""
     if not sa.inspect(engine).has_table(decisions.name):
         return []
-    in_force_now = _in_force_per_item(engine, decisions.c.dataset == dataset)
+    in_force_now = _in_force_per_item(engine, decisions.c.dataset == dataset, as_of=as_of)
     return sorted(in_force_now.values(), key=lambda row: row["decision_id"])
 
 
@@ -261,9 +273,10 @@ class Change:
     now: dict[str, Any] | None
 
 
-def changes(engine: sa.Engine, dataset: str, since: datetime) -> list[Change]:
-    """The items of a dataset with a decision taken or undone after ``since`` that changed its effect
-    on the record (an approve of a fresh flag changes nothing)."""
+def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> list[Change]:
+    """The items of a dataset whose decisions in force at ``since`` (when the run of a version read
+    them) and at ``until`` (this run's reading; default now) differ in their effect on the record (an
+    approve of a fresh flag changes nothing)."""
     if not sa.inspect(engine).has_table(decisions.name):
         return []
     query = (
@@ -277,43 +290,38 @@ def changes(engine: sa.Engine, dataset: str, since: datetime) -> list[Change]:
     per_item: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         per_item.setdefault(row["item_id"], []).append(row)
-    since = _utc(since)
+    since, until = _utc(since), _utc(until or datetime.now(UTC))
     found = []
     # Compared here, not in SQL: SQLite hands datetimes back naive (see _utc).
     for item_rows in per_item.values():
-        undone_at = [_utc(r["undone_at"]) if r["undone_at"] is not None else None for r in item_rows]
-        if all(_utc(r["at"]) <= since and (u is None or u <= since) for r, u in zip(item_rows, undone_at, strict=True)):
-            continue
-        then = in_force(
-            [
-                r
-                for r, u in zip(item_rows, undone_at, strict=True)
-                if _utc(r["at"]) <= since and (u is None or u > since)
-            ]
-        )
-        now = in_force([r for r in item_rows if r["undone_at"] is None])
+        then = in_force([r for r in item_rows if _standing(r, since)])
+        now = in_force([r for r in item_rows if _standing(r, until)])
         if _effect(then) != _effect(now):
             found.append(Change(item_rows[0]["kind"], item_rows[0]["source"], then, now))
     return found
 
 
-def changes_since(engine: sa.Engine, dataset: str, since: datetime) -> int:
+def changes_since(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> int:
     """How many records' decisions in force changed after ``since`` (a version's publication) in a way
     their carried lines take: the next run publishes them even when it has no new input. (The other
     changes read their inputs again: ``inputs_to_read_again``.)"""
     return sum(
-        1 for c in changes(engine, dataset, since) if c.kind != "near_duplicate" and not _taken_away(c.then, c.now)
+        1
+        for c in changes(engine, dataset, since, until)
+        if c.kind != "near_duplicate" and not _taken_away(c.then, c.now)
     )
 
 
-def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime) -> set[str]:
+def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> set[str]:
     """The inputs (URIs) holding records whose decisions changed since ``since`` in a way a carried line
     cannot take: what was in force then (a rejection, an edit's field, a span marked not PII) is not
     now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
     is not the input's; and a change on a near duplicate, which was set aside (it is in no line).
     Read again, the record meets the decisions in force as any record read does."""
     sources = {
-        c.source for c in changes(engine, dataset, since) if c.kind == "near_duplicate" or _taken_away(c.then, c.now)
+        c.source
+        for c in changes(engine, dataset, since, until)
+        if c.kind == "near_duplicate" or _taken_away(c.then, c.now)
     }
     return {uri for uri in (json.loads(source).get("uri") for source in sources) if uri}
 
@@ -341,12 +349,12 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def run_decisions(engine: sa.Engine, dataset: str) -> RunDecisions:
-    """Active decisions of a dataset as the review stage and carry-forward need them (later edits win
-    per field)."""
+def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None) -> RunDecisions:
+    """Decisions in force on a dataset (now, or at ``as_of``: a run's one reading, which the next run
+    compares with) as the review stage and carry-forward need them (later edits win per field)."""
     result = RunDecisions()
     not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII
-    for decision in active_decisions(engine, dataset):
+    for decision in active_decisions(engine, dataset, as_of):
         record = decision["record_id"]
         if decision["action"] == "reject":
             result.rejected.add(record)

@@ -5,6 +5,7 @@ so edits go through every later stage (PII redaction included) like any other co
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
 import pyarrow as pa
@@ -36,9 +37,9 @@ def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
         engine.dispose()
 
 
-def load_decisions(state_url: str, dataset: str) -> RunDecisions:
-    """The dataset's decisions in force; none when the state store does not exist yet."""
-    return _read_state(state_url, lambda engine: run_decisions(engine, dataset), RunDecisions())
+def load_decisions(state_url: str, dataset: str, as_of: datetime | None = None) -> RunDecisions:
+    """The dataset's decisions in force (now, or at ``as_of``); none when the state store does not exist yet."""
+    return _read_state(state_url, lambda engine: run_decisions(engine, dataset, as_of), RunDecisions())
 
 
 class ReviewDecisions:
@@ -53,8 +54,8 @@ class ReviewDecisions:
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
 
     @classmethod
-    def from_state(cls, state_url: str, dataset: str) -> ReviewDecisions:
-        return cls(load_decisions(state_url, dataset))
+    def from_state(cls, state_url: str, dataset: str, as_of: datetime | None = None) -> ReviewDecisions:
+        return cls(load_decisions(state_url, dataset, as_of))
 
     def __call__(self, batch: pa.Table) -> StageResult:
         if len(self.rejected) == 0 and len(self.edited_ids) == 0:
