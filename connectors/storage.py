@@ -7,7 +7,6 @@ not read ``AWS_ENDPOINT_URL`` itself, so we pass it on.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import posixpath
@@ -168,10 +167,14 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
         else:
             if key and not key.endswith("/"):
                 # One object, if it is one: read access to it is enough, as for reading it.
-                with contextlib.suppress(botocore.exceptions.ClientError):
+                try:
                     head = client.head_object(Bucket=bucket, Key=key)
                     modified = head["LastModified"].isoformat()
                     return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))]
+                except botocore.exceptions.ClientError as error:
+                    if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                        raise  # denied, throttled, down: not "no such object"
+
             # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
             # lists nothing, which the source decides about (see ListedFiles.entries).
             folder = _folder(key)

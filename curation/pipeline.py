@@ -736,6 +736,7 @@ def _run_locked(
             return attach_report(built, writer)  # report.html/json beside the manifest, published with it
 
         def visible_next(version: int) -> None:
+            raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
             state.run_publishing(writer.run_id, version)
             held.hold()
 

@@ -264,7 +264,7 @@ def test_a_sigterm_whose_exception_python_swallowed_still_stops_the_run(
     def signalled_meanwhile(self: Shape, batch: Any) -> Any:
         # What the CLI's handler leaves when its Stopped is raised where Python ignores exceptions
         # (an at-fork hook, as the PII stage's pool forks): the signal noted, the run going on.
-        pipeline.stop_signals.append(signal.SIGTERM)
+        monkeypatch.setattr(pipeline, "stop_signals", [signal.SIGTERM])
         return shape(self, batch)
 
     monkeypatch.setattr(Shape, "__call__", signalled_meanwhile)

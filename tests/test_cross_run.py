@@ -198,9 +198,10 @@ def test_signatures_computed_with_other_settings_are_said_not_to_be_compared(
     with caplog.at_level("WARNING"):
         second = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})  # the fields changed
     assert second.manifest.counts.written == 1  # not compared: the warning says so
-    assert "exact_dedup: the published versions' signatures were computed with other settings" in caplog.text
+    assert "exact_dedup: the signatures of v1 were computed with other settings" in caplog.text
     caplog.clear()
-    write_jsonl(workdir / "input" / "c.jsonl", [{"text": "Parcel 2 arrived."}])
+    write_jsonl(workdir / "input" / "c.jsonl", [{"text": "Parcel 1 left the depot on Monday."}])
     with caplog.at_level("WARNING"):
-        run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})
-    assert "other settings" not in caplog.text  # v2's signatures have the recipe's settings
+        third = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})
+    assert third.manifest.counts.duplicate == 1  # compared with v2's record, which has the recipe's settings
+    assert "the signatures of v1 were computed with other settings" in caplog.text  # v1's still are not

@@ -174,7 +174,7 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
             item = dec.get_item(engine, int(data["item_id"]))
             results = annotation.get("result") or []
             choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
-            choice = choices[0] if isinstance(choices, list) and choices else choices
+            choice = (choices or [None])[0] if isinstance(choices, list) else choices
             if choice not in (None, "approve", "reject"):
                 raise LabelStudioError(f"{where}: unknown decision {choice!r}; the choices are approve and reject")
             edit = _edit(item, data, results)

@@ -215,18 +215,24 @@ class SignatureIndex:
         (its fields, shingles, ...: a changed recipe, or defaults changed by an upgrade): they are not
         comparable, so this run's records are not compared with the published ones."""
         table = published_signatures
-        other = sa.select(table.c.n).where(
-            table.c.dataset == self.dataset,
-            table.c.stage == stage,
-            table.c.params != params,
-            table.c.version.is_not(None),
+        other = (
+            sa.select(table.c.version)
+            .distinct()
+            .where(
+                table.c.dataset == self.dataset,
+                table.c.stage == stage,
+                table.c.params != params,
+                table.c.version.is_not(None),
+            )
         )
-        if db.execute(other.limit(1)).first() is not None:
+        versions = sorted(db.execute(other).scalars())
+        if versions:
             log.warning(
-                "%s: the published versions' signatures were computed with other settings of the stage (its "
-                "fields or parameters changed), so this run's records are not compared with them; --full-refresh "
+                "%s: the signatures of v%s were computed with other settings of the stage (its fields or "
+                "parameters changed), so this run's records are not compared with them; --full-refresh "
                 "rebuilds the dataset with the settings of the recipe",
                 stage,
+                ", v".join(map(str, versions)),
             )
 
     def load(self, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
@@ -244,8 +250,7 @@ class SignatureIndex:
         )
         with self.engine.connect() as db:
             rows = db.execute(query.order_by(table.c.n)).all()
-            if not rows:
-                self._warn_of_other_settings(db, stage, params)
+            self._warn_of_other_settings(db, stage, params)
         parts = []
         for version, data in rows:
             part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
