@@ -421,9 +421,12 @@ def test_undoing_a_later_decision_puts_the_one_before_it_back_in_force(workdir: 
     assert four[edited][0]["completion"] == "Lost." and rejected not in four
 
 
-def test_a_decision_taken_while_a_run_ran_reaches_the_next_version(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
+# While v2's run is under way: before it is recorded, after, and as it publishes.
+@pytest.mark.parametrize("moment", ["pipeline.build_sources", "pipeline.build_stages", "DatasetWriter.publish"])
+def test_a_run_applies_the_decisions_of_one_moment_and_the_next_run_compares_with_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, moment: str
 ) -> None:
+    import curation.pipeline as pipeline
     from curation.writer import DatasetWriter
 
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
@@ -432,40 +435,15 @@ def test_a_decision_taken_while_a_run_ran_reaches_the_next_version(
     rejected = id_of(by_id, "prompt", notes(5, 1)[0]["q"])
     items = queue(workdir, "notes", 1, {rejected: sources[rejected]})
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
-    publish = DatasetWriter.publish
-
-    def decided_meanwhile(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
-        dec.decide(engine, items[rejected], "rita", "reject")  # the run read the decisions before this
-        return publish(self, *args, **kwargs)
-
-    monkeypatch.setattr(DatasetWriter, "publish", decided_meanwhile)
-    write_jsonl(workdir / "in" / "b.jsonl", notes(20, 2))
-    assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # too late for v2
-    monkeypatch.undo()
-    v3 = run(workdir, recipe("out"))  # no new input: the decision alone makes the version
-    assert v3.manifest is not None and rejected not in lines_by_id(Path(v3.version_uri))
-    engine.dispose()
-
-
-@pytest.mark.parametrize("moment", ["build_sources", "build_stages"])  # before, after the run is recorded
-def test_a_run_applies_the_decisions_of_one_moment_and_the_next_run_compares_with_it(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, moment: str
-) -> None:
-    import curation.pipeline as pipeline
-
-    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
-    one = Path(run(workdir, recipe("out")).version_uri)
-    by_id, sources = lines_by_id(one), sources_by_id(one)
-    rejected = id_of(by_id, "prompt", notes(5, 1)[0]["q"])
-    items = queue(workdir, "notes", 1, {rejected: sources[rejected]})
-    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
-    step = getattr(pipeline, moment)
+    owner_name, name = moment.split(".")
+    owner = {"pipeline": pipeline, "DatasetWriter": DatasetWriter}[owner_name]
+    step = getattr(owner, name)
 
     def decided_meanwhile(*args: Any, **kwargs: Any) -> Any:
         dec.decide(engine, items[rejected], "rita", "reject")  # while v2's run is under way
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, moment, decided_meanwhile)
+    monkeypatch.setattr(owner, name, decided_meanwhile)
     write_jsonl(workdir / "in" / "b.jsonl", notes(20, 2))
     assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # after its moment
     monkeypatch.undo()
