@@ -668,7 +668,7 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
             columns[key] = pa.array(values, pa.string())
         else:
             columns[key] = pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values])
-    return pa.table(columns) if objects else pa.table({})
+    return pa.table(columns)
 
 
 def lines_of(table: pa.Table) -> np.ndarray:

@@ -347,13 +347,13 @@ def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> dat
     return state.started(recipe.dataset, version.version) or version.created_at
 
 
-def _review_changes(recipe: Recipe, state: StateStore, extended: Manifest, now: datetime) -> int:
-    """Decisions changed between the ``extended`` version's reading of them and this run's (``now``):
-    with carry-forward they make a new version (the carried records with the decisions applied) even
-    when there is no new input."""
+def _review_changes(recipe: Recipe, state: StateStore, since: datetime, now: datetime) -> int:
+    """Decisions changed between the extended version's reading of them (``since``) and this run's
+    (``now``): with carry-forward they make a new version (the carried records with the decisions
+    applied) even when there is no new input."""
     if not recipe.output.carry_forward:
         return 0
-    return changes_since(state.engine, recipe.dataset, _decisions_read(recipe, state, extended), now)
+    return changes_since(state.engine, recipe.dataset, since, now)
 
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
@@ -623,9 +623,10 @@ def _run_locked(
         if previous and not full_refresh
         else None
     )
+    decided_before = _decisions_read(recipe, state, latest) if latest is not None else None
     read_again = (
-        inputs_to_read_again(state.engine, recipe.dataset, _decisions_read(recipe, state, latest), decided_by)
-        if latest is not None and recipe.output.carry_forward and not full_refresh
+        inputs_to_read_again(state.engine, recipe.dataset, decided_before, decided_by)
+        if decided_before is not None and recipe.output.carry_forward and not full_refresh
         else set()
     )
     if read_again:
@@ -677,7 +678,7 @@ def _run_locked(
             extended is not None
             and counts.input == 0
             and not emptied
-            and not _review_changes(recipe, state, extended, decided_by)
+            and not _review_changes(recipe, state, decided_before, decided_by)
         ):
             writer.abort()
             watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again

@@ -716,7 +716,7 @@ class DatasetWriter:
     def clean_up(self) -> None:
         """Remove the dataset's staging area: this run's (copied to S3, or already renamed away) and what
         runs killed before it left there (the dataset's lock means no other run is using it)."""
-        with contextlib.suppress(OSError, FileNotFoundError):
+        with contextlib.suppress(OSError):  # FileNotFoundError too: nothing was staged
             self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
 
     def abort(self) -> None:

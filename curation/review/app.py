@@ -30,6 +30,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from curation.review import decisions as dec
 from curation.review.auth import (
+    NOT_PII_REFUSAL,
     SESSION_HOURS,
     SignInLimits,
     User,
@@ -39,14 +40,13 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import KINDS, create_tables, review_items
+from curation.review.queue import KINDS, STATUSES, create_tables, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
 from schemas.records import CONTENT_COLUMNS
 
 HERE = Path(__file__).parent
-STATUSES = ("open", "approved", "rejected", "edited")
 FILTERS = ("dataset", "version", "kind", "status")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
 MAX_LISTED = 500  # rows the queue page lists; the counts and the item pages cover the rest
@@ -512,7 +512,7 @@ def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: li
             edit.fields[field] = value
     not_pii = [str(v) for v in form.getlist("not_pii")]
     if not_pii and not user.sees_pii:
-        raise HTTPException(403, "only a pii-reviewer or an admin can mark redactions as not PII")
+        raise HTTPException(403, NOT_PII_REFUSAL)
     for key in not_pii:
         span = re.fullmatch(r"(.+):(\d+):(\d+)", key)
         if span is None:

@@ -22,6 +22,7 @@ from limits import parse, storage, strategies
 from curation.review.queue import create_tables, metadata
 
 ROLES = ("reviewer", "pii-reviewer", "admin")
+NOT_PII_REFUSAL = "only a pii-reviewer or an admin can mark redactions as not PII"  # the page's and the import's
 _HASHER = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name takes as long as a wrong password.
 _DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
@@ -64,6 +65,7 @@ class User:
 
     @property
     def sees_pii(self) -> bool:
+        """Whether the user sees raw PII and may mark redactions not PII (else ``NOT_PII_REFUSAL``)."""
         return self.role in ("pii-reviewer", "admin")
 
     @property

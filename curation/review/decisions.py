@@ -180,10 +180,16 @@ def _in_force_per_item(
         rows = [dict(row._mapping) for row in db.execute(query)]
     if as_of is not None:  # compared here: SQLite hands datetimes back naive (see _utc)
         rows = [row for row in rows if _standing(row, _utc(as_of))]
+    in_force_now = ((item, in_force(item_rows)) for item, item_rows in _by_item(rows).items())
+    return {item: decision for item, decision in in_force_now if decision}
+
+
+def _by_item(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Decision rows grouped by item, each group in the rows' order."""
     per_item: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         per_item.setdefault(row["item_id"], []).append(row)
-    return {item: decision for item, decision in ((i, in_force(r)) for i, r in per_item.items()) if decision}
+    return per_item
 
 
 def _in_force_for_item(engine: sa.Engine | sa.Connection, item_id: int) -> dict[str, Any] | None:
@@ -287,13 +293,10 @@ def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | 
     )
     with engine.connect() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
-    per_item: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        per_item.setdefault(row["item_id"], []).append(row)
     since, until = _utc(since), _utc(until or datetime.now(UTC))
     found = []
     # Compared here, not in SQL: SQLite hands datetimes back naive (see _utc).
-    for item_rows in per_item.values():
+    for item_rows in _by_item(rows).values():
         then = in_force([r for r in item_rows if _standing(r, since)])
         now = in_force([r for r in item_rows if _standing(r, until)])
         if _effect(then) != _effect(now):

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
-from curation.review.auth import find_user
+from curation.review.auth import NOT_PII_REFUSAL, find_user
 from curation.review.queue import create_tables, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
@@ -197,14 +197,10 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
         taken = edit if action == "edit" else None
         try:
             if edit is not None and edit.not_pii and not reviewer.sees_pii:
-                raise dec.DecisionError(
-                    f"{user} is a {reviewer.role}; only a pii-reviewer or an admin can mark redactions as not PII"
-                )
+                raise dec.DecisionError(f"{user} is a {reviewer.role}; {NOT_PII_REFUSAL}")
             dec.check_decision(item, action, taken)
         except dec.DecisionError as error:
-            raise LabelStudioError(
-                f"task {position} (Label Studio id {task.get('id')}): {error}. Nothing was imported"
-            ) from None
+            raise LabelStudioError(f"{where}: {error}. Nothing was imported") from None
         decisions.append((item["item_id"], action, taken))
         counts[action] += 1
     for item_id, action, edit in decisions:
