@@ -84,8 +84,8 @@ class SqlSourceReader:
             watermark.replaced.add(self.uri)  # read whole every run: its rows now are the table's records
         elif watermark is not None and self.uri in watermark.read_again:
             log.warning(
-                "%s: review decisions undone since the last version (or taken on set-aside rows) reach its rows "
-                "when they are read again: the cursor reads only new rows, so run with --full-refresh",
+                "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
+                "take effect when the rows are read again: the cursor reads only new rows, so run with --full-refresh",
                 self.uri,
             )
 

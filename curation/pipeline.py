@@ -636,8 +636,8 @@ def _run_locked(
     inputs = source_inputs(sources)
     for gone in sorted(read_again - {entry.uri for entry in inputs}):
         log.warning(
-            "%s: review decisions on its records (undone, or on a set-aside near duplicate) cannot take effect: "
-            "the input is no longer there to read again",
+            "%s: review decisions on its records (one that ended, or one on a set-aside near duplicate) take "
+            "effect when it is read again, and it is no longer there to read again",
             gone,
         )
     out = recipe.output

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import botocore.exceptions
 import botocore.session
 from botocore.validate import ParamValidator
 
@@ -177,7 +178,10 @@ def check_copy(version_uri: str, data_uri: str) -> None:
         etag = _local_etag(local, f"{root}/{path}", entry) if entry.etag else None
         return etag is not None and etag != entry.etag and not _encrypted_by_key(entry.uri)
 
-    wrong = sorted(path for path, size in sizes.items() if differs(path, size))
+    try:
+        wrong = sorted(path for path, size in sizes.items() if differs(path, size))
+    except botocore.exceptions.ClientError as error:  # a part's size or encryption asked of S3: denied, down
+        raise TrainError(f"--data-uri {data_uri}: cannot read: {error}") from None
     extra = sorted(set(objects) - set(sizes))
     if wrong or extra:
         named = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
