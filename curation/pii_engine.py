@@ -261,9 +261,15 @@ def _analyze_here(
     return found
 
 
+# Held while the pool forks: a handler raising there would run in an at-fork hook (logging's), where
+# Python prints the exception and goes on. Held, the signal comes once the pool exists.
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _worker_signals() -> None:
     """A pool worker dies on SIGTERM (how the pool stops it), whatever handler the parent had."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)  # forked with the parent's held mask
 
 
 def _analyze_chunk(args: tuple) -> list[list[Detection]]:
@@ -320,13 +326,12 @@ class PiiAnalyzer:
         # Objects the collector would visit in a child are copied page by page (copy-on-write):
         # frozen, the parent's objects (the model's vocabulary, presidio's regexes) stay shared.
         gc.freeze()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
             # Leaving the block terminates the workers: a failed chunk or a stopped run (SIGTERM, ^C)
             # does not wait for the chunks still queued, and leaves no worker behind.
             with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals) as pool:
-                from curation.pipeline import raise_if_stopped
-
-                raise_if_stopped()  # a SIGTERM that came as the pool forked (see stop_signals)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held meanwhile is raised here
                 results = pool.imap(_analyze_chunk, chunks)
                 for offset in range(0, len(texts), size):
                     try:
@@ -334,5 +339,6 @@ class PiiAnalyzer:
                     except PiiTextError as error:
                         raise PiiTextError(offset + error.index, error.error) from None
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             gc.unfreeze()
         return found

@@ -528,8 +528,9 @@ class Stopped(BaseException):
 
 
 # SIGTERMs the CLI's handler raised ``Stopped`` on. A handler runs wherever the main thread is, and
-# Python ignores an exception raised in some places (an at-fork hook, as a worker pool forks): the
-# run looks here between batches, so such a signal still stops it.
+# Python ignores an exception raised in some places (an at-fork hook: the PII pool holds signals while
+# it forks, but a library may fork too): the run looks here between stages, so such a signal still
+# stops it.
 stop_signals: list[int] = []
 
 

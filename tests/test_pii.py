@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,37 @@ def test_pool_of_processes_finds_the_same(corpus: list) -> None:
     alone = pii.analyzer.analyze(texts, 0.3)
     pii.analyzer.workers = 2
     assert pii.analyzer.analyze(texts, 0.3) == alone
+
+
+# Armed by a test, this raises SIGTERM in the parent's at-fork hooks, where Python ignores exceptions
+# (registered once: a hook cannot be removed).
+_signal_as_the_pool_forks: list[int] = []
+os.register_at_fork(
+    after_in_parent=lambda: _signal_as_the_pool_forks and signal.raise_signal(_signal_as_the_pool_forks.pop())
+)
+
+
+def test_a_sigterm_as_the_pool_forks_stops_the_analysis_where_it_can_be_raised(
+    corpus: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curation.pipeline as pipeline
+    from curation.cli import _stop
+
+    pii = stage()
+    pii.analyzer.workers = 2
+    swallowed: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_value))
+    monkeypatch.setattr(pipeline, "stop_signals", [])
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        _signal_as_the_pool_forks.append(signal.SIGTERM)
+        with pytest.raises(pipeline.Stopped):
+            pii.analyzer.analyze([doc.text for doc in corpus] * 2, 0.3)
+    finally:
+        _signal_as_the_pool_forks.clear()
+        signal.signal(signal.SIGTERM, previous)
+    assert swallowed == []  # the signal was held while the pool forked, not raised in a hook
+    assert multiprocessing.active_children() == []  # the stopped pool left no worker
 
 
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
