@@ -240,6 +240,24 @@ def test_folder_listing_skips_what_is_hidden_or_in_the_making(tmp_path: Path) ->
     assert globbed == ["sub/b.jsonl"]
 
 
+def test_a_link_to_a_file_that_is_not_there_is_named_not_passed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from connectors.storage import list_files
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "in" / "sub" / "moved.jsonl").symlink_to(tmp_path / "archive" / "moved.jsonl")
+    (tmp_path / "in" / "gone.csv").symlink_to(tmp_path / "archive" / "gone.csv")  # not what the source reads
+    for uri in (str(tmp_path / "in"), f"{tmp_path}/in/**/*.jsonl"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="connectors.storage"):
+            listed = [Path(e.uri).name for e in list_files(uri, (".jsonl",))]
+        assert listed == ["a.jsonl"]
+        assert f"not read: link to a file that is not there: {tmp_path}/in/sub/moved.jsonl" in caplog.text
+        assert "gone.csv" not in caplog.text
+
+
 def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
