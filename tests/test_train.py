@@ -244,6 +244,19 @@ def test_a_copy_uploaded_in_parts_is_checked_by_its_parts_md5s(workdir: Path, bu
     with pytest.raises(TrainError, match=r"is not a copy of .*train/part-00000\.jsonl"):
         check_copy(str(version), f"s3://{bucket}/copy")
 
+    # The shard moved away between the listing and the question about its parts: S3's answer (404)
+    # is a clear error naming the copy, not botocore's traceback.
+    def moved_away(params: dict, **_: Any) -> None:
+        boto3.session.Session().client("s3").delete_object(Bucket=params["Bucket"], Key=params["Key"])
+
+    events = boto3._get_default_session().events
+    events.register("before-parameter-build.s3.HeadObject", moved_away)
+    try:
+        with pytest.raises(TrainError, match=rf"--data-uri s3://{bucket}/copy: cannot read: .*HeadObject.*Not Found"):
+            check_copy(str(version), f"s3://{bucket}/copy")
+    finally:
+        events.unregister("before-parameter-build.s3.HeadObject", moved_away)
+
 
 def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path, bucket: str) -> None:
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
