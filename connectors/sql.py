@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
+import xxhash
 
 from connectors.base import SourceBatch, with_lineage
 from connectors.files import _rows_as_text
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 
 CONNECTOR = "sql"
 CURSOR_ITEM = "cursor"
-READ_ITEM = "read"  # a source without a cursor was read by a published run
+# A source without a cursor was read by a published run; the value is the fingerprint of what it held
+# (``Fingerprint``), so a run can tell the table has not changed (``True``: read before fingerprints).
+READ_ITEM = "read"
 
 
 class SqlSourceError(StorageError):
@@ -56,6 +59,22 @@ def row_contents(table: pa.Table) -> list[bytes]:
         return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
 
 
+class Fingerprint:
+    """What a result holds, whatever order its rows come in (SQL gives none without ORDER BY): the
+    row count and the sum of the rows' xxh3-128, modulo 2**128."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.total = 0
+
+    def add(self, contents: list[bytes]) -> None:
+        self.rows += len(contents)
+        self.total = (self.total + sum(map(xxhash.xxh3_128_intdigest, contents))) % 2**128
+
+    def __str__(self) -> str:
+        return f"{self.rows}:{self.total:032x}"
+
+
 def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
     """Rows of Python values as an Arrow table; a column whose values Arrow cannot type becomes text."""
     arrays = {}
@@ -80,9 +99,9 @@ class SqlSourceReader:
     def __init__(self, config: SqlSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
         self.uri = source_uri(config)
-        if config.cursor is None and watermark is not None and watermark.committed:
-            watermark.replaced.add(self.uri)  # read whole every run: its rows now are the table's records
-        elif watermark is not None and self.uri in watermark.read_again:
+        self.listed_uris = [self.uri]  # also when it has nothing new: another source may not take it
+        self._unchanged = False
+        if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
                 "take effect when the rows are read again: the cursor reads only new rows, so run with --full-refresh",
@@ -90,7 +109,38 @@ class SqlSourceReader:
             )
 
     def inputs(self) -> list[InputFile]:
+        watermark = self.watermark
+        if self.config.cursor is None and watermark is not None and watermark.committed:
+            # Read whole each run, its rows now are the table's records: unless it holds what the last
+            # version took from it (a scheduled run on a table that did not change publishes nothing).
+            held = watermark.get(READ_ITEM)
+            if isinstance(held, str) and self.uri not in watermark.read_again and str(self._fingerprint()) == held:
+                self._unchanged = True
+                return []
+            watermark.replaced.add(self.uri)
         return [InputFile(uri=self.uri)]
+
+    def _fingerprint(self) -> Fingerprint:
+        fingerprint = Fingerprint()
+        result = self._result()
+        columns = next(result)
+        for rows in result:
+            fingerprint.add(row_contents(arrow_table(columns, rows)))
+        return fingerprint
+
+    def _result(self) -> Iterator[Any]:
+        """The result's column names, then its rows, ``batch_rows`` at a time (a server-side cursor)."""
+        engine = sa.create_engine(self.config.url)
+        try:
+            with engine.connect() as db:
+                options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
+                result = options.execute(self._statement(engine))
+                yield list(result.keys())
+                yield from result.partitions(self.batch_rows)
+        except sa.exc.SQLAlchemyError as error:
+            raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
+        finally:
+            engine.dispose()
 
     def _statement(self, engine: sa.Engine) -> sa.Select:
         config = self.config
@@ -121,46 +171,41 @@ class SqlSourceReader:
         return statement
 
     def batches(self) -> Iterator[SourceBatch]:
-        engine = sa.create_engine(self.config.url)
-        try:
-            yield from self._read(engine)
-        except sa.exc.SQLAlchemyError as error:
-            raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
-        finally:
-            engine.dispose()
-
-    def _read(self, engine: sa.Engine) -> Iterator[SourceBatch]:
-        statement = self._statement(engine)
+        if self._unchanged:
+            return
         highest = None
         ordinal = 0
         row_ids = InputIds(self.uri)
-        with engine.connect() as db:
-            result = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows).execute(statement)
-            columns = list(result.keys())
-            for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
-                raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
-            for rows in result.partitions(self.batch_rows):
-                table = arrow_table(columns, rows)
-                lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
-                ordinal += table.num_rows
-                if self.config.cursor is not None:
-                    values = [row[columns.index(self.config.cursor)] for row in rows]
-                    present = [v for v in values if v is not None]
-                    if present:
-                        highest = max(present) if highest is None else max(highest, *present)
-                if self.config.key:
-                    # The row's identity, not its content: an edited row keeps its id, so its new
-                    # version replaces the one carried from earlier versions, and review decisions
-                    # stay with it.
-                    at = [columns.index(k) for k in self.config.key]
-                    keys = ["\x1f".join(str(row[i]) for i in at) for row in rows]
-                    ids = record_ids(self.uri, keys, [b""] * len(keys))
-                else:
-                    ids = row_ids(row_contents(table))
-                yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
+        fingerprint = Fingerprint()
+        result = self._result()
+        columns = next(result)
+        for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
+            raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
+        for rows in result:
+            table = arrow_table(columns, rows)
+            lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
+            ordinal += table.num_rows
+            if self.config.cursor is not None:
+                values = [row[columns.index(self.config.cursor)] for row in rows]
+                present = [v for v in values if v is not None]
+                if present:
+                    highest = max(present) if highest is None else max(highest, *present)
+            contents = row_contents(table) if self.config.cursor is None or not self.config.key else []
+            if self.config.cursor is None:
+                fingerprint.add(contents)
+            if self.config.key:
+                # The row's identity, not its content: an edited row keeps its id, so its new
+                # version replaces the one carried from earlier versions, and review decisions
+                # stay with it.
+                at = [columns.index(k) for k in self.config.key]
+                keys = ["\x1f".join(str(row[i]) for i in at) for row in rows]
+                ids = record_ids(self.uri, keys, [b""] * len(keys))
+            else:
+                ids = row_ids(contents)
+            yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
         if self.watermark is not None and highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(highest))
         elif self.watermark is not None and self.config.cursor is None:
             # Read whole, yet read before: the next version extends this one (other sources' records
             # carried, this table's replaced by what it holds now) instead of holding only this run's.
-            self.watermark.set(READ_ITEM, True)
+            self.watermark.set(READ_ITEM, str(fingerprint))
