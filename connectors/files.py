@@ -37,6 +37,10 @@ _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
 # Column types whose values cannot hide a key: see _schema_seen_whole.
 _FLAT_TYPES = (pl.String, pl.Int64, pl.Float64, pl.Boolean)
 _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
+# A \u escape of a UTF-16 surrogate: half of a pair, or a lone one, which is no character (polars
+# reads a lone one as NUL, Python as a string UTF-8 cannot hold). Matched also after an escaped
+# backslash, which only sends the lines to the exact check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, decoded with surrogateescape
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 
@@ -143,6 +147,19 @@ def _schema_seen_whole(text: bytes, frame: pl.DataFrame) -> bool:
     return colons == frame.height * frame.width + (sum(counts.row(0)) if strings else 0)
 
 
+def _lone_surrogate(raw: bytes, value: dict[str, Any]) -> str | None:
+    """What is wrong when a string of the line's object holds a lone UTF-16 surrogate, which no text
+    can hold (a valid pair, as JSON writes an emoji, is one character and fine)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError as error:
+        escape = f"\\u{ord(error.object[error.start]):04x}"
+        column = raw.decode("utf-8-sig").lower().find(escape) + 1
+        where = f": column {column}" if column else ""
+        return f"malformed JSON: {escape} is half of a UTF-16 surrogate pair, not a character{where}"
+
+
 def read_json_objects(text: bytes, count: int) -> pa.Table | None:
     """The ``count`` JSON lines of ``text`` as a table, typed from all rows; None unless each is an object.
 
@@ -231,7 +248,7 @@ class FilesSourceReader(ListedFiles):
             newline = pa.scalar(b"\n", pa.large_binary())
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         table = read_json_objects(text, len(raws))
-        if table is None or self._may_hold_values_not_text(text):
+        if table is None or self._may_hold_values_not_text(text) or _SURROGATE_ESCAPE.search(text):
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
 
@@ -254,6 +271,8 @@ class FilesSourceReader(ListedFiles):
                 # Lines are UTF-8 (a file may start with a byte-order mark).
                 value = json.loads(raw.decode("utf-8-sig"))
                 problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+                if problem is None and _SURROGATE_ESCAPE.search(raw):
+                    problem = _lone_surrogate(raw, value)
                 if problem is None and (problem := self._not_text_problem(value)) is not None:
                     reason = "schema"
             except UnicodeDecodeError as exc:

@@ -50,6 +50,33 @@ def test_malformed_json_lines(workdir: Path) -> None:
     assert [(i.uri, i.records) for i in result.manifest.inputs] == [(str(path), 4)]
 
 
+@pytest.mark.parametrize("mark", [b"", b"\xef\xbb\xbf"])
+def test_a_lone_surrogate_escape_is_no_character_and_its_line_is_quarantined(workdir: Path, mark: bytes) -> None:
+    lines = [
+        rb'{"description": "\ud800 lone", "amount": 1, "category": "Dining"}',  # first: the whole block is read
+        rb'{"description": "coffee \ud83d\ude00", "amount": 4.5, "category": "Dining"}',  # a pair: one emoji
+        rb'{"description": "a path C:\\udc00", "amount": 2, "category": "Travel"}',  # an escaped backslash
+        rb'{"description": "tail \uDC00", "amount": 3, "category": "Dining"}',
+    ]
+    (workdir / "tx.jsonl").write_bytes(mark + b"\n".join(lines) + b"\n")
+    result = run(workdir, recipe("tx.jsonl"))
+    aside = set_aside(Path(result.version_uri))
+    path = workdir / "tx.jsonl"
+    assert [(row["reason"], row["detail"]) for row in aside] == [
+        (
+            "malformed_json",
+            f"{path}:1: malformed JSON: \\ud800 is half of a UTF-16 surrogate pair, not a character: column 18",
+        ),
+        (
+            "malformed_json",
+            f"{path}:4: malformed JSON: \\udc00 is half of a UTF-16 surrogate pair, not a character: column 23",
+        ),
+    ]
+    prompts = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
+    assert prompts == ["Categorise a path C:\\udc00 (2.0)", "Categorise coffee \U0001f600 (4.5)"]
+    assert_adds_up(result.manifest.counts)
+
+
 def test_lines_that_are_not_utf8_are_named_and_a_byte_order_mark_is_not_one(workdir: Path) -> None:
     good = json.dumps({"description": "coffee", "amount": 4.5, "category": "Dining"}).encode()
     latin1 = json.dumps({"description": "caf\u00e9", "amount": 3, "category": "Dining"}, ensure_ascii=False)
