@@ -36,7 +36,10 @@ TRICKY = [
 
 
 def reference_text(values: list[str | None]) -> str:
-    """The old normalisation of one row: fields joined, NFKC, lower, ``\\s+`` folded, trimmed."""
+    """The old normalisation of one row: fields trimmed (with two or more) and joined, NFKC, lower,
+    ``\\s+`` folded, trimmed."""
+    if len(values) > 1:
+        values = pc.utf8_trim_whitespace(pa.array(values, pa.string())).to_pylist()
     joined = pa.array(["\x1f".join(v if v is not None else "" for v in values)], pa.string())
     text = pc.utf8_lower(pc.utf8_normalize(joined, "NFKC"))
     return pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))[0].as_py()

@@ -53,7 +53,7 @@ def test_exact_dedup_clusters_match_the_shared_pairs_and_components_step() -> No
     second = _signatures(stage, ["x", "Unique", "new", "hello"], "s3://b/0.jsonl")  # sorts before a.jsonl
     fast = stage.resolve([first, second])
     shared = resolve_duplicates(stage, [first, second])
-    assert fast.num_rows == 5  # "hello " differs: only the joined text's ends are trimmed
+    assert fast.num_rows == 6  # "hello " too: each field's ends are trimmed, not only the joined text's
     assert fast.to_pylist() == shared.to_pylist()
     kept = dict(zip(fast["id"].to_pylist(), fast["duplicate_of"].to_pylist(), strict=True))
     assert kept["s3://b/a.jsonl-0"] == "s3://b/0.jsonl-3"  # the first in input order is kept

@@ -234,3 +234,28 @@ def test_vqa_recipe_publishes_clean_images_beside_the_shards(workdir: Path) -> N
         image = Image.open(published)
         assert dict(image.getexif()) == {} and b"PhoneMaker" not in published.read_bytes()
     assert len({line["file_name"] for line in lines}) == 3  # receipt.jpg asked about twice, stored once
+
+
+def test_exact_dedup_compares_a_vqa_record_by_its_image_bytes_not_its_path(workdir: Path) -> None:
+    (workdir / "img").mkdir()
+    for name, data in (("a.png", png()), ("copy-of-a.png", png()), ("other.png", png((32, 32)))):
+        (workdir / "img" / name).write_bytes(data)
+    rows = [
+        ("a.png", "What is the total?", "12.50 USD"),
+        ("copy-of-a.png", "What is the total?", "12.50 USD"),  # the same picture under another name
+        ("a.png", "  what is the TOTAL? ", " 12.50 usd"),  # case and whitespace at each field's edges
+        ("other.png", "What is the total?", "12.50 USD"),  # another picture: a record of its own
+    ]
+    lines = [json.dumps({"image": i, "question": q, "answer": a}) for i, q, a in rows]
+    (workdir / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "exact_dedup"}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.reasons == {"duplicate": {"exact_duplicate": 2}}
+    published = outputs(Path(result.version_uri))
+    assert len(published) == 2 and len({line["file_name"] for line in published}) == 2

@@ -61,6 +61,8 @@ def _may_need_folding(text: pa.Array | pa.ChunkedArray) -> bool:
 def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.Array:
     """The fields of each row joined into one string, normalised so trivial variants collide."""
     parts = [pc.fill_null(pc.cast(batch[f], pa.string()), "") for f in fields]
+    if normalize and len(parts) > 1:  # whitespace at a field's edge would stay, beside the separator
+        parts = [pc.utf8_trim_whitespace(part) for part in parts]
     text = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
     if normalize:
         # NFKC leaves ASCII as it is, and the ASCII kernel lowers it the same, about 10x faster.
@@ -96,9 +98,20 @@ class ExactDedup:
     def __init__(self, fields: list[str], normalize: bool = True) -> None:
         self.fields = fields
         self.normalize = normalize
+        if "image" in fields:
+            # An image is compared by its bytes, not by the path it came from (a picture copied under
+            # another name is the same picture, and published once). A setting of the signatures, so
+            # those stored when the path counted are not compared with these.
+            self.image = "bytes"
 
     def signatures(self, batch: pa.Table) -> pa.Table:
-        hashes = xxh3_64(normalised_text(batch, self.fields, self.normalize))
+        fields = self.fields
+        if "image_bytes" in batch.column_names:
+            fields = [field for field in fields if field != "image"]
+        if fields:
+            hashes = xxh3_64(normalised_text(batch, fields, self.normalize))
+        else:
+            hashes = pa.array(np.zeros(batch.num_rows, np.uint64))  # the image alone (see _mixed)
         if "image_bytes" in batch.column_names:
             # An image is content too: the same question about another picture (a file changed in place
             # keeps its name) is a new record, not a repeat.
