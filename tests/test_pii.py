@@ -209,10 +209,26 @@ def test_custom_recognizer_uses_its_context_words() -> None:
 
 
 def test_ner_runs_only_on_ner_fields() -> None:
-    batch = records(["Dana Whitfield wrote from dana@example.org"], completion="Reply to Dana Whitfield today.")
+    batch = records(["Ada Lovelace wrote from dana@example.org"], completion="Reply to Dana Whitfield today.")
     kept = stage(ner_fields=["completion"])(batch).kept
-    assert kept["prompt"][0].as_py() == "Dana Whitfield wrote from <EMAIL_ADDRESS>"  # patterns only
+    assert kept["prompt"][0].as_py() == "Ada Lovelace wrote from <EMAIL_ADDRESS>"  # patterns only
     assert kept["completion"][0].as_py() == "Reply to <PERSON> today."
+
+
+def test_a_value_found_in_one_field_is_redacted_wherever_its_record_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    # The completion is not scanned for names (as the model can miss one in any field): the name found
+    # in the prompt must not stay there in clear beside its pseudonym, which would name the person in
+    # every record that holds it.
+    batch = records(["Customer Dana Whitfield asked about a refund"], completion="Refund sent to Dana Whitfield.")
+    pii = stage(ner_fields=["prompt"], operators={"PERSON": "pseudonym"})
+    result = pii(batch)
+    prompt, completion = result.kept["prompt"][0].as_py(), result.kept["completion"][0].as_py()
+    assert "Dana" not in prompt + completion and "Whitfield" not in prompt + completion, (prompt, completion)
+    assert completion.startswith("Refund sent to <PERSON_") and result.stats["found_elsewhere_in_record"] == 1
+    # An annotator's "not PII" on that place holds: the value is left there as they decided.
+    undone = PiiRedaction(pii.config, "instruction", undone={"r0": [("completion", 15, 29)]}, analyzer=pii.analyzer)
+    assert undone(batch).kept["completion"][0].as_py() == "Refund sent to Dana Whitfield."
 
 
 def test_table_rows_need_fields_and_skip_ner_on_codes() -> None:

@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
@@ -65,6 +66,39 @@ def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
         if all(det[2] <= c[1] or det[1] >= c[2] for c in chosen):
             chosen.append(det)
     return sorted(chosen, key=lambda d: d[1])
+
+
+def _found_elsewhere(
+    where: list[tuple[str, int]], texts: list[str], detections: list[list[Detection]]
+) -> dict[tuple[str, int], list[Detection]]:
+    """Per text, the other places of values found in its record: a name the model saw in the prompt
+    and missed in the completion (or in a field it does not scan for names) would otherwise stay
+    there in clear, beside its pseudonym, which then names that person in every record."""
+    values: dict[int, dict[str, Detection]] = {}
+    for (_, row), text, found in zip(where, texts, detections, strict=True):
+        for det in found:
+            value = text[det[1] : det[2]]
+            values.setdefault(row, {}).setdefault(value, det)
+            words = value.split()
+            if det[0] == "PERSON" and len(words) > 2:  # "Customer Sophie Smith": "Sophie Smith" elsewhere
+                for size in range(2, len(words)):
+                    for first in range(len(words) - size + 1):
+                        values[row].setdefault(" ".join(words[first : first + size]), det)
+    patterns = {
+        row: re.compile("|".join(rf"(?<!\w){re.escape(value)}(?!\w)" for value in sorted(found, key=len, reverse=True)))
+        for row, found in values.items()
+    }
+    echoes: dict[tuple[str, int], list[Detection]] = {}
+    for (name, row), text, found in zip(where, texts, detections, strict=True):
+        echoes[name, row] = []
+        if row not in patterns:
+            continue
+        for match in patterns[row].finditer(text):
+            start, end = match.span()
+            if all(end <= det[1] or start >= det[2] for det in found):
+                entity, *_, score = values[row][match.group()]
+                echoes[name, row].append((entity, start, end, score))
+    return echoes
 
 
 class Placeholders:
@@ -174,6 +208,7 @@ class PiiRedaction:
         counts: dict[int, Counter[str]] = {}  # row -> entities redacted in it
         flags: dict[int, list[dict]] = {}
         redacted = {name: list(values) for name, values in columns.items()}
+        kept_detections = []
         for (name, row), text, detections in zip(where, texts, found, strict=True):
             undone = self.undone.get(ids[row], ())
             keep = []
@@ -182,6 +217,14 @@ class PiiRedaction:
                     stats["review_restored"] += 1
                 else:
                     keep.append(det)
+            kept_detections.append(keep)
+        echoes = _found_elsewhere(where, texts, kept_detections)
+        for (name, row), text, keep in zip(where, texts, kept_detections, strict=True):
+            undone = self.undone.get(ids[row], ())
+            echoed = [det for det in echoes[name, row] if (name, det[1], det[2]) not in undone]
+            if echoed:
+                stats["found_elsewhere_in_record"] += len(echoed)
+            keep = resolve_overlaps(keep + echoed)
             if not keep:
                 continue
             drop = sorted({entity for entity, *_ in keep if self.operators[entity] == "drop"})
