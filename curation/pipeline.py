@@ -409,6 +409,31 @@ def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]
     return None
 
 
+def _note_sources_new_to_the_dataset(
+    recipe: Recipe, sources: list[Source], watermarks: Watermarks, latest: int
+) -> None:
+    """A source no earlier run read (added to the recipe, or its settings changed: its state is keyed
+    by them) reads all its input. In a version that extends the latest, what it reads replaces what
+    the dataset holds from those inputs, as for a changed file: carried as well, a record was
+    published twice. With no source read before, the version extends nothing: the run says so."""
+    if not watermarks.had_previous():
+        log.warning(
+            "%s: no source of the recipe was read for v%d (a path or setting changed?): this run reads all "
+            "their input, and its version holds only what it reads, not v%d's records",
+            recipe.dataset,
+            latest,
+            latest,
+        )
+        return
+    for number, source in enumerate(sources):
+        mark = getattr(source, "watermark", None)
+        if mark is None or mark.committed:
+            continue
+        log.info("sources.%d: not read for an earlier version (new, or its settings changed): read whole", number)
+        mark.reread = True
+        mark.replaced.update(entry.uri for entry in source.inputs())
+
+
 def _replaced_records(
     recipe: Recipe, watermarks: Watermarks, sources: list[Source], previous: list[int], inputs: list[InputFile]
 ) -> tuple[list[InputFile], pl.Series]:
@@ -642,6 +667,8 @@ def _run_locked(
             gone,
         )
     out = recipe.output
+    if previous and not full_refresh:
+        _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])
     replaced_ids = None
     if out.carry_forward and previous and watermarks.replaced():
         inputs, replaced_ids = _replaced_records(recipe, watermarks, sources, previous, inputs)

@@ -258,6 +258,25 @@ def test_a_link_to_a_file_that_is_not_there_is_named_not_passed_over(
         assert "gone.csv" not in caplog.text
 
 
+def test_a_source_whose_settings_changed_is_read_whole_and_replaces_what_it_gave(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in "ab":
+        write_jsonl(workdir / f"{name}.jsonl", [{"text": f"Note {name}{n} on refunds."} for n in range(3)])
+    spec = {"dataset": "notes", "sources": [{"path": "a.jsonl"}, {"path": "b.jsonl"}], "record": {"kind": "document"}}
+    run(workdir, spec)
+    # The source's state is keyed by its settings: changed, it has none, and reads all of b.jsonl again.
+    changed = run(workdir, {**spec, "sources": [{"path": "a.jsonl"}, {"path": "b.jsonl", "format": "jsonl"}]})
+    texts = [line["text"] for line in outputs(Path(changed.version_uri))]
+    assert sorted(texts) == sorted(f"Note {name}{n} on refunds." for name in "ab" for n in range(3))  # each once
+    assert changed.manifest.extends == 1 and changed.manifest.stats["carry"]["replaced"] == 3
+    # No source read before (a path changed): the version extends nothing, and the run says so.
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        moved = run(workdir, {**spec, "sources": [{"path": "*.jsonl"}]})
+    assert moved.manifest.extends is None and len(outputs(Path(moved.version_uri))) == 6
+    assert "no source of the recipe was read for v2 (a path or setting changed?)" in caplog.text
+
+
 def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
