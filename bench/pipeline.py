@@ -208,6 +208,10 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="a folder for input and output (default: a temporary one)")
     args = parser.parse_args()
     engines = [e for e in args.engines.split(",") if e]
+    if unknown := sorted(set(engines) - {"local", "ray"}):
+        parser.error(f"--engines: {', '.join(unknown)}: the executors are local (the embedded one) and ray")
+    if args.work is not None and not Path(args.work).is_dir():
+        parser.error(f"--work {args.work}: no such folder")
     pii = None if args.no_pii else pii_stage(args.pii_stage)
 
     with tempfile.TemporaryDirectory(prefix="curation-bench-", dir=args.work) as work:
