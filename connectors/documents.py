@@ -79,9 +79,17 @@ def _boilerplate_lines(pages: list[list[str]]) -> set[str]:
     edges: dict[str, dict[int, str]] = {}
     for page, lines in enumerate(pages, start=1):
         for line in _edges(lines):
-            edges.setdefault(_shape(line), {}).setdefault(page, line)
+            if not _reads_as_a_sentence(line):
+                edges.setdefault(_shape(line), {}).setdefault(page, line)
     threshold = max(3, int(0.6 * len(pages)))
     return {shape for shape, found in edges.items() if len(found) >= threshold and _runs_with_pages(found)}
+
+
+def _reads_as_a_sentence(line: str) -> bool:
+    """A line of four words or more that ends a sentence is taken for content even when each page opens
+    or closes with one like it ("Rule 3: book economy class for short flights."): a running header or
+    footer is a name, a label or a page number, and dropping a sentence loses what the text says."""
+    return len(line.split()) >= 4 and line.rstrip().endswith((".", "!", "?"))
 
 
 def _runs_with_pages(found: dict[int, str]) -> bool:

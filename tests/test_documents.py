@@ -131,10 +131,17 @@ def test_pdf_lines_that_differ_only_in_numbers_are_kept_unless_they_run_at_the_p
     (tmp_path / "tickets.pdf").write_bytes(
         pdf([["Ticket 1", "a"], ["Ticket #", "b"], ["Ticket 3", "c"]], running=False)
     )
+    # Sentences that open and close every page, one with the page's number: what the text says.
+    rules = [
+        [f"Rule {n}: book economy class for short flights.", f"Detail {'xyz'[n - 1]}", "Keep receipts for audit."]
+        for n in (1, 2, 3)
+    ]
+    (tmp_path / "rules.pdf").write_bytes(pdf(rules, running=False))
     rows, aside = read(tmp_path)
     assert aside == []
     texts = {(Path(r["source"]["uri"]).name, r["source"]["page"]): r["text"] for r in rows}
     assert texts["tickets.pdf", 2] == "Ticket #\nb"
+    assert [texts["rules.pdf", n].splitlines() for n in (1, 2, 3)] == rules
     for n in range(1, 5):
         assert texts["forms.pdf", n] == f"Form {n}: amount due {n * 40} USD"
         ledger_page = texts["ledger.pdf", n].splitlines()
