@@ -4,6 +4,7 @@ keys, edit a record, undo; then the next run of the recipe honours every decisio
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,8 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     expect(page.locator("h1")).to_contain_text("near duplicate")
     expect(page.locator(".side-by-side del").first).to_have_text("do")
     expect(page.locator(".side-by-side ins").first).to_have_text("can")
+    # Its fields' values are not on the item: an empty edit box says so, not that the field is empty.
+    expect(page.locator("#edit-value")).to_have_attribute("placeholder", re.compile("does not show the field's"))
     page.keyboard.press("r")
 
     # VQA: image, question, answer; approved with the mouse, undone with the key, then edited.

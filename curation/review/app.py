@@ -107,6 +107,7 @@ def create_app(
     create_tables(engine)
     destinations = {recipe.dataset: recipe for recipe in recipes}
     templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.globals["UNSHOWN_VALUE"] = UNSHOWN_VALUE
     shown = URLSafeTimedSerializer(session_secret(engine), salt="training-request")
 
     app = FastAPI(title="curation review", docs_url=None, redoc_url=None, openapi_url=None)
@@ -486,6 +487,11 @@ def _train_module() -> tuple[Any, str | None]:
         return importlib.import_module("train.sagemaker"), None
     except ImportError as error:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
+
+
+# An item shows the fields it is about (a PII item its field; a near duplicate, the texts compared):
+# editing another one starts from an empty box, which must not read as the field being empty.
+UNSHOWN_VALUE = "This item does not show the field's current value: what you type replaces all of it."
 
 
 def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | None) -> list[str]:

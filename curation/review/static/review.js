@@ -12,6 +12,9 @@
     if (!select || !value) return;
     var option = select.options[select.selectedIndex];
     value.value = option ? option.getAttribute("data-value") || "" : "";
+    // A field the item does not show starts empty: say so, or an empty box reads as an empty field.
+    var shown = option && option.getAttribute("data-shown") === "1";
+    value.placeholder = shown ? "" : value.getAttribute("data-unshown");
   }
   document.addEventListener("DOMContentLoaded", function () {
     var select = document.getElementById("edit-field");
