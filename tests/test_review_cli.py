@@ -74,6 +74,10 @@ def test_export_then_import_label_studio(seeded: Seeded) -> None:
     assert dec.run_decisions(engine, "support").rejected == {seeded.ids[3]}
     (decision,) = dec.history(engine, task["data"]["item_id"])
     assert decision["user"] == "pia"
+    # The same export imported again decides nothing twice.
+    again = review("import", str(exported), "--user", "pia", "--recipe", recipe, cwd=seeded.folder)
+    assert again.returncode == 0 and "0 reject" in again.stderr and "1 already in force" in again.stderr
+    assert len(dec.history(engine, task["data"]["item_id"])) == 1
 
     exported.write_text('[{"data": {}}]')
     broken = review("import", str(exported), "--user", "pia", "--recipe", recipe, cwd=seeded.folder)

@@ -196,6 +196,20 @@ def _in_force_for_item(engine: sa.Engine | sa.Connection, item_id: int) -> dict[
     return _in_force_per_item(engine, decisions.c.item_id == item_id).get(item_id)
 
 
+def holds_already(engine: sa.Engine, item_id: int, action: str, edit: Edit | None = None) -> bool:
+    """Whether the decisions in force on the item already say this (an export imported twice)."""
+    current = _in_force_for_item(engine, item_id)
+    if current is None or current["action"] != action:
+        return False
+    if action != "edit" or edit is None:
+        return True
+    after = json.loads(current["after"])
+    fields, spans = after.get("fields", {}), [tuple(span) for span in after.get("not_pii", [])]
+    return all(fields.get(name) == value for name, value in edit.fields.items()) and all(
+        tuple(span) in spans for span in edit.not_pii
+    )
+
+
 def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
     """Undo this user's latest decision still in force; the item goes back to its earlier status.
 

@@ -159,7 +159,7 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
-    counts = {"approve": 0, "reject": 0, "edit": 0, "skipped": 0}
+    counts = {"approve": 0, "reject": 0, "edit": 0, "skipped": 0, "already in force": 0}
     decisions: list[tuple[int, str, dec.Edit | None]] = []
     for position, task in enumerate(tasks):
         where = f"task {position} (Label Studio id {task.get('id') if isinstance(task, dict) else None})"
@@ -201,6 +201,9 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
             dec.check_decision(item, action, taken)
         except dec.DecisionError as error:
             raise LabelStudioError(f"{where}: {error}. Nothing was imported") from None
+        if dec.holds_already(engine, item["item_id"], action, taken):  # imported before: not decided twice
+            counts["already in force"] += 1
+            continue
         decisions.append((item["item_id"], action, taken))
         counts[action] += 1
     for item_id, action, edit in decisions:
