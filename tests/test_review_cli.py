@@ -79,6 +79,8 @@ def test_export_then_import_label_studio(seeded: Seeded) -> None:
     assert again.returncode == 0 and "0 reject" in again.stderr and "1 already in force" in again.stderr
     assert len(dec.history(engine, task["data"]["item_id"])) == 1
 
+    missing = review("import", "nowhere.json", "--user", "pia", "--recipe", recipe, cwd=seeded.folder)
+    assert missing.returncode == 2 and "nowhere.json: cannot read: No such file or directory" in missing.stderr
     exported.write_text('[{"data": {}}]')
     broken = review("import", str(exported), "--user", "pia", "--recipe", recipe, cwd=seeded.folder)
     assert broken.returncode == 2 and "has no data.item_id" in broken.stderr

@@ -183,7 +183,10 @@ def import_(
 
     try:
         tasks = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except OSError as error:
+        console.print(f"[red]error[/red] {path}: cannot read: {error.strerror or error}", highlight=False)
+        raise typer.Exit(2) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         console.print(f"[red]error[/red] {path}: not a Label Studio JSON export ({error})", highlight=False)
         raise typer.Exit(2) from None
     if not isinstance(tasks, list):
