@@ -183,7 +183,8 @@ class VQARecord(Record):
 class TableRow(Record):
     """A row of customer data; its columns are declared in the recipe (see ``table_row_model``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # A NaN or an infinity (1e400) is no amount: it would be published as "nan USD".
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 RECORD_MODELS: dict[str, type[Record]] = {

@@ -127,6 +127,22 @@ def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
     assert_adds_up(result.manifest.counts)
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_float_that_is_not_finite_is_no_amount(workdir: Path, suffix: str) -> None:
+    rows = [("coffee", "4.5"), ("lost", "NaN"), ("huge", "1e400"), ("below", "-inf")]
+    if suffix == "jsonl":  # JSON's NaN, a number too large for a double, and a string
+        lines = [f'{{"description": "{d}", "amount": {a}, "category": "Dining"}}' for d, a in rows[:3]]
+        lines.append('{"description": "below", "amount": "-inf", "category": "Dining"}')
+        (workdir / "tx.jsonl").write_text("\n".join(lines) + "\n")
+    else:
+        (workdir / "tx.csv").write_text("description,amount,category\n" + "".join(f"{d},{a},Dining\n" for d, a in rows))
+    result = run(workdir, recipe(f"tx.{suffix}"))
+    aside = set_aside(Path(result.version_uri))
+    assert sorted(row["detail"].split(": ", 1)[1] for row in aside) == ["amount: Input should be a finite number"] * 3
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Categorise coffee (4.5)"]
+    assert_adds_up(result.manifest.counts)
+
+
 def test_missing_required_column(workdir: Path) -> None:
     write_jsonl(workdir / "good.jsonl", [{"description": "coffee", "amount": 4.5, "category": "Dining"}])
     path = write_jsonl(

@@ -76,6 +76,9 @@ class SchemaValidation:
                 return None
             if not nullable and values.null_count:
                 return None
+            finite_only = not self.model.model_config.get("allow_inf_nan", True)
+            if finite_only and pa.types.is_floating(arrow_type) and pc.any(pc.invert(pc.is_finite(values))).as_py():
+                return None
             if min_length and _shorter_than(values, min_length):
                 return None
             batch = batch.set_column(batch.column_names.index(column), column, values)
