@@ -404,3 +404,25 @@ def test_a_csv_row_and_a_set_aside_line_of_one_content_get_two_ids(tmp_path: Pat
     (line,) = pa.concat_tables([b.set_aside for b in batches]).to_pylist()
     assert row["text"] == "a,b" and line["reason"] == "malformed_csv"
     assert row["id"] != line["id"]
+
+
+def test_the_block_check_for_lone_surrogates_agrees_with_the_escape_pattern() -> None:
+    from connectors.files import _SURROGATE_ESCAPE, _may_hold_lone_surrogate
+
+    rng = random.Random(7)
+    parts = [
+        rb"\ud83d",
+        rb"\ude00",
+        rb"\uD83D",
+        rb"\uDE00",
+        rb"\u00e9",
+        rb"\\",
+        b"x",
+        b" ",
+        rb"\n",
+        rb"\udbff",
+        rb"\udc00",
+    ]
+    for _ in range(3000):
+        text = b"".join(rng.choice(parts) for _ in range(rng.randrange(0, 8))) + b"\n"
+        assert _may_hold_lone_surrogate(text) == bool(_SURROGATE_ESCAPE.search(text)), text
