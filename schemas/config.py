@@ -426,6 +426,43 @@ class Recipe(Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# --- settings that only the whole recipe can judge -------------------------------------------------
+
+
+def record_columns(recipe: Recipe) -> list[str] | None:
+    """The columns every record has when the stages run (besides ``id`` and ``source``), as ``Shape``
+    makes them, or None where the recipe cannot tell (table rows)."""
+    kind = recipe.record.kind
+    if kind == "table":
+        return None
+    columns = list(CONTENT_COLUMNS[kind])
+    if any(isinstance(source, ImagesSource) for source in recipe.sources):
+        columns.append("image_bytes")  # the images connector's verified image
+    return columns + [c for c in recipe.output.carry_columns() if c not in columns and c not in ("id", "source")]
+
+
+def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    """(setting, problem) for each stage setting that names a column the records do not have: a
+    misspelt one would crash a stage halfway through the input, or quietly make it do nothing."""
+    columns = record_columns(recipe)
+    if columns is None:
+        return []  # the stages check their columns on the first batch instead
+    kind = recipe.record.kind
+    have = f"{kind} records have {columns}"
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for number, stage in enumerate(recipe.stages):
+        fields = getattr(stage, "fields", None) or []
+        missing = [name for name in fields if name not in columns]
+        if missing:
+            problems.append((("stages", number, "fields"), f"{missing} are not columns of the records; {have}"))
+        for at, spec in enumerate(getattr(stage, "expect", [])):
+            if spec.column not in columns:
+                problems.append(
+                    (("stages", number, "expect", at, "column"), f"{spec.column!r} is not a column; {have}")
+                )
+    return problems
+
+
 # --- loading, with errors that point at the line ----------------------------------------------------
 
 
@@ -468,6 +505,18 @@ def _union_tags(*unions: Any) -> set[str]:
     return tags
 
 
+def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[Any, ...], str]]) -> RecipeError:
+    """One error listing each problem with its setting and line."""
+    lines = _yaml_lines(node) if node is not None else {}
+    problems = []
+    for loc, message in found:
+        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        at = f" (line {line})" if line else ""
+        problems.append(f"  {where}{at}: {message}")
+    return RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
+
+
 def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder)."""
     try:
@@ -480,15 +529,12 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        lines = _yaml_lines(node) if node is not None else {}
-        problems = []
-        for error in exc.errors():
-            loc = tuple(part for part in error["loc"] if part not in _union_tags(SourceConfig, StageConfig))
-            line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-            where = ".".join(str(part) for part in loc) or "(top level)"
-            at = f" (line {line})" if line else ""
-            problems.append(f"  {where}{at}: {error['msg']}")
-        raise RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems)) from None
+        tags = _union_tags(SourceConfig, StageConfig)
+        found = [(tuple(part for part in e["loc"] if part not in tags), e["msg"]) for e in exc.errors()]
+        raise _recipe_error(origin, node, found) from None
+    found = stage_problems(recipe)
+    if found:
+        raise _recipe_error(origin, node, found)
     if base_dir is not None:
         for source in recipe.sources:
             _resolve_source_paths(source, base_dir)

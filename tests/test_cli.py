@@ -101,6 +101,23 @@ def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_inp
     assert "the recipe changed since v1" in said and "--full-refresh" in said
 
 
+def test_a_stage_field_no_record_has_is_a_recipe_error_before_anything_runs(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "faq.jsonl", [{"prompt": "Q?", "completion": "A."}] * 2)
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "stages": [{"type": "exact_dedup", "fields": ["promt"]}],
+    }
+    recipe = write_recipe(tmp_path, spec)
+    for command in ("check", "run"):
+        refused = curation(command, str(recipe), cwd=tmp_path)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and "Traceback" not in said
+        assert "stages.0.fields (line 6): ['promt'] are not columns of the records" in said
+        assert "instruction records have ['prompt', 'completion', 'label']" in said
+    assert not (tmp_path / "output").exists()
+
+
 def test_a_template_syntax_error_is_a_recipe_error_with_its_line(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "faq.jsonl", [{"question": "Q?", "answer": "A."}])
     spec = {

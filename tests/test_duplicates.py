@@ -6,9 +6,11 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
+import pytest
 
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import clusters_from_pairs, resolve_duplicates
+from schemas.config import RecipeError
 from schemas.records import source_array
 
 
@@ -80,3 +82,10 @@ def test_exact_dedup_keeps_first_of_normalised_variants() -> None:
     aside = stage.resolve([stage.signatures(batch.slice(2)), stage.signatures(batch.slice(0, 2))])
     assert sorted(aside["id"].to_pylist()) == ["3", "4"]
     assert set(aside["duplicate_of"].to_pylist()) == {"1"}
+
+
+def test_exact_dedup_on_a_field_the_records_lack_is_a_recipe_error_naming_the_setting() -> None:
+    # Found on the first batch where the recipe cannot tell the records' columns (table rows).
+    batch = pa.table({"id": ["1"], "source": source_array("files", "/in.jsonl", [1]), "prompt": ["Hi"]})
+    with pytest.raises(RecipeError, match=r"exact_dedup fields: \['promt'\] are not .* they have \['prompt'\]"):
+        ExactDedup(["promt"]).signatures(batch)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from curation.published import read_manifest
-from curation.stages.base import StageError
 from curation.stages.expectations import Expectations
 from schemas.config import Expectation, RecipeError, parse_recipe
 from tests.helpers import outputs, run, set_aside, write_jsonl
@@ -127,12 +126,18 @@ def test_unknown_column_is_a_clear_error_and_bad_specs_fail_the_recipe() -> None
     from schemas.records import source_array
 
     batch = pa.table({"id": ["a"], "source": source_array("files", "/t.jsonl", [1]), "text": ["x"]})
-    with pytest.raises(StageError, match=r"\['labl'\]; records have \['text'\]"):
+    with pytest.raises(RecipeError, match=r"\['labl'\] are not columns of the records; they have \['text'\]"):
         Expectations([Expectation(column="labl", check="not_null")])(batch)
     with pytest.raises(RecipeError, match="in_set needs values"):
         parse_recipe(
             "dataset: d\nsources: [{path: x}]\nstages:\n  - type: expectations\n    expect: [{column: a, check: in_set}]\n"
         )
+
+
+def test_a_column_the_records_do_not_have_is_named_at_load() -> None:
+    text = "dataset: d\nsources: [{path: x}]\nstages:\n  - type: expectations\n    expect:\n      - {column: labl, check: not_null}\n"
+    with pytest.raises(RecipeError, match=r"stages.0.expect.0.column \(line 6\): 'labl' is not a column; instruction"):
+        parse_recipe(text)
 
 
 def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path) -> None:
@@ -144,7 +149,7 @@ def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path
     )
     recipes = {
         "without": "dataset: d\nsources: [{path: x}]\nstages: [{type: clean}]\n",
-        "with": "dataset: d\nsources: [{path: x}]\nstages: [{type: expectations, expect: [{column: text, check: unique}]}]\n",
+        "with": "dataset: d\nsources: [{path: x}]\nstages: [{type: expectations, expect: [{column: prompt, check: unique}]}]\n",
     }
     root = Path(__file__).resolve().parent.parent
     seen = {

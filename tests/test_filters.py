@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from curation.published import read_manifest
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
+from schemas.config import RecipeError
 from schemas.records import source_array
 from tests.helpers import outputs, run, set_aside, write_jsonl
 
@@ -27,6 +29,12 @@ def _batch(**columns: list[str]) -> pa.Table:
 def _gone(result) -> dict[str, str]:
     aside = result.set_aside
     return dict(zip(aside["id"].to_pylist(), aside["reason"].to_pylist(), strict=True))
+
+
+def test_a_field_the_records_lack_is_a_recipe_error_not_empty_text() -> None:
+    # Measured as empty text, a misspelt field would filter every record (or none).
+    with pytest.raises(RecipeError, match=r"length_filter fields: \['txt'\] are not columns .* have \['text'\]"):
+        LengthFilter(["txt"], min_words=1)(_batch(text=[PROSE]))
 
 
 def test_length_bounds_in_characters_and_words() -> None:

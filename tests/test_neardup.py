@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image, ImageDraw
 
 from bench.corpus import generate, score
@@ -16,6 +17,7 @@ from curation.stages.base import DuplicateStage
 from curation.stages.duplicates import resolve_duplicates
 from curation.stages.neardup import ImageNearDedup, NearDedup
 from curation.state import StateStore
+from schemas.config import RecipeError
 from schemas.records import source_array
 from tests.helpers import outputs, processed, run, set_aside, write_jsonl
 
@@ -267,3 +269,8 @@ def test_a_corrected_answer_in_the_sidecar_replaces_the_old_row_and_appended_row
     answers = sorted(line["completion"] for line in outputs(Path(v3.version_uri)))
     assert answers == ["00 USD", "15 USD", "20 USD"]
     assert v3.manifest.stats["carry"]["replaced"] == 3 and v3.manifest.counts.carried == 0
+
+
+def test_near_dedup_on_a_field_the_records_lack_is_a_recipe_error_naming_the_setting() -> None:
+    with pytest.raises(RecipeError, match=r"near_dedup fields: \['txt'\] are not .* they have \['text'\]"):
+        NearDedup(["txt"]).signatures(_batch(["a"], ["Some words here."]))

@@ -70,3 +70,18 @@ def test_fingerprint_changes_with_settings() -> None:
     b = parse_recipe("dataset: tx\nsources:\n  - path: /a\noutput:\n  validation_fraction: 0.2\n")
     assert a.fingerprint() == parse_recipe("dataset: tx\nsources:\n  - path: /a\n").fingerprint()
     assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("stage", ["exact_dedup", "near_dedup", "clean", "length_filter", "language_filter"])
+def test_stage_fields_the_records_do_not_have_are_named_at_load(stage: str) -> None:
+    text = f"dataset: tx\nsources:\n  - path: a\nstages:\n  - type: clean\n  - type: {stage}\n    fields: [promt]\n"
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert "stages.1.fields (line 7): ['promt'] are not columns of the records" in str(error.value)
+    assert "instruction records have ['prompt', 'completion', 'label']" in str(error.value)
+
+
+def test_stage_fields_may_name_a_column_the_split_carries() -> None:
+    text = "dataset: tx\nsources:\n  - path: a\nstages:\n  - type: exact_dedup\n    fields: [prompt, customer]\n"
+    recipe = parse_recipe(text + "output:\n  group_by: customer\n")
+    assert recipe.stages[0].fields == ["prompt", "customer"]

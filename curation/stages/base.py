@@ -15,11 +15,27 @@ from typing import Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.records import empty_flags, empty_set_aside
+from schemas.config import RecipeError
+from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_flags, empty_set_aside
 
 
 class StageError(RuntimeError):
     """A stage cannot go on (a setting that only fails on real data); the run publishes nothing."""
+
+
+class StageSettingError(StageError, RecipeError):
+    """A stage setting the records cannot satisfy (a column they do not have), found on the first batch
+    where the recipe could not tell at load (table rows): a recipe error, so the run exits 2."""
+
+
+def require_columns(batch: pa.Table, names: Iterable[str], setting: str) -> None:
+    """Raise ``StageSettingError`` naming ``setting`` when the batch lacks any of ``names``: a misspelt
+    column would otherwise crash inside Arrow, or make a stage compare or measure nothing."""
+    missing = [name for name in names if name not in batch.column_names]
+    if missing:
+        own = ("id", "source")
+        have = [c for c in batch.column_names if c not in own and not c.startswith(SIGNATURE_COLUMN_PREFIX)]
+        raise StageSettingError(f"{setting}: {missing} are not columns of the records; they have {have}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import ftfy
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageResult, split_by_mask
+from curation.stages.base import StageResult, require_columns, split_by_mask
 from schemas.records import set_aside_rows
 
 _FTFY = ftfy.TextFixerConfig(
@@ -103,7 +103,8 @@ class Clean:
     def __call__(self, batch: pa.Table) -> StageResult:
         stats: dict[str, int] = {}
         any_change = pa.array([False] * batch.num_rows)
-        for field in (f for f in self.fields if f in batch.column_names):
+        require_columns(batch, self.fields, f"{self.name} fields")  # a misspelt field would clean nothing
+        for field in self.fields:
             values = batch[field].combine_chunks()
             if not pa.types.is_string(values.type):
                 continue

@@ -14,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.stages.base import require_columns
 from curation.stages.duplicates import holds_one_key_each, keep_first, one_key_each, resolve_duplicates
 from schemas.hashing import xxh3_64
 from schemas.records import empty_set_aside
@@ -108,6 +109,7 @@ class ExactDedup:
         fields = self.fields
         if "image_bytes" in batch.column_names:
             fields = [field for field in fields if field != "image"]
+        require_columns(batch, fields, f"{self.name} fields")
         if fields:
             hashes = xxh3_64(normalised_text(batch, fields, self.normalize))
         else:

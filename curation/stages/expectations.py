@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageError, StageResult, split_by_mask
+from curation.stages.base import StageError, StageResult, require_columns, split_by_mask
 from schemas.config import Expectation
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, set_aside_rows
 
@@ -89,13 +89,6 @@ class _Suite:
         return found
 
 
-def _require_columns(batch: pa.Table, columns: list[str]) -> None:
-    missing = [c for c in columns if c not in batch.column_names]
-    if missing:
-        have = [c for c in batch.column_names if c not in ("id", "source")]
-        raise StageError(f"expectations name columns the records do not have: {missing}; records have {have}")
-
-
 class Expectations:
     """Quarantine the rows of each batch that fail any of the recipe's expectations."""
 
@@ -107,7 +100,7 @@ class Expectations:
         self._suite: _Suite | None = None
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        _require_columns(batch, self.columns)
+        require_columns(batch, self.columns, "expectations columns")
         if self._suite is None:
             self._suite = _Suite(self.specs)
         failed: dict[int, list[str]] = {}
@@ -149,7 +142,7 @@ class UniqueValues:
         self.columns = list(dict.fromkeys(columns))
 
     def signatures(self, batch: pa.Table) -> pa.Table:
-        _require_columns(batch, self.columns)
+        require_columns(batch, self.columns, "expectations columns")
         values = {f"value:{c}": pc.cast(batch[c], pa.string()) for c in self.columns}
         return pa.table({"id": batch["id"], "source": batch["source"], **values})
 

@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageResult, split_by_mask
+from curation.stages.base import StageResult, require_columns, split_by_mask
 from schemas.records import set_aside_rows
 
 
-def joined_text(batch: pa.Table, fields: Sequence[str]) -> pa.Array:
+def joined_text(batch: pa.Table, fields: Sequence[str], stage: str) -> pa.Array:
     """The text fields of each row joined with newlines (nulls skipped)."""
-    parts = [pc.cast(batch[f], pa.string()) for f in fields if f in batch.column_names]
+    require_columns(batch, fields, f"{stage} fields")  # a misspelt field would measure empty text
+    parts = [pc.cast(batch[f], pa.string()) for f in fields]
     if not parts:
         return pa.array([""] * batch.num_rows, pa.string())
     text = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\n", null_handling="skip")
@@ -59,7 +60,7 @@ class LengthFilter:
         self.limits = (min_chars, max_chars, min_words, max_words)
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        text = joined_text(batch, self.fields)
+        text = joined_text(batch, self.fields, self.name)
         chars = pc.utf8_length(text).to_pylist()
         words = pc.count_substring_regex(text, r"\S+").to_pylist()
         min_chars, max_chars, min_words, max_words = self.limits
@@ -103,7 +104,7 @@ class LanguageFilter:
         self.detect = _detector()
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        texts = pc.utf8_slice_codeunits(joined_text(batch, self.fields), 0, self.sample_chars).to_pylist()
+        texts = pc.utf8_slice_codeunits(joined_text(batch, self.fields, self.name), 0, self.sample_chars).to_pylist()
         reasons: list[str | None] = []
         details: list[str | None] = []
         for text in texts:
@@ -204,7 +205,7 @@ class RepetitionFilter:
         return None
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        details = [self.check(text) for text in joined_text(batch, self.fields).to_pylist()]
+        details = [self.check(text) for text in joined_text(batch, self.fields, self.name).to_pylist()]
         return _result(self.name, batch, ["repetition" if d else None for d in details], details)
 
 
@@ -215,7 +216,7 @@ class RatioFilter:
         self.fields, self.max_symbol, self.max_digit = fields, max_symbol_ratio, max_digit_ratio
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        text = joined_text(batch, self.fields)
+        text = joined_text(batch, self.fields, self.name)
         solid = pc.count_substring_regex(text, r"\S").to_pylist()
         symbols = pc.count_substring_regex(text, r"[^\pL\pN\pM\s]").to_pylist()
         digits = pc.count_substring_regex(text, r"\pN").to_pylist()

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stages.base import StageError
+from curation.stages.base import StageError, require_columns
 from curation.stages.dedup import normalised_text
 from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, resolve_duplicates, set_aside_for_clusters
 from schemas.hashing import xxh3_64
@@ -176,6 +176,7 @@ class NearDedup:
         self.num_perm, self.bands, self.threshold = num_perm, bands, threshold
 
     def minhash(self, batch: pa.Table) -> np.ndarray:
+        require_columns(batch, self.fields, f"{self.name} fields")
         if self.shingle == "word":  # words split on anything but letters, so whitespace needs no collapsing
             text = pc.utf8_lower(pc.utf8_normalize(normalised_text(batch, self.fields, normalize=False), "NFKC"))
         else:
