@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -296,6 +297,17 @@ class Expectation(Strict):
     regex: str | None = None  # matches_regex
     values: list[str | int | float | bool] | None = None  # in_set
 
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, regex: str | None) -> str | None:
+        # great-expectations would pass every row against a pattern that does not compile.
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return regex
+
     @model_validator(mode="after")
     def _has_its_arguments(self) -> Expectation:
         needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
@@ -429,26 +441,36 @@ class Recipe(Strict):
 # --- settings that only the whole recipe can judge -------------------------------------------------
 
 
-def record_columns(recipe: Recipe) -> list[str] | None:
+def record_columns(recipe: Recipe) -> dict[str, str | None] | None:
     """The columns every record has when the stages run (besides ``id`` and ``source``), as ``Shape``
-    makes them, or None where the recipe cannot tell (table rows)."""
+    makes them, with their type where the recipe says it; None where it cannot tell (table rows)."""
     kind = recipe.record.kind
     if kind == "table":
         return None
-    columns = list(CONTENT_COLUMNS[kind])
+    columns: dict[str, str | None] = dict.fromkeys(CONTENT_COLUMNS[kind], "str")  # fields are rendered as text
     if any(isinstance(source, ImagesSource) for source in recipe.sources):
-        columns.append("image_bytes")  # the images connector's verified image
-    return columns + [c for c in recipe.output.carry_columns() if c not in columns and c not in ("id", "source")]
+        columns["image_bytes"] = "bytes"  # the images connector's verified image
+    declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
+    for name in recipe.output.carry_columns():  # passed through from the input as they are
+        if name not in columns and name not in ("id", "source"):
+            columns[name] = declared.get(name)
+    return columns
+
+
+def between_needs_numbers(column: str) -> str:
+    """Why ``between`` cannot check a text column: great-expectations passes every text value, in any bounds."""
+    return f"between compares numbers, and {column!r} holds text: every row would pass (length_between checks length)"
 
 
 def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
-    """(setting, problem) for each stage setting that names a column the records do not have: a
-    misspelt one would crash a stage halfway through the input, or quietly make it do nothing."""
+    """(setting, problem) for each stage setting the records cannot satisfy: a column they do not have
+    (a misspelt one would crash a stage halfway through the input, or quietly make it do nothing), or
+    ``between`` on text (great-expectations passes every row)."""
     columns = record_columns(recipe)
     if columns is None:
         return []  # the stages check their columns on the first batch instead
     kind = recipe.record.kind
-    have = f"{kind} records have {columns}"
+    have = f"{kind} records have {list(columns)}"
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for number, stage in enumerate(recipe.stages):
         fields = getattr(stage, "fields", None) or []
@@ -460,6 +482,8 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                 problems.append(
                     (("stages", number, "expect", at, "column"), f"{spec.column!r} is not a column; {have}")
                 )
+            elif spec.check == "between" and columns[spec.column] == "str":
+                problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column)))
     return problems
 
 

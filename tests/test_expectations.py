@@ -140,6 +140,36 @@ def test_a_column_the_records_do_not_have_is_named_at_load() -> None:
         parse_recipe(text)
 
 
+def _expect(spec: str, extra: str = "") -> str:
+    return f"dataset: d\nsources: [{{path: x}}]\n{extra}stages:\n  - type: expectations\n    expect:\n      - {spec}\n"
+
+
+def test_a_regex_that_does_not_compile_is_named_at_load() -> None:
+    # great-expectations passed every row against it.
+    with pytest.raises(RecipeError, match=r"stages.0.expect.0.regex \(line 6\): .*not a valid regular expression"):
+        parse_recipe(_expect("{column: prompt, check: matches_regex, regex: '(['}"))
+
+
+def test_between_on_text_is_a_recipe_error_where_the_type_is_known_and_on_the_first_batch_otherwise() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # A record's fields are text, as is a carried column declared str: great-expectations passes it all.
+    text = "between compares numbers, and 'prompt' holds text: every row would pass"
+    with pytest.raises(RecipeError, match=rf"stages.0.expect.0.check \(line 6\): {text}"):
+        parse_recipe(_expect("{column: prompt, check: between, min: 0, max: 1}"))
+    declared = "input_schema: {{columns: {{q: str, a: str, team: {}}}}}\noutput: {{group_by: team}}\n"
+    with pytest.raises(RecipeError, match="'team' holds text"):
+        parse_recipe(_expect("{column: team, check: between, min: 0, max: 1}", declared.format("str")))
+    parse_recipe(_expect("{column: team, check: between, min: 0, max: 1}", declared.format("int")))
+    # Undeclared, the column's type shows on the first batch.
+    stage = Expectations([Expectation(column="team", check="between", min=0, max=1)])
+    batch = pa.table({"id": ["a"], "source": source_array("files", "/t.jsonl", [1]), "team": ["7"]})
+    with pytest.raises(RecipeError, match="expectations: between compares numbers, and 'team' holds text"):
+        stage(batch)
+
+
 def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path) -> None:
     # A fresh interpreter: importing great-expectations takes seconds, so a recipe without
     # expectations must not pay for it.
