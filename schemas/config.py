@@ -242,6 +242,14 @@ class LengthFilterConfig(Strict):
     min_words: int | None = Field(default=None, ge=0)
     max_words: int | None = Field(default=None, ge=1)
 
+    @model_validator(mode="after")
+    def _bounds_leave_room(self) -> LengthFilterConfig:
+        for unit in ("chars", "words"):
+            low, high = getattr(self, f"min_{unit}"), getattr(self, f"max_{unit}")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"min_{unit} ({low}) is more than max_{unit} ({high}): every record would be filtered")
+        return self
+
 
 class LanguageFilterConfig(Strict):
     """Keep records in the given languages (ISO 639-1), detected with langdetect's packaged profiles."""
@@ -250,6 +258,23 @@ class LanguageFilterConfig(Strict):
     fields: list[str] | None = None
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    @field_validator("languages")
+    @classmethod
+    def _languages_detectable(cls, languages: list[str]) -> list[str]:
+        # A language langdetect has no profile for is never detected: every record would be filtered.
+        known = detectable_languages()
+        unknown = [code for code in languages if code not in known]
+        if unknown:
+            raise ValueError(f"{unknown} are not language codes langdetect detects; it detects {known}")
+        return languages
+
+
+def detectable_languages() -> list[str]:
+    """The codes langdetect reports (ISO 639-1, and zh-cn / zh-tw): one per profile it ships."""
+    from importlib.resources import files
+
+    return sorted(profile.name for profile in (files("langdetect") / "profiles").iterdir())
 
 
 class RepetitionFilterConfig(Strict):
@@ -477,6 +502,14 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
         missing = [name for name in fields if name not in columns]
         if missing:
             problems.append((("stages", number, "fields"), f"{missing} are not columns of the records; {have}"))
+        if isinstance(stage, ImageDedupConfig) and stage.column not in columns:
+            problems.append(
+                (
+                    ("stages", number),
+                    f"image_dedup compares images in {stage.column!r}, a column {kind} records from these sources "
+                    f"do not have (they have {list(columns)}): images come from an `images` source (kind vqa)",
+                )
+            )
         for at, spec in enumerate(getattr(stage, "expect", [])):
             if spec.column not in columns:
                 problems.append(

@@ -9,7 +9,7 @@ import pytest
 
 from curation.published import read_manifest
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
-from schemas.config import RecipeError
+from schemas.config import RecipeError, parse_recipe
 from schemas.records import source_array
 from tests.helpers import outputs, run, set_aside, write_jsonl
 
@@ -149,3 +149,23 @@ def test_recipe_filters_report_what_each_removed(workdir: Path) -> None:
     }
     assert [r["completion"] for r in outputs(version)] == [PROSE]
     assert manifest.stats["stages"]["language_filter"] == {"checked": 2, "removed:language": 1}
+
+
+@pytest.mark.parametrize("unit", ["chars", "words"])
+def test_a_minimum_above_the_maximum_is_a_recipe_error(unit: str) -> None:
+    text = (
+        f"dataset: d\nsources: [{{path: x}}]\nstages:\n  - type: length_filter\n    min_{unit}: 10\n    max_{unit}: 5\n"
+    )
+    with pytest.raises(RecipeError, match=rf"stages.0 \(line 4\): .*min_{unit} \(10\) is more than max_{unit} \(5\)"):
+        parse_recipe(text)
+    parse_recipe(text.replace("10", "5"))  # equal bounds keep records of exactly that length
+
+
+def test_a_language_langdetect_does_not_detect_is_a_recipe_error_listing_the_codes() -> None:
+    text = "dataset: d\nsources: [{path: x}]\nstages:\n  - type: language_filter\n    languages: [english, fr]\n"
+    with pytest.raises(
+        RecipeError, match=r"stages.0.languages \(line 5\): .*\['english'\] are not language codes"
+    ) as error:
+        parse_recipe(text)
+    assert "'en', 'es'" in str(error.value) and "'zh-cn', 'zh-tw'" in str(error.value)
+    assert parse_recipe(text.replace("english", "zh-cn")).stages[0].languages == ["zh-cn", "fr"]

@@ -17,7 +17,7 @@ from curation.stages.base import DuplicateStage
 from curation.stages.duplicates import resolve_duplicates
 from curation.stages.neardup import ImageNearDedup, NearDedup
 from curation.state import StateStore
-from schemas.config import RecipeError
+from schemas.config import RecipeError, parse_recipe
 from schemas.records import source_array
 from tests.helpers import outputs, processed, run, set_aside, write_jsonl
 
@@ -274,3 +274,15 @@ def test_a_corrected_answer_in_the_sidecar_replaces_the_old_row_and_appended_row
 def test_near_dedup_on_a_field_the_records_lack_is_a_recipe_error_naming_the_setting() -> None:
     with pytest.raises(RecipeError, match=r"near_dedup fields: \['txt'\] are not .* they have \['text'\]"):
         NearDedup(["txt"]).signatures(_batch(["a"], ["Some words here."]))
+
+
+def test_image_dedup_on_records_without_images_is_a_recipe_error() -> None:
+    # Documents (or VQA rows from a JSONL file) have no image bytes: the stage would compare nothing.
+    for kind in ("document", "vqa"):
+        text = f"dataset: d\nsources: [{{path: x.jsonl}}]\nrecord: {{kind: {kind}}}\nstages:\n  - type: image_dedup\n"
+        with pytest.raises(
+            RecipeError, match=rf"stages.0 \(line 5\): image_dedup compares images in 'image_bytes', .*{kind}"
+        ):
+            parse_recipe(text)
+    images = "dataset: d\nsources: [{type: images, path: img, sidecar: qa.jsonl}]\nrecord: {kind: vqa}\n"
+    assert parse_recipe(images + "stages: [{type: image_dedup}]\n").stages[0].type == "image_dedup"
