@@ -153,13 +153,25 @@ class RecordShape(Strict):
     @field_validator("text", "title", "prompt", "completion", "label", "image", "question", "answer")
     @classmethod
     def _templates_parse(cls, spec: str | None) -> str | None:
-        if spec is not None and ("{{" in spec or "{%" in spec):
+        if spec is None:
+            return spec
+        names = {spec}  # a column name
+        if "{{" in spec or "{%" in spec:
             import jinja2  # only for a recipe with templates
+            import jinja2.meta
 
             try:
-                jinja2.Environment().parse(spec)
+                names = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(spec))
             except jinja2.TemplateSyntaxError as error:
                 raise ValueError(f"template syntax error: {error.message}") from None
+        # The record's own id (a hash) and source (a struct) would be rendered into training data, or
+        # not found: an input's columns of those names are renamed (connectors/base.py, with_lineage).
+        reserved = sorted(names & {"id", "source"})
+        if reserved:
+            raise ValueError(
+                "; ".join(f"{n!r} is the record's own {n}, not an input column: use input_{n}" for n in reserved)
+                + " (an input's columns of these names are renamed so)"
+            )
         return spec
 
     @model_validator(mode="after")

@@ -85,3 +85,20 @@ def test_stage_fields_may_name_a_column_the_split_carries() -> None:
     text = "dataset: tx\nsources:\n  - path: a\nstages:\n  - type: exact_dedup\n    fields: [prompt, customer]\n"
     recipe = parse_recipe(text + "output:\n  group_by: customer\n")
     assert recipe.stages[0].fields == ["prompt", "customer"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "name"),
+    [("Ticket {{ id }}: {{ subject }}", "id"), ("{{ subject }} ({{ source }})", "source"), ("id", "id")],
+)
+def test_a_record_field_from_the_record_id_or_source_is_a_recipe_error(prompt: str, name: str) -> None:
+    # {{ id }} rendered the record's hash into training data; {{ source }} was never found.
+    def recipe(prompt: str) -> str:
+        return f"dataset: tx\nsources:\n  - path: a\nrecord:\n  prompt: '{prompt}'\n  completion: reply\n"
+
+    with pytest.raises(
+        RecipeError, match=rf"record.prompt \(line 5\): .*'{name}' is the record's own {name}, .*input_{name}"
+    ):
+        parse_recipe(recipe(prompt))
+    renamed = prompt.replace(name, f"input_{name}")  # an input column of that name, as the connectors rename it
+    assert parse_recipe(recipe(renamed)).record.prompt == renamed
