@@ -410,6 +410,12 @@ class OutputConfig(Strict):
     # version is the whole dataset; false: each version holds only what its run took.
     carry_forward: bool = True
 
+    @field_validator("split_seed", mode="before")
+    @classmethod
+    def _seed_as_text(cls, seed: Any) -> Any:
+        # YAML reads `split_seed: 7` as a number; it is the seed "7" (the same split).
+        return str(seed) if isinstance(seed, int) and not isinstance(seed, bool) else seed
+
     @model_validator(mode="after")
     def _options_fit_format(self) -> OutputConfig:
         if self.chunk_chars is not None and self.format not in (None, "text"):

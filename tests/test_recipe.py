@@ -102,3 +102,12 @@ def test_a_record_field_from_the_record_id_or_source_is_a_recipe_error(prompt: s
         parse_recipe(recipe(prompt))
     renamed = prompt.replace(name, f"input_{name}")  # an input column of that name, as the connectors rename it
     assert parse_recipe(recipe(renamed)).record.prompt == renamed
+
+
+def test_an_integer_split_seed_is_the_same_seed_as_its_digits() -> None:
+    base = "dataset: tx\nsources:\n  - path: /a\noutput:\n  split_seed: "
+    number, text = parse_recipe(base + "7\n"), parse_recipe(base + "'7'\n")
+    assert number.output.split_seed == text.output.split_seed == "7"
+    assert number.fingerprint() == text.fingerprint()  # the same split, and the same recipe
+    with pytest.raises(RecipeError, match=r"output\.split_seed \(line 5\): Input should be a valid string"):
+        parse_recipe(base + "[7]\n")
