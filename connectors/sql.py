@@ -101,6 +101,7 @@ class SqlSourceReader:
         self.uri = source_uri(config)
         self.listed_uris = [self.uri]  # also when it has nothing new: another source may not take it
         self._unchanged = False
+        self._held_now: str | None = None  # the table's fingerprint, read once per run
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -109,24 +110,29 @@ class SqlSourceReader:
             )
 
     def inputs(self) -> list[InputFile]:
+        # Asked again when the run must read more (an input that held a duplicate of a replaced
+        # record): the answer may change from nothing new to read whole.
         watermark = self.watermark
+        self._unchanged = False
         if self.config.cursor is None and watermark is not None and watermark.committed:
             # Read whole each run, its rows now are the table's records: unless it holds what the last
             # version took from it (a scheduled run on a table that did not change publishes nothing).
             held = watermark.get(READ_ITEM)
-            if isinstance(held, str) and self.uri not in watermark.read_again and str(self._fingerprint()) == held:
+            if isinstance(held, str) and self.uri not in watermark.read_again and self._fingerprint() == held:
                 self._unchanged = True
                 return []
             watermark.replaced.add(self.uri)
         return [InputFile(uri=self.uri)]
 
-    def _fingerprint(self) -> Fingerprint:
-        fingerprint = Fingerprint()
-        result = self._result()
-        columns = next(result)
-        for rows in result:
-            fingerprint.add(row_contents(arrow_table(columns, rows)))
-        return fingerprint
+    def _fingerprint(self) -> str:
+        if self._held_now is None:
+            fingerprint = Fingerprint()
+            result = self._result()
+            columns = next(result)
+            for rows in result:
+                fingerprint.add(row_contents(arrow_table(columns, rows)))
+            self._held_now = str(fingerprint)
+        return self._held_now
 
     def _result(self) -> Iterator[Any]:
         """The result's column names, then its rows, ``batch_rows`` at a time (a server-side cursor)."""

@@ -224,6 +224,35 @@ def test_a_table_without_a_cursor_is_read_whole_when_it_cannot_tell_it_is_unchan
         assert sum(batch.rows.num_rows for batch in reader.batches()) == 3
 
 
+def test_an_unchanged_table_read_again_for_a_replaced_duplicate_keeps_its_rows(workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE t (prompt TEXT, completion TEXT)"))
+        db.execute(
+            sa.text("INSERT INTO t VALUES (:p, :c)"),
+            [{"p": "hello world", "c": "hi"}, {"p": "sql only row", "c": "ok"}, {"p": "another sql row", "c": "ok"}],
+        )
+    engine.dispose()
+    lines = [{"prompt": "hello world", "completion": "hi"}, {"prompt": "file row", "completion": "ok"}]
+    (workdir / "f.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    spec = {
+        "dataset": "mix",
+        "sources": [{"path": "f.jsonl"}, {"type": "sql", "url": url, "table": "t"}],
+        "record": {"kind": "instruction", "prompt": "prompt", "completion": "completion"},
+        "stages": [{"type": "exact_dedup"}],
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 4  # the table's "hello world" set aside
+    # The file's kept "hello world" goes: the unchanged table, which held its duplicate, is read again.
+    lines[1]["prompt"] = "file row edited"
+    (workdir / "f.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[1:]))
+    again = run(workdir, spec)
+    prompts = sorted(line["prompt"] for line in outputs(Path(again.version_uri)))
+    assert prompts == ["another sql row", "file row edited", "hello world", "sql only row"]
+    assert run(workdir, spec).manifest is None  # and the table's state says what it holds
+
+
 def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/crm.db"
     fill(url, 1, 1)
