@@ -485,12 +485,14 @@ class Recipe(Strict):
 
 
 def record_columns(recipe: Recipe) -> dict[str, str | None] | None:
-    """The columns every record has when the stages run (besides ``id`` and ``source``), as ``Shape``
-    makes them, with their type where the recipe says it; None where it cannot tell (table rows)."""
+    """The columns every record has when the stages run, as ``Shape`` makes them, with their type where
+    the recipe says it; None where it cannot tell (table rows). ``id`` and ``source`` are columns too
+    (``unique`` on ``id`` catches two rows of one SQL ``key``)."""
     kind = recipe.record.kind
     if kind == "table":
         return None
-    columns: dict[str, str | None] = dict.fromkeys(CONTENT_COLUMNS[kind], "str")  # fields are rendered as text
+    columns: dict[str, str | None] = {"id": "str", "source": "struct"}
+    columns.update(dict.fromkeys(CONTENT_COLUMNS[kind], "str"))  # fields are rendered as text
     if any(isinstance(source, ImagesSource) for source in recipe.sources):
         columns["image_bytes"] = "bytes"  # the images connector's verified image
     declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
@@ -513,7 +515,7 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     if columns is None:
         return []  # the stages check their columns on the first batch instead
     kind = recipe.record.kind
-    have = f"{kind} records have {list(columns)}"
+    have = f"{kind} records have {[name for name in columns if name not in ('id', 'source')]}"
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for number, stage in enumerate(recipe.stages):
         fields = getattr(stage, "fields", None) or []
@@ -525,7 +527,7 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                 (
                     ("stages", number),
                     f"image_dedup compares images in {stage.column!r}, a column {kind} records from these sources "
-                    f"do not have (they have {list(columns)}): images come from an `images` source (kind vqa)",
+                    f"do not have: images come from an `images` source (kind vqa)",
                 )
             )
         for at, spec in enumerate(getattr(stage, "expect", [])):
