@@ -131,6 +131,27 @@ def test_a_sigterm_as_the_pool_forks_stops_the_analysis_where_it_can_be_raised(
     assert multiprocessing.active_children() == []  # the stopped pool left no worker
 
 
+def test_a_name_is_found_again_by_its_words_in_any_case_but_not_where_a_value_is_allowed() -> None:
+    import re
+
+    from curation.stages.pii import _found_elsewhere
+
+    prompt = "Customer Maria Lopez asked; we told Sushi Go Smith."
+    completion = "Maria replied. Lopez will pay. MARIA LOPEZ and maria lopez. Mark maria. We told Sushi Go."
+    found = [[("PERSON", 9, 20, 0.85), ("PERSON", 36, 50, 0.9)], []]
+    allowed = re.compile(r"(?<!\w)Sushi\ Go(?!\w)", re.IGNORECASE)
+    echoes = _found_elsewhere([("prompt", 0), ("completion", 0)], [prompt, completion], found, allowed)
+    assert echoes["prompt", 0] == []  # its own detections are not found twice
+    # Each word with its capital, runs of words in any case; not a lowercase word, nor inside "Sushi Go".
+    assert [completion[start:end] for _, start, end, _ in echoes["completion", 0]] == [
+        "Maria",
+        "Lopez",
+        "MARIA LOPEZ",
+        "maria lopez",
+    ]
+    assert {entity for entity, *_ in echoes["completion", 0]} == {"PERSON"}
+
+
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
     prompts = [

@@ -69,36 +69,59 @@ def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
 
 
 def _found_elsewhere(
-    where: list[tuple[str, int]], texts: list[str], detections: list[list[Detection]]
+    where: list[tuple[str, int]], texts: list[str], detections: list[list[Detection]], allowed: re.Pattern | None
 ) -> dict[tuple[str, int], list[Detection]]:
     """Per text, the other places of values found in its record: a name the model saw in the prompt
     and missed in the completion (or in a field it does not scan for names) would otherwise stay
-    there in clear, beside its pseudonym, which then names that person in every record."""
+    there in clear, beside its pseudonym, which then names that person in every record. A value of
+    several words is matched in any case; one word, as written. What ``allowed`` matches (the
+    recipe's ``allow``) is neither looked for nor redacted."""
     values: dict[int, dict[str, Detection]] = {}
     for (_, row), text, found in zip(where, texts, detections, strict=True):
         for det in found:
-            value = text[det[1] : det[2]]
-            values.setdefault(row, {}).setdefault(value, det)
-            words = value.split()
-            if det[0] == "PERSON" and len(words) > 2:  # "Customer Sophie Smith": "Sophie Smith" elsewhere
-                for size in range(2, len(words)):
-                    for first in range(len(words) - size + 1):
-                        values[row].setdefault(" ".join(words[first : first + size]), det)
+            for value in _parts(text[det[1] : det[2]], det[0]):
+                if allowed is None or not allowed.fullmatch(value):
+                    values.setdefault(row, {}).setdefault(_key(value), det)
     patterns = {
-        row: re.compile("|".join(rf"(?<!\w){re.escape(value)}(?!\w)" for value in sorted(found, key=len, reverse=True)))
-        for row, found in values.items()
+        row: re.compile("|".join(map(_pattern, sorted(found, key=len, reverse=True)))) for row, found in values.items()
     }
     echoes: dict[tuple[str, int], list[Detection]] = {}
     for (name, row), text, found in zip(where, texts, detections, strict=True):
         echoes[name, row] = []
         if row not in patterns:
             continue
+        taken = found + ([("", *m.span(), 0.0) for m in allowed.finditer(text)] if allowed is not None else [])
         for match in patterns[row].finditer(text):
             start, end = match.span()
-            if all(end <= det[1] or start >= det[2] for det in found):
-                entity, *_, score = values[row][match.group()]
+            if all(end <= det[1] or start >= det[2] for det in taken):
+                entity, *_, score = values[row][_key(match.group())]
                 echoes[name, row].append((entity, start, end, score))
     return echoes
+
+
+def _parts(value: str, entity: str) -> Iterator[str]:
+    """The value, and for a name of several words ("Customer Sophie Smith") its runs of words and each
+    word written with a capital: "Sophie Smith", "Smith" and "Sophie" are that person elsewhere too."""
+    yield value
+    words = value.split()
+    if entity != "PERSON" or len(words) < 2:
+        return
+    for size in range(2, len(words)):
+        for first in range(len(words) - size + 1):
+            yield " ".join(words[first : first + size])
+    for word in words:
+        word = word.strip(".,;:")
+        if len(word) > 1 and word[0].isupper():
+            yield word
+
+
+def _key(value: str) -> str:
+    return value.casefold() if " " in value else value
+
+
+def _pattern(key: str) -> str:
+    body = re.escape(key)
+    return rf"(?<!\w)(?i:{body})(?!\w)" if " " in key else rf"(?<!\w){body}(?!\w)"
 
 
 class Placeholders:
@@ -176,6 +199,11 @@ class PiiRedaction:
         self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
         self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
         self.allowed = {value.casefold() for value in config.allow}
+        self.allowed_places = (  # where an allowed value stands in a text (a name's echo stays out)
+            re.compile("|".join(rf"(?<!\w){re.escape(value)}(?!\w)" for value in config.allow), re.IGNORECASE)
+            if config.allow
+            else None
+        )
         try:
             self.analyzer = analyzer or PiiAnalyzer(EngineSpec(entities, custom), config.workers, config.batch_size)
             if config.ocr:
@@ -218,7 +246,7 @@ class PiiRedaction:
                 else:
                     keep.append(det)
             kept_detections.append(keep)
-        echoes = _found_elsewhere(where, texts, kept_detections)
+        echoes = _found_elsewhere(where, texts, kept_detections, self.allowed_places)
         for (name, row), text, keep in zip(where, texts, kept_detections, strict=True):
             undone = self.undone.get(ids[row], ())
             echoed = [det for det in echoes[name, row] if (name, det[1], det[2]) not in undone]
