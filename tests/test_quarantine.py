@@ -57,6 +57,8 @@ def test_a_lone_surrogate_escape_is_no_character_and_its_line_is_quarantined(wor
         rb'{"description": "coffee \ud83d\ude00", "amount": 4.5, "category": "Dining"}',  # a pair: one emoji
         rb'{"description": "a path C:\\udc00", "amount": 2, "category": "Travel"}',  # an escaped backslash
         rb'{"description": "tail \uDC00", "amount": 3, "category": "Dining"}',
+        rb'{"description": "C:\\ud83d\ude00", "amount": 5, "category": "Dining"}',  # a "pair" after an escaped \
+        rb'{"description": "key", "cat\ud800egory": "x", "amount": 6, "category": "Dining"}',  # in a key
     ]
     (workdir / "tx.jsonl").write_bytes(mark + b"\n".join(lines) + b"\n")
     result = run(workdir, recipe("tx.jsonl"))
@@ -70,6 +72,14 @@ def test_a_lone_surrogate_escape_is_no_character_and_its_line_is_quarantined(wor
         (
             "malformed_json",
             f"{path}:4: malformed JSON: \\udc00 is half of a UTF-16 surrogate pair, not a character: column 23",
+        ),
+        (
+            "malformed_json",
+            f"{path}:5: malformed JSON: \\ude00 is half of a UTF-16 surrogate pair, not a character: column 27",
+        ),
+        (
+            "malformed_json",
+            f"{path}:6: malformed JSON: \\ud800 is half of a UTF-16 surrogate pair, not a character: column 28",
         ),
     ]
     prompts = sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
