@@ -6,13 +6,14 @@ Every record carries a stable ``id`` (a hash of where it came from and what it h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from schemas.hashing import xxh3_64, xxh3_128_hex
 
@@ -183,8 +184,26 @@ class VQARecord(Record):
 class TableRow(Record):
     """A row of customer data; its columns are declared in the recipe (see ``table_row_model``)."""
 
-    # A NaN or an infinity (1e400) is no amount: it would be published as "nan USD".
+    # An infinity (1e400) is no amount: it would be published as "inf USD".
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nan_is_missing(cls, row: Any) -> Any:
+        """NaN is how pandas writes a missing value: in a float column it is missing, as null is."""
+        if not isinstance(row, dict):
+            return row
+        floats = [
+            name for name, info in cls.model_fields.items() if float in (info.annotation, *get_args(info.annotation))
+        ]
+        missing = [name for name in floats if _is_nan(row.get(name))]
+        return {**row, **dict.fromkeys(missing)} if missing else row
+
+
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() == "nan"
 
 
 RECORD_MODELS: dict[str, type[Record]] = {

@@ -138,17 +138,26 @@ def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
-def test_a_float_that_is_not_finite_is_no_amount(workdir: Path, suffix: str) -> None:
-    rows = [("coffee", "4.5"), ("lost", "NaN"), ("huge", "1e400"), ("below", "-inf")]
+def test_a_float_that_is_not_finite_is_no_amount_and_nan_is_a_missing_value(workdir: Path, suffix: str) -> None:
+    rows = [("coffee", "4.5", "0.5"), ("lost", "NaN", "1"), ("huge", "1e400", "NaN"), ("below", "-inf", "2")]
     if suffix == "jsonl":  # JSON's NaN, a number too large for a double, and a string
-        lines = [f'{{"description": "{d}", "amount": {a}, "category": "Dining"}}' for d, a in rows[:3]]
-        lines.append('{"description": "below", "amount": "-inf", "category": "Dining"}')
+        template = '{{"description": "{}", "amount": {}, "category": "Dining", "discount": {}}}'
+        lines = [template.format(*row) for row in rows[:3]]
+        lines.append('{"description": "below", "amount": "-inf", "category": "Dining", "discount": 2}')
         (workdir / "tx.jsonl").write_text("\n".join(lines) + "\n")
     else:
-        (workdir / "tx.csv").write_text("description,amount,category\n" + "".join(f"{d},{a},Dining\n" for d, a in rows))
-    result = run(workdir, recipe(f"tx.{suffix}"))
-    aside = set_aside(Path(result.version_uri))
-    assert sorted(row["detail"].split(": ", 1)[1] for row in aside) == ["amount: Input should be a finite number"] * 3
+        csv = "".join(f"{d},{a},Dining,{x}\n" for d, a, x in rows)
+        (workdir / "tx.csv").write_text("description,amount,category,discount\n" + csv)
+    spec = recipe(f"tx.{suffix}")
+    # NaN is how pandas writes a missing value: an optional column may miss it, a required one not.
+    spec["input_schema"] = {"columns": {**SCHEMA["columns"], "discount": "float"}, "optional": ["discount"]}
+    result = run(workdir, spec)
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda row: row["source"]["line"])
+    assert [row["detail"].split(": ", 1)[1] for row in aside] == [
+        "amount: no value, and the column is required",
+        "amount: Input should be a finite number",
+        "amount: Input should be a finite number",
+    ]
     assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Categorise coffee (4.5)"]
     assert_adds_up(result.manifest.counts)
 

@@ -44,6 +44,7 @@ class SchemaValidation:
     def __init__(self, model: type[Record], name: str = "validate") -> None:
         self.name = name
         self.model = model
+        self._finite_only = not model.model_config.get("allow_inf_nan", True)
         self.columns: dict[str, tuple[pa.DataType, bool, int]] = {}
         for column, info in model.model_fields.items():
             if column in ("id", "source"):
@@ -59,6 +60,12 @@ class SchemaValidation:
         for column, (arrow_type, _, _) in self.columns.items():
             if column not in batch.column_names:
                 batch = batch.append_column(column, pa.nulls(batch.num_rows, arrow_type))
+            elif self._finite_only and pa.types.is_floating(batch[column].type):
+                # NaN is how pandas writes a missing value: missing, as a null is (an infinity is an error).
+                values = batch[column]
+                batch = batch.set_column(
+                    batch.column_names.index(column), column, pc.if_else(pc.is_nan(values), None, values)
+                )
         cast = self._fast_cast(batch)
         if cast is not None:
             return StageResult(kept=cast)
@@ -76,8 +83,11 @@ class SchemaValidation:
                 return None
             if not nullable and values.null_count:
                 return None
-            finite_only = not self.model.model_config.get("allow_inf_nan", True)
-            if finite_only and pa.types.is_floating(arrow_type) and pc.any(pc.invert(pc.is_finite(values))).as_py():
+            if (
+                self._finite_only
+                and pa.types.is_floating(arrow_type)
+                and pc.any(pc.invert(pc.is_finite(values))).as_py()
+            ):
                 return None
             if min_length and _shorter_than(values, min_length):
                 return None
