@@ -79,16 +79,23 @@ def _boilerplate_lines(pages: list[list[str]]) -> set[str]:
     edges: dict[str, dict[int, str]] = {}
     for page, lines in enumerate(pages, start=1):
         for line in _edges(lines):
-            if not _reads_as_a_sentence(line):
-                edges.setdefault(_shape(line), {}).setdefault(page, line)
+            edges.setdefault(_shape(line), {}).setdefault(page, line)
     threshold = max(3, int(0.6 * len(pages)))
-    return {shape for shape, found in edges.items() if len(found) >= threshold and _runs_with_pages(found)}
+    return {
+        shape
+        for shape, found in edges.items()
+        if len(found) >= threshold and _runs_with_pages(found) and not _numbered_sentences(found)
+    }
+
+
+def _numbered_sentences(found: dict[int, str]) -> bool:
+    """Whether lines of one shape are sentences told apart by their numbers ("Rule 3: book economy
+    class for short flights."): each page says something of its own, which dropping would lose. The
+    same sentence on every page ("All rights reserved.") is a running footer, dropped as one."""
+    return len(set(found.values())) > 1 and all(_reads_as_a_sentence(line) for line in found.values())
 
 
 def _reads_as_a_sentence(line: str) -> bool:
-    """A line of four words or more that ends a sentence is taken for content even when each page opens
-    or closes with one like it ("Rule 3: book economy class for short flights."): a running header or
-    footer is a name, a label or a page number, and dropping a sentence loses what the text says."""
     return len(line.split()) >= 4 and line.rstrip().endswith((".", "!", "?"))
 
 

@@ -131,9 +131,10 @@ def test_pdf_lines_that_differ_only_in_numbers_are_kept_unless_they_run_at_the_p
     (tmp_path / "tickets.pdf").write_bytes(
         pdf([["Ticket 1", "a"], ["Ticket #", "b"], ["Ticket 3", "c"]], running=False)
     )
-    # Sentences that open and close every page, one with the page's number: what the text says.
+    # A sentence opening every page with the page's number says something of its own on each: it stays.
+    # The same sentence closing every page is a running footer.
     rules = [
-        [f"Rule {n}: book economy class for short flights.", f"Detail {'xyz'[n - 1]}", "Keep receipts for audit."]
+        [f"Rule {n}: book economy class for short flights.", f"Detail {'xyz'[n - 1]}", "All rights reserved by Acme."]
         for n in (1, 2, 3)
     ]
     (tmp_path / "rules.pdf").write_bytes(pdf(rules, running=False))
@@ -141,7 +142,7 @@ def test_pdf_lines_that_differ_only_in_numbers_are_kept_unless_they_run_at_the_p
     assert aside == []
     texts = {(Path(r["source"]["uri"]).name, r["source"]["page"]): r["text"] for r in rows}
     assert texts["tickets.pdf", 2] == "Ticket #\nb"
-    assert [texts["rules.pdf", n].splitlines() for n in (1, 2, 3)] == rules
+    assert [texts["rules.pdf", n].splitlines() for n in (1, 2, 3)] == [page[:2] for page in rules]
     for n in range(1, 5):
         assert texts["forms.pdf", n] == f"Form {n}: amount due {n * 40} USD"
         ledger_page = texts["ledger.pdf", n].splitlines()
