@@ -203,7 +203,7 @@ class TableRow(Record):
 def _is_nan(value: Any) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
-    return isinstance(value, str) and value.strip().lower() == "nan"
+    return isinstance(value, str) and value.strip().lstrip("+-").lower() == "nan"  # C's printf writes -nan
 
 
 RECORD_MODELS: dict[str, type[Record]] = {

@@ -131,25 +131,30 @@ def test_a_sigterm_as_the_pool_forks_stops_the_analysis_where_it_can_be_raised(
     assert multiprocessing.active_children() == []  # the stopped pool left no worker
 
 
-def test_a_name_is_found_again_by_its_words_in_any_case_but_not_where_a_value_is_allowed() -> None:
+def test_a_name_is_found_again_whole_or_by_its_capitalised_runs_but_not_by_common_words() -> None:
     import re
 
     from curation.stages.pii import _found_elsewhere
 
-    prompt = "Customer Maria Lopez asked; we told Sushi Go Smith."
-    completion = "Maria replied. Lopez will pay. MARIA LOPEZ and maria lopez. Mark maria. We told Sushi Go."
-    found = [[("PERSON", 9, 20, 0.85), ("PERSON", 36, 50, 0.9)], []]
+    prompt = "Customer Maria de la Cruz asked; we told Sushi Go Smith. John Smith wrote."
+    completion = (
+        "MARIA DE LA CRUZ and maria de la cruz. La casa de la playa. Customer Maria replied. "
+        "We told Sushi Go. JOHN SMİTH came. Customer service."
+    )
+    names = ["Customer Maria de la Cruz", "Sushi Go Smith", "John Smith"]
+    found = [[("PERSON", prompt.index(n), prompt.index(n) + len(n), 0.85) for n in names], []]
     allowed = re.compile(r"(?<!\w)Sushi\ Go(?!\w)", re.IGNORECASE)
     echoes = _found_elsewhere([("prompt", 0), ("completion", 0)], [prompt, completion], found, allowed)
     assert echoes["prompt", 0] == []  # its own detections are not found twice
-    # Each word with its capital, runs of words in any case; not a lowercase word, nor inside "Sushi Go".
-    assert [completion[start:end] for _, start, end, _ in echoes["completion", 0]] == [
-        "Maria",
-        "Lopez",
-        "MARIA LOPEZ",
-        "maria lopez",
+    # The name, or its runs between capitals, in any case (a dotted capital İ too); not "de la", not
+    # "Customer" alone (single words are words too), not inside an allowed value.
+    got = [(completion[e.detection[1] : e.detection[2]], e.value) for e in echoes["completion", 0]]
+    assert got == [
+        ("MARIA DE LA CRUZ", "Customer Maria de la Cruz"),
+        ("maria de la cruz", "Customer Maria de la Cruz"),
+        ("Customer Maria", "Customer Maria de la Cruz"),
+        ("JOHN SMİTH", "John Smith"),
     ]
-    assert {entity for entity, *_ in echoes["completion", 0]} == {"PERSON"}
 
 
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -247,6 +252,9 @@ def test_a_value_found_in_one_field_is_redacted_wherever_its_record_holds_it(mon
     prompt, completion = result.kept["prompt"][0].as_py(), result.kept["completion"][0].as_py()
     assert "Dana" not in prompt + completion and "Whitfield" not in prompt + completion, (prompt, completion)
     assert completion.startswith("Refund sent to <PERSON_") and result.stats["found_elsewhere_in_record"] == 1
+    # A name found again by some of its words takes the name's pseudonym: one person, one placeholder.
+    named, _ = pii._redact("to Maria Whitfield", [("PERSON", 3, 18, 0.9)], {(3, 18): "Anna Maria Whitfield"})
+    assert named == "to " + pii.placeholder("pseudonym", "PERSON", "Anna Maria Whitfield")
     # An annotator's "not PII" on that place holds: the value is left there as they decided.
     undone = PiiRedaction(pii.config, "instruction", undone={"r0": [("completion", 15, 29)]}, analyzer=pii.analyzer)
     assert undone(batch).kept["completion"][0].as_py() == "Refund sent to Dana Whitfield."

@@ -139,10 +139,10 @@ def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
 def test_a_float_that_is_not_finite_is_no_amount_and_nan_is_a_missing_value(workdir: Path, suffix: str) -> None:
-    rows = [("coffee", "4.5", "0.5"), ("lost", "NaN", "1"), ("huge", "1e400", "NaN"), ("below", "-inf", "2")]
+    rows = [("coffee", "4.5", "-nan"), ("lost", "NaN", "1"), ("huge", "1e400", "NaN"), ("below", "-inf", "2")]
     if suffix == "jsonl":  # JSON's NaN, a number too large for a double, and a string
         template = '{{"description": "{}", "amount": {}, "category": "Dining", "discount": {}}}'
-        lines = [template.format(*row) for row in rows[:3]]
+        lines = [template.format(d, a, json.dumps(x) if x == "-nan" else x) for d, a, x in rows[:3]]
         lines.append('{"description": "below", "amount": "-inf", "category": "Dining", "discount": 2}')
         (workdir / "tx.jsonl").write_text("\n".join(lines) + "\n")
     else:

@@ -25,7 +25,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -68,24 +68,35 @@ def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
     return sorted(chosen, key=lambda d: d[1])
 
 
+class Echo(NamedTuple):
+    """A place of a value found elsewhere in its record: redacted as that value (the same placeholder)."""
+
+    detection: Detection
+    value: str
+
+
 def _found_elsewhere(
     where: list[tuple[str, int]], texts: list[str], detections: list[list[Detection]], allowed: re.Pattern | None
-) -> dict[tuple[str, int], list[Detection]]:
+) -> dict[tuple[str, int], list[Echo]]:
     """Per text, the other places of values found in its record: a name the model saw in the prompt
     and missed in the completion (or in a field it does not scan for names) would otherwise stay
     there in clear, beside its pseudonym, which then names that person in every record. A value of
     several words is matched in any case; one word, as written. What ``allowed`` matches (the
     recipe's ``allow``) is neither looked for nor redacted."""
-    values: dict[int, dict[str, Detection]] = {}
+    values: dict[int, dict[str, tuple[Detection, str]]] = {}  # row -> looked-for text -> (found, its value)
     for (_, row), text, found in zip(where, texts, detections, strict=True):
         for det in found:
-            for value in _parts(text[det[1] : det[2]], det[0]):
-                if allowed is None or not allowed.fullmatch(value):
-                    values.setdefault(row, {}).setdefault(_key(value), det)
+            value = text[det[1] : det[2]]
+            for part in _parts(value, det[0]):
+                if allowed is None or not allowed.fullmatch(part):
+                    values.setdefault(row, {}).setdefault(part, (det, value))
+    # One named group per looked-for text: the match says which it found, whatever case it came in.
+    looked_for = {row: sorted(found, key=len, reverse=True) for row, found in values.items()}
     patterns = {
-        row: re.compile("|".join(map(_pattern, sorted(found, key=len, reverse=True)))) for row, found in values.items()
+        row: re.compile("|".join(f"(?P<v{n}>{_pattern(part)})" for n, part in enumerate(parts)))
+        for row, parts in looked_for.items()
     }
-    echoes: dict[tuple[str, int], list[Detection]] = {}
+    echoes: dict[tuple[str, int], list[Echo]] = {}
     for (name, row), text, found in zip(where, texts, detections, strict=True):
         echoes[name, row] = []
         if row not in patterns:
@@ -94,34 +105,29 @@ def _found_elsewhere(
         for match in patterns[row].finditer(text):
             start, end = match.span()
             if all(end <= det[1] or start >= det[2] for det in taken):
-                entity, *_, score = values[row][_key(match.group())]
-                echoes[name, row].append((entity, start, end, score))
+                (entity, _, _, score), value = values[row][looked_for[row][int(str(match.lastgroup)[1:])]]
+                echoes[name, row].append(Echo((entity, start, end, score), value))
     return echoes
 
 
 def _parts(value: str, entity: str) -> Iterator[str]:
-    """The value, and for a name of several words ("Customer Sophie Smith") its runs of words and each
-    word written with a capital: "Sophie Smith", "Smith" and "Sophie" are that person elsewhere too."""
+    """The value, and for a name of three words or more ("Customer Sophie Smith") its runs of two or
+    more that start and end with a capital ("Sophie Smith"): not "de la" of "Maria de la Cruz", and
+    not single words ("Will", "May", "Customer" are words too)."""
     yield value
     words = value.split()
-    if entity != "PERSON" or len(words) < 2:
+    if entity != "PERSON":
         return
     for size in range(2, len(words)):
         for first in range(len(words) - size + 1):
-            yield " ".join(words[first : first + size])
-    for word in words:
-        word = word.strip(".,;:")
-        if len(word) > 1 and word[0].isupper():
-            yield word
+            run = words[first : first + size]
+            if run[0][:1].isupper() and run[-1][:1].isupper():
+                yield " ".join(run)
 
 
-def _key(value: str) -> str:
-    return value.casefold() if " " in value else value
-
-
-def _pattern(key: str) -> str:
-    body = re.escape(key)
-    return rf"(?<!\w)(?i:{body})(?!\w)" if " " in key else rf"(?<!\w){body}(?!\w)"
+def _pattern(part: str) -> str:
+    body = re.escape(part)
+    return rf"(?<!\w)(?i:{body})(?!\w)" if " " in part else rf"(?<!\w){body}(?!\w)"
 
 
 class Placeholders:
@@ -249,17 +255,17 @@ class PiiRedaction:
         echoes = _found_elsewhere(where, texts, kept_detections, self.allowed_places)
         for (name, row), text, keep in zip(where, texts, kept_detections, strict=True):
             undone = self.undone.get(ids[row], ())
-            echoed = [det for det in echoes[name, row] if (name, det[1], det[2]) not in undone]
+            echoed = [echo for echo in echoes[name, row] if (name, *echo.detection[1:3]) not in undone]
             if echoed:
                 stats["found_elsewhere_in_record"] += len(echoed)
-            keep = resolve_overlaps(keep + echoed)
+            keep = resolve_overlaps(keep + [echo.detection for echo in echoed])
             if not keep:
                 continue
             drop = sorted({entity for entity, *_ in keep if self.operators[entity] == "drop"})
             if drop:
                 dropped.setdefault(row, f"{name} holds {', '.join(drop)} (operator drop)")
                 continue
-            new_text, spans = self._redact(text, keep)
+            new_text, spans = self._redact(text, keep, {echo.detection[1:3]: echo.value for echo in echoed})
             redacted[name][row] = new_text
             counts.setdefault(row, Counter()).update(entity for entity, *_ in keep)
             uncertain = [span for span in spans if span["score"] < self.config.review_below]
@@ -393,17 +399,25 @@ class PiiRedaction:
         column = batch.column_names.index("image_bytes")
         return batch.set_column(column, "image_bytes", pa.array(images, batch["image_bytes"].type)), bad
 
-    def _redact(self, text: str, detections: list[Detection]) -> tuple[str, list[dict]]:
-        spans = [
-            {
-                "start": start,
-                "end": end,
-                "entity": entity,
-                "score": round(score, 4),
-                "placeholder": self.placeholder(self.operators[entity], entity, text[start:end]),
-            }
-            for entity, start, end, score in detections
-        ]
+    def _redact(
+        self, text: str, detections: list[Detection], values: Mapping[tuple[int, int], str] | None = None
+    ) -> tuple[str, list[dict]]:
+        """``text`` with ``detections`` replaced; ``values`` gives the value a place stands for when it is
+        not its own text: a name found again by its words takes the name's pseudonym."""
+        values = values or {}
+        spans = []
+        for entity, start, end, score in detections:
+            operator = self.operators[entity]
+            value = values.get((start, end), text[start:end]) if operator == "pseudonym" else text[start:end]
+            spans.append(
+                {
+                    "start": start,
+                    "end": end,
+                    "entity": entity,
+                    "score": round(score, 4),
+                    "placeholder": self.placeholder(operator, entity, value),
+                }
+            )
         return redacted(text, spans), spans
 
     def _flag(
