@@ -25,14 +25,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from schemas.config import RecipeError
 from schemas.hashing import Column, xxh3_64
 
 log = logging.getLogger("curation.split")
 NO_VALUE = "(none)"  # how a missing label or group key is reported
 
 
-class SplitError(ValueError):
-    """The split settings do not fit the records (a column is missing)."""
+class SplitError(RecipeError):
+    """The split settings do not fit the records (a column is missing): a recipe error, found on the
+    first batch (the recipe cannot say which columns its input has)."""
 
 
 def _unit_hash(seed: str, value: str) -> int:
@@ -71,7 +73,10 @@ class Splitter:
     def _column(self, batch: pa.Table, name: str, setting: str) -> list[str]:
         if name not in batch.column_names:
             usable = ", ".join(c for c in batch.column_names if c not in ("source", "image_bytes"))
-            raise SplitError(f"output.{setting}: column {name!r} is not in the records; they have: {usable}")
+            raise SplitError(
+                f"output.{setting}: column {name!r} is not in the records (a record takes it from its input, "
+                f"which has no such column); they have: {usable}"
+            )
         return [NO_VALUE if v is None else str(v) for v in batch[name].to_pylist()]
 
     def assign(self, batch: pa.Table) -> pa.Array:

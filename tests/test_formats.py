@@ -20,7 +20,7 @@ from curation.formats import chunk_text, output_format
 from curation.pipeline import RunResult, run_recipe
 from curation.published import read_manifest, verify_checksums
 from curation.writer import DatasetWriter
-from schemas.config import load_recipe
+from schemas.config import RecipeError, load_recipe
 from schemas.records import source_array
 from tests.helpers import outputs, read_lines, write_jsonl, write_recipe
 
@@ -307,14 +307,12 @@ def test_a_different_seed_moves_records_and_plain_split_is_hash_based(workdir: P
 
 def test_split_on_a_missing_column_names_it(workdir: Path) -> None:
     recipe = split_recipe(workdir, group_by="account")
-    with pytest.raises(ValueError, match=r"group_by: column 'account' is not in the records"):
+    with pytest.raises(RecipeError, match=r"group_by: column 'account' is not in the records \(a record takes it"):
         run_fresh(workdir, recipe)
     assert not list((workdir / "out" / "txns").glob("v*"))  # nothing published
 
 
 def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) -> None:
-    from schemas.config import RecipeError
-
     recipe = instruction_recipe(workdir, "jumpstart-instruction", system_prompt="Be brief.")
     with pytest.raises(RecipeError, match="system_prompt applies to the jumpstart-chat"):
         load_recipe(write_recipe(workdir, recipe))
