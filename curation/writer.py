@@ -728,3 +728,8 @@ class DatasetWriter:
             with contextlib.suppress(OSError):
                 series.close()
         self.clean_up()
+        # A dataset's first run that failed leaves no empty dataset folder behind (made for its staging).
+        folder = self.staging.rsplit("/", 2)[0]
+        with contextlib.suppress(OSError):
+            if not self.fs.get_file_info(pafs.FileSelector(folder)):
+                self.fs.delete_dir(folder)
