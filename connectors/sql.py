@@ -134,13 +134,25 @@ class SqlSourceReader:
             self._held_now = str(fingerprint)
         return self._held_now
 
-    def _result(self) -> Iterator[Any]:
+    def probe(self) -> None:
+        """Connect and ask for the result's columns, no rows: what `curation check` tells before a run (a
+        database it cannot reach, no such table, a query that does not run, a cursor or key column the
+        result lacks)."""
+        self._columns_checked(next(self._result(no_rows=True)))
+
+    def _columns_checked(self, columns: list[str]) -> list[str]:
+        for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
+            raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
+        return columns
+
+    def _result(self, no_rows: bool = False) -> Iterator[Any]:
         """The result's column names, then its rows, ``batch_rows`` at a time (a server-side cursor)."""
         engine = sa.create_engine(self.config.url)
         try:
             with engine.connect() as db:
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
-                result = options.execute(self._statement(engine))
+                statement = self._statement(engine)
+                result = options.execute(statement.limit(0) if no_rows else statement)
                 yield list(result.keys())
                 yield from result.partitions(self.batch_rows)
         except sa.exc.SQLAlchemyError as error:
@@ -184,9 +196,7 @@ class SqlSourceReader:
         row_ids = InputIds(self.uri)
         fingerprint = Fingerprint()
         result = self._result()
-        columns = next(result)
-        for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
-            raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
+        columns = self._columns_checked(next(result))
         for rows in result:
             table = arrow_table(columns, rows)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))

@@ -197,7 +197,10 @@ def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> No
 
     loaded = _load(recipe)
     try:
-        inputs = source_inputs(build_sources(loaded))
+        sources = build_sources(loaded)
+        inputs = source_inputs(sources)
+        for source in sources:
+            getattr(source, "probe", lambda: None)()  # a database: reachable, its table or query runs
         stages = [stage.name for stage in build_stages(loaded)]
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {state_problem(loaded.state, error)}", highlight=False)

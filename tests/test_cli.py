@@ -25,6 +25,32 @@ def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE tickets (subject TEXT, reply TEXT)"))
+        db.execute(sa.text("INSERT INTO tickets VALUES ('Card declined', 'Travel notice set.')"))
+    engine.dispose()
+    record = {"kind": "instruction", "prompt": "subject", "completion": "reply"}
+    for source, problem in (
+        ({"query": "SELECT subject, reply FROM tickets"}, None),
+        ({"query": "SELECT subjct FROM tickets"}, "cannot read: OperationalError: no such column: subjct"),
+        ({"table": "tickets", "key": ["ticket_id"]}, "column 'ticket_id' is not in the result"),
+    ):
+        recipe = write_recipe(
+            tmp_path, {"dataset": "t", "sources": [{"type": "sql", "url": url, **source}], "record": record}
+        )
+        checked = curation("check", str(recipe), cwd=tmp_path)
+        if problem is None:
+            assert checked.returncode == 0 and "1 input(s)" in checked.stdout, checked.stderr
+        else:
+            assert checked.returncode == 2 and problem in checked.stderr and "Traceback" not in checked.stderr
+    assert not (tmp_path / "output").exists()  # nothing read, nothing run
+
+
 def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     done = curation("demo", "--folder", "demo", "--rows", "500", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
