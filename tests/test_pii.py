@@ -157,6 +157,19 @@ def test_a_name_is_found_again_whole_or_by_its_capitalised_runs_but_not_by_commo
     ]
 
 
+def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import curation.stages.pii as pii_module
+
+    def missed(*_: object) -> None:
+        raise KeyError("dana whitfield")  # as a lookup by a value would
+
+    monkeypatch.setattr(pii_module, "_found_elsewhere", missed)
+    with pytest.raises(StageError) as error:
+        stage()(records(["Dana Whitfield wrote from dana@example.org"]))
+    assert "KeyError in missed" in str(error.value) and "its message is withheld" in str(error.value)
+    assert "whitfield" not in str(error.value).lower() and error.value.__cause__ is None
+
+
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
     prompts = [

@@ -22,9 +22,11 @@ import json
 import logging
 import os
 import re
+import traceback
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -66,6 +68,23 @@ def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
         if all(det[2] <= c[1] or det[1] >= c[2] for c in chosen):
             chosen.append(det)
     return sorted(chosen, key=lambda d: d[1])
+
+
+@contextlib.contextmanager
+def _messages_withheld() -> Iterator[None]:
+    """An unexpected error in the stage (a bug) is named by its type and place, not its message: a
+    message here can quote the text (a KeyError holds the key it missed), and values never reach a
+    log or the terminal."""
+    try:
+        yield
+    except (StageError, RecipeError, PiiEngineError):  # ours: they name fields and rules, never values
+        raise
+    except Exception as error:
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        raise StageError(
+            f"the pii stage failed: {type(error).__name__} in {frame.name} ({Path(frame.filename).name} line "
+            f"{frame.lineno}); its message is withheld: it can quote the text"
+        ) from None
 
 
 class Echo(NamedTuple):
@@ -218,6 +237,10 @@ class PiiRedaction:
             raise PiiSettingError(str(error)) from None
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        with _messages_withheld():
+            return self._redact_batch(batch)
+
+    def _redact_batch(self, batch: pa.Table) -> StageResult:
         for name in self.fields:
             if name not in batch.column_names:
                 raise StageError(f"the pii stage scans field {name!r}, which the records do not have")
@@ -311,6 +334,10 @@ class PiiRedaction:
         return [det for det in detections if text[det[1] : det[2]].casefold() not in self.allowed]
 
     def scrub_set_aside(self, table: pa.Table) -> pa.Table:
+        with _messages_withheld():
+            return self._scrub_set_aside(table)
+
+    def _scrub_set_aside(self, table: pa.Table) -> pa.Table:
         """Set-aside rows with PII redacted from their raw input and detail, before they are published.
 
         A quarantined record never reached this stage, yet its raw input (``record``) and the reader's
