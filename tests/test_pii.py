@@ -139,22 +139,37 @@ def test_a_name_is_found_again_whole_or_by_its_capitalised_runs_but_not_by_commo
     prompt = "Customer Maria de la Cruz asked; we told Sushi Go Smith. John Smith wrote."
     completion = (
         "MARIA DE LA CRUZ and maria de la cruz. La casa de la playa. Customer Maria replied. "
-        "We told Sushi Go. JOHN SMİTH came. Customer service."
+        "We told Sushi Go. JOHN SMITH came, then John SMİTH. Customer service. Ask Paris about Sophie. "
+        "Sophie Smith called. paris hilton said hi."
     )
-    names = ["Customer Maria de la Cruz", "Sushi Go Smith", "John Smith"]
-    found = [[("PERSON", prompt.index(n), prompt.index(n) + len(n), 0.85) for n in names], []]
-    allowed = re.compile(r"(?<!\w)Sushi\ Go(?!\w)", re.IGNORECASE)
+    names = ["Customer Maria de la Cruz", "Sushi Go Smith", "John Smith", "Paris Hilton", "Sophie Smith"]
+    prompt += " Paris Hilton and Sophie Smith too."
+    found = [[("PERSON", prompt.index(n), prompt.index(n) + len(n), 0.85) for n in names]]
+    found.append([("PERSON", completion.rindex("Sophie"), completion.rindex("Sophie") + 6, 0.9)])  # the model's part
+    allowed = re.compile(r"(?<!\w)(?:Sushi\ Go|Paris)(?!\w)", re.IGNORECASE)
     echoes = _found_elsewhere([("prompt", 0), ("completion", 0)], [prompt, completion], found, allowed)
     assert echoes["prompt", 0] == []  # its own detections are not found twice
-    # The name, or its runs between capitals, in any case (a dotted capital İ too); not "de la", not
-    # "Customer" alone (single words are words too), not inside an allowed value.
+    # The name, or its runs between capitals, in any case; not "de la", not "Customer" alone (single
+    # words are words too), not inside an allowed value ("Paris" alone), though a name may hold one.
     got = [(completion[e.detection[1] : e.detection[2]], e.value) for e in echoes["completion", 0]]
     assert got == [
         ("MARIA DE LA CRUZ", "Customer Maria de la Cruz"),
         ("maria de la cruz", "Customer Maria de la Cruz"),
         ("Customer Maria", "Customer Maria de la Cruz"),
-        ("JOHN SMİTH", "John Smith"),
+        ("JOHN SMITH", "John Smith"),
+        ("John SMİTH", "John Smith"),
+        ("Sophie", "Sophie"),  # what the model found in this text, found again in it
+        ("Sophie Smith", "Sophie Smith"),  # holds the model's "Sophie", which gives way
+        ("paris hilton", "Paris Hilton"),
     ]
+
+
+def test_a_shorter_detection_inside_a_place_of_a_longer_value_gives_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    pii = stage()
+    # As the model answers at times: the whole name in the prompt, only its first word in the completion.
+    monkeypatch.setattr(pii.analyzer, "analyze", lambda texts, *_: [[("PERSON", 0, 12, 0.9)], [("PERSON", 0, 6, 0.9)]])
+    kept = pii(records(["Sophie Smith asked"], completion="Sophie Smith called")).kept
+    assert kept["prompt"][0].as_py() == "<PERSON> asked" and kept["completion"][0].as_py() == "<PERSON> called"
 
 
 def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.MonkeyPatch) -> None:

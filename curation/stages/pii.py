@@ -100,7 +100,8 @@ def _found_elsewhere(
     """Per text, the other places of values found in its record: a name the model saw in the prompt
     and missed in the completion (or in a field it does not scan for names) would otherwise stay
     there in clear, beside its pseudonym, which then names that person in every record. A value of
-    several words is matched in any case; one word, as written. What ``allowed`` matches (the
+    several words is matched in any case; one word, as written. A place may hold a shorter
+    detection ("Sophie" of "Sophie Smith"), which it replaces. What ``allowed`` matches (the
     recipe's ``allow``) is neither looked for nor redacted."""
     values: dict[int, dict[str, tuple[Detection, str]]] = {}  # row -> looked-for text -> (found, its value)
     for (_, row), text, found in zip(where, texts, detections, strict=True):
@@ -109,35 +110,68 @@ def _found_elsewhere(
             for part in _parts(value, det[0]):
                 if allowed is None or not allowed.fullmatch(part):
                     values.setdefault(row, {}).setdefault(part, (det, value))
-    # One named group per looked-for text: the match says which it found, whatever case it came in.
-    looked_for = {row: sorted(found, key=len, reverse=True) for row, found in values.items()}
-    patterns = {
-        row: re.compile("|".join(f"(?P<v{n}>{_pattern(part)})" for n, part in enumerate(parts)))
-        for row, parts in looked_for.items()
-    }
     echoes: dict[tuple[str, int], list[Echo]] = {}
     for (name, row), text, found in zip(where, texts, detections, strict=True):
         echoes[name, row] = []
-        if row not in patterns:
+        parts = values.get(row)
+        if not parts:
             continue
-        taken = found + ([("", *m.span(), 0.0) for m in allowed.finditer(text)] if allowed is not None else [])
-        for match in patterns[row].finditer(text):
-            start, end = match.span()
-            if all(end <= det[1] or start >= det[2] for det in taken):
-                (entity, _, _, score), value = values[row][looked_for[row][int(str(match.lastgroup)[1:])]]
+        inside_allowed = [m.span() for m in allowed.finditer(text)] if allowed is not None else []
+        for start, end, part in _places(text, list(parts)):
+            if _free(start, end, found) and not any(a <= start and end <= b for a, b in inside_allowed):
+                (entity, _, _, score), value = parts[part]
                 echoes[name, row].append(Echo((entity, start, end, score), value))
     return echoes
 
 
+def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
+    """(start, end, part) where each part stands in ``text`` as whole words, several words in any case:
+    left to right, not overlapping, the longest at a place. Found with ``str.find`` (in C): one regex
+    of every part, tried at every character, took minutes on a long text of many names."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
+        pattern = re.compile("|".join(f"(?P<v{n}>{_pattern(part)})" for n, part in enumerate(parts)))
+        for match in pattern.finditer(text):
+            yield *match.span(), parts[int(str(match.lastgroup)[1:])]
+        return
+    found = []
+    for part in parts:
+        haystack, needle = (lowered, part.lower()) if " " in part else (text, part)
+        at = haystack.find(needle)
+        while at >= 0:
+            end = at + len(needle)
+            if (at == 0 or not _word_character(text[at - 1])) and (end == len(text) or not _word_character(text[end])):
+                found.append((at, end, part))
+            at = haystack.find(needle, at + 1)
+    reached = 0
+    for start, end, part in sorted(found, key=lambda place: (place[0], place[0] - place[1])):
+        if start >= reached:
+            reached = end
+            yield start, end, part
+
+
+def _word_character(char: str) -> bool:
+    return char.isalnum() or char == "_"  # as the regex \w
+
+
+def _free(start: int, end: int, found: list[Detection]) -> bool:
+    """Whether a place overlaps no detection of its text, but those it holds and is longer than."""
+    return all(
+        end <= det[1] or start >= det[2] or (start <= det[1] and det[2] <= end and (start, end) != det[1:3])
+        for det in found
+    )
+
+
 def _parts(value: str, entity: str) -> Iterator[str]:
-    """The value, and for a name of three words or more ("Customer Sophie Smith") its runs of two or
-    more that start and end with a capital ("Sophie Smith"): not "de la" of "Maria de la Cruz", and
-    not single words ("Will", "May", "Customer" are words too)."""
+    """The value, and for a name of three to six words ("Customer Sophie Smith") its runs of two to
+    four that start and end with a capital ("Sophie Smith"): not "de la" of "Maria de la Cruz", not
+    single words ("Will", "May", "Customer" are words too), nor the runs of a long span the model
+    took for a name (a heading)."""
     yield value
     words = value.split()
-    if entity != "PERSON":
+    if entity != "PERSON" or len(words) > 6:
         return
-    for size in range(2, len(words)):
+    for size in range(2, min(len(words), 5)):
         for first in range(len(words) - size + 1):
             run = words[first : first + size]
             if run[0][:1].isupper() and run[-1][:1].isupper():
@@ -281,6 +315,9 @@ class PiiRedaction:
             echoed = [echo for echo in echoes[name, row] if (name, *echo.detection[1:3]) not in undone]
             if echoed:
                 stats["found_elsewhere_in_record"] += len(echoed)
+                # A detection inside a place of a longer value ("Sophie" where "Sophie Smith" stands) gives way.
+                spans = [echo.detection[1:3] for echo in echoed]
+                keep = [det for det in keep if not any(a <= det[1] and det[2] <= b for a, b in spans)]
             keep = resolve_overlaps(keep + [echo.detection for echo in echoed])
             if not keep:
                 continue
