@@ -147,7 +147,10 @@ class SqlSourceReader:
 
     def _result(self, no_rows: bool = False) -> Iterator[Any]:
         """The result's column names, then its rows, ``batch_rows`` at a time (a server-side cursor)."""
-        engine = sa.create_engine(self.config.url)
+        try:
+            engine = sa.create_engine(self.config.url)
+        except (sa.exc.SQLAlchemyError, ImportError) as error:  # no such dialect, or its driver not installed
+            raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         try:
             with engine.connect() as db:
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)

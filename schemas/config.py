@@ -60,6 +60,19 @@ class SqlSource(Strict):
     cursor: str | None = None
     key: list[str] = Field(default_factory=list)  # columns that identify a row (record ids survive edits)
 
+    @field_validator("url")
+    @classmethod
+    def _a_database_url(cls, url: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(url)
+        except ArgumentError:
+            # Not quoted back: a URL can hold a password.
+            raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
+        return url
+
     @model_validator(mode="after")
     def _table_or_query(self) -> SqlSource:
         if (self.table is None) == (self.query is None):
