@@ -28,6 +28,11 @@ class StageSettingError(StageError, RecipeError):
     where the recipe could not tell at load (table rows): a recipe error, so the run exits 2."""
 
 
+def is_text(kind: pa.DataType) -> bool:
+    # polars hands JSONL text over as large_string.
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def require_columns(batch: pa.Table, names: Iterable[str], setting: str) -> None:
     """Raise ``StageSettingError`` naming ``setting`` when the batch lacks any of ``names``: a misspelt
     column would otherwise crash inside Arrow, or make a stage compare or measure nothing."""

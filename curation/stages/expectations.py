@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageError, StageResult, StageSettingError, require_columns, split_by_mask
+from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
 from schemas.config import Expectation, between_needs_numbers
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, set_aside_rows
 
@@ -33,10 +33,6 @@ _GX_TYPES = {
     "matches_regex": "ExpectColumnValuesToMatchRegex",
     "in_set": "ExpectColumnValuesToBeInSet",
 }
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def _arguments(spec: Expectation) -> dict[str, Any]:
@@ -106,7 +102,7 @@ class Expectations:
     def __call__(self, batch: pa.Table) -> StageResult:
         require_columns(batch, self.columns, "expectations columns")
         for spec in self.specs:  # where the recipe could not tell the column's type (else checked at load)
-            if spec.check == "between" and _is_text(batch[spec.column].type):
+            if spec.check == "between" and is_text(batch[spec.column].type):
                 raise StageSettingError(f"expectations: {between_needs_numbers(spec.column)}")
         if self._suite is None:
             self._suite = _Suite(self.specs)

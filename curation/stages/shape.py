@@ -17,7 +17,7 @@ import jinja2.nodes as jn
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageResult
+from curation.stages.base import StageResult, is_text
 from schemas.config import RecordShape
 from schemas.records import CONTENT_COLUMNS, location, set_aside_rows
 
@@ -57,11 +57,6 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
             else:
                 return None
     return parts
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    # polars hands JSONL text over as large_string: it takes the fast path as well.
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 class Field:
@@ -149,7 +144,7 @@ class Shape:
             return pc.cast(batch[field.column], pa.string()).combine_chunks(), [], ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
-            usable = all(n in batch.column_names and _is_text(batch[n].type) for n in names)
+            usable = all(n in batch.column_names and is_text(batch[n].type) for n in names)
             if usable and not any(batch[n].null_count for n in names):
                 pieces = [
                     pa.repeat(pa.scalar(text, pa.string()), count)
