@@ -25,7 +25,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.records import InputIds, empty_set_aside, set_aside_rows, source_array
+from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -164,15 +164,7 @@ def _may_hold_lone_surrogate(text: bytes) -> bool:
         return False
     digit = octets[at + 3]
     high, low = at[_HIGH_SURROGATE[digit]], at[_LOW_SURROGATE[digit]]
-    return not (_found_in(low, high + 6).all() and _found_in(high, low - 6).all())
-
-
-def _found_in(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Which ``values`` the sorted array ``ordered`` holds."""
-    if not len(ordered):
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
-    return ordered[at] == values
+    return not (sorted_holds(low, high + 6).all() and sorted_holds(high, low - 6).all())
 
 
 def _lone_surrogate(raw: bytes, value: dict[str, Any]) -> str | None:

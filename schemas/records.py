@@ -125,7 +125,7 @@ class InputIds:
         twice = ordered[1:][ordered[1:] == ordered[:-1]]  # contents the batch holds more than once
         if len(twice):  # number them within the batch, in input order
             twice = np.unique(twice)
-            at = np.flatnonzero(twice[np.minimum(np.searchsorted(twice, hashes), len(twice) - 1)] == hashes)
+            at = np.flatnonzero(sorted_holds(twice, hashes))
             order = np.argsort(hashes[at], kind="stable")
             grouped = hashes[at][order]
             first = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
@@ -139,6 +139,14 @@ class InputIds:
         while self._runs and len(self._runs[-1]) <= 2 * len(run):
             run = _merged(self._runs.pop(), run)
         self._runs.append(run)
+
+
+def sorted_holds(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which ``values`` the sorted array ``ordered`` holds (a binary search each; ``np.isin`` sorts)."""
+    if not len(ordered):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+    return ordered[at] == values
 
 
 def _merged(a: np.ndarray, b: np.ndarray) -> np.ndarray:
