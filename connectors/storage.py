@@ -138,9 +138,9 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
         path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
     try:
         if _is_glob(path):
-            infos = fs.get_file_info(pafs.FileSelector(_glob_base(path), recursive=True, allow_not_found=True))
-            wanted = functools.partial(_glob_match, pattern=path, suffixes=suffixes)
             root = _glob_base(path)
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            wanted = functools.partial(_glob_match, pattern=path, suffixes=suffixes)
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:

@@ -106,15 +106,14 @@ class ExactDedup:
             self.image = "bytes"
 
     def signatures(self, batch: pa.Table) -> pa.Table:
-        fields = self.fields
-        if "image_bytes" in batch.column_names:
-            fields = [field for field in fields if field != "image"]
+        images = "image_bytes" in batch.column_names
+        fields = [field for field in self.fields if field != "image"] if images else self.fields
         require_columns(batch, fields, f"{self.name} fields")
         if fields:
             hashes = xxh3_64(normalised_text(batch, fields, self.normalize))
         else:
             hashes = pa.array(np.zeros(batch.num_rows, np.uint64))  # the image alone (see _mixed)
-        if "image_bytes" in batch.column_names:
+        if images:
             # An image is content too: the same question about another picture (a file changed in place
             # keeps its name) is a new record, not a repeat.
             hashes = _mixed(hashes, xxh3_64(batch["image_bytes"]))
