@@ -276,7 +276,7 @@ class ListedFiles:
 
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
-            entries = list_files(self.config.path, suffixes=self.suffixes)
+            entries = list_files(self.config.path, suffixes=self.suffixes, name_unread=True)
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):

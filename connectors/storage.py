@@ -102,13 +102,13 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         raise StorageError(f"{pattern}: not a glob this reader understands (*, ?, [abc], [!abc], **)") from None
 
 
-def _glob_match(path: str, pattern: str, suffixes: tuple[str, ...] = ()) -> bool:
-    """``path`` matches ``pattern``, and no hidden or in-the-making part (see ``_listed``) lies below
+def _glob_match(path: str, pattern: str) -> bool:
+    """``path`` matches ``pattern``, and no hidden or in-the-making part (see ``_visible``) lies below
     the pattern's fixed base: a glob does not reach into ``_staging/`` or ``.git/`` either. A glob
     ending in ``/`` names folders: it matches the files under them a folder source would read."""
     folders = pattern.endswith("/")
     matched = _glob_regex(pattern + "**" if folders else pattern).match(path)
-    return bool(matched) and _listed(path[len(_glob_base(pattern)) :].lstrip("/"), suffixes if folders else ())
+    return bool(matched) and _visible(path[len(_glob_base(pattern)) :].lstrip("/"))
 
 
 def _glob_base(path: str) -> str:
@@ -117,66 +117,91 @@ def _glob_base(path: str) -> str:
     return path
 
 
-def _in_folder(path: str, folder: str, suffixes: tuple[str, ...]) -> bool:
-    return _listed(os.path.relpath(path, folder), suffixes)
+def _in_folder(path: str, folder: str) -> bool:
+    return _visible(os.path.relpath(path, folder))
 
 
-def _listed(relative: str, suffixes: tuple[str, ...]) -> bool:
+def _visible(relative: str) -> bool:
     """Under a folder, as data lakes lay it out: what is hidden or in the making (``.x``, ``_x``: a file
-    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped, and only
-    ``suffixes`` are kept."""
-    hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
-    return not hidden and (not suffixes or relative.lower().endswith(suffixes))
+    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped."""
+    return not any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
-def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
-    """Files at a path, under a folder (recursively) or matching a glob, sorted by URI."""
-    if is_s3(uri):
-        return _list_s3(uri, suffixes)
+def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False) -> list[FileEntry]:
+    """Files at a path, under a folder (recursively) or matching a glob, sorted by URI.
+
+    Under a folder (or a glob ending in ``/``) only names ending in one of ``suffixes`` are kept; with
+    ``name_unread`` the others are named in a warning (a folder of exports with a ``.txt`` among the
+    ``.csv`` files: its records would otherwise be left out without a word).
+    """
+    entries, folder = _list_s3(uri) if is_s3(uri) else _list_local(uri, suffixes)
+    if not suffixes or not folder:
+        return entries
+    kept = [entry for entry in entries if entry.uri.lower().endswith(suffixes)]
+    if name_unread and len(kept) < len(entries):
+        unread = [entry.uri for entry in entries if not entry.uri.lower().endswith(suffixes)]
+        log.warning(
+            "%s: not read: not a kind of file this source reads (%s): %s", uri, ", ".join(suffixes), _named(unread)
+        )
+    return kept
+
+
+def _named(uris: list[str]) -> str:
+    """The first few of ``uris``, and how many more."""
+    return ", ".join(sorted(uris)[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")
+
+
+def _list_local(uri: str, suffixes: tuple[str, ...]) -> tuple[list[FileEntry], bool]:
+    """The visible files ``uri`` names, and whether it names a folder (or a glob of folders)."""
     fs, path = filesystem(uri)
     if _is_glob(uri) and uri.endswith("/"):
         path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
+    folder = path.endswith("/") or not _is_glob(path)
     try:
         if _is_glob(path):
             root = _glob_base(path)
             infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-            wanted = functools.partial(_glob_match, pattern=path, suffixes=suffixes)
+            wanted = functools.partial(_glob_match, pattern=path)
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
-                return [_entry(info)]
+                return [_entry(info)], False
             if info.type != pafs.FileType.Directory:
                 raise StorageError(f"{uri}: no such file or folder")
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            wanted = functools.partial(_in_folder, folder=path, suffixes=suffixes)
+            wanted = functools.partial(_in_folder, folder=path)
             root = path
         found = [i for i in infos if i.type == pafs.FileType.File and wanted(i.path)]
         if isinstance(fs, pafs.LocalFileSystem):
-            _warn_of_broken_links(uri, root, wanted)
+            _warn_of_broken_links(uri, root, wanted, suffixes if folder else ())
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
         raise StorageError(f"{uri}: cannot list: {exc}") from None
-    return sorted((_entry(i) for i in found), key=lambda e: e.uri)
+    return sorted((_entry(i) for i in found), key=lambda e: e.uri), folder
 
 
-def _warn_of_broken_links(uri: str, root: str, wanted: Callable[[str], bool]) -> None:
+def _warn_of_broken_links(uri: str, root: str, wanted: Callable[[str], bool], suffixes: tuple[str, ...]) -> None:
     """Arrow's listing leaves out a link to a file that is not there (an input moved away from under
-    its link): such an input is named rather than passed over without a word."""
+    its link): such an input (a name ending in one of ``suffixes``, if any) is named rather than
+    passed over without a word."""
     broken = [
         found
         for folder, _, names in os.walk(root)
         for found in (os.path.join(folder, name) for name in names)
-        if wanted(found) and os.path.islink(found) and not os.path.exists(found)
+        if wanted(found)
+        and found.lower().endswith(suffixes or "")
+        and os.path.islink(found)
+        and not os.path.exists(found)
     ]
     if broken:
-        shown = ", ".join(sorted(broken)[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
-        log.warning("%s: not read: link to a file that is not there: %s", uri, shown)
+        log.warning("%s: not read: link to a file that is not there: %s", uri, _named(broken))
 
 
-def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
+def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
     """One S3 listing gives each object's size, time and ETag: the ETag is the fingerprint a scheduled
-    run compares, so the objects are not listed a second time to get it (a page per 1,000 objects)."""
+    run compares, so the objects are not listed a second time to get it (a page per 1,000 objects).
+    Also whether ``uri`` names a folder (or a glob of folders)."""
     import boto3  # only runs that read S3 pay for the import
     import botocore.exceptions
 
@@ -187,26 +212,26 @@ def _list_s3(uri: str, suffixes: tuple[str, ...]) -> list[FileEntry]:
         if _is_glob(path):
             base = _glob_base(path)
             prefix = _folder(base.partition("/")[2])
-            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path, suffixes)]
-        else:
-            if key and not key.endswith("/"):
-                # One object, if it is one: read access to it is enough, as for reading it.
-                try:
-                    head = client.head_object(Bucket=bucket, Key=key)
-                    modified = head["LastModified"].isoformat()
-                    return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))]
-                except botocore.exceptions.ClientError as error:
-                    if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                        raise  # denied, throttled, down: not "no such object"
+            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path)]
+            return sorted(found, key=lambda e: e.uri), path.endswith("/")
+        if key and not key.endswith("/"):
+            # One object, if it is one: read access to it is enough, as for reading it.
+            try:
+                head = client.head_object(Bucket=bucket, Key=key)
+                modified = head["LastModified"].isoformat()
+                return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))], False
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise  # denied, throttled, down: not "no such object"
 
-            # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
-            # lists nothing, which the source decides about (see ListedFiles.entries).
-            folder = _folder(key)
-            found = list(_s3_objects(client, bucket, folder))
-            found = [e for e in found if _listed(e.uri.removeprefix(f"s3://{bucket}/{folder}"), suffixes)]
+        # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
+        # lists nothing, which the source decides about (see ListedFiles.entries).
+        folder = _folder(key)
+        found = list(_s3_objects(client, bucket, folder))
+        found = [e for e in found if _visible(e.uri.removeprefix(f"s3://{bucket}/{folder}"))]
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
-    return sorted(found, key=lambda e: e.uri)
+    return sorted(found, key=lambda e: e.uri), True
 
 
 def _folder(key: str) -> str:

@@ -240,6 +240,29 @@ def test_folder_listing_skips_what_is_hidden_or_in_the_making(tmp_path: Path) ->
     assert globbed == ["sub/b.jsonl"]
 
 
+def test_a_file_of_another_kind_in_a_source_folder_is_named_not_passed_over(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "Note on refunds."}])
+    write_jsonl(workdir / "in" / "b.xml", [{"text": "Note on cards."}])  # not a kind the source reads
+    (workdir / "in" / "sub").mkdir()
+    (workdir / "in" / "sub" / "notes.txt").write_text("Note on fees.\n")
+    (workdir / "in" / "_SUCCESS").write_text("")  # a marker, as data lakes write: not input, not named
+    spec = {"dataset": "notes", "sources": [{"path": "in"}], "record": {"kind": "document"}}
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        result = run(workdir, spec)
+    assert result.manifest.counts.written == 1
+    warned = [r.getMessage() for r in caplog.records if "not a kind of file this source reads" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert f"{workdir}/in/b.xml" in warned[0] and f"{workdir}/in/sub/notes.txt" in warned[0]
+    assert "_SUCCESS" not in warned[0] and "a.jsonl" not in warned[0]
+    # A glob names the files it wants: nothing else under its folder is named.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        run(workdir, {**spec, "sources": [{"path": "in/*.jsonl"}]}, full_refresh=True)
+    assert "not a kind of file" not in caplog.text
+
+
 def test_a_link_to_a_file_that_is_not_there_is_named_not_passed_over(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
