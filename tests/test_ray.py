@@ -79,6 +79,7 @@ def published(result: RunResult) -> dict[str, Any]:
         "counts": result.manifest.counts.model_dump(),
         "stats": result.manifest.stats,
         "shard_records": sum(s.records for split in result.manifest.splits.values() for s in split.shards),
+        "shards": [(s.path, s.sha256) for split in result.manifest.splits.values() for s in split.shards],
     }
 
 
@@ -97,16 +98,22 @@ def instruction_rows(count: int) -> list[Any]:
 
 
 def test_same_records_counts_and_clusters_with_both_executors(workdir: Path, local_ray: Any) -> None:
-    rows = instruction_rows(900)
-    # Duplicates span files and batches: the second file repeats topics of the first.
-    write_jsonl(workdir / "in" / "a.jsonl", rows[:500])
-    write_jsonl(workdir / "in" / "b.jsonl", rows[500:])
+    rows = [
+        {**row, "label": f"topic {n % 7}"} if isinstance(row, dict) else row
+        for n, row in enumerate(instruction_rows(900))
+    ]
+    # Duplicates span files and batches: the later files repeat topics of the first.
+    write_jsonl(workdir / "in" / "a.jsonl", rows[:300])
+    write_jsonl(workdir / "in" / "b.jsonl", rows[300:600])
+    write_jsonl(workdir / "in" / "c.jsonl", rows[600:])
     recipe = {
         "dataset": "support",
         "sources": [{"path": str(workdir / "in")}],
         "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
-        "batch_rows": 128,
-        "output": {"dest": str(workdir / "out"), "shard_max_bytes": 16384},
+        "batch_rows": 64,
+        # A stratified split deals each label's records out in the order they come: the same sides
+        # only if Ray hands the writer the records in the embedded executor's order.
+        "output": {"dest": str(workdir / "out"), "shard_max_bytes": 16384, "stratify_by": "label"},
     }
     local, distributed = run_both(workdir, recipe)
     expected, actual = published(local), published(distributed)
@@ -119,6 +126,7 @@ def test_same_records_counts_and_clusters_with_both_executors(workdir: Path, loc
     assert actual["set_aside"] == expected["set_aside"]  # the same duplicate_of: the same clusters
     assert actual["stats"] == expected["stats"]
     assert actual["shard_records"] == counts["written"]
+    assert actual["shards"] == expected["shards"]  # the same lines in the same order: the same checksums
 
 
 def test_a_global_check_that_is_not_dedup_gives_the_same_records_on_ray(workdir: Path, local_ray: Any) -> None:
@@ -252,6 +260,7 @@ def test_any_duplicate_stage_runs_distributed_with_the_same_clusters(
     assert actual["set_aside"] == expected["set_aside"]
     assert actual["ids"] == expected["ids"]
     assert actual["counts"] == expected["counts"]
+    assert actual["shards"] == expected["shards"]
 
 
 class CountingModel:

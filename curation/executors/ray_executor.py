@@ -235,6 +235,10 @@ class RayExecutor:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        # The writer gets the records in input order, as from the embedded executor: a stratified split
+        # deals each label's records out in the order they come, and shards hold the same lines (the
+        # same checksums). Blocks finished early wait for those before them, which costs some overlap.
+        context.execution_options.preserve_order = True
         if ray.cluster_resources().get("CPU", 0) <= SMALL_CLUSTER_CPUS:
             # A sort-based shuffle starts no aggregator actors; Ray's hash shuffle starts one per
             # partition, which costs more than it saves on a few CPUs. Clusters keep Ray's default.
