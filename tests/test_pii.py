@@ -280,6 +280,11 @@ def test_a_value_found_in_one_field_is_redacted_wherever_its_record_holds_it(mon
     prompt, completion = result.kept["prompt"][0].as_py(), result.kept["completion"][0].as_py()
     assert "Dana" not in prompt + completion and "Whitfield" not in prompt + completion, (prompt, completion)
     assert completion.startswith("Refund sent to <PERSON_") and result.stats["found_elsewhere_in_record"] == 1
+    # Broken over a line, or with two spaces, it is the same name, with the same pseudonym.
+    for spaced in ("Dana\nWhitfield", "DANA  WHITFIELD", "Dana \r\n Whitfield"):
+        again = pii(records(["Customer Dana Whitfield asked about a refund"], completion=f"Sent to {spaced}."))
+        pseudonym = again.kept["prompt"][0].as_py().split()[1]
+        assert again.kept["completion"][0].as_py() == f"Sent to {pseudonym}.", spaced
     # A name found again by some of its words takes the name's pseudonym: one person, one placeholder.
     named, _ = pii._redact("to Maria Whitfield", [("PERSON", 3, 18, 0.9)], {(3, 18): "Anna Maria Whitfield"})
     assert named == "to " + pii.placeholder("pseudonym", "PERSON", "Anna Maria Whitfield")

@@ -15,6 +15,7 @@ set-aside details and errors name fields and entity types, never the text.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import hmac
@@ -25,7 +26,7 @@ import re
 import traceback
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,29 +126,59 @@ def _found_elsewhere(
 
 
 def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
-    """(start, end, part) where each part stands in ``text`` as whole words, several words in any case:
-    left to right, not overlapping, the longest at a place. Found with ``str.find`` (in C): one regex
-    of every part, tried at every character, took minutes on a long text of many names."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
+    """(start, end, part) where each part stands in ``text`` as whole words, several words in any case
+    and with any whitespace between them (a name broken over a line): left to right, not overlapping,
+    the longest at a place. Found with ``str.find`` (in C): one regex of every part, tried at every
+    character, took minutes on a long text of many names."""
+    spaced, original = _one_space(text)
+    lowered = spaced.lower()
+    if len(lowered) != len(spaced):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
         pattern = re.compile("|".join(f"(?P<v{n}>{_pattern(part)})" for n, part in enumerate(parts)))
         for match in pattern.finditer(text):
             yield *match.span(), parts[int(str(match.lastgroup)[1:])]
         return
     found = []
     for part in parts:
-        haystack, needle = (lowered, part.lower()) if " " in part else (text, part)
-        at = haystack.find(needle)
+        words = part.split()
+        haystack, needle = (lowered, " ".join(words).lower()) if len(words) > 1 else (spaced, part.strip())
+        at = haystack.find(needle) if needle else -1
         while at >= 0:
             end = at + len(needle)
-            if (at == 0 or not _word_character(text[at - 1])) and (end == len(text) or not _word_character(text[end])):
-                found.append((at, end, part))
+            if (at == 0 or not _word_character(spaced[at - 1])) and (
+                end == len(spaced) or not _word_character(spaced[end])
+            ):
+                found.append((original(at), original(end - 1) + 1, part))
             at = haystack.find(needle, at + 1)
     reached = 0
     for start, end, part in sorted(found, key=lambda place: (place[0], place[0] - place[1])):
         if start >= reached:
             reached = end
             yield start, end, part
+
+
+_OTHER_WHITESPACE = re.compile(r"\s{2,}|[^\S ]")
+
+
+def _one_space(text: str) -> tuple[str, Callable[[int], int]]:
+    """``text`` with each run of whitespace as one space, and what gives the place in ``text`` of a
+    character of it (exact for every character but a space that stands for a run)."""
+    runs = list(_OTHER_WHITESPACE.finditer(text))
+    if not runs:
+        return text, lambda at: at
+    pieces, starts, shifts, shift, last = [], [], [], 0, 0
+    for run in runs:
+        pieces += [text[last : run.start()], " "]
+        shift += len(run.group()) - 1
+        starts.append(run.start() - shift + len(run.group()))  # the first character after the space, spaced
+        shifts.append(shift)
+        last = run.end()
+    pieces.append(text[last:])
+
+    def original(at: int) -> int:
+        index = bisect.bisect_right(starts, at)
+        return at + (shifts[index - 1] if index else 0)
+
+    return "".join(pieces), original
 
 
 def _word_character(char: str) -> bool:
@@ -179,8 +210,9 @@ def _parts(value: str, entity: str) -> Iterator[str]:
 
 
 def _pattern(part: str) -> str:
-    body = re.escape(part)
-    return rf"(?<!\w)(?i:{body})(?!\w)" if " " in part else rf"(?<!\w){body}(?!\w)"
+    words = part.split()
+    body = r"\s+".join(re.escape(word) for word in words)
+    return rf"(?<!\w)(?i:{body})(?!\w)" if len(words) > 1 else rf"(?<!\w){body}(?!\w)"
 
 
 class Placeholders:
