@@ -457,6 +457,37 @@ def test_set_aside_details_keep_their_location_and_wording(workdir: Path) -> Non
     assert "omar.haddad" not in unreadable["record"] + unreadable["detail"]
 
 
+def test_a_set_aside_row_is_scrubbed_one_record_one_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    from schemas.records import set_aside_rows
+
+    pii = stage()
+    # As the model answers at times: the name seen in one value of the raw input, missed in the other
+    # and in the reader's message, which quotes the line.
+    line = {"message": "Refund for Dana Whitfield", "reply": "Sent to DANA\nWHITFIELD today", "amount": "x"}
+    seen = ("PERSON", 11, 25, 0.9)
+    monkeypatch.setattr(
+        pii.analyzer, "analyze", lambda texts, *_: [[seen] if t == line["message"] else [] for t in texts]
+    )
+    table = set_aside_rows(
+        ["r0", "r1"],
+        source_array("files", "mem://input.jsonl", [1, 2]),
+        "shape",
+        "quarantined",
+        "schema",
+        ["mem://input.jsonl:1: cannot read 'Dana Whitfield'", "mem://input.jsonl:2: Dana Whitfield"],
+        [json.dumps(line), "Dana Whitfield wrote"],
+    )
+    scrubbed = pii.scrub_set_aside(table).to_pylist()
+    assert json.loads(scrubbed[0]["record"]) == {
+        **line,
+        "message": "Refund for <PERSON>",
+        "reply": "Sent to <PERSON> today",
+    }
+    assert scrubbed[0]["detail"] == "mem://input.jsonl:1: cannot read '<PERSON>'"
+    # Another row is another record: what was found in the first is not looked for in it.
+    assert scrubbed[1]["record"] == "Dana Whitfield wrote" and scrubbed[1]["detail"].endswith(": Dana Whitfield")
+
+
 def test_near_duplicates_found_before_the_pii_stage_are_shown_redacted(workdir: Path) -> None:
     from curation.review.auth import User
     from curation.review.labelstudio import export_tasks

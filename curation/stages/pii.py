@@ -125,6 +125,16 @@ def _found_elsewhere(
     return echoes
 
 
+def _with_echoes(found: list[Detection], echoes: list[Echo]) -> list[Detection]:
+    """A text's detections with the places of values found elsewhere in its record: a detection inside
+    such a place ("Sophie" where "Sophie Smith" stands) gives way to it."""
+    if not echoes:
+        return resolve_overlaps(found)
+    spans = [echo.detection[1:3] for echo in echoes]
+    found = [det for det in found if not any(a <= det[1] and det[2] <= b for a, b in spans)]
+    return resolve_overlaps(found + [echo.detection for echo in echoes])
+
+
 def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
     """(start, end, part) where each part stands in ``text`` as whole words, several words in any case
     and with any whitespace between them (a name broken over a line): left to right, not overlapping,
@@ -347,10 +357,7 @@ class PiiRedaction:
             echoed = [echo for echo in echoes[name, row] if (name, *echo.detection[1:3]) not in undone]
             if echoed:
                 stats["found_elsewhere_in_record"] += len(echoed)
-                # A detection inside a place of a longer value ("Sophie" where "Sophie Smith" stands) gives way.
-                spans = [echo.detection[1:3] for echo in echoed]
-                keep = [det for det in keep if not any(a <= det[1] and det[2] <= b for a, b in spans)]
-            keep = resolve_overlaps(keep + [echo.detection for echo in echoed])
+            keep = _with_echoes(keep, echoed)
             if not keep:
                 continue
             drop = sorted({entity for entity, *_ in keep if self.operators[entity] == "drop"})
@@ -416,60 +423,58 @@ class PiiRedaction:
         would be taken for names ("Input should be a valid number"). The review queue keeps the raw
         input (state store only) for annotators.
         """
-        table = table.set_column(
-            table.column_names.index("record"),
-            "record",
-            pa.array(self._scrub_records(table["record"].to_pylist()), pa.string()),
-        )
-        details = table["detail"].to_pylist()
-        quoting = [
-            row
-            for row, (stage, detail) in enumerate(zip(table["stage"].to_pylist(), details, strict=True))
-            if detail and stage in _QUOTING_STAGES
-        ]
-        if not quoting:
-            return table
-        sources = table["source"].to_pylist()
-        where = [location(sources[row]) for row in quoting]
-        prefix = [
-            len(at) + 2 if details[row].startswith(f"{at}: ") else 0 for row, at in zip(quoting, where, strict=True)
-        ]
-        messages = self.scrub_texts([details[row][cut:] for row, cut in zip(quoting, prefix, strict=True)])
-        for row, cut, message in zip(quoting, prefix, messages, strict=True):
-            details[row] = details[row][:cut] + (message or "")
-        return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
-
-    def _scrub_records(self, records: list[str | None]) -> list[str | None]:
-        """Raw inputs as ``scrub_texts`` leaves them; one that is a JSON object (a row the reader could
-        parse) has each of its string values scanned alone, as the stage scans a field: scanned as one
-        JSON text, a name between quotes and keys went unseen."""
+        records, details = table["record"].to_pylist(), table["detail"].to_pylist()
+        # A raw input that is a JSON object (a row the reader could parse) has each of its string values
+        # scanned alone, as the stage scans a field: scanned as one JSON text, a name between quotes and
+        # keys went unseen.
         parsed: dict[int, dict[str, Any]] = {}
         for row, record in enumerate(records):
             if record and record.startswith("{"):
                 with contextlib.suppress(ValueError):
                     parsed[row] = json.loads(record)
+        places = [(row, place) for row, value in parsed.items() for place in _string_places(value)]
+        sources, stages = table["source"].to_pylist(), table["stage"].to_pylist()
+        quoting = [row for row, detail in enumerate(details) if detail and stages[row] in _QUOTING_STAGES]
+        prefix = {}
+        for row in quoting:
+            at = location(sources[row])
+            prefix[row] = len(at) + 2 if details[row].startswith(f"{at}: ") else 0
+        # One scan of every text, each with its row: a name found in one value of a row is found in its
+        # other values and its detail too, as on the stage's path.
         texts = [None if row in parsed else record for row, record in enumerate(records)]
-        places = [place for value in parsed.values() for place in _string_places(value)]
-        scrubbed = self.scrub_texts(texts + [holder[key] for holder, key in places])
-        for (holder, key), value in zip(places, scrubbed[len(records) :], strict=True):
-            holder[key] = value
-        return [json.dumps(parsed[row]) if row in parsed else scrubbed[row] for row in range(len(records))]
+        texts += [holder[key] for _, (holder, key) in places]
+        texts += [details[row][prefix[row] :] for row in quoting]
+        rows = [*range(len(records)), *(row for row, _ in places), *quoting]
+        scrubbed = iter(self.scrub_texts(texts, rows))
+        records = [next(scrubbed) for _ in records]
+        for _, (holder, key) in places:
+            holder[key] = next(scrubbed)
+        for row in quoting:
+            details[row] = details[row][: prefix[row]] + (next(scrubbed) or "")
+        records = [json.dumps(parsed[row]) if row in parsed else record for row, record in enumerate(records)]
+        table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
+        return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
-    def scrub_texts(self, values: list[str | None]) -> list[str | None]:
+    def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
         leaves the stage's path (set-aside rows, review items made before it) and that no operator,
-        undo or review flag applies to."""
+        undo or review flag applies to. With ``records`` (the record each value belongs to), a value
+        found in one is redacted wherever the others of its record hold it, as on the stage's path."""
         values = list(values)
         where = [row for row, value in enumerate(values) if value]
         if not where:
             return values
-        found = self.analyzer.analyze([values[row] for row in where], self.config.threshold)
-        for row, detections in zip(where, found, strict=True):
+        texts = [str(values[row]) for row in where]
+        found = self.analyzer.analyze(texts, self.config.threshold)
+        kept = [resolve_overlaps(self._not_allowed(text, dets)) for text, dets in zip(texts, found, strict=True)]
+        places = [(str(row), records[row] if records is not None else row) for row in where]
+        echoes = _found_elsewhere(places, texts, kept, self.allowed_places)
+        for row, place, text, detections in zip(where, places, texts, kept, strict=True):
             spans = [
                 {"start": s, "end": e, "placeholder": f"<{entity}>"}
-                for entity, s, e, _ in resolve_overlaps(self._not_allowed(str(values[row]), detections))
+                for entity, s, e, _ in _with_echoes(detections, echoes[place])
             ]
-            values[row] = redacted(str(values[row]), spans)
+            values[row] = redacted(text, spans)
         return values
 
     def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
