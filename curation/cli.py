@@ -59,8 +59,9 @@ def _load(recipe_path: Path) -> Recipe:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def summary_table(manifest: Manifest) -> Table:
-    """What happened to every input record, by outcome and reason."""
+def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
+    """What happened to every input record, by outcome and reason. With ``pieces`` (documents cut
+    into pieces, ``chunk_chars``) a split's lines are pieces, not records, and are named so."""
     counts = manifest.counts
     table = Table(title=f"{manifest.dataset} v{manifest.version} ({manifest.format})")
     table.add_column("outcome")
@@ -71,10 +72,15 @@ def summary_table(manifest: Manifest) -> Table:
         table.add_row("written", "this run", f"{counts.written:,}")
         table.add_row("carried", f"from v{manifest.carried_from}", f"{counts.carried:,}")
         for split, info in manifest.splits.items():
-            table.add_row("in version", split, f"{info.records:,}")
+            table.add_row("in version", split, f"{info.records:,}" + (" pieces" if pieces else ""))
     else:
+        # The run's records per side (a shard's lines are pieces with chunk_chars).
+        sides = manifest.split.get("records", {})
         for split, info in manifest.splits.items():
-            table.add_row("written", split, f"{info.records:,}")
+            shown = f"{sides.get(split, info.records):,}"
+            if pieces:
+                shown += f" ({info.records:,} pieces)"
+            table.add_row("written", split, shown)
     for outcome in ("filtered", "duplicate", "quarantined"):
         for reason, count in counts.reasons.get(outcome, {}).items():
             table.add_row(outcome, reason, f"{count:,}")
@@ -143,7 +149,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
     if result.manifest is None:  # a scheduled run that found nothing new: not a failure
         out.print(result.message, highlight=False)
         return EXIT_OK
-    out.print(summary_table(result.manifest))
+    out.print(summary_table(result.manifest, pieces=recipe.output.chunk_chars is not None))
     # Paths are printed whole (soft wrap), so a script or a terminal can copy them.
     out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False, soft_wrap=True)
     out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False, soft_wrap=True)

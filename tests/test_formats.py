@@ -88,6 +88,18 @@ def test_text_format_loads_with_datasets_and_chunks_documents(workdir: Path) -> 
     assert manifest.counts.written == 23 and manifest.splits["train"].records == len(lines)
     lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
     assert len(lineage) == len(lines) and len({row["id"] for row in lineage}) == 23
+    # The run's summary counts records per side, as it counts the input, and names the pieces apart.
+    from rich.console import Console
+
+    from curation.cli import summary_table
+
+    console = Console(width=120, record=True)
+    console.print(summary_table(manifest, pieces=True))
+    written = [line.split("│") for line in console.export_text().splitlines() if "│ written" in line]
+    assert [[cell.strip() for cell in row[2:4]] for row in written] == [
+        ["train", f"23 ({len(lines)} pieces)"],
+        ["validation", "0 (0 pieces)"],
+    ]
 
 
 def test_chunk_text_cuts_at_whitespace_and_never_drops_text() -> None:
