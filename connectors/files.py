@@ -695,7 +695,8 @@ def _csv_line(values: list[str | None], delimiter: str) -> str:
 
 def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
     """Rows from parsed JSON objects, a column for every key any of them has (a key the first lacks
-    too); a key whose values mix types is kept as JSON text."""
+    too); a key whose values mix types, or hold an integer past 64 bits (an account number, a u64
+    hash: no Arrow integer holds it, and a float would change its digits), is kept as JSON text."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
     for key in keys:
@@ -703,10 +704,10 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
         try:
             columns[key] = pa.array(values)
             continue
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass
         kinds = {type(v) for v in values if v is not None}
-        if kinds <= {int, float}:
+        if kinds <= {int, float} and all(-(2**63) <= v < 2**63 for v in values if isinstance(v, int)):
             columns[key] = pa.array(values, pa.float64() if float in kinds else None)
         elif kinds == {str}:
             columns[key] = pa.array(values, pa.string())

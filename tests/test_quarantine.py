@@ -244,3 +244,25 @@ def test_a_key_the_first_line_lacks_is_kept_when_a_bad_line_sends_the_block_line
     result = run(workdir, spec)
     assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["Tomorrow.", "unknown"]
     assert result.manifest.counts.quarantined == 1
+
+
+def test_an_integer_past_64_bits_keeps_its_digits_as_text(workdir: Path) -> None:
+    # Account numbers and u64 hashes: no Arrow integer holds them; the run failed with an OverflowError.
+    (workdir / "acc.jsonl").write_text(
+        '{"q": "Balance of", "account": 18446744073709551615, "ref": {"n": 123456789012345678901234567890}}\n'
+        '{"q": "Small", "account": 42, "ref": null}\n'
+        '{"q": "Mixed", "account": 1.5}\n'
+    )
+    spec = {
+        "dataset": "acc",
+        "sources": [{"path": "acc.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ account }} {{ ref or '-' }}"},
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == [
+        "1.5 -",
+        '18446744073709551615 {"n": 123456789012345678901234567890}',
+        "42 -",
+    ]
+    assert_adds_up(result.manifest.counts)
