@@ -266,3 +266,27 @@ def test_an_integer_past_64_bits_keeps_its_digits_as_text(workdir: Path) -> None
         "42 -",
     ]
     assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_an_int_column_value_past_64_bits_is_quarantined_by_its_row(workdir: Path, suffix: str) -> None:
+    rows = [("coffee", "4"), ("card", "18446744073709551615"), ("rent", "-9223372036854775809"), ("bus", "2")]
+    if suffix == "jsonl":
+        lines = [f'{{"description": "{d}", "amount": 1.5, "category": "Dining", "points": {p}}}' for d, p in rows]
+        path = workdir / "tx.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        path = workdir / "tx.csv"
+        path.write_text("description,amount,category,points\n" + "".join(f"{d},1.5,Dining,{p}\n" for d, p in rows))
+    spec = recipe(path.name)
+    spec["input_schema"] = {"columns": {**SCHEMA["columns"], "points": "int"}}
+    result = run(workdir, spec)
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda row: row["source"]["line"])
+    first = 1 if suffix == "jsonl" else 2
+    assert [(row["reason"], row["source"]["line"]) for row in aside] == [("schema", first + 1), ("schema", first + 2)]
+    assert aside[0]["detail"].startswith(f"{path}:{first + 1}: points: Input should be less than or equal to")
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == [
+        "Categorise bus (1.5)",
+        "Categorise coffee (1.5)",
+    ]
+    assert_adds_up(result.manifest.counts)
