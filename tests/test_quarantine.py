@@ -290,3 +290,25 @@ def test_an_int_column_value_past_64_bits_is_quarantined_by_its_row(workdir: Pat
         "Categorise coffee (1.5)",
     ]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_template_that_fails_on_a_row_quarantines_that_row(workdir: Path) -> None:
+    rows = [
+        {"item": "coffee", "total": 9, "count": 3, "a": "ok"},
+        {"item": "nothing", "total": 5, "count": 0, "a": "ok"},  # a ratio of zero items
+        {"item": "tea", "total": 4, "count": 2, "a": "ok"},
+    ]
+    path = write_jsonl(workdir / "tx.jsonl", rows)
+    spec = {
+        "dataset": "tx",
+        "sources": [{"path": "tx.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ item }} at {{ total / count }} each", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == ("template", f"{path}:2: prompt: template failed: division by zero")
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == [
+        "coffee at 3.0 each",
+        "tea at 2.0 each",
+    ]
+    assert_adds_up(result.manifest.counts)

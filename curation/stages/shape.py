@@ -161,10 +161,12 @@ class Shape:
         problems: list[str | None] = []
         only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
         for row in batch.drop_columns(["id", "source"]).to_pylist():
+            # A value the template cannot work with (a division by zero, a key .format() does not find)
+            # is the row's problem: it is quarantined by its line, and the run goes on.
             try:
                 rendered.append(field.template.render(**row))
                 problems.append(None)
-            except (jinja2.TemplateError, EmptyValue, TypeError, ValueError) as error:
+            except (jinja2.TemplateError, EmptyValue, TypeError, ValueError, ArithmeticError, LookupError) as error:
                 rendered.append(None)
                 missing = _UNDEFINED.fullmatch(str(error)) if isinstance(error, jinja2.UndefinedError) else None
                 only_missing &= missing is not None
