@@ -33,6 +33,7 @@ from schemas.records import SOURCE_TYPE, set_aside_rows
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
 
 
 class ImageProblem(Exception):
@@ -84,8 +85,14 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     out_format = REENCODE[fmt]
     if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
         clean = clean.convert("RGB")
+    elif out_format == "PNG" and clean.mode not in PNG_MODES:
+        # A TIFF scan in CMYK, YCbCr or LAB, or of 32-bit int or float samples: PNG cannot hold it.
+        clean = clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
     buffer = io.BytesIO()
-    clean.save(buffer, format=out_format, **({"quality": 95} if out_format in ("JPEG", "WEBP") else {}))
+    try:
+        clean.save(buffer, format=out_format, **({"quality": 95} if out_format in ("JPEG", "WEBP") else {}))
+    except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
+        raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
 
 

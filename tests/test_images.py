@@ -157,6 +157,37 @@ def test_sidecar_csv_with_other_column_names(tmp_path: Path) -> None:
     ]
 
 
+def tiff(mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (12, 8)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: Path) -> None:
+    # A print shop's CMYK scan, a 32-bit or float sample TIFF: re-encoding them as PNG failed the run.
+    (tmp_path / "img").mkdir()
+    modes = ["CMYK", "YCbCr", "I", "F", "LAB", "PA", "RGB"]
+    for mode in modes:
+        (tmp_path / "img" / f"{mode}.tif").write_bytes(tiff(mode))
+    rows = [{"image": f"{mode}.tif", "question": "What is it?", "answer": mode} for mode in modes]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), formats=["TIFF"])
+    read_rows, aside, _ = read(config)
+    assert aside == []
+    cleaned = {r["answer"]: Image.open(io.BytesIO(r["image_bytes"])) for r in read_rows}
+    assert list(cleaned) == modes
+    assert {image.format for image in cleaned.values()} == {"PNG"}
+    assert {answer: image.mode for answer, image in cleaned.items() if answer != "RGB"} == {
+        "CMYK": "RGB",
+        "YCbCr": "RGB",
+        "I": "RGB",
+        "F": "RGB",
+        "LAB": "RGB",
+        "PA": "RGBA",
+    }
+    assert all(image.size == (12, 8) for image in cleaned.values())
+
+
 def test_image_bytes_survive_shape_and_validation(tmp_path: Path) -> None:
     write_folder(tmp_path)
     _, _, table = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
