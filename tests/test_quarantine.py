@@ -312,3 +312,20 @@ def test_a_template_that_fails_on_a_row_quarantines_that_row(workdir: Path) -> N
         "tea at 2.0 each",
     ]
     assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_an_id_column_beside_an_input_id_column_is_refused_by_name(workdir: Path, suffix: str) -> None:
+    # `id` is read as `input_id`: a file with both had two columns of one name, and a stage failed on it
+    # with a KeyError from Arrow.
+    if suffix == "jsonl":
+        write_jsonl(workdir / "tx.jsonl", [{"id": 7, "input_id": "A-7", "q": "Hello?", "a": "Hi."}])
+    else:
+        (workdir / "tx.csv").write_text("id,input_id,q,a\n7,A-7,Hello?,Hi.\n")
+    spec = {
+        "dataset": "tx",
+        "sources": [{"path": f"tx.{suffix}"}],
+        "record": {"kind": "instruction", "prompt": "{{ input_id }}: {{ q }}", "completion": "a"},
+    }
+    with pytest.raises(OSError, match=rf"tx.{suffix}: column 'id' is read as 'input_id' .* rename one of them"):
+        run(workdir, spec)
