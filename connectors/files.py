@@ -70,6 +70,22 @@ def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
     return pc.binary_join_element_wise(*columns, "\x1f")
 
 
+def _rows_as_bytes(table: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """``_rows_as_text``, but the values of a binary column (a hash, a thumbnail) as their bytes: they
+    need not be UTF-8, which a cast to text demands. Bytes that are UTF-8 are what the text was."""
+    if not any(_is_binary(field.type) for field in table.schema):
+        return _rows_as_text(table)
+    columns = [
+        pc.fill_null(pc.cast(column if _is_binary(column.type) else _as_text(column), pa.large_binary()), b"\x00")
+        for column in table.columns
+    ]
+    return pc.binary_join_element_wise(*columns, pa.scalar(b"\x1f", pa.large_binary()))
+
+
+def _is_binary(dtype: pa.DataType) -> bool:
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_fixed_size_binary(dtype)
+
+
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     """Each value as text; nested ones (a Parquet struct, list or map), which Arrow cannot cast, as JSON."""
     if not pa.types.is_nested(column.type):
@@ -488,7 +504,7 @@ class FilesSourceReader(ListedFiles):
                 lines = np.arange(row, row + table.num_rows)
                 row += table.num_rows
                 yield SourceBatch(
-                    rows=_with_lineage(table, ids, lines, _rows_as_text(table)),
+                    rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
 

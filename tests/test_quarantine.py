@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import outputs, run, set_aside, write_jsonl
@@ -329,3 +331,20 @@ def test_an_id_column_beside_an_input_id_column_is_refused_by_name(workdir: Path
     }
     with pytest.raises(OSError, match=rf"tx.{suffix}: column 'id' is read as 'input_id' .* rename one of them"):
         run(workdir, spec)
+
+
+def test_a_parquet_binary_column_that_is_not_utf8_does_not_fail_the_file(workdir: Path) -> None:
+    # A checksum or thumbnail column: bytes, not text. Record ids cast every value to text, and the
+    # file was refused as "not a readable parquet file: Invalid UTF8 payload".
+    table = pa.table(
+        {"q": ["Hello?", "Bye?"], "a": ["Hi.", "Bye."], "digest": pa.array([b"\xff\x00\xfe", b"ok"], pa.binary())}
+    )
+    pq.write_table(table, workdir / "faq.parquet")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.parquet"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
+    assert_adds_up(result.manifest.counts)
