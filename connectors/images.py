@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +210,10 @@ class ImagesSourceReader:
         return set_aside.filter(pa.array(fresh))
 
     def _image(self, name: str, cache: dict[str, CleanImage | ImageProblem]) -> CleanImage | ImageProblem:
+        if name not in cache and _outside(name):
+            # The sidecar names images in the source's folder: "../other/x.png" or "/etc/x.png" would
+            # publish a file the recipe never pointed at.
+            cache[name] = ImageProblem("missing_image", f"names a file outside {self.config.path}")
         if name not in cache:
             uri = join(self.config.path, name)
             fs, path = filesystem(uri)
@@ -236,6 +241,12 @@ class ImagesSourceReader:
             return False
         self.watermark.set(item, fingerprint)
         return True
+
+
+def _outside(name: str) -> bool:
+    """Whether a sidecar's image name points out of the images folder: absolute, a URI, or up past it."""
+    normal = posixpath.normpath(name.replace("\\", "/"))
+    return posixpath.isabs(normal) or "://" in name or normal == ".." or normal.startswith("../")
 
 
 def _as_images_source(sources: pa.ChunkedArray | pa.Array) -> pa.StructArray:

@@ -188,6 +188,19 @@ def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: P
     assert all(image.size == (12, 8) for image in cleaned.values())
 
 
+def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "id-card.png").write_bytes(png())  # a real image, beside the folder
+    names = ["../private/id-card.png", str(tmp_path / "private" / "id-card.png"), "sub/../form.png", "form.png"]
+    rows = [{"image": name, "question": "What is it?", "answer": "A form."} for name in names]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    read_rows, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    assert [r["image"] for r in read_rows] == ["sub/../form.png", "form.png"]
+    assert [(a["source"]["line"], a["reason"]) for a in aside] == [(1, "missing_image"), (2, "missing_image")]
+    assert all(a["detail"].endswith(f"names a file outside {tmp_path / 'img'}") for a in aside)
+
+
 def test_image_bytes_survive_shape_and_validation(tmp_path: Path) -> None:
     write_folder(tmp_path)
     _, _, table = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
