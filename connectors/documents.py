@@ -17,6 +17,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -26,6 +27,9 @@ from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import DocumentsSource
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
+
+if TYPE_CHECKING:
+    import docx.table
 
 CONNECTOR = "documents"
 KINDS = {
@@ -180,8 +184,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     current = Part("", line=1)
     for number, block in enumerate(blocks, start=1):
         if isinstance(block, Table):
-            text = "\n".join(" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
-            style = ""
+            text, style = _table_text(block), ""
         else:
             text, style = block.text.strip(), (block.style.name if block.style is not None else "")
         if not text:
@@ -199,6 +202,25 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         parts.append(current)
     title = title or next((p.section for p in parts if p.section), None) or stem
     return Extracted(title, parts)
+
+
+def _table_text(table: docx.table.Table) -> str:
+    """A Word table as lines of cells joined by " | ". A cell merged across columns is one cell (python-docx
+    gives it once per column it spans), and a table inside a cell is read too (a cell's text leaves it out)."""
+    from docx.table import Table
+
+    lines = []
+    for row in table.rows:
+        cells: list[Any] = []
+        for cell in row.cells:
+            if not any(cell._tc is seen._tc for seen in cells):
+                cells.append(cell)
+        texts = []
+        for cell in cells:
+            blocks = cell.iter_inner_content()
+            texts.append("\n".join(_table_text(b) if isinstance(b, Table) else b.text for b in blocks).strip())
+        lines.append(" | ".join(texts))
+    return "\n".join(lines)
 
 
 # --- HTML, Markdown, text ----------------------------------------------------------------------------

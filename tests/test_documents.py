@@ -161,6 +161,22 @@ def test_docx_sections_title_and_tables_without_page_header(tmp_path: Path) -> N
     assert [r["source"]["line"] for r in rows] == [1, 3, 5]  # paragraph where each section starts
 
 
+def test_docx_table_reads_a_merged_cell_once_and_a_table_inside_a_cell(tmp_path: Path) -> None:
+    document = docx.Document()
+    document.add_heading("Fees", level=1)
+    table = document.add_table(rows=2, cols=3)
+    table.cell(0, 0).merge(table.cell(0, 2)).text = "Card fees 2026"  # one cell across three columns
+    table.cell(1, 0).text, table.cell(1, 2).text = "Debit", "Free"
+    inner = table.cell(1, 1).add_table(rows=1, cols=2)
+    inner.cell(0, 0).text, inner.cell(0, 1).text = "Abroad", "1.5%"
+    buffer = io.BytesIO()
+    document.save(buffer)
+    (tmp_path / "fees.docx").write_bytes(buffer.getvalue())
+    [row], _ = read(tmp_path)
+    # Was: "Card fees 2026 | Card fees 2026 | Card fees 2026", and the inner table's text was lost.
+    assert row["text"] == "Fees\n\nCard fees 2026\nDebit | Abroad | 1.5% | Free"
+
+
 def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
     (tmp_path / "shipping.html").write_text(HTML)
     rows, _ = read(tmp_path)
