@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from schemas.config import FilesSource
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
+log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
 PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
@@ -425,7 +427,10 @@ class FilesSourceReader(ListedFiles):
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
         try:
-            return header_line, _csv_names(fs, path, probe, PROBE_BYTES)
+            names = _csv_names(fs, path, probe, PROBE_BYTES)
+            if any("\ufffd" in name for name in names):
+                _warn_header_not_utf8(uri, head, leading, header_line)
+            return header_line, names
         except pa.ArrowInvalid as error:
             if len(head) < PROBE_BYTES and b"\n" not in head.strip():
                 return None
@@ -507,6 +512,28 @@ class FilesSourceReader(ListedFiles):
                     rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
+
+
+def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int) -> None:
+    """Say where a CSV header's first byte that is not UTF-8 is: its names read with U+FFFD in its place,
+    so a recipe naming the column finds none ("column 'prénom' is missing") and the cause is the file."""
+    try:
+        head[leading:].decode("utf-8")
+        return  # the header holds U+FFFD itself
+    except UnicodeDecodeError as error:
+        before = head[leading : leading + error.start]
+        line, column = header_line + before.count(b"\n"), error.start - (before.rfind(b"\n") + 1) + 1
+        byte = head[leading + error.start]
+    utf16 = " (a UTF-16 file)" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+    log.warning(
+        "%s:%d: the header is not UTF-8%s: byte %#04x at column %d; its column names hold U+FFFD for such bytes "
+        "(save the file as UTF-8)",
+        uri,
+        line,
+        utf16,
+        byte,
+        column,
+    )
 
 
 def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
