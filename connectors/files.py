@@ -243,6 +243,14 @@ class FilesSourceReader(ListedFiles):
             re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
         ]
 
+    def entries(self) -> list[FileEntry]:
+        """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
+        error here, at listing, so ``curation check`` says so too, not only the run."""
+        entries = super().entries()
+        for entry in entries:
+            file_format(entry.uri, self.config.format)
+        return entries
+
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
             fmt = file_format(entry.uri, self.config.format)
