@@ -163,10 +163,17 @@ class ImagesSourceReader:
         cache: dict[str, CleanImage | ImageProblem] = {}
         keep, payload, problems = [], [], []
         rows = table.to_pylist()
+        # A sidecar without the image column (a misspelt image_column): a missing column, so a run in
+        # which no row has it fails as a recipe error, as for a record field's column.
+        no_name = (
+            ImageProblem("missing_image", "the row names no image")
+            if config.image_column in table.column_names
+            else ImageProblem("missing_column", f"column {config.image_column!r} (image_column) is missing")
+        )
         for row, name in zip(rows, names, strict=True):
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
-                result = self._image(name, cache) if name else ImageProblem("missing_image", "the row names no image")
+                result = self._image(name, cache) if name else no_name
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -189,7 +196,8 @@ class ImagesSourceReader:
             outcome="quarantined",
             reasons=[p.reason for p in bad_problems],
             details=[
-                f"{r['source']['uri']}:{r['source']['line']}: {r.get(config.image_column)}: {p.detail}"
+                f"{r['source']['uri']}:{r['source']['line']}: "
+                + (p.detail if p is no_name else f"{r.get(config.image_column)}: {p.detail}")
                 for r, p in zip(bad_rows, bad_problems, strict=True)
             ],
             records=[

@@ -17,7 +17,7 @@ from connectors.images import ImagesSourceReader
 from connectors.state import Watermarks
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
-from schemas.config import ImagesSource, RecordShape
+from schemas.config import ImagesSource, RecipeError, RecordShape
 from schemas.records import VQARecord
 from tests.helpers import outputs, run
 
@@ -303,3 +303,15 @@ def test_exact_dedup_compares_a_vqa_record_by_its_image_bytes_not_its_path(workd
     assert result.manifest.counts.reasons == {"duplicate": {"exact_duplicate": 2}}
     published = outputs(Path(result.version_uri))
     assert len(published) == 2 and len({line["file_name"] for line in published}) == 2
+
+
+def test_a_misspelt_image_column_fails_the_run_and_the_fixed_recipe_reads_the_rows(workdir: Path) -> None:
+    # Every row was quarantined as missing_image ("the row names no image") and an empty v1 published.
+    write_folder(workdir)
+    source = {"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [{**source, "image_column": "picture"}], "record": {"kind": "vqa"}}
+    with pytest.raises(RecipeError, match=r"qa.jsonl:1: column 'picture' \(image_column\) is missing"):
+        run(workdir, spec)
+    assert not (workdir / "output" / "receipts" / "v1").exists()
+    result = run(workdir, {**spec, "sources": [source]})
+    assert result.manifest.version == 1 and result.manifest.counts.written == 4
