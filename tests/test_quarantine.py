@@ -348,3 +348,24 @@ def test_a_parquet_binary_column_that_is_not_utf8_does_not_fail_the_file(workdir
     result = run(workdir, spec)
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_field_naming_a_column_of_json_objects_or_arrays_writes_them_as_json(workdir: Path) -> None:
+    # Arrow casts no struct or list to text: the run failed with ArrowNotImplementedError.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Which tags?", "tags": ["billing", "café"], "meta": {"lang": "en", "ok": True}},
+            {"q": "None?", "tags": [], "meta": None},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "tags", "label": "meta"},
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    lines = outputs(Path(result.version_uri))
+    assert sorted(line["completion"] for line in lines) == ['["billing", "café"]', "[]"]
+    assert_adds_up(result.manifest.counts)

@@ -140,8 +140,15 @@ class Shape:
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
+            values = batch[field.column]
+            if pa.types.is_nested(values.type):  # a JSON object or array (a Parquet struct, list or map)
+                # Arrow casts none of them to text: they are written as JSON, as a column of mixed types is.
+                texts = [
+                    None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values.to_pylist()
+                ]
+                return pa.array(texts, pa.string()), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
-            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [], ""
+            return pc.cast(values, pa.string()).combine_chunks(), [], ""
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and is_text(batch[n].type) for n in names)
