@@ -16,7 +16,7 @@ import logging
 import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -67,6 +67,7 @@ class Part:
 class Extracted:
     title: str
     parts: list[Part]
+    blank_pages: list[int] = field(default_factory=list)  # PDF pages with no text at all (a scanned page)
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         kept = pages
     parts = [Part("\n".join(lines), page=number) for number, lines in enumerate(kept, start=1) if lines]
     title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
-    return Extracted(title, parts)
+    return Extracted(title, parts, [number for number, lines in enumerate(pages, start=1) if not lines])
 
 
 # --- DOCX --------------------------------------------------------------------------------------------
@@ -356,6 +357,7 @@ class DocumentsSourceReader(ListedFiles):
                 lines.append(line)
                 pages.append(part.page)
         ids = InputIds(entry.uri)([t.encode() for t in texts])
+        set_aside = self._blank_pages(entry.uri, extracted.blank_pages)
         rows = pa.table(
             {
                 "id": pa.array(ids, pa.string()),
@@ -364,7 +366,20 @@ class DocumentsSourceReader(ListedFiles):
                 "title": pa.array(titles, pa.string()),
             }
         )
-        return SourceBatch(rows=rows, input_bytes=entry.size)
+        return SourceBatch(rows=rows, set_aside=set_aside, input_bytes=entry.size)
+
+    @staticmethod
+    def _blank_pages(uri: str, pages: list[int]) -> pa.Table:
+        """The pages of a PDF with text elsewhere that have none (a scan among text pages): quarantined
+        one by one, as a whole document without text is, not left out without a word."""
+        return set_aside_rows(
+            record_ids(uri, pages, [b""] * len(pages)),
+            source_array(CONNECTOR, uri, [None] * len(pages), pages),
+            stage="read",
+            outcome="quarantined",
+            reasons="no_text",
+            details=[f"{uri} (page {page}): no text on this page (a scanned page needs OCR first)" for page in pages],
+        )
 
     @staticmethod
     def _quarantine(uri: str, problem: DocumentError) -> pa.Table:

@@ -150,6 +150,25 @@ def test_pdf_lines_that_differ_only_in_numbers_are_kept_unless_they_run_at_the_p
         assert ledger_page == ledger[n - 1]
 
 
+def test_a_pdf_page_without_text_among_text_pages_is_quarantined_not_dropped(workdir: Path) -> None:
+    # A scanned page in a text PDF: it was left out, and the manifest counted two pages of three.
+    pdf = FPDF()
+    for text in ("Refunds are paid within five days.", None, "Parcels ship the same day."):
+        pdf.add_page()
+        if text:
+            pdf.set_font("helvetica", size=12)
+            pdf.multi_cell(0, 8, text)
+    (workdir / "docs").mkdir()
+    (workdir / "docs" / "mixed.pdf").write_bytes(bytes(pdf.output()))
+    result = run(
+        workdir, {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    )
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.reasons) == (3, 2, {"quarantined": {"no_text": 1}})
+    [row] = set_aside(Path(result.version_uri))
+    assert row["source"]["page"] == 2 and "(page 2): no text on this page" in row["detail"]
+
+
 def test_docx_sections_title_and_tables_without_page_header(tmp_path: Path) -> None:
     (tmp_path / "policy.docx").write_bytes(make_docx())
     rows, _ = read(tmp_path)
