@@ -763,7 +763,10 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
         elif kinds == {str}:
             columns[key] = pa.array(values, pa.string())
         else:
-            columns[key] = pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values])
+            # As polars writes such a value (the block read whole): non-ASCII text as it is, not \u escapes.
+            columns[key] = pa.array(
+                [v if isinstance(v, str) or v is None else json.dumps(v, ensure_ascii=False) for v in values]
+            )
     return pa.table(columns)
 
 

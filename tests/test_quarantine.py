@@ -369,3 +369,21 @@ def test_a_field_naming_a_column_of_json_objects_or_arrays_writes_them_as_json(w
     lines = outputs(Path(result.version_uri))
     assert sorted(line["completion"] for line in lines) == ['["billing", "café"]', "[]"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_an_object_in_a_column_of_mixed_types_reads_the_same_beside_a_malformed_line(workdir: Path) -> None:
+    # Read whole, the block gives the object as polars writes it; read line by line (a malformed line
+    # in the block), it came with its non-ASCII text as \u escapes: "caf\u00e9".
+    lines = ['{"q": "a", "meta": {"city": "Zürich 日本", "n": 1}}', '{"q": "b", "meta": "plain"}']
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "meta"},
+        "output": {"validation_fraction": 0},
+    }
+    published = []
+    for extra in ([], ["{broken"]):
+        (workdir / "faq.jsonl").write_text("\n".join(lines + extra) + "\n")
+        result = run(workdir, spec, full_refresh=True)
+        published.append(sorted(line["completion"] for line in outputs(Path(result.version_uri))))
+    assert published[0] == published[1] == ["plain", '{"city": "Zürich 日本", "n": 1}']
