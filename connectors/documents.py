@@ -289,8 +289,40 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     first_heading, parts = markdown_sections(body or "")
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
+        part.text = _unescape_markdown(part.text)
+        part.section = _unescape_markdown(part.section) if part.section else part.section
+    first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
     title = (metadata.title if metadata is not None else None) or first_heading or stem
     return Extracted(title, parts)
+
+
+# What trafilatura's Markdown escapes so the page's text renders as itself: an inline special after a
+# run of k backslashes becomes 2k+1 of them, and a line that would start a heading, quote or list gets a
+# backslash before its marker. Code (fenced blocks, inline spans) is verbatim and left alone.
+_MARKDOWN_ESCAPES = re.compile(
+    r"(?P<code>^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?^[ \t]*(?P=fence)[ \t]*$|(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`))"
+    r"|(?P<run>\\+)(?P<char>[*_`~\[\]<])"
+    r"|^(?P<number> {0,3}\d{1,9})\\(?P<dot>[.)])(?=[ \t]|$)"
+    r"|^(?P<indent> {0,3})\\(?P<marker>(?:#{1,6}|[-+])(?=[ \t]|$)|>)",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def _unescape_markdown(text: str) -> str:
+    """The text trafilatura's Markdown holds, its escapes taken out: training text reads "max_retry_count",
+    "5 * 2" and "[draft]", not "max\\_retry\\_count", "5 \\* 2" and "\\[draft\\]"."""
+
+    def plain(match: re.Match[str]) -> str:
+        if match["code"] is not None:
+            return match[0]
+        if match["run"] is not None:
+            run = len(match["run"])
+            return "\\" * (run // 2) + match["char"] if run % 2 else match[0]
+        if match["number"] is not None:
+            return match["number"] + match["dot"]
+        return match["indent"] + match["marker"]
+
+    return _MARKDOWN_ESCAPES.sub(plain, text)
 
 
 def _decode(data: bytes) -> str:

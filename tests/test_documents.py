@@ -206,6 +206,27 @@ def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
     assert rows[-1]["title"] == "Shipping times › International"
 
 
+def test_html_text_is_published_without_the_escapes_of_trafilaturas_markdown(tmp_path: Path) -> None:
+    # Was: "Set max\_retry\_count to 5 \* 2 \[default\]", "\# of tickets", "1\. Open": Markdown escapes
+    # in training text.
+    (tmp_path / "guide.html").write_text(
+        "<html><head><title>Retry guide</title></head><body><article><h1>Retry_settings</h1>"
+        "<p>Set max_retry_count to 5 * 2 [default] for a_b and ~old~ values, or C:\\temp\\x.</p>"
+        "<p># of tickets per agent is capped at twelve in the support queue each day.</p>"
+        "<p>1. Open the console and check the queue before changing any settings.</p>"
+        "<pre>retry_count = 5 * 2  # [default]</pre></article></body></html>"
+    )
+    [row], _ = read(tmp_path)
+    assert row["text"] == (
+        "# Retry_settings\n\n"
+        "Set max_retry_count to 5 * 2 [default] for a_b and ~old~ values, or C:\\temp\\x.\n\n"
+        "# of tickets per agent is capped at twelve in the support queue each day.\n\n"
+        "1. Open the console and check the queue before changing any settings.\n\n"
+        "retry_count = 5 * 2  # [default]"
+    )
+    assert row["title"] == "Retry_settings"
+
+
 def test_markdown_sections_skip_code_fences_and_read_front_matter(tmp_path: Path) -> None:
     (tmp_path / "playbook.md").write_text(MARKDOWN)
     (tmp_path / "notes.txt").write_text("Plain notes.\n\nSecond paragraph.\n")
