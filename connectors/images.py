@@ -109,7 +109,12 @@ class ImagesSourceReader:
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
-        return self.sidecar.inputs()
+        inputs = self.sidecar.inputs()
+        # A folder that is not there (or holds nothing) on the source's first run is most likely the wrong
+        # path: every row would be quarantined as missing_image and an empty version published.
+        if not self.fingerprints() and not (self.watermark is not None and self.watermark.committed):
+            raise StorageError(f"{self.config.path}: no such folder, or no file in it (the images the sidecar names)")
+        return inputs
 
     def list_again(self) -> None:
         self._changed = None

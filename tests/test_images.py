@@ -315,3 +315,12 @@ def test_a_misspelt_image_column_fails_the_run_and_the_fixed_recipe_reads_the_ro
     assert not (workdir / "output" / "receipts" / "v1").exists()
     result = run(workdir, {**spec, "sources": [source]})
     assert result.manifest.version == 1 and result.manifest.counts.written == 4
+
+
+def test_an_images_folder_that_is_not_there_fails_the_run_by_name(workdir: Path) -> None:
+    # Every row was quarantined as missing_image and an empty version published, exit 0.
+    write_folder(workdir)
+    source = {"type": "images", "path": "scans", "sidecar": "qa.jsonl"}
+    with pytest.raises(OSError, match=r"scans: no such folder, or no file in it"):
+        run(workdir, {"dataset": "receipts", "sources": [source], "record": {"kind": "vqa"}})
+    assert not (workdir / "output" / "receipts" / "v1").exists()
