@@ -81,6 +81,8 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     clean = Image.frombytes(upright.mode, upright.size, upright.tobytes())
     if upright.mode == "P":
         clean.putpalette(upright.getpalette())
+    if "transparency" in upright.info:  # a palette or colour drawn transparent: pixels, not metadata
+        clean.info["transparency"] = upright.info["transparency"]
     if max_side is not None and max(clean.size) > max_side:
         clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out_format = REENCODE[fmt]

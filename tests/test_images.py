@@ -201,6 +201,25 @@ def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path
     assert all(a["detail"].endswith(f"names a file outside {tmp_path / 'img'}") for a in aside)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_a_transparent_palette_colour_stays_transparent(tmp_path: Path, fmt: str) -> None:
+    # Black text on a transparent background (a logo, a signature): rebuilt from its pixels, the image
+    # lost its transparent colour and came out black on black.
+    image = Image.new("P", (24, 24), 0)
+    image.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)  # 0: the background, transparent; 1: black ink
+    image.paste(1, (4, 10, 20, 14))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, transparency=0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / f"sign.{fmt.lower()}").write_bytes(buffer.getvalue())
+    row = {"image": f"sign.{fmt.lower()}", "question": "What is drawn?", "answer": "A line."}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    [read_row], aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), formats=[fmt]))
+    cleaned = Image.open(io.BytesIO(read_row["image_bytes"])).convert("RGBA")
+    assert aside == []
+    assert cleaned.getpixel((1, 1)) == (0, 0, 0, 0) and cleaned.getpixel((10, 12)) == (0, 0, 0, 255)
+
+
 def test_image_bytes_survive_shape_and_validation(tmp_path: Path) -> None:
     write_folder(tmp_path)
     _, _, table = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
