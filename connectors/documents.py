@@ -30,6 +30,7 @@ from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
 if TYPE_CHECKING:
     import docx.table
+    import docx.text.paragraph
 
 CONNECTOR = "documents"
 KINDS = {
@@ -176,7 +177,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
 
     try:
         document = docx.Document(io.BytesIO(data))
-        blocks = list(document.iter_inner_content())
+        blocks = list(_blocks(document.element.body, document._body))
         core_title = document.core_properties.title or ""
     except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
         raise DocumentError("corrupt", f"not a readable DOCX ({type(error).__name__}: {error})") from None
@@ -187,7 +188,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         if isinstance(block, Table):
             text, style = _table_text(block), ""
         else:
-            text, style = block.text.strip(), (block.style.name if block.style is not None else "")
+            text, style = _paragraph_text(block).strip(), (block.style.name if block.style is not None else "")
         if not text:
             continue
         if style == "Title":
@@ -205,6 +206,34 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     return Extracted(title, parts)
 
 
+def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph | docx.table.Table]:
+    """The paragraphs and tables of a body or cell in order, with those inside content controls (w:sdt,
+    a Word template's fields and blocks), which python-docx's iter_inner_content passes over."""
+    from docx.oxml.ns import qn
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    for child in element.iterchildren():
+        if child.tag == qn("w:p"):
+            yield Paragraph(child, parent)
+        elif child.tag == qn("w:tbl"):
+            yield Table(child, parent)
+        elif child.tag == qn("w:sdt"):
+            content = child.find(qn("w:sdtContent"))
+            if content is not None:
+                yield from _blocks(content, parent)
+
+
+def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:
+    """A paragraph's text, with that of the content controls inside it (python-docx's text leaves it out)."""
+    from docx.oxml.ns import qn
+    from docx.text.run import Run
+
+    if paragraph._p.find(".//" + qn("w:sdt")) is None:
+        return paragraph.text  # the usual paragraph
+    return "".join(Run(run, paragraph).text for run in paragraph._p.iter(qn("w:r")))
+
+
 def _table_text(table: docx.table.Table) -> str:
     """A Word table as lines of cells joined by " | ". A cell merged across columns is one cell (python-docx
     gives it once per column it spans), and a table inside a cell is read too (a cell's text leaves it out)."""
@@ -218,8 +247,10 @@ def _table_text(table: docx.table.Table) -> str:
                 cells.append(cell)
         texts = []
         for cell in cells:
-            blocks = cell.iter_inner_content()
-            texts.append("\n".join(_table_text(b) if isinstance(b, Table) else b.text for b in blocks).strip())
+            blocks = _blocks(cell._tc, cell)
+            texts.append(
+                "\n".join(_table_text(b) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
+            )
         lines.append(" | ".join(texts))
     return "\n".join(lines)
 

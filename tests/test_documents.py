@@ -196,6 +196,30 @@ def test_docx_table_reads_a_merged_cell_once_and_a_table_inside_a_cell(tmp_path:
     assert row["text"] == "Fees\n\nCard fees 2026\nDebit | Abroad | 1.5% | Free"
 
 
+def test_docx_text_inside_content_controls_is_read(tmp_path: Path) -> None:
+    # A Word template's content controls (w:sdt): a block, a field inside a paragraph, a cell. Their
+    # text was left out without a word.
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    block = f"<w:sdt {w}><w:sdtPr/><w:sdtContent><w:p><w:r><w:t>Refunds take five days.</w:t></w:r></w:p></w:sdtContent></w:sdt>"
+    document.element.body.insert(1, docx.oxml.parse_xml(block))
+    paragraph = document.add_paragraph("Approved by ")
+    paragraph._p.append(
+        docx.oxml.parse_xml(f"<w:sdt {w}><w:sdtContent><w:r><w:t>the risk team</w:t></w:r></w:sdtContent></w:sdt>")
+    )
+    paragraph.add_run(".")
+    table = document.add_table(rows=1, cols=2)
+    table.cell(0, 0).text = "Limit"
+    cell = f"<w:sdt {w}><w:sdtContent><w:p><w:r><w:t>500 USD</w:t></w:r></w:p></w:sdtContent></w:sdt>"
+    table.cell(0, 1)._tc.append(docx.oxml.parse_xml(cell))
+    buffer = io.BytesIO()
+    document.save(buffer)
+    (tmp_path / "refunds.docx").write_bytes(buffer.getvalue())
+    [row], _ = read(tmp_path)
+    assert row["text"] == "Refunds\n\nRefunds take five days.\n\nApproved by the risk team.\n\nLimit | 500 USD"
+
+
 def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
     (tmp_path / "shipping.html").write_text(HTML)
     rows, _ = read(tmp_path)
