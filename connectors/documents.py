@@ -222,16 +222,30 @@ def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph
             content = child.find(qn("w:sdtContent"))
             if content is not None:
                 yield from _blocks(content, parent)
+        elif child.tag == qn("w:customXml"):
+            yield from _blocks(child, parent)
 
 
 def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:
-    """A paragraph's text, with that of the content controls inside it (python-docx's text leaves it out)."""
-    from docx.oxml.ns import qn
+    """A paragraph's text as Word shows it: with the runs python-docx's text passes over, those inside a
+    content control (w:sdt), a tracked insertion or move (w:ins, w:moveTo) or a simple field; not those
+    a tracked change deleted or moved away."""
     from docx.text.run import Run
 
-    if paragraph._p.find(".//" + qn("w:sdt")) is None:
-        return paragraph.text  # the usual paragraph
-    return "".join(Run(run, paragraph).text for run in paragraph._p.iter(qn("w:r")))
+    return "".join(Run(run, paragraph).text for run in _runs(paragraph._p))
+
+
+_INLINE_CONTAINERS = ("ins", "moveTo", "sdt", "sdtContent", "hyperlink", "smartTag", "fldSimple", "customXml")
+
+
+def _runs(element: Any) -> Iterator[Any]:
+    from docx.oxml.ns import qn
+
+    for child in element.iterchildren():
+        if child.tag == qn("w:r"):
+            yield child
+        elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
+            yield from _runs(child)
 
 
 def _table_text(table: docx.table.Table) -> str:
