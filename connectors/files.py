@@ -330,6 +330,8 @@ class FilesSourceReader(ListedFiles):
                 problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
             except json.JSONDecodeError as exc:
                 problem = f"malformed JSON: {exc.msg}: column {exc.colno}"
+            except RecursionError:  # arrays or objects nested thousands deep: no record, and no reason to stop
+                problem = "malformed JSON: nested too deeply to read"
             if problem is None:
                 good_lines.append(number)
                 good_raws.append(raw)

@@ -387,3 +387,20 @@ def test_an_object_in_a_column_of_mixed_types_reads_the_same_beside_a_malformed_
         result = run(workdir, spec, full_refresh=True)
         published.append(sorted(line["completion"] for line in outputs(Path(result.version_uri))))
     assert published[0] == published[1] == ["plain", '{"city": "Zürich 日本", "n": 1}']
+
+
+def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Path) -> None:
+    # Python's json gave up with a RecursionError, which failed the whole run.
+    deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = workdir / "faq.jsonl"
+    path.write_text('{"q": "Where?", "a": "Here."}\n' + deep + "\n")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == ("malformed_json", f"{path}:2: malformed JSON: nested too deeply to read")
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Where?"]
+    assert_adds_up(result.manifest.counts)
