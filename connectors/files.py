@@ -271,7 +271,7 @@ class FilesSourceReader(ListedFiles):
         line_no = 0
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as stream:
-            for data in _line_blocks(stream, BLOCK_BYTES):
+            for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):  # lines may end in CR alone
                 if not data.endswith(b"\n"):
                     data += b"\n"  # the last line, without its newline in the file
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line

@@ -404,3 +404,19 @@ def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Pat
     assert (row["reason"], row["detail"]) == ("malformed_json", f"{path}:2: malformed JSON: nested too deeply to read")
     assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Where?"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_json_lines_that_end_in_cr_alone_are_one_record_each(workdir: Path) -> None:
+    # As a CSV file's lines may (classic Mac line ends): the whole file was one malformed line.
+    (workdir / "faq.jsonl").write_bytes(b'{"q": "Where?", "a": "Here."}\r{"q": "When?", "a": "Now."}\r{broken\r')
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["When?", "Where?"]
+    assert [(row["reason"], row["source"]["line"]) for row in set_aside(Path(result.version_uri))] == [
+        ("malformed_json", 3)
+    ]
+    assert_adds_up(result.manifest.counts)
