@@ -420,3 +420,22 @@ def test_json_lines_that_end_in_cr_alone_are_one_record_each(workdir: Path) -> N
         ("malformed_json", 3)
     ]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(workdir: Path) -> None:
+    # The run failed with "Invalid UTF8 payload", naming neither file nor row.
+    table = pa.table({"q": pa.array([b"Hello?", b"caf\xe9?", b"Bye?"], pa.binary()), "a": ["Hi.", "Oui.", "Bye."]})
+    pq.write_table(table, workdir / "faq.parquet")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.parquet"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == (
+        "schema",
+        f"{workdir / 'faq.parquet'}:2: prompt: column 'q' holds bytes that are not UTF-8 text (byte 0xe9 at 4)",
+    )
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
+    assert_adds_up(result.manifest.counts)

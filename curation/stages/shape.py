@@ -59,6 +59,21 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
     return parts
 
 
+def _text_of_bytes(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[str | None], str]:
+    """A binary column's values as text, each that is not UTF-8 a problem of its record's."""
+    texts: list[str | None] = []
+    problems: list[str | None] = []
+    for value in values.to_pylist():
+        try:
+            texts.append(None if value is None else value.decode("utf-8"))
+            problems.append(None)
+        except UnicodeDecodeError as error:
+            texts.append(None)
+            byte = f"byte {value[error.start]:#04x} at {error.start + 1}"
+            problems.append(f"column '{column}' holds bytes that are not UTF-8 text ({byte})")
+    return pa.array(texts, pa.string()), problems, "schema"
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -148,7 +163,12 @@ class Shape:
                 ]
                 return pa.array(texts, pa.string()), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
-            return pc.cast(values, pa.string()).combine_chunks(), [], ""
+            try:
+                return pc.cast(values, pa.string()).combine_chunks(), [], ""
+            except pa.ArrowInvalid:
+                if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+                    raise
+                return _text_of_bytes(field.column, values)  # a Parquet binary column: some not UTF-8
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and is_text(batch[n].type) for n in names)
