@@ -9,6 +9,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.storage import StorageError
 from schemas.manifest import InputFile
 from schemas.records import empty_set_aside
 
@@ -46,6 +47,16 @@ def with_lineage(table: pa.Table, ids: list[str] | pa.Array | pa.ChunkedArray, s
     (``{{ input_id }}``) without clashing with the record id that lineage depends on.
     """
     names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
+    clash = [name for name in RESERVED if name in table.column_names and f"input_{name}" in table.column_names]
+    if clash:  # two columns of one name: no stage could tell them apart
+        uri = sources.field("uri")[0].as_py() if len(sources) else "an input"
+        raise StorageError(
+            "; ".join(
+                f"{uri}: column {name!r} is read as 'input_{name}' ({name} is the record's own), and the input "
+                f"has an 'input_{name}' column too: rename one of them"
+                for name in clash
+            )
+        )
     table = table.rename_columns(names)
     ids = pc.cast(ids, pa.string()) if isinstance(ids, pa.Array | pa.ChunkedArray) else pa.array(ids, pa.string())
     return table.add_column(0, "id", ids).add_column(1, "source", sources)

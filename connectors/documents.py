@@ -16,7 +16,8 @@ import logging
 import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -26,6 +27,10 @@ from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import DocumentsSource
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
+
+if TYPE_CHECKING:
+    import docx.table
+    import docx.text.paragraph
 
 CONNECTOR = "documents"
 KINDS = {
@@ -63,6 +68,7 @@ class Part:
 class Extracted:
     title: str
     parts: list[Part]
+    blank_pages: list[int] = field(default_factory=list)  # PDF pages with no text at all (a scanned page)
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -157,7 +163,7 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         kept = pages
     parts = [Part("\n".join(lines), page=number) for number, lines in enumerate(kept, start=1) if lines]
     title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
-    return Extracted(title, parts)
+    return Extracted(title, parts, [number for number, lines in enumerate(pages, start=1) if not lines])
 
 
 # --- DOCX --------------------------------------------------------------------------------------------
@@ -171,7 +177,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
 
     try:
         document = docx.Document(io.BytesIO(data))
-        blocks = list(document.iter_inner_content())
+        blocks = list(_blocks(document.element.body, document._body))
         core_title = document.core_properties.title or ""
     except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
         raise DocumentError("corrupt", f"not a readable DOCX ({type(error).__name__}: {error})") from None
@@ -180,10 +186,9 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     current = Part("", line=1)
     for number, block in enumerate(blocks, start=1):
         if isinstance(block, Table):
-            text = "\n".join(" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
-            style = ""
+            text, style = _table_text(block), ""
         else:
-            text, style = block.text.strip(), (block.style.name if block.style is not None else "")
+            text, style = _paragraph_text(block).strip(), (block.style.name if block.style is not None else "")
         if not text:
             continue
         if style == "Title":
@@ -199,6 +204,69 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         parts.append(current)
     title = title or next((p.section for p in parts if p.section), None) or stem
     return Extracted(title, parts)
+
+
+def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph | docx.table.Table]:
+    """The paragraphs and tables of a body or cell in order, with those inside content controls (w:sdt,
+    a Word template's fields and blocks), which python-docx's iter_inner_content passes over."""
+    from docx.oxml.ns import qn
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    for child in element.iterchildren():
+        if child.tag == qn("w:p"):
+            yield Paragraph(child, parent)
+        elif child.tag == qn("w:tbl"):
+            yield Table(child, parent)
+        elif child.tag == qn("w:sdt"):
+            content = child.find(qn("w:sdtContent"))
+            if content is not None:
+                yield from _blocks(content, parent)
+        elif child.tag == qn("w:customXml"):
+            yield from _blocks(child, parent)
+
+
+def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:
+    """A paragraph's text as Word shows it: with the runs python-docx's text passes over, those inside a
+    content control (w:sdt), a tracked insertion or move (w:ins, w:moveTo) or a simple field; not those
+    a tracked change deleted or moved away."""
+    from docx.text.run import Run
+
+    return "".join(Run(run, paragraph).text for run in _runs(paragraph._p))
+
+
+_INLINE_CONTAINERS = ("ins", "moveTo", "sdt", "sdtContent", "hyperlink", "smartTag", "fldSimple", "customXml")
+
+
+def _runs(element: Any) -> Iterator[Any]:
+    from docx.oxml.ns import qn
+
+    for child in element.iterchildren():
+        if child.tag == qn("w:r"):
+            yield child
+        elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
+            yield from _runs(child)
+
+
+def _table_text(table: docx.table.Table) -> str:
+    """A Word table as lines of cells joined by " | ". A cell merged across columns is one cell (python-docx
+    gives it once per column it spans), and a table inside a cell is read too (a cell's text leaves it out)."""
+    from docx.table import Table
+
+    lines = []
+    for row in table.rows:
+        cells: list[Any] = []
+        for cell in row.cells:
+            if not any(cell._tc is seen._tc for seen in cells):
+                cells.append(cell)
+        texts = []
+        for cell in cells:
+            blocks = _blocks(cell._tc, cell)
+            texts.append(
+                "\n".join(_table_text(b) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
+            )
+        lines.append(" | ".join(texts))
+    return "\n".join(lines)
 
 
 # --- HTML, Markdown, text ----------------------------------------------------------------------------
@@ -266,8 +334,40 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     first_heading, parts = markdown_sections(body or "")
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
+        part.text = _unescape_markdown(part.text)
+        part.section = _unescape_markdown(part.section) if part.section else part.section
+    first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
     title = (metadata.title if metadata is not None else None) or first_heading or stem
     return Extracted(title, parts)
+
+
+# What trafilatura's Markdown escapes so the page's text renders as itself: an inline special after a
+# run of k backslashes becomes 2k+1 of them, and a line that would start a heading, quote or list gets a
+# backslash before its marker. Code (fenced blocks, inline spans) is verbatim and left alone.
+_MARKDOWN_ESCAPES = re.compile(
+    r"(?P<code>^[ \t]*(?P<fence>```|~~~)[^\n]*\n.*?^[ \t]*(?P=fence)[ \t]*$|(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`))"
+    r"|(?P<run>\\+)(?P<char>[*_`~\[\]<])"
+    r"|^(?P<number> {0,3}\d{1,9})\\(?P<dot>[.)])(?=[ \t]|$)"
+    r"|^(?P<indent> {0,3})\\(?P<marker>(?:#{1,6}|[-+])(?=[ \t]|$)|>)",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def _unescape_markdown(text: str) -> str:
+    """The text trafilatura's Markdown holds, its escapes taken out: training text reads "max_retry_count",
+    "5 * 2" and "[draft]", not "max\\_retry\\_count", "5 \\* 2" and "\\[draft\\]"."""
+
+    def plain(match: re.Match[str]) -> str:
+        if match["code"] is not None:
+            return match[0]
+        if match["run"] is not None:
+            run = len(match["run"])
+            return "\\" * (run // 2) + match["char"] if run % 2 else match[0]
+        if match["number"] is not None:
+            return match["number"] + match["dot"]
+        return match["indent"] + match["marker"]
+
+    return _MARKDOWN_ESCAPES.sub(plain, text)
 
 
 def _decode(data: bytes) -> str:
@@ -334,6 +434,7 @@ class DocumentsSourceReader(ListedFiles):
                 lines.append(line)
                 pages.append(part.page)
         ids = InputIds(entry.uri)([t.encode() for t in texts])
+        set_aside = self._blank_pages(entry.uri, extracted.blank_pages)
         rows = pa.table(
             {
                 "id": pa.array(ids, pa.string()),
@@ -342,7 +443,20 @@ class DocumentsSourceReader(ListedFiles):
                 "title": pa.array(titles, pa.string()),
             }
         )
-        return SourceBatch(rows=rows, input_bytes=entry.size)
+        return SourceBatch(rows=rows, set_aside=set_aside, input_bytes=entry.size)
+
+    @staticmethod
+    def _blank_pages(uri: str, pages: list[int]) -> pa.Table:
+        """The pages of a PDF with text elsewhere that have none (a scan among text pages): quarantined
+        one by one, as a whole document without text is, not left out without a word."""
+        return set_aside_rows(
+            record_ids(uri, pages, [b""] * len(pages)),
+            source_array(CONNECTOR, uri, [None] * len(pages), pages),
+            stage="read",
+            outcome="quarantined",
+            reasons="no_text",
+            details=[f"{uri} (page {page}): no text on this page (a scanned page needs OCR first)" for page in pages],
+        )
 
     @staticmethod
     def _quarantine(uri: str, problem: DocumentError) -> pa.Table:

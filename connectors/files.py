@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from schemas.config import FilesSource
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
+log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
 PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
@@ -68,6 +70,22 @@ def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
         return pa.repeat(pa.scalar("", pa.string()), table.num_rows)
     columns = [pc.fill_null(_as_text(column), "\x00") for column in table.columns]
     return pc.binary_join_element_wise(*columns, "\x1f")
+
+
+def _rows_as_bytes(table: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """``_rows_as_text``, but the values of a binary column (a hash, a thumbnail) as their bytes: they
+    need not be UTF-8, which a cast to text demands. Bytes that are UTF-8 are what the text was."""
+    if not any(_is_binary(field.type) for field in table.schema):
+        return _rows_as_text(table)
+    columns = [
+        pc.fill_null(pc.cast(column if _is_binary(column.type) else _as_text(column), pa.large_binary()), b"\x00")
+        for column in table.columns
+    ]
+    return pc.binary_join_element_wise(*columns, pa.scalar(b"\x1f", pa.large_binary()))
+
+
+def _is_binary(dtype: pa.DataType) -> bool:
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_fixed_size_binary(dtype)
 
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
@@ -225,6 +243,14 @@ class FilesSourceReader(ListedFiles):
             re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
         ]
 
+    def entries(self) -> list[FileEntry]:
+        """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
+        error here, at listing, so ``curation check`` says so too, not only the run."""
+        entries = super().entries()
+        for entry in entries:
+            file_format(entry.uri, self.config.format)
+        return entries
+
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
             fmt = file_format(entry.uri, self.config.format)
@@ -245,7 +271,7 @@ class FilesSourceReader(ListedFiles):
         line_no = 0
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as stream:
-            for data in _line_blocks(stream, BLOCK_BYTES):
+            for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):  # lines may end in CR alone
                 if not data.endswith(b"\n"):
                     data += b"\n"  # the last line, without its newline in the file
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
@@ -304,6 +330,8 @@ class FilesSourceReader(ListedFiles):
                 problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
             except json.JSONDecodeError as exc:
                 problem = f"malformed JSON: {exc.msg}: column {exc.colno}"
+            except RecursionError:  # arrays or objects nested thousands deep: no record, and no reason to stop
+                problem = "malformed JSON: nested too deeply to read"
             if problem is None:
                 good_lines.append(number)
                 good_raws.append(raw)
@@ -409,7 +437,10 @@ class FilesSourceReader(ListedFiles):
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
         try:
-            return header_line, _csv_names(fs, path, probe, PROBE_BYTES)
+            names = _csv_names(fs, path, probe, PROBE_BYTES)
+            if any("\ufffd" in name for name in names):
+                _warn_header_not_utf8(uri, head, leading, header_line)
+            return header_line, names
         except pa.ArrowInvalid as error:
             if len(head) < PROBE_BYTES and b"\n" not in head.strip():
                 return None
@@ -488,9 +519,31 @@ class FilesSourceReader(ListedFiles):
                 lines = np.arange(row, row + table.num_rows)
                 row += table.num_rows
                 yield SourceBatch(
-                    rows=_with_lineage(table, ids, lines, _rows_as_text(table)),
+                    rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
+
+
+def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int) -> None:
+    """Say where a CSV header's first byte that is not UTF-8 is: its names read with U+FFFD in its place,
+    so a recipe naming the column finds none ("column 'prénom' is missing") and the cause is the file."""
+    try:
+        head[leading:].decode("utf-8")
+        return  # the header holds U+FFFD itself
+    except UnicodeDecodeError as error:
+        before = head[leading : leading + error.start]
+        line, column = header_line + before.count(b"\n"), error.start - (before.rfind(b"\n") + 1) + 1
+        byte = head[leading + error.start]
+    utf16 = " (a UTF-16 file)" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+    log.warning(
+        "%s:%d: the header is not UTF-8%s: byte %#04x at column %d; its column names hold U+FFFD for such bytes "
+        "(save the file as UTF-8)",
+        uri,
+        line,
+        utf16,
+        byte,
+        column,
+    )
 
 
 def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
@@ -695,7 +748,8 @@ def _csv_line(values: list[str | None], delimiter: str) -> str:
 
 def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
     """Rows from parsed JSON objects, a column for every key any of them has (a key the first lacks
-    too); a key whose values mix types is kept as JSON text."""
+    too); a key whose values mix types, or hold an integer past 64 bits (an account number, a u64
+    hash: no Arrow integer holds it, and a float would change its digits), is kept as JSON text."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
     for key in keys:
@@ -703,15 +757,18 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
         try:
             columns[key] = pa.array(values)
             continue
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass
         kinds = {type(v) for v in values if v is not None}
-        if kinds <= {int, float}:
+        if kinds <= {int, float} and all(-(2**63) <= v < 2**63 for v in values if isinstance(v, int)):
             columns[key] = pa.array(values, pa.float64() if float in kinds else None)
         elif kinds == {str}:
             columns[key] = pa.array(values, pa.string())
         else:
-            columns[key] = pa.array([v if isinstance(v, str) or v is None else json.dumps(v) for v in values])
+            # As polars writes such a value (the block read whole): non-ASCII text as it is, not \u escapes.
+            columns[key] = pa.array(
+                [v if isinstance(v, str) or v is None else json.dumps(v, ensure_ascii=False) for v in values]
+            )
     return pa.table(columns)
 
 

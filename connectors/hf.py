@@ -109,6 +109,8 @@ class HFSourceReader:
         for _split, entry in self.files():
             try:
                 yield from self._file(entry)
+            except StorageError:
+                raise  # names the file already
             except (pa.ArrowInvalid, OSError) as error:
                 raise StorageError(f"{entry.uri}: cannot read: {error}") from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from schemas.records import SOURCE_TYPE, set_aside_rows
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
 
 
 class ImageProblem(Exception):
@@ -79,13 +81,21 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     clean = Image.frombytes(upright.mode, upright.size, upright.tobytes())
     if upright.mode == "P":
         clean.putpalette(upright.getpalette())
+    if "transparency" in upright.info:  # a palette or colour drawn transparent: pixels, not metadata
+        clean.info["transparency"] = upright.info["transparency"]
     if max_side is not None and max(clean.size) > max_side:
         clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out_format = REENCODE[fmt]
     if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
         clean = clean.convert("RGB")
+    elif out_format == "PNG" and clean.mode not in PNG_MODES:
+        # A TIFF scan in CMYK, YCbCr or LAB, or of 32-bit int or float samples: PNG cannot hold it.
+        clean = clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
     buffer = io.BytesIO()
-    clean.save(buffer, format=out_format, **({"quality": 95} if out_format in ("JPEG", "WEBP") else {}))
+    try:
+        clean.save(buffer, format=out_format, **({"quality": 95} if out_format in ("JPEG", "WEBP") else {}))
+    except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
+        raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
 
 
@@ -101,7 +111,12 @@ class ImagesSourceReader:
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
-        return self.sidecar.inputs()
+        inputs = self.sidecar.inputs()
+        # A folder that is not there (or holds nothing) on the source's first run is most likely the wrong
+        # path: every row would be quarantined as missing_image and an empty version published.
+        if not self.fingerprints() and not (self.watermark is not None and self.watermark.committed):
+            raise StorageError(f"{self.config.path}: no such folder, or no file in it (the images the sidecar names)")
+        return inputs
 
     def list_again(self) -> None:
         self._changed = None
@@ -155,10 +170,17 @@ class ImagesSourceReader:
         cache: dict[str, CleanImage | ImageProblem] = {}
         keep, payload, problems = [], [], []
         rows = table.to_pylist()
+        # A sidecar without the image column (a misspelt image_column): a missing column, so a run in
+        # which no row has it fails as a recipe error, as for a record field's column.
+        no_name = (
+            ImageProblem("missing_image", "the row names no image")
+            if config.image_column in table.column_names
+            else ImageProblem("missing_column", f"column {config.image_column!r} (image_column) is missing")
+        )
         for row, name in zip(rows, names, strict=True):
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
-                result = self._image(name, cache) if name else ImageProblem("missing_image", "the row names no image")
+                result = self._image(name, cache) if name else no_name
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -181,7 +203,8 @@ class ImagesSourceReader:
             outcome="quarantined",
             reasons=[p.reason for p in bad_problems],
             details=[
-                f"{r['source']['uri']}:{r['source']['line']}: {r.get(config.image_column)}: {p.detail}"
+                f"{r['source']['uri']}:{r['source']['line']}: "
+                + (p.detail if p is no_name else f"{r.get(config.image_column)}: {p.detail}")
                 for r, p in zip(bad_rows, bad_problems, strict=True)
             ],
             records=[
@@ -202,6 +225,10 @@ class ImagesSourceReader:
         return set_aside.filter(pa.array(fresh))
 
     def _image(self, name: str, cache: dict[str, CleanImage | ImageProblem]) -> CleanImage | ImageProblem:
+        if name not in cache and _outside(name):
+            # The sidecar names images in the source's folder: "../other/x.png" or "/etc/x.png" would
+            # publish a file the recipe never pointed at.
+            cache[name] = ImageProblem("missing_image", f"names a file outside {self.config.path}")
         if name not in cache:
             uri = join(self.config.path, name)
             fs, path = filesystem(uri)
@@ -229,6 +256,12 @@ class ImagesSourceReader:
             return False
         self.watermark.set(item, fingerprint)
         return True
+
+
+def _outside(name: str) -> bool:
+    """Whether a sidecar's image name points out of the images folder: absolute, a URI, or up past it."""
+    normal = posixpath.normpath(name.replace("\\", "/"))
+    return posixpath.isabs(normal) or "://" in name or normal == ".." or normal.startswith("../")
 
 
 def _as_images_source(sources: pa.ChunkedArray | pa.Array) -> pa.StructArray:

@@ -550,6 +550,16 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             elif spec.check == "between" and columns[spec.column] == "str":
                 problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column)))
+            elif spec.check == "in_set" and columns[spec.column] == "str":
+                not_text = [value for value in spec.values or [] if not isinstance(value, str)]
+                if not_text:  # YAML reads `values: [1, 2]` as numbers: no text value is ever one of them
+                    problems.append(
+                        (
+                            ("stages", number, "expect", at, "values"),
+                            f"{json.dumps(not_text)} are not text, and {spec.column!r} holds text: every row would "
+                            f"fail (quote them: {json.dumps([json.dumps(v) if isinstance(v, bool) else str(v) for v in not_text])})",
+                        )
+                    )
     return problems
 
 

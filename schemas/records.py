@@ -246,7 +246,12 @@ def table_row_model(columns: dict[str, str], required: set[str] | None = None) -
     fields: dict[str, Any] = {}
     for name, type_name in columns.items():
         python_type = COLUMN_TYPES[type_name]
-        fields[name] = (python_type, ...) if name in required else (python_type | None, None)
+        # An int is checked against the 64 bits its Arrow column holds: a larger one is quarantined
+        # by its row, where Arrow would fail the whole run.
+        bounds = {"ge": -(2**63), "le": 2**63 - 1} if python_type is int else {}
+        fields[name] = (
+            (python_type, Field(..., **bounds)) if name in required else (python_type | None, Field(None, **bounds))
+        )
     return create_model("DeclaredTableRow", __base__=TableRow, **fields)
 
 

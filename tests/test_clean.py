@@ -46,6 +46,20 @@ def test_each_repair_and_its_count() -> None:
     assert result.set_aside.num_rows == 0
 
 
+def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
+    # Code in a support ticket, and the placeholders of a pii stage listed before clean: they read as
+    # tags, and "if (x<y && y>z)" was published as "if (x z)", "Call <PERSON>" as "Call".
+    texts = [
+        "if (x<y && y>z) return x;",
+        "Use List<String> or Map<K, V>; std::vector<std::string> too",
+        "Call <PERSON> in <LOCATION> at <EMAIL_ADDRESS>",
+        '<P ALIGN="center">Old</P><o:p></o:p><span class="x">page</span>',
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [*texts[:3], "Old\npage"]
+    assert result.stats["html_removed"] == 1
+
+
 def test_steps_can_be_switched_off() -> None:
     result = Clean(["text"], fix_unicode=False, strip_html=False)(_batch(["cafÃ© <b>x</b>"]))
     assert result.kept["text"].to_pylist() == ["cafÃ© <b>x</b>"]

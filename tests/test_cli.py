@@ -102,6 +102,20 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert str(tmp_path / deep) in said
 
 
+def test_check_says_when_a_file_name_does_not_tell_its_format(tmp_path: Path) -> None:
+    # `check` said "ok" for a path naming data.txt; only the run then failed on it.
+    (tmp_path / "data.txt").write_text('{"text": "hello"}\n')
+    recipe = write_recipe(
+        tmp_path, {"dataset": "docs", "sources": [{"path": "data.txt"}], "record": {"kind": "document"}}
+    )
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    assert checked.returncode == 2, checked.stdout
+    assert (
+        f"{tmp_path / 'data.txt'}: cannot tell the format from the name; set 'format' on the source" in checked.stderr
+    )
+    assert "Traceback" not in checked.stderr
+
+
 @pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template
 def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path, prompt: str) -> None:
     write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])

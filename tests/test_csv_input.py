@@ -4,8 +4,12 @@ record, quoted values that span lines. Each record is written or quarantined at 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
+
+from schemas.config import RecipeError
 from tests.helpers import outputs, read_lines, run, set_aside, write_jsonl
 from tests.test_quarantine import assert_adds_up, recipe
 
@@ -141,3 +145,21 @@ def test_a_first_row_longer_than_the_header_probe_is_read(workdir: Path) -> None
     (workdir / "big.csv").write_text(f"description,amount,category\n{long},4.5,Dining\nrent,1200,Housing\n")
     result = run(workdir, recipe("big.csv"))
     assert lineage_lines(Path(result.version_uri)) == {"Dining": 2, "Housing": 3}
+
+
+def test_a_header_that_is_not_utf8_is_named_with_its_line_and_byte(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Latin-1 header: its names read "pr\ufffdnom", and the run only said "column 'prénom' is missing".
+    (workdir / "people.csv").write_bytes("\n\npr\xe9nom,r\xe9ponse\nJos\xe9,oui\nAnn,non\n".encode("latin-1"))
+    spec = {
+        "dataset": "people",
+        "sources": [{"path": "people.csv"}],
+        "record": {"kind": "instruction", "prompt": "{{ prénom }}", "completion": "réponse"},
+    }
+    with caplog.at_level(logging.WARNING, logger="connectors.files"), pytest.raises(RecipeError, match="prénom"):
+        run(workdir, spec)
+    assert [record.getMessage() for record in caplog.records if record.name == "connectors.files"] == [
+        f"{workdir / 'people.csv'}:3: the header is not UTF-8: byte 0xe9 at column 3; its column names hold U+FFFD "
+        "for such bytes (save the file as UTF-8)"
+    ]

@@ -173,6 +173,16 @@ def test_between_on_text_is_a_recipe_error_where_the_type_is_known_and_on_the_fi
         stage(batch)
 
 
+def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error() -> None:
+    # YAML reads `values: [1, 2]` as numbers, and a record's label is text: every row failed the check.
+    problem = r"stages.0.expect.0.values \(line 6\): \[1, true\] are not text, and \'label\' holds text: every row"
+    with pytest.raises(RecipeError, match=problem + r'.*quote them: \["1", "true"\]'):
+        parse_recipe(_expect("{column: label, check: in_set, values: [1, '2', true]}"))
+    parse_recipe(_expect("{column: label, check: in_set, values: ['1', '2', 'true']}"))
+    declared = "input_schema: {columns: {q: str, a: str, team: int}}\noutput: {group_by: team}\n"
+    parse_recipe(_expect("{column: team, check: in_set, values: [1, 2]}", declared))  # an int column: numbers
+
+
 def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path) -> None:
     # A fresh interpreter: importing great-expectations takes seconds, so a recipe without
     # expectations must not pay for it.

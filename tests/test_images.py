@@ -17,7 +17,7 @@ from connectors.images import ImagesSourceReader
 from connectors.state import Watermarks
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
-from schemas.config import ImagesSource, RecordShape
+from schemas.config import ImagesSource, RecipeError, RecordShape
 from schemas.records import VQARecord
 from tests.helpers import outputs, run
 
@@ -157,6 +157,69 @@ def test_sidecar_csv_with_other_column_names(tmp_path: Path) -> None:
     ]
 
 
+def tiff(mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (12, 8)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: Path) -> None:
+    # A print shop's CMYK scan, a 32-bit or float sample TIFF: re-encoding them as PNG failed the run.
+    (tmp_path / "img").mkdir()
+    modes = ["CMYK", "YCbCr", "I", "F", "LAB", "PA", "RGB"]
+    for mode in modes:
+        (tmp_path / "img" / f"{mode}.tif").write_bytes(tiff(mode))
+    rows = [{"image": f"{mode}.tif", "question": "What is it?", "answer": mode} for mode in modes]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), formats=["TIFF"])
+    read_rows, aside, _ = read(config)
+    assert aside == []
+    cleaned = {r["answer"]: Image.open(io.BytesIO(r["image_bytes"])) for r in read_rows}
+    assert list(cleaned) == modes
+    assert {image.format for image in cleaned.values()} == {"PNG"}
+    assert {answer: image.mode for answer, image in cleaned.items() if answer != "RGB"} == {
+        "CMYK": "RGB",
+        "YCbCr": "RGB",
+        "I": "RGB",
+        "F": "RGB",
+        "LAB": "RGB",
+        "PA": "RGBA",
+    }
+    assert all(image.size == (12, 8) for image in cleaned.values())
+
+
+def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "id-card.png").write_bytes(png())  # a real image, beside the folder
+    names = ["../private/id-card.png", str(tmp_path / "private" / "id-card.png"), "sub/../form.png", "form.png"]
+    rows = [{"image": name, "question": "What is it?", "answer": "A form."} for name in names]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    read_rows, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    assert [r["image"] for r in read_rows] == ["sub/../form.png", "form.png"]
+    assert [(a["source"]["line"], a["reason"]) for a in aside] == [(1, "missing_image"), (2, "missing_image")]
+    assert all(a["detail"].endswith(f"names a file outside {tmp_path / 'img'}") for a in aside)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_a_transparent_palette_colour_stays_transparent(tmp_path: Path, fmt: str) -> None:
+    # Black text on a transparent background (a logo, a signature): rebuilt from its pixels, the image
+    # lost its transparent colour and came out black on black.
+    image = Image.new("P", (24, 24), 0)
+    image.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)  # 0: the background, transparent; 1: black ink
+    image.paste(1, (4, 10, 20, 14))
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, transparency=0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / f"sign.{fmt.lower()}").write_bytes(buffer.getvalue())
+    row = {"image": f"sign.{fmt.lower()}", "question": "What is drawn?", "answer": "A line."}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    [read_row], aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), formats=[fmt]))
+    cleaned = Image.open(io.BytesIO(read_row["image_bytes"])).convert("RGBA")
+    assert aside == []
+    assert cleaned.getpixel((1, 1)) == (0, 0, 0, 0) and cleaned.getpixel((10, 12)) == (0, 0, 0, 255)
+
+
 def test_image_bytes_survive_shape_and_validation(tmp_path: Path) -> None:
     write_folder(tmp_path)
     _, _, table = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
@@ -259,3 +322,24 @@ def test_exact_dedup_compares_a_vqa_record_by_its_image_bytes_not_its_path(workd
     assert result.manifest.counts.reasons == {"duplicate": {"exact_duplicate": 2}}
     published = outputs(Path(result.version_uri))
     assert len(published) == 2 and len({line["file_name"] for line in published}) == 2
+
+
+def test_a_misspelt_image_column_fails_the_run_and_the_fixed_recipe_reads_the_rows(workdir: Path) -> None:
+    # Every row was quarantined as missing_image ("the row names no image") and an empty v1 published.
+    write_folder(workdir)
+    source = {"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [{**source, "image_column": "picture"}], "record": {"kind": "vqa"}}
+    with pytest.raises(RecipeError, match=r"qa.jsonl:1: column 'picture' \(image_column\) is missing"):
+        run(workdir, spec)
+    assert not (workdir / "output" / "receipts" / "v1").exists()
+    result = run(workdir, {**spec, "sources": [source]})
+    assert result.manifest.version == 1 and result.manifest.counts.written == 4
+
+
+def test_an_images_folder_that_is_not_there_fails_the_run_by_name(workdir: Path) -> None:
+    # Every row was quarantined as missing_image and an empty version published, exit 0.
+    write_folder(workdir)
+    source = {"type": "images", "path": "scans", "sidecar": "qa.jsonl"}
+    with pytest.raises(OSError, match=r"scans: no such folder, or no file in it"):
+        run(workdir, {"dataset": "receipts", "sources": [source], "record": {"kind": "vqa"}})
+    assert not (workdir / "output" / "receipts" / "v1").exists()

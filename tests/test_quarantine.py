@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import outputs, run, set_aside, write_jsonl
@@ -244,3 +246,196 @@ def test_a_key_the_first_line_lacks_is_kept_when_a_bad_line_sends_the_block_line
     result = run(workdir, spec)
     assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["Tomorrow.", "unknown"]
     assert result.manifest.counts.quarantined == 1
+
+
+def test_an_integer_past_64_bits_keeps_its_digits_as_text(workdir: Path) -> None:
+    # Account numbers and u64 hashes: no Arrow integer holds them; the run failed with an OverflowError.
+    (workdir / "acc.jsonl").write_text(
+        '{"q": "Balance of", "account": 18446744073709551615, "ref": {"n": 123456789012345678901234567890}}\n'
+        '{"q": "Small", "account": 42, "ref": null}\n'
+        '{"q": "Mixed", "account": 1.5}\n'
+    )
+    spec = {
+        "dataset": "acc",
+        "sources": [{"path": "acc.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ account }} {{ ref or '-' }}"},
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == [
+        "1.5 -",
+        '18446744073709551615 {"n": 123456789012345678901234567890}',
+        "42 -",
+    ]
+    assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_an_int_column_value_past_64_bits_is_quarantined_by_its_row(workdir: Path, suffix: str) -> None:
+    rows = [("coffee", "4"), ("card", "18446744073709551615"), ("rent", "-9223372036854775809"), ("bus", "2")]
+    if suffix == "jsonl":
+        lines = [f'{{"description": "{d}", "amount": 1.5, "category": "Dining", "points": {p}}}' for d, p in rows]
+        path = workdir / "tx.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        path = workdir / "tx.csv"
+        path.write_text("description,amount,category,points\n" + "".join(f"{d},1.5,Dining,{p}\n" for d, p in rows))
+    spec = recipe(path.name)
+    spec["input_schema"] = {"columns": {**SCHEMA["columns"], "points": "int"}}
+    result = run(workdir, spec)
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda row: row["source"]["line"])
+    first = 1 if suffix == "jsonl" else 2
+    assert [(row["reason"], row["source"]["line"]) for row in aside] == [("schema", first + 1), ("schema", first + 2)]
+    assert aside[0]["detail"].startswith(f"{path}:{first + 1}: points: Input should be less than or equal to")
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == [
+        "Categorise bus (1.5)",
+        "Categorise coffee (1.5)",
+    ]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_template_that_fails_on_a_row_quarantines_that_row(workdir: Path) -> None:
+    rows = [
+        {"item": "coffee", "total": 9, "count": 3, "a": "ok"},
+        {"item": "nothing", "total": 5, "count": 0, "a": "ok"},  # a ratio of zero items
+        {"item": "tea", "total": 4, "count": 2, "a": "ok"},
+    ]
+    path = write_jsonl(workdir / "tx.jsonl", rows)
+    spec = {
+        "dataset": "tx",
+        "sources": [{"path": "tx.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ item }} at {{ total / count }} each", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == ("template", f"{path}:2: prompt: template failed: division by zero")
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == [
+        "coffee at 3.0 each",
+        "tea at 2.0 each",
+    ]
+    assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_an_id_column_beside_an_input_id_column_is_refused_by_name(workdir: Path, suffix: str) -> None:
+    # `id` is read as `input_id`: a file with both had two columns of one name, and a stage failed on it
+    # with a KeyError from Arrow.
+    if suffix == "jsonl":
+        write_jsonl(workdir / "tx.jsonl", [{"id": 7, "input_id": "A-7", "q": "Hello?", "a": "Hi."}])
+    else:
+        (workdir / "tx.csv").write_text("id,input_id,q,a\n7,A-7,Hello?,Hi.\n")
+    spec = {
+        "dataset": "tx",
+        "sources": [{"path": f"tx.{suffix}"}],
+        "record": {"kind": "instruction", "prompt": "{{ input_id }}: {{ q }}", "completion": "a"},
+    }
+    with pytest.raises(OSError, match=rf"tx.{suffix}: column 'id' is read as 'input_id' .* rename one of them"):
+        run(workdir, spec)
+
+
+def test_a_parquet_binary_column_that_is_not_utf8_does_not_fail_the_file(workdir: Path) -> None:
+    # A checksum or thumbnail column: bytes, not text. Record ids cast every value to text, and the
+    # file was refused as "not a readable parquet file: Invalid UTF8 payload".
+    table = pa.table(
+        {"q": ["Hello?", "Bye?"], "a": ["Hi.", "Bye."], "digest": pa.array([b"\xff\x00\xfe", b"ok"], pa.binary())}
+    )
+    pq.write_table(table, workdir / "faq.parquet")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.parquet"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_field_naming_a_column_of_json_objects_or_arrays_writes_them_as_json(workdir: Path) -> None:
+    # Arrow casts no struct or list to text: the run failed with ArrowNotImplementedError.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Which tags?", "tags": ["billing", "café"], "meta": {"lang": "en", "ok": True}},
+            {"q": "None?", "tags": [], "meta": None},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "tags", "label": "meta"},
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    lines = outputs(Path(result.version_uri))
+    assert sorted(line["completion"] for line in lines) == ['["billing", "café"]', "[]"]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_an_object_in_a_column_of_mixed_types_reads_the_same_beside_a_malformed_line(workdir: Path) -> None:
+    # Read whole, the block gives the object as polars writes it; read line by line (a malformed line
+    # in the block), it came with its non-ASCII text as \u escapes: "caf\u00e9".
+    lines = ['{"q": "a", "meta": {"city": "Zürich 日本", "n": 1}}', '{"q": "b", "meta": "plain"}']
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "meta"},
+        "output": {"validation_fraction": 0},
+    }
+    published = []
+    for extra in ([], ["{broken"]):
+        (workdir / "faq.jsonl").write_text("\n".join(lines + extra) + "\n")
+        result = run(workdir, spec, full_refresh=True)
+        published.append(sorted(line["completion"] for line in outputs(Path(result.version_uri))))
+    assert published[0] == published[1] == ["plain", '{"city": "Zürich 日本", "n": 1}']
+
+
+def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Path) -> None:
+    # Python's json gave up with a RecursionError, which failed the whole run.
+    deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = workdir / "faq.jsonl"
+    path.write_text('{"q": "Where?", "a": "Here."}\n' + deep + "\n")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == ("malformed_json", f"{path}:2: malformed JSON: nested too deeply to read")
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Where?"]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_json_lines_that_end_in_cr_alone_are_one_record_each(workdir: Path) -> None:
+    # As a CSV file's lines may (classic Mac line ends): the whole file was one malformed line.
+    (workdir / "faq.jsonl").write_bytes(b'{"q": "Where?", "a": "Here."}\r{"q": "When?", "a": "Now."}\r{broken\r')
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["When?", "Where?"]
+    assert [(row["reason"], row["source"]["line"]) for row in set_aside(Path(result.version_uri))] == [
+        ("malformed_json", 3)
+    ]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(workdir: Path) -> None:
+    # The run failed with "Invalid UTF8 payload", naming neither file nor row.
+    table = pa.table({"q": pa.array([b"Hello?", b"caf\xe9?", b"Bye?"], pa.binary()), "a": ["Hi.", "Oui.", "Bye."]})
+    pq.write_table(table, workdir / "faq.parquet")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.parquet"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == (
+        "schema",
+        f"{workdir / 'faq.parquet'}:2: prompt: column 'q' holds bytes that are not UTF-8 text (byte 0xe9 at 4)",
+    )
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
+    assert_adds_up(result.manifest.counts)

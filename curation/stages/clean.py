@@ -35,7 +35,23 @@ _FTFY = ftfy.TextFixerConfig(
     normalization=None,
     explain=False,
 )
-_TAG = r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9:-]*(?:\s[^<>]*)?/?>"
+# The elements of HTML (and old ones exports still hold), and namespaced ones as Word's HTML writes
+# them (<o:p>): any other word in angle brackets is content, not a remnant: code (List<String>,
+# "if (x<y && y>z)") and the placeholders of a pii stage run before this one (<PERSON>, <LOCATION>).
+_HTML_ELEMENTS = (
+    "a|abbr|acronym|address|area|article|aside|audio|b|base|basefont|bdi|bdo|big|blink|blockquote|body|br|"
+    "button|canvas|caption|center|cite|code|col|colgroup|data|datalist|dd|del|details|dfn|dialog|dir|div|dl|"
+    "dt|em|embed|fieldset|figcaption|figure|font|footer|form|frame|frameset|h[1-6]|head|header|hgroup|hr|"
+    "html|i|iframe|img|input|ins|kbd|label|legend|li|link|main|map|mark|marquee|menu|meta|meter|nav|nobr|"
+    "noframes|noscript|object|ol|optgroup|option|output|p|param|picture|pre|progress|q|rp|rt|ruby|s|samp|"
+    "script|search|section|select|slot|small|source|span|strike|strong|style|sub|summary|sup|svg|table|"
+    "tbody|td|template|textarea|tfoot|th|thead|time|title|tr|track|tt|u|ul|var|video|wbr"
+)
+_TAG = (
+    r"<!--.*?-->"
+    rf"|</?(?i:{_HTML_ELEMENTS})(?:\s[^<>]*)?/?>"
+    r"|</?[A-Za-z]+:[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"
+)
 _BREAK_TAG = r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</li\s*>|</h[1-6]\s*>"
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{7f}-\x{9f}\x{200b}-\x{200d}\x{2060}\x{feff}]"  # RE2 syntax

@@ -59,6 +59,21 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
     return parts
 
 
+def _text_of_bytes(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[str | None], str]:
+    """A binary column's values as text, each that is not UTF-8 a problem of its record's."""
+    texts: list[str | None] = []
+    problems: list[str | None] = []
+    for value in values.to_pylist():
+        try:
+            texts.append(None if value is None else value.decode("utf-8"))
+            problems.append(None)
+        except UnicodeDecodeError as error:
+            texts.append(None)
+            byte = f"byte {value[error.start]:#04x} at {error.start + 1}"
+            problems.append(f"column '{column}' holds bytes that are not UTF-8 text ({byte})")
+    return pa.array(texts, pa.string()), problems, "schema"
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -140,8 +155,20 @@ class Shape:
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
+            values = batch[field.column]
+            if pa.types.is_nested(values.type):  # a JSON object or array (a Parquet struct, list or map)
+                # Arrow casts none of them to text: they are written as JSON, as a column of mixed types is.
+                texts = [
+                    None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values.to_pylist()
+                ]
+                return pa.array(texts, pa.string()), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
-            return pc.cast(batch[field.column], pa.string()).combine_chunks(), [], ""
+            try:
+                return pc.cast(values, pa.string()).combine_chunks(), [], ""
+            except pa.ArrowInvalid:
+                if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+                    raise
+                return _text_of_bytes(field.column, values)  # a Parquet binary column: some not UTF-8
         if field.parts is not None:
             names = [name for kind, name in field.parts if kind == "column"]
             usable = all(n in batch.column_names and is_text(batch[n].type) for n in names)
@@ -161,10 +188,12 @@ class Shape:
         problems: list[str | None] = []
         only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
         for row in batch.drop_columns(["id", "source"]).to_pylist():
+            # A value the template cannot work with (a division by zero, a key .format() does not find)
+            # is the row's problem: it is quarantined by its line, and the run goes on.
             try:
                 rendered.append(field.template.render(**row))
                 problems.append(None)
-            except (jinja2.TemplateError, EmptyValue, TypeError, ValueError) as error:
+            except (jinja2.TemplateError, EmptyValue, TypeError, ValueError, ArithmeticError, LookupError) as error:
                 rendered.append(None)
                 missing = _UNDEFINED.fullmatch(str(error)) if isinstance(error, jinja2.UndefinedError) else None
                 only_missing &= missing is not None
