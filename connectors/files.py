@@ -219,6 +219,11 @@ def read_json_objects(text: bytes, count: int) -> pa.Table | None:
     return None
 
 
+def _opens_an_array(data: bytes) -> bool:
+    """Whether the file's first block opens a JSON array (a ``.json`` export of ``[{...}, ...]``)."""
+    return data[:4096].lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
+
+
 class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
@@ -272,6 +277,12 @@ class FilesSourceReader(ListedFiles):
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as stream:
             for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):  # lines may end in CR alone
+                if line_no == 0 and _opens_an_array(data):
+                    # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
+                    raise StorageError(
+                        f"{entry.uri}: holds a JSON array, not JSON Lines (one object per line): write one "
+                        "object per line, for example with jq -c '.[]'"
+                    )
                 if not data.endswith(b"\n"):
                     data += b"\n"  # the last line, without its newline in the file
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line

@@ -439,3 +439,16 @@ def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(w
     )
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_json_array_file_is_refused_by_name_not_quarantined_line_by_line(workdir: Path) -> None:
+    from connectors.storage import StorageError
+
+    rows = [{"q": f"Question {n}?", "a": "Yes."} for n in range(3)]
+    (workdir / "export.json").write_text("\ufeff" + json.dumps(rows, indent=2))  # as exports write them
+    (workdir / "lines.json").write_text("".join(json.dumps(row) + "\n" for row in rows))  # JSON Lines named .json
+    recipe = {"dataset": "qa", "record": {"kind": "instruction", "prompt": "q", "completion": "a"}}
+    with pytest.raises(StorageError, match=r"export\.json: holds a JSON array, not JSON Lines"):
+        run(workdir, {**recipe, "sources": [{"path": "export.json"}]})
+    assert not (workdir / "output" / "qa").exists()  # nothing published, not an empty version
+    assert run(workdir, {**recipe, "sources": [{"path": "lines.json"}]}).manifest.counts.written == 3
