@@ -689,7 +689,10 @@ def _run_locked(
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     try:
-        stages = build_stages(recipe, full_refresh, decided_by)
+        # A version that extends nothing (no source read before: a path or setting changed) holds only
+        # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
+        # it reads would be set aside as repeats of versions it does not hold.
+        stages = build_stages(recipe, full_refresh or not watermarks.had_previous(), decided_by)
         if replaced_ids is not None:
             _retire(stages, replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.

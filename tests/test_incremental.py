@@ -277,6 +277,26 @@ def test_a_source_whose_settings_changed_is_read_whole_and_replaces_what_it_gave
     assert "no source of the recipe was read for v2 (a path or setting changed?)" in caplog.text
 
 
+def test_inputs_moved_to_a_new_path_are_published_not_taken_for_repeats_of_a_version_not_held(
+    workdir: Path,
+) -> None:
+    rows = [{"text": f"Note {n} on refunds."} for n in range(4)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    run(workdir, docs_recipe("in"))
+    (workdir / "in").rename(workdir / "archive")  # the inputs moved, and the recipe's path with them
+    moved = run(workdir, docs_recipe("archive"))
+    # The version extends nothing and holds only what the run read: all of it, not set aside as
+    # repeats of v1, which it does not carry.
+    assert moved.manifest.extends is None and moved.manifest.carried_from is None
+    assert sorted(line["text"] for line in outputs(Path(moved.version_uri))) == sorted(r["text"] for r in rows)
+    assert moved.manifest.counts.reasons == {}
+    # From there on, scheduled runs compare with that version.
+    write_jsonl(workdir / "archive" / "b.jsonl", [rows[0], {"text": "A new note."}])
+    later = run(workdir, docs_recipe("archive"))
+    assert later.manifest.extends == 2 and later.manifest.counts.reasons == {"duplicate": {"earlier_version": 1}}
+    assert len(outputs(Path(later.version_uri))) == 5
+
+
 def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
