@@ -780,12 +780,15 @@ def _run_locked(
         raise
     try:  # the version is visible: what it took and what it holds are recorded before anything else
         watermarks.commit(writer.run_id)
-        state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
         for stage in stages:  # stages that keep cross-run state learn the version they went into
             if hasattr(stage, "published"):
                 stage.published(published.version)
         flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
         add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+        # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
+        # published before its signatures were, the next run would trust the watermarks but compare
+        # with no signature of this version, and publish its content a second time.
+        state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
     finally:
         held.release()
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from connectors.storage import StorageError
 from curation import writer
 from curation.pipeline import AccountingError, LocalExecutor, Tally, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
+from curation.review.queue import review_items
 from schemas.config import load_recipe
 from tests.helpers import docs_recipe, write_jsonl, write_recipe
 
@@ -146,6 +148,40 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
     assert "killed before it recorded what it read" in caplog.text
     texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
     assert texts == ["four", "one", "three", "two"]  # each once: b.jsonl's "three" is not published twice
+
+
+@pytest.mark.parametrize("killed_in", ["signatures", "review queue"])
+def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_published(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, killed_in: str
+) -> None:
+    from curation import pipeline
+    from curation.stages.dedup_index import SignatureIndex
+    from tests.helpers import outputs
+
+    class Killed(BaseException):  # as SIGKILL: nothing after it runs
+        pass
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}, "{not json"])  # a line for the review queue
+    with monkeypatch.context() as patch:
+        if killed_in == "signatures":
+            patch.setattr(SignatureIndex, "published", killed)
+        else:
+            patch.setattr(pipeline, "add_items", killed)
+        with pytest.raises(Killed):
+            run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == [1, 2]
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "three"}, {"text": "four"}])  # v2's content again
+    third = run_recipe(recipe)
+    texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert texts == ["four", "one", "three", "two"]  # "three" once: v2's signatures were not lost
+    with sa.create_engine(recipe.state).connect() as db:  # and the quarantined line reached the queue
+        assert db.execute(sa.select(sa.func.count()).select_from(review_items)).scalar() == 1
 
 
 def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:
