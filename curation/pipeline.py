@@ -688,6 +688,7 @@ def _run_locked(
     held = HeldSigterm()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
+    publishing: list[int] = []  # the version this run marked publishing, once it did
     try:
         # A version that extends nothing (no source read before: a path or setting changed) holds only
         # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
@@ -770,13 +771,18 @@ def _run_locked(
         def visible_next(version: int) -> None:
             raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
             state.run_publishing(writer.run_id, version)
+            publishing.append(version)
             held.hold()
 
         published = writer.publish(manifest, before_visible=visible_next)
     except BaseException as error:
         held.release()
         writer.abort()
-        state.run_finished(writer.run_id, "failed", error=type(error).__name__)
+        # Stopped once it was marked publishing (^C, which is not held off as SIGTERM is), its version may
+        # be visible: it stays marked so, and the next run reads everything again if it is. Marked failed,
+        # the next would trust the watermarks and publish that version's records a second time.
+        status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
+        state.run_finished(writer.run_id, status, version, error=type(error).__name__)
         raise
     try:  # the version is visible: what it took and what it holds are recorded before anything else
         watermarks.commit(writer.run_id)

@@ -184,6 +184,31 @@ def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_publis
         assert db.execute(sa.select(sa.func.count()).select_from(review_items)).scalar() == 1
 
 
+def test_a_run_interrupted_as_its_version_became_visible_makes_the_next_read_everything_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import outputs
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    publish = writer.DatasetWriter.publish
+
+    def interrupted(self: writer.DatasetWriter, *args: object, **kwargs: object) -> object:
+        publish(self, *args, **kwargs)
+        raise KeyboardInterrupt  # ^C (SIGINT is not held off as SIGTERM is) once the version is visible
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer.DatasetWriter, "publish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == [1, 2]
+    third = run_recipe(recipe)
+    texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert texts == ["one", "three", "two"]  # b.jsonl's "three" once, not read again beside v2's copy
+
+
 def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:
     write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
     recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
