@@ -398,6 +398,13 @@ def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]
             f"{recipe.dataset} v{unrecorded[-1]} was published by a run killed before it recorded what it read "
             "(reading only what is new would publish that version's new records a second time)"
         )
+    last = state.last_published(recipe.dataset) if previous else None
+    if last is not None and last not in previous:
+        # Deleted (a rollback of a bad version, a retention rule): the watermarks say its input was read.
+        return (
+            f"{recipe.dataset} v{last}, which the state store says the last run published, is not at "
+            f"{recipe.output.dest} (reading only what is new would leave out the records of the input it read)"
+        )
     if not previous and has_read_before(state.engine, recipe.dataset):
         # Runs published elsewhere (another dest), or their versions were deleted.
         return (

@@ -314,6 +314,28 @@ def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     assert again.manifest is None and "nothing new" in again.message
 
 
+def test_a_deleted_latest_version_makes_the_next_run_read_everything_again(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, docs_recipe("in"))
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    second = run(workdir, docs_recipe("in"))
+    shutil.rmtree(second.version_uri)  # rolled back by hand: v1 is the latest again
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        again = run(workdir, docs_recipe("in"))
+    assert "docs v2, which the state store says the last run published, is not at" in caplog.text
+    # b.jsonl's record is not lost (its watermark said v2 took it), nor taken for a repeat of the deleted v2.
+    assert sorted(line["text"] for line in outputs(Path(again.version_uri))) == ["four", "one", "three", "two"]
+    assert again.manifest.counts.reasons == {}
+    write_jsonl(workdir / "in" / "d.jsonl", [{"text": "five"}])
+    later = run(workdir, docs_recipe("in"))  # and from there on, only what is new
+    assert later.manifest.extends == 2 and later.manifest.counts.input == 1
+
+
 def test_a_glob_beside_the_output_does_not_read_the_published_version(workdir: Path) -> None:
     write_jsonl(workdir / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
     spec = {"dataset": "g", "sources": [{"path": "*.jsonl"}], "record": {"kind": "document"}, "output": {"dest": "."}}
