@@ -656,6 +656,22 @@ def _run_locked(
         if previous and not full_refresh
         else None
     )
+    if (
+        latest is not None
+        and recipe.output.carry_forward
+        and latest.extends is not None
+        and latest.carried_from is None
+    ):
+        # A delta version (made with carry_forward: false) holds only what its run read: carried alone, the
+        # new version would say it holds the whole dataset and leave out every version before it.
+        log.warning(
+            "%s v%d holds only what was new since v%d (output.carry_forward was false): this run reads all "
+            "input again (as --full-refresh), so that its version holds the whole dataset",
+            recipe.dataset,
+            latest.version,
+            latest.extends,
+        )
+        full_refresh, latest = True, None
     decided_before = _decisions_read(recipe, state, latest) if latest is not None else None
     read_again = (
         inputs_to_read_again(state.engine, recipe.dataset, decided_before, decided_by)

@@ -190,6 +190,20 @@ def test_carry_forward_false_keeps_delta_versions(workdir: Path, stages: list) -
     assert [line["completion"] for line in outputs(Path(v3.version_uri))] == ["Parcel 4 was returned."]
 
 
+def test_carrying_again_after_a_delta_version_reads_everything_instead_of_carrying_the_delta_alone(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 4))
+    run(workdir, recipe("out", carry_forward=False))  # v2: a delta of b.jsonl's records alone
+    write_jsonl(workdir / "in" / "c.jsonl", notes(14, 2))
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        v3 = run(workdir, recipe("out"))  # carry_forward again: v3 must be the whole dataset
+    assert "notes v2 holds only what was new since v1 (output.carry_forward was false)" in caplog.text
+    assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 16))  # a.jsonl's records too, each once
+
+
 def test_a_full_refresh_carries_nothing(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
     run(workdir, recipe("out"))
