@@ -456,7 +456,7 @@ def _replaced_records(
     replaced_ids = ids_from_inputs(latest, watermarks.replaced())
     if replaced_ids.is_empty():
         return inputs, replaced_ids
-    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, previous, replaced_ids)
+    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, _chain(recipe, previous), replaced_ids)
     holding = set(found) - watermarks.replaced()
     if holding:
         watermarks.read_again.update(holding)
@@ -477,6 +477,19 @@ def _replaced_records(
             ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
         )
     return inputs, replaced_ids
+
+
+def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
+    """The versions the latest builds on: it and those it extends, back to one that extends nothing (a
+    first run, a full refresh). What versions before that set aside describes input as it was then."""
+    from curation.published import read_manifest, version_uri
+
+    chain: list[int] = []
+    version: int | None = previous[-1]
+    while version is not None and version in previous and version not in chain:
+        chain.append(version)
+        version = read_manifest(version_uri(recipe.output.dest, recipe.dataset, version)).extends
+    return chain[::-1]
 
 
 def _retire(stages: list[AnyStage], ids: pa.Array) -> None:

@@ -163,6 +163,18 @@ def test_content_kept_from_a_changed_file_stays_when_another_file_holds_it_too(w
     assert sorted(Path(i.uri).name for i in v2.manifest.inputs) == ["a.jsonl", "b.jsonl"]
 
 
+def test_after_a_full_refresh_a_deleted_line_goes_even_if_a_file_gone_before_held_it_too(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))  # note 1 again: set aside in v1
+    run(workdir, recipe("out"))
+    (workdir / "in" / "b.jsonl").unlink()
+    run(workdir, recipe("out"), full_refresh=True)  # v2: the dataset as the input is now, without b.jsonl
+    write_jsonl(workdir / "in" / "a.jsonl", [notes(0, 1)[0], notes(2, 1)[0]])  # note 1 leaves a.jsonl
+    v3 = run(workdir, recipe("out"))
+    # What v1 set aside describes input the full refresh left behind: nothing holds note 1 any more.
+    assert texts(outputs(Path(v3.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0]])
+
+
 def test_a_file_emptied_of_its_records_takes_them_out(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
     write_jsonl(workdir / "in" / "b.jsonl", notes(10, 3))
