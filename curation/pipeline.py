@@ -729,9 +729,19 @@ def _run_locked(
         # A version that extends nothing (no source read before: a path or setting changed) holds only
         # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
         # it reads would be set aside as repeats of versions it does not hold.
-        stages = build_stages(recipe, full_refresh or not watermarks.had_previous(), decided_by)
+        start_over = full_refresh or not watermarks.had_previous()
+        stages = build_stages(recipe, start_over, decided_by)
+        # Without a cross-run stage in the recipe now, the signatures earlier versions stored stay for a
+        # later run that has one again: they still lose the records this version replaces or leaves out
+        # (all of them on a full refresh), or content would be set aside as a repeat of a record the
+        # dataset no longer holds.
+        index_only: list[AnyStage] = (
+            []
+            if any(isinstance(s, SignatureRecorder) for s in stages)
+            else [SignatureRecorder([], SignatureIndex(recipe.state, recipe.dataset, start_over=start_over))]
+        )
         if replaced_ids is not None:
-            _retire(stages, replaced_ids.to_arrow())
+            _retire([*stages, *index_only], replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
@@ -774,7 +784,9 @@ def _run_locked(
 
             # No longer published as they were: later runs must not take that content for an earlier
             # version's (a record written again keeps the signature this run stores).
-            _retire(stages, pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string()))
+            _retire(
+                [*stages, *index_only], pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string())
+            )
             if edits_set_aside:
                 writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
                 log.warning(
@@ -822,7 +834,7 @@ def _run_locked(
         raise
     try:  # the version is visible: what it took and what it holds are recorded before anything else
         watermarks.commit(writer.run_id)
-        for stage in stages:  # stages that keep cross-run state learn the version they went into
+        for stage in [*stages, *index_only]:  # stages that keep cross-run state learn the version they went into
             if hasattr(stage, "published"):
                 stage.published(published.version)
         flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
