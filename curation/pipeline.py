@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import signal
+import socket
 import tempfile
 import threading
 import uuid
@@ -28,7 +31,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from connectors.state import Watermarks, has_read_before, run_lock
+from connectors.state import Watermarks, _alive, has_read_before, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
@@ -222,7 +225,9 @@ class LocalExecutor:
         tally: Tally,
         on_input: Callable[[int], None] = lambda _: None,
     ) -> None:
-        with tempfile.TemporaryDirectory(prefix="curation-spill-", dir=self.spill_dir) as spill:
+        _remove_spills_of_ended_runs(self.spill_dir)
+        # Named by the process, so a run killed with its spill on disk (SIGKILL, the OOM killer) can be told.
+        with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid()), dir=self.spill_dir) as spill:
             stream = self._read(sources, writer, tally, on_input)
             pending: list[Stage] = []
             for index, stage in enumerate(stages):
@@ -313,6 +318,23 @@ class LocalExecutor:
             offset += batch.num_rows
             if kept.num_rows:
                 yield kept
+
+
+SPILL_PREFIX = "curation-spill-"
+
+
+def _spill_prefix(pid: int) -> str:
+    return f"{SPILL_PREFIX}{socket.gethostname()}-{pid}-"
+
+
+def _remove_spills_of_ended_runs(folder: str | None) -> None:
+    """Remove the spill folders that runs on this host killed before they could (SIGKILL, the OOM killer)
+    left: each holds a copy of that run's input, and the next kill would add another."""
+    here = f"{SPILL_PREFIX}{socket.gethostname()}-"
+    for found in Path(folder or tempfile.gettempdir()).iterdir():
+        pid = found.name.removeprefix(here).split("-", 1)[0] if found.name.startswith(here) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(found, ignore_errors=True)
 
 
 def _spilled(spill: Path) -> Iterator[pa.Table]:

@@ -209,6 +209,29 @@ def test_a_run_interrupted_as_its_version_became_visible_makes_the_next_read_eve
     assert texts == ["one", "three", "two"]  # b.jsonl's "three" once, not read again beside v2's copy
 
 
+def test_a_run_removes_the_spill_a_killed_run_left(workdir: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    spills = workdir / "spills"
+    host = socket.gethostname()
+    left = (
+        spills / f"curation-spill-{host}-{ended.stdout.strip()}-abc"
+    )  # as a run SIGKILLed while deduplicating leaves it
+    left.mkdir(parents=True)
+    (left / "2.arrow").write_bytes(b"a copy of that run's input")
+    running = spills / f"curation-spill-{host}-{os.getppid()}-def"  # a run that is still going keeps its own
+    running.mkdir()
+    elsewhere = spills / f"curation-spill-other-host-{ended.stdout.strip()}-ghi"  # a run on another host, too
+    elsewhere.mkdir()
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    run_recipe(load_recipe(write_recipe(workdir, docs_recipe("in.jsonl"))), executor=LocalExecutor(str(spills)))
+    assert sorted(path.name for path in spills.iterdir()) == sorted([running.name, elsewhere.name])
+
+
 def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:
     write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
     recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
