@@ -14,7 +14,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from connectors.state import RunLocked, run_lock, run_locks
+from connectors.state import RunLocked, create_tables, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
 from curation.published import published_versions
@@ -185,6 +185,25 @@ def test_a_second_run_of_the_same_dataset_stops_with_a_clear_message(workdir: Pa
     assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
     with engine.connect() as db:
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+def test_a_lock_whose_pid_a_later_process_took_is_taken_over(workdir: Path) -> None:
+    write_jsonl(workdir / "in.jsonl", [{"text": "alpha"}])
+    recipe_path = write_recipe(
+        workdir, {"dataset": "d", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    )
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    create_tables(engine)
+    lock = {"dataset": "d", "run_id": "t", "host": os.uname().nodename, "pid": os.getpid()}
+    with engine.begin() as db:  # a lock taken now by a run of this process (another thread) is respected
+        db.execute(run_locks.insert().values(**lock, acquired_at=datetime.now(UTC)))
+    with pytest.raises(RunLocked, match="run t,"):
+        run_recipe(load_recipe(recipe_path))
+    # Taken a day ago with this process's pid (a container's runs are all pid 1): that run was killed, and
+    # this process, started since, only has its pid. The lock is taken over instead of blocking every run.
+    with engine.begin() as db:
+        db.execute(run_locks.update().values(run_id="killed", acquired_at=datetime.now(UTC) - timedelta(days=1)))
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
 
 
 def test_readme_connector_recipes_are_valid(tmp_path: Path) -> None:
