@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -181,6 +182,20 @@ class Watermarks:
 # --- the run lock ----------------------------------------------------------------------------------
 
 
+def _started_after(pid: int, moment: datetime) -> bool:
+    """Whether process ``pid`` started after ``moment``, so it cannot be the run that took a lock then
+    (pids are reused: in a container every run can be pid 1). False where ``/proc`` cannot tell."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite gives it back naive
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > moment.timestamp() + 1  # btime is in whole seconds
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -214,7 +229,8 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
                 holder = db.execute(run_locks.select().where(run_locks.c.dataset == dataset)).mappings().first()
                 if holder is None:
                     continue  # released between our insert and this look
-                if attempt == 0 and holder["host"] == host and not _alive(holder["pid"]):
+                ended = not _alive(holder["pid"]) or _started_after(holder["pid"], holder["acquired_at"])
+                if attempt == 0 and holder["host"] == host and ended:
                     db.execute(
                         run_locks.delete().where(
                             (run_locks.c.dataset == dataset) & (run_locks.c.run_id == holder["run_id"])

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import signal
+import socket
 import tempfile
 import threading
 import uuid
@@ -28,7 +31,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from connectors.state import Watermarks, has_read_before, run_lock
+from connectors.state import Watermarks, _alive, has_read_before, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
@@ -222,7 +225,9 @@ class LocalExecutor:
         tally: Tally,
         on_input: Callable[[int], None] = lambda _: None,
     ) -> None:
-        with tempfile.TemporaryDirectory(prefix="curation-spill-", dir=self.spill_dir) as spill:
+        _remove_spills_of_ended_runs(self.spill_dir)
+        # Named by the process, so a run killed with its spill on disk (SIGKILL, the OOM killer) can be told.
+        with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid()), dir=self.spill_dir) as spill:
             stream = self._read(sources, writer, tally, on_input)
             pending: list[Stage] = []
             for index, stage in enumerate(stages):
@@ -315,6 +320,23 @@ class LocalExecutor:
                 yield kept
 
 
+SPILL_PREFIX = "curation-spill-"
+
+
+def _spill_prefix(pid: int) -> str:
+    return f"{SPILL_PREFIX}{socket.gethostname()}-{pid}-"
+
+
+def _remove_spills_of_ended_runs(folder: str | None) -> None:
+    """Remove the spill folders that runs on this host killed before they could (SIGKILL, the OOM killer)
+    left: each holds a copy of that run's input, and the next kill would add another."""
+    here = f"{SPILL_PREFIX}{socket.gethostname()}-"
+    for found in Path(folder or tempfile.gettempdir()).iterdir():
+        pid = found.name.removeprefix(here).split("-", 1)[0] if found.name.startswith(here) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(found, ignore_errors=True)
+
+
 def _spilled(spill: Path) -> Iterator[pa.Table]:
     """The spilled batches, in order. Read, not memory-mapped: mapped pages stay resident as the file
     is read, so the run's memory would grow with its input."""
@@ -398,6 +420,13 @@ def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]
             f"{recipe.dataset} v{unrecorded[-1]} was published by a run killed before it recorded what it read "
             "(reading only what is new would publish that version's new records a second time)"
         )
+    last = state.last_published(recipe.dataset) if previous else None
+    if last is not None and last not in previous:
+        # Deleted (a rollback of a bad version, a retention rule): the watermarks say its input was read.
+        return (
+            f"{recipe.dataset} v{last}, which the state store says the last run published, is not at "
+            f"{recipe.output.dest} (reading only what is new would leave out the records of the input it read)"
+        )
     if not previous and has_read_before(state.engine, recipe.dataset):
         # Runs published elsewhere (another dest), or their versions were deleted.
         return (
@@ -449,7 +478,7 @@ def _replaced_records(
     replaced_ids = ids_from_inputs(latest, watermarks.replaced())
     if replaced_ids.is_empty():
         return inputs, replaced_ids
-    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, previous, replaced_ids)
+    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, _chain(recipe, previous), replaced_ids)
     holding = set(found) - watermarks.replaced()
     if holding:
         watermarks.read_again.update(holding)
@@ -470,6 +499,19 @@ def _replaced_records(
             ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
         )
     return inputs, replaced_ids
+
+
+def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
+    """The versions the latest builds on: it and those it extends, back to one that extends nothing (a
+    first run, a full refresh). What versions before that set aside describes input as it was then."""
+    from curation.published import read_manifest, version_uri
+
+    chain: list[int] = []
+    version: int | None = previous[-1]
+    while version is not None and version in previous and version not in chain:
+        chain.append(version)
+        version = read_manifest(version_uri(recipe.output.dest, recipe.dataset, version)).extends
+    return chain[::-1]
 
 
 def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
@@ -649,6 +691,22 @@ def _run_locked(
         if previous and not full_refresh
         else None
     )
+    if (
+        latest is not None
+        and recipe.output.carry_forward
+        and latest.extends is not None
+        and latest.carried_from is None
+    ):
+        # A delta version (made with carry_forward: false) holds only what its run read: carried alone, the
+        # new version would say it holds the whole dataset and leave out every version before it.
+        log.warning(
+            "%s v%d holds only what was new since v%d (output.carry_forward was false): this run reads all "
+            "input again (as --full-refresh), so that its version holds the whole dataset",
+            recipe.dataset,
+            latest.version,
+            latest.extends,
+        )
+        full_refresh, latest = True, None
     decided_before = _decisions_read(recipe, state, latest) if latest is not None else None
     read_again = (
         inputs_to_read_again(state.engine, recipe.dataset, decided_before, decided_by)
@@ -688,10 +746,24 @@ def _run_locked(
     held = HeldSigterm()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
+    publishing: list[int] = []  # the version this run marked publishing, once it did
     try:
-        stages = build_stages(recipe, full_refresh, decided_by)
+        # A version that extends nothing (no source read before: a path or setting changed) holds only
+        # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
+        # it reads would be set aside as repeats of versions it does not hold.
+        start_over = full_refresh or not watermarks.had_previous()
+        stages = build_stages(recipe, start_over, decided_by)
+        # Without a cross-run stage in the recipe now, the signatures earlier versions stored stay for a
+        # later run that has one again: they still lose the records this version replaces or leaves out
+        # (all of them on a full refresh), or content would be set aside as a repeat of a record the
+        # dataset no longer holds.
+        index_only: list[AnyStage] = (
+            []
+            if any(isinstance(s, SignatureRecorder) for s in stages)
+            else [SignatureRecorder([], SignatureIndex(recipe.state, recipe.dataset, start_over=start_over))]
+        )
         if replaced_ids is not None:
-            _retire(stages, replaced_ids.to_arrow())
+            _retire([*stages, *index_only], replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
@@ -734,7 +806,9 @@ def _run_locked(
 
             # No longer published as they were: later runs must not take that content for an earlier
             # version's (a record written again keeps the signature this run stores).
-            _retire(stages, pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string()))
+            _retire(
+                [*stages, *index_only], pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string())
+            )
             if edits_set_aside:
                 writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
                 log.warning(
@@ -767,22 +841,30 @@ def _run_locked(
         def visible_next(version: int) -> None:
             raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
             state.run_publishing(writer.run_id, version)
+            publishing.append(version)
             held.hold()
 
         published = writer.publish(manifest, before_visible=visible_next)
     except BaseException as error:
         held.release()
         writer.abort()
-        state.run_finished(writer.run_id, "failed", error=type(error).__name__)
+        # Stopped once it was marked publishing (^C, which is not held off as SIGTERM is), its version may
+        # be visible: it stays marked so, and the next run reads everything again if it is. Marked failed,
+        # the next would trust the watermarks and publish that version's records a second time.
+        status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
+        state.run_finished(writer.run_id, status, version, error=type(error).__name__)
         raise
     try:  # the version is visible: what it took and what it holds are recorded before anything else
         watermarks.commit(writer.run_id)
-        state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
-        for stage in stages:  # stages that keep cross-run state learn the version they went into
+        for stage in [*stages, *index_only]:  # stages that keep cross-run state learn the version they went into
             if hasattr(stage, "published"):
                 stage.published(published.version)
         flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
         add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+        # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
+        # published before its signatures were, the next run would trust the watermarks but compare
+        # with no signature of this version, and publish its content a second time.
+        state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
     finally:
         held.release()
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)

@@ -137,6 +137,12 @@ class StateStore:
         with self.engine.connect() as db:
             return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
 
+    def last_published(self, dataset: str) -> int | None:
+        """The version the latest run of ``dataset`` that published made, or None when none did."""
+        query = sa.select(runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "published")
+        with self.engine.connect() as db:
+            return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
+
     def last_runs(self, dataset: str, limit: int = 10) -> list[dict[str, Any]]:
         with self.engine.connect() as db:
             rows = db.execute(

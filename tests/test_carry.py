@@ -163,6 +163,18 @@ def test_content_kept_from_a_changed_file_stays_when_another_file_holds_it_too(w
     assert sorted(Path(i.uri).name for i in v2.manifest.inputs) == ["a.jsonl", "b.jsonl"]
 
 
+def test_after_a_full_refresh_a_deleted_line_goes_even_if_a_file_gone_before_held_it_too(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))  # note 1 again: set aside in v1
+    run(workdir, recipe("out"))
+    (workdir / "in" / "b.jsonl").unlink()
+    run(workdir, recipe("out"), full_refresh=True)  # v2: the dataset as the input is now, without b.jsonl
+    write_jsonl(workdir / "in" / "a.jsonl", [notes(0, 1)[0], notes(2, 1)[0]])  # note 1 leaves a.jsonl
+    v3 = run(workdir, recipe("out"))
+    # What v1 set aside describes input the full refresh left behind: nothing holds note 1 any more.
+    assert texts(outputs(Path(v3.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0]])
+
+
 def test_a_file_emptied_of_its_records_takes_them_out(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
     write_jsonl(workdir / "in" / "b.jsonl", notes(10, 3))
@@ -188,6 +200,20 @@ def test_carry_forward_false_keeps_delta_versions(workdir: Path, stages: list) -
     write_jsonl(workdir / "in" / "a.jsonl", edited)
     v3 = run(workdir, spec)
     assert [line["completion"] for line in outputs(Path(v3.version_uri))] == ["Parcel 4 was returned."]
+
+
+def test_carrying_again_after_a_delta_version_reads_everything_instead_of_carrying_the_delta_alone(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 4))
+    run(workdir, recipe("out", carry_forward=False))  # v2: a delta of b.jsonl's records alone
+    write_jsonl(workdir / "in" / "c.jsonl", notes(14, 2))
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        v3 = run(workdir, recipe("out"))  # carry_forward again: v3 must be the whole dataset
+    assert "notes v2 holds only what was new since v1 (output.carry_forward was false)" in caplog.text
+    assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 16))  # a.jsonl's records too, each once
 
 
 def test_a_full_refresh_carries_nothing(workdir: Path) -> None:

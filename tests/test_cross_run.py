@@ -103,6 +103,21 @@ def test_a_failed_run_leaves_no_signatures_behind(workdir: Path) -> None:
     assert len(outputs(v1)) == 20  # and its signatures did not count as published
 
 
+@pytest.mark.parametrize("full_refresh", [False, True])
+def test_a_run_without_the_dedup_stage_still_takes_what_it_replaced_out_of_the_signatures(
+    workdir: Path, full_refresh: bool
+) -> None:
+    dedup = {"dataset": "notes", "sources": [{"path": "input"}], "record": {"kind": "document"}}
+    write_jsonl(workdir / "input" / "a.jsonl", [{"text": f"Note {n} on refunds."} for n in range(3)])
+    run(workdir, dedup)  # v1, with the default exact_dedup: its signatures stored
+    write_jsonl(workdir / "input" / "a.jsonl", [{"text": f"Note {n} on refunds."} for n in range(2)])
+    run(workdir, {**dedup, "stages": []}, full_refresh=full_refresh)  # v2 without it: note 2 is gone
+    write_jsonl(workdir / "input" / "b.jsonl", [{"text": "Note 2 on refunds."}])
+    v3 = run(workdir, dedup)  # the stage back: note 2 is not a repeat of anything v3 holds
+    assert sorted(line["text"] for line in outputs(Path(v3.version_uri))) == [f"Note {n} on refunds." for n in range(3)]
+    assert v3.manifest.counts.reasons == {}
+
+
 def test_the_recorder_stores_the_signatures_the_dedup_stage_computed(workdir: Path) -> None:
     from curation.pipeline import build_stages
     from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder

@@ -14,7 +14,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from connectors.state import RunLocked, run_lock, run_locks
+from connectors.state import RunLocked, create_tables, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
 from curation.published import published_versions
@@ -187,6 +187,25 @@ def test_a_second_run_of_the_same_dataset_stops_with_a_clear_message(workdir: Pa
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
 
 
+def test_a_lock_whose_pid_a_later_process_took_is_taken_over(workdir: Path) -> None:
+    write_jsonl(workdir / "in.jsonl", [{"text": "alpha"}])
+    recipe_path = write_recipe(
+        workdir, {"dataset": "d", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    )
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    create_tables(engine)
+    lock = {"dataset": "d", "run_id": "t", "host": os.uname().nodename, "pid": os.getpid()}
+    with engine.begin() as db:  # a lock taken now by a run of this process (another thread) is respected
+        db.execute(run_locks.insert().values(**lock, acquired_at=datetime.now(UTC)))
+    with pytest.raises(RunLocked, match="run t,"):
+        run_recipe(load_recipe(recipe_path))
+    # Taken a day ago with this process's pid (a container's runs are all pid 1): that run was killed, and
+    # this process, started since, only has its pid. The lock is taken over instead of blocking every run.
+    with engine.begin() as db:
+        db.execute(run_locks.update().values(run_id="killed", acquired_at=datetime.now(UTC) - timedelta(days=1)))
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
+
+
 def test_readme_connector_recipes_are_valid(tmp_path: Path) -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## Connectors", 1)[1].split("\n## ", 1)[0]
@@ -300,6 +319,26 @@ def test_a_source_whose_settings_changed_is_read_whole_and_replaces_what_it_gave
     assert "no source of the recipe was read for v2 (a path or setting changed?)" in caplog.text
 
 
+def test_inputs_moved_to_a_new_path_are_published_not_taken_for_repeats_of_a_version_not_held(
+    workdir: Path,
+) -> None:
+    rows = [{"text": f"Note {n} on refunds."} for n in range(4)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    run(workdir, docs_recipe("in"))
+    (workdir / "in").rename(workdir / "archive")  # the inputs moved, and the recipe's path with them
+    moved = run(workdir, docs_recipe("archive"))
+    # The version extends nothing and holds only what the run read: all of it, not set aside as
+    # repeats of v1, which it does not carry.
+    assert moved.manifest.extends is None and moved.manifest.carried_from is None
+    assert sorted(line["text"] for line in outputs(Path(moved.version_uri))) == sorted(r["text"] for r in rows)
+    assert moved.manifest.counts.reasons == {}
+    # From there on, scheduled runs compare with that version.
+    write_jsonl(workdir / "archive" / "b.jsonl", [rows[0], {"text": "A new note."}])
+    later = run(workdir, docs_recipe("archive"))
+    assert later.manifest.extends == 2 and later.manifest.counts.reasons == {"duplicate": {"earlier_version": 1}}
+    assert len(outputs(Path(later.version_uri))) == 5
+
+
 def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -315,6 +354,28 @@ def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     # And from there on, scheduled runs at the new dest take only what is new.
     again = run(workdir, {**spec, "output": {"dest": "elsewhere"}})
     assert again.manifest is None and "nothing new" in again.message
+
+
+def test_a_deleted_latest_version_makes_the_next_run_read_everything_again(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, docs_recipe("in"))
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    second = run(workdir, docs_recipe("in"))
+    shutil.rmtree(second.version_uri)  # rolled back by hand: v1 is the latest again
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        again = run(workdir, docs_recipe("in"))
+    assert "docs v2, which the state store says the last run published, is not at" in caplog.text
+    # b.jsonl's record is not lost (its watermark said v2 took it), nor taken for a repeat of the deleted v2.
+    assert sorted(line["text"] for line in outputs(Path(again.version_uri))) == ["four", "one", "three", "two"]
+    assert again.manifest.counts.reasons == {}
+    write_jsonl(workdir / "in" / "d.jsonl", [{"text": "five"}])
+    later = run(workdir, docs_recipe("in"))  # and from there on, only what is new
+    assert later.manifest.extends == 2 and later.manifest.counts.input == 1
 
 
 def test_a_glob_beside_the_output_does_not_read_the_published_version(workdir: Path) -> None:

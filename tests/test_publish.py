@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from connectors.storage import StorageError
 from curation import writer
 from curation.pipeline import AccountingError, LocalExecutor, Tally, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
+from curation.review.queue import review_items
 from schemas.config import load_recipe
 from tests.helpers import docs_recipe, write_jsonl, write_recipe
 
@@ -146,6 +148,88 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
     assert "killed before it recorded what it read" in caplog.text
     texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
     assert texts == ["four", "one", "three", "two"]  # each once: b.jsonl's "three" is not published twice
+
+
+@pytest.mark.parametrize("killed_in", ["signatures", "review queue"])
+def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_published(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, killed_in: str
+) -> None:
+    from curation import pipeline
+    from curation.stages.dedup_index import SignatureIndex
+    from tests.helpers import outputs
+
+    class Killed(BaseException):  # as SIGKILL: nothing after it runs
+        pass
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}, "{not json"])  # a line for the review queue
+    with monkeypatch.context() as patch:
+        if killed_in == "signatures":
+            patch.setattr(SignatureIndex, "published", killed)
+        else:
+            patch.setattr(pipeline, "add_items", killed)
+        with pytest.raises(Killed):
+            run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == [1, 2]
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "three"}, {"text": "four"}])  # v2's content again
+    third = run_recipe(recipe)
+    texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert texts == ["four", "one", "three", "two"]  # "three" once: v2's signatures were not lost
+    with sa.create_engine(recipe.state).connect() as db:  # and the quarantined line reached the queue
+        assert db.execute(sa.select(sa.func.count()).select_from(review_items)).scalar() == 1
+
+
+def test_a_run_interrupted_as_its_version_became_visible_makes_the_next_read_everything_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import outputs
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    publish = writer.DatasetWriter.publish
+
+    def interrupted(self: writer.DatasetWriter, *args: object, **kwargs: object) -> object:
+        publish(self, *args, **kwargs)
+        raise KeyboardInterrupt  # ^C (SIGINT is not held off as SIGTERM is) once the version is visible
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer.DatasetWriter, "publish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == [1, 2]
+    third = run_recipe(recipe)
+    texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert texts == ["one", "three", "two"]  # b.jsonl's "three" once, not read again beside v2's copy
+
+
+def test_a_run_removes_the_spill_a_killed_run_left(workdir: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    spills = workdir / "spills"
+    host = socket.gethostname()
+    left = (
+        spills / f"curation-spill-{host}-{ended.stdout.strip()}-abc"
+    )  # as a run SIGKILLed while deduplicating leaves it
+    left.mkdir(parents=True)
+    (left / "2.arrow").write_bytes(b"a copy of that run's input")
+    running = spills / f"curation-spill-{host}-{os.getppid()}-def"  # a run that is still going keeps its own
+    running.mkdir()
+    elsewhere = spills / f"curation-spill-other-host-{ended.stdout.strip()}-ghi"  # a run on another host, too
+    elsewhere.mkdir()
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    run_recipe(load_recipe(write_recipe(workdir, docs_recipe("in.jsonl"))), executor=LocalExecutor(str(spills)))
+    assert sorted(path.name for path in spills.iterdir()) == sorted([running.name, elsewhere.name])
 
 
 def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:
