@@ -196,7 +196,7 @@ def _started_after(pid: int, moment: datetime) -> bool:
     return boot + ticks / os.sysconf("SC_CLK_TCK") > moment.timestamp() + 1  # btime is in whole seconds
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -229,7 +229,7 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
                 holder = db.execute(run_locks.select().where(run_locks.c.dataset == dataset)).mappings().first()
                 if holder is None:
                     continue  # released between our insert and this look
-                ended = not _alive(holder["pid"]) or _started_after(holder["pid"], holder["acquired_at"])
+                ended = not process_alive(holder["pid"]) or _started_after(holder["pid"], holder["acquired_at"])
                 if attempt == 0 and holder["host"] == host and ended:
                     db.execute(
                         run_locks.delete().where(

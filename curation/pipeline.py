@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from connectors.state import Watermarks, _alive, has_read_before, run_lock
+from connectors.state import Watermarks, has_read_before, process_alive, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
@@ -333,7 +333,7 @@ def _remove_spills_of_ended_runs(folder: str | None) -> None:
     here = f"{SPILL_PREFIX}{socket.gethostname()}-"
     for found in Path(folder or tempfile.gettempdir()).iterdir():
         pid = found.name.removeprefix(here).split("-", 1)[0] if found.name.startswith(here) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(found, ignore_errors=True)
 
 
