@@ -9,6 +9,7 @@ once, and the spilled batches stream on without the rows it set aside.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -742,6 +743,8 @@ def _run_locked(
         group_by=out.group_by,
     )
     writer.on_written = on_written
+    if out.group_by and not full_refresh:  # a group read again keeps the side its records are on
+        writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
     held = HeldSigterm()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
@@ -861,6 +864,8 @@ def _run_locked(
                 stage.published(published.version)
         flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
         add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+        if out.group_by:
+            state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=full_refresh)
         # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
         # published before its signatures were, the next run would trust the watermarks but compare
         # with no signature of this version, and publish its content a second time.

@@ -11,6 +11,9 @@
   comes from a hash of the seed and the label, so the seed still picks which units. This depends on
   the order records arrive in: the same input read in the same order always splits the same way.
   A group's side is fixed by its first record and kept for the rest of the run.
+- Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
+  group that comes again in a later run (a customer's new transactions) joins the side its records
+  already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from itertools import compress
 from typing import Any
 
@@ -69,6 +73,9 @@ class Splitter:
         self.labels: dict[str, Counter[str]] = {"train": Counter(), "validation": Counter()}
         self.records: Counter[str] = Counter()
         self._group_sides: dict[str, set[str]] = {"train": set(), "validation": set()}
+        # Group key -> the side earlier runs put it on (``known`` asks the state store for the keys it is given).
+        self.known: Callable[[list[str]], dict[str, bool]] | None = None
+        self._placed_before: dict[str, bool] = {}
 
     def _column(self, batch: pa.Table, name: str, setting: str) -> list[str]:
         if name not in batch.column_names:
@@ -92,12 +99,16 @@ class Splitter:
         keys = self._column(batch, self.group_by, "group_by") if self.group_by else ids
         # A record without a group key is a group of its own.
         keys = [i if k == NO_VALUE else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
+        if self.group_by and self.known is not None:
+            self._look_up_earlier_sides(keys)
         if self.stratify_by:
             labels = self._column(batch, self.stratify_by, "stratify_by")
             sides = [self._stratified(key, label) for key, label in zip(keys, labels, strict=True)]
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
+            if self._placed_before:
+                sides = [self._placed_before.get(key, side) for key, side in zip(keys, sides, strict=True)]
         to_train = [not side for side in sides]
         for name, chosen in (("train", to_train), ("validation", sides)):
             if count := sum(chosen):
@@ -107,6 +118,25 @@ class Splitter:
             if self.group_by:
                 self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
+
+    def _look_up_earlier_sides(self, keys: list[str]) -> None:
+        """Ask the state store once for each group key of the run it has not seen yet (records without a
+        group key are groups of their own, by id: they have no earlier side)."""
+        asked = {key for key in keys if key.startswith("g\x1f") and key not in self._placed_before}
+        asked -= self._group_sides["train"] | self._group_sides["validation"]
+        if asked:
+            found = self.known(sorted(asked)) if self.known is not None else {}
+            self._placed_before.update(found)
+            self._groups.update(found)  # a stratified split keeps a group's side, as within a run
+
+    def placed(self) -> dict[str, bool]:
+        """Group key -> validation, for the groups this run placed first (for the state store)."""
+        return {
+            key: side == "validation"
+            for side, keys in self._group_sides.items()
+            for key in keys
+            if key.startswith("g\x1f") and key not in self._placed_before
+        }
 
     def _under_threshold(self, hashes: pa.Array) -> pa.Array:
         # The threshold fits uint64: the fraction is below 1 (the recipe checks it).

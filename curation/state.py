@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import xxhash
 
 metadata = sa.MetaData()
 
@@ -55,6 +56,22 @@ runs = sa.Table(
     sa.Column("counts", sa.Text),
     sa.Column("error", sa.Text),
 )
+
+
+# The side of the split each group (``output.group_by``) went to, so a later run keeps it there. Keys are
+# hashes: a group key can be a customer's name or e-mail address.
+split_groups = sa.Table(
+    "split_groups",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("group_hash", sa.String(32), primary_key=True),
+    sa.Column("validation", sa.Boolean, nullable=False),
+)
+_IN_CLAUSE_KEYS = 5000  # SQLite allows 32,766 bound values per statement (999 before 3.32)
+
+
+def _group_hash(key: str) -> str:
+    return xxhash.xxh3_128_hexdigest(key.encode())
 
 
 def _now() -> datetime:
@@ -142,6 +159,32 @@ class StateStore:
         query = sa.select(runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "published")
         with self.engine.connect() as db:
             return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
+
+    def group_sides(self, dataset: str, keys: list[str]) -> dict[str, bool]:
+        """The side (True: validation) earlier runs put each of these group keys on, where they did."""
+        by_hash = {_group_hash(key): key for key in keys}
+        hashes = sorted(by_hash)
+        found: dict[str, bool] = {}
+        with self.engine.connect() as db:
+            for start in range(0, len(hashes), _IN_CLAUSE_KEYS):
+                query = sa.select(split_groups.c.group_hash, split_groups.c.validation).where(
+                    split_groups.c.dataset == dataset,
+                    split_groups.c.group_hash.in_(hashes[start : start + _IN_CLAUSE_KEYS]),
+                )
+                found.update((by_hash[group], bool(side)) for group, side in db.execute(query))
+        return found
+
+    def record_group_sides(self, dataset: str, sides: dict[str, bool], start_over: bool) -> None:
+        """Keep the sides of the groups a published run placed; ``start_over`` (a full refresh: every
+        record was split again) forgets the earlier ones first."""
+        with self.engine.begin() as db:
+            if start_over:
+                db.execute(split_groups.delete().where(split_groups.c.dataset == dataset))
+            rows = [
+                {"dataset": dataset, "group_hash": _group_hash(key), "validation": side} for key, side in sides.items()
+            ]
+            if rows:
+                db.execute(split_groups.insert(), rows)
 
     def last_runs(self, dataset: str, limit: int = 10) -> list[dict[str, Any]]:
         with self.engine.connect() as db:

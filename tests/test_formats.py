@@ -310,6 +310,54 @@ def test_split_is_grouped_stratified_deterministic_and_reported(workdir: Path) -
     assert side_of_each(again) == side_of_each(first)
 
 
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ({"stratify_by": "label"}, {"stratify_by": "label"}),  # a stratified split deals groups out in order
+        ({}, {"split_seed": "another"}),  # a hashed one moves every group with its seed
+    ],
+)
+def test_a_group_read_again_by_a_later_run_joins_the_side_it_is_on(
+    workdir: Path, first: dict[str, Any], then: dict[str, Any]
+) -> None:
+    def notes(run: int, customers: Any, each: int) -> list[dict[str, str]]:
+        return [
+            {"q": f"run {run} customer c{c:02d} note {n}", "a": "ok", "label": "xy"[c % 2], "customer": f"c{c:02d}"}
+            for c in customers
+            for n in range(each)
+        ]
+
+    write_jsonl(workdir / "in" / "v1.jsonl", notes(1, range(20), 2))
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, "group_by": "customer", **first},
+    }
+    run_recipe(load_recipe(write_recipe(workdir, recipe)))
+    # Each customer again, in the other order: their new notes join the side their old ones are on.
+    write_jsonl(workdir / "in" / "v2.jsonl", notes(2, reversed(range(20)), 1))
+    recipe["output"] = {**recipe["output"], **then}
+    second = Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri)
+
+    def sides_of_customers(version: Path) -> dict[str, set[str]]:
+        sides: dict[str, set[str]] = defaultdict(set)
+        for split in ("train", "validation"):
+            for row in read_lines(sorted((version / split).glob("*.jsonl"))):
+                sides[row["prompt"].split()[3]].add(split)
+        return sides
+
+    sides = sides_of_customers(second)
+    assert len(sides) == 20 and sum(len(on) for on in sides.values()) == 20, dict(sides)
+    assert 2 <= sum("validation" in on for on in sides.values()) <= 10
+    # A full refresh splits every record again and keeps the new sides in place of the old ones.
+    write_jsonl(workdir / "in" / "v3.jsonl", notes(3, range(20), 1))
+    run_fresh(workdir, recipe)
+    write_jsonl(workdir / "in" / "v4.jsonl", notes(4, reversed(range(20)), 1))
+    fourth = Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri)
+    assert sum(len(on) for on in sides_of_customers(fourth).values()) == 20
+
+
 def test_a_different_seed_moves_records_and_plain_split_is_hash_based(workdir: Path) -> None:
     base = Path(run_fresh(workdir, split_recipe(workdir)).version_uri)
     reseeded = Path(run_fresh(workdir, split_recipe(workdir, split_seed="other")).version_uri)
