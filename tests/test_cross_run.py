@@ -220,3 +220,28 @@ def test_signatures_computed_with_other_settings_are_said_not_to_be_compared(
         third = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})
     assert third.manifest.counts.duplicate == 1  # compared with v2's record, which has the recipe's settings
     assert "the signatures of v1 were computed with other settings" in caplog.text  # v1's still are not
+
+
+def test_a_dedup_stage_new_to_the_dataset_says_earlier_versions_are_not_compared(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    notes = [{"text": f"Note {n} on refunds and fees."} for n in range(8)]
+    write_jsonl(workdir / "in" / "a.jsonl", notes[:5])
+    recipe: dict[str, Any] = {
+        "dataset": "notes",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "document"},
+        "stages": [],
+    }
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", notes[3:])
+    with caplog.at_level("WARNING", logger="curation.stages.dedup_index"):
+        run(workdir, {**recipe, "stages": [{"type": "exact_dedup"}]})
+    assert "exact_dedup: the versions published before it was in the recipe have no signatures" in caplog.text
+    # Once it has stored signatures, a later run compares with them and says nothing.
+    write_jsonl(workdir / "in" / "c.jsonl", notes[6:])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="curation.stages.dedup_index"):
+        third = run(workdir, {**recipe, "stages": [{"type": "exact_dedup"}]})
+    assert "have no signatures" not in caplog.text
+    assert third.manifest.counts.reasons["duplicate"] == {"earlier_version": 2}

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import holds_one_key_each, one_key_each
-from curation.state import state_engine
+from curation.state import runs, state_engine
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,24 @@ class SignatureIndex:
                 ", v".join(map(str, versions)),
             )
 
+    def _warn_if_new_to_the_dataset(self, db: sa.Connection, stage: str) -> None:
+        """Say so when versions were published before the stage was in the recipe: they stored no
+        signatures of it, so their records are not compared with this run's (a repeat of one is
+        published again)."""
+        table = published_signatures
+        stored = sa.select(table.c.n).where(table.c.dataset == self.dataset, table.c.stage == stage).limit(1)
+        published = sa.select(runs.c.version).where(runs.c.dataset == self.dataset, runs.c.status == "published")
+        if (
+            db.execute(stored).first() is None
+            and sa.inspect(db).has_table(runs.name)  # a state store that only ever held signatures has none
+            and db.execute(published.limit(1)).first() is not None
+        ):
+            log.warning(
+                "%s: the versions published before it was in the recipe have no signatures of it, so this "
+                "run's records are not compared with theirs; --full-refresh deduplicates the whole dataset",
+                stage,
+            )
+
     def load(self, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
         """Published signature rows; ``id`` is prefixed and ``source`` names the version. With ``keys``
         (for rows of one key each, as exact dedup stores them), only the rows holding one of them:
@@ -251,6 +269,8 @@ class SignatureIndex:
         with self.engine.connect() as db:
             rows = db.execute(query.order_by(table.c.n)).all()
             self._warn_of_other_settings(db, stage, params)
+            if not rows:
+                self._warn_if_new_to_the_dataset(db, stage)
         parts = []
         for version, data in rows:
             part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
