@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from connectors.storage import filesystem, is_s3, join, make_dirs
+from connectors.storage import StorageError, filesystem, is_s3, join, make_dirs
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
@@ -518,6 +518,7 @@ class DatasetWriter:
                 else:
                     carrying.copied(shard.records, known[shard.path])
                 self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
+                self._check_copied(f"{version_dir}/{shard.path}", f"{self.staging}/{path}", shard)
                 self.carried[name].append(shard.model_copy(update={"path": path}))
         for image in previous.files:
             if image.path not in named:
@@ -543,6 +544,18 @@ class DatasetWriter:
         self.carry_rejected = carrying.rejected
         self.carry_replaced = carrying.replaced
         return carrying.carried
+
+    def _check_copied(self, where: str, copy: str, shard: Shard) -> None:
+        """A carried shard keeps the sha256 its manifest gives it: one changed since it was published (by
+        hand, a sync tool) would carry a checksum it no longer has into every later version, which
+        training then refuses. Its size tells most changes without reading it again."""
+        size = self.fs.get_file_info(copy).size
+        if size != shard.bytes:
+            raise StorageError(
+                f"{where}: holds {size} bytes, its manifest says {shard.bytes}: the published shard was changed "
+                "after it was published, so it cannot be carried with its checksum; --full-refresh rebuilds "
+                "the dataset from the input"
+            )
 
     @staticmethod
     def _carried_path(path: str, version: int) -> str:

@@ -107,6 +107,20 @@ def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_chec
     assert verify_checksums(str(three), v3.manifest) == []
 
 
+def test_a_published_shard_changed_by_hand_is_not_carried_with_its_old_checksum(workdir: Path) -> None:
+    from connectors.storage import StorageError
+
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 30))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    shard = sorted((one / "train").glob("part-*.jsonl"))[0]
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[1:]))  # a line taken out by hand, after publishing
+    write_jsonl(workdir / "in" / "b.jsonl", notes(30, 3))
+    with pytest.raises(StorageError, match=rf"v1/train/{shard.name}: holds \d+ bytes, its manifest says \d+"):
+        run(workdir, recipe("out"))
+    assert published_versions(str(workdir / "out"), "notes") == [1]  # nothing published that fails its checks
+
+
 def test_a_file_read_again_without_a_dedup_stage_replaces_its_carried_records(workdir: Path) -> None:
     spec = {**recipe("out"), "stages": []}
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 30))
