@@ -97,7 +97,7 @@ def _stop(signum: int, _frame: object) -> None:
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import RunLocked
-    from curation.pipeline import AccountingError, Stopped, run_recipe
+    from curation.pipeline import STOP_SIGNALS, AccountingError, Stopped, run_recipe
     from curation.stages.base import StageError
 
     progress = Progress(
@@ -116,7 +116,8 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         # The bar is the input read; after a dedup stage's barrier it is full while the writing goes on.
         progress.update(task, description=f"curating {recipe.dataset}: {records:,} records written")
 
-    signal.signal(signal.SIGTERM, _stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
     try:
         with progress:
             result = run_recipe(
@@ -127,13 +128,15 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 on_written=written,
             )
     except Stopped as stop:
+        signum = int(stop.args[0])
+        name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
         if stop.published is not None:  # the signal came once the version was visible: it was recorded
             console.print(
-                f"[red]stopped[/red] by SIGTERM after publishing {stop.published.version_uri}", highlight=False
+                f"[red]stopped[/red] by {name} after publishing {stop.published.version_uri}", highlight=False
             )
         else:
-            console.print("[red]stopped[/red] by SIGTERM, nothing published", highlight=False)
-        return 128 + signal.SIGTERM
+            console.print(f"[red]stopped[/red] by {name}, nothing published", highlight=False)
+        return 128 + signum
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {error}", highlight=False)
         return EXIT_FAILED

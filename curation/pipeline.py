@@ -586,7 +586,7 @@ def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> p
 
 
 class Stopped(BaseException):
-    """SIGTERM (how cron, Airflow and Kubernetes stop a task), raised in the main thread so the run
+    """SIGTERM (how cron, Airflow and Kubernetes stop a task) or ^C, raised in the main thread so the run
     unwinds as on any failure (its staging files removed, PII workers ended, the run marked failed).
     ``published``: the run's result when the signal came once its version was visible."""
 
@@ -595,7 +595,7 @@ class Stopped(BaseException):
         self.published = published
 
 
-# SIGTERMs the CLI's handler raised ``Stopped`` on. A handler runs wherever the main thread is, and
+# Signals the CLI's handler raised ``Stopped`` on. A handler runs wherever the main thread is, and
 # Python ignores an exception raised in some places (an at-fork hook: the PII pool holds signals while
 # it forks, but a library may fork too): the run looks here between stages, so such a signal still
 # stops it.
@@ -607,25 +607,27 @@ def raise_if_stopped() -> None:
         raise Stopped(stop_signals[0])
 
 
-class HeldSigterm:
-    """SIGTERM held off from the moment a version becomes visible until the run has recorded what it
-    took and published: stopped in between, the next run would read the same input again and
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # how schedulers stop a task, and ^C
+
+
+class HeldStops:
+    """SIGTERM and ^C held off from the moment a version becomes visible until the run has recorded
+    what it took and published: stopped in between, the next run would read the same input again and
     publish its records a second time. A signal that came meanwhile is raised after (``signals``)."""
 
     def __init__(self) -> None:
         self.signals: list[int] = []
-        self.holding = False
-        self.previous: Callable[[int, FrameType | None], object] | int | None = None
+        self.previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
 
     def hold(self) -> None:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self.previous = signal.signal(signal.SIGTERM, lambda signum, _frame: self.signals.append(signum))
-            self.holding = True
+            for signum in STOP_SIGNALS:
+                self.previous[signum] = signal.signal(signum, lambda got, _frame: self.signals.append(got))
 
     def release(self) -> None:
-        if self.holding:
-            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
-            self.holding = False
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self.previous = {}
 
 
 def default_executor(recipe: Recipe) -> LocalExecutor:
@@ -746,7 +748,7 @@ def _run_locked(
     if out.group_by and not full_refresh:  # a group read again keeps the side its records are on
         writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
-    held = HeldSigterm()
+    held = HeldStops()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
     tally = Tally()
     publishing: list[int] = []  # the version this run marked publishing, once it did

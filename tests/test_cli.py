@@ -175,7 +175,8 @@ def test_a_template_syntax_error_is_a_recipe_error_with_its_line(tmp_path: Path)
         assert "record.prompt (line 6)" in said and "template syntax error" in said
 
 
-def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
+def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str, said: str) -> None:
     import signal
     import time
 
@@ -209,10 +210,10 @@ def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path) -> None:
         children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
         workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
     assert workers, "the PII stage's worker pool never started"
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(signal.Signals[stop])
     stdout, stderr = run.communicate(timeout=60)
-    assert run.returncode == 128 + signal.SIGTERM, stdout + stderr
-    assert "stopped by SIGTERM, nothing published" in " ".join((stdout + stderr).split())
+    assert run.returncode == 128 + signal.Signals[stop], stdout + stderr
+    assert f"stopped by {said}, nothing published" in " ".join((stdout + stderr).split())
     assert "Traceback" not in stderr
     time.sleep(1)
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
@@ -222,8 +223,9 @@ def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "output" / "support" / "v1").exists()
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
 def test_sigterm_once_the_version_is_visible_is_held_until_the_run_has_recorded_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
 ) -> None:
     import signal
 
@@ -239,18 +241,18 @@ def test_sigterm_once_the_version_is_visible_is_held_until_the_run_has_recorded_
     commit = Watermarks.commit
 
     def stopped_meanwhile(self: Watermarks, run_id: str) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # as cron or Kubernetes would, right after the version appeared
+        os.kill(os.getpid(), signal.Signals[stop])  # as cron, Kubernetes or ^C would, right after the version appeared
         commit(self, run_id)
 
-    before = signal.signal(signal.SIGTERM, _stop)
+    before = signal.signal(signal.Signals[stop], _stop)
     try:
         with monkeypatch.context() as patch:
             patch.setattr(Watermarks, "commit", stopped_meanwhile)
-            with pytest.raises(Stopped) as stop:
+            with pytest.raises(Stopped) as stopped:
                 run_recipe(recipe)
     finally:
-        signal.signal(signal.SIGTERM, before)
-    assert stop.value.published is not None and stop.value.published.manifest.version == 1
+        signal.signal(signal.Signals[stop], before)
+    assert stopped.value.published is not None and stopped.value.published.manifest.version == 1
     # Recorded as published: the next run finds nothing new, instead of publishing the five again.
     again = run_recipe(recipe)
     assert again.manifest is None and "nothing new since docs v1" in again.message

@@ -175,13 +175,15 @@ class RayExecutor:
     ) -> None:
         ray = _ray()
         # ray.init puts its own SIGTERM handler (sys.exit) in place of the run's, which unwinds the run
-        # as a failure and says whether it published; the run's goes back once connected.
-        handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+        # as a failure and says whether it published; the run's handlers go back once connected.
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)} if main else {}
         try:
             started = self._connect(ray)
         finally:
-            if handler is not None:
-                signal.signal(signal.SIGTERM, handler)
+            for signum, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
         try:
             self._run(ray, sources, stages, writer, tally, on_input)
         except Exception as error:
