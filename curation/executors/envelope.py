@@ -8,11 +8,14 @@ record's fate, and tables whose columns differ from batch to batch never need on
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import pickle
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -106,6 +109,43 @@ PROJECT_PACKAGES = ("curation.", "schemas.", "connectors.", "train.")
 def is_project_error(error: BaseException) -> bool:
     """Errors the project raises on purpose (with a message for the user), not bugs."""
     return type(error).__module__.startswith(PROJECT_PACKAGES) or isinstance(error, OSError)
+
+
+class CarriedError(Exception):
+    """A project error raised in a Ray task outside an envelope (a global stage's steps at a barrier),
+    pickled as its first argument. Ray appends its retry notes to the message of an exception that
+    leaves a task, and logs the task's traceback; the driver finds this one (``unwrap``) and raises the
+    original, as it was raised."""
+
+    def original(self) -> BaseException:
+        return pickle.loads(self.args[0])
+
+
+def carried(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (a Ray Data UDF returning or yielding tables) with its project errors carried."""
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def generating(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as error:
+                if not is_project_error(error):
+                    raise
+                raise CarriedError(pickle.dumps(error)) from None
+
+        return generating
+
+    @functools.wraps(function)
+    def returning(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            if not is_project_error(error):
+                raise
+            raise CarriedError(pickle.dumps(error)) from None
+
+    return returning
 
 
 def carrying_errors(make: Callable[[], pa.Table]) -> pa.Table:

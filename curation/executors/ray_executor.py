@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,15 @@ import pyarrow as pa
 
 from connectors.base import Source
 from connectors.state import ListedFiles
-from curation.executors.envelope import Letter, apply_stages, carrying_errors, is_project_error, open_all, seal_all
+from curation.executors.envelope import (
+    CarriedError,
+    Letter,
+    apply_stages,
+    carrying_errors,
+    is_project_error,
+    open_all,
+    seal_all,
+)
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.writer import DatasetWriter
 
@@ -152,10 +161,20 @@ def unwrap(error: BaseException) -> BaseException | None:
         seen.add(id(current))
         cause = getattr(current, "cause", None)
         is_wrapper = type(current).__module__.startswith("ray.")
+        if not is_wrapper and isinstance(current, CarriedError):  # from a task outside an envelope
+            return current.original()
         if not is_wrapper and is_project_error(current):
             return current
         pending += [cause, current.__cause__, current.__context__]
     return None
+
+
+class ProjectErrorsUnlogged(logging.Filter):
+    """Leaves out Ray Data's records about a failed task while the error it handles is a project error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return error is None or unwrap(error) is None
 
 
 class RayExecutor:
@@ -182,6 +201,13 @@ class RayExecutor:
         finally:
             if handler is not None:
                 signal.signal(signal.SIGTERM, handler)
+        # Ray Data prints the traceback of a task that failed (at a barrier: the envelopes carry the
+        # other errors); a project error is raised below as the embedded executor raises it, its
+        # message alone. Ray's console handlers leave those records out; its log file keeps them.
+        quiet = ProjectErrorsUnlogged()
+        consoles = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+        for console in consoles:
+            console.addFilter(quiet)
         try:
             self._run(ray, sources, stages, writer, tally, on_input)
         except Exception as error:
@@ -190,6 +216,8 @@ class RayExecutor:
                 raise
             raise type(found)(*found.args) from None
         finally:
+            for console in consoles:
+                console.removeFilter(quiet)
             if started:
                 ray.shutdown()
 
