@@ -6,8 +6,18 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+import sqlalchemy as sa
 
+from curation import pipeline
+from curation.executors.ray_executor import RayExecutor
+from curation.pipeline import LocalExecutor, run_recipe
+from curation.review.queue import list_items
+from curation.stages.base import StageResult
+from schemas.config import load_recipe
+from schemas.records import FLAG_SCHEMA, set_aside_rows
 from tests.helpers import write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 
@@ -83,3 +93,64 @@ def test_a_dedup_setting_the_records_cannot_meet_is_the_same_recipe_error_on_ray
     assert outputs["local"][0] == 2 and "near_dedup fields: ['customer'] are not columns" in outputs["local"][1]
     assert outputs["ray"] == outputs["local"]
     assert not (workdir / "ray" / "fields" / "v1").exists()
+
+
+class Flagging:
+    """Flags every record for review (as the PII stage flags uncertain detections)."""
+
+    name = "flagging"
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        flags = pa.table(
+            {
+                "id": batch["id"],
+                "source": batch["source"],
+                "stage": pa.array([self.name] * batch.num_rows, pa.string()),
+                "kind": pa.array(["pii"] * batch.num_rows, pa.string()),
+                "detail": pa.array(["uncertain"] * batch.num_rows, pa.string()),
+                "payload": pa.array(["{}"] * batch.num_rows, pa.string()),
+            },
+            schema=FLAG_SCHEMA,
+        )
+        return StageResult(kept=batch, flags=flags)
+
+
+class QuarantiningEvens:
+    """Quarantines every other record (as an expectation after the PII stage does): each is queued too."""
+
+    name = "quarantining"
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        keep = pa.array([n % 2 == 1 for n in range(batch.num_rows)])
+        out = batch.filter(pc.invert(keep))
+        aside = set_aside_rows(out["id"], out["source"], self.name, "quarantined", "even")
+        return StageResult(kept=batch.filter(keep), set_aside=aside)
+
+
+def test_review_queue_holds_the_flags_in_the_embedded_executors_order(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stage's flags come before those of a later stage that quarantines records of the same batch, as
+    the embedded executor queues them: the review page lists the items in that order."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"question {i}", "a": "answer"} for i in range(12)])
+    build = pipeline.build_stages
+    monkeypatch.setattr(
+        pipeline, "build_stages", lambda recipe, *more: [*build(recipe, *more), Flagging(), QuarantiningEvens()]
+    )
+    queued = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        recipe = {
+            "dataset": "queue",
+            "sources": [{"path": str(workdir / "in")}],
+            "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+            "batch_rows": 4,
+            "output": {"dest": str(workdir / name)},
+            "state": f"sqlite:///{workdir}/{name}.db",  # a flag already queued is not queued again
+        }
+        loaded = load_recipe(write_recipe(workdir, recipe, name=f"{name}.yaml"))
+        run_recipe(loaded, executor=executor)
+        queued[name] = [(item["record_id"], item["kind"]) for item in list_items(sa.create_engine(loaded.state))]
+    assert [kind for _, kind in queued["local"][:6]] == ["pii"] * 4 + ["quarantined"] * 2  # the first batch's
+    assert queued["ray"] == queued["local"]

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -369,12 +370,13 @@ class RayExecutor:
             tally.input += letter.input_records
             if letter.input_bytes:
                 on_input(letter.input_bytes)
-            for aside in letter.set_aside:
-                self._deliver_set_aside(aside, writer, tally)
             for stage, counts in letter.stats.items():
                 tally.add_stats(stage, dict(counts))
-            for flags in letter.flags:
-                if flags.num_rows:
+            # Step by step (the reader, each stage): what it set aside, then what it flagged.
+            for aside, flags in zip_longest(letter.set_aside, letter.flags):
+                if aside is not None:
+                    self._deliver_set_aside(aside, writer, tally)
+                if flags is not None and flags.num_rows:
                     tally.flags.append(flags)
             if write_rows and letter.rows.num_rows:
                 writer.write(letter.rows)
