@@ -154,3 +154,42 @@ def test_review_queue_holds_the_flags_in_the_embedded_executors_order(
         queued[name] = [(item["record_id"], item["kind"]) for item in list_items(sa.create_engine(loaded.state))]
     assert [kind for _, kind in queued["local"][:6]] == ["pii"] * 4 + ["quarantined"] * 2  # the first batch's
     assert queued["ray"] == queued["local"]
+
+
+def test_the_runs_sigterm_handler_is_armed_again_after_ray_shuts_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray.shutdown()`` puts SIGTERM's default action back in the C library, though Python still names
+    the run's handler: a SIGTERM while the run then publishes killed it outright (its staging files left,
+    its run unrecorded) instead of stopping it as on the embedded executor. (The stand-in for Ray below
+    resets the handler where Python sees it.)"""
+    import signal
+
+    from curation.executors import ray_executor
+
+    class Ray:
+        initialized = False
+
+        @classmethod
+        def is_initialized(cls) -> bool:
+            return cls.initialized
+
+        @classmethod
+        def init(cls, **_: Any) -> None:
+            cls.initialized = True
+            signal.signal(signal.SIGTERM, lambda *_: None)  # Ray's own, replaced once connected
+
+        @classmethod
+        def shutdown(cls) -> None:
+            cls.initialized = False
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def the_runs(signum: int, frame: Any) -> None:
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(ray_executor, "_ray", lambda: Ray)
+    monkeypatch.setattr(RayExecutor, "_run", lambda *_: None)
+    before = signal.signal(signal.SIGTERM, the_runs)
+    try:
+        RayExecutor().run([], [], writer=None, tally=None)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is the_runs
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -221,6 +221,11 @@ class RayExecutor:
                 console.removeFilter(quiet)
             if started:
                 ray.shutdown()
+                # Ray's shutdown puts SIGTERM's default action back (Python still names the run's handler):
+                # a SIGTERM while the run publishes would kill it outright, leaving its staging files and
+                # its run unrecorded. Set the run's handler again.
+                if handler is not None:
+                    signal.signal(signal.SIGTERM, handler)
 
     def _connect(self, ray: Any) -> bool:
         if ray.is_initialized():
