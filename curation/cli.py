@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,7 +56,7 @@ def _load(recipe_path: Path) -> Recipe:
     try:
         return load_recipe(recipe_path)
     except RecipeError as error:
-        console.print(f"[red]recipe error[/red] {error}", markup=True, highlight=False)
+        console.print(f"[red]recipe error[/red] {escape(str(error))}", markup=True, highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -132,30 +133,31 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
         if stop.published is not None:  # the signal came once the version was visible: it was recorded
             console.print(
-                f"[red]stopped[/red] by {name} after publishing {stop.published.version_uri}", highlight=False
+                f"[red]stopped[/red] by {name} after publishing {escape(str(stop.published.version_uri))}",
+                highlight=False,
             )
         else:
             console.print(f"[red]stopped[/red] by {name}, nothing published", highlight=False)
         return 128 + signum
     except RunLocked as error:
-        console.print(f"[red]not started[/red]: {error}", highlight=False)
+        console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
-        console.print(f"[red]recipe error[/red], nothing published: {error}", highlight=False)
+        console.print(f"[red]recipe error[/red], nothing published: {escape(str(error))}", highlight=False)
         return EXIT_USAGE
     except SQLAlchemyError as error:
-        console.print(f"[red]state store error[/red], nothing published: {state_problem(recipe.state, error)}")
+        console.print(f"[red]state store error[/red], nothing published: {escape(state_problem(recipe.state, error))}")
         return EXIT_FAILED
     except (OSError, AccountingError, StageError, ValueError) as error:
-        console.print(f"[red]run failed[/red], nothing published: {error}", highlight=False)
+        console.print(f"[red]run failed[/red], nothing published: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     if result.manifest is None:  # a scheduled run that found nothing new: not a failure
         out.print(result.message, highlight=False)
         return EXIT_OK
     out.print(summary_table(result.manifest, pieces=recipe.output.chunk_chars is not None))
     # Paths are printed whole (soft wrap), so a script or a terminal can copy them.
-    out.print(f"published [bold]{result.version_uri}[/bold]", highlight=False, soft_wrap=True)
-    out.print(f"data-quality report: {result.version_uri}/report.html", highlight=False, soft_wrap=True)
+    out.print(f"published [bold]{escape(str(result.version_uri))}[/bold]", highlight=False, soft_wrap=True)
+    out.print(f"data-quality report: {escape(str(result.version_uri))}/report.html", highlight=False, soft_wrap=True)
     if result.manifest.carried_from is not None:
         done = result.manifest
         replaced = done.stats.get("carry", {}).get("replaced", 0)
@@ -212,20 +214,21 @@ def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> No
             getattr(source, "probe", lambda: None)()  # a database: reachable, its table or query runs
         stages = [stage.name for stage in build_stages(loaded)]
     except SQLAlchemyError as error:
-        console.print(f"[red]state store error[/red] {state_problem(loaded.state, error)}", highlight=False)
+        console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     except (OSError, ValueError) as error:
-        console.print(f"[red]recipe error[/red] {recipe}: {error}", highlight=False)
+        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(str(error))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     out.print(
-        f"[green]ok[/green] {recipe}: dataset {loaded.dataset}, {len(inputs)} input(s), stages: {' → '.join(stages)}"
+        f"[green]ok[/green] {escape(str(recipe))}: dataset {loaded.dataset}, {len(inputs)} input(s), "
+        f"stages: {' → '.join(stages)}"
     )
     for entry in inputs[:SHOWN_INPUTS]:
         size = f"{entry.size:,} bytes" if entry.size is not None else "size unknown"
-        out.print(f"  {entry.uri} ({size})", highlight=False)
+        out.print(f"  {escape(entry.uri)} ({size})", highlight=False)
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
-    out.print(f"publishes {loaded.output.format} to {loaded.output.dest}", highlight=False)
+    out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False)
 
 
 SHOWN_INPUTS = 20
@@ -252,7 +255,10 @@ def demo(
 
     _configure_logging(log_level)
     recipe_path = write_demo(folder, rows)
-    out.print(f"demo input and recipe in [bold]{folder}[/bold]; running {recipe_path}", highlight=False)
+    out.print(
+        f"demo input and recipe in [bold]{escape(str(folder))}[/bold]; running {escape(str(recipe_path))}",
+        highlight=False,
+    )
     raise typer.Exit(execute(_load(recipe_path), full_refresh=True))  # the demo starts over each time
 
 

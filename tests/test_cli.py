@@ -332,3 +332,35 @@ def test_a_sigterm_whose_exception_python_swallowed_still_stops_the_run(
     with pytest.raises(pipeline.Stopped):
         run_recipe(load_recipe(write_recipe(tmp_path, spec)))
     assert not (tmp_path / "output" / "faq" / "v1").exists()
+
+
+def test_messages_show_brackets_in_paths_and_errors_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal's markup does not eat a ``[word]`` of a message (a folder name, an install hint), nor
+    fail on a ``[/word]``: the message names the file as it is."""
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.executors import ray_executor
+
+    runner = CliRunner()
+    for folder in ("[raw]", "[/raw]"):
+        recipe = {
+            "dataset": "brackets",
+            "sources": [{"path": f"{folder}/missing.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+            "output": {"dest": str(tmp_path / "out")},
+        }
+        result = runner.invoke(app, ["run", str(write_recipe(tmp_path, recipe)), "--quiet"])
+        assert result.exit_code == 1, result.output
+        assert f"{tmp_path}/{folder}/missing.jsonl: no input files match" in result.output
+
+    def no_ray() -> None:
+        raise ray_executor.RayUnavailable(
+            "engine 'ray' needs Ray Data: install the ray extra (pip install 'curation[ray]')"
+        )
+
+    monkeypatch.setattr(ray_executor, "_ray", no_ray)
+    write_jsonl(tmp_path / "in.jsonl", [{"q": "question", "a": "answer"}])
+    recipe = {**recipe, "sources": [{"path": "in.jsonl"}], "engine": "ray"}
+    result = runner.invoke(app, ["run", str(write_recipe(tmp_path, recipe)), "--quiet"])
+    assert "pip install 'curation[ray]'" in result.output

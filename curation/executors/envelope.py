@@ -8,11 +8,15 @@ record's fate, and tables whose columns differ from batch to batch never need on
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import pickle
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import zip_longest
+from typing import Any
 
 import pyarrow as pa
 
@@ -34,6 +38,10 @@ ENVELOPE_SCHEMA = pa.schema(
         # What a read task's source took ({"task", "pending", "reread", "replaced"}, JSON): a worker's
         # copy of the source records it (a SQL cursor's highest value, VQA rows), the driver commits it.
         pa.field("watermark", pa.string()),
+        # Rows set aside and flags per step (the reader, then each stage), in order ([[rows, flags], ...],
+        # JSON): the driver hands each step's set-aside rows on before its flags, as the embedded
+        # executor does, so the review queue holds the items in the same order.
+        pa.field("steps", pa.string()),
     ]
 )
 
@@ -51,7 +59,8 @@ def unpack(data: bytes) -> pa.Table:
 
 @dataclass
 class Letter:
-    """One envelope row, unpacked."""
+    """One envelope row, unpacked. ``set_aside[i]`` and ``flags[i]`` are what step ``i`` (the reader, a
+    stage) set aside and flagged."""
 
     rows: pa.Table
     set_aside: list[pa.Table] = field(default_factory=list)
@@ -62,18 +71,27 @@ class Letter:
     error: BaseException | None = None
     watermark: str | None = None
 
+    def add_step(self, set_aside: pa.Table, flags: pa.Table) -> None:
+        """What one more step set aside and flagged (the lists are made as long as each other first)."""
+        self.flags += [FLAG_SCHEMA.empty_table()] * (len(self.set_aside) - len(self.flags))
+        self.set_aside += [SET_ASIDE_SCHEMA.empty_table()] * (len(self.flags) - len(self.set_aside))
+        self.set_aside.append(set_aside)
+        self.flags.append(flags)
+
     def seal(self) -> dict[str, object]:
-        aside = pa.concat_tables(self.set_aside) if self.set_aside else SET_ASIDE_SCHEMA.empty_table()
-        flags = pa.concat_tables(self.flags) if self.flags else FLAG_SCHEMA.empty_table()
+        aside = pa.concat_tables([SET_ASIDE_SCHEMA.empty_table()] + [t.cast(SET_ASIDE_SCHEMA) for t in self.set_aside])
+        flags = pa.concat_tables([FLAG_SCHEMA.empty_table()] + [t.cast(FLAG_SCHEMA) for t in self.flags])
+        steps = [[t.num_rows if t is not None else 0 for t in step] for step in zip_longest(self.set_aside, self.flags)]
         return {
             "rows": pack(self.rows),
-            "set_aside": pack(aside.cast(SET_ASIDE_SCHEMA)),
-            "flags": pack(flags.cast(FLAG_SCHEMA)),
+            "set_aside": pack(aside),
+            "flags": pack(flags),
             "stats": json.dumps({stage: dict(counter) for stage, counter in self.stats.items()}),
             "input_records": self.input_records,
             "input_bytes": self.input_bytes,
             "error": pickle.dumps(self.error) if self.error is not None else None,
             "watermark": self.watermark,
+            "steps": json.dumps(steps),
         }
 
 
@@ -81,15 +99,21 @@ def seal_all(letters: list[Letter]) -> pa.Table:
     return pa.Table.from_pylist([letter.seal() for letter in letters], schema=ENVELOPE_SCHEMA)
 
 
+def _by_step(table: pa.Table, counts: list[int]) -> list[pa.Table]:
+    starts = [sum(counts[:index]) for index in range(len(counts))]
+    return [table.slice(start, count) for start, count in zip(starts, counts, strict=True)]
+
+
 def open_all(envelopes: pa.Table) -> list[Letter]:
     letters = []
     for row in envelopes.to_pylist():
         stats = {stage: Counter(counts) for stage, counts in json.loads(row["stats"]).items()}
+        steps = json.loads(row["steps"] or "[]")
         letters.append(
             Letter(
                 rows=unpack(row["rows"]),
-                set_aside=[unpack(row["set_aside"])],
-                flags=[unpack(row["flags"])],
+                set_aside=_by_step(unpack(row["set_aside"]), [aside for aside, _ in steps]),
+                flags=_by_step(unpack(row["flags"]), [flags for _, flags in steps]),
                 stats=stats,
                 input_records=row["input_records"],
                 input_bytes=row["input_bytes"],
@@ -106,6 +130,43 @@ PROJECT_PACKAGES = ("curation.", "schemas.", "connectors.", "train.")
 def is_project_error(error: BaseException) -> bool:
     """Errors the project raises on purpose (with a message for the user), not bugs."""
     return type(error).__module__.startswith(PROJECT_PACKAGES) or isinstance(error, OSError)
+
+
+class CarriedError(Exception):
+    """A project error raised in a Ray task outside an envelope (a global stage's steps at a barrier),
+    pickled as its first argument. Ray appends its retry notes to the message of an exception that
+    leaves a task, and logs the task's traceback; the driver finds this one (``unwrap``) and raises the
+    original, as it was raised."""
+
+    def original(self) -> BaseException:
+        return pickle.loads(self.args[0])
+
+
+def carried(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (a Ray Data UDF returning or yielding tables) with its project errors carried."""
+    if inspect.isgeneratorfunction(function):
+
+        @functools.wraps(function)
+        def generating(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as error:
+                if not is_project_error(error):
+                    raise
+                raise CarriedError(pickle.dumps(error)) from None
+
+        return generating
+
+    @functools.wraps(function)
+    def returning(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            if not is_project_error(error):
+                raise
+            raise CarriedError(pickle.dumps(error)) from None
+
+    return returning
 
 
 def carrying_errors(make: Callable[[], pa.Table]) -> pa.Table:
@@ -132,12 +193,10 @@ def apply_stages(letter: Letter, stages: list[Stage]) -> Letter:
                 f"stage {stage.name} took {batch.num_rows} records and returned "
                 f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
             )
-        if result.set_aside.num_rows:
-            letter.set_aside.append(result.set_aside)
+        if result.set_aside.num_rows or result.flags.num_rows:
+            letter.add_step(result.set_aside, result.flags)
         if result.stats:
             letter.stats.setdefault(stage.name, Counter()).update(result.stats)
-        if result.flags.num_rows:
-            letter.flags.append(result.flags)
         batch = result.kept
     letter.rows = batch
     return letter

@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.executors.envelope import ENVELOPE_SCHEMA, unpack
+from curation.executors.envelope import ENVELOPE_SCHEMA, carried, unpack
 from curation.stages.base import DuplicateStage, GlobalStage
 from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, set_aside_for_clusters
 from schemas.records import empty_set_aside
@@ -24,6 +24,7 @@ from schemas.records import empty_set_aside
 KEY = "_key"  # the exploded key column; a name no signature uses
 
 
+@carried
 def signatures_of(envelopes: pa.Table, stage: GlobalStage) -> Iterator[pa.Table]:
     """Per block of envelopes: the stage's signature rows of every kept row."""
     for data in envelopes["rows"].to_pylist():
@@ -32,6 +33,7 @@ def signatures_of(envelopes: pa.Table, stage: GlobalStage) -> Iterator[pa.Table]
             yield stage.signatures(rows)
 
 
+@carried
 def explode_keys(signatures: pa.Table) -> pa.Table:
     """One row per (key, signature row): the rows a shuffle on ``KEY`` brings together."""
     keys = signatures["keys"].combine_chunks()
@@ -40,6 +42,7 @@ def explode_keys(signatures: pa.Table) -> pa.Table:
     return exploded.append_column(KEY, pc.list_flatten(keys).cast(pa.uint64()))
 
 
+@carried
 def pairs_in_partition(rows: pa.Table, stage: DuplicateStage) -> pa.Table:
     """The stage's confirmed pairs in one shuffle partition, which holds every row of its keys.
 
@@ -71,10 +74,12 @@ def shuffle_by_key(exploded):
     return exploded.sort(KEY)
 
 
+@carried
 def members_of(signatures: pa.Table, ids: pa.Array) -> pa.Table:
     return signatures.filter(pc.is_in(signatures["id"], value_set=ids)).select(["id", "source"])
 
 
+@carried
 def drop_rows(envelopes: pa.Table, drop: pa.Array, stage: Any = None) -> pa.Table:
     """The envelopes' kept rows less the ids set aside; side outputs were already handed over. A
     cross-run ``stage`` gives the kept rows their signatures to carry to the recorder."""
@@ -134,10 +139,12 @@ def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
     return stage.relabel(aside) if hasattr(stage, "relabel") else aside
 
 
+@carried
 def with_ids(table: pa.Table, ids: pa.Array) -> pa.Table:
     return table.filter(pc.is_in(table["id"], value_set=ids))
 
 
+@carried
 def rows_with_ids(envelopes: pa.Table, ids: pa.Array) -> Iterator[pa.Table]:
     """The kept rows of these envelopes whose id is one of ``ids``."""
     for data in envelopes["rows"].to_pylist():

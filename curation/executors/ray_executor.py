@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,15 @@ import pyarrow as pa
 
 from connectors.base import Source
 from connectors.state import ListedFiles
-from curation.executors.envelope import Letter, apply_stages, carrying_errors, is_project_error, open_all, seal_all
+from curation.executors.envelope import (
+    CarriedError,
+    Letter,
+    apply_stages,
+    carrying_errors,
+    is_project_error,
+    open_all,
+    seal_all,
+)
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.writer import DatasetWriter
 
@@ -152,10 +162,20 @@ def unwrap(error: BaseException) -> BaseException | None:
         seen.add(id(current))
         cause = getattr(current, "cause", None)
         is_wrapper = type(current).__module__.startswith("ray.")
+        if not is_wrapper and isinstance(current, CarriedError):  # from a task outside an envelope
+            return current.original()
         if not is_wrapper and is_project_error(current):
             return current
         pending += [cause, current.__cause__, current.__context__]
     return None
+
+
+class ProjectErrorsUnlogged(logging.Filter):
+    """Leaves out Ray Data's records about a failed task while the error it handles is a project error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return error is None or unwrap(error) is None
 
 
 class RayExecutor:
@@ -181,9 +201,14 @@ class RayExecutor:
         try:
             started = self._connect(ray)
         finally:
-            for signum, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(signum, handler)
+            self._restore(handlers)
+        # Ray Data prints the traceback of a task that failed (at a barrier: the envelopes carry the
+        # other errors); a project error is raised below as the embedded executor raises it, its
+        # message alone. Ray's console handlers leave those records out; its log file keeps them.
+        quiet = ProjectErrorsUnlogged()
+        consoles = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+        for console in consoles:
+            console.addFilter(quiet)
         try:
             self._run(ray, sources, stages, writer, tally, on_input)
         except Exception as error:
@@ -192,8 +217,20 @@ class RayExecutor:
                 raise
             raise type(found)(*found.args) from None
         finally:
+            for console in consoles:
+                console.removeFilter(quiet)
             if started:
                 ray.shutdown()
+                # Ray's shutdown puts SIGTERM's default action back (Python still names the run's handler):
+                # a SIGTERM while the run publishes would kill it outright, leaving its staging files and
+                # its run unrecorded. Set the run's handlers again.
+                self._restore(handlers)
+
+    @staticmethod
+    def _restore(handlers: dict[int, Any]) -> None:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
     def _connect(self, ray: Any) -> bool:
         if ray.is_initialized():
@@ -343,12 +380,13 @@ class RayExecutor:
             tally.input += letter.input_records
             if letter.input_bytes:
                 on_input(letter.input_bytes)
-            for aside in letter.set_aside:
-                self._deliver_set_aside(aside, writer, tally)
             for stage, counts in letter.stats.items():
                 tally.add_stats(stage, dict(counts))
-            for flags in letter.flags:
-                if flags.num_rows:
+            # Step by step (the reader, each stage): what it set aside, then what it flagged.
+            for aside, flags in zip_longest(letter.set_aside, letter.flags):
+                if aside is not None:
+                    self._deliver_set_aside(aside, writer, tally)
+                if flags is not None and flags.num_rows:
                     tally.flags.append(flags)
             if write_rows and letter.rows.num_rows:
                 writer.write(letter.rows)

@@ -84,9 +84,10 @@ class LengthFilter:
 def _detector() -> Callable[[str], list[tuple[str, float]]]:
     from langdetect import DetectorFactory, LangDetectException, detect_langs
 
-    DetectorFactory.seed = 0  # langdetect samples at random: a fixed seed makes runs repeatable
-
     def detect(text: str) -> list[tuple[str, float]]:
+        # langdetect samples at random: a fixed seed makes runs repeatable. Set here, in the process that
+        # detects: a Ray worker unpickles this function into a process where langdetect's seed is unset.
+        DetectorFactory.seed = 0
         try:
             return [(guess.lang, guess.prob) for guess in detect_langs(text)]
         except LangDetectException:  # no letters to go on

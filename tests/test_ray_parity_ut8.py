@@ -1,0 +1,195 @@
+"""More recipes the Ray executor must run as the embedded one does: the same records, the same errors."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import sqlalchemy as sa
+
+from curation import pipeline
+from curation.executors.ray_executor import RayExecutor
+from curation.pipeline import LocalExecutor, run_recipe
+from curation.review.queue import list_items
+from curation.stages.base import StageResult
+from schemas.config import load_recipe
+from schemas.records import FLAG_SCHEMA, set_aside_rows
+from tests.helpers import write_jsonl, write_recipe
+from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
+
+ray = pytest.importorskip("ray")
+
+
+def test_language_filter_decides_as_on_the_embedded_executor(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    # Short texts of a few English words: langdetect's guesses for them move with its random sampling,
+    # so only a fixed seed in the process that detects gives both executors the same verdicts.
+    rng = random.Random(1)
+    words = [
+        "account",
+        "card",
+        "payment",
+        "refund",
+        "travel",
+        "notice",
+        "settings",
+        "security",
+        "password",
+        "reset",
+        "branch",
+        "loan",
+        "rate",
+    ]
+    rows = [{"q": " ".join(rng.choice(words) for _ in range(rng.randint(3, 8))), "a": "Done."} for _ in range(200)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    recipe = {
+        "dataset": "langs",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "stages": [{"type": "language_filter", "languages": ["en"], "min_confidence": 0.8}],
+        "batch_rows": 50,
+        "output": {"dest": str(workdir / "out")},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+    assert 0 < expected["counts"]["filtered"] < 200
+    assert actual["set_aside"] == expected["set_aside"]
+    assert actual["stats"] == expected["stats"]
+    assert actual["shards"] == expected["shards"]
+
+
+def test_a_dedup_setting_the_records_cannot_meet_is_the_same_recipe_error_on_ray(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A dedup stage's signatures are computed in Ray tasks outside the envelopes: a recipe error there
+    comes back as the embedded executor says it, with no Ray notes or traceback."""
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"question {i}", "a": "answer"} for i in range(30)])
+    outputs = {}
+    for engine in ("local", "ray"):
+        recipe = {
+            "dataset": "fields",
+            "sources": [{"path": str(workdir / "in")}],
+            "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+            # A column the split carries, so the recipe cannot tell at load that no record has it.
+            "stages": [{"type": "near_dedup", "fields": ["customer"]}],
+            "output": {"dest": str(workdir / engine), "group_by": "customer"},
+        }
+        path = write_recipe(workdir, recipe, name=f"{engine}.yaml")
+        capfd.readouterr()
+        result = CliRunner().invoke(app, ["run", str(path), "--engine", engine, "--quiet"])
+        printed = capfd.readouterr()
+        shown = printed.out + printed.err + result.output
+        assert "Traceback" not in shown and "Failed to apply" not in shown  # Ray's notes on a failed task
+        outputs[engine] = (result.exit_code, result.output.splitlines()[-1])  # Ray warns of progress bars first
+    assert outputs["local"][0] == 2 and "near_dedup fields: ['customer'] are not columns" in outputs["local"][1]
+    assert outputs["ray"] == outputs["local"]
+    assert not (workdir / "ray" / "fields" / "v1").exists()
+
+
+class Flagging:
+    """Flags every record for review (as the PII stage flags uncertain detections)."""
+
+    name = "flagging"
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        flags = pa.table(
+            {
+                "id": batch["id"],
+                "source": batch["source"],
+                "stage": pa.array([self.name] * batch.num_rows, pa.string()),
+                "kind": pa.array(["pii"] * batch.num_rows, pa.string()),
+                "detail": pa.array(["uncertain"] * batch.num_rows, pa.string()),
+                "payload": pa.array(["{}"] * batch.num_rows, pa.string()),
+            },
+            schema=FLAG_SCHEMA,
+        )
+        return StageResult(kept=batch, flags=flags)
+
+
+class QuarantiningEvens:
+    """Quarantines every other record (as an expectation after the PII stage does): each is queued too."""
+
+    name = "quarantining"
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        keep = pa.array([n % 2 == 1 for n in range(batch.num_rows)])
+        out = batch.filter(pc.invert(keep))
+        aside = set_aside_rows(out["id"], out["source"], self.name, "quarantined", "even")
+        return StageResult(kept=batch.filter(keep), set_aside=aside)
+
+
+def test_review_queue_holds_the_flags_in_the_embedded_executors_order(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stage's flags come before those of a later stage that quarantines records of the same batch, as
+    the embedded executor queues them: the review page lists the items in that order."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"question {i}", "a": "answer"} for i in range(12)])
+    build = pipeline.build_stages
+    monkeypatch.setattr(
+        pipeline, "build_stages", lambda recipe, *more: [*build(recipe, *more), Flagging(), QuarantiningEvens()]
+    )
+    queued = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        recipe = {
+            "dataset": "queue",
+            "sources": [{"path": str(workdir / "in")}],
+            "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+            "batch_rows": 4,
+            "output": {"dest": str(workdir / name)},
+            "state": f"sqlite:///{workdir}/{name}.db",  # a flag already queued is not queued again
+        }
+        loaded = load_recipe(write_recipe(workdir, recipe, name=f"{name}.yaml"))
+        run_recipe(loaded, executor=executor)
+        queued[name] = [(item["record_id"], item["kind"]) for item in list_items(sa.create_engine(loaded.state))]
+    assert [kind for _, kind in queued["local"][:6]] == ["pii"] * 4 + ["quarantined"] * 2  # the first batch's
+    assert queued["ray"] == queued["local"]
+
+
+def test_the_runs_sigterm_handler_is_armed_again_after_ray_shuts_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray.shutdown()`` puts SIGTERM's default action back in the C library, though Python still names
+    the run's handler: a SIGTERM while the run then publishes killed it outright (its staging files left,
+    its run unrecorded) instead of stopping it as on the embedded executor. (The stand-in for Ray below
+    resets the handler where Python sees it.)"""
+    import signal
+
+    from curation.executors import ray_executor
+
+    class Ray:
+        initialized = False
+
+        @classmethod
+        def is_initialized(cls) -> bool:
+            return cls.initialized
+
+        @classmethod
+        def init(cls, **_: Any) -> None:
+            cls.initialized = True
+            signal.signal(signal.SIGTERM, lambda *_: None)  # Ray's own, replaced once connected
+
+        @classmethod
+        def shutdown(cls) -> None:
+            cls.initialized = False
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def the_runs(signum: int, frame: Any) -> None:
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(ray_executor, "_ray", lambda: Ray)
+    monkeypatch.setattr(RayExecutor, "_run", lambda *_: None)
+    before = signal.signal(signal.SIGTERM, the_runs)
+    try:
+        RayExecutor().run([], [], writer=None, tally=None)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) is the_runs
+    finally:
+        signal.signal(signal.SIGTERM, before)
