@@ -193,6 +193,35 @@ def test_cross_run_dedup_and_review_flags_are_the_same_on_ray(workdir: Path, loc
     assert actual == expected
 
 
+def test_the_signature_index_is_written_on_the_driver(
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers on other nodes would write a SQLite state store of their own, and the signatures would
+    # be lost to later runs: they are stored where the writer is. (Workers import the module afresh,
+    # so this patch sees only what the driver stores.)
+    from curation.stages.dedup_index import SignatureIndex
+
+    stored: list[str] = []
+    stage_pending = SignatureIndex.stage_pending
+
+    def noted(self: SignatureIndex, stage: str, params: str, signatures: pa.Table) -> None:
+        stored.extend(signatures["id"].to_pylist())
+        stage_pending(self, stage, params, signatures)
+
+    monkeypatch.setattr(SignatureIndex, "stage_pending", noted)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"Question {n}?", "a": "Yes."} for n in range(60)])
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "batch_rows": 16,
+        "output": {"dest": str(workdir / "out")},
+    }
+    result = run_recipe(load_recipe(write_recipe(workdir, recipe)), executor=RayExecutor())
+    assert sorted(stored) == sorted(row["id"] for row in read_lines(sorted(Path(result.version_uri).glob("lineage/*"))))
+    assert result.manifest.counts.written == 60
+
+
 def words(text: str) -> set[str]:
     return set(text.lower().split())
 

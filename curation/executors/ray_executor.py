@@ -37,6 +37,7 @@ from curation.executors.envelope import (
     seal_all,
 )
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
+from curation.stages.dedup_index import SignatureRecorder
 from curation.writer import DatasetWriter
 
 log = logging.getLogger("curation.ray")
@@ -184,6 +185,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
         self.address = address
         self.workers = workers  # CPUs of a local instance, and the size of a model stage's actor pool
+        self._recorders: list[SignatureRecorder] = []  # run on this driver, before the writer
 
     def run(
         self,
@@ -284,6 +286,10 @@ class RayExecutor:
             from ray.data.context import ShuffleStrategy
 
             context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        # The signature index is written where the writer is, on this driver: from the workers, a state
+        # store that is a file (SQLite) would be each node's own, and the signatures lost to later runs.
+        self._recorders = [stage for stage in stages if isinstance(stage, SignatureRecorder)]
+        stages = [stage for stage in stages if not isinstance(stage, SignatureRecorder)]
         check_shippable(stages)
         parts = split_sources(sources)
         if not parts:
@@ -389,6 +395,9 @@ class RayExecutor:
                 if flags is not None and flags.num_rows:
                     tally.flags.append(flags)
             if write_rows and letter.rows.num_rows:
-                writer.write(letter.rows)
+                rows = letter.rows
+                for recorder in self._recorders:
+                    rows = recorder(rows).kept
+                writer.write(rows)
                 tally.written += letter.rows.num_rows
                 tally.count_inputs(letter.rows)
