@@ -88,18 +88,12 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
     return table
 
 
-def _stop(signum: int, _frame: object) -> None:
-    from curation.pipeline import Stopped, stop_signals
-
-    stop_signals.append(signum)  # should this exception be swallowed, the run still sees the signal
-    raise Stopped(signum)
-
-
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import RunLocked
-    from curation.pipeline import STOP_SIGNALS, AccountingError, Stopped, run_recipe
+    from curation.pipeline import AccountingError, run_recipe
     from curation.stages.base import StageError
+    from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -118,7 +112,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         progress.update(task, description=f"curating {recipe.dataset}: {records:,} records written")
 
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop)
+        signal.signal(signum, on_stop_signal)
     try:
         with progress:
             result = run_recipe(

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from curation.stopping import raise_if_stopped, stops_deferred
+
 if TYPE_CHECKING:  # presidio and spaCy load in ~2 s: imported only when a recipe has a pii stage
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngine
@@ -267,8 +269,10 @@ _HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _worker_signals() -> None:
-    """A pool worker dies on SIGTERM (how the pool stops it), whatever handler the parent had."""
+    """A pool worker dies on SIGTERM (how the pool stops it), whatever handler the parent had, and
+    leaves ^C (a terminal sends it to every process of the job) to the parent, which stops the pool."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)  # forked with the parent's held mask
 
 
@@ -326,12 +330,18 @@ class PiiAnalyzer:
         # Objects the collector would visit in a child are copied page by page (copy-on-write):
         # frozen, the parent's objects (the model's vocabulary, presidio's regexes) stay shared.
         gc.freeze()
+        # Blocked in this thread, a stop signal waits for the workers to set their own handlers (each
+        # is forked with this mask); deferred, a Stopped is not raised between two forks, which would
+        # leave the workers forked so far running for good. It is raised once the pool exists.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
+            with stops_deferred():
+                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
             # Leaving the block terminates the workers: a failed chunk or a stopped run (SIGTERM, ^C)
             # does not wait for the chunks still queued, and leaves no worker behind.
-            with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals) as pool:
+            with pool:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held meanwhile is raised here
+                raise_if_stopped()
                 results = pool.imap(_analyze_chunk, chunks)
                 for offset in range(0, len(texts), size):
                     try:

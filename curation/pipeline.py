@@ -47,6 +47,7 @@ from curation.stages.review import ReviewDecisions
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
+from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
 from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates
 from schemas.config import (
     DocumentsSource,
@@ -583,31 +584,6 @@ def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> p
         },
         schema=FLAG_SCHEMA,
     )
-
-
-class Stopped(BaseException):
-    """SIGTERM (how cron, Airflow and Kubernetes stop a task) or ^C, raised in the main thread so the run
-    unwinds as on any failure (its staging files removed, PII workers ended, the run marked failed).
-    ``published``: the run's result when the signal came once its version was visible."""
-
-    def __init__(self, signum: int, published: RunResult | None = None) -> None:
-        super().__init__(signum)
-        self.published = published
-
-
-# Signals the CLI's handler raised ``Stopped`` on. A handler runs wherever the main thread is, and
-# Python ignores an exception raised in some places (an at-fork hook: the PII pool holds signals while
-# it forks, but a library may fork too): the run looks here between stages, so such a signal still
-# stops it.
-stop_signals: list[int] = []
-
-
-def raise_if_stopped() -> None:
-    if stop_signals:
-        raise Stopped(stop_signals[0])
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # how schedulers stop a task, and ^C
 
 
 class HeldStops:

@@ -202,6 +202,7 @@ def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a job in a terminal
     )
     workers: list[int] = []
     deadline = time.monotonic() + 90
@@ -210,7 +211,10 @@ def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str
         children = Path(f"/proc/{run.pid}/task/{run.pid}/children")
         workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
     assert workers, "the PII stage's worker pool never started"
-    run.send_signal(signal.Signals[stop])
+    if stop == "SIGINT":
+        os.killpg(run.pid, signal.SIGINT)  # a terminal's ^C reaches every process of the job, workers too
+    else:
+        run.send_signal(signal.SIGTERM)  # a scheduler stops the process it started
     stdout, stderr = run.communicate(timeout=60)
     assert run.returncode == 128 + signal.Signals[stop], stdout + stderr
     assert f"stopped by {said}, nothing published" in " ".join((stdout + stderr).split())
@@ -230,8 +234,8 @@ def test_sigterm_once_the_version_is_visible_is_held_until_the_run_has_recorded_
     import signal
 
     from connectors.state import Watermarks
-    from curation.cli import _stop
     from curation.pipeline import Stopped, run_recipe
+    from curation.stopping import on_stop_signal as _stop
     from schemas.config import load_recipe
 
     write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
@@ -312,6 +316,7 @@ def test_a_sigterm_whose_exception_python_swallowed_still_stops_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import curation.pipeline as pipeline
+    import curation.stopping as stopping
     from curation.stages.shape import Shape
 
     write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])
@@ -325,7 +330,7 @@ def test_a_sigterm_whose_exception_python_swallowed_still_stops_the_run(
     def signalled_meanwhile(self: Shape, batch: Any) -> Any:
         # What the CLI's handler leaves when its Stopped is raised where Python ignores exceptions
         # (an at-fork hook, as the PII stage's pool forks): the signal noted, the run going on.
-        monkeypatch.setattr(pipeline, "stop_signals", [signal.SIGTERM])
+        monkeypatch.setattr(stopping, "stop_signals", [signal.SIGTERM])
         return shape(self, batch)
 
     monkeypatch.setattr(Shape, "__call__", signalled_meanwhile)

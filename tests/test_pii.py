@@ -108,17 +108,47 @@ os.register_at_fork(
 )
 
 
+def test_a_stop_between_two_forks_of_the_pool_leaves_no_worker_behind(
+    corpus: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocked in the main thread, SIGTERM goes to another thread, and Python runs the handler in the
+    # main thread all the same: here, right after the pool's first worker started.
+    from multiprocessing.process import BaseProcess
+
+    import curation.stopping as stopping
+
+    pii = stage()
+    pii.analyzer.workers = 2
+    monkeypatch.setattr(stopping, "stop_signals", [])
+    start, armed = BaseProcess.start, [signal.SIGTERM]
+
+    def start_then_signal(self: BaseProcess) -> None:
+        start(self)
+        if armed:
+            stopping.on_stop_signal(armed.pop(), None)
+
+    monkeypatch.setattr(BaseProcess, "start", start_then_signal)
+    try:
+        with pytest.raises(stopping.Stopped):
+            pii.analyzer.analyze([doc.text for doc in corpus] * 2, 0.3)
+        assert multiprocessing.active_children() == []  # the pool was made whole, then terminated
+    finally:
+        for child in multiprocessing.active_children():
+            child.kill()
+
+
 def test_a_sigterm_as_the_pool_forks_stops_the_analysis_where_it_can_be_raised(
     corpus: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import curation.pipeline as pipeline
-    from curation.cli import _stop
+    import curation.stopping as stopping
+    from curation.stopping import on_stop_signal as _stop
 
     pii = stage()
     pii.analyzer.workers = 2
     swallowed: list[BaseException | None] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: swallowed.append(unraisable.exc_value))
-    monkeypatch.setattr(pipeline, "stop_signals", [])
+    monkeypatch.setattr(stopping, "stop_signals", [])
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         _signal_as_the_pool_forks.append(signal.SIGTERM)
