@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers import outputs, run, set_aside, write_jsonl
+
+
+def qa_recipe(file: str, prompt: str = "q", completion: str = "a", **more: Any) -> dict[str, Any]:
+    """Instruction records from one input file; the dataset takes the file's name."""
+    return {
+        "dataset": file.split(".")[0],
+        "sources": [{"path": file}],
+        "record": {"kind": "instruction", "prompt": prompt, "completion": completion},
+        **more,
+    }
+
 
 SCHEMA = {"columns": {"description": "str", "amount": "float", "category": "str"}}
 RECORD = {
@@ -238,11 +250,7 @@ def test_a_value_that_is_not_a_string_in_a_declared_str_column_is_quarantined(wo
 
 def test_a_key_the_first_line_lacks_is_kept_when_a_bad_line_sends_the_block_line_by_line(workdir: Path) -> None:
     (workdir / "faq.jsonl").write_text('{"q": "Where is it?"}\n{"q": "When?", "a": "Tomorrow."}\n{broken\n')
-    spec = {
-        "dataset": "faq",
-        "sources": [{"path": "faq.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ a or 'unknown' }}"},
-    }
+    spec = qa_recipe("faq.jsonl", completion="{{ a or 'unknown' }}")
     result = run(workdir, spec)
     assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["Tomorrow.", "unknown"]
     assert result.manifest.counts.quarantined == 1
@@ -255,12 +263,7 @@ def test_an_integer_past_64_bits_keeps_its_digits_as_text(workdir: Path) -> None
         '{"q": "Small", "account": 42, "ref": null}\n'
         '{"q": "Mixed", "account": 1.5}\n'
     )
-    spec = {
-        "dataset": "acc",
-        "sources": [{"path": "acc.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ account }} {{ ref or '-' }}"},
-        "output": {"validation_fraction": 0},
-    }
+    spec = qa_recipe("acc.jsonl", completion="{{ account }} {{ ref or '-' }}", output={"validation_fraction": 0})
     result = run(workdir, spec)
     assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == [
         "1.5 -",
@@ -301,11 +304,7 @@ def test_a_template_that_fails_on_a_row_quarantines_that_row(workdir: Path) -> N
         {"item": "tea", "total": 4, "count": 2, "a": "ok"},
     ]
     path = write_jsonl(workdir / "tx.jsonl", rows)
-    spec = {
-        "dataset": "tx",
-        "sources": [{"path": "tx.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "{{ item }} at {{ total / count }} each", "completion": "a"},
-    }
+    spec = qa_recipe("tx.jsonl", prompt="{{ item }} at {{ total / count }} each")
     result = run(workdir, spec)
     [row] = set_aside(Path(result.version_uri))
     assert (row["reason"], row["detail"]) == ("template", f"{path}:2: prompt: template failed: division by zero")
@@ -324,11 +323,7 @@ def test_an_id_column_beside_an_input_id_column_is_refused_by_name(workdir: Path
         write_jsonl(workdir / "tx.jsonl", [{"id": 7, "input_id": "A-7", "q": "Hello?", "a": "Hi."}])
     else:
         (workdir / "tx.csv").write_text("id,input_id,q,a\n7,A-7,Hello?,Hi.\n")
-    spec = {
-        "dataset": "tx",
-        "sources": [{"path": f"tx.{suffix}"}],
-        "record": {"kind": "instruction", "prompt": "{{ input_id }}: {{ q }}", "completion": "a"},
-    }
+    spec = qa_recipe(f"tx.{suffix}", prompt="{{ input_id }}: {{ q }}")
     with pytest.raises(OSError, match=rf"tx.{suffix}: column 'id' is read as 'input_id' .* rename one of them"):
         run(workdir, spec)
 
@@ -340,11 +335,7 @@ def test_a_parquet_binary_column_that_is_not_utf8_does_not_fail_the_file(workdir
         {"q": ["Hello?", "Bye?"], "a": ["Hi.", "Bye."], "digest": pa.array([b"\xff\x00\xfe", b"ok"], pa.binary())}
     )
     pq.write_table(table, workdir / "faq.parquet")
-    spec = {
-        "dataset": "faq",
-        "sources": [{"path": "faq.parquet"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-    }
+    spec = qa_recipe("faq.parquet")
     result = run(workdir, spec)
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
     assert_adds_up(result.manifest.counts)
@@ -375,12 +366,7 @@ def test_an_object_in_a_column_of_mixed_types_reads_the_same_beside_a_malformed_
     # Read whole, the block gives the object as polars writes it; read line by line (a malformed line
     # in the block), it came with its non-ASCII text as \u escapes: "caf\u00e9".
     lines = ['{"q": "a", "meta": {"city": "Zürich 日本", "n": 1}}', '{"q": "b", "meta": "plain"}']
-    spec = {
-        "dataset": "faq",
-        "sources": [{"path": "faq.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "meta"},
-        "output": {"validation_fraction": 0},
-    }
+    spec = qa_recipe("faq.jsonl", completion="meta", output={"validation_fraction": 0})
     published = []
     for extra in ([], ["{broken"]):
         (workdir / "faq.jsonl").write_text("\n".join(lines + extra) + "\n")
@@ -394,11 +380,7 @@ def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Pat
     deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"
     path = workdir / "faq.jsonl"
     path.write_text('{"q": "Where?", "a": "Here."}\n' + deep + "\n")
-    spec = {
-        "dataset": "faq",
-        "sources": [{"path": "faq.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-    }
+    spec = qa_recipe("faq.jsonl")
     result = run(workdir, spec)
     [row] = set_aside(Path(result.version_uri))
     assert (row["reason"], row["detail"]) == ("malformed_json", f"{path}:2: malformed JSON: nested too deeply to read")
@@ -409,11 +391,7 @@ def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Pat
 def test_json_lines_that_end_in_cr_alone_are_one_record_each(workdir: Path) -> None:
     # As a CSV file's lines may (classic Mac line ends): the whole file was one malformed line.
     (workdir / "faq.jsonl").write_bytes(b'{"q": "Where?", "a": "Here."}\r{"q": "When?", "a": "Now."}\r{broken\r')
-    spec = {
-        "dataset": "faq",
-        "sources": [{"path": "faq.jsonl"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-    }
+    spec = qa_recipe("faq.jsonl")
     result = run(workdir, spec)
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["When?", "Where?"]
     assert [(row["reason"], row["source"]["line"]) for row in set_aside(Path(result.version_uri))] == [
@@ -426,11 +404,7 @@ def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(w
     # The run failed with "Invalid UTF8 payload", naming neither file nor row.
     table = pa.table({"q": pa.array([b"Hello?", b"caf\xe9?", b"Bye?"], pa.binary()), "a": ["Hi.", "Oui.", "Bye."]})
     pq.write_table(table, workdir / "faq.parquet")
-    spec = {
-        "dataset": "faq",
-        "sources": [{"path": "faq.parquet"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-    }
+    spec = qa_recipe("faq.parquet")
     result = run(workdir, spec)
     [row] = set_aside(Path(result.version_uri))
     assert (row["reason"], row["detail"]) == (
