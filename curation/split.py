@@ -122,8 +122,12 @@ class Splitter:
     def _look_up_earlier_sides(self, keys: list[str]) -> None:
         """Ask the state store once for each group key of the run it has not seen yet (records without a
         group key are groups of their own, by id: they have no earlier side)."""
-        asked = {key for key in keys if key.startswith("g\x1f") and key not in self._placed_before}
-        asked -= self._group_sides["train"] | self._group_sides["validation"]
+        train, validation = self._group_sides["train"], self._group_sides["validation"]
+        asked = {
+            key
+            for key in keys
+            if key.startswith("g\x1f") and key not in self._placed_before and key not in train and key not in validation
+        }
         if asked:
             found = self.known(sorted(asked)) if self.known is not None else {}
             self._placed_before.update(found)
