@@ -369,3 +369,32 @@ def test_messages_show_brackets_in_paths_and_errors_as_written(tmp_path: Path, m
     recipe = {**recipe, "sources": [{"path": "in.jsonl"}], "engine": "ray"}
     result = runner.invoke(app, ["run", str(write_recipe(tmp_path, recipe)), "--quiet"])
     assert "pip install 'curation[ray]'" in result.output
+
+
+@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_while_the_summary_is_printed_says_the_run_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str, code: int
+) -> None:
+    from curation import cli
+
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
+    recipe = load_recipe(
+        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
+    )
+    printing = cli.out.print
+
+    def stopped_meanwhile(*args: Any, **kwargs: Any) -> None:
+        if str(args[0]).startswith("published"):  # the run has returned: its version is visible and recorded
+            os.kill(os.getpid(), signal.Signals[stop])
+        printing(*args, **kwargs)
+
+    monkeypatch.setattr(cli.out, "print", stopped_meanwhile)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli.execute(recipe, quiet=True) == code  # not a traceback and exit 1
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    said = "^C" if stop == "SIGINT" else stop
+    assert f"stopped by {said} after publishing" in " ".join(capsys.readouterr().err.split())
+    assert run_recipe(recipe).manifest is None  # recorded: the next run finds nothing new
