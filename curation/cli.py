@@ -116,6 +116,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_stop_signal)
+    result: RunResult | None = None
     try:
         with progress:
             result = run_recipe(
@@ -125,8 +126,8 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 full_refresh=full_refresh,
                 on_written=written,
             )
-    except Stopped as stop:
-        return _stopped(stop, stop.published)
+    except Stopped as stop:  # with the run's result if it came once the run had returned (the bar closing)
+        return _stopped(stop, stop.published or result)
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
