@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from curation.review.cli import review_app
 from schemas.config import Recipe, RecipeError, load_recipe
 from schemas.manifest import Manifest
 from train.cli import app as train_app
+
+if TYPE_CHECKING:
+    from curation.pipeline import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -113,6 +116,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_stop_signal)
+    result: RunResult | None = None
     try:
         with progress:
             result = run_recipe(
@@ -122,17 +126,8 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 full_refresh=full_refresh,
                 on_written=written,
             )
-    except Stopped as stop:
-        signum = int(stop.args[0])
-        name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if stop.published is not None:  # the signal came once the version was visible: it was recorded
-            console.print(
-                f"[red]stopped[/red] by {name} after publishing {escape(str(stop.published.version_uri))}",
-                highlight=False,
-            )
-        else:
-            console.print(f"[red]stopped[/red] by {name}, nothing published", highlight=False)
-        return 128 + signum
+    except Stopped as stop:  # with the run's result if it came once the run had returned (the bar closing)
+        return _stopped(stop, stop.published or result)
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
@@ -145,6 +140,28 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
     except (OSError, AccountingError, StageError, ValueError) as error:
         console.print(f"[red]run failed[/red], nothing published: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
+    try:
+        return _report(result, recipe)
+    except Stopped as stop:  # the signal came while the summary was printed: the run had published
+        return _stopped(stop, result)
+
+
+def _stopped(stop: BaseException, published: RunResult | None) -> int:
+    """Say what a run stopped by SIGTERM or ^C published (``published``: its result, once its version was
+    visible), and the exit code."""
+    signum = int(stop.args[0])
+    name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
+    if published is not None and published.version_uri is not None:  # visible, and recorded
+        console.print(
+            f"[red]stopped[/red] by {name} after publishing {escape(str(published.version_uri))}", highlight=False
+        )
+    else:
+        console.print(f"[red]stopped[/red] by {name}, nothing published", highlight=False)
+    return 128 + signum
+
+
+def _report(result: RunResult, recipe: Recipe) -> int:
+    """Print what a run that ended published (or why it published nothing) and return the exit code."""
     if result.manifest is None:  # a scheduled run that found nothing new: not a failure
         out.print(result.message, highlight=False)
         return EXIT_OK

@@ -633,8 +633,15 @@ def run_recipe(
     """
     stop_signals.clear()  # a process may run several recipes (tests, a notebook)
     state = StateStore(recipe.state)
-    with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
-        return _run_locked(recipe, state, on_start, on_input, executor, full_refresh, on_written)
+    result: RunResult | None = None
+    try:
+        with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
+            result = _run_locked(recipe, state, on_start, on_input, executor, full_refresh, on_written)
+            return result
+    except Stopped as stop:  # while the lock was given back: the run had ended, and published if it says so
+        if stop.published is None and result is not None:
+            raise Stopped(int(stop.args[0]), result) from None
+        raise
 
 
 def _run_locked(
@@ -848,11 +855,11 @@ def _run_locked(
         # published before its signatures were, the next run would trust the watermarks but compare
         # with no signature of this version, and publish its content a second time.
         state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
+        log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
+        result = RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))
+        writer.clean_up()  # held too: a stop while it runs is raised below, with the result it published
     finally:
         held.release()
-    log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
-    result = RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))
-    writer.clean_up()
     if held.signals:
         raise Stopped(held.signals[0], result)
     return result

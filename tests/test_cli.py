@@ -369,3 +369,108 @@ def test_messages_show_brackets_in_paths_and_errors_as_written(tmp_path: Path, m
     recipe = {**recipe, "sources": [{"path": "in.jsonl"}], "engine": "ray"}
     result = runner.invoke(app, ["run", str(write_recipe(tmp_path, recipe)), "--quiet"])
     assert "pip install 'curation[ray]'" in result.output
+
+
+@pytest.mark.parametrize(("stop", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stop_while_the_summary_is_printed_says_the_run_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str, code: int
+) -> None:
+    import curation.stopping as stopping
+    from curation import cli
+
+    monkeypatch.setattr(stopping, "stop_signals", [])  # what the handler notes stays in this test
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
+    recipe = load_recipe(
+        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
+    )
+    printing = cli.out.print
+
+    def stopped_meanwhile(*args: Any, **kwargs: Any) -> None:
+        if str(args[0]).startswith("published"):  # the run has returned: its version is visible and recorded
+            os.kill(os.getpid(), signal.Signals[stop])
+        printing(*args, **kwargs)
+
+    monkeypatch.setattr(cli.out, "print", stopped_meanwhile)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli.execute(recipe, quiet=True) == code  # not a traceback and exit 1
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    said = "^C" if stop == "SIGINT" else stop
+    assert f"stopped by {said} after publishing" in " ".join(capsys.readouterr().err.split())
+    assert run_recipe(recipe).manifest is None  # recorded: the next run finds nothing new
+
+
+@pytest.mark.parametrize("where", ["staging removed", "lock given back"])
+def test_a_stop_once_the_run_has_recorded_its_version_says_it_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import contextlib
+
+    import curation.pipeline as pipeline
+    import curation.stopping as stopping
+    from curation.stopping import Stopped, on_stop_signal
+    from curation.writer import DatasetWriter
+
+    monkeypatch.setattr(stopping, "stop_signals", [])  # what the handler notes stays in this test
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
+    recipe = load_recipe(
+        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
+    )
+    if where == "staging removed":
+        clean_up = DatasetWriter.clean_up
+
+        def stopped_meanwhile(self: DatasetWriter) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            clean_up(self)
+
+        monkeypatch.setattr(DatasetWriter, "clean_up", stopped_meanwhile)
+    else:
+        lock = pipeline.run_lock
+
+        @contextlib.contextmanager
+        def stopped_as_it_is_given_back(*args: Any) -> Any:
+            with lock(*args):
+                yield
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(pipeline, "run_lock", stopped_as_it_is_given_back)
+    before = signal.signal(signal.SIGTERM, on_stop_signal)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            run_recipe(recipe)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    # Not "nothing published": v1 is visible and recorded (the next run finds nothing new).
+    assert stopped.value.published is not None and stopped.value.published.manifest.version == 1
+    monkeypatch.undo()
+    assert run_recipe(recipe).manifest is None
+    assert not list((tmp_path / "output" / "docs" / "_staging").glob("*"))
+
+
+def test_a_stop_as_the_progress_bar_closes_after_the_run_says_it_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import curation.stopping as stopping
+    from curation import cli
+
+    monkeypatch.setattr(stopping, "stop_signals", [])  # what the handler notes stays in this test
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
+    recipe = load_recipe(
+        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
+    )
+    close = cli.Progress.__exit__
+
+    def stopped_meanwhile(self: Any, *args: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return close(self, *args)
+
+    monkeypatch.setattr(cli.Progress, "__exit__", stopped_meanwhile)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli.execute(recipe, quiet=True) == 143
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert "stopped by SIGTERM after publishing" in " ".join(capsys.readouterr().err.split())

@@ -202,6 +202,20 @@ def test_a_shorter_detection_inside_a_place_of_a_longer_value_gives_way(monkeypa
     assert kept["prompt"][0].as_py() == "<PERSON> asked" and kept["completion"][0].as_py() == "<PERSON> called"
 
 
+@pytest.mark.parametrize("city", ["Izmir", "İzmir"])  # a dotted capital İ: lowercasing moves offsets
+def test_a_longer_name_found_again_is_redacted_whole_though_a_shorter_one_was_found_first(
+    monkeypatch: pytest.MonkeyPatch, city: str
+) -> None:
+    pii = stage()
+    # The model found "Sophie Smith" and "Sophie Smith Jones" in the prompt, nothing in the completion.
+    found = [[("PERSON", 0, 12, 0.9), ("PERSON", 17, 35, 0.9)], []]
+    monkeypatch.setattr(pii.analyzer, "analyze", lambda texts, *_: found)
+    kept = pii(
+        records(["Sophie Smith and Sophie Smith Jones"], completion=f"From {city}: Sophie Smith Jones called")
+    ).kept
+    assert kept["completion"][0].as_py() == f"From {city}: <PERSON> called"
+
+
 def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import curation.stages.pii as pii_module
 

@@ -143,6 +143,9 @@ def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
     spaced, original = _one_space(text)
     lowered = spaced.lower()
     if len(lowered) != len(spaced):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
+        # Longest first: an alternation takes the first part that matches at a place, and a shorter one
+        # ("Sophie Smith") would leave the rest of a longer one ("Sophie Smith Jones") in clear.
+        parts = sorted(parts, key=lambda part: len(" ".join(part.split())), reverse=True)
         pattern = re.compile("|".join(f"(?P<v{n}>{_pattern(part)})" for n, part in enumerate(parts)))
         for match in pattern.finditer(text):
             yield *match.span(), parts[int(str(match.lastgroup)[1:])]
