@@ -216,6 +216,21 @@ def test_a_longer_name_found_again_is_redacted_whole_though_a_shorter_one_was_fo
     assert kept["completion"][0].as_py() == f"From {city}: <PERSON> called"
 
 
+def test_detections_that_overlap_in_part_are_redacted_as_one_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    pii = stage()
+    # The model's PERSON in "Sophie Smith" and LOCATION in "Smith Jones": kept apart, the loser's rest
+    # stayed in clear ("Sophie <LOCATION> asked").
+    monkeypatch.setattr(
+        pii.analyzer, "analyze", lambda texts, *_: [[("PERSON", 0, 12, 0.85), ("LOCATION", 7, 18, 0.9)], []]
+    )
+    assert pii(records(["Sophie Smith Jones asked"])).kept["prompt"][0].as_py() == "<LOCATION> asked"
+    # A name found in the prompt, and the model's "Smith Jones" in the completion: one span there too.
+    found = [[("PERSON", 0, 12, 0.9)], [("PERSON", 7, 18, 0.9)]]
+    monkeypatch.setattr(pii.analyzer, "analyze", lambda texts, *_: found)
+    kept = pii(records(["Sophie Smith asked"], completion="Sophie Smith Jones called")).kept
+    assert kept["completion"][0].as_py() == "<PERSON> called"
+
+
 def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import curation.stages.pii as pii_module
 

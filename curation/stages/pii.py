@@ -63,12 +63,24 @@ class PiiSettingError(StageError, RecipeError):
 
 
 def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
-    """Non-overlapping detections in text order; where two overlap, the higher score (then the longer) wins."""
-    chosen: list[Detection] = []
-    for det in sorted(detections, key=lambda d: (-d[3], -(d[2] - d[1]), d[1])):
-        if all(det[2] <= c[1] or det[1] >= c[2] for c in chosen):
-            chosen.append(det)
-    return sorted(chosen, key=lambda d: d[1])
+    """Non-overlapping spans in text order. Detections that overlap become one span covering them all,
+    labelled as the one with the highest score (then the longest): kept apart, the part of the losing
+    one outside the winner stayed in clear ("Sophie <LOCATION>" of "Sophie Smith Jones" where the
+    model saw a PERSON in "Sophie Smith" and a LOCATION in "Smith Jones")."""
+    clusters: list[list[Detection]] = []
+    reach = -1
+    for det in sorted(detections, key=lambda d: (d[1], -d[2])):
+        if clusters and det[1] < reach:
+            clusters[-1].append(det)
+            reach = max(reach, det[2])
+        else:
+            clusters.append([det])
+            reach = det[2]
+    spans = []
+    for cluster in clusters:
+        entity, _, _, score = max(cluster, key=lambda d: (d[3], d[2] - d[1]))
+        spans.append((entity, min(d[1] for d in cluster), max(d[2] for d in cluster), score))
+    return spans
 
 
 @contextlib.contextmanager
@@ -199,11 +211,9 @@ def _word_character(char: str) -> bool:
 
 
 def _free(start: int, end: int, found: list[Detection]) -> bool:
-    """Whether a place overlaps no detection of its text, but those it holds and is longer than."""
-    return all(
-        end <= det[1] or start >= det[2] or (start <= det[1] and det[2] <= end and (start, end) != det[1:3])
-        for det in found
-    )
+    """Whether a place is not already within a detection of its text (one that overlaps it in part is
+    merged with it: see ``resolve_overlaps``)."""
+    return not any(det[1] <= start and end <= det[2] for det in found)
 
 
 def _parts(value: str, entity: str) -> Iterator[str]:
