@@ -228,7 +228,7 @@ class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
     name = CONNECTOR
-    suffixes = tuple(FORMATS) + tuple(f"{s}.gz" for s in FORMATS)
+    suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", ".gz", ".zst"))  # as file_format reads them
 
     def __init__(
         self,

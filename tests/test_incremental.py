@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -264,17 +265,19 @@ def test_a_file_of_another_kind_in_a_source_folder_is_named_not_passed_over(
 ) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "Note on refunds."}])
     write_jsonl(workdir / "in" / "b.xml", [{"text": "Note on cards."}])  # not a kind the source reads
+    with pa.CompressedOutputStream(str(workdir / "in" / "c.jsonl.zst"), "zstd") as packed:  # read, as named alone
+        packed.write(b'{"text": "Note on loans."}\n')
     (workdir / "in" / "sub").mkdir()
     (workdir / "in" / "sub" / "notes.txt").write_text("Note on fees.\n")
     (workdir / "in" / "_SUCCESS").write_text("")  # a marker, as data lakes write: not input, not named
     spec = {"dataset": "notes", "sources": [{"path": "in"}], "record": {"kind": "document"}}
     with caplog.at_level("WARNING", logger="connectors.storage"):
         result = run(workdir, spec)
-    assert result.manifest.counts.written == 1
+    assert result.manifest.counts.written == 2
     warned = [r.getMessage() for r in caplog.records if "not a kind of file this source reads" in r.getMessage()]
     assert len(warned) == 1, caplog.text
     assert f"{workdir}/in/b.xml" in warned[0] and f"{workdir}/in/sub/notes.txt" in warned[0]
-    assert "_SUCCESS" not in warned[0] and "a.jsonl" not in warned[0]
+    assert "_SUCCESS" not in warned[0] and "a.jsonl" not in warned[0] and "c.jsonl.zst" not in warned[0]
     # A glob names the files it wants: nothing else under its folder is named.
     caplog.clear()
     with caplog.at_level("WARNING", logger="connectors.storage"):
