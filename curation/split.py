@@ -77,14 +77,14 @@ class Splitter:
         self.known: Callable[[list[str]], dict[str, bool]] | None = None
         self._placed_before: dict[str, bool] = {}
 
-    def _column(self, batch: pa.Table, name: str, setting: str) -> list[str]:
+    def _column(self, batch: pa.Table, name: str, setting: str, missing: str | None = NO_VALUE) -> list[str | None]:
         if name not in batch.column_names:
             usable = ", ".join(c for c in batch.column_names if c not in ("source", "image_bytes"))
             raise SplitError(
                 f"output.{setting}: column {name!r} is not in the records (a record takes it from its input, "
                 f"which has no such column); they have: {usable}"
             )
-        return [NO_VALUE if v is None else str(v) for v in batch[name].to_pylist()]
+        return [missing if v is None else str(v) for v in batch[name].to_pylist()]
 
     def assign(self, batch: pa.Table) -> pa.Array:
         """True where each record of the batch goes to validation."""
@@ -96,9 +96,9 @@ class Splitter:
                     self.records[name] += records
             return to_validation
         ids = batch["id"].to_pylist()
-        keys = self._column(batch, self.group_by, "group_by") if self.group_by else ids
-        # A record without a group key is a group of its own.
-        keys = [i if k == NO_VALUE else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
+        keys = self._column(batch, self.group_by, "group_by", missing=None) if self.group_by else ids
+        # A record without a group key is a group of its own (a key that reads "(none)" is a key).
+        keys = [i if k is None else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
         if self.group_by and self.known is not None:
             self._look_up_earlier_sides(keys)
         if self.stratify_by:

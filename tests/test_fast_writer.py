@@ -46,7 +46,7 @@ def test_null_ids_are_refused_rather_than_lost() -> None:
 
 def test_grouped_split_sides_equal_the_per_record_formula() -> None:
     rng = random.Random(3)
-    groups = [rng.choice([None, "", "é", "acme", 7, "x" * 300]) for _ in KEYS]
+    groups = [rng.choice([None, "", "é", "acme", 7, "x" * 300, "(none)"]) for _ in KEYS]  # "(none)" is a key
     splitter = Splitter(0.3, "seed", group_by="customer")
     sides = splitter.assign(
         pa.table({"id": KEYS, "customer": pa.array([None if g is None else str(g) for g in groups])})
