@@ -137,9 +137,14 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = Fal
     entries, folder = _list_s3(uri) if is_s3(uri) else _list_local(uri, suffixes)
     if not suffixes or not folder:
         return entries
-    kept = [entry for entry in entries if entry.uri.lower().endswith(suffixes)]
-    if name_unread and len(kept) < len(entries):
-        unread = [entry.uri for entry in entries if not entry.uri.lower().endswith(suffixes)]
+    kept: list[FileEntry] = []
+    unread: list[str] = []
+    for entry in entries:
+        if entry.uri.lower().endswith(suffixes):
+            kept.append(entry)
+        else:
+            unread.append(entry.uri)
+    if name_unread and unread:
         log.warning(
             "%s: not read: not a kind of file this source reads (%s): %s", uri, ", ".join(suffixes), _named(unread)
         )

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from curation.stopping import raise_if_stopped, stops_deferred
+from curation.stopping import STOP_SIGNALS, raise_if_stopped, stops_deferred
 
 if TYPE_CHECKING:  # presidio and spaCy load in ~2 s: imported only when a recipe has a pii stage
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
@@ -265,7 +265,7 @@ def _analyze_here(
 
 # Held while the pool forks: a handler raising there would run in an at-fork hook (logging's), where
 # Python prints the exception and goes on. Held, the signal comes once the pool exists.
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_HELD_SIGNALS = set(STOP_SIGNALS)
 
 
 def _worker_signals() -> None:

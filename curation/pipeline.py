@@ -836,9 +836,9 @@ def _run_locked(
     except BaseException as error:
         held.release()
         writer.abort()
-        # Stopped once it was marked publishing (^C, which is not held off as SIGTERM is), its version may
-        # be visible: it stays marked so, and the next run reads everything again if it is. Marked failed,
-        # the next would trust the watermarks and publish that version's records a second time.
+        # Failed once it was marked publishing (an error in the rename or a signal no handler holds), its
+        # version may be visible: it stays marked so, and the next run reads everything again if it is.
+        # Marked failed, the next would trust the watermarks and publish that version's records twice.
         status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
         state.run_finished(writer.run_id, status, version, error=type(error).__name__)
         raise

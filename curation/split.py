@@ -100,7 +100,7 @@ class Splitter:
         # A record without a group key is a group of its own (a key that reads "(none)" is a key).
         keys = [i if k is None else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
         if self.group_by and self.known is not None:
-            self._look_up_earlier_sides(keys)
+            self._look_up_earlier_sides(keys, self.known)
         if self.stratify_by:
             labels = self._column(batch, self.stratify_by, "stratify_by")
             sides = [self._stratified(key, label) for key, label in zip(keys, labels, strict=True)]
@@ -119,7 +119,7 @@ class Splitter:
                 self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
 
-    def _look_up_earlier_sides(self, keys: list[str]) -> None:
+    def _look_up_earlier_sides(self, keys: list[str], known: Callable[[list[str]], dict[str, bool]]) -> None:
         """Ask the state store once for each group key of the run it has not seen yet (records without a
         group key are groups of their own, by id: they have no earlier side)."""
         train, validation = self._group_sides["train"], self._group_sides["validation"]
@@ -129,7 +129,7 @@ class Splitter:
             if key.startswith("g\x1f") and key not in self._placed_before and key not in train and key not in validation
         }
         if asked:
-            found = self.known(sorted(asked)) if self.known is not None else {}
+            found = known(sorted(asked))
             self._placed_before.update(found)
             self._groups.update(found)  # a stratified split keeps a group's side, as within a run
 

@@ -148,15 +148,15 @@ class StateStore:
     def started(self, dataset: str, version: int) -> datetime | None:
         """When the run that published ``version`` of ``dataset`` started (before it read the review
         decisions), or None when the store does not know the version."""
-        query = sa.select(runs.c.started_at).where(
-            runs.c.dataset == dataset, runs.c.version == version, runs.c.status == "published"
-        )
-        with self.engine.connect() as db:
-            return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
+        return self._of_latest_published(runs.c.started_at, dataset, runs.c.version == version)
 
     def last_published(self, dataset: str) -> int | None:
         """The version the latest run of ``dataset`` that published made, or None when none did."""
-        query = sa.select(runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "published")
+        return self._of_latest_published(runs.c.version, dataset)
+
+    def _of_latest_published(self, column: sa.Column, dataset: str, *where: Any) -> Any:
+        """``column`` of the latest run of ``dataset`` that published (and meets ``where``), or None."""
+        query = sa.select(column).where(runs.c.dataset == dataset, runs.c.status == "published", *where)
         with self.engine.connect() as db:
             return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
 

@@ -38,6 +38,7 @@ from curation.executors.envelope import (
 )
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.stages.dedup_index import SignatureRecorder
+from curation.stopping import STOP_SIGNALS
 from curation.writer import DatasetWriter
 
 log = logging.getLogger("curation.ray")
@@ -199,7 +200,7 @@ class RayExecutor:
         # ray.init puts its own SIGTERM handler (sys.exit) in place of the run's, which unwinds the run
         # as a failure and says whether it published; the run's handlers go back once connected.
         main = threading.current_thread() is threading.main_thread()
-        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} if main else {}
         try:
             started = self._connect(ray)
         finally:
