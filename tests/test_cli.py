@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from curation.pipeline import run_recipe
-from schemas.config import load_recipe
+from curation.stopping import STOP_SIGNALS
+from schemas.config import Recipe, load_recipe
 from tests.helpers import write_jsonl, write_recipe
+
+
+def five_notes(folder: Path) -> Recipe:
+    """A recipe over five short documents in ``folder``."""
+    write_jsonl(folder / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
+    spec = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    return load_recipe(write_recipe(folder, spec))
+
+
+@contextlib.contextmanager
+def stop_handlers_kept() -> Iterator[None]:
+    """The process's SIGTERM and ^C handlers as they were, whatever the CLI's ``execute`` sets."""
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -236,12 +257,8 @@ def test_sigterm_once_the_version_is_visible_is_held_until_the_run_has_recorded_
     from connectors.state import Watermarks
     from curation.pipeline import Stopped, run_recipe
     from curation.stopping import on_stop_signal as _stop
-    from schemas.config import load_recipe
 
-    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
-    recipe = load_recipe(
-        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = five_notes(tmp_path)
     commit = Watermarks.commit
 
     def stopped_meanwhile(self: Watermarks, run_id: str) -> None:
@@ -379,10 +396,7 @@ def test_a_stop_while_the_summary_is_printed_says_the_run_published(
     from curation import cli
 
     monkeypatch.setattr(stopping, "stop_signals", [])  # what the handler notes stays in this test
-    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
-    recipe = load_recipe(
-        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = five_notes(tmp_path)
     printing = cli.out.print
 
     def stopped_meanwhile(*args: Any, **kwargs: Any) -> None:
@@ -391,12 +405,8 @@ def test_a_stop_while_the_summary_is_printed_says_the_run_published(
         printing(*args, **kwargs)
 
     monkeypatch.setattr(cli.out, "print", stopped_meanwhile)
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_handlers_kept():
         assert cli.execute(recipe, quiet=True) == code  # not a traceback and exit 1
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
     said = "^C" if stop == "SIGINT" else stop
     assert f"stopped by {said} after publishing" in " ".join(capsys.readouterr().err.split())
     assert run_recipe(recipe).manifest is None  # recorded: the next run finds nothing new
@@ -414,10 +424,7 @@ def test_a_stop_once_the_run_has_recorded_its_version_says_it_published(
     from curation.writer import DatasetWriter
 
     monkeypatch.setattr(stopping, "stop_signals", [])  # what the handler notes stays in this test
-    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
-    recipe = load_recipe(
-        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = five_notes(tmp_path)
     if where == "staging removed":
         clean_up = DatasetWriter.clean_up
 
@@ -456,10 +463,7 @@ def test_a_stop_as_the_progress_bar_closes_after_the_run_says_it_published(
     from curation import cli
 
     monkeypatch.setattr(stopping, "stop_signals", [])  # what the handler notes stays in this test
-    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note {n}"} for n in range(5)])
-    recipe = load_recipe(
-        write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}})
-    )
+    recipe = five_notes(tmp_path)
     close = cli.Progress.__exit__
 
     def stopped_meanwhile(self: Any, *args: Any) -> Any:
@@ -467,10 +471,6 @@ def test_a_stop_as_the_progress_bar_closes_after_the_run_says_it_published(
         return close(self, *args)
 
     monkeypatch.setattr(cli.Progress, "__exit__", stopped_meanwhile)
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_handlers_kept():
         assert cli.execute(recipe, quiet=True) == 143
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
     assert "stopped by SIGTERM after publishing" in " ".join(capsys.readouterr().err.split())
