@@ -6,7 +6,9 @@ watermarks and stage new ones while they read; the pipeline commits them only af
 is published, so a run that fails leaves the next run to take the same input again.
 
 The lock is one row per dataset: a second run of the same recipe meets the row and stops with a
-message naming the run that holds it, before it reads or writes anything.
+message naming the run that holds it, before it reads or writes anything. The holder renews the row
+while it runs; a lock not renewed for a lease (its process killed on a host this one cannot see, an
+OOM-killed pod) is taken over, and a run that finds its lock taken publishes nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
@@ -51,7 +55,14 @@ run_locks = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    # Renewed while the run goes on; empty in a lock taken by a release that did not renew (never expires).
+    sa.Column("renewed_at", sa.DateTime(timezone=True)),
 )
+
+log = logging.getLogger(__name__)
+
+LEASE_SETTING = "CURATION_LOCK_LEASE"
+DEFAULT_LEASE_SECONDS = 900.0
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -59,6 +70,7 @@ def create_tables(engine: sa.Engine) -> None:
     for attempt in range(5):
         try:
             metadata.create_all(engine)  # checks first: a retry creates only what is still missing
+            _add_renewed_at(engine)
             return
         except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
             if attempt == 4:
@@ -68,6 +80,22 @@ def create_tables(engine: sa.Engine) -> None:
 
 class RunLocked(RuntimeError):
     """Another run of the same dataset holds the lock; this one did nothing."""
+
+
+class LockLost(RuntimeError):
+    """This run's lock was taken over (it was not renewed for a lease): the run must publish nothing."""
+
+
+def lock_lease() -> float:
+    """Seconds a lock stays held without renewal: ``CURATION_LOCK_LEASE``, 15 minutes by default."""
+    raw = os.environ.get(LEASE_SETTING, "")
+    try:
+        lease = float(raw) if raw.strip() else DEFAULT_LEASE_SECONDS
+    except ValueError:
+        lease = 0.0
+    if not lease > 0 or lease == float("inf"):
+        raise ValueError(f"{LEASE_SETTING}={raw!r}: expected a number of seconds, e.g. 900")
+    return lease
 
 
 def has_read_before(engine: sa.Engine, dataset: str) -> bool:
@@ -182,6 +210,10 @@ class Watermarks:
 # --- the run lock ----------------------------------------------------------------------------------
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite gives it back naive
+
+
 def _started_after(pid: int, moment: datetime) -> bool:
     """Whether process ``pid`` started after ``moment``, so it cannot be the run that took a lock then
     (pids are reused: in a container every run can be pid 1). False where ``/proc`` cannot tell."""
@@ -192,8 +224,7 @@ def _started_after(pid: int, moment: datetime) -> bool:
         )
     except (OSError, ValueError, IndexError, StopIteration):
         return False
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # SQLite gives it back naive
-    return boot + ticks / os.sysconf("SC_CLK_TCK") > moment.timestamp() + 1  # btime is in whole seconds
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > _aware(moment).timestamp() + 1  # btime is in whole seconds
 
 
 def process_alive(pid: int) -> bool:
@@ -206,21 +237,87 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def _add_renewed_at(engine: sa.Engine) -> None:
+    """Give a ``run_locks`` table made by an earlier release its ``renewed_at`` column."""
+    if "renewed_at" in {column["name"] for column in sa.inspect(engine).get_columns(run_locks.name)}:
+        return
+    kind = run_locks.c.renewed_at.type.compile(dialect=engine.dialect)
+    with engine.begin() as db:  # two runs adding it at once: one fails, and create_tables tries again
+        db.execute(sa.text(f"ALTER TABLE {run_locks.name} ADD COLUMN renewed_at {kind}"))
+
+
+class HeldLock:
+    """The lock a run holds: renewed on a thread every sixth of the lease, and confirmed before the
+    run makes its version visible."""
+
+    def __init__(self, engine: sa.Engine, dataset: str, run_id: str, lease: float) -> None:
+        self.engine, self.dataset, self.run_id = engine, dataset, run_id
+        self.lost = False
+        self._stop = threading.Event()
+        self._renewing = threading.Thread(target=self._renew_until_stopped, args=(lease / 6,), daemon=True)
+        self._renewing.name = f"run-lock-{run_id}"
+
+    def renew(self) -> bool:
+        """Mark the lock renewed now; False if it is no longer this run's."""
+        with self.engine.begin() as db:
+            renewed = db.execute(
+                run_locks.update()
+                .where((run_locks.c.dataset == self.dataset) & (run_locks.c.run_id == self.run_id))
+                .values(renewed_at=datetime.now(UTC))
+            )
+        self.lost = self.lost or renewed.rowcount == 0
+        return not self.lost
+
+    def confirm(self) -> None:
+        """Raise ``LockLost`` unless the lock is still this run's (checked against the store, now)."""
+        if not self.renew():
+            raise LockLost(
+                f"dataset {self.dataset!r}: this run's lock was taken over by another run (it was not renewed "
+                f"for longer than {LEASE_SETTING} allows), so this run published nothing"
+            )
+
+    def _renew_until_stopped(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                if not self.renew():
+                    log.warning("dataset %r: the run lock was taken over by another run", self.dataset)
+                    return
+            except sa.exc.SQLAlchemyError:
+                continue  # the store busy or away for a moment: the next beat tries again, confirm() decides
+
+    def __enter__(self) -> HeldLock:
+        self._renewing.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._renewing.join()
+
+
+def _expired(holder: sa.RowMapping, lease: float) -> bool:
+    renewed = holder["renewed_at"]
+    return renewed is not None and (datetime.now(UTC) - _aware(renewed)).total_seconds() > lease
+
+
 @contextlib.contextmanager
-def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
+def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]:
     """Hold the dataset's lock for the block; raise ``RunLocked`` if another run holds it.
 
-    A lock left by a process that died on this host is taken over; one held from another host is
-    respected until someone removes it (``DELETE FROM run_locks WHERE dataset = ...``).
+    A lock is taken over when it was left by a process that died on this host, or was not renewed for
+    a lease (``CURATION_LOCK_LEASE`` seconds): its holder was killed, on a host this one cannot see.
+    A lock without a renewal time (taken by an earlier release) is respected until someone removes it
+    (``DELETE FROM run_locks WHERE dataset = ...``).
     """
+    lease = lock_lease()
     create_tables(engine)
     host, pid = socket.gethostname(), os.getpid()
     for attempt in range(2):
         try:
             with engine.begin() as db:
+                now = datetime.now(UTC)
                 db.execute(
                     run_locks.insert().values(
-                        dataset=dataset, run_id=run_id, host=host, pid=pid, acquired_at=datetime.now(UTC)
+                        dataset=dataset, run_id=run_id, host=host, pid=pid, acquired_at=now, renewed_at=now
                     )
                 )
             break
@@ -230,7 +327,16 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
                 if holder is None:
                     continue  # released between our insert and this look
                 ended = not process_alive(holder["pid"]) or _started_after(holder["pid"], holder["acquired_at"])
-                if attempt == 0 and holder["host"] == host and ended:
+                if attempt == 0 and ((holder["host"] == host and ended) or _expired(holder, lease)):
+                    if holder["host"] != host:
+                        log.warning(
+                            "dataset %r: taking over the lock of run %s (pid %s on %s), not renewed since %s",
+                            dataset,
+                            holder["run_id"],
+                            holder["pid"],
+                            holder["host"],
+                            f"{_aware(holder['renewed_at']):%Y-%m-%d %H:%M:%S}",
+                        )
                     db.execute(
                         run_locks.delete().where(
                             (run_locks.c.dataset == dataset) & (run_locks.c.run_id == holder["run_id"])
@@ -245,7 +351,8 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[None]:
     else:
         raise RunLocked(f"dataset {dataset!r}: could not take the run lock; try again")
     try:
-        yield
+        with HeldLock(engine, dataset, run_id, lease) as held:
+            yield held
     finally:
         with engine.begin() as db:
             db.execute(run_locks.delete().where((run_locks.c.dataset == dataset) & (run_locks.c.run_id == run_id)))

@@ -93,7 +93,7 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
 
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
-    from connectors.state import RunLocked
+    from connectors.state import LockLost, RunLocked
     from curation.pipeline import AccountingError, run_recipe
     from curation.stages.base import StageError
     from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
@@ -137,7 +137,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red], nothing published: {escape(state_problem(recipe.state, error))}")
         return EXIT_FAILED
-    except (OSError, AccountingError, StageError, ValueError) as error:
+    except (OSError, AccountingError, StageError, ValueError, LockLost) as error:
         console.print(f"[red]run failed[/red], nothing published: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     try:

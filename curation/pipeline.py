@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from connectors.state import Watermarks, has_read_before, process_alive, run_lock
+from connectors.state import HeldLock, Watermarks, has_read_before, process_alive, run_lock
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
@@ -635,8 +635,8 @@ def run_recipe(
     state = StateStore(recipe.state)
     result: RunResult | None = None
     try:
-        with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]):
-            result = _run_locked(recipe, state, on_start, on_input, executor, full_refresh, on_written)
+        with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]) as lock:
+            result = _run_locked(recipe, state, lock, on_start, on_input, executor, full_refresh, on_written)
             return result
     except Stopped as stop:  # while the lock was given back: the run had ended, and published if it says so
         if stop.published is None and result is not None:
@@ -647,6 +647,7 @@ def run_recipe(
 def _run_locked(
     recipe: Recipe,
     state: StateStore,
+    lock: HeldLock,
     on_start: Callable[[int], None],
     on_input: Callable[[int], None],
     executor: LocalExecutor | None,
@@ -828,6 +829,7 @@ def _run_locked(
 
         def visible_next(version: int) -> None:
             raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
+            lock.confirm()  # taken over while this run went on (not renewed for a lease): the other run publishes
             state.run_publishing(writer.run_id, version)
             publishing.append(version)
             held.hold()

@@ -438,8 +438,8 @@ def test_a_stop_once_the_run_has_recorded_its_version_says_it_published(
 
         @contextlib.contextmanager
         def stopped_as_it_is_given_back(*args: Any) -> Any:
-            with lock(*args):
-                yield
+            with lock(*args) as held:
+                yield held
             os.kill(os.getpid(), signal.SIGTERM)
 
         monkeypatch.setattr(pipeline, "run_lock", stopped_as_it_is_given_back)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from connectors.state import RunLocked, create_tables, run_lock, run_locks
+from connectors.state import LockLost, RunLocked, create_tables, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
 from curation.published import published_versions
@@ -205,6 +205,85 @@ def test_a_lock_whose_pid_a_later_process_took_is_taken_over(workdir: Path) -> N
     with engine.begin() as db:
         db.execute(run_locks.update().values(run_id="killed", acquired_at=datetime.now(UTC) - timedelta(days=1)))
     assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
+
+
+def one_note(workdir: Path) -> Path:
+    write_jsonl(workdir / "in.jsonl", [{"text": "alpha"}])
+    return write_recipe(workdir, {"dataset": "d", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}})
+
+
+def lock_held_elsewhere(engine: sa.Engine, renewed: datetime | None) -> None:
+    """A lock as a run on another host (a pod since killed, or still alive) left it."""
+    create_tables(engine)
+    with engine.begin() as db:
+        db.execute(run_locks.delete())
+        db.execute(
+            run_locks.insert().values(
+                dataset="d", run_id="pod7run", host="etl-pod-7", pid=1, acquired_at=START, renewed_at=renewed
+            )
+        )
+
+
+def test_a_lock_from_another_host_not_renewed_for_a_lease_is_taken_over(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe_path = one_note(workdir)
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    monkeypatch.setenv("CURATION_LOCK_LEASE", "60")
+    lock_held_elsewhere(engine, datetime.now(UTC) - timedelta(seconds=30))  # alive: renewed within the lease
+    with pytest.raises(RunLocked, match="run pod7run, pid 1 on etl-pod-7"):
+        run_recipe(load_recipe(recipe_path))
+    lock_held_elsewhere(engine, None)  # taken by a release that does not renew: kept until removed by hand
+    with pytest.raises(RunLocked, match="run pod7run"):
+        run_recipe(load_recipe(recipe_path))
+    lock_held_elsewhere(engine, datetime.now(UTC) - timedelta(seconds=90))  # OOM-killed 90 s ago
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
+    assert "taking over the lock of run pod7run (pid 1 on etl-pod-7)" in caplog.text
+    with engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+def test_a_run_renews_its_lock_so_a_long_run_is_not_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    monkeypatch.setenv("CURATION_LOCK_LEASE", "0.6")
+    with run_lock(engine, "d", "long") as held:
+        time.sleep(1.5)  # longer than the lease: only the renewals keep it
+        with pytest.raises(RunLocked, match="run long"), run_lock(engine, "d", "second"):
+            pass
+        assert not held.lost
+    with engine.connect() as db:
+        assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+def test_a_run_whose_lock_was_taken_over_publishes_nothing(workdir: Path) -> None:
+    recipe_path = one_note(workdir)
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+
+    def taken_over(_total: int) -> None:  # as a run elsewhere does once this one's lease ran out
+        with engine.begin() as db:
+            db.execute(run_locks.update().values(run_id="other", host="etl-pod-8"))
+
+    with pytest.raises(LockLost, match="taken over by another run"):
+        run_recipe(load_recipe(recipe_path), on_start=taken_over)
+    assert published_versions(str(workdir / "output"), "d") == []
+    with engine.begin() as db:
+        assert db.execute(sa.select(run_locks.c.run_id)).scalars().all() == ["other"]  # not given back: not ours
+        db.execute(run_locks.delete())
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1  # the input was not taken
+
+
+def test_a_lock_table_from_an_earlier_release_gains_the_renewal_column(workdir: Path) -> None:
+    recipe_path = one_note(workdir)
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.begin() as db:
+        db.execute(
+            sa.text(
+                "CREATE TABLE run_locks (dataset VARCHAR(200) PRIMARY KEY, run_id VARCHAR(32) NOT NULL, "
+                "host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL, acquired_at DATETIME NOT NULL)"
+            )
+        )
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
+    assert "renewed_at" in {column["name"] for column in sa.inspect(engine).get_columns("run_locks")}
 
 
 def test_readme_connector_recipes_are_valid(tmp_path: Path) -> None:
