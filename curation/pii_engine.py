@@ -335,11 +335,14 @@ class PiiAnalyzer:
         # leave the workers forked so far running for good. It is raised once the pool exists.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
-            with stops_deferred():
-                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
             # Leaving the block terminates the workers: a failed chunk or a stopped run (SIGTERM, ^C)
-            # does not wait for the chunks still queued, and leaves no worker behind.
-            with pool:
+            # does not wait for the chunks still queued, and leaves no worker behind. The pool joins the
+            # block while stops are still deferred, so no stop lands between its making and the block.
+            with contextlib.ExitStack() as block:
+                with stops_deferred():
+                    pool = block.enter_context(
+                        multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+                    )
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held meanwhile is raised here
                 raise_if_stopped()
                 results = pool.imap(_analyze_chunk, chunks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -9,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,36 @@ def test_a_stop_between_two_forks_of_the_pool_leaves_no_worker_behind(
         with pytest.raises(stopping.Stopped):
             pii.analyzer.analyze([doc.text for doc in corpus] * 2, 0.3)
         assert multiprocessing.active_children() == []  # the pool was made whole, then terminated
+    finally:
+        for child in multiprocessing.active_children():
+            child.kill()
+
+
+def test_a_stop_right_after_the_pool_is_made_terminates_its_workers(
+    corpus: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The moment stops are no longer deferred, the handler raises at once: the pool must already be in
+    # the block that terminates it.
+    import curation.pii_engine as pii_engine
+    import curation.stopping as stopping
+
+    pii = stage()
+    pii.analyzer.workers = 2
+    monkeypatch.setattr(stopping, "stop_signals", [])
+    deferred = stopping.stops_deferred
+
+    @contextlib.contextmanager
+    def stopped_as_it_ends() -> Iterator[None]:
+        with deferred():
+            yield
+        stopping.on_stop_signal(signal.SIGTERM, None)
+
+    monkeypatch.setattr(pii_engine, "stops_deferred", stopped_as_it_ends)
+    try:
+        with pytest.raises(stopping.Stopped) as stopped:
+            pii.analyzer.analyze([doc.text for doc in corpus] * 2, 0.3)
+        # Ended as the stop left the analysis, not when the stop is let go of (its traceback holds the pool).
+        assert multiprocessing.active_children() == [] and stopped.value.args == (signal.SIGTERM,)
     finally:
         for child in multiprocessing.active_children():
             child.kill()
