@@ -416,3 +416,14 @@ def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
     assert specs(MODEL, "us-east-1").model_id == MODEL  # no credentials: the pinned spec
     with pytest.raises(SpecError, match=r"'nope-model' is not among the pinned specs .*check the model id"):
         specs("nope-model", "us-east-1")
+
+
+def test_the_default_output_stays_in_the_bucket_of_a_copy_at_its_root(workdir: Path) -> None:
+    version = publish(workdir, "jumpstart-instruction")
+    for data_uri, output in (
+        ("s3://mine", "s3://mine/training-output/"),
+        ("s3://mine/", "s3://mine/training-output/"),
+        ("s3://mine/pairs/v1", "s3://mine/pairs/training-output/"),
+    ):
+        request = training_request(version, MODEL, role_arn=ROLE, data_uri=data_uri, specs=PINNED)
+        assert request["OutputDataConfig"]["S3OutputPath"] == output  # not a bucket named training-output
