@@ -208,7 +208,16 @@ class SqlSourceReader:
                 values = [row[columns.index(self.config.cursor)] for row in rows]
                 present = [v for v in values if v is not None]
                 if present:
-                    highest = max(present) if highest is None else max(highest, *present)
+                    try:
+                        highest = max(present) if highest is None else max(highest, *present)
+                    except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
+                        kinds = sorted(
+                            {type(v).__name__ for v in [*present, *([highest] if highest is not None else [])]}
+                        )
+                        raise SqlSourceError(
+                            f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
+                            f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
+                        ) from None
             contents = row_contents(table) if self.config.cursor is None or not self.config.key else []
             if self.config.cursor is None:
                 fingerprint.add(contents)

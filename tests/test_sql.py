@@ -266,6 +266,22 @@ def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
         read_all(SqlSource(type="sql", url=url, query="SELECT id FROM tickets", key=["missing"]), 10)
 
 
+def test_a_cursor_column_holding_values_that_do_not_compare_is_named(tmp_path: Path) -> None:
+    # SQLite keeps any type in any column: an integer and a text cursor value have no order.
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE events (subject TEXT, reply TEXT, seq)"))
+        db.execute(sa.text("INSERT INTO events VALUES ('a', 'x', 1), ('b', 'y', '2')"))
+    engine.dispose()
+    for batch_rows in (10, 1):  # within one batch, and across two
+        with pytest.raises(
+            SqlSourceError,
+            match=r"crm.db#events: the cursor column 'seq' holds values of types that do not compare \(int, str\)",
+        ):
+            read_all(SqlSource(type="sql", url=url, table="events", cursor="seq"), batch_rows)
+
+
 def test_recipe_takes_exactly_one_of_table_or_query() -> None:
     with pytest.raises(ValueError, match="exactly one of 'table' or 'query'"):
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
