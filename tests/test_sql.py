@@ -282,6 +282,33 @@ def test_a_cursor_column_holding_values_that_do_not_compare_is_named(tmp_path: P
             read_all(SqlSource(type="sql", url=url, table="events", cursor="seq"), batch_rows)
 
 
+def test_a_value_not_of_its_columns_declared_type_is_named_not_shown(tmp_path: Path) -> None:
+    # SQLite keeps text in a DATETIME column; SQLAlchemy converts it as it fetches the row.
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE events (subject TEXT, reply TEXT, at DATETIME)"))
+        db.execute(sa.text("INSERT INTO events VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', 'Maria Lopez')"))
+        db.execute(sa.text("CREATE TABLE stamps (subject TEXT, reply TEXT, at DATETIME)"))
+        db.execute(
+            sa.text(
+                "INSERT INTO stamps VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', '2026-01-02 10:00:00+02:00')"
+            )
+        )
+    engine.dispose()
+    with pytest.raises(
+        SqlSourceError,
+        match=r"crm.db#events: cannot read rows 1 to 10: a value there is not of its column's declared type",
+    ) as raised:
+        read_all(SqlSource(type="sql", url=url, table="events"), 10)
+    assert "Maria" not in str(raised.value)
+    with pytest.raises(
+        SqlSourceError,
+        match=r"'at' holds values of types that do not compare \(datetime with a UTC offset, datetime without one\)",
+    ):
+        read_all(SqlSource(type="sql", url=url, table="stamps", cursor="at"), 10)
+
+
 def test_recipe_takes_exactly_one_of_table_or_query() -> None:
     with pytest.raises(ValueError, match="exactly one of 'table' or 'query'"):
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
