@@ -21,7 +21,7 @@ from botocore.stub import Stubber
 from curation.pipeline import run_recipe
 from schemas.config import load_recipe
 from tests.helpers import run, write_jsonl, write_recipe
-from train.bedrock import import_request, start_import
+from train.bedrock import import_request, request_for_job, start_import
 from train.jumpstart import SpecError, VendoredSpecs
 from train.sagemaker import TrainError, describe, launch, training_request, validate, wait
 
@@ -348,6 +348,12 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         f"s3://{bucket}/datasets/pairs/training-output/{name}/output/model/"
     )
     assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"[:63]
+    # The dataset version it was trained on goes on the imported model: DescribeTrainingJob holds no
+    # tags (botocore's model has none), so they are asked of ListTags.
+    assert "Tags" not in job
+    request = request_for_job(name, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    imported = {tag["key"]: tag["value"] for tag in request["importedModelTags"]}
+    assert imported["curation-dataset"] == "pairs" and imported["curation-version"] == "1"
 
     client = boto3.client("bedrock")
     arn = f"arn:aws:bedrock:us-east-1:123456789012:model-import-job/{name[:12]}"

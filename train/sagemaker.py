@@ -429,6 +429,21 @@ def describe(job_name: str) -> dict:
     return client.describe_training_job(TrainingJobName=job_name)
 
 
+def tags(resource_arn: str) -> list[dict[str, str]]:
+    """ListTags on a SageMaker resource, every page (DescribeTrainingJob does not return a job's tags)."""
+    from sagemaker.core.resources import Base
+
+    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    found: list[dict[str, str]] = []
+    token = None
+    while True:
+        answer = client.list_tags(ResourceArn=resource_arn, **({"NextToken": token} if token else {}))
+        found += answer.get("Tags", [])
+        token = answer.get("NextToken")
+        if not token:
+            return found
+
+
 def wait(
     job_name: str,
     on_update: Callable[[dict], None] = lambda _: None,
