@@ -433,3 +433,17 @@ def test_the_default_output_stays_in_the_bucket_of_a_copy_at_its_root(workdir: P
     ):
         request = training_request(version, MODEL, role_arn=ROLE, data_uri=data_uri, specs=PINNED)
         assert request["OutputDataConfig"]["S3OutputPath"] == output  # not a bucket named training-output
+
+
+def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+    done = curation("train", "spec", MODEL, "--specs", "live", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"JumpStart live lookup of '{MODEL}' failed (NoCredentialsError" in done.stderr
+    assert "--specs pinned" in done.stderr and "Traceback" not in done.stderr
