@@ -387,3 +387,49 @@ def test_content_a_table_with_a_cursor_also_holds_stays_when_it_leaves_a_changed
     prompts = sorted(line["prompt"] for line in outputs(Path(second.version_uri)))
     assert prompts == ["Card declined abroad #1", "Card declined abroad #2", "Lost card"]
     assert "stay as published" in caplog.text and "crm.db#tickets" in caplog.text
+
+
+def test_a_new_database_password_is_not_a_new_source(workdir: Path, postgres_url: str) -> None:
+    # Rotating the password in the URL changes no setting of what the source reads: the watermark
+    # stays, so rows a retention job removed since stay published.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS tickets"))
+    engine.dispose()
+    before, after = (postgres_url.replace("curation@", f"curation:{word}@") for word in ("old-s3cret", "new-s3cret"))
+    fill(before, 1, 5)
+    spec = recipe(before, table="tickets", cursor="updated_at", key=["id"])
+    spec.update(state=postgres_url, dataset="support-rotated")
+    first = run(workdir, spec)
+    assert first.manifest.counts.input == 5
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DELETE FROM tickets WHERE id = 1"))  # archived once taken
+    engine.dispose()
+    fill(after, 6, 1)
+    spec["sources"][0]["url"] = after  # trust auth takes either password
+    second = run(workdir, spec)
+    assert second.manifest.extends == first.manifest.version and second.manifest.counts.input == 1
+    assert len(outputs(Path(second.version_uri))) == 6
+
+
+def test_watermarks_kept_under_a_key_with_the_password_are_still_found(tmp_path: Path) -> None:
+    # State from before passwords were left out of a source's key: its watermark is read, then kept
+    # under the new key.
+    from connectors.state import source_keys
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    config = SqlSource(type="sql", url="postgresql+psycopg://curation:s3cret@db/crm", table="t", cursor="u")
+    new_key, old_key = source_keys(config)
+    assert new_key != old_key
+    marks = Watermarks(engine, "d")
+    marks.sources[old_key] = marks.for_source(config)  # as an earlier checkout committed it
+    marks.sources.pop(new_key)
+    marks.sources[old_key].set("cursor", {"type": "int", "value": "7"})
+    marks.commit("run-1")
+    assert Watermarks(engine, "d").for_source(config).get("cursor") == {"type": "int", "value": "7"}
+    rotated = config.model_copy(update={"url": "postgresql+psycopg://curation:other@db/crm"})
+    later = Watermarks(engine, "d")
+    later.for_source(rotated).set("cursor", {"type": "int", "value": "9"})
+    later.commit("run-2")
+    assert Watermarks(engine, "d").for_source(config).get("cursor") == {"type": "int", "value": "9"}
