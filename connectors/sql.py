@@ -157,7 +157,22 @@ class SqlSourceReader:
                 statement = self._statement(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
                 yield list(result.keys())
-                yield from result.partitions(self.batch_rows)
+                read = 0
+                rows = result.partitions(self.batch_rows)
+                while True:
+                    try:
+                        batch = next(rows, None)
+                    except (ValueError, TypeError) as error:
+                        # The dialect turns a value into its column's declared type as it is fetched (SQLite:
+                        # a DATETIME column holding text that is no date); its message holds the value.
+                        raise SqlSourceError(
+                            f"{self.uri}: cannot read rows {read + 1} to {read + self.batch_rows}: a value there is not "
+                            f"of its column's declared type ({type(error).__name__} converting it)"
+                        ) from None
+                    if batch is None:
+                        break
+                    read += len(batch)
+                    yield batch
         except sa.exc.SQLAlchemyError as error:
             raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
         finally:
@@ -208,7 +223,17 @@ class SqlSourceReader:
                 values = [row[columns.index(self.config.cursor)] for row in rows]
                 present = [v for v in values if v is not None]
                 if present:
-                    highest = max(present) if highest is None else max(highest, *present)
+                    try:
+                        highest = max(present) if highest is None else max(highest, *present)
+                    except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
+                        seen = [*present, *([highest] if highest is not None else [])]
+                        kinds = sorted({type(v).__name__ for v in seen})
+                        if kinds == ["datetime"]:
+                            kinds = ["datetime with a UTC offset", "datetime without one"]
+                        raise SqlSourceError(
+                            f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
+                            f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
+                        ) from None
             contents = row_contents(table) if self.config.cursor is None or not self.config.key else []
             if self.config.cursor is None:
                 fingerprint.add(contents)

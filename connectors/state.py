@@ -108,7 +108,28 @@ def has_read_before(engine: sa.Engine, dataset: str) -> bool:
 
 
 def source_key(config: BaseModel) -> str:
-    """A stable key for a source's settings: change what it reads or how, and it starts afresh."""
+    """A stable key for a source's settings: change what it reads or how, and it starts afresh. The
+    password in a database URL is no such setting: rotated, the source reads on from its watermark."""
+    return source_keys(config)[0]
+
+
+def source_keys(config: BaseModel) -> list[str]:
+    """The source's key, then the key a state store from before passwords were left out holds its
+    watermarks under (the same where its URL has no password)."""
+    url = getattr(config, "url", None)
+    keys = [_settings_key(config)]
+    if isinstance(url, str):
+        try:
+            parsed = sa.engine.make_url(url)
+        except (sa.exc.ArgumentError, ValueError):
+            parsed = None
+        if parsed is not None and parsed.password is not None:
+            masked = parsed.render_as_string(hide_password=True)
+            keys.insert(0, _settings_key(config.model_copy(update={"url": masked})))
+    return keys
+
+
+def _settings_key(config: BaseModel) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:32]
 
 
@@ -155,17 +176,20 @@ class Watermarks:
         self.sources: dict[str, SourceWatermark] = {}
 
     def for_source(self, config: BaseModel) -> SourceWatermark:
-        key = source_key(config)
+        key, *earlier = source_keys(config)
         if key not in self.sources:
             committed: dict[str, Any] = {}
             if not self.full_refresh:
                 with self.engine.connect() as db:
-                    rows = db.execute(
-                        sa.select(watermarks.c.item, watermarks.c.value).where(
-                            watermarks.c.dataset == self.dataset, watermarks.c.source == key
+                    for stored in (key, *earlier):  # committed under its own key; else under the earlier one
+                        rows = db.execute(
+                            sa.select(watermarks.c.item, watermarks.c.value).where(
+                                watermarks.c.dataset == self.dataset, watermarks.c.source == stored
+                            )
                         )
-                    )
-                    committed = {item: json.loads(value) for item, value in rows}
+                        committed = {item: json.loads(value) for item, value in rows}
+                        if committed:
+                            break
             self.sources[key] = SourceWatermark(committed, self.read_again)
         return self.sources[key]
 

@@ -344,3 +344,32 @@ def test_behind_a_proxy_failed_sign_ins_count_per_forwarded_address(seeded: Seed
         assert {sign_in(f"guess-{n}", "guess", "203.0.113.7") for n in range(30)} == {401}
         assert sign_in("rita", PASSWORD, "203.0.113.7") == 429
         assert sign_in("rita", PASSWORD, "198.51.100.2") == 303
+
+
+def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_history(tmp_path: Path) -> None:
+    from curation.review.queue import add_items, list_items
+    from tests.review_seed import _flags, _source
+
+    seeded = seed(tmp_path)
+    engine = sa.create_engine(seeded.state_url)
+    raw, published = f"Call {NAME} at {PHONE}.", "Call <PERSON> at <PHONE_NUMBER>."
+    side = {"id": seeded.ids[5], "text": raw, "published_text": published}
+    flag = {
+        "id": seeded.ids[5],
+        "source": _source(str(tmp_path / "tickets.jsonl"), 5),
+        "stage": "near_dedup",
+        "kind": "near_duplicate",
+        "detail": "near duplicate, similarity 0.93",
+        "payload": {"cluster": seeded.ids[2], "kept": side, "member": side, "similarity": 0.93},
+    }
+    add_items(engine, "support", 1, "seed", _flags([flag]))
+    (item,) = [i["item_id"] for i in list_items(engine, kind="near_duplicate") if i["record_id"] == seeded.ids[5]]
+    app = create_app(seeded.state_url, [seeded.recipe])
+    client, csrf = signed_in(app, "pia")  # sees the raw texts, and types a fix holding the name
+    edit = {"action": "edit", "field": "completion", "value": f"Call {NAME} tomorrow.", "csrf_token": csrf}
+    assert client.post(f"/items/{item}/decide", data=edit).status_code in (200, 303)
+    assert f"Call {NAME} tomorrow." in client.get(f"/items/{item}").text
+    reviewer, _ = signed_in(app, "rita")  # sees the texts as published: redacted
+    page = reviewer.get(f"/items/{item}").text
+    assert published.replace("<", "&lt;").replace(">", "&gt;") in page
+    assert NAME not in page and PHONE not in page  # nor in the edit's values, in its history

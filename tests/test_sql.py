@@ -266,6 +266,49 @@ def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
         read_all(SqlSource(type="sql", url=url, query="SELECT id FROM tickets", key=["missing"]), 10)
 
 
+def test_a_cursor_column_holding_values_that_do_not_compare_is_named(tmp_path: Path) -> None:
+    # SQLite keeps any type in any column: an integer and a text cursor value have no order.
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE events (subject TEXT, reply TEXT, seq)"))
+        db.execute(sa.text("INSERT INTO events VALUES ('a', 'x', 1), ('b', 'y', '2')"))
+    engine.dispose()
+    for batch_rows in (10, 1):  # within one batch, and across two
+        with pytest.raises(
+            SqlSourceError,
+            match=r"crm.db#events: the cursor column 'seq' holds values of types that do not compare \(int, str\)",
+        ):
+            read_all(SqlSource(type="sql", url=url, table="events", cursor="seq"), batch_rows)
+
+
+def test_a_value_not_of_its_columns_declared_type_is_named_not_shown(tmp_path: Path) -> None:
+    # SQLite keeps text in a DATETIME column; SQLAlchemy converts it as it fetches the row.
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE events (subject TEXT, reply TEXT, at DATETIME)"))
+        db.execute(sa.text("INSERT INTO events VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', 'Maria Lopez')"))
+        db.execute(sa.text("CREATE TABLE stamps (subject TEXT, reply TEXT, at DATETIME)"))
+        db.execute(
+            sa.text(
+                "INSERT INTO stamps VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', '2026-01-02 10:00:00+02:00')"
+            )
+        )
+    engine.dispose()
+    with pytest.raises(
+        SqlSourceError,
+        match=r"crm.db#events: cannot read rows 1 to 10: a value there is not of its column's declared type",
+    ) as raised:
+        read_all(SqlSource(type="sql", url=url, table="events"), 10)
+    assert "Maria" not in str(raised.value)
+    with pytest.raises(
+        SqlSourceError,
+        match=r"'at' holds values of types that do not compare \(datetime with a UTC offset, datetime without one\)",
+    ):
+        read_all(SqlSource(type="sql", url=url, table="stamps", cursor="at"), 10)
+
+
 def test_recipe_takes_exactly_one_of_table_or_query() -> None:
     with pytest.raises(ValueError, match="exactly one of 'table' or 'query'"):
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
@@ -344,3 +387,49 @@ def test_content_a_table_with_a_cursor_also_holds_stays_when_it_leaves_a_changed
     prompts = sorted(line["prompt"] for line in outputs(Path(second.version_uri)))
     assert prompts == ["Card declined abroad #1", "Card declined abroad #2", "Lost card"]
     assert "stay as published" in caplog.text and "crm.db#tickets" in caplog.text
+
+
+def test_a_new_database_password_is_not_a_new_source(workdir: Path, postgres_url: str) -> None:
+    # Rotating the password in the URL changes no setting of what the source reads: the watermark
+    # stays, so rows a retention job removed since stay published.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS tickets"))
+    engine.dispose()
+    before, after = (postgres_url.replace("curation@", f"curation:{word}@") for word in ("old-s3cret", "new-s3cret"))
+    fill(before, 1, 5)
+    spec = recipe(before, table="tickets", cursor="updated_at", key=["id"])
+    spec.update(state=postgres_url, dataset="support-rotated")
+    first = run(workdir, spec)
+    assert first.manifest.counts.input == 5
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DELETE FROM tickets WHERE id = 1"))  # archived once taken
+    engine.dispose()
+    fill(after, 6, 1)
+    spec["sources"][0]["url"] = after  # trust auth takes either password
+    second = run(workdir, spec)
+    assert second.manifest.extends == first.manifest.version and second.manifest.counts.input == 1
+    assert len(outputs(Path(second.version_uri))) == 6
+
+
+def test_watermarks_kept_under_a_key_with_the_password_are_still_found(tmp_path: Path) -> None:
+    # State from before passwords were left out of a source's key: its watermark is read, then kept
+    # under the new key.
+    from connectors.state import source_keys
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    config = SqlSource(type="sql", url="postgresql+psycopg://curation:s3cret@db/crm", table="t", cursor="u")
+    new_key, old_key = source_keys(config)
+    assert new_key != old_key
+    marks = Watermarks(engine, "d")
+    marks.sources[old_key] = marks.for_source(config)  # as an earlier checkout committed it
+    marks.sources.pop(new_key)
+    marks.sources[old_key].set("cursor", {"type": "int", "value": "7"})
+    marks.commit("run-1")
+    assert Watermarks(engine, "d").for_source(config).get("cursor") == {"type": "int", "value": "7"}
+    rotated = config.model_copy(update={"url": "postgresql+psycopg://curation:other@db/crm"})
+    later = Watermarks(engine, "d")
+    later.for_source(rotated).set("cursor", {"type": "int", "value": "9"})
+    later.commit("run-2")
+    assert Watermarks(engine, "d").for_source(config).get("cursor") == {"type": "int", "value": "9"}

@@ -21,7 +21,7 @@ from botocore.stub import Stubber
 from curation.pipeline import run_recipe
 from schemas.config import load_recipe
 from tests.helpers import run, write_jsonl, write_recipe
-from train.bedrock import import_request, start_import
+from train.bedrock import import_request, request_for_job, start_import
 from train.jumpstart import SpecError, VendoredSpecs
 from train.sagemaker import TrainError, describe, launch, training_request, validate, wait
 
@@ -348,6 +348,12 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         f"s3://{bucket}/datasets/pairs/training-output/{name}/output/model/"
     )
     assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"[:63]
+    # The dataset version it was trained on goes on the imported model: DescribeTrainingJob holds no
+    # tags (botocore's model has none), so they are asked of ListTags.
+    assert "Tags" not in job
+    request = request_for_job(name, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    imported = {tag["key"]: tag["value"] for tag in request["importedModelTags"]}
+    assert imported["curation-dataset"] == "pairs" and imported["curation-version"] == "1"
 
     client = boto3.client("bedrock")
     arn = f"arn:aws:bedrock:us-east-1:123456789012:model-import-job/{name[:12]}"
@@ -416,3 +422,28 @@ def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
     assert specs(MODEL, "us-east-1").model_id == MODEL  # no credentials: the pinned spec
     with pytest.raises(SpecError, match=r"'nope-model' is not among the pinned specs .*check the model id"):
         specs("nope-model", "us-east-1")
+
+
+def test_the_default_output_stays_in_the_bucket_of_a_copy_at_its_root(workdir: Path) -> None:
+    version = publish(workdir, "jumpstart-instruction")
+    for data_uri, output in (
+        ("s3://mine", "s3://mine/training-output/"),
+        ("s3://mine/", "s3://mine/training-output/"),
+        ("s3://mine/pairs/v1", "s3://mine/pairs/training-output/"),
+    ):
+        request = training_request(version, MODEL, role_arn=ROLE, data_uri=data_uri, specs=PINNED)
+        assert request["OutputDataConfig"]["S3OutputPath"] == output  # not a bucket named training-output
+
+
+def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+    done = curation("train", "spec", MODEL, "--specs", "live", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"JumpStart live lookup of '{MODEL}' failed (NoCredentialsError" in done.stderr
+    assert "--specs pinned" in done.stderr and "Traceback" not in done.stderr

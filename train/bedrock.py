@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from train.sagemaker import TrainError, describe, model_artifacts, region, validate
+from train.sagemaker import TrainError, describe, model_artifacts, region, tags, validate
 
 BEDROCK_ROLE_ENV = "BEDROCK_IMPORT_ROLE_ARN"
 
@@ -55,7 +55,10 @@ def import_request(
 
 def request_for_job(job_name: str, *, role_arn: str | None = None, **options: Any) -> dict:
     role = bedrock_role(role_arn)  # before any call: a usage error needs no AWS
-    return import_request(describe(job_name), role_arn=role, **options)
+    job = describe(job_name)
+    # The job's curation:* tags (dataset, version, recipe) go on the imported model; DescribeTrainingJob
+    # does not return tags, ListTags does.
+    return import_request({**job, "Tags": tags(job["TrainingJobArn"])}, role_arn=role, **options)
 
 
 def start_import(request: dict, client: Any | None = None) -> str:

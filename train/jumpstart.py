@@ -88,6 +88,16 @@ class SdkSpecs:
         self.fallback = fallback or VendoredSpecs()
 
     def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
+        try:
+            return self.lookup(model_id, region, instance_type)
+        except Exception as error:  # the SDK raises many kinds (botocore, ValueError, KeyError)
+            raise SpecError(
+                f"JumpStart live lookup of {model_id!r} failed ({type(error).__name__}: {error}): check the model "
+                "id, the AWS credentials and the network, or use the pinned specs (--specs pinned)"
+            ) from None
+
+    def lookup(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
+        """The SDK's answer, or its own exception."""
         from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
 
         pinned = self.fallback.models.get(model_id)
@@ -125,7 +135,7 @@ class AutoSpecs:
 
     def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         try:
-            return self.sdk(model_id, region, instance_type)
+            return self.sdk.lookup(model_id, region, instance_type)
         except Exception as error:  # the SDK raises many kinds (botocore, ValueError, KeyError) when offline
             if model_id not in self.vendored.models:
                 known = ", ".join(sorted(self.vendored.models))

@@ -242,6 +242,13 @@ def _s3_location(version_uri: str, data_uri: str | None, manifest: Manifest) -> 
     return f"s3://{PLACEHOLDER_BUCKET}/{manifest.dataset}/v{manifest.version}"
 
 
+def _parent(uri: str) -> str:
+    """The S3 prefix holding ``uri`` (no trailing slash); a bucket's root holds itself, so a default
+    output beside the data stays in the data's bucket."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return uri.rsplit("/", 1)[0] if key.strip("/") else f"s3://{bucket}"
+
+
 def _channel(name: str, uri: str, content_type: str | None = None) -> dict[str, Any]:
     channel: dict[str, Any] = {
         "ChannelName": name,
@@ -358,7 +365,7 @@ def training_request(
         model_channel["DataSource"]["S3DataSource"]["ModelAccessConfig"] = {"AcceptEula": True}
     channels.append(model_channel)
     name = job_name(manifest, model_id, now)
-    output = (output_uri or f"{data.rsplit('/', 1)[0]}/training-output").rstrip("/") + "/"
+    output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
         "TrainingJobName": name,
         "RoleArn": role_arn or os.environ.get(ROLE_ENV) or PLACEHOLDER_ROLE,
@@ -420,6 +427,21 @@ def describe(job_name: str) -> dict:
 
     client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
     return client.describe_training_job(TrainingJobName=job_name)
+
+
+def tags(resource_arn: str) -> list[dict[str, str]]:
+    """ListTags on a SageMaker resource, every page (DescribeTrainingJob does not return a job's tags)."""
+    from sagemaker.core.resources import Base
+
+    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    found: list[dict[str, str]] = []
+    token = None
+    while True:
+        answer = client.list_tags(ResourceArn=resource_arn, **({"NextToken": token} if token else {}))
+        found += answer.get("Tags", [])
+        token = answer.get("NextToken")
+        if not token:
+            return found
 
 
 def wait(
