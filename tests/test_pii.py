@@ -811,3 +811,29 @@ def test_json_text_is_redacted_string_by_string_escapes_and_numbers_included(mon
         records(["Hello"], completion=notes)
     )
     assert again.kept["completion"][0].as_py() == notes and again.stats["review_restored"] == 1
+
+
+def test_a_quarantined_row_has_its_numbers_and_keys_scrubbed_too(workdir: Path) -> None:
+    # The raw input of a row the reader parsed was scrubbed string value by string value: a card held
+    # as a JSON number, and a name that is a key, were published in clear in set_aside/.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Card?", "a": "Sent.", "amount": "n/a", "card": 4111111111111111, "Call Daniel Okafor tomorrow.": 1},
+            {"q": "Hello?", "a": "Hi.", "amount": 2.5, "card": 1},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "input_schema": {"columns": {"q": "str", "a": "str", "amount": "float"}},
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert row["reason"] == "schema"
+    record = json.loads(row["record"])
+    assert record["card"] == "<CREDIT_CARD>" and "Call <PERSON> tomorrow." in record, record
+    assert "4111" not in row["record"] and "Okafor" not in row["record"]

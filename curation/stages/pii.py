@@ -28,7 +28,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -397,16 +397,6 @@ class Scan:
         return parts
 
 
-def _string_places(value: Any) -> Iterator[tuple[Any, Any]]:
-    """(container, key) of every string inside a parsed JSON value."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, inner in items:
-        if isinstance(inner, str):
-            yield value, key
-        else:
-            yield from _string_places(inner)
-
-
 class PiiRedaction:
     """The PII stage: redacts, pseudonymises, drops and flags for review, per the recipe."""
 
@@ -592,15 +582,6 @@ class PiiRedaction:
         input (state store only) for annotators.
         """
         records, details = table["record"].to_pylist(), table["detail"].to_pylist()
-        # A raw input that is a JSON object (a row the reader could parse) has each of its string values
-        # scanned alone, as the stage scans a field: scanned as one JSON text, a name between quotes and
-        # keys went unseen.
-        parsed: dict[int, dict[str, Any]] = {}
-        for row, record in enumerate(records):
-            if record and record.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    parsed[row] = json.loads(record)
-        places = [(row, place) for row, value in parsed.items() for place in _string_places(value)]
         sources, stages = table["source"].to_pylist(), table["stage"].to_pylist()
         quoting = [row for row, detail in enumerate(details) if detail and stages[row] in _QUOTING_STAGES]
         prefix = {}
@@ -608,18 +589,14 @@ class PiiRedaction:
             at = location(sources[row])
             prefix[row] = len(at) + 2 if details[row].startswith(f"{at}: ") else 0
         # One scan of every text, each with its row: a name found in one value of a row is found in its
-        # other values and its detail too, as on the stage's path.
-        texts = [None if row in parsed else record for row, record in enumerate(records)]
-        texts += [holder[key] for _, (holder, key) in places]
-        texts += [details[row][prefix[row] :] for row in quoting]
-        rows = [*range(len(records)), *(row for row, _ in places), *quoting]
-        scrubbed = iter(self.scrub_texts(texts, rows))
+        # other values and its detail too, as on the stage's path. A raw input that is a JSON object (a
+        # row the reader could parse) is scanned as the stage scans a field of JSON: string by string
+        # (keys too) and whole, a number found (a card) made a string.
+        texts = [*records, *(details[row][prefix[row] :] for row in quoting)]
+        scrubbed = iter(self.scrub_texts(texts, [*range(len(records)), *quoting]))
         records = [next(scrubbed) for _ in records]
-        for _, (holder, key) in places:
-            holder[key] = next(scrubbed)
         for row in quoting:
             details[row] = details[row][: prefix[row]] + (next(scrubbed) or "")
-        records = [json.dumps(parsed[row]) if row in parsed else record for row, record in enumerate(records)]
         table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
@@ -627,22 +604,28 @@ class PiiRedaction:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
         leaves the stage's path (set-aside rows, review items made before it) and that no operator,
         undo or review flag applies to. With ``records`` (the record each value belongs to), a value
-        found in one is redacted wherever the others of its record hold it, as on the stage's path."""
+        found in one is redacted wherever the others of its record hold it, as on the stage's path.
+        A value holding the JSON of a list or an object stays valid JSON (see ``Scan``)."""
         values = list(values)
         where = [row for row, value in enumerate(values) if value]
         if not where:
             return values
-        texts = [str(values[row]) for row in where]
-        found = self.analyzer.analyze(texts, self.config.threshold)
-        kept = [resolve_overlaps(self._not_allowed(text, dets)) for text, dets in zip(texts, found, strict=True)]
-        places = [(str(row), records[row] if records is not None else row) for row in where]
-        echoes = _found_elsewhere(places, texts, kept, self.allowed_places)
-        for row, place, text, detections in zip(where, places, texts, kept, strict=True):
-            spans = [
-                {"start": s, "end": e, "placeholder": f"<{entity}>"}
-                for entity, s, e, _ in _with_echoes(detections, echoes[place])
-            ]
-            values[row] = redacted(text, spans)
+        scan = Scan([str(values[row]) for row in where])
+        parts = scan.parts(self.analyzer.analyze(scan.texts, self.config.threshold))
+        kept = [resolve_overlaps(self._not_allowed(part.scanned, part.found)) for part in parts]
+        places = [
+            (at, where[part.text] if records is None else records[where[part.text]]) for at, part in enumerate(parts)
+        ]
+        echoes = _found_elsewhere(places, [part.scanned for part in parts], kept, self.allowed_places)
+        spans: list[list[dict]] = [[] for _ in where]
+        for place, part, detections in zip(places, parts, kept, strict=True):
+            for (entity, start, end, _), _, _ in part.in_text(_with_echoes(detections, echoes[place]), {}):
+                number = part.value is not None and not part.value.is_string  # made a JSON string
+                spans[part.text].append(
+                    {"start": start, "end": end, "placeholder": f'"<{entity}>"' if number else f"<{entity}>"}
+                )
+        for index, row in enumerate(where):
+            values[row] = redacted(scan.texts[index], spans[index])
         return values
 
     def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
