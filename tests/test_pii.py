@@ -837,3 +837,23 @@ def test_a_quarantined_row_has_its_numbers_and_keys_scrubbed_too(workdir: Path) 
     record = json.loads(row["record"])
     assert record["card"] == "<CREDIT_CARD>" and "Call <PERSON> tomorrow." in record, record
     assert "4111" not in row["record"] and "Okafor" not in row["record"]
+
+
+def test_a_line_with_half_a_surrogate_pair_is_quarantined_scrubbed_and_the_run_goes_on(workdir: Path) -> None:
+    # The reader quarantines the line (malformed JSON), yet Python's json reads it: its strings held a
+    # lone surrogate, on which spaCy failed, and the whole run with it.
+    (workdir / "faq.jsonl").write_text(
+        '{"q": "Hello?", "a": "Hi."}\n{"q": "Odd \\ud800 from Maria Garcia, maria@example.com", "a": "ok"}\n'
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert row["reason"] == "malformed_json" and "\\ud800" in row["record"]
+    assert "maria@example.com" not in row["record"] and "<EMAIL_ADDRESS>" in row["record"]
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Hello?"]

@@ -259,9 +259,9 @@ class Placeholders:
 
 
 class JsonValue(NamedTuple):
-    """A string (a key too) or a number in a JSON text: ``value`` as decoded, and ``places``, where each
-    of its characters starts in the JSON text, then where it ends (an escape such as ``\\u00e9`` or
-    ``\\"`` is one character of the value and several of the text)."""
+    """A string (a key too) or a number in a JSON text: ``value`` as decoded (half a UTF-16 pair alone
+    as U+FFFD), and ``places``, where each of its characters starts in the JSON text, then where it
+    ends (an escape such as ``\\u00e9`` or ``\\"`` is one character of the value and several of the text)."""
 
     value: str
     places: list[int]
@@ -315,7 +315,9 @@ def json_values(text: str) -> list[JsonValue] | None:
                         low = int(text[at + 2 : at + 6], 16)
                         if 0xDC00 <= low < 0xE000:
                             code, at = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00), at + 6
-                    value.append(chr(code))
+                    # Half a pair alone (JSON allows it, the reader quarantines such a line) is no
+                    # character: spaCy fails on it. Scanned as U+FFFD, one character as well.
+                    value.append("\ufffd" if 0xD800 <= code < 0xE000 else chr(code))
             found.append(JsonValue("".join(value), [*places, at], True))
             at += 1
         elif char == "-" or char.isdigit():
