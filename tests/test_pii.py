@@ -857,3 +857,34 @@ def test_a_line_with_half_a_surrogate_pair_is_quarantined_scrubbed_and_the_run_g
     assert row["reason"] == "malformed_json" and "\\ud800" in row["record"]
     assert "maria@example.com" not in row["record"] and "<EMAIL_ADDRESS>" in row["record"]
     assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Hello?"]
+
+
+def test_a_changed_pseudonym_key_is_a_changed_recipe(
+    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key lives in the environment, out of the recipe's fingerprint: a scheduled run with another
+    # key published its new records' pseudonyms beside the carried ones', the same person under two
+    # names in one version, without a word.
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": "Please call Daniel Okafor tomorrow.", "a": "ok"}])
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in/"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii", "operators": {"PERSON": "pseudonym"}}],
+        "output": {"validation_fraction": 0.0},
+    }
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    first = run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Yesterday Daniel Okafor wrote again.", "a": "ok"}])
+    monkeypatch.setenv("CURATION_PII_SECRET", "another-key")
+    with caplog.at_level(logging.WARNING):
+        second = run(workdir, recipe)
+    assert "the recipe changed since v1 (or its pseudonym key)" in caplog.text and "--full-refresh" in caplog.text
+    assert first.manifest.recipe_sha256 != second.manifest.recipe_sha256
+    assert "another-key" not in json.dumps(second.manifest.model_dump(mode="json"))
+    # The same key again: the same recipe.
+    caplog.clear()
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": "Then Daniel Okafor wrote once more.", "a": "ok"}])
+    with caplog.at_level(logging.WARNING):
+        third = run(workdir, recipe)
+    assert "recipe changed" not in caplog.text and third.manifest.recipe_sha256 == second.manifest.recipe_sha256

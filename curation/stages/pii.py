@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import traceback
 import unicodedata
@@ -435,7 +434,7 @@ class PiiRedaction:
         self.operators = {
             entity: config.operators.get(entity, config.operators.get("default", "replace")) for entity in entities
         }
-        secret = config.secret.get_secret_value() if config.secret else os.environ.get(config.secret_env)
+        secret = config.secret_key()
         if "pseudonym" in self.operators.values() and not secret:
             raise PiiSettingError(
                 f"the pii stage's pseudonym operator needs a secret key: set the environment variable "
