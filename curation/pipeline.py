@@ -407,9 +407,11 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     before were made by the old recipe, and a scheduled run reads only what is new."""
     if extended is None or extended.recipe_sha256 == recipe.fingerprint():
         return None
+    keyed = any(isinstance(stage, PiiConfig) and stage.pseudonym_key_id() for stage in recipe.stages)
     return (
-        f"the recipe changed since v{extended.version}: records read before keep what the old recipe made of "
-        "them (only new input is read); run with --full-refresh to apply the new recipe to every record"
+        f"the recipe changed since v{extended.version}{' (or its pseudonym key)' if keyed else ''}: records read "
+        "before keep what the old recipe made of them (only new input is read); run with --full-refresh to "
+        "apply the new recipe to every record"
     )
 
 

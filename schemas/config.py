@@ -490,6 +490,9 @@ class Recipe(Strict):
         """sha256 of the validated recipe: two runs with the same hash did the same work."""
         # Where it runs (engine, cluster) does not change the work, so it is left out of the hash.
         settings = self.model_dump(mode="json", exclude={"engine", "ray_address"})
+        for stage, dumped in zip(self.stages, settings["stages"], strict=True):
+            if isinstance(stage, PiiConfig) and (key_id := stage.pseudonym_key_id()) is not None:
+                dumped["secret"] = key_id  # dumped as "**********" whatever it is; the environment's not at all
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
 from typing import Literal
 
@@ -68,6 +71,20 @@ class PiiConfig(Strict):
     ocr: bool = False  # also redact text in document images (the ``image_bytes`` column), with tesseract OCR
     workers: int | None = Field(default=None, ge=1)  # processes; default: one per core
     batch_size: int = Field(default=64, ge=1)  # texts per spaCy ``pipe`` batch
+
+    def secret_key(self) -> str | None:
+        """The pseudonym key: ``secret``, else the environment variable ``secret_env``."""
+        return self.secret.get_secret_value() if self.secret else os.environ.get(self.secret_env) or None
+
+    def pseudonym_key_id(self) -> str | None:
+        """What tells one pseudonym key from another, without revealing it (an HMAC of a fixed text);
+        None unless an operator is ``pseudonym``. In the recipe's fingerprint, so a run whose key
+        changed says the recipe changed: its new records' pseudonyms differ from those of the
+        records it carries (the same person under two names in one version)."""
+        key = self.secret_key()
+        if "pseudonym" not in self.operators.values() or not key:
+            return None
+        return hmac.new(key.encode(), b"curation pseudonym key", hashlib.sha256).hexdigest()[:16]
 
     def scanned_entities(self) -> list[str]:
         """Every entity the stage looks for: the listed ones, then the recipe's own recognizers'."""

@@ -789,3 +789,134 @@ def test_stage_ships_to_ray_workers_without_its_model(monkeypatch: pytest.Monkey
     # Inside Ray, which already runs one copy of the stage per core, the stage adds no processes.
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
     assert default_workers() == 1 and pii.loads_model
+
+
+def test_a_name_in_a_field_of_json_lists_or_objects_is_redacted_and_the_json_stays_valid(workdir: Path) -> None:
+    # A column of lists or objects reaches a record field as JSON text. Scanned as one text, the model
+    # missed a name between JSON's quotes and commas that it finds in the same words alone.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Who called?", "notes": ["Call Daniel Okafor tomorrow.", 'He said "see 4111 1111 1111 1111"']},
+            {"q": "Which contact?", "notes": {"who": "Call Daniel Okafor tomorrow.", "path": "C:\\tmp\nnext"}},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "notes"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    published = {line["prompt"]: json.loads(line["completion"]) for line in outputs(Path(result.version_uri))}
+    assert published == {
+        "Who called?": ["Call <PERSON> tomorrow.", 'He said "see <CREDIT_CARD>"'],
+        "Which contact?": {"who": "Call <PERSON> tomorrow.", "path": "C:\\tmp\nnext"},
+    }
+
+
+def test_json_text_is_redacted_string_by_string_escapes_and_numbers_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    # \u escapes and \" make a string's characters and its JSON text's differ: offsets are mapped back,
+    # the placeholder is written as JSON writes it, and a number found (a card) becomes a string.
+    notes = json.dumps({"note": "Write to Zoë Müller today", "Daniel Okafor": 4111111111111111, "phone": "555-0199"})
+    batch = records(["Zoë Müller asked about the refund."], completion=notes)
+    pii = stage(operators={"PERSON": "pseudonym", "CREDIT_CARD": "mask"}, mask_char='"')
+    result = pii(batch)
+    person = pii.placeholder("pseudonym", "PERSON", "Zoë Müller")
+    assert result.kept["prompt"][0].as_py() == f"{person} asked about the refund."
+    assert json.loads(result.kept["completion"][0].as_py()) == {
+        "note": f"Write to {person} today",  # the same pseudonym as in the prompt: the value, not its escapes
+        pii.placeholder("pseudonym", "PERSON", "Daniel Okafor"): '"' * 16,
+        "phone": "<PHONE_NUMBER>",  # its key is the context word that makes a local number a phone number
+    }
+    # A flag's spans are places in the field's JSON text, so an annotator's undo and a carried copy's
+    # rebuild take the same places.
+    notes = json.dumps(["Reach me at 212-555-0187"])
+    flagged = stage()(records(["Hello"], completion=notes))
+    payload = json.loads(flagged.flags["payload"][0].as_py())
+    [span] = payload["spans"]
+    assert notes[span["start"] : span["end"]] == "212-555-0187" and payload["original"] == notes
+    undone = {"r0": {("completion", span["start"], span["end"])}}
+    again = PiiRedaction(pii.config, "instruction", undone=undone, analyzer=pii.analyzer)(
+        records(["Hello"], completion=notes)
+    )
+    assert again.kept["completion"][0].as_py() == notes and again.stats["review_restored"] == 1
+
+
+def test_a_quarantined_row_has_its_numbers_and_keys_scrubbed_too(workdir: Path) -> None:
+    # The raw input of a row the reader parsed was scrubbed string value by string value: a card held
+    # as a JSON number, and a name that is a key, were published in clear in set_aside/.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Card?", "a": "Sent.", "amount": "n/a", "card": 4111111111111111, "Call Daniel Okafor tomorrow.": 1},
+            {"q": "Hello?", "a": "Hi.", "amount": 2.5, "card": 1},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "input_schema": {"columns": {"q": "str", "a": "str", "amount": "float"}},
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert row["reason"] == "schema"
+    record = json.loads(row["record"])
+    assert record["card"] == "<CREDIT_CARD>" and "Call <PERSON> tomorrow." in record, record
+    assert "4111" not in row["record"] and "Okafor" not in row["record"]
+
+
+def test_a_line_with_half_a_surrogate_pair_is_quarantined_scrubbed_and_the_run_goes_on(workdir: Path) -> None:
+    # The reader quarantines the line (malformed JSON), yet Python's json reads it: its strings held a
+    # lone surrogate, on which spaCy failed, and the whole run with it.
+    (workdir / "faq.jsonl").write_text(
+        '{"q": "Hello?", "a": "Hi."}\n{"q": "Odd \\ud800 from Maria Garcia, maria@example.com", "a": "ok"}\n'
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert row["reason"] == "malformed_json" and "\\ud800" in row["record"]
+    assert "maria@example.com" not in row["record"] and "<EMAIL_ADDRESS>" in row["record"]
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Hello?"]
+
+
+def test_a_changed_pseudonym_key_is_a_changed_recipe(
+    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key lives in the environment, out of the recipe's fingerprint: a scheduled run with another
+    # key published its new records' pseudonyms beside the carried ones', the same person under two
+    # names in one version, without a word.
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": "Please call Daniel Okafor tomorrow.", "a": "ok"}])
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in/"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii", "operators": {"PERSON": "pseudonym"}}],
+        "output": {"validation_fraction": 0.0},
+    }
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    first = run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Yesterday Daniel Okafor wrote again.", "a": "ok"}])
+    monkeypatch.setenv("CURATION_PII_SECRET", "another-key")
+    with caplog.at_level(logging.WARNING):
+        second = run(workdir, recipe)
+    assert "the recipe changed since v1 (or its pseudonym key)" in caplog.text and "--full-refresh" in caplog.text
+    assert first.manifest.recipe_sha256 != second.manifest.recipe_sha256
+    assert "another-key" not in json.dumps(second.manifest.model_dump(mode="json"))
+    # The same key again: the same recipe.
+    caplog.clear()
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": "Then Daniel Okafor wrote once more.", "a": "ok"}])
+    with caplog.at_level(logging.WARNING):
+        third = run(workdir, recipe)
+    assert "recipe changed" not in caplog.text and third.manifest.recipe_sha256 == second.manifest.recipe_sha256

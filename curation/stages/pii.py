@@ -21,14 +21,13 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import traceback
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -258,14 +257,145 @@ class Placeholders:
         return f"<{entity}>"
 
 
-def _string_places(value: Any) -> Iterator[tuple[Any, Any]]:
-    """(container, key) of every string inside a parsed JSON value."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, inner in items:
-        if isinstance(inner, str):
-            yield value, key
+class JsonValue(NamedTuple):
+    """A string (a key too) or a number in a JSON text: ``value`` as decoded (half a UTF-16 pair alone
+    as U+FFFD), and ``places``, where each of its characters starts in the JSON text, then where it
+    ends (an escape such as ``\\u00e9`` or ``\\"`` is one character of the value and several of the text)."""
+
+    value: str
+    places: list[int]
+    is_string: bool
+
+    def place(self, start: int, end: int) -> tuple[int, int]:
+        """The characters of the JSON text that hold ``value[start:end]``."""
+        return self.places[start], self.places[end]
+
+    def covering(self, start: int, end: int) -> tuple[int, int] | None:
+        """The part of the value (its offsets) whose characters cover what of the JSON text's
+        ``[start, end)`` lies inside it, an escape cut by an edge counted whole; None outside it."""
+        start, end = max(start, self.places[0]), min(end, self.places[-1])
+        if start >= end:
+            return None
+        return bisect.bisect_right(self.places, start) - 1, bisect.bisect_left(self.places, end)
+
+
+_JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def json_values(text: str) -> list[JsonValue] | None:
+    """The strings and numbers of ``text`` if it is the JSON text of an array or an object (how a
+    column of lists or objects reaches a record field: a nested Parquet or JSONL column, a column of
+    mixed types), else None. Told from the text, strictly: it starts with ``[`` or ``{`` and parses."""
+    if text[:1] not in ("[", "{"):
+        return None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, list | dict):
+        return None
+    found, at = [], 0
+    while at < len(text):
+        char = text[at]
+        if char == '"':
+            value, places, at = [], [], at + 1
+            while text[at] != '"':
+                places.append(at)
+                if text[at] != "\\":
+                    value.append(text[at])
+                    at += 1
+                elif text[at + 1] != "u":
+                    value.append(_JSON_ESCAPES[text[at + 1]])
+                    at += 2
+                else:
+                    code, at = int(text[at + 2 : at + 6], 16), at + 6
+                    if 0xD800 <= code < 0xDC00 and text[at : at + 2] == "\\u":  # a pair: one character
+                        low = int(text[at + 2 : at + 6], 16)
+                        if 0xDC00 <= low < 0xE000:
+                            code, at = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00), at + 6
+                    # Half a pair alone (JSON allows it, the reader quarantines such a line) is no
+                    # character: spaCy fails on it. Scanned as U+FFFD, one character as well.
+                    value.append("\ufffd" if 0xD800 <= code < 0xE000 else chr(code))
+            found.append(JsonValue("".join(value), [*places, at], True))
+            at += 1
+        elif char == "-" or char.isdigit():
+            match = _JSON_NUMBER.match(text, at)
+            if match is None:  # -Infinity, which Python's json reads
+                at += 1
+                continue
+            found.append(JsonValue(match.group(), list(range(at, match.end() + 1)), False))
+            at = match.end()
         else:
-            yield from _string_places(inner)
+            at += 1
+    return found
+
+
+class Part(NamedTuple):
+    """What is redacted on its own: a text, or one string or number of its JSON (``value``)."""
+
+    text: int  # which text it is part of
+    value: JsonValue | None
+    scanned: str  # the text, or the string or number as decoded
+    found: list[Detection]  # offsets in ``scanned``
+
+    def place(self, start: int, end: int) -> tuple[int, int]:
+        """Offsets in ``scanned`` as the text's; a number is replaced whole (by a JSON string)."""
+        if self.value is None:
+            return start, end
+        return self.value.place(start, end) if self.value.is_string else self.value.place(0, len(self.scanned))
+
+    def in_text(
+        self, detections: list[Detection], values: Mapping[tuple[int, int], str]
+    ) -> list[tuple[Detection, str, str]]:
+        """Each detection at its place in the text, with its own text and the value it stands for
+        (``values``: that of a place found again), both as decoded."""
+        if self.value is not None and not self.value.is_string and detections:  # a number: one span
+            entity, _, _, score = max(detections, key=lambda det: det[3])
+            detections = [(entity, 0, len(self.scanned), score)]
+        placed = []
+        for entity, start, end, score in detections:
+            own = self.scanned[start:end]
+            placed.append(((entity, *self.place(start, end), score), own, values.get((start, end), own)))
+        return placed
+
+
+class Scan:
+    """Texts as the analyzer scans them. A text holding the JSON of a list or an object is scanned
+    whole (its keys give the pattern recognisers their context words: "phone": "555-0199") and each
+    of its strings alone too (between JSON's quotes and commas the model misses a name it finds in
+    the string alone); what is found is redacted in the string or number that holds it, so the JSON
+    stays valid."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.structured = [json_values(text) for text in texts]
+        self.texts = list(texts)  # what the analyzer scans
+        self.owner = list(range(len(texts)))  # the text each scanned one belongs to
+        self._strings: list[list[int]] = []  # per text, the scanned text of each of its strings (-1: none)
+        for index, values in enumerate(self.structured):
+            self._strings.append([])
+            for value in values or ():
+                scanned = value.is_string and bool(value.value)
+                self._strings[index].append(len(self.texts) if scanned else -1)
+                if scanned:
+                    self.owner.append(index)
+                    self.texts.append(value.value)
+
+    def parts(self, found: list[list[Detection]]) -> list[Part]:
+        """The parts of the texts, each with what was found in it, given what was found in ``texts``."""
+        parts = []
+        for index, values in enumerate(self.structured):
+            if values is None:
+                parts.append(Part(index, None, self.texts[index], found[index]))
+                continue
+            for value, own in zip(values, self._strings[index], strict=True):
+                inside = [
+                    (entity, *covered, score)
+                    for entity, start, end, score in found[index]
+                    if (covered := value.covering(start, end)) is not None
+                ]
+                parts.append(Part(index, value, value.value, inside + (found[own] if own >= 0 else [])))
+        return parts
 
 
 class PiiRedaction:
@@ -304,7 +434,7 @@ class PiiRedaction:
         self.operators = {
             entity: config.operators.get(entity, config.operators.get("default", "replace")) for entity in entities
         }
-        secret = config.secret.get_secret_value() if config.secret else os.environ.get(config.secret_env)
+        secret = config.secret_key()
         if "pseudonym" in self.operators.values() and not secret:
             raise PiiSettingError(
                 f"the pii stage's pseudonym operator needs a secret key: set the environment variable "
@@ -339,15 +469,19 @@ class PiiRedaction:
         columns = {name: batch[name].to_pylist() for name in self.fields}
         where = [(name, row) for name in self.fields for row, value in enumerate(columns[name]) if value]
         texts = [columns[name][row] for name, row in where]
+        scan = Scan(texts)
         try:
-            found = self.analyzer.analyze(texts, self.config.threshold, [name in self.ner_fields for name, _ in where])
+            found = self.analyzer.analyze(
+                scan.texts, self.config.threshold, [where[index][0] in self.ner_fields for index in scan.owner]
+            )
         except PiiTextError as error:
-            name, row = where[error.index]
+            name, row = where[scan.owner[error.index]]
             source = batch["source"][row].as_py()
             raise StageError(
                 f"{location(source)}: record {ids[row]}, field {name}: presidio failed with "
                 f"{error.error} (its message is withheld: it can quote the text)"
             ) from None
+        parts = scan.parts(found)
 
         stats: Counter[str] = Counter()
         dropped: dict[int, str] = {}  # row -> PII-free reason
@@ -355,29 +489,41 @@ class PiiRedaction:
         flags: dict[int, list[dict]] = {}
         redacted = {name: list(values) for name, values in columns.items()}
         kept_detections = []
-        for (name, row), text, detections in zip(where, texts, found, strict=True):
+        for part in parts:
+            name, row = where[part.text]
             undone = self.undone.get(ids[row], ())
             keep = []
-            for det in resolve_overlaps(self._not_allowed(text, detections)):
-                if (name, det[1], det[2]) in undone:
+            for det in resolve_overlaps(self._not_allowed(part.scanned, part.found)):
+                if (name, *part.place(det[1], det[2])) in undone:
                     stats["review_restored"] += 1
                 else:
                     keep.append(det)
             kept_detections.append(keep)
-        echoes = _found_elsewhere(where, texts, kept_detections, self.allowed_places)
-        for (name, row), text, keep in zip(where, texts, kept_detections, strict=True):
+        keys = [(at, where[part.text][1]) for at, part in enumerate(parts)]
+        echoes = _found_elsewhere(keys, [part.scanned for part in parts], kept_detections, self.allowed_places)
+        # Per field: its detections and, for each, its own text and the value it stands for, as decoded.
+        in_field: list[list[Detection]] = [[] for _ in where]
+        own_text: list[dict[tuple[int, int], str]] = [{} for _ in where]
+        values_of: list[dict[tuple[int, int], str]] = [{} for _ in where]
+        for at, (part, keep) in enumerate(zip(parts, kept_detections, strict=True)):
+            name, row = where[part.text]
             undone = self.undone.get(ids[row], ())
-            echoed = [echo for echo in echoes[name, row] if (name, *echo.detection[1:3]) not in undone]
+            echoed = [echo for echo in echoes[at, row] if (name, *part.place(*echo.detection[1:3])) not in undone]
             if echoed:
                 stats["found_elsewhere_in_record"] += len(echoed)
-            keep = _with_echoes(keep, echoed)
+            values = {echo.detection[1:3]: echo.value for echo in echoed}
+            for det, own, value in part.in_text(_with_echoes(keep, echoed), values):
+                in_field[part.text].append(det)
+                own_text[part.text][det[1:3]] = own
+                values_of[part.text][det[1:3]] = value
+        for index, ((name, row), text, keep) in enumerate(zip(where, texts, in_field, strict=True)):
             if not keep:
                 continue
             drop = sorted({entity for entity, *_ in keep if self.operators[entity] == "drop"})
             if drop:
                 dropped.setdefault(row, f"{name} holds {', '.join(drop)} (operator drop)")
                 continue
-            new_text, spans = self._redact(text, keep, {echo.detection[1:3]: echo.value for echo in echoed})
+            new_text, spans = self._redact(text, keep, values_of[index], own_text[index], scan.structured[index])
             redacted[name][row] = new_text
             counts.setdefault(row, Counter()).update(entity for entity, *_ in keep)
             uncertain = [span for span in spans if span["score"] < self.config.review_below]
@@ -437,15 +583,6 @@ class PiiRedaction:
         input (state store only) for annotators.
         """
         records, details = table["record"].to_pylist(), table["detail"].to_pylist()
-        # A raw input that is a JSON object (a row the reader could parse) has each of its string values
-        # scanned alone, as the stage scans a field: scanned as one JSON text, a name between quotes and
-        # keys went unseen.
-        parsed: dict[int, dict[str, Any]] = {}
-        for row, record in enumerate(records):
-            if record and record.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    parsed[row] = json.loads(record)
-        places = [(row, place) for row, value in parsed.items() for place in _string_places(value)]
         sources, stages = table["source"].to_pylist(), table["stage"].to_pylist()
         quoting = [row for row, detail in enumerate(details) if detail and stages[row] in _QUOTING_STAGES]
         prefix = {}
@@ -453,18 +590,14 @@ class PiiRedaction:
             at = location(sources[row])
             prefix[row] = len(at) + 2 if details[row].startswith(f"{at}: ") else 0
         # One scan of every text, each with its row: a name found in one value of a row is found in its
-        # other values and its detail too, as on the stage's path.
-        texts = [None if row in parsed else record for row, record in enumerate(records)]
-        texts += [holder[key] for _, (holder, key) in places]
-        texts += [details[row][prefix[row] :] for row in quoting]
-        rows = [*range(len(records)), *(row for row, _ in places), *quoting]
-        scrubbed = iter(self.scrub_texts(texts, rows))
+        # other values and its detail too, as on the stage's path. A raw input that is a JSON object (a
+        # row the reader could parse) is scanned as the stage scans a field of JSON: string by string
+        # (keys too) and whole, a number found (a card) made a string.
+        texts = [*records, *(details[row][prefix[row] :] for row in quoting)]
+        scrubbed = iter(self.scrub_texts(texts, [*range(len(records)), *quoting]))
         records = [next(scrubbed) for _ in records]
-        for _, (holder, key) in places:
-            holder[key] = next(scrubbed)
         for row in quoting:
             details[row] = details[row][: prefix[row]] + (next(scrubbed) or "")
-        records = [json.dumps(parsed[row]) if row in parsed else record for row, record in enumerate(records)]
         table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
@@ -472,22 +605,28 @@ class PiiRedaction:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
         leaves the stage's path (set-aside rows, review items made before it) and that no operator,
         undo or review flag applies to. With ``records`` (the record each value belongs to), a value
-        found in one is redacted wherever the others of its record hold it, as on the stage's path."""
+        found in one is redacted wherever the others of its record hold it, as on the stage's path.
+        A value holding the JSON of a list or an object stays valid JSON (see ``Scan``)."""
         values = list(values)
         where = [row for row, value in enumerate(values) if value]
         if not where:
             return values
-        texts = [str(values[row]) for row in where]
-        found = self.analyzer.analyze(texts, self.config.threshold)
-        kept = [resolve_overlaps(self._not_allowed(text, dets)) for text, dets in zip(texts, found, strict=True)]
-        places = [(str(row), records[row] if records is not None else row) for row in where]
-        echoes = _found_elsewhere(places, texts, kept, self.allowed_places)
-        for row, place, text, detections in zip(where, places, texts, kept, strict=True):
-            spans = [
-                {"start": s, "end": e, "placeholder": f"<{entity}>"}
-                for entity, s, e, _ in _with_echoes(detections, echoes[place])
-            ]
-            values[row] = redacted(text, spans)
+        scan = Scan([str(values[row]) for row in where])
+        parts = scan.parts(self.analyzer.analyze(scan.texts, self.config.threshold))
+        kept = [resolve_overlaps(self._not_allowed(part.scanned, part.found)) for part in parts]
+        places = [
+            (at, where[part.text] if records is None else records[where[part.text]]) for at, part in enumerate(parts)
+        ]
+        echoes = _found_elsewhere(places, [part.scanned for part in parts], kept, self.allowed_places)
+        spans: list[list[dict]] = [[] for _ in where]
+        for place, part, detections in zip(places, parts, kept, strict=True):
+            for (entity, start, end, _), _, _ in part.in_text(_with_echoes(detections, echoes[place]), {}):
+                number = part.value is not None and not part.value.is_string  # made a JSON string
+                spans[part.text].append(
+                    {"start": start, "end": end, "placeholder": f'"<{entity}>"' if number else f"<{entity}>"}
+                )
+        for index, row in enumerate(where):
+            values[row] = redacted(scan.texts[index], spans[index])
         return values
 
     def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
@@ -514,23 +653,29 @@ class PiiRedaction:
         return batch.set_column(column, "image_bytes", pa.array(images, batch["image_bytes"].type)), bad
 
     def _redact(
-        self, text: str, detections: list[Detection], values: Mapping[tuple[int, int], str] | None = None
+        self,
+        text: str,
+        detections: list[Detection],
+        values: Mapping[tuple[int, int], str] | None = None,
+        own: Mapping[tuple[int, int], str] | None = None,
+        structured: list[JsonValue] | None = None,
     ) -> tuple[str, list[dict]]:
         """``text`` with ``detections`` replaced; ``values`` gives the value a place stands for when it is
-        not its own text: a name found again by its words takes the name's pseudonym."""
-        values = values or {}
+        not its own text: a name found again by its words takes the name's pseudonym. In the JSON text
+        of a list or an object (``structured``, its strings and numbers), ``own`` gives the place's text
+        as decoded, the placeholder is written as JSON writes it in a string, and a number becomes one."""
+        values, own = values or {}, own or {}
+        numbers = {value.place(0, len(value.value)) for value in structured or () if not value.is_string}
         spans = []
         for entity, start, end, score in detections:
             operator = self.operators[entity]
-            value = values.get((start, end), text[start:end]) if operator == "pseudonym" else text[start:end]
+            mine = own.get((start, end), text[start:end])
+            value = values.get((start, end), mine) if operator == "pseudonym" else mine
+            placeholder = self.placeholder(operator, entity, value)
+            if structured is not None:
+                placeholder = json.dumps(placeholder) if (start, end) in numbers else json.dumps(placeholder)[1:-1]
             spans.append(
-                {
-                    "start": start,
-                    "end": end,
-                    "entity": entity,
-                    "score": round(score, 4),
-                    "placeholder": self.placeholder(operator, entity, value),
-                }
+                {"start": start, "end": end, "entity": entity, "score": round(score, 4), "placeholder": placeholder}
             )
         return redacted(text, spans), spans
 
