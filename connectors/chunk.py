@@ -3,7 +3,9 @@
 Paragraphs (blank-line separated) are packed into a chunk while it stays within ``max_chars``;
 the next chunk starts with the last paragraphs of the previous one, up to ``overlap_chars``, so
 no sentence loses its context at a cut. A paragraph longer than a chunk is cut at the last
-sentence end (or space) that fits, never inside a word unless it has no space at all.
+sentence end (or space) that fits, never inside a word unless it has no space at all, and not
+between two capitalised words where another space will do: a name cut in two is half a name in
+each piece, which the PII stage (it reads one record at a time) no longer recognises.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s")
+_SPACE = re.compile(r" +")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,11 @@ def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int
     while end - start > max_chars:
         window = text[start : start + max_chars]
         ends = [m.end() for m in _SENTENCE_END.finditer(window)]
-        cut = ends[-1] if ends and ends[-1] > max_chars // 2 else window.rfind(" ") + 1
+        cut = (
+            ends[-1]
+            if ends and ends[-1] > max_chars // 2
+            else _space_cut(window, text[start + max_chars : start + max_chars + 1])
+        )
         if cut <= 0:
             cut = max_chars
         pieces.append((start, start + cut))
@@ -49,6 +56,20 @@ def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int
     if start < end:
         pieces.append((start, end))
     return pieces
+
+
+def _space_cut(window: str, next_char: str) -> int:
+    """Where to cut ``window`` (followed in the text by ``next_char``) at a space: the last one in its
+    second half that does not stand between two capitalised words (as in "Daniel Okafor"), else the
+    last one; 0 if it has none."""
+    spaces = list(_SPACE.finditer(window))
+    for space in reversed(spaces):
+        if space.start() <= len(window) // 2:
+            break
+        before, after = window[: space.start()].rsplit(" ", 1)[-1], window[space.end() :] or next_char
+        if not (before[:1].isupper() and after[:1].isupper()):
+            return space.end()
+    return spaces[-1].end() if spaces else 0
 
 
 def chunk_text(text: str, max_chars: int, overlap_chars: int = 0) -> list[Chunk]:

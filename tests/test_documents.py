@@ -298,6 +298,19 @@ def test_chunker_respects_size_overlap_and_paragraphs() -> None:
     assert "".join(p.text.replace(" ", "") for p in pieces) == long.replace(" ", "")
 
 
+def test_a_long_paragraph_is_not_cut_between_the_words_of_a_name() -> None:
+    line = "the refund for this account was approved by Daniel Okafor and sent to Maria de la Cruz today " * 12
+    for max_chars in range(60, 140):
+        pieces = [chunk.text for chunk in chunk_text(line, max_chars=max_chars)]
+        assert all(len(piece) <= max_chars for piece in pieces)
+        assert "".join(p.replace(" ", "") for p in pieces) == line.replace(" ", "")  # nothing lost or doubled
+        for before, after in itertools.pairwise(pieces):
+            assert not (before.split()[-1][:1].isupper() and after[:1].isupper()), (max_chars, before, after)
+    # Words all capitalised: cut at the last space all the same, never inside a word.
+    title = "Quarterly Review Of The Northern Region Accounts " * 6
+    assert all(not p.text.startswith(" ") and len(p.text) <= 50 for p in chunk_text(title, max_chars=50))
+
+
 def test_chunked_markdown_points_at_the_line_of_each_chunk(tmp_path: Path) -> None:
     lines = [f"Line {i} of the guide has a sentence about parcels." for i in range(1, 61)]
     (tmp_path / "guide.md").write_text("\n\n".join(lines) + "\n")
