@@ -215,7 +215,7 @@ def run(
 @app.command()
 def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> None:
     """Validate a recipe and list what it would read, without running it."""
-    from curation.pipeline import build_sources, build_stages, source_inputs
+    from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
 
     loaded = _load(recipe)
     try:
@@ -240,6 +240,8 @@ def check(recipe: Annotated[Path, typer.Argument(help="the recipe YAML")]) -> No
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
     out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False)
+    for warning in stage_order_warnings(loaded):
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False)
 
 
 SHOWN_INPUTS = 20

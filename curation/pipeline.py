@@ -213,6 +213,19 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     return stages
 
 
+def stage_order_warnings(recipe: Recipe) -> list[str]:
+    """What the order of the recipe's stages puts at risk: a ``clean`` after ``pii`` rewrites text the
+    PII stage already scanned (``Maria&nbsp;Garcia`` becomes a name after it was passed over)."""
+    types = [config.type for config in recipe.stages]
+    if "pii" in types and "clean" in types[types.index("pii") :]:
+        return [
+            f"stages: clean (stage {types.index('clean', types.index('pii')) + 1}) comes after pii "
+            f"(stage {types.index('pii') + 1}): the text it rewrites (markup, HTML entities, spacing) is not "
+            "scanned for PII again; put clean before pii"
+        ]
+    return []
+
+
 class LocalExecutor:
     """Streams batches through the stages on this machine, one batch at a time."""
 
@@ -713,6 +726,8 @@ def _run_locked(
             "effect when it is read again, and it is no longer there to read again",
             gone,
         )
+    for warning in stage_order_warnings(recipe):
+        log.warning("%s", warning)
     out = recipe.output
     if previous and not full_refresh:
         _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])

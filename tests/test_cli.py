@@ -137,6 +137,20 @@ def test_check_says_when_a_file_name_does_not_tell_its_format(tmp_path: Path) ->
     assert "Traceback" not in checked.stderr
 
 
+def test_check_and_run_warn_of_a_clean_stage_after_pii(tmp_path: Path) -> None:
+    # `clean` after `pii` turned "Maria&nbsp;Garcia", passed over by the PII stage, into a name in clear.
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "Ask for Maria&nbsp;Garcia at the desk."}])
+    spec = {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    said = "clean (stage 2) comes after pii (stage 1): the text it rewrites"
+    in_order = curation(
+        "check", str(write_recipe(tmp_path, {**spec, "stages": [{"type": "clean"}, {"type": "pii"}]})), cwd=tmp_path
+    )
+    assert in_order.returncode == 0 and "comes after pii" not in in_order.stderr
+    recipe = write_recipe(tmp_path, {**spec, "stages": [{"type": "pii"}, {"type": "clean"}]})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    assert checked.returncode == 0 and f"warning stages: {said}" in checked.stderr  # the run logs the same
+
+
 @pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template
 def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path, prompt: str) -> None:
     write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])
