@@ -375,6 +375,29 @@ def test_an_object_in_a_column_of_mixed_types_reads_the_same_beside_a_malformed_
     assert published[0] == published[1] == ["plain", '{"city": "Zürich 日本", "n": 1}']
 
 
+def test_a_template_writes_an_object_or_array_as_json_whether_its_column_mixes_types_or_not(workdir: Path) -> None:
+    # A column of objects only (a struct) rendered as Python writes a dict, "{'city': 'Zürich'}", and
+    # ['x'] for a list; beside a plain string (a column of mixed types) the same object came as JSON.
+    spec = qa_recipe(
+        "faq.jsonl", prompt="{{ q }}: {{ meta }}", completion="{{ tags }}", output={"validation_fraction": 0}
+    )
+    first = '{"q": "a", "meta": {"city": "Zürich", "n": 1}, "tags": ["x", "y"]}'
+    published = []
+    for second in (
+        '{"q": "b", "meta": {"city": "Bern", "n": 2}, "tags": []}',
+        '{"q": "b", "meta": "Bern", "tags": []}',
+    ):
+        (workdir / "faq.jsonl").write_text(first + "\n" + second + "\n")
+        result = run(workdir, spec, full_refresh=True)
+        published.append(sorted((line["prompt"], line["completion"]) for line in outputs(Path(result.version_uri))))
+    assert published[0] == [('a: {"city": "Zürich", "n": 1}', '["x", "y"]'), ('b: {"city": "Bern", "n": 2}', "[]")]
+    assert published[1] == [('a: {"city": "Zürich", "n": 1}', '["x", "y"]'), ("b: Bern", "[]")]
+    # A member of an object is still reached by name.
+    (workdir / "faq.jsonl").write_text(first + "\n")
+    result = run(workdir, {**spec, "record": {**spec["record"], "prompt": "{{ meta.city }}"}}, full_refresh=True)
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Zürich"]
+
+
 def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Path) -> None:
     # Python's json gave up with a RecursionError, which failed the whole run.
     deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"

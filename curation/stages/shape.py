@@ -31,14 +31,19 @@ class EmptyValue(ValueError):
     pass
 
 
-def _refuse_null(value: Any) -> Any:
+def _finalize(value: Any) -> Any:
+    """What a template writes for a value: never null, and a JSON object or array (a struct or list
+    column, an element of one) as JSON, as a field naming such a column and a column of mixed types
+    give it, not as Python writes a dict or list."""
     if value is None:
         raise EmptyValue("a value the template uses is empty (null)")
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=str)
     return value
 
 
 _ROW_ENV = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_refuse_null
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
 )
 
 
