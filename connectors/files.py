@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
 PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
+HEAD_BYTES = PROBE_BYTES  # what ``curation check`` reads of each input it opens
 # The bytes bytes.strip() removes: a line of only these is blank.
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
@@ -229,6 +230,7 @@ class FilesSourceReader(ListedFiles):
 
     name = CONNECTOR
     suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", ".gz", ".zst"))  # as file_format reads them
+    _head_bytes: int | None = None  # set while ``head`` reads
 
     def __init__(
         self,
@@ -248,6 +250,11 @@ class FilesSourceReader(ListedFiles):
             re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
         ]
 
+    @property
+    def block_bytes(self) -> int:
+        """How much of a file is read at a time."""
+        return self._head_bytes or BLOCK_BYTES
+
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
         error here, at listing, so ``curation check`` says so too, not only the run."""
@@ -258,16 +265,36 @@ class FilesSourceReader(ListedFiles):
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
-            fmt = file_format(entry.uri, self.config.format)
-            reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
-            try:
-                yield from reader(entry)
-            except StorageError:
-                raise  # names the file already
-            except OSError as exc:
-                raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
-            except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
-                raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+            yield from self._read(entry)
+
+    def _read(self, entry: FileEntry) -> Iterator[SourceBatch]:
+        fmt = file_format(entry.uri, self.config.format)
+        reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
+        try:
+            yield from reader(entry)
+        except StorageError:
+            raise  # names the file already
+        except OSError as exc:
+            raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+        except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
+            raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+
+    def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
+        """The file's first batch, as a run reads it (the same checks and messages: a file the run would
+        refuse raises the same StorageError), from about its first ``block_bytes`` (a CSV file's first
+        record may take a whole block, a Parquet file's first batch its first row group), for
+        ``curation check``."""
+        self._head_bytes = block_bytes
+        batches = self._read(entry)
+        try:
+            return next(batches, SourceBatch(rows=pa.table({})))
+        except StorageError as error:
+            if "straddl" not in str(error) or block_bytes >= BLOCK_BYTES:
+                raise
+        finally:
+            batches.close()  # the file is closed, the rest not read
+            del self._head_bytes
+        return self.head(entry, BLOCK_BYTES)  # a CSV record longer than the head: read as the run reads it
 
     # --- JSONL -------------------------------------------------------------------------------
 
@@ -276,7 +303,7 @@ class FilesSourceReader(ListedFiles):
         line_no = 0
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as stream:
-            for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):  # lines may end in CR alone
+            for data in _line_blocks(_LineFeeds(stream), self.block_bytes):  # lines may end in CR alone
                 if line_no == 0 and _opens_an_array(data):
                     # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
                     raise StorageError(
@@ -391,7 +418,7 @@ class FilesSourceReader(ListedFiles):
 
         header_line, header = header
         _once_each(entry.uri, header)
-        read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, skip_rows=header_line - 1)
+        read = pacsv.ReadOptions(use_threads=False, block_size=self.block_bytes, skip_rows=header_line - 1)
         # A quoted value may hold newlines: a block must not end inside one. Blank lines come through as
         # rows with no value (and are dropped below): skipped by Arrow, they would go uncounted, and
         # every later record's line would be off.
@@ -415,7 +442,7 @@ class FilesSourceReader(ListedFiles):
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as raw:
-            stream = _Utf8Guard(_LineFeeds(raw))
+            stream = _Utf8Guard(_LineFeeds(raw), self.block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
                 table = pa.Table.from_batches([batch])
