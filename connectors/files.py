@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
@@ -220,6 +221,99 @@ def read_json_objects(text: bytes, count: int) -> pa.Table | None:
     return None
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key named twice raises ``_RepeatedKey`` (``object_pairs_hook``)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return value
+
+
+def _may_repeat_a_key(text: bytes, table: pa.Table) -> bool:
+    """Whether a line of ``text``, read as ``table``, may name a key twice in one object (at any depth).
+
+    polars keeps the first value of such a key and Python's json the last, so which one a record got
+    hung on which path read its block. Every key in the text is followed by one colon, and any other
+    colon is in a string: with no escaped colon (\\u003a) and no key name holding one, the keys number
+    the colons less those in the table's strings. Each value the table holds (not null, at any depth)
+    had a key of its own, so when the keys number exactly those values, none is named twice. A key
+    named twice leaves a value out of the table (or, nested, fails the read): more keys than values.
+    So do keys given ``null``, which sends such a block to the exact check.
+    """
+    if b"\\" in text and _ESCAPED_COLON.search(text):
+        return True
+    colons = int(np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":")))
+    values = in_strings = 0
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        within = _values_and_colons(column)
+        if ":" in name or within is None:
+            return True
+        values += len(column) - column.null_count + within[0]
+        in_strings += within[1]
+    return colons - in_strings != values
+
+
+def _values_and_colons(column: pa.Array | pa.ChunkedArray) -> tuple[int, int] | None:
+    """The values nested in ``column``'s values that are not null (each had a key) and the colons in its
+    strings, at any depth; None when a nested key name holds a colon."""
+    if isinstance(column, pa.ChunkedArray):
+        parts = [_values_and_colons(chunk) for chunk in column.chunks]
+        if any(part is None for part in parts):
+            return None
+        return sum(part[0] for part in parts), sum(part[1] for part in parts)  # type: ignore[index]
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if column.null_count:  # a null's slot may hold bytes: counted value by value
+            return 0, int(pc.sum(pc.count_substring(column, ":")).as_py() or 0)
+        # The bytes behind the values, counted at once: several times faster than value by value.
+        width = np.int32 if pa.types.is_string(kind) else np.int64
+        offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset : column.offset + len(column) + 1]
+        data = (
+            np.frombuffer(column.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]] if len(column) else []
+        )
+        return 0, int(np.count_nonzero(data == ord(":")))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _values_and_colons(column.flatten())  # the items of the lists that are not null
+    if not pa.types.is_struct(kind):
+        return 0, 0
+    values = colons = 0
+    for field, child in zip(kind, column.flatten(), strict=True):  # children with their parent's nulls
+        within = _values_and_colons(child)
+        if ":" in field.name or within is None:
+            return None
+        values += len(child) - child.null_count + within[0]
+        colons += within[1]
+    return values, colons
+
+
+def _repeats_a_key(text: bytes) -> bool:
+    """Whether a line of ``text`` names a key twice in one object: Arrow's JSON reader tells (in C++, as
+    fast as the read), or, when it cannot read the block (a type that changes from line to line),
+    Python's json, line by line."""
+    try:
+        pajson.read_json(
+            pa.BufferReader(text), read_options=pajson.ReadOptions(use_threads=False, block_size=len(text) + 1)
+        )
+        return False
+    except pa.ArrowInvalid as error:
+        if "specified twice" in str(error):
+            return True
+    for line in text.split(b"\n"):
+        try:
+            if line.strip():
+                json.loads(line.decode("utf-8-sig"), object_pairs_hook=_one_value_per_key)
+        except _RepeatedKey:
+            return True
+        except (ValueError, RecursionError):  # read line by line, the problem is named there
+            return True
+    return False
+
+
 def _opens_an_array(data: bytes) -> bool:
     """Whether the file's first block opens a JSON array (a ``.json`` export of ``[{...}, ...]``)."""
     return data[:4096].lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
@@ -337,7 +431,11 @@ class FilesSourceReader(ListedFiles):
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         # Checked first: polars panics on a lone surrogate in a key.
         table = None if _may_hold_lone_surrogate(text) else read_json_objects(text, len(raws))
-        if table is None or self._may_hold_values_not_text(text):
+        if (
+            table is None
+            or self._may_hold_values_not_text(text)
+            or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
+        ):
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
 
@@ -358,7 +456,7 @@ class FilesSourceReader(ListedFiles):
             try:
                 # Decoded first: given bytes, json guesses UTF-16 or -32 from the first bytes, and JSON
                 # Lines are UTF-8 (a file may start with a byte-order mark).
-                value = json.loads(raw.decode("utf-8-sig"))
+                value = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_one_value_per_key)
                 problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
                 if problem is None and _ANY_SURROGATE_ESCAPE.search(raw):  # a pair may follow an escaped \\
                     problem = _lone_surrogate(raw, value)
@@ -366,6 +464,10 @@ class FilesSourceReader(ListedFiles):
                     reason = "schema"
             except UnicodeDecodeError as exc:
                 problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
+            except _RepeatedKey as exc:  # which value is meant cannot be told: readers keep the first or the last
+                problem = (
+                    f"malformed JSON: the key {json.dumps(exc.args[0], ensure_ascii=False)} appears twice in one object"
+                )
             except json.JSONDecodeError as exc:
                 problem = f"malformed JSON: {exc.msg}: column {exc.colno}"
             except RecursionError:  # arrays or objects nested thousands deep: no record, and no reason to stop

@@ -398,6 +398,46 @@ def test_a_template_writes_an_object_or_array_as_json_whether_its_column_mixes_t
     assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Zürich"]
 
 
+@pytest.mark.parametrize(
+    "others",
+    [
+        [],  # the block read whole (polars kept the first value)
+        ["{broken"],  # read line by line (Python's json kept the last)
+        ['{"q": "Null?", "a": "Yes.", "n": null}'],  # a key given null: the block gets the exact check
+        ['{"q": "Number?", "a": "Yes.", "n": 1}', '{"q": "Text?", "a": "Yes.", "n": "one"}'],  # types that change
+    ],
+)
+def test_a_json_object_that_names_a_key_twice_is_quarantined_naming_the_key(workdir: Path, others: list[str]) -> None:
+    lines = [
+        '{"q": "Which?", "a": "first", "a": "last"}',
+        '{"q": "Deep?", "a": "Yes.", "meta": {"k": 1, "k": 2}}',
+        '{"q": "Where?", "a": "Here.", "meta": {"k": 3}}',
+        *others,
+    ]
+    path = workdir / "faq.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = run(workdir, qa_recipe("faq.jsonl", output={"validation_fraction": 0}))
+    quarantined = {(row["source"]["line"], row["detail"]) for row in set_aside(Path(result.version_uri))}
+    assert {
+        (1, f'{path}:1: malformed JSON: the key "a" appears twice in one object'),
+        (2, f'{path}:2: malformed JSON: the key "k" appears twice in one object'),
+    } <= quarantined
+    assert len(quarantined) == 2 + (others == ["{broken"])
+    assert "Where?" in {line["prompt"] for line in outputs(Path(result.version_uri))}
+    assert_adds_up(result.manifest.counts)
+    assert result.manifest.counts.written == len(lines) - len(quarantined)
+
+
+def test_a_block_that_names_no_key_twice_is_read_whole_without_a_second_read() -> None:
+    from connectors.files import _may_repeat_a_key, read_json_objects
+
+    rows = [{"q": f"Q{n}: what?", "a": "A: this.", "n": n, "meta": {"k": [{"x": "1:2"}]}} for n in range(300)]
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    assert not _may_repeat_a_key(text, read_json_objects(text, len(rows)))  # the usual block: no exact check
+    twice = text.replace(b'"n": 7,', b'"n": 7, "n": 8,')
+    assert _may_repeat_a_key(twice, read_json_objects(twice, len(rows)))
+
+
 def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Path) -> None:
     # Python's json gave up with a RecursionError, which failed the whole run.
     deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"
