@@ -214,6 +214,10 @@ def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path) -> None:
     head = reader.head(reader.entries()[0])
     assert 0 < head.input_bytes <= HEAD_BYTES and head.set_aside.num_rows == 0  # the broken last line: not read
     assert reader.block_bytes > HEAD_BYTES  # the reader reads as before once the head is taken
+    # A CSV record longer than the head is read as the run reads it, not refused as "straddling".
+    (tmp_path / "long.csv").write_text("q,a\n" + "x" * (2 * HEAD_BYTES) + ",y\nb,c\n")
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "long.csv")), batch_rows=50_000)
+    assert reader.head(reader.entries()[0]).rows.num_rows == 2
 
 
 @pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template
