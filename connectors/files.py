@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -396,14 +396,21 @@ class FilesSourceReader(ListedFiles):
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
+
+        def refuse_an_array(data: bytes) -> None:
+            # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
+            if _opens_an_array(data):
+                raise StorageError(
+                    f"{entry.uri}: holds a JSON array, not JSON Lines (one object per line): write one "
+                    "object per line, for example with jq -c '.[]'"
+                )
+
         with fs.open_input_stream(path, compression="detect") as stream:
-            for data in _line_blocks(_LineFeeds(stream), self.block_bytes):  # lines may end in CR alone
-                if line_no == 0 and _opens_an_array(data):
-                    # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
-                    raise StorageError(
-                        f"{entry.uri}: holds a JSON array, not JSON Lines (one object per line): write one "
-                        "object per line, for example with jq -c '.[]'"
-                    )
+            # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
+            blocks = _line_blocks(_LineFeeds(stream), self.block_bytes, first=refuse_an_array)
+            for data in blocks:  # lines may end in CR alone
+                if line_no == 0:
+                    refuse_an_array(data)
                 if not data.endswith(b"\n"):
                     data += b"\n"  # the last line, without its newline in the file
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
@@ -695,20 +702,25 @@ def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) 
         ).schema.names
 
 
-def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:
+def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
     """The stream in blocks of whole lines, about ``block_bytes`` each; the last holds what follows
-    the last newline, if anything does."""
-    pending = b""
+    the last newline, if anything does. ``first`` sees the first bytes read, before a line longer than
+    a block is gathered whole."""
+    pending: list[bytes] = []  # joined once: a line of many blocks was copied again with each block
     while chunk := stream.read(block_bytes):
+        if first is not None:
+            first(chunk)
+            first = None
         cut = chunk.rfind(b"\n") + 1
         if not cut:  # no line ends in this block: it all waits for the next
-            pending += chunk
+            pending.append(chunk)
             continue
         # Whole lines, copied once; the rest waits for the next block.
-        yield b"".join((pending, memoryview(chunk)[:cut]))
-        pending = chunk[cut:]
-    if pending:
-        yield pending
+        yield b"".join((*pending, memoryview(chunk)[:cut]))
+        pending = [chunk[cut:]]
+    rest = b"".join(pending)
+    if rest:
+        yield rest
 
 
 class _LineFeeds(io.RawIOBase):

@@ -204,7 +204,7 @@ def test_check_reads_the_heads_of_the_first_files_and_says_how_many_it_did_not_o
     assert refused.returncode == 2 and "part-3.jsonl: holds a JSON array" in refused.stderr
 
 
-def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path) -> None:
+def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from connectors.files import HEAD_BYTES, FilesSourceReader
     from schemas.config import FilesSource
 
@@ -214,6 +214,21 @@ def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path) -> None:
     head = reader.head(reader.entries()[0])
     assert 0 < head.input_bytes <= HEAD_BYTES and head.set_aside.num_rows == 0  # the broken last line: not read
     assert reader.block_bytes > HEAD_BYTES  # the reader reads as before once the head is taken
+    # A JSON array on one line (a minified export) is refused from its first bytes: it was gathered
+    # whole as one long line first (the run held the whole file; check took 33 s on 200 MB).
+    import connectors.files as files
+    from connectors.storage import StorageError
+
+    rows = [{"q": f"Question {n}?", "a": "Yes."} for n in range(4 * HEAD_BYTES // 30)]
+    (tmp_path / "export.json").write_text(json.dumps(rows))
+    taken = []
+    read = files._LineFeeds.read
+    monkeypatch.setattr(files._LineFeeds, "read", lambda self, size=-1: taken.append(read(self, size)) or taken[-1])
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "export.json")), batch_rows=50_000)
+    with pytest.raises(StorageError, match=r"export\.json: holds a JSON array"):
+        reader.head(reader.entries()[0])
+    assert sum(map(len, taken)) <= HEAD_BYTES
+    monkeypatch.undo()
     # A CSV record longer than the head is read as the run reads it, not refused as "straddling".
     (tmp_path / "long.csv").write_text("q,a\n" + "x" * (2 * HEAD_BYTES) + ",y\nb,c\n")
     reader = FilesSourceReader(FilesSource(path=str(tmp_path / "long.csv")), batch_rows=50_000)
