@@ -478,6 +478,21 @@ def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(w
     assert_adds_up(result.manifest.counts)
 
 
+def test_a_template_writes_a_binary_column_as_its_text_not_as_python_bytes(workdir: Path) -> None:
+    # A field naming the column wrote its text; a template wrote Python's repr: "Q: b'Hello?'".
+    table = pa.table({"q": pa.array([b"Hello?", b"caf\xe9?"], pa.binary()), "a": ["Hi.", "Oui."]})
+    pq.write_table(table, workdir / "faq.parquet")
+    result = run(workdir, qa_recipe("faq.parquet", prompt="Q: {{ q }}"))
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Q: Hello?"]
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == (
+        "template",
+        f"{workdir / 'faq.parquet'}:2: prompt: template failed: a value holds bytes that are not UTF-8 text "
+        "(byte 0xe9 at 4)",
+    )
+    assert_adds_up(result.manifest.counts)
+
+
 def test_a_json_array_file_is_refused_by_name_not_quarantined_line_by_line(workdir: Path) -> None:
     from connectors.storage import StorageError
 
