@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,19 @@ class Source(Protocol):
 RESERVED = ("id", "source")
 
 
+def reserved_clash(uri: str, names: Sequence[str]) -> str | None:
+    """What is wrong when an input has both ``id`` and ``input_id`` (or ``source`` and ``input_source``):
+    read as ``input_id``, its ``id`` would be a second column of that name."""
+    clash = [name for name in RESERVED if name in names and f"input_{name}" in names]
+    if not clash:
+        return None
+    return "; ".join(
+        f"{uri}: column {name!r} is read as 'input_{name}' ({name} is the record's own), and the input "
+        f"has an 'input_{name}' column too: rename one of them"
+        for name in clash
+    )
+
+
 def with_lineage(table: pa.Table, ids: list[str] | pa.Array | pa.ChunkedArray, sources: pa.Array) -> pa.Table:
     """Prepend the record ``id`` and ``source``; input columns of those names become ``input_id``/``input_source``.
 
@@ -47,16 +60,10 @@ def with_lineage(table: pa.Table, ids: list[str] | pa.Array | pa.ChunkedArray, s
     (``{{ input_id }}``) without clashing with the record id that lineage depends on.
     """
     names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
-    clash = [name for name in RESERVED if name in table.column_names and f"input_{name}" in table.column_names]
-    if clash:  # two columns of one name: no stage could tell them apart
-        uri = sources.field("uri")[0].as_py() if len(sources) else "an input"
-        raise StorageError(
-            "; ".join(
-                f"{uri}: column {name!r} is read as 'input_{name}' ({name} is the record's own), and the input "
-                f"has an 'input_{name}' column too: rename one of them"
-                for name in clash
-            )
-        )
+    uri = sources.field("uri")[0].as_py() if len(sources) else "an input"
+    clash = reserved_clash(uri, table.column_names)
+    if clash is not None:  # two columns of one name: no stage could tell them apart
+        raise StorageError(clash)
     table = table.rename_columns(names)
     ids = pc.cast(ids, pa.string()) if isinstance(ids, pa.Array | pa.ChunkedArray) else pa.array(ids, pa.string())
     return table.add_column(0, "id", ids).add_column(1, "source", sources)

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
 PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
+HEAD_BYTES = PROBE_BYTES  # what ``curation check`` reads of each input it opens
 # The bytes bytes.strip() removes: a line of only these is blank.
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
@@ -219,6 +221,99 @@ def read_json_objects(text: bytes, count: int) -> pa.Table | None:
     return None
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key named twice raises ``_RepeatedKey`` (``object_pairs_hook``)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return value
+
+
+def _may_repeat_a_key(text: bytes, table: pa.Table) -> bool:
+    """Whether a line of ``text``, read as ``table``, may name a key twice in one object (at any depth).
+
+    polars keeps the first value of such a key and Python's json the last, so which one a record got
+    hung on which path read its block. Every key in the text is followed by one colon, and any other
+    colon is in a string: with no escaped colon (\\u003a) and no key name holding one, the keys number
+    the colons less those in the table's strings. Each value the table holds (not null, at any depth)
+    had a key of its own, so when the keys number exactly those values, none is named twice. A key
+    named twice leaves a value out of the table (or, nested, fails the read): more keys than values.
+    So do keys given ``null``, which sends such a block to the exact check.
+    """
+    if b"\\" in text and _ESCAPED_COLON.search(text):
+        return True
+    colons = int(np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":")))
+    values = in_strings = 0
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        within = _values_and_colons(column)
+        if ":" in name or within is None:
+            return True
+        values += len(column) - column.null_count + within[0]
+        in_strings += within[1]
+    return colons - in_strings != values
+
+
+def _values_and_colons(column: pa.Array | pa.ChunkedArray) -> tuple[int, int] | None:
+    """The values nested in ``column``'s values that are not null (each had a key) and the colons in its
+    strings, at any depth; None when a nested key name holds a colon."""
+    if isinstance(column, pa.ChunkedArray):
+        parts = [_values_and_colons(chunk) for chunk in column.chunks]
+        if any(part is None for part in parts):
+            return None
+        return sum(part[0] for part in parts), sum(part[1] for part in parts)  # type: ignore[index]
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if column.null_count:  # a null's slot may hold bytes: counted value by value
+            return 0, int(pc.sum(pc.count_substring(column, ":")).as_py() or 0)
+        # The bytes behind the values, counted at once: several times faster than value by value.
+        width = np.int32 if pa.types.is_string(kind) else np.int64
+        offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset : column.offset + len(column) + 1]
+        data = (
+            np.frombuffer(column.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]] if len(column) else []
+        )
+        return 0, int(np.count_nonzero(data == ord(":")))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _values_and_colons(column.flatten())  # the items of the lists that are not null
+    if not pa.types.is_struct(kind):
+        return 0, 0
+    values = colons = 0
+    for field, child in zip(kind, column.flatten(), strict=True):  # children with their parent's nulls
+        within = _values_and_colons(child)
+        if ":" in field.name or within is None:
+            return None
+        values += len(child) - child.null_count + within[0]
+        colons += within[1]
+    return values, colons
+
+
+def _repeats_a_key(text: bytes) -> bool:
+    """Whether a line of ``text`` names a key twice in one object: Arrow's JSON reader tells (in C++, as
+    fast as the read), or, when it cannot read the block (a type that changes from line to line),
+    Python's json, line by line."""
+    try:
+        pajson.read_json(
+            pa.BufferReader(text), read_options=pajson.ReadOptions(use_threads=False, block_size=len(text) + 1)
+        )
+        return False
+    except pa.ArrowInvalid as error:
+        if "specified twice" in str(error):
+            return True
+    for line in text.split(b"\n"):
+        try:
+            if line.strip():
+                json.loads(line.decode("utf-8-sig"), object_pairs_hook=_one_value_per_key)
+        except _RepeatedKey:
+            return True
+        except (ValueError, RecursionError):  # read line by line, the problem is named there
+            return True
+    return False
+
+
 def _opens_an_array(data: bytes) -> bool:
     """Whether the file's first block opens a JSON array (a ``.json`` export of ``[{...}, ...]``)."""
     return data[:4096].lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
@@ -229,6 +324,7 @@ class FilesSourceReader(ListedFiles):
 
     name = CONNECTOR
     suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", ".gz", ".zst"))  # as file_format reads them
+    _head_bytes: int | None = None  # set while ``head`` reads
 
     def __init__(
         self,
@@ -248,6 +344,11 @@ class FilesSourceReader(ListedFiles):
             re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
         ]
 
+    @property
+    def block_bytes(self) -> int:
+        """How much of a file is read at a time."""
+        return self._head_bytes or BLOCK_BYTES
+
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
         error here, at listing, so ``curation check`` says so too, not only the run."""
@@ -258,16 +359,36 @@ class FilesSourceReader(ListedFiles):
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
-            fmt = file_format(entry.uri, self.config.format)
-            reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
-            try:
-                yield from reader(entry)
-            except StorageError:
-                raise  # names the file already
-            except OSError as exc:
-                raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
-            except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
-                raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+            yield from self._read(entry)
+
+    def _read(self, entry: FileEntry) -> Iterator[SourceBatch]:
+        fmt = file_format(entry.uri, self.config.format)
+        reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
+        try:
+            yield from reader(entry)
+        except StorageError:
+            raise  # names the file already
+        except OSError as exc:
+            raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+        except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
+            raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+
+    def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
+        """The file's first batch, as a run reads it (the same checks and messages: a file the run would
+        refuse raises the same StorageError), from about its first ``block_bytes`` (a CSV file's first
+        record may take a whole block, a Parquet file's first batch its first row group), for
+        ``curation check``."""
+        self._head_bytes = block_bytes
+        batches = self._read(entry)
+        try:
+            return next(batches, SourceBatch(rows=pa.table({})))
+        except StorageError as error:
+            if "straddl" not in str(error) or block_bytes >= BLOCK_BYTES:
+                raise
+        finally:
+            batches.close()  # the file is closed, the rest not read
+            del self._head_bytes
+        return self.head(entry, BLOCK_BYTES)  # a CSV record longer than the head: read as the run reads it
 
     # --- JSONL -------------------------------------------------------------------------------
 
@@ -275,14 +396,21 @@ class FilesSourceReader(ListedFiles):
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
+
+        def refuse_an_array(data: bytes) -> None:
+            # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
+            if _opens_an_array(data):
+                raise StorageError(
+                    f"{entry.uri}: holds a JSON array, not JSON Lines (one object per line): write one "
+                    "object per line, for example with jq -c '.[]'"
+                )
+
         with fs.open_input_stream(path, compression="detect") as stream:
-            for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):  # lines may end in CR alone
-                if line_no == 0 and _opens_an_array(data):
-                    # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
-                    raise StorageError(
-                        f"{entry.uri}: holds a JSON array, not JSON Lines (one object per line): write one "
-                        "object per line, for example with jq -c '.[]'"
-                    )
+            # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
+            blocks = _line_blocks(_LineFeeds(stream), self.block_bytes, first=refuse_an_array)
+            for data in blocks:  # lines may end in CR alone
+                if line_no == 0:
+                    refuse_an_array(data)
                 if not data.endswith(b"\n"):
                     data += b"\n"  # the last line, without its newline in the file
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
@@ -310,7 +438,11 @@ class FilesSourceReader(ListedFiles):
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         # Checked first: polars panics on a lone surrogate in a key.
         table = None if _may_hold_lone_surrogate(text) else read_json_objects(text, len(raws))
-        if table is None or self._may_hold_values_not_text(text):
+        if (
+            table is None
+            or self._may_hold_values_not_text(text)
+            or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
+        ):
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
 
@@ -331,7 +463,7 @@ class FilesSourceReader(ListedFiles):
             try:
                 # Decoded first: given bytes, json guesses UTF-16 or -32 from the first bytes, and JSON
                 # Lines are UTF-8 (a file may start with a byte-order mark).
-                value = json.loads(raw.decode("utf-8-sig"))
+                value = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_one_value_per_key)
                 problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
                 if problem is None and _ANY_SURROGATE_ESCAPE.search(raw):  # a pair may follow an escaped \\
                     problem = _lone_surrogate(raw, value)
@@ -339,6 +471,10 @@ class FilesSourceReader(ListedFiles):
                     reason = "schema"
             except UnicodeDecodeError as exc:
                 problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
+            except _RepeatedKey as exc:  # which value is meant cannot be told: readers keep the first or the last
+                problem = (
+                    f"malformed JSON: the key {json.dumps(exc.args[0], ensure_ascii=False)} appears twice in one object"
+                )
             except json.JSONDecodeError as exc:
                 problem = f"malformed JSON: {exc.msg}: column {exc.colno}"
             except RecursionError:  # arrays or objects nested thousands deep: no record, and no reason to stop
@@ -391,7 +527,7 @@ class FilesSourceReader(ListedFiles):
 
         header_line, header = header
         _once_each(entry.uri, header)
-        read = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, skip_rows=header_line - 1)
+        read = pacsv.ReadOptions(use_threads=False, block_size=self.block_bytes, skip_rows=header_line - 1)
         # A quoted value may hold newlines: a block must not end inside one. Blank lines come through as
         # rows with no value (and are dropped below): skipped by Arrow, they would go uncounted, and
         # every later record's line would be off.
@@ -415,7 +551,7 @@ class FilesSourceReader(ListedFiles):
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as raw:
-            stream = _Utf8Guard(_LineFeeds(raw))
+            stream = _Utf8Guard(_LineFeeds(raw), self.block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
                 table = pa.Table.from_batches([batch])
@@ -566,20 +702,25 @@ def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) 
         ).schema.names
 
 
-def _line_blocks(stream: Any, block_bytes: int) -> Iterator[bytes]:
+def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
     """The stream in blocks of whole lines, about ``block_bytes`` each; the last holds what follows
-    the last newline, if anything does."""
-    pending = b""
+    the last newline, if anything does. ``first`` sees the first bytes read, before a line longer than
+    a block is gathered whole."""
+    pending: list[bytes] = []  # joined once: a line of many blocks was copied again with each block
     while chunk := stream.read(block_bytes):
+        if first is not None:
+            first(chunk)
+            first = None
         cut = chunk.rfind(b"\n") + 1
         if not cut:  # no line ends in this block: it all waits for the next
-            pending += chunk
+            pending.append(chunk)
             continue
         # Whole lines, copied once; the rest waits for the next block.
-        yield b"".join((pending, memoryview(chunk)[:cut]))
-        pending = chunk[cut:]
-    if pending:
-        yield pending
+        yield b"".join((*pending, memoryview(chunk)[:cut]))
+        pending = [chunk[cut:]]
+    rest = b"".join(pending)
+    if rest:
+        yield rest
 
 
 class _LineFeeds(io.RawIOBase):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 import xxhash
 
-from connectors.base import SourceBatch, with_lineage
+from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.files import _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
@@ -143,6 +143,16 @@ class SqlSourceReader:
     def _columns_checked(self, columns: list[str]) -> list[str]:
         for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
             raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
+        # A name twice kept only the last column's values, as a CSV header naming a column twice would.
+        twice = sorted({name for name in columns if columns.count(name) > 1})
+        if twice:
+            raise SqlSourceError(
+                f"{self.uri}: column(s) {', '.join(map(repr, twice))} appear more than once in the result: "
+                "name each column once (AS)"
+            )
+        clash = reserved_clash(self.uri, columns)  # said here, so `curation check` says it too
+        if clash is not None:
+            raise SqlSourceError(clash)
         return columns
 
     def _result(self, no_rows: bool = False) -> Iterator[Any]:

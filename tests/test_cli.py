@@ -151,6 +151,104 @@ def test_check_and_run_warn_of_a_clean_stage_after_pii(tmp_path: Path) -> None:
     assert checked.returncode == 0 and f"warning stages: {said}" in checked.stderr  # the run logs the same
 
 
+def bad_heads(folder: Path) -> dict[str, str]:
+    """Input files whose head a run refuses or cannot shape, in ``folder``, each with what is said of it."""
+    folder.mkdir()
+    write_jsonl(folder / "a-good.jsonl", [{"question": "Where?", "answer": "Here."}])
+    (folder / "b-twice.csv").write_text("question,answer,question\nWhere?,Here.,Why?\n")
+    (folder / "c-ids.csv").write_text("id,input_id,question,answer\n7,A-7,Where?,Here.\n")
+    (folder / "d-array.json").write_text(json.dumps([{"question": "Where?", "answer": "Here."}], indent=2))
+    write_jsonl(folder / "e-typo.jsonl", [{"questoin": "Where?", "answer": "Here."}])
+    (folder / "f-latin1.csv").write_bytes("question,r\u00e9ponse\nWhere?,Ici.\n".encode("latin-1"))
+    (folder / "g-damaged.parquet").write_bytes(b"PAR1 not really")
+    (folder / "h-empty.jsonl").write_text("")  # no record, as in a run: no problem
+    return {
+        "b-twice.csv": "b-twice.csv: column(s) 'question' appear more than once in the header",
+        "c-ids.csv": "c-ids.csv: column 'id' is read as 'input_id' (id is the record's own), and the input has an "
+        "'input_id' column too: rename one of them",
+        "d-array.json": "d-array.json: holds a JSON array, not JSON Lines (one object per line)",
+        "e-typo.jsonl": "e-typo.jsonl:1: prompt: column 'question' is missing (the template uses it)",
+        "f-latin1.csv": "f-latin1.csv:2: completion: column 'answer' is missing",
+        "g-damaged.parquet": "g-damaged.parquet: not a readable parquet file",
+    }
+
+
+def test_check_reads_the_head_of_each_input_and_says_what_the_run_would(tmp_path: Path) -> None:
+    # `check` opened no input: each of these said "ok", and surfaced only once a run was under way.
+    said_of = bad_heads(tmp_path / "in")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "in/"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "answer"},
+    }
+    recipe = write_recipe(tmp_path, spec)
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = checked.stdout + checked.stderr
+    assert checked.returncode == 2 and "Traceback" not in said, said
+    problems = [line for line in checked.stderr.splitlines() if line.startswith("input error ")]
+    assert len(problems) == len(said_of), problems
+    for problem, (name, message) in zip(problems, sorted(said_of.items()), strict=True):
+        assert problem.startswith(f"input error {tmp_path / 'in' / name}") and message in problem, (name, problem)
+    # The header that is not UTF-8, as the run warns of it.
+    assert "f-latin1.csv:1: the header is not UTF-8: byte 0xe9 at column 11" in " ".join(checked.stderr.split())
+    assert not (tmp_path / "output").exists() and not (tmp_path / "state.db").exists()  # nothing run
+    # The run says the same of the first such file it reads.
+    (tmp_path / "in" / "a-good.jsonl").rename(tmp_path / "in" / "z-good.jsonl")
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 1 and said_of["b-twice.csv"] in " ".join(ran.stderr.split())
+    assert not (tmp_path / "output" / "faq" / "v1").exists()
+
+
+def test_check_reads_the_heads_of_the_first_files_and_says_how_many_it_did_not_open(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for n in range(3):
+        write_jsonl(tmp_path / "in" / f"part-{n}.jsonl", [{"text": f"note {n}"}, "{broken"])
+    (tmp_path / "in" / "part-3.jsonl").write_text("[]")  # past the files opened: not looked at
+    recipe = write_recipe(tmp_path, {"dataset": "docs", "sources": [{"path": "in/"}], "record": {"kind": "document"}})
+    checked = curation("check", str(recipe), "--head-files", "3", cwd=tmp_path)
+    said = " ".join(checked.stdout.split())
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"read the head (1,024 KiB) of the first 3 file(s) of {tmp_path / 'in'}; 1 not opened (--head-files)" in said
+    # A bad line is the run's to quarantine: noted, not a failure of the check.
+    assert (
+        f"1 of the first records of {tmp_path / 'in' / 'part-0.jsonl'} would be set aside, for example "
+        f"{tmp_path / 'in' / 'part-0.jsonl'}:2: malformed JSON" in said
+    )
+    refused = curation("check", str(recipe), "--head-files", "4", cwd=tmp_path)
+    assert refused.returncode == 2 and "part-3.jsonl: holds a JSON array" in refused.stderr
+
+
+def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.files import HEAD_BYTES, FilesSourceReader
+    from schemas.config import FilesSource
+
+    line = json.dumps({"text": "x" * 100}) + "\n"
+    (tmp_path / "big.jsonl").write_text(line * (4 * HEAD_BYTES // len(line)) + "{broken\n")
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "big.jsonl")), batch_rows=50_000)
+    head = reader.head(reader.entries()[0])
+    assert 0 < head.input_bytes <= HEAD_BYTES and head.set_aside.num_rows == 0  # the broken last line: not read
+    assert reader.block_bytes > HEAD_BYTES  # the reader reads as before once the head is taken
+    # A JSON array on one line (a minified export) is refused from its first bytes: it was gathered
+    # whole as one long line first (the run held the whole file; check took 33 s on 200 MB).
+    import connectors.files as files
+    from connectors.storage import StorageError
+
+    rows = [{"q": f"Question {n}?", "a": "Yes."} for n in range(4 * HEAD_BYTES // 30)]
+    (tmp_path / "export.json").write_text(json.dumps(rows))
+    taken = []
+    read = files._LineFeeds.read
+    monkeypatch.setattr(files._LineFeeds, "read", lambda self, size=-1: taken.append(read(self, size)) or taken[-1])
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "export.json")), batch_rows=50_000)
+    with pytest.raises(StorageError, match=r"export\.json: holds a JSON array"):
+        reader.head(reader.entries()[0])
+    assert sum(map(len, taken)) <= HEAD_BYTES
+    monkeypatch.undo()
+    # A CSV record longer than the head is read as the run reads it, not refused as "straddling".
+    (tmp_path / "long.csv").write_text("q,a\n" + "x" * (2 * HEAD_BYTES) + ",y\nb,c\n")
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "long.csv")), batch_rows=50_000)
+    assert reader.head(reader.entries()[0]).rows.num_rows == 2
+
+
 @pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template
 def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path, prompt: str) -> None:
     write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])

@@ -375,6 +375,69 @@ def test_an_object_in_a_column_of_mixed_types_reads_the_same_beside_a_malformed_
     assert published[0] == published[1] == ["plain", '{"city": "Zürich 日本", "n": 1}']
 
 
+def test_a_template_writes_an_object_or_array_as_json_whether_its_column_mixes_types_or_not(workdir: Path) -> None:
+    # A column of objects only (a struct) rendered as Python writes a dict, "{'city': 'Zürich'}", and
+    # ['x'] for a list; beside a plain string (a column of mixed types) the same object came as JSON.
+    spec = qa_recipe(
+        "faq.jsonl", prompt="{{ q }}: {{ meta }}", completion="{{ tags }}", output={"validation_fraction": 0}
+    )
+    first = '{"q": "a", "meta": {"city": "Zürich", "n": 1}, "tags": ["x", "y"]}'
+    published = []
+    for second in (
+        '{"q": "b", "meta": {"city": "Bern", "n": 2}, "tags": []}',
+        '{"q": "b", "meta": "Bern", "tags": []}',
+    ):
+        (workdir / "faq.jsonl").write_text(first + "\n" + second + "\n")
+        result = run(workdir, spec, full_refresh=True)
+        published.append(sorted((line["prompt"], line["completion"]) for line in outputs(Path(result.version_uri))))
+    assert published[0] == [('a: {"city": "Zürich", "n": 1}', '["x", "y"]'), ('b: {"city": "Bern", "n": 2}', "[]")]
+    assert published[1] == [('a: {"city": "Zürich", "n": 1}', '["x", "y"]'), ("b: Bern", "[]")]
+    # A member of an object is still reached by name.
+    (workdir / "faq.jsonl").write_text(first + "\n")
+    result = run(workdir, {**spec, "record": {**spec["record"], "prompt": "{{ meta.city }}"}}, full_refresh=True)
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Zürich"]
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        [],  # the block read whole (polars kept the first value)
+        ["{broken"],  # read line by line (Python's json kept the last)
+        ['{"q": "Null?", "a": "Yes.", "n": null}'],  # a key given null: the block gets the exact check
+        ['{"q": "Number?", "a": "Yes.", "n": 1}', '{"q": "Text?", "a": "Yes.", "n": "one"}'],  # types that change
+    ],
+)
+def test_a_json_object_that_names_a_key_twice_is_quarantined_naming_the_key(workdir: Path, others: list[str]) -> None:
+    lines = [
+        '{"q": "Which?", "a": "first", "a": "last"}',
+        '{"q": "Deep?", "a": "Yes.", "meta": {"k": 1, "k": 2}}',
+        '{"q": "Where?", "a": "Here.", "meta": {"k": 3}}',
+        *others,
+    ]
+    path = workdir / "faq.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = run(workdir, qa_recipe("faq.jsonl", output={"validation_fraction": 0}))
+    quarantined = {(row["source"]["line"], row["detail"]) for row in set_aside(Path(result.version_uri))}
+    assert {
+        (1, f'{path}:1: malformed JSON: the key "a" appears twice in one object'),
+        (2, f'{path}:2: malformed JSON: the key "k" appears twice in one object'),
+    } <= quarantined
+    assert len(quarantined) == 2 + (others == ["{broken"])
+    assert "Where?" in {line["prompt"] for line in outputs(Path(result.version_uri))}
+    assert_adds_up(result.manifest.counts)
+    assert result.manifest.counts.written == len(lines) - len(quarantined)
+
+
+def test_a_block_that_names_no_key_twice_is_read_whole_without_a_second_read() -> None:
+    from connectors.files import _may_repeat_a_key, read_json_objects
+
+    rows = [{"q": f"Q{n}: what?", "a": "A: this.", "n": n, "meta": {"k": [{"x": "1:2"}]}} for n in range(300)]
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    assert not _may_repeat_a_key(text, read_json_objects(text, len(rows)))  # the usual block: no exact check
+    twice = text.replace(b'"n": 7,', b'"n": 7, "n": 8,')
+    assert _may_repeat_a_key(twice, read_json_objects(twice, len(rows)))
+
+
 def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Path) -> None:
     # Python's json gave up with a RecursionError, which failed the whole run.
     deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"
@@ -412,6 +475,21 @@ def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(w
         f"{workdir / 'faq.parquet'}:2: prompt: column 'q' holds bytes that are not UTF-8 text (byte 0xe9 at 4)",
     )
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_template_writes_a_binary_column_as_its_text_not_as_python_bytes(workdir: Path) -> None:
+    # A field naming the column wrote its text; a template wrote Python's repr: "Q: b'Hello?'".
+    table = pa.table({"q": pa.array([b"Hello?", b"caf\xe9?"], pa.binary()), "a": ["Hi.", "Oui."]})
+    pq.write_table(table, workdir / "faq.parquet")
+    result = run(workdir, qa_recipe("faq.parquet", prompt="Q: {{ q }}"))
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Q: Hello?"]
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["reason"], row["detail"]) == (
+        "template",
+        f"{workdir / 'faq.parquet'}:2: prompt: template failed: a value holds bytes that are not UTF-8 text "
+        "(byte 0xe9 at 4)",
+    )
     assert_adds_up(result.manifest.counts)
 
 

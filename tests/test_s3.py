@@ -149,3 +149,26 @@ def test_s3_listing_finds_files_folders_and_globs_and_carries_each_etag(bucket: 
     assert list_files(f"{uri}/in/a.jsonl") == [e for e in entries if e.uri.endswith("/in/a.jsonl")]
     ghost = replace(entries[0], uri="s3://no-such-bucket-here/a.jsonl")
     assert file_fingerprints([*entries, ghost]) == {e.uri: e.etag for e in [*entries, ghost]}
+
+
+def test_check_reads_the_head_of_each_object_as_a_run_does(workdir: Path, bucket: str, aws_env: str) -> None:
+    from tests.helpers import write_recipe
+    from tests.test_cli import curation
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="raw/a.jsonl", Body=b'{"q": "Where?", "a": "Here."}\n')
+    s3.put_object(Bucket=bucket, Key="raw/b.csv", Body=b"q,a,q\nWhere?,Here.,Why?\n")
+    s3.put_object(Bucket=bucket, Key="raw/c.jsonl", Body=b'{"question": "Where?", "a": "Here."}\n')
+    spec = {
+        "dataset": "qa",
+        "sources": [{"path": f"s3://{bucket}/raw/"}],
+        "record": {"kind": "instruction", "prompt": "Q: {{ q }}", "completion": "a"},
+        "output": {"dest": f"s3://{bucket}/curated"},
+    }
+    checked = curation("check", str(write_recipe(workdir, spec)), cwd=workdir)
+    problems = [line for line in checked.stderr.splitlines() if line.startswith("input error ")]
+    assert checked.returncode == 2 and problems == [
+        f"input error s3://{bucket}/raw/b.csv: column(s) 'q' appear more than once in the header",
+        f"input error s3://{bucket}/raw/c.jsonl:1: prompt: column 'q' is missing (the template uses it)",
+    ], checked.stdout + checked.stderr
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="curated/")  # nothing run

@@ -433,3 +433,34 @@ def test_watermarks_kept_under_a_key_with_the_password_are_still_found(tmp_path:
     later.for_source(rotated).set("cursor", {"type": "int", "value": "9"})
     later.commit("run-2")
     assert Watermarks(engine, "d").for_source(config).get("cursor") == {"type": "int", "value": "9"}
+
+
+def test_a_result_with_an_id_and_an_input_id_column_is_refused_by_the_probe_check_makes(tmp_path: Path) -> None:
+    # `curation check` said ok; the run then failed on its first batch.
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE t (id INTEGER, input_id TEXT, q TEXT)"))
+        db.execute(sa.text("INSERT INTO t VALUES (1, 'A-1', 'Where?')"))
+    engine.dispose()
+    said = r"crm.db#t: column 'id' is read as 'input_id' .* rename one of them"
+    reader = SqlSourceReader(SqlSource(type="sql", url=url, table="t"), 10)
+    with pytest.raises(SqlSourceError, match=said):
+        reader.probe()
+    with pytest.raises(SqlSourceError, match=said):
+        read_all(SqlSource(type="sql", url=url, table="t"), 10)
+
+
+def test_a_query_naming_a_column_twice_is_refused_not_read_as_its_last(postgres_url: str) -> None:
+    # PostgreSQL returns both columns under one name; the reader kept the last one's values only.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS twice"))
+        db.execute(sa.text("CREATE TABLE twice AS SELECT 'Where?' AS q, 'Here.' AS a"))
+    engine.dispose()
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT q, a AS q, a FROM twice")
+    said = r"#query-[0-9a-f]+: column\(s\) 'q' appear more than once in the result: name each column once \(AS\)"
+    with pytest.raises(SqlSourceError, match=said):
+        SqlSourceReader(config, 10).probe()
+    with pytest.raises(SqlSourceError, match=said):
+        read_all(config, 10)

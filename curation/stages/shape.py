@@ -31,14 +31,26 @@ class EmptyValue(ValueError):
     pass
 
 
-def _refuse_null(value: Any) -> Any:
+def _finalize(value: Any) -> Any:
+    """What a template writes for a value: never null, a JSON object or array (a struct or list column,
+    an element of one) as JSON, as a field naming such a column and a column of mixed types give it,
+    and bytes as their UTF-8 text; not as Python writes a dict, list or bytes."""
     if value is None:
         raise EmptyValue("a value the template uses is empty (null)")
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bytes):  # a binary column (Parquet): its text, as a field naming it gives, not b'...'
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"a value holds bytes that are not UTF-8 text (byte {value[error.start]:#04x} at {error.start + 1})"
+            ) from None
     return value
 
 
 _ROW_ENV = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_refuse_null
+    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
 )
 
 
