@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from schemas.config import Recipe, RecipeError, load_recipe
+from schemas.config import Recipe, RecipeError, load_recipe, ray_missing
 from schemas.manifest import Manifest
 from train.cli import app as train_app
 
@@ -206,6 +206,9 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     overrides = {"engine": engine, "ray_address": address}
     loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if engine == "ray" and (problem := ray_missing()):
+        console.print(f"[red]usage error[/red] --engine ray: {escape(problem)}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     if address is not None and loaded.engine != "ray":
         console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
         raise typer.Exit(EXIT_USAGE)
