@@ -292,6 +292,29 @@ def test_any_duplicate_stage_runs_distributed_with_the_same_clusters(
     assert actual["shards"] == expected["shards"]
 
 
+def test_the_shuffle_on_keys_moves_sixteen_bytes_a_key_and_keeps_every_row_that_shares_one() -> None:
+    """The shuffle that finds candidates moved each near-duplicate row's whole signature once per band
+    (about 19 KB a record at 32 bands): it moves a key and a hash of the id, and the rows of every key
+    held twice (and only those) come back as candidates."""
+    from curation.executors.ray_duplicates import KEY, ROW, candidates_in_partition, row_hashes, row_keys
+    from curation.stages.neardup import NearDedup
+
+    texts = [f"the invoice {n} was paid twice by the customer in march" for n in range(40)]
+    texts += [texts[3].replace("march", "april"), "something else entirely, nothing like the rest", ""]
+    batch = pa.table({"id": [f"r{n}" for n in range(len(texts))], "text": texts})
+    batch = batch.append_column("source", pa.array([{"uri": "a", "line": n} for n in range(len(texts))]))
+    signatures = NearDedup(["text"]).signatures(batch)
+    exploded = row_keys(signatures)
+    assert exploded.column_names == [KEY, ROW]
+    assert exploded.nbytes == 16 * exploded.num_rows == 16 * 32 * (len(texts) - 1)  # the empty text has no keys
+    found = set(candidates_in_partition(exploded)[ROW].to_pylist())
+    shared = NearDedup(["text"]).confirmed_pairs(signatures)
+    paired = set(shared["a"].to_pylist()) | set(shared["b"].to_pylist())
+    hashes = dict(zip(signatures["id"].to_pylist(), row_hashes(signatures).to_pylist(), strict=True))
+    assert {"r3", "r40"} <= paired and {hashes[i] for i in paired} <= found
+    assert hashes["r41"] not in found and hashes["r42"] not in found
+
+
 class CountingModel:
     """A stage with a model to load: it counts, in its stats, how often the model was loaded."""
 
