@@ -222,6 +222,40 @@ def test_the_signature_index_is_written_on_the_driver(
     assert result.manifest.counts.written == 60
 
 
+def test_cross_run_exact_dedup_on_ray_loads_only_the_published_rows_of_its_keys(
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded executor loads only the published signatures that hold one of the run's content
+    hashes; Ray loaded every one (a scheduled run adding a few records to millions unpacked millions)."""
+    from curation.stages.dedup_index import SignatureIndex
+
+    loaded: list[int] = []
+    load = SignatureIndex.load
+
+    def counted(self: SignatureIndex, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
+        table = load(self, stage, params, keys)
+        loaded.append(0 if table is None else table.num_rows)
+        return table
+
+    monkeypatch.setattr(SignatureIndex, "load", counted)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"Question {n}?", "a": "Yes."} for n in range(50)])
+    recipe = {
+        "dataset": "repeats",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "exact_dedup"}],
+        "batch_rows": 16,
+        "output": {"dest": str(workdir / "out")},
+        "engine": "ray",
+    }
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Question 7?", "a": "Yes."}, {"q": "Anything new?", "a": "No."}])
+    loaded.clear()
+    second = run(workdir, recipe)
+    assert second.manifest.counts.input == 2 and second.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    assert loaded == [1]  # the one published row that holds a key of this run, not all 50
+
+
 def words(text: str) -> set[str]:
     return set(text.lower().split())
 

@@ -128,11 +128,23 @@ def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
     return stage.resolve(candidates)
 
 
+@carried
+def distinct_keys(signatures: pa.Table) -> pa.Table:
+    return pa.table({KEY: pc.unique(pc.list_flatten(signatures["keys"]).cast(pa.uint64()))})
+
+
 def published_rows(stage: DuplicateStage, signatures) -> pa.Table | None:
-    """A cross-run stage's published signature rows (None for other stages, or none published)."""
+    """A cross-run stage's published signature rows (None for other stages, or none published): for a
+    stage whose cluster is one key (exact dedup), only those holding one of this run's keys, as the
+    embedded executor loads them (a scheduled run adding a few records to millions loads a few)."""
     if not hasattr(stage, "earlier"):
         return None
-    return stage.earlier(signatures.take_batch(1, batch_format="pyarrow").schema)
+    keys = None
+    if stage.loads_by_key:
+        found = signatures.map_batches(distinct_keys, batch_format="pyarrow", batch_size=None)
+        parts = [t[KEY].combine_chunks() for t in found.iter_batches(batch_size=None, batch_format="pyarrow")]
+        keys = pc.unique(pa.concat_arrays([pa.array([], pa.uint64()), *parts]))
+    return stage.earlier(signatures.take_batch(1, batch_format="pyarrow").schema, keys)
 
 
 @carried

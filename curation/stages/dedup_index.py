@@ -311,6 +311,12 @@ class CrossRunDedup:
         self.params = signature_params(inner)
         self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
 
+    @property
+    def loads_by_key(self) -> bool:
+        """A content hash is the whole cluster key (exact dedup): only published rows with one of this
+        run's keys can be in a cluster. A scheduled run adding a few records to millions loads only those."""
+        return isinstance(self.inner, ExactDedup)
+
     def signatures(self, batch: pa.Table) -> pa.Table:
         return self.inner.signatures(batch)
 
@@ -342,9 +348,7 @@ class CrossRunDedup:
         if not signatures:
             return self.inner.resolve(signatures)
         keys = None
-        if isinstance(self.inner, ExactDedup):
-            # A content hash is the whole cluster key: only published rows with one of this run's keys
-            # can be in a cluster. A scheduled run adding a few records to millions resolves only those.
+        if self.loads_by_key:
             # Chunks, not ChunkedArrays: pa.chunked_array converts a ChunkedArray element through Python
             # objects (0.4 s per million keys).
             flat = [chunk for s in signatures for chunk in pc.list_flatten(s["keys"]).chunks]
