@@ -94,7 +94,7 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import RunLocked
-    from curation.pipeline import AccountingError, run_recipe
+    from curation.pipeline import AccountingError, default_executor, run_recipe
     from curation.stages.base import StageError
     from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 
@@ -125,6 +125,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 on_input=lambda done: progress.advance(task, done),
                 full_refresh=full_refresh,
                 on_written=written,
+                executor=default_executor(recipe, quiet),
             )
     except Stopped as stop:  # with the run's result if it came once the run had returned (the bar closing)
         return _stopped(stop, stop.published or result)

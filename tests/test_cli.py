@@ -505,3 +505,22 @@ def test_engine_ray_without_ray_installed_is_a_recipe_error(tmp_path: Path) -> N
         assert done.returncode == 2, shown
         assert setting in shown and "pip install 'curation[ray]'" in shown and "Traceback" not in shown
     assert not (tmp_path / "out").exists()
+
+
+def test_run_quiet_on_ray_prints_only_the_summary(tmp_path: Path) -> None:
+    """``--quiet`` on Ray printed Ray's notes (token authentication, "Progress bars disabled...") and its
+    workers' output (the raylet's disk warnings) around the summary: quiet is quiet on Ray too."""
+    pytest.importorskip("ray")
+    write_jsonl(tmp_path / "in.jsonl", [{"q": f"question {n % 3}", "a": "answer"} for n in range(6)])
+    spec = {
+        "dataset": "hush",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": "out"},
+        "state": "sqlite:///state.db",
+    }
+    write_recipe(tmp_path, spec)
+    done = curation("run", "recipe.yaml", "--engine", "ray", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    assert "published" in done.stdout and "Ray" not in done.stdout and "WARNING" not in done.stdout

@@ -183,9 +183,11 @@ class ProjectErrorsUnlogged(logging.Filter):
 class RayExecutor:
     """Runs the stages on a Ray cluster: a local one by default, or the one at ``address``."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+    def __init__(self, address: str | None = None, workers: int | None = None, quiet: bool = False) -> None:
         self.address = address
         self.workers = workers  # CPUs of a local instance, and the size of a model stage's actor pool
+        # ``curation run --quiet``: Ray says only its errors (no notes, no output of its workers).
+        self.quiet = quiet
         self._recorders: list[SignatureRecorder] = []  # run on this driver, before the writer
 
     def run(
@@ -238,6 +240,8 @@ class RayExecutor:
     def _connect(self, ray: Any) -> bool:
         if ray.is_initialized():
             return False
+        level = logging.ERROR if self.quiet else logging.WARNING
+        said = {"logging_level": level, **({"log_to_driver": False} if self.quiet else {})}
         if self.address and self.address.startswith("ray://"):
             # Ray Client from outside the cluster: ship this driver's packages, so the workers run
             # the same code as the driver (inside a cluster, the image or the job's working_dir has it).
@@ -246,11 +250,11 @@ class RayExecutor:
             import schemas
 
             runtime_env = {"py_modules": [curation, schemas, connectors]}
-            ray.init(address=self.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            ray.init(address=self.address, runtime_env=runtime_env, **said)
         elif self.address:
-            ray.init(address=self.address, logging_level=logging.WARNING)
+            ray.init(address=self.address, **said)
         elif os.environ.get("RAY_ADDRESS"):  # a job on a cluster (`ray job submit`): that cluster
-            ray.init(logging_level=logging.WARNING)
+            ray.init(**said)
         else:
             # "local": a new instance of its own, even where `ray start` left one running (Ray would
             # otherwise join that one, and refuse the CPU count).
@@ -260,7 +264,7 @@ class RayExecutor:
                 num_cpus=self.workers,
                 include_dashboard=False,
                 runtime_env=env,
-                logging_level=logging.WARNING,
+                **said,
             )
         return True
 
@@ -273,7 +277,10 @@ class RayExecutor:
         tally: Any,
         on_input: Callable[[int], None],
     ) -> None:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar and logs say enough
+        # Our progress bar and logs say enough: Ray Data's notes are left out, and its note that its
+        # progress bars are off (this run turns them off) too.
+        logging.getLogger("ray.data").setLevel(logging.ERROR if self.quiet else logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
