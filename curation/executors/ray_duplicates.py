@@ -100,13 +100,14 @@ def partitions() -> int:
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
-def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
-    """The rows ``stage`` sets aside among the envelopes of ``kept`` (``SET_ASIDE_SCHEMA``)."""
+def resolve_distributed(stage: DuplicateStage, kept) -> tuple[pa.Table, list[pa.Table]]:
+    """The rows ``stage`` sets aside among the envelopes of ``kept`` (``SET_ASIDE_SCHEMA``), and the
+    signature rows it compared (those of every record in a cluster: what its review flags show)."""
     signatures = kept.map_batches(
         signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None
     ).materialize()
     if signatures.count() == 0:
-        return empty_set_aside()
+        return empty_set_aside(), []
     earlier = published_rows(stage, signatures)
     exploded = signatures.map_batches(row_keys, batch_format="pyarrow", batch_size=None)
     if earlier is not None:  # cross-run dedup: published records join the shuffle
@@ -118,14 +119,14 @@ def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
     shared = [t[ROW].combine_chunks() for t in found.iter_batches(batch_size=None, batch_format="pyarrow")]
     shared = pc.unique(pa.concat_arrays([pa.array([], pa.uint64()), *shared]))
     if len(shared) == 0:
-        return empty_set_aside()
+        return empty_set_aside(), []
     # In input order (the executor preserves it), as the embedded executor's resolve sees them: a key
     # held by too many rows to compare all pairs is checked against representatives taken in that order.
     chosen = signatures.map_batches(holding_rows, fn_kwargs={"rows": shared}, batch_format="pyarrow", batch_size=None)
     candidates = [t for t in chosen.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
     if earlier is not None:
-        return stage.resolve_among(holding_rows(earlier, shared), candidates)
-    return stage.resolve(candidates)
+        return stage.resolve_among(holding_rows(earlier, shared), candidates), candidates
+    return stage.resolve(candidates), candidates
 
 
 @carried
@@ -161,9 +162,12 @@ def rows_with_ids(envelopes: pa.Table, ids: pa.Array) -> Iterator[pa.Table]:
             yield with_ids(rows, ids)
 
 
-def review_flags(stage: GlobalStage, dropped: pa.Table, kept) -> pa.Table | None:
+def review_flags(
+    stage: GlobalStage, dropped: pa.Table, kept, compared: list[pa.Table] | None = None
+) -> pa.Table | None:
     """The stage's review flags for what it set aside: only the signatures and records those flags
-    show (each set-aside row and the record it duplicates) travel to the driver."""
+    show (each set-aside row and the record it duplicates) travel to the driver. ``compared``: the
+    signature rows the resolve had on the driver, which hold those (else they are computed again)."""
     make = getattr(stage, "review_flags", None)
     if make is None or dropped.num_rows == 0:
         return None
@@ -174,7 +178,14 @@ def review_flags(stage: GlobalStage, dropped: pa.Table, kept) -> pa.Table | None
         blocks = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
         return [block for block in blocks if block.num_rows]
 
-    signatures = kept.map_batches(signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None)
-    picked = gather(signatures.map_batches(with_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow", batch_size=None))
+    if compared is not None:
+        picked = [table for table in (with_ids(t, ids) for t in compared) if table.num_rows]
+    else:
+        signatures = kept.map_batches(
+            signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None
+        )
+        picked = gather(
+            signatures.map_batches(with_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow", batch_size=None)
+        )
     records = gather(kept.map_batches(rows_with_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow", batch_size=None))
     return make(dropped, picked, records)

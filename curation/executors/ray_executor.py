@@ -351,14 +351,14 @@ class RayExecutor:
         ):
             self._deliver(envelopes, writer, tally, on_input, write_rows=False)
         if isinstance(stage, DuplicateStage):
-            dropped = resolve_distributed(stage, done)
+            dropped, compared = resolve_distributed(stage, done)
         else:  # a global stage without the duplicate steps: its signatures meet on the driver
             from curation.executors.ray_duplicates import signatures_of
 
             signatures = done.map_batches(signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow")
-            dropped = stage.resolve(signatures.iter_batches(batch_size=None, batch_format="pyarrow"))
+            dropped, compared = stage.resolve(signatures.iter_batches(batch_size=None, batch_format="pyarrow")), None
         self._deliver_set_aside(dropped, writer, tally)
-        flags = review_flags(stage, dropped, done)
+        flags = review_flags(stage, dropped, done, compared)
         if flags is not None and flags.num_rows:
             tally.flags.append(flags)
         log.info("stage=%s set_aside=%d", stage.name, dropped.num_rows)
