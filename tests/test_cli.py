@@ -504,7 +504,14 @@ def test_engine_ray_without_ray_installed_is_a_recipe_error(tmp_path: Path) -> N
         shown = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 2, shown
         assert setting in shown and "pip install 'curation[ray]'" in shown and "Traceback" not in shown
-    assert not (tmp_path / "out").exists()
+    # Ray without Ray Data (its data extra): found, so the check passes, but the run is a recipe error too.
+    (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['ray.data'] = None\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "curation.cli", "run", str(on_ray), "--quiet"], env=env, capture_output=True, text=True
+    )
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2 and "engine 'ray' needs Ray Data" in shown and "curation[ray]" in shown, shown
+    assert not (tmp_path / "out" / "noray" / "v1").exists()
 
 
 def test_run_quiet_on_ray_prints_only_the_summary(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.stages.dedup_index import SignatureRecorder
 from curation.stopping import STOP_SIGNALS
 from curation.writer import DatasetWriter
+from schemas.config import RecipeError
 
 log = logging.getLogger("curation.ray")
 
@@ -47,8 +48,9 @@ AnyStage = Stage | GlobalStage
 SMALL_CLUSTER_CPUS = 8
 
 
-class RayUnavailable(ValueError):
-    """``engine: ray`` was asked for but Ray is not installed."""
+class RayUnavailable(RecipeError):
+    """``engine: ray`` was asked for but Ray Data cannot be imported (Ray without its data extra, found by
+    a recipe's check, which does not import it): a recipe that cannot run here, exit 2."""
 
 
 def _ray() -> Any:
