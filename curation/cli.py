@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from schemas.config import Recipe, RecipeError, load_recipe
+from schemas.config import Recipe, RecipeError, load_recipe, ray_missing
 from schemas.manifest import Manifest
 from train.cli import app as train_app
 
@@ -95,7 +95,7 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import LockLost, RunLocked
-    from curation.pipeline import AccountingError, run_recipe
+    from curation.pipeline import AccountingError, default_executor, run_recipe
     from curation.stages.base import StageError
     from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 
@@ -126,6 +126,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
                 on_input=lambda done: progress.advance(task, done),
                 full_refresh=full_refresh,
                 on_written=written,
+                executor=default_executor(recipe, quiet),
             )
     except Stopped as stop:  # with the run's result if it came once the run had returned (the bar closing)
         return _stopped(stop, stop.published or result)
@@ -207,6 +208,9 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     overrides = {"engine": engine, "ray_address": address}
     loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if engine == "ray" and (problem := ray_missing()):
+        console.print(f"[red]usage error[/red] --engine ray: {escape(problem)}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     if address is not None and loaded.engine != "ray":
         console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
         raise typer.Exit(EXIT_USAGE)

@@ -621,12 +621,13 @@ class HeldStops:
         self.previous = {}
 
 
-def default_executor(recipe: Recipe) -> LocalExecutor:
-    """The executor the recipe's ``engine`` names: embedded by default, Ray Data when asked."""
+def default_executor(recipe: Recipe, quiet: bool = False) -> LocalExecutor:
+    """The executor the recipe's ``engine`` names: embedded by default, Ray Data when asked (``quiet``:
+    Ray prints only its errors)."""
     if recipe.engine == "ray":
         from curation.executors.ray_executor import RayExecutor
 
-        return RayExecutor(recipe.ray_address)  # type: ignore[return-value]  (same run() contract)
+        return RayExecutor(recipe.ray_address, quiet=quiet)  # type: ignore[return-value]  (same run() contract)
     return LocalExecutor()
 
 

@@ -445,6 +445,18 @@ class OutputConfig(Strict):
         return [c for c in (self.stratify_by, self.group_by) if c]
 
 
+def ray_missing() -> str | None:
+    """Why ``engine: ray`` cannot run here (Ray Data is not installed), or None."""
+    from importlib.util import find_spec
+
+    try:
+        if find_spec("ray") is not None:  # found without importing it (seconds)
+            return None
+    except ValueError:  # a module put in place without a spec
+        pass
+    return "engine 'ray' needs Ray Data, which is not installed: pip install 'curation[ray]' (or engine: local)"
+
+
 class Recipe(Strict):
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     sources: list[SourceConfig] = Field(min_length=1)
@@ -456,6 +468,13 @@ class Recipe(Strict):
     batch_rows: int = Field(default=50_000, ge=1)
     engine: Literal["local", "ray"] = "local"  # ray: the same stages on Ray Data (pip install 'curation[ray]')
     ray_address: str | None = None  # a Ray cluster (ray://host:10001 or auto); none: a local Ray instance
+
+    @field_validator("engine")
+    @classmethod
+    def _ray_is_installed(cls, engine: str) -> str:
+        if engine == "ray" and (problem := ray_missing()):
+            raise ValueError(problem)
+        return engine
 
     @field_validator("state")
     @classmethod

@@ -586,3 +586,60 @@ def test_a_stop_as_the_progress_bar_closes_after_the_run_says_it_published(
     with stop_handlers_kept():
         assert cli.execute(recipe, quiet=True) == 143
     assert "stopped by SIGTERM after publishing" in " ".join(capsys.readouterr().err.split())
+
+
+def test_engine_ray_without_ray_installed_is_a_recipe_error(tmp_path: Path) -> None:
+    """``engine: ray`` (or ``--engine ray``) where Ray is not installed: ``check`` said ok and ``run`` failed
+    with exit 1 once started. Both are exit 2, naming the setting and the install command."""
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")  # import ray fails
+    write_jsonl(tmp_path / "in.jsonl", [{"q": "question", "a": "answer"}])
+    recipe = {
+        "dataset": "noray",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": str(tmp_path / "out")},
+        "state": f"sqlite:///{tmp_path}/state.db",
+    }
+    on_ray = write_recipe(tmp_path, {**recipe, "engine": "ray"}, name="ray.yaml")
+    local = write_recipe(tmp_path, recipe, name="local.yaml")
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env["PYTHONPATH"] = f"{tmp_path / 'hide'}{os.pathsep}{Path(__file__).parents[1]}"
+    for args, setting in (
+        (["check", str(on_ray)], "engine (line"),
+        (["run", str(on_ray), "--quiet"], "engine (line"),
+        (["run", str(local), "--quiet", "--engine", "ray"], "--engine ray"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "curation.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        shown = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 2, shown
+        assert setting in shown and "pip install 'curation[ray]'" in shown and "Traceback" not in shown
+    # Ray without Ray Data (its data extra): found, so the check passes, but the run is a recipe error too.
+    (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['ray.data'] = None\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "curation.cli", "run", str(on_ray), "--quiet"], env=env, capture_output=True, text=True
+    )
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2 and "engine 'ray' needs Ray Data" in shown and "curation[ray]" in shown, shown
+    assert not (tmp_path / "out" / "noray" / "v1").exists()
+
+
+def test_run_quiet_on_ray_prints_only_the_summary(tmp_path: Path) -> None:
+    """``--quiet`` on Ray printed Ray's notes (token authentication, "Progress bars disabled...") and its
+    workers' output (the raylet's disk warnings) around the summary: quiet is quiet on Ray too."""
+    pytest.importorskip("ray")
+    write_jsonl(tmp_path / "in.jsonl", [{"q": f"question {n % 3}", "a": "answer"} for n in range(6)])
+    spec = {
+        "dataset": "hush",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": "out"},
+        "state": "sqlite:///state.db",
+    }
+    write_recipe(tmp_path, spec)
+    done = curation("run", "recipe.yaml", "--engine", "ray", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    assert "published" in done.stdout and "Ray" not in done.stdout and "WARNING" not in done.stdout

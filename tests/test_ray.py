@@ -222,6 +222,40 @@ def test_the_signature_index_is_written_on_the_driver(
     assert result.manifest.counts.written == 60
 
 
+def test_cross_run_exact_dedup_on_ray_loads_only_the_published_rows_of_its_keys(
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded executor loads only the published signatures that hold one of the run's content
+    hashes; Ray loaded every one (a scheduled run adding a few records to millions unpacked millions)."""
+    from curation.stages.dedup_index import SignatureIndex
+
+    loaded: list[int] = []
+    load = SignatureIndex.load
+
+    def counted(self: SignatureIndex, stage: str, params: str, keys: pa.Array | None = None) -> pa.Table | None:
+        table = load(self, stage, params, keys)
+        loaded.append(0 if table is None else table.num_rows)
+        return table
+
+    monkeypatch.setattr(SignatureIndex, "load", counted)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"Question {n}?", "a": "Yes."} for n in range(50)])
+    recipe = {
+        "dataset": "repeats",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "exact_dedup"}],
+        "batch_rows": 16,
+        "output": {"dest": str(workdir / "out")},
+        "engine": "ray",
+    }
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Question 7?", "a": "Yes."}, {"q": "Anything new?", "a": "No."}])
+    loaded.clear()
+    second = run(workdir, recipe)
+    assert second.manifest.counts.input == 2 and second.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    assert loaded == [1]  # the one published row that holds a key of this run, not all 50
+
+
 def words(text: str) -> set[str]:
     return set(text.lower().split())
 
@@ -290,6 +324,29 @@ def test_any_duplicate_stage_runs_distributed_with_the_same_clusters(
     assert actual["ids"] == expected["ids"]
     assert actual["counts"] == expected["counts"]
     assert actual["shards"] == expected["shards"]
+
+
+def test_the_shuffle_on_keys_moves_sixteen_bytes_a_key_and_keeps_every_row_that_shares_one() -> None:
+    """The shuffle that finds candidates moved each near-duplicate row's whole signature once per band
+    (about 19 KB a record at 32 bands): it moves a key and a hash of the id, and the rows of every key
+    held twice (and only those) come back as candidates."""
+    from curation.executors.ray_duplicates import KEY, ROW, candidates_in_partition, row_hashes, row_keys
+    from curation.stages.neardup import NearDedup
+
+    texts = [f"the invoice {n} was paid twice by the customer in march" for n in range(40)]
+    texts += [texts[3].replace("march", "april"), "something else entirely, nothing like the rest", ""]
+    batch = pa.table({"id": [f"r{n}" for n in range(len(texts))], "text": texts})
+    batch = batch.append_column("source", pa.array([{"uri": "a", "line": n} for n in range(len(texts))]))
+    signatures = NearDedup(["text"]).signatures(batch)
+    exploded = row_keys(signatures)
+    assert exploded.column_names == [KEY, ROW]
+    assert exploded.nbytes == 16 * exploded.num_rows == 16 * 32 * (len(texts) - 1)  # the empty text has no keys
+    found = set(candidates_in_partition(exploded)[ROW].to_pylist())
+    shared = NearDedup(["text"]).confirmed_pairs(signatures)
+    paired = set(shared["a"].to_pylist()) | set(shared["b"].to_pylist())
+    hashes = dict(zip(signatures["id"].to_pylist(), row_hashes(signatures).to_pylist(), strict=True))
+    assert {"r3", "r40"} <= paired and {hashes[i] for i in paired} <= found
+    assert hashes["r41"] not in found and hashes["r42"] not in found
 
 
 class CountingModel:

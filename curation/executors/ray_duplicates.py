@@ -1,10 +1,14 @@
 """The global step of a ``DuplicateStage``, distributed on Ray Data.
 
-Signatures are computed where the rows are (``map_batches``), their ``keys`` exploded to one row
-per key, rows that share a key brought together by a shuffle on the key (the one
-``groupby(key)`` runs), and in each partition the stage confirms pairs among them. Only the pairs (few: one per duplicate) come back to the driver, which
-joins them into clusters (connected components) and picks the kept record of each with the same
-``set_aside_for_clusters`` the embedded executor uses, so both executors keep the same records.
+Signatures are computed where the rows are (``map_batches``) and kept there (materialised). Finding
+which rows can be in a cluster needs only their keys: each key goes into a shuffle with a 64-bit
+hash of its row's id, 16 bytes, not with the row's signature (a near-duplicate minhash is 512
+bytes, and went once per band: about 19 KB a record at 32 bands). Each partition then holds every
+row of its keys and names the rows of keys held by two or more: the candidates. Only their
+signature rows come back to the driver, in input order, where the stage's own ``resolve`` confirms
+pairs among them, joins them into clusters and picks the kept record of each, as on the embedded
+executor. A row that is no candidate shares no key with another row: it forms no pair, so leaving
+it out changes no cluster (a hash that two ids share only adds rows, which change nothing either).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import pyarrow.compute as pc
 
 from curation.executors.envelope import ENVELOPE_SCHEMA, carried, unpack
 from curation.stages.base import DuplicateStage, GlobalStage
-from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, set_aside_for_clusters
+from schemas.hashing import xxh3_64
 from schemas.records import empty_set_aside
 
-KEY = "_key"  # the exploded key column; a name no signature uses
+KEY = "_key"  # a key of a signature row, in the shuffle
+ROW = "_row"  # the 64-bit hash of that row's id
 
 
 @carried
@@ -33,37 +38,26 @@ def signatures_of(envelopes: pa.Table, stage: GlobalStage) -> Iterator[pa.Table]
             yield stage.signatures(rows)
 
 
+def row_hashes(signatures: pa.Table) -> pa.Array:
+    return xxh3_64(signatures["id"])
+
+
 @carried
-def explode_keys(signatures: pa.Table) -> pa.Table:
-    """One row per (key, signature row): the rows a shuffle on ``KEY`` brings together. Without the key
-    list, which ``KEY`` replaces: copied into every row of a record (one per band), it was a third of
-    what the shuffle moved for near-duplicates."""
+def row_keys(signatures: pa.Table) -> pa.Table:
+    """One (``KEY``, ``ROW``) row per key of each signature row: all the shuffle on keys moves."""
     keys = signatures["keys"].combine_chunks()
-    parents = pc.list_parent_indices(keys)
-    exploded = signatures.drop_columns(["keys"]).take(parents)
-    return exploded.append_column(KEY, pc.list_flatten(keys).cast(pa.uint64()))
+    rows = row_hashes(signatures).take(pc.list_parent_indices(keys))
+    return pa.table({KEY: pc.list_flatten(keys).cast(pa.uint64()), ROW: rows})
 
 
 @carried
-def pairs_in_partition(rows: pa.Table, stage: DuplicateStage) -> pa.Table:
-    """The stage's confirmed pairs in one shuffle partition, which holds every row of its keys.
-
-    Grouping here is one vectorised pass (polars); only keys shared by two or more records reach
-    ``stage.pairs``. (``groupby().map_groups()`` would call Python once per key, and almost every
-    key is a singleton: a million calls for a million records.)
-    """
+def candidates_in_partition(rows: pa.Table) -> pa.Table:
+    """The rows (hashes) of the keys held by two or more rows in a shuffle partition, which holds every
+    row of its keys. One vectorised pass; almost every key is a singleton."""
     if rows.num_rows < 2:
-        return PAIR_SCHEMA.empty_table()
-    frame = pl.from_arrow(rows.select([KEY, "id"])).with_row_index("_row")
-    shared = frame.group_by(KEY).agg(pl.col("_row"), pl.col("id").n_unique().alias("_ids")).filter(pl.col("_ids") > 1)
-    found = [PAIR_SCHEMA.empty_table()]
-    body = rows.drop_columns([KEY])
-    for members in shared["_row"].to_list():
-        group = body.take(pa.array(members, pa.uint32()))
-        ids = group["id"].to_pylist()
-        first = sorted({value: index for index, value in reversed(list(enumerate(ids)))}.values())
-        found.append(stage.pairs(group.take(pa.array(first, pa.uint32()))).select(["a", "b"]).cast(PAIR_SCHEMA))
-    return pa.concat_tables(found)
+        return pa.table({ROW: pa.array([], pa.uint64())})
+    frame = pl.from_arrow(rows)
+    return frame.filter(pl.col(KEY).is_duplicated()).select(pl.col(ROW).unique()).to_arrow()
 
 
 def shuffle_by_key(exploded):
@@ -77,8 +71,9 @@ def shuffle_by_key(exploded):
 
 
 @carried
-def members_of(signatures: pa.Table, ids: pa.Array) -> pa.Table:
-    return signatures.filter(pc.is_in(signatures["id"], value_set=ids)).select(["id", "source"])
+def holding_rows(signatures: pa.Table, rows: pa.Array) -> pa.Table:
+    """The signature rows whose id hashes to one of ``rows``."""
+    return signatures.filter(pc.is_in(row_hashes(signatures), value_set=rows))
 
 
 @carried
@@ -105,40 +100,52 @@ def partitions() -> int:
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
-def resolve_distributed(stage: DuplicateStage, kept) -> pa.Table:
-    """The rows ``stage`` sets aside among the envelopes of ``kept`` (``SET_ASIDE_SCHEMA``)."""
+def resolve_distributed(stage: DuplicateStage, kept) -> tuple[pa.Table, list[pa.Table]]:
+    """The rows ``stage`` sets aside among the envelopes of ``kept`` (``SET_ASIDE_SCHEMA``), and the
+    signature rows it compared (those of every record in a cluster: what its review flags show)."""
     signatures = kept.map_batches(
         signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None
     ).materialize()
     if signatures.count() == 0:
-        return empty_set_aside()
-    earlier = (
-        stage.earlier(signatures.take_batch(1, batch_format="pyarrow").schema) if hasattr(stage, "earlier") else None
-    )
-    if earlier is not None:  # cross-run dedup: published records join the shuffle (and sort first)
+        return empty_set_aside(), []
+    earlier = published_rows(stage, signatures)
+    exploded = signatures.map_batches(row_keys, batch_format="pyarrow", batch_size=None)
+    if earlier is not None:  # cross-run dedup: published records join the shuffle
         import ray
 
-        signatures = signatures.union(ray.data.from_arrow(earlier))
-    exploded = signatures.map_batches(explode_keys, batch_format="pyarrow", batch_size=None)
+        exploded = exploded.union(ray.data.from_arrow(row_keys(earlier)))
     # batch_size=None: a whole partition per call, so no key's rows are split between calls.
-    pairs_ds = shuffle_by_key(exploded).map_batches(
-        pairs_in_partition, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None
-    )
-    found = [t for t in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
-    if not found:
-        return empty_set_aside()
-    pairs = pa.concat_tables([t.cast(PAIR_SCHEMA) for t in found])
-    paired = pc.unique(pa.concat_arrays([pairs["a"].combine_chunks(), pairs["b"].combine_chunks()]))
-    members = [
-        t
-        for t in signatures.map_batches(
-            members_of, fn_kwargs={"ids": paired}, batch_format="pyarrow", batch_size=None
-        ).iter_batches(batch_size=None, batch_format="pyarrow")
-        if t.num_rows
-    ]
-    sources = pa.concat_tables(members)
-    aside = set_aside_for_clusters(stage, clusters_from_pairs(sources["id"], pairs), sources)
-    return stage.relabel(aside) if hasattr(stage, "relabel") else aside
+    found = shuffle_by_key(exploded).map_batches(candidates_in_partition, batch_format="pyarrow", batch_size=None)
+    shared = [t[ROW].combine_chunks() for t in found.iter_batches(batch_size=None, batch_format="pyarrow")]
+    shared = pc.unique(pa.concat_arrays([pa.array([], pa.uint64()), *shared]))
+    if len(shared) == 0:
+        return empty_set_aside(), []
+    # In input order (the executor preserves it), as the embedded executor's resolve sees them: a key
+    # held by too many rows to compare all pairs is checked against representatives taken in that order.
+    chosen = signatures.map_batches(holding_rows, fn_kwargs={"rows": shared}, batch_format="pyarrow", batch_size=None)
+    candidates = [t for t in chosen.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
+    if earlier is not None:
+        return stage.resolve_among(holding_rows(earlier, shared), candidates), candidates
+    return stage.resolve(candidates), candidates
+
+
+@carried
+def distinct_keys(signatures: pa.Table) -> pa.Table:
+    return pa.table({KEY: pc.unique(pc.list_flatten(signatures["keys"]).cast(pa.uint64()))})
+
+
+def published_rows(stage: DuplicateStage, signatures) -> pa.Table | None:
+    """A cross-run stage's published signature rows (None for other stages, or none published): for a
+    stage whose cluster is one key (exact dedup), only those holding one of this run's keys, as the
+    embedded executor loads them (a scheduled run adding a few records to millions loads a few)."""
+    if not hasattr(stage, "earlier"):
+        return None
+    keys = None
+    if stage.loads_by_key:
+        found = signatures.map_batches(distinct_keys, batch_format="pyarrow", batch_size=None)
+        parts = [t[KEY].combine_chunks() for t in found.iter_batches(batch_size=None, batch_format="pyarrow")]
+        keys = pc.unique(pa.concat_arrays([pa.array([], pa.uint64()), *parts]))
+    return stage.earlier(signatures.take_batch(1, batch_format="pyarrow").schema, keys)
 
 
 @carried
@@ -155,9 +162,12 @@ def rows_with_ids(envelopes: pa.Table, ids: pa.Array) -> Iterator[pa.Table]:
             yield with_ids(rows, ids)
 
 
-def review_flags(stage: GlobalStage, dropped: pa.Table, kept) -> pa.Table | None:
+def review_flags(
+    stage: GlobalStage, dropped: pa.Table, kept, compared: list[pa.Table] | None = None
+) -> pa.Table | None:
     """The stage's review flags for what it set aside: only the signatures and records those flags
-    show (each set-aside row and the record it duplicates) travel to the driver."""
+    show (each set-aside row and the record it duplicates) travel to the driver. ``compared``: the
+    signature rows the resolve had on the driver, which hold those (else they are computed again)."""
     make = getattr(stage, "review_flags", None)
     if make is None or dropped.num_rows == 0:
         return None
@@ -168,7 +178,14 @@ def review_flags(stage: GlobalStage, dropped: pa.Table, kept) -> pa.Table | None
         blocks = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
         return [block for block in blocks if block.num_rows]
 
-    signatures = kept.map_batches(signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None)
-    picked = gather(signatures.map_batches(with_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow", batch_size=None))
+    if compared is not None:
+        picked = [table for table in (with_ids(t, ids) for t in compared) if table.num_rows]
+    else:
+        signatures = kept.map_batches(
+            signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow", batch_size=None
+        )
+        picked = gather(
+            signatures.map_batches(with_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow", batch_size=None)
+        )
     records = gather(kept.map_batches(rows_with_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow", batch_size=None))
     return make(dropped, picked, records)

@@ -40,6 +40,7 @@ from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.stages.dedup_index import SignatureRecorder
 from curation.stopping import STOP_SIGNALS
 from curation.writer import DatasetWriter
+from schemas.config import RecipeError
 
 log = logging.getLogger("curation.ray")
 
@@ -47,8 +48,9 @@ AnyStage = Stage | GlobalStage
 SMALL_CLUSTER_CPUS = 8
 
 
-class RayUnavailable(ValueError):
-    """``engine: ray`` was asked for but Ray is not installed."""
+class RayUnavailable(RecipeError):
+    """``engine: ray`` was asked for but Ray Data cannot be imported (Ray without its data extra, found by
+    a recipe's check, which does not import it): a recipe that cannot run here, exit 2."""
 
 
 def _ray() -> Any:
@@ -183,9 +185,11 @@ class ProjectErrorsUnlogged(logging.Filter):
 class RayExecutor:
     """Runs the stages on a Ray cluster: a local one by default, or the one at ``address``."""
 
-    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+    def __init__(self, address: str | None = None, workers: int | None = None, quiet: bool = False) -> None:
         self.address = address
         self.workers = workers  # CPUs of a local instance, and the size of a model stage's actor pool
+        # ``curation run --quiet``: Ray says only its errors (no notes, no output of its workers).
+        self.quiet = quiet
         self._recorders: list[SignatureRecorder] = []  # run on this driver, before the writer
 
     def run(
@@ -238,6 +242,8 @@ class RayExecutor:
     def _connect(self, ray: Any) -> bool:
         if ray.is_initialized():
             return False
+        level = logging.ERROR if self.quiet else logging.WARNING
+        said = {"logging_level": level, **({"log_to_driver": False} if self.quiet else {})}
         if self.address and self.address.startswith("ray://"):
             # Ray Client from outside the cluster: ship this driver's packages, so the workers run
             # the same code as the driver (inside a cluster, the image or the job's working_dir has it).
@@ -246,11 +252,11 @@ class RayExecutor:
             import schemas
 
             runtime_env = {"py_modules": [curation, schemas, connectors]}
-            ray.init(address=self.address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            ray.init(address=self.address, runtime_env=runtime_env, **said)
         elif self.address:
-            ray.init(address=self.address, logging_level=logging.WARNING)
+            ray.init(address=self.address, **said)
         elif os.environ.get("RAY_ADDRESS"):  # a job on a cluster (`ray job submit`): that cluster
-            ray.init(logging_level=logging.WARNING)
+            ray.init(**said)
         else:
             # "local": a new instance of its own, even where `ray start` left one running (Ray would
             # otherwise join that one, and refuse the CPU count).
@@ -260,7 +266,7 @@ class RayExecutor:
                 num_cpus=self.workers,
                 include_dashboard=False,
                 runtime_env=env,
-                logging_level=logging.WARNING,
+                **said,
             )
         return True
 
@@ -273,7 +279,10 @@ class RayExecutor:
         tally: Any,
         on_input: Callable[[int], None],
     ) -> None:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress bar and logs say enough
+        # Our progress bar and logs say enough: Ray Data's notes are left out, and its note that its
+        # progress bars are off (this run turns them off) too.
+        logging.getLogger("ray.data").setLevel(logging.ERROR if self.quiet else logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -344,14 +353,14 @@ class RayExecutor:
         ):
             self._deliver(envelopes, writer, tally, on_input, write_rows=False)
         if isinstance(stage, DuplicateStage):
-            dropped = resolve_distributed(stage, done)
+            dropped, compared = resolve_distributed(stage, done)
         else:  # a global stage without the duplicate steps: its signatures meet on the driver
             from curation.executors.ray_duplicates import signatures_of
 
             signatures = done.map_batches(signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow")
-            dropped = stage.resolve(signatures.iter_batches(batch_size=None, batch_format="pyarrow"))
+            dropped, compared = stage.resolve(signatures.iter_batches(batch_size=None, batch_format="pyarrow")), None
         self._deliver_set_aside(dropped, writer, tally)
-        flags = review_flags(stage, dropped, done)
+        flags = review_flags(stage, dropped, done, compared)
         if flags is not None and flags.num_rows:
             tally.flags.append(flags)
         log.info("stage=%s set_aside=%d", stage.name, dropped.num_rows)

@@ -311,6 +311,12 @@ class CrossRunDedup:
         self.params = signature_params(inner)
         self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
 
+    @property
+    def loads_by_key(self) -> bool:
+        """A content hash is the whole cluster key (exact dedup): only published rows with one of this
+        run's keys can be in a cluster. A scheduled run adding a few records to millions loads only those."""
+        return isinstance(self.inner, ExactDedup)
+
     def signatures(self, batch: pa.Table) -> pa.Table:
         return self.inner.signatures(batch)
 
@@ -342,22 +348,25 @@ class CrossRunDedup:
         if not signatures:
             return self.inner.resolve(signatures)
         keys = None
-        if isinstance(self.inner, ExactDedup):
-            # A content hash is the whole cluster key: only published rows with one of this run's keys
-            # can be in a cluster. A scheduled run adding a few records to millions resolves only those.
+        if self.loads_by_key:
             # Chunks, not ChunkedArrays: pa.chunked_array converts a ChunkedArray element through Python
             # objects (0.4 s per million keys).
             flat = [chunk for s in signatures for chunk in pc.list_flatten(s["keys"]).chunks]
             keys = pa.chunked_array(flat, pa.uint64()).combine_chunks()
-        earlier = self.earlier(signatures[0].schema, keys)
+        return self.resolve_among(self.earlier(signatures[0].schema, keys), signatures)
+
+    def resolve_among(self, earlier: pa.Table | None, signatures: list[pa.Table]) -> pa.Table:
+        """``resolve`` with the published rows given (``earlier``), first: they sort first in a cluster.
+        A distributed executor loads them before its shuffle, and gives only the rows that can be in a
+        cluster."""
         return self.relabel(self.inner.resolve([earlier, *signatures] if earlier is not None else signatures))
 
     def earlier(self, schema: pa.Schema, keys: pa.Array | None = None) -> pa.Table | None:
         """Signature rows of every published version, in this run's signature schema (with ``keys``,
         only the rows holding one of them: see ``SignatureIndex.load``).
 
-        A distributed executor adds them to its signature dataset before the shuffle on keys, then
-        passes what it sets aside through ``relabel``.
+        A distributed executor adds their keys to its shuffle on keys, then gives those that can be in
+        a cluster to ``resolve_among``.
         """
         published = self.index.load(self.name, self.params, keys)
         return None if published is None else published.select(schema.names).cast(schema)
