@@ -93,6 +93,19 @@ def source_uri(config: SqlSource) -> str:
     return f"{safe_url(config.url)}#{what}"
 
 
+def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], list[bytes]]:
+    """Each row's key as the text its record id hashes (its values' str(), joined), and a mark that
+    tells apart what the text alone cannot: a text value 'None' from a NULL (which str() spells the
+    same). The mark is empty for every other key, so their ids stay as published."""
+    keys, marks = [], []
+    for row in rows:
+        values = [row[i] for i in at]
+        keys.append("\x1f".join(str(value) for value in values))
+        spelt_as_null = [str(n) for n, value in enumerate(values) if isinstance(value, str) and value == "None"]
+        marks.append(("\x00text:" + ",".join(spelt_as_null)).encode() if spelt_as_null else b"")
+    return keys, marks
+
+
 class SqlSourceReader:
     name = CONNECTOR
 
@@ -206,12 +219,30 @@ class SqlSourceReader:
             statement = statement.order_by(cursor)
         return statement
 
+    def _check_keys_unique(self, keys: list[str], marks: list[bytes], lines: list[int]) -> None:
+        """Fail on a row whose key an earlier row of the read holds: the key is its record id, so both would
+        be published under one id, and a later edit of either (read alone, through the cursor) would
+        replace the other's published version. Failing, not quarantining: which of the two is the row
+        the key names cannot be told, in this read or any later one, until the key is made unique."""
+        seen = self._keys_read.occurrences(
+            [key.encode() + b"\x1f" + mark for key, mark in zip(keys, marks, strict=True)]
+        )
+        if seen.any():
+            line = lines[int(seen.nonzero()[0][0])]
+            columns = ", ".join(self.config.key)
+            raise SqlSourceError(
+                f"{self.uri}: row {line} of the result has the same key ({columns}) as an earlier row: a key must "
+                "identify one row (rows sharing one would be published as one record, and an edit of one would "
+                "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
+            )
+
     def batches(self) -> Iterator[SourceBatch]:
         if self._unchanged:
             return
         highest = None
         ordinal = 0
         row_ids = InputIds(self.uri)
+        self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
         fingerprint = Fingerprint()
         result = self._result()
         columns = self._columns_checked(next(result))
@@ -241,9 +272,9 @@ class SqlSourceReader:
                 # The row's identity, not its content: an edited row keeps its id, so its new
                 # version replaces the one carried from earlier versions, and review decisions
                 # stay with it.
-                at = [columns.index(k) for k in self.config.key]
-                keys = ["\x1f".join(str(row[i]) for i in at) for row in rows]
-                ids = record_ids(self.uri, keys, [b""] * len(keys))
+                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
+                self._check_keys_unique(keys, marks, lines)
+                ids = record_ids(self.uri, keys, marks)
             else:
                 ids = row_ids(contents)
             yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))

@@ -433,3 +433,39 @@ def test_watermarks_kept_under_a_key_with_the_password_are_still_found(tmp_path:
     later.for_source(rotated).set("cursor", {"type": "int", "value": "9"})
     later.commit("run-2")
     assert Watermarks(engine, "d").for_source(config).get("cursor") == {"type": "int", "value": "9"}
+
+
+def small_table(path: Path, rows: list[tuple], cursor_type: str = "INTEGER") -> str:
+    """A SQLite table ``t (id, subject, reply, u)`` holding ``rows``; its URL."""
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as db:
+        db.execute(sa.text(f"CREATE TABLE IF NOT EXISTS t (id, subject TEXT, reply TEXT, u {cursor_type})"))
+        for row in rows:
+            db.execute(
+                sa.text("INSERT INTO t VALUES (:id, :subject, :reply, :u)"),
+                dict(zip(["id", "subject", "reply", "u"], row, strict=True)),
+            )
+    engine.dispose()
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("cursor", ["u", None])
+def test_rows_sharing_a_key_fail_the_read_naming_the_key_and_source(tmp_path: Path, cursor: str | None) -> None:
+    # Both were published under one record id, and an edit of one later replaced the other.
+    url = small_table(tmp_path / "crm.db", [(1, "Lost card", "x", 1), (2, "Refund", "y", 2), (1, "Jane Roe", "z", 3)])
+    config = SqlSource(type="sql", url=url, table="t", key=["id"], cursor=cursor)
+    with pytest.raises(SqlSourceError) as error:
+        read_all(config, batch_rows=1)  # the two rows in different batches
+    message = str(error.value)
+    assert f"{url}#t: row 3 of the result has the same key (id) as an earlier row" in message
+    assert "Jane" not in message  # the row's values stay out of the message
+
+
+def test_a_null_key_and_the_text_none_are_two_rows_and_ordinary_keys_keep_their_ids(tmp_path: Path) -> None:
+    from schemas.records import record_ids
+
+    url = small_table(tmp_path / "crm.db", [(1, "a", "x", 1), (None, "b", "y", 2), ("None", "c", "z", 3)])
+    rows = [r for b in read_all(SqlSource(type="sql", url=url, table="t", key=["id"]), 10) for r in b.rows.to_pylist()]
+    assert len({r["id"] for r in rows}) == 3
+    # Published ids must not move: an ordinary key's, and a NULL's (spelt 'None' before) are as they were.
+    assert [r["id"] for r in rows[:2]] == record_ids(f"{url}#t", ["1", "None"], [b"", b""]).to_pylist()
