@@ -7,12 +7,15 @@ column, only rows past the last published run's highest value are read, in curso
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 import xxhash
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CONNECTOR = "sql"
 CURSOR_ITEM = "cursor"
+# The rows read at the highest cursor value, as xxh3-64 hashes of their contents (packed): a later run reads
+# from that value on (a row written after the run may share it: commit timestamps tie) and leaves them out.
+TAKEN_ITEM = "cursor_taken"
 # A source without a cursor was read by a published run; the value is the fingerprint of what it held
 # (``Fingerprint``), so a run can tell the table has not changed (``True``: read before fingerprints).
 READ_ITEM = "read"
@@ -104,6 +110,43 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
         spelt_as_null = [str(n) for n, value in enumerate(values) if isinstance(value, str) and value == "None"]
         marks.append(("\x00text:" + ",".join(spelt_as_null)).encode() if spelt_as_null else b"")
     return keys, marks
+
+
+def pack_hashes(hashes: list[int]) -> str:
+    return base64.b64encode(np.array(sorted(hashes), dtype="<u8").tobytes()).decode()
+
+
+def unpack_hashes(packed: str) -> Counter[int]:
+    return Counter(np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist())
+
+
+class CursorRange:
+    """Which rows of a read by cursor are new: those past the highest value the last run read, and those
+    at that value it did not read (a row written after the run with the value of the last row it took:
+    commit timestamps tie). The database gives the rows at or past the value; the rows at it that the
+    watermark says were taken (by their contents: an edited row is new) are left out here."""
+
+    def __init__(self, watermark: SourceWatermark | None) -> None:
+        committed = watermark.get(CURSOR_ITEM) if watermark is not None else None
+        self.last = decode_cursor(committed) if committed is not None else None
+        taken = watermark.get(TAKEN_ITEM) if watermark is not None else None
+        # A watermark from before the rows at the value were kept: all of them were taken (read past it).
+        self.taken = unpack_hashes(taken) if isinstance(taken, str) else None
+        self.inclusive = self.last is not None and self.taken is not None
+        self.highest: Any = None
+        self.at_highest: list[int] = []
+
+    def is_new(self, value: Any, content: bytes) -> bool:
+        """Whether a row with a cursor value is new; notes the highest value read and the rows at it."""
+        identity = xxhash.xxh3_64_intdigest(content)
+        if self.highest is None or value > self.highest:
+            self.highest, self.at_highest = value, [identity]
+        elif value == self.highest:
+            self.at_highest.append(identity)
+        if self.inclusive and value == self.last and self.taken[identity] > 0:
+            self.taken[identity] -= 1  # equal rows: as many are new as the value holds more of them now
+            return False
+        return True
 
 
 class SqlSourceReader:
@@ -211,11 +254,11 @@ class SqlSourceReader:
         if config.cursor is not None:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
             cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
-            last = self.watermark.get(CURSOR_ITEM) if self.watermark is not None else None
+            self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
-            if last is not None:
-                statement = statement.where(cursor > decode_cursor(last))
+            if span.last is not None:
+                statement = statement.where(cursor >= span.last if span.inclusive else cursor > span.last)
             statement = statement.order_by(cursor)
         return statement
 
@@ -236,10 +279,28 @@ class SqlSourceReader:
                 "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
             )
 
+    def _new_rows(self, values: list[Any], contents: pa.Array | list[bytes]) -> list[bool]:
+        """Which rows of a batch are new (see ``CursorRange``)."""
+        span = self._range
+        texts = contents.to_pylist() if isinstance(contents, pa.Array | pa.ChunkedArray) else contents
+        try:
+            return [
+                value is None or span.is_new(value, text.encode() if isinstance(text, str) else text)
+                for value, text in zip(values, texts, strict=True)
+            ]
+        except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
+            seen = [*(v for v in values if v is not None), *([span.highest] if span.highest is not None else [])]
+            kinds = sorted({type(v).__name__ for v in seen})
+            if kinds == ["datetime"]:
+                kinds = ["datetime with a UTC offset", "datetime without one"]
+            raise SqlSourceError(
+                f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
+                f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
+            ) from None
+
     def batches(self) -> Iterator[SourceBatch]:
         if self._unchanged:
             return
-        highest = None
         ordinal = 0
         row_ids = InputIds(self.uri)
         self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
@@ -250,24 +311,21 @@ class SqlSourceReader:
             table = arrow_table(columns, rows)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
-            if self.config.cursor is not None:
-                values = [row[columns.index(self.config.cursor)] for row in rows]
-                present = [v for v in values if v is not None]
-                if present:
-                    try:
-                        highest = max(present) if highest is None else max(highest, *present)
-                    except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
-                        seen = [*present, *([highest] if highest is not None else [])]
-                        kinds = sorted({type(v).__name__ for v in seen})
-                        if kinds == ["datetime"]:
-                            kinds = ["datetime with a UTC offset", "datetime without one"]
-                        raise SqlSourceError(
-                            f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
-                            f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
-                        ) from None
-            contents = row_contents(table) if self.config.cursor is None or not self.config.key else []
+            contents = row_contents(table)
             if self.config.cursor is None:
                 fingerprint.add(contents)
+            else:
+                new = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], contents)
+                if not all(new):
+                    kept = pa.array(new)
+                    table = table.filter(kept)
+                    contents = (
+                        contents.filter(kept)
+                        if isinstance(contents, pa.Array | pa.ChunkedArray)
+                        else [c for c, n in zip(contents, new, strict=True) if n]
+                    )
+                    rows = [row for row, n in zip(rows, new, strict=True) if n]
+                    lines = [line for line, n in zip(lines, new, strict=True) if n]
             if self.config.key:
                 # The row's identity, not its content: an edited row keeps its id, so its new
                 # version replaces the one carried from earlier versions, and review decisions
@@ -278,8 +336,10 @@ class SqlSourceReader:
             else:
                 ids = row_ids(contents)
             yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
-        if self.watermark is not None and highest is not None:
-            self.watermark.set(CURSOR_ITEM, encode_cursor(highest))
+        span = getattr(self, "_range", None)
+        if self.watermark is not None and span is not None and span.highest is not None:
+            self.watermark.set(CURSOR_ITEM, encode_cursor(span.highest))
+            self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
         elif self.watermark is not None and self.config.cursor is None:
             # Read whole, yet read before: the next version extends this one (other sources' records
             # carried, this table's replaced by what it holds now) instead of holding only this run's.
