@@ -13,6 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -133,11 +134,19 @@ class CursorRange:
         # A watermark from before the rows at the value were kept: all of them were taken (read past it).
         self.taken = unpack_hashes(taken) if isinstance(taken, str) else None
         self.inclusive = self.last is not None and self.taken is not None
+        # The database was asked for a bound below the value, not the range itself (see ``_sqlite_text``).
+        self.bound_only = False
         self.highest: Any = None
         self.at_highest: list[int] = []
 
     def is_new(self, value: Any, content: bytes) -> bool:
         """Whether a row with a cursor value is new; notes the highest value read and the rows at it."""
+        if (
+            self.bound_only
+            and self.last is not None
+            and not (value >= self.last if self.inclusive else value > self.last)
+        ):
+            return False
         identity = xxhash.xxh3_64_intdigest(content)
         if self.highest is None or value > self.highest:
             self.highest, self.at_highest = value, [identity]
@@ -257,10 +266,28 @@ class SqlSourceReader:
             self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
-            if span.last is not None:
+            if span.last is not None and self._sqlite_text(engine, cursor, span.last):
+                # Compared as text, the stored value and the bound one need not be written alike: the rows
+                # from two days before on (any UTC offset's date) are read, the range is taken here.
+                span.bound_only = True
+                since = (span.last.date() if isinstance(span.last, datetime) else span.last) - timedelta(days=2)
+                statement = statement.where(sa.type_coerce(cursor, sa.String()) >= since.isoformat())
+            elif span.last is not None:
                 statement = statement.where(cursor >= span.last if span.inclusive else cursor > span.last)
             statement = statement.order_by(cursor)
         return statement
+
+    @staticmethod
+    def _sqlite_text(engine: sa.Engine, cursor: Any, last: Any) -> bool:
+        """Whether the cursor is a SQLite date or datetime column, which SQLite holds as text of whatever
+        form it was written in ('2026-01-01T10:00:00Z', '2026-01-01 10:00:00') and compares as text,
+        while a bound datetime is written '2026-01-01 10:00:00.000000': the same moment compares as
+        another ('T' sorts after ' '; a value without microseconds before the bound one)."""
+        return (
+            engine.dialect.name == "sqlite"
+            and isinstance(getattr(cursor, "type", None), sa.DateTime | sa.Date)
+            and isinstance(last, date)
+        )
 
     def _check_keys_unique(self, keys: list[str], marks: list[bytes], lines: list[int]) -> None:
         """Fail on a row whose key an earlier row of the read holds: the key is its record id, so both would

@@ -508,3 +508,35 @@ def test_an_equal_row_written_at_the_highest_cursor_value_is_new(tmp_path: Path)
     small_table(tmp_path / "crm.db", [(9, "z", "z", 2)])  # a second row of the same content and value
     again = Watermarks(engine, "support")
     assert [r["subject"] for b in read_all(config, 10, again.for_source(config)) for r in b.rows.to_pylist()] == ["z"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "first", "last", "later"),
+    [
+        ("DATETIME", "2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z", "2026-01-01T12:00:00Z"),
+        ("DATETIME", "2026-01-01T10:00:00", "2026-01-01T11:00:00", "2026-01-02T09:00:00"),
+        ("DATETIME", "2026-01-01 10:00:00", "2026-01-01 11:00:00", "2026-01-01 11:00:01"),  # CURRENT_TIMESTAMP's
+        ("TIMESTAMP", "2026-01-01 10:00:00.5", "2026-01-01 10:00:00.75", "2026-01-01 10:00:01"),
+        ("DATE", "2025-12-31", "2026-01-01", "2026-01-02"),
+    ],
+)
+def test_a_sqlite_datetime_cursor_held_as_text_of_any_form_reads_each_row_once(
+    tmp_path: Path, kind: str, first: str, last: str, later: str
+) -> None:
+    # SQLite compares the stored text with the bound '2026-01-01 11:00:00.000000': the last day's rows
+    # came again each run ('T' sorts after ' '), or the rows at the watermark never did.
+    url = small_table(tmp_path / "crm.db", [(1, "a", "x", first), (2, "b", "y", last)], cursor_type=kind)
+    config = SqlSource(type="sql", url=url, table="t", cursor="u")
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+
+    def read() -> list[str]:
+        marks = Watermarks(engine, "support")
+        subjects = [r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()]
+        marks.commit("run")
+        return subjects
+
+    assert read() == ["a", "b"]
+    assert read() == []
+    small_table(tmp_path / "crm.db", [(3, "c", "z", last), (4, "d", "w", later), (5, "e", "v", first)])
+    assert read() == ["c", "d"]  # 5 was written with an older value: not seen (the README says so)
+    assert read() == []
