@@ -18,16 +18,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 import xxhash
 
 from connectors.base import SourceBatch, with_lineage
-from connectors.files import _rows_as_text
+from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.manifest import InputFile
-from schemas.records import InputIds, record_ids, source_array
+from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ CURSOR_ITEM = "cursor"
 # The rows read at the highest cursor value, as xxh3-64 hashes of their contents (packed): a later run reads
 # from that value on (a row written after the run may share it: commit timestamps tie) and leaves them out.
 TAKEN_ITEM = "cursor_taken"
+# The rows read with no cursor value (NULL), hashed as above: quarantined once, as no run can tell when
+# such a row is new or edited; later runs leave out those already set aside.
+NULL_ITEM = "cursor_null"
 # A source without a cursor was read by a published run; the value is the fingerprint of what it held
 # (``Fingerprint``), so a run can tell the table has not changed (``True``: read before fingerprints).
 READ_ITEM = "read"
@@ -138,6 +142,20 @@ class CursorRange:
         self.bound_only = False
         self.highest: Any = None
         self.at_highest: list[int] = []
+        nulls = watermark.get(NULL_ITEM) if watermark is not None else None
+        self.nulls_before = unpack_hashes(nulls) if isinstance(nulls, str) else Counter()
+        self.nulls: list[int] = []  # the rows without a value this read
+        self.new_nulls = 0
+
+    def is_new_null(self, content: bytes) -> bool | None:
+        """For a row without a cursor value: None if it is to be set aside, False if an earlier run did."""
+        identity = xxhash.xxh3_64_intdigest(content)
+        self.nulls.append(identity)
+        if self.nulls_before[identity] > 0:
+            self.nulls_before[identity] -= 1
+            return False
+        self.new_nulls += 1
+        return None
 
     def is_new(self, value: Any, content: bytes) -> bool:
         """Whether a row with a cursor value is new; notes the highest value read and the rows at it."""
@@ -266,14 +284,17 @@ class SqlSourceReader:
             self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
-            if span.last is not None and self._sqlite_text(engine, cursor, span.last):
-                # Compared as text, the stored value and the bound one need not be written alike: the rows
-                # from two days before on (any UTC offset's date) are read, the range is taken here.
-                span.bound_only = True
-                since = (span.last.date() if isinstance(span.last, datetime) else span.last) - timedelta(days=2)
-                statement = statement.where(sa.type_coerce(cursor, sa.String()) >= since.isoformat())
-            elif span.last is not None:
-                statement = statement.where(cursor >= span.last if span.inclusive else cursor > span.last)
+            if span.last is not None:
+                if self._sqlite_text(engine, cursor, span.last):
+                    # Compared as text, the stored value and the bound one need not be written alike: the
+                    # rows from two days before on (any UTC offset's date) are read, the range taken here.
+                    span.bound_only = True
+                    since = (span.last.date() if isinstance(span.last, datetime) else span.last) - timedelta(days=2)
+                    past = sa.type_coerce(cursor, sa.String()) >= since.isoformat()
+                else:
+                    past = cursor >= span.last if span.inclusive else cursor > span.last
+                # A row without a value is read each run too (set aside once, see ``CursorRange``).
+                statement = statement.where(sa.or_(past, cursor.is_(None)))
             statement = statement.order_by(cursor)
         return statement
 
@@ -306,14 +327,14 @@ class SqlSourceReader:
                 "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
             )
 
-    def _new_rows(self, values: list[Any], contents: pa.Array | list[bytes]) -> list[bool]:
-        """Which rows of a batch are new (see ``CursorRange``)."""
+    def _new_rows(self, values: list[Any], contents: pa.Array | list[bytes]) -> list[bool | None]:
+        """Which rows of a batch are new (True), taken before (False), or new without a value (None)."""
         span = self._range
         texts = contents.to_pylist() if isinstance(contents, pa.Array | pa.ChunkedArray) else contents
         try:
             return [
-                value is None or span.is_new(value, text.encode() if isinstance(text, str) else text)
-                for value, text in zip(values, texts, strict=True)
+                span.is_new_null(content) if value is None else span.is_new(value, content)
+                for value, content in zip(values, (t.encode() if isinstance(t, str) else t for t in texts), strict=True)
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
             seen = [*(v for v in values if v is not None), *([span.highest] if span.highest is not None else [])]
@@ -324,6 +345,27 @@ class SqlSourceReader:
                 f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
                 f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
             ) from None
+
+    def _no_value(self, rows: pa.Table) -> pa.Table:
+        """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
+        columns = [c for c in rows.column_names if c not in ("id", "source")]
+        lines = rows["source"].combine_chunks().field("line").to_pylist()
+        return set_aside_rows(
+            rows["id"].combine_chunks(),
+            rows["source"].combine_chunks(),
+            stage="read",
+            outcome="quarantined",
+            reasons="no_cursor_value",
+            details=[
+                f"{self.uri}:{line}: no value (NULL) in the cursor column {self.config.cursor!r}: no run can tell "
+                "when such a row is new or edited, so it is set aside once; give it a value to have it read"
+                for line in lines
+            ],
+            records=[
+                json.dumps(row, default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
+                for row in rows.select(columns).to_pylist()
+            ],
+        )
 
     def batches(self) -> Iterator[SourceBatch]:
         if self._unchanged:
@@ -339,10 +381,13 @@ class SqlSourceReader:
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
             contents = row_contents(table)
+            no_value: list[bool] = []
             if self.config.cursor is None:
                 fingerprint.add(contents)
             else:
-                new = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], contents)
+                states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], contents)
+                new = [state is not False for state in states]
+                no_value = [state is None for state in states if state is not False]
                 if not all(new):
                     kept = pa.array(new)
                     table = table.filter(kept)
@@ -362,11 +407,27 @@ class SqlSourceReader:
                 ids = record_ids(self.uri, keys, marks)
             else:
                 ids = row_ids(contents)
-            yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
+            read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
+            if not any(no_value):
+                yield SourceBatch(rows=read)
+                continue
+            mask = pa.array(no_value)
+            yield SourceBatch(rows=read.filter(pc.invert(mask)), set_aside=self._no_value(read.filter(mask)))
         span = getattr(self, "_range", None)
         if self.watermark is not None and span is not None and span.highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(span.highest))
             self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
+        if self.watermark is not None and span is not None:
+            self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
+        if span is not None and span.nulls:
+            log.warning(
+                "%s: %d rows have no value (NULL) in the cursor column %r: %d quarantined by this run "
+                "(no_cursor_value), the others by an earlier one; give them a value to have them read",
+                self.uri,
+                len(span.nulls),
+                self.config.cursor,
+                span.new_nulls,
+            )
         elif self.watermark is not None and self.config.cursor is None:
             # Read whole, yet read before: the next version extends this one (other sources' records
             # carried, this table's replaced by what it holds now) instead of holding only this run's.

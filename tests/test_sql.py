@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import outputs, processed, run
+from tests.helpers import outputs, processed, run, set_aside
 
 CUSTOMERS = sa.MetaData()
 tickets = sa.Table(
@@ -495,7 +495,7 @@ def test_a_watermark_from_before_the_rows_at_its_value_were_kept_reads_past_it(t
     mark = marks.for_source(config)
     mark.committed = {"cursor": {"type": "int", "value": "2"}}  # as an earlier release kept it
     assert [r["subject"] for b in read_all(config, 10, mark) for r in b.rows.to_pylist()] == ["c"]
-    assert set(mark.pending) == {"cursor", "cursor_taken"}
+    assert set(mark.pending) == {"cursor", "cursor_taken", "cursor_null"}
 
 
 def test_an_equal_row_written_at_the_highest_cursor_value_is_new(tmp_path: Path) -> None:
@@ -540,3 +540,35 @@ def test_a_sqlite_datetime_cursor_held_as_text_of_any_form_reads_each_row_once(
     small_table(tmp_path / "crm.db", [(3, "c", "z", last), (4, "d", "w", later), (5, "e", "v", first)])
     assert read() == ["c", "d"]  # 5 was written with an older value: not seen (the README says so)
     assert read() == []
+
+
+@pytest.mark.parametrize("first_values", [[None, None], [None, 1]])
+def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
+    workdir: Path, caplog: pytest.LogCaptureFixture, first_values: list
+) -> None:
+    # They were read on the first run only (published, or not at all later); a column all NULL saved no
+    # watermark, so each run read the whole table again and extended nothing.
+    url = small_table(workdir / "crm.db", [(1, "a", "x", first_values[0]), (2, "b", "y", first_values[1])])
+    spec = recipe(url, table="t", cursor="u", key=["id"])
+    first = run(workdir, spec)
+    nulls = first_values.count(None)
+    assert first.manifest.counts.quarantined == nulls == first.manifest.counts.reasons["quarantined"]["no_cursor_value"]
+    aside = set_aside(Path(first.version_uri))
+    assert aside[0][
+        "detail"
+    ] == f"{url}#t:1: no value (NULL) in the cursor column 'u': no run can tell when such a " + (
+        "row is new or edited, so it is set aside once; give it a value to have it read"
+    )
+    assert json.loads(aside[0]["record"])["subject"] == "a"
+    assert f"{url}#t: {nulls} rows have no value (NULL) in the cursor column 'u'" in caplog.text
+    small_table(workdir / "crm.db", [(3, "c", "z", None), (4, "d", "w", 5)])
+    second = run(workdir, spec)
+    assert second.manifest.extends == 1
+    assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (2, 1)
+    assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["d"]
+    assert run(workdir, spec).version_uri is None  # a quiet table: nothing read twice, nothing published
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("UPDATE t SET u = 6 WHERE id = 1"))  # given a value: read
+    engine.dispose()
+    assert [line["prompt"] for line in processed(Path(run(workdir, spec).version_uri))] == ["a"]
