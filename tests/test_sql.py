@@ -572,3 +572,28 @@ def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
         db.execute(sa.text("UPDATE t SET u = 6 WHERE id = 1"))  # given a value: read
     engine.dispose()
     assert [line["prompt"] for line in processed(Path(run(workdir, spec).version_uri))] == ["a"]
+
+
+@pytest.mark.parametrize("source", [{"table": "ties"}, {"query": "SELECT id, subject, u FROM ties"}])
+def test_postgresql_cursor_ties_and_nulls_are_each_read_once(postgres_url: str, tmp_path: Path, source: dict) -> None:
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS ties"))
+        db.execute(sa.text("CREATE TABLE ties (id int PRIMARY KEY, subject text, u timestamptz)"))
+        db.execute(sa.text("INSERT INTO ties VALUES (1, 'a', '2026-01-01 10:00+00'), (2, 'b', NULL)"))
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["id"], **source)
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+
+    def read() -> tuple[list[str], list[str]]:
+        marks = Watermarks(state, "support")
+        batches = read_all(config, 10, marks.for_source(config))
+        marks.commit("run")
+        rows = sorted(r["subject"] for b in batches for r in b.rows.to_pylist())
+        return rows, [json.loads(r["record"])["subject"] for b in batches for r in b.set_aside.to_pylist()]
+
+    assert read() == (["a"], ["b"])
+    with engine.begin() as db:  # the same moment, written in another offset
+        db.execute(sa.text("INSERT INTO ties VALUES (3, 'c', '2026-01-01 12:00+02'), (4, 'd', NULL)"))
+    assert read() == (["c"], ["d"])
+    assert read() == ([], [])
+    engine.dispose()
