@@ -381,6 +381,9 @@ class SqlSourceReader:
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
             contents = row_contents(table)
+            # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
+            # row written since that equals one of them (the same cursor value) gets an id of its own.
+            ids = None if self.config.key else row_ids(contents)
             no_value: list[bool] = []
             if self.config.cursor is None:
                 fingerprint.add(contents)
@@ -391,11 +394,7 @@ class SqlSourceReader:
                 if not all(new):
                     kept = pa.array(new)
                     table = table.filter(kept)
-                    contents = (
-                        contents.filter(kept)
-                        if isinstance(contents, pa.Array | pa.ChunkedArray)
-                        else [c for c, n in zip(contents, new, strict=True) if n]
-                    )
+                    ids = ids.filter(kept) if ids is not None else None
                     rows = [row for row, n in zip(rows, new, strict=True) if n]
                     lines = [line for line, n in zip(lines, new, strict=True) if n]
             if self.config.key:
@@ -405,21 +404,27 @@ class SqlSourceReader:
                 keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
                 self._check_keys_unique(keys, marks, lines)
                 ids = record_ids(self.uri, keys, marks)
-            else:
-                ids = row_ids(contents)
             read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
             if not any(no_value):
                 yield SourceBatch(rows=read)
                 continue
             mask = pa.array(no_value)
             yield SourceBatch(rows=read.filter(pc.invert(mask)), set_aside=self._no_value(read.filter(mask)))
-        span = getattr(self, "_range", None)
-        if self.watermark is not None and span is not None and span.highest is not None:
+        if self.config.cursor is not None:
+            self._cursor_read(self._range)
+        elif self.watermark is not None:
+            # Read whole, yet read before: the next version extends this one (other sources' records
+            # carried, this table's replaced by what it holds now) instead of holding only this run's.
+            self.watermark.set(READ_ITEM, str(fingerprint))
+
+    def _cursor_read(self, span: CursorRange) -> None:
+        """Stage the watermark of a read by cursor, and say what it set aside for want of a value."""
+        if self.watermark is not None and span.highest is not None:
             self.watermark.set(CURSOR_ITEM, encode_cursor(span.highest))
             self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
-        if self.watermark is not None and span is not None:
+        if self.watermark is not None:
             self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
-        if span is not None and span.nulls:
+        if span.nulls:
             log.warning(
                 "%s: %d rows have no value (NULL) in the cursor column %r: %d quarantined by this run "
                 "(no_cursor_value), the others by an earlier one; give them a value to have them read",
@@ -428,7 +433,3 @@ class SqlSourceReader:
                 self.config.cursor,
                 span.new_nulls,
             )
-        elif self.watermark is not None and self.config.cursor is None:
-            # Read whole, yet read before: the next version extends this one (other sources' records
-            # carried, this table's replaced by what it holds now) instead of holding only this run's.
-            self.watermark.set(READ_ITEM, str(fingerprint))
