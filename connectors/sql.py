@@ -129,7 +129,9 @@ class CursorRange:
     """Which rows of a read by cursor are new: those past the highest value the last run read, and those
     at that value it did not read (a row written after the run with the value of the last row it took:
     commit timestamps tie). The database gives the rows at or past the value; the rows at it that the
-    watermark says were taken (by their contents: an edited row is new) are left out here."""
+    watermark says were taken (by their contents: an edited row is new) are left out here. The highest
+    value is the last the database gives (rows come in cursor order): its order, not Python's, is what
+    its comparison with the watermark follows (text in a linguistic collation)."""
 
     def __init__(self, watermark: SourceWatermark | None) -> None:
         committed = watermark.get(CURSOR_ITEM) if watermark is not None else None
@@ -166,10 +168,19 @@ class CursorRange:
         ):
             return False
         identity = xxhash.xxh3_64_intdigest(content)
-        if self.highest is None or value > self.highest:
+        if self.highest is None:
             self.highest, self.at_highest = value, [identity]
-        elif value == self.highest:
+            return self._not_taken(value, identity)
+        later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
+        if value == self.highest:
             self.at_highest.append(identity)
+        elif later or not self.bound_only:
+            # Rows come in the database's order, which decides what is highest: text compares by the
+            # column's collation there ('a' < 'B' in most, not in Python). Not for text-held datetimes.
+            self.highest, self.at_highest = value, [identity]
+        return self._not_taken(value, identity)
+
+    def _not_taken(self, value: Any, identity: int) -> bool:
         if self.inclusive and value == self.last and self.taken[identity] > 0:
             self.taken[identity] -= 1  # equal rows: as many are new as the value holds more of them now
             return False

@@ -599,3 +599,26 @@ def test_postgresql_cursor_ties_and_nulls_are_each_read_once(postgres_url: str, 
     assert read() == (["c"], ["d"])
     assert read() == ([], [])
     engine.dispose()
+
+
+def test_postgresql_text_cursor_takes_the_highest_value_in_the_columns_collation(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # 'a' < 'B' in a linguistic collation (en_US.UTF-8, ICU), not in Python: the watermark was 'a', and
+    # 'B' was read and published again by every run.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        if not db.execute(sa.text("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")).first():
+            pytest.skip("this PostgreSQL has no ICU collations")
+        db.execute(sa.text("DROP TABLE IF EXISTS coll"))
+        db.execute(sa.text('CREATE TABLE coll (id int, subject text, u text COLLATE "und-x-icu")'))
+        db.execute(sa.text("INSERT INTO coll VALUES (1, 'a', 'a'), (2, 'b', 'B')"))
+    engine.dispose()
+    config = SqlSource(type="sql", url=postgres_url, table="coll", cursor="u")
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    for expected in (["a", "b"], []):
+        marks = Watermarks(state, "support")
+        assert [r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()] == (
+            expected
+        )
+        marks.commit("run")
