@@ -2,7 +2,7 @@
 
 The result is streamed through a server-side cursor (``stream_results``) and fetched
 ``batch_rows`` at a time, so memory stays flat whatever the table's size. With a ``cursor``
-column, only rows past the last published run's highest value are read, in cursor order.
+column, only rows the last published run did not take are read, in cursor order (``CursorRange``).
 """
 
 from __future__ import annotations
