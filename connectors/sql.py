@@ -140,8 +140,9 @@ class CursorRange:
         # A watermark from before the rows at the value were kept: all of them were taken (read past it).
         self.taken = unpack_hashes(taken) if isinstance(taken, str) else None
         self.inclusive = self.last is not None and self.taken is not None
-        # The database was asked for a bound below the value, not the range itself (see ``_sqlite_text``).
-        self.bound_only = False
+        # Values the database holds as text of any form (``_sqlite_text``): it was asked for a bound below
+        # the value, not the range itself, and its order is not theirs; they are compared here.
+        self.as_moments = False
         self.highest: Any = None
         self.at_highest: list[int] = []
         nulls = watermark.get(NULL_ITEM) if watermark is not None else None
@@ -162,7 +163,7 @@ class CursorRange:
     def is_new(self, value: Any, content: bytes) -> bool:
         """Whether a row with a cursor value is new; notes the highest value read and the rows at it."""
         if (
-            self.bound_only
+            self.as_moments
             and self.last is not None
             and not (value >= self.last if self.inclusive else value > self.last)
         ):
@@ -174,7 +175,7 @@ class CursorRange:
         later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
         if value == self.highest:
             self.at_highest.append(identity)
-        elif later or not self.bound_only:
+        elif later or not self.as_moments:
             # Rows come in the database's order, which decides what is highest: text compares by the
             # column's collation there ('a' < 'B' in most, not in Python). Not for text-held datetimes.
             self.highest, self.at_highest = value, [identity]
@@ -295,11 +296,11 @@ class SqlSourceReader:
             self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
+            span.as_moments = self._sqlite_text(engine, cursor)
             if span.last is not None:
-                if self._sqlite_text(engine, cursor, span.last):
+                if span.as_moments and isinstance(span.last, date):
                     # Compared as text, the stored value and the bound one need not be written alike: the
                     # rows from two days before on (any UTC offset's date) are read, the range taken here.
-                    span.bound_only = True
                     since = (span.last.date() if isinstance(span.last, datetime) else span.last) - timedelta(days=2)
                     past = sa.type_coerce(cursor, sa.String()) >= since.isoformat()
                 else:
@@ -310,16 +311,13 @@ class SqlSourceReader:
         return statement
 
     @staticmethod
-    def _sqlite_text(engine: sa.Engine, cursor: Any, last: Any) -> bool:
+    def _sqlite_text(engine: sa.Engine, cursor: Any) -> bool:
         """Whether the cursor is a SQLite date or datetime column, which SQLite holds as text of whatever
         form it was written in ('2026-01-01T10:00:00Z', '2026-01-01 10:00:00') and compares as text,
         while a bound datetime is written '2026-01-01 10:00:00.000000': the same moment compares as
-        another ('T' sorts after ' '; a value without microseconds before the bound one)."""
-        return (
-            engine.dialect.name == "sqlite"
-            and isinstance(getattr(cursor, "type", None), sa.DateTime | sa.Date)
-            and isinstance(last, date)
-        )
+        another ('T' sorts after ' '; a value without microseconds before the bound one), and the rows
+        come in the order of their text, not of their moments."""
+        return engine.dialect.name == "sqlite" and isinstance(getattr(cursor, "type", None), sa.DateTime | sa.Date)
 
     def _check_keys_unique(self, keys: list[str], marks: list[bytes], lines: list[int]) -> None:
         """Fail on a row whose key an earlier row of the read holds: the key is its record id, so both would

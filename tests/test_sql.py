@@ -622,3 +622,18 @@ def test_postgresql_text_cursor_takes_the_highest_value_in_the_columns_collation
             expected
         )
         marks.commit("run")
+
+
+def test_a_sqlite_datetime_cursor_takes_the_latest_moment_whatever_text_sorts_last(tmp_path: Path) -> None:
+    # In text order, '2026-01-01 23:00:00+00:00' sorts before '2026-01-01T09:00:00Z' (' ' < 'T'): the
+    # watermark was 09:00, and the 23:00 row was read and published again.
+    rows = [(1, "a", "x", "2026-01-01T09:00:00Z"), (2, "b", "y", "2026-01-01 23:00:00+00:00")]
+    url = small_table(tmp_path / "crm.db", rows, cursor_type="DATETIME")
+    config = SqlSource(type="sql", url=url, table="t", cursor="u")
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    for expected in (["b", "a"], []):
+        marks = Watermarks(state, "support")
+        assert [r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()] == (
+            expected
+        )
+        marks.commit("run")
