@@ -336,14 +336,16 @@ class SqlSourceReader:
                 "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
             )
 
-    def _new_rows(self, values: list[Any], contents: pa.Array | list[bytes]) -> list[bool | None]:
+    def _new_rows(self, values: list[Any], rows: Sequence[Sequence[Any]]) -> list[bool | None]:
         """Which rows of a batch are new (True), taken before (False), or new without a value (None)."""
         span = self._range
-        texts = contents.to_pylist() if isinstance(contents, pa.Array | pa.ChunkedArray) else contents
+        # A row's contents as its own values write them (not as Arrow does, whose text of a decimal
+        # depends on the other rows of its batch: 1.5 is '1.50' beside 1.25).
+        contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
         try:
             return [
                 span.is_new_null(content) if value is None else span.is_new(value, content)
-                for value, content in zip(values, (t.encode() if isinstance(t, str) else t for t in texts), strict=True)
+                for value, content in zip(values, contents, strict=True)
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
             seen = [*(v for v in values if v is not None), *([span.highest] if span.highest is not None else [])]
@@ -397,7 +399,7 @@ class SqlSourceReader:
             if self.config.cursor is None:
                 fingerprint.add(contents)
             else:
-                states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], contents)
+                states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], rows)
                 new = [state is not False for state in states]
                 no_value = [state is None for state in states if state is not False]
                 if not all(new):

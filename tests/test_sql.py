@@ -637,3 +637,26 @@ def test_a_sqlite_datetime_cursor_takes_the_latest_moment_whatever_text_sorts_la
             expected
         )
         marks.commit("run")
+
+
+def test_the_rows_taken_at_the_watermark_are_known_whatever_rows_share_their_batch(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # Arrow writes a decimal by its batch's scale (1.5 is '1.50' beside 1.25): the rows taken at the value,
+    # read again beside other rows, were not known and were published again.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS amounts"))
+        db.execute(sa.text("CREATE TABLE amounts (id int PRIMARY KEY, subject text, amount numeric, u int)"))
+        db.execute(sa.text("INSERT INTO amounts VALUES (1, 'a', 1.25, 1), (2, 'b', 1.5, 2)"))
+    config = SqlSource(type="sql", url=postgres_url, table="amounts", cursor="u")
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    for expected in (["a", "b"], ["c"], []):
+        marks = Watermarks(state, "support")
+        assert [r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()] == (
+            expected
+        )
+        marks.commit("run")
+        with engine.begin() as db:
+            db.execute(sa.text("INSERT INTO amounts VALUES (3, 'c', 1.125, 3) ON CONFLICT DO NOTHING"))
+    engine.dispose()
