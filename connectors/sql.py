@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,12 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
         spelt_as_null = [str(n) for n, value in enumerate(values) if isinstance(value, str) and value == "None"]
         marks.append(("\x00text:" + ",".join(spelt_as_null)).encode() if spelt_as_null else b"")
     return keys, marks
+
+
+def _no_value(value: Any) -> bool:
+    """NULL, or NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal
+    NaN does not compare at all): no place in the cursor's order."""
+    return value is None or (isinstance(value, float | Decimal) and value != value)
 
 
 def pack_hashes(hashes: list[int]) -> str:
@@ -344,11 +351,11 @@ class SqlSourceReader:
         contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
         try:
             return [
-                span.is_new_null(content) if value is None else span.is_new(value, content)
+                span.is_new_null(content) if _no_value(value) else span.is_new(value, content)
                 for value, content in zip(values, contents, strict=True)
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
-            seen = [*(v for v in values if v is not None), *([span.highest] if span.highest is not None else [])]
+            seen = [*(v for v in values if not _no_value(v)), *([span.highest] if span.highest is not None else [])]
             kinds = sorted({type(v).__name__ for v in seen})
             if kinds == ["datetime"]:
                 kinds = ["datetime with a UTC offset", "datetime without one"]
@@ -368,7 +375,7 @@ class SqlSourceReader:
             outcome="quarantined",
             reasons="no_cursor_value",
             details=[
-                f"{self.uri}:{line}: no value (NULL) in the cursor column {self.config.cursor!r}: no run can tell "
+                f"{self.uri}:{line}: no value (NULL, or NaN) in the cursor column {self.config.cursor!r}: no run can tell "
                 "when such a row is new or edited, so it is set aside once; give it a value to have it read"
                 for line in lines
             ],
