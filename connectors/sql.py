@@ -2,33 +2,45 @@
 
 The result is streamed through a server-side cursor (``stream_results``) and fetched
 ``batch_rows`` at a time, so memory stays flat whatever the table's size. With a ``cursor``
-column, only rows past the last published run's highest value are read, in cursor order.
+column, only rows the last published run did not take are read, in cursor order (``CursorRange``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 import xxhash
 
 from connectors.base import SourceBatch, reserved_clash, with_lineage
-from connectors.files import _rows_as_text
+from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.manifest import InputFile
-from schemas.records import InputIds, record_ids, source_array
+from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
 log = logging.getLogger(__name__)
 
 CONNECTOR = "sql"
 CURSOR_ITEM = "cursor"
+# The rows read at the highest cursor value, as xxh3-64 hashes of their contents (packed): a later run reads
+# from that value on (a row written after the run may share it: commit timestamps tie) and leaves them out.
+TAKEN_ITEM = "cursor_taken"
+# The rows read with no cursor value (NULL), hashed as above: quarantined once, as no run can tell when
+# such a row is new or edited; later runs leave out those already set aside.
+NULL_ITEM = "cursor_null"
 # A source without a cursor was read by a published run; the value is the fingerprint of what it held
 # (``Fingerprint``), so a run can tell the table has not changed (``True``: read before fingerprints).
 READ_ITEM = "read"
@@ -91,6 +103,96 @@ def source_uri(config: SqlSource) -> str:
     """The URI of a table or query in records' ``source`` and the watermarks (no password)."""
     what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
     return f"{safe_url(config.url)}#{what}"
+
+
+def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], list[bytes]]:
+    """Each row's key as the text its record id hashes (its values' str(), joined), and a mark that
+    tells apart what the text alone cannot: a text value 'None' from a NULL (which str() spells the
+    same). The mark is empty for every other key, so their ids stay as published."""
+    keys, marks = [], []
+    for row in rows:
+        values = [row[i] for i in at]
+        keys.append("\x1f".join(str(value) for value in values))
+        spelt_as_null = [str(n) for n, value in enumerate(values) if isinstance(value, str) and value == "None"]
+        marks.append(("\x00text:" + ",".join(spelt_as_null)).encode() if spelt_as_null else b"")
+    return keys, marks
+
+
+def _no_value(value: Any) -> bool:
+    """NULL, or NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal
+    NaN does not compare at all): no place in the cursor's order."""
+    return value is None or (isinstance(value, float | Decimal) and value != value)
+
+
+def pack_hashes(hashes: list[int]) -> str:
+    return base64.b64encode(np.array(sorted(hashes), dtype="<u8").tobytes()).decode()
+
+
+def unpack_hashes(packed: str) -> Counter[int]:
+    return Counter(np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist())
+
+
+class CursorRange:
+    """Which rows of a read by cursor are new: those past the highest value the last run read, and those
+    at that value it did not read (a row written after the run with the value of the last row it took:
+    commit timestamps tie). The database gives the rows at or past the value; the rows at it that the
+    watermark says were taken (by their contents: an edited row is new) are left out here. The highest
+    value is the last the database gives (rows come in cursor order): its order, not Python's, is what
+    its comparison with the watermark follows (text in a linguistic collation)."""
+
+    def __init__(self, watermark: SourceWatermark | None) -> None:
+        committed = watermark.get(CURSOR_ITEM) if watermark is not None else None
+        self.last = decode_cursor(committed) if committed is not None else None
+        taken = watermark.get(TAKEN_ITEM) if watermark is not None else None
+        # A watermark from before the rows at the value were kept: all of them were taken (read past it).
+        self.taken = unpack_hashes(taken) if isinstance(taken, str) else None
+        self.inclusive = self.last is not None and self.taken is not None
+        # Values the database holds as text of any form (``_sqlite_text``): it was asked for a bound below
+        # the value, not the range itself, and its order is not theirs; they are compared here.
+        self.as_moments = False
+        self.highest: Any = None
+        self.at_highest: list[int] = []
+        nulls = watermark.get(NULL_ITEM) if watermark is not None else None
+        self.nulls_before = unpack_hashes(nulls) if isinstance(nulls, str) else Counter()
+        self.nulls: list[int] = []  # the rows without a value this read
+        self.new_nulls = 0
+
+    def is_new_null(self, content: bytes) -> bool | None:
+        """For a row without a cursor value: None if it is to be set aside, False if an earlier run did."""
+        identity = xxhash.xxh3_64_intdigest(content)
+        self.nulls.append(identity)
+        if self.nulls_before[identity] > 0:
+            self.nulls_before[identity] -= 1
+            return False
+        self.new_nulls += 1
+        return None
+
+    def is_new(self, value: Any, content: bytes) -> bool:
+        """Whether a row with a cursor value is new; notes the highest value read and the rows at it."""
+        if (
+            self.as_moments
+            and self.last is not None
+            and not (value >= self.last if self.inclusive else value > self.last)
+        ):
+            return False
+        identity = xxhash.xxh3_64_intdigest(content)
+        if self.highest is None:
+            self.highest, self.at_highest = value, [identity]
+            return self._not_taken(value, identity)
+        later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
+        if value == self.highest:
+            self.at_highest.append(identity)
+        elif later or not self.as_moments:
+            # Rows come in the database's order, which decides what is highest: text compares by the
+            # column's collation there ('a' < 'B' in most, not in Python). Not for text-held datetimes.
+            self.highest, self.at_highest = value, [identity]
+        return self._not_taken(value, identity)
+
+    def _not_taken(self, value: Any, identity: int) -> bool:
+        if self.inclusive and value == self.last and self.taken[identity] > 0:
+            self.taken[identity] -= 1  # equal rows: as many are new as the value holds more of them now
+            return False
+        return True
 
 
 class SqlSourceReader:
@@ -208,20 +310,97 @@ class SqlSourceReader:
         if config.cursor is not None:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
             cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
-            last = self.watermark.get(CURSOR_ITEM) if self.watermark is not None else None
+            self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
-            if last is not None:
-                statement = statement.where(cursor > decode_cursor(last))
+            span.as_moments = self._sqlite_text(engine, cursor)
+            if span.last is not None:
+                if span.as_moments and isinstance(span.last, date):
+                    # Compared as text, the stored value and the bound one need not be written alike: the
+                    # rows from two days before on (any UTC offset's date) are read, the range taken here.
+                    since = (span.last.date() if isinstance(span.last, datetime) else span.last) - timedelta(days=2)
+                    past = sa.type_coerce(cursor, sa.String()) >= since.isoformat()
+                else:
+                    past = cursor >= span.last if span.inclusive else cursor > span.last
+                # A row without a value is read each run too (set aside once, see ``CursorRange``).
+                statement = statement.where(sa.or_(past, cursor.is_(None)))
             statement = statement.order_by(cursor)
         return statement
+
+    @staticmethod
+    def _sqlite_text(engine: sa.Engine, cursor: Any) -> bool:
+        """Whether the cursor is a SQLite date or datetime column, which SQLite holds as text of whatever
+        form it was written in ('2026-01-01T10:00:00Z', '2026-01-01 10:00:00') and compares as text,
+        while a bound datetime is written '2026-01-01 10:00:00.000000': the same moment compares as
+        another ('T' sorts after ' '; a value without microseconds before the bound one), and the rows
+        come in the order of their text, not of their moments."""
+        return engine.dialect.name == "sqlite" and isinstance(getattr(cursor, "type", None), sa.DateTime | sa.Date)
+
+    def _check_keys_unique(self, keys: list[str], marks: list[bytes], lines: list[int]) -> None:
+        """Fail on a row whose key an earlier row of the read holds: the key is its record id, so both would
+        be published under one id, and a later edit of either (read alone, through the cursor) would
+        replace the other's published version. Failing, not quarantining: which of the two is the row
+        the key names cannot be told, in this read or any later one, until the key is made unique."""
+        seen = self._keys_read.occurrences(
+            [key.encode() + b"\x1f" + mark for key, mark in zip(keys, marks, strict=True)]
+        )
+        if seen.any():
+            line = lines[int(seen.nonzero()[0][0])]
+            columns = ", ".join(self.config.key)
+            raise SqlSourceError(
+                f"{self.uri}: row {line} of the result has the same key ({columns}) as an earlier row: a key must "
+                "identify one row (rows sharing one would be published as one record, and an edit of one would "
+                "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
+            )
+
+    def _new_rows(self, values: list[Any], rows: Sequence[Sequence[Any]]) -> list[bool | None]:
+        """Which rows of a batch are new (True), taken before (False), or new without a value (None)."""
+        span = self._range
+        # A row's contents as its own values write them (not as Arrow does, whose text of a decimal
+        # depends on the other rows of its batch: 1.5 is '1.50' beside 1.25).
+        contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
+        try:
+            return [
+                span.is_new_null(content) if _no_value(value) else span.is_new(value, content)
+                for value, content in zip(values, contents, strict=True)
+            ]
+        except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
+            seen = [*(v for v in values if not _no_value(v)), *([span.highest] if span.highest is not None else [])]
+            kinds = sorted({type(v).__name__ for v in seen})
+            if kinds == ["datetime"]:
+                kinds = ["datetime with a UTC offset", "datetime without one"]
+            raise SqlSourceError(
+                f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
+                f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
+            ) from None
+
+    def _no_value(self, rows: pa.Table) -> pa.Table:
+        """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
+        columns = [c for c in rows.column_names if c not in ("id", "source")]
+        lines = rows["source"].combine_chunks().field("line").to_pylist()
+        return set_aside_rows(
+            rows["id"].combine_chunks(),
+            rows["source"].combine_chunks(),
+            stage="read",
+            outcome="quarantined",
+            reasons="no_cursor_value",
+            details=[
+                f"{self.uri}:{line}: no value (NULL, or NaN) in the cursor column {self.config.cursor!r}: no run can tell "
+                "when such a row is new or edited, so it is set aside once; give it a value to have it read"
+                for line in lines
+            ],
+            records=[
+                json.dumps(row, default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
+                for row in rows.select(columns).to_pylist()
+            ],
+        )
 
     def batches(self) -> Iterator[SourceBatch]:
         if self._unchanged:
             return
-        highest = None
         ordinal = 0
         row_ids = InputIds(self.uri)
+        self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
         fingerprint = Fingerprint()
         result = self._result()
         columns = self._columns_checked(next(result))
@@ -229,37 +408,56 @@ class SqlSourceReader:
             table = arrow_table(columns, rows)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
-            if self.config.cursor is not None:
-                values = [row[columns.index(self.config.cursor)] for row in rows]
-                present = [v for v in values if v is not None]
-                if present:
-                    try:
-                        highest = max(present) if highest is None else max(highest, *present)
-                    except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
-                        seen = [*present, *([highest] if highest is not None else [])]
-                        kinds = sorted({type(v).__name__ for v in seen})
-                        if kinds == ["datetime"]:
-                            kinds = ["datetime with a UTC offset", "datetime without one"]
-                        raise SqlSourceError(
-                            f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
-                            f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
-                        ) from None
-            contents = row_contents(table) if self.config.cursor is None or not self.config.key else []
+            contents = row_contents(table)
+            # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
+            # row written since that equals one of them (the same cursor value) gets an id of its own.
+            ids = None if self.config.key else row_ids(contents)
+            no_value: list[bool] = []
             if self.config.cursor is None:
                 fingerprint.add(contents)
+            else:
+                states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], rows)
+                new = [state is not False for state in states]
+                no_value = [state is None for state in states if state is not False]
+                if not all(new):
+                    kept = pa.array(new)
+                    table = table.filter(kept)
+                    ids = ids.filter(kept) if ids is not None else None
+                    rows = [row for row, n in zip(rows, new, strict=True) if n]
+                    lines = [line for line, n in zip(lines, new, strict=True) if n]
             if self.config.key:
                 # The row's identity, not its content: an edited row keeps its id, so its new
                 # version replaces the one carried from earlier versions, and review decisions
                 # stay with it.
-                at = [columns.index(k) for k in self.config.key]
-                keys = ["\x1f".join(str(row[i]) for i in at) for row in rows]
-                ids = record_ids(self.uri, keys, [b""] * len(keys))
-            else:
-                ids = row_ids(contents)
-            yield SourceBatch(rows=with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines)))
-        if self.watermark is not None and highest is not None:
-            self.watermark.set(CURSOR_ITEM, encode_cursor(highest))
-        elif self.watermark is not None and self.config.cursor is None:
+                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
+                self._check_keys_unique(keys, marks, lines)
+                ids = record_ids(self.uri, keys, marks)
+            read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
+            if not any(no_value):
+                yield SourceBatch(rows=read)
+                continue
+            mask = pa.array(no_value)
+            yield SourceBatch(rows=read.filter(pc.invert(mask)), set_aside=self._no_value(read.filter(mask)))
+        if self.config.cursor is not None:
+            self._cursor_read(self._range)
+        elif self.watermark is not None:
             # Read whole, yet read before: the next version extends this one (other sources' records
             # carried, this table's replaced by what it holds now) instead of holding only this run's.
             self.watermark.set(READ_ITEM, str(fingerprint))
+
+    def _cursor_read(self, span: CursorRange) -> None:
+        """Stage the watermark of a read by cursor, and say what it set aside for want of a value."""
+        if self.watermark is not None and span.highest is not None:
+            self.watermark.set(CURSOR_ITEM, encode_cursor(span.highest))
+            self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
+        if self.watermark is not None:
+            self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
+        if span.nulls:
+            log.warning(
+                "%s: %d rows have no value (NULL) in the cursor column %r: %d quarantined by this run "
+                "(no_cursor_value), the others by an earlier one; give them a value to have them read",
+                self.uri,
+                len(span.nulls),
+                self.config.cursor,
+                span.new_nulls,
+            )

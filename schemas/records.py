@@ -107,6 +107,10 @@ class InputIds:
             raise ValueError(f"{self.uri}: a record's content is null; ids need bytes")
         return record_ids(self.uri, self._occurrences(contents), contents)
 
+    def occurrences(self, contents: Sequence[bytes]) -> np.ndarray:
+        """How many records before each one in the input held the same content (0 for a first)."""
+        return self._occurrences(pa.array(contents, pa.binary()))
+
     def _occurrences(self, contents: pa.Array | pa.ChunkedArray) -> np.ndarray:
         # A hash collision only numbers two different contents as one's first and second: the ids,
         # which hash the content too, still differ.
