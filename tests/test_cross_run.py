@@ -245,3 +245,20 @@ def test_a_dedup_stage_new_to_the_dataset_says_earlier_versions_are_not_compared
         third = run(workdir, {**recipe, "stages": [{"type": "exact_dedup"}]})
     assert "have no signatures" not in caplog.text
     assert third.manifest.counts.reasons["duplicate"] == {"earlier_version": 2}
+
+
+def test_a_dedup_stage_says_nothing_of_earlier_versions_that_held_no_record(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "ok"}])  # filtered: v1 holds no record, stores no signature
+    recipe: dict[str, Any] = {
+        "dataset": "notes",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "length_filter", "min_chars": 5}, {"type": "exact_dedup"}],
+    }
+    assert run(workdir, recipe).manifest.counts.written == 0
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "Note on refunds and fees."}])
+    with caplog.at_level("WARNING", logger="curation.stages.dedup_index"):
+        assert run(workdir, recipe).manifest.counts.written == 1
+    assert "have no signatures" not in caplog.text

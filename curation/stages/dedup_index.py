@@ -241,12 +241,12 @@ class SignatureIndex:
         published again)."""
         table = published_signatures
         stored = sa.select(table.c.n).where(table.c.dataset == self.dataset, table.c.stage == stage).limit(1)
-        published = sa.select(runs.c.version).where(runs.c.dataset == self.dataset, runs.c.status == "published")
+        published = sa.select(runs.c.counts).where(runs.c.dataset == self.dataset, runs.c.status == "published")
         if (
             db.execute(stored).first() is None
             and sa.inspect(db).has_table(runs.name)  # a state store that only ever held signatures has none
-            and db.execute(published.limit(1)).first() is not None
-        ):
+            and any(json.loads(counts or "{}").get("written", 0) for (counts,) in db.execute(published))
+        ):  # versions that held no record have nothing to compare with
             log.warning(
                 "%s: the versions published before it was in the recipe have no signatures of it, so this "
                 "run's records are not compared with theirs; --full-refresh deduplicates the whole dataset",
