@@ -59,3 +59,16 @@ def processed(version_dir: Path) -> list[dict[str, Any]]:
         shard = lines.setdefault(entry["shard"], (version_dir / entry["shard"]).read_text().splitlines())
         found.append(json.loads(shard[entry["line"] - 1]))
     return found
+
+
+def sqlite_db(path: Path, *statements: str) -> str:
+    """A SQLite database at ``path`` after ``statements`` (in one transaction); its URL."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{path}"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        for statement in statements:
+            db.execute(sa.text(statement))
+    engine.dispose()
+    return url

@@ -17,7 +17,7 @@ import pytest
 from curation.pipeline import run_recipe
 from curation.stopping import STOP_SIGNALS
 from schemas.config import Recipe, load_recipe
-from tests.helpers import write_jsonl, write_recipe
+from tests.helpers import sqlite_db, write_jsonl, write_recipe
 
 
 def five_notes(folder: Path) -> Recipe:
@@ -47,14 +47,11 @@ def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path) -> None:
-    import sqlalchemy as sa
-
-    url = f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("CREATE TABLE tickets (subject TEXT, reply TEXT)"))
-        db.execute(sa.text("INSERT INTO tickets VALUES ('Card declined', 'Travel notice set.')"))
-    engine.dispose()
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE tickets (subject TEXT, reply TEXT)",
+        "INSERT INTO tickets VALUES ('Card declined', 'Travel notice set.')",
+    )
     record = {"kind": "instruction", "prompt": "subject", "completion": "reply"}
     for source, problem in (
         ({"query": "SELECT subject, reply FROM tickets"}, None),

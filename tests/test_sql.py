@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import outputs, processed, run, set_aside
+from tests.helpers import outputs, processed, run, set_aside, sqlite_db
 
 CUSTOMERS = sa.MetaData()
 tickets = sa.Table(
@@ -268,12 +268,11 @@ def test_missing_table_and_bad_query_name_the_source(tmp_path: Path) -> None:
 
 def test_a_cursor_column_holding_values_that_do_not_compare_is_named(tmp_path: Path) -> None:
     # SQLite keeps any type in any column: an integer and a text cursor value have no order.
-    url = f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("CREATE TABLE events (subject TEXT, reply TEXT, seq)"))
-        db.execute(sa.text("INSERT INTO events VALUES ('a', 'x', 1), ('b', 'y', '2')"))
-    engine.dispose()
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE events (subject TEXT, reply TEXT, seq)",
+        "INSERT INTO events VALUES ('a', 'x', 1), ('b', 'y', '2')",
+    )
     for batch_rows in (10, 1):  # within one batch, and across two
         with pytest.raises(
             SqlSourceError,
@@ -437,12 +436,11 @@ def test_watermarks_kept_under_a_key_with_the_password_are_still_found(tmp_path:
 
 def test_a_result_with_an_id_and_an_input_id_column_is_refused_by_the_probe_check_makes(tmp_path: Path) -> None:
     # `curation check` said ok; the run then failed on its first batch.
-    url = f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("CREATE TABLE t (id INTEGER, input_id TEXT, q TEXT)"))
-        db.execute(sa.text("INSERT INTO t VALUES (1, 'A-1', 'Where?')"))
-    engine.dispose()
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE t (id INTEGER, input_id TEXT, q TEXT)",
+        "INSERT INTO t VALUES (1, 'A-1', 'Where?')",
+    )
     said = r"crm.db#t: column 'id' is read as 'input_id' .* rename one of them"
     reader = SqlSourceReader(SqlSource(type="sql", url=url, table="t"), 10)
     with pytest.raises(SqlSourceError, match=said):

@@ -408,16 +408,21 @@ def test_text_versions_in_several_shards_are_refused_for_domain_adaptation(workd
     assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel
 
 
-def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from train.jumpstart import AutoSpecs, SpecError
-
+def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nowhere for boto3 to find credentials: no variables, files or instance role."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+
+
+def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train.jumpstart import AutoSpecs, SpecError
+
+    no_aws_credentials(tmp_path, monkeypatch)
     specs = AutoSpecs()
     assert specs(MODEL, "us-east-1").model_id == MODEL  # no credentials: the pinned spec
     with pytest.raises(SpecError, match=r"'nope-model' is not among the pinned specs .*check the model id"):
@@ -438,11 +443,7 @@ def test_the_default_output_stays_in_the_bucket_of_a_copy_at_its_root(workdir: P
 def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+    no_aws_credentials(tmp_path, monkeypatch)
     done = curation("train", "spec", MODEL, "--specs", "live", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert f"JumpStart live lookup of '{MODEL}' failed (NoCredentialsError" in done.stderr
