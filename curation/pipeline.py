@@ -38,9 +38,11 @@ from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
 from curation.review.decisions import RunDecisions, changes_since, inputs_to_read_again
 from curation.review.queue import add_items
+from curation.review.rejected_content import remember as remember_rejected_content
+from curation.review.rejected_content import remember_copies
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
-from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder, signature_params
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ReviewDecisions
@@ -103,6 +105,8 @@ class Tally:
     flags: list[pa.Table] = field(default_factory=list)
     examples: dict[tuple[str, str], str] = field(default_factory=dict)  # the first detail of each reason
     by_input: Counter[str] = field(default_factory=Counter)  # records per input URI, once each is accounted for
+    # Records filtered for holding a rejected record's content: (that record, the copy's id, its input).
+    rejected_copies: set[tuple[str, str, str]] = field(default_factory=set)
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -189,7 +193,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
-    review = ReviewDecisions.from_state(recipe.state, recipe.dataset, decisions_as_of)
+    review = ReviewDecisions.from_state(recipe.state, recipe.dataset, decisions_as_of, kind)
     stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
@@ -353,6 +357,12 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         return
     published = writer.write_set_aside(table)
     tally.count_inputs(table)
+    copies = table.filter(pc.and_(pc.equal(table["stage"], ReviewDecisions.name), pc.is_valid(table["duplicate_of"])))
+    if copies.num_rows:
+        uris = pc.struct_field(copies["source"], "uri").to_pylist()
+        tally.rejected_copies.update(
+            zip(copies["duplicate_of"].to_pylist(), copies["id"].to_pylist(), uris, strict=True)
+        )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
@@ -522,6 +532,31 @@ def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
         for stage in stages:
             if isinstance(stage, SignatureRecorder):
                 stage.index.retire(ids)
+
+
+def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> dict[str, int]:
+    """The content keys of published records ``ids`` (``rejected_content.content_keys``), from the
+    signatures the recipe's default ``exact_dedup`` stored of them, if it has (or had) one."""
+    if not ids:
+        return {}
+    index = next((stage.index for stage in stages if isinstance(stage, SignatureRecorder)), None)
+    default = ExactDedup(dedup_fields(recipe.record.kind))
+    params = signature_params(default)
+    # A stage that rewrites text before the dedup stage (clean) makes keys of other text than the review
+    # stage hashes: those are not the record's content as read.
+    at = next((n for n, s in enumerate(stages) if getattr(s, "params", None) == params), None)
+    if at is not None and any(getattr(stage, "rewrites_text", False) for stage in stages[:at]):
+        index = None
+    found = {} if index is None else index.keys_of(default.name, params, pa.array(sorted(ids), pa.string()))
+    missing = len(ids) - len(found)
+    if missing:
+        log.warning(
+            "%d carried record(s) rejected by annotators: their content is not known (the recipe has no "
+            "exact_dedup stage with its default fields ahead of clean and pii), so the same content read "
+            "from another input is not filtered by the rejection",
+            missing,
+        )
+    return found
 
 
 def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
@@ -780,6 +815,10 @@ def _run_locked(
         if changed:
             log.warning("%s", changed)
 
+        review = next(s for s in stages if isinstance(s, ReviewDecisions))
+        known = review.decisions.copy_of.keys() | set(review.decisions.rejected_content.values())
+        review_rejected = review.decisions.rejected - known - review.learned.keys()  # content not known yet
+        rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
         carried_from = extends if out.carry_forward else None
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
             # Annotators' decisions reach the carried records too, as the review stage read them.
@@ -793,6 +832,11 @@ def _run_locked(
                 replaced_ids,
             )
 
+            # A rejection covers the record's content: its key, from the signatures it was published with,
+            # is kept before they are retired (see curation/review/rejected_content.py).
+            rejected_keys.update(
+                _content_keys_of(recipe, [*stages, *index_only], writer.carry_rejected & review_rejected)
+            )
             # No longer published as they were: later runs must not take that content for an earlier
             # version's (a record written again keeps the signature this run stores).
             _retire(
@@ -851,6 +895,8 @@ def _run_locked(
                 stage.published(published.version)
         flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
         add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+        remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
+        remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
         if out.group_by:
             state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=full_refresh)
         # Last: a run killed before this stays "publishing", and the next reads everything again. Marked

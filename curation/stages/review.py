@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from curation.review.decisions import RunDecisions, run_decisions
+from curation.review.rejected_content import content_keys
 from curation.stages.base import StageResult, split_by_mask
 from curation.state import sqlite_file, state_engine
 from schemas.records import set_aside_rows
@@ -43,38 +44,90 @@ def load_decisions(state_url: str, dataset: str, as_of: datetime | None = None) 
 
 
 class ReviewDecisions:
-    """Set aside rejected records and apply field edits; decisions are read once, when built."""
+    """Set aside rejected records, and records holding a rejected record's content, and apply field
+    edits; decisions are read once, when built.
+
+    With the record ``kind``, a rejection covers the record's content (``content_keys``), whichever input
+    or copy it comes from; ``learned`` collects the content keys of rejected records this stage met, for
+    the pipeline to keep once the run publishes (``curation.review.rejected_content``)."""
 
     name = "review"
 
-    def __init__(self, decisions: RunDecisions) -> None:
+    def __init__(self, decisions: RunDecisions, kind: str | None = None) -> None:
         self.decisions = decisions  # the run's one reading: the PII stage and carried records get the same
+        self.kind = kind
         self.rejected = pa.array(sorted(decisions.rejected), pa.string())
         self.edits = decisions.edits
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
+        self.content = dict(decisions.rejected_content)  # content key -> the rejected record
+        self.learned: dict[str, int] = {}
 
     @classmethod
-    def from_state(cls, state_url: str, dataset: str, as_of: datetime | None = None) -> ReviewDecisions:
-        return cls(load_decisions(state_url, dataset, as_of))
+    def from_state(
+        cls, state_url: str, dataset: str, as_of: datetime | None = None, kind: str | None = None
+    ) -> ReviewDecisions:
+        return cls(load_decisions(state_url, dataset, as_of), kind)
 
     def __call__(self, batch: pa.Table) -> StageResult:
         if len(self.rejected) == 0 and len(self.edited_ids) == 0:
             return StageResult(kept=batch)
-        keep = pc.invert(pc.is_in(batch["id"], value_set=self.rejected))
+        by_id = pc.is_in(batch["id"], value_set=self.rejected)
+        of = self._same_content(batch, by_id)
+        keep = pc.and_(pc.invert(by_id), pc.is_null(of))
         kept, rejected = split_by_mask(batch, keep)
+        of = of.filter(pc.invert(keep))
+        ids = rejected["id"].to_pylist()
+        copy_of = self.decisions.copy_of
+        # A copy filtered before (now in ``rejected`` by its id) still names the record it copies.
+        originals = [
+            copy_of.get(record) if found is None else found for record, found in zip(ids, of.to_pylist(), strict=True)
+        ]
         set_aside = set_aside_rows(
             rejected["id"],
             rejected["source"],
             self.name,
             "filtered",
             "review",
-            ["rejected by an annotator"] * rejected.num_rows,
+            [
+                "rejected by an annotator"
+                if original is None
+                else f"holds the content of {original}, rejected by an annotator"
+                for original in originals
+            ],
+            duplicate_of=originals,
         )
         kept, edited, skipped = self._apply_edits(kept)
-        stats = {name: count for name, count in (("rejected", rejected.num_rows), ("edited", edited)) if count}
+        copies = sum(1 for original in originals if original is not None)
+        stats = {
+            name: count
+            for name, count in (
+                ("rejected", rejected.num_rows - copies),
+                ("rejected_content", copies),
+                ("edited", edited),
+            )
+            if count
+        }
         if skipped:
             stats["edits_skipped"] = skipped
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
+
+    def _same_content(self, batch: pa.Table, by_id: pa.Array) -> pa.Array:
+        """Per record, the rejected record whose content it holds (null for none, and for the rejected
+        records themselves). The content keys of records rejected by id join those known before, so a
+        copy later in the run is caught too."""
+        if self.kind is None or not (self.content or pc.any(by_id).as_py()):
+            return pa.nulls(batch.num_rows, pa.string())
+        keys = content_keys(batch, self.kind)
+        for record, key in zip(batch["id"].filter(by_id).to_pylist(), keys.filter(by_id).to_pylist(), strict=True):
+            if record not in self.decisions.copy_of:
+                self.content.setdefault(key, record)
+                self.learned.setdefault(record, key)
+        if not self.content:
+            return pa.nulls(batch.num_rows, pa.string())
+        known = pa.array(list(self.content), pa.uint64())
+        at = pc.index_in(keys, value_set=known)
+        found = pa.array(list(self.content.values()), pa.string()).take(at)
+        return pc.if_else(by_id, pa.scalar(None, pa.string()), found)
 
     def _apply_edits(self, batch: pa.Table) -> tuple[pa.Table, int, int]:
         """The batch with edited values; how many records were edited, and edits of unknown fields."""
