@@ -42,10 +42,10 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
-from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder, signature_params
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
-from curation.stages.review import ReviewDecisions
+from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
@@ -107,6 +107,7 @@ class Tally:
     by_input: Counter[str] = field(default_factory=Counter)  # records per input URI, once each is accounted for
     # Records filtered for holding a rejected record's content: (that record, the copy's id, its input).
     rejected_copies: set[tuple[str, str, str]] = field(default_factory=set)
+    rejected_read: set[str] = field(default_factory=set)  # records filtered for an annotator's rejection
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -211,9 +212,16 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe))
             across_runs.append(stages[-1])
+    recorded: list[CrossRunDedup | ContentKeys] = list(across_runs)
+    if not stores_content_keys(stages, kind):
+        # A record rejected once published is found by its content key (curation/review/rejected_content.py):
+        # stored for each published record as the review stage read it, where no exact_dedup stores it.
+        recorded.append(ContentKeys(kind))
+        review.attach = recorded[-1].column
+        index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
-    if across_runs:
-        stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
+    if recorded:
+        stages.append(SignatureRecorder(recorded, index))  # last: sees exactly what is written
     return stages
 
 
@@ -357,7 +365,9 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         return
     published = writer.write_set_aside(table)
     tally.count_inputs(table)
-    copies = table.filter(pc.and_(pc.equal(table["stage"], ReviewDecisions.name), pc.is_valid(table["duplicate_of"])))
+    by_review = table.filter(pc.equal(table["stage"], ReviewDecisions.name))
+    copies = by_review.filter(pc.is_valid(by_review["duplicate_of"]))
+    tally.rejected_read.update(by_review.filter(pc.is_null(by_review["duplicate_of"]))["id"].to_pylist())
     if copies.num_rows:
         uris = pc.struct_field(copies["source"], "uri").to_pylist()
         tally.rejected_copies.update(
@@ -536,25 +546,23 @@ def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
 
 def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> dict[str, int]:
     """The content keys of published records ``ids`` (``rejected_content.content_keys``), from the
-    signatures the recipe's default ``exact_dedup`` stored of them, if it has (or had) one."""
-    if not ids:
-        return {}
+    signatures stored of them: by the review stage (``ContentKeys``), else by a default ``exact_dedup``."""
     index = next((stage.index for stage in stages if isinstance(stage, SignatureRecorder)), None)
-    default = ExactDedup(dedup_fields(recipe.record.kind))
-    params = signature_params(default)
-    # A stage that rewrites text before the dedup stage (clean) makes keys of other text than the review
-    # stage hashes: those are not the record's content as read.
-    at = next((n for n, s in enumerate(stages) if getattr(s, "params", None) == params), None)
-    if at is not None and any(getattr(stage, "rewrites_text", False) for stage in stages[:at]):
-        index = None
-    found = {} if index is None else index.keys_of(default.name, params, pa.array(sorted(ids), pa.string()))
-    missing = len(ids) - len(found)
-    if missing:
+    if not ids or index is None:
+        return {}
+    params = default_content_params(recipe.record.kind)
+    found: dict[str, int] = {}
+    # Stored as the review stage read the record, else by a default exact_dedup (or by the one a version
+    # published before this recipe had: keys of the text as that stage saw it).
+    for name in (ContentKeys.name, ExactDedup.name):
+        missing = pa.array(sorted(ids - found.keys()), pa.string())
+        if len(missing):
+            found.update(index.keys_of(name, params, missing))
+    if len(found) < len(ids):
         log.warning(
-            "%d carried record(s) rejected by annotators: their content is not known (the recipe has no "
-            "exact_dedup stage with its default fields ahead of clean and pii), so the same content read "
-            "from another input is not filtered by the rejection",
-            missing,
+            "%d record(s) rejected by annotators: their content key was not stored (published by an earlier "
+            "version of curation), so the same content read from another input is not filtered by the rejection",
+            len(ids) - len(found),
         )
     return found
 
@@ -832,11 +840,6 @@ def _run_locked(
                 replaced_ids,
             )
 
-            # A rejection covers the record's content: its key, from the signatures it was published with,
-            # is kept before they are retired (see curation/review/rejected_content.py).
-            rejected_keys.update(
-                _content_keys_of(recipe, [*stages, *index_only], writer.carry_rejected & review_rejected)
-            )
             # No longer published as they were: later runs must not take that content for an earlier
             # version's (a record written again keeps the signature this run stores).
             _retire(
@@ -849,6 +852,12 @@ def _run_locked(
                     "(a PII operator drop, nothing left after cleaning)",
                     len(edits_set_aside),
                 )
+
+        # A rejection covers the record's content (curation/review/rejected_content.py): the key of each
+        # rejected record this run met, read or carried, from the signatures it was published with (read
+        # before they are retired); one the review stage hashed itself (``learned``) is known already.
+        met = (tally.rejected_read | writer.carry_rejected) & review_rejected
+        rejected_keys.update(_content_keys_of(recipe, [*stages, *index_only], met))
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
             built = Manifest(

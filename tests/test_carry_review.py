@@ -540,3 +540,28 @@ def test_without_a_dedup_stage_a_rejection_covers_the_copies_a_run_reads_with_th
     assert notes(1, 1)[0]["q"] not in texts(outputs(Path(v3.version_uri)))
     assert v3.manifest.counts.reasons["filtered"] == {"review": 1}
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [[], [{"type": "clean"}, {"type": "exact_dedup"}], [{"type": "exact_dedup", "across_runs": False}]],
+    ids=["no-dedup", "clean-first", "dedup-within-runs"],
+)
+def test_a_carried_record_rejected_covers_its_content_whatever_the_recipes_stages(
+    workdir: Path, stages: list[dict[str, Any]]
+) -> None:
+    spec = {**recipe("out"), "stages": stages}
+    rows = notes(0, 3)
+    rows[1] = {**rows[1], "q": f"<b>{rows[1]['q']}</b>"}  # text clean changes, when the recipe has it
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    v1 = Path(run(workdir, spec).version_uri)
+    record = [row["id"] for row in read_lines(sorted((v1 / "lineage").glob("*.jsonl"))) if row["source"]["line"] == 2]
+    items = queue(workdir, "notes", 1, {record[0]: sources_by_id(v1)[record[0]]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record[0]], "rita", "reject")
+    assert len(outputs(Path(run(workdir, spec).version_uri))) == 2  # carried, the record is left out
+    write_jsonl(workdir / "in" / "copy.jsonl", [rows[1]])  # its content, as it was read, in another input
+    v3 = run(workdir, spec)
+    assert len(outputs(Path(v3.version_uri))) == 2
+    assert v3.manifest.counts.reasons == {"filtered": {"review": 1}} and adds_up(v3.manifest)
+    engine.dispose()

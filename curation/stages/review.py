@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from curation.review.decisions import RunDecisions, run_decisions
 from curation.review.rejected_content import content_keys
 from curation.stages.base import StageResult, split_by_mask
+from curation.stages.duplicates import one_key_each
 from curation.state import sqlite_file, state_engine
-from schemas.records import set_aside_rows
+from schemas.records import SIGNATURE_COLUMN_PREFIX, dedup_fields, set_aside_rows
 
 T = TypeVar("T")
 
@@ -61,6 +62,7 @@ class ReviewDecisions:
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
         self.content = dict(decisions.rejected_content)  # content key -> the rejected record
         self.learned: dict[str, int] = {}
+        self.attach: str | None = None  # the column that takes each kept record's content key (ContentKeys)
 
     @classmethod
     def from_state(
@@ -69,10 +71,24 @@ class ReviewDecisions:
         return cls(load_decisions(state_url, dataset, as_of), kind)
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        keys = (
+            content_keys(batch, self.kind)
+            if self.kind is not None and (self.attach or self.decisions.rejected)
+            else None
+        )
+        result = self._decide(batch, keys)
+        if self.attach is not None and keys is not None and result.kept.num_rows:
+            # The kept rows' keys travel to the signature recorder (``ContentKeys``), as dedup's do.
+            kept_keys = keys.filter(pc.is_in(batch["id"].combine_chunks(), value_set=result.kept["id"]))
+            column = pa.StructArray.from_arrays([one_key_each(kept_keys)], names=["keys"])
+            result.kept = result.kept.append_column(self.attach, column)
+        return result
+
+    def _decide(self, batch: pa.Table, keys: pa.Array | None) -> StageResult:
         if len(self.rejected) == 0 and len(self.edited_ids) == 0:
             return StageResult(kept=batch)
         by_id = pc.is_in(batch["id"], value_set=self.rejected)
-        of = self._same_content(batch, by_id)
+        of = self._same_content(batch, by_id, keys)
         keep = pc.and_(pc.invert(by_id), pc.is_null(of))
         kept, rejected = split_by_mask(batch, keep)
         of = of.filter(pc.invert(keep))
@@ -111,13 +127,12 @@ class ReviewDecisions:
             stats["edits_skipped"] = skipped
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
 
-    def _same_content(self, batch: pa.Table, by_id: pa.Array) -> pa.Array:
+    def _same_content(self, batch: pa.Table, by_id: pa.Array, keys: pa.Array | None) -> pa.Array:
         """Per record, the rejected record whose content it holds (null for none, and for the rejected
         records themselves). The content keys of records rejected by id join those known before, so a
         copy later in the run is caught too."""
-        if self.kind is None or not (self.content or pc.any(by_id).as_py()):
+        if keys is None:
             return pa.nulls(batch.num_rows, pa.string())
-        keys = content_keys(batch, self.kind)
         for record, key in zip(batch["id"].filter(by_id).to_pylist(), keys.filter(by_id).to_pylist(), strict=True):
             if record not in self.decisions.copy_of:
                 self.content.setdefault(key, record)
@@ -155,3 +170,49 @@ class ReviewDecisions:
                     skipped += 1
             batch = batch.set_column(batch.column_names.index(name), name, pa.array(values, column.type))
         return batch, len(applied), skipped
+
+
+class ContentKeys:
+    """Stores, with the published signatures (stage ``review_content``), the content key of each record
+    the review stage let through, as it read it: a record rejected once it is published (carried) has
+    its key found there. Only for recipes where no default ``exact_dedup`` ahead of ``clean`` and
+    ``pii`` stores the same key (``stores_content_keys``). Used by ``SignatureRecorder`` as it uses a
+    cross-run dedup stage."""
+
+    name = "review_content"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.params = default_content_params(kind)
+        self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
+
+    def signatures(self, batch: pa.Table) -> pa.Table:
+        keys = one_key_each(content_keys(batch, self.kind))
+        return pa.table({"id": batch["id"], "source": batch["source"], "keys": keys})
+
+    def to_record(self, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """The signature rows of ``batch`` (without ``source``), and the batch without the column."""
+        if self.column not in batch.column_names:  # a stage rebuilt the batch: keys of the text as it is now
+            return self.signatures(batch).drop_columns(["source"]), batch
+        keys = batch[self.column].combine_chunks().field("keys")
+        return pa.table({"id": batch["id"].combine_chunks(), "keys": keys}), batch.drop_columns([self.column])
+
+
+def default_content_params(kind: str) -> str:
+    """The signature settings of a default ``exact_dedup`` of records of ``kind``: content keys use them."""
+    from curation.stages.dedup import ExactDedup
+    from curation.stages.dedup_index import signature_params
+
+    return signature_params(ExactDedup(dedup_fields(kind)))
+
+
+def stores_content_keys(stages: list[object], kind: str) -> bool:
+    """Whether a default cross-run ``exact_dedup``, with no stage rewriting text ahead of it, stores every
+    published record's content key as the review stage computes it."""
+    params = default_content_params(kind)
+    for stage in stages:
+        if getattr(stage, "rewrites_text", False):
+            return False
+        if getattr(stage, "name", None) == "exact_dedup" and getattr(stage, "params", None) == params:
+            return True
+    return False
