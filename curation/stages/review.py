@@ -128,9 +128,9 @@ class ReviewDecisions:
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
 
     def _same_content(self, batch: pa.Table, by_id: pa.Array, keys: pa.Array | None) -> pa.Array:
-        """Per record, the rejected record whose content it holds (null for none, and for the rejected
-        records themselves). The content keys of records rejected by id join those known before, so a
-        copy later in the run is caught too."""
+        """Per record, the rejected record whose content it holds (null for none, for the rejected records
+        themselves, and for records with an edit in force). The content keys of records rejected by id
+        join those known before, so a copy later in the run is caught too."""
         if keys is None:
             return pa.nulls(batch.num_rows, pa.string())
         for record, key in zip(batch["id"].filter(by_id).to_pylist(), keys.filter(by_id).to_pylist(), strict=True):
@@ -142,7 +142,9 @@ class ReviewDecisions:
         known = pa.array(list(self.content), pa.uint64())
         at = pc.index_in(keys, value_set=known)
         found = pa.array(list(self.content.values()), pa.string()).take(at)
-        return pc.if_else(by_id, pa.scalar(None, pa.string()), found)
+        # A record an annotator edited is judged by its own decisions: the edit made it other content.
+        own = pc.or_(by_id, pc.is_in(batch["id"], value_set=self.edited_ids))
+        return pc.if_else(own, pa.scalar(None, pa.string()), found)
 
     def _apply_edits(self, batch: pa.Table) -> tuple[pa.Table, int, int]:
         """The batch with edited values; how many records were edited, and edits of unknown fields."""
