@@ -115,10 +115,10 @@ def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.S
         folder = version_uri(dest, dataset, version)
         fs, root = filesystem(folder)
         for shard in read_manifest(folder).set_aside:
-            rows = _ndjson_columns(
-                fs, f"{root}/{shard.path}", {"source": LINEAGE_SCHEMA["source"], "duplicate_of": pl.String}
-            )
-            duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted))
+            columns = {"source": LINEAGE_SCHEMA["source"], "outcome": pl.String, "duplicate_of": pl.String}
+            rows = _ndjson_columns(fs, f"{root}/{shard.path}", columns)
+            # Duplicates only: a record filtered for holding a rejected record's content names it too.
+            duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted) & (pl.col("outcome") == "duplicate"))
             uris = duplicates["source"].struct.field("uri").to_list()
             for uri, kept in zip(uris, duplicates["duplicate_of"].to_list(), strict=True):
                 if uri:

@@ -514,6 +514,8 @@ def test_a_rejection_covers_the_exact_twin_set_aside_as_its_duplicate(workdir: P
     v3 = run(workdir, recipe("out"))
     assert texts(outputs(Path(v3.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0], notes(10, 1)[0]])
     assert v3.manifest.counts.reasons["filtered"] == {"review": 2} and adds_up(v3.manifest)
+    report = json.loads((Path(v3.version_uri) / "report.json").read_text())
+    assert report["duplicate_cluster_sizes"] == {}  # the twin names the record it copies: not a duplicate
     dec.undo_last(engine, "rita")  # undone: the record is back, once, and its twin a duplicate again
     v4 = run(workdir, recipe("out"))
     assert texts(outputs(Path(v4.version_uri))) == texts([*notes(0, 3), *notes(10, 1)])
