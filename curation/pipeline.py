@@ -36,7 +36,7 @@ from connectors.state import HeldLock, Watermarks, has_read_before, process_aliv
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
-from curation.review.decisions import RunDecisions, changes_since, inputs_to_read_again
+from curation.review.decisions import RunDecisions, changes, changes_since, inputs_to_read_again
 from curation.review.queue import add_items
 from curation.review.rejected_content import remember as remember_rejected_content
 from curation.review.rejected_content import remember_copies
@@ -567,6 +567,42 @@ def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> d
     return found
 
 
+def _carried_copies(
+    stages: list[AnyStage],
+    review: ReviewDecisions,
+    state: StateStore,
+    dataset: str,
+    since: datetime | None,
+    until: datetime,
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Published records holding a rejected record's content (copy id -> that record), which a recipe
+    without a default exact_dedup across runs may have published beside it, and the content keys of
+    records rejected since ``since`` found meanwhile (record -> key). Looked up in the content keys the
+    review stage stored (``ContentKeys``): only where the recipe has them."""
+    recorder = next((stage for stage in stages if isinstance(stage, SignatureRecorder)), None)
+    content = next((s for s in recorder.stages if isinstance(s, ContentKeys)), None) if recorder else None
+    if content is None or not review.decisions.rejected:
+        return {}, {}
+    decisions = review.decisions
+    keys = {**decisions.rejected_content, **{key: record for record, key in review.learned.items()}}
+    found: dict[str, int] = {}
+    if since is not None:  # rejected since the last version: carried now, their keys are not kept yet
+        newly = {
+            change.now["record_id"]
+            for change in changes(state.engine, dataset, since, until)
+            if change.now is not None and change.now["action"] == "reject"
+        }
+        unknown = sorted(newly - set(keys.values()) - decisions.copy_of.keys())
+        if unknown:
+            found = recorder.index.keys_of(content.name, content.params, pa.array(unknown, pa.string()))
+            keys.update({key: record for record, key in found.items()})
+    if not keys:
+        return {}, found
+    holding = recorder.index.ids_holding(content.name, content.params, pa.array(list(keys), pa.uint64()))
+    copies = {record: keys[key] for record, key in holding.items() if record not in decisions.rejected}
+    return copies, found
+
+
 def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
     """Annotators' edits as the stages that rewrite text after the review stage (clean, PII) make them.
 
@@ -831,6 +867,14 @@ def _run_locked(
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
             # Annotators' decisions reach the carried records too, as the review stage read them.
             decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
+            # Published before the rejection (no dedup across runs kept them apart), a copy of its content
+            # is carried: it leaves with the rejected record.
+            carried_copies, found_keys = _carried_copies(
+                stages, review, state, recipe.dataset, decided_before, decided_by
+            )
+            rejected_keys.update(found_keys)
+            if carried_copies:
+                decisions = dataclasses.replace(decisions, rejected=decisions.rejected | carried_copies.keys())
             decisions, edits_set_aside = edits_through_stages(stages, decisions)
             counts.carried = writer.carry(
                 version_uri(out.dest, recipe.dataset, carried_from),
@@ -840,6 +884,10 @@ def _run_locked(
                 replaced_ids,
             )
 
+            tally.rejected_copies.update(
+                (carried_copies[record], record, writer.carry_rejected_uris.get(record, ""))
+                for record in writer.carry_rejected & carried_copies.keys()
+            )
             # No longer published as they were: later runs must not take that content for an earlier
             # version's (a record written again keeps the signature this run stores).
             _retire(
@@ -856,7 +904,7 @@ def _run_locked(
         # A rejection covers the record's content (curation/review/rejected_content.py): the key of each
         # rejected record this run met, read or carried, from the signatures it was published with (read
         # before they are retired); one the review stage hashed itself (``learned``) is known already.
-        met = (tally.rejected_read | writer.carry_rejected) & review_rejected
+        met = (tally.rejected_read | writer.carry_rejected) & review_rejected - rejected_keys.keys()
         rejected_keys.update(_content_keys_of(recipe, [*stages, *index_only], met))
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:

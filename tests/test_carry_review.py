@@ -567,3 +567,23 @@ def test_a_carried_record_rejected_covers_its_content_whatever_the_recipes_stage
     assert len(outputs(Path(v3.version_uri))) == 2
     assert v3.manifest.counts.reasons == {"filtered": {"review": 1}} and adds_up(v3.manifest)
     engine.dispose()
+
+
+def test_a_copy_published_beside_the_record_before_its_rejection_leaves_with_it(workdir: Path) -> None:
+    spec = {**recipe("out"), "stages": []}  # no dedup: the same content in two inputs is published twice
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))
+    v1 = Path(run(workdir, spec).version_uri)
+    assert len(outputs(v1)) == 4
+    record = [row["id"] for row in read_lines(sorted((v1 / "lineage").glob("*.jsonl"))) if row["source"]["line"] == 2]
+    items = queue(workdir, "notes", 1, {record[0]: sources_by_id(v1)[record[0]]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record[0]], "rita", "reject")
+    v2 = run(workdir, spec)
+    assert texts(outputs(Path(v2.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0]])
+    assert v2.manifest.stats["carry"]["review_rejected"] == 2
+    dec.undo_last(engine, "rita")  # both inputs are read again: the content is back, twice as before
+    v3 = run(workdir, spec)
+    assert texts(outputs(Path(v3.version_uri))) == texts([*notes(0, 3), *notes(1, 1)])
+    assert sorted(Path(i.uri).name for i in v3.manifest.inputs) == ["a.jsonl", "b.jsonl"]
+    engine.dispose()
