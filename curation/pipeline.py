@@ -561,7 +561,8 @@ def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> d
     if len(found) < len(ids):
         log.warning(
             "%d record(s) rejected by annotators: their content key was not stored (published by an earlier "
-            "version of curation), so the same content read from another input is not filtered by the rejection",
+            "version of curation, or never published), so the same content read from another input is not "
+            "filtered by the rejection",
             len(ids) - len(found),
         )
     return found

@@ -347,7 +347,7 @@ def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime, until
     uris = {uri for uri in (json.loads(c.source).get("uri") for c in found) if uri}
     # A rejection no longer in force lets its content back: the inputs of the copies it filtered too.
     ended = {c.then["record_id"] for c in found if c.then is not None and c.then["action"] == "reject"}
-    return uris | {uri for copies in copies_of(engine, dataset, ended).values() for _, uri in copies}
+    return uris | {uri for copies in copies_of(engine, dataset, ended).values() for _, uri in copies if uri}
 
 
 def _effect(decision: dict[str, Any] | None) -> tuple[str, str] | None:
