@@ -36,14 +36,16 @@ from connectors.state import HeldLock, Watermarks, has_read_before, process_aliv
 from curation.formats import FormatOptions, output_format
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
-from curation.review.decisions import RunDecisions, changes_since, inputs_to_read_again
+from curation.review.decisions import RunDecisions, changes, changes_since, inputs_to_read_again
 from curation.review.queue import add_items
+from curation.review.rejected_content import remember as remember_rejected_content
+from curation.review.rejected_content import remember_copies
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
-from curation.stages.review import ReviewDecisions
+from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
@@ -103,6 +105,9 @@ class Tally:
     flags: list[pa.Table] = field(default_factory=list)
     examples: dict[tuple[str, str], str] = field(default_factory=dict)  # the first detail of each reason
     by_input: Counter[str] = field(default_factory=Counter)  # records per input URI, once each is accounted for
+    # Records filtered for holding a rejected record's content: (that record, the copy's id, its input).
+    rejected_copies: set[tuple[str, str, str]] = field(default_factory=set)
+    rejected_read: set[str] = field(default_factory=set)  # records filtered for an annotator's rejection
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -189,7 +194,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
-    review = ReviewDecisions.from_state(recipe.state, recipe.dataset, decisions_as_of)
+    review = ReviewDecisions.from_state(recipe.state, recipe.dataset, decisions_as_of, kind)
     stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
@@ -207,9 +212,16 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe))
             across_runs.append(stages[-1])
+    recorded: list[CrossRunDedup | ContentKeys] = list(across_runs)
+    if not stores_content_keys(stages, kind):
+        # A record rejected once published is found by its content key (curation/review/rejected_content.py):
+        # stored for each published record as the review stage read it, where no exact_dedup stores it.
+        recorded.append(ContentKeys(kind))
+        review.attach = recorded[-1].column
+        index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
-    if across_runs:
-        stages.append(SignatureRecorder(across_runs, index))  # last: sees exactly what is written
+    if recorded:
+        stages.append(SignatureRecorder(recorded, index))  # last: sees exactly what is written
     return stages
 
 
@@ -366,6 +378,14 @@ def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
         return
     published = writer.write_set_aside(table)
     tally.count_inputs(table)
+    by_review = table.filter(pc.equal(table["stage"], ReviewDecisions.name))
+    copies = by_review.filter(pc.is_valid(by_review["duplicate_of"]))
+    tally.rejected_read.update(by_review.filter(pc.is_null(by_review["duplicate_of"]))["id"].to_pylist())
+    if copies.num_rows:
+        uris = pc.struct_field(copies["source"], "uri").to_pylist()
+        tally.rejected_copies.update(
+            zip(copies["duplicate_of"].to_pylist(), copies["id"].to_pylist(), uris, strict=True)
+        )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
@@ -537,6 +557,66 @@ def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
         for stage in stages:
             if isinstance(stage, SignatureRecorder):
                 stage.index.retire(ids)
+
+
+def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> dict[str, int]:
+    """The content keys of published records ``ids`` (``rejected_content.content_keys``), from the
+    signatures stored of them: by the review stage (``ContentKeys``), else by a default ``exact_dedup``."""
+    index = next((stage.index for stage in stages if isinstance(stage, SignatureRecorder)), None)
+    if not ids or index is None:
+        return {}
+    params = default_content_params(recipe.record.kind)
+    found: dict[str, int] = {}
+    # Stored as the review stage read the record, else by a default exact_dedup (or by the one a version
+    # published before this recipe had: keys of the text as that stage saw it).
+    for name in (ContentKeys.name, ExactDedup.name):
+        missing = pa.array(sorted(ids - found.keys()), pa.string())
+        if len(missing):
+            found.update(index.keys_of(name, params, missing))
+    if len(found) < len(ids):
+        log.warning(
+            "%d record(s) rejected by annotators: their content key was not stored (published by an earlier "
+            "version of curation, or never published), so the same content read from another input is not "
+            "filtered by the rejection",
+            len(ids) - len(found),
+        )
+    return found
+
+
+def _carried_copies(
+    stages: list[AnyStage],
+    review: ReviewDecisions,
+    state: StateStore,
+    dataset: str,
+    since: datetime | None,
+    until: datetime,
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Published records holding a rejected record's content (copy id -> that record), which a recipe
+    without a default exact_dedup across runs may have published beside it, and the content keys of
+    records rejected since ``since`` found meanwhile (record -> key). Looked up in the content keys the
+    review stage stored (``ContentKeys``): only where the recipe has them."""
+    recorder = next((stage for stage in stages if isinstance(stage, SignatureRecorder)), None)
+    content = next((s for s in recorder.stages if isinstance(s, ContentKeys)), None) if recorder else None
+    if content is None or not review.decisions.rejected:
+        return {}, {}
+    decisions = review.decisions
+    keys = {**decisions.rejected_content, **{key: record for record, key in review.learned.items()}}
+    found: dict[str, int] = {}
+    if since is not None:  # rejected since the last version: carried now, their keys are not kept yet
+        newly = {
+            change.now["record_id"]
+            for change in changes(state.engine, dataset, since, until)
+            if change.now is not None and change.now["action"] == "reject"
+        }
+        unknown = sorted(newly - set(keys.values()) - decisions.copy_of.keys())
+        if unknown:
+            found = recorder.index.keys_of(content.name, content.params, pa.array(unknown, pa.string()))
+            keys.update({key: record for record, key in found.items()})
+    if not keys:
+        return {}, found
+    holding = recorder.index.ids_holding(content.name, content.params, pa.array(list(keys), pa.uint64()))
+    copies = {record: keys[key] for record, key in holding.items() if record not in decisions.rejected}
+    return copies, found
 
 
 def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
@@ -798,10 +878,22 @@ def _run_locked(
         if changed:
             log.warning("%s", changed)
 
+        review = next(s for s in stages if isinstance(s, ReviewDecisions))
+        known = review.decisions.copy_of.keys() | set(review.decisions.rejected_content.values())
+        review_rejected = review.decisions.rejected - known - review.learned.keys()  # content not known yet
+        rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
         carried_from = extends if out.carry_forward else None
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
             # Annotators' decisions reach the carried records too, as the review stage read them.
             decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
+            # Published before the rejection (no dedup across runs kept them apart), a copy of its content
+            # is carried: it leaves with the rejected record.
+            carried_copies, found_keys = _carried_copies(
+                stages, review, state, recipe.dataset, decided_before, decided_by
+            )
+            rejected_keys.update(found_keys)
+            if carried_copies:
+                decisions = dataclasses.replace(decisions, rejected=decisions.rejected | carried_copies.keys())
             decisions, edits_set_aside = edits_through_stages(stages, decisions)
             counts.carried = writer.carry(
                 version_uri(out.dest, recipe.dataset, carried_from),
@@ -811,6 +903,10 @@ def _run_locked(
                 replaced_ids,
             )
 
+            tally.rejected_copies.update(
+                (carried_copies[record], record, writer.carry_rejected_uris.get(record, ""))
+                for record in writer.carry_rejected & carried_copies.keys()
+            )
             # No longer published as they were: later runs must not take that content for an earlier
             # version's (a record written again keeps the signature this run stores).
             _retire(
@@ -823,6 +919,12 @@ def _run_locked(
                     "(a PII operator drop, nothing left after cleaning)",
                     len(edits_set_aside),
                 )
+
+        # A rejection covers the record's content (curation/review/rejected_content.py): the key of each
+        # rejected record this run met, read or carried, from the signatures it was published with (read
+        # before they are retired); one the review stage hashed itself (``learned``) is known already.
+        met = (tally.rejected_read | writer.carry_rejected) & review_rejected - rejected_keys.keys()
+        rejected_keys.update(_content_keys_of(recipe, [*stages, *index_only], met))
 
         def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
             built = Manifest(
@@ -869,6 +971,8 @@ def _run_locked(
                 stage.published(published.version)
         flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
         add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+        remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
+        remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
         if out.group_by:
             state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=full_refresh)
         # Last: a run killed before this stays "publishing", and the next reads everything again. Marked

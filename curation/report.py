@@ -100,7 +100,9 @@ def figures(manifest: Manifest, set_aside: pl.DataFrame) -> dict[str, Any]:
         .len()
         .sort(["len", "stage", "reason"], descending=[True, False, False])
     )
-    dupes = set_aside.filter(pl.col("duplicate_of").is_not_null()).group_by("duplicate_of").len()
+    # Duplicates only: a record filtered for holding a rejected record's content names it there too.
+    clustered = pl.col("duplicate_of").is_not_null() & (pl.col("outcome") == "duplicate")
+    dupes = set_aside.filter(clustered).group_by("duplicate_of").len()
     cluster_sizes = Counter(int(n) + 1 for n in dupes["len"].to_list())
     lengths: dict[str, dict[int, int]] = {}
     labels: Counter[str] = Counter()

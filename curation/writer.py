@@ -115,10 +115,10 @@ def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.S
         folder = version_uri(dest, dataset, version)
         fs, root = filesystem(folder)
         for shard in read_manifest(folder).set_aside:
-            rows = _ndjson_columns(
-                fs, f"{root}/{shard.path}", {"source": LINEAGE_SCHEMA["source"], "duplicate_of": pl.String}
-            )
-            duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted))
+            columns = {"source": LINEAGE_SCHEMA["source"], "outcome": pl.String, "duplicate_of": pl.String}
+            rows = _ndjson_columns(fs, f"{root}/{shard.path}", columns)
+            # Duplicates only: a record filtered for holding a rejected record's content names it too.
+            duplicates = rows.filter(pl.col("duplicate_of").is_in(wanted) & (pl.col("outcome") == "duplicate"))
             uris = duplicates["source"].struct.field("uri").to_list()
             for uri, kept in zip(uris, duplicates["duplicate_of"].to_list(), strict=True):
                 if uri:
@@ -187,6 +187,7 @@ class _Carrying:
         self.carried = 0
         self.unknown = 0  # carried lines without a lineage row: no record id to match decisions against
         self.rejected: set[str] = set()
+        self.rejected_uris: dict[str, str] = {}  # each rejected record's input
         self.edited: set[str] = set()
         self.edits_not_applied: set[str] = set()
         # Carried records this run read again: what it wrote of them (if anything) replaces them.
@@ -219,6 +220,7 @@ class _Carrying:
                 continue
             if record in self.decisions.rejected:
                 self.rejected.add(record)
+                self.rejected_uris[record] = (row.get("source") or {}).get("uri") or ""
                 continue
             changed = False
             if record in self.edits:
@@ -353,6 +355,7 @@ class DatasetWriter:
         self.carried: dict[str, list[Shard]] = {name: [] for name in SPLITS}  # shards copied whole
         self.carry_stats: dict[str, int] = {}  # what review decisions did to the carried lines
         self.carry_rejected: set[str] = set()  # carried records left out because an annotator rejected them
+        self.carry_rejected_uris: dict[str, str] = {}  # and the input of each
         self.carry_replaced: set[str] = set()  # carried records left out because this run read them again
         self._carried_from: int | None = None
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
@@ -541,7 +544,7 @@ class DatasetWriter:
                 self.format.name,
             )
         self.carry_stats = carrying.stats()
-        self.carry_rejected = carrying.rejected
+        self.carry_rejected, self.carry_rejected_uris = carrying.rejected, carrying.rejected_uris
         self.carry_replaced = carrying.replaced
         return carrying.carried
 

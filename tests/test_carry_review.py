@@ -22,7 +22,7 @@ from curation.writer import to_ndjson
 from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA
-from tests.helpers import outputs, read_lines, run, write_jsonl
+from tests.helpers import outputs, read_lines, run, set_aside, write_jsonl
 from tests.test_carry import notes, recipe, shards, texts
 from tests.test_review_decisions import flag
 
@@ -452,4 +452,138 @@ def test_a_run_applies_the_decisions_of_one_moment_and_the_next_run_compares_wit
     assert run(workdir, recipe("out")).manifest is None  # and then nothing is new
     dec.undo_last(engine, "rita")
     assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # undone: back in v4
+    engine.dispose()
+
+
+def reject(workdir: Path, version: Path, question: str) -> tuple[sa.Engine, str]:
+    """As an annotator, reject the record of ``version`` that asks ``question``; the engine and its id."""
+    record = id_of(lines_by_id(version), "prompt", question)
+    items = queue(workdir, "notes", 1, {record: sources_by_id(version)[record]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record], "rita", "reject")
+    return engine, record
+
+
+def adds_up(manifest: Manifest) -> bool:
+    c = manifest.counts
+    return c.input == c.written + c.filtered + c.duplicate + c.quarantined
+
+
+def test_a_rejection_covers_its_content_read_from_another_input_until_it_is_undone(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 5))
+    v1 = Path(run(workdir, recipe("out")).version_uri)
+    rejected_question = notes(2, 1)[0]["q"]
+    engine, record = reject(workdir, v1, rejected_question)
+    v2 = run(workdir, recipe("out"))
+    assert rejected_question not in texts(outputs(Path(v2.version_uri)))
+    # The file is renamed: its records have new ids (an id includes its input), the content is the same.
+    (workdir / "in" / "a.jsonl").rename(workdir / "in" / "b.jsonl")
+    v3 = run(workdir, recipe("out"))
+    assert texts(outputs(Path(v3.version_uri))) == texts(notes(0, 5)[:2] + notes(0, 5)[3:])
+    counts = v3.manifest.counts
+    assert counts.reasons["filtered"] == {"review": 1} and adds_up(v3.manifest)
+    assert v3.manifest.stats["stages"]["review"] == {"rejected_content": 1}
+    (aside,) = [row for row in set_aside(Path(v3.version_uri)) if row["stage"] == "review"]
+    assert aside["duplicate_of"] == record and aside["source"]["uri"].endswith("b.jsonl")
+    # Undone: the copy's input is read again, and the content is published once more.
+    dec.undo_last(engine, "rita")
+    v4 = run(workdir, recipe("out"))
+    assert texts(outputs(Path(v4.version_uri))) == texts(notes(0, 5))
+    assert [Path(i.uri).name for i in v4.manifest.inputs] == ["b.jsonl"] and adds_up(v4.manifest)
+    # Rejected again: the copy, carried now, leaves with it.
+    dec.decide(engine, _item(engine, record), "rita", "reject")
+    v5 = run(workdir, recipe("out"))
+    assert rejected_question not in texts(outputs(Path(v5.version_uri)))
+    assert v5.manifest.stats["carry"]["review_rejected"] == 1
+    engine.dispose()
+
+
+def _item(engine: sa.Engine, record: str) -> int:
+    with engine.connect() as db:
+        return db.execute(sa.select(review_items.c.item_id).where(review_items.c.record_id == record)).scalar_one()
+
+
+def test_a_rejection_covers_the_exact_twin_set_aside_as_its_duplicate(workdir: Path) -> None:
+    rows = [*notes(0, 3), notes(1, 1)[0]]  # line 4 repeats line 2: set aside as its duplicate
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    first = run(workdir, recipe("out"))
+    assert first.manifest.counts.duplicate == 1
+    engine, _ = reject(workdir, Path(first.version_uri), notes(1, 1)[0]["q"])
+    run(workdir, recipe("out"))
+    write_jsonl(workdir / "in" / "a.jsonl", [*notes(10, 1), *rows])  # a line inserted at the top
+    v3 = run(workdir, recipe("out"))
+    assert texts(outputs(Path(v3.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0], notes(10, 1)[0]])
+    assert v3.manifest.counts.reasons["filtered"] == {"review": 2} and adds_up(v3.manifest)
+    report = json.loads((Path(v3.version_uri) / "report.json").read_text())
+    assert report["duplicate_cluster_sizes"] == {}  # the twin names the record it copies: not a duplicate
+    dec.undo_last(engine, "rita")  # undone: the record is back, once, and its twin a duplicate again
+    v4 = run(workdir, recipe("out"))
+    assert texts(outputs(Path(v4.version_uri))) == texts([*notes(0, 3), *notes(10, 1)])
+    assert v4.manifest.counts.reasons == {"duplicate": {"exact_duplicate": 1}} and adds_up(v4.manifest)
+    engine.dispose()
+
+
+def test_without_a_dedup_stage_a_rejection_covers_the_copies_a_run_reads_with_the_record(workdir: Path) -> None:
+    spec = {**recipe("out"), "stages": []}
+    write_jsonl(workdir / "in" / "a.jsonl", [notes(1, 1)[0], *notes(0, 3)])  # a copy above the record
+    v1 = Path(run(workdir, spec).version_uri)
+    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    (record,) = [row["id"] for row in lineage if row["source"]["line"] == 3]
+    items = queue(workdir, "notes", 1, {record: sources_by_id(v1)[record]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record], "rita", "reject")
+    v2 = run(workdir, spec, full_refresh=True)
+    # Both lines hold the rejected content, the copy read first: both are filtered.
+    assert texts(outputs(Path(v2.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0]])
+    assert v2.manifest.counts.reasons["filtered"] == {"review": 2} and adds_up(v2.manifest)
+    # Kept from then on: the content read from a new input is filtered too.
+    write_jsonl(workdir / "in" / "c.jsonl", notes(1, 1))
+    v3 = run(workdir, spec)
+    assert notes(1, 1)[0]["q"] not in texts(outputs(Path(v3.version_uri)))
+    assert v3.manifest.counts.reasons["filtered"] == {"review": 1}
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [[], [{"type": "clean"}, {"type": "exact_dedup"}], [{"type": "exact_dedup", "across_runs": False}]],
+    ids=["no-dedup", "clean-first", "dedup-within-runs"],
+)
+def test_a_carried_record_rejected_covers_its_content_whatever_the_recipes_stages(
+    workdir: Path, stages: list[dict[str, Any]]
+) -> None:
+    spec = {**recipe("out"), "stages": stages}
+    rows = notes(0, 3)
+    rows[1] = {**rows[1], "q": f"<b>{rows[1]['q']}</b>"}  # text clean changes, when the recipe has it
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    v1 = Path(run(workdir, spec).version_uri)
+    record = [row["id"] for row in read_lines(sorted((v1 / "lineage").glob("*.jsonl"))) if row["source"]["line"] == 2]
+    items = queue(workdir, "notes", 1, {record[0]: sources_by_id(v1)[record[0]]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record[0]], "rita", "reject")
+    assert len(outputs(Path(run(workdir, spec).version_uri))) == 2  # carried, the record is left out
+    write_jsonl(workdir / "in" / "copy.jsonl", [rows[1]])  # its content, as it was read, in another input
+    v3 = run(workdir, spec)
+    assert len(outputs(Path(v3.version_uri))) == 2
+    assert v3.manifest.counts.reasons == {"filtered": {"review": 1}} and adds_up(v3.manifest)
+    engine.dispose()
+
+
+def test_a_copy_published_beside_the_record_before_its_rejection_leaves_with_it(workdir: Path) -> None:
+    spec = {**recipe("out"), "stages": []}  # no dedup: the same content in two inputs is published twice
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))
+    v1 = Path(run(workdir, spec).version_uri)
+    assert len(outputs(v1)) == 4
+    record = [row["id"] for row in read_lines(sorted((v1 / "lineage").glob("*.jsonl"))) if row["source"]["line"] == 2]
+    items = queue(workdir, "notes", 1, {record[0]: sources_by_id(v1)[record[0]]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record[0]], "rita", "reject")
+    v2 = run(workdir, spec)
+    assert texts(outputs(Path(v2.version_uri))) == texts([notes(0, 1)[0], notes(2, 1)[0]])
+    assert v2.manifest.stats["carry"]["review_rejected"] == 2
+    dec.undo_last(engine, "rita")  # both inputs are read again: the content is back, twice as before
+    v3 = run(workdir, spec)
+    assert texts(outputs(Path(v3.version_uri))) == texts([*notes(0, 3), *notes(1, 1)])
+    assert sorted(Path(i.uri).name for i in v3.manifest.inputs) == ["a.jsonl", "b.jsonl"]
     engine.dispose()

@@ -170,3 +170,36 @@ def test_a_flag_the_queue_holds_is_not_queued_again(tmp_path: Path) -> None:
     (r3,) = [i for i in list_items(engine) if i["record_id"] == "r3"]
     dec.decide(engine, r3["item_id"], "rita", "approve")
     assert add_items(engine, "tx", 3, "run4", pa.Table.from_pylist([flag("r3")], schema=FLAG_SCHEMA)) == 0
+
+
+def test_stage_filters_the_content_of_rejected_records_but_not_a_copy_an_annotator_edited() -> None:
+    from curation.review.rejected_content import content_keys
+
+    def batch(ids: list[str], prompts: list[str]) -> pa.Table:
+        lines = list(range(1, len(ids) + 1))
+        return pa.table(
+            {
+                "id": ids,
+                "source": source_array("files", "in.jsonl", lines),
+                "prompt": prompts,
+                "completion": ["a"] * len(ids),
+            }
+        )
+
+    known = content_keys(batch(["k"], ["Known rejected?"]), "instruction")[0].as_py()
+    decisions = dec.RunDecisions(rejected={"r", "k"}, edits={"e": {"completion": "b"}}, rejected_content={known: "k"})
+    stage = ReviewDecisions(decisions, kind="instruction")
+    # c1 is read before the record r it copies (case and spacing do not make content new); e, a copy
+    # too, has an annotator's edit in force; k2 holds the content of k, rejected in an earlier run.
+    first = stage(
+        batch(["c1", "r", "e", "k2", "n"], ["who  PAYS?", "Who pays?", "Who pays?", "known rejected?", "New"])
+    )
+    assert first.kept["id"].to_pylist() == ["e", "n"] and first.kept["completion"].to_pylist() == ["b", "a"]
+    aside = {row["id"]: row["duplicate_of"] for row in first.set_aside.to_pylist()}
+    assert aside == {"c1": "r", "r": None, "k2": "k"}
+    assert first.stats == {"rejected": 1, "rejected_content": 2, "edited": 1}
+    second = stage(batch(["c2"], ["Who pays?"]))  # a later batch: r's content is known from then on
+    assert second.kept.num_rows == 0 and stage.learned == {
+        "r": content_keys(batch(["r"], ["Who pays?"]), "instruction")[0].as_py()
+    }
+    assert ReviewDecisions(decisions)(batch(["c3"], ["Who pays?"])).kept.num_rows == 1  # without the kind: ids only

@@ -3,7 +3,8 @@
 Every decision is a row: who, when, the action, and the item's state before and after, so the
 history can be audited and the latest decision undone. The pipeline reads the decision *in force*
 on each item (its decisions not undone, taken in order: an approve or a reject sets aside what came
-before, edits add up), keyed by record id: rejected records are filtered with reason ``review``,
+before, edits add up), keyed by record id: rejected records (and records holding their content, see
+``curation.review.rejected_content``) are filtered with reason ``review``,
 edits replace field values, and redaction spans marked "not PII" are handed to the PII stage
 (``RunDecisions.undone``).
 """
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 
 from curation.redaction import redacted
 from curation.review.queue import create_tables, metadata, review_items
+from curation.review.rejected_content import copies_of, keys_of
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +272,10 @@ class RunDecisions:
     edits: dict[str, dict[str, str]] = field(default_factory=dict)
     undone: dict[str, set[tuple[str, int, int]]] = field(default_factory=dict)
     restored: dict[str, dict[str, str]] = field(default_factory=dict)
+    # A rejection covers the record's content (``curation.review.rejected_content``): the content key of
+    # each rejected record known, and the copies of its content filtered before (in ``rejected`` too).
+    rejected_content: dict[int, str] = field(default_factory=dict)  # content key -> rejected record
+    copy_of: dict[str, str] = field(default_factory=dict)  # copy's id -> rejected record
 
     def __bool__(self) -> bool:
         return bool(self.rejected or self.edits or self.undone)
@@ -335,12 +341,13 @@ def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime, until
     now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
     is not the input's; and a change on a near duplicate, which was set aside (it is in no line).
     Read again, the record meets the decisions in force as any record read does."""
-    sources = {
-        c.source
-        for c in changes(engine, dataset, since, until)
-        if c.kind == "near_duplicate" or _taken_away(c.then, c.now)
-    }
-    return {uri for uri in (json.loads(source).get("uri") for source in sources) if uri}
+    found = [
+        c for c in changes(engine, dataset, since, until) if c.kind == "near_duplicate" or _taken_away(c.then, c.now)
+    ]
+    uris = {uri for uri in (json.loads(c.source).get("uri") for c in found) if uri}
+    # A rejection no longer in force lets its content back: the inputs of the copies it filtered too.
+    ended = {c.then["record_id"] for c in found if c.then is not None and c.then["action"] == "reject"}
+    return uris | {uri for copies in copies_of(engine, dataset, ended).values() for _, uri in copies if uri}
 
 
 def _effect(decision: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -383,6 +390,13 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
                 not_pii[decision["item_id"]] = (record, after["not_pii"])
                 spans = {(field_name, int(start), int(end)) for field_name, start, end in after["not_pii"]}
                 result.undone.setdefault(record, set()).update(spans)
+    if result.rejected:
+        result.rejected_content = {
+            key: record for record, key in sorted(keys_of(engine, dataset, result.rejected).items())
+        }
+        for record, copies in copies_of(engine, dataset, result.rejected).items():
+            result.copy_of.update((copy, record) for copy, _ in copies if copy not in result.rejected)
+        result.rejected |= result.copy_of.keys()
     # Spans were marked on the text the PII stage saw: a field an annotator has since edited holds other
     # text, where the same offsets would leave whatever now stands there unredacted.
     for record, fields in result.edits.items():
