@@ -548,6 +548,17 @@ def test_set_aside_details_keep_their_location_and_wording(workdir: Path) -> Non
     assert "omar.haddad" not in unreadable["record"] + unreadable["detail"]
 
 
+def test_a_format_name_in_a_message_is_not_taken_for_a_name() -> None:
+    # The model reads "JSON" as a person's name: the reader's messages were published "malformed <PERSON>".
+    messages = [
+        "in.jsonl:3: malformed JSON: \\ud800 is half of a UTF-16 surrogate pair, not a character",
+        "in.jsonl:4: q: a JSON array, not a string; ask Maria Garcia",
+    ]
+    scrubbed = stage().scrub_texts(messages)
+    assert scrubbed[0] == messages[0]
+    assert scrubbed[1] == "in.jsonl:4: q: a JSON array, not a string; ask <PERSON>"
+
+
 def test_a_set_aside_row_is_scrubbed_one_record_one_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     from schemas.records import set_aside_rows
 

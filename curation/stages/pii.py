@@ -54,6 +54,9 @@ Undone = Mapping[str, Collection[tuple[str, int, int]]]
 # The stages whose set-aside details can quote input: readers (a line they could not parse, a file
 # name) and the template (a value it could not render).
 _QUOTING_STAGES = frozenset({"read", "shape"})
+# Names of formats the model takes for a person's ("malformed JSON" read "malformed <PERSON>" in the
+# reader's messages): a detection of exactly one of these is no PII, as a recipe's `allow` values.
+_FORMAT_NAMES = frozenset({"json", "jsonl", "ndjson", "csv", "tsv", "utf-8", "utf-16", "parquet", "arrow", "html"})
 
 
 class PiiSettingError(StageError, RecipeError):
@@ -442,7 +445,7 @@ class PiiRedaction:
             )
         self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
         self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
-        self.allowed = {value.casefold() for value in config.allow}
+        self.allowed = {value.casefold() for value in config.allow} | _FORMAT_NAMES
         self.allowed_places = (  # where an allowed value stands in a text (a name's echo stays out)
             re.compile("|".join(rf"(?<!\w){re.escape(value)}(?!\w)" for value in config.allow), re.IGNORECASE)
             if config.allow
@@ -563,9 +566,7 @@ class PiiRedaction:
         return StageResult(kept=kept, set_aside=set_aside, stats=dict(stats), flags=flag_table)
 
     def _not_allowed(self, text: str, detections: list[Detection]) -> list[Detection]:
-        """``detections`` less those of a value the recipe allows (``allow``)."""
-        if not self.allowed:
-            return detections
+        """``detections`` less those of a value the recipe allows (``allow``) or a format's name."""
         return [det for det in detections if text[det[1] : det[2]].casefold() not in self.allowed]
 
     def scrub_set_aside(self, table: pa.Table) -> pa.Table:
