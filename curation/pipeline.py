@@ -615,7 +615,13 @@ def _carried_copies(
     if not keys:
         return {}, found
     holding = recorder.index.ids_holding(content.name, content.params, pa.array(list(keys), pa.uint64()))
-    copies = {record: keys[key] for record, key in holding.items() if record not in decisions.rejected}
+    # A copy with an edit in force is judged by its own decisions (the edit made it other content), as
+    # the review stage judges one read; its stored key is of its content as read, before the edit.
+    copies = {
+        record: keys[key]
+        for record, key in holding.items()
+        if record not in decisions.rejected and record not in decisions.edits
+    }
     return copies, found
 
 
