@@ -610,3 +610,28 @@ def test_a_copy_an_annotator_edited_stays_when_the_record_it_copied_is_rejected(
     assert [row["completion"] for row in published if row["prompt"] == notes(1, 1)[0]["q"]] == ["Fixed."]
     assert adds_up(v3.manifest)
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [[], [{"type": "clean"}, {"type": "exact_dedup"}], [{"type": "exact_dedup", "across_runs": False}]],
+    ids=["no-dedup", "clean-first", "dedup-within-runs"],
+)
+def test_a_copy_read_by_the_run_that_first_applies_a_rejection_is_filtered(
+    workdir: Path, stages: list[dict[str, Any]]
+) -> None:
+    # The rejected record is carried: its key was looked up once the run had read its input, and a copy
+    # read meanwhile was published (then left with it in the next version).
+    spec = {**recipe("out"), "stages": stages}
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    v1 = Path(run(workdir, spec).version_uri)
+    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    (record,) = [r["id"] for r in lineage if r["source"]["line"] == 2]
+    items = queue(workdir, "notes", 1, {record: sources_by_id(v1)[record]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record], "rita", "reject")
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))  # a copy, new with the run that applies the rejection
+    v2 = run(workdir, spec)
+    assert notes(1, 1)[0]["q"] not in texts(outputs(Path(v2.version_uri)))
+    assert adds_up(v2.manifest)
+    engine.dispose()
