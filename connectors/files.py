@@ -260,7 +260,7 @@ def _may_repeat_a_key(text: bytes, table: pa.Table) -> bool:
 
 def _values_and_colons(column: pa.Array | pa.ChunkedArray) -> tuple[int, int] | None:
     """The values nested in ``column``'s values that are not null (each had a key) and the colons in its
-    strings, at any depth; None when a nested key name holds a colon."""
+    strings, at any depth; None when a nested key name holds a colon or a string may be an object's JSON."""
     if isinstance(column, pa.ChunkedArray):
         parts = [_values_and_colons(chunk) for chunk in column.chunks]
         if any(part is None for part in parts):
@@ -268,6 +268,10 @@ def _values_and_colons(column: pa.Array | pa.ChunkedArray) -> tuple[int, int] | 
         return sum(part[0] for part in parts), sum(part[1] for part in parts)  # type: ignore[index]
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        # polars writes an object or array as its JSON text in a column that mixes types, each key it
+        # read kept, a key named twice too: the colons of its keys are not those of a string.
+        if pc.any(pc.or_(pc.starts_with(column, "{"), pc.starts_with(column, "["))).as_py():
+            return None
         if column.null_count:  # a null's slot may hold bytes: counted value by value
             return 0, int(pc.sum(pc.count_substring(column, ":")).as_py() or 0)
         # The bytes behind the values, counted at once: several times faster than value by value.

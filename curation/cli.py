@@ -281,6 +281,9 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
         shaping.append(stage)
         if stage.name == "shape":
             break
+    # With a PII stage, a set-aside row's detail is redacted as the run publishes it (a reader's message
+    # can quote what it could not parse: a key named twice).
+    scrub = next((stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")), None)
     problems: list[str] = []
     notes: list[str] = []
     for source in sources:
@@ -300,7 +303,8 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
                 result = stage(rows)
                 rows = result.kept
                 set_aside.append(result.set_aside)
-            reasons = [(row["reason"], row["detail"]) for table in set_aside for row in table.to_pylist()]
+            tables = [scrub(table) if scrub and table.num_rows else table for table in set_aside]
+            reasons = [(row["reason"], row["detail"]) for table in tables for row in table.to_pylist()]
             missing = [detail for reason, detail in reasons if reason == "missing_column"]
             if missing:
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""

@@ -559,7 +559,7 @@ def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
                 stage.index.retire(ids)
 
 
-def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> dict[str, int]:
+def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str], warn: bool = True) -> dict[str, int]:
     """The content keys of published records ``ids`` (``rejected_content.content_keys``), from the
     signatures stored of them: by the review stage (``ContentKeys``), else by a default ``exact_dedup``."""
     index = next((stage.index for stage in stages if isinstance(stage, SignatureRecorder)), None)
@@ -573,7 +573,7 @@ def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str]) -> d
         missing = pa.array(sorted(ids - found.keys()), pa.string())
         if len(missing):
             found.update(index.keys_of(name, params, missing))
-    if len(found) < len(ids):
+    if warn and len(found) < len(ids):
         log.warning(
             "%d record(s) rejected by annotators: their content key was not stored (published by an earlier "
             "version of curation, or never published), so the same content read from another input is not "
@@ -615,7 +615,13 @@ def _carried_copies(
     if not keys:
         return {}, found
     holding = recorder.index.ids_holding(content.name, content.params, pa.array(list(keys), pa.uint64()))
-    copies = {record: keys[key] for record, key in holding.items() if record not in decisions.rejected}
+    # A copy with an edit in force is judged by its own decisions (the edit made it other content), as
+    # the review stage judges one read; its stored key is of its content as read, before the edit.
+    copies = {
+        record: keys[key]
+        for record, key in holding.items()
+        if record not in decisions.rejected and record not in decisions.edits
+    }
     return copies, found
 
 
@@ -849,6 +855,10 @@ def _run_locked(
             if any(isinstance(s, SignatureRecorder) for s in stages)
             else [SignatureRecorder([], SignatureIndex(recipe.state, recipe.dataset, start_over=start_over))]
         )
+        # The content key of each record rejected since it was published, from its stored signatures
+        # (before they are retired), before anything is read: a copy read in this run is filtered too.
+        review = next(s for s in stages if isinstance(s, ReviewDecisions))
+        review.know(_content_keys_of(recipe, [*stages, *index_only], review.keys_unknown(), warn=False))
         if replaced_ids is not None:
             _retire([*stages, *index_only], replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
@@ -878,7 +888,6 @@ def _run_locked(
         if changed:
             log.warning("%s", changed)
 
-        review = next(s for s in stages if isinstance(s, ReviewDecisions))
         known = review.decisions.copy_of.keys() | set(review.decisions.rejected_content.values())
         review_rejected = review.decisions.rejected - known - review.learned.keys()  # content not known yet
         rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published

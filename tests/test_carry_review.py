@@ -587,3 +587,51 @@ def test_a_copy_published_beside_the_record_before_its_rejection_leaves_with_it(
     assert texts(outputs(Path(v3.version_uri))) == texts([*notes(0, 3), *notes(1, 1)])
     assert sorted(Path(i.uri).name for i in v3.manifest.inputs) == ["a.jsonl", "b.jsonl"]
     engine.dispose()
+
+
+def test_a_copy_an_annotator_edited_stays_when_the_record_it_copied_is_rejected(workdir: Path) -> None:
+    spec = {**recipe("out"), "stages": []}  # no dedup: the same content in two inputs is published twice
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))
+    v1 = Path(run(workdir, spec).version_uri)
+    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    (record,) = [r["id"] for r in lineage if r["source"]["line"] == 2]
+    (copy,) = [r["id"] for r in lineage if r["source"]["uri"].endswith("b.jsonl")]
+    sources = sources_by_id(v1)  # the copy's own edit is in force: judged by it, as a copy read is
+    items = queue(workdir, "notes", 1, {record: sources[record], copy: sources[copy]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[copy], "rita", "edit", dec.Edit(fields={"completion": "Fixed."}))
+    v2 = Path(run(workdir, spec).version_uri)
+    assert len(outputs(v2)) == 4
+    dec.decide(engine, items[record], "rita", "reject")
+    v3 = run(workdir, spec)
+    published = outputs(Path(v3.version_uri))
+    assert notes(1, 1)[0]["q"] in texts(published), "the edited copy is gone"
+    assert [row["completion"] for row in published if row["prompt"] == notes(1, 1)[0]["q"]] == ["Fixed."]
+    assert adds_up(v3.manifest)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [[], [{"type": "clean"}, {"type": "exact_dedup"}], [{"type": "exact_dedup", "across_runs": False}]],
+    ids=["no-dedup", "clean-first", "dedup-within-runs"],
+)
+def test_a_copy_read_by_the_run_that_first_applies_a_rejection_is_filtered(
+    workdir: Path, stages: list[dict[str, Any]]
+) -> None:
+    # The rejected record is carried: its key was looked up once the run had read its input, and a copy
+    # read meanwhile was published (then left with it in the next version).
+    spec = {**recipe("out"), "stages": stages}
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    v1 = Path(run(workdir, spec).version_uri)
+    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    (record,) = [r["id"] for r in lineage if r["source"]["line"] == 2]
+    items = queue(workdir, "notes", 1, {record: sources_by_id(v1)[record]})
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    dec.decide(engine, items[record], "rita", "reject")
+    write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))  # a copy, new with the run that applies the rejection
+    v2 = run(workdir, spec)
+    assert notes(1, 1)[0]["q"] not in texts(outputs(Path(v2.version_uri)))
+    assert adds_up(v2.manifest)
+    engine.dispose()

@@ -215,6 +215,20 @@ def test_check_reads_the_heads_of_the_first_files_and_says_how_many_it_did_not_o
     assert refused.returncode == 2 and "part-3.jsonl: holds a JSON array" in refused.stderr
 
 
+def test_check_notes_a_set_aside_record_redacted_as_the_run_publishes_it(tmp_path: Path) -> None:
+    # A reader's message can quote what it read (a key named twice): with a PII stage, check said it in clear.
+    (tmp_path / "in.jsonl").write_text(
+        '{"text": "hello", "dana.whitfield@example.org": 1, "dana.whitfield@example.org": 2}\n{"text": "ok"}\n'
+    )
+    spec = {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    recipe = write_recipe(tmp_path, {**spec, "stages": [{"type": "pii", "fields": ["text"]}]})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    said = " ".join(checked.stdout.split())
+    assert "dana.whitfield" not in checked.stdout + checked.stderr
+    assert 'the key "<EMAIL_ADDRESS>" appears twice in one object' in said
+
+
 def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from connectors.files import HEAD_BYTES, FilesSourceReader
     from schemas.config import FilesSource

@@ -428,6 +428,19 @@ def test_a_json_object_that_names_a_key_twice_is_quarantined_naming_the_key(work
     assert result.manifest.counts.written == len(lines) - len(quarantined)
 
 
+def test_a_key_named_twice_in_an_object_beside_text_in_its_column_is_quarantined(workdir: Path) -> None:
+    # polars writes an object in a column that mixes types as its JSON text, both keys kept: their
+    # colons were counted as a string's, and the line was published.
+    lines = ['{"q": "Deep?", "a": "Yes.", "meta": {"k": 1, "k": 2}}', '{"q": "Plain?", "a": "Yes.", "meta": "plain"}']
+    path = workdir / "faq.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = run(workdir, qa_recipe("faq.jsonl", output={"validation_fraction": 0}))
+    quarantined = {(row["source"]["line"], row["detail"]) for row in set_aside(Path(result.version_uri))}
+    assert quarantined == {(1, f'{path}:1: malformed JSON: the key "k" appears twice in one object')}
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Plain?"]
+    assert_adds_up(result.manifest.counts)
+
+
 def test_a_block_that_names_no_key_twice_is_read_whole_without_a_second_read() -> None:
     from connectors.files import _may_repeat_a_key, read_json_objects
 

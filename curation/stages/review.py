@@ -127,6 +127,17 @@ class ReviewDecisions:
             stats["edits_skipped"] = skipped
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
 
+    def keys_unknown(self) -> set[str]:
+        """The rejected records whose content key the stage does not know (nor are copies)."""
+        known = self.decisions.copy_of.keys() | set(self.content.values()) | self.learned.keys()
+        return set(self.decisions.rejected) - known if self.kind is not None else set()
+
+    def know(self, keys: dict[str, int]) -> None:
+        """Content keys of rejected records (record -> key) found before the run reads anything."""
+        for record, key in keys.items():
+            self.content.setdefault(key, record)
+            self.learned.setdefault(record, key)
+
     def _same_content(self, batch: pa.Table, by_id: pa.Array, keys: pa.Array | None) -> pa.Array:
         """Per record, the rejected record whose content it holds (null for none, for the rejected records
         themselves, and for records with an edit in force). The content keys of records rejected by id
