@@ -193,3 +193,49 @@ def test_the_runs_sigterm_handler_is_armed_again_after_ray_shuts_down(monkeypatc
         assert signal.getsignal(signal.SIGTERM) is the_runs
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_rejected_record_never_published_teaches_its_content_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A near duplicate set aside (never published) that an annotator rejects is read again; the review
+    stage learns its content key in the Ray workers, and the driver keeps it as the embedded executor
+    does: the same content read later from another input is filtered by the rejection, with no warning."""
+    import logging
+
+    from curation.review import decisions as dec
+    from curation.review.queue import review_items
+
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}]
+    rows += [{"q": f"Where was parcel {i} on day {i}?", "a": f"Parcel {i} arrived."} for i in range(3)]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        folder = workdir / name
+        write_jsonl(folder / "in" / "a.jsonl", rows)
+        spec = {
+            "dataset": "learned",
+            "sources": [{"path": str(folder / "in")}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [{"type": "near_dedup", "threshold": 0.7}],
+            "output": {"dest": str(folder / "out")},
+            "state": f"sqlite:///{folder}/state.db",
+        }
+        loaded = load_recipe(write_recipe(folder, spec))
+        assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == 1
+        engine = sa.create_engine(loaded.state)
+        with engine.connect() as db:
+            (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        dec.decide(engine, item.item_id, "rita", "reject")  # the set-aside one: never published
+        engine.dispose()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            second = run_recipe(loaded, executor=executor)  # reads a.jsonl again for the decision
+        assert "content key was not stored" not in caplog.text, name
+        write_jsonl(folder / "in" / "c.jsonl", [rows[1]])  # the rejected content, from another input
+        third = run_recipe(loaded, executor=executor)
+        outcomes[name] = (second.manifest.counts.reasons, third.manifest.counts.reasons, third.manifest.stats)
+    assert outcomes["local"][1] == {"filtered": {"review": 1}}
+    assert outcomes["ray"] == outcomes["local"]

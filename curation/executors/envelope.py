@@ -42,6 +42,10 @@ ENVELOPE_SCHEMA = pa.schema(
         # JSON): the driver hands each step's set-aside rows on before its flags, as the embedded
         # executor does, so the review queue holds the items in the same order.
         pa.field("steps", pa.string()),
+        # What a stage learned from this batch for the run to keep once it publishes ({stage: {item:
+        # value}}, JSON: the review stage's content keys of rejected records it met, ``learned``); the
+        # driver adds it to its own copy of the stage, as if the stage had run there.
+        pa.field("learned", pa.string()),
     ]
 )
 
@@ -70,6 +74,7 @@ class Letter:
     input_bytes: int = 0
     error: BaseException | None = None
     watermark: str | None = None
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add_step(self, set_aside: pa.Table, flags: pa.Table) -> None:
         """What one more step set aside and flagged (the lists are made as long as each other first)."""
@@ -92,6 +97,7 @@ class Letter:
             "error": pickle.dumps(self.error) if self.error is not None else None,
             "watermark": self.watermark,
             "steps": json.dumps(steps),
+            "learned": json.dumps(self.learned) if self.learned else None,
         }
 
 
@@ -119,6 +125,7 @@ def open_all(envelopes: pa.Table) -> list[Letter]:
                 input_bytes=row["input_bytes"],
                 error=pickle.loads(row["error"]) if row["error"] is not None else None,
                 watermark=row["watermark"],
+                learned=json.loads(row["learned"]) if row["learned"] else {},
             )
         )
     return letters
@@ -187,7 +194,11 @@ def apply_stages(letter: Letter, stages: list[Stage]) -> Letter:
     for stage in stages:
         if batch.num_rows == 0:
             break
+        learned = getattr(stage, "learned", None)  # what the stage keeps for the run, here in a worker
+        known = len(learned) if learned is not None else 0
         result = stage(batch)
+        if learned is not None and len(learned) > known:
+            letter.learned.setdefault(stage.name, {}).update(list(learned.items())[known:])
         if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
             raise AccountingError(
                 f"stage {stage.name} took {batch.num_rows} records and returned "

@@ -191,6 +191,7 @@ class RayExecutor:
         # ``curation run --quiet``: Ray says only its errors (no notes, no output of its workers).
         self.quiet = quiet
         self._recorders: list[SignatureRecorder] = []  # run on this driver, before the writer
+        self._learning: dict[str, Any] = {}  # stages whose ``learned`` the workers' copies add to
 
     def run(
         self,
@@ -299,6 +300,9 @@ class RayExecutor:
         # The signature index is written where the writer is, on this driver: from the workers, a state
         # store that is a file (SQLite) would be each node's own, and the signatures lost to later runs.
         self._recorders = [stage for stage in stages if isinstance(stage, SignatureRecorder)]
+        # Stages that learn what the run keeps once it publishes (the review stage's content keys of
+        # rejected records): their copies in the workers send it back in the envelopes.
+        self._learning = {stage.name: stage for stage in stages if isinstance(getattr(stage, "learned", None), dict)}
         stages = [stage for stage in stages if not isinstance(stage, SignatureRecorder)]
         check_shippable(stages)
         parts = split_sources(sources)
@@ -393,6 +397,9 @@ class RayExecutor:
                 raise letter.error
             if letter.watermark is not None:
                 self._take_watermark(json.loads(letter.watermark))
+            for name, learned in letter.learned.items():
+                for item, value in learned.items():
+                    self._learning[name].learned.setdefault(item, value)
             tally.input += letter.input_records
             if letter.input_bytes:
                 on_input(letter.input_bytes)
