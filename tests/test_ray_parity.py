@@ -239,3 +239,27 @@ def test_a_rejected_record_never_published_teaches_its_content_on_ray_as_on_the_
         outcomes[name] = (second.manifest.counts.reasons, third.manifest.counts.reasons, third.manifest.stats)
     assert outcomes["local"][1] == {"filtered": {"review": 1}}
     assert outcomes["ray"] == outcomes["local"]
+
+
+def test_a_readers_warning_in_a_ray_worker_is_logged_by_the_driver_once(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The SQL reader says, in the worker that reads, how many rows have no cursor value: the driver logs
+    it (its logging, the CLI's console, with --quiet too), as the embedded executor does, and only once."""
+    import logging
+
+    from tests.test_sql import recipe as sql_recipe
+    from tests.test_sql import small_table
+
+    url = small_table(workdir / "crm.db", [(1, "a", "x", None), (2, "b", "y", 2), (3, "c", "z", None)])
+    said = f"{url}#t: 2 rows have no value (NULL) in the cursor column 'u'"
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        spec = {**sql_recipe(url, table="t", cursor="u", key=["id"]), "state": f"sqlite:///{workdir}/{name}.db"}
+        spec["output"] = {**spec["output"], "dest": str(workdir / name)}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = run_recipe(load_recipe(write_recipe(workdir, spec)), executor=executor)
+        assert result.manifest.counts.reasons == {"quarantined": {"no_cursor_value": 2}}
+        assert [r.name for r in caplog.records if said in r.getMessage()] == ["connectors.sql"], name

@@ -32,9 +32,11 @@ from curation.executors.envelope import (
     Letter,
     apply_stages,
     carrying_errors,
+    collecting_notes,
     is_project_error,
     open_all,
     seal_all,
+    taken,
 )
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.stages.dedup_index import SignatureRecorder
@@ -100,43 +102,59 @@ def split_sources(sources: list[Source]) -> list[Source]:
 
 
 def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
-    """A read task: the batches of the sources it is given, as envelopes."""
-    for index in tasks["task"].to_pylist():
-        watermark = getattr(sources[index], "watermark", None)
-        # What the source took before reading (the driver's listing, shared by every task): not sent back.
-        listed = dict(watermark.pending) if watermark is not None else {}
-        batches = iter(sources[index].batches())
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            except Exception as error:
-                if not is_project_error(error):
-                    raise
-                yield seal_all([Letter(rows=pa.table({}), error=error)])
-                return
-            letter = Letter(
-                rows=batch.rows,
-                set_aside=[batch.set_aside] if batch.set_aside.num_rows else [],
-                input_records=batch.input_records,
-                input_bytes=batch.input_bytes,
-            )
-            yield seal_all([letter])
-        if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
-            added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
-            taken = {"task": index, "pending": added, "reread": watermark.reread}
-            yield seal_all(
-                [Letter(rows=pa.table({}), watermark=json.dumps({**taken, "replaced": sorted(watermark.replaced)}))]
-            )
+    """A read task: the batches of the sources it is given, as envelopes (with the warnings the
+    readers gave, for the driver to log)."""
+    with collecting_notes() as notes:
+        for index in tasks["task"].to_pylist():
+            yield from _read_source(index, sources[index], notes)
+            if notes:  # said after its last batch (a SQL source's rows with no cursor value)
+                yield seal_all([Letter(rows=pa.table({}), notes=taken(notes))])
+
+
+def _read_source(index: int, source: Source, notes: list[list[Any]]) -> Iterator[pa.Table]:
+    watermark = getattr(source, "watermark", None)
+    # What the source took before reading (the driver's listing, shared by every task): not sent back.
+    listed = dict(watermark.pending) if watermark is not None else {}
+    batches = iter(source.batches())
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception as error:
+            if not is_project_error(error):
+                raise
+            yield seal_all([Letter(rows=pa.table({}), error=error, notes=taken(notes))])
+            return
+        letter = Letter(
+            rows=batch.rows,
+            set_aside=[batch.set_aside] if batch.set_aside.num_rows else [],
+            input_records=batch.input_records,
+            input_bytes=batch.input_bytes,
+            notes=taken(notes),
+        )
+        yield seal_all([letter])
+    if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
+        added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
+        took = {"task": index, "pending": added, "reread": watermark.reread}
+        mark = json.dumps({**took, "replaced": sorted(watermark.replaced)})
+        yield seal_all([Letter(rows=pa.table({}), watermark=mark, notes=taken(notes))])
 
 
 def run_segment(envelopes: pa.Table, stages: list[Stage]) -> pa.Table:
     # A letter holding an error goes on to the driver as it is, to be raised there.
     letters = open_all(envelopes)
-    return carrying_errors(
-        lambda: seal_all([letter if letter.error else apply_stages(letter, stages) for letter in letters])
-    )
+
+    def run() -> pa.Table:
+        done = []
+        with collecting_notes() as notes:
+            for letter in letters:
+                letter = letter if letter.error else apply_stages(letter, stages)
+                letter.notes += taken(notes)
+                done.append(letter)
+        return seal_all(done)
+
+    return carrying_errors(run)
 
 
 class SegmentActor:
@@ -393,6 +411,8 @@ class RayExecutor:
         if envelopes.num_rows == 0:
             return
         for letter in open_all(envelopes):
+            for name, level, message in letter.notes:  # as the worker's logger would have said it here
+                logging.getLogger(name).log(level, "%s", message)
             if letter.error is not None:
                 raise letter.error
             if letter.watermark is not None:
