@@ -263,3 +263,41 @@ def test_a_readers_warning_in_a_ray_worker_is_logged_by_the_driver_once(
             result = run_recipe(load_recipe(write_recipe(workdir, spec)), executor=executor)
         assert result.manifest.counts.reasons == {"quarantined": {"no_cursor_value": 2}}
         assert [r.name for r in caplog.records if said in r.getMessage()] == ["connectors.sql"], name
+
+
+def test_a_cross_run_stages_signatures_are_computed_once_and_carried_to_the_recorder(tmp_path: Path) -> None:
+    """On Ray a cross-run dedup stage computes each record's signature once, before its global step: the
+    step reads it from the column that carries it, and the rows it keeps go on with it (not hashed again)."""
+    from curation.executors.envelope import Letter, open_all, seal_all
+    from curation.executors.ray_duplicates import attach_signatures, drop_rows, signatures_of
+    from curation.stages.dedup_index import CrossRunDedup, SignatureIndex
+    from curation.stages.neardup import NearDedup
+    from schemas.records import source_array
+
+    class Counting(NearDedup):
+        hashed = 0
+
+        def signatures(self, batch: pa.Table) -> pa.Table:
+            Counting.hashed += batch.num_rows
+            return super().signatures(batch)
+
+    stage = CrossRunDedup(Counting(fields=["text"]), SignatureIndex(f"sqlite:///{tmp_path}/s.db", "d"))
+    texts = [f"a note about parcel {i} that went to the depot on day {i}" for i in range(6)]
+    rows = pa.table(
+        {
+            "id": [f"r{i}" for i in range(6)],
+            "source": source_array("files", "in.jsonl", list(range(1, 7))),
+            "text": texts,
+        }
+    )
+    envelopes = seal_all([Letter(rows=rows.slice(0, 4)), Letter(rows=rows.slice(4))])
+    signed = attach_signatures(envelopes, stage)
+    found = pa.concat_tables(signatures_of(signed, stage))
+    assert found.equals(Counting(fields=["text"]).signatures(rows))
+    kept = drop_rows(signed, pa.array(["r1"]), stage)
+    assert Counting.hashed == 6 + 6  # attach_signatures, and the check just above: no more
+    recorded, written = stage.to_record(pa.concat_tables(letter.rows for letter in open_all(kept)))
+    assert written["id"].to_pylist() == ["r0", "r2", "r3", "r4", "r5"]
+    assert recorded.equals(
+        stage.signatures(rows.filter(pc.is_in(rows["id"], value_set=written["id"]))).drop_columns(["source"])
+    )

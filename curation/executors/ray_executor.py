@@ -369,6 +369,13 @@ class RayExecutor:
         its set-aside rows go to the writer, the global step decides which rows go on."""
         from curation.executors.ray_duplicates import drop_rows, resolve_distributed, review_flags
 
+        carries = stage if hasattr(stage, "with_signatures") else None  # signatures on to the recorder
+        if carries is not None:
+            from curation.executors.ray_duplicates import attach_signatures
+
+            stream = stream.map_batches(
+                attach_signatures, fn_kwargs={"stage": carries}, batch_format="pyarrow", batch_size=None
+            )
         done = stream.materialize()
         for envelopes in done.map_batches(side_only, batch_format="pyarrow", batch_size=None).iter_batches(
             batch_size=None, batch_format="pyarrow"
@@ -387,7 +394,6 @@ class RayExecutor:
             tally.flags.append(flags)
         log.info("stage=%s set_aside=%d", stage.name, dropped.num_rows)
         drop = pa.array(dropped["id"].to_pylist(), pa.string())
-        carries = stage if hasattr(stage, "with_signatures") else None  # signatures on to the recorder
         return done.map_batches(
             drop_rows, fn_kwargs={"drop": drop, "stage": carries}, batch_format="pyarrow", batch_size=None
         )
