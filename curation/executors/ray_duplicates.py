@@ -54,16 +54,20 @@ def attach_signatures(envelopes: pa.Table, stage: Any) -> pa.Table:
     """A cross-run stage's signatures, computed once before its global step, on each kept row in the
     column that carries them to the recorder: the step reads them there (``signatures_of``) and the rows
     it keeps go on with them (``drop_rows``), as the embedded executor reuses what it computed."""
-    from curation.executors.envelope import Letter, carrying_errors, open_all, seal_all
+    from curation.executors.envelope import Letter, carrying_errors, collecting_notes, open_all, seal_all, taken
 
-    def signed(letter: Letter) -> Letter:
+    def signed(letter: Letter, notes: list[list[Any]]) -> Letter:
         if letter.error is None and letter.rows.num_rows and stage.column not in letter.rows.column_names:
             rows = letter.rows
             letter.rows = stage.with_signatures(rows, stage.signatures(rows).drop_columns(["source"]))
+            letter.notes += taken(notes)
         return letter
 
-    letters = open_all(envelopes)
-    return carrying_errors(lambda: seal_all([signed(letter) for letter in letters]))
+    def run() -> pa.Table:
+        with collecting_notes() as notes:
+            return seal_all([signed(letter, notes) for letter in open_all(envelopes)])
+
+    return carrying_errors(run)
 
 
 def row_hashes(signatures: pa.Table) -> pa.Array:
