@@ -193,3 +193,111 @@ def test_the_runs_sigterm_handler_is_armed_again_after_ray_shuts_down(monkeypatc
         assert signal.getsignal(signal.SIGTERM) is the_runs
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_rejected_record_never_published_teaches_its_content_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A near duplicate set aside (never published) that an annotator rejects is read again; the review
+    stage learns its content key in the Ray workers, and the driver keeps it as the embedded executor
+    does: the same content read later from another input is filtered by the rejection, with no warning."""
+    import logging
+
+    from curation.review import decisions as dec
+    from curation.review.queue import review_items
+
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}]
+    rows += [{"q": f"Where was parcel {i} on day {i}?", "a": f"Parcel {i} arrived."} for i in range(3)]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        folder = workdir / name
+        write_jsonl(folder / "in" / "a.jsonl", rows)
+        spec = {
+            "dataset": "learned",
+            "sources": [{"path": str(folder / "in")}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [{"type": "near_dedup", "threshold": 0.7}],
+            "output": {"dest": str(folder / "out")},
+            "state": f"sqlite:///{folder}/state.db",
+        }
+        loaded = load_recipe(write_recipe(folder, spec))
+        assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == 1
+        engine = sa.create_engine(loaded.state)
+        with engine.connect() as db:
+            (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        dec.decide(engine, item.item_id, "rita", "reject")  # the set-aside one: never published
+        engine.dispose()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            second = run_recipe(loaded, executor=executor)  # reads a.jsonl again for the decision
+        assert "content key was not stored" not in caplog.text, name
+        write_jsonl(folder / "in" / "c.jsonl", [rows[1]])  # the rejected content, from another input
+        third = run_recipe(loaded, executor=executor)
+        outcomes[name] = (second.manifest.counts.reasons, third.manifest.counts.reasons, third.manifest.stats)
+    assert outcomes["local"][1] == {"filtered": {"review": 1}}
+    assert outcomes["ray"] == outcomes["local"]
+
+
+def test_a_readers_warning_in_a_ray_worker_is_logged_by_the_driver_once(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The SQL reader says, in the worker that reads, how many rows have no cursor value: the driver logs
+    it (its logging, the CLI's console, with --quiet too), as the embedded executor does, and only once."""
+    import logging
+
+    from tests.test_sql import recipe as sql_recipe
+    from tests.test_sql import small_table
+
+    url = small_table(workdir / "crm.db", [(1, "a", "x", None), (2, "b", "y", 2), (3, "c", "z", None)])
+    said = f"{url}#t: 2 rows have no value (NULL) in the cursor column 'u'"
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        spec = {**sql_recipe(url, table="t", cursor="u", key=["id"]), "state": f"sqlite:///{workdir}/{name}.db"}
+        spec["output"] = {**spec["output"], "dest": str(workdir / name)}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = run_recipe(load_recipe(write_recipe(workdir, spec)), executor=executor)
+        assert result.manifest.counts.reasons == {"quarantined": {"no_cursor_value": 2}}
+        assert [r.name for r in caplog.records if said in r.getMessage()] == ["connectors.sql"], name
+
+
+def test_a_cross_run_stages_signatures_are_computed_once_and_carried_to_the_recorder(tmp_path: Path) -> None:
+    """On Ray a cross-run dedup stage computes each record's signature once, before its global step: the
+    step reads it from the column that carries it, and the rows it keeps go on with it (not hashed again)."""
+    from curation.executors.envelope import Letter, open_all, seal_all
+    from curation.executors.ray_duplicates import attach_signatures, drop_rows, signatures_of
+    from curation.stages.dedup_index import CrossRunDedup, SignatureIndex
+    from curation.stages.neardup import NearDedup
+    from schemas.records import source_array
+
+    class Counting(NearDedup):
+        hashed = 0
+
+        def signatures(self, batch: pa.Table) -> pa.Table:
+            Counting.hashed += batch.num_rows
+            return super().signatures(batch)
+
+    stage = CrossRunDedup(Counting(fields=["text"]), SignatureIndex(f"sqlite:///{tmp_path}/s.db", "d"))
+    texts = [f"a note about parcel {i} that went to the depot on day {i}" for i in range(6)]
+    rows = pa.table(
+        {
+            "id": [f"r{i}" for i in range(6)],
+            "source": source_array("files", "in.jsonl", list(range(1, 7))),
+            "text": texts,
+        }
+    )
+    envelopes = seal_all([Letter(rows=rows.slice(0, 4)), Letter(rows=rows.slice(4))])
+    signed = attach_signatures(envelopes, stage)
+    found = pa.concat_tables(signatures_of(signed, stage))
+    assert found.equals(Counting(fields=["text"]).signatures(rows))
+    kept = drop_rows(signed, pa.array(["r1"]), stage)
+    assert Counting.hashed == 6 + 6  # attach_signatures, and the check just above: no more
+    recorded, written = stage.to_record(pa.concat_tables(letter.rows for letter in open_all(kept)))
+    assert written["id"].to_pylist() == ["r0", "r2", "r3", "r4", "r5"]
+    assert recorded.equals(
+        stage.signatures(rows.filter(pc.is_in(rows["id"], value_set=written["id"]))).drop_columns(["source"])
+    )

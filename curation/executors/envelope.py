@@ -8,9 +8,11 @@ record's fate, and tables whose columns differ from batch to batch never need on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import logging
 import pickle
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,6 +44,13 @@ ENVELOPE_SCHEMA = pa.schema(
         # JSON): the driver hands each step's set-aside rows on before its flags, as the embedded
         # executor does, so the review queue holds the items in the same order.
         pa.field("steps", pa.string()),
+        # What a stage learned from this batch for the run to keep once it publishes ({stage: {item:
+        # value}}, JSON: the review stage's content keys of rejected records it met, ``learned``); the
+        # driver adds it to its own copy of the stage, as if the stage had run there.
+        pa.field("learned", pa.string()),
+        # The project's warnings logged in the worker while it read or ran the stages ([[logger, level,
+        # message], ...], JSON): the driver logs them, as the embedded executor would have (``collecting_notes``).
+        pa.field("notes", pa.string()),
     ]
 )
 
@@ -70,6 +79,8 @@ class Letter:
     input_bytes: int = 0
     error: BaseException | None = None
     watermark: str | None = None
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[list[Any]] = field(default_factory=list)
 
     def add_step(self, set_aside: pa.Table, flags: pa.Table) -> None:
         """What one more step set aside and flagged (the lists are made as long as each other first)."""
@@ -92,6 +103,8 @@ class Letter:
             "error": pickle.dumps(self.error) if self.error is not None else None,
             "watermark": self.watermark,
             "steps": json.dumps(steps),
+            "learned": json.dumps(self.learned) if self.learned else None,
+            "notes": json.dumps(self.notes) if self.notes else None,
         }
 
 
@@ -119,12 +132,53 @@ def open_all(envelopes: pa.Table) -> list[Letter]:
                 input_bytes=row["input_bytes"],
                 error=pickle.loads(row["error"]) if row["error"] is not None else None,
                 watermark=row["watermark"],
+                learned=json.loads(row["learned"]) if row["learned"] else {},
+                notes=json.loads(row["notes"]) if row["notes"] else [],
             )
         )
     return letters
 
 
 PROJECT_PACKAGES = ("curation.", "schemas.", "connectors.", "train.")
+
+
+class _Notes(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.notes: list[list[Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.notes.append([record.name, record.levelno, record.getMessage()])
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def collecting_notes() -> Iterator[list[list[Any]]]:
+    """In a Ray worker: the warnings the project's loggers give meanwhile (a reader's, a stage's), kept
+    for the envelopes, not printed there. A worker's log reaches the driver's console only as its
+    output (not with ``--quiet``, not in the driver's logging): the driver logs these itself (take them
+    off the list as each envelope gets them)."""
+    handler = _Notes()
+    loggers = [logging.getLogger(package.rstrip(".")) for package in PROJECT_PACKAGES]
+    propagating = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield handler.notes
+    finally:
+        for logger, propagate in zip(loggers, propagating, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+def taken(notes: list[list[Any]]) -> list[list[Any]]:
+    """The notes collected so far, which leave the list."""
+    found = notes[:]
+    del notes[: len(found)]
+    return found
 
 
 def is_project_error(error: BaseException) -> bool:
@@ -187,7 +241,11 @@ def apply_stages(letter: Letter, stages: list[Stage]) -> Letter:
     for stage in stages:
         if batch.num_rows == 0:
             break
+        learned = getattr(stage, "learned", None)  # what the stage keeps for the run, here in a worker
+        known = len(learned) if learned is not None else 0
         result = stage(batch)
+        if learned is not None and len(learned) > known:
+            letter.learned.setdefault(stage.name, {}).update(list(learned.items())[known:])
         if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
             raise AccountingError(
                 f"stage {stage.name} took {batch.num_rows} records and returned "

@@ -31,11 +31,43 @@ ROW = "_row"  # the 64-bit hash of that row's id
 
 @carried
 def signatures_of(envelopes: pa.Table, stage: GlobalStage) -> Iterator[pa.Table]:
-    """Per block of envelopes: the stage's signature rows of every kept row."""
+    """Per block of envelopes: the stage's signature rows of every kept row (taken from the column that
+    carries them, where ``attach_signatures`` computed them)."""
     for data in envelopes["rows"].to_pylist():
         rows = unpack(data)
         if rows.num_rows:
-            yield stage.signatures(rows)
+            yield signature_rows(stage, rows)
+
+
+def signature_rows(stage: GlobalStage, rows: pa.Table) -> pa.Table:
+    column = getattr(stage, "column", None) if hasattr(stage, "with_signatures") else None  # a cross-run stage's
+    if column is None or column not in rows.column_names:
+        return stage.signatures(rows)
+    values = rows[column].combine_chunks()
+    names = ["id", "source", *(field.name for field in values.type)]
+    return pa.Table.from_arrays(
+        [rows["id"].combine_chunks(), rows["source"].combine_chunks(), *values.flatten()], names
+    )
+
+
+def attach_signatures(envelopes: pa.Table, stage: Any) -> pa.Table:
+    """A cross-run stage's signatures, computed once before its global step, on each kept row in the
+    column that carries them to the recorder: the step reads them there (``signatures_of``) and the rows
+    it keeps go on with them (``drop_rows``), as the embedded executor reuses what it computed."""
+    from curation.executors.envelope import Letter, carrying_errors, collecting_notes, open_all, seal_all, taken
+
+    def signed(letter: Letter, notes: list[list[Any]]) -> Letter:
+        if letter.error is None and letter.rows.num_rows and stage.column not in letter.rows.column_names:
+            rows = letter.rows
+            letter.rows = stage.with_signatures(rows, stage.signatures(rows).drop_columns(["source"]))
+            letter.notes += taken(notes)
+        return letter
+
+    def run() -> pa.Table:
+        with collecting_notes() as notes:
+            return seal_all([signed(letter, notes) for letter in open_all(envelopes)])
+
+    return carrying_errors(run)
 
 
 def row_hashes(signatures: pa.Table) -> pa.Array:
@@ -87,7 +119,7 @@ def drop_rows(envelopes: pa.Table, drop: pa.Array, stage: Any = None) -> pa.Tabl
         rows = unpack(data)
         if rows.num_rows and len(drop):
             rows = rows.filter(pc.invert(pc.is_in(rows["id"], value_set=drop)))
-        if stage is not None and rows.num_rows:
+        if stage is not None and rows.num_rows and stage.column not in rows.column_names:
             rows = stage.with_signatures(rows, stage.signatures(rows).drop_columns(["source"]))
         letters.append(Letter(rows=rows))
     return seal_all(letters) if letters else ENVELOPE_SCHEMA.empty_table()

@@ -32,9 +32,11 @@ from curation.executors.envelope import (
     Letter,
     apply_stages,
     carrying_errors,
+    collecting_notes,
     is_project_error,
     open_all,
     seal_all,
+    taken,
 )
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.stages.dedup_index import SignatureRecorder
@@ -100,43 +102,59 @@ def split_sources(sources: list[Source]) -> list[Source]:
 
 
 def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
-    """A read task: the batches of the sources it is given, as envelopes."""
-    for index in tasks["task"].to_pylist():
-        watermark = getattr(sources[index], "watermark", None)
-        # What the source took before reading (the driver's listing, shared by every task): not sent back.
-        listed = dict(watermark.pending) if watermark is not None else {}
-        batches = iter(sources[index].batches())
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            except Exception as error:
-                if not is_project_error(error):
-                    raise
-                yield seal_all([Letter(rows=pa.table({}), error=error)])
-                return
-            letter = Letter(
-                rows=batch.rows,
-                set_aside=[batch.set_aside] if batch.set_aside.num_rows else [],
-                input_records=batch.input_records,
-                input_bytes=batch.input_bytes,
-            )
-            yield seal_all([letter])
-        if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
-            added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
-            taken = {"task": index, "pending": added, "reread": watermark.reread}
-            yield seal_all(
-                [Letter(rows=pa.table({}), watermark=json.dumps({**taken, "replaced": sorted(watermark.replaced)}))]
-            )
+    """A read task: the batches of the sources it is given, as envelopes (with the warnings the
+    readers gave, for the driver to log)."""
+    with collecting_notes() as notes:
+        for index in tasks["task"].to_pylist():
+            yield from _read_source(index, sources[index], notes)
+            if notes:  # said after its last batch (a SQL source's rows with no cursor value)
+                yield seal_all([Letter(rows=pa.table({}), notes=taken(notes))])
+
+
+def _read_source(index: int, source: Source, notes: list[list[Any]]) -> Iterator[pa.Table]:
+    watermark = getattr(source, "watermark", None)
+    # What the source took before reading (the driver's listing, shared by every task): not sent back.
+    listed = dict(watermark.pending) if watermark is not None else {}
+    batches = iter(source.batches())
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except Exception as error:
+            if not is_project_error(error):
+                raise
+            yield seal_all([Letter(rows=pa.table({}), error=error, notes=taken(notes))])
+            return
+        letter = Letter(
+            rows=batch.rows,
+            set_aside=[batch.set_aside] if batch.set_aside.num_rows else [],
+            input_records=batch.input_records,
+            input_bytes=batch.input_bytes,
+            notes=taken(notes),
+        )
+        yield seal_all([letter])
+    if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
+        added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
+        took = {"task": index, "pending": added, "reread": watermark.reread}
+        mark = json.dumps({**took, "replaced": sorted(watermark.replaced)})
+        yield seal_all([Letter(rows=pa.table({}), watermark=mark, notes=taken(notes))])
 
 
 def run_segment(envelopes: pa.Table, stages: list[Stage]) -> pa.Table:
     # A letter holding an error goes on to the driver as it is, to be raised there.
     letters = open_all(envelopes)
-    return carrying_errors(
-        lambda: seal_all([letter if letter.error else apply_stages(letter, stages) for letter in letters])
-    )
+
+    def run() -> pa.Table:
+        done = []
+        with collecting_notes() as notes:
+            for letter in letters:
+                letter = letter if letter.error else apply_stages(letter, stages)
+                letter.notes += taken(notes)
+                done.append(letter)
+        return seal_all(done)
+
+    return carrying_errors(run)
 
 
 class SegmentActor:
@@ -191,6 +209,7 @@ class RayExecutor:
         # ``curation run --quiet``: Ray says only its errors (no notes, no output of its workers).
         self.quiet = quiet
         self._recorders: list[SignatureRecorder] = []  # run on this driver, before the writer
+        self._learning: dict[str, Any] = {}  # stages whose ``learned`` the workers' copies add to
 
     def run(
         self,
@@ -299,6 +318,9 @@ class RayExecutor:
         # The signature index is written where the writer is, on this driver: from the workers, a state
         # store that is a file (SQLite) would be each node's own, and the signatures lost to later runs.
         self._recorders = [stage for stage in stages if isinstance(stage, SignatureRecorder)]
+        # Stages that learn what the run keeps once it publishes (the review stage's content keys of
+        # rejected records): their copies in the workers send it back in the envelopes.
+        self._learning = {stage.name: stage for stage in stages if isinstance(getattr(stage, "learned", None), dict)}
         stages = [stage for stage in stages if not isinstance(stage, SignatureRecorder)]
         check_shippable(stages)
         parts = split_sources(sources)
@@ -347,6 +369,13 @@ class RayExecutor:
         its set-aside rows go to the writer, the global step decides which rows go on."""
         from curation.executors.ray_duplicates import drop_rows, resolve_distributed, review_flags
 
+        carries = stage if hasattr(stage, "with_signatures") else None  # signatures on to the recorder
+        if carries is not None:
+            from curation.executors.ray_duplicates import attach_signatures
+
+            stream = stream.map_batches(
+                attach_signatures, fn_kwargs={"stage": carries}, batch_format="pyarrow", batch_size=None
+            )
         done = stream.materialize()
         for envelopes in done.map_batches(side_only, batch_format="pyarrow", batch_size=None).iter_batches(
             batch_size=None, batch_format="pyarrow"
@@ -365,7 +394,6 @@ class RayExecutor:
             tally.flags.append(flags)
         log.info("stage=%s set_aside=%d", stage.name, dropped.num_rows)
         drop = pa.array(dropped["id"].to_pylist(), pa.string())
-        carries = stage if hasattr(stage, "with_signatures") else None  # signatures on to the recorder
         return done.map_batches(
             drop_rows, fn_kwargs={"drop": drop, "stage": carries}, batch_format="pyarrow", batch_size=None
         )
@@ -389,10 +417,15 @@ class RayExecutor:
         if envelopes.num_rows == 0:
             return
         for letter in open_all(envelopes):
+            for name, level, message in letter.notes:  # as the worker's logger would have said it here
+                logging.getLogger(name).log(level, "%s", message)
             if letter.error is not None:
                 raise letter.error
             if letter.watermark is not None:
                 self._take_watermark(json.loads(letter.watermark))
+            for name, learned in letter.learned.items():
+                for item, value in learned.items():
+                    self._learning[name].learned.setdefault(item, value)
             tally.input += letter.input_records
             if letter.input_bytes:
                 on_input(letter.input_bytes)
