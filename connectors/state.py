@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 LEASE_SETTING = "CURATION_LOCK_LEASE"
 DEFAULT_LEASE_SECONDS = 900.0
+MIN_LEASE_SECONDS = 0.5
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -93,8 +94,10 @@ def lock_lease() -> float:
         lease = float(raw) if raw.strip() else DEFAULT_LEASE_SECONDS
     except ValueError:
         lease = 0.0
-    if not lease > 0 or lease == float("inf"):
-        raise ValueError(f"{LEASE_SETTING}={raw!r}: expected a number of seconds, e.g. 900")
+    if not MIN_LEASE_SECONDS <= lease < float("inf"):  # shorter, renewals would keep the store busy
+        raise ValueError(
+            f"{LEASE_SETTING}={raw!r}: expected a number of seconds of at least {MIN_LEASE_SECONDS}, e.g. 900"
+        )
     return lease
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from connectors.state import LockLost, RunLocked, create_tables, run_lock, run_locks
+from connectors.state import LockLost, RunLocked, create_tables, lock_lease, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
 from curation.published import published_versions
@@ -241,6 +241,15 @@ def test_a_lock_from_another_host_not_renewed_for_a_lease_is_taken_over(
     assert "taking over the lock of run pod7run (pid 1 on etl-pod-7)" in caplog.text
     with engine.connect() as db:
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+@pytest.mark.parametrize("lease", ["abc", "-5", "0", "0.00001", "nan", "inf", "1e400"])
+def test_a_lease_setting_that_is_no_sensible_time_is_refused_by_name(
+    lease: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CURATION_LOCK_LEASE", lease)  # 0.00001: renewals every 2 µs, and live runs taken over
+    with pytest.raises(ValueError, match=r"CURATION_LOCK_LEASE='.*': expected a number of seconds of at least 0.5"):
+        lock_lease()
 
 
 def test_a_run_renews_its_lock_so_a_long_run_is_not_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
