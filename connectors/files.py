@@ -27,7 +27,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.json_values import json_values
+from schemas.json_values import is_json, json_values
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
@@ -93,9 +93,9 @@ def _is_binary(dtype: pa.DataType) -> bool:
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     """Each value as text; nested ones (a Parquet struct, list or map), which Arrow cannot cast, as JSON."""
-    if not pa.types.is_nested(column.type):
+    if not pa.types.is_nested(column.type) and not is_json(column.type):
         return pc.cast(column, pa.string())
-    values = column.to_pylist()
+    values = column.to_pylist()  # a JSON value's keys sorted, as a struct's were: its id stays as it was
     return pa.array([None if v is None else json.dumps(v, sort_keys=True, default=str) for v in values], pa.string())
 
 

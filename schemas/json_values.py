@@ -47,7 +47,9 @@ with contextlib.suppress(pa.ArrowKeyError):  # registered already (the module lo
     pa.register_extension_type(JSON_TYPE)
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(value, ensure_ascii=False), made once
+# json.dumps(value, ensure_ascii=False), made once; a value JSON has no type for (a date from a
+# database) as its text.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def json_values(values: Sequence[Any]) -> pa.ExtensionArray:
