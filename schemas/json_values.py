@@ -21,7 +21,13 @@ import pyarrow as pa
 
 class JsonScalar(pa.ExtensionScalar):
     def as_py(self, **_: Any) -> Any:
-        return None if self.value is None else json.loads(self.value.as_py())
+        if self.value is None:
+            return None
+        text = self.value.as_py()
+        try:
+            return json.loads(text)
+        except ValueError:  # plain text cast to this type (a batch's column of text cast to another's type)
+            return text
 
 
 class JsonType(pa.ExtensionType):

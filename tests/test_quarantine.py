@@ -438,6 +438,20 @@ def test_an_object_or_array_is_written_as_its_line_wrote_it_on_every_path(workdi
     assert_adds_up(result.manifest.counts)
 
 
+@pytest.mark.parametrize("order", [("1", "2"), ("2", "1")])
+def test_a_group_by_column_of_objects_in_one_file_and_of_mixed_types_in_another_splits(
+    workdir: Path, order: tuple[str, str]
+) -> None:
+    # Objects only, a file's column was a struct, and the other's text: the run failed with a traceback
+    # (Arrow casts no text to a struct), and then when it parsed the text cast to JSON ("x").
+    (workdir / "in").mkdir()
+    (workdir / "in" / f"{order[0]}.jsonl").write_text('{"q": "a", "meta": {"k": 1}}\n{"q": "b", "meta": {"k": 2}}\n')
+    (workdir / "in" / f"{order[1]}.jsonl").write_text('{"q": "c", "meta": "x"}\n{"q": "d", "meta": {"k": 1}}\n')
+    result = run(workdir, {**qa_recipe("in/", completion="q"), "dataset": "g", "output": {"group_by": "meta"}})
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["a", "b", "c", "d"]
+    assert_adds_up(result.manifest.counts)
+
+
 @pytest.mark.parametrize(
     "others",
     [
