@@ -1,11 +1,12 @@
-"""A JSON object or array from a JSONL line, kept as the line wrote it.
+"""A JSON object or array from a JSONL line (or a SQL JSON column), kept as the line wrote it.
 
 An Arrow struct has one set of fields for the whole column, in one order, and one type per field: a
 row gets every key any row has (null where it had none), the keys in the column's order, and a
 number beside a string in another row becomes text. The same line then gave another value read in
 another block, or whole (polars) rather than line by line (Python's json). So a JSONL column whose
 values are all objects, or all arrays, holds each value's JSON as Python writes it from the line
-(its keys, in their order, its numbers), as this extension type: ``as_py`` (and so ``to_pylist``, a
+(its keys, in their order, its numbers), as this extension type (a SQL column of objects too, whose
+rows share a batch as lines share a block): ``as_py`` (and so ``to_pylist``, a
 template's row) gives the object back, and a cast to text gives the JSON.
 """
 
