@@ -109,8 +109,13 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
         try:
             arrays[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+            # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
+            arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.table(arrays)
+
+
+def _as_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict | list) else str(value)
 
 
 def source_uri(config: SqlSource) -> str:

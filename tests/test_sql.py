@@ -230,6 +230,22 @@ def test_a_json_column_is_published_as_each_row_holds_it_whatever_rows_are_read_
     assert ids(first)[1] == ids(again)[1]
 
 
+def test_a_json_column_of_objects_and_other_types_writes_its_objects_as_json(workdir: Path) -> None:
+    # They were written as Python writes a dict: "{'a': 1, 'ok': True}".
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (q TEXT, meta JSON)",
+        """INSERT INTO t VALUES ('a', '{"a": 1, "ok": true, "l": ["é"]}'), ('b', '5')""",
+    )
+    spec = recipe(url, table="t")
+    spec["record"] = {"kind": "instruction", "prompt": "{{ q }} {{ meta }}", "completion": "meta"}
+    result = run(workdir, spec)
+    assert sorted((line["prompt"], line["completion"]) for line in outputs(Path(result.version_uri))) == [
+        ('a {"a": 1, "ok": true, "l": ["é"]}', '{"a": 1, "ok": true, "l": ["é"]}'),
+        ("b 5", "5"),
+    ]
+
+
 def test_a_table_without_a_cursor_is_read_whole_when_it_cannot_tell_it_is_unchanged(tmp_path: Path) -> None:
     from connectors.sql import READ_ITEM, source_uri
     from connectors.state import SourceWatermark
