@@ -27,6 +27,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
+from schemas.json_values import is_json, json_values
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
@@ -92,9 +93,9 @@ def _is_binary(dtype: pa.DataType) -> bool:
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     """Each value as text; nested ones (a Parquet struct, list or map), which Arrow cannot cast, as JSON."""
-    if not pa.types.is_nested(column.type):
+    if not pa.types.is_nested(column.type) and not is_json(column.type):
         return pc.cast(column, pa.string())
-    values = column.to_pylist()
+    values = column.to_pylist()  # a JSON value's keys sorted, as a struct's were: its id stays as it was
     return pa.array([None if v is None else json.dumps(v, sort_keys=True, default=str) for v in values], pa.string())
 
 
@@ -318,6 +319,23 @@ def _repeats_a_key(text: bytes) -> bool:
     return False
 
 
+def _nested_as_written(table: pa.Table, raws: pa.Array) -> pa.Table | None:
+    """``table`` (read whole by polars from the lines ``raws``) with each column of objects or arrays
+    (a struct or list) holding the values as the lines wrote them, as the lines read one by one give
+    them (see ``schemas.json_values``); None when a line does not parse. Only blocks with such a
+    column parse their lines a second time."""
+    try:
+        # Not "utf-8-sig": that codec, written in Python, took longer than the parse.
+        objects = [json.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")) for raw in raws.to_pylist()]
+    except (ValueError, RecursionError):
+        return None
+    for index, kind in enumerate(table.schema.types):
+        if pa.types.is_nested(kind):
+            name = table.column_names[index]
+            table = table.set_column(index, name, json_values([obj.get(name) for obj in objects]))
+    return table
+
+
 def _opens_an_array(data: bytes) -> bool:
     """Whether the file's first block opens a JSON array (a ``.json`` export of ``[{...}, ...]``)."""
     return data[:4096].lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
@@ -448,6 +466,10 @@ class FilesSourceReader(ListedFiles):
             or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
         ):
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
+        if any(pa.types.is_nested(kind) for kind in table.schema.types):
+            table = _nested_as_written(table, raws)
+            if table is None:  # a line polars took and Python's json does not: named line by line
+                return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
 
     def _may_hold_values_not_text(self, text: bytes) -> bool:
@@ -905,17 +927,21 @@ def _csv_line(values: list[str | None], delimiter: str) -> str:
 def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
     """Rows from parsed JSON objects, a column for every key any of them has (a key the first lacks
     too); a key whose values mix types, or hold an integer past 64 bits (an account number, a u64
-    hash: no Arrow integer holds it, and a float would change its digits), is kept as JSON text."""
+    hash: no Arrow integer holds it, and a float would change its digits), is kept as JSON text; a key
+    whose values are all objects, or all arrays, keeps each as its line wrote it (``json_values``)."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
     for key in keys:
         values = [obj.get(key) for obj in objects]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds == {dict} or kinds == {list}:  # objects or arrays only: each as the line wrote it
+            columns[key] = json_values(values)
+            continue
         try:
             columns[key] = pa.array(values)
             continue
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass
-        kinds = {type(v) for v in values if v is not None}
         if kinds <= {int, float} and all(-(2**63) <= v < 2**63 for v in values if isinstance(v, int)):
             columns[key] = pa.array(values, pa.float64() if float in kinds else None)
         elif kinds == {str}:

@@ -28,6 +28,7 @@ from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
 from schemas.config import SqlSource
+from schemas.json_values import json_values
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -87,16 +88,34 @@ class Fingerprint:
         return f"{self.rows}:{self.total:032x}"
 
 
+def _holds_json_objects(values: list[Any]) -> bool:
+    """Whether the values are objects (a JSON column's), or arrays holding an object or array: as an
+    Arrow struct, each row would get the keys of every row of its batch, so its text (and its record
+    id) would change with the rows read beside it."""
+    kinds = {type(value) for value in values if value is not None}
+    if kinds == {dict}:
+        return True
+    return kinds == {list} and any(isinstance(item, dict | list) for value in values if value for item in value)
+
+
 def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
     """Rows of Python values as an Arrow table; a column whose values Arrow cannot type becomes text."""
     arrays = {}
     for index, name in enumerate(columns):
         values = [row[index] for row in rows]
+        if _holds_json_objects(values):  # a JSON column: each value as it is, not a struct of every row's keys
+            arrays[name] = json_values(values)
+            continue
         try:
             arrays[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
-            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+            # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
+            arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.table(arrays)
+
+
+def _as_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict | list) else str(value)
 
 
 def source_uri(config: SqlSource) -> str:

@@ -131,6 +131,29 @@ def test_a_nested_parquet_column_reads_and_a_column_named_twice_is_refused_by_na
         run(workdir, {"dataset": "qa2", "sources": [{"path": "twice.csv"}], "record": QA_RECORD})
 
 
+def test_a_binary_value_in_a_parquet_struct_is_written_as_its_text_on_every_path(workdir: Path) -> None:
+    # It was written as Python writes bytes, "b'Z\\xc3\\xbcrich'", by a field naming its column and by a template.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = pa.array(
+        [{"city": "Zürich".encode(), "n": 1}, {"city": b"\xff", "n": 2}],
+        pa.struct({"city": pa.binary(), "n": pa.int64()}),
+    )
+    pq.write_table(pa.table({"question": ["Q1?", "Q2?"], "meta": meta}), workdir / "nested.parquet")
+    record = {"kind": "instruction", "prompt": "{{ question }} {{ meta }}", "completion": "meta"}
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "nested.parquet"}], "record": record})
+    version = Path(result.version_uri)
+    assert [(line["prompt"], line["completion"]) for line in outputs(version)] == [
+        ('Q1? {"city": "Zürich", "n": 1}', '{"city": "Zürich", "n": 1}')
+    ]
+    # Bytes that are not UTF-8 quarantine their row, as in a binary column.
+    assert [(row["source"]["line"], row["reason"], row["detail"].split(": ", 1)[1]) for row in set_aside(version)] == [
+        (2, "template", "prompt: template failed: a value holds bytes that are not UTF-8 text (byte 0xff at 1)")
+    ]
+    assert_adds_up(result.manifest.counts)
+
+
 def test_a_csv_whose_lines_end_in_cr_alone_reads_like_any_other(workdir: Path) -> None:
     (workdir / "mac.csv").write_bytes(b"description,amount,category\rcoffee,4.5,Dining\r\rrent,1200,Housing\rbus,2.5\r")
     result = run(workdir, recipe("mac.csv"))

@@ -398,6 +398,60 @@ def test_a_template_writes_an_object_or_array_as_json_whether_its_column_mixes_t
     assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Zürich"]
 
 
+@pytest.mark.parametrize("others", [[], ["{broken"]])  # the block read whole (polars), and line by line
+def test_an_object_or_array_is_written_as_its_line_wrote_it_on_every_path(workdir: Path, others: list[str]) -> None:
+    # A column of objects was an Arrow struct: a row got the keys other rows have, in the column's
+    # order, and its numbers the column's type: 'a {"a": 1, "b": null, "z": null}', 'd {"b": 7.0, ...}';
+    # read whole, an array's number beside text in another row became text ('["1"]'), and so did an
+    # object's ('{"b": "2.5"}').
+    lines = [
+        '{"q": "a", "meta": {"a": 1}, "tags": ["x"]}',
+        '{"q": "b", "meta": {"b": 2.5, "a": null}, "tags": [1]}',
+        '{"q": "c", "meta": {"z": 1.0, "a": 3}, "tags": []}',
+        '{"q": "d", "meta": {"b": 7}, "tags": null}',
+        *others,
+    ]
+    (workdir / "faq.jsonl").write_text("\n".join(lines) + "\n")
+    spec = qa_recipe(
+        "faq.jsonl", prompt="{{ q }} {{ meta }}", completion="{{ tags }}.", output={"validation_fraction": 0}
+    )
+    result = run(workdir, spec)
+    assert sorted((line["prompt"], line["completion"]) for line in outputs(Path(result.version_uri))) == [
+        ('a {"a": 1}', '["x"].'),
+        ('b {"b": 2.5, "a": null}', "[1]."),
+        ('c {"z": 1.0, "a": 3}', "[]."),
+    ]
+    quarantined = {row["source"]["line"]: row for row in set_aside(Path(result.version_uri))}
+    assert json.loads(quarantined[4]["record"]) == {"q": "d", "meta": {"b": 7}, "tags": None}
+    # A field naming the column writes the same; a member is reached by name, and a key the object
+    # lacks is its row's problem.
+    lines.insert(4, '{"q": "e", "meta": {"b": "s", "a": {"y": 1, "x": [true]}}, "tags": []}')
+    (workdir / "faq.jsonl").write_text("\n".join(lines) + "\n")
+    spec["record"] = {"kind": "instruction", "prompt": "meta", "completion": "{{ meta.a }}"}
+    result = run(workdir, spec, full_refresh=True)
+    assert sorted((line["prompt"], line["completion"]) for line in outputs(Path(result.version_uri))) == [
+        ('{"a": 1}', "1"),
+        ('{"b": "s", "a": {"y": 1, "x": [true]}}', '{"y": 1, "x": [true]}'),
+        ('{"z": 1.0, "a": 3}', "3"),
+    ]
+    assert {row["source"]["line"] for row in set_aside(Path(result.version_uri))} >= {2, 4}
+    assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("order", [("1", "2"), ("2", "1")])
+def test_a_group_by_column_of_objects_in_one_file_and_of_mixed_types_in_another_splits(
+    workdir: Path, order: tuple[str, str]
+) -> None:
+    # Objects only, a file's column was a struct, and the other's text: the run failed with a traceback
+    # (Arrow casts no text to a struct), and then when it parsed the text cast to JSON ("x").
+    (workdir / "in").mkdir()
+    (workdir / "in" / f"{order[0]}.jsonl").write_text('{"q": "a", "meta": {"k": 1}}\n{"q": "b", "meta": {"k": 2}}\n')
+    (workdir / "in" / f"{order[1]}.jsonl").write_text('{"q": "c", "meta": "x"}\n{"q": "d", "meta": {"k": 1}}\n')
+    result = run(workdir, {**qa_recipe("in/", completion="q"), "dataset": "g", "output": {"group_by": "meta"}})
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["a", "b", "c", "d"]
+    assert_adds_up(result.manifest.counts)
+
+
 @pytest.mark.parametrize(
     "others",
     [

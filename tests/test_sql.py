@@ -205,6 +205,47 @@ def test_a_table_without_a_cursor_is_published_as_it_is_now(workdir: Path, stage
     engine.dispose()
 
 
+def test_a_json_column_is_published_as_each_row_holds_it_whatever_rows_are_read_beside_it(workdir: Path) -> None:
+    # As an Arrow struct, a row got the keys of every row of its batch: once row b was added, row a
+    # (unchanged) was published as 'a {"a": 1, "b": null}', under another id; and where the rows' types
+    # differ (1 and "x" under "a"), every value was Python's text of a dict, "{'a': 1}", with no member.
+    url = sqlite_db(
+        workdir / "crm.db", "CREATE TABLE t (q TEXT, meta JSON)", """INSERT INTO t VALUES ('a', '{"a": 1}')"""
+    )
+    spec = recipe(url, table="t")
+    spec["record"] = {"kind": "instruction", "prompt": "{{ q }} {{ meta }}", "completion": "{{ meta.a }}"}
+    first = run(workdir, spec)
+    sqlite_db(workdir / "crm.db", """INSERT INTO t VALUES ('b', '{"b": 2.5, "a": "x"}')""")
+    again = run(workdir, spec)
+    assert sorted((line["prompt"], line["completion"]) for line in outputs(Path(again.version_uri))) == [
+        ('a {"a": 1}', "1"),
+        ('b {"b": 2.5, "a": "x"}', "x"),
+    ]
+    assert outputs(Path(first.version_uri))[0] in outputs(Path(again.version_uri))
+
+    def ids(result) -> dict[str, str]:
+        lineage = Path(result.version_uri) / "lineage" / "part-00000.jsonl"
+        return {json.loads(line)["source"]["line"]: json.loads(line)["id"] for line in lineage.read_text().splitlines()}
+
+    assert ids(first)[1] == ids(again)[1]
+
+
+def test_a_json_column_of_objects_and_other_types_writes_its_objects_as_json(workdir: Path) -> None:
+    # They were written as Python writes a dict: "{'a': 1, 'ok': True}".
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (q TEXT, meta JSON)",
+        """INSERT INTO t VALUES ('a', '{"a": 1, "ok": true, "l": ["é"]}'), ('b', '5')""",
+    )
+    spec = recipe(url, table="t")
+    spec["record"] = {"kind": "instruction", "prompt": "{{ q }} {{ meta }}", "completion": "meta"}
+    result = run(workdir, spec)
+    assert sorted((line["prompt"], line["completion"]) for line in outputs(Path(result.version_uri))) == [
+        ('a {"a": 1, "ok": true, "l": ["é"]}', '{"a": 1, "ok": true, "l": ["é"]}'),
+        ("b 5", "5"),
+    ]
+
+
 def test_a_table_without_a_cursor_is_read_whole_when_it_cannot_tell_it_is_unchanged(tmp_path: Path) -> None:
     from connectors.sql import READ_ITEM, source_uri
     from connectors.state import SourceWatermark

@@ -38,15 +38,25 @@ def _finalize(value: Any) -> Any:
     if value is None:
         raise EmptyValue("a value the template uses is empty (null)")
     if isinstance(value, dict | list | tuple):
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return _as_json(value)
     if isinstance(value, bytes):  # a binary column (Parquet): its text, as a field naming it gives, not b'...'
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(
-                f"a value holds bytes that are not UTF-8 text (byte {value[error.start]:#04x} at {error.start + 1})"
-            ) from None
+        return _utf8_text(value)
     return value
+
+
+def _utf8_text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"a value holds bytes that are not UTF-8 text (byte {value[error.start]:#04x} at {error.start + 1})"
+        ) from None
+
+
+def _as_json(value: Any) -> str:
+    """An object or array as JSON, a binary value in it (a Parquet struct's) as its UTF-8 text, not b'...'
+    (ValueError when it is not UTF-8), and any other value JSON has no type for (a date) as its text."""
+    return json.dumps(value, ensure_ascii=False, default=lambda v: _utf8_text(v) if isinstance(v, bytes) else str(v))
 
 
 _ROW_ENV = jinja2.Environment(
@@ -83,6 +93,20 @@ def _text_of_bytes(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list
             texts.append(None)
             byte = f"byte {value[error.start]:#04x} at {error.start + 1}"
             problems.append(f"column '{column}' holds bytes that are not UTF-8 text ({byte})")
+    return pa.array(texts, pa.string()), problems, "schema"
+
+
+def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[str | None], str]:
+    """A nested column's values as JSON, each holding bytes that are not UTF-8 a problem of its record's."""
+    texts: list[str | None] = []
+    problems: list[str | None] = []
+    for value in values.to_pylist():
+        try:
+            texts.append(None if value is None else _as_json(value))
+            problems.append(None)
+        except ValueError as error:
+            texts.append(None)
+            problems.append(f"column '{column}': {error}")
     return pa.array(texts, pa.string()), problems, "schema"
 
 
@@ -168,12 +192,9 @@ class Shape:
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
             values = batch[field.column]
-            if pa.types.is_nested(values.type):  # a JSON object or array (a Parquet struct, list or map)
+            if pa.types.is_nested(values.type):  # a Parquet struct, list or map (a JSONL one is JSON text already)
                 # Arrow casts none of them to text: they are written as JSON, as a column of mixed types is.
-                texts = [
-                    None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values.to_pylist()
-                ]
-                return pa.array(texts, pa.string()), [], ""
+                return _json_texts(field.column, values)
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
