@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -213,6 +213,17 @@ class SignatureIndex:
     def keys_of(self, stage: str, params: str, ids: pa.Array) -> dict[str, int]:
         """The key each of ``ids`` holds in the published signatures of a stage of one key per row (exact
         dedup's content hash), for those it has one; read before they are retired."""
+        found: dict[str, int] = {}
+        for stored in self._published_rows(stage, params):
+            stored = _unpacked(stored)
+            part = stored.filter(pc.is_in(stored["id"], value_set=ids.cast(pa.string())))
+            if part.num_rows and holds_one_key_each(part["keys"]):
+                keys = pc.list_flatten(part["keys"]).to_pylist()
+                found.update(zip(part["id"].to_pylist(), keys, strict=True))
+        return found
+
+    def _published_rows(self, stage: str, params: str) -> Iterator[pa.Table]:
+        """The signature rows published by ``stage`` with ``params``, a stored table at a time, oldest first."""
         table = published_signatures
         query = sa.select(table.c.data).where(
             table.c.dataset == self.dataset,
@@ -220,34 +231,20 @@ class SignatureIndex:
             table.c.params == params,
             table.c.version.is_not(None),
         )
-        found: dict[str, int] = {}
         with self.engine.connect() as db:
             for (data,) in db.execute(query.order_by(table.c.n)):
-                stored = _unpacked(pa.ipc.open_stream(data).read_all())
-                part = stored.filter(pc.is_in(stored["id"], value_set=ids.cast(pa.string())))
-                if part.num_rows and holds_one_key_each(part["keys"]):
-                    keys = pc.list_flatten(part["keys"]).to_pylist()
-                    found.update(zip(part["id"].to_pylist(), keys, strict=True))
-        return found
+                yield pa.ipc.open_stream(data).read_all()
 
     def ids_holding(self, stage: str, params: str, keys: pa.Array) -> dict[str, int]:
         """The published records (not retired) whose row of a stage of one key per row holds one of
         ``keys``, with the key each holds."""
-        table = published_signatures
-        query = sa.select(table.c.data).where(
-            table.c.dataset == self.dataset,
-            table.c.stage == stage,
-            table.c.params == params,
-            table.c.version.is_not(None),
-        )
         found: dict[str, int] = {}
-        with self.engine.connect() as db:
-            for (data,) in db.execute(query.order_by(table.c.n)):
-                part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
-                if len(self.retired):
-                    part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
-                if part.num_rows and holds_one_key_each(part["keys"]):
-                    found.update(zip(part["id"].to_pylist(), pc.list_flatten(part["keys"]).to_pylist(), strict=True))
+        for stored in self._published_rows(stage, params):
+            part = _unpacked(_holding(stored, keys))
+            if len(self.retired):
+                part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
+            if part.num_rows and holds_one_key_each(part["keys"]):
+                found.update(zip(part["id"].to_pylist(), pc.list_flatten(part["keys"]).to_pylist(), strict=True))
         return found
 
     def _warn_of_other_settings(self, db: sa.Connection, stage: str, params: str) -> None:
