@@ -888,8 +888,7 @@ def _run_locked(
         if changed:
             log.warning("%s", changed)
 
-        known = review.decisions.copy_of.keys() | set(review.decisions.rejected_content.values())
-        review_rejected = review.decisions.rejected - known - review.learned.keys()  # content not known yet
+        review_rejected = review.keys_unknown()  # rejected records whose content is not known yet
         rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
         carried_from = extends if out.carry_forward else None
         if carried_from is not None:  # the new version is the whole dataset, not only this run's records
