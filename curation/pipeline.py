@@ -34,6 +34,7 @@ from connectors.base import Source
 from connectors.files import FilesSourceReader
 from connectors.state import HeldLock, Watermarks, has_read_before, process_alive, run_lock
 from curation.formats import FormatOptions, output_format
+from curation.published import published_versions, read_manifest, version_uri
 from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
 from curation.review.decisions import RunDecisions, changes, changes_since, inputs_to_read_again
@@ -509,8 +510,6 @@ def _replaced_records(
     A replaced record may have been the kept copy of content other inputs hold too (set aside as its
     duplicates): those inputs are read again as well (the listing, returned, grows), or the content
     would leave the dataset."""
-    from curation.published import version_uri
-
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
     replaced_ids = ids_from_inputs(latest, watermarks.replaced())
     if replaced_ids.is_empty():
@@ -541,8 +540,6 @@ def _replaced_records(
 def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
     """The versions the latest builds on: it and those it extends, back to one that extends nothing (a
     first run, a full refresh). What versions before that set aside describes input as it was then."""
-    from curation.published import read_manifest, version_uri
-
     chain: list[int] = []
     version: int | None = previous[-1]
     while version is not None and version in previous and version not in chain:
@@ -746,6 +743,63 @@ def run_recipe(
         raise
 
 
+@dataclass
+class RunPlan:
+    """What a run settles before it reads anything: the versions it builds on and the inputs it reads."""
+
+    previous: list[int]  # the dataset's published versions
+    latest: Manifest | None  # the latest one, which this run compares with (none on a full refresh)
+    full_refresh: bool
+    decided_before: datetime | None  # the moment whose review decisions ``latest`` applied
+    watermarks: Watermarks
+    sources: list[Source]
+    inputs: list[InputFile]
+    replaced_ids: pl.Series | None  # the latest version's records from inputs read whole again
+
+    @property
+    def extends(self) -> int | None:
+        """The version this run extends: none when no source was read before (a path or setting changed)."""
+        return self.previous[-1] if self.previous and self.watermarks.had_previous() else None
+
+    @property
+    def extended(self) -> Manifest | None:
+        """The version this run extends, as read before the run (none on a full refresh)."""
+        return self.latest if self.extends is not None else None
+
+
+@dataclass
+class RunStages:
+    stages: list[AnyStage]  # the recipe's, as the executor runs them
+    # Without a cross-run stage in the recipe now, the signatures earlier versions stored stay for a
+    # later run that has one again: they still lose the records this version replaces or leaves out
+    # (all of them on a full refresh), or content would be set aside as a repeat of a record the
+    # dataset no longer holds.
+    index_only: list[AnyStage]
+    review: ReviewDecisions
+
+    @classmethod
+    def build(cls, recipe: Recipe, plan: RunPlan, decided_by: datetime) -> RunStages:
+        # A version that extends nothing (no source read before: a path or setting changed) holds only
+        # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
+        # it reads would be set aside as repeats of versions it does not hold.
+        start_over = plan.full_refresh or not plan.watermarks.had_previous()
+        stages = build_stages(recipe, start_over, decided_by)
+        index_only: list[AnyStage] = (
+            []
+            if any(isinstance(s, SignatureRecorder) for s in stages)
+            else [SignatureRecorder([], SignatureIndex(recipe.state, recipe.dataset, start_over=start_over))]
+        )
+        return cls(stages, index_only, next(s for s in stages if isinstance(s, ReviewDecisions)))
+
+    @property
+    def with_index(self) -> list[AnyStage]:
+        """Every stage that keeps cross-run state."""
+        return [*self.stages, *self.index_only]
+
+    def retire(self, ids: pa.Array) -> None:
+        _retire(self.with_index, ids)
+
+
 def _run_locked(
     recipe: Recipe,
     state: StateStore,
@@ -756,19 +810,93 @@ def _run_locked(
     full_refresh: bool,
     on_written: Callable[[int], None],
 ) -> RunResult:
-    from curation.published import published_versions, read_manifest, version_uri
-
     # The one moment whose review decisions this run applies, everywhere it reads them (which inputs to
     # read again, the review stage, the carry): recorded as the run's start, so the next run compares
     # the decisions in force then with its own, and nothing decided in between is lost or counted twice.
     decided_by = datetime.now(UTC)
+    plan = _plan(recipe, state, full_refresh, decided_by)
+    on_start(sum(entry.size or 0 for entry in plan.inputs))
+    writer = _writer(recipe, state, plan.full_refresh)
+    writer.on_written = on_written
+    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
+    held = HeldStops()
+    log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(plan.inputs))
+    tally = Tally()
+    publishing: list[int] = []  # the version this run marked publishing, once it did
+    try:
+        run_stages = RunStages.build(recipe, plan, decided_by)
+        review = run_stages.review
+        # The content key of each record rejected since it was published, from its stored signatures
+        # (before they are retired), before anything is read: a copy read in this run is filtered too.
+        review.know(_content_keys_of(recipe, run_stages.with_index, review.keys_unknown(), warn=False))
+        if plan.replaced_ids is not None:
+            run_stages.retire(plan.replaced_ids.to_arrow())
+        # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
+        writer.scrub = next((s.scrub_set_aside for s in run_stages.stages if hasattr(s, "scrub_set_aside")), None)
+        (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)
+        tally.flags = _flags_as_published(run_stages.stages, tally.flags)
+        counts = tally.counts()
+        _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
+        changed = _recipe_changed(recipe, plan.extended)
+        if _nothing_new(recipe, state, plan, counts, decided_by):
+            writer.abort()
+            plan.watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
+            state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
+            message = f"nothing new since {recipe.dataset} v{plan.extends}: published nothing" + (
+                f"; {changed}" if changed else ""
+            )
+            log.info("run=%s %s", writer.run_id, message)
+            return RunResult(manifest=None, version_uri=None, message=message)
+        if changed:
+            log.warning("%s", changed)
 
-    fmt = output_format(
-        recipe.output.format,
-        recipe.record.kind,
-        FormatOptions(system_prompt=recipe.output.system_prompt, chunk_chars=recipe.output.chunk_chars),
-    )
-    # The run holds the dataset's lock: no other run publishes a version until it ends.
+        review_rejected = review.keys_unknown()  # rejected records whose content is not known yet
+        rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
+        if recipe.output.carry_forward and plan.extends is not None:
+            # The new version is the whole dataset, not only this run's records.
+            found = _carry(recipe, state, plan, plan.extends, run_stages, writer, tally, counts, decided_by)
+            rejected_keys.update(found)
+        # A rejection covers the record's content (curation/review/rejected_content.py): the key of each
+        # rejected record this run met, read or carried, from the signatures it was published with (read
+        # before they are retired); one the review stage hashed itself (``learned``) is known already.
+        met = (tally.rejected_read | writer.carry_rejected) & review_rejected - rejected_keys.keys()
+        rejected_keys.update(_content_keys_of(recipe, run_stages.with_index, met))
+
+        def visible_next(version: int) -> None:
+            raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
+            lock.confirm()  # taken over while this run went on (not renewed for a lease): the other run publishes
+            state.run_publishing(writer.run_id, version)
+            publishing.append(version)
+            held.hold()
+
+        published = writer.publish(
+            functools.partial(_manifest, recipe, plan, writer, tally, counts), before_visible=visible_next
+        )
+    except BaseException as error:
+        held.release()
+        writer.abort()
+        # Failed once it was marked publishing (an error in the rename or a signal no handler holds), its
+        # version may be visible: it stays marked so, and the next run reads everything again if it is.
+        # Marked failed, the next would trust the watermarks and publish that version's records twice.
+        status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
+        state.run_finished(writer.run_id, status, version, error=type(error).__name__)
+        raise
+    try:  # the version is visible: what it took and what it holds are recorded before anything else
+        _record_published(recipe, state, plan, run_stages, writer, tally, published, rejected_keys)
+        result = RunResult(
+            manifest=published, version_uri=version_uri(recipe.output.dest, recipe.dataset, published.version)
+        )
+        writer.clean_up()  # held too: a stop while it runs is raised below, with the result it published
+    finally:
+        held.release()
+    if held.signals:
+        raise Stopped(held.signals[0], result)
+    return result
+
+
+def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: datetime) -> RunPlan:
+    """The versions the run builds on and the inputs it reads (the run holds the dataset's lock: no
+    other run publishes a version until it ends)."""
     previous = published_versions(recipe.output.dest, recipe.dataset)
     untrusted = _watermarks_untrusted(recipe, state, previous)
     if untrusted and not full_refresh:
@@ -815,13 +943,19 @@ def _run_locked(
         )
     for warning in stage_order_warnings(recipe):
         log.warning("%s", warning)
-    out = recipe.output
     if previous and not full_refresh:
         _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])
     replaced_ids = None
-    if out.carry_forward and previous and watermarks.replaced():
+    if recipe.output.carry_forward and previous and watermarks.replaced():
         inputs, replaced_ids = _replaced_records(recipe, watermarks, sources, previous, inputs)
-    on_start(sum(entry.size or 0 for entry in inputs))
+    return RunPlan(previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids)
+
+
+def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWriter:
+    out = recipe.output
+    fmt = output_format(
+        out.format, recipe.record.kind, FormatOptions(system_prompt=out.system_prompt, chunk_chars=out.chunk_chars)
+    )
     writer = DatasetWriter(
         out.dest,
         recipe.dataset,
@@ -832,166 +966,126 @@ def _run_locked(
         stratify_by=out.stratify_by,
         group_by=out.group_by,
     )
-    writer.on_written = on_written
     if out.group_by and not full_refresh:  # a group read again keeps the side its records are on
         writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)
-    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
-    held = HeldStops()
-    log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(inputs))
-    tally = Tally()
-    publishing: list[int] = []  # the version this run marked publishing, once it did
-    try:
-        # A version that extends nothing (no source read before: a path or setting changed) holds only
-        # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
-        # it reads would be set aside as repeats of versions it does not hold.
-        start_over = full_refresh or not watermarks.had_previous()
-        stages = build_stages(recipe, start_over, decided_by)
-        # Without a cross-run stage in the recipe now, the signatures earlier versions stored stay for a
-        # later run that has one again: they still lose the records this version replaces or leaves out
-        # (all of them on a full refresh), or content would be set aside as a repeat of a record the
-        # dataset no longer holds.
-        index_only: list[AnyStage] = (
-            []
-            if any(isinstance(s, SignatureRecorder) for s in stages)
-            else [SignatureRecorder([], SignatureIndex(recipe.state, recipe.dataset, start_over=start_over))]
+    return writer
+
+
+def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: datetime) -> bool:
+    """Whether the run has nothing to add to the version it extends: no record read, no input read again
+    that now holds nothing, no review decision changed since."""
+    emptied = plan.replaced_ids is not None and not plan.replaced_ids.is_empty()
+    return (
+        plan.extended is not None
+        and plan.decided_before is not None
+        and counts.input == 0
+        and not emptied
+        and not _review_changes(recipe, state, plan.decided_before, decided_by)
+    )
+
+
+def _carry(
+    recipe: Recipe,
+    state: StateStore,
+    plan: RunPlan,
+    extends: int,
+    run_stages: RunStages,
+    writer: DatasetWriter,
+    tally: Tally,
+    counts: Counts,
+    decided_by: datetime,
+) -> dict[str, int]:
+    """Copy version ``extends``'s records into the new one, with annotators' decisions applied as the
+    review stage read them; returns the content keys of rejected records found on the way."""
+    review = run_stages.review
+    decisions = review.decisions
+    # Published before the rejection (no dedup across runs kept them apart), a copy of its content is
+    # carried: it leaves with the rejected record.
+    carried_copies, found_keys = _carried_copies(
+        run_stages.stages, review, state, recipe.dataset, plan.decided_before, decided_by
+    )
+    if carried_copies:
+        decisions = dataclasses.replace(decisions, rejected=decisions.rejected | carried_copies.keys())
+    decisions, edits_set_aside = edits_through_stages(run_stages.stages, decisions)
+    counts.carried = writer.carry(
+        version_uri(recipe.output.dest, recipe.dataset, extends),
+        recipe.record.kind,
+        decisions,
+        plan.watermarks.reread(),
+        plan.replaced_ids,
+    )
+    tally.rejected_copies.update(
+        (carried_copies[record], record, writer.carry_rejected_uris.get(record, ""))
+        for record in writer.carry_rejected & carried_copies.keys()
+    )
+    # No longer published as they were: later runs must not take that content for an earlier version's
+    # (a record written again keeps the signature this run stores).
+    run_stages.retire(pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string()))
+    if edits_set_aside:
+        writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
+        log.warning(
+            "%d carried record(s) left out: a stage sets aside their text as annotators edited it "
+            "(a PII operator drop, nothing left after cleaning)",
+            len(edits_set_aside),
         )
-        # The content key of each record rejected since it was published, from its stored signatures
-        # (before they are retired), before anything is read: a copy read in this run is filtered too.
-        review = next(s for s in stages if isinstance(s, ReviewDecisions))
-        review.know(_content_keys_of(recipe, [*stages, *index_only], review.keys_unknown(), warn=False))
-        if replaced_ids is not None:
-            _retire([*stages, *index_only], replaced_ids.to_arrow())
-        # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
-        writer.scrub = next((s.scrub_set_aside for s in stages if hasattr(s, "scrub_set_aside")), None)
-        (executor or default_executor(recipe)).run(sources, stages, writer, tally, on_input)
-        tally.flags = _flags_as_published(stages, tally.flags)
-        counts = tally.counts()
-        _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
-        extends = previous[-1] if previous and watermarks.had_previous() else None
-        extended = latest if extends is not None else None  # the latest version, read once above
-        changed = _recipe_changed(recipe, extended)
-        emptied = replaced_ids is not None and not replaced_ids.is_empty()  # an input read again holds nothing now
-        if (
-            extended is not None
-            and counts.input == 0
-            and not emptied
-            and not _review_changes(recipe, state, decided_before, decided_by)
-        ):
-            writer.abort()
-            watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
-            state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
-            message = f"nothing new since {recipe.dataset} v{extends}: published nothing" + (
-                f"; {changed}" if changed else ""
-            )
-            log.info("run=%s %s", writer.run_id, message)
-            return RunResult(manifest=None, version_uri=None, message=message)
-        if changed:
-            log.warning("%s", changed)
+    return found_keys
 
-        review_rejected = review.keys_unknown()  # rejected records whose content is not known yet
-        rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
-        carried_from = extends if out.carry_forward else None
-        if carried_from is not None:  # the new version is the whole dataset, not only this run's records
-            # Annotators' decisions reach the carried records too, as the review stage read them.
-            decisions = next(s.decisions for s in stages if isinstance(s, ReviewDecisions))
-            # Published before the rejection (no dedup across runs kept them apart), a copy of its content
-            # is carried: it leaves with the rejected record.
-            carried_copies, found_keys = _carried_copies(
-                stages, review, state, recipe.dataset, decided_before, decided_by
-            )
-            rejected_keys.update(found_keys)
-            if carried_copies:
-                decisions = dataclasses.replace(decisions, rejected=decisions.rejected | carried_copies.keys())
-            decisions, edits_set_aside = edits_through_stages(stages, decisions)
-            counts.carried = writer.carry(
-                version_uri(out.dest, recipe.dataset, carried_from),
-                recipe.record.kind,
-                decisions,
-                watermarks.reread(),
-                replaced_ids,
-            )
 
-            tally.rejected_copies.update(
-                (carried_copies[record], record, writer.carry_rejected_uris.get(record, ""))
-                for record in writer.carry_rejected & carried_copies.keys()
-            )
-            # No longer published as they were: later runs must not take that content for an earlier
-            # version's (a record written again keeps the signature this run stores).
-            _retire(
-                [*stages, *index_only], pa.array(sorted(writer.carry_rejected | writer.carry_replaced), pa.string())
-            )
-            if edits_set_aside:
-                writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
-                log.warning(
-                    "%d carried record(s) left out: a stage sets aside their text as annotators edited it "
-                    "(a PII operator drop, nothing left after cleaning)",
-                    len(edits_set_aside),
-                )
+def _manifest(
+    recipe: Recipe,
+    plan: RunPlan,
+    writer: DatasetWriter,
+    tally: Tally,
+    counts: Counts,
+    version: int,
+    splits: dict[str, Split],
+    side_files: list[str],
+) -> Manifest:
+    """The new version's manifest, with its report (report.html/json beside it, published with it)."""
+    built = Manifest(
+        dataset=recipe.dataset,
+        version=version,
+        extends=plan.extends,
+        carried_from=plan.extends if recipe.output.carry_forward else None,
+        created_at=datetime.now(UTC),
+        recipe_sha256=recipe.fingerprint(),
+        record_kind=recipe.record.kind,
+        format=writer.format.name,
+        counts=counts,
+        splits=splits,
+        side_files=side_files,
+        inputs=[entry.model_copy(update={"records": tally.by_input[entry.uri]}) for entry in plan.inputs],
+        row_schema=writer.format.row_schema(),
+        stats={"stages": tally.stats()} if tally.stage_stats else {},
+    )
+    if writer.carry_stats:
+        built.stats["carry"] = writer.carry_stats
+    return attach_report(built, writer)
 
-        # A rejection covers the record's content (curation/review/rejected_content.py): the key of each
-        # rejected record this run met, read or carried, from the signatures it was published with (read
-        # before they are retired); one the review stage hashed itself (``learned``) is known already.
-        met = (tally.rejected_read | writer.carry_rejected) & review_rejected - rejected_keys.keys()
-        rejected_keys.update(_content_keys_of(recipe, [*stages, *index_only], met))
 
-        def manifest(version: int, splits: dict[str, Split], side_files: list[str]) -> Manifest:
-            built = Manifest(
-                dataset=recipe.dataset,
-                version=version,
-                extends=extends,
-                carried_from=carried_from,
-                created_at=datetime.now(UTC),
-                recipe_sha256=recipe.fingerprint(),
-                record_kind=recipe.record.kind,
-                format=fmt.name,
-                counts=counts,
-                splits=splits,
-                side_files=side_files,
-                inputs=[entry.model_copy(update={"records": tally.by_input[entry.uri]}) for entry in inputs],
-                row_schema=fmt.row_schema(),
-                stats={"stages": tally.stats()} if tally.stage_stats else {},
-            )
-            if writer.carry_stats:
-                built.stats["carry"] = writer.carry_stats
-            return attach_report(built, writer)  # report.html/json beside the manifest, published with it
-
-        def visible_next(version: int) -> None:
-            raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
-            lock.confirm()  # taken over while this run went on (not renewed for a lease): the other run publishes
-            state.run_publishing(writer.run_id, version)
-            publishing.append(version)
-            held.hold()
-
-        published = writer.publish(manifest, before_visible=visible_next)
-    except BaseException as error:
-        held.release()
-        writer.abort()
-        # Failed once it was marked publishing (an error in the rename or a signal no handler holds), its
-        # version may be visible: it stays marked so, and the next run reads everything again if it is.
-        # Marked failed, the next would trust the watermarks and publish that version's records twice.
-        status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
-        state.run_finished(writer.run_id, status, version, error=type(error).__name__)
-        raise
-    try:  # the version is visible: what it took and what it holds are recorded before anything else
-        watermarks.commit(writer.run_id)
-        for stage in [*stages, *index_only]:  # stages that keep cross-run state learn the version they went into
-            if hasattr(stage, "published"):
-                stage.published(published.version)
-        flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
-        add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
-        remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
-        remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
-        if out.group_by:
-            state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=full_refresh)
-        # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
-        # published before its signatures were, the next run would trust the watermarks but compare
-        # with no signature of this version, and publish its content a second time.
-        state.run_finished(writer.run_id, "published", published.version, counts.model_dump())
-        log.info("run=%s published version=%d written=%d", writer.run_id, published.version, counts.written)
-        result = RunResult(manifest=published, version_uri=version_uri(out.dest, recipe.dataset, published.version))
-        writer.clean_up()  # held too: a stop while it runs is raised below, with the result it published
-    finally:
-        held.release()
-    if held.signals:
-        raise Stopped(held.signals[0], result)
-    return result
+def _record_published(
+    recipe: Recipe,
+    state: StateStore,
+    plan: RunPlan,
+    run_stages: RunStages,
+    writer: DatasetWriter,
+    tally: Tally,
+    published: Manifest,
+    rejected_keys: dict[str, int],
+) -> None:
+    """Record what the visible version took and holds, before anything else."""
+    plan.watermarks.commit(writer.run_id)
+    for stage in run_stages.with_index:  # stages that keep cross-run state learn the version they went into
+        if hasattr(stage, "published"):
+            stage.published(published.version)
+    flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
+    add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
+    remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
+    remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
+    if recipe.output.group_by:
+        state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=plan.full_refresh)
+    # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
+    # published before its signatures were, the next run would trust the watermarks but compare with no
+    # signature of this version, and publish its content a second time.
+    state.run_finished(writer.run_id, "published", published.version, published.counts.model_dump())
+    log.info("run=%s published version=%d written=%d", writer.run_id, published.version, published.counts.written)
