@@ -122,7 +122,8 @@ def child(kind: str, source: str, dest: str, recipe_json: str) -> dict[str, Any]
 
     executor: Any = None
     if kind != "floor":
-        from curation.pipeline import LocalExecutor, run_recipe
+        from curation.executors.local import LocalExecutor
+        from curation.pipeline import run_recipe
         from schemas.config import Recipe
 
         executor = LocalExecutor()

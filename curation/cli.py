@@ -95,7 +95,8 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
     from connectors.state import LockLost, RunLocked
-    from curation.pipeline import AccountingError, default_executor, run_recipe
+    from curation.executors.local import AccountingError
+    from curation.pipeline import default_executor, run_recipe
     from curation.stages.base import StageError
     from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 

@@ -1,47 +1,35 @@
-"""Builds a run from a recipe and executes it with the embedded (local, streaming) executor.
-
-Batches stream from the sources through the per-batch stages to the writer, so memory stays flat
-however large the input. A global stage (deduplication) is a barrier: the batches before it are
-spilled to a local Arrow file while their signatures are collected, the signatures are resolved
-once, and the spilled batches stream on without the rows it set aside.
+"""Builds a run from a recipe and publishes the next version of its dataset: what the run reads
+(``RunPlan``), the stages it runs (with the executor of ``curation.executors``), what it carries
+forward from the version it extends, and what it records once its version is visible.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import os
-import shutil
 import signal
-import socket
-import tempfile
 import threading
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader
-from connectors.state import HeldLock, Watermarks, has_read_before, process_alive, run_lock
+from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
+from curation.executors.local import AnyStage, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
-from curation.read_ahead import read_ahead
 from curation.report import Profile, attach_report
 from curation.review.decisions import RunDecisions, changes, changes_since, inputs_to_read_again
 from curation.review.queue import add_items
 from curation.review.rejected_content import remember as remember_rejected_content
 from curation.review.rejected_content import remember_copies
-from curation.stages.base import GlobalStage, Stage
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
 from curation.stages.neardup import with_published_texts
@@ -65,8 +53,6 @@ from schemas.manifest import Counts, InputFile, Manifest, Split
 from schemas.pii import PiiConfig
 from schemas.records import (
     CONTENT_COLUMNS,
-    FLAG_SCHEMA,
-    OUTCOMES,
     RECORD_MODELS,
     SOURCE_TYPE,
     dedup_fields,
@@ -75,12 +61,6 @@ from schemas.records import (
 )
 
 log = logging.getLogger("curation.pipeline")
-
-AnyStage = Stage | GlobalStage
-
-
-class AccountingError(RuntimeError):
-    """A stage or the run lost or invented records; the run is not published."""
 
 
 @dataclass
@@ -93,42 +73,6 @@ class RunResult:
     @property
     def published(self) -> bool:
         return self.manifest is not None
-
-
-@dataclass
-class Tally:
-    """Every record's fate, as the run goes."""
-
-    input: int = 0
-    written: int = 0
-    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
-    stage_stats: dict[str, Counter[str]] = field(default_factory=dict)
-    flags: list[pa.Table] = field(default_factory=list)
-    examples: dict[tuple[str, str], str] = field(default_factory=dict)  # the first detail of each reason
-    by_input: Counter[str] = field(default_factory=Counter)  # records per input URI, once each is accounted for
-    # Records filtered for holding a rejected record's content: (that record, the copy's id, its input).
-    rejected_copies: set[tuple[str, str, str]] = field(default_factory=set)
-    rejected_read: set[str] = field(default_factory=set)  # records filtered for an annotator's rejection
-
-    def count_inputs(self, table: pa.Table) -> None:
-        """Every record is written or set aside once: counted then, by the input it came from."""
-        if table.num_rows:
-            counted = pc.value_counts(pc.struct_field(table["source"], "uri"))
-            self.by_input.update(dict(zip(counted.field(0).to_pylist(), counted.field(1).to_pylist(), strict=True)))
-
-    def add_stats(self, stage: str, stats: dict[str, int]) -> None:
-        if stats:
-            self.stage_stats.setdefault(stage, Counter()).update(stats)
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        return {stage: dict(sorted(counter.items())) for stage, counter in self.stage_stats.items()}
-
-    def counts(self) -> Counts:
-        by_outcome: dict[str, dict[str, int]] = {}
-        for (outcome, reason), count in sorted(self.reasons.items()):
-            by_outcome.setdefault(outcome, {})[reason] = count
-        totals = {o: sum(by_outcome.get(o, {}).values()) for o in OUTCOMES}
-        return Counts(input=self.input, written=self.written, reasons=by_outcome, **totals)
 
 
 def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[Source]:
@@ -237,165 +181,6 @@ def stage_order_warnings(recipe: Recipe) -> list[str]:
             "scanned for PII again; put clean before pii"
         ]
     return []
-
-
-class LocalExecutor:
-    """Streams batches through the stages on this machine, one batch at a time."""
-
-    def __init__(self, spill_dir: str | None = None) -> None:
-        self.spill_dir = spill_dir
-
-    def run(
-        self,
-        sources: list[Source],
-        stages: list[AnyStage],
-        writer: DatasetWriter,
-        tally: Tally,
-        on_input: Callable[[int], None] = lambda _: None,
-    ) -> None:
-        _remove_spills_of_ended_runs(self.spill_dir)
-        # Named by the process, so a run killed with its spill on disk (SIGKILL, the OOM killer) can be told.
-        with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid()), dir=self.spill_dir) as spill:
-            stream = self._read(sources, writer, tally, on_input)
-            pending: list[Stage] = []
-            for index, stage in enumerate(stages):
-                if isinstance(stage, GlobalStage) and not isinstance(stage, Stage):
-                    stream = self._apply(stream, pending, writer, tally)
-                    stream = self._barrier(stream, stage, writer, tally, Path(spill) / f"{index}.arrow")
-                    pending = []
-                else:
-                    pending.append(stage)
-            for batch in self._apply(stream, pending, writer, tally):
-                writer.write(batch)
-                tally.written += batch.num_rows
-                tally.count_inputs(batch)
-
-    @staticmethod
-    def _read(
-        sources: list[Source], writer: DatasetWriter, tally: Tally, on_input: Callable[[int], None]
-    ) -> Iterator[pa.Table]:
-        # Sources are read a batch or two ahead, on another thread, while the stages work.
-        for batch in read_ahead(batch for source in sources for batch in source.batches()):
-            tally.input += batch.input_records
-            _set_aside(batch.set_aside, writer, tally)
-            on_input(batch.input_bytes)
-            if batch.rows.num_rows:
-                yield batch.rows
-
-    @staticmethod
-    def _apply(
-        stream: Iterator[pa.Table], stages: list[Stage], writer: DatasetWriter, tally: Tally
-    ) -> Iterator[pa.Table]:
-        for batch in stream:
-            for stage in stages:
-                raise_if_stopped()
-                result = stage(batch)
-                if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
-                    raise AccountingError(
-                        f"stage {stage.name} took {batch.num_rows} records and returned "
-                        f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
-                    )
-                _set_aside(result.set_aside, writer, tally)
-                tally.add_stats(stage.name, result.stats)
-                if result.flags.num_rows:
-                    tally.flags.append(result.flags)
-                batch = result.kept
-                if batch.num_rows == 0:
-                    break
-            if batch.num_rows:
-                yield batch
-
-    @staticmethod
-    def _barrier(
-        stream: Iterator[pa.Table], stage: GlobalStage, writer: DatasetWriter, tally: Tally, spill: Path
-    ) -> Iterator[pa.Table]:
-        signatures, schema, sink, spilled = [], None, None, 0
-        try:
-            for batch in stream:
-                signatures.append(stage.signatures(batch))
-                if sink is None:
-                    schema = batch.schema
-                    sink = pa.ipc.new_file(str(spill), schema)
-                sink.write_table(batch.cast(schema))
-                spilled += batch.num_rows
-        finally:
-            if sink is not None:
-                sink.close()
-        dropped = stage.resolve(signatures)
-        _set_aside(dropped, writer, tally)
-        review_flags = getattr(stage, "review_flags", None)
-        if review_flags is not None and dropped.num_rows and sink is not None:
-            tally.flags.append(review_flags(dropped, signatures, _spilled(spill)))
-        log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
-        if sink is None:
-            return
-        # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch;
-        # the chunks are not joined into one array, which would copy every id at the run's peak.
-        ids = pa.chunked_array([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks], pa.string())
-        keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
-        # A cross-run stage's kept rows carry their signatures on to the recorder.
-        carry = getattr(stage, "with_signatures", None)
-        recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures]) if carry else None
-        del signatures, ids  # not needed while the spill streams on: memory stays flat
-        offset = 0
-        for batch in _spilled(spill):
-            mask = keep.slice(offset, batch.num_rows)
-            kept = batch.filter(mask)
-            if carry is not None:
-                kept = carry(kept, recorded.slice(offset, batch.num_rows).filter(mask))
-            offset += batch.num_rows
-            if kept.num_rows:
-                yield kept
-
-
-SPILL_PREFIX = "curation-spill-"
-
-
-def _spill_prefix(pid: int) -> str:
-    return f"{SPILL_PREFIX}{socket.gethostname()}-{pid}-"
-
-
-def _remove_spills_of_ended_runs(folder: str | None) -> None:
-    """Remove the spill folders that runs on this host killed before they could (SIGKILL, the OOM killer)
-    left: each holds a copy of that run's input, and the next kill would add another."""
-    here = f"{SPILL_PREFIX}{socket.gethostname()}-"
-    for found in Path(folder or tempfile.gettempdir()).iterdir():
-        pid = found.name.removeprefix(here).split("-", 1)[0] if found.name.startswith(here) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
-            shutil.rmtree(found, ignore_errors=True)
-
-
-def _spilled(spill: Path) -> Iterator[pa.Table]:
-    """The spilled batches, in order. Read, not memory-mapped: mapped pages stay resident as the file
-    is read, so the run's memory would grow with its input."""
-    with pa.OSFile(str(spill)) as source:
-        reader = pa.ipc.open_file(source)
-        for index in range(reader.num_record_batches):
-            yield pa.Table.from_batches([reader.get_batch(index)])
-
-
-def _set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
-    if table.num_rows == 0:
-        return
-    published = writer.write_set_aside(table)
-    tally.count_inputs(table)
-    by_review = table.filter(pc.equal(table["stage"], ReviewDecisions.name))
-    copies = by_review.filter(pc.is_valid(by_review["duplicate_of"]))
-    tally.rejected_read.update(by_review.filter(pc.is_null(by_review["duplicate_of"]))["id"].to_pylist())
-    if copies.num_rows:
-        uris = pc.struct_field(copies["source"], "uri").to_pylist()
-        tally.rejected_copies.update(
-            zip(copies["duplicate_of"].to_pylist(), copies["id"].to_pylist(), uris, strict=True)
-        )
-    tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
-    counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
-        [([], "count_all"), ("detail", "first")]
-    )
-    for outcome, reason, count, detail in zip(
-        *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all", "detail_first")), strict=True
-    ):
-        tally.reasons[(outcome, reason)] += count
-        tally.examples.setdefault((outcome, reason), detail)
 
 
 def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> datetime:
@@ -653,35 +438,6 @@ def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tup
         set_aside.update(result.set_aside["id"].to_pylist())
     edits = {row["id"]: {name: row[name] for name in decisions.edits[row["id"]]} for row in batch.to_pylist()}
     return dataclasses.replace(decisions, edits=edits, rejected=decisions.rejected | set_aside), set_aside
-
-
-def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:
-    """Every quarantined record goes to the review queue with its reason and raw input, and, when the
-    recipe redacts PII, the same rows as published (``redacted``, in the same order): the review
-    page shows those to roles that do not see PII."""
-    quarantined = pc.equal(set_aside["outcome"], "quarantined")
-    rows = set_aside.filter(quarantined)
-    columns = [rows[name].to_pylist() for name in ("reason", "detail", "record")]
-    if redacted is None:
-        payload = [json.dumps({"reason": r, "detail": d, "record": raw}) for r, d, raw in zip(*columns, strict=True)]
-    else:
-        published = redacted.filter(quarantined)
-        columns += [published[name].to_pylist() for name in ("detail", "record")]
-        payload = [
-            json.dumps({"reason": r, "detail": d, "record": raw, "redacted_detail": rd, "redacted_record": rr})
-            for r, d, raw, rd, rr in zip(*columns, strict=True)
-        ]
-    return pa.table(
-        {
-            "id": rows["id"],
-            "source": rows["source"],
-            "stage": rows["stage"],
-            "kind": pa.array(["quarantined"] * rows.num_rows, pa.string()),
-            "detail": rows["reason"],
-            "payload": pa.array(payload, pa.string()),
-        },
-        schema=FLAG_SCHEMA,
-    )
 
 
 class HeldStops:

@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 import pytest
 
 from bench.corpus import generate
-from curation.pipeline import LocalExecutor, RunResult, run_recipe
+from curation.executors.local import LocalExecutor
+from curation.pipeline import RunResult, run_recipe
 from curation.published import read_manifest
 from schemas.config import load_recipe
 from tests.helpers import outputs, processed, set_aside, write_jsonl, write_recipe

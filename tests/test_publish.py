@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from connectors.storage import StorageError
 from curation import writer
-from curation.pipeline import AccountingError, LocalExecutor, Tally, run_recipe
+from curation.executors.local import AccountingError, LocalExecutor, Tally
+from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.review.queue import review_items
 from schemas.config import load_recipe

@@ -19,7 +19,8 @@ import xxhash
 from bench.corpus import generate
 from connectors.storage import filesystem
 from curation import pipeline
-from curation.pipeline import AccountingError, LocalExecutor, RunResult, run_recipe
+from curation.executors.local import AccountingError, LocalExecutor
+from curation.pipeline import RunResult, run_recipe
 from curation.published import verify_checksums
 from curation.review.queue import list_items
 from curation.stages.base import StageError, StageResult

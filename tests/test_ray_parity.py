@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from curation import pipeline
+from curation.executors.local import LocalExecutor
 from curation.executors.ray_executor import RayExecutor
-from curation.pipeline import LocalExecutor, run_recipe
+from curation.pipeline import run_recipe
 from curation.review.queue import list_items
 from curation.stages.base import StageResult
 from schemas.config import load_recipe

@@ -235,7 +235,7 @@ def carrying_errors(make: Callable[[], pa.Table]) -> pa.Table:
 
 def apply_stages(letter: Letter, stages: list[Stage]) -> Letter:
     """Run per-batch stages on the letter's rows, as the embedded executor does, checking each count."""
-    from curation.pipeline import AccountingError
+    from curation.executors.local import AccountingError
 
     batch = letter.rows
     for stage in stages:

@@ -38,6 +38,7 @@ from curation.executors.envelope import (
     seal_all,
     taken,
 )
+from curation.executors.local import Tally, record_set_aside
 from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
 from curation.stages.dedup_index import SignatureRecorder
 from curation.stopping import STOP_SIGNALS
@@ -216,7 +217,7 @@ class RayExecutor:
         sources: list[Source],
         stages: list[AnyStage],
         writer: DatasetWriter,
-        tally: Any,
+        tally: Tally,
         on_input: Callable[[int], None] = lambda _: None,
     ) -> None:
         ray = _ray()
@@ -295,7 +296,7 @@ class RayExecutor:
         sources: list[Source],
         stages: list[AnyStage],
         writer: DatasetWriter,
-        tally: Any,
+        tally: Tally,
         on_input: Callable[[int], None],
     ) -> None:
         # Our progress bar and logs say enough: Ray Data's notes are left out, and its note that its
@@ -362,7 +363,7 @@ class RayExecutor:
         stream: Any,
         stage: GlobalStage,
         writer: DatasetWriter,
-        tally: Any,
+        tally: Tally,
         on_input: Callable[[int], None],
     ) -> Any:
         """Everything before a global stage is computed once (Ray spills it if it outgrows memory);
@@ -388,7 +389,7 @@ class RayExecutor:
 
             signatures = done.map_batches(signatures_of, fn_kwargs={"stage": stage}, batch_format="pyarrow")
             dropped, compared = stage.resolve(signatures.iter_batches(batch_size=None, batch_format="pyarrow")), None
-        self._deliver_set_aside(dropped, writer, tally)
+        record_set_aside(dropped, writer, tally)
         flags = review_flags(stage, dropped, done, compared)
         if flags is not None and flags.num_rows:
             tally.flags.append(flags)
@@ -404,14 +405,13 @@ class RayExecutor:
         watermark.reread |= taken["reread"]
         watermark.replaced.update(taken["replaced"])
 
-    @staticmethod
-    def _deliver_set_aside(table: pa.Table, writer: DatasetWriter, tally: Any) -> None:
-        from curation.pipeline import _set_aside
-
-        _set_aside(table, writer, tally)
-
     def _deliver(
-        self, envelopes: pa.Table, writer: DatasetWriter, tally: Any, on_input: Callable[[int], None], write_rows: bool
+        self,
+        envelopes: pa.Table,
+        writer: DatasetWriter,
+        tally: Tally,
+        on_input: Callable[[int], None],
+        write_rows: bool,
     ) -> None:
         """Hand one block of envelopes to the tally and the writer, as the embedded executor would."""
         if envelopes.num_rows == 0:
@@ -434,7 +434,7 @@ class RayExecutor:
             # Step by step (the reader, each stage): what it set aside, then what it flagged.
             for aside, flags in zip_longest(letter.set_aside, letter.flags):
                 if aside is not None:
-                    self._deliver_set_aside(aside, writer, tally)
+                    record_set_aside(aside, writer, tally)
                 if flags is not None and flags.num_rows:
                     tally.flags.append(flags)
             if write_rows and letter.rows.num_rows:
