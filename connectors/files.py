@@ -346,7 +346,6 @@ class FilesSourceReader(ListedFiles):
 
     name = CONNECTOR
     suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", ".gz", ".zst"))  # as file_format reads them
-    _head_bytes: int | None = None  # set while ``head`` reads
 
     def __init__(
         self,
@@ -366,11 +365,6 @@ class FilesSourceReader(ListedFiles):
             re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
         ]
 
-    @property
-    def block_bytes(self) -> int:
-        """How much of a file is read at a time."""
-        return self._head_bytes or BLOCK_BYTES
-
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
         error here, at listing, so ``curation check`` says so too, not only the run."""
@@ -383,11 +377,12 @@ class FilesSourceReader(ListedFiles):
         for entry in self.entries():
             yield from self._read(entry)
 
-    def _read(self, entry: FileEntry) -> Iterator[SourceBatch]:
+    def _read(self, entry: FileEntry, block_bytes: int | None = None) -> Iterator[SourceBatch]:
+        """The file's batches, read ``block_bytes`` (``BLOCK_BYTES``) at a time (Parquet: a row group at a time)."""
         fmt = file_format(entry.uri, self.config.format)
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
         try:
-            yield from reader(entry)
+            yield from reader(entry, block_bytes or BLOCK_BYTES)
         except StorageError:
             raise  # names the file already
         except OSError as exc:
@@ -400,8 +395,7 @@ class FilesSourceReader(ListedFiles):
         refuse raises the same StorageError), from about its first ``block_bytes`` (a CSV file's first
         record may take a whole block, a Parquet file's first batch its first row group), for
         ``curation check``."""
-        self._head_bytes = block_bytes
-        batches = self._read(entry)
+        batches = self._read(entry, block_bytes)
         try:
             return next(batches, SourceBatch(rows=pa.table({})))
         except StorageError as error:
@@ -409,12 +403,11 @@ class FilesSourceReader(ListedFiles):
                 raise
         finally:
             batches.close()  # the file is closed, the rest not read
-            del self._head_bytes
         return self.head(entry, BLOCK_BYTES)  # a CSV record longer than the head: read as the run reads it
 
     # --- JSONL -------------------------------------------------------------------------------
 
-    def _jsonl(self, entry: FileEntry) -> Iterator[SourceBatch]:
+    def _jsonl(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
@@ -429,7 +422,7 @@ class FilesSourceReader(ListedFiles):
 
         with fs.open_input_stream(path, compression="detect") as stream:
             # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
-            blocks = _line_blocks(_LineFeeds(stream), self.block_bytes, first=refuse_an_array)
+            blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
             for data in blocks:  # lines may end in CR alone
                 if line_no == 0:
                     refuse_an_array(data)
@@ -538,7 +531,7 @@ class FilesSourceReader(ListedFiles):
 
     # --- CSV ---------------------------------------------------------------------------------
 
-    def _csv(self, entry: FileEntry) -> Iterator[SourceBatch]:
+    def _csv(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         progress = _ByteProgress(entry.size)
         header = self._csv_header(entry.uri)
@@ -553,7 +546,7 @@ class FilesSourceReader(ListedFiles):
 
         header_line, header = header
         _once_each(entry.uri, header)
-        read = pacsv.ReadOptions(use_threads=False, block_size=self.block_bytes, skip_rows=header_line - 1)
+        read = pacsv.ReadOptions(use_threads=False, block_size=block_bytes, skip_rows=header_line - 1)
         # A quoted value may hold newlines: a block must not end inside one. Blank lines come through as
         # rows with no value (and are dropped below): skipped by Arrow, they would go uncounted, and
         # every later record's line would be off.
@@ -577,7 +570,7 @@ class FilesSourceReader(ListedFiles):
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
         with fs.open_input_stream(path, compression="detect") as raw:
-            stream = _Utf8Guard(_LineFeeds(raw), self.block_bytes)
+            stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
                 table = pa.Table.from_batches([batch])
@@ -679,7 +672,7 @@ class FilesSourceReader(ListedFiles):
 
     # --- Parquet -----------------------------------------------------------------------------
 
-    def _parquet(self, entry: FileEntry) -> Iterator[SourceBatch]:
+    def _parquet(self, entry: FileEntry, _block_bytes: int) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
