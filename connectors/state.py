@@ -290,7 +290,7 @@ class HeldLock:
             renewed = db.execute(
                 run_locks.update()
                 .where((run_locks.c.dataset == self.dataset) & (run_locks.c.run_id == self.run_id))
-                .values(renewed_at=datetime.now(UTC))
+                .values(renewed_at=_store_now(db))
             )
         self.lost = self.lost or renewed.rowcount == 0
         return not self.lost
@@ -321,9 +321,18 @@ class HeldLock:
         self._renewing.join()
 
 
-def _expired(holder: sa.RowMapping, lease: float) -> bool:
+def _store_now(db: sa.Connection) -> datetime:
+    """The time by the state store's clock where it has one of its own (PostgreSQL), so that runs on
+    hosts whose clocks disagree renew and judge a lease by one clock; else this host's (SQLite is a file
+    on this host, or on a share whose hosts run their own clocks)."""
+    if db.dialect.name == "postgresql":
+        return _aware(db.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+    return datetime.now(UTC)
+
+
+def _expired(holder: sa.RowMapping, lease: float, now: datetime) -> bool:
     renewed = holder["renewed_at"]
-    return renewed is not None and (datetime.now(UTC) - _aware(renewed)).total_seconds() > lease
+    return renewed is not None and (now - _aware(renewed)).total_seconds() > lease
 
 
 @contextlib.contextmanager
@@ -341,10 +350,16 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]
     for attempt in range(2):
         try:
             with engine.begin() as db:
-                now = datetime.now(UTC)
+                # Taken by this host's clock: a later run on this host compares it with a process's start
+                # (``_started_after``); renewed by the store's, which runs on every host read alike.
                 db.execute(
                     run_locks.insert().values(
-                        dataset=dataset, run_id=run_id, host=host, pid=pid, acquired_at=now, renewed_at=now
+                        dataset=dataset,
+                        run_id=run_id,
+                        host=host,
+                        pid=pid,
+                        acquired_at=datetime.now(UTC),
+                        renewed_at=_store_now(db),
                     )
                 )
             break
@@ -354,7 +369,8 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]
                 if holder is None:
                     continue  # released between our insert and this look
                 ended = not process_alive(holder["pid"]) or _started_after(holder["pid"], holder["acquired_at"])
-                if attempt == 0 and ((holder["host"] == host and ended) or _expired(holder, lease)):
+                expired = _expired(holder, lease, _store_now(db))
+                if attempt == 0 and ((holder["host"] == host and ended) or expired):
                     if holder["host"] != host:
                         log.warning(
                             "dataset %r: taking over the lock of run %s (pid %s on %s), not renewed since %s",

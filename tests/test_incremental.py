@@ -9,12 +9,14 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+import connectors.state as state
 from connectors.state import LockLost, RunLocked, create_tables, lock_lease, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
@@ -241,6 +243,30 @@ def test_a_lock_from_another_host_not_renewed_for_a_lease_is_taken_over(
     assert "taking over the lock of run pod7run (pid 1 on etl-pod-7)" in caplog.text
     with engine.connect() as db:
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=1), -timedelta(hours=1)])
+def test_a_postgresql_store_times_the_lease_by_its_own_clock(
+    postgres_url: str, skew: timedelta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = sa.create_engine(postgres_url)
+    monkeypatch.setenv("CURATION_LOCK_LEASE", "60")
+
+    class Skewed(datetime):  # this host's clock, an hour off the database's
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return datetime.now(tz) + skew
+
+    monkeypatch.setattr(state, "datetime", Skewed)
+    with engine.connect() as db:
+        store_now = db.execute(sa.select(sa.func.now())).scalar_one()
+    lock_held_elsewhere(engine, store_now - timedelta(seconds=30))  # alive: renewed within the lease
+    with pytest.raises(RunLocked, match="run pod7run"), run_lock(engine, "d", "here"):
+        pass
+    lock_held_elsewhere(engine, store_now - timedelta(seconds=90))  # killed
+    with run_lock(engine, "d", "here"), engine.connect() as db:
+        renewed = db.execute(sa.select(run_locks.c.renewed_at)).scalar_one()
+    assert abs((renewed - store_now).total_seconds()) < 30  # renewed by the store's clock too
 
 
 @pytest.mark.parametrize("lease", ["abc", "-5", "0", "0.00001", "nan", "inf", "1e400"])
