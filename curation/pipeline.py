@@ -22,7 +22,7 @@ import pyarrow as pa
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
-from curation.executors.local import AnyStage, LocalExecutor, Tally
+from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
 from curation.report import Profile, attach_report
@@ -460,13 +460,13 @@ class HeldStops:
         self.previous = {}
 
 
-def default_executor(recipe: Recipe, quiet: bool = False) -> LocalExecutor:
+def default_executor(recipe: Recipe, quiet: bool = False) -> Executor:
     """The executor the recipe's ``engine`` names: embedded by default, Ray Data when asked (``quiet``:
     Ray prints only its errors)."""
     if recipe.engine == "ray":
         from curation.executors.ray_executor import RayExecutor
 
-        return RayExecutor(recipe.ray_address, quiet=quiet)  # type: ignore[return-value]  (same run() contract)
+        return RayExecutor(recipe.ray_address, quiet=quiet)
     return LocalExecutor()
 
 
@@ -474,7 +474,7 @@ def run_recipe(
     recipe: Recipe,
     on_start: Callable[[int], None] = lambda _: None,
     on_input: Callable[[int], None] = lambda _: None,
-    executor: LocalExecutor | None = None,
+    executor: Executor | None = None,
     full_refresh: bool = False,
     on_written: Callable[[int], None] = lambda _: None,
 ) -> RunResult:
@@ -562,7 +562,7 @@ def _run_locked(
     lock: HeldLock,
     on_start: Callable[[int], None],
     on_input: Callable[[int], None],
-    executor: LocalExecutor | None,
+    executor: Executor | None,
     full_refresh: bool,
     on_written: Callable[[int], None],
 ) -> RunResult:

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,6 +77,20 @@ class Tally:
             by_outcome.setdefault(outcome, {})[reason] = count
         totals = {o: sum(by_outcome.get(o, {}).values()) for o in OUTCOMES}
         return Counts(input=self.input, written=self.written, reasons=by_outcome, **totals)
+
+
+class Executor(Protocol):
+    """Runs the stages over the sources' batches and hands every record to the writer or the set-aside
+    rows, counting each in ``tally``: this embedded one, or Ray Data's (``ray_executor``)."""
+
+    def run(
+        self,
+        sources: list[Source],
+        stages: list[AnyStage],
+        writer: DatasetWriter,
+        tally: Tally,
+        on_input: Callable[[int], None] = ...,
+    ) -> None: ...
 
 
 class LocalExecutor:
