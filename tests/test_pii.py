@@ -931,3 +931,61 @@ def test_a_changed_pseudonym_key_is_a_changed_recipe(
     with caplog.at_level(logging.WARNING):
         third = run(workdir, recipe)
     assert "recipe changed" not in caplog.text and third.manifest.recipe_sha256 == second.manifest.recipe_sha256
+
+
+def _no_key_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), keys
+    return dict(pairs)
+
+
+@pytest.mark.parametrize(
+    ("operator", "keys", "nested"),
+    [
+        ("replace", ["{D} (2)", "{M} (3)", "<PERSON>", "{D} (4)"], ["{A}", "{B} (2)"]),
+        ("mask", ["{D}", "{M}", "<PERSON>", "{D} (2)"], ["{A}", "{B} (2)"]),  # the same shapes
+        ("pseudonym", ["{D}", "{M}", "<PERSON>", "{D} (2)"], ["{A}", "{B}"]),  # one person, two ways
+    ],
+)
+def test_keys_redacted_alike_stay_distinct_keys(
+    monkeypatch: pytest.MonkeyPatch, operator: str, keys: list[str], nested: list[str]
+) -> None:
+    import re
+
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    # Keys that were names all became "<PERSON>" (masked alike, or pseudonyms of one person): an
+    # object naming a key twice, which the reader quarantines and most JSON tools read as one key, a
+    # value lost. The second and later get a number, and none takes the name of a key kept as written.
+    notes = json.dumps(
+        {
+            "Daniel Okafor": "called twice",
+            "Maria Garcia": "no answer",
+            "<PERSON>": "as written",
+            "DANIEL OKAFOR": 3,
+            "nested": [{"Ann Lee": 1, "Bob Kim": 2}],
+        }
+    )
+    names = re.compile(r"Daniel Okafor|DANIEL OKAFOR|Maria Garcia|Ann Lee|Bob Kim")
+    pii = stage(operators={"PERSON": operator})
+    monkeypatch.setattr(
+        pii.analyzer,
+        "analyze",
+        lambda texts, *_: [[("PERSON", *m.span(), 0.9) for m in names.finditer(text)] for text in texts],
+    )
+    redacted = pii(records(["Hello"], completion=notes)).kept["completion"][0].as_py()
+    published = json.loads(redacted, object_pairs_hook=_no_key_twice)
+    person = {
+        n[0]: pii.placeholder(operator, "PERSON", n) for n in ("Daniel Okafor", "Maria Garcia", "Ann Lee", "Bob Kim")
+    }
+    assert list(published) == [*(key.format(**person) for key in keys), "nested"], redacted
+    assert list(published["nested"][0]) == [key.format(**person) for key in nested], redacted
+    assert list(published.values())[:4] == ["called twice", "no answer", "as written", 3]
+    assert not names.search(redacted)
+    # A quarantined row's raw input, every entity made <ENTITY>, as well.
+    [scrubbed] = pii.scrub_texts([notes])
+    assert list(json.loads(scrubbed, object_pairs_hook=_no_key_twice))[:4] == [
+        "<PERSON> (2)",
+        "<PERSON> (3)",
+        "<PERSON>",
+        "<PERSON> (4)",
+    ]

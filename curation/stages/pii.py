@@ -263,11 +263,13 @@ class Placeholders:
 class JsonValue(NamedTuple):
     """A string (a key too) or a number in a JSON text: ``value`` as decoded (half a UTF-16 pair alone
     as U+FFFD), and ``places``, where each of its characters starts in the JSON text, then where it
-    ends (an escape such as ``\\u00e9`` or ``\\"`` is one character of the value and several of the text)."""
+    ends (an escape such as ``\\u00e9`` or ``\\"`` is one character of the value and several of the text).
+    ``key_of``: for a key, where the object that holds it starts in the text (None for the rest)."""
 
     value: str
     places: list[int]
     is_string: bool
+    key_of: int | None = None
 
     def place(self, start: int, end: int) -> tuple[int, int]:
         """The characters of the JSON text that hold ``value[start:end]``."""
@@ -283,6 +285,7 @@ class JsonValue(NamedTuple):
 
 
 _JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_COLON = re.compile(r"[ \t\n\r]*:")  # what follows a key in an object
 _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
@@ -298,9 +301,15 @@ def json_values(text: str) -> list[JsonValue] | None:
         return None
     if not isinstance(parsed, list | dict):
         return None
-    found, at = [], 0
+    found: list[JsonValue] = []
+    opened: list[int] = []  # where each array or object the scan is inside starts
+    at = 0
     while at < len(text):
         char = text[at]
+        if char in "[{":
+            opened.append(at)
+        elif char in "]}":
+            opened.pop()
         if char == '"':
             value, places, at = [], [], at + 1
             while text[at] != '"':
@@ -320,7 +329,9 @@ def json_values(text: str) -> list[JsonValue] | None:
                     # Half a pair alone (JSON allows it, the reader quarantines such a line) is no
                     # character: spaCy fails on it. Scanned as U+FFFD, one character as well.
                     value.append("\ufffd" if 0xD800 <= code < 0xE000 else chr(code))
-            found.append(JsonValue("".join(value), [*places, at], True))
+            in_object = opened and text[opened[-1]] == "{"
+            key = in_object and _COLON.match(text, at + 1) is not None
+            found.append(JsonValue("".join(value), [*places, at], True, opened[-1] if key else None))
             at += 1
         elif char == "-" or char.isdigit():
             match = _JSON_NUMBER.match(text, at)
@@ -332,6 +343,44 @@ def json_values(text: str) -> list[JsonValue] | None:
         else:
             at += 1
     return found
+
+
+def _distinct_keys(text: str, structured: list[JsonValue], spans: list[dict]) -> None:
+    """Give the placeholder of the last span in a redacted key a number (`` (2)``, `` (3)``, ...) where
+    the key would otherwise be named twice in its object: names made ``<PERSON>`` alike (masked alike,
+    or one person written two ways, one pseudonym), or as a key kept as written. An object naming a
+    key twice is no valid record (the reader quarantines it; most JSON tools keep one of the values).
+    Keys are taken in text order; a key left as it is keeps its name, the first redacted one of a
+    name keeps it too unless a kept key holds it. ``spans`` are places in ``text`` (``start``,
+    ``end``, ``placeholder`` as JSON writes it in a string): changed in place."""
+    ordered = sorted(spans, key=lambda span: span["start"])
+    starts = [span["start"] for span in ordered]
+    objects: dict[int, list[tuple[JsonValue, list[dict]]]] = {}
+    for value in structured:
+        if value.key_of is not None:
+            first, last = value.places[0], value.places[-1]
+            inside = ordered[bisect.bisect_left(starts, first) : bisect.bisect_left(starts, last)]
+            objects.setdefault(value.key_of, []).append((value, [span for span in inside if span["end"] <= last]))
+    for keys in objects.values():
+        if not any(inside for _, inside in keys):
+            continue
+
+        def name(value: JsonValue, inside: list[dict], suffix: str = "") -> str:
+            first = value.places[0]
+            pieces = [{**span, "start": span["start"] - first, "end": span["end"] - first} for span in inside]
+            pieces[-1]["placeholder"] += suffix
+            return json.loads(f'"{redacted(text[first : value.places[-1]], pieces)}"')
+
+        taken = {json.loads(f'"{text[value.places[0] : value.places[-1]]}"') for value, inside in keys if not inside}
+        for value, inside in keys:
+            if not inside:
+                continue
+            number, suffix = 1, ""
+            while (key := name(value, inside, suffix)) in taken:
+                number += 1
+                suffix = f" ({number})"
+            inside[-1]["placeholder"] += suffix
+            taken.add(key)
 
 
 class Part(NamedTuple):
@@ -627,6 +676,8 @@ class PiiRedaction:
                     {"start": start, "end": end, "placeholder": f'"<{entity}>"' if number else f"<{entity}>"}
                 )
         for index, row in enumerate(where):
+            if scan.structured[index] is not None:
+                _distinct_keys(scan.texts[index], scan.structured[index], spans[index])
             values[row] = redacted(scan.texts[index], spans[index])
         return values
 
@@ -678,6 +729,8 @@ class PiiRedaction:
             spans.append(
                 {"start": start, "end": end, "entity": entity, "score": round(score, 4), "placeholder": placeholder}
             )
+        if structured is not None:
+            _distinct_keys(text, structured, spans)
         return redacted(text, spans), spans
 
     def _flag(
