@@ -989,3 +989,46 @@ def test_keys_redacted_alike_stay_distinct_keys(
         "<PERSON>",
         "<PERSON> (4)",
     ]
+
+
+def test_json_a_template_writes_after_words_is_scanned_string_by_string(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `prompt: "Notes: {{ notes }}"` with a list or object column: the field is not JSON as a whole,
+    # so it was scanned as free text only, where the model missed a name between JSON's quotes.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Who called?", "notes": ["Call Daniel Okafor tomorrow."]},
+            {"q": "Which contact?", "notes": {"who": "Call Daniel Okafor tomorrow."}},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "Notes [1]: {{ notes }} (see {x})", "completion": "q"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    published = sorted(line["prompt"] for line in outputs(Path(run(workdir, spec).version_uri)))
+    assert published == [
+        'Notes [1]: ["Call <PERSON> tomorrow."] (see {x})',
+        'Notes [1]: {"who": "Call <PERSON> tomorrow."} (see {x})',
+    ]
+    # A placeholder is written as JSON writes it inside the JSON's strings (a mask of quotes), as it
+    # is around them; keys redacted alike stay apart there too.
+    import re
+
+    names = re.compile(r"Ann Lee|Bob Kim")
+    pii = stage(operators={"PERSON": "mask"}, mask_char='"')
+    monkeypatch.setattr(
+        pii.analyzer,
+        "analyze",
+        lambda texts, *_: [[("PERSON", *m.span(), 0.9) for m in names.finditer(text)] for text in texts],
+    )
+    text = 'Ann Lee wrote ["Ann Lee", {"Ann Lee": 1, "Bob Kim": 2}] and {"to": "Bob Kim"}.'
+    redacted = pii(records([text])).kept["prompt"][0].as_py()
+    assert redacted.startswith('""" """ wrote [') and redacted.endswith("}.")
+    inner, other = re.findall(r"\[.*\]|\{\"to.*\}", redacted)
+    assert json.loads(inner, object_pairs_hook=_no_key_twice) == ['""" """', {'""" """': 1, '""" """ (2)': 2}]
+    assert json.loads(other) == {"to": '""" """'}

@@ -25,7 +25,7 @@ import re
 import traceback
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -267,9 +267,10 @@ class JsonValue(NamedTuple):
     ``key_of``: for a key, where the object that holds it starts in the text (None for the rest)."""
 
     value: str
-    places: list[int]
+    places: Sequence[int]
     is_string: bool
     key_of: int | None = None
+    raw: bool = False  # text around JSON within a text (see ``json_values``): as it is, no JSON string
 
     def place(self, start: int, end: int) -> tuple[int, int]:
         """The characters of the JSON text that hold ``value[start:end]``."""
@@ -292,19 +293,62 @@ _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n"
 def json_values(text: str) -> list[JsonValue] | None:
     """The strings and numbers of ``text`` if it is the JSON text of an array or an object (how a
     column of lists or objects reaches a record field: a nested Parquet or JSONL column, a column of
-    mixed types), else None. Told from the text, strictly: it starts with ``[`` or ``{`` and parses."""
-    if text[:1] not in ("[", "{"):
+    mixed types), or if it holds such JSON within other text (a template that writes a list or an
+    object column after words: ``Notes: ["Call Daniel Okafor"]``), else None. Told from the text,
+    strictly: a part of it that starts with ``[`` or ``{`` and parses, holding a string; the text
+    around it comes as ``raw`` values (scanned within the whole text only, written as it is)."""
+    if text[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, list | dict):
+            return _json_walk(text, 0, len(text))
+    return _embedded_json(text)
+
+
+# Where an array or object holding a string can start: "[" before a string, a number, an array or
+# an object; "{" before a key. Not "[1]" of a footnote, "[see]" of Markdown, "{x}" of LaTeX.
+_OPENING = re.compile(r'\[(?=[ \t\n\r]*[\[{"\-\d])|\{(?=[ \t\n\r]*")')
+_DECODER = json.JSONDecoder()
+
+
+def _embedded_json(text: str) -> list[JsonValue] | None:
+    """The values of the JSON arrays and objects (holding a string) found within ``text``, with the
+    text between them as ``raw`` values; None where there is none. A try that fails costs up to the
+    text's length (Python's parser counts the lines before the place it failed), so a text gets 16
+    of them (more when short: 64 KiB of parsing); past that, the rest is left to the scan of the whole."""
+    found: list[JsonValue] = []
+    at = reached = failed = 0
+    while (opening := _OPENING.search(text, at)) is not None:
+        start = opening.start()
+        try:
+            _, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            failed += 1
+            if failed * len(text) > 16 * len(text) + 65536:
+                break
+            at = start + 1
+            continue
+        values = _json_walk(text, start, end)
+        if any(value.is_string for value in values):
+            if reached < start:
+                found.append(JsonValue(text[reached:start], range(reached, start + 1), True, raw=True))
+            found += values
+            reached = end
+        at = end
+    if not found:
         return None
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(parsed, list | dict):
-        return None
+    if reached < len(text):
+        found.append(JsonValue(text[reached:], range(reached, len(text) + 1), True, raw=True))
+    return found
+
+
+def _json_walk(text: str, at: int, end: int) -> list[JsonValue]:
+    """The strings and numbers of the JSON text ``text[at:end]`` (which parses), in text order."""
     found: list[JsonValue] = []
     opened: list[int] = []  # where each array or object the scan is inside starts
-    at = 0
-    while at < len(text):
+    while at < end:
         char = text[at]
         if char in "[{":
             opened.append(at)
@@ -413,11 +457,11 @@ class Part(NamedTuple):
 
 
 class Scan:
-    """Texts as the analyzer scans them. A text holding the JSON of a list or an object is scanned
-    whole (its keys give the pattern recognisers their context words: "phone": "555-0199") and each
-    of its strings alone too (between JSON's quotes and commas the model misses a name it finds in
-    the string alone); what is found is redacted in the string or number that holds it, so the JSON
-    stays valid."""
+    """Texts as the analyzer scans them. A text holding the JSON of a list or an object (as a whole,
+    or within words: see ``json_values``) is scanned whole (its keys give the pattern recognisers
+    their context words: "phone": "555-0199") and each of its strings alone too (between JSON's
+    quotes and commas the model misses a name it finds in the string alone); what is found is
+    redacted in the string or number that holds it, so the JSON stays valid."""
 
     def __init__(self, texts: list[str]) -> None:
         self.structured = [json_values(text) for text in texts]
@@ -427,7 +471,7 @@ class Scan:
         for index, values in enumerate(self.structured):
             self._strings.append([])
             for value in values or ():
-                scanned = value.is_string and bool(value.value)
+                scanned = value.is_string and bool(value.value) and not value.raw
                 self._strings[index].append(len(self.texts) if scanned else -1)
                 if scanned:
                     self.owner.append(index)
@@ -714,18 +758,20 @@ class PiiRedaction:
     ) -> tuple[str, list[dict]]:
         """``text`` with ``detections`` replaced; ``values`` gives the value a place stands for when it is
         not its own text: a name found again by its words takes the name's pseudonym. In the JSON text
-        of a list or an object (``structured``, its strings and numbers), ``own`` gives the place's text
-        as decoded, the placeholder is written as JSON writes it in a string, and a number becomes one."""
+        of a list or an object (``structured``, its strings and numbers, and the words around it), ``own``
+        gives the place's text as decoded, the placeholder is written as JSON writes it in a string, and
+        a number becomes one; among the words around it, as it is."""
         values, own = values or {}, own or {}
-        numbers = {value.place(0, len(value.value)) for value in structured or () if not value.is_string}
+        starts = [value.places[0] for value in structured or ()]
         spans = []
         for entity, start, end, score in detections:
             operator = self.operators[entity]
             mine = own.get((start, end), text[start:end])
             value = values.get((start, end), mine) if operator == "pseudonym" else mine
             placeholder = self.placeholder(operator, entity, value)
-            if structured is not None:
-                placeholder = json.dumps(placeholder) if (start, end) in numbers else json.dumps(placeholder)[1:-1]
+            holder = structured[bisect.bisect_right(starts, start) - 1] if structured else None
+            if holder is not None and not holder.raw:  # in a JSON string, or a number made one
+                placeholder = json.dumps(placeholder)[1:-1] if holder.is_string else json.dumps(placeholder)
             spans.append(
                 {"start": start, "end": end, "entity": entity, "score": round(score, 4), "placeholder": placeholder}
             )
