@@ -274,6 +274,12 @@ def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.Mon
         stage()(records(["Dana Whitfield wrote from dana@example.org"]))
     assert "KeyError in missed" in str(error.value) and "its message is withheld" in str(error.value)
     assert "whitfield" not in str(error.value).lower() and error.value.__cause__ is None
+    # Scrubbing texts for the review queue (near-duplicate items made before the stage) as well: a
+    # KeyError quoting a name reached the run's error message and its traceback.
+    with pytest.raises(StageError) as error:
+        stage().scrub_texts(["Dana Whitfield wrote from dana@example.org"])
+    assert "KeyError in missed" in str(error.value) and "whitfield" not in str(error.value).lower()
+    assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:

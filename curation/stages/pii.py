@@ -688,7 +688,7 @@ class PiiRedaction:
         # row the reader could parse) is scanned as the stage scans a field of JSON: string by string
         # (keys too) and whole, a number found (a card) made a string.
         texts = [*records, *(details[row][prefix[row] :] for row in quoting)]
-        scrubbed = iter(self.scrub_texts(texts, [*range(len(records)), *quoting]))
+        scrubbed = iter(self._scrub_texts(texts, [*range(len(records)), *quoting]))
         records = [next(scrubbed) for _ in records]
         for row in quoting:
             details[row] = details[row][: prefix[row]] + (next(scrubbed) or "")
@@ -696,6 +696,10 @@ class PiiRedaction:
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
     def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
+        with _messages_withheld():
+            return self._scrub_texts(values, records)
+
+    def _scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
         leaves the stage's path (set-aside rows, review items made before it) and that no operator,
         undo or review flag applies to. With ``records`` (the record each value belongs to), a value
