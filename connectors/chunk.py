@@ -4,8 +4,10 @@ Paragraphs (blank-line separated) are packed into a chunk while it stays within 
 the next chunk starts with the last paragraphs of the previous one, up to ``overlap_chars``, so
 no sentence loses its context at a cut. A paragraph longer than a chunk is cut at the last
 sentence end (or space) that fits, never inside a word unless it has no space at all, and not
-between two capitalised words where another space will do: a name cut in two is half a name in
-each piece, which the PII stage (it reads one record at a time) no longer recognises.
+inside a name where another space will do (between two capitalised words, "de la" between them or
+not; nor after an initial or a title's full stop, "Daniel O. Okafor", "Mr. Okafor"): a name cut in
+two is half a name in each piece, which the PII stage (it reads one record at a time) no longer
+recognises.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import re
 from dataclasses import dataclass
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s")
+# A full stop after an initial or a title ("Daniel O. Okafor", "Mr. Okafor") ends no sentence: cut
+# there, the name was half a name in each piece, which the PII stage missed ("Okafor who called").
+_SENTENCE_END = re.compile(r"(?:(?<!\b[A-Z])(?<!\b(?:Mr|Ms|Dr|St))(?<!\b(?:Mrs|Mme|Sir))(?<!\bProf)\.|[!?])[\"')\]]?\s")
+# Lower-case words inside names ("Maria de la Cruz", "Ludwig van der Berg").
+_PARTICLES = frozenset(
+    {"de", "la", "le", "del", "della", "der", "den", "van", "von", "da", "das", "dos", "di", "du", "bin", "al"}
+)
 _SPACE = re.compile(r" +")
 
 
@@ -45,7 +53,7 @@ def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int
         cut = (
             ends[-1]
             if ends and ends[-1] > max_chars // 2
-            else _space_cut(window, text[start + max_chars : start + max_chars + 1])
+            else _space_cut(window, text[start + max_chars : start + max_chars + 40])
         )
         if cut <= 0:
             cut = max_chars
@@ -58,18 +66,28 @@ def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int
     return pieces
 
 
-def _space_cut(window: str, next_char: str) -> int:
-    """Where to cut ``window`` (followed in the text by ``next_char``) at a space: the last one in its
-    second half that does not stand between two capitalised words (as in "Daniel Okafor"), else the
-    last one; 0 if it has none."""
+def _space_cut(window: str, following: str) -> int:
+    """Where to cut ``window`` (followed in the text by ``following``) at a space: the last one in its
+    second half that does not stand inside a name (see ``_inside_a_name``), else the last one; 0 if it
+    has none."""
     spaces = list(_SPACE.finditer(window))
     for space in reversed(spaces):
         if space.start() <= len(window) // 2:
             break
-        before, after = window[: space.start()].rsplit(" ", 1)[-1], window[space.end() :] or next_char
-        if not (before[:1].isupper() and after[:1].isupper()):
+        before = window[: space.start()].rsplit(" ", 4)
+        if not _inside_a_name(before, (window[space.end() :] + following).split(" ", 4)):
             return space.end()
     return spaces[-1].end() if spaces else 0
+
+
+def _inside_a_name(before: list[str], after: list[str]) -> bool:
+    """Whether a space between the words ``before`` and ``after`` it stands inside a name: between two
+    capitalised words, lower-case particles ("de la") between them or not ("Maria | de la Cruz")."""
+    while before and before[-1] in _PARTICLES:
+        before = before[:-1]
+    while after and after[0] in _PARTICLES:
+        after = after[1:]
+    return bool(before and after and before[-1][:1].isupper() and after[0][:1].isupper())
 
 
 def chunk_text(text: str, max_chars: int, overlap_chars: int = 0) -> list[Chunk]:

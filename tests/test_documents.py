@@ -424,3 +424,21 @@ def test_equal_sections_of_documents_with_other_titles_are_duplicates(workdir: P
     result = run(workdir, spec)
     texts = [line["text"] for line in outputs(Path(result.version_uri))]  # the text format has no title
     assert texts.count(note) == 1 and result.manifest.counts.duplicate == 1
+
+
+def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a_name() -> None:
+    # A full stop after an initial was taken for a sentence end ("... by Daniel O." | "Okafor who"),
+    # and a space before "de la" was free ("... to Maria" | "de la Cruz"): half a name in each piece,
+    # and the PII stage, which reads one piece at a time, left "Okafor" and "Maria" in clear.
+    line = (
+        "the refund for this account was approved by Daniel O. Okafor who called twice, "
+        "then Mr. Garcia and Dr. Whitfield sent it to Maria de la Cruz and Ludwig van der Berg. "
+    ) * 6
+    names = ("Daniel O. Okafor", "Mr. Garcia", "Dr. Whitfield", "Maria de la Cruz", "Ludwig van der Berg")
+    for max_chars in range(60, 200):
+        pieces = [chunk.text for chunk in chunk_text(line, max_chars=max_chars)]
+        assert all(len(piece) <= max_chars for piece in pieces)
+        assert "".join(p.replace(" ", "") for p in pieces) == line.replace(" ", "")  # nothing lost or doubled
+        for piece in pieces:
+            cut = [name for name in names if piece.rstrip().endswith(tuple(name.split()[:-1]))]
+            assert not cut, (max_chars, piece)

@@ -274,6 +274,12 @@ def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.Mon
         stage()(records(["Dana Whitfield wrote from dana@example.org"]))
     assert "KeyError in missed" in str(error.value) and "its message is withheld" in str(error.value)
     assert "whitfield" not in str(error.value).lower() and error.value.__cause__ is None
+    # Scrubbing texts for the review queue (near-duplicate items made before the stage) as well: a
+    # KeyError quoting a name reached the run's error message and its traceback.
+    with pytest.raises(StageError) as error:
+        stage().scrub_texts(["Dana Whitfield wrote from dana@example.org"])
+    assert "KeyError in missed" in str(error.value) and "whitfield" not in str(error.value).lower()
+    assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -931,3 +937,104 @@ def test_a_changed_pseudonym_key_is_a_changed_recipe(
     with caplog.at_level(logging.WARNING):
         third = run(workdir, recipe)
     assert "recipe changed" not in caplog.text and third.manifest.recipe_sha256 == second.manifest.recipe_sha256
+
+
+def _no_key_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), keys
+    return dict(pairs)
+
+
+@pytest.mark.parametrize(
+    ("operator", "keys", "nested"),
+    [
+        ("replace", ["{D} (2)", "{M} (3)", "<PERSON>", "{D} (4)"], ["{A}", "{B} (2)"]),
+        ("mask", ["{D}", "{M}", "<PERSON>", "{D} (2)"], ["{A}", "{B} (2)"]),  # the same shapes
+        ("pseudonym", ["{D}", "{M}", "<PERSON>", "{D} (2)"], ["{A}", "{B}"]),  # one person, two ways
+    ],
+)
+def test_keys_redacted_alike_stay_distinct_keys(
+    monkeypatch: pytest.MonkeyPatch, operator: str, keys: list[str], nested: list[str]
+) -> None:
+    import re
+
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    # Keys that were names all became "<PERSON>" (masked alike, or pseudonyms of one person): an
+    # object naming a key twice, which the reader quarantines and most JSON tools read as one key, a
+    # value lost. The second and later get a number, and none takes the name of a key kept as written.
+    notes = json.dumps(
+        {
+            "Daniel Okafor": "called twice",
+            "Maria Garcia": "no answer",
+            "<PERSON>": "as written",
+            "DANIEL OKAFOR": 3,
+            "nested": [{"Ann Lee": 1, "Bob Kim": 2}],
+        }
+    )
+    names = re.compile(r"Daniel Okafor|DANIEL OKAFOR|Maria Garcia|Ann Lee|Bob Kim")
+    pii = stage(operators={"PERSON": operator})
+    monkeypatch.setattr(
+        pii.analyzer,
+        "analyze",
+        lambda texts, *_: [[("PERSON", *m.span(), 0.9) for m in names.finditer(text)] for text in texts],
+    )
+    redacted = pii(records(["Hello"], completion=notes)).kept["completion"][0].as_py()
+    published = json.loads(redacted, object_pairs_hook=_no_key_twice)
+    person = {
+        n[0]: pii.placeholder(operator, "PERSON", n) for n in ("Daniel Okafor", "Maria Garcia", "Ann Lee", "Bob Kim")
+    }
+    assert list(published) == [*(key.format(**person) for key in keys), "nested"], redacted
+    assert list(published["nested"][0]) == [key.format(**person) for key in nested], redacted
+    assert list(published.values())[:4] == ["called twice", "no answer", "as written", 3]
+    assert not names.search(redacted)
+    # A quarantined row's raw input, every entity made <ENTITY>, as well.
+    [scrubbed] = pii.scrub_texts([notes])
+    assert list(json.loads(scrubbed, object_pairs_hook=_no_key_twice))[:4] == [
+        "<PERSON> (2)",
+        "<PERSON> (3)",
+        "<PERSON>",
+        "<PERSON> (4)",
+    ]
+
+
+def test_json_a_template_writes_after_words_is_scanned_string_by_string(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `prompt: "Notes: {{ notes }}"` with a list or object column: the field is not JSON as a whole,
+    # so it was scanned as free text only, where the model missed a name between JSON's quotes.
+    write_jsonl(
+        workdir / "faq.jsonl",
+        [
+            {"q": "Who called?", "notes": ["Call Daniel Okafor tomorrow."]},
+            {"q": "Which contact?", "notes": {"who": "Call Daniel Okafor tomorrow."}},
+        ],
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "Notes [1]: {{ notes }} (see {x})", "completion": "q"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    published = sorted(line["prompt"] for line in outputs(Path(run(workdir, spec).version_uri)))
+    assert published == [
+        'Notes [1]: ["Call <PERSON> tomorrow."] (see {x})',
+        'Notes [1]: {"who": "Call <PERSON> tomorrow."} (see {x})',
+    ]
+    # A placeholder is written as JSON writes it inside the JSON's strings (a mask of quotes), as it
+    # is around them; keys redacted alike stay apart there too.
+    import re
+
+    names = re.compile(r"Ann Lee|Bob Kim")
+    pii = stage(operators={"PERSON": "mask"}, mask_char='"')
+    monkeypatch.setattr(
+        pii.analyzer,
+        "analyze",
+        lambda texts, *_: [[("PERSON", *m.span(), 0.9) for m in names.finditer(text)] for text in texts],
+    )
+    text = 'Ann Lee wrote ["Ann Lee", {"Ann Lee": 1, "Bob Kim": 2}] and {"to": "Bob Kim"}.'
+    redacted = pii(records([text])).kept["prompt"][0].as_py()
+    assert redacted.startswith('""" """ wrote [') and redacted.endswith("}.")
+    inner, other = re.findall(r"\[.*\]|\{\"to.*\}", redacted)
+    assert json.loads(inner, object_pairs_hook=_no_key_twice) == ['""" """', {'""" """': 1, '""" """ (2)': 2}]
+    assert json.loads(other) == {"to": '""" """'}

@@ -25,7 +25,7 @@ import re
 import traceback
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -263,11 +263,14 @@ class Placeholders:
 class JsonValue(NamedTuple):
     """A string (a key too) or a number in a JSON text: ``value`` as decoded (half a UTF-16 pair alone
     as U+FFFD), and ``places``, where each of its characters starts in the JSON text, then where it
-    ends (an escape such as ``\\u00e9`` or ``\\"`` is one character of the value and several of the text)."""
+    ends (an escape such as ``\\u00e9`` or ``\\"`` is one character of the value and several of the text).
+    ``key_of``: for a key, where the object that holds it starts in the text (None for the rest)."""
 
     value: str
-    places: list[int]
+    places: Sequence[int]
     is_string: bool
+    key_of: int | None = None
+    raw: bool = False  # text around JSON within a text (see ``json_values``): as it is, no JSON string
 
     def place(self, start: int, end: int) -> tuple[int, int]:
         """The characters of the JSON text that hold ``value[start:end]``."""
@@ -283,24 +286,74 @@ class JsonValue(NamedTuple):
 
 
 _JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_COLON = re.compile(r"[ \t\n\r]*:")  # what follows a key in an object
 _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
 def json_values(text: str) -> list[JsonValue] | None:
     """The strings and numbers of ``text`` if it is the JSON text of an array or an object (how a
     column of lists or objects reaches a record field: a nested Parquet or JSONL column, a column of
-    mixed types), else None. Told from the text, strictly: it starts with ``[`` or ``{`` and parses."""
-    if text[:1] not in ("[", "{"):
+    mixed types), or if it holds such JSON within other text (a template that writes a list or an
+    object column after words: ``Notes: ["Call Daniel Okafor"]``), else None. Told from the text,
+    strictly: a part of it that starts with ``[`` or ``{`` and parses, holding a string; the text
+    around it comes as ``raw`` values (scanned within the whole text only, written as it is)."""
+    if text[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, list | dict):
+            return _json_walk(text, 0, len(text))
+    return _embedded_json(text)
+
+
+# Where an array or object holding a string can start: "[" before a string, a number, an array or
+# an object; "{" before a key. Not "[1]" of a footnote, "[see]" of Markdown, "{x}" of LaTeX.
+_OPENING = re.compile(r'\[(?=[ \t\n\r]*[\[{"\-\d])|\{(?=[ \t\n\r]*")')
+_DECODER = json.JSONDecoder()
+
+
+def _embedded_json(text: str) -> list[JsonValue] | None:
+    """The values of the JSON arrays and objects (holding a string) found within ``text``, with the
+    text between them as ``raw`` values; None where there is none. A try that fails costs up to the
+    text's length (Python's parser counts the lines before the place it failed), so a text gets 16
+    of them (more when short: 64 KiB of parsing); past that, the rest is left to the scan of the whole."""
+    found: list[JsonValue] = []
+    at = reached = failed = 0
+    while (opening := _OPENING.search(text, at)) is not None:
+        start = opening.start()
+        try:
+            _, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            failed += 1
+            if failed * len(text) > 16 * len(text) + 65536:
+                break
+            at = start + 1
+            continue
+        values = _json_walk(text, start, end)
+        if any(value.is_string for value in values):
+            if reached < start:
+                found.append(JsonValue(text[reached:start], range(reached, start + 1), True, raw=True))
+            found += values
+            reached = end
+        at = end
+    if not found:
         return None
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(parsed, list | dict):
-        return None
-    found, at = [], 0
-    while at < len(text):
+    if reached < len(text):
+        found.append(JsonValue(text[reached:], range(reached, len(text) + 1), True, raw=True))
+    return found
+
+
+def _json_walk(text: str, at: int, end: int) -> list[JsonValue]:
+    """The strings and numbers of the JSON text ``text[at:end]`` (which parses), in text order."""
+    found: list[JsonValue] = []
+    opened: list[int] = []  # where each array or object the scan is inside starts
+    while at < end:
         char = text[at]
+        if char in "[{":
+            opened.append(at)
+        elif char in "]}":
+            opened.pop()
         if char == '"':
             value, places, at = [], [], at + 1
             while text[at] != '"':
@@ -320,7 +373,9 @@ def json_values(text: str) -> list[JsonValue] | None:
                     # Half a pair alone (JSON allows it, the reader quarantines such a line) is no
                     # character: spaCy fails on it. Scanned as U+FFFD, one character as well.
                     value.append("\ufffd" if 0xD800 <= code < 0xE000 else chr(code))
-            found.append(JsonValue("".join(value), [*places, at], True))
+            in_object = opened and text[opened[-1]] == "{"
+            key = in_object and _COLON.match(text, at + 1) is not None
+            found.append(JsonValue("".join(value), [*places, at], True, opened[-1] if key else None))
             at += 1
         elif char == "-" or char.isdigit():
             match = _JSON_NUMBER.match(text, at)
@@ -332,6 +387,44 @@ def json_values(text: str) -> list[JsonValue] | None:
         else:
             at += 1
     return found
+
+
+def _distinct_keys(text: str, structured: list[JsonValue], spans: list[dict]) -> None:
+    """Give the placeholder of the last span in a redacted key a number (`` (2)``, `` (3)``, ...) where
+    the key would otherwise be named twice in its object: names made ``<PERSON>`` alike (masked alike,
+    or one person written two ways, one pseudonym), or as a key kept as written. An object naming a
+    key twice is no valid record (the reader quarantines it; most JSON tools keep one of the values).
+    Keys are taken in text order; a key left as it is keeps its name, the first redacted one of a
+    name keeps it too unless a kept key holds it. ``spans`` are places in ``text`` (``start``,
+    ``end``, ``placeholder`` as JSON writes it in a string): changed in place."""
+    ordered = sorted(spans, key=lambda span: span["start"])
+    starts = [span["start"] for span in ordered]
+    objects: dict[int, list[tuple[JsonValue, list[dict]]]] = {}
+    for value in structured:
+        if value.key_of is not None:
+            first, last = value.places[0], value.places[-1]
+            inside = ordered[bisect.bisect_left(starts, first) : bisect.bisect_left(starts, last)]
+            objects.setdefault(value.key_of, []).append((value, [span for span in inside if span["end"] <= last]))
+    for keys in objects.values():
+        if not any(inside for _, inside in keys):
+            continue
+
+        def name(value: JsonValue, inside: list[dict], suffix: str = "") -> str:
+            first = value.places[0]
+            pieces = [{**span, "start": span["start"] - first, "end": span["end"] - first} for span in inside]
+            pieces[-1]["placeholder"] += suffix
+            return json.loads(f'"{redacted(text[first : value.places[-1]], pieces)}"')
+
+        taken = {json.loads(f'"{text[value.places[0] : value.places[-1]]}"') for value, inside in keys if not inside}
+        for value, inside in keys:
+            if not inside:
+                continue
+            number, suffix = 1, ""
+            while (key := name(value, inside, suffix)) in taken:
+                number += 1
+                suffix = f" ({number})"
+            inside[-1]["placeholder"] += suffix
+            taken.add(key)
 
 
 class Part(NamedTuple):
@@ -364,11 +457,11 @@ class Part(NamedTuple):
 
 
 class Scan:
-    """Texts as the analyzer scans them. A text holding the JSON of a list or an object is scanned
-    whole (its keys give the pattern recognisers their context words: "phone": "555-0199") and each
-    of its strings alone too (between JSON's quotes and commas the model misses a name it finds in
-    the string alone); what is found is redacted in the string or number that holds it, so the JSON
-    stays valid."""
+    """Texts as the analyzer scans them. A text holding the JSON of a list or an object (as a whole,
+    or within words: see ``json_values``) is scanned whole (its keys give the pattern recognisers
+    their context words: "phone": "555-0199") and each of its strings alone too (between JSON's
+    quotes and commas the model misses a name it finds in the string alone); what is found is
+    redacted in the string or number that holds it, so the JSON stays valid."""
 
     def __init__(self, texts: list[str]) -> None:
         self.structured = [json_values(text) for text in texts]
@@ -378,7 +471,7 @@ class Scan:
         for index, values in enumerate(self.structured):
             self._strings.append([])
             for value in values or ():
-                scanned = value.is_string and bool(value.value)
+                scanned = value.is_string and bool(value.value) and not value.raw
                 self._strings[index].append(len(self.texts) if scanned else -1)
                 if scanned:
                     self.owner.append(index)
@@ -595,7 +688,7 @@ class PiiRedaction:
         # row the reader could parse) is scanned as the stage scans a field of JSON: string by string
         # (keys too) and whole, a number found (a card) made a string.
         texts = [*records, *(details[row][prefix[row] :] for row in quoting)]
-        scrubbed = iter(self.scrub_texts(texts, [*range(len(records)), *quoting]))
+        scrubbed = iter(self._scrub_texts(texts, [*range(len(records)), *quoting]))
         records = [next(scrubbed) for _ in records]
         for row in quoting:
             details[row] = details[row][: prefix[row]] + (next(scrubbed) or "")
@@ -603,6 +696,10 @@ class PiiRedaction:
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
     def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
+        with _messages_withheld():
+            return self._scrub_texts(values, records)
+
+    def _scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
         leaves the stage's path (set-aside rows, review items made before it) and that no operator,
         undo or review flag applies to. With ``records`` (the record each value belongs to), a value
@@ -627,6 +724,8 @@ class PiiRedaction:
                     {"start": start, "end": end, "placeholder": f'"<{entity}>"' if number else f"<{entity}>"}
                 )
         for index, row in enumerate(where):
+            if scan.structured[index] is not None:
+                _distinct_keys(scan.texts[index], scan.structured[index], spans[index])
             values[row] = redacted(scan.texts[index], spans[index])
         return values
 
@@ -663,21 +762,25 @@ class PiiRedaction:
     ) -> tuple[str, list[dict]]:
         """``text`` with ``detections`` replaced; ``values`` gives the value a place stands for when it is
         not its own text: a name found again by its words takes the name's pseudonym. In the JSON text
-        of a list or an object (``structured``, its strings and numbers), ``own`` gives the place's text
-        as decoded, the placeholder is written as JSON writes it in a string, and a number becomes one."""
+        of a list or an object (``structured``, its strings and numbers, and the words around it), ``own``
+        gives the place's text as decoded, the placeholder is written as JSON writes it in a string, and
+        a number becomes one; among the words around it, as it is."""
         values, own = values or {}, own or {}
-        numbers = {value.place(0, len(value.value)) for value in structured or () if not value.is_string}
+        starts = [value.places[0] for value in structured or ()]
         spans = []
         for entity, start, end, score in detections:
             operator = self.operators[entity]
             mine = own.get((start, end), text[start:end])
             value = values.get((start, end), mine) if operator == "pseudonym" else mine
             placeholder = self.placeholder(operator, entity, value)
-            if structured is not None:
-                placeholder = json.dumps(placeholder) if (start, end) in numbers else json.dumps(placeholder)[1:-1]
+            holder = structured[bisect.bisect_right(starts, start) - 1] if structured else None
+            if holder is not None and not holder.raw:  # in a JSON string, or a number made one
+                placeholder = json.dumps(placeholder)[1:-1] if holder.is_string else json.dumps(placeholder)
             spans.append(
                 {"start": start, "end": end, "entity": entity, "score": round(score, 4), "placeholder": placeholder}
             )
+        if structured is not None:
+            _distinct_keys(text, structured, spans)
         return redacted(text, spans), spans
 
     def _flag(
