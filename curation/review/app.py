@@ -489,8 +489,9 @@ def _train_module() -> tuple[Any, str | None]:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
 
 
-# An item shows the fields it is about (a PII item its field; a near duplicate, the texts compared):
-# editing another one starts from an empty box, which must not read as the field being empty.
+# An item shows the fields it is about (a PII item its field; a near duplicate, the set-aside record's
+# compared fields): editing another one starts from an empty box, which must not read as the field
+# being empty.
 UNSHOWN_VALUE = "This item does not show the field's current value: what you type replaces all of it."
 
 

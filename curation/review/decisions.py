@@ -82,6 +82,8 @@ def known_values(item: dict[str, Any]) -> dict[str, str]:
         return {payload["field"]: payload.get("original", "")}
     if item["kind"] == "vqa":
         return {name: payload[name] for name in ("question", "answer") if name in payload}
+    if item["kind"] == "near_duplicate":
+        return dict(payload.get("member", {}).get("fields") or {})
     return {}
 
 

@@ -84,7 +84,10 @@ def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
         view["kept"], view["member"] = kept, member
         view["similarity"] = payload.get("similarity")
         view["left"], view["right"] = word_diff(kept.get("text", ""), member.get("text", ""))
-        view["edit_values"] = {}
+        # An edit starts from the set-aside record's fields as the role sees its text (a flag made
+        # before the member's fields were kept has none: the editor then says it does not show them).
+        own = member.get("published_fields", {}) if view["redacted"] else member.get("fields", {})
+        view["edit_values"] = {name: value or "" for name, value in own.items()}
     elif item["kind"] == "quarantined":
         view["reason"] = payload.get("reason")
         # With a PII stage in the recipe, roles that do not see PII get the input as published.

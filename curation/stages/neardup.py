@@ -282,15 +282,23 @@ def near_duplicate_flags(
         for key, row in zip(picked["id"].to_pylist(), _matrix(picked["minhash"], stage.num_perm), strict=True):
             sigs[key] = row
     texts: dict[str, str] = {}
+    members = set(dropped["id"].to_pylist())
+    values: dict[str, dict[str, str | None]] = {}  # member -> its fields' values, for an edit to start from
     for batch in batches:
         picked = batch.filter(pc.is_in(batch["id"], pa.array(list(wanted), pa.string())))
-        parts = [pc.cast(picked[f], pa.string()) for f in stage.fields if f in picked.column_names]
+        names = [f for f in stage.fields if f in picked.column_names]
+        parts = [pc.cast(picked[f], pa.string()) for f in names]
         joined = (
             pc.binary_join_element_wise(*parts, "\n", null_handling="skip").to_pylist()
             if parts
             else [""] * picked.num_rows
         )
-        texts.update(zip(picked["id"].to_pylist(), joined, strict=True))
+        ids = picked["id"].to_pylist()
+        texts.update(zip(ids, joined, strict=True))
+        columns = [part.to_pylist() for part in parts]
+        for row, record in enumerate(ids):
+            if record in members:
+                values[record] = {name: column[row] for name, column in zip(names, columns, strict=True)}
     payloads, details = [], []
     for member, kept in zip(dropped["id"].to_pylist(), dropped["duplicate_of"].to_pylist(), strict=True):
         score = float(similarity(sigs[kept], sigs[member])) if member in sigs and kept in sigs else None
@@ -299,7 +307,7 @@ def near_duplicate_flags(
                 {
                     "cluster": kept,
                     "kept": {"id": kept, "text": texts.get(kept, "")},
-                    "member": {"id": member, "text": texts.get(member, "")},
+                    "member": {"id": member, "text": texts.get(member, ""), "fields": values.get(member, {})},
                     "similarity": score,
                 }
             )
@@ -319,11 +327,13 @@ def near_duplicate_flags(
 
 
 def with_published_texts(
-    flags: pa.Table, scrub: Callable[[list[str | None]], list[str | None]], made_by: set[str]
+    flags: pa.Table, scrub: Callable[[list[str | None], list[int]], list[str | None]], made_by: set[str]
 ) -> pa.Table:
     """The near-duplicate flags of the stages ``made_by`` with each text's redacted form beside it
     (``published_text``), for a recipe whose PII stage comes after them: their texts were taken before
-    it, so they hold raw PII, and the review page shows roles that do not see PII the redacted form."""
+    it, so they hold raw PII, and the review page shows roles that do not see PII the redacted form.
+    The member's fields get theirs too (``published_fields``, scanned with its text as one record, so
+    a value found in one is redacted in all): an edit by such a role starts from them."""
     ours = pc.and_(
         pc.equal(flags["kind"], "near_duplicate"), pc.is_in(flags["stage"], pa.array(sorted(made_by), pa.string()))
     )
@@ -334,10 +344,17 @@ def with_published_texts(
     payloads = [json.loads(text) for text in flags["payload"].take(rows).to_pylist()]
     texts = list(dict.fromkeys(p[side]["text"] for p in payloads for side in ("kept", "member")))
     published = dict(zip(texts, scrub(texts), strict=True))
+    fields = [list(p["member"].get("fields", {}).items()) for p in payloads]
+    values = [value for at, p in enumerate(payloads) for value in (p["member"]["text"], *(v for _, v in fields[at]))]
+    owners = [at for at, p in enumerate(payloads) for _ in range(1 + len(fields[at]))]
+    scrubbed = iter(scrub(values, owners))
     column = flags["payload"].to_pylist()
-    for row, payload in zip(rows, payloads, strict=True):
+    for row, payload, own in zip(rows, payloads, fields, strict=True):
         for side in ("kept", "member"):
             payload[side]["published_text"] = published[payload[side]["text"]]
+        next(scrubbed)  # the member's text, scanned with its fields
+        if own:
+            payload["member"]["published_fields"] = {name: next(scrubbed) for name, _ in own}
         column[row] = json.dumps(payload)
     return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
 
