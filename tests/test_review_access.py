@@ -156,6 +156,10 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     )
     assert response.status_code == 303
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
+    # A reviewer now sees, and edits, the text as the next run publishes it: that span in clear.
+    page = reviewer.get(f"/items/{PII_ITEM}").text
+    assert re.search(rf'<textarea name="value" id="edit-value"[^>]*>Call {NAME} at &lt;PHONE_NUMBER&gt;', page)
+    assert PHONE not in page
     (decision,) = [d for d in dec.history(engine, PII_ITEM) if d["undone_at"] is None]
     assert (decision["user"], decision["action"]) == ("pia", "edit")
     assert json.loads(decision["before"]) == {"status": "open", "fields": {}}

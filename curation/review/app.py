@@ -210,7 +210,7 @@ def create_app(
         filters = _filters(request)
         siblings = _item_ids(engine, filters) or [item_id]
         index = siblings.index(item_id) if item_id in siblings else -1
-        view = item_view(row, user)
+        view = item_view(row, user, dec.not_pii_in_force(engine, item_id))
         return render(
             request,
             "item.html",
@@ -237,7 +237,7 @@ def create_app(
         action = str(form.get("action", ""))
         edit = None
         if action == "edit":
-            view = item_view(row, user)
+            view = item_view(row, user, dec.not_pii_in_force(engine, item_id))
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
         try:
             dec.decide(engine, item_id, user.name, action, edit)
