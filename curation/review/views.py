@@ -89,6 +89,11 @@ def item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, int
         if view["redacted"]:
             kept, member = ({**side, "text": side.get("published_text", "")} for side in (kept, member))
         view["kept"], view["member"] = kept, member
+        # A VQA record's image: not for a role shown the texts redacted (the PII stage after the flag's
+        # can redact text in images too, and the flag took them before it).
+        pictures = "thumbnail" in kept or "thumbnail" in member
+        view["images"] = pictures and not view["redacted"]
+        view["images_withheld"] = pictures and view["redacted"]
         view["similarity"] = payload.get("similarity")
         view["left"], view["right"] = word_diff(kept.get("text", ""), member.get("text", ""))
         # An edit starts from the set-aside record's fields as the role sees its text (a flag made
