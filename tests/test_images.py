@@ -410,3 +410,32 @@ def test_near_duplicates_of_vqa_records_are_queued_with_both_images(workdir: Pat
     client, _ = signed_in(create_app(f"sqlite:///{workdir / 'state.db'}", []), "pia")
     page = client.get(f"/items/{items['near_dedup']['item_id']}").text
     assert page.count('<img class="record-image"') == 2 and text["member"]["thumbnail"] in page
+
+
+def test_a_vqa_record_set_aside_by_validation_keeps_its_image_as_a_size_not_a_bytes_repr(workdir: Path) -> None:
+    from curation.review.queue import list_items
+    from tests.helpers import set_aside
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.png").write_bytes(png((300, 200)))
+    rows = [
+        {"image": "a.png", "question": "", "answer": "Nothing."},
+        {"image": "a.png", "question": "Q?", "answer": "Answer."},
+    ]
+    (workdir / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "expectations", "expect": [{"column": "answer", "check": "length_between", "max": 3}]}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.quarantined == 2 and result.manifest.counts.reasons["quarantined"]["schema"] == 1
+    # Python's repr of the image bytes spelt every byte as an escape: megabytes of text for a photo,
+    # in set_aside/, the review queue and the page.
+    (item_a, item_b) = list_items(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), kind="quarantined")
+    for record in [row["record"] for row in set_aside(Path(result.version_uri))] + [
+        json.loads(item["payload"])["record"] for item in (item_a, item_b)
+    ]:
+        assert json.loads(record)["image_bytes"].endswith(" bytes>") and "\\x" not in record
