@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import boto3
@@ -17,7 +18,7 @@ from connectors.images import ImagesSourceReader
 from connectors.state import Watermarks
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
-from schemas.config import ImagesSource, RecipeError, RecordShape
+from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
 from tests.helpers import outputs, run
 
@@ -407,9 +408,15 @@ def test_near_duplicates_of_vqa_records_are_queued_with_both_images(workdir: Pat
     from tests.test_review_access import signed_in
 
     add_user(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), "pia", "pii-reviewer", PASSWORD)
-    client, _ = signed_in(create_app(f"sqlite:///{workdir / 'state.db'}", []), "pia")
+    app = create_app(f"sqlite:///{workdir / 'state.db'}", [load_recipe(workdir / "recipe.yaml")])
+    client, csrf = signed_in(app, "pia")
     page = client.get(f"/items/{items['near_dedup']['item_id']}").text
     assert page.count('<img class="record-image"') == 2 and text["member"]["thumbnail"] in page
+    # The picture is read before the review stage: its name is not a field an edit could change.
+    assert re.findall(r'<option value="([^"]+)"', page) == ["question", "answer"]
+    edit = {"action": "edit", "field": "image", "value": "orange.png", "csrf_token": csrf}
+    response = client.post(f"/items/{items['near_dedup']['item_id']}/decide", data=edit)
+    assert response.status_code == 400 and "cannot be edited on this item" in response.text
 
 
 def test_a_vqa_record_set_aside_by_validation_keeps_its_image_as_a_size_not_a_bytes_repr(workdir: Path) -> None:

@@ -495,13 +495,19 @@ def _train_module() -> tuple[Any, str | None]:
 UNSHOWN_VALUE = "This item does not show the field's current value: what you type replaces all of it."
 
 
+# Content fields an edit cannot change: a VQA record's picture is read (from its ``image`` name) before
+# the review stage, so a new name would be counted as an edit and change nothing that is published.
+NOT_EDITABLE = {"vqa": {"image"}}
+
+
 def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | None) -> list[str]:
     """The record fields an edit of this item may change: the record kind's content fields (when the
     server knows the recipe) and those the flag shows. A quarantined record never reaches the review
     stage, so it has none."""
     if row["kind"] == "quarantined":
         return []
-    fields = list(CONTENT_COLUMNS[recipe.record.kind]) if recipe else []
+    kind = recipe.record.kind if recipe else None
+    fields = [name for name in CONTENT_COLUMNS[kind] if name not in NOT_EDITABLE.get(kind, ())] if kind else []
     return fields + [name for name in view["edit_values"] if name and name not in fields]
 
 
