@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Literal
@@ -360,15 +361,18 @@ def thumbnail(data: bytes | None) -> str | None:
 
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            clear = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            picture = image.convert("RGBA" if clear else "RGB")
-            buffer = io.BytesIO()
-            picture.save(buffer, format="PNG" if clear else "JPEG", **({} if clear else {"quality": 80}))
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+    with warnings.catch_warnings():
+        # The connector checked the picture against the recipe's max_pixels, which may be over Pillow's.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                clear = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+                picture = image.convert("RGBA" if clear else "RGB")
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG" if clear else "JPEG", **({} if clear else {"quality": 80}))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+            return None
     kind = "png" if clear else "jpeg"
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
 
