@@ -6,6 +6,7 @@ Every record carries a stable ``id`` (a hash of where it came from and what it h
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
@@ -315,6 +316,19 @@ def location(source: dict[str, Any] | None) -> str:
     if not source:
         return ""
     return f"{source['uri']}:{source['line']}" if source.get("line") is not None else str(source["uri"])
+
+
+def record_json(row: dict[str, Any]) -> str:
+    """A set-aside record's fields as JSON text (its ``record``): a binary value (a VQA record's
+    ``image_bytes``) as its size, not as Python's bytes repr, which spells every byte as an escape:
+    megabytes of text in ``set_aside/``, the review queue and the page, for one photo."""
+    return json.dumps(row, default=_as_text)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{value.nbytes if isinstance(value, memoryview) else len(value)} bytes>"
+    return str(value)
 
 
 def set_aside_rows(

@@ -165,7 +165,11 @@ def seed(folder: Path) -> Seeded:
                     "payload": {
                         "cluster": ids[2],
                         "kept": {"id": ids[2], "text": f"{TICKETS[1]['question']}\n{TICKETS[1]['answer']}"},
-                        "member": {"id": ids[3], "text": f"{TICKETS[2]['question']}\n{TICKETS[2]['answer']}"},
+                        "member": {
+                            "id": ids[3],
+                            "text": f"{TICKETS[2]['question']}\n{TICKETS[2]['answer']}",
+                            "fields": {"prompt": TICKETS[2]["question"], "completion": TICKETS[2]["answer"]},
+                        },
                         "similarity": 0.91,
                     },
                 },

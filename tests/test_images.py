@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import boto3
@@ -17,7 +18,7 @@ from connectors.images import ImagesSourceReader
 from connectors.state import Watermarks
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
-from schemas.config import ImagesSource, RecipeError, RecordShape
+from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
 from tests.helpers import outputs, run
 
@@ -343,3 +344,105 @@ def test_an_images_folder_that_is_not_there_fails_the_run_by_name(workdir: Path)
     with pytest.raises(OSError, match=r"scans: no such folder, or no file in it"):
         run(workdir, {"dataset": "receipts", "sources": [source], "record": {"kind": "vqa"}})
     assert not (workdir / "output" / "receipts" / "v1").exists()
+
+
+def test_near_duplicates_of_vqa_records_are_queued_with_both_images(workdir: Path) -> None:
+    from PIL import ImageDraw
+
+    from curation.review.auth import User
+    from curation.review.queue import list_items
+    from curation.review.views import item_view
+
+    (workdir / "img").mkdir()
+    for name, colour in (("blue.png", "blue"), ("orange.png", "orange")):
+        picture = Image.new("RGB", (200, 120), "white")
+        ImageDraw.Draw(picture).rectangle([20, 20, 120, 100], fill=colour)
+        picture.save(workdir / "img" / name)
+    (workdir / "img" / "copy-of-blue.png").write_bytes((workdir / "img" / "blue.png").read_bytes())
+    said = "The box in the picture is {}, with a black dot beside it."
+    rows = [
+        ("blue.png", "What colour is the box in this picture?", said.format("blue")),
+        ("orange.png", "What colour is the box in this picture?", said.format("orange")),  # other picture, like text
+        ("copy-of-blue.png", "Which colour is this box?", "Blue."),  # the same picture, other question
+    ]
+    (workdir / "qa.jsonl").write_text(
+        "".join(json.dumps(dict(zip(("image", "question", "answer"), r, strict=True))) + "\n" for r in rows)
+    )
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "near_dedup", "threshold": 0.5}, {"type": "image_dedup", "match_question": False}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.reasons == {"duplicate": {"near_duplicate": 1, "near_duplicate_image": 1}}
+    items = {item["stage"]: item for item in list_items(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"))}
+    assert set(items) == {"near_dedup", "image_near_dedup"}  # an image near duplicate is queued too
+
+    def shown(data: str) -> tuple[int, int]:
+        import base64
+
+        assert data.startswith("data:image/jpeg;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))) as image:
+            return image.getpixel((70, 60))
+
+    # Both records' images are on the item, so the annotator sees that the texts ask about two pictures.
+    text = json.loads(items["near_dedup"]["payload"])
+    assert shown(text["kept"]["thumbnail"])[2] > 200 and shown(text["member"]["thumbnail"])[0] > 200  # blue, orange
+    assert text["member"]["fields"] == {"question": rows[1][1], "answer": rows[1][2]}
+    image = json.loads(items["image_near_dedup"]["payload"])
+    assert image["similarity"] == 1.0 and image["member"]["fields"]["question"] == "Which colour is this box?"
+    assert "near duplicate image of" in items["image_near_dedup"]["detail"]
+    view = item_view(items["image_near_dedup"], User("rita", "reviewer"))
+    assert view["images"] and view["edit_values"] == {"question": "Which colour is this box?", "answer": "Blue."}
+    # Shown redacted (a PII stage after the flag's), a reviewer gets neither raw texts nor the images.
+    image["member"]["published_text"] = image["kept"]["published_text"] = "<PERSON>"
+    view = item_view({**items["image_near_dedup"], "payload": json.dumps(image)}, User("rita", "reviewer"))
+    assert not view["images"] and view["images_withheld"]
+    assert item_view({**items["image_near_dedup"], "payload": json.dumps(image)}, User("pia", "pii-reviewer"))["images"]
+    # The item page shows them.
+    from curation.review.app import create_app
+    from curation.review.auth import add_user
+    from tests.review_seed import PASSWORD
+    from tests.test_review_access import signed_in
+
+    add_user(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), "pia", "pii-reviewer", PASSWORD)
+    app = create_app(f"sqlite:///{workdir / 'state.db'}", [load_recipe(workdir / "recipe.yaml")])
+    client, csrf = signed_in(app, "pia")
+    page = client.get(f"/items/{items['near_dedup']['item_id']}").text
+    assert page.count('<img class="record-image"') == 2 and text["member"]["thumbnail"] in page
+    # The picture is read before the review stage: its name is not a field an edit could change.
+    assert re.findall(r'<option value="([^"]+)"', page) == ["question", "answer"]
+    edit = {"action": "edit", "field": "image", "value": "orange.png", "csrf_token": csrf}
+    response = client.post(f"/items/{items['near_dedup']['item_id']}/decide", data=edit)
+    assert response.status_code == 400 and "cannot be edited on this item" in response.text
+
+
+def test_a_vqa_record_set_aside_by_validation_keeps_its_image_as_a_size_not_a_bytes_repr(workdir: Path) -> None:
+    from curation.review.queue import list_items
+    from tests.helpers import set_aside
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.png").write_bytes(png((300, 200)))
+    rows = [
+        {"image": "a.png", "question": "", "answer": "Nothing."},
+        {"image": "a.png", "question": "Q?", "answer": "Answer."},
+    ]
+    (workdir / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "expectations", "expect": [{"column": "answer", "check": "length_between", "max": 3}]}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.quarantined == 2 and result.manifest.counts.reasons["quarantined"]["schema"] == 1
+    # Python's repr of the image bytes spelt every byte as an escape: megabytes of text for a photo,
+    # in set_aside/, the review queue and the page.
+    (item_a, item_b) = list_items(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), kind="quarantined")
+    for record in [row["record"] for row in set_aside(Path(result.version_uri))] + [
+        json.loads(item["payload"])["record"] for item in (item_a, item_b)
+    ]:
+        assert json.loads(record)["image_bytes"].endswith(" bytes>") and "\\x" not in record

@@ -156,6 +156,10 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     )
     assert response.status_code == 303
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
+    # A reviewer now sees, and edits, the text as the next run publishes it: that span in clear.
+    page = reviewer.get(f"/items/{PII_ITEM}").text
+    assert re.search(rf'<textarea name="value" id="edit-value"[^>]*>Call {NAME} at &lt;PHONE_NUMBER&gt;', page)
+    assert PHONE not in page
     (decision,) = [d for d in dec.history(engine, PII_ITEM) if d["undone_at"] is None]
     assert (decision["user"], decision["action"]) == ("pia", "edit")
     assert json.loads(decision["before"]) == {"status": "open", "fields": {}}
@@ -373,3 +377,54 @@ def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_histo
     page = reviewer.get(f"/items/{item}").text
     assert published.replace("<", "&lt;").replace(">", "&gt;") in page
     assert NAME not in page and PHONE not in page  # nor in the edit's values, in its history
+
+
+def test_an_edit_of_a_near_duplicate_starts_from_the_set_aside_records_fields(tmp_path: Path) -> None:
+    from curation.review.queue import list_items
+    from tests.helpers import outputs, run, write_jsonl
+    from tests.review_seed import USERS
+
+    base = "Please update the billing details on my account, I want the yearly plan from next month, thanks a lot"
+    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": f"Done, {NAME} updated it."}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    spec = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ a }}"},
+        "stages": [{"type": "near_dedup", "threshold": 0.7}, {"type": "pii"}],
+        "output": {"validation_fraction": 0.0},
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    assert run(tmp_path, spec).manifest.counts.duplicate == 1
+    engine = sa.create_engine(spec["state"])
+    for name, role in USERS.items():
+        from curation.review.auth import add_user
+
+        add_user(engine, name, role, PASSWORD)
+    (item,) = list_items(engine, kind="near_duplicate")
+    app = create_app(spec["state"], [])
+
+    def editor(page: str) -> dict[str, str]:
+        options = re.findall(r'<option value="([^"]+)" data-value="([^"]*)" data-shown="1"', page)
+        return {name: value.replace("&lt;", "<").replace("&gt;", ">") for name, value in options}
+
+    # Each role's editor holds the set-aside record's fields as that role sees its text: raw PII only
+    # for a pii-reviewer, the published (redacted) text for a reviewer.
+    reviewer, csrf = signed_in(app, "rita")
+    page = reviewer.get(f"/items/{item['item_id']}").text
+    assert editor(page) == {"prompt": f"{base}!", "completion": "Done, <PERSON> updated it."}
+    assert NAME not in page
+    client, _ = signed_in(app, "pia")
+    assert editor(client.get(f"/items/{item['item_id']}").text)["completion"] == f"Done, {NAME} updated it."
+
+    # The reviewer rewrites the prompt and leaves the completion as shown: only the prompt is edited,
+    # and the next run publishes the record with its own completion, redacted.
+    edit = {"action": "edit", "field": "prompt", "value": "How do I change my e-mail address?", "csrf_token": csrf}
+    assert reviewer.post(f"/items/{item['item_id']}/decide", data=edit).status_code in (200, 303)
+    (decision,) = dec.history(engine, item["item_id"])
+    assert json.loads(decision["after"])["fields"] == {"prompt": "How do I change my e-mail address?"}
+    assert json.loads(decision["before"])["fields"] == {"prompt": f"{base}!"}
+    second = run(tmp_path, spec)
+    published = {row["prompt"]: row["completion"] for row in outputs(Path(second.version_uri))}
+    assert published["How do I change my e-mail address?"] == "Done, <PERSON> updated it."
+    assert len(published) == 2

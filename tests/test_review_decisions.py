@@ -105,6 +105,62 @@ def test_undoing_a_decision_takes_out_its_own_values_whatever_others_decided_sin
     assert dec.run_decisions(engine, "ds").edits == {"a": {"prompt": "Who pays refunds?"}}
 
 
+def test_an_edit_of_a_field_keeps_the_spans_marked_not_pii_that_it_kept(tmp_path: Path) -> None:
+    from curation.review.auth import User
+    from curation.review.views import item_view
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    original = "Ask Dana under Settings, Plan."  # Settings (15-23) is taken for a name
+    spans = [
+        {"start": 4, "end": 8, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"},
+        {"start": 15, "end": 23, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"},
+    ]
+    payload = {"field": "completion", "original": original, "redacted": "Ask <PERSON> under <PERSON>, Plan."}
+    payload.update(spans=spans, redactions=[{k: s[k] for k in ("start", "end", "placeholder")} for s in spans])
+    flags = [flag(record, "pii", json.dumps(payload)) for record in "abcd"]
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    not_pii = dec.Edit(not_pii=[("completion", 15, 23)])
+
+    # a: marked not PII, then a reviewer edits the text the page shows: as the next run publishes it.
+    dec.decide(engine, 1, "pia", "edit", not_pii)
+    shown = item_view(dec.get_item(engine, 1), User("rita", "reviewer"), dec.not_pii_in_force(engine, 1))
+    assert shown["edit_values"] == {"completion": "Ask <PERSON> under Settings, Plan."}
+    assert "Dana" not in json.dumps(shown, default=str)
+    dec.decide(
+        engine, 1, "rita", "edit", dec.Edit(fields={"completion": "Ask <PERSON> under Settings, Plan, Billing."})
+    )
+    # b: a pii-reviewer marks the span and rewrites the raw text in one edit.
+    dec.decide(
+        engine,
+        2,
+        "pia",
+        "edit",
+        dec.Edit(fields={"completion": "Dana, please open Settings."}, not_pii=not_pii.not_pii),
+    )
+    # c: a reviewer edited the redacted text before the mark: the span's placeholder gives way to its
+    # text, the other one (Dana) stays a placeholder.
+    dec.decide(engine, 3, "rita", "edit", dec.Edit(fields={"completion": "Ask <PERSON> under <PERSON>, then Plan."}))
+    dec.decide(engine, 3, "pia", "edit", not_pii)
+    # d: the edit rewrote the span: nothing of it is kept, and the new text is scanned as any.
+    dec.decide(engine, 4, "pia", "edit", not_pii)
+    dec.decide(engine, 4, "rita", "edit", dec.Edit(fields={"completion": "Ask <PERSON> under Preferences."}))
+
+    decisions = dec.run_decisions(engine, "ds")
+    assert {record: fields["completion"] for record, fields in decisions.edits.items()} == {
+        "a": "Ask <PERSON> under Settings, Plan, Billing.",
+        "b": "Dana, please open Settings.",
+        "c": "Ask <PERSON> under Settings, then Plan.",
+        "d": "Ask <PERSON> under Preferences.",
+    }
+    assert decisions.undone == {
+        "a": {("completion", 19, 27)},
+        "b": {("completion", 18, 26)},
+        "c": {("completion", 19, 27)},
+    }
+    for record, (start, end) in (("a", (19, 27)), ("b", (18, 26)), ("c", (19, 27))):
+        assert decisions.edits[record]["completion"][start:end] == "Settings"
+
+
 def test_stage_filters_rejected_and_applies_edits() -> None:
     stage = ReviewDecisions(
         dec.RunDecisions(

@@ -210,7 +210,7 @@ def create_app(
         filters = _filters(request)
         siblings = _item_ids(engine, filters) or [item_id]
         index = siblings.index(item_id) if item_id in siblings else -1
-        view = item_view(row, user)
+        view = item_view(row, user, dec.not_pii_in_force(engine, item_id))
         return render(
             request,
             "item.html",
@@ -237,7 +237,7 @@ def create_app(
         action = str(form.get("action", ""))
         edit = None
         if action == "edit":
-            view = item_view(row, user)
+            view = item_view(row, user, dec.not_pii_in_force(engine, item_id))
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
         try:
             dec.decide(engine, item_id, user.name, action, edit)
@@ -489,9 +489,15 @@ def _train_module() -> tuple[Any, str | None]:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
 
 
-# An item shows the fields it is about (a PII item its field; a near duplicate, the texts compared):
-# editing another one starts from an empty box, which must not read as the field being empty.
+# An item shows the fields it is about (a PII item its field; a near duplicate, the set-aside record's
+# compared fields): editing another one starts from an empty box, which must not read as the field
+# being empty.
 UNSHOWN_VALUE = "This item does not show the field's current value: what you type replaces all of it."
+
+
+# Content fields an edit cannot change: a VQA record's picture is read (from its ``image`` name) before
+# the review stage, so a new name would be counted as an edit and change nothing that is published.
+NOT_EDITABLE = {"vqa": {"image"}}
 
 
 def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | None) -> list[str]:
@@ -500,7 +506,8 @@ def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | Non
     stage, so it has none."""
     if row["kind"] == "quarantined":
         return []
-    fields = list(CONTENT_COLUMNS[recipe.record.kind]) if recipe else []
+    kind = recipe.record.kind if recipe else None
+    fields = [name for name in CONTENT_COLUMNS[kind] if name not in NOT_EDITABLE.get(kind, ())] if kind else []
     return fields + [name for name in view["edit_values"] if name and name not in fields]
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from difflib import SequenceMatcher
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -82,6 +84,8 @@ def known_values(item: dict[str, Any]) -> dict[str, str]:
         return {payload["field"]: payload.get("original", "")}
     if item["kind"] == "vqa":
         return {name: payload[name] for name in ("question", "answer") if name in payload}
+    if item["kind"] == "near_duplicate":
+        return dict(payload.get("member", {}).get("fields") or {})
     return {}
 
 
@@ -409,6 +413,14 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
             payloads = dict(db.execute(query.where(review_items.c.item_id.in_(not_pii))).all())
         for item_id, (record, spans) in not_pii.items():
             payload = json.loads(payloads.get(item_id) or "{}")
+            edited = result.edits.get(record, {})
+            if payload.get("field") in edited:
+                # An edit of the field keeps the spans marked not PII that it kept (see ``carried_over``).
+                name = payload["field"]
+                places = {(int(start), int(end)) for field_name, start, end in spans if field_name == name}
+                edited[name], moved = carried_over(payload, places, edited[name])
+                if moved:
+                    result.undone.setdefault(record, set()).update((name, start, end) for start, end in moved)
             text = restored_text(payload, {(int(start), int(end)) for _, start, end in spans})
             if text is None:
                 log.warning(
@@ -429,11 +441,76 @@ def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str
     uncertain ones, which are all of them when redacting with them alone gives the published text.
     None when the flag cannot say.
     """
-    original, redactions = payload.get("original"), payload.get("redactions")
-    if original is None or "field" not in payload:
+    original, redactions = payload.get("original"), _all_redactions(payload)
+    if original is None or "field" not in payload or redactions is None:
         return None
-    if redactions is None:
-        redactions = payload.get("spans", [])
-        if redacted(original, redactions) != payload.get("redacted"):
-            return None
     return redacted(original, [span for span in redactions if (span["start"], span["end"]) not in not_pii])
+
+
+def not_pii_in_force(engine: sa.Engine, item_id: int) -> set[tuple[str, int, int]]:
+    """The spans of a PII item that the decisions in force on it mark not PII."""
+    current = _in_force_for_item(engine, item_id)
+    after = json.loads(current["after"]) if current else {}
+    return {(name, int(start), int(end)) for name, start, end in after.get("not_pii", [])}
+
+
+def _all_redactions(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Every redaction of a PII flag's field (a flag written before they were kept: its uncertain
+    spans, when they are all of them); None when the flag cannot say."""
+    original, redactions = payload.get("original"), payload.get("redactions")
+    if original is None or redactions is not None:
+        return redactions
+    spans = payload.get("spans", [])
+    return spans if redacted(original, spans) == payload.get("redacted") else None
+
+
+def _inside(blocks: Iterable[tuple[int, int, int]], start: int, end: int) -> int | None:
+    """Where ``[start, end)`` of one text stands in another, when one of their matching blocks holds it whole."""
+    for a, b, size in blocks:
+        if a <= start and end <= a + size:
+            return b + start - a
+    return None
+
+
+def carried_over(
+    payload: dict[str, Any], not_pii: set[tuple[int, int]], value: str
+) -> tuple[str, set[tuple[int, int]]]:
+    """An edit's ``value`` of a PII flag's field with the spans marked not PII (``not_pii``, offsets in
+    the flag's text) it kept, and where they stand in it, for the PII stage to leave as they are.
+
+    An edit replaces the text the marks were made on, so they reach it only where it kept them: a span's
+    own text (a pii-reviewer edits the raw text; a reviewer, the published text with the marks in force
+    applied), or, in an edit of the redacted text made before the mark, the span's placeholder, which
+    gives way to the span's text. Only text an annotator marked not PII is put back, never another
+    redaction's value; a span the edit changed or removed is not kept, and is redacted if found again.
+    """
+    original = payload.get("original")
+    if original is None or not not_pii:
+        return value, set()
+    found: dict[tuple[int, int], str] = {}  # place in value -> the span's text to stand there
+    clear = SequenceMatcher(None, original, value, autojunk=False).get_matching_blocks()
+    for start, end in not_pii:
+        at = _inside(clear, start, end)
+        if at is not None:
+            found[(at, at + end - start)] = original[start:end]
+    redactions = _all_redactions(payload)
+    if redactions:
+        shown = SequenceMatcher(None, redacted(original, redactions), value, autojunk=False).get_matching_blocks()
+        shift = 0
+        for span in sorted(redactions, key=lambda span: span["start"]):
+            start, end, placeholder = span["start"], span["end"], span["placeholder"]
+            at = _inside(shown, start + shift, start + shift + len(placeholder))
+            shift += len(placeholder) - (end - start)
+            if (start, end) in not_pii and at is not None:
+                found.setdefault((at, at + len(placeholder)), original[start:end])
+    pieces, position, length, places = [], 0, 0, set()
+    for (start, end), text in sorted(found.items()):
+        if start < position:  # two places overlap: the first stands
+            continue
+        pieces += [value[position:start], text]
+        length += start - position
+        places.add((length, length + len(text)))
+        length += len(text)
+        position = end
+    pieces.append(value[position:])
+    return "".join(pieces), places

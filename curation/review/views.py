@@ -6,10 +6,12 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from curation.review.auth import User
+from curation.review.decisions import restored_text
 
 _WORDS = re.compile(r"\s+|[^\s]+")
 
@@ -53,8 +55,10 @@ def word_diff(kept: str, member: str) -> tuple[list[Segment], list[Segment]]:
     return left, right
 
 
-def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
-    """The template context for one item; raw PII only for users whose role may see it."""
+def item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, int, int]] = ()) -> dict[str, Any]:
+    """The template context for one item; raw PII only for users whose role may see it. ``not_pii``:
+    the spans of a PII item that the decisions in force mark not PII, shown in clear to every role
+    (the next run publishes them so)."""
     payload = json.loads(item["payload"] or "{}")
     view: dict[str, Any] = {"kind": item["kind"], "detail": item["detail"], "source": json.loads(item["source"])}
     if item["kind"] == "pii":
@@ -72,8 +76,11 @@ def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
             ]
             view["edit_values"] = {payload.get("field"): original}
         else:
-            view["redacted"] = payload.get("redacted", "")
-            view["edit_values"] = {payload.get("field"): payload.get("redacted", "")}
+            # The text as the next run publishes it: an edit starts from it, and what it keeps stays so.
+            places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
+            shown = restored_text(payload, places) if places else None
+            view["redacted"] = payload.get("redacted", "") if shown is None else shown
+            view["edit_values"] = {payload.get("field"): view["redacted"]}
     elif item["kind"] == "near_duplicate":
         kept, member = payload.get("kept", {}), payload.get("member", {})
         # With the recipe's PII stage after the near-dedup stage, roles that do not see PII get the
@@ -82,9 +89,17 @@ def item_view(item: dict[str, Any], user: User) -> dict[str, Any]:
         if view["redacted"]:
             kept, member = ({**side, "text": side.get("published_text", "")} for side in (kept, member))
         view["kept"], view["member"] = kept, member
+        # A VQA record's image: not for a role shown the texts redacted (the PII stage after the flag's
+        # can redact text in images too, and the flag took them before it).
+        pictures = "thumbnail" in kept or "thumbnail" in member
+        view["images"] = pictures and not view["redacted"]
+        view["images_withheld"] = pictures and view["redacted"]
         view["similarity"] = payload.get("similarity")
         view["left"], view["right"] = word_diff(kept.get("text", ""), member.get("text", ""))
-        view["edit_values"] = {}
+        # An edit starts from the set-aside record's fields as the role sees its text (a flag made
+        # before the member's fields were kept has none: the editor then says it does not show them).
+        own = member.get("published_fields", {}) if view["redacted"] else member.get("fields", {})
+        view["edit_values"] = {name: value or "" for name, value in own.items()}
     elif item["kind"] == "quarantined":
         view["reason"] = payload.get("reason")
         # With a PII stage in the recipe, roles that do not see PII get the input as published.

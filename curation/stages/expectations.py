@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
 from schemas.config import Expectation, between_needs_numbers
-from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, set_aside_rows
+from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 
 _GX_TYPES = {
     "not_null": "ExpectColumnValuesToNotBeNull",
@@ -124,7 +124,7 @@ class Expectations:
         ]
         # The raw record: its fields, not the id, source or signatures a dedup stage carries on.
         own = [c for c in bad.column_names if c not in ("id", "source") and not c.startswith(SIGNATURE_COLUMN_PREFIX)]
-        records = [json.dumps(r, default=str) for r in bad.select(own).to_pylist()]
+        records = [record_json(r) for r in bad.select(own).to_pylist()]
         aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", reasons, details, records)
         stats = {
             "rows_checked": batch.num_rows,

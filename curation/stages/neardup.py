@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Literal
@@ -281,35 +282,65 @@ def near_duplicate_flags(
         picked = table.filter(pc.is_in(table["id"], pa.array(list(wanted), pa.string())))
         for key, row in zip(picked["id"].to_pylist(), _matrix(picked["minhash"], stage.num_perm), strict=True):
             sigs[key] = row
+
+    def score(kept: str, member: str) -> float | None:
+        return float(similarity(sigs[kept], sigs[member])) if member in sigs and kept in sigs else None
+
+    return duplicate_flags(stage.name, stage.fields, dropped, batches, score)
+
+
+def duplicate_flags(
+    stage: str,
+    fields: list[str],
+    dropped: pa.Table,
+    batches: Iterable[pa.Table],
+    score: Callable[[str, str], float | None],
+    what: str = "near duplicate",
+) -> pa.Table:
+    """One ``near_duplicate`` flag per record of ``dropped``: the kept record's and its own ``fields``
+    joined (``text``), the member's fields one by one (an edit starts from them), a VQA record's image
+    as a small metadata-free picture (``thumbnail``, a data: URI), and ``score(kept, member)``."""
+    if dropped.num_rows == 0:
+        return FLAG_SCHEMA.empty_table()
+    wanted = set(dropped["id"].to_pylist()) | set(dropped["duplicate_of"].to_pylist())
     texts: dict[str, str] = {}
+    thumbnails: dict[str, str | None] = {}
+    members = set(dropped["id"].to_pylist())
+    values: dict[str, dict[str, str | None]] = {}  # member -> its fields' values, for an edit to start from
     for batch in batches:
         picked = batch.filter(pc.is_in(batch["id"], pa.array(list(wanted), pa.string())))
-        parts = [pc.cast(picked[f], pa.string()) for f in stage.fields if f in picked.column_names]
+        names = [f for f in fields if f in picked.column_names]
+        parts = [pc.cast(picked[f], pa.string()) for f in names]
         joined = (
             pc.binary_join_element_wise(*parts, "\n", null_handling="skip").to_pylist()
             if parts
             else [""] * picked.num_rows
         )
-        texts.update(zip(picked["id"].to_pylist(), joined, strict=True))
+        ids = picked["id"].to_pylist()
+        texts.update(zip(ids, joined, strict=True))
+        if "image_bytes" in picked.column_names:
+            thumbnails.update(zip(ids, map(thumbnail, picked["image_bytes"].to_pylist()), strict=True))
+        columns = [part.to_pylist() for part in parts]
+        for row, record in enumerate(ids):
+            if record in members:
+                values[record] = {name: column[row] for name, column in zip(names, columns, strict=True)}
     payloads, details = [], []
     for member, kept in zip(dropped["id"].to_pylist(), dropped["duplicate_of"].to_pylist(), strict=True):
-        score = float(similarity(sigs[kept], sigs[member])) if member in sigs and kept in sigs else None
-        payloads.append(
-            json.dumps(
-                {
-                    "cluster": kept,
-                    "kept": {"id": kept, "text": texts.get(kept, "")},
-                    "member": {"id": member, "text": texts.get(member, "")},
-                    "similarity": score,
-                }
-            )
-        )
-        details.append(f"near duplicate of {kept}" + (f" (similarity {score:.2f})" if score is not None else ""))
+        found = score(kept, member)
+        sides = {
+            "kept": {"id": kept, "text": texts.get(kept, "")},
+            "member": {"id": member, "text": texts.get(member, ""), "fields": values.get(member, {})},
+        }
+        for side, record in (("kept", kept), ("member", member)):
+            if thumbnails.get(record):
+                sides[side]["thumbnail"] = thumbnails[record]
+        payloads.append(json.dumps({"cluster": kept, **sides, "similarity": found}))
+        details.append(f"{what} of {kept}" + (f" (similarity {found:.2f})" if found is not None else ""))
     return pa.table(
         {
             "id": dropped["id"],
             "source": dropped["source"],
-            "stage": pa.array([stage.name] * dropped.num_rows, pa.string()),
+            "stage": pa.array([stage] * dropped.num_rows, pa.string()),
             "kind": pa.array(["near_duplicate"] * dropped.num_rows, pa.string()),
             "detail": pa.array(details, pa.string()),
             "payload": pa.array(payloads, pa.string()),
@@ -318,12 +349,42 @@ def near_duplicate_flags(
     )
 
 
+THUMBNAIL_SIDE = 480  # pixels: the longer side of a record's image as the review page shows it
+
+
+def thumbnail(data: bytes | None) -> str | None:
+    """An image as the review page shows it: a JPEG (PNG when it has transparency) rebuilt from its
+    pixels, its longer side at most ``THUMBNAIL_SIDE``, as a data: URI; None when it does not decode."""
+    if not data:
+        return None
+    import base64
+
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        # The connector checked the picture against the recipe's max_pixels, which may be over Pillow's.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                clear = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+                picture = image.convert("RGBA" if clear else "RGB")
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG" if clear else "JPEG", **({} if clear else {"quality": 80}))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+            return None
+    kind = "png" if clear else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
 def with_published_texts(
-    flags: pa.Table, scrub: Callable[[list[str | None]], list[str | None]], made_by: set[str]
+    flags: pa.Table, scrub: Callable[[list[str | None], list[int]], list[str | None]], made_by: set[str]
 ) -> pa.Table:
     """The near-duplicate flags of the stages ``made_by`` with each text's redacted form beside it
     (``published_text``), for a recipe whose PII stage comes after them: their texts were taken before
-    it, so they hold raw PII, and the review page shows roles that do not see PII the redacted form."""
+    it, so they hold raw PII, and the review page shows roles that do not see PII the redacted form.
+    The member's fields get theirs too (``published_fields``, scanned with its text as one record, so
+    a value found in one is redacted in all): an edit by such a role starts from them."""
     ours = pc.and_(
         pc.equal(flags["kind"], "near_duplicate"), pc.is_in(flags["stage"], pa.array(sorted(made_by), pa.string()))
     )
@@ -334,10 +395,17 @@ def with_published_texts(
     payloads = [json.loads(text) for text in flags["payload"].take(rows).to_pylist()]
     texts = list(dict.fromkeys(p[side]["text"] for p in payloads for side in ("kept", "member")))
     published = dict(zip(texts, scrub(texts), strict=True))
+    fields = [list(p["member"].get("fields", {}).items()) for p in payloads]
+    values = [value for at, p in enumerate(payloads) for value in (p["member"]["text"], *(v for _, v in fields[at]))]
+    owners = [at for at, p in enumerate(payloads) for _ in range(1 + len(fields[at]))]
+    scrubbed = iter(scrub(values, owners))
     column = flags["payload"].to_pylist()
-    for row, payload in zip(rows, payloads, strict=True):
+    for row, payload, own in zip(rows, payloads, fields, strict=True):
         for side in ("kept", "member"):
             payload[side]["published_text"] = published[payload[side]["text"]]
+        next(scrubbed)  # the member's text, scanned with its fields
+        if own:
+            payload["member"]["published_fields"] = {name: next(scrubbed) for name, _ in own}
         column[row] = json.dumps(payload)
     return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
 
@@ -423,3 +491,23 @@ class ImageNearDedup:
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
         return resolve_duplicates(self, signatures)
+
+    def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
+        """One ``near_duplicate`` flag per record set aside, with both images, questions and answers;
+        the similarity is the share of equal bits of their perceptual hashes."""
+        dropped = dropped.filter(pc.equal(dropped["reason"], self.reason))
+        if dropped.num_rows == 0:
+            return FLAG_SCHEMA.empty_table()
+        ids = set(dropped["id"].to_pylist()) | set(dropped["duplicate_of"].to_pylist())
+        wanted = pa.array(sorted(ids - {None}), pa.string())
+        hashes: dict[str, int | None] = {}
+        for table in signatures:
+            picked = table.filter(pc.is_in(table["id"], value_set=wanted))
+            hashes.update(zip(picked["id"].to_pylist(), picked["phash"].to_pylist(), strict=True))
+
+        def score(kept: str, member: str) -> float | None:
+            a, b = hashes.get(kept), hashes.get(member)
+            return None if a is None or b is None else 1 - (a ^ b).bit_count() / 64
+
+        fields = ["question", "answer"]
+        return duplicate_flags(self.name, fields, dropped, batches, score, "near duplicate image")

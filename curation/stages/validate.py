@@ -6,7 +6,6 @@ row by row with pydantic, so each quarantined row carries pydantic's own message
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from curation.stages.base import StageResult, split_by_mask
-from schemas.records import Record, location, set_aside_rows
+from schemas.records import Record, location, record_json, set_aside_rows
 
 ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -106,7 +105,7 @@ class SchemaValidation:
             except ValidationError as error:
                 valid.append(False)
                 details.append(f"{location(row['source'])}: {_describe(error)}")
-                records.append(json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, default=str))
+                records.append(record_json({k: v for k, v in row.items() if k not in ("id", "source")}))
         kept, bad = split_by_mask(batch, pa.array(valid))
         kept_columns = {
             column: pa.array([getattr(m, column) for m in clean], arrow_type)
@@ -121,7 +120,7 @@ class SchemaValidation:
         names = ", ".join(repr(m) for m in missing)
         sources = batch["source"].to_pylist()
         details = [f"{location(s)}: required column {names} is missing" for s in sources]
-        records = [json.dumps(r, default=str) for r in batch.drop_columns(["id", "source"]).to_pylist()]
+        records = [record_json(r) for r in batch.drop_columns(["id", "source"]).to_pylist()]
         set_aside = set_aside_rows(
             batch["id"], batch["source"], self.name, "quarantined", "missing_column", details, records
         )
