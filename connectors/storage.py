@@ -270,6 +270,20 @@ def s3_objects(uri: str) -> dict[str, FileEntry]:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
 
 
+def copy_published(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """A published file into a new version. On local disk a hard link: a published file is never
+    written again, so each scheduled version shares the bytes of what it carries rather than holding
+    another copy of the whole dataset (another device or a filesystem without links: copied). On S3,
+    a server-side copy."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    fs.copy_file(source, target)
+
+
 def make_dirs(fs: pafs.FileSystem, path: str) -> None:
     """Create a local folder; S3 has no folders, and a marker object would only be clutter."""
     if not isinstance(fs, pafs.S3FileSystem):

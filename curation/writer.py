@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from connectors.storage import StorageError, filesystem, is_s3, join, make_dirs
+from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
@@ -520,7 +520,7 @@ class DatasetWriter:
                         self._write_moved_lineage(rows, {shard.path: path})
                 else:
                     carrying.copied(shard.records, known[shard.path])
-                self.fs.copy_file(f"{source}/{shard.path}", f"{self.staging}/{path}")
+                copy_published(self.fs, f"{source}/{shard.path}", f"{self.staging}/{path}")
                 self._check_copied(f"{version_dir}/{shard.path}", f"{self.staging}/{path}", shard)
                 self.carried[name].append(shard.model_copy(update={"path": path}))
         for image in previous.files:
@@ -528,7 +528,7 @@ class DatasetWriter:
                 continue
             if image.path not in self.files:  # named by content hash: one already here is the same file
                 make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")
-                self.fs.copy_file(f"{source}/{image.path}", f"{self.staging}/{image.path}")
+                copy_published(self.fs, f"{source}/{image.path}", f"{self.staging}/{image.path}")
                 self.files[image.path] = image
         if carrying.unknown:
             log.warning(

@@ -85,6 +85,8 @@ def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_chec
         carried = second_shards[path.replace("/part-", "/part-v1-")]
         assert (carried.sha256, carried.records, carried.bytes) == (shard.sha256, shard.records, shard.bytes)
         assert (two / carried.path).read_bytes() == (one / path).read_bytes()
+        # On local disk the versions share the file (a hard link): a scheduled version is not another copy.
+        assert (two / carried.path).stat().st_ino == (one / path).stat().st_ino
     assert verify_checksums(str(two), manifest) == []
     assert load_version(str(two)).version == 2  # training's check: every file against its sha256
     # Set-aside rows describe one run: not carried. Lineage is, marked with the version it came from.
@@ -105,6 +107,25 @@ def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_chec
     assert {p for p in first_shards if p.endswith(".jsonl")} <= {p.replace("-v1-", "-") for p in third_shards}
     assert any("/part-v2-" in p for p in third_shards)
     assert verify_checksums(str(three), v3.manifest) == []
+
+
+def test_carried_shards_are_copied_where_they_cannot_be_linked(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def across_devices(source: str, target: str) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 30))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    monkeypatch.setattr(os, "link", across_devices)
+    write_jsonl(workdir / "in" / "b.jsonl", notes(30, 3))
+    v2 = run(workdir, recipe("out"))
+    two = Path(v2.version_uri)
+    assert v2.manifest.counts.carried == 30 and verify_checksums(str(two), v2.manifest) == []
+    for shard in sorted((one / "train").glob("part-*.jsonl")):
+        carried = two / "train" / shard.name.replace("part-", "part-v1-")
+        assert carried.read_bytes() == shard.read_bytes() and carried.stat().st_ino != shard.stat().st_ino
 
 
 def test_a_published_shard_changed_by_hand_is_not_carried_with_its_old_checksum(workdir: Path) -> None:
