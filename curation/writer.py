@@ -348,6 +348,9 @@ class DatasetWriter:
             name: ShardSeries(self.fs, self.staging, name, shard_max_bytes, fmt.data_file) for name in SPLITS
         }
         self.files: dict[str, Shard] = {}  # binary side files the lines refer to (images), by path
+        # On S3, carried files (published path, path in the version) are copied straight into the version
+        # as it is published: through the staging area each would be copied twice.
+        self._carried_files: list[tuple[str, str]] = []
         self.set_aside = ShardSeries(self.fs, self.staging, "set_aside", shard_max_bytes)
         self.set_aside_reported: list[pa.Table] = []  # the columns of the set-aside rows the report counts
         self.lineage = ShardSeries(self.fs, self.staging, "lineage", shard_max_bytes)
@@ -520,15 +523,15 @@ class DatasetWriter:
                         self._write_moved_lineage(rows, {shard.path: path})
                 else:
                     carrying.copied(shard.records, known[shard.path])
-                copy_published(self.fs, f"{source}/{shard.path}", f"{self.staging}/{path}")
-                self._check_copied(f"{version_dir}/{shard.path}", f"{self.staging}/{path}", shard)
+                self._carry_file(f"{source}/{shard.path}", path)
+                self._check_unchanged(f"{version_dir}/{shard.path}", f"{source}/{shard.path}", shard)
                 self.carried[name].append(shard.model_copy(update={"path": path}))
         for image in previous.files:
             if image.path not in named:
                 continue
             if image.path not in self.files:  # named by content hash: one already here is the same file
                 make_dirs(self.fs, f"{self.staging}/{image.path.rsplit('/', 1)[0]}")
-                copy_published(self.fs, f"{source}/{image.path}", f"{self.staging}/{image.path}")
+                self._carry_file(f"{source}/{image.path}", image.path)
                 self.files[image.path] = image
         if carrying.unknown:
             log.warning(
@@ -548,11 +551,19 @@ class DatasetWriter:
         self.carry_replaced = carrying.replaced
         return carrying.carried
 
-    def _check_copied(self, where: str, copy: str, shard: Shard) -> None:
+    def _carry_file(self, published: str, path: str) -> None:
+        """A published file into the new version at ``path``: staged (a hard link on local disk), or on
+        S3 left to ``publish``, which copies it once, straight into the version."""
+        if isinstance(self.fs, pafs.S3FileSystem):
+            self._carried_files.append((published, path))
+        else:
+            copy_published(self.fs, published, f"{self.staging}/{path}")
+
+    def _check_unchanged(self, where: str, published: str, shard: Shard) -> None:
         """A carried shard keeps the sha256 its manifest gives it: one changed since it was published (by
         hand, a sync tool) would carry a checksum it no longer has into every later version, which
         training then refuses. Its size tells most changes without reading it again."""
-        size = self.fs.get_file_info(copy).size
+        size = self.fs.get_file_info(published).size
         if size != shard.bytes:
             raise StorageError(
                 f"{where}: holds {size} bytes, its manifest says {shard.bytes}: the published shard was changed "
@@ -725,6 +736,8 @@ class DatasetWriter:
         for info in infos:
             if info.type == pafs.FileType.File:
                 self.fs.copy_file(info.path, f"{target}/{info.path[len(self.staging) + 1 :]}")
+        for published, path in self._carried_files:
+            copy_published(self.fs, published, f"{target}/{path}")
         before_visible()
         with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
             out.write(manifest_body)

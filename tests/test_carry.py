@@ -308,7 +308,14 @@ def test_carry_on_s3(workdir: Path, bucket: str, aws_env: str, monkeypatch: pyte
     config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
     run(workdir, config)
     s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(25, 6)).encode())
-    v2 = run(workdir, config)
+    import curation.writer
+
+    copied, copy = [], curation.writer.copy_published
+    with monkeypatch.context() as patch:
+        patch.setattr(curation.writer, "copy_published", lambda fs, a, b: (copied.append(b), copy(fs, a, b))[1])
+        v2 = run(workdir, config)
+    # Each carried shard is copied once, straight into the version (through the staging area: twice).
+    assert copied and all(re.match(rf"{bucket}/out/notes/v2/(train|validation)/part-v1-", path) for path in copied)
     assert v2.version_uri == f"s3://{bucket}/out/notes/v2"
     assert v2.manifest.counts.input == 6 and v2.manifest.counts.carried == 25
     assert s3_texts(s3, bucket, "out/notes/v2", v2.manifest) == texts(notes(0, 31))
