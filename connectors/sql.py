@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
@@ -143,6 +144,22 @@ def _no_value(value: Any) -> bool:
     return value is None or (isinstance(value, float | Decimal) and value != value)
 
 
+# The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
+# '... 10:00:00+02:00'): text of one of them is a moment whatever form the other values are in.
+_SQLITE_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?: ?(?:Z|[+-]\d{2}:?\d{2}))?")
+
+
+def sqlite_moment(value: Any) -> Any:
+    """Text in a SQLite date form as the moment it spells (as SQLAlchemy reads a SQLite DATETIME column:
+    with its UTC offset if written with one); any other value as it is."""
+    if isinstance(value, str) and _SQLITE_MOMENT.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:  # no such day ('2026-02-30'): text like any other
+            return value
+    return value
+
+
 def pack_hashes(hashes: list[int]) -> str:
     return base64.b64encode(np.array(sorted(hashes), dtype="<u8").tobytes()).decode()
 
@@ -223,6 +240,7 @@ class SqlSourceReader:
         self.listed_uris = [self.uri]  # also when it has nothing new: another source may not take it
         self._unchanged = False
         self._held_now: str | None = None  # the table's fingerprint, read once per run
+        self._text_moments = False  # a SQLite cursor whose values come as text (``_statement``)
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -333,6 +351,13 @@ class SqlSourceReader:
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
             span.as_moments = self._sqlite_text(engine, cursor)
+            # SQLite gives the values of a column not declared a date (TEXT, none, a query's) as the text they
+            # hold: those in a date form are compared as moments too (``sqlite_moment``), and so is the
+            # watermark they left (kept as text by a release before this one).
+            self._text_moments = engine.dialect.name == "sqlite" and not span.as_moments
+            if self._text_moments:
+                span.last = sqlite_moment(span.last)
+                span.as_moments = isinstance(span.last, date)
             if span.last is not None:
                 if span.as_moments and isinstance(span.last, date):
                     # Compared as text, the stored value and the bound one need not be written alike: the
@@ -375,6 +400,9 @@ class SqlSourceReader:
     def _new_rows(self, values: list[Any], rows: Sequence[Sequence[Any]]) -> list[bool | None]:
         """Which rows of a batch are new (True), taken before (False), or new without a value (None)."""
         span = self._range
+        if self._text_moments:
+            values = [sqlite_moment(value) for value in values]
+            span.as_moments = span.as_moments or any(isinstance(value, date) for value in values)
         # A row's contents as its own values write them (not as Arrow does, whose text of a decimal
         # depends on the other rows of its batch: 1.5 is '1.50' beside 1.25).
         contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
@@ -388,6 +416,10 @@ class SqlSourceReader:
             kinds = sorted({type(v).__name__ for v in seen})
             if kinds == ["datetime"]:
                 kinds = ["datetime with a UTC offset", "datetime without one"]
+            if self._text_moments and "datetime" in kinds:  # SQLite gave text: say which text is which
+                kinds = [
+                    "text in a date form (compared as the moment it spells)" if k == "datetime" else k for k in kinds
+                ]
             raise SqlSourceError(
                 f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
                 f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
