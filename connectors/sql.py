@@ -73,6 +73,32 @@ def row_contents(table: pa.Table) -> list[bytes]:
         return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
 
 
+def own_scales(table: pa.Table, rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """The table with each decimal column whose values differ in scale (PostgreSQL's ``numeric`` without
+    one: 1.5 beside 1.25) as the text each value has alone, for ``row_contents``: Arrow writes a decimal
+    by its batch's scale (1.5 is '1.50' beside 1.25), so a row's content, and its id without a key,
+    changed with the rows read beside it. A column of one scale (``numeric(10, 2)``) is left as it is,
+    so the ids of its rows stay as published."""
+    for index, field in enumerate(table.schema):
+        if not pa.types.is_decimal(field.type):
+            continue
+        at_scale: dict[int, list[int]] = {}
+        for row, values in enumerate(rows):
+            value = values[index]
+            if value is not None:  # a decimal, or an integer beside them (scale 0)
+                exponent = int(value.as_tuple().exponent) if isinstance(value, Decimal) else 0
+                at_scale.setdefault(max(0, -exponent), []).append(row)
+        if len(at_scale) < 2:
+            continue
+        texts: list[str | None] = [None] * len(rows)
+        for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
+            own = pc.cast(pa.array([rows[row][index] for row in at]), pa.string()).to_pylist()
+            for row, text in zip(at, own, strict=True):
+                texts[row] = text
+        table = table.set_column(index, field.name, pa.array(texts, pa.string()))
+    return table
+
+
 class Fingerprint:
     """What a result holds, whatever order its rows come in (SQL gives none without ORDER BY): the
     row count and the sum of the rows' xxh3-128, modulo 2**128."""
@@ -269,7 +295,7 @@ class SqlSourceReader:
             result = self._result()
             columns = next(result)
             for rows in result:
-                fingerprint.add(row_contents(arrow_table(columns, rows)))
+                fingerprint.add(row_contents(own_scales(arrow_table(columns, rows), rows)))
             self._held_now = str(fingerprint)
         return self._held_now
 
@@ -459,7 +485,7 @@ class SqlSourceReader:
             table = arrow_table(columns, rows)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
-            contents = row_contents(table)
+            contents = row_contents(own_scales(table, rows))
             # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
             # row written since that equals one of them (the same cursor value) gets an id of its own.
             ids = None if self.config.key else row_ids(contents)

@@ -814,3 +814,36 @@ def test_postgresql_nan_cursor_values_are_no_values(postgres_url: str, tmp_path:
         with engine.begin() as db:
             db.execute(sa.text("INSERT INTO nans VALUES (4, 'd', 3) ON CONFLICT DO NOTHING"))
     engine.dispose()
+
+
+def test_ids_of_rows_without_a_key_do_not_change_with_the_decimal_scale_of_their_batch(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # Arrow writes a decimal by its batch's scale: an unscaled numeric 1.5 was '1.50' beside 1.25 and '1.5'
+    # alone, so the same row got another id (and a table without a cursor another fingerprint, read as a
+    # change) as the rows read beside it changed.
+    from connectors.sql import source_uri
+    from schemas.records import record_ids
+
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS scales"))
+        db.execute(
+            sa.text("CREATE TABLE scales (id int PRIMARY KEY, subject text, amount numeric, fixed numeric(6, 2))")
+        )
+        db.execute(
+            sa.text(
+                "INSERT INTO scales VALUES (1, 'a', 1.25, 1.25), (2, 'b', 1.5, 1.5), (3, 'c', 2, 2), (4, 'd', NULL, 3)"
+            )
+        )
+    engine.dispose()
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT subject, amount, fixed FROM scales ORDER BY id")
+
+    def ids(batch_rows: int) -> dict[str, str]:
+        return {r["subject"]: r["id"] for b in read_all(config, batch_rows) for r in b.rows.to_pylist()}
+
+    assert ids(4) == ids(1)
+    # Each value as it is written alone; a column of one scale as before, so published ids do not move.
+    contents = [b"a\x1f1.25\x1f1.25", b"b\x1f1.5\x1f1.50", b"c\x1f2\x1f2.00", b"d\x1f\x00\x1f3.00"]
+    assert list(ids(4).values()) == record_ids(source_uri(config), [0] * 4, contents).to_pylist()
+    assert SqlSourceReader(config, 4)._fingerprint() == SqlSourceReader(config, 1)._fingerprint()
