@@ -135,7 +135,7 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             continue
         try:
             arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # TypeError: a decimal Infinity (PostgreSQL's)
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.table(arrays)

@@ -847,3 +847,14 @@ def test_ids_of_rows_without_a_key_do_not_change_with_the_decimal_scale_of_their
     contents = [b"a\x1f1.25\x1f1.25", b"b\x1f1.5\x1f1.50", b"c\x1f2\x1f2.00", b"d\x1f\x00\x1f3.00"]
     assert list(ids(4).values()) == record_ids(source_uri(config), [0] * 4, contents).to_pylist()
     assert SqlSourceReader(config, 4)._fingerprint() == SqlSourceReader(config, 1)._fingerprint()
+
+
+def test_a_postgresql_numeric_infinity_is_read_as_text_not_a_traceback(postgres_url: str) -> None:
+    # pyarrow raised a bare TypeError ('str' object cannot be interpreted as an integer) on the decimal.
+    config = SqlSource(
+        type="sql",
+        url=postgres_url,
+        query="SELECT 'a' AS subject, 'Infinity'::numeric AS v UNION ALL SELECT 'b', '-Infinity' UNION ALL SELECT 'c', 1.5",
+    )
+    rows = [r for b in read_all(config, 10) for r in b.rows.to_pylist()]
+    assert sorted(r["v"] for r in rows) == ["-Infinity", "1.5", "Infinity"]
