@@ -369,7 +369,11 @@ class SqlSourceReader:
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
             query = (config.query or "").strip().rstrip(";")
-            statement = sa.select(sa.literal_column("*")).select_from(sa.text(f"({query}) AS curation_source"))
+            # Verbatim: a colon in it ('{"n":3}', LIKE '%:1%') is no bind parameter (SQLAlchemy's text() takes
+            # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
+            # '-- comment' ending the query's last line.
+            verbatim = query.replace(":", "\\:")
+            statement = sa.select(sa.literal_column("*")).select_from(sa.text(f"({verbatim}\n) AS curation_source"))
         if config.cursor is not None:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
             cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)

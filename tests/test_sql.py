@@ -858,3 +858,28 @@ def test_a_postgresql_numeric_infinity_is_read_as_text_not_a_traceback(postgres_
     )
     rows = [r for b in read_all(config, 10) for r in b.rows.to_pylist()]
     assert sorted(r["v"] for r in rows) == ["-Infinity", "1.5", "Infinity"]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_query_is_run_as_written_whatever_colons_and_comments_it_holds(
+    postgres_url: str, tmp_path: Path, database: str
+) -> None:
+    # SQLAlchemy's text() took ':1' in a literal for a bind parameter ("A value is required for bind
+    # parameter '1'"), and a '-- comment' ending the query swallowed the parenthesis that wraps it.
+    url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
+        db.execute(sa.text("CREATE TABLE notes (id int, subject text, u int)"))
+        rows = [{"id": 1, "subject": 'ref:1 {"n":3}', "u": 1}, {"id": 2, "subject": r"at 10:30 \: ok", "u": 2}]
+        db.execute(sa.text("INSERT INTO notes VALUES (:id, :subject, :u)"), rows)
+    engine.dispose()
+    cast = "::text" if database == "postgresql" else ""
+    query = (
+        f"SELECT id, subject{cast} AS subject, u, ':who' AS who FROM notes "
+        "WHERE subject LIKE '%:1%' OR subject LIKE '%\\:%' -- a note: both rows;"
+    )
+    config = SqlSource(type="sql", url=url, query=query, cursor="u")
+    assert subjects_read_twice(config, tmp_path) == [['ref:1 {"n":3}', r"at 10:30 \: ok"], []]
+    rows = [r for b in read_all(config, 10) for r in b.rows.to_pylist()]
+    assert {r["who"] for r in rows} == {":who"}
