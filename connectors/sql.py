@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,11 @@ NULL_ITEM = "cursor_null"
 # A source without a cursor was read by a published run; the value is the fingerprint of what it held
 # (``Fingerprint``), so a run can tell the table has not changed (``True``: read before fingerprints).
 READ_ITEM = "read"
+
+
+# Keys asked of the database in one statement (``_check_keys_elsewhere``): within SQLite's and
+# PostgreSQL's limits on bound parameters for keys of a few columns.
+_KEYS_ASKED = 30_000
 
 
 class SqlSourceError(StorageError):
@@ -267,6 +273,10 @@ class SqlSourceReader:
         self._unchanged = False
         self._held_now: str | None = None  # the table's fingerprint, read once per run
         self._text_moments = False  # a SQLite cursor whose values come as text (``_statement``)
+        # The key columns of the rows a read by cursor does not return (those before its range), for
+        # ``_check_keys_elsewhere``; None when it returns every row (no watermark).
+        self._not_returned: tuple[sa.Select, list[Any]] | None = None
+        self._db: sa.Connection | None = None
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -328,6 +338,7 @@ class SqlSourceReader:
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         try:
             with engine.connect() as db:
+                self._db = db  # for ``_check_keys_elsewhere``, asked between batches
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
                 statement = self._statement(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
@@ -351,6 +362,7 @@ class SqlSourceReader:
         except sa.exc.SQLAlchemyError as error:
             raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
         finally:
+            self._db = None
             engine.dispose()
 
     def _statement(self, engine: sa.Engine) -> sa.Select:
@@ -361,7 +373,9 @@ class SqlSourceReader:
                 table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
             except sa.exc.NoSuchTableError:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
+            source: Any = table
             statement = sa.select(table)
+            column = table.c.__getitem__
             if config.cursor is not None and config.cursor not in table.c:
                 raise SqlSourceError(
                     f"{self.uri}: the cursor column {config.cursor!r} is not in table {config.table!r}"
@@ -373,10 +387,13 @@ class SqlSourceReader:
             # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
             # '-- comment' ending the query's last line.
             verbatim = query.replace(":", "\\:")
-            statement = sa.select(sa.literal_column("*")).select_from(sa.text(f"({verbatim}\n) AS curation_source"))
+            source = sa.text(f"({verbatim}\n) AS curation_source")
+            statement = sa.select(sa.literal_column("*")).select_from(source)
+            column = sa.column
+        self._not_returned = None
         if config.cursor is not None:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
-            cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
+            cursor = column(config.cursor)
             self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
@@ -396,6 +413,10 @@ class SqlSourceReader:
                     past = sa.type_coerce(cursor, sa.String()) >= since.isoformat()
                 else:
                     past = cursor >= span.last if span.inclusive else cursor > span.last
+                if config.key and (config.table is None or all(k in table.c for k in config.key)):
+                    keys = [column(k) for k in config.key]
+                    before = sa.select(*keys).select_from(source).where(sa.not_(past))
+                    self._not_returned = (before, keys)
                 # A row without a value is read each run too (set aside once, see ``CursorRange``).
                 statement = statement.where(sa.or_(past, cursor.is_(None)))
             statement = statement.order_by(cursor)
@@ -425,6 +446,73 @@ class SqlSourceReader:
                 f"{self.uri}: row {line} of the result has the same key ({columns}) as an earlier row: a key must "
                 "identify one row (rows sharing one would be published as one record, and an edit of one would "
                 "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
+            )
+
+    def _check_keys_elsewhere(
+        self, rows: Sequence[Sequence[Any]], at: list[int], keys: list[str], marks: list[bytes], lines: list[int]
+    ) -> None:
+        """Fail on a new row whose key a row the read does not return holds (one before the watermark, read
+        by an earlier run): as within a read, the two would be one record, and the new one would replace
+        the published one though both are in the table. The database is asked once per batch of new rows
+        (``_keys_asked``); the rows it finds are compared by the key's text, as ids are, so a match only
+        the database's collation makes (case-insensitive text) is no duplicate."""
+        if self._not_returned is None or not rows or self._db is None:
+            return
+        before, columns = self._not_returned
+        values = list(dict.fromkeys(map(itemgetter(*at), rows)))  # a key of one column: its values, not tuples
+        if len(at) == 1:
+            values = [(value,) for value in values]
+        line_of: dict[bytes, int] = {}
+        for condition in self._keys_asked(columns, values):
+            try:
+                found = self._db.execute(before.where(condition)).all()
+            except sa.exc.SQLAlchemyError as error:
+                raise SqlSourceError(
+                    f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
+                    f"{_database_message(error)}"
+                ) from None
+            if not found:  # nearly always: no key is held twice
+                continue
+            line_of = line_of or {k.encode() + b"\x1f" + m: n for k, m, n in zip(keys, marks, lines, strict=True)}
+            found_keys, found_marks = key_texts(found, list(range(len(columns))))
+            for key, mark in zip(found_keys, found_marks, strict=True):
+                line = line_of.get(key.encode() + b"\x1f" + mark)
+                if line is not None:
+                    raise SqlSourceError(
+                        f"{self.uri}: row {line} of the result has the same key ({', '.join(self.config.key)}) as a "
+                        "row an earlier run read (before the watermark, not read again): a key must identify one row "
+                        "(the new row would replace the other's published record though both are in the table); "
+                        "add columns to `key` to make it unique, or remove the duplicate row"
+                    )
+
+    def _keys_asked(self, columns: list[Any], values: list[tuple[Any, ...]]) -> Iterator[Any]:
+        """Conditions that find the rows holding one of the keys ``values``. One key column's values go as one
+        bound array where the database takes one (PostgreSQL's ANY, SQLite's json_each: binding thousands of
+        values one by one costs more than the query); else ``key IN (...)``, ``_KEYS_ASKED`` values at a time
+        (within SQLite's and PostgreSQL's limits on bound values); keys holding a NULL, which equals
+        nothing in an IN, 100 at a time."""
+        whole = [value for value in values if None not in value]
+        dialect = self._db.dialect.name if self._db is not None else ""
+        if whole and len(columns) == 1:
+            flat = [value[0] for value in whole]
+            if dialect == "postgresql":
+                yield columns[0] == sa.any_(sa.bindparam("curation_keys", flat))
+                whole = []
+            elif dialect == "sqlite" and all(type(value) in (int, str) for value in flat):
+                listed = sa.func.json_each(sa.bindparam("curation_keys", json.dumps(flat), sa.String()))
+                yield columns[0].in_(sa.select(sa.column("value")).select_from(listed))
+                whole = []
+        step = max(1, _KEYS_ASKED // len(columns))
+        for start in range(0, len(whole), step):
+            chunk = whole[start : start + step]
+            yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
+        holding_null = [value for value in values if None in value]
+        for start in range(0, len(holding_null), 100):
+            yield sa.or_(
+                *(
+                    sa.and_(*(c.is_(None) if v is None else c == v for c, v in zip(columns, value, strict=True)))
+                    for value in holding_null[start : start + 100]
+                )
             )
 
     def _new_rows(self, values: list[Any], rows: Sequence[Sequence[Any]]) -> list[bool | None]:
@@ -493,6 +581,11 @@ class SqlSourceReader:
             # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
             # row written since that equals one of them (the same cursor value) gets an id of its own.
             ids = None if self.config.key else row_ids(contents)
+            if self.config.key:
+                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
+                # Every row the database returned, those taken before too (a row at the watermark, one of the
+                # days a SQLite date text is read again for): a new row may share its key.
+                self._check_keys_unique(keys, marks, lines)
             no_value: list[bool] = []
             if self.config.cursor is None:
                 fingerprint.add(contents)
@@ -506,12 +599,14 @@ class SqlSourceReader:
                     ids = ids.filter(kept) if ids is not None else None
                     rows = [row for row, n in zip(rows, new, strict=True) if n]
                     lines = [line for line, n in zip(lines, new, strict=True) if n]
+                    if self.config.key:
+                        keys = [key for key, n in zip(keys, new, strict=True) if n]
+                        marks = [mark for mark, n in zip(marks, new, strict=True) if n]
             if self.config.key:
+                self._check_keys_elsewhere(rows, [columns.index(k) for k in self.config.key], keys, marks, lines)
                 # The row's identity, not its content: an edited row keeps its id, so its new
                 # version replaces the one carried from earlier versions, and review decisions
                 # stay with it.
-                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
-                self._check_keys_unique(keys, marks, lines)
                 ids = record_ids(self.uri, keys, marks)
             read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
             if not any(no_value):

@@ -883,3 +883,75 @@ def test_a_query_is_run_as_written_whatever_colons_and_comments_it_holds(
     assert subjects_read_twice(config, tmp_path) == [['ref:1 {"n":3}', r"at 10:30 \: ok"], []]
     rows = [r for b in read_all(config, 10) for r in b.rows.to_pylist()]
     assert {r["who"] for r in rows} == {":who"}
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "later"),
+    [
+        ({"table": "t"}, ["id"], (1, "c", "z", 3)),  # shares its key with a row before the watermark
+        ({"query": "SELECT id, subject, reply, u FROM t"}, ["id"], (1, "c", "z", 3)),
+        ({"table": "t"}, ["id", "reply"], (1, "c", "x", 3)),
+        ({"table": "t"}, ["id"], (2, "c", "z", 3)),  # with the row taken at the watermark (read, not new)
+        ({"table": "t"}, ["id"], (None, "c", "z", 3)),  # a NULL key, as NULL
+    ],
+)
+def test_a_row_sharing_its_key_with_a_row_an_earlier_run_read_fails_the_run(
+    workdir: Path, source: dict, key: list, later: tuple
+) -> None:
+    # The new row was published under the earlier row's id and replaced its record ("an edit"), though
+    # both are in the table: the earlier row's record was gone from the dataset.
+    url = small_table(workdir / "crm.db", [(1, "a", "x", 1), (None, "n", "x", 1), (2, "b", "y", 2)])
+    spec = recipe(url, cursor="u", key=key, **source)
+    assert run(workdir, spec).manifest.counts.written == 3
+    small_table(workdir / "crm.db", [(3, "d", "w", 3), later])
+    with pytest.raises(SqlSourceError) as error:
+        run(workdir, spec)
+    assert "row 3 of the result has the same key" in str(error.value)  # after 2 (taken) and 3 (new)
+    assert f"({', '.join(key)})" in str(error.value) and "'c'" not in str(error.value)
+
+
+def test_rows_whose_keys_only_the_databases_collation_makes_equal_are_two_rows(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # Asked with key IN (...), the database's comparison finds 'A' for 'a' in a case-insensitive column: the
+    # ids (the key's text) differ, so they are two records, as within one read.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        if not db.execute(sa.text("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")).first():
+            pytest.skip("this PostgreSQL has no ICU collations")
+        db.execute(sa.text("DROP COLLATION IF EXISTS nocase"))
+        db.execute(
+            sa.text("CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+        )
+        db.execute(sa.text("DROP TABLE IF EXISTS keyed"))
+        db.execute(sa.text("CREATE TABLE keyed (code text COLLATE nocase, subject text, u int)"))
+        db.execute(sa.text("INSERT INTO keyed VALUES ('a', 'a', 1), ('b', 'b', 2)"))
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    for source in ({"table": "keyed"}, {"query": "SELECT code, subject, u FROM keyed"}):
+        config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["code"], **source)
+        reads = []
+        for _ in range(2):
+            marks = Watermarks(state, source.get("table", "q"))
+            reads.append(
+                [r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()]
+            )
+            marks.commit("run")
+            with engine.begin() as db:
+                db.execute(
+                    sa.text("INSERT INTO keyed SELECT 'A', 'A', 3 WHERE NOT EXISTS (SELECT 1 FROM keyed WHERE u = 3)")
+                )
+        assert reads == [["a", "b"] if "table" in source else ["a", "b", "A"], ["A"] if "table" in source else []]
+    # A key the database holds twice in rows before the watermark is found, with a tuple of columns too.
+    with engine.begin() as db:
+        db.execute(sa.text("INSERT INTO keyed VALUES ('b', 'b2', 4)"))
+    marks = Watermarks(state, "keyed")
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["code", "subject"], table="keyed")
+    read_all(config, 10, marks.for_source(config))
+    marks.commit("run")
+    with engine.begin() as db:
+        db.execute(sa.text("INSERT INTO keyed VALUES ('a', 'a', 5)"))
+    with pytest.raises(
+        SqlSourceError, match=r"row 2 of the result has the same key \(code, subject\) as a row an earlier"
+    ):
+        read_all(config, 10, Watermarks(state, "keyed").for_source(config))
+    engine.dispose()
