@@ -68,6 +68,11 @@ def _database_message(error: sa.exc.SQLAlchemyError) -> str:
     # parameters, which may hold customer data, so it stays out.
     original = getattr(error, "orig", None) or error
     first = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    sqlstate = getattr(original, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+        # A data exception (PostgreSQL's class 22) quotes the value it could not take ('invalid input syntax
+        # for type integer: "jane.roe@example.com"'), a row's: left out, as a row's values are from errors.
+        first = re.sub(r'"(?:[^"]|"")*"', '"..."', first) + " (the value is left out: it may be customer data)"
     return f"{type(original).__name__}: {first}"
 
 

@@ -955,3 +955,28 @@ def test_rows_whose_keys_only_the_databases_collation_makes_equal_are_two_rows(
     ):
         read_all(config, 10, Watermarks(state, "keyed").for_source(config))
     engine.dispose()
+
+
+def test_a_value_postgresql_cannot_take_is_left_out_of_the_error(postgres_url: str) -> None:
+    # PostgreSQL's data exceptions quote the value: a row's email reached the run's error and its log.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS casts"))
+        db.execute(sa.text("CREATE TABLE casts (id int, subject text)"))
+        db.execute(sa.text("INSERT INTO casts VALUES (1, '42'), (2, 'jane.roe@example.com')"))
+    engine.dispose()
+    for query, said in [
+        (
+            "SELECT id, subject::int AS n FROM casts",
+            'InvalidTextRepresentation: invalid input syntax for type integer: "..."',
+        ),
+        (
+            "SELECT id, to_date(subject, 'YYYY') AS n FROM casts WHERE id = 2",
+            'InvalidDatetimeFormat: invalid value "..."',
+        ),
+    ]:
+        with pytest.raises(SqlSourceError) as error:
+            read_all(SqlSource(type="sql", url=postgres_url, query=query), 10)
+        assert said in str(error.value) and "jane" not in str(error.value)
+    with pytest.raises(SqlSourceError, match='relation "nowhere" does not exist'):  # not a value: kept
+        read_all(SqlSource(type="sql", url=postgres_url, query="SELECT * FROM nowhere"), 10)
