@@ -11,10 +11,12 @@ import base64
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,11 @@ NULL_ITEM = "cursor_null"
 READ_ITEM = "read"
 
 
+# Keys asked of the database in one statement (``_check_keys_elsewhere``): within SQLite's and
+# PostgreSQL's limits on bound parameters for keys of a few columns.
+_KEYS_ASKED = 30_000
+
+
 class SqlSourceError(StorageError):
     """The database cannot be reached or the table/query cannot be read; the message names it."""
 
@@ -61,6 +68,11 @@ def _database_message(error: sa.exc.SQLAlchemyError) -> str:
     # parameters, which may hold customer data, so it stays out.
     original = getattr(error, "orig", None) or error
     first = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    sqlstate = getattr(original, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith("22"):
+        # A data exception (PostgreSQL's class 22) quotes the value it could not take ('invalid input syntax
+        # for type integer: "jane.roe@example.com"'), a row's: left out, as a row's values are from errors.
+        first = re.sub(r'"(?:[^"]|"")*"', '"..."', first) + " (the value is left out: it may be customer data)"
     return f"{type(original).__name__}: {first}"
 
 
@@ -70,6 +82,32 @@ def row_contents(table: pa.Table) -> list[bytes]:
         return _rows_as_text(table)
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested or binary columns do not cast to text
         return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
+
+
+def own_scales(table: pa.Table, rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """The table with each decimal column whose values differ in scale (PostgreSQL's ``numeric`` without
+    one: 1.5 beside 1.25) as the text each value has alone, for ``row_contents``: Arrow writes a decimal
+    by its batch's scale (1.5 is '1.50' beside 1.25), so a row's content, and its id without a key,
+    changed with the rows read beside it. A column of one scale (``numeric(10, 2)``) is left as it is,
+    so the ids of its rows stay as published."""
+    for index, field in enumerate(table.schema):
+        if not pa.types.is_decimal(field.type):
+            continue
+        at_scale: dict[int, list[int]] = {}
+        for row, values in enumerate(rows):
+            value = values[index]
+            if value is not None:  # a decimal, or an integer beside them (scale 0)
+                exponent = int(value.as_tuple().exponent) if isinstance(value, Decimal) else 0
+                at_scale.setdefault(max(0, -exponent), []).append(row)
+        if len(at_scale) < 2:
+            continue
+        texts: list[str | None] = [None] * len(rows)
+        for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
+            own = pc.cast(pa.array([rows[row][index] for row in at]), pa.string()).to_pylist()
+            for row, text in zip(at, own, strict=True):
+                texts[row] = text
+        table = table.set_column(index, field.name, pa.array(texts, pa.string()))
+    return table
 
 
 class Fingerprint:
@@ -108,7 +146,7 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             continue
         try:
             arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # TypeError: a decimal Infinity (PostgreSQL's)
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.table(arrays)
@@ -141,6 +179,22 @@ def _no_value(value: Any) -> bool:
     """NULL, or NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal
     NaN does not compare at all): no place in the cursor's order."""
     return value is None or (isinstance(value, float | Decimal) and value != value)
+
+
+# The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
+# '... 10:00:00+02:00'): text of one of them is a moment whatever form the other values are in.
+_SQLITE_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?: ?(?:Z|[+-]\d{2}:?\d{2}))?")
+
+
+def sqlite_moment(value: Any) -> Any:
+    """Text in a SQLite date form as the moment it spells (as SQLAlchemy reads a SQLite DATETIME column:
+    with its UTC offset if written with one); any other value as it is."""
+    if isinstance(value, str) and _SQLITE_MOMENT.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:  # no such day ('2026-02-30'): text like any other
+            return value
+    return value
 
 
 def pack_hashes(hashes: list[int]) -> str:
@@ -223,6 +277,11 @@ class SqlSourceReader:
         self.listed_uris = [self.uri]  # also when it has nothing new: another source may not take it
         self._unchanged = False
         self._held_now: str | None = None  # the table's fingerprint, read once per run
+        self._text_moments = False  # a SQLite cursor whose values come as text (``_statement``)
+        # The key columns of the rows a read by cursor does not return (those before its range), for
+        # ``_check_keys_elsewhere``; None when it returns every row (no watermark).
+        self._not_returned: tuple[sa.Select, list[Any]] | None = None
+        self._db: sa.Connection | None = None
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -251,7 +310,7 @@ class SqlSourceReader:
             result = self._result()
             columns = next(result)
             for rows in result:
-                fingerprint.add(row_contents(arrow_table(columns, rows)))
+                fingerprint.add(row_contents(own_scales(arrow_table(columns, rows), rows)))
             self._held_now = str(fingerprint)
         return self._held_now
 
@@ -284,6 +343,7 @@ class SqlSourceReader:
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         try:
             with engine.connect() as db:
+                self._db = db  # for ``_check_keys_elsewhere``, asked between batches
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
                 statement = self._statement(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
@@ -307,6 +367,7 @@ class SqlSourceReader:
         except sa.exc.SQLAlchemyError as error:
             raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
         finally:
+            self._db = None
             engine.dispose()
 
     def _statement(self, engine: sa.Engine) -> sa.Select:
@@ -317,7 +378,9 @@ class SqlSourceReader:
                 table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
             except sa.exc.NoSuchTableError:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
+            source: Any = table
             statement = sa.select(table)
+            column = table.c.__getitem__
             if config.cursor is not None and config.cursor not in table.c:
                 raise SqlSourceError(
                     f"{self.uri}: the cursor column {config.cursor!r} is not in table {config.table!r}"
@@ -325,14 +388,28 @@ class SqlSourceReader:
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
             query = (config.query or "").strip().rstrip(";")
-            statement = sa.select(sa.literal_column("*")).select_from(sa.text(f"({query}) AS curation_source"))
+            # Verbatim: a colon in it ('{"n":3}', LIKE '%:1%') is no bind parameter (SQLAlchemy's text() takes
+            # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
+            # '-- comment' ending the query's last line.
+            verbatim = query.replace(":", "\\:")
+            source = sa.text(f"({verbatim}\n) AS curation_source")
+            statement = sa.select(sa.literal_column("*")).select_from(source)
+            column = sa.column
+        self._not_returned = None
         if config.cursor is not None:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
-            cursor = table.c[config.cursor] if config.table is not None else sa.column(config.cursor)
+            cursor = column(config.cursor)
             self._range = span = CursorRange(self.watermark)
             if self.watermark is not None and self.watermark.committed:
                 self.watermark.reread = True  # rows read before (a table read whole, an edited row) may come again
             span.as_moments = self._sqlite_text(engine, cursor)
+            # SQLite gives the values of a column not declared a date (TEXT, none, a query's) as the text they
+            # hold: those in a date form are compared as moments too (``sqlite_moment``), and so is the
+            # watermark they left (kept as text by a release before this one).
+            self._text_moments = engine.dialect.name == "sqlite" and not span.as_moments
+            if self._text_moments:
+                span.last = sqlite_moment(span.last)
+                span.as_moments = isinstance(span.last, date)
             if span.last is not None:
                 if span.as_moments and isinstance(span.last, date):
                     # Compared as text, the stored value and the bound one need not be written alike: the
@@ -341,6 +418,10 @@ class SqlSourceReader:
                     past = sa.type_coerce(cursor, sa.String()) >= since.isoformat()
                 else:
                     past = cursor >= span.last if span.inclusive else cursor > span.last
+                if config.key and (config.table is None or all(k in table.c for k in config.key)):
+                    keys = [column(k) for k in config.key]
+                    before = sa.select(*keys).select_from(source).where(sa.not_(past))
+                    self._not_returned = (before, keys)
                 # A row without a value is read each run too (set aside once, see ``CursorRange``).
                 statement = statement.where(sa.or_(past, cursor.is_(None)))
             statement = statement.order_by(cursor)
@@ -372,9 +453,79 @@ class SqlSourceReader:
                 "replace the other); add columns to `key` to make it unique, or remove the duplicate row"
             )
 
+    def _check_keys_elsewhere(
+        self, rows: Sequence[Sequence[Any]], at: list[int], keys: list[str], marks: list[bytes], lines: list[int]
+    ) -> None:
+        """Fail on a new row whose key a row the read does not return holds (one before the watermark, read
+        by an earlier run): as within a read, the two would be one record, and the new one would replace
+        the published one though both are in the table. The database is asked once per batch of new rows
+        (``_keys_asked``); the rows it finds are compared by the key's text, as ids are, so a match only
+        the database's collation makes (case-insensitive text) is no duplicate."""
+        if self._not_returned is None or not rows or self._db is None:
+            return
+        before, columns = self._not_returned
+        values = list(dict.fromkeys(map(itemgetter(*at), rows)))  # a key of one column: its values, not tuples
+        if len(at) == 1:
+            values = [(value,) for value in values]
+        line_of: dict[bytes, int] = {}
+        for condition in self._keys_asked(columns, values):
+            try:
+                found = self._db.execute(before.where(condition)).all()
+            except sa.exc.SQLAlchemyError as error:
+                raise SqlSourceError(
+                    f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
+                    f"{_database_message(error)}"
+                ) from None
+            if not found:  # nearly always: no key is held twice
+                continue
+            line_of = line_of or {k.encode() + b"\x1f" + m: n for k, m, n in zip(keys, marks, lines, strict=True)}
+            found_keys, found_marks = key_texts(found, list(range(len(columns))))
+            for key, mark in zip(found_keys, found_marks, strict=True):
+                line = line_of.get(key.encode() + b"\x1f" + mark)
+                if line is not None:
+                    raise SqlSourceError(
+                        f"{self.uri}: row {line} of the result has the same key ({', '.join(self.config.key)}) as a "
+                        "row an earlier run read (before the watermark, not read again): a key must identify one row "
+                        "(the new row would replace the other's published record though both are in the table); "
+                        "add columns to `key` to make it unique, or remove the duplicate row"
+                    )
+
+    def _keys_asked(self, columns: list[Any], values: list[tuple[Any, ...]]) -> Iterator[Any]:
+        """Conditions that find the rows holding one of the keys ``values``. One key column's values go as one
+        bound array where the database takes one (PostgreSQL's ANY, SQLite's json_each: binding thousands of
+        values one by one costs more than the query); else ``key IN (...)``, ``_KEYS_ASKED`` values at a time
+        (within SQLite's and PostgreSQL's limits on bound values); keys holding a NULL, which equals
+        nothing in an IN, 100 at a time."""
+        whole = [value for value in values if None not in value]
+        dialect = self._db.dialect.name if self._db is not None else ""
+        if whole and len(columns) == 1:
+            flat = [value[0] for value in whole]
+            if dialect == "postgresql":
+                yield columns[0] == sa.any_(sa.bindparam("curation_keys", flat))
+                whole = []
+            elif dialect == "sqlite" and all(type(value) in (int, str) for value in flat):
+                listed = sa.func.json_each(sa.bindparam("curation_keys", json.dumps(flat), sa.String()))
+                yield columns[0].in_(sa.select(sa.column("value")).select_from(listed))
+                whole = []
+        step = max(1, _KEYS_ASKED // len(columns))
+        for start in range(0, len(whole), step):
+            chunk = whole[start : start + step]
+            yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
+        holding_null = [value for value in values if None in value]
+        for start in range(0, len(holding_null), 100):
+            yield sa.or_(
+                *(
+                    sa.and_(*(c.is_(None) if v is None else c == v for c, v in zip(columns, value, strict=True)))
+                    for value in holding_null[start : start + 100]
+                )
+            )
+
     def _new_rows(self, values: list[Any], rows: Sequence[Sequence[Any]]) -> list[bool | None]:
         """Which rows of a batch are new (True), taken before (False), or new without a value (None)."""
         span = self._range
+        if self._text_moments:
+            values = [sqlite_moment(value) for value in values]
+            span.as_moments = span.as_moments or any(isinstance(value, date) for value in values)
         # A row's contents as its own values write them (not as Arrow does, whose text of a decimal
         # depends on the other rows of its batch: 1.5 is '1.50' beside 1.25).
         contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
@@ -388,6 +539,10 @@ class SqlSourceReader:
             kinds = sorted({type(v).__name__ for v in seen})
             if kinds == ["datetime"]:
                 kinds = ["datetime with a UTC offset", "datetime without one"]
+            if self._text_moments and "datetime" in kinds:  # SQLite gave text: say which text is which
+                kinds = [
+                    "text in a date form (compared as the moment it spells)" if k == "datetime" else k for k in kinds
+                ]
             raise SqlSourceError(
                 f"{self.uri}: the cursor column {self.config.cursor!r} holds values of types that "
                 f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
@@ -427,10 +582,15 @@ class SqlSourceReader:
             table = arrow_table(columns, rows)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
-            contents = row_contents(table)
+            contents = row_contents(own_scales(table, rows))
             # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
             # row written since that equals one of them (the same cursor value) gets an id of its own.
             ids = None if self.config.key else row_ids(contents)
+            if self.config.key:
+                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
+                # Every row the database returned, those taken before too (a row at the watermark, one of the
+                # days a SQLite date text is read again for): a new row may share its key.
+                self._check_keys_unique(keys, marks, lines)
             no_value: list[bool] = []
             if self.config.cursor is None:
                 fingerprint.add(contents)
@@ -444,12 +604,14 @@ class SqlSourceReader:
                     ids = ids.filter(kept) if ids is not None else None
                     rows = [row for row, n in zip(rows, new, strict=True) if n]
                     lines = [line for line, n in zip(lines, new, strict=True) if n]
+                    if self.config.key:
+                        keys = [key for key, n in zip(keys, new, strict=True) if n]
+                        marks = [mark for mark, n in zip(marks, new, strict=True) if n]
             if self.config.key:
+                self._check_keys_elsewhere(rows, [columns.index(k) for k in self.config.key], keys, marks, lines)
                 # The row's identity, not its content: an edited row keeps its id, so its new
                 # version replaces the one carried from earlier versions, and review decisions
                 # stay with it.
-                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
-                self._check_keys_unique(keys, marks, lines)
                 ids = record_ids(self.uri, keys, marks)
             read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
             if not any(no_value):
