@@ -17,6 +17,7 @@ import jinja2.nodes as jn
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.split import key_texts
 from curation.stages.base import StageResult, is_text
 from schemas.config import RecordShape
 from schemas.records import CONTENT_COLUMNS, location, set_aside_rows
@@ -162,7 +163,7 @@ class Shape:
             shaped = shaped.append_column("image_bytes", batch["image_bytes"])
         for name in self.carry:
             if name in batch.column_names and name not in shaped.column_names:
-                shaped = shaped.append_column(name, batch[name])
+                shaped = shaped.append_column(name, key_texts(batch[name]))  # an object as one text
         for target in CONTENT_COLUMNS[self.kind]:
             if target not in shaped.column_names:
                 shaped = shaped.append_column(target, pa.nulls(batch.num_rows, pa.string()))
