@@ -612,3 +612,18 @@ def test_a_parquet_boolean_where_a_number_is_declared_is_quarantined(workdir: Pa
     result = run(workdir, {**recipe(path.name), "input_schema": {**SCHEMA, "optional": ["amount"]}})
     [row] = [row for row in set_aside(Path(result.version_uri)) if row["source"]["line"] == 1]
     assert row["detail"] == f"{path}:1: amount: a boolean (true), not a number (the input schema declares float)"
+
+
+def test_a_template_writes_a_boolean_as_a_field_and_a_column_of_mixed_types_give_it(workdir: Path) -> None:
+    """One line gave "ok=True" where its block's column held booleans only and "ok=true" beside text (the
+    reader makes the column text), and a field naming the column gave "true": the same line, two texts."""
+    (workdir / "in").mkdir()
+    (workdir / "in" / "a.jsonl").write_text('{"q": "a", "ok": true}\n')
+    (workdir / "in" / "b.jsonl").write_text('{"q": "b", "ok": false}\n{"q": "c", "ok": "maybe"}\n')
+    spec = {**qa_recipe("in/", prompt="{{ q }} ok={{ ok }}", completion="ok"), "dataset": "b"}
+    written = outputs(Path(run(workdir, spec).version_uri))
+    assert sorted((row["prompt"], row["completion"]) for row in written) == [
+        ("a ok=true", "true"),
+        ("b ok=false", "false"),
+        ("c ok=maybe", "maybe"),
+    ]
