@@ -46,7 +46,7 @@ def key_text(value: Any) -> str:
     """A group key's or label's text, the same for one value whichever file it came from: an object or
     array (a Parquet struct or list, a JSONL object, or its JSON text where the JSONL column mixes types)
     as JSON with its keys sorted and its null members left out (a Parquet struct has every field, a
-    line only its own keys), any other value as ``str`` gives it."""
+    line only its own keys), a boolean as ``true``/``false``, any other value as ``str`` gives it."""
     if isinstance(value, str):
         if not value.startswith(("{", "[")):
             return value
@@ -57,6 +57,8 @@ def key_text(value: Any) -> str:
         return _canonical_json(parsed) if isinstance(parsed, dict | list) else value
     if isinstance(value, dict | list | tuple):
         return _canonical_json(value)
+    if isinstance(value, bool):  # as the reader writes one where its column mixes types, not Python's True
+        return "true" if value else "false"
     return str(value)
 
 

@@ -423,3 +423,24 @@ def test_a_group_key_object_groups_together_from_parquet_and_jsonl(workdir: Path
         read_manifest(str(version)).split["groups"]["train"] + read_manifest(str(version)).split["groups"]["validation"]
         == 13
     )
+
+
+def test_a_boolean_label_is_one_label_whether_its_column_mixes_types_or_not(workdir: Path) -> None:
+    """A label column of booleans gave "True" where a block held booleans only and "true" where another
+    line's text made the column text: two labels for one value, each balanced on its own."""
+    folder = workdir / "labels"
+    write_jsonl(folder / "a.jsonl", [{"text": f"a{n}", "fraud": n % 2 == 0} for n in range(20)])
+    write_jsonl(
+        folder / "b.jsonl",
+        [{"text": f"b{n}", "fraud": n % 2 == 0} for n in range(20)] + [{"text": "u", "fraud": "unknown"}],
+    )
+    recipe = {
+        "dataset": "labels",
+        "sources": [{"path": str(folder) + "/"}],
+        "record": {"kind": "document"},
+        "stages": [],  # exact_dedup fails the run on a column that is bool in one file and text in another
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.25, "stratify_by": "fraud"},
+    }
+    labels = read_manifest(run_fresh(workdir, recipe).version_uri).split["labels"]
+    assert set(labels["train"]) | set(labels["validation"]) == {"true", "false", "unknown"}
+    assert labels["train"]["true"] + labels["validation"]["true"] == 20
