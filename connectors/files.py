@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -342,16 +343,18 @@ _NOT_TEXT_START[list(b"-0123456789[{")] = True
 _EXACT_FLOATS = 2.0**53  # from here on, a float64 does not hold every integer
 
 
-def _hides_json_types(table: pa.Table, raws: pa.Array, text: bytes) -> bool:
-    """Whether a column polars read from the lines ``raws`` does not give a value as the lines read one by
-    one give it (``_table_from_objects``), which the same line must get on every path: polars writes a
-    number in a column that mixes types as its own text (``1.0`` as ``1``, ``1e3`` as ``1000``, an
-    object's ``1.0`` as ``1``), and an integer beside floats as a float (``9007199254740993`` as
-    ``9007199254740992.0``). The values that may be such (text that reads as a number, boolean, object
-    or array; a float past 2^53) are looked up in their lines, parsed again: only those lines, and for
-    text, only when the block ``text`` has the column's key before a value that is not a string (a
-    column of text such as "12345" everywhere costs a scan of the block, not a parse of its lines; a
-    key the line writes with \\u escapes is not seen by that scan)."""
+def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table | None:
+    """``table`` (read whole by polars from the lines ``raws``, the block ``text``) with each value as the
+    lines read one by one give it (``_table_from_objects``), which the same line must get on every path;
+    None when the block must be read line by line for that. polars writes a number in a column that
+    mixes types as its own text (``1.0`` as ``1``, ``1e3`` as ``1000``, an object's ``1.0`` as ``1``):
+    such a value is written again as Python's json writes it. It reads an integer beside floats as a
+    float (``9007199254740993`` as ``9007199254740992.0``), where line by line the column is text: None.
+    The values that may be such (text that reads as a number, boolean, object or array; a float past
+    2^53) are looked up in their lines, parsed again: only those lines, and for text only when the
+    block has the column's key before a value that is not a string (a column of text such as "12345"
+    costs a scan of the block, not a parse of its lines; a key a line writes with \\u escapes is not
+    seen by that scan)."""
     suspects: dict[str, np.ndarray] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
@@ -366,20 +369,40 @@ def _hides_json_types(table: pa.Table, raws: pa.Array, text: bytes) -> bool:
         if found.any():
             suspects[name] = np.flatnonzero(found)
     if not suspects:  # the usual block
-        return False
+        return table
     rows = np.unique(np.concatenate(list(suspects.values())))
-    lines = dict(zip(rows.tolist(), raws.take(pa.array(rows)).to_pylist(), strict=True))
-    try:
-        objects = {row: json.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")) for row, raw in lines.items()}
+    lines = [raw.removeprefix(b"\xef\xbb\xbf") for raw in raws.take(pa.array(rows)).to_pylist()]
+    try:  # as one array: a parse per line cost several times more
+        parsed = json.loads(b"[" + b",".join(lines) + b"]")
     except (ValueError, RecursionError):
-        return True  # a line polars took and Python's json does not: named line by line
+        return None  # a line polars took and Python's json does not: named line by line
+    if len(parsed) != len(lines):
+        return None
+    objects = dict(zip(rows.tolist(), parsed, strict=True))
     for name, found in suspects.items():
-        text = not pa.types.is_floating(table.schema.field(name).type)
-        for row in found.tolist():
-            value = objects[row].get(name) if isinstance(objects[row], dict) else None
-            if (not isinstance(value, str)) if text else (type(value) is int and not _fits_a_float(value)):
-                return True
-    return False
+        index = table.column_names.index(name)
+        kind = table.schema.field(index).type
+        written = [obj.get(name) if isinstance(obj := objects[row], dict) else None for row in found.tolist()]
+        if pa.types.is_floating(kind):
+            if any(type(value) is int and not _fits_a_float(value) for value in written):
+                return None
+            continue
+        values = None
+        for row, value in zip(found.tolist(), written, strict=True):
+            if value is not None and not isinstance(value, str):
+                values = table[name].to_pylist() if values is None else values
+                values[row] = _json_text(value)
+        if values is not None:
+            table = table.set_column(index, name, pa.array(values, kind))
+    return table
+
+
+def _json_text(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, as ``_table_from_objects`` writes a value beside text; a
+    finite float or an integer without the encoder's cost per call (a float's JSON is its repr)."""
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _may_not_be_text(column: pa.ChunkedArray) -> np.ndarray:
@@ -542,7 +565,8 @@ class FilesSourceReader(ListedFiles):
             or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
         ):
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
-        if _hides_json_types(table, raws, text):  # a column of text (or floats) that a line wrote otherwise
+        table = _mixed_as_written(table, raws, text)  # a column of text (or floats) a line wrote otherwise
+        if table is None:
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         if any(pa.types.is_nested(kind) for kind in table.schema.types):
             table = _nested_as_written(table, raws)

@@ -527,3 +527,18 @@ def test_a_boolean_beside_a_float_stays_a_boolean(tmp_path: Path) -> None:
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines))
     return path
+
+
+def test_a_column_of_numbers_with_some_text_is_not_read_line_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the values beside text are written again: line by line, such a block took 15 times longer."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("read line by line")
+
+    monkeypatch.setattr(FilesSourceReader, "_parse_lines_one_by_one", refuse)
+    lines = [json.dumps({"q": f"q{i}", "n": "n/a" if i == 150 else i * 0.5, "zip": f"{i:05d}"}) for i in range(300)]
+    [batch] = read_new(write_lines(tmp_path / "x.jsonl", lines), 1000)
+    assert batch.rows["n"].to_pylist() == [json.dumps(json.loads(line)["n"]).strip('"') for line in lines]
+    assert batch.rows["zip"].to_pylist() == [f"{i:05d}" for i in range(300)]
