@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -336,6 +337,104 @@ def _nested_as_written(table: pa.Table, raws: pa.Array) -> pa.Table | None:
     return table
 
 
+# The first bytes of how polars writes a number, object or array in a column whose other values are text.
+_NOT_TEXT_START = np.zeros(256, dtype=bool)
+_NOT_TEXT_START[list(b"-0123456789[{")] = True
+_EXACT_FLOATS = 2.0**53  # from here on, a float64 does not hold every integer
+
+
+def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table | None:
+    """``table`` (read whole by polars from the lines ``raws``, the block ``text``) with each value as the
+    lines read one by one give it (``_table_from_objects``), which the same line must get on every path;
+    None when the block must be read line by line for that. polars writes a number in a column that
+    mixes types as its own text (``1.0`` as ``1``, ``1e3`` as ``1000``, an object's ``1.0`` as ``1``):
+    such a value is written again as Python's json writes it. It reads an integer beside floats as a
+    float (``9007199254740993`` as ``9007199254740992.0``), where line by line the column is text: None.
+    The values that may be such (text that reads as a number, boolean, object or array; a float past
+    2^53) are looked up in their lines, parsed again: only those lines, and for text only when the
+    block has the column's key before a value that is not a string (a column of text such as "12345"
+    costs a scan of the block, not a parse of its lines; a key a line writes with \\u escapes is not
+    seen by that scan)."""
+    suspects: dict[str, np.ndarray] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            found = _may_not_be_text(column)
+            if found.any() and not _not_a_string_after(name).search(text):
+                continue  # text that reads as a number, and every value of the key a JSON string
+        elif pa.types.is_floating(kind):
+            found = pc.fill_null(pc.greater_equal(pc.abs(column), _EXACT_FLOATS), False).to_numpy()
+        else:
+            continue
+        if found.any():
+            suspects[name] = np.flatnonzero(found)
+    if not suspects:  # the usual block
+        return table
+    rows = np.unique(np.concatenate(list(suspects.values())))
+    lines = [raw.removeprefix(b"\xef\xbb\xbf") for raw in raws.take(pa.array(rows)).to_pylist()]
+    try:  # as one array: a parse per line cost several times more
+        parsed = json.loads(b"[" + b",".join(lines) + b"]")
+    except (ValueError, RecursionError):
+        return None  # a line polars took and Python's json does not: named line by line
+    if len(parsed) != len(lines):
+        return None
+    objects = dict(zip(rows.tolist(), parsed, strict=True))
+    for name, found in suspects.items():
+        index = table.column_names.index(name)
+        kind = table.schema.field(index).type
+        written = [obj.get(name) if isinstance(obj := objects[row], dict) else None for row in found.tolist()]
+        if pa.types.is_floating(kind):
+            if any(type(value) is int and not _fits_a_float(value) for value in written):
+                return None
+            continue
+        values = None
+        for row, value in zip(found.tolist(), written, strict=True):
+            if value is not None and not isinstance(value, str):
+                values = table[name].to_pylist() if values is None else values
+                values[row] = _json_text(value)
+        if values is not None:
+            table = table.set_column(index, name, pa.array(values, kind))
+    return table
+
+
+def _json_text(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, as ``_table_from_objects`` writes a value beside text; a
+    finite float or an integer without the encoder's cost per call (a float's JSON is its repr)."""
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _may_not_be_text(column: pa.ChunkedArray) -> np.ndarray:
+    """Which values of a text column polars may have written from a number, boolean, object or array:
+    by their first byte (and length, for true and false), from the bytes behind them (a regex over the
+    values took 20 times longer)."""
+    parts = []
+    for chunk in column.chunks:
+        width = np.int32 if pa.types.is_string(chunk.type) else np.int64
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(chunk.buffers()[2] or b"\0", dtype=np.uint8)
+        lengths = np.diff(offsets)
+        first = data[np.minimum(offsets[:-1], len(data) - 1)]
+        found = (lengths > 0) & (
+            _NOT_TEXT_START[first] | ((first == ord("t")) & (lengths == 4)) | ((first == ord("f")) & (lengths == 5))
+        )
+        if chunk.null_count:
+            found &= chunk.is_valid().to_numpy(zero_copy_only=False)
+        parts.append(found)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def _not_a_string_after(key: str) -> re.Pattern[bytes]:
+    """A key (as JSON writes it, unescaped) followed by a value that is not a JSON string or null."""
+    return re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(key, ensure_ascii=False)[1:-1].encode()))
+
+
+def _fits_a_float(value: int) -> bool:
+    """Whether Arrow takes an integer beside floats: one a float64 holds with every integer below it."""
+    return abs(value) <= 2**53
+
+
 def _opens_an_array(data: bytes) -> bool:
     """Whether the file's first block opens a JSON array (a ``.json`` export of ``[{...}, ...]``)."""
     return data[:4096].lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
@@ -458,6 +557,9 @@ class FilesSourceReader(ListedFiles):
             or self._may_hold_values_not_text(text)
             or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
         ):
+            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
+        table = _mixed_as_written(table, raws, text)  # a column of text (or floats) a line wrote otherwise
+        if table is None:
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         if any(pa.types.is_nested(kind) for kind in table.schema.types):
             table = _nested_as_written(table, raws)
@@ -919,8 +1021,9 @@ def _csv_line(values: list[str | None], delimiter: str) -> str:
 
 def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
     """Rows from parsed JSON objects, a column for every key any of them has (a key the first lacks
-    too); a key whose values mix types, or hold an integer past 64 bits (an account number, a u64
-    hash: no Arrow integer holds it, and a float would change its digits), is kept as JSON text; a key
+    too); a key whose values mix types (a boolean beside a number too), or hold an integer past 64
+    bits (an account number, a u64 hash: no Arrow integer holds it, and a float would change its
+    digits) or past 2^53 beside a float (which would change its digits), is kept as JSON text; a key
     whose values are all objects, or all arrays, keeps each as its line wrote it (``json_values``)."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
@@ -930,12 +1033,18 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
         if kinds == {dict} or kinds == {list}:  # objects or arrays only: each as the line wrote it
             columns[key] = json_values(values)
             continue
+        # Arrow would make a boolean beside a float 1.0 (but fail on one before it), and fails on an
+        # integer a float cannot hold beside a float: both are kept as text below.
+        mixed = (bool in kinds and len(kinds) > 1) or (
+            kinds == {int, float} and not all(_fits_a_float(v) for v in values if type(v) is int)
+        )
         try:
-            columns[key] = pa.array(values)
-            continue
+            if not mixed:
+                columns[key] = pa.array(values)
+                continue
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass
-        if kinds <= {int, float} and all(-(2**63) <= v < 2**63 for v in values if isinstance(v, int)):
+        if not mixed and kinds <= {int, float} and all(-(2**63) <= v < 2**63 for v in values if isinstance(v, int)):
             columns[key] = pa.array(values, pa.float64() if float in kinds else None)
         elif kinds == {str}:
             columns[key] = pa.array(values, pa.string())

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -39,6 +40,51 @@ NO_VALUE = "(none)"  # how a missing label or group key is reported
 class SplitError(RecipeError):
     """The split settings do not fit the records (a column is missing): a recipe error, found on the
     first batch (the recipe cannot say which columns its input has)."""
+
+
+def key_text(value: Any) -> str:
+    """A group key's or label's text, the same for one value whichever file it came from: an object or
+    array (a Parquet struct or list, a JSONL object, or its JSON text where the JSONL column mixes types)
+    as JSON with its keys sorted and its null members left out (a Parquet struct has every field, a
+    line only its own keys), a boolean as ``true``/``false``, any other value as ``str`` gives it."""
+    if isinstance(value, str):
+        if not value.startswith(("{", "[")):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return _canonical_json(parsed) if isinstance(parsed, dict | list) else value
+    if isinstance(value, dict | list | tuple):
+        return _canonical_json(value)
+    if isinstance(value, bool):  # as the reader writes one where its column mixes types, not Python's True
+        return "true" if value else "false"
+    return str(value)
+
+
+def _canonical_json(value: Any) -> str:
+    def without_nulls(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {key: without_nulls(member) for key, member in v.items() if member is not None}
+        if isinstance(v, list | tuple):
+            return [without_nulls(item) for item in v]
+        return v
+
+    text = lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)  # noqa: E731
+    return json.dumps(without_nulls(value), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=text)
+
+
+def key_texts(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column of group keys or labels as text where it holds objects or arrays (``key_text``), so every
+    batch carries it as one type: a struct in one file and text in another failed the run where batches
+    are put together; other columns as they are."""
+    kind = values.type
+    if not pa.types.is_nested(kind) and not isinstance(kind, pa.ExtensionType):
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return values
+        if not pc.any(pc.or_(pc.starts_with(values, "{"), pc.starts_with(values, "["))).as_py():
+            return values  # the usual: no JSON text
+    return pa.array([None if v is None else key_text(v) for v in values.to_pylist()], pa.string())
 
 
 def _unit_hash(seed: str, value: str) -> int:
@@ -84,7 +130,7 @@ class Splitter:
                 f"output.{setting}: column {name!r} is not in the records (a record takes it from its input, "
                 f"which has no such column); they have: {usable}"
             )
-        return [missing if v is None else str(v) for v in batch[name].to_pylist()]
+        return [missing if v is None else key_text(v) for v in batch[name].to_pylist()]
 
     def assign(self, batch: pa.Table) -> pa.Array:
         """True where each record of the batch goes to validation."""

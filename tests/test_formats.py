@@ -379,3 +379,68 @@ def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) ->
     recipe = instruction_recipe(workdir, "messages", chunk_chars=100)
     with pytest.raises(RecipeError, match="chunk_chars applies to the text format"):
         load_recipe(write_recipe(workdir, recipe))
+
+
+@pytest.mark.parametrize(("stratify", "dedup"), [(False, True), (True, True), (False, False)])
+def test_a_group_key_object_groups_together_from_parquet_and_jsonl(workdir: Path, stratify: bool, dedup: bool) -> None:
+    """One customer, given as a Parquet struct (every field, in the schema's order), a JSONL object (its
+    own keys, in its order) and its JSON text (a JSONL column that mixes objects and text), is one group
+    on one side. The run failed (Unsupported cast from string to struct) where batches of the carried
+    column met (exact_dedup), and without such a stage the customer was split across both sides."""
+    import pyarrow.parquet as pq
+
+    folder = workdir / "mixed"
+    folder.mkdir()
+    customers = [{"id": n, "name": f"c{n}", "vip": None} for n in range(12)]
+    pq.write_table(
+        pa.table({"text": [f"p{n}" for n in range(12)], "label": ["a"] * 12, "customer": customers}),
+        folder / "a.parquet",
+    )
+    write_jsonl(
+        folder / "b.jsonl", [{"text": f"j{n}", "label": "a", "customer": {"name": f"c{n}", "id": n}} for n in range(12)]
+    )
+    write_jsonl(
+        folder / "c.jsonl",
+        [{"text": "walk-in", "label": "a", "customer": "walk-in"}]
+        + [{"text": f"k{n}", "label": "a", "customer": {"id": n, "name": f"c{n}"}} for n in range(12)],
+    )
+    recipe = {
+        "dataset": "grouped",
+        "sources": [{"path": str(folder) + "/"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup"}] if dedup else [],
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.5, "group_by": "customer"},
+    }
+    if stratify:
+        recipe["output"]["stratify_by"] = "label"
+    version = Path(run_fresh(workdir, recipe).version_uri)
+    sides: dict[str, set[str]] = defaultdict(set)
+    for split in ("train", "validation"):
+        for row in read_lines(sorted((version / split).glob("*.jsonl"))):
+            sides[row["text"][1:] if row["text"] != "walk-in" else "walk-in"].add(split)
+    assert len(sides) == 13 and all(len(found) == 1 for found in sides.values()), dict(sides)
+    assert (
+        read_manifest(str(version)).split["groups"]["train"] + read_manifest(str(version)).split["groups"]["validation"]
+        == 13
+    )
+
+
+def test_a_boolean_label_is_one_label_whether_its_column_mixes_types_or_not(workdir: Path) -> None:
+    """A label column of booleans gave "True" where a block held booleans only and "true" where another
+    line's text made the column text: two labels for one value, each balanced on its own."""
+    folder = workdir / "labels"
+    write_jsonl(folder / "a.jsonl", [{"text": f"a{n}", "fraud": n % 2 == 0} for n in range(20)])
+    write_jsonl(
+        folder / "b.jsonl",
+        [{"text": f"b{n}", "fraud": n % 2 == 0} for n in range(20)] + [{"text": "u", "fraud": "unknown"}],
+    )
+    recipe = {
+        "dataset": "labels",
+        "sources": [{"path": str(folder) + "/"}],
+        "record": {"kind": "document"},
+        "stages": [],  # exact_dedup fails the run on a column that is bool in one file and text in another
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.25, "stratify_by": "fraud"},
+    }
+    labels = read_manifest(run_fresh(workdir, recipe).version_uri).split["labels"]
+    assert set(labels["train"]) | set(labels["validation"]) == {"true", "false", "unknown"}
+    assert labels["train"]["true"] + labels["validation"]["true"] == 20

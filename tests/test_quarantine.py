@@ -571,3 +571,59 @@ def test_a_json_array_file_is_refused_by_name_not_quarantined_line_by_line(workd
         run(workdir, {**recipe, "sources": [{"path": "export.json"}]})
     assert not (workdir / "output" / "qa").exists()  # nothing published, not an empty version
     assert run(workdir, {**recipe, "sources": [{"path": "lines.json"}]}).manifest.counts.written == 3
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        [],  # the block read whole: a column of booleans, which Arrow cast to 1.0
+        ['{"description": "tea", "amount": 2.5, "category": "Dining"}'],  # beside a number: 1.0 line by line
+        ['{"description": "tea", "amount": "2.5", "category": "Dining"}'],  # beside text: "true"
+        ["{broken"],  # read line by line
+    ],
+)
+def test_a_boolean_array_or_object_where_a_number_is_declared_is_quarantined_in_words_that_fit(
+    workdir: Path, others: list[str]
+) -> None:
+    """A JSON ``true`` for a float was published as 1.0 (a block of booleans, or one after a float read
+    line by line) or quarantined as "unable to parse string as a number" (beside text, the reader makes
+    it "true"): the same line, two outcomes, and a message about a string the line does not hold."""
+    lines = [
+        '{"description": "gift", "amount": true, "category": "Dining"}',
+        '{"description": "list", "amount": [1], "category": "Dining"}',
+        '{"description": "obj", "amount": {"v": 1}, "category": "Dining"}',
+        *others,
+    ]
+    path = workdir / "tx.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    result = run(workdir, recipe(path.name))
+    details = {row["source"]["line"]: row["detail"] for row in set_aside(Path(result.version_uri))}
+    declared = "not a number (the input schema declares float)"
+    assert details[1] == f"{path}:1: amount: a boolean (true), {declared}"
+    assert details[2] == f"{path}:2: amount: a JSON array, {declared}"
+    assert details[3] == f"{path}:3: amount: a JSON object, {declared}"
+    assert "gift" not in json.dumps(outputs(Path(result.version_uri)))
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_parquet_boolean_where_a_number_is_declared_is_quarantined(workdir: Path) -> None:
+    path = workdir / "tx.parquet"
+    pq.write_table(pa.table({"description": ["gift", "tea"], "amount": [True, None], "category": ["D", "D"]}), path)
+    result = run(workdir, {**recipe(path.name), "input_schema": {**SCHEMA, "optional": ["amount"]}})
+    [row] = [row for row in set_aside(Path(result.version_uri)) if row["source"]["line"] == 1]
+    assert row["detail"] == f"{path}:1: amount: a boolean (true), not a number (the input schema declares float)"
+
+
+def test_a_template_writes_a_boolean_as_a_field_and_a_column_of_mixed_types_give_it(workdir: Path) -> None:
+    """One line gave "ok=True" where its block's column held booleans only and "ok=true" beside text (the
+    reader makes the column text), and a field naming the column gave "true": the same line, two texts."""
+    (workdir / "in").mkdir()
+    (workdir / "in" / "a.jsonl").write_text('{"q": "a", "ok": true}\n')
+    (workdir / "in" / "b.jsonl").write_text('{"q": "b", "ok": false}\n{"q": "c", "ok": "maybe"}\n')
+    spec = {**qa_recipe("in/", prompt="{{ q }} ok={{ ok }}", completion="ok"), "dataset": "b"}
+    written = outputs(Path(run(workdir, spec).version_uri))
+    assert sorted((row["prompt"], row["completion"]) for row in written) == [
+        ("a ok=true", "true"),
+        ("b ok=false", "false"),
+        ("c ok=maybe", "maybe"),
+    ]

@@ -17,6 +17,7 @@ import jinja2.nodes as jn
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.split import key_texts
 from curation.stages.base import StageResult, is_text
 from schemas.config import RecordShape
 from schemas.records import CONTENT_COLUMNS, location, set_aside_rows
@@ -33,10 +34,13 @@ class EmptyValue(ValueError):
 
 def _finalize(value: Any) -> Any:
     """What a template writes for a value: never null, a JSON object or array (a struct or list column,
-    an element of one) as JSON, as a field naming such a column and a column of mixed types give it,
-    and bytes as their UTF-8 text; not as Python writes a dict, list or bytes."""
+    an element of one) as JSON, and a boolean as JSON writes it (``true``), as a field naming such a
+    column and a column of mixed types give it, and bytes as their UTF-8 text; not as Python writes a
+    dict, list, boolean (``True``) or bytes."""
     if value is None:
         raise EmptyValue("a value the template uses is empty (null)")
+    if isinstance(value, bool):  # as a field naming its column, and a column of mixed types, give it
+        return "true" if value else "false"
     if isinstance(value, dict | list | tuple):
         return _as_json(value)
     if isinstance(value, bytes):  # a binary column (Parquet): its text, as a field naming it gives, not b'...'
@@ -162,7 +166,7 @@ class Shape:
             shaped = shaped.append_column("image_bytes", batch["image_bytes"])
         for name in self.carry:
             if name in batch.column_names and name not in shaped.column_names:
-                shaped = shaped.append_column(name, batch[name])
+                shaped = shaped.append_column(name, key_texts(batch[name]))  # an object as one text
         for target in CONTENT_COLUMNS[self.kind]:
             if target not in shaped.column_names:
                 shaped = shaped.append_column(target, pa.nulls(batch.num_rows, pa.string()))

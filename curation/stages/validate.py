@@ -6,6 +6,7 @@ row by row with pydantic, so each quarantined row carries pydantic's own message
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -27,14 +28,38 @@ def _field_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, own: dict[str, str]) -> str:
     # A null is a value missing from its row (an empty CSV field, a JSONL line without the key), which
-    # pydantic calls the wrong type.
+    # pydantic calls the wrong type. ``own``: this stage's words for a column's problem (``_not_a_number``).
     return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: "
+        own.get(str(e["loc"][0]) if e["loc"] else "")
+        or f"{'.'.join(str(p) for p in e['loc'])}: "
         + ("no value, and the column is required" if "input" in e and e["input"] is None else e["msg"])
         for e in error.errors()
     )
+
+
+_NUMBER_NAMES = {pa.int64(): "int", pa.float64(): "float"}
+
+
+def _not_a_number(column: str, value: Any, declared: pa.DataType) -> str | None:
+    """What is wrong when a number column holds a boolean, array or object: pydantic and Arrow take a
+    boolean as 1 (or 1.0), and a JSON reader makes text of such a value where the column's other
+    values are text (``true`` as "true"), which pydantic called "unable to parse string as a number"."""
+    if isinstance(value, str) and value.strip() in ("true", "false"):
+        value = value.strip() == "true"
+    elif isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        kind = f"a boolean ({'true' if value else 'false'})"
+    elif isinstance(value, dict | list):
+        kind = "a JSON object" if isinstance(value, dict) else "a JSON array"
+    else:
+        return None
+    return f"{column}: {kind}, not a number (the input schema declares {_NUMBER_NAMES[declared]})"
 
 
 class SchemaValidation:
@@ -51,6 +76,7 @@ class SchemaValidation:
             python_type, nullable = _field_type(info.annotation)
             min_length = next((m.min_length for m in info.metadata if hasattr(m, "min_length")), 0)
             self.columns[column] = (ARROW_TYPES[python_type], nullable or not info.is_required(), min_length or 0)
+        self.numbers = {c: kind for c, (kind, _, _) in self.columns.items() if kind in _NUMBER_NAMES}
 
     def __call__(self, batch: pa.Table) -> StageResult:
         missing = [c for c, (_, nullable, _) in self.columns.items() if c not in batch.column_names and not nullable]
@@ -65,7 +91,9 @@ class SchemaValidation:
                 batch = batch.set_column(
                     batch.column_names.index(column), column, pc.if_else(pc.is_nan(values), None, values)
                 )
-        cast = self._fast_cast(batch)
+        # A boolean where a number is declared: Arrow would cast it to 1 (pydantic too); the rows say why not.
+        booleans = any(pa.types.is_boolean(batch[c].type) for c in self.numbers if c in batch.column_names)
+        cast = None if booleans else self._fast_cast(batch)
         if cast is not None:
             return StageResult(kept=cast)
         return self._row_by_row(batch)
@@ -99,12 +127,17 @@ class SchemaValidation:
         clean: list[BaseModel] = []
         details, records = [], []
         for row in rows:
+            own = {c: p for c, kind in self.numbers.items() if (p := _not_a_number(c, row.get(c), kind)) is not None}
+            problem = "; ".join(own.values()) or None  # a boolean pydantic would take as 1 too
             try:
-                clean.append(self.model.model_validate(row))
-                valid.append(True)
+                model = self.model.model_validate(row)
             except ValidationError as error:
-                valid.append(False)
-                details.append(f"{location(row['source'])}: {_describe(error)}")
+                problem = _describe(error, own)
+            valid.append(problem is None)
+            if problem is None:
+                clean.append(model)
+            else:
+                details.append(f"{location(row['source'])}: {problem}")
                 records.append(record_json({k: v for k, v in row.items() if k not in ("id", "source")}))
         kept, bad = split_by_mask(batch, pa.array(valid))
         kept_columns = {
