@@ -239,3 +239,17 @@ def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) 
     first = run_recipe(recipe)
     (Path(first.version_uri) / "manifest.json").write_text("{")
     assert run_recipe(recipe, full_refresh=True).manifest.version == 2  # it compares with no earlier version
+
+
+def test_a_column_typed_apart_in_two_inputs_passes_the_dedup_barrier(workdir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (workdir / "in").mkdir()
+    pq.write_table(pa.table({"text": ["p1", "p2"], "customer": [17, 18]}), workdir / "in" / "a.parquet")
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "j1", "customer": "C-17"}, {"text": "j2", "customer": "17"}])
+    recipe = docs_recipe("in/", validation_fraction=0.5, group_by="customer")
+    recipe["stages"] = [{"type": "exact_dedup"}]
+    # The spill before the dedup took every batch as the first one's types: "C-17" as an int64 failed the run.
+    result = run_recipe(load_recipe(write_recipe(workdir, recipe)))
+    assert result.manifest.counts.written == 4

@@ -3,7 +3,7 @@ executor shares (each record's fate, counted once).
 
 Batches stream from the sources through the per-batch stages to the writer, so memory stays flat
 however large the input. A global stage (deduplication) is a barrier: the batches before it are
-spilled to a local Arrow file while their signatures are collected, the signatures are resolved
+spilled to local Arrow files while their signatures are collected, the signatures are resolved
 once, and the spilled batches stream on without the rows it set aside.
 """
 
@@ -115,7 +115,7 @@ class LocalExecutor:
             for index, stage in enumerate(stages):
                 if isinstance(stage, GlobalStage) and not isinstance(stage, Stage):
                     stream = self._apply(stream, pending, writer, tally)
-                    stream = self._barrier(stream, stage, writer, tally, Path(spill) / f"{index}.arrow")
+                    stream = self._barrier(stream, stage, writer, tally, Spill(Path(spill) / str(index)))
                     pending = []
                 else:
                     pending.append(stage)
@@ -161,27 +161,20 @@ class LocalExecutor:
 
     @staticmethod
     def _barrier(
-        stream: Iterator[pa.Table], stage: GlobalStage, writer: DatasetWriter, tally: Tally, spill: Path
+        stream: Iterator[pa.Table], stage: GlobalStage, writer: DatasetWriter, tally: Tally, spill: Spill
     ) -> Iterator[pa.Table]:
-        signatures, schema, sink, spilled = [], None, None, 0
-        try:
+        signatures = []
+        with spill:
             for batch in stream:
                 signatures.append(stage.signatures(batch))
-                if sink is None:
-                    schema = batch.schema
-                    sink = pa.ipc.new_file(str(spill), schema)
-                sink.write_table(batch.cast(schema))
-                spilled += batch.num_rows
-        finally:
-            if sink is not None:
-                sink.close()
+                spill.write(batch)
         dropped = stage.resolve(signatures)
         record_set_aside(dropped, writer, tally)
         review_flags = getattr(stage, "review_flags", None)
-        if review_flags is not None and dropped.num_rows and sink is not None:
-            tally.flags.append(review_flags(dropped, signatures, _spilled(spill)))
-        log.info("stage=%s spilled=%d set_aside=%d", stage.name, spilled, dropped.num_rows)
-        if sink is None:
+        if review_flags is not None and dropped.num_rows and spill.rows:
+            tally.flags.append(review_flags(dropped, signatures, spill.batches()))
+        log.info("stage=%s spilled=%d set_aside=%d", stage.name, spill.rows, dropped.num_rows)
+        if not spill.rows:
             return
         # One lookup over every spilled id (in spill order), not a set of the dropped ids built per batch;
         # the chunks are not joined into one array, which would copy every id at the run's peak.
@@ -192,7 +185,7 @@ class LocalExecutor:
         recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures]) if carry else None
         del signatures, ids  # not needed while the spill streams on: memory stays flat
         offset = 0
-        for batch in _spilled(spill):
+        for batch in spill.batches():
             mask = keep.slice(offset, batch.num_rows)
             kept = batch.filter(mask)
             if carry is not None:
@@ -219,13 +212,45 @@ def _remove_spills_of_ended_runs(folder: str | None) -> None:
             shutil.rmtree(found, ignore_errors=True)
 
 
-def _spilled(spill: Path) -> Iterator[pa.Table]:
-    """The spilled batches, in order. Read, not memory-mapped: mapped pages stay resident as the file
-    is read, so the run's memory would grow with its input."""
-    with pa.OSFile(str(spill)) as source:
-        reader = pa.ipc.open_file(source)
-        for index in range(reader.num_record_batches):
-            yield pa.Table.from_batches([reader.get_batch(index)])
+class Spill:
+    """The batches before a barrier, in Arrow files under ``prefix``: a new file whenever a batch's
+    schema differs from the one before (a column that is a number in one input and text in another),
+    so every batch streams on as it came, not cast to the first batch's types."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        self.files: list[Path] = []
+        self.rows = 0
+        self._sink: pa.ipc.RecordBatchFileWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, batch: pa.Table) -> None:
+        if self._sink is None or batch.schema != self._schema:
+            self.close()
+            self.files.append(self.prefix.with_name(f"{self.prefix.name}-{len(self.files)}.arrow"))
+            self._sink, self._schema = pa.ipc.new_file(str(self.files[-1]), batch.schema), batch.schema
+        self._sink.write_table(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def batches(self) -> Iterator[pa.Table]:
+        """The spilled batches, in order. Read, not memory-mapped: mapped pages stay resident as the
+        file is read, so the run's memory would grow with its input."""
+        for path in self.files:
+            with pa.OSFile(str(path)) as source:
+                reader = pa.ipc.open_file(source)
+                for index in range(reader.num_record_batches):
+                    yield pa.Table.from_batches([reader.get_batch(index)])
 
 
 def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
