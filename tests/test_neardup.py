@@ -9,15 +9,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
 from PIL import Image, ImageDraw
 
 from bench.corpus import generate, score
 from curation.published import read_manifest
+from curation.review import decisions as dec
+from curation.review.decisions import RunDecisions
+from curation.review.queue import list_items
 from curation.stages.base import DuplicateStage
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, signature_params
 from curation.stages.duplicates import resolve_duplicates
 from curation.stages.neardup import ImageNearDedup, NearDedup
+from curation.stages.review import ReviewDecisions
 from curation.state import StateStore
-from schemas.config import RecipeError, parse_recipe
+from schemas.config import RecipeError, load_recipe, parse_recipe
 from schemas.records import source_array
 from tests.helpers import outputs, processed, run, set_aside, write_jsonl
 
@@ -151,6 +157,37 @@ def test_images_published_in_an_earlier_version_are_not_published_again(workdir:
     assert read_manifest(str(v2)).counts.reasons["duplicate"] == {"earlier_version": 1}
 
 
+def test_an_image_near_duplicate_marked_not_a_duplicate_is_published_by_the_next_run(workdir: Path) -> None:
+    (workdir / "img").mkdir()
+    rows = [("a.jpg", _image(0, 1), "Which form is this?"), ("a-rescan.jpg", _image(1, 1), "Who signed it?")]
+    for name, data, _ in rows:
+        (workdir / "img" / name).write_bytes(data)
+    (workdir / "qa.jsonl").write_text(
+        "".join(json.dumps({"image": n, "question": q, "answer": "Ada."}) + "\n" for n, _, q in rows)
+    )
+    recipe = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        # The images alone are compared: no edit of the question or the answer unmatches the rescan.
+        "stages": [{"type": "image_dedup", "max_distance": 6, "match_question": False}],
+        "output": {"validation_fraction": 0.0},
+    }
+    v1 = run(workdir, recipe)
+    assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate_image": 1}
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (item,) = list_items(engine, dataset="forms", kind="near_duplicate")
+    dec.decide(engine, item["item_id"], "rita", "keep")
+    v2 = run(workdir, recipe)
+    assert v2.manifest.stats["stages"]["review"] == {"kept_apart": 1} and "duplicate" not in v2.manifest.counts.reasons
+    assert sorted(line["prompt"] for line in outputs(Path(v2.version_uri))) == ["Which form is this?", "Who signed it?"]
+    dec.undo_last(engine, "rita")
+    engine.dispose()
+    v3 = run(workdir, recipe)  # the sidecar is read again: the rescan is set aside again
+    assert v3.manifest.counts.reasons["duplicate"] == {"near_duplicate_image": 1}
+    assert [line["prompt"] for line in outputs(Path(v3.version_uri))] == ["Which form is this?"]
+
+
 # Scanned forms from img/ with their questions in qa.jsonl, deduplicated exactly and by image, across runs.
 FORMS = {
     "dataset": "forms",
@@ -200,6 +237,38 @@ def test_image_near_duplicates_with_other_questions_are_kept_unless_asked_to_mat
     assert aside["id"].to_pylist() == ["r"] and aside["duplicate_of"].to_pylist() == ["p"]
     images_only = ImageNearDedup(max_distance=6)
     assert sorted(images_only.resolve([images_only.signatures(batch)])["id"].to_pylist()) == ["q", "r"]
+
+
+def test_a_record_kept_apart_by_an_annotator_is_not_set_aside_and_its_cluster_keeps_its_record(
+    tmp_path: Path,
+) -> None:
+    base = "the parcel left the depot on monday morning and reached the customer two days later without damage"
+    batch = _batch(["a", "x", "b", "c"], [base, f"{base} indeed", f"{base} again", "something else entirely here"])
+    stage = NearDedup(["text"])
+    assert _removed(stage, batch, size=2) == {"x": "a", "b": "a"}
+    cross_run = CrossRunDedup(NearDedup(["text"]), SignatureIndex(f"sqlite:///{tmp_path / 'state.db'}", "d"))
+    params = cross_run.params
+    review = ReviewDecisions(RunDecisions(kept_apart={"x"}))
+    review.keep_apart([review, stage, cross_run])  # as the run's stages get them: a cross-run stage's inner one
+    assert stage.kept_apart == cross_run.inner.kept_apart == {"x"}
+    # "Not a duplicate": x is published; b still names the record its cluster kept.
+    assert _removed(stage, batch, size=2) == {"b": "a"}
+    assert review(batch).stats == {"kept_apart": 1} and review(batch).kept.num_rows == 4
+    # What the stage stores across runs is unchanged: the published signatures stay comparable.
+    assert signature_params(cross_run.inner) == params
+    # Images compared alone (match_question: false): no edit of the text unmatches them, a keep does.
+    images = pa.table(
+        {
+            "id": ["p", "q", "r"],
+            "source": source_array("files", "/vqa.jsonl", [1, 2, 3]),
+            "image_bytes": pa.array([_image(0, 1), _image(1, 1), _image(0, 1)], pa.binary()),
+        }
+    )
+    images_only = ImageNearDedup(max_distance=6)
+    review = ReviewDecisions(RunDecisions(kept_apart={"q"}))
+    review.keep_apart([images_only])
+    aside = images_only.resolve([images_only.signatures(images)])
+    assert aside["id"].to_pylist() == ["r"] and aside["duplicate_of"].to_pylist() == ["p"]
 
 
 def test_recipe_run_sets_near_duplicates_aside_and_flags_clusters_for_review(workdir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageResult
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA, set_aside_rows
-from tests.helpers import write_jsonl, write_recipe
+from tests.helpers import outputs, write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 
 ray = pytest.importorskip("ray")
@@ -302,3 +303,42 @@ def test_a_cross_run_stages_signatures_are_computed_once_and_carried_to_the_reco
     assert recorded.equals(
         stage.signatures(rows.filter(pc.is_in(rows["id"], value_set=written["id"]))).drop_columns(["source"])
     )
+
+
+def test_a_near_duplicate_marked_not_a_duplicate_is_published_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """Ray's distributed resolve runs the stage's own: a record an annotator kept apart is not set aside,
+    and the other near duplicate of its cluster still names the record the cluster kept."""
+    from curation.review import decisions as dec
+    from curation.review.queue import review_items
+
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        folder = workdir / name
+        write_jsonl(folder / "in" / "a.jsonl", rows)
+        spec = {
+            "dataset": "kept",
+            "sources": [{"path": str(folder / "in")}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [{"type": "near_dedup", "threshold": 0.7}],
+            "output": {"dest": str(folder / "out")},
+            "state": f"sqlite:///{folder}/state.db",
+        }
+        loaded = load_recipe(write_recipe(folder, spec))
+        assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == 2
+        engine = sa.create_engine(loaded.state)
+        with engine.connect() as db:
+            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        (item,) = [row for row in items if json.loads(row.source)["line"] == 2]
+        dec.decide(engine, item.item_id, "rita", "keep")
+        engine.dispose()
+        second = run_recipe(loaded, executor=executor)  # reads a.jsonl again for the decision
+        prompts = sorted(line["prompt"] for line in outputs(Path(second.version_uri)))
+        outcomes[name] = (second.manifest.counts.reasons, second.manifest.stats["stages"]["review"], prompts)
+    assert outcomes["local"][0] == {"duplicate": {"near_duplicate": 1}} and outcomes["local"][1] == {"kept_apart": 1}
+    assert outcomes["local"][2] == [f"{base}!", f"{base}."]
+    assert outcomes["ray"] == outcomes["local"]

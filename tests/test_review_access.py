@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import SignInLimits
-from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations
+from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations, label_config
+from curation.review.queue import list_items
 from tests.review_seed import NAME, PASSWORD, PHONE, USERS, Seeded, seed
 from tests.review_server import review_server
 
@@ -236,7 +237,7 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
         import_annotations(engine, [task, blank], "pia")
     assert dec.run_decisions(engine, "support").undone == {}  # task 0's decision was not recorded either
     counts = import_annotations(engine, [task, vqa], "pia")
-    assert counts == {"approve": 0, "reject": 0, "edit": 2, "skipped": 0, "already in force": 0}
+    assert counts == {"approve": 0, "reject": 0, "edit": 2, "keep": 0, "skipped": 0, "already in force": 0}
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
     # Imported again, the same edits are in force already: nothing is decided twice.
@@ -428,3 +429,34 @@ def test_an_edit_of_a_near_duplicate_starts_from_the_set_aside_records_fields(tm
     published = {row["prompt"]: row["completion"] for row in outputs(Path(second.version_uri))}
     assert published["How do I change my e-mail address?"] == "Done, <PERSON> updated it."
     assert len(published) == 2
+
+
+def test_not_a_duplicate_on_the_page_and_through_label_studio(seeded: Seeded, app) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    (item,) = list_items(engine, dataset="support", kind="near_duplicate", status="open")
+    assert '<Choice value="keep"' in label_config("near_duplicate", [])
+    assert '"keep"' not in label_config("quarantined", [])
+    (task,) = export_tasks(engine, {"dataset": "support", "kind": "near_duplicate"})
+    decision = {"from_name": "decision", "to_name": "member", "type": "choices", "value": {"choices": ["keep"]}}
+    task["annotations"] = [{"id": 7, "result": [decision]}]
+    (quarantined,) = export_tasks(engine, {"dataset": "support", "kind": "quarantined"})
+    quarantined["annotations"] = [{"id": 8, "result": [{**decision, "to_name": "raw"}]}]
+    with pytest.raises(LabelStudioError, match="only a near-duplicate item can be marked not a duplicate"):
+        import_annotations(engine, [task, quarantined], "rita")
+    assert import_annotations(engine, [task], "rita")["keep"] == 1
+    assert dec.run_decisions(engine, "support").kept_apart == {item["record_id"]}
+    assert import_annotations(engine, [task], "rita")["already in force"] == 1
+    dec.undo_last(engine, "rita")
+    # On the page: the item's form posts the action; another kind of item refuses it.
+    client, csrf = signed_in(app, "rita")
+    assert 'value="keep" id="keep"' in client.get(f"/items/{item['item_id']}").text
+    response = client.post(
+        f"/items/{quarantined['data']['item_id']}/decide", data={"csrf_token": csrf, "action": "keep"}
+    )
+    assert response.status_code == 400 and "only a near-duplicate item" in response.text
+    response = client.post(
+        f"/items/{item['item_id']}/decide", data={"csrf_token": csrf, "action": "keep"}, follow_redirects=False
+    )
+    assert response.status_code == 303 and dec.get_item(engine, item["item_id"])["status"] == "kept"
+    dec.undo_last(engine, "rita")
+    assert dec.get_item(engine, item["item_id"])["status"] == "open"

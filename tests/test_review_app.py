@@ -145,6 +145,30 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     page.wait_for_url(f"{base}/items/2")
 
 
+def test_a_near_duplicate_can_be_marked_not_a_duplicate_with_the_key_and_undone(
+    base: str, browser: Browser, seeded: Seeded
+) -> None:
+    page = sign_in(browser, base, "pia")
+    page.goto(f"{base}/items/1")  # a quarantined record is no one's duplicate: no such button
+    expect(page.locator("#approve")).to_be_visible()
+    expect(page.locator("#keep")).to_have_count(0)
+    (item,) = list_items(sa.create_engine(seeded.state_url), dataset="support", kind="near_duplicate")
+    page.goto(f"{base}/items/{item['item_id']}")
+    expect(page.locator("#keep")).to_have_text(re.compile("Not a duplicate"))
+    page.keyboard.press("d")
+    expect(page.locator("p[role=status]")).to_contain_text(f"item {item['item_id']}: kept")
+    page.goto(f"{base}/items/{item['item_id']}")
+    expect(page.locator("#status")).to_have_text("kept")
+    expect(page.locator("table.history tbody tr:last-child")).to_contain_text("keep")
+    page.keyboard.press("u")  # undone: the item is as the other decisions in force leave it
+    expect(page.locator("p[role=status]")).to_contain_text("undid keep")
+    actions = [
+        (d["user"], d["action"], d["undone_at"] is not None)
+        for d in dec.history(sa.create_engine(seeded.state_url), item["item_id"])
+    ]
+    assert actions[-1] == ("pia", "keep", True)
+
+
 def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:
     page = sign_in(browser, base, "rita")
     page.goto(f"{base}/datasets/support/v1")

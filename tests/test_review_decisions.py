@@ -52,6 +52,28 @@ def test_latest_decision_per_item_is_in_force(tmp_path: Path) -> None:
         dec.decide(engine, 99, "rita", "approve")
 
 
+def test_not_a_duplicate_is_in_force_on_a_near_duplicate_item_until_undone_or_set_aside(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    flags = [flag("x", "near_duplicate"), flag("y", "near_duplicate"), flag("q")]
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    with pytest.raises(dec.DecisionError, match="only a near-duplicate item can be marked not a duplicate"):
+        dec.decide(engine, 3, "rita", "keep")  # a quarantined record is no one's duplicate
+    dec.decide(engine, 1, "rita", "edit", dec.Edit(fields={"prompt": "typo fixed"}))
+    dec.decide(engine, 1, "rita", "keep")  # sets aside the edit before it: published as it is
+    dec.decide(engine, 2, "pia", "keep")
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"prompt": "and fixed"}))  # adds to the keep
+    assert [dec.get_item(engine, i)["status"] for i in (1, 2)] == ["kept", "kept"]
+    decisions = dec.run_decisions(engine, "ds")
+    assert decisions.kept_apart == {"x", "y"} and decisions.edits == {"y": {"prompt": "and fixed"}}
+    assert [d["action"] for d in dec.history(engine, 1)] == ["edit", "keep"]
+    assert dec.holds_already(engine, 1, "keep")  # a Label Studio export imported twice
+    dec.undo_last(engine, "rita")  # the keep: the edit before it is in force again
+    assert dec.get_item(engine, 1)["status"] == "edited"
+    dec.decide(engine, 2, "adm", "approve")  # a duplicate after all
+    decisions = dec.run_decisions(engine, "ds")
+    assert decisions.kept_apart == set() and decisions.edits == {"x": {"prompt": "typo fixed"}}
+
+
 def test_an_edit_keeps_what_the_edit_in_force_on_the_item_holds(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     payload = json.dumps(

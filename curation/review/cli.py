@@ -177,7 +177,7 @@ def import_(
     state: StateOption = None,
     recipe: RecipeOption = None,
 ) -> None:
-    """Take Label Studio annotations as decisions: approve/reject choices, removed PII spans, edited answers."""
+    """Take Label Studio annotations as decisions: approve/reject/keep choices, removed PII spans, edited answers."""
     from curation.review.decisions import DecisionError
     from curation.review.labelstudio import LabelStudioError, import_annotations
 

@@ -28,9 +28,11 @@ from curation.review.rejected_content import copies_of, keys_of
 
 log = logging.getLogger(__name__)
 
-Action = Literal["approve", "reject", "edit"]
-ACTIONS: tuple[Action, ...] = ("approve", "reject", "edit")
-STATUS_OF: dict[str, str] = {"approve": "approved", "reject": "rejected", "edit": "edited"}
+Action = Literal["approve", "reject", "edit", "keep"]
+ACTIONS: tuple[Action, ...] = ("approve", "reject", "edit", "keep")
+STATUS_OF: dict[str, str] = {"approve": "approved", "reject": "rejected", "edit": "edited", "keep": "kept"}
+# "Not a duplicate": the record a near-duplicate item set aside is published as it is (see ``RunDecisions.kept_apart``).
+KEEP_KINDS = ("near_duplicate",)
 
 decisions = sa.Table(
     "review_decisions",
@@ -41,7 +43,7 @@ decisions = sa.Table(
     sa.Column("record_id", sa.String(64), nullable=False, index=True),
     sa.Column("user", sa.String(100), nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("action", sa.String(16), nullable=False),  # approve, reject, edit
+    sa.Column("action", sa.String(16), nullable=False),  # approve, reject, edit, keep (not a duplicate)
     sa.Column("before", sa.Text, nullable=False),  # JSON: status and the values the action changes
     sa.Column("after", sa.Text, nullable=False),  # JSON: status, field edits, spans marked not PII
     sa.Column("undone_at", sa.DateTime(timezone=True)),
@@ -98,6 +100,10 @@ def check_decision(item: dict[str, Any], action: str, edit: Edit | None) -> None
     """Raise ``DecisionError`` when ``action`` (with ``edit``) cannot be taken on ``item``."""
     if action not in ACTIONS:
         raise DecisionError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+    if action == "keep" and item["kind"] not in KEEP_KINDS:
+        raise DecisionError(
+            f"only a near-duplicate item can be marked not a duplicate; item {item['item_id']} is {item['kind']}"
+        )
     if action == "edit":
         if edit is None or not (edit.fields or edit.not_pii):
             raise DecisionError("an edit needs at least one changed field or one span marked not PII")
@@ -115,6 +121,7 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
     check_decision(item, action, edit)
     before: dict[str, Any] = {"status": item["status"]}
     after: dict[str, Any] = {"status": STATUS_OF[action]}
+    status = after["status"]
     if action == "edit" and edit is not None:
         # Only this edit's own values: it adds to the edits in force when they are read (see
         # ``in_force``), so undoing an earlier one takes out that one alone.
@@ -124,6 +131,8 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
         earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
         known = {**known_values(item), **earlier}
         before["fields"] = {name: known.get(name) for name in edit.fields}
+        if previous and previous["action"] == "keep":
+            status = STATUS_OF["keep"]  # the keep stands, with the edit (see ``in_force``)
     with engine.begin() as db:
         decision_id = db.execute(
             decisions.insert().values(
@@ -137,7 +146,7 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
                 after=json.dumps(after),
             )
         ).inserted_primary_key[0]
-        db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=after["status"]))
+        db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=status))
     return int(decision_id)
 
 
@@ -151,20 +160,22 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """What one item's decisions (not undone, oldest first) leave in force, as a decision row: the
     latest one's who and when, with the action and ``after`` they add up to. An approve or a reject
     sets aside what came before it; edits add up (a later value of a field wins), so two annotators'
-    edits both stand and undoing one takes out its own values alone."""
+    edits both stand and undoing one takes out its own values alone. A keep ("not a duplicate") sets
+    aside what came before it too, and edits after it add to it: the action stays ``keep``, with them."""
     if not rows:
         return None
-    rejected, fields, spans = False, {}, []
+    rejected, kept, fields, spans = False, False, {}, []
     for row in rows:
         if row["action"] != "edit":
-            rejected, fields, spans = row["action"] == "reject", {}, []
+            rejected, kept, fields, spans = row["action"] == "reject", row["action"] == "keep", {}, []
             continue
         after = json.loads(row["after"])
-        rejected = False
+        rejected = False  # a keep ("not a duplicate") stands: an edit after it adds to it
         fields.update(after.get("fields", {}))
         spans += [span for span in after.get("not_pii", []) if span not in spans]
-    action = "reject" if rejected else "edit" if fields or spans else "approve"
-    after = {"status": STATUS_OF[action], **({"fields": fields, "not_pii": spans} if action == "edit" else {})}
+    action = "reject" if rejected else "keep" if kept else "edit" if fields or spans else "approve"
+    edits = {"fields": fields, "not_pii": spans} if action == "edit" or (action == "keep" and (fields or spans)) else {}
+    after = {"status": STATUS_OF[action], **edits}
     return {**rows[-1], "action": action, "after": json.dumps(after)}
 
 
@@ -281,8 +292,12 @@ class RunDecisions:
     rejected_content: dict[int, str] = field(default_factory=dict)  # content key -> rejected record
     copy_of: dict[str, str] = field(default_factory=dict)  # copy's id -> rejected record
 
+    # "Not a duplicate": records a near-duplicate stage must not set aside (``keep_first``); the others of
+    # their cluster keep the record they kept.
+    kept_apart: set[str] = field(default_factory=set)
+
     def __bool__(self) -> bool:
-        return bool(self.rejected or self.edits or self.undone)
+        return bool(self.rejected or self.edits or self.undone or self.kept_apart)
 
     def carried_edits(self) -> dict[str, dict[str, str]]:
         """Field values for carried records: restorations, and edits, which win for the same field."""
@@ -386,7 +401,9 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         record = decision["record_id"]
         if decision["action"] == "reject":
             result.rejected.add(record)
-        elif decision["action"] == "edit":
+        elif decision["action"] in ("edit", "keep"):
+            if decision["action"] == "keep":
+                result.kept_apart.add(record)
             after = json.loads(decision["after"])
             if after.get("fields"):
                 result.edits.setdefault(record, {}).update(after["fields"])

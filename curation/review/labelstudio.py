@@ -7,8 +7,9 @@ raw text and the detected spans as ``labels`` predictions. ``LABEL_CONFIGS`` are
 interfaces that match each kind.
 
 Import reads Label Studio's JSON export: per task, the latest annotation's ``decision`` choice
-(approve / reject) and, for PII tasks exported with raw text, the spans the annotator removed
-(those become "not PII"); for VQA, a changed ``answer`` becomes an edit.
+(approve / reject, and keep: "not a duplicate", on a near-duplicate task) and, for PII tasks
+exported with raw text, the spans the annotator removed (those become "not PII"); for VQA, a
+changed ``answer`` becomes an edit.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from curation.review.auth import NOT_PII_REFUSAL, find_user
 from curation.review.queue import create_tables, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
-    <Choice value="approve"/><Choice value="reject"/>
+    <Choice value="approve"/><Choice value="reject"/>{more}
   </Choices>"""
+# A near duplicate may also be marked not a duplicate: the next run publishes it as it is.
+_KEEP = '<Choice value="keep" hint="not a duplicate: publish this record as it is"/>'
 
 DEFAULT_ENTITIES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "CREDIT_CARD", "IBAN_CODE")
 
@@ -34,20 +37,20 @@ LABEL_CONFIGS: dict[str, str] = {
     "pii": f"""<View>
   <Labels name="pii" toName="text">{{labels}}</Labels>
   <Text name="text" value="$text"/>
-{_DECISION.format(to="text")}
+{_DECISION.format(to="text", more="")}
 </View>""",
     "near_duplicate": f"""<View>
   <Text name="kept" value="$kept"/><Text name="member" value="$member"/>
-{_DECISION.format(to="member")}
+{_DECISION.format(to="member", more=_KEEP)}
 </View>""",
     "quarantined": f"""<View>
   <Header value="$reason"/><Text name="raw" value="$raw"/>
-{_DECISION.format(to="raw")}
+{_DECISION.format(to="raw", more="")}
 </View>""",
     "vqa": f"""<View>
   <Image name="image" value="$image"/><Header value="$question"/>
   <TextArea name="answer" toName="image" value="$answer" editable="true" maxSubmissions="1"/>
-{_DECISION.format(to="image")}
+{_DECISION.format(to="image", more="")}
 </View>""",
 }
 
@@ -159,7 +162,7 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
-    counts = {"approve": 0, "reject": 0, "edit": 0, "skipped": 0, "already in force": 0}
+    counts = {"approve": 0, "reject": 0, "edit": 0, "keep": 0, "skipped": 0, "already in force": 0}
     decisions: list[tuple[int, str, dec.Edit | None]] = []
     for position, task in enumerate(tasks):
         where = f"task {position} (Label Studio id {task.get('id') if isinstance(task, dict) else None})"
@@ -175,8 +178,10 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
             results = annotation.get("result") or []
             choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
             choice = (choices or [None])[0] if isinstance(choices, list) else choices
-            if choice not in (None, "approve", "reject"):
-                raise LabelStudioError(f"{where}: unknown decision {choice!r}; the choices are approve and reject")
+            if choice not in (None, "approve", "reject", "keep"):
+                raise LabelStudioError(
+                    f"{where}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
+                )
             edit = _edit(item, data, results)
         except LabelStudioError:
             raise
@@ -185,8 +190,8 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
         except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
             problem = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
-        if choice == "reject":
-            action = "reject"
+        if choice in ("reject", "keep"):
+            action = choice
         elif edit is not None:
             action = "edit"
         elif choice == "approve":

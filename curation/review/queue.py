@@ -28,11 +28,11 @@ review_items = sa.Table(
     sa.Column("source", sa.Text, nullable=False),  # JSON: connector, uri, line, page
     sa.Column("detail", sa.Text),
     sa.Column("payload", sa.Text),  # JSON; may hold PII
-    sa.Column("status", sa.String(16), nullable=False, default="open"),  # open, approved, rejected, edited
+    sa.Column("status", sa.String(16), nullable=False, default="open"),  # open, approved, rejected, edited, kept
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 KINDS = ("pii", "near_duplicate", "quarantined", "vqa")  # what the stages flag
-STATUSES = ("open", "approved", "rejected", "edited")
+STATUSES = ("open", "approved", "rejected", "edited", "kept")
 
 
 def create_tables(engine: sa.Engine) -> None:

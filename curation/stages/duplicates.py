@@ -80,7 +80,8 @@ def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, sources: p
 
 def keep_first(stage: DuplicateStage, members: pl.DataFrame) -> pa.Table:
     """``set_aside_for_clusters`` once each clustered record's ``source`` is known: ``members`` has
-    ``id``, ``source`` and ``cluster`` (any value that is equal within a cluster)."""
+    ``id``, ``source`` and ``cluster`` (any value that is equal within a cluster). A record in the
+    stage's ``kept_apart`` (ids an annotator marked "not a duplicate") is not set aside."""
     if members.height == 0:
         return empty_set_aside()
     order = ["_uri", "_line", "_page", "id"]
@@ -95,9 +96,13 @@ def keep_first(stage: DuplicateStage, members: pl.DataFrame) -> pa.Table:
         .sort(order, nulls_last=True)
         .with_columns(pl.col("id").first().over("cluster").alias("kept"))
     )
-    dupes = frame.filter(pl.col("id") != pl.col("kept")).select(
-        "id", "source", "kept", pl.concat_str(pl.lit("duplicate of "), "kept").alias("detail")
-    )
+    dupes = frame.filter(pl.col("id") != pl.col("kept"))
+    kept_apart = getattr(stage, "kept_apart", None)
+    if kept_apart:
+        # An annotator said "not a duplicate": the record is published. Taken out after the clusters are
+        # made, so the others of its cluster keep the record they kept (and stay set aside).
+        dupes = dupes.filter(~pl.col("id").is_in(sorted(kept_apart)))
+    dupes = dupes.select("id", "source", "kept", pl.concat_str(pl.lit("duplicate of "), "kept").alias("detail"))
     table = dupes.to_arrow().cast(
         pa.schema([("id", pa.string()), ("source", SOURCE_TYPE), ("kept", pa.string()), ("detail", pa.string())])
     )

@@ -161,6 +161,8 @@ class NearDedup:
 
     name = "near_dedup"
     reason = "near_duplicate"
+    # Ids of records an annotator marked "not a duplicate" (``ReviewDecisions.keep_apart``): never set aside.
+    kept_apart: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -439,6 +441,7 @@ class ImageNearDedup:
 
     name = "image_near_dedup"
     reason = "near_duplicate_image"
+    kept_apart: frozenset[str] = frozenset()  # as ``NearDedup.kept_apart``
 
     def __init__(self, column: str = "image_bytes", max_distance: int = 6, question: str | None = None) -> None:
         self.column, self.max_distance, self.question = column, max_distance, question

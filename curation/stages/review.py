@@ -1,10 +1,11 @@
 """Annotators' decisions, applied by the next run: rejected records are filtered with reason
-``review`` and edited fields take the annotator's value. It runs right after record validation,
+``review``, edited fields take the annotator's value, and records marked "not a duplicate" are handed
+to the near-duplicate stages (``keep_apart``), which publish them. It runs right after record validation,
 so edits go through every later stage (PII redaction included) like any other content."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TypeVar
 
@@ -60,6 +61,7 @@ class ReviewDecisions:
         self.rejected = pa.array(sorted(decisions.rejected), pa.string())
         self.edits = decisions.edits
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
+        self.kept_apart_ids = pa.array(sorted(decisions.kept_apart), pa.string())
         self.content = dict(decisions.rejected_content)  # content key -> the rejected record
         self.learned: dict[str, int] = {}
         self.attach: str | None = None  # the column that takes each kept record's content key (ContentKeys)
@@ -84,9 +86,24 @@ class ReviewDecisions:
             result.kept = result.kept.append_column(self.attach, column)
         return result
 
+    def keep_apart(self, stages: Iterable[object]) -> None:
+        """Hand the records annotators marked "not a duplicate" to the near-duplicate stages among
+        ``stages`` (or the stage a cross-run one wraps): they do not set them aside (``keep_first``)."""
+        for stage in stages:
+            inner = getattr(stage, "inner", stage)
+            if hasattr(inner, "kept_apart"):
+                inner.kept_apart = frozenset(self.decisions.kept_apart)
+
+    def _kept_apart(self, batch: pa.Table) -> dict[str, int]:
+        """How many of the batch's records have a "not a duplicate" decision in force."""
+        if len(self.kept_apart_ids) == 0:
+            return {}
+        count = pc.sum(pc.is_in(batch["id"], value_set=self.kept_apart_ids).cast(pa.int64())).as_py() or 0
+        return {"kept_apart": count} if count else {}
+
     def _decide(self, batch: pa.Table, keys: pa.Array | None) -> StageResult:
         if len(self.rejected) == 0 and len(self.edited_ids) == 0:
-            return StageResult(kept=batch)
+            return StageResult(kept=batch, stats=self._kept_apart(batch))
         by_id = pc.is_in(batch["id"], value_set=self.rejected)
         of = self._same_content(batch, by_id, keys)
         keep = pc.and_(pc.invert(by_id), pc.is_null(of))
@@ -125,6 +142,7 @@ class ReviewDecisions:
         }
         if skipped:
             stats["edits_skipped"] = skipped
+        stats.update(self._kept_apart(kept))
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
 
     def keys_unknown(self) -> set[str]:

@@ -41,6 +41,7 @@
     switch (event.key) {
       case "a": handled = click("approve"); break;
       case "r": handled = click("reject"); break;
+      case "d": handled = click("keep"); break;  // not a duplicate (near-duplicate items)
       case "u": handled = click("undo-button"); break;
       case "j": case "n": handled = click("next"); break;
       case "k": case "p": handled = click("previous"); break;
