@@ -167,6 +167,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if recorded:
         stages.append(SignatureRecorder(recorded, index))  # last: sees exactly what is written
+    review.keep_apart(stages)  # records marked "not a duplicate": the near-dedup stages do not set them aside
     return stages
 
 
