@@ -7,12 +7,15 @@ not UTF-8) is set aside as quarantined with the file and line, and the rest of t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import math
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -776,7 +779,7 @@ class FilesSourceReader(ListedFiles):
 
     def _parquet(self, entry: FileEntry, _block_bytes: int) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        with fs.open_input_file(path) as handle:
+        with _parquet_file(fs, path) as handle:
             parquet = pq.ParquetFile(handle)
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
@@ -790,6 +793,22 @@ class FilesSourceReader(ListedFiles):
                     rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
+
+
+@contextlib.contextmanager
+def _parquet_file(fs: Any, path: str) -> Iterator[Any]:
+    """A Parquet file opened for random access (its footer is read first). One compressed whole
+    (``.parquet.gz``, ``.parquet.zst``) gives no such access: it is unpacked into a temporary local
+    file first, a block at a time, so memory stays flat."""
+    if not path.lower().endswith((".gz", ".zst")):
+        with fs.open_input_file(path) as handle:
+            yield handle
+        return
+    with tempfile.TemporaryFile(prefix="curation-parquet-") as unpacked:
+        with fs.open_input_stream(path, compression="detect") as stream:
+            shutil.copyfileobj(stream, unpacked, BLOCK_BYTES)
+        unpacked.seek(0)
+        yield unpacked
 
 
 def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int) -> None:

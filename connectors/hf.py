@@ -64,16 +64,19 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> list[t
         return [item for name in splits if split in (None, name) for item in _saved_split(join(path, name), name)]
     if _exists(join(path, "state.json")):
         files = _saved_split(path, None)
-        return [(name, uri) for name, uri in files if split in (None, name)]
-    found = []
-    for entry in entries:
-        name = posixpath.basename(entry.uri)
-        match = _SPLIT_IN_NAME.match(name)
-        file_split = match.group("split") if match else posixpath.basename(posixpath.dirname(entry.uri))
-        if split in (None, file_split):
-            found.append((file_split, entry.uri))
-    if not found:
-        raise StorageError(f"{path}: no dataset here (no dataset_dict.json, state.json, parquet or arrow files)")
+        found = [(name, uri) for name, uri in files if split in (None, name)]
+    else:
+        files = []
+        for entry in entries:
+            name = posixpath.basename(entry.uri)
+            match = _SPLIT_IN_NAME.match(name)
+            file_split = match.group("split") if match else posixpath.basename(posixpath.dirname(entry.uri))
+            files.append((file_split, entry.uri))
+        if not files:
+            raise StorageError(f"{path}: no dataset here (no dataset_dict.json, state.json, parquet or arrow files)")
+        found = [(name, uri) for name, uri in files if split in (None, name)]
+    if files and not found:  # a misspelt split would read nothing, and publish an empty version
+        raise StorageError(f"{path}: no split {split!r}; the dataset has {sorted({name for name, _ in files})}")
     return found
 
 

@@ -2,7 +2,7 @@
 
 S3 settings come from the standard AWS ones (``AWS_ENDPOINT_URL``, profile, region), so the
 same recipe runs against AWS, MinIO or a local test server unchanged. pyarrow's S3 client does
-not read ``AWS_ENDPOINT_URL`` itself, so we pass it on.
+not read the endpoint (from the environment or the profile) itself, so we pass on what boto3 takes.
 """
 
 from __future__ import annotations
@@ -29,10 +29,37 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+_AWS_SETTINGS = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+)
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _s3_filesystem(endpoint, region)
+    return _s3_filesystem(*_s3_settings(tuple(os.environ.get(name) for name in _AWS_SETTINGS)))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_settings(_environment: tuple[str | None, ...]) -> tuple[str | None, str | None]:
+    """The endpoint and region boto3 takes for S3 (which lists what pyarrow reads and writes): the
+    environment's, else the profile's (``endpoint_url`` and ``region`` in the AWS config file, or its
+    ``services`` section), none where ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`` says so. Keyed by the
+    settings that decide them, so the config file is read once per environment."""
+    import botocore.session
+    from botocore.configprovider import ConfiguredEndpointProvider
+
+    session = botocore.session.Session()
+    endpoint = None
+    if not session.get_config_variable("ignore_configured_endpoint_urls"):
+        endpoint = ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
+    region = os.environ.get("AWS_REGION") or session.get_config_variable("region")
+    return endpoint, region
 
 
 @functools.lru_cache(maxsize=8)

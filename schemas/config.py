@@ -405,6 +405,15 @@ DEFAULT_FORMAT: dict[str, OutputFormat] = {
     "instruction": "jumpstart-instruction",
     "vqa": "jumpstart-vqa",
 }
+# The record kind each format publishes (``curation.formats.FORMATS`` renders them).
+FORMAT_KINDS: dict[OutputFormat, str] = {
+    "text": "document",
+    "jumpstart-instruction": "instruction",
+    "jumpstart-chat": "instruction",
+    "messages": "instruction",
+    "bedrock-conversation": "instruction",
+    "jumpstart-vqa": "vqa",
+}
 
 
 class OutputConfig(Strict):
@@ -537,6 +546,17 @@ def record_columns(recipe: Recipe) -> dict[str, str | None] | None:
     return columns
 
 
+def format_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    """(setting, problem) for an ``output.format`` that does not publish the recipe's record kind: the
+    run could only fail once started."""
+    fmt, kind = recipe.output.format, recipe.record.kind
+    if fmt is None or FORMAT_KINDS[fmt] == kind:
+        return []
+    fitting = [name for name, takes in FORMAT_KINDS.items() if takes == kind]
+    fits = f"{kind} records are published as {', '.join(fitting)}" if fitting else f"no format publishes {kind} records"
+    return [(("output", "format"), f"{fmt!r} publishes {FORMAT_KINDS[fmt]} records, and record.kind is {kind}: {fits}")]
+
+
 def between_needs_numbers(column: str) -> str:
     """Why ``between`` cannot check a text column: great-expectations passes every text value, in any bounds."""
     return f"between compares numbers, and {column!r} holds text: every row would pass (length_between checks length)"
@@ -654,7 +674,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         tags = _union_tags(SourceConfig, StageConfig)
         found = [(tuple(part for part in e["loc"] if part not in tags), e["msg"]) for e in exc.errors()]
         raise _recipe_error(origin, node, found) from None
-    found = stage_problems(recipe)
+    found = [*format_problems(recipe), *stage_problems(recipe)]
     if found:
         raise _recipe_error(origin, node, found)
     if base_dir is not None:

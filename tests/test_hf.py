@@ -76,6 +76,20 @@ def test_missing_split_and_empty_folder_are_clear(tmp_path: Path) -> None:
         read(str(tmp_path / "empty"))
 
 
+def test_a_split_the_dataset_does_not_have_is_named_with_the_splits_it_has(tmp_path: Path) -> None:
+    # One saved split (state.json) read nothing, and a run published an empty version; a Hub-style
+    # folder said "no dataset here" beside its parquet files.
+    faq = make_dataset()
+    faq["train"].save_to_disk(str(tmp_path / "single"))
+    with pytest.raises(StorageError, match=r"no split 'test'; the dataset has \['train'\]"):
+        read(str(tmp_path / "single"), split="test")
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    faq["train"].to_parquet(str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+    faq["test"].to_parquet(str(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet"))
+    with pytest.raises(StorageError, match=r"no split 'validation'; the dataset has \['test', 'train'\]"):
+        read(str(tmp_path / "hub"), split="validation")
+
+
 def test_saved_dataset_on_s3(tmp_path: Path, bucket: str) -> None:
     make_dataset().save_to_disk(str(tmp_path / "faq"))
     s3 = boto3.client("s3")

@@ -124,6 +124,24 @@ def test_a_damaged_parquet_file_is_named(workdir: Path) -> None:
     assert list((workdir / "output").iterdir()) == []  # the failed first run left no dataset folder
 
 
+@pytest.mark.parametrize("packed", ["gz", "zst"])
+def test_a_parquet_file_compressed_whole_is_read_as_the_plain_one(workdir: Path, packed: str) -> None:
+    # `.parquet.gz` and `.parquet.zst` are among the kinds a files source reads (README, Connectors):
+    # Parquet reads its footer first, which a compressed stream does not give.
+    import gzip
+
+    table = pa.table({"description": ["Lunch", "Taxi"], "amount": [12.5, 30.0], "category": ["Dining", "Travel"]})
+    pq.write_table(table, workdir / "plain.parquet")
+    with pa.CompressedOutputStream(str(workdir / f"tx.parquet.{packed}"), {"gz": "gzip", "zst": "zstd"}[packed]) as out:
+        out.write((workdir / "plain.parquet").read_bytes())
+    result = run(workdir, recipe(f"tx.parquet.{packed}"))
+    assert result.manifest.counts.written == 2
+    assert sorted(row["completion"] for row in outputs(Path(result.version_uri))) == ["Dining", "Travel"]
+    (workdir / "bad.parquet.gz").write_bytes(gzip.compress(b"PAR1 this is not a Parquet file"))
+    with pytest.raises(OSError, match=r"bad.parquet.gz: not a readable parquet file: .*magic bytes"):
+        run(workdir, {**recipe("bad.parquet.gz"), "dataset": "bad"})
+
+
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
 def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
     if suffix == "jsonl":
@@ -149,6 +167,24 @@ def test_rows_that_break_the_schema(workdir: Path, suffix: str) -> None:
     assert aside[0]["detail"].startswith(f"{path}:{first_data_line + 1}: amount: ")
     assert aside[1]["detail"] == f"{path}:{first_data_line + 3}: description: no value, and the column is required"
     assert result.manifest.counts.written == 2
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_json_boolean_is_no_amount(workdir: Path) -> None:
+    # A block whose amounts are all booleans was cast to float64: `true` was published as 1.0. (Beside
+    # a number in one block the reader makes 1.0 of it, beside text "true": the reader's to fix.)
+    rows = [
+        {"description": "taxi", "amount": True, "category": "Transport"},
+        {"description": "bus", "amount": False, "category": "Transport"},
+    ]
+    path = write_jsonl(workdir / "tx.jsonl", rows)
+    result = run(workdir, recipe("tx.jsonl"))
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda row: row["source"]["line"])
+    assert [(row["reason"], row["detail"]) for row in aside] == [
+        ("schema", f"{path}:1: amount: a JSON boolean (true), not a number"),
+        ("schema", f"{path}:2: amount: a JSON boolean (false), not a number"),
+    ]
+    assert result.manifest.counts.written == 0
     assert_adds_up(result.manifest.counts)
 
 

@@ -53,6 +53,28 @@ def test_errors_name_setting_and_line(text: str, expected: str) -> None:
     assert expected in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("kind", "fmt"),
+    [("document", "jumpstart-chat"), ("instruction", "text"), ("vqa", "messages"), ("instruction", "jumpstart-vqa")],
+)
+def test_an_output_format_for_another_record_kind_is_a_recipe_error(kind: str, fmt: str) -> None:
+    # It passed `curation check` and failed the run (exit 1, no setting named) once it had started.
+    text = f"dataset: tx\nsources:\n  - path: a\nrecord:\n  kind: {kind}\noutput:\n  format: {fmt}\n"
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert f"output.format (line 7): {fmt!r} publishes " in str(error.value)
+    assert f"record.kind is {kind}" in str(error.value)
+
+
+def test_each_output_format_publishes_the_record_kind_the_recipe_checks_it_against() -> None:
+    from curation.formats import FORMATS
+    from schemas.config import FORMAT_KINDS
+
+    assert {name: sorted(fmt.kinds) for name, fmt in FORMATS.items()} == {
+        name: [kind] for name, kind in FORMAT_KINDS.items()
+    }
+
+
 def test_not_yaml_and_not_a_mapping() -> None:
     with pytest.raises(RecipeError, match=r"r\.yaml: not valid YAML"):
         parse_recipe("dataset: [unclosed\n", origin="r.yaml")

@@ -113,6 +113,18 @@ def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_s
     assert asked.returncode == 2 and "no state store" in asked.stderr and "password" not in asked.stdout
 
 
+def test_a_state_store_that_cannot_be_read_is_said_in_one_line_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_text("not a SQLite database, e.g. a file copied over it\n")
+    (tmp_path / "tasks.json").write_text("[]")
+    stores = [f"sqlite:///{tmp_path}/state.db", "postgresql+psycopg://curation:pw-123@127.0.0.1:1/crm"]
+    for url in stores:
+        for args in (["export", "out.json"], ["import", "tasks.json", "--user", "maria"], ["add-user", "olga"]):
+            done = review(*args, "--state", url, cwd=tmp_path, password="long-enough")
+            assert done.returncode == 1, (args, url, done.stderr)
+            assert "Traceback" not in done.stderr and "state store error" in done.stderr, done.stderr
+            assert "pw-123" not in done.stderr
+
+
 def test_the_pii_labeling_config_has_a_label_for_the_recipes_own_entities() -> None:
     import xml.etree.ElementTree as ET
 

@@ -80,6 +80,24 @@ def test_second_run_publishes_next_version_on_s3(workdir: Path, bucket: str, aws
     assert published_versions(f"s3://{bucket}/out", "docs") == [1, 2]
 
 
+def test_an_endpoint_set_in_the_aws_profile_is_where_the_run_reads_and_publishes(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MinIO's endpoint in the profile (`endpoint_url` in ~/.aws/config), not in the environment: boto3
+    # lists there, and pyarrow, which does not read the profile's endpoint, must read and write there too.
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    config = workdir / "aws-config"
+    config.write_text(f"[profile minio]\nendpoint_url = {aws_env}\nregion = us-east-1\n")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "minio")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a new process's, which reads the config file
+    result = run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert result.manifest.counts.written == 2
+    assert verify_checksums(f"s3://{bucket}/out/docs/v1", result.manifest) == []
+
+
 def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, bucket: str, aws_env: str) -> None:
     s3 = boto3.client("s3", endpoint_url=aws_env)
     s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -75,6 +77,21 @@ def _engine(url: str):
     return StateStore(url).engine
 
 
+@contextlib.contextmanager
+def _state_store(url: str) -> Iterator[None]:
+    """A state store that cannot be reached or read (a server down, a file that is no SQLite database)
+    is said in one line with its URL, the password hidden, as a run says it (exit 1): not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except SQLAlchemyError as error:
+        from curation.cli import state_problem
+
+        console.print(f"[red]state store error[/red] {state_problem(url, error)}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 @review_app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on; loopback unless you put TLS in front")] = "127.0.0.1",
@@ -95,7 +112,9 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         # Session cookies are Secure: off loopback, browsers send them only over HTTPS.
         console.print(f"[yellow]warning[/yellow] listening on {host}: serve it behind HTTPS (a TLS proxy)")
-    app = create_app(_state_url(state, recipes), recipes)
+    url = _state_url(state, recipes)
+    with _state_store(url):
+        app = create_app(url, recipes)
     console.print(f"review page on http://{host}:{port}/", highlight=False)
     # Failed sign-ins are counted per client address: behind a proxy that is the forwarded one, and
     # only the named proxy may say so (any other client could claim any address).
@@ -117,7 +136,8 @@ def add_user(
     url = _state_url(state, _recipes(recipe))  # before the prompt: a wrong store is said at once
     password = os.environ.get(PASSWORD_ENV) or typer.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
-        user = create(_engine(url), name, role, password)
+        with _state_store(url):
+            user = create(_engine(url), name, role, password)
     except AuthError as error:
         console.print(f"[red]error[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -146,10 +166,13 @@ def export(
             console.print(f"[red]error[/red] --{option} {value}: use one of {', '.join(known)}", highlight=False)
             raise typer.Exit(2)
     recipes = _recipes(recipe)
-    engine = _engine(_state_url(state, recipes))
+    url = _state_url(state, recipes)
     filters = {"dataset": dataset, "version": version, "kind": kind, "status": status}
-    tasks = export_tasks(engine, filters, include_pii)
-    if dataset is not None and not tasks and dataset not in queued_datasets(engine):
+    with _state_store(url):
+        engine = _engine(url)
+        tasks = export_tasks(engine, filters, include_pii)
+        none_queued = dataset is not None and not tasks and dataset not in queued_datasets(engine)
+    if none_queued:
         console.print(f"[yellow]warning[/yellow] the queue holds no item of dataset {dataset!r}", highlight=False)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,8 +215,10 @@ def import_(
     if not isinstance(tasks, list):
         console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
         raise typer.Exit(2)
+    url = _state_url(state, _recipes(recipe))
     try:
-        counts = import_annotations(_engine(_state_url(state, _recipes(recipe))), tasks, user)
+        with _state_store(url):
+            counts = import_annotations(_engine(url), tasks, user)
     except (LabelStudioError, DecisionError) as error:
         console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None

@@ -104,6 +104,10 @@ class SchemaValidation:
             values = batch[column]
             if values.type == pa.null() or (pa.types.is_string(arrow_type) and not pa.types.is_string(values.type)):
                 return None
+            if pa.types.is_boolean(values.type) != pa.types.is_boolean(arrow_type) and not pa.types.is_string(
+                values.type
+            ):
+                return None  # Arrow casts true to 1.0 and 5 to true: pydantic says which row holds what
             try:
                 values = pc.cast(values, arrow_type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
