@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from schemas.hashing import xxh3_64, xxh3_128_hex
 
@@ -246,14 +245,6 @@ def dedup_fields(kind: str) -> list[str]:
 COLUMN_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-def _no_boolean(value: Any) -> Any:
-    """A JSON ``true`` is no amount: pydantic (and Arrow's cast) would take it for 1."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-        raise PydanticCustomError("bool_not_number", "a JSON boolean ({text}), not a number", {"text": text})
-    return value
-
-
 def table_row_model(columns: dict[str, str], required: set[str] | None = None) -> type[TableRow]:
     """A TableRow model for the recipe's declared columns (``{"amount": "float", ...}``)."""
     required = set(columns) if required is None else required
@@ -264,8 +255,6 @@ def table_row_model(columns: dict[str, str], required: set[str] | None = None) -
         # by its row, where Arrow would fail the whole run.
         bounds = {"ge": -(2**63), "le": 2**63 - 1} if python_type is int else {}
         annotation: Any = python_type if name in required else python_type | None
-        if python_type in (int, float):
-            annotation = Annotated[annotation, BeforeValidator(_no_boolean)]
         fields[name] = (annotation, Field(..., **bounds) if name in required else Field(None, **bounds))
     return create_model("DeclaredTableRow", __base__=TableRow, **fields)
 

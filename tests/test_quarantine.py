@@ -181,8 +181,8 @@ def test_a_json_boolean_is_no_amount(workdir: Path) -> None:
     result = run(workdir, recipe("tx.jsonl"))
     aside = sorted(set_aside(Path(result.version_uri)), key=lambda row: row["source"]["line"])
     assert [(row["reason"], row["detail"]) for row in aside] == [
-        ("schema", f"{path}:1: amount: a JSON boolean (true), not a number"),
-        ("schema", f"{path}:2: amount: a JSON boolean (false), not a number"),
+        ("schema", f"{path}:1: amount: a boolean (true), not a number (the input schema declares float)"),
+        ("schema", f"{path}:2: amount: a boolean (false), not a number (the input schema declares float)"),
     ]
     assert result.manifest.counts.written == 0
     assert_adds_up(result.manifest.counts)

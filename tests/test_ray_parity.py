@@ -18,7 +18,7 @@ from curation.executors.ray_executor import RayExecutor
 from curation.pipeline import run_recipe
 from curation.review.queue import list_items
 from curation.stages.base import StageResult
-from schemas.config import load_recipe
+from schemas.config import Recipe, load_recipe
 from schemas.records import FLAG_SCHEMA, set_aside_rows
 from tests.helpers import outputs, write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
@@ -197,6 +197,40 @@ def test_the_runs_sigterm_handler_is_armed_again_after_ray_shuts_down(monkeypatc
         signal.signal(signal.SIGTERM, before)
 
 
+BILLING = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+
+
+def near_duplicates_queued(folder: Path, executor: Any, rows: list[dict], duplicates: int) -> tuple[Recipe, list]:
+    """``rows`` run through near_dedup by ``executor`` (``duplicates`` set aside): the recipe and the
+    near-duplicate items it queued."""
+    from curation.review.queue import review_items
+
+    write_jsonl(folder / "in" / "a.jsonl", rows)
+    spec = {
+        "dataset": "near",
+        "sources": [{"path": str(folder / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "near_dedup", "threshold": 0.7}],
+        "output": {"dest": str(folder / "out")},
+        "state": f"sqlite:///{folder}/state.db",
+    }
+    loaded = load_recipe(write_recipe(folder, spec))
+    assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == duplicates
+    engine = sa.create_engine(loaded.state)
+    with engine.connect() as db:
+        items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+    engine.dispose()
+    return loaded, items
+
+
+def decide(recipe: Recipe, item: Any, action: str) -> None:
+    from curation.review import decisions
+
+    engine = sa.create_engine(recipe.state)
+    decisions.decide(engine, item.item_id, "rita", action)
+    engine.dispose()
+
+
 def test_a_rejected_record_never_published_teaches_its_content_on_ray_as_on_the_embedded_executor(
     workdir: Path,
     local_ray: Any,  # noqa: F811
@@ -207,31 +241,13 @@ def test_a_rejected_record_never_published_teaches_its_content_on_ray_as_on_the_
     does: the same content read later from another input is filtered by the rejection, with no warning."""
     import logging
 
-    from curation.review import decisions as dec
-    from curation.review.queue import review_items
-
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
-    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}]
+    rows = [{"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Done, updated."}]
     rows += [{"q": f"Where was parcel {i} on day {i}?", "a": f"Parcel {i} arrived."} for i in range(3)]
     outcomes = {}
     for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
         folder = workdir / name
-        write_jsonl(folder / "in" / "a.jsonl", rows)
-        spec = {
-            "dataset": "learned",
-            "sources": [{"path": str(folder / "in")}],
-            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-            "stages": [{"type": "near_dedup", "threshold": 0.7}],
-            "output": {"dest": str(folder / "out")},
-            "state": f"sqlite:///{folder}/state.db",
-        }
-        loaded = load_recipe(write_recipe(folder, spec))
-        assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == 1
-        engine = sa.create_engine(loaded.state)
-        with engine.connect() as db:
-            (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
-        dec.decide(engine, item.item_id, "rita", "reject")  # the set-aside one: never published
-        engine.dispose()
+        loaded, (item,) = near_duplicates_queued(folder, executor, rows, duplicates=1)
+        decide(loaded, item, "reject")  # the set-aside one: never published
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             second = run_recipe(loaded, executor=executor)  # reads a.jsonl again for the decision
@@ -311,31 +327,15 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_on_ray_as_on_the_e
 ) -> None:
     """Ray's distributed resolve runs the stage's own: a record an annotator kept apart is not set aside,
     and the other near duplicate of its cluster still names the record the cluster kept."""
-    from curation.review import decisions as dec
-    from curation.review.queue import review_items
 
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}]
     outcomes = {}
     for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
         folder = workdir / name
-        write_jsonl(folder / "in" / "a.jsonl", rows)
-        spec = {
-            "dataset": "kept",
-            "sources": [{"path": str(folder / "in")}],
-            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-            "stages": [{"type": "near_dedup", "threshold": 0.7}],
-            "output": {"dest": str(folder / "out")},
-            "state": f"sqlite:///{folder}/state.db",
-        }
-        loaded = load_recipe(write_recipe(folder, spec))
-        assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == 2
-        engine = sa.create_engine(loaded.state)
-        with engine.connect() as db:
-            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        loaded, items = near_duplicates_queued(folder, executor, rows, duplicates=2)
         (item,) = [row for row in items if json.loads(row.source)["line"] == 2]
-        dec.decide(engine, item.item_id, "rita", "keep")
-        engine.dispose()
+        decide(loaded, item, "keep")
         second = run_recipe(loaded, executor=executor)  # reads a.jsonl again for the decision
         prompts = sorted(line["prompt"] for line in outputs(Path(second.version_uri)))
         outcomes[name] = (second.manifest.counts.reasons, second.manifest.stats["stages"]["review"], prompts)

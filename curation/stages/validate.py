@@ -91,9 +91,7 @@ class SchemaValidation:
                 batch = batch.set_column(
                     batch.column_names.index(column), column, pc.if_else(pc.is_nan(values), None, values)
                 )
-        # A boolean where a number is declared: Arrow would cast it to 1 (pydantic too); the rows say why not.
-        booleans = any(pa.types.is_boolean(batch[c].type) for c in self.numbers if c in batch.column_names)
-        cast = None if booleans else self._fast_cast(batch)
+        cast = self._fast_cast(batch)
         if cast is not None:
             return StageResult(kept=cast)
         return self._row_by_row(batch)
@@ -107,7 +105,7 @@ class SchemaValidation:
             if pa.types.is_boolean(values.type) != pa.types.is_boolean(arrow_type) and not pa.types.is_string(
                 values.type
             ):
-                return None  # Arrow casts true to 1.0 and 5 to true: pydantic says which row holds what
+                return None  # Arrow casts true to 1.0 and 5 to true: the rows say which holds what
             try:
                 values = pc.cast(values, arrow_type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
