@@ -88,9 +88,8 @@ _STRING = {"type": "string"}
 # an optional validation directory. Each directory contains a CSV/JSON/TXT file ... the data is used
 # from the column called 'text' ... The number of files under train and validation (if provided)
 # should equal to one" (JumpStart Llama 3 fine-tuning notebook, amazon-sagemaker-examples,
-# jumpstart-foundation-models, appendix "Dataset formatting instruction for training", 2.1). Shards
-# stay size-bounded here (other trainers stream them); ``curation train`` refuses a text version
-# with more than one shard per split, and says to raise ``output.shard_max_bytes``.
+# jumpstart-foundation-models, appendix "Dataset formatting instruction for training", 2.1). So each
+# split is one file, whatever ``output.shard_max_bytes`` says (``curation.writer.ONE_FILE_FORMATS``).
 
 
 def chunk_text(text: str, limit: int) -> list[str]:

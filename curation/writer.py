@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
 # Formats whose consumer reads one file per channel (besides those with a fixed ``data_file``, like VQA's
-# metadata.jsonl): JumpStart domain adaptation's text. Carried lines go into this run's file instead of
-# beside it, or training could not take the version.
+# metadata.jsonl): JumpStart domain adaptation's text. Each split is one file (``shard_max_bytes`` does not
+# apply), and carried lines go into this run's file instead of beside it, or training could not take the version.
 ONE_FILE_FORMATS = ("text",)
+UNBOUNDED = 1 << 62  # bytes: the size of a shard series that is one file
 CARRIED_NAME = re.compile(r"^part-v\d+-")
 SET_ASIDE_PIECE_ROWS = 16_384
 # A lineage row, as ``_write_lineage`` writes it and a carry adds ``carried_from`` (the version it came from).
@@ -261,7 +262,7 @@ class ShardSeries:
         self.fs, self.folder, self.relative, self.max_bytes = fs, folder, relative, max_bytes
         self.file_name = file_name
         if file_name is not None:
-            self.max_bytes = 1 << 62
+            self.max_bytes = UNBOUNDED
         self.shards: list[Shard] = []
         self._stream = None
         self._digest = hashlib.sha256()
@@ -344,9 +345,9 @@ class DatasetWriter:
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
         self.fs, self.staging = filesystem(self.staging_uri)
         make_dirs(self.fs, self.staging)
-        self.splits = {
-            name: ShardSeries(self.fs, self.staging, name, shard_max_bytes, fmt.data_file) for name in SPLITS
-        }
+        # A format read as one file per channel writes one file per split, whatever its size.
+        split_bytes = UNBOUNDED if fmt.name in ONE_FILE_FORMATS else shard_max_bytes
+        self.splits = {name: ShardSeries(self.fs, self.staging, name, split_bytes, fmt.data_file) for name in SPLITS}
         self.files: dict[str, Shard] = {}  # binary side files the lines refer to (images), by path
         # On S3, carried files (published path, path in the version) are copied straight into the version
         # as it is published: through the staging area each would be copied twice.

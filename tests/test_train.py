@@ -390,7 +390,12 @@ def test_wait_shows_the_jobs_cloudwatch_log_lines(
     assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
 
 
-def test_text_versions_in_several_shards_are_refused_for_domain_adaptation(workdir: Path) -> None:
+def test_text_versions_are_one_file_per_split_and_several_shards_are_refused(workdir: Path) -> None:
+    import hashlib
+
+    from curation.published import read_manifest
+    from schemas.manifest import Shard
+
     write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i} " + "words " * 60} for i in range(40)])
     recipe = {
         "dataset": "docs",
@@ -398,14 +403,24 @@ def test_text_versions_in_several_shards_are_refused_for_domain_adaptation(workd
         "record": {"kind": "document"},
         "output": {"dest": str(workdir / "out"), "shard_max_bytes": 4096, "validation_fraction": 0.0},
     }
-    sharded = run_fresh(workdir, recipe)
-    with pytest.raises(TrainError, match=r"one file per channel.*shard_max_bytes"):
-        training_request(sharded, MODEL, specs=PINNED)
-    recipe["output"]["shard_max_bytes"] = 1 << 20
-    whole = run_fresh(workdir, recipe)
+    whole = run_fresh(workdir, recipe)  # 40 documents of ~400 bytes, above shard_max_bytes: still one file
     request = training_request(whole, MODEL, specs=PINNED)
     assert request["HyperParameters"]["instruction_tuned"] == "False"
     assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel
+    # A version an earlier release published in bounded shards: JumpStart would read one of them.
+    version, manifest = Path(whole), read_manifest(whole)
+    (shard,) = manifest.splits["train"].shards
+    lines = (version / shard.path).read_bytes().splitlines(keepends=True)
+    halves = []
+    for number, part in enumerate((lines[:20], lines[20:])):
+        body = b"".join(part)
+        path = f"train/part-{number:05d}.jsonl"
+        (version / path).write_bytes(body)
+        halves.append(Shard(path=path, records=len(part), bytes=len(body), sha256=hashlib.sha256(body).hexdigest()))
+    manifest.splits["train"].shards = halves
+    (version / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    with pytest.raises(TrainError, match=r"one file per channel, but train has several shards"):
+        training_request(whole, MODEL, specs=PINNED)
 
 
 def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
