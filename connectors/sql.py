@@ -14,7 +14,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
@@ -194,6 +194,14 @@ def sqlite_moment(value: Any) -> Any:
             return datetime.fromisoformat(value)
         except ValueError:  # no such day ('2026-02-30'): text like any other
             return value
+    return value
+
+
+def sqlite_utc(value: Any) -> Any:
+    """A moment SQLite holds without a UTC offset as the UTC moment it is by SQLite's own convention (its
+    date functions read it so), so that it compares with one written with an offset ('...T10:00:00Z')."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -410,6 +418,8 @@ class SqlSourceReader:
             if self._text_moments:
                 span.last = sqlite_moment(span.last)
                 span.as_moments = isinstance(span.last, date)
+            if engine.dialect.name == "sqlite":
+                span.last = sqlite_utc(span.last)
             if span.last is not None:
                 if span.as_moments and isinstance(span.last, date):
                     # Compared as text, the stored value and the bound one need not be written alike: the
@@ -526,6 +536,8 @@ class SqlSourceReader:
         if self._text_moments:
             values = [sqlite_moment(value) for value in values]
             span.as_moments = span.as_moments or any(isinstance(value, date) for value in values)
+        if self._db is not None and self._db.dialect.name == "sqlite":
+            values = [sqlite_utc(value) for value in values]
         # A row's contents as its own values write them (not as Arrow does, whose text of a decimal
         # depends on the other rows of its batch: 1.5 is '1.50' beside 1.25).
         contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
