@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.pii import PiiConfig
-from schemas.records import CONTENT_COLUMNS, RecordKind
+from schemas.records import CONTENT_COLUMNS
 
 
 class RecipeError(ValueError):
@@ -153,7 +153,8 @@ class InputSchema(Strict):
 class RecordShape(Strict):
     """Which record kind the rows become; each field is a column name or a Jinja template."""
 
-    kind: RecordKind = "instruction"
+    # A table row (``RecordKind`` "table") is what an input_schema validates, not a record a format publishes.
+    kind: Literal["document", "instruction", "vqa"] = "instruction"
     text: str | None = None
     title: str | None = None
     prompt: str | None = None
@@ -528,13 +529,11 @@ class Recipe(Strict):
 # --- settings that only the whole recipe can judge -------------------------------------------------
 
 
-def record_columns(recipe: Recipe) -> dict[str, str | None] | None:
+def record_columns(recipe: Recipe) -> dict[str, str | None]:
     """The columns every record has when the stages run, as ``Shape`` makes them, with their type where
-    the recipe says it; None where it cannot tell (table rows). ``id`` and ``source`` are columns too
-    (``unique`` on ``id`` catches two rows of one SQL ``key``)."""
+    the recipe says it. ``id`` and ``source`` are columns too (``unique`` on ``id`` catches two rows of
+    one SQL ``key``)."""
     kind = recipe.record.kind
-    if kind == "table":
-        return None
     columns: dict[str, str | None] = {"id": "str", "source": "struct"}
     columns.update(dict.fromkeys(CONTENT_COLUMNS[kind], "str"))  # fields are rendered as text
     if any(isinstance(source, ImagesSource) for source in recipe.sources):
@@ -567,8 +566,6 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     (a misspelt one would crash a stage halfway through the input, or quietly make it do nothing), or
     ``between`` on text (great-expectations passes every row)."""
     columns = record_columns(recipe)
-    if columns is None:
-        return []  # the stages check their columns on the first batch instead
     kind = recipe.record.kind
     have = f"{kind} records have {[name for name in columns if name not in ('id', 'source')]}"
     problems: list[tuple[tuple[str | int, ...], str]] = []

@@ -133,3 +133,11 @@ def test_an_integer_split_seed_is_the_same_seed_as_its_digits() -> None:
     assert number.fingerprint() == text.fingerprint()  # the same split, and the same recipe
     with pytest.raises(RecipeError, match=r"output\.split_seed \(line 5\): Input should be a valid string"):
         parse_recipe(base + "[7]\n")
+
+
+def test_table_is_no_record_kind_a_recipe_publishes() -> None:
+    # An input_schema validates table rows; no format publishes them: the run could only fail, without naming it.
+    with pytest.raises(
+        RecipeError, match=r"record\.kind \(line 4\): Input should be 'document', 'instruction' or 'vqa'"
+    ):
+        parse_recipe("dataset: t\nsources:\n  - path: in.jsonl\nrecord: {kind: table}\n", origin="r.yaml")
