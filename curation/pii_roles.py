@@ -125,14 +125,25 @@ def _hyphen_joined(doc: Doc, at: int) -> bool:
     )
 
 
+def _gap(doc: Doc, at: int) -> bool:
+    """Whether ``doc[at]`` is extra spaces (spaCy's token for a run of them; not a line break) before
+    a capitalised word: "Call  Daniel   Okafor" is one name."""
+    return at < len(doc) - 1 and doc[at].is_space and "\n" not in doc[at].text and _capitalised(doc[at + 1])
+
+
 def _triggers_before(doc: Doc, at: int) -> set[str]:
     """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"; one separator
     may stand between them and the name: "Attn: Sophie", "Thanks, Sophie")."""
     kinds: set[str] = set()
     i = at - 1
+    if i >= 0 and doc[i].is_space and "\n" not in doc[i].text:
+        i -= 1
     if i >= 0 and doc[i].text in _SEPARATORS:
         i -= 1
     while i >= 0:
+        if doc[i].is_space and "\n" not in doc[i].text:
+            i -= 1
+            continue
         word = _word(doc[i])
         if word in SALUTATIONS:
             kinds.add("salutation")
@@ -159,16 +170,16 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
         # A run of capitalised words (Smith-Jones as one): all of it is a name, or none ("Amazon
         # Customer" is none).
         end = i + 1
-        while end < len(doc) and (_capitalised(doc[end]) or _hyphen_joined(doc, end)):
-            end += 2 if doc[end].text == "-" else 1
-        words = [token for token in doc[i:end] if token.text != "-"]
+        while end < len(doc) and (_capitalised(doc[end]) or _hyphen_joined(doc, end) or _gap(doc, end)):
+            end += 2 if doc[end].text == "-" or doc[end].is_space else 1
+        words = [token for token in doc[i:end] if token.text != "-" and not token.is_space]
         kinds = _triggers_before(doc, i)
         enough = 1 if kinds & {"salutation", "title"} else 2
         after = _word(doc[end]) if end < len(doc) else ""
         if (
             kinds
             # Smith-Jones is one word: after a role word it may be a firm's name as well as a person's.
-            and enough <= end - i - 2 * sum(token.text == "-" for token in doc[i:end]) <= MAX_NAME_WORDS
+            and enough <= len(words) - sum(token.text == "-" for token in doc[i:end]) <= MAX_NAME_WORDS
             and all(_name_word(token) for token in words)
             and _INITIAL.fullmatch(words[-1].text) is None
             and after not in NOT_NAMES  # "Dear Hester-Johnson team", "Payee Ward & Sons"
@@ -191,7 +202,9 @@ def name_start(doc: Doc, start: int, end: int) -> int | None:
     if span is None:
         return start
     i = span.start
-    while i < span.end and (_word(doc[i]) in TRIGGERS or (i > span.start and doc[i].text in _SEPARATORS)):
+    while i < span.end and (
+        _word(doc[i]) in TRIGGERS or (i > span.start and (doc[i].text in _SEPARATORS or doc[i].is_space))
+    ):
         i += 1
     if i > span.start and all(_word(token) in NOT_NAMES for token in doc[i : span.end]):  # "Email Support"
         return None

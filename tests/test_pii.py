@@ -1059,6 +1059,7 @@ NAMES_AFTER_ROLE_WORDS = [
     ("Mr Mitchell Munoz asked for a callback.", "Mitchell Munoz"),
     ("Hello Mitchell Munoz, your refund was issued.", "Mitchell Munoz"),
     ("Sender Olivia Chen-Park wrote again.", "Olivia Chen-Park"),
+    ("Call  Daniel   Okafor about it.", "Daniel   Okafor"),  # extra spaces: spaCy tokens of their own
 ]
 # Organisations, departments and headings after the same words: no name there.
 NOT_NAMES_AFTER_ROLE_WORDS = [
