@@ -2,7 +2,7 @@
 
 Both run in this process on the same generated corpus (bench/pii_corpus.py: support messages and
 transaction memos with Faker names, e-mails, phones, cards and SSNs), with the same spaCy model,
-entities and score threshold. Printed: docs/s of each, the ratio, and recall per entity.
+entities and score threshold. Printed: docs/s of each, the ratio, and recall and precision per entity.
 
     .venv/bin/python bench/pii.py [--docs 2000] [--workers N]
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow as pa
 import yaml
 
-from bench.pii_corpus import ENTITIES, LabelledDoc, generate, recall
+from bench.pii_corpus import ENTITIES, LabelledDoc, generate, precision, recall
 from curation.pii_engine import LANGUAGE, MODEL_NAME, Detection, default_workers
 from curation.stages.pii import PiiRedaction
 from schemas.pii import PiiConfig
@@ -115,11 +115,17 @@ def main() -> None:
         f"whole stage {base_cpu / stage_cpu:.2f}x less CPU than the plain loop"
     )
     print(f"load average over the last minute when it started: {load:.1f} on {os.cpu_count()} CPUs")
-    base_recall = recall(docs, [[d[:3] for d in found] for found in base_found])
-    ours_recall = recall(docs, [[d[:3] for d in found] for found in ours_found])
-    print(f"\n{'recall':<16}{'plain':>8}{'ours':>8}")
+    base = [[d[:3] for d in found] for found in base_found]
+    ours = [[d[:3] for d in found] for found in ours_found]
+    base_recall, ours_recall = recall(docs, base), recall(docs, ours)
+    base_precision, ours_precision = precision(docs, base), precision(docs, ours)
+    print(f"\n{'':<16}{'recall':>16}{'precision':>18}")
+    print(f"{'':<16}{'plain':>8}{'ours':>8}{'plain':>10}{'ours':>8}")
     for entity in ENTITIES:
-        print(f"{entity:<16}{base_recall[entity]:8.3f}{ours_recall[entity]:8.3f}")
+        print(
+            f"{entity:<16}{base_recall[entity]:8.3f}{ours_recall[entity]:8.3f}"
+            f"{base_precision.get(entity, 0):10.3f}{ours_precision.get(entity, 0):8.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A labelled PII corpus generated with Faker: support messages and transaction memos.
 
-Each document knows where its PII sits (entity, start, end), so recall can be measured. The
+Each document knows where its PII sits (entity, start, end), so recall and precision can be measured. The
 bench uses the full corpus; tests/test_pii.py takes a small slice with the same seed.
 """
 
@@ -28,6 +28,12 @@ TEMPLATES: tuple[str, ...] = (
     "Payment to {PERSON} for invoice {invoice}, ${amount}. Receipt sent to {EMAIL_ADDRESS}.",
     "I spoke with {PERSON} today; she wants the loan papers mailed and asked us to text {PHONE_NUMBER}.",
     "Fraud alert reviewed for {PERSON} (SSN: {US_SSN}), card {CREDIT_CARD} blocked, new card requested.",
+    # Names after a salutation, a role word or a verb, which the model takes for an organisation or
+    # misses; and a merchant after a role word, which is no name.
+    "Dear {PERSON}, your new card ending {last4} is on its way. Questions? Call us on {PHONE_NUMBER}.",
+    "Payee {PERSON} received ${amount} by transfer; receipt sent to {EMAIL_ADDRESS}.",
+    "Beneficiary: {PERSON}. Payer: {merchant}. Amount ${amount}.",
+    "Call {PERSON} at {PHONE_NUMBER} about the {merchant} dispute.",
 )
 
 # Real US area codes: a number with an unassigned one is not a phone number anyone has.
@@ -108,4 +114,17 @@ def recall(docs: list[LabelledDoc], found: list[list[tuple[str, int, int]]]) -> 
                 if kind == entity:
                     needed -= set(range(d_start, d_end))
             hits[entity] += not needed
+    return {entity: hits[entity] / totals[entity] for entity in ENTITIES if totals[entity]}
+
+
+def precision(docs: list[LabelledDoc], found: list[list[tuple[str, int, int]]]) -> dict[str, float]:
+    """Per entity: the share of detections that overlap a labelled value of the same entity (a
+    merchant's name taken for a person's, a date taken for a phone number, count against it)."""
+    hits: dict[str, int] = dict.fromkeys(ENTITIES, 0)
+    totals: dict[str, int] = dict.fromkeys(ENTITIES, 0)
+    for doc, detections in zip(docs, found, strict=True):
+        for kind, start, end in detections:
+            if kind in totals:
+                totals[kind] += 1
+                hits[kind] += any(e == kind and s < end and start < t for e, s, t in doc.spans)
     return {entity: hits[entity] / totals[entity] for entity in ENTITIES if totals[entity]}

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from curation.pii_roles import ROLE_NAME_SCORE, name_start, role_names
 from curation.stopping import STOP_SIGNALS, raise_if_stopped, stops_deferred
 
 if TYPE_CHECKING:  # presidio and spaCy load in ~2 s: imported only when a recipe has a pii stage
@@ -119,10 +120,11 @@ def check_model(name: str = MODEL_NAME) -> dict:
 
 
 def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
-    """presidio's English recognizers, with our offline email and wider card recognizers, plus the recipe's."""
+    """presidio's English recognizers, with our offline email and wider card recognizers, the model's
+    names read with the role words before them, plus the recipe's."""
     import tldextract
-    from presidio_analyzer import Pattern, PatternRecognizer, RecognizerRegistry
-    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer
+    from presidio_analyzer import Pattern, PatternRecognizer, RecognizerRegistry, RecognizerResult
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer, SpacyRecognizer
 
     # tldextract fetches the public suffix list on first use; offline that is a logged traceback.
     # Its bundled snapshot is enough to tell a domain from a non-domain (and needs no disk cache).
@@ -138,10 +140,63 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
         *CreditCardRecognizer.PATTERNS,
         Pattern("Mastercard 2-series (weak)", r"\b2[2-7]\d{2}[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b", 0.3),
     ]
+
+    class RoleAwareSpacyRecognizer(SpacyRecognizer):
+        """The model's entities, with the names after role and salutation words (see ``pii_roles``):
+        a PERSON span that opens with such words starts at the name ("Customer Sophie Smith" gets
+        Sophie Smith's pseudonym), such words alone are no name ("Email"), and a name the model took
+        for an organisation, a place or nothing ("Dear Sophie Smith", "Payee Tom Becker") is a
+        PERSON, scored ``ROLE_NAME_SCORE``. Where NER did not run, nothing changes."""
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: object = None) -> list:
+            results = super().analyze(text, entities, nlp_artifacts)
+            doc = getattr(nlp_artifacts, "tokens", None)
+            # Not where NER did not run (a field outside ner_fields, a code): no names are looked for there.
+            if "PERSON" not in entities or doc is None or not doc.has_annotation("ENT_IOB"):
+                return results
+            kept = []
+            for result in results:
+                if result.entity_type == "PERSON":
+                    start = name_start(doc, result.start, result.end)
+                    if start is None:  # role words alone: "Email" of "Email dana@example.org"
+                        continue
+                    result.start = start
+                kept.append(result)
+            people = [result for result in kept if result.entity_type == "PERSON"]
+            names = [
+                (start, end)
+                for start, end in role_names(doc)
+                if not any(person.start <= start and end <= person.end for person in people)
+            ]
+            # The model's other labels inside such a name (a LOCATION of its last word) give way to it.
+            kept = [
+                result
+                for result in kept
+                if result.entity_type == "PERSON" or not any(a <= result.start and result.end <= b for a, b in names)
+            ]
+            return kept + [
+                RecognizerResult(
+                    "PERSON",
+                    start,
+                    end,
+                    ROLE_NAME_SCORE,
+                    analysis_explanation=self.build_explanation(ROLE_NAME_SCORE, "a name after a role word"),
+                    recognition_metadata={
+                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    },
+                )
+                for start, end in names
+            ]
+
     registry = RecognizerRegistry(supported_languages=[LANGUAGE])
     registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=nlp_engine)
     registry.remove_recognizer("EmailRecognizer")
     registry.remove_recognizer("CreditCardRecognizer")
+    registry.remove_recognizer("SpacyRecognizer")
+    registry.add_recognizer(
+        RoleAwareSpacyRecognizer(supported_language=LANGUAGE, supported_entities=nlp_engine.get_supported_entities())
+    )
     registry.add_recognizer(OfflineEmailRecognizer())
     registry.add_recognizer(CreditCardRecognizer(patterns=cards))
     # presidio's phone recognizer (python-phonenumbers) takes only numbers valid in a region, so a
@@ -295,6 +350,8 @@ class PiiAnalyzer:
     MIN_TEXTS_PER_WORKER = 64
 
     def __init__(self, spec: EngineSpec, workers: int | None = None, batch_size: int = 64) -> None:
+        from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
         self.spec = spec
         self.workers = workers  # None: decided per call (default_workers)
         self.batch_size = batch_size
@@ -302,7 +359,7 @@ class PiiAnalyzer:
         ner_entities = {
             entity
             for recognizer in analyzer.get_recognizers(LANGUAGE)
-            if type(recognizer).__name__ == "SpacyRecognizer"
+            if isinstance(recognizer, SpacyRecognizer)
             for entity in recognizer.supported_entities
         }
         self.uses_ner = bool(ner_entities & set(spec.entities))

@@ -65,7 +65,7 @@ def test_recall_on_labelled_faker_slice(corpus: list) -> None:
     scores = recall(corpus, [[(e, s, t) for e, s, t, _ in doc] for doc in found])
     for entity in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN"):
         assert scores[entity] >= 0.95, scores
-    assert scores["PERSON"] >= 0.85, scores
+    assert scores["PERSON"] >= 0.92, scores  # 0.86 before names after role words were read (bench/pii.py)
 
     # And through the stage: no email, card or SSN of the slice survives in the redacted output.
     result = pii(records([doc.text for doc in corpus]))
@@ -1038,3 +1038,104 @@ def test_json_a_template_writes_after_words_is_scanned_string_by_string(
     inner, other = re.findall(r"\[.*\]|\{\"to.*\}", redacted)
     assert json.loads(inner, object_pairs_hook=_no_key_twice) == ['""" """', {'""" """': 1, '""" """ (2)': 2}]
     assert json.loads(other) == {"to": '""" """'}
+
+
+# Names the model takes, with the word before them, for an organisation (or misses), or whose PERSON
+# span holds the role word: each must be redacted whole.
+NAMES_AFTER_ROLE_WORDS = [
+    ("Dear Sophie Smith, your card is ready.", "Sophie Smith"),
+    ("Payer Sophie Smith sent the transfer.", "Sophie Smith"),
+    ("Recipient Sophie Smith called.", "Sophie Smith"),
+    ("The beneficiary Sophie Smith called.", "Sophie Smith"),
+    ("Borrower Lucas Meyer missed a payment.", "Lucas Meyer"),
+    ("Nurse Sophie Smith changed the dressing.", "Sophie Smith"),
+    ("Call Daniel Okafor at 212-555-0187.", "Daniel Okafor"),
+    ("Transfer to payee Lucas Meyer confirmed.", "Lucas Meyer"),
+    ("Hi Sophie, your card is ready.", "Sophie"),
+    ("Hey Connie Jones, quick question.", "Connie Jones"),
+    ("Attention Wendy Ruiz: see the memo.", "Wendy Ruiz"),
+    ("Beneficiary: Mitchell Munoz", "Mitchell Munoz"),
+    ("Text Jordan Young tomorrow.", "Jordan Young"),
+    ("Mr Mitchell Munoz asked for a callback.", "Mitchell Munoz"),
+    ("Hello Mitchell Munoz, your refund was issued.", "Mitchell Munoz"),
+    ("Sender Olivia Chen-Park wrote again.", "Olivia Chen-Park"),
+    ("Call  Daniel   Okafor about it.", "Daniel   Okafor"),  # extra spaces: spaCy tokens of their own
+]
+# Organisations, departments and headings after the same words: no name there.
+NOT_NAMES_AFTER_ROLE_WORDS = [
+    "Dear Customer Service, my card was declined.",
+    "Payee Bank of America received $40.",
+    "Call Center hours are 9 to 5.",
+    "Call Customer Service at 212-555-0187.",
+    "Hi Team, the report is attached.",
+    "Hi All, meeting moved.",
+    "Dear Valued Customer, welcome.",
+    "Dear Hiring Manager, please find my CV.",
+    "Attn: Accounts Payable, invoice 42.",
+    "Contact Support for help.",
+    "Recipient Wells Fargo Bank confirmed.",
+    "Payee Amazon Web Services charged $12.",
+    "Dear Amazon Customer, your order shipped.",
+    "Dear Hester-Johnson team, hello.",
+    "Customer Service called back.",
+    "Driver License Number on file.",
+    "Applicant Tracking System down.",
+    "Hello World",
+    "Dear Customer, your card is ready.",
+    "Sender Western Union",
+    "Dear Sir, thank you.",
+    "Hi Monday team",
+    # Role words the model takes for a name of their own.
+    "Email dana@example.org for help.",
+    "Email Support if stuck.",
+    "Dear Sir or Madam, I write about my account.",
+]
+
+
+def test_a_name_after_a_role_or_salutation_word_is_redacted_whole_and_flagged() -> None:
+    pii = stage()
+    result = pii(records([text for text, _ in NAMES_AFTER_ROLE_WORDS]))
+    for (text, name), redacted in zip(NAMES_AFTER_ROLE_WORDS, result.kept["prompt"].to_pylist(), strict=True):
+        assert redacted == text.replace(name, "<PERSON>").replace("212-555-0187", "<PHONE_NUMBER>"), redacted
+    # A name found by the rule, not by the model, sits in the review band: redacted, and shown to annotators.
+    flagged = {
+        json.loads(flag["payload"])["original"][span["start"] : span["end"]]
+        for flag in result.flags.to_pylist()
+        for span in json.loads(flag["payload"])["spans"]
+        if span["entity"] == "PERSON"
+    }
+    assert {"Sophie Smith", "Daniel Okafor", "Sophie"} <= flagged
+    assert all(0.3 <= s["score"] < 0.6 for f in result.flags.to_pylist() for s in json.loads(f["payload"])["spans"])
+
+
+def test_organisations_and_headings_after_role_words_are_not_taken_for_names() -> None:
+    kept = stage()(records(NOT_NAMES_AFTER_ROLE_WORDS)).kept["prompt"].to_pylist()
+    assert [text for text in kept if "<PERSON>" in text] == []
+
+
+def test_a_role_word_is_no_part_of_a_name_or_its_pseudonym(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    prompts = [
+        "Sophie Smith asked for a refund.",
+        "Customer Sophie Smith called about a refund.",  # the model's PERSON span: "Customer Sophie Smith"
+        "Cardholder Sophie Smith disputed the charge.",
+        "Mrs Helen Park will visit on Monday.",  # the model's PERSON span: "Mrs Helen Park"
+        "Driver John Stephens was late.",  # the model's PERSON spans: "Driver" and "John Stephens"
+    ]
+    pii = stage(operators={"PERSON": "pseudonym"})
+    kept = pii(records(prompts)).kept["prompt"].to_pylist()
+    sophie = pii.placeholder("pseudonym", "PERSON", "Sophie Smith")
+    assert kept[:3] == [
+        f"{sophie} asked for a refund.",
+        f"Customer {sophie} called about a refund.",
+        f"Cardholder {sophie} disputed the charge.",
+    ]
+    assert kept[3] == f"Mrs {pii.placeholder('pseudonym', 'PERSON', 'Helen Park')} will visit on Monday."
+    assert kept[4] == f"Driver {pii.placeholder('pseudonym', 'PERSON', 'John Stephens')} was late."
+
+
+def test_no_name_is_read_after_a_role_word_where_ner_does_not_run() -> None:
+    batch = records(["Dear Sophie Smith, write to dana@example.org"], completion="Payer Lucas Meyer sent it.")
+    kept = stage(ner_fields=["completion"])(batch).kept
+    assert kept["prompt"][0].as_py() == "Dear Sophie Smith, write to <EMAIL_ADDRESS>"  # patterns only
+    assert kept["completion"][0].as_py() == "Payer <PERSON> sent it."

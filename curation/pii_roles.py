@@ -1,0 +1,213 @@
+"""Names after a role or salutation word: "Dear Sophie Smith", "Payee Tom Becker", "Call Daniel Okafor".
+
+The NER model takes such a name with the word before it for an organisation ("Dear Sophie Smith" is an
+ORG, which the PII stage does not look for) or finds nothing there, so the name stayed in clear; and it
+folds the word into a PERSON span ("Customer Sophie Smith"), whose pseudonym then differs from the bare
+name's. Read off spaCy's tokens once NER has run (presidio's ``SpacyRecognizer``, see ``pii_engine``):
+
+- ``role_names``: a run of capitalised words right after such a word is a name, whatever the model
+  made of it (an ORG, a LOCATION, nothing): two words or more after a role word or a verb ("Payee
+  Tom Becker", "Call Daniel Okafor"), one is enough after a salutation or a title ("Hi Sophie",
+  "Mr Okafor"). Not when one of its words is one of organisations, departments or headings
+  ("Dear Customer Service", "Payee Bank of America", "Call Center"), nor a run of five words or more
+  (a heading), nor words the model dated or counted.
+- ``name_start``: a PERSON span of the model that opens with such words starts at the name; one of
+  such words alone ("Email" of "Email dana@example.org"), or with words of organisations ("Email
+  Support"), is no name.
+
+These names are found by a rule, not by the model: ``ROLE_NAME_SCORE`` puts them in the default review
+band, so they are redacted and annotators see them (a merchant after "Payee" is taken for a name: mark
+it not PII, or list it under the stage's ``allow``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spacy.tokens import Doc, Token
+
+# In [threshold 0.3, review_below 0.6) of the default settings: redacted, and flagged for review.
+ROLE_NAME_SCORE = 0.5
+
+# Before a name of one word or more.
+SALUTATIONS = frozenset(
+    {"dear", "dearest", "hi", "hello", "hey", "attn", "greetings", "thanks", "regards", "sincerely"}
+)
+TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "professor", "sir", "madam", "mister"})
+# Before a name of two words or more.
+ROLES = frozenset(
+    {
+        "customer", "client", "member", "user", "subscriber", "caller", "visitor", "guest", "passenger",
+        "payer", "payor", "payee", "remitter", "sender", "recipient", "beneficiary", "addressee",
+        "borrower", "co-borrower", "lender", "guarantor", "debtor", "creditor", "cardholder", "holder",
+        "policyholder", "insured", "claimant", "depositor", "signatory", "owner", "buyer", "seller",
+        "tenant", "landlord", "applicant", "candidate", "employee", "manager", "agent", "officer",
+        "nurse", "doctor", "patient", "driver", "courier", "student", "teacher", "witness", "resident",
+        "spouse", "contact", "attention",  # "Attention Required" is no name
+    }
+)  # fmt: skip
+VERBS = frozenset({"call", "contact", "ask", "email", "e-mail", "text", "phone", "tell", "message", "notify", "remind"})
+TRIGGERS = SALUTATIONS | TITLES | ROLES | VERBS
+
+# Capitalised words of organisations, departments, products and headings: a run holding one is no name.
+NOT_NAMES = frozenset(
+    {
+        "service", "services", "support", "team", "teams", "center", "centre", "department", "dept", "desk",
+        "office", "branch", "bank", "banking", "group", "inc", "llc", "ltd", "plc", "corp", "corporation",
+        "company", "care", "account", "accounts", "payable", "receivable", "management", "operations",
+        "representative", "staff", "board", "members", "committee", "all", "everyone", "everybody", "there",
+        "friends", "colleagues", "folks", "guys", "mom", "mum", "dad", "valued", "hiring", "information",
+        "info", "number", "name", "details", "address", "agreement", "system", "systems", "application", "form",
+        "portal", "app", "wireless", "cable", "union", "insurance", "health", "hospital", "clinic",
+        "university", "school", "college", "city", "county", "state", "federal", "national", "international",
+        "global", "financial", "credit", "capital", "trust", "fund", "funds", "savings", "loan", "loans",
+        "mortgage", "energy", "electric", "utilities", "telecom", "mobile", "online", "digital", "solutions",
+        "technologies", "labs", "partners", "associates", "holdings", "enterprises", "industries", "foundation",
+        "association", "society", "club", "store", "shop", "market", "pharmacy", "restaurant", "hotel",
+        "airlines", "airways", "motors", "practitioner", "license", "licence", "tracking", "success",
+        "experience", "relations", "resources", "human", "marketing", "sales", "billing", "payroll", "finance",
+        "legal", "compliance", "security", "fraud", "claims", "collections", "network", "communications",
+        "media", "news", "world", "back", "request", "us", "unknown", "anonymous", "customer", "customers",
+        "user", "users", "guest", "admin", "administrator", "agent", "officer", "manager", "director",
+        "president", "owner", "sons", "brothers", "bros",
+    }
+)  # fmt: skip
+# What the model took for a date, an amount, a count (a month or a day after "Dear" is no name).
+_NOT_NAME_LABELS = frozenset(
+    {"DATE", "TIME", "MONEY", "PERCENT", "QUANTITY", "ORDINAL", "CARDINAL", "LAW", "LANGUAGE", "EVENT"}
+)
+_MONTHS_AND_DAYS = frozenset(
+    {
+        "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+        "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    }
+)  # fmt: skip
+_CAPITALISED = re.compile(r"[^\W\d_][^\W\d_'’]*(?:['’][^\W\d_]+)*")  # Sophie, O'Brien, Zoë, McDonald
+_INITIAL = re.compile(r"[^\W\d_]\.")  # J.
+_SEPARATORS = frozenset({":", ","})
+MAX_NAME_WORDS = 4
+
+
+def _word(token: Token) -> str:
+    return token.lower_.rstrip(".")
+
+
+def _capitalised(token: Token) -> bool:
+    text = token.text
+    return text[:1].isupper() and (
+        (_CAPITALISED.fullmatch(text) is not None and any(c.islower() for c in text))
+        or _INITIAL.fullmatch(text) is not None
+    )
+
+
+def _name_word(token: Token) -> bool:
+    word = _word(token)
+    return (
+        _capitalised(token)
+        and word not in TRIGGERS
+        and word not in NOT_NAMES
+        and word not in _MONTHS_AND_DAYS
+        and not token.is_stop
+        and token.ent_type_ not in _NOT_NAME_LABELS
+    )
+
+
+def _hyphen_joined(doc: Doc, at: int) -> bool:
+    """Whether ``doc[at]`` is a hyphen that joins two words with no space (Smith-Jones)."""
+    return (
+        0 < at < len(doc) - 1
+        and doc[at].text == "-"
+        and not doc[at - 1].whitespace_
+        and not doc[at].whitespace_
+        and _capitalised(doc[at + 1])
+    )
+
+
+def _gap(doc: Doc, at: int) -> bool:
+    """Whether ``doc[at]`` is extra spaces (spaCy's token for a run of them; not a line break) before
+    a capitalised word: "Call  Daniel   Okafor" is one name."""
+    return at < len(doc) - 1 and doc[at].is_space and "\n" not in doc[at].text and _capitalised(doc[at + 1])
+
+
+def _triggers_before(doc: Doc, at: int) -> set[str]:
+    """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"; one separator
+    may stand between them and the name: "Attn: Sophie", "Thanks, Sophie")."""
+    kinds: set[str] = set()
+    i = at - 1
+    if i >= 0 and doc[i].is_space and "\n" not in doc[i].text:
+        i -= 1
+    if i >= 0 and doc[i].text in _SEPARATORS:
+        i -= 1
+    while i >= 0:
+        if doc[i].is_space and "\n" not in doc[i].text:
+            i -= 1
+            continue
+        word = _word(doc[i])
+        if word in SALUTATIONS:
+            kinds.add("salutation")
+        elif word in TITLES:
+            kinds.add("title")
+        elif word in ROLES:
+            kinds.add("role")
+        elif word in VERBS:
+            kinds.add("verb")
+        else:
+            break
+        i -= 1
+    return kinds
+
+
+def role_names(doc: Doc) -> list[tuple[int, int]]:
+    """Character spans of the names right after role words in ``doc`` (see the module's doc)."""
+    spans = []
+    i = 0
+    while i < len(doc):
+        if not _capitalised(doc[i]) or _word(doc[i]) in TRIGGERS:
+            i += 1
+            continue
+        # A run of capitalised words (Smith-Jones as one): all of it is a name, or none ("Amazon
+        # Customer" is none).
+        end = i + 1
+        while end < len(doc) and (_capitalised(doc[end]) or _hyphen_joined(doc, end) or _gap(doc, end)):
+            end += 2 if doc[end].text == "-" or doc[end].is_space else 1
+        words = [token for token in doc[i:end] if token.text != "-" and not token.is_space]
+        kinds = _triggers_before(doc, i)
+        enough = 1 if kinds & {"salutation", "title"} else 2
+        after = _word(doc[end]) if end < len(doc) else ""
+        if (
+            kinds
+            # Smith-Jones is one word: after a role word it may be a firm's name as well as a person's.
+            and enough <= len(words) - sum(token.text == "-" for token in doc[i:end]) <= MAX_NAME_WORDS
+            and all(_name_word(token) for token in words)
+            and _INITIAL.fullmatch(words[-1].text) is None
+            and after not in NOT_NAMES  # "Dear Hester-Johnson team", "Payee Ward & Sons"
+            and after != "&"
+        ):
+            spans.append((doc[i].idx, doc[end - 1].idx + len(doc[end - 1].text)))
+            i = end
+        else:  # "Ward Nurse Jane Doe": the name may start further on
+            i += 1
+    return spans
+
+
+def name_start(doc: Doc, start: int, end: int) -> int | None:
+    """Where the name starts in a PERSON span ``[start, end)`` (characters) that opens with role words
+    ("Customer Sophie Smith", "Mrs Helen Park"): after them, when what follows is a name; else ``start``.
+    None for a span of role words alone, or with words of organisations ("Email Support"), which names
+    no one: the model takes "Email" of "Email dana@example.org" for a name, and "Driver" of "Driver
+    John Stephens" for one of its own."""
+    span = doc.char_span(start, end, alignment_mode="expand")
+    if span is None:
+        return start
+    i = span.start
+    while i < span.end and (
+        _word(doc[i]) in TRIGGERS or (i > span.start and (doc[i].text in _SEPARATORS or doc[i].is_space))
+    ):
+        i += 1
+    if i > span.start and all(_word(token) in NOT_NAMES for token in doc[i : span.end]):  # "Email Support"
+        return None
+    if i == span.start or i == span.end or not _name_word(doc[i]):
+        return start
+    return doc[i].idx
