@@ -227,9 +227,11 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     before were made by the old recipe, and a scheduled run reads only what is new."""
     if extended is None or extended.recipe_sha256 == recipe.fingerprint():
         return None
-    keyed = any(isinstance(stage, PiiConfig) and stage.pseudonym_key_id() for stage in recipe.stages)
+    pii = [stage for stage in recipe.stages if isinstance(stage, PiiConfig)]
+    keyed = " its pseudonym key, or" if any(stage.pseudonym_key_id() for stage in pii) else ""
+    also = f" (or{keyed} the PII stage's detection rules, in a new release of curation)" if pii else ""
     return (
-        f"the recipe changed since v{extended.version}{' (or its pseudonym key)' if keyed else ''}: records read "
+        f"the recipe changed since v{extended.version}{also}: records read "
         "before keep what the old recipe made of them (only new input is read); run with --full-refresh to "
         "apply the new recipe to every record"
     )

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.pii import PiiConfig
+from schemas.pii import DETECTION_RULES, PiiConfig
 from schemas.records import CONTENT_COLUMNS
 
 
@@ -520,8 +520,11 @@ class Recipe(Strict):
         # Where it runs (engine, cluster) does not change the work, so it is left out of the hash.
         settings = self.model_dump(mode="json", exclude={"engine", "ray_address"})
         for stage, dumped in zip(self.stages, settings["stages"], strict=True):
-            if isinstance(stage, PiiConfig) and (key_id := stage.pseudonym_key_id()) is not None:
+            if not isinstance(stage, PiiConfig):
+                continue
+            if (key_id := stage.pseudonym_key_id()) is not None:
                 dumped["secret"] = key_id  # dumped as "**********" whatever it is; the environment's not at all
+            dumped["detection_rules"] = DETECTION_RULES
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

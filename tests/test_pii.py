@@ -928,7 +928,8 @@ def test_a_changed_pseudonym_key_is_a_changed_recipe(
     monkeypatch.setenv("CURATION_PII_SECRET", "another-key")
     with caplog.at_level(logging.WARNING):
         second = run(workdir, recipe)
-    assert "the recipe changed since v1 (or its pseudonym key)" in caplog.text and "--full-refresh" in caplog.text
+    assert "the recipe changed since v1 (or its pseudonym key, or the PII stage's detection rules" in caplog.text
+    assert "--full-refresh" in caplog.text
     assert first.manifest.recipe_sha256 != second.manifest.recipe_sha256
     assert "another-key" not in json.dumps(second.manifest.model_dump(mode="json"))
     # The same key again: the same recipe.
@@ -1139,3 +1140,15 @@ def test_no_name_is_read_after_a_role_word_where_ner_does_not_run() -> None:
     kept = stage(ner_fields=["completion"])(batch).kept
     assert kept["prompt"][0].as_py() == "Dear Sophie Smith, write to <EMAIL_ADDRESS>"  # patterns only
     assert kept["completion"][0].as_py() == "Payer <PERSON> sent it."
+
+
+def test_new_detection_rules_are_a_changed_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Records carried from a version the old rules redacted keep what those rules missed: a scheduled run
+    # after a release that finds more must say so (and name --full-refresh), not carry them silently.
+    import schemas.config
+
+    spec = "dataset: d\nsources: [{path: in.jsonl}]\nrecord: {kind: document}\nstages:\n"
+    with_pii, without = parse_recipe(spec + "  - type: pii\n"), parse_recipe(spec + "  - type: exact_dedup\n")
+    before = with_pii.fingerprint(), without.fingerprint()
+    monkeypatch.setattr(schemas.config, "DETECTION_RULES", schemas.config.DETECTION_RULES + 1)
+    assert with_pii.fingerprint() != before[0] and without.fingerprint() == before[1]
