@@ -143,14 +143,17 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
-    for config in recipe.stages:
+    for number, config in enumerate(recipe.stages):
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or dedup_fields(kind)
             stages.append(ExactDedup(fields, config.normalize))
         elif isinstance(config, PiiConfig):
-            from curation.stages.pii import PiiRedaction  # loads presidio and spaCy only when a recipe asks
+            from curation.stages.pii import PiiRedaction, PiiSettingError  # presidio and spaCy only when asked
 
-            stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
+            try:
+                stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
+            except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
+                raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
             stages.extend(quality_stages(config, kind))
         if getattr(config, "across_runs", False):

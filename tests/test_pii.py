@@ -1152,3 +1152,13 @@ def test_new_detection_rules_are_a_changed_recipe(monkeypatch: pytest.MonkeyPatc
     before = with_pii.fingerprint(), without.fingerprint()
     monkeypatch.setattr(schemas.config, "DETECTION_RULES", schemas.config.DETECTION_RULES + 1)
     assert with_pii.fingerprint() != before[0] and without.fingerprint() == before[1]
+
+
+def test_a_pii_setting_found_wrong_as_the_stage_is_built_names_the_stage(tmp_path: Path) -> None:
+    from curation.pipeline import build_stages
+    from curation.stages.pii import PiiSettingError
+
+    spec = "dataset: d\nsources: [{path: in.jsonl}]\nrecord: {kind: document}\n"
+    spec += f"state: sqlite:///{tmp_path}/state.db\nstages:\n  - type: exact_dedup\n  - type: pii\n    entities: [PERSONN]\n"
+    with pytest.raises(PiiSettingError, match=r"^stages\.1 \(pii\): no recognizer finds \['PERSONN'\]"):
+        build_stages(parse_recipe(spec))
