@@ -446,3 +446,25 @@ def test_a_vqa_record_set_aside_by_validation_keeps_its_image_as_a_size_not_a_by
         json.loads(item["payload"])["record"] for item in (item_a, item_b)
     ]:
         assert json.loads(record)["image_bytes"].endswith(" bytes>") and "\\x" not in record
+
+
+def test_a_vqa_record_quarantined_by_its_template_keeps_its_image_as_a_size_not_a_bytes_repr(workdir: Path) -> None:
+    from curation.review.queue import list_items
+    from tests.helpers import set_aside
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.png").write_bytes(png((300, 200)))
+    rows = [{"image": "a.png", "q": "Q?", "answer": "Answer."}, {"image": "a.png", "answer": "No question."}]
+    (workdir / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa", "question": "{{ q }}"},  # the second row has no q: the template fails
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.reasons["quarantined"] == {"template": 1}
+    (row,) = set_aside(Path(result.version_uri))
+    (item,) = list_items(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), kind="quarantined")
+    for record in (row["record"], json.loads(item["payload"])["record"]):
+        assert json.loads(record)["image_bytes"].endswith(" bytes>") and "\\x" not in record
