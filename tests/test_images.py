@@ -446,3 +446,65 @@ def test_a_vqa_record_set_aside_by_validation_keeps_its_image_as_a_size_not_a_by
         json.loads(item["payload"])["record"] for item in (item_a, item_b)
     ]:
         assert json.loads(record)["image_bytes"].endswith(" bytes>") and "\\x" not in record
+
+
+def test_a_vqa_record_quarantined_by_its_template_keeps_its_image_as_a_size_not_a_bytes_repr(workdir: Path) -> None:
+    from curation.review.queue import list_items
+    from tests.helpers import set_aside
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.png").write_bytes(png((300, 200)))
+    rows = [{"image": "a.png", "q": "Q?", "answer": "Answer."}, {"image": "a.png", "answer": "No question."}]
+    (workdir / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa", "question": "{{ q }}"},  # the second row has no q: the template fails
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.reasons["quarantined"] == {"template": 1}
+    (row,) = set_aside(Path(result.version_uri))
+    (item,) = list_items(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), kind="quarantined")
+    for record in (row["record"], json.loads(item["payload"])["record"]):
+        assert json.loads(record)["image_bytes"].endswith(" bytes>") and "\\x" not in record
+
+
+def test_a_near_dedup_comparing_the_image_name_does_not_offer_it_for_an_edit(workdir: Path) -> None:
+    from PIL import ImageDraw
+
+    from curation.review.app import create_app
+    from curation.review.auth import add_user
+    from curation.review.queue import list_items
+    from tests.review_seed import PASSWORD
+    from tests.test_review_access import signed_in
+
+    (workdir / "img").mkdir()
+    for name, colour in (("blue.png", "blue"), ("orange.png", "orange")):
+        picture = Image.new("RGB", (200, 120), "white")
+        ImageDraw.Draw(picture).rectangle([20, 20, 120, 100], fill=colour)
+        picture.save(workdir / "img" / name)
+    rows = [("blue.png", "Blue, with a dot."), ("orange.png", "Orange, with a dot.")]
+    question = "What colour is the box in this picture?"
+    (workdir / "qa.jsonl").write_text(
+        "".join(json.dumps({"image": image, "question": question, "answer": answer}) + "\n" for image, answer in rows)
+    )
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        # The stage compares the image's name too: the flag holds it among the set-aside record's fields.
+        "stages": [{"type": "near_dedup", "threshold": 0.3, "fields": ["question", "image"]}],
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.duplicate == 1
+    url = f"sqlite:///{workdir / 'state.db'}"
+    add_user(sa.create_engine(url), "pia", "pii-reviewer", PASSWORD)
+    (item,) = list_items(sa.create_engine(url), kind="near_duplicate")
+    assert json.loads(item["payload"])["member"]["fields"]["image"] == "orange.png"
+    client, csrf = signed_in(create_app(url, [load_recipe(workdir / "recipe.yaml")]), "pia")
+    page = client.get(f"/items/{item['item_id']}").text
+    assert re.findall(r'<option value="([^"]+)"', page) == ["question", "answer"]
+    edit = {"action": "edit", "field": "image", "value": "blue.png", "csrf_token": csrf}
+    response = client.post(f"/items/{item['item_id']}/decide", data=edit)
+    assert response.status_code == 400 and "cannot be edited on this item" in response.text

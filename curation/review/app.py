@@ -507,8 +507,10 @@ def _edit_fields(row: dict[str, Any], view: dict[str, Any], recipe: Recipe | Non
     if row["kind"] == "quarantined":
         return []
     kind = recipe.record.kind if recipe else None
-    fields = [name for name in CONTENT_COLUMNS[kind] if name not in NOT_EDITABLE.get(kind, ())] if kind else []
-    return fields + [name for name in view["edit_values"] if name and name not in fields]
+    fixed = NOT_EDITABLE.get(kind, ()) if kind else ()
+    fields = [name for name in CONTENT_COLUMNS[kind] if name not in fixed] if kind else []
+    # Nor one the flag shows (a near_dedup stage whose ``fields`` name the image compares its name).
+    return fields + [name for name in view["edit_values"] if name and name not in fields and name not in fixed]
 
 
 def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: list[str]) -> dec.Edit:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from curation.split import key_texts
 from curation.stages.base import StageResult, is_text
 from schemas.config import RecordShape
-from schemas.records import CONTENT_COLUMNS, location, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -178,7 +178,8 @@ class Shape:
         bad_reasons = [r for r in reasons if r is not None]
         sources = bad["source"].to_pylist()
         details = [f"{location(s)}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)]
-        records = [json.dumps(r, default=str) for r in bad.drop_columns(["id", "source"]).to_pylist()]
+        # A VQA record's image as its size, not its bytes' repr (``record_json``).
+        records = [record_json(r) for r in bad.drop_columns(["id", "source"]).to_pylist()]
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)
 
