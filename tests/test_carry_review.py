@@ -637,12 +637,15 @@ def test_a_copy_read_by_the_run_that_first_applies_a_rejection_is_filtered(
     engine.dispose()
 
 
-def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision_is_undone(workdir: Path) -> None:
+@pytest.mark.parametrize("across_runs", [True, False])
+def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision_is_undone(
+    workdir: Path, across_runs: bool
+) -> None:
     base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
-    # Two near duplicates of a.jsonl's first record, in another input: only this one is read again.
+    # Two near duplicates of a.jsonl's first record, in another input.
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}])
-    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7, "across_runs": across_runs}]}
     v1 = run(workdir, spec)
     assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
@@ -651,15 +654,17 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision
     item = next(row for row in items if json.loads(row.source)["line"] == 1)
     dec.decide(engine, item.item_id, "rita", "keep")  # not a duplicate: publish it as it is
     v2 = run(workdir, spec)
-    assert [Path(i.uri).name for i in v2.manifest.inputs] == ["b.jsonl"]  # read again for the decision
+    # Read again for the decision: its input, and the input of the record its cluster kept (without
+    # near-dedup across runs, nothing else would set it aside beside that record again).
+    assert [Path(i.uri).name for i in v2.manifest.inputs] == ["a.jsonl", "b.jsonl"]
     assert v2.manifest.stats["stages"]["review"]["kept_apart"] == 1
-    # The other near duplicate still names the record its cluster kept (published in v1).
-    assert v2.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # The other near duplicate still names the record its cluster kept.
+    assert v2.manifest.counts.reasons["duplicate"] == {"near_duplicate": 1}
     assert item.record_id in lines_by_id(Path(v2.version_uri))
     assert f"{base}!" in texts(outputs(Path(v2.version_uri))) and len(outputs(Path(v2.version_uri))) == 5
     dec.undo_last(engine, "rita")
     engine.dispose()
     v3 = run(workdir, spec)
-    assert [Path(i.uri).name for i in v3.manifest.inputs] == ["b.jsonl"]
-    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 2}
+    assert [Path(i.uri).name for i in v3.manifest.inputs] == ["a.jsonl", "b.jsonl"]
+    assert v3.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
     assert item.record_id not in lines_by_id(Path(v3.version_uri)) and len(outputs(Path(v3.version_uri))) == 4

@@ -316,6 +316,7 @@ class Change:
     source: str  # the item's source, as JSON
     then: dict[str, Any] | None
     now: dict[str, Any] | None
+    payload: str = "{}"  # the item's, as JSON
 
 
 def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> list[Change]:
@@ -325,7 +326,7 @@ def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | 
     if not sa.inspect(engine).has_table(decisions.name):
         return []
     query = (
-        sa.select(review_items.c.source, review_items.c.kind, decisions)
+        sa.select(review_items.c.source, review_items.c.kind, review_items.c.payload, decisions)
         .join(decisions, decisions.c.item_id == review_items.c.item_id)
         .where(decisions.c.dataset == dataset)
         .order_by(decisions.c.decision_id)
@@ -339,7 +340,8 @@ def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | 
         then = in_force([r for r in item_rows if _standing(r, since)])
         now = in_force([r for r in item_rows if _standing(r, until)])
         if _effect(then) != _effect(now):
-            found.append(Change(item_rows[0]["kind"], item_rows[0]["source"], then, now))
+            first = item_rows[0]
+            found.append(Change(first["kind"], first["source"], then, now, first["payload"]))
     return found
 
 
@@ -364,6 +366,13 @@ def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime, until
         c for c in changes(engine, dataset, since, until) if c.kind == "near_duplicate" or _taken_away(c.then, c.now)
     ]
     uris = {uri for uri in (json.loads(c.source).get("uri") for c in found) if uri}
+    # A near duplicate is judged beside the record its cluster kept: read again too, or a recipe without
+    # near-dedup across runs would find nothing to set it aside beside (a flag from before lacks it).
+    uris |= {
+        uri
+        for c in found
+        if c.kind == "near_duplicate" and (uri := json.loads(c.payload or "{}").get("kept", {}).get("uri"))
+    }
     # A rejection no longer in force lets its content back: the inputs of the copies it filtered too.
     ended = {c.then["record_id"] for c in found if c.then is not None and c.then["action"] == "reject"}
     return uris | {uri for copies in copies_of(engine, dataset, ended).values() for _, uri in copies if uri}

@@ -307,6 +307,7 @@ def duplicate_flags(
     wanted = set(dropped["id"].to_pylist()) | set(dropped["duplicate_of"].to_pylist())
     texts: dict[str, str] = {}
     thumbnails: dict[str, str | None] = {}
+    uris: dict[str, str | None] = {}  # where each kept record was read: read again with its near duplicate
     members = set(dropped["id"].to_pylist())
     values: dict[str, dict[str, str | None]] = {}  # member -> its fields' values, for an edit to start from
     for batch in batches:
@@ -320,6 +321,7 @@ def duplicate_flags(
         )
         ids = picked["id"].to_pylist()
         texts.update(zip(ids, joined, strict=True))
+        uris.update(zip(ids, pc.struct_field(picked["source"], "uri").to_pylist(), strict=True))
         if "image_bytes" in picked.column_names:
             thumbnails.update(zip(ids, map(thumbnail, picked["image_bytes"].to_pylist()), strict=True))
         columns = [part.to_pylist() for part in parts]
@@ -330,7 +332,7 @@ def duplicate_flags(
     for member, kept in zip(dropped["id"].to_pylist(), dropped["duplicate_of"].to_pylist(), strict=True):
         found = score(kept, member)
         sides = {
-            "kept": {"id": kept, "text": texts.get(kept, "")},
+            "kept": {"id": kept, "text": texts.get(kept, ""), "uri": uris.get(kept)},
             "member": {"id": member, "text": texts.get(member, ""), "fields": values.get(member, {})},
         }
         for side, record in (("kept", kept), ("member", member)):
