@@ -564,7 +564,13 @@ class DatasetWriter:
         """A carried shard keeps the sha256 its manifest gives it: one changed since it was published (by
         hand, a sync tool) would carry a checksum it no longer has into every later version, which
         training then refuses. Its size tells most changes without reading it again."""
-        size = self.fs.get_file_info(published).size
+        info = self.fs.get_file_info(published)
+        if info.type == pafs.FileType.NotFound:  # on S3 nothing was copied yet to say so
+            raise StorageError(
+                f"{where}: is missing, its manifest lists it: the published shard was deleted after it was "
+                "published, so it cannot be carried; --full-refresh rebuilds the dataset from the input"
+            )
+        size = info.size
         if size != shard.bytes:
             raise StorageError(
                 f"{where}: holds {size} bytes, its manifest says {shard.bytes}: the published shard was changed "

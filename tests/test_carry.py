@@ -446,3 +446,20 @@ def test_a_run_failing_while_it_copies_into_the_version_on_s3_leaves_nothing_the
     assert published_versions(f"s3://{bucket}/out", "notes") == [1]
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="out/notes/v2/").get("Contents", [])
     assert [o["Key"] for o in listed] == [] and staged(s3, bucket) == []
+
+
+def test_a_published_shard_deleted_on_s3_is_named_as_missing(workdir: Path, bucket: str, aws_env: str) -> None:
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(0, 25)).encode())
+    config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
+    v1 = run(workdir, config)
+    gone = v1.manifest.splits["train"].shards[0].path
+    s3.delete_object(Bucket=bucket, Key=f"out/notes/v1/{gone}")
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=json.dumps(notes(25, 1)[0]).encode() + b"\n")
+    # Carried shards are copied only as the version is published: the check before says what is wrong.
+    with pytest.raises(StorageError, match=rf"v1/{gone}: is missing") as raised:
+        run(workdir, config)
+    assert "None bytes" not in str(raised.value)
+    assert published_versions(f"s3://{bucket}/out", "notes") == [1]
