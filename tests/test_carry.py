@@ -293,7 +293,7 @@ def s3_texts(s3: Any, bucket: str, prefix: str, manifest: Manifest) -> list[str]
 
 
 def lost_connection(manifest: Manifest, writer: Any) -> Manifest:
-    raise OSError("lost connection")  # after the copies, before the manifest
+    raise OSError("lost connection")  # after the carry, before the version is copied
 
 
 def staged(s3: Any, bucket: str) -> list[str]:
@@ -326,7 +326,7 @@ def test_carry_on_s3(workdir: Path, bucket: str, aws_env: str, monkeypatch: pyte
     assert any(key.startswith("out/notes/v2/train/part-v1-") for key in keys)
     assert not any(key.startswith("out/notes/v2/set_aside/part-v1") for key in keys)
 
-    # A run that fails after the server-side copies leaves none of them behind.
+    # A run that fails after the carry, before publishing, leaves nothing staged (copies into the version: below).
     s3.put_object(Bucket=bucket, Key="in/c.jsonl", Body=json.dumps(notes(31, 1)[0]).encode() + b"\n")
     with monkeypatch.context() as patch:
         patch.setattr("curation.pipeline.attach_report", lost_connection)
