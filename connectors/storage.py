@@ -53,13 +53,28 @@ def _s3_settings(_environment: tuple[str | None, ...]) -> tuple[str | None, str 
     settings that decide them, so the config file is read once per environment."""
     import botocore.session
     from botocore.configprovider import ConfiguredEndpointProvider
+    from botocore.exceptions import BotoCoreError
 
-    session = botocore.session.Session()
-    endpoint = None
-    if not session.get_config_variable("ignore_configured_endpoint_urls"):
-        endpoint = ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
-    region = os.environ.get("AWS_REGION") or session.get_config_variable("region")
+    try:
+        session = botocore.session.Session()
+        endpoint = None
+        if not session.get_config_variable("ignore_configured_endpoint_urls"):
+            endpoint = ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3").provide()
+        region = os.environ.get("AWS_REGION") or session.get_config_variable("region")
+    except BotoCoreError as exc:  # a profile AWS_PROFILE names that the config file lacks, a config that does not parse
+        raise StorageError(f"the AWS settings cannot be read: {exc}") from None
     return endpoint, region
+
+
+def _s3_client() -> Any:
+    """boto3's S3 client; AWS settings it cannot read (a profile the config file lacks) are one line."""
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return boto3.client("s3")
+    except BotoCoreError as exc:
+        raise StorageError(f"the AWS settings cannot be read: {exc}") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -234,12 +249,11 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
     """One S3 listing gives each object's size, time and ETag: the ETag is the fingerprint a scheduled
     run compares, so the objects are not listed a second time to get it (a page per 1,000 objects).
     Also whether ``uri`` names a folder (or a glob of folders)."""
-    import boto3  # only runs that read S3 pay for the import
-    import botocore.exceptions
+    import botocore.exceptions  # only runs that read S3 pay for the import
 
     path = uri.removeprefix("s3://")
     bucket, _, key = path.partition("/")
-    client = boto3.client("s3")
+    client = _s3_client()
     try:
         if _is_glob(path):
             base = _glob_base(path)
@@ -286,13 +300,12 @@ def _s3_objects(client: Any, bucket: str, prefix: str) -> Iterator[FileEntry]:
 
 def s3_objects(uri: str) -> dict[str, FileEntry]:
     """Every object under an S3 prefix (hidden ones too), by path relative to it, with size and ETag."""
-    import boto3
     import botocore.exceptions
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     root = f"s3://{bucket}/{_folder(key)}"
     try:
-        return {e.uri.removeprefix(root): e for e in _s3_objects(boto3.client("s3"), bucket, _folder(key))}
+        return {e.uri.removeprefix(root): e for e in _s3_objects(_s3_client(), bucket, _folder(key))}
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
 

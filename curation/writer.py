@@ -564,7 +564,13 @@ class DatasetWriter:
         """A carried shard keeps the sha256 its manifest gives it: one changed since it was published (by
         hand, a sync tool) would carry a checksum it no longer has into every later version, which
         training then refuses. Its size tells most changes without reading it again."""
-        size = self.fs.get_file_info(published).size
+        info = self.fs.get_file_info(published)
+        if info.type == pafs.FileType.NotFound:  # on S3 nothing was copied yet to say so
+            raise StorageError(
+                f"{where}: is missing, its manifest lists it: the published shard was deleted after it was "
+                "published, so it cannot be carried; --full-refresh rebuilds the dataset from the input"
+            )
+        size = info.size
         if size != shard.bytes:
             raise StorageError(
                 f"{where}: holds {size} bytes, its manifest says {shard.bytes}: the published shard was changed "
@@ -733,12 +739,20 @@ class DatasetWriter:
     def _publish_s3(self, target: str, manifest_body: bytes, before_visible: Callable[[], None]) -> None:
         # A folder without a manifest is no version: what a run killed while copying left there goes first.
         self.fs.delete_dir_contents(target, missing_dir_ok=True)
-        infos = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True))
-        for info in infos:
-            if info.type == pafs.FileType.File:
-                self.fs.copy_file(info.path, f"{target}/{info.path[len(self.staging) + 1 :]}")
-        for published, path in self._carried_files:
-            copy_published(self.fs, published, f"{target}/{path}")
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True))
+            for info in infos:
+                if info.type == pafs.FileType.File:
+                    self.fs.copy_file(info.path, f"{target}/{info.path[len(self.staging) + 1 :]}")
+            for published, path in self._carried_files:
+                copy_published(self.fs, published, f"{target}/{path}")
+        except BaseException:
+            # Failed or stopped part way (a lost connection, SIGTERM): what was copied is taken away again,
+            # or it stays under the version's prefix (carried shards: up to the whole dataset) until a
+            # later run publishes that version number.
+            with contextlib.suppress(Exception):
+                self.fs.delete_dir(target)
+            raise
         before_visible()
         with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
             out.write(manifest_body)

@@ -293,7 +293,7 @@ def s3_texts(s3: Any, bucket: str, prefix: str, manifest: Manifest) -> list[str]
 
 
 def lost_connection(manifest: Manifest, writer: Any) -> Manifest:
-    raise OSError("lost connection")  # after the copies, before the manifest
+    raise OSError("lost connection")  # after the carry, before the version is copied
 
 
 def staged(s3: Any, bucket: str) -> list[str]:
@@ -326,7 +326,7 @@ def test_carry_on_s3(workdir: Path, bucket: str, aws_env: str, monkeypatch: pyte
     assert any(key.startswith("out/notes/v2/train/part-v1-") for key in keys)
     assert not any(key.startswith("out/notes/v2/set_aside/part-v1") for key in keys)
 
-    # A run that fails after the server-side copies leaves none of them behind.
+    # A run that fails after the carry, before publishing, leaves nothing staged (copies into the version: below).
     s3.put_object(Bucket=bucket, Key="in/c.jsonl", Body=json.dumps(notes(31, 1)[0]).encode() + b"\n")
     with monkeypatch.context() as patch:
         patch.setattr("curation.pipeline.attach_report", lost_connection)
@@ -417,3 +417,49 @@ def test_review_page_shows_what_was_carried(workdir: Path) -> None:
     page = client.get("/datasets/notes/v2").text
     assert re.search(r'<td id="carried">6 <small>from v1</small>', page)
     assert "carried" not in client.get("/datasets/notes/v1").text.split("<h2>Manifest")[0]
+
+
+def test_a_run_failing_while_it_copies_into_the_version_on_s3_leaves_nothing_there(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carried shards are copied straight into the new version as it is published: a run that fails (a
+    lost connection, SIGTERM) part way leaves none of them under that version's prefix."""
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(0, 25)).encode())
+    config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
+    run(workdir, config)
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(25, 6)).encode())
+    import curation.writer
+
+    copy, calls = curation.writer.copy_published, []
+
+    def fails_once_started(fs: Any, source: str, target: str) -> None:
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError("lost connection")
+        copy(fs, source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(curation.writer, "copy_published", fails_once_started)
+        with pytest.raises(OSError, match="lost connection"):
+            run(workdir, config)
+    assert published_versions(f"s3://{bucket}/out", "notes") == [1]
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="out/notes/v2/").get("Contents", [])
+    assert [o["Key"] for o in listed] == [] and staged(s3, bucket) == []
+
+
+def test_a_published_shard_deleted_on_s3_is_named_as_missing(workdir: Path, bucket: str, aws_env: str) -> None:
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body="".join(json.dumps(r) + "\n" for r in notes(0, 25)).encode())
+    config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
+    v1 = run(workdir, config)
+    gone = v1.manifest.splits["train"].shards[0].path
+    s3.delete_object(Bucket=bucket, Key=f"out/notes/v1/{gone}")
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=json.dumps(notes(25, 1)[0]).encode() + b"\n")
+    # Carried shards are copied only as the version is published: the check before says what is wrong.
+    with pytest.raises(StorageError, match=rf"v1/{gone}: is missing") as raised:
+        run(workdir, config)
+    assert "None bytes" not in str(raised.value)
+    assert published_versions(f"s3://{bucket}/out", "notes") == [1]

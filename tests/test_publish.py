@@ -253,3 +253,20 @@ def test_a_column_typed_apart_in_two_inputs_passes_the_dedup_barrier(workdir: Pa
     # The spill before the dedup took every batch as the first one's types: "C-17" as an int64 failed the run.
     result = run_recipe(load_recipe(write_recipe(workdir, recipe)))
     assert result.manifest.counts.written == 4
+
+
+def test_a_dictionary_column_with_other_values_in_each_input_passes_the_dedup_barrier(workdir: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (workdir / "in").mkdir()
+    # A category column (pandas writes its categoricals so) is read dictionary-encoded, each file with its own
+    # dictionary: an Arrow IPC file holds one dictionary per column, so the spill before the dedup failed the run.
+    for number, regions in enumerate([["north", "south"], ["east", "west"]]):
+        rows = {"text": [f"Document {number}-{i}." for i in range(4)], "region": [regions[i % 2] for i in range(4)]}
+        table = pa.table({**rows, "region": pa.array(rows["region"]).dictionary_encode()})
+        pq.write_table(table, workdir / "in" / f"{number}.parquet")
+    recipe = docs_recipe("in/", validation_fraction=0.5, group_by="region")
+    recipe["stages"] = [{"type": "exact_dedup"}]
+    result = run_recipe(load_recipe(write_recipe(workdir, recipe)))
+    assert result.manifest.counts.written == 8

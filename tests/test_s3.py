@@ -190,3 +190,20 @@ def test_check_reads_the_head_of_each_object_as_a_run_does(workdir: Path, bucket
         f"input error s3://{bucket}/raw/c.jsonl:1: prompt: column 'q' is missing (the template uses it)",
     ], checked.stdout + checked.stderr
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="curated/")  # nothing run
+
+
+def test_an_aws_profile_that_does_not_exist_is_one_line_naming_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import write_recipe
+    from tests.test_cli import curation
+
+    config = workdir / "aws-config"
+    config.write_text("[profile minio]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "mini0")  # misspelt
+    write_recipe(workdir, docs_recipe("s3://some-bucket/in/docs.jsonl", dest="s3://some-bucket/out"))
+    for command in ("run", "check"):
+        result = curation(command, "recipe.yaml", cwd=workdir)
+        assert result.returncode in (1, 2) and "Traceback" not in result.stderr + result.stdout, command
+        assert "mini0" in result.stdout + result.stderr, command

@@ -282,8 +282,8 @@ def hyperparameters_for(
         if split_up:
             raise TrainError(
                 f"{manifest.dataset} v{manifest.version}: JumpStart domain adaptation reads one file per channel, "
-                f"but {', '.join(split_up)} has several shards; republish with output.shard_max_bytes above "
-                "the split's size"
+                f"but {', '.join(split_up)} has several shards (an earlier release published it so); the next "
+                "version (a scheduled run, or `curation run RECIPE --full-refresh`) writes each split as one file"
             )
     values = dict(spec.hyperparameters)
     needed = {k: v for k, v in FORMAT_HYPERPARAMETERS[manifest.format].items() if k in values}

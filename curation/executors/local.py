@@ -221,14 +221,16 @@ class Spill:
         self.prefix = prefix
         self.files: list[Path] = []
         self.rows = 0
-        self._sink: pa.ipc.RecordBatchFileWriter | None = None
+        self._sink: pa.ipc.RecordBatchStreamWriter | None = None
         self._schema: pa.Schema | None = None
 
     def write(self, batch: pa.Table) -> None:
         if self._sink is None or batch.schema != self._schema:
             self.close()
             self.files.append(self.prefix.with_name(f"{self.prefix.name}-{len(self.files)}.arrow"))
-            self._sink, self._schema = pa.ipc.new_file(str(self.files[-1]), batch.schema), batch.schema
+            # The stream format, not the file format: a dictionary column (a category from Parquet) may hold
+            # other values in each batch, and an Arrow IPC file takes one dictionary per column for good.
+            self._sink, self._schema = pa.ipc.new_stream(str(self.files[-1]), batch.schema), batch.schema
         self._sink.write_table(batch)
         self.rows += batch.num_rows
 
@@ -248,9 +250,8 @@ class Spill:
         file is read, so the run's memory would grow with its input."""
         for path in self.files:
             with pa.OSFile(str(path)) as source:
-                reader = pa.ipc.open_file(source)
-                for index in range(reader.num_record_batches):
-                    yield pa.Table.from_batches([reader.get_batch(index)])
+                for batch in pa.ipc.open_stream(source):
+                    yield pa.Table.from_batches([batch])
 
 
 def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
