@@ -101,14 +101,14 @@ def outputs_of(version: Path, split: str) -> list[str]:
 
 
 def test_shards_are_bounded_and_lineage_points_at_each_line(workdir: Path) -> None:
-    rows = [{"text": f"record {i} " + "x" * 200} for i in range(300)]
+    rows = [{"text": f"record {i} " + "x" * 200, "answer": "ok"} for i in range(300)]
     write_jsonl(workdir / "big.jsonl", rows)
     result = run(
         workdir,
-        {
+        {  # instruction pairs: a document split (format text) is one file whatever its size
             "dataset": "big",
             "sources": [{"path": "big.jsonl"}],
-            "record": {"kind": "document"},
+            "record": {"kind": "instruction", "prompt": "text", "completion": "answer"},
             "output": {"shard_max_bytes": 8192, "validation_fraction": 0.0},
         },
     )
@@ -124,7 +124,7 @@ def test_shards_are_bounded_and_lineage_points_at_each_line(workdir: Path) -> No
     for entry in lineage[::37]:
         line = (version / entry["shard"]).read_text().splitlines()[entry["line"] - 1]
         source_line = entry["source"]["line"]
-        assert json.loads(line)["text"] == rows[source_line - 1]["text"]
+        assert json.loads(line)["prompt"] == rows[source_line - 1]["text"]
 
 
 def test_set_aside_rows_keep_their_source(workdir: Path) -> None:

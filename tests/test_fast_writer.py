@@ -112,7 +112,8 @@ def test_shards_are_cut_the_same_whether_lines_are_counted_or_given(tmp_path: Pa
 
 def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -> None:
     """Small shards, so batches straddle shard ends: every lineage row names the shard and line of its record."""
-    writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1024, 0.3, "seed")
+    # Instruction pairs: a text split is one file whatever its size (JumpStart reads one per channel).
+    writer = DatasetWriter(str(tmp_path), "d", output_format("jumpstart-instruction", "instruction"), 1024, 0.3, "s")
     rng = random.Random(1)
     expected = {}
     for batch_number in range(6):
@@ -120,7 +121,7 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
         texts = [f"{i} " + "ü" * rng.choice([0, 5, 200]) for i in ids]
         expected.update(zip(ids, texts, strict=True))
         sources = [{"connector": "files", "uri": "in.jsonl", "line": n, "page": None} for n in range(len(ids))]
-        writer.write(pa.table({"id": ids, "source": sources, "text": texts}))
+        writer.write(pa.table({"id": ids, "source": sources, "prompt": texts, "completion": ids}))
     writer.flush()
     for series in (*writer.splits.values(), writer.lineage):
         series.close()
@@ -131,7 +132,10 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
     for row in rows:
         if row["shard"] not in files:
             files[row["shard"]] = (Path(writer.staging) / row["shard"]).read_text().splitlines()
-        assert json.loads(files[row["shard"]][row["line"] - 1]) == {"text": expected[row["id"]]}
+        assert json.loads(files[row["shard"]][row["line"] - 1]) == {
+            "prompt": expected[row["id"]],
+            "completion": row["id"],
+        }
     assert list(rows[0]) == ["shard", "line", "id", "source"]
 
 
@@ -218,7 +222,8 @@ def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) 
 
     from curation.report import SET_ASIDE_COLUMNS, set_aside_frame
 
-    writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1024, 0.3, "seed")
+    # Instruction pairs: a text split is one file whatever its size (JumpStart reads one per channel).
+    writer = DatasetWriter(str(tmp_path), "d", output_format("jumpstart-instruction", "instruction"), 1024, 0.3, "s")
     assert set_aside_frame(writer.set_aside_reported).columns == list(SET_ASIDE_COLUMNS)
     writer.scrub = lambda table: table.set_column(4, "reason", pa.array(["[scrubbed]"] * table.num_rows))
     source = {"connector": "files", "uri": "é", "line": 1, "page": None}
