@@ -72,7 +72,12 @@ def _database_message(error: sa.exc.SQLAlchemyError) -> str:
     if isinstance(sqlstate, str) and sqlstate.startswith("22"):
         # A data exception (PostgreSQL's class 22) quotes the value it could not take ('invalid input syntax
         # for type integer: "jane.roe@example.com"'), a row's: left out, as a row's values are from errors.
-        first = re.sub(r'"(?:[^"]|"")*"', '"..."', first) + " (the value is left out: it may be customer data)"
+        # PostgreSQL writes the value as it is, its own quotes and newlines too: all from the first quote to
+        # the last is left out (to the line's end when the value's newline cut the closing quote off).
+        start, end = first.find('"'), first.rfind('"')
+        if start >= 0:
+            first = first[:start] + '"..."' + (first[end + 1 :] if end > start else "")
+        first += " (the value is left out: it may be customer data)"
     return f"{type(original).__name__}: {first}"
 
 

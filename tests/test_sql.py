@@ -962,10 +962,20 @@ def test_a_value_postgresql_cannot_take_is_left_out_of_the_error(postgres_url: s
         db.execute(sa.text("DROP TABLE IF EXISTS casts"))
         db.execute(sa.text("CREATE TABLE casts (id int, subject text)"))
         db.execute(sa.text("INSERT INTO casts VALUES (1, '42'), (2, 'jane.roe@example.com')"))
+        # PostgreSQL quotes a value as it is: a quote or newline in it ended the part left out there.
+        db.execute(sa.text("""INSERT INTO casts VALUES (3, 'x" jane.roe@example.com'), (4, E'x\\njane.roe')"""))
     engine.dispose()
     for query, said in [
         (
-            "SELECT id, subject::int AS n FROM casts",
+            "SELECT id, subject::int AS n FROM casts WHERE id = 3",
+            'InvalidTextRepresentation: invalid input syntax for type integer: "..." (the value',
+        ),
+        (
+            "SELECT id, subject::int AS n FROM casts WHERE id = 4",
+            'InvalidTextRepresentation: invalid input syntax for type integer: "..." (the value',
+        ),
+        (
+            "SELECT id, subject::int AS n FROM casts WHERE id < 3",
             'InvalidTextRepresentation: invalid input syntax for type integer: "..."',
         ),
         (
