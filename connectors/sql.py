@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -72,7 +71,12 @@ def _database_message(error: sa.exc.SQLAlchemyError) -> str:
     if isinstance(sqlstate, str) and sqlstate.startswith("22"):
         # A data exception (PostgreSQL's class 22) quotes the value it could not take ('invalid input syntax
         # for type integer: "jane.roe@example.com"'), a row's: left out, as a row's values are from errors.
-        first = re.sub(r'"(?:[^"]|"")*"', '"..."', first) + " (the value is left out: it may be customer data)"
+        # PostgreSQL writes the value as it is, its own quotes and newlines too: all from the first quote to
+        # the last is left out (to the line's end when the value's newline cut the closing quote off).
+        start, end = first.find('"'), first.rfind('"')
+        if start >= 0:
+            first = first[:start] + '"..."' + (first[end + 1 :] if end > start else "")
+        first += " (the value is left out: it may be customer data)"
     return f"{type(original).__name__}: {first}"
 
 
@@ -474,9 +478,12 @@ class SqlSourceReader:
         if self._not_returned is None or not rows or self._db is None:
             return
         before, columns = self._not_returned
-        values = list(dict.fromkeys(map(itemgetter(*at), rows)))  # a key of one column: its values, not tuples
-        if len(at) == 1:
-            values = [(value,) for value in values]
+        # Each key once, told by its text as ids are (a JSON or array column's value is a dict or list: no dict key).
+        values = list(
+            {
+                k.encode() + b"\x1f" + m: tuple(row[i] for i in at) for k, m, row in zip(keys, marks, rows, strict=True)
+            }.values()
+        )
         line_of: dict[bytes, int] = {}
         for condition in self._keys_asked(columns, values):
             try:
@@ -506,6 +513,11 @@ class SqlSourceReader:
         values one by one costs more than the query); else ``key IN (...)``, ``_KEYS_ASKED`` values at a time
         (within SQLite's and PostgreSQL's limits on bound values); keys holding a NULL, which equals
         nothing in an IN, 100 at a time."""
+        if any(isinstance(part, dict | list) for value in values for part in value):
+            # A JSON or array key (PostgreSQL's json, jsonb, int[]): no bound value the database compares it to
+            # as the key's text does; the keys of every row before the watermark are read, compared by their text.
+            yield sa.true()
+            return
         whole = [value for value in values if None not in value]
         dialect = self._db.dialect.name if self._db is not None else ""
         if whole and len(columns) == 1:

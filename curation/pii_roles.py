@@ -167,13 +167,21 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
         if not _capitalised(doc[i]) or _word(doc[i]) in TRIGGERS:
             i += 1
             continue
+        kinds = _triggers_before(doc, i)
+        if not kinds:  # asked first: a long text in title case was read run by run from each of its words
+            i += 1
+            continue
         # A run of capitalised words (Smith-Jones as one): all of it is a name, or none ("Amazon
-        # Customer" is none).
-        end = i + 1
-        while end < len(doc) and (_capitalised(doc[end]) or _hyphen_joined(doc, end) or _gap(doc, end)):
+        # Customer" is none). Read no further than one word past the most a name has (a hyphen adds none).
+        end, count = i + 1, 1
+        while (
+            end < len(doc)
+            and count <= MAX_NAME_WORDS
+            and (_capitalised(doc[end]) or _hyphen_joined(doc, end) or _gap(doc, end))
+        ):
+            count += doc[end].text != "-"
             end += 2 if doc[end].text == "-" or doc[end].is_space else 1
         words = [token for token in doc[i:end] if token.text != "-" and not token.is_space]
-        kinds = _triggers_before(doc, i)
         enough = 1 if kinds & {"salutation", "title"} else 2
         after = _word(doc[end]) if end < len(doc) else ""
         if (

@@ -908,6 +908,42 @@ def test_a_row_sharing_its_key_with_a_row_an_earlier_run_read_fails_the_run(
     assert f"({', '.join(key)})" in str(error.value) and "'c'" not in str(error.value)
 
 
+@pytest.mark.parametrize(("kind", "first", "later"), [("jsonb", '{"a": 1}', '{"b": 2}'), ("int[]", "{1,2}", "{3}")])
+def test_a_json_or_array_key_is_asked_for_in_rows_an_earlier_run_read(
+    postgres_url: str, tmp_path: Path, kind: str, first: str, later: str
+) -> None:
+    # Its values are dicts and lists: the keys asked of the database were made a set of them, and the
+    # second run failed on a TypeError (unhashable type: 'dict').
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("DROP TABLE IF EXISTS shaped")
+        db.exec_driver_sql(f"CREATE TABLE shaped (code {kind}, subject text, u int)")
+        db.execute(sa.text("INSERT INTO shaped VALUES (CAST(:code AS TEXT)::" + kind + ", 'a', 1)"), {"code": first})
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    for source in ({"table": "shaped"}, {"query": "SELECT code, subject, u FROM shaped"}):
+        config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["code"], **source)
+        marks = Watermarks(state, source.get("table", "q"))
+        read_all(config, 10, marks.for_source(config))
+        marks.commit("run")
+        with engine.begin() as db:
+            insert = sa.text("INSERT INTO shaped VALUES (CAST(:code AS TEXT)::" + kind + ", :subject, 2)")
+            db.execute(insert, {"code": later, "subject": "b"})
+        marks = Watermarks(state, source.get("table", "q"))
+        assert [r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()] == [
+            "b"
+        ]
+        marks.commit("run")
+        with engine.begin() as db:
+            db.execute(
+                sa.text("INSERT INTO shaped VALUES (CAST(:code AS TEXT)::" + kind + ", 'c', 3)"), {"code": first}
+            )
+        with pytest.raises(SqlSourceError, match=r"has the same key \(code\) as a row an earlier run read"):
+            read_all(config, 10, Watermarks(state, source.get("table", "q")).for_source(config))
+        with engine.begin() as db:
+            db.exec_driver_sql("DELETE FROM shaped WHERE u > 1")
+    engine.dispose()
+
+
 def test_rows_whose_keys_only_the_databases_collation_makes_equal_are_two_rows(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -962,10 +998,20 @@ def test_a_value_postgresql_cannot_take_is_left_out_of_the_error(postgres_url: s
         db.execute(sa.text("DROP TABLE IF EXISTS casts"))
         db.execute(sa.text("CREATE TABLE casts (id int, subject text)"))
         db.execute(sa.text("INSERT INTO casts VALUES (1, '42'), (2, 'jane.roe@example.com')"))
+        # PostgreSQL quotes a value as it is: a quote or newline in it ended the part left out there.
+        db.execute(sa.text("""INSERT INTO casts VALUES (3, 'x" jane.roe@example.com'), (4, E'x\\njane.roe')"""))
     engine.dispose()
     for query, said in [
         (
-            "SELECT id, subject::int AS n FROM casts",
+            "SELECT id, subject::int AS n FROM casts WHERE id = 3",
+            'InvalidTextRepresentation: invalid input syntax for type integer: "..." (the value',
+        ),
+        (
+            "SELECT id, subject::int AS n FROM casts WHERE id = 4",
+            'InvalidTextRepresentation: invalid input syntax for type integer: "..." (the value',
+        ),
+        (
+            "SELECT id, subject::int AS n FROM casts WHERE id < 3",
             'InvalidTextRepresentation: invalid input syntax for type integer: "..."',
         ),
         (
