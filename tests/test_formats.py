@@ -445,3 +445,16 @@ def test_a_boolean_label_is_one_label_whether_its_column_mixes_types_or_not(work
     labels = read_manifest(run_fresh(workdir, recipe).version_uri).split["labels"]
     assert set(labels["train"]) | set(labels["validation"]) == {"true", "false", "unknown"}
     assert labels["train"]["true"] + labels["validation"]["true"] == 20
+
+
+def test_a_boolean_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> None:
+    # Releases before 2026-11-26 wrote a boolean group key as Python does (True); it is "true" now. Looked up
+    # only by its new text, the group was placed again, and its new records could land on the other side
+    # of the version that carries its old ones.
+    from curation.state import StateStore
+
+    state = StateStore(f"sqlite:///{tmp_path}/state.db")
+    state.record_group_sides("d", {"True": True, "False": False, "acme": True}, start_over=False)
+    assert state.group_sides("d", ["true", "false", "acme", "other"]) == {"true": True, "false": False, "acme": True}
+    state.record_group_sides("d", {"true": False}, start_over=False)  # placed by this release: its own text wins
+    assert state.group_sides("d", ["true"]) == {"true": False}
