@@ -680,6 +680,11 @@ def test_postgresql_cursor_ties_and_nulls_are_each_read_once(postgres_url: str, 
     engine.dispose()
 
 
+def skip_without_icu(db: sa.Connection) -> None:
+    if not db.execute(sa.text("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")).first():
+        pytest.skip("this PostgreSQL has no ICU collations")
+
+
 def test_postgresql_text_cursor_takes_the_highest_value_in_the_columns_collation(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -687,8 +692,7 @@ def test_postgresql_text_cursor_takes_the_highest_value_in_the_columns_collation
     # 'B' was read and published again by every run.
     engine = sa.create_engine(postgres_url)
     with engine.begin() as db:
-        if not db.execute(sa.text("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")).first():
-            pytest.skip("this PostgreSQL has no ICU collations")
+        skip_without_icu(db)
         db.execute(sa.text("DROP TABLE IF EXISTS coll"))
         db.execute(sa.text('CREATE TABLE coll (id int, subject text, u text COLLATE "und-x-icu")'))
         db.execute(sa.text("INSERT INTO coll VALUES (1, 'a', 'a'), (2, 'b', 'B')"))
@@ -951,8 +955,7 @@ def test_rows_whose_keys_only_the_databases_collation_makes_equal_are_two_rows(
     # ids (the key's text) differ, so they are two records, as within one read.
     engine = sa.create_engine(postgres_url)
     with engine.begin() as db:
-        if not db.execute(sa.text("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")).first():
-            pytest.skip("this PostgreSQL has no ICU collations")
+        skip_without_icu(db)
         db.execute(sa.text("DROP COLLATION IF EXISTS nocase"))
         db.execute(
             sa.text("CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
