@@ -339,14 +339,6 @@ def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
     return chain[::-1]
 
 
-def _retire(stages: list[AnyStage], ids: pa.Array) -> None:
-    """Hand ``ids`` to the signature index of the recipe's cross-run dedup stages, if it has any."""
-    if len(ids):
-        for stage in stages:
-            if isinstance(stage, SignatureRecorder):
-                stage.index.retire(ids)
-
-
 def _content_keys_of(recipe: Recipe, stages: list[AnyStage], ids: set[str], warn: bool = True) -> dict[str, int]:
     """The content keys of published records ``ids`` (``rejected_content.content_keys``), from the
     signatures stored of them: by the review stage (``ContentKeys``), else by a default ``exact_dedup``."""
@@ -559,7 +551,11 @@ class RunStages:
         return [*self.stages, *self.index_only]
 
     def retire(self, ids: pa.Array) -> None:
-        _retire(self.with_index, ids)
+        """Hand ``ids`` to the signature index of the cross-run dedup stages, if there are any."""
+        if len(ids):
+            for stage in self.with_index:
+                if isinstance(stage, SignatureRecorder):
+                    stage.index.retire(ids)
 
 
 def _run_locked(
