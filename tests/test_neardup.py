@@ -355,3 +355,33 @@ def test_image_dedup_on_records_without_images_is_a_recipe_error() -> None:
             parse_recipe(text)
     images = "dataset: d\nsources: [{type: images, path: img, sidecar: qa.jsonl}]\nrecord: {kind: vqa}\n"
     assert parse_recipe(images + "stages: [{type: image_dedup}]\n").stages[0].type == "image_dedup"
+
+
+def test_published_texts_scan_each_text_once_and_a_member_with_its_fields() -> None:
+    from curation.stages.neardup import with_published_texts
+
+    def flag(kept: str, member: str, fields: dict[str, str]) -> str:
+        return json.dumps({"kept": {"text": kept}, "member": {"text": member, "fields": fields}})
+
+    payloads = [
+        flag("shared kept", "member one", {"prompt": "p1", "completion": "c1"}),
+        flag("shared kept", "member two", {}),
+    ]
+    flags = pa.table(
+        {"kind": ["near_duplicate"] * 2, "stage": ["near_dedup"] * 2, "payload": payloads},
+    )
+    scanned: list[tuple[str | None, int]] = []
+
+    def scrub(values: list[str | None], records: list[int]) -> list[str | None]:
+        scanned.extend(zip(values, records, strict=True))
+        return [f"{value}#{record}" for value, record in zip(values, records, strict=True)]
+
+    out = [json.loads(p) for p in with_published_texts(flags, scrub, made_by={"near_dedup"})["payload"].to_pylist()]
+    # Each value is scanned once (the kept text shared by both flags too), and the member's text in
+    # the same record as its fields, so a value found in one is redacted in the other.
+    assert sorted(value for value, _ in scanned) == sorted(["shared kept", "member one", "p1", "c1", "member two"])
+    first = out[0]["member"]
+    record = first["published_text"].split("#")[1]
+    assert {value.split("#")[1] for value in first["published_fields"].values()} == {record}
+    assert out[0]["kept"]["published_text"] == out[1]["kept"]["published_text"] == "shared kept#0"
+    assert "published_fields" not in out[1]["member"] and out[1]["member"]["published_text"] == "member two#2"

@@ -397,17 +397,20 @@ def with_published_texts(
     if not rows:
         return flags
     payloads = [json.loads(text) for text in flags["payload"].take(rows).to_pylist()]
-    texts = list(dict.fromkeys(p[side]["text"] for p in payloads for side in ("kept", "member")))
-    published = dict(zip(texts, scrub(texts), strict=True))
+    kept_texts = list(dict.fromkeys(p["kept"]["text"] for p in payloads))
     fields = [list(p["member"].get("fields", {}).items()) for p in payloads]
-    values = [value for at, p in enumerate(payloads) for value in (p["member"]["text"], *(v for _, v in fields[at]))]
-    owners = [at for at, p in enumerate(payloads) for _ in range(1 + len(fields[at]))]
+    # One scan: each kept text alone, each member's text with its fields as one record.
+    values = [*kept_texts]
+    owners = list(range(len(kept_texts)))
+    for at, p in enumerate(payloads):
+        values += [p["member"]["text"], *(v for _, v in fields[at])]
+        owners += [len(kept_texts) + at] * (1 + len(fields[at]))
     scrubbed = iter(scrub(values, owners))
+    published = {text: next(scrubbed) for text in kept_texts}
     column = flags["payload"].to_pylist()
     for row, payload, own in zip(rows, payloads, fields, strict=True):
-        for side in ("kept", "member"):
-            payload[side]["published_text"] = published[payload[side]["text"]]
-        next(scrubbed)  # the member's text, scanned with its fields
+        payload["kept"]["published_text"] = published[payload["kept"]["text"]]
+        payload["member"]["published_text"] = next(scrubbed)
         if own:
             payload["member"]["published_fields"] = {name: next(scrubbed) for name, _ in own}
         column[row] = json.dumps(payload)
