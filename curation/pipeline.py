@@ -155,7 +155,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
-            stages.extend(quality_stages(config, kind))
+            stages.extend(quality_stages(config, kind, frozenset(review.decisions.kept_apart)))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe))
@@ -170,7 +170,6 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     stages.append(Profile([c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]))  # for the report
     if recorded:
         stages.append(SignatureRecorder(recorded, index))  # last: sees exactly what is written
-    review.keep_apart(stages)  # records marked "not a duplicate": the near-dedup stages do not set them aside
     return stages
 
 

@@ -161,8 +161,6 @@ class NearDedup:
 
     name = "near_dedup"
     reason = "near_duplicate"
-    # Ids of records an annotator marked "not a duplicate" (``ReviewDecisions.keep_apart``): never set aside.
-    kept_apart: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -172,11 +170,14 @@ class NearDedup:
         num_perm: int = 128,
         bands: int = 32,
         threshold: float = 0.7,
+        kept_apart: frozenset[str] = frozenset(),
     ) -> None:
         if num_perm % bands:
             raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
         self.fields, self.shingle, self.shingle_size = fields, shingle, shingle_size
         self.num_perm, self.bands, self.threshold = num_perm, bands, threshold
+        # Ids of records an annotator marked "not a duplicate" (``RunDecisions.kept_apart``): never set aside.
+        self.kept_apart = kept_apart
 
     def minhash(self, batch: pa.Table) -> np.ndarray:
         require_columns(batch, self.fields, f"{self.name} fields")
@@ -446,11 +447,17 @@ class ImageNearDedup:
 
     name = "image_near_dedup"
     reason = "near_duplicate_image"
-    kept_apart: frozenset[str] = frozenset()  # as ``NearDedup.kept_apart``
 
-    def __init__(self, column: str = "image_bytes", max_distance: int = 6, question: str | None = None) -> None:
+    def __init__(
+        self,
+        column: str = "image_bytes",
+        max_distance: int = 6,
+        question: str | None = None,
+        kept_apart: frozenset[str] = frozenset(),
+    ) -> None:
         self.column, self.max_distance, self.question = column, max_distance, question
         self.bands = max_distance + 1
+        self.kept_apart = kept_apart  # as ``NearDedup.kept_apart``
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         data = batch[self.column].to_pylist() if self.column in batch.column_names else [None] * batch.num_rows

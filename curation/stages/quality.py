@@ -37,17 +37,20 @@ def text_fields(kind: str) -> list[str]:
     return [c for c in CONTENT_COLUMNS[kind] if c not in ("label", "image")]
 
 
-def quality_stages(config: QualityConfig, kind: str) -> list[QualityStage | ImageNearDedup | UniqueValues]:
+def quality_stages(
+    config: QualityConfig, kind: str, kept_apart: frozenset[str] = frozenset()
+) -> list[QualityStage | ImageNearDedup | UniqueValues]:
     """The stages one recipe entry makes: one, but for expectations, whose ``unique`` checks are over
-    the whole run (a global stage after the per-batch ones)."""
+    the whole run (a global stage after the per-batch ones). ``kept_apart``: the records annotators
+    marked "not a duplicate", which the near-duplicate stages do not set aside."""
     if isinstance(config, ExpectationsConfig):
         per_batch = [spec for spec in config.expect if spec.check != "unique"]
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
         return [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
-    return [_one_stage(config, kind)]
+    return [_one_stage(config, kind, kept_apart)]
 
 
-def _one_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
+def _one_stage(config: QualityConfig, kind: str, kept_apart: frozenset[str]) -> QualityStage | ImageNearDedup:
     """The stage of one recipe entry other than expectations (see ``quality_stages``)."""
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
@@ -68,6 +71,7 @@ def _one_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedu
             config.min_completion_chars, config.trivial_completions, config.drop_prompt_equals_completion
         )
     if isinstance(config, NearDedupConfig):
-        return NearDedup(config.fields or [f for f in dedup_fields(kind) if f != "image"], **settings)
+        fields = config.fields or [f for f in dedup_fields(kind) if f != "image"]
+        return NearDedup(fields, **settings, kept_apart=kept_apart)
     question = "question" if config.match_question and kind == "vqa" else None
-    return ImageNearDedup(config.column, config.max_distance, question)
+    return ImageNearDedup(config.column, config.max_distance, question, kept_apart)

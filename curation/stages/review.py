@@ -1,11 +1,11 @@
 """Annotators' decisions, applied by the next run: rejected records are filtered with reason
-``review``, edited fields take the annotator's value, and records marked "not a duplicate" are handed
-to the near-duplicate stages (``keep_apart``), which publish them. It runs right after record validation,
+``review``, edited fields take the annotator's value, and records marked "not a duplicate" are counted
+here (the near-duplicate stages get them when built, ``kept_apart``, and publish them). It runs right after record validation,
 so edits go through every later stage (PII redaction included) like any other content."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
@@ -85,14 +85,6 @@ class ReviewDecisions:
             column = pa.StructArray.from_arrays([one_key_each(kept_keys)], names=["keys"])
             result.kept = result.kept.append_column(self.attach, column)
         return result
-
-    def keep_apart(self, stages: Iterable[object]) -> None:
-        """Hand the records annotators marked "not a duplicate" to the near-duplicate stages among
-        ``stages`` (or the stage a cross-run one wraps): they do not set them aside (``keep_first``)."""
-        for stage in stages:
-            inner = getattr(stage, "inner", stage)
-            if hasattr(inner, "kept_apart"):
-                inner.kept_apart = frozenset(self.decisions.kept_apart)
 
     def _kept_apart(self, batch: pa.Table) -> dict[str, int]:
         """How many of the batch's records have a "not a duplicate" decision in force."""
