@@ -460,3 +460,39 @@ def test_not_a_duplicate_on_the_page_and_through_label_studio(seeded: Seeded, ap
     assert response.status_code == 303 and dec.get_item(engine, item["item_id"])["status"] == "kept"
     dec.undo_last(engine, "rita")
     assert dec.get_item(engine, item["item_id"])["status"] == "open"
+
+
+@pytest.mark.parametrize("utf16", [False, True])
+def test_label_studio_labels_after_emoji_are_read_in_characters_or_utf16_units(tmp_path: Path, utf16: bool) -> None:
+    """Label Studio releases count a label's offsets after an emoji in characters or in UTF-16 units;
+    either way the labels the annotator kept stay redacted and only the removed one is not PII."""
+    import pyarrow as pa
+
+    from curation.review.auth import add_user
+    from curation.review.queue import add_items
+    from schemas.records import FLAG_SCHEMA
+
+    text = "🙂🙂🙂🙂🙂🙂 thanks! Ask Dana Lee (555-0142) or Omar Haddad"
+    names = ["Dana Lee", "555-0142", "Omar Haddad"]
+    spans = [
+        {"start": text.index(n), "end": text.index(n) + len(n), "entity": e, "score": 0.5, "placeholder": f"<{e}>"}
+        for n, e in zip(names, ["PERSON", "PHONE_NUMBER", "PERSON"], strict=True)
+    ]
+    payload = {"field": "prompt", "original": text, "redacted": "", "spans": spans}
+    flag = {"id": "r1", "source": {"connector": "files", "uri": "/in.jsonl", "line": 1, "page": None}}
+    flag |= {"stage": "pii", "kind": "pii", "detail": "prompt: PERSON 0.5", "payload": json.dumps(payload)}
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    add_items(engine, "support", 1, "run", pa.Table.from_pylist([flag], schema=FLAG_SCHEMA))
+    add_user(engine, "pia", "pii-reviewer", PASSWORD)
+    (task,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    labels = task["predictions"][0]["result"]
+    assert [label["value"]["text"] for label in labels] == names
+    if utf16:  # each emoji before a label counts twice
+        for label in labels:
+            label["value"] = {k: v + 6 if k in ("start", "end") else v for k, v in label["value"].items()}
+    # The annotator removes the second name's label, keeps the others, and approves.
+    choice = {"from_name": "decision", "to_name": "text", "type": "choices", "value": {"choices": ["approve"]}}
+    task["annotations"] = [{"id": 1, "result": [labels[0], labels[1], choice]}]
+    assert import_annotations(engine, [task], "pia")["edit"] == 1
+    omar = spans[2]
+    assert dec.run_decisions(engine, "support").undone == {"r1": {("prompt", omar["start"], omar["end"])}}

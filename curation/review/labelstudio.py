@@ -224,7 +224,8 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
         # Spans the annotator left labelled stay redacted; a detected span they removed is not PII. A
         # label whose edges they moved still covers the span: it stays redacted as detected.
         # (No labels at all means the annotator did not work on spans: nothing is restored.)
-        kept = [(int(r["value"]["start"]), int(r["value"]["end"])) for r in labelled]
+        original = payload.get("original", "")
+        kept = [place for r in labelled for place in _label_places(original, r["value"])]
         for span in payload.get("spans", []):
             if not any(start < span["end"] and span["start"] < end for start, end in kept):
                 edit.not_pii.append((payload.get("field", ""), span["start"], span["end"]))
@@ -235,3 +236,23 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
         if answer and answer != payload.get("answer"):
             edit.fields["answer"] = answer
     return edit if (edit.fields or edit.not_pii) else None
+
+
+def _label_places(text: str, value: dict[str, Any]) -> list[tuple[int, int]]:
+    """Where a label lies in ``text``, in characters. Label Studio releases differ in how they count a
+    label's ``start`` and ``end`` after an emoji or another character outside the BMP: in characters,
+    or in JavaScript's UTF-16 units (two for such a character). The reading whose slice is the label's
+    ``text`` wins; with no such reading both are taken, so a label the annotator kept is never read as
+    lying somewhere else, which would mark the span it covers "not PII"."""
+    start, end = int(value["start"]), int(value["end"])
+    places = [(start, end)]
+    units = text.encode("utf-16-le")
+    if len(units) != 2 * len(text):
+
+        def in_characters(unit: int) -> int:
+            return len(units[: 2 * unit].decode("utf-16-le", errors="ignore"))
+
+        places.append((in_characters(start), in_characters(end)))
+    said = value.get("text")
+    matching = [(a, b) for a, b in places if text[a:b] == said]
+    return matching[:1] or places
