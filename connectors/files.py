@@ -344,7 +344,6 @@ def _nested_as_written(table: pa.Table, raws: pa.Array) -> pa.Table | None:
 # The first bytes of how polars writes a number, object or array in a column whose other values are text.
 _NOT_TEXT_START = np.zeros(256, dtype=bool)
 _NOT_TEXT_START[list(b"-0123456789[{")] = True
-_EXACT_FLOATS = 2.0**53  # from here on, a float64 does not hold every integer
 
 
 def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table | None:
@@ -366,7 +365,18 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
             if found.any() and not _not_a_string_after(name).search(text):
                 continue  # text that reads as a number, and every value of the key a JSON string
         elif pa.types.is_floating(kind):
-            found = pc.fill_null(pc.greater_equal(pc.abs(column), _EXACT_FLOATS), False).to_numpy()
+            # polars reads an integer beside floats as a float: a whole value may be one, looked up in its
+            # line only when those lines have the key before an integer (a column of floats whose values
+            # have fractions costs no scan, one of whole floats such as 10.0 a scan of their lines).
+            found = pc.fill_null(pc.equal(pc.floor(column), column), False).to_numpy()
+            if found.all():
+                lines = text
+            elif found.any():
+                kept = raws.filter(pa.array(found))
+                newline = pa.scalar(b"\n", kept.type)
+                lines = pc.binary_join(pa.ListArray.from_arrays([0, len(kept)], kept), newline)[0].as_py()
+            if found.any() and not _an_integer_after(name).search(lines):
+                continue
         else:
             continue
         if found.any():
@@ -389,6 +399,11 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
         if pa.types.is_floating(kind):
             if any(type(value) is int and not _fits_a_float(value) for value in written):
                 return None
+            if any(type(value) is int for value in written):  # integers beside floats: each as written
+                values = table[name].to_pylist()
+                for row, value in zip(found.tolist(), written, strict=True):
+                    values[row] = value
+                table = table.set_column(index, name, json_values(values))
             continue
         values = None
         for row, value in zip(found.tolist(), written, strict=True):
@@ -447,10 +462,20 @@ def _spellings(char: str) -> bytes:
 
 
 @functools.cache
-def _not_a_string_after(key: str) -> re.Pattern[bytes]:
+def _key_before(key: str, value: bytes) -> re.Pattern[bytes]:
     """The key, spelt any way JSON may write it (``"prénom"``, ``"pr\\u00e9nom"``, ``"n\\u0061me"``), followed
-    by a value that is not a JSON string or null. A key of an object nested in a value matches too."""
-    return re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % b"".join(_spellings(char) for char in key))
+    by a value the regex ``value`` matches. A key of an object nested in a value matches too."""
+    return re.compile(rb'"%s"\s*:\s*%s' % (b"".join(_spellings(char) for char in key), value))
+
+
+def _not_a_string_after(key: str) -> re.Pattern[bytes]:
+    """The key before a value that is not a JSON string or null (a number, boolean, array or object)."""
+    return _key_before(key, rb"[-0-9tf\[{]")
+
+
+def _an_integer_after(key: str) -> re.Pattern[bytes]:
+    """The key before an integer (a number with no fraction or exponent: ``1``, not ``1.0`` or ``1e3``)."""
+    return _key_before(key, rb"-?[0-9]+[\s,}\]]")
 
 
 def _fits_a_float(value: int) -> bool:
@@ -1071,20 +1096,22 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
     too); a key whose values mix types (a boolean beside a number too), or hold an integer past 64
     bits (an account number, a u64 hash: no Arrow integer holds it, and a float would change its
     digits) or past 2^53 beside a float (which would change its digits), is kept as JSON text; a key
-    whose values are all objects, or all arrays, keeps each as its line wrote it (``json_values``)."""
+    whose values are all objects, all arrays, or integers beside floats, keeps each as its line wrote
+    it (``json_values``)."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
     for key in keys:
         values = [obj.get(key) for obj in objects]
         kinds = {type(v) for v in values if v is not None}
-        if kinds == {dict} or kinds == {list}:  # objects or arrays only: each as the line wrote it
+        numbers = kinds == {int, float} and all(_fits_a_float(v) for v in values if type(v) is int)
+        # Objects or arrays only, or integers beside floats (a float column writes 1 as 1.0, where the
+        # line in a block without floats gave 1): each value as the line wrote it.
+        if kinds == {dict} or kinds == {list} or numbers:
             columns[key] = json_values(values)
             continue
         # Arrow would make a boolean beside a float 1.0 (but fail on one before it), and fails on an
         # integer a float cannot hold beside a float: both are kept as text below.
-        mixed = (bool in kinds and len(kinds) > 1) or (
-            kinds == {int, float} and not all(_fits_a_float(v) for v in values if type(v) is int)
-        )
+        mixed = (bool in kinds and len(kinds) > 1) or kinds == {int, float}
         try:
             if not mixed:
                 columns[key] = pa.array(values)
