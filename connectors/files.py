@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -343,7 +344,6 @@ def _nested_as_written(table: pa.Table, raws: pa.Array) -> pa.Table | None:
 # The first bytes of how polars writes a number, object or array in a column whose other values are text.
 _NOT_TEXT_START = np.zeros(256, dtype=bool)
 _NOT_TEXT_START[list(b"-0123456789[{")] = True
-_EXACT_FLOATS = 2.0**53  # from here on, a float64 does not hold every integer
 
 
 def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table | None:
@@ -356,8 +356,7 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
     The values that may be such (text that reads as a number, boolean, object or array; a float past
     2^53) are looked up in their lines, parsed again: only those lines, and for text only when the
     block has the column's key before a value that is not a string (a column of text such as "12345"
-    costs a scan of the block, not a parse of its lines; a key a line writes with \\u escapes is not
-    seen by that scan)."""
+    costs a scan of the block, not a parse of its lines)."""
     suspects: dict[str, np.ndarray] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
@@ -366,7 +365,18 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
             if found.any() and not _not_a_string_after(name).search(text):
                 continue  # text that reads as a number, and every value of the key a JSON string
         elif pa.types.is_floating(kind):
-            found = pc.fill_null(pc.greater_equal(pc.abs(column), _EXACT_FLOATS), False).to_numpy()
+            # polars reads an integer beside floats as a float: a whole value may be one, looked up in its
+            # line only when those lines have the key before an integer (a column of floats whose values
+            # have fractions costs no scan, one of whole floats such as 10.0 a scan of their lines).
+            found = pc.fill_null(pc.equal(pc.floor(column), column), False).to_numpy()
+            if found.all():
+                lines = text
+            elif found.any():
+                kept = raws.filter(pa.array(found))
+                newline = pa.scalar(b"\n", kept.type)
+                lines = pc.binary_join(pa.ListArray.from_arrays([0, len(kept)], kept), newline)[0].as_py()
+            if found.any() and not _an_integer_after(name).search(lines):
+                continue
         else:
             continue
         if found.any():
@@ -389,6 +399,11 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
         if pa.types.is_floating(kind):
             if any(type(value) is int and not _fits_a_float(value) for value in written):
                 return None
+            if any(type(value) is int for value in written):  # integers beside floats: each as written
+                values = table[name].to_pylist()
+                for row, value in zip(found.tolist(), written, strict=True):
+                    values[row] = value
+                table = table.set_column(index, name, json_values(values))
             continue
         values = None
         for row, value in zip(found.tolist(), written, strict=True):
@@ -428,9 +443,39 @@ def _may_not_be_text(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
+# The escapes JSON has besides \\u: each character's may stand for it in a key.
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+
+
+def _spellings(char: str) -> bytes:
+    """A regex for every way a JSON string may write ``char``: itself in UTF-8 (where JSON lets it
+    stand as it is), its short escape (``\\n``, ``\\/``), or its \\u escape, hex in either case (a
+    character past U+FFFF as the escapes of its UTF-16 pair)."""
+    ways = []
+    if char >= " " and char not in '"\\' and not "\ud800" <= char <= "\udfff":
+        ways.append(re.escape(char.encode()))
+    if char in _SHORT_ESCAPES:
+        ways.append(re.escape(b"\\" + _SHORT_ESCAPES[char].encode()))
+    units = np.frombuffer(char.encode("utf-16-be", "surrogatepass"), dtype=">u2")
+    ways.append(b"".join(rb"\\u(?i:%04x)" % unit for unit in units.tolist()))
+    return b"(?:%s)" % b"|".join(ways)
+
+
+@functools.cache
+def _key_before(key: str, value: bytes) -> re.Pattern[bytes]:
+    """The key, spelt any way JSON may write it (``"prénom"``, ``"pr\\u00e9nom"``, ``"n\\u0061me"``), followed
+    by a value the regex ``value`` matches. A key of an object nested in a value matches too."""
+    return re.compile(rb'"%s"\s*:\s*%s' % (b"".join(_spellings(char) for char in key), value))
+
+
 def _not_a_string_after(key: str) -> re.Pattern[bytes]:
-    """A key (as JSON writes it, unescaped) followed by a value that is not a JSON string or null."""
-    return re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(key, ensure_ascii=False)[1:-1].encode()))
+    """The key before a value that is not a JSON string or null (a number, boolean, array or object)."""
+    return _key_before(key, rb"[-0-9tf\[{]")
+
+
+def _an_integer_after(key: str) -> re.Pattern[bytes]:
+    """The key before an integer (a number with no fraction or exponent: ``1``, not ``1.0`` or ``1e3``)."""
+    return _key_before(key, rb"-?[0-9]+[\s,}\]]")
 
 
 def _fits_a_float(value: int) -> bool:
@@ -463,9 +508,7 @@ class FilesSourceReader(ListedFiles):
         # whose other values are text (["a"] becomes '["a"]'), so a value that is not a JSON string
         # in one of these is quarantined here, while its type can still be seen.
         self.text_columns = list(text_columns)
-        self._not_text = [
-            re.compile(rb'"%s"\s*:\s*[-0-9tf\[{]' % re.escape(json.dumps(name)[1:-1].encode())) for name in text_columns
-        ]
+        self._not_text = [_not_a_string_after(name) for name in text_columns]
 
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
@@ -557,7 +600,7 @@ class FilesSourceReader(ListedFiles):
         table = None if _may_hold_lone_surrogate(text) else read_json_objects(text, len(raws))
         if (
             table is None
-            or self._may_hold_values_not_text(text)
+            or self._may_hold_values_not_text(text, table)
             or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
         ):
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
@@ -570,11 +613,21 @@ class FilesSourceReader(ListedFiles):
                 return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
         return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
 
-    def _may_hold_values_not_text(self, text: bytes) -> bool:
-        """Whether a declared text column may hold a number, boolean, list or object in ``text`` (a key
-        followed by such a value; possibly a nested key of the same name: the lines are then parsed one
-        by one, which tells)."""
-        return any(pattern.search(text) for pattern in self._not_text)
+    def _may_hold_values_not_text(self, text: bytes, table: pa.Table) -> bool:
+        """Whether a declared text column may hold a number, boolean, list or object in ``text``, read as
+        ``table``: a column of another type does, and one of text may where polars wrote such a value as
+        text and the block has its key before such a value (possibly a nested key of the same name: the
+        lines are then parsed one by one, which tells). The block is scanned only for a column holding
+        text that such a value gives (``12345``): the scan costs about a tenth of the read."""
+        for name, pattern in zip(self.text_columns, self._not_text, strict=True):
+            if name not in table.column_names or table[name].type == pa.null():
+                continue
+            column = table[name]
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                return True
+            if _may_not_be_text(column).any() and pattern.search(text):
+                return True
+        return False
 
     def _parse_lines_one_by_one(
         self, ids: InputIds, numbers: list[int], raws: list[bytes], input_bytes: int
@@ -1043,20 +1096,22 @@ def _table_from_objects(objects: list[dict[str, Any]]) -> pa.Table:
     too); a key whose values mix types (a boolean beside a number too), or hold an integer past 64
     bits (an account number, a u64 hash: no Arrow integer holds it, and a float would change its
     digits) or past 2^53 beside a float (which would change its digits), is kept as JSON text; a key
-    whose values are all objects, or all arrays, keeps each as its line wrote it (``json_values``)."""
+    whose values are all objects, all arrays, or integers beside floats, keeps each as its line wrote
+    it (``json_values``)."""
     keys = list(dict.fromkeys(key for obj in objects for key in obj))
     columns = {}
     for key in keys:
         values = [obj.get(key) for obj in objects]
         kinds = {type(v) for v in values if v is not None}
-        if kinds == {dict} or kinds == {list}:  # objects or arrays only: each as the line wrote it
+        numbers = kinds == {int, float} and all(_fits_a_float(v) for v in values if type(v) is int)
+        # Objects or arrays only, or integers beside floats (a float column writes 1 as 1.0, where the
+        # line in a block without floats gave 1): each value as the line wrote it.
+        if kinds == {dict} or kinds == {list} or numbers:
             columns[key] = json_values(values)
             continue
         # Arrow would make a boolean beside a float 1.0 (but fail on one before it), and fails on an
         # integer a float cannot hold beside a float: both are kept as text below.
-        mixed = (bool in kinds and len(kinds) > 1) or (
-            kinds == {int, float} and not all(_fits_a_float(v) for v in values if type(v) is int)
-        )
+        mixed = (bool in kinds and len(kinds) > 1) or kinds == {int, float}
         try:
             if not mixed:
                 columns[key] = pa.array(values)

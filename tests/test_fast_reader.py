@@ -542,3 +542,62 @@ def test_a_column_of_numbers_with_some_text_is_not_read_line_by_line(
     [batch] = read_new(write_lines(tmp_path / "x.jsonl", lines), 1000)
     assert batch.rows["n"].to_pylist() == [json.dumps(json.loads(line)["n"]).strip('"') for line in lines]
     assert batch.rows["zip"].to_pylist() == [f"{i:05d}" for i in range(300)]
+
+
+# --- a key spelled any way JSON may write it -------------------------------------------------
+
+# "prénom" as a JSON writer may spell it: raw UTF-8 (ensure_ascii=False), escaped as json.dumps does by
+# default, escaped with capitals, and every letter escaped.
+PRENOM_SPELLINGS = ["prénom", "pr\\u00e9nom", "pr\\u00E9nom", "".join(f"\\u{ord(c):04x}" for c in "prénom")]
+
+
+@pytest.mark.parametrize("key", [*PRENOM_SPELLINGS, "n\\u0061me"])
+def test_a_value_not_text_under_a_declared_text_key_is_quarantined_however_the_key_is_spelt(
+    tmp_path: Path, key: str
+) -> None:
+    """The block check looked for the key only as ``json.dumps`` escapes it by default: a key written as
+    raw UTF-8 or with other escapes let a number through as text ("5") where it is to be quarantined."""
+    name = json.loads(f'"{key}"')
+    path = write_lines(tmp_path / "x.jsonl", [f'{{"{key}": "Zoé", "n": 1}}', f'{{"{key}": 5, "n": 2}}'])
+    [batch] = list(FilesSourceReader(FilesSource(path=str(path)), 1000, text_columns=[name]).batches())
+    assert batch.rows[name].to_pylist() == ["Zoé"]
+    [aside] = batch.set_aside.to_pylist()
+    assert (aside["reason"], aside["source"]["line"]) == ("schema", 2)
+    assert aside["detail"].endswith(f"{name}: a JSON number, not a string (the input schema declares str)")
+
+
+@pytest.mark.parametrize("key", [*PRENOM_SPELLINGS, "n\\u0061me"])
+def test_a_number_beside_text_is_as_written_however_its_key_is_spelt(tmp_path: Path, key: str) -> None:
+    """The block path looks a value polars wrote as text (``1.0`` as ``1``) up in its line only when the
+    key is seen before a value that is not a string: a key spelt otherwise than raw UTF-8 was not seen."""
+    name = json.loads(f'"{key}"')
+    lines = [f'{{"{key}": "Zoé"}}', f'{{"{key}": 1.0}}', f'{{"{key}": 1e3}}']
+    [whole] = read_new(write_lines(tmp_path / "whole.jsonl", lines), 1000)
+    [by_line] = read_new(write_lines(tmp_path / "by_line.jsonl", [*lines, "not json"]), 1000)
+    for batch in (whole, by_line):
+        assert batch.rows[name].to_pylist() == ["Zoé", "1.0", "1000.0"]
+
+
+def test_the_key_pattern_matches_every_spelling_and_no_other_key() -> None:
+    from connectors.files import _not_a_string_after
+
+    for key in ["prénom", 'a"b\\c/d\te', "\U0001f600 emoji", "name"]:
+        pattern = _not_a_string_after(key)
+        for ensure_ascii in (True, False):
+            assert pattern.search(json.dumps({key: 1}, ensure_ascii=ensure_ascii).encode()), (key, ensure_ascii)
+        escaped = "".join(f"\\u{unit:04X}" for unit in np.frombuffer(key.encode("utf-16-be"), ">u2"))
+        assert pattern.search(f'{{"{escaped}": [1]}}'.encode())
+        assert not pattern.search(json.dumps({key: "1"}).encode())
+        assert not pattern.search(json.dumps({key + "x": 1, "x" + key: 1}).encode())
+    assert _not_a_string_after("a/b").search(b'{"a\\/b": true}')
+
+
+def test_a_declared_text_column_read_as_numbers_or_text_like_numbers(tmp_path: Path) -> None:
+    """The block is scanned for the key only where polars' column may hold such a value: one of numbers
+    is quarantined whole, one of text that looks like numbers (a zip code) is read as it is."""
+    lines = [json.dumps({"code": i, "zip": f"{i:05d}", "meta": {"zip": i}}) for i in range(3)]
+    path = write_lines(tmp_path / "x.jsonl", lines)
+    [batch] = list(FilesSourceReader(FilesSource(path=str(path)), 1000, text_columns=["code"]).batches())
+    assert batch.rows.num_rows == 0 and batch.set_aside.num_rows == 3
+    [batch] = list(FilesSourceReader(FilesSource(path=str(path)), 1000, text_columns=["zip"]).batches())
+    assert batch.rows["zip"].to_pylist() == ["00000", "00001", "00002"] and batch.set_aside.num_rows == 0

@@ -663,3 +663,24 @@ def test_a_template_writes_a_boolean_as_a_field_and_a_column_of_mixed_types_give
         ("b ok=false", "false"),
         ("c ok=maybe", "maybe"),
     ]
+
+
+def test_a_number_publishes_as_its_line_wrote_it_whatever_other_lines_hold(workdir: Path) -> None:
+    """A float elsewhere in the column made every integer of the block a float (``1`` published as ``1.0``
+    by a template): the same line published one text or another by its neighbours, on both read paths."""
+    one, two = '{"q": "How many?", "n": 1}', '{"q": "How much?", "n": 2.0}'
+    inputs = {
+        "ints": [one, '{"q": "x", "n": 3}'],
+        "floats": [two, '{"q": "y", "n": 4.5}'],
+        "mixed": [one, two, '{"q": "z", "n": null}'],  # one column of both: read whole
+        "by_line": [one, two, "{broken"],  # a bad line sends the block line by line
+        "many": [one, two] + [f'{{"q": "q{i}", "n": {i / 4}}}' for i in range(300)],  # past polars' first rows
+    }
+    published: dict[str, set[tuple[str, str]]] = {}
+    for name, lines in inputs.items():
+        write_jsonl(workdir / f"{name}.jsonl", lines)
+        spec = qa_recipe(f"{name}.jsonl", prompt="n", completion="{{ q }} {{ n }}", output={"validation_fraction": 0})
+        for line in outputs(Path(run(workdir, spec).version_uri)):
+            if line["completion"].startswith("How"):
+                published.setdefault(line["completion"].split("?")[0], set()).add((line["prompt"], line["completion"]))
+    assert published == {"How many": {("1", "How many? 1")}, "How much": {("2.0", "How much? 2.0")}}

@@ -114,6 +114,13 @@ def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[st
     return pa.array(texts, pa.string()), problems, "schema"
 
 
+def _float_texts(values: pa.ChunkedArray) -> pa.Array:
+    """Floats as a template writes them, and a JSONL line whose column mixes integers and floats (Python's
+    text: ``1.0``, ``1e-07``): Arrow's cast writes ``1`` and ``1e-7``, so one line published one text or
+    the other by the other lines of its block."""
+    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -200,6 +207,8 @@ class Shape:
             if pa.types.is_nested(values.type):  # a Parquet struct, list or map (a JSONL one is JSON text already)
                 # Arrow casts none of them to text: they are written as JSON, as a column of mixed types is.
                 return _json_texts(field.column, values)
+            if pa.types.is_float64(values.type):
+                return _float_texts(values), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
