@@ -62,6 +62,22 @@ def key_text(value: Any) -> str:
     return str(value)
 
 
+def earlier_key_text(text: str) -> str | None:
+    """What ``key_text`` gave for the value of ``text`` before 2026-11-26, where it differed: a boolean as
+    Python writes it (``True``), an object or array as Python's repr of the value the column gave. That
+    repr kept the keys in the order the line or the Parquet schema had them, and a struct's null fields,
+    which the JSON text no longer holds: only the sorted order without nulls is tried (every order of
+    every member would be a lookup each)."""
+    if text in ("true", "false"):
+        return text.title()
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        return str(json.loads(text))
+    except ValueError:  # text that is no JSON keeps its text
+        return None
+
+
 def _canonical_json(value: Any) -> str:
     def without_nulls(v: Any) -> Any:
         if isinstance(v, dict):
@@ -176,6 +192,12 @@ class Splitter:
         }
         if asked:
             found = known(sorted(asked))
+            # A key an earlier release wrote otherwise (a boolean, an object): its group keeps its side too.
+            earlier = {
+                f"g\x1f{text}": key for key in asked - found.keys() if (text := earlier_key_text(key[2:])) is not None
+            }
+            if earlier:
+                found.update((earlier[key], side) for key, side in known(sorted(earlier)).items())
             self._placed_before.update(found)
             self._groups.update(found)  # a stratified split keeps a group's side, as within a run
 

@@ -68,7 +68,6 @@ split_groups = sa.Table(
     sa.Column("validation", sa.Boolean, nullable=False),
 )
 _IN_CLAUSE_KEYS = 5000  # SQLite allows 32,766 bound values per statement (999 before 3.32)
-_EARLIER_KEY_TEXT = {"true": "True", "false": "False"}  # ``split.key_text`` of a boolean before 2026-11-26
 
 
 def _group_hash(key: str) -> str:
@@ -163,13 +162,7 @@ class StateStore:
 
     def group_sides(self, dataset: str, keys: list[str]) -> dict[str, bool]:
         """The side (True: validation) earlier runs put each of these group keys on, where they did."""
-        found = self._group_sides(dataset, {_group_hash(key): key for key in keys})
-        # A boolean key as releases before 2026-11-26 wrote it (Python's True): its group keeps its side.
-        earlier = {_group_hash(_EARLIER_KEY_TEXT[key]): key for key in keys if key in _EARLIER_KEY_TEXT}
-        found.update((key, side) for key, side in self._group_sides(dataset, earlier).items() if key not in found)
-        return found
-
-    def _group_sides(self, dataset: str, by_hash: dict[str, str]) -> dict[str, bool]:
+        by_hash = {_group_hash(key): key for key in keys}
         hashes = sorted(by_hash)
         found: dict[str, bool] = {}
         with self.engine.connect() as db:

@@ -35,6 +35,7 @@ from curation.published import dataset_uri, published_versions, read_manifest, v
 from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
 from curation.split import Splitter
+from curation.stopping import Stopped, stops_deferred
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
 from schemas.records import SOURCE_TYPE
 
@@ -753,7 +754,14 @@ class DatasetWriter:
             with contextlib.suppress(Exception):
                 self.fs.delete_dir(target)
             raise
-        before_visible()
+        try:
+            before_visible()
+        except Stopped:
+            # Stopped (SIGTERM) with every copy made: taken away as when stopped while copying. Not when the
+            # lock was lost (LockLost): the run that took over may be publishing this number now.
+            with stops_deferred(), contextlib.suppress(Exception):
+                self.fs.delete_dir(target)
+            raise
         with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
             out.write(manifest_body)
 

@@ -447,14 +447,29 @@ def test_a_boolean_label_is_one_label_whether_its_column_mixes_types_or_not(work
     assert labels["train"]["true"] + labels["validation"]["true"] == 20
 
 
-def test_a_boolean_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> None:
-    # Releases before 2026-11-26 wrote a boolean group key as Python does (True); it is "true" now. Looked up
-    # only by its new text, the group was placed again, and its new records could land on the other side
-    # of the version that carries its old ones.
+def test_a_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> None:
+    # Releases before 2026-11-26 keyed a boolean group as Python writes it (True) and an object as Python's
+    # repr of it; it is true and sorted JSON now. Looked up only by the new text, the group was placed
+    # again, and its new records could land on the other side of the version that carries its old ones.
+    from curation.split import Splitter
     from curation.state import StateStore
 
     state = StateStore(f"sqlite:///{tmp_path}/state.db")
-    state.record_group_sides("d", {"True": True, "False": False, "acme": True}, start_over=False)
-    assert state.group_sides("d", ["true", "false", "acme", "other"]) == {"true": True, "false": False, "acme": True}
-    state.record_group_sides("d", {"true": False}, start_over=False)  # placed by this release: its own text wins
-    assert state.group_sides("d", ["true"]) == {"true": False}
+    earlier = ["True", "False", "{'id': 7, 'name': 'Acme'}", "[1, 'a']", "walk-in"]
+    state.record_group_sides("d", {f"g\x1f{key}": True for key in earlier}, start_over=False)
+
+    def sides(column: pa.Array) -> list[bool]:
+        splitter = Splitter(0.0, "seed", group_by="customer")  # nothing goes to validation unless placed there
+        splitter.known = lambda keys: state.group_sides("d", keys)
+        return splitter.assign(pa.table({"id": [f"r{n}" for n in range(len(column))], "customer": column})).to_pylist()
+
+    assert sides(pa.array([True, False, None])) == [True, True, False]
+    # As the shape stage carries an object or array: its JSON, keys sorted.
+    assert sides(pa.array(['{"id":7,"name":"Acme"}', '[1,"a"]', "walk-in", '{"id":8,"name":"Acme"}'])) == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    state.record_group_sides("d", {"g\x1ftrue": False}, start_over=False)  # placed by this release: it wins
+    assert sides(pa.array([True])) == [False]

@@ -282,6 +282,41 @@ def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.Mon
     assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
+def test_an_error_leaving_the_stage_carries_no_text_in_its_context_or_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error tracker (Sentry) reads an error's context and the locals of its traceback's frames: the
+    error withheld stayed attached as the context, and the frames it was raised in held the texts."""
+    import curation.stages.pii as pii_module
+    from curation.pii_engine import PiiTextError
+
+    def missed(*_: object) -> None:
+        raise KeyError("dana whitfield")  # as a lookup by a value would
+
+    def presidio_failed(_: object, texts: list[str], *__: object) -> None:
+        try:
+            raise ValueError(f"cannot parse {texts[0]}")  # as presidio's message would quote it
+        except ValueError:
+            raise PiiTextError(0, "ValueError") from None  # as the engine does: its context is that error
+
+    text = "Dana Whitfield wrote from dana@example.org"
+    for patch, call, said in (
+        ((pii_module, "_found_elsewhere", missed), lambda pii: pii(records([text])), "KeyError in missed"),
+        ((pii_module, "_found_elsewhere", missed), lambda pii: pii.scrub_texts([text]), "KeyError in missed"),
+        ((pii_module.PiiAnalyzer, "analyze", presidio_failed), lambda pii: pii(records([text])), "with ValueError"),
+    ):
+        with monkeypatch.context() as patched:
+            patched.setattr(*patch)
+            with pytest.raises(StageError) as error:
+                call(stage())
+        assert said in str(error.value) and "whitfield" not in str(error.value).lower()
+        assert error.value.__context__ is None and error.value.__cause__ is None
+        held = error.value.__traceback__
+        while held is not None:
+            if held.tb_frame.f_code.co_filename != __file__:  # the stage's frames, past this test's own
+                for name, value in held.tb_frame.f_locals.items():
+                    assert "whitfield" not in repr(value).lower(), (held.tb_frame.f_code.co_name, name)
+            held = held.tb_next
+
+
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
     prompts = [

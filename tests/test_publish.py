@@ -3,6 +3,7 @@ publishes a complete one."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,72 @@ def test_a_run_removes_the_spill_a_killed_run_left(workdir: Path) -> None:
     write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
     run_recipe(load_recipe(write_recipe(workdir, docs_recipe("in.jsonl"))), executor=LocalExecutor(str(spills)))
     assert sorted(path.name for path in spills.iterdir()) == sorted([running.name, elsewhere.name])
+
+
+_HOLDS_ITS_SPILL = """
+import sys
+from curation.executors import local
+from curation.pipeline import run_recipe
+from schemas.config import load_recipe
+
+write = local.Spill.write
+
+
+def held(self, batch):  # the run stops at the barrier, its spill on disk, until told to go on
+    write(self, batch)
+    print(self.prefix.parent, flush=True)
+    sys.stdin.readline()
+
+
+local.Spill.write = held
+run_recipe(load_recipe(sys.argv[1]), executor=local.LocalExecutor(sys.argv[2]), full_refresh=True)
+"""
+
+
+def test_a_run_keeps_the_spill_of_a_run_in_another_container_and_removes_a_killed_ones(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs in two containers sharing a temp volume and a host name: a pid means nothing across them. A
+    spill folder told by host and pid was taken for a killed run's and removed under the other run."""
+    import subprocess
+    import sys
+
+    from curation.executors import local
+
+    spills = workdir / "spills"
+    spills.mkdir()
+    (workdir / "other").mkdir()
+    write_jsonl(workdir / "other" / "in.jsonl", [{"text": "theirs"}, {"text": "theirs too"}])
+    theirs = write_recipe(workdir / "other", {**docs_recipe("in.jsonl"), "stages": [{"type": "exact_dedup"}]})
+
+    def start() -> tuple[subprocess.Popen, Path]:
+        other = subprocess.Popen(
+            [sys.executable, "-c", _HOLDS_ITS_SPILL, str(theirs), str(spills)],
+            cwd=workdir / "other",
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return other, Path(other.stdout.readline().strip())
+
+    write_jsonl(workdir / "in.jsonl", [{"text": "ours"}])
+    ours = load_recipe(write_recipe(workdir, {**docs_recipe("in.jsonl"), "stages": [{"type": "exact_dedup"}]}))
+    monkeypatch.setattr(local, "process_alive", lambda pid: False)  # as seen from the other container
+    other, held = start()
+    try:
+        run_recipe(ours, executor=LocalExecutor(str(spills)))
+        assert held.is_dir() and list(held.glob("*.arrow"))
+        other.communicate("\n", timeout=120)
+        assert other.returncode == 0  # its spill was there to read back
+    finally:
+        other.kill()
+    killed, left = start()
+    killed.kill()  # SIGKILL: its spill stays on disk
+    killed.wait()
+    assert list(left.glob("*.arrow"))
+    run_recipe(ours, executor=LocalExecutor(str(spills)))
+    assert not left.exists() and list(spills.iterdir()) == []
 
 
 def test_a_full_refresh_runs_when_the_latest_manifest_is_damaged(workdir: Path) -> None:

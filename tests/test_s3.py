@@ -117,6 +117,34 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     assert verify_checksums(f"s3://{bucket}/out/docs/v1", result.manifest) == []
 
 
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, stopped: bool
+) -> None:
+    """Stopped (SIGTERM) with every file copied into v1 but its manifest not yet written: the copies stayed
+    under v1/ until a later run published that number. A run whose lock was lost leaves them: the run
+    that took over may be publishing v1 now."""
+    import signal
+
+    from connectors.state import HeldLock, LockLost
+    from curation.stopping import Stopped
+
+    def confirm(_: HeldLock) -> None:  # the last step before the manifest
+        raise Stopped(signal.SIGTERM) if stopped else LockLost("taken over by another run")
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    monkeypatch.setattr(HeldLock, "confirm", confirm)
+    with pytest.raises(Stopped if stopped else LockLost):
+        run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert published_versions(f"s3://{bucket}/out", "docs") == []
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/v1/").get("Contents", [])]
+    if stopped:
+        assert left == []
+    else:
+        assert "out/docs/v1/train/part-00000.jsonl" in left
+
+
 def test_an_s3_landing_folder_emptied_once_taken_has_nothing_new(workdir: Path, bucket: str, aws_env: str) -> None:
     from connectors.storage import StorageError
 

@@ -9,6 +9,8 @@ once, and the spilled batches stream on without the rows it set aside.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -108,14 +110,13 @@ class LocalExecutor:
         on_input: Callable[[int], None] = lambda _: None,
     ) -> None:
         _remove_spills_of_ended_runs(self.spill_dir)
-        # Named by the process, so a run killed with its spill on disk (SIGKILL, the OOM killer) can be told.
-        with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid()), dir=self.spill_dir) as spill:
+        with _spill_folder(self.spill_dir) as spill:
             stream = self._read(sources, writer, tally, on_input)
             pending: list[Stage] = []
             for index, stage in enumerate(stages):
                 if isinstance(stage, GlobalStage) and not isinstance(stage, Stage):
                     stream = self._apply(stream, pending, writer, tally)
-                    stream = self._barrier(stream, stage, writer, tally, Spill(Path(spill) / str(index)))
+                    stream = self._barrier(stream, stage, writer, tally, Spill(spill / str(index)))
                     pending = []
                 else:
                     pending.append(stage)
@@ -196,20 +197,55 @@ class LocalExecutor:
 
 
 SPILL_PREFIX = "curation-spill-"
+_SPILL_LOCK = "lock"
 
 
-def _spill_prefix(pid: int) -> str:
-    return f"{SPILL_PREFIX}{socket.gethostname()}-{pid}-"
+@contextlib.contextmanager
+def _spill_folder(parent: str | None) -> Iterator[Path]:
+    """A new spill folder (a random name), with a lock file this run holds locked (``flock``) while it
+    uses the folder. The kernel lets the lock go when the process ends, however it ends (SIGKILL, the OOM
+    killer): a later run removes a folder whose lock it can take. Names alone cannot tell that: another
+    container sharing the temp volume and the host name runs its own pids."""
+    folder = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=parent))
+    handle, taking = tempfile.mkstemp(prefix=".locking-", dir=folder)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a volume without locks: no lock file, so no other run ever removes the folder
+            log.warning("the spill folder %s cannot be locked: a run killed while using it leaves it", folder)
+        else:
+            # In place only once locked: a run looking meanwhile finds no lock file and leaves the folder.
+            os.rename(taking, folder / _SPILL_LOCK)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # while still locked: no other run removes it at once
+        os.close(handle)
 
 
 def _remove_spills_of_ended_runs(folder: str | None) -> None:
-    """Remove the spill folders that runs on this host killed before they could (SIGKILL, the OOM killer)
-    left: each holds a copy of that run's input, and the next kill would add another."""
-    here = f"{SPILL_PREFIX}{socket.gethostname()}-"
-    for found in Path(folder or tempfile.gettempdir()).iterdir():
-        pid = found.name.removeprefix(here).split("-", 1)[0] if found.name.startswith(here) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+    """Remove the spill folders that runs killed before they could (SIGKILL, the OOM killer) left: each
+    holds a copy of that run's input, and the next kill would add another. A folder is a killed run's
+    when its lock can be taken (``_spill_folder``); one an earlier release named by host and pid, when
+    that pid on this host is not running."""
+    legacy = f"{SPILL_PREFIX}{socket.gethostname()}-"
+    for found in Path(folder or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*"):
+        try:
+            handle = os.open(found / _SPILL_LOCK, os.O_RDWR)  # writable: NFS locks a file open for reading never
+        except FileNotFoundError:
+            pid = found.name.removeprefix(legacy).split("-", 1)[0] if found.name.startswith(legacy) else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                shutil.rmtree(found, ignore_errors=True)
+            continue
+        except OSError:  # not a folder, or not ours to open
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live run's (or a volume without locks: nothing is known)
+            continue
+        else:
             shutil.rmtree(found, ignore_errors=True)
+        finally:
+            os.close(handle)
 
 
 class Spill:

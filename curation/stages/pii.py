@@ -16,7 +16,7 @@ set-aside details and errors name fields and entity types, never the text.
 from __future__ import annotations
 
 import bisect
-import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -27,7 +27,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, ParamSpec, TypeVar
 
 import pyarrow as pa
 
@@ -40,6 +40,8 @@ from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, location, set_aside_rows
 
 log = logging.getLogger("curation.stages.pii")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # The free-text fields of each record kind, scanned when the recipe does not list fields.
 DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -85,21 +87,39 @@ def resolve_overlaps(detections: list[Detection]) -> list[Detection]:
     return spans
 
 
-@contextlib.contextmanager
-def _messages_withheld() -> Iterator[None]:
+def _messages_withheld(method: Callable[P, R]) -> Callable[P, R]:
     """An unexpected error in the stage (a bug) is named by its type and place, not its message: a
     message here can quote the text (a KeyError holds the key it missed), and values never reach a
-    log or the terminal."""
-    try:
-        yield
-    except (StageError, RecipeError, PiiEngineError):  # ours: they name fields and rules, never values
-        raise
-    except Exception as error:
-        frame = traceback.extract_tb(error.__traceback__)[-1]
-        raise StageError(
-            f"the pii stage failed: {type(error).__name__} in {frame.name} ({Path(frame.filename).name} line "
-            f"{frame.lineno}); its message is withheld: it can quote the text"
-        ) from None
+    log or the terminal. No error leaves the stage with an earlier one attached (``__context__``) or
+    the frames it was raised in: an error tracker (Sentry) reads both, and their messages and locals
+    hold the texts."""
+
+    @functools.wraps(method)
+    def withheld(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (StageError, RecipeError, PiiEngineError) as error:  # ours: they name fields and rules, never values
+            failure: Exception = error
+        except Exception as error:
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            failure = StageError(
+                f"the pii stage failed: {type(error).__name__} in {frame.name} ({Path(frame.filename).name} line "
+                f"{frame.lineno}); its message is withheld: it can quote the text"
+            )
+            _forget(error)
+        _forget(failure)
+        del args, kwargs  # the batch or texts, in this frame, which the raise puts in the traceback
+        raise failure  # outside the handlers, so the error handled is not attached as its context
+
+    return withheld
+
+
+def _forget(error: BaseException) -> None:
+    """Drop what ``error`` holds of the texts: the frames it was raised in (their locals cleared, for
+    whatever else holds them) and the errors it was raised during or from."""
+    if error.__traceback__ is not None:
+        traceback.clear_frames(error.__traceback__)
+    error.__traceback__ = error.__context__ = error.__cause__ = None
 
 
 class Echo(NamedTuple):
@@ -551,9 +571,9 @@ class PiiRedaction:
         except PiiEngineError as error:
             raise PiiSettingError(str(error)) from None
 
+    @_messages_withheld
     def __call__(self, batch: pa.Table) -> StageResult:
-        with _messages_withheld():
-            return self._redact_batch(batch)
+        return self._redact_batch(batch)
 
     def _redact_batch(self, batch: pa.Table) -> StageResult:
         for name in self.fields:
@@ -662,9 +682,9 @@ class PiiRedaction:
         """``detections`` less those of a value the recipe allows (``allow``) or a format's name."""
         return [det for det in detections if text[det[1] : det[2]].casefold() not in self.allowed]
 
+    @_messages_withheld
     def scrub_set_aside(self, table: pa.Table) -> pa.Table:
-        with _messages_withheld():
-            return self._scrub_set_aside(table)
+        return self._scrub_set_aside(table)
 
     def _scrub_set_aside(self, table: pa.Table) -> pa.Table:
         """Set-aside rows with PII redacted from their raw input and detail, before they are published.
@@ -695,9 +715,9 @@ class PiiRedaction:
         table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
+    @_messages_withheld
     def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
-        with _messages_withheld():
-            return self._scrub_texts(values, records)
+        return self._scrub_texts(values, records)
 
     def _scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
