@@ -620,8 +620,10 @@ def _run_locked(
         rejected_keys.update(_content_keys_of(recipe, run_stages.with_index, met))
 
         def visible_next(version: int) -> None:
-            raise_if_stopped()  # the last moment a stopped run publishes nothing, whatever the executor
             lock.confirm()  # taken over while this run went on (not renewed for a lease): the other run publishes
+            # The last moment a stopped run publishes nothing, whatever the executor; after the lock is
+            # confirmed, as a stop takes the copies under vN/ away and a run that lost it must leave them.
+            raise_if_stopped()
             state.run_publishing(writer.run_id, version)
             publishing.append(version)
             held.hold()
