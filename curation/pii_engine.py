@@ -307,13 +307,17 @@ def _analyze_here(
     entities = list(spec.entities)
     found = []
     for index, (text, nlp_artifacts) in enumerate(zip(texts, artifacts, strict=True)):
+        failed = None
         try:
             results = analyzer.analyze(
                 text, LANGUAGE, entities=entities, nlp_artifacts=nlp_artifacts, score_threshold=threshold
             )
         except Exception as error:
-            # Presidio's messages can quote the text: keep only the type and which text it was.
-            raise PiiTextError(index, type(error).__name__) from None
+            failed = type(error).__name__
+        if failed is not None:
+            # Presidio's messages can quote the text: keep only the type and which text it was, and
+            # raise outside the handler, so the error does not carry presidio's as its context.
+            raise PiiTextError(index, failed)
         found.append([(r.entity_type, r.start, r.end, float(r.score)) for r in results])
     return found
 

@@ -317,6 +317,29 @@ def test_an_error_leaving_the_stage_carries_no_text_in_its_context_or_frames(mon
             held = held.tb_next
 
 
+def test_the_engines_error_for_a_text_presidio_failed_on_carries_not_presidios(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine names the text by its place only; presidio's own error, whose message can quote the
+    text, is not attached as its context (for any caller of the engine, not only the stage)."""
+    from presidio_analyzer import AnalyzerEngine
+
+    from curation.pii_engine import PiiTextError
+
+    analyze = AnalyzerEngine.analyze
+
+    def failed(engine: AnalyzerEngine, text: str, *args: object, **kwargs: object) -> object:
+        if "Dana" in text:
+            raise ValueError(f"cannot parse {text}")
+        return analyze(engine, text, *args, **kwargs)
+
+    monkeypatch.setattr(AnalyzerEngine, "analyze", failed)
+    with pytest.raises(PiiTextError) as error:
+        stage().analyzer.analyze(["a fine text", "Dana Whitfield wrote"], 0.3)
+    assert error.value.index == 1 and "whitfield" not in str(error.value).lower()
+    assert error.value.__context__ is None and error.value.__cause__ is None
+
+
 def test_pseudonyms_are_consistent_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
     prompts = [
