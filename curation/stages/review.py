@@ -93,6 +93,8 @@ class ReviewDecisions:
             inner = getattr(stage, "inner", stage)
             if hasattr(inner, "kept_apart"):
                 inner.kept_apart = frozenset(self.decisions.kept_apart)
+            if hasattr(stage, "kept_from"):  # a cross-run stage asks again about what replaces a kept record
+                stage.kept_from = self.decisions.kept_from
 
     def _kept_apart(self, batch: pa.Table) -> dict[str, int]:
         """How many of the batch's records have a "not a duplicate" decision in force."""
