@@ -497,6 +497,12 @@ def not_pii_in_force(engine: sa.Engine, item_id: int) -> set[tuple[str, int, int
     return {(name, int(start), int(end)) for name, start, end in after.get("not_pii", [])}
 
 
+def fields_in_force(engine: sa.Engine, item_id: int) -> dict[str, str]:
+    """The field values the decisions in force on an item set (its edits, as typed)."""
+    current = _in_force_for_item(engine, item_id)
+    return dict(json.loads(current["after"]).get("fields", {})) if current else {}
+
+
 def _all_redactions(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every redaction of a PII flag's field (a flag written before they were kept: its uncertain
     spans, when they are all of them); None when the flag cannot say."""
