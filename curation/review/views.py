@@ -83,6 +83,7 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
     if item["kind"] == "pii":
         spans = payload.get("spans", [])
         view["field"] = payload.get("field")
+        view["thumbnail"] = payload.get("thumbnail")  # a VQA record's image, as published
         view["entities"] = [
             {"entity": s["entity"], "score": s["score"], "placeholder": s.get("placeholder", "")} for s in spans
         ]
