@@ -158,7 +158,9 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             stages.extend(quality_stages(config, kind, frozenset(review.decisions.kept_apart)))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
-            stages[-1] = CrossRunDedup(stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe))
+            stages[-1] = CrossRunDedup(
+                stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe), review.decisions.kept_from
+            )
             across_runs.append(stages[-1])
     recorded: list[CrossRunDedup | ContentKeys] = list(across_runs)
     if not stores_content_keys(stages, kind):

@@ -668,3 +668,45 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision
     assert [Path(i.uri).name for i in v3.manifest.inputs] == ["a.jsonl", "b.jsonl"]
     assert v3.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
     assert item.record_id not in lines_by_id(Path(v3.version_uri)) and len(outputs(Path(v3.version_uri))) == 4
+
+
+def test_a_record_kept_apart_then_corrected_in_its_input_is_queued_to_be_marked_again(workdir: Path) -> None:
+    # "Not a duplicate" is decided on a record id; a corrected input line is a new record, which the next
+    # scheduled run sets aside as an earlier version of the record the annotator kept it apart from.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updatd."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    v1 = run(workdir, spec)
+    assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate": 1}
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+
+    def near_duplicates() -> list[Any]:
+        with engine.connect() as db:
+            query = sa.select(review_items).where(review_items.c.kind == "near_duplicate")
+            return db.execute(query.order_by(review_items.c.item_id)).all()
+
+    (first,) = near_duplicates()
+    dec.decide(engine, first.item_id, "rita", "keep")
+    v2 = run(workdir, spec)
+    assert first.record_id in lines_by_id(Path(v2.version_uri))
+
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])  # the typo corrected
+    v3 = run(workdir, spec)
+    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # Set aside beside the record it was kept apart from, and asked again: the annotator sees both texts.
+    assert len(near_duplicates()) == 2
+    again = near_duplicates()[1]
+    assert again.record_id != first.record_id and again.status == "open" and again.version == 3
+    payload, before = json.loads(again.payload), json.loads(first.payload)
+    assert payload["kept"]["id"] == before["kept"]["id"] and payload["kept"]["text"] == before["kept"]["text"]
+    assert payload["member"]["fields"]["completion"] == "Done, updated."
+    assert payload["similarity"] is not None and payload["similarity"] >= 0.7
+
+    dec.decide(engine, again.item_id, "rita", "keep")
+    v4 = run(workdir, spec)
+    published = lines_by_id(Path(v4.version_uri))
+    assert again.record_id in published and first.record_id not in published and len(published) == 5
+    assert "Done, updated." in json.dumps(published[again.record_id])
+    assert "duplicate" not in v4.manifest.counts.reasons
+    engine.dispose()

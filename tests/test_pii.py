@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -1244,3 +1245,32 @@ def test_a_pii_setting_found_wrong_as_the_stage_is_built_names_the_stage(tmp_pat
     spec += f"state: sqlite:///{tmp_path}/state.db\nstages:\n  - type: exact_dedup\n  - type: pii\n    entities: [PERSONN]\n"
     with pytest.raises(PiiSettingError, match=r"^stages\.1 \(pii\): no recognizer finds \['PERSONN'\]"):
         build_stages(parse_recipe(spec))
+
+
+def test_a_pii_item_of_a_vqa_record_shows_its_image_as_published() -> None:
+    from PIL import Image
+
+    from curation.review.auth import User
+    from curation.review.views import item_view
+
+    picture = io.BytesIO()
+    Image.new("RGB", (640, 320), "teal").save(picture, format="PNG")
+    batch = pa.table(
+        {
+            "id": ["v0"],
+            "source": source_array("images", "mem://images.jsonl", [1]),
+            "image": ["chart.png"],
+            "question": ["Reach me at 212-555-0187: which bar is tallest?"],  # an uncertain phone number
+            "answer": ["the blue one"],
+            "image_bytes": pa.array([picture.getvalue()], pa.binary()),
+        }
+    )
+    config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID]})
+    (flag,) = PiiRedaction(config, "vqa")(batch).flags.to_pylist()
+    shown = json.loads(flag["payload"])["thumbnail"]
+    assert shown.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1]))) as image:
+        assert image.size == (480, 240)  # the page's size, rebuilt from the pixels
+    item = {**flag, "item_id": 1, "record_id": "v0", "source": json.dumps(flag["source"])}
+    for user in (User("rita", "reviewer"), User("pia", "pii-reviewer")):
+        assert item_view(item, user)["thumbnail"] == shown

@@ -169,6 +169,44 @@ def test_a_near_duplicate_can_be_marked_not_a_duplicate_with_the_key_and_undone(
     assert actions[-1] == ("pia", "keep", True)
 
 
+def test_a_kept_item_offers_no_second_keep_and_its_editor_starts_from_the_edit_in_force(
+    base: str, browser: Browser, seeded: Seeded
+) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    (item,) = list_items(engine, dataset="support", kind="near_duplicate")
+    page = sign_in(browser, base, "pia")
+    page.goto(f"{base}/items/{item['item_id']}")
+    page.click("#keep")
+    page.goto(f"{base}/items/{item['item_id']}")
+    # Already marked: the page says so, and offers no button (nor key) to mark it again.
+    expect(page.locator("#status")).to_have_text("kept")
+    expect(page.locator("#kept-note")).to_contain_text("not a duplicate")
+    expect(page.locator("#keep")).to_have_count(0)
+    page.keyboard.press("d")
+    expect(page.locator("#status")).to_have_text("kept")
+
+    # An edit after the keep: the editor starts from it when the annotator comes back, so saving the
+    # box as shown changes nothing and a further edit does not lose it.
+    page.select_option("#edit-field", "completion")
+    page.fill("#edit-value", "Use the reset link on the sign-in page, then sign in again.")
+    page.click("#save-edit")
+    page.goto(f"{base}/items/{item['item_id']}")
+    expect(page.locator("#edit-value")).to_have_value("Use the reset link on the sign-in page, then sign in again.")
+    page.click("#save-edit")
+    expect(page.locator("p[role=alert]")).to_contain_text("at least one changed field")
+    # A keep posted anyway (a second tab) takes no decision: it would set aside the edit made after it.
+    page.goto(f"{base}/items/{item['item_id']}")
+    csrf = page.locator("#undo-form input[name=csrf_token]").get_attribute("value")
+    page.request.post(f"{base}/items/{item['item_id']}/decide", form={"csrf_token": csrf, "action": "keep"})
+    record = item["record_id"]
+    assert [d["action"] for d in dec.history(engine, item["item_id"]) if d["user"] == "pia"][-2:] == ["keep", "edit"]
+    decisions = dec.run_decisions(engine, "support")
+    assert record in decisions.kept_apart
+    assert decisions.edits[record] == {"completion": "Use the reset link on the sign-in page, then sign in again."}
+    while dec.undo_last(engine, "pia") is not None:  # leave the queue as the other tests found it
+        pass
+
+
 def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:
     page = sign_in(browser, base, "rita")
     page.goto(f"{base}/datasets/support/v1")

@@ -281,3 +281,49 @@ def test_stage_filters_the_content_of_rejected_records_but_not_a_copy_an_annotat
         "r": content_keys(batch(["r"], ["Who pays?"]), "instruction")[0].as_py()
     }
     assert ReviewDecisions(decisions)(batch(["c3"], ["Who pays?"])).kept.num_rows == 1  # without the kind: ids only
+
+
+def test_an_edit_starts_from_the_edit_in_force_where_the_role_sees_the_text_raw(tmp_path: Path) -> None:
+    from curation.review.auth import User
+    from curation.review.views import item_view
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    member = {"id": "b", "text": "Ask Dana.", "fields": {"completion": "Ask Dana."}}
+    payload = {"kept": {"id": "a", "text": "Ask Dana!"}, "member": member, "similarity": 0.9}
+    redacted = {**member, "published_text": "Ask <PERSON>.", "published_fields": {"completion": "Ask <PERSON>."}}
+    flags = [
+        flag("b", "near_duplicate", json.dumps(payload)),
+        flag("c", "near_duplicate", json.dumps({**payload, "member": {**redacted, "id": "c"}})),
+    ]
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    for item in (1, 2):
+        dec.decide(engine, item, "pia", "edit", dec.Edit(fields={"completion": "Ask Dana Smith."}))
+
+    def shown(item: int, user: User) -> dict:
+        return item_view(dec.get_item(engine, item), user, edited=dec.fields_in_force(engine, item))
+
+    assert shown(1, User("rita", "reviewer"))["edit_values"] == {"completion": "Ask Dana Smith."}
+    assert shown(2, User("pia", "pii-reviewer"))["edit_values"] == {"completion": "Ask Dana Smith."}
+    # A role shown the texts redacted is not shown an edit, typed raw: told it is in force instead.
+    view = shown(2, User("rita", "reviewer"))
+    assert view["edit_values"] == {"completion": "Ask <PERSON>."} and view["edit_hidden"] == ["completion"]
+
+
+def test_a_label_studio_export_leaves_spans_marked_not_pii_in_clear(tmp_path: Path) -> None:
+    from curation.review.labelstudio import export_tasks
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    spans = [
+        {"start": 4, "end": 8, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"},
+        {"start": 15, "end": 23, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"},
+    ]
+    payload = {"field": "completion", "original": "Ask Dana under Settings, Plan.", "spans": spans}
+    payload.update(redacted="Ask <PERSON> under <PERSON>, Plan.", redactions=spans)
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", json.dumps(payload))], schema=FLAG_SCHEMA))
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[("completion", 15, 23)]))  # Settings is no name
+    # Redacted, the text is as the next run publishes it (as the page shows a reviewer).
+    (task,) = export_tasks(engine)
+    assert task["data"]["text"] == "Ask <PERSON> under Settings, Plan."
+    # Raw, only the spans still redacted are predicted as PII.
+    (task,) = export_tasks(engine, include_pii=True)
+    assert [r["value"]["text"] for r in task["predictions"][0]["result"]] == ["Dana"]

@@ -210,7 +210,7 @@ def create_app(
         filters = _filters(request)
         siblings = _item_ids(engine, filters) or [item_id]
         index = siblings.index(item_id) if item_id in siblings else -1
-        view = item_view(row, user, dec.not_pii_in_force(engine, item_id))
+        view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
         return render(
             request,
             "item.html",
@@ -237,8 +237,13 @@ def create_app(
         action = str(form.get("action", ""))
         edit = None
         if action == "edit":
-            view = item_view(row, user, dec.not_pii_in_force(engine, item_id))
+            view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
+        if action == "keep" and dec.holds_already(engine, item_id, action):
+            # Taken again, a keep would set aside the edits made after the one in force (see ``in_force``).
+            request.session["message"] = f"item {item_id}: already marked not a duplicate"
+            query = str(form.get("query", ""))
+            return RedirectResponse(f"/items/{item_id}?{query}" if query else f"/items/{item_id}", status_code=303)
         try:
             dec.decide(engine, item_id, user.name, action, edit)
         except dec.DecisionError as error:

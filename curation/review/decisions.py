@@ -295,6 +295,9 @@ class RunDecisions:
     # "Not a duplicate": records a near-duplicate stage must not set aside (``keep_first``); the others of
     # their cluster keep the record they kept.
     kept_apart: set[str] = field(default_factory=set)
+    # The records they were kept apart from (each one's side of the item: id, text, uri, thumbnail): a
+    # later record set aside as an earlier version of one of these is queued again (``CrossRunDedup``).
+    kept_from: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.rejected or self.edits or self.undone or self.kept_apart)
@@ -406,6 +409,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     compares with) as the review stage and carry-forward need them (later edits win per field)."""
     result = RunDecisions()
     not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII
+    not_duplicates: list[int] = []  # items marked not a duplicate
     for decision in active_decisions(engine, dataset, as_of):
         record = decision["record_id"]
         if decision["action"] == "reject":
@@ -413,6 +417,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         elif decision["action"] in ("edit", "keep"):
             if decision["action"] == "keep":
                 result.kept_apart.add(record)
+                not_duplicates.append(decision["item_id"])
             after = json.loads(decision["after"])
             if after.get("fields"):
                 result.edits.setdefault(record, {}).update(after["fields"])
@@ -433,10 +438,12 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         kept = {span for span in result.undone.pop(record, set()) if span[0] not in fields}
         if kept:
             result.undone[record] = kept
+    payloads = _payloads(engine, [*not_pii, *not_duplicates])
+    for item_id in not_duplicates:
+        side = json.loads(payloads.get(item_id) or "{}").get("kept") or {}
+        if side.get("id"):
+            result.kept_from[side["id"]] = {k: v for k, v in side.items() if k != "published_text"}
     if not_pii:
-        with engine.connect() as db:
-            query = sa.select(review_items.c.item_id, review_items.c.payload)
-            payloads = dict(db.execute(query.where(review_items.c.item_id.in_(not_pii))).all())
         for item_id, (record, spans) in not_pii.items():
             payload = json.loads(payloads.get(item_id) or "{}")
             edited = result.edits.get(record, {})
@@ -460,6 +467,16 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     return result
 
 
+def _payloads(engine: sa.Engine, item_ids: list[int]) -> dict[int, str | None]:
+    """The payload of each of these items."""
+    found: dict[int, str | None] = {}
+    with engine.connect() as db:
+        for start in range(0, len(item_ids), 500):  # under every database's limit on bound parameters
+            query = sa.select(review_items.c.item_id, review_items.c.payload)
+            found.update(db.execute(query.where(review_items.c.item_id.in_(item_ids[start : start + 500]))).all())
+    return found
+
+
 def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str | None:
     """A PII flag's field as published, but with the spans in ``not_pii`` left as they were.
 
@@ -478,6 +495,12 @@ def not_pii_in_force(engine: sa.Engine, item_id: int) -> set[tuple[str, int, int
     current = _in_force_for_item(engine, item_id)
     after = json.loads(current["after"]) if current else {}
     return {(name, int(start), int(end)) for name, start, end in after.get("not_pii", [])}
+
+
+def fields_in_force(engine: sa.Engine, item_id: int) -> dict[str, str]:
+    """The field values the decisions in force on an item set (its edits, as typed)."""
+    current = _in_force_for_item(engine, item_id)
+    return dict(json.loads(current["after"]).get("fields", {})) if current else {}
 
 
 def _all_redactions(payload: dict[str, Any]) -> list[dict[str, Any]] | None:

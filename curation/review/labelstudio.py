@@ -74,7 +74,9 @@ def label_config(kind: str, tasks: list[dict[str, Any]], entities: Iterable[str]
     return LABEL_CONFIGS[kind].replace("{labels}", labels)
 
 
-def _task(item: dict[str, Any], include_pii: bool) -> dict[str, Any]:
+def _task(item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, int]]) -> dict[str, Any]:
+    """``not_pii``: the spans of a PII item the decisions in force mark not PII, which the next run
+    publishes in clear: in the text exported redacted, and not predicted as PII in the raw text."""
     payload = json.loads(item["payload"] or "{}")
     data: dict[str, Any] = {
         "item_id": item["item_id"],
@@ -108,11 +110,14 @@ def _task(item: dict[str, Any], include_pii: bool) -> dict[str, Any]:
                             "score": span["score"],
                         }
                         for index, span in enumerate(payload.get("spans", []))
+                        if (payload.get("field"), span["start"], span["end"]) not in not_pii
                     ],
                 }
             ]
         else:
-            data["text"] = payload.get("redacted", "")
+            places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
+            shown = dec.restored_text(payload, places) if places else None  # as the page shows a reviewer
+            data["text"] = payload.get("redacted", "") if shown is None else shown
     elif item["kind"] == "near_duplicate":
         # Texts taken before the recipe's PII stage have their redacted form beside them.
         text = "text" if include_pii else "published_text"
@@ -141,7 +146,11 @@ def export_tasks(
         if value is not None:
             query = query.where(review_items.c[name] == value)
     with engine.connect() as db:
-        return [_task(dict(row._mapping), include_pii) for row in db.execute(query)]
+        rows = [dict(row._mapping) for row in db.execute(query)]
+    return [
+        _task(row, include_pii, dec.not_pii_in_force(engine, row["item_id"]) if row["kind"] == "pii" else set())
+        for row in rows
+    ]
 
 
 class LabelStudioError(ValueError):

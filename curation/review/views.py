@@ -55,15 +55,35 @@ def word_diff(kept: str, member: str) -> tuple[list[Segment], list[Segment]]:
     return left, right
 
 
-def item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, int, int]] = ()) -> dict[str, Any]:
+def item_view(
+    item: dict[str, Any],
+    user: User,
+    not_pii: Iterable[tuple[str, int, int]] = (),
+    edited: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The template context for one item; raw PII only for users whose role may see it. ``not_pii``:
     the spans of a PII item that the decisions in force mark not PII, shown in clear to every role
-    (the next run publishes them so)."""
+    (the next run publishes them so). ``edited``: the field values the edits in force set, which an
+    edit starts from (what the next run publishes), for a role that sees the item's texts raw."""
+    view = _item_view(item, user, not_pii)
+    if edited:
+        # An edit is stored as typed: a pii-reviewer's may hold raw PII, so a role shown the texts
+        # redacted is told that one is in force, not shown it.
+        raw = {"pii": user.sees_pii, "near_duplicate": not view.get("redacted")}.get(item["kind"], True)
+        if raw:
+            view["edit_values"] = {**view["edit_values"], **edited}
+        else:
+            view["edit_hidden"] = sorted(edited)
+    return view
+
+
+def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
     payload = json.loads(item["payload"] or "{}")
     view: dict[str, Any] = {"kind": item["kind"], "detail": item["detail"], "source": json.loads(item["source"])}
     if item["kind"] == "pii":
         spans = payload.get("spans", [])
         view["field"] = payload.get("field")
+        view["thumbnail"] = payload.get("thumbnail")  # a VQA record's image, as published
         view["entities"] = [
             {"entity": s["entity"], "score": s["score"], "placeholder": s.get("placeholder", "")} for s in spans
         ]

@@ -338,6 +338,7 @@ class CrossRunDedup:
         index: SignatureIndex,
         replaces_own: bool = True,
         keyed_uris: frozenset[str] = frozenset(),
+        kept_from: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         # ``replaces_own``: versions carry forward, so a record written again replaces its published
         # copy. Delta versions (carry_forward: false) hold each record once: there only a row whose id
@@ -348,6 +349,9 @@ class CrossRunDedup:
         self.name, self.reason = inner.name, inner.reason
         self.params = signature_params(inner)
         self.column = f"{SIGNATURE_COLUMN_PREFIX}{self.name}"
+        # Records annotators kept another apart from, with their side of that item (``RunDecisions.kept_from``):
+        # a record set aside as an earlier version of one is queued again (``review_flags``).
+        self.kept_from = kept_from or {}
 
     @property
     def loads_by_key(self) -> bool:
@@ -436,8 +440,43 @@ class CrossRunDedup:
         return aside
 
     def review_flags(self, dropped: pa.Table, signatures: list[pa.Table], batches: Iterable[pa.Table]) -> pa.Table:
+        """The inner stage's flags (its own reason), and a near-duplicate flag for each record set aside as
+        an earlier version of a record an annotator kept another apart from ("not a duplicate"): most
+        often that record corrected in its input, which made it a new record the decision does not name.
+        The annotator is asked again, beside the text the decision's item showed of the published record
+        (a scheduled run does not read it), rather than the decision being silently undone."""
         flags = getattr(self.inner, "review_flags", None)
-        return flags(dropped, signatures, batches) if flags is not None else empty_flags()
+        if flags is None:
+            return empty_flags()
+        again = dropped.filter(
+            pc.and_(
+                pc.equal(dropped["reason"], REASON),
+                pc.is_in(dropped["duplicate_of"], value_set=pa.array(sorted(self.kept_from), pa.string())),
+            )
+        )
+        if again.num_rows == 0 or isinstance(self.inner, ExactDedup):
+            return flags(dropped, signatures, batches)
+        index = again.schema.get_field_index("reason")
+        again = again.set_column(index, again.field(index), pa.array([self.reason] * again.num_rows, pa.string()))
+        published = self._published_signatures(again["duplicate_of"], signatures[0].schema if signatures else None)
+        found = flags(pa.concat_tables([dropped, again]), [*signatures, *published], batches)
+        asked = set(again["id"].to_pylist())
+        payloads = found["payload"].to_pylist()
+        for row, record in enumerate(found["id"].to_pylist()):
+            if record in asked:
+                payload = json.loads(payloads[row])
+                payload["kept"] = {**payload["kept"], **self.kept_from[payload["kept"]["id"]]}
+                payloads[row] = json.dumps(payload)
+        return found.set_column(found.schema.get_field_index("payload"), "payload", pa.array(payloads, pa.string()))
+
+    def _published_signatures(self, ids: pa.Array, schema: pa.Schema | None) -> list[pa.Table]:
+        """The published signature rows of ``ids``, under their own ids (for the flags' similarity)."""
+        published = self.index.load(self.name, self.params) if schema is not None else None
+        if published is None:
+            return []
+        original = pc.struct_field(pc.extract_regex(published["id"], _PUBLISHED_ID), "original")
+        rows = published.set_column(0, "id", original).filter(pc.is_in(original, value_set=pc.unique(ids)))
+        return [rows.select(schema.names).cast(schema)]
 
 
 class SignatureRecorder:

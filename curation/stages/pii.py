@@ -61,6 +61,18 @@ _QUOTING_STAGES = frozenset({"read", "shape"})
 _FORMAT_NAMES = frozenset({"json", "jsonl", "ndjson", "csv", "tsv", "utf-8", "utf-16", "parquet", "arrow", "html"})
 
 
+def _with_pictures(flagged: list[tuple[int, dict]], images: pa.ChunkedArray) -> None:
+    """Give the flags of records with an image (VQA) that image as the review page shows it
+    (``thumbnail``): as published, after this stage's own redaction of text in it (``ocr``), so
+    every role may see it, as every role sees the published text."""
+    from curation.stages.neardup import thumbnail
+
+    for row, flag in flagged:
+        picture = thumbnail(images[row].as_py())
+        if picture:
+            flag["payload"] = json.dumps({**json.loads(flag["payload"]), "thumbnail": picture})
+
+
 class PiiSettingError(StageError, RecipeError):
     """The stage's settings cannot work (no fields, no key, model or tesseract missing): found when it
     is built, so `curation check` reports it as a recipe error and `curation run` before reading."""
@@ -665,7 +677,10 @@ class PiiRedaction:
             ]
         )
         # A dropped record is not published, so there is nothing left in it to review.
-        flag_rows = [flag for row, row_flags in sorted(flags.items()) if row not in out for flag in row_flags]
+        flagged = [(row, flag) for row, row_flags in sorted(flags.items()) if row not in out for flag in row_flags]
+        if "image_bytes" in batch.column_names:
+            _with_pictures(flagged, batch["image_bytes"])
+        flag_rows = [flag for _, flag in flagged]
         flag_table = pa.Table.from_pylist(flag_rows, schema=FLAG_SCHEMA)
         stats["review_flagged"] += flag_table.num_rows
         log.debug(
