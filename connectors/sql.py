@@ -57,6 +57,97 @@ class SqlSourceError(StorageError):
     """The database cannot be reached or the table/query cannot be read; the message names it."""
 
 
+class Unreadable:
+    """A PostgreSQL date or time no Python type holds ('infinity', '-infinity', a year past 9999 or before 1,
+    24:00, an interval past 999,999,999 days), as its text: psycopg raised converting it, which failed the
+    run naming neither the row nor the column; its row is set aside instead (``unreadable_columns``)."""
+
+    __slots__ = ("oid", "text")
+    # How many were made, ever: a read searches its batches for them only once this moved since it began
+    # (a search of every value costs more than building the batch's table). From then on it searches each
+    # batch: rows are converted as they are fetched, those of the next batch too.
+    made = 0
+
+    def __init__(self, text: str, oid: int) -> None:
+        self.text, self.oid = text, oid
+        Unreadable.made += 1
+
+    def __str__(self) -> str:  # a key's text, a row's content: PostgreSQL's own
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and (other.text, other.oid) == (self.text, self.oid)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.oid))
+
+
+_MOMENT_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz", "interval")
+
+
+def _lenient_moments(connection: Any, _record: Any = None) -> None:
+    """Have a psycopg connection give a date or time it cannot convert as ``Unreadable``, elements of an array
+    too, and bind one as its text (a key asked for in ``_check_keys_elsewhere``)."""
+    import psycopg
+    from psycopg.adapt import Dumper, Loader
+    from psycopg.pq import Format
+
+    adapters = connection.adapters
+    for name in _MOMENT_TYPES:
+        oid = adapters.types[name].oid
+        own = adapters.get_loader(oid, Format.TEXT)  # psycopg's C loader, which cannot be subclassed
+
+        class Lenient(Loader):
+            loader = own
+
+            def __init__(self, oid: int, context: Any = None) -> None:
+                super().__init__(oid, context)
+                self._own = self.loader(oid, context)
+
+            def load(self, data: Any) -> Any:
+                try:
+                    return self._own.load(data)
+                except psycopg.DataError:
+                    return Unreadable(bytes(data).decode(), self.oid)
+
+        adapters.register_loader(oid, Lenient)
+
+    class AsText(Dumper):
+        def dump(self, obj: Unreadable) -> bytes:
+            return obj.text.encode()
+
+        def get_key(self, obj: Unreadable, format: Any) -> Any:
+            return (Unreadable, obj.oid)
+
+        def upgrade(self, obj: Unreadable, format: Any) -> Dumper:
+            dumper = AsText(Unreadable, self.connection)
+            dumper.oid = obj.oid  # the value's own type: PostgreSQL compares it as that type
+            return dumper
+
+    adapters.register_dumper(Unreadable, AsText)
+
+
+def unreadable_columns(columns: Sequence[str], rows: Sequence[Sequence[Any]], made: int) -> list[list[str]]:
+    """Per row, the columns holding an ``Unreadable`` value (in an array too), an empty list for none;
+    ``made`` is ``Unreadable.made`` when the read began."""
+    if Unreadable.made == made:
+        return [[]] * len(rows)
+    return [[name for name, value in zip(columns, row, strict=True) if _holds_unreadable(value)] for row in rows]
+
+
+def _columns_named(names: list[str]) -> str:
+    return f"column {names[0]!r} holds" if len(names) == 1 else f"columns {', '.join(map(repr, names))} hold"
+
+
+def _holds_unreadable(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_holds_unreadable(item) for item in value)
+    return isinstance(value, Unreadable)
+
+
 def safe_url(url: str) -> str:
     """The URL with its password masked: fit for logs, manifests and record sources."""
     return sa.engine.make_url(url).render_as_string(hide_password=True)
@@ -182,7 +273,7 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
 def _no_value(value: Any) -> bool:
     """NULL, or NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal
     NaN does not compare at all): no place in the cursor's order."""
-    return value is None or (isinstance(value, float | Decimal) and value != value)
+    return value is None or isinstance(value, Unreadable) or (isinstance(value, float | Decimal) and value != value)
 
 
 # The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
@@ -319,10 +410,11 @@ class SqlSourceReader:
     def _fingerprint(self) -> str:
         if self._held_now is None:
             fingerprint = Fingerprint()
+            made = Unreadable.made
             result = self._result()
             columns = next(result)
             for rows in result:
-                fingerprint.add(row_contents(own_scales(arrow_table(columns, rows), rows)))
+                fingerprint.add(self._contents(columns, rows, unreadable_columns(columns, rows, made))[1])
             self._held_now = str(fingerprint)
         return self._held_now
 
@@ -353,6 +445,8 @@ class SqlSourceReader:
             engine = sa.create_engine(self.config.url)
         except (sa.exc.SQLAlchemyError, ImportError) as error:  # no such dialect, or its driver not installed
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
+        if engine.dialect.driver == "psycopg":
+            sa.event.listen(engine, "connect", _lenient_moments)
         try:
             with engine.connect() as db:
                 self._db = db  # for ``_check_keys_elsewhere``, asked between batches
@@ -572,6 +666,49 @@ class SqlSourceReader:
                 f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
             ) from None
 
+    def _contents(
+        self, columns: list[str], rows: Sequence[Sequence[Any]], unreadable: list[list[str]]
+    ) -> tuple[pa.Table, Any]:
+        """The rows as an Arrow table and each row's content (the part of its record id that is not its place).
+        A value Python cannot hold is null in the table, and its row's content is its values' text (as
+        ``_new_rows`` writes them): the row is set aside, and an edit of such a value is a change."""
+        if not any(unreadable):
+            return (table := arrow_table(columns, rows)), row_contents(own_scales(table, rows))
+        at = [i for i, names in enumerate(unreadable) if names]
+        clean = list(rows)
+        for i in at:
+            clean[i] = [None if _holds_unreadable(value) else value for value in rows[i]]
+        table = arrow_table(columns, clean)
+        contents = row_contents(own_scales(table, clean))
+        contents = [c if isinstance(c, bytes) else c.as_py().encode() for c in contents]
+        for i in at:
+            contents[i] = json.dumps(list(rows[i]), default=str, ensure_ascii=False).encode()
+        return table, contents
+
+    def _unreadable(
+        self, rows: pa.Table, columns: list[str], values: list[Sequence[Any]], unreadable: list[list[str]]
+    ) -> pa.Table:
+        """Rows holding a date or time Python cannot hold, quarantined, each with its values as PostgreSQL
+        writes them."""
+        lines = rows["source"].combine_chunks().field("line").to_pylist()
+        return set_aside_rows(
+            rows["id"].combine_chunks(),
+            rows["source"].combine_chunks(),
+            stage="read",
+            outcome="quarantined",
+            reasons="schema",
+            details=[
+                f"{self.uri}:{line}: {_columns_named(names)} a date or time Python cannot hold "
+                "(infinity, a year before 1 or after 9999, 24:00, an interval past 999,999,999 days); "
+                "CAST it to text in a query to read such rows"
+                for line, names in zip(lines, unreadable, strict=True)
+            ],
+            records=[
+                json.dumps(dict(zip(columns, row, strict=True)), default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
+                for row in values
+            ],
+        )
+
     def _no_value(self, rows: pa.Table) -> pa.Table:
         """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
         columns = [c for c in rows.column_names if c not in ("id", "source")]
@@ -583,7 +720,8 @@ class SqlSourceReader:
             outcome="quarantined",
             reasons="no_cursor_value",
             details=[
-                f"{self.uri}:{line}: no value (NULL, or NaN) in the cursor column {self.config.cursor!r}: no run can tell "
+                f"{self.uri}:{line}: no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column "
+                f"{self.config.cursor!r}: no run can tell "
                 "when such a row is new or edited, so it is set aside once; give it a value to have it read"
                 for line in lines
             ],
@@ -600,13 +738,14 @@ class SqlSourceReader:
         row_ids = InputIds(self.uri)
         self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
         fingerprint = Fingerprint()
+        made = Unreadable.made
         result = self._result()
         columns = self._columns_checked(next(result))
         for rows in result:
-            table = arrow_table(columns, rows)
+            unreadable = unreadable_columns(columns, rows, made)
+            table, contents = self._contents(columns, rows, unreadable)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
-            contents = row_contents(own_scales(table, rows))
             # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
             # row written since that equals one of them (the same cursor value) gets an id of its own.
             ids = None if self.config.key else row_ids(contents)
@@ -623,6 +762,7 @@ class SqlSourceReader:
                 new = [state is not False for state in states]
                 no_value = [state is None for state in states if state is not False]
                 if not all(new):
+                    unreadable = [names for names, n in zip(unreadable, new, strict=True) if n]
                     kept = pa.array(new)
                     table = table.filter(kept)
                     ids = ids.filter(kept) if ids is not None else None
@@ -638,11 +778,19 @@ class SqlSourceReader:
                 # stay with it.
                 ids = record_ids(self.uri, keys, marks)
             read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
-            if not any(no_value):
+            # A row without a cursor value is set aside for that; else one holding a value Python cannot.
+            no_value = no_value or [False] * read.num_rows
+            unreadable = [[] if none else names for names, none in zip(unreadable, no_value, strict=True)]
+            if not any(no_value) and not any(unreadable):
                 yield SourceBatch(rows=read)
                 continue
-            mask = pa.array(no_value)
-            yield SourceBatch(rows=read.filter(pc.invert(mask)), set_aside=self._no_value(read.filter(mask)))
+            none, bad = pa.array(no_value), pa.array([bool(names) for names in unreadable])
+            set_aside = [self._no_value(read.filter(none))]
+            if any(unreadable):
+                values = [row for row, names in zip(rows, unreadable, strict=True) if names]
+                set_aside.append(self._unreadable(read.filter(bad), columns, values, [n for n in unreadable if n]))
+            kept = pc.invert(pc.or_(none, bad))
+            yield SourceBatch(rows=read.filter(kept), set_aside=pa.concat_tables(set_aside))
         if self.config.cursor is not None:
             self._cursor_read(self._range)
         elif self.watermark is not None:

@@ -1,0 +1,141 @@
+"""PostgreSQL values Python's types do not hold as PostgreSQL does: infinite dates and times, unscaled
+numerics (against the real server tests/pg.py starts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.sql import SqlSourceError, SqlSourceReader
+from connectors.state import Watermarks
+from schemas.config import SqlSource
+from tests.helpers import processed, run, set_aside
+
+
+def postgres_table(url: str, name: str, columns: str, *inserts: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        db.exec_driver_sql(f"CREATE TABLE {name} ({columns})")
+        for insert in inserts:
+            db.exec_driver_sql(f"INSERT INTO {name} VALUES {insert}")
+    engine.dispose()
+
+
+def read_twice(config: SqlSource, folder: Path) -> list[tuple[list[str], list[dict]]]:
+    """The subjects read and the rows set aside by a first run and by a second (nothing new in between)."""
+    state = sa.create_engine(f"sqlite:///{folder}/state.db")
+    reads = []
+    for _ in range(2):
+        marks = Watermarks(state, "support")
+        batches = list(SqlSourceReader(config, 2, marks.for_source(config)).batches())
+        marks.commit("run")
+        reads.append(
+            (
+                [r["subject"] for b in batches for r in b.rows.to_pylist()],
+                [r for b in batches for r in b.set_aside.to_pylist()],
+            )
+        )
+    state.dispose()
+    return reads
+
+
+def test_a_date_or_time_python_cannot_hold_quarantines_its_row_naming_the_column(
+    workdir: Path, postgres_url: str
+) -> None:
+    # psycopg raised converting 'infinity' ("timestamp too large"): the run failed naming neither row nor column.
+    postgres_table(
+        postgres_url,
+        "spans",
+        "id int, subject text, reply text, ends timestamp, starts timestamptz, days date[], at time",
+        "(1, 'a', 'x', '2026-01-01', '2026-01-01', '{2026-01-01}', '10:00')",
+        "(2, 'b', 'y', 'infinity', '2026-01-01', NULL, '10:00')",
+        "(3, 'c', 'z', '2026-01-01', '-infinity', '{2026-01-01,infinity}', '10:00')",
+        "(4, 'd', 'w', '2026-01-01', '2026-01-01', NULL, '24:00')",
+        "(5, 'e', 'v', '2026-01-01', '2026-01-01', '{10000-01-01}', '10:00')",
+    )
+    spec = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": postgres_url, "query": "SELECT * FROM spans ORDER BY id"}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }}", "completion": "{{ reply }}"},
+        "output": {"validation_fraction": 0.0},
+        "batch_rows": 2,
+    }
+    result = run(workdir, spec)
+    assert [line["prompt"] for line in processed(Path(result.version_uri))] == ["a"]
+    assert result.manifest.counts.reasons["quarantined"]["schema"] == 4
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda r: r["source"]["line"])
+    where = f"{SqlSourceReader(SqlSource(**spec['sources'][0]), 2).uri}"
+    assert [r["detail"].split(" a date or time")[0] for r in aside] == [
+        f"{where}:2: column 'ends' holds",
+        f"{where}:3: columns 'starts', 'days' hold",
+        f"{where}:4: column 'at' holds",
+        f"{where}:5: column 'days' holds",
+    ]
+    assert [json.loads(r["record"])["ends"] for r in aside] == ["infinity", *["2026-01-01 00:00:00"] * 3]
+    assert json.loads(aside[1]["record"])["days"] == ["2026-01-01", "infinity"]
+    assert run(workdir, spec).version_uri is None  # unchanged: its rows' contents, those set aside too, are known
+
+
+def test_an_infinite_moment_keeps_the_ids_of_the_rows_read_beside_it(postgres_url: str) -> None:
+    # Its row is set aside; the others keep the ids (and types) they have in a batch without it.
+    postgres_table(
+        postgres_url,
+        "stamps",
+        "id int, subject text, at timestamptz",
+        "(1, 'a', '2026-01-01 10:00+00'), (2, 'b', 'infinity'), (3, 'c', '2026-01-02 10:00+00')",
+    )
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT subject, at FROM stamps ORDER BY id")
+    reads = []
+    for _ in range(2):
+        reads.append([r for b in SqlSourceReader(config, 10).batches() for r in b.rows.to_pylist()])
+        postgres_table(
+            postgres_url,
+            "stamps",
+            "id int, subject text, at timestamptz",
+            "(1, 'a', '2026-01-01 10:00+00'), (3, 'c', '2026-01-02 10:00+00')",
+        )
+    assert [r["subject"] for r in reads[0]] == ["a", "c"]
+    assert [(r["id"], r["at"]) for r in reads[0]] == [(r["id"], r["at"]) for r in reads[1]]
+
+
+def test_an_infinite_cursor_value_is_no_value_set_aside_once(postgres_url: str, tmp_path: Path) -> None:
+    # 'infinity' sorts after every moment: read again each run, it is quarantined once, as a NULL is.
+    postgres_table(
+        postgres_url,
+        "events",
+        "id int, subject text, u timestamptz",
+        "(1, 'a', '2026-01-01 10:00+00'), (2, 'b', 'infinity'), (3, 'c', '-infinity'), (4, 'd', '2026-01-02 10:00+00')",
+    )
+    config = SqlSource(type="sql", url=postgres_url, table="events", cursor="u", key=["id"])
+    first, second = read_twice(config, tmp_path)
+    assert first[0] == ["a", "d"] and second == ([], [])
+    assert sorted(json.loads(r["record"])["subject"] for r in first[1]) == ["b", "c"]
+    assert {r["reason"] for r in first[1]} == {"no_cursor_value"}
+
+
+def test_a_key_holding_an_infinite_moment_is_asked_for_in_rows_an_earlier_run_read(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # The key asked of the database binds the value as PostgreSQL wrote it ('infinity'), not a Python moment.
+    postgres_table(
+        postgres_url,
+        "versions",
+        "valid_to timestamp, subject text, u int",
+        "('infinity', 'a', 1), ('2026-01-01', 'b', 2)",
+    )
+    config = SqlSource(type="sql", url=postgres_url, table="versions", cursor="u", key=["valid_to"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    marks = Watermarks(state, "support")
+    list(SqlSourceReader(config, 10, marks.for_source(config)).batches())
+    marks.commit("run")
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("INSERT INTO versions VALUES ('infinity', 'c', 3)")
+    engine.dispose()
+    with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(valid_to\) as a row an earlier"):
+        list(SqlSourceReader(config, 10, Watermarks(state, "support").for_source(config)).batches())
+    state.dispose()
