@@ -179,30 +179,24 @@ def row_contents(table: pa.Table) -> list[bytes]:
         return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
 
 
-def own_scales(table: pa.Table, rows: Sequence[Sequence[Any]]) -> pa.Table:
-    """The table with each decimal column whose values differ in scale (PostgreSQL's ``numeric`` without
-    one: 1.5 beside 1.25) as the text each value has alone, for ``row_contents``: Arrow writes a decimal
-    by its batch's scale (1.5 is '1.50' beside 1.25), so a row's content, and its id without a key,
-    changed with the rows read beside it. A column of one scale (``numeric(10, 2)``) is left as it is,
-    so the ids of its rows stay as published."""
-    for index, field in enumerate(table.schema):
-        if not pa.types.is_decimal(field.type):
-            continue
-        at_scale: dict[int, list[int]] = {}
-        for row, values in enumerate(rows):
-            value = values[index]
-            if value is not None:  # a decimal, or an integer beside them (scale 0)
-                exponent = int(value.as_tuple().exponent) if isinstance(value, Decimal) else 0
-                at_scale.setdefault(max(0, -exponent), []).append(row)
-        if len(at_scale) < 2:
-            continue
-        texts: list[str | None] = [None] * len(rows)
-        for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
-            own = pc.cast(pa.array([rows[row][index] for row in at]), pa.string()).to_pylist()
-            for row, text in zip(at, own, strict=True):
-                texts[row] = text
-        table = table.set_column(index, field.name, pa.array(texts, pa.string()))
-    return table
+def own_scales(values: list[Any], array: pa.Array) -> pa.Array:
+    """A decimal column whose values differ in scale (PostgreSQL's ``numeric`` without one: 1.5 beside 1.25)
+    as the text each value has alone: Arrow writes a decimal by its batch's scale (1.5 is '1.50' beside
+    1.25), so a row's published value, and its id without a key, changed with the rows read beside it. A
+    column of one scale (``numeric(10, 2)``) is left as it is, so the ids of its rows stay as published."""
+    at_scale: dict[int, list[int]] = {}
+    for row, value in enumerate(values):
+        if value is not None:  # a decimal, or an integer beside them (scale 0)
+            exponent = int(value.as_tuple().exponent) if isinstance(value, Decimal) else 0
+            at_scale.setdefault(max(0, -exponent), []).append(row)
+    if len(at_scale) < 2:
+        return array
+    texts: list[str | None] = [None] * len(values)
+    for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
+        own = pc.cast(pa.array([values[row] for row in at]), pa.string()).to_pylist()
+        for row, text in zip(at, own, strict=True):
+            texts[row] = text
+    return pa.array(texts, pa.string())
 
 
 class Fingerprint:
@@ -222,13 +216,16 @@ class Fingerprint:
 
 
 def _holds_json_objects(values: list[Any]) -> bool:
-    """Whether the values are objects (a JSON column's), or arrays holding an object or array: as an
-    Arrow struct, each row would get the keys of every row of its batch, so its text (and its record
-    id) would change with the rows read beside it."""
+    """Whether the values are objects (a JSON column's), or arrays holding an object, array or decimal: as an
+    Arrow struct, each row would get the keys of every row of its batch, and as an Arrow list of decimals
+    each value the scale of the batch's (``numeric[]``: [1.5] is ["1.50"] beside [1.25]), so its text (and
+    its record id) would change with the rows read beside it. As JSON, a decimal is its own text."""
     kinds = {type(value) for value in values if value is not None}
     if kinds == {dict}:
         return True
-    return kinds == {list} and any(isinstance(item, dict | list) for value in values if value for item in value)
+    return kinds == {list} and any(
+        isinstance(item, dict | list | Decimal) for value in values if value for item in value
+    )
 
 
 def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
@@ -241,6 +238,8 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             continue
         try:
             arrays[name] = pa.array(values)
+            if pa.types.is_decimal(arrays[name].type):
+                arrays[name] = own_scales(values, arrays[name])
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # TypeError: a decimal Infinity (PostgreSQL's)
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
@@ -673,13 +672,13 @@ class SqlSourceReader:
         A value Python cannot hold is null in the table, and its row's content is its values' text (as
         ``_new_rows`` writes them): the row is set aside, and an edit of such a value is a change."""
         if not any(unreadable):
-            return (table := arrow_table(columns, rows)), row_contents(own_scales(table, rows))
+            return (table := arrow_table(columns, rows)), row_contents(table)
         at = [i for i, names in enumerate(unreadable) if names]
         clean = list(rows)
         for i in at:
             clean[i] = [None if _holds_unreadable(value) else value for value in rows[i]]
         table = arrow_table(columns, clean)
-        contents = row_contents(own_scales(table, clean))
+        contents = row_contents(table)
         contents = [c if isinstance(c, bytes) else c.as_py().encode() for c in contents]
         for i in at:
             contents[i] = json.dumps(list(rows[i]), default=str, ensure_ascii=False).encode()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import processed, run, set_aside
+from tests.helpers import processed, read_lines, run, set_aside
 
 
 def postgres_table(url: str, name: str, columns: str, *inserts: str) -> None:
@@ -139,3 +139,38 @@ def test_a_key_holding_an_infinite_moment_is_asked_for_in_rows_an_earlier_run_re
     with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(valid_to\) as a row an earlier"):
         list(SqlSourceReader(config, 10, Watermarks(state, "support").for_source(config)).batches())
     state.dispose()
+
+
+def test_an_unscaled_numeric_is_published_as_written_whatever_rows_share_its_batch(
+    workdir: Path, postgres_url: str
+) -> None:
+    # Arrow gives a batch's decimals one scale: 1.5 was published '1.50' beside 1.25 and '1.5' alone, and a
+    # numeric[] value's ids and text moved the same way ([1.5, 2] was ["1.50", "2.00"] beside [1.25]).
+    postgres_table(
+        postgres_url,
+        "amounts",
+        "id int, subject text, amount numeric, codes numeric[], fixed numeric(6, 2)",
+        "(1, 'a', 1.25, '{1.25}', 1.25), (2, 'b', 1.5, '{1.5,2}', 1.5), (3, 'c', 2, '{3}', 2), (4, 'd', NULL, NULL, 3)",
+    )
+    spec = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": postgres_url, "query": "SELECT * FROM amounts ORDER BY id"}],
+        "record": {
+            "kind": "instruction",
+            "prompt": "{{ subject }} {{ amount }} {{ codes }} {{ fixed }}",
+            "completion": "fixed",
+        },
+        "output": {"validation_fraction": 0.0},
+    }
+    published = []
+    for batch_rows in (1, 4):
+        version = Path(run(workdir, {**spec, "batch_rows": batch_rows}, full_refresh=True).version_uri)
+        ids = [entry["id"] for entry in read_lines(sorted((version / "lineage").glob("*.jsonl")))]
+        records = [(line["prompt"], line["completion"]) for line in processed(version)]
+        published.append(sorted(zip(ids, records, strict=True)))
+    assert published[0] == published[1]
+    assert sorted(record for _, record in published[1]) == [
+        ('a 1.25 ["1.25"] 1.25', "1.25"),
+        ('b 1.5 ["1.5", "2"] 1.50', "1.50"),
+        ('c 2 ["3"] 2.00', "2.00"),
+    ]
