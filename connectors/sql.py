@@ -384,6 +384,7 @@ class SqlSourceReader:
         # ``_check_keys_elsewhere``; None when it returns every row (no watermark).
         self._not_returned: tuple[sa.Select, list[Any]] | None = None
         self._db: sa.Connection | None = None
+        self._engine: sa.Engine | None = None
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -446,14 +447,14 @@ class SqlSourceReader:
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         if engine.dialect.driver == "psycopg":
             sa.event.listen(engine, "connect", _lenient_moments)
+        statement, read = None, 0
         try:
             with engine.connect() as db:
-                self._db = db  # for ``_check_keys_elsewhere``, asked between batches
+                self._db, self._engine = db, engine  # for ``_check_keys_elsewhere``, asked between batches
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
                 statement = self._statement(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
                 yield list(result.keys())
-                read = 0
                 rows = result.partitions(self.batch_rows)
                 while True:
                     try:
@@ -470,10 +471,41 @@ class SqlSourceReader:
                     read += len(batch)
                     yield batch
         except sa.exc.SQLAlchemyError as error:
-            raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
+            said = _database_message(error) if no_rows else self._read_error(statement, error)
+            where = f" (after row {read})" if read else ""
+            raise SqlSourceError(f"{self.uri}: cannot read{where}: {said}") from None
         finally:
-            self._db = None
+            self._db = self._engine = None
             engine.dispose()
+
+    def _read_error(self, statement: sa.Select | None, error: sa.exc.SQLAlchemyError) -> str:
+        """What to say of an error reading ``statement``'s rows. PostgreSQL's message may quote a row's value
+        (customer data) whatever its class: a cast to ``regclass`` or ``regproc`` of a row's text says 'relation
+        "jane.roe@example.com" does not exist', or names it unquoted. So the statement is run again without
+        rows (LIMIT 0): an error it raises too is the query's own, whose message names the query's parts (a
+        table it lacks); else the error arose from the rows, and only its kind is said. A data exception (class
+        22) keeps its message less the value (``_database_message``)."""
+        original = getattr(error, "orig", None)
+        engine = self._engine
+        sqlstate = getattr(original, "sqlstate", None)
+        if (
+            statement is None
+            or engine is None
+            or engine.dialect.name != "postgresql"
+            or not isinstance(error, sa.exc.DBAPIError)
+            or (isinstance(sqlstate, str) and sqlstate.startswith("22"))
+        ):
+            return _database_message(error)
+        try:
+            with engine.connect() as db:
+                db.execute(statement.limit(0))
+        except sa.exc.SQLAlchemyError as again:
+            return _database_message(again)
+        code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
+        return (
+            f"{type(original).__name__}{code} from the rows' values, not the query alone: PostgreSQL's message is "
+            "left out, as it may quote a row's values (customer data); run the query in psql to see it"
+        )
 
     def _statement(self, engine: sa.Engine) -> sa.Select:
         config = self.config
@@ -584,7 +616,7 @@ class SqlSourceReader:
             except sa.exc.SQLAlchemyError as error:
                 raise SqlSourceError(
                     f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
-                    f"{_database_message(error)}"
+                    f"{self._read_error(before.where(condition), error)}"
                 ) from None
             if not found:  # nearly always: no key is held twice
                 continue

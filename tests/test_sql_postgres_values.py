@@ -174,3 +174,52 @@ def test_an_unscaled_numeric_is_published_as_written_whatever_rows_share_its_bat
         ('b 1.5 ["1.5", "2"] 1.50', "1.50"),
         ('c 2 ["3"] 2.00', "2.00"),
     ]
+
+
+def test_an_error_from_a_rows_value_is_said_without_the_value_whatever_its_class(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # Outside class 22, PostgreSQL's message quoted the row's text ('cross-database references are not
+    # implemented: "jane.roe@example.com"'), or named it unquoted (regproc), in the run's error and its log.
+    postgres_table(
+        postgres_url,
+        "names",
+        "id int, subject text, u int",
+        "(0, 'TimeZone', 0), (1, 'TimeZone', 1), (2, 'jane.roe@example.com', 2)",
+    )
+    for cast, fine, kind in [
+        ("{}::regclass", "pg_class", "FeatureNotSupported (SQLSTATE 0A000)"),
+        ("{}::regproc", "now", "FeatureNotSupported (SQLSTATE 0A000)"),
+        ("{}::regtype", "int4", "SyntaxError (SQLSTATE 42601)"),
+        ("current_setting({})", "TimeZone", "UndefinedObject (SQLSTATE 42704)"),
+    ]:
+        value = f"CASE WHEN id = 2 THEN subject ELSE '{fine}' END"
+        query = f"SELECT id, {cast.format(value)} AS subject FROM names ORDER BY id"
+        config = SqlSource(type="sql", url=postgres_url, query=query)
+        with pytest.raises(SqlSourceError) as error:
+            list(SqlSourceReader(config, 1).batches())
+        assert f": {kind} from the rows' values, not the query alone" in str(error.value)
+        assert "jane" not in str(error.value) and "@example" not in str(error.value)
+    # An error of the query alone is said as PostgreSQL says it: it names the query's parts, not a row's.
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT id, subject::regclass AS s FROM nowhere")
+    with pytest.raises(SqlSourceError, match='cannot read: UndefinedTable: relation "nowhere" does not exist'):
+        list(SqlSourceReader(config, 1).batches())
+    # Rows before the watermark are asked for the keys read, through the query: a value there is left out too.
+    query = "SELECT id, current_setting(subject) AS subject, u FROM names"
+    config = SqlSource(type="sql", url=postgres_url, query=query, cursor="u", key=["id", "subject"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("DELETE FROM names WHERE id = 2")
+    marks = Watermarks(state, "support")
+    list(SqlSourceReader(config, 10, marks.for_source(config)).batches())
+    marks.commit("run")
+    with engine.begin() as db:
+        db.exec_driver_sql("UPDATE names SET subject = 'jane.roe@example.com' WHERE id = 0")
+        db.exec_driver_sql("INSERT INTO names VALUES (0, 'TimeZone', 3)")
+    engine.dispose()
+    with pytest.raises(SqlSourceError) as error:
+        list(SqlSourceReader(config, 10, Watermarks(state, "support").for_source(config)).batches())
+    said = "cannot ask whether rows before the watermark hold the keys read: UndefinedObject (SQLSTATE 42704)"
+    assert said in str(error.value) and "jane" not in str(error.value)
+    state.dispose()
