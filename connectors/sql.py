@@ -385,6 +385,7 @@ class SqlSourceReader:
         self._not_returned: tuple[sa.Select, list[Any]] | None = None
         self._db: sa.Connection | None = None
         self._engine: sa.Engine | None = None
+        self._keys_compare = True  # whether the database has `=` for the key's columns (``_keys_asked``)
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -453,6 +454,7 @@ class SqlSourceReader:
                 self._db, self._engine = db, engine  # for ``_check_keys_elsewhere``, asked between batches
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
                 statement = self._statement(engine)
+                self._keys_compare = self._database_compares_keys(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
                 yield list(result.keys())
                 rows = result.partitions(self.batch_rows)
@@ -477,6 +479,20 @@ class SqlSourceReader:
         finally:
             self._db = self._engine = None
             engine.dispose()
+
+    def _database_compares_keys(self, engine: sa.Engine) -> bool:
+        """Whether the database can compare the key's columns with `=`, asked once a run (a statement planned,
+        no row read): PostgreSQL has none for ``point`` or ``json``, and asking for the keys read failed the
+        run after a first one that read the same rows well."""
+        if self._not_returned is None or engine.dialect.name != "postgresql":
+            return True
+        before, keys = self._not_returned
+        try:
+            with engine.connect() as db:
+                db.execute(before.where(sa.and_(*(key == key for key in keys))).limit(0))
+        except sa.exc.ProgrammingError:  # UndefinedFunction: "operator does not exist: point = point"
+            return False
+        return True
 
     def _read_error(self, statement: sa.Select | None, error: sa.exc.SQLAlchemyError) -> str:
         """What to say of an error reading ``statement``'s rows. PostgreSQL's message may quote a row's value
@@ -638,9 +654,10 @@ class SqlSourceReader:
         values one by one costs more than the query); else ``key IN (...)``, ``_KEYS_ASKED`` values at a time
         (within SQLite's and PostgreSQL's limits on bound values); keys holding a NULL, which equals
         nothing in an IN, 100 at a time."""
-        if any(isinstance(part, dict | list) for value in values for part in value):
+        if not self._keys_compare or any(isinstance(part, dict | list) for value in values for part in value):
             # A JSON or array key (PostgreSQL's json, jsonb, int[]): no bound value the database compares it to
-            # as the key's text does; the keys of every row before the watermark are read, compared by their text.
+            # as the key's text does, or a key the database has no `=` for (point, json): the keys of every row
+            # before the watermark are read, compared by their text.
             yield sa.true()
             return
         whole = [value for value in values if None not in value]

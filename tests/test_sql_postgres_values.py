@@ -223,3 +223,32 @@ def test_an_error_from_a_rows_value_is_said_without_the_value_whatever_its_class
     said = "cannot ask whether rows before the watermark hold the keys read: UndefinedObject (SQLSTATE 42704)"
     assert said in str(error.value) and "jane" not in str(error.value)
     state.dispose()
+
+
+@pytest.mark.parametrize("kind", ["point", "json"])
+def test_a_key_postgresql_has_no_equals_for_is_compared_by_its_text(
+    postgres_url: str, tmp_path: Path, kind: str
+) -> None:
+    # The keys read were asked of the database with `=`: "operator does not exist: point = unknown" failed every
+    # run after the first.
+    first, other, later = ("(1,2)", "(3,4)", "(5,6)") if kind == "point" else ('"x"', '"y"', '"z"')
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    engine = sa.create_engine(postgres_url)
+    for source in ({"table": "shapes"}, {"query": "SELECT p, subject, u FROM shapes"}):
+        postgres_table(
+            postgres_url, "shapes", f"p {kind}, subject text, u int", f"('{first}', 'a', 1), ('{other}', 'b', 2)"
+        )
+        config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["p"], **source)
+        reads = []
+        for added in (f"('{later}', 'c', 3)", f"('{first}', 'd', 4)"):
+            marks = Watermarks(state, source.get("table", "q"))
+            batches = SqlSourceReader(config, 10, marks.for_source(config)).batches()
+            reads.append([r["subject"] for b in batches for r in b.rows.to_pylist()])
+            marks.commit("run")
+            with engine.begin() as db:
+                db.exec_driver_sql(f"INSERT INTO shapes VALUES {added}")
+        assert reads == [["a", "b"], ["c"]]
+        with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(p\) as a row an earlier run"):
+            list(SqlSourceReader(config, 10, Watermarks(state, source.get("table", "q")).for_source(config)).batches())
+    engine.dispose()
+    state.dispose()
