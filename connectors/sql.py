@@ -508,7 +508,7 @@ class SqlSourceReader:
             statement is None
             or engine is None
             or engine.dialect.name != "postgresql"
-            or not isinstance(error, sa.exc.DBAPIError)
+            or not (sqlstate or isinstance(error, sa.exc.DataError))  # the server's, or converting a value
             or (isinstance(sqlstate, str) and sqlstate.startswith("22"))
         ):
             return _database_message(error)
@@ -519,8 +519,8 @@ class SqlSourceReader:
             return _database_message(again)
         code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
         return (
-            f"{type(original).__name__}{code} from the rows' values, not the query alone: PostgreSQL's message is "
-            "left out, as it may quote a row's values (customer data); run the query in psql to see it"
+            f"{type(original).__name__}{code} reading the rows (the query alone, without rows, raises none): its message "
+            "is left out, as it may quote a row's value (customer data); run the query in psql to see it"
         )
 
     def _statement(self, engine: sa.Engine) -> sa.Select:

@@ -198,7 +198,10 @@ def test_an_error_from_a_rows_value_is_said_without_the_value_whatever_its_class
         config = SqlSource(type="sql", url=postgres_url, query=query)
         with pytest.raises(SqlSourceError) as error:
             list(SqlSourceReader(config, 1).batches())
-        assert f": {kind} from the rows' values, not the query alone" in str(error.value)
+        assert (
+            f": {kind} reading the rows (the query alone, without rows, raises none): its message is left out"
+            in str(error.value)
+        )
         assert "jane" not in str(error.value) and "@example" not in str(error.value)
     # An error of the query alone is said as PostgreSQL says it: it names the query's parts, not a row's.
     config = SqlSource(type="sql", url=postgres_url, query="SELECT id, subject::regclass AS s FROM nowhere")
