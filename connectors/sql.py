@@ -57,6 +57,97 @@ class SqlSourceError(StorageError):
     """The database cannot be reached or the table/query cannot be read; the message names it."""
 
 
+class Unreadable:
+    """A PostgreSQL date or time no Python type holds ('infinity', '-infinity', a year past 9999 or before 1,
+    24:00, an interval past 999,999,999 days), as its text: psycopg raised converting it, which failed the
+    run naming neither the row nor the column; its row is set aside instead (``unreadable_columns``)."""
+
+    __slots__ = ("oid", "text")
+    # How many were made, ever: a read searches its batches for them only once this moved since it began
+    # (a search of every value costs more than building the batch's table). From then on it searches each
+    # batch: rows are converted as they are fetched, those of the next batch too.
+    made = 0
+
+    def __init__(self, text: str, oid: int) -> None:
+        self.text, self.oid = text, oid
+        Unreadable.made += 1
+
+    def __str__(self) -> str:  # a key's text, a row's content: PostgreSQL's own
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and (other.text, other.oid) == (self.text, self.oid)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.oid))
+
+
+_MOMENT_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz", "interval")
+
+
+def _lenient_moments(connection: Any, _record: Any = None) -> None:
+    """Have a psycopg connection give a date or time it cannot convert as ``Unreadable``, elements of an array
+    too, and bind one as its text (a key asked for in ``_check_keys_elsewhere``)."""
+    import psycopg
+    from psycopg.adapt import Dumper, Loader
+    from psycopg.pq import Format
+
+    adapters = connection.adapters
+    for name in _MOMENT_TYPES:
+        oid = adapters.types[name].oid
+        own = adapters.get_loader(oid, Format.TEXT)  # psycopg's C loader, which cannot be subclassed
+
+        class Lenient(Loader):
+            loader = own
+
+            def __init__(self, oid: int, context: Any = None) -> None:
+                super().__init__(oid, context)
+                self._own = self.loader(oid, context)
+
+            def load(self, data: Any) -> Any:
+                try:
+                    return self._own.load(data)
+                except psycopg.DataError:
+                    return Unreadable(bytes(data).decode(), self.oid)
+
+        adapters.register_loader(oid, Lenient)
+
+    class AsText(Dumper):
+        def dump(self, obj: Unreadable) -> bytes:
+            return obj.text.encode()
+
+        def get_key(self, obj: Unreadable, format: Any) -> Any:
+            return (Unreadable, obj.oid)
+
+        def upgrade(self, obj: Unreadable, format: Any) -> Dumper:
+            dumper = AsText(Unreadable, self.connection)
+            dumper.oid = obj.oid  # the value's own type: PostgreSQL compares it as that type
+            return dumper
+
+    adapters.register_dumper(Unreadable, AsText)
+
+
+def unreadable_columns(columns: Sequence[str], rows: Sequence[Sequence[Any]], made: int) -> list[list[str]]:
+    """Per row, the columns holding an ``Unreadable`` value (in an array too), an empty list for none;
+    ``made`` is ``Unreadable.made`` when the read began."""
+    if Unreadable.made == made:
+        return [[]] * len(rows)
+    return [[name for name, value in zip(columns, row, strict=True) if _holds_unreadable(value)] for row in rows]
+
+
+def _columns_named(names: list[str]) -> str:
+    return f"column {names[0]!r} holds" if len(names) == 1 else f"columns {', '.join(map(repr, names))} hold"
+
+
+def _holds_unreadable(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_holds_unreadable(item) for item in value)
+    return isinstance(value, Unreadable)
+
+
 def safe_url(url: str) -> str:
     """The URL with its password masked: fit for logs, manifests and record sources."""
     return sa.engine.make_url(url).render_as_string(hide_password=True)
@@ -88,30 +179,24 @@ def row_contents(table: pa.Table) -> list[bytes]:
         return [json.dumps(row, sort_keys=True, default=str).encode() for row in table.to_pylist()]
 
 
-def own_scales(table: pa.Table, rows: Sequence[Sequence[Any]]) -> pa.Table:
-    """The table with each decimal column whose values differ in scale (PostgreSQL's ``numeric`` without
-    one: 1.5 beside 1.25) as the text each value has alone, for ``row_contents``: Arrow writes a decimal
-    by its batch's scale (1.5 is '1.50' beside 1.25), so a row's content, and its id without a key,
-    changed with the rows read beside it. A column of one scale (``numeric(10, 2)``) is left as it is,
-    so the ids of its rows stay as published."""
-    for index, field in enumerate(table.schema):
-        if not pa.types.is_decimal(field.type):
-            continue
-        at_scale: dict[int, list[int]] = {}
-        for row, values in enumerate(rows):
-            value = values[index]
-            if value is not None:  # a decimal, or an integer beside them (scale 0)
-                exponent = int(value.as_tuple().exponent) if isinstance(value, Decimal) else 0
-                at_scale.setdefault(max(0, -exponent), []).append(row)
-        if len(at_scale) < 2:
-            continue
-        texts: list[str | None] = [None] * len(rows)
-        for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
-            own = pc.cast(pa.array([rows[row][index] for row in at]), pa.string()).to_pylist()
-            for row, text in zip(at, own, strict=True):
-                texts[row] = text
-        table = table.set_column(index, field.name, pa.array(texts, pa.string()))
-    return table
+def own_scales(values: list[Any], array: pa.Array) -> pa.Array:
+    """A decimal column whose values differ in scale (PostgreSQL's ``numeric`` without one: 1.5 beside 1.25)
+    as the text each value has alone: Arrow writes a decimal by its batch's scale (1.5 is '1.50' beside
+    1.25), so a row's published value, and its id without a key, changed with the rows read beside it. A
+    column of one scale (``numeric(10, 2)``) is left as it is, so the ids of its rows stay as published."""
+    at_scale: dict[int, list[int]] = {}
+    for row, value in enumerate(values):
+        if value is not None:  # a decimal, or an integer beside them (scale 0)
+            exponent = int(value.as_tuple().exponent) if isinstance(value, Decimal) else 0
+            at_scale.setdefault(max(0, -exponent), []).append(row)
+    if len(at_scale) < 2:
+        return array
+    texts: list[str | None] = [None] * len(values)
+    for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
+        own = pc.cast(pa.array([values[row] for row in at]), pa.string()).to_pylist()
+        for row, text in zip(at, own, strict=True):
+            texts[row] = text
+    return pa.array(texts, pa.string())
 
 
 class Fingerprint:
@@ -131,13 +216,16 @@ class Fingerprint:
 
 
 def _holds_json_objects(values: list[Any]) -> bool:
-    """Whether the values are objects (a JSON column's), or arrays holding an object or array: as an
-    Arrow struct, each row would get the keys of every row of its batch, so its text (and its record
-    id) would change with the rows read beside it."""
+    """Whether the values are objects (a JSON column's), or arrays holding an object, array or decimal: as an
+    Arrow struct, each row would get the keys of every row of its batch, and as an Arrow list of decimals
+    each value the scale of the batch's (``numeric[]``: [1.5] is ["1.50"] beside [1.25]), so its text (and
+    its record id) would change with the rows read beside it. As JSON, a decimal is its own text."""
     kinds = {type(value) for value in values if value is not None}
     if kinds == {dict}:
         return True
-    return kinds == {list} and any(isinstance(item, dict | list) for value in values if value for item in value)
+    return kinds == {list} and any(
+        isinstance(item, dict | list | Decimal) for value in values if value for item in value
+    )
 
 
 def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
@@ -150,6 +238,8 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             continue
         try:
             arrays[name] = pa.array(values)
+            if pa.types.is_decimal(arrays[name].type):
+                arrays[name] = own_scales(values, arrays[name])
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # TypeError: a decimal Infinity (PostgreSQL's)
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
@@ -182,7 +272,7 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
 def _no_value(value: Any) -> bool:
     """NULL, or NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal
     NaN does not compare at all): no place in the cursor's order."""
-    return value is None or (isinstance(value, float | Decimal) and value != value)
+    return value is None or isinstance(value, Unreadable) or (isinstance(value, float | Decimal) and value != value)
 
 
 # The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
@@ -294,6 +384,8 @@ class SqlSourceReader:
         # ``_check_keys_elsewhere``; None when it returns every row (no watermark).
         self._not_returned: tuple[sa.Select, list[Any]] | None = None
         self._db: sa.Connection | None = None
+        self._engine: sa.Engine | None = None
+        self._keys_compare = True  # whether the database has `=` for the key's columns (``_keys_asked``)
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -319,10 +411,11 @@ class SqlSourceReader:
     def _fingerprint(self) -> str:
         if self._held_now is None:
             fingerprint = Fingerprint()
+            made = Unreadable.made
             result = self._result()
             columns = next(result)
             for rows in result:
-                fingerprint.add(row_contents(own_scales(arrow_table(columns, rows), rows)))
+                fingerprint.add(self._contents(columns, rows, unreadable_columns(columns, rows, made))[1])
             self._held_now = str(fingerprint)
         return self._held_now
 
@@ -353,14 +446,17 @@ class SqlSourceReader:
             engine = sa.create_engine(self.config.url)
         except (sa.exc.SQLAlchemyError, ImportError) as error:  # no such dialect, or its driver not installed
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
+        if engine.dialect.driver == "psycopg":
+            sa.event.listen(engine, "connect", _lenient_moments)
+        statement, read = None, 0
         try:
             with engine.connect() as db:
-                self._db = db  # for ``_check_keys_elsewhere``, asked between batches
+                self._db, self._engine = db, engine  # for ``_check_keys_elsewhere``, asked between batches
                 options = db.execution_options(stream_results=True, max_row_buffer=self.batch_rows)
                 statement = self._statement(engine)
+                self._keys_compare = self._database_compares_keys(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
                 yield list(result.keys())
-                read = 0
                 rows = result.partitions(self.batch_rows)
                 while True:
                     try:
@@ -377,10 +473,55 @@ class SqlSourceReader:
                     read += len(batch)
                     yield batch
         except sa.exc.SQLAlchemyError as error:
-            raise SqlSourceError(f"{self.uri}: cannot read: {_database_message(error)}") from None
+            said = _database_message(error) if no_rows else self._read_error(statement, error)
+            where = f" (after row {read})" if read else ""
+            raise SqlSourceError(f"{self.uri}: cannot read{where}: {said}") from None
         finally:
-            self._db = None
+            self._db = self._engine = None
             engine.dispose()
+
+    def _database_compares_keys(self, engine: sa.Engine) -> bool:
+        """Whether the database can compare the key's columns with `=`, asked once a run (a statement planned,
+        no row read): PostgreSQL has none for ``point`` or ``json``, and asking for the keys read failed the
+        run after a first one that read the same rows well."""
+        if self._not_returned is None or engine.dialect.name != "postgresql":
+            return True
+        before, keys = self._not_returned
+        try:
+            with engine.connect() as db:
+                db.execute(before.where(sa.and_(*(key == key for key in keys))).limit(0))
+        except sa.exc.ProgrammingError:  # UndefinedFunction: "operator does not exist: point = point"
+            return False
+        return True
+
+    def _read_error(self, statement: sa.Select | None, error: sa.exc.SQLAlchemyError) -> str:
+        """What to say of an error reading ``statement``'s rows. PostgreSQL's message may quote a row's value
+        (customer data) whatever its class: a cast to ``regclass`` or ``regproc`` of a row's text says 'relation
+        "jane.roe@example.com" does not exist', or names it unquoted. So the statement is run again without
+        rows (LIMIT 0): an error it raises too is the query's own, whose message names the query's parts (a
+        table it lacks); else the error arose from the rows, and only its kind is said. A data exception (class
+        22) keeps its message less the value (``_database_message``)."""
+        original = getattr(error, "orig", None)
+        engine = self._engine
+        sqlstate = getattr(original, "sqlstate", None)
+        if (
+            statement is None
+            or engine is None
+            or engine.dialect.name != "postgresql"
+            or not (sqlstate or isinstance(error, sa.exc.DataError))  # the server's, or converting a value
+            or (isinstance(sqlstate, str) and sqlstate.startswith("22"))
+        ):
+            return _database_message(error)
+        try:
+            with engine.connect() as db:
+                db.execute(statement.limit(0))
+        except sa.exc.SQLAlchemyError as again:
+            return _database_message(again)
+        code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
+        return (
+            f"{type(original).__name__}{code} reading the rows (the query alone, without rows, raises none): its message "
+            "is left out, as it may quote a row's value (customer data); run the query in psql to see it"
+        )
 
     def _statement(self, engine: sa.Engine) -> sa.Select:
         config = self.config
@@ -491,7 +632,7 @@ class SqlSourceReader:
             except sa.exc.SQLAlchemyError as error:
                 raise SqlSourceError(
                     f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
-                    f"{_database_message(error)}"
+                    f"{self._read_error(before.where(condition), error)}"
                 ) from None
             if not found:  # nearly always: no key is held twice
                 continue
@@ -513,9 +654,10 @@ class SqlSourceReader:
         values one by one costs more than the query); else ``key IN (...)``, ``_KEYS_ASKED`` values at a time
         (within SQLite's and PostgreSQL's limits on bound values); keys holding a NULL, which equals
         nothing in an IN, 100 at a time."""
-        if any(isinstance(part, dict | list) for value in values for part in value):
+        if not self._keys_compare or any(isinstance(part, dict | list) for value in values for part in value):
             # A JSON or array key (PostgreSQL's json, jsonb, int[]): no bound value the database compares it to
-            # as the key's text does; the keys of every row before the watermark are read, compared by their text.
+            # as the key's text does, or a key the database has no `=` for (point, json): the keys of every row
+            # before the watermark are read, compared by their text.
             yield sa.true()
             return
         whole = [value for value in values if None not in value]
@@ -572,6 +714,49 @@ class SqlSourceReader:
                 f"do not compare ({', '.join(kinds)}); a cursor needs one type, e.g. CAST it in a query"
             ) from None
 
+    def _contents(
+        self, columns: list[str], rows: Sequence[Sequence[Any]], unreadable: list[list[str]]
+    ) -> tuple[pa.Table, Any]:
+        """The rows as an Arrow table and each row's content (the part of its record id that is not its place).
+        A value Python cannot hold is null in the table, and its row's content is its values' text (as
+        ``_new_rows`` writes them): the row is set aside, and an edit of such a value is a change."""
+        if not any(unreadable):
+            return (table := arrow_table(columns, rows)), row_contents(table)
+        at = [i for i, names in enumerate(unreadable) if names]
+        clean = list(rows)
+        for i in at:
+            clean[i] = [None if _holds_unreadable(value) else value for value in rows[i]]
+        table = arrow_table(columns, clean)
+        contents = row_contents(table)
+        contents = [c if isinstance(c, bytes) else c.as_py().encode() for c in contents]
+        for i in at:
+            contents[i] = json.dumps(list(rows[i]), default=str, ensure_ascii=False).encode()
+        return table, contents
+
+    def _unreadable(
+        self, rows: pa.Table, columns: list[str], values: list[Sequence[Any]], unreadable: list[list[str]]
+    ) -> pa.Table:
+        """Rows holding a date or time Python cannot hold, quarantined, each with its values as PostgreSQL
+        writes them."""
+        lines = rows["source"].combine_chunks().field("line").to_pylist()
+        return set_aside_rows(
+            rows["id"].combine_chunks(),
+            rows["source"].combine_chunks(),
+            stage="read",
+            outcome="quarantined",
+            reasons="schema",
+            details=[
+                f"{self.uri}:{line}: {_columns_named(names)} a date or time Python cannot hold "
+                "(infinity, a year before 1 or after 9999, 24:00, an interval past 999,999,999 days); "
+                "CAST it to text in a query to read such rows"
+                for line, names in zip(lines, unreadable, strict=True)
+            ],
+            records=[
+                json.dumps(dict(zip(columns, row, strict=True)), default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
+                for row in values
+            ],
+        )
+
     def _no_value(self, rows: pa.Table) -> pa.Table:
         """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
         columns = [c for c in rows.column_names if c not in ("id", "source")]
@@ -583,7 +768,8 @@ class SqlSourceReader:
             outcome="quarantined",
             reasons="no_cursor_value",
             details=[
-                f"{self.uri}:{line}: no value (NULL, or NaN) in the cursor column {self.config.cursor!r}: no run can tell "
+                f"{self.uri}:{line}: no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column "
+                f"{self.config.cursor!r}: no run can tell "
                 "when such a row is new or edited, so it is set aside once; give it a value to have it read"
                 for line in lines
             ],
@@ -600,13 +786,14 @@ class SqlSourceReader:
         row_ids = InputIds(self.uri)
         self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
         fingerprint = Fingerprint()
+        made = Unreadable.made
         result = self._result()
         columns = self._columns_checked(next(result))
         for rows in result:
-            table = arrow_table(columns, rows)
+            unreadable = unreadable_columns(columns, rows, made)
+            table, contents = self._contents(columns, rows, unreadable)
             lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
             ordinal += table.num_rows
-            contents = row_contents(own_scales(table, rows))
             # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
             # row written since that equals one of them (the same cursor value) gets an id of its own.
             ids = None if self.config.key else row_ids(contents)
@@ -623,6 +810,7 @@ class SqlSourceReader:
                 new = [state is not False for state in states]
                 no_value = [state is None for state in states if state is not False]
                 if not all(new):
+                    unreadable = [names for names, n in zip(unreadable, new, strict=True) if n]
                     kept = pa.array(new)
                     table = table.filter(kept)
                     ids = ids.filter(kept) if ids is not None else None
@@ -638,11 +826,19 @@ class SqlSourceReader:
                 # stay with it.
                 ids = record_ids(self.uri, keys, marks)
             read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
-            if not any(no_value):
+            # A row without a cursor value is set aside for that; else one holding a value Python cannot.
+            no_value = no_value or [False] * read.num_rows
+            unreadable = [[] if none else names for names, none in zip(unreadable, no_value, strict=True)]
+            if not any(no_value) and not any(unreadable):
                 yield SourceBatch(rows=read)
                 continue
-            mask = pa.array(no_value)
-            yield SourceBatch(rows=read.filter(pc.invert(mask)), set_aside=self._no_value(read.filter(mask)))
+            none, bad = pa.array(no_value), pa.array([bool(names) for names in unreadable])
+            set_aside = [self._no_value(read.filter(none))]
+            if any(unreadable):
+                values = [row for row, names in zip(rows, unreadable, strict=True) if names]
+                set_aside.append(self._unreadable(read.filter(bad), columns, values, [n for n in unreadable if n]))
+            kept = pc.invert(pc.or_(none, bad))
+            yield SourceBatch(rows=read.filter(kept), set_aside=pa.concat_tables(set_aside))
         if self.config.cursor is not None:
             self._cursor_read(self._range)
         elif self.watermark is not None:

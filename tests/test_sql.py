@@ -635,10 +635,9 @@ def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
     nulls = first_values.count(None)
     assert first.manifest.counts.quarantined == nulls == first.manifest.counts.reasons["quarantined"]["no_cursor_value"]
     aside = set_aside(Path(first.version_uri))
-    assert aside[0][
-        "detail"
-    ] == f"{url}#t:1: no value (NULL, or NaN) in the cursor column 'u': no run can tell when such a " + (
-        "row is new or edited, so it is set aside once; give it a value to have it read"
+    assert aside[0]["detail"] == (
+        f"{url}#t:1: no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column 'u': "
+        "no run can tell when such a row is new or edited, so it is set aside once; give it a value to have it read"
     )
     assert json.loads(aside[0]["record"])["subject"] == "a"
     assert f"{url}#t: {nulls} rows have no value (NULL) in the cursor column 'u'" in caplog.text

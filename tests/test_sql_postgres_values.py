@@ -1,0 +1,257 @@
+"""PostgreSQL values Python's types do not hold as PostgreSQL does: infinite dates and times, unscaled
+numerics (against the real server tests/pg.py starts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.sql import SqlSourceError, SqlSourceReader
+from connectors.state import Watermarks
+from schemas.config import SqlSource
+from tests.helpers import processed, read_lines, run, set_aside
+
+
+def postgres_table(url: str, name: str, columns: str, *inserts: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        db.exec_driver_sql(f"CREATE TABLE {name} ({columns})")
+        for insert in inserts:
+            db.exec_driver_sql(f"INSERT INTO {name} VALUES {insert}")
+    engine.dispose()
+
+
+def read_twice(config: SqlSource, folder: Path) -> list[tuple[list[str], list[dict]]]:
+    """The subjects read and the rows set aside by a first run and by a second (nothing new in between)."""
+    state = sa.create_engine(f"sqlite:///{folder}/state.db")
+    reads = []
+    for _ in range(2):
+        marks = Watermarks(state, "support")
+        batches = list(SqlSourceReader(config, 2, marks.for_source(config)).batches())
+        marks.commit("run")
+        reads.append(
+            (
+                [r["subject"] for b in batches for r in b.rows.to_pylist()],
+                [r for b in batches for r in b.set_aside.to_pylist()],
+            )
+        )
+    state.dispose()
+    return reads
+
+
+def test_a_date_or_time_python_cannot_hold_quarantines_its_row_naming_the_column(
+    workdir: Path, postgres_url: str
+) -> None:
+    # psycopg raised converting 'infinity' ("timestamp too large"): the run failed naming neither row nor column.
+    postgres_table(
+        postgres_url,
+        "spans",
+        "id int, subject text, reply text, ends timestamp, starts timestamptz, days date[], at time",
+        "(1, 'a', 'x', '2026-01-01', '2026-01-01', '{2026-01-01}', '10:00')",
+        "(2, 'b', 'y', 'infinity', '2026-01-01', NULL, '10:00')",
+        "(3, 'c', 'z', '2026-01-01', '-infinity', '{2026-01-01,infinity}', '10:00')",
+        "(4, 'd', 'w', '2026-01-01', '2026-01-01', NULL, '24:00')",
+        "(5, 'e', 'v', '2026-01-01', '2026-01-01', '{10000-01-01}', '10:00')",
+    )
+    spec = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": postgres_url, "query": "SELECT * FROM spans ORDER BY id"}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }}", "completion": "{{ reply }}"},
+        "output": {"validation_fraction": 0.0},
+        "batch_rows": 2,
+    }
+    result = run(workdir, spec)
+    assert [line["prompt"] for line in processed(Path(result.version_uri))] == ["a"]
+    assert result.manifest.counts.reasons["quarantined"]["schema"] == 4
+    aside = sorted(set_aside(Path(result.version_uri)), key=lambda r: r["source"]["line"])
+    where = f"{SqlSourceReader(SqlSource(**spec['sources'][0]), 2).uri}"
+    assert [r["detail"].split(" a date or time")[0] for r in aside] == [
+        f"{where}:2: column 'ends' holds",
+        f"{where}:3: columns 'starts', 'days' hold",
+        f"{where}:4: column 'at' holds",
+        f"{where}:5: column 'days' holds",
+    ]
+    assert [json.loads(r["record"])["ends"] for r in aside] == ["infinity", *["2026-01-01 00:00:00"] * 3]
+    assert json.loads(aside[1]["record"])["days"] == ["2026-01-01", "infinity"]
+    assert run(workdir, spec).version_uri is None  # unchanged: its rows' contents, those set aside too, are known
+
+
+def test_an_infinite_moment_keeps_the_ids_of_the_rows_read_beside_it(postgres_url: str) -> None:
+    # Its row is set aside; the others keep the ids (and types) they have in a batch without it.
+    postgres_table(
+        postgres_url,
+        "stamps",
+        "id int, subject text, at timestamptz",
+        "(1, 'a', '2026-01-01 10:00+00'), (2, 'b', 'infinity'), (3, 'c', '2026-01-02 10:00+00')",
+    )
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT subject, at FROM stamps ORDER BY id")
+    reads = []
+    for _ in range(2):
+        reads.append([r for b in SqlSourceReader(config, 10).batches() for r in b.rows.to_pylist()])
+        postgres_table(
+            postgres_url,
+            "stamps",
+            "id int, subject text, at timestamptz",
+            "(1, 'a', '2026-01-01 10:00+00'), (3, 'c', '2026-01-02 10:00+00')",
+        )
+    assert [r["subject"] for r in reads[0]] == ["a", "c"]
+    assert [(r["id"], r["at"]) for r in reads[0]] == [(r["id"], r["at"]) for r in reads[1]]
+
+
+def test_an_infinite_cursor_value_is_no_value_set_aside_once(postgres_url: str, tmp_path: Path) -> None:
+    # 'infinity' sorts after every moment: read again each run, it is quarantined once, as a NULL is.
+    postgres_table(
+        postgres_url,
+        "events",
+        "id int, subject text, u timestamptz",
+        "(1, 'a', '2026-01-01 10:00+00'), (2, 'b', 'infinity'), (3, 'c', '-infinity'), (4, 'd', '2026-01-02 10:00+00')",
+    )
+    config = SqlSource(type="sql", url=postgres_url, table="events", cursor="u", key=["id"])
+    first, second = read_twice(config, tmp_path)
+    assert first[0] == ["a", "d"] and second == ([], [])
+    assert sorted(json.loads(r["record"])["subject"] for r in first[1]) == ["b", "c"]
+    assert {r["reason"] for r in first[1]} == {"no_cursor_value"}
+
+
+def test_a_key_holding_an_infinite_moment_is_asked_for_in_rows_an_earlier_run_read(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # The key asked of the database binds the value as PostgreSQL wrote it ('infinity'), not a Python moment.
+    postgres_table(
+        postgres_url,
+        "versions",
+        "valid_to timestamp, subject text, u int",
+        "('infinity', 'a', 1), ('2026-01-01', 'b', 2)",
+    )
+    config = SqlSource(type="sql", url=postgres_url, table="versions", cursor="u", key=["valid_to"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    marks = Watermarks(state, "support")
+    list(SqlSourceReader(config, 10, marks.for_source(config)).batches())
+    marks.commit("run")
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("INSERT INTO versions VALUES ('infinity', 'c', 3)")
+    engine.dispose()
+    with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(valid_to\) as a row an earlier"):
+        list(SqlSourceReader(config, 10, Watermarks(state, "support").for_source(config)).batches())
+    state.dispose()
+
+
+def test_an_unscaled_numeric_is_published_as_written_whatever_rows_share_its_batch(
+    workdir: Path, postgres_url: str
+) -> None:
+    # Arrow gives a batch's decimals one scale: 1.5 was published '1.50' beside 1.25 and '1.5' alone, and a
+    # numeric[] value's ids and text moved the same way ([1.5, 2] was ["1.50", "2.00"] beside [1.25]).
+    postgres_table(
+        postgres_url,
+        "amounts",
+        "id int, subject text, amount numeric, codes numeric[], fixed numeric(6, 2)",
+        "(1, 'a', 1.25, '{1.25}', 1.25), (2, 'b', 1.5, '{1.5,2}', 1.5), (3, 'c', 2, '{3}', 2), (4, 'd', NULL, NULL, 3)",
+    )
+    spec = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": postgres_url, "query": "SELECT * FROM amounts ORDER BY id"}],
+        "record": {
+            "kind": "instruction",
+            "prompt": "{{ subject }} {{ amount }} {{ codes }} {{ fixed }}",
+            "completion": "fixed",
+        },
+        "output": {"validation_fraction": 0.0},
+    }
+    published = []
+    for batch_rows in (1, 4):
+        version = Path(run(workdir, {**spec, "batch_rows": batch_rows}, full_refresh=True).version_uri)
+        ids = [entry["id"] for entry in read_lines(sorted((version / "lineage").glob("*.jsonl")))]
+        records = [(line["prompt"], line["completion"]) for line in processed(version)]
+        published.append(sorted(zip(ids, records, strict=True)))
+    assert published[0] == published[1]
+    assert sorted(record for _, record in published[1]) == [
+        ('a 1.25 ["1.25"] 1.25', "1.25"),
+        ('b 1.5 ["1.5", "2"] 1.50', "1.50"),
+        ('c 2 ["3"] 2.00', "2.00"),
+    ]
+
+
+def test_an_error_from_a_rows_value_is_said_without_the_value_whatever_its_class(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # Outside class 22, PostgreSQL's message quoted the row's text ('cross-database references are not
+    # implemented: "jane.roe@example.com"'), or named it unquoted (regproc), in the run's error and its log.
+    postgres_table(
+        postgres_url,
+        "names",
+        "id int, subject text, u int",
+        "(0, 'TimeZone', 0), (1, 'TimeZone', 1), (2, 'jane.roe@example.com', 2)",
+    )
+    for cast, fine, kind in [
+        ("{}::regclass", "pg_class", "FeatureNotSupported (SQLSTATE 0A000)"),
+        ("{}::regproc", "now", "FeatureNotSupported (SQLSTATE 0A000)"),
+        ("{}::regtype", "int4", "SyntaxError (SQLSTATE 42601)"),
+        ("current_setting({})", "TimeZone", "UndefinedObject (SQLSTATE 42704)"),
+    ]:
+        value = f"CASE WHEN id = 2 THEN subject ELSE '{fine}' END"
+        query = f"SELECT id, {cast.format(value)} AS subject FROM names ORDER BY id"
+        config = SqlSource(type="sql", url=postgres_url, query=query)
+        with pytest.raises(SqlSourceError) as error:
+            list(SqlSourceReader(config, 1).batches())
+        assert (
+            f": {kind} reading the rows (the query alone, without rows, raises none): its message is left out"
+            in str(error.value)
+        )
+        assert "jane" not in str(error.value) and "@example" not in str(error.value)
+    # An error of the query alone is said as PostgreSQL says it: it names the query's parts, not a row's.
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT id, subject::regclass AS s FROM nowhere")
+    with pytest.raises(SqlSourceError, match='cannot read: UndefinedTable: relation "nowhere" does not exist'):
+        list(SqlSourceReader(config, 1).batches())
+    # Rows before the watermark are asked for the keys read, through the query: a value there is left out too.
+    query = "SELECT id, current_setting(subject) AS subject, u FROM names"
+    config = SqlSource(type="sql", url=postgres_url, query=query, cursor="u", key=["id", "subject"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("DELETE FROM names WHERE id = 2")
+    marks = Watermarks(state, "support")
+    list(SqlSourceReader(config, 10, marks.for_source(config)).batches())
+    marks.commit("run")
+    with engine.begin() as db:
+        db.exec_driver_sql("UPDATE names SET subject = 'jane.roe@example.com' WHERE id = 0")
+        db.exec_driver_sql("INSERT INTO names VALUES (0, 'TimeZone', 3)")
+    engine.dispose()
+    with pytest.raises(SqlSourceError) as error:
+        list(SqlSourceReader(config, 10, Watermarks(state, "support").for_source(config)).batches())
+    said = "cannot ask whether rows before the watermark hold the keys read: UndefinedObject (SQLSTATE 42704)"
+    assert said in str(error.value) and "jane" not in str(error.value)
+    state.dispose()
+
+
+@pytest.mark.parametrize("kind", ["point", "json"])
+def test_a_key_postgresql_has_no_equals_for_is_compared_by_its_text(
+    postgres_url: str, tmp_path: Path, kind: str
+) -> None:
+    # The keys read were asked of the database with `=`: "operator does not exist: point = unknown" failed every
+    # run after the first.
+    first, other, later = ("(1,2)", "(3,4)", "(5,6)") if kind == "point" else ('"x"', '"y"', '"z"')
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    engine = sa.create_engine(postgres_url)
+    for source in ({"table": "shapes"}, {"query": "SELECT p, subject, u FROM shapes"}):
+        postgres_table(
+            postgres_url, "shapes", f"p {kind}, subject text, u int", f"('{first}', 'a', 1), ('{other}', 'b', 2)"
+        )
+        config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["p"], **source)
+        reads = []
+        for added in (f"('{later}', 'c', 3)", f"('{first}', 'd', 4)"):
+            marks = Watermarks(state, source.get("table", "q"))
+            batches = SqlSourceReader(config, 10, marks.for_source(config)).batches()
+            reads.append([r["subject"] for b in batches for r in b.rows.to_pylist()])
+            marks.commit("run")
+            with engine.begin() as db:
+                db.exec_driver_sql(f"INSERT INTO shapes VALUES {added}")
+        assert reads == [["a", "b"], ["c"]]
+        with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(p\) as a row an earlier run"):
+            list(SqlSourceReader(config, 10, Watermarks(state, source.get("table", "q")).for_source(config)).batches())
+    engine.dispose()
+    state.dispose()
