@@ -109,6 +109,9 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
         # With the recipe's PII stage after the near-dedup stage, roles that do not see PII get the
         # texts as published.
         view["redacted"] = "published_text" in member and not user.sees_pii
+        # A VQA record's image: not for a role shown the texts redacted (the PII stage after the flag's
+        # can redact text in images too, and the flag took them before it).
+        pictures = "thumbnail" in kept or "thumbnail" in member
         if view["redacted"]:
             # Only what the role may see: the payload's raw fields and images must not reach the
             # template context at all, where a later template change could show them.
@@ -117,9 +120,6 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
                 for side in (kept, member)
             )
         view["kept"], view["member"] = kept, member
-        # A VQA record's image: not for a role shown the texts redacted (the PII stage after the flag's
-        # can redact text in images too, and the flag took them before it).
-        pictures = "thumbnail" in kept or "thumbnail" in member
         view["images"] = pictures and not view["redacted"]
         view["images_withheld"] = pictures and view["redacted"]
         view["similarity"] = payload.get("similarity")
