@@ -29,14 +29,14 @@ import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
-from curation.stages.duplicates import holds_one_key_each, one_key_each
+from curation.stages.duplicates import PUBLISHED_PREFIX, holds_one_key_each, one_key_each
 from curation.state import runs, state_engine
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
 log = logging.getLogger(__name__)
 
 REASON = "earlier_version"
-_PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
+_PREFIX = PUBLISHED_PREFIX  # ids of published rows inside a resolve; never collides with a record id
 _PUBLISHED_ID = rf"(?s)^{re.escape(_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 
 _metadata = sa.MetaData()
