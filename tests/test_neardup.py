@@ -351,6 +351,28 @@ def test_not_a_duplicate_applies_in_the_stage_whose_item_it_was(tmp_path: Path) 
     engine.dispose()
 
 
+def test_a_record_kept_apart_set_aside_as_an_earlier_version_of_another_published_one_is_asked_again(
+    tmp_path: Path,
+) -> None:
+    ids = list(_PAIRS)
+    batch = _batch(ids, [_PAIRS[i] for i in ids]).filter(pc.is_in(pa.array(ids), pa.array(["a", "d", "e"])))
+    index = SignatureIndex(f"sqlite:///{tmp_path / 'state.db'}", "d")
+    published = batch.filter(pc.is_in(batch["id"], pa.array(["a", "d"])))  # d was kept apart from a before
+    first = CrossRunDedup(NearDedup(["text"], kept_apart={"d": {"a"}}), index)
+    index.stage_pending(first.name, first.params, first.signatures(published).drop_columns(["source"]))
+    index.published(1)
+    # A later run reads e alone, marked not a duplicate of a; published d is a near copy of it too.
+    stage = CrossRunDedup(NearDedup(["text"], kept_apart={"d": {"a"}, "e": {"a"}}), index, kept_from={"a": {}})
+    new = batch.filter(pc.equal(batch["id"], "e"))
+    signatures = [stage.signatures(new)]
+    aside = stage.resolve(signatures)
+    assert aside["reason"].to_pylist() == ["earlier_version"] and aside["duplicate_of"].to_pylist() == ["d"]
+    (flag,) = stage.review_flags(aside, signatures, [new]).to_pylist()
+    payload = json.loads(flag["payload"])
+    assert flag["kind"] == "near_duplicate" and payload["kept"]["id"] == "d" and payload["member"]["id"] == "e"
+    assert payload["similarity"] >= 0.7
+
+
 def test_recipe_run_sets_near_duplicates_aside_and_flags_clusters_for_review(workdir: Path) -> None:
     corpus = generate(60, duplicate_share=0.5, seed=5)
     write_jsonl(workdir / "in.jsonl", [{"text": t} for t in corpus.texts])
