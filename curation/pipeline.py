@@ -155,7 +155,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
-            stages.extend(quality_stages(config, kind, frozenset(review.decisions.kept_apart)))
+            stages.extend(quality_stages(config, kind, review.decisions.kept_apart_in))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(

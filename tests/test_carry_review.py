@@ -670,6 +670,41 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision
     assert item.record_id not in lines_by_id(Path(v3.version_uri)) and len(outputs(Path(v3.version_uri))) == 4
 
 
+@pytest.mark.parametrize("across_runs", [True, False])
+def test_two_near_copies_each_marked_not_a_duplicate_of_one_record_are_asked_about_each_other(
+    workdir: Path, across_runs: bool
+) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7, "across_runs": across_runs}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+
+    def near_duplicates() -> list[Any]:
+        with engine.connect() as db:
+            query = sa.select(review_items).where(review_items.c.kind == "near_duplicate")
+            return db.execute(query.order_by(review_items.c.item_id)).all()
+
+    first, second = near_duplicates()  # b.jsonl's two records, each beside a.jsonl's first
+    for item in (first, second):
+        dec.decide(engine, item.item_id, "rita", "keep")
+    # Each is not a copy of a.jsonl's record; nobody said the second is not a copy of the first.
+    v2 = run(workdir, spec)
+    published = lines_by_id(Path(v2.version_uri))
+    assert first.record_id in published and second.record_id not in published
+    assert v2.manifest.counts.reasons["duplicate"] == {"near_duplicate": 1}
+    again = near_duplicates()[-1]
+    assert len(near_duplicates()) == 3 and again.record_id == second.record_id and again.status == "open"
+    assert json.loads(again.payload)["kept"]["id"] == first.record_id
+    dec.decide(engine, again.item_id, "rita", "keep")
+    v3 = run(workdir, spec)
+    published = lines_by_id(Path(v3.version_uri))
+    assert first.record_id in published and second.record_id in published and len(published) == 6
+    assert "duplicate" not in v3.manifest.counts.reasons
+    engine.dispose()
+
+
 def test_a_record_kept_apart_then_corrected_in_its_input_is_queued_to_be_marked_again(workdir: Path) -> None:
     # "Not a duplicate" is decided on a record id; a corrected input line is a new record, which the next
     # scheduled run sets aside as an earlier version of the record the annotator kept it apart from.

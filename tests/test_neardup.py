@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 from PIL import Image, ImageDraw
@@ -247,7 +248,7 @@ def test_a_record_kept_apart_by_an_annotator_is_not_set_aside_and_its_cluster_ke
     assert _removed(NearDedup(["text"]), batch, size=2) == {"x": "a", "b": "a"}
     index = SignatureIndex(f"sqlite:///{tmp_path / 'state.db'}", "d")
     params = CrossRunDedup(NearDedup(["text"]), index).params
-    stage = NearDedup(["text"], kept_apart=frozenset({"x"}))
+    stage = NearDedup(["text"], kept_apart={"x": {"a"}})
     cross_run = CrossRunDedup(stage, index)
     review = ReviewDecisions(RunDecisions(kept_apart={"x"}))
     # "Not a duplicate": x is published; b still names the record its cluster kept.
@@ -263,9 +264,113 @@ def test_a_record_kept_apart_by_an_annotator_is_not_set_aside_and_its_cluster_ke
             "image_bytes": pa.array([_image(0, 1), _image(1, 1), _image(0, 1)], pa.binary()),
         }
     )
-    images_only = ImageNearDedup(max_distance=6, kept_apart=frozenset({"q"}))
+    images_only = ImageNearDedup(max_distance=6, kept_apart={"q": {"p"}})
     aside = images_only.resolve([images_only.signatures(images)])
     assert aside["id"].to_pylist() == ["r"] and aside["duplicate_of"].to_pylist() == ["p"]
+
+
+_TEXT = (
+    "the parcel left the depot on monday morning and reached the customer two days later without any damage at "
+    "all so we closed the ticket and sent a short survey about the delivery and the driver"
+)
+_WORDS = _TEXT.split(" ")
+# A and its near copies: D and E (near each other too), B and C (near A, not near each other).
+_PAIRS = {
+    "a": " ".join(_WORDS),
+    "b": " ".join([*_WORDS[:-5], "was", "wet", "inside", "sadly", "though"]),
+    "c": " ".join(["a", "van", "took", "it", "and", *_WORDS[5:]]),
+    "d": " ".join(_WORDS) + " indeed",
+    "e": " ".join(_WORDS) + " again",
+}
+
+
+def test_not_a_duplicate_is_decided_on_a_pair_not_on_a_record() -> None:
+    ids = list(_PAIRS)
+    batch = _batch(ids, [_PAIRS[i] for i in ids])
+    both = NearDedup(["text"], kept_apart={"d": {"a"}, "e": {"a"}})
+    # Nobody said e is not a copy of d: published d is what e is set aside beside (and queued with).
+    assert _removed(both, batch.filter(pc.is_in(batch["id"], pa.array(["a", "d", "e"]))), size=2) == {"e": "d"}
+    # Said so too (an item e vs d marked not a duplicate): both are published.
+    assert _removed(NearDedup(["text"], kept_apart={"d": {"a"}, "e": {"a", "d"}}), batch, size=2) == {
+        "b": "a",
+        "c": "a",
+    }
+    # One cluster (connected through a), but c is no near copy of b: both kept apart from a are published.
+    chain = batch.filter(pc.is_in(batch["id"], pa.array(["a", "b", "c"])))
+    assert _removed(NearDedup(["text"]), chain, size=3) == {"b": "a", "c": "a"}
+    assert _removed(NearDedup(["text"], kept_apart={"b": {"a"}, "c": {"a"}}), chain, size=3) == {}
+
+
+def test_not_a_duplicate_of_images_is_decided_on_a_pair() -> None:
+    images = pa.table(
+        {
+            "id": ["p", "q", "r"],
+            "source": source_array("files", "/vqa.jsonl", [1, 2, 3]),
+            "image_bytes": pa.array([_image(0, 1), _image(1, 1), _image(2, 1)], pa.binary()),
+        }
+    )
+    stage = ImageNearDedup(max_distance=6, kept_apart={"q": {"p"}, "r": {"p"}})
+    aside = stage.resolve([stage.signatures(images)])
+    assert aside["id"].to_pylist() == ["r"] and aside["duplicate_of"].to_pylist() == ["q"]
+
+
+def test_not_a_duplicate_applies_in_the_stage_whose_item_it_was(tmp_path: Path) -> None:
+    from curation.review.queue import add_items
+    from curation.stages.quality import quality_stages
+    from schemas.config import ImageDedupConfig, NearDedupConfig
+    from schemas.records import FLAG_SCHEMA
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    source = {"connector": "files", "uri": "/vqa.jsonl", "line": 2, "page": None}
+    payload = json.dumps({"kept": {"id": "p", "text": "Which form?"}, "member": {"id": "q", "text": "Which form?"}})
+    flag = {"id": "q", "source": source, "kind": "near_duplicate", "detail": "d", "payload": payload}
+    add_items(engine, "forms", 1, "run", pa.Table.from_pylist([{**flag, "stage": "near_dedup"}], schema=FLAG_SCHEMA))
+    dec.decide(engine, 1, "rita", "keep")  # the texts are not copies: says nothing of the images
+    decisions = dec.run_decisions(engine, "forms")
+    assert decisions.kept_apart == {"q"} and decisions.kept_apart_in == {"near_dedup": {"q": {"p"}}}
+    images = pa.table(
+        {
+            "id": ["p", "q"],
+            "source": source_array("files", "/vqa.jsonl", [1, 2]),
+            "image_bytes": pa.array([_image(0, 1), _image(1, 1)], pa.binary()),
+            "question": ["Which form?", "Which form?"],
+            "answer": ["A tax form.", "A tax form."],
+        }
+    )
+    config = ImageDedupConfig(type="image_dedup", match_question=False)
+    (image_stage,) = quality_stages(config, "vqa", decisions.kept_apart_in)
+    assert image_stage.resolve([image_stage.signatures(images)])["id"].to_pylist() == ["q"]
+    (text_stage,) = quality_stages(NearDedupConfig(type="near_dedup"), "vqa", decisions.kept_apart_in)
+    assert text_stage.resolve([text_stage.signatures(images)]).num_rows == 0
+    # Kept apart on an image item: the image stage publishes it.
+    image_flag = {**flag, "stage": "image_near_dedup", "payload": payload.replace("}}", '}, "similarity": 0.97}')}
+    add_items(engine, "forms", 2, "run", pa.Table.from_pylist([image_flag], schema=FLAG_SCHEMA))
+    dec.decide(engine, 2, "rita", "keep")
+    (image_stage,) = quality_stages(config, "vqa", dec.run_decisions(engine, "forms").kept_apart_in)
+    assert image_stage.resolve([image_stage.signatures(images)]).num_rows == 0
+    engine.dispose()
+
+
+def test_a_record_kept_apart_set_aside_as_an_earlier_version_of_another_published_one_is_asked_again(
+    tmp_path: Path,
+) -> None:
+    ids = list(_PAIRS)
+    batch = _batch(ids, [_PAIRS[i] for i in ids]).filter(pc.is_in(pa.array(ids), pa.array(["a", "d", "e"])))
+    index = SignatureIndex(f"sqlite:///{tmp_path / 'state.db'}", "d")
+    published = batch.filter(pc.is_in(batch["id"], pa.array(["a", "d"])))  # d was kept apart from a before
+    first = CrossRunDedup(NearDedup(["text"], kept_apart={"d": {"a"}}), index)
+    index.stage_pending(first.name, first.params, first.signatures(published).drop_columns(["source"]))
+    index.published(1)
+    # A later run reads e alone, marked not a duplicate of a; published d is a near copy of it too.
+    stage = CrossRunDedup(NearDedup(["text"], kept_apart={"d": {"a"}, "e": {"a"}}), index, kept_from={"a": {}})
+    new = batch.filter(pc.equal(batch["id"], "e"))
+    signatures = [stage.signatures(new)]
+    aside = stage.resolve(signatures)
+    assert aside["reason"].to_pylist() == ["earlier_version"] and aside["duplicate_of"].to_pylist() == ["d"]
+    (flag,) = stage.review_flags(aside, signatures, [new]).to_pylist()
+    payload = json.loads(flag["payload"])
+    assert flag["kind"] == "near_duplicate" and payload["kept"]["id"] == "d" and payload["member"]["id"] == "e"
+    assert payload["similarity"] >= 0.7
 
 
 def test_recipe_run_sets_near_duplicates_aside_and_flags_clusters_for_review(workdir: Path) -> None:

@@ -20,7 +20,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageResult
 from schemas.config import Recipe, load_recipe
 from schemas.records import FLAG_SCHEMA, set_aside_rows
-from tests.helpers import outputs, write_jsonl, write_recipe
+from tests.helpers import outputs, set_aside, write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 
 ray = pytest.importorskip("ray")
@@ -341,4 +341,31 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_on_ray_as_on_the_e
         outcomes[name] = (second.manifest.counts.reasons, second.manifest.stats["stages"]["review"], prompts)
     assert outcomes["local"][0] == {"duplicate": {"near_duplicate": 1}} and outcomes["local"][1] == {"kept_apart": 1}
     assert outcomes["local"][2] == [f"{base}!", f"{base}."]
+    assert outcomes["ray"] == outcomes["local"]
+
+
+def test_two_near_copies_marked_not_duplicates_of_one_record_resolve_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """The decision is on a pair: both marked not a duplicate of the first record, the third is still a
+    near copy of the second, which Ray's distributed resolve finds as the embedded executor does."""
+    base = BILLING
+    rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        folder = workdir / name
+        loaded, items = near_duplicates_queued(folder, executor, rows, duplicates=2)
+        for item in items:
+            decide(loaded, item, "keep")
+        second = run_recipe(loaded, executor=executor)
+        line_of = {item.record_id: json.loads(item.source)["line"] for item in items} | {None: None}
+        aside = [
+            (row["source"]["line"], row["reason"], line_of.get(row["duplicate_of"], "first"))
+            for row in set_aside(Path(second.version_uri))
+        ]
+        prompts = sorted(line["prompt"] for line in outputs(Path(second.version_uri)))
+        outcomes[name] = (aside, prompts)
+    # The third is set aside beside the second (line 2), not the first: asked about that pair next.
+    assert outcomes["local"] == ([(3, "near_duplicate", 2)], [f"{base}!", f"{base}."])
     assert outcomes["ray"] == outcomes["local"]

@@ -327,3 +327,24 @@ def test_a_label_studio_export_leaves_spans_marked_not_pii_in_clear(tmp_path: Pa
     # Raw, only the spans still redacted are predicted as PII.
     (task,) = export_tasks(engine, include_pii=True)
     assert [r["value"]["text"] for r in task["predictions"][0]["result"]] == ["Dana"]
+
+
+def test_a_role_shown_near_duplicate_texts_redacted_gets_no_raw_values_in_the_view() -> None:
+    from curation.review.auth import User
+    from curation.review.views import item_view
+
+    raw = {"completion": "Ask Dana Smith at dana@example.com."}
+    picture = "data:image/jpeg;base64,AAAA"  # taken before the PII stage, which can redact text in images
+    member = {"id": "b", "text": raw["completion"], "fields": raw, "thumbnail": picture}
+    member.update(published_text="Ask <PERSON> at <EMAIL_ADDRESS>.")
+    member["published_fields"] = {"completion": member["published_text"]}
+    kept = {"id": "a", "text": "Ask Dana Smith!", "published_text": "Ask <PERSON>!", "thumbnail": picture}
+    payload = {"kept": kept, "member": member, "similarity": 0.9}
+    item = {"kind": "near_duplicate", "detail": "d", "source": "{}", "payload": json.dumps(payload)}
+    view = item_view(item, User("rita", "reviewer"))
+    assert view["redacted"] and view["edit_values"] == member["published_fields"]
+    shown = json.dumps({"kept": view["kept"], "member": view["member"]})
+    assert "Dana" not in shown and "dana@" not in shown and picture not in shown
+    assert view["member"]["text"] == member["published_text"] and view["kept"]["id"] == "a"
+    # A role that sees PII still gets the record's fields, to edit from.
+    assert item_view(item, User("pia", "pii-reviewer"))["member"]["fields"] == raw

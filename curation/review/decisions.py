@@ -292,9 +292,12 @@ class RunDecisions:
     rejected_content: dict[int, str] = field(default_factory=dict)  # content key -> rejected record
     copy_of: dict[str, str] = field(default_factory=dict)  # copy's id -> rejected record
 
-    # "Not a duplicate": records a near-duplicate stage must not set aside (``keep_first``); the others of
-    # their cluster keep the record they kept.
+    # "Not a duplicate": records with such a decision in force (counted by the review stage).
     kept_apart: set[str] = field(default_factory=set)
+    # The decision is on a pair and applies in the stage whose item it was: per stage name, each record
+    # kept apart -> the records it was kept apart from (each item's kept record). The stage publishes it
+    # unless it is near another record its cluster publishes (``keep_first``).
+    kept_apart_in: dict[str, dict[str, set[str]]] = field(default_factory=dict)
     # The records they were kept apart from (each one's side of the item: id, text, uri, thumbnail): a
     # later record set aside as an earlier version of one of these is queued again (``CrossRunDedup``).
     kept_from: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -409,7 +412,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     compares with) as the review stage and carry-forward need them (later edits win per field)."""
     result = RunDecisions()
     not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII
-    not_duplicates: list[int] = []  # items marked not a duplicate
+    not_duplicates: dict[int, str] = {}  # items marked not a duplicate -> their record
     for decision in active_decisions(engine, dataset, as_of):
         record = decision["record_id"]
         if decision["action"] == "reject":
@@ -417,7 +420,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         elif decision["action"] in ("edit", "keep"):
             if decision["action"] == "keep":
                 result.kept_apart.add(record)
-                not_duplicates.append(decision["item_id"])
+                not_duplicates[decision["item_id"]] = record
             after = json.loads(decision["after"])
             if after.get("fields"):
                 result.edits.setdefault(record, {}).update(after["fields"])
@@ -439,9 +442,12 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         if kept:
             result.undone[record] = kept
     payloads = _payloads(engine, [*not_pii, *not_duplicates])
-    for item_id in not_duplicates:
+    stages = _stages(engine, list(not_duplicates))
+    for item_id, record in not_duplicates.items():
         side = json.loads(payloads.get(item_id) or "{}").get("kept") or {}
+        apart = result.kept_apart_in.setdefault(stages[item_id], {}).setdefault(record, set())
         if side.get("id"):
+            apart.add(side["id"])
             result.kept_from[side["id"]] = {k: v for k, v in side.items() if k != "published_text"}
     if not_pii:
         for item_id, (record, spans) in not_pii.items():
@@ -469,10 +475,19 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
 
 def _payloads(engine: sa.Engine, item_ids: list[int]) -> dict[int, str | None]:
     """The payload of each of these items."""
-    found: dict[int, str | None] = {}
+    return _column_of(engine, item_ids, review_items.c.payload)
+
+
+def _stages(engine: sa.Engine, item_ids: list[int]) -> dict[int, str]:
+    """The stage that flagged each of these items."""
+    return _column_of(engine, item_ids, review_items.c.stage)
+
+
+def _column_of(engine: sa.Engine, item_ids: list[int], column: sa.Column) -> dict[int, Any]:
+    found: dict[int, Any] = {}
     with engine.connect() as db:
         for start in range(0, len(item_ids), 500):  # under every database's limit on bound parameters
-            query = sa.select(review_items.c.item_id, review_items.c.payload)
+            query = sa.select(review_items.c.item_id, column)
             found.update(db.execute(query.where(review_items.c.item_id.in_(item_ids[start : start + 500]))).all())
     return found
 

@@ -14,6 +14,9 @@ from curation.review.auth import User
 from curation.review.decisions import restored_text
 
 _WORDS = re.compile(r"\s+|[^\s]+")
+# The keys of a near-duplicate item's side kept for a role shown its texts redacted (not ``fields``,
+# ``thumbnail``: taken before the PII stage, they hold raw PII).
+_SHOWN_REDACTED = ("id", "uri", "published_text", "published_fields")
 
 
 @dataclass
@@ -106,12 +109,17 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
         # With the recipe's PII stage after the near-dedup stage, roles that do not see PII get the
         # texts as published.
         view["redacted"] = "published_text" in member and not user.sees_pii
-        if view["redacted"]:
-            kept, member = ({**side, "text": side.get("published_text", "")} for side in (kept, member))
-        view["kept"], view["member"] = kept, member
         # A VQA record's image: not for a role shown the texts redacted (the PII stage after the flag's
         # can redact text in images too, and the flag took them before it).
         pictures = "thumbnail" in kept or "thumbnail" in member
+        if view["redacted"]:
+            # Only what the role may see: the payload's raw fields and images must not reach the
+            # template context at all, where a later template change could show them.
+            kept, member = (
+                {**{k: v for k, v in side.items() if k in _SHOWN_REDACTED}, "text": side.get("published_text", "")}
+                for side in (kept, member)
+            )
+        view["kept"], view["member"] = kept, member
         view["images"] = pictures and not view["redacted"]
         view["images_withheld"] = pictures and view["redacted"]
         view["similarity"] = payload.get("similarity")

@@ -29,14 +29,14 @@ import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
-from curation.stages.duplicates import holds_one_key_each, one_key_each
+from curation.stages.duplicates import PUBLISHED_PREFIX, holds_one_key_each, one_key_each
 from curation.state import runs, state_engine
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
 log = logging.getLogger(__name__)
 
 REASON = "earlier_version"
-_PREFIX = "published:"  # ids of published rows inside a resolve; never collides with a record id
+_PREFIX = PUBLISHED_PREFIX  # ids of published rows inside a resolve; never collides with a record id
 _PUBLISHED_ID = rf"(?s)^{re.escape(_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 
 _metadata = sa.MetaData()
@@ -448,10 +448,19 @@ class CrossRunDedup:
         flags = getattr(self.inner, "review_flags", None)
         if flags is None:
             return empty_flags()
+        # And one for each record an annotator kept apart, set aside as an earlier version of another
+        # published record (the decision is on a pair, see ``keep_first``): asked about that pair.
+        kept_apart = pa.array(sorted(getattr(self.inner, "kept_apart", None) or ()), pa.string())
+        asked_apart = pc.and_(
+            pc.is_in(dropped["id"], value_set=kept_apart), pc.not_equal(dropped["id"], dropped["duplicate_of"])
+        )
         again = dropped.filter(
             pc.and_(
                 pc.equal(dropped["reason"], REASON),
-                pc.is_in(dropped["duplicate_of"], value_set=pa.array(sorted(self.kept_from), pa.string())),
+                pc.or_(
+                    pc.is_in(dropped["duplicate_of"], value_set=pa.array(sorted(self.kept_from), pa.string())),
+                    pc.fill_null(asked_apart, False),
+                ),
             )
         )
         if again.num_rows == 0 or isinstance(self.inner, ExactDedup):
@@ -465,7 +474,7 @@ class CrossRunDedup:
         for row, record in enumerate(found["id"].to_pylist()):
             if record in asked:
                 payload = json.loads(payloads[row])
-                payload["kept"] = {**payload["kept"], **self.kept_from[payload["kept"]["id"]]}
+                payload["kept"] = {**payload["kept"], **self.kept_from.get(payload["kept"]["id"], {})}
                 payloads[row] = json.dumps(payload)
         return found.set_column(found.schema.get_field_index("payload"), "payload", pa.array(payloads, pa.string()))
 

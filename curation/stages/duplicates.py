@@ -7,7 +7,7 @@ same ``DuplicateStage.pairs`` per key group after a shuffle and the same ``set_a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,9 @@ from scipy.sparse.csgraph import connected_components
 from curation.stages.base import DuplicateStage
 from schemas.records import SOURCE_TYPE, empty_set_aside, set_aside_rows
 
+# The ids of published records' rows in a resolve across runs (``curation.stages.dedup_index``):
+# "published:<version>:<record id>"; never a record's own id.
+PUBLISHED_PREFIX = "published:"
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 
 
@@ -67,21 +70,24 @@ def clusters_from_pairs(ids: pa.Array | pa.ChunkedArray, pairs: pa.Table) -> pa.
     )
 
 
-def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, sources: pa.Table) -> pa.Table:
+def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, signatures: pa.Table) -> pa.Table:
     """Keep the first record of each cluster in input order; set the others aside, naming it."""
     if clusters.num_rows == 0:
         return empty_set_aside()
     # Only the clustered records' sources: converting every signature's source costs memory that grows with input.
-    sources = sources.select(["id", "source"]).filter(
-        pc.is_in(sources["id"], value_set=clusters["id"].combine_chunks())
+    sources = signatures.select(["id", "source"]).filter(
+        pc.is_in(signatures["id"], value_set=clusters["id"].combine_chunks())
     )
-    return keep_first(stage, pl.from_arrow(clusters).join(pl.from_arrow(sources).unique("id"), on="id"))
+    members = pl.from_arrow(clusters).join(pl.from_arrow(sources).unique("id"), on="id")
+    return keep_first(stage, members, signatures)
 
 
-def keep_first(stage: DuplicateStage, members: pl.DataFrame) -> pa.Table:
+def keep_first(stage: DuplicateStage, members: pl.DataFrame, signatures: pa.Table | None = None) -> pa.Table:
     """``set_aside_for_clusters`` once each clustered record's ``source`` is known: ``members`` has
     ``id``, ``source`` and ``cluster`` (any value that is equal within a cluster). A record in the
-    stage's ``kept_apart`` (ids an annotator marked "not a duplicate") is not set aside."""
+    stage's ``kept_apart`` (an annotator marked it "not a duplicate" of the records it maps to) is
+    not set aside, unless it is a near copy of another record its cluster publishes (see
+    ``_kept_apart``; ``signatures``, the stage's rows of the members, say which are near)."""
     if members.height == 0:
         return empty_set_aside()
     order = ["_uri", "_line", "_page", "id"]
@@ -99,9 +105,7 @@ def keep_first(stage: DuplicateStage, members: pl.DataFrame) -> pa.Table:
     dupes = frame.filter(pl.col("id") != pl.col("kept"))
     kept_apart = getattr(stage, "kept_apart", None)
     if kept_apart:
-        # An annotator said "not a duplicate": the record is published. Taken out after the clusters are
-        # made, so the others of its cluster keep the record they kept (and stay set aside).
-        dupes = dupes.filter(~pl.col("id").is_in(sorted(kept_apart)))
+        dupes = _kept_apart(stage, frame, dupes, kept_apart, signatures)
     dupes = dupes.select("id", "source", "kept", pl.concat_str(pl.lit("duplicate of "), "kept").alias("detail"))
     table = dupes.to_arrow().cast(
         pa.schema([("id", pa.string()), ("source", SOURCE_TYPE), ("kept", pa.string()), ("detail", pa.string())])
@@ -115,6 +119,62 @@ def keep_first(stage: DuplicateStage, members: pl.DataFrame) -> pa.Table:
         table["detail"].combine_chunks(),
         duplicate_of=table["kept"].combine_chunks(),
     )
+
+
+def _kept_apart(
+    stage: DuplicateStage,
+    frame: pl.DataFrame,
+    dupes: pl.DataFrame,
+    kept_apart: Mapping[str, Iterable[str]],
+    signatures: pa.Table | None,
+) -> pl.DataFrame:
+    """``dupes`` (``frame``'s members set aside, in input order) less the records annotators kept apart.
+
+    A decision is on a pair: the record is not a copy of the one its item showed. So in input order, a
+    record kept apart is published unless it is near (``stage.close`` on their signature rows) a record
+    its cluster already publishes (the kept one, one published in an earlier version, one kept apart
+    before it) that it was not kept apart from: then it is set aside as a copy of that one, which its
+    review flag shows, and the annotator can mark it not a duplicate of that one too. The others of
+    its cluster keep the record they kept (and stay set aside): the clusters are made as before."""
+    asked = dupes.filter(pl.col("id").is_in(sorted(kept_apart)))
+    if asked.height == 0:
+        return dupes
+    clusters = frame.filter(pl.col("cluster").is_in(asked["cluster"].unique().implode()))
+    ids = clusters["id"].to_list()
+    published = {
+        cluster: [record for record in (kept, *ids_in) if record == kept or record.startswith(PUBLISHED_PREFIX)]
+        for cluster, kept, ids_in in clusters.group_by("cluster", maintain_order=True)
+        .agg(pl.col("kept").first(), pl.col("id"))
+        .iter_rows()
+    }
+    close = getattr(stage, "close", None)
+    rows: dict[str, pa.Table] = {}
+    if close is not None and signatures is not None:
+        found = signatures.filter(pc.is_in(signatures["id"], value_set=pa.array(ids, pa.string())))
+        rows = {record: found.slice(n, 1) for n, record in enumerate(found["id"].to_pylist())}
+    copy_of: dict[str, str | None] = {}  # a record kept apart -> the record it is a copy of (None: published)
+    for record, cluster in asked.select("id", "cluster").iter_rows():
+        apart = set(kept_apart[record])
+        others = [other for other in published[cluster] if _original(other) not in apart and other != record]
+        if others and record in rows and all(other in rows for other in others):
+            near = close(rows[record], pa.concat_tables([rows[other] for other in others]))
+            others = [other for other, is_near in zip(others, near, strict=True) if is_near]
+        copy_of[record] = others[0] if others else None
+        if not others:
+            published[cluster].append(record)
+    decided = pl.DataFrame(
+        {"id": list(copy_of), "_copy_of": list(copy_of.values())}, schema={"id": pl.String, "_copy_of": pl.String}
+    )
+    dupes = dupes.join(decided, on="id", how="left", maintain_order="left")
+    dupes = dupes.filter(~pl.col("id").is_in(decided["id"].implode()) | pl.col("_copy_of").is_not_null())
+    return dupes.with_columns(pl.coalesce("_copy_of", "kept").alias("kept")).drop("_copy_of")
+
+
+def _original(record: str) -> str:
+    """The record id of a published row's id (``CrossRunDedup``); any other id as it is."""
+    if not record.startswith(PUBLISHED_PREFIX):
+        return record
+    return record[len(PUBLISHED_PREFIX) :].split(":", 1)[1]
 
 
 def resolve_duplicates(stage: DuplicateStage, signatures: Iterable[pa.Table]) -> pa.Table:

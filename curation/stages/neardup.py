@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import lru_cache
 from typing import Literal
 
@@ -170,14 +170,15 @@ class NearDedup:
         num_perm: int = 128,
         bands: int = 32,
         threshold: float = 0.7,
-        kept_apart: frozenset[str] = frozenset(),
+        kept_apart: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         if num_perm % bands:
             raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
         self.fields, self.shingle, self.shingle_size = fields, shingle, shingle_size
         self.num_perm, self.bands, self.threshold = num_perm, bands, threshold
-        # Ids of records an annotator marked "not a duplicate" (``RunDecisions.kept_apart``): never set aside.
-        self.kept_apart = kept_apart
+        # Records an annotator marked "not a duplicate", each with the records it is not a copy of
+        # (``RunDecisions.kept_apart_in``): published unless near another one (``keep_first``).
+        self.kept_apart = dict(kept_apart or {})
 
     def minhash(self, batch: pa.Table) -> np.ndarray:
         require_columns(batch, self.fields, f"{self.name} fields")
@@ -211,6 +212,12 @@ class NearDedup:
             left += [ids[i]] * close.size
             right += ids[close].tolist()
         return pa.table({"a": pa.array(left, pa.string()), "b": pa.array(right, pa.string())}, schema=PAIR_SCHEMA)
+
+    def close(self, one: pa.Table, others: pa.Table) -> np.ndarray:
+        """Which of the signature rows ``others`` the row ``one`` is a near duplicate of, as ``pairs`` confirms."""
+        return similarity(_matrix(one["minhash"], self.num_perm)[0], _matrix(others["minhash"], self.num_perm)) >= (
+            self.threshold
+        )
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
         """The shared dedup step, with the candidate pairs of all key groups confirmed at once.
@@ -453,11 +460,11 @@ class ImageNearDedup:
         column: str = "image_bytes",
         max_distance: int = 6,
         question: str | None = None,
-        kept_apart: frozenset[str] = frozenset(),
+        kept_apart: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.column, self.max_distance, self.question = column, max_distance, question
         self.bands = max_distance + 1
-        self.kept_apart = kept_apart  # as ``NearDedup.kept_apart``
+        self.kept_apart = dict(kept_apart or {})  # as ``NearDedup.kept_apart``
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         data = batch[self.column].to_pylist() if self.column in batch.column_names else [None] * batch.num_rows
@@ -503,6 +510,19 @@ class ImageNearDedup:
             if asked[i] == asked[j] and (hashes[i] ^ hashes[j]).bit_count() <= self.max_distance
         ]
         return pa.table({"a": [a for a, _ in found], "b": [b for _, b in found]}, schema=PAIR_SCHEMA)
+
+    def close(self, one: pa.Table, others: pa.Table) -> np.ndarray:
+        """Which of the signature rows ``others`` the row ``one`` is a near duplicate of, as ``pairs`` confirms."""
+        (hashed,), hashes = one["phash"].to_pylist(), others["phash"].to_pylist()
+        (asked,) = one["question"].to_pylist() if "question" in one.column_names else [0]
+        questions = others["question"].to_pylist() if "question" in others.column_names else [0] * len(hashes)
+        return np.array(
+            [
+                hashed is not None and h is not None and q == asked and (hashed ^ h).bit_count() <= self.max_distance
+                for h, q in zip(hashes, questions, strict=True)
+            ],
+            bool,
+        )
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
         return resolve_duplicates(self, signatures)

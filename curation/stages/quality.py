@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 from curation.stages.clean import Clean
 from curation.stages.expectations import Expectations, UniqueValues
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
@@ -38,19 +40,22 @@ def text_fields(kind: str) -> list[str]:
 
 
 def quality_stages(
-    config: QualityConfig, kind: str, kept_apart: frozenset[str] = frozenset()
+    config: QualityConfig, kind: str, kept_apart: Mapping[str, Mapping[str, Collection[str]]] | None = None
 ) -> list[QualityStage | ImageNearDedup | UniqueValues]:
     """The stages one recipe entry makes: one, but for expectations, whose ``unique`` checks are over
-    the whole run (a global stage after the per-batch ones). ``kept_apart``: the records annotators
-    marked "not a duplicate", which the near-duplicate stages do not set aside."""
+    the whole run (a global stage after the per-batch ones). ``kept_apart``: per stage name, the records
+    annotators marked "not a duplicate" on that stage's items, each with the records it is not a copy
+    of (``RunDecisions.kept_apart_in``), which that near-duplicate stage does not set aside as such."""
     if isinstance(config, ExpectationsConfig):
         per_batch = [spec for spec in config.expect if spec.check != "unique"]
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
         return [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
-    return [_one_stage(config, kind, kept_apart)]
+    return [_one_stage(config, kind, kept_apart or {})]
 
 
-def _one_stage(config: QualityConfig, kind: str, kept_apart: frozenset[str]) -> QualityStage | ImageNearDedup:
+def _one_stage(
+    config: QualityConfig, kind: str, kept_apart: Mapping[str, Mapping[str, Collection[str]]]
+) -> QualityStage | ImageNearDedup:
     """The stage of one recipe entry other than expectations (see ``quality_stages``)."""
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
@@ -72,6 +77,6 @@ def _one_stage(config: QualityConfig, kind: str, kept_apart: frozenset[str]) -> 
         )
     if isinstance(config, NearDedupConfig):
         fields = config.fields or [f for f in dedup_fields(kind) if f != "image"]
-        return NearDedup(fields, **settings, kept_apart=kept_apart)
+        return NearDedup(fields, **settings, kept_apart=kept_apart.get(NearDedup.name))
     question = "question" if config.match_question and kind == "vqa" else None
-    return ImageNearDedup(config.column, config.max_distance, question, kept_apart)
+    return ImageNearDedup(config.column, config.max_distance, question, kept_apart.get(ImageNearDedup.name))
