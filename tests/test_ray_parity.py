@@ -396,3 +396,51 @@ def test_a_copy_of_rejected_content_read_later_in_the_same_run_is_filtered_on_ra
     # a.jsonl's rejected record and its copy on line 9, c.jsonl's copy (0.jsonl's came before them)
     assert outcomes["local"][2]["filtered"] == {"review": 3}
     assert outcomes["ray"] == outcomes["local"]
+
+
+def test_copies_of_two_rejected_records_of_one_content_name_the_first_read_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """Two near duplicates of one content, in two inputs, both rejected (never published): the embedded
+    executor's review stage learns the content from the first it reads, and a copy read later names that
+    record, in its set-aside row and in the copies the state store keeps for undoing the rejection. On
+    Ray the task reading the second input learned it from its own rejected record, and named that one."""
+    from curation.review.queue import review_items
+    from curation.review.rejected_content import rejected_copies
+
+    first, again = {"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Done, updated."}
+    write_jsonl(workdir / "in" / "a.jsonl", [first, again, {"q": "Where is parcel 1?", "a": "Here."}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Where is parcel 2?", "a": "There."}, again])
+    spec = {
+        "dataset": "near",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "near_dedup", "threshold": 0.7}],
+    }
+    recipes = side_by_side(workdir, spec)
+    for name, recipe in recipes.items():
+        assert run_recipe(recipe, executor=EXECUTORS[name]()).manifest.counts.duplicate == 2
+        engine = sa.create_engine(recipe.state)
+        with engine.connect() as db:
+            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        engine.dispose()
+        assert len(items) == 2
+        for item in items:
+            decide(recipe, item, "reject")
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Where is parcel 2?", "a": "There."}, again, again])
+    outcomes = {}
+    for name, recipe in recipes.items():
+        second = run_recipe(recipe, executor=EXECUTORS[name]())
+        engine = sa.create_engine(recipe.state)
+        with engine.connect() as db:
+            kept = {tuple(row) for row in db.execute(sa.select(rejected_copies.c.record_id, rejected_copies.c.copy_id))}
+        engine.dispose()
+        aside = {
+            (row["id"], row["detail"], row["duplicate_of"])
+            for path in Path(second.version_uri, "set_aside").glob("*.jsonl")
+            for row in map(json.loads, path.read_text().splitlines())
+        }
+        outcomes[name] = (aside, kept, second.manifest.counts.reasons)
+    assert outcomes["local"][2] == {"filtered": {"review": 3}}  # the two rejected records, b.jsonl's line 3
+    assert outcomes["ray"] == outcomes["local"]

@@ -185,6 +185,19 @@ def holding_content(envelopes: pa.Table, review: ReviewDecisions, keys: pa.Array
     return carried(run)()
 
 
+def renamed(review: ReviewDecisions, set_aside: pa.Table, named: dict[str, str]) -> pa.Table:
+    """``set_aside``, what one step set aside, with each copy the review stage filtered for holding the
+    content of a rejected record in ``named`` naming the record given there instead."""
+    if not named or not set_aside.num_rows or not pc.all(pc.equal(set_aside["stage"], review.name)).as_py():
+        return set_aside
+    copies = pc.invert(pc.is_in(set_aside["id"], value_set=review.rejected)).to_pylist()  # not rejected itself
+    originals = set_aside["duplicate_of"].to_pylist()
+    changed = [
+        named.get(original, original) if copy else original for original, copy in zip(originals, copies, strict=True)
+    ]
+    return set_aside if changed == originals else review.set_aside(set_aside, changed)
+
+
 def set_aside_copies(envelopes: pa.Table, review: ReviewDecisions, copies: dict[str, str]) -> pa.Table:
     """The envelopes' kept rows less the ``copies`` (copy id -> rejected record), which the review stage
     sets aside; the envelopes' side outputs were already handed over, and are not sent again."""
@@ -468,14 +481,22 @@ class RayExecutor:
         order, and the copies read after that point go as the stage sets them aside."""
         done = stream.materialize()
         first: dict[int, tuple[str, int]] = {}  # content key -> (rejected record, letter it was learned in)
+        named: dict[str, str] = {}  # a rejected record learned -> the one its content is first known by
         at = 0
+
+        def learn(letter: Letter) -> None:
+            nonlocal at
+            for record, key in letter.learned.get(review.name, {}).items():
+                named[record] = first.setdefault(key, (record, at))[0]
+            # Two rejected records of the same content, read by two tasks: the copies the later one's task
+            # filtered name the record the embedded executor names, the first read.
+            letter.set_aside = [renamed(review, aside, named) for aside in letter.set_aside]
+            at += 1
+
         for envelopes in done.map_batches(side_only, batch_format="pyarrow", batch_size=None).iter_batches(
             batch_size=None, batch_format="pyarrow"
         ):
-            for letter in self._deliver(envelopes, writer, tally, on_input, write_rows=False):
-                for record, key in letter.learned.get(review.name, {}).items():
-                    first.setdefault(key, (record, at))
-                at += 1
+            self._deliver(envelopes, writer, tally, on_input, write_rows=False, amend=learn)
         copies: dict[str, str] = {}  # copy's id -> the rejected record whose content it holds
         if first:
             copies = self._copies(done, review, first)
@@ -512,13 +533,14 @@ class RayExecutor:
         tally: Tally,
         on_input: Callable[[int], None],
         write_rows: bool,
-    ) -> list[Letter]:
-        """Hand one block of envelopes to the tally and the writer, as the embedded executor would; the
-        letters they held."""
+        amend: Callable[[Letter], None] = lambda _: None,
+    ) -> None:
+        """Hand one block of envelopes to the tally and the writer, as the embedded executor would
+        (each letter first given to ``amend``)."""
         if envelopes.num_rows == 0:
-            return []
-        letters = open_all(envelopes)
-        for letter in letters:
+            return
+        for letter in open_all(envelopes):
+            amend(letter)
             for name, level, message in letter.notes:  # as the worker's logger would have said it here
                 logging.getLogger(name).log(level, "%s", message)
             if letter.error is not None:
@@ -546,4 +568,3 @@ class RayExecutor:
                 writer.write(rows)
                 tally.written += letter.rows.num_rows
                 tally.count_inputs(letter.rows)
-        return letters
