@@ -477,11 +477,14 @@ def _ray_data_missing() -> str | None:
         version, requires = metadata.version("ray"), metadata.requires("ray") or []
     except metadata.PackageNotFoundError:  # a Ray not installed as a package (a source checkout): trusted
         return None
-    from packaging.requirements import Requirement  # Ray's own dependency
+    from packaging.requirements import InvalidRequirement, Requirement  # Ray's own dependency
 
     missing = []
     for line in requires:
-        needed = Requirement(line)
+        try:
+            needed = Requirement(line)
+        except InvalidRequirement:  # not ours to judge: pip installed it
+            continue
         marker = needed.marker
         if marker is None or not marker.evaluate({"extra": "data"}) or marker.evaluate({"extra": ""}):
             continue  # not the data extra's, or not for this platform
