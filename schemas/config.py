@@ -461,10 +461,43 @@ def ray_missing() -> str | None:
 
     try:
         if find_spec("ray") is not None:  # found without importing it (seconds)
-            return None
+            return _ray_data_missing()
     except ValueError:  # a module put in place without a spec
         pass
     return "engine 'ray' needs Ray Data, which is not installed: pip install 'curation[ray]' (or engine: local)"
+
+
+def _ray_data_missing() -> str | None:
+    """Why the Ray found cannot run Ray Data: ``pip install ray`` leaves out its ``data`` extra (pandas
+    and the rest), and ``import ray.data`` then fails once the run has started. Told by the installed
+    packages' metadata, without importing Ray."""
+    from importlib import metadata
+
+    try:
+        version, requires = metadata.version("ray"), metadata.requires("ray") or []
+    except metadata.PackageNotFoundError:  # a Ray not installed as a package (a source checkout): trusted
+        return None
+    from packaging.requirements import InvalidRequirement, Requirement  # Ray's own dependency
+
+    missing = []
+    for line in requires:
+        try:
+            needed = Requirement(line)
+        except InvalidRequirement:  # not ours to judge: pip installed it
+            continue
+        marker = needed.marker
+        if marker is None or not marker.evaluate({"extra": "data"}) or marker.evaluate({"extra": ""}):
+            continue  # not the data extra's, or not for this platform
+        try:
+            metadata.version(needed.name)
+        except metadata.PackageNotFoundError:
+            missing.append(needed.name)
+    if not missing:
+        return None
+    return (
+        f"engine 'ray' needs Ray Data: Ray {version} is installed without it ({', '.join(missing)} not "
+        "installed): pip install 'curation[ray]' (or engine: local)"
+    )
 
 
 class Recipe(Strict):

@@ -638,6 +638,45 @@ def test_engine_ray_without_ray_installed_is_a_recipe_error(tmp_path: Path) -> N
     assert not (tmp_path / "out" / "noray" / "v1").exists()
 
 
+def test_check_says_in_one_line_that_ray_is_installed_without_ray_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pip install ray`` leaves out Ray Data's packages (its ``data`` extra: pandas and the rest): Ray was
+    found, so ``check`` said ok and the run failed once started. ``check`` names what is missing, in one
+    line (here an installed Ray's metadata, whose data extra needs a package that is not installed)."""
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    pytest.importorskip("ray")
+    info = tmp_path / "site" / "ray-2.60.0.dist-info"
+    info.mkdir(parents=True)
+    info.joinpath("METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ray\nVersion: 2.60.0\n"
+        "Requires-Dist: curation-absent-base\n"  # Ray's own requirement: not the data extra's
+        'Requires-Dist: numpy>=1.20; extra == "data"\n'
+        'Requires-Dist: curation-absent-pandas>=2.2.3; extra == "data"\n'
+        'Requires-Dist: curation-absent-client; extra == "client"\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))  # found before the installed Ray's metadata
+    write_jsonl(tmp_path / "in.jsonl", [{"q": "question", "a": "answer"}])
+    recipe = {
+        "dataset": "nodata",
+        "sources": [{"path": str(tmp_path / "in.jsonl")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": str(tmp_path / "out")},
+        "state": f"sqlite:///{tmp_path}/state.db",
+        "engine": "ray",
+    }
+    result = CliRunner().invoke(app, ["check", str(write_recipe(tmp_path, recipe))], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.output.splitlines() if "engine (line" in line]  # a recipe error, its setting
+    assert (
+        "engine 'ray' needs Ray Data: Ray 2.60.0 is installed without it (curation-absent-pandas not installed)" in line
+    )
+    assert "pip install 'curation[ray]'" in line
+
+
 def test_run_quiet_on_ray_prints_only_the_summary(tmp_path: Path) -> None:
     """``--quiet`` on Ray printed Ray's notes (token authentication, "Progress bars disabled...") and its
     workers' output (the raylet's disk warnings) around the summary: quiet is quiet on Ray too."""

@@ -369,3 +369,105 @@ def test_two_near_copies_marked_not_duplicates_of_one_record_resolve_on_ray_as_o
     # The third is set aside beside the second (line 2), not the first: asked about that pair next.
     assert outcomes["local"] == ([(3, "near_duplicate", 2)], [f"{base}!", f"{base}."])
     assert outcomes["ray"] == outcomes["local"]
+
+
+def side_by_side(folder: Path, spec: dict[str, Any]) -> dict[str, Recipe]:
+    """``spec`` for each executor, on the same inputs (so the same record ids), each with its own output
+    and state store."""
+    recipes = {}
+    for name in EXECUTORS:
+        own = {**spec, "output": {**spec.get("output", {}), "dest": str(folder / name)}}
+        own["state"] = f"sqlite:///{folder}/{name}.db"
+        recipes[name] = load_recipe(write_recipe(folder, own, name=f"{name}.yaml"))
+    return recipes
+
+
+EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+
+
+def test_a_copy_of_rejected_content_read_later_in_the_same_run_is_filtered_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """A near duplicate set aside (never published) that an annotator rejects is read again; its content
+    key is learned in the run that reads it. The embedded executor then filters a copy read later in that
+    same run (in another input after it), though not one read before it. On Ray each input is read and
+    reviewed by its own task: the copy read after it is filtered too, and the one before is not."""
+    from curation.review.queue import review_items
+
+    rows = [{"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Done, updated."}]
+    rows += [{"q": f"Where was parcel {i} on day {i}?", "a": f"Parcel {i} arrived."} for i in range(6)]
+    write_jsonl(workdir / "in" / "a.jsonl", [*rows, rows[1]])
+    spec = {
+        "dataset": "near",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "near_dedup", "threshold": 0.7}],
+    }
+    recipes = side_by_side(workdir, spec)
+    for name, recipe in recipes.items():
+        assert run_recipe(recipe, executor=EXECUTORS[name]()).manifest.counts.duplicate == 2
+        engine = sa.create_engine(recipe.state)
+        with engine.connect() as db:
+            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        engine.dispose()
+        (item,) = [item for item in items if json.loads(item.source)["line"] == 2]
+        decide(recipe, item, "reject")  # the set-aside one: never published
+    write_jsonl(workdir / "in" / "0.jsonl", [rows[1], {"q": "Is the branch open on Sunday?", "a": "No."}])
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": "Where is my card?", "a": "On its way."}, rows[1]])
+    outcomes = {}
+    for name, recipe in recipes.items():
+        second = run_recipe(recipe, executor=EXECUTORS[name]())  # reads a.jsonl again for the decision
+        found = published(second)
+        outcomes[name] = (found["ids"], found["set_aside"], found["counts"]["reasons"], found["stats"])
+    # a.jsonl's rejected record and its copy on line 9, c.jsonl's copy (0.jsonl's came before them)
+    assert outcomes["local"][2]["filtered"] == {"review": 3}
+    assert outcomes["ray"] == outcomes["local"]
+
+
+def test_copies_of_two_rejected_records_of_one_content_name_the_first_read_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """Two near duplicates of one content, in two inputs, both rejected (never published): the embedded
+    executor's review stage learns the content from the first it reads, and a copy read later names that
+    record, in its set-aside row and in the copies the state store keeps for undoing the rejection. On
+    Ray the task reading the second input learned it from its own rejected record, and named that one."""
+    from curation.review.queue import review_items
+    from curation.review.rejected_content import rejected_copies
+
+    first, again = {"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Done, updated."}
+    write_jsonl(workdir / "in" / "a.jsonl", [first, again, {"q": "Where is parcel 1?", "a": "Here."}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Where is parcel 2?", "a": "There."}, again])
+    spec = {
+        "dataset": "near",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "near_dedup", "threshold": 0.7}],
+    }
+    recipes = side_by_side(workdir, spec)
+    for name, recipe in recipes.items():
+        assert run_recipe(recipe, executor=EXECUTORS[name]()).manifest.counts.duplicate == 2
+        engine = sa.create_engine(recipe.state)
+        with engine.connect() as db:
+            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+        engine.dispose()
+        assert len(items) == 2
+        for item in items:
+            decide(recipe, item, "reject")
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Where is parcel 2?", "a": "There."}, again, again])
+    outcomes = {}
+    for name, recipe in recipes.items():
+        second = run_recipe(recipe, executor=EXECUTORS[name]())
+        engine = sa.create_engine(recipe.state)
+        with engine.connect() as db:
+            kept = {tuple(row) for row in db.execute(sa.select(rejected_copies.c.record_id, rejected_copies.c.copy_id))}
+        engine.dispose()
+        aside = {
+            (row["id"], row["detail"], row["duplicate_of"])
+            for path in Path(second.version_uri, "set_aside").glob("*.jsonl")
+            for row in map(json.loads, path.read_text().splitlines())
+        }
+        outcomes[name] = (aside, kept, second.manifest.counts.reasons)
+    assert outcomes["local"][2] == {"filtered": {"review": 3}}  # the two rejected records, b.jsonl's line 3
+    assert outcomes["ray"] == outcomes["local"]

@@ -18,12 +18,14 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.state import ListedFiles
@@ -31,19 +33,23 @@ from curation.executors.envelope import (
     CarriedError,
     Letter,
     apply_stages,
+    carried,
     carrying_errors,
     collecting_notes,
     is_project_error,
     open_all,
     seal_all,
     taken,
+    unpack,
 )
 from curation.executors.local import Tally, record_set_aside
-from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError
+from curation.stages.base import DuplicateStage, GlobalStage, Stage, StageError, split_by_mask
 from curation.stages.dedup_index import SignatureRecorder
+from curation.stages.review import ReviewDecisions
 from curation.stopping import STOP_SIGNALS
 from curation.writer import DatasetWriter
 from schemas.config import RecipeError
+from schemas.records import FLAG_SCHEMA
 
 log = logging.getLogger("curation.ray")
 
@@ -154,6 +160,63 @@ def run_segment(envelopes: pa.Table, stages: list[Stage]) -> pa.Table:
                 letter.notes += taken(notes)
                 done.append(letter)
         return seal_all(done)
+
+    return carrying_errors(run)
+
+
+def holding_content(envelopes: pa.Table, review: ReviewDecisions, keys: pa.Array) -> pa.Table:
+    """Per envelope, the kept rows (ids) holding one of the content ``keys``, and the key each holds: a
+    record with an edit in force is judged by its own decisions, as the review stage judges it."""
+    from curation.review.rejected_content import content_keys
+
+    def run() -> pa.Table:
+        ids, held = [], []
+        for letter in open_all(envelopes):
+            rows = letter.rows
+            found = pa.table({"id": pa.array([], pa.string()), "key": pa.array([], pa.uint64())})
+            if rows.num_rows:
+                found = pa.table({"id": rows["id"], "key": content_keys(rows, review.kind)})
+                own = pc.is_in(found["id"], value_set=review.edited_ids)
+                found = found.filter(pc.and_(pc.is_in(found["key"], value_set=keys), pc.invert(own)))
+            ids.append(found["id"].to_pylist())
+            held.append(found["key"].to_pylist())
+        return pa.table({"ids": pa.array(ids, pa.list_(pa.string())), "keys": pa.array(held, pa.list_(pa.uint64()))})
+
+    return carried(run)()
+
+
+def renamed(review: ReviewDecisions, set_aside: pa.Table, named: dict[str, str]) -> pa.Table:
+    """``set_aside``, what one step set aside, with each copy the review stage filtered for holding the
+    content of a rejected record in ``named`` naming the record given there instead."""
+    if not named or not set_aside.num_rows or not pc.all(pc.equal(set_aside["stage"], review.name)).as_py():
+        return set_aside
+    copies = pc.invert(pc.is_in(set_aside["id"], value_set=review.rejected)).to_pylist()  # not rejected itself
+    originals = set_aside["duplicate_of"].to_pylist()
+    changed = [
+        named.get(original, original) if copy else original for original, copy in zip(originals, copies, strict=True)
+    ]
+    return set_aside if changed == originals else review.set_aside(set_aside, changed)
+
+
+def set_aside_copies(envelopes: pa.Table, review: ReviewDecisions, copies: dict[str, str]) -> pa.Table:
+    """The envelopes' kept rows less the ``copies`` (copy id -> rejected record), which the review stage
+    sets aside; the envelopes' side outputs were already handed over, and are not sent again."""
+
+    ids = pa.array(list(copies), pa.string())
+
+    def run() -> pa.Table:
+        letters = []
+        for data in envelopes["rows"].to_pylist():
+            letter = Letter(rows=unpack(data))
+            if letter.rows.num_rows:
+                kept, aside = split_by_mask(letter.rows, pc.invert(pc.is_in(letter.rows["id"], value_set=ids)))
+                if aside.num_rows:
+                    letter.rows = kept
+                    originals = [copies[copy] for copy in aside["id"].to_pylist()]
+                    letter.add_step(review.set_aside(aside, originals), FLAG_SCHEMA.empty_table())
+                    letter.stats[review.name] = Counter({"rejected_content": aside.num_rows})
+            letters.append(letter)
+        return seal_all(letters)
 
     return carrying_errors(run)
 
@@ -338,6 +401,10 @@ class RayExecutor:
                 pending = []
             else:
                 pending.append(stage)
+                if isinstance(stage, ReviewDecisions) and stage.keys_unknown():
+                    stream = self._segment(stream, pending)
+                    stream = self._learned_content(stream, stage, writer, tally, on_input)
+                    pending = []
         stream = self._segment(stream, pending)
         for envelopes in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
             self._deliver(envelopes, writer, tally, on_input, write_rows=True)
@@ -399,6 +466,60 @@ class RayExecutor:
             drop_rows, fn_kwargs={"drop": drop, "stage": carries}, batch_format="pyarrow", batch_size=None
         )
 
+    def _learned_content(
+        self,
+        stream: Any,
+        review: ReviewDecisions,
+        writer: DatasetWriter,
+        tally: Tally,
+        on_input: Callable[[int], None],
+    ) -> Any:
+        """The review stage learns the content key of a rejected record it reads whose key was not known
+        (never published), and on the embedded executor then filters the copies read after it, from any
+        input. Here each task's copy of the stage knows only what that task read: so the stream stops
+        after the stage (a barrier), the driver takes each key where it was first learned, in input
+        order, and the copies read after that point go as the stage sets them aside."""
+        done = stream.materialize()
+        first: dict[int, tuple[str, int]] = {}  # content key -> (rejected record, letter it was learned in)
+        named: dict[str, str] = {}  # a rejected record learned -> the one its content is first known by
+        at = 0
+
+        def learn(letter: Letter) -> None:
+            nonlocal at
+            for record, key in letter.learned.get(review.name, {}).items():
+                named[record] = first.setdefault(key, (record, at))[0]
+            # Two rejected records of the same content, read by two tasks: the copies the later one's task
+            # filtered name the record the embedded executor names, the first read.
+            letter.set_aside = [renamed(review, aside, named) for aside in letter.set_aside]
+            at += 1
+
+        for envelopes in done.map_batches(side_only, batch_format="pyarrow", batch_size=None).iter_batches(
+            batch_size=None, batch_format="pyarrow"
+        ):
+            self._deliver(envelopes, writer, tally, on_input, write_rows=False, amend=learn)
+        copies: dict[str, str] = {}  # copy's id -> the rejected record whose content it holds
+        if first:
+            copies = self._copies(done, review, first)
+        return done.map_batches(
+            set_aside_copies, fn_kwargs={"review": review, "copies": copies}, batch_format="pyarrow", batch_size=None
+        )
+
+    @staticmethod
+    def _copies(done: Any, review: ReviewDecisions, first: dict[int, tuple[str, int]]) -> dict[str, str]:
+        """The kept records holding content ``first`` learned in a letter before their own."""
+        keys = pa.array(list(first), pa.uint64())
+        found = done.map_batches(
+            holding_content, fn_kwargs={"review": review, "keys": keys}, batch_format="pyarrow", batch_size=None
+        )
+        copies: dict[str, str] = {}
+        at = 0
+        for block in found.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for ids, held in zip(block["ids"].to_pylist(), block["keys"].to_pylist(), strict=True):
+                # A key learned in this very letter: the stage filtered its copies there, as it does embedded.
+                copies.update((copy, first[key][0]) for copy, key in zip(ids, held, strict=True) if first[key][1] < at)
+                at += 1
+        return copies
+
     def _take_watermark(self, taken: dict[str, Any]) -> None:
         watermark = self._parts[taken["task"]].watermark
         watermark.pending.update(taken["pending"])
@@ -412,11 +533,14 @@ class RayExecutor:
         tally: Tally,
         on_input: Callable[[int], None],
         write_rows: bool,
+        amend: Callable[[Letter], None] = lambda _: None,
     ) -> None:
-        """Hand one block of envelopes to the tally and the writer, as the embedded executor would."""
+        """Hand one block of envelopes to the tally and the writer, as the embedded executor would
+        (each letter first given to ``amend``)."""
         if envelopes.num_rows == 0:
             return
         for letter in open_all(envelopes):
+            amend(letter)
             for name, level, message in letter.notes:  # as the worker's logger would have said it here
                 logging.getLogger(name).log(level, "%s", message)
             if letter.error is not None:

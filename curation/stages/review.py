@@ -107,20 +107,7 @@ class ReviewDecisions:
         originals = [
             copy_of.get(record) if found is None else found for record, found in zip(ids, of.to_pylist(), strict=True)
         ]
-        set_aside = set_aside_rows(
-            rejected["id"],
-            rejected["source"],
-            self.name,
-            "filtered",
-            "review",
-            [
-                "rejected by an annotator"
-                if original is None
-                else f"holds the content of {original}, rejected by an annotator"
-                for original in originals
-            ],
-            duplicate_of=originals,
-        )
+        set_aside = self.set_aside(rejected, originals)
         kept, edited, skipped = self._apply_edits(kept)
         copies = sum(1 for original in originals if original is not None)
         stats = {
@@ -136,6 +123,24 @@ class ReviewDecisions:
             stats["edits_skipped"] = skipped
         stats.update(self._kept_apart(kept))
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
+
+    def set_aside(self, rejected: pa.Table, originals: list[str | None]) -> pa.Table:
+        """The set-aside rows of ``rejected`` records: each rejected itself (``None``), or holding the
+        content of the rejected record ``originals`` names."""
+        return set_aside_rows(
+            rejected["id"],
+            rejected["source"],
+            self.name,
+            "filtered",
+            "review",
+            [
+                "rejected by an annotator"
+                if original is None
+                else f"holds the content of {original}, rejected by an annotator"
+                for original in originals
+            ],
+            duplicate_of=originals,
+        )
 
     def keys_unknown(self) -> set[str]:
         """The rejected records whose content key the stage does not know (nor are copies)."""
