@@ -87,6 +87,7 @@ _MONTHS_AND_DAYS = frozenset(
 _CAPITALISED = re.compile(r"[^\W\d_][^\W\d_'’]*(?:['’][^\W\d_]+)*")  # Sophie, O'Brien, Zoë, McDonald
 _INITIAL = re.compile(r"[^\W\d_]\.")  # J.
 _SEPARATORS = frozenset({":", ","})
+MAX_LINE_BREAKS = 2  # a blank line between "Regards," and the name
 MAX_NAME_WORDS = 4
 
 
@@ -133,12 +134,22 @@ def _gap(doc: Doc, at: int) -> bool:
 
 def _triggers_before(doc: Doc, at: int) -> set[str]:
     """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"; one separator
-    may stand between them and the name: "Attn: Sophie", "Thanks, Sophie")."""
+    may stand between them and the name: "Attn: Sophie", "Thanks, Sophie"). A line break may stand
+    there too after a salutation or a title, as letters break lines ("Dear" or "Regards," on a line
+    of its own, the name on the next, or after a blank line), or after a colon (a form's "Payee:"
+    over its value); not after a bare role word or verb, which ends the lines of menus and headings
+    as often ("Contact" over "Privacy Policy")."""
     kinds: set[str] = set()
     i = at - 1
-    if i >= 0 and doc[i].is_space and "\n" not in doc[i].text:
+    broken = False
+    if i >= 0 and doc[i].is_space:
+        if doc[i].text.count("\n") > MAX_LINE_BREAKS:
+            return kinds
+        broken = "\n" in doc[i].text
         i -= 1
+    separator = ""
     if i >= 0 and doc[i].text in _SEPARATORS:
+        separator = doc[i].text
         i -= 1
     while i >= 0:
         if doc[i].is_space and "\n" not in doc[i].text:
@@ -156,6 +167,8 @@ def _triggers_before(doc: Doc, at: int) -> set[str]:
         else:
             break
         i -= 1
+    if broken and not (kinds & {"salutation", "title"} or separator == ":"):
+        return set()
     return kinds
 
 

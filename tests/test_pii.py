@@ -1120,6 +1120,11 @@ NAMES_AFTER_ROLE_WORDS = [
     ("Hello Mitchell Munoz, your refund was issued.", "Mitchell Munoz"),
     ("Sender Olivia Chen-Park wrote again.", "Olivia Chen-Park"),
     ("Call  Daniel   Okafor about it.", "Daniel   Okafor"),  # extra spaces: spaCy tokens of their own
+    # A line break after a salutation, a title or a colon, as letters and forms break lines.
+    ("Dear\nSophie,\nyour card is ready.", "Sophie"),
+    ("Thanks,\nSophie Smith", "Sophie Smith"),
+    ("Sincerely,\n\nLucas Meyer\nAccount Manager", "Lucas Meyer"),
+    ("Beneficiary:\nWendy Ruiz", "Wendy Ruiz"),
 ]
 # Organisations, departments and headings after the same words: no name there.
 NOT_NAMES_AFTER_ROLE_WORDS = [
@@ -1149,6 +1154,9 @@ NOT_NAMES_AFTER_ROLE_WORDS = [
     "Email dana@example.org for help.",
     "Email Support if stuck.",
     "Dear Sir or Madam, I write about my account.",
+    # A role word or verb ending a line of a menu or a heading; a salutation far above a heading.
+    "Home\nAbout\nContact\nPrivacy Policy",
+    "Regards\n\n\n\nQuarterly Report",
 ]
 
 
