@@ -1125,6 +1125,13 @@ NAMES_AFTER_ROLE_WORDS = [
     ("Thanks,\nSophie Smith", "Sophie Smith"),
     ("Sincerely,\n\nLucas Meyer\nAccount Manager", "Lucas Meyer"),
     ("Beneficiary:\nWendy Ruiz", "Wendy Ruiz"),
+    # In capitals: after a salutation (two words or more), a title, or a role word as a form's label.
+    ("DEAR SOPHIE SMITH, YOUR CARD IS READY.", "SOPHIE SMITH"),
+    ("Dear SOPHIE SMITH, your card is ready.", "SOPHIE SMITH"),
+    ("DEAR MR OKAFOR, YOUR CARD IS READY.", "OKAFOR"),
+    ("PAYEE: MARIA GARCIA", "MARIA GARCIA"),
+    ("Beneficiary: MARIA O'BRIEN-GARCIA", "MARIA O'BRIEN-GARCIA"),
+    ("REGARDS,\nDANIEL OKAFOR", "DANIEL OKAFOR"),
 ]
 # Organisations, departments and headings after the same words: no name there.
 NOT_NAMES_AFTER_ROLE_WORDS = [
@@ -1157,6 +1164,16 @@ NOT_NAMES_AFTER_ROLE_WORDS = [
     # A role word or verb ending a line of a menu or a heading; a salutation far above a heading.
     "Home\nAbout\nContact\nPrivacy Policy",
     "Regards\n\n\n\nQuarterly Report",
+    # In capitals: acronyms, headings, departments.
+    "ATTN: IRS",
+    "ATTN: HR",
+    "Thanks, IBM",
+    "CUSTOMER SATISFACTION SURVEY RESULTS",
+    "TEXT STOP TO 12345 TO OPT OUT.",
+    "CALL CENTER HOURS: 9 TO 5",
+    "PAYEE: BANK OF AMERICA",
+    "DEAR CUSTOMER SERVICE,",
+    "HI ALL, MEETING MOVED.",
 ]
 
 
