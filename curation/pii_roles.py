@@ -10,8 +10,9 @@ name's. Read off spaCy's tokens once NER has run (presidio's ``SpacyRecognizer``
   Tom Becker", "Call Daniel Okafor"), one is enough after a salutation or a title ("Hi Sophie",
   "Mr Okafor"). Not when one of its words is one of organisations, departments or headings
   ("Dear Customer Service", "Payee Bank of America", "Call Center"), nor a run of five words or more
-  (a heading), nor words the model dated or counted. On the next line too, after a salutation, a
-  title or a colon ("Regards," over a signature). In capitals, where a word's case says nothing,
+  (a heading), nor words the model dated or counted, nor after a role word or verb with no separator
+  a line of their own with it (a heading: "Customer Satisfaction Survey"). On the next line too,
+  after a salutation, a title or a colon ("Regards," over a signature). In capitals, where a word's case says nothing,
   less is read: one word after a title ("MR OKAFOR"), two or more after a salutation ("DEAR SOPHIE
   SMITH": "ATTN: IRS" is no name), and after a role word or verb only a form's value ("PAYEE: MARIA
   GARCIA", not a heading such as "CUSTOMER SATISFACTION SURVEY"); a stop word or punctuation ends
@@ -150,10 +151,19 @@ def _gap(doc: Doc, at: int, shape: Callable[[Token], bool] = _capitalised) -> bo
     return at < len(doc) - 1 and doc[at].is_space and "\n" not in doc[at].text and shape(doc[at + 1])
 
 
-def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str]:
+def _line_break(token: Token) -> bool:
+    return token.is_space and "\n" in token.text
+
+
+def _whole_line(doc: Doc, start: int, end: int) -> bool:
+    """Whether tokens ``[start, end)`` make a line of their own (or the whole text)."""
+    return (start == 0 or _line_break(doc[start - 1])) and (end == len(doc) or _line_break(doc[end]))
+
+
+def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str, int]:
     """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"; one separator
     may stand between them and the name: "Attn: Sophie", "Thanks, Sophie"; it is returned with them,
-    or ""). A line break may stand
+    or "", and the first of them). A line break may stand
     there too after a salutation or a title, as letters break lines ("Dear" or "Regards," on a line
     of its own, the name on the next, or after a blank line), or after a colon (a form's "Payee:"
     over its value); not after a bare role word or verb, which ends the lines of menus and headings
@@ -163,7 +173,7 @@ def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str]:
     broken = False
     if i >= 0 and doc[i].is_space:
         if doc[i].text.count("\n") > MAX_LINE_BREAKS:
-            return kinds, ""
+            return kinds, "", at
         broken = "\n" in doc[i].text
         i -= 1
     separator = ""
@@ -187,8 +197,8 @@ def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str]:
             break
         i -= 1
     if broken and not (kinds & {"salutation", "title"} or separator == ":"):
-        return set(), separator
-    return kinds, separator
+        return set(), separator, at
+    return kinds, separator, i + 1
 
 
 def role_names(doc: Doc) -> list[tuple[int, int]]:
@@ -200,7 +210,7 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
         if not (capitals or _capitalised(doc[i])) or _word(doc[i]) in TRIGGERS:
             i += 1
             continue
-        kinds, separator = _triggers_before(doc, i)
+        kinds, separator, first = _triggers_before(doc, i)
         # In capitals a lone word after a salutation may be an acronym ("Attn: IRS"), and words after
         # a role word or a verb a heading ("CUSTOMER SATISFACTION SURVEY"): there a name is read after
         # a title alone ("MR OKAFOR"), of two words or more after a salutation ("DEAR SOPHIE SMITH"),
@@ -226,6 +236,9 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
         after = _word(doc[end]) if end < len(doc) else ""
         if (
             kinds
+            # A line of its own, role word and all, is a heading ("Customer Satisfaction Survey"), as a
+            # form's value has a separator ("Payee: Maria Garcia") and a name in a sentence words around it.
+            and (kinds & {"salutation", "title"} or separator or not _whole_line(doc, first, end))
             # Smith-Jones is one word: after a role word it may be a firm's name as well as a person's.
             and enough <= len(words) - sum(token.text == "-" for token in doc[i:end]) <= MAX_NAME_WORDS
             and all(_name_word(token) and (not capitals or shape(token)) for token in words)

@@ -1174,6 +1174,9 @@ NOT_NAMES_AFTER_ROLE_WORDS = [
     "PAYEE: BANK OF AMERICA",
     "DEAR CUSTOMER SERVICE,",
     "HI ALL, MEETING MOVED.",
+    # Headings: a role word or verb and capitalised words making a line of their own.
+    "Customer Satisfaction Survey Results",
+    "See the guide below.\nMember Benefits Guide\nYour plan covers two visits a year.",
 ]
 
 
