@@ -34,6 +34,9 @@ TEMPLATES: tuple[str, ...] = (
     "Payee {PERSON} received ${amount} by transfer; receipt sent to {EMAIL_ADDRESS}.",
     "Beneficiary: {PERSON}. Payer: {merchant}. Amount ${amount}.",
     "Call {PERSON} at {PHONE_NUMBER} about the {merchant} dispute.",
+    # A signature on the line after the sign-off, and a bank's wire memo in capitals ("{slot:upper}").
+    "Hello,\nmy card ending {last4} was declined at {merchant} again. Can you check it?\nThanks,\n{PERSON}",
+    "WIRE TRANSFER\nORDERING CUSTOMER: {merchant:upper}\nBENEFICIARY: {PERSON:upper}\nAMOUNT: USD {amount}\nREF: {invoice}",
 )
 
 # Real US area codes: a number with an unassigned one is not a phone number anyone has.
@@ -83,12 +86,12 @@ def generate(count: int, seed: int = 7) -> list[LabelledDoc]:
         doc = LabelledDoc(text="")
         pieces: list[str] = []
         position = 0
-        for literal, slot, _, _ in string.Formatter().parse(template):
+        for literal, slot, spec, _ in string.Formatter().parse(template):
             pieces.append(literal)
             position += len(literal)
             if slot is None:
                 continue
-            value = values[slot]
+            value = values[slot].upper() if spec == "upper" else values[slot]
             if slot in ENTITIES:
                 doc.spans.append((slot, position, position + len(value)))
             pieces.append(value)

@@ -10,7 +10,13 @@ name's. Read off spaCy's tokens once NER has run (presidio's ``SpacyRecognizer``
   Tom Becker", "Call Daniel Okafor"), one is enough after a salutation or a title ("Hi Sophie",
   "Mr Okafor"). Not when one of its words is one of organisations, departments or headings
   ("Dear Customer Service", "Payee Bank of America", "Call Center"), nor a run of five words or more
-  (a heading), nor words the model dated or counted.
+  (a heading), nor words the model dated or counted, nor after a role word or verb with no separator
+  a line of their own with it (a heading: "Customer Satisfaction Survey"). On the next line too,
+  after a salutation, a title or a colon ("Regards," over a signature). In capitals, where a word's case says nothing,
+  less is read: one word after a title ("MR OKAFOR"), two or more after a salutation ("DEAR SOPHIE
+  SMITH": "ATTN: IRS" is no name), and after a role word or verb only a form's value ("PAYEE: MARIA
+  GARCIA", not a heading such as "CUSTOMER SATISFACTION SURVEY"); a stop word or punctuation ends
+  such a name, so a verb right after it is taken in ("MR OKAFOR CALLED").
 - ``name_start``: a PERSON span of the model that opens with such words starts at the name; one of
   such words alone ("Email" of "Email dana@example.org"), or with words of organisations ("Email
   Support"), is no name.
@@ -23,6 +29,7 @@ it not PII, or list it under the stage's ``allow``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -87,6 +94,7 @@ _MONTHS_AND_DAYS = frozenset(
 _CAPITALISED = re.compile(r"[^\W\d_][^\W\d_'’]*(?:['’][^\W\d_]+)*")  # Sophie, O'Brien, Zoë, McDonald
 _INITIAL = re.compile(r"[^\W\d_]\.")  # J.
 _SEPARATORS = frozenset({":", ","})
+MAX_LINE_BREAKS = 2  # a blank line between "Regards," and the name
 MAX_NAME_WORDS = 4
 
 
@@ -102,10 +110,22 @@ def _capitalised(token: Token) -> bool:
     )
 
 
+def _in_capitals(token: Token) -> bool:
+    """A word written in capitals (SOPHIE, O'BRIEN); one of two letters is taken for an acronym (HR, IT)."""
+    text = token.text
+    return len(text) > 2 and text.isupper() and _CAPITALISED.fullmatch(text) is not None
+
+
+def _in_capitals_run(token: Token) -> bool:
+    """A word that goes on a run in capitals: there a stop word ends the name ("DEAR SOPHIE SMITH YOUR
+    CARD"), where in title case a lower-case word does."""
+    return _in_capitals(token) and not token.is_stop
+
+
 def _name_word(token: Token) -> bool:
     word = _word(token)
     return (
-        _capitalised(token)
+        (_capitalised(token) or _in_capitals(token))
         and word not in TRIGGERS
         and word not in NOT_NAMES
         and word not in _MONTHS_AND_DAYS
@@ -114,31 +134,51 @@ def _name_word(token: Token) -> bool:
     )
 
 
-def _hyphen_joined(doc: Doc, at: int) -> bool:
+def _hyphen_joined(doc: Doc, at: int, shape: Callable[[Token], bool] = _capitalised) -> bool:
     """Whether ``doc[at]`` is a hyphen that joins two words with no space (Smith-Jones)."""
     return (
         0 < at < len(doc) - 1
         and doc[at].text == "-"
         and not doc[at - 1].whitespace_
         and not doc[at].whitespace_
-        and _capitalised(doc[at + 1])
+        and shape(doc[at + 1])
     )
 
 
-def _gap(doc: Doc, at: int) -> bool:
+def _gap(doc: Doc, at: int, shape: Callable[[Token], bool] = _capitalised) -> bool:
     """Whether ``doc[at]`` is extra spaces (spaCy's token for a run of them; not a line break) before
     a capitalised word: "Call  Daniel   Okafor" is one name."""
-    return at < len(doc) - 1 and doc[at].is_space and "\n" not in doc[at].text and _capitalised(doc[at + 1])
+    return at < len(doc) - 1 and doc[at].is_space and "\n" not in doc[at].text and shape(doc[at + 1])
 
 
-def _triggers_before(doc: Doc, at: int) -> set[str]:
+def _line_break(token: Token) -> bool:
+    return token.is_space and "\n" in token.text
+
+
+def _whole_line(doc: Doc, start: int, end: int) -> bool:
+    """Whether tokens ``[start, end)`` make a line of their own (or the whole text)."""
+    return (start == 0 or _line_break(doc[start - 1])) and (end == len(doc) or _line_break(doc[end]))
+
+
+def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str, int]:
     """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"; one separator
-    may stand between them and the name: "Attn: Sophie", "Thanks, Sophie")."""
+    may stand between them and the name: "Attn: Sophie", "Thanks, Sophie"; it is returned with them,
+    or "", and the first of them). A line break may stand
+    there too after a salutation or a title, as letters break lines ("Dear" or "Regards," on a line
+    of its own, the name on the next, or after a blank line), or after a colon (a form's "Payee:"
+    over its value); not after a bare role word or verb, which ends the lines of menus and headings
+    as often ("Contact" over "Privacy Policy")."""
     kinds: set[str] = set()
     i = at - 1
-    if i >= 0 and doc[i].is_space and "\n" not in doc[i].text:
+    broken = False
+    if i >= 0 and doc[i].is_space:
+        if doc[i].text.count("\n") > MAX_LINE_BREAKS:
+            return kinds, "", at
+        broken = "\n" in doc[i].text
         i -= 1
+    separator = ""
     if i >= 0 and doc[i].text in _SEPARATORS:
+        separator = doc[i].text
         i -= 1
     while i >= 0:
         if doc[i].is_space and "\n" not in doc[i].text:
@@ -156,7 +196,9 @@ def _triggers_before(doc: Doc, at: int) -> set[str]:
         else:
             break
         i -= 1
-    return kinds
+    if broken and not (kinds & {"salutation", "title"} or separator == ":"):
+        return set(), separator, at
+    return kinds, separator, i + 1
 
 
 def role_names(doc: Doc) -> list[tuple[int, int]]:
@@ -164,31 +206,42 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
     spans = []
     i = 0
     while i < len(doc):
-        if not _capitalised(doc[i]) or _word(doc[i]) in TRIGGERS:
+        capitals = not _capitalised(doc[i]) and _in_capitals(doc[i])
+        if not (capitals or _capitalised(doc[i])) or _word(doc[i]) in TRIGGERS:
             i += 1
             continue
-        kinds = _triggers_before(doc, i)
+        kinds, separator, first = _triggers_before(doc, i)
+        # In capitals a lone word after a salutation may be an acronym ("Attn: IRS"), and words after
+        # a role word or a verb a heading ("CUSTOMER SATISFACTION SURVEY"): there a name is read after
+        # a title alone ("MR OKAFOR"), of two words or more after a salutation ("DEAR SOPHIE SMITH"),
+        # and after a role word or verb only as a form's value ("PAYEE: MARIA GARCIA").
+        if capitals and not kinds & {"salutation", "title"} and not separator:
+            kinds = set()
         if not kinds:  # asked first: a long text in title case was read run by run from each of its words
             i += 1
             continue
+        shape = _in_capitals_run if capitals else _capitalised
         # A run of capitalised words (Smith-Jones as one): all of it is a name, or none ("Amazon
         # Customer" is none). Read no further than one word past the most a name has (a hyphen adds none).
         end, count = i + 1, 1
         while (
             end < len(doc)
             and count <= MAX_NAME_WORDS
-            and (_capitalised(doc[end]) or _hyphen_joined(doc, end) or _gap(doc, end))
+            and (shape(doc[end]) or _hyphen_joined(doc, end, shape) or _gap(doc, end, shape))
         ):
             count += doc[end].text != "-"
             end += 2 if doc[end].text == "-" or doc[end].is_space else 1
         words = [token for token in doc[i:end] if token.text != "-" and not token.is_space]
-        enough = 1 if kinds & {"salutation", "title"} else 2
+        enough = 1 if kinds & ({"title"} if capitals else {"salutation", "title"}) else 2
         after = _word(doc[end]) if end < len(doc) else ""
         if (
             kinds
+            # A line of its own, role word and all, is a heading ("Customer Satisfaction Survey"), as a
+            # form's value has a separator ("Payee: Maria Garcia") and a name in a sentence words around it.
+            and (kinds & {"salutation", "title"} or separator or not _whole_line(doc, first, end))
             # Smith-Jones is one word: after a role word it may be a firm's name as well as a person's.
             and enough <= len(words) - sum(token.text == "-" for token in doc[i:end]) <= MAX_NAME_WORDS
-            and all(_name_word(token) for token in words)
+            and all(_name_word(token) and (not capitals or shape(token)) for token in words)
             and _INITIAL.fullmatch(words[-1].text) is None
             and after not in NOT_NAMES  # "Dear Hester-Johnson team", "Payee Ward & Sons"
             and after != "&"

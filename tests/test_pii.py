@@ -1120,6 +1120,18 @@ NAMES_AFTER_ROLE_WORDS = [
     ("Hello Mitchell Munoz, your refund was issued.", "Mitchell Munoz"),
     ("Sender Olivia Chen-Park wrote again.", "Olivia Chen-Park"),
     ("Call  Daniel   Okafor about it.", "Daniel   Okafor"),  # extra spaces: spaCy tokens of their own
+    # A line break after a salutation, a title or a colon, as letters and forms break lines.
+    ("Dear\nSophie,\nyour card is ready.", "Sophie"),
+    ("Thanks,\nSophie Smith", "Sophie Smith"),
+    ("Sincerely,\n\nLucas Meyer\nAccount Manager", "Lucas Meyer"),
+    ("Beneficiary:\nWendy Ruiz", "Wendy Ruiz"),
+    # In capitals: after a salutation (two words or more), a title, or a role word as a form's label.
+    ("DEAR SOPHIE SMITH, YOUR CARD IS READY.", "SOPHIE SMITH"),
+    ("Dear SOPHIE SMITH, your card is ready.", "SOPHIE SMITH"),
+    ("DEAR MR OKAFOR, YOUR CARD IS READY.", "OKAFOR"),
+    ("PAYEE: MARIA GARCIA", "MARIA GARCIA"),
+    ("Beneficiary: MARIA O'BRIEN-GARCIA", "MARIA O'BRIEN-GARCIA"),
+    ("REGARDS,\nDANIEL OKAFOR", "DANIEL OKAFOR"),
 ]
 # Organisations, departments and headings after the same words: no name there.
 NOT_NAMES_AFTER_ROLE_WORDS = [
@@ -1149,6 +1161,22 @@ NOT_NAMES_AFTER_ROLE_WORDS = [
     "Email dana@example.org for help.",
     "Email Support if stuck.",
     "Dear Sir or Madam, I write about my account.",
+    # A role word or verb ending a line of a menu or a heading; a salutation far above a heading.
+    "Home\nAbout\nContact\nPrivacy Policy",
+    "Regards\n\n\n\nQuarterly Report",
+    # In capitals: acronyms, headings, departments.
+    "ATTN: IRS",
+    "ATTN: HR",
+    "Thanks, IBM",
+    "CUSTOMER SATISFACTION SURVEY RESULTS",
+    "TEXT STOP TO 12345 TO OPT OUT.",
+    "CALL CENTER HOURS: 9 TO 5",
+    "PAYEE: BANK OF AMERICA",
+    "DEAR CUSTOMER SERVICE,",
+    "HI ALL, MEETING MOVED.",
+    # Headings: a role word or verb and capitalised words making a line of their own.
+    "Customer Satisfaction Survey Results",
+    "See the guide below.\nMember Benefits Guide\nYour plan covers two visits a year.",
 ]
 
 
