@@ -14,6 +14,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -412,10 +413,10 @@ class SqlSourceReader:
         if self._held_now is None:
             fingerprint = Fingerprint()
             made = Unreadable.made
-            result = self._result()
-            columns = next(result)
-            for rows in result:
-                fingerprint.add(self._contents(columns, rows, unreadable_columns(columns, rows, made))[1])
+            with closing(self._result()) as result:  # closed at once on an error, not when collected
+                columns = next(result)
+                for rows in result:
+                    fingerprint.add(self._contents(columns, rows, unreadable_columns(columns, rows, made))[1])
             self._held_now = str(fingerprint)
         return self._held_now
 
@@ -423,7 +424,8 @@ class SqlSourceReader:
         """Connect and ask for the result's columns, no rows: what `curation check` tells before a run (a
         database it cannot reach, no such table, a query that does not run, a cursor or key column the
         result lacks)."""
-        self._columns_checked(next(self._result(no_rows=True)))
+        with closing(self._result(no_rows=True)) as result:
+            self._columns_checked(next(result))
 
     def _columns_checked(self, columns: list[str]) -> list[str]:
         for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
@@ -787,58 +789,58 @@ class SqlSourceReader:
         self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
         fingerprint = Fingerprint()
         made = Unreadable.made
-        result = self._result()
-        columns = self._columns_checked(next(result))
-        for rows in result:
-            unreadable = unreadable_columns(columns, rows, made)
-            table, contents = self._contents(columns, rows, unreadable)
-            lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
-            ordinal += table.num_rows
-            # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
-            # row written since that equals one of them (the same cursor value) gets an id of its own.
-            ids = None if self.config.key else row_ids(contents)
-            if self.config.key:
-                keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
-                # Every row the database returned, those taken before too (a row at the watermark, one of the
-                # days a SQLite date text is read again for): a new row may share its key.
-                self._check_keys_unique(keys, marks, lines)
-            no_value: list[bool] = []
-            if self.config.cursor is None:
-                fingerprint.add(contents)
-            else:
-                states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], rows)
-                new = [state is not False for state in states]
-                no_value = [state is None for state in states if state is not False]
-                if not all(new):
-                    unreadable = [names for names, n in zip(unreadable, new, strict=True) if n]
-                    kept = pa.array(new)
-                    table = table.filter(kept)
-                    ids = ids.filter(kept) if ids is not None else None
-                    rows = [row for row, n in zip(rows, new, strict=True) if n]
-                    lines = [line for line, n in zip(lines, new, strict=True) if n]
-                    if self.config.key:
-                        keys = [key for key, n in zip(keys, new, strict=True) if n]
-                        marks = [mark for mark, n in zip(marks, new, strict=True) if n]
-            if self.config.key:
-                self._check_keys_elsewhere(rows, [columns.index(k) for k in self.config.key], keys, marks, lines)
-                # The row's identity, not its content: an edited row keeps its id, so its new
-                # version replaces the one carried from earlier versions, and review decisions
-                # stay with it.
-                ids = record_ids(self.uri, keys, marks)
-            read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
-            # A row without a cursor value is set aside for that; else one holding a value Python cannot.
-            no_value = no_value or [False] * read.num_rows
-            unreadable = [[] if none else names for names, none in zip(unreadable, no_value, strict=True)]
-            if not any(no_value) and not any(unreadable):
-                yield SourceBatch(rows=read)
-                continue
-            none, bad = pa.array(no_value), pa.array([bool(names) for names in unreadable])
-            set_aside = [self._no_value(read.filter(none))]
-            if any(unreadable):
-                values = [row for row, names in zip(rows, unreadable, strict=True) if names]
-                set_aside.append(self._unreadable(read.filter(bad), columns, values, [n for n in unreadable if n]))
-            kept = pc.invert(pc.or_(none, bad))
-            yield SourceBatch(rows=read.filter(kept), set_aside=pa.concat_tables(set_aside))
+        with closing(self._result()) as result:  # closed at once on an error, not when collected
+            columns = self._columns_checked(next(result))
+            for rows in result:
+                unreadable = unreadable_columns(columns, rows, made)
+                table, contents = self._contents(columns, rows, unreadable)
+                lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
+                ordinal += table.num_rows
+                # Without a key, ids number equal rows in the order read: the rows taken before count too, so a
+                # row written since that equals one of them (the same cursor value) gets an id of its own.
+                ids = None if self.config.key else row_ids(contents)
+                if self.config.key:
+                    keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
+                    # Every row the database returned, those taken before too (a row at the watermark, one of the
+                    # days a SQLite date text is read again for): a new row may share its key.
+                    self._check_keys_unique(keys, marks, lines)
+                no_value: list[bool] = []
+                if self.config.cursor is None:
+                    fingerprint.add(contents)
+                else:
+                    states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], rows)
+                    new = [state is not False for state in states]
+                    no_value = [state is None for state in states if state is not False]
+                    if not all(new):
+                        unreadable = [names for names, n in zip(unreadable, new, strict=True) if n]
+                        kept = pa.array(new)
+                        table = table.filter(kept)
+                        ids = ids.filter(kept) if ids is not None else None
+                        rows = [row for row, n in zip(rows, new, strict=True) if n]
+                        lines = [line for line, n in zip(lines, new, strict=True) if n]
+                        if self.config.key:
+                            keys = [key for key, n in zip(keys, new, strict=True) if n]
+                            marks = [mark for mark, n in zip(marks, new, strict=True) if n]
+                if self.config.key:
+                    self._check_keys_elsewhere(rows, [columns.index(k) for k in self.config.key], keys, marks, lines)
+                    # The row's identity, not its content: an edited row keeps its id, so its new
+                    # version replaces the one carried from earlier versions, and review decisions
+                    # stay with it.
+                    ids = record_ids(self.uri, keys, marks)
+                read = with_lineage(table, ids, source_array(CONNECTOR, self.uri, lines))
+                # A row without a cursor value is set aside for that; else one holding a value Python cannot.
+                no_value = no_value or [False] * read.num_rows
+                unreadable = [[] if none else names for names, none in zip(unreadable, no_value, strict=True)]
+                if not any(no_value) and not any(unreadable):
+                    yield SourceBatch(rows=read)
+                    continue
+                none, bad = pa.array(no_value), pa.array([bool(names) for names in unreadable])
+                set_aside = [self._no_value(read.filter(none))]
+                if any(unreadable):
+                    values = [row for row, names in zip(rows, unreadable, strict=True) if names]
+                    set_aside.append(self._unreadable(read.filter(bad), columns, values, [n for n in unreadable if n]))
+                kept = pc.invert(pc.or_(none, bad))
+                yield SourceBatch(rows=read.filter(kept), set_aside=pa.concat_tables(set_aside))
         if self.config.cursor is not None:
             self._cursor_read(self._range)
         elif self.watermark is not None:
@@ -855,7 +857,7 @@ class SqlSourceReader:
             self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
         if span.nulls:
             log.warning(
-                "%s: %d rows have no value (NULL) in the cursor column %r: %d quarantined by this run "
+                "%s: %d row(s) have no value (NULL) in the cursor column %r: %d quarantined by this run "
                 "(no_cursor_value), the others by an earlier one; give them a value to have them read",
                 self.uri,
                 len(span.nulls),

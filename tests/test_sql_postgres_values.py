@@ -4,6 +4,7 @@ numerics (against the real server tests/pg.py starts)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,29 @@ def test_a_key_postgresql_has_no_equals_for_is_compared_by_its_text(
             list(SqlSourceReader(config, 10, Watermarks(state, source.get("table", "q")).for_source(config)).batches())
     engine.dispose()
     state.dispose()
+
+
+def test_a_read_failing_part_way_closes_its_connection_at_once(workdir: Path, postgres_url: str) -> None:
+    """A run that fails on a batch keeps its error (and so the reader's frames) until it is reported:
+    the connection the reader's result held stayed open until Python collected it."""
+    postgres_table(postgres_url, "twice", "id int, subject text", "(1, 'a')", "(2, 'b')", "(1, 'c')")
+    config = SqlSource(type="sql", url=postgres_url, table="twice", key=["id"])
+    monitor = sa.create_engine(postgres_url)
+
+    def others() -> int:
+        with monitor.connect() as db:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return db.exec_driver_sql(query).scalar_one()
+
+    before = others()
+    with pytest.raises(SqlSourceError, match="key") as failed:
+        list(SqlSourceReader(config, 2).batches())
+    assert failed.value.__traceback__ is not None  # the error, and the frames it holds, are still alive
+    # (A backend closed by its client leaves pg_stat_activity a moment later.)
+    deadline = time.monotonic() + 5
+    while others() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert others() == before
+    monitor.dispose()
