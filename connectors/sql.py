@@ -857,10 +857,11 @@ class SqlSourceReader:
             self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
         if span.nulls:
             log.warning(
-                "%s: %d row(s) have no value (NULL) in the cursor column %r: %d quarantined by this run "
+                "%s: %d %s no value (NULL) in the cursor column %r: %d quarantined by this run "
                 "(no_cursor_value), the others by an earlier one; give them a value to have them read",
                 self.uri,
                 len(span.nulls),
+                "row has" if len(span.nulls) == 1 else "rows have",
                 self.config.cursor,
                 span.new_nulls,
             )

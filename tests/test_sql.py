@@ -640,7 +640,8 @@ def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
         "no run can tell when such a row is new or edited, so it is set aside once; give it a value to have it read"
     )
     assert json.loads(aside[0]["record"])["subject"] == "a"
-    assert f"{url}#t: {nulls} rows have no value (NULL) in the cursor column 'u'" in caplog.text
+    rows_have = "row has" if nulls == 1 else "rows have"
+    assert f"{url}#t: {nulls} {rows_have} no value (NULL) in the cursor column 'u'" in caplog.text
     small_table(workdir / "crm.db", [(3, "c", "z", None), (4, "d", "w", 5)])
     second = run(workdir, spec)
     assert second.manifest.extends == 1
