@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -740,45 +740,29 @@ class SqlSourceReader:
     ) -> pa.Table:
         """Rows holding a date or time Python cannot hold, quarantined, each with its values as PostgreSQL
         writes them."""
-        lines = rows["source"].combine_chunks().field("line").to_pylist()
-        return set_aside_rows(
-            rows["id"].combine_chunks(),
-            rows["source"].combine_chunks(),
-            stage="read",
-            outcome="quarantined",
-            reasons="schema",
-            details=[
-                f"{self.uri}:{line}: {_columns_named(names)} a date or time Python cannot hold "
+        return _quarantined(
+            rows,
+            "schema",
+            lambda line, at: (
+                f"{self.uri}:{line}: {_columns_named(unreadable[at])} a date or time Python cannot hold "
                 "(infinity, a year before 1 or after 9999, 24:00, an interval past 999,999,999 days); "
                 "CAST it to text in a query to read such rows"
-                for line, names in zip(lines, unreadable, strict=True)
-            ],
-            records=[
-                json.dumps(dict(zip(columns, row, strict=True)), default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
-                for row in values
-            ],
+            ),
+            [dict(zip(columns, row, strict=True)) for row in values],
         )
 
     def _no_value(self, rows: pa.Table) -> pa.Table:
         """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
         columns = [c for c in rows.column_names if c not in ("id", "source")]
-        lines = rows["source"].combine_chunks().field("line").to_pylist()
-        return set_aside_rows(
-            rows["id"].combine_chunks(),
-            rows["source"].combine_chunks(),
-            stage="read",
-            outcome="quarantined",
-            reasons="no_cursor_value",
-            details=[
+        return _quarantined(
+            rows,
+            "no_cursor_value",
+            lambda line, _: (
                 f"{self.uri}:{line}: no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column "
                 f"{self.config.cursor!r}: no run can tell "
                 "when such a row is new or edited, so it is set aside once; give it a value to have it read"
-                for line in lines
-            ],
-            records=[
-                json.dumps(row, default=str, ensure_ascii=False)[:MAX_RAW_CHARS]
-                for row in rows.select(columns).to_pylist()
-            ],
+            ),
+            rows.select(columns).to_pylist(),
         )
 
     def batches(self) -> Iterator[SourceBatch]:
@@ -865,3 +849,20 @@ class SqlSourceReader:
                 self.config.cursor,
                 span.new_nulls,
             )
+
+
+def _quarantined(
+    rows: pa.Table, reason: str, detail: Callable[[int, int], str], records: list[dict[str, Any]]
+) -> pa.Table:
+    """``rows`` quarantined by the reader with ``reason``; ``detail(line, position)`` says why for each,
+    and each keeps its values (``records``) as read."""
+    lines = rows["source"].combine_chunks().field("line").to_pylist()
+    return set_aside_rows(
+        rows["id"].combine_chunks(),
+        rows["source"].combine_chunks(),
+        stage="read",
+        outcome="quarantined",
+        reasons=reason,
+        details=[detail(line, at) for at, line in enumerate(lines)],
+        records=[json.dumps(record, default=str, ensure_ascii=False)[:MAX_RAW_CHARS] for record in records],
+    )
