@@ -203,24 +203,32 @@ BILLING = "Please update the billing address on my account, the new one is 12 El
 def near_duplicates_queued(folder: Path, executor: Any, rows: list[dict], duplicates: int) -> tuple[Recipe, list]:
     """``rows`` run through near_dedup by ``executor`` (``duplicates`` set aside): the recipe and the
     near-duplicate items it queued."""
-    from curation.review.queue import review_items
-
     write_jsonl(folder / "in" / "a.jsonl", rows)
-    spec = {
-        "dataset": "near",
-        "sources": [{"path": str(folder / "in")}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-        "stages": [{"type": "near_dedup", "threshold": 0.7}],
-        "output": {"dest": str(folder / "out")},
-        "state": f"sqlite:///{folder}/state.db",
-    }
+    spec = near_dedup_of_folder(folder / "in")
+    spec |= {"output": {"dest": str(folder / "out")}, "state": f"sqlite:///{folder}/state.db"}
     loaded = load_recipe(write_recipe(folder, spec))
     assert run_recipe(loaded, executor=executor).manifest.counts.duplicate == duplicates
-    engine = sa.create_engine(loaded.state)
+    return loaded, near_duplicate_items(loaded)
+
+
+def near_dedup_of_folder(folder: Path) -> dict[str, Any]:
+    """A recipe reading the JSONL files of ``folder`` (q, a) through near_dedup."""
+    return {
+        "dataset": "near",
+        "sources": [{"path": str(folder)}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "near_dedup", "threshold": 0.7}],
+    }
+
+
+def near_duplicate_items(recipe: Recipe) -> list[Any]:
+    from curation.review.queue import review_items
+
+    engine = sa.create_engine(recipe.state)
     with engine.connect() as db:
         items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
     engine.dispose()
-    return loaded, items
+    return items
 
 
 def decide(recipe: Recipe, item: Any, action: str) -> None:
@@ -393,24 +401,14 @@ def test_a_copy_of_rejected_content_read_later_in_the_same_run_is_filtered_on_ra
     key is learned in the run that reads it. The embedded executor then filters a copy read later in that
     same run (in another input after it), though not one read before it. On Ray each input is read and
     reviewed by its own task: the copy read after it is filtered too, and the one before is not."""
-    from curation.review.queue import review_items
 
     rows = [{"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Done, updated."}]
     rows += [{"q": f"Where was parcel {i} on day {i}?", "a": f"Parcel {i} arrived."} for i in range(6)]
     write_jsonl(workdir / "in" / "a.jsonl", [*rows, rows[1]])
-    spec = {
-        "dataset": "near",
-        "sources": [{"path": str(workdir / "in")}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-        "stages": [{"type": "near_dedup", "threshold": 0.7}],
-    }
-    recipes = side_by_side(workdir, spec)
+    recipes = side_by_side(workdir, near_dedup_of_folder(workdir / "in"))
     for name, recipe in recipes.items():
         assert run_recipe(recipe, executor=EXECUTORS[name]()).manifest.counts.duplicate == 2
-        engine = sa.create_engine(recipe.state)
-        with engine.connect() as db:
-            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
-        engine.dispose()
+        items = near_duplicate_items(recipe)
         (item,) = [item for item in items if json.loads(item.source)["line"] == 2]
         decide(recipe, item, "reject")  # the set-aside one: never published
     write_jsonl(workdir / "in" / "0.jsonl", [rows[1], {"q": "Is the branch open on Sunday?", "a": "No."}])
@@ -433,25 +431,15 @@ def test_copies_of_two_rejected_records_of_one_content_name_the_first_read_on_ra
     executor's review stage learns the content from the first it reads, and a copy read later names that
     record, in its set-aside row and in the copies the state store keeps for undoing the rejection. On
     Ray the task reading the second input learned it from its own rejected record, and named that one."""
-    from curation.review.queue import review_items
     from curation.review.rejected_content import rejected_copies
 
     first, again = {"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Done, updated."}
     write_jsonl(workdir / "in" / "a.jsonl", [first, again, {"q": "Where is parcel 1?", "a": "Here."}])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Where is parcel 2?", "a": "There."}, again])
-    spec = {
-        "dataset": "near",
-        "sources": [{"path": str(workdir / "in")}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-        "stages": [{"type": "near_dedup", "threshold": 0.7}],
-    }
-    recipes = side_by_side(workdir, spec)
+    recipes = side_by_side(workdir, near_dedup_of_folder(workdir / "in"))
     for name, recipe in recipes.items():
         assert run_recipe(recipe, executor=EXECUTORS[name]()).manifest.counts.duplicate == 2
-        engine = sa.create_engine(recipe.state)
-        with engine.connect() as db:
-            items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
-        engine.dispose()
+        items = near_duplicate_items(recipe)
         assert len(items) == 2
         for item in items:
             decide(recipe, item, "reject")
