@@ -32,7 +32,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.json_values import is_json, json_values
+from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
@@ -398,11 +398,13 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
         if pa.types.is_floating(kind):
             if any(type(value) is int and not _fits_a_float(value) for value in written):
                 return None
-            if any(type(value) is int for value in written):  # integers beside floats: each as written
-                values = table[name].to_pylist()
-                for row, value in zip(found.tolist(), written, strict=True):
-                    values[row] = value
-                table = table.set_column(index, name, json_values(values))
+            integers = np.array([type(value) is int for value in written], dtype=bool)
+            if integers.any():  # integers beside floats: each as written, the floats' JSON as Python's json writes it
+                where = np.zeros(len(table), dtype=bool)
+                where[found[integers]] = True
+                texts = pa.array([str(value) for value in written if type(value) is int], pa.string())
+                texts = pc.replace_with_mask(float_texts(table[name], _json_text), pa.array(where), texts)
+                table = table.set_column(index, name, pa.ExtensionArray.from_storage(JSON_TYPE, texts))
             continue
         values = None
         for row, value in zip(found.tolist(), written, strict=True):

@@ -610,11 +610,13 @@ def test_an_integer_beside_whole_floats_is_as_written_however_its_key_is_spelt(t
     whose line has the key before an integer in a nested object) stays a float, on both paths."""
     name = json.loads(f'"{key}"')
     lines = [f'{{"{key}": {value}, "o": {{"{key}": 3}}}}' for value in ["10.0", "1e1", "2.5"]]
-    lines += [f'{{"{key}": {value}}}' for value in ["7", "-0", "4.0"]] + [f'{{"{key}": {i}.0}}' for i in range(300)]
-    expected = [10.0, 10.0, 2.5, 7, 0, 4.0, *[float(i) for i in range(300)]]
+    others = ["7", "-0", "4.0", "1e-7", "0.00001", "12345678901.5", "1e20", "-0.0"]
+    lines += [f'{{"{key}": {value}}}' for value in others] + [f'{{"{key}": {i}.0}}' for i in range(300)]
+    expected = [10.0, 10.0, 2.5, 7, 0, 4.0, 1e-7, 1e-5, 12345678901.5, 1e20, -0.0, *[float(i) for i in range(300)]]
     [whole] = read_new(write_lines(tmp_path / "whole.jsonl", lines), 1000)
     [by_line] = read_new(write_lines(tmp_path / "by_line.jsonl", [*lines, "not json"]), 1000)
     for batch in (whole, by_line):
         assert is_json(batch.rows[name].type)
         values = batch.rows[name].to_pylist()
         assert values == expected and [type(v) for v in values] == [type(v) for v in expected]
+        assert batch.rows[name].cast(pa.string()).to_pylist() == [json.dumps(v) for v in expected]  # 1e-07, -0.0

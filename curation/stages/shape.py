@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from curation.split import key_texts
 from curation.stages.base import StageResult, is_text
 from schemas.config import RecordShape
+from schemas.json_values import float_texts
 from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -114,13 +115,6 @@ def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[st
     return pa.array(texts, pa.string()), problems, "schema"
 
 
-def _float_texts(values: pa.ChunkedArray) -> pa.Array:
-    """Floats as a template writes them, and a JSONL line whose column mixes integers and floats (Python's
-    text: ``1.0``, ``1e-07``): Arrow's cast writes ``1`` and ``1e-7``, so one line published one text or
-    the other by the other lines of its block."""
-    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
-
-
 class Field:
     """How one record field is made from a row."""
 
@@ -207,8 +201,8 @@ class Shape:
             if pa.types.is_nested(values.type):  # a Parquet struct, list or map (a JSONL one is JSON text already)
                 # Arrow casts none of them to text: they are written as JSON, as a column of mixed types is.
                 return _json_texts(field.column, values)
-            if pa.types.is_float64(values.type):
-                return _float_texts(values), [], ""
+            if pa.types.is_float64(values.type):  # as a template writes it (1.0, 1e-07), not as Arrow's cast (1, 1e-7)
+                return float_texts(values), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
