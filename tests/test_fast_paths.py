@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from curation.stages.dedup import ExactDedup, normalised_text
 from curation.stages.duplicates import resolve_duplicates
+from curation.stages.shape import _time_texts
 from schemas.json_values import float_texts
 from schemas.records import source_array
 
@@ -91,3 +92,22 @@ def test_float_texts_are_pythons_repr_of_every_kind_of_double() -> None:
     column = pa.chunked_array([pa.array(values[:100], pa.float64()), pa.array(values[100:], pa.float64())])
     assert float_texts(column).to_pylist() == [None if v is None else repr(v) for v in values]
     assert float_texts(column, json.dumps).to_pylist() == [None if v is None else json.dumps(v) for v in values]
+
+
+def test_time_texts_are_pythons_str_in_every_unit() -> None:
+    """A field naming a timestamp or time column writes what a template writes (Python's ``str`` of the
+    value): whole seconds without a fraction, others in microseconds, before 1970 too, in each unit."""
+    rng = random.Random(3)
+    seconds = [rng.randint(-2_000_000_000, 4_000_000_000) for _ in range(3000)]
+    kinds = [pa.timestamp(unit) for unit in ("s", "ms", "us", "ns")] + [pa.timestamp("us", "Asia/Kolkata")]
+    for kind in kinds:
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[kind.unit]
+        ticks = [s * per_second + rng.choice([0, 0, rng.randrange(per_second)]) for s in seconds] + [None, -1]
+        column = pa.chunked_array([pa.array(ticks[:7], pa.int64()), pa.array(ticks[7:], pa.int64())]).cast(kind)
+        assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
+    for kind, per_day in [(pa.time32("s"), 86400), (pa.time32("ms"), 86400 * 10**3), (pa.time64("us"), 86400 * 10**6)]:
+        ticks = [rng.randrange(per_day) // rng.choice([1, 1000]) * rng.choice([1, 1000]) % per_day for _ in range(3000)]
+        column = pa.chunked_array([pa.array([*ticks, None], pa.int32() if kind.bit_width == 32 else pa.int64())]).cast(
+            kind
+        )
+        assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind

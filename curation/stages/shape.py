@@ -115,6 +115,52 @@ def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[st
     return pa.array(texts, pa.string()), problems, "schema"
 
 
+def _widened_floats(batch: pa.Table) -> pa.Table:
+    """``batch`` with each float32 column (a Parquet ``float``) as the float64 its text writes (``0.1``, not
+    ``0.10000000149011612``: Arrow's cast of a float32 to text gives its own shortest digits, Python's float
+    the float64 the float32 holds), and each float16 one as a float64: a field naming the column and a
+    template then write one text, Python's (``0.1``, ``1.0``)."""
+    for index, kind in enumerate(batch.schema.types):
+        if pa.types.is_float32(kind):
+            widened = pc.cast(pc.cast(batch.column(index), pa.string()), pa.float64())
+        elif pa.types.is_float16(kind):
+            widened = pc.cast(batch.column(index), pa.float64())
+        else:
+            continue
+        batch = batch.set_column(index, batch.schema.field(index).with_type(pa.float64()), widened)
+    return batch
+
+
+# A timestamp's or time's ticks a second, and the digits of a second's fraction Arrow's cast writes, by unit.
+_TICKS = {"ms": (1000, 3), "us": (1_000_000, 6)}
+
+
+def _time_texts(values: pa.ChunkedArray) -> pa.Array:
+    """A timestamp or time of day as a template writes it (Python's ``str``: ``2024-01-02 03:04:05``, a
+    fraction of a second only where there is one, in microseconds, and ``+01:00``), not as Arrow's cast
+    writes it (a fraction in the column's unit on every value, ``05.000000`` or ``05.000``, and ``+0100`` or
+    ``Z``): the text of a value is not its unit's. A column with a time zone, or of nanoseconds (a
+    template gets pandas' text for those), is written by Python."""
+    unit = values.type.unit
+    texts = pc.cast(values, pa.string()).combine_chunks()
+    if unit == "s" and getattr(values.type, "tz", None) is None:
+        return texts
+    if unit not in _TICKS or getattr(values.type, "tz", None) is not None:
+        return pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
+    per_second, digits = _TICKS[unit]
+    storage = pa.int32() if values.type.bit_width == 32 else pa.int64()  # a time32's, as Arrow casts it
+    ticks = pc.fill_null(pc.cast(values.combine_chunks(), storage), 0).to_numpy()
+    whole = pa.array(ticks % per_second == 0)
+    if pc.any(whole).as_py():  # 03:04:05, not 03:04:05.000000
+        texts = pc.replace_with_mask(texts, whole, pc.utf8_slice_codeunits(texts.filter(whole), 0, -digits - 1))
+    if digits < 6 and not pc.all(whole).as_py():  # 03:04:05.120000, not 03:04:05.120
+        some = pc.invert(whole)
+        texts = pc.replace_with_mask(
+            texts, some, pc.binary_join_element_wise(texts.filter(some), "0" * (6 - digits), "")
+        )
+    return texts
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -146,6 +192,7 @@ class Shape:
         }.get(self.kind, set())
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        batch = _widened_floats(batch)
         columns: dict[str, pa.Array] = {}
         problems: list[str | None] | None = None  # per record, made only when a field has a problem
         reasons: list[str | None] = []
@@ -203,6 +250,8 @@ class Shape:
                 return _json_texts(field.column, values)
             if pa.types.is_float64(values.type):  # as a template writes it (1.0, 1e-07), not as Arrow's cast (1, 1e-7)
                 return float_texts(values), [], ""
+            if pa.types.is_timestamp(values.type) or pa.types.is_time(values.type):
+                return _time_texts(values), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
