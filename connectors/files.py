@@ -352,11 +352,13 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
     None when the block must be read line by line for that. polars writes a number in a column that
     mixes types as its own text (``1.0`` as ``1``, ``1e3`` as ``1000``, an object's ``1.0`` as ``1``):
     such a value is written again as Python's json writes it. It reads an integer beside floats as a
-    float (``9007199254740993`` as ``9007199254740992.0``), where line by line the column is text: None.
-    The values that may be such (text that reads as a number, boolean, object or array; a float past
-    2^53) are looked up in their lines, parsed again: only those lines, and for text only when the
-    block has the column's key before a value that is not a string (a column of text such as "12345"
-    costs a scan of the block, not a parse of its lines)."""
+    float: the column then keeps each value as JSON as its line wrote it (``1`` beside ``2.0``), or, for
+    one a float cannot hold (``9007199254740993`` read as ``9007199254740992.0``), the block is read line
+    by line (None), where the column is text. The values that may be such (text that reads as a number,
+    boolean, object or array; a whole float) are looked up in their lines, parsed again: only those
+    lines, and only when the block has the column's key before a value that is not a string (before an
+    integer, for a float; a column of text such as "12345" costs a scan of the block, not a parse of its
+    lines)."""
     suspects: dict[str, np.ndarray] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
