@@ -102,7 +102,10 @@ def test_time_texts_are_pythons_str_in_every_unit() -> None:
     kinds = [pa.timestamp(unit) for unit in ("s", "ms", "us", "ns")] + [pa.timestamp("us", "Asia/Kolkata")]
     for kind in kinds:
         per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[kind.unit]
-        ticks = [s * per_second + rng.choice([0, 0, rng.randrange(per_second)]) for s in seconds] + [None, -1]
+        ticks = [
+            s * per_second + rng.choice([0, 0, rng.randrange(per_second), rng.randrange(per_second) // 1000 * 1000])
+            for s in seconds
+        ] + [None, -1]
         column = pa.chunked_array([pa.array(ticks[:7], pa.int64()), pa.array(ticks[7:], pa.int64())]).cast(kind)
         assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
     for kind, per_day in [(pa.time32("s"), 86400), (pa.time32("ms"), 86400 * 10**3), (pa.time64("us"), 86400 * 10**6)]:

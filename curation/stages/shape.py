@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jinja2
 import jinja2.nodes as jn
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -132,33 +133,40 @@ def _widened_floats(batch: pa.Table) -> pa.Table:
 
 
 # A timestamp's or time's ticks a second, and the digits of a second's fraction Arrow's cast writes, by unit.
-_TICKS = {"ms": (1000, 3), "us": (1_000_000, 6)}
+_TICKS = {"ms": (1000, 3), "us": (1_000_000, 6), "ns": (1_000_000_000, 9)}
 
 
 def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     """A timestamp or time of day as a template writes it (Python's ``str``: ``2024-01-02 03:04:05``, a
-    fraction of a second only where there is one, in microseconds, and ``+01:00``), not as Arrow's cast
-    writes it (a fraction in the column's unit on every value, ``05.000000`` or ``05.000``, and ``+0100`` or
-    ``Z``): the text of a value is not its unit's. A column with a time zone, or of nanoseconds (a
-    template gets pandas' text for those), is written by Python."""
+    fraction of a second only where there is one, in microseconds, or nanoseconds where it has them, as
+    pandas writes those; ``+01:00``), not as Arrow's cast writes it (a fraction in the column's unit on
+    every value, ``05.000000`` or ``05.000``; ``+0100`` or ``Z``): the text of a value is not its unit's.
+    A column with a time zone is written by Python."""
     unit = values.type.unit
     texts = pc.cast(values, pa.string()).combine_chunks()
     if unit == "s" and getattr(values.type, "tz", None) is None:
         return texts
-    if unit not in _TICKS or getattr(values.type, "tz", None) is not None:
+    if getattr(values.type, "tz", None) is not None:
         return pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
     per_second, digits = _TICKS[unit]
     storage = pa.int32() if values.type.bit_width == 32 else pa.int64()  # a time32's, as Arrow casts it
     ticks = pc.fill_null(pc.cast(values.combine_chunks(), storage), 0).to_numpy()
-    whole = pa.array(ticks % per_second == 0)
-    if pc.any(whole).as_py():  # 03:04:05, not 03:04:05.000000
-        texts = pc.replace_with_mask(texts, whole, pc.utf8_slice_codeunits(texts.filter(whole), 0, -digits - 1))
-    if digits < 6 and not pc.all(whole).as_py():  # 03:04:05.120000, not 03:04:05.120
-        some = pc.invert(whole)
-        texts = pc.replace_with_mask(
-            texts, some, pc.binary_join_element_wise(texts.filter(some), "0" * (6 - digits), "")
-        )
+    whole = ticks % per_second == 0
+    # 03:04:05, not 03:04:05.000000; 03:04:05.120000, not 03:04:05.120000000 (nor 03:04:05.120)
+    texts = _rewritten(texts, whole, lambda some: pc.utf8_slice_codeunits(some, 0, -digits - 1))
+    if digits == 9:
+        texts = _rewritten(texts, ~whole & (ticks % 1000 == 0), lambda some: pc.utf8_slice_codeunits(some, 0, -3))
+    elif digits < 6:
+        texts = _rewritten(texts, ~whole, lambda some: pc.binary_join_element_wise(some, "0" * (6 - digits), ""))
     return texts
+
+
+def _rewritten(texts: pa.Array, where: np.ndarray, rewrite: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``texts`` with those ``where`` marks replaced by ``rewrite`` of them."""
+    if not where.any():
+        return texts
+    mask = pa.array(where)
+    return pc.replace_with_mask(texts, mask, rewrite(texts.filter(mask)))
 
 
 class Field:
