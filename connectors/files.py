@@ -32,7 +32,7 @@ from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
-from schemas.json_values import is_json, json_values
+from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
 
 CONNECTOR = "files"
@@ -352,31 +352,32 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
     None when the block must be read line by line for that. polars writes a number in a column that
     mixes types as its own text (``1.0`` as ``1``, ``1e3`` as ``1000``, an object's ``1.0`` as ``1``):
     such a value is written again as Python's json writes it. It reads an integer beside floats as a
-    float (``9007199254740993`` as ``9007199254740992.0``), where line by line the column is text: None.
-    The values that may be such (text that reads as a number, boolean, object or array; a float past
-    2^53) are looked up in their lines, parsed again: only those lines, and for text only when the
-    block has the column's key before a value that is not a string (a column of text such as "12345"
-    costs a scan of the block, not a parse of its lines)."""
+    float: the column then keeps each value as JSON as its line wrote it (``1`` beside ``2.0``), or, for
+    one a float cannot hold (``9007199254740993`` read as ``9007199254740992.0``), the block is read line
+    by line (None), where the column is text. The values that may be such (text that reads as a number,
+    boolean, object or array; a whole float) are looked up in their lines, parsed again: only those
+    lines, and only when the block has the column's key before a value that is not a string (before an
+    integer, for a float; a column of text such as "12345" costs a scan of the block, not a parse of its
+    lines)."""
     suspects: dict[str, np.ndarray] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             found = _may_not_be_text(column)
-            if found.any() and not _not_a_string_after(name).search(text):
+            if found.any() and not _found_in(_not_a_string_after(name), text):
                 continue  # text that reads as a number, and every value of the key a JSON string
         elif pa.types.is_floating(kind):
-            # polars reads an integer beside floats as a float: a whole value may be one, looked up in its
-            # line only when those lines have the key before an integer (a column of floats whose values
-            # have fractions costs no scan, one of whole floats such as 10.0 a scan of their lines).
-            found = pc.fill_null(pc.equal(pc.floor(column), column), False).to_numpy()
-            if found.all():
-                lines = text
-            elif found.any():
-                kept = raws.filter(pa.array(found))
-                newline = pa.scalar(b"\n", kept.type)
-                lines = pc.binary_join(pa.ListArray.from_arrays([0, len(kept)], kept), newline)[0].as_py()
-            if found.any() and not _an_integer_after(name).search(lines):
+            # polars reads an integer beside floats as a float: a whole value (10.0) may be one. The block is
+            # scanned for the key before an integer, then, where it has one, the lines of whole values (only
+            # those lines are looked up): a column whose values have fractions costs no scan.
+            found = pc.fill_null(pc.equal(pc.floor(column), column), False).to_numpy(zero_copy_only=False)
+            pattern = _an_integer_after(name)
+            if not found.any() or not _found_in(pattern, text):
                 continue
+            found = found.copy()
+            found[found] = pc.match_substring_regex(raws.filter(pa.array(found)), pattern=pattern).to_numpy(
+                zero_copy_only=False
+            )
         else:
             continue
         if found.any():
@@ -399,11 +400,13 @@ def _mixed_as_written(table: pa.Table, raws: pa.Array, text: bytes) -> pa.Table 
         if pa.types.is_floating(kind):
             if any(type(value) is int and not _fits_a_float(value) for value in written):
                 return None
-            if any(type(value) is int for value in written):  # integers beside floats: each as written
-                values = table[name].to_pylist()
-                for row, value in zip(found.tolist(), written, strict=True):
-                    values[row] = value
-                table = table.set_column(index, name, json_values(values))
+            integers = np.array([type(value) is int for value in written], dtype=bool)
+            if integers.any():  # integers beside floats: each as written, the floats' JSON as Python's json writes it
+                where = np.zeros(len(table), dtype=bool)
+                where[found[integers]] = True
+                texts = pa.array([str(value) for value in written if type(value) is int], pa.string())
+                texts = pc.replace_with_mask(float_texts(table[name], _json_text), pa.array(where), texts)
+                table = table.set_column(index, name, pa.ExtensionArray.from_storage(JSON_TYPE, texts))
             continue
         values = None
         for row, value in zip(found.tolist(), written, strict=True):
@@ -462,20 +465,30 @@ def _spellings(char: str) -> bytes:
 
 
 @functools.cache
-def _key_before(key: str, value: bytes) -> re.Pattern[bytes]:
-    """The key, spelt any way JSON may write it (``"prénom"``, ``"pr\\u00e9nom"``, ``"n\\u0061me"``), followed
-    by a value the regex ``value`` matches. A key of an object nested in a value matches too."""
-    return re.compile(rb'"%s"\s*:\s*%s' % (b"".join(_spellings(char) for char in key), value))
+def _key_before(key: str, value: bytes) -> bytes:
+    """A regex (RE2's, which Python's re reads too) for the key, spelt any way JSON may write it (``"prénom"``,
+    ``"pr\\u00e9nom"``, ``"n\\u0061me"``), followed by a value the regex ``value`` matches. A key of an
+    object nested in a value matches too."""
+    return rb'"%s"\s*:\s*%s' % (b"".join(_spellings(char) for char in key), value)
 
 
-def _not_a_string_after(key: str) -> re.Pattern[bytes]:
+def _not_a_string_after(key: str) -> bytes:
     """The key before a value that is not a JSON string or null (a number, boolean, array or object)."""
     return _key_before(key, rb"[-0-9tf\[{]")
 
 
-def _an_integer_after(key: str) -> re.Pattern[bytes]:
+def _an_integer_after(key: str) -> bytes:
     """The key before an integer (a number with no fraction or exponent: ``1``, not ``1.0`` or ``1e3``)."""
     return _key_before(key, rb"-?[0-9]+[\s,}\]]")
+
+
+def _found_in(pattern: bytes, text: bytes) -> bool:
+    """Whether the regex ``pattern`` matches in ``text``: Arrow's RE2 scans a block of lines about eight
+    times faster than Python's re (3 ms for 2 MB, where re took 28: about a sixth of polars' read of it
+    rather than more than the read), and reads the block where it lies."""
+    offsets = pa.py_buffer(np.array([0, len(text)], dtype=np.int64))
+    block = pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(text)])
+    return bool(pc.match_substring_regex(block, pattern=pattern)[0].as_py())
 
 
 def _fits_a_float(value: int) -> bool:
@@ -618,14 +631,14 @@ class FilesSourceReader(ListedFiles):
         ``table``: a column of another type does, and one of text may where polars wrote such a value as
         text and the block has its key before such a value (possibly a nested key of the same name: the
         lines are then parsed one by one, which tells). The block is scanned only for a column holding
-        text that such a value gives (``12345``): the scan costs about a tenth of the read."""
+        text that such a value gives (``12345``): the scan costs about a sixth of the read (``_found_in``)."""
         for name, pattern in zip(self.text_columns, self._not_text, strict=True):
             if name not in table.column_names or table[name].type == pa.null():
                 continue
             column = table[name]
             if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                 return True
-            if _may_not_be_text(column).any() and pattern.search(text):
+            if _may_not_be_text(column).any() and _found_in(pattern, text):
                 return True
         return False
 

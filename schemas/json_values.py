@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class JsonScalar(pa.ExtensionScalar):
@@ -67,3 +68,46 @@ def json_values(values: Sequence[Any]) -> pa.ExtensionArray:
 
 def is_json(kind: pa.DataType) -> bool:
     return isinstance(kind, JsonType)
+
+
+# Python's repr writes a float whose magnitude lies in [1e-4, 1e16), and zero, in positional notation
+# (``0.0001``, ``1234.5``), any other in scientific notation with an exponent of two digits or more.
+_POSITIONAL = (1e-4, 1e16)
+
+
+def float_texts(values: pa.Array | pa.ChunkedArray, text: Callable[[float], str] = repr) -> pa.StringArray:
+    """Each float64 of ``values`` as Python's ``repr`` writes it (``1.0``, ``0.1``, ``1e-07``, ``1e+16``),
+    without a Python call per value: Arrow's cast gives the same digits (the shortest that read back as the
+    value) laid out its own way (``1``, ``1e-7``, ``1e+10`` for ``10000000000.0``, ``0.00001`` for
+    ``1e-05``), set out again here as Python's. A value whose notation differs (about 1e-6 to 1e-4 and 1e10
+    to 1e16, nan and inf) is written by ``text``: ``repr``, or ``json.dumps`` (``NaN``) for JSON."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    texts = pc.cast(values, pa.string())
+    magnitude = pc.abs(values)
+    positional = pc.or_(
+        pc.and_(pc.greater_equal(magnitude, _POSITIONAL[0]), pc.less(magnitude, _POSITIONAL[1])),
+        pc.equal(magnitude, 0),
+    )
+    scientific = pc.match_substring(texts, "e")
+    # Arrow writes a whole value without its fraction (``1``, ``-0``), and an exponent with one digit or
+    # more (``1e-7``) where Python writes two or more (``1e-07``): each set out again apart (a kernel over
+    # the whole column cost more than the cast).
+    whole = pc.and_(pc.and_(positional, pc.invert(scientific)), pc.equal(pc.floor(values), values))
+    texts = _rewritten(texts, whole, lambda some: pc.binary_join_element_wise(some, ".0", ""))
+    exponent = pc.and_(scientific, pc.invert(positional))
+    texts = _rewritten(texts, exponent, lambda some: pc.replace_substring_regex(some, r"e([-+])([0-9])$", r"e\10\2"))
+    elsewise = pc.fill_null(pc.equal(positional, scientific), False)  # notations that differ, nan and inf
+    return _rewritten(
+        texts, elsewise, lambda _: pa.array([text(v) for v in values.filter(elsewise).to_pylist()], pa.string())
+    )
+
+
+def _rewritten(
+    texts: pa.StringArray, where: pa.BooleanArray, rewrite: Callable[[pa.Array], pa.Array]
+) -> pa.StringArray:
+    """``texts`` with those ``where`` marks (null: not marked) replaced by ``rewrite`` of them."""
+    where = pc.fill_null(where, False)
+    if not pc.any(where).as_py():
+        return texts
+    return pc.replace_with_mask(texts, where, rewrite(texts.filter(where)))

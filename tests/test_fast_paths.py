@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
+import struct
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stages.dedup import ExactDedup, normalised_text
 from curation.stages.duplicates import resolve_duplicates
+from curation.stages.shape import _time_texts
+from schemas.json_values import float_texts
 from schemas.records import source_array
 
 # Every code point up to U+3100 (Latin, Greek, Cyrillic, the Unicode spaces, ...) plus a few beyond.
@@ -70,3 +76,41 @@ def test_blank_line_check_agrees_with_bytes_strip() -> None:
                 ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
                 starts = np.concatenate(([0], ends[:-1] + 1))
                 assert blank_lines(data, starts, ends).tolist() == [not line.strip() for line in lines], lines
+
+
+def test_float_texts_are_pythons_repr_of_every_kind_of_double() -> None:
+    """Arrow's cast gives a float's shortest digits laid out its own way (``1``, ``1e-7``, ``1e+10``); the
+    texts are Python's (``1.0``, ``1e-07``, ``10000000000.0``), as a template writes them, with JSON's
+    ``NaN`` where asked: random bit patterns, every power of ten and the edges of each notation."""
+    rng = random.Random(7)
+    values: list[float | None] = [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(20000)]
+    values += [rng.random() * 10.0 ** rng.randint(-25, 25) * rng.choice([1, -1]) for _ in range(20000)]
+    values += [round(rng.random() * 1000, rng.randint(0, 4)) for _ in range(5000)]
+    values += [m * 10.0**k for k in range(-323, 308) for m in (1, -1.5, 9.999999999999999, 0.1 + 0.2)]
+    values += [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, 5e-324, float("nan"), None]
+    values += [float("inf"), -float("inf"), 1.7976931348623157e308, 1e-06, 1e10]
+    column = pa.chunked_array([pa.array(values[:100], pa.float64()), pa.array(values[100:], pa.float64())])
+    assert float_texts(column).to_pylist() == [None if v is None else repr(v) for v in values]
+    assert float_texts(column, json.dumps).to_pylist() == [None if v is None else json.dumps(v) for v in values]
+
+
+def test_time_texts_are_pythons_str_in_every_unit() -> None:
+    """A field naming a timestamp or time column writes what a template writes (Python's ``str`` of the
+    value): whole seconds without a fraction, others in microseconds, before 1970 too, in each unit."""
+    rng = random.Random(3)
+    seconds = [rng.randint(-2_000_000_000, 4_000_000_000) for _ in range(3000)]
+    kinds = [pa.timestamp(unit) for unit in ("s", "ms", "us", "ns")] + [pa.timestamp("us", "Asia/Kolkata")]
+    for kind in kinds:
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[kind.unit]
+        ticks = [
+            s * per_second + rng.choice([0, 0, rng.randrange(per_second), rng.randrange(per_second) // 1000 * 1000])
+            for s in seconds
+        ] + [None, -1]
+        column = pa.chunked_array([pa.array(ticks[:7], pa.int64()), pa.array(ticks[7:], pa.int64())]).cast(kind)
+        assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
+    for kind, per_day in [(pa.time32("s"), 86400), (pa.time32("ms"), 86400 * 10**3), (pa.time64("us"), 86400 * 10**6)]:
+        ticks = [rng.randrange(per_day) // rng.choice([1, 1000]) * rng.choice([1, 1000]) % per_day for _ in range(3000)]
+        column = pa.chunked_array([pa.array([*ticks, None], pa.int32() if kind.bit_width == 32 else pa.int64())]).cast(
+            kind
+        )
+        assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind

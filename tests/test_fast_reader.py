@@ -579,17 +579,17 @@ def test_a_number_beside_text_is_as_written_however_its_key_is_spelt(tmp_path: P
 
 
 def test_the_key_pattern_matches_every_spelling_and_no_other_key() -> None:
-    from connectors.files import _not_a_string_after
+    from connectors.files import _found_in, _not_a_string_after
 
     for key in ["prénom", 'a"b\\c/d\te', "\U0001f600 emoji", "name"]:
         pattern = _not_a_string_after(key)
         for ensure_ascii in (True, False):
-            assert pattern.search(json.dumps({key: 1}, ensure_ascii=ensure_ascii).encode()), (key, ensure_ascii)
+            assert _found_in(pattern, json.dumps({key: 1}, ensure_ascii=ensure_ascii).encode()), (key, ensure_ascii)
         escaped = "".join(f"\\u{unit:04X}" for unit in np.frombuffer(key.encode("utf-16-be"), ">u2"))
-        assert pattern.search(f'{{"{escaped}": [1]}}'.encode())
-        assert not pattern.search(json.dumps({key: "1"}).encode())
-        assert not pattern.search(json.dumps({key + "x": 1, "x" + key: 1}).encode())
-    assert _not_a_string_after("a/b").search(b'{"a\\/b": true}')
+        assert _found_in(pattern, f'{{"{escaped}": [1]}}'.encode())
+        assert not _found_in(pattern, json.dumps({key: "1"}).encode())
+        assert not _found_in(pattern, json.dumps({key + "x": 1, "x" + key: 1}).encode())
+    assert _found_in(_not_a_string_after("a/b"), b'{"a\\/b": true}')
 
 
 def test_a_declared_text_column_read_as_numbers_or_text_like_numbers(tmp_path: Path) -> None:
@@ -601,3 +601,22 @@ def test_a_declared_text_column_read_as_numbers_or_text_like_numbers(tmp_path: P
     assert batch.rows.num_rows == 0 and batch.set_aside.num_rows == 3
     [batch] = list(FilesSourceReader(FilesSource(path=str(path)), 1000, text_columns=["zip"]).batches())
     assert batch.rows["zip"].to_pylist() == ["00000", "00001", "00002"] and batch.set_aside.num_rows == 0
+
+
+@pytest.mark.parametrize("key", [*PRENOM_SPELLINGS, "n\\u0061me"])
+def test_an_integer_beside_whole_floats_is_as_written_however_its_key_is_spelt(tmp_path: Path, key: str) -> None:
+    """The block is scanned for the key before an integer, then only the lines of whole floats that have one
+    are looked up: an integer is found whichever way its key is spelt, a whole float (``10.0``, ``1e1``, one
+    whose line has the key before an integer in a nested object) stays a float, on both paths."""
+    name = json.loads(f'"{key}"')
+    lines = [f'{{"{key}": {value}, "o": {{"{key}": 3}}}}' for value in ["10.0", "1e1", "2.5"]]
+    others = ["7", "-0", "4.0", "1e-7", "0.00001", "12345678901.5", "1e20", "-0.0"]
+    lines += [f'{{"{key}": {value}}}' for value in others] + [f'{{"{key}": {i}.0}}' for i in range(300)]
+    expected = [10.0, 10.0, 2.5, 7, 0, 4.0, 1e-7, 1e-5, 12345678901.5, 1e20, -0.0, *[float(i) for i in range(300)]]
+    [whole] = read_new(write_lines(tmp_path / "whole.jsonl", lines), 1000)
+    [by_line] = read_new(write_lines(tmp_path / "by_line.jsonl", [*lines, "not json"]), 1000)
+    for batch in (whole, by_line):
+        assert is_json(batch.rows[name].type)
+        values = batch.rows[name].to_pylist()
+        assert values == expected and [type(v) for v in values] == [type(v) for v in expected]
+        assert batch.rows[name].cast(pa.string()).to_pylist() == [json.dumps(v) for v in expected]  # 1e-07, -0.0

@@ -684,3 +684,31 @@ def test_a_number_publishes_as_its_line_wrote_it_whatever_other_lines_hold(workd
             if line["completion"].startswith("How"):
                 published.setdefault(line["completion"].split("?")[0], set()).add((line["prompt"], line["completion"]))
     assert published == {"How many": {("1", "How many? 1")}, "How much": {("2.0", "How much? 2.0")}}
+
+
+def test_a_parquet_time_or_float32_publishes_one_text_as_a_field_and_in_a_template(workdir: Path) -> None:
+    """A field naming the column wrote Arrow's text (``05.000000`` for a whole second, ``05.120`` in
+    milliseconds, ``+0100``, a float32's ``0.1``), a template Python's (``05``, ``05.120000``, ``+01:00``,
+    ``0.10000000149011612``): both write Python's text, a float32 as its own digits (``0.1``)."""
+    import datetime as dt
+
+    whole, fraction = dt.datetime(2024, 1, 2, 3, 4, 5), dt.datetime(2024, 1, 2, 3, 4, 5, 120000)
+    columns = {
+        "us": (pa.array([whole, fraction], pa.timestamp("us")), ["2024-01-02 03:04:05", "2024-01-02 03:04:05.120000"]),
+        "ms": (pa.array([whole, fraction], pa.timestamp("ms")), ["2024-01-02 03:04:05", "2024-01-02 03:04:05.120000"]),
+        "zoned": (
+            pa.array([whole, fraction], pa.timestamp("us", "Europe/Zurich")),
+            ["2024-01-02 04:04:05+01:00", "2024-01-02 04:04:05.120000+01:00"],
+        ),
+        "time": (pa.array([whole.time(), fraction.time()], pa.time64("us")), ["03:04:05", "03:04:05.120000"]),
+        "f32": (pa.array([0.1, 2.0], pa.float32()), ["0.1", "2.0"]),
+    }
+    published = {}
+    for name, (values, _) in columns.items():
+        pq.write_table(pa.table({name: values}), workdir / f"{name}.parquet")
+        spec = qa_recipe(
+            f"{name}.parquet", prompt=name, completion=f"At {{{{ {name} }}}}", output={"validation_fraction": 0}
+        )
+        lines = outputs(Path(run(workdir, spec).version_uri))
+        published[name] = sorted((line["prompt"], line["completion"]) for line in lines)
+    assert published == {name: [(text, f"At {text}") for text in texts] for name, (_, texts) in columns.items()}

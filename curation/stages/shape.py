@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jinja2
 import jinja2.nodes as jn
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.split import key_texts
 from curation.stages.base import StageResult, is_text
 from schemas.config import RecordShape
+from schemas.json_values import float_texts
 from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -114,11 +116,57 @@ def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[st
     return pa.array(texts, pa.string()), problems, "schema"
 
 
-def _float_texts(values: pa.ChunkedArray) -> pa.Array:
-    """Floats as a template writes them, and a JSONL line whose column mixes integers and floats (Python's
-    text: ``1.0``, ``1e-07``): Arrow's cast writes ``1`` and ``1e-7``, so one line published one text or
-    the other by the other lines of its block."""
-    return pa.array([None if v is None else repr(v) for v in values.to_pylist()], pa.string())
+def _widened_floats(batch: pa.Table) -> pa.Table:
+    """``batch`` with each float32 column (a Parquet ``float``) as the float64 its text writes (``0.1``, not
+    ``0.10000000149011612``: Arrow's cast of a float32 to text gives its own shortest digits, Python's float
+    the float64 the float32 holds), and each float16 one as a float64: a field naming the column and a
+    template then write one text, Python's (``0.1``, ``1.0``)."""
+    for index, kind in enumerate(batch.schema.types):
+        if pa.types.is_float32(kind):
+            widened = pc.cast(pc.cast(batch.column(index), pa.string()), pa.float64())
+        elif pa.types.is_float16(kind):
+            widened = pc.cast(batch.column(index), pa.float64())
+        else:
+            continue
+        batch = batch.set_column(index, batch.schema.field(index).with_type(pa.float64()), widened)
+    return batch
+
+
+# A timestamp's or time's ticks a second, and the digits of a second's fraction Arrow's cast writes, by unit.
+_TICKS = {"ms": (1000, 3), "us": (1_000_000, 6), "ns": (1_000_000_000, 9)}
+
+
+def _time_texts(values: pa.ChunkedArray) -> pa.Array:
+    """A timestamp or time of day as a template writes it (Python's ``str``: ``2024-01-02 03:04:05``, a
+    fraction of a second only where there is one, in microseconds, or nanoseconds where it has them, as
+    pandas writes those; ``+01:00``), not as Arrow's cast writes it (a fraction in the column's unit on
+    every value, ``05.000000`` or ``05.000``; ``+0100`` or ``Z``): the text of a value is not its unit's.
+    A column with a time zone is written by Python."""
+    unit = values.type.unit
+    texts = pc.cast(values, pa.string()).combine_chunks()
+    if unit == "s" and getattr(values.type, "tz", None) is None:
+        return texts
+    if getattr(values.type, "tz", None) is not None:
+        return pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
+    per_second, digits = _TICKS[unit]
+    storage = pa.int32() if values.type.bit_width == 32 else pa.int64()  # a time32's, as Arrow casts it
+    ticks = pc.fill_null(pc.cast(values.combine_chunks(), storage), 0).to_numpy()
+    whole = ticks % per_second == 0
+    # 03:04:05, not 03:04:05.000000; 03:04:05.120000, not 03:04:05.120000000 (nor 03:04:05.120)
+    texts = _rewritten(texts, whole, lambda some: pc.utf8_slice_codeunits(some, 0, -digits - 1))
+    if digits == 9:
+        texts = _rewritten(texts, ~whole & (ticks % 1000 == 0), lambda some: pc.utf8_slice_codeunits(some, 0, -3))
+    elif digits < 6:
+        texts = _rewritten(texts, ~whole, lambda some: pc.binary_join_element_wise(some, "0" * (6 - digits), ""))
+    return texts
+
+
+def _rewritten(texts: pa.Array, where: np.ndarray, rewrite: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``texts`` with those ``where`` marks replaced by ``rewrite`` of them."""
+    if not where.any():
+        return texts
+    mask = pa.array(where)
+    return pc.replace_with_mask(texts, mask, rewrite(texts.filter(mask)))
 
 
 class Field:
@@ -152,6 +200,7 @@ class Shape:
         }.get(self.kind, set())
 
     def __call__(self, batch: pa.Table) -> StageResult:
+        batch = _widened_floats(batch)
         columns: dict[str, pa.Array] = {}
         problems: list[str | None] | None = None  # per record, made only when a field has a problem
         reasons: list[str | None] = []
@@ -207,8 +256,10 @@ class Shape:
             if pa.types.is_nested(values.type):  # a Parquet struct, list or map (a JSONL one is JSON text already)
                 # Arrow casts none of them to text: they are written as JSON, as a column of mixed types is.
                 return _json_texts(field.column, values)
-            if pa.types.is_float64(values.type):
-                return _float_texts(values), [], ""
+            if pa.types.is_float64(values.type):  # as a template writes it (1.0, 1e-07), not as Arrow's cast (1, 1e-7)
+                return float_texts(values), [], ""
+            if pa.types.is_timestamp(values.type) or pa.types.is_time(values.type):
+                return _time_texts(values), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
