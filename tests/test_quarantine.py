@@ -712,3 +712,29 @@ def test_a_parquet_time_or_float32_publishes_one_text_as_a_field_and_in_a_templa
         lines = outputs(Path(run(workdir, spec).version_uri))
         published[name] = sorted((line["prompt"], line["completion"]) for line in lines)
     assert published == {name: [(text, f"At {text}") for text in texts] for name, (_, texts) in columns.items()}
+
+
+def test_a_parquet_moment_python_cannot_hold_quarantines_its_row_not_the_run(workdir: Path) -> None:
+    """A timestamp after the year 9999 (Parquet holds it; Python's datetime does not): ``to_pylist`` of
+    the batch raised, a traceback failing the run. A template reading it quarantines the row; a field
+    naming the column writes Arrow's text of it; the other rows are published."""
+    moments = pa.array([0, 253402300800 * 1_000_000 + 86_400_000_000], pa.int64())  # 1970, 10000-01-02 in us
+    table = pa.table(
+        {
+            "q": ["first", "second"],
+            "ts": moments.cast(pa.timestamp("us")),
+            "tz": moments.cast(pa.timestamp("us", "UTC")),
+        }
+    )
+    pq.write_table(table, workdir / "moments.parquet")
+    spec = qa_recipe("moments.parquet", prompt="q", completion="At {{ ts }}", output={"validation_fraction": 0})
+    result = run(workdir, spec)
+    assert [line["completion"] for line in outputs(Path(result.version_uri))] == ["At 1970-01-01 00:00:00"]
+    (aside,) = set_aside(Path(result.version_uri))
+    assert aside["reason"] == "template" and aside["source"]["line"] == 2
+    assert "'ts' holds a value Python cannot hold" in aside["detail"]
+    assert json.loads(aside["record"])["ts"].startswith("10000-01-02 00:00:00")
+    fields = qa_recipe("moments.parquet", prompt="ts", completion="tz", output={"validation_fraction": 0})
+    lines = outputs(Path(run(workdir, fields, full_refresh=True).version_uri))
+    assert sorted(line["prompt"] for line in lines) == ["10000-01-02 00:00:00", "1970-01-01 00:00:00"]
+    assert sorted(line["completion"][:19] for line in lines) == ["10000-01-02 00:00:0", "1970-01-01 00:00:00"]
