@@ -288,7 +288,7 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
                     title = value.strip().strip("\"'")
             offset = end + 1
     parts: list[Part] = []
-    current = Part("", line=offset + 1)
+    current = Part("", line=offset + 1)  # the text before the first heading (its blank lines are skipped)
     body: list[str] = []
     in_fence = False
     for number, line in enumerate(lines[offset:], start=offset + 1):
@@ -296,8 +296,7 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)
         if heading:
-            current.text = "\n".join(body).strip()
-            if current.text:
+            if _set_text(current, "\n".join(body)):
                 parts.append(current)
             name = heading.group(2).strip()
             if len(heading.group(1)) == 1 and title is None:
@@ -305,10 +304,19 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             current, body = Part("", line=number, section=name), [line]
             continue
         body.append(line)
-    current.text = "\n".join(body).strip()
-    if current.text:
+    if _set_text(current, "\n".join(body)):
         parts.append(current)
     return title, parts
+
+
+def _set_text(part: Part, text: str) -> bool:
+    """Give the part its text less the blank lines around it, and move its line to where the text
+    starts: blank lines at the top of a file are lines, and the source must point at the text."""
+    stripped = text.strip()
+    if part.line is not None and stripped:
+        part.line += text[: text.index(stripped)].count("\n")
+    part.text = stripped
+    return bool(stripped)
 
 
 def extract_markdown(data: bytes, stem: str) -> Extracted:
@@ -318,7 +326,8 @@ def extract_markdown(data: bytes, stem: str) -> Extracted:
 
 def extract_text(data: bytes, stem: str) -> Extracted:
     text = _decode(data).replace("\r\n", "\n").replace("\r", "\n")  # as Markdown's lines are joined
-    return Extracted(stem, [Part(text.strip(), line=1)] if text.strip() else [])
+    part = Part("", line=1)
+    return Extracted(stem, [part] if _set_text(part, text) else [])
 
 
 def extract_html(data: bytes, stem: str) -> Extracted:

@@ -442,3 +442,21 @@ def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a
         for piece in pieces:
             cut = [name for name in names if piece.rstrip().endswith(tuple(name.split()[:-1]))]
             assert not cut, (max_chars, piece)
+
+
+def test_a_file_opening_with_blank_lines_points_at_the_line_its_text_starts_on(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("\n\n\nRefunds take five days.\n")
+    (tmp_path / "guide.md").write_text("---\ntitle: Guide\n---\n\n\nIntro for agents.\n\n# Refunds\n\nFive days.\n")
+    rows, _ = read(tmp_path)
+    assert [(row["source"]["uri"].rsplit("/", 1)[1], row["source"]["line"]) for row in rows] == [
+        ("guide.md", 6),
+        ("guide.md", 8),
+        ("notes.txt", 4),
+    ]
+    # Chunks count from there too.
+    (tmp_path / "guide.md").unlink()
+    (tmp_path / "notes.txt").write_text("\n\n" + "\n\n".join(f"Paragraph {i} about parcels." for i in range(40)))
+    rows, _ = read(tmp_path, chunk=ChunkConfig(max_chars=200, overlap_chars=0))
+    for row in rows:
+        number = int(row["text"].split()[1])
+        assert row["source"]["line"] == 3 + 2 * number
