@@ -139,6 +139,9 @@ def _shape(line: str) -> str:
 # pypdf logs its own warnings on damaged files ("EOF marker not found"); the file is quarantined with a
 # reason that names it, so they would only be noise beside the run's summary.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
+# trafilatura logs ERRORs of its own on an empty or tagless page ("lxml parsing failed: Document is
+# empty"), naming no file; the page is quarantined as no_text with its name, so they are noise too.
+logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
 
 
 def extract_pdf(data: bytes, stem: str) -> Extracted:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 from pathlib import Path
 
 import boto3
@@ -460,3 +461,14 @@ def test_a_file_opening_with_blank_lines_points_at_the_line_its_text_starts_on(t
     for row in rows:
         number = int(row["text"].split()[1])
         assert row["source"]["line"] == 3 + 2 * number
+
+
+def test_an_empty_web_page_is_quarantined_without_the_html_parsers_own_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "empty.html").write_text("")
+    (tmp_path / "blank.htm").write_text("  \n")
+    with caplog.at_level(logging.DEBUG):
+        rows, aside = read(tmp_path)
+    assert rows == [] and [row["reason"] for row in aside] == ["no_text", "no_text"]
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
