@@ -170,17 +170,22 @@ class ImagesSourceReader:
         cache: dict[str, CleanImage | ImageProblem] = {}
         keep, payload, problems = [], [], []
         rows = table.to_pylist()
-        # A sidecar without the image column (a misspelt image_column): a missing column, so a run in
-        # which no row has it fails as a recipe error, as for a record field's column.
-        no_name = (
-            ImageProblem("missing_image", "the row names no image")
-            if config.image_column in table.column_names
-            else ImageProblem("missing_column", f"column {config.image_column!r} (image_column) is missing")
-        )
+        # A sidecar without a column the recipe names (a misspelt image_column, or a question_column or
+        # answer_column the recipe sets): a missing column, so a run in which no row has it fails as a
+        # recipe error naming the setting, as for a record field's column. A misspelt question_column
+        # would otherwise leave the sidecar's "question" column in use, or report that one missing.
+        named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
+        absent = [
+            f"column {getattr(config, s)!r} ({s}) is missing"
+            for s in named
+            if getattr(config, s) not in table.column_names
+        ]
+        no_column = ImageProblem("missing_column", "; ".join(absent)) if absent else None
+        no_name = ImageProblem("missing_image", "the row names no image")
         for row, name in zip(rows, names, strict=True):
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
-                result = self._image(name, cache) if name else no_name
+                result = no_column or (self._image(name, cache) if name else no_name)
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -204,7 +209,7 @@ class ImagesSourceReader:
             reasons=[p.reason for p in bad_problems],
             details=[
                 f"{r['source']['uri']}:{r['source']['line']}: "
-                + (p.detail if p is no_name else f"{r.get(config.image_column)}: {p.detail}")
+                + (p.detail if p in (no_name, no_column) else f"{r.get(config.image_column)}: {p.detail}")
                 for r, p in zip(bad_rows, bad_problems, strict=True)
             ],
             records=[

@@ -508,3 +508,18 @@ def test_a_near_dedup_comparing_the_image_name_does_not_offer_it_for_an_edit(wor
     edit = {"action": "edit", "field": "image", "value": "blue.png", "csrf_token": csrf}
     response = client.post(f"/items/{item['item_id']}/decide", data=edit)
     assert response.status_code == 400 and "cannot be edited on this item" in response.text
+
+
+@pytest.mark.parametrize("setting", ["question_column", "answer_column"])
+def test_a_misspelt_question_or_answer_column_fails_the_run_by_its_setting(workdir: Path, setting: str) -> None:
+    # The misspelt name was passed over: the sidecar's own "question" column was published as if named,
+    # and for a sidecar without one the error named "question", a column the recipe never mentions.
+    write_folder(workdir)
+    source = {"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [{**source, setting: "qestion"}], "record": {"kind": "vqa"}}
+    with pytest.raises(RecipeError, match=rf"qa.jsonl:1: column 'qestion' \({setting}\) is missing"):
+        run(workdir, spec)
+    assert not (workdir / "output" / "receipts" / "v1").exists()
+    # Named as the sidecar has it, the setting is read.
+    result = run(workdir, {**spec, "sources": [{**source, setting: setting.split("_")[0]}]})
+    assert result.manifest.version == 1 and result.manifest.counts.written == 4
