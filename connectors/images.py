@@ -257,7 +257,14 @@ class ImagesSourceReader:
         content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
         item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
         fingerprint = self.fingerprints().get(join(self.config.path, name)) if name else None
-        if not self.watermark.is_new(item, fingerprint) and row["source"]["uri"] not in self.changed_sidecars():
+        reread = row["source"]["uri"] in self.changed_sidecars()
+        if fingerprint is None and self.watermark.get(item) is not None and not reread:
+            # Its image was taken and has been moved away since (inputs often are, once taken): its
+            # record stays, as a deleted input file's do, rather than be quarantined as missing_image
+            # and so replace its published copy. Its watermark stays too: the image back, changed or
+            # not, is told apart as ever.
+            return False
+        if not self.watermark.is_new(item, fingerprint) and not reread:
             return False
         self.watermark.set(item, fingerprint)
         return True

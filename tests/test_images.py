@@ -523,3 +523,29 @@ def test_a_misspelt_question_or_answer_column_fails_the_run_by_its_setting(workd
     # Named as the sidecar has it, the setting is read.
     result = run(workdir, {**spec, "sources": [{**source, setting: setting.split("_")[0]}]})
     assert result.manifest.version == 1 and result.manifest.counts.written == 4
+
+
+def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
+    # Its row was taken again and quarantined as missing_image, which took its record out of the dataset.
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 4
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    with (workdir / "qa.jsonl").open("a") as sidecar:
+        sidecar.write(json.dumps({"image": "rotated.jpg", "question": "Which way up?", "answer": "Upright."}) + "\n")
+    second = run(workdir, spec)
+    assert second.manifest.extends == 1 and second.manifest.counts.input == 1
+    assert second.manifest.counts.quarantined == 0 and second.manifest.stats["carry"]["replaced"] == 0
+    prompts = [line["prompt"] for line in outputs(Path(second.version_uri))]
+    assert sorted(prompts) == sorted([*(line["prompt"] for line in outputs(Path(first.version_uri))), "Which way up?"])
+    assert "What is in form.png?" in prompts
+    # Back again, changed: taken again, and its record is the new image's.
+    (workdir / "img" / "form.png").write_bytes(png((20, 20)))
+    third = run(workdir, spec)
+    assert third.manifest.counts.input == 1 and third.manifest.stats["carry"]["replaced"] == 1
