@@ -108,6 +108,7 @@ class ImagesSourceReader:
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
         self._fingerprints: dict[str, str] | None = None
         self._changed: set[str] | None = None
+        self._taken_lines: dict[str, int] = {}  # sidecar URI -> how many of its lines an earlier run read
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
@@ -120,13 +121,14 @@ class ImagesSourceReader:
 
     def list_again(self) -> None:
         self._changed = None
+        self._taken_lines = {}
 
     def changed_sidecars(self) -> set[str]:
         """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
         replaces what they gave before (a corrected answer must not stay beside the old one). A sidecar
         that only grew at its end (rows appended) is not: its rows taken before are skipped as ever."""
         if self._changed is None:
-            self._changed = set()
+            self._changed, self._taken_lines = set(), {}
             if self.watermark is not None:
                 for entry in self.sidecar.entries():
                     fs, path = filesystem(entry.uri)
@@ -138,6 +140,9 @@ class ImagesSourceReader:
                     if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
+                    elif before is not None:
+                        taken = data[: before["bytes"]]
+                        self._taken_lines[entry.uri] = taken.count(b"\n") + (not taken.endswith(b"\n") and bool(taken))
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 
@@ -257,7 +262,14 @@ class ImagesSourceReader:
         content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
         item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
         fingerprint = self.fingerprints().get(join(self.config.path, name)) if name else None
-        reread = row["source"]["uri"] in self.changed_sidecars()
+        uri, line = row["source"]["uri"], row["source"]["line"]
+        reread = uri in self.changed_sidecars()
+        if not reread and line is not None and line > self._taken_lines.get(uri, 0):
+            # A line no earlier run read (appended, or in a sidecar new to the source): a row of its own
+            # even where the same image, question and answer were taken before from another line, so it
+            # is counted (and found a duplicate by a dedup stage) rather than left out unseen.
+            self.watermark.set(item, fingerprint)
+            return True
         if fingerprint is None and self.watermark.get(item) is not None and not reread:
             # Its image was taken and has been moved away since (inputs often are, once taken): its
             # record stays, as a deleted input file's do, rather than be quarantined as missing_image

@@ -549,3 +549,25 @@ def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
     (workdir / "img" / "form.png").write_bytes(png((20, 20)))
     third = run(workdir, spec)
     assert third.manifest.counts.input == 1 and third.manifest.stats["carry"]["replaced"] == 1
+
+
+def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path) -> None:
+    # Rows were told apart by their content alone: the repeat looked taken before and was left out,
+    # in no count of the manifest.
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, spec)
+    again = {"image": "receipt.jpg", "question": "What is the total?", "answer": "12.50 USD"}
+    assert again in sidecar_rows()
+    with (workdir / "qa.jsonl").open("a") as sidecar:
+        sidecar.write(json.dumps(again) + "\n")
+        sidecar.write(json.dumps({"image": "form.png", "question": "Signed?", "answer": "Yes"}) + "\n")
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.duplicate) == (2, 1, 1)
+    assert counts.reasons == {"duplicate": {"earlier_version": 1}}  # a duplicate of a published record
+    assert run(workdir, spec).message.startswith("nothing new")  # and neither is taken a third time
