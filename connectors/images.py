@@ -62,6 +62,9 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             raise ImageProblem("decompression_bomb", str(error)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ImageProblem("unsupported", "not an image Pillow can read") from None
+        # Pillow names a JPEG that holds more pictures (a phone camera's depth map or preview, CIPA's
+        # Multi-Picture Format) MPO; its first picture is the photo, a JPEG, and only that is kept.
+        fmt = "JPEG" if fmt == "MPO" else fmt
         if fmt not in formats:
             raise ImageProblem("unsupported", f"{fmt} images are not accepted (accepted: {', '.join(formats)})")
         if width * height > max_pixels:

@@ -571,3 +571,19 @@ def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(wor
     assert (counts.input, counts.written, counts.duplicate) == (2, 1, 1)
     assert counts.reasons == {"duplicate": {"earlier_version": 1}}  # a duplicate of a published record
     assert run(workdir, spec).message.startswith("nothing new")  # and neither is taken a third time
+
+
+def test_a_phone_jpeg_holding_a_second_picture_is_read_as_the_jpeg_it_is(tmp_path: Path) -> None:
+    # Pillow names such a JPEG (CIPA Multi-Picture Format: a depth map, a preview) MPO: it was
+    # quarantined as unsupported ("MPO images are not accepted") with JPEG among the formats.
+    buffer = io.BytesIO()
+    photo = Image.new("RGB", (40, 30), (200, 30, 30))
+    photo.save(buffer, "MPO", save_all=True, append_images=[Image.new("RGB", (20, 15), (30, 30, 200))])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "portrait.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"image": "portrait.jpg", "question": "Colour?", "answer": "Red"}))
+    rows, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    assert aside == [] and len(rows) == 1
+    kept = Image.open(io.BytesIO(rows[0]["image_bytes"]))
+    assert (kept.format, kept.size, getattr(kept, "n_frames", 1)) == ("JPEG", (40, 30), 1)  # the photo alone
