@@ -68,7 +68,8 @@ class Part:
 class Extracted:
     title: str
     parts: list[Part]
-    blank_pages: list[int] = field(default_factory=list)  # PDF pages with no text at all (a scanned page)
+    # PDF pages with no text but a running header or footer, if that (a scanned page, stamped or not)
+    blank_pages: list[int] = field(default_factory=list)
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -166,7 +167,9 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         kept = pages
     parts = [Part("\n".join(lines), page=number) for number, lines in enumerate(kept, start=1) if lines]
     title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
-    return Extracted(title, parts, [number for number, lines in enumerate(pages, start=1) if not lines])
+    # A page whose only text is the running header and footer is a scanned page as much as one with
+    # none (a scan put into a PDF that stamps them on every page): quarantined, not left out unseen.
+    return Extracted(title, parts, [number for number, lines in enumerate(kept, start=1) if not lines])
 
 
 # --- DOCX --------------------------------------------------------------------------------------------
@@ -467,7 +470,11 @@ class DocumentsSourceReader(ListedFiles):
             stage="read",
             outcome="quarantined",
             reasons="no_text",
-            details=[f"{uri} (page {page}): no text on this page (a scanned page needs OCR first)" for page in pages],
+            details=[
+                f"{uri} (page {page}): no text on this page, but for any running header or footer "
+                "(a scanned page needs OCR first)"
+                for page in pages
+            ],
         )
 
     @staticmethod

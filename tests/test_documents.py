@@ -472,3 +472,24 @@ def test_an_empty_web_page_is_quarantined_without_the_html_parsers_own_errors(
         rows, aside = read(tmp_path)
     assert rows == [] and [row["reason"] for row in aside] == ["no_text", "no_text"]
     assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+def test_a_pdf_page_with_only_its_running_header_and_footer_is_quarantined_not_dropped(workdir: Path) -> None:
+    # A scan put into a PDF that stamps a header and "Page N of M" on every page: once those were
+    # dropped the page had no text, and it was left out, in no count of the manifest.
+    pdf = HandbookPDF()
+    for number in range(1, 5):
+        pdf.add_page()
+        if number != 3:
+            pdf.set_font("helvetica", size=12)
+            pdf.multi_cell(0, 8, f"Chapter {number}. " + PARAGRAPHS[number % 3])
+    (workdir / "docs").mkdir()
+    (workdir / "docs" / "stamped.pdf").write_bytes(bytes(pdf.output()))
+    result = run(
+        workdir, {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    )
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.reasons) == (4, 3, {"quarantined": {"no_text": 1}})
+    [row] = set_aside(Path(result.version_uri))
+    assert row["source"]["page"] == 3 and "(page 3): no text on this page" in row["detail"]
+    assert all("ACME Internal" not in line["text"] for line in outputs(Path(result.version_uri)))
