@@ -182,12 +182,7 @@ class ImagesSourceReader:
         # answer_column the recipe sets): a missing column, so a run in which no row has it fails as a
         # recipe error naming the setting, as for a record field's column. A misspelt question_column
         # would otherwise leave the sidecar's "question" column in use, or report that one missing.
-        named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
-        absent = [
-            f"column {getattr(config, s)!r} ({s}) is missing"
-            for s in named
-            if getattr(config, s) not in table.column_names
-        ]
+        absent = self.absent_columns(table.column_names)
         no_column = ImageProblem("missing_column", "; ".join(absent)) if absent else None
         no_name = ImageProblem("missing_image", "the row names no image")
         for row, name in zip(rows, names, strict=True):
@@ -225,6 +220,28 @@ class ImagesSourceReader:
             ],
         )
         return kept, set_aside
+
+    def absent_columns(self, columns: list[str]) -> list[str]:
+        """What the sidecar's columns lack of those the recipe names: the image column, and the question
+        and answer columns where it sets them (else the record's own fields say what they need)."""
+        config = self.config
+        named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
+        return [f"column {getattr(config, s)!r} ({s}) is missing" for s in named if getattr(config, s) not in columns]
+
+    def head_problems(self, files: int) -> list[str]:
+        """For ``curation check``: each of the first ``files`` sidecar files that the run would refuse, or
+        whose first rows lack a column the recipe names (the first one's line), as the run says it."""
+        problems = []
+        for entry in self.sidecar.entries()[:files]:
+            try:
+                rows = self.sidecar.head(entry).rows
+            except StorageError as error:
+                problems.append(str(error))
+                continue
+            absent = self.absent_columns(rows.column_names) if rows.num_rows else []
+            if absent:
+                problems.append(f"{entry.uri}:{rows['source'][0]['line']}: {'; '.join(absent)}")
+        return problems
 
     def _not_seen(self, set_aside: pa.Table) -> pa.Table:
         """Sidecar lines that did not parse, less those an earlier run already quarantined."""

@@ -275,6 +275,7 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
     and each file whose head lacks a column the recipe names (the first such record's line); and notes:
     other records the head would set aside (the run quarantines them), files not opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader
+    from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
 
     shaping: list = []
@@ -288,6 +289,8 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
     problems: list[str] = []
     notes: list[str] = []
     for source in sources:
+        if isinstance(source, ImagesSourceReader):  # its sidecar: the columns the recipe names
+            problems += source.head_problems(files)
         if not isinstance(source, FilesSourceReader):
             continue
         entries = source.entries()
