@@ -283,7 +283,9 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 
 def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     """(first H1 or front-matter title, sections split at ATX headings outside code fences)."""
-    lines = text.splitlines()
+    # Lines as an editor counts them: str.splitlines() also breaks at a form feed, U+2028 and others,
+    # which would put every section after one at a line the file does not have there.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     title, offset = None, 0
     if lines and lines[0].strip() == "---":  # YAML front matter
         end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)

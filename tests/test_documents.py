@@ -493,3 +493,14 @@ def test_a_pdf_page_with_only_its_running_header_and_footer_is_quarantined_not_d
     [row] = set_aside(Path(result.version_uri))
     assert row["source"]["page"] == 3 and "(page 3): no text on this page" in row["detail"]
     assert all("ACME Internal" not in line["text"] for line in outputs(Path(result.version_uri)))
+
+
+def test_markdown_sections_point_at_their_line_past_a_form_feed_or_line_separator(tmp_path: Path) -> None:
+    # str.splitlines() broke lines at U+2028 and the form feed too: each section after one was said
+    # to start a line further down than it does.
+    (tmp_path / "guide.md").write_text("# Parcels\n\nSame day.\u2028Next day abroad.\x0c\n\n# Refunds\n\nFive days.\n")
+    rows, _ = read(tmp_path)
+    assert [(row["source"]["line"], row["text"].splitlines()[0]) for row in rows] == [
+        (1, "# Parcels"),
+        (5, "# Refunds"),
+    ]
