@@ -11,8 +11,10 @@ with the reason and the run goes on.
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
+import math
 import posixpath
 import re
 from collections.abc import Iterator
@@ -62,6 +64,16 @@ class Part:
     page: int | None = None
     line: int | None = None
     section: str | None = None
+    # DOCX: where each paragraph (or table) starts in ``text``, and its number, for a chunk's place
+    paragraphs: list[tuple[int, int]] = field(default_factory=list)
+
+    def line_at(self, offset: int) -> int | None:
+        """The line (DOCX: paragraph number) at ``offset`` of the text, where a chunk starts."""
+        if self.line is None or offset == 0:
+            return self.line
+        if self.paragraphs:
+            return self.paragraphs[bisect.bisect_right(self.paragraphs, (offset, math.inf)) - 1][1]
+        return self.line + self.text.count("\n", 0, offset)
 
 
 @dataclass
@@ -203,8 +215,9 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         if style.startswith("Heading"):
             if current.text.strip():
                 parts.append(current)
-            current = Part(text, line=number, section=text)
+            current = Part(text, line=number, section=text, paragraphs=[(0, number)])
             continue
+        current.paragraphs.append((len(current.text) + 2 if current.text else 0, number))
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():
         parts.append(current)
@@ -445,7 +458,7 @@ class DocumentsSourceReader(ListedFiles):
                     for c in chunk_text(part.text, self.config.chunk.max_chars, self.config.chunk.overlap_chars)
                 ]
             for start, text in chunks:
-                line = part.line + part.text.count("\n", 0, start) if part.line is not None else None
+                line = part.line_at(start)
                 texts.append(text)
                 titles.append(title or extracted.title)
                 lines.append(line)

@@ -504,3 +504,21 @@ def test_markdown_sections_point_at_their_line_past_a_form_feed_or_line_separato
         (1, "# Parcels"),
         (5, "# Refunds"),
     ]
+
+
+def test_chunked_docx_points_at_the_paragraph_each_chunk_starts_on(tmp_path: Path) -> None:
+    # A chunk's place was the section's paragraph plus the newlines before it: each paragraph joined
+    # by a blank line counted two, so the fourth paragraph was said to be the seventh.
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    for number in range(2, 12):
+        document.add_paragraph(f"Paragraph {number}. " + PARAGRAPHS[0] * 3)
+        if number == 6:
+            document.add_paragraph("")  # an empty paragraph is a paragraph too
+    document.save(tmp_path / "refunds.docx")
+    rows, _ = read(tmp_path, chunk=ChunkConfig(max_chars=700, overlap_chars=300))
+    assert len(rows) > 4
+    for row in rows[1:]:
+        number = int(row["text"].split()[1].rstrip("."))
+        assert row["source"]["line"] == number + (number > 6), row
+    assert rows[0]["source"]["line"] == 1  # the heading's
