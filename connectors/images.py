@@ -260,7 +260,7 @@ class ImagesSourceReader:
             # publish a file the recipe never pointed at.
             cache[name] = ImageProblem("missing_image", f"names a file outside {self.config.path}")
         if name not in cache:
-            uri = join(self.config.path, name)
+            uri = self._image_uri(name)
             fs, path = filesystem(uri)
             try:
                 with fs.open_input_stream(path) as stream:
@@ -275,13 +275,18 @@ class ImagesSourceReader:
                 cache[name] = problem
         return cache[name]
 
+    def _image_uri(self, name: str) -> str:
+        """Where the image a sidecar names is, as the folder's listing names it: "./a.png" and
+        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen."""
+        return join(self.config.path, posixpath.normpath(name))
+
     def _is_new(self, row: dict, name: str | None) -> bool:
         """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
         if self.watermark is None:
             return True
         content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
         item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
-        fingerprint = self.fingerprints().get(join(self.config.path, name)) if name else None
+        fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
         uri, line = row["source"]["uri"], row["source"]["line"]
         reread = uri in self.changed_sidecars()
         if not reread and line is not None and line > self._taken_lines.get(uri, 0):

@@ -587,3 +587,25 @@ def test_a_phone_jpeg_holding_a_second_picture_is_read_as_the_jpeg_it_is(tmp_pat
     assert aside == [] and len(rows) == 1
     kept = Image.open(io.BytesIO(rows[0]["image_bytes"]))
     assert (kept.format, kept.size, getattr(kept, "n_frames", 1)) == ("JPEG", (40, 30), 1)  # the photo alone
+
+
+def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(workdir: Path) -> None:
+    # "./form.png" was looked up as such among the folder's files, which list "form.png": it had no
+    # fingerprint, so a run never saw the image change and its old picture stayed published.
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png((20, 20)))
+    row = {"image": "./form.png", "question": "Signed?", "answer": "Yes"}
+    (workdir / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 1
+    (workdir / "img" / "form.png").write_bytes(png((30, 30)))
+    os.utime(workdir / "img" / "form.png", (1, 1))
+    second = run(workdir, spec)
+    assert second.manifest.counts.written == 1 and second.manifest.stats["carry"]["replaced"] == 1
+    [line] = outputs(Path(second.version_uri))
+    assert Image.open(Path(second.version_uri) / "train" / line["file_name"]).size == (30, 30)
