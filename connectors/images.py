@@ -143,9 +143,9 @@ class ImagesSourceReader:
                     if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
-                    elif before is not None:
-                        taken = data[: before["bytes"]]
-                        self._taken_lines[entry.uri] = taken.count(b"\n") + (not taken.endswith(b"\n") and bool(taken))
+                    else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
+                        taken = data[: before["bytes"]] if before is not None else b""
+                        self._taken_lines[entry.uri] = taken.count(b"\n") + (bool(taken) and not taken.endswith(b"\n"))
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 

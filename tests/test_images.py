@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -551,22 +552,27 @@ def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
     assert third.manifest.counts.input == 1 and third.manifest.stats["carry"]["replaced"] == 1
 
 
-def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path) -> None:
+@pytest.mark.parametrize("sidecar", ["qa.jsonl", "qa.jsonl.gz"])
+def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path, sidecar: str) -> None:
     # Rows were told apart by their content alone: the repeat looked taken before and was left out,
     # in no count of the manifest.
     write_folder(workdir)
+    if sidecar.endswith(".gz"):  # appended to as gzip allows: another member after the first
+        (workdir / sidecar).write_bytes(gzip.compress((workdir / "qa.jsonl").read_bytes()))
+        (workdir / "qa.jsonl").unlink()
     spec = {
         "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "sources": [{"type": "images", "path": "img", "sidecar": sidecar, "max_pixels": 1_000_000}],
         "record": {"kind": "vqa"},
         "output": {"validation_fraction": 0.0},
     }
     run(workdir, spec)
     again = {"image": "receipt.jpg", "question": "What is the total?", "answer": "12.50 USD"}
     assert again in sidecar_rows()
-    with (workdir / "qa.jsonl").open("a") as sidecar:
-        sidecar.write(json.dumps(again) + "\n")
-        sidecar.write(json.dumps({"image": "form.png", "question": "Signed?", "answer": "Yes"}) + "\n")
+    rows = [again, {"image": "form.png", "question": "Signed?", "answer": "Yes"}]
+    appended = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    with (workdir / sidecar).open("ab") as file:
+        file.write(gzip.compress(appended) if sidecar.endswith(".gz") else appended)
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.written, counts.duplicate) == (2, 1, 1)
     assert counts.reasons == {"duplicate": {"earlier_version": 1}}  # a duplicate of a published record
