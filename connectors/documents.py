@@ -235,6 +235,8 @@ def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph
     for child in element.iterchildren():
         if child.tag == qn("w:p"):
             yield Paragraph(child, parent)
+            for box in _text_boxes(child):  # after the paragraph they are anchored in
+                yield from _blocks(box, parent)
         elif child.tag == qn("w:tbl"):
             yield Table(child, parent)
         elif child.tag == qn("w:sdt"):
@@ -243,6 +245,22 @@ def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph
                 yield from _blocks(content, parent)
         elif child.tag == qn("w:customXml"):
             yield from _blocks(child, parent)
+
+
+# Word writes a text box twice: as a drawing (mc:Choice) and as VML for older readers (mc:Fallback).
+_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+
+
+def _text_boxes(element: Any) -> Iterator[Any]:
+    """The text boxes (w:txbxContent) anchored in a paragraph, once each, not those a tracked change
+    deleted: their text is on the page, and python-docx's text passes over it (a form, a flyer)."""
+    from docx.oxml.ns import qn
+
+    for child in element.iterchildren():
+        if child.tag == qn("w:txbxContent"):
+            yield child  # a text box inside it is found when its own paragraphs are read
+        elif child.tag not in (_FALLBACK, qn("w:del"), qn("w:moveFrom")):
+            yield from _text_boxes(child)
 
 
 def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:

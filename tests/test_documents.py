@@ -522,3 +522,33 @@ def test_chunked_docx_points_at_the_paragraph_each_chunk_starts_on(tmp_path: Pat
         number = int(row["text"].split()[1].rstrip("."))
         assert row["source"]["line"] == number + (number > 6), row
     assert rows[0]["source"]["line"] == 1  # the heading's
+
+
+def _text_box(text: str) -> str:
+    """A run holding a text box as Word writes one: a drawing, and the same box in VML for older readers."""
+    content = f"<w:txbxContent><w:p><w:r><w:t>{text}</w:t></w:r></w:p></w:txbxContent>"
+    return (
+        f"<w:r {docx.oxml.ns.nsdecls('w', 'wp', 'a')} "
+        'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" '
+        'xmlns:wps="http://schemas.microsoft.com/office/word/2010/wordprocessingShape" '
+        'xmlns:v="urn:schemas-microsoft-com:vml">'
+        '<mc:AlternateContent><mc:Choice Requires="wps"><w:drawing><wp:anchor><a:graphic><a:graphicData>'
+        f"<wps:wsp><wps:txbx>{content}</wps:txbx></wps:wsp>"
+        "</a:graphicData></a:graphic></wp:anchor></w:drawing></mc:Choice>"
+        f"<mc:Fallback><w:pict><v:shape><v:textbox>{content}</v:textbox></v:shape></w:pict></mc:Fallback>"
+        "</mc:AlternateContent></w:r>"
+    )
+
+
+def test_docx_text_in_a_text_box_is_read_once(tmp_path: Path) -> None:
+    # Word shows it on the page; python-docx's text passes over it, and it was left out unseen.
+    document = docx.Document()
+    document.add_heading("Claim form", level=1)
+    paragraph = document.add_paragraph("Fill in every field.")
+    paragraph._p.append(docx.oxml.parse_xml(_text_box("Policy number: write it as on your card.")))
+    document.add_paragraph("Send it to the claims desk.")
+    document.save(tmp_path / "form.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == (
+        "Claim form\n\nFill in every field.\n\nPolicy number: write it as on your card.\n\nSend it to the claims desk."
+    )
