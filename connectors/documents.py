@@ -420,9 +420,14 @@ def _unescape_markdown(text: str) -> str:
 
 def _decode(data: bytes) -> str:
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DocumentError("corrupt", "not UTF-8 text") from None
+    # No text holds a NUL; UTF-16 without a byte-order mark (ASCII in it: a NUL after each letter)
+    # decodes as UTF-8 all the same, and would be published as "R\u0000e\u0000f\u0000...".
+    if "\x00" in text:
+        raise DocumentError("corrupt", "not UTF-8 text: it holds NUL characters (UTF-16, or not text at all)")
+    return text
 
 
 EXTRACTORS = {

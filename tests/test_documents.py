@@ -331,6 +331,9 @@ def test_chunked_markdown_points_at_the_line_of_each_chunk(tmp_path: Path) -> No
         ("locked.docx", lambda: bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 512, "encrypted", "password-protected"),
         ("broken.docx", lambda: make_docx()[:300], "corrupt", "not a readable DOCX"),
         ("latin1.txt", lambda: "caf\xe9".encode("latin-1"), "corrupt", "not UTF-8"),
+        # It decoded as UTF-8 (a NUL after each letter) and was published as such.
+        ("utf16.txt", lambda: "Refunds take five days.".encode("utf-16-le"), "corrupt", "holds NUL characters"),
+        ("utf16.md", lambda: "# Refunds\n\nFive days.".encode("utf-16-le"), "corrupt", "holds NUL characters"),
     ],
 )
 def test_bad_documents_are_quarantined_and_the_run_goes_on(
