@@ -372,7 +372,7 @@ def extract_text(data: bytes, stem: str) -> Extracted:
 def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
 
-    html = _decode(data)
+    html = _decode_html(data)
     # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
     # markdown output keeps the headings, so sections can be split as for Markdown files.
     body = trafilatura.extract(
@@ -423,11 +423,38 @@ def _decode(data: bytes) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DocumentError("corrupt", "not UTF-8 text") from None
+    return _without_nul(text)
+
+
+def _without_nul(text: str) -> str:
     # No text holds a NUL; UTF-16 without a byte-order mark (ASCII in it: a NUL after each letter)
     # decodes as UTF-8 all the same, and would be published as "R\u0000e\u0000f\u0000...".
     if "\x00" in text:
         raise DocumentError("corrupt", "not UTF-8 text: it holds NUL characters (UTF-16, or not text at all)")
     return text
+
+
+# Labels a page may declare that browsers read as windows-1252 (WHATWG Encoding): its bytes 0x80-0x9F
+# are curly quotes and dashes there, not the control characters Latin-1 has.
+_WINDOWS_1252 = {"ascii", "us-ascii", "latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "cp819"}
+
+
+def _decode_html(data: bytes) -> str:
+    """A web page's text: UTF-8, else in the charset the page declares (``<meta charset>``, an XML
+    declaration), as a browser reads it; a page in another charset that declares none is corrupt."""
+    from bs4.dammit import EncodingDetector
+
+    try:
+        return _decode(data)
+    except DocumentError:
+        declared = EncodingDetector.find_declared_encoding(data, is_html=True)
+        if not declared:
+            raise
+    codec = "cp1252" if declared.lower() in _WINDOWS_1252 else declared
+    try:
+        return _without_nul(data.decode(codec))
+    except (LookupError, UnicodeDecodeError):
+        raise DocumentError("corrupt", f"not UTF-8 text, nor {declared} as it declares") from None
 
 
 EXTRACTORS = {

@@ -555,3 +555,20 @@ def test_docx_text_in_a_text_box_is_read_once(tmp_path: Path) -> None:
     assert row["text"] == (
         "Claim form\n\nFill in every field.\n\nPolicy number: write it as on your card.\n\nSend it to the claims desk."
     )
+
+
+def test_a_web_page_in_the_charset_it_declares_is_read_in_it(tmp_path: Path) -> None:
+    # It was quarantined as "not UTF-8 text": a browser reads it in the charset its <meta> declares.
+    page = (
+        "<html><head><meta http-equiv='Content-Type' content='text/html; charset=iso-8859-1'>"
+        "<title>Caf\u00e9 menu</title></head><body><article><h1>Caf\u00e9 menu</h1>"
+        "<p>Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every day of the week, "
+        "in the caf\u00e9 on the ground floor.</p></article></body></html>"
+    )
+    (tmp_path / "menu.html").write_bytes(page.encode("cp1252"))  # what "iso-8859-1" means to a browser
+    (tmp_path / "undeclared.html").write_bytes(page.replace("charset=iso-8859-1", "").encode("cp1252"))
+    rows, aside = read(tmp_path)
+    [row] = rows
+    assert "Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every day" in row["text"]
+    assert row["title"] == "Caf\u00e9 menu"
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("undeclared.html", "corrupt")]
