@@ -209,10 +209,12 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
             text, style = _paragraph_text(block).strip(), (block.style.name if block.style is not None else "")
         if not text:
             continue
-        if style == "Title":
+        if style == "Title" and (not title or text == title):
             title = title or text
             continue
-        if style.startswith("Heading"):
+        # Another paragraph in the Title style (a part's title, or one the file's properties title
+        # otherwise, as a template can leave them) starts a section: its text was left out of every record.
+        if style.startswith("Heading") or style == "Title":
             if current.text.strip():
                 parts.append(current)
             current = Part(text, line=number, section=text, paragraphs=[(0, number)])

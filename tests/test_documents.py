@@ -572,3 +572,24 @@ def test_a_web_page_in_the_charset_it_declares_is_read_in_it(tmp_path: Path) -> 
     assert "Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every day" in row["text"]
     assert row["title"] == "Caf\u00e9 menu"
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("undeclared.html", "corrupt")]
+
+
+def test_a_docx_paragraph_in_the_title_style_that_is_not_the_title_is_kept(tmp_path: Path) -> None:
+    # Every paragraph in the Title style was taken for the title and left out of the records: one the
+    # file's properties title otherwise (a template's name left there), and a second part's title.
+    document = docx.Document()
+    document.core_properties.title = "Company letter template"
+    document.add_paragraph("Refund policy for EU customers", style="Title")
+    document.add_paragraph("Refunds are paid within 14 days.")
+    document.add_paragraph("Part two: shipping", style="Title")
+    document.add_paragraph("Parcels ship the same day.")
+    document.save(tmp_path / "policy.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        (
+            "Company letter template › Refund policy for EU customers",
+            "Refund policy for EU customers\n\nRefunds are paid within 14 days.",
+            1,
+        ),
+        ("Company letter template › Part two: shipping", "Part two: shipping\n\nParcels ship the same day.", 3),
+    ]
