@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader
 from connectors.state import SourceWatermark, file_fingerprints
-from connectors.storage import StorageError, filesystem, join, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
 from schemas.records import SOURCE_TYPE, set_aside_rows
@@ -228,20 +228,31 @@ class ImagesSourceReader:
         named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
         return [f"column {getattr(config, s)!r} ({s}) is missing" for s in named if getattr(config, s) not in columns]
 
-    def head_problems(self, files: int) -> list[str]:
-        """For ``curation check``: each of the first ``files`` sidecar files that the run would refuse, or
-        whose first rows lack a column the recipe names (the first one's line), as the run says it."""
-        problems = []
-        for entry in self.sidecar.entries()[:files]:
-            try:
-                rows = self.sidecar.head(entry).rows
-            except StorageError as error:
-                problems.append(str(error))
-                continue
-            absent = self.absent_columns(rows.column_names) if rows.num_rows else []
-            if absent:
-                problems.append(f"{entry.uri}:{rows['source'][0]['line']}: {'; '.join(absent)}")
-        return problems
+    def entries(self) -> list[FileEntry]:
+        """The sidecar files, for ``curation check``."""
+        return self.sidecar.entries()
+
+    def head(self, entry: FileEntry) -> SourceBatch:
+        """For ``curation check``: the first rows of a sidecar file as this source gives them, with its
+        columns named as the records' fields, and without opening an image (each row's ``image_bytes``
+        is null): what a run refuses of the file, or of rows lacking a column the recipe names, shows."""
+        batch = self.sidecar.head(entry)
+        set_aside, rows = _as_images(batch.set_aside), batch.rows
+        if not rows.num_rows:
+            return SourceBatch(rows=rows, set_aside=set_aside)
+        rows = plain_strings(rows.set_column(1, "source", _as_images_source(rows["source"])))
+        absent = self.absent_columns(rows.column_names)
+        if absent:
+            details = [f"{s['uri']}:{s['line']}: {'; '.join(absent)}" for s in rows["source"].to_pylist()]
+            missing = set_aside_rows(rows["id"], rows["source"], "read", "quarantined", "missing_column", details)
+            return SourceBatch(rows=rows.slice(0, 0), set_aside=pa.concat_tables([set_aside, missing]))
+        config = self.config
+        rows = _rename(
+            rows, {config.image_column: "image", config.question_column: "question", config.answer_column: "answer"}
+        )
+        return SourceBatch(
+            rows=rows.append_column("image_bytes", pa.nulls(rows.num_rows, pa.binary())), set_aside=set_aside
+        )
 
     def _not_seen(self, set_aside: pa.Table) -> pa.Table:
         """Sidecar lines that did not parse, less those an earlier run already quarantined."""

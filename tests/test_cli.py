@@ -676,3 +676,10 @@ def test_check_reads_the_head_of_an_images_sidecar_for_the_columns_the_recipe_na
     recipe = write_recipe(tmp_path, {"dataset": "vqa", "sources": [fixed], "record": {"kind": "vqa"}})
     checked = curation("check", str(recipe), cwd=tmp_path)
     assert checked.returncode == 0 and "input error" not in checked.stderr, checked.stderr
+    # A record field's column the sidecar lacks (a space after each comma of the header), as the run says.
+    (tmp_path / "qa.csv").write_text("image, question, answer\na.png, What colour?, Black\n")
+    source = {"type": "images", "path": "img", "sidecar": "qa.csv"}
+    recipe = write_recipe(tmp_path, {"dataset": "vqa", "sources": [source], "record": {"kind": "vqa"}})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 2 and f"{tmp_path / 'qa.csv'}:2: question: column 'question' is missing" in said
