@@ -195,7 +195,8 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
 
     try:
         document = docx.Document(io.BytesIO(data))
-        blocks = list(_blocks(document.element.body, document._body))
+        notes = _notes(document)
+        blocks = list(_blocks(document.element.body, document._body, notes))
         core_title = document.core_properties.title or ""
     except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
         raise DocumentError("corrupt", f"not a readable DOCX ({type(error).__name__}: {error})") from None
@@ -204,7 +205,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     current = Part("", line=1)
     for number, block in enumerate(blocks, start=1):
         if isinstance(block, Table):
-            text, style = _table_text(block), ""
+            text, style = _table_text(block, notes), ""
         else:
             text, style = _paragraph_text(block).strip(), (block.style.name if block.style is not None else "")
         if not text:
@@ -227,9 +228,10 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     return Extracted(title, parts)
 
 
-def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph | docx.table.Table]:
+def _blocks(element: Any, parent: Any, notes: Notes) -> Iterator[docx.text.paragraph.Paragraph | docx.table.Table]:
     """The paragraphs and tables of a body or cell in order, with those inside content controls (w:sdt,
-    a Word template's fields and blocks), which python-docx's iter_inner_content passes over."""
+    a Word template's fields and blocks), which python-docx's iter_inner_content passes over, and those
+    of the text boxes and footnotes or endnotes a paragraph holds, after it."""
     from docx.oxml.ns import qn
     from docx.table import Table
     from docx.text.paragraph import Paragraph
@@ -238,15 +240,55 @@ def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph
         if child.tag == qn("w:p"):
             yield Paragraph(child, parent)
             for box in _text_boxes(child):  # after the paragraph they are anchored in
-                yield from _blocks(box, parent)
+                yield from _blocks(box, parent, notes)
+            for note in _note_references(child, notes):
+                yield from _blocks(note, parent, notes)
         elif child.tag == qn("w:tbl"):
             yield Table(child, parent)
         elif child.tag == qn("w:sdt"):
             content = child.find(qn("w:sdtContent"))
             if content is not None:
-                yield from _blocks(content, parent)
+                yield from _blocks(content, parent, notes)
         elif child.tag == qn("w:customXml"):
-            yield from _blocks(child, parent)
+            yield from _blocks(child, parent, notes)
+
+
+Notes = dict[tuple[str, str], Any]  # ("footnote" or "endnote", its w:id) -> its element
+_NOTE_PARTS = {
+    "http://schemas.openxmlformats.org/officeDocument/2006/relationships/footnotes": "footnote",
+    "http://schemas.openxmlformats.org/officeDocument/2006/relationships/endnotes": "endnote",
+}
+
+
+def _notes(document: Any) -> Notes:
+    """The file's footnotes and endnotes by id (python-docx does not read them): their text is the
+    document's, at the foot of a page or its end, and goes after the paragraph that refers to it."""
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import qn
+
+    found: Notes = {}
+    for rel in document.part.rels.values():
+        kind = _NOTE_PARTS.get(rel.reltype)
+        if kind is None or rel.is_external:
+            continue
+        for note in parse_xml(rel.target_part.blob).iterchildren(qn(f"w:{kind}")):
+            if note.get(qn("w:type")) in (None, "normal"):  # not the separator lines Word keeps there
+                found[(kind, note.get(qn("w:id")))] = note
+    return found
+
+
+def _note_references(paragraph: Any, notes: Notes) -> Iterator[Any]:
+    """The notes a paragraph refers to, in its order, but for references a tracked change deleted."""
+    from docx.oxml.ns import qn
+
+    for child in paragraph.iterchildren():
+        if child.tag in (qn("w:del"), qn("w:moveFrom"), _FALLBACK):
+            continue
+        for kind in ("footnote", "endnote"):
+            if child.tag == qn(f"w:{kind}Reference") and (kind, child.get(qn("w:id"))) in notes:
+                yield notes[(kind, child.get(qn("w:id")))]
+        if child.tag != qn("w:txbxContent"):  # a text box's own paragraphs say their notes
+            yield from _note_references(child, notes)
 
 
 # Word writes a text box twice: as a drawing (mc:Choice) and as VML for older readers (mc:Fallback).
@@ -287,7 +329,7 @@ def _runs(element: Any) -> Iterator[Any]:
             yield from _runs(child)
 
 
-def _table_text(table: docx.table.Table) -> str:
+def _table_text(table: docx.table.Table, notes: Notes) -> str:
     """A Word table as lines of cells joined by " | ". A cell merged across columns is one cell (python-docx
     gives it once per column it spans), and a table inside a cell is read too (a cell's text leaves it out)."""
     from docx.table import Table
@@ -300,9 +342,9 @@ def _table_text(table: docx.table.Table) -> str:
                 cells.append(cell)
         texts = []
         for cell in cells:
-            blocks = _blocks(cell._tc, cell)
+            blocks = _blocks(cell._tc, cell, notes)
             texts.append(
-                "\n".join(_table_text(b) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
+                "\n".join(_table_text(b, notes) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
             )
         lines.append(" | ".join(texts))
     return "\n".join(lines)

@@ -593,3 +593,38 @@ def test_a_docx_paragraph_in_the_title_style_that_is_not_the_title_is_kept(tmp_p
         ),
         ("Company letter template › Part two: shipping", "Part two: shipping\n\nParcels ship the same day.", 3),
     ]
+
+
+def test_docx_footnotes_and_endnotes_are_read_after_the_paragraph_that_refers_to_them(tmp_path: Path) -> None:
+    # python-docx does not read them: "Gift cards are not refunded." was in no record.
+    from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+
+    w = docx.oxml.ns.nsdecls("w")
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    paragraph = document.add_paragraph("Refunds are paid within 14 days.")
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:footnoteReference w:id="1"/></w:r>'))
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:del {w}><w:r><w:footnoteReference w:id="2"/></w:r></w:del>'))
+    document.add_paragraph("Ask the desk for a form.")
+    for kind, content_type in (("footnote", CONTENT_TYPE.WML_FOOTNOTES), ("endnote", CONTENT_TYPE.WML_ENDNOTES)):
+        texts = {"1": "Gift cards are not refunded.", "2": "A note whose reference was deleted."}
+        notes = "".join(
+            f'<w:{kind} w:id="{i}"><w:p><w:r><w:{kind}Ref/></w:r><w:r><w:t xml:space="preserve"> {t}</w:t></w:r></w:p>'
+            f"</w:{kind}>"
+            for i, t in texts.items()
+        )
+        separator = f'<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}>'
+        xml = f"<w:{kind}s {w}>{separator}{notes}</w:{kind}s>".encode()
+        part = Part(PackURI(f"/word/{kind}s.xml"), content_type, xml, document.part.package)
+        document.part.relate_to(part, getattr(RELATIONSHIP_TYPE, f"{kind.upper()}S"))
+        if kind == "endnote":
+            closing = document.add_paragraph("Parcels ship the same day.")
+            closing._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:endnoteReference w:id="1"/></w:r>'))
+    document.save(tmp_path / "refunds.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == (
+        "Refunds\n\nRefunds are paid within 14 days.\n\nGift cards are not refunded.\n\nAsk the desk for a form."
+        "\n\nParcels ship the same day.\n\nGift cards are not refunded."
+    )
