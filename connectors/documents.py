@@ -242,7 +242,7 @@ def _blocks(element: Any, parent: Any, notes: Notes) -> Iterator[docx.text.parag
             for box in _text_boxes(child):  # after the paragraph they are anchored in
                 yield from _blocks(box, parent, notes)
             for note in _note_references(child, notes):
-                yield from _blocks(note, parent, notes)
+                yield from _blocks(note, parent, {})  # a note's own references are not followed: no cycle
         elif child.tag == qn("w:tbl"):
             yield Table(child, parent)
         elif child.tag == qn("w:sdt"):
