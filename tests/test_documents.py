@@ -628,3 +628,22 @@ def test_docx_footnotes_and_endnotes_are_read_after_the_paragraph_that_refers_to
         "Refunds\n\nRefunds are paid within 14 days.\n\nGift cards are not refunded.\n\nAsk the desk for a form."
         "\n\nParcels ship the same day.\n\nGift cards are not refunded."
     )
+
+
+def test_a_footnote_that_refers_to_itself_is_read_once(tmp_path: Path) -> None:
+    # Notes inside notes were followed: a crafted file looped until Python's recursion limit.
+    from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+
+    w = docx.oxml.ns.nsdecls("w")
+    document = docx.Document()
+    paragraph = document.add_paragraph("Refunds are paid within 14 days.")
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:footnoteReference w:id="1"/></w:r>'))
+    note = '<w:footnote w:id="1"><w:p><w:r><w:t>See this note.</w:t></w:r><w:r><w:footnoteReference w:id="1"/></w:r>'
+    xml = f"<w:footnotes {w}>{note}</w:p></w:footnote></w:footnotes>".encode()
+    part = Part(PackURI("/word/footnotes.xml"), CONTENT_TYPE.WML_FOOTNOTES, xml, document.part.package)
+    document.part.relate_to(part, RELATIONSHIP_TYPE.FOOTNOTES)
+    document.save(tmp_path / "loop.docx")
+    rows, aside = read(tmp_path)
+    assert aside == [] and [row["text"] for row in rows] == ["Refunds are paid within 14 days.\n\nSee this note."]
