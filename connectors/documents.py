@@ -203,7 +203,11 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     title = core_title.strip()
     parts: list[Part] = []
     current = Part("", line=1)
-    for number, block in enumerate(blocks, start=1):
+    number = 0
+    for block in blocks:
+        # A text box's or note's paragraphs have the number of the paragraph they belong to: the body's
+        # paragraphs are numbered as Word counts them.
+        number += not _in_box_or_note(block._element)
         if isinstance(block, Table):
             text, style = _table_text(block, notes), ""
         else:
@@ -251,6 +255,13 @@ def _blocks(element: Any, parent: Any, notes: Notes) -> Iterator[docx.text.parag
                 yield from _blocks(content, parent, notes)
         elif child.tag == qn("w:customXml"):
             yield from _blocks(child, parent, notes)
+
+
+def _in_box_or_note(element: Any) -> bool:
+    from docx.oxml.ns import qn
+
+    inner = {qn("w:txbxContent"), qn("w:footnote"), qn("w:endnote")}
+    return any(ancestor.tag in inner for ancestor in element.iterancestors())
 
 
 Notes = dict[tuple[str, str], Any]  # ("footnote" or "endnote", its w:id) -> its element

@@ -647,3 +647,19 @@ def test_a_footnote_that_refers_to_itself_is_read_once(tmp_path: Path) -> None:
     document.save(tmp_path / "loop.docx")
     rows, aside = read(tmp_path)
     assert aside == [] and [row["text"] for row in rows] == ["Refunds are paid within 14 days.\n\nSee this note."]
+
+
+def test_docx_paragraphs_are_numbered_as_word_counts_them_past_a_text_box(tmp_path: Path) -> None:
+    # A text box's paragraphs were numbered as the body's: every section after one pointed past its heading.
+    document = docx.Document()
+    document.add_heading("Claim form", level=1)
+    paragraph = document.add_paragraph("Fill in every field.")
+    paragraph._p.append(docx.oxml.parse_xml(_text_box("Policy number: write it as on your card.")))
+    document.add_heading("Sending it", level=1)
+    document.add_paragraph("Send it to the claims desk.")
+    document.save(tmp_path / "form.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"]) for row in rows] == [
+        ("Claim form", 1),
+        ("Claim form › Sending it", 3),
+    ]
