@@ -11,8 +11,10 @@ with the reason and the run goes on.
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
+import math
 import posixpath
 import re
 from collections.abc import Iterator
@@ -62,13 +64,24 @@ class Part:
     page: int | None = None
     line: int | None = None
     section: str | None = None
+    # DOCX: where each paragraph (or table) starts in ``text``, and its number, for a chunk's place
+    paragraphs: list[tuple[int, int]] = field(default_factory=list)
+
+    def line_at(self, offset: int) -> int | None:
+        """The line (DOCX: paragraph number) at ``offset`` of the text, where a chunk starts."""
+        if self.line is None or offset == 0:
+            return self.line
+        if self.paragraphs:
+            return self.paragraphs[bisect.bisect_right(self.paragraphs, (offset, math.inf)) - 1][1]
+        return self.line + self.text.count("\n", 0, offset)
 
 
 @dataclass
 class Extracted:
     title: str
     parts: list[Part]
-    blank_pages: list[int] = field(default_factory=list)  # PDF pages with no text at all (a scanned page)
+    # PDF pages with no text but a running header or footer, if that (a scanned page, stamped or not)
+    blank_pages: list[int] = field(default_factory=list)
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -139,6 +152,9 @@ def _shape(line: str) -> str:
 # pypdf logs its own warnings on damaged files ("EOF marker not found"); the file is quarantined with a
 # reason that names it, so they would only be noise beside the run's summary.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
+# trafilatura logs ERRORs of its own on an empty or tagless page ("lxml parsing failed: Document is
+# empty"), naming no file; the page is quarantined as no_text with its name, so they are noise too.
+logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
 
 
 def extract_pdf(data: bytes, stem: str) -> Extracted:
@@ -163,7 +179,9 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         kept = pages
     parts = [Part("\n".join(lines), page=number) for number, lines in enumerate(kept, start=1) if lines]
     title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
-    return Extracted(title, parts, [number for number, lines in enumerate(pages, start=1) if not lines])
+    # A page whose only text is the running header and footer is a scanned page as much as one with
+    # none (a scan put into a PDF that stamps them on every page): quarantined, not left out unseen.
+    return Extracted(title, parts, [number for number, lines in enumerate(kept, start=1) if not lines])
 
 
 # --- DOCX --------------------------------------------------------------------------------------------
@@ -177,28 +195,36 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
 
     try:
         document = docx.Document(io.BytesIO(data))
-        blocks = list(_blocks(document.element.body, document._body))
+        notes = _notes(document)
+        blocks = list(_blocks(document.element.body, document._body, notes))
         core_title = document.core_properties.title or ""
     except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
         raise DocumentError("corrupt", f"not a readable DOCX ({type(error).__name__}: {error})") from None
     title = core_title.strip()
     parts: list[Part] = []
     current = Part("", line=1)
-    for number, block in enumerate(blocks, start=1):
+    number = 0
+    for block in blocks:
+        # A text box's or note's paragraphs have the number of the paragraph they belong to: the body's
+        # paragraphs are numbered as Word counts them.
+        number += not _in_box_or_note(block._element)
         if isinstance(block, Table):
-            text, style = _table_text(block), ""
+            text, style = _table_text(block, notes), ""
         else:
             text, style = _paragraph_text(block).strip(), (block.style.name if block.style is not None else "")
         if not text:
             continue
-        if style == "Title":
+        if style == "Title" and (not title or text == title):
             title = title or text
             continue
-        if style.startswith("Heading"):
+        # Another paragraph in the Title style (a part's title, or one the file's properties title
+        # otherwise, as a template can leave them) starts a section: its text was left out of every record.
+        if style.startswith("Heading") or style == "Title":
             if current.text.strip():
                 parts.append(current)
-            current = Part(text, line=number, section=text)
+            current = Part(text, line=number, section=text, paragraphs=[(0, number)])
             continue
+        current.paragraphs.append((len(current.text) + 2 if current.text else 0, number))
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():
         parts.append(current)
@@ -206,9 +232,10 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     return Extracted(title, parts)
 
 
-def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph | docx.table.Table]:
+def _blocks(element: Any, parent: Any, notes: Notes) -> Iterator[docx.text.paragraph.Paragraph | docx.table.Table]:
     """The paragraphs and tables of a body or cell in order, with those inside content controls (w:sdt,
-    a Word template's fields and blocks), which python-docx's iter_inner_content passes over."""
+    a Word template's fields and blocks), which python-docx's iter_inner_content passes over, and those
+    of the text boxes and footnotes or endnotes a paragraph holds, after it."""
     from docx.oxml.ns import qn
     from docx.table import Table
     from docx.text.paragraph import Paragraph
@@ -216,14 +243,79 @@ def _blocks(element: Any, parent: Any) -> Iterator[docx.text.paragraph.Paragraph
     for child in element.iterchildren():
         if child.tag == qn("w:p"):
             yield Paragraph(child, parent)
+            for box in _text_boxes(child):  # after the paragraph they are anchored in
+                yield from _blocks(box, parent, notes)
+            for note in _note_references(child, notes):
+                yield from _blocks(note, parent, {})  # a note's own references are not followed: no cycle
         elif child.tag == qn("w:tbl"):
             yield Table(child, parent)
         elif child.tag == qn("w:sdt"):
             content = child.find(qn("w:sdtContent"))
             if content is not None:
-                yield from _blocks(content, parent)
+                yield from _blocks(content, parent, notes)
         elif child.tag == qn("w:customXml"):
-            yield from _blocks(child, parent)
+            yield from _blocks(child, parent, notes)
+
+
+def _in_box_or_note(element: Any) -> bool:
+    from docx.oxml.ns import qn
+
+    inner = {qn("w:txbxContent"), qn("w:footnote"), qn("w:endnote")}
+    return any(ancestor.tag in inner for ancestor in element.iterancestors())
+
+
+Notes = dict[tuple[str, str], Any]  # ("footnote" or "endnote", its w:id) -> its element
+_NOTE_PARTS = {
+    "http://schemas.openxmlformats.org/officeDocument/2006/relationships/footnotes": "footnote",
+    "http://schemas.openxmlformats.org/officeDocument/2006/relationships/endnotes": "endnote",
+}
+
+
+def _notes(document: Any) -> Notes:
+    """The file's footnotes and endnotes by id (python-docx does not read them): their text is the
+    document's, at the foot of a page or its end, and goes after the paragraph that refers to it."""
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import qn
+
+    found: Notes = {}
+    for rel in document.part.rels.values():
+        kind = _NOTE_PARTS.get(rel.reltype)
+        if kind is None or rel.is_external:
+            continue
+        for note in parse_xml(rel.target_part.blob).iterchildren(qn(f"w:{kind}")):
+            if note.get(qn("w:type")) in (None, "normal"):  # not the separator lines Word keeps there
+                found[(kind, note.get(qn("w:id")))] = note
+    return found
+
+
+def _note_references(paragraph: Any, notes: Notes) -> Iterator[Any]:
+    """The notes a paragraph refers to, in its order, but for references a tracked change deleted."""
+    from docx.oxml.ns import qn
+
+    for child in paragraph.iterchildren():
+        if child.tag in (qn("w:del"), qn("w:moveFrom"), _FALLBACK):
+            continue
+        for kind in ("footnote", "endnote"):
+            if child.tag == qn(f"w:{kind}Reference") and (kind, child.get(qn("w:id"))) in notes:
+                yield notes[(kind, child.get(qn("w:id")))]
+        if child.tag != qn("w:txbxContent"):  # a text box's own paragraphs say their notes
+            yield from _note_references(child, notes)
+
+
+# Word writes a text box twice: as a drawing (mc:Choice) and as VML for older readers (mc:Fallback).
+_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+
+
+def _text_boxes(element: Any) -> Iterator[Any]:
+    """The text boxes (w:txbxContent) anchored in a paragraph, once each, not those a tracked change
+    deleted: their text is on the page, and python-docx's text passes over it (a form, a flyer)."""
+    from docx.oxml.ns import qn
+
+    for child in element.iterchildren():
+        if child.tag == qn("w:txbxContent"):
+            yield child  # a text box inside it is found when its own paragraphs are read
+        elif child.tag not in (_FALLBACK, qn("w:del"), qn("w:moveFrom")):
+            yield from _text_boxes(child)
 
 
 def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:
@@ -248,7 +340,7 @@ def _runs(element: Any) -> Iterator[Any]:
             yield from _runs(child)
 
 
-def _table_text(table: docx.table.Table) -> str:
+def _table_text(table: docx.table.Table, notes: Notes) -> str:
     """A Word table as lines of cells joined by " | ". A cell merged across columns is one cell (python-docx
     gives it once per column it spans), and a table inside a cell is read too (a cell's text leaves it out)."""
     from docx.table import Table
@@ -261,9 +353,9 @@ def _table_text(table: docx.table.Table) -> str:
                 cells.append(cell)
         texts = []
         for cell in cells:
-            blocks = _blocks(cell._tc, cell)
+            blocks = _blocks(cell._tc, cell, notes)
             texts.append(
-                "\n".join(_table_text(b) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
+                "\n".join(_table_text(b, notes) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
             )
         lines.append(" | ".join(texts))
     return "\n".join(lines)
@@ -277,7 +369,9 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 
 def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     """(first H1 or front-matter title, sections split at ATX headings outside code fences)."""
-    lines = text.splitlines()
+    # Lines as an editor counts them: str.splitlines() also breaks at a form feed, U+2028 and others,
+    # which would put every section after one at a line the file does not have there.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     title, offset = None, 0
     if lines and lines[0].strip() == "---":  # YAML front matter
         end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
@@ -288,7 +382,7 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
                     title = value.strip().strip("\"'")
             offset = end + 1
     parts: list[Part] = []
-    current = Part("", line=offset + 1)
+    current = Part("", line=offset + 1)  # the text before the first heading (its blank lines are skipped)
     body: list[str] = []
     in_fence = False
     for number, line in enumerate(lines[offset:], start=offset + 1):
@@ -296,8 +390,7 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)
         if heading:
-            current.text = "\n".join(body).strip()
-            if current.text:
+            if _set_text(current, "\n".join(body)):
                 parts.append(current)
             name = heading.group(2).strip()
             if len(heading.group(1)) == 1 and title is None:
@@ -305,10 +398,19 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             current, body = Part("", line=number, section=name), [line]
             continue
         body.append(line)
-    current.text = "\n".join(body).strip()
-    if current.text:
+    if _set_text(current, "\n".join(body)):
         parts.append(current)
     return title, parts
+
+
+def _set_text(part: Part, text: str) -> bool:
+    """Give the part its text less the blank lines around it, and move its line to where the text
+    starts: blank lines at the top of a file are lines, and the source must point at the text."""
+    stripped = text.strip()
+    if part.line is not None and stripped:
+        part.line += text[: text.index(stripped)].count("\n")
+    part.text = stripped
+    return bool(stripped)
 
 
 def extract_markdown(data: bytes, stem: str) -> Extracted:
@@ -318,13 +420,14 @@ def extract_markdown(data: bytes, stem: str) -> Extracted:
 
 def extract_text(data: bytes, stem: str) -> Extracted:
     text = _decode(data).replace("\r\n", "\n").replace("\r", "\n")  # as Markdown's lines are joined
-    return Extracted(stem, [Part(text.strip(), line=1)] if text.strip() else [])
+    part = Part("", line=1)
+    return Extracted(stem, [part] if _set_text(part, text) else [])
 
 
 def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
 
-    html = _decode(data)
+    html = _decode_html(data)
     # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
     # markdown output keeps the headings, so sections can be split as for Markdown files.
     body = trafilatura.extract(
@@ -372,9 +475,41 @@ def _unescape_markdown(text: str) -> str:
 
 def _decode(data: bytes) -> str:
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DocumentError("corrupt", "not UTF-8 text") from None
+    return _without_nul(text)
+
+
+def _without_nul(text: str) -> str:
+    # No text holds a NUL; UTF-16 without a byte-order mark (ASCII in it: a NUL after each letter)
+    # decodes as UTF-8 all the same, and would be published as "R\u0000e\u0000f\u0000...".
+    if "\x00" in text:
+        raise DocumentError("corrupt", "not UTF-8 text: it holds NUL characters (UTF-16, or not text at all)")
+    return text
+
+
+# Labels a page may declare that browsers read as windows-1252 (WHATWG Encoding): its bytes 0x80-0x9F
+# are curly quotes and dashes there, not the control characters Latin-1 has.
+_WINDOWS_1252 = {"ascii", "us-ascii", "latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "cp819"}
+
+
+def _decode_html(data: bytes) -> str:
+    """A web page's text: UTF-8, else in the charset the page declares (``<meta charset>``, an XML
+    declaration), as a browser reads it; a page in another charset that declares none is corrupt."""
+    from bs4.dammit import EncodingDetector
+
+    try:
+        return _decode(data)
+    except DocumentError:
+        declared = EncodingDetector.find_declared_encoding(data, is_html=True)
+        if not declared:
+            raise
+    codec = "cp1252" if declared.lower() in _WINDOWS_1252 else declared
+    try:
+        return _without_nul(data.decode(codec))
+    except (LookupError, UnicodeDecodeError):
+        raise DocumentError("corrupt", f"not UTF-8 text, nor {declared} as it declares") from None
 
 
 EXTRACTORS = {
@@ -428,7 +563,7 @@ class DocumentsSourceReader(ListedFiles):
                     for c in chunk_text(part.text, self.config.chunk.max_chars, self.config.chunk.overlap_chars)
                 ]
             for start, text in chunks:
-                line = part.line + part.text.count("\n", 0, start) if part.line is not None else None
+                line = part.line_at(start)
                 texts.append(text)
                 titles.append(title or extracted.title)
                 lines.append(line)
@@ -455,7 +590,11 @@ class DocumentsSourceReader(ListedFiles):
             stage="read",
             outcome="quarantined",
             reasons="no_text",
-            details=[f"{uri} (page {page}): no text on this page (a scanned page needs OCR first)" for page in pages],
+            details=[
+                f"{uri} (page {page}): no text on this page, but for any running header or footer "
+                "(a scanned page needs OCR first)"
+                for page in pages
+            ],
         )
 
     @staticmethod

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader
 from connectors.state import SourceWatermark, file_fingerprints
-from connectors.storage import StorageError, filesystem, join, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
 from schemas.records import SOURCE_TYPE, set_aside_rows
@@ -62,6 +62,9 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             raise ImageProblem("decompression_bomb", str(error)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ImageProblem("unsupported", "not an image Pillow can read") from None
+        # Pillow names a JPEG that holds more pictures (a phone camera's depth map or preview, CIPA's
+        # Multi-Picture Format) MPO; its first picture is the photo, a JPEG, and only that is kept.
+        fmt = "JPEG" if fmt == "MPO" else fmt
         if fmt not in formats:
             raise ImageProblem("unsupported", f"{fmt} images are not accepted (accepted: {', '.join(formats)})")
         if width * height > max_pixels:
@@ -108,6 +111,7 @@ class ImagesSourceReader:
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
         self._fingerprints: dict[str, str] | None = None
         self._changed: set[str] | None = None
+        self._taken_lines: dict[str, int] = {}  # sidecar URI -> how many of its lines an earlier run read
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
@@ -120,13 +124,14 @@ class ImagesSourceReader:
 
     def list_again(self) -> None:
         self._changed = None
+        self._taken_lines = {}
 
     def changed_sidecars(self) -> set[str]:
         """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
         replaces what they gave before (a corrected answer must not stay beside the old one). A sidecar
         that only grew at its end (rows appended) is not: its rows taken before are skipped as ever."""
         if self._changed is None:
-            self._changed = set()
+            self._changed, self._taken_lines = set(), {}
             if self.watermark is not None:
                 for entry in self.sidecar.entries():
                     fs, path = filesystem(entry.uri)
@@ -138,6 +143,9 @@ class ImagesSourceReader:
                     if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
+                    else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
+                        taken = data[: before["bytes"]] if before is not None else b""
+                        self._taken_lines[entry.uri] = taken.count(b"\n") + (bool(taken) and not taken.endswith(b"\n"))
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 
@@ -170,17 +178,17 @@ class ImagesSourceReader:
         cache: dict[str, CleanImage | ImageProblem] = {}
         keep, payload, problems = [], [], []
         rows = table.to_pylist()
-        # A sidecar without the image column (a misspelt image_column): a missing column, so a run in
-        # which no row has it fails as a recipe error, as for a record field's column.
-        no_name = (
-            ImageProblem("missing_image", "the row names no image")
-            if config.image_column in table.column_names
-            else ImageProblem("missing_column", f"column {config.image_column!r} (image_column) is missing")
-        )
+        # A sidecar without a column the recipe names (a misspelt image_column, or a question_column or
+        # answer_column the recipe sets): a missing column, so a run in which no row has it fails as a
+        # recipe error naming the setting, as for a record field's column. A misspelt question_column
+        # would otherwise leave the sidecar's "question" column in use, or report that one missing.
+        absent = self.absent_columns(table.column_names)
+        no_column = ImageProblem("missing_column", "; ".join(absent)) if absent else None
+        no_name = ImageProblem("missing_image", "the row names no image")
         for row, name in zip(rows, names, strict=True):
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
-                result = self._image(name, cache) if name else no_name
+                result = no_column or (self._image(name, cache) if name else no_name)
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -204,7 +212,7 @@ class ImagesSourceReader:
             reasons=[p.reason for p in bad_problems],
             details=[
                 f"{r['source']['uri']}:{r['source']['line']}: "
-                + (p.detail if p is no_name else f"{r.get(config.image_column)}: {p.detail}")
+                + (p.detail if p in (no_name, no_column) else f"{r.get(config.image_column)}: {p.detail}")
                 for r, p in zip(bad_rows, bad_problems, strict=True)
             ],
             records=[
@@ -212,6 +220,39 @@ class ImagesSourceReader:
             ],
         )
         return kept, set_aside
+
+    def absent_columns(self, columns: list[str]) -> list[str]:
+        """What the sidecar's columns lack of those the recipe names: the image column, and the question
+        and answer columns where it sets them (else the record's own fields say what they need)."""
+        config = self.config
+        named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
+        return [f"column {getattr(config, s)!r} ({s}) is missing" for s in named if getattr(config, s) not in columns]
+
+    def entries(self) -> list[FileEntry]:
+        """The sidecar files, for ``curation check``."""
+        return self.sidecar.entries()
+
+    def head(self, entry: FileEntry) -> SourceBatch:
+        """For ``curation check``: the first rows of a sidecar file as this source gives them, with its
+        columns named as the records' fields, and without opening an image (each row's ``image_bytes``
+        is null): what a run refuses of the file, or of rows lacking a column the recipe names, shows."""
+        batch = self.sidecar.head(entry)
+        set_aside, rows = _as_images(batch.set_aside), batch.rows
+        if not rows.num_rows:
+            return SourceBatch(rows=rows, set_aside=set_aside)
+        rows = plain_strings(rows.set_column(1, "source", _as_images_source(rows["source"])))
+        absent = self.absent_columns(rows.column_names)
+        if absent:
+            details = [f"{s['uri']}:{s['line']}: {'; '.join(absent)}" for s in rows["source"].to_pylist()]
+            missing = set_aside_rows(rows["id"], rows["source"], "read", "quarantined", "missing_column", details)
+            return SourceBatch(rows=rows.slice(0, 0), set_aside=pa.concat_tables([set_aside, missing]))
+        config = self.config
+        rows = _rename(
+            rows, {config.image_column: "image", config.question_column: "question", config.answer_column: "answer"}
+        )
+        return SourceBatch(
+            rows=rows.append_column("image_bytes", pa.nulls(rows.num_rows, pa.binary())), set_aside=set_aside
+        )
 
     def _not_seen(self, set_aside: pa.Table) -> pa.Table:
         """Sidecar lines that did not parse, less those an earlier run already quarantined."""
@@ -230,7 +271,7 @@ class ImagesSourceReader:
             # publish a file the recipe never pointed at.
             cache[name] = ImageProblem("missing_image", f"names a file outside {self.config.path}")
         if name not in cache:
-            uri = join(self.config.path, name)
+            uri = self._image_uri(name)
             fs, path = filesystem(uri)
             try:
                 with fs.open_input_stream(path) as stream:
@@ -245,14 +286,33 @@ class ImagesSourceReader:
                 cache[name] = problem
         return cache[name]
 
+    def _image_uri(self, name: str) -> str:
+        """Where the image a sidecar names is, as the folder's listing names it: "./a.png" and
+        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen."""
+        return join(self.config.path, posixpath.normpath(name))
+
     def _is_new(self, row: dict, name: str | None) -> bool:
         """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
         if self.watermark is None:
             return True
         content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
         item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
-        fingerprint = self.fingerprints().get(join(self.config.path, name)) if name else None
-        if not self.watermark.is_new(item, fingerprint) and row["source"]["uri"] not in self.changed_sidecars():
+        fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
+        uri, line = row["source"]["uri"], row["source"]["line"]
+        reread = uri in self.changed_sidecars()
+        if not reread and line is not None and line > self._taken_lines.get(uri, 0):
+            # A line no earlier run read (appended, or in a sidecar new to the source): a row of its own
+            # even where the same image, question and answer were taken before from another line, so it
+            # is counted (and found a duplicate by a dedup stage) rather than left out unseen.
+            self.watermark.set(item, fingerprint)
+            return True
+        if fingerprint is None and self.watermark.get(item) is not None and not reread:
+            # Its image was taken and has been moved away since (inputs often are, once taken): its
+            # record stays, as a deleted input file's do, rather than be quarantined as missing_image
+            # and so replace its published copy. Its watermark stays too: the image back, changed or
+            # not, is told apart as ever.
+            return False
+        if not self.watermark.is_new(item, fingerprint) and not reread:
             return False
         self.watermark.set(item, fingerprint)
         return True

@@ -275,6 +275,7 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
     and each file whose head lacks a column the recipe names (the first such record's line); and notes:
     other records the head would set aside (the run quarantines them), files not opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader
+    from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
 
     shaping: list = []
@@ -288,7 +289,8 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
     problems: list[str] = []
     notes: list[str] = []
     for source in sources:
-        if not isinstance(source, FilesSourceReader):
+        # An images source's sidecar files are read as a files source's (the images are left to the run).
+        if not isinstance(source, FilesSourceReader | ImagesSourceReader):
             continue
         entries = source.entries()
         for entry in entries[:files]:
@@ -315,8 +317,9 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
                     f"{len(reasons):,} of the first records of {entry.uri} would be set aside, for example {reasons[0][1]}"
                 )
         if len(entries) > files:
+            read_from = getattr(source.config, "sidecar", source.config.path)  # an images source: its sidecar
             notes.append(
-                f"read the head ({HEAD_BYTES // 1024:,} KiB) of the first {files:,} file(s) of {source.config.path}; "
+                f"read the head ({HEAD_BYTES // 1024:,} KiB) of the first {files:,} file(s) of {read_from}; "
                 f"{len(entries) - files:,} not opened (--head-files)"
             )
     return problems, notes

@@ -694,3 +694,31 @@ def test_run_quiet_on_ray_prints_only_the_summary(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
     assert "published" in done.stdout and "Ray" not in done.stdout and "WARNING" not in done.stdout
+
+
+def test_check_reads_the_head_of_an_images_sidecar_for_the_columns_the_recipe_names(tmp_path: Path) -> None:
+    # `check` did not open a sidecar: it said "ok" of a misspelt image_column or question_column, and
+    # the run failed with exit code 2.
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
+    (tmp_path / "qa.csv").write_text("picture,q,answer\na.png,What colour?,Black\n")
+    source = {"type": "images", "path": "img", "sidecar": "qa.csv", "image_column": "image", "question_column": "qq"}
+    recipe = write_recipe(tmp_path, {"dataset": "vqa", "sources": [source], "record": {"kind": "vqa"}})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert f"input error {tmp_path / 'qa.csv'}:2: column 'image' (image_column) is missing; column 'qq'" in said
+    assert not (tmp_path / "output").exists()
+    fixed = {**source, "image_column": "picture", "question_column": "q"}
+    recipe = write_recipe(tmp_path, {"dataset": "vqa", "sources": [fixed], "record": {"kind": "vqa"}})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    assert checked.returncode == 0 and "input error" not in checked.stderr, checked.stderr
+    # A record field's column the sidecar lacks (a space after each comma of the header), as the run says.
+    (tmp_path / "qa.csv").write_text("image, question, answer\na.png, What colour?, Black\n")
+    source = {"type": "images", "path": "img", "sidecar": "qa.csv"}
+    recipe = write_recipe(tmp_path, {"dataset": "vqa", "sources": [source], "record": {"kind": "vqa"}})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 2 and f"{tmp_path / 'qa.csv'}:2: question: column 'question' is missing" in said

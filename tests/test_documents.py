@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 from pathlib import Path
 
 import boto3
@@ -330,6 +331,9 @@ def test_chunked_markdown_points_at_the_line_of_each_chunk(tmp_path: Path) -> No
         ("locked.docx", lambda: bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 512, "encrypted", "password-protected"),
         ("broken.docx", lambda: make_docx()[:300], "corrupt", "not a readable DOCX"),
         ("latin1.txt", lambda: "caf\xe9".encode("latin-1"), "corrupt", "not UTF-8"),
+        # It decoded as UTF-8 (a NUL after each letter) and was published as such.
+        ("utf16.txt", lambda: "Refunds take five days.".encode("utf-16-le"), "corrupt", "holds NUL characters"),
+        ("utf16.md", lambda: "# Refunds\n\nFive days.".encode("utf-16-le"), "corrupt", "holds NUL characters"),
     ],
 )
 def test_bad_documents_are_quarantined_and_the_run_goes_on(
@@ -442,3 +446,220 @@ def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a
         for piece in pieces:
             cut = [name for name in names if piece.rstrip().endswith(tuple(name.split()[:-1]))]
             assert not cut, (max_chars, piece)
+
+
+def test_a_file_opening_with_blank_lines_points_at_the_line_its_text_starts_on(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("\n\n\nRefunds take five days.\n")
+    (tmp_path / "guide.md").write_text("---\ntitle: Guide\n---\n\n\nIntro for agents.\n\n# Refunds\n\nFive days.\n")
+    rows, _ = read(tmp_path)
+    assert [(row["source"]["uri"].rsplit("/", 1)[1], row["source"]["line"]) for row in rows] == [
+        ("guide.md", 6),
+        ("guide.md", 8),
+        ("notes.txt", 4),
+    ]
+    # Chunks count from there too.
+    (tmp_path / "guide.md").unlink()
+    (tmp_path / "notes.txt").write_text("\n\n" + "\n\n".join(f"Paragraph {i} about parcels." for i in range(40)))
+    rows, _ = read(tmp_path, chunk=ChunkConfig(max_chars=200, overlap_chars=0))
+    for row in rows:
+        number = int(row["text"].split()[1])
+        assert row["source"]["line"] == 3 + 2 * number
+
+
+def test_an_empty_web_page_is_quarantined_without_the_html_parsers_own_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "empty.html").write_text("")
+    (tmp_path / "blank.htm").write_text("  \n")
+    with caplog.at_level(logging.DEBUG):
+        rows, aside = read(tmp_path)
+    assert rows == [] and [row["reason"] for row in aside] == ["no_text", "no_text"]
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+def test_a_pdf_page_with_only_its_running_header_and_footer_is_quarantined_not_dropped(workdir: Path) -> None:
+    # A scan put into a PDF that stamps a header and "Page N of M" on every page: once those were
+    # dropped the page had no text, and it was left out, in no count of the manifest.
+    pdf = HandbookPDF()
+    for number in range(1, 5):
+        pdf.add_page()
+        if number != 3:
+            pdf.set_font("helvetica", size=12)
+            pdf.multi_cell(0, 8, f"Chapter {number}. " + PARAGRAPHS[number % 3])
+    (workdir / "docs").mkdir()
+    (workdir / "docs" / "stamped.pdf").write_bytes(bytes(pdf.output()))
+    result = run(
+        workdir, {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    )
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.reasons) == (4, 3, {"quarantined": {"no_text": 1}})
+    [row] = set_aside(Path(result.version_uri))
+    assert row["source"]["page"] == 3 and "(page 3): no text on this page" in row["detail"]
+    assert all("ACME Internal" not in line["text"] for line in outputs(Path(result.version_uri)))
+
+
+def test_markdown_sections_point_at_their_line_past_a_form_feed_or_line_separator(tmp_path: Path) -> None:
+    # str.splitlines() broke lines at U+2028 and the form feed too: each section after one was said
+    # to start a line further down than it does.
+    (tmp_path / "guide.md").write_text("# Parcels\n\nSame day.\u2028Next day abroad.\x0c\n\n# Refunds\n\nFive days.\n")
+    rows, _ = read(tmp_path)
+    assert [(row["source"]["line"], row["text"].splitlines()[0]) for row in rows] == [
+        (1, "# Parcels"),
+        (5, "# Refunds"),
+    ]
+
+
+def test_chunked_docx_points_at_the_paragraph_each_chunk_starts_on(tmp_path: Path) -> None:
+    # A chunk's place was the section's paragraph plus the newlines before it: each paragraph joined
+    # by a blank line counted two, so the fourth paragraph was said to be the seventh.
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    for number in range(2, 12):
+        document.add_paragraph(f"Paragraph {number}. " + PARAGRAPHS[0] * 3)
+        if number == 6:
+            document.add_paragraph("")  # an empty paragraph is a paragraph too
+    document.save(tmp_path / "refunds.docx")
+    rows, _ = read(tmp_path, chunk=ChunkConfig(max_chars=700, overlap_chars=300))
+    assert len(rows) > 4
+    for row in rows[1:]:
+        number = int(row["text"].split()[1].rstrip("."))
+        assert row["source"]["line"] == number + (number > 6), row
+    assert rows[0]["source"]["line"] == 1  # the heading's
+
+
+def _text_box(text: str) -> str:
+    """A run holding a text box as Word writes one: a drawing, and the same box in VML for older readers."""
+    content = f"<w:txbxContent><w:p><w:r><w:t>{text}</w:t></w:r></w:p></w:txbxContent>"
+    return (
+        f"<w:r {docx.oxml.ns.nsdecls('w', 'wp', 'a')} "
+        'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" '
+        'xmlns:wps="http://schemas.microsoft.com/office/word/2010/wordprocessingShape" '
+        'xmlns:v="urn:schemas-microsoft-com:vml">'
+        '<mc:AlternateContent><mc:Choice Requires="wps"><w:drawing><wp:anchor><a:graphic><a:graphicData>'
+        f"<wps:wsp><wps:txbx>{content}</wps:txbx></wps:wsp>"
+        "</a:graphicData></a:graphic></wp:anchor></w:drawing></mc:Choice>"
+        f"<mc:Fallback><w:pict><v:shape><v:textbox>{content}</v:textbox></v:shape></w:pict></mc:Fallback>"
+        "</mc:AlternateContent></w:r>"
+    )
+
+
+def test_docx_text_in_a_text_box_is_read_once(tmp_path: Path) -> None:
+    # Word shows it on the page; python-docx's text passes over it, and it was left out unseen.
+    document = docx.Document()
+    document.add_heading("Claim form", level=1)
+    paragraph = document.add_paragraph("Fill in every field.")
+    paragraph._p.append(docx.oxml.parse_xml(_text_box("Policy number: write it as on your card.")))
+    document.add_paragraph("Send it to the claims desk.")
+    document.save(tmp_path / "form.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == (
+        "Claim form\n\nFill in every field.\n\nPolicy number: write it as on your card.\n\nSend it to the claims desk."
+    )
+
+
+def test_a_web_page_in_the_charset_it_declares_is_read_in_it(tmp_path: Path) -> None:
+    # It was quarantined as "not UTF-8 text": a browser reads it in the charset its <meta> declares.
+    page = (
+        "<html><head><meta http-equiv='Content-Type' content='text/html; charset=iso-8859-1'>"
+        "<title>Caf\u00e9 menu</title></head><body><article><h1>Caf\u00e9 menu</h1>"
+        "<p>Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every day of the week, "
+        "in the caf\u00e9 on the ground floor.</p></article></body></html>"
+    )
+    (tmp_path / "menu.html").write_bytes(page.encode("cp1252"))  # what "iso-8859-1" means to a browser
+    (tmp_path / "undeclared.html").write_bytes(page.replace("charset=iso-8859-1", "").encode("cp1252"))
+    rows, aside = read(tmp_path)
+    [row] = rows
+    assert "Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every day" in row["text"]
+    assert row["title"] == "Caf\u00e9 menu"
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("undeclared.html", "corrupt")]
+
+
+def test_a_docx_paragraph_in_the_title_style_that_is_not_the_title_is_kept(tmp_path: Path) -> None:
+    # Every paragraph in the Title style was taken for the title and left out of the records: one the
+    # file's properties title otherwise (a template's name left there), and a second part's title.
+    document = docx.Document()
+    document.core_properties.title = "Company letter template"
+    document.add_paragraph("Refund policy for EU customers", style="Title")
+    document.add_paragraph("Refunds are paid within 14 days.")
+    document.add_paragraph("Part two: shipping", style="Title")
+    document.add_paragraph("Parcels ship the same day.")
+    document.save(tmp_path / "policy.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        (
+            "Company letter template › Refund policy for EU customers",
+            "Refund policy for EU customers\n\nRefunds are paid within 14 days.",
+            1,
+        ),
+        ("Company letter template › Part two: shipping", "Part two: shipping\n\nParcels ship the same day.", 3),
+    ]
+
+
+def test_docx_footnotes_and_endnotes_are_read_after_the_paragraph_that_refers_to_them(tmp_path: Path) -> None:
+    # python-docx does not read them: "Gift cards are not refunded." was in no record.
+    from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+
+    w = docx.oxml.ns.nsdecls("w")
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    paragraph = document.add_paragraph("Refunds are paid within 14 days.")
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:footnoteReference w:id="1"/></w:r>'))
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:del {w}><w:r><w:footnoteReference w:id="2"/></w:r></w:del>'))
+    document.add_paragraph("Ask the desk for a form.")
+    for kind, content_type in (("footnote", CONTENT_TYPE.WML_FOOTNOTES), ("endnote", CONTENT_TYPE.WML_ENDNOTES)):
+        texts = {"1": "Gift cards are not refunded.", "2": "A note whose reference was deleted."}
+        notes = "".join(
+            f'<w:{kind} w:id="{i}"><w:p><w:r><w:{kind}Ref/></w:r><w:r><w:t xml:space="preserve"> {t}</w:t></w:r></w:p>'
+            f"</w:{kind}>"
+            for i, t in texts.items()
+        )
+        separator = f'<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}>'
+        xml = f"<w:{kind}s {w}>{separator}{notes}</w:{kind}s>".encode()
+        part = Part(PackURI(f"/word/{kind}s.xml"), content_type, xml, document.part.package)
+        document.part.relate_to(part, getattr(RELATIONSHIP_TYPE, f"{kind.upper()}S"))
+        if kind == "endnote":
+            closing = document.add_paragraph("Parcels ship the same day.")
+            closing._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:endnoteReference w:id="1"/></w:r>'))
+    document.save(tmp_path / "refunds.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == (
+        "Refunds\n\nRefunds are paid within 14 days.\n\nGift cards are not refunded.\n\nAsk the desk for a form."
+        "\n\nParcels ship the same day.\n\nGift cards are not refunded."
+    )
+
+
+def test_a_footnote_that_refers_to_itself_is_read_once(tmp_path: Path) -> None:
+    # Notes inside notes were followed: a crafted file looped until Python's recursion limit.
+    from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+
+    w = docx.oxml.ns.nsdecls("w")
+    document = docx.Document()
+    paragraph = document.add_paragraph("Refunds are paid within 14 days.")
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:footnoteReference w:id="1"/></w:r>'))
+    note = '<w:footnote w:id="1"><w:p><w:r><w:t>See this note.</w:t></w:r><w:r><w:footnoteReference w:id="1"/></w:r>'
+    xml = f"<w:footnotes {w}>{note}</w:p></w:footnote></w:footnotes>".encode()
+    part = Part(PackURI("/word/footnotes.xml"), CONTENT_TYPE.WML_FOOTNOTES, xml, document.part.package)
+    document.part.relate_to(part, RELATIONSHIP_TYPE.FOOTNOTES)
+    document.save(tmp_path / "loop.docx")
+    rows, aside = read(tmp_path)
+    assert aside == [] and [row["text"] for row in rows] == ["Refunds are paid within 14 days.\n\nSee this note."]
+
+
+def test_docx_paragraphs_are_numbered_as_word_counts_them_past_a_text_box(tmp_path: Path) -> None:
+    # A text box's paragraphs were numbered as the body's: every section after one pointed past its heading.
+    document = docx.Document()
+    document.add_heading("Claim form", level=1)
+    paragraph = document.add_paragraph("Fill in every field.")
+    paragraph._p.append(docx.oxml.parse_xml(_text_box("Policy number: write it as on your card.")))
+    document.add_heading("Sending it", level=1)
+    document.add_paragraph("Send it to the claims desk.")
+    document.save(tmp_path / "form.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"]) for row in rows] == [
+        ("Claim form", 1),
+        ("Claim form › Sending it", 3),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -508,3 +509,109 @@ def test_a_near_dedup_comparing_the_image_name_does_not_offer_it_for_an_edit(wor
     edit = {"action": "edit", "field": "image", "value": "blue.png", "csrf_token": csrf}
     response = client.post(f"/items/{item['item_id']}/decide", data=edit)
     assert response.status_code == 400 and "cannot be edited on this item" in response.text
+
+
+@pytest.mark.parametrize("setting", ["question_column", "answer_column"])
+def test_a_misspelt_question_or_answer_column_fails_the_run_by_its_setting(workdir: Path, setting: str) -> None:
+    # The misspelt name was passed over: the sidecar's own "question" column was published as if named,
+    # and for a sidecar without one the error named "question", a column the recipe never mentions.
+    write_folder(workdir)
+    source = {"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [{**source, setting: "qestion"}], "record": {"kind": "vqa"}}
+    with pytest.raises(RecipeError, match=rf"qa.jsonl:1: column 'qestion' \({setting}\) is missing"):
+        run(workdir, spec)
+    assert not (workdir / "output" / "receipts" / "v1").exists()
+    # Named as the sidecar has it, the setting is read.
+    result = run(workdir, {**spec, "sources": [{**source, setting: setting.split("_")[0]}]})
+    assert result.manifest.version == 1 and result.manifest.counts.written == 4
+
+
+def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
+    # Its row was taken again and quarantined as missing_image, which took its record out of the dataset.
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 4
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    with (workdir / "qa.jsonl").open("a") as sidecar:
+        sidecar.write(json.dumps({"image": "rotated.jpg", "question": "Which way up?", "answer": "Upright."}) + "\n")
+    second = run(workdir, spec)
+    assert second.manifest.extends == 1 and second.manifest.counts.input == 1
+    assert second.manifest.counts.quarantined == 0 and second.manifest.stats["carry"]["replaced"] == 0
+    prompts = [line["prompt"] for line in outputs(Path(second.version_uri))]
+    assert sorted(prompts) == sorted([*(line["prompt"] for line in outputs(Path(first.version_uri))), "Which way up?"])
+    assert "What is in form.png?" in prompts
+    # Back again, changed: taken again, and its record is the new image's.
+    (workdir / "img" / "form.png").write_bytes(png((20, 20)))
+    third = run(workdir, spec)
+    assert third.manifest.counts.input == 1 and third.manifest.stats["carry"]["replaced"] == 1
+
+
+@pytest.mark.parametrize("sidecar", ["qa.jsonl", "qa.jsonl.gz"])
+def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path, sidecar: str) -> None:
+    # Rows were told apart by their content alone: the repeat looked taken before and was left out,
+    # in no count of the manifest.
+    write_folder(workdir)
+    if sidecar.endswith(".gz"):  # appended to as gzip allows: another member after the first
+        (workdir / sidecar).write_bytes(gzip.compress((workdir / "qa.jsonl").read_bytes()))
+        (workdir / "qa.jsonl").unlink()
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": sidecar, "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, spec)
+    again = {"image": "receipt.jpg", "question": "What is the total?", "answer": "12.50 USD"}
+    assert again in sidecar_rows()
+    rows = [again, {"image": "form.png", "question": "Signed?", "answer": "Yes"}]
+    appended = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    with (workdir / sidecar).open("ab") as file:
+        file.write(gzip.compress(appended) if sidecar.endswith(".gz") else appended)
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.duplicate) == (2, 1, 1)
+    assert counts.reasons == {"duplicate": {"earlier_version": 1}}  # a duplicate of a published record
+    assert run(workdir, spec).message.startswith("nothing new")  # and neither is taken a third time
+
+
+def test_a_phone_jpeg_holding_a_second_picture_is_read_as_the_jpeg_it_is(tmp_path: Path) -> None:
+    # Pillow names such a JPEG (CIPA Multi-Picture Format: a depth map, a preview) MPO: it was
+    # quarantined as unsupported ("MPO images are not accepted") with JPEG among the formats.
+    buffer = io.BytesIO()
+    photo = Image.new("RGB", (40, 30), (200, 30, 30))
+    photo.save(buffer, "MPO", save_all=True, append_images=[Image.new("RGB", (20, 15), (30, 30, 200))])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "portrait.jpg").write_bytes(buffer.getvalue())
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"image": "portrait.jpg", "question": "Colour?", "answer": "Red"}))
+    rows, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    assert aside == [] and len(rows) == 1
+    kept = Image.open(io.BytesIO(rows[0]["image_bytes"]))
+    assert (kept.format, kept.size, getattr(kept, "n_frames", 1)) == ("JPEG", (40, 30), 1)  # the photo alone
+
+
+def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(workdir: Path) -> None:
+    # "./form.png" was looked up as such among the folder's files, which list "form.png": it had no
+    # fingerprint, so a run never saw the image change and its old picture stayed published.
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png((20, 20)))
+    row = {"image": "./form.png", "question": "Signed?", "answer": "Yes"}
+    (workdir / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 1
+    (workdir / "img" / "form.png").write_bytes(png((30, 30)))
+    os.utime(workdir / "img" / "form.png", (1, 1))
+    second = run(workdir, spec)
+    assert second.manifest.counts.written == 1 and second.manifest.stats["carry"]["replaced"] == 1
+    [line] = outputs(Path(second.version_uri))
+    assert Image.open(Path(second.version_uri) / "train" / line["file_name"]).size == (30, 30)
