@@ -745,3 +745,30 @@ def test_a_record_kept_apart_then_corrected_in_its_input_is_queued_to_be_marked_
     assert "Done, updated." in json.dumps(published[again.record_id])
     assert "duplicate" not in v4.manifest.counts.reasons
     engine.dispose()
+
+
+def test_the_record_a_near_duplicate_was_kept_apart_from_stays_when_its_input_is_read_again_alone(
+    workdir: Path,
+) -> None:
+    # "Not a duplicate" holds both ways: read again alone, the record the item kept sorts after the one
+    # kept apart from it (published, it comes first in their cluster) and must not be set aside beside it.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+    kept = json.loads(item.payload)["kept"]["id"]
+    dec.decide(engine, item.item_id, "rita", "keep")
+    engine.dispose()
+    run(workdir, spec)
+    # A full refresh starts the chain over: no version's set-aside rows tie b.jsonl to a.jsonl any more.
+    assert len(lines_by_id(Path(run(workdir, spec, full_refresh=True).version_uri))) == 5
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 2), *notes(10, 1)])
+    v4 = run(workdir, spec)
+    assert [Path(i.uri).name for i in v4.manifest.inputs] == ["a.jsonl"]
+    assert "duplicate" not in v4.manifest.counts.reasons
+    published = lines_by_id(Path(v4.version_uri))
+    assert kept in published and item.record_id in published and len(published) == 5
