@@ -772,3 +772,29 @@ def test_the_record_a_near_duplicate_was_kept_apart_from_stays_when_its_input_is
     assert "duplicate" not in v4.manifest.counts.reasons
     published = lines_by_id(Path(v4.version_uri))
     assert kept in published and item.record_id in published and len(published) == 5
+
+
+def test_two_near_dedup_stages_of_one_recipe_keep_their_signatures_items_and_decisions_apart(workdir: Path) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    answer = "We updated the billing address on your account, and the next invoice goes to the new one"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, {"q": "Where is it?", "a": answer}])
+    # Near a.jsonl's first prompt, and near its second completion.
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Ok."}, {"q": "And now?", "a": f"{answer}."}])
+    stages = [{"type": "near_dedup", "fields": ["prompt"]}, {"type": "near_dedup", "fields": ["completion"]}]
+    spec = {**recipe("out"), "stages": stages}
+    v1 = run(workdir, spec)  # both stages across runs: their signatures travelled in one column name
+    assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        items = {row.stage: row for row in db.execute(sa.select(review_items))}
+    assert sorted(items) == ["near_dedup", "near_dedup_2"]
+    # Not a duplicate of a.jsonl's second completion: says nothing of the prompts the first stage compares.
+    dec.decide(engine, items["near_dedup_2"].item_id, "rita", "keep")
+    engine.dispose()
+    v2 = run(workdir, spec)
+    published = lines_by_id(Path(v2.version_uri))
+    assert items["near_dedup_2"].record_id in published and items["near_dedup"].record_id not in published
+    assert v2.manifest.counts.reasons["duplicate"] == {"near_duplicate": 1}
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": f"{base}?", "a": "Fine."}])
+    v3 = run(workdir, spec)  # compared with each stage's own published signatures
+    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 1} and len(outputs(Path(v3.version_uri))) == 3

@@ -55,8 +55,8 @@ published_signatures = sa.Table(
 
 def signature_params(stage: Any) -> str:
     """A digest of the settings that shape a stage's signatures (not its threshold, nor the records
-    annotators kept apart)."""
-    settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index", "kept_apart")}
+    annotators kept apart; its name once, a second stage of a type's ``own_name`` included)."""
+    settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index", "kept_apart", "name")}
     return uuid.uuid5(uuid.NAMESPACE_OID, json.dumps([stage.name, settings], default=str)).hex
 
 

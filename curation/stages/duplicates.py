@@ -25,6 +25,17 @@ PUBLISHED_PREFIX = "published:"
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 
 
+def own_name(name: str, taken: Iterable[str]) -> str:
+    """The name of a dedup stage of a recipe: its type's (``name``), or for a second stage of that type
+    ``name_2`` and so on. A stage's name keys what it stores across runs (its signatures, which travel to
+    the recorder in a column of that name), its review items (and so the records annotators keep apart in
+    it) and its statistics: two stages sharing one would mix them."""
+    taken = set(taken)
+    if name not in taken:
+        return name
+    return next(f"{name}_{n}" for n in range(2, len(taken) + 3) if f"{name}_{n}" not in taken)
+
+
 def one_key_each(keys: pa.Array) -> pa.ListArray:
     """The ``keys`` column of signature rows that hold one key each (exact dedup's content hash)."""
     return pa.ListArray.from_arrays(pa.array(np.arange(len(keys) + 1, dtype=np.int32)), keys)
