@@ -798,3 +798,28 @@ def test_two_near_dedup_stages_of_one_recipe_keep_their_signatures_items_and_dec
     write_jsonl(workdir / "in" / "c.jsonl", [{"q": f"{base}?", "a": "Fine."}])
     v3 = run(workdir, spec)  # compared with each stage's own published signatures
     assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 1} and len(outputs(Path(v3.version_uri))) == 3
+
+
+def test_a_delta_run_does_not_ask_whether_a_kept_record_read_again_unchanged_is_a_copy_of_itself(
+    workdir: Path,
+) -> None:
+    # carry_forward: false sets an unchanged record of a changed input aside as an earlier version of
+    # itself; the record a near duplicate was kept apart from is no exception, and no near duplicate.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out", carry_forward=False), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    query = sa.select(review_items).where(review_items.c.kind == "near_duplicate")
+    with engine.connect() as db:
+        (item,) = db.execute(query).all()
+    dec.decide(engine, item.item_id, "rita", "keep")
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}, *notes(20, 1)])
+    assert item.record_id in lines_by_id(Path(run(workdir, spec).version_uri))
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 2), *notes(10, 1)])
+    v3 = run(workdir, spec)
+    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 3}
+    with engine.connect() as db:
+        assert [row.item_id for row in db.execute(query)] == [item.item_id]
+    engine.dispose()

@@ -451,15 +451,15 @@ class CrossRunDedup:
         # And one for each record an annotator kept apart, set aside as an earlier version of another
         # published record (the decision is on a pair, see ``keep_first``): asked about that pair.
         kept_apart = pa.array(sorted(getattr(self.inner, "kept_apart", None) or ()), pa.string())
-        asked_apart = pc.and_(
-            pc.is_in(dropped["id"], value_set=kept_apart), pc.not_equal(dropped["id"], dropped["duplicate_of"])
-        )
+        # Not a record set aside as an earlier version of itself (a delta version's unchanged record of a
+        # changed input): it is no near duplicate to ask about.
+        other = pc.fill_null(pc.not_equal(dropped["id"], dropped["duplicate_of"]), False)
         again = dropped.filter(
             pc.and_(
-                pc.equal(dropped["reason"], REASON),
+                pc.and_(pc.equal(dropped["reason"], REASON), other),
                 pc.or_(
                     pc.is_in(dropped["duplicate_of"], value_set=pa.array(sorted(self.kept_from), pa.string())),
-                    pc.fill_null(asked_apart, False),
+                    pc.is_in(dropped["id"], value_set=kept_apart),
                 ),
             )
         )
