@@ -823,3 +823,63 @@ def test_a_delta_run_does_not_ask_whether_a_kept_record_read_again_unchanged_is_
     with engine.connect() as db:
         assert [row.item_id for row in db.execute(query)] == [item.item_id]
     engine.dispose()
+
+
+def _near_duplicate_items(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as db:
+        query = sa.select(review_items).where(review_items.c.kind == "near_duplicate")
+        return db.execute(query.order_by(review_items.c.item_id)).all()
+
+
+def test_the_record_the_item_kept_corrected_in_its_input_is_asked_again_beside_the_one_kept_apart(
+    workdir: Path,
+) -> None:
+    # The mirror of the test above: the record the item kept is corrected (a new record) and read alone,
+    # after a full refresh (no set-aside row ties b.jsonl to it), beside the published record kept apart.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (first,) = _near_duplicate_items(engine)
+    dec.decide(engine, first.item_id, "rita", "keep")
+    run(workdir, spec)
+    run(workdir, spec, full_refresh=True)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done, fixed."}, *notes(0, 3)])
+    v4 = run(workdir, spec)
+    assert v4.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # Not set aside unseen: asked beside the record kept apart, as the first item showed it.
+    again = _near_duplicate_items(engine)[-1]
+    payload, before = json.loads(again.payload), json.loads(first.payload)
+    assert again.item_id != first.item_id and again.status == "open" and again.version == 4
+    assert payload["kept"]["id"] == first.record_id and payload["kept"]["text"] == before["member"]["text"]
+    assert payload["kept"]["uri"] == json.loads(first.source)["uri"]
+    assert payload["member"]["fields"]["completion"] == "Done, fixed."
+    engine.dispose()
+
+
+def test_a_record_kept_apart_read_alone_beside_a_published_near_copy_shows_its_text_and_is_asked_once(
+    workdir: Path,
+) -> None:
+    from tests.test_neardup import _PAIRS  # a, and d and e: near a and near each other
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": _PAIRS["a"], "a": "Ok."}, *notes(0, 2)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": _PAIRS["d"], "a": "Ok."}])
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": _PAIRS["e"], "a": "Ok."}, *notes(5, 1)])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    for item in _near_duplicate_items(engine):  # d and e, each not a copy of a
+        dec.decide(engine, item.item_id, "rita", "keep")
+    run(workdir, spec)  # d is published; e, a near copy of it, is set aside beside it and asked about
+    asked = _near_duplicate_items(engine)[-1]
+    assert json.loads(asked.payload)["kept"]["text"] == _PAIRS["d"] + "\nOk."
+    run(workdir, spec, full_refresh=True)
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": _PAIRS["e"], "a": "Ok."}, *notes(6, 1)])
+    v4 = run(workdir, spec)  # e read alone: set aside as an earlier version of published d, not read
+    assert [Path(i.uri).name for i in v4.manifest.inputs] == ["c.jsonl"]
+    assert v4.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # The item it makes is the one open already (d's text as the item showed it), not a second one.
+    assert _near_duplicate_items(engine)[-1].item_id == asked.item_id
+    engine.dispose()
