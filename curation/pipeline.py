@@ -694,6 +694,17 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: dat
     )
     if read_again:
         log.info("%d input(s) read again for review decisions a carried record cannot take", len(read_again))
+    elif decided_before is not None and not recipe.output.carry_forward and not full_refresh:
+        # A delta version reads only new input: such decisions (a near duplicate marked not a duplicate, a
+        # rejection undone) wait for their input to change, unseen.
+        unread = inputs_to_read_again(state.engine, recipe.dataset, decided_before, decided_by)
+        if unread:
+            log.warning(
+                "review decisions on the records of %d input(s) (%s) take effect when they are read again: with "
+                "output.carry_forward false only new input is read, so run with --full-refresh",
+                len(unread),
+                ", ".join(sorted(unread)[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
+            )
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
     inputs = source_inputs(sources)

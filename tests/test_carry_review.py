@@ -883,3 +883,23 @@ def test_a_record_kept_apart_read_alone_beside_a_published_near_copy_shows_its_t
     # The item it makes is the one open already (d's text as the item showed it), not a second one.
     assert _near_duplicate_items(engine)[-1].item_id == asked.item_id
     engine.dispose()
+
+
+def test_a_delta_run_says_a_decision_on_a_set_aside_near_duplicate_needs_a_full_refresh(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out", carry_forward=False), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (item,) = _near_duplicate_items(engine)
+    dec.decide(engine, item.item_id, "rita", "keep")
+    engine.dispose()
+    with caplog.at_level(logging.WARNING, logger="curation.pipeline"):
+        assert run(workdir, spec).manifest is None  # nothing new: the decision waits for b.jsonl to change
+    (warning,) = [r.getMessage() for r in caplog.records if "--full-refresh" in r.getMessage()]
+    assert "b.jsonl" in warning and "carry_forward false" in warning
+    refreshed = run(workdir, spec, full_refresh=True)
+    assert item.record_id in lines_by_id(Path(refreshed.version_uri))
