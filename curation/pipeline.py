@@ -32,6 +32,7 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.duplicates import own_name
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
@@ -146,7 +147,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     for number, config in enumerate(recipe.stages):
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or dedup_fields(kind)
-            stages.append(ExactDedup(fields, config.normalize))
+            stages.append(ExactDedup(fields, config.normalize, own_name(ExactDedup.name, (s.name for s in stages))))
         elif isinstance(config, PiiConfig):
             from curation.stages.pii import PiiRedaction, PiiSettingError  # presidio and spaCy only when asked
 
@@ -155,7 +156,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
-            stages.extend(quality_stages(config, kind, review.decisions.kept_apart_in))
+            stages.extend(quality_stages(config, kind, review.decisions.kept_apart_in, (s.name for s in stages)))
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(
@@ -693,6 +694,17 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: dat
     )
     if read_again:
         log.info("%d input(s) read again for review decisions a carried record cannot take", len(read_again))
+    elif decided_before is not None and not recipe.output.carry_forward and not full_refresh:
+        # A delta version reads only new input: such decisions (a near duplicate marked not a duplicate, a
+        # rejection undone) wait for their input to change, unseen.
+        unread = inputs_to_read_again(state.engine, recipe.dataset, decided_before, decided_by)
+        if unread:
+            log.warning(
+                "review decisions on the records of %d input(s) (%s) take effect when they are read again: with "
+                "output.carry_forward false only new input is read, so run with --full-refresh",
+                len(unread),
+                ", ".join(sorted(unread)[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
+            )
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
     inputs = source_inputs(sources)

@@ -745,3 +745,161 @@ def test_a_record_kept_apart_then_corrected_in_its_input_is_queued_to_be_marked_
     assert "Done, updated." in json.dumps(published[again.record_id])
     assert "duplicate" not in v4.manifest.counts.reasons
     engine.dispose()
+
+
+def test_the_record_a_near_duplicate_was_kept_apart_from_stays_when_its_input_is_read_again_alone(
+    workdir: Path,
+) -> None:
+    # "Not a duplicate" holds both ways: read again alone, the record the item kept sorts after the one
+    # kept apart from it (published, it comes first in their cluster) and must not be set aside beside it.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        (item,) = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+    kept = json.loads(item.payload)["kept"]["id"]
+    dec.decide(engine, item.item_id, "rita", "keep")
+    engine.dispose()
+    run(workdir, spec)
+    # A full refresh starts the chain over: no version's set-aside rows tie b.jsonl to a.jsonl any more.
+    assert len(lines_by_id(Path(run(workdir, spec, full_refresh=True).version_uri))) == 5
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 2), *notes(10, 1)])
+    v4 = run(workdir, spec)
+    assert [Path(i.uri).name for i in v4.manifest.inputs] == ["a.jsonl"]
+    assert "duplicate" not in v4.manifest.counts.reasons
+    published = lines_by_id(Path(v4.version_uri))
+    assert kept in published and item.record_id in published and len(published) == 5
+
+
+def test_two_near_dedup_stages_of_one_recipe_keep_their_signatures_items_and_decisions_apart(workdir: Path) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    answer = "We updated the billing address on your account, and the next invoice goes to the new one"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, {"q": "Where is it?", "a": answer}])
+    # Near a.jsonl's first prompt, and near its second completion.
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Ok."}, {"q": "And now?", "a": f"{answer}."}])
+    stages = [{"type": "near_dedup", "fields": ["prompt"]}, {"type": "near_dedup", "fields": ["completion"]}]
+    spec = {**recipe("out"), "stages": stages}
+    v1 = run(workdir, spec)  # both stages across runs: their signatures travelled in one column name
+    assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:
+        items = {row.stage: row for row in db.execute(sa.select(review_items))}
+    assert sorted(items) == ["near_dedup", "near_dedup_2"]
+    # Not a duplicate of a.jsonl's second completion: says nothing of the prompts the first stage compares.
+    dec.decide(engine, items["near_dedup_2"].item_id, "rita", "keep")
+    engine.dispose()
+    v2 = run(workdir, spec)
+    published = lines_by_id(Path(v2.version_uri))
+    assert items["near_dedup_2"].record_id in published and items["near_dedup"].record_id not in published
+    assert v2.manifest.counts.reasons["duplicate"] == {"near_duplicate": 1}
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": f"{base}?", "a": "Fine."}])
+    v3 = run(workdir, spec)  # compared with each stage's own published signatures
+    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 1} and len(outputs(Path(v3.version_uri))) == 3
+
+
+def test_a_delta_run_does_not_ask_whether_a_kept_record_read_again_unchanged_is_a_copy_of_itself(
+    workdir: Path,
+) -> None:
+    # carry_forward: false sets an unchanged record of a changed input aside as an earlier version of
+    # itself; the record a near duplicate was kept apart from is no exception, and no near duplicate.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out", carry_forward=False), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    query = sa.select(review_items).where(review_items.c.kind == "near_duplicate")
+    with engine.connect() as db:
+        (item,) = db.execute(query).all()
+    dec.decide(engine, item.item_id, "rita", "keep")
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}, *notes(20, 1)])
+    assert item.record_id in lines_by_id(Path(run(workdir, spec).version_uri))
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 2), *notes(10, 1)])
+    v3 = run(workdir, spec)
+    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 3}
+    with engine.connect() as db:
+        assert [row.item_id for row in db.execute(query)] == [item.item_id]
+    engine.dispose()
+
+
+def _near_duplicate_items(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as db:
+        query = sa.select(review_items).where(review_items.c.kind == "near_duplicate")
+        return db.execute(query.order_by(review_items.c.item_id)).all()
+
+
+def test_the_record_the_item_kept_corrected_in_its_input_is_asked_again_beside_the_one_kept_apart(
+    workdir: Path,
+) -> None:
+    # The mirror of the test above: the record the item kept is corrected (a new record) and read alone,
+    # after a full refresh (no set-aside row ties b.jsonl to it), beside the published record kept apart.
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (first,) = _near_duplicate_items(engine)
+    dec.decide(engine, first.item_id, "rita", "keep")
+    run(workdir, spec)
+    run(workdir, spec, full_refresh=True)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done, fixed."}, *notes(0, 3)])
+    v4 = run(workdir, spec)
+    assert v4.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # Not set aside unseen: asked beside the record kept apart, as the first item showed it.
+    again = _near_duplicate_items(engine)[-1]
+    payload, before = json.loads(again.payload), json.loads(first.payload)
+    assert again.item_id != first.item_id and again.status == "open" and again.version == 4
+    assert payload["kept"]["id"] == first.record_id and payload["kept"]["text"] == before["member"]["text"]
+    assert payload["kept"]["uri"] == json.loads(first.source)["uri"]
+    assert payload["member"]["fields"]["completion"] == "Done, fixed."
+    engine.dispose()
+
+
+def test_a_record_kept_apart_read_alone_beside_a_published_near_copy_shows_its_text_and_is_asked_once(
+    workdir: Path,
+) -> None:
+    from tests.test_neardup import _PAIRS  # a, and d and e: near a and near each other
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": _PAIRS["a"], "a": "Ok."}, *notes(0, 2)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": _PAIRS["d"], "a": "Ok."}])
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": _PAIRS["e"], "a": "Ok."}, *notes(5, 1)])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    for item in _near_duplicate_items(engine):  # d and e, each not a copy of a
+        dec.decide(engine, item.item_id, "rita", "keep")
+    run(workdir, spec)  # d is published; e, a near copy of it, is set aside beside it and asked about
+    asked = _near_duplicate_items(engine)[-1]
+    assert json.loads(asked.payload)["kept"]["text"] == _PAIRS["d"] + "\nOk."
+    run(workdir, spec, full_refresh=True)
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": _PAIRS["e"], "a": "Ok."}, *notes(6, 1)])
+    v4 = run(workdir, spec)  # e read alone: set aside as an earlier version of published d, not read
+    assert [Path(i.uri).name for i in v4.manifest.inputs] == ["c.jsonl"]
+    assert v4.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # The item it makes is the one open already (d's text as the item showed it), not a second one.
+    assert _near_duplicate_items(engine)[-1].item_id == asked.item_id
+    engine.dispose()
+
+
+def test_a_delta_run_says_a_decision_on_a_set_aside_near_duplicate_needs_a_full_refresh(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
+    spec = {**recipe("out", carry_forward=False), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (item,) = _near_duplicate_items(engine)
+    dec.decide(engine, item.item_id, "rita", "keep")
+    engine.dispose()
+    with caplog.at_level(logging.WARNING, logger="curation.pipeline"):
+        assert run(workdir, spec).manifest is None  # nothing new: the decision waits for b.jsonl to change
+    (warning,) = [r.getMessage() for r in caplog.records if "--full-refresh" in r.getMessage()]
+    assert "b.jsonl" in warning and "carry_forward false" in warning
+    refreshed = run(workdir, spec, full_refresh=True)
+    assert item.record_id in lines_by_id(Path(refreshed.version_uri))

@@ -459,3 +459,46 @@ def test_copies_of_two_rejected_records_of_one_content_name_the_first_read_on_ra
         outcomes[name] = (aside, kept, second.manifest.counts.reasons)
     assert outcomes["local"][2] == {"filtered": {"review": 3}}  # the two rejected records, b.jsonl's line 3
     assert outcomes["ray"] == outcomes["local"]
+
+
+def test_two_near_dedup_stages_of_one_recipe_run_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """The second is named near_dedup_2 on both executors: its signatures, items and statistics its own."""
+    from curation.review.queue import review_items
+
+    answer = "We updated the billing address on your account, and the next invoice goes to the new one"
+    rows = [
+        {"q": f"{BILLING}.", "a": "Done."},
+        {"q": "Where is it?", "a": answer},
+        {"q": f"{BILLING}!", "a": "Ok."},
+        {"q": "And now?", "a": f"{answer}."},
+    ]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        folder = workdir / name
+        write_jsonl(folder / "in" / "a.jsonl", rows)
+        spec = {
+            "dataset": "near",
+            "sources": [{"path": str(folder / "in")}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [{"type": "near_dedup", "fields": ["prompt"]}, {"type": "near_dedup", "fields": ["completion"]}],
+            "output": {"dest": str(folder / "out")},
+            "state": f"sqlite:///{folder}/state.db",
+        }
+        loaded = load_recipe(write_recipe(folder, spec))
+        first = run_recipe(loaded, executor=executor)
+        engine = sa.create_engine(loaded.state)
+        with engine.connect() as db:
+            stages = sorted(db.execute(sa.select(review_items.c.stage)).scalars())
+        engine.dispose()
+        write_jsonl(folder / "in" / "b.jsonl", [{"q": f"{BILLING}?", "a": "Fine."}])
+        second = run_recipe(loaded, executor=executor)
+        outcomes[name] = (first.manifest.counts.reasons, stages, second.manifest.counts.reasons)
+    assert outcomes["local"] == (
+        {"duplicate": {"near_duplicate": 2}},
+        ["near_dedup", "near_dedup_2"],
+        {"duplicate": {"earlier_version": 1}},
+    )
+    assert outcomes["ray"] == outcomes["local"]

@@ -96,7 +96,9 @@ class ExactDedup:
     name = "exact_dedup"
     reason = "exact_duplicate"
 
-    def __init__(self, fields: list[str], normalize: bool = True) -> None:
+    def __init__(self, fields: list[str], normalize: bool = True, name: str | None = None) -> None:
+        if name is not None:
+            self.name = name  # a second exact_dedup of the recipe (``own_name``)
         self.fields = fields
         self.normalize = normalize
         if "image" in fields:

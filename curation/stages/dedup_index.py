@@ -55,8 +55,8 @@ published_signatures = sa.Table(
 
 def signature_params(stage: Any) -> str:
     """A digest of the settings that shape a stage's signatures (not its threshold, nor the records
-    annotators kept apart)."""
-    settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index", "kept_apart")}
+    annotators kept apart; its name once, a second stage of a type's ``own_name`` included)."""
+    settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index", "kept_apart", "name")}
     return uuid.uuid5(uuid.NAMESPACE_OID, json.dumps([stage.name, settings], default=str)).hex
 
 
@@ -451,15 +451,15 @@ class CrossRunDedup:
         # And one for each record an annotator kept apart, set aside as an earlier version of another
         # published record (the decision is on a pair, see ``keep_first``): asked about that pair.
         kept_apart = pa.array(sorted(getattr(self.inner, "kept_apart", None) or ()), pa.string())
-        asked_apart = pc.and_(
-            pc.is_in(dropped["id"], value_set=kept_apart), pc.not_equal(dropped["id"], dropped["duplicate_of"])
-        )
+        # Not a record set aside as an earlier version of itself (a delta version's unchanged record of a
+        # changed input): it is no near duplicate to ask about.
+        other = pc.fill_null(pc.not_equal(dropped["id"], dropped["duplicate_of"]), False)
         again = dropped.filter(
             pc.and_(
-                pc.equal(dropped["reason"], REASON),
+                pc.and_(pc.equal(dropped["reason"], REASON), other),
                 pc.or_(
                     pc.is_in(dropped["duplicate_of"], value_set=pa.array(sorted(self.kept_from), pa.string())),
-                    pc.fill_null(asked_apart, False),
+                    pc.is_in(dropped["id"], value_set=kept_apart),
                 ),
             )
         )

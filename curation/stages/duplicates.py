@@ -25,6 +25,17 @@ PUBLISHED_PREFIX = "published:"
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 
 
+def own_name(name: str, taken: Iterable[str]) -> str:
+    """The name of a dedup stage of a recipe: its type's (``name``), or for a second stage of that type
+    ``name_2`` and so on. A stage's name keys what it stores across runs (its signatures, which travel to
+    the recorder in a column of that name), its review items (and so the records annotators keep apart in
+    it) and its statistics: two stages sharing one would mix them."""
+    taken = set(taken)
+    if name not in taken:
+        return name
+    return next(f"{name}_{n}" for n in range(2, len(taken) + 3) if f"{name}_{n}" not in taken)
+
+
 def one_key_each(keys: pa.Array) -> pa.ListArray:
     """The ``keys`` column of signature rows that hold one key each (exact dedup's content hash)."""
     return pa.ListArray.from_arrays(pa.array(np.arange(len(keys) + 1, dtype=np.int32)), keys)
@@ -135,7 +146,11 @@ def _kept_apart(
     its cluster already publishes (the kept one, one published in an earlier version, one kept apart
     before it) that it was not kept apart from: then it is set aside as a copy of that one, which its
     review flag shows, and the annotator can mark it not a duplicate of that one too. The others of
-    its cluster keep the record they kept (and stay set aside): the clusters are made as before."""
+    its cluster keep the record they kept (and stay set aside): the clusters are made as before.
+
+    A pair holds both ways: the record the item kept is not a copy of the one kept apart from it either,
+    for when it comes later in a cluster (read again alone, the other one published: it sorts first)."""
+    kept_apart = _both_ways(kept_apart)
     asked = dupes.filter(pl.col("id").is_in(sorted(kept_apart)))
     if asked.height == 0:
         return dupes
@@ -168,6 +183,16 @@ def _kept_apart(
     dupes = dupes.join(decided, on="id", how="left", maintain_order="left")
     dupes = dupes.filter(~pl.col("id").is_in(decided["id"].implode()) | pl.col("_copy_of").is_not_null())
     return dupes.with_columns(pl.coalesce("_copy_of", "kept").alias("kept")).drop("_copy_of")
+
+
+def _both_ways(kept_apart: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+    """Each record of a pair an annotator kept apart -> the records it was kept apart from, either side."""
+    pairs: dict[str, set[str]] = {}
+    for record, others in kept_apart.items():
+        pairs.setdefault(record, set()).update(others)
+        for other in others:
+            pairs.setdefault(other, set()).add(record)
+    return pairs
 
 
 def _original(record: str) -> str:

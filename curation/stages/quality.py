@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from curation.stages.clean import Clean
+from curation.stages.duplicates import own_name
 from curation.stages.expectations import Expectations, UniqueValues
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
 from curation.stages.neardup import ImageNearDedup, NearDedup
@@ -40,21 +41,26 @@ def text_fields(kind: str) -> list[str]:
 
 
 def quality_stages(
-    config: QualityConfig, kind: str, kept_apart: Mapping[str, Mapping[str, Collection[str]]] | None = None
+    config: QualityConfig,
+    kind: str,
+    kept_apart: Mapping[str, Mapping[str, Collection[str]]] | None = None,
+    taken: Iterable[str] = (),
 ) -> list[QualityStage | ImageNearDedup | UniqueValues]:
     """The stages one recipe entry makes: one, but for expectations, whose ``unique`` checks are over
     the whole run (a global stage after the per-batch ones). ``kept_apart``: per stage name, the records
     annotators marked "not a duplicate" on that stage's items, each with the records it is not a copy
-    of (``RunDecisions.kept_apart_in``), which that near-duplicate stage does not set aside as such."""
+    of (``RunDecisions.kept_apart_in``), which that near-duplicate stage does not set aside as such.
+    ``taken``: the names of the recipe's stages before it (a second near-dedup stage is named apart,
+    ``own_name``)."""
     if isinstance(config, ExpectationsConfig):
         per_batch = [spec for spec in config.expect if spec.check != "unique"]
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
         return [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
-    return [_one_stage(config, kind, kept_apart or {})]
+    return [_one_stage(config, kind, kept_apart or {}, taken)]
 
 
 def _one_stage(
-    config: QualityConfig, kind: str, kept_apart: Mapping[str, Mapping[str, Collection[str]]]
+    config: QualityConfig, kind: str, kept_apart: Mapping[str, Mapping[str, Collection[str]]], taken: Iterable[str]
 ) -> QualityStage | ImageNearDedup:
     """The stage of one recipe entry other than expectations (see ``quality_stages``)."""
     fields = getattr(config, "fields", None) or text_fields(kind)
@@ -77,6 +83,8 @@ def _one_stage(
         )
     if isinstance(config, NearDedupConfig):
         fields = config.fields or [f for f in dedup_fields(kind) if f != "image"]
-        return NearDedup(fields, **settings, kept_apart=kept_apart.get(NearDedup.name))
+        name = own_name(NearDedup.name, taken)
+        return NearDedup(fields, **settings, kept_apart=kept_apart.get(name), name=name)
     question = "question" if config.match_question and kind == "vqa" else None
-    return ImageNearDedup(config.column, config.max_distance, question, kept_apart.get(ImageNearDedup.name))
+    name = own_name(ImageNearDedup.name, taken)
+    return ImageNearDedup(config.column, config.max_distance, question, kept_apart.get(name), name)
