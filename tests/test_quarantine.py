@@ -738,3 +738,27 @@ def test_a_parquet_moment_python_cannot_hold_quarantines_its_row_not_the_run(wor
     lines = outputs(Path(run(workdir, fields, full_refresh=True).version_uri))
     assert sorted(line["prompt"] for line in lines) == ["10000-01-02 00:00:00", "1970-01-01 00:00:00"]
     assert sorted(line["completion"][:19] for line in lines) == ["10000-01-02 00:00:0", "1970-01-01 00:00:00"]
+
+
+@pytest.mark.parametrize("split", ["group_by", "stratify_by"])
+def test_a_parquet_moment_python_cannot_hold_fails_no_later_stage(workdir: Path, split: str) -> None:
+    """A timestamp after the year 9999 in a column the split groups or stratifies by, in a batch validated
+    row by row (an empty prompt, an amount that is no number): the input schema's and the record's checks
+    and the split called ``to_pylist`` on the batch or column, which raised (a traceback failed the run)."""
+    moments = pa.array([0, 253402300800 * 1_000_000 + 86_400_000_000, 0, 0], pa.int64())  # 10000-01-02 second
+    table = pa.table(
+        {"q": ["first", "second", "", "fourth"], "amount": ["1", "2", "3", "x"], "ts": moments.cast(pa.timestamp("us"))}
+    )
+    pq.write_table(table, workdir / "moments.parquet")
+    spec = qa_recipe(
+        "moments.parquet",
+        completion="amount",
+        input_schema={"columns": {"q": "str", "amount": "float"}},
+        output={"validation_fraction": 0.5, split: "ts"},
+    )
+    result = run(workdir, spec)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["first", "second"]
+    asides = {aside["source"]["line"]: aside for aside in set_aside(Path(result.version_uri))}
+    assert sorted(asides) == [3, 4] and asides[4]["stage"] == "validate_input"
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (4, 2, 2)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.split import key_texts
-from curation.stages.base import StageResult, is_text
+from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
 from schemas.json_values import float_texts
 from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
@@ -148,10 +148,10 @@ def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     if unit == "s" and getattr(values.type, "tz", None) is None:
         return texts
     if getattr(values.type, "tz", None) is not None:
-        python = _as_python(values.combine_chunks())
+        python = as_python(values.combine_chunks())
         arrows = texts.to_pylist()
         return pa.array(
-            [None if v is None else text if v is _NOT_HELD else str(v) for v, text in zip(python, arrows, strict=True)],
+            [None if v is None else text if v is NOT_HELD else str(v) for v, text in zip(python, arrows, strict=True)],
             pa.string(),
         )
     per_second, digits = _TICKS[unit]
@@ -165,41 +165,6 @@ def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     elif digits < 6:
         texts = _rewritten(texts, ~whole, lambda some: pc.binary_join_element_wise(some, "0" * (6 - digits), ""))
     return texts
-
-
-# A value Python's types cannot hold (a timestamp after the year 9999): see ``_as_python``.
-_NOT_HELD = object()
-_NOT_HELD_ERRORS = (OverflowError, ValueError, pa.ArrowException)
-
-
-def _as_python(values: pa.Array, as_text: bool = False) -> list[Any]:
-    """``values`` as Python objects; for each one Python cannot hold (a Parquet timestamp after the year
-    9999: ``to_pylist`` raises for the whole column), ``_NOT_HELD``, or with ``as_text`` Arrow's text of it."""
-    try:
-        return values.to_pylist()
-    except _NOT_HELD_ERRORS:
-        held: list[Any] = []
-        for at in range(len(values)):
-            try:
-                held.append(values[at].as_py())
-            except _NOT_HELD_ERRORS:
-                held.append(values[at].cast(pa.string()).as_py() if as_text else _NOT_HELD)
-        return held
-
-
-def _rows_as_python(table: pa.Table, as_text: bool = False) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    """The rows of ``table`` as dicts, and for each the columns whose value Python cannot hold (left out
-    of its dict, or with ``as_text`` there as Arrow's text): such a row is quarantined by a template that
-    reads one, not the whole run failed."""
-    try:
-        return table.to_pylist(), [[] for _ in range(table.num_rows)]
-    except _NOT_HELD_ERRORS:
-        columns = {name: _as_python(table[name].combine_chunks(), as_text) for name in table.column_names}
-        rows = [
-            {name: values[at] for name, values in columns.items() if values[at] is not _NOT_HELD}
-            for at in range(table.num_rows)
-        ]
-        return rows, [[n for n, values in columns.items() if values[at] is _NOT_HELD] for at in range(table.num_rows)]
 
 
 def _rewritten(texts: pa.Array, where: np.ndarray, rewrite: Callable[[pa.Array], pa.Array]) -> pa.Array:
@@ -280,7 +245,7 @@ class Shape:
         sources = bad["source"].to_pylist()
         details = [f"{location(s)}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)]
         # A VQA record's image as its size, not its bytes' repr (``record_json``).
-        records = [record_json(r) for r in _rows_as_python(bad.drop_columns(["id", "source"]), as_text=True)[0]]
+        records = [record_json(r) for r in rows_as_python(bad.drop_columns(["id", "source"]), as_text=True)[0]]
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)
 
@@ -330,7 +295,7 @@ class Shape:
         rendered: list[str | None] = []
         problems: list[str | None] = []
         only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
-        rows, not_held = _rows_as_python(batch.drop_columns(["id", "source"]))
+        rows, not_held = rows_as_python(batch.drop_columns(["id", "source"]))
         for row, unheld in zip(rows, not_held, strict=True):
             if unheld and any(name in field.template_columns for name in unheld):
                 rendered.append(None)
