@@ -762,3 +762,19 @@ def test_a_parquet_moment_python_cannot_hold_fails_no_later_stage(workdir: Path,
     assert sorted(asides) == [3, 4] and asides[4]["stage"] == "validate_input"
     counts = result.manifest.counts
     assert (counts.input, counts.written, counts.quarantined) == (4, 2, 2)
+
+
+def test_a_duration_publishes_one_text_as_a_field_and_in_a_template(workdir: Path) -> None:
+    """A duration (a Parquet one, a PostgreSQL interval) named by a field wrote its ticks in the column's unit
+    (``5000000`` for five seconds in microseconds), a template Python's text (``0:00:05``)."""
+    import datetime as dt
+
+    texts = {dt.timedelta(seconds=5): "0:00:05", dt.timedelta(days=1, microseconds=120000): "1 day, 0:00:00.120000"}
+    for unit in ("s", "ms", "us"):
+        values = [value for value in texts if unit != "s" or not value.microseconds]
+        pq.write_table(pa.table({"d": pa.array(values, pa.duration(unit))}), workdir / f"{unit}.parquet")
+        spec = qa_recipe(f"{unit}.parquet", prompt="d", completion="Took {{ d }}", output={"validation_fraction": 0})
+        lines = outputs(Path(run(workdir, spec).version_uri))
+        assert sorted((line["prompt"], line["completion"]) for line in lines) == sorted(
+            (texts[value], f"Took {texts[value]}") for value in values
+        )

@@ -270,6 +270,9 @@ class Shape:
                 return float_texts(values), [], ""
             if pa.types.is_timestamp(values.type) or pa.types.is_time(values.type):
                 return _time_texts(values), [], ""
+            if pa.types.is_duration(values.type):  # as a template writes it (0:00:05), not its ticks (5000000)
+                texts = [None if v is None else str(v) for v in as_python(values, as_text=True)]
+                return pa.array(texts, pa.string()), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
