@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from curation.stages.base import as_python
 from schemas.config import RecipeError
 from schemas.hashing import Column, xxh3_64
 
@@ -146,7 +147,8 @@ class Splitter:
                 f"output.{setting}: column {name!r} is not in the records (a record takes it from its input, "
                 f"which has no such column); they have: {usable}"
             )
-        return [missing if v is None else key_text(v) for v in batch[name].to_pylist()]
+        # A value Python cannot hold (a Parquet timestamp after 9999) as Arrow's text: to_pylist raised for the column.
+        return [missing if v is None else key_text(v) for v in as_python(batch[name], as_text=True)]
 
     def assign(self, batch: pa.Table) -> pa.Array:
         """True where each record of the batch goes to validation."""

@@ -738,3 +738,77 @@ def test_a_parquet_moment_python_cannot_hold_quarantines_its_row_not_the_run(wor
     lines = outputs(Path(run(workdir, fields, full_refresh=True).version_uri))
     assert sorted(line["prompt"] for line in lines) == ["10000-01-02 00:00:00", "1970-01-01 00:00:00"]
     assert sorted(line["completion"][:19] for line in lines) == ["10000-01-02 00:00:0", "1970-01-01 00:00:00"]
+
+
+@pytest.mark.parametrize("split", ["group_by", "stratify_by"])
+def test_a_parquet_moment_python_cannot_hold_fails_no_later_stage(workdir: Path, split: str) -> None:
+    """A timestamp after the year 9999 in a column the split groups or stratifies by, in a batch validated
+    row by row (an empty prompt, an amount that is no number): the input schema's and the record's checks
+    and the split called ``to_pylist`` on the batch or column, which raised (a traceback failed the run)."""
+    moments = pa.array([0, 253402300800 * 1_000_000 + 86_400_000_000, 0, 0], pa.int64())  # 10000-01-02 second
+    table = pa.table(
+        {"q": ["first", "second", "", "fourth"], "amount": ["1", "2", "3", "x"], "ts": moments.cast(pa.timestamp("us"))}
+    )
+    pq.write_table(table, workdir / "moments.parquet")
+    spec = qa_recipe(
+        "moments.parquet",
+        completion="amount",
+        input_schema={"columns": {"q": "str", "amount": "float"}},
+        output={"validation_fraction": 0.5, split: "ts"},
+    )
+    result = run(workdir, spec)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["first", "second"]
+    asides = {aside["source"]["line"]: aside for aside in set_aside(Path(result.version_uri))}
+    assert sorted(asides) == [3, 4] and asides[4]["stage"] == "validate_input"
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (4, 2, 2)
+
+
+def test_a_duration_publishes_one_text_as_a_field_and_in_a_template(workdir: Path) -> None:
+    """A duration (a Parquet one, a PostgreSQL interval) named by a field wrote its ticks in the column's unit
+    (``5000000`` for five seconds in microseconds), a template Python's text (``0:00:05``)."""
+    import datetime as dt
+
+    texts = {dt.timedelta(seconds=5): "0:00:05", dt.timedelta(days=1, microseconds=120000): "1 day, 0:00:00.120000"}
+    for unit in ("s", "ms", "us"):
+        values = [value for value in texts if unit != "s" or not value.microseconds]
+        pq.write_table(pa.table({"d": pa.array(values, pa.duration(unit))}), workdir / f"{unit}.parquet")
+        spec = qa_recipe(f"{unit}.parquet", prompt="d", completion="Took {{ d }}", output={"validation_fraction": 0})
+        lines = outputs(Path(run(workdir, spec).version_uri))
+        assert sorted((line["prompt"], line["completion"]) for line in lines) == sorted(
+            (texts[value], f"Took {texts[value]}") for value in values
+        )
+
+
+def test_the_float32_columns_a_record_does_not_read_are_left_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each float32 column was written to text and read back (about 0.1 us a value) whether a field or
+    template read it or not: a Parquet file's 40 unread feature columns made the stage about 100 times slower."""
+    import pyarrow.compute as pc
+
+    from curation.stages.shape import Shape
+    from schemas.config import RecordShape
+    from schemas.records import SOURCE_TYPE
+
+    cast_from: list[pa.DataType] = []
+    cast = pc.cast
+
+    def counting(values: Any, *args: Any, **kwargs: Any) -> Any:
+        cast_from.append(values.type)
+        return cast(values, *args, **kwargs)
+
+    monkeypatch.setattr(pc, "cast", counting)
+    features = {f"f{j}": pa.array([0.1, 0.2], pa.float32()) for j in range(40)}
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "source": pa.array(
+                [{"connector": "files", "uri": "x", "line": n, "page": None} for n in (1, 2)], SOURCE_TYPE
+            ),
+            "q": ["first", "second"],
+            "score": pa.array([0.1, 2.0], pa.float32()),
+            **features,
+        }
+    )
+    shaped = Shape(RecordShape(kind="instruction", prompt="q", completion="Scored {{ score }}"))(table).kept
+    assert shaped["completion"].to_pylist() == ["Scored 0.1", "Scored 2.0"]
+    assert cast_from.count(pa.float32()) == 1  # the score's, not the 40 features'

@@ -10,13 +10,47 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.config import RecipeError
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_flags, empty_set_aside
+
+# A value Python's types cannot hold (a Parquet timestamp after the year 9999): see ``as_python``.
+NOT_HELD = object()
+_NOT_HELD_ERRORS = (OverflowError, ValueError, pa.ArrowException)
+
+
+def as_python(values: pa.Array | pa.ChunkedArray, as_text: bool = False) -> list[Any]:
+    """``values`` as Python objects; for each one Python cannot hold (a Parquet timestamp after the year
+    9999: ``to_pylist`` raises for the whole column), ``NOT_HELD``, or with ``as_text`` Arrow's text of it."""
+    try:
+        return values.to_pylist()
+    except _NOT_HELD_ERRORS:
+        held: list[Any] = []
+        for at in range(len(values)):
+            try:
+                held.append(values[at].as_py())
+            except _NOT_HELD_ERRORS:
+                held.append(values[at].cast(pa.string()).as_py() if as_text else NOT_HELD)
+        return held
+
+
+def rows_as_python(table: pa.Table, as_text: bool = False) -> tuple[list[dict[str, Any]], list[list[str]]]:
+    """The rows of ``table`` as dicts, and for each the columns whose value Python cannot hold (left out
+    of its dict, or with ``as_text`` there as Arrow's text): such a row is quarantined by a template that
+    reads one, not the whole run failed (``to_pylist`` raises for the whole table)."""
+    try:
+        return table.to_pylist(), [[] for _ in range(table.num_rows)]
+    except _NOT_HELD_ERRORS:
+        columns = {name: as_python(table[name].combine_chunks(), as_text) for name in table.column_names}
+        rows = [
+            {name: values[at] for name, values in columns.items() if values[at] is not NOT_HELD}
+            for at in range(table.num_rows)
+        ]
+        return rows, [[n for n, values in columns.items() if values[at] is NOT_HELD] for at in range(table.num_rows)]
 
 
 class StageError(RuntimeError):

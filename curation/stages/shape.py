@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import jinja2
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.split import key_texts
-from curation.stages.base import StageResult, is_text
+from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
 from schemas.json_values import float_texts
 from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
@@ -117,12 +117,14 @@ def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[st
     return pa.array(texts, pa.string()), problems, "schema"
 
 
-def _widened_floats(batch: pa.Table) -> pa.Table:
-    """``batch`` with each float32 column (a Parquet ``float``) as the float64 its text writes (``0.1``, not
+def _widened_floats(batch: pa.Table, names: Collection[str] | None = None) -> pa.Table:
+    """``batch`` with each float32 column (of ``names``, or every one) (a Parquet ``float``) as the float64 its text writes (``0.1``, not
     ``0.10000000149011612``: Arrow's cast of a float32 to text gives its own shortest digits, Python's float
     the float64 the float32 holds), and each float16 one as a float64: a field naming the column and a
     template then write one text, Python's (``0.1``, ``1.0``)."""
     for index, kind in enumerate(batch.schema.types):
+        if names is not None and batch.column_names[index] not in names:
+            continue
         if pa.types.is_float32(kind):
             widened = pc.cast(pc.cast(batch.column(index), pa.string()), pa.float64())
         elif pa.types.is_float16(kind):
@@ -148,10 +150,10 @@ def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     if unit == "s" and getattr(values.type, "tz", None) is None:
         return texts
     if getattr(values.type, "tz", None) is not None:
-        python = _as_python(values.combine_chunks())
+        python = as_python(values.combine_chunks())
         arrows = texts.to_pylist()
         return pa.array(
-            [None if v is None else text if v is _NOT_HELD else str(v) for v, text in zip(python, arrows, strict=True)],
+            [None if v is None else text if v is NOT_HELD else str(v) for v, text in zip(python, arrows, strict=True)],
             pa.string(),
         )
     per_second, digits = _TICKS[unit]
@@ -165,41 +167,6 @@ def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     elif digits < 6:
         texts = _rewritten(texts, ~whole, lambda some: pc.binary_join_element_wise(some, "0" * (6 - digits), ""))
     return texts
-
-
-# A value Python's types cannot hold (a timestamp after the year 9999): see ``_as_python``.
-_NOT_HELD = object()
-_NOT_HELD_ERRORS = (OverflowError, ValueError, pa.ArrowException)
-
-
-def _as_python(values: pa.Array, as_text: bool = False) -> list[Any]:
-    """``values`` as Python objects; for each one Python cannot hold (a Parquet timestamp after the year
-    9999: ``to_pylist`` raises for the whole column), ``_NOT_HELD``, or with ``as_text`` Arrow's text of it."""
-    try:
-        return values.to_pylist()
-    except _NOT_HELD_ERRORS:
-        held: list[Any] = []
-        for at in range(len(values)):
-            try:
-                held.append(values[at].as_py())
-            except _NOT_HELD_ERRORS:
-                held.append(values[at].cast(pa.string()).as_py() if as_text else _NOT_HELD)
-        return held
-
-
-def _rows_as_python(table: pa.Table, as_text: bool = False) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    """The rows of ``table`` as dicts, and for each the columns whose value Python cannot hold (left out
-    of its dict, or with ``as_text`` there as Arrow's text): such a row is quarantined by a template that
-    reads one, not the whole run failed."""
-    try:
-        return table.to_pylist(), [[] for _ in range(table.num_rows)]
-    except _NOT_HELD_ERRORS:
-        columns = {name: _as_python(table[name].combine_chunks(), as_text) for name in table.column_names}
-        rows = [
-            {name: values[at] for name, values in columns.items() if values[at] is not _NOT_HELD}
-            for at in range(table.num_rows)
-        ]
-        return rows, [[n for n, values in columns.items() if values[at] is _NOT_HELD] for at in range(table.num_rows)]
 
 
 def _rewritten(texts: pa.Array, where: np.ndarray, rewrite: Callable[[pa.Array], pa.Array]) -> pa.Array:
@@ -243,9 +210,16 @@ class Shape:
             "instruction": {"prompt", "completion"},
             "vqa": {"image", "question", "answer"},
         }.get(self.kind, set())
+        # The columns a record reads: only those are widened (a float32 column costs about 0.1 us a value; a
+        # Parquet file's unread feature columns cost a hundred times the rest of the stage).
+        self.reads = {
+            *self.carry,
+            *(field.column for field in self.fields),
+            *(n for f in self.fields for n in f.template_columns),
+        }
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        batch = _widened_floats(batch)
+        batch = _widened_floats(batch, self.reads)
         columns: dict[str, pa.Array] = {}
         problems: list[str | None] | None = None  # per record, made only when a field has a problem
         reasons: list[str | None] = []
@@ -275,12 +249,12 @@ class Shape:
             return StageResult(kept=shaped)
         keep = pa.array([p is None for p in problems])
         kept = shaped.filter(keep)
-        bad = batch.filter(pc.invert(keep))
+        bad = _widened_floats(batch.filter(pc.invert(keep)))  # a set-aside record's floats as a template's
         bad_reasons = [r for r in reasons if r is not None]
         sources = bad["source"].to_pylist()
         details = [f"{location(s)}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)]
         # A VQA record's image as its size, not its bytes' repr (``record_json``).
-        records = [record_json(r) for r in _rows_as_python(bad.drop_columns(["id", "source"]), as_text=True)[0]]
+        records = [record_json(r) for r in rows_as_python(bad.drop_columns(["id", "source"]), as_text=True)[0]]
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)
 
@@ -305,6 +279,9 @@ class Shape:
                 return float_texts(values), [], ""
             if pa.types.is_timestamp(values.type) or pa.types.is_time(values.type):
                 return _time_texts(values), [], ""
+            if pa.types.is_duration(values.type):  # as a template writes it (0:00:05), not its ticks (5000000)
+                texts = [None if v is None else str(v) for v in as_python(values, as_text=True)]
+                return pa.array(texts, pa.string()), [], ""
             # One chunk: the reader's many small ones make every later kernel pay per chunk.
             try:
                 return pc.cast(values, pa.string()).combine_chunks(), [], ""
@@ -330,7 +307,7 @@ class Shape:
         rendered: list[str | None] = []
         problems: list[str | None] = []
         only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
-        rows, not_held = _rows_as_python(batch.drop_columns(["id", "source"]))
+        rows, not_held = rows_as_python(batch.drop_columns(["id", "source"]))
         for row, unheld in zip(rows, not_held, strict=True):
             if unheld and any(name in field.template_columns for name in unheld):
                 rendered.append(None)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
-from curation.stages.base import StageResult, split_by_mask
+from curation.stages.base import StageResult, rows_as_python, split_by_mask
 from schemas.records import Record, location, record_json, set_aside_rows
 
 ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
@@ -124,7 +124,8 @@ class SchemaValidation:
         return batch
 
     def _row_by_row(self, batch: pa.Table) -> StageResult:
-        rows = batch.to_pylist()
+        # A value Python cannot hold (a Parquet timestamp after 9999) as Arrow's text: to_pylist raised for the batch.
+        rows = rows_as_python(batch, as_text=True)[0]
         valid: list[bool] = []
         clean: list[BaseModel] = []
         details, records = [], []
@@ -155,7 +156,7 @@ class SchemaValidation:
         names = ", ".join(repr(m) for m in missing)
         sources = batch["source"].to_pylist()
         details = [f"{location(s)}: required column {names} is missing" for s in sources]
-        records = [record_json(r) for r in batch.drop_columns(["id", "source"]).to_pylist()]
+        records = [record_json(r) for r in rows_as_python(batch.drop_columns(["id", "source"]), as_text=True)[0]]
         set_aside = set_aside_rows(
             batch["id"], batch["source"], self.name, "quarantined", "missing_column", details, records
         )
