@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.pii import DETECTION_RULES, PiiConfig
-from schemas.records import CONTENT_COLUMNS
+from schemas.records import CONTENT_COLUMNS, TEXT_RULES
 
 
 class RecipeError(ValueError):
@@ -558,6 +558,7 @@ class Recipe(Strict):
             if (key_id := stage.pseudonym_key_id()) is not None:
                 dumped["secret"] = key_id  # dumped as "**********" whatever it is; the environment's not at all
             dumped["detection_rules"] = DETECTION_RULES
+        settings["text_rules"] = TEXT_RULES
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

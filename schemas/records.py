@@ -226,6 +226,15 @@ RECORD_MODELS: dict[str, type[Record]] = {
     "table": TableRow,
 }
 
+# How an input value is written as a record's text (a field naming its column, a template) changes with
+# a release now and then: counted here and kept in the recipe's fingerprint, so the first scheduled run
+# after such a release says the recipe changed (records it carries keep their old text, and content sent
+# again is not an exact duplicate of its old text: ``--full-refresh`` writes every record the new way).
+# 2: floats as Python writes them (10.0, not 10; float32 as its own digits), an integer beside floats in
+#    JSONL as its line wrote it, times and timestamps as Python's str (05, not 05.000000), durations as
+#    Python's (0:00:05, not 5), unscaled PostgreSQL numerics as each value's own digits.
+TEXT_RULES = 2
+
 # The content columns of each kind, in output order (id and source are added to all).
 CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "document": ("text", "title"),

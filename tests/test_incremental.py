@@ -517,3 +517,32 @@ def test_inputs_moved_away_once_taken_leave_nothing_new_not_a_failed_run(workdir
     # A source that never gave a file names the wrong place, most likely: that fails.
     with pytest.raises(StorageError, match="no input files match"):
         run(workdir, {**spec, "dataset": "other", "sources": [{"path": "landing/*.csv"}]})
+
+
+def test_a_release_writing_values_as_other_text_is_a_changed_recipe(
+    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that writes an input value as other text (a float field 10.0, not 10) leaves carried
+    records with the old text, and content sent again is no exact duplicate of it: the first scheduled
+    run after it says so, as for a changed recipe."""
+    import logging
+
+    import schemas.config
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": "How much?", "n": 10.0}])
+    spec = {
+        "dataset": "amounts",
+        "sources": [{"path": "in/"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "n"},
+        "stages": [{"type": "exact_dedup", "across_runs": True}],
+        "output": {"validation_fraction": 0.0},
+    }
+    monkeypatch.setattr(schemas.config, "TEXT_RULES", schemas.config.TEXT_RULES - 1)  # the release before
+    first = run(workdir, spec)
+    monkeypatch.undo()
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "How much again?", "n": 2.5}])
+    with caplog.at_level(logging.WARNING):
+        second = run(workdir, spec)
+    assert first.manifest.recipe_sha256 != second.manifest.recipe_sha256
+    assert "how values are written as text, in a new release of curation" in caplog.text
+    assert "--full-refresh" in caplog.text
