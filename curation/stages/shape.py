@@ -307,7 +307,9 @@ class Shape:
         rendered: list[str | None] = []
         problems: list[str | None] = []
         only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
-        rows, not_held = rows_as_python(batch.drop_columns(["id", "source"]))
+        # Only the columns the template reads become Python objects (a wide table's others cost as much each).
+        read = [name for name in batch.column_names if name in field.template_columns and name not in ("id", "source")]
+        rows, not_held = rows_as_python(batch.select(read))
         for row, unheld in zip(rows, not_held, strict=True):
             if unheld and any(name in field.template_columns for name in unheld):
                 rendered.append(None)
