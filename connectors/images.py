@@ -145,7 +145,7 @@ class ImagesSourceReader:
                         self.watermark.replaced.add(entry.uri)
                     else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
                         taken = data[: before["bytes"]] if before is not None else b""
-                        self._taken_lines[entry.uri] = taken.count(b"\n") + (bool(taken) and not taken.endswith(b"\n"))
+                        self._taken_lines[entry.uri] = _lines_in(taken, _line_end(data))
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 
@@ -316,6 +316,17 @@ class ImagesSourceReader:
             return False
         self.watermark.set(item, fingerprint)
         return True
+
+
+def _line_end(data: bytes) -> bytes:
+    """What ends a line of a sidecar as its reader numbers them: LF, or CR in a file with no LF at all
+    (classic Mac, Excel's "CSV (Macintosh)"; see connectors.files._LineFeeds)."""
+    return b"\r" if b"\r" in data and b"\n" not in data else b"\n"
+
+
+def _lines_in(data: bytes, end: bytes) -> int:
+    """How many lines ``data`` holds, the last one whether or not it is ended."""
+    return data.count(end) + (bool(data) and not data.endswith(end))
 
 
 def _outside(name: str) -> bool:
