@@ -645,3 +645,22 @@ def test_an_unchanged_sidecar_with_lines_ending_in_cr_alone_publishes_nothing_ne
         )
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.written) == (1, 1)
+
+
+def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> None:
+    # The rows an earlier run read were counted as the newlines in the file's bytes, which a Parquet
+    # file holds by chance: each row numbered past that count was taken again on every scheduled run.
+    import pyarrow.parquet as pq
+
+    write_folder(workdir)
+    rows = [{"image": "form.png", "question": f"Is box {i} ticked?", "answer": "Yes"} for i in range(300)]
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "qa.parquet")
+    assert (workdir / "qa.parquet").read_bytes().count(b"\n") < len(rows)
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.parquet", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 300
+    assert run(workdir, spec).message.startswith("nothing new")
