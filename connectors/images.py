@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import posixpath
 import warnings
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
-from connectors.files import FilesSourceReader
+from connectors.files import FilesSourceReader, file_format
 from connectors.state import SourceWatermark, file_fingerprints
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
@@ -111,7 +112,7 @@ class ImagesSourceReader:
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
         self._fingerprints: dict[str, str] | None = None
         self._changed: set[str] | None = None
-        self._taken_lines: dict[str, int] = {}  # sidecar URI -> how many of its lines an earlier run read
+        self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
@@ -143,9 +144,12 @@ class ImagesSourceReader:
                     if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
+                    elif file_format(entry.uri, self.sidecar.config.format) == "parquet":
+                        # Its rows are numbered, not its lines, and none is appended in place: all read before.
+                        self._taken_lines[entry.uri] = 0 if before is None else math.inf
                     else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
                         taken = data[: before["bytes"]] if before is not None else b""
-                        self._taken_lines[entry.uri] = taken.count(b"\n") + (bool(taken) and not taken.endswith(b"\n"))
+                        self._taken_lines[entry.uri] = _lines_in(taken, _line_end(data))
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 
@@ -316,6 +320,17 @@ class ImagesSourceReader:
             return False
         self.watermark.set(item, fingerprint)
         return True
+
+
+def _line_end(data: bytes) -> bytes:
+    """What ends a line of a sidecar as its reader numbers them: LF, or CR in a file with no LF at all
+    (classic Mac, Excel's "CSV (Macintosh)"; see connectors.files._LineFeeds)."""
+    return b"\r" if b"\r" in data and b"\n" not in data else b"\n"
+
+
+def _lines_in(data: bytes, end: bytes) -> int:
+    """How many lines ``data`` holds, the last one whether or not it is ended."""
+    return data.count(end) + (bool(data) and not data.endswith(end))
 
 
 def _outside(name: str) -> bool:

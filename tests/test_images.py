@@ -615,3 +615,52 @@ def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(
     assert second.manifest.counts.written == 1 and second.manifest.stats["carry"]["replaced"] == 1
     [line] = outputs(Path(second.version_uri))
     assert Image.open(Path(second.version_uri) / "train" / line["file_name"]).size == (30, 30)
+
+
+@pytest.mark.parametrize("sidecar", ["qa.csv", "qa.jsonl"])
+def test_an_unchanged_sidecar_with_lines_ending_in_cr_alone_publishes_nothing_new(workdir: Path, sidecar: str) -> None:
+    # The lines an earlier run read were counted at LFs only, while the sidecar's rows are numbered at
+    # a lone CR too (Excel's "CSV (Macintosh)"): every row past the first looked appended and was taken
+    # again on each scheduled run.
+    write_folder(workdir)
+    rows = sidecar_rows()
+    if sidecar.endswith(".csv"):
+        lines = ["image,question,answer"] + [f"{r['image']},{r['question']},{r['answer']}" for r in rows]
+    else:
+        lines = [json.dumps(row) for row in rows]
+    (workdir / sidecar).write_bytes(("\r".join(lines) + "\r").encode())
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": sidecar, "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 4
+    assert run(workdir, spec).message.startswith("nothing new")
+    with (workdir / sidecar).open("ab") as file:  # a row appended is taken, and only it
+        file.write(
+            b"form.png,Signed?,Yes\r"
+            if sidecar.endswith(".csv")
+            else b'{"image": "form.png", "question": "Signed?", "answer": "Yes"}\r'
+        )
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written) == (1, 1)
+
+
+def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> None:
+    # The rows an earlier run read were counted as the newlines in the file's bytes, which a Parquet
+    # file holds by chance: each row numbered past that count was taken again on every scheduled run.
+    import pyarrow.parquet as pq
+
+    write_folder(workdir)
+    rows = [{"image": "form.png", "question": f"Is box {i} ticked?", "answer": "Yes"} for i in range(300)]
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "qa.parquet")
+    assert (workdir / "qa.parquet").read_bytes().count(b"\n") < len(rows)
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.parquet", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 300
+    assert run(workdir, spec).message.startswith("nothing new")
