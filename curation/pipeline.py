@@ -160,7 +160,11 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(
-                stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe), review.decisions.kept_from
+                stages[-1],
+                index,
+                recipe.output.carry_forward,
+                _keyed_uris(recipe),
+                review.decisions.kept_from.get(stages[-1].name),
             )
             across_runs.append(stages[-1])
     recorded: list[CrossRunDedup | ContentKeys] = list(across_runs)
