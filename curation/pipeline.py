@@ -153,6 +153,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
 
             try:
                 stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
+                stages[-1].name = own_name(PiiRedaction.name, (s.name for s in stages[:-1]))
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
@@ -160,7 +161,11 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
         if getattr(config, "across_runs", False):
             index = index or SignatureIndex(recipe.state, recipe.dataset, start_over=full_refresh)
             stages[-1] = CrossRunDedup(
-                stages[-1], index, recipe.output.carry_forward, _keyed_uris(recipe), review.decisions.kept_from
+                stages[-1],
+                index,
+                recipe.output.carry_forward,
+                _keyed_uris(recipe),
+                review.decisions.kept_from.get(stages[-1].name),
             )
             across_runs.append(stages[-1])
     recorded: list[CrossRunDedup | ContentKeys] = list(across_runs)

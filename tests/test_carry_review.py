@@ -800,6 +800,28 @@ def test_two_near_dedup_stages_of_one_recipe_keep_their_signatures_items_and_dec
     assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 1} and len(outputs(Path(v3.version_uri))) == 3
 
 
+def test_a_not_a_duplicate_in_one_stage_does_not_queue_another_stages_earlier_versions(workdir: Path) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    answer = "We updated the billing address on your account, and the next invoice goes to the new one"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": answer}, *notes(0, 2)])
+    # Near a.jsonl's first record by its completion only.
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Can you check where my parcel is?", "a": f"{answer}."}])
+    stages = [{"type": "near_dedup", "fields": ["prompt"]}, {"type": "near_dedup", "fields": ["completion"]}]
+    spec = {**recipe("out"), "stages": stages}
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (item,) = _near_duplicate_items(engine)
+    assert item.stage == "near_dedup_2"
+    dec.decide(engine, item.item_id, "rita", "keep")  # says nothing of the prompts near_dedup compares
+    run(workdir, spec)
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": f"{base}!", "a": "Fine."}])  # near a.jsonl's first prompt
+    v3 = run(workdir, spec)
+    assert v3.manifest.counts.reasons["duplicate"] == {"earlier_version": 1}
+    # An earlier version in near_dedup, as any: not queued as though an annotator kept a pair apart there.
+    assert [row.item_id for row in _near_duplicate_items(engine)] == [item.item_id]
+    engine.dispose()
+
+
 def test_a_delta_run_does_not_ask_whether_a_kept_record_read_again_unchanged_is_a_copy_of_itself(
     workdir: Path,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,7 +10,7 @@ import pytest
 
 from curation.published import read_manifest
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
-from schemas.config import RecipeError, parse_recipe
+from schemas.config import RecipeError, load_recipe, parse_recipe
 from schemas.records import source_array
 from tests.helpers import outputs, run, set_aside, write_jsonl
 
@@ -169,3 +170,56 @@ def test_a_language_langdetect_does_not_detect_is_a_recipe_error_listing_the_cod
         parse_recipe(text)
     assert "'en', 'es'" in str(error.value) and "'zh-cn', 'zh-tw'" in str(error.value)
     assert parse_recipe(text.replace("english", "zh-cn")).stages[0].languages == ["zh-cn", "fr"]
+
+
+def test_two_stages_of_one_type_are_told_apart_in_stats_set_aside_rows_and_the_review_queue(workdir: Path) -> None:
+    import sqlalchemy as sa
+
+    from curation.review.queue import list_items
+
+    rows = [
+        {"q": "Summarise <b>the</b> call", "a": PROSE},
+        {"q": "Too short?", "a": "ok"},
+        {"q": "Why " * 20, "a": "Because the report says so, in every region."},
+        {"q": "Repeat it", "a": "Fine &amp; done, thanks."},
+        {"q": "Repeat it", "a": "Fine &amp; done."},
+        {"q": "Say it twice", "a": "Twice as nice."},
+        {"q": "Say it again", "a": "Twice as nice."},
+    ]
+    write_jsonl(workdir / "in.jsonl", rows)
+    result = run(
+        workdir,
+        {
+            "dataset": "qa",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [
+                {"type": "clean", "fields": ["prompt"]},
+                {"type": "clean", "fields": ["completion"]},
+                {"type": "length_filter", "fields": ["completion"], "min_chars": 3},
+                {"type": "length_filter", "fields": ["prompt"], "max_chars": 60},
+                {"type": "expectations", "expect": [{"column": "prompt", "check": "unique"}]},
+                {"type": "expectations", "expect": [{"column": "completion", "check": "unique"}]},
+            ],
+        },
+    )
+    version = Path(result.version_uri)
+    stats = read_manifest(str(version)).stats["stages"]
+    # Each stage's own figures, not two stages' summed under one name.
+    assert stats["clean"]["html_removed"] == 1 and stats["clean_2"]["html_removed"] == 2
+    assert stats["length_filter"] == {"checked": 7, "removed:length": 1}
+    assert stats["length_filter_2"] == {"checked": 6, "removed:length": 1}
+    by_line = {row["source"]["line"]: row["stage"] for row in set_aside(version)}
+    assert by_line == {
+        2: "length_filter",
+        3: "length_filter_2",
+        4: "expectations",
+        5: "expectations",
+        6: "expectations_2",
+        7: "expectations_2",
+    }
+    # A quarantined record's item names the stage that set it aside.
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    queued = {json.loads(item["source"])["line"]: item["stage"] for item in list_items(engine, "qa")}
+    engine.dispose()
+    assert queued == {4: "expectations", 5: "expectations", 6: "expectations_2", 7: "expectations_2"}

@@ -1302,3 +1302,17 @@ def test_a_pii_item_of_a_vqa_record_shows_its_image_as_published() -> None:
     item = {**flag, "item_id": 1, "record_id": "v0", "source": json.dumps(flag["source"])}
     for user in (User("rita", "reviewer"), User("pia", "pii-reviewer")):
         assert item_view(item, user)["thumbnail"] == shown
+
+
+def test_two_pii_stages_of_one_recipe_count_what_each_found_under_its_own_name(workdir: Path) -> None:
+    rows = [{"q": "Mail me at ana.lopez@example.com", "a": "Done: write to help@example.org or desk@example.net"}]
+    write_jsonl(workdir / "in.jsonl", rows)
+    email = {"entities": ["EMAIL_ADDRESS"]}
+    recipe = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii", "fields": ["prompt"], **email}, {"type": "pii", "fields": ["completion"], **email}],
+    }
+    stages = run(workdir, recipe).manifest.stats["stages"]
+    assert stages["pii"]["EMAIL_ADDRESS"] == 1 and stages["pii_2"]["EMAIL_ADDRESS"] == 2

@@ -502,3 +502,56 @@ def test_two_near_dedup_stages_of_one_recipe_run_on_ray_as_on_the_embedded_execu
         {"duplicate": {"earlier_version": 1}},
     )
     assert outcomes["ray"] == outcomes["local"]
+
+
+def test_two_filter_and_expectations_stages_of_one_recipe_keep_their_names_on_ray(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """Each stage's statistics and set-aside rows under its own name (length_filter_2, expectations_2),
+    a global stage (unique) included, on both executors."""
+    rows = [
+        {"q": "Summarise the call", "a": "The quarterly report shows revenue grew in every region."},
+        {"q": "Too short?", "a": "ok"},
+        {"q": "Why " * 20, "a": "Because the report says so, in every region."},
+        {"q": "Repeat it", "a": "Fine and done, thanks."},
+        {"q": "Repeat it", "a": "Fine and done."},
+        {"q": "Say it twice", "a": "Twice as nice."},
+        {"q": "Say it again", "a": "Twice as nice."},
+    ]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        folder = workdir / name
+        write_jsonl(folder / "in" / "a.jsonl", rows)
+        spec = {
+            "dataset": "named",
+            "sources": [{"path": str(folder / "in")}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": [
+                {"type": "length_filter", "fields": ["completion"], "min_chars": 3},
+                {"type": "length_filter", "fields": ["prompt"], "max_chars": 60},
+                {"type": "expectations", "expect": [{"column": "prompt", "check": "unique"}]},
+                {"type": "expectations", "expect": [{"column": "completion", "check": "unique"}]},
+            ],
+            "output": {"dest": str(folder / "out")},
+            "state": f"sqlite:///{folder}/state.db",
+        }
+        result = run_recipe(load_recipe(write_recipe(folder, spec)), executor=executor)
+        stages = {k: v for k, v in result.manifest.stats["stages"].items() if k.startswith("length_filter")}
+        aside = sorted((row["source"]["line"], row["stage"]) for row in set_aside(Path(result.version_uri)))
+        outcomes[name] = (stages, aside)
+    assert outcomes["local"] == (
+        {
+            "length_filter": {"checked": 7, "removed:length": 1},
+            "length_filter_2": {"checked": 6, "removed:length": 1},
+        },
+        [
+            (2, "length_filter"),
+            (3, "length_filter_2"),
+            (4, "expectations"),
+            (5, "expectations"),
+            (6, "expectations_2"),
+            (7, "expectations_2"),
+        ],
+    )
+    assert outcomes["ray"] == outcomes["local"]

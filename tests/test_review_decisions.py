@@ -250,6 +250,24 @@ def test_a_flag_the_queue_holds_is_not_queued_again(tmp_path: Path) -> None:
     assert add_items(engine, "tx", 3, "run4", pa.Table.from_pylist([flag("r3")], schema=FLAG_SCHEMA)) == 0
 
 
+def test_a_near_duplicate_pair_queued_again_with_another_similarity_is_not_a_second_item(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    pair = {"cluster": "a", "kept": {"id": "a", "text": "x"}, "member": {"id": "d", "text": "y", "fields": {}}}
+
+    def near(similarity: float, stage: str = "s") -> pa.Table:
+        payload = json.dumps({**pair, "similarity": similarity})
+        return pa.Table.from_pylist([{**flag("d", "near_duplicate", payload), "stage": stage}], schema=FLAG_SCHEMA)
+
+    assert add_items(engine, "tx", 1, "run1", near(0.8125)) == 1
+    # Asked again across runs, measured against the published signature: the same pair, the same question.
+    assert add_items(engine, "tx", 2, "run2", near(0.796875)) == 0
+    # Another stage's item is its own (a "not a duplicate" holds in the stage whose item it was).
+    assert add_items(engine, "tx", 2, "run2", near(0.8125, stage="s_2")) == 1
+    changed = {**pair, "member": {"id": "d", "text": "y!", "fields": {}}, "similarity": 0.8125}
+    again = pa.Table.from_pylist([flag("d", "near_duplicate", json.dumps(changed))], schema=FLAG_SCHEMA)
+    assert add_items(engine, "tx", 3, "run3", again) == 1
+
+
 def test_stage_filters_the_content_of_rejected_records_but_not_a_copy_an_annotator_edited() -> None:
     from curation.review.rejected_content import content_keys
 

@@ -298,9 +298,10 @@ class RunDecisions:
     # kept apart -> the records it was kept apart from (each item's kept record). The stage publishes it
     # unless it is near another record its cluster publishes (``keep_first``).
     kept_apart_in: dict[str, dict[str, set[str]]] = field(default_factory=dict)
-    # The records of these pairs, either side (each one's side of its item: id, text, uri, thumbnail): a
-    # later record set aside as an earlier version of one of these is queued again (``CrossRunDedup``).
-    kept_from: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per stage name as ``kept_apart_in``, the records of these pairs, either side (each one's side of its
+    # item: id, text, uri, thumbnail): a later record that stage sets aside as an earlier version of one of
+    # these is queued again (``CrossRunDedup``); another stage's decision says nothing of its pairs.
+    kept_from: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.rejected or self.edits or self.undone or self.kept_apart)
@@ -444,25 +445,29 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     payloads = _payloads(engine, [*not_pii, *not_duplicates])
     stages = _stages(engine, list(not_duplicates))
     sources = _column_of(engine, list(not_duplicates), review_items.c.source)
-    members: dict[str, dict[str, Any]] = {}
+    members: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, as ``kept_from``
     for item_id, record in not_duplicates.items():
         payload = json.loads(payloads.get(item_id) or "{}")
         side = payload.get("kept") or {}
         apart = result.kept_apart_in.setdefault(stages[item_id], {}).setdefault(record, set())
         if side.get("id"):
             apart.add(side["id"])
-            result.kept_from[side["id"]] = {k: v for k, v in side.items() if k != "published_text"}
+            shown = {k: v for k, v in side.items() if k != "published_text"}
+            result.kept_from.setdefault(stages[item_id], {})[side["id"]] = shown
         # The pair holds both ways: the record kept apart is one a later record can be set aside beside
         # too, its side as this item showed it (a scheduled run that sets one aside does not read it).
         member = payload.get("member") or {}
         uri = json.loads(sources.get(item_id) or "{}").get("uri")
-        members[record] = {
+        members.setdefault(stages[item_id], {})[record] = {
             "id": record,
             "text": member.get("text", ""),
             "uri": uri,
             **({"thumbnail": member["thumbnail"]} if member.get("thumbnail") else {}),
         }
-    result.kept_from = {**members, **result.kept_from}
+    result.kept_from = {
+        stage: {**members.get(stage, {}), **result.kept_from.get(stage, {})}
+        for stage in members.keys() | result.kept_from.keys()
+    }
     if not_pii:
         for item_id, (record, spans) in not_pii.items():
             payload = json.loads(payloads.get(item_id) or "{}")

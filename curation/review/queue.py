@@ -40,8 +40,8 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:
-    """Store a run's flags, but those the queue already holds (the same record, kind and payload: an
-    input read again, a full refresh), open or decided: a decision on the item stays in force for the
+    """Store a run's flags, but those the queue already holds (the same record, kind, stage and question:
+    an input read again, a full refresh), open or decided: a decision on the item stays in force for the
     record, so asking again would only repeat the annotators' work. Returns how many."""
     if flags.num_rows == 0:
         return 0
@@ -63,7 +63,7 @@ def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags:
             "created_at": now,
         }
         for flag in flags.to_pylist()
-        if (flag["id"], flag["kind"], flag["payload"]) not in queued
+        if (flag["id"], flag["kind"], flag["stage"], question(flag["kind"], flag["payload"])) not in queued
     ]
     if rows:
         with engine.begin() as db:
@@ -71,18 +71,37 @@ def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags:
     return len(rows)
 
 
-def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple[str, str, str | None]]:
-    """(record, kind, payload) of the items of these records."""
-    found: set[tuple[str, str, str | None]] = set()
+# What a flag's payload holds that does not change what the annotator is asked: a near duplicate's
+# similarity is measured again each run (against the published signature when the pair is asked again
+# across runs), and the same pair must not be queued twice for it.
+_NOT_ASKED = {"near_duplicate": ("similarity",)}
+
+
+def question(kind: str, payload: str | None) -> str | None:
+    """What an item of ``kind`` with ``payload`` asks, for telling one already queued: the payload
+    without what does not change the question (``_NOT_ASKED``), its keys in one order."""
+    if payload is None or kind not in _NOT_ASKED:
+        return payload
+    asked = json.loads(payload)
+    for key in _NOT_ASKED[kind]:
+        asked.pop(key, None)
+    return json.dumps(asked, sort_keys=True)
+
+
+def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple[str, str, str, str | None]]:
+    """(record, kind, stage, question) of the items of these records."""
+    found: set[tuple[str, str, str, str | None]] = set()
     table = review_items
     distinct = sorted(set(record_ids))
     with engine.connect() as db:
         for start in range(0, len(distinct), 500):  # under every database's limit on bound parameters
-            query = sa.select(table.c.record_id, table.c.kind, table.c.payload).where(
+            query = sa.select(table.c.record_id, table.c.kind, table.c.stage, table.c.payload).where(
                 table.c.dataset == dataset,
                 table.c.record_id.in_(distinct[start : start + 500]),
             )
-            found.update((row.record_id, row.kind, row.payload) for row in db.execute(query))
+            found.update(
+                (row.record_id, row.kind, row.stage, question(row.kind, row.payload)) for row in db.execute(query)
+            )
     return found
 
 

@@ -50,13 +50,18 @@ def quality_stages(
     the whole run (a global stage after the per-batch ones). ``kept_apart``: per stage name, the records
     annotators marked "not a duplicate" on that stage's items, each with the records it is not a copy
     of (``RunDecisions.kept_apart_in``), which that near-duplicate stage does not set aside as such.
-    ``taken``: the names of the recipe's stages before it (a second near-dedup stage is named apart,
-    ``own_name``)."""
+    ``taken``: the names of the recipe's stages before it (a second stage of one type is named apart,
+    ``own_name``; both stages of one expectations entry share its name)."""
+    taken = set(taken)
     if isinstance(config, ExpectationsConfig):
         per_batch = [spec for spec in config.expect if spec.check != "unique"]
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
-        return [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
-    return [_one_stage(config, kind, kept_apart or {}, taken)]
+        made = [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
+    else:
+        made = [_one_stage(config, kind, kept_apart or {}, taken)]
+    for stage in made:
+        stage.name = own_name(type(stage).name, taken)
+    return made
 
 
 def _one_stage(
