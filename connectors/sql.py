@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -530,7 +531,11 @@ class SqlSourceReader:
         if config.table is not None:
             schema, _, name = config.table.rpartition(".")
             try:
-                table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
+                with warnings.catch_warnings():
+                    # A column of a type SQLAlchemy does not know (point, a domain) is read as the driver
+                    # gives it: its warning names no problem of the run.
+                    warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
+                    table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
             except sa.exc.NoSuchTableError:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
             source: Any = table
