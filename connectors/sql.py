@@ -16,7 +16,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -230,6 +230,25 @@ def _holds_json_objects(values: list[Any]) -> bool:
     )
 
 
+def _zoned_times_as_text(values: list[Any]) -> list[Any] | None:
+    """The values with each time of day that has a UTC offset (PostgreSQL's ``timetz``, in an array too) as
+    its text with the offset ('03:04:05+02:00'), or None if there is none: Arrow's time type holds no offset,
+    so it was dropped from the published value and the row's content (an edit of the offset alone was no
+    change)."""
+
+    def zoned(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(zoned(item) for item in value)
+        return isinstance(value, time) and value.tzinfo is not None
+
+    def text(value: Any) -> Any:
+        if isinstance(value, list):
+            return [text(item) for item in value]
+        return str(value) if isinstance(value, time) else value
+
+    return [text(value) for value in values] if any(zoned(value) for value in values) else None
+
+
 def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Table:
     """Rows of Python values as an Arrow table; a column whose values Arrow cannot type becomes text."""
     arrays = {}
@@ -238,6 +257,7 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
         if _holds_json_objects(values):  # a JSON column: each value as it is, not a struct of every row's keys
             arrays[name] = json_values(values)
             continue
+        values = _zoned_times_as_text(values) or values
         try:
             arrays[name] = pa.array(values)
             if pa.types.is_decimal(arrays[name].type):

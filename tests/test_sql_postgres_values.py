@@ -283,3 +283,37 @@ def test_a_read_failing_part_way_closes_its_connection_at_once(workdir: Path, po
         time.sleep(0.05)
     assert others() == before
     monitor.dispose()
+
+
+def test_a_time_with_its_offset_is_published_with_it_and_an_edit_of_the_offset_alone_is_read(
+    workdir: Path, postgres_url: str
+) -> None:
+    # Arrow's time type holds no offset: '03:04:05+02' was published '03:04:05', and a row whose offset alone
+    # changed kept its content, so a scheduled run did not see the edit.
+    postgres_table(
+        postgres_url,
+        "shifts",
+        "id int, subject text, at timetz, ats timetz[]",
+        "(1, 'a', '03:04:05+02', '{03:04:05+02,10:00:00.5-01:30}'), (2, 'b', NULL, NULL)",
+    )
+    config = SqlSource(type="sql", url=postgres_url, table="shifts", key=["id"])
+    rows = [r for b in SqlSourceReader(config, 10).batches() for r in b.rows.to_pylist()]
+    assert [(r["at"], r["ats"]) for r in rows] == [
+        ("03:04:05+02:00", ["03:04:05+02:00", "10:00:00.500000-01:30"]),
+        (None, None),
+    ]
+    spec = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": postgres_url, "table": "shifts", "key": ["id"]}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }} at {{ at }}", "completion": "subject"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    assert [line["prompt"] for line in processed(Path(first.version_uri))] == ["a at 03:04:05+02:00"]
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("UPDATE shifts SET at = '03:04:05+03' WHERE id = 1")
+    engine.dispose()
+    second = run(workdir, spec)
+    assert second.version_uri != first.version_uri
+    assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["a at 03:04:05+03:00"]
