@@ -504,6 +504,20 @@ def _without_nul(text: str) -> str:
 # Labels a page may declare that browsers read as windows-1252 (WHATWG Encoding): its bytes 0x80-0x9F
 # are curly quotes and dashes there, not the control characters Latin-1 has.
 _WINDOWS_1252 = {"ascii", "us-ascii", "latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "cp819"}
+# Labels of UTF-16, which browsers read as UTF-8 when a page declares it (WHATWG HTML, "prescan a byte
+# stream": bytes the prescan could read as ASCII are not UTF-16): decoding such a page as UTF-16 made
+# garbage of it.
+_UTF_16 = {
+    "utf-16",
+    "utf-16le",
+    "utf-16be",
+    "unicode",
+    "unicodefeff",
+    "unicodefffe",
+    "csunicode",
+    "ucs-2",
+    "iso-10646-ucs-2",
+}
 
 
 def _decode_html(data: bytes) -> str:
@@ -513,10 +527,13 @@ def _decode_html(data: bytes) -> str:
 
     try:
         return _decode(data)
-    except DocumentError:
+    except DocumentError as error:
         declared = EncodingDetector.find_declared_encoding(data, is_html=True)
         if not declared:
             raise
+        if declared.lower() in _UTF_16:
+            detail = f"{error.detail} (it declares {declared}, which browsers read as UTF-8)"
+            raise DocumentError(error.reason, detail) from None
     codec = "cp1252" if declared.lower() in _WINDOWS_1252 else declared
     try:
         return _without_nul(data.decode(codec))

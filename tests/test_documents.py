@@ -574,6 +574,30 @@ def test_a_web_page_in_the_charset_it_declares_is_read_in_it(tmp_path: Path) -> 
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("undeclared.html", "corrupt")]
 
 
+def test_a_web_page_declaring_utf_16_is_read_as_utf_8_as_browsers_do(tmp_path: Path) -> None:
+    # Its bytes (an ASCII tag declared them) were decoded as UTF-16: CJK garbage, quarantined no_text.
+    page = (
+        '<html><head><meta charset="utf-16"><title>Refunds</title></head><body><article><h1>Refunds</h1>'
+        "<p>Refunds are issued within fourteen days \u2013 once support has approved the request.</p>"
+        "</article></body></html>"
+    )
+    (tmp_path / "stray.html").write_bytes(page.encode("cp1252"))  # \u2013 is the byte 0x96: not UTF-8
+    (tmp_path / "nul.html").write_bytes(page.encode() + b"\0")
+    rows, aside = read(tmp_path)
+    assert rows == []
+    assert sorted(
+        (a["source"]["uri"].rsplit("/", 1)[1], a["reason"], a["detail"].split(": ", 1)[1]) for a in aside
+    ) == [
+        (
+            "nul.html",
+            "corrupt",
+            "not UTF-8 text: it holds NUL characters (UTF-16, or not text at all) (it declares "
+            "utf-16, which browsers read as UTF-8)",
+        ),
+        ("stray.html", "corrupt", "not UTF-8 text (it declares utf-16, which browsers read as UTF-8)"),
+    ]
+
+
 def test_a_docx_paragraph_in_the_title_style_that_is_not_the_title_is_kept(tmp_path: Path) -> None:
     # Every paragraph in the Title style was taken for the title and left out of the records: one the
     # file's properties title otherwise (a template's name left there), and a second part's title.
