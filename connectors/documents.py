@@ -258,7 +258,7 @@ def _blocks(element: Any, parent: Any, notes: Notes) -> Iterator[docx.text.parag
             for box in _text_boxes(child):  # after the paragraph they are anchored in
                 yield from _blocks(box, parent, notes)
             for note in _note_references(child, notes):
-                yield from _blocks(note, parent, {})  # a note's own references are not followed: no cycle
+                yield from _blocks(note, parent, notes)
         elif child.tag == qn("w:tbl"):
             yield Table(child, parent)
         elif child.tag == qn("w:sdt"):
@@ -276,7 +276,14 @@ def _in_box_or_note(element: Any) -> bool:
     return any(ancestor.tag in inner for ancestor in element.iterancestors())
 
 
-Notes = dict[tuple[str, str], Any]  # ("footnote" or "endnote", its w:id) -> its element
+class Notes(dict[tuple[str, str], Any]):
+    """("footnote" or "endnote", its w:id) -> its element, and which of them a reference has read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[tuple[str, str]] = set()
+
+
 _NOTE_PARTS = {
     "http://schemas.openxmlformats.org/officeDocument/2006/relationships/footnotes": "footnote",
     "http://schemas.openxmlformats.org/officeDocument/2006/relationships/endnotes": "endnote",
@@ -289,7 +296,7 @@ def _notes(document: Any) -> Notes:
     from docx.oxml import parse_xml
     from docx.oxml.ns import qn
 
-    found: Notes = {}
+    found = Notes()
     for rel in document.part.rels.values():
         kind = _NOTE_PARTS.get(rel.reltype)
         if kind is None or rel.is_external:
@@ -301,15 +308,20 @@ def _notes(document: Any) -> Notes:
 
 
 def _note_references(paragraph: Any, notes: Notes) -> Iterator[Any]:
-    """The notes a paragraph refers to, in its order, but for references a tracked change deleted."""
+    """The notes a paragraph refers to, in its order, but for references a tracked change deleted, and
+    for notes a reference read before: a note's own references are followed (an endnote cited only in a
+    footnote), and each note is read once, at its first reference, so none loops (a note referring to
+    itself, or two to each other)."""
     from docx.oxml.ns import qn
 
     for child in paragraph.iterchildren():
         if child.tag in (qn("w:del"), qn("w:moveFrom"), _FALLBACK):
             continue
         for kind in ("footnote", "endnote"):
-            if child.tag == qn(f"w:{kind}Reference") and (kind, child.get(qn("w:id"))) in notes:
-                yield notes[(kind, child.get(qn("w:id")))]
+            key = (kind, child.get(qn("w:id")))
+            if child.tag == qn(f"w:{kind}Reference") and key in notes and key not in notes.read:
+                notes.read.add(key)
+                yield notes[key]
         if child.tag != qn("w:txbxContent"):  # a text box's own paragraphs say their notes
             yield from _note_references(child, notes)
 

@@ -673,6 +673,42 @@ def test_a_footnote_that_refers_to_itself_is_read_once(tmp_path: Path) -> None:
     assert aside == [] and [row["text"] for row in rows] == ["Refunds are paid within 14 days.\n\nSee this note."]
 
 
+def test_an_endnote_cited_only_in_a_footnote_is_read_once_after_it(tmp_path: Path) -> None:
+    # A note's own references were not followed: the endnote was in no record, and counted nowhere. Notes
+    # citing each other (footnote 2 and endnote 1) are each read once, at the first reference, not in a loop.
+    from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+    from docx.opc.packuri import PackURI
+    from docx.opc.part import Part
+
+    w = docx.oxml.ns.nsdecls("w")
+    document = docx.Document()
+    paragraph = document.add_paragraph("Refunds are paid within 14 days.")
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:footnoteReference w:id="1"/></w:r>'))
+    paragraph._p.append(docx.oxml.parse_xml(f'<w:r {w}><w:footnoteReference w:id="2"/></w:r>'))
+    notes = {
+        "footnote": [("1", "Gift cards are not refunded.", "endnote", "1"), ("2", "Nor vouchers.", "endnote", "1")],
+        "endnote": [("1", "Store credit is, see footnote 2.", "footnote", "2")],
+    }
+    for kind, content_type in (("footnote", CONTENT_TYPE.WML_FOOTNOTES), ("endnote", CONTENT_TYPE.WML_ENDNOTES)):
+        xml = "".join(
+            f'<w:{kind} w:id="{i}"><w:p><w:r><w:t>{text}</w:t></w:r><w:r><w:{cited}Reference w:id="{to}"/></w:r>'
+            f"</w:p></w:{kind}>"
+            for i, text, cited, to in notes[kind]
+        )
+        part = Part(PackURI(f"/word/{kind}s.xml"), content_type, f"<w:{kind}s {w}>{xml}</w:{kind}s>".encode(), None)
+        document.part.relate_to(part, getattr(RELATIONSHIP_TYPE, f"{kind.upper()}S"))
+    document.save(tmp_path / "refunds.docx")
+    rows, aside = read(tmp_path)
+    assert aside == [] and [row["text"].split("\n\n") for row in rows] == [
+        [
+            "Refunds are paid within 14 days.",
+            "Gift cards are not refunded.",
+            "Store credit is, see footnote 2.",
+            "Nor vouchers.",
+        ]
+    ]
+
+
 def test_docx_paragraphs_are_numbered_as_word_counts_them_past_a_text_box(tmp_path: Path) -> None:
     # A text box's paragraphs were numbered as the body's: every section after one pointed past its heading.
     document = docx.Document()
