@@ -144,6 +144,7 @@ class ImagesSourceReader:
                     if edited or (before is not None and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
+                        self.watermark.kept |= self._archived(entry)
                     elif file_format(entry.uri, self.sidecar.config.format) == "parquet":
                         # Its rows are numbered, not its lines, and none is appended in place: all read before.
                         self._taken_lines[entry.uri] = 0 if before is None else math.inf
@@ -152,6 +153,23 @@ class ImagesSourceReader:
                         self._taken_lines[entry.uri] = _lines_in(taken, _line_end(data))
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
+
+    def _archived(self, entry: FileEntry) -> set[str]:
+        """The ids of a sidecar's rows whose image an earlier run took and that is gone now: read again
+        (the sidecar changed), such a row keeps its published record (``_is_new``), which this run's
+        reading of the sidecar must not replace."""
+        found = set()
+        for batch in self.sidecar.limited_to([entry]).batches():
+            for row in plain_strings(batch.rows).to_pylist() if batch.rows.num_rows else []:
+                name = row.get(self.config.image_column)
+                if self._archived_image(row, None if name is None else str(name)):
+                    found.add(row["id"])
+        return found
+
+    def _archived_image(self, row: dict, name: str | None) -> bool:
+        """Whether the row's image was taken by an earlier run and is not in the folder now."""
+        fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
+        return fingerprint is None and self.watermark is not None and self.watermark.get(_row_item(row)) is not None
 
     def fingerprints(self) -> dict[str, str]:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
@@ -299,8 +317,7 @@ class ImagesSourceReader:
         """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
         if self.watermark is None:
             return True
-        content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
-        item = "row:" + xxhash.xxh3_128_hexdigest(content.encode())
+        item = _row_item(row)
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
         uri, line = row["source"]["uri"], row["source"]["line"]
         reread = uri in self.changed_sidecars()
@@ -310,16 +327,22 @@ class ImagesSourceReader:
             # is counted (and found a duplicate by a dedup stage) rather than left out unseen.
             self.watermark.set(item, fingerprint)
             return True
-        if fingerprint is None and self.watermark.get(item) is not None and not reread:
+        if self._archived_image(row, name):
             # Its image was taken and has been moved away since (inputs often are, once taken): its
             # record stays, as a deleted input file's do, rather than be quarantined as missing_image
-            # and so replace its published copy. Its watermark stays too: the image back, changed or
-            # not, is told apart as ever.
+            # and so replace its published copy (its sidecar read again: ``_archived``). Its watermark
+            # stays too: the image back, changed or not, is told apart as ever.
             return False
         if not self.watermark.is_new(item, fingerprint) and not reread:
             return False
         self.watermark.set(item, fingerprint)
         return True
+
+
+def _row_item(row: dict) -> str:
+    """A sidecar row's watermark item: its (image, question, answer) values, not its place."""
+    content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
+    return "row:" + xxhash.xxh3_128_hexdigest(content.encode())
 
 
 def _line_end(data: bytes) -> bytes:

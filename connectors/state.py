@@ -151,6 +151,9 @@ class SourceWatermark:
         # Inputs read whole again (a changed file, a table without a cursor): their records published
         # before are replaced by what the run reads from them now, so an edited or removed line goes.
         self.replaced: set[str] = set()
+        # Ids of published records from inputs in ``replaced`` that stay as published all the same (known
+        # before the run reads: an images sidecar's unchanged row whose image was taken and moved away).
+        self.kept: set[str] = set()
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -207,6 +210,10 @@ class Watermarks:
     def replaced(self) -> set[str]:
         """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""
         return {uri for source in self.sources.values() for uri in source.replaced}
+
+    def kept(self) -> set[str]:
+        """Ids of records of the inputs in ``replaced`` that are kept as published (``SourceWatermark.kept``)."""
+        return {record for source in self.sources.values() for record in source.kept}
 
     def commit(self, run_id: str) -> None:
         """Record what this run took, in one transaction; a full refresh forgets everything before."""

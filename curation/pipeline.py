@@ -300,6 +300,11 @@ def _note_sources_new_to_the_dataset(
         mark.replaced.update(entry.uri for entry in source.inputs())
 
 
+def _less_kept(ids: pl.Series, watermarks: Watermarks) -> pl.Series:
+    kept = watermarks.kept()
+    return ids.filter(~ids.is_in(pl.Series(sorted(kept), dtype=pl.String).implode())) if kept else ids
+
+
 def _replaced_records(
     recipe: Recipe, watermarks: Watermarks, sources: list[Source], previous: list[int], inputs: list[InputFile]
 ) -> tuple[list[InputFile], pl.Series]:
@@ -310,7 +315,7 @@ def _replaced_records(
     duplicates): those inputs are read again as well (the listing, returned, grows), or the content
     would leave the dataset."""
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
-    replaced_ids = ids_from_inputs(latest, watermarks.replaced())
+    replaced_ids = _less_kept(ids_from_inputs(latest, watermarks.replaced()), watermarks)
     if replaced_ids.is_empty():
         return inputs, replaced_ids
     found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, _chain(recipe, previous), replaced_ids)
@@ -320,7 +325,7 @@ def _replaced_records(
         for source in sources:
             getattr(source, "list_again", lambda: None)()
         inputs = source_inputs(sources)
-        replaced_ids = ids_from_inputs(latest, watermarks.replaced())
+        replaced_ids = _less_kept(ids_from_inputs(latest, watermarks.replaced()), watermarks)
     # An input that cannot be read again (gone, a SQL cursor, a source that lists once): the records
     # it holds duplicates of stay as they were published, or their content would leave the dataset.
     unread = sorted(holding - watermarks.replaced())

@@ -552,6 +552,32 @@ def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
     assert third.manifest.counts.input == 1 and third.manifest.stats["carry"]["replaced"] == 1
 
 
+def test_an_image_moved_away_once_taken_keeps_its_record_when_another_row_of_its_sidecar_is_corrected(
+    workdir: Path,
+) -> None:
+    # The edited sidecar was read again whole: the archived image's row was quarantined as missing_image,
+    # and its record, as one of the sidecar's, replaced: it left the dataset.
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    sidecar = workdir / "qa.jsonl"
+    sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))  # a corrected answer
+    second = run(workdir, spec)
+    assert second.manifest.extends == 1
+    # missing.jpg only, named but never there: form.png's row is not quarantined.
+    assert second.manifest.counts.reasons["quarantined"]["missing_image"] == 1
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(second.version_uri))}
+    before = {line["prompt"]: line["completion"] for line in outputs(Path(first.version_uri))}
+    assert published == {**before, "What is the total?": "13.50 USD"}
+    assert "What is in form.png?" in published
+
+
 @pytest.mark.parametrize("sidecar", ["qa.jsonl", "qa.jsonl.gz"])
 def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path, sidecar: str) -> None:
     # Rows were told apart by their content alone: the repeat looked taken before and was left out,
