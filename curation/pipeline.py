@@ -301,6 +301,8 @@ def _note_sources_new_to_the_dataset(
 
 
 def _less_kept(ids: pl.Series, watermarks: Watermarks) -> pl.Series:
+    """``ids`` less the records a source keeps though their input is read again (an images sidecar's row
+    whose image was taken and has been moved away since): they are carried, not replaced."""
     kept = watermarks.kept()
     return ids.filter(~ids.is_in(pl.Series(sorted(kept), dtype=pl.String).implode())) if kept else ids
 
