@@ -12,6 +12,7 @@ with the reason and the run goes on.
 from __future__ import annotations
 
 import bisect
+import codecs
 import io
 import logging
 import math
@@ -533,10 +534,20 @@ _UTF_16 = {
 
 
 def _decode_html(data: bytes) -> str:
-    """A web page's text: UTF-8, else in the charset the page declares (``<meta charset>``, an XML
-    declaration), as a browser reads it; a page in another charset that declares none is corrupt."""
+    """A web page's text: in the encoding its byte-order mark names, else UTF-8, else in the charset the
+    page declares (``<meta charset>``, an XML declaration), as a browser reads it; a page in another
+    charset that declares none is corrupt."""
     from bs4.dammit import EncodingDetector
 
+    # A byte-order mark wins over any charset the page declares, as in browsers (WHATWG Encoding,
+    # "decode"): a UTF-16 page with one was quarantined as "not UTF-8 text".
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return _without_nul(data.decode("utf-16"))  # the codec reads the mark for the byte order
+        except UnicodeDecodeError:
+            raise DocumentError("corrupt", "not UTF-16 text, as its byte-order mark says") from None
+    if data.startswith(codecs.BOM_UTF8):
+        return _decode(data)
     try:
         return _decode(data)
     except DocumentError as error:

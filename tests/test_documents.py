@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import itertools
 import logging
@@ -753,3 +754,23 @@ def test_a_docx_of_ten_thousand_footnotes_is_read_in_seconds(tmp_path: Path) -> 
     assert aside == [] and row["text"].split("\n\n") == [
         t for i in range(count) for t in (f"Clause {i}.", f"Note {i}.")
     ]
+
+
+def test_a_web_page_with_a_byte_order_mark_is_read_in_the_encoding_it_names(tmp_path: Path) -> None:
+    # A UTF-16 page with a byte-order mark was quarantined as "not UTF-8 text"; browsers read it by
+    # its mark, whatever it declares. A UTF-8 mark wins too: its page is not read as the Latin-1 it declares.
+    page = (
+        '<html><head><meta charset="{charset}"><title>Caf\u00e9 menu</title></head><body><article>'
+        "<h1>Caf\u00e9 menu</h1><p>Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every "
+        "day of the week, in the caf\u00e9 on the ground floor.</p></article></body></html>"
+    )
+    (tmp_path / "le.html").write_bytes(codecs.BOM_UTF16_LE + page.format(charset="utf-16").encode("utf-16-le"))
+    (tmp_path / "be.html").write_bytes(codecs.BOM_UTF16_BE + page.format(charset="iso-8859-1").encode("utf-16-be"))
+    (tmp_path / "mixed.html").write_bytes(codecs.BOM_UTF8 + page.format(charset="iso-8859-1").encode("cp1252"))
+    rows, aside = read(tmp_path)
+    assert sorted((row["source"]["uri"].rsplit("/", 1)[1], row["title"]) for row in rows) == [
+        ("be.html", "Caf\u00e9 menu"),
+        ("le.html", "Caf\u00e9 menu"),
+    ]
+    assert all("Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every" in row["text"] for row in rows)
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("mixed.html", "corrupt")]
