@@ -216,7 +216,8 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
             text, style = _paragraph_text(block).strip(), _style_name(block, style_names)
         if not text:
             continue
-        if style == "Title" and (not title or text == title):
+        # Word's Title paragraph and the file's title property differ in case as often as not.
+        if style == "Title" and (not title or text.casefold() == title.casefold()):
             title = title or text
             continue
         # Another paragraph in the Title style (a part's title, or one the file's properties title
@@ -226,6 +227,10 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
                 parts.append(current)
             current = Part(text, line=number, section=text, paragraphs=[(0, number)])
             continue
+        if not current.text:
+            # The first section points at its first paragraph with text, past a Title or empty ones,
+            # as every later section and chunk does.
+            current.line = number
         current.paragraphs.append((len(current.text) + 2 if current.text else 0, number))
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():

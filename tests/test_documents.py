@@ -179,7 +179,8 @@ def test_docx_sections_title_and_tables_without_page_header(tmp_path: Path) -> N
     assert rows[1]["text"] == "Refunds\n\n" + PARAGRAPHS[0]
     assert "Activated | No" in rows[2]["text"]
     assert all("letterhead" not in r["text"] for r in rows)
-    assert [r["source"]["line"] for r in rows] == [1, 3, 5]  # paragraph where each section starts
+    # the paragraph each section's text starts on: the first's is past the Title, paragraph 1
+    assert [r["source"]["line"] for r in rows] == [2, 3, 5]
 
 
 def test_docx_table_reads_a_merged_cell_once_and_a_table_inside_a_cell(tmp_path: Path) -> None:
@@ -774,3 +775,22 @@ def test_a_web_page_with_a_byte_order_mark_is_read_in_the_encoding_it_names(tmp_
     ]
     assert all("Our \u201cpetit d\u00e9jeuner\u201d is served until eleven \u2013 every" in row["text"] for row in rows)
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("mixed.html", "corrupt")]
+
+
+def test_a_docx_first_section_points_at_its_text_and_its_title_is_matched_whatever_the_case(tmp_path: Path) -> None:
+    # The first section said line 1 whatever came before its text (a Title, empty paragraphs), and a
+    # Title paragraph differing from the file's title property only in case became a section of its own.
+    document = docx.Document()
+    document.core_properties.title = "Returns Policy"
+    document.add_paragraph("Returns policy", style="Title")
+    document.add_paragraph("")
+    document.add_paragraph("")
+    document.add_paragraph("This policy applies to all stores.")
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    document.save(tmp_path / "policy.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Returns Policy", "This policy applies to all stores.", 4),
+        ("Returns Policy › Refunds", "Refunds\n\n" + PARAGRAPHS[0], 5),
+    ]
