@@ -812,3 +812,32 @@ def test_the_float32_columns_a_record_does_not_read_are_left_as_they_are(monkeyp
     shaped = Shape(RecordShape(kind="instruction", prompt="q", completion="Scored {{ score }}"))(table).kept
     assert shaped["completion"].to_pylist() == ["Scored 0.1", "Scored 2.0"]
     assert cast_from.count(pa.float32()) == 1  # the score's, not the 40 features'
+
+
+def test_a_parquet_nanosecond_time_and_a_nested_float32_publish_one_text_as_a_field_and_in_a_template(
+    workdir: Path,
+) -> None:
+    """A time64[ns] with nanoseconds: a field wrote ``03:04:05.123456789``, a template ``03:04:05.123456``
+    (Python's time holds microseconds). A float32 in a list or struct was written with its float64's digits
+    (``0.10000000149011612``) where a float32 column is ``0.1``."""
+    nanoseconds = (3 * 3600 + 4 * 60 + 5) * 10**9
+    columns = {
+        "time": (
+            pa.array([nanoseconds, nanoseconds + 123_456_789, nanoseconds + 120_000_000], pa.time64("ns")),
+            ["03:04:05", "03:04:05.123456789", "03:04:05.120000"],
+        ),
+        "scores": (pa.array([[0.1, 2.5], [], None], pa.list_(pa.float32())), ["[0.1, 2.5]", "[]"]),
+        "point": (
+            pa.array([{"x": 0.1, "y": [0.2]}], pa.struct([("x", pa.float32()), ("y", pa.list_(pa.float32()))])),
+            ['{"x": 0.1, "y": [0.2]}'],
+        ),
+    }
+    published = {}
+    for name, (values, _) in columns.items():
+        pq.write_table(pa.table({name: values}), workdir / f"{name}.parquet")
+        spec = qa_recipe(
+            f"{name}.parquet", prompt=name, completion=f"At {{{{ {name} }}}}", output={"validation_fraction": 0}
+        )
+        lines = outputs(Path(run(workdir, spec).version_uri))
+        published[name] = sorted((line["prompt"], line["completion"]) for line in lines)
+    assert published == {name: sorted((text, f"At {text}") for text in texts) for name, (_, texts) in columns.items()}

@@ -118,21 +118,51 @@ def _json_texts(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[st
 
 
 def _widened_floats(batch: pa.Table, names: Collection[str] | None = None) -> pa.Table:
-    """``batch`` with each float32 column (of ``names``, or every one) (a Parquet ``float``) as the float64 its text writes (``0.1``, not
-    ``0.10000000149011612``: Arrow's cast of a float32 to text gives its own shortest digits, Python's float
-    the float64 the float32 holds), and each float16 one as a float64: a field naming the column and a
-    template then write one text, Python's (``0.1``, ``1.0``)."""
+    """``batch`` with each float32 (of the columns ``names``, or every one; in a list, struct or map too) (a
+    Parquet ``float``) as the float64 its text writes (``0.1``, not ``0.10000000149011612``: Arrow's cast of a
+    float32 to text gives its own shortest digits, Python's float the float64 the float32 holds), each float16
+    as a float64, and each time64[ns] column as its text (Python's time holds microseconds: a template wrote
+    ``03:04:05.123456`` where a field wrote ``03:04:05.123456789``): a field naming the column and a template
+    then write one text, Python's (``0.1``, ``1.0``)."""
     for index, kind in enumerate(batch.schema.types):
         if names is not None and batch.column_names[index] not in names:
             continue
-        if pa.types.is_float32(kind):
-            widened = pc.cast(pc.cast(batch.column(index), pa.string()), pa.float64())
-        elif pa.types.is_float16(kind):
-            widened = pc.cast(batch.column(index), pa.float64())
+        column = batch.column(index)
+        if pa.types.is_time64(kind) and kind.unit == "ns":
+            widened = _time_texts(column)
         else:
-            continue
-        batch = batch.set_column(index, batch.schema.field(index).with_type(pa.float64()), widened)
+            via = _floats_replaced(kind, pa.string())
+            if via == kind:
+                continue
+            wide = _floats_replaced(kind, pa.float64())
+            widened = pc.cast(column, via) if via == wide else pc.cast(pc.cast(column, via), wide)
+        batch = batch.set_column(index, batch.schema.field(index).with_type(widened.type), widened)
     return batch
+
+
+def _floats_replaced(kind: pa.DataType, float32: pa.DataType) -> pa.DataType:
+    """``kind`` with each float32 in it (a list's, struct's or map's too) as ``float32``, each float16 as float64."""
+    if pa.types.is_float32(kind):
+        return float32
+    if pa.types.is_float16(kind):
+        return pa.float64()
+    if pa.types.is_struct(kind):
+        return pa.struct(
+            [kind.field(i).with_type(_floats_replaced(kind.field(i).type, float32)) for i in range(kind.num_fields)]
+        )
+    if pa.types.is_map(kind):
+        key, item = kind.key_field, kind.item_field
+        return pa.map_(
+            key.with_type(_floats_replaced(key.type, float32)),
+            item.with_type(_floats_replaced(item.type, float32)),
+            kind.keys_sorted,
+        )
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        item = kind.value_field.with_type(_floats_replaced(kind.value_type, float32))
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(item, kind.list_size)
+        return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    return kind
 
 
 # A timestamp's or time's ticks a second, and the digits of a second's fraction Arrow's cast writes, by unit.
