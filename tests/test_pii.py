@@ -796,6 +796,36 @@ def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
 
 
+def test_a_not_pii_mark_holds_only_in_the_pii_stage_whose_item_it_was(workdir: Path) -> None:
+    from curation.review.decisions import Edit, decide
+
+    # pii_2 scans the prompt as pii left it: its uncertain customer id stands at 32..43 there, where
+    # the prompt as read holds the second address. The mark is on pii_2's text: pii must not apply it.
+    message = "dana.whitfield.refunds@acme.org ab@cdef.org CUST-204518"
+    write_jsonl(workdir / "in" / "a.jsonl", [{"message": message, "reply": "Will do."}])
+    recipe = {
+        **UNDO_RECIPE,
+        "stages": [
+            {"type": "pii", "fields": ["prompt"], "entities": ["EMAIL_ADDRESS"]},
+            {"type": "pii", "fields": ["prompt"], "entities": ["CUSTOMER_ID"], "recognizers": [CUSTOMER_ID]},
+        ],
+    }
+    first = run(workdir, recipe)
+    assert outputs(Path(first.version_uri))[0]["prompt"] == "<EMAIL_ADDRESS> <EMAIL_ADDRESS> <CUSTOMER_ID>"
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with engine.connect() as conn:
+        item_id, stage_name, payload = conn.execute(
+            sa.text("select item_id, stage, payload from review_items where kind = 'pii'")
+        ).one()
+    [span] = json.loads(payload)["spans"]
+    assert (stage_name, span["start"], span["end"]) == ("pii_2", 32, 43) and message[32:43] == "ab@cdef.org"
+    decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+    second = run_again(workdir, recipe)
+    assert outputs(Path(second.version_uri))[0]["prompt"] == "<EMAIL_ADDRESS> <EMAIL_ADDRESS> CUST-204518"
+    stats = second.manifest.stats["stages"]
+    assert stats["pii_2"]["review_restored"] == 1 and not stats["pii"].get("review_restored")
+
+
 def test_annotator_undo_reaches_the_carried_copy_of_a_record(workdir: Path) -> None:
     published_then_marked_not_pii(workdir)
     recipe = UNDO_RECIPE
