@@ -701,6 +701,37 @@ def test_near_duplicates_found_before_the_pii_stage_are_shown_redacted(workdir: 
     assert not item_view(item, User("rita", "reviewer"))["redacted"]
 
 
+def test_near_duplicates_are_shown_as_every_later_pii_stage_redacts_them(workdir: Path) -> None:
+    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base += ", and please send the confirmation letter to the same address as soon as you can"
+    sent = [("dana.whitfield@example.com", "CUST-204518"), ("omar.haddad@example.org", "CUST-311207")]
+    rows = [
+        {"message": f"{base}. Write to {email} on {cust}.", "reply": "Done, it is updated."} for email, cust in sent
+    ]
+    write_jsonl(workdir / "in.jsonl", rows)
+    email = {"type": "pii", "entities": ["EMAIL_ADDRESS"]}
+    customer = {"type": "pii", "entities": ["CUSTOMER_ID"], "recognizers": [CUSTOMER_ID]}
+    near = {"type": "near_dedup", "threshold": 0.6}
+    for stages in ([near, email, customer], [email, near, customer]):
+        recipe = {
+            "dataset": "support",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "message", "completion": "reply"},
+            "stages": stages,
+            "output": {"validation_fraction": 0.0},
+        }
+        version = run(workdir, recipe, full_refresh=True).manifest.version
+        with sa.create_engine(f"sqlite:///{workdir / 'state.db'}").connect() as conn:
+            query = "select payload from review_items where kind = 'near_duplicate' and version = :v"
+            (payload,) = conn.execute(sa.text(query), {"v": version}).scalars()
+        payload = json.loads(payload)
+        member = payload["member"]
+        published = [payload["kept"]["published_text"], member["published_text"], *member["published_fields"].values()]
+        # What pii_2 redacts is redacted too, after pii where pii comes after near_dedup.
+        assert not [value for pair in sent for value in pair if value in " ".join(published)], (stages, published)
+        assert "<CUSTOMER_ID>" in member["published_text"] and "<EMAIL_ADDRESS>" in member["published_text"]
+
+
 def document_image() -> bytes:
     from PIL import Image, ImageDraw, ImageFont
 
