@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import signal
 import threading
@@ -152,8 +153,10 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             from curation.stages.pii import PiiRedaction, PiiSettingError  # presidio and spaCy only when asked
 
             try:
-                stages.append(PiiRedaction(config, kind, undone=review.decisions.undone))  # spans marked "not PII"
-                stages[-1].name = own_name(PiiRedaction.name, (s.name for s in stages[:-1]))
+                name = own_name(PiiRedaction.name, (s.name for s in stages))
+                # Spans marked "not PII" on this stage's own items: another's offsets are in other text.
+                stages.append(PiiRedaction(config, kind, undone=review.decisions.undone_in.get(name)))
+                stages[-1].name = name
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
@@ -210,15 +213,30 @@ def _review_changes(recipe: Recipe, state: StateStore, since: datetime, now: dat
     return changes_since(state.engine, recipe.dataset, since, now)
 
 
+Scrub = Callable[[list[str | None], list[int]], list[str | None]]  # a PII stage's ``scrub_texts``
+
+
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
-    """Near-duplicate flags made before the recipe's PII stage quote raw text; they get its redacted
-    form too, which the review page shows roles that do not see PII."""
-    found = [(at, stage.scrub_texts) for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")]
-    if not found:
-        return flags
-    pii, scrub = found[0]
-    before = {stage.name for stage in stages[:pii]}
-    return [with_published_texts(table, scrub, made_by=before) for table in flags]
+    """Near-duplicate flags made before a PII stage quote text it had yet to redact; they get the form
+    every PII stage after them makes of it (in recipe order), which the review page shows roles that
+    do not see PII."""
+    pii = [at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")]
+    for start, end in itertools.pairwise([-1, *pii]):  # the stages between two PII stages
+        made_by = {stage.name for stage in stages[start + 1 : end]}
+        scrub = _in_turn([stages[at].scrub_texts for at in pii if at >= end])
+        flags = [with_published_texts(table, scrub, made_by=made_by) for table in flags]
+    return flags
+
+
+def _in_turn(scrubs: list[Scrub]) -> Scrub:
+    """One scrub that applies ``scrubs`` one after the other, as their stages run."""
+
+    def scrub(values: list[str | None], records: list[int]) -> list[str | None]:
+        for one in scrubs:
+            values = one(values, records)
+        return values
+
+    return scrub
 
 
 def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:

@@ -5,8 +5,8 @@ history can be audited and the latest decision undone. The pipeline reads the de
 on each item (its decisions not undone, taken in order: an approve or a reject sets aside what came
 before, edits add up), keyed by record id: rejected records (and records holding their content, see
 ``curation.review.rejected_content``) are filtered with reason ``review``,
-edits replace field values, and redaction spans marked "not PII" are handed to the PII stage
-(``RunDecisions.undone``).
+edits replace field values, and redaction spans marked "not PII" are handed to the PII stage whose item they were marked on
+(``RunDecisions.undone_in``).
 """
 
 from __future__ import annotations
@@ -278,14 +278,17 @@ def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides
 class RunDecisions:
     """What the next run of a dataset applies: rejected record ids and field edits per record.
 
-    ``undone`` holds, per record, the redaction spans (field, start, end) annotators marked not PII,
-    for the PII stage to leave as they are in a record read again; ``restored`` the published text of
-    each such field rebuilt with those spans put back, for a carried record.
+    ``undone_in`` holds, per PII stage name and record, the redaction spans (field, start, end)
+    annotators marked not PII on that stage's items, for it to leave as they are in a record read
+    again; ``restored`` the published text of each such field rebuilt with those spans put back, for a
+    carried record.
     """
 
     rejected: set[str] = field(default_factory=set)
     edits: dict[str, dict[str, str]] = field(default_factory=dict)
-    undone: dict[str, set[tuple[str, int, int]]] = field(default_factory=dict)
+    # Per stage: a second PII stage scanning a field sees the first one's output, so a span's offsets
+    # hold only in the text of the stage whose item it was marked on.
+    undone_in: dict[str, dict[str, set[tuple[str, int, int]]]] = field(default_factory=dict)
     restored: dict[str, dict[str, str]] = field(default_factory=dict)
     # A rejection covers the record's content (``curation.review.rejected_content``): the content key of
     # each rejected record known, and the copies of its content filtered before (in ``rejected`` too).
@@ -302,6 +305,15 @@ class RunDecisions:
     # item: id, text, uri, thumbnail): a later record that stage sets aside as an earlier version of one of
     # these is queued again (``CrossRunDedup``); another stage's decision says nothing of its pairs.
     kept_from: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def undone(self) -> dict[str, set[tuple[str, int, int]]]:
+        """Per record, the spans marked not PII in any PII stage."""
+        merged: dict[str, set[tuple[str, int, int]]] = {}
+        for in_stage in self.undone_in.values():
+            for record, spans in in_stage.items():
+                merged.setdefault(record, set()).update(spans)
+        return merged
 
     def __bool__(self) -> bool:
         return bool(self.rejected or self.edits or self.undone or self.kept_apart)
@@ -427,8 +439,6 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
                 result.edits.setdefault(record, {}).update(after["fields"])
             if after.get("not_pii"):
                 not_pii[decision["item_id"]] = (record, after["not_pii"])
-                spans = {(field_name, int(start), int(end)) for field_name, start, end in after["not_pii"]}
-                result.undone.setdefault(record, set()).update(spans)
     if result.rejected:
         result.rejected_content = {
             key: record for record, key in sorted(keys_of(engine, dataset, result.rejected).items())
@@ -436,14 +446,20 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         for record, copies in copies_of(engine, dataset, result.rejected).items():
             result.copy_of.update((copy, record) for copy, _ in copies if copy not in result.rejected)
         result.rejected |= result.copy_of.keys()
+    stages = _stages(engine, [*not_pii, *not_duplicates])
+    for item_id, (record, spans) in not_pii.items():
+        marked = {(field_name, int(start), int(end)) for field_name, start, end in spans}
+        result.undone_in.setdefault(stages[item_id], {}).setdefault(record, set()).update(marked)
     # Spans were marked on the text the PII stage saw: a field an annotator has since edited holds other
     # text, where the same offsets would leave whatever now stands there unredacted.
-    for record, fields in result.edits.items():
-        kept = {span for span in result.undone.pop(record, set()) if span[0] not in fields}
-        if kept:
-            result.undone[record] = kept
+    for stage, in_stage in list(result.undone_in.items()):
+        for record, fields in result.edits.items():
+            kept = {span for span in in_stage.pop(record, set()) if span[0] not in fields}
+            if kept:
+                in_stage[record] = kept
+        if not in_stage:
+            del result.undone_in[stage]
     payloads = _payloads(engine, [*not_pii, *not_duplicates])
-    stages = _stages(engine, list(not_duplicates))
     sources = _column_of(engine, list(not_duplicates), review_items.c.source)
     members: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, as ``kept_from``
     for item_id, record in not_duplicates.items():
@@ -478,7 +494,8 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
                 places = {(int(start), int(end)) for field_name, start, end in spans if field_name == name}
                 edited[name], moved = carried_over(payload, places, edited[name])
                 if moved:
-                    result.undone.setdefault(record, set()).update((name, start, end) for start, end in moved)
+                    in_stage = result.undone_in.setdefault(stages[item_id], {})
+                    in_stage.setdefault(record, set()).update((name, start, end) for start, end in moved)
             text = restored_text(payload, {(int(start), int(end)) for _, start, end in spans})
             if text is None:
                 log.warning(
