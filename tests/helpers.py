@@ -11,6 +11,9 @@ import yaml
 from curation.pipeline import RunResult, run_recipe
 from schemas.config import load_recipe
 
+# A support request long enough that its near copies (one punctuation mark changed) clear near_dedup's threshold.
+BILLING = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

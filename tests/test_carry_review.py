@@ -22,7 +22,7 @@ from curation.writer import to_ndjson
 from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA
-from tests.helpers import outputs, read_lines, run, set_aside, write_jsonl
+from tests.helpers import BILLING, outputs, read_lines, run, set_aside, write_jsonl
 from tests.test_carry import notes, recipe, shards, texts
 from tests.test_review_decisions import flag
 
@@ -350,7 +350,7 @@ def test_an_undone_decision_reads_the_records_input_again_and_the_record_is_as_i
 
 
 def test_a_decision_on_a_set_aside_near_duplicate_reads_its_input_again(workdir: Path) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     rows = [{"q": f"{base}.", "a": "Done."}, {"q": f"{base}!", "a": "Done, updated."}, *notes(0, 3)]
     write_jsonl(workdir / "in" / "a.jsonl", rows)
     spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
@@ -641,7 +641,7 @@ def test_a_copy_read_by_the_run_that_first_applies_a_rejection_is_filtered(
 def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision_is_undone(
     workdir: Path, across_runs: bool
 ) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     # Two near duplicates of a.jsonl's first record, in another input.
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}])
@@ -649,8 +649,7 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision
     v1 = run(workdir, spec)
     assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
-    with engine.connect() as db:
-        items = db.execute(sa.select(review_items).where(review_items.c.kind == "near_duplicate")).all()
+    items = _near_duplicate_items(engine)
     item = next(row for row in items if json.loads(row.source)["line"] == 1)
     dec.decide(engine, item.item_id, "rita", "keep")  # not a duplicate: publish it as it is
     v2 = run(workdir, spec)
@@ -674,7 +673,7 @@ def test_a_near_duplicate_marked_not_a_duplicate_is_published_until_the_decision
 def test_two_near_copies_each_marked_not_a_duplicate_of_one_record_are_asked_about_each_other(
     workdir: Path, across_runs: bool
 ) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}, {"q": f"{base}?", "a": "Ok."}])
     spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7, "across_runs": across_runs}]}
@@ -708,7 +707,7 @@ def test_two_near_copies_each_marked_not_a_duplicate_of_one_record_are_asked_abo
 def test_a_record_kept_apart_then_corrected_in_its_input_is_queued_to_be_marked_again(workdir: Path) -> None:
     # "Not a duplicate" is decided on a record id; a corrected input line is a new record, which the next
     # scheduled run sets aside as an earlier version of the record the annotator kept it apart from.
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updatd."}])
     spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
@@ -752,7 +751,7 @@ def test_the_record_a_near_duplicate_was_kept_apart_from_stays_when_its_input_is
 ) -> None:
     # "Not a duplicate" holds both ways: read again alone, the record the item kept sorts after the one
     # kept apart from it (published, it comes first in their cluster) and must not be set aside beside it.
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
     spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
@@ -775,7 +774,7 @@ def test_the_record_a_near_duplicate_was_kept_apart_from_stays_when_its_input_is
 
 
 def test_two_near_dedup_stages_of_one_recipe_keep_their_signatures_items_and_decisions_apart(workdir: Path) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     answer = "We updated the billing address on your account, and the next invoice goes to the new one"
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, {"q": "Where is it?", "a": answer}])
     # Near a.jsonl's first prompt, and near its second completion.
@@ -801,7 +800,7 @@ def test_two_near_dedup_stages_of_one_recipe_keep_their_signatures_items_and_dec
 
 
 def test_a_not_a_duplicate_in_one_stage_does_not_queue_another_stages_earlier_versions(workdir: Path) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     answer = "We updated the billing address on your account, and the next invoice goes to the new one"
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": answer}, *notes(0, 2)])
     # Near a.jsonl's first record by its completion only.
@@ -827,7 +826,7 @@ def test_a_delta_run_does_not_ask_whether_a_kept_record_read_again_unchanged_is_
 ) -> None:
     # carry_forward: false sets an unchanged record of a changed input aside as an earlier version of
     # itself; the record a near duplicate was kept apart from is no exception, and no near duplicate.
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
     spec = {**recipe("out", carry_forward=False), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
@@ -858,7 +857,7 @@ def test_the_record_the_item_kept_corrected_in_its_input_is_asked_again_beside_t
 ) -> None:
     # The mirror of the test above: the record the item kept is corrected (a new record) and read alone,
     # after a full refresh (no set-aside row ties b.jsonl to it), beside the published record kept apart.
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
     spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
@@ -910,7 +909,7 @@ def test_a_record_kept_apart_read_alone_beside_a_published_near_copy_shows_its_t
 def test_a_delta_run_says_a_decision_on_a_set_aside_near_duplicate_needs_a_full_refresh(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"{base}.", "a": "Done."}, *notes(0, 3)])
     write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{base}!", "a": "Done, updated."}])
     spec = {**recipe("out", carry_forward=False), "stages": [{"type": "near_dedup", "threshold": 0.7}]}

@@ -26,7 +26,7 @@ from curation.stages.pii import PiiRedaction
 from schemas.config import RecipeError, parse_recipe
 from schemas.pii import PiiConfig
 from schemas.records import source_array
-from tests.helpers import outputs, run, set_aside, write_jsonl
+from tests.helpers import BILLING, outputs, run, set_aside, write_jsonl
 
 # Every test uses the same entities and recognizers, so the analyzer is built once per session.
 CUSTOMER_ID = {
@@ -660,7 +660,7 @@ def test_near_duplicates_found_before_the_pii_stage_are_shown_redacted(workdir: 
     from curation.review.labelstudio import export_tasks
     from curation.review.views import item_view
 
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     emails = ["dana.whitfield@example.com", "omar.haddad@example.org"]
     rows = [{"message": f"{base}. Write to {email}.", "reply": "Done, the address is updated."} for email in emails]
     write_jsonl(workdir / "in.jsonl", rows)
@@ -702,7 +702,7 @@ def test_near_duplicates_found_before_the_pii_stage_are_shown_redacted(workdir: 
 
 
 def test_near_duplicates_are_shown_as_every_later_pii_stage_redacts_them(workdir: Path) -> None:
-    base = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
+    base = BILLING
     base += ", and please send the confirmation letter to the same address as soon as you can"
     sent = [("dana.whitfield@example.com", "CUST-204518"), ("omar.haddad@example.org", "CUST-311207")]
     rows = [

@@ -20,7 +20,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageResult
 from schemas.config import Recipe, load_recipe
 from schemas.records import FLAG_SCHEMA, set_aside_rows
-from tests.helpers import outputs, set_aside, write_jsonl, write_recipe
+from tests.helpers import BILLING, outputs, set_aside, write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 
 ray = pytest.importorskip("ray")
@@ -195,9 +195,6 @@ def test_the_runs_sigterm_handler_is_armed_again_after_ray_shuts_down(monkeypatc
         assert signal.getsignal(signal.SIGTERM) is the_runs
     finally:
         signal.signal(signal.SIGTERM, before)
-
-
-BILLING = "Please update the billing address on my account, the new one is 12 Elm Street, thanks a lot"
 
 
 def near_duplicates_queued(folder: Path, executor: Any, rows: list[dict], duplicates: int) -> tuple[Recipe, list]:
