@@ -187,14 +187,17 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
 def stage_order_warnings(recipe: Recipe) -> list[str]:
     """What the order of the recipe's stages puts at risk: a ``clean`` after ``pii`` rewrites text the
     PII stage already scanned (``Maria&nbsp;Garcia`` becomes a name after it was passed over)."""
-    types = [config.type for config in recipe.stages]
-    if "pii" in types and "clean" in types[types.index("pii") :]:
-        return [
-            f"stages: clean (stage {types.index('clean', types.index('pii')) + 1}) comes after pii "
-            f"(stage {types.index('pii') + 1}): the text it rewrites (markup, HTML entities, spacing) is not "
-            "scanned for PII again; put clean before pii"
-        ]
-    return []
+    warnings: list[str] = []
+    pii: int | None = None
+    for number, config in enumerate(recipe.stages, 1):
+        if config.type == "pii":
+            pii = number  # the last one before a clean: a second PII stage has its own entities and fields
+        elif config.type == "clean" and pii is not None:
+            warnings.append(
+                f"stages: clean (stage {number}) comes after pii (stage {pii}): the text it rewrites (markup, "
+                "HTML entities, spacing) is not scanned for PII again; put clean before pii"
+            )
+    return warnings
 
 
 def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> datetime:
