@@ -903,6 +903,25 @@ def test_a_carried_record_marked_not_pii_keeps_what_the_later_pii_stages_redact(
     assert prompts == {carried, "Thanks!"}
 
 
+def test_a_carried_record_marked_not_pii_is_cleaned_by_a_clean_stage_after_pii(workdir: Path) -> None:
+    from curation.review.decisions import Edit, decide
+
+    # The published line was cleaned after pii: the text rebuilt from pii's flag must be cleaned too.
+    write_jsonl(workdir / "in" / "a.jsonl", [{"message": f"<b>{UNDO_PROMPT}</b>", "reply": "Will do."}])
+    recipe = {**UNDO_RECIPE, "stages": [*UNDO_RECIPE["stages"], {"type": "clean"}]}
+    first = run(workdir, recipe)
+    assert outputs(Path(first.version_uri))[0]["prompt"] == "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>."
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with engine.connect() as conn:
+        item_id, payload = conn.execute(sa.text("select item_id, payload from review_items where kind = 'pii'")).one()
+    [span] = json.loads(payload)["spans"]
+    decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+    write_jsonl(workdir / "in" / "b.jsonl", [{"message": "Thanks!", "reply": "Welcome."}])
+    second = run(workdir, recipe)
+    prompts = {row["prompt"] for row in outputs(Path(second.version_uri))}
+    assert prompts == {"Reach me at 212-555-0187 or at <EMAIL_ADDRESS>.", "Thanks!"}
+
+
 def test_annotator_undo_reaches_the_carried_copy_of_a_record(workdir: Path) -> None:
     published_then_marked_not_pii(workdir)
     recipe = UNDO_RECIPE
