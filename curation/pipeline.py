@@ -187,14 +187,17 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
 def stage_order_warnings(recipe: Recipe) -> list[str]:
     """What the order of the recipe's stages puts at risk: a ``clean`` after ``pii`` rewrites text the
     PII stage already scanned (``Maria&nbsp;Garcia`` becomes a name after it was passed over)."""
-    types = [config.type for config in recipe.stages]
-    if "pii" in types and "clean" in types[types.index("pii") :]:
-        return [
-            f"stages: clean (stage {types.index('clean', types.index('pii')) + 1}) comes after pii "
-            f"(stage {types.index('pii') + 1}): the text it rewrites (markup, HTML entities, spacing) is not "
-            "scanned for PII again; put clean before pii"
-        ]
-    return []
+    warnings: list[str] = []
+    pii: int | None = None
+    for number, config in enumerate(recipe.stages, 1):
+        if config.type == "pii":
+            pii = number  # the last one before a clean: a second PII stage has its own entities and fields
+        elif config.type == "clean" and pii is not None:
+            warnings.append(
+                f"stages: clean (stage {number}) comes after pii (stage {pii}): the text it rewrites (markup, "
+                "HTML entities, spacing) is not scanned for PII again; put clean before pii"
+            )
+    return warnings
 
 
 def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> datetime:
@@ -469,6 +472,46 @@ def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tup
         set_aside.update(result.set_aside["id"].to_pylist())
     edits = {row["id"]: {name: row[name] for name in decisions.edits[row["id"]]} for row in batch.to_pylist()}
     return dataclasses.replace(decisions, edits=edits, rejected=decisions.rejected | set_aside), set_aside
+
+
+def restorations_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tuple[RunDecisions, set[str]]:
+    """Carried texts with spans marked not PII put back, as the stages that rewrite text after the PII
+    stage whose item it was make them (``decisions.restored``).
+
+    A flag holds only its own stage's text and redactions: rebuilt from it alone, a carried line would
+    publish in clear what a later PII stage redacts. A field rebuilt by several stages goes on from the
+    earliest one, the later ones applying their own marks as it passes, as on a record read again.
+    Returns the decisions with those texts, and the records a later stage sets aside (a PII ``drop``
+    operator): rejected too, so they are not carried.
+    """
+    restored: dict[str, dict[str, str]] = {}
+    set_aside: set[str] = set()
+    for stage in stages:
+        if restored and getattr(stage, "rewrites_text", False):
+            restored, dropped = _rewritten(stage, restored)
+            set_aside |= dropped
+        for record, fields in decisions.restored_in.get(getattr(stage, "name", ""), {}).items():
+            # An edit of the field replaces the text anyway (it goes through the stages on its own).
+            fields = {name: text for name, text in fields.items() if name not in decisions.edits.get(record, {})}
+            if fields and record not in set_aside:
+                restored[record] = {**fields, **restored.get(record, {})}  # an earlier stage's goes on
+    return dataclasses.replace(decisions, restored=restored, rejected=decisions.rejected | set_aside), set_aside
+
+
+def _rewritten(stage: AnyStage, values: dict[str, dict[str, str]]) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """``values`` (record -> field -> text) as ``stage`` rewrites them, and the records it sets aside."""
+    ids = sorted(values)
+    names = sorted({name for fields in values.values() for name in fields} | set(stage.fields))  # type: ignore[attr-defined]
+    batch = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "source": pa.nulls(len(ids), pa.struct(list(SOURCE_TYPE))),
+            **{name: pa.array([values[r].get(name) for r in ids], pa.string()) for name in names},
+        }
+    )
+    result = stage(batch)  # type: ignore[operator]
+    kept = {row["id"]: {name: row[name] for name in values[row["id"]]} for row in result.kept.to_pylist()}
+    return kept, set(result.set_aside["id"].to_pylist())
 
 
 class HeldStops:
@@ -811,6 +854,8 @@ def _carry(
     if carried_copies:
         decisions = dataclasses.replace(decisions, rejected=decisions.rejected | carried_copies.keys())
     decisions, edits_set_aside = edits_through_stages(run_stages.stages, decisions)
+    decisions, restored_set_aside = restorations_through_stages(run_stages.stages, decisions)
+    edits_set_aside |= restored_set_aside
     counts.carried = writer.carry(
         version_uri(recipe.output.dest, recipe.dataset, extends),
         recipe.record.kind,
@@ -828,8 +873,8 @@ def _carry(
     if edits_set_aside:
         writer.carry_stats["edits_set_aside"] = len(edits_set_aside)
         log.warning(
-            "%d carried record(s) left out: a stage sets aside their text as annotators edited it "
-            "(a PII operator drop, nothing left after cleaning)",
+            "%d carried record(s) left out: a stage sets aside their text as annotators edited it or put "
+            "spans marked not PII back (a PII operator drop, nothing left after cleaning)",
             len(edits_set_aside),
         )
     return found_keys

@@ -722,3 +722,15 @@ def test_check_reads_the_head_of_an_images_sidecar_for_the_columns_the_recipe_na
     checked = curation("check", str(recipe), cwd=tmp_path)
     said = " ".join(checked.stderr.split())
     assert checked.returncode == 2 and f"{tmp_path / 'qa.csv'}:2: question: column 'question' is missing" in said
+
+
+def test_a_clean_stage_after_a_second_pii_stage_is_warned_of_too() -> None:
+    from curation.pipeline import stage_order_warnings
+    from schemas.config import parse_recipe
+
+    recipe = parse_recipe(
+        "dataset: docs\nsources: [{path: in.jsonl}]\nrecord: {kind: document}\n"
+        "stages: [{type: pii}, {type: clean}, {type: pii}, {type: clean}]\n"
+    )
+    said = [warning.split(":")[1] for warning in stage_order_warnings(recipe)]
+    assert said == [" clean (stage 2) comes after pii (stage 1)", " clean (stage 4) comes after pii (stage 3)"]

@@ -857,6 +857,71 @@ def test_a_not_pii_mark_holds_only_in_the_pii_stage_whose_item_it_was(workdir: P
     assert stats["pii_2"]["review_restored"] == 1 and not stats["pii"].get("review_restored")
 
 
+@pytest.mark.parametrize(
+    ("marked", "carried"),
+    [
+        (["pii"], "About <CUSTOMER_ID>: call 212-555-0187 or mail <EMAIL_ADDRESS>."),
+        (["pii", "pii_2"], "About CUST-204518: call 212-555-0187 or mail <EMAIL_ADDRESS>."),
+    ],
+)
+def test_a_carried_record_marked_not_pii_keeps_what_the_later_pii_stages_redact(
+    workdir: Path, marked: list[str], carried: str
+) -> None:
+    from curation.review.decisions import Edit, decide
+
+    # pii flags the phone number, pii_2 the customer id (and redacts the address for sure). A mark on pii's
+    # item rebuilds the text pii made: pii_2 must redact it again, with its own marks.
+    message = "About CUST-204518: call 212-555-0187 or mail dana@example.org."
+    write_jsonl(workdir / "in" / "a.jsonl", [{"message": message, "reply": "Will do."}])
+    recipe = {
+        **UNDO_RECIPE,
+        "stages": [
+            {"type": "pii", "fields": ["prompt"], "entities": ["PHONE_NUMBER"]},
+            {
+                "type": "pii",
+                "fields": ["prompt"],
+                "entities": ["CUSTOMER_ID", "EMAIL_ADDRESS"],
+                "recognizers": [CUSTOMER_ID],
+            },
+        ],
+    }
+    first = run(workdir, recipe)
+    published = "About <CUSTOMER_ID>: call <PHONE_NUMBER> or mail <EMAIL_ADDRESS>."
+    assert outputs(Path(first.version_uri))[0]["prompt"] == published
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with engine.connect() as conn:
+        items = conn.execute(sa.text("select item_id, stage, payload from review_items where kind = 'pii'")).all()
+    assert sorted(stage for _, stage, _ in items) == ["pii", "pii_2"]
+    for item_id, _, payload in (item for item in items if item[1] in marked):
+        [span] = json.loads(payload)["spans"]
+        decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+    # A scheduled run: the record of v1 is carried, rebuilt from the items marked.
+    write_jsonl(workdir / "in" / "b.jsonl", [{"message": "Thanks!", "reply": "Welcome."}])
+    second = run(workdir, recipe)
+    prompts = {row["prompt"] for row in outputs(Path(second.version_uri))}
+    assert second.manifest.counts.carried == 1
+    assert prompts == {carried, "Thanks!"}
+
+
+def test_a_carried_record_marked_not_pii_is_cleaned_by_a_clean_stage_after_pii(workdir: Path) -> None:
+    from curation.review.decisions import Edit, decide
+
+    # The published line was cleaned after pii: the text rebuilt from pii's flag must be cleaned too.
+    write_jsonl(workdir / "in" / "a.jsonl", [{"message": f"<b>{UNDO_PROMPT}</b>", "reply": "Will do."}])
+    recipe = {**UNDO_RECIPE, "stages": [*UNDO_RECIPE["stages"], {"type": "clean"}]}
+    first = run(workdir, recipe)
+    assert outputs(Path(first.version_uri))[0]["prompt"] == "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>."
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with engine.connect() as conn:
+        item_id, payload = conn.execute(sa.text("select item_id, payload from review_items where kind = 'pii'")).one()
+    [span] = json.loads(payload)["spans"]
+    decide(engine, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+    write_jsonl(workdir / "in" / "b.jsonl", [{"message": "Thanks!", "reply": "Welcome."}])
+    second = run(workdir, recipe)
+    prompts = {row["prompt"] for row in outputs(Path(second.version_uri))}
+    assert prompts == {"Reach me at 212-555-0187 or at <EMAIL_ADDRESS>.", "Thanks!"}
+
+
 def test_annotator_undo_reaches_the_carried_copy_of_a_record(workdir: Path) -> None:
     published_then_marked_not_pii(workdir)
     recipe = UNDO_RECIPE

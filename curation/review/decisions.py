@@ -280,8 +280,9 @@ class RunDecisions:
 
     ``undone_in`` holds, per PII stage name and record, the redaction spans (field, start, end)
     annotators marked not PII on that stage's items, for it to leave as they are in a record read
-    again; ``restored`` the published text of each such field rebuilt with those spans put back, for a
-    carried record.
+    again; ``restored_in``, per PII stage name, each such field of a carried record as that stage made
+    it but with those spans put back (the later stages that rewrite text still have to see it);
+    ``restored`` the texts carried records get, once they have (``restorations_through_stages``).
     """
 
     rejected: set[str] = field(default_factory=set)
@@ -289,6 +290,7 @@ class RunDecisions:
     # Per stage: a second PII stage scanning a field sees the first one's output, so a span's offsets
     # hold only in the text of the stage whose item it was marked on.
     undone_in: dict[str, dict[str, set[tuple[str, int, int]]]] = field(default_factory=dict)
+    restored_in: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     restored: dict[str, dict[str, str]] = field(default_factory=dict)
     # A rejection covers the record's content (``curation.review.rejected_content``): the content key of
     # each rejected record known, and the copies of its content filtered before (in ``rejected`` too).
@@ -505,7 +507,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
                     record,
                 )
             else:
-                result.restored.setdefault(record, {})[payload["field"]] = text
+                result.restored_in.setdefault(stages[item_id], {}).setdefault(record, {})[payload["field"]] = text
     return result
 
 
