@@ -171,10 +171,7 @@ class NearDedup:
         bands: int = 32,
         threshold: float = 0.7,
         kept_apart: Mapping[str, Collection[str]] | None = None,
-        name: str | None = None,
     ) -> None:
-        if name is not None:
-            self.name = name  # a second near_dedup of the recipe (``own_name``)
         if num_perm % bands:
             raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
         self.fields, self.shingle, self.shingle_size = fields, shingle, shingle_size
@@ -464,10 +461,7 @@ class ImageNearDedup:
         max_distance: int = 6,
         question: str | None = None,
         kept_apart: Mapping[str, Collection[str]] | None = None,
-        name: str | None = None,
     ) -> None:
-        if name is not None:
-            self.name = name  # a second image_dedup of the recipe (``own_name``)
         self.column, self.max_distance, self.question = column, max_distance, question
         self.bands = max_distance + 1
         self.kept_apart = dict(kept_apart or {})  # as ``NearDedup.kept_apart``

@@ -58,15 +58,15 @@ def quality_stages(
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
         made = [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
     else:
-        made = [_one_stage(config, kind, kept_apart or {}, taken)]
+        made = [_one_stage(config, kind)]
     for stage in made:
         stage.name = own_name(type(stage).name, taken)
+        if isinstance(stage, NearDedup | ImageNearDedup):
+            stage.kept_apart = dict((kept_apart or {}).get(stage.name, {}))
     return made
 
 
-def _one_stage(
-    config: QualityConfig, kind: str, kept_apart: Mapping[str, Mapping[str, Collection[str]]], taken: Iterable[str]
-) -> QualityStage | ImageNearDedup:
+def _one_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
     """The stage of one recipe entry other than expectations (see ``quality_stages``)."""
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
@@ -87,9 +87,6 @@ def _one_stage(
             config.min_completion_chars, config.trivial_completions, config.drop_prompt_equals_completion
         )
     if isinstance(config, NearDedupConfig):
-        fields = config.fields or [f for f in dedup_fields(kind) if f != "image"]
-        name = own_name(NearDedup.name, taken)
-        return NearDedup(fields, **settings, kept_apart=kept_apart.get(name), name=name)
+        return NearDedup(config.fields or [f for f in dedup_fields(kind) if f != "image"], **settings)
     question = "question" if config.match_question and kind == "vqa" else None
-    name = own_name(ImageNearDedup.name, taken)
-    return ImageNearDedup(config.column, config.max_distance, question, kept_apart.get(name), name)
+    return ImageNearDedup(config.column, config.max_distance, question)
