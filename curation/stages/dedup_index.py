@@ -36,8 +36,7 @@ from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 log = logging.getLogger(__name__)
 
 REASON = "earlier_version"
-_PREFIX = PUBLISHED_PREFIX  # ids of published rows inside a resolve; never collides with a record id
-_PUBLISHED_ID = rf"(?s)^{re.escape(_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
+_PUBLISHED_ID = rf"(?s)^{re.escape(PUBLISHED_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 
 _metadata = sa.MetaData()
 published_signatures = sa.Table(
@@ -314,7 +313,7 @@ class SignatureIndex:
             part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
             if len(self.retired):
                 part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
-            ids = pc.binary_join_element_wise(f"{_PREFIX}{version}:", part["id"], "")
+            ids = pc.binary_join_element_wise(f"{PUBLISHED_PREFIX}{version}:", part["id"], "")
             count = part.num_rows
             source = pa.StructArray.from_arrays(
                 [
@@ -419,7 +418,7 @@ class CrossRunDedup:
         A duplicate of its own published version (the same record id: a keyed SQL row read again) is
         not set aside: it is the record as it is now, written again, and replaces the carried one.
         """
-        aside = aside.filter(pc.invert(pc.starts_with(aside["id"], _PREFIX)))
+        aside = aside.filter(pc.invert(pc.starts_with(aside["id"], PUBLISHED_PREFIX)))
         # "published:<version>:<original id>"; null where the kept record is one of this run's.
         published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
         own = pc.fill_null(pc.equal(pc.struct_field(published, "original"), aside["id"]), False)
