@@ -445,7 +445,7 @@ class CrossRunDedup:
         The annotator is asked again, beside the text the decision's item showed of the published record
         (a scheduled run does not read it), rather than the decision being silently undone."""
         flags = getattr(self.inner, "review_flags", None)
-        if flags is None:
+        if flags is None:  # exact dedup: no review items, so no pair an annotator kept apart
             return empty_flags()
         # And one for each record an annotator kept apart, set aside as an earlier version of another
         # published record (the decision is on a pair, see ``keep_first``): asked about that pair.
@@ -462,7 +462,7 @@ class CrossRunDedup:
                 ),
             )
         )
-        if again.num_rows == 0 or isinstance(self.inner, ExactDedup):
+        if again.num_rows == 0:
             return flags(dropped, signatures, batches)
         index = again.schema.get_field_index("reason")
         again = again.set_column(index, again.field(index), pa.array([self.reason] * again.num_rows, pa.string()))
