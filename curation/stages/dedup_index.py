@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -29,14 +28,13 @@ import sqlalchemy as sa
 
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
-from curation.stages.duplicates import PUBLISHED_PREFIX, holds_one_key_each, one_key_each
+from curation.stages.duplicates import PUBLISHED_ID, PUBLISHED_PREFIX, holds_one_key_each, one_key_each
 from curation.state import runs, state_engine
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
 log = logging.getLogger(__name__)
 
 REASON = "earlier_version"
-_PUBLISHED_ID = rf"(?s)^{re.escape(PUBLISHED_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 
 _metadata = sa.MetaData()
 published_signatures = sa.Table(
@@ -420,7 +418,7 @@ class CrossRunDedup:
         """
         aside = aside.filter(pc.invert(pc.starts_with(aside["id"], PUBLISHED_PREFIX)))
         # "published:<version>:<original id>"; null where the kept record is one of this run's.
-        published = pc.extract_regex(aside["duplicate_of"], _PUBLISHED_ID)
+        published = pc.extract_regex(aside["duplicate_of"], PUBLISHED_ID)
         own = pc.fill_null(pc.equal(pc.struct_field(published, "original"), aside["id"]), False)
         if not self.replaces_own:
             keyed = pa.array(sorted(self.keyed_uris) if not isinstance(self.inner, ExactDedup) else [], pa.string())
@@ -482,7 +480,7 @@ class CrossRunDedup:
         published = self.index.load(self.name, self.params) if schema is not None else None
         if published is None:
             return []
-        original = pc.struct_field(pc.extract_regex(published["id"], _PUBLISHED_ID), "original")
+        original = pc.struct_field(pc.extract_regex(published["id"], PUBLISHED_ID), "original")
         rows = published.set_column(0, "id", original).filter(pc.is_in(original, value_set=pc.unique(ids)))
         return [rows.select(schema.names).cast(schema)]
 

@@ -7,6 +7,7 @@ same ``DuplicateStage.pairs`` per key group after a shuffle and the same ``set_a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -22,6 +23,8 @@ from schemas.records import SOURCE_TYPE, empty_set_aside, set_aside_rows
 # The ids of published records' rows in a resolve across runs (``curation.stages.dedup_index``):
 # "published:<version>:<record id>"; never a record's own id.
 PUBLISHED_PREFIX = "published:"
+# Such an id's parts, for Arrow's extract_regex and Python's re alike.
+PUBLISHED_ID = rf"(?s)^{re.escape(PUBLISHED_PREFIX)}(?P<version>[^:]*):(?P<original>.*)"
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 
 
@@ -199,9 +202,8 @@ def _both_ways(kept_apart: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
 
 def _original(record: str) -> str:
     """The record id of a published row's id (``CrossRunDedup``); any other id as it is."""
-    if not record.startswith(PUBLISHED_PREFIX):
-        return record
-    return record[len(PUBLISHED_PREFIX) :].split(":", 1)[1]
+    published = re.match(PUBLISHED_ID, record)
+    return published["original"] if published else record
 
 
 def resolve_duplicates(stage: DuplicateStage, signatures: Iterable[pa.Table]) -> pa.Table:
