@@ -10,10 +10,10 @@ name's. Read off spaCy's tokens once NER has run (presidio's ``SpacyRecognizer``
   Tom Becker", "Call Daniel Okafor"), one is enough after a salutation or a title ("Hi Sophie",
   "Mr Okafor"). Not when one of its words is one of organisations, departments or headings
   ("Dear Customer Service", "Payee Bank of America", "Call Center"), nor a run of five words or more
-  (a heading), nor words the model dated or counted, nor after a role word or verb with no separator
-  a line of their own with it (a heading: "Customer Satisfaction Survey"). On the next line too,
-  after a salutation, a title or a colon ("Regards," over a signature). In capitals, where a word's case says nothing,
-  less is read: one word after a title ("MR OKAFOR"), two or more after a salutation ("DEAR SOPHIE
+  (a heading), nor words the model dated or counted, nor words that make a line of their own with the
+  role word or verb before them and no separator between (a heading: "Customer Satisfaction Survey").
+  A name may stand on the next line after a salutation, a title or a colon ("Regards," over a
+  signature). In capitals, where a word's case says nothing, less is read: one word after a title ("MR OKAFOR"), two or more after a salutation ("DEAR SOPHIE
   SMITH": "ATTN: IRS" is no name), and after a role word or verb only a form's value ("PAYEE: MARIA
   GARCIA", not a heading such as "CUSTOMER SATISFACTION SURVEY"); a stop word or punctuation ends
   such a name, so a verb right after it is taken in ("MR OKAFOR CALLED").
@@ -152,6 +152,7 @@ def _gap(doc: Doc, at: int, shape: Callable[[Token], bool] = _capitalised) -> bo
 
 
 def _line_break(token: Token) -> bool:
+    """Whether ``token`` is whitespace holding a line break."""
     return token.is_space and "\n" in token.text
 
 
@@ -161,10 +162,9 @@ def _whole_line(doc: Doc, start: int, end: int) -> bool:
 
 
 def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str, int]:
-    """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"; one separator
-    may stand between them and the name: "Attn: Sophie", "Thanks, Sophie"; it is returned with them,
-    or "", and the first of them). A line break may stand
-    there too after a salutation or a title, as letters break lines ("Dear" or "Regards," on a line
+    """The kinds of the role words right before token ``at`` ("Dear Mr", "the payee"), the separator
+    between them and the name ("Attn: Sophie", "Thanks, Sophie"; "" where there is none) and the
+    index of the first of them. A line break may stand there too after a salutation or a title, as letters break lines ("Dear" or "Regards," on a line
     of its own, the name on the next, or after a blank line), or after a colon (a form's "Payee:"
     over its value); not after a bare role word or verb, which ends the lines of menus and headings
     as often ("Contact" over "Privacy Policy")."""
