@@ -14,7 +14,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.hashing import xxh3_64, xxh3_128_hex
 
@@ -169,6 +170,15 @@ class Record(BaseModel):
 
     id: str
     source: SourceRef
+
+    @field_validator("text", "prompt", "completion", "image", "question", "answer", check_fields=False)
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        """A field of spaces alone teaches a model nothing, as an empty one does (``SchemaValidation``
+        checks the same on its fast path)."""
+        if value.isspace():
+            raise PydanticCustomError("blank", "only whitespace, no text")
+        return value
 
 
 class DocumentRecord(Record):

@@ -841,3 +841,22 @@ def test_a_parquet_nanosecond_time_and_a_nested_float32_publish_one_text_as_a_fi
         lines = outputs(Path(run(workdir, spec).version_uri))
         published[name] = sorted((line["prompt"], line["completion"]) for line in lines)
     assert published == {name: sorted((text, f"At {text}") for text in texts) for name, (_, texts) in columns.items()}
+
+
+def test_a_record_field_of_whitespace_alone_is_quarantined_as_an_empty_one_is(workdir: Path) -> None:
+    # No empty value in the batch: the fast path alone must see the blanks, and the rows then say which.
+    rows = [
+        {"q": "Refund?", "a": "Yes"},
+        {"q": "Blank?", "a": "  "},
+        {"q": "Tab?", "a": "\t\n"},
+        {"q": "Ok?", "a": "No"},
+    ]
+    path = write_jsonl(workdir / "qa.jsonl", rows)
+    result = run(workdir, qa_recipe("qa.jsonl", prompt="Q: {{ q }}", completion="{{ a }}"))
+    aside = set_aside(Path(result.version_uri))
+    assert [(row["reason"], row["detail"]) for row in aside] == [
+        ("schema", f"{path}:2: completion: only whitespace, no text"),
+        ("schema", f"{path}:3: completion: only whitespace, no text"),
+    ]
+    assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["No", "Yes"]
+    assert_adds_up(result.manifest.counts)

@@ -118,8 +118,8 @@ class SchemaValidation:
                 and pc.any(pc.invert(pc.is_finite(values))).as_py()
             ):
                 return None
-            if min_length and _shorter_than(values, min_length):
-                return None
+            if min_length and (_shorter_than(values, min_length) or pc.any(pc.utf8_is_space(values)).as_py()):
+                return None  # Record._not_blank: a field of spaces alone is no text
             batch = batch.set_column(batch.column_names.index(column), column, values)
         return batch
 
