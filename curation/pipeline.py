@@ -452,25 +452,7 @@ def edits_through_stages(stages: list[AnyStage], decisions: RunDecisions) -> tup
     rewriting = [stage for stage in stages if getattr(stage, "rewrites_text", False)]
     if not decisions.edits or not rewriting:
         return decisions, set()
-    ids = sorted(decisions.edits)
-    names = sorted(
-        {name for fields in decisions.edits.values() for name in fields}.union(
-            *(stage.fields for stage in rewriting)  # type: ignore[attr-defined]
-        )
-    )
-    batch = pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "source": pa.nulls(len(ids), pa.struct(list(SOURCE_TYPE))),
-            **{name: pa.array([decisions.edits[r].get(name) for r in ids], pa.string()) for name in names},
-        }
-    )
-    set_aside: set[str] = set()
-    for stage in rewriting:
-        result = stage(batch)  # type: ignore[operator]
-        batch = result.kept
-        set_aside.update(result.set_aside["id"].to_pylist())
-    edits = {row["id"]: {name: row[name] for name in decisions.edits[row["id"]]} for row in batch.to_pylist()}
+    edits, set_aside = _through(rewriting, decisions.edits)
     return dataclasses.replace(decisions, edits=edits, rejected=decisions.rejected | set_aside), set_aside
 
 
@@ -488,7 +470,7 @@ def restorations_through_stages(stages: list[AnyStage], decisions: RunDecisions)
     set_aside: set[str] = set()
     for stage in stages:
         if restored and getattr(stage, "rewrites_text", False):
-            restored, dropped = _rewritten(stage, restored)
+            restored, dropped = _through([stage], restored)
             set_aside |= dropped
         for record, fields in decisions.restored_in.get(getattr(stage, "name", ""), {}).items():
             # An edit of the field replaces the text anyway (it goes through the stages on its own).
@@ -498,10 +480,13 @@ def restorations_through_stages(stages: list[AnyStage], decisions: RunDecisions)
     return dataclasses.replace(decisions, restored=restored, rejected=decisions.rejected | set_aside), set_aside
 
 
-def _rewritten(stage: AnyStage, values: dict[str, dict[str, str]]) -> tuple[dict[str, dict[str, str]], set[str]]:
-    """``values`` (record -> field -> text) as ``stage`` rewrites them, and the records it sets aside."""
+def _through(stages: list[AnyStage], values: dict[str, dict[str, str]]) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """``values`` (record -> field -> text) as ``stages`` rewrite them, one after the other, and the records
+    they set aside."""
     ids = sorted(values)
-    names = sorted({name for fields in values.values() for name in fields} | set(stage.fields))  # type: ignore[attr-defined]
+    names = sorted(
+        {name for fields in values.values() for name in fields}.union(*(stage.fields for stage in stages))  # type: ignore[attr-defined]
+    )
     batch = pa.table(
         {
             "id": pa.array(ids, pa.string()),
@@ -509,9 +494,13 @@ def _rewritten(stage: AnyStage, values: dict[str, dict[str, str]]) -> tuple[dict
             **{name: pa.array([values[r].get(name) for r in ids], pa.string()) for name in names},
         }
     )
-    result = stage(batch)  # type: ignore[operator]
-    kept = {row["id"]: {name: row[name] for name in values[row["id"]]} for row in result.kept.to_pylist()}
-    return kept, set(result.set_aside["id"].to_pylist())
+    set_aside: set[str] = set()
+    for stage in stages:
+        result = stage(batch)  # type: ignore[operator]
+        batch = result.kept
+        set_aside.update(result.set_aside["id"].to_pylist())
+    kept = {row["id"]: {name: row[name] for name in values[row["id"]]} for row in batch.to_pylist()}
+    return kept, set_aside
 
 
 class HeldStops:
