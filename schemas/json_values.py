@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -94,20 +95,20 @@ def float_texts(values: pa.Array | pa.ChunkedArray, text: Callable[[float], str]
     # more (``1e-7``) where Python writes two or more (``1e-07``): each set out again apart (a kernel over
     # the whole column cost more than the cast).
     whole = pc.and_(pc.and_(positional, pc.invert(scientific)), pc.equal(pc.floor(values), values))
-    texts = _rewritten(texts, whole, lambda some: pc.binary_join_element_wise(some, ".0", ""))
+    texts = rewritten(texts, whole, lambda some: pc.binary_join_element_wise(some, ".0", ""))
     exponent = pc.and_(scientific, pc.invert(positional))
-    texts = _rewritten(texts, exponent, lambda some: pc.replace_substring_regex(some, r"e([-+])([0-9])$", r"e\10\2"))
+    texts = rewritten(texts, exponent, lambda some: pc.replace_substring_regex(some, r"e([-+])([0-9])$", r"e\10\2"))
     elsewise = pc.fill_null(pc.equal(positional, scientific), False)  # notations that differ, nan and inf
-    return _rewritten(
+    return rewritten(
         texts, elsewise, lambda _: pa.array([text(v) for v in values.filter(elsewise).to_pylist()], pa.string())
     )
 
 
-def _rewritten(
-    texts: pa.StringArray, where: pa.BooleanArray, rewrite: Callable[[pa.Array], pa.Array]
+def rewritten(
+    texts: pa.StringArray, where: pa.BooleanArray | np.ndarray, rewrite: Callable[[pa.Array], pa.Array]
 ) -> pa.StringArray:
     """``texts`` with those ``where`` marks (null: not marked) replaced by ``rewrite`` of them."""
-    where = pc.fill_null(where, False)
+    where = pc.fill_null(pa.array(where) if isinstance(where, np.ndarray) else where, False)
     if not pc.any(where).as_py():
         return texts
     return pc.replace_with_mask(texts, where, rewrite(texts.filter(where)))

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import jinja2
 import jinja2.meta
 import jinja2.nodes as jn
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
-from schemas.json_values import float_texts
+from schemas.json_values import float_texts, rewritten
 from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -191,20 +190,12 @@ def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     ticks = pc.fill_null(pc.cast(values.combine_chunks(), storage), 0).to_numpy()
     whole = ticks % per_second == 0
     # 03:04:05, not 03:04:05.000000; 03:04:05.120000, not 03:04:05.120000000 (nor 03:04:05.120)
-    texts = _rewritten(texts, whole, lambda some: pc.utf8_slice_codeunits(some, 0, -digits - 1))
+    texts = rewritten(texts, whole, lambda some: pc.utf8_slice_codeunits(some, 0, -digits - 1))
     if digits == 9:
-        texts = _rewritten(texts, ~whole & (ticks % 1000 == 0), lambda some: pc.utf8_slice_codeunits(some, 0, -3))
+        texts = rewritten(texts, ~whole & (ticks % 1000 == 0), lambda some: pc.utf8_slice_codeunits(some, 0, -3))
     elif digits < 6:
-        texts = _rewritten(texts, ~whole, lambda some: pc.binary_join_element_wise(some, "0" * (6 - digits), ""))
+        texts = rewritten(texts, ~whole, lambda some: pc.binary_join_element_wise(some, "0" * (6 - digits), ""))
     return texts
-
-
-def _rewritten(texts: pa.Array, where: np.ndarray, rewrite: Callable[[pa.Array], pa.Array]) -> pa.Array:
-    """``texts`` with those ``where`` marks replaced by ``rewrite`` of them."""
-    if not where.any():
-        return texts
-    mask = pa.array(where)
-    return pc.replace_with_mask(texts, mask, rewrite(texts.filter(mask)))
 
 
 class Field:
@@ -341,10 +332,10 @@ class Shape:
         read = [name for name in batch.column_names if name in field.template_columns and name not in ("id", "source")]
         rows, not_held = rows_as_python(batch.select(read))
         for row, unheld in zip(rows, not_held, strict=True):
-            if unheld and any(name in field.template_columns for name in unheld):
+            if unheld:  # a column the template reads (``read``)
                 rendered.append(None)
                 only_missing = False
-                named = ", ".join(repr(name) for name in unheld if name in field.template_columns)
+                named = ", ".join(repr(name) for name in unheld)
                 problems.append(f"template failed: {named} holds a value Python cannot hold (a year after 9999?)")
                 continue
             # A value the template cannot work with (a division by zero, a key .format() does not find)
