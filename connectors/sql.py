@@ -719,9 +719,7 @@ class SqlSourceReader:
             span.as_moments = span.as_moments or any(isinstance(value, date) for value in values)
         if self._db is not None and self._db.dialect.name == "sqlite":
             values = [sqlite_utc(value) for value in values]
-        # A row's contents as its own values write them (not as Arrow does, whose text of a decimal
-        # depends on the other rows of its batch: 1.5 is '1.50' beside 1.25).
-        contents = (json.dumps(list(row), default=str, ensure_ascii=False).encode() for row in rows)
+        contents = (_values_text(row) for row in rows)
         try:
             return [
                 span.is_new_null(content) if _no_value(value) else span.is_new(value, content)
@@ -757,7 +755,7 @@ class SqlSourceReader:
         contents = row_contents(table)
         contents = [c if isinstance(c, bytes) else c.as_py().encode() for c in contents]
         for i in at:
-            contents[i] = json.dumps(list(rows[i]), default=str, ensure_ascii=False).encode()
+            contents[i] = _values_text(rows[i])
         return table, contents
 
     def _unreadable(
@@ -800,6 +798,7 @@ class SqlSourceReader:
         made = Unreadable.made
         with closing(self._result()) as result:  # closed at once on an error, not when collected
             columns = self._columns_checked(next(result))
+            key_at = [columns.index(k) for k in self.config.key]
             for rows in result:
                 unreadable = unreadable_columns(columns, rows, made)
                 table, contents = self._contents(columns, rows, unreadable)
@@ -809,7 +808,7 @@ class SqlSourceReader:
                 # row written since that equals one of them (the same cursor value) gets an id of its own.
                 ids = None if self.config.key else row_ids(contents)
                 if self.config.key:
-                    keys, marks = key_texts(rows, [columns.index(k) for k in self.config.key])
+                    keys, marks = key_texts(rows, key_at)
                     # Every row the database returned, those taken before too (a row at the watermark, one of the
                     # days a SQLite date text is read again for): a new row may share its key.
                     self._check_keys_unique(keys, marks, lines)
@@ -831,7 +830,7 @@ class SqlSourceReader:
                             keys = [key for key, n in zip(keys, new, strict=True) if n]
                             marks = [mark for mark, n in zip(marks, new, strict=True) if n]
                 if self.config.key:
-                    self._check_keys_elsewhere(rows, [columns.index(k) for k in self.config.key], keys, marks, lines)
+                    self._check_keys_elsewhere(rows, key_at, keys, marks, lines)
                     # The row's identity, not its content: an edited row keeps its id, so its new
                     # version replaces the one carried from earlier versions, and review decisions
                     # stay with it.
@@ -874,6 +873,12 @@ class SqlSourceReader:
                 self.config.cursor,
                 span.new_nulls,
             )
+
+
+def _values_text(row: Sequence[Any]) -> bytes:
+    """A row's content as its own values write it (not as Arrow does, whose text of a decimal depends on
+    the other rows of its batch: 1.5 is '1.50' beside 1.25), an Unreadable one as PostgreSQL's text."""
+    return json.dumps(list(row), default=str, ensure_ascii=False).encode()
 
 
 def _quarantined(
