@@ -448,7 +448,8 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         for record, copies in copies_of(engine, dataset, result.rejected).items():
             result.copy_of.update((copy, record) for copy, _ in copies if copy not in result.rejected)
         result.rejected |= result.copy_of.keys()
-    stages = _stages(engine, [*not_pii, *not_duplicates])
+    items = _items(engine, [*not_pii, *not_duplicates])  # their stage, payload and source, read once
+    stages = {item_id: row.stage for item_id, row in items.items()}
     for item_id, (record, spans) in not_pii.items():
         marked = {(field_name, int(start), int(end)) for field_name, start, end in spans}
         result.undone_in.setdefault(stages[item_id], {}).setdefault(record, set()).update(marked)
@@ -461,8 +462,8 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
                 in_stage[record] = kept
         if not in_stage:
             del result.undone_in[stage]
-    payloads = _payloads(engine, [*not_pii, *not_duplicates])
-    sources = _column_of(engine, list(not_duplicates), review_items.c.source)
+    payloads = {item_id: row.payload for item_id, row in items.items()}
+    sources = {item_id: row.source for item_id, row in items.items()}
     members: dict[str, dict[str, dict[str, Any]]] = {}  # per stage, as ``kept_from``
     for item_id, record in not_duplicates.items():
         payload = json.loads(payloads.get(item_id) or "{}")
@@ -511,22 +512,14 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     return result
 
 
-def _payloads(engine: sa.Engine, item_ids: list[int]) -> dict[int, str | None]:
-    """The payload of each of these items."""
-    return _column_of(engine, item_ids, review_items.c.payload)
-
-
-def _stages(engine: sa.Engine, item_ids: list[int]) -> dict[int, str]:
-    """The stage that flagged each of these items."""
-    return _column_of(engine, item_ids, review_items.c.stage)
-
-
-def _column_of(engine: sa.Engine, item_ids: list[int], column: sa.Column) -> dict[int, Any]:
+def _items(engine: sa.Engine, item_ids: list[int]) -> dict[int, Any]:
+    """The stage that flagged each of these items, its payload and its source."""
     found: dict[int, Any] = {}
+    columns = (review_items.c.item_id, review_items.c.stage, review_items.c.payload, review_items.c.source)
     with engine.connect() as db:
         for start in range(0, len(item_ids), 500):  # under every database's limit on bound parameters
-            query = sa.select(review_items.c.item_id, column)
-            found.update(db.execute(query.where(review_items.c.item_id.in_(item_ids[start : start + 500]))).all())
+            query = sa.select(*columns).where(review_items.c.item_id.in_(item_ids[start : start + 500]))
+            found.update((row.item_id, row) for row in db.execute(query))
     return found
 
 
