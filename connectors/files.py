@@ -929,6 +929,11 @@ def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] |
         yield rest
 
 
+def cr_only(data: bytes) -> bool:
+    """Whether ``data``'s lines end in CR alone (classic Mac, Excel's "CSV (Macintosh)"): CR without any LF."""
+    return b"\r" in data and b"\n" not in data
+
+
 class _LineFeeds(io.RawIOBase):
     """A stream whose lines end in CR alone (classic Mac, Excel's "CSV (Macintosh)") with LF instead,
     byte for byte, so lines are counted and blank ones found as in any other file; others pass as
@@ -943,7 +948,7 @@ class _LineFeeds(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
         if self.cr_only is None and data:
-            self.cr_only = b"\r" in data and b"\n" not in data
+            self.cr_only = cr_only(data)
         return data.replace(b"\r", b"\n") if self.cr_only else data
 
 

@@ -25,7 +25,7 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
-from connectors.files import FilesSourceReader, file_format
+from connectors.files import FilesSourceReader, cr_only, file_format
 from connectors.state import SourceWatermark, file_fingerprints
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
@@ -348,7 +348,7 @@ def _row_item(row: dict) -> str:
 def _line_end(data: bytes) -> bytes:
     """What ends a line of a sidecar as its reader numbers them: LF, or CR in a file with no LF at all
     (classic Mac, Excel's "CSV (Macintosh)"; see connectors.files._LineFeeds)."""
-    return b"\r" if b"\r" in data and b"\n" not in data else b"\n"
+    return b"\r" if cr_only(data) else b"\n"
 
 
 def _lines_in(data: bytes, end: bytes) -> int:
