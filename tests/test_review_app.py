@@ -86,6 +86,9 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
 
     # VQA: image, question, answer; approved with the mouse, undone with the key, then edited.
     expect(page.locator("#question")).to_have_text("Which bar is tallest?")
+    # Read once the image has loaded, or failed to (``complete`` either way): a busy machine showed the
+    # question before the image arrived, and its width read 0.
+    page.wait_for_function("() => document.querySelector('.vqa img')?.complete")
     assert page.locator(".vqa img").evaluate("img => img.naturalWidth") == 240
     page.click("#approve")
     expect(page.locator(".count[data-kind=vqa] strong")).to_have_text("0")
