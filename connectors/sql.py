@@ -28,7 +28,7 @@ import xxhash
 
 from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
-from connectors.state import SourceWatermark, decode_cursor, encode_cursor
+from connectors.state import SourceWatermark, batched, decode_cursor, encode_cursor
 from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.json_values import json_values
@@ -698,16 +698,13 @@ class SqlSourceReader:
                 listed = sa.func.json_each(sa.bindparam("curation_keys", json.dumps(flat), sa.String()))
                 yield columns[0].in_(sa.select(sa.column("value")).select_from(listed))
                 whole = []
-        step = max(1, _KEYS_ASKED // len(columns))
-        for start in range(0, len(whole), step):
-            chunk = whole[start : start + step]
+        for chunk in batched(whole, max(1, _KEYS_ASKED // len(columns))):
             yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
-        holding_null = [value for value in values if None in value]
-        for start in range(0, len(holding_null), 100):
+        for chunk in batched([value for value in values if None in value], 100):
             yield sa.or_(
                 *(
                     sa.and_(*(c.is_(None) if v is None else c == v for c, v in zip(columns, value, strict=True)))
-                    for value in holding_null[start : start + 100]
+                    for value in chunk
                 )
             )
 

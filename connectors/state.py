@@ -22,11 +22,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -64,6 +64,18 @@ log = logging.getLogger(__name__)
 LEASE_SETTING = "CURATION_LOCK_LEASE"
 DEFAULT_LEASE_SECONDS = 900.0
 MIN_LEASE_SECONDS = 0.5
+
+# Ids asked of a state database in one ``IN (...)``: under every database's limit on bound parameters.
+IDS_PER_QUERY = 500
+
+T = TypeVar("T")
+
+
+def batched(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``values``, ``size`` at a time (``itertools.batched`` but for Python 3.11, as slices), so that a
+    query asks for them within a database's limit on bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def create_tables(engine: sa.Engine) -> None:

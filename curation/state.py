@@ -11,6 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 import xxhash
 
+from connectors.state import batched
+
 metadata = sa.MetaData()
 
 
@@ -166,10 +168,9 @@ class StateStore:
         hashes = sorted(by_hash)
         found: dict[str, bool] = {}
         with self.engine.connect() as db:
-            for start in range(0, len(hashes), _IN_CLAUSE_KEYS):
+            for chunk in batched(hashes, _IN_CLAUSE_KEYS):
                 query = sa.select(split_groups.c.group_hash, split_groups.c.validation).where(
-                    split_groups.c.dataset == dataset,
-                    split_groups.c.group_hash.in_(hashes[start : start + _IN_CLAUSE_KEYS]),
+                    split_groups.c.dataset == dataset, split_groups.c.group_hash.in_(chunk)
                 )
                 found.update((by_hash[group], bool(side)) for group, side in db.execute(query))
         return found

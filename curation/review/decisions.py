@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from connectors.state import IDS_PER_QUERY, batched
 from curation.redaction import redacted
 from curation.review.queue import create_tables, metadata, review_items
 from curation.review.rejected_content import copies_of, keys_of
@@ -517,8 +518,8 @@ def _items(engine: sa.Engine, item_ids: list[int]) -> dict[int, Any]:
     found: dict[int, Any] = {}
     columns = (review_items.c.item_id, review_items.c.stage, review_items.c.payload, review_items.c.source)
     with engine.connect() as db:
-        for start in range(0, len(item_ids), 500):  # under every database's limit on bound parameters
-            query = sa.select(*columns).where(review_items.c.item_id.in_(item_ids[start : start + 500]))
+        for chunk in batched(item_ids, IDS_PER_QUERY):
+            query = sa.select(*columns).where(review_items.c.item_id.in_(chunk))
             found.update((row.item_id, row) for row in db.execute(query))
     return found
 

@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
+from connectors.state import IDS_PER_QUERY, batched
+
 metadata = sa.MetaData()
 
 review_items = sa.Table(
@@ -92,12 +94,10 @@ def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple
     """(record, kind, stage, question) of the items of these records."""
     found: set[tuple[str, str, str, str | None]] = set()
     table = review_items
-    distinct = sorted(set(record_ids))
     with engine.connect() as db:
-        for start in range(0, len(distinct), 500):  # under every database's limit on bound parameters
+        for chunk in batched(sorted(set(record_ids)), IDS_PER_QUERY):
             query = sa.select(table.c.record_id, table.c.kind, table.c.stage, table.c.payload).where(
-                table.c.dataset == dataset,
-                table.c.record_id.in_(distinct[start : start + 500]),
+                table.c.dataset == dataset, table.c.record_id.in_(chunk)
             )
             found.update(
                 (row.record_id, row.kind, row.stage, question(row.kind, row.payload)) for row in db.execute(query)

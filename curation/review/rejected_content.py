@@ -13,12 +13,13 @@ and the content comes back, and a carried copy leaves with its record when the r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from connectors.state import IDS_PER_QUERY, batched
 from curation.review.queue import create_tables, metadata
 from schemas.records import dedup_fields
 
@@ -40,8 +41,6 @@ rejected_copies = sa.Table(
     sa.Column("uri", sa.Text, nullable=False),  # the copy's input
 )
 
-_CHUNK = 500  # ids per query: under every database's limit on bound parameters
-
 
 def content_keys(batch: pa.Table, kind: str) -> pa.Array:
     """Each record's content key (uint64): the hash default ``exact_dedup`` gives it."""
@@ -55,10 +54,8 @@ def as_text(key: int) -> str:
     return f"{key:016x}"
 
 
-def _chunks(values: Iterable[str]) -> Iterable[list[str]]:
-    ordered = sorted(set(values))
-    for start in range(0, len(ordered), _CHUNK):
-        yield ordered[start : start + _CHUNK]
+def _chunks(values: Iterable[str]) -> Iterable[Sequence[str]]:
+    return batched(sorted(set(values)), IDS_PER_QUERY)
 
 
 def remember(engine: sa.Engine, dataset: str, keys: dict[str, int]) -> None:
