@@ -155,8 +155,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             try:
                 name = own_name(PiiRedaction.name, (s.name for s in stages))
                 # Spans marked "not PII" on this stage's own items: another's offsets are in other text.
-                stages.append(PiiRedaction(config, kind, undone=review.decisions.undone_in.get(name)))
-                stages[-1].name = name
+                stages.append(PiiRedaction(config, kind, undone=review.decisions.undone_in.get(name), name=name))
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):

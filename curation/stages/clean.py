@@ -102,7 +102,10 @@ class Clean:
         remove_control: bool = True,
         normalize_whitespace: bool = True,
         required: list[str] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.fields = fields
         self.required = required if required is not None else fields
         self.steps = [

@@ -97,8 +97,7 @@ class ExactDedup:
     reason = "exact_duplicate"
 
     def __init__(self, fields: list[str], normalize: bool = True, name: str | None = None) -> None:
-        if name is not None:
-            self.name = name  # a second exact_dedup of the recipe (``own_name``)
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.fields = fields
         self.normalize = normalize
         if "image" in fields:

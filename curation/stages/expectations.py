@@ -94,7 +94,8 @@ class Expectations:
 
     name = "expectations"
 
-    def __init__(self, specs: list[Expectation]) -> None:
+    def __init__(self, specs: list[Expectation], *, name: str | None = None) -> None:
+        self.name = name or self.name  # a second expectations entry's (``own_name``)
         self.specs = specs
         self.columns = sorted({s.column for s in specs})
         self._suite: _Suite | None = None
@@ -141,7 +142,8 @@ class UniqueValues:
 
     name = "expectations"
 
-    def __init__(self, columns: list[str]) -> None:
+    def __init__(self, columns: list[str], *, name: str | None = None) -> None:
+        self.name = name or self.name  # as ``Expectations.name``
         self.columns = list(dict.fromkeys(columns))
 
     def signatures(self, batch: pa.Table) -> pa.Table:

@@ -55,7 +55,10 @@ class LengthFilter:
         max_chars: int | None = None,
         min_words: int | None = None,
         max_words: int | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.fields = fields
         self.limits = (min_chars, max_chars, min_words, max_words)
 
@@ -100,7 +103,10 @@ class LanguageFilter:
     name = "language_filter"
     sample_chars = 2000  # the first characters are plenty to tell the language, and bound the cost
 
-    def __init__(self, fields: list[str], languages: list[str], min_confidence: float = 0.8) -> None:
+    def __init__(
+        self, fields: list[str], languages: list[str], min_confidence: float = 0.8, *, name: str | None = None
+    ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.fields, self.languages, self.min_confidence = fields, set(languages), min_confidence
         self.detect = _detector()
 
@@ -173,7 +179,10 @@ class RepetitionFilter:
         max_duplicate_paragraph_char_fraction: float = 0.20,
         max_top_ngram_char_fraction: dict[int, float] | None = None,
         max_duplicate_ngram_char_fraction: dict[int, float] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.fields = fields
         self.line_limits = (max_duplicate_line_fraction, max_duplicate_line_char_fraction)
         self.paragraph_limits = (max_duplicate_paragraph_fraction, max_duplicate_paragraph_char_fraction)
@@ -213,7 +222,15 @@ class RepetitionFilter:
 class RatioFilter:
     name = "ratio_filter"
 
-    def __init__(self, fields: list[str], max_symbol_ratio: float | None, max_digit_ratio: float | None) -> None:
+    def __init__(
+        self,
+        fields: list[str],
+        max_symbol_ratio: float | None,
+        max_digit_ratio: float | None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.fields, self.max_symbol, self.max_digit = fields, max_symbol_ratio, max_digit_ratio
 
     def __call__(self, batch: pa.Table) -> StageResult:
@@ -244,8 +261,14 @@ class InstructionFilter:
     name = "instruction_filter"
 
     def __init__(
-        self, min_completion_chars: int = 1, trivial: Sequence[str] = (), drop_prompt_equals_completion: bool = True
+        self,
+        min_completion_chars: int = 1,
+        trivial: Sequence[str] = (),
+        drop_prompt_equals_completion: bool = True,
+        *,
+        name: str | None = None,
     ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.min_chars = min_completion_chars
         self.trivial = {t.lower().strip() for t in trivial}
         self.drop_equal = drop_prompt_equals_completion

@@ -171,11 +171,14 @@ class NearDedup:
         bands: int = 32,
         threshold: float = 0.7,
         kept_apart: Mapping[str, Collection[str]] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         if num_perm % bands:
             raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
         self.fields, self.shingle, self.shingle_size = fields, shingle, shingle_size
         self.num_perm, self.bands, self.threshold = num_perm, bands, threshold
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         # Records an annotator marked "not a duplicate", each with the records it is not a copy of
         # (``RunDecisions.kept_apart_in``): published unless near another one (``keep_first``).
         self.kept_apart = dict(kept_apart or {})
@@ -461,7 +464,10 @@ class ImageNearDedup:
         max_distance: int = 6,
         question: str | None = None,
         kept_apart: Mapping[str, Collection[str]] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.column, self.max_distance, self.question = column, max_distance, question
         self.bands = max_distance + 1
         self.kept_apart = dict(kept_apart or {})  # as ``NearDedup.kept_apart``

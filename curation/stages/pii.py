@@ -540,7 +540,9 @@ class PiiRedaction:
         *,
         undone: Undone | None = None,
         analyzer: PiiAnalyzer | None = None,
+        name: str | None = None,
     ) -> None:
+        self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.config = config
         self.fields = list(config.fields or DEFAULT_FIELDS[kind])
         if not self.fields:

@@ -12,6 +12,7 @@ from curation.stages.neardup import ImageNearDedup, NearDedup
 from schemas.config import (
     CleanConfig,
     ExpectationsConfig,
+    ImageDedupConfig,
     InstructionFilterConfig,
     LanguageFilterConfig,
     LengthFilterConfig,
@@ -52,41 +53,49 @@ def quality_stages(
     of (``RunDecisions.kept_apart_in``), which that near-duplicate stage does not set aside as such.
     ``taken``: the names of the recipe's stages before it (a second stage of one type is named apart,
     ``own_name``; both stages of one expectations entry share its name)."""
-    taken = set(taken)
     if isinstance(config, ExpectationsConfig):
+        name = own_name(Expectations.name, taken)
         per_batch = [spec for spec in config.expect if spec.check != "unique"]
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
-        made = [*([Expectations(per_batch)] if per_batch else []), *([UniqueValues(unique)] if unique else [])]
-    else:
-        made = [_one_stage(config, kind)]
-    for stage in made:
-        stage.name = own_name(type(stage).name, taken)
-        if isinstance(stage, NearDedup | ImageNearDedup):
-            stage.kept_apart = dict((kept_apart or {}).get(stage.name, {}))
-    return made
+        return [
+            *([Expectations(per_batch, name=name)] if per_batch else []),
+            *([UniqueValues(unique, name=name)] if unique else []),
+        ]
+    name = own_name(_STAGE_TYPES[type(config)].name, taken)
+    return [_one_stage(config, kind, name, dict((kept_apart or {}).get(name, {})))]
 
 
-def _one_stage(config: QualityConfig, kind: str) -> QualityStage | ImageNearDedup:
-    """The stage of one recipe entry other than expectations (see ``quality_stages``)."""
+# The stage type of each recipe entry but expectations, for its name before it is built.
+_STAGE_TYPES: dict[type, type[QualityStage | ImageNearDedup]] = {
+    CleanConfig: Clean,
+    LengthFilterConfig: LengthFilter,
+    LanguageFilterConfig: LanguageFilter,
+    RepetitionFilterConfig: RepetitionFilter,
+    RatioFilterConfig: RatioFilter,
+    InstructionFilterConfig: InstructionFilter,
+    NearDedupConfig: NearDedup,
+    ImageDedupConfig: ImageNearDedup,
+}
+
+
+def _one_stage(
+    config: QualityConfig, kind: str, name: str, kept_apart: Mapping[str, Collection[str]]
+) -> QualityStage | ImageNearDedup:
+    """The stage of one recipe entry other than expectations, named ``name`` (see ``quality_stages``)."""
     fields = getattr(config, "fields", None) or text_fields(kind)
     settings = config.model_dump(exclude={"type", "fields", "across_runs"})
     if isinstance(config, CleanConfig):
         model = RECORD_MODELS[kind].model_fields
         required = [f for f in fields if f in model and model[f].is_required()]
-        return Clean(fields, required=required, **settings)
-    if isinstance(config, LengthFilterConfig):
-        return LengthFilter(fields, **settings)
-    if isinstance(config, LanguageFilterConfig):
-        return LanguageFilter(fields, **settings)
-    if isinstance(config, RepetitionFilterConfig):
-        return RepetitionFilter(fields, **settings)
-    if isinstance(config, RatioFilterConfig):
-        return RatioFilter(fields, **settings)
+        return Clean(fields, required=required, **settings, name=name)
     if isinstance(config, InstructionFilterConfig):
         return InstructionFilter(
-            config.min_completion_chars, config.trivial_completions, config.drop_prompt_equals_completion
+            config.min_completion_chars, config.trivial_completions, config.drop_prompt_equals_completion, name=name
         )
     if isinstance(config, NearDedupConfig):
-        return NearDedup(config.fields or [f for f in dedup_fields(kind) if f != "image"], **settings)
-    question = "question" if config.match_question and kind == "vqa" else None
-    return ImageNearDedup(config.column, config.max_distance, question)
+        fields = config.fields or [f for f in dedup_fields(kind) if f != "image"]
+        return NearDedup(fields, **settings, kept_apart=kept_apart, name=name)
+    if isinstance(config, ImageDedupConfig):
+        question = "question" if config.match_question and kind == "vqa" else None
+        return ImageNearDedup(config.column, config.max_distance, question, kept_apart, name=name)
+    return _STAGE_TYPES[type(config)](fields, **settings, name=name)  # the text filters: fields and settings
