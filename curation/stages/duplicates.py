@@ -7,6 +7,7 @@ same ``DuplicateStage.pairs`` per key group after a shuffle and the same ``set_a
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -167,18 +168,24 @@ def _kept_apart(
         .agg(pl.col("kept").first(), pl.col("id"))
         .iter_rows()
     }
+    holding: dict[str, list[str]] = {}  # a record id -> the members holding it (itself, its published rows)
+    for member in ids:
+        holding.setdefault(_original(member), []).append(member)
     close = getattr(stage, "close", None)
-    rows: dict[str, pa.Table] = {}
+    found, row = pa.table({}), {}  # the members' signature rows, and each member's row in them
     if close is not None and signatures is not None:
-        found = signatures.filter(pc.is_in(signatures["id"], value_set=pa.array(ids, pa.string())))
-        rows = {record: found.slice(n, 1) for n, record in enumerate(found["id"].to_pylist())}
+        found = signatures.filter(pc.is_in(signatures["id"], value_set=pa.array(ids, pa.string()))).combine_chunks()
+        row = {record: n for n, record in enumerate(found["id"].to_pylist())}
     copy_of: dict[str, str | None] = {}  # a record kept apart -> the record it is a copy of (None: published)
+    # Each record kept apart is compared with every record its cluster published before it; the loop
+    # does that in a few calls over the published rows (no table of them rebuilt one row at a time):
+    # a cluster of thousands of records kept apart would otherwise spend its time in Python.
     for record, cluster in asked.select("id", "cluster").iter_rows():
-        apart = set(kept_apart[record])
-        others = [other for other in published[cluster] if _original(other) not in apart and other != record]
-        if others and record in rows and all(other in rows for other in others):
-            near = close(rows[record], pa.concat_tables([rows[other] for other in others]))
-            others = [other for other, is_near in zip(others, near, strict=True) if is_near]
+        apart = {record, *(member for other in kept_apart[record] for member in holding.get(other, ()))}
+        others = list(itertools.filterfalse(apart.__contains__, published[cluster]))
+        if others and record in row and row.keys() >= set(others):
+            near = close(found.slice(row[record], 1), found.take(list(map(row.__getitem__, others))))
+            others = list(itertools.compress(others, near))
         copy_of[record] = others[0] if others else None
         if not others:
             published[cluster].append(record)
