@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -161,13 +162,32 @@ def _kept_apart(
     if asked.height == 0:
         return dupes
     clusters = frame.filter(pl.col("cluster").is_in(asked["cluster"].unique().implode()))
-    ids = clusters["id"].to_list()
     published = {
         cluster: [record for record in (kept, *ids_in) if record == kept or record.startswith(PUBLISHED_PREFIX)]
         for cluster, kept, ids_in in clusters.group_by("cluster", maintain_order=True)
         .agg(pl.col("kept").first(), pl.col("id"))
         .iter_rows()
     }
+    copy_of = _copies(stage, asked, kept_apart, published, clusters["id"].to_list(), signatures)
+    decided = pl.DataFrame(
+        {"id": list(copy_of), "_copy_of": list(copy_of.values())}, schema={"id": pl.String, "_copy_of": pl.String}
+    )
+    dupes = dupes.join(decided, on="id", how="left", maintain_order="left")
+    dupes = dupes.filter(~pl.col("id").is_in(decided["id"].implode()) | pl.col("_copy_of").is_not_null())
+    return dupes.with_columns(pl.coalesce("_copy_of", "kept").alias("kept")).drop("_copy_of")
+
+
+def _copies(
+    stage: DuplicateStage,
+    asked: pl.DataFrame,
+    kept_apart: Mapping[str, set[str]],
+    published: dict[Any, list[str]],
+    ids: list[str],
+    signatures: pa.Table | None,
+) -> dict[str, str | None]:
+    """Each record kept apart (``asked``, in input order, with its ``cluster``) -> the record its cluster
+    publishes that it is a copy of, or None when it is published (then added to ``published``, per
+    cluster the records it publishes so far; ``ids``: the clusters' members)."""
     holding: dict[str, list[str]] = {}  # a record id -> the members holding it (itself, its published rows)
     for member in ids:
         holding.setdefault(_original(member), []).append(member)
@@ -189,12 +209,7 @@ def _kept_apart(
         copy_of[record] = others[0] if others else None
         if not others:
             published[cluster].append(record)
-    decided = pl.DataFrame(
-        {"id": list(copy_of), "_copy_of": list(copy_of.values())}, schema={"id": pl.String, "_copy_of": pl.String}
-    )
-    dupes = dupes.join(decided, on="id", how="left", maintain_order="left")
-    dupes = dupes.filter(~pl.col("id").is_in(decided["id"].implode()) | pl.col("_copy_of").is_not_null())
-    return dupes.with_columns(pl.coalesce("_copy_of", "kept").alias("kept")).drop("_copy_of")
+    return copy_of
 
 
 def _both_ways(kept_apart: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
