@@ -358,9 +358,9 @@ def role_names(doc: Doc, lexicon: Lexicon | None = None) -> list[tuple[int, int]
 def name_start(doc: Doc, start: int, end: int) -> int | None:
     """Where the name starts in a PERSON span ``[start, end)`` (characters) that opens with role words
     ("Customer Sophie Smith", "Mrs Helen Park"): after them, when what follows is a name; else ``start``.
-    None for a span of role words alone, or with words of organisations ("Email Support"), which names
-    no one: the model takes "Email" of "Email dana@example.org" for a name, and "Driver" of "Driver
-    John Stephens" for one of its own."""
+    None for a span of role words alone, or with words of organisations ("Email Support") or an
+    address, which names no one: the model takes "Email" of "Email dana@example.org" for a name, or
+    the two words for one, and "Driver" of "Driver John Stephens" for one of its own."""
     span = doc.char_span(start, end, alignment_mode="expand")
     if span is None:
         return start
@@ -369,7 +369,10 @@ def name_start(doc: Doc, start: int, end: int) -> int | None:
         _word(doc[i]) in TRIGGERS or (i > span.start and (doc[i].text in _SEPARATORS or doc[i].is_space))
     ):
         i += 1
-    if i > span.start and all(_word(token) in NOT_NAMES for token in doc[i : span.end]):  # "Email Support"
+    # "Email Support"; "Email dana@example.org" whole, the address found as one on its own.
+    if i > span.start and all(
+        _word(token) in NOT_NAMES or token.like_email or token.like_url for token in doc[i : span.end]
+    ):
         return None
     if i == span.start or i == span.end or not _name_word(doc[i]):
         return start

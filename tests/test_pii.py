@@ -1352,6 +1352,17 @@ def test_organisations_and_headings_after_role_words_are_not_taken_for_names() -
     assert [text for text in kept if "<PERSON>" in text] == []
 
 
+def test_a_role_word_and_an_address_the_model_takes_for_a_name_are_not_one() -> None:
+    # The model's PERSON span "Email kennethbarton@example.org" was merged with the address found:
+    # the word "Email" went into the redaction, and the bench counted a false name.
+    text = "Name on the account: Joseph Johns. Email kennethbarton@example.org, phone 212-555-0187."
+    pii = stage()
+    assert [e for e, _, _, _ in pii.analyzer.analyze([text], 0.3)[0]].count("PERSON") == 1
+    assert pii(records([text])).kept["prompt"].to_pylist() == [
+        "Name on the account: <PERSON>. Email <EMAIL_ADDRESS>, phone <PHONE_NUMBER>."
+    ]
+
+
 def test_a_brand_is_no_place_and_a_name_with_a_possessive_before_a_word_is_a_persons() -> None:
     from curation.pii_engine import LANGUAGE, build_analyzer
     from curation.pii_roles import Lexicon
