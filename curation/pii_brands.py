@@ -15,8 +15,9 @@ What is listed, and what is not:
 - no firm that is also a plausible person's full name ("Edward Jones", "John Lewis", "Charles
   Schwab", "Calvin Klein", "Morgan Stanley") nor a common surname or first name ("Chase", "Sears"):
   leaking a customer so named costs more than a flagged brand, which an annotator marks not PII;
-- single words that are English words ("Target", "Subway", "Shell") need no entry for the rule, which
-  takes no English word for a lone name; they are listed where the model takes them for a person.
+- single words that are English verbs or adjectives ("Target", "Square", "Shell") need no entry for
+  the rule, which takes none for a lone name; nouns do ("Apple", "Delta", "Vanguard": the tables the
+  rule reads English from list people's surnames among the nouns, so it cannot ask them).
 
 Matched by spaCy's ``PhraseMatcher`` on the tokens' norms: any case, straight or curly apostrophes.
 """
@@ -43,5 +44,8 @@ BRANDS: tuple[str, ...] = (
     "eBay", "Amazon", "Ikea",
     # Services, fuel, telecoms
     "Netflix", "Spotify", "Hulu", "Uber", "Lyft", "DoorDash", "Grubhub", "Instacart", "Airbnb", "Exxon",
-    "ExxonMobil", "Chevron", "Sunoco", "Verizon", "Comcast", "Xfinity", "T-Mobile", "Google", "Microsoft",
+    "ExxonMobil", "Chevron", "Sunoco", "Valero", "Citgo", "Wawa", "Verizon", "Comcast", "Xfinity",
+    "T-Mobile", "Google", "Microsoft", "Apple", "Adobe", "Dropbox", "Nintendo", "Peloton", "Delta",
+    "JetBlue", "Expedia", "Geico", "Allstate", "Aetna", "Cigna", "Humana", "Vanguard", "Robinhood",
+    "Coinbase", "Kmart",
 )  # fmt: skip

@@ -132,10 +132,22 @@ class Lexicon:
 
     def english(self, word: str) -> bool:
         """Whether a lower-case word is an English verb, adjective or adverb, or a regular form of one
-        (Gold, Approved, Pending, Payments)."""
-        return word in self.words or any(
-            word.endswith(end) and word[: len(word) - len(end)] + base in self.words
-            for end, base in (("s", ""), ("es", ""), ("ies", "y"), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"))
+        (Gold, Approved, Pending, Payments); any word, where the model has no such tables."""
+        return (
+            not self.words
+            or word in self.words
+            or any(
+                word.endswith(end) and word[: len(word) - len(end)] + base in self.words
+                for end, base in (
+                    ("s", ""),
+                    ("es", ""),
+                    ("ies", "y"),
+                    ("ed", ""),
+                    ("ed", "e"),
+                    ("ing", ""),
+                    ("ing", "e"),
+                )
+            )
         )
 
     def past_tense(self, word: str) -> bool:

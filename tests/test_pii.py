@@ -1363,6 +1363,18 @@ def test_a_role_word_and_an_address_the_model_takes_for_a_name_are_not_one() -> 
     ]
 
 
+def test_no_lone_name_is_read_with_a_model_that_has_no_word_tables() -> None:
+    # Whether "New" of "Customer: New" is a word comes from the model's lemmatizer tables: without
+    # them every word would pass for a surname.
+    import spacy
+
+    from curation.pii_roles import Lexicon, role_names
+
+    nlp = spacy.blank("en")
+    assert role_names(nlp("Customer: New"), Lexicon(nlp)) == []
+    assert role_names(nlp("Dear Mr Okafor,"), Lexicon(nlp)) == [(8, 14)]
+
+
 def test_a_brand_is_no_place_and_a_name_with_a_possessive_before_a_word_is_a_persons() -> None:
     from curation.pii_engine import LANGUAGE, build_analyzer
     from curation.pii_roles import Lexicon
