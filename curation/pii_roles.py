@@ -107,6 +107,8 @@ _IRREGULAR_PAST = frozenset(
     {"paid", "sent", "said", "wrote", "came", "told", "gave", "made", "went", "left", "took", "brought",
      "bought", "spoke", "got", "thought", "felt", "kept", "lost", "forgot"}
 )  # fmt: skip
+# Endings of the regular forms of a word, and what its base form ends in instead: payments, applied.
+_REGULAR_ENDINGS = (("s", ""), ("es", ""), ("ies", "y"), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"))
 _POSSESSIVE = "'s"  # a token's norm: "'s" and "’s" alike
 MAX_LINE_BREAKS = 2  # a blank line between "Regards," and the name
 MAX_NAME_WORDS = 4
@@ -138,15 +140,7 @@ class Lexicon:
             or word in self.words
             or any(
                 word.endswith(end) and word[: len(word) - len(end)] + base in self.words
-                for end, base in (
-                    ("s", ""),
-                    ("es", ""),
-                    ("ies", "y"),
-                    ("ed", ""),
-                    ("ed", "e"),
-                    ("ing", ""),
-                    ("ing", "e"),
-                )
+                for end, base in _REGULAR_ENDINGS
             )
         )
 
@@ -285,7 +279,7 @@ def _ends_a_value(doc: Doc, at: int) -> bool:
 
 
 def _name_goes_on(lexicon: Lexicon | None) -> Callable[[Token], bool]:
-    """Whether a word in capitals goes on a name: a stop word or a past tense ends it."""
+    """A test of whether a word in capitals goes on a name: a stop word or a past tense ends it."""
 
     def goes_on(token: Token) -> bool:
         return _in_capitals_run(token) and (lexicon is None or not lexicon.past_tense(token.lower_))
@@ -356,7 +350,7 @@ def role_names(doc: Doc, lexicon: Lexicon | None = None) -> list[tuple[int, int]
             and _INITIAL.fullmatch(words[-1].text) is None
             and after not in NOT_NAMES  # "Dear Hester-Johnson team", "Payee Ward & Sons"
             and after != "&"
-            # A shop's name: "Payee: Trader Joe's", "Payer Wendy's." A person's possessive goes before
+            # A shop's name: "Payee: Pollard's", "Payer Pollard's." A person's possessive goes before
             # what is theirs ("Customer Sophie Smith's card").
             and not (end < len(doc) and doc[end].norm_ == _POSSESSIVE and _ends_a_value(doc, end + 1))
         ):
