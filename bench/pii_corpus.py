@@ -37,7 +37,22 @@ TEMPLATES: tuple[str, ...] = (
     # A signature on the line after the sign-off, and a bank's wire memo in capitals ("{slot:upper}").
     "Hello,\nmy card ending {last4} was declined at {merchant} again. Can you check it?\nThanks,\n{PERSON}",
     "WIRE TRANSFER\nORDERING CUSTOMER: {merchant:upper}\nBENEFICIARY: {PERSON:upper}\nAMOUNT: USD {amount}\nREF: {invoice}",
+    # Well-known brands after a role word or a title ("Payee Wells Fargo", "Dr Pepper"), which are no
+    # names; a surname alone after a title or a form's label; a verb after a name in capitals.
+    "Payee {brand} charged ${amount} to card ending {last4}. Disputed by {PERSON}.",
+    "Dear Mr {surname}, your payment of ${amount} to {brand} has cleared.",
+    "Payee: {surname}\nAmount: ${amount}\nRef: {invoice}\nPaid to: {brand}",
+    "MR {surname:upper} CALLED ABOUT HIS CARD ENDING {last4}. CALL BACK ON {PHONE_NUMBER}.",
 )
+# Slots labelled as another entity: a surname alone is a person's name.
+LABELS = {"surname": "PERSON"}
+# Payees of bank statements, chains named after people among them. Written here, apart from the
+# shipped list (curation/pii_brands.py), which does not hold all of them: the bench shows what it misses.
+BRANDS = (
+    "Wells Fargo", "Dr Pepper", "Home Depot", "Tim Hortons", "Ben & Jerry's", "Trader Joe's", "Wendy's",
+    "McDonald's", "Dollar General", "Taco Bell", "Bank of America", "Whole Foods", "Best Buy", "Walmart",
+    "Netflix", "Starbucks", "Jimmy John's", "Jersey Mike's", "Ruth's Chris Steak House", "Morton Williams",
+)  # fmt: skip
 
 # Real US area codes: a number with an unassigned one is not a phone number anyone has.
 AREA_CODES = ("202", "206", "212", "303", "305", "312", "404", "415", "512", "617", "646", "718", "773", "818", "972")
@@ -66,7 +81,9 @@ def _values(fake: Faker) -> dict[str, str]:
         "PHONE_NUMBER": _phone(fake),
         "CREDIT_CARD": fake.credit_card_number(card_type=random.choice(("visa16", "mastercard", "amex", "discover"))),
         "US_SSN": fake.ssn(),
+        "surname": fake.last_name(),
         "merchant": fake.company(),
+        "brand": random.choice(BRANDS),
         "amount": f"{random.uniform(5, 900):.2f}",
         "month": fake.month_name(),
         "last4": fake.numerify("####"),
@@ -92,8 +109,9 @@ def generate(count: int, seed: int = 7) -> list[LabelledDoc]:
             if slot is None:
                 continue
             value = values[slot].upper() if spec == "upper" else values[slot]
-            if slot in ENTITIES:
-                doc.spans.append((slot, position, position + len(value)))
+            entity = LABELS.get(slot, slot)
+            if entity in ENTITIES:
+                doc.spans.append((entity, position, position + len(value)))
             pieces.append(value)
             position += len(value)
         doc.text = "".join(pieces)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from curation.pii_roles import ROLE_NAME_SCORE, name_start, role_names
+from curation.pii_roles import ROLE_NAME_SCORE, Lexicon, name_start, role_names
 from curation.stopping import STOP_SIGNALS, raise_if_stopped, stops_deferred
 
 if TYPE_CHECKING:  # presidio and spaCy load in ~2 s: imported only when a recipe has a pii stage
@@ -146,7 +146,10 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
         a PERSON span that opens with such words starts at the name ("Customer Sophie Smith" gets
         Sophie Smith's pseudonym), such words alone are no name ("Email"), and a name the model took
         for an organisation, a place or nothing ("Dear Sophie Smith", "Payee Tom Becker") is a
-        PERSON, scored ``ROLE_NAME_SCORE``. Where NER did not run, nothing changes."""
+        PERSON, scored ``ROLE_NAME_SCORE``. No person is found inside a well-known brand ("Payee Wells
+        Fargo", "Dr Pepper"; ``pii_brands``), nor a place. Where NER did not run, nothing changes."""
+
+        lexicon = Lexicon(nlp_engine.nlp[LANGUAGE])
 
         def analyze(self, text: str, entities: list[str], nlp_artifacts: object = None) -> list:
             results = super().analyze(text, entities, nlp_artifacts)
@@ -154,6 +157,11 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
             # Not where NER did not run (a field outside ner_fields, a code): no names are looked for there.
             if "PERSON" not in entities or doc is None or not doc.has_annotation("ENT_IOB"):
                 return results
+            brands = self.lexicon.brands(doc)
+
+            def in_brand(start: int, end: int) -> bool:
+                return any(a <= start and end <= b for a, b in brands)
+
             kept = []
             for result in results:
                 if result.entity_type == "PERSON":
@@ -161,12 +169,16 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
                     if start is None:  # role words alone: "Email" of "Email dana@example.org"
                         continue
                     result.start = start
+                # A brand is no person, nor a place ("Payee: Netflix" is a GPE to the model).
+                if result.entity_type in ("PERSON", "LOCATION", "NRP") and in_brand(result.start, result.end):
+                    continue
                 kept.append(result)
             people = [result for result in kept if result.entity_type == "PERSON"]
             names = [
                 (start, end)
-                for start, end in role_names(doc)
-                if not any(person.start <= start and end <= person.end for person in people)
+                for start, end in role_names(doc, self.lexicon)
+                if not in_brand(start, end)
+                and not any(person.start <= start and end <= person.end for person in people)
             ]
             # The model's other labels inside such a name (a LOCATION of its last word) give way to it.
             kept = [

@@ -15,15 +15,19 @@ name's. Read off spaCy's tokens once NER has run (presidio's ``SpacyRecognizer``
   A name may stand on the next line after a salutation, a title or a colon ("Regards," over a
   signature). In capitals, where a word's case says nothing, less is read: one word after a title ("MR OKAFOR"), two or more after a salutation ("DEAR SOPHIE
   SMITH": "ATTN: IRS" is no name), and after a role word or verb only a form's value ("PAYEE: MARIA
-  GARCIA", not a heading such as "CUSTOMER SATISFACTION SURVEY"); a stop word or punctuation ends
-  such a name, so a verb right after it is taken in ("MR OKAFOR CALLED").
+  GARCIA", not a heading such as "CUSTOMER SATISFACTION SURVEY"); a stop word, punctuation or a
+  verb's past tense ends such a name ("MR OKAFOR CALLED"; ``Lexicon.past_tense``). One word is
+  enough after a role word and a colon too, where it ends its line or sentence ("Payee: Okafor"),
+  unless it is an English word ("Customer: New", ``Lexicon.english``) or a shop's name with a
+  possessive ("Payee: Pollard's"). No name is found inside a well-known brand (``pii_brands``;
+  the PII engine drops the model's as well).
 - ``name_start``: a PERSON span of the model that opens with such words starts at the name; one of
   such words alone ("Email" of "Email dana@example.org"), or with words of organisations ("Email
   Support"), is no name.
 
 These names are found by a rule, not by the model: ``ROLE_NAME_SCORE`` puts them in the default review
-band, so they are redacted and annotators see them (a merchant after "Payee" is taken for a name: mark
-it not PII, or list it under the stage's ``allow``).
+band, so they are redacted and annotators see them (a merchant after "Payee" that is not on the brand
+list is taken for a name: mark it not PII, or list it under the stage's ``allow``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from curation.pii_brands import BRANDS
+
 if TYPE_CHECKING:
+    from spacy.language import Language
     from spacy.tokens import Doc, Token
 
 # In [threshold 0.3, review_below 0.6) of the default settings: redacted, and flagged for review.
@@ -76,7 +83,7 @@ NOT_NAMES = frozenset(
         "airlines", "airways", "motors", "practitioner", "license", "licence", "tracking", "success",
         "experience", "relations", "resources", "human", "marketing", "sales", "billing", "payroll", "finance",
         "legal", "compliance", "security", "fraud", "claims", "collections", "network", "communications",
-        "media", "news", "world", "back", "request", "us", "unknown", "anonymous", "customer", "customers",
+        "media", "news", "world", "back", "request", "us", "yes", "unknown", "anonymous", "customer", "customers",
         "user", "users", "guest", "admin", "administrator", "agent", "officer", "manager", "director",
         "president", "owner", "sons", "brothers", "bros",
     }
@@ -94,8 +101,72 @@ _MONTHS_AND_DAYS = frozenset(
 _CAPITALISED = re.compile(r"[^\W\d_][^\W\d_'’]*(?:['’][^\W\d_]+)*")  # Sophie, O'Brien, Zoë, McDonald
 _INITIAL = re.compile(r"[^\W\d_]\.")  # J.
 _SEPARATORS = frozenset({":", ","})
+# Past tenses whose form no rule makes from the verb (the model's table of them also holds surnames:
+# Hung, Sung, Won): those that end a name written in capitals ("MR OKAFOR PAID").
+_IRREGULAR_PAST = frozenset(
+    {"paid", "sent", "said", "wrote", "came", "told", "gave", "made", "went", "left", "took", "brought",
+     "bought", "spoke", "got", "thought", "felt", "kept", "lost", "forgot"}
+)  # fmt: skip
+# Endings of the regular forms of a word, and what its base form ends in instead: payments, applied.
+_REGULAR_ENDINGS = (("s", ""), ("es", ""), ("ies", "y"), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"))
+_POSSESSIVE = "'s"  # a token's norm: "'s" and "’s" alike
 MAX_LINE_BREAKS = 2  # a blank line between "Regards," and the name
 MAX_NAME_WORDS = 4
+
+
+class Lexicon:
+    """English words, read from the model's lemmatizer tables (the model ships them; the pipeline
+    does not run the lemmatizer), and the well-known brands of ``pii_brands``."""
+
+    def __init__(self, nlp: Language) -> None:
+        from spacy.matcher import PhraseMatcher
+
+        index = {}
+        if "lemmatizer" in nlp.component_names:
+            lookups = nlp.get_pipe("lemmatizer").lookups
+            if lookups.has_table("lemma_index"):
+                index = lookups.get_table("lemma_index")
+        self.verbs = frozenset(index.get("verb", ()))
+        # Not the nouns: WordNet's, whence the tables come, hold people's surnames (Ochoa, Thompson).
+        self.words = self.verbs.union(index.get("adj", ()), index.get("adv", ()))
+        self.matcher = PhraseMatcher(nlp.vocab, attr="NORM")
+        self.matcher.add("BRAND", list(nlp.tokenizer.pipe(BRANDS)))
+
+    def english(self, word: str) -> bool:
+        """Whether a lower-case word is an English verb, adjective or adverb, or a regular form of one
+        (Gold, Approved, Pending, Payments); any word, where the model has no such tables."""
+        return (
+            not self.words
+            or word in self.words
+            or any(
+                word.endswith(end) and word[: len(word) - len(end)] + base in self.words
+                for end, base in _REGULAR_ENDINGS
+            )
+        )
+
+    def past_tense(self, word: str) -> bool:
+        """Whether a lower-case word is a verb's past tense: called, phoned, applied, stopped, paid."""
+        if word in _IRREGULAR_PAST:
+            return True
+        if len(word) < 5 or not word.endswith("ed"):
+            return False
+        stem = word[:-2]
+        return (
+            stem in self.verbs
+            or stem + "e" in self.verbs
+            or (stem.endswith("i") and stem[:-1] + "y" in self.verbs)
+            or (len(stem) > 2 and stem[-1] == stem[-2] and stem[:-1] in self.verbs)
+        )
+
+    def brands(self, doc: Doc) -> list[tuple[int, int]]:
+        """Character spans of the brands in ``doc``. A single name with a possessive ("Wendy's")
+        is one only where no word follows: "Wendy's card" is a person's."""
+        spans = []
+        for _, start, end in self.matcher(doc):
+            if end - start == 2 and doc[end - 1].norm_ == _POSSESSIVE and not _ends_a_value(doc, end):
+                continue
+            spans.append((doc[start].idx, doc[end - 1].idx + len(doc[end - 1].text)))
+        return spans
 
 
 def _word(token: Token) -> str:
@@ -201,8 +272,25 @@ def _triggers_before(doc: Doc, at: int) -> tuple[set[str], str, int]:
     return kinds, separator, i + 1
 
 
-def role_names(doc: Doc) -> list[tuple[int, int]]:
-    """Character spans of the names right after role words in ``doc`` (see the module's doc)."""
+def _ends_a_value(doc: Doc, at: int) -> bool:
+    """Whether no word follows token ``at - 1``: the text, its line or a clause ends there, or a number
+    follows ("Payee: Trader Joe's", "paid Wendy's $12")."""
+    return at >= len(doc) or not doc[at].is_alpha
+
+
+def _name_goes_on(lexicon: Lexicon | None) -> Callable[[Token], bool]:
+    """A test of whether a word in capitals goes on a name: a stop word or a past tense ends it."""
+
+    def goes_on(token: Token) -> bool:
+        return _in_capitals_run(token) and (lexicon is None or not lexicon.past_tense(token.lower_))
+
+    return goes_on
+
+
+def role_names(doc: Doc, lexicon: Lexicon | None = None) -> list[tuple[int, int]]:
+    """Character spans of the names right after role words in ``doc`` (see the module's doc). Without
+    a ``lexicon`` no lone name after a form's label is read, and a name in capitals ends only at a stop
+    word or punctuation."""
     spans = []
     i = 0
     while i < len(doc):
@@ -221,18 +309,35 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
             i += 1
             continue
         shape = _in_capitals_run if capitals else _capitalised
+        # In capitals a verb after the name reads as one more word of it ("MR OKAFOR CALLED"): a past
+        # tense ends the name, as a lower-case word does in title case. Not its first word: "JARED".
+        goes_on = _name_goes_on(lexicon) if capitals else shape
         # A run of capitalised words (Smith-Jones as one): all of it is a name, or none ("Amazon
         # Customer" is none). Read no further than one word past the most a name has (a hyphen adds none).
         end, count = i + 1, 1
         while (
             end < len(doc)
             and count <= MAX_NAME_WORDS
-            and (shape(doc[end]) or _hyphen_joined(doc, end, shape) or _gap(doc, end, shape))
+            and (goes_on(doc[end]) or _hyphen_joined(doc, end, goes_on) or _gap(doc, end, goes_on))
         ):
             count += doc[end].text != "-"
             end += 2 if doc[end].text == "-" or doc[end].is_space else 1
         words = [token for token in doc[i:end] if token.text != "-" and not token.is_space]
+        length = len(words) - sum(token.text == "-" for token in doc[i:end])
         enough = 1 if kinds & ({"title"} if capitals else {"salutation", "title"}) else 2
+        # A form's value may be a surname alone ("Payee: Okafor"), ending its line or sentence (not
+        # "Payer: Hall, Smith and Jones"), and no English word ("Customer: New", "Member: Gold"); not
+        # joined (Smith-Jones, a firm's name as often), nor in capitals, where it may be an acronym ("PAYEE: IRS").
+        if (
+            end == i + 1
+            and "role" in kinds
+            and separator == ":"
+            and not capitals
+            and (end == len(doc) or _line_break(doc[end]) or doc[end].text in (".", ";"))
+            and lexicon is not None
+            and not lexicon.english(_word(words[0]))
+        ):
+            enough = 1
         after = _word(doc[end]) if end < len(doc) else ""
         if (
             kinds
@@ -240,11 +345,14 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
             # form's value has a separator ("Payee: Maria Garcia") and a name in a sentence words around it.
             and (kinds & {"salutation", "title"} or separator or not _whole_line(doc, first, end))
             # Smith-Jones is one word: after a role word it may be a firm's name as well as a person's.
-            and enough <= len(words) - sum(token.text == "-" for token in doc[i:end]) <= MAX_NAME_WORDS
+            and enough <= length <= MAX_NAME_WORDS
             and all(_name_word(token) and (not capitals or shape(token)) for token in words)
             and _INITIAL.fullmatch(words[-1].text) is None
             and after not in NOT_NAMES  # "Dear Hester-Johnson team", "Payee Ward & Sons"
             and after != "&"
+            # A shop's name: "Payee: Pollard's", "Payer Pollard's." A person's possessive goes before
+            # what is theirs ("Customer Sophie Smith's card").
+            and not (end < len(doc) and doc[end].norm_ == _POSSESSIVE and _ends_a_value(doc, end + 1))
         ):
             spans.append((doc[i].idx, doc[end - 1].idx + len(doc[end - 1].text)))
             i = end
@@ -256,9 +364,9 @@ def role_names(doc: Doc) -> list[tuple[int, int]]:
 def name_start(doc: Doc, start: int, end: int) -> int | None:
     """Where the name starts in a PERSON span ``[start, end)`` (characters) that opens with role words
     ("Customer Sophie Smith", "Mrs Helen Park"): after them, when what follows is a name; else ``start``.
-    None for a span of role words alone, or with words of organisations ("Email Support"), which names
-    no one: the model takes "Email" of "Email dana@example.org" for a name, and "Driver" of "Driver
-    John Stephens" for one of its own."""
+    None for a span of role words alone, or with words of organisations ("Email Support") or an
+    address, which names no one: the model takes "Email" of "Email dana@example.org" for a name, or
+    the two words for one, and "Driver" of "Driver John Stephens" for one of its own."""
     span = doc.char_span(start, end, alignment_mode="expand")
     if span is None:
         return start
@@ -267,7 +375,10 @@ def name_start(doc: Doc, start: int, end: int) -> int | None:
         _word(doc[i]) in TRIGGERS or (i > span.start and (doc[i].text in _SEPARATORS or doc[i].is_space))
     ):
         i += 1
-    if i > span.start and all(_word(token) in NOT_NAMES for token in doc[i : span.end]):  # "Email Support"
+    # "Email Support"; "Email dana@example.org" whole, the address found as one on its own.
+    if i > span.start and all(
+        _word(token) in NOT_NAMES or token.like_email or token.like_url for token in doc[i : span.end]
+    ):
         return None
     if i == span.start or i == span.end or not _name_word(doc[i]):
         return start

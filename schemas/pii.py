@@ -33,7 +33,10 @@ _ENTITY_NAME = r"^[A-Z][A-Z0-9_]*$"
 # 2: names after a salutation or role word ("Dear Sophie Smith", "Payee Maria Garcia").
 # 3: such names on the next line ("Regards," over a signature) and in capitals ("DEAR SOPHIE SMITH");
 #    no name in a heading ("Customer Satisfaction Survey").
-DETECTION_RULES = 3
+# 4: no person or place inside a well-known brand ("Payee Wells Fargo", "Dr Pepper"); a surname alone as
+#    a form's value ("Payee: Okafor"); a past tense ends a name in capitals ("MR OKAFOR CALLED"); no
+#    name of "Email" and the address after it.
+DETECTION_RULES = 4
 
 
 class PiiPattern(Strict):
