@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
 import warnings
 from collections.abc import Iterator
@@ -38,10 +39,16 @@ REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
 
 
+# A row's watermark when its image was listed but could not be read (a permission, a share away): no
+# fingerprint equals it, so the next run reads the image again, changed or not; it was never published.
+UNREAD = "unread"
+
+
 class ImageProblem(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, retry: bool = False) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+        self.retry = retry  # the file's reading failed, not its content: the next run tries it again
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,11 @@ class ImagesSourceReader:
     def _archived_image(self, row: dict, name: str | None) -> bool:
         """Whether the row's image was taken by an earlier run and is not in the folder now."""
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
-        return fingerprint is None and self.watermark is not None and self.watermark.get(_row_item(row)) is not None
+        return (
+            fingerprint is None
+            and self.watermark is not None
+            and self.watermark.get(_row_item(row)) not in (None, UNREAD)
+        )
 
     def fingerprints(self) -> dict[str, str]:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
@@ -211,6 +222,8 @@ class ImagesSourceReader:
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
                 result = no_column or (self._image(name, cache) if name else no_name)
+                if isinstance(result, ImageProblem) and result.retry and self.watermark is not None:
+                    self.watermark.set(_row_item(row), UNREAD)
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -298,9 +311,14 @@ class ImagesSourceReader:
             try:
                 with fs.open_input_stream(path) as stream:
                     data = stream.read()
-            except (FileNotFoundError, OSError) as error:
+            except OSError as error:
                 missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
-                cache[name] = ImageProblem("missing_image" if missing else "unreadable", f"cannot read {uri}")
+                reason = "missing_image" if missing else "unreadable"
+                if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
+                    cache[name] = ImageProblem(reason, f"cannot read {uri}")
+                else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
+                    detail = f"cannot read {uri} ({os.strerror(error.errno) if error.errno else error}); the next run reads it again"
+                    cache[name] = ImageProblem(reason, detail, retry=True)
                 return cache[name]
             try:
                 cache[name] = clean_image(data, list(self.config.formats), self.config.max_pixels, self.config.max_side)

@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, run
+from tests.helpers import outputs, run, set_aside
 
 GPS_IFD = 0x8825
 
@@ -690,3 +690,72 @@ def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> No
     }
     assert run(workdir, spec).manifest.counts.written == 300
     assert run(workdir, spec).message.startswith("nothing new")
+
+
+class _Refusing:
+    """A local filesystem that refuses to open one file, as a file under ``chmod 000`` refuses a run
+    that is not root's (the tests may run as root, which reads it all the same)."""
+
+    def __init__(self, fs: object, refused: str) -> None:
+        self.fs, self.refused = fs, refused
+
+    def open_input_stream(self, path: str, *args: object, **kwargs: object) -> object:
+        if path == self.refused:
+            raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
+        return self.fs.open_input_stream(path, *args, **kwargs)
+
+
+def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its row's watermark was committed with the image's fingerprint: the image unchanged once readable
+    # again (chmod does not move the mtime), no later run read it, and its row was never published.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    listed = images.filesystem
+
+    def refusing(uri: str) -> tuple[object, str]:
+        fs, path = listed(uri)
+        return _Refusing(fs, str(workdir / "img" / "form.png")), path
+
+    monkeypatch.setattr(images, "filesystem", refusing)
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 3 and first.manifest.counts.reasons["quarantined"]["unreadable"] == 1
+    [refused] = [row for row in set_aside(Path(first.version_uri)) if row["reason"] == "unreadable"]
+    assert refused["detail"].endswith("form.png (Permission denied); the next run reads it again")
+    monkeypatch.setattr(images, "filesystem", listed)  # readable again, the file untouched
+    second = run(workdir, spec)
+    assert (second.manifest.counts.input, second.manifest.counts.written) == (1, 1)
+    assert "What is in form.png?" in [line["prompt"] for line in outputs(Path(second.version_uri))]
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Never published, it is not an image taken and archived since: its row is not left out unseen.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    run(workdir, spec)
+    monkeypatch.setattr(images, "filesystem", listed)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.quarantined, counts.reasons["quarantined"]) == (1, 1, {"missing_image": 1})
