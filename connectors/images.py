@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, cr_only, file_format
-from connectors.state import SourceWatermark, file_fingerprints
+from connectors.state import SourceWatermark, file_fingerprints, file_value, kept_value
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
@@ -118,6 +118,8 @@ class ImagesSourceReader:
         self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
         self._fingerprints: dict[str, str] | None = None
+        self._listed: dict[str, FileEntry] = {}  # image URI -> its listing
+        self._digests: dict[str, str] = {}  # image URI -> the xxh3 of its bytes, once read
         self._changed: set[str] | None = None
         self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
 
@@ -186,7 +188,9 @@ class ImagesSourceReader:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
         if self._fingerprints is None:
             try:
-                self._fingerprints = file_fingerprints(list_files(self.config.path))
+                listed = list_files(self.config.path)
+                self._listed = {entry.uri: entry for entry in listed}
+                self._fingerprints = file_fingerprints(listed)
             except StorageError:
                 self._fingerprints = {}
         return self._fingerprints
@@ -222,8 +226,8 @@ class ImagesSourceReader:
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
                 result = no_column or (self._image(name, cache) if name else no_name)
-                if isinstance(result, ImageProblem) and result.retry and self.watermark is not None:
-                    self.watermark.set(_row_item(row), UNREAD)
+                if self.watermark is not None and name and result is not no_column:
+                    self._taken(self.watermark, row, name, result)
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -320,6 +324,7 @@ class ImagesSourceReader:
                     detail = f"cannot read {uri} ({os.strerror(error.errno) if error.errno else error}); the next run reads it again"
                     cache[name] = ImageProblem(reason, detail, retry=True)
                 return cache[name]
+            self._digests[uri] = xxhash.xxh3_128_hexdigest(data)
             try:
                 cache[name] = clean_image(data, list(self.config.formats), self.config.max_pixels, self.config.max_side)
             except ImageProblem as problem:
@@ -351,10 +356,28 @@ class ImagesSourceReader:
             # and so replace its published copy (its sidecar read again: ``_archived``). Its watermark
             # stays too: the image back, changed or not, is told apart as ever.
             return False
-        if not self.watermark.is_new(item, fingerprint) and not reread:
-            return False
+        if item in self.watermark.committed and not reread:
+            before = self.watermark.committed[item]
+            entry = self._listed.get(self._image_uri(name)) if name else None
+            if entry is None and before is None:  # no image then, none now
+                return False
+            kept = kept_value(before, entry) if entry is not None else None
+            if kept is not None:
+                if kept != before:  # a restored image's new mtime: kept, so it is not hashed again
+                    self.watermark.set(item, kept)
+                return False
+            self.watermark.reread = True
         self.watermark.set(item, fingerprint)
         return True
+
+    def _taken(self, watermark: SourceWatermark, row: dict, name: str, result: CleanImage | ImageProblem) -> None:
+        """Stage the row's watermark as its image was read: with the hash of its bytes (``file_value``),
+        or ``UNREAD`` when they could not be read for now."""
+        uri = self._image_uri(name)
+        if isinstance(result, ImageProblem) and result.retry:
+            watermark.set(_row_item(row), UNREAD)
+        elif uri in self._digests and uri in self._listed:
+            watermark.set(_row_item(row), file_value(self._listed[uri], self._digests[uri]))
 
 
 def _row_item(row: dict) -> str:

@@ -759,3 +759,28 @@ def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_
     (workdir / "img" / "form.png").rename(workdir / "form.png")
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.quarantined, counts.reasons["quarantined"]) == (1, 1, {"missing_image": 1})
+
+
+def test_an_image_restored_with_a_new_mtime_is_not_taken_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An image was told changed by its size and mtime alone: one restored from a backup (or touched)
+    # had its rows taken again and published as new. Only an image whose mtime moved is hashed, once.
+    import connectors.state as state
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 4
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    os.utime(workdir / "img" / "form.png", (1, 1))  # the same bytes, another mtime
+    assert run(workdir, spec).message.startswith("nothing new")
+    assert hashed == ["form.png"]
+    hashed.clear()
+    assert run(workdir, spec).message.startswith("nothing new")
+    assert hashed == []  # its new mtime was kept
+
