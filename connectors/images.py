@@ -17,7 +17,7 @@ import math
 import os
 import posixpath
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -35,6 +35,7 @@ from schemas.records import SOURCE_TYPE, set_aside_rows
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
+PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
 
@@ -122,6 +123,7 @@ class ImagesSourceReader:
         self._digests: dict[str, str] = {}  # image URI -> the xxh3 of its bytes, once read
         self._changed: set[str] | None = None
         self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
+        self._parsed: dict[str, list[SourceBatch]] = {}  # an edited sidecar's batches, parsed at planning
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
@@ -134,7 +136,7 @@ class ImagesSourceReader:
 
     def list_again(self) -> None:
         self._changed = None
-        self._taken_lines = {}
+        self._taken_lines, self._parsed = {}, {}
 
     def changed_sidecars(self) -> set[str]:
         """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
@@ -167,12 +169,22 @@ class ImagesSourceReader:
         """The ids of a sidecar's rows whose image an earlier run took and that is gone now: read again
         (the sidecar changed), such a row keeps its published record (``_is_new``), which this run's
         reading of the sidecar must not replace."""
-        found = set()
+        found: set[str] = set()
+        parsed: list[SourceBatch] | None = []
+        size = sum(_size(batch) for batches in self._parsed.values() for batch in batches)
         for batch in self.sidecar.limited_to([entry]).batches():
+            size += _size(batch)
+            # Kept for the read, which would parse the sidecar again, while memory allows.
+            if parsed is not None and size <= PARSED_BYTES:
+                parsed.append(batch)
+            else:
+                parsed = None
             for row in plain_strings(batch.rows).to_pylist() if batch.rows.num_rows else []:
                 name = row.get(self.config.image_column)
                 if self._archived_image(row, None if name is None else str(name)):
                     found.add(row["id"])
+        if parsed is not None:
+            self._parsed[entry.uri] = parsed
         return found
 
     def _archived_image(self, row: dict, name: str | None) -> bool:
@@ -196,7 +208,11 @@ class ImagesSourceReader:
         return self._fingerprints
 
     def batches(self) -> Iterator[SourceBatch]:
-        for batch in self.sidecar.batches():
+        for entry in self.sidecar.entries():
+            yield from self._batches(self._parsed.pop(entry.uri, None) or self.sidecar.limited_to([entry]).batches())
+
+    def _batches(self, sidecar: Iterable[SourceBatch]) -> Iterator[SourceBatch]:
+        for batch in sidecar:
             set_aside = self._not_seen(_as_images(batch.set_aside))
             if batch.rows.num_rows == 0:
                 yield SourceBatch(rows=pa.table({}), set_aside=set_aside, input_bytes=batch.input_bytes)
@@ -378,6 +394,10 @@ class ImagesSourceReader:
             watermark.set(_row_item(row), UNREAD)
         elif uri in self._digests and uri in self._listed:
             watermark.set(_row_item(row), file_value(self._listed[uri], self._digests[uri]))
+
+
+def _size(batch: SourceBatch) -> int:
+    return batch.rows.nbytes + batch.set_aside.nbytes
 
 
 def _row_item(row: dict) -> str:

@@ -784,3 +784,31 @@ def test_an_image_restored_with_a_new_mtime_is_not_taken_again(workdir: Path, mo
     assert run(workdir, spec).message.startswith("nothing new")
     assert hashed == []  # its new mtime was kept
 
+
+def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was parsed at planning (for the rows whose image was taken and moved away since) and again to read.
+    from connectors.files import FilesSourceReader
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    sidecar = workdir / "qa.jsonl"
+    sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
+    parsed: list[str] = []
+    read = FilesSourceReader._read
+    monkeypatch.setattr(
+        FilesSourceReader, "_read", lambda self, entry, *a: parsed.append(entry.uri) or read(self, entry, *a)
+    )
+    second = run(workdir, spec)
+    assert parsed == [str(sidecar)]
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(second.version_uri))}
+    before = {line["prompt"]: line["completion"] for line in outputs(Path(first.version_uri))}
+    assert published == {**before, "What is the total?": "13.50 USD"}  # form.png's record kept
+    # Every row but form.png's (kept as published), the malformed line quarantined before not counted again.
+    assert second.manifest.counts.input == len(sidecar_rows()) - 1
