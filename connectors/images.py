@@ -26,7 +26,7 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
-from connectors.files import FilesSourceReader, cr_only, file_format
+from connectors.files import FilesSourceReader, file_format, lines_in
 from connectors.state import SourceWatermark, file_fingerprints, file_value, kept_value
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
@@ -161,7 +161,7 @@ class ImagesSourceReader:
                         self._taken_lines[entry.uri] = 0 if before is None else math.inf
                     else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
                         taken = data[: before["bytes"]] if before is not None else b""
-                        self._taken_lines[entry.uri] = _lines_in(taken, _line_end(data))
+                        self._taken_lines[entry.uri] = lines_in(taken)
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 
@@ -404,17 +404,6 @@ def _row_item(row: dict) -> str:
     """A sidecar row's watermark item: its (image, question, answer) values, not its place."""
     content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
     return "row:" + xxhash.xxh3_128_hexdigest(content.encode())
-
-
-def _line_end(data: bytes) -> bytes:
-    """What ends a line of a sidecar as its reader numbers them: LF, or CR in a file with no LF at all
-    (classic Mac, Excel's "CSV (Macintosh)"; see connectors.files._LineFeeds)."""
-    return b"\r" if cr_only(data) else b"\n"
-
-
-def _lines_in(data: bytes, end: bytes) -> int:
-    """How many lines ``data`` holds, the last one whether or not it is ended."""
-    return data.count(end) + (bool(data) and not data.endswith(end))
 
 
 def _outside(name: str) -> bool:

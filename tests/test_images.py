@@ -812,3 +812,35 @@ def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: py
     assert published == {**before, "What is the total?": "13.50 USD"}  # form.png's record kept
     # Every row but form.png's (kept as published), the malformed line quarantined before not counted again.
     assert second.manifest.counts.input == len(sidecar_rows()) - 1
+
+
+@pytest.mark.parametrize("sidecar", ["qa.csv", "qa.jsonl"])
+def test_rows_ending_in_lf_appended_to_a_sidecar_ending_in_cr_alone_are_the_only_rows_taken(
+    workdir: Path, sidecar: str
+) -> None:
+    # The lines an earlier run read were counted at LFs once the file held one, while its rows were
+    # numbered at each CR: every row taken before looked appended and was published again on each run
+    # (CSV), or the rows before the first LF were read as one malformed line (JSONL).
+    write_folder(workdir)
+    rows = [{"image": "form.png", "question": f"Is box {i} ticked?", "answer": "Yes"} for i in range(5)]
+
+    def lines(rows: list[dict]) -> list[str]:
+        if sidecar.endswith(".csv"):
+            return [f"{r['image']},{r['question']},{r['answer']}" for r in rows]
+        return [json.dumps(row) for row in rows]
+
+    header = ["image,question,answer"] if sidecar.endswith(".csv") else []
+    (workdir / sidecar).write_bytes(("\r".join(header + lines(rows[:3])) + "\r").encode())
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": sidecar, "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 3
+    with (workdir / sidecar).open("ab") as file:
+        file.write(("\n".join(lines(rows[3:])) + "\n").encode())
+    second = run(workdir, spec)
+    assert (second.manifest.counts.input, second.manifest.counts.written) == (2, 2)
+    assert sorted(line["prompt"] for line in outputs(Path(second.version_uri))) == sorted(r["question"] for r in rows)
+    assert run(workdir, spec).message.startswith("nothing new")
