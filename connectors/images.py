@@ -337,8 +337,10 @@ class ImagesSourceReader:
                 if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
                     cache[name] = ImageProblem(reason, f"cannot read {uri}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
-                    detail = f"cannot read {uri} ({os.strerror(error.errno) if error.errno else error}); the next run reads it again"
-                    cache[name] = ImageProblem(reason, detail, retry=True)
+                    why = os.strerror(error.errno) if error.errno else str(error)
+                    cache[name] = ImageProblem(
+                        reason, f"cannot read {uri} ({why}); the next run reads it again", retry=True
+                    )
                 return cache[name]
             self._digests[uri] = xxhash.xxh3_128_hexdigest(data)
             try:
