@@ -929,27 +929,39 @@ def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] |
         yield rest
 
 
-def cr_only(data: bytes) -> bool:
-    """Whether ``data``'s lines end in CR alone (classic Mac, Excel's "CSV (Macintosh)"): CR without any LF."""
-    return b"\r" in data and b"\n" not in data
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def lines_in(data: bytes) -> int:
+    """How many lines ``data`` holds, as ``_LineFeeds`` passes them on (and editors count them): each
+    ends in LF, CRLF or CR alone; the last one counts whether or not it is ended."""
+    ends = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    return ends + (bool(data) and not data.endswith((b"\n", b"\r")))
 
 
 class _LineFeeds(io.RawIOBase):
-    """A stream whose lines end in CR alone (classic Mac, Excel's "CSV (Macintosh)") with LF instead,
-    byte for byte, so lines are counted and blank ones found as in any other file; others pass as
-    they are. Decided by the first read: CR without any LF."""
+    """A stream with each CR that ends a line alone (classic Mac, Excel's "CSV (Macintosh)", or rows
+    of one appended to a file of the other) made an LF, byte for byte, so lines are counted and blank
+    ones found as in any other file; LF and CRLF pass as they are. A CR that ends a read waits for the
+    next one, which may open with its LF."""
 
     def __init__(self, stream: Any) -> None:
-        self.stream, self.cr_only = stream, None
+        self.stream, self.held = stream, b""
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        if self.cr_only is None and data:
-            self.cr_only = cr_only(data)
-        return data.replace(b"\r", b"\n") if self.cr_only else data
+        while True:
+            fresh = self.stream.read(size if size < 0 else max(size - len(self.held), 1))
+            data, self.held = self.held + fresh, b""
+            if fresh and data.endswith(b"\r"):
+                data, self.held = data[:-1], b"\r"
+            if data or not self.held:  # nothing passed on only at the stream's end
+                break
+        if b"\r" not in data or (b"\n" in data and not _LONE_CR.search(data)):
+            return data  # the usual: lines that end in LF (no CR found, at memchr's speed) or CRLF
+        return data.replace(b"\r", b"\n") if b"\n" not in data else _LONE_CR.sub(b"\n", data)
 
 
 class _Utf8Guard(io.RawIOBase):

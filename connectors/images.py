@@ -14,9 +14,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -25,8 +26,8 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
-from connectors.files import FilesSourceReader, cr_only, file_format
-from connectors.state import SourceWatermark, file_fingerprints
+from connectors.files import FilesSourceReader, file_format, lines_in
+from connectors.state import SourceWatermark, file_fingerprints, file_value, kept_value
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
@@ -34,14 +35,21 @@ from schemas.records import SOURCE_TYPE, set_aside_rows
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
+PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
 
 
+# A row's watermark when its image was listed but could not be read (a permission, a share away): no
+# fingerprint equals it, so the next run reads the image again, changed or not; it was never published.
+UNREAD = "unread"
+
+
 class ImageProblem(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, retry: bool = False) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+        self.retry = retry  # the file's reading failed, not its content: the next run tries it again
 
 
 @dataclass(frozen=True)
@@ -111,8 +119,11 @@ class ImagesSourceReader:
         self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
         self._fingerprints: dict[str, str] | None = None
+        self._listed: dict[str, FileEntry] = {}  # image URI -> its listing
+        self._digests: dict[str, str] = {}  # image URI -> the xxh3 of its bytes, once read
         self._changed: set[str] | None = None
         self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
+        self._parsed: dict[str, list[SourceBatch]] = {}  # an edited sidecar's batches, parsed at planning
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
@@ -125,7 +136,7 @@ class ImagesSourceReader:
 
     def list_again(self) -> None:
         self._changed = None
-        self._taken_lines = {}
+        self._taken_lines, self._parsed = {}, {}
 
     def changed_sidecars(self) -> set[str]:
         """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
@@ -150,7 +161,7 @@ class ImagesSourceReader:
                         self._taken_lines[entry.uri] = 0 if before is None else math.inf
                     else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
                         taken = data[: before["bytes"]] if before is not None else b""
-                        self._taken_lines[entry.uri] = _lines_in(taken, _line_end(data))
+                        self._taken_lines[entry.uri] = lines_in(taken)
                     self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         return self._changed
 
@@ -158,30 +169,50 @@ class ImagesSourceReader:
         """The ids of a sidecar's rows whose image an earlier run took and that is gone now: read again
         (the sidecar changed), such a row keeps its published record (``_is_new``), which this run's
         reading of the sidecar must not replace."""
-        found = set()
+        found: set[str] = set()
+        parsed: list[SourceBatch] | None = []
+        size = sum(_size(batch) for batches in self._parsed.values() for batch in batches)
         for batch in self.sidecar.limited_to([entry]).batches():
+            size += _size(batch)
+            # Kept for the read, which would parse the sidecar again, while memory allows.
+            if parsed is not None and size <= PARSED_BYTES:
+                parsed.append(batch)
+            else:
+                parsed = None
             for row in plain_strings(batch.rows).to_pylist() if batch.rows.num_rows else []:
                 name = row.get(self.config.image_column)
                 if self._archived_image(row, None if name is None else str(name)):
                     found.add(row["id"])
+        if parsed is not None:
+            self._parsed[entry.uri] = parsed
         return found
 
     def _archived_image(self, row: dict, name: str | None) -> bool:
         """Whether the row's image was taken by an earlier run and is not in the folder now."""
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
-        return fingerprint is None and self.watermark is not None and self.watermark.get(_row_item(row)) is not None
+        return (
+            fingerprint is None
+            and self.watermark is not None
+            and self.watermark.get(_row_item(row)) not in (None, UNREAD)
+        )
 
     def fingerprints(self) -> dict[str, str]:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
         if self._fingerprints is None:
             try:
-                self._fingerprints = file_fingerprints(list_files(self.config.path))
+                listed = list_files(self.config.path)
+                self._listed = {entry.uri: entry for entry in listed}
+                self._fingerprints = file_fingerprints(listed)
             except StorageError:
                 self._fingerprints = {}
         return self._fingerprints
 
     def batches(self) -> Iterator[SourceBatch]:
-        for batch in self.sidecar.batches():
+        for entry in self.sidecar.entries():
+            yield from self._batches(self._parsed.pop(entry.uri, None) or self.sidecar.limited_to([entry]).batches())
+
+    def _batches(self, sidecar: Iterable[SourceBatch]) -> Iterator[SourceBatch]:
+        for batch in sidecar:
             set_aside = self._not_seen(_as_images(batch.set_aside))
             if batch.rows.num_rows == 0:
                 yield SourceBatch(rows=pa.table({}), set_aside=set_aside, input_bytes=batch.input_bytes)
@@ -211,6 +242,8 @@ class ImagesSourceReader:
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
                 result = no_column or (self._image(name, cache) if name else no_name)
+                if self.watermark is not None and name and result is not no_column:
+                    self._taken(self.watermark, row, name, result)
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -298,10 +331,18 @@ class ImagesSourceReader:
             try:
                 with fs.open_input_stream(path) as stream:
                     data = stream.read()
-            except (FileNotFoundError, OSError) as error:
+            except OSError as error:
                 missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
-                cache[name] = ImageProblem("missing_image" if missing else "unreadable", f"cannot read {uri}")
+                reason = "missing_image" if missing else "unreadable"
+                if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
+                    cache[name] = ImageProblem(reason, f"cannot read {uri}")
+                else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
+                    why = os.strerror(error.errno) if error.errno else str(error)
+                    cache[name] = ImageProblem(
+                        reason, f"cannot read {uri} ({why}); the next run reads it again", retry=True
+                    )
                 return cache[name]
+            self._digests[uri] = xxhash.xxh3_128_hexdigest(data)
             try:
                 cache[name] = clean_image(data, list(self.config.formats), self.config.max_pixels, self.config.max_side)
             except ImageProblem as problem:
@@ -333,27 +374,38 @@ class ImagesSourceReader:
             # and so replace its published copy (its sidecar read again: ``_archived``). Its watermark
             # stays too: the image back, changed or not, is told apart as ever.
             return False
-        if not self.watermark.is_new(item, fingerprint) and not reread:
-            return False
+        if item in self.watermark.committed and not reread:
+            before = self.watermark.committed[item]
+            entry = self._listed.get(self._image_uri(name)) if name else None
+            if entry is None and before is None:  # no image then, none now
+                return False
+            kept = kept_value(before, entry) if entry is not None else None
+            if kept is not None:
+                if kept != before:  # a restored image's new mtime: kept, so it is not hashed again
+                    self.watermark.set(item, kept)
+                return False
+            self.watermark.reread = True
         self.watermark.set(item, fingerprint)
         return True
+
+    def _taken(self, watermark: SourceWatermark, row: dict, name: str, result: CleanImage | ImageProblem) -> None:
+        """Stage the row's watermark as its image was read: with the hash of its bytes (``file_value``),
+        or ``UNREAD`` when they could not be read for now."""
+        uri = self._image_uri(name)
+        if isinstance(result, ImageProblem) and result.retry:
+            watermark.set(_row_item(row), UNREAD)
+        elif uri in self._digests and uri in self._listed:
+            watermark.set(_row_item(row), file_value(self._listed[uri], self._digests[uri]))
+
+
+def _size(batch: SourceBatch) -> int:
+    return batch.rows.nbytes + batch.set_aside.nbytes
 
 
 def _row_item(row: dict) -> str:
     """A sidecar row's watermark item: its (image, question, answer) values, not its place."""
     content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
     return "row:" + xxhash.xxh3_128_hexdigest(content.encode())
-
-
-def _line_end(data: bytes) -> bytes:
-    """What ends a line of a sidecar as its reader numbers them: LF, or CR in a file with no LF at all
-    (classic Mac, Excel's "CSV (Macintosh)"; see connectors.files._LineFeeds)."""
-    return b"\r" if cr_only(data) else b"\n"
-
-
-def _lines_in(data: bytes, end: bytes) -> int:
-    """How many lines ``data`` holds, the last one whether or not it is ended."""
-    return data.count(end) + (bool(data) and not data.endswith(end))
 
 
 def _outside(name: str) -> bool:

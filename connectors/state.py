@@ -1,9 +1,9 @@
 """Incremental state: per dataset and source, what earlier runs have taken; and the run lock.
 
-A watermark is one value per item of a source: a file's fingerprint (S3 ETag, or size and mtime)
-keyed by its URI, or the highest value of a SQL cursor column. Sources read the committed
-watermarks and stage new ones while they read; the pipeline commits them only after the version
-is published, so a run that fails leaves the next run to take the same input again.
+A watermark is one value per item of a source: a file's fingerprint (S3 ETag, or size and mtime
+with the hash of its bytes) keyed by its URI, or the highest value of a SQL cursor column. Sources
+read the committed watermarks and stage new ones while they read; the pipeline commits them only
+after the version is published, so a run that fails leaves the next run to take the same input again.
 
 The lock is one row per dataset: a second run of the same recipe meets the row and stops with a
 message naming the run that holds it, before it reads or writes anything. The holder renews the row
@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import xxhash
 from pydantic import BaseModel
 
-from connectors.storage import FileEntry, StorageError, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, list_files
 from schemas.manifest import InputFile
 
 metadata = sa.MetaData()
@@ -423,25 +424,75 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]
 # --- file fingerprints -----------------------------------------------------------------------------
 
 
+HASH_BLOCK_BYTES = 8 * 1024 * 1024
+
+
 def file_fingerprints(entries: Iterable[FileEntry]) -> dict[str, str]:
     """URI -> fingerprint: the S3 ETag (a content hash, from the listing), or size and mtime."""
-    return {entry.uri: entry.etag or f"{entry.size}:{entry.mtime}" for entry in entries}
+    return {entry.uri: fingerprint(entry) for entry in entries}
+
+
+def fingerprint(entry: FileEntry) -> str:
+    return entry.etag or f"{entry.size}:{entry.mtime}"
+
+
+def content_hash(uri: str) -> str:
+    """The xxh3 of a file's bytes as stored, read a block at a time."""
+    digest = xxhash.xxh3_128()
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path, compression=None) as stream:  # its bytes: a .gz file is not unpacked
+        while block := stream.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_value(entry: FileEntry, digest: str | None = None) -> str | dict[str, str]:
+    """What a watermark keeps of a file a run takes: its fingerprint, and for a local file the hash of
+    its bytes (``digest``, else read here), by which ``kept_value`` tells a file restored or touched."""
+    if entry.etag:
+        return entry.etag
+    try:
+        return {"fingerprint": fingerprint(entry), "xxh3": digest or content_hash(entry.uri)}
+    except OSError:  # not readable now: its reader says so; the fingerprint alone tells a change later
+        return fingerprint(entry)
+
+
+def kept_value(before: Any, entry: FileEntry) -> Any | None:
+    """``before`` (a watermark's value for the file), as it is to be kept now, when the file holds
+    what it held then; None when it changed. A local file whose mtime moved with its size unchanged
+    (restored from a backup, copied without ``-p``, touched) is compared by its bytes' hash, where the
+    watermark has one: files whose fingerprint did not move are never read."""
+    now = fingerprint(entry)
+    if (before["fingerprint"] if isinstance(before, dict) else before) == now:
+        return before
+    if entry.etag or not isinstance(before, dict) or not before["fingerprint"].startswith(f"{entry.size}:"):
+        return None
+    try:
+        same = content_hash(entry.uri) == before["xxh3"]
+    except OSError:  # its reader meets the error and says so
+        return None
+    return {"fingerprint": now, "xxh3": before["xxh3"]} if same else None
 
 
 def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> list[FileEntry]:
-    """The files that are new or changed since the committed watermark; stages their fingerprints."""
+    """The files that are new or changed since the committed watermark; stages their watermarks, and
+    the new mtime of a file that holds what it held (so it is not read again for it)."""
     if watermark is None:
         return entries
-    prints = file_fingerprints(entries)
-    fresh = [
-        e
-        for e in entries
-        if watermark.is_new(e.uri, prints[e.uri]) or (e.uri in watermark.read_again and e.uri in watermark.committed)
-    ]
-    for entry in fresh:
-        watermark.set(entry.uri, prints[entry.uri])
-        if entry.uri in watermark.committed:  # changed since an earlier run took it: read whole again
-            watermark.replaced.add(entry.uri)
+    fresh = []
+    for entry in entries:
+        if entry.uri not in watermark.committed:
+            fresh.append(entry)
+            watermark.set(entry.uri, file_value(entry))
+            continue
+        before = watermark.committed[entry.uri]
+        kept = kept_value(before, entry)
+        watermark.reread |= kept is None
+        if kept is None or entry.uri in watermark.read_again:
+            fresh.append(entry)
+            watermark.replaced.add(entry.uri)  # changed since an earlier run took it: read whole again
+        if kept != before:
+            watermark.set(entry.uri, kept or file_value(entry))
     return fresh
 
 

@@ -186,3 +186,15 @@ def test_a_header_that_is_not_utf8_is_named_with_its_line_and_byte(
         f"{workdir / 'people.csv'}:3: the header is not UTF-8: byte 0xe9 at column 3; its column names hold U+FFFD "
         "for such bytes (save the file as UTF-8)"
     ]
+
+
+def test_a_csv_whose_lines_end_in_cr_alone_then_in_lf_reads_each_line_as_one(workdir: Path) -> None:
+    # The first read (a block) decided "CR alone" for the whole file: later lines ending in CRLF became
+    # two line ends each, and the rows' lines were numbered past the lines they are on.
+    data = b"description,amount,category\rcoffee,4.5,Dining\r\rrent,1200,Housing\r\nbus,2.5\ntea,3,Drinks\n"
+    (workdir / "mixed.csv").write_bytes(data)
+    result = run(workdir, recipe("mixed.csv"))
+    version = Path(result.version_uri)
+    assert lineage_lines(version) == {"Dining": 2, "Housing": 4, "Drinks": 6}  # the blank line 3 gives no record
+    assert [(row["source"]["line"], row["reason"]) for row in set_aside(version)] == [(5, "malformed_csv")]
+    assert_adds_up(result.manifest.counts)

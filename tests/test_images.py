@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, run
+from tests.helpers import outputs, run, set_aside
 
 GPS_IFD = 0x8825
 
@@ -689,4 +689,158 @@ def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> No
         "output": {"validation_fraction": 0.0},
     }
     assert run(workdir, spec).manifest.counts.written == 300
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
+class _Refusing:
+    """A local filesystem that refuses to open one file, as a file under ``chmod 000`` refuses a run
+    that is not root's (the tests may run as root, which reads it all the same)."""
+
+    def __init__(self, fs: object, refused: str) -> None:
+        self.fs, self.refused = fs, refused
+
+    def open_input_stream(self, path: str, *args: object, **kwargs: object) -> object:
+        if path == self.refused:
+            raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
+        return self.fs.open_input_stream(path, *args, **kwargs)
+
+
+def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its row's watermark was committed with the image's fingerprint: the image unchanged once readable
+    # again (chmod does not move the mtime), no later run read it, and its row was never published.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    listed = images.filesystem
+
+    def refusing(uri: str) -> tuple[object, str]:
+        fs, path = listed(uri)
+        return _Refusing(fs, str(workdir / "img" / "form.png")), path
+
+    monkeypatch.setattr(images, "filesystem", refusing)
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 3 and first.manifest.counts.reasons["quarantined"]["unreadable"] == 1
+    [refused] = [row for row in set_aside(Path(first.version_uri)) if row["reason"] == "unreadable"]
+    assert refused["detail"].endswith("form.png (Permission denied); the next run reads it again")
+    monkeypatch.setattr(images, "filesystem", listed)  # readable again, the file untouched
+    second = run(workdir, spec)
+    assert (second.manifest.counts.input, second.manifest.counts.written) == (1, 1)
+    assert "What is in form.png?" in [line["prompt"] for line in outputs(Path(second.version_uri))]
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Never published, it is not an image taken and archived since: its row is not left out unseen.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    run(workdir, spec)
+    monkeypatch.setattr(images, "filesystem", listed)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.quarantined, counts.reasons["quarantined"]) == (1, 1, {"missing_image": 1})
+
+
+def test_an_image_restored_with_a_new_mtime_is_not_taken_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An image was told changed by its size and mtime alone: one restored from a backup (or touched)
+    # had its rows taken again and published as new. Only an image whose mtime moved is hashed, once.
+    import connectors.state as state
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 4
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    os.utime(workdir / "img" / "form.png", (1, 1))  # the same bytes, another mtime
+    assert run(workdir, spec).message.startswith("nothing new")
+    assert hashed == ["form.png"]
+    hashed.clear()
+    assert run(workdir, spec).message.startswith("nothing new")
+    assert hashed == []  # its new mtime was kept
+
+
+def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was parsed at planning (for the rows whose image was taken and moved away since) and again to read.
+    from connectors.files import FilesSourceReader
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    sidecar = workdir / "qa.jsonl"
+    sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
+    parsed: list[str] = []
+    read = FilesSourceReader._read
+    monkeypatch.setattr(
+        FilesSourceReader, "_read", lambda self, entry, *a: parsed.append(entry.uri) or read(self, entry, *a)
+    )
+    second = run(workdir, spec)
+    assert parsed == [str(sidecar)]
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(second.version_uri))}
+    before = {line["prompt"]: line["completion"] for line in outputs(Path(first.version_uri))}
+    assert published == {**before, "What is the total?": "13.50 USD"}  # form.png's record kept
+    # Every row but form.png's (kept as published), the malformed line quarantined before not counted again.
+    assert second.manifest.counts.input == len(sidecar_rows()) - 1
+
+
+@pytest.mark.parametrize("sidecar", ["qa.csv", "qa.jsonl"])
+def test_rows_ending_in_lf_appended_to_a_sidecar_ending_in_cr_alone_are_the_only_rows_taken(
+    workdir: Path, sidecar: str
+) -> None:
+    # The lines an earlier run read were counted at LFs once the file held one, while its rows were
+    # numbered at each CR: every row taken before looked appended and was published again on each run
+    # (CSV), or the rows before the first LF were read as one malformed line (JSONL).
+    write_folder(workdir)
+    rows = [{"image": "form.png", "question": f"Is box {i} ticked?", "answer": "Yes"} for i in range(5)]
+
+    def lines(rows: list[dict]) -> list[str]:
+        if sidecar.endswith(".csv"):
+            return [f"{r['image']},{r['question']},{r['answer']}" for r in rows]
+        return [json.dumps(row) for row in rows]
+
+    header = ["image,question,answer"] if sidecar.endswith(".csv") else []
+    (workdir / sidecar).write_bytes(("\r".join(header + lines(rows[:3])) + "\r").encode())
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": sidecar, "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 3
+    with (workdir / sidecar).open("ab") as file:
+        file.write(("\n".join(lines(rows[3:])) + "\n").encode())
+    second = run(workdir, spec)
+    assert (second.manifest.counts.input, second.manifest.counts.written) == (2, 2)
+    assert sorted(line["prompt"] for line in outputs(Path(second.version_uri))) == sorted(r["question"] for r in rows)
     assert run(workdir, spec).message.startswith("nothing new")

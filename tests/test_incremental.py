@@ -546,3 +546,31 @@ def test_a_release_writing_values_as_other_text_is_a_changed_recipe(
     assert first.manifest.recipe_sha256 != second.manifest.recipe_sha256
     assert "how values are written as text, in a new release of curation" in caplog.text
     assert "--full-refresh" in caplog.text
+
+
+def test_a_file_restored_with_a_new_mtime_is_not_published_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file was told changed by its size and mtime alone: one restored from a backup, copied without
+    # -p or touched was read again whole and its records published as new. Only a file whose mtime
+    # moved is hashed again, once; one unchanged is never read for it.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "gamma"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    assert run(workdir, recipe).manifest.counts.written == 3
+    assert sorted(hashed) == ["a.jsonl", "b.jsonl"]  # as each was taken
+    hashed.clear()
+    os.utime(a, (1, 1))  # the same bytes, another mtime
+    assert run(workdir, recipe).message.startswith("nothing new")
+    assert hashed == ["a.jsonl"]
+    hashed.clear()
+    assert run(workdir, recipe).message.startswith("nothing new")
+    assert hashed == []  # its new mtime was kept: not hashed again
+    a.write_text(a.read_text().replace("alpha", "omega"))  # other bytes of the same size
+    os.utime(a, (2, 2))
+    changed = run(workdir, recipe)
+    assert changed.manifest.counts.input == 2 and changed.manifest.stats["carry"]["replaced"] == 2
+    assert sorted(line["text"] for line in outputs(Path(changed.version_uri))) == ["beta", "gamma", "omega"]

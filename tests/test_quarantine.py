@@ -860,3 +860,43 @@ def test_a_record_field_of_whitespace_alone_is_quarantined_as_an_empty_one_is(wo
     ]
     assert sorted(line["completion"] for line in outputs(Path(result.version_uri))) == ["No", "Yes"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_json_lines_that_end_in_cr_alone_then_in_lf_are_one_record_each(workdir: Path) -> None:
+    # Rows appended by a script to an export whose lines end in CR alone: "CR alone" was decided from
+    # the first read, which saw an LF, so every CR-ended row before it became one malformed line.
+    (workdir / "faq.jsonl").write_bytes(
+        b'{"q": "Where?", "a": "Here."}\r{"q": "When?", "a": "Now."}\r{broken\r{"q": "Who?", "a": "Me."}\n'
+        b'{"q": "Why?", "a": "So."}\r\n{"q": "How?", "a": "Thus."}'
+    )
+    result = run(workdir, qa_recipe("faq.jsonl"))
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == [
+        "How?",
+        "When?",
+        "Where?",
+        "Who?",
+        "Why?",
+    ]
+    assert [(row["reason"], row["source"]["line"]) for row in set_aside(Path(result.version_uri))] == [
+        ("malformed_json", 3)
+    ]
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_crlf_split_between_two_reads_is_one_line_end_and_lines_are_counted_alike() -> None:
+    # A CR ending one read and its LF opening the next were two line ends (a blank line between).
+    import io
+
+    from connectors.files import _LineFeeds, lines_in
+
+    data = b'{"n": 1}\r\n{"n": 2}\r{"n": 3}\n\r\r{"n": 4}\r'
+    expected = b'{"n": 1}\r\n{"n": 2}\n{"n": 3}\n\n\n{"n": 4}\n'
+    for size in [-1, *range(2, len(data) + 2)]:
+        stream, out = _LineFeeds(io.BytesIO(data)), []
+        while chunk := stream.read(size):
+            assert size < 0 or len(chunk) <= size
+            out.append(chunk)
+        assert b"".join(out) == expected, size
+    # The lines an images sidecar's earlier run read are counted as the reader numbers them.
+    assert [lines_in(data[:end]) for end in (8, 10, 18, 27)] == [1, 1, 2, 3]
+    assert lines_in(data) == expected.count(b"\n") == 6
