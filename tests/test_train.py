@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -262,7 +263,7 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     request = training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)
-    assert request["TrainingJobName"] == "pairs-v1-llama-3-2-1b-20261125-120000"
+    assert re.fullmatch(r"pairs-v1-llama-3-2-1b-20261125-120000-[0-9a-f]{6}", request["TrainingJobName"])
     assert channels(request)["training"]["S3Uri"] == f"s3://{bucket}/datasets/pairs/v1/train/"
     name = launch(request)
     described = describe(name)
@@ -271,6 +272,36 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     assert described["HyperParameters"] == request["HyperParameters"]
     assert described["RoleArn"] == ROLE
     assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model"]
+
+
+def test_two_launches_in_the_same_second_are_two_jobs(workdir: Path, bucket: str) -> None:
+    """SageMaker refuses a job name already used (moto keeps the last job of a name instead): two
+    launches of one version and model within a second must be two jobs, both described back."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    now = datetime.now(UTC)
+    names = [launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)) for _ in range(2)]
+    assert names[0] != names[1]
+    created = boto3.client("sagemaker").list_training_jobs(NameContains=f"pairs-v1-llama-3-2-1b-{now:%Y%m%d-%H%M%S}")
+    assert sorted(job["TrainingJobName"] for job in created["TrainingJobSummaries"]) == sorted(names)
+    assert all(describe(name)["TrainingJobStatus"] for name in names)
+
+
+def test_job_names_stay_readable_and_within_sagemakers_pattern(workdir: Path) -> None:
+    from curation.published import read_manifest
+    from train.sagemaker import job_name
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(5)])
+    long = "customer_support__tickets-" + "x" * 60  # a name the recipe allows: "_" and "__" are not SageMaker's
+    spec = {"dataset": long, "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    version = run(workdir, {**spec, "output": {"format": "text", "validation_fraction": 0.0}}).version_uri
+    name = training_request(version, MODEL, specs=PINNED)["TrainingJobName"]
+    assert len(name) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name)
+    # The dataset's name is cut, not the version and model; one dash: Bedrock's model name refuses "--".
+    assert re.fullmatch(r"customer-support-tickets-?x*-v1-llama-3-2-1b-\d{8}-\d{6}-[0-9a-f]{6}", name)
+    vision = job_name(read_manifest(version), "meta-vlm-llama-3-2-11b-vision-instruct")
+    assert len(vision) <= 63 and re.fullmatch(
+        r"customer-support-v1-llama-3-2-11b-vision-\d{8}-\d{6}-[0-9a-f]{6}", vision
+    )
 
 
 def test_launch_refuses_a_request_with_placeholders(workdir: Path) -> None:

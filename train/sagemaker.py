@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -226,11 +227,22 @@ def region() -> str:
 
 
 def job_name(manifest: Manifest, model_id: str, now: datetime | None = None) -> str:
-    """``DATASET-vN-MODEL-TIMESTAMP``, cut to SageMaker's 63 characters."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    model = re.sub(r"^(meta|huggingface)-(textgeneration|vlm|llm)-", "", model_id)
-    head = re.sub(r"[^A-Za-z0-9-]+", "-", f"{manifest.dataset}-v{manifest.version}-{model}").strip("-")
-    return f"{head[: 62 - len(stamp)].rstrip('-')}-{stamp}"
+    """``DATASET-vN-MODEL-TIMESTAMP-RANDOM`` in SageMaker's 63 characters: a long dataset name is cut
+    first (down to 16 characters), then the model's. SageMaker refuses a name already used in the
+    account and region, and two launches can share a second (a retry, a script, the review page):
+    the random part keeps them apart."""
+
+    def words(text: str) -> str:  # one dash between words: Bedrock's model name (the job's) refuses "--"
+        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+    stamp = f"{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    version = f"v{manifest.version}"
+    dataset = words(manifest.dataset)
+    model = words(re.sub(r"^(meta|huggingface)-(textgeneration|vlm|llm)-", "", model_id))
+    room = 63 - len(f"-{version}--{stamp}")  # what dataset and model share, a dash between them
+    model = model[: room - min(len(dataset), 16)].rstrip("-")
+    dataset = dataset[: room - len(model)].rstrip("-")
+    return "-".join(part for part in (dataset, version, model, stamp) if part)
 
 
 def _s3_location(version_uri: str, data_uri: str | None, manifest: Manifest) -> str:
