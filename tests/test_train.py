@@ -378,7 +378,7 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
     assert request["modelDataSource"]["s3DataSource"]["s3Uri"] == (
         f"s3://{bucket}/datasets/pairs/training-output/{name}/output/model/"
     )
-    assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"[:63]
+    assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"
     # The dataset version it was trained on goes on the imported model: DescribeTrainingJob holds no
     # tags (botocore's model has none), so they are asked of ListTags.
     assert "Tags" not in job
@@ -399,6 +399,21 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
+
+
+def test_imports_of_two_jobs_launched_in_one_second_are_two_import_jobs(workdir: Path, bucket: str) -> None:
+    """Job names of a long dataset name fill SageMaker's 63 characters; Bedrock's import job name
+    (also 63 at most, and unique) must keep the part that tells the two jobs apart."""
+    version = publish(
+        workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="card-transactions-" * 3
+    )
+    now = datetime.now(UTC)
+    names = [launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)) for _ in range(2)]
+    assert all(len(name) == 63 for name in names)
+    role = "arn:aws:iam::123456789012:role/bedrock-import"
+    jobs = [import_request(describe(name), role_arn=role)["jobName"] for name in names]
+    assert jobs[0] != jobs[1] and all(job.startswith("import-card-transactions-") for job in jobs)
+    assert [job[-6:] for job in jobs] == [name[-6:] for name in names]
 
 
 def test_wait_shows_the_jobs_cloudwatch_log_lines(
