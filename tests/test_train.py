@@ -304,6 +304,26 @@ def test_job_names_stay_readable_and_within_sagemakers_pattern(workdir: Path) ->
     )
 
 
+def test_s3_folders_written_with_a_trailing_slash_launch(workdir: Path, bucket: str) -> None:
+    """``aws s3 ls``/``cp`` users write folders with a trailing slash: the version on S3 and a copy
+    named by --data-uri are read as the same folders, not an empty path part and a traceback."""
+    on_s3 = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    done = curation("train", "launch", f"{on_s3}/", "--model", MODEL, "--specs", "pinned", "--role", ROLE, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "launched pairs-v1-" in done.stdout
+    local = Path(publish(workdir / "local", "jumpstart-instruction"))
+    s3 = boto3.client("s3")
+    for path in local.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"copy/{path.relative_to(local)}")
+    done = curation(
+        "train", "launch", str(local), "--model", MODEL, "--specs", "pinned", "--role", ROLE,
+        "--data-uri", f"s3://{bucket}/copy/", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "launched pairs-v1-" in done.stdout
+
+
 def test_launch_refuses_a_request_with_placeholders(workdir: Path) -> None:
     request = training_request(publish(workdir, "jumpstart-instruction"), MODEL, specs=PINNED)
     with pytest.raises(TrainError, match="execution role"):

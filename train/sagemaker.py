@@ -96,8 +96,15 @@ def _compiled(pattern: str) -> re.Pattern[str] | None:
         return None
 
 
+def _folder(uri: str) -> str:
+    """An S3 folder without its trailing slash (``aws s3`` users write one), which S3 paths keep as
+    an empty part (``.../v1//manifest.json``); a local path is normalised by the filesystem."""
+    return uri.rstrip("/") if is_s3(uri) else uri
+
+
 def load_version(version_uri: str) -> Manifest:
     """The version's manifest, after checking every file it lists against its sha256."""
+    version_uri = _folder(version_uri)
     try:
         manifest = read_manifest(version_uri)
     except StorageError as error:
@@ -153,6 +160,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     manifest, every file it lists there with its size and its content as S3's ETag tells it (see
     ``_local_etag``); and nothing else in the split folders. Hashing the copy itself would mean
     downloading it. The local files' sha256 are checked by ``training_request``."""
+    version_uri, data_uri = _folder(version_uri), _folder(data_uri)
     manifest = read_manifest(version_uri)
     try:
         copy = read_manifest(data_uri)
