@@ -172,7 +172,10 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for values, message in (
         ({"epoch": "abc"}, "epoch=abc: takes a whole number"),
-        ({"epoch": "-3"}, "epoch=-3: must be above 0"),
+        ({"epoch": "-3"}, "epoch=-3: must be at least 1"),
+        ({"lora_dropout": "1.5"}, "lora_dropout=1.5: must be at most 1"),  # a probability
+        ({"validation_split_ratio": "1"}, "validation_split_ratio=1: must be below 1"),  # nothing left to train on
+        ({"seed": "-1"}, "seed=-1: must be at least 0"),
         ({"learning_rate": "-1"}, "learning_rate=-1: must be above 0"),
         ({"learning_rate": "nan"}, "learning_rate=nan: takes a finite number"),
         ({"learning_rate": "inf"}, "learning_rate=inf: takes a finite number"),
@@ -183,6 +186,12 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=PINNED)
     assert training_request(version, MODEL, hyperparameters={"max_train_samples": "-1"}, specs=PINNED)
+    # Zero is in JumpStart's range for these, though their defaults are above it: no dropout, seed 0.
+    zeros = {"lora_dropout": "0", "seed": "0", "train_data_split_seed": "0"}
+    assert (
+        training_request(version, MODEL, hyperparameters=zeros, specs=PINNED)["HyperParameters"].items()
+        >= zeros.items()
+    )
     with pytest.raises(TrainError, match="--output must be an s3:// URI"):
         training_request(version, MODEL, output_uri="/local/path", specs=PINNED)
     with pytest.raises(TrainError, match="--data-uri must be an s3:// URI"):

@@ -41,6 +41,8 @@ class ModelSpec:
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
+    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max.
+    hyperparameter_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +80,7 @@ class VendoredSpecs:
             formats=tuple(raw["formats"]),
             hyperparameters=dict(raw["hyperparameters"]),
             metric_definitions=tuple(raw.get("metric_definitions", ())),
+            hyperparameter_ranges=dict(raw.get("hyperparameter_ranges", {})),
         )
 
 
@@ -122,6 +125,7 @@ class SdkSpecs:
             formats=formats,
             hyperparameters={k: str(v) for k, v in defaults.items()},
             metric_definitions=tuple((pinned or {}).get("metric_definitions", ())),
+            hyperparameter_ranges=dict((pinned or {}).get("hyperparameter_ranges", {})),
             origin="sdk",
         )
 

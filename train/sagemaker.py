@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import secrets
@@ -315,7 +316,7 @@ def hyperparameters_for(
             )
         if key in needed and str(value) != needed[key]:
             raise SpecError(f"the {manifest.format} format trains with {key}={needed[key]}, not {value}")
-        problem = _value_problem(str(value), spec.hyperparameters[key])
+        problem = _value_problem(str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key))
         if problem:
             raise SpecError(f"hyperparameter {key}={value}: {problem}")
         values[key] = str(value)
@@ -328,10 +329,11 @@ def hyperparameters_for(
     return values
 
 
-def _value_problem(value: str, default: str) -> str | None:
+def _value_problem(value: str, default: str, bounds: Mapping[str, float] | None = None) -> str | None:
     """What is wrong with ``value`` for a hyperparameter whose default is ``default``: it must be of
-    the default's kind (True/False, a whole number, a number), and a positive default stays positive
-    (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
+    the default's kind (True/False, a whole number, a number) and within the model's ``bounds``
+    (JumpStart's min, max, exclusive_min, exclusive_max); without bounds a positive default stays
+    positive (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
     if default in ("True", "False"):
         return None if value in ("True", "False") else "takes True or False"
     for kind, name in ((int, "a whole number"), (float, "a number")):
@@ -345,8 +347,16 @@ def _value_problem(value: str, default: str) -> str | None:
             return f"takes {name} (default {default})"
         if not math.isfinite(given):
             return f"takes a finite number (default {default})"
-        if number > 0 and given <= 0:
-            return f"must be above 0 (default {default})"
+        if bounds is None:
+            return f"must be above 0 (default {default})" if number > 0 and given <= 0 else None
+        for bound, fits, words in (
+            ("min", operator.ge, "at least"),
+            ("exclusive_min", operator.gt, "above"),
+            ("max", operator.le, "at most"),
+            ("exclusive_max", operator.lt, "below"),
+        ):
+            if bound in bounds and not fits(given, bounds[bound]):
+                return f"must be {words} {bounds[bound]:g} (default {default})"
         return None
     return None
 
