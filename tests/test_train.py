@@ -349,6 +349,8 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
     assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
     name = done.stdout.split("launched ")[1].split()[0]
     assert describe(name)["TrainingJobStatus"] == "Completed"
+    # Uncompressed output was asked for: the model is the folder Bedrock imports, not a model.tar.gz.
+    assert f"model at s3://{bucket}/datasets/pairs/training-output/{name}/output/model/\n" in done.stdout
 
 
 def failed_job(name: str) -> dict[str, Any]:

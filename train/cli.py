@@ -61,7 +61,7 @@ def follow(
 ) -> int:
     """Follow a job with a progress display (status and its latest log lines); the exit code."""
     from train.logs import JobLogs
-    from train.sagemaker import describe, wait
+    from train.sagemaker import describe, model_artifacts, wait
 
     logs = JobLogs(job_name)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
@@ -82,8 +82,9 @@ def follow(
         )
     status = info["TrainingJobStatus"]
     if status == "Completed":
+        # The request asks for uncompressed output: the model is a folder (what Bedrock imports), not model.tar.gz.
         out.print(
-            f"[green]completed[/green] {job_name}; model at {info.get('ModelArtifacts', {}).get('S3ModelArtifacts')}"
+            f"[green]completed[/green] {job_name}; model at {model_artifacts(info)}", highlight=False, soft_wrap=True
         )
         return EXIT_OK
     reason = info.get("FailureReason", "no reason given")
