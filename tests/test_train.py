@@ -97,6 +97,26 @@ def test_chat_data_switches_chat_mode_and_bad_settings_are_refused(workdir: Path
         training_request(version, "meta-vlm-llama-3-2-11b-vision-instruct", specs=PINNED)
 
 
+def test_tag_values_are_checked_and_a_live_specs_version_is_no_tag_sagemaker_refuses(workdir: Path) -> None:
+    """SageMaker's tag values match [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*, a Java class Python's re cannot
+    read: it is still checked. The live lookup asks the SDK for version "*" (the latest), which is
+    no tag value SageMaker takes."""
+    version = publish(workdir, "jumpstart-instruction")
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
+    starred = {**request, "Tags": [*request["Tags"], {"Key": "k", "Value": "*"}]}
+    with pytest.raises(TrainError, match=r"Tags\[5\]\.Value: '\*' does not match"):
+        validate("CreateTrainingJob", starred)
+
+    def live(model_id: str, region: str, instance_type: str | None = None) -> Any:
+        from dataclasses import replace
+
+        return replace(PINNED(model_id, region, instance_type), version="*", origin="sdk")
+
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=live)
+    assert "*" not in [tag["Value"] for tag in request["Tags"]]
+    assert {tag["Key"]: tag["Value"] for tag in request["Tags"]}["sagemaker-sdk:jumpstart-model-id"] == MODEL
+
+
 def test_formats_jumpstart_does_not_read_are_refused(workdir: Path) -> None:
     version = publish(workdir, "messages")
     with pytest.raises(TrainError, match="TRL's SFTTrainer"):

@@ -102,6 +102,7 @@ class SdkSpecs:
     def lookup(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         """The SDK's answer, or its own exception."""
         from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
+        from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
         pinned = self.fallback.models.get(model_id)
         instance = instance_type or (pinned or {}).get("default_instance_type")
@@ -110,10 +111,12 @@ class SdkSpecs:
         script = script_uris.retrieve(script_scope="training", **common)
         model = model_uris.retrieve(model_scope="training", **common)
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
+        # The version "*" stands for, which the job's tags name (SageMaker takes no "*" in a tag).
+        latest = verify_model_region_and_return_specs(model_id, "*", "training", region=region).version
         formats = tuple((pinned or {}).get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
         return ModelSpec(
             model_id=model_id,
-            version="*",
+            version=latest,
             training_image=image,
             script_uri=script,
             entry_point="transfer_learning.py",

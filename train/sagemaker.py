@@ -24,6 +24,7 @@ from typing import Any
 
 import botocore.exceptions
 import botocore.session
+import regex
 from botocore.validate import ParamValidator
 
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
@@ -90,10 +91,14 @@ def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
 
 
 @functools.cache
-def _compiled(pattern: str) -> re.Pattern[str] | None:
+def _compiled(pattern: str) -> re.Pattern[str] | regex.Pattern[str] | None:
     try:
         return re.compile(pattern)
-    except re.error:  # a Java-only construct: left to the service
+    except re.error:
+        pass
+    try:  # Java's classes such as \p{L} (SageMaker's tag values), which ``regex`` reads as Java does
+        return regex.compile(pattern)
+    except regex.error:  # a construct neither reads: left to the service
         return None
 
 
@@ -417,7 +422,8 @@ def training_request(
         "EnableNetworkIsolation": True,
         "Tags": [
             {"Key": "sagemaker-sdk:jumpstart-model-id", "Value": model_id},
-            {"Key": "sagemaker-sdk:jumpstart-model-version", "Value": spec.version},
+            # "*" (the latest, as a live lookup may ask) is no tag value SageMaker takes.
+            *([{"Key": "sagemaker-sdk:jumpstart-model-version", "Value": spec.version}] if spec.version != "*" else []),
             {"Key": "curation:dataset", "Value": manifest.dataset},
             {"Key": "curation:version", "Value": str(manifest.version)},
             {"Key": "curation:recipe-sha256", "Value": manifest.recipe_sha256},
