@@ -195,8 +195,9 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         ({"epoch": "-3"}, "epoch=-3: must be at least 1"),
         ({"lora_dropout": "1.5"}, "lora_dropout=1.5: must be at most 1"),  # a probability
         ({"validation_split_ratio": "1"}, "validation_split_ratio=1: must be below 1"),  # nothing left to train on
-        ({"seed": "-1"}, "seed=-1: must be at least 0"),
-        ({"learning_rate": "-1"}, "learning_rate=-1: must be above 0"),
+        ({"seed": "0"}, "seed=0: must be at least 1"),  # JumpStart's specs bound the seed to 1..1000
+        ({"learning_rate": "2"}, "learning_rate=2: must be at most 1"),
+        ({"learning_rate": "-1"}, "learning_rate=-1: must be at least 1e-08"),
         ({"learning_rate": "nan"}, "learning_rate=nan: takes a finite number"),
         ({"learning_rate": "inf"}, "learning_rate=inf: takes a finite number"),
         ({"lora_r": "1_6"}, "lora_r=1_6: takes a whole number"),
@@ -206,8 +207,8 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=PINNED)
     assert training_request(version, MODEL, hyperparameters={"max_train_samples": "-1"}, specs=PINNED)
-    # Zero is in JumpStart's range for these, though their defaults are above it: no dropout, seed 0.
-    zeros = {"lora_dropout": "0", "seed": "0", "train_data_split_seed": "0"}
+    # Zero is in JumpStart's range for these, though the default dropout is above it: no dropout.
+    zeros = {"lora_dropout": "0", "train_data_split_seed": "0"}
     assert (
         training_request(version, MODEL, hyperparameters=zeros, specs=PINNED)["HyperParameters"].items()
         >= zeros.items()
