@@ -178,6 +178,24 @@ def test_a_version_without_training_records_is_refused(workdir: Path) -> None:
         training_request(version, MODEL, specs=PINNED)
 
 
+def test_a_single_record_without_validation_records_is_refused(workdir: Path) -> None:
+    """JumpStart evaluates on validation_split_ratio of the training records when no validation
+    channel is given: a version of one record cannot be split so, and the job would fail on its instance."""
+    write_jsonl(workdir / "one.jsonl", [{"q": "Categorise: coffee at Blue Bottle", "a": "Dining"}])
+    spec = {
+        "dataset": "one",
+        "sources": [{"path": "one.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"validation_fraction": 0.0},
+    }
+    version = run(workdir, spec).version_uri
+    done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "its train split holds 1 record and it has no validation records" in done.stderr
+    write_jsonl(workdir / "one.jsonl", [{"q": f"Categorise: coffee {n}", "a": "Dining"} for n in range(2)])
+    assert training_request(run(workdir, spec).version_uri, MODEL, specs=PINNED)  # two records split
+
+
 def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:
     version = Path(publish(workdir, "jumpstart-instruction"))
     manifest = version / "manifest.json"

@@ -393,6 +393,13 @@ def training_request(
     channels = [_channel("training", f"{data}/train/", content_type)]
     if manifest.splits.get("validation") and manifest.splits["validation"].records:
         channels.append(_channel("validation", f"{data}/validation/", content_type))
+    elif "validation_split_ratio" in values and manifest.splits["train"].records < 2:
+        # Without a validation channel JumpStart splits validation_split_ratio of the training records off
+        # for evaluation: one record leaves one side empty, and the job fails once its instance is paid for.
+        raise TrainError(
+            f"{version_uri}: its train split holds 1 record and it has no validation records; JumpStart would split "
+            "the training records into training and validation, which one record cannot be: publish more records"
+        )
     model_channel = _channel("model", spec.model_uri)
     model_channel["DataSource"]["S3DataSource"]["S3DataType"] = "S3Object"
     if spec.gated:
