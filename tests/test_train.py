@@ -462,6 +462,12 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         stub.add_response("create_model_import_job", {"jobArn": arn}, request)
         assert start_import(request, client) == arn
 
+    # A job launched elsewhere with compressed output (SageMaker's default) left a model.tar.gz, which
+    # Custom Model Import cannot read: refused before Bedrock is asked.
+    gzip = {**request_for_launch(version), "TrainingJobName": f"{name[:50]}-gzip"}
+    gzip["OutputDataConfig"] = {**gzip["OutputDataConfig"], "CompressionType": "GZIP"}
+    with pytest.raises(TrainError, match=r"wrote its model as model\.tar\.gz; Bedrock imports a folder"):
+        import_request(describe(launch(gzip)), role_arn="arn:aws:iam::123456789012:role/bedrock-import")
     with pytest.raises(TrainError, match="only a completed job"):
         import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
     # Strings are checked against their shapes' patterns, which botocore's validator leaves to the service.
@@ -484,6 +490,10 @@ def test_imports_of_two_jobs_launched_in_one_second_are_two_import_jobs(workdir:
     jobs = [import_request(describe(name), role_arn=role)["jobName"] for name in names]
     assert jobs[0] != jobs[1] and all(job.startswith("import-card-transactions-") for job in jobs)
     assert [job[-6:] for job in jobs] == [name[-6:] for name in names]
+
+
+def request_for_launch(version: str) -> dict[str, Any]:
+    return training_request(version, MODEL, role_arn=ROLE, specs=PINNED)
 
 
 def test_wait_shows_the_jobs_cloudwatch_log_lines(

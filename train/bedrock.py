@@ -37,6 +37,11 @@ def import_request(
     if status != "Completed":
         raise TrainError(f"training job {name} is {status}; only a completed job has a model to import")
     role = bedrock_role(role_arn)
+    if training_job.get("OutputDataConfig", {}).get("CompressionType", "GZIP") != "NONE":
+        raise TrainError(
+            f"training job {name} wrote its model as model.tar.gz; Bedrock imports a folder of model files: "
+            "train with uncompressed output (`curation train launch` asks for it)"
+        )
     imported = model_name or name
     tags = {t["Key"]: t["Value"] for t in training_job.get("Tags", [])}
     request: dict[str, Any] = {
