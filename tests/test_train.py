@@ -78,6 +78,7 @@ def test_dry_run_prints_a_valid_request_for_instruction_data(workdir: Path) -> N
     assert hp["enable_fsdp"] == "False"  # JumpStart: int8 and FSDP do not go together
     assert set(channels(request)) == {"training", "validation", "model"}
     assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
+    assert channels(request)["model"]["S3DataType"] == "S3Prefix"  # S3Object is no training channel's type
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     # Published locally and no role given: the dry run says what a real launch still needs.
     assert "execution role" in done.stderr and "dataset on S3" in done.stderr
@@ -103,6 +104,11 @@ def test_tag_values_are_checked_and_a_live_specs_version_is_no_tag_sagemaker_ref
     no tag value SageMaker takes."""
     version = publish(workdir, "jumpstart-instruction")
     request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
+    # Enums too: botocore sends any string; SageMaker takes S3DataType S3Prefix, ManifestFile, ...
+    model = {**request["InputDataConfig"][-1]}
+    model["DataSource"] = {"S3DataSource": {**model["DataSource"]["S3DataSource"], "S3DataType": "S3Object"}}
+    with pytest.raises(TrainError, match=r"S3DataType: 'S3Object' is not one of ManifestFile, S3Prefix"):
+        validate("CreateTrainingJob", {**request, "InputDataConfig": [*request["InputDataConfig"][:-1], model]})
     starred = {**request, "Tags": [*request["Tags"], {"Key": "k", "Value": "*"}]}
     with pytest.raises(TrainError, match=r"Tags\[5\]\.Value: '\*' does not match"):
         validate("CreateTrainingJob", starred)

@@ -59,7 +59,7 @@ class TrainError(RuntimeError):
 
 def validate(operation: str, request: Mapping[str, Any], service: str = "sagemaker") -> None:
     """Check a request against botocore's service model, as the client would before sending it, and
-    each string against its shape's pattern, which the service checks and the client does not."""
+    each string against its shape's pattern and enum, which the service checks and the client does not."""
     model = botocore.session.get_session().get_service_model(service)
     shape = model.operation_model(operation).input_shape
     report = ParamValidator().validate(dict(request), shape)
@@ -71,7 +71,7 @@ def validate(operation: str, request: Mapping[str, Any], service: str = "sagemak
 
 
 def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
-    """``where: value`` for each string of ``value`` that does not match its shape's pattern."""
+    """``where: value`` for each string of ``value`` that does not match its shape's pattern or enum."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         for name, member in shape.members.items():
             if name in value:
@@ -83,6 +83,8 @@ def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
         for key, item in value.items():
             yield from _pattern_misses(key, shape.key, f"{where} key")
             yield from _pattern_misses(item, shape.value, f"{where}[{key}]")
+    elif shape.type_name == "string" and isinstance(value, str) and shape.enum and value not in shape.enum:
+        yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
     elif shape.type_name == "string" and isinstance(value, str) and "pattern" in shape.metadata:
         pattern = _compiled(shape.metadata["pattern"])
         # AWS services match the whole value (their models come from Java's matches()), anchored or not.
@@ -400,8 +402,9 @@ def training_request(
             f"{version_uri}: its train split holds 1 record and it has no validation records; JumpStart would split "
             "the training records into training and validation, which one record cannot be: publish more records"
         )
-    model_channel = _channel("model", spec.model_uri)
-    model_channel["DataSource"]["S3DataSource"]["S3DataType"] = "S3Object"
+    # As the SageMaker SDK hands JumpStart's weights to a job: a prefix (S3Object is for endpoints, not
+    # training channels), marked as a model.
+    model_channel = _channel("model", spec.model_uri, "application/x-sagemaker-model")
     if spec.gated:
         # Meta's models are gated: the job reads the weights only with the EULA accepted.
         model_channel["DataSource"]["S3DataSource"]["ModelAccessConfig"] = {"AcceptEula": True}
