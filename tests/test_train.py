@@ -76,8 +76,12 @@ def test_dry_run_prints_a_valid_request_for_instruction_data(workdir: Path) -> N
     assert hp["instruction_tuned"] == "True" and hp["chat_dataset"] == "False"
     assert hp["lora_r"] == "16" and hp["learning_rate"] == "0.0002" and hp["int8_quantization"] == "True"
     assert hp["enable_fsdp"] == "False"  # JumpStart: int8 and FSDP do not go together
-    assert set(channels(request)) == {"training", "validation", "model"}
+    assert set(channels(request)) == {"training", "validation", "model", "code"}
     assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
+    # The job runs network-isolated: the training script comes in the "code" channel, not from S3 at run time.
+    assert request["EnableNetworkIsolation"] is True
+    assert channels(request)["code"]["S3Uri"] == PINNED(MODEL, "us-east-1").script_uri
+    assert json.loads(hp["sagemaker_submit_directory"]) == "/opt/ml/input/data/code/sourcedir.tar.gz"
     assert channels(request)["model"]["S3DataType"] == "S3Prefix"  # S3Object is no training channel's type
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     # Published locally and no role given: the dry run says what a real launch still needs.
@@ -325,7 +329,7 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     assert described["AlgorithmSpecification"]["TrainingImage"] == request["AlgorithmSpecification"]["TrainingImage"]
     assert described["HyperParameters"] == request["HyperParameters"]
     assert described["RoleArn"] == ROLE
-    assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model"]
+    assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model", "code"]
 
 
 def test_two_launches_in_the_same_second_are_two_jobs(workdir: Path, bucket: str) -> None:
@@ -538,7 +542,7 @@ def test_text_versions_are_one_file_per_split_and_several_shards_are_refused(wor
     whole = run_fresh(workdir, recipe)  # 40 documents of ~400 bytes, above shard_max_bytes: still one file
     request = training_request(whole, MODEL, specs=PINNED)
     assert request["HyperParameters"]["instruction_tuned"] == "False"
-    assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel
+    assert set(channels(request)) == {"training", "model", "code"}  # no validation records, no validation channel
     # A version an earlier release published in bounded shards: JumpStart would read one of them.
     version, manifest = Path(whole), read_manifest(whole)
     (shard,) = manifest.splits["train"].shards

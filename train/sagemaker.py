@@ -37,6 +37,7 @@ PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUT
 PLACEHOLDER_BUCKET = "replace-with-your-bucket"
 ROLE_ENV = "SAGEMAKER_ROLE_ARN"
 TERMINAL = {"Completed", "Failed", "Stopped"}
+CODE_CHANNEL_SOURCEDIR = "/opt/ml/input/data/code/sourcedir.tar.gz"  # the "code" channel's script, in the container
 
 # What each format asks of the JumpStart training script (JumpStart text-generation fine-tuning:
 # ``instruction_tuned`` reads template.json from the training channel; ``chat_dataset`` reads the
@@ -385,8 +386,10 @@ def training_request(
     spec = with_instance((specs or spec_resolver())(model_id, region(), instance_type), instance_type)
     values = hyperparameters_for(spec, manifest, hyperparameters)
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
+    # Network isolation keeps the container from fetching it from S3: it comes in the "code" channel, and
+    # the toolkit is pointed there (as the SageMaker SDK does for an isolated job).
     values["sagemaker_program"] = json.dumps(spec.entry_point)
-    values["sagemaker_submit_directory"] = json.dumps(spec.script_uri)
+    values["sagemaker_submit_directory"] = json.dumps(CODE_CHANNEL_SOURCEDIR)
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
         if uri is not None and not uri.startswith("s3://"):
             raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
@@ -409,6 +412,7 @@ def training_request(
         # Meta's models are gated: the job reads the weights only with the EULA accepted.
         model_channel["DataSource"]["S3DataSource"]["ModelAccessConfig"] = {"AcceptEula": True}
     channels.append(model_channel)
+    channels.append(_channel("code", spec.script_uri))
     name = job_name(manifest, model_id, now)
     output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
