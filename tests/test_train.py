@@ -86,6 +86,7 @@ def test_dry_run_prints_a_valid_request_for_instruction_data(workdir: Path) -> N
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     # Published locally and no role given: the dry run says what a real launch still needs.
     assert "execution role" in done.stderr and "dataset on S3" in done.stderr
+    assert "holds out" not in done.stderr  # validation records: nothing of the training records is held out
 
 
 def test_chat_data_switches_chat_mode_and_bad_settings_are_refused(workdir: Path) -> None:
@@ -543,6 +544,10 @@ def test_text_versions_are_one_file_per_split_and_several_shards_are_refused(wor
     request = training_request(whole, MODEL, specs=PINNED)
     assert request["HyperParameters"]["instruction_tuned"] == "False"
     assert set(channels(request)) == {"training", "model", "code"}  # no validation records, no validation channel
+    # JumpStart then evaluates on a fifth of the training records: the command line says so.
+    done = curation("train", "launch", whole, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "no validation records, so JumpStart holds out validation_split_ratio=0.2 of the training" in done.stderr
     # A version an earlier release published in bounded shards: JumpStart would read one of them.
     version, manifest = Path(whole), read_manifest(whole)
     (shard,) = manifest.splits["train"].shards

@@ -119,7 +119,7 @@ def launch(
     timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
-    from train.sagemaker import TrainError, check_copy, placeholders, training_request
+    from train.sagemaker import TrainError, check_copy, held_out, placeholders, training_request
     from train.sagemaker import launch as create_job
 
     values = parse_pairs(hyperparameter or [])
@@ -144,6 +144,8 @@ def launch(
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
+    if (kept := held_out(request)) is not None:
+        console.print(f"[yellow]note[/yellow] {kept}", highlight=False)
     if dry_run:
         out.print_json(json.dumps(request))
         for need in placeholders(request):

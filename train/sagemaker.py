@@ -458,6 +458,19 @@ def placeholders(request: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def held_out(request: Mapping[str, Any]) -> str | None:
+    """What JumpStart keeps from training when the request has no validation channel: it evaluates on
+    ``validation_split_ratio`` of the training records, which a recipe with no validation_fraction may
+    have meant to train on whole."""
+    ratio = request["HyperParameters"].get("validation_split_ratio")
+    if ratio is None or any(c["ChannelName"] == "validation" for c in request["InputDataConfig"]):
+        return None
+    return (
+        f"the version has no validation records, so JumpStart holds out validation_split_ratio={ratio} of the "
+        "training records for evaluation (publish with output.validation_fraction to choose them)"
+    )
+
+
 def launch(request: dict) -> str:
     """Create the training job through the SageMaker SDK; returns its name."""
     missing = placeholders(request)
