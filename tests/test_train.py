@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -75,11 +76,17 @@ def test_dry_run_prints_a_valid_request_for_instruction_data(workdir: Path) -> N
     assert hp["instruction_tuned"] == "True" and hp["chat_dataset"] == "False"
     assert hp["lora_r"] == "16" and hp["learning_rate"] == "0.0002" and hp["int8_quantization"] == "True"
     assert hp["enable_fsdp"] == "False"  # JumpStart: int8 and FSDP do not go together
-    assert set(channels(request)) == {"training", "validation", "model"}
+    assert set(channels(request)) == {"training", "validation", "model", "code"}
     assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
+    # The job runs network-isolated: the training script comes in the "code" channel, not from S3 at run time.
+    assert request["EnableNetworkIsolation"] is True
+    assert channels(request)["code"]["S3Uri"] == PINNED(MODEL, "us-east-1").script_uri
+    assert json.loads(hp["sagemaker_submit_directory"]) == "/opt/ml/input/data/code/sourcedir.tar.gz"
+    assert channels(request)["model"]["S3DataType"] == "S3Prefix"  # S3Object is no training channel's type
     assert request["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     # Published locally and no role given: the dry run says what a real launch still needs.
     assert "execution role" in done.stderr and "dataset on S3" in done.stderr
+    assert "holds out" not in done.stderr  # validation records: nothing of the training records is held out
 
 
 def test_chat_data_switches_chat_mode_and_bad_settings_are_refused(workdir: Path) -> None:
@@ -94,6 +101,31 @@ def test_chat_data_switches_chat_mode_and_bad_settings_are_refused(workdir: Path
         training_request(version, MODEL, instance_type="ml.t3.medium", specs=PINNED)
     with pytest.raises(TrainError, match="trains on jumpstart-vqa data"):
         training_request(version, "meta-vlm-llama-3-2-11b-vision-instruct", specs=PINNED)
+
+
+def test_tag_values_are_checked_and_a_live_specs_version_is_no_tag_sagemaker_refuses(workdir: Path) -> None:
+    """SageMaker's tag values match [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*, a Java class Python's re cannot
+    read: it is still checked. The live lookup asks the SDK for version "*" (the latest), which is
+    no tag value SageMaker takes."""
+    version = publish(workdir, "jumpstart-instruction")
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
+    # Enums too: botocore sends any string; SageMaker takes S3DataType S3Prefix, ManifestFile, ...
+    model = {**request["InputDataConfig"][-1]}
+    model["DataSource"] = {"S3DataSource": {**model["DataSource"]["S3DataSource"], "S3DataType": "S3Object"}}
+    with pytest.raises(TrainError, match=r"S3DataType: 'S3Object' is not one of ManifestFile, S3Prefix"):
+        validate("CreateTrainingJob", {**request, "InputDataConfig": [*request["InputDataConfig"][:-1], model]})
+    starred = {**request, "Tags": [*request["Tags"], {"Key": "k", "Value": "*"}]}
+    with pytest.raises(TrainError, match=r"Tags\[5\]\.Value: '\*' does not match"):
+        validate("CreateTrainingJob", starred)
+
+    def live(model_id: str, region: str, instance_type: str | None = None) -> Any:
+        from dataclasses import replace
+
+        return replace(PINNED(model_id, region, instance_type), version="*", origin="sdk")
+
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=live)
+    assert "*" not in [tag["Value"] for tag in request["Tags"]]
+    assert {tag["Key"]: tag["Value"] for tag in request["Tags"]}["sagemaker-sdk:jumpstart-model-id"] == MODEL
 
 
 def test_formats_jumpstart_does_not_read_are_refused(workdir: Path) -> None:
@@ -157,6 +189,24 @@ def test_a_version_without_training_records_is_refused(workdir: Path) -> None:
         training_request(version, MODEL, specs=PINNED)
 
 
+def test_a_single_record_without_validation_records_is_refused(workdir: Path) -> None:
+    """JumpStart evaluates on validation_split_ratio of the training records when no validation
+    channel is given: a version of one record cannot be split so, and the job would fail on its instance."""
+    write_jsonl(workdir / "one.jsonl", [{"q": "Categorise: coffee at Blue Bottle", "a": "Dining"}])
+    spec = {
+        "dataset": "one",
+        "sources": [{"path": "one.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"validation_fraction": 0.0},
+    }
+    version = run(workdir, spec).version_uri
+    done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "its train split holds 1 record and it has no validation records" in done.stderr
+    write_jsonl(workdir / "one.jsonl", [{"q": f"Categorise: coffee {n}", "a": "Dining"} for n in range(2)])
+    assert training_request(run(workdir, spec).version_uri, MODEL, specs=PINNED)  # two records split
+
+
 def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:
     version = Path(publish(workdir, "jumpstart-instruction"))
     manifest = version / "manifest.json"
@@ -171,8 +221,12 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for values, message in (
         ({"epoch": "abc"}, "epoch=abc: takes a whole number"),
-        ({"epoch": "-3"}, "epoch=-3: must be above 0"),
-        ({"learning_rate": "-1"}, "learning_rate=-1: must be above 0"),
+        ({"epoch": "-3"}, "epoch=-3: must be at least 1"),
+        ({"lora_dropout": "1.5"}, "lora_dropout=1.5: must be at most 1"),  # a probability
+        ({"validation_split_ratio": "1"}, "validation_split_ratio=1: must be below 1"),  # nothing left to train on
+        ({"seed": "0"}, "seed=0: must be at least 1"),  # JumpStart's specs bound the seed to 1..1000
+        ({"learning_rate": "2"}, "learning_rate=2: must be at most 1"),
+        ({"learning_rate": "-1"}, "learning_rate=-1: must be at least 1e-08"),
         ({"learning_rate": "nan"}, "learning_rate=nan: takes a finite number"),
         ({"learning_rate": "inf"}, "learning_rate=inf: takes a finite number"),
         ({"lora_r": "1_6"}, "lora_r=1_6: takes a whole number"),
@@ -182,6 +236,12 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=PINNED)
     assert training_request(version, MODEL, hyperparameters={"max_train_samples": "-1"}, specs=PINNED)
+    # Zero is in JumpStart's range for these, though the default dropout is above it: no dropout.
+    zeros = {"lora_dropout": "0", "train_data_split_seed": "0"}
+    assert (
+        training_request(version, MODEL, hyperparameters=zeros, specs=PINNED)["HyperParameters"].items()
+        >= zeros.items()
+    )
     with pytest.raises(TrainError, match="--output must be an s3:// URI"):
         training_request(version, MODEL, output_uri="/local/path", specs=PINNED)
     with pytest.raises(TrainError, match="--data-uri must be an s3:// URI"):
@@ -262,7 +322,7 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     request = training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)
-    assert request["TrainingJobName"] == "pairs-v1-llama-3-2-1b-20261125-120000"
+    assert re.fullmatch(r"pairs-v1-llama-3-2-1b-20261125-120000-[0-9a-f]{6}", request["TrainingJobName"])
     assert channels(request)["training"]["S3Uri"] == f"s3://{bucket}/datasets/pairs/v1/train/"
     name = launch(request)
     described = describe(name)
@@ -270,7 +330,57 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     assert described["AlgorithmSpecification"]["TrainingImage"] == request["AlgorithmSpecification"]["TrainingImage"]
     assert described["HyperParameters"] == request["HyperParameters"]
     assert described["RoleArn"] == ROLE
-    assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model"]
+    assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model", "code"]
+
+
+def test_two_launches_in_the_same_second_are_two_jobs(workdir: Path, bucket: str) -> None:
+    """SageMaker refuses a job name already used (moto keeps the last job of a name instead): two
+    launches of one version and model within a second must be two jobs, both described back."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    now = datetime.now(UTC)
+    names = [launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)) for _ in range(2)]
+    assert names[0] != names[1]
+    created = boto3.client("sagemaker").list_training_jobs(NameContains=f"pairs-v1-llama-3-2-1b-{now:%Y%m%d-%H%M%S}")
+    assert sorted(job["TrainingJobName"] for job in created["TrainingJobSummaries"]) == sorted(names)
+    assert all(describe(name)["TrainingJobStatus"] for name in names)
+
+
+def test_job_names_stay_readable_and_within_sagemakers_pattern(workdir: Path) -> None:
+    from curation.published import read_manifest
+    from train.sagemaker import job_name
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(5)])
+    long = "customer_support__tickets-" + "x" * 60  # a name the recipe allows: "_" and "__" are not SageMaker's
+    spec = {"dataset": long, "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    version = run(workdir, {**spec, "output": {"format": "text", "validation_fraction": 0.0}}).version_uri
+    name = training_request(version, MODEL, specs=PINNED)["TrainingJobName"]
+    assert len(name) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name)
+    # The dataset's name is cut, not the version and model; one dash: Bedrock's model name refuses "--".
+    assert re.fullmatch(r"customer-support-tickets-?x*-v1-llama-3-2-1b-\d{8}-\d{6}-[0-9a-f]{6}", name)
+    vision = job_name(read_manifest(version), "meta-vlm-llama-3-2-11b-vision-instruct")
+    assert len(vision) <= 63 and re.fullmatch(
+        r"customer-support-v1-llama-3-2-11b-vision-\d{8}-\d{6}-[0-9a-f]{6}", vision
+    )
+
+
+def test_s3_folders_written_with_a_trailing_slash_launch(workdir: Path, bucket: str) -> None:
+    """``aws s3 ls``/``cp`` users write folders with a trailing slash: the version on S3 and a copy
+    named by --data-uri are read as the same folders, not an empty path part and a traceback."""
+    on_s3 = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    done = curation("train", "launch", f"{on_s3}/", "--model", MODEL, "--specs", "pinned", "--role", ROLE, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "launched pairs-v1-" in done.stdout
+    local = Path(publish(workdir / "local", "jumpstart-instruction"))
+    s3 = boto3.client("s3")
+    for path in local.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"copy/{path.relative_to(local)}")
+    done = curation(
+        "train", "launch", str(local), "--model", MODEL, "--specs", "pinned", "--role", ROLE,
+        "--data-uri", f"s3://{bucket}/copy/", cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "launched pairs-v1-" in done.stdout
 
 
 def test_launch_refuses_a_request_with_placeholders(workdir: Path) -> None:
@@ -289,6 +399,8 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
     assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
     name = done.stdout.split("launched ")[1].split()[0]
     assert describe(name)["TrainingJobStatus"] == "Completed"
+    # Uncompressed output was asked for: the model is the folder Bedrock imports, not a model.tar.gz.
+    assert f"model at s3://{bucket}/datasets/pairs/training-output/{name}/output/model/\n" in done.stdout
 
 
 def failed_job(name: str) -> dict[str, Any]:
@@ -347,7 +459,7 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
     assert request["modelDataSource"]["s3DataSource"]["s3Uri"] == (
         f"s3://{bucket}/datasets/pairs/training-output/{name}/output/model/"
     )
-    assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"[:63]
+    assert request["importedModelName"] == name and request["jobName"] == f"import-{name}"
     # The dataset version it was trained on goes on the imported model: DescribeTrainingJob holds no
     # tags (botocore's model has none), so they are asked of ListTags.
     assert "Tags" not in job
@@ -361,6 +473,12 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         stub.add_response("create_model_import_job", {"jobArn": arn}, request)
         assert start_import(request, client) == arn
 
+    # A job launched elsewhere with compressed output (SageMaker's default) left a model.tar.gz, which
+    # Custom Model Import cannot read: refused before Bedrock is asked.
+    gzip = {**request_for_launch(version), "TrainingJobName": f"{name[:50]}-gzip"}
+    gzip["OutputDataConfig"] = {**gzip["OutputDataConfig"], "CompressionType": "GZIP"}
+    with pytest.raises(TrainError, match=r"wrote its model as model\.tar\.gz; Bedrock imports a folder"):
+        import_request(describe(launch(gzip)), role_arn="arn:aws:iam::123456789012:role/bedrock-import")
     with pytest.raises(TrainError, match="only a completed job"):
         import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
     # Strings are checked against their shapes' patterns, which botocore's validator leaves to the service.
@@ -368,6 +486,25 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
+
+
+def test_imports_of_two_jobs_launched_in_one_second_are_two_import_jobs(workdir: Path, bucket: str) -> None:
+    """Job names of a long dataset name fill SageMaker's 63 characters; Bedrock's import job name
+    (also 63 at most, and unique) must keep the part that tells the two jobs apart."""
+    version = publish(
+        workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="card-transactions-" * 3
+    )
+    now = datetime.now(UTC)
+    names = [launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED, now=now)) for _ in range(2)]
+    assert all(len(name) == 63 for name in names)
+    role = "arn:aws:iam::123456789012:role/bedrock-import"
+    jobs = [import_request(describe(name), role_arn=role)["jobName"] for name in names]
+    assert jobs[0] != jobs[1] and all(job.startswith("import-card-transactions-") for job in jobs)
+    assert [job[-6:] for job in jobs] == [name[-6:] for name in names]
+
+
+def request_for_launch(version: str) -> dict[str, Any]:
+    return training_request(version, MODEL, role_arn=ROLE, specs=PINNED)
 
 
 def test_wait_shows_the_jobs_cloudwatch_log_lines(
@@ -406,7 +543,11 @@ def test_text_versions_are_one_file_per_split_and_several_shards_are_refused(wor
     whole = run_fresh(workdir, recipe)  # 40 documents of ~400 bytes, above shard_max_bytes: still one file
     request = training_request(whole, MODEL, specs=PINNED)
     assert request["HyperParameters"]["instruction_tuned"] == "False"
-    assert set(channels(request)) == {"training", "model"}  # no validation records, no validation channel
+    assert set(channels(request)) == {"training", "model", "code"}  # no validation records, no validation channel
+    # JumpStart then evaluates on a fifth of the training records: the command line says so.
+    done = curation("train", "launch", whole, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "no validation records, so JumpStart holds out validation_split_ratio=0.2 of the training" in done.stderr
     # A version an earlier release published in bounded shards: JumpStart would read one of them.
     version, manifest = Path(whole), read_manifest(whole)
     (shard,) = manifest.splits["train"].shards

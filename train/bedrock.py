@@ -37,10 +37,15 @@ def import_request(
     if status != "Completed":
         raise TrainError(f"training job {name} is {status}; only a completed job has a model to import")
     role = bedrock_role(role_arn)
+    if training_job.get("OutputDataConfig", {}).get("CompressionType", "GZIP") != "NONE":
+        raise TrainError(
+            f"training job {name} wrote its model as model.tar.gz; Bedrock imports a folder of model files: "
+            "train with uncompressed output (`curation train launch` asks for it)"
+        )
     imported = model_name or name
     tags = {t["Key"]: t["Value"] for t in training_job.get("Tags", [])}
     request: dict[str, Any] = {
-        "jobName": job_name or re.sub(r"[^a-zA-Z0-9-]", "-", f"import-{name}")[:63],
+        "jobName": job_name or _import_job_name(name),
         "importedModelName": imported,
         "roleArn": role,
         "modelDataSource": {"s3DataSource": {"s3Uri": model_artifacts(training_job)}},
@@ -51,6 +56,13 @@ def import_request(
     }
     validate("CreateModelImportJob", request, service="bedrock")
     return request
+
+
+def _import_job_name(training_job_name: str) -> str:
+    """``import-JOB`` in Bedrock's 63 characters: a long name loses its middle, not its end, which
+    tells apart jobs of one dataset, version and model (their time and random part)."""
+    name = re.sub(r"[^a-zA-Z0-9-]", "-", f"import-{training_job_name}")
+    return name if len(name) <= 63 else f"{name[:40].rstrip('-')}-{name[-22:].lstrip('-')}"
 
 
 def request_for_job(job_name: str, *, role_arn: str | None = None, **options: Any) -> dict:

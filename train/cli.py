@@ -61,7 +61,7 @@ def follow(
 ) -> int:
     """Follow a job with a progress display (status and its latest log lines); the exit code."""
     from train.logs import JobLogs
-    from train.sagemaker import describe, wait
+    from train.sagemaker import describe, model_artifacts, wait
 
     logs = JobLogs(job_name)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
@@ -82,8 +82,9 @@ def follow(
         )
     status = info["TrainingJobStatus"]
     if status == "Completed":
+        # The request asks for uncompressed output: the model is a folder (what Bedrock imports), not model.tar.gz.
         out.print(
-            f"[green]completed[/green] {job_name}; model at {info.get('ModelArtifacts', {}).get('S3ModelArtifacts')}"
+            f"[green]completed[/green] {job_name}; model at {model_artifacts(info)}", highlight=False, soft_wrap=True
         )
         return EXIT_OK
     reason = info.get("FailureReason", "no reason given")
@@ -118,7 +119,7 @@ def launch(
     timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
-    from train.sagemaker import TrainError, check_copy, placeholders, training_request
+    from train.sagemaker import TrainError, check_copy, held_out, placeholders, training_request
     from train.sagemaker import launch as create_job
 
     values = parse_pairs(hyperparameter or [])
@@ -143,6 +144,8 @@ def launch(
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
+    if (kept := held_out(request)) is not None:
+        console.print(f"[yellow]note[/yellow] {kept}", highlight=False)
     if dry_run:
         out.print_json(json.dumps(request))
         for need in placeholders(request):

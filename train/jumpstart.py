@@ -41,6 +41,8 @@ class ModelSpec:
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
+    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max.
+    hyperparameter_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +80,7 @@ class VendoredSpecs:
             formats=tuple(raw["formats"]),
             hyperparameters=dict(raw["hyperparameters"]),
             metric_definitions=tuple(raw.get("metric_definitions", ())),
+            hyperparameter_ranges=dict(raw.get("hyperparameter_ranges", {})),
         )
 
 
@@ -99,6 +102,7 @@ class SdkSpecs:
     def lookup(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         """The SDK's answer, or its own exception."""
         from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
+        from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
         pinned = self.fallback.models.get(model_id)
         instance = instance_type or (pinned or {}).get("default_instance_type")
@@ -107,10 +111,12 @@ class SdkSpecs:
         script = script_uris.retrieve(script_scope="training", **common)
         model = model_uris.retrieve(model_scope="training", **common)
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
+        # The version "*" stands for, which the job's tags name (SageMaker takes no "*" in a tag).
+        latest = verify_model_region_and_return_specs(model_id, "*", "training", region=region).version
         formats = tuple((pinned or {}).get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
         return ModelSpec(
             model_id=model_id,
-            version="*",
+            version=latest,
             training_image=image,
             script_uri=script,
             entry_point="transfer_learning.py",
@@ -122,6 +128,7 @@ class SdkSpecs:
             formats=formats,
             hyperparameters={k: str(v) for k, v in defaults.items()},
             metric_definitions=tuple((pinned or {}).get("metric_definitions", ())),
+            hyperparameter_ranges=dict((pinned or {}).get("hyperparameter_ranges", {})),
             origin="sdk",
         )
 

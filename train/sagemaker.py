@@ -13,8 +13,10 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ from typing import Any
 
 import botocore.exceptions
 import botocore.session
+import regex
 from botocore.validate import ParamValidator
 
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
@@ -34,6 +37,7 @@ PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUT
 PLACEHOLDER_BUCKET = "replace-with-your-bucket"
 ROLE_ENV = "SAGEMAKER_ROLE_ARN"
 TERMINAL = {"Completed", "Failed", "Stopped"}
+CODE_CHANNEL_SOURCEDIR = "/opt/ml/input/data/code/sourcedir.tar.gz"  # the "code" channel's script, in the container
 
 # What each format asks of the JumpStart training script (JumpStart text-generation fine-tuning:
 # ``instruction_tuned`` reads template.json from the training channel; ``chat_dataset`` reads the
@@ -56,7 +60,7 @@ class TrainError(RuntimeError):
 
 def validate(operation: str, request: Mapping[str, Any], service: str = "sagemaker") -> None:
     """Check a request against botocore's service model, as the client would before sending it, and
-    each string against its shape's pattern, which the service checks and the client does not."""
+    each string against its shape's pattern and enum, which the service checks and the client does not."""
     model = botocore.session.get_session().get_service_model(service)
     shape = model.operation_model(operation).input_shape
     report = ParamValidator().validate(dict(request), shape)
@@ -68,7 +72,7 @@ def validate(operation: str, request: Mapping[str, Any], service: str = "sagemak
 
 
 def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
-    """``where: value`` for each string of ``value`` that does not match its shape's pattern."""
+    """``where: value`` for each string of ``value`` that does not match its shape's pattern or enum."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         for name, member in shape.members.items():
             if name in value:
@@ -80,6 +84,8 @@ def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
         for key, item in value.items():
             yield from _pattern_misses(key, shape.key, f"{where} key")
             yield from _pattern_misses(item, shape.value, f"{where}[{key}]")
+    elif shape.type_name == "string" and isinstance(value, str) and shape.enum and value not in shape.enum:
+        yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
     elif shape.type_name == "string" and isinstance(value, str) and "pattern" in shape.metadata:
         pattern = _compiled(shape.metadata["pattern"])
         # AWS services match the whole value (their models come from Java's matches()), anchored or not.
@@ -88,15 +94,26 @@ def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
 
 
 @functools.cache
-def _compiled(pattern: str) -> re.Pattern[str] | None:
+def _compiled(pattern: str) -> re.Pattern[str] | regex.Pattern[str] | None:
     try:
         return re.compile(pattern)
-    except re.error:  # a Java-only construct: left to the service
+    except re.error:
+        pass
+    try:  # Java's classes such as \p{L} (SageMaker's tag values), which ``regex`` reads as Java does
+        return regex.compile(pattern)
+    except regex.error:  # a construct neither reads: left to the service
         return None
+
+
+def _folder(uri: str) -> str:
+    """An S3 folder without its trailing slash (``aws s3`` users write one), which S3 paths keep as
+    an empty part (``.../v1//manifest.json``); a local path is normalised by the filesystem."""
+    return uri.rstrip("/") if is_s3(uri) else uri
 
 
 def load_version(version_uri: str) -> Manifest:
     """The version's manifest, after checking every file it lists against its sha256."""
+    version_uri = _folder(version_uri)
     try:
         manifest = read_manifest(version_uri)
     except StorageError as error:
@@ -152,6 +169,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     manifest, every file it lists there with its size and its content as S3's ETag tells it (see
     ``_local_etag``); and nothing else in the split folders. Hashing the copy itself would mean
     downloading it. The local files' sha256 are checked by ``training_request``."""
+    version_uri, data_uri = _folder(version_uri), _folder(data_uri)
     manifest = read_manifest(version_uri)
     try:
         copy = read_manifest(data_uri)
@@ -226,11 +244,22 @@ def region() -> str:
 
 
 def job_name(manifest: Manifest, model_id: str, now: datetime | None = None) -> str:
-    """``DATASET-vN-MODEL-TIMESTAMP``, cut to SageMaker's 63 characters."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    model = re.sub(r"^(meta|huggingface)-(textgeneration|vlm|llm)-", "", model_id)
-    head = re.sub(r"[^A-Za-z0-9-]+", "-", f"{manifest.dataset}-v{manifest.version}-{model}").strip("-")
-    return f"{head[: 62 - len(stamp)].rstrip('-')}-{stamp}"
+    """``DATASET-vN-MODEL-TIMESTAMP-RANDOM`` in SageMaker's 63 characters: a long dataset name is cut
+    first (down to 16 characters), then the model's. SageMaker refuses a name already used in the
+    account and region, and two launches can share a second (a retry, a script, the review page):
+    the random part keeps them apart."""
+
+    def words(text: str) -> str:  # one dash between words: Bedrock's model name (the job's) refuses "--"
+        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+    stamp = f"{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    version = f"v{manifest.version}"
+    dataset = words(manifest.dataset)
+    model = words(re.sub(r"^(meta|huggingface)-(textgeneration|vlm|llm)-", "", model_id))
+    room = 63 - len(f"-{version}--{stamp}")  # what dataset and model share, a dash between them
+    model = model[: room - min(len(dataset), 16)].rstrip("-")
+    dataset = dataset[: room - len(model)].rstrip("-")
+    return "-".join(part for part in (dataset, version, model, stamp) if part)
 
 
 def _s3_location(version_uri: str, data_uri: str | None, manifest: Manifest) -> str:
@@ -295,7 +324,7 @@ def hyperparameters_for(
             )
         if key in needed and str(value) != needed[key]:
             raise SpecError(f"the {manifest.format} format trains with {key}={needed[key]}, not {value}")
-        problem = _value_problem(str(value), spec.hyperparameters[key])
+        problem = _value_problem(str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key))
         if problem:
             raise SpecError(f"hyperparameter {key}={value}: {problem}")
         values[key] = str(value)
@@ -308,10 +337,11 @@ def hyperparameters_for(
     return values
 
 
-def _value_problem(value: str, default: str) -> str | None:
+def _value_problem(value: str, default: str, bounds: Mapping[str, float] | None = None) -> str | None:
     """What is wrong with ``value`` for a hyperparameter whose default is ``default``: it must be of
-    the default's kind (True/False, a whole number, a number), and a positive default stays positive
-    (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
+    the default's kind (True/False, a whole number, a number) and within the model's ``bounds``
+    (JumpStart's min, max, exclusive_min, exclusive_max); without bounds a positive default stays
+    positive (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
     if default in ("True", "False"):
         return None if value in ("True", "False") else "takes True or False"
     for kind, name in ((int, "a whole number"), (float, "a number")):
@@ -325,8 +355,16 @@ def _value_problem(value: str, default: str) -> str | None:
             return f"takes {name} (default {default})"
         if not math.isfinite(given):
             return f"takes a finite number (default {default})"
-        if number > 0 and given <= 0:
-            return f"must be above 0 (default {default})"
+        if bounds is None:
+            return f"must be above 0 (default {default})" if number > 0 and given <= 0 else None
+        for bound, fits, words in (
+            ("min", operator.ge, "at least"),
+            ("exclusive_min", operator.gt, "above"),
+            ("max", operator.le, "at most"),
+            ("exclusive_max", operator.lt, "below"),
+        ):
+            if bound in bounds and not fits(given, bounds[bound]):
+                return f"must be {words} {bounds[bound]:g} (default {default})"
         return None
     return None
 
@@ -348,8 +386,10 @@ def training_request(
     spec = with_instance((specs or spec_resolver())(model_id, region(), instance_type), instance_type)
     values = hyperparameters_for(spec, manifest, hyperparameters)
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
+    # Network isolation keeps the container from fetching it from S3: it comes in the "code" channel, and
+    # the toolkit is pointed there (as the SageMaker SDK does for an isolated job).
     values["sagemaker_program"] = json.dumps(spec.entry_point)
-    values["sagemaker_submit_directory"] = json.dumps(spec.script_uri)
+    values["sagemaker_submit_directory"] = json.dumps(CODE_CHANNEL_SOURCEDIR)
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
         if uri is not None and not uri.startswith("s3://"):
             raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
@@ -358,12 +398,21 @@ def training_request(
     channels = [_channel("training", f"{data}/train/", content_type)]
     if manifest.splits.get("validation") and manifest.splits["validation"].records:
         channels.append(_channel("validation", f"{data}/validation/", content_type))
-    model_channel = _channel("model", spec.model_uri)
-    model_channel["DataSource"]["S3DataSource"]["S3DataType"] = "S3Object"
+    elif "validation_split_ratio" in values and manifest.splits["train"].records < 2:
+        # Without a validation channel JumpStart splits validation_split_ratio of the training records off
+        # for evaluation: one record leaves one side empty, and the job fails once its instance is paid for.
+        raise TrainError(
+            f"{version_uri}: its train split holds 1 record and it has no validation records; JumpStart would split "
+            "the training records into training and validation, which one record cannot be: publish more records"
+        )
+    # As the SageMaker SDK hands JumpStart's weights to a job: a prefix (S3Object is for endpoints, not
+    # training channels), marked as a model.
+    model_channel = _channel("model", spec.model_uri, "application/x-sagemaker-model")
     if spec.gated:
         # Meta's models are gated: the job reads the weights only with the EULA accepted.
         model_channel["DataSource"]["S3DataSource"]["ModelAccessConfig"] = {"AcceptEula": True}
     channels.append(model_channel)
+    channels.append(_channel("code", spec.script_uri))
     name = job_name(manifest, model_id, now)
     output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
@@ -387,7 +436,8 @@ def training_request(
         "EnableNetworkIsolation": True,
         "Tags": [
             {"Key": "sagemaker-sdk:jumpstart-model-id", "Value": model_id},
-            {"Key": "sagemaker-sdk:jumpstart-model-version", "Value": spec.version},
+            # "*" (the latest, as a live lookup may ask) is no tag value SageMaker takes.
+            *([{"Key": "sagemaker-sdk:jumpstart-model-version", "Value": spec.version}] if spec.version != "*" else []),
             {"Key": "curation:dataset", "Value": manifest.dataset},
             {"Key": "curation:version", "Value": str(manifest.version)},
             {"Key": "curation:recipe-sha256", "Value": manifest.recipe_sha256},
@@ -406,6 +456,19 @@ def placeholders(request: Mapping[str, Any]) -> list[str]:
     if PLACEHOLDER_BUCKET in text:
         found.append("the dataset on S3 (publish it to s3:// or copy it there and pass --data-uri)")
     return found
+
+
+def held_out(request: Mapping[str, Any]) -> str | None:
+    """What JumpStart keeps from training when the request has no validation channel: it evaluates on
+    ``validation_split_ratio`` of the training records, which a recipe with no validation_fraction may
+    have meant to train on whole."""
+    ratio = request["HyperParameters"].get("validation_split_ratio")
+    if ratio is None or any(c["ChannelName"] == "validation" for c in request["InputDataConfig"]):
+        return None
+    return (
+        f"the version has no validation records, so JumpStart holds out validation_split_ratio={ratio} of the "
+        "training records for evaluation (publish with output.validation_fraction to choose them)"
+    )
 
 
 def launch(request: dict) -> str:
