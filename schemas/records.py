@@ -243,7 +243,8 @@ RECORD_MODELS: dict[str, type[Record]] = {
 # 2: floats as Python writes them (10.0, not 10; float32 as its own digits), an integer beside floats in
 #    JSONL as its line wrote it, times and timestamps as Python's str (05, not 05.000000), durations as
 #    Python's (0:00:05, not 5), unscaled PostgreSQL numerics as each value's own digits.
-TEXT_RULES = 2
+# 3: a Parquet time64[ns] in a struct, list or map with its nanoseconds (03:04:05.123456789, not .123456).
+TEXT_RULES = 3
 
 # The content columns of each kind, in output order (id and source are added to all).
 CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -843,6 +843,34 @@ def test_a_parquet_nanosecond_time_and_a_nested_float32_publish_one_text_as_a_fi
     assert published == {name: sorted((text, f"At {text}") for text in texts) for name, (_, texts) in columns.items()}
 
 
+def test_a_parquet_nanosecond_time_in_a_struct_or_list_keeps_its_nanoseconds(workdir: Path) -> None:
+    """A time64[ns] in a struct or list became Python's time (microseconds) before it was written as JSON:
+    ``03:04:05.123456789`` was published ``03:04:05.123456``, as a field and in a template, where a
+    time64[ns] column keeps its nanoseconds."""
+    moment = (3 * 3600 + 4 * 60 + 5) * 10**9
+    times = pa.array([moment + 123_456_789, moment, moment + 120_000_000], pa.time64("ns"))
+    table = pa.table(
+        {
+            "q": ["a", "b", "c"],
+            "at": pa.StructArray.from_arrays([times, pa.array([1, 2, 3])], names=["t", "n"]),
+            "ticks": pa.array([[moment + 1, moment + 123_456_789], [], [moment]], pa.list_(pa.time64("ns"))),
+        }
+    )
+    pq.write_table(table, workdir / "times.parquet")
+    spec = qa_recipe(
+        "times.parquet", prompt="{{ q }} {{ at }} {{ ticks }}", completion="at", output={"validation_fraction": 0}
+    )
+    lines = outputs(Path(run(workdir, spec).version_uri))
+    assert sorted((line["prompt"], line["completion"]) for line in lines) == [
+        (
+            'a {"t": "03:04:05.123456789", "n": 1} ["03:04:05.000000001", "03:04:05.123456789"]',
+            '{"t": "03:04:05.123456789", "n": 1}',
+        ),
+        ('b {"t": "03:04:05", "n": 2} []', '{"t": "03:04:05", "n": 2}'),
+        ('c {"t": "03:04:05.120000", "n": 3} ["03:04:05"]', '{"t": "03:04:05.120000", "n": 3}'),
+    ]
+
+
 def test_a_record_field_of_whitespace_alone_is_quarantined_as_an_empty_one_is(workdir: Path) -> None:
     # No empty value in the batch: the fast path alone must see the blanks, and the rows then say which.
     rows = [
