@@ -329,6 +329,12 @@ def source_array(
 # off before the writer); a stage that publishes whole rows leaves such columns out.
 SIGNATURE_COLUMN_PREFIX = "_signatures:"
 
+# A JSONL block is read as one table, a column for each key any of its lines has: a line without a key
+# holds null under it, as one that writes null does. The reader then names, in this column, the keys
+# each line lacks (a null list where it has every one; no column where every line has every key), so
+# a quarantined row's ``record`` holds its own line's keys (``input_record_json``); shaping drops it.
+ABSENT_KEYS_COLUMN = "_input:absent_keys"
+
 
 def location(source: dict[str, Any] | None) -> str:
     """Where a record came from as details begin with it: ``uri:line``, or the uri alone."""
@@ -342,6 +348,13 @@ def record_json(row: dict[str, Any]) -> str:
     ``image_bytes``) as its size, not as Python's bytes repr, which spells every byte as an escape:
     megabytes of text in ``set_aside/``, the review queue and the page, for one photo."""
     return json.dumps(row, default=_as_text)
+
+
+def input_record_json(row: dict[str, Any]) -> str:
+    """An input row's ``record_json`` (its ``id`` and ``source`` left out), without the keys its line
+    lacked (``ABSENT_KEYS_COLUMN``): what its own line held, not nulls for the keys of the lines around it."""
+    absent = {"id", "source", ABSENT_KEYS_COLUMN, *(row.get(ABSENT_KEYS_COLUMN) or ())}
+    return record_json({key: value for key, value in row.items() if key not in absent})
 
 
 def _as_text(value: Any) -> str:

@@ -871,6 +871,32 @@ def test_a_parquet_nanosecond_time_in_a_struct_or_list_keeps_its_nanoseconds(wor
     ]
 
 
+@pytest.mark.parametrize("input_schema", [None, {"columns": {"q": "str", "a": "str"}}])
+def test_a_quarantined_jsonl_line_is_stored_with_its_own_keys_not_its_blocks(
+    workdir: Path, input_schema: dict | None
+) -> None:
+    """A JSONL block is read as one table: a line's stored ``record`` held null for every key another
+    line of its block had (``{"q": "only", "a": null, "extra": null, "meta": null, "id": null}``), not
+    what the line held. A null the line wrote stays (line 3); so do keys the reader renames (``input_id``)."""
+    rows = [
+        {"q": "first", "a": "yes", "extra": 1, "meta": {"x": 1}, "id": 7},
+        {"q": "only"},
+        {"q": "written", "a": None},
+        '{"q": "esc\\"aped", "a": null, "id": 3}',  # an escaped quote: the line is parsed to tell
+    ]
+    path = write_jsonl(workdir / "qa.jsonl", rows)
+    spec = qa_recipe("qa.jsonl", prompt="{{ q }}", completion="{{ a }}")
+    if input_schema:
+        spec["input_schema"] = input_schema
+    aside = set_aside(Path(run(workdir, spec).version_uri))
+    assert [(row["detail"].split(":")[1], json.loads(row["record"])) for row in aside] == [
+        ("2", {"q": "only"}),
+        ("3", {"q": "written", "a": None}),
+        ("4", {"q": 'esc"aped', "a": None, "input_id": 3}),
+    ]
+    assert all(row["detail"].startswith(f"{path}:") for row in aside)
+
+
 def test_a_record_field_of_whitespace_alone_is_quarantined_as_an_empty_one_is(workdir: Path) -> None:
     # No empty value in the batch: the fast path alone must see the blanks, and the rows then say which.
     rows = [

@@ -22,7 +22,7 @@ from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
 from schemas.json_values import float_texts, rewritten
-from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, input_record_json, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -311,7 +311,7 @@ class Shape:
         sources = bad["source"].to_pylist()
         details = [f"{location(s)}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)]
         # A VQA record's image as its size, not its bytes' repr (``record_json``).
-        records = [record_json(r) for r in rows_as_python(bad.drop_columns(["id", "source"]), as_text=True)[0]]
+        records = [input_record_json(r) for r in rows_as_python(bad, as_text=True)[0]]
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)
 
