@@ -46,6 +46,7 @@ CONNECTOR = "files"
 log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
+MAX_CSV_BLOCK_BYTES = 1024 * 1024 * 1024  # the longest CSV record read (a block holds one: see _csv)
 PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
 HEAD_BYTES = PROBE_BYTES  # what ``curation check`` reads of each input it opens
 # The bytes bytes.strip() removes: a line of only these is blank.
@@ -755,8 +756,35 @@ class FilesSourceReader(ListedFiles):
     # --- CSV ---------------------------------------------------------------------------------
 
     def _csv(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
-        fs, path = filesystem(entry.uri)
+        """The file's batches. Arrow reads a record that spans at most two blocks: the file is read again
+        from its start, with blocks four times the size, where a longer one comes, and what was handed on
+        already is left out (its ids are counted again, as they were)."""
         progress = _ByteProgress(entry.size)
+        done = 0  # the last line handed on
+        while True:
+            try:
+                for batch in self._csv_blocks(entry, block_bytes, progress, done):
+                    yield batch
+                    for table in (batch.rows, batch.set_aside):
+                        if table.num_rows:
+                            done = max(done, int(lines_of(table).max()))
+                return
+            except pa.ArrowInvalid as error:
+                if "straddl" not in str(error):
+                    raise
+                if block_bytes >= MAX_CSV_BLOCK_BYTES:
+                    raise StorageError(
+                        f"{entry.uri}:{done + 1}: a CSV record from about this line on is longer than "
+                        f"{MAX_CSV_BLOCK_BYTES:,} bytes (a quote that is never closed?)"
+                    ) from None
+                block_bytes = min(block_bytes * 4, MAX_CSV_BLOCK_BYTES)
+
+    def _csv_blocks(
+        self, entry: FileEntry, block_bytes: int, progress: _ByteProgress, after: int
+    ) -> Iterator[SourceBatch]:
+        """The file's batches, read ``block_bytes`` at a time, without the rows and set-aside lines up to
+        line ``after``."""
+        fs, path = filesystem(entry.uri)
         header = self._csv_header(entry.uri)
         if header is None:  # no record, as in an empty JSONL file
             yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
@@ -804,6 +832,8 @@ class FilesSourceReader(ListedFiles):
                 set_aside = self._invalid_csv_rows(ids, placed, len(header))
                 if not_utf8.num_rows:
                     set_aside = pa.concat_tables([set_aside, not_utf8])
+                if after:  # read again with larger blocks: what was handed on already is left out
+                    rows, set_aside = (t.filter(pc.greater(lines_of(t), after)) for t in (rows, set_aside))
                 for start in range(0, max(rows.num_rows, 1), self.batch_rows):
                     yield SourceBatch(
                         rows=rows.slice(start, self.batch_rows),
@@ -812,6 +842,7 @@ class FilesSourceReader(ListedFiles):
                     )
             _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
             rest = self._invalid_csv_rows(ids, placed, len(header))
+            rest = rest.filter(pc.greater(lines_of(rest), after)) if after else rest
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
     def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
