@@ -34,7 +34,7 @@ from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
-    ABSENT_KEYS_COLUMN,
+    INPUT_LINE_COLUMN,
     InputIds,
     empty_set_aside,
     set_aside_rows,
@@ -80,46 +80,14 @@ def _with_lineage(
     return with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines))
 
 
-def _absent_keys(table: pa.Table, raws: pa.Array) -> np.ndarray | None:
-    """For each line (``raws``) of a block read as ``table``, whether it lacks each column's key (its
-    null there is no value it wrote), or None where no column holds a null. A line's keys are counted
-    in its bytes where they cannot be mistaken: with no escaped quote and no object in it, each ``"``
-    closing a string before a colon closes a key of its own. A line with a null that has neither all
-    nor only its non-null columns' keys (some nulls written, some keys left out) is parsed to tell."""
-    nulls = np.column_stack([column.is_null().to_numpy(zero_copy_only=False) for column in table.columns])
-    if not nulls.any():
-        return None
-    absent = np.zeros_like(nulls)
-    lacking = np.flatnonzero(nulls.any(axis=1))
-    lines = raws.take(lacking)
-    flat = pc.and_(pc.invert(pc.match_substring(lines, '\\"')), pc.equal(pc.count_substring(lines, "{"), 1)).to_numpy(
-        zero_copy_only=False
-    )
-    keys = pc.count_substring_regex(lines, '"[ \t\r]*:').to_numpy(zero_copy_only=False)
-    written = nulls.shape[1] - nulls[lacking].sum(axis=1)  # the line's keys with a value
-    left_out = flat & (keys == written)
-    absent[lacking[left_out]] = nulls[lacking[left_out]]
-    for row in lacking[~left_out & ~(flat & (keys == nulls.shape[1]))]:  # some written, some left out
-        try:
-            value = json.loads(raws[row].as_py().decode("utf-8-sig"))
-        except ValueError:  # a line polars took and Python's json does not: shown with the block's keys
-            continue
-        absent[row] = [nulls[row, at] and key not in value for at, key in enumerate(table.column_names)]
-    return absent
-
-
-def _with_absent_keys(rows: pa.Table, absent: np.ndarray | None) -> pa.Table:
-    """``rows`` (an input table with its lineage columns first) with ``ABSENT_KEYS_COLUMN``, the names
-    of the columns each row's ``absent`` marks, where any row lacks one."""
-    if absent is None or not absent.any():
+def _with_lines(rows: pa.Table, raws: Sequence[bytes] | pa.Array) -> pa.Table:
+    """``rows`` (a JSONL block read as one table) with each row's line (``INPUT_LINE_COLUMN``) where
+    a column holds a null: a line without a key holds one under it, as a line that writes null does,
+    and a quarantined row's ``record`` is to hold its own line's keys (``input_record_json``)."""
+    if not any(column.null_count for column in rows.columns[2:]):
         return rows
-    names = np.array(rows.column_names[2:], dtype=object)  # as with_lineage renamed them (input_id)
-    columns = np.nonzero(absent)[1]  # row by row, as the offsets count them
-    offsets = np.concatenate(([0], np.cumsum(absent.sum(axis=1)))).astype(np.int32)
-    listed = pa.ListArray.from_arrays(
-        offsets, pa.array(names[columns], pa.string()), mask=pa.array(~absent.any(axis=1))
-    )
-    return rows.append_column(ABSENT_KEYS_COLUMN, listed)
+    lines = raws if isinstance(raws, pa.Array) else pa.array(raws, pa.large_binary())
+    return rows.append_column(INPUT_LINE_COLUMN, lines)
 
 
 def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
@@ -674,8 +642,7 @@ class FilesSourceReader(ListedFiles):
             table = _nested_as_written(table, raws)
             if table is None:  # a line polars took and Python's json does not: named line by line
                 return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
-        rows = _with_absent_keys(_with_lineage(table, ids, numbers, raws), _absent_keys(table, raws))
-        return SourceBatch(rows, input_bytes=input_bytes)
+        return SourceBatch(_with_lines(_with_lineage(table, ids, numbers, raws), raws), input_bytes=input_bytes)
 
     def _may_hold_values_not_text(self, text: bytes, table: pa.Table) -> bool:
         """Whether a declared text column may hold a number, boolean, list or object in ``text``, read as
@@ -729,9 +696,7 @@ class FilesSourceReader(ListedFiles):
                 bad_raws.append(raw)
                 reasons.append(reason)
                 details.append(f"{uri}:{number}: {problem}")
-        table = _table_from_objects(objects)
-        absent = np.array([[key not in value for key in table.column_names] for value in objects], dtype=bool)
-        rows = _with_absent_keys(_with_lineage(table, ids, good_lines, good_raws), absent)
+        rows = _with_lines(_with_lineage(_table_from_objects(objects), ids, good_lines, good_raws), good_raws)
         set_aside = set_aside_rows(
             ids(bad_raws),
             source_array(CONNECTOR, uri, bad_lines),

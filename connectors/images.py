@@ -30,7 +30,7 @@ from connectors.state import SourceWatermark, file_fingerprints
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
-from schemas.records import ABSENT_KEYS_COLUMN, SOURCE_TYPE, input_record_json, set_aside_rows
+from schemas.records import SOURCE_TYPE, input_record_json, set_aside_rows
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
@@ -376,18 +376,9 @@ def _as_images(set_aside: pa.Table) -> pa.Table:
 
 def _rename(table: pa.Table, names: dict[str, str]) -> pa.Table:
     """Sidecar columns to the VQA names; a column already bearing a target name gives way."""
-    renamed: dict[str, str | None] = {}
     for source, target in names.items():
         if source != target and source in table.column_names:
             if target in table.column_names:
                 table = table.drop_columns([target])
             table = table.rename_columns([target if name == source else name for name in table.column_names])
-            renamed |= {target: None, source: target}
-    if renamed and ABSENT_KEYS_COLUMN in table.column_names:  # the keys a line lacks, by their new names
-        listed = [
-            None if keys is None else [renamed.get(k, k) for k in keys if renamed.get(k, k) is not None]
-            for keys in table[ABSENT_KEYS_COLUMN].to_pylist()
-        ]
-        at = table.column_names.index(ABSENT_KEYS_COLUMN)
-        table = table.set_column(at, ABSENT_KEYS_COLUMN, pa.array(listed, pa.list_(pa.string())))
     return table

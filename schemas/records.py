@@ -330,10 +330,10 @@ def source_array(
 SIGNATURE_COLUMN_PREFIX = "_signatures:"
 
 # A JSONL block is read as one table, a column for each key any of its lines has: a line without a key
-# holds null under it, as one that writes null does. The reader then names, in this column, the keys
-# each line lacks (a null list where it has every one; no column where every line has every key), so
-# a quarantined row's ``record`` holds its own line's keys (``input_record_json``); shaping drops it.
-ABSENT_KEYS_COLUMN = "_input:absent_keys"
+# holds null under it, as one that writes null does. Where a column holds a null, the reader hands each
+# row's line on in this column (as bytes: the block's lines are copied once for the ids already), so a
+# quarantined row's ``record`` holds its own line's keys (``input_record_json``); shaping drops it.
+INPUT_LINE_COLUMN = "_input:line"
 
 
 def location(source: dict[str, Any] | None) -> str:
@@ -351,10 +351,21 @@ def record_json(row: dict[str, Any]) -> str:
 
 
 def input_record_json(row: dict[str, Any]) -> str:
-    """An input row's ``record_json`` (its ``id`` and ``source`` left out), without the keys its line
-    lacked (``ABSENT_KEYS_COLUMN``): what its own line held, not nulls for the keys of the lines around it."""
-    absent = {"id", "source", ABSENT_KEYS_COLUMN, *(row.get(ABSENT_KEYS_COLUMN) or ())}
-    return record_json({key: value for key, value in row.items() if key not in absent})
+    """An input row's ``record_json`` (its ``id`` and ``source`` left out): what its own line held, not
+    a null for each key only other lines of its JSONL block have (read from its ``INPUT_LINE_COLUMN``,
+    only for the rows set aside)."""
+    left_out = {"id", "source", INPUT_LINE_COLUMN}
+    line = row.get(INPUT_LINE_COLUMN)
+    if line is not None:
+        try:
+            value = json.loads(line.decode("utf-8-sig"))
+        except ValueError:  # a line polars took and Python's json does not: shown with its block's keys
+            value = None
+        if isinstance(value, dict):
+            # The reader names an input column "id" or "source" input_id or input_source (``with_lineage``).
+            held = {f"input_{key}" if key in ("id", "source") else key for key in value}
+            left_out |= {key for key, found in row.items() if found is None and key not in held}
+    return record_json({key: value for key, value in row.items() if key not in left_out})
 
 
 def _as_text(value: Any) -> str:

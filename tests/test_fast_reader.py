@@ -26,7 +26,7 @@ from connectors.base import SourceBatch
 from connectors.files import FilesSourceReader, _rows_as_text, read_json_objects
 from schemas.config import FilesSource
 from schemas.json_values import is_json, json_values
-from schemas.records import ABSENT_KEYS_COLUMN, SOURCE_TYPE, InputIds, record_ids
+from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, InputIds, record_ids
 
 TRICKY = [
     "",
@@ -97,16 +97,10 @@ def old_parse(
                     name = table.column_names[index]
                     table = table.set_column(index, name, json_values([obj.get(name) for obj in objects]))
             names = [f"input_{name}" if name in ("id", "source") else name for name in table.column_names]
-            # The keys each line lacks, by its parse (the reader counts them in its bytes where it can).
-            absent = [
-                [n for key, n in zip(table.column_names, names, strict=True) if key not in json.loads(raw)]
-                for raw in raws
-            ]
             table = table.rename_columns(names)
             table = table.add_column(0, "id", ids(raws)).add_column(1, "source", old_sources(ids.uri, numbers))
-            if any(absent):
-                listed = pa.array([keys or None for keys in absent], pa.list_(pa.string()))
-                table = table.append_column(ABSENT_KEYS_COLUMN, listed)
+            if any(column.null_count for column in table.columns):  # each row's line: see INPUT_LINE_COLUMN
+                table = table.append_column(INPUT_LINE_COLUMN, pa.array(raws, pa.large_binary()))
             return SourceBatch(table, input_bytes=size)
     except Exception:
         pass
