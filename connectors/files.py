@@ -33,12 +33,20 @@ from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, StorageError, filesystem
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
-from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
+from schemas.records import (
+    INPUT_LINE_COLUMN,
+    InputIds,
+    empty_set_aside,
+    set_aside_rows,
+    sorted_holds,
+    source_array,
+)
 
 CONNECTOR = "files"
 log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
+MAX_CSV_BLOCK_BYTES = 1024 * 1024 * 1024  # the longest CSV record read (a block holds one: see _csv)
 PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
 HEAD_BYTES = PROBE_BYTES  # what ``curation check`` reads of each input it opens
 # The bytes bytes.strip() removes: a line of only these is blank.
@@ -70,6 +78,16 @@ def _with_lineage(
     contents: Sequence[bytes] | pa.Array | pa.ChunkedArray,
 ) -> pa.Table:
     return with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines))
+
+
+def _with_lines(rows: pa.Table, raws: Sequence[bytes] | pa.Array) -> pa.Table:
+    """``rows`` (a JSONL block read as one table) with each row's line (``INPUT_LINE_COLUMN``) where
+    a column holds a null: a line without a key holds one under it, as a line that writes null does,
+    and a quarantined row's ``record`` is to hold its own line's keys (``input_record_json``)."""
+    if not any(column.null_count for column in rows.columns[2:]):
+        return rows
+    lines = raws if isinstance(raws, pa.Array) else pa.array(raws, pa.large_binary())
+    return rows.append_column(INPUT_LINE_COLUMN, lines)
 
 
 def _rows_as_text(table: pa.Table) -> pa.Array | pa.ChunkedArray:
@@ -624,7 +642,7 @@ class FilesSourceReader(ListedFiles):
             table = _nested_as_written(table, raws)
             if table is None:  # a line polars took and Python's json does not: named line by line
                 return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
-        return SourceBatch(_with_lineage(table, ids, numbers, raws), input_bytes=input_bytes)
+        return SourceBatch(_with_lines(_with_lineage(table, ids, numbers, raws), raws), input_bytes=input_bytes)
 
     def _may_hold_values_not_text(self, text: bytes, table: pa.Table) -> bool:
         """Whether a declared text column may hold a number, boolean, list or object in ``text``, read as
@@ -678,7 +696,7 @@ class FilesSourceReader(ListedFiles):
                 bad_raws.append(raw)
                 reasons.append(reason)
                 details.append(f"{uri}:{number}: {problem}")
-        rows = _with_lineage(_table_from_objects(objects), ids, good_lines, good_raws)
+        rows = _with_lines(_with_lineage(_table_from_objects(objects), ids, good_lines, good_raws), good_raws)
         set_aside = set_aside_rows(
             ids(bad_raws),
             source_array(CONNECTOR, uri, bad_lines),
@@ -703,8 +721,35 @@ class FilesSourceReader(ListedFiles):
     # --- CSV ---------------------------------------------------------------------------------
 
     def _csv(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
-        fs, path = filesystem(entry.uri)
+        """The file's batches. Arrow reads a record that spans at most two blocks: the file is read again
+        from its start, with blocks four times the size, where a longer one comes, and what was handed on
+        already is left out (its ids are counted again, as they were)."""
         progress = _ByteProgress(entry.size)
+        done = 0  # the last line handed on
+        while True:
+            try:
+                for batch in self._csv_blocks(entry, block_bytes, progress, done):
+                    yield batch
+                    for table in (batch.rows, batch.set_aside):
+                        if table.num_rows:
+                            done = max(done, int(lines_of(table).max()))
+                return
+            except pa.ArrowInvalid as error:
+                if "straddl" not in str(error):
+                    raise
+                if block_bytes >= MAX_CSV_BLOCK_BYTES:
+                    raise StorageError(
+                        f"{entry.uri}:{done + 1}: a CSV record from about this line on is longer than "
+                        f"{MAX_CSV_BLOCK_BYTES:,} bytes (a quote that is never closed?)"
+                    ) from None
+                block_bytes = min(block_bytes * 4, MAX_CSV_BLOCK_BYTES)
+
+    def _csv_blocks(
+        self, entry: FileEntry, block_bytes: int, progress: _ByteProgress, after: int
+    ) -> Iterator[SourceBatch]:
+        """The file's batches, read ``block_bytes`` at a time, without the rows and set-aside lines up to
+        line ``after``."""
+        fs, path = filesystem(entry.uri)
         header = self._csv_header(entry.uri)
         if header is None:  # no record, as in an empty JSONL file
             yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
@@ -752,6 +797,8 @@ class FilesSourceReader(ListedFiles):
                 set_aside = self._invalid_csv_rows(ids, placed, len(header))
                 if not_utf8.num_rows:
                     set_aside = pa.concat_tables([set_aside, not_utf8])
+                if after:  # read again with larger blocks: what was handed on already is left out
+                    rows, set_aside = (t.filter(pc.greater(lines_of(t), after)) for t in (rows, set_aside))
                 for start in range(0, max(rows.num_rows, 1), self.batch_rows):
                     yield SourceBatch(
                         rows=rows.slice(start, self.batch_rows),
@@ -760,6 +807,7 @@ class FilesSourceReader(ListedFiles):
                     )
             _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
             rest = self._invalid_csv_rows(ids, placed, len(header))
+            rest = rest.filter(pc.greater(lines_of(rest), after)) if after else rest
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
     def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:

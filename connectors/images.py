@@ -31,7 +31,7 @@ from connectors.state import SourceWatermark, file_fingerprints, file_value, kep
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
-from schemas.records import SOURCE_TYPE, set_aside_rows
+from schemas.records import SOURCE_TYPE, input_record_json, set_aside_rows
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
@@ -270,9 +270,7 @@ class ImagesSourceReader:
                 + (p.detail if p in (no_name, no_column) else f"{r.get(config.image_column)}: {p.detail}")
                 for r, p in zip(bad_rows, bad_problems, strict=True)
             ],
-            records=[
-                json.dumps({k: v for k, v in r.items() if k not in ("id", "source")}, default=str) for r in bad_rows
-            ],
+            records=[input_record_json(r) for r in bad_rows],
         )
         return kept, set_aside
 

@@ -243,7 +243,8 @@ RECORD_MODELS: dict[str, type[Record]] = {
 # 2: floats as Python writes them (10.0, not 10; float32 as its own digits), an integer beside floats in
 #    JSONL as its line wrote it, times and timestamps as Python's str (05, not 05.000000), durations as
 #    Python's (0:00:05, not 5), unscaled PostgreSQL numerics as each value's own digits.
-TEXT_RULES = 2
+# 3: a Parquet time64[ns] in a struct, list or map with its nanoseconds (03:04:05.123456789, not .123456).
+TEXT_RULES = 3
 
 # The content columns of each kind, in output order (id and source are added to all).
 CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -328,6 +329,12 @@ def source_array(
 # off before the writer); a stage that publishes whole rows leaves such columns out.
 SIGNATURE_COLUMN_PREFIX = "_signatures:"
 
+# A JSONL block is read as one table, a column for each key any of its lines has: a line without a key
+# holds null under it, as one that writes null does. Where a column holds a null, the reader hands each
+# row's line on in this column (as bytes: the block's lines are copied once for the ids already), so a
+# quarantined row's ``record`` holds its own line's keys (``input_record_json``); shaping drops it.
+INPUT_LINE_COLUMN = "_input:line"
+
 
 def location(source: dict[str, Any] | None) -> str:
     """Where a record came from as details begin with it: ``uri:line``, or the uri alone."""
@@ -341,6 +348,24 @@ def record_json(row: dict[str, Any]) -> str:
     ``image_bytes``) as its size, not as Python's bytes repr, which spells every byte as an escape:
     megabytes of text in ``set_aside/``, the review queue and the page, for one photo."""
     return json.dumps(row, default=_as_text)
+
+
+def input_record_json(row: dict[str, Any]) -> str:
+    """An input row's ``record_json`` (its ``id`` and ``source`` left out): what its own line held, not
+    a null for each key only other lines of its JSONL block have (read from its ``INPUT_LINE_COLUMN``,
+    only for the rows set aside)."""
+    left_out = {"id", "source", INPUT_LINE_COLUMN}
+    line = row.get(INPUT_LINE_COLUMN)
+    if line is not None:
+        try:
+            value = json.loads(line.decode("utf-8-sig"))
+        except ValueError:  # a line polars took and Python's json does not: shown with its block's keys
+            value = None
+        if isinstance(value, dict):
+            # The reader names an input column "id" or "source" input_id or input_source (``with_lineage``).
+            held = {f"input_{key}" if key in ("id", "source") else key for key in value}
+            left_out |= {key for key, found in row.items() if found is None and key not in held}
+    return record_json({key: value for key, value in row.items() if key not in left_out})
 
 
 def _as_text(value: Any) -> str:

@@ -198,3 +198,68 @@ def test_a_csv_whose_lines_end_in_cr_alone_then_in_lf_reads_each_line_as_one(wor
     assert lineage_lines(version) == {"Dining": 2, "Housing": 4, "Drinks": 6}  # the blank line 3 gives no record
     assert [(row["source"]["line"], row["reason"]) for row in set_aside(version)] == [(5, "malformed_csv")]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_csv_record_longer_than_two_blocks_is_read_and_the_rest_of_the_file_too(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arrow reads a record that spans at most two blocks: a longer one (an 8 MiB value spans more than
+    two 8 MiB blocks from 16 MiB on; here blocks of 256 bytes) failed the whole file with "straddling
+    object straddles two block boundaries". The file is read again with larger blocks: each record once,
+    with the ids and lines a read in large blocks gives."""
+    import connectors.files as files
+    from connectors.files import FilesSourceReader
+    from schemas.config import FilesSource
+
+    long = "x" * 5000
+    path = workdir / "qa.csv"
+    path.write_bytes(
+        b"question,answer\nfirst,yes\nbroken,row,extra\n"
+        + f'long,{long}\nquoted,"{long[:2000]}\n{long[:3000]}"\n'.encode()
+        + b"bad,caf\xe9\nfirst,yes\n"
+        + f"longer,{long * 3}\nlast,no\n".encode()
+    )
+
+    def read() -> list[list[dict]]:
+        batches = list(FilesSourceReader(FilesSource(path=str(path)), 50_000).batches())
+        return [
+            [row for batch in batches for row in getattr(batch, part).to_pylist()] for part in ("rows", "set_aside")
+        ]
+
+    whole = read()  # blocks of 8 MiB
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    assert read() == whole
+    rows, aside = whole
+    assert [(row["question"], len(row["answer"]), row["source"]["line"]) for row in rows] == [
+        ("first", 3, 2),
+        ("long", 5000, 4),
+        ("quoted", 5001, 5),
+        ("first", 3, 8),
+        ("longer", 15000, 9),
+        ("last", 2, 10),
+    ]
+    assert [(row["source"]["line"], row["detail"]) for row in aside] == [
+        (3, f"{path}:3: expected 2 fields, found 3"),
+        (7, f"{path}:7: not UTF-8: byte 0xe9 at column 8"),
+    ]
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.duplicate, counts.quarantined) == (8, 5, 1, 2)  # "first" twice
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_csv_record_longer_than_the_largest_block_names_its_file_and_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.files as files
+    from connectors.storage import StorageError
+
+    path = workdir / "qa.csv"
+    path.write_text('question,answer\nfirst,yes\nopen,"a quote never closed\n' + "more text\n" * 500)
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(files, "MAX_CSV_BLOCK_BYTES", 1024)
+    with pytest.raises(StorageError) as raised:
+        run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    assert str(raised.value) == (
+        f"{path}:3: a CSV record from about this line on is longer than 1,024 bytes (a quote that is never closed?)"
+    )

@@ -26,7 +26,7 @@ from connectors.base import SourceBatch
 from connectors.files import FilesSourceReader, _rows_as_text, read_json_objects
 from schemas.config import FilesSource
 from schemas.json_values import is_json, json_values
-from schemas.records import SOURCE_TYPE, InputIds, record_ids
+from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, InputIds, record_ids
 
 TRICKY = [
     "",
@@ -99,6 +99,8 @@ def old_parse(
             names = [f"input_{name}" if name in ("id", "source") else name for name in table.column_names]
             table = table.rename_columns(names)
             table = table.add_column(0, "id", ids(raws)).add_column(1, "source", old_sources(ids.uri, numbers))
+            if any(column.null_count for column in table.columns):  # each row's line: see INPUT_LINE_COLUMN
+                table = table.append_column(INPUT_LINE_COLUMN, pa.array(raws, pa.large_binary()))
             return SourceBatch(table, input_bytes=size)
     except Exception:
         pass
@@ -156,6 +158,8 @@ def tricky_jsonl() -> bytes:
         '{"text": "crlf", "n": 2}\r',
         '{"text": "no number"}',
         '{"text": null, "n": 3}',
+        '{"text": null}',  # a null written, a key left out
+        '{"text": "an escaped \\" quote"}',
         '{"text": "broken',  # malformed: set aside with its line
         "[1, 2]",  # not an object
         '"just a string"',

@@ -843,6 +843,60 @@ def test_a_parquet_nanosecond_time_and_a_nested_float32_publish_one_text_as_a_fi
     assert published == {name: sorted((text, f"At {text}") for text in texts) for name, (_, texts) in columns.items()}
 
 
+def test_a_parquet_nanosecond_time_in_a_struct_or_list_keeps_its_nanoseconds(workdir: Path) -> None:
+    """A time64[ns] in a struct or list became Python's time (microseconds) before it was written as JSON:
+    ``03:04:05.123456789`` was published ``03:04:05.123456``, as a field and in a template, where a
+    time64[ns] column keeps its nanoseconds."""
+    moment = (3 * 3600 + 4 * 60 + 5) * 10**9
+    times = pa.array([moment + 123_456_789, moment, moment + 120_000_000], pa.time64("ns"))
+    table = pa.table(
+        {
+            "q": ["a", "b", "c"],
+            "at": pa.StructArray.from_arrays([times, pa.array([1, 2, 3])], names=["t", "n"]),
+            "ticks": pa.array([[moment + 1, moment + 123_456_789], [], [moment]], pa.list_(pa.time64("ns"))),
+        }
+    )
+    pq.write_table(table, workdir / "times.parquet")
+    spec = qa_recipe(
+        "times.parquet", prompt="{{ q }} {{ at }} {{ ticks }}", completion="at", output={"validation_fraction": 0}
+    )
+    lines = outputs(Path(run(workdir, spec).version_uri))
+    assert sorted((line["prompt"], line["completion"]) for line in lines) == [
+        (
+            'a {"t": "03:04:05.123456789", "n": 1} ["03:04:05.000000001", "03:04:05.123456789"]',
+            '{"t": "03:04:05.123456789", "n": 1}',
+        ),
+        ('b {"t": "03:04:05", "n": 2} []', '{"t": "03:04:05", "n": 2}'),
+        ('c {"t": "03:04:05.120000", "n": 3} ["03:04:05"]', '{"t": "03:04:05.120000", "n": 3}'),
+    ]
+
+
+@pytest.mark.parametrize("input_schema", [None, {"columns": {"q": "str", "a": "str"}}])
+def test_a_quarantined_jsonl_line_is_stored_with_its_own_keys_not_its_blocks(
+    workdir: Path, input_schema: dict | None
+) -> None:
+    """A JSONL block is read as one table: a line's stored ``record`` held null for every key another
+    line of its block had (``{"q": "only", "a": null, "extra": null, "meta": null, "id": null}``), not
+    what the line held. A null the line wrote stays (line 3); so do keys the reader renames (``input_id``)."""
+    rows = [
+        {"q": "first", "a": "yes", "extra": 1, "meta": {"x": 1}, "id": 7},
+        {"q": "only"},
+        {"q": "written", "a": None},
+        '{"q": "esc\\"aped", "a": null, "id": 3}',  # an escaped quote: the line is parsed to tell
+    ]
+    path = write_jsonl(workdir / "qa.jsonl", rows)
+    spec = qa_recipe("qa.jsonl", prompt="{{ q }}", completion="{{ a }}")
+    if input_schema:
+        spec["input_schema"] = input_schema
+    aside = set_aside(Path(run(workdir, spec).version_uri))
+    assert [(row["detail"].split(":")[1], json.loads(row["record"])) for row in aside] == [
+        ("2", {"q": "only"}),
+        ("3", {"q": "written", "a": None}),
+        ("4", {"q": 'esc"aped', "a": None, "input_id": 3}),
+    ]
+    assert all(row["detail"].startswith(f"{path}:") for row in aside)
+
+
 def test_a_record_field_of_whitespace_alone_is_quarantined_as_an_empty_one_is(workdir: Path) -> None:
     # No empty value in the batch: the fast path alone must see the blanks, and the rows then say which.
     rows = [

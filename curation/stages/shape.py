@@ -22,7 +22,7 @@ from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
 from schemas.json_values import float_texts, rewritten
-from schemas.records import CONTENT_COLUMNS, location, record_json, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, input_record_json, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -120,23 +120,59 @@ def _widened_floats(batch: pa.Table, names: Collection[str] | None = None) -> pa
     """``batch`` with each float32 (of the columns ``names``, or every one; in a list, struct or map too) (a
     Parquet ``float``) as the float64 its text writes (``0.1``, not ``0.10000000149011612``: Arrow's cast of a
     float32 to text gives its own shortest digits, Python's float the float64 the float32 holds), each float16
-    as a float64, and each time64[ns] column as its text (Python's time holds microseconds: a template wrote
-    ``03:04:05.123456`` where a field wrote ``03:04:05.123456789``): a field naming the column and a template
-    then write one text, Python's (``0.1``, ``1.0``)."""
+    as a float64, and each time64[ns] (in a list, struct or map too) as its text (Python's time holds
+    microseconds: a template wrote ``03:04:05.123456`` where a field wrote ``03:04:05.123456789``): a field
+    naming the column and a template then write one text, Python's (``0.1``, ``1.0``)."""
     for index, kind in enumerate(batch.schema.types):
         if names is not None and batch.column_names[index] not in names:
             continue
         column = batch.column(index)
-        if pa.types.is_time64(kind) and kind.unit == "ns":
-            widened = _time_texts(column)
-        else:
-            via = _floats_replaced(kind, pa.string())
-            if via == kind:
-                continue
-            wide = _floats_replaced(kind, pa.float64())
-            widened = pc.cast(column, via) if via == wide else pc.cast(pc.cast(column, via), wide)
-        batch = batch.set_column(index, batch.schema.field(index).with_type(widened.type), widened)
+        if _holds_nanosecond_times(kind):
+            column = _nanosecond_times_as_text(column.combine_chunks())
+        via = _floats_replaced(column.type, pa.string())
+        if via != column.type:
+            wide = _floats_replaced(column.type, pa.float64())
+            column = pc.cast(column, via) if via == wide else pc.cast(pc.cast(column, via), wide)
+        if column.type != kind:
+            batch = batch.set_column(index, batch.schema.field(index).with_type(column.type), column)
     return batch
+
+
+def _holds_nanosecond_times(kind: pa.DataType) -> bool:
+    if pa.types.is_time64(kind):
+        return kind.unit == "ns"
+    if pa.types.is_struct(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return any(_holds_nanosecond_times(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_fixed_size_list(kind):
+        return _holds_nanosecond_times(kind.value_type)
+    if pa.types.is_map(kind):
+        return _holds_nanosecond_times(kind.key_type) or _holds_nanosecond_times(kind.item_type)
+    return False
+
+
+def _nanosecond_times_as_text(values: pa.Array) -> pa.Array:
+    """``values`` with each time64[ns] in them (in a list, struct or map too) as its text (``_time_texts``):
+    Python's time, which a nested value becomes, would cut it to microseconds."""
+    kind = values.type
+    if not _holds_nanosecond_times(kind):
+        return values
+    if values.offset:  # a slice: Arrow builds no list with both a null mask and offsets that start past 0
+        values = pa.concat_arrays([values])
+    mask = values.is_null() if values.null_count else None
+    if pa.types.is_time64(kind):
+        return _time_texts(pa.chunked_array([values]))
+    if pa.types.is_struct(kind):
+        children = [_nanosecond_times_as_text(values.field(i)) for i in range(kind.num_fields)]
+        fields = [kind.field(i).with_type(child.type) for i, child in enumerate(children)]
+        return pa.StructArray.from_arrays(children, fields=fields, mask=mask)
+    if pa.types.is_map(kind):
+        keys, items = _nanosecond_times_as_text(values.keys), _nanosecond_times_as_text(values.items)
+        return pa.MapArray.from_arrays(values.offsets, keys, items, mask=mask)
+    if pa.types.is_fixed_size_list(kind):
+        size = kind.list_size
+        return pa.FixedSizeListArray.from_arrays(_nanosecond_times_as_text(values.values), size, mask=mask)
+    array_type = pa.LargeListArray if pa.types.is_large_list(kind) else pa.ListArray
+    return array_type.from_arrays(values.offsets, _nanosecond_times_as_text(values.values), mask=mask)
 
 
 def _floats_replaced(kind: pa.DataType, float32: pa.DataType) -> pa.DataType:
@@ -275,7 +311,7 @@ class Shape:
         sources = bad["source"].to_pylist()
         details = [f"{location(s)}: {p}" for s, p in zip(sources, (p for p in problems if p is not None), strict=True)]
         # A VQA record's image as its size, not its bytes' repr (``record_json``).
-        records = [record_json(r) for r in rows_as_python(bad.drop_columns(["id", "source"]), as_text=True)[0]]
+        records = [input_record_json(r) for r in rows_as_python(bad, as_text=True)[0]]
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)
 

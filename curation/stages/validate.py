@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
-from schemas.records import Record, location, record_json, set_aside_rows
+from schemas.records import Record, input_record_json, location, set_aside_rows
 
 ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
@@ -141,7 +141,7 @@ class SchemaValidation:
                 clean.append(model)
             else:
                 details.append(f"{location(row['source'])}: {problem}")
-                records.append(record_json({k: v for k, v in row.items() if k not in ("id", "source")}))
+                records.append(input_record_json(row))
         kept, bad = split_by_mask(batch, pa.array(valid))
         kept_columns = {
             column: pa.array([getattr(m, column) for m in clean], arrow_type)
@@ -156,7 +156,7 @@ class SchemaValidation:
         names = ", ".join(repr(m) for m in missing)
         sources = batch["source"].to_pylist()
         details = [f"{location(s)}: required column {names} is missing" for s in sources]
-        records = [record_json(r) for r in rows_as_python(batch.drop_columns(["id", "source"]), as_text=True)[0]]
+        records = [input_record_json(r) for r in rows_as_python(batch, as_text=True)[0]]
         set_aside = set_aside_rows(
             batch["id"], batch["source"], self.name, "quarantined", "missing_column", details, records
         )
