@@ -379,7 +379,7 @@ class ImagesSourceReader:
             entry = self._listed.get(self._image_uri(name)) if name else None
             if entry is None and before is None:  # no image then, none now
                 return False
-            kept = kept_value(before, entry) if entry is not None else None
+            kept = kept_value(before, entry, self.watermark.digests) if entry is not None else None
             if kept is not None:
                 if kept != before:  # a restored image's new mtime: kept, so it is not hashed again
                     self.watermark.set(item, kept)

@@ -785,6 +785,29 @@ def test_an_image_restored_with_a_new_mtime_is_not_taken_again(workdir: Path, mo
     assert hashed == []  # its new mtime was kept
 
 
+def test_an_image_two_rows_name_is_hashed_once_when_its_mtime_moves(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each row naming the image compared it with its watermark by hashing it: read once per row.
+    import connectors.state as state
+
+    write_folder(workdir)
+    assert [row["image"] for row in sidecar_rows()].count("receipt.jpg") == 2
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, spec)
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    os.utime(workdir / "img" / "receipt.jpg", (1, 1))  # the same bytes, another mtime
+    assert run(workdir, spec).message.startswith("nothing new")
+    assert hashed == ["receipt.jpg"]
+
+
 def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # It was parsed at planning (for the rows whose image was taken and moved away since) and again to read.
     from connectors.files import FilesSourceReader

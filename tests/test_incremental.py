@@ -574,3 +574,46 @@ def test_a_file_restored_with_a_new_mtime_is_not_published_again(
     changed = run(workdir, recipe)
     assert changed.manifest.counts.input == 2 and changed.manifest.stats["carry"]["replaced"] == 2
     assert sorted(line["text"] for line in outputs(Path(changed.version_uri))) == ["beta", "gamma", "omega"]
+
+
+def test_a_file_changed_in_place_is_hashed_once(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its size the same and its mtime moved, it was hashed to compare with its watermark, and again for
+    # the watermark to stage: read twice more than the run needs.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    run(workdir, recipe)
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    a.write_text(a.read_text().replace("alpha", "omega"))
+    os.utime(a, (2, 2))
+    assert run(workdir, recipe).manifest.counts.written == 1
+    assert hashed == ["a.jsonl"]
+    hashed.clear()
+    assert run(workdir, recipe).message.startswith("nothing new")
+    assert hashed == []  # the hash staged is the one of its new bytes
+
+
+def test_files_listed_again_at_planning_are_not_hashed_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A changed file whose record was the kept copy of another input's content has that input read again:
+    # the source is listed again, and each file new or changed since the last run was hashed again.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "alpha"}])
+    recipe = {
+        "dataset": "d",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup", "across_runs": True}],
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, recipe)
+    assert (first.manifest.counts.written, first.manifest.counts.duplicate) == (1, 1)
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    a.write_text(a.read_text().replace("alpha", "omega"))  # the kept copy of "alpha" changed in place
+    os.utime(a, (2, 2))
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "gamma"}])
+    second = run(workdir, recipe)
+    assert sorted(line["text"] for line in outputs(Path(second.version_uri))) == ["alpha", "gamma", "omega"]
+    assert sorted(hashed) == ["a.jsonl", "c.jsonl"]
