@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, file_format, lines_in
-from connectors.state import SourceWatermark, file_fingerprints, file_value, kept_value
+from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
@@ -38,11 +38,6 @@ IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that
 PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
-
-
-# A row's watermark when its image was listed but could not be read (a permission, a share away): no
-# fingerprint equals it, so the next run reads the image again, changed or not; it was never published.
-UNREAD = "unread"
 
 
 class ImageProblem(Exception):

@@ -69,6 +69,10 @@ MIN_LEASE_SECONDS = 0.5
 # Ids asked of a state database in one ``IN (...)``: under every database's limit on bound parameters.
 IDS_PER_QUERY = 500
 
+# An item's watermark when it was listed but could not be read (an image it may not read, a share away):
+# no fingerprint equals it, so the next run reads it again, changed or not; it was never published.
+UNREAD = "unread"
+
 T = TypeVar("T")
 
 
@@ -222,6 +226,14 @@ class Watermarks:
     def reread(self) -> bool:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
+
+    def still_unread(self) -> int:
+        """How many items an earlier run could not read (``UNREAD``) that this run could not read either."""
+        return sum(
+            value == UNREAD and source.committed.get(item) == UNREAD
+            for source in self.sources.values()
+            for item, value in source.pending.items()
+        )
 
     def replaced(self) -> set[str]:
         """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""

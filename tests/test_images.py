@@ -737,6 +737,36 @@ def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     assert run(workdir, spec).message.startswith("nothing new")
 
 
+def test_an_image_that_stays_unreadable_does_not_publish_a_version_each_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read again on every scheduled run, it was quarantined again each time, and each run published a
+    # version whose only news was that quarantine. It is counted in the version that first met it.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    first = run(workdir, spec)
+    assert first.manifest.counts.reasons["quarantined"]["unreadable"] == 1
+    with caplog.at_level("WARNING"):
+        second = run(workdir, spec)
+    assert second.manifest is None and second.message.startswith("nothing new since receipts v1")
+    assert "1 image row(s) still cannot be read" in second.message and "form.png (Permission denied)" in second.message
+    assert "form.png (Permission denied)" in caplog.text
+    monkeypatch.setattr(images, "filesystem", listed)  # readable at last: the row is taken
+    third = run(workdir, spec)
+    assert third.manifest.version == 2 and (third.manifest.counts.input, third.manifest.counts.written) == (1, 1)
+
+
 def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
