@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, run, set_aside
+from tests.helpers import outputs, run, set_aside, write_jsonl
 
 GPS_IFD = 0x8825
 
@@ -836,6 +836,37 @@ def test_an_image_two_rows_name_is_hashed_once_when_its_mtime_moves(
     os.utime(workdir / "img" / "receipt.jpg", (1, 1))  # the same bytes, another mtime
     assert run(workdir, spec).message.startswith("nothing new")
     assert hashed == ["receipt.jpg"]
+
+
+def test_sidecars_listed_again_at_planning_are_read_once(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An edited sidecar whose row was the kept copy of another sidecar's has that one read again: the
+    # source was listed again, and every sidecar read and hashed again to compare with its watermark.
+    import connectors.images as images
+
+    write_folder(workdir)
+    (workdir / "qa").mkdir()
+    receipt = {"image": "receipt.jpg", "question": "What is the total?", "answer": "12.50 USD"}
+    form = {"image": "form.png", "question": "What is it?", "answer": "A form."}
+    write_jsonl(workdir / "qa" / "s1.jsonl", [receipt, form])
+    write_jsonl(workdir / "qa" / "s2.jsonl", [receipt])
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "exact_dedup", "across_runs": True}],
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    assert (first.manifest.counts.written, first.manifest.counts.duplicate) == (2, 1)
+    write_jsonl(workdir / "qa" / "s1.jsonl", [receipt, {**form, "answer": "A tax form."}])
+    opened: list[str] = []
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (uri.endswith(".jsonl") and opened.append(Path(uri).name)) or listed(uri)
+    )
+    second = run(workdir, spec)
+    assert sorted(line["completion"] for line in outputs(Path(second.version_uri))) == ["12.50 USD", "A tax form."]
+    assert sorted(opened) == ["s1.jsonl", "s2.jsonl"]
 
 
 def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
