@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, file_format, lines_in
-from connectors.state import SourceWatermark, file_fingerprints, file_value, kept_value
+from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
@@ -38,11 +38,6 @@ IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that
 PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
-
-
-# A row's watermark when its image was listed but could not be read (a permission, a share away): no
-# fingerprint equals it, so the next run reads the image again, changed or not; it was never published.
-UNREAD = "unread"
 
 
 class ImageProblem(Exception):
@@ -124,6 +119,8 @@ class ImagesSourceReader:
         self._changed: set[str] | None = None
         self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
         self._parsed: dict[str, list[SourceBatch]] = {}  # an edited sidecar's batches, parsed at planning
+        self._compared: dict[str, tuple[bool, float]] = {}  # sidecar URI -> edited?, lines taken before
+        self._archived_rows: dict[str, set[str]] = {}  # an edited sidecar's URI -> its rows ``_archived`` keeps
 
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
@@ -135,35 +132,47 @@ class ImagesSourceReader:
         return inputs
 
     def list_again(self) -> None:
-        self._changed = None
-        self._taken_lines, self._parsed = {}, {}
+        self._changed = None  # inputs were added to ``read_again``: which sidecars are read again is asked again
 
     def changed_sidecars(self) -> set[str]:
         """Sidecar files edited since an earlier run took them: every row of theirs is taken again and
         replaces what they gave before (a corrected answer must not stay beside the old one). A sidecar
-        that only grew at its end (rows appended) is not: its rows taken before are skipped as ever."""
+        that only grew at its end (rows appended) is not: its rows taken before are skipped as ever.
+        Each is read and compared once per run, however often the source is listed."""
         if self._changed is None:
             self._changed, self._taken_lines = set(), {}
             if self.watermark is not None:
                 for entry in self.sidecar.entries():
-                    fs, path = filesystem(entry.uri)
-                    with fs.open_input_stream(path) as stream:
-                        data = stream.read()
-                    item = f"sidecar:{entry.uri}"
-                    before = self.watermark.get(item)
-                    edited = before is not None and xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]
-                    if edited or (before is not None and entry.uri in self.watermark.read_again):
+                    if entry.uri not in self._compared:
+                        self._compared[entry.uri] = self._compare(self.watermark, entry)
+                    edited, taken = self._compared[entry.uri]
+                    taken_before = f"sidecar:{entry.uri}" in self.watermark.committed
+                    if edited or (taken_before and entry.uri in self.watermark.read_again):
                         self._changed.add(entry.uri)
                         self.watermark.replaced.add(entry.uri)
-                        self.watermark.kept |= self._archived(entry)
-                    elif file_format(entry.uri, self.sidecar.config.format) == "parquet":
-                        # Its rows are numbered, not its lines, and none is appended in place: all read before.
-                        self._taken_lines[entry.uri] = 0 if before is None else math.inf
-                    else:  # its lines an earlier run read (the stream unpacks a .gz or .zst sidecar)
-                        taken = data[: before["bytes"]] if before is not None else b""
-                        self._taken_lines[entry.uri] = lines_in(taken)
-                    self.watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
+                        if entry.uri not in self._archived_rows:
+                            self._archived_rows[entry.uri] = self._archived(entry)
+                        self.watermark.kept |= self._archived_rows[entry.uri]
+                    else:
+                        self._taken_lines[entry.uri] = taken
         return self._changed
+
+    def _compare(self, watermark: SourceWatermark, entry: FileEntry) -> tuple[bool, float]:
+        """Whether the sidecar was edited since an earlier run took it, and how many of its lines that run
+        read; stages its watermark now."""
+        item = f"sidecar:{entry.uri}"
+        before = watermark.get(item)
+        fs, path = filesystem(entry.uri)
+        with fs.open_input_stream(path) as stream:  # unpacks a .gz or .zst sidecar: its lines are counted
+            data = stream.read()
+        watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
+        if before is None:
+            return False, 0
+        if xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]:
+            return True, 0
+        if file_format(entry.uri, self.sidecar.config.format) == "parquet":
+            return False, math.inf  # its rows are numbered, not its lines, and none is appended in place
+        return False, lines_in(data[: before["bytes"]])
 
     def _archived(self, entry: FileEntry) -> set[str]:
         """The ids of a sidecar's rows whose image an earlier run took and that is gone now: read again
@@ -377,7 +386,7 @@ class ImagesSourceReader:
             entry = self._listed.get(self._image_uri(name)) if name else None
             if entry is None and before is None:  # no image then, none now
                 return False
-            kept = kept_value(before, entry) if entry is not None else None
+            kept = kept_value(before, entry, self.watermark.digests) if entry is not None else None
             if kept is not None:
                 if kept != before:  # a restored image's new mtime: kept, so it is not hashed again
                     self.watermark.set(item, kept)

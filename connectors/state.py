@@ -69,6 +69,10 @@ MIN_LEASE_SECONDS = 0.5
 # Ids asked of a state database in one ``IN (...)``: under every database's limit on bound parameters.
 IDS_PER_QUERY = 500
 
+# An item's watermark when it was listed but could not be read (an image it may not read, a share away):
+# no fingerprint equals it, so the next run reads it again, changed or not; it was never published.
+UNREAD = "unread"
+
 T = TypeVar("T")
 
 
@@ -167,6 +171,9 @@ class SourceWatermark:
         # Ids of published records from inputs in ``replaced`` that stay as published all the same (known
         # before the run reads: an images sidecar's unchanged row whose image was taken and moved away).
         self.kept: set[str] = set()
+        # URI -> (fingerprint, xxh3) of each local file this run hashed: a file compared and then staged,
+        # or listed again at planning, is not read again for it (``file_digest``).
+        self.digests: dict[str, tuple[str, str]] = {}
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -219,6 +226,14 @@ class Watermarks:
     def reread(self) -> bool:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
+
+    def still_unread(self) -> int:
+        """How many items an earlier run could not read (``UNREAD``) that this run could not read either."""
+        return sum(
+            value == UNREAD and source.committed.get(item) == UNREAD
+            for source in self.sources.values()
+            for item, value in source.pending.items()
+        )
 
     def replaced(self) -> set[str]:
         """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""
@@ -446,29 +461,44 @@ def content_hash(uri: str) -> str:
     return digest.hexdigest()
 
 
-def file_value(entry: FileEntry, digest: str | None = None) -> str | dict[str, str]:
+def file_digest(entry: FileEntry, known: dict[str, tuple[str, str]] | None = None) -> str:
+    """The xxh3 of a local file's bytes, remembered in ``known`` (URI -> fingerprint, xxh3) while its
+    fingerprint holds, so a run reads a file once for it however often it lists and compares it."""
+    now = fingerprint(entry)
+    if known is not None and entry.uri in known and known[entry.uri][0] == now:
+        return known[entry.uri][1]
+    digest = content_hash(entry.uri)
+    if known is not None:
+        known[entry.uri] = (now, digest)
+    return digest
+
+
+def file_value(
+    entry: FileEntry, digest: str | None = None, known: dict[str, tuple[str, str]] | None = None
+) -> str | dict[str, str]:
     """What a watermark keeps of a file a run takes: its fingerprint, and for a local file the hash of
-    its bytes (``digest``, else read here), by which ``kept_value`` tells a file restored or touched."""
+    its bytes (``digest``, else ``file_digest``), by which ``kept_value`` tells a file restored or touched."""
     if entry.etag:
         return entry.etag
     try:
-        return {"fingerprint": fingerprint(entry), "xxh3": digest or content_hash(entry.uri)}
+        return {"fingerprint": fingerprint(entry), "xxh3": digest or file_digest(entry, known)}
     except OSError:  # not readable now: its reader says so; the fingerprint alone tells a change later
         return fingerprint(entry)
 
 
-def kept_value(before: Any, entry: FileEntry) -> Any | None:
+def kept_value(before: Any, entry: FileEntry, known: dict[str, tuple[str, str]] | None = None) -> Any | None:
     """``before`` (a watermark's value for the file), as it is to be kept now, when the file holds
     what it held then; None when it changed. A local file whose mtime moved with its size unchanged
     (restored from a backup, copied without ``-p``, touched) is compared by its bytes' hash, where the
-    watermark has one: files whose fingerprint did not move are never read."""
+    watermark has one (``file_digest``, remembered in ``known``): files whose fingerprint did not move
+    are never read."""
     now = fingerprint(entry)
     if (before["fingerprint"] if isinstance(before, dict) else before) == now:
         return before
     if entry.etag or not isinstance(before, dict) or not before["fingerprint"].startswith(f"{entry.size}:"):
         return None
     try:
-        same = content_hash(entry.uri) == before["xxh3"]
+        same = file_digest(entry, known) == before["xxh3"]
     except OSError:  # its reader meets the error and says so
         return None
     return {"fingerprint": now, "xxh3": before["xxh3"]} if same else None
@@ -483,16 +513,16 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
     for entry in entries:
         if entry.uri not in watermark.committed:
             fresh.append(entry)
-            watermark.set(entry.uri, file_value(entry))
+            watermark.set(entry.uri, file_value(entry, known=watermark.digests))
             continue
         before = watermark.committed[entry.uri]
-        kept = kept_value(before, entry)
+        kept = kept_value(before, entry, watermark.digests)
         watermark.reread |= kept is None
         if kept is None or entry.uri in watermark.read_again:
             fresh.append(entry)
             watermark.replaced.add(entry.uri)  # changed since an earlier run took it: read whole again
         if kept != before:
-            watermark.set(entry.uri, kept or file_value(entry))
+            watermark.set(entry.uri, kept or file_value(entry, known=watermark.digests))
     return fresh
 
 

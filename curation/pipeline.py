@@ -667,6 +667,10 @@ def _run_locked(
             message = f"nothing new since {recipe.dataset} v{plan.extends}: published nothing" + (
                 f"; {changed}" if changed else ""
             )
+            if counts.input:  # read again, still unreadable: said on each run, published once
+                unread = f"{counts.input} image row(s) still cannot be read" + _first_detail(tally)
+                log.warning("run=%s %s", writer.run_id, unread)
+                message += f"; {unread}"
             log.info("run=%s %s", writer.run_id, message)
             return RunResult(manifest=None, version_uri=None, message=message)
         if changed:
@@ -806,14 +810,20 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
     return writer
 
 
+def _first_detail(tally: Tally) -> str:
+    found = [detail for (outcome, _), detail in tally.examples.items() if outcome == "quarantined"]
+    return f", e.g. {found[0]}" if found else ""
+
+
 def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: datetime) -> bool:
-    """Whether the run has nothing to add to the version it extends: no record read, no input read again
-    that now holds nothing, no review decision changed since."""
+    """Whether the run has nothing to add to the version it extends: no record read (but rows whose image
+    could not be read then and cannot be now: an earlier version counts them), no input read again that
+    now holds nothing, no review decision changed since."""
     emptied = plan.replaced_ids is not None and not plan.replaced_ids.is_empty()
     return (
         plan.extended is not None
         and plan.decided_before is not None
-        and counts.input == 0
+        and counts.input == counts.quarantined == plan.watermarks.still_unread()
         and not emptied
         and not _review_changes(recipe, state, plan.decided_before, decided_by)
     )

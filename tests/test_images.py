@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, run, set_aside
+from tests.helpers import outputs, run, set_aside, write_jsonl
 
 GPS_IFD = 0x8825
 
@@ -737,6 +737,36 @@ def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     assert run(workdir, spec).message.startswith("nothing new")
 
 
+def test_an_image_that_stays_unreadable_does_not_publish_a_version_each_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read again on every scheduled run, it was quarantined again each time, and each run published a
+    # version whose only news was that quarantine. It is counted in the version that first met it.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    first = run(workdir, spec)
+    assert first.manifest.counts.reasons["quarantined"]["unreadable"] == 1
+    with caplog.at_level("WARNING"):
+        second = run(workdir, spec)
+    assert second.manifest is None and second.message.startswith("nothing new since receipts v1")
+    assert "1 image row(s) still cannot be read" in second.message and "form.png (Permission denied)" in second.message
+    assert "form.png (Permission denied)" in caplog.text
+    monkeypatch.setattr(images, "filesystem", listed)  # readable at last: the row is taken
+    third = run(workdir, spec)
+    assert third.manifest.version == 2 and (third.manifest.counts.input, third.manifest.counts.written) == (1, 1)
+
+
 def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -783,6 +813,60 @@ def test_an_image_restored_with_a_new_mtime_is_not_taken_again(workdir: Path, mo
     hashed.clear()
     assert run(workdir, spec).message.startswith("nothing new")
     assert hashed == []  # its new mtime was kept
+
+
+def test_an_image_two_rows_name_is_hashed_once_when_its_mtime_moves(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each row naming the image compared it with its watermark by hashing it: read once per row.
+    import connectors.state as state
+
+    write_folder(workdir)
+    assert [row["image"] for row in sidecar_rows()].count("receipt.jpg") == 2
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, spec)
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    os.utime(workdir / "img" / "receipt.jpg", (1, 1))  # the same bytes, another mtime
+    assert run(workdir, spec).message.startswith("nothing new")
+    assert hashed == ["receipt.jpg"]
+
+
+def test_sidecars_listed_again_at_planning_are_read_once(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An edited sidecar whose row was the kept copy of another sidecar's has that one read again: the
+    # source was listed again, and every sidecar read and hashed again to compare with its watermark.
+    import connectors.images as images
+
+    write_folder(workdir)
+    (workdir / "qa").mkdir()
+    receipt = {"image": "receipt.jpg", "question": "What is the total?", "answer": "12.50 USD"}
+    form = {"image": "form.png", "question": "What is it?", "answer": "A form."}
+    write_jsonl(workdir / "qa" / "s1.jsonl", [receipt, form])
+    write_jsonl(workdir / "qa" / "s2.jsonl", [receipt])
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "exact_dedup", "across_runs": True}],
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    assert (first.manifest.counts.written, first.manifest.counts.duplicate) == (2, 1)
+    write_jsonl(workdir / "qa" / "s1.jsonl", [receipt, {**form, "answer": "A tax form."}])
+    opened: list[str] = []
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (uri.endswith(".jsonl") and opened.append(Path(uri).name)) or listed(uri)
+    )
+    second = run(workdir, spec)
+    assert sorted(line["completion"] for line in outputs(Path(second.version_uri))) == ["12.50 USD", "A tax form."]
+    assert sorted(opened) == ["s1.jsonl", "s2.jsonl"]
 
 
 def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -574,3 +574,131 @@ def test_a_file_restored_with_a_new_mtime_is_not_published_again(
     changed = run(workdir, recipe)
     assert changed.manifest.counts.input == 2 and changed.manifest.stats["carry"]["replaced"] == 2
     assert sorted(line["text"] for line in outputs(Path(changed.version_uri))) == ["beta", "gamma", "omega"]
+
+
+def test_a_file_changed_in_place_is_hashed_once(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its size the same and its mtime moved, it was hashed to compare with its watermark, and again for
+    # the watermark to stage: read twice more than the run needs.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    run(workdir, recipe)
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    a.write_text(a.read_text().replace("alpha", "omega"))
+    os.utime(a, (2, 2))
+    assert run(workdir, recipe).manifest.counts.written == 1
+    assert hashed == ["a.jsonl"]
+    hashed.clear()
+    assert run(workdir, recipe).message.startswith("nothing new")
+    assert hashed == []  # the hash staged is the one of its new bytes
+
+
+def test_files_listed_again_at_planning_are_not_hashed_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A changed file whose record was the kept copy of another input's content has that input read again:
+    # the source is listed again, and each file new or changed since the last run was hashed again.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "alpha"}])
+    recipe = {
+        "dataset": "d",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup", "across_runs": True}],
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, recipe)
+    assert (first.manifest.counts.written, first.manifest.counts.duplicate) == (1, 1)
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    a.write_text(a.read_text().replace("alpha", "omega"))  # the kept copy of "alpha" changed in place
+    os.utime(a, (2, 2))
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "gamma"}])
+    second = run(workdir, recipe)
+    assert sorted(line["text"] for line in outputs(Path(second.version_uri))) == ["alpha", "gamma", "omega"]
+    assert sorted(hashed) == ["a.jsonl", "c.jsonl"]
+
+
+def _rows_file(path: Path, texts: list[str]) -> Path:
+    """``texts`` as the rows of a file of ``path``'s kind (a ``.md`` document: a section each)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": texts}), path)
+    elif path.suffix == ".csv":
+        path.write_text("text\n" + "".join(f"{text}\n" for text in texts))
+    elif path.suffix == ".md":
+        path.write_text("".join(f"# {text.title()}\n\n{text} is a word of this note.\n\n" for text in texts))
+    else:
+        write_jsonl(path, [{"text": text} for text in texts])
+    return path
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.csv", "a.parquet", "a.md"])
+def test_a_file_touched_appended_truncated_and_restored_publishes_what_it_holds(workdir: Path, name: str) -> None:
+    source = {"type": "documents", "path": "in"} if name.endswith(".md") else {"path": "in"}
+    recipe = {"dataset": "d", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"validation_fraction": 0.0}
+
+    def published(result: Any) -> list[str]:
+        return sorted(line["text"] for line in outputs(Path(result.version_uri)))
+
+    a = _rows_file(workdir / "in" / name, ["alpha", "beta"])
+    _rows_file(workdir / "in" / f"b{a.suffix}", ["gamma"])
+    first = published(run(workdir, recipe))
+    os.utime(a, (1, 1))  # touched: the same bytes
+    assert run(workdir, recipe).message.startswith("nothing new")
+    _rows_file(a, ["alpha", "beta", "delta"])  # appended: its size moved
+    os.utime(a, (2, 2))
+    grown = published(run(workdir, recipe))
+    assert len(grown) == len(first) + 1 and any("delta" in text for text in grown)
+    backup = a.read_bytes()
+    _rows_file(a, ["alpha"])  # truncated
+    assert not any("beta" in text or "delta" in text for text in published(run(workdir, recipe)))
+    a.write_bytes(backup)  # restored without -p: its size back, a new mtime
+    assert published(run(workdir, recipe)) == grown
+    os.utime(a, (3, 3))
+    assert run(workdir, recipe).message.startswith("nothing new")
+
+
+def test_watermarks_of_the_release_before_do_not_read_files_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file's watermark was its "size:mtime" alone: a file unchanged since is neither read nor hashed;
+    # one touched is read again as before, and its watermark gains the hash of its bytes.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "beta"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    run(workdir, recipe)
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.begin() as db:
+        for item, value in db.execute(sa.text("SELECT item, value FROM watermarks")).all():
+            old = json.dumps(json.loads(value)["fingerprint"])
+            db.execute(sa.text("UPDATE watermarks SET value = :v WHERE item = :i"), {"v": old, "i": item})
+    engine.dispose()
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    assert run(workdir, recipe).message.startswith("nothing new")
+    assert hashed == []
+    os.utime(a, (1, 1))
+    touched = run(workdir, recipe)
+    assert touched.manifest.counts.input == 1 and touched.manifest.stats["carry"]["replaced"] == 1
+    os.utime(a, (2, 2))
+    assert run(workdir, recipe).message.startswith("nothing new")
+
+
+def test_a_file_replaced_by_another_of_its_size_and_mtime_is_taken_once_touched(workdir: Path) -> None:
+    # ``cp -p`` of another file of the same size: its size and mtime, all a run looks at before reading,
+    # did not move, so it is not read (as in the release before); touched, it is hashed and taken.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    other = write_jsonl(workdir / "other.jsonl", [{"text": "omega"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    run(workdir, recipe)
+    stat = a.stat()
+    a.write_bytes(other.read_bytes())
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert run(workdir, recipe).message.startswith("nothing new")
+    a.touch()
+    assert [line["text"] for line in outputs(Path(run(workdir, recipe).version_uri))] == ["omega"]

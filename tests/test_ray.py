@@ -535,3 +535,30 @@ def test_a_sql_cursor_and_vqa_rows_taken_on_ray_workers_are_committed(workdir: P
     write_jsonl(workdir / "qa.jsonl", [*rows, {"image": "b.jpg", "question": "What is the total?", "answer": "20 USD"}])
     again = run(workdir, forms)
     assert again.manifest.counts.input == 1 and again.manifest.counts.carried == 1
+
+
+def test_files_and_images_touched_are_compared_by_their_bytes_on_ray(workdir: Path, local_ray: Any) -> None:
+    """A touched image is compared in a worker's copy of its watermark: the new mtime it keeps comes back
+    to the driver, so the run after is not hashed again for it; a touched file is compared at planning."""
+    import os
+
+    from tests.test_neardup import FORMS, _image
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.jpg").write_bytes(_image(0, 1))
+    write_jsonl(workdir / "qa.jsonl", [{"image": "a.jpg", "question": "What is the total?", "answer": "10 USD"}])
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    forms = {**FORMS, "engine": "ray"}
+    docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "engine": "ray"}
+    run(workdir, forms), run(workdir, docs)
+    os.utime(workdir / "img" / "a.jpg", (1, 1))
+    os.utime(workdir / "in" / "a.jsonl", (1, 1))
+    assert run(workdir, forms).message.startswith("nothing new")
+    assert run(workdir, docs).message.startswith("nothing new")
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.connect() as db:
+        values = [json.loads(value) for (value,) in db.execute(sa.text("SELECT value FROM watermarks"))]
+    engine.dispose()
+    assert (
+        sum(isinstance(value, dict) and "1970-01-01T00:00:01" in value.get("fingerprint", "") for value in values) == 2
+    )
