@@ -364,6 +364,8 @@ class Expectation(Strict):
         needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
         if self.check in needed and all(getattr(self, n) is None for n in needed[self.check]):
             raise ValueError(f"{self.check} needs {' or '.join(needed[self.check])}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is more than max ({self.max:g}): every row would fail")
         if self.check == "in_set" and not self.values:
             raise ValueError("in_set needs values")
         return self

@@ -173,6 +173,14 @@ def test_between_on_text_is_a_recipe_error_where_the_type_is_known_and_on_the_fi
         stage(batch)
 
 
+@pytest.mark.parametrize("check", ["length_between", "between"])
+def test_bounds_that_no_value_fits_are_a_recipe_error(check: str) -> None:
+    # min above max: great-expectations quarantined every record.
+    with pytest.raises(RecipeError, match=r"stages.0.expect.0 \(line 6\): .*min \(10\) is more than max \(2\)"):
+        parse_recipe(_expect(f"{{column: prompt, check: {check}, min: 10, max: 2}}"))
+    parse_recipe(_expect("{column: prompt, check: length_between, min: 2, max: 2}"))  # one length fits
+
+
 def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error() -> None:
     # YAML reads `values: [1, 2]` as numbers, and a record's label is text: every row failed the check.
     problem = r"stages.0.expect.0.values \(line 6\): \[1, true\] are not text, and \'label\' holds text: every row"
