@@ -13,11 +13,12 @@ Every setting has a default, so a short recipe works::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -683,6 +684,46 @@ def _union_tags(*unions: Any) -> set[str]:
     return tags
 
 
+def _unwrap(annotation: Any) -> Any:
+    """``X`` of ``Annotated[X, ...]`` and of ``X | None``; a union of several settings models stays."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        if get_origin(annotation) not in (list, dict) and len(members) == 1:
+            annotation = members[0]
+            continue
+        return annotation
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model at ``loc``, a pydantic error location (holding the ``type`` tag that picks a
+    tagged union's member), or None where no model is there."""
+    at = _unwrap(Recipe)
+    for part in loc:
+        if isinstance(at, type) and issubclass(at, BaseModel):
+            at = at.model_fields[part].annotation if part in at.model_fields else None
+        elif get_origin(at) in (list, dict):
+            at = get_args(at)[-1]
+        else:  # a tagged union: the part is the tag
+            tags = {m: getattr(m, "model_fields", {}).get("type") for m in get_args(at)}
+            at = next((m for m, tag in tags.items() if tag and part in get_args(tag.annotation)), None)
+        at = _unwrap(at)
+    return at if isinstance(at, type) and issubclass(at, BaseModel) else None
+
+
+def _unknown_setting(loc: tuple[Any, ...], message: str) -> str:
+    """pydantic's "Extra inputs are not permitted", with the settings allowed there (and the likely one)."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return message
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return f"{message}: {guess}the settings here are {', '.join(allowed)}"
+
+
 def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[Any, ...], str]]) -> RecipeError:
     """One error listing each problem with its setting and line."""
     lines = _yaml_lines(node) if node is not None else {}
@@ -708,7 +749,13 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         tags = _union_tags(SourceConfig, StageConfig)
-        found = [(tuple(part for part in e["loc"] if part not in tags), e["msg"]) for e in exc.errors()]
+        found = [
+            (
+                tuple(part for part in e["loc"] if part not in tags),
+                _unknown_setting(e["loc"], e["msg"]) if e["type"] == "extra_forbidden" else e["msg"],
+            )
+            for e in exc.errors()
+        ]
         raise _recipe_error(origin, node, found) from None
     found = [*format_problems(recipe), *stage_problems(recipe)]
     if found:
