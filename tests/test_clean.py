@@ -46,6 +46,19 @@ def test_each_repair_and_its_count() -> None:
     assert result.set_aside.num_rows == 0
 
 
+def test_joiners_that_letters_and_emoji_need_stay_and_page_breaks_part_words() -> None:
+    texts = [
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: the non-joiner is its spelling
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 family",  # one emoji: a family, not three people
+        "\u0915\u094d\u200d\u0937",  # Devanagari: the joiner picks the half form
+        "pass\u200dword",  # after ASCII a joiner joins nothing: it only hides the word
+        "end of page one.\x0cPage two\x0bthree",  # a form feed is a page break, not nothing
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [*texts[:3], "password", "end of page one. Page two three"]
+    assert result.stats["control_removed"] == 1 and result.stats["whitespace_normalized"] == 1
+
+
 def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
     # Code in a support ticket, and the placeholders of a pii stage listed before clean: they read as
     # tags, and "if (x<y && y>z)" was published as "if (x z)", "Call <PERSON>" as "Call".

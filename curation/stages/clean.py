@@ -5,7 +5,8 @@ Steps, in order (each can be switched off in the recipe):
 - ``unicode_fixed``: mojibake and other encoding damage repaired with ftfy (only its encoding fixes:
   quotes, ligatures and widths are content and stay as they are);
 - ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``);
-- ``control_removed``: control and zero-width characters (tabs and newlines stay);
+- ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
+  joiners letters and emoji need);
 - ``whitespace_normalized``: runs of spaces, trailing spaces, runs of blank lines, space at the ends.
 
 Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
@@ -54,7 +55,14 @@ _TAG = (
 )
 _BREAK_TAG = r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</li\s*>|</h[1-6]\s*>"
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{7f}-\x{9f}\x{200b}-\x{200d}\x{2060}\x{feff}]"  # RE2 syntax
+# Form feeds and vertical tabs are whitespace (a page break between words): the whitespace step makes
+# them a space. RE2 syntax.
+_CONTROL = r"[\x00-\x08\x0e-\x1f\x{7f}-\x{9f}\x{200b}\x{2060}\x{feff}]"
+# The zero-width non-joiner and joiner belong to the letters of Persian, Arabic and Indic scripts (a
+# Persian word written with one is spelt otherwise without it) and to emoji sequences (a family is one
+# picture): kept after such characters, removed after ASCII, which they do nothing to ("pass", U+200D,
+# "word" hides a word from filters and PII detection).
+_STRAY_JOINER = r"(^|[\x00-\x7f])[\x{200c}\x{200d}]+"
 
 
 def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
@@ -77,6 +85,10 @@ def _strip_html(values: pa.Array) -> pa.Array:
     has_entity = pc.fill_null(pc.match_substring_regex(values, _ENTITY.pattern), False).to_pylist()
     texts = values.to_pylist()
     return pa.array([html.unescape(t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
+
+
+def _remove_control(values: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(pc.replace_substring_regex(values, _CONTROL, ""), _STRAY_JOINER, r"\1")
 
 
 def _normalize_whitespace(values: pa.Array) -> pa.Array:
@@ -110,7 +122,7 @@ class Clean:
             for name, step, on in (
                 ("unicode_fixed", _fix_unicode, fix_unicode),
                 ("html_removed", _strip_html, strip_html),
-                ("control_removed", lambda v: pc.replace_substring_regex(v, _CONTROL, ""), remove_control),
+                ("control_removed", _remove_control, remove_control),
                 ("whitespace_normalized", _normalize_whitespace, normalize_whitespace),
             )
             if on
