@@ -120,6 +120,26 @@ def test_not_null_and_between_on_a_batch() -> None:
     ]
 
 
+def test_a_regex_with_groups_anchors_and_unicode_matches_without_warnings() -> None:
+    import warnings
+
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    texts = ["Ünïcode first", "ünïcode lower", "東京はどこ?", "plain"]
+    batch = pa.table({"id": list("abcd"), "source": source_array("files", "/t.jsonl", [1, 2, 3, 4]), "text": texts})
+    stage = Expectations([Expectation(column="text", check="matches_regex", regex=r"^(?P<first>[A-ZÀ-Þ]|\w+\?$)")])
+    stage(batch)  # imports great-expectations, which sends warnings to logging (to the user's terminal)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = stage(batch)
+    # pandas' note on groups reached the user's terminal as a logged warning, on every batch
+    assert not [w for w in caught if "match groups" in str(w.message)]
+    assert result.kept["id"].to_pylist() == ["a", "c"]  # \w is Unicode's, as Python's re has it
+    assert result.set_aside["reason"].to_pylist() == ["expect_column_values_to_match_regex:text"] * 2
+
+
 def test_unknown_column_is_a_clear_error_and_bad_specs_fail_the_recipe() -> None:
     import pyarrow as pa
 
