@@ -80,6 +80,18 @@ def test_gopher_repetition_rules() -> None:
     assert set(_gone(result).values()) == {"repetition"}
 
 
+def test_repetition_rules_see_the_words_of_chinese_and_japanese_written_without_spaces() -> None:
+    prose = [
+        "我小时候住在一个小村子里。村子后面有一座山，山上有很多树，树上有很多鸟。每天早上，我都会被鸟叫声吵醒。"
+        "妈妈总是说，早起的鸟儿有虫吃。于是我就跟着爸爸去山上砍柴，一边走一边听他讲故事。",
+        "東京都は日本の首都であり、政治、経済、文化の中心地です。東京には多くの観光名所があり、毎年たくさんの観光客が訪れます。",
+    ]
+    spam = ["好" * 32, "这是" * 18, "东京是日本的首都。" * 5]  # one "word" each when split at spaces
+    result = RepetitionFilter(["text"])(_batch(text=prose + spam))
+    assert result.kept["id"].to_pylist() == ["r0", "r1"]
+    assert [d.split(" covers")[0] for d in result.set_aside["detail"].to_pylist()] == ["top 2-gram"] * 3
+
+
 def test_symbol_and_digit_ratios() -> None:
     texts = [PROSE, "#### $$$ %%% *** !!! @@@ word", "4111 1111 1111 1111 exp 12/29 cvv 123", "Room 12, floor 3."]
     result = RatioFilter(["text"], max_symbol_ratio=0.25, max_digit_ratio=0.5)(_batch(text=texts))
