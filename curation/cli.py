@@ -92,8 +92,10 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
     return table
 
 
-def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
-    """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
+def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, origin: Path | None = None) -> int:
+    """Run a recipe with a progress bar; print where the output went. Returns the exit code. ``origin``:
+    the recipe's file, which a recipe error found once records were read names (a scheduler's log holds
+    the runs of many recipes)."""
     from connectors.state import LockLost, RunLocked
     from curation.executors.local import AccountingError
     from curation.pipeline import default_executor, run_recipe
@@ -135,7 +137,8 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
-        console.print(f"[red]recipe error[/red], nothing published: {escape(str(error))}", highlight=False)
+        named = f"{origin}: " if origin is not None and not str(error).startswith(f"{origin}:") else ""
+        console.print(f"[red]recipe error[/red], nothing published: {escape(named + str(error))}", highlight=False)
         return EXIT_USAGE
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red], nothing published: {escape(state_problem(recipe.state, error))}")
@@ -215,7 +218,7 @@ def run(
     if address is not None and loaded.engine != "ray":
         console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
         raise typer.Exit(EXIT_USAGE)
-    raise typer.Exit(execute(loaded, quiet, full_refresh))
+    raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
 
 
 @app.command()
@@ -350,7 +353,9 @@ def demo(
         f"demo input and recipe in [bold]{escape(str(folder))}[/bold]; running {escape(str(recipe_path))}",
         highlight=False,
     )
-    raise typer.Exit(execute(_load(recipe_path), full_refresh=True))  # the demo starts over each time
+    raise typer.Exit(
+        execute(_load(recipe_path), full_refresh=True, origin=recipe_path)
+    )  # the demo starts over each time
 
 
 app.add_typer(train_app, name="train")

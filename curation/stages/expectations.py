@@ -107,7 +107,10 @@ class Expectations:
         require_columns(batch, self.columns, "expectations columns")
         for spec in self.specs:  # where the recipe could not tell the column's type (else checked at load)
             if spec.check == "between" and is_text(batch[spec.column].type):
-                raise StageSettingError(f"expectations: {between_needs_numbers(spec.column)}")
+                raise StageSettingError(
+                    f"{self.name}: {between_needs_numbers(spec.column)}; declare it int or float in input_schema "
+                    "(a value that is no number, as JSONL or CSV can hold, is then quarantined)"
+                )
         if self._suite is None:
             self._suite = _Suite(self.specs)
         failed: dict[int, list[str]] = {}
