@@ -96,6 +96,34 @@ def test_unique_holds_across_batches_and_files(workdir: Path) -> None:
     assert first["record"] == '{"label": "T-0"}' and first["reason"] == "expect_column_values_to_be_unique:label"
 
 
+def test_unique_on_the_record_source_a_list_or_an_image_compares_their_values() -> None:
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    # The record's source (a struct), a list and binary: Arrow cannot cast them to text (a traceback).
+    batch = pa.table(
+        {
+            "id": list("abcd"),
+            "source": source_array("files", "/t.jsonl", [1, 2, 1, 3]),
+            "tags": [[1, 2], [2], [1, 2], None],
+            "image_bytes": [b"\xff\xd8a", b"\xff\xd8b", b"\xff\xd8c", b"\xff\xd8b"],
+        }
+    )
+    stage = UniqueValues(["source", "tags", "image_bytes"])
+    aside = stage.resolve([stage.signatures(batch.slice(0, 2)), stage.signatures(batch.slice(2))])
+    reasons = dict(zip(aside["id"].to_pylist(), aside["reason"].to_pylist(), strict=True))
+    assert reasons == {
+        "a": "expect_column_values_to_be_unique:source",  # and tags: two failed, the first is the reason
+        "c": "expect_column_values_to_be_unique:source",
+        "b": "expect_column_values_to_be_unique:image_bytes",
+        "d": "expect_column_values_to_be_unique:image_bytes",
+    }
+    (record,) = [r for i, r in zip(aside["id"].to_pylist(), aside["record"].to_pylist(), strict=True) if i == "b"]
+    assert '"image_bytes": "sha256:' in record
+
+
 def test_not_null_and_between_on_a_batch() -> None:
     import pyarrow as pa
 

@@ -11,6 +11,7 @@ every occurrence of a repeated value fails it, as great-expectations defines the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections import Counter
@@ -141,6 +142,20 @@ class Expectations:
         return StageResult(kept=kept, set_aside=aside, stats=stats)
 
 
+def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column's values as text that is equal where they are: Arrow's text of a scalar; JSON of a struct,
+    list or map (the record's ``source``), which Arrow cannot cast to text; a binary value (an image)
+    by its sha256, which needs no UTF-8 and spares the set-aside record its megabytes."""
+    kind = column.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        digests = [None if v is None else f"sha256:{hashlib.sha256(v).hexdigest()}" for v in column.to_pylist()]
+        return pa.array(digests, pa.string())
+    if pa.types.is_nested(kind):
+        texts = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in column.to_pylist()]
+        return pa.array(texts, pa.string())
+    return pc.cast(column, pa.string())
+
+
 class UniqueValues:
     """``unique`` expectations over the whole run: each record whose value in one of ``columns`` another
     record also has is quarantined (all occurrences, as great-expectations defines it; nulls are not
@@ -153,7 +168,7 @@ class UniqueValues:
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, self.columns, "expectations columns")
-        values = {f"value:{c}": pc.cast(batch[c], pa.string()) for c in self.columns}
+        values = {f"value:{c}": _comparable(batch[c]) for c in self.columns}
         return pa.table({"id": batch["id"], "source": batch["source"], **values})
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:
