@@ -596,9 +596,18 @@ def format_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     return [(("output", "format"), f"{fmt!r} publishes {FORMAT_KINDS[fmt]} records, and record.kind is {kind}: {fits}")]
 
 
-def between_needs_numbers(column: str) -> str:
-    """Why ``between`` cannot check a text column: great-expectations passes every text value, in any bounds."""
-    return f"between compares numbers, and {column!r} holds text: every row would pass (length_between checks length)"
+def between_needs_numbers(column: str, holds: str = "text") -> str:
+    """Why ``between`` cannot check a column of text (or dates, lists...): great-expectations passes every
+    such value, in any bounds."""
+    return (
+        f"between compares numbers, and {column!r} holds {holds}: every row would pass (length_between checks length)"
+    )
+
+
+def length_needs_text(column: str, holds: str) -> str:
+    """Why ``length_between`` cannot check a column of numbers (or lists, ...): great-expectations measures
+    no length of a number (every row fails), nor rightly of a list."""
+    return f"length_between measures text, and {column!r} holds {holds}: no row's length could be told (between compares numbers)"
 
 
 def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
@@ -627,8 +636,13 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                 problems.append(
                     (("stages", number, "expect", at, "column"), f"{spec.column!r} is not a column; {have}")
                 )
-            elif spec.check == "between" and columns[spec.column] == "str":
-                problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column)))
+            elif spec.check == "between" and columns[spec.column] in ("str", "struct", "bytes"):
+                holds = "text" if columns[spec.column] == "str" else columns[spec.column]
+                problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column, holds)))
+            elif spec.check == "length_between" and columns[spec.column] not in (None, "str"):
+                problems.append(
+                    (("stages", number, "expect", at, "check"), length_needs_text(spec.column, columns[spec.column]))
+                )
             elif spec.check == "in_set" and columns[spec.column] == "str":
                 not_text = [value for value in spec.values or [] if not isinstance(value, str)]
                 if not_text:  # YAML reads `values: [1, 2]` as numbers: no text value is ever one of them

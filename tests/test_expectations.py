@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -227,6 +228,43 @@ def test_bounds_that_no_value_fits_are_a_recipe_error(check: str) -> None:
     with pytest.raises(RecipeError, match=r"stages.0.expect.0 \(line 6\): .*min \(10\) is more than max \(2\)"):
         parse_recipe(_expect(f"{{column: prompt, check: {check}, min: 10, max: 2}}"))
     parse_recipe(_expect("{column: prompt, check: length_between, min: 2, max: 2}"))  # one length fits
+
+
+def test_between_on_dates_and_length_between_on_numbers_or_lists_are_recipe_errors() -> None:
+    import datetime
+
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # great-expectations passed every date between any numbers, failed every number's length, and
+    # measured a list's length wrongly ([] passed 1..3, [1, 2] failed).
+    declared = "input_schema: {columns: {q: str, a: str, team: int}}\noutput: {group_by: team}\n"
+    with pytest.raises(
+        RecipeError, match=r"expect.0.check \(line 8\): length_between measures text, and 'team' holds int"
+    ):
+        parse_recipe(_expect("{column: team, check: length_between, min: 1, max: 2}", declared))
+    with pytest.raises(RecipeError, match=r"between compares numbers, and 'source' holds struct"):
+        parse_recipe(_expect("{column: source, check: between, min: 1, max: 2}"))
+    batch = pa.table(
+        {
+            "id": ["a"],
+            "source": source_array("files", "/t.parquet", [1]),
+            "day": [datetime.date(2024, 1, 1)],
+            "n": [20],
+            "tags": [[1, 2]],
+        }
+    )
+    problems = {
+        ("day", "between"): "between compares numbers, and 'day' holds date32[day]: every row would pass",
+        ("n", "length_between"): "length_between measures text, and 'n' holds int64",
+        ("tags", "length_between"): "length_between measures text, and 'tags' holds list<item: int64>",
+    }
+    for (column, check), problem in problems.items():
+        stage = Expectations([Expectation(column=column, check=check, min=0, max=1)])
+        with pytest.raises(RecipeError, match=re.escape(f"expectations: {problem}")):
+            stage(batch)
+    assert Expectations([Expectation(column="n", check="between", min=0, max=10)])(batch).kept.num_rows == 0
 
 
 def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error() -> None:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
-from schemas.config import Expectation, between_needs_numbers
+from schemas.config import Expectation, between_needs_numbers, length_needs_text
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 
 _GX_TYPES = {
@@ -94,6 +94,17 @@ class _Suite:
         return found
 
 
+def _numbers(kind: pa.DataType) -> bool:
+    """Whether ``between``'s numeric bounds compare with values of ``kind`` (a column of nulls alone too)."""
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_null(kind)
+        or pa.types.is_boolean(kind)
+    )
+
+
 class Expectations:
     """Quarantine the rows of each batch that fail any of the recipe's expectations."""
 
@@ -107,11 +118,16 @@ class Expectations:
     def __call__(self, batch: pa.Table) -> StageResult:
         require_columns(batch, self.columns, "expectations columns")
         for spec in self.specs:  # where the recipe could not tell the column's type (else checked at load)
-            if spec.check == "between" and is_text(batch[spec.column].type):
+            kind = batch[spec.column].type
+            if spec.check == "between" and is_text(kind):
                 raise StageSettingError(
                     f"{self.name}: {between_needs_numbers(spec.column)}; declare it int or float in input_schema "
                     "(a value that is no number, as JSONL or CSV can hold, is then quarantined)"
                 )
+            if spec.check == "between" and not _numbers(kind):
+                raise StageSettingError(f"{self.name}: {between_needs_numbers(spec.column, str(kind))}")
+            if spec.check == "length_between" and not (is_text(kind) or pa.types.is_null(kind)):
+                raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
         if self._suite is None:
             self._suite = _Suite(self.specs)
         failed: dict[int, list[str]] = {}
