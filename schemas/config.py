@@ -623,6 +623,14 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
         missing = [name for name in fields if name not in columns]
         if missing:
             problems.append((("stages", number, "fields"), f"{missing} are not columns of the records; {have}"))
+        if isinstance(stage, InstructionFilterConfig) and kind != "instruction":
+            problems.append(
+                (
+                    ("stages", number),
+                    f"instruction_filter checks an instruction's prompt and completion, and {kind} records have "
+                    "none (length_filter, repetition_filter and ratio_filter check any record's text)",
+                )
+            )
         if isinstance(stage, ImageDedupConfig) and stage.column not in columns:
             problems.append(
                 (

@@ -174,6 +174,16 @@ def test_a_minimum_above_the_maximum_is_a_recipe_error(unit: str) -> None:
     parse_recipe(text.replace("10", "5"))  # equal bounds keep records of exactly that length
 
 
+@pytest.mark.parametrize("kind", ["document", "vqa"])
+def test_an_instruction_filter_on_records_without_a_prompt_is_a_recipe_error(kind: str) -> None:
+    # It failed the run with a KeyError traceback from Arrow on the first batch.
+    text = f"dataset: d\nsources: [{{path: x}}]\nrecord: {{kind: {kind}}}\nstages:\n  - type: instruction_filter\n"
+    with pytest.raises(
+        RecipeError, match=rf"stages.0 \(line 5\): instruction_filter checks .* {kind} records have none"
+    ):
+        parse_recipe(text)
+
+
 def test_a_language_langdetect_does_not_detect_is_a_recipe_error_listing_the_codes() -> None:
     text = "dataset: d\nsources: [{path: x}]\nstages:\n  - type: language_filter\n    languages: [english, fr]\n"
     with pytest.raises(
