@@ -304,17 +304,22 @@ def detectable_languages() -> list[str]:
     return sorted(profile.name for profile in (files("langdetect") / "profiles").iterdir())
 
 
+_NgramSize = Annotated[int, Field(ge=1)]
+_Share = Annotated[float, Field(ge=0.0)]
+
+
 class RepetitionFilterConfig(Strict):
     """Gopher repetition rules (Rae et al. 2021, table A1): repeated lines, paragraphs and n-grams."""
 
     type: Literal["repetition_filter"]
     fields: list[str] | None = None
-    max_duplicate_line_fraction: float = 0.30
-    max_duplicate_paragraph_fraction: float = 0.30
-    max_duplicate_line_char_fraction: float = 0.20
-    max_duplicate_paragraph_char_fraction: float = 0.20
-    max_top_ngram_char_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+    # A share below 0 filters every record, and an n-gram of no words measures nothing.
+    max_duplicate_line_fraction: float = Field(default=0.30, ge=0.0)
+    max_duplicate_paragraph_fraction: float = Field(default=0.30, ge=0.0)
+    max_duplicate_line_char_fraction: float = Field(default=0.20, ge=0.0)
+    max_duplicate_paragraph_char_fraction: float = Field(default=0.20, ge=0.0)
+    max_top_ngram_char_fraction: dict[_NgramSize, _Share] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_duplicate_ngram_char_fraction: dict[_NgramSize, _Share] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
 

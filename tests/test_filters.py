@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -181,6 +182,21 @@ def test_an_instruction_filter_on_records_without_a_prompt_is_a_recipe_error(kin
     with pytest.raises(
         RecipeError, match=rf"stages.0 \(line 5\): instruction_filter checks .* {kind} records have none"
     ):
+        parse_recipe(text)
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [
+        ("max_duplicate_line_fraction: -0.1", "stages.0.max_duplicate_line_fraction (line 6)"),
+        ("max_top_ngram_char_fraction: {0: 0.2}", "stages.0.max_top_ngram_char_fraction.0.[key] (line 6)"),
+        ("max_duplicate_ngram_char_fraction: {5: -1}", "stages.0.max_duplicate_ngram_char_fraction.5 (line 6)"),
+    ],
+)
+def test_a_repetition_share_below_zero_or_an_ngram_of_no_words_is_a_recipe_error(setting: str, where: str) -> None:
+    # A negative share filtered every record; a 0-gram measured nothing.
+    text = f"dataset: d\nsources: [{{path: x}}]\nstages:\n  - type: repetition_filter\n\n    {setting}\n"
+    with pytest.raises(RecipeError, match=re.escape(where)):
         parse_recipe(text)
 
 
