@@ -609,6 +609,12 @@ def between_needs_numbers(column: str, holds: str = "text") -> str:
     )
 
 
+def needs_scalars(check: str, column: str, holds: str) -> str:
+    """Why ``in_set`` or ``matches_regex`` cannot check a column of objects or lists: great-expectations
+    compares Python's text of each (``{'x': 1}``) or the object itself, never a member of it."""
+    return f"{check} checks text or numbers, and {column!r} holds {holds}: not one by one (not_null and unique check any column)"
+
+
 def length_needs_text(column: str, holds: str) -> str:
     """Why ``length_between`` cannot check a column of numbers (or lists, ...): great-expectations measures
     no length of a number (every row fails), nor rightly of a list."""
@@ -652,6 +658,10 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
             elif spec.check == "between" and columns[spec.column] in ("str", "struct", "bytes"):
                 holds = "text" if columns[spec.column] == "str" else columns[spec.column]
                 problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column, holds)))
+            elif spec.check in ("in_set", "matches_regex") and columns[spec.column] == "struct":
+                problems.append(
+                    (("stages", number, "expect", at, "check"), needs_scalars(spec.check, spec.column, "struct"))
+                )
             elif spec.check == "length_between" and columns[spec.column] not in (None, "str"):
                 problems.append(
                     (("stages", number, "expect", at, "check"), length_needs_text(spec.column, columns[spec.column]))

@@ -230,7 +230,7 @@ def test_bounds_that_no_value_fits_are_a_recipe_error(check: str) -> None:
     parse_recipe(_expect("{column: prompt, check: length_between, min: 2, max: 2}"))  # one length fits
 
 
-def test_between_on_dates_and_length_between_on_numbers_or_lists_are_recipe_errors() -> None:
+def test_checks_that_cannot_judge_a_column_of_its_type_are_recipe_errors() -> None:
     import datetime
 
     import pyarrow as pa
@@ -265,6 +265,17 @@ def test_between_on_dates_and_length_between_on_numbers_or_lists_are_recipe_erro
         with pytest.raises(RecipeError, match=re.escape(f"expectations: {problem}")):
             stage(batch)
     assert Expectations([Expectation(column="n", check="between", min=0, max=10)])(batch).kept.num_rows == 0
+    # in_set failed every object or list; matches_regex matched Python's text of it ({'x': 1}).
+    with pytest.raises(RecipeError, match=r"expect.0.check \(line 6\): in_set checks text or numbers, and 'source'"):
+        parse_recipe(_expect("{column: source, check: in_set, values: [a]}"))
+    for spec in (
+        Expectation(column="tags", check="in_set", values=[1]),
+        Expectation(column="tags", check="matches_regex", regex="1"),
+    ):
+        with pytest.raises(
+            RecipeError, match=rf"{spec.check} checks text or numbers, and 'tags' holds list<item: int64>"
+        ):
+            Expectations([spec])(batch)
 
 
 def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error() -> None:

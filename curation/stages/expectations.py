@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
-from schemas.config import Expectation, between_needs_numbers, length_needs_text
+from schemas.config import Expectation, between_needs_numbers, length_needs_text, needs_scalars
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 
 _GX_TYPES = {
@@ -126,6 +126,8 @@ class Expectations:
                 )
             if spec.check == "between" and not _numbers(kind):
                 raise StageSettingError(f"{self.name}: {between_needs_numbers(spec.column, str(kind))}")
+            if spec.check in ("in_set", "matches_regex") and pa.types.is_nested(kind):
+                raise StageSettingError(f"{self.name}: {needs_scalars(spec.check, spec.column, str(kind))}")
             if spec.check == "length_between" and not (is_text(kind) or pa.types.is_null(kind)):
                 raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
         if self._suite is None:
