@@ -73,6 +73,14 @@ def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
     assert result.stats["html_removed"] == 1
 
 
+def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
+    # A carried input column named in `fields` comes as large_string from JSONL: it was skipped unseen.
+    batch = _batch(["<b>Fish</b>  &amp; chips"]).append_column("note", pa.array(["a  <br>b"], pa.large_string()))
+    result = Clean(["text", "note"])(batch)
+    assert result.kept["note"].to_pylist() == ["a\nb"]
+    assert result.stats["html_removed:note"] == 1
+
+
 def test_steps_can_be_switched_off() -> None:
     result = Clean(["text"], fix_unicode=False, strip_html=False)(_batch(["cafÃ© <b>x</b>"]))
     assert result.kept["text"].to_pylist() == ["cafÃ© <b>x</b>"]

@@ -23,7 +23,7 @@ import ftfy
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageResult, require_columns, split_by_mask
+from curation.stages.base import StageResult, is_text, require_columns, split_by_mask
 from schemas.records import set_aside_rows
 
 _FTFY = ftfy.TextFixerConfig(
@@ -134,8 +134,9 @@ class Clean:
         require_columns(batch, self.fields, f"{self.name} fields")  # a misspelt field would clean nothing
         for field in self.fields:
             values = batch[field].combine_chunks()
-            if not pa.types.is_string(values.type):
+            if not is_text(values.type):
                 continue
+            values = values.cast(pa.string())  # the steps build string arrays; polars hands JSONL text as large
             for step_name, step in self.steps:
                 fixed = step(values)
                 changed = _changed(values, fixed)
