@@ -55,7 +55,14 @@ def test_failing_rows_are_quarantined_with_the_expectation_name(workdir: Path) -
     assert [r["prompt"] for r in outputs(version)] == ["Categorise: coffee at Blue Bottle"]
     aside = {row["source"]["line"]: row for row in set_aside(version)}
     assert sorted(aside) == [2, 3, 4, 5, 6]
-    assert aside[2]["detail"].endswith("in.jsonl:2: failed expect_column_values_to_be_in_set:label")
+    values = '["food", "travel", "housing"]'
+    assert aside[2]["detail"].endswith(f"in.jsonl:2: failed expect_column_values_to_be_in_set:label (values {values})")
+    # Which of a column's checks of one kind it failed: their settings tell them apart.
+    assert aside[3]["detail"].endswith(
+        "failed expect_column_value_lengths_to_be_between:prompt (min 5, max 200), "
+        'expect_column_values_to_match_regex:prompt (regex "^[A-Z]")'
+    )
+    assert aside[4]["detail"].endswith('failed expect_column_values_to_match_regex:prompt (regex "^[A-Z]")')
     assert '"label": "rent"' in aside[2]["record"]  # the reviewer sees the record as it was
     assert aside[6]["detail"].endswith("in.jsonl:6: failed expect_column_values_to_be_unique:prompt")
     stats = manifest.stats["stages"]["expectations"]  # the per-batch checks; unique is over the whole run

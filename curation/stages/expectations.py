@@ -75,8 +75,9 @@ class _Suite:
             suite.add_expectation(getattr(gxe, _GX_TYPES[spec.check])(column=spec.column, **_arguments(spec)))
         self.suite = context.suites.add(suite)
 
-    def failures(self, frame: Any) -> list[tuple[str, str, list[int]]]:
-        """(expectation type, column, failing row positions) for each expectation."""
+    def failures(self, frame: Any) -> list[tuple[str, str, str, list[int]]]:
+        """(expectation type, column, its settings as a reader would say them, failing row positions) for
+        each expectation."""
         batch = self.batches.get_batch(batch_parameters={"dataframe": frame})
         with warnings.catch_warnings():
             # pandas' str.contains says a regex with groups does not extract them: matching is all we ask.
@@ -90,8 +91,19 @@ class _Suite:
                 raise StageError(
                     f"expectation {config.type} on {config.kwargs.get('column')!r} could not run: {message}"
                 )
-            found.append((config.type, config.kwargs["column"], list(item.result.get("unexpected_index_list") or [])))
+            rows = list(item.result.get("unexpected_index_list") or [])
+            found.append((config.type, config.kwargs["column"], _settings(config.kwargs), rows))
         return found
+
+
+def _settings(kwargs: dict[str, Any]) -> str:
+    """An expectation's own settings (`` (regex '^[A-Z]')``): two of one kind on one column share a name."""
+    said = [
+        f"{name} {json.dumps(kwargs[key], ensure_ascii=False)}"
+        for key, name in (("regex", "regex"), ("value_set", "values"), ("min_value", "min"), ("max_value", "max"))
+        if kwargs.get(key) is not None
+    ]
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _numbers(kind: pa.DataType) -> bool:
@@ -132,20 +144,20 @@ class Expectations:
                 raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
         if self._suite is None:
             self._suite = _Suite(self.specs)
-        failed: dict[int, list[str]] = {}
+        failed: dict[int, list[tuple[str, str]]] = {}
         counts: Counter[str] = Counter()
-        for kind, column, rows in self._suite.failures(batch.select(self.columns).to_pandas()):
+        for kind, column, settings, rows in self._suite.failures(batch.select(self.columns).to_pandas()):
             name = f"{kind}:{column}"
             counts[name] += len(rows)
             for row in rows:
-                failed.setdefault(int(row), []).append(name)
+                failed.setdefault(int(row), []).append((name, settings))
         keep = pa.array([row not in failed for row in range(batch.num_rows)])
         kept, bad = split_by_mask(batch, keep)
         bad_rows = sorted(failed)
-        reasons = [failed[row][0] for row in bad_rows]
+        reasons = [failed[row][0][0] for row in bad_rows]
         sources = bad["source"].to_pylist()
         details = [
-            f"{location(source)}: failed {', '.join(failed[row])}"
+            f"{location(source)}: failed {', '.join(name + settings for name, settings in failed[row])}"
             for row, source in zip(bad_rows, sources, strict=True)
         ]
         # The raw record: its fields, not the id, source or signatures a dedup stage carries on.
