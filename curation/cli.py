@@ -309,6 +309,9 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
                 result = stage(rows)
                 rows = result.kept
                 set_aside.append(result.set_aside)
+            for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)
+                if rows.num_rows and hasattr(stage, "check_columns"):
+                    stage.check_columns(rows)
             tables = [scrub(table) if scrub and table.num_rows else table for table in set_aside]
             reasons = [(row["reason"], row["detail"]) for table in tables for row in table.to_pylist()]
             missing = [detail for reason, detail in reasons if reason == "missing_column"]

@@ -120,7 +120,7 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert str(tmp_path / deep) in said
 
 
-def test_a_recipe_error_found_once_records_are_read_names_the_recipe_and_the_stage(tmp_path: Path) -> None:
+def test_a_recipe_error_found_in_the_records_is_found_by_check_and_named_with_the_recipe_by_run(tmp_path: Path) -> None:
     # The column's type shows only in the rows (undeclared, mixed numbers and text): found on the first batch.
     write_jsonl(tmp_path / "in.jsonl", [{"q": "a question", "a": "an answer", "n": 5}, {"q": "b", "a": "c", "n": "x"}])
     check = {"type": "expectations", "expect": [{"column": "n", "check": "between", "min": 1, "max": 10}]}
@@ -131,7 +131,10 @@ def test_a_recipe_error_found_once_records_are_read_names_the_recipe_and_the_sta
         "stages": [{"type": "expectations", "expect": [{"column": "prompt", "check": "not_null"}]}, check],
         "output": {"group_by": "n"},
     }
-    ran = curation("run", str(write_recipe(tmp_path, recipe, name="qa.yaml")), "--quiet", cwd=tmp_path)
+    path = write_recipe(tmp_path, recipe, name="qa.yaml")
+    checked = curation("check", str(path), cwd=tmp_path)  # it said "ok", and the run failed
+    assert checked.returncode == 2 and "expectations_2: between compares numbers, and 'n' holds text" in checked.stderr
+    ran = curation("run", str(path), "--quiet", cwd=tmp_path)
     assert ran.returncode == 2 and "Traceback" not in ran.stderr
     (said,) = [line for line in ran.stderr.splitlines() if "between compares numbers" in line]
     assert f"nothing published: {tmp_path / 'qa.yaml'}: expectations_2: between compares numbers" in said

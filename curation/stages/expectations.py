@@ -127,9 +127,12 @@ class Expectations:
         self.columns = sorted({s.column for s in specs})
         self._suite: _Suite | None = None
 
-    def __call__(self, batch: pa.Table) -> StageResult:
+    def check_columns(self, batch: pa.Table) -> None:
+        """Raise ``StageSettingError`` where a column is not there or holds values its checks cannot judge:
+        where the recipe could not tell its type (else checked at load). ``curation check`` asks it of the
+        head of the input."""
         require_columns(batch, self.columns, "expectations columns")
-        for spec in self.specs:  # where the recipe could not tell the column's type (else checked at load)
+        for spec in self.specs:
             kind = batch[spec.column].type
             if spec.check == "between" and is_text(kind):
                 raise StageSettingError(
@@ -142,6 +145,9 @@ class Expectations:
                 raise StageSettingError(f"{self.name}: {needs_scalars(spec.check, spec.column, str(kind))}")
             if spec.check == "length_between" and not (is_text(kind) or pa.types.is_null(kind)):
                 raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        self.check_columns(batch)
         if self._suite is None:
             self._suite = _Suite(self.specs)
         failed: dict[int, list[tuple[str, str]]] = {}
