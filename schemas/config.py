@@ -761,6 +761,14 @@ def _unknown_setting(loc: tuple[Any, ...], message: str) -> str:
     return f"{message}: {guess}the settings here are {', '.join(allowed)}"
 
 
+def _unknown_type(ctx: dict[str, Any]) -> str:
+    """pydantic's message for a ``type`` no member of a tagged union has, with the likely one first."""
+    types = re.findall(r"'([^']*)'", ctx["expected_tags"])
+    close = difflib.get_close_matches(str(ctx["tag"]), types, n=1)
+    guess = f": did you mean {close[0]!r}?" if close else ""
+    return f"type {ctx['tag']!r} is not one of {', '.join(types)}{guess}"
+
+
 def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[Any, ...], str]]) -> RecipeError:
     """One error listing each problem with its setting and line."""
     lines = _yaml_lines(node) if node is not None else {}
@@ -789,7 +797,11 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         found = [
             (
                 tuple(part for part in e["loc"] if part not in tags),
-                _unknown_setting(e["loc"], e["msg"]) if e["type"] == "extra_forbidden" else e["msg"],
+                _unknown_setting(e["loc"], e["msg"])
+                if e["type"] == "extra_forbidden"
+                else _unknown_type(e["ctx"])
+                if e["type"] == "union_tag_invalid"
+                else e["msg"],
             )
             for e in exc.errors()
         ]

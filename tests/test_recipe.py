@@ -82,6 +82,20 @@ def test_a_misspelt_setting_is_named_with_the_settings_allowed_there(text: str, 
     assert "did you mean" in str(error.value) and "the settings here are" in str(error.value)
 
 
+def test_a_misspelt_stage_or_source_type_is_named_with_the_likely_one() -> None:
+    text = "dataset: tx\nsources:\n  - {type: fils, path: a}\nstages:\n  - type: lenght_filter\n"
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert (
+        "sources.0 (line 3): type 'fils' is not one of files, sql, documents, images, hf: did you mean 'files'?"
+        in str(error.value)
+    )
+    assert "stages.0 (line 5): type 'lenght_filter' is not one of expectations, clean, length_filter" in str(
+        error.value
+    )
+    assert str(error.value).endswith("did you mean 'length_filter'?")
+
+
 @pytest.mark.parametrize(
     ("kind", "fmt"),
     [("document", "jumpstart-chat"), ("instruction", "text"), ("vqa", "messages"), ("instruction", "jumpstart-vqa")],
