@@ -231,18 +231,23 @@ def test_missing_required_column(workdir: Path) -> None:
 
 
 def test_template_that_needs_a_missing_value(workdir: Path) -> None:
-    path = write_jsonl(workdir / "qa.jsonl", [{"q": "What is 2+2?", "a": "4"}, {"q": "Empty answer?", "a": None}])
+    rows = [{"q": "What is 2+2?", "a": "4", "n": 1}, {"q": "Empty answer?", "a": None, "n": None}]
+    path = write_jsonl(workdir / "qa.jsonl", rows)
     result = run(
         workdir,
         {
             "dataset": "qa",
             "sources": [{"path": "qa.jsonl"}],
-            "record": {"kind": "instruction", "prompt": "Q: {{ q }}", "completion": "{{ a }}"},
+            "record": {"kind": "instruction", "prompt": "Q: {{ q }}", "completion": "{{ a }} ({{ n }}, {{ q }})"},
         },
     )
     aside = set_aside(Path(result.version_uri))
     assert len(aside) == 1 and aside[0]["source"]["line"] == 2
-    assert aside[0]["detail"].startswith(f"{path}:2:")
+    # Which of the values the template writes is empty.
+    assert (
+        aside[0]["detail"]
+        == f"{path}:2: completion: template failed: a value the template uses is empty (null): 'a', 'n'"
+    )
     assert_adds_up(result.manifest.counts)
 
 
