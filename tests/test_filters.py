@@ -52,6 +52,14 @@ def test_length_bounds_in_characters_and_words() -> None:
     assert result.stats == {"checked": 4, "removed:length": 3}
 
 
+def test_max_chars_exactly_hit_keeps_the_record_whatever_its_fields() -> None:
+    # Two fields of 5 and 5 characters are 10: the newline joining them is not one of the record's.
+    batch = _batch(prompt=["abcde", "abcde", "abcd"], completion=["fghij", "fghijk", None])
+    result = LengthFilter(["prompt", "completion"], min_chars=4, max_chars=10)(batch)
+    assert result.kept["id"].to_pylist() == ["r0", "r2"]
+    assert result.set_aside["detail"].to_pylist() == ["11 characters > max_chars 10"]
+
+
 def test_language_detection_uses_the_packaged_model() -> None:
     texts = [
         PROSE,

@@ -11,6 +11,7 @@ each set-aside row's ``detail`` says why (the measured value and the limit it br
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -61,7 +62,10 @@ class LengthFilter:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         text = joined_text(batch, self.fields, self.name)
-        chars = pc.utf8_length(text).to_pylist()
+        # The fields' own characters: the newline that joins two fields is no character of the record's
+        # (a prompt and completion of 40 characters were 41 > max_chars 40).
+        lengths = [pc.fill_null(pc.utf8_length(pc.cast(batch[f], pa.string())), 0) for f in self.fields]
+        chars = functools.reduce(pc.add, lengths, pc.multiply(pc.utf8_length(text), 0)).to_pylist()
         words = pc.count_substring_regex(text, r"\S+").to_pylist()
         min_chars, max_chars, min_words, max_words = self.limits
         reasons: list[str | None] = []
