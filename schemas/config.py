@@ -365,14 +365,31 @@ class Expectation(Strict):
                 raise ValueError(f"not a valid regular expression: {error}") from None
         return regex
 
+    @field_validator("values", mode="before")
+    @classmethod
+    def _no_null_value(cls, values: Any) -> Any:
+        # pydantic says a null is none of a string, an integer, a number and a boolean, one line each.
+        if isinstance(values, list) and any(value is None for value in values):
+            raise ValueError("a null is no value to be in a set (in_set passes nulls: not_null fails them)")
+        return values
+
     @model_validator(mode="after")
     def _has_its_arguments(self) -> Expectation:
-        needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
-        if self.check in needed and all(getattr(self, n) is None for n in needed[self.check]):
-            raise ValueError(f"{self.check} needs {' or '.join(needed[self.check])}")
+        own = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
+        own["in_set"] = ("values",)
+        given = [n for n in ("min", "max", "regex", "values") if getattr(self, n) is not None]
+        other = [n for n in given if n not in own.get(self.check, ())]
+        if other:  # set for another check, or misplaced: it would change nothing, unseen
+            takes = f"it takes {' and '.join(own[self.check])}" if self.check in own else "it takes no setting"
+            verb = "does" if len(other) == 1 else "do"
+            raise ValueError(f"{' and '.join(other)} {verb} not apply to {self.check}: {takes}")
+        if self.check in own and all(getattr(self, n) is None for n in own[self.check]):
+            raise ValueError(f"{self.check} needs {' or '.join(own[self.check])}")
+        if self.check == "length_between" and any(v is not None and v != int(v) for v in (self.min, self.max)):
+            raise ValueError("length_between counts characters: its min and max are whole numbers")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min:g}) is more than max ({self.max:g}): every row would fail")
-        if self.check == "in_set" and not self.values:
+        if self.check == "in_set" and self.values == []:
             raise ValueError("in_set needs values")
         return self
 

@@ -229,6 +229,32 @@ def test_between_on_text_is_a_recipe_error_where_the_type_is_known_and_on_the_fi
         stage(batch)
 
 
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        # A setting of another check changed nothing, unseen.
+        (
+            "{column: prompt, check: unique, regex: '^Q'}",
+            r"expect.0 \(line 6\): .*regex does not apply to unique: it takes no setting",
+        ),
+        (
+            "{column: prompt, check: between, values: [1], min: 1}",
+            "values does not apply to between: it takes min and max",
+        ),
+        ("{column: prompt, check: length_between, min: 1.5}", "its min and max are whole numbers"),  # was cut to 1
+        # pydantic said a null is none of a string, an integer, a number and a boolean: four lines.
+        (
+            "{column: label, check: in_set, values: [a, null]}",
+            r"expect.0.values \(line 6\): .*a null is no value to be in a set",
+        ),
+    ],
+)
+def test_an_expectation_setting_that_would_change_nothing_or_not_what_it_says_is_named(spec: str, problem: str) -> None:
+    with pytest.raises(RecipeError, match=problem) as error:
+        parse_recipe(_expect(spec))
+    assert "1 problem(s)" in str(error.value)
+
+
 @pytest.mark.parametrize("check", ["length_between", "between"])
 def test_bounds_that_no_value_fits_are_a_recipe_error(check: str) -> None:
     # min above max: great-expectations quarantined every record.
