@@ -112,5 +112,5 @@ def test_recipe_counts_changes_in_the_manifest_and_filters_emptied_records(workd
     assert stats["html_removed"] == 3 and stats["html_removed:prompt"] == 1 and stats["html_removed:completion"] == 2
     assert stats["unicode_fixed"] == 1
     assert manifest.counts.reasons["filtered"] == {"empty_after_clean": 1}
-    assert [row["detail"] for row in set_aside(version)] == ["nothing left of a required field after cleaning"]
+    assert [row["detail"] for row in set_aside(version)] == ["nothing left of completion after cleaning"]
     assert sorted(r["completion"] for r in outputs(version)) == ["Fine too", "Four & nothing else", "À gauche"]

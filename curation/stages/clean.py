@@ -148,16 +148,14 @@ class Clean:
                 values = fixed
             batch = batch.set_column(batch.column_names.index(field), field, values)
         stats["records_changed"] = pc.sum(any_change).as_py() or 0
-        empty = pa.array([False] * batch.num_rows)
-        for field in (f for f in self.required if f in batch.column_names):
-            empty = pc.or_(empty, pc.fill_null(pc.equal(pc.utf8_length(batch[field]), 0), False))
-        kept, gone = split_by_mask(batch, pc.invert(empty))
-        set_aside = set_aside_rows(
-            gone["id"],
-            gone["source"],
-            self.name,
-            "filtered",
-            "empty_after_clean",
-            ["nothing left of a required field after cleaning"] * gone.num_rows,
-        )
+        emptied = {
+            field: pc.fill_null(pc.equal(pc.utf8_length(batch[field]), 0), False).to_pylist()
+            for field in self.required
+            if field in batch.column_names
+        }
+        # Which field is empty: a reviewer tells "the answer was all HTML" from "the question was".
+        fields = [[f for f, empty in emptied.items() if empty[row]] for row in range(batch.num_rows)]
+        kept, gone = split_by_mask(batch, pa.array([not names for names in fields]))
+        details = [f"nothing left of {' and '.join(names)} after cleaning" for names in fields if names]
+        set_aside = set_aside_rows(gone["id"], gone["source"], self.name, "filtered", "empty_after_clean", details)
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)
