@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from schemas.config import Recipe, RecipeError, load_recipe, ray_missing
+from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
 
@@ -137,7 +137,10 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
-        named = f"{origin}: " if origin is not None and not str(error).startswith(f"{origin}:") else ""
+        named = ""
+        if origin is not None and not str(error).startswith(f"{origin}:"):
+            place = stage_place(origin, recipe, str(error))
+            named = f"{origin}: {place + ': ' if place else ''}"
         console.print(f"[red]recipe error[/red], nothing published: {escape(named + str(error))}", highlight=False)
         return EXIT_USAGE
     except SQLAlchemyError as error:
@@ -246,7 +249,9 @@ def check(
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     except (OSError, ValueError) as error:
-        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(str(error))}", highlight=False)
+        place = stage_place(recipe, loaded, str(error)) if isinstance(error, RecipeError) else None
+        said = f"{place}: {error}" if place else str(error)
+        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     verdict = "[red]input errors[/red]" if problems else "[green]ok[/green]"
     out.print(

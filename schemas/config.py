@@ -798,6 +798,25 @@ def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[A
     return RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
 
 
+def stage_place(origin: Path, recipe: Recipe, message: str) -> str | None:
+    """``stages.N (line L)``: where the recipe ``origin`` sets the stage a run's recipe error names first
+    (``expectations_2: between compares numbers...``), or None. A second stage of a type is ``type_2``,
+    as the run names it (``curation.stages.duplicates.own_name``)."""
+    taken: set[str] = set()
+    for number, stage in enumerate(recipe.stages):
+        name = stage.type
+        if name in taken:
+            name = next(f"{stage.type}_{n}" for n in range(2, len(taken) + 3) if f"{stage.type}_{n}" not in taken)
+        taken.add(name)
+        if re.match(rf"{re.escape(name)}[ :]", message):
+            try:
+                line = _yaml_lines(yaml.compose(origin.read_text())).get(("stages", number))
+            except (OSError, yaml.YAMLError):  # the file changed since the run loaded it
+                line = None
+            return f"stages.{number}" + (f" (line {line})" if line else "")
+    return None
+
+
 def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder)."""
     try:

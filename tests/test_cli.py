@@ -133,11 +133,14 @@ def test_a_recipe_error_found_in_the_records_is_found_by_check_and_named_with_th
     }
     path = write_recipe(tmp_path, recipe, name="qa.yaml")
     checked = curation("check", str(path), cwd=tmp_path)  # it said "ok", and the run failed
-    assert checked.returncode == 2 and "expectations_2: between compares numbers, and 'n' holds text" in checked.stderr
+    line = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text == "- type: expectations"][1]
+    said = f"stages.1 (line {line}): expectations_2: between compares numbers, and 'n' holds text"
+    assert checked.returncode == 2 and said in checked.stderr
     ran = curation("run", str(path), "--quiet", cwd=tmp_path)
     assert ran.returncode == 2 and "Traceback" not in ran.stderr
     (said,) = [line for line in ran.stderr.splitlines() if "between compares numbers" in line]
-    assert f"nothing published: {tmp_path / 'qa.yaml'}: expectations_2: between compares numbers" in said
+    # The recipe, and the place in it of the stage that cannot run: the second expectations entry.
+    assert f"nothing published: {path}: stages.1 (line {line}): expectations_2: between compares numbers" in said
     assert "declare it int or float in input_schema" in said
 
 
