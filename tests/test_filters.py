@@ -108,6 +108,13 @@ def test_symbol_and_digit_ratios() -> None:
     assert _gone(result) == {"r1": "symbol_ratio", "r2": "digit_ratio"}
 
 
+def test_spaces_other_than_ascii_are_neither_symbols_nor_text() -> None:
+    # Ideographic and no-break spaces counted as symbols: a Japanese list of words was "symbols 3/7".
+    texts = ["a\u3000b\u3000c\u3000d", "one\u00a0two\u00a0three\u00a0four\u00a0!!"]
+    result = RatioFilter(["text"], max_symbol_ratio=0.2, max_digit_ratio=None)(_batch(text=texts))
+    assert result.kept["id"].to_pylist() == ["r0", "r1"]  # the second: 2 symbols of 17 characters
+
+
 def test_instruction_rules() -> None:
     prompts = ["Summarise the call", "What is 2+2?", "Translate: hello", "Name a colour", "Explain", "Say hi"]
     completions = ["The customer asked for a refund.", "  ", "translate:   HELLO", "N/A", "...", "Hi"]

@@ -237,8 +237,9 @@ class RatioFilter:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         text = joined_text(batch, self.fields, self.name)
-        solid = pc.count_substring_regex(text, r"\S").to_pylist()
-        symbols = pc.count_substring_regex(text, r"[^\pL\pN\pM\s]").to_pylist()
+        # RE2's \s is ASCII only: \p{Z} is the other spaces (no-break, ideographic), no symbols.
+        solid = pc.count_substring_regex(text, r"[^\s\p{Z}]").to_pylist()
+        symbols = pc.count_substring_regex(text, r"[^\pL\pN\pM\s\p{Z}]").to_pylist()
         digits = pc.count_substring_regex(text, r"\pN").to_pylist()
         reasons: list[str | None] = []
         details: list[str | None] = []
