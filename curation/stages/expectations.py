@@ -97,7 +97,7 @@ class _Suite:
 
 
 def _settings(kwargs: dict[str, Any]) -> str:
-    """An expectation's own settings (`` (regex '^[A-Z]')``): two of one kind on one column share a name."""
+    """An expectation's own settings (`` (regex "^[A-Z]")``): two of one kind on one column share a name."""
     said = [
         f"{name} {json.dumps(kwargs[key], ensure_ascii=False)}"
         for key, name in (("regex", "regex"), ("value_set", "values"), ("min_value", "min"), ("max_value", "max"))
