@@ -81,6 +81,13 @@ def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
     assert result.stats["html_removed:note"] == 1
 
 
+def test_unicode_line_and_paragraph_separators_are_line_breaks() -> None:
+    # Word and web exports write them; they stayed, as lines no reader of the text sees as lines.
+    result = Clean(["text"])(_batch(["one\u2028two\u2029three", "a\r\nb\rc"]))
+    assert result.kept["text"].to_pylist() == ["one\ntwo\n\nthree", "a\nb\nc"]
+    assert result.stats["whitespace_normalized"] == 2
+
+
 def test_steps_can_be_switched_off() -> None:
     result = Clean(["text"], fix_unicode=False, strip_html=False)(_batch(["cafÃ© <b>x</b>"]))
     assert result.kept["text"].to_pylist() == ["cafÃ© <b>x</b>"]

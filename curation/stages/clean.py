@@ -92,7 +92,8 @@ def _remove_control(values: pa.Array) -> pa.Array:
 
 
 def _normalize_whitespace(values: pa.Array) -> pa.Array:
-    values = pc.replace_substring_regex(values, r"\r\n?", "\n")
+    values = pc.replace_substring_regex(values, r"\r\n?|\x{2028}", "\n")  # U+2028: Unicode's line separator
+    values = pc.replace_substring_regex(values, r"\x{2029}", "\n\n")  # and its paragraph separator
     # RE2's \s is ASCII only: name the Unicode spaces (NBSP, en/em spaces, ideographic space) too.
     values = pc.replace_substring_regex(values, r"[\t\f\v \x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]+", " ")
     values = pc.replace_substring_regex(values, r" ?\n ?", "\n")
