@@ -900,13 +900,27 @@ class FilesSourceReader(ListedFiles):
             row = 1
             ids = InputIds(entry.uri)
             for batch in parquet.iter_batches(batch_size=self.batch_rows):
-                table = pa.Table.from_batches([batch])
+                table = _not_utf8_as_binary(pa.Table.from_batches([batch]))
                 lines = np.arange(row, row + table.num_rows)
                 row += table.num_rows
                 yield SourceBatch(
                     rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
                     input_bytes=(entry.size or 0) * table.num_rows // total_rows,
                 )
+
+
+def _not_utf8_as_binary(table: pa.Table) -> pa.Table:
+    """``table`` with each text column that holds bytes that are not UTF-8 (Parquet readers do not check:
+    a lone surrogate written as its three bytes) as binary, whose values that are not UTF-8 quarantine
+    their rows (``Shape``), as a binary column's do; left as text they failed the run in a later stage."""
+    for index, kind in enumerate(table.schema.types):
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            try:
+                table.column(index).validate(full=True)
+            except pa.ArrowInvalid:
+                binary = pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
+                table = table.set_column(index, table.field(index).with_type(binary), table.column(index).cast(binary))
+    return table
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from schemas.config import Recipe, RecipeError, load_recipe, ray_missing
+from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
 
@@ -92,8 +92,10 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
     return table
 
 
-def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> int:
-    """Run a recipe with a progress bar; print where the output went. Returns the exit code."""
+def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, origin: Path | None = None) -> int:
+    """Run a recipe with a progress bar; print where the output went. Returns the exit code. ``origin``:
+    the recipe's file, which a recipe error found once records were read names (a scheduler's log holds
+    the runs of many recipes)."""
     from connectors.state import LockLost, RunLocked
     from curation.executors.local import AccountingError
     from curation.pipeline import default_executor, run_recipe
@@ -135,7 +137,11 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False) -> 
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
-        console.print(f"[red]recipe error[/red], nothing published: {escape(str(error))}", highlight=False)
+        named = ""
+        if origin is not None and not str(error).startswith(f"{origin}:"):
+            place = stage_place(origin, recipe, str(error))
+            named = f"{origin}: {place + ': ' if place else ''}"
+        console.print(f"[red]recipe error[/red], nothing published: {escape(named + str(error))}", highlight=False)
         return EXIT_USAGE
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red], nothing published: {escape(state_problem(recipe.state, error))}")
@@ -215,7 +221,7 @@ def run(
     if address is not None and loaded.engine != "ray":
         console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
         raise typer.Exit(EXIT_USAGE)
-    raise typer.Exit(execute(loaded, quiet, full_refresh))
+    raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
 
 
 @app.command()
@@ -243,7 +249,9 @@ def check(
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     except (OSError, ValueError) as error:
-        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(str(error))}", highlight=False)
+        place = stage_place(recipe, loaded, str(error)) if isinstance(error, RecipeError) else None
+        said = f"{place}: {error}" if place else str(error)
+        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     verdict = "[red]input errors[/red]" if problems else "[green]ok[/green]"
     out.print(
@@ -306,6 +314,9 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
                 result = stage(rows)
                 rows = result.kept
                 set_aside.append(result.set_aside)
+            for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)
+                if rows.num_rows and hasattr(stage, "check_columns"):
+                    stage.check_columns(rows)
             tables = [scrub(table) if scrub and table.num_rows else table for table in set_aside]
             reasons = [(row["reason"], row["detail"]) for table in tables for row in table.to_pylist()]
             missing = [detail for reason, detail in reasons if reason == "missing_column"]
@@ -350,7 +361,9 @@ def demo(
         f"demo input and recipe in [bold]{escape(str(folder))}[/bold]; running {escape(str(recipe_path))}",
         highlight=False,
     )
-    raise typer.Exit(execute(_load(recipe_path), full_refresh=True))  # the demo starts over each time
+    raise typer.Exit(
+        execute(_load(recipe_path), full_refresh=True, origin=recipe_path)
+    )  # the demo starts over each time
 
 
 app.add_typer(train_app, name="train")

@@ -13,11 +13,12 @@ Every setting has a default, so a short recipe works::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -303,17 +304,22 @@ def detectable_languages() -> list[str]:
     return sorted(profile.name for profile in (files("langdetect") / "profiles").iterdir())
 
 
+_NgramSize = Annotated[int, Field(ge=1)]
+_Share = Annotated[float, Field(ge=0.0)]
+
+
 class RepetitionFilterConfig(Strict):
     """Gopher repetition rules (Rae et al. 2021, table A1): repeated lines, paragraphs and n-grams."""
 
     type: Literal["repetition_filter"]
     fields: list[str] | None = None
-    max_duplicate_line_fraction: float = 0.30
-    max_duplicate_paragraph_fraction: float = 0.30
-    max_duplicate_line_char_fraction: float = 0.20
-    max_duplicate_paragraph_char_fraction: float = 0.20
-    max_top_ngram_char_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
-    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+    # A share below 0 filters every record, and an n-gram of no words measures nothing.
+    max_duplicate_line_fraction: float = Field(default=0.30, ge=0.0)
+    max_duplicate_paragraph_fraction: float = Field(default=0.30, ge=0.0)
+    max_duplicate_line_char_fraction: float = Field(default=0.20, ge=0.0)
+    max_duplicate_paragraph_char_fraction: float = Field(default=0.20, ge=0.0)
+    max_top_ngram_char_fraction: dict[_NgramSize, _Share] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_duplicate_ngram_char_fraction: dict[_NgramSize, _Share] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
 
@@ -359,12 +365,31 @@ class Expectation(Strict):
                 raise ValueError(f"not a valid regular expression: {error}") from None
         return regex
 
+    @field_validator("values", mode="before")
+    @classmethod
+    def _no_null_value(cls, values: Any) -> Any:
+        # pydantic says a null is none of a string, an integer, a number and a boolean, one line each.
+        if isinstance(values, list) and any(value is None for value in values):
+            raise ValueError("a null is no value to be in a set (in_set passes nulls: not_null fails them)")
+        return values
+
     @model_validator(mode="after")
     def _has_its_arguments(self) -> Expectation:
-        needed = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
-        if self.check in needed and all(getattr(self, n) is None for n in needed[self.check]):
-            raise ValueError(f"{self.check} needs {' or '.join(needed[self.check])}")
-        if self.check == "in_set" and not self.values:
+        own = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
+        own["in_set"] = ("values",)
+        given = [n for n in ("min", "max", "regex", "values") if getattr(self, n) is not None]
+        other = [n for n in given if n not in own.get(self.check, ())]
+        if other:  # set for another check, or misplaced: it would change nothing, unseen
+            takes = f"it takes {' and '.join(own[self.check])}" if self.check in own else "it takes no setting"
+            verb = "does" if len(other) == 1 else "do"
+            raise ValueError(f"{' and '.join(other)} {verb} not apply to {self.check}: {takes}")
+        if self.check in own and all(getattr(self, n) is None for n in own[self.check]):
+            raise ValueError(f"{self.check} needs {' or '.join(own[self.check])}")
+        if self.check == "length_between" and any(v is not None and v != int(v) for v in (self.min, self.max)):
+            raise ValueError("length_between counts characters: its min and max are whole numbers")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is more than max ({self.max:g}): every row would fail")
+        if self.check == "in_set" and self.values == []:
             raise ValueError("in_set needs values")
         return self
 
@@ -593,9 +618,24 @@ def format_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     return [(("output", "format"), f"{fmt!r} publishes {FORMAT_KINDS[fmt]} records, and record.kind is {kind}: {fits}")]
 
 
-def between_needs_numbers(column: str) -> str:
-    """Why ``between`` cannot check a text column: great-expectations passes every text value, in any bounds."""
-    return f"between compares numbers, and {column!r} holds text: every row would pass (length_between checks length)"
+def between_needs_numbers(column: str, holds: str = "text") -> str:
+    """Why ``between`` cannot check a column of text (or dates, lists...): great-expectations passes every
+    such value, in any bounds."""
+    return (
+        f"between compares numbers, and {column!r} holds {holds}: every row would pass (length_between checks length)"
+    )
+
+
+def needs_scalars(check: str, column: str, holds: str) -> str:
+    """Why ``in_set`` or ``matches_regex`` cannot check a column of objects or lists: great-expectations
+    compares Python's text of each (``{'x': 1}``) or the object itself, never a member of it."""
+    return f"{check} checks text or numbers, and {column!r} holds {holds}: not one by one (not_null and unique check any column)"
+
+
+def length_needs_text(column: str, holds: str) -> str:
+    """Why ``length_between`` cannot check a column of numbers (or lists, ...): great-expectations measures
+    no length of a number (every row fails), nor rightly of a list."""
+    return f"length_between measures text, and {column!r} holds {holds}: no row's length could be told (between compares numbers)"
 
 
 def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
@@ -611,6 +651,14 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
         missing = [name for name in fields if name not in columns]
         if missing:
             problems.append((("stages", number, "fields"), f"{missing} are not columns of the records; {have}"))
+        if isinstance(stage, InstructionFilterConfig) and kind != "instruction":
+            problems.append(
+                (
+                    ("stages", number),
+                    f"instruction_filter checks an instruction's prompt and completion, and {kind} records have "
+                    "none (length_filter, repetition_filter and ratio_filter check any record's text)",
+                )
+            )
         if isinstance(stage, ImageDedupConfig) and stage.column not in columns:
             problems.append(
                 (
@@ -624,8 +672,17 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                 problems.append(
                     (("stages", number, "expect", at, "column"), f"{spec.column!r} is not a column; {have}")
                 )
-            elif spec.check == "between" and columns[spec.column] == "str":
-                problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column)))
+            elif spec.check == "between" and columns[spec.column] in ("str", "struct", "bytes"):
+                holds = "text" if columns[spec.column] == "str" else columns[spec.column]
+                problems.append((("stages", number, "expect", at, "check"), between_needs_numbers(spec.column, holds)))
+            elif spec.check in ("in_set", "matches_regex") and columns[spec.column] == "struct":
+                problems.append(
+                    (("stages", number, "expect", at, "check"), needs_scalars(spec.check, spec.column, "struct"))
+                )
+            elif spec.check == "length_between" and columns[spec.column] not in (None, "str"):
+                problems.append(
+                    (("stages", number, "expect", at, "check"), length_needs_text(spec.column, columns[spec.column]))
+                )
             elif spec.check == "in_set" and columns[spec.column] == "str":
                 not_text = [value for value in spec.values or [] if not isinstance(value, str)]
                 if not_text:  # YAML reads `values: [1, 2]` as numbers: no text value is ever one of them
@@ -681,6 +738,54 @@ def _union_tags(*unions: Any) -> set[str]:
     return tags
 
 
+def _unwrap(annotation: Any) -> Any:
+    """``X`` of ``Annotated[X, ...]`` and of ``X | None``; a union of several settings models stays."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        if get_origin(annotation) not in (list, dict) and len(members) == 1:
+            annotation = members[0]
+            continue
+        return annotation
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model at ``loc``, a pydantic error location (holding the ``type`` tag that picks a
+    tagged union's member), or None where no model is there."""
+    at = _unwrap(Recipe)
+    for part in loc:
+        if isinstance(at, type) and issubclass(at, BaseModel):
+            at = at.model_fields[part].annotation if part in at.model_fields else None
+        elif get_origin(at) in (list, dict):
+            at = get_args(at)[-1]
+        else:  # a tagged union: the part is the tag
+            tags = {m: getattr(m, "model_fields", {}).get("type") for m in get_args(at)}
+            at = next((m for m, tag in tags.items() if tag and part in get_args(tag.annotation)), None)
+        at = _unwrap(at)
+    return at if isinstance(at, type) and issubclass(at, BaseModel) else None
+
+
+def _unknown_setting(loc: tuple[Any, ...], message: str) -> str:
+    """pydantic's "Extra inputs are not permitted", with the settings allowed there (and the likely one)."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return message
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return f"{message}: {guess}the settings here are {', '.join(allowed)}"
+
+
+def _unknown_type(ctx: dict[str, Any]) -> str:
+    """pydantic's message for a ``type`` no member of a tagged union has, with the likely one first."""
+    types = re.findall(r"'([^']*)'", ctx["expected_tags"])
+    close = difflib.get_close_matches(str(ctx["tag"]), types, n=1)
+    guess = f": did you mean {close[0]!r}?" if close else ""
+    return f"type {ctx['tag']!r} is not one of {', '.join(types)}{guess}"
+
+
 def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[Any, ...], str]]) -> RecipeError:
     """One error listing each problem with its setting and line."""
     lines = _yaml_lines(node) if node is not None else {}
@@ -691,6 +796,25 @@ def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[A
         at = f" (line {line})" if line else ""
         problems.append(f"  {where}{at}: {message}")
     return RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
+
+
+def stage_place(origin: Path, recipe: Recipe, message: str) -> str | None:
+    """``stages.N (line L)``: where the recipe ``origin`` sets the stage a run's recipe error names first
+    (``expectations_2: between compares numbers...``), or None. A second stage of a type is ``type_2``,
+    as the run names it (``curation.stages.duplicates.own_name``)."""
+    taken: set[str] = set()
+    for number, stage in enumerate(recipe.stages):
+        name = stage.type
+        if name in taken:
+            name = next(f"{stage.type}_{n}" for n in range(2, len(taken) + 3) if f"{stage.type}_{n}" not in taken)
+        taken.add(name)
+        if re.match(rf"{re.escape(name)}[ :]", message):
+            try:
+                line = _yaml_lines(yaml.compose(origin.read_text())).get(("stages", number))
+            except (OSError, yaml.YAMLError):  # the file changed since the run loaded it
+                line = None
+            return f"stages.{number}" + (f" (line {line})" if line else "")
+    return None
 
 
 def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
@@ -706,7 +830,17 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         tags = _union_tags(SourceConfig, StageConfig)
-        found = [(tuple(part for part in e["loc"] if part not in tags), e["msg"]) for e in exc.errors()]
+        found = [
+            (
+                tuple(part for part in e["loc"] if part not in tags),
+                _unknown_setting(e["loc"], e["msg"])
+                if e["type"] == "extra_forbidden"
+                else _unknown_type(e["ctx"])
+                if e["type"] == "union_tag_invalid"
+                else e["msg"],
+            )
+            for e in exc.errors()
+        ]
         raise _recipe_error(origin, node, found) from None
     found = [*format_problems(recipe), *stage_problems(recipe)]
     if found:

@@ -46,6 +46,19 @@ def test_each_repair_and_its_count() -> None:
     assert result.set_aside.num_rows == 0
 
 
+def test_joiners_that_letters_and_emoji_need_stay_and_page_breaks_part_words() -> None:
+    texts = [
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: the non-joiner is its spelling
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 family",  # one emoji: a family, not three people
+        "\u0915\u094d\u200d\u0937",  # Devanagari: the joiner picks the half form
+        "pass\u200dword",  # after ASCII a joiner joins nothing: it only hides the word
+        "end of page one.\x0cPage two\x0bthree",  # a form feed is a page break, not nothing
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [*texts[:3], "password", "end of page one. Page two three"]
+    assert result.stats["control_removed"] == 1 and result.stats["whitespace_normalized"] == 1
+
+
 def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
     # Code in a support ticket, and the placeholders of a pii stage listed before clean: they read as
     # tags, and "if (x<y && y>z)" was published as "if (x z)", "Call <PERSON>" as "Call".
@@ -58,6 +71,21 @@ def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
     result = Clean(["text"])(_batch(texts))
     assert result.kept["text"].to_pylist() == [*texts[:3], "Old\npage"]
     assert result.stats["html_removed"] == 1
+
+
+def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
+    # A carried input column named in `fields` comes as large_string from JSONL: it was skipped unseen.
+    batch = _batch(["<b>Fish</b>  &amp; chips"]).append_column("note", pa.array(["a  <br>b"], pa.large_string()))
+    result = Clean(["text", "note"])(batch)
+    assert result.kept["note"].to_pylist() == ["a\nb"]
+    assert result.stats["html_removed:note"] == 1
+
+
+def test_unicode_line_and_paragraph_separators_are_line_breaks() -> None:
+    # Word and web exports write them; they stayed, as lines no reader of the text sees as lines.
+    result = Clean(["text"])(_batch(["one\u2028two\u2029three", "a\r\nb\rc"]))
+    assert result.kept["text"].to_pylist() == ["one\ntwo\n\nthree", "a\nb\nc"]
+    assert result.stats["whitespace_normalized"] == 2
 
 
 def test_steps_can_be_switched_off() -> None:
@@ -91,5 +119,5 @@ def test_recipe_counts_changes_in_the_manifest_and_filters_emptied_records(workd
     assert stats["html_removed"] == 3 and stats["html_removed:prompt"] == 1 and stats["html_removed:completion"] == 2
     assert stats["unicode_fixed"] == 1
     assert manifest.counts.reasons["filtered"] == {"empty_after_clean": 1}
-    assert [row["detail"] for row in set_aside(version)] == ["nothing left of a required field after cleaning"]
+    assert [row["detail"] for row in set_aside(version)] == ["nothing left of completion after cleaning"]
     assert sorted(r["completion"] for r in outputs(version)) == ["Fine too", "Four & nothing else", "À gauche"]

@@ -120,6 +120,30 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert str(tmp_path / deep) in said
 
 
+def test_a_recipe_error_found_in_the_records_is_found_by_check_and_named_with_the_recipe_by_run(tmp_path: Path) -> None:
+    # The column's type shows only in the rows (undeclared, mixed numbers and text): found on the first batch.
+    write_jsonl(tmp_path / "in.jsonl", [{"q": "a question", "a": "an answer", "n": 5}, {"q": "b", "a": "c", "n": "x"}])
+    check = {"type": "expectations", "expect": [{"column": "n", "check": "between", "min": 1, "max": 10}]}
+    recipe = {
+        "dataset": "qa",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "expectations", "expect": [{"column": "prompt", "check": "not_null"}]}, check],
+        "output": {"group_by": "n"},
+    }
+    path = write_recipe(tmp_path, recipe, name="qa.yaml")
+    checked = curation("check", str(path), cwd=tmp_path)  # it said "ok", and the run failed
+    line = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text == "- type: expectations"][1]
+    said = f"stages.1 (line {line}): expectations_2: between compares numbers, and 'n' holds text"
+    assert checked.returncode == 2 and said in checked.stderr
+    ran = curation("run", str(path), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr
+    (said,) = [line for line in ran.stderr.splitlines() if "between compares numbers" in line]
+    # The recipe, and the place in it of the stage that cannot run: the second expectations entry.
+    assert f"nothing published: {path}: stages.1 (line {line}): expectations_2: between compares numbers" in said
+    assert "declare it int or float in input_schema" in said
+
+
 def test_check_says_when_a_file_name_does_not_tell_its_format(tmp_path: Path) -> None:
     # `check` said "ok" for a path naming data.txt; only the run then failed on it.
     (tmp_path / "data.txt").write_text('{"text": "hello"}\n')

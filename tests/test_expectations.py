@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,14 @@ def test_failing_rows_are_quarantined_with_the_expectation_name(workdir: Path) -
     assert [r["prompt"] for r in outputs(version)] == ["Categorise: coffee at Blue Bottle"]
     aside = {row["source"]["line"]: row for row in set_aside(version)}
     assert sorted(aside) == [2, 3, 4, 5, 6]
-    assert aside[2]["detail"].endswith("in.jsonl:2: failed expect_column_values_to_be_in_set:label")
+    values = '["food", "travel", "housing"]'
+    assert aside[2]["detail"].endswith(f"in.jsonl:2: failed expect_column_values_to_be_in_set:label (values {values})")
+    # Which of a column's checks of one kind it failed: their settings tell them apart.
+    assert aside[3]["detail"].endswith(
+        "failed expect_column_value_lengths_to_be_between:prompt (min 5, max 200), "
+        'expect_column_values_to_match_regex:prompt (regex "^[A-Z]")'
+    )
+    assert aside[4]["detail"].endswith('failed expect_column_values_to_match_regex:prompt (regex "^[A-Z]")')
     assert '"label": "rent"' in aside[2]["record"]  # the reviewer sees the record as it was
     assert aside[6]["detail"].endswith("in.jsonl:6: failed expect_column_values_to_be_unique:prompt")
     stats = manifest.stats["stages"]["expectations"]  # the per-batch checks; unique is over the whole run
@@ -96,6 +104,34 @@ def test_unique_holds_across_batches_and_files(workdir: Path) -> None:
     assert first["record"] == '{"label": "T-0"}' and first["reason"] == "expect_column_values_to_be_unique:label"
 
 
+def test_unique_on_the_record_source_a_list_or_an_image_compares_their_values() -> None:
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    # The record's source (a struct), a list and binary: Arrow cannot cast them to text (a traceback).
+    batch = pa.table(
+        {
+            "id": list("abcd"),
+            "source": source_array("files", "/t.jsonl", [1, 2, 1, 3]),
+            "tags": [[1, 2], [2], [1, 2], None],
+            "image_bytes": [b"\xff\xd8a", b"\xff\xd8b", b"\xff\xd8c", b"\xff\xd8b"],
+        }
+    )
+    stage = UniqueValues(["source", "tags", "image_bytes"])
+    aside = stage.resolve([stage.signatures(batch.slice(0, 2)), stage.signatures(batch.slice(2))])
+    reasons = dict(zip(aside["id"].to_pylist(), aside["reason"].to_pylist(), strict=True))
+    assert reasons == {
+        "a": "expect_column_values_to_be_unique:source",  # and tags: two failed, the first is the reason
+        "c": "expect_column_values_to_be_unique:source",
+        "b": "expect_column_values_to_be_unique:image_bytes",
+        "d": "expect_column_values_to_be_unique:image_bytes",
+    }
+    (record,) = [r for i, r in zip(aside["id"].to_pylist(), aside["record"].to_pylist(), strict=True) if i == "b"]
+    assert '"image_bytes": "sha256:' in record
+
+
 def test_not_null_and_between_on_a_batch() -> None:
     import pyarrow as pa
 
@@ -118,6 +154,26 @@ def test_not_null_and_between_on_a_batch() -> None:
         "expect_column_values_to_not_be_null:text",
         "expect_column_values_to_be_between:score",
     ]
+
+
+def test_a_regex_with_groups_anchors_and_unicode_matches_without_warnings() -> None:
+    import warnings
+
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    texts = ["Ünïcode first", "ünïcode lower", "東京はどこ?", "plain"]
+    batch = pa.table({"id": list("abcd"), "source": source_array("files", "/t.jsonl", [1, 2, 3, 4]), "text": texts})
+    stage = Expectations([Expectation(column="text", check="matches_regex", regex=r"^(?P<first>[A-ZÀ-Þ]|\w+\?$)")])
+    stage(batch)  # imports great-expectations, which sends warnings to logging (to the user's terminal)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = stage(batch)
+    # pandas' note on groups reached the user's terminal as a logged warning, on every batch
+    assert not [w for w in caught if "match groups" in str(w.message)]
+    assert result.kept["id"].to_pylist() == ["a", "c"]  # \w is Unicode's, as Python's re has it
+    assert result.set_aside["reason"].to_pylist() == ["expect_column_values_to_match_regex:text"] * 2
 
 
 def test_unknown_column_is_a_clear_error_and_bad_specs_fail_the_recipe() -> None:
@@ -171,6 +227,88 @@ def test_between_on_text_is_a_recipe_error_where_the_type_is_known_and_on_the_fi
     batch = pa.table({"id": ["a"], "source": source_array("files", "/t.jsonl", [1]), "team": ["7"]})
     with pytest.raises(RecipeError, match="expectations: between compares numbers, and 'team' holds text"):
         stage(batch)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        # A setting of another check changed nothing, unseen.
+        (
+            "{column: prompt, check: unique, regex: '^Q'}",
+            r"expect.0 \(line 6\): .*regex does not apply to unique: it takes no setting",
+        ),
+        (
+            "{column: prompt, check: between, values: [1], min: 1}",
+            "values does not apply to between: it takes min and max",
+        ),
+        ("{column: prompt, check: length_between, min: 1.5}", "its min and max are whole numbers"),  # was cut to 1
+        # pydantic said a null is none of a string, an integer, a number and a boolean: four lines.
+        (
+            "{column: label, check: in_set, values: [a, null]}",
+            r"expect.0.values \(line 6\): .*a null is no value to be in a set",
+        ),
+    ],
+)
+def test_an_expectation_setting_that_would_change_nothing_or_not_what_it_says_is_named(spec: str, problem: str) -> None:
+    with pytest.raises(RecipeError, match=problem) as error:
+        parse_recipe(_expect(spec))
+    assert "1 problem(s)" in str(error.value)
+
+
+@pytest.mark.parametrize("check", ["length_between", "between"])
+def test_bounds_that_no_value_fits_are_a_recipe_error(check: str) -> None:
+    # min above max: great-expectations quarantined every record.
+    with pytest.raises(RecipeError, match=r"stages.0.expect.0 \(line 6\): .*min \(10\) is more than max \(2\)"):
+        parse_recipe(_expect(f"{{column: prompt, check: {check}, min: 10, max: 2}}"))
+    parse_recipe(_expect("{column: prompt, check: length_between, min: 2, max: 2}"))  # one length fits
+
+
+def test_checks_that_cannot_judge_a_column_of_its_type_are_recipe_errors() -> None:
+    import datetime
+
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # great-expectations passed every date between any numbers, failed every number's length, and
+    # measured a list's length wrongly ([] passed 1..3, [1, 2] failed).
+    declared = "input_schema: {columns: {q: str, a: str, team: int}}\noutput: {group_by: team}\n"
+    with pytest.raises(
+        RecipeError, match=r"expect.0.check \(line 8\): length_between measures text, and 'team' holds int"
+    ):
+        parse_recipe(_expect("{column: team, check: length_between, min: 1, max: 2}", declared))
+    with pytest.raises(RecipeError, match=r"between compares numbers, and 'source' holds struct"):
+        parse_recipe(_expect("{column: source, check: between, min: 1, max: 2}"))
+    batch = pa.table(
+        {
+            "id": ["a"],
+            "source": source_array("files", "/t.parquet", [1]),
+            "day": [datetime.date(2024, 1, 1)],
+            "n": [20],
+            "tags": [[1, 2]],
+        }
+    )
+    problems = {
+        ("day", "between"): "between compares numbers, and 'day' holds date32[day]: every row would pass",
+        ("n", "length_between"): "length_between measures text, and 'n' holds int64",
+        ("tags", "length_between"): "length_between measures text, and 'tags' holds list<item: int64>",
+    }
+    for (column, check), problem in problems.items():
+        stage = Expectations([Expectation(column=column, check=check, min=0, max=1)])
+        with pytest.raises(RecipeError, match=re.escape(f"expectations: {problem}")):
+            stage(batch)
+    assert Expectations([Expectation(column="n", check="between", min=0, max=10)])(batch).kept.num_rows == 0
+    # in_set failed every object or list; matches_regex matched Python's text of it ({'x': 1}).
+    with pytest.raises(RecipeError, match=r"expect.0.check \(line 6\): in_set checks text or numbers, and 'source'"):
+        parse_recipe(_expect("{column: source, check: in_set, values: [a]}"))
+    for spec in (
+        Expectation(column="tags", check="in_set", values=[1]),
+        Expectation(column="tags", check="matches_regex", regex="1"),
+    ):
+        with pytest.raises(
+            RecipeError, match=rf"{spec.check} checks text or numbers, and 'tags' holds list<item: int64>"
+        ):
+            Expectations([spec])(batch)
 
 
 def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error() -> None:

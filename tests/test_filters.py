@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,6 +52,14 @@ def test_length_bounds_in_characters_and_words() -> None:
     assert result.stats == {"checked": 4, "removed:length": 3}
 
 
+def test_max_chars_exactly_hit_keeps_the_record_whatever_its_fields() -> None:
+    # Two fields of 5 and 5 characters are 10: the newline joining them is not one of the record's.
+    batch = _batch(prompt=["abcde", "abcde", "abcd"], completion=["fghij", "fghijk", None])
+    result = LengthFilter(["prompt", "completion"], min_chars=4, max_chars=10)(batch)
+    assert result.kept["id"].to_pylist() == ["r0", "r2"]
+    assert result.set_aside["detail"].to_pylist() == ["11 characters > max_chars 10"]
+
+
 def test_language_detection_uses_the_packaged_model() -> None:
     texts = [
         PROSE,
@@ -80,11 +89,30 @@ def test_gopher_repetition_rules() -> None:
     assert set(_gone(result).values()) == {"repetition"}
 
 
+def test_repetition_rules_see_the_words_of_chinese_and_japanese_written_without_spaces() -> None:
+    prose = [
+        "我小时候住在一个小村子里。村子后面有一座山，山上有很多树，树上有很多鸟。每天早上，我都会被鸟叫声吵醒。"
+        "妈妈总是说，早起的鸟儿有虫吃。于是我就跟着爸爸去山上砍柴，一边走一边听他讲故事。",
+        "東京都は日本の首都であり、政治、経済、文化の中心地です。東京には多くの観光名所があり、毎年たくさんの観光客が訪れます。",
+    ]
+    spam = ["好" * 32, "这是" * 18, "东京是日本的首都。" * 5]  # one "word" each when split at spaces
+    result = RepetitionFilter(["text"])(_batch(text=prose + spam))
+    assert result.kept["id"].to_pylist() == ["r0", "r1"]
+    assert [d.split(" covers")[0] for d in result.set_aside["detail"].to_pylist()] == ["top 2-gram"] * 3
+
+
 def test_symbol_and_digit_ratios() -> None:
     texts = [PROSE, "#### $$$ %%% *** !!! @@@ word", "4111 1111 1111 1111 exp 12/29 cvv 123", "Room 12, floor 3."]
     result = RatioFilter(["text"], max_symbol_ratio=0.25, max_digit_ratio=0.5)(_batch(text=texts))
     assert result.kept["id"].to_pylist() == ["r0", "r3"]
     assert _gone(result) == {"r1": "symbol_ratio", "r2": "digit_ratio"}
+
+
+def test_spaces_other_than_ascii_are_neither_symbols_nor_text() -> None:
+    # Ideographic and no-break spaces counted as symbols: a Japanese list of words was "symbols 3/7".
+    texts = ["a\u3000b\u3000c\u3000d", "one\u00a0two\u00a0three\u00a0four\u00a0!!"]
+    result = RatioFilter(["text"], max_symbol_ratio=0.2, max_digit_ratio=None)(_batch(text=texts))
+    assert result.kept["id"].to_pylist() == ["r0", "r1"]  # the second: 2 symbols of 17 characters
 
 
 def test_instruction_rules() -> None:
@@ -160,6 +188,31 @@ def test_a_minimum_above_the_maximum_is_a_recipe_error(unit: str) -> None:
     with pytest.raises(RecipeError, match=rf"stages.0 \(line 4\): .*min_{unit} \(10\) is more than max_{unit} \(5\)"):
         parse_recipe(text)
     parse_recipe(text.replace("10", "5"))  # equal bounds keep records of exactly that length
+
+
+@pytest.mark.parametrize("kind", ["document", "vqa"])
+def test_an_instruction_filter_on_records_without_a_prompt_is_a_recipe_error(kind: str) -> None:
+    # It failed the run with a KeyError traceback from Arrow on the first batch.
+    text = f"dataset: d\nsources: [{{path: x}}]\nrecord: {{kind: {kind}}}\nstages:\n  - type: instruction_filter\n"
+    with pytest.raises(
+        RecipeError, match=rf"stages.0 \(line 5\): instruction_filter checks .* {kind} records have none"
+    ):
+        parse_recipe(text)
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [
+        ("max_duplicate_line_fraction: -0.1", "stages.0.max_duplicate_line_fraction (line 6)"),
+        ("max_top_ngram_char_fraction: {0: 0.2}", "stages.0.max_top_ngram_char_fraction.0.[key] (line 6)"),
+        ("max_duplicate_ngram_char_fraction: {5: -1}", "stages.0.max_duplicate_ngram_char_fraction.5 (line 6)"),
+    ],
+)
+def test_a_repetition_share_below_zero_or_an_ngram_of_no_words_is_a_recipe_error(setting: str, where: str) -> None:
+    # A negative share filtered every record; a 0-gram measured nothing.
+    text = f"dataset: d\nsources: [{{path: x}}]\nstages:\n  - type: repetition_filter\n\n    {setting}\n"
+    with pytest.raises(RecipeError, match=re.escape(where)):
+        parse_recipe(text)
 
 
 def test_a_language_langdetect_does_not_detect_is_a_recipe_error_listing_the_codes() -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -230,18 +231,23 @@ def test_missing_required_column(workdir: Path) -> None:
 
 
 def test_template_that_needs_a_missing_value(workdir: Path) -> None:
-    path = write_jsonl(workdir / "qa.jsonl", [{"q": "What is 2+2?", "a": "4"}, {"q": "Empty answer?", "a": None}])
+    rows = [{"q": "What is 2+2?", "a": "4", "n": 1}, {"q": "Empty answer?", "a": None, "n": None}]
+    path = write_jsonl(workdir / "qa.jsonl", rows)
     result = run(
         workdir,
         {
             "dataset": "qa",
             "sources": [{"path": "qa.jsonl"}],
-            "record": {"kind": "instruction", "prompt": "Q: {{ q }}", "completion": "{{ a }}"},
+            "record": {"kind": "instruction", "prompt": "Q: {{ q }}", "completion": "{{ a }} ({{ n }}, {{ q }})"},
         },
     )
     aside = set_aside(Path(result.version_uri))
     assert len(aside) == 1 and aside[0]["source"]["line"] == 2
-    assert aside[0]["detail"].startswith(f"{path}:2:")
+    # Which of the values the template writes is empty.
+    assert (
+        aside[0]["detail"]
+        == f"{path}:2: completion: template failed: a value the template uses is empty (null): 'a', 'n'"
+    )
     assert_adds_up(result.manifest.counts)
 
 
@@ -375,6 +381,22 @@ def test_a_parquet_binary_column_that_is_not_utf8_does_not_fail_the_file(workdir
     result = run(workdir, spec)
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_parquet_text_value_that_is_not_utf8_quarantines_its_row(workdir: Path) -> None:
+    # Parquet readers do not check text is UTF-8: a lone surrogate written as its three bytes (as CESU-8
+    # writes one) failed the whole run in a later stage ("Cannot normalize utf8 string"), naming no file.
+    texts = [b"Hello?", b"half \xed\xa0\x80 a pair?", b"Bye?"]
+    offsets = pa.array(np.cumsum([0] + [len(t) for t in texts]), pa.int32()).buffers()[1]
+    questions = pa.Array.from_buffers(pa.string(), len(texts), [None, offsets, pa.py_buffer(b"".join(texts))])
+    pq.write_table(pa.table({"q": questions, "a": ["Hi.", "Half.", "Bye."]}), workdir / "faq.parquet")
+    for schema in (None, {"columns": {"q": "str", "a": "str"}}):
+        spec = qa_recipe("faq.parquet", **({"input_schema": schema} if schema else {}))
+        result = run(workdir, spec, full_refresh=True)
+        assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Bye?", "Hello?"]
+        (aside,) = set_aside(Path(result.version_uri))
+        assert aside["reason"] == "schema" and aside["detail"].startswith(f"{workdir / 'faq.parquet'}:2: ")
+        assert_adds_up(result.manifest.counts)
 
 
 def test_a_field_naming_a_column_of_json_objects_or_arrays_writes_them_as_json(workdir: Path) -> None:

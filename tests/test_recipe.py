@@ -54,6 +54,49 @@ def test_errors_name_setting_and_line(text: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "dataset: tx\nsources:\n  - path: a\nstages:\n  - type: length_filter\n    min_word: 2\n",
+            "stages.0.min_word (line 6): Extra inputs are not permitted: did you mean 'min_words'? the settings "
+            "here are fields, max_chars, max_words, min_chars, min_words, type",
+        ),
+        (
+            "dataset: tx\nsources:\n  - path: a\nstages:\n  - type: expectations\n    expect:\n"
+            "      - {column: prompt, check: matches_regex, regexp: x}\n",
+            "stages.0.expect.0.regexp (line 7): Extra inputs are not permitted: did you mean 'regex'? the settings "
+            "here are check, column, max, min, regex, values",
+        ),
+        (
+            "dataset: tx\nsources:\n  - type: sql\n    url: sqlite:///x.db\n    tabel: t\n",
+            "sources.0.tabel (line 5): Extra inputs are not permitted: did you mean 'table'? the settings here are "
+            "cursor, key, query, table, type, url",
+        ),
+        ("dataset: tx\nsources:\n  - path: a\nouptut: {}\n", "ouptut (line 4): Extra inputs are not permitted: "),
+    ],
+)
+def test_a_misspelt_setting_is_named_with_the_settings_allowed_there(text: str, expected: str) -> None:
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert expected in str(error.value)
+    assert "did you mean" in str(error.value) and "the settings here are" in str(error.value)
+
+
+def test_a_misspelt_stage_or_source_type_is_named_with_the_likely_one() -> None:
+    text = "dataset: tx\nsources:\n  - {type: fils, path: a}\nstages:\n  - type: lenght_filter\n"
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert (
+        "sources.0 (line 3): type 'fils' is not one of files, sql, documents, images, hf: did you mean 'files'?"
+        in str(error.value)
+    )
+    assert "stages.0 (line 5): type 'lenght_filter' is not one of expectations, clean, length_filter" in str(
+        error.value
+    )
+    assert str(error.value).endswith("did you mean 'length_filter'?")
+
+
+@pytest.mark.parametrize(
     ("kind", "fmt"),
     [("document", "jumpstart-chat"), ("instruction", "text"), ("vqa", "messages"), ("instruction", "jumpstart-vqa")],
 )

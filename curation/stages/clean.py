@@ -5,7 +5,8 @@ Steps, in order (each can be switched off in the recipe):
 - ``unicode_fixed``: mojibake and other encoding damage repaired with ftfy (only its encoding fixes:
   quotes, ligatures and widths are content and stay as they are);
 - ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``);
-- ``control_removed``: control and zero-width characters (tabs and newlines stay);
+- ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
+  joiners letters and emoji need);
 - ``whitespace_normalized``: runs of spaces, trailing spaces, runs of blank lines, space at the ends.
 
 Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
@@ -22,7 +23,7 @@ import ftfy
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageResult, require_columns, split_by_mask
+from curation.stages.base import StageResult, is_text, require_columns, split_by_mask
 from schemas.records import set_aside_rows
 
 _FTFY = ftfy.TextFixerConfig(
@@ -54,7 +55,14 @@ _TAG = (
 )
 _BREAK_TAG = r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</li\s*>|</h[1-6]\s*>"
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{7f}-\x{9f}\x{200b}-\x{200d}\x{2060}\x{feff}]"  # RE2 syntax
+# Form feeds and vertical tabs are whitespace (a page break between words): the whitespace step makes
+# them a space. RE2 syntax.
+_CONTROL = r"[\x00-\x08\x0e-\x1f\x{7f}-\x{9f}\x{200b}\x{2060}\x{feff}]"
+# The zero-width non-joiner and joiner belong to the letters of Persian, Arabic and Indic scripts (a
+# Persian word written with one is spelt otherwise without it) and to emoji sequences (a family is one
+# picture): kept after such characters, removed after ASCII, which they do nothing to ("pass", U+200D,
+# "word" hides a word from filters and PII detection).
+_STRAY_JOINER = r"(^|[\x00-\x7f])[\x{200c}\x{200d}]+"
 
 
 def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
@@ -79,8 +87,13 @@ def _strip_html(values: pa.Array) -> pa.Array:
     return pa.array([html.unescape(t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
 
 
+def _remove_control(values: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(pc.replace_substring_regex(values, _CONTROL, ""), _STRAY_JOINER, r"\1")
+
+
 def _normalize_whitespace(values: pa.Array) -> pa.Array:
-    values = pc.replace_substring_regex(values, r"\r\n?", "\n")
+    values = pc.replace_substring_regex(values, r"\r\n?|\x{2028}", "\n")  # U+2028: Unicode's line separator
+    values = pc.replace_substring_regex(values, r"\x{2029}", "\n\n")  # and its paragraph separator
     # RE2's \s is ASCII only: name the Unicode spaces (NBSP, en/em spaces, ideographic space) too.
     values = pc.replace_substring_regex(values, r"[\t\f\v \x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]+", " ")
     values = pc.replace_substring_regex(values, r" ?\n ?", "\n")
@@ -113,7 +126,7 @@ class Clean:
             for name, step, on in (
                 ("unicode_fixed", _fix_unicode, fix_unicode),
                 ("html_removed", _strip_html, strip_html),
-                ("control_removed", lambda v: pc.replace_substring_regex(v, _CONTROL, ""), remove_control),
+                ("control_removed", _remove_control, remove_control),
                 ("whitespace_normalized", _normalize_whitespace, normalize_whitespace),
             )
             if on
@@ -125,8 +138,9 @@ class Clean:
         require_columns(batch, self.fields, f"{self.name} fields")  # a misspelt field would clean nothing
         for field in self.fields:
             values = batch[field].combine_chunks()
-            if not pa.types.is_string(values.type):
+            if not is_text(values.type):
                 continue
+            values = values.cast(pa.string())  # the steps build string arrays; polars hands JSONL text as large
             for step_name, step in self.steps:
                 fixed = step(values)
                 changed = _changed(values, fixed)
@@ -138,16 +152,14 @@ class Clean:
                 values = fixed
             batch = batch.set_column(batch.column_names.index(field), field, values)
         stats["records_changed"] = pc.sum(any_change).as_py() or 0
-        empty = pa.array([False] * batch.num_rows)
-        for field in (f for f in self.required if f in batch.column_names):
-            empty = pc.or_(empty, pc.fill_null(pc.equal(pc.utf8_length(batch[field]), 0), False))
-        kept, gone = split_by_mask(batch, pc.invert(empty))
-        set_aside = set_aside_rows(
-            gone["id"],
-            gone["source"],
-            self.name,
-            "filtered",
-            "empty_after_clean",
-            ["nothing left of a required field after cleaning"] * gone.num_rows,
-        )
+        emptied = {
+            field: pc.fill_null(pc.equal(pc.utf8_length(batch[field]), 0), False).to_pylist()
+            for field in self.required
+            if field in batch.column_names
+        }
+        # Which field is empty: a reviewer tells "the answer was all HTML" from "the question was".
+        fields = [[f for f, empty in emptied.items() if empty[row]] for row in range(batch.num_rows)]
+        kept, gone = split_by_mask(batch, pa.array([not names for names in fields]))
+        details = [f"nothing left of {' and '.join(names)} after cleaning" for names in fields if names]
+        set_aside = set_aside_rows(gone["id"], gone["source"], self.name, "filtered", "empty_after_clean", details)
         return StageResult(kept=kept, set_aside=set_aside, stats=stats)

@@ -11,7 +11,9 @@ every occurrence of a repeated value fails it, as great-expectations defines the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
-from schemas.config import Expectation, between_needs_numbers
+from schemas.config import Expectation, between_needs_numbers, length_needs_text, needs_scalars
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 
 _GX_TYPES = {
@@ -73,10 +75,14 @@ class _Suite:
             suite.add_expectation(getattr(gxe, _GX_TYPES[spec.check])(column=spec.column, **_arguments(spec)))
         self.suite = context.suites.add(suite)
 
-    def failures(self, frame: Any) -> list[tuple[str, str, list[int]]]:
-        """(expectation type, column, failing row positions) for each expectation."""
+    def failures(self, frame: Any) -> list[tuple[str, str, str, list[int]]]:
+        """(expectation type, column, its settings as a reader would say them, failing row positions) for
+        each expectation."""
         batch = self.batches.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(self.suite, result_format="COMPLETE")
+        with warnings.catch_warnings():
+            # pandas' str.contains says a regex with groups does not extract them: matching is all we ask.
+            warnings.filterwarnings("ignore", "This pattern is interpreted as a regular expression", UserWarning)
+            result = batch.validate(self.suite, result_format="COMPLETE")
         found = []
         for item in result.results:
             config = item.expectation_config
@@ -85,8 +91,30 @@ class _Suite:
                 raise StageError(
                     f"expectation {config.type} on {config.kwargs.get('column')!r} could not run: {message}"
                 )
-            found.append((config.type, config.kwargs["column"], list(item.result.get("unexpected_index_list") or [])))
+            rows = list(item.result.get("unexpected_index_list") or [])
+            found.append((config.type, config.kwargs["column"], _settings(config.kwargs), rows))
         return found
+
+
+def _settings(kwargs: dict[str, Any]) -> str:
+    """An expectation's own settings (`` (regex "^[A-Z]")``): two of one kind on one column share a name."""
+    said = [
+        f"{name} {json.dumps(kwargs[key], ensure_ascii=False)}"
+        for key, name in (("regex", "regex"), ("value_set", "values"), ("min_value", "min"), ("max_value", "max"))
+        if kwargs.get(key) is not None
+    ]
+    return f" ({', '.join(said)})" if said else ""
+
+
+def _numbers(kind: pa.DataType) -> bool:
+    """Whether ``between``'s numeric bounds compare with values of ``kind`` (a column of nulls alone too)."""
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_null(kind)
+        or pa.types.is_boolean(kind)
+    )
 
 
 class Expectations:
@@ -100,27 +128,43 @@ class Expectations:
         self.columns = sorted({s.column for s in specs})
         self._suite: _Suite | None = None
 
-    def __call__(self, batch: pa.Table) -> StageResult:
+    def check_columns(self, batch: pa.Table) -> None:
+        """Raise ``StageSettingError`` where a column is not there or holds values its checks cannot judge:
+        where the recipe could not tell its type (else checked at load). ``curation check`` asks it of the
+        head of the input."""
         require_columns(batch, self.columns, "expectations columns")
-        for spec in self.specs:  # where the recipe could not tell the column's type (else checked at load)
-            if spec.check == "between" and is_text(batch[spec.column].type):
-                raise StageSettingError(f"expectations: {between_needs_numbers(spec.column)}")
+        for spec in self.specs:
+            kind = batch[spec.column].type
+            if spec.check == "between" and is_text(kind):
+                raise StageSettingError(
+                    f"{self.name}: {between_needs_numbers(spec.column)}; declare it int or float in input_schema "
+                    "(a value that is no number, as JSONL or CSV can hold, is then quarantined)"
+                )
+            if spec.check == "between" and not _numbers(kind):
+                raise StageSettingError(f"{self.name}: {between_needs_numbers(spec.column, str(kind))}")
+            if spec.check in ("in_set", "matches_regex") and pa.types.is_nested(kind):
+                raise StageSettingError(f"{self.name}: {needs_scalars(spec.check, spec.column, str(kind))}")
+            if spec.check == "length_between" and not (is_text(kind) or pa.types.is_null(kind)):
+                raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        self.check_columns(batch)
         if self._suite is None:
             self._suite = _Suite(self.specs)
-        failed: dict[int, list[str]] = {}
+        failed: dict[int, list[tuple[str, str]]] = {}
         counts: Counter[str] = Counter()
-        for kind, column, rows in self._suite.failures(batch.select(self.columns).to_pandas()):
+        for kind, column, settings, rows in self._suite.failures(batch.select(self.columns).to_pandas()):
             name = f"{kind}:{column}"
             counts[name] += len(rows)
             for row in rows:
-                failed.setdefault(int(row), []).append(name)
+                failed.setdefault(int(row), []).append((name, settings))
         keep = pa.array([row not in failed for row in range(batch.num_rows)])
         kept, bad = split_by_mask(batch, keep)
         bad_rows = sorted(failed)
-        reasons = [failed[row][0] for row in bad_rows]
+        reasons = [failed[row][0][0] for row in bad_rows]
         sources = bad["source"].to_pylist()
         details = [
-            f"{location(source)}: failed {', '.join(failed[row])}"
+            f"{location(source)}: failed {', '.join(name + settings for name, settings in failed[row])}"
             for row, source in zip(bad_rows, sources, strict=True)
         ]
         # The raw record: its fields, not the id, source or signatures a dedup stage carries on.
@@ -133,6 +177,20 @@ class Expectations:
             **{f"failed:{k}": v for k, v in counts.items()},
         }
         return StageResult(kept=kept, set_aside=aside, stats=stats)
+
+
+def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column's values as text that is equal where they are: Arrow's text of a scalar; JSON of a struct,
+    list or map (the record's ``source``), which Arrow cannot cast to text; a binary value (an image)
+    by its sha256, which needs no UTF-8 and spares the set-aside record its megabytes."""
+    kind = column.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        digests = [None if v is None else f"sha256:{hashlib.sha256(v).hexdigest()}" for v in column.to_pylist()]
+        return pa.array(digests, pa.string())
+    if pa.types.is_nested(kind):
+        texts = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in column.to_pylist()]
+        return pa.array(texts, pa.string())
+    return pc.cast(column, pa.string())
 
 
 class UniqueValues:
@@ -148,7 +206,7 @@ class UniqueValues:
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, self.columns, "expectations columns")
-        values = {f"value:{c}": pc.cast(batch[c], pa.string()) for c in self.columns}
+        values = {f"value:{c}": _comparable(batch[c]) for c in self.columns}
         return pa.table({"id": batch["id"], "source": batch["source"], **values})
 
     def resolve(self, signatures: Iterable[pa.Table]) -> pa.Table:

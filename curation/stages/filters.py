@@ -11,6 +11,7 @@ each set-aside row's ``detail`` says why (the measured value and the limit it br
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -64,7 +65,10 @@ class LengthFilter:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         text = joined_text(batch, self.fields, self.name)
-        chars = pc.utf8_length(text).to_pylist()
+        # The fields' own characters: the newline that joins two fields is no character of the record's
+        # (a prompt and completion of 40 characters were 41 > max_chars 40).
+        lengths = [pc.fill_null(pc.utf8_length(pc.cast(batch[f], pa.string())), 0) for f in self.fields]
+        chars = functools.reduce(pc.add, lengths, pc.multiply(pc.utf8_length(text), 0)).to_pylist()
         words = pc.count_substring_regex(text, r"\S+").to_pylist()
         min_chars, max_chars, min_words, max_words = self.limits
         reasons: list[str | None] = []
@@ -143,21 +147,36 @@ def _duplicates(elements: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
+# Chinese and Japanese put no spaces between words: split at spaces, a sentence was one "word" and no
+# n-gram rule could fire ("好好好..." passed). Each Han or kana character is a word there, and n-grams
+# of them are their characters alone (joined without the spaces the text does not have).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_CJK_CHARACTER = re.compile(f"[{_CJK}]")
+_CJK_WORDS = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+
+
+def _words(text: str) -> tuple[list[str], str]:
+    """The words of ``text``, and what joins them into an n-gram."""
+    if _CJK_CHARACTER.search(text):
+        return _CJK_WORDS.findall(text), ""
+    return text.split(), " "
+
+
+def _top_ngram_chars(words: list[str], n: int, joiner: str = " ") -> int:
     """Characters covered by the most frequent n-gram, counted only if it occurs more than once."""
-    grams = Counter(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(joiner.join(words[i : i + n]) for i in range(len(words) - n + 1))
     if not grams:
         return 0
     gram, count = grams.most_common(1)[0]
     return len(gram) * count if count > 1 else 0
 
 
-def _duplicate_ngram_chars(words: list[str], n: int) -> int:
+def _duplicate_ngram_chars(words: list[str], n: int, joiner: str = " ") -> int:
     """Characters in n-grams seen before, skipping past each repeat so overlaps count once."""
     seen: set[str] = set()
     chars = index = 0
     while index < len(words) - n + 1:
-        gram = " ".join(words[index : index + n])
+        gram = joiner.join(words[index : index + n])
         if gram in seen:
             chars += len(gram)
             index += n
@@ -203,13 +222,13 @@ class RepetitionFilter:
                 return f"duplicate {unit}s {count}/{len(parts)} > {max_share}"
             if chars / size > max_chars:
                 return f"characters in duplicate {unit}s {chars / size:.2f} > {max_chars}"
-        words = text.split()
+        words, joiner = _words(text)
         for n, limit in sorted(self.top.items()):
-            share = _top_ngram_chars(words, n) / size
+            share = _top_ngram_chars(words, n, joiner) / size
             if share > limit:
                 return f"top {n}-gram covers {share:.2f} of characters > {limit}"
         for n, limit in sorted(self.dup.items()):
-            share = _duplicate_ngram_chars(words, n) / size
+            share = _duplicate_ngram_chars(words, n, joiner) / size
             if share > limit:
                 return f"duplicate {n}-grams cover {share:.2f} of characters > {limit}"
         return None
@@ -235,8 +254,9 @@ class RatioFilter:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         text = joined_text(batch, self.fields, self.name)
-        solid = pc.count_substring_regex(text, r"\S").to_pylist()
-        symbols = pc.count_substring_regex(text, r"[^\pL\pN\pM\s]").to_pylist()
+        # RE2's \s is ASCII only: \p{Z} is the other spaces (no-break, ideographic), no symbols.
+        solid = pc.count_substring_regex(text, r"[^\s\p{Z}]").to_pylist()
+        symbols = pc.count_substring_regex(text, r"[^\pL\pN\pM\s\p{Z}]").to_pylist()
         digits = pc.count_substring_regex(text, r"\pN").to_pylist()
         reasons: list[str | None] = []
         details: list[str | None] = []

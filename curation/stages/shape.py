@@ -383,10 +383,12 @@ class Shape:
                 rendered.append(None)
                 missing = _UNDEFINED.fullmatch(str(error)) if isinstance(error, jinja2.UndefinedError) else None
                 only_missing &= missing is not None
+                # Which of the template's values is empty: one of several it writes is no help.
+                empty = [repr(name) for name in read if row.get(name) is None] if isinstance(error, EmptyValue) else []
                 problems.append(
                     f"column '{missing.group(1)}' is missing (the template uses it)"
                     if missing
-                    else f"template failed: {error}"
+                    else f"template failed: {error}{': ' + ', '.join(empty) if empty else ''}"
                 )
         reason = "missing_column" if only_missing and any(problems) else "template"
         return pa.array(rendered, pa.string()), problems, reason
