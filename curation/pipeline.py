@@ -260,7 +260,7 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     pii = [stage for stage in recipe.stages if isinstance(stage, PiiConfig)]
     keyed = " its pseudonym key, or" if any(stage.pseudonym_key_id() for stage in pii) else ""
     pii_rules = f"{keyed} the PII stage's detection rules, or" if pii else ""
-    also = f" (or{pii_rules} how values are written as text, in a new release of curation)"
+    also = f" (or{pii_rules} how values are written as text or what a stage does, in a new release of curation)"
     return (
         f"the recipe changed since v{extended.version}{also}: records read "
         "before keep what the old recipe made of them (only new input is read); run with --full-refresh to "

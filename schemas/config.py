@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,6 +33,14 @@ class RecipeError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Ruled(Strict):
+    """A stage whose rules (what it changes or sets aside with the same settings) a release may change:
+    ``RULES`` counts such changes and is kept in the recipe's fingerprint (``Recipe.fingerprint``), so
+    the first scheduled run after one says the recipe changed, as for ``TEXT_RULES``."""
+
+    RULES: ClassVar[int] = 1
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -248,8 +256,12 @@ class ImageDedupConfig(Strict):
     across_runs: bool = True  # also drop images near-duplicating those of earlier published versions
 
 
-class CleanConfig(Strict):
+class CleanConfig(Ruled):
     """Repair text in place; each kind of change is counted in the manifest's stage stats."""
+
+    # 2: zero-width joiners kept after non-ASCII letters, form feed and vertical tab as a space, U+2028 a
+    #    new line and U+2029 a blank line, large_string columns (JSONL text) cleaned too.
+    RULES: ClassVar[int] = 2
 
     type: Literal["clean"]
     fields: list[str] | None = None  # default: the record kind's text fields
@@ -259,8 +271,10 @@ class CleanConfig(Strict):
     normalize_whitespace: bool = True  # runs of spaces, blank-line runs, leading/trailing space
 
 
-class LengthFilterConfig(Strict):
+class LengthFilterConfig(Ruled):
     """Drop records whose text is too short or too long (characters and words)."""
+
+    RULES: ClassVar[int] = 2  # 2: the line joining a record's fields is not counted against max_chars
 
     type: Literal["length_filter"]
     fields: list[str] | None = None
@@ -308,8 +322,10 @@ _NgramSize = Annotated[int, Field(ge=1)]
 _Share = Annotated[float, Field(ge=0.0)]
 
 
-class RepetitionFilterConfig(Strict):
+class RepetitionFilterConfig(Ruled):
     """Gopher repetition rules (Rae et al. 2021, table A1): repeated lines, paragraphs and n-grams."""
+
+    RULES: ClassVar[int] = 2  # 2: each Han or kana character a word (text without spaces had one word)
 
     type: Literal["repetition_filter"]
     fields: list[str] | None = None
@@ -324,8 +340,10 @@ class RepetitionFilterConfig(Strict):
     )
 
 
-class RatioFilterConfig(Strict):
+class RatioFilterConfig(Ruled):
     """Drop records where symbols or digits make up too much of the text (tables, dumps, noise)."""
+
+    RULES: ClassVar[int] = 2  # 2: no-break and ideographic spaces are spaces, not symbols
 
     type: Literal["ratio_filter"]
     fields: list[str] | None = None
@@ -578,6 +596,8 @@ class Recipe(Strict):
         # Where it runs (engine, cluster) does not change the work, so it is left out of the hash.
         settings = self.model_dump(mode="json", exclude={"engine", "ray_address"})
         for stage, dumped in zip(self.stages, settings["stages"], strict=True):
+            if isinstance(stage, Ruled) and stage.RULES > 1:  # rules 1 left out: older fingerprints hold
+                dumped["rules"] = stage.RULES
             if not isinstance(stage, PiiConfig):
                 continue
             if (key_id := stage.pseudonym_key_id()) is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,31 @@ def test_fingerprint_changes_with_settings() -> None:
     b = parse_recipe("dataset: tx\nsources:\n  - path: /a\noutput:\n  validation_fraction: 0.2\n")
     assert a.fingerprint() == parse_recipe("dataset: tx\nsources:\n  - path: /a\n").fingerprint()
     assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("stage", ["clean", "length_filter", "repetition_filter", "ratio_filter"])
+def test_a_release_changing_a_stages_rules_changes_the_fingerprint_of_recipes_with_that_stage(
+    stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that changes or sets aside other records with the same settings (clean keeping joiners,
+    length_filter not counting the joining line) did other work: a scheduled run must say the recipe
+    changed. A recipe without such a stage keeps its fingerprint."""
+    import schemas.config
+
+    with_stage = f"dataset: tx\nsources:\n  - path: /a\nstages:\n  - type: {stage}\n"
+    without = "dataset: tx\nsources:\n  - path: /a\nstages:\n  - type: exact_dedup\n"
+    config = type(parse_recipe(with_stage).stages[0])
+    now = parse_recipe(with_stage).fingerprint(), parse_recipe(without).fingerprint()
+    monkeypatch.setattr(config, "RULES", config.RULES - 1)  # the release before
+    before = parse_recipe(with_stage).fingerprint(), parse_recipe(without).fingerprint()
+    assert now[0] != before[0]
+    assert now[1] == before[1]
+    monkeypatch.setattr(config, "RULES", 1)  # a stage's first rules leave the fingerprints before them as they were
+    recipe = parse_recipe(with_stage)
+    settings = recipe.model_dump(mode="json", exclude={"engine", "ray_address"})
+    settings["text_rules"] = schemas.config.TEXT_RULES
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    assert recipe.fingerprint() == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("stage", ["exact_dedup", "near_dedup", "clean", "length_filter", "language_filter"])
