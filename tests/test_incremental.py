@@ -139,7 +139,7 @@ def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
     recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
 
-    def broken(self, build_manifest, before_visible):
+    def broken(self, build_manifest, before_visible, **_):
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
@@ -546,3 +546,31 @@ def test_a_release_writing_values_as_other_text_is_a_changed_recipe(
     assert first.manifest.recipe_sha256 != second.manifest.recipe_sha256
     assert "how values are written as text, in a new release of curation" in caplog.text
     assert "--full-refresh" in caplog.text
+
+
+def test_a_run_that_another_store_published_beside_meanwhile_refuses_to_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies of a recipe (two hosts, each with its own state store) publishing one dataset to one
+    dest: the lock in a state store cannot keep them apart, so the run that comes second to publish
+    refuses, rather than publish a second version of the same records (or a broken one: the first
+    run's clean-up removed its staging folder)."""
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    dest = str(tmp_path / "shared")
+    spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1, host2 = (load_recipe(write_recipe(tmp_path / name, dict(spec))) for name in ("host1", "host2"))
+    publish = DatasetWriter.publish
+
+    def other_host_publishes_first(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(DatasetWriter, "publish", publish)
+        assert run_recipe(host1).manifest.version == 1  # while this run (host2's) was about to publish
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", other_host_publishes_first)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on") as refused:
+        run_recipe(host2)
+    assert "share one state store" in str(refused.value)
+    assert published_versions(dest, "docs") == [1]
+    assert not list((tmp_path / "shared" / "docs" / "_staging").glob("*"))
