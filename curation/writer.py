@@ -737,6 +737,10 @@ class DatasetWriter:
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
+        if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+            # Published since the versions were listed, a moment ago (by a run of another state store): a
+            # published version is never removed to make room for this one.
+            raise PublishedMeanwhile(self._changed_meanwhile(existing, [*existing, version]))
         if is_s3(target_uri):
             self._publish_s3(target, body, lambda: before_visible(version))
         else:

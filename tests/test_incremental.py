@@ -20,7 +20,7 @@ import connectors.state as state
 from connectors.state import LockLost, RunLocked, create_tables, lock_lease, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
-from curation.published import published_versions
+from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
 from schemas.config import load_recipe, parse_recipe
 from tests.helpers import docs_recipe, outputs, processed, run, write_jsonl, write_recipe
@@ -574,3 +574,35 @@ def test_a_run_that_another_store_published_beside_meanwhile_refuses_to_publish(
     assert "share one state store" in str(refused.value)
     assert published_versions(dest, "docs") == [1]
     assert not list((tmp_path / "shared" / "docs" / "_staging").glob("*"))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_version_another_store_published_a_moment_before_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+) -> None:
+    """The same two hosts, host1 publishing between host2's last look at the dest's versions and its
+    publishing: host2 takes the number for free, and must not remove host1's version to put its own there."""
+    import curation.writer as writer
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    listed = writer.published_versions
+
+    def other_host_publishes_meanwhile(*args: Any) -> list[int]:
+        found = listed(*args)
+        monkeypatch.setattr(writer, "published_versions", listed)
+        with monkeypatch.context() as patch:  # host2's staging folder stays (see the test above)
+            patch.setattr(DatasetWriter, "clean_up", lambda _: None)
+            assert run_recipe(host1).manifest.version == 1
+        return found
+
+    monkeypatch.setattr(writer, "published_versions", other_host_publishes_meanwhile)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on"):
+        run_recipe(host2)
+    v1 = f"{dest}/docs/v1"
+    assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
