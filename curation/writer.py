@@ -723,6 +723,7 @@ class DatasetWriter:
         existing = published_versions(self.dest, self.dataset)
         if builds_on is not None and existing != builds_on:
             raise PublishedMeanwhile(self._changed_meanwhile(builds_on, existing))
+        self._check_staged()
         version = (existing[-1] + 1) if existing else 1
         splits = {
             name: Split(records=sum(s.records for s in shards), shards=shards)
@@ -751,6 +752,24 @@ class DatasetWriter:
             before_visible(version)
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest
+
+    def _check_staged(self) -> None:
+        """Raise ``PublishedMeanwhile`` unless every file this run staged is still there: a run of another
+        state store clears the staging area as it ends, and the version would list files it does not hold."""
+        staged = {
+            shard.path for series in (*self.splits.values(), self.set_aside, self.lineage) for shard in series.shards
+        }
+        staged |= {shard.path for shards in self.carried.values() for shard in shards} | set(self.files)
+        staged -= {path for _, path in self._carried_files}  # on S3, copied from their version as it is published
+        listed = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True, allow_not_found=True))
+        missing = sorted(staged - {info.path[len(self.staging) + 1 :] for info in listed})
+        if missing:
+            raise PublishedMeanwhile(
+                f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
+                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (it "
+                "clears the staging area as it ends), so this run published nothing; the runs of a dataset that "
+                "publish to one dest must share one state store (a PostgreSQL URL across hosts)"
+            )
 
     def _changed_meanwhile(self, builds_on: list[int], existing: list[int]) -> str:
         appeared = sorted(set(existing) - set(builds_on))

@@ -606,3 +606,33 @@ def test_a_version_another_store_published_a_moment_before_is_never_replaced(
         run_recipe(host2)
     v1 = f"{dest}/docs/v1"
     assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_whose_staged_files_another_store_removed_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+) -> None:
+    """host1 (its own state store) finds nothing new while host2 stages its version, and clears the
+    dataset's staging area as it ends: host2 must not publish a version whose manifest lists files
+    that are not there (training refuses it, and the next run would carry it forward)."""
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(200)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    # Small shards: those closed before host1 clears the staging area are gone (on S3 too).
+    host2_spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest, shard_max_bytes=1024)
+    host2 = load_recipe(write_recipe(tmp_path / "host2", host2_spec))
+    assert run_recipe(host1).manifest.version == 1
+    publish = DatasetWriter.publish
+
+    def other_host_finds_nothing_new(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(DatasetWriter, "publish", publish)
+        assert run_recipe(host1).manifest is None
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", other_host_finds_nothing_new)
+    with pytest.raises(LockLost, match=r"removed while this run went on"):
+        run_recipe(host2)
+    assert published_versions(dest, "docs") == [1]
