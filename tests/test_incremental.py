@@ -245,6 +245,27 @@ def test_a_lock_from_another_host_not_renewed_for_a_lease_is_taken_over(
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
 
 
+def test_a_run_stopped_by_a_lock_is_told_how_that_lock_ends(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduler's run refused by the lock of a run killed on another host waits the lease out; one
+    refused by a lock an earlier release took (never renewed, never taken over) is given the statement
+    that removes it, or it would be refused for good."""
+    recipe_path = one_note(workdir)
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    monkeypatch.setenv("CURATION_LOCK_LEASE", "60")
+    lock_held_elsewhere(engine, datetime.now(UTC) - timedelta(seconds=30))
+    refused = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1 and "is taken over once it has not been renewed for 60 seconds" in said, said
+    lock_held_elsewhere(engine, None)
+    refused = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    said = " ".join(refused.stderr.split())
+    statement = "DELETE FROM run_locks WHERE dataset = 'd' AND run_id = 'pod7run'"
+    assert refused.returncode == 1 and f"remove it from the state store: {statement}" in said, said
+    with engine.begin() as db:
+        db.execute(sa.text(statement))  # as the message says: the next run goes ahead
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
+
+
 @pytest.mark.parametrize("skew", [timedelta(hours=1), -timedelta(hours=1)])
 def test_a_postgresql_store_times_the_lease_by_its_own_clock(
     postgres_url: str, skew: timedelta, monkeypatch: pytest.MonkeyPatch
