@@ -370,6 +370,22 @@ def _expired(holder: sa.RowMapping, lease: float, now: datetime) -> bool:
     return renewed is not None and (now - _aware(renewed)).total_seconds() > lease
 
 
+def _how_it_ends(holder: sa.RowMapping, lease: float) -> str:
+    """What ends a lock that stops a run, should its holder have been killed (on another host, where this
+    run cannot see whether its process lives)."""
+    if holder["renewed_at"] is None:  # an earlier release's: never renewed, so never taken over
+        dataset, run_id = (str(holder[name]).replace("'", "''") for name in ("dataset", "run_id"))  # SQL quoting
+        return (
+            "It was taken by an earlier release of curation, which does not renew its lock, so no run takes it "
+            "over: once that run is no longer running, remove it from the state store: DELETE FROM run_locks "
+            f"WHERE dataset = '{dataset}' AND run_id = '{run_id}'"
+        )
+    return (
+        f"If that run was killed, its lock is taken over once it has not been renewed for {lease:g} seconds "
+        f"({LEASE_SETTING}; last renewed {_aware(holder['renewed_at']).astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)."
+    )
+
+
 @contextlib.contextmanager
 def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]:
     """Hold the dataset's lock for the block; raise ``RunLocked`` if another run holds it.
@@ -424,7 +440,7 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]
             raise RunLocked(
                 f"dataset {dataset!r} is being curated by another run (run {holder['run_id']}, pid {holder['pid']} "
                 f"on {holder['host']}, since {holder['acquired_at']:%Y-%m-%d %H:%M:%S}); this run did nothing. "
-                "Try again when it has finished."
+                f"Try again when it has finished. {_how_it_ends(holder, lease)}"
             ) from None
     else:
         raise RunLocked(f"dataset {dataset!r}: could not take the run lock; try again")

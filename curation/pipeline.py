@@ -698,7 +698,9 @@ def _run_locked(
             held.hold()
 
         published = writer.publish(
-            functools.partial(_manifest, recipe, plan, writer, tally, counts), before_visible=visible_next
+            functools.partial(_manifest, recipe, plan, writer, tally, counts),
+            before_visible=visible_next,
+            builds_on=plan.previous,
         )
     except BaseException as error:
         held.release()

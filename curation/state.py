@@ -113,7 +113,9 @@ class StateStore:
 
     def unrecorded_versions(self, dataset: str, published: list[int]) -> list[int]:
         """Versions of ``dataset`` that became visible but whose run was killed before it recorded what
-        it read: marked so, and returned (a run must then not trust the watermarks)."""
+        it read (a run must then not trust the watermarks). Their runs stay marked publishing until a run
+        that read everything again publishes (``run_finished``): killed before that too, it leaves the
+        next run to read everything again. Runs killed before their version became visible are marked so."""
         with self.engine.begin() as db:
             rows = db.execute(
                 sa.select(runs.c.run_id, runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "publishing")
@@ -121,7 +123,7 @@ class StateStore:
             found = sorted(row.version for row in rows if row.version in published)
             db.execute(
                 runs.update()
-                .where(runs.c.dataset == dataset, runs.c.status == "publishing")
+                .where(runs.c.dataset == dataset, runs.c.status == "publishing", runs.c.version.not_in(found))
                 .values(status="killed", finished_at=_now(), error="killed while publishing")
             )
         return found
@@ -135,6 +137,13 @@ class StateStore:
         error: str | None = None,
     ) -> None:
         with self.engine.begin() as db:
+            if status == "published":  # it read everything again where a killed run left a version unrecorded
+                dataset = sa.select(runs.c.dataset).where(runs.c.run_id == run_id).scalar_subquery()
+                db.execute(
+                    runs.update()
+                    .where(runs.c.dataset == dataset, runs.c.status == "publishing", runs.c.run_id != run_id)
+                    .values(status="killed", finished_at=_now(), error="killed while publishing")
+                )
             db.execute(
                 runs.update()
                 .where(runs.c.run_id == run_id)

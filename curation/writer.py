@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from connectors.state import LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
@@ -40,6 +41,12 @@ from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
 from schemas.records import SOURCE_TYPE
 
 log = logging.getLogger(__name__)
+
+
+class PublishedMeanwhile(LockLost):
+    """The dest's versions changed while the run went on (a run with another state store published): the
+    run publishes nothing, as when its lock was taken over."""
+
 
 SPLITS = ("train", "validation")
 # Formats whose consumer reads one file per channel (besides those with a fixed ``data_file``, like VQA's
@@ -694,12 +701,14 @@ class DatasetWriter:
         self,
         build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest],
         before_visible: Callable[[int], None] = lambda _version: None,
+        builds_on: list[int] | None = None,
     ) -> Manifest:
         """Close the shards, write the manifest last and make the version visible at once.
 
         ``before_visible(version)`` is called right before that (the run records that it is publishing
-        and holds SIGTERM off from then on, so the version it publishes is recorded as published). The
-        staging area is left to ``clean_up``."""
+        and holds SIGTERM off from then on, so the version it publishes is recorded as published).
+        ``builds_on``: the versions the run found when it started; if others are there now, it publishes
+        nothing (``PublishedMeanwhile``). The staging area is left to ``clean_up``."""
         self.flush()
         self._worker.shutdown()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
@@ -712,6 +721,9 @@ class DatasetWriter:
                     out.write(content)
                 side_files[f"{split}/{name}"] = hashlib.sha256(content).hexdigest()
         existing = published_versions(self.dest, self.dataset)
+        if builds_on is not None and existing != builds_on:
+            raise PublishedMeanwhile(self._changed_meanwhile(builds_on, existing))
+        self._check_staged()
         version = (existing[-1] + 1) if existing else 1
         splits = {
             name: Split(records=sum(s.records for s in shards), shards=shards)
@@ -726,6 +738,10 @@ class DatasetWriter:
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
+        if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+            # Published since the versions were listed, a moment ago (by a run of another state store): a
+            # published version is never removed to make room for this one.
+            raise PublishedMeanwhile(self._changed_meanwhile(existing, [*existing, version]))
         if is_s3(target_uri):
             self._publish_s3(target, body, lambda: before_visible(version))
         else:
@@ -736,6 +752,38 @@ class DatasetWriter:
             before_visible(version)
             self.fs.move(self.staging, target)  # one rename: the version appears whole
         return manifest
+
+    def _check_staged(self) -> None:
+        """Raise ``PublishedMeanwhile`` unless every file this run staged is still there: a run of another
+        state store clears the staging area as it ends, and the version would list files it does not hold."""
+        staged = {
+            shard.path for series in (*self.splits.values(), self.set_aside, self.lineage) for shard in series.shards
+        }
+        staged |= {shard.path for shards in self.carried.values() for shard in shards} | set(self.files)
+        staged -= {path for _, path in self._carried_files}  # on S3, copied from their version as it is published
+        listed = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True, allow_not_found=True))
+        missing = sorted(staged - {info.path[len(self.staging) + 1 :] for info in listed})
+        if missing:
+            raise PublishedMeanwhile(
+                f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
+                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (it "
+                "clears the staging area as it ends), so this run published nothing; the runs of a dataset that "
+                "publish to one dest must share one state store (a PostgreSQL URL across hosts)"
+            )
+
+    def _changed_meanwhile(self, builds_on: list[int], existing: list[int]) -> str:
+        appeared = sorted(set(existing) - set(builds_on))
+        where = dataset_uri(self.dest, self.dataset)
+        if not appeared:  # removed by hand (a rollback) while the run went on: what it built on is gone
+            gone = ", ".join(f"v{number}" for number in sorted(set(builds_on) - set(existing)))
+            return f"{self.dataset} {gone} was removed from {where} while this run went on; this run published nothing"
+        # Under one state store the dataset's lock keeps runs apart: this one came from another store.
+        return (
+            f"{self.dataset} v{appeared[-1]} was published at {where} while this run went on, by a run that does "
+            "not use this run's state store (its lock keeps apart only the runs that share it), so this run "
+            "published nothing; the runs of a dataset that publish to one dest must share one state store (a "
+            "PostgreSQL URL across hosts)"
+        )
 
     def _publish_s3(self, target: str, manifest_body: bytes, before_visible: Callable[[], None]) -> None:
         # A folder without a manifest is no version: what a run killed while copying left there goes first.

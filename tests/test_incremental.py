@@ -20,7 +20,7 @@ import connectors.state as state
 from connectors.state import LockLost, RunLocked, create_tables, lock_lease, run_lock, run_locks
 from connectors.storage import StorageError
 from curation.pipeline import run_recipe
-from curation.published import published_versions
+from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
 from schemas.config import load_recipe, parse_recipe
 from tests.helpers import docs_recipe, outputs, processed, run, write_jsonl, write_recipe
@@ -139,7 +139,7 @@ def test_a_failed_run_leaves_the_input_for_the_next(workdir: Path, monkeypatch: 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
     recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
 
-    def broken(self, build_manifest, before_visible):
+    def broken(self, build_manifest, before_visible, **_):
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
@@ -243,6 +243,27 @@ def test_a_lock_from_another_host_not_renewed_for_a_lease_is_taken_over(
     assert "taking over the lock of run pod7run (pid 1 on etl-pod-7)" in caplog.text
     with engine.connect() as db:
         assert db.execute(sa.select(sa.func.count()).select_from(run_locks)).scalar() == 0
+
+
+def test_a_run_stopped_by_a_lock_is_told_how_that_lock_ends(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduler's run refused by the lock of a run killed on another host waits the lease out; one
+    refused by a lock an earlier release took (never renewed, never taken over) is given the statement
+    that removes it, or it would be refused for good."""
+    recipe_path = one_note(workdir)
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    monkeypatch.setenv("CURATION_LOCK_LEASE", "60")
+    lock_held_elsewhere(engine, datetime.now(UTC) - timedelta(seconds=30))
+    refused = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1 and "is taken over once it has not been renewed for 60 seconds" in said, said
+    lock_held_elsewhere(engine, None)
+    refused = curation("run", "--quiet", str(recipe_path), cwd=workdir)
+    said = " ".join(refused.stderr.split())
+    statement = "DELETE FROM run_locks WHERE dataset = 'd' AND run_id = 'pod7run'"
+    assert refused.returncode == 1 and f"remove it from the state store: {statement}" in said, said
+    with engine.begin() as db:
+        db.execute(sa.text(statement))  # as the message says: the next run goes ahead
+    assert run_recipe(load_recipe(recipe_path)).manifest.version == 1
 
 
 @pytest.mark.parametrize("skew", [timedelta(hours=1), -timedelta(hours=1)])
@@ -702,3 +723,93 @@ def test_a_file_replaced_by_another_of_its_size_and_mtime_is_taken_once_touched(
     assert run(workdir, recipe).message.startswith("nothing new")
     a.touch()
     assert [line["text"] for line in outputs(Path(run(workdir, recipe).version_uri))] == ["omega"]
+
+
+def test_a_run_that_another_store_published_beside_meanwhile_refuses_to_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies of a recipe (two hosts, each with its own state store) publishing one dataset to one
+    dest: the lock in a state store cannot keep them apart, so the run that comes second to publish
+    refuses, rather than publish a second version of the same records (or a broken one: the first
+    run's clean-up removed its staging folder)."""
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    dest = str(tmp_path / "shared")
+    spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1, host2 = (load_recipe(write_recipe(tmp_path / name, dict(spec))) for name in ("host1", "host2"))
+    publish = DatasetWriter.publish
+
+    def other_host_publishes_first(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(DatasetWriter, "publish", publish)
+        assert run_recipe(host1).manifest.version == 1  # while this run (host2's) was about to publish
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", other_host_publishes_first)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on") as refused:
+        run_recipe(host2)
+    assert "share one state store" in str(refused.value)
+    assert published_versions(dest, "docs") == [1]
+    assert not list((tmp_path / "shared" / "docs" / "_staging").glob("*"))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_version_another_store_published_a_moment_before_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+) -> None:
+    """The same two hosts, host1 publishing between host2's last look at the dest's versions and its
+    publishing: host2 takes the number for free, and must not remove host1's version to put its own there."""
+    import curation.writer as writer
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    listed = writer.published_versions
+
+    def other_host_publishes_meanwhile(*args: Any) -> list[int]:
+        found = listed(*args)
+        monkeypatch.setattr(writer, "published_versions", listed)
+        with monkeypatch.context() as patch:  # host2's staging folder stays (see the test above)
+            patch.setattr(DatasetWriter, "clean_up", lambda _: None)
+            assert run_recipe(host1).manifest.version == 1
+        return found
+
+    monkeypatch.setattr(writer, "published_versions", other_host_publishes_meanwhile)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on"):
+        run_recipe(host2)
+    v1 = f"{dest}/docs/v1"
+    assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_whose_staged_files_another_store_removed_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+) -> None:
+    """host1 (its own state store) finds nothing new while host2 stages its version, and clears the
+    dataset's staging area as it ends: host2 must not publish a version whose manifest lists files
+    that are not there (training refuses it, and the next run would carry it forward)."""
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(200)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    # Small shards: those closed before host1 clears the staging area are gone (on S3 too).
+    host2_spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest, shard_max_bytes=1024)
+    host2 = load_recipe(write_recipe(tmp_path / "host2", host2_spec))
+    assert run_recipe(host1).manifest.version == 1
+    publish = DatasetWriter.publish
+
+    def other_host_finds_nothing_new(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(DatasetWriter, "publish", publish)
+        assert run_recipe(host1).manifest is None
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", other_host_finds_nothing_new)
+    with pytest.raises(LockLost, match=r"removed while this run went on"):
+        run_recipe(host2)
+    assert published_versions(dest, "docs") == [1]

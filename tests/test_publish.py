@@ -152,6 +152,35 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
     assert texts == ["four", "one", "three", "two"]  # each once: b.jsonl's "three" is not published twice
 
 
+def test_a_version_left_unrecorded_stays_so_until_a_run_that_read_everything_publishes(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run that reads everything again because of a killed run's unrecorded version is killed too
+    (a scheduler's next try, OOM): the run after it must still not trust the watermarks."""
+    from connectors.state import Watermarks
+    from tests.helpers import outputs
+
+    class Killed(BaseException):  # as SIGKILL: nothing after it runs
+        pass
+
+    def killed(*args: object) -> None:
+        raise Killed
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    for where in (Watermarks, LocalExecutor):  # v2 visible, unrecorded; then the next run, while it reads
+        with monkeypatch.context() as patch:
+            patch.setattr(where, "commit" if where is Watermarks else "run", killed)
+            with pytest.raises(Killed):
+                run_recipe(recipe)
+    assert published_versions(str(workdir / "output"), "docs") == [1, 2]
+    third = run_recipe(recipe)
+    texts = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert texts == ["one", "three", "two"]  # b.jsonl's "three" once, not carried from v2 and read again
+
+
 @pytest.mark.parametrize("killed_in", ["signatures", "review queue"])
 def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_published(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, killed_in: str
