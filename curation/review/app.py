@@ -147,7 +147,9 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
         user = session_user(engine, request.session.get("session"))
-        return render(request, "error.html", user, error.status_code, error=error)
+        # A decision from a stale page (409) offers the item as it is now.
+        item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
+        return render(request, "error.html", user, error.status_code, error=error, item_page=item_page)
 
     # --- signing in ------------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ def create_app(
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
     def item(request: Request, item_id: int, user: CurrentUser) -> Response:
+        seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
         filters = _filters(request)
         siblings = _item_ids(engine, filters) or [item_id]
@@ -216,6 +219,7 @@ def create_app(
             "item.html",
             user,
             item=row,
+            seen=seen,
             view=view,
             query=urlencode(filters),
             previous=siblings[index - 1] if index > 0 else None,
@@ -235,6 +239,13 @@ def create_app(
     def decide(request: Request, item_id: int, user: CurrentUser, form: CheckedForm) -> Response:
         row = _get_item(engine, item_id)
         action = str(form.get("action", ""))
+        seen = form.get("seen")
+        seen = seen if isinstance(seen, str) else None
+        try:
+            # Before the edit is read: what it changes is judged against the item as it is now.
+            dec.check_seen(engine, item_id, seen, action)
+        except dec.StaleDecision as error:
+            raise HTTPException(409, str(error)) from None
         edit = None
         if action == "edit":
             view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
@@ -245,7 +256,9 @@ def create_app(
             query = str(form.get("query", ""))
             return RedirectResponse(f"/items/{item_id}?{query}" if query else f"/items/{item_id}", status_code=303)
         try:
-            dec.decide(engine, item_id, user.name, action, edit)
+            dec.decide(engine, item_id, user.name, action, edit, seen=seen)
+        except dec.StaleDecision as error:
+            raise HTTPException(409, str(error)) from None
         except dec.DecisionError as error:
             raise HTTPException(400, str(error)) from None
         request.session["message"] = f"item {item_id}: {dec.STATUS_OF[action]}"
