@@ -187,8 +187,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def queue(request: Request, user: CurrentUser) -> Response:
         filters = _filters(request)
-        items = _items(engine, filters)
-        total = len(_item_ids(engine, filters))
+        total = _count(engine, filters)
+        pages = max(1, math.ceil(total / MAX_LISTED))
+        page = min(_page(request.query_params.get("page")), pages)
+        items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
         left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
@@ -196,6 +198,9 @@ def create_app(
             user,
             items=items,
             total=total,
+            page=page,
+            pages=pages,
+            first=(page - 1) * MAX_LISTED + 1,
             filters=filters,
             query=urlencode(filters),
             left=left,
@@ -211,8 +216,7 @@ def create_app(
         seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
         filters = _filters(request)
-        siblings = _item_ids(engine, filters) or [item_id]
-        index = siblings.index(item_id) if item_id in siblings else -1
+        position, previous, following = _neighbours(engine, item_id, filters)
         view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
         return render(
             request,
@@ -222,9 +226,9 @@ def create_app(
             seen=seen,
             view=view,
             query=urlencode(filters),
-            previous=siblings[index - 1] if index > 0 else None,
-            following=siblings[index + 1] if 0 <= index < len(siblings) - 1 else None,
-            position=(index + 1, len(siblings)),
+            previous=previous,
+            following=following,
+            position=position,
             edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
             # Stored as escaped JSON ("\u00dc"): shown with its characters.
             history=[
@@ -420,18 +424,39 @@ def _select(filters: dict[str, str]) -> sa.Select:
     return _where(review_items.select().order_by(review_items.c.item_id), filters)
 
 
-def _items(engine: sa.Engine, filters: dict[str, str], limit: int = MAX_LISTED) -> list[dict[str, Any]]:
-    """Items under the filters, without their payloads (the list never shows them)."""
+def _page(value: str | None) -> int:
+    """The queue page asked for, from 1; anything else is the first."""
+    return int(value) if value and value.isdigit() and int(value) > 0 else 1
+
+
+def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
+    """One page of items under the filters, without their payloads (the list never shows them)."""
     columns = [c for c in review_items.c if c.name != "payload"]
-    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).limit(limit)
+    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).offset(offset).limit(MAX_LISTED)
     with engine.connect() as db:
         return [dict(row._mapping) for row in db.execute(query)]
 
 
-def _item_ids(engine: sa.Engine, filters: dict[str, str]) -> list[int]:
-    query = _where(sa.select(review_items.c.item_id).order_by(review_items.c.item_id), filters)
+def _count(engine: sa.Engine, filters: dict[str, str], *where: Any) -> int:
     with engine.connect() as db:
-        return [row.item_id for row in db.execute(query)]
+        return db.execute(
+            _where(sa.select(sa.func.count()).select_from(review_items), filters).where(*where)
+        ).scalar_one()
+
+
+def _neighbours(
+    engine: sa.Engine, item_id: int, filters: dict[str, str]
+) -> tuple[tuple[int, int], int | None, int | None]:
+    """The item's place among the items under the filters (0 when they leave it out), and the items
+    before and after it there: counted in the store, not listed (a queue can hold many thousands)."""
+    ids = review_items.c.item_id
+    with engine.connect() as db:
+        previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
+        following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
+    total = _count(engine, filters)
+    if not _count(engine, filters, ids == item_id):
+        return ((1, 1) if total == 0 else (0, total)), None, None
+    return (_count(engine, filters, ids <= item_id), total), previous, following
 
 
 def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
