@@ -21,11 +21,13 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from curation.review import decisions as dec
@@ -144,12 +146,21 @@ def create_app(
         context.update(user=user, csrf_token=_csrf_token(request))
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> Response:
+    # Starlette's own too (an unknown page, a form over its size limit), and a path that is no item
+    # or version: each as a page that says what went wrong, not the framework's JSON.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         user = session_user(engine, request.session.get("session"))
         # A decision from a stale page (409) offers the item as it is now.
         item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
         return render(request, "error.html", user, error.status_code, error=error, item_page=item_page)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: RequestValidationError) -> Response:
+        problems = [(str(e["loc"][0]), str(e["loc"][-1]), e["msg"]) for e in error.errors()]
+        detail = "; ".join(f"{name}: {message}" for _, name, message in problems)
+        status = 404 if any(place == "path" for place, _, _ in problems) else 400
+        return await http_error(request, StarletteHTTPException(status, f"{request.url.path}: {detail}"))
 
     # --- signing in ------------------------------------------------------------------------------
 
