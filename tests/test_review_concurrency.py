@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from curation.review import decisions as dec
 from curation.review.app import create_app
+from curation.review.labelstudio import export_tasks, import_annotations
 from curation.review.queue import add_items, review_items
 from schemas.records import FLAG_SCHEMA
 from tests.review_seed import PASSWORD, Seeded, seed
@@ -94,6 +95,23 @@ def test_a_stale_edit_does_not_put_back_the_value_another_edit_replaced(app, see
     assert ada.post(f"/items/{PII_ITEM}/decide", data=ada_edit).status_code == 409
     engine = sa.create_engine(seeded.state_url)
     assert dec.fields_in_force(engine, PII_ITEM) == {"completion": "Call us about the refund."}
+    dec.undo_last(engine, "pia")
+
+
+def test_a_label_studio_annotation_of_an_item_decided_on_since_the_export_is_not_taken(seeded: Seeded) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    tasks = export_tasks(engine, {"dataset": "support", "kind": "quarantined"})
+    tasks += export_tasks(engine, {"dataset": "charts"})
+    approve = {"from_name": "decision", "type": "choices", "value": {"choices": ["approve"]}}
+    for task in tasks:
+        task["annotations"] = [{"id": 1, "result": [approve]}]
+    quarantined, vqa = (task["data"]["item_id"] for task in tasks)
+    dec.decide(engine, quarantined, "rita", "reject")  # on the page, after the export
+    changed: list[int] = []
+    counts = import_annotations(engine, tasks, "pia", changed)
+    assert counts["approve"] == 1 and counts["changed since export"] == 1 and changed == [quarantined]
+    assert history(seeded, quarantined) == [("rita", "reject")] and history(seeded, vqa) == [("pia", "approve")]
+    dec.undo_last(engine, "rita")
     dec.undo_last(engine, "pia")
 
 
