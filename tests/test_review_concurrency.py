@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from curation.review import decisions as dec
 from curation.review.app import create_app
+from curation.review.auth import session_secret
 from curation.review.labelstudio import export_tasks, import_annotations
 from curation.review.queue import add_items, review_items
 from schemas.records import FLAG_SCHEMA
@@ -162,3 +163,42 @@ def test_two_servers_deciding_one_item_at_once_take_one(
         thread.join()
     assert sorted(outcomes) == ["stale", "taken"]
     assert len(dec.history(sa.create_engine(url), item_id)) == 1
+
+
+def _keys_of_servers_starting_at_once(url: str, servers: int = 4) -> tuple[list[str], list[Exception]]:
+    """The session signing key each of ``servers`` gets, started at once on the store; what failed."""
+    engines = [sa.create_engine(url) for _ in range(servers)]
+    dec.create_tables(engines[0])
+    together = threading.Barrier(servers)
+    keys: list[str] = []
+    failures: list[Exception] = []
+
+    def start(engine: sa.Engine) -> None:
+        together.wait()
+        try:
+            keys.append(session_secret(engine))
+        except Exception as error:  # what made a server fail to start
+            failures.append(error)
+
+    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return keys, failures
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_two_servers_starting_at_once_on_a_new_store_share_one_signing_key(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    for attempt in range(5):  # each on a store without a key yet
+        if store == "sqlite":
+            url = f"sqlite:///{tmp_path / f'state-{attempt}.db'}"
+        else:
+            url = request.getfixturevalue("postgres_url")
+            dec.create_tables(sa.create_engine(url))
+            with sa.create_engine(url).begin() as db:
+                db.execute(sa.text("DELETE FROM review_settings WHERE name = 'session_secret'"))
+        keys, failures = _keys_of_servers_starting_at_once(url)
+        assert failures == [] and len(keys) == 4 and len(set(keys)) == 1
