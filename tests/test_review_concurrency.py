@@ -92,8 +92,12 @@ def test_a_stale_edit_does_not_put_back_the_value_another_edit_replaced(app, see
     pia_edit = {**form(seen_by_pia, "edit-form"), "field": "completion", "value": "Call us about the refund."}
     assert pia.post(f"/items/{PII_ITEM}/decide", data=pia_edit).is_success
     # ada's box still holds the text as it was: saved, it would undo pia's edit of the field.
-    ada_edit = {**form(seen_by_ada, "edit-form"), "field": "completion", "value": "Call Maria about the refund."}
-    assert ada.post(f"/items/{PII_ITEM}/decide", data=ada_edit).status_code == 409
+    typed = "Call Maria about the refund.\n<b>Today</b>"
+    ada_edit = {**form(seen_by_ada, "edit-form"), "field": "completion", "value": typed}
+    refused = ada.post(f"/items/{PII_ITEM}/decide", data=ada_edit)
+    assert refused.status_code == 409 and "pia decided edit" in refused.text
+    # What she typed is not lost: it comes back, to copy into the item as it is now.
+    assert "readonly>Call Maria about the refund.\n&lt;b&gt;Today&lt;/b&gt;</textarea>" in refused.text
     engine = sa.create_engine(seeded.state_url)
     assert dec.fields_in_force(engine, PII_ITEM) == {"completion": "Call us about the refund."}
     dec.undo_last(engine, "pia")

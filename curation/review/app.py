@@ -54,6 +54,16 @@ DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
 MAX_LISTED = 500  # rows the queue page lists; the counts and the item pages cover the rest
 
 
+class StalePage(HTTPException):
+    """A decision from a page that no longer shows the item as it is (409): an edit's typed value goes
+    back with the answer, so that the annotator's typing is not lost."""
+
+    def __init__(self, error: Exception, form: FormData) -> None:
+        super().__init__(409, str(error))
+        value = form.get("value") if form.get("action") == "edit" else None
+        self.unsaved = value if isinstance(value, str) and value.strip() else None
+
+
 class NotSignedIn(Exception):
     """No session: pages redirect to the sign-in form, other requests get 401."""
 
@@ -153,7 +163,8 @@ def create_app(
         user = session_user(engine, request.session.get("session"))
         # A decision from a stale page (409) offers the item as it is now.
         item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
-        return render(request, "error.html", user, error.status_code, error=error, item_page=item_page)
+        unsaved = getattr(error, "unsaved", None)
+        return render(request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, error: RequestValidationError) -> Response:
@@ -260,7 +271,7 @@ def create_app(
             # Before the edit is read: what it changes is judged against the item as it is now.
             dec.check_seen(engine, item_id, seen, action)
         except dec.StaleDecision as error:
-            raise HTTPException(409, str(error)) from None
+            raise StalePage(error, form) from None
         edit = None
         if action == "edit":
             view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
@@ -273,7 +284,7 @@ def create_app(
         try:
             dec.decide(engine, item_id, user.name, action, edit, seen=seen)
         except dec.StaleDecision as error:
-            raise HTTPException(409, str(error)) from None
+            raise StalePage(error, form) from None
         except dec.DecisionError as error:
             raise HTTPException(400, str(error)) from None
         request.session["message"] = f"item {item_id}: {dec.STATUS_OF[action]}"
