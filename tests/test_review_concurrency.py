@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from curation.review import decisions as dec
 from curation.review.app import create_app
-from curation.review.auth import session_secret
-from curation.review.labelstudio import export_tasks, import_annotations
+from curation.review.auth import add_user, session_secret
+from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations
 from curation.review.queue import add_items, review_items
 from schemas.records import FLAG_SCHEMA
 from tests.review_seed import PASSWORD, Seeded, seed
@@ -118,6 +118,24 @@ def test_a_label_studio_annotation_of_an_item_decided_on_since_the_export_is_not
     assert history(seeded, quarantined) == [("rita", "reject")] and history(seeded, vqa) == [("pia", "approve")]
     dec.undo_last(engine, "rita")
     dec.undo_last(engine, "pia")
+
+
+def test_a_label_studio_export_from_another_store_is_refused(seeded: Seeded, tmp_path: Path) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    (task,) = export_tasks(engine, {"dataset": "support", "kind": "quarantined"})
+    task["annotations"] = [{"id": 1, "result": [{"from_name": "decision", "value": {"choices": ["reject"]}}]}]
+    # Another store (made again, say) numbers its items itself: the task's item there is another record.
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    source = {"connector": "files", "uri": "in.jsonl", "line": 1, "page": None}
+    flags = [
+        {"id": f"other-{n}", "source": source, "stage": "s", "kind": "quarantined", "detail": "d", "payload": "{}"}
+        for n in range(task["data"]["item_id"])
+    ]
+    add_items(other, "support", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    add_user(other, "pia", "pii-reviewer", PASSWORD)
+    with pytest.raises(LabelStudioError, match=r"task 0 .*: item \d+ holds record other-\d+, not the task's"):
+        import_annotations(other, [task], "pia")
+    assert dec.active_decisions(other, "support") == []
 
 
 def _one_item(engine: sa.Engine) -> int:

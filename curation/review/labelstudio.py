@@ -200,6 +200,12 @@ def import_annotations(
                 counts["skipped"] += 1
                 continue
             item = dec.get_item(engine, int(data["item_id"]))
+            if data.get("record_id", item["record_id"]) != item["record_id"]:
+                # Item ids are the store's own: an export from another store (or one made again) names others.
+                raise LabelStudioError(
+                    f"{where}: item {item['item_id']} holds record {item['record_id']}, not the task's "
+                    f"{data['record_id']}: was it exported from another state store? Nothing was imported"
+                )
             results = annotation.get("result") or []
             choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
             choice = (choices or [None])[0] if isinstance(choices, list) else choices
