@@ -224,3 +224,38 @@ def test_two_servers_starting_at_once_on_a_new_store_share_one_signing_key(
                 db.execute(sa.text("DELETE FROM review_settings WHERE name = 'session_secret'"))
         keys, failures = _keys_of_servers_starting_at_once(url)
         assert failures == [] and len(keys) == 4 and len(set(keys)) == 1
+
+
+def _undo_at_once(url: str, user: str, undos: int = 2) -> list[int]:
+    """The decisions ``undos`` undos of ``user`` at once (two tabs, two servers) say they undid."""
+    together = threading.Barrier(undos)
+    said: list[int] = []
+
+    def undo() -> None:
+        engine = sa.create_engine(url)
+        together.wait()
+        undone = dec.undo_last(engine, user)
+        if undone is not None:
+            said.append(undone["decision_id"])
+
+    threads = [threading.Thread(target=undo) for _ in range(undos)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return said
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_two_undos_at_once_undo_two_decisions(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}" if store == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    dec.create_tables(engine)
+    user = f"ann-{uuid.uuid4().hex[:8]}"
+    items = [_one_item(engine) for _ in range(20)]
+    for item_id in items:
+        dec.decide(engine, item_id, user, "reject")
+    said = [decision for _ in range(10) for decision in _undo_at_once(url, user)]
+    # Each undo said it undid a decision: each undid its own, none was undone twice and another left.
+    assert len(said) == len(set(said)) == 20
+    assert {dec.get_item(engine, item_id)["status"] for item_id in items} == {"open"}

@@ -288,15 +288,20 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
     create_tables(engine)
     query = _latest_in_force(decisions.c.user == user)
     with engine.begin() as db:
-        row = db.execute(query).first()
-        if row is None:
-            return None
-        undone = dict(row._mapping)
-        db.execute(
-            decisions.update()
-            .where(decisions.c.decision_id == undone["decision_id"])
-            .values(undone_at=_now(), undone_by=user)
-        )
+        while True:
+            row = db.execute(query).first()
+            if row is None:
+                return None
+            undone = dict(row._mapping)
+            # Only if still in force: two undos at once (two tabs, two servers) undo two decisions,
+            # not the same one twice while each says it undid one.
+            taken = db.execute(
+                decisions.update()
+                .where(decisions.c.decision_id == undone["decision_id"], decisions.c.undone_at.is_(None))
+                .values(undone_at=_now(), undone_by=user)
+            )
+            if taken.rowcount == 1:
+                break
         # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
         now = _in_force_for_item(db, undone["item_id"])
         status = STATUS_OF[now["action"]] if now else "open"
