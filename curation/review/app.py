@@ -422,7 +422,8 @@ def _safe_next(target: str) -> str:
 
 
 def _clean(pairs: Any) -> dict[str, str]:
-    # A version that is not a number matches nothing rather than failing in the database.
+    # A version that is not a number is dropped (every version is listed, as the form then shows) rather
+    # than failing in the database.
     return {k: v for k, v in pairs if k in FILTERS and v and (k != "version" or v.isdigit())}
 
 
