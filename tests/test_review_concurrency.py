@@ -64,10 +64,12 @@ def test_a_decision_from_a_page_shown_before_anothers_is_refused_and_says_whose(
     taken = rita.post(f"/items/{NEAR_DUP_ITEM}/decide", data={**form(seen_by_rita, "reject-form"), "action": "reject"})
     assert taken.status_code == 200 and history(seeded, NEAR_DUP_ITEM) == [("rita", "reject")]
     # pia's page still shows it open: her "not a duplicate" would silently set aside rita's rejection.
-    refused = pia.post(f"/items/{NEAR_DUP_ITEM}/decide", data={**form(seen_by_pia, "keep-form"), "action": "keep"})
+    stale = {**form(seen_by_pia, "keep-form"), "action": "keep", "query": "dataset=support"}
+    refused = pia.post(f"/items/{NEAR_DUP_ITEM}/decide", data=stale)
     assert refused.status_code == 409
     assert "rita decided reject" in refused.text and "it is now rejected" in refused.text
-    assert f'href="/items/{NEAR_DUP_ITEM}"' in refused.text  # offered the item as it is now
+    # Offered the item as it is now, under the queue's filters she was working through.
+    assert f'href="/items/{NEAR_DUP_ITEM}?dataset=support"' in refused.text
     assert history(seeded, NEAR_DUP_ITEM) == [("rita", "reject")]
     # Looked at again, her decision is taken.
     again = pia.get(f"/items/{NEAR_DUP_ITEM}").text

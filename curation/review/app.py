@@ -62,6 +62,7 @@ class StalePage(HTTPException):
         super().__init__(409, str(error))
         value = form.get("value") if form.get("action") == "edit" else None
         self.unsaved = value if isinstance(value, str) and value.strip() else None
+        self.query = str(form.get("query", ""))  # the queue's filters, kept for the item's next/previous
 
 
 class NotSignedIn(Exception):
@@ -163,6 +164,8 @@ def create_app(
         user = session_user(engine, request.session.get("session"))
         # A decision from a stale page (409) offers the item as it is now.
         item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
+        if item_page and getattr(error, "query", ""):
+            item_page += f"?{error.query}"
         unsaved = getattr(error, "unsaved", None)
         return render(request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved)
 
