@@ -51,7 +51,7 @@ from schemas.records import CONTENT_COLUMNS
 HERE = Path(__file__).parent
 FILTERS = ("dataset", "version", "kind", "status")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
-MAX_LISTED = 500  # rows the queue page lists; the counts and the item pages cover the rest
+MAX_LISTED = 500  # rows a page of the queue lists (the counts cover them all)
 
 
 class StalePage(HTTPException):
