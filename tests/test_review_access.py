@@ -237,7 +237,15 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
         import_annotations(engine, [task, blank], "pia")
     assert dec.run_decisions(engine, "support").undone == {}  # task 0's decision was not recorded either
     counts = import_annotations(engine, [task, vqa], "pia")
-    assert counts == {"approve": 0, "reject": 0, "edit": 2, "keep": 0, "skipped": 0, "already in force": 0}
+    assert counts == {
+        "approve": 0,
+        "reject": 0,
+        "edit": 2,
+        "keep": 0,
+        "skipped": 0,
+        "already in force": 0,
+        "changed since export": 0,
+    }
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
     # Imported again, the same edits are in force already: nothing is decided twice.

@@ -21,11 +21,13 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from curation.review import decisions as dec
@@ -49,7 +51,18 @@ from schemas.records import CONTENT_COLUMNS
 HERE = Path(__file__).parent
 FILTERS = ("dataset", "version", "kind", "status")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
-MAX_LISTED = 500  # rows the queue page lists; the counts and the item pages cover the rest
+MAX_LISTED = 500  # rows a page of the queue lists (the counts cover them all)
+
+
+class StalePage(HTTPException):
+    """A decision from a page that no longer shows the item as it is (409): an edit's typed value goes
+    back with the answer, so that the annotator's typing is not lost."""
+
+    def __init__(self, error: Exception, form: FormData) -> None:
+        super().__init__(409, str(error))
+        value = form.get("value") if form.get("action") == "edit" else None
+        self.unsaved = value if isinstance(value, str) and value.strip() else None
+        self.query = str(form.get("query", ""))  # the queue's filters, kept for the item's next/previous
 
 
 class NotSignedIn(Exception):
@@ -144,10 +157,24 @@ def create_app(
         context.update(user=user, csrf_token=_csrf_token(request))
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> Response:
+    # Starlette's own too (an unknown page, a form over its size limit), and a path that is no item
+    # or version: each as a page that says what went wrong, not the framework's JSON.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         user = session_user(engine, request.session.get("session"))
-        return render(request, "error.html", user, error.status_code, error=error)
+        # A decision from a stale page (409) offers the item as it is now.
+        item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
+        if item_page and getattr(error, "query", ""):
+            item_page += f"?{error.query}"
+        unsaved = getattr(error, "unsaved", None)
+        return render(request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: RequestValidationError) -> Response:
+        problems = [(str(e["loc"][0]), str(e["loc"][-1]), e["msg"]) for e in error.errors()]
+        detail = "; ".join(f"{name}: {message}" for _, name, message in problems)
+        status = 404 if any(place == "path" for place, _, _ in problems) else 400
+        return await http_error(request, StarletteHTTPException(status, f"{request.url.path}: {detail}"))
 
     # --- signing in ------------------------------------------------------------------------------
 
@@ -185,8 +212,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def queue(request: Request, user: CurrentUser) -> Response:
         filters = _filters(request)
-        items = _items(engine, filters)
-        total = len(_item_ids(engine, filters))
+        total = _count(engine, filters)
+        pages = max(1, math.ceil(total / MAX_LISTED))
+        page = min(_page(request.query_params.get("page")), pages)
+        items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
         left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
@@ -194,6 +223,9 @@ def create_app(
             user,
             items=items,
             total=total,
+            page=page,
+            pages=pages,
+            first=(page - 1) * MAX_LISTED + 1,
             filters=filters,
             query=urlencode(filters),
             left=left,
@@ -206,21 +238,22 @@ def create_app(
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
     def item(request: Request, item_id: int, user: CurrentUser) -> Response:
+        seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
         filters = _filters(request)
-        siblings = _item_ids(engine, filters) or [item_id]
-        index = siblings.index(item_id) if item_id in siblings else -1
+        position, previous, following = _neighbours(engine, item_id, filters)
         view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
         return render(
             request,
             "item.html",
             user,
             item=row,
+            seen=seen,
             view=view,
             query=urlencode(filters),
-            previous=siblings[index - 1] if index > 0 else None,
-            following=siblings[index + 1] if 0 <= index < len(siblings) - 1 else None,
-            position=(index + 1, len(siblings)),
+            previous=previous,
+            following=following,
+            position=position,
             edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
             # Stored as escaped JSON ("\u00dc"): shown with its characters.
             history=[
@@ -235,6 +268,13 @@ def create_app(
     def decide(request: Request, item_id: int, user: CurrentUser, form: CheckedForm) -> Response:
         row = _get_item(engine, item_id)
         action = str(form.get("action", ""))
+        seen = form.get("seen")
+        seen = seen if isinstance(seen, str) else None
+        try:
+            # Before the edit is read: what it changes is judged against the item as it is now.
+            dec.check_seen(engine, item_id, seen, action)
+        except dec.StaleDecision as error:
+            raise StalePage(error, form) from None
         edit = None
         if action == "edit":
             view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
@@ -245,7 +285,9 @@ def create_app(
             query = str(form.get("query", ""))
             return RedirectResponse(f"/items/{item_id}?{query}" if query else f"/items/{item_id}", status_code=303)
         try:
-            dec.decide(engine, item_id, user.name, action, edit)
+            dec.decide(engine, item_id, user.name, action, edit, seen=seen)
+        except dec.StaleDecision as error:
+            raise StalePage(error, form) from None
         except dec.DecisionError as error:
             raise HTTPException(400, str(error)) from None
         request.session["message"] = f"item {item_id}: {dec.STATUS_OF[action]}"
@@ -383,7 +425,8 @@ def _safe_next(target: str) -> str:
 
 
 def _clean(pairs: Any) -> dict[str, str]:
-    # A version that is not a number matches nothing rather than failing in the database.
+    # A version that is not a number is dropped (every version is listed, as the form then shows) rather
+    # than failing in the database.
     return {k: v for k, v in pairs if k in FILTERS and v and (k != "version" or v.isdigit())}
 
 
@@ -407,18 +450,39 @@ def _select(filters: dict[str, str]) -> sa.Select:
     return _where(review_items.select().order_by(review_items.c.item_id), filters)
 
 
-def _items(engine: sa.Engine, filters: dict[str, str], limit: int = MAX_LISTED) -> list[dict[str, Any]]:
-    """Items under the filters, without their payloads (the list never shows them)."""
+def _page(value: str | None) -> int:
+    """The queue page asked for, from 1; anything else is the first."""
+    return int(value) if value and value.isdigit() and int(value) > 0 else 1
+
+
+def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
+    """One page of items under the filters, without their payloads (the list never shows them)."""
     columns = [c for c in review_items.c if c.name != "payload"]
-    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).limit(limit)
+    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).offset(offset).limit(MAX_LISTED)
     with engine.connect() as db:
         return [dict(row._mapping) for row in db.execute(query)]
 
 
-def _item_ids(engine: sa.Engine, filters: dict[str, str]) -> list[int]:
-    query = _where(sa.select(review_items.c.item_id).order_by(review_items.c.item_id), filters)
+def _count(engine: sa.Engine, filters: dict[str, str], *where: Any) -> int:
     with engine.connect() as db:
-        return [row.item_id for row in db.execute(query)]
+        return db.execute(
+            _where(sa.select(sa.func.count()).select_from(review_items), filters).where(*where)
+        ).scalar_one()
+
+
+def _neighbours(
+    engine: sa.Engine, item_id: int, filters: dict[str, str]
+) -> tuple[tuple[int, int], int | None, int | None]:
+    """The item's place among the items under the filters (0 when they leave it out), and the items
+    before and after it there: counted in the store, not listed (a queue can hold many thousands)."""
+    ids = review_items.c.item_id
+    with engine.connect() as db:
+        previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
+        following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
+    total = _count(engine, filters)
+    if not _count(engine, filters, ids == item_id):
+        return ((1, 1) if total == 0 else (0, total)), None, None
+    return (_count(engine, filters, ids <= item_id), total), previous, following
 
 
 def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:

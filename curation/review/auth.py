@@ -151,13 +151,18 @@ def session_secret(engine: sa.Engine) -> str:
     """The key that signs session cookies: made once and kept in the state store, so a restart of
     the server does not sign everyone out."""
     create_tables(engine)
-    with engine.begin() as db:
-        row = db.execute(sa.select(settings.c.value).where(settings.c.name == "session_secret")).first()
-        if row:
-            return row.value
-        secret = secrets.token_urlsafe(48)
-        db.execute(settings.insert().values(name="session_secret", value=secret))
-        return secret
+    query = sa.select(settings.c.value).where(settings.c.name == "session_secret")
+    with engine.connect() as db:
+        row = db.execute(query).first()
+    if row:
+        return row.value
+    try:
+        with engine.begin() as db:
+            db.execute(settings.insert().values(name="session_secret", value=secrets.token_urlsafe(48)))
+    except sa.exc.IntegrityError:
+        pass  # another server starting on the same store made it first: both sign with that one
+    with engine.connect() as db:
+        return db.execute(query).scalar_one()
 
 
 class SignInLimits:

@@ -218,8 +218,15 @@ def import_(
     url = _state_url(state, _recipes(recipe))
     try:
         with _state_store(url):
-            counts = import_annotations(_engine(url), tasks, user)
+            changed: list[int] = []
+            counts = import_annotations(_engine(url), tasks, user, changed)
     except (LabelStudioError, DecisionError) as error:
         console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None
     console.print(", ".join(f"{count} {action}" for action, count in counts.items()), highlight=False)
+    if changed:
+        console.print(
+            f"[yellow]warning[/yellow] not taken, decided on since the export: item(s) "
+            f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
+            highlight=False,
+        )

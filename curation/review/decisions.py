@@ -116,25 +116,48 @@ def check_decision(item: dict[str, Any], action: str, edit: Edit | None) -> None
             raise DecisionError("only spans the PII stage flagged on this item can be marked not PII")
 
 
-def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit | None = None) -> int:
-    """Record a decision on an item and set its status; returns the decision id."""
+class StaleDecision(DecisionError):
+    """A decision posted from a page that showed the item before another decision or undo on it."""
+
+
+def revision(db: sa.Engine | sa.Connection, item_id: int) -> str:
+    """What a page showing the item saw of its decisions: changes with each decision and undo on it."""
+    query = sa.select(sa.func.max(decisions.c.decision_id), sa.func.count(decisions.c.undone_at)).where(
+        decisions.c.item_id == item_id
+    )
+    with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
+        latest, undone = conn.execute(query).one()
+    return f"{latest}.{undone}" if latest is not None else "0.0"
+
+
+def decide(
+    engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit | None = None, seen: str | None = None
+) -> int:
+    """Record a decision on an item and set its status; returns the decision id. With ``seen`` (the
+    item's ``revision`` when the annotator's page showed it), raise ``StaleDecision`` when another
+    decision or undo came since: the annotator decided on what the item no longer is."""
     item = get_item(engine, item_id)
     check_decision(item, action, edit)
-    before: dict[str, Any] = {"status": item["status"]}
-    after: dict[str, Any] = {"status": STATUS_OF[action]}
-    status = after["status"]
-    if action == "edit" and edit is not None:
-        # Only this edit's own values: it adds to the edits in force when they are read (see
-        # ``in_force``), so undoing an earlier one takes out that one alone.
-        after.update(edit.as_json())
-        # The values the edit replaces: an edit's in force, else what the flag showed.
-        previous = _in_force_for_item(engine, item_id)
-        earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
-        known = {**known_values(item), **earlier}
-        before["fields"] = {name: known.get(name) for name in edit.fields}
-        if previous and previous["action"] == "keep":
-            status = STATUS_OF["keep"]  # the keep stands, with the edit (see ``in_force``)
     with engine.begin() as db:
+        # Written first, so that two decisions at once (two servers on one store, too) are taken one
+        # after the other: the row's lock in PostgreSQL, the database's write lock in SQLite.
+        db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=review_items.c.status))
+        check_seen(db, item_id, seen, action)
+        status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
+        before: dict[str, Any] = {"status": status}
+        after: dict[str, Any] = {"status": STATUS_OF[action]}
+        status = after["status"]
+        if action == "edit" and edit is not None:
+            # Only this edit's own values: it adds to the edits in force when they are read (see
+            # ``in_force``), so undoing an earlier one takes out that one alone.
+            after.update(edit.as_json())
+            # The values the edit replaces: an edit's in force, else what the flag showed.
+            previous = _in_force_for_item(db, item_id)
+            earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
+            known = {**known_values(item), **earlier}
+            before["fields"] = {name: known.get(name) for name in edit.fields}
+            if previous and previous["action"] == "keep":
+                status = STATUS_OF["keep"]  # the keep stands, with the edit (see ``in_force``)
         decision_id = db.execute(
             decisions.insert().values(
                 item_id=item_id,
@@ -149,6 +172,34 @@ def decide(engine: sa.Engine, item_id: int, user: str, action: str, edit: Edit |
         ).inserted_primary_key[0]
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=status))
     return int(decision_id)
+
+
+def check_seen(db: sa.Engine | sa.Connection, item_id: int, seen: str | None, action: str) -> None:
+    """Raise ``StaleDecision`` when the item's decisions changed since a page showed them (``seen``)."""
+    if seen is not None and seen != revision(db, item_id):
+        with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
+            raise StaleDecision(_changed_since(conn, item_id, action))
+
+
+def _changed_since(db: sa.Connection, item_id: int, action: str) -> str:
+    """Why a decision from a stale page is not taken: the latest change on the item, and who made it."""
+    query = decisions.select().where(decisions.c.item_id == item_id).order_by(decisions.c.decision_id.desc())
+    latest = db.execute(query.limit(1)).first()
+    undone = db.execute(
+        query.where(decisions.c.undone_at.is_not(None)).order_by(decisions.c.undone_at.desc()).limit(1)
+    ).first()
+    if latest is None:
+        change = "its decisions were changed"
+    elif undone is not None and _utc(undone.undone_at) > _utc(latest.at):
+        change = f"{undone.undone_by} undid the {undone.action} by {undone.user}"
+    else:
+        change = f"{latest.user} decided {latest.action}"
+    now = _in_force_for_item(db, item_id)
+    status = STATUS_OF[now["action"]] if now else "open"
+    return (
+        f"item {item_id} changed since your page showed it: {change}; it is now {status}. "
+        f"Your {action} was not taken: look at the item again and decide."
+    )
 
 
 def _latest_in_force(*where: Any) -> sa.Select:
@@ -237,15 +288,20 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
     create_tables(engine)
     query = _latest_in_force(decisions.c.user == user)
     with engine.begin() as db:
-        row = db.execute(query).first()
-        if row is None:
-            return None
-        undone = dict(row._mapping)
-        db.execute(
-            decisions.update()
-            .where(decisions.c.decision_id == undone["decision_id"])
-            .values(undone_at=_now(), undone_by=user)
-        )
+        while True:
+            row = db.execute(query).first()
+            if row is None:
+                return None
+            undone = dict(row._mapping)
+            # Only if still in force: two undos at once (two tabs, two servers) undo two decisions,
+            # not the same one twice while each says it undid one.
+            taken = db.execute(
+                decisions.update()
+                .where(decisions.c.decision_id == undone["decision_id"], decisions.c.undone_at.is_(None))
+                .values(undone_at=_now(), undone_by=user)
+            )
+            if taken.rowcount == 1:
+                break
         # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
         now = _in_force_for_item(db, undone["item_id"])
         status = STATUS_OF[now["action"]] if now else "open"

@@ -74,12 +74,15 @@ def label_config(kind: str, tasks: list[dict[str, Any]], entities: Iterable[str]
     return LABEL_CONFIGS[kind].replace("{labels}", labels)
 
 
-def _task(item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, int]]) -> dict[str, Any]:
+def _task(item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, int]], seen: str) -> dict[str, Any]:
     """``not_pii``: the spans of a PII item the decisions in force mark not PII, which the next run
-    publishes in clear: in the text exported redacted, and not predicted as PII in the raw text."""
+    publishes in clear: in the text exported redacted, and not predicted as PII in the raw text.
+    ``seen``: the item's decisions as exported (``decisions.revision``), for the import to tell an
+    item decided on since."""
     payload = json.loads(item["payload"] or "{}")
     data: dict[str, Any] = {
         "item_id": item["item_id"],
+        "seen": seen,
         "record_id": item["record_id"],
         "kind": item["kind"],
         "dataset": item["dataset"],
@@ -148,7 +151,12 @@ def export_tasks(
     with engine.connect() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
     return [
-        _task(row, include_pii, dec.not_pii_in_force(engine, row["item_id"]) if row["kind"] == "pii" else set())
+        _task(
+            row,
+            include_pii,
+            dec.not_pii_in_force(engine, row["item_id"]) if row["kind"] == "pii" else set(),
+            dec.revision(engine, row["item_id"]),
+        )
         for row in rows
     ]
 
@@ -164,15 +172,23 @@ def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     return max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
 
 
-def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str) -> dict[str, int]:
+CHANGED = "changed since export"
+
+
+def import_annotations(
+    engine: sa.Engine, tasks: list[dict[str, Any]], user: str, changed: list[int] | None = None
+) -> dict[str, int]:
     """Take each task's latest annotation as a decision by ``user`` (a user of the review page, whose
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
-    every task can be."""
+    every task can be. A task whose item was decided on (or a decision undone) after the export is
+    not taken, as a page showing the item from before is not: counted (``CHANGED``), its item added
+    to ``changed``."""
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
-    counts = {"approve": 0, "reject": 0, "edit": 0, "keep": 0, "skipped": 0, "already in force": 0}
-    decisions: list[tuple[int, str, dec.Edit | None]] = []
+    counts = {"approve": 0, "reject": 0, "edit": 0, "keep": 0, "skipped": 0, "already in force": 0, CHANGED: 0}
+    changed = [] if changed is None else changed
+    decisions: list[tuple[int, str, dec.Edit | None, str | None]] = []
     for position, task in enumerate(tasks):
         where = f"task {position} (Label Studio id {task.get('id') if isinstance(task, dict) else None})"
         try:
@@ -184,6 +200,12 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
                 counts["skipped"] += 1
                 continue
             item = dec.get_item(engine, int(data["item_id"]))
+            if data.get("record_id", item["record_id"]) != item["record_id"]:
+                # Item ids are the store's own: an export from another store (or one made again) names others.
+                raise LabelStudioError(
+                    f"{where}: item {item['item_id']} holds record {item['record_id']}, not the task's "
+                    f"{data['record_id']}: was it exported from another state store? Nothing was imported"
+                )
             results = annotation.get("result") or []
             choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
             choice = (choices or [None])[0] if isinstance(choices, list) else choices
@@ -218,10 +240,20 @@ def import_annotations(engine: sa.Engine, tasks: list[dict[str, Any]], user: str
         if dec.holds_already(engine, item["item_id"], action, taken):  # imported before: not decided twice
             counts["already in force"] += 1
             continue
-        decisions.append((item["item_id"], action, taken))
+        seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
+        if seen is not None and seen != dec.revision(engine, item["item_id"]):
+            counts[CHANGED] += 1
+            changed.append(item["item_id"])
+            continue
+        decisions.append((item["item_id"], action, taken, seen))
+    for item_id, action, edit, seen in decisions:
+        try:
+            dec.decide(engine, item_id, user, action, edit, seen=seen)
+        except dec.StaleDecision:  # decided on the page while this import ran
+            counts[CHANGED] += 1
+            changed.append(item_id)
+            continue
         counts[action] += 1
-    for item_id, action, edit in decisions:
-        dec.decide(engine, item_id, user, action, edit)
     return counts
 
 

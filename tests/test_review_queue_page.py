@@ -1,0 +1,60 @@
+"""A queue larger than one page of the list: every item can be listed, and the item pages count their
+place among the filtered items without listing them all."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from curation.review.app import MAX_LISTED, create_app
+from curation.review.auth import add_user
+from curation.review.queue import add_items
+from schemas.records import FLAG_SCHEMA
+
+PASSWORD = "correct horse battery"
+
+
+def queue_of(state_url: str, dataset: str, records: int) -> None:
+    flags = [
+        {
+            "id": f"{dataset}-{n}",
+            "source": {"connector": "files", "uri": "in.jsonl", "line": n + 1, "page": None},
+            "stage": "read",
+            "kind": "quarantined",
+            "detail": f"row {n}",
+            "payload": "{}",
+        }
+        for n in range(records)
+    ]
+    add_items(sa.create_engine(state_url), dataset, 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+
+
+def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "other", 3)  # items 1-3, left out by the filter
+    queue_of(state_url, "big", 2 * MAX_LISTED + 100)  # items 4-1103
+    add_user(sa.create_engine(state_url), "rita", "reviewer", PASSWORD)
+    client = TestClient(create_app(state_url), base_url="https://testserver")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+
+    def listed(page: str) -> list[int]:
+        return [int(n) for n in re.findall(r'<tr class="status-\w+">\s*<td><a href="/items/(\d+)', page)]
+
+    first = client.get("/?dataset=big").text
+    assert listed(first) == list(range(4, 4 + MAX_LISTED)) and "1100 item(s), 1 to 500 listed" in first
+    last = client.get("/?dataset=big&page=3").text
+    assert listed(last) == list(range(1004, 1104)) and "1001 to 1100 listed" in last
+    assert 'href="/?dataset=big&amp;page=2"' in last and 'id="next-page"' not in last
+    assert listed(client.get("/?dataset=big&page=99").text) == listed(last)  # past the end: the last page
+    assert listed(client.get("/?dataset=big&page=x").text) == listed(first)
+    # An item page counts its place among the filtered items, and links its neighbours there.
+    page = client.get("/items/1004?dataset=big").text
+    assert "<span>1001 of 1100</span>" in page
+    assert 'href="/items/1003?dataset=big"' in page and 'href="/items/1005?dataset=big"' in page
+    assert "<span>1 of 1100</span>" in client.get("/items/4?dataset=big").text
+    assert "<span>0 of 1100</span>" in client.get("/items/2?dataset=big").text  # the filter leaves it out
