@@ -265,7 +265,10 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
             try:
                 head = client.head_object(Bucket=bucket, Key=key)
                 modified = head["LastModified"].isoformat()
-                return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))], False
+                if head["ContentLength"] or not _holds_objects(client, bucket, f"{key}/"):
+                    return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))], False
+                # An empty object named as the folder beside it (`data.jsonl` beside Spark's
+                # `data.jsonl/part-*`, written by some tools as a folder marker): the path names the folder.
             except botocore.exceptions.ClientError as error:
                 if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                     raise  # denied, throttled, down: not "no such object"
@@ -278,6 +281,19 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
     return sorted(found, key=lambda e: e.uri), True
+
+
+def _holds_objects(client: Any, bucket: str, prefix: str) -> bool:
+    """Whether any object lies under ``prefix``; False where listing is not allowed (read access to
+    one object is enough to read it)."""
+    import botocore.exceptions
+
+    try:
+        return bool(client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "AccessDenied":
+            raise
+        return False
 
 
 def _folder(key: str) -> str:

@@ -235,3 +235,22 @@ def test_an_aws_profile_that_does_not_exist_is_one_line_naming_it(
         result = curation(command, "recipe.yaml", cwd=workdir)
         assert result.returncode in (1, 2) and "Traceback" not in result.stderr + result.stdout, command
         assert "mini0" in result.stdout + result.stderr, command
+
+
+def test_a_path_naming_an_empty_folder_marker_object_reads_the_folder_under_it(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    # Spark (and tools such as s3fs) write a folder named like a file, `data.jsonl/part-*`, and some put an
+    # empty object under the folder's own name beside it: the path names that folder, not the marker.
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="exports/data.jsonl", Body=b"")
+    s3.put_object(Bucket=bucket, Key="exports/data.jsonl/part-0.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    s3.put_object(Bucket=bucket, Key="exports/data.jsonl/_SUCCESS", Body=b"")
+    s3.put_object(Bucket=bucket, Key="exports/empty.jsonl", Body=b"")  # an empty file, no folder: itself
+    result = run(workdir, docs_recipe(f"s3://{bucket}/exports/data.jsonl", dest=f"s3://{bucket}/out"))
+    assert result.manifest.counts.written == 2
+    assert [i.uri for i in result.manifest.inputs] == [f"s3://{bucket}/exports/data.jsonl/part-0.jsonl"]
+
+    from connectors.storage import list_files
+
+    assert [e.uri for e in list_files(f"s3://{bucket}/exports/empty.jsonl")] == [f"s3://{bucket}/exports/empty.jsonl"]
