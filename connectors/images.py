@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, cr_only, file_format
 from connectors.state import SourceWatermark, file_fingerprints
-from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_input
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
 from schemas.records import SOURCE_TYPE, set_aside_rows
@@ -136,7 +136,7 @@ class ImagesSourceReader:
             if self.watermark is not None:
                 for entry in self.sidecar.entries():
                     fs, path = filesystem(entry.uri)
-                    with fs.open_input_stream(path) as stream:
+                    with open_input(fs, path) as stream:
                         data = stream.read()
                     item = f"sidecar:{entry.uri}"
                     before = self.watermark.get(item)

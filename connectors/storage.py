@@ -7,6 +7,7 @@ not read the endpoint (from the environment or the profile) itself, so we pass o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,23 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return s3_filesystem(), uri.removeprefix("s3://")
     path = uri.removeprefix("file://")
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+# The first bytes of a gzip member and a zstd frame: no text file starts with either (neither is UTF-8).
+_PACKED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+@contextlib.contextmanager
+def open_input(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
+    """The file as a stream of its bytes, unpacked where it is compressed, as told by its first bytes,
+    not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
+    (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
+    the suffix."""
+    with fs.open_input_file(path) as handle:
+        head = handle.read_at(4, 0) if handle.size() else b""
+        packed = _PACKED.get(head[:2]) or _PACKED.get(head)
+        handle.seek(0)
+        yield pa.CompressedInputStream(handle, packed) if packed else handle
 
 
 def join(uri: str, *parts: str) -> str:

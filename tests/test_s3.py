@@ -254,3 +254,46 @@ def test_a_path_naming_an_empty_folder_marker_object_reads_the_folder_under_it(
     from connectors.storage import list_files
 
     assert [e.uri for e in list_files(f"s3://{bucket}/exports/empty.jsonl")] == [f"s3://{bucket}/exports/empty.jsonl"]
+
+
+def test_objects_uploaded_gzip_compressed_under_a_plain_name_are_read_as_their_text(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    # `aws s3 cp --content-encoding gzip` (as for web assets): S3 keeps the compressed bytes and no S3
+    # client unpacks them; read as they are, every line was quarantined as malformed, the page as corrupt.
+    import gzip
+
+    import pyarrow.csv as pacsv
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+
+    def put(key: str, body: bytes) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(body), ContentEncoding="gzip")
+
+    put("raw/a.jsonl", b'{"q": "Where is it?", "a": "Here."}\n{"q": "When?", "a": "Now."}\n')
+    put("raw/b.csv", b"q,a\nWho?,Me.\n")
+    table = pa.table({"q": ["Why?"], "a": ["Because."]})
+    pq.write_table(table, workdir / "c.parquet")
+    put("raw/c.parquet", (workdir / "c.parquet").read_bytes())
+    pacsv.write_csv(table, workdir / "d.csv")
+    s3.put_object(Bucket=bucket, Key="raw/d.csv.gz", Body=gzip.compress((workdir / "d.csv").read_bytes()))
+    spec = {
+        "dataset": "qa",
+        "sources": [{"path": f"s3://{bucket}/raw/"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [],
+        "output": {"dest": f"s3://{bucket}/curated"},
+    }
+    manifest = run(workdir, spec).manifest
+    assert (manifest.counts.input, manifest.counts.written) == (5, 5), manifest.counts
+    assert "nothing new" in run(workdir, spec).message
+
+    put("docs/policy.html", b"<html><body><h1>Refunds</h1><p>Refunds are paid within thirty days.</p></body></html>")
+    docs = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": f"s3://{bucket}/docs/"}],
+        "record": {"kind": "document"},
+        "output": {"dest": f"s3://{bucket}/curated"},
+    }
+    manifest = run(workdir, docs).manifest
+    assert (manifest.counts.written, manifest.counts.quarantined) == (1, 0), manifest.counts
