@@ -297,3 +297,16 @@ def test_objects_uploaded_gzip_compressed_under_a_plain_name_are_read_as_their_t
     }
     manifest = run(workdir, docs).manifest
     assert (manifest.counts.written, manifest.counts.quarantined) == (1, 0), manifest.counts
+
+
+def test_a_dest_bucket_that_does_not_exist_fails_the_run_by_name_before_it_reads(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    # It listed as empty: the run read all its input, then failed to publish with Arrow's words for the upload.
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n')
+    spec = docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest="s3://no-such-bucket-here/out")
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket-here/out: no such bucket$"):
+        run(workdir, spec)
