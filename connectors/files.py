@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem, open_input
+from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import InputIds, empty_set_aside, set_aside_rows, sorted_holds, source_array
@@ -543,6 +543,8 @@ class FilesSourceReader(ListedFiles):
             yield from reader(entry, block_bytes or BLOCK_BYTES)
         except StorageError:
             raise  # names the file already
+        except FileNotFoundError:
+            raise StorageError(gone(entry.uri)) from None
         except OSError as exc:
             raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which

@@ -114,6 +114,13 @@ def open_input(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
         yield pa.CompressedInputStream(handle, packed) if packed else handle
 
 
+def gone(uri: str) -> str:
+    """Why a listed input could not be opened: moved or deleted while the run read its source. The run
+    fails rather than pass over it: the fingerprint its listing gave would be saved as read, and the
+    same object put back would never be read."""
+    return f"{uri}: gone since the run listed it (moved or deleted while the run read); run again to read what is there now"
+
+
 def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri, *parts) if is_s3(uri) else os.path.join(uri, *parts)
 

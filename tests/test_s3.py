@@ -310,3 +310,29 @@ def test_a_dest_bucket_that_does_not_exist_fails_the_run_by_name_before_it_reads
     spec = docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest="s3://no-such-bucket-here/out")
     with pytest.raises(StorageError, match=r"^s3://no-such-bucket-here/out: no such bucket$"):
         run(workdir, spec)
+
+
+def test_an_object_deleted_between_listing_and_reading_fails_the_run_by_name_and_is_read_when_back(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.state
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    for name in ("a", "b"):
+        s3.put_object(Bucket=bucket, Key=f"in/{name}.jsonl", Body=f'{{"text": "{name}"}}\n'.encode())
+    listed = connectors.state.list_files
+
+    def list_then_delete(*args: object, **kwargs: object) -> list:
+        found = listed(*args, **kwargs)
+        s3.delete_object(Bucket=bucket, Key="in/b.jsonl")  # moved away by another job meanwhile
+        return found
+
+    monkeypatch.setattr(connectors.state, "list_files", list_then_delete)
+    spec = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out")
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/in/b\.jsonl: gone since the run listed it"):
+        run(workdir, spec)
+    monkeypatch.undo()
+    assert run(workdir, spec).manifest.counts.written == 1
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b"}\n')  # back, as it was
+    assert [i.uri for i in run(workdir, spec).manifest.inputs] == [f"s3://{bucket}/in/b.jsonl"]
