@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from connectors.storage import FileEntry, StorageError, list_files
+from connectors.storage import FileEntry, StorageError, list_files, readable
 from schemas.manifest import InputFile
 
 metadata = sa.MetaData()
@@ -461,7 +461,7 @@ class ListedFiles:
 
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
-            entries = list_files(self.config.path, suffixes=self.suffixes, name_unread=True)
+            entries = readable(list_files(self.config.path, suffixes=self.suffixes, name_unread=True))
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):

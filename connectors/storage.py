@@ -219,6 +219,19 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = Fal
     return kept
 
 
+def readable(entries: list[FileEntry]) -> list[FileEntry]:
+    """Inputs to read, unless an S3 key among them has an empty part (``in//a.jsonl``, a prefix joined
+    with one slash too many): Arrow's S3 client refuses such a path, so it is named at listing, where
+    ``curation check`` sees it too, rather than as a damaged file halfway through the run."""
+    refused = [entry.uri for entry in entries if is_s3(entry.uri) and "//" in entry.uri.removeprefix("s3://")]
+    if refused:
+        raise StorageError(
+            f"{_named(refused)}: an S3 key with an empty part ('//') cannot be read (Arrow's S3 client refuses "
+            "it); copy the object to a key without one"
+        )
+    return entries
+
+
 def _named(uris: list[str]) -> str:
     """The first few of ``uris``, and how many more."""
     return ", ".join(sorted(uris)[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")

@@ -336,3 +336,15 @@ def test_an_object_deleted_between_listing_and_reading_fails_the_run_by_name_and
     assert run(workdir, spec).manifest.counts.written == 1
     s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b"}\n')  # back, as it was
     assert [i.uri for i in run(workdir, spec).manifest.inputs] == [f"s3://{bucket}/in/b.jsonl"]
+
+
+def test_an_object_key_with_an_empty_part_is_named_at_listing(workdir: Path, bucket: str, aws_env: str) -> None:
+    # A producer that joined its prefix with one slash too many; read, it failed halfway through the run
+    # as "not a readable jsonl file".
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    s3.put_object(Bucket=bucket, Key="in//b.jsonl", Body=b'{"text": "two"}\n')
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/in//b\.jsonl: an S3 key with an empty part"):
+        run(workdir, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out"))
