@@ -311,6 +311,13 @@ def test_a_dest_bucket_that_does_not_exist_fails_the_run_by_name_before_it_reads
     with pytest.raises(StorageError, match=r"^s3://no-such-bucket-here/out: no such bucket$"):
         run(workdir, spec)
 
+    from tests.helpers import write_recipe
+    from tests.test_cli import curation
+
+    checked = curation("check", str(write_recipe(workdir, spec)), cwd=workdir)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "s3://no-such-bucket-here/out: no such bucket" in checked.stdout + checked.stderr
+
 
 def test_an_object_deleted_between_listing_and_reading_fails_the_run_by_name_and_is_read_when_back(
     workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
