@@ -7,13 +7,14 @@ not read the endpoint (from the environment or the profile) itself, so we pass o
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import logging
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,7 +298,7 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
         if _is_glob(path):
             base = _glob_base(path)
             prefix = _folder(base.partition("/")[2])
-            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path)]
+            found = [e for e in _files(_s3_objects(client, bucket, prefix)) if _glob_match(e.uri[5:], path)]
             return sorted(found, key=lambda e: e.uri), path.endswith("/")
         if key and not key.endswith("/"):
             # One object, if it is one: read access to it is enough, as for reading it.
@@ -315,11 +316,25 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
         # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
         # lists nothing, which the source decides about (see ListedFiles.entries).
         folder = _folder(key)
-        found = list(_s3_objects(client, bucket, folder))
+        found = _files(_s3_objects(client, bucket, folder))
         found = [e for e in found if _visible(e.uri.removeprefix(f"s3://{bucket}/{folder}"))]
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
     return sorted(found, key=lambda e: e.uri), True
+
+
+def _files(objects: Iterable[FileEntry]) -> list[FileEntry]:
+    """The objects that are files: an empty object with objects under it as a folder (``2026`` beside
+    ``2026/a.jsonl``, a folder marker some tools write) is that folder, as on local disk, not an input
+    (a glob matched it, and its name told no format)."""
+    found = list(objects)
+    uris = sorted(entry.uri for entry in found)
+
+    def holds_objects(uri: str) -> bool:
+        after = bisect.bisect_left(uris, f"{uri}/")
+        return after < len(uris) and uris[after].startswith(f"{uri}/")
+
+    return [entry for entry in found if entry.size or not holds_objects(entry.uri)]
 
 
 def _holds_objects(client: Any, bucket: str, prefix: str) -> bool:

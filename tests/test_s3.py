@@ -355,3 +355,25 @@ def test_an_object_key_with_an_empty_part_is_named_at_listing(workdir: Path, buc
     s3.put_object(Bucket=bucket, Key="in//b.jsonl", Body=b'{"text": "two"}\n')
     with pytest.raises(StorageError, match=rf"^s3://{bucket}/in//b\.jsonl: an S3 key with an empty part"):
         run(workdir, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out"))
+
+
+def test_empty_folder_marker_objects_under_a_folder_or_glob_are_folders_not_inputs(
+    workdir: Path, bucket: str, aws_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Some tools write an empty object named as each folder (`exports/2026` beside `exports/2026/a.jsonl`):
+    # a glob matched it and its name told no format (the run failed), a folder named it as a file not read.
+    from connectors.storage import list_files
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="exports/2026", Body=b"")
+    s3.put_object(Bucket=bucket, Key="exports/2026/a.jsonl", Body=b'{"text": "one"}\n')
+    s3.put_object(Bucket=bucket, Key="exports/b.jsonl", Body=b'{"text": "two"}\n')
+    s3.put_object(Bucket=bucket, Key="exports/empty.jsonl", Body=b"")  # an empty file stays one
+    root = f"s3://{bucket}/exports"
+    assert [e.uri for e in list_files(f"{root}/*")] == [f"{root}/b.jsonl", f"{root}/empty.jsonl"]
+    result = run(workdir, docs_recipe(f"{root}/*", dest=f"s3://{bucket}/out"))
+    assert [i.uri for i in result.manifest.inputs] == [f"{root}/b.jsonl", f"{root}/empty.jsonl"]
+
+    listed = list_files(f"{root}/", (".jsonl",), name_unread=True)
+    assert [e.uri for e in listed] == [f"{root}/2026/a.jsonl", f"{root}/b.jsonl", f"{root}/empty.jsonl"]
+    assert "not read" not in caplog.text
