@@ -738,7 +738,8 @@ def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], st
     files = [f"{published}v1/{name}" for name in ("train/part-00000.jsonl", "train/images/a.png", "report.html")]
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for number, source in enumerate(recipe.sources):
-        for setting in ("path", "sidecar"):
+        # An images source reads only the images its sidecar names: its folder may hold the output.
+        for setting in ("sidecar",) if isinstance(source, ImagesSource) else ("path",):
             path = getattr(source, setting, None)
             if not isinstance(path, str):
                 continue

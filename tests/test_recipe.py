@@ -175,3 +175,18 @@ def test_a_source_that_takes_in_what_the_recipe_publishes_is_a_recipe_error(
 def test_a_source_beside_what_the_recipe_publishes_is_fine(tmp_path: Path, source: str, dest: str) -> None:
     text = f"dataset: docs\nsources:\n  - path: {source}\nrecord: {{kind: document}}\noutput: {{dest: {dest}}}\n"
     parse_recipe(text, base_dir=tmp_path)  # no recipe error
+
+
+def test_an_images_folder_may_hold_the_output_its_sidecar_may_not() -> None:
+    # The images source reads only the images its sidecar names, never the published ones.
+    recipe = """dataset: vqa
+sources:
+  - type: images
+    path: s3://scans/receipts/
+    sidecar: {sidecar}
+record: {{kind: vqa}}
+output: {{dest: s3://scans/receipts/curated}}
+"""
+    parse_recipe(recipe.format(sidecar="s3://scans/receipts/qa.jsonl"))
+    with pytest.raises(RecipeError, match=r"sources\.0\.sidecar \(line 5\): .* takes in what this recipe publishes"):
+        parse_recipe(recipe.format(sidecar="s3://scans/receipts/**/*.jsonl"))
