@@ -27,7 +27,7 @@ import pyarrow as pa
 from connectors.base import SourceBatch
 from connectors.chunk import chunk_text
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem
+from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
 from schemas.config import DocumentsSource
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -593,8 +593,10 @@ class DocumentsSourceReader(ListedFiles):
         for entry in self.entries():
             fs, path = filesystem(entry.uri)
             try:
-                with fs.open_input_stream(path) as stream:
+                with open_input(fs, path) as stream:
                     data = stream.read()
+            except FileNotFoundError:
+                raise StorageError(gone(entry.uri)) from None
             except OSError as exc:
                 raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
             yield self._records(entry, data)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem
+from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
@@ -561,6 +561,8 @@ class FilesSourceReader(ListedFiles):
             yield from reader(entry, block_bytes or BLOCK_BYTES)
         except StorageError:
             raise  # names the file already
+        except FileNotFoundError:
+            raise StorageError(gone(entry.uri)) from None
         except OSError as exc:
             raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
@@ -596,7 +598,7 @@ class FilesSourceReader(ListedFiles):
                     "object per line, for example with jq -c '.[]'"
                 )
 
-        with fs.open_input_stream(path, compression="detect") as stream:
+        with open_input(fs, path) as stream:
             # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
             blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
             for data in blocks:  # lines may end in CR alone
@@ -785,7 +787,7 @@ class FilesSourceReader(ListedFiles):
         # One numbering for rows (their values joined) and set-aside lines (their text): a row and a
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
-        with fs.open_input_stream(path, compression="detect") as raw:
+        with open_input(fs, path) as raw:
             stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             for batch in reader:
@@ -817,7 +819,7 @@ class FilesSourceReader(ListedFiles):
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
         )
-        with fs.open_input_stream(path, compression="detect") as raw:
+        with open_input(fs, path) as raw:
             head = _LineFeeds(raw).read(PROBE_BYTES)
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
@@ -926,17 +928,16 @@ def _not_utf8_as_binary(table: pa.Table) -> pa.Table:
 @contextlib.contextmanager
 def _parquet_file(fs: Any, path: str) -> Iterator[Any]:
     """A Parquet file opened for random access (its footer is read first). One compressed whole
-    (``.parquet.gz``, ``.parquet.zst``) gives no such access: it is unpacked into a temporary local
-    file first, a block at a time, so memory stays flat."""
-    if not path.lower().endswith((".gz", ".zst")):
-        with fs.open_input_file(path) as handle:
-            yield handle
-        return
-    with tempfile.TemporaryFile(prefix="curation-parquet-") as unpacked:
-        with fs.open_input_stream(path, compression="detect") as stream:
+    (``.parquet.gz``, ``.parquet.zst``, an object uploaded with ``Content-Encoding: gzip``) gives no
+    such access: it is unpacked into a temporary local file first, a block at a time, so memory stays flat."""
+    with open_input(fs, path) as stream:
+        if not isinstance(stream, pa.CompressedInputStream):
+            yield stream
+            return
+        with tempfile.TemporaryFile(prefix="curation-parquet-") as unpacked:
             shutil.copyfileobj(stream, unpacked, BLOCK_BYTES)
-        unpacked.seek(0)
-        yield unpacked
+            unpacked.seek(0)
+            yield unpacked
 
 
 def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int) -> None:
@@ -964,7 +965,7 @@ def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int)
 def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
     """The column names Arrow reads from a CSV file's header, reading ``block_bytes`` at a time."""
     read = pacsv.ReadOptions(use_threads=False, block_size=block_bytes)
-    with fs.open_input_stream(path, compression="detect") as raw:
+    with open_input(fs, path) as raw:
         return pacsv.open_csv(
             _Utf8Guard(_LineFeeds(raw), block_bytes), read_options=read, parse_options=parse
         ).schema.names

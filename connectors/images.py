@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, file_format, lines_in
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
-from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_input
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
 from schemas.records import SOURCE_TYPE, input_record_json, set_aside_rows
@@ -163,7 +163,7 @@ class ImagesSourceReader:
         item = f"sidecar:{entry.uri}"
         before = watermark.get(item)
         fs, path = filesystem(entry.uri)
-        with fs.open_input_stream(path) as stream:  # unpacks a .gz or .zst sidecar: its lines are counted
+        with open_input(fs, path) as stream:  # unpacks a gzip or zstd sidecar: its lines are counted
             data = stream.read()
         watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         if before is None:

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import xxhash
 from pydantic import BaseModel
 
-from connectors.storage import FileEntry, StorageError, filesystem, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, list_files, readable
 from schemas.manifest import InputFile
 
 metadata = sa.MetaData()
@@ -558,7 +558,7 @@ class ListedFiles:
 
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
-            entries = list_files(self.config.path, suffixes=self.suffixes, name_unread=True)
+            entries = readable(list_files(self.config.path, suffixes=self.suffixes, name_unread=True))
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):

@@ -7,15 +7,18 @@ not read the endpoint (from the environment or the profile) itself, so we pass o
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import functools
 import logging
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,30 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return s3_filesystem(), uri.removeprefix("s3://")
     path = uri.removeprefix("file://")
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+# The first bytes of a gzip member and a zstd frame: no text file starts with either (neither is UTF-8).
+_PACKED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+@contextlib.contextmanager
+def open_input(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
+    """The file as a stream of its bytes, unpacked where it is compressed, as told by its first bytes,
+    not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
+    (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
+    the suffix."""
+    with fs.open_input_file(path) as handle:
+        head = handle.read_at(4, 0) if handle.size() else b""
+        packed = _PACKED.get(head[:2]) or _PACKED.get(head)
+        handle.seek(0)
+        yield pa.CompressedInputStream(handle, packed) if packed else handle
+
+
+def gone(uri: str) -> str:
+    """Why a listed input could not be opened: moved or deleted while the run read its source. The run
+    fails rather than pass over it: the fingerprint its listing gave would be saved as read, and the
+    same object put back would never be read."""
+    return f"{uri}: gone since the run listed it (moved or deleted while the run read); run again to read what is there now"
 
 
 def join(uri: str, *parts: str) -> str:
@@ -193,6 +220,19 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = Fal
     return kept
 
 
+def readable(entries: list[FileEntry]) -> list[FileEntry]:
+    """Inputs to read, unless an S3 key among them has an empty part (``in//a.jsonl``, a prefix joined
+    with one slash too many): Arrow's S3 client refuses such a path, so it is named at listing, where
+    ``curation check`` sees it too, rather than as a damaged file halfway through the run."""
+    refused = [entry.uri for entry in entries if is_s3(entry.uri) and "//" in entry.uri.removeprefix("s3://")]
+    if refused:
+        raise StorageError(
+            f"{_named(refused)}: an S3 key with an empty part ('//') cannot be read (Arrow's S3 client refuses "
+            "it); copy the object to a key without one"
+        )
+    return entries
+
+
 def _named(uris: list[str]) -> str:
     """The first few of ``uris``, and how many more."""
     return ", ".join(sorted(uris)[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")
@@ -258,14 +298,17 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
         if _is_glob(path):
             base = _glob_base(path)
             prefix = _folder(base.partition("/")[2])
-            found = [e for e in _s3_objects(client, bucket, prefix) if _glob_match(e.uri[5:], path)]
+            found = [e for e in _files(_s3_objects(client, bucket, prefix)) if _glob_match(e.uri[5:], path)]
             return sorted(found, key=lambda e: e.uri), path.endswith("/")
         if key and not key.endswith("/"):
             # One object, if it is one: read access to it is enough, as for reading it.
             try:
                 head = client.head_object(Bucket=bucket, Key=key)
                 modified = head["LastModified"].isoformat()
-                return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))], False
+                if head["ContentLength"] or not _holds_objects(client, bucket, f"{key}/"):
+                    return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))], False
+                # An empty object named as the folder beside it (`data.jsonl` beside Spark's
+                # `data.jsonl/part-*`, written by some tools as a folder marker): the path names the folder.
             except botocore.exceptions.ClientError as error:
                 if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                     raise  # denied, throttled, down: not "no such object"
@@ -273,11 +316,38 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
         # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
         # lists nothing, which the source decides about (see ListedFiles.entries).
         folder = _folder(key)
-        found = list(_s3_objects(client, bucket, folder))
+        found = _files(_s3_objects(client, bucket, folder))
         found = [e for e in found if _visible(e.uri.removeprefix(f"s3://{bucket}/{folder}"))]
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
     return sorted(found, key=lambda e: e.uri), True
+
+
+def _files(objects: Iterable[FileEntry]) -> list[FileEntry]:
+    """The objects that are files: an empty object with objects under it as a folder (``2026`` beside
+    ``2026/a.jsonl``, a folder marker some tools write) is that folder, as on local disk, not an input
+    (a glob matched it, and its name told no format)."""
+    found = list(objects)
+    uris = sorted(entry.uri for entry in found)
+
+    def holds_objects(uri: str) -> bool:
+        after = bisect.bisect_left(uris, f"{uri}/")
+        return after < len(uris) and uris[after].startswith(f"{uri}/")
+
+    return [entry for entry in found if entry.size or not holds_objects(entry.uri)]
+
+
+def _holds_objects(client: Any, bucket: str, prefix: str) -> bool:
+    """Whether any object lies under ``prefix``; False where listing is not allowed (read access to
+    one object is enough to read it)."""
+    import botocore.exceptions
+
+    try:
+        return bool(client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount"))
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "AccessDenied":
+            raise
+        return False
 
 
 def _folder(key: str) -> str:

@@ -234,6 +234,7 @@ def check(
     """Validate a recipe and list what it would read, without running it; read the head of its first
     input files as a run reads them."""
     from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
+    from curation.published import published_versions
 
     _configure_logging("warning")  # what the readers warn of (a CSV header that is not UTF-8), as in a run
     loaded = _load(recipe)
@@ -245,6 +246,7 @@ def check(
         built = build_stages(loaded)
         stages = [stage.name for stage in built]
         problems, notes = _read_heads(sources, built, head_files)
+        published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no such bucket)
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None

@@ -8,7 +8,7 @@ import re
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from connectors.storage import StorageError, filesystem, join
+from connectors.storage import StorageError, filesystem, is_s3, join
 from schemas.manifest import MANIFEST_NAME, Manifest
 
 VERSION_DIR = re.compile(r"^v(\d+)$")
@@ -24,8 +24,17 @@ def version_uri(dest: str, dataset: str, version: int) -> str:
 
 def published_versions(dest: str, dataset: str) -> list[int]:
     """Version numbers that have a manifest, ascending."""
-    fs, path = filesystem(dataset_uri(dest, dataset))
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    uri = dataset_uri(dest, dataset)
+    fs, path = filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        # A bucket that is not there lists as empty: the run would read all its input, then fail to publish.
+        if not infos and is_s3(uri) and _no_bucket(fs, path.partition("/")[0]):
+            raise StorageError(f"{dest}: no such bucket")
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"{uri}: cannot list: {exc}") from None
     versions = []
     for info in infos:
         match = VERSION_DIR.match(info.base_name)
@@ -33,6 +42,13 @@ def published_versions(dest: str, dataset: str) -> list[int]:
         if is_version and fs.get_file_info(f"{info.path}/{MANIFEST_NAME}").type == pafs.FileType.File:
             versions.append(int(match.group(1)))
     return sorted(versions)
+
+
+def _no_bucket(fs: pafs.FileSystem, bucket: str) -> bool:
+    try:
+        return fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError:  # not allowed to ask (a policy that lets a role list one prefix only): the bucket is there
+        return False
 
 
 def read_manifest(version_dir: str) -> Manifest:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
@@ -871,7 +872,45 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         recipe.output.dest = _resolve_local(recipe.output.dest, base_dir)
         if recipe.state.startswith("sqlite:///") and recipe.state != "sqlite:///:memory:":
             recipe.state = "sqlite:///" + _resolve_local(recipe.state.removeprefix("sqlite:///"), base_dir)
+    found = published_in_sources(recipe)
+    if found:
+        raise _recipe_error(origin, node, found)
     return recipe
+
+
+def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    """(setting, problem) for a source whose folder or glob takes in what the recipe publishes: from the
+    second run on, each would read the versions before it as input (its shards, manifest and report)."""
+    from connectors.storage import _glob_match, _is_glob  # connectors import this module
+
+    def plain(path: str) -> str:  # a local path as its listing names it; a glob of folders keeps its slash
+        if path.startswith("s3://"):
+            return path
+        return os.path.normpath(path.removeprefix("file://")) + ("/" if path.endswith("/") else "")
+
+    published = f"{plain(recipe.output.dest).rstrip('/')}/{recipe.dataset}/"
+    files = [f"{published}v1/{name}" for name in ("train/part-00000.jsonl", "train/images/a.png", "report.html")]
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for number, source in enumerate(recipe.sources):
+        # An images source reads only the images its sidecar names: its folder may hold the output.
+        for setting in ("sidecar",) if isinstance(source, ImagesSource) else ("path",):
+            path = getattr(source, setting, None)
+            if not isinstance(path, str):
+                continue
+            path = plain(path)
+            if _is_glob(path):
+                takes = any(_glob_match(file, path) for file in files)
+            else:
+                takes = published.startswith(f"{path.rstrip('/')}/")
+            if takes:
+                problems.append(
+                    (
+                        ("sources", number, setting),
+                        f"{path} takes in what this recipe publishes ({published}): each run would read the "
+                        "versions before it as input; publish elsewhere (output.dest) or narrow the path",
+                    )
+                )
+    return problems
 
 
 def load_recipe(path: str | Path) -> Recipe:

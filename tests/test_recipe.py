@@ -211,3 +211,52 @@ def test_table_is_no_record_kind_a_recipe_publishes() -> None:
         RecipeError, match=r"record\.kind \(line 4\): Input should be 'document', 'instruction' or 'vqa'"
     ):
         parse_recipe("dataset: t\nsources:\n  - path: in.jsonl\nrecord: {kind: table}\n", origin="r.yaml")
+
+
+@pytest.mark.parametrize(
+    ("source", "dest"),
+    [
+        ("s3://acme/", "s3://acme/curated"),  # the bucket's root
+        ("s3://acme/raw/**/*.jsonl", "s3://acme/raw/curated"),
+        ("s3://acme/r*/", "s3://acme/raw2/out"),  # a glob of folders
+        ("in", "in/curated"),
+        ("./in/../in/", "in/curated/"),
+    ],
+)
+def test_a_source_that_takes_in_what_the_recipe_publishes_is_a_recipe_error(
+    tmp_path: Path, source: str, dest: str
+) -> None:
+    # From its second run on, the source listed the versions before it: shards, manifest and report
+    # were read as input (the manifest quarantined a line at a time as malformed JSON).
+    text = f"dataset: docs\nsources:\n  - path: {source}\nrecord: {{kind: document}}\noutput: {{dest: {dest}}}\n"
+    with pytest.raises(RecipeError, match=r"sources\.0\.path \(line 3\): .* takes in what this recipe publishes"):
+        parse_recipe(text, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("source", "dest"),
+    [
+        ("s3://acme/raw/*.jsonl", "s3://acme/raw/curated"),  # * stays within raw/
+        ("s3://acme/raw/", "s3://acme/curated"),
+        ("s3://acme/raw", "s3://acme/rawout"),
+        ("in/a.jsonl", "in"),
+    ],
+)
+def test_a_source_beside_what_the_recipe_publishes_is_fine(tmp_path: Path, source: str, dest: str) -> None:
+    text = f"dataset: docs\nsources:\n  - path: {source}\nrecord: {{kind: document}}\noutput: {{dest: {dest}}}\n"
+    parse_recipe(text, base_dir=tmp_path)  # no recipe error
+
+
+def test_an_images_folder_may_hold_the_output_its_sidecar_may_not() -> None:
+    # The images source reads only the images its sidecar names, never the published ones.
+    recipe = """dataset: vqa
+sources:
+  - type: images
+    path: s3://scans/receipts/
+    sidecar: {sidecar}
+record: {{kind: vqa}}
+output: {{dest: s3://scans/receipts/curated}}
+"""
+    parse_recipe(recipe.format(sidecar="s3://scans/receipts/qa.jsonl"))
+    with pytest.raises(RecipeError, match=r"sources\.0\.sidecar \(line 5\): .* takes in what this recipe publishes"):
+        parse_recipe(recipe.format(sidecar="s3://scans/receipts/**/*.jsonl"))

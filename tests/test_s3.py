@@ -235,3 +235,145 @@ def test_an_aws_profile_that_does_not_exist_is_one_line_naming_it(
         result = curation(command, "recipe.yaml", cwd=workdir)
         assert result.returncode in (1, 2) and "Traceback" not in result.stderr + result.stdout, command
         assert "mini0" in result.stdout + result.stderr, command
+
+
+def test_a_path_naming_an_empty_folder_marker_object_reads_the_folder_under_it(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    # Spark (and tools such as s3fs) write a folder named like a file, `data.jsonl/part-*`, and some put an
+    # empty object under the folder's own name beside it: the path names that folder, not the marker.
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="exports/data.jsonl", Body=b"")
+    s3.put_object(Bucket=bucket, Key="exports/data.jsonl/part-0.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    s3.put_object(Bucket=bucket, Key="exports/data.jsonl/_SUCCESS", Body=b"")
+    s3.put_object(Bucket=bucket, Key="exports/empty.jsonl", Body=b"")  # an empty file, no folder: itself
+    result = run(workdir, docs_recipe(f"s3://{bucket}/exports/data.jsonl", dest=f"s3://{bucket}/out"))
+    assert result.manifest.counts.written == 2
+    assert [i.uri for i in result.manifest.inputs] == [f"s3://{bucket}/exports/data.jsonl/part-0.jsonl"]
+
+    from connectors.storage import list_files
+
+    assert [e.uri for e in list_files(f"s3://{bucket}/exports/empty.jsonl")] == [f"s3://{bucket}/exports/empty.jsonl"]
+
+
+def test_objects_uploaded_gzip_compressed_under_a_plain_name_are_read_as_their_text(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    # `aws s3 cp --content-encoding gzip` (as for web assets): S3 keeps the compressed bytes and no S3
+    # client unpacks them; read as they are, every line was quarantined as malformed, the page as corrupt.
+    import gzip
+
+    import pyarrow.csv as pacsv
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+
+    def put(key: str, body: bytes) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(body), ContentEncoding="gzip")
+
+    put("raw/a.jsonl", b'{"q": "Where is it?", "a": "Here."}\n{"q": "When?", "a": "Now."}\n')
+    put("raw/b.csv", b"q,a\nWho?,Me.\n")
+    table = pa.table({"q": ["Why?"], "a": ["Because."]})
+    pq.write_table(table, workdir / "c.parquet")
+    put("raw/c.parquet", (workdir / "c.parquet").read_bytes())
+    pacsv.write_csv(table, workdir / "d.csv")
+    s3.put_object(Bucket=bucket, Key="raw/d.csv.gz", Body=gzip.compress((workdir / "d.csv").read_bytes()))
+    spec = {
+        "dataset": "qa",
+        "sources": [{"path": f"s3://{bucket}/raw/"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [],
+        "output": {"dest": f"s3://{bucket}/curated"},
+    }
+    manifest = run(workdir, spec).manifest
+    assert (manifest.counts.input, manifest.counts.written) == (5, 5), manifest.counts
+    assert "nothing new" in run(workdir, spec).message
+
+    put("docs/policy.html", b"<html><body><h1>Refunds</h1><p>Refunds are paid within thirty days.</p></body></html>")
+    docs = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": f"s3://{bucket}/docs/"}],
+        "record": {"kind": "document"},
+        "output": {"dest": f"s3://{bucket}/curated"},
+    }
+    manifest = run(workdir, docs).manifest
+    assert (manifest.counts.written, manifest.counts.quarantined) == (1, 0), manifest.counts
+
+
+def test_a_dest_bucket_that_does_not_exist_fails_the_run_by_name_before_it_reads(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    # It listed as empty: the run read all its input, then failed to publish with Arrow's words for the upload.
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n')
+    spec = docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest="s3://no-such-bucket-here/out")
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket-here/out: no such bucket$"):
+        run(workdir, spec)
+
+    from tests.helpers import write_recipe
+    from tests.test_cli import curation
+
+    checked = curation("check", str(write_recipe(workdir, spec)), cwd=workdir)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert "s3://no-such-bucket-here/out: no such bucket" in checked.stdout + checked.stderr
+
+
+def test_an_object_deleted_between_listing_and_reading_fails_the_run_by_name_and_is_read_when_back(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.state
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    for name in ("a", "b"):
+        s3.put_object(Bucket=bucket, Key=f"in/{name}.jsonl", Body=f'{{"text": "{name}"}}\n'.encode())
+    listed = connectors.state.list_files
+
+    def list_then_delete(*args: object, **kwargs: object) -> list:
+        found = listed(*args, **kwargs)
+        s3.delete_object(Bucket=bucket, Key="in/b.jsonl")  # moved away by another job meanwhile
+        return found
+
+    monkeypatch.setattr(connectors.state, "list_files", list_then_delete)
+    spec = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out")
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/in/b\.jsonl: gone since the run listed it"):
+        run(workdir, spec)
+    monkeypatch.undo()
+    assert run(workdir, spec).manifest.counts.written == 1
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b"}\n')  # back, as it was
+    assert [i.uri for i in run(workdir, spec).manifest.inputs] == [f"s3://{bucket}/in/b.jsonl"]
+
+
+def test_an_object_key_with_an_empty_part_is_named_at_listing(workdir: Path, bucket: str, aws_env: str) -> None:
+    # A producer that joined its prefix with one slash too many; read, it failed halfway through the run
+    # as "not a readable jsonl file".
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    s3.put_object(Bucket=bucket, Key="in//b.jsonl", Body=b'{"text": "two"}\n')
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/in//b\.jsonl: an S3 key with an empty part"):
+        run(workdir, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out"))
+
+
+def test_empty_folder_marker_objects_under_a_folder_or_glob_are_folders_not_inputs(
+    workdir: Path, bucket: str, aws_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Some tools write an empty object named as each folder (`exports/2026` beside `exports/2026/a.jsonl`):
+    # a glob matched it and its name told no format (the run failed), a folder named it as a file not read.
+    from connectors.storage import list_files
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="exports/2026", Body=b"")
+    s3.put_object(Bucket=bucket, Key="exports/2026/a.jsonl", Body=b'{"text": "one"}\n')
+    s3.put_object(Bucket=bucket, Key="exports/b.jsonl", Body=b'{"text": "two"}\n')
+    s3.put_object(Bucket=bucket, Key="exports/empty.jsonl", Body=b"")  # an empty file stays one
+    root = f"s3://{bucket}/exports"
+    assert [e.uri for e in list_files(f"{root}/*")] == [f"{root}/b.jsonl", f"{root}/empty.jsonl"]
+    result = run(workdir, docs_recipe(f"{root}/*", dest=f"s3://{bucket}/out"))
+    assert [i.uri for i in result.manifest.inputs] == [f"{root}/b.jsonl", f"{root}/empty.jsonl"]
+
+    listed = list_files(f"{root}/", (".jsonl",), name_unread=True)
+    assert [e.uri for e in listed] == [f"{root}/2026/a.jsonl", f"{root}/b.jsonl", f"{root}/empty.jsonl"]
+    assert "not read" not in caplog.text
