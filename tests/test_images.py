@@ -704,6 +704,9 @@ class _Refusing:
             raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
         return self.fs.open_input_stream(path, *args, **kwargs)
 
+    def __getattr__(self, name: str) -> object:  # every other call (open_input_file: the sidecar) as the filesystem's
+        return getattr(self.fs, name)
+
 
 def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
