@@ -250,7 +250,53 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--epochs", "2",
         "-H", "epoch=5", cwd=workdir,
     )  # fmt: skip
-    assert clash.returncode == 2 and "epoch set twice" in clash.stderr
+    assert clash.returncode == 2 and "--epochs 2 and -H epoch=5: set twice" in clash.stderr
+
+
+def vqa_version(folder: Path) -> str:
+    from tests.test_formats import png
+
+    (folder / "scans").mkdir()
+    rows = []
+    for name, color in {"red": (255, 0, 0), "blue": (0, 0, 255)}.items():
+        (folder / "scans" / f"{name}.png").write_bytes(png(color))
+        rows += [
+            {"image": str(folder / "scans" / f"{name}.png"), "question": f"Colour? {i}", "answer": name}
+            for i in range(5)
+        ]
+    write_jsonl(folder / "vqa.jsonl", rows)
+    recipe = {"dataset": "scans", "sources": [{"path": str(folder / "vqa.jsonl")}], "record": {"kind": "vqa"}}
+    return run_fresh(folder, recipe)
+
+
+def test_errors_about_a_launch_option_name_the_option_the_user_typed(workdir: Path) -> None:
+    """--int8 and --epochs set hyperparameters by other names (int8_quantization, epoch): an error
+    names the option, which the user can find on their command line."""
+    vision = "meta-vlm-llama-3-2-11b-vision-instruct"
+    done = curation(
+        "train",
+        "launch",
+        vqa_version(workdir),
+        "--model",
+        vision,
+        "--specs",
+        "pinned",
+        "--dry-run",
+        "--int8",
+        cwd=workdir,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--int8 sets int8_quantization, which {vision} does not take" in done.stderr
+    version = publish(workdir, "jumpstart-instruction")
+    done = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--epochs", "0", cwd=workdir
+    )
+    assert done.returncode == 2 and "--epochs 0 (epoch=0): must be at least 1" in done.stderr
+    with pytest.raises(SpecError, match="--int8 does not work with enable_fsdp=True"):
+        training_request(
+            version, MODEL, hyperparameters={"int8_quantization": "True", "enable_fsdp": "True"},
+            typed={"int8_quantization": "--int8"}, specs=PINNED,
+        )  # fmt: skip
 
 
 def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: str) -> None:

@@ -123,13 +123,20 @@ def launch(
     from train.sagemaker import launch as create_job
 
     values = parse_pairs(hyperparameter or [])
-    shortcuts = {"lora_r": lora_r, "lora_alpha": lora_alpha, "epoch": epochs}
-    given = {k: str(v) for k, v in shortcuts.items() if v is not None}
+    shortcuts = {
+        "lora_r": ("--lora-r", lora_r),
+        "lora_alpha": ("--lora-alpha", lora_alpha),
+        "epoch": ("--epochs", epochs),
+    }
+    given = {k: str(v) for k, (_, v) in shortcuts.items() if v is not None}
+    # What the user typed for each, which errors name (the hyperparameter's own name may be new to them).
+    typed = {k: f"{option} {v}" for k, (option, v) in shortcuts.items() if v is not None}
     if int8 is not None:
         given["int8_quantization"] = str(int8)
-    clash = sorted(k for k, v in given.items() if k in values and values[k] != v)
+        typed["int8_quantization"] = "--int8" if int8 else "--no-int8"
+    clash = [f"{typed[k]} and -H {k}={values[k]}" for k, v in given.items() if k in values and values[k] != v]
     if clash:
-        raise _fail(f"{', '.join(clash)} set twice (an option and -H) to different values", EXIT_USAGE)
+        raise _fail(f"{'; '.join(clash)}: set twice to different values; keep one", EXIT_USAGE)
     values.update(given)
     try:
         request = training_request(
@@ -141,6 +148,7 @@ def launch(
             output_uri=output,
             data_uri=data_uri,
             specs=_resolver(specs),
+            typed=typed,
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None

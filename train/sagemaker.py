@@ -292,9 +292,15 @@ def _channel(name: str, uri: str, content_type: str | None = None) -> dict[str, 
 
 
 def hyperparameters_for(
-    spec: ModelSpec, manifest: Manifest, overrides: Mapping[str, str] | None = None
+    spec: ModelSpec,
+    manifest: Manifest,
+    overrides: Mapping[str, str] | None = None,
+    typed: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The model's defaults, the switches the format needs, then the user's settings (checked by name)."""
+    """The model's defaults, the switches the format needs, then the user's settings (checked by name).
+    ``typed`` says how the user wrote a setting that was no ``key=value`` (a CLI option such as
+    ``--int8``): errors name that, which is what the user can find and change."""
+    typed = typed or {}
     if manifest.format in NOT_FOR_SAGEMAKER:
         raise TrainError(
             f"{manifest.dataset} v{manifest.version} is in the {manifest.format!r} format, which JumpStart does "
@@ -319,20 +325,23 @@ def hyperparameters_for(
     values.update(needed)
     for key, value in (overrides or {}).items():
         if key not in spec.hyperparameters:
-            raise SpecError(
-                f"{spec.model_id} has no hyperparameter {key!r}; it takes: {', '.join(sorted(spec.hyperparameters))}"
-            )
+            takes = f"it takes: {', '.join(sorted(spec.hyperparameters))}"
+            if key in typed:
+                raise SpecError(f"{typed[key]} sets {key}, which {spec.model_id} does not take; {takes}")
+            raise SpecError(f"{spec.model_id} has no hyperparameter {key!r}; {takes}")
         if key in needed and str(value) != needed[key]:
             raise SpecError(f"the {manifest.format} format trains with {key}={needed[key]}, not {value}")
         problem = _value_problem(str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key))
         if problem:
-            raise SpecError(f"hyperparameter {key}={value}: {problem}")
+            where = f"{typed[key]} ({key}={value})" if key in typed else f"hyperparameter {key}={value}"
+            raise SpecError(f"{where}: {problem}")
         values[key] = str(value)
     # JumpStart's Llama notes: int8 quantisation does not work with FSDP; set exactly one of the two.
     overrides = overrides or {}
     if values.get("int8_quantization") == "True" and "enable_fsdp" in values:
         if overrides.get("enable_fsdp") == "True":
-            raise SpecError("int8_quantization=True does not work with enable_fsdp=True; choose one")
+            int8 = typed.get("int8_quantization", "int8_quantization=True")
+            raise SpecError(f"{int8} does not work with enable_fsdp=True; choose one")
         values["enable_fsdp"] = "False"
     return values
 
@@ -380,11 +389,13 @@ def training_request(
     data_uri: str | None = None,
     specs: SpecResolver | None = None,
     now: datetime | None = None,
+    typed: Mapping[str, str] | None = None,
 ) -> dict:
-    """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version."""
+    """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version
+    (``typed``: how the user wrote each hyperparameter set by an option, see ``hyperparameters_for``)."""
     manifest = load_version(version_uri)
     spec = with_instance((specs or spec_resolver())(model_id, region(), instance_type), instance_type)
-    values = hyperparameters_for(spec, manifest, hyperparameters)
+    values = hyperparameters_for(spec, manifest, hyperparameters, typed)
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
     # Network isolation keeps the container from fetching it from S3: it comes in the "code" channel, and
     # the toolkit is pointed there (as the SageMaker SDK does for an isolated job).
