@@ -310,6 +310,9 @@ def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: s
     check_copy(str(version), f"s3://{bucket}/copy")  # a faithful copy passes
     with pytest.raises(TrainError, match=r"no manifest\.json"):
         check_copy(str(version), f"s3://{bucket}/elsewhere")
+    # A bucket name mistyped is no version never published: the error says which bucket is not there.
+    with pytest.raises(TrainError, match=rf"--data-uri s3://{bucket}x/copy: there is no bucket '{bucket}x'"):
+        check_copy(str(version), f"s3://{bucket}x/copy")
     original = (version / "train" / "part-00000.jsonl").read_bytes()
     same_size = original.replace(b"Dining", b"DINING", 1)  # as long, other bytes: S3's MD5 tells
     assert same_size != original and len(same_size) == len(original)

@@ -174,7 +174,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     try:
         copy = read_manifest(data_uri)
     except StorageError as error:
-        raise TrainError(f"--data-uri {data_uri}: {error}") from None
+        raise TrainError(f"--data-uri {error}") from None  # the error names the URI
     if copy != manifest:
         raise TrainError(
             f"--data-uri {data_uri} holds {copy.dataset} v{copy.version} as published on {copy.created_at:%Y-%m-%d %H:%M}, "
@@ -183,7 +183,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     try:
         objects = {path: entry for path, entry in s3_objects(data_uri).items() if path.split("/")[0] in manifest.splits}
     except StorageError as error:
-        raise TrainError(f"--data-uri {data_uri}: {error}") from None
+        raise TrainError(f"--data-uri {error}") from None  # the error names the URI
     local, root = filesystem(version_uri)
     listed = {shard.path: shard.bytes for shard in manifest.all_files() if shard.path.split("/")[0] in manifest.splits}
     side = {path: None for path in manifest.side_files if path.split("/")[0] in manifest.splits}
