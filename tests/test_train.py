@@ -655,3 +655,50 @@ def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
     assert done.returncode == 2, done.stderr
     assert f"JumpStart live lookup of '{MODEL}' failed (NoCredentialsError" in done.stderr
     assert "--specs pinned" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_live_lookup_checks_values_against_the_live_specs_ranges(workdir: Path) -> None:
+    """The SDK's JumpStart spec gives each hyperparameter's range (JumpStartHyperparameter's min, max,
+    options; an instance type's variant its own): a live lookup checks against those, and against the
+    pin's only for a hyperparameter the live spec bounds nowhere. Built from the SDK's classes: no network."""
+    from dataclasses import replace
+
+    from sagemaker.core.jumpstart.types import JumpStartModelSpecs
+
+    from train.jumpstart import live_ranges
+
+    def hp(name: str, kind: str, default: Any, **bounds: Any) -> dict[str, Any]:
+        return {"name": name, "type": kind, "default": default, "scope": "algorithm", **bounds}
+
+    batch = hp("per_device_train_batch_size", "int", 1, min=1, max=8)
+    live = JumpStartModelSpecs({
+        "model_id": MODEL, "version": "9.9.9", "min_sdk_version": "2.0.0", "training_supported": True,
+        "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "model/", "training_script_key": "script.tar.gz",
+        "hyperparameters": [
+            hp("epoch", "int", 1, min=1, max=10),  # the pin allows up to 1000
+            hp("chat_template", "text", "Llama3.1", options=["Llama3.1", "None"]),
+            hp("target_modules", "text", "q_proj,v_proj", min=1, max=20),  # a text's length, not a number's
+            hp("seed", "int", 10),  # no bounds here: the pin's (1..1000) still hold
+        ],
+        "training_instance_type_variants": {"variants": {"ml.g5.2xlarge": {"properties": {"hyperparameters": [batch]}}}},
+    })  # fmt: skip
+    ranges = live_ranges(live, "ml.g5.2xlarge", PINNED.models[MODEL]["hyperparameter_ranges"])
+
+    def resolver(model_id: str, region: str, instance_type: str | None = None) -> Any:
+        return replace(PINNED(model_id, region, instance_type), hyperparameter_ranges=ranges, origin="sdk")
+
+    version = publish(workdir, "jumpstart-instruction")
+    for values, message in (
+        ({"epoch": "11"}, "epoch=11: must be at most 10"),
+        ({"per_device_train_batch_size": "9"}, "per_device_train_batch_size=9: must be at most 8"),
+        ({"chat_template": "Mistral"}, "chat_template=Mistral: takes one of Llama3.1, None"),
+        ({"seed": "0"}, "seed=0: must be at least 1"),
+    ):
+        with pytest.raises(SpecError, match=message):
+            training_request(version, MODEL, hyperparameters=values, specs=resolver)
+    fits = {"epoch": "10", "chat_template": "None", "target_modules": "q_proj,k_proj,v_proj,o_proj"}
+    assert (
+        training_request(version, MODEL, hyperparameters=fits, specs=resolver)["HyperParameters"].items()
+        >= fits.items()
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Protocol
@@ -41,8 +42,8 @@ class ModelSpec:
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
-    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max.
-    hyperparameter_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max; options (its values).
+    hyperparameter_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,11 +113,11 @@ class SdkSpecs:
         model = model_uris.retrieve(model_scope="training", **common)
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
         # The version "*" stands for, which the job's tags name (SageMaker takes no "*" in a tag).
-        latest = verify_model_region_and_return_specs(model_id, "*", "training", region=region).version
+        live = verify_model_region_and_return_specs(model_id, "*", "training", region=region)
         formats = tuple((pinned or {}).get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
         return ModelSpec(
             model_id=model_id,
-            version=latest,
+            version=live.version,
             training_image=image,
             script_uri=script,
             entry_point="transfer_learning.py",
@@ -128,9 +129,34 @@ class SdkSpecs:
             formats=formats,
             hyperparameters={k: str(v) for k, v in defaults.items()},
             metric_definitions=tuple((pinned or {}).get("metric_definitions", ())),
-            hyperparameter_ranges=dict((pinned or {}).get("hyperparameter_ranges", {})),
+            hyperparameter_ranges=live_ranges(live, instance, (pinned or {}).get("hyperparameter_ranges", {})),
             origin="sdk",
         )
+
+
+BOUNDS = ("min", "max", "exclusive_min", "exclusive_max")
+
+
+def live_ranges(
+    specs: Any, instance_type: str | None, pinned: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each hyperparameter's range as the SDK's JumpStart spec (``JumpStartModelSpecs``) gives it, the
+    instance type's own variant first, as the SDK reads defaults; the pin's for one it gives none of.
+    A text hyperparameter's min and max bound its length, which no value here is checked against."""
+    ranges = {name: dict(bounds) for name, bounds in (pinned or {}).items()}
+    variants = getattr(specs, "training_instance_type_variants", None)
+    specific = variants.get_instance_specific_hyperparameters(instance_type) if variants and instance_type else []
+    named = {hyperparameter.name: hyperparameter for hyperparameter in getattr(specs, "hyperparameters", [])}
+    named.update({hyperparameter.name: hyperparameter for hyperparameter in specific})
+    for name, hyperparameter in named.items():
+        bounds: dict[str, Any] = {}
+        if hyperparameter.type in ("int", "float"):
+            bounds = {bound: getattr(hyperparameter, bound) for bound in BOUNDS if hasattr(hyperparameter, bound)}
+        if getattr(hyperparameter, "options", None):
+            bounds["options"] = [str(option) for option in hyperparameter.options]
+        if bounds:
+            ranges[name] = bounds
+    return ranges
 
 
 class AutoSpecs:

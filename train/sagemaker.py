@@ -30,7 +30,7 @@ from botocore.validate import ParamValidator
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import read_manifest, verify_checksums
 from schemas.manifest import Manifest
-from train.jumpstart import ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
+from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
 
 # Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
@@ -346,11 +346,14 @@ def hyperparameters_for(
     return values
 
 
-def _value_problem(value: str, default: str, bounds: Mapping[str, float] | None = None) -> str | None:
-    """What is wrong with ``value`` for a hyperparameter whose default is ``default``: it must be of
-    the default's kind (True/False, a whole number, a number) and within the model's ``bounds``
-    (JumpStart's min, max, exclusive_min, exclusive_max); without bounds a positive default stays
-    positive (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
+def _value_problem(value: str, default: str, bounds: Mapping[str, Any] | None = None) -> str | None:
+    """What is wrong with ``value`` for a hyperparameter whose default is ``default``: one of the
+    model's options where it lists them, of the default's kind (True/False, a whole number, a number)
+    and within the model's ``bounds`` (JumpStart's min, max, exclusive_min, exclusive_max); without
+    bounds a positive default stays positive (epochs, ranks, rates; -1 and None stand for "all" or
+    "unset" and leave the value free)."""
+    if bounds and "options" in bounds and value not in bounds["options"]:
+        return f"takes one of {', '.join(bounds['options'])} (default {default})"
     if default in ("True", "False"):
         return None if value in ("True", "False") else "takes True or False"
     for kind, name in ((int, "a whole number"), (float, "a number")):
@@ -364,7 +367,7 @@ def _value_problem(value: str, default: str, bounds: Mapping[str, float] | None 
             return f"takes {name} (default {default})"
         if not math.isfinite(given):
             return f"takes a finite number (default {default})"
-        if bounds is None:
+        if not set(BOUNDS) & set(bounds or {}):
             return f"must be above 0 (default {default})" if number > 0 and given <= 0 else None
         for bound, fits, words in (
             ("min", operator.ge, "at least"),
