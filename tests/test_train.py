@@ -657,6 +657,14 @@ def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
     assert "--specs pinned" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_specs_source_set_in_the_environment_is_named_when_it_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CURATION_JUMPSTART_SPECS", "pinnned")  # the user never typed --specs: name the variable
+    done = curation("train", "spec", MODEL, cwd=tmp_path)
+    assert done.returncode == 2 and "CURATION_JUMPSTART_SPECS=pinnned: JumpStart specs come from one of" in done.stderr
+
+
 def test_a_live_lookup_checks_values_against_the_live_specs_ranges(workdir: Path) -> None:
     """The SDK's JumpStart spec gives each hyperparameter's range (JumpStartHyperparameter's min, max,
     options; an instance type's variant its own): a live lookup checks against those, and against the

@@ -188,9 +188,10 @@ SPECS_ENV = "CURATION_JUMPSTART_SPECS"
 
 def spec_resolver(name: str | None = None) -> SpecResolver:
     """The named lookup; by default ``$CURATION_JUMPSTART_SPECS`` or ``auto`` (offline hosts set ``pinned``)."""
+    setting = "--specs" if name else SPECS_ENV  # named in the error: where the user can change it
     name = name or os.environ.get(SPECS_ENV) or "auto"
     if name not in SPEC_SOURCES:
-        raise SpecError(f"JumpStart specs source {name!r} is not one of {', '.join(SPEC_SOURCES)}")
+        raise SpecError(f"{setting}={name}: JumpStart specs come from one of {', '.join(SPEC_SOURCES)}")
     return SPEC_SOURCES[name]()
 
 
