@@ -493,6 +493,22 @@ def test_wait_reports_a_failed_job_and_exits_non_zero(aws_env: str, capsys: pyte
     assert info["TrainingJobStatus"] == "Failed" and seen == ["Failed"]
 
 
+def test_waiting_that_times_out_names_the_job_once_and_says_it_goes_on(
+    aws_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import EXIT_FAILED, _followed
+
+    client = boto3.client("sagemaker")
+    in_progress = {**failed_job("job-1"), "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    in_progress.pop("FailureReason")
+    with Stubber(client) as stub:
+        stub.add_response("describe_training_job", in_progress, {"TrainingJobName": "job-1"})
+        stopped = _followed("job-1", 0, 0, describe_job=describe_via(client))
+    assert stopped.exit_code == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "error job-1: still InProgress after 0s; it goes on: `curation train wait job-1`" in err, err
+
+
 def describe_via(client: Any) -> Any:
     return lambda name: client.describe_training_job(TrainingJobName=name)
 

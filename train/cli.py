@@ -43,13 +43,21 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _followed(job_name: str, poll_seconds: float, timeout_seconds: float | None) -> typer.Exit:
-    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be followed."""
+def _followed(
+    job_name: str,
+    poll_seconds: float,
+    timeout_seconds: float | None,
+    describe_job: Callable[[str], dict] | None = None,
+) -> typer.Exit:
+    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be
+    followed or is still running when ``timeout_seconds`` have passed."""
     from train.sagemaker import TrainError
 
     try:
-        return typer.Exit(follow(job_name, poll_seconds, timeout_seconds))
-    except (ClientError, BotoCoreError, TrainError) as error:
+        return typer.Exit(follow(job_name, poll_seconds, timeout_seconds, describe_job))
+    except TrainError as error:  # names the job already
+        return _fail(f"{error}; it goes on: `curation train wait {job_name}` follows it again", EXIT_FAILED)
+    except (ClientError, BotoCoreError) as error:
         return _fail(f"{job_name}: {error}", EXIT_FAILED)
 
 
@@ -116,7 +124,9 @@ def launch(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
     follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
     poll_seconds: Annotated[float, typer.Option(help="how often --wait asks", min=0.0)] = 30.0,
-    timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+    ] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
     from train.sagemaker import TrainError, check_copy, held_out, placeholders, training_request
@@ -175,8 +185,10 @@ def launch(
 @app.command("wait")
 def wait_command(
     job_name: Annotated[str, typer.Argument(help="the training job's name")],
-    poll_seconds: Annotated[float, typer.Option(min=0.0)] = 30.0,
-    timeout: Annotated[float | None, typer.Option()] = None,
+    poll_seconds: Annotated[float, typer.Option(help="how often to ask", min=0.0)] = 30.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+    ] = None,
 ) -> None:
     """Follow a training job until it ends; exit 1 if it failed or stopped."""
     raise _followed(job_name, poll_seconds, timeout)
