@@ -547,8 +547,14 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
     with pytest.raises(TrainError, match="only a completed job"):
         import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
     # Strings are checked against their shapes' patterns, which botocore's validator leaves to the service.
-    with pytest.raises(TrainError, match=r"importedModelName: 'bad name!!' does not match"):
+    # The name the user gave is named by the option they typed; and its length is checked, which
+    # botocore leaves to the service as it does patterns.
+    with pytest.raises(TrainError, match=r"--model-name: 'bad name!!' does not match"):
         import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    with pytest.raises(TrainError, match=r"--model-name: 'mmm+' is longer than 63 characters"):
+        import_request(job, model_name="m" * 64, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    with pytest.raises(TrainError, match=r"Tags\[0\]\.Value: 'xxx+' is longer than 256 characters"):
+        validate("CreateTrainingJob", {**request_for_launch(version), "Tags": [{"Key": "k", "Value": "x" * 257}]})
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
 

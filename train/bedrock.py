@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from train.sagemaker import TrainError, describe, model_artifacts, region, tags, validate
+from train.sagemaker import TrainError, describe, input_shape, model_artifacts, pattern_misses, region, tags, validate
 
 BEDROCK_ROLE_ENV = "BEDROCK_IMPORT_ROLE_ARN"
 
@@ -42,6 +42,14 @@ def import_request(
             f"training job {name} wrote its model as model.tar.gz; Bedrock imports a folder of model files: "
             "train with uncompressed output (`curation train launch` asks for it)"
         )
+    if model_name is not None:  # the user's own: an error names the option, before the whole request
+        wrong = list(
+            pattern_misses(
+                model_name, input_shape("CreateModelImportJob", "bedrock").members["importedModelName"], "--model-name"
+            )
+        )
+        if wrong:
+            raise TrainError("; ".join(wrong) + " (Bedrock's model names: letters and digits, a single - or _ between)")
     imported = model_name or name
     tags = {t["Key"]: t["Value"] for t in training_job.get("Tags", [])}
     request: dict[str, Any] = {

@@ -58,32 +58,39 @@ class TrainError(RuntimeError):
     """The handoff cannot go on; the message names the version or job and what to do."""
 
 
+def input_shape(operation: str, service: str = "sagemaker") -> Any:
+    return botocore.session.get_session().get_service_model(service).operation_model(operation).input_shape
+
+
 def validate(operation: str, request: Mapping[str, Any], service: str = "sagemaker") -> None:
     """Check a request against botocore's service model, as the client would before sending it, and
-    each string against its shape's pattern and enum, which the service checks and the client does not."""
-    model = botocore.session.get_session().get_service_model(service)
-    shape = model.operation_model(operation).input_shape
+    each string against its shape's pattern, enum and longest length, which the service checks and
+    the client does not."""
+    shape = input_shape(operation, service)
     report = ParamValidator().validate(dict(request), shape)
     if report.has_errors():
         raise TrainError(f"{operation} request is not valid for {service}:\n{report.generate_report()}")
-    wrong = list(_pattern_misses(request, shape, operation))
+    wrong = list(pattern_misses(request, shape, operation))
     if wrong:
         raise TrainError(f"{operation} request is not valid for {service}: " + "; ".join(wrong))
 
 
-def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
-    """``where: value`` for each string of ``value`` that does not match its shape's pattern or enum."""
+def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
+    """``where: value`` for each string of ``value`` that does not match its shape's pattern or enum,
+    or is longer than it takes."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         for name, member in shape.members.items():
             if name in value:
-                yield from _pattern_misses(value[name], member, f"{where}.{name}")
+                yield from pattern_misses(value[name], member, f"{where}.{name}")
     elif shape.type_name == "list" and isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _pattern_misses(item, shape.member, f"{where}[{index}]")
+            yield from pattern_misses(item, shape.member, f"{where}[{index}]")
     elif shape.type_name == "map" and isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _pattern_misses(key, shape.key, f"{where} key")
-            yield from _pattern_misses(item, shape.value, f"{where}[{key}]")
+            yield from pattern_misses(key, shape.key, f"{where} key")
+            yield from pattern_misses(item, shape.value, f"{where}[{key}]")
+    elif shape.type_name == "string" and isinstance(value, str) and len(value) > shape.metadata.get("max", len(value)):
+        yield f"{where}: {value!r} is longer than {shape.metadata['max']} characters"
     elif shape.type_name == "string" and isinstance(value, str) and shape.enum and value not in shape.enum:
         yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
     elif shape.type_name == "string" and isinstance(value, str) and "pattern" in shape.metadata:
