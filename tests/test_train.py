@@ -217,7 +217,7 @@ def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:
         training_request(str(version), MODEL, specs=PINNED)
 
 
-def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
+def test_hyperparameter_values_and_uris_are_checked(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for values, message in (
         ({"epoch": "abc"}, "epoch=abc: takes a whole number"),
@@ -246,6 +246,13 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         training_request(version, MODEL, output_uri="/local/path", specs=PINNED)
     with pytest.raises(TrainError, match="--data-uri must be an s3:// URI"):
         training_request(version, MODEL, data_uri="http://x", specs=PINNED)
+    # A setting the user gave is named as they gave it, not as the request field it fills (RoleArn).
+    with pytest.raises(TrainError, match=r"--role: 'notanarn' does not match"):
+        training_request(version, MODEL, role_arn="notanarn", specs=PINNED)
+    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", "role/curation-training")
+    with pytest.raises(TrainError, match=r"SAGEMAKER_ROLE_ARN: 'role/curation-training' does not match"):
+        training_request(version, MODEL, specs=PINNED)
+    monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
     clash = curation(
         "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--epochs", "2",
         "-H", "epoch=5", cwd=workdir,
@@ -551,9 +558,11 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
     # botocore leaves to the service as it does patterns.
     with pytest.raises(TrainError, match=r"--model-name: 'bad name!!' does not match"):
         import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
-    with pytest.raises(TrainError, match=r"--model-name: 'mmm+' is longer than 63 characters"):
+    with pytest.raises(TrainError, match=r"--role: 'bedrock-import' does not match"):
+        import_request(job, role_arn="bedrock-import")
+    with pytest.raises(TrainError, match=r"--model-name: 'mmm+' is not 1 to 63 characters long"):
         import_request(job, model_name="m" * 64, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
-    with pytest.raises(TrainError, match=r"Tags\[0\]\.Value: 'xxx+' is longer than 256 characters"):
+    with pytest.raises(TrainError, match=r"Tags\[0\]\.Value: 'xxx+' is not 0 to 256 characters long"):
         validate("CreateTrainingJob", {**request_for_launch(version), "Tags": [{"Key": "k", "Value": "x" * 257}]})
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr

@@ -76,8 +76,8 @@ def validate(operation: str, request: Mapping[str, Any], service: str = "sagemak
 
 
 def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
-    """``where: value`` for each string of ``value`` that does not match its shape's pattern or enum,
-    or is longer than it takes."""
+    """``where: value`` for each string of ``value`` that does not match its shape's enum or pattern,
+    or is shorter or longer than it takes."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         for name, member in shape.members.items():
             if name in value:
@@ -89,15 +89,27 @@ def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
         for key, item in value.items():
             yield from pattern_misses(key, shape.key, f"{where} key")
             yield from pattern_misses(item, shape.value, f"{where}[{key}]")
-    elif shape.type_name == "string" and isinstance(value, str) and len(value) > shape.metadata.get("max", len(value)):
-        yield f"{where}: {value!r} is longer than {shape.metadata['max']} characters"
-    elif shape.type_name == "string" and isinstance(value, str) and shape.enum and value not in shape.enum:
-        yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
-    elif shape.type_name == "string" and isinstance(value, str) and "pattern" in shape.metadata:
-        pattern = _compiled(shape.metadata["pattern"])
+    elif shape.type_name == "string" and isinstance(value, str):
+        shortest, longest = shape.metadata.get("min", 0), shape.metadata.get("max", len(value))
+        pattern = _compiled(shape.metadata["pattern"]) if "pattern" in shape.metadata else None
+        if shape.enum and value not in shape.enum:
+            yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
         # AWS services match the whole value (their models come from Java's matches()), anchored or not.
-        if pattern is not None and not pattern.fullmatch(value):
+        elif pattern is not None and not pattern.fullmatch(value):
             yield f"{where}: {value!r} does not match {shape.metadata['pattern']}"
+        elif not shortest <= len(value) <= longest:
+            yield f"{where}: {value!r} is not {shortest} to {longest} characters long"
+
+
+def check_setting(setting: str, value: str, operation: str, member: str, service: str = "sagemaker") -> None:
+    """A value the user gave, checked against the request member it fills (``A.B``) before the whole
+    request is: the error names ``setting``, the option or variable the user can change."""
+    shape = input_shape(operation, service)
+    for name in member.split("."):
+        shape = shape.members[name]
+    wrong = list(pattern_misses(value, shape, setting))
+    if wrong:
+        raise TrainError("; ".join(wrong))
 
 
 @functools.cache
@@ -414,6 +426,12 @@ def training_request(
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
         if uri is not None and not uri.startswith("s3://"):
             raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
+    if role_arn or os.environ.get(ROLE_ENV):
+        check_setting(
+            "--role" if role_arn else ROLE_ENV, role_arn or os.environ[ROLE_ENV], "CreateTrainingJob", "RoleArn"
+        )
+    if output_uri is not None:
+        check_setting("--output", output_uri, "CreateTrainingJob", "OutputDataConfig.S3OutputPath")
     data = _s3_location(version_uri, data_uri, manifest)
     content_type = None if manifest.format == "jumpstart-vqa" else "application/jsonlines"
     channels = [_channel("training", f"{data}/train/", content_type)]
