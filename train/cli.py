@@ -113,7 +113,10 @@ def launch(
     int8: Annotated[bool | None, typer.Option("--int8/--no-int8", help="int8 quantisation of the base model")] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs (epoch)")] = None,
     role: Annotated[str | None, typer.Option(help="SageMaker execution role ARN (or SAGEMAKER_ROLE_ARN)")] = None,
-    output: Annotated[str | None, typer.Option(help="S3 prefix for the trained model")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="S3 prefix for the trained model; default: training-output/ beside the version on S3"),
+    ] = None,
     data_uri: Annotated[str | None, typer.Option(help="where the version sits on S3, if published locally")] = None,
     specs: Annotated[
         str | None,
