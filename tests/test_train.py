@@ -741,3 +741,60 @@ def test_a_live_lookup_checks_values_against_the_live_specs_ranges(workdir: Path
         training_request(version, MODEL, hyperparameters=fits, specs=resolver)["HyperParameters"].items()
         >= fits.items()
     )
+
+
+def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK reads JumpStart's manifest and specs from local folders when told to (its own override,
+    no network): a model the pin lacks gets its default and supported instance types, volume and
+    hyperparameter ranges from its spec (it failed: no instance type to find its image with)."""
+    from train.jumpstart import SdkSpecs
+
+    model_id = "acme-textgeneration-tiny"
+    gpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0.0-gpu-py310"
+    spec = {
+        "model_id": model_id, "version": "9.9.9", "min_sdk_version": "2.0.0",
+        "training_supported": True, "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "acme-training/tiny/", "training_script_key": "acme/transfer_learning/sourcedir.tar.gz",
+        "default_training_instance_type": "ml.g5.12xlarge",
+        "supported_training_instance_types": ["ml.g5.12xlarge", "ml.p4d.24xlarge"],
+        "training_volume_size": 512,
+        "hyperparameters": [
+            {"name": "epoch", "type": "int", "default": 5, "min": 1, "max": 10, "scope": "algorithm"},
+            {"name": "chat_template", "type": "text", "default": "Llama3.1", "options": ["Llama3.1", "None"], "scope": "algorithm"},
+        ],
+        "training_instance_type_variants": {
+            "regional_aliases": {"us-east-1": {"gpu": gpu}},
+            "variants": {"g5": {"regional_properties": {"image_uri": "$gpu"}}, "p4d": {"regional_properties": {"image_uri": "$gpu"}}},
+        },
+    }  # fmt: skip
+    (workdir / "specs").mkdir()
+    (workdir / "specs" / "tiny.json").write_text(json.dumps(spec))
+    (workdir / "manifest").mkdir()
+    listed = [{"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"}]
+    (workdir / "manifest" / "models_manifest.json").write_text(json.dumps(listed))
+    monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "manifest"))
+    monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "specs"))
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+
+    resolved = SdkSpecs()(model_id, "us-east-1")
+    assert (resolved.default_instance_type, resolved.volume_size_gb, resolved.training_image) == (
+        "ml.g5.12xlarge",
+        512,
+        gpu,
+    )
+    version = publish(workdir, "jumpstart-instruction")
+    request = training_request(version, model_id, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 1, "VolumeSizeInGB": 512}
+    for settings, message in (
+        ({"hyperparameters": {"epoch": "11"}}, "epoch=11: must be at most 10"),
+        ({"hyperparameters": {"chat_template": "Mistral"}}, "chat_template=Mistral: takes one of Llama3.1, None"),
+        (
+            {"instance_type": "ml.g5.2xlarge"},
+            "does not train on ml.g5.2xlarge; it takes: ml.g5.12xlarge, ml.p4d.24xlarge",
+        ),
+    ):
+        with pytest.raises(SpecError, match=message):
+            training_request(version, model_id, specs=SdkSpecs(), **settings)

@@ -105,16 +105,19 @@ class SdkSpecs:
         from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
         from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
-        pinned = self.fallback.models.get(model_id)
-        instance = instance_type or (pinned or {}).get("default_instance_type")
+        pinned = self.fallback.models.get(model_id) or {}
         common = {"region": region, "model_id": model_id, "model_version": "*"}
+        # The model's own spec: the version "*" stands for, which the job's tags name (SageMaker takes no
+        # "*" in a tag), its default and supported instance types, volume, metrics and hyperparameter ranges;
+        # the pin only where it gives none (a model the pin lacks has only the live spec's).
+        live = verify_model_region_and_return_specs(model_id, "*", "training", region=region)
+        instance = instance_type or live.default_training_instance_type or pinned.get("default_instance_type")
         image = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance, **common)
         script = script_uris.retrieve(script_scope="training", **common)
         model = model_uris.retrieve(model_scope="training", **common)
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
-        # The version "*" stands for, which the job's tags name (SageMaker takes no "*" in a tag).
-        live = verify_model_region_and_return_specs(model_id, "*", "training", region=region)
-        formats = tuple((pinned or {}).get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
+        formats = tuple(pinned.get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
+        supported = live.supported_training_instance_types or pinned.get("supported_instance_types", ())
         return ModelSpec(
             model_id=model_id,
             version=live.version,
@@ -122,14 +125,14 @@ class SdkSpecs:
             script_uri=script,
             entry_point="transfer_learning.py",
             model_uri=model,
-            gated=bool((pinned or {}).get("gated", True)),
+            gated=bool(pinned.get("gated", True)),
             default_instance_type=instance or "ml.g5.2xlarge",
-            supported_instance_types=tuple((pinned or {}).get("supported_instance_types", ())),
-            volume_size_gb=int((pinned or {}).get("volume_size_gb", 256)),
+            supported_instance_types=tuple(supported),
+            volume_size_gb=int(getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb", 256)),
             formats=formats,
             hyperparameters={k: str(v) for k, v in defaults.items()},
-            metric_definitions=tuple((pinned or {}).get("metric_definitions", ())),
-            hyperparameter_ranges=live_ranges(live, instance, (pinned or {}).get("hyperparameter_ranges", {})),
+            metric_definitions=tuple(live.metrics or pinned.get("metric_definitions", ())),
+            hyperparameter_ranges=live_ranges(live, instance, pinned.get("hyperparameter_ranges", {})),
             origin="sdk",
         )
 
