@@ -41,7 +41,7 @@ def read_manifest(version_dir: str) -> Manifest:
         with fs.open_input_stream(f"{path}/{MANIFEST_NAME}") as stream:
             return Manifest.model_validate_json(stream.read())
     except FileNotFoundError:
-        if is_s3(version_dir) and not _bucket_exists(fs, path.partition("/")[0]):
+        if is_s3(version_dir) and not bucket_exists(fs, path.partition("/")[0]):
             raise StorageError(f"{version_dir}: there is no bucket {path.partition('/')[0]!r}") from None
         raise StorageError(f"{version_dir}: no {MANIFEST_NAME}; this version was never published") from None
     except ValidationError as error:
@@ -50,7 +50,7 @@ def read_manifest(version_dir: str) -> Manifest:
         raise StorageError(f"{version_dir}/{MANIFEST_NAME}: not a manifest ({where}: {first['msg']})") from None
 
 
-def _bucket_exists(fs: pafs.FileSystem, bucket: str) -> bool:
+def bucket_exists(fs: pafs.FileSystem, bucket: str) -> bool:
     """False only when S3 says the bucket is not there (a bucket we may not look at may still hold the version)."""
     try:
         return fs.get_file_info(bucket).type != pafs.FileType.NotFound

@@ -447,10 +447,12 @@ def test_launch_refuses_a_request_with_placeholders(workdir: Path) -> None:
 
 def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bucket: str) -> None:
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
-    done = curation(
-        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE,
-        "--wait", "--poll-seconds", "0", cwd=workdir,
-    )  # fmt: skip
+    # SageMaker would find the output bucket missing only after the training: refused before the job starts.
+    args = ("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE)
+    done = curation(*args, "--output", f"s3://{bucket}x/models", cwd=workdir)
+    assert done.returncode == 2 and f"--output s3://{bucket}x/models: there is no bucket '{bucket}x'" in done.stderr
+    assert "launched" not in done.stdout
+    done = curation(*args, "--wait", "--poll-seconds", "0", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
     name = done.stdout.split("launched ")[1].split()[0]

@@ -132,7 +132,7 @@ def launch(
     ] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
-    from train.sagemaker import TrainError, check_copy, held_out, placeholders, training_request
+    from train.sagemaker import TrainError, check_copy, check_output, held_out, placeholders, training_request
     from train.sagemaker import launch as create_job
 
     values = parse_pairs(hyperparameter or [])
@@ -175,6 +175,8 @@ def launch(
     try:
         if data_uri is not None:
             check_copy(dataset_version, data_uri)
+        if output is not None:
+            check_output(output)
         name = create_job(request)
     except TrainError as error:
         raise _fail(str(error), EXIT_USAGE) from None

@@ -28,7 +28,7 @@ import regex
 from botocore.validate import ParamValidator
 
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
-from curation.published import read_manifest, verify_checksums
+from curation.published import bucket_exists, read_manifest, verify_checksums
 from schemas.manifest import Manifest
 from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
 
@@ -223,6 +223,15 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     if wrong or extra:
         named = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
         raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {named}")
+
+
+def check_output(output_uri: str) -> None:
+    """SageMaker writes the model to ``--output`` only once the training is done and paid for: a
+    bucket that is not there is refused before the job starts."""
+    fs, path = filesystem(output_uri)
+    bucket = path.partition("/")[0]
+    if not bucket_exists(fs, bucket):
+        raise TrainError(f"--output {output_uri}: there is no bucket {bucket!r}")
 
 
 def _local_etag(fs: Any, path: str, entry: FileEntry) -> str | None:
