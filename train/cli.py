@@ -121,7 +121,7 @@ def launch(
     specs: Annotated[
         str | None,
         typer.Option(
-            help="JumpStart specs: auto (live, else pinned), live or pinned; default $CURATION_JUMPSTART_SPECS"
+            help="JumpStart specs: auto (live, else pinned), live or pinned; default $CURATION_JUMPSTART_SPECS, else auto"
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
@@ -229,7 +229,9 @@ def import_to_bedrock(
 @app.command()
 def spec(
     model: Annotated[str, typer.Argument(help="JumpStart model ID")],
-    specs: Annotated[str | None, typer.Option(help="auto, live or pinned; default $CURATION_JUMPSTART_SPECS")] = None,
+    specs: Annotated[
+        str | None, typer.Option(help="auto, live or pinned; default $CURATION_JUMPSTART_SPECS, else auto")
+    ] = None,
 ) -> None:
     """Show what a JumpStart model ID resolves to (image, script, defaults)."""
     from dataclasses import asdict
