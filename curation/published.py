@@ -57,11 +57,21 @@ def read_manifest(version_dir: str) -> Manifest:
         with fs.open_input_stream(f"{path}/{MANIFEST_NAME}") as stream:
             return Manifest.model_validate_json(stream.read())
     except FileNotFoundError:
+        if is_s3(version_dir) and not bucket_exists(fs, path.partition("/")[0]):
+            raise StorageError(f"{version_dir}: there is no bucket {path.partition('/')[0]!r}") from None
         raise StorageError(f"{version_dir}: no {MANIFEST_NAME}; this version was never published") from None
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
         raise StorageError(f"{version_dir}/{MANIFEST_NAME}: not a manifest ({where}: {first['msg']})") from None
+
+
+def bucket_exists(fs: pafs.FileSystem, bucket: str) -> bool:
+    """False only when S3 says the bucket is not there (a bucket we may not look at may still hold the version)."""
+    try:
+        return fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError:
+        return True
 
 
 def verify_checksums(version_dir: str, manifest: Manifest) -> list[str]:

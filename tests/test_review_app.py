@@ -230,6 +230,9 @@ def test_admin_dry_run_then_launch(base: str, browser: Browser) -> None:
     assert {"Key": "curation:dataset", "Value": "support"} in request["Tags"]
     assert request["RoleArn"] == ROLE
     expect(page.locator("#training-needs")).to_contain_text("on S3")
+    # Published without validation records: the page says, as the CLI does, what JumpStart holds out.
+    ratio = request["HyperParameters"]["validation_split_ratio"]
+    expect(page.locator("#training-held-out")).to_contain_text(f"holds out validation_split_ratio={ratio}")
     expect(page.locator("#confirm-launch")).to_have_count(0)  # nothing to confirm: it cannot launch
     csrf = page.locator("#undo-form input[name=csrf_token]").get_attribute("value")
     posted = page.request.post(f"{base}/datasets/support/v1/training", form={"csrf_token": csrf, "confirm": "yes"})

@@ -217,7 +217,7 @@ def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:
         training_request(str(version), MODEL, specs=PINNED)
 
 
-def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
+def test_hyperparameter_values_and_uris_are_checked(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for values, message in (
         ({"epoch": "abc"}, "epoch=abc: takes a whole number"),
@@ -246,11 +246,64 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path) -> None:
         training_request(version, MODEL, output_uri="/local/path", specs=PINNED)
     with pytest.raises(TrainError, match="--data-uri must be an s3:// URI"):
         training_request(version, MODEL, data_uri="http://x", specs=PINNED)
+    # A setting the user gave is named as they gave it, not as the request field it fills (RoleArn).
+    with pytest.raises(TrainError, match=r"--role: 'notanarn' does not match"):
+        training_request(version, MODEL, role_arn="notanarn", specs=PINNED)
+    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", "role/curation-training")
+    with pytest.raises(TrainError, match=r"SAGEMAKER_ROLE_ARN: 'role/curation-training' does not match"):
+        training_request(version, MODEL, specs=PINNED)
+    monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
     clash = curation(
         "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--epochs", "2",
         "-H", "epoch=5", cwd=workdir,
     )  # fmt: skip
-    assert clash.returncode == 2 and "epoch set twice" in clash.stderr
+    assert clash.returncode == 2 and "--epochs 2 and -H epoch=5: set twice" in clash.stderr
+
+
+def vqa_version(folder: Path) -> str:
+    from tests.test_formats import png
+
+    (folder / "scans").mkdir()
+    rows = []
+    for name, color in {"red": (255, 0, 0), "blue": (0, 0, 255)}.items():
+        (folder / "scans" / f"{name}.png").write_bytes(png(color))
+        rows += [
+            {"image": str(folder / "scans" / f"{name}.png"), "question": f"Colour? {i}", "answer": name}
+            for i in range(5)
+        ]
+    write_jsonl(folder / "vqa.jsonl", rows)
+    recipe = {"dataset": "scans", "sources": [{"path": str(folder / "vqa.jsonl")}], "record": {"kind": "vqa"}}
+    return run_fresh(folder, recipe)
+
+
+def test_errors_about_a_launch_option_name_the_option_the_user_typed(workdir: Path) -> None:
+    """--int8 and --epochs set hyperparameters by other names (int8_quantization, epoch): an error
+    names the option, which the user can find on their command line."""
+    vision = "meta-vlm-llama-3-2-11b-vision-instruct"
+    done = curation(
+        "train",
+        "launch",
+        vqa_version(workdir),
+        "--model",
+        vision,
+        "--specs",
+        "pinned",
+        "--dry-run",
+        "--int8",
+        cwd=workdir,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--int8 sets int8_quantization, which {vision} does not take" in done.stderr
+    version = publish(workdir, "jumpstart-instruction")
+    done = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--epochs", "0", cwd=workdir
+    )
+    assert done.returncode == 2 and "--epochs 0 (epoch=0): must be at least 1" in done.stderr
+    with pytest.raises(SpecError, match="--int8 does not work with enable_fsdp=True"):
+        training_request(
+            version, MODEL, hyperparameters={"int8_quantization": "True", "enable_fsdp": "True"},
+            typed={"int8_quantization": "--int8"}, specs=PINNED,
+        )  # fmt: skip
 
 
 def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: str) -> None:
@@ -264,6 +317,9 @@ def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: s
     check_copy(str(version), f"s3://{bucket}/copy")  # a faithful copy passes
     with pytest.raises(TrainError, match=r"no manifest\.json"):
         check_copy(str(version), f"s3://{bucket}/elsewhere")
+    # A bucket name mistyped is no version never published: the error says which bucket is not there.
+    with pytest.raises(TrainError, match=rf"--data-uri s3://{bucket}x/copy: there is no bucket '{bucket}x'"):
+        check_copy(str(version), f"s3://{bucket}x/copy")
     original = (version / "train" / "part-00000.jsonl").read_bytes()
     same_size = original.replace(b"Dining", b"DINING", 1)  # as long, other bytes: S3's MD5 tells
     assert same_size != original and len(same_size) == len(original)
@@ -391,10 +447,12 @@ def test_launch_refuses_a_request_with_placeholders(workdir: Path) -> None:
 
 def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bucket: str) -> None:
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
-    done = curation(
-        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE,
-        "--wait", "--poll-seconds", "0", cwd=workdir,
-    )  # fmt: skip
+    # SageMaker would find the output bucket missing only after the training: refused before the job starts.
+    args = ("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE)
+    done = curation(*args, "--output", f"s3://{bucket}x/models", cwd=workdir)
+    assert done.returncode == 2 and f"--output s3://{bucket}x/models: there is no bucket '{bucket}x'" in done.stderr
+    assert "launched" not in done.stdout
+    done = curation(*args, "--wait", "--poll-seconds", "0", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
     name = done.stdout.split("launched ")[1].split()[0]
@@ -444,6 +502,22 @@ def test_wait_reports_a_failed_job_and_exits_non_zero(aws_env: str, capsys: pyte
     assert info["TrainingJobStatus"] == "Failed" and seen == ["Failed"]
 
 
+def test_waiting_that_times_out_names_the_job_once_and_says_it_goes_on(
+    aws_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import EXIT_FAILED, _followed
+
+    client = boto3.client("sagemaker")
+    in_progress = {**failed_job("job-1"), "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}
+    in_progress.pop("FailureReason")
+    with Stubber(client) as stub:
+        stub.add_response("describe_training_job", in_progress, {"TrainingJobName": "job-1"})
+        stopped = _followed("job-1", 0, 0, describe_job=describe_via(client))
+    assert stopped.exit_code == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "error job-1: still InProgress after 0s; it goes on: `curation train wait job-1`" in err, err
+
+
 def describe_via(client: Any) -> Any:
     return lambda name: client.describe_training_job(TrainingJobName=name)
 
@@ -482,8 +556,16 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
     with pytest.raises(TrainError, match="only a completed job"):
         import_request({**job, "TrainingJobStatus": "InProgress"}, role_arn="arn:aws:iam::123456789012:role/x")
     # Strings are checked against their shapes' patterns, which botocore's validator leaves to the service.
-    with pytest.raises(TrainError, match=r"importedModelName: 'bad name!!' does not match"):
+    # The name the user gave is named by the option they typed; and its length is checked, which
+    # botocore leaves to the service as it does patterns.
+    with pytest.raises(TrainError, match=r"--model-name: 'bad name!!' does not match"):
         import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    with pytest.raises(TrainError, match=r"--role: 'bedrock-import' does not match"):
+        import_request(job, role_arn="bedrock-import")
+    with pytest.raises(TrainError, match=r"--model-name: 'mmm+' is not 1 to 63 characters long"):
+        import_request(job, model_name="m" * 64, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
+    with pytest.raises(TrainError, match=r"Tags\[0\]\.Value: 'xxx+' is not 0 to 256 characters long"):
+        validate("CreateTrainingJob", {**request_for_launch(version), "Tags": [{"Key": "k", "Value": "x" * 257}]})
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
 
@@ -606,3 +688,115 @@ def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
     assert done.returncode == 2, done.stderr
     assert f"JumpStart live lookup of '{MODEL}' failed (NoCredentialsError" in done.stderr
     assert "--specs pinned" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_specs_source_set_in_the_environment_is_named_when_it_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CURATION_JUMPSTART_SPECS", "pinnned")  # the user never typed --specs: name the variable
+    done = curation("train", "spec", MODEL, cwd=tmp_path)
+    assert done.returncode == 2 and "CURATION_JUMPSTART_SPECS=pinnned: JumpStart specs come from one of" in done.stderr
+
+
+def test_a_live_lookup_checks_values_against_the_live_specs_ranges(workdir: Path) -> None:
+    """The SDK's JumpStart spec gives each hyperparameter's range (JumpStartHyperparameter's min, max,
+    options; an instance type's variant its own): a live lookup checks against those, and against the
+    pin's only for a hyperparameter the live spec bounds nowhere. Built from the SDK's classes: no network."""
+    from dataclasses import replace
+
+    from sagemaker.core.jumpstart.types import JumpStartModelSpecs
+
+    from train.jumpstart import live_ranges
+
+    def hp(name: str, kind: str, default: Any, **bounds: Any) -> dict[str, Any]:
+        return {"name": name, "type": kind, "default": default, "scope": "algorithm", **bounds}
+
+    batch = hp("per_device_train_batch_size", "int", 1, min=1, max=8)
+    live = JumpStartModelSpecs({
+        "model_id": MODEL, "version": "9.9.9", "min_sdk_version": "2.0.0", "training_supported": True,
+        "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "model/", "training_script_key": "script.tar.gz",
+        "hyperparameters": [
+            hp("epoch", "int", 1, min=1, max=10),  # the pin allows up to 1000
+            hp("chat_template", "text", "Llama3.1", options=["Llama3.1", "None"]),
+            hp("target_modules", "text", "q_proj,v_proj", min=1, max=20),  # a text's length, not a number's
+            hp("seed", "int", 10),  # no bounds here: the pin's (1..1000) still hold
+        ],
+        "training_instance_type_variants": {"variants": {"ml.g5.2xlarge": {"properties": {"hyperparameters": [batch]}}}},
+    })  # fmt: skip
+    ranges = live_ranges(live, "ml.g5.2xlarge", PINNED.models[MODEL]["hyperparameter_ranges"])
+
+    def resolver(model_id: str, region: str, instance_type: str | None = None) -> Any:
+        return replace(PINNED(model_id, region, instance_type), hyperparameter_ranges=ranges, origin="sdk")
+
+    version = publish(workdir, "jumpstart-instruction")
+    for values, message in (
+        ({"epoch": "11"}, "epoch=11: must be at most 10"),
+        ({"per_device_train_batch_size": "9"}, "per_device_train_batch_size=9: must be at most 8"),
+        ({"chat_template": "Mistral"}, "chat_template=Mistral: takes one of Llama3.1, None"),
+        ({"seed": "0"}, "seed=0: must be at least 1"),
+    ):
+        with pytest.raises(SpecError, match=message):
+            training_request(version, MODEL, hyperparameters=values, specs=resolver)
+    fits = {"epoch": "10", "chat_template": "None", "target_modules": "q_proj,k_proj,v_proj,o_proj"}
+    assert (
+        training_request(version, MODEL, hyperparameters=fits, specs=resolver)["HyperParameters"].items()
+        >= fits.items()
+    )
+
+
+def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK reads JumpStart's manifest and specs from local folders when told to (its own override,
+    no network): a model the pin lacks gets its default and supported instance types, volume and
+    hyperparameter ranges from its spec (it failed: no instance type to find its image with)."""
+    from train.jumpstart import SdkSpecs
+
+    model_id = "acme-textgeneration-tiny"
+    gpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0.0-gpu-py310"
+    spec = {
+        "model_id": model_id, "version": "9.9.9", "min_sdk_version": "2.0.0",
+        "training_supported": True, "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "acme-training/tiny/", "training_script_key": "acme/transfer_learning/sourcedir.tar.gz",
+        "default_training_instance_type": "ml.g5.12xlarge",
+        "supported_training_instance_types": ["ml.g5.12xlarge", "ml.p4d.24xlarge"],
+        "training_volume_size": 512,
+        "hyperparameters": [
+            {"name": "epoch", "type": "int", "default": 5, "min": 1, "max": 10, "scope": "algorithm"},
+            {"name": "chat_template", "type": "text", "default": "Llama3.1", "options": ["Llama3.1", "None"], "scope": "algorithm"},
+        ],
+        "training_instance_type_variants": {
+            "regional_aliases": {"us-east-1": {"gpu": gpu}},
+            "variants": {"g5": {"regional_properties": {"image_uri": "$gpu"}}, "p4d": {"regional_properties": {"image_uri": "$gpu"}}},
+        },
+    }  # fmt: skip
+    (workdir / "specs").mkdir()
+    (workdir / "specs" / "tiny.json").write_text(json.dumps(spec))
+    (workdir / "manifest").mkdir()
+    listed = [{"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"}]
+    (workdir / "manifest" / "models_manifest.json").write_text(json.dumps(listed))
+    monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "manifest"))
+    monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "specs"))
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+
+    resolved = SdkSpecs()(model_id, "us-east-1")
+    assert (resolved.default_instance_type, resolved.volume_size_gb, resolved.training_image) == (
+        "ml.g5.12xlarge",
+        512,
+        gpu,
+    )
+    version = publish(workdir, "jumpstart-instruction")
+    request = training_request(version, model_id, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 1, "VolumeSizeInGB": 512}
+    for settings, message in (
+        ({"hyperparameters": {"epoch": "11"}}, "epoch=11: must be at most 10"),
+        ({"hyperparameters": {"chat_template": "Mistral"}}, "chat_template=Mistral: takes one of Llama3.1, None"),
+        (
+            {"instance_type": "ml.g5.2xlarge"},
+            "does not train on ml.g5.2xlarge; it takes: ml.g5.12xlarge, ml.p4d.24xlarge",
+        ),
+    ):
+        with pytest.raises(SpecError, match=message):
+            training_request(version, model_id, specs=SdkSpecs(), **settings)

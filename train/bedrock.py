@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from train.sagemaker import TrainError, describe, model_artifacts, region, tags, validate
+from train.sagemaker import TrainError, check_setting, describe, model_artifacts, region, tags, validate
 
 BEDROCK_ROLE_ENV = "BEDROCK_IMPORT_ROLE_ARN"
 
@@ -21,6 +21,7 @@ def bedrock_role(role_arn: str | None = None) -> str:
     role = role_arn or os.environ.get(BEDROCK_ROLE_ENV)
     if not role:
         raise TrainError(f"Bedrock needs a service role to read the model: pass --role or set {BEDROCK_ROLE_ENV}")
+    check_setting("--role" if role_arn else BEDROCK_ROLE_ENV, role, "CreateModelImportJob", "roleArn", "bedrock")
     return role
 
 
@@ -42,6 +43,8 @@ def import_request(
             f"training job {name} wrote its model as model.tar.gz; Bedrock imports a folder of model files: "
             "train with uncompressed output (`curation train launch` asks for it)"
         )
+    if model_name is not None:
+        check_setting("--model-name", model_name, "CreateModelImportJob", "importedModelName", "bedrock")
     imported = model_name or name
     tags = {t["Key"]: t["Value"] for t in training_job.get("Tags", [])}
     request: dict[str, Any] = {

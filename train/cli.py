@@ -43,13 +43,21 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _followed(job_name: str, poll_seconds: float, timeout_seconds: float | None) -> typer.Exit:
-    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be followed."""
+def _followed(
+    job_name: str,
+    poll_seconds: float,
+    timeout_seconds: float | None,
+    describe_job: Callable[[str], dict] | None = None,
+) -> typer.Exit:
+    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be
+    followed or is still running when ``timeout_seconds`` have passed."""
     from train.sagemaker import TrainError
 
     try:
-        return typer.Exit(follow(job_name, poll_seconds, timeout_seconds))
-    except (ClientError, BotoCoreError, TrainError) as error:
+        return typer.Exit(follow(job_name, poll_seconds, timeout_seconds, describe_job))
+    except TrainError as error:  # names the job already
+        return _fail(f"{error}; it goes on: `curation train wait {job_name}` follows it again", EXIT_FAILED)
+    except (ClientError, BotoCoreError) as error:
         return _fail(f"{job_name}: {error}", EXIT_FAILED)
 
 
@@ -105,31 +113,43 @@ def launch(
     int8: Annotated[bool | None, typer.Option("--int8/--no-int8", help="int8 quantisation of the base model")] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs (epoch)")] = None,
     role: Annotated[str | None, typer.Option(help="SageMaker execution role ARN (or SAGEMAKER_ROLE_ARN)")] = None,
-    output: Annotated[str | None, typer.Option(help="S3 prefix for the trained model")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="S3 prefix for the trained model; default: training-output/ beside the version on S3"),
+    ] = None,
     data_uri: Annotated[str | None, typer.Option(help="where the version sits on S3, if published locally")] = None,
     specs: Annotated[
         str | None,
         typer.Option(
-            help="JumpStart specs: auto (live, else pinned), live or pinned; default $CURATION_JUMPSTART_SPECS"
+            help="JumpStart specs: auto (live, else pinned), live or pinned; default $CURATION_JUMPSTART_SPECS, else auto"
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
     follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
     poll_seconds: Annotated[float, typer.Option(help="how often --wait asks", min=0.0)] = 30.0,
-    timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+    ] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
-    from train.sagemaker import TrainError, check_copy, held_out, placeholders, training_request
+    from train.sagemaker import TrainError, check_copy, check_output, held_out, placeholders, training_request
     from train.sagemaker import launch as create_job
 
     values = parse_pairs(hyperparameter or [])
-    shortcuts = {"lora_r": lora_r, "lora_alpha": lora_alpha, "epoch": epochs}
-    given = {k: str(v) for k, v in shortcuts.items() if v is not None}
+    shortcuts = {
+        "lora_r": ("--lora-r", lora_r),
+        "lora_alpha": ("--lora-alpha", lora_alpha),
+        "epoch": ("--epochs", epochs),
+    }
+    given = {k: str(v) for k, (_, v) in shortcuts.items() if v is not None}
+    # What the user typed for each, which errors name (the hyperparameter's own name may be new to them).
+    typed = {k: f"{option} {v}" for k, (option, v) in shortcuts.items() if v is not None}
     if int8 is not None:
         given["int8_quantization"] = str(int8)
-    clash = sorted(k for k, v in given.items() if k in values and values[k] != v)
+        typed["int8_quantization"] = "--int8" if int8 else "--no-int8"
+    clash = [f"{typed[k]} and -H {k}={values[k]}" for k, v in given.items() if k in values and values[k] != v]
     if clash:
-        raise _fail(f"{', '.join(clash)} set twice (an option and -H) to different values", EXIT_USAGE)
+        raise _fail(f"{'; '.join(clash)}: set twice to different values; keep one", EXIT_USAGE)
     values.update(given)
     try:
         request = training_request(
@@ -141,6 +161,7 @@ def launch(
             output_uri=output,
             data_uri=data_uri,
             specs=_resolver(specs),
+            typed=typed,
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
@@ -154,6 +175,8 @@ def launch(
     try:
         if data_uri is not None:
             check_copy(dataset_version, data_uri)
+        if output is not None:
+            check_output(output)
         name = create_job(request)
     except TrainError as error:
         raise _fail(str(error), EXIT_USAGE) from None
@@ -167,8 +190,10 @@ def launch(
 @app.command("wait")
 def wait_command(
     job_name: Annotated[str, typer.Argument(help="the training job's name")],
-    poll_seconds: Annotated[float, typer.Option(min=0.0)] = 30.0,
-    timeout: Annotated[float | None, typer.Option()] = None,
+    poll_seconds: Annotated[float, typer.Option(help="how often to ask", min=0.0)] = 30.0,
+    timeout: Annotated[
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+    ] = None,
 ) -> None:
     """Follow a training job until it ends; exit 1 if it failed or stopped."""
     raise _followed(job_name, poll_seconds, timeout)
@@ -204,7 +229,9 @@ def import_to_bedrock(
 @app.command()
 def spec(
     model: Annotated[str, typer.Argument(help="JumpStart model ID")],
-    specs: Annotated[str | None, typer.Option(help="auto, live or pinned; default $CURATION_JUMPSTART_SPECS")] = None,
+    specs: Annotated[
+        str | None, typer.Option(help="auto, live or pinned; default $CURATION_JUMPSTART_SPECS, else auto")
+    ] = None,
 ) -> None:
     """Show what a JumpStart model ID resolves to (image, script, defaults)."""
     from dataclasses import asdict

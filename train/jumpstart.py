@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, Protocol
@@ -41,8 +42,8 @@ class ModelSpec:
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
-    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max.
-    hyperparameter_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
+    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max; options (its values).
+    hyperparameter_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,33 +105,61 @@ class SdkSpecs:
         from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
         from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
-        pinned = self.fallback.models.get(model_id)
-        instance = instance_type or (pinned or {}).get("default_instance_type")
+        pinned = self.fallback.models.get(model_id) or {}
         common = {"region": region, "model_id": model_id, "model_version": "*"}
+        # The model's own spec: the version "*" stands for, which the job's tags name (SageMaker takes no
+        # "*" in a tag), its default and supported instance types, volume, metrics and hyperparameter ranges;
+        # the pin only where it gives none (a model the pin lacks has only the live spec's).
+        live = verify_model_region_and_return_specs(model_id, "*", "training", region=region)
+        instance = instance_type or live.default_training_instance_type or pinned.get("default_instance_type")
         image = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance, **common)
         script = script_uris.retrieve(script_scope="training", **common)
         model = model_uris.retrieve(model_scope="training", **common)
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
-        # The version "*" stands for, which the job's tags name (SageMaker takes no "*" in a tag).
-        latest = verify_model_region_and_return_specs(model_id, "*", "training", region=region).version
-        formats = tuple((pinned or {}).get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
+        formats = tuple(pinned.get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
+        supported = live.supported_training_instance_types or pinned.get("supported_instance_types", ())
         return ModelSpec(
             model_id=model_id,
-            version=latest,
+            version=live.version,
             training_image=image,
             script_uri=script,
             entry_point="transfer_learning.py",
             model_uri=model,
-            gated=bool((pinned or {}).get("gated", True)),
+            gated=bool(pinned.get("gated", True)),
             default_instance_type=instance or "ml.g5.2xlarge",
-            supported_instance_types=tuple((pinned or {}).get("supported_instance_types", ())),
-            volume_size_gb=int((pinned or {}).get("volume_size_gb", 256)),
+            supported_instance_types=tuple(supported),
+            volume_size_gb=int(getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb", 256)),
             formats=formats,
             hyperparameters={k: str(v) for k, v in defaults.items()},
-            metric_definitions=tuple((pinned or {}).get("metric_definitions", ())),
-            hyperparameter_ranges=dict((pinned or {}).get("hyperparameter_ranges", {})),
+            metric_definitions=tuple(live.metrics or pinned.get("metric_definitions", ())),
+            hyperparameter_ranges=live_ranges(live, instance, pinned.get("hyperparameter_ranges", {})),
             origin="sdk",
         )
+
+
+BOUNDS = ("min", "max", "exclusive_min", "exclusive_max")
+
+
+def live_ranges(
+    specs: Any, instance_type: str | None, pinned: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each hyperparameter's range as the SDK's JumpStart spec (``JumpStartModelSpecs``) gives it, the
+    instance type's own variant first, as the SDK reads defaults; the pin's for one it gives none of.
+    A text hyperparameter's min and max bound its length, which no value here is checked against."""
+    ranges = {name: dict(bounds) for name, bounds in (pinned or {}).items()}
+    variants = getattr(specs, "training_instance_type_variants", None)
+    specific = variants.get_instance_specific_hyperparameters(instance_type) if variants and instance_type else []
+    named = {hyperparameter.name: hyperparameter for hyperparameter in getattr(specs, "hyperparameters", [])}
+    named.update({hyperparameter.name: hyperparameter for hyperparameter in specific})
+    for name, hyperparameter in named.items():
+        bounds: dict[str, Any] = {}
+        if hyperparameter.type in ("int", "float"):
+            bounds = {bound: getattr(hyperparameter, bound) for bound in BOUNDS if hasattr(hyperparameter, bound)}
+        if getattr(hyperparameter, "options", None):
+            bounds["options"] = [str(option) for option in hyperparameter.options]
+        if bounds:
+            ranges[name] = bounds
+    return ranges
 
 
 class AutoSpecs:
@@ -162,9 +191,10 @@ SPECS_ENV = "CURATION_JUMPSTART_SPECS"
 
 def spec_resolver(name: str | None = None) -> SpecResolver:
     """The named lookup; by default ``$CURATION_JUMPSTART_SPECS`` or ``auto`` (offline hosts set ``pinned``)."""
+    setting = "--specs" if name else SPECS_ENV  # named in the error: where the user can change it
     name = name or os.environ.get(SPECS_ENV) or "auto"
     if name not in SPEC_SOURCES:
-        raise SpecError(f"JumpStart specs source {name!r} is not one of {', '.join(SPEC_SOURCES)}")
+        raise SpecError(f"{setting}={name}: JumpStart specs come from one of {', '.join(SPEC_SOURCES)}")
     return SPEC_SOURCES[name]()
 
 

@@ -28,9 +28,9 @@ import regex
 from botocore.validate import ParamValidator
 
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
-from curation.published import read_manifest, verify_checksums
+from curation.published import bucket_exists, read_manifest, verify_checksums
 from schemas.manifest import Manifest
-from train.jumpstart import ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
+from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
 
 # Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
@@ -58,39 +58,58 @@ class TrainError(RuntimeError):
     """The handoff cannot go on; the message names the version or job and what to do."""
 
 
+def input_shape(operation: str, service: str = "sagemaker") -> Any:
+    return botocore.session.get_session().get_service_model(service).operation_model(operation).input_shape
+
+
 def validate(operation: str, request: Mapping[str, Any], service: str = "sagemaker") -> None:
     """Check a request against botocore's service model, as the client would before sending it, and
-    each string against its shape's pattern and enum, which the service checks and the client does not."""
-    model = botocore.session.get_session().get_service_model(service)
-    shape = model.operation_model(operation).input_shape
+    each string against its shape's pattern, enum and longest length, which the service checks and
+    the client does not."""
+    shape = input_shape(operation, service)
     report = ParamValidator().validate(dict(request), shape)
     if report.has_errors():
         raise TrainError(f"{operation} request is not valid for {service}:\n{report.generate_report()}")
-    wrong = list(_pattern_misses(request, shape, operation))
+    wrong = list(pattern_misses(request, shape, operation))
     if wrong:
         raise TrainError(f"{operation} request is not valid for {service}: " + "; ".join(wrong))
 
 
-def _pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
-    """``where: value`` for each string of ``value`` that does not match its shape's pattern or enum."""
+def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
+    """``where: value`` for each string of ``value`` that does not match its shape's enum or pattern,
+    or is shorter or longer than it takes."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         for name, member in shape.members.items():
             if name in value:
-                yield from _pattern_misses(value[name], member, f"{where}.{name}")
+                yield from pattern_misses(value[name], member, f"{where}.{name}")
     elif shape.type_name == "list" and isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _pattern_misses(item, shape.member, f"{where}[{index}]")
+            yield from pattern_misses(item, shape.member, f"{where}[{index}]")
     elif shape.type_name == "map" and isinstance(value, Mapping):
         for key, item in value.items():
-            yield from _pattern_misses(key, shape.key, f"{where} key")
-            yield from _pattern_misses(item, shape.value, f"{where}[{key}]")
-    elif shape.type_name == "string" and isinstance(value, str) and shape.enum and value not in shape.enum:
-        yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
-    elif shape.type_name == "string" and isinstance(value, str) and "pattern" in shape.metadata:
-        pattern = _compiled(shape.metadata["pattern"])
+            yield from pattern_misses(key, shape.key, f"{where} key")
+            yield from pattern_misses(item, shape.value, f"{where}[{key}]")
+    elif shape.type_name == "string" and isinstance(value, str):
+        shortest, longest = shape.metadata.get("min", 0), shape.metadata.get("max", len(value))
+        pattern = _compiled(shape.metadata["pattern"]) if "pattern" in shape.metadata else None
+        if shape.enum and value not in shape.enum:
+            yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
         # AWS services match the whole value (their models come from Java's matches()), anchored or not.
-        if pattern is not None and not pattern.fullmatch(value):
+        elif pattern is not None and not pattern.fullmatch(value):
             yield f"{where}: {value!r} does not match {shape.metadata['pattern']}"
+        elif not shortest <= len(value) <= longest:
+            yield f"{where}: {value!r} is not {shortest} to {longest} characters long"
+
+
+def check_setting(setting: str, value: str, operation: str, member: str, service: str = "sagemaker") -> None:
+    """A value the user gave, checked against the request member it fills (``A.B``) before the whole
+    request is: the error names ``setting``, the option or variable the user can change."""
+    shape = input_shape(operation, service)
+    for name in member.split("."):
+        shape = shape.members[name]
+    wrong = list(pattern_misses(value, shape, setting))
+    if wrong:
+        raise TrainError("; ".join(wrong))
 
 
 @functools.cache
@@ -174,7 +193,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     try:
         copy = read_manifest(data_uri)
     except StorageError as error:
-        raise TrainError(f"--data-uri {data_uri}: {error}") from None
+        raise TrainError(f"--data-uri {error}") from None  # the error names the URI
     if copy != manifest:
         raise TrainError(
             f"--data-uri {data_uri} holds {copy.dataset} v{copy.version} as published on {copy.created_at:%Y-%m-%d %H:%M}, "
@@ -183,7 +202,7 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     try:
         objects = {path: entry for path, entry in s3_objects(data_uri).items() if path.split("/")[0] in manifest.splits}
     except StorageError as error:
-        raise TrainError(f"--data-uri {data_uri}: {error}") from None
+        raise TrainError(f"--data-uri {error}") from None  # the error names the URI
     local, root = filesystem(version_uri)
     listed = {shard.path: shard.bytes for shard in manifest.all_files() if shard.path.split("/")[0] in manifest.splits}
     side = {path: None for path in manifest.side_files if path.split("/")[0] in manifest.splits}
@@ -204,6 +223,15 @@ def check_copy(version_uri: str, data_uri: str) -> None:
     if wrong or extra:
         named = ", ".join([*wrong[:3], *(f"{path} (not in the manifest)" for path in extra[:3])])
         raise TrainError(f"--data-uri {data_uri} is not a copy of {version_uri}: {named}")
+
+
+def check_output(output_uri: str) -> None:
+    """SageMaker writes the model to ``--output`` only once the training is done and paid for: a
+    bucket that is not there is refused before the job starts."""
+    fs, path = filesystem(output_uri)
+    bucket = path.partition("/")[0]
+    if not bucket_exists(fs, bucket):
+        raise TrainError(f"--output {output_uri}: there is no bucket {bucket!r}")
 
 
 def _local_etag(fs: Any, path: str, entry: FileEntry) -> str | None:
@@ -292,9 +320,15 @@ def _channel(name: str, uri: str, content_type: str | None = None) -> dict[str, 
 
 
 def hyperparameters_for(
-    spec: ModelSpec, manifest: Manifest, overrides: Mapping[str, str] | None = None
+    spec: ModelSpec,
+    manifest: Manifest,
+    overrides: Mapping[str, str] | None = None,
+    typed: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The model's defaults, the switches the format needs, then the user's settings (checked by name)."""
+    """The model's defaults, the switches the format needs, then the user's settings (checked by name).
+    ``typed`` says how the user wrote a setting that was no ``key=value`` (a CLI option such as
+    ``--int8``): errors name that, which is what the user can find and change."""
+    typed = typed or {}
     if manifest.format in NOT_FOR_SAGEMAKER:
         raise TrainError(
             f"{manifest.dataset} v{manifest.version} is in the {manifest.format!r} format, which JumpStart does "
@@ -319,29 +353,35 @@ def hyperparameters_for(
     values.update(needed)
     for key, value in (overrides or {}).items():
         if key not in spec.hyperparameters:
-            raise SpecError(
-                f"{spec.model_id} has no hyperparameter {key!r}; it takes: {', '.join(sorted(spec.hyperparameters))}"
-            )
+            takes = f"it takes: {', '.join(sorted(spec.hyperparameters))}"
+            if key in typed:
+                raise SpecError(f"{typed[key]} sets {key}, which {spec.model_id} does not take; {takes}")
+            raise SpecError(f"{spec.model_id} has no hyperparameter {key!r}; {takes}")
         if key in needed and str(value) != needed[key]:
             raise SpecError(f"the {manifest.format} format trains with {key}={needed[key]}, not {value}")
         problem = _value_problem(str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key))
         if problem:
-            raise SpecError(f"hyperparameter {key}={value}: {problem}")
+            where = f"{typed[key]} ({key}={value})" if key in typed else f"hyperparameter {key}={value}"
+            raise SpecError(f"{where}: {problem}")
         values[key] = str(value)
     # JumpStart's Llama notes: int8 quantisation does not work with FSDP; set exactly one of the two.
     overrides = overrides or {}
     if values.get("int8_quantization") == "True" and "enable_fsdp" in values:
         if overrides.get("enable_fsdp") == "True":
-            raise SpecError("int8_quantization=True does not work with enable_fsdp=True; choose one")
+            int8 = typed.get("int8_quantization", "int8_quantization=True")
+            raise SpecError(f"{int8} does not work with enable_fsdp=True; choose one")
         values["enable_fsdp"] = "False"
     return values
 
 
-def _value_problem(value: str, default: str, bounds: Mapping[str, float] | None = None) -> str | None:
-    """What is wrong with ``value`` for a hyperparameter whose default is ``default``: it must be of
-    the default's kind (True/False, a whole number, a number) and within the model's ``bounds``
-    (JumpStart's min, max, exclusive_min, exclusive_max); without bounds a positive default stays
-    positive (epochs, ranks, rates; -1 and None stand for "all" or "unset" and leave the value free)."""
+def _value_problem(value: str, default: str, bounds: Mapping[str, Any] | None = None) -> str | None:
+    """What is wrong with ``value`` for a hyperparameter whose default is ``default``: one of the
+    model's options where it lists them, of the default's kind (True/False, a whole number, a number)
+    and within the model's ``bounds`` (JumpStart's min, max, exclusive_min, exclusive_max); without
+    bounds a positive default stays positive (epochs, ranks, rates; -1 and None stand for "all" or
+    "unset" and leave the value free)."""
+    if bounds and "options" in bounds and value not in bounds["options"]:
+        return f"takes one of {', '.join(bounds['options'])} (default {default})"
     if default in ("True", "False"):
         return None if value in ("True", "False") else "takes True or False"
     for kind, name in ((int, "a whole number"), (float, "a number")):
@@ -355,7 +395,7 @@ def _value_problem(value: str, default: str, bounds: Mapping[str, float] | None 
             return f"takes {name} (default {default})"
         if not math.isfinite(given):
             return f"takes a finite number (default {default})"
-        if bounds is None:
+        if not set(BOUNDS) & set(bounds or {}):
             return f"must be above 0 (default {default})" if number > 0 and given <= 0 else None
         for bound, fits, words in (
             ("min", operator.ge, "at least"),
@@ -380,11 +420,13 @@ def training_request(
     data_uri: str | None = None,
     specs: SpecResolver | None = None,
     now: datetime | None = None,
+    typed: Mapping[str, str] | None = None,
 ) -> dict:
-    """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version."""
+    """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version
+    (``typed``: how the user wrote each hyperparameter set by an option, see ``hyperparameters_for``)."""
     manifest = load_version(version_uri)
     spec = with_instance((specs or spec_resolver())(model_id, region(), instance_type), instance_type)
-    values = hyperparameters_for(spec, manifest, hyperparameters)
+    values = hyperparameters_for(spec, manifest, hyperparameters, typed)
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
     # Network isolation keeps the container from fetching it from S3: it comes in the "code" channel, and
     # the toolkit is pointed there (as the SageMaker SDK does for an isolated job).
@@ -393,6 +435,12 @@ def training_request(
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
         if uri is not None and not uri.startswith("s3://"):
             raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
+    if role_arn or os.environ.get(ROLE_ENV):
+        check_setting(
+            "--role" if role_arn else ROLE_ENV, role_arn or os.environ[ROLE_ENV], "CreateTrainingJob", "RoleArn"
+        )
+    if output_uri is not None:
+        check_setting("--output", output_uri, "CreateTrainingJob", "OutputDataConfig.S3OutputPath")
     data = _s3_location(version_uri, data_uri, manifest)
     content_type = None if manifest.format == "jumpstart-vqa" else "application/jsonlines"
     channels = [_channel("training", f"{data}/train/", content_type)]

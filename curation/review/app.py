@@ -391,8 +391,8 @@ def create_app(
         except Exception as error:  # the handoff's own errors (no manifest, bad checksum, unknown model)
             context["error"] = f"no training request for {dataset} v{version}: {error}"
             return render(request, "training.html", user, status_code=400, **context)
-        placeholders = getattr(sagemaker, "placeholders", None)
-        context["needs"] = placeholders(request_body) if placeholders else []
+        context["needs"] = sagemaker.placeholders(request_body)
+        context["held_out"] = sagemaker.held_out(request_body)  # the note the CLI prints too
         return render(
             request,
             "training.html",
