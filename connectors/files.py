@@ -7,6 +7,7 @@ not UTF-8) is set aside as quarantined with the file and line, and the rest of t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import functools
@@ -790,27 +791,79 @@ class FilesSourceReader(ListedFiles):
         with open_input(fs, path) as raw:
             stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
-            for batch in reader:
-                table = pa.Table.from_batches([batch])
-                starts, ends, placed = lines.place(table, invalid)
-                invalid.clear()
-                table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
-                rows, not_utf8 = self._split_not_utf8(ids, table, starts, ends, stream.bad)
-                set_aside = self._invalid_csv_rows(ids, placed, len(header))
-                if not_utf8.num_rows:
-                    set_aside = pa.concat_tables([set_aside, not_utf8])
-                if after:  # read again with larger blocks: what was handed on already is left out
-                    rows, set_aside = (t.filter(pc.greater(lines_of(t), after)) for t in (rows, set_aside))
-                for start in range(0, max(rows.num_rows, 1), self.batch_rows):
-                    yield SourceBatch(
-                        rows=rows.slice(start, self.batch_rows),
-                        set_aside=set_aside if start == 0 else set_aside.slice(0, 0),
-                        input_bytes=progress.advance(batch.nbytes) if start == 0 else 0,
-                    )
+            # Each batch is handed on once the next is read: the file's last record, in the last batch,
+            # may hold a quote that is never closed, which only the file's end tells.
+            held: tuple[pa.Table, pa.Table, int] | None = None
+            last = 0  # the line the last record read starts on
+            try:
+                for batch in reader:
+                    table = pa.Table.from_batches([batch])
+                    starts, ends, placed = lines.place(table, invalid)
+                    invalid.clear()
+                    table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
+                    rows, not_utf8 = self._split_not_utf8(ids, table, starts, ends, stream.bad)
+                    set_aside = self._invalid_csv_rows(ids, placed, len(header))
+                    if not_utf8.num_rows:
+                        set_aside = pa.concat_tables([set_aside, not_utf8])
+                    last = max([last, *starts[-1:].tolist(), *(line for line, _ in placed[-1:])])
+                    stream.forget_before(last)
+                    if held is not None:
+                        yield from self._csv_batches(*held, after, progress)
+                    held = (rows, set_aside, batch.nbytes)
+            except pa.ArrowInvalid:  # a record longer than two blocks (see _csv): what came before it is fine
+                if held is not None:
+                    yield from self._csv_batches(*held, after, progress)
+                raise
             _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
             rest = self._invalid_csv_rows(ids, placed, len(header))
-            rest = rest.filter(pc.greater(lines_of(rest), after)) if after else rest
-            yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
+            last = max([last, *(line for line, _ in placed[-1:])])
+            if held is None:
+                held = (pa.table({}), empty_set_aside(), 0)
+            held = self._never_closed(ids, stream, last, (held[0], pa.concat_tables([held[1], rest]), held[2]))
+            yield from self._csv_batches(*held, after, progress)
+            yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
+
+    def _csv_batches(
+        self, rows: pa.Table, set_aside: pa.Table, nbytes: int, after: int, progress: _ByteProgress
+    ) -> Iterator[SourceBatch]:
+        """A batch Arrow read as batches of ``batch_rows``, less what was handed on up to line ``after``."""
+        if after:  # read again with larger blocks: what was handed on already is left out
+            rows, set_aside = (t.filter(pc.greater(lines_of(t), after)) if t.num_rows else t for t in (rows, set_aside))
+        for start in range(0, max(rows.num_rows, 1), self.batch_rows):
+            yield SourceBatch(
+                rows=rows.slice(start, self.batch_rows) if rows.num_rows else rows,  # pa.table({}) too
+                set_aside=set_aside if start == 0 else set_aside.slice(0, 0),
+                input_bytes=progress.advance(nbytes) if start == 0 else 0,
+            )
+
+    def _never_closed(
+        self, ids: InputIds, stream: _Utf8Guard, last: int, batch: tuple[pa.Table, pa.Table, int]
+    ) -> tuple[pa.Table, pa.Table, int]:
+        """The file's last batch (rows, set aside, bytes) with its last record, which starts on line
+        ``last``, set aside when it holds a quote that is never closed: Arrow reads the rest of the file
+        as one value of it (500 rows become one), set aside or written as if it were fine."""
+        text = stream.last_lines(last) if last else None
+        opened = _open_quote_at(text, self.config.csv_delimiter) if text is not None else None
+        if opened is None:  # the usual: every quote closed
+            return batch
+        rows, set_aside, nbytes = batch
+        uri, quote_line = ids.uri, last + text.count(b"\n", 0, opened)
+        end = stream.line - 1 if text.endswith(b"\n") else stream.line  # the file's last line
+        where = "here" if quote_line == last else f"on line {quote_line}"
+        detail = (
+            f"{uri}:{last}: a quote opened {where} is never closed: the rest of the file (lines {last}-{end}) "
+            "would be one value"
+        )
+        if set_aside.num_rows and (at := pc.equal(lines_of(set_aside), last)).to_numpy(zero_copy_only=False).any():
+            details = pc.if_else(at, pa.scalar(detail), set_aside["detail"])
+            return rows, set_aside.set_column(set_aside.column_names.index("detail"), "detail", details), nbytes
+        at = pc.equal(lines_of(rows), last)
+        bad = rows.filter(at)
+        record = text.decode("utf-8", "replace")[:MAX_RAW_CHARS]  # as the file has it: no quote closes it
+        never_closed = set_aside_rows(
+            bad["id"], bad["source"], "read", "quarantined", "malformed_csv", [detail], [record]
+        )
+        return rows.filter(pc.invert(at)), pa.concat_tables([set_aside, never_closed]), nbytes
 
     def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
         """The header's line (after any blank lines) and column names, or None when there is no line to
@@ -1040,6 +1093,28 @@ class _Utf8Guard(io.RawIOBase):
         self.line = 1  # of the next byte passed on
         self.bad: list[tuple[int, int, int]] = []  # (line, column, byte) of each byte not UTF-8, in order
         self.blank: list[int] = []  # the numbers of empty lines, in order
+        # The last blocks passed on, (first line, bytes): from the one the last record read starts in
+        # (``forget_before``), and never more than two of Arrow's blocks' worth before the newest. The
+        # file's last record, which Arrow reads only when it spans at most two, lies within them.
+        self.tail: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.tail_bytes, self.keep_bytes = 0, 2 * block_bytes + 1
+
+    def forget_before(self, line: int) -> None:
+        """Let go of the blocks that end before ``line``: no record after it starts in them."""
+        while len(self.tail) > 1 and self.tail[1][0] <= line:
+            self.tail_bytes -= len(self.tail.popleft()[1])
+
+    def last_lines(self, line: int) -> bytes | None:
+        """What was passed on from the start of ``line`` to the end, or None where it is no longer held."""
+        for index in range(len(self.tail) - 1, -1, -1):
+            first, data = self.tail[index]
+            if first <= line:
+                newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+                if line - first > len(newlines):
+                    return None  # past the end
+                start = int(newlines[line - first - 1]) + 1 if line > first else 0
+                return b"".join([data[start:], *(later for _, later in list(self.tail)[index + 1 :])])
+        return None
 
     def readable(self) -> bool:
         return True
@@ -1058,10 +1133,17 @@ class _Utf8Guard(io.RawIOBase):
 
     def _next_lines(self) -> bytes:
         data = next(self.blocks, b"")
+        first = self.line
         self._note_blank_lines(data)
         if not _is_utf8(data):
-            return self._replace_bad_bytes(data)
-        self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
+            data = self._replace_bad_bytes(data)
+        else:
+            self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
+        if data:
+            self.tail.append((first, data))
+            self.tail_bytes += len(data)
+            while self.tail_bytes - len(self.tail[0][1]) >= self.keep_bytes:
+                self.tail_bytes -= len(self.tail.popleft()[1])
         return data
 
     def _note_blank_lines(self, data: bytes) -> None:
@@ -1142,6 +1224,27 @@ class _CsvLines:
             starts[:count] + newlines[:count],
             list(zip(starts[count:].tolist(), placed, strict=True)),
         )
+
+
+@functools.cache
+def _csv_value(delimiter: bytes) -> re.Pattern[bytes]:
+    """A CSV value as Arrow reads one: quoted (a "" in it is a quote; another quote closes it, and what
+    follows up to the next delimiter is more of the value), or not (a quote in it is a quote)."""
+    other = re.escape(delimiter)
+    return re.compile(rb'(")(?:[^"]+|"")*("?)[^%s\n]*|[^%s\n]*' % (other, other))
+
+
+def _open_quote_at(text: bytes, delimiter: str) -> int | None:
+    """Where a quote opens in ``text`` (CSV records from one's start to the file's end) that is never
+    closed, or None."""
+    value, at = _csv_value(delimiter.encode()), 0
+    while True:
+        found = value.match(text, at)
+        if found.group(1) and not found.group(2):  # the quoted part ran to the end
+            return found.start()
+        at = found.end() + 1  # past the delimiter or newline
+        if at > len(text):
+            return None
 
 
 def _without_blank_lines(

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -31,7 +32,7 @@ from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_va
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_input
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
-from schemas.records import SOURCE_TYPE, input_record_json, set_aside_rows
+from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, input_record_json, set_aside_rows
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
@@ -437,9 +438,41 @@ def _as_images(set_aside: pa.Table) -> pa.Table:
 
 def _rename(table: pa.Table, names: dict[str, str]) -> pa.Table:
     """Sidecar columns to the VQA names; a column already bearing a target name gives way."""
+    steps = []
     for source, target in names.items():
         if source != target and source in table.column_names:
             if target in table.column_names:
                 table = table.drop_columns([target])
             table = table.rename_columns([target if name == source else name for name in table.column_names])
+            steps.append((source, target))
+    if steps and INPUT_LINE_COLUMN in table.column_names:
+        table = _lines_renamed(table, steps)
     return table
+
+
+def _lines_renamed(table: pa.Table, steps: list[tuple[str, str]]) -> pa.Table:
+    """``table`` with the JSONL line of each row holding a null in a renamed column (``INPUT_LINE_COLUMN``)
+    written again with the line's keys renamed as the columns were (``steps``: source, target): a
+    quarantined row's record holds the keys its line has (``input_record_json``), so a line's
+    ``"q": null`` is its "question", and its own "question" key, which gave way, is not."""
+    targets = [target for _, target in steps]
+    nulls = np.zeros(table.num_rows, dtype=bool)
+    for target in targets:
+        nulls |= table[target].is_null().to_numpy(zero_copy_only=False)
+    if not nulls.any():
+        return table
+    lines = table[INPUT_LINE_COLUMN].to_pylist()
+    for row in np.flatnonzero(nulls).tolist():
+        try:
+            value = json.loads(lines[row].decode("utf-8-sig")) if lines[row] is not None else None
+        except ValueError:  # a line polars took and Python's json does not: shown as input_record_json shows it
+            continue
+        if not isinstance(value, dict):
+            continue
+        for source, target in steps:  # as the columns were renamed, step by step
+            value.pop(target, None)
+            if source in value:
+                value[target] = value.pop(source)
+        lines[row] = json.dumps(value).encode()
+    at = table.column_names.index(INPUT_LINE_COLUMN)
+    return table.set_column(at, INPUT_LINE_COLUMN, pa.array(lines, table.schema.field(at).type))

@@ -81,7 +81,7 @@ def test_lines_count_the_newlines_inside_quoted_values(workdir: Path) -> None:
     assert [(row["source"]["line"], row["detail"]) for row in aside] == [
         (4, f"{path}:4: expected 4 fields, found 6"),
         (5, f"{path}:5: expected 4 fields, found 5"),
-        (9, f"{path}:9: expected 4 fields, found 2"),
+        (9, f"{path}:9: a quote opened here is never closed: the rest of the file (lines 9-9) would be one value"),
     ]
     assert aside[1]["record"] == '3,"two\nbreaks\nhere",ans,acct,extra'
     assert lineage_lines(version) == {"ans one": 2, "ans four": 8}
@@ -263,3 +263,115 @@ def test_a_csv_record_longer_than_the_largest_block_names_its_file_and_line(
     assert str(raised.value) == (
         f"{path}:3: a CSV record from about this line on is longer than 1,024 bytes (a quote that is never closed?)"
     )
+
+
+def read_csv(uri: str) -> tuple[list[dict], list[dict]]:
+    """The rows and set-aside lines the files reader gives for one CSV file."""
+    from connectors.files import FilesSourceReader
+    from schemas.config import FilesSource
+
+    batches = list(FilesSourceReader(FilesSource(path=uri), 50_000).batches())
+    return [row for b in batches for row in b.rows.to_pylist()], [
+        row for b in batches for row in b.set_aside.to_pylist()
+    ]
+
+
+UNCLOSED = b'question,answer\nfirst,yes\nopen,"a quote never closed\n' + b"more,text\n" * 500  # lines 3-503
+
+
+@pytest.mark.parametrize("ending", [b"", b"last,row"], ids=["final-newline", "no-final-newline"])
+def test_a_quote_never_closed_quarantines_its_record_naming_the_lines_it_took(workdir: Path, ending: bytes) -> None:
+    # Arrow reads the rest of the file as the one value: 500 rows became one, written as if fine.
+    path = workdir / "qa.csv"
+    path.write_bytes(UNCLOSED + ending)
+    last = 503 + bool(ending)
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    version = Path(result.version_uri)
+    assert lineage_lines(version) == {"yes": 2}
+    (aside,) = set_aside(version)
+    assert (aside["reason"], aside["source"]["line"], aside["detail"]) == (
+        "malformed_csv",
+        3,
+        f"{path}:3: a quote opened here is never closed: the rest of the file (lines 3-{last}) would be one value",
+    )
+    assert aside["record"] == (UNCLOSED + ending).decode()[26:][:10_000]  # as the file has it, no quote added
+    assert (result.manifest.counts.input, result.manifest.counts.written, result.manifest.counts.quarantined) == (
+        2,
+        1,
+        1,
+    )
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_quote_never_closed_in_a_record_with_fields_missing_or_a_closed_one_before_names_its_line(
+    workdir: Path,
+) -> None:
+    # A record the quote leaves a field short was set aside as "expected 3 fields, found 1".
+    (workdir / "short.csv").write_text('a,b,c\n1,2,3\n"open,2,3\n4,5,6\n')
+    _, aside = read_csv(str(workdir / "short.csv"))
+    assert [(row["source"]["line"], row["detail"].split(": ", 1)[1]) for row in aside] == [
+        (3, "a quote opened here is never closed: the rest of the file (lines 3-4) would be one value")
+    ]
+    # The quote that is never closed opens on the record's third line, after a value that spans lines.
+    (workdir / "later.csv").write_text('a,b,c\n1,"two\nlines","open\nrest\n')
+    rows, aside = read_csv(str(workdir / "later.csv"))
+    assert rows == []
+    assert [(row["source"]["line"], row["detail"].split(": ", 1)[1]) for row in aside] == [
+        (2, "a quote opened on line 3 is never closed: the rest of the file (lines 2-4) would be one value")
+    ]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        '"multi\nline ""quoted"" answer"\n',
+        '"multi\nline ""quoted"" answer"',
+        '"multi\nline answer ending in a quote"""',
+        '"multi\nline"" answer, closed" then more\n\n',
+        'plain answer with a "quote in it\n',
+        '"ok"\n"',  # the last record is a quote alone: never closed
+    ],
+)
+def test_a_quoted_value_closed_at_the_end_of_the_file_is_read(workdir: Path, tail: str) -> None:
+    path = workdir / "qa.csv"
+    path.write_text("question,answer\nfirst,yes\nlast," + tail)
+    rows, aside = read_csv(str(path))
+    if tail.endswith('\n"'):
+        assert [(row["source"]["line"], row["detail"].split(": ", 1)[1]) for row in aside] == [
+            (4, "a quote opened here is never closed: the rest of the file (lines 4-4) would be one value")
+        ]
+        return
+    assert aside == []
+    assert [(row["question"], row["source"]["line"]) for row in rows] == [("first", 2), ("last", 3)]
+
+
+def test_a_quote_never_closed_is_found_when_the_file_is_read_again_in_larger_blocks(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.files as files
+
+    path = workdir / "qa.csv"
+    path.write_bytes(b"question,answer\n" + b"q,a\n" * 100 + b'open,"never closed\n' + b"x" * 2000 + b"\nmore\n")
+    whole = read_csv(str(path))  # blocks of 8 MiB
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)  # the record spans more than two blocks: read again
+    assert read_csv(str(path)) == whole
+    rows, aside = whole
+    assert len(rows) == 100
+    assert [(row["source"]["line"], row["detail"].split(": ", 1)[1]) for row in aside] == [
+        (102, "a quote opened here is never closed: the rest of the file (lines 102-104) would be one value")
+    ]
+
+
+def test_a_quote_never_closed_in_a_csv_on_s3_quarantines_its_record(bucket: str) -> None:
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=bucket, Key="qa.csv", Body=UNCLOSED)
+    rows, aside = read_csv(f"s3://{bucket}/qa.csv")
+    assert [row["question"] for row in rows] == ["first"]
+    assert [(row["source"]["line"], row["detail"]) for row in aside] == [
+        (
+            3,
+            f"s3://{bucket}/qa.csv:3: a quote opened here is never closed: the rest of the file (lines 3-503) "
+            "would be one value",
+        )
+    ]

@@ -931,3 +931,38 @@ def test_rows_ending_in_lf_appended_to_a_sidecar_ending_in_cr_alone_are_the_only
     assert (second.manifest.counts.input, second.manifest.counts.written) == (2, 2)
     assert sorted(line["prompt"] for line in outputs(Path(second.version_uri))) == sorted(r["question"] for r in rows)
     assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_a_renamed_column_a_sidecar_line_writes_null_is_kept_in_its_quarantined_record(workdir: Path) -> None:
+    # With question_column: q, an explicit "q": null was stored as a missing key: the line's keys were
+    # matched to the row's columns by name, and the row names the column "question".
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.png").write_bytes(png((300, 200)))
+    rows = [
+        {"image": "a.png", "q": None, "answer": "Nothing."},
+        {"image": "a.png", "answer": "No question either."},
+        {"image": "a.png", "q": "Q?", "question": None, "answer": "Answer."},  # "question" gives way to q
+        {"image": "a.png", "question": None, "answer": "Other."},  # the given-way column alone: no q
+    ]
+    (workdir / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "dataset": "charts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "question_column": "q"}],
+        "record": {"kind": "vqa", "question": "{{ question }} Answer briefly."},  # a null fails the template
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.written == 1
+    aside = set_aside(Path(result.version_uri))
+    assert [(row["source"]["line"], row["reason"]) for row in aside] == [
+        (1, "template"),
+        (2, "template"),
+        (4, "template"),
+    ]
+    stored = [json.loads(row["record"]) for row in aside]
+    assert [sorted(key for key in record if key != "image_bytes") for record in stored] == [
+        ["answer", "image", "question"],  # the line wrote q: null
+        ["answer", "image"],
+        ["answer", "image"],  # its "question" is not the column q became
+    ]
+    assert stored[0]["question"] is None

@@ -976,3 +976,24 @@ def test_a_crlf_split_between_two_reads_is_one_line_end_and_lines_are_counted_al
     # The lines an images sidecar's earlier run read are counted as the reader numbers them.
     assert [lines_in(data[:end]) for end in (8, 10, 18, 27)] == [1, 1, 2, 3]
     assert lines_in(data) == expected.count(b"\n") == 6
+
+
+def test_a_parquet_value_that_is_not_a_string_in_a_declared_str_column_says_what_it_is(workdir: Path) -> None:
+    # pydantic said "Input should be a valid string", naming neither the value's kind nor the declaration.
+    good = {"description": ["coffee"], "amount": [4.5], "category": ["Dining"]}
+    pq.write_table(pa.table({**good, "description": [7]}), workdir / "a_number.parquet")
+    pq.write_table(pa.table({**good, "description": [True]}), workdir / "b_boolean.parquet")
+    pq.write_table(pa.table({**good, "category": [["Dining", "Out"]]}), workdir / "c_list.parquet")
+    pq.write_table(pa.table({**good, "category": [{"main": "Dining"}]}), workdir / "d_struct.parquet")
+    pq.write_table(pa.table(good), workdir / "e_good.parquet")
+    names = ["a_number.parquet", "b_boolean.parquet", "c_list.parquet", "d_struct.parquet", "e_good.parquet"]
+    result = run(workdir, recipe(*names))
+    declared = "not a string (the input schema declares str)"
+    assert [(row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))] == [
+        ("schema", f"{workdir / 'a_number.parquet'}:1: description: a number (7), {declared}"),
+        ("schema", f"{workdir / 'b_boolean.parquet'}:1: description: a boolean (true), {declared}"),
+        ("schema", f"{workdir / 'c_list.parquet'}:1: category: a list, {declared}"),
+        ("schema", f"{workdir / 'd_struct.parquet'}:1: category: an object, {declared}"),
+    ]
+    assert result.manifest.counts.written == 1
+    assert_adds_up(result.manifest.counts)

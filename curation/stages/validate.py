@@ -62,6 +62,21 @@ def _not_a_number(column: str, value: Any, declared: pa.DataType) -> str | None:
     return f"{column}: {kind}, not a number (the input schema declares {_NUMBER_NAMES[declared]})"
 
 
+def _not_a_string(column: str, value: Any) -> str | None:
+    """What is wrong when a text column holds a number, boolean, list or object (a Parquet or SQL column
+    of another type: a JSONL line's is named by the reader), which pydantic called "Input should be a
+    valid string", naming neither."""
+    if isinstance(value, bool):
+        kind = f"a boolean ({'true' if value else 'false'})"
+    elif isinstance(value, int | float):
+        kind = f"a number ({value})"
+    elif isinstance(value, dict | list):
+        kind = "an object" if isinstance(value, dict) else "a list"
+    else:
+        return None
+    return f"{column}: {kind}, not a string (the input schema declares str)"
+
+
 class SchemaValidation:
     """Check each row against a pydantic model; cast the model's columns to their types."""
 
@@ -77,6 +92,7 @@ class SchemaValidation:
             min_length = next((m.min_length for m in info.metadata if hasattr(m, "min_length")), 0)
             self.columns[column] = (ARROW_TYPES[python_type], nullable or not info.is_required(), min_length or 0)
         self.numbers = {c: kind for c, (kind, _, _) in self.columns.items() if kind in _NUMBER_NAMES}
+        self.texts = [c for c, (kind, _, _) in self.columns.items() if kind == pa.string()]
 
     def __call__(self, batch: pa.Table) -> StageResult:
         missing = [c for c, (_, nullable, _) in self.columns.items() if c not in batch.column_names and not nullable]
@@ -131,6 +147,7 @@ class SchemaValidation:
         details, records = [], []
         for row in rows:
             own = {c: p for c, kind in self.numbers.items() if (p := _not_a_number(c, row.get(c), kind)) is not None}
+            own |= {c: p for c in self.texts if (p := _not_a_string(c, row.get(c))) is not None}
             problem = "; ".join(own.values()) or None  # a boolean pydantic would take as 1 too
             try:
                 model = self.model.model_validate(row)
