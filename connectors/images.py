@@ -29,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, file_format, lines_in
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
-from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_input
+from connectors.storage import FileEntry, NotThere, StorageError, filesystem, join, list_files, open_input
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
 from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, input_record_json, set_aside_rows
@@ -207,14 +207,16 @@ class ImagesSourceReader:
         )
 
     def fingerprints(self) -> dict[str, str]:
-        """Image URI -> fingerprint, so a rerun takes a row again when its image changed."""
+        """Image URI -> fingerprint, so a rerun takes a row again when its image changed. A folder that is
+        not there holds nothing (``inputs`` decides about that); one that cannot be listed (denied, a
+        share or bucket away) fails the run: taken as empty, its images would read as moved away."""
         if self._fingerprints is None:
             try:
                 listed = list_files(self.config.path)
-                self._listed = {entry.uri: entry for entry in listed}
-                self._fingerprints = file_fingerprints(listed)
-            except StorageError:
-                self._fingerprints = {}
+            except NotThere:
+                listed = []
+            self._listed = {entry.uri: entry for entry in listed}
+            self._fingerprints = file_fingerprints(listed)
         return self._fingerprints
 
     def batches(self) -> Iterator[SourceBatch]:

@@ -28,6 +28,11 @@ class StorageError(OSError):
     """A path that cannot be read or written; the message names it."""
 
 
+class NotThere(StorageError):
+    """A path that names nothing: told apart from one that could not be listed (denied, a share away),
+    which a source must never take for an emptied folder."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -254,7 +259,7 @@ def _list_local(uri: str, suffixes: tuple[str, ...]) -> tuple[list[FileEntry], b
             if info.type == pafs.FileType.File:
                 return [_entry(info)], False
             if info.type != pafs.FileType.Directory:
-                raise StorageError(f"{uri}: no such file or folder")
+                raise NotThere(f"{uri}: no such file or folder")
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             wanted = functools.partial(_in_folder, folder=path)
             root = path

@@ -966,3 +966,71 @@ def test_a_renamed_column_a_sidecar_line_writes_null_is_kept_in_its_quarantined_
         ["answer", "image"],  # its "question" is not the column q became
     ]
     assert stored[0]["question"] is None
+
+
+class _Unlistable:
+    """A local filesystem that refuses to list one folder, as a folder under ``chmod 000`` (or a share
+    gone away) refuses a run that is not root's."""
+
+    def __init__(self, fs: object, refused: str) -> None:
+        self.fs, self.refused = fs, refused
+
+    def get_file_info(self, what: object) -> object:
+        if getattr(what, "base_dir", None) == self.refused:
+            raise PermissionError(13, f"Cannot list directory '{self.refused}'. Detail: [errno 13] Permission denied")
+        return self.fs.get_file_info(what)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fs, name)
+
+
+def test_an_images_folder_that_cannot_be_listed_fails_the_run_by_name(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A listing error was read as "no such folder", so a later run took the folder as emptied (its images
+    # moved away) and went on: rows whose image could not be read either were quarantined for good.
+    import connectors.storage as storage
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.version == 1
+    with (workdir / "qa.jsonl").open("a") as sidecar:
+        sidecar.write(json.dumps({"image": "form.png", "question": "Is it blank?", "answer": "Yes."}) + "\n")
+    listed = storage.filesystem
+    refused = str(workdir / "img")
+    monkeypatch.setattr(storage, "filesystem", lambda uri: (_Unlistable(listed(uri)[0], refused), listed(uri)[1]))
+    with pytest.raises(OSError, match=r"/img: cannot list: .*Permission denied"):
+        run(workdir, spec)
+    assert not (workdir / "output" / "receipts" / "v2").exists()
+    monkeypatch.setattr(storage, "filesystem", listed)  # listable again: the appended row is taken
+    second = run(workdir, spec)
+    assert (second.manifest.version, second.manifest.counts.input, second.manifest.counts.written) == (2, 1, 1)
+    assert "Is it blank?" in [line["prompt"] for line in outputs(Path(second.version_uri))]
+
+
+@pytest.mark.s3
+def test_an_images_bucket_that_cannot_be_listed_fails_the_run_by_name(workdir: Path, bucket: str, aws_env: str) -> None:
+    # The bucket gone (renamed, deleted, a policy denying the listing): the row appended meanwhile was
+    # quarantined as missing_image and a version published, as if its image had never been there.
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    images = f"{bucket}-img"
+    s3.create_bucket(Bucket=images)
+    for name in ("receipt.jpg", "form.png"):
+        s3.put_object(Bucket=images, Key=name, Body=IMAGES[name])
+    rows = [{"image": "receipt.jpg", "question": "Total?", "answer": "12.50"}]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    source = {"type": "images", "path": f"s3://{images}", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [source], "record": {"kind": "vqa"}}
+    assert run(workdir, spec).manifest.counts.written == 1
+    write_jsonl(workdir / "qa.jsonl", [*rows, {"image": "form.png", "question": "Blank?", "answer": "Yes."}])
+    for name in ("receipt.jpg", "form.png"):
+        s3.delete_object(Bucket=images, Key=name)
+    s3.delete_bucket(Bucket=images)
+    with pytest.raises(OSError, match=rf"^s3://{images}: cannot list: .*NoSuchBucket"):
+        run(workdir, spec)
+    assert not (workdir / "output" / "receipts" / "v2").exists()
