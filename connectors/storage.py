@@ -311,7 +311,7 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
                 head = client.head_object(Bucket=bucket, Key=key)
                 modified = head["LastModified"].isoformat()
                 if head["ContentLength"] or not _holds_objects(client, bucket, f"{key}/"):
-                    return [FileEntry(uri, head["ContentLength"], modified, etag=head["ETag"].strip('"'))], False
+                    return [FileEntry(uri, head["ContentLength"], modified, etag=_etag(head))], False
                 # An empty object named as the folder beside it (`data.jsonl` beside Spark's
                 # `data.jsonl/part-*`, written by some tools as a folder marker): the path names the folder.
             except botocore.exceptions.ClientError as error:
@@ -369,8 +369,15 @@ def _s3_objects(client: Any, bucket: str, prefix: str) -> Iterator[FileEntry]:
                     uri=f"s3://{bucket}/{item['Key']}",
                     size=item["Size"],
                     mtime=item["LastModified"].isoformat(),
-                    etag=item["ETag"].strip('"'),
+                    etag=_etag(item),
                 )
+
+
+def _etag(described: dict[str, Any]) -> str | None:
+    """An object's ETag; None where the store leaves it out (some S3-compatible ones list none): its
+    fingerprint is then its size and time (``fingerprint``)."""
+    etag = described.get("ETag")
+    return etag.strip('"') if etag else None
 
 
 def s3_objects(uri: str) -> dict[str, FileEntry]:

@@ -377,3 +377,33 @@ def test_empty_folder_marker_objects_under_a_folder_or_glob_are_folders_not_inpu
     listed = list_files(f"{root}/", (".jsonl",), name_unread=True)
     assert [e.uri for e in listed] == [f"{root}/2026/a.jsonl", f"{root}/b.jsonl", f"{root}/empty.jsonl"]
     assert "not read" not in caplog.text
+
+
+def test_a_store_that_lists_objects_without_an_etag_is_fingerprinted_by_size_and_time(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some S3-compatible stores leave the ETag out of a listing: the run failed with a KeyError traceback.
+    import connectors.storage as storage
+
+    def without_etags(parsed: dict, **_: object) -> None:  # the real server's answer, less its ETags
+        parsed.pop("ETag", None)
+        for item in parsed.get("Contents", []):
+            item.pop("ETag", None)
+
+    def client() -> object:
+        made = boto3.client("s3", endpoint_url=aws_env)
+        made.meta.events.register("after-call.s3.ListObjectsV2", lambda parsed, **kw: without_etags(parsed))
+        made.meta.events.register("after-call.s3.HeadObject", lambda parsed, **kw: without_etags(parsed))
+        return made
+
+    monkeypatch.setattr(storage, "_s3_client", client)
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="landing/a.jsonl", Body=b'{"text": "Parcel 1 left the depot."}\n')
+    [entry] = storage.list_files(f"s3://{bucket}/landing/a.jsonl")
+    assert entry.etag is None and entry.size == 37 and entry.mtime
+    assert storage.list_files(f"s3://{bucket}/landing/") == [entry]
+    spec = docs_recipe(f"s3://{bucket}/landing/")
+    assert run(workdir, spec).manifest.counts.written == 1
+    assert "nothing new since docs v1" in run(workdir, spec).message
+    s3.put_object(Bucket=bucket, Key="landing/a.jsonl", Body=b'{"text": "Parcel 1 left the depot at noon."}\n')
+    assert run(workdir, spec).manifest.counts.written == 1  # changed: its size and time moved
