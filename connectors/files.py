@@ -884,6 +884,16 @@ class FilesSourceReader(ListedFiles):
         except pa.ArrowInvalid as error:
             if len(head) < PROBE_BYTES and b"\n" not in head.strip():
                 return None
+            if "Empty CSV" in str(error) and b'"' in head:
+                # Lines read and not one row in them: a quote the header opens runs past every newline.
+                raise StorageError(
+                    f"{uri}:{header_line}: a quote in the header "
+                    + (
+                        "is never closed: the whole file would be one column name"
+                        if len(head) < PROBE_BYTES
+                        else f"is not closed within the file's first {PROBE_BYTES:,} bytes (never closed?)"
+                    )
+                ) from None
             if "straddl" not in str(error):
                 raise
         # Arrow reads the first rows with the header: a first row longer than the probe takes a block

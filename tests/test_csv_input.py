@@ -375,3 +375,21 @@ def test_a_quote_never_closed_in_a_csv_on_s3_quarantines_its_record(bucket: str)
             "would be one value",
         )
     ]
+
+
+@pytest.mark.parametrize("rows", [3, 400])  # the whole file read for its header, and more than that
+def test_a_header_with_a_quote_never_closed_is_refused_naming_the_cause(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    # Refused with Arrow's "Empty CSV file or block: cannot infer number of columns": no cause, no line.
+    import connectors.files as files
+    from connectors.storage import StorageError
+
+    monkeypatch.setattr(files, "PROBE_BYTES", 1024)
+    path = workdir / "qa.csv"
+    path.write_text('\nquestion,"answer\n' + "".join(f"q{i},a{i}\n" for i in range(rows)))
+    with pytest.raises(StorageError) as raised:
+        run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    never = "is never closed: the whole file would be one column name"
+    within = "is not closed within the file's first 1,024 bytes (never closed?)"
+    assert str(raised.value) == f"{path}:2: a quote in the header {never if rows == 3 else within}"
