@@ -121,6 +121,7 @@ class ImagesSourceReader:
         self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
         self._parsed: dict[str, list[SourceBatch]] = {}  # an edited sidecar's batches, parsed at planning
         self._compared: dict[str, tuple[bool, float]] = {}  # sidecar URI -> edited?, lines taken before
+        self._hashed_lines: dict[str, float] = {}  # sidecar URI -> the lines its staged watermark holds
         self._archived_rows: dict[str, set[str]] = {}  # an edited sidecar's URI -> its rows ``_archived`` keeps
 
     def inputs(self) -> list[InputFile]:
@@ -167,11 +168,15 @@ class ImagesSourceReader:
         with open_input(fs, path) as stream:  # unpacks a gzip or zstd sidecar: its lines are counted
             data = stream.read()
         watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
+        parquet = file_format(entry.uri, self.sidecar.config.format) == "parquet"
+        # Its rows are read again from the file: those on lines appended since these bytes are left to
+        # the next run, which finds them past the watermark (taken now, they would be taken again).
+        self._hashed_lines[entry.uri] = math.inf if parquet else lines_in(data)
         if before is None:
             return False, 0
         if xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]:
             return True, 0
-        if file_format(entry.uri, self.sidecar.config.format) == "parquet":
+        if parquet:
             return False, math.inf  # its rows are numbered, not its lines, and none is appended in place
         return False, lines_in(data[: before["bytes"]])
 
@@ -221,7 +226,8 @@ class ImagesSourceReader:
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.sidecar.entries():
-            yield from self._batches(self._parsed.pop(entry.uri, None) or self.sidecar.limited_to([entry]).batches())
+            batches = self._parsed.pop(entry.uri, None) or self.sidecar.limited_to([entry]).batches()
+            yield from self._batches(_up_to(batches, self._hashed_lines.get(entry.uri, math.inf)))
 
     def _batches(self, sidecar: Iterable[SourceBatch]) -> Iterator[SourceBatch]:
         for batch in sidecar:
@@ -406,6 +412,24 @@ class ImagesSourceReader:
             watermark.set(_row_item(row), UNREAD)
         elif uri in self._digests and uri in self._listed:
             watermark.set(_row_item(row), file_value(self._listed[uri], self._digests[uri]))
+
+
+def _up_to(batches: Iterable[SourceBatch], last_line: float) -> Iterator[SourceBatch]:
+    """The batches' rows and set-aside lines on the sidecar's first ``last_line`` lines."""
+    for batch in batches:
+        if last_line != math.inf:
+            batch = SourceBatch(
+                rows=_on_lines(batch.rows, last_line),
+                set_aside=_on_lines(batch.set_aside, last_line),
+                input_bytes=batch.input_bytes,
+            )
+        yield batch
+
+
+def _on_lines(table: pa.Table, last_line: float) -> pa.Table:
+    if not table.num_rows:
+        return table
+    return table.filter(pc.fill_null(pc.less_equal(pc.struct_field(table["source"], "line"), int(last_line)), True))
 
 
 def _size(batch: SourceBatch) -> int:

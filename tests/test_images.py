@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, run, set_aside, write_jsonl
+from tests.helpers import outputs, processed, run, set_aside, write_jsonl
 
 GPS_IFD = 0x8825
 
@@ -1034,3 +1034,38 @@ def test_an_images_bucket_that_cannot_be_listed_fails_the_run_by_name(workdir: P
     with pytest.raises(OSError, match=rf"^s3://{images}: cannot list: .*NoSuchBucket"):
         run(workdir, spec)
     assert not (workdir / "output" / "receipts" / "v2").exists()
+
+
+def test_sidecar_rows_appended_while_a_run_reads_it_are_taken_once(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sidecar is read once to hash it and again for its rows: a row appended between the two was
+    # taken, the watermark holding the bytes before it, so the next run took it again (a duplicate).
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, spec).manifest.counts.written == 4
+
+    def append(question: str) -> None:
+        with (workdir / "qa.jsonl").open("a") as sidecar:
+            sidecar.write(json.dumps({"image": "form.png", "question": question, "answer": "Yes."}) + "\n")
+
+    compare = ImagesSourceReader._compare
+
+    def compare_then_append(self: ImagesSourceReader, *args: object) -> object:
+        compared = compare(self, *args)
+        append("Appended while hashed?")
+        return compared
+
+    append("Appended before?")
+    monkeypatch.setattr(ImagesSourceReader, "_compare", compare_then_append)
+    second = run(workdir, spec)
+    monkeypatch.setattr(ImagesSourceReader, "_compare", compare)
+    third = run(workdir, spec)
+    taken = [line["prompt"] for result in (second, third) for line in processed(Path(result.version_uri))]
+    assert sorted(taken) == ["Appended before?", "Appended while hashed?"]
+    assert run(workdir, spec).message.startswith("nothing new")
