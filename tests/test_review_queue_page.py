@@ -58,3 +58,8 @@ def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> No
     assert 'href="/items/1003?dataset=big"' in page and 'href="/items/1005?dataset=big"' in page
     assert "<span>1 of 1100</span>" in client.get("/items/4?dataset=big").text
     assert "<span>0 of 1100</span>" in client.get("/items/2?dataset=big").text  # the filter leaves it out
+    # Its Queue link goes back to the page of the list that holds it.
+    assert 'id="queue" href="/?dataset=big&amp;page=3"' in page
+    assert 'id="queue" href="/?dataset=big"' in client.get("/items/503?dataset=big").text
+    assert 'id="queue" href="/?dataset=big&amp;page=2"' in client.get("/items/504?dataset=big").text
+    assert 'id="queue" href="/?dataset=big"' in client.get("/items/2?dataset=big").text

@@ -251,6 +251,10 @@ def create_app(
             seen=seen,
             view=view,
             query=urlencode(filters),
+            # Back to the queue's page the item is listed on (the first, when the filters leave it out).
+            queue_query=urlencode(
+                {**filters, "page": math.ceil(position[0] / MAX_LISTED)} if position[0] > MAX_LISTED else filters
+            ),
             previous=previous,
             following=following,
             position=position,
