@@ -258,6 +258,13 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path, monkeypatch: 
         "-H", "epoch=5", cwd=workdir,
     )  # fmt: skip
     assert clash.returncode == 2 and "--epochs 2 and -H epoch=5: set twice" in clash.stderr
+    # The same values written otherwise (as JumpStart's True, or with a leading zero) are no clash.
+    same = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--int8",
+        "-H", "int8_quantization=true", "--epochs", "3", "-H", "epoch=03", cwd=workdir,
+    )  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["HyperParameters"].items() >= {"int8_quantization": "True", "epoch": "3"}.items()
 
 
 def vqa_version(folder: Path) -> str:

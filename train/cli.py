@@ -38,6 +38,17 @@ def parse_pairs(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def _same(text: str, value: bool | int) -> bool:
+    """Whether a ``-H`` value says what an option's value does: compared as values, so -H
+    int8_quantization=true and --int8, or -H epoch=03 and --epochs 3, agree."""
+    if isinstance(value, bool):
+        return text.lower() == str(value).lower()
+    try:
+        return int(text) == value
+    except ValueError:
+        return False
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     console.print(f"[red]error[/red] {message}", highlight=False)
     return typer.Exit(code)
@@ -141,16 +152,16 @@ def launch(
         "lora_alpha": ("--lora-alpha", lora_alpha),
         "epoch": ("--epochs", epochs),
     }
-    given = {k: str(v) for k, (_, v) in shortcuts.items() if v is not None}
+    given: dict[str, bool | int] = {k: v for k, (_, v) in shortcuts.items() if v is not None}
     # What the user typed for each, which errors name (the hyperparameter's own name may be new to them).
     typed = {k: f"{option} {v}" for k, (option, v) in shortcuts.items() if v is not None}
     if int8 is not None:
-        given["int8_quantization"] = str(int8)
+        given["int8_quantization"] = int8
         typed["int8_quantization"] = "--int8" if int8 else "--no-int8"
-    clash = [f"{typed[k]} and -H {k}={values[k]}" for k, v in given.items() if k in values and values[k] != v]
+    clash = [f"{typed[k]} and -H {k}={values[k]}" for k, v in given.items() if k in values and not _same(values[k], v)]
     if clash:
         raise _fail(f"{'; '.join(clash)}: set twice to different values; keep one", EXIT_USAGE)
-    values.update(given)
+    values.update({k: str(v) for k, v in given.items()})
     try:
         request = training_request(
             dataset_version,
