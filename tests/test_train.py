@@ -459,7 +459,15 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
     done = curation(*args, "--output", f"s3://{bucket}x/models", cwd=workdir)
     assert done.returncode == 2 and f"--output s3://{bucket}x/models: there is no bucket '{bucket}x'" in done.stderr
     assert "launched" not in done.stdout
-    done = curation(*args, "--wait", "--poll-seconds", "0", cwd=workdir)
+    # Asked with no pause between, SageMaker throttles the status calls; a dry run has no job to follow.
+    for wrong, said in (
+        (("--wait", "--poll-seconds", "0"), "Invalid value for '--poll-seconds'"),
+        (("--wait", "--dry-run"), "--dry-run launches no job for --wait to follow"),
+    ):
+        done = curation(*args, *wrong, cwd=workdir)
+        assert done.returncode == 2 and said in done.stderr and "launched" not in done.stdout, done.stderr
+    assert curation("train", "wait", "job-1", "--poll-seconds", "0.5", cwd=workdir).returncode == 2
+    done = curation(*args, "--wait", "--poll-seconds", "1", cwd=workdir)  # moto's job completes at once
     assert done.returncode == 0, done.stderr
     assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
     name = done.stdout.split("launched ")[1].split()[0]

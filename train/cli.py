@@ -137,7 +137,7 @@ def launch(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
     follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
-    poll_seconds: Annotated[float, typer.Option(help="how often --wait asks", min=0.0)] = 30.0,
+    poll_seconds: Annotated[float, typer.Option(help="how often --wait asks, in seconds (at least 1)", min=1.0)] = 30.0,
     timeout: Annotated[
         float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
     ] = None,
@@ -146,6 +146,8 @@ def launch(
     from train.sagemaker import TrainError, check_copy, check_output, held_out, placeholders, training_request
     from train.sagemaker import launch as create_job
 
+    if dry_run and follow_job:
+        raise _fail("--dry-run launches no job for --wait to follow: leave out one of them", EXIT_USAGE)
     values = parse_pairs(hyperparameter or [])
     shortcuts = {
         "lora_r": ("--lora-r", lora_r),
@@ -201,7 +203,7 @@ def launch(
 @app.command("wait")
 def wait_command(
     job_name: Annotated[str, typer.Argument(help="the training job's name")],
-    poll_seconds: Annotated[float, typer.Option(help="how often to ask", min=0.0)] = 30.0,
+    poll_seconds: Annotated[float, typer.Option(help="how often to ask, in seconds (at least 1)", min=1.0)] = 30.0,
     timeout: Annotated[
         float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
     ] = None,
