@@ -1,6 +1,6 @@
 """``curation train ...``: launch fine-tuning on a published dataset version, follow it, import the
 result into Bedrock. Exit codes: 0 done (or the job completed), 1 the job or the call failed,
-2 the command line, the version or the model is wrong."""
+2 the command line, the version or the model is wrong, 3 still running when a wait gave up."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from train.jumpstart import SPEC_SOURCES, SpecError, SpecResolver, spec_resolver
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMED_OUT = 0, 1, 2, 3
 
 app = typer.Typer(help="Fine-tune on a published dataset version with SageMaker; import into Bedrock.")
 console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
@@ -60,12 +60,15 @@ def _followed(
     timeout_seconds: float | None,
     describe_job: Callable[[str], dict] | None = None,
 ) -> typer.Exit:
-    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be
-    followed or is still running when ``timeout_seconds`` have passed."""
-    from train.sagemaker import TrainError
+    """The exit of following a job (``launch --wait``, ``wait``): its outcome, 1 if it cannot be
+    followed, or 3 if it is still running when ``timeout_seconds`` have passed (a script tells that
+    apart from a failed job: it can wait again)."""
+    from train.sagemaker import TrainError, WaitTimedOut
 
     try:
         return typer.Exit(follow(job_name, poll_seconds, timeout_seconds, describe_job))
+    except WaitTimedOut as error:  # names the job already
+        return _fail(f"{error}; it goes on: `curation train wait {job_name}` follows it again", EXIT_TIMED_OUT)
     except TrainError as error:  # names the job already
         return _fail(f"{error}; it goes on: `curation train wait {job_name}` follows it again", EXIT_FAILED)
     except (ClientError, BotoCoreError) as error:
@@ -139,7 +142,7 @@ def launch(
     follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
     poll_seconds: Annotated[float, typer.Option(help="how often --wait asks, in seconds (at least 1)", min=1.0)] = 30.0,
     timeout: Annotated[
-        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 3; the job goes on)", min=0.0)
     ] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
@@ -205,10 +208,10 @@ def wait_command(
     job_name: Annotated[str, typer.Argument(help="the training job's name")],
     poll_seconds: Annotated[float, typer.Option(help="how often to ask, in seconds (at least 1)", min=1.0)] = 30.0,
     timeout: Annotated[
-        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 3; the job goes on)", min=0.0)
     ] = None,
 ) -> None:
-    """Follow a training job until it ends; exit 1 if it failed or stopped."""
+    """Follow a training job until it ends; exit 1 if it failed or stopped, 3 if still running at --timeout."""
     raise _followed(job_name, poll_seconds, timeout)
 
 
