@@ -472,7 +472,8 @@ def _select(filters: dict[str, str]) -> sa.Select:
 
 def _page(value: str | None) -> int:
     """The queue page asked for, from 1; anything else is the first."""
-    return int(value) if value and value.isdigit() and int(value) > 0 else 1
+    # ASCII digits only: "²" is a digit to isdigit() that int() refuses.
+    return int(value) if value and value.isascii() and value.isdigit() and int(value) > 0 else 1
 
 
 def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
