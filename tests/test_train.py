@@ -463,6 +463,7 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
     for wrong, said in (
         (("--wait", "--poll-seconds", "0"), "Invalid value for '--poll-seconds'"),
         (("--wait", "--dry-run"), "--dry-run launches no job for --wait to follow"),
+        (("--timeout", "60"), "--timeout is how long --wait follows the job"),  # without --wait: no waiting
     ):
         done = curation(*args, *wrong, cwd=workdir)
         assert done.returncode == 2 and said in done.stderr and "launched" not in done.stdout, done.stderr

@@ -151,6 +151,8 @@ def launch(
 
     if dry_run and follow_job:
         raise _fail("--dry-run launches no job for --wait to follow: leave out one of them", EXIT_USAGE)
+    if timeout is not None and not follow_job:
+        raise _fail("--timeout is how long --wait follows the job: add --wait or leave it out", EXIT_USAGE)
     values = parse_pairs(hyperparameter or [])
     shortcuts = {
         "lora_r": ("--lora-r", lora_r),
