@@ -261,3 +261,46 @@ def test_two_undos_at_once_undo_two_decisions(store: str, tmp_path: Path, reques
     # Each undo said it undid a decision: each undid its own, none was undone twice and another left.
     assert len(said) == len(set(said)) == 20
     assert {dec.get_item(engine, item_id)["status"] for item_id in items} == {"open"}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_an_undo_and_a_decision_at_once_leave_the_status_of_the_decision_in_force(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}" if store == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    dec.create_tables(engine)
+    item_id = _one_item(engine)
+    dec.decide(engine, item_id, "rita", "reject")
+    # The undo reads what is left in force on the item, then waits for pia's decision to be taken (or
+    # 2 s, where the store makes pia wait her turn): unlocked, it then sets the status it read, stale.
+    undo_read, decided = threading.Event(), threading.Event()
+    read = dec._in_force_for_item
+
+    def read_then_wait(db, item):
+        found = read(db, item)
+        if threading.current_thread().name == "undo":
+            undo_read.set()
+            decided.wait(timeout=2)
+        return found
+
+    monkeypatch.setattr(dec, "_in_force_for_item", read_then_wait)
+
+    def decide() -> None:
+        undo_read.wait(timeout=5)
+        dec.decide(sa.create_engine(url), item_id, "pia", "approve")
+        decided.set()
+
+    threads = [
+        threading.Thread(target=dec.undo_last, args=(sa.create_engine(url), "rita"), name="undo"),
+        threading.Thread(target=decide, name="decide"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [(d["user"], d["undone_at"] is not None) for d in dec.history(engine, item_id)] == [
+        ("rita", True),
+        ("pia", False),
+    ]
+    assert dec.get_item(engine, item_id)["status"] == "approved"

@@ -52,9 +52,15 @@ def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> No
     assert 'href="/?dataset=big&amp;page=2"' in last and 'id="next-page"' not in last
     assert listed(client.get("/?dataset=big&page=99").text) == listed(last)  # past the end: the last page
     assert listed(client.get("/?dataset=big&page=x").text) == listed(first)
+    assert listed(client.get("/?dataset=big&page=²").text) == listed(first)  # a digit to isdigit(), not to int()
     # An item page counts its place among the filtered items, and links its neighbours there.
     page = client.get("/items/1004?dataset=big").text
     assert "<span>1001 of 1100</span>" in page
     assert 'href="/items/1003?dataset=big"' in page and 'href="/items/1005?dataset=big"' in page
     assert "<span>1 of 1100</span>" in client.get("/items/4?dataset=big").text
     assert "<span>0 of 1100</span>" in client.get("/items/2?dataset=big").text  # the filter leaves it out
+    # Its Queue link goes back to the page of the list that holds it.
+    assert 'id="queue" href="/?dataset=big&amp;page=3"' in page
+    assert 'id="queue" href="/?dataset=big"' in client.get("/items/503?dataset=big").text
+    assert 'id="queue" href="/?dataset=big&amp;page=2"' in client.get("/items/504?dataset=big").text
+    assert 'id="queue" href="/?dataset=big"' in client.get("/items/2?dataset=big").text

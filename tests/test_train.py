@@ -258,6 +258,13 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path, monkeypatch: 
         "-H", "epoch=5", cwd=workdir,
     )  # fmt: skip
     assert clash.returncode == 2 and "--epochs 2 and -H epoch=5: set twice" in clash.stderr
+    # The same values written otherwise (as JumpStart's True, or with a leading zero) are no clash.
+    same = curation(
+        "train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", "--int8",
+        "-H", "int8_quantization=true", "--epochs", "3", "-H", "epoch=03", cwd=workdir,
+    )  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["HyperParameters"].items() >= {"int8_quantization": "True", "epoch": "3"}.items()
 
 
 def vqa_version(folder: Path) -> str:
@@ -452,7 +459,16 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
     done = curation(*args, "--output", f"s3://{bucket}x/models", cwd=workdir)
     assert done.returncode == 2 and f"--output s3://{bucket}x/models: there is no bucket '{bucket}x'" in done.stderr
     assert "launched" not in done.stdout
-    done = curation(*args, "--wait", "--poll-seconds", "0", cwd=workdir)
+    # Asked with no pause between, SageMaker throttles the status calls; a dry run has no job to follow.
+    for wrong, said in (
+        (("--wait", "--poll-seconds", "0"), "Invalid value for '--poll-seconds'"),
+        (("--wait", "--dry-run"), "--dry-run launches no job for --wait to follow"),
+        (("--timeout", "60"), "--timeout is how long --wait follows the job"),  # without --wait: no waiting
+    ):
+        done = curation(*args, *wrong, cwd=workdir)
+        assert done.returncode == 2 and said in done.stderr and "launched" not in done.stdout, done.stderr
+    assert curation("train", "wait", "job-1", "--poll-seconds", "0.5", cwd=workdir).returncode == 2
+    done = curation(*args, "--wait", "--poll-seconds", "1", cwd=workdir)  # moto's job completes at once
     assert done.returncode == 0, done.stderr
     assert "launched pairs-v1-llama-3-2-1b-" in done.stdout and "completed" in done.stdout
     name = done.stdout.split("launched ")[1].split()[0]
@@ -513,7 +529,8 @@ def test_waiting_that_times_out_names_the_job_once_and_says_it_goes_on(
     with Stubber(client) as stub:
         stub.add_response("describe_training_job", in_progress, {"TrainingJobName": "job-1"})
         stopped = _followed("job-1", 0, 0, describe_job=describe_via(client))
-    assert stopped.exit_code == EXIT_FAILED
+    # Told apart from a failed job: a script waits again rather than giving the job up.
+    assert stopped.exit_code == 3 != EXIT_FAILED  # README's exit-code table
     err = capsys.readouterr().err
     assert "error job-1: still InProgress after 0s; it goes on: `curation train wait job-1`" in err, err
 

@@ -1,6 +1,6 @@
 """``curation train ...``: launch fine-tuning on a published dataset version, follow it, import the
 result into Bedrock. Exit codes: 0 done (or the job completed), 1 the job or the call failed,
-2 the command line, the version or the model is wrong."""
+2 the command line, the version or the model is wrong, 3 still running when a wait gave up."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from train.jumpstart import SPEC_SOURCES, SpecError, SpecResolver, spec_resolver
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMED_OUT = 0, 1, 2, 3
 
 app = typer.Typer(help="Fine-tune on a published dataset version with SageMaker; import into Bedrock.")
 console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
@@ -38,6 +38,17 @@ def parse_pairs(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def _same(text: str, value: bool | int) -> bool:
+    """Whether a ``-H`` value says what an option's value does: compared as values, so -H
+    int8_quantization=true and --int8, or -H epoch=03 and --epochs 3, agree."""
+    if isinstance(value, bool):
+        return text.lower() == str(value).lower()
+    try:
+        return int(text) == value
+    except ValueError:
+        return False
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     console.print(f"[red]error[/red] {message}", highlight=False)
     return typer.Exit(code)
@@ -49,12 +60,15 @@ def _followed(
     timeout_seconds: float | None,
     describe_job: Callable[[str], dict] | None = None,
 ) -> typer.Exit:
-    """The exit of following a job (``launch --wait``, ``wait``): its outcome, or 1 if it cannot be
-    followed or is still running when ``timeout_seconds`` have passed."""
-    from train.sagemaker import TrainError
+    """The exit of following a job (``launch --wait``, ``wait``): its outcome, 1 if it cannot be
+    followed, or 3 if it is still running when ``timeout_seconds`` have passed (a script tells that
+    apart from a failed job: it can wait again)."""
+    from train.sagemaker import TrainError, WaitTimedOut
 
     try:
         return typer.Exit(follow(job_name, poll_seconds, timeout_seconds, describe_job))
+    except WaitTimedOut as error:  # names the job already
+        return _fail(f"{error}; it goes on: `curation train wait {job_name}` follows it again", EXIT_TIMED_OUT)
     except TrainError as error:  # names the job already
         return _fail(f"{error}; it goes on: `curation train wait {job_name}` follows it again", EXIT_FAILED)
     except (ClientError, BotoCoreError) as error:
@@ -126,31 +140,35 @@ def launch(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
     follow_job: Annotated[bool, typer.Option("--wait", help="follow the job until it ends")] = False,
-    poll_seconds: Annotated[float, typer.Option(help="how often --wait asks", min=0.0)] = 30.0,
+    poll_seconds: Annotated[float, typer.Option(help="how often --wait asks, in seconds (at least 1)", min=1.0)] = 30.0,
     timeout: Annotated[
-        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 3; the job goes on)", min=0.0)
     ] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
     from train.sagemaker import TrainError, check_copy, check_output, held_out, placeholders, training_request
     from train.sagemaker import launch as create_job
 
+    if dry_run and follow_job:
+        raise _fail("--dry-run launches no job for --wait to follow: leave out one of them", EXIT_USAGE)
+    if timeout is not None and not follow_job:
+        raise _fail("--timeout is how long --wait follows the job: add --wait or leave it out", EXIT_USAGE)
     values = parse_pairs(hyperparameter or [])
     shortcuts = {
         "lora_r": ("--lora-r", lora_r),
         "lora_alpha": ("--lora-alpha", lora_alpha),
         "epoch": ("--epochs", epochs),
     }
-    given = {k: str(v) for k, (_, v) in shortcuts.items() if v is not None}
+    given: dict[str, bool | int] = {k: v for k, (_, v) in shortcuts.items() if v is not None}
     # What the user typed for each, which errors name (the hyperparameter's own name may be new to them).
     typed = {k: f"{option} {v}" for k, (option, v) in shortcuts.items() if v is not None}
     if int8 is not None:
-        given["int8_quantization"] = str(int8)
+        given["int8_quantization"] = int8
         typed["int8_quantization"] = "--int8" if int8 else "--no-int8"
-    clash = [f"{typed[k]} and -H {k}={values[k]}" for k, v in given.items() if k in values and values[k] != v]
+    clash = [f"{typed[k]} and -H {k}={values[k]}" for k, v in given.items() if k in values and not _same(values[k], v)]
     if clash:
         raise _fail(f"{'; '.join(clash)}: set twice to different values; keep one", EXIT_USAGE)
-    values.update(given)
+    values.update({k: str(v) for k, v in given.items()})
     try:
         request = training_request(
             dataset_version,
@@ -190,12 +208,12 @@ def launch(
 @app.command("wait")
 def wait_command(
     job_name: Annotated[str, typer.Argument(help="the training job's name")],
-    poll_seconds: Annotated[float, typer.Option(help="how often to ask", min=0.0)] = 30.0,
+    poll_seconds: Annotated[float, typer.Option(help="how often to ask, in seconds (at least 1)", min=1.0)] = 30.0,
     timeout: Annotated[
-        float | None, typer.Option(help="give up waiting after this many seconds (exit 1; the job goes on)", min=0.0)
+        float | None, typer.Option(help="give up waiting after this many seconds (exit 3; the job goes on)", min=0.0)
     ] = None,
 ) -> None:
-    """Follow a training job until it ends; exit 1 if it failed or stopped."""
+    """Follow a training job until it ends; exit 1 if it failed or stopped, 3 if still running at --timeout."""
     raise _followed(job_name, poll_seconds, timeout)
 
 

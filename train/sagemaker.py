@@ -555,6 +555,10 @@ def tags(resource_arn: str) -> list[dict[str, str]]:
             return found
 
 
+class WaitTimedOut(TrainError):
+    """The job is still running when the wait gives up (it goes on): not a failed job."""
+
+
 def wait(
     job_name: str,
     on_update: Callable[[dict], None] = lambda _: None,
@@ -562,7 +566,8 @@ def wait(
     timeout_seconds: float | None = None,
     describe_job: Callable[[str], dict] = describe,
 ) -> dict:
-    """Poll until the job ends; returns the last description (check ``TrainingJobStatus``)."""
+    """Poll until the job ends; returns the last description (check ``TrainingJobStatus``). Raises
+    ``WaitTimedOut`` when it is still running after ``timeout_seconds``."""
     started = time.monotonic()
     while True:
         info = describe_job(job_name)
@@ -570,7 +575,7 @@ def wait(
         if info["TrainingJobStatus"] in TERMINAL:
             return info
         if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            raise TrainError(f"{job_name}: still {info['TrainingJobStatus']} after {timeout_seconds:.0f}s")
+            raise WaitTimedOut(f"{job_name}: still {info['TrainingJobStatus']} after {timeout_seconds:.0f}s")
         time.sleep(poll_seconds)
 
 

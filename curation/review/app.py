@@ -233,7 +233,7 @@ def create_app(
             kinds=KINDS,
             statuses=STATUSES,
             versions=_versions(engine),
-            message=request.session.pop("message", None),
+            message=request.session.pop("message", None) or _unknown_version(filters),
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
@@ -251,6 +251,10 @@ def create_app(
             seen=seen,
             view=view,
             query=urlencode(filters),
+            # Back to the queue's page the item is listed on (the first, when the filters leave it out).
+            queue_query=urlencode(
+                {**filters, "page": math.ceil(position[0] / MAX_LISTED)} if position[0] > MAX_LISTED else filters
+            ),
             previous=previous,
             following=following,
             position=position,
@@ -425,9 +429,21 @@ def _safe_next(target: str) -> str:
 
 
 def _clean(pairs: Any) -> dict[str, str]:
-    # A version that is not a number is dropped (every version is listed, as the form then shows) rather
-    # than failing in the database.
-    return {k: v for k, v in pairs if k in FILTERS and v and (k != "version" or v.isdigit())}
+    # A version that is not a number is kept: dropped, the queue would list every version under it.
+    return {k: v for k, v in pairs if k in FILTERS and v}
+
+
+def _version(value: str) -> int | None:
+    """A version filter's number; None for one no store holds ("v2", "²", past the column's range)."""
+    return int(value) if value.isascii() and value.isdigit() and int(value) < 2**31 else None
+
+
+def _unknown_version(filters: dict[str, str]) -> str | None:
+    """What the queue says of a version filter that is not a version number (it lists nothing then)."""
+    value = filters.get("version")
+    if value is None or _version(value) is not None:
+        return None
+    return f"no version {value!r}: a version is a number, such as 2, so nothing is listed"
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -442,7 +458,11 @@ def _parse_filters(query: str) -> dict[str, str]:
 
 def _where(query: sa.Select, filters: dict[str, str]) -> sa.Select:
     for name, value in filters.items():
-        query = query.where(review_items.c[name] == (int(value) if name == "version" else value))
+        if name == "version":
+            number = _version(value)
+            query = query.where(review_items.c.version == number if number is not None else sa.false())
+        else:
+            query = query.where(review_items.c[name] == value)
     return query
 
 
@@ -452,7 +472,8 @@ def _select(filters: dict[str, str]) -> sa.Select:
 
 def _page(value: str | None) -> int:
     """The queue page asked for, from 1; anything else is the first."""
-    return int(value) if value and value.isdigit() and int(value) > 0 else 1
+    # ASCII digits only: "²" is a digit to isdigit() that int() refuses.
+    return int(value) if value and value.isascii() and value.isdigit() and int(value) > 0 else 1
 
 
 def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:

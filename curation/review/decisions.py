@@ -293,6 +293,10 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             if row is None:
                 return None
             undone = dict(row._mapping)
+            # The item's row locked first, as ``decide`` does: a decision on the item at once waits for
+            # this undo (and this undo for it), so the status set below counts it rather than going stale.
+            item = review_items.c.item_id == undone["item_id"]
+            db.execute(review_items.update().where(item).values(status=review_items.c.status))
             # Only if still in force: two undos at once (two tabs, two servers) undo two decisions,
             # not the same one twice while each says it undid one.
             taken = db.execute(
@@ -305,7 +309,7 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
         # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
         now = _in_force_for_item(db, undone["item_id"])
         status = STATUS_OF[now["action"]] if now else "open"
-        db.execute(review_items.update().where(review_items.c.item_id == undone["item_id"]).values(status=status))
+        db.execute(review_items.update().where(item).values(status=status))
     return undone
 
 
