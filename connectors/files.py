@@ -750,7 +750,7 @@ class FilesSourceReader(ListedFiles):
         """The file's batches, read ``block_bytes`` at a time, without the rows and set-aside lines up to
         line ``after``."""
         fs, path = filesystem(entry.uri)
-        header = self._csv_header(entry.uri)
+        header = self._csv_header(entry.uri, block_bytes)
         if header is None:  # no record, as in an empty JSONL file
             yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
             return
@@ -810,9 +810,10 @@ class FilesSourceReader(ListedFiles):
             rest = rest.filter(pc.greater(lines_of(rest), after)) if after else rest
             yield SourceBatch(rows=pa.table({}), set_aside=rest, input_bytes=progress.rest())
 
-    def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
+    def _csv_header(self, uri: str, block_bytes: int) -> tuple[int, list[str]] | None:
         """The header's line (after any blank lines) and column names, or None when there is no line to
-        read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these)."""
+        read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these).
+        ``block_bytes``: the blocks the file is read in (``_csv`` grows them for a long record)."""
         fs, path = filesystem(uri)
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
@@ -832,8 +833,9 @@ class FilesSourceReader(ListedFiles):
             if "straddl" not in str(error):
                 raise
         # Arrow reads the first rows with the header: a first row longer than the probe takes a block
-        # as large as the reading itself uses.
-        return header_line, _csv_names(fs, path, probe, BLOCK_BYTES)
+        # as large as the reading itself uses (larger when ``_csv`` reads again for a long record: a
+        # first row that straddles its blocks is read as a later one is).
+        return header_line, _csv_names(fs, path, probe, max(block_bytes, BLOCK_BYTES))
 
     def _split_not_utf8(
         self,

@@ -263,3 +263,20 @@ def test_a_csv_record_longer_than_the_largest_block_names_its_file_and_line(
     assert str(raised.value) == (
         f"{path}:3: a CSV record from about this line on is longer than 1,024 bytes (a quote that is never closed?)"
     )
+
+
+def test_a_first_csv_record_longer_than_two_blocks_is_read_as_a_later_one_is(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header is read with the first rows: a first record longer than the probe and two blocks (an
+    8 MiB value from 16 MiB on; here a probe of 128 bytes, blocks of 256) failed the whole file as
+    "longer than 1,073,741,824 bytes", though the same record on a later line is read."""
+    import connectors.files as files
+
+    long = "x" * 5000
+    (workdir / "qa.csv").write_text(f"question,answer\nlong,{long}\nlast,no\n")
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(files, "PROBE_BYTES", 128)
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    assert lineage_lines(Path(result.version_uri)) == {long: 2, "no": 3}
+    assert_adds_up(result.manifest.counts)
