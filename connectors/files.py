@@ -571,15 +571,11 @@ class FilesSourceReader(ListedFiles):
         refuse raises the same StorageError), from about its first ``block_bytes`` (a CSV file's first
         record may take a whole block, a Parquet file's first batch its first row group), for
         ``curation check``."""
-        batches = self._read(entry, block_bytes)
+        batches = self._read(entry, block_bytes)  # a CSV record longer than the head: ``_csv`` grows the blocks
         try:
             return next(batches, SourceBatch(rows=pa.table({})))
-        except StorageError as error:
-            if "straddl" not in str(error) or block_bytes >= BLOCK_BYTES:
-                raise
         finally:
             batches.close()  # the file is closed, the rest not read
-        return self.head(entry, BLOCK_BYTES)  # a CSV record longer than the head: read as the run reads it
 
     # --- JSONL -------------------------------------------------------------------------------
 
