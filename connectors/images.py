@@ -31,7 +31,7 @@ from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_va
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
-from schemas.records import SOURCE_TYPE, input_record_json, set_aside_rows
+from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, input_record_json, set_aside_rows
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
@@ -410,8 +410,10 @@ def _size(batch: SourceBatch) -> int:
 
 
 def _row_item(row: dict) -> str:
-    """A sidecar row's watermark item: its (image, question, answer) values, not its place."""
-    content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
+    """A sidecar row's watermark item: its (image, question, answer) values, not its place, nor its line's
+    text (``INPUT_LINE_COLUMN``: handed on only where its JSONL block holds a null, so not in every run)."""
+    values = {k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)}
+    content = json.dumps(values, sort_keys=True, default=str)
     return "row:" + xxhash.xxh3_128_hexdigest(content.encode())
 
 
