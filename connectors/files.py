@@ -722,9 +722,13 @@ class FilesSourceReader(ListedFiles):
         already is left out (its ids are counted again, as they were)."""
         progress = _ByteProgress(entry.size)
         done = 0  # the last line handed on
+        header: tuple[int, list[str]] | None = None
+        header_read = False  # read (and a header that is not UTF-8 warned of) once, not on each try
         while True:
             try:
-                for batch in self._csv_blocks(entry, block_bytes, progress, done):
+                if not header_read:  # its first row, read with it, may need the larger blocks too
+                    header, header_read = self._csv_header(entry.uri, block_bytes), True
+                for batch in self._csv_blocks(entry, header, block_bytes, progress, done):
                     yield batch
                     for table in (batch.rows, batch.set_aside):
                         if table.num_rows:
@@ -741,12 +745,16 @@ class FilesSourceReader(ListedFiles):
                 block_bytes = min(block_bytes * 4, MAX_CSV_BLOCK_BYTES)
 
     def _csv_blocks(
-        self, entry: FileEntry, block_bytes: int, progress: _ByteProgress, after: int
+        self,
+        entry: FileEntry,
+        header: tuple[int, list[str]] | None,
+        block_bytes: int,
+        progress: _ByteProgress,
+        after: int,
     ) -> Iterator[SourceBatch]:
-        """The file's batches, read ``block_bytes`` at a time, without the rows and set-aside lines up to
-        line ``after``."""
+        """The file's batches after its ``header`` (``_csv_header``), read ``block_bytes`` at a time, without
+        the rows and set-aside lines up to line ``after``."""
         fs, path = filesystem(entry.uri)
-        header = self._csv_header(entry.uri, block_bytes)
         if header is None:  # no record, as in an empty JSONL file
             yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
             return

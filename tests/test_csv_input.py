@@ -280,3 +280,23 @@ def test_a_first_csv_record_longer_than_two_blocks_is_read_as_a_later_one_is(
     result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
     assert lineage_lines(Path(result.version_uri)) == {long: 2, "no": 3}
     assert_adds_up(result.manifest.counts)
+
+
+def test_a_header_not_utf8_is_warned_of_once_however_often_the_file_is_read_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record longer than two blocks reads the file again with larger blocks: the header's warning
+    was said again on each try (three times here)."""
+    import connectors.files as files
+
+    long = "x" * 5000
+    (workdir / "qa.csv").write_bytes(b"question,answer,pr\xe9nom\nfirst,yes,a\n" + f"long,{long},b\n".encode())
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    with caplog.at_level(logging.WARNING, logger="connectors.files"):
+        result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    assert lineage_lines(Path(result.version_uri)) == {"yes": 2, long: 3}
+    said = [record.getMessage() for record in caplog.records if record.name == "connectors.files"]
+    assert [message for message in said if "the header is not UTF-8" in message] == [
+        f"{workdir / 'qa.csv'}:1: the header is not UTF-8: byte 0xe9 at column 19; its column names hold U+FFFD "
+        "for such bytes (save the file as UTF-8)"
+    ]
