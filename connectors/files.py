@@ -574,15 +574,11 @@ class FilesSourceReader(ListedFiles):
         refuse raises the same StorageError), from about its first ``block_bytes`` (a CSV file's first
         record may take a whole block, a Parquet file's first batch its first row group), for
         ``curation check``."""
-        batches = self._read(entry, block_bytes)
+        batches = self._read(entry, block_bytes)  # a CSV record longer than the head: ``_csv`` grows the blocks
         try:
             return next(batches, SourceBatch(rows=pa.table({})))
-        except StorageError as error:
-            if "straddl" not in str(error) or block_bytes >= BLOCK_BYTES:
-                raise
         finally:
             batches.close()  # the file is closed, the rest not read
-        return self.head(entry, BLOCK_BYTES)  # a CSV record longer than the head: read as the run reads it
 
     # --- JSONL -------------------------------------------------------------------------------
 
@@ -729,9 +725,13 @@ class FilesSourceReader(ListedFiles):
         already is left out (its ids are counted again, as they were)."""
         progress = _ByteProgress(entry.size)
         done = 0  # the last line handed on
+        header: tuple[int, list[str]] | None = None
+        header_read = False  # read (and a header that is not UTF-8 warned of) once, not on each try
         while True:
             try:
-                for batch in self._csv_blocks(entry, block_bytes, progress, done):
+                if not header_read:  # its first row, read with it, may need the larger blocks too
+                    header, header_read = self._csv_header(entry.uri, block_bytes), True
+                for batch in self._csv_blocks(entry, header, block_bytes, progress, done):
                     yield batch
                     for table in (batch.rows, batch.set_aside):
                         if table.num_rows:
@@ -748,12 +748,16 @@ class FilesSourceReader(ListedFiles):
                 block_bytes = min(block_bytes * 4, MAX_CSV_BLOCK_BYTES)
 
     def _csv_blocks(
-        self, entry: FileEntry, block_bytes: int, progress: _ByteProgress, after: int
+        self,
+        entry: FileEntry,
+        header: tuple[int, list[str]] | None,
+        block_bytes: int,
+        progress: _ByteProgress,
+        after: int,
     ) -> Iterator[SourceBatch]:
-        """The file's batches, read ``block_bytes`` at a time, without the rows and set-aside lines up to
-        line ``after``."""
+        """The file's batches after its ``header`` (``_csv_header``), read ``block_bytes`` at a time, without
+        the rows and set-aside lines up to line ``after``."""
         fs, path = filesystem(entry.uri)
-        header = self._csv_header(entry.uri)
         if header is None:  # no record, as in an empty JSONL file
             yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
             return
@@ -865,9 +869,10 @@ class FilesSourceReader(ListedFiles):
         )
         return rows.filter(pc.invert(at)), pa.concat_tables([set_aside, never_closed]), nbytes
 
-    def _csv_header(self, uri: str) -> tuple[int, list[str]] | None:
+    def _csv_header(self, uri: str, block_bytes: int) -> tuple[int, list[str]] | None:
         """The header's line (after any blank lines) and column names, or None when there is no line to
-        read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these)."""
+        read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these).
+        ``block_bytes``: the blocks the file is read in (``_csv`` grows them for a long record)."""
         fs, path = filesystem(uri)
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
@@ -897,8 +902,9 @@ class FilesSourceReader(ListedFiles):
             if "straddl" not in str(error):
                 raise
         # Arrow reads the first rows with the header: a first row longer than the probe takes a block
-        # as large as the reading itself uses.
-        return header_line, _csv_names(fs, path, probe, BLOCK_BYTES)
+        # as large as the reading itself uses (larger when ``_csv`` reads again for a long record: a
+        # first row that straddles its blocks is read as a later one is).
+        return header_line, _csv_names(fs, path, probe, max(block_bytes, BLOCK_BYTES))
 
     def _split_not_utf8(
         self,

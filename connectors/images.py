@@ -437,8 +437,10 @@ def _size(batch: SourceBatch) -> int:
 
 
 def _row_item(row: dict) -> str:
-    """A sidecar row's watermark item: its (image, question, answer) values, not its place."""
-    content = json.dumps({k: v for k, v in row.items() if k not in ("id", "source")}, sort_keys=True, default=str)
+    """A sidecar row's watermark item: its (image, question, answer) values, not its place, nor its line's
+    text (``INPUT_LINE_COLUMN``: handed on only where its JSONL block holds a null, so not in every run)."""
+    values = {k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)}
+    content = json.dumps(values, sort_keys=True, default=str)
     return "row:" + xxhash.xxh3_128_hexdigest(content.encode())
 
 

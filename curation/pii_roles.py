@@ -107,8 +107,17 @@ _IRREGULAR_PAST = frozenset(
     {"paid", "sent", "said", "wrote", "came", "told", "gave", "made", "went", "left", "took", "brought",
      "bought", "spoke", "got", "thought", "felt", "kept", "lost", "forgot"}
 )  # fmt: skip
-# Endings of the regular forms of a word, and what its base form ends in instead: payments, applied.
-_REGULAR_ENDINGS = (("s", ""), ("es", ""), ("ies", "y"), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"))
+# Endings of the regular forms of a word, and what its base form ends in instead: payments, denied.
+_REGULAR_ENDINGS = (
+    ("s", ""),
+    ("es", ""),
+    ("ies", "y"),
+    ("ed", ""),
+    ("ed", "e"),
+    ("ied", "y"),
+    ("ing", ""),
+    ("ing", "e"),
+)
 _POSSESSIVE = "'s"  # a token's norm: "'s" and "’s" alike
 MAX_LINE_BREAKS = 2  # a blank line between "Regards," and the name
 MAX_NAME_WORDS = 4

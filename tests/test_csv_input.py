@@ -393,3 +393,40 @@ def test_a_header_with_a_quote_never_closed_is_refused_naming_the_cause(
     never = "is never closed: the whole file would be one column name"
     within = "is not closed within the file's first 1,024 bytes (never closed?)"
     assert str(raised.value) == f"{path}:2: a quote in the header {never if rows == 3 else within}"
+
+
+def test_a_first_csv_record_longer_than_two_blocks_is_read_as_a_later_one_is(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header is read with the first rows: a first record longer than the probe and two blocks (an
+    8 MiB value from 16 MiB on; here a probe of 128 bytes, blocks of 256) failed the whole file as
+    "longer than 1,073,741,824 bytes", though the same record on a later line is read."""
+    import connectors.files as files
+
+    long = "x" * 5000
+    (workdir / "qa.csv").write_text(f"question,answer\nlong,{long}\nlast,no\n")
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(files, "PROBE_BYTES", 128)
+    result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    assert lineage_lines(Path(result.version_uri)) == {long: 2, "no": 3}
+    assert_adds_up(result.manifest.counts)
+
+
+def test_a_header_not_utf8_is_warned_of_once_however_often_the_file_is_read_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record longer than two blocks reads the file again with larger blocks: the header's warning
+    was said again on each try (three times here)."""
+    import connectors.files as files
+
+    long = "x" * 5000
+    (workdir / "qa.csv").write_bytes(b"question,answer,pr\xe9nom\nfirst,yes,a\n" + f"long,{long},b\n".encode())
+    monkeypatch.setattr(files, "BLOCK_BYTES", 256)
+    with caplog.at_level(logging.WARNING, logger="connectors.files"):
+        result = run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    assert lineage_lines(Path(result.version_uri)) == {"yes": 2, long: 3}
+    said = [record.getMessage() for record in caplog.records if record.name == "connectors.files"]
+    assert [message for message in said if "the header is not UTF-8" in message] == [
+        f"{workdir / 'qa.csv'}:1: the header is not UTF-8: byte 0xe9 at column 19; its column names hold U+FFFD "
+        "for such bytes (save the file as UTF-8)"
+    ]

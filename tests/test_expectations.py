@@ -341,3 +341,18 @@ def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path
         for name, text in recipes.items()
     }
     assert seen == {"without": "False", "with": "False"}  # building the stage does not import it either
+
+
+def test_a_second_expectations_entry_names_itself_for_a_column_the_records_lack() -> None:
+    """A run's recipe error is placed in the recipe by the stage name it opens with (``stage_place``):
+    "expectations columns" named the first entry where the second's column was missing."""
+    import pyarrow as pa
+
+    from curation.stages.base import StageSettingError
+    from curation.stages.expectations import UniqueValues
+
+    batch = pa.table({"id": ["a"], "source": [{"uri": "x.jsonl", "line": 1}], "prompt": ["hi"]})
+    spec = Expectation(column="team", check="not_null")
+    for stage in (Expectations([spec], name="expectations_2"), UniqueValues(["team"], name="expectations_2")):
+        with pytest.raises(StageSettingError, match=r"^expectations_2 columns: \['team'\] are not columns"):
+            stage(batch) if isinstance(stage, Expectations) else stage.signatures(batch)

@@ -578,6 +578,27 @@ def test_an_image_moved_away_once_taken_keeps_its_record_when_another_row_of_its
     assert "What is in form.png?" in published
 
 
+def test_an_image_moved_away_keeps_its_record_when_the_corrected_sidecar_holds_a_null(workdir: Path) -> None:
+    # A null in a JSONL block hands each row's line on in a hidden column (``INPUT_LINE_COLUMN``): it was
+    # in the row's watermark item, so the archived image's row, its item changed, was not known as taken,
+    # was quarantined as missing_image and its record left the dataset.
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    sidecar = workdir / "qa.jsonl"
+    unanswered = json.dumps({"image": "receipt.jpg", "question": "Paid by?", "answer": None})
+    sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD") + unanswered + "\n")
+    second = run(workdir, spec)
+    assert second.manifest.counts.reasons["quarantined"].get("missing_image") == 1  # missing.jpg only
+    assert "What is in form.png?" in {line["prompt"] for line in outputs(Path(second.version_uri))}
+
+
 @pytest.mark.parametrize("sidecar", ["qa.jsonl", "qa.jsonl.gz"])
 def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path, sidecar: str) -> None:
     # Rows were told apart by their content alone: the repeat looked taken before and was left out,

@@ -1317,6 +1317,7 @@ NOT_NAMES_AFTER_ROLE_WORDS = [
     "Customer: New",
     "Member: Gold",
     "Applicant: Approved",
+    "Applicant: Denied",  # deny: a regular past tense in -ied
     # Well-known brands, which the rule (after "Dr", "Payee") or the model took for people.
     "Dr Pepper is my favourite drink.",
     "Payee Wells Fargo received $40.",

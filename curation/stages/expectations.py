@@ -132,7 +132,7 @@ class Expectations:
         """Raise ``StageSettingError`` where a column is not there or holds values its checks cannot judge:
         where the recipe could not tell its type (else checked at load). ``curation check`` asks it of the
         head of the input."""
-        require_columns(batch, self.columns, "expectations columns")
+        require_columns(batch, self.columns, f"{self.name} columns")
         for spec in self.specs:
             kind = batch[spec.column].type
             if spec.check == "between" and is_text(kind):
@@ -205,7 +205,7 @@ class UniqueValues:
         self.columns = list(dict.fromkeys(columns))
 
     def signatures(self, batch: pa.Table) -> pa.Table:
-        require_columns(batch, self.columns, "expectations columns")
+        require_columns(batch, self.columns, f"{self.name} columns")
         values = {f"value:{c}": _comparable(batch[c]) for c in self.columns}
         return pa.table({"id": batch["id"], "source": batch["source"], **values})
 
