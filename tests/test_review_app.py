@@ -13,7 +13,7 @@ import boto3
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from curation.review import decisions as dec
 from curation.review.queue import add_items, list_items
@@ -24,6 +24,13 @@ from tests.review_seed import NAME, PII_COMPLETION, Seeded, publish_to_s3, run_a
 from tests.review_server import review_server, sign_in
 
 pytestmark = pytest.mark.slow
+
+
+def press(page: Page, key: str) -> None:
+    """A key pressed once the page shown has run its script (deferred: its key listener is attached before
+    DOMContentLoaded): a key pressed just after a click's navigation could reach the page before it."""
+    page.wait_for_load_state("domcontentloaded")
+    page.keyboard.press(key)
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +66,17 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     # Quarantined record: its reason and raw input; approved with the key.
     page.click("text=malformed_json")
     expect(page.locator("pre.raw")).to_contain_text('{"question": "broken')
-    page.keyboard.press("a")
+    press(page, "a")
 
     # The queue moves on to the PII item: a reviewer sees it redacted, and fixes the completion.
     expect(page.locator("h1")).to_contain_text("pii")
     expect(page.locator("#redacted-text")).to_have_text("Call <PERSON> at <PHONE_NUMBER> about the refund.")
     assert NAME not in page.content()
-    page.keyboard.press("e")
+    press(page, "e")
     expect(page.locator("#edit-value")).to_be_focused()
     expect(page.locator("#edit-value")).to_have_value("Call <PERSON> at <PHONE_NUMBER> about the refund.")
     page.fill("#edit-value", "Please call our support line about the refund.")
-    page.keyboard.press("Control+Enter")
+    press(page, "Control+Enter")
 
     # Near-duplicate: both texts side by side, differences marked; rejected with the key.
     expect(page.locator("h1")).to_contain_text("near duplicate")
@@ -81,8 +88,8 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     page.select_option("#edit-field", "label")
     expect(page.locator("#edit-value")).to_have_value("")
     expect(page.locator("#edit-value")).to_have_attribute("placeholder", re.compile("does not show the field's"))
-    page.keyboard.press("Escape")
-    page.keyboard.press("r")
+    press(page, "Escape")
+    press(page, "r")
 
     # VQA: image, question, answer; approved with the mouse, undone with the key, then edited.
     expect(page.locator("#question")).to_have_text("Which bar is tallest?")
@@ -92,7 +99,7 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     assert page.locator(".vqa img").evaluate("img => img.naturalWidth") == 240
     page.click("#approve")
     expect(page.locator(".count[data-kind=vqa] strong")).to_have_text("0")
-    page.keyboard.press("u")
+    press(page, "u")
     expect(page.locator("#status")).to_have_text("open")
     expect(page.locator(".message")).to_contain_text("undid approve")
     page.select_option("#edit-field", "answer")
@@ -142,9 +149,9 @@ def test_work_through_the_queue_and_the_next_run_honours_it(base: str, browser: 
     page.click(f"a[href^='/items/{again['item_id']}']")
     expect(page.locator("#earlier")).to_contain_text("approve by rita on item 1")
     page.goto(f"{base}/items/2")
-    page.keyboard.press("j")
+    press(page, "j")
     page.wait_for_url(f"{base}/items/3")
-    page.keyboard.press("k")
+    press(page, "k")
     page.wait_for_url(f"{base}/items/2")
 
 
@@ -158,12 +165,12 @@ def test_a_near_duplicate_can_be_marked_not_a_duplicate_with_the_key_and_undone(
     (item,) = list_items(sa.create_engine(seeded.state_url), dataset="support", kind="near_duplicate")
     page.goto(f"{base}/items/{item['item_id']}")
     expect(page.locator("#keep")).to_have_text(re.compile("Not a duplicate"))
-    page.keyboard.press("d")
+    press(page, "d")
     expect(page.locator("p[role=status]")).to_contain_text(f"item {item['item_id']}: kept")
     page.goto(f"{base}/items/{item['item_id']}")
     expect(page.locator("#status")).to_have_text("kept")
     expect(page.locator("table.history tbody tr:last-child")).to_contain_text("keep")
-    page.keyboard.press("u")  # undone: the item is as the other decisions in force leave it
+    press(page, "u")  # undone: the item is as the other decisions in force leave it
     expect(page.locator("p[role=status]")).to_contain_text("undid keep")
     actions = [
         (d["user"], d["action"], d["undone_at"] is not None)
@@ -185,7 +192,7 @@ def test_a_kept_item_offers_no_second_keep_and_its_editor_starts_from_the_edit_i
     expect(page.locator("#status")).to_have_text("kept")
     expect(page.locator("#kept-note")).to_contain_text("not a duplicate")
     expect(page.locator("#keep")).to_have_count(0)
-    page.keyboard.press("d")
+    press(page, "d")
     expect(page.locator("#status")).to_have_text("kept")
 
     # An edit after the keep: the editor starts from it when the annotator comes back, so saving the
