@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -350,6 +351,9 @@ class DatasetWriter:
         self.dest, self.dataset, self.format = dest, dataset, fmt
         self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by)
         self.run_id = uuid.uuid4().hex[:12]
+        # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
+        # pipeline): what they left in the dest is removed; anything else may be a run of another store.
+        self.ended_runs: Callable[[Iterable[str]], set[str]] = lambda _ids: set()
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
         self.fs, self.staging = filesystem(self.staging_uri)
         make_dirs(self.fs, self.staging)
@@ -814,13 +818,23 @@ class DatasetWriter:
             out.write(manifest_body)
 
     def clean_up(self) -> None:
-        """Remove the dataset's staging area: this run's (copied to S3, or already renamed away) and what
-        runs killed before it left there (the dataset's lock means no other run is using it)."""
+        """Remove this run's staging folder (copied to S3, or already renamed away) and those of the runs
+        this run's state store knows are over (killed ones). Any other folder there may be a run of another
+        state store writing now (its staging vanishing under it would fail it): it is left."""
+        area = self.staging.rsplit("/", 1)[0]
         with contextlib.suppress(OSError):  # FileNotFoundError too: nothing was staged
-            self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
+            self.fs.delete_dir(self.staging)
+        with contextlib.suppress(Exception):  # what killed runs left is cleared by a later run otherwise
+            folders = [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(area))]
+            for run_id in self.ended_runs(folders):
+                self.fs.delete_dir(f"{area}/{run_id}")
+        if isinstance(self.fs, pafs.LocalFileSystem):  # S3 has no folders
+            with contextlib.suppress(OSError):  # rmdir, not a recursive removal: another run's folder may appear
+                os.rmdir(area)
 
     def abort(self) -> None:
-        """Remove what this run staged (and the staging area: see ``clean_up``); nothing of it was visible."""
+        """Remove what this run staged (and what runs that are over left: see ``clean_up``); nothing of it was
+        visible."""
         with contextlib.suppress(Exception):  # the run failed already: with this error, or with another
             self.flush()
         self._worker.shutdown()

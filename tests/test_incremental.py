@@ -786,30 +786,64 @@ def test_a_version_another_store_published_a_moment_before_is_never_replaced(
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_run_whose_staged_files_another_store_removed_publishes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+@pytest.mark.parametrize("ends", ["nothing new", "failed"])
+def test_a_run_of_another_store_that_ends_leaves_the_staged_files_of_a_run_going_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest, ends: str
 ) -> None:
-    """host1 (its own state store) finds nothing new while host2 stages its version, and clears the
-    dataset's staging area as it ends: host2 must not publish a version whose manifest lists files
-    that are not there (training refuses it, and the next run would carry it forward)."""
+    """host1 (its own state store) finds nothing new, or fails, while host2 stages its version: it removes
+    only its own staging folder as it ends, so host2 publishes, whole (it published nothing when host1
+    cleared the dataset's whole staging area)."""
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(200)])
     write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
     dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
     for name in ("host1", "host2"):
         (tmp_path / name).mkdir()
     host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
-    # Small shards: those closed before host1 clears the staging area are gone (on S3 too).
+    # Small shards: those closed before host1 ends would be gone (on S3 too) if it cleared them.
     host2_spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest, shard_max_bytes=1024)
     host2 = load_recipe(write_recipe(tmp_path / "host2", host2_spec))
     assert run_recipe(host1).manifest.version == 1
     publish = DatasetWriter.publish
 
-    def other_host_finds_nothing_new(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+    def other_host_ends(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
         monkeypatch.setattr(DatasetWriter, "publish", publish)
-        assert run_recipe(host1).manifest is None
+        if ends == "nothing new":
+            assert run_recipe(host1).manifest is None
+        else:
+            (tmp_path / "other.jsonl").write_text('{"text": "A new line host1 reads."}\n')
+            with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+                patch.setattr(DatasetWriter, "publish", lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("x")))
+                run_recipe(host1)
         return publish(self, *args, **kwargs)
 
-    monkeypatch.setattr(DatasetWriter, "publish", other_host_finds_nothing_new)
+    monkeypatch.setattr(DatasetWriter, "publish", other_host_ends)
+    result = run_recipe(host2)
+    assert result.manifest.version == 2 and result.manifest.counts.written == 200
+    assert verify_checksums(result.version_uri, result.manifest) == []
+    assert published_versions(dest, "docs") == [1, 2]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_whose_staged_files_were_removed_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+) -> None:
+    """A run of a release before this one (its own state store) clears the dataset's whole staging area as
+    it ends, while host2 stages its version: host2 must not publish a version whose manifest lists files
+    that are not there (training refuses it, and the next run would carry it forward)."""
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(200)])
+    dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
+    (tmp_path / "host2").mkdir()
+    # Small shards: those closed before the staging area is cleared are gone (on S3 too).
+    host2_spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest, shard_max_bytes=1024)
+    host2 = load_recipe(write_recipe(tmp_path / "host2", host2_spec))
+    publish = DatasetWriter.publish
+
+    def staging_area_cleared(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        self.flush()  # the shards written so far are closed and there
+        self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", staging_area_cleared)
     with pytest.raises(LockLost, match=r"removed while this run went on"):
         run_recipe(host2)
-    assert published_versions(dest, "docs") == [1]
+    assert published_versions(dest, "docs") == []

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.published import published_versions, read_manifest, verify_checksums
+from curation.state import StateStore
 from tests.helpers import docs_recipe, run
 
 
@@ -104,7 +105,11 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     # A run killed while copying into v1 (no manifest: no version) and one killed while staging.
     for key in ("out/docs/v1/train/part-v0-00000.jsonl", "out/docs/v1/lineage/part-00007.jsonl"):
         s3.put_object(Bucket=bucket, Key=key, Body=b'{"text": "stale"}\n')
-    s3.put_object(Bucket=bucket, Key="out/docs/_staging/deadrun/train/part-00000.jsonl", Body=b"{}\n")
+    # The killed run is one this run's state store recorded; a run it does not know (of another state
+    # store, which may be writing now) keeps its staging folder.
+    StateStore(f"sqlite:///{workdir / 'state.db'}").run_started("deadrun", "docs", "0" * 64)
+    for run_id in ("deadrun", "otherstore"):
+        s3.put_object(Bucket=bucket, Key=f"out/docs/_staging/{run_id}/train/part-00000.jsonl", Body=b"{}\n")
     result = run(
         workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out", validation_fraction=0.0)
     )
@@ -113,7 +118,8 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     listed = {o["Key"] for o in objects if not o["Key"].endswith("/")}  # folder markers are no files
     besides = ["manifest.json", "report.html", "report.json"]
     files = {f"out/docs/v1/{path}" for path in [s.path for s in result.manifest.all_files()] + besides}
-    assert listed == files  # nothing the manifest does not list, and no staging left behind
+    # Nothing the manifest does not list, and no staging left behind but the other store's run's.
+    assert listed == files | {"out/docs/_staging/otherstore/train/part-00000.jsonl"}
     assert verify_checksums(f"s3://{bucket}/out/docs/v1", result.manifest) == []
 
 
