@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from connectors.state import LockLost
-from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs
+from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
@@ -746,8 +746,9 @@ class DatasetWriter:
             # Published since the versions were listed, a moment ago (by a run of another state store): a
             # published version is never removed to make room for this one.
             raise PublishedMeanwhile(self._changed_meanwhile(existing, [*existing, version]))
+        meanwhile = self._changed_meanwhile(existing, [*existing, version])
         if is_s3(target_uri):
-            self._publish_s3(target, body, lambda: before_visible(version))
+            self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
                 out.write(body)
@@ -789,7 +790,13 @@ class DatasetWriter:
             "PostgreSQL URL across hosts)"
         )
 
-    def _publish_s3(self, target: str, manifest_body: bytes, before_visible: Callable[[], None]) -> None:
+    def _publish_s3(
+        self, version: int, target: str, manifest_body: bytes, before_visible: Callable[[], None], meanwhile: str
+    ) -> None:
+        """Copies into ``vN/`` once this run holds the number's claim, and writes the manifest only where
+        there is none: a run of another state store publishing the same number at the same moment gets
+        neither, having copied nothing (their copies would mix under the same names)."""
+        self._claim(version)
         # A folder without a manifest is no version: what a run killed while copying left there goes first.
         self.fs.delete_dir_contents(target, missing_dir_ok=True)
         try:
@@ -805,6 +812,7 @@ class DatasetWriter:
             # later run publishes that version number.
             with contextlib.suppress(Exception):
                 self.fs.delete_dir(target)
+                self.fs.delete_file(self._claim_path(version))
             raise
         try:
             before_visible()
@@ -813,9 +821,37 @@ class DatasetWriter:
             # lock was lost (LockLost): the run that took over may be publishing this number now.
             with stops_deferred(), contextlib.suppress(Exception):
                 self.fs.delete_dir(target)
+                self.fs.delete_file(self._claim_path(version))
             raise
-        with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
-            out.write(manifest_body)
+        if not put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body):
+            # Only a run that does not claim (of a release before claims) gets here: its copies and this
+            # run's share names, so neither can take them away without breaking the other's version.
+            raise PublishedMeanwhile(meanwhile)
+        with contextlib.suppress(OSError):  # left behind, it only keeps a published number claimed
+            self.fs.delete_file(self._claim_path(version))
+
+    def _claim_path(self, version: int) -> str:
+        return f"{self.staging.rsplit('/', 1)[0]}/v{version}.claim"
+
+    def _claim(self, version: int) -> None:
+        """Take the version number on S3 (a claim object written only where there is none), or raise
+        ``PublishedMeanwhile``. A claim of a run this run's state store knows is over (killed, or its lock
+        taken over) is taken over; one of any other run is left: that run may be copying now."""
+        claim, holder = self._claim_path(version), "(unknown)"
+        for _ in range(2):
+            if put_if_absent(f"s3://{claim}", self.run_id.encode()):
+                return
+            with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(claim) as stream:
+                holder = stream.read().decode(errors="replace")
+                if not self.ended_runs([holder]):
+                    break
+                self.fs.delete_file(claim)
+        raise PublishedMeanwhile(
+            f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
+            f"{holder}, which does not use this run's state store, so this run published nothing; the runs of a "
+            "dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts). If that "
+            f"run was killed, no run of this store publishes v{version} until its claim s3://{claim} is deleted"
+        )
 
     def clean_up(self) -> None:
         """Remove this run's staging folder (copied to S3, or already renamed away) and those of the runs

@@ -785,6 +785,47 @@ def test_a_version_another_store_published_a_moment_before_is_never_replaced(
     assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
 
 
+def test_two_stores_publishing_one_number_on_s3_at_once_publish_one_version_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket: str
+) -> None:
+    """host2 (its own state store) publishes while host1 has copied its files into v1 and is about to
+    write its manifest: both found no v1. host2 must not copy into v1 (their files share names: the
+    version host1 publishes would list checksums of host2's files) nor write a manifest there."""
+    from connectors.state import HeldLock
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host2 reads this."}])
+    dest = f"s3://{bucket}/shared"
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    confirm = HeldLock.confirm
+
+    def other_host_publishes_now(lock: HeldLock) -> None:  # host1's last step before its manifest
+        monkeypatch.setattr(HeldLock, "confirm", confirm)
+        with pytest.raises(LockLost, match=r"docs v1 is being published at .*shared/docs by run \w+") as refused:
+            run_recipe(host2)
+        assert "share one state store" in str(refused.value)
+        confirm(lock)
+
+    monkeypatch.setattr(HeldLock, "confirm", other_host_publishes_now)
+    published = run_recipe(host1)
+    assert published.manifest.version == 1 and published_versions(dest, "docs") == [1]
+    assert verify_checksums(published.version_uri, published.manifest) == []
+    s3 = boto3.client("s3")
+    texts = [
+        json.loads(line)["text"]
+        for split in published.manifest.splits.values()
+        for shard in split.shards
+        for line in s3.get_object(Bucket=bucket, Key=f"shared/docs/v1/{shard.path}")["Body"].read().splitlines()
+    ]
+    assert sorted(texts) == [f"Parcel {n} left the depot." for n in range(5)]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="shared/")["Contents"]]
+    left = [key for key in keys if "/_staging/" in key and not key.endswith("/")]  # folder markers are no files
+    assert not left, "no claim and no staging folder is left"
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.parametrize("ends", ["nothing new", "failed"])
 def test_a_run_of_another_store_that_ends_leaves_the_staged_files_of_a_run_going_on(

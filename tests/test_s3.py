@@ -140,6 +140,7 @@ def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
 
     s3 = boto3.client("s3", endpoint_url=aws_env)
     s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    confirm_lock = HeldLock.confirm
     monkeypatch.setattr(HeldLock, "confirm", confirm)
     with pytest.raises(Stopped if stopped else LockLost):
         run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
@@ -149,6 +150,11 @@ def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
         assert left == []
     else:
         assert "out/docs/v1/train/part-00000.jsonl" in left
+    # The next run of the store (as the one that took over) publishes v1: the claim on the number of a
+    # run its store knows is over is taken over, with what that run copied.
+    monkeypatch.setattr(HeldLock, "confirm", confirm_lock)
+    result = run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
 
 
 def test_an_s3_landing_folder_emptied_once_taken_has_nothing_new(workdir: Path, bucket: str, aws_env: str) -> None:
@@ -383,3 +389,23 @@ def test_empty_folder_marker_objects_under_a_folder_or_glob_are_folders_not_inpu
     listed = list_files(f"{root}/", (".jsonl",), name_unread=True)
     assert [e.uri for e in listed] == [f"{root}/2026/a.jsonl", f"{root}/b.jsonl", f"{root}/empty.jsonl"]
     assert "not read" not in caplog.text
+
+
+def test_a_manifest_written_meanwhile_into_the_number_is_never_replaced(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that takes no claim on the number (a release before claims, with another state store) writes
+    v1's manifest while this run copies into v1: only one manifest can land, and it is the one there."""
+    from connectors.state import HeldLock, LockLost
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    theirs = b'{"version": 1, "written by": "the other run"}'
+
+    def other_run_writes_its_manifest(_: HeldLock) -> None:  # this run's last step before its manifest
+        s3.put_object(Bucket=bucket, Key="out/docs/v1/manifest.json", Body=theirs)
+
+    monkeypatch.setattr(HeldLock, "confirm", other_run_writes_its_manifest)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*out/docs while this run went on"):
+        run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert s3.get_object(Bucket=bucket, Key="out/docs/v1/manifest.json")["Body"].read() == theirs
