@@ -742,21 +742,40 @@ class DatasetWriter:
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
+        meanwhile = self._changed_meanwhile(existing, [*existing, version])
         if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
             # Published since the versions were listed, a moment ago (by a run of another state store): a
             # published version is never removed to make room for this one.
-            raise PublishedMeanwhile(self._changed_meanwhile(existing, [*existing, version]))
-        meanwhile = self._changed_meanwhile(existing, [*existing, version])
+            raise PublishedMeanwhile(meanwhile)
         if is_s3(target_uri):
             self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
                 out.write(body)
-            with contextlib.suppress(FileNotFoundError):  # a folder without a manifest is no version
-                self.fs.delete_dir(target)
-            before_visible(version)
-            self.fs.move(self.staging, target)  # one rename: the version appears whole
+            try:
+                self._remove_leftover(target, meanwhile)
+                before_visible(version)
+                self.fs.move(self.staging, target)  # one rename: the version appears whole
+            except OSError:
+                # A run of another store renamed its version into place since the check above: the rename
+                # (or the removal) fails on the folder it made, and the reason is the same.
+                if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+                    raise PublishedMeanwhile(meanwhile) from None
+                raise
         return manifest
+
+    def _remove_leftover(self, target: str, meanwhile: str) -> None:
+        """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
+        goes: renamed away first, so a version renamed into place since the check is put back, not removed."""
+        leftover = f"{self.staging}-leftover"
+        try:
+            self.fs.move(target, leftover)
+        except FileNotFoundError:
+            return
+        if self.fs.get_file_info(f"{leftover}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+            self.fs.move(leftover, target)
+            raise PublishedMeanwhile(meanwhile)
+        self.fs.delete_dir(leftover)
 
     def _check_staged(self) -> None:
         """Raise ``PublishedMeanwhile`` unless every file this run staged is still there: a run of another

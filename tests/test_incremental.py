@@ -826,6 +826,49 @@ def test_two_stores_publishing_one_number_on_s3_at_once_publish_one_version_whol
     assert not left, "no claim and no staging folder is left"
 
 
+@pytest.mark.parametrize("when", ["before the rename", "before the leftover is removed"])
+def test_a_version_another_store_renames_into_place_as_this_run_publishes_is_the_same_clear_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """On local disk, host1 (its own state store) renames its v1 into place after host2 looked for a v1
+    manifest: just before host2's own rename (which fails on host1's folder), or before host2 removes
+    what a killed run left at v1 (host1's version, there now). host2 says why as when it found v1 before,
+    not with the operating system's error, and host1's version stays whole."""
+    import curation.writer as writer
+    from connectors.state import HeldLock
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = str(tmp_path / "shared")
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    confirm = HeldLock.confirm
+
+    def other_host_publishes_now(lock: HeldLock) -> None:  # host2's last step before its rename
+        monkeypatch.setattr(HeldLock, "confirm", confirm)
+        assert run_recipe(host1).manifest.version == 1
+        confirm(lock)
+
+    is_s3 = writer.is_s3
+
+    def other_host_publishes_after_the_check(uri: str) -> bool:  # host2 asks right after it looked for v1
+        if uri.endswith("/docs/v1"):
+            monkeypatch.setattr(writer, "is_s3", is_s3)
+            assert run_recipe(host1).manifest.version == 1
+        return is_s3(uri)
+
+    if when == "before the rename":
+        monkeypatch.setattr(HeldLock, "confirm", other_host_publishes_now)
+    else:
+        monkeypatch.setattr(writer, "is_s3", other_host_publishes_after_the_check)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on"):
+        run_recipe(host2)
+    v1 = f"{dest}/docs/v1"
+    assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.parametrize("ends", ["nothing new", "failed"])
 def test_a_run_of_another_store_that_ends_leaves_the_staged_files_of_a_run_going_on(
