@@ -816,6 +816,12 @@ class DatasetWriter:
         there is none: a run of another state store publishing the same number at the same moment gets
         neither, having copied nothing (their copies would mix under the same names)."""
         self._claim(version)
+        if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+            # Published whole between the check in ``publish`` and the claim (that run's claim is removed
+            # once its manifest is written): its files are not what a killed run left.
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(self._claim_path(version))
+            raise PublishedMeanwhile(meanwhile)
         # A folder without a manifest is no version: what a run killed while copying left there goes first.
         self.fs.delete_dir_contents(target, missing_dir_ok=True)
         try:

@@ -785,6 +785,36 @@ def test_a_version_another_store_published_a_moment_before_is_never_replaced(
     assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
 
 
+def test_a_version_another_store_published_whole_just_before_the_claim_is_never_emptied_on_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket: str
+) -> None:
+    """host1 (its own state store) claims, copies, writes its manifest and drops its claim between host2's
+    look for a v1 manifest and host2's claim: host2 gets the claim, and must not take host1's files for
+    what a killed run left."""
+    import curation.writer as writer
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = f"s3://{bucket}/shared"
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    is_s3 = writer.is_s3
+
+    def other_host_publishes_after_the_check(uri: str) -> bool:  # host2 asks right after it looked for v1
+        if uri.endswith("/docs/v1"):
+            monkeypatch.setattr(writer, "is_s3", is_s3)
+            assert run_recipe(host1).manifest.version == 1
+        return is_s3(uri)
+
+    monkeypatch.setattr(writer, "is_s3", other_host_publishes_after_the_check)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on"):
+        run_recipe(host2)
+    v1 = f"{dest}/docs/v1"
+    assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
+
+
 def test_two_stores_publishing_one_number_on_s3_at_once_publish_one_version_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket: str
 ) -> None:
