@@ -779,7 +779,8 @@ class DatasetWriter:
 
     def _check_staged(self) -> None:
         """Raise ``PublishedMeanwhile`` unless every file this run staged is still there: a run of another
-        state store clears the staging area as it ends, and the version would list files it does not hold."""
+        state store of a release before this one clears the whole staging area as it ends, and the version
+        would list files it does not hold."""
         staged = {
             shard.path for series in (*self.splits.values(), self.set_aside, self.lineage) for shard in series.shards
         }
@@ -790,8 +791,8 @@ class DatasetWriter:
         if missing:
             raise PublishedMeanwhile(
                 f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
-                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (it "
-                "clears the staging area as it ends), so this run published nothing; the runs of a dataset that "
+                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (a "
+                "release before this one clears the whole staging area as it ends), so this run published nothing; the runs of a dataset that "
                 "publish to one dest must share one state store (a PostgreSQL URL across hosts)"
             )
 
