@@ -410,3 +410,21 @@ def make_dirs(fs: pafs.FileSystem, path: str) -> None:
     """Create a local folder; S3 has no folders, and a marker object would only be clutter."""
     if not isinstance(fs, pafs.S3FileSystem):
         fs.create_dir(path, recursive=True)
+
+
+def put_if_absent(uri: str, body: bytes) -> bool:
+    """Write an S3 object only where there is none (``If-None-Match: *``): of runs writing one key at
+    once, exactly one gets True. pyarrow cannot send the condition, so boto3 writes it."""
+    import botocore.exceptions
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        _s3_client().put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+    except botocore.exceptions.ClientError as error:
+        # 409 ConditionalRequestConflict: a write of the same key still in flight, which may land first.
+        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise StorageError(f"{uri}: cannot write: {error}") from None
+    except botocore.exceptions.BotoCoreError as error:
+        raise StorageError(f"{uri}: cannot write: {error}") from None
+    return True

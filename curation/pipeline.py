@@ -807,6 +807,7 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
         stratify_by=out.stratify_by,
         group_by=out.group_by,
     )
+    writer.ended_runs = functools.partial(state.ended_runs, recipe.dataset)
     if out.group_by and not full_refresh:  # a group read again keeps the side its records are on
         writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)
     return writer

@@ -4,6 +4,7 @@ index and review decisions. SQLAlchemy over a SQLite file by default, PostgreSQL
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,25 @@ class StateStore:
                     error=error,
                 )
             )
+
+    def ended_runs(self, dataset: str, run_ids: Iterable[str]) -> set[str]:
+        """Those of ``run_ids`` that this store recorded as runs of ``dataset`` that are over: what they
+        left in the dest (a staging folder, a claim on a version number) may go. Any other id is a run
+        going on, or one of another state store."""
+        ids = list(run_ids)
+        ended = ("published", "failed", "empty", "killed")
+        with self.engine.connect() as db:
+            return {
+                row.run_id
+                for start in range(0, len(ids), _IN_CLAUSE_KEYS)
+                for row in db.execute(
+                    sa.select(runs.c.run_id).where(
+                        runs.c.dataset == dataset,
+                        runs.c.status.in_(ended),
+                        runs.c.run_id.in_(ids[start : start + _IN_CLAUSE_KEYS]),
+                    )
+                )
+            }
 
     def started(self, dataset: str, version: int) -> datetime | None:
         """When the run that published ``version`` of ``dataset`` started (before it read the review

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from connectors.state import LockLost
-from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs
+from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
@@ -350,6 +351,9 @@ class DatasetWriter:
         self.dest, self.dataset, self.format = dest, dataset, fmt
         self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by)
         self.run_id = uuid.uuid4().hex[:12]
+        # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
+        # pipeline): what they left in the dest is removed; anything else may be a run of another store.
+        self.ended_runs: Callable[[Iterable[str]], set[str]] = lambda _ids: set()
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
         self.fs, self.staging = filesystem(self.staging_uri)
         make_dirs(self.fs, self.staging)
@@ -738,24 +742,45 @@ class DatasetWriter:
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
+        meanwhile = self._changed_meanwhile(existing, [*existing, version])
         if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
             # Published since the versions were listed, a moment ago (by a run of another state store): a
             # published version is never removed to make room for this one.
-            raise PublishedMeanwhile(self._changed_meanwhile(existing, [*existing, version]))
+            raise PublishedMeanwhile(meanwhile)
         if is_s3(target_uri):
-            self._publish_s3(target, body, lambda: before_visible(version))
+            self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
                 out.write(body)
-            with contextlib.suppress(FileNotFoundError):  # a folder without a manifest is no version
-                self.fs.delete_dir(target)
-            before_visible(version)
-            self.fs.move(self.staging, target)  # one rename: the version appears whole
+            try:
+                self._remove_leftover(target, meanwhile)
+                before_visible(version)
+                self.fs.move(self.staging, target)  # one rename: the version appears whole
+            except OSError:
+                # A run of another store renamed its version into place since the check above: the rename
+                # (or the removal) fails on the folder it made, and the reason is the same.
+                if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+                    raise PublishedMeanwhile(meanwhile) from None
+                raise
         return manifest
+
+    def _remove_leftover(self, target: str, meanwhile: str) -> None:
+        """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
+        goes: renamed away first, so a version renamed into place since the check is put back, not removed."""
+        leftover = f"{self.staging}-leftover"
+        try:
+            self.fs.move(target, leftover)
+        except FileNotFoundError:
+            return
+        if self.fs.get_file_info(f"{leftover}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+            self.fs.move(leftover, target)
+            raise PublishedMeanwhile(meanwhile)
+        self.fs.delete_dir(leftover)
 
     def _check_staged(self) -> None:
         """Raise ``PublishedMeanwhile`` unless every file this run staged is still there: a run of another
-        state store clears the staging area as it ends, and the version would list files it does not hold."""
+        state store of a release before this one clears the whole staging area as it ends, and the version
+        would list files it does not hold."""
         staged = {
             shard.path for series in (*self.splits.values(), self.set_aside, self.lineage) for shard in series.shards
         }
@@ -766,8 +791,8 @@ class DatasetWriter:
         if missing:
             raise PublishedMeanwhile(
                 f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
-                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (it "
-                "clears the staging area as it ends), so this run published nothing; the runs of a dataset that "
+                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (a "
+                "release before this one clears the whole staging area as it ends), so this run published nothing; the runs of a dataset that "
                 "publish to one dest must share one state store (a PostgreSQL URL across hosts)"
             )
 
@@ -785,7 +810,19 @@ class DatasetWriter:
             "PostgreSQL URL across hosts)"
         )
 
-    def _publish_s3(self, target: str, manifest_body: bytes, before_visible: Callable[[], None]) -> None:
+    def _publish_s3(
+        self, version: int, target: str, manifest_body: bytes, before_visible: Callable[[], None], meanwhile: str
+    ) -> None:
+        """Copies into ``vN/`` once this run holds the number's claim, and writes the manifest only where
+        there is none: a run of another state store publishing the same number at the same moment gets
+        neither, having copied nothing (their copies would mix under the same names)."""
+        self._claim(version)
+        if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+            # Published whole between the check in ``publish`` and the claim (that run's claim is removed
+            # once its manifest is written): its files are not what a killed run left.
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(self._claim_path(version))
+            raise PublishedMeanwhile(meanwhile)
         # A folder without a manifest is no version: what a run killed while copying left there goes first.
         self.fs.delete_dir_contents(target, missing_dir_ok=True)
         try:
@@ -801,6 +838,7 @@ class DatasetWriter:
             # later run publishes that version number.
             with contextlib.suppress(Exception):
                 self.fs.delete_dir(target)
+                self.fs.delete_file(self._claim_path(version))
             raise
         try:
             before_visible()
@@ -809,18 +847,56 @@ class DatasetWriter:
             # lock was lost (LockLost): the run that took over may be publishing this number now.
             with stops_deferred(), contextlib.suppress(Exception):
                 self.fs.delete_dir(target)
+                self.fs.delete_file(self._claim_path(version))
             raise
-        with self.fs.open_output_stream(f"{target}/{MANIFEST_NAME}") as out:
-            out.write(manifest_body)
+        if not put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body):
+            # Only a run that does not claim (of a release before claims) gets here: its copies and this
+            # run's share names, so neither can take them away without breaking the other's version.
+            raise PublishedMeanwhile(meanwhile)
+        with contextlib.suppress(OSError):  # left behind, it only keeps a published number claimed
+            self.fs.delete_file(self._claim_path(version))
+
+    def _claim_path(self, version: int) -> str:
+        return f"{self.staging.rsplit('/', 1)[0]}/v{version}.claim"
+
+    def _claim(self, version: int) -> None:
+        """Take the version number on S3 (a claim object written only where there is none), or raise
+        ``PublishedMeanwhile``. A claim of a run this run's state store knows is over (killed, or its lock
+        taken over) is taken over; one of any other run is left: that run may be copying now."""
+        claim, holder = self._claim_path(version), "(unknown)"
+        for _ in range(2):
+            if put_if_absent(f"s3://{claim}", self.run_id.encode()):
+                return
+            with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(claim) as stream:
+                holder = stream.read().decode(errors="replace")
+                if not self.ended_runs([holder]):
+                    break
+                self.fs.delete_file(claim)
+        raise PublishedMeanwhile(
+            f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
+            f"{holder}, which does not use this run's state store, so this run published nothing; the runs of a "
+            "dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts). If that "
+            f"run was killed, no run of this store publishes v{version} until its claim s3://{claim} is deleted"
+        )
 
     def clean_up(self) -> None:
-        """Remove the dataset's staging area: this run's (copied to S3, or already renamed away) and what
-        runs killed before it left there (the dataset's lock means no other run is using it)."""
+        """Remove this run's staging folder (copied to S3, or already renamed away) and those of the runs
+        this run's state store knows are over (killed ones). Any other folder there may be a run of another
+        state store writing now (its staging vanishing under it would fail it): it is left."""
+        area = self.staging.rsplit("/", 1)[0]
         with contextlib.suppress(OSError):  # FileNotFoundError too: nothing was staged
-            self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
+            self.fs.delete_dir(self.staging)
+        with contextlib.suppress(Exception):  # what killed runs left is cleared by a later run otherwise
+            folders = [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(area))]
+            for run_id in self.ended_runs(folders):
+                self.fs.delete_dir(f"{area}/{run_id}")
+        if isinstance(self.fs, pafs.LocalFileSystem):  # S3 has no folders
+            with contextlib.suppress(OSError):  # rmdir, not a recursive removal: another run's folder may appear
+                os.rmdir(area)
 
     def abort(self) -> None:
-        """Remove what this run staged (and the staging area: see ``clean_up``); nothing of it was visible."""
+        """Remove what this run staged (and what runs that are over left: see ``clean_up``); nothing of it was
+        visible."""
         with contextlib.suppress(Exception):  # the run failed already: with this error, or with another
             self.flush()
         self._worker.shutdown()

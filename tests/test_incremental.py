@@ -785,31 +785,179 @@ def test_a_version_another_store_published_a_moment_before_is_never_replaced(
     assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_run_whose_staged_files_another_store_removed_publishes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+def test_a_version_another_store_published_whole_just_before_the_claim_is_never_emptied_on_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket: str
 ) -> None:
-    """host1 (its own state store) finds nothing new while host2 stages its version, and clears the
-    dataset's staging area as it ends: host2 must not publish a version whose manifest lists files
-    that are not there (training refuses it, and the next run would carry it forward)."""
+    """host1 (its own state store) claims, copies, writes its manifest and drops its claim between host2's
+    look for a v1 manifest and host2's claim: host2 gets the claim, and must not take host1's files for
+    what a killed run left."""
+    import curation.writer as writer
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = f"s3://{bucket}/shared"
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    is_s3 = writer.is_s3
+
+    def other_host_publishes_after_the_check(uri: str) -> bool:  # host2 asks right after it looked for v1
+        if uri.endswith("/docs/v1"):
+            monkeypatch.setattr(writer, "is_s3", is_s3)
+            assert run_recipe(host1).manifest.version == 1
+        return is_s3(uri)
+
+    monkeypatch.setattr(writer, "is_s3", other_host_publishes_after_the_check)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on"):
+        run_recipe(host2)
+    v1 = f"{dest}/docs/v1"
+    assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
+
+
+def test_two_stores_publishing_one_number_on_s3_at_once_publish_one_version_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bucket: str
+) -> None:
+    """host2 (its own state store) publishes while host1 has copied its files into v1 and is about to
+    write its manifest: both found no v1. host2 must not copy into v1 (their files share names: the
+    version host1 publishes would list checksums of host2's files) nor write a manifest there."""
+    from connectors.state import HeldLock
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host2 reads this."}])
+    dest = f"s3://{bucket}/shared"
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    confirm = HeldLock.confirm
+
+    def other_host_publishes_now(lock: HeldLock) -> None:  # host1's last step before its manifest
+        monkeypatch.setattr(HeldLock, "confirm", confirm)
+        with pytest.raises(LockLost, match=r"docs v1 is being published at .*shared/docs by run \w+") as refused:
+            run_recipe(host2)
+        assert "share one state store" in str(refused.value)
+        confirm(lock)
+
+    monkeypatch.setattr(HeldLock, "confirm", other_host_publishes_now)
+    published = run_recipe(host1)
+    assert published.manifest.version == 1 and published_versions(dest, "docs") == [1]
+    assert verify_checksums(published.version_uri, published.manifest) == []
+    s3 = boto3.client("s3")
+    texts = [
+        json.loads(line)["text"]
+        for split in published.manifest.splits.values()
+        for shard in split.shards
+        for line in s3.get_object(Bucket=bucket, Key=f"shared/docs/v1/{shard.path}")["Body"].read().splitlines()
+    ]
+    assert sorted(texts) == [f"Parcel {n} left the depot." for n in range(5)]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="shared/")["Contents"]]
+    left = [key for key in keys if "/_staging/" in key and not key.endswith("/")]  # folder markers are no files
+    assert not left, "no claim and no staging folder is left"
+
+
+@pytest.mark.parametrize("when", ["before the rename", "before the leftover is removed"])
+def test_a_version_another_store_renames_into_place_as_this_run_publishes_is_the_same_clear_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """On local disk, host1 (its own state store) renames its v1 into place after host2 looked for a v1
+    manifest: just before host2's own rename (which fails on host1's folder), or before host2 removes
+    what a killed run left at v1 (host1's version, there now). host2 says why as when it found v1 before,
+    not with the operating system's error, and host1's version stays whole."""
+    import curation.writer as writer
+    from connectors.state import HeldLock
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
+    dest = str(tmp_path / "shared")
+    for name in ("host1", "host2"):
+        (tmp_path / name).mkdir()
+    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    confirm = HeldLock.confirm
+
+    def other_host_publishes_now(lock: HeldLock) -> None:  # host2's last step before its rename
+        monkeypatch.setattr(HeldLock, "confirm", confirm)
+        assert run_recipe(host1).manifest.version == 1
+        confirm(lock)
+
+    is_s3 = writer.is_s3
+
+    def other_host_publishes_after_the_check(uri: str) -> bool:  # host2 asks right after it looked for v1
+        if uri.endswith("/docs/v1"):
+            monkeypatch.setattr(writer, "is_s3", is_s3)
+            assert run_recipe(host1).manifest.version == 1
+        return is_s3(uri)
+
+    if when == "before the rename":
+        monkeypatch.setattr(HeldLock, "confirm", other_host_publishes_now)
+    else:
+        monkeypatch.setattr(writer, "is_s3", other_host_publishes_after_the_check)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*shared/docs while this run went on"):
+        run_recipe(host2)
+    v1 = f"{dest}/docs/v1"
+    assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("ends", ["nothing new", "failed"])
+def test_a_run_of_another_store_that_ends_leaves_the_staged_files_of_a_run_going_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest, ends: str
+) -> None:
+    """host1 (its own state store) finds nothing new, or fails, while host2 stages its version: it removes
+    only its own staging folder as it ends, so host2 publishes, whole (it published nothing when host1
+    cleared the dataset's whole staging area)."""
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(200)])
     write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
     dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
     for name in ("host1", "host2"):
         (tmp_path / name).mkdir()
     host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
-    # Small shards: those closed before host1 clears the staging area are gone (on S3 too).
+    # Small shards: those closed before host1 ends would be gone (on S3 too) if it cleared them.
     host2_spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest, shard_max_bytes=1024)
     host2 = load_recipe(write_recipe(tmp_path / "host2", host2_spec))
     assert run_recipe(host1).manifest.version == 1
     publish = DatasetWriter.publish
 
-    def other_host_finds_nothing_new(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+    def other_host_ends(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
         monkeypatch.setattr(DatasetWriter, "publish", publish)
-        assert run_recipe(host1).manifest is None
+        if ends == "nothing new":
+            assert run_recipe(host1).manifest is None
+        else:
+            (tmp_path / "other.jsonl").write_text('{"text": "A new line host1 reads."}\n')
+            with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+                patch.setattr(DatasetWriter, "publish", lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("x")))
+                run_recipe(host1)
         return publish(self, *args, **kwargs)
 
-    monkeypatch.setattr(DatasetWriter, "publish", other_host_finds_nothing_new)
+    monkeypatch.setattr(DatasetWriter, "publish", other_host_ends)
+    result = run_recipe(host2)
+    assert result.manifest.version == 2 and result.manifest.counts.written == 200
+    assert verify_checksums(result.version_uri, result.manifest) == []
+    assert published_versions(dest, "docs") == [1, 2]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_run_whose_staged_files_were_removed_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
+) -> None:
+    """A run of a release before this one (its own state store) clears the dataset's whole staging area as
+    it ends, while host2 stages its version: host2 must not publish a version whose manifest lists files
+    that are not there (training refuses it, and the next run would carry it forward)."""
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(200)])
+    dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
+    (tmp_path / "host2").mkdir()
+    # Small shards: those closed before the staging area is cleared are gone (on S3 too).
+    host2_spec = docs_recipe(str(tmp_path / "in.jsonl"), dest=dest, shard_max_bytes=1024)
+    host2 = load_recipe(write_recipe(tmp_path / "host2", host2_spec))
+    publish = DatasetWriter.publish
+
+    def staging_area_cleared(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        self.flush()  # the shards written so far are closed and there
+        self.fs.delete_dir(self.staging.rsplit("/", 1)[0])
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "publish", staging_area_cleared)
     with pytest.raises(LockLost, match=r"removed while this run went on"):
         run_recipe(host2)
-    assert published_versions(dest, "docs") == [1]
+    assert published_versions(dest, "docs") == []

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.published import published_versions, read_manifest, verify_checksums
+from curation.state import StateStore
 from tests.helpers import docs_recipe, run
 
 
@@ -104,7 +105,11 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     # A run killed while copying into v1 (no manifest: no version) and one killed while staging.
     for key in ("out/docs/v1/train/part-v0-00000.jsonl", "out/docs/v1/lineage/part-00007.jsonl"):
         s3.put_object(Bucket=bucket, Key=key, Body=b'{"text": "stale"}\n')
-    s3.put_object(Bucket=bucket, Key="out/docs/_staging/deadrun/train/part-00000.jsonl", Body=b"{}\n")
+    # The killed run is one this run's state store recorded; a run it does not know (of another state
+    # store, which may be writing now) keeps its staging folder.
+    StateStore(f"sqlite:///{workdir / 'state.db'}").run_started("deadrun", "docs", "0" * 64)
+    for run_id in ("deadrun", "otherstore"):
+        s3.put_object(Bucket=bucket, Key=f"out/docs/_staging/{run_id}/train/part-00000.jsonl", Body=b"{}\n")
     result = run(
         workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out", validation_fraction=0.0)
     )
@@ -113,7 +118,8 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
     listed = {o["Key"] for o in objects if not o["Key"].endswith("/")}  # folder markers are no files
     besides = ["manifest.json", "report.html", "report.json"]
     files = {f"out/docs/v1/{path}" for path in [s.path for s in result.manifest.all_files()] + besides}
-    assert listed == files  # nothing the manifest does not list, and no staging left behind
+    # Nothing the manifest does not list, and no staging left behind but the other store's run's.
+    assert listed == files | {"out/docs/_staging/otherstore/train/part-00000.jsonl"}
     assert verify_checksums(f"s3://{bucket}/out/docs/v1", result.manifest) == []
 
 
@@ -134,6 +140,7 @@ def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
 
     s3 = boto3.client("s3", endpoint_url=aws_env)
     s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    confirm_lock = HeldLock.confirm
     monkeypatch.setattr(HeldLock, "confirm", confirm)
     with pytest.raises(Stopped if stopped else LockLost):
         run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
@@ -143,6 +150,11 @@ def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
         assert left == []
     else:
         assert "out/docs/v1/train/part-00000.jsonl" in left
+    # The next run of the store (as the one that took over) publishes v1: the claim on the number of a
+    # run its store knows is over is taken over, with what that run copied.
+    monkeypatch.setattr(HeldLock, "confirm", confirm_lock)
+    result = run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
 
 
 def test_an_s3_landing_folder_emptied_once_taken_has_nothing_new(workdir: Path, bucket: str, aws_env: str) -> None:
@@ -407,3 +419,23 @@ def test_a_store_that_lists_objects_without_an_etag_is_fingerprinted_by_size_and
     assert "nothing new since docs v1" in run(workdir, spec).message
     s3.put_object(Bucket=bucket, Key="landing/a.jsonl", Body=b'{"text": "Parcel 1 left the depot at noon."}\n')
     assert run(workdir, spec).manifest.counts.written == 1  # changed: its size and time moved
+
+
+def test_a_manifest_written_meanwhile_into_the_number_is_never_replaced(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that takes no claim on the number (a release before claims, with another state store) writes
+    v1's manifest while this run copies into v1: only one manifest can land, and it is the one there."""
+    from connectors.state import HeldLock, LockLost
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    theirs = b'{"version": 1, "written by": "the other run"}'
+
+    def other_run_writes_its_manifest(_: HeldLock) -> None:  # this run's last step before its manifest
+        s3.put_object(Bucket=bucket, Key="out/docs/v1/manifest.json", Body=theirs)
+
+    monkeypatch.setattr(HeldLock, "confirm", other_run_writes_its_manifest)
+    with pytest.raises(LockLost, match=r"docs v1 was published at .*out/docs while this run went on"):
+        run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert s3.get_object(Bucket=bucket, Key="out/docs/v1/manifest.json")["Body"].read() == theirs
