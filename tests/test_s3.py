@@ -4,6 +4,7 @@ server over HTTP (moto in server mode), then the published version read back."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -439,3 +440,50 @@ def test_a_manifest_written_meanwhile_into_the_number_is_never_replaced(
     with pytest.raises(LockLost, match=r"docs v1 was published at .*out/docs while this run went on"):
         run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
     assert s3.get_object(Bucket=bucket, Key="out/docs/v1/manifest.json")["Body"].read() == theirs
+
+
+def test_a_store_without_conditional_writes_publishes_and_says_what_it_cannot_guard(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An S3-compatible store that answers 501 to ``If-None-Match`` (conditional writes came to S3 in
+    2024) failed every publish: it publishes as before, with a warning that two state stores there are
+    not kept apart."""
+    import logging
+
+    from botocore.awsrequest import AWSResponse
+
+    import connectors.storage as storage
+
+    class Raw:  # the body of the store's answer, as urllib3 hands it to botocore
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def stream(self, **_: object) -> Iterator[bytes]:
+            yield self.body
+
+    refusal = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code>"
+        b"<Message>A header you provided implies functionality that is not implemented</Message></Error>"
+    )
+
+    def no_conditions(request: object, **_: object) -> AWSResponse | None:
+        if "If-None-Match" not in request.headers:
+            return None  # sent to the real server
+        return AWSResponse(request.url, 501, {"Content-Type": "application/xml"}, Raw(refusal))
+
+    def client() -> object:
+        made = boto3.client("s3", endpoint_url=aws_env)
+        made.meta.events.register("before-send.s3.PutObject", no_conditions)
+        return made
+
+    monkeypatch.setattr(storage, "_s3_client", client)
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    with caplog.at_level(logging.WARNING, logger="connectors.storage"):
+        result = run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out"))
+    assert result.manifest.counts.written == 2
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="out/docs/v1/manifest.json")["Body"].read())
+    assert manifest["counts"]["written"] == 2
+    assert "does not take conditional writes (If-None-Match)" in caplog.text
+    staged = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging").get("Contents", [])
+    assert [o["Key"] for o in staged if o["Size"]] == []  # its claim on v1 removed (an empty folder marker stays)
