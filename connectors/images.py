@@ -124,6 +124,11 @@ class ImagesSourceReader:
         self._hashed_lines: dict[str, float] = {}  # sidecar URI -> the lines its staged watermark holds
         self._archived_rows: dict[str, set[str]] = {}  # an edited sidecar's URI -> its rows ``_archived`` keeps
 
+    def __getstate__(self) -> dict:
+        # A copy shipped to a Ray read task parses its sidecar again: the batches kept from planning (up to
+        # PARSED_BYTES) would travel in every task's arguments and stay in the object store for the run.
+        return {**self.__dict__, "_parsed": {}}
+
     def inputs(self) -> list[InputFile]:
         self.changed_sidecars()
         inputs = self.sidecar.inputs()

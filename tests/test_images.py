@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, processed, run, set_aside, write_jsonl
+from tests.helpers import outputs, processed, run, set_aside, write_jsonl, write_recipe
 
 GPS_IFD = 0x8825
 
@@ -1090,3 +1090,30 @@ def test_sidecar_rows_appended_while_a_run_reads_it_are_taken_once(
     taken = [line["prompt"] for result in (second, third) for line in processed(Path(result.version_uri))]
     assert sorted(taken) == ["Appended before?", "Appended while hashed?"]
     assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_a_reader_shipped_to_a_ray_task_leaves_the_sidecar_batches_kept_from_planning(workdir: Path) -> None:
+    # Up to 256 MiB of an edited sidecar's parsed batches travelled in each Ray read task's arguments.
+    import pickle
+
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived: the edited sidecar is parsed at planning
+    sidecar = workdir / "qa.jsonl"
+    sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
+    [config] = load_recipe(write_recipe(workdir, spec)).sources
+    watermarks = Watermarks(sa.create_engine(f"sqlite:///{workdir / 'state.db'}"), "receipts")
+    reader = ImagesSourceReader(config, 256, watermarks.for_source(config))
+    reader.inputs()
+    assert reader._parsed, "the planning kept the sidecar's batches (the premise)"
+    shipped = pickle.loads(pickle.dumps(reader))
+    assert shipped._parsed == {}
+    rows = [row for batch in shipped.batches() for row in batch.rows.to_pylist()]
+    kept = [row for batch in reader.batches() for row in batch.rows.to_pylist()]
+    assert [row["id"] for row in rows] == [row["id"] for row in kept] and rows
