@@ -175,7 +175,11 @@ class Expectations:
             if self._suite is None:
                 self._suite = _Suite(others)
             frame = batch.select(sorted({s.column for s in others})).to_pandas()
-            found = {(kind, column, settings): rows for kind, column, settings, rows in self._suite.failures(frame)}
+            try:
+                results = self._suite.failures(frame)
+            except StageError as error:  # named as the run names the stage, which the CLI finds in the recipe
+                raise StageError(f"{self.name}: {error}") from None
+            found = {(kind, column, settings): rows for kind, column, settings, rows in results}
         keys = [(_snake(_GX_TYPES[s.check]), s.column, _settings(_arguments(s))) for s in self.specs]
         for spec, key in zip(self.specs, keys, strict=True):
             if spec.check == "matches_regex":
