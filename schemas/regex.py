@@ -5,7 +5,7 @@ hang a scheduled run as ``(a+)+$`` does Python's backtracking ``re`` on a long v
 that RE2 has no backreferences or lookaround, which are refused at load. Where the two engines read
 one pattern differently it is rewritten so that what matches is what Python's ``re`` would match:
 ``\\w``, ``\\d`` and ``\\s`` are Unicode's in Python and ASCII's in RE2, ``$`` also matches before a
-final newline in Python, and ``\\Z``, ``\\uXXXX`` are Python's spellings. ``\\b`` stays RE2's: a
+final newline in Python, and ``\\Z``, ``\\uXXXX``, ``{,3}`` are Python's spellings. ``\\b`` stays RE2's: a
 boundary of ASCII letters, digits and ``_``.
 """
 
@@ -28,6 +28,7 @@ _OUTSIDE = {
     "Z": r"\z",
 }
 _INSIDE = {"w": _WORD, "d": r"\p{Nd}", "D": r"\P{Nd}", "s": _SPACE}
+_NO_LOWER_BOUND = re.compile(r"\{,(\d*)\}")
 _HEX = {"u": 4, "U": 8}  # Python's \uXXXX; \xXX is one spelling in both
 
 _WHY = (
@@ -68,6 +69,10 @@ def re2_pattern(regex: str) -> str:
             out.append(regex[i:start])
             in_class = True
             i = start
+            continue
+        elif char == "{" and (bound := _NO_LOWER_BOUND.match(regex, i)):
+            out.append(f"{{0,{bound[1]}}}")  # Python's {,3} is {0,3}; RE2 reads "{,3}" as text
+            i = bound.end()
             continue
         elif char == "$":
             out.append(r"(?:\n?$)")  # Python's $ matches before a final newline too

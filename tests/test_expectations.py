@@ -376,7 +376,16 @@ def test_ordinary_patterns_match_what_pythons_re_search_matches() -> None:
         None,
     ]
     patterns = [r"^\w+$", r"\w+$", r"e$", r"\d", r"^\d", r"\s", r"\S+\s\S+", r"[\w\s]+\Z", r"(?i)CAFÉ", r"^$"]
-    patterns += [r"(?m)^line two$", r"[^\d\s]{5}", r"\u00e9", r"[]x]|b", r"o\nl", r"^.{4,}$", r"(?s)one.line"]
+    patterns += [
+        r"(?m)^line two$",
+        r"[^\d\s]{5}",
+        r"\u00e9",
+        r"[]x]|b",
+        r"o\nl",
+        r"^.{4,}$",
+        r"(?s)one.line",
+        r"^\S{,4}$",
+    ]
     source = source_array("files", "/t.jsonl", list(range(1, len(texts) + 1)))
     batch = pa.table({"id": [str(i) for i in range(len(texts))], "source": source, "text": texts})
     for pattern in patterns:
