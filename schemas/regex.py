@@ -27,7 +27,7 @@ _OUTSIDE = {
     "S": f"[^{_SPACE}]",
     "Z": r"\z",
 }
-_INSIDE = {"w": _WORD, "d": r"\p{Nd}", "D": r"\P{Nd}", "s": _SPACE}
+_INSIDE = {"w": _WORD, "d": r"\p{Nd}", "D": r"\P{Nd}", "s": _SPACE, "b": r"\x08"}  # [\b]: a backspace
 _NO_LOWER_BOUND = re.compile(r"\{,(\d*)\}")
 _HEX = {"u": 4, "U": 8}  # Python's \uXXXX; \xXX is one spelling in both
 

@@ -366,7 +366,7 @@ def test_ordinary_patterns_match_what_pythons_re_search_matches() -> None:
 
     texts = [
         "Café au lait",
-        "naïve\n",
+        "naïve\n\b",
         "line one\nline two",
         "٣ apples",
         "tab\there",
@@ -385,6 +385,7 @@ def test_ordinary_patterns_match_what_pythons_re_search_matches() -> None:
         r"^.{4,}$",
         r"(?s)one.line",
         r"^\S{,4}$",
+        r"[\b]",  # a backspace, as RE2 spells it \x08
     ]
     source = source_array("files", "/t.jsonl", list(range(1, len(texts) + 1)))
     batch = pa.table({"id": [str(i) for i in range(len(texts))], "source": source, "text": texts})
