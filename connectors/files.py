@@ -973,10 +973,13 @@ class FilesSourceReader(ListedFiles):
             for batch in parquet.iter_batches(batch_size=self.batch_rows):
                 table = _not_utf8_as_binary(pa.Table.from_batches([batch]))
                 lines = np.arange(row, row + table.num_rows)
-                row += table.num_rows
+                read = table.num_rows
+                row += read
+                table, lines, set_aside = _split_nested_not_utf8(table, ids, lines)
                 yield SourceBatch(
                     rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
-                    input_bytes=(entry.size or 0) * table.num_rows // total_rows,
+                    set_aside=set_aside,
+                    input_bytes=(entry.size or 0) * read // total_rows,
                 )
 
 
@@ -992,6 +995,70 @@ def _not_utf8_as_binary(table: pa.Table) -> pa.Table:
                 binary = pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
                 table = table.set_column(index, table.field(index).with_type(binary), table.column(index).cast(binary))
     return table
+
+
+def _split_nested_not_utf8(table: pa.Table, ids: InputIds, lines: np.ndarray) -> tuple[pa.Table, np.ndarray, pa.Table]:
+    """``table`` (and its ``lines``) without the rows whose struct, list or map holds text that is not
+    UTF-8, and those rows set aside, quarantined as a top-level text column's are (``Shape``): a binary
+    column of their own cannot hold them, and Python's view of them failed the run with a traceback."""
+    problems: dict[int, str] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not pa.types.is_nested(column.type) or _valid(column):
+            continue
+        for index in range(table.num_rows):
+            try:
+                column.slice(index, 1).to_pylist()
+            except UnicodeDecodeError as error:
+                byte = f"byte {error.object[error.start]:#04x} at {error.start + 1}"
+                problems.setdefault(index, f"column {name!r} holds bytes that are not UTF-8 text ({byte} of a value)")
+    if not problems:
+        return table, lines, empty_set_aside()
+    indices = sorted(problems)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[indices] = False
+    bad = table.take(indices)
+    bad = pa.table([column.cast(_binary_leaves(column.type)) for column in bad.columns], names=bad.column_names)
+    records = [json.dumps(row, ensure_ascii=False, default=_bytes_as_text) for row in bad.to_pylist()]
+    set_aside = set_aside_rows(
+        ids([record.encode() for record in records]),
+        source_array(CONNECTOR, ids.uri, lines[indices]),
+        stage="read",
+        outcome="quarantined",
+        reasons="schema",
+        details=[f"{ids.uri}:{lines[i]}: {problems[i]}" for i in indices],
+        records=[record[:MAX_RAW_CHARS] for record in records],
+    )
+    return table.filter(pa.array(keep)), lines[keep], set_aside
+
+
+def _valid(column: pa.ChunkedArray) -> bool:
+    try:
+        column.validate(full=True)  # a nested column's text too
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _binary_leaves(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with each text inside it binary, which Python reads as bytes whether or not they are UTF-8."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_binary_leaves(kind.field(i).type)) for i in range(kind.num_fields)])
+    if pa.types.is_map(kind):
+        return pa.map_(_binary_leaves(kind.key_type), _binary_leaves(kind.item_type))
+    if pa.types.is_large_list(kind):
+        return pa.large_list(kind.value_field.with_type(_binary_leaves(kind.value_type)))
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_binary_leaves(kind.value_type)))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(kind.value_field.with_type(_binary_leaves(kind.value_type)), kind.list_size)
+    return kind
+
+
+def _bytes_as_text(value: Any) -> str:
+    """A set-aside record's bytes as text, U+FFFD for each byte that is not UTF-8."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @contextlib.contextmanager

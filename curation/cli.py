@@ -137,22 +137,32 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
-        named = ""
-        if origin is not None and not str(error).startswith(f"{origin}:"):
-            place = stage_place(origin, recipe, str(error))
-            named = f"{origin}: {place + ': ' if place else ''}"
-        console.print(f"[red]recipe error[/red], nothing published: {escape(named + str(error))}", highlight=False)
+        said = _in_recipe(origin, recipe, str(error))
+        console.print(f"[red]recipe error[/red], nothing published: {escape(said)}", highlight=False)
         return EXIT_USAGE
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red], nothing published: {escape(state_problem(recipe.state, error))}")
         return EXIT_FAILED
-    except (OSError, AccountingError, StageError, ValueError, LockLost) as error:
+    except StageError as error:  # a stage that cannot go on: the recipe and its place, as a recipe error
+        said = _in_recipe(origin, recipe, str(error))
+        console.print(f"[red]run failed[/red], nothing published: {escape(said)}", highlight=False)
+        return EXIT_FAILED
+    except (OSError, AccountingError, ValueError, LockLost) as error:
         console.print(f"[red]run failed[/red], nothing published: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     try:
         return _report(result, recipe)
     except Stopped as stop:  # the signal came while the summary was printed: the run had published
         return _stopped(stop, result)
+
+
+def _in_recipe(origin: Path | None, recipe: Recipe, message: str) -> str:
+    """``message`` after the recipe file and the place in it of the stage it names
+    (``recipe.yaml: stages.2 (line 13): expectations_2: ...``), where they are known."""
+    if origin is None or message.startswith(f"{origin}:"):
+        return message
+    place = stage_place(origin, recipe, message)
+    return f"{origin}: {place + ': ' if place else ''}{message}"
 
 
 def _stopped(stop: BaseException, published: RunResult | None) -> int:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.pii import DETECTION_RULES, PiiConfig
 from schemas.records import CONTENT_COLUMNS, TEXT_RULES
+from schemas.regex import re2_pattern
 
 
 class RecipeError(ValueError):
@@ -376,12 +377,10 @@ class Expectation(Strict):
     @field_validator("regex")
     @classmethod
     def _regex_compiles(cls, regex: str | None) -> str | None:
-        # great-expectations would pass every row against a pattern that does not compile.
+        # great-expectations would pass every row against a pattern that does not compile; one RE2
+        # cannot run (a backreference) is refused here, not on the first batch.
         if regex is not None:
-            try:
-                re.compile(regex)
-            except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from None
+            re2_pattern(regex)
         return regex
 
     @field_validator("values", mode="before")

@@ -758,3 +758,37 @@ def test_a_clean_stage_after_a_second_pii_stage_is_warned_of_too() -> None:
     )
     said = [warning.split(":")[1] for warning in stage_order_warnings(recipe)]
     assert said == [" clean (stage 2) comes after pii (stage 1)", " clean (stage 4) comes after pii (stage 3)"]
+
+
+def test_an_expectation_that_could_not_run_names_the_recipe_and_the_stages_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.stages import expectations
+    from curation.stages.base import StageError
+
+    # No input we know of makes great-expectations raise, so its failure is given as _Suite words it.
+    def could_not_run(self: object, frame: object) -> list:
+        raise StageError("expectation expect_column_values_to_be_between on 'n' could not run: boom")
+
+    monkeypatch.setattr(expectations._Suite, "failures", could_not_run)
+    write_jsonl(tmp_path / "in.jsonl", [{"q": "a question", "a": "an answer", "n": 5}])
+    regex = {"type": "expectations", "expect": [{"column": "prompt", "check": "matches_regex", "regex": "."}]}
+    between = {"type": "expectations", "expect": [{"column": "n", "check": "between", "min": 1, "max": 10}]}
+    recipe = {
+        "dataset": "qa",
+        "sources": [{"path": str(tmp_path / "in.jsonl")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "input_schema": {"columns": {"q": "str", "a": "str", "n": "int"}},
+        # The first runs no great-expectations (matches_regex is RE2's): the second is the one that fails.
+        "stages": [regex, between],
+        "output": {"group_by": "n", "dest": str(tmp_path / "out")},
+    }
+    path = write_recipe(tmp_path, recipe, name="qa.yaml")
+    line = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text == "- type: expectations"][1]
+    result = CliRunner().invoke(app, ["run", str(path), "--quiet"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1, result.output
+    said = f"nothing published: {path}: stages.1 (line {line}): expectations_2: expectation expect_column_values"
+    assert said in " ".join(result.output.split())

@@ -356,3 +356,88 @@ def test_a_second_expectations_entry_names_itself_for_a_column_the_records_lack(
     for stage in (Expectations([spec], name="expectations_2"), UniqueValues(["team"], name="expectations_2")):
         with pytest.raises(StageSettingError, match=r"^expectations_2 columns: \['team'\] are not columns"):
             stage(batch) if isinstance(stage, Expectations) else stage.signatures(batch)
+
+
+@pytest.mark.timeout(60)
+def test_a_pattern_that_backtracks_forever_in_python_finishes() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # Python's re tries 2**40 ways to split the a's before it fails this value: a run hung on it. (pandas
+    # hands most patterns to RE2 already, but Python's re runs them where RE2 would read them otherwise:
+    # a $ on text with a newline, \w on text that is not ASCII.)
+    texts = ["note:\n" + "a" * 40 + "!", "a" * 40]
+    batch = pa.table({"id": ["x", "y"], "source": source_array("files", "/t.jsonl", [1, 2]), "text": texts})
+    result = Expectations([Expectation(column="text", check="matches_regex", regex="(a+)+$")])(batch)
+    assert result.kept["id"].to_pylist() == ["y"]
+    assert result.set_aside["reason"].to_pylist() == ["expect_column_values_to_match_regex:text"]
+
+
+def test_ordinary_patterns_match_what_pythons_re_search_matches() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    texts = [
+        "Café au lait",
+        "naïve\n\b",
+        "line one\nline two",
+        "٣ apples",
+        "tab\there",
+        "a\u00a0b",
+        "東京 2024",
+        "",
+        None,
+    ]
+    patterns = [r"^\w+$", r"\w+$", r"e$", r"\d", r"^\d", r"\s", r"\S+\s\S+", r"[\w\s]+\Z", r"(?i)CAFÉ", r"^$"]
+    patterns += [
+        r"(?m)^line two$",
+        r"[^\d\s]{5}",
+        r"\u00e9",
+        r"[]x]|b",
+        r"o\nl",
+        r"^.{4,}$",
+        r"(?s)one.line",
+        r"^\S{,4}$",
+        r"[\b]",  # a backspace, as RE2 spells it \x08
+    ]
+    source = source_array("files", "/t.jsonl", list(range(1, len(texts) + 1)))
+    batch = pa.table({"id": [str(i) for i in range(len(texts))], "source": source, "text": texts})
+    for pattern in patterns:
+        kept = Expectations([Expectation(column="text", check="matches_regex", regex=pattern)])(batch).kept
+        expected = [str(i) for i, t in enumerate(texts) if t is None or re.search(pattern, t)]
+        assert kept["id"].to_pylist() == expected, pattern
+
+
+def test_a_pattern_re2_cannot_run_is_refused_at_load_saying_why() -> None:
+    why = r"matches_regex runs RE2, in linear time so that no pattern can hang a run, and RE2 cannot run this one"
+    for pattern, found in (
+        (r"(a)\1", r"invalid escape sequence: \\1"),
+        ("a(?=b)", r"invalid perl operator: \(\?="),
+        ("(?<!a)b", r"invalid perl operator: \(\?<!"),
+    ):
+        with pytest.raises(RecipeError, match=rf"stages.0.expect.0.regex \(line 6\): .*{why}.*{found}"):
+            parse_recipe(_expect(f"{{column: prompt, check: matches_regex, regex: '{pattern}'}}"))
+
+
+def test_a_regex_and_other_expectations_name_the_first_failure_in_the_recipes_order() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    batch = pa.table({"id": ["a"], "source": source_array("files", "/t.jsonl", [1]), "text": ["x"]})
+    specs = [
+        Expectation(column="text", check="matches_regex", regex="^[A-Z]"),
+        Expectation(column="text", check="length_between", min=2, max=9),
+    ]
+    for order in (specs, specs[::-1]):
+        aside = Expectations(order)(batch).set_aside.to_pylist()
+        assert aside[0]["reason"] == _gx_name(order[0].check) + ":text"
+        assert aside[0]["detail"].count("failed expect_") == 1 and aside[0]["detail"].count(", expect_") == 1
+
+
+def _gx_name(check: str) -> str:
+    return {"matches_regex": "expect_column_values_to_match_regex"}.get(
+        check, "expect_column_value_lengths_to_be_between"
+    )

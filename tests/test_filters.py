@@ -101,6 +101,18 @@ def test_repetition_rules_see_the_words_of_chinese_and_japanese_written_without_
     assert [d.split(" covers")[0] for d in result.set_aside["detail"].to_pylist()] == ["top 2-gram"] * 3
 
 
+def test_english_words_in_a_japanese_text_keep_their_spaces_in_n_grams() -> None:
+    # Once a text held a kana or Han character, its English words were joined without spaces too
+    # ("callthesupportlineon"), so their repeats covered fewer characters than they do.
+    japanese = "東京都は日本の首都であり、政治、経済、文化の中心地です。東京には多くの観光名所があり、毎年たくさんの観光客が訪れます。東京"
+    phrase = "call the support line on weekdays"
+    result = RepetitionFilter(["text"])(_batch(text=[f"{japanese} {phrase}, or {phrase}.", japanese]))
+    assert result.kept["id"].to_pylist() == ["r1"]
+    # "call the support line on" again: 24 of 134 characters, as a text of no Han or kana counts it
+    # (joined without spaces, 20: 0.149 passed).
+    assert result.set_aside["detail"].to_pylist() == ["duplicate 5-grams cover 0.18 of characters > 0.15"]
+
+
 def test_symbol_and_digit_ratios() -> None:
     texts = [PROSE, "#### $$$ %%% *** !!! @@@ word", "4111 1111 1111 1111 exp 12/29 cvv 123", "Room 12, floor 3."]
     result = RatioFilter(["text"], max_symbol_ratio=0.25, max_digit_ratio=0.5)(_batch(text=texts))

@@ -603,6 +603,25 @@ def test_a_field_naming_a_binary_column_quarantines_the_rows_that_are_not_utf8(w
     assert_adds_up(result.manifest.counts)
 
 
+def test_text_that_is_not_utf8_inside_a_parquet_struct_or_list_quarantines_its_row(workdir: Path) -> None:
+    # The run failed with a UnicodeDecodeError from deep inside pyarrow, naming neither file nor row.
+    text = pa.array([b"ok", b"caf\xe9", b"fine", b"done"], pa.binary()).view(pa.string())
+    meta = pa.StructArray.from_arrays([text], names=["note"])
+    tags = pa.ListArray.from_arrays(pa.array([0, 1, 2, 3, 4], pa.int32()), text[::-1])
+    table = pa.table({"q": ["Hello?", "Cafe?", "Bye?", "Done?"], "a": ["Hi.", "Oui.", "Bye.", "Yes."]})
+    pq.write_table(table.append_column("meta", meta).append_column("tags", tags), workdir / "faq.parquet")
+    result = run(workdir, qa_recipe("faq.parquet", prompt="Q: {{ q }} {{ meta.note }}"))
+    aside = set_aside(Path(result.version_uri))
+    problem = "holds bytes that are not UTF-8 text (byte 0xe9 at 4 of a value)"
+    assert [(row["reason"], row["detail"]) for row in aside] == [
+        ("schema", f"{workdir / 'faq.parquet'}:2: column 'meta' {problem}"),
+        ("schema", f"{workdir / 'faq.parquet'}:3: column 'tags' {problem}"),
+    ]
+    assert json.loads(aside[0]["record"])["meta"] == {"note": "caf\ufffd"}
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Q: Done? done", "Q: Hello? ok"]
+    assert_adds_up(result.manifest.counts)
+
+
 def test_a_template_writes_a_binary_column_as_its_text_not_as_python_bytes(workdir: Path) -> None:
     # A field naming the column wrote its text; a template wrote Python's repr: "Q: b'Hello?'".
     table = pa.table({"q": pa.array([b"Hello?", b"caf\xe9?"], pa.binary()), "a": ["Hi.", "Oui."]})
@@ -996,4 +1015,18 @@ def test_a_parquet_value_that_is_not_a_string_in_a_declared_str_column_says_what
         ("schema", f"{workdir / 'd_struct.parquet'}:1: category: an object, {declared}"),
     ]
     assert result.manifest.counts.written == 1
+    assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("others", [['{"description": "x", "amount": "ten", "category": "D"}'], []])
+def test_a_fraction_where_a_whole_number_is_declared_is_quarantined_as_one(workdir: Path, others: list[str]) -> None:
+    """Beside text the reader makes 1.5 "1.5", which pydantic called "unable to parse string as an
+    integer": the line holds a number, only not a whole one."""
+    lines = ['{"description": "tea", "amount": 1.5, "category": "D"}', *others]
+    path = workdir / "tx.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    schema = {"columns": {**SCHEMA["columns"], "amount": "int"}}
+    result = run(workdir, {**recipe(path.name), "input_schema": schema})
+    details = {row["source"]["line"]: row["detail"] for row in set_aside(Path(result.version_uri))}
+    assert details[1] == f"{path}:1: amount: a number (1.5), not a whole number (the input schema declares int)"
     assert_adds_up(result.manifest.counts)

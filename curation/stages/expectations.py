@@ -7,12 +7,15 @@ checked columns are converted (cheap: ~0.02 s per 100k rows); it is imported onl
 expectations, because the import alone takes seconds. ``unique`` needs the whole run, not a batch:
 it is ``UniqueValues``, a global stage right after the others, over the records that passed them;
 every occurrence of a repeated value fails it, as great-expectations defines the expectation.
+``matches_regex`` runs on RE2 here, not in great-expectations: Python's ``re`` can backtrack for ever
+(``schemas.regex``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -26,6 +29,7 @@ import pyarrow.compute as pc
 from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
 from schemas.config import Expectation, between_needs_numbers, length_needs_text, needs_scalars
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
+from schemas.regex import re2_pattern
 
 _GX_TYPES = {
     "not_null": "ExpectColumnValuesToNotBeNull",
@@ -106,6 +110,21 @@ def _settings(kwargs: dict[str, Any]) -> str:
     return f" ({', '.join(said)})" if said else ""
 
 
+def _snake(name: str) -> str:
+    """great-expectations' name of an expectation class (``expect_column_values_to_match_regex``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _not_matching(column: pa.ChunkedArray, pattern: str) -> list[int]:
+    """Positions of the values RE2's ``pattern`` finds nowhere in. Nulls pass, as in great-expectations;
+    a value that is not text is matched as its Python text (``1.5``, ``True``), as pandas' ``astype(str)``
+    gave great-expectations."""
+    if not is_text(column.type):
+        column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+    matched = pc.match_substring_regex(column, pattern)
+    return np.flatnonzero(pc.invert(matched).fill_null(False)).tolist()
+
+
 def _numbers(kind: pa.DataType) -> bool:
     """Whether ``between``'s numeric bounds compare with values of ``kind`` (a column of nulls alone too)."""
     return (
@@ -127,6 +146,7 @@ class Expectations:
         self.specs = specs
         self.columns = sorted({s.column for s in specs})
         self._suite: _Suite | None = None
+        self._patterns = {s.regex: re2_pattern(s.regex) for s in specs if s.regex is not None}
 
     def check_columns(self, batch: pa.Table) -> None:
         """Raise ``StageSettingError`` where a column is not there or holds values its checks cannot judge:
@@ -147,13 +167,32 @@ class Expectations:
             if spec.check == "length_between" and not (is_text(kind) or pa.types.is_null(kind)):
                 raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
 
+    def _failures(self, batch: pa.Table) -> list[tuple[str, str, str, list[int]]]:
+        """``_Suite.failures`` of every expectation, in the recipe's order; ``matches_regex`` by RE2."""
+        found = {}
+        others = [s for s in self.specs if s.check != "matches_regex"]
+        if others:
+            if self._suite is None:
+                self._suite = _Suite(others)
+            frame = batch.select(sorted({s.column for s in others})).to_pandas()
+            try:
+                results = self._suite.failures(frame)
+            except StageError as error:  # named as the run names the stage, which the CLI finds in the recipe
+                raise StageError(f"{self.name}: {error}") from None
+            found = {(kind, column, settings): rows for kind, column, settings, rows in results}
+        keys = [(_snake(_GX_TYPES[s.check]), s.column, _settings(_arguments(s))) for s in self.specs]
+        for spec, key in zip(self.specs, keys, strict=True):
+            if spec.check == "matches_regex":
+                found[key] = _not_matching(batch[spec.column], self._patterns[spec.regex])
+        # The recipe's order, which names a row's first failure its reason.
+        ordered = dict.fromkeys(k for k in keys if k in found) | dict.fromkeys(found)
+        return [(*key, found[key]) for key in ordered]
+
     def __call__(self, batch: pa.Table) -> StageResult:
         self.check_columns(batch)
-        if self._suite is None:
-            self._suite = _Suite(self.specs)
         failed: dict[int, list[tuple[str, str]]] = {}
         counts: Counter[str] = Counter()
-        for kind, column, settings, rows in self._suite.failures(batch.select(self.columns).to_pandas()):
+        for kind, column, settings, rows in self._failures(batch):
             name = f"{kind}:{column}"
             counts[name] += len(rows)
             for row in rows:

@@ -148,35 +148,42 @@ def _duplicates(elements: list[str]) -> tuple[int, int]:
 
 
 # Chinese and Japanese put no spaces between words: split at spaces, a sentence was one "word" and no
-# n-gram rule could fire ("好好好..." passed). Each Han or kana character is a word there, and n-grams
-# of them are their characters alone (joined without the spaces the text does not have).
+# n-gram rule could fire ("好好好..." passed). Each Han or kana character is a word there, and an n-gram
+# joins it to its neighbours without the space the text does not have; two other words (English in a
+# Japanese text) are joined by a space, as in a text of no Han or kana.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 _CJK_CHARACTER = re.compile(f"[{_CJK}]")
-_CJK_WORDS = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+_CJK_WORDS = re.compile(f"([{_CJK}])|([^\\s{_CJK}]+)")  # (a Han or kana character, another word)
 
 
-def _words(text: str) -> tuple[list[str], str]:
-    """The words of ``text``, and what joins them into an n-gram."""
-    if _CJK_CHARACTER.search(text):
-        return _CJK_WORDS.findall(text), ""
-    return text.split(), " "
+def _words(text: str) -> tuple[list[str], list[str]]:
+    """The words of ``text``, and each after its joiner: an n-gram from word ``i`` is ``words[i]`` and
+    ``joined[i + 1 : i + n]``."""
+    if not _CJK_CHARACTER.search(text):
+        words = text.split()
+        return words, [" " + word for word in words]
+    pairs = _CJK_WORDS.findall(text)
+    words = [cjk or other for cjk, other in pairs]
+    # A space only between two words that are not Han or kana, as the text has it.
+    joined = [" " + other if other and i and pairs[i - 1][1] else cjk or other for i, (cjk, other) in enumerate(pairs)]
+    return words, joined
 
 
-def _top_ngram_chars(words: list[str], n: int, joiner: str = " ") -> int:
+def _top_ngram_chars(words: list[str], joined: list[str], n: int) -> int:
     """Characters covered by the most frequent n-gram, counted only if it occurs more than once."""
-    grams = Counter(joiner.join(words[i : i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(words[i] + "".join(joined[i + 1 : i + n]) for i in range(len(words) - n + 1))
     if not grams:
         return 0
     gram, count = grams.most_common(1)[0]
     return len(gram) * count if count > 1 else 0
 
 
-def _duplicate_ngram_chars(words: list[str], n: int, joiner: str = " ") -> int:
+def _duplicate_ngram_chars(words: list[str], joined: list[str], n: int) -> int:
     """Characters in n-grams seen before, skipping past each repeat so overlaps count once."""
     seen: set[str] = set()
     chars = index = 0
     while index < len(words) - n + 1:
-        gram = joiner.join(words[index : index + n])
+        gram = words[index] + "".join(joined[index + 1 : index + n])
         if gram in seen:
             chars += len(gram)
             index += n
@@ -222,13 +229,13 @@ class RepetitionFilter:
                 return f"duplicate {unit}s {count}/{len(parts)} > {max_share}"
             if chars / size > max_chars:
                 return f"characters in duplicate {unit}s {chars / size:.2f} > {max_chars}"
-        words, joiner = _words(text)
+        words, joined = _words(text)
         for n, limit in sorted(self.top.items()):
-            share = _top_ngram_chars(words, n, joiner) / size
+            share = _top_ngram_chars(words, joined, n) / size
             if share > limit:
                 return f"top {n}-gram covers {share:.2f} of characters > {limit}"
         for n, limit in sorted(self.dup.items()):
-            share = _duplicate_ngram_chars(words, n, joiner) / size
+            share = _duplicate_ngram_chars(words, joined, n) / size
             if share > limit:
                 return f"duplicate {n}-grams cover {share:.2f} of characters > {limit}"
         return None

@@ -7,6 +7,7 @@ row by row with pydantic, so each quarantined row carries pydantic's own message
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -43,9 +44,11 @@ _NUMBER_NAMES = {pa.int64(): "int", pa.float64(): "float"}
 
 
 def _not_a_number(column: str, value: Any, declared: pa.DataType) -> str | None:
-    """What is wrong when a number column holds a boolean, array or object: pydantic and Arrow take a
-    boolean as 1 (or 1.0), and a JSON reader makes text of such a value where the column's other
-    values are text (``true`` as "true"), which pydantic called "unable to parse string as a number"."""
+    """What is wrong when a number column holds a boolean, array or object, or an int column a fraction:
+    pydantic and Arrow take a boolean as 1 (or 1.0), and a JSON reader makes text of such a value where
+    the column's other values are text (``true`` as "true", ``1.5`` as "1.5"), which pydantic called
+    "unable to parse string as a number" (or "as an integer")."""
+    written = None
     if isinstance(value, str) and value.strip() in ("true", "false"):
         value = value.strip() == "true"
     elif isinstance(value, str) and value.lstrip().startswith(("[", "{")):
@@ -53,6 +56,14 @@ def _not_a_number(column: str, value: Any, declared: pa.DataType) -> str | None:
             value = json.loads(value)
         except ValueError:
             return None
+    elif isinstance(value, str) and declared == pa.int64():
+        try:
+            written, value = value.strip(), float(value)
+        except ValueError:
+            return None
+    if declared == pa.int64() and isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        said = written or repr(value)  # as the line wrote it
+        return f"{column}: a number ({said}), not a whole number (the input schema declares int)"
     if isinstance(value, bool):
         kind = f"a boolean ({'true' if value else 'false'})"
     elif isinstance(value, dict | list):
