@@ -213,8 +213,20 @@ class ImagesSourceReader:
         return (
             fingerprint is None
             and self.watermark is not None
-            and self.watermark.get(_row_item(row)) not in (None, UNREAD)
+            and self.watermark.get(self._committed_item(row)) not in (None, UNREAD)
         )
+
+    def _committed_item(self, row: dict) -> str:
+        """The item an earlier run committed the row's watermark under: ``_row_item``, else the item
+        written before nulls were left out of it (``_row_item_before``). Without that look-up the first
+        run after the upgrade would take every row holding a null again (republished, or quarantined as
+        missing_image where its image was moved away, its record then leaving the dataset); ``_is_new``
+        stages the row under its new item, so the old one is looked up only until then."""
+        item = _row_item(row)
+        if self.watermark is None or item in self.watermark.committed:
+            return item
+        before = _row_item_before(row)
+        return before if before in self.watermark.committed else item
 
     def fingerprints(self) -> dict[str, str]:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed. A folder that is
@@ -379,7 +391,9 @@ class ImagesSourceReader:
         """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
         if self.watermark is None:
             return True
-        item = _row_item(row)
+        item, committed = _row_item(row), self._committed_item(row)
+        if committed != item:  # written the old way: kept under the new item (a path below may set it anew)
+            self.watermark.set(item, self.watermark.committed[committed])
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
         uri, line = row["source"]["uri"], row["source"]["line"]
         reread = uri in self.changed_sidecars()
@@ -395,8 +409,8 @@ class ImagesSourceReader:
             # and so replace its published copy (its sidecar read again: ``_archived``). Its watermark
             # stays too: the image back, changed or not, is told apart as ever.
             return False
-        if item in self.watermark.committed and not reread:
-            before = self.watermark.committed[item]
+        if committed in self.watermark.committed and not reread:
+            before = self.watermark.committed[committed]
             entry = self._listed.get(self._image_uri(name)) if name else None
             if entry is None and before is None:  # no image then, none now
                 return False
@@ -443,10 +457,27 @@ def _size(batch: SourceBatch) -> int:
 
 def _row_item(row: dict) -> str:
     """A sidecar row's watermark item: its (image, question, answer) values, not its place, nor its line's
-    text (``INPUT_LINE_COLUMN``: handed on only where its JSONL block holds a null, so not in every run)."""
+    text (``INPUT_LINE_COLUMN``: handed on only where its JSONL block holds a null, so not in every run),
+    nor its nulls: a JSONL block has a column for every key any of its lines has, so a line with a new
+    key would otherwise change the item of every other row of its block."""
+    values = _without_nulls({k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)})
+    return "row:" + xxhash.xxh3_128_hexdigest(json.dumps(values, sort_keys=True, default=str).encode())
+
+
+def _row_item_before(row: dict) -> str:
+    """A row's watermark item as runs before ``_row_item`` left out nulls wrote it (``_committed_item``)."""
     values = {k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)}
-    content = json.dumps(values, sort_keys=True, default=str)
-    return "row:" + xxhash.xxh3_128_hexdigest(content.encode())
+    return "row:" + xxhash.xxh3_128_hexdigest(json.dumps(values, sort_keys=True, default=str).encode())
+
+
+def _without_nulls(value: object) -> object:
+    """``value`` with the null fields of its mappings left out, nested ones too (a struct's fields are
+    those of every line of the block); a list keeps its nulls, which are its own."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _outside(name: str) -> bool:

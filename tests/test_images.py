@@ -599,6 +599,43 @@ def test_an_image_moved_away_keeps_its_record_when_the_corrected_sidecar_holds_a
     assert "What is in form.png?" in {line["prompt"] for line in outputs(Path(second.version_uri))}
 
 
+@pytest.mark.parametrize("where", ["inserted", "appended"])
+def test_an_image_moved_away_keeps_its_record_when_a_line_with_a_new_key_is_added_to_its_sidecar(
+    workdir: Path, where: str
+) -> None:
+    # A row's watermark item held every column of its JSONL block, nulls for keys only other lines have
+    # too: a line with a new key ("note") changed every row's item, so the archived image's row was not
+    # known as taken, was quarantined as missing_image and its record left the dataset; the rows taken
+    # before whose images are still there were taken again.
+    write_folder(workdir)
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    first = run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    sidecar = workdir / "qa.jsonl"
+    noted = json.dumps({"image": "rotated.jpg", "question": "Which way up?", "answer": "Upright.", "note": "checked"})
+    text = sidecar.read_text()
+    sidecar.write_text(noted + "\n" + text if where == "inserted" else text + noted + "\n")
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(second.version_uri))}
+    before = {line["prompt"]: line["completion"] for line in outputs(Path(first.version_uri))}
+    assert published == {**before, "Which way up?": "Upright."}  # form.png's record kept
+    if where == "appended":  # the new line alone is read
+        assert (counts.input, counts.written, counts.quarantined) == (1, 1, 0)
+    else:  # read again whole: every row but form.png's (kept as published), the malformed line counted before
+        # (written: the three rows whose images are still there, and the new one).
+        assert (counts.input, counts.written, counts.carried) == (len(sidecar_rows()), 4, 1)
+        quarantined_before = first.manifest.counts.reasons["quarantined"]  # missing_image: missing.jpg's alone
+        assert counts.reasons["quarantined"] == {k: n for k, n in quarantined_before.items() if k != "malformed_json"}
+    assert counts.input == counts.written + counts.filtered + counts.duplicate + counts.quarantined
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
 @pytest.mark.parametrize("sidecar", ["qa.jsonl", "qa.jsonl.gz"])
 def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path, sidecar: str) -> None:
     # Rows were told apart by their content alone: the repeat looked taken before and was left out,
