@@ -636,6 +636,42 @@ def test_an_image_moved_away_keeps_its_record_when_a_line_with_a_new_key_is_adde
     assert run(workdir, spec).message.startswith("nothing new")
 
 
+def test_row_watermarks_written_before_nulls_were_left_out_of_them_are_still_honoured(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Items are hashed without the row's nulls now: looked up only so, a row holding one (here "note",
+    # which one line has) was taken again on the first run after the upgrade, and the archived image's
+    # row was quarantined as missing_image, its record leaving the dataset.
+    from connectors import images
+
+    write_folder(workdir)
+    sidecar = workdir / "qa.jsonl"
+    noted = {"image": "scan.bmp", "question": "Scanned?", "answer": "Yes.", "note": "checked"}
+    sidecar.write_text(json.dumps(noted) + "\n" + sidecar.read_text())
+    spec = {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    with monkeypatch.context() as old:  # a run before the upgrade
+        old.setattr(images, "_row_item", images._row_item_before)
+        first = run(workdir, spec)
+    assert run(workdir, spec).message.startswith("nothing new")  # no row taken again
+    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
+    second = run(workdir, spec)
+    before = {line["prompt"]: line["completion"] for line in outputs(Path(first.version_uri))}
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(second.version_uri))}
+    assert published == {**before, "What is the total?": "13.50 USD"}  # form.png's record kept
+    assert second.manifest.counts.reasons["quarantined"]["missing_image"] == 1  # missing.jpg's alone
+    # Staged under its new item by that run: a line with yet another key (its old item changed) keeps it too.
+    sidecar.write_text(json.dumps({**noted, "question": "Scanned twice?", "by": "ops"}) + "\n" + sidecar.read_text())
+    third = run(workdir, spec)
+    assert "What is in form.png?" in {line["prompt"] for line in outputs(Path(third.version_uri))}
+    assert third.manifest.counts.reasons["quarantined"]["missing_image"] == 1
+
+
 @pytest.mark.parametrize("sidecar", ["qa.jsonl", "qa.jsonl.gz"])
 def test_a_row_appended_that_repeats_one_taken_before_is_counted_a_duplicate(workdir: Path, sidecar: str) -> None:
     # Rows were told apart by their content alone: the repeat looked taken before and was left out,
