@@ -27,8 +27,9 @@ import sqlalchemy as sa
 import xxhash
 
 from connectors.base import SourceBatch, reserved_clash, with_lineage
+from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
-from connectors.state import SourceWatermark, batched, decode_cursor, encode_cursor
+from connectors.state import SourceWatermark, decode_cursor, encode_cursor
 from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.json_values import json_values

@@ -22,11 +22,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 import xxhash
@@ -66,21 +66,9 @@ LEASE_SETTING = "CURATION_LOCK_LEASE"
 DEFAULT_LEASE_SECONDS = 900.0
 MIN_LEASE_SECONDS = 0.5
 
-# Ids asked of a state database in one ``IN (...)``: under every database's limit on bound parameters.
-IDS_PER_QUERY = 500
-
 # An item's watermark when it was listed but could not be read (an image it may not read, a share away):
 # no fingerprint equals it, so the next run reads it again, changed or not; it was never published.
 UNREAD = "unread"
-
-T = TypeVar("T")
-
-
-def batched(values: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """``values``, ``size`` at a time (``itertools.batched`` but for Python 3.11, as slices), so that a
-    query asks for them within a database's limit on bound parameters."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 def create_tables(engine: sa.Engine) -> None:

@@ -33,7 +33,7 @@ list is taken for a name: mark it not PII, or list it under the stage's ``allow`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from curation.pii_brands import BRANDS
@@ -118,6 +118,7 @@ _REGULAR_ENDINGS = (
     ("ing", ""),
     ("ing", "e"),
 )
+_PAST_ENDINGS = tuple((end, base) for end, base in _REGULAR_ENDINGS if end.endswith("ed"))
 _POSSESSIVE = "'s"  # a token's norm: "'s" and "’s" alike
 MAX_LINE_BREAKS = 2  # a blank line between "Regards," and the name
 MAX_NAME_WORDS = 4
@@ -147,25 +148,16 @@ class Lexicon:
         return (
             not self.words
             or word in self.words
-            or any(
-                word.endswith(end) and word[: len(word) - len(end)] + base in self.words
-                for end, base in _REGULAR_ENDINGS
-            )
+            or any(base in self.words for base in _base_forms(word, _REGULAR_ENDINGS))
         )
 
     def past_tense(self, word: str) -> bool:
         """Whether a lower-case word is a verb's past tense: called, phoned, applied, stopped, paid."""
         if word in _IRREGULAR_PAST:
             return True
-        if len(word) < 5 or not word.endswith("ed"):
+        if len(word) < 5:
             return False
-        stem = word[:-2]
-        return (
-            stem in self.verbs
-            or stem + "e" in self.verbs
-            or (stem.endswith("i") and stem[:-1] + "y" in self.verbs)
-            or (len(stem) > 2 and stem[-1] == stem[-2] and stem[:-1] in self.verbs)
-        )
+        return any(base in self.verbs for base in _base_forms(word, _PAST_ENDINGS, doubled=True))
 
     def brands(self, doc: Doc) -> list[tuple[int, int]]:
         """Character spans of the brands in ``doc``. A single name with a possessive ("Wendy's")
@@ -176,6 +168,17 @@ class Lexicon:
                 continue
             spans.append((doc[start].idx, doc[end - 1].idx + len(doc[end - 1].text)))
         return spans
+
+
+def _base_forms(word: str, endings: Iterable[tuple[str, str]], doubled: bool = False) -> Iterator[str]:
+    """The base forms a lower-case word would be a regular form of, by ``endings`` ("denied": "deny");
+    with ``doubled``, also a stem's doubled last consonant undone ("stopped": "stop")."""
+    for end, base in endings:
+        if word.endswith(end):
+            stem = word[: len(word) - len(end)]
+            yield stem + base
+            if doubled and not base and len(stem) > 2 and stem[-1] == stem[-2]:
+                yield stem[:-1]
 
 
 def _word(token: Token) -> str:

@@ -33,7 +33,6 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
-from curation.stages.duplicates import own_name
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
@@ -50,6 +49,7 @@ from schemas.config import (
     Recipe,
     RecipeError,
     SqlSource,
+    stage_name,
 )
 from schemas.manifest import Counts, InputFile, Manifest, Split
 from schemas.pii import PiiConfig
@@ -148,12 +148,12 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     for number, config in enumerate(recipe.stages):
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or dedup_fields(kind)
-            stages.append(ExactDedup(fields, config.normalize, own_name(ExactDedup.name, (s.name for s in stages))))
+            stages.append(ExactDedup(fields, config.normalize, stage_name(config.type, (s.name for s in stages))))
         elif isinstance(config, PiiConfig):
             from curation.stages.pii import PiiRedaction, PiiSettingError  # presidio and spaCy only when asked
 
             try:
-                name = own_name(PiiRedaction.name, (s.name for s in stages))
+                name = stage_name(config.type, (s.name for s in stages))
                 # Spans marked "not PII" on this stage's own items: another's offsets are in other text.
                 stages.append(PiiRedaction(config, kind, undone=review.decisions.undone_in.get(name), name=name))
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 import xxhash
 
-from connectors.state import batched
+from connectors.batches import batched
 
 metadata = sa.MetaData()
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
@@ -818,16 +819,38 @@ def _recipe_error(origin: str, node: yaml.Node | None, found: list[tuple[tuple[A
     return RecipeError(f"{origin}: {len(problems)} problem(s) in the recipe:\n" + "\n".join(problems))
 
 
+# The name a run gives the stage of a recipe type it names otherwise: the name keys the stage's statistics
+# and what earlier runs stored, so it stays as it was.
+_RUN_NAMES = {"image_dedup": "image_near_dedup"}
+
+
+def own_name(name: str, taken: Iterable[str]) -> str:
+    """The name of a stage of a recipe: its type's (``name``), or for a second stage of that type
+    ``name_2`` and so on (``length_filter_2``). A stage's name keys its statistics and names it in the
+    rows it sets aside and the items it queues; a dedup stage's also keys what it stores across runs
+    (its signatures, which travel to the recorder in a column of that name) and the records annotators
+    keep apart in it: two stages sharing one would mix them. A recipe's only stage of a type keeps the
+    type's name, so what earlier runs stored under it stays its own."""
+    taken = set(taken)
+    if name not in taken:
+        return name
+    return next(f"{name}_{n}" for n in range(2, len(taken) + 3) if f"{name}_{n}" not in taken)
+
+
+def stage_name(stage_type: str, taken: Iterable[str]) -> str:
+    """The name a run gives a recipe stage of type ``stage_type`` after stages named ``taken`` (``own_name``;
+    an ``image_dedup`` stage is ``image_near_dedup``)."""
+    return own_name(_RUN_NAMES.get(stage_type, stage_type), taken)
+
+
 def stage_place(origin: Path, recipe: Recipe, message: str) -> str | None:
     """``stages.N (line L)``: where the recipe ``origin`` sets the stage a run's recipe error names first
-    (``expectations_2: between compares numbers...``), or None. A second stage of a type is ``type_2``,
-    as the run names it (``curation.stages.duplicates.own_name``)."""
-    taken: set[str] = set()
+    (``expectations_2: between compares numbers...``), or None. Stages are named as the run names them
+    (``stage_name``)."""
+    taken: list[str] = []
     for number, stage in enumerate(recipe.stages):
-        name = stage.type
-        if name in taken:
-            name = next(f"{stage.type}_{n}" for n in range(2, len(taken) + 3) if f"{stage.type}_{n}" not in taken)
-        taken.add(name)
+        name = stage_name(stage.type, taken)
+        taken.append(name)
         if re.match(rf"{re.escape(name)}[ :]", message):
             try:
                 line = _yaml_lines(yaml.compose(origin.read_text())).get(("stages", number))

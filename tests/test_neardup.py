@@ -487,3 +487,29 @@ def test_published_texts_scan_each_text_once_and_a_member_with_its_fields() -> N
     assert {value.split("#")[1] for value in first["published_fields"].values()} == {record}
     assert out[0]["kept"]["published_text"] == out[1]["kept"]["published_text"] == "shared kept#0"
     assert "published_fields" not in out[1]["member"] and out[1]["member"]["published_text"] == "member two#2"
+
+
+def test_an_image_dedup_stages_error_is_placed_at_its_entry_in_the_recipe(workdir: Path) -> None:
+    """The run names an image_dedup stage ``image_near_dedup`` (a second one ``image_near_dedup_2``):
+    ``stage_place`` named stages by their recipe type and placed neither's error."""
+    from curation.pipeline import build_stages
+    from curation.stages.base import StageError
+    from schemas.config import stage_place
+    from tests.helpers import write_recipe
+
+    recipe_path = write_recipe(
+        workdir,
+        {
+            "dataset": "pics",
+            "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+            "record": {"kind": "vqa"},
+            "stages": [{"type": "image_dedup", "across_runs": False}, {"type": "image_dedup", "across_runs": False}],
+        },
+    )
+    recipe = load_recipe(recipe_path)
+    second = [stage for stage in build_stages(recipe) if isinstance(stage, ImageNearDedup)][1]
+    batch = pa.table({"id": ["a"], "source": source_array("images", "/img", [1]), "image_bytes": [_image(0, 0)]})
+    with pytest.raises(StageError) as raised:
+        second.signatures(batch)  # the records lack the question column it matches on
+    assert str(raised.value).startswith("image_near_dedup_2 ")
+    assert stage_place(recipe_path, recipe, str(raised.value)) == "stages.1 (line 11)"

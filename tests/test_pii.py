@@ -1509,3 +1509,14 @@ def test_two_pii_stages_of_one_recipe_count_what_each_found_under_its_own_name(w
     }
     stages = run(workdir, recipe).manifest.stats["stages"]
     assert stages["pii"]["EMAIL_ADDRESS"] == 1 and stages["pii_2"]["EMAIL_ADDRESS"] == 2
+
+
+def test_regular_endings_give_the_base_forms_and_a_past_tense_its_doubled_consonant_undone() -> None:
+    from curation.pii_roles import _PAST_ENDINGS, _REGULAR_ENDINGS, _base_forms
+
+    assert "deny" in set(_base_forms("denied", _REGULAR_ENDINGS)) and "pay" in set(
+        _base_forms("pays", _REGULAR_ENDINGS)
+    )
+    assert "stop" in set(_base_forms("stopped", _PAST_ENDINGS, doubled=True))
+    assert "stop" not in set(_base_forms("stopped", _REGULAR_ENDINGS))  # a word, not a past tense: "Manning"
+    assert list(_base_forms("calling", _PAST_ENDINGS, doubled=True)) == []

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from connectors.state import IDS_PER_QUERY, batched
+from connectors.batches import IDS_PER_QUERY, batched
 from curation.redaction import redacted
 from curation.review.queue import create_tables, metadata, review_items
 from curation.review.rejected_content import copies_of, keys_of

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from connectors.state import IDS_PER_QUERY, batched
+from connectors.batches import IDS_PER_QUERY, batched
 
 metadata = sa.MetaData()
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from connectors.state import IDS_PER_QUERY, batched
+from connectors.batches import IDS_PER_QUERY, batched
 from curation.review.queue import create_tables, metadata
 from schemas.records import dedup_fields
 

@@ -30,19 +30,6 @@ PUBLISHED_ID = rf"(?s)^{re.escape(PUBLISHED_PREFIX)}(?P<version>[^:]*):(?P<origi
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.string()), pa.field("b", pa.string())])
 
 
-def own_name(name: str, taken: Iterable[str]) -> str:
-    """The name of a stage of a recipe: its type's (``name``), or for a second stage of that type
-    ``name_2`` and so on (``length_filter_2``). A stage's name keys its statistics and names it in the
-    rows it sets aside and the items it queues; a dedup stage's also keys what it stores across runs
-    (its signatures, which travel to the recorder in a column of that name) and the records annotators
-    keep apart in it: two stages sharing one would mix them. A recipe's only stage of a type keeps the
-    type's name, so what earlier runs stored under it stays its own."""
-    taken = set(taken)
-    if name not in taken:
-        return name
-    return next(f"{name}_{n}" for n in range(2, len(taken) + 3) if f"{name}_{n}" not in taken)
-
-
 def one_key_each(keys: pa.Array) -> pa.ListArray:
     """The ``keys`` column of signature rows that hold one key each (exact dedup's content hash)."""
     return pa.ListArray.from_arrays(pa.array(np.arange(len(keys) + 1, dtype=np.int32)), keys)

@@ -501,7 +501,7 @@ class ImageNearDedup:
             return [0] * batch.num_rows
         if self.question not in batch.column_names:
             raise StageError(
-                f"image_dedup matches questions in column {self.question!r}, which the records do not have"
+                f"{self.name} matches questions in column {self.question!r}, which the records do not have"
             )
         return xxh3_64(normalised_text(batch, [self.question], normalize=True)).to_pylist()
 

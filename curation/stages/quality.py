@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 from curation.stages.clean import Clean
-from curation.stages.duplicates import own_name
 from curation.stages.expectations import Expectations, UniqueValues
 from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
 from curation.stages.neardup import ImageNearDedup, NearDedup
@@ -20,6 +19,7 @@ from schemas.config import (
     QualityConfig,
     RatioFilterConfig,
     RepetitionFilterConfig,
+    stage_name,
 )
 from schemas.records import CONTENT_COLUMNS, RECORD_MODELS, dedup_fields
 
@@ -52,20 +52,20 @@ def quality_stages(
     annotators marked "not a duplicate" on that stage's items, each with the records it is not a copy
     of (``RunDecisions.kept_apart_in``), which that near-duplicate stage does not set aside as such.
     ``taken``: the names of the recipe's stages before it (a second stage of one type is named apart,
-    ``own_name``; both stages of one expectations entry share its name)."""
+    ``stage_name``; both stages of one expectations entry share its name)."""
     if isinstance(config, ExpectationsConfig):
-        name = own_name(Expectations.name, taken)
+        name = stage_name(config.type, taken)
         per_batch = [spec for spec in config.expect if spec.check != "unique"]
         unique = [spec.column for spec in config.expect if spec.check == "unique"]
         return [
             *([Expectations(per_batch, name=name)] if per_batch else []),
             *([UniqueValues(unique, name=name)] if unique else []),
         ]
-    name = own_name(_STAGE_TYPES[type(config)].name, taken)
+    name = stage_name(config.type, taken)
     return [_one_stage(config, kind, name, dict((kept_apart or {}).get(name, {})))]
 
 
-# The stage type of each recipe entry but expectations, for its name before it is built.
+# The stage type of each recipe entry but expectations.
 _STAGE_TYPES: dict[type, type[QualityStage | ImageNearDedup]] = {
     CleanConfig: Clean,
     LengthFilterConfig: LengthFilter,
