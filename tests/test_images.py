@@ -78,6 +78,16 @@ def sidecar_rows() -> list[dict]:
     return rows
 
 
+def receipts() -> dict:
+    """The recipe publishing ``write_folder``'s images and their ``qa.jsonl`` questions, all to train."""
+    return {
+        "dataset": "receipts",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+
+
 def write_folder(folder: Path) -> Path:
     (folder / "img").mkdir(parents=True)
     for name, data in IMAGES.items():
@@ -529,12 +539,7 @@ def test_a_misspelt_question_or_answer_column_fails_the_run_by_its_setting(workd
 def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
     # Its row was taken again and quarantined as missing_image, which took its record out of the dataset.
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     first = run(workdir, spec)
     assert first.manifest.counts.written == 4
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
@@ -558,12 +563,7 @@ def test_an_image_moved_away_once_taken_keeps_its_record_when_another_row_of_its
     # The edited sidecar was read again whole: the archived image's row was quarantined as missing_image,
     # and its record, as one of the sidecar's, replaced: it left the dataset.
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     first = run(workdir, spec)
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
     sidecar = workdir / "qa.jsonl"
@@ -583,12 +583,7 @@ def test_an_image_moved_away_keeps_its_record_when_the_corrected_sidecar_holds_a
     # in the row's watermark item, so the archived image's row, its item changed, was not known as taken,
     # was quarantined as missing_image and its record left the dataset.
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     run(workdir, spec)
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
     sidecar = workdir / "qa.jsonl"
@@ -608,12 +603,7 @@ def test_an_image_moved_away_keeps_its_record_when_a_line_with_a_new_key_is_adde
     # known as taken, was quarantined as missing_image and its record left the dataset; the rows taken
     # before whose images are still there were taken again.
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     first = run(workdir, spec)
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
     sidecar = workdir / "qa.jsonl"
@@ -648,12 +638,7 @@ def test_row_watermarks_written_before_nulls_were_left_out_of_them_are_still_hon
     sidecar = workdir / "qa.jsonl"
     noted = {"image": "scan.bmp", "question": "Scanned?", "answer": "Yes.", "note": "checked"}
     sidecar.write_text(json.dumps(noted) + "\n" + sidecar.read_text())
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     with monkeypatch.context() as old:  # a run before the upgrade
         old.setattr(images, "_row_item", images._row_item_before)
         first = run(workdir, spec)
@@ -810,12 +795,7 @@ def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     import connectors.images as images
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     listed = images.filesystem
 
     def refusing(uri: str) -> tuple[object, str]:
@@ -842,12 +822,7 @@ def test_an_image_that_stays_unreadable_does_not_publish_a_version_each_run(
     import connectors.images as images
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     listed = images.filesystem
     monkeypatch.setattr(
         images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
@@ -871,12 +846,7 @@ def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_
     import connectors.images as images
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     listed = images.filesystem
     monkeypatch.setattr(
         images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
@@ -894,12 +864,7 @@ def test_an_image_restored_with_a_new_mtime_is_not_taken_again(workdir: Path, mo
     import connectors.state as state
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     assert run(workdir, spec).manifest.counts.written == 4
     hashed: list[str] = []
     hash_of = state.content_hash
@@ -920,12 +885,7 @@ def test_an_image_two_rows_name_is_hashed_once_when_its_mtime_moves(
 
     write_folder(workdir)
     assert [row["image"] for row in sidecar_rows()].count("receipt.jpg") == 2
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     run(workdir, spec)
     hashed: list[str] = []
     hash_of = state.content_hash
@@ -971,12 +931,7 @@ def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: py
     from connectors.files import FilesSourceReader
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     first = run(workdir, spec)
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
     sidecar = workdir / "qa.jsonl"
@@ -1086,12 +1041,7 @@ def test_an_images_folder_that_cannot_be_listed_fails_the_run_by_name(
     import connectors.storage as storage
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     assert run(workdir, spec).manifest.version == 1
     with (workdir / "qa.jsonl").open("a") as sidecar:
         sidecar.write(json.dumps({"image": "form.png", "question": "Is it blank?", "answer": "Yes."}) + "\n")
@@ -1136,12 +1086,7 @@ def test_sidecar_rows_appended_while_a_run_reads_it_are_taken_once(
     # The sidecar is read once to hash it and again for its rows: a row appended between the two was
     # taken, the watermark holding the bytes before it, so the next run took it again (a duplicate).
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     assert run(workdir, spec).manifest.counts.written == 4
 
     def append(question: str) -> None:
@@ -1170,12 +1115,7 @@ def test_a_reader_shipped_to_a_ray_task_leaves_the_sidecar_batches_kept_from_pla
     import pickle
 
     write_folder(workdir)
-    spec = {
-        "dataset": "receipts",
-        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
+    spec = receipts()
     run(workdir, spec)
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived: the edited sidecar is parsed at planning
     sidecar = workdir / "qa.jsonl"
