@@ -22,7 +22,7 @@ from connectors.storage import StorageError
 from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
-from schemas.config import load_recipe, parse_recipe
+from schemas.config import Recipe, load_recipe, parse_recipe
 from tests.helpers import docs_recipe, outputs, processed, run, write_jsonl, write_recipe
 from tests.test_cli import curation
 
@@ -725,6 +725,16 @@ def test_a_file_replaced_by_another_of_its_size_and_mtime_is_taken_once_touched(
     assert [line["text"] for line in outputs(Path(run(workdir, recipe).version_uri))] == ["omega"]
 
 
+def two_hosts(tmp_path: Path, dest: str, first: str, second: str) -> tuple[Recipe, Recipe]:
+    """Two copies of the ``docs`` recipe publishing to one ``dest``, as on two hosts: each in its own folder
+    with its own state store (the SQLite file beside it), reading ``first`` and ``second`` in ``tmp_path``."""
+    hosts = []
+    for name, data in (("host1", first), ("host2", second)):
+        (tmp_path / name).mkdir()
+        hosts.append(load_recipe(write_recipe(tmp_path / name, docs_recipe(str(tmp_path / data), dest=dest))))
+    return hosts[0], hosts[1]
+
+
 def test_a_run_that_another_store_published_beside_meanwhile_refuses_to_publish(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -764,10 +774,7 @@ def test_a_version_another_store_published_a_moment_before_is_never_replaced(
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
     write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
     dest = f"s3://{request.getfixturevalue('bucket')}/shared" if where == "s3" else str(tmp_path / "shared")
-    for name in ("host1", "host2"):
-        (tmp_path / name).mkdir()
-    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
-    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    host1, host2 = two_hosts(tmp_path, dest, "other.jsonl", "in.jsonl")
     listed = writer.published_versions
 
     def other_host_publishes_meanwhile(*args: Any) -> list[int]:
@@ -796,10 +803,7 @@ def test_a_version_another_store_published_whole_just_before_the_claim_is_never_
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
     write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
     dest = f"s3://{bucket}/shared"
-    for name in ("host1", "host2"):
-        (tmp_path / name).mkdir()
-    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
-    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    host1, host2 = two_hosts(tmp_path, dest, "other.jsonl", "in.jsonl")
     is_s3 = writer.is_s3
 
     def other_host_publishes_after_the_check(uri: str) -> bool:  # host2 asks right after it looked for v1
@@ -826,10 +830,7 @@ def test_two_stores_publishing_one_number_on_s3_at_once_publish_one_version_whol
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
     write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host2 reads this."}])
     dest = f"s3://{bucket}/shared"
-    for name in ("host1", "host2"):
-        (tmp_path / name).mkdir()
-    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
-    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
+    host1, host2 = two_hosts(tmp_path, dest, "in.jsonl", "other.jsonl")
     confirm = HeldLock.confirm
 
     def other_host_publishes_now(lock: HeldLock) -> None:  # host1's last step before its manifest
@@ -870,10 +871,7 @@ def test_a_version_another_store_renames_into_place_as_this_run_publishes_is_the
     write_jsonl(tmp_path / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
     write_jsonl(tmp_path / "other.jsonl", [{"text": "Only host1 reads this."}])
     dest = str(tmp_path / "shared")
-    for name in ("host1", "host2"):
-        (tmp_path / name).mkdir()
-    host1 = load_recipe(write_recipe(tmp_path / "host1", docs_recipe(str(tmp_path / "other.jsonl"), dest=dest)))
-    host2 = load_recipe(write_recipe(tmp_path / "host2", docs_recipe(str(tmp_path / "in.jsonl"), dest=dest)))
+    host1, host2 = two_hosts(tmp_path, dest, "other.jsonl", "in.jsonl")
     confirm = HeldLock.confirm
 
     def other_host_publishes_now(lock: HeldLock) -> None:  # host2's last step before its rename
