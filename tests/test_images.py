@@ -772,8 +772,9 @@ def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> No
 
 
 class _Refusing:
-    """A local filesystem that refuses to open one file, as a file under ``chmod 000`` refuses a run
-    that is not root's (the tests may run as root, which reads it all the same)."""
+    """A local filesystem that refuses to open one file or list one folder (``refused``), as a file or folder
+    under ``chmod 000`` (or a share gone away) refuses a run that is not root's (the tests may run as root,
+    which reads it all the same)."""
 
     def __init__(self, fs: object, refused: str) -> None:
         self.fs, self.refused = fs, refused
@@ -782,6 +783,11 @@ class _Refusing:
         if path == self.refused:
             raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
         return self.fs.open_input_stream(path, *args, **kwargs)
+
+    def get_file_info(self, what: object) -> object:
+        if getattr(what, "base_dir", None) == self.refused:
+            raise PermissionError(13, f"Cannot list directory '{self.refused}'. Detail: [errno 13] Permission denied")
+        return self.fs.get_file_info(what)
 
     def __getattr__(self, name: str) -> object:  # every other call (open_input_file: the sidecar) as the filesystem's
         return getattr(self.fs, name)
@@ -1017,22 +1023,6 @@ def test_a_renamed_column_a_sidecar_line_writes_null_is_kept_in_its_quarantined_
     assert stored[0]["question"] is None
 
 
-class _Unlistable:
-    """A local filesystem that refuses to list one folder, as a folder under ``chmod 000`` (or a share
-    gone away) refuses a run that is not root's."""
-
-    def __init__(self, fs: object, refused: str) -> None:
-        self.fs, self.refused = fs, refused
-
-    def get_file_info(self, what: object) -> object:
-        if getattr(what, "base_dir", None) == self.refused:
-            raise PermissionError(13, f"Cannot list directory '{self.refused}'. Detail: [errno 13] Permission denied")
-        return self.fs.get_file_info(what)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.fs, name)
-
-
 def test_an_images_folder_that_cannot_be_listed_fails_the_run_by_name(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1047,7 +1037,7 @@ def test_an_images_folder_that_cannot_be_listed_fails_the_run_by_name(
         sidecar.write(json.dumps({"image": "form.png", "question": "Is it blank?", "answer": "Yes."}) + "\n")
     listed = storage.filesystem
     refused = str(workdir / "img")
-    monkeypatch.setattr(storage, "filesystem", lambda uri: (_Unlistable(listed(uri)[0], refused), listed(uri)[1]))
+    monkeypatch.setattr(storage, "filesystem", lambda uri: (_Refusing(listed(uri)[0], refused), listed(uri)[1]))
     with pytest.raises(OSError, match=r"/img: cannot list: .*Permission denied"):
         run(workdir, spec)
     assert not (workdir / "output" / "receipts" / "v2").exists()
