@@ -213,16 +213,16 @@ class ImagesSourceReader:
         return (
             fingerprint is None
             and self.watermark is not None
-            and self.watermark.get(self._committed_item(row)) not in (None, UNREAD)
+            and self.watermark.get(self._committed_item(row, _row_item(row))) not in (None, UNREAD)
         )
 
-    def _committed_item(self, row: dict) -> str:
+    def _committed_item(self, row: dict, item: str) -> str:
         """The item an earlier run committed the row's watermark under: ``_row_item``, else the item
         written before nulls were left out of it (``_row_item_before``). Without that look-up the first
         run after the upgrade would take every row holding a null again (republished, or quarantined as
         missing_image where its image was moved away, its record then leaving the dataset); ``_is_new``
-        stages the row under its new item, so the old one is looked up only until then."""
-        item = _row_item(row)
+        stages the row under its new item (``item``, its ``_row_item``), so the old one is looked up only
+        until then."""
         if self.watermark is None or item in self.watermark.committed:
             return item
         before = _row_item_before(row)
@@ -391,7 +391,8 @@ class ImagesSourceReader:
         """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
         if self.watermark is None:
             return True
-        item, committed = _row_item(row), self._committed_item(row)
+        item = _row_item(row)
+        committed = self._committed_item(row, item)
         if committed != item:  # written the old way: kept under the new item (a path below may set it anew)
             self.watermark.set(item, self.watermark.committed[committed])
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
@@ -460,13 +461,19 @@ def _row_item(row: dict) -> str:
     text (``INPUT_LINE_COLUMN``: handed on only where its JSONL block holds a null, so not in every run),
     nor its nulls: a JSONL block has a column for every key any of its lines has, so a line with a new
     key would otherwise change the item of every other row of its block."""
-    values = _without_nulls({k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)})
-    return "row:" + xxhash.xxh3_128_hexdigest(json.dumps(values, sort_keys=True, default=str).encode())
+    return _item_of(_without_nulls(_row_values(row)))
 
 
 def _row_item_before(row: dict) -> str:
     """A row's watermark item as runs before ``_row_item`` left out nulls wrote it (``_committed_item``)."""
-    values = {k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)}
+    return _item_of(_row_values(row))
+
+
+def _row_values(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("id", "source", INPUT_LINE_COLUMN)}
+
+
+def _item_of(values: object) -> str:
     return "row:" + xxhash.xxh3_128_hexdigest(json.dumps(values, sort_keys=True, default=str).encode())
 
 
