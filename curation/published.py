@@ -29,7 +29,7 @@ def published_versions(dest: str, dataset: str) -> list[int]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         # A bucket that is not there lists as empty: the run would read all its input, then fail to publish.
-        if not infos and is_s3(uri) and _no_bucket(fs, path.partition("/")[0]):
+        if not infos and is_s3(uri) and not bucket_exists(fs, path.partition("/")[0]):
             raise StorageError(f"{dest}: no such bucket")
     except OSError as exc:
         if isinstance(exc, StorageError):
@@ -42,13 +42,6 @@ def published_versions(dest: str, dataset: str) -> list[int]:
         if is_version and fs.get_file_info(f"{info.path}/{MANIFEST_NAME}").type == pafs.FileType.File:
             versions.append(int(match.group(1)))
     return sorted(versions)
-
-
-def _no_bucket(fs: pafs.FileSystem, bucket: str) -> bool:
-    try:
-        return fs.get_file_info(bucket).type == pafs.FileType.NotFound
-    except OSError:  # not allowed to ask (a policy that lets a role list one prefix only): the bucket is there
-        return False
 
 
 def read_manifest(version_dir: str) -> Manifest:
@@ -70,7 +63,7 @@ def bucket_exists(fs: pafs.FileSystem, bucket: str) -> bool:
     """False only when S3 says the bucket is not there (a bucket we may not look at may still hold the version)."""
     try:
         return fs.get_file_info(bucket).type != pafs.FileType.NotFound
-    except OSError:
+    except OSError:  # not allowed to ask (a policy that lets a role list one prefix only): the bucket is there
         return True
 
 
