@@ -44,6 +44,10 @@ from schemas.records import SOURCE_TYPE
 log = logging.getLogger(__name__)
 
 
+# What a run of a dataset that another state store's run got in the way of says to do.
+ONE_STORE = "the runs of a dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts)"
+
+
 class PublishedMeanwhile(LockLost):
     """The dest's versions changed while the run went on (a run with another state store published): the
     run publishes nothing, as when its lock was taken over."""
@@ -743,7 +747,7 @@ class DatasetWriter:
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
         meanwhile = self._changed_meanwhile(existing, [*existing, version])
-        if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+        if self._has_manifest(target):
             # Published since the versions were listed, a moment ago (by a run of another state store): a
             # published version is never removed to make room for this one.
             raise PublishedMeanwhile(meanwhile)
@@ -759,10 +763,14 @@ class DatasetWriter:
             except OSError:
                 # A run of another store renamed its version into place since the check above: the rename
                 # (or the removal) fails on the folder it made, and the reason is the same.
-                if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+                if self._has_manifest(target):
                     raise PublishedMeanwhile(meanwhile) from None
                 raise
         return manifest
+
+    def _has_manifest(self, folder: str) -> bool:
+        """Whether ``folder`` is a published version (its manifest is written last)."""
+        return self.fs.get_file_info(f"{folder}/{MANIFEST_NAME}").type != pafs.FileType.NotFound
 
     def _remove_leftover(self, target: str, meanwhile: str) -> None:
         """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
@@ -772,7 +780,7 @@ class DatasetWriter:
             self.fs.move(target, leftover)
         except FileNotFoundError:
             return
-        if self.fs.get_file_info(f"{leftover}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+        if self._has_manifest(leftover):
             self.fs.move(leftover, target)
             raise PublishedMeanwhile(meanwhile)
         self.fs.delete_dir(leftover)
@@ -792,8 +800,7 @@ class DatasetWriter:
             raise PublishedMeanwhile(
                 f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
                 f"while this run went on, by a run of {self.dataset} that does not use this run's state store (a "
-                "release before this one clears the whole staging area as it ends), so this run published nothing; the runs of a dataset that "
-                "publish to one dest must share one state store (a PostgreSQL URL across hosts)"
+                f"release before this one clears the whole staging area as it ends), so this run published nothing; {ONE_STORE}"
             )
 
     def _changed_meanwhile(self, builds_on: list[int], existing: list[int]) -> str:
@@ -806,8 +813,7 @@ class DatasetWriter:
         return (
             f"{self.dataset} v{appeared[-1]} was published at {where} while this run went on, by a run that does "
             "not use this run's state store (its lock keeps apart only the runs that share it), so this run "
-            "published nothing; the runs of a dataset that publish to one dest must share one state store (a "
-            "PostgreSQL URL across hosts)"
+            f"published nothing; {ONE_STORE}"
         )
 
     def _publish_s3(
@@ -817,7 +823,7 @@ class DatasetWriter:
         there is none: a run of another state store publishing the same number at the same moment gets
         neither, having copied nothing (their copies would mix under the same names)."""
         self._claim(version)
-        if self.fs.get_file_info(f"{target}/{MANIFEST_NAME}").type != pafs.FileType.NotFound:
+        if self._has_manifest(target):
             # Published whole between the check in ``publish`` and the claim (that run's claim is removed
             # once its manifest is written): its files are not what a killed run left.
             with contextlib.suppress(OSError):
@@ -874,9 +880,8 @@ class DatasetWriter:
                 self.fs.delete_file(claim)
         raise PublishedMeanwhile(
             f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
-            f"{holder}, which does not use this run's state store, so this run published nothing; the runs of a "
-            "dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts). If that "
-            f"run was killed, no run of this store publishes v{version} until its claim s3://{claim} is deleted"
+            f"{holder}, which does not use this run's state store, so this run published nothing; {ONE_STORE}. "
+            f"If that run was killed, no run of this store publishes v{version} until its claim s3://{claim} is deleted"
         )
 
     def clean_up(self) -> None:
