@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -29,9 +30,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from connectors.base import SourceBatch, with_lineage
+from connectors.base import RESERVED, SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
+from connectors.storage import FileEntry, StorageError, filesystem, gone, hive_partitions, open_input
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
@@ -558,8 +559,10 @@ class FilesSourceReader(ListedFiles):
         """The file's batches, read ``block_bytes`` (``BLOCK_BYTES``) at a time (Parquet: a row group at a time)."""
         fmt = file_format(entry.uri, self.config.format)
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
+        partitions = hive_partitions(self.config.path, entry.uri) if self.config.hive_partitioning else {}
         try:
-            yield from reader(entry, block_bytes or BLOCK_BYTES)
+            for batch in reader(entry, block_bytes or BLOCK_BYTES):
+                yield _with_partitions(batch, partitions, entry.uri) if partitions else batch
         except StorageError:
             raise  # names the file already
         except FileNotFoundError:
@@ -981,6 +984,21 @@ class FilesSourceReader(ListedFiles):
                     set_aside=set_aside,
                     input_bytes=(entry.size or 0) * read // total_rows,
                 )
+
+
+def _with_partitions(batch: SourceBatch, partitions: dict[str, str | None], uri: str) -> SourceBatch:
+    """The batch's rows with a text column for each partition folder (``id`` and ``source`` read as
+    ``input_id`` and ``input_source``, as input columns of those names are: see ``with_lineage``)."""
+    rows = batch.rows
+    for key, value in partitions.items():
+        name = f"input_{key}" if key in RESERVED else key
+        if name in rows.column_names:
+            raise StorageError(
+                f"{uri}: {name!r} is both a column of the file and a partition folder ({key}=...): "
+                "rename one of them, or set hive_partitioning: false"
+            )
+        rows = rows.append_column(name, pa.repeat(pa.scalar(value, pa.string()), rows.num_rows))
+    return dataclasses.replace(batch, rows=rows)
 
 
 def _not_utf8_as_binary(table: pa.Table) -> pa.Table:

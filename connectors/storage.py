@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -189,6 +190,30 @@ def _glob_base(path: str) -> str:
     while _is_glob(path):
         path = posixpath.dirname(path)
     return path
+
+
+# What Hive writes as the folder of rows whose partition value is null.
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def hive_partitions(source: str, uri: str) -> dict[str, str | None]:
+    """The ``key=value`` folders of ``uri`` below the fixed part of ``source`` (the path a source names,
+    a folder or a glob), as Spark and Hive lay out a partitioned table (``tx/year=2024/month=05/a.parquet``),
+    values unquoted as they write them (``%2F``). A key given twice is an error: which value the rows
+    hold would be a guess."""
+    base = _glob_base(filesystem(source)[1]).rstrip("/")
+    path = filesystem(uri)[1]
+    below = path[len(base) :] if path.startswith(base + "/") else ""
+    found: dict[str, str | None] = {}
+    for part in below.strip("/").split("/")[:-1]:
+        key, equals, value = part.partition("=")
+        if not equals or not key:
+            continue
+        key = urllib.parse.unquote(key)
+        if key in found:
+            raise StorageError(f"{uri}: the partition folder {key!r} comes twice in the path: rename one of them")
+        found[key] = None if value == HIVE_NULL else urllib.parse.unquote(value)
+    return found
 
 
 def _in_folder(path: str, folder: str) -> bool:

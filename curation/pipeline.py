@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import re
 import signal
 import threading
 import uuid
@@ -246,9 +247,17 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
     not bad data: it fails, publishes nothing and leaves its input to be read again once fixed."""
     missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
     if missing and counts.written == 0 and counts.quarantined == counts.input:
+        named = re.search(r"column '([^']+)' is missing", example or "")
+        folders = named is not None and f"/{named.group(1)}=" in (example or "")
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
             f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
+            + (
+                f" (its files lie in '{named.group(1)}=...' folders: 'hive_partitioning: true' on the source reads "
+                "those as columns)"
+                if folders
+                else ""
+            )
         )
 
 

@@ -56,6 +56,9 @@ class FilesSource(Strict):
     path: str
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     csv_delimiter: str = Field(default=",", min_length=1, max_length=1)
+    # Folders named ``key=value`` below ``path`` (as Spark, Hive and Athena lay out a table) become
+    # columns of the rows under them, as text.
+    hive_partitioning: bool = False
 
 
 class SqlSource(Strict):

@@ -1,0 +1,99 @@
+"""Tables laid out as Spark, Hive and Athena write them (``tx/category=Dining/part-0.parquet``):
+with ``hive_partitioning: true`` the ``key=value`` folders below the source's path are columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from connectors.storage import StorageError, hive_partitions
+from schemas.config import RecipeError
+from tests.helpers import outputs, run, write_jsonl
+
+RECORD = {"kind": "instruction", "prompt": "{{ description }} in {{ year }}", "completion": "category"}
+
+
+def recipe(path: str, **source: object) -> dict:
+    return {"dataset": "tx", "sources": [{"path": path, **source}], "record": RECORD}
+
+
+def lake(root: Path) -> None:
+    write_jsonl(root / "category=Dining" / "year=2024" / "part-0.jsonl", [{"description": "coffee"}])
+    write_jsonl(root / "category=Dining" / "year=2025" / "part-0.jsonl", [{"description": "lunch"}])
+    pq.write_table(pa.table({"description": ["rent"]}), _made(root / "category=Housing" / "year=2025") / "p.parquet")
+    # Spark writes a value with a slash in it quoted.
+    write_jsonl(root / "category=Bills%2FUtilities" / "year=2025" / "part-0.jsonl", [{"description": "power"}])
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_partition_folders_become_columns_the_record_uses(workdir: Path) -> None:
+    lake(workdir / "tx")
+    result = run(workdir, recipe("tx/", hive_partitioning=True))
+    got = sorted((row["prompt"], row["completion"]) for row in outputs(Path(result.version_uri)))
+    assert got == [
+        ("coffee in 2024", "Dining"),
+        ("lunch in 2025", "Dining"),
+        ("power in 2025", "Bills/Utilities"),
+        ("rent in 2025", "Housing"),
+    ]
+
+
+def test_a_glob_takes_partitions_below_its_fixed_part_only(workdir: Path) -> None:
+    # ``category=`` above the path the source names is where the table lies, not a column of it.
+    lake(workdir / "category=all" / "tx")
+    result = run(workdir, recipe("category=all/tx/*/year=2025/*", hive_partitioning=True))
+    assert sorted(row["completion"] for row in outputs(Path(result.version_uri))) == [
+        "Bills/Utilities",
+        "Dining",
+        "Housing",
+    ]
+
+
+def test_without_the_setting_partition_folders_are_only_folders(workdir: Path) -> None:
+    lake(workdir / "tx")
+    with pytest.raises(RecipeError, match=r"column 'year' is missing .*'hive_partitioning: true' on the source"):
+        run(workdir, recipe("tx/"))
+
+
+def test_a_column_also_named_by_a_partition_folder_is_refused_by_name(workdir: Path) -> None:
+    path = write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "tea", "year": 2023}])
+    with pytest.raises(StorageError, match=rf"{path}: 'year' is both a column of the file and a partition folder"):
+        run(workdir, recipe("tx", hive_partitioning=True))
+
+
+def test_partition_values_as_hive_writes_them() -> None:
+    assert hive_partitions("/lake/tx", "/lake/tx/a=1/b=__HIVE_DEFAULT_PARTITION__/notes/c=x%3Dy/f.jsonl") == {
+        "a": "1",
+        "b": None,  # Hive's folder for rows whose value is null
+        "c": "x=y",
+    }
+    assert hive_partitions("/lake/tx/a=1/f.jsonl", "/lake/tx/a=1/f.jsonl") == {}  # a file named: nothing below
+    assert hive_partitions("/lake/tx/", "/lake/tx2/a=1/f.jsonl") == {}  # not below: no partial folder name
+    with pytest.raises(StorageError, match="'a' comes twice"):
+        hive_partitions("/lake", "/lake/a=1/a=2/f.jsonl")
+
+
+def test_partition_folders_on_s3(workdir: Path, bucket: str, aws_env: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="tx/category=Dining/year=2024/part-0.jsonl", Body=b'{"description": "tea"}\n')
+    s3.put_object(Bucket=bucket, Key="tx/category=Travel/year=2025/part-0.jsonl", Body=b'{"description": "bus"}\n')
+    result = run(workdir, recipe(f"s3://{bucket}/tx/", hive_partitioning=True))
+    got = sorted((row["prompt"], row["completion"]) for row in outputs(Path(result.version_uri)))
+    assert got == [("bus in 2025", "Travel"), ("tea in 2024", "Dining")]
+
+
+def test_a_partition_folder_named_source_is_read_as_input_source(workdir: Path) -> None:
+    write_jsonl(workdir / "tx" / "source=crm" / "a.jsonl", [{"description": "tea", "year": 2024}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "completion": "input_source"}
+    result = run(workdir, spec)
+    [row] = outputs(Path(result.version_uri))
+    assert row["completion"] == "crm"
