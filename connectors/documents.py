@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import yaml
 
 from connectors.base import SourceBatch
 from connectors.chunk import chunk_text
@@ -405,11 +406,10 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     title, offset = None, 0
     if lines and lines[0].strip() == "---":  # YAML front matter
         end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
-        if end is not None:
-            for line in lines[1:end]:
-                key, _, value = line.partition(":")
-                if key.strip().lower() == "title" and value.strip():
-                    title = value.strip().strip("\"'")
+        front_matter = None if end is None else _front_matter("\n".join(lines[1:end]))
+        if end is not None and front_matter is not None:
+            found = next((value for key, value in front_matter.items() if str(key).lower() == "title"), None)
+            title = str(found).strip() or None if isinstance(found, str | int | float) else None
             offset = end + 1
     parts: list[Part] = []
     current = Part("", line=offset + 1)  # the text before the first heading (its blank lines are skipped)
@@ -431,6 +431,18 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     if _set_text(current, "\n".join(body)):
         parts.append(current)
     return title, parts
+
+
+def _front_matter(text: str) -> dict[Any, Any] | None:
+    """The keys of a Markdown file's front matter, or None if it is not YAML keys: text between a first
+    line "---" and the next (two horizontal rules around a paragraph) is the document's, not metadata."""
+    try:
+        found = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if found is None:  # "---" twice, nothing between
+        return {}
+    return found if isinstance(found, dict) else None
 
 
 def _set_text(part: Part, text: str) -> bool:

@@ -794,3 +794,32 @@ def test_a_docx_first_section_points_at_its_text_and_its_title_is_matched_whatev
         ("Returns Policy", "This policy applies to all stores.", 4),
         ("Returns Policy › Refunds", "Refunds\n\n" + PARAGRAPHS[0], 5),
     ]
+
+
+def test_a_markdown_file_opening_with_a_rule_keeps_the_text_before_the_next_rule(tmp_path: Path) -> None:
+    # Any text between a first line "---" and the next was taken for front matter and dropped unseen.
+    (tmp_path / "notice.md").write_text(
+        "---\nThe refund rules changed in March 2026.\n---\n\n# Refunds\n\nFive days.\n"
+    )
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["source"]["line"], row["text"]) for row in rows] == [
+        (1, "---\nThe refund rules changed in March 2026.\n---"),
+        (5, "# Refunds\n\nFive days."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("front_matter", "title"),
+    [
+        ("title: >-\n  Returns and\n  refunds\nauthor: Dana", "Returns and refunds"),  # folded over lines
+        ("title: Returns # draft", "Returns"),  # a YAML comment
+        ("title: 'It''s returns'", "It's returns"),  # a quote escaped in quotes
+        ('title: "Returns: the rules"', "Returns: the rules"),
+    ],
+)
+def test_a_markdown_title_in_front_matter_is_read_as_yaml(tmp_path: Path, front_matter: str, title: str) -> None:
+    (tmp_path / "returns.md").write_text(f"---\n{front_matter}\n---\n\nBody text.\n")
+    [row] = read(tmp_path)[0]
+    assert row["title"] == title and row["text"] == "Body text."
+    assert row["source"]["line"] == front_matter.count("\n") + 5  # past the closing "---" and a blank line
