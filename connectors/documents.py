@@ -395,7 +395,9 @@ def _table_text(table: docx.table.Table, notes: Notes) -> str:
 # --- HTML, Markdown, text ----------------------------------------------------------------------------
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+# A code fence: the block it opens ends at a fence of the same character at least as long, with nothing
+# after it (CommonMark), so "~~~" or a shorter "```" inside the block is code.
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
 
 
 def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
@@ -414,11 +416,14 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     parts: list[Part] = []
     current = Part("", line=offset + 1)  # the text before the first heading (its blank lines are skipped)
     body: list[str] = []
-    in_fence = False
+    fence = None  # the fence that opened the code block the line is in
     for number, line in enumerate(lines[offset:], start=offset + 1):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        heading = None if in_fence else _HEADING.match(line)
+        marker = _FENCE.match(line)
+        if marker and fence is None:
+            fence = marker[1]
+        elif marker and fence and marker[1][0] == fence[0] and len(marker[1]) >= len(fence) and not marker[2].strip():
+            fence = None
+        heading = None if fence else _HEADING.match(line)
         if heading:
             if _set_text(current, "\n".join(body)):
                 parts.append(current)

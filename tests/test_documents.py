@@ -823,3 +823,18 @@ def test_a_markdown_title_in_front_matter_is_read_as_yaml(tmp_path: Path, front_
     [row] = read(tmp_path)[0]
     assert row["title"] == title and row["text"] == "Body text."
     assert row["source"]["line"] == front_matter.count("\n") + 5  # past the closing "---" and a blank line
+
+
+def test_a_markdown_code_block_ends_only_at_a_fence_like_the_one_that_opened_it(tmp_path: Path) -> None:
+    # Any fence toggled the block: "~~~" or a shorter "```" inside a code block ended it, so a shell
+    # comment below was a heading that cut the block in two, and the heading after the block was not one.
+    (tmp_path / "guide.md").write_text(
+        "# Markdown\n\n````md\n```bash\n# install it\n```\n````\n\n"
+        "# Shell\n\n```\n~~~\n# a comment\n```\n\n# Refunds\n\nFive days.\n"
+    )
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"]) for row in rows] == [
+        ("Markdown", 1),
+        ("Markdown › Shell", 9),
+        ("Markdown › Refunds", 16),
+    ]
