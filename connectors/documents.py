@@ -521,6 +521,12 @@ def _unescape_markdown(text: str) -> str:
 
 
 def _decode(data: bytes) -> str:
+    """Text in the encoding its byte-order mark names (UTF-16: Notepad's "Unicode"), else UTF-8."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return _without_nul(data.decode("utf-16"))  # the codec reads the mark for the byte order
+        except UnicodeDecodeError:
+            raise DocumentError("corrupt", "not UTF-16 text, as its byte-order mark says") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -563,12 +569,7 @@ def _decode_html(data: bytes) -> str:
 
     # A byte-order mark wins over any charset the page declares, as in browsers (WHATWG Encoding,
     # "decode"): a UTF-16 page with one was quarantined as "not UTF-8 text".
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            return _without_nul(data.decode("utf-16"))  # the codec reads the mark for the byte order
-        except UnicodeDecodeError:
-            raise DocumentError("corrupt", "not UTF-16 text, as its byte-order mark says") from None
-    if data.startswith(codecs.BOM_UTF8):
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF8)):
         return _decode(data)
     try:
         return _decode(data)

@@ -838,3 +838,17 @@ def test_a_markdown_code_block_ends_only_at_a_fence_like_the_one_that_opened_it(
         ("Markdown › Shell", 9),
         ("Markdown › Refunds", 16),
     ]
+
+
+def test_text_and_markdown_in_utf_16_with_a_byte_order_mark_are_read_in_it(tmp_path: Path) -> None:
+    # Notepad's "Unicode" (UTF-16 with a byte-order mark) was quarantined as "not UTF-8 text", though the
+    # mark names the encoding, as it does for a web page; without a mark, UTF-16 is still quarantined.
+    (tmp_path / "notes.txt").write_bytes(codecs.BOM_UTF16_LE + "Caf\u00e9 opens at nine.\r\n".encode("utf-16-le"))
+    (tmp_path / "guide.md").write_bytes(codecs.BOM_UTF16_BE + "# Caf\u00e9\n\nOpen at nine.\n".encode("utf-16-be"))
+    (tmp_path / "bare.txt").write_bytes("Caf\u00e9 opens at nine.".encode("utf-16-le"))
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Caf\u00e9", "# Caf\u00e9\n\nOpen at nine.", 1),
+        ("notes", "Caf\u00e9 opens at nine.", 1),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("bare.txt", "corrupt")]
