@@ -475,10 +475,16 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
 
     html = _decode_html(data)
+    tree = trafilatura.load_html(html)
+    # Browsers run scripts, so they never show <noscript> ("Please enable JavaScript"); trafilatura drops
+    # it from its extraction but not from the plain dump it falls back to when a short page's dump is
+    # longer, which lost the page's headings and published that text.
+    for noscript in tree.findall(".//noscript") if tree is not None else []:
+        noscript.drop_tree()
     # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
     # markdown output keeps the headings, so sections can be split as for Markdown files.
     body = trafilatura.extract(
-        html, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
+        tree, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
     )
     metadata = trafilatura.extract_metadata(html)
     first_heading, parts = markdown_sections(body or "")

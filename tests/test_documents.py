@@ -852,3 +852,25 @@ def test_text_and_markdown_in_utf_16_with_a_byte_order_mark_are_read_in_it(tmp_p
         ("notes", "Caf\u00e9 opens at nine.", 1),
     ]
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("bare.txt", "corrupt")]
+
+
+def test_a_web_pages_noscript_text_is_not_published_nor_breaks_its_sections(tmp_path: Path) -> None:
+    # Browsers run scripts, so they never show <noscript>; but its text made trafilatura's plain dump
+    # of a short page look fuller than its extraction: one flat record, headings run into the text
+    # ("International International parcels"), and "Please enable JavaScript" in the training text.
+    (tmp_path / "returns.html").write_text(
+        "<html><head><title>Returns</title></head><body><article><h1>Returns policy</h1>"
+        "<p>Orders placed before noon leave the warehouse the same day.</p><h2>International</h2>"
+        "<p>International parcels take five to ten working days.</p><div id='disqus_thread'></div>"
+        "<noscript>Please enable JavaScript to view the comments.</noscript></article></body></html>"
+    )
+    (tmp_path / "app.html").write_text(
+        "<html><head><title>App</title></head><body><noscript>You need to enable JavaScript to run this app."
+        "</noscript><div id='root'></div></body></html>"
+    )
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Returns policy", "# Returns policy\n\nOrders placed before noon leave the warehouse the same day."),
+        ("Returns policy › International", "## International\n\nInternational parcels take five to ten working days."),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("app.html", "no_text")]
