@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import yaml
 
 from connectors.base import SourceBatch
 from connectors.chunk import chunk_text
@@ -394,7 +395,9 @@ def _table_text(table: docx.table.Table, notes: Notes) -> str:
 # --- HTML, Markdown, text ----------------------------------------------------------------------------
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+# A code fence: the block it opens ends at a fence of the same character at least as long, with nothing
+# after it (CommonMark), so "~~~" or a shorter "```" inside the block is code.
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
 
 
 def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
@@ -405,20 +408,22 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     title, offset = None, 0
     if lines and lines[0].strip() == "---":  # YAML front matter
         end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
-        if end is not None:
-            for line in lines[1:end]:
-                key, _, value = line.partition(":")
-                if key.strip().lower() == "title" and value.strip():
-                    title = value.strip().strip("\"'")
+        front_matter = None if end is None else _front_matter("\n".join(lines[1:end]))
+        if end is not None and front_matter is not None:
+            found = next((value for key, value in front_matter.items() if str(key).lower() == "title"), None)
+            title = str(found).strip() or None if isinstance(found, str | int | float) else None
             offset = end + 1
     parts: list[Part] = []
     current = Part("", line=offset + 1)  # the text before the first heading (its blank lines are skipped)
     body: list[str] = []
-    in_fence = False
+    fence = None  # the fence that opened the code block the line is in
     for number, line in enumerate(lines[offset:], start=offset + 1):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        heading = None if in_fence else _HEADING.match(line)
+        marker = _FENCE.match(line)
+        if marker and fence is None:
+            fence = marker[1]
+        elif marker and fence and marker[1][0] == fence[0] and len(marker[1]) >= len(fence) and not marker[2].strip():
+            fence = None
+        heading = None if fence else _HEADING.match(line)
         if heading:
             if _set_text(current, "\n".join(body)):
                 parts.append(current)
@@ -431,6 +436,18 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     if _set_text(current, "\n".join(body)):
         parts.append(current)
     return title, parts
+
+
+def _front_matter(text: str) -> dict[Any, Any] | None:
+    """The keys of a Markdown file's front matter, or None if it is not YAML keys: text between a first
+    line "---" and the next (two horizontal rules around a paragraph) is the document's, not metadata."""
+    try:
+        found = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if found is None:  # "---" twice, nothing between
+        return {}
+    return found if isinstance(found, dict) else None
 
 
 def _set_text(part: Part, text: str) -> bool:
@@ -458,10 +475,16 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
 
     html = _decode_html(data)
+    tree = trafilatura.load_html(html)
+    # Browsers run scripts, so they never show <noscript> ("Please enable JavaScript"); trafilatura drops
+    # it from its extraction but not from the plain dump it falls back to when a short page's dump is
+    # longer, which lost the page's headings and published that text.
+    for noscript in tree.findall(".//noscript") if tree is not None else []:
+        noscript.drop_tree()
     # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
     # markdown output keeps the headings, so sections can be split as for Markdown files.
     body = trafilatura.extract(
-        html, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
+        tree, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
     )
     metadata = trafilatura.extract_metadata(html)
     first_heading, parts = markdown_sections(body or "")
@@ -504,6 +527,12 @@ def _unescape_markdown(text: str) -> str:
 
 
 def _decode(data: bytes) -> str:
+    """Text in the encoding its byte-order mark names (UTF-16: Notepad's "Unicode"), else UTF-8."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return _without_nul(data.decode("utf-16"))  # the codec reads the mark for the byte order
+        except UnicodeDecodeError:
+            raise DocumentError("corrupt", "not UTF-16 text, as its byte-order mark says") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -546,12 +575,7 @@ def _decode_html(data: bytes) -> str:
 
     # A byte-order mark wins over any charset the page declares, as in browsers (WHATWG Encoding,
     # "decode"): a UTF-16 page with one was quarantined as "not UTF-8 text".
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            return _without_nul(data.decode("utf-16"))  # the codec reads the mark for the byte order
-        except UnicodeDecodeError:
-            raise DocumentError("corrupt", "not UTF-16 text, as its byte-order mark says") from None
-    if data.startswith(codecs.BOM_UTF8):
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF8)):
         return _decode(data)
     try:
         return _decode(data)

@@ -794,3 +794,83 @@ def test_a_docx_first_section_points_at_its_text_and_its_title_is_matched_whatev
         ("Returns Policy", "This policy applies to all stores.", 4),
         ("Returns Policy › Refunds", "Refunds\n\n" + PARAGRAPHS[0], 5),
     ]
+
+
+def test_a_markdown_file_opening_with_a_rule_keeps_the_text_before_the_next_rule(tmp_path: Path) -> None:
+    # Any text between a first line "---" and the next was taken for front matter and dropped unseen.
+    (tmp_path / "notice.md").write_text(
+        "---\nThe refund rules changed in March 2026.\n---\n\n# Refunds\n\nFive days.\n"
+    )
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["source"]["line"], row["text"]) for row in rows] == [
+        (1, "---\nThe refund rules changed in March 2026.\n---"),
+        (5, "# Refunds\n\nFive days."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("front_matter", "title"),
+    [
+        ("title: >-\n  Returns and\n  refunds\nauthor: Dana", "Returns and refunds"),  # folded over lines
+        ("title: Returns # draft", "Returns"),  # a YAML comment
+        ("title: 'It''s returns'", "It's returns"),  # a quote escaped in quotes
+        ('title: "Returns: the rules"', "Returns: the rules"),
+    ],
+)
+def test_a_markdown_title_in_front_matter_is_read_as_yaml(tmp_path: Path, front_matter: str, title: str) -> None:
+    (tmp_path / "returns.md").write_text(f"---\n{front_matter}\n---\n\nBody text.\n")
+    [row] = read(tmp_path)[0]
+    assert row["title"] == title and row["text"] == "Body text."
+    assert row["source"]["line"] == front_matter.count("\n") + 5  # past the closing "---" and a blank line
+
+
+def test_a_markdown_code_block_ends_only_at_a_fence_like_the_one_that_opened_it(tmp_path: Path) -> None:
+    # Any fence toggled the block: "~~~" or a shorter "```" inside a code block ended it, so a shell
+    # comment below was a heading that cut the block in two, and the heading after the block was not one.
+    (tmp_path / "guide.md").write_text(
+        "# Markdown\n\n````md\n```bash\n# install it\n```\n````\n\n"
+        "# Shell\n\n```\n~~~\n# a comment\n```\n\n# Refunds\n\nFive days.\n"
+    )
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"]) for row in rows] == [
+        ("Markdown", 1),
+        ("Markdown › Shell", 9),
+        ("Markdown › Refunds", 16),
+    ]
+
+
+def test_text_and_markdown_in_utf_16_with_a_byte_order_mark_are_read_in_it(tmp_path: Path) -> None:
+    # Notepad's "Unicode" (UTF-16 with a byte-order mark) was quarantined as "not UTF-8 text", though the
+    # mark names the encoding, as it does for a web page; without a mark, UTF-16 is still quarantined.
+    (tmp_path / "notes.txt").write_bytes(codecs.BOM_UTF16_LE + "Caf\u00e9 opens at nine.\r\n".encode("utf-16-le"))
+    (tmp_path / "guide.md").write_bytes(codecs.BOM_UTF16_BE + "# Caf\u00e9\n\nOpen at nine.\n".encode("utf-16-be"))
+    (tmp_path / "bare.txt").write_bytes("Caf\u00e9 opens at nine.".encode("utf-16-le"))
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Caf\u00e9", "# Caf\u00e9\n\nOpen at nine.", 1),
+        ("notes", "Caf\u00e9 opens at nine.", 1),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("bare.txt", "corrupt")]
+
+
+def test_a_web_pages_noscript_text_is_not_published_nor_breaks_its_sections(tmp_path: Path) -> None:
+    # Browsers run scripts, so they never show <noscript>; but its text made trafilatura's plain dump
+    # of a short page look fuller than its extraction: one flat record, headings run into the text
+    # ("International International parcels"), and "Please enable JavaScript" in the training text.
+    (tmp_path / "returns.html").write_text(
+        "<html><head><title>Returns</title></head><body><article><h1>Returns policy</h1>"
+        "<p>Orders placed before noon leave the warehouse the same day.</p><h2>International</h2>"
+        "<p>International parcels take five to ten working days.</p><div id='disqus_thread'></div>"
+        "<noscript>Please enable JavaScript to view the comments.</noscript></article></body></html>"
+    )
+    (tmp_path / "app.html").write_text(
+        "<html><head><title>App</title></head><body><noscript>You need to enable JavaScript to run this app."
+        "</noscript><div id='root'></div></body></html>"
+    )
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Returns policy", "# Returns policy\n\nOrders placed before noon leave the warehouse the same day."),
+        ("Returns policy › International", "## International\n\nInternational parcels take five to ten working days."),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("app.html", "no_text")]
