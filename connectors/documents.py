@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import io
+import itertools
 import logging
 import math
 import posixpath
@@ -394,14 +395,15 @@ def _table_text(table: docx.table.Table, notes: Notes) -> str:
 
 # --- HTML, Markdown, text ----------------------------------------------------------------------------
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
-# A code fence: the block it opens ends at a fence of the same character at least as long, with nothing
-# after it (CommonMark), so "~~~" or a shorter "```" inside the block is code.
-_FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
+
+# A thematic break (``---``, ``* * *``), or a blank line: no text of the document's.
+_RULE = re.compile(r" {0,3}(?:([-*_])(?: *\1){2,})? *")
 
 
 def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
-    """(first H1 or front-matter title, sections split at ATX headings outside code fences)."""
+    """(first H1 or front-matter title, sections split at the document's own headings), the headings as
+    CommonMark reads them (markdown-it): ``#`` ones and underlined ones, not a ``#`` line in a code
+    block (fenced or indented), a quote or a list item."""
     # Lines as an editor counts them: str.splitlines() also breaks at a form feed, U+2028 and others,
     # which would put every section after one at a line the file does not have there.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -413,29 +415,31 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             found = next((value for key, value in front_matter.items() if str(key).lower() == "title"), None)
             title = str(found).strip() or None if isinstance(found, str | int | float) else None
             offset = end + 1
+    body = lines[offset:]
+    headings = _headings("\n".join(body))
     parts: list[Part] = []
-    current = Part("", line=offset + 1)  # the text before the first heading (its blank lines are skipped)
-    body: list[str] = []
-    fence = None  # the fence that opened the code block the line is in
-    for number, line in enumerate(lines[offset:], start=offset + 1):
-        marker = _FENCE.match(line)
-        if marker and fence is None:
-            fence = marker[1]
-        elif marker and fence and marker[1][0] == fence[0] and len(marker[1]) >= len(fence) and not marker[2].strip():
-            fence = None
-        heading = None if fence else _HEADING.match(line)
-        if heading:
-            if _set_text(current, "\n".join(body)):
-                parts.append(current)
-            name = heading.group(2).strip()
-            if len(heading.group(1)) == 1 and title is None:
-                title = name
-            current, body = Part("", line=number, section=name), [line]
-            continue
-        body.append(line)
-    if _set_text(current, "\n".join(body)):
-        parts.append(current)
+    starts = [(0, None), *headings, (len(body), None)]
+    for (first, name), (after, _) in itertools.pairwise(starts):
+        if name is not None and title is None and name[0] == 1:
+            title = name[1]
+        part = Part("", line=offset + first + 1, section=None if name is None else name[1])
+        text = "\n".join(body[first:after])
+        # The text before the first heading may be blank, or only a rule (``---`` over a setext heading).
+        if not all(_RULE.fullmatch(line) for line in text.split("\n")) and _set_text(part, text):
+            parts.append(part)
     return title, parts
+
+
+def _headings(text: str) -> list[tuple[int, tuple[int, str]]]:
+    """Each top-level heading of Markdown ``text`` with text: (its first line, 0-based; (level, text))."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(text)
+    found = []
+    for opening, inline in itertools.pairwise(tokens):
+        if opening.type == "heading_open" and opening.level == 0 and opening.map and inline.content.strip():
+            found.append((opening.map[0], (int(opening.tag[1]), inline.content.strip())))
+    return found
 
 
 def _front_matter(text: str) -> dict[Any, Any] | None:

@@ -797,14 +797,15 @@ def test_a_docx_first_section_points_at_its_text_and_its_title_is_matched_whatev
 
 
 def test_a_markdown_file_opening_with_a_rule_keeps_the_text_before_the_next_rule(tmp_path: Path) -> None:
-    # Any text between a first line "---" and the next was taken for front matter and dropped unseen.
+    # Any text between a first line "---" and the next was taken for front matter and dropped unseen. As
+    # CommonMark reads it, the first "---" is a rule and the text over the second a heading (as GitHub shows it).
     (tmp_path / "notice.md").write_text(
         "---\nThe refund rules changed in March 2026.\n---\n\n# Refunds\n\nFive days.\n"
     )
     rows, aside = read(tmp_path)
     assert aside == []
     assert [(row["source"]["line"], row["text"]) for row in rows] == [
-        (1, "---\nThe refund rules changed in March 2026.\n---"),
+        (2, "The refund rules changed in March 2026.\n---"),
         (5, "# Refunds\n\nFive days."),
     ]
 
@@ -838,6 +839,25 @@ def test_a_markdown_code_block_ends_only_at_a_fence_like_the_one_that_opened_it(
         ("Markdown › Shell", 9),
         ("Markdown › Refunds", 16),
     ]
+
+
+def test_markdown_headings_are_those_commonmark_reads(tmp_path: Path) -> None:
+    # Underlined headings and "#" headings indented by up to three spaces start sections; a "#" line in an
+    # indented code block, a quote or a list item does not (the hand-written rules had it the other way).
+    (tmp_path / "guide.md").write_text(
+        "Returns policy\n==============\n\nKeep the receipt.\n\n"
+        "   ## Refunds\n\nFive days.\n\n"
+        "    # a shell comment in indented code\n\n"
+        "> # a quoted heading\n\n- # a heading in a list item\n\n"
+        "Exchanges\n---------\n\nWithin thirty days.\n"
+    )
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"]) for row in rows] == [
+        ("Returns policy", 1),
+        ("Returns policy › Refunds", 6),
+        ("Returns policy › Exchanges", 16),
+    ]
+    assert "a heading in a list item" in rows[1]["text"]
 
 
 def test_text_and_markdown_in_utf_16_with_a_byte_order_mark_are_read_in_it(tmp_path: Path) -> None:
