@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import functools
+import io
 import logging
 import os
 import posixpath
@@ -108,16 +110,22 @@ _PACKED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 @contextlib.contextmanager
-def open_input(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
+def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Iterator[Any]:
     """The file as a stream of its bytes, unpacked where it is compressed, as told by its first bytes,
     not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
     (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
-    the suffix."""
-    with fs.open_input_file(path) as handle:
+    the suffix. An S3 object given the ``etag`` its listing gave is read as listed (``_ListedObject``)."""
+    with _open_file(fs, path, etag) as handle:
         head = handle.read_at(4, 0) if handle.size() else b""
         packed = _PACKED.get(head[:2]) or _PACKED.get(head)
         handle.seek(0)
         yield pa.CompressedInputStream(handle, packed) if packed else handle
+
+
+def _open_file(fs: pafs.FileSystem, path: str, etag: str | None) -> Any:
+    if etag is None or not isinstance(fs, pafs.S3FileSystem):
+        return fs.open_input_file(path)
+    return pa.PythonFile(io.BufferedReader(_ListedObject(f"s3://{path}", etag), READ_AHEAD_BYTES), mode="r")
 
 
 def gone(uri: str) -> str:
@@ -125,6 +133,88 @@ def gone(uri: str) -> str:
     fails rather than pass over it: the fingerprint its listing gave would be saved as read, and the
     same object put back would never be read."""
     return f"{uri}: gone since the run listed it (moved or deleted while the run read); run again to read what is there now"
+
+
+def changed(uri: str) -> str:
+    """Why a listed input was not read: overwritten while the run read its source. Read, the new bytes
+    would be saved as read under the listed ETag: the next run would read them again (published twice)
+    and the listed ones never."""
+    return f"{uri}: changed since the run listed it (overwritten meanwhile); run again to read what is there now"
+
+
+READ_AHEAD_BYTES = 1024 * 1024  # read at once from S3, however small the reads (a gzip stream's are 64 KiB)
+
+
+class _ListedObject(io.RawIOBase):
+    """An S3 object's bytes as its listing gave them: each request sends ``If-Match`` with the listed
+    ETag, so an object overwritten since, before its reading or between two of its ranges, fails the
+    read (``changed``) rather than be read, whole or in part, in the listed one's place. Arrow's S3
+    client cannot send the condition, so boto3 reads."""
+
+    def __init__(self, uri: str, etag: str) -> None:
+        self.uri, self.etag, self.position = uri, f'"{etag}"', 0
+        self.bucket, _, self.key = uri.removeprefix("s3://").partition("/")
+        self.client = _reading_client(tuple(os.environ.get(name) for name in _AWS_READING), os.getpid())
+        with self._asking():
+            self.length = self.client.head_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)["ContentLength"]
+
+    @contextlib.contextmanager
+    def _asking(self) -> Iterator[None]:
+        import botocore.exceptions
+
+        try:
+            yield
+        except botocore.exceptions.ClientError as error:
+            answer = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = error.response.get("Error", {}).get("Code")
+            if answer == 412 or code == "PreconditionFailed":  # a HEAD's answer has no code, only its status
+                raise StorageError(changed(self.uri)) from None
+            if answer == 404 or code in ("NoSuchKey", "NotFound"):
+                raise FileNotFoundError(errno.ENOENT, "no such object", self.uri) from None
+            raise StorageError(f"{self.uri}: cannot read: {error}") from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise StorageError(f"{self.uri}: cannot read: {error}") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.position = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence] + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        size = min(len(buffer), self.length - self.position)
+        if size <= 0:
+            return 0
+        with self._asking():
+            answer = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                IfMatch=self.etag,
+                Range=f"bytes={self.position}-{self.position + size - 1}",
+            )
+            with contextlib.closing(answer["Body"]) as body:
+                data = body.read()
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+# What decides the client that reads: where, and as whom.
+_AWS_READING = (*_AWS_SETTINGS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@functools.lru_cache(maxsize=8)
+def _reading_client(_environment: tuple[str | None, ...], _process: int) -> Any:
+    """One client for the inputs a process reads (making one takes about 40 ms: an object a document);
+    not shared with a process forked from this one, whose requests would go over this one's connections."""
+    return _s3_client()
 
 
 def join(uri: str, *parts: str) -> str:
