@@ -35,6 +35,10 @@ class NotThere(StorageError):
     which a source must never take for an emptied folder."""
 
 
+class Changed(StorageError):
+    """A listed S3 object overwritten since the listing (``changed``)."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -125,7 +129,12 @@ def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Itera
 def _open_file(fs: pafs.FileSystem, path: str, etag: str | None) -> Any:
     if etag is None or not isinstance(fs, pafs.S3FileSystem):
         return fs.open_input_file(path)
-    return pa.PythonFile(io.BufferedReader(_ListedObject(f"s3://{path}", etag), READ_AHEAD_BYTES), mode="r")
+    return open_listed(f"s3://{path}", etag)
+
+
+def open_listed(uri: str, etag: str) -> pa.NativeFile:
+    """The S3 object at ``uri`` for random access, as listed with ``etag`` (``_ListedObject``)."""
+    return pa.PythonFile(io.BufferedReader(_ListedObject(uri, etag), READ_AHEAD_BYTES), mode="r")
 
 
 def gone(uri: str) -> str:
@@ -168,7 +177,7 @@ class _ListedObject(io.RawIOBase):
             answer = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = error.response.get("Error", {}).get("Code")
             if answer == 412 or code == "PreconditionFailed":  # a HEAD's answer has no code, only its status
-                raise StorageError(changed(self.uri)) from None
+                raise Changed(changed(self.uri)) from None
             if answer == 404 or code in ("NoSuchKey", "NotFound"):
                 raise FileNotFoundError(errno.ENOENT, "no such object", self.uri) from None
             raise StorageError(f"{self.uri}: cannot read: {error}") from None
