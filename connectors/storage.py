@@ -119,14 +119,16 @@ def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Itera
     not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
     (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
     the suffix. An S3 object given the ``etag`` its listing gave is read as listed (``_ListedObject``)."""
-    with _open_file(fs, path, etag) as handle:
+    with open_file(fs, path, etag) as handle:
         head = handle.read_at(4, 0) if handle.size() else b""
         packed = _PACKED.get(head[:2]) or _PACKED.get(head)
         handle.seek(0)
         yield pa.CompressedInputStream(handle, packed) if packed else handle
 
 
-def _open_file(fs: pafs.FileSystem, path: str, etag: str | None) -> Any:
+def open_file(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Any:
+    """The file for random access, its bytes as stored; an S3 object given the ``etag`` its listing
+    gave, as listed (``open_listed``)."""
     if etag is None or not isinstance(fs, pafs.S3FileSystem):
         return fs.open_input_file(path)
     return open_listed(f"s3://{path}", etag)
