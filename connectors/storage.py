@@ -136,7 +136,7 @@ def open_file(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Any:
 
 def open_listed(uri: str, etag: str) -> pa.NativeFile:
     """The S3 object at ``uri`` for random access, as listed with ``etag`` (``_ListedObject``)."""
-    return pa.PythonFile(io.BufferedReader(_ListedObject(uri, etag), READ_AHEAD_BYTES), mode="r")
+    return pa.PythonFile(_ListedObject(uri, etag), mode="r")
 
 
 def gone(uri: str) -> str:
@@ -153,28 +153,41 @@ def changed(uri: str) -> str:
     return f"{uri}: changed since the run listed it (overwritten meanwhile); run again to read what is there now"
 
 
-READ_AHEAD_BYTES = 1024 * 1024  # read at once from S3, however small the reads (a gzip stream's are 64 KiB)
+READ_AHEAD_BYTES = 1024 * 1024  # asked of S3 at least at once: a gzip stream reads 64 KiB at a time
 
 
 class _ListedObject(io.RawIOBase):
     """An S3 object's bytes as its listing gave them: each request sends ``If-Match`` with the listed
     ETag, so an object overwritten since, before its reading or between two of its ranges, fails the
     read (``changed``) rather than be read, whole or in part, in the listed one's place. Arrow's S3
-    client cannot send the condition, so boto3 reads."""
+    client cannot send the condition, so boto3 reads. A read of less than ``READ_AHEAD_BYTES`` asks
+    for that much, and the next reads take from it (a small object is one request)."""
 
     def __init__(self, uri: str, etag: str) -> None:
         self.uri, self.etag, self.position = uri, f'"{etag}"', 0
         self.bucket, _, self.key = uri.removeprefix("s3://").partition("/")
         self.client = _reading_client(tuple(os.environ.get(name) for name in _AWS_READING), os.getpid())
-        with self._asking():
-            self.length = self.client.head_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)["ContentLength"]
+        self.held_at, (self.held, self.length) = 0, self._get(0, READ_AHEAD_BYTES)  # the first also tells the length
 
-    @contextlib.contextmanager
-    def _asking(self) -> Iterator[None]:
+    def _get(self, start: int, size: int) -> tuple[bytes, int]:
+        """Up to ``size`` bytes from ``start``, and the object's length."""
         import botocore.exceptions
 
         try:
-            yield
+            try:
+                answer = self.client.get_object(
+                    Bucket=self.bucket, Key=self.key, IfMatch=self.etag, Range=f"bytes={start}-{start + size - 1}"
+                )
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "InvalidRange" or start:
+                    raise
+                # An empty object has no first byte to ask for: whether it is still the listed one, asked apart.
+                self.client.head_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+                return b"", 0
+            with contextlib.closing(answer["Body"]) as body:
+                data = body.read()
+            total = answer.get("ContentRange", "").rpartition("/")[2]  # none where a store sends it whole
+            return data, int(total) if total.isdigit() else answer["ContentLength"]
         except botocore.exceptions.ClientError as error:
             answer = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = error.response.get("Error", {}).get("Code")
@@ -203,15 +216,14 @@ class _ListedObject(io.RawIOBase):
         size = min(len(buffer), self.length - self.position)
         if size <= 0:
             return 0
-        with self._asking():
-            answer = self.client.get_object(
-                Bucket=self.bucket,
-                Key=self.key,
-                IfMatch=self.etag,
-                Range=f"bytes={self.position}-{self.position + size - 1}",
-            )
-            with contextlib.closing(answer["Body"]) as body:
-                data = body.read()
+        offset = self.position - self.held_at
+        data = self.held[offset : offset + size] if 0 <= offset < len(self.held) else b""
+        if len(data) < size:  # filled whole: a short read would be taken for the file's end
+            at, rest = self.position + len(data), size - len(data)
+            fetched, _ = self._get(at, max(rest, READ_AHEAD_BYTES))
+            if rest < READ_AHEAD_BYTES:
+                self.held_at, self.held = at, fetched
+            data += fetched[:rest]
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
