@@ -585,3 +585,19 @@ def test_an_object_overwritten_while_read_in_blocks_is_never_read_half_old_half_
     monkeypatch.undo()
     manifest = run(workdir, spec).manifest
     assert manifest.counts.written == 400
+
+
+def test_an_empty_object_overwritten_since_its_listing_is_not_read_as_empty(bucket: str, aws_env: str) -> None:
+    # An empty object has no first byte to ask for (S3 answers 416 to the range): it reads as empty, and
+    # one listed empty and overwritten since is not read as empty, nor as the bytes put there.
+    from connectors.storage import Changed, filesystem, list_files, open_input
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b"")
+    [entry] = list_files(f"s3://{bucket}/in/a.jsonl")
+    fs, path = filesystem(entry.uri)
+    with open_input(fs, path, entry.etag) as stream:
+        assert stream.read() == b""
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    with pytest.raises(Changed, match=rf"^s3://{bucket}/in/a\.jsonl: changed since the run listed it"):
+        open_input(fs, path, entry.etag).__enter__()
