@@ -621,8 +621,10 @@ class DocumentsSourceReader(ListedFiles):
         for entry in self.entries():
             fs, path = filesystem(entry.uri)
             try:
-                with open_input(fs, path) as stream:
+                with open_input(fs, path, entry.etag) as stream:
                     data = stream.read()
+            except StorageError:
+                raise  # names the object already (changed since listed)
             except FileNotFoundError:
                 raise StorageError(gone(entry.uri)) from None
             except OSError as exc:

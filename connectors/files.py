@@ -598,7 +598,7 @@ class FilesSourceReader(ListedFiles):
                     "object per line, for example with jq -c '.[]'"
                 )
 
-        with open_input(fs, path) as stream:
+        with open_input(fs, path, entry.etag) as stream:
             # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
             blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
             for data in blocks:  # lines may end in CR alone
@@ -733,7 +733,7 @@ class FilesSourceReader(ListedFiles):
         while True:
             try:
                 if not header_read:  # its first row, read with it, may need the larger blocks too
-                    header, header_read = self._csv_header(entry.uri, block_bytes), True
+                    header, header_read = self._csv_header(entry, block_bytes), True
                 for batch in self._csv_blocks(entry, header, block_bytes, progress, done):
                     yield batch
                     for table in (batch.rows, batch.set_aside):
@@ -795,7 +795,7 @@ class FilesSourceReader(ListedFiles):
         # One numbering for rows (their values joined) and set-aside lines (their text): a row and a
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
-        with open_input(fs, path) as raw:
+        with open_input(fs, path, entry.etag) as raw:
             stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             # Each batch is handed on once the next is read: the file's last record, in the last batch,
@@ -872,20 +872,21 @@ class FilesSourceReader(ListedFiles):
         )
         return rows.filter(pc.invert(at)), pa.concat_tables([set_aside, never_closed]), nbytes
 
-    def _csv_header(self, uri: str, block_bytes: int) -> tuple[int, list[str]] | None:
+    def _csv_header(self, entry: FileEntry, block_bytes: int) -> tuple[int, list[str]] | None:
         """The header's line (after any blank lines) and column names, or None when there is no line to
         read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these).
         ``block_bytes``: the blocks the file is read in (``_csv`` grows them for a long record)."""
+        uri = entry.uri
         fs, path = filesystem(uri)
         probe = pacsv.ParseOptions(
             delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
         )
-        with open_input(fs, path) as raw:
+        with open_input(fs, path, entry.etag) as raw:
             head = _LineFeeds(raw).read(PROBE_BYTES)
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
         try:
-            names = _csv_names(fs, path, probe, PROBE_BYTES)
+            names = _csv_names(fs, path, entry.etag, probe, PROBE_BYTES)
             if any("\ufffd" in name for name in names):
                 _warn_header_not_utf8(uri, head, leading, header_line)
             return header_line, names
@@ -907,7 +908,7 @@ class FilesSourceReader(ListedFiles):
         # Arrow reads the first rows with the header: a first row longer than the probe takes a block
         # as large as the reading itself uses (larger when ``_csv`` reads again for a long record: a
         # first row that straddles its blocks is read as a later one is).
-        return header_line, _csv_names(fs, path, probe, max(block_bytes, BLOCK_BYTES))
+        return header_line, _csv_names(fs, path, entry.etag, probe, max(block_bytes, BLOCK_BYTES))
 
     def _split_not_utf8(
         self,
@@ -967,7 +968,7 @@ class FilesSourceReader(ListedFiles):
 
     def _parquet(self, entry: FileEntry, _block_bytes: int) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        with _parquet_file(fs, path) as handle:
+        with _parquet_file(fs, path, entry.etag) as handle:
             parquet = pq.ParquetFile(handle)
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
@@ -1080,11 +1081,11 @@ def _bytes_as_text(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _parquet_file(fs: Any, path: str) -> Iterator[Any]:
+def _parquet_file(fs: Any, path: str, etag: str | None) -> Iterator[Any]:
     """A Parquet file opened for random access (its footer is read first). One compressed whole
     (``.parquet.gz``, ``.parquet.zst``, an object uploaded with ``Content-Encoding: gzip``) gives no
     such access: it is unpacked into a temporary local file first, a block at a time, so memory stays flat."""
-    with open_input(fs, path) as stream:
+    with open_input(fs, path, etag) as stream:
         if not isinstance(stream, pa.CompressedInputStream):
             yield stream
             return
@@ -1116,10 +1117,10 @@ def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int)
     )
 
 
-def _csv_names(fs: Any, path: str, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
+def _csv_names(fs: Any, path: str, etag: str | None, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
     """The column names Arrow reads from a CSV file's header, reading ``block_bytes`` at a time."""
     read = pacsv.ReadOptions(use_threads=False, block_size=block_bytes)
-    with open_input(fs, path) as raw:
+    with open_input(fs, path, etag) as raw:
         return pacsv.open_csv(
             _Utf8Guard(_LineFeeds(raw), block_bytes), read_options=read, parse_options=parse
         ).schema.names

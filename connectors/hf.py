@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, new_files
-from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
+from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_file
 from schemas.config import HFSource
 from schemas.manifest import InputFile
 from schemas.records import InputIds, source_array
@@ -121,7 +121,7 @@ class HFSourceReader:
         fs, path = filesystem(entry.uri)
         row, ids = 1, InputIds(entry.uri)
         if entry.uri.endswith(".parquet"):
-            with fs.open_input_file(path) as handle:
+            with open_file(fs, path, entry.etag) as handle:
                 parquet = pq.ParquetFile(handle)
                 total = max(parquet.metadata.num_rows, 1)
                 for batch in parquet.iter_batches(batch_size=self.batch_rows):
@@ -130,7 +130,7 @@ class HFSourceReader:
                     )
                     row += batch.num_rows
             return
-        with fs.open_input_stream(path) as stream:  # save_to_disk writes Arrow IPC streams
+        with open_file(fs, path, entry.etag) as stream:  # save_to_disk writes Arrow IPC streams
             reader = pa.ipc.open_stream(stream)
             pending: list[pa.RecordBatch] = []
             for batch in reader:

@@ -29,7 +29,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from connectors.base import SourceBatch, plain_strings
 from connectors.files import FilesSourceReader, file_format, lines_in
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
-from connectors.storage import FileEntry, NotThere, StorageError, filesystem, join, list_files, open_input
+from connectors.storage import (
+    Changed,
+    FileEntry,
+    NotThere,
+    StorageError,
+    filesystem,
+    join,
+    list_files,
+    open_input,
+    open_listed,
+)
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
 from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, input_record_json, set_aside_rows
@@ -170,7 +180,7 @@ class ImagesSourceReader:
         item = f"sidecar:{entry.uri}"
         before = watermark.get(item)
         fs, path = filesystem(entry.uri)
-        with open_input(fs, path) as stream:  # unpacks a gzip or zstd sidecar: its lines are counted
+        with open_input(fs, path, entry.etag) as stream:  # unpacks a gzip or zstd sidecar: its lines are counted
             data = stream.read()
         watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         parquet = file_format(entry.uri, self.sidecar.config.format) == "parquet"
@@ -361,8 +371,10 @@ class ImagesSourceReader:
         if name not in cache:
             uri = self._image_uri(name)
             fs, path = filesystem(uri)
+            etag = self._listed[uri].etag if uri in self._listed else None
             try:
-                with fs.open_input_stream(path) as stream:
+                # An S3 image is read as listed: its row's watermark is staged with the listed ETag.
+                with fs.open_input_stream(path) if etag is None else open_listed(uri, etag) as stream:
                     data = stream.read()
             except OSError as error:
                 missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
@@ -371,6 +383,8 @@ class ImagesSourceReader:
                     cache[name] = ImageProblem(reason, f"cannot read {uri}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
                     why = os.strerror(error.errno) if error.errno else str(error)
+                    if isinstance(error, Changed):
+                        why = "overwritten since the run listed it"
                     cache[name] = ImageProblem(
                         reason, f"cannot read {uri} ({why}); the next run reads it again", retry=True
                     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import functools
+import io
 import logging
 import os
 import posixpath
@@ -32,6 +34,10 @@ class StorageError(OSError):
 class NotThere(StorageError):
     """A path that names nothing: told apart from one that could not be listed (denied, a share away),
     which a source must never take for an emptied folder."""
+
+
+class Changed(StorageError):
+    """A listed S3 object overwritten since the listing (``changed``)."""
 
 
 def is_s3(uri: str) -> bool:
@@ -109,16 +115,29 @@ _PACKED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 @contextlib.contextmanager
-def open_input(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
+def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Iterator[Any]:
     """The file as a stream of its bytes, unpacked where it is compressed, as told by its first bytes,
     not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
     (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
-    the suffix."""
-    with fs.open_input_file(path) as handle:
+    the suffix. An S3 object given the ``etag`` its listing gave is read as listed (``_ListedObject``)."""
+    with open_file(fs, path, etag) as handle:
         head = handle.read_at(4, 0) if handle.size() else b""
         packed = _PACKED.get(head[:2]) or _PACKED.get(head)
         handle.seek(0)
         yield pa.CompressedInputStream(handle, packed) if packed else handle
+
+
+def open_file(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Any:
+    """The file for random access, its bytes as stored; an S3 object given the ``etag`` its listing
+    gave, as listed (``open_listed``)."""
+    if etag is None or not isinstance(fs, pafs.S3FileSystem):
+        return fs.open_input_file(path)
+    return open_listed(f"s3://{path}", etag)
+
+
+def open_listed(uri: str, etag: str) -> pa.NativeFile:
+    """The S3 object at ``uri`` for random access, as listed with ``etag`` (``_ListedObject``)."""
+    return pa.PythonFile(_ListedObject(uri, etag), mode="r")
 
 
 def gone(uri: str) -> str:
@@ -126,6 +145,100 @@ def gone(uri: str) -> str:
     fails rather than pass over it: the fingerprint its listing gave would be saved as read, and the
     same object put back would never be read."""
     return f"{uri}: gone since the run listed it (moved or deleted while the run read); run again to read what is there now"
+
+
+def changed(uri: str) -> str:
+    """Why a listed input was not read: overwritten while the run read its source. Read, the new bytes
+    would be saved as read under the listed ETag: the next run would read them again (published twice)
+    and the listed ones never."""
+    return f"{uri}: changed since the run listed it (overwritten meanwhile); run again to read what is there now"
+
+
+READ_AHEAD_BYTES = 1024 * 1024  # asked of S3 at least at once: a gzip stream reads 64 KiB at a time
+
+
+class _ListedObject(io.RawIOBase):
+    """An S3 object's bytes as its listing gave them: each request sends ``If-Match`` with the listed
+    ETag, so an object overwritten since, before its reading or between two of its ranges, fails the
+    read (``changed``) rather than be read, whole or in part, in the listed one's place. Arrow's S3
+    client cannot send the condition, so boto3 reads. A read of less than ``READ_AHEAD_BYTES`` asks
+    for that much, and the next reads take from it (a small object is one request)."""
+
+    def __init__(self, uri: str, etag: str) -> None:
+        self.uri, self.etag, self.position = uri, f'"{etag}"', 0
+        self.bucket, _, self.key = uri.removeprefix("s3://").partition("/")
+        self.client = _reading_client(tuple(os.environ.get(name) for name in _AWS_READING), os.getpid())
+        self.held_at, (self.held, self.length) = 0, self._get(0, READ_AHEAD_BYTES)  # the first also tells the length
+
+    def _get(self, start: int, size: int) -> tuple[bytes, int]:
+        """Up to ``size`` bytes from ``start``, and the object's length."""
+        import botocore.exceptions
+
+        try:
+            try:
+                answer = self.client.get_object(
+                    Bucket=self.bucket, Key=self.key, IfMatch=self.etag, Range=f"bytes={start}-{start + size - 1}"
+                )
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "InvalidRange" or start:
+                    raise
+                # An empty object has no first byte to ask for; S3 checks If-Match before the range
+                # (a 412 comes first), so this one is the listed one.
+                return b"", 0
+            with contextlib.closing(answer["Body"]) as body:
+                data = body.read()
+            total = answer.get("ContentRange", "").rpartition("/")[2]  # none where a store sends it whole
+            return data, int(total) if total.isdigit() else answer["ContentLength"]
+        except botocore.exceptions.ClientError as error:
+            answer = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = error.response.get("Error", {}).get("Code")
+            if answer == 412 or code == "PreconditionFailed":  # a HEAD's answer has no code, only its status
+                raise Changed(changed(self.uri)) from None
+            if answer == 404 or code in ("NoSuchKey", "NotFound"):
+                raise FileNotFoundError(errno.ENOENT, "no such object", self.uri) from None
+            raise StorageError(f"{self.uri}: cannot read: {error}") from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise StorageError(f"{self.uri}: cannot read: {error}") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.position = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.length}[whence] + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        size = min(len(buffer), self.length - self.position)
+        if size <= 0:
+            return 0
+        offset = self.position - self.held_at
+        data = self.held[offset : offset + size] if 0 <= offset < len(self.held) else b""
+        if len(data) < size:  # filled whole: a short read would be taken for the file's end
+            at, rest = self.position + len(data), size - len(data)
+            fetched, _ = self._get(at, max(rest, READ_AHEAD_BYTES))
+            if rest < READ_AHEAD_BYTES:
+                self.held_at, self.held = at, fetched
+            data += fetched[:rest]
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+# What decides the client that reads: where, and as whom.
+_AWS_READING = (*_AWS_SETTINGS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@functools.lru_cache(maxsize=8)
+def _reading_client(_environment: tuple[str | None, ...], _process: int) -> Any:
+    """One client for the inputs a process reads (making one takes about 40 ms: an object a document);
+    not shared with a process forked from this one, whose requests would go over this one's connections."""
+    return _s3_client()
 
 
 def join(uri: str, *parts: str) -> str:

@@ -98,3 +98,28 @@ def test_saved_dataset_on_s3(tmp_path: Path, bucket: str) -> None:
             s3.upload_file(str(file), bucket, f"datasets/faq/{file.relative_to(tmp_path / 'faq')}")
     rows = read(f"s3://{bucket}/datasets/faq")
     assert len(rows) == 31 and rows[0]["source"]["uri"].startswith(f"s3://{bucket}/datasets/faq/train/")
+
+
+def test_a_dataset_file_overwritten_on_s3_between_listing_and_reading_fails_the_read_by_name(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read as it was now, the new file's rows were taken under the listed ETag: read again by the next run.
+    import connectors.hf
+
+    make_dataset().save_to_disk(str(tmp_path / "faq"))
+    s3 = boto3.client("s3")
+    for file in (tmp_path / "faq").rglob("*"):
+        if file.is_file():
+            s3.upload_file(str(file), bucket, f"datasets/faq/{file.relative_to(tmp_path / 'faq')}")
+    [train] = [f.relative_to(tmp_path / "faq") for f in (tmp_path / "faq" / "train").glob("*.arrow")]
+    [test] = list((tmp_path / "faq" / "test").glob("*.arrow"))
+    listed = connectors.hf.list_files
+
+    def list_then_overwrite(*args: object, **kwargs: object) -> list:
+        found = listed(*args, **kwargs)
+        s3.upload_file(str(test), bucket, f"datasets/faq/{train}")  # the data file replaced meanwhile
+        return found
+
+    monkeypatch.setattr(connectors.hf, "list_files", list_then_overwrite)
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/datasets/faq/{train}: changed since the run listed it"):
+        read(f"s3://{bucket}/datasets/faq")

@@ -1070,6 +1070,42 @@ def test_an_images_bucket_that_cannot_be_listed_fails_the_run_by_name(workdir: P
     assert not (workdir / "output" / "receipts" / "v2").exists()
 
 
+@pytest.mark.s3
+def test_an_s3_image_overwritten_between_listing_and_reading_is_read_again_on_the_next_run(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read as it was now, the new image was published and its row staged with the listed ETag: the next
+    # run saw another ETag and published the row again, and the listed image was never read.
+    import connectors.images as images
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    for name in ("receipt.jpg", "form.png"):
+        s3.put_object(Bucket=bucket, Key=f"img/{name}", Body=IMAGES[name])
+    rows = [
+        {"image": "receipt.jpg", "question": "Total?", "answer": "12.50"},
+        {"image": "form.png", "question": "Signed?", "answer": "Yes."},
+    ]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    source = {"type": "images", "path": f"s3://{bucket}/img", "sidecar": "qa.jsonl", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [source], "record": {"kind": "vqa"}, "output": {"validation_fraction": 0}}
+    listed = images.list_files
+
+    def list_then_overwrite(*args: object, **kwargs: object) -> list:
+        found = listed(*args, **kwargs)
+        s3.put_object(Bucket=bucket, Key="img/form.png", Body=png((32, 32)))  # re-scanned meanwhile
+        return found
+
+    monkeypatch.setattr(images, "list_files", list_then_overwrite)
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 1 and first.manifest.counts.reasons["quarantined"]["unreadable"] == 1
+    [refused] = [row for row in set_aside(Path(first.version_uri)) if row["reason"] == "unreadable"]
+    assert refused["detail"].endswith("form.png (overwritten since the run listed it); the next run reads it again")
+    monkeypatch.undo()
+    second = run(workdir, spec)
+    assert (second.manifest.counts.input, second.manifest.counts.written) == (1, 1)
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
 def test_sidecar_rows_appended_while_a_run_reads_it_are_taken_once(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -487,3 +487,117 @@ def test_a_store_without_conditional_writes_publishes_and_says_what_it_cannot_gu
     assert "does not take conditional writes (If-None-Match)" in caplog.text
     staged = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging").get("Contents", [])
     assert [o["Key"] for o in staged if o["Size"]] == []  # its claim on v1 removed (an empty folder marker stays)
+
+
+@pytest.mark.parametrize("kind", ["files", "documents"])
+def test_an_object_overwritten_between_listing_and_reading_fails_the_run_by_name_and_is_read_when_run_again(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Listed as one object (its ETag saved as read), read as the one put there meanwhile: that one's records
+    were published, and again by the next run (its ETag is not the one saved), the listed one's never."""
+    import connectors.state
+    from connectors.storage import StorageError
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    name = "a.jsonl" if kind == "files" else "a.txt"
+    body = (lambda text: f'{{"text": "{text}"}}\n') if kind == "files" else (lambda text: f"{text}\n")
+    s3.put_object(Bucket=bucket, Key=f"in/{name}", Body=body("Parcel 1 left the depot.").encode())
+    listed = connectors.state.list_files
+
+    def list_then_overwrite(*args: object, **kwargs: object) -> list:
+        found = listed(*args, **kwargs)
+        s3.put_object(Bucket=bucket, Key=f"in/{name}", Body=body("Parcel 2 reached the shop.").encode())
+        return found
+
+    monkeypatch.setattr(connectors.state, "list_files", list_then_overwrite)
+    spec = {
+        "dataset": "docs",
+        "sources": [{"path": f"s3://{bucket}/in/", **({"type": "documents"} if kind == "documents" else {})}],
+        "record": {"kind": "document"},
+        "stages": [],  # no dedup: a record read twice is published twice
+        "output": {"dest": f"s3://{bucket}/out"},
+    }
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/in/{name}: changed since the run listed it"):
+        run(workdir, spec)
+    monkeypatch.undo()
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 1
+    shard = first.manifest.splits["train"].shards[0].path
+    published = s3.get_object(Bucket=bucket, Key=f"out/docs/v1/{shard}")["Body"].read().decode()
+    assert "Parcel 2 reached the shop." in published
+    assert "nothing new since docs v1" in run(workdir, spec).message
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_an_object_overwritten_while_read_in_blocks_is_never_read_half_old_half_new(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """Read a block (a row group) at a time, an object overwritten after its first block was read on in the
+    new one's bytes: records of both were published under the listed one's ETag."""
+    import io
+
+    import connectors.files
+    import connectors.storage
+    from connectors.storage import StorageError
+
+    monkeypatch.setattr(connectors.files, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(connectors.storage, "READ_AHEAD_BYTES", 1024)  # an object of many requests
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+
+    def body(word: str) -> bytes:  # the same length in both: the new one's later lines line up with the old's
+        texts = [f"{word} parcel {i:04d} left the depot." for i in range(400)]
+        if fmt == "jsonl":
+            return "".join(json.dumps({"text": text}) + "\n" for text in texts).encode()
+        if fmt == "csv":
+            return ("text\n" + "".join(f"{text}\n" for text in texts)).encode()
+        out = io.BytesIO()
+        pq.write_table(pa.table({"text": texts}), out, row_group_size=20)
+        return out.getvalue()
+
+    key = f"in/a.{fmt}"
+    s3.put_object(Bucket=bucket, Key=key, Body=body("old"))
+    read, parquet_file = connectors.files.FilesSourceReader._read, pq.ParquetFile
+
+    def overwrite_after_the_first_batch(self: object, *args: object, **kwargs: object) -> Iterator:
+        batches = read(self, *args, **kwargs)
+        yield next(batches)
+        s3.put_object(Bucket=bucket, Key=key, Body=body("new"))
+        yield from batches
+
+    def overwrite_after_the_footer(*args: object, **kwargs: object) -> pq.ParquetFile:
+        opened = parquet_file(*args, **kwargs)  # its footer read: Arrow reads its row groups in one range
+        s3.put_object(Bucket=bucket, Key=key, Body=body("new"))
+        return opened
+
+    if fmt == "parquet":
+        monkeypatch.setattr(pq, "ParquetFile", overwrite_after_the_footer)
+    else:
+        monkeypatch.setattr(connectors.files.FilesSourceReader, "_read", overwrite_after_the_first_batch)
+    spec = {
+        "dataset": "docs",
+        "sources": [{"path": f"s3://{bucket}/in/"}],
+        "record": {"kind": "document"},
+        "stages": [],
+        "output": {"dest": f"s3://{bucket}/out"},
+    }
+    with pytest.raises(StorageError, match=rf"^s3://{bucket}/{key}: changed since the run listed it"):
+        run(workdir, spec)
+    monkeypatch.undo()
+    manifest = run(workdir, spec).manifest
+    assert manifest.counts.written == 400
+
+
+def test_an_empty_object_overwritten_since_its_listing_is_not_read_as_empty(bucket: str, aws_env: str) -> None:
+    # An empty object has no first byte to ask for (S3 answers 416 to the range): it reads as empty, and
+    # one listed empty and overwritten since is not read as empty, nor as the bytes put there.
+    from connectors.storage import Changed, filesystem, list_files, open_input
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b"")
+    [entry] = list_files(f"s3://{bucket}/in/a.jsonl")
+    fs, path = filesystem(entry.uri)
+    with open_input(fs, path, entry.etag) as stream:
+        assert stream.read() == b""
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    with pytest.raises(Changed, match=rf"^s3://{bucket}/in/a\.jsonl: changed since the run listed it"):
+        open_input(fs, path, entry.etag).__enter__()
