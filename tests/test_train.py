@@ -464,6 +464,9 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
         (("--wait", "--poll-seconds", "0"), "Invalid value for '--poll-seconds'"),
         (("--wait", "--dry-run"), "--dry-run launches no job for --wait to follow"),
         (("--timeout", "60"), "--timeout is how long --wait follows the job"),  # without --wait: no waiting
+        # Typed as its default is, it is still typed: the user meant to wait, and would not.
+        (("--poll-seconds", "30"), "--poll-seconds is how often --wait asks"),
+        (("--dry-run", "--poll-seconds", "5"), "--poll-seconds is how often --wait asks"),
     ):
         done = curation(*args, *wrong, cwd=workdir)
         assert done.returncode == 2 and said in done.stderr and "launched" not in done.stdout, done.stderr
