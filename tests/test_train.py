@@ -236,6 +236,14 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path, monkeypatch: 
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=PINNED)
     assert training_request(version, MODEL, hyperparameters={"max_train_samples": "-1"}, specs=PINNED)
+    # SageMaker takes a hyperparameter value of at most 2500 characters (botocore's HyperParameterValue):
+    # refused before the request is built, naming the setting, without echoing the whole value back.
+    with pytest.raises(
+        SpecError, match=r"^hyperparameter target_modules=q_proj,q_proj,.{0,40}: 2800 characters"
+    ) as said:
+        training_request(version, MODEL, hyperparameters={"target_modules": "q_proj," * 400}, specs=PINNED)
+    assert "at most 2500" in str(said.value) and len(str(said.value)) < 200
+    assert training_request(version, MODEL, hyperparameters={"target_modules": "q" * 2500}, specs=PINNED)
     # Zero is in JumpStart's range for these, though the default dropout is above it: no dropout.
     zeros = {"lora_dropout": "0", "train_data_split_seed": "0"}
     assert (
@@ -755,10 +763,16 @@ def test_a_live_lookup_checks_values_against_the_live_specs_ranges(workdir: Path
         ({"per_device_train_batch_size": "9"}, "per_device_train_batch_size=9: must be at most 8"),
         ({"chat_template": "Mistral"}, "chat_template=Mistral: takes one of Llama3.1, None"),
         ({"seed": "0"}, "seed=0: must be at least 1"),
+        # A text's min and max bound its length (as the SDK's own validator reads them), not its value.
+        (
+            {"target_modules": "q_proj,k_proj,v_proj,o_proj"},
+            "target_modules=q_proj,k_proj,v_proj,o_proj: must be at most 20 characters long",
+        ),
+        ({"target_modules": ""}, "target_modules=: must be at least 1 character long"),
     ):
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=resolver)
-    fits = {"epoch": "10", "chat_template": "None", "target_modules": "q_proj,k_proj,v_proj,o_proj"}
+    fits = {"epoch": "10", "chat_template": "None", "target_modules": "q_proj,k_proj,v_proj"}
     assert (
         training_request(version, MODEL, hyperparameters=fits, specs=resolver)["HyperParameters"].items()
         >= fits.items()

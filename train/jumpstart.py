@@ -42,7 +42,8 @@ class ModelSpec:
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
-    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max; options (its values).
+    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max; options (its values);
+    # length: the same four bounds on a text's length.
     hyperparameter_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,7 +146,8 @@ def live_ranges(
 ) -> dict[str, dict[str, Any]]:
     """Each hyperparameter's range as the SDK's JumpStart spec (``JumpStartModelSpecs``) gives it, the
     instance type's own variant first, as the SDK reads defaults; the pin's for one it gives none of.
-    A text hyperparameter's min and max bound its length, which no value here is checked against."""
+    A text hyperparameter's min and max bound its length (as the SDK's own validator reads them): they
+    are kept apart, under ``length``."""
     ranges = {name: dict(bounds) for name, bounds in (pinned or {}).items()}
     variants = getattr(specs, "training_instance_type_variants", None)
     specific = variants.get_instance_specific_hyperparameters(instance_type) if variants and instance_type else []
@@ -153,8 +155,11 @@ def live_ranges(
     named.update({hyperparameter.name: hyperparameter for hyperparameter in specific})
     for name, hyperparameter in named.items():
         bounds: dict[str, Any] = {}
+        given = {bound: getattr(hyperparameter, bound) for bound in BOUNDS if hasattr(hyperparameter, bound)}
         if hyperparameter.type in ("int", "float"):
-            bounds = {bound: getattr(hyperparameter, bound) for bound in BOUNDS if hasattr(hyperparameter, bound)}
+            bounds = given
+        elif hyperparameter.type == "text" and given:
+            bounds = {"length": given}
         if getattr(hyperparameter, "options", None):
             bounds["options"] = [str(option) for option in hyperparameter.options]
         if bounds:
