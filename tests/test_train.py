@@ -805,10 +805,16 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
             "variants": {"g5": {"regional_properties": {"image_uri": "$gpu"}}, "p4d": {"regional_properties": {"image_uri": "$gpu"}}},
         },
     }  # fmt: skip
+    # Its weights behind a EULA: the spec's gated_bucket, which also puts them in JumpStart's private bucket.
+    gated = {**spec, "model_id": "acme-textgeneration-gated", "gated_bucket": True}
     (workdir / "specs").mkdir()
     (workdir / "specs" / "tiny.json").write_text(json.dumps(spec))
+    (workdir / "specs" / "gated.json").write_text(json.dumps(gated))
     (workdir / "manifest").mkdir()
-    listed = [{"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"}]
+    listed = [
+        {"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"},
+        {"model_id": gated["model_id"], "version": "9.9.9", "min_version": "2.0.0", "spec_key": "gated.json"},
+    ]
     (workdir / "manifest" / "models_manifest.json").write_text(json.dumps(listed))
     monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "manifest"))
     monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "specs"))
@@ -824,6 +830,13 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
     version = publish(workdir, "jumpstart-instruction")
     request = training_request(version, model_id, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 1, "VolumeSizeInGB": 512}
+    # Gated or not as its own spec says (a model the pin lacks was taken as gated): the EULA is accepted
+    # only for weights behind one, in the bucket the SDK gave their URI for.
+    assert not resolved.gated and "ModelAccessConfig" not in channels(request)["model"]
+    assert channels(request)["model"]["S3Uri"] == "s3://jumpstart-cache-prod-us-east-1/acme-training/tiny/"
+    request = training_request(version, gated["model_id"], role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
+    assert channels(request)["model"]["S3Uri"] == "s3://jumpstart-private-cache-prod-us-east-1/acme-training/tiny/"
     for settings, message in (
         ({"hyperparameters": {"epoch": "11"}}, "epoch=11: must be at most 10"),
         ({"hyperparameters": {"chat_template": "Mistral"}}, "chat_template=Mistral: takes one of Llama3.1, None"),

@@ -104,13 +104,14 @@ class SdkSpecs:
     def lookup(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         """The SDK's answer, or its own exception."""
         from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
+        from sagemaker.core.jumpstart.constants import DEFAULT_TRAINING_ENTRY_POINT
         from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
         pinned = self.fallback.models.get(model_id) or {}
         common = {"region": region, "model_id": model_id, "model_version": "*"}
         # The model's own spec: the version "*" stands for, which the job's tags name (SageMaker takes no
-        # "*" in a tag), its default and supported instance types, volume, metrics and hyperparameter ranges;
-        # the pin only where it gives none (a model the pin lacks has only the live spec's).
+        # "*" in a tag), whether it is gated, its default and supported instance types, volume, metrics and
+        # hyperparameter ranges; the pin only where it gives none (a model the pin lacks has only the live spec's).
         live = verify_model_region_and_return_specs(model_id, "*", "training", region=region)
         instance = instance_type or live.default_training_instance_type or pinned.get("default_instance_type")
         image = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance, **common)
@@ -124,9 +125,11 @@ class SdkSpecs:
             version=live.version,
             training_image=image,
             script_uri=script,
-            entry_point="transfer_learning.py",
+            # No spec names its script's entry point: the SDK's JumpStart training runs this one for every model.
+            entry_point=DEFAULT_TRAINING_ENTRY_POINT,
             model_uri=model,
-            gated=bool(pinned.get("gated", True)),
+            # gated_bucket is what put the weights' URI in JumpStart's gated bucket, which asks for the EULA.
+            gated=bool(live.gated_bucket),
             default_instance_type=instance or "ml.g5.2xlarge",
             supported_instance_types=tuple(supported),
             volume_size_gb=int(getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb", 256)),
