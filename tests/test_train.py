@@ -802,11 +802,23 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
         ],
         "training_instance_type_variants": {
             "regional_aliases": {"us-east-1": {"gpu": gpu}},
-            "variants": {"g5": {"regional_properties": {"image_uri": "$gpu"}}, "p4d": {"regional_properties": {"image_uri": "$gpu"}}},
+            "variants": {
+                # The weights for an instance family where they differ from the default training_artifact_key.
+                "g5": {"regional_properties": {"image_uri": "$gpu"}, "properties": {"training_artifact_key": "acme-training/tiny-g5/"}},
+                "p4d": {"regional_properties": {"image_uri": "$gpu"}},
+            },
         },
     }  # fmt: skip
-    # Its weights behind a EULA: the spec's gated_bucket, which also puts them in JumpStart's private bucket.
+    # Its weights behind a EULA: the spec's gated_bucket, which also puts them in JumpStart's private bucket,
+    # at the key the instance family's gated_model_key_env_var_value gives (the SDK's SageMakerGatedModelS3Uri).
     gated = {**spec, "model_id": "acme-textgeneration-gated", "gated_bucket": True}
+    gated["training_instance_type_variants"] = {
+        "regional_aliases": {"us-east-1": {"gpu": gpu}},
+        "variants": {
+            family: {"regional_properties": {"image_uri": "$gpu"}, "properties": {"gated_model_key_env_var_value": key}}
+            for family, key in (("g5", "acme-training/g5/gated.tar.gz"), ("p4d", "acme-training/p4d/gated.tar.gz"))
+        },
+    }
     (workdir / "specs").mkdir()
     (workdir / "specs" / "tiny.json").write_text(json.dumps(spec))
     (workdir / "specs" / "gated.json").write_text(json.dumps(gated))
@@ -833,10 +845,16 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
     # Gated or not as its own spec says (a model the pin lacks was taken as gated): the EULA is accepted
     # only for weights behind one, in the bucket the SDK gave their URI for.
     assert not resolved.gated and "ModelAccessConfig" not in channels(request)["model"]
-    assert channels(request)["model"]["S3Uri"] == "s3://jumpstart-cache-prod-us-east-1/acme-training/tiny/"
+    assert channels(request)["model"]["S3Uri"] == "s3://jumpstart-cache-prod-us-east-1/acme-training/tiny-g5/"
     request = training_request(version, gated["model_id"], role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
     assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
-    assert channels(request)["model"]["S3Uri"] == "s3://jumpstart-private-cache-prod-us-east-1/acme-training/tiny/"
+    private = "s3://jumpstart-private-cache-prod-us-east-1/acme-training"
+    assert channels(request)["model"]["S3Uri"] == f"{private}/g5/gated.tar.gz"
+    request = training_request(
+        version, gated["model_id"], instance_type="ml.p4d.24xlarge", role_arn=ROLE, data_uri="s3://b/pairs/v1",
+        specs=SdkSpecs(),
+    )  # fmt: skip
+    assert channels(request)["model"]["S3Uri"] == f"{private}/p4d/gated.tar.gz"
     for settings, message in (
         ({"hyperparameters": {"epoch": "11"}}, "epoch=11: must be at most 10"),
         ({"hyperparameters": {"chat_template": "Mistral"}}, "chat_template=Mistral: takes one of Llama3.1, None"),

@@ -103,8 +103,12 @@ class SdkSpecs:
 
     def lookup(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         """The SDK's answer, or its own exception."""
-        from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
-        from sagemaker.core.jumpstart.constants import DEFAULT_TRAINING_ENTRY_POINT
+        from sagemaker.core import environment_variables, hyperparameters, image_uris, model_uris, script_uris
+        from sagemaker.core.jumpstart.constants import (
+            DEFAULT_TRAINING_ENTRY_POINT,
+            SAGEMAKER_GATED_MODEL_S3_URI_TRAINING_ENV_VAR_KEY,
+        )
+        from sagemaker.core.jumpstart.enums import JumpStartScriptScope
         from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
         pinned = self.fallback.models.get(model_id) or {}
@@ -116,7 +120,14 @@ class SdkSpecs:
         instance = instance_type or live.default_training_instance_type or pinned.get("default_instance_type")
         image = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance, **common)
         script = script_uris.retrieve(script_scope="training", **common)
-        model = model_uris.retrieve(model_scope="training", **common)
+        # The weights for the instance type, as the SDK hands them to a job: a gated model's where its
+        # training environment points (the instance family's gated key), others' the family's artifact if any.
+        environment = environment_variables.retrieve_default(
+            script=JumpStartScriptScope.TRAINING, instance_type=instance, include_aws_sdk_env_vars=False, **common
+        )
+        model = environment.get(SAGEMAKER_GATED_MODEL_S3_URI_TRAINING_ENV_VAR_KEY) or model_uris.retrieve(
+            model_scope="training", instance_type=instance, **common
+        )
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
         formats = tuple(pinned.get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
         supported = live.supported_training_instance_types or pinned.get("supported_instance_types", ())
