@@ -236,6 +236,14 @@ def test_hyperparameter_values_and_uris_are_checked(workdir: Path, monkeypatch: 
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=PINNED)
     assert training_request(version, MODEL, hyperparameters={"max_train_samples": "-1"}, specs=PINNED)
+    # SageMaker takes a hyperparameter value of at most 2500 characters (botocore's HyperParameterValue):
+    # refused before the request is built, naming the setting, without echoing the whole value back.
+    with pytest.raises(
+        SpecError, match=r"^hyperparameter target_modules=q_proj,q_proj,.{0,40}: 2800 characters"
+    ) as said:
+        training_request(version, MODEL, hyperparameters={"target_modules": "q_proj," * 400}, specs=PINNED)
+    assert "at most 2500" in str(said.value) and len(str(said.value)) < 200
+    assert training_request(version, MODEL, hyperparameters={"target_modules": "q" * 2500}, specs=PINNED)
     # Zero is in JumpStart's range for these, though the default dropout is above it: no dropout.
     zeros = {"lora_dropout": "0", "train_data_split_seed": "0"}
     assert (
@@ -464,6 +472,9 @@ def test_launch_and_wait_until_completed_from_the_command_line(workdir: Path, bu
         (("--wait", "--poll-seconds", "0"), "Invalid value for '--poll-seconds'"),
         (("--wait", "--dry-run"), "--dry-run launches no job for --wait to follow"),
         (("--timeout", "60"), "--timeout is how long --wait follows the job"),  # without --wait: no waiting
+        # Typed as its default is, it is still typed: the user meant to wait, and would not.
+        (("--poll-seconds", "30"), "--poll-seconds is how often --wait asks"),
+        (("--dry-run", "--poll-seconds", "5"), "--poll-seconds is how often --wait asks"),
     ):
         done = curation(*args, *wrong, cwd=workdir)
         assert done.returncode == 2 and said in done.stderr and "launched" not in done.stdout, done.stderr
@@ -752,10 +763,16 @@ def test_a_live_lookup_checks_values_against_the_live_specs_ranges(workdir: Path
         ({"per_device_train_batch_size": "9"}, "per_device_train_batch_size=9: must be at most 8"),
         ({"chat_template": "Mistral"}, "chat_template=Mistral: takes one of Llama3.1, None"),
         ({"seed": "0"}, "seed=0: must be at least 1"),
+        # A text's min and max bound its length (as the SDK's own validator reads them), not its value.
+        (
+            {"target_modules": "q_proj,k_proj,v_proj,o_proj"},
+            "target_modules=q_proj,k_proj,v_proj,o_proj: must be at most 20 characters long",
+        ),
+        ({"target_modules": ""}, "target_modules=: must be at least 1 character long"),
     ):
         with pytest.raises(SpecError, match=message):
             training_request(version, MODEL, hyperparameters=values, specs=resolver)
-    fits = {"epoch": "10", "chat_template": "None", "target_modules": "q_proj,k_proj,v_proj,o_proj"}
+    fits = {"epoch": "10", "chat_template": "None", "target_modules": "q_proj,k_proj,v_proj"}
     assert (
         training_request(version, MODEL, hyperparameters=fits, specs=resolver)["HyperParameters"].items()
         >= fits.items()
@@ -785,13 +802,31 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
         ],
         "training_instance_type_variants": {
             "regional_aliases": {"us-east-1": {"gpu": gpu}},
-            "variants": {"g5": {"regional_properties": {"image_uri": "$gpu"}}, "p4d": {"regional_properties": {"image_uri": "$gpu"}}},
+            "variants": {
+                # The weights for an instance family where they differ from the default training_artifact_key.
+                "g5": {"regional_properties": {"image_uri": "$gpu"}, "properties": {"training_artifact_key": "acme-training/tiny-g5/"}},
+                "p4d": {"regional_properties": {"image_uri": "$gpu"}},
+            },
         },
     }  # fmt: skip
+    # Its weights behind a EULA: the spec's gated_bucket, which also puts them in JumpStart's private bucket,
+    # at the key the instance family's gated_model_key_env_var_value gives (the SDK's SageMakerGatedModelS3Uri).
+    gated = {**spec, "model_id": "acme-textgeneration-gated", "gated_bucket": True}
+    gated["training_instance_type_variants"] = {
+        "regional_aliases": {"us-east-1": {"gpu": gpu}},
+        "variants": {
+            family: {"regional_properties": {"image_uri": "$gpu"}, "properties": {"gated_model_key_env_var_value": key}}
+            for family, key in (("g5", "acme-training/g5/gated.tar.gz"), ("p4d", "acme-training/p4d/gated.tar.gz"))
+        },
+    }
     (workdir / "specs").mkdir()
     (workdir / "specs" / "tiny.json").write_text(json.dumps(spec))
+    (workdir / "specs" / "gated.json").write_text(json.dumps(gated))
     (workdir / "manifest").mkdir()
-    listed = [{"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"}]
+    listed = [
+        {"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"},
+        {"model_id": gated["model_id"], "version": "9.9.9", "min_version": "2.0.0", "spec_key": "gated.json"},
+    ]
     (workdir / "manifest" / "models_manifest.json").write_text(json.dumps(listed))
     monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "manifest"))
     monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "specs"))
@@ -807,6 +842,19 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
     version = publish(workdir, "jumpstart-instruction")
     request = training_request(version, model_id, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 1, "VolumeSizeInGB": 512}
+    # Gated or not as its own spec says (a model the pin lacks was taken as gated): the EULA is accepted
+    # only for weights behind one, in the bucket the SDK gave their URI for.
+    assert not resolved.gated and "ModelAccessConfig" not in channels(request)["model"]
+    assert channels(request)["model"]["S3Uri"] == "s3://jumpstart-cache-prod-us-east-1/acme-training/tiny-g5/"
+    request = training_request(version, gated["model_id"], role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    assert channels(request)["model"]["ModelAccessConfig"] == {"AcceptEula": True}
+    private = "s3://jumpstart-private-cache-prod-us-east-1/acme-training"
+    assert channels(request)["model"]["S3Uri"] == f"{private}/g5/gated.tar.gz"
+    request = training_request(
+        version, gated["model_id"], instance_type="ml.p4d.24xlarge", role_arn=ROLE, data_uri="s3://b/pairs/v1",
+        specs=SdkSpecs(),
+    )  # fmt: skip
+    assert channels(request)["model"]["S3Uri"] == f"{private}/p4d/gated.tar.gz"
     for settings, message in (
         ({"hyperparameters": {"epoch": "11"}}, "epoch=11: must be at most 10"),
         ({"hyperparameters": {"chat_template": "Mistral"}}, "chat_template=Mistral: takes one of Llama3.1, None"),

@@ -114,8 +114,16 @@ def follow(
     return EXIT_FAILED
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (by typing it or by its variable), even to its default value."""
+    # By name: Typer carries its own copy of click, whose ParameterSource is not click.core's.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 @app.command()
 def launch(
+    ctx: typer.Context,
     dataset_version: Annotated[str, typer.Argument(help="the published version: s3://.../DATASET/vN or a local path")],
     model: Annotated[str, typer.Option("--model", help="JumpStart model ID")],
     instance_type: Annotated[str | None, typer.Option(help="default: the model's own")] = None,
@@ -153,6 +161,10 @@ def launch(
         raise _fail("--dry-run launches no job for --wait to follow: leave out one of them", EXIT_USAGE)
     if timeout is not None and not follow_job:
         raise _fail("--timeout is how long --wait follows the job: add --wait or leave it out", EXIT_USAGE)
+    if _given(ctx, "poll_seconds") and not follow_job:
+        raise _fail(
+            "--poll-seconds is how often --wait asks for the job's status: add --wait or leave it out", EXIT_USAGE
+        )
     values = parse_pairs(hyperparameter or [])
     shortcuts = {
         "lora_r": ("--lora-r", lora_r),

@@ -42,7 +42,8 @@ class ModelSpec:
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
-    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max; options (its values).
+    # JumpStart's bounds of a hyperparameter: min, max, exclusive_min, exclusive_max; options (its values);
+    # length: the same four bounds on a text's length.
     hyperparameter_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,19 +103,31 @@ class SdkSpecs:
 
     def lookup(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         """The SDK's answer, or its own exception."""
-        from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
+        from sagemaker.core import environment_variables, hyperparameters, image_uris, model_uris, script_uris
+        from sagemaker.core.jumpstart.constants import (
+            DEFAULT_TRAINING_ENTRY_POINT,
+            SAGEMAKER_GATED_MODEL_S3_URI_TRAINING_ENV_VAR_KEY,
+        )
+        from sagemaker.core.jumpstart.enums import JumpStartScriptScope
         from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
         pinned = self.fallback.models.get(model_id) or {}
         common = {"region": region, "model_id": model_id, "model_version": "*"}
         # The model's own spec: the version "*" stands for, which the job's tags name (SageMaker takes no
-        # "*" in a tag), its default and supported instance types, volume, metrics and hyperparameter ranges;
-        # the pin only where it gives none (a model the pin lacks has only the live spec's).
+        # "*" in a tag), whether it is gated, its default and supported instance types, volume, metrics and
+        # hyperparameter ranges; the pin only where it gives none (a model the pin lacks has only the live spec's).
         live = verify_model_region_and_return_specs(model_id, "*", "training", region=region)
         instance = instance_type or live.default_training_instance_type or pinned.get("default_instance_type")
         image = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance, **common)
         script = script_uris.retrieve(script_scope="training", **common)
-        model = model_uris.retrieve(model_scope="training", **common)
+        # The weights for the instance type, as the SDK hands them to a job: a gated model's where its
+        # training environment points (the instance family's gated key), others' the family's artifact if any.
+        environment = environment_variables.retrieve_default(
+            script=JumpStartScriptScope.TRAINING, instance_type=instance, include_aws_sdk_env_vars=False, **common
+        )
+        model = environment.get(SAGEMAKER_GATED_MODEL_S3_URI_TRAINING_ENV_VAR_KEY) or model_uris.retrieve(
+            model_scope="training", instance_type=instance, **common
+        )
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
         formats = tuple(pinned.get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
         supported = live.supported_training_instance_types or pinned.get("supported_instance_types", ())
@@ -123,9 +136,11 @@ class SdkSpecs:
             version=live.version,
             training_image=image,
             script_uri=script,
-            entry_point="transfer_learning.py",
+            # No spec names its script's entry point: the SDK's JumpStart training runs this one for every model.
+            entry_point=DEFAULT_TRAINING_ENTRY_POINT,
             model_uri=model,
-            gated=bool(pinned.get("gated", True)),
+            # gated_bucket is what put the weights' URI in JumpStart's gated bucket, which asks for the EULA.
+            gated=bool(live.gated_bucket),
             default_instance_type=instance or "ml.g5.2xlarge",
             supported_instance_types=tuple(supported),
             volume_size_gb=int(getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb", 256)),
@@ -145,7 +160,8 @@ def live_ranges(
 ) -> dict[str, dict[str, Any]]:
     """Each hyperparameter's range as the SDK's JumpStart spec (``JumpStartModelSpecs``) gives it, the
     instance type's own variant first, as the SDK reads defaults; the pin's for one it gives none of.
-    A text hyperparameter's min and max bound its length, which no value here is checked against."""
+    A text hyperparameter's min and max bound its length (as the SDK's own validator reads them): they
+    are kept apart, under ``length``."""
     ranges = {name: dict(bounds) for name, bounds in (pinned or {}).items()}
     variants = getattr(specs, "training_instance_type_variants", None)
     specific = variants.get_instance_specific_hyperparameters(instance_type) if variants and instance_type else []
@@ -153,8 +169,11 @@ def live_ranges(
     named.update({hyperparameter.name: hyperparameter for hyperparameter in specific})
     for name, hyperparameter in named.items():
         bounds: dict[str, Any] = {}
+        given = {bound: getattr(hyperparameter, bound) for bound in BOUNDS if hasattr(hyperparameter, bound)}
         if hyperparameter.type in ("int", "float"):
-            bounds = {bound: getattr(hyperparameter, bound) for bound in BOUNDS if hasattr(hyperparameter, bound)}
+            bounds = given
+        elif hyperparameter.type == "text" and given:
+            bounds = {"length": given}
         if getattr(hyperparameter, "options", None):
             bounds["options"] = [str(option) for option in hyperparameter.options]
         if bounds:

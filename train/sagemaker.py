@@ -58,6 +58,7 @@ class TrainError(RuntimeError):
     """The handoff cannot go on; the message names the version or job and what to do."""
 
 
+@functools.cache  # a quarter of a second each: botocore reads the service's whole model
 def input_shape(operation: str, service: str = "sagemaker") -> Any:
     return botocore.session.get_session().get_service_model(service).operation_model(operation).input_shape
 
@@ -359,9 +360,12 @@ def hyperparameters_for(
             raise SpecError(f"{spec.model_id} has no hyperparameter {key!r}; {takes}")
         if key in needed and str(value) != needed[key]:
             raise SpecError(f"the {manifest.format} format trains with {key}={needed[key]}, not {value}")
-        problem = _value_problem(str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key))
+        problem = _too_long(str(value)) or _value_problem(
+            str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key)
+        )
         if problem:
-            where = f"{typed[key]} ({key}={value})" if key in typed else f"hyperparameter {key}={value}"
+            shown = f"{key}={_shortened(str(value))}"
+            where = f"{typed[key]} ({shown})" if key in typed else f"hyperparameter {shown}"
             raise SpecError(f"{where}: {problem}")
         values[key] = str(value)
     # JumpStart's Llama notes: int8 quantisation does not work with FSDP; set exactly one of the two.
@@ -374,14 +378,40 @@ def hyperparameters_for(
     return values
 
 
+def _too_long(value: str) -> str | None:
+    """SageMaker's own limit on a hyperparameter value (botocore's ``HyperParameterValue``), which the
+    request's check would find too, but naming the request field and echoing the whole value."""
+    longest = input_shape("CreateTrainingJob").members["HyperParameters"].value.metadata["max"]
+    return f"{len(value)} characters; SageMaker takes at most {longest}" if len(value) > longest else None
+
+
+def _shortened(value: str, room: int = 40) -> str:
+    return value if len(value) <= room else f"{value[: room - 3]}..."
+
+
+def _beyond(given: float, bounds: Mapping[str, Any]) -> str | None:
+    """What ``given`` must be (``at most 10``) when it is outside JumpStart's ``bounds``."""
+    for bound, fits, words in (
+        ("min", operator.ge, "at least"),
+        ("exclusive_min", operator.gt, "above"),
+        ("max", operator.le, "at most"),
+        ("exclusive_max", operator.lt, "below"),
+    ):
+        if bound in bounds and not fits(given, bounds[bound]):
+            return f"{words} {bounds[bound]:g}"
+    return None
+
+
 def _value_problem(value: str, default: str, bounds: Mapping[str, Any] | None = None) -> str | None:
     """What is wrong with ``value`` for a hyperparameter whose default is ``default``: one of the
     model's options where it lists them, of the default's kind (True/False, a whole number, a number)
     and within the model's ``bounds`` (JumpStart's min, max, exclusive_min, exclusive_max); without
     bounds a positive default stays positive (epochs, ranks, rates; -1 and None stand for "all" or
-    "unset" and leave the value free)."""
+    "unset" and leave the value free); a text within its ``length`` bounds."""
     if bounds and "options" in bounds and value not in bounds["options"]:
         return f"takes one of {', '.join(bounds['options'])} (default {default})"
+    if bounds and (outside := _beyond(len(value), bounds.get("length", {}))):
+        return f"must be {outside} character{'' if outside.endswith(' 1') else 's'} long (default {default})"
     if default in ("True", "False"):
         return None if value in ("True", "False") else "takes True or False"
     for kind, name in ((int, "a whole number"), (float, "a number")):
@@ -397,15 +427,8 @@ def _value_problem(value: str, default: str, bounds: Mapping[str, Any] | None = 
             return f"takes a finite number (default {default})"
         if not set(BOUNDS) & set(bounds or {}):
             return f"must be above 0 (default {default})" if number > 0 and given <= 0 else None
-        for bound, fits, words in (
-            ("min", operator.ge, "at least"),
-            ("exclusive_min", operator.gt, "above"),
-            ("max", operator.le, "at most"),
-            ("exclusive_max", operator.lt, "below"),
-        ):
-            if bound in bounds and not fits(given, bounds[bound]):
-                return f"must be {words} {bounds[bound]:g} (default {default})"
-        return None
+        outside = _beyond(given, bounds or {})
+        return f"must be {outside} (default {default})" if outside else None
     return None
 
 
