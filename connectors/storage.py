@@ -154,6 +154,9 @@ def changed(uri: str) -> str:
     return f"{uri}: changed since the run listed it (overwritten meanwhile); run again to read what is there now"
 
 
+# Buckets whose store answered 501 to a conditional read: read without the condition (said once).
+_UNCONDITIONAL: set[tuple[str, str]] = set()  # (endpoint, bucket)
+
 READ_AHEAD_BYTES = 1024 * 1024  # asked of S3 at least at once: a gzip stream reads 64 KiB at a time
 
 
@@ -176,10 +179,22 @@ class _ListedObject(io.RawIOBase):
 
         try:
             try:
+                store = (self.client.meta.endpoint_url, self.bucket)
+                condition = {"IfMatch": self.etag} if store not in _UNCONDITIONAL else {}
                 answer = self.client.get_object(
-                    Bucket=self.bucket, Key=self.key, IfMatch=self.etag, Range=f"bytes={start}-{start + size - 1}"
+                    Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{start + size - 1}", **condition
                 )
             except botocore.exceptions.ClientError as error:
+                if condition and error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 501:
+                    # A store that does not take If-Match reads as before: an object overwritten while the
+                    # run reads it is not seen (the next run reads it again).
+                    log.warning(
+                        "%s: this S3 store does not take conditional reads (If-Match): objects are read "
+                        "without; one overwritten while a run reads it is not told apart",
+                        self.uri,
+                    )
+                    _UNCONDITIONAL.add(store)
+                    return self._get(start, size)
                 if error.response.get("Error", {}).get("Code") != "InvalidRange" or start:
                     raise
                 # An empty object has no first byte to ask for; S3 checks If-Match before the range

@@ -601,3 +601,45 @@ def test_an_empty_object_overwritten_since_its_listing_is_not_read_as_empty(buck
     s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
     with pytest.raises(Changed, match=rf"^s3://{bucket}/in/a\.jsonl: changed since the run listed it"):
         open_input(fs, path, entry.etag).__enter__()
+
+
+def test_a_store_without_conditional_reads_reads_as_before_and_says_so(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store answering 501 to ``If-Match`` on a read (every listed object is read with it) failed every
+    read: it reads without the condition, with a warning, once per store and bucket."""
+    import logging
+
+    from botocore.awsrequest import AWSResponse
+
+    import connectors.storage as storage
+
+    class Raw:
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def stream(self, **_: object) -> Iterator[bytes]:
+            yield self.body
+
+    refused = []
+
+    def no_conditions(request: object, **_: object) -> AWSResponse | None:
+        if "If-Match" not in request.headers:
+            return None
+        refused.append(request.url)
+        refusal = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code></Error>"
+        return AWSResponse(request.url, 501, {"Content-Type": "application/xml"}, Raw(refusal))
+
+    client = boto3.client("s3", endpoint_url=aws_env)
+    client.meta.events.register("before-send.s3.GetObject", no_conditions)
+    monkeypatch.setattr(storage, "_reading_client", lambda *_: client)
+    for name in ("a", "b"):
+        client.put_object(Bucket=bucket, Key=f"in/{name}.jsonl", Body=f'{{"text": "{name}"}}\n'.encode())
+    with caplog.at_level(logging.WARNING, logger="connectors.storage"):
+        result = run(workdir, docs_recipe(f"s3://{bucket}/in/"))
+    assert result.manifest.counts.written == 2
+    assert len(refused) == 1  # asked once: the store's answer is remembered
+    assert [r.message for r in caplog.records].count(
+        f"s3://{bucket}/in/a.jsonl: this S3 store does not take conditional reads (If-Match): objects are read "
+        "without; one overwritten while a run reads it is not told apart"
+    ) == 1
