@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
+from connectors.storage import FileEntry, StorageError, Unreadable, filesystem, open_input, read_error
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
@@ -552,7 +552,17 @@ class FilesSourceReader(ListedFiles):
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
-            yield from self._read(entry)
+            batches = self._read(entry)
+            try:
+                first = next(batches, None)
+            except Unreadable as error:
+                yield self.unreadable(entry, error)
+                continue
+            if first is not None:
+                yield first
+                # Past its first batch an error still fails the run: the records before it were passed on,
+                # and the file read again from its start would give them twice.
+                yield from batches
 
     def _read(self, entry: FileEntry, block_bytes: int | None = None) -> Iterator[SourceBatch]:
         """The file's batches, read ``block_bytes`` (``BLOCK_BYTES``) at a time (Parquet: a row group at a time)."""
@@ -560,12 +570,8 @@ class FilesSourceReader(ListedFiles):
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
         try:
             yield from reader(entry, block_bytes or BLOCK_BYTES)
-        except StorageError:
-            raise  # names the file already
-        except FileNotFoundError:
-            raise StorageError(gone(entry.uri)) from None
         except OSError as exc:
-            raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+            raise read_error(entry.uri, exc) from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
             raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
 
