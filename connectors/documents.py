@@ -5,7 +5,7 @@ document's title (``Title › Section``) and its place in ``source``: the page f
 (Markdown, text) or paragraph number (DOCX) where it starts. With ``chunk`` set, each is cut into
 overlapping chunks on paragraph boundaries. Boilerplate is dropped: running headers and footers
 that repeat on most PDF pages, navigation and footers of web pages (trafilatura), page headers of
-Word files (only the body is read). A file that cannot be read (encrypted, corrupt) is quarantined
+Word files (only the body is read). A file that cannot be read (encrypted, corrupt, denied) is quarantined
 with the reason and the run goes on.
 """
 
@@ -29,7 +29,7 @@ import yaml
 from connectors.base import SourceBatch
 from connectors.chunk import chunk_text
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
+from connectors.storage import FileEntry, Unreadable, filesystem, open_input, read_error
 from schemas.config import DocumentsSource
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -623,12 +623,12 @@ class DocumentsSourceReader(ListedFiles):
             try:
                 with open_input(fs, path, entry.etag) as stream:
                     data = stream.read()
-            except StorageError:
-                raise  # names the object already (changed since listed)
-            except FileNotFoundError:
-                raise StorageError(gone(entry.uri)) from None
             except OSError as exc:
-                raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+                error = read_error(entry.uri, exc)
+                if not isinstance(error, Unreadable):
+                    raise error from None
+                yield self.unreadable(entry, error)  # read whole before any record: nothing of it passed on
+                continue
             yield self._records(entry, data)
 
     def _records(self, entry: FileEntry, data: bytes) -> SourceBatch:

@@ -32,7 +32,15 @@ import pyarrow.parquet as pq
 
 from connectors.base import RESERVED, SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem, gone, hive_partitions, open_input
+from connectors.storage import (
+    FileEntry,
+    StorageError,
+    Unreadable,
+    filesystem,
+    hive_partitions,
+    open_input,
+    read_error,
+)
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
@@ -553,7 +561,17 @@ class FilesSourceReader(ListedFiles):
 
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
-            yield from self._read(entry)
+            batches = self._read(entry)
+            try:
+                first = next(batches, None)
+            except Unreadable as error:
+                yield self.unreadable(entry, error)
+                continue
+            if first is not None:
+                yield first
+                # Past its first batch an error still fails the run: the records before it were passed on,
+                # and the file read again from its start would give them twice.
+                yield from batches
 
     def _read(self, entry: FileEntry, block_bytes: int | None = None) -> Iterator[SourceBatch]:
         """The file's batches, read ``block_bytes`` (``BLOCK_BYTES``) at a time (Parquet: a row group at a time)."""
@@ -563,12 +581,8 @@ class FilesSourceReader(ListedFiles):
         try:
             for batch in reader(entry, block_bytes or BLOCK_BYTES):
                 yield _with_partitions(batch, partitions, entry.uri) if partitions else batch
-        except StorageError:
-            raise  # names the file already
-        except FileNotFoundError:
-            raise StorageError(gone(entry.uri)) from None
         except OSError as exc:
-            raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
+            raise read_error(entry.uri, exc) from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
             raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
 

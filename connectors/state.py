@@ -28,12 +28,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 import xxhash
 from pydantic import BaseModel
 
-from connectors.storage import FileEntry, StorageError, filesystem, list_files, readable
+from connectors.base import SourceBatch
+from connectors.storage import FileEntry, StorageError, Unreadable, filesystem, list_files, readable
 from schemas.manifest import InputFile
+from schemas.records import record_ids, set_aside_rows, source_array
 
 metadata = sa.MetaData()
 
@@ -515,7 +518,7 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
         return entries
     fresh = []
     for entry in entries:
-        if entry.uri not in watermark.committed:
+        if watermark.committed.get(entry.uri, UNREAD) == UNREAD:  # new, or listed and not read by an earlier run
             fresh.append(entry)
             watermark.set(entry.uri, file_value(entry, known=watermark.digests))
             continue
@@ -537,6 +540,7 @@ class ListedFiles:
     source's first run).
     """
 
+    name: str  # the connector's, in a quarantined row's source
     suffixes: tuple[str, ...]
     nothing_found: str = "no input files match"
     config: Any
@@ -557,6 +561,26 @@ class ListedFiles:
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]
+
+    def unreadable(self, entry: FileEntry, error: Unreadable) -> SourceBatch:
+        """A file that could not be read (``error``) before any of its records was passed on: one row
+        quarantined as ``unreadable``, and its watermark ``UNREAD``, so the next run reads it again,
+        changed or not, and the run goes on with the other files. ``error`` is raised where the file
+        cannot be left to the next run: without a watermark (an images sidecar, whose rows keep their
+        own), or read again after an earlier run took it (changed: the records it gave are replaced by
+        what it holds now, which would be nothing)."""
+        if self.watermark is None or entry.uri in self.watermark.replaced:
+            raise error
+        self.watermark.set(entry.uri, UNREAD)
+        set_aside = set_aside_rows(
+            record_ids(entry.uri, [None], [b""]),
+            source_array(self.name, entry.uri, [None]),
+            stage="read",
+            outcome="quarantined",
+            reasons="unreadable",
+            details=[f"{entry.uri}: cannot read ({error.why}); the next run reads it again"],
+        )
+        return SourceBatch(rows=pa.table({}), set_aside=set_aside, input_bytes=entry.size)
 
     def list_again(self) -> None:
         """Forget the listing: the next ``entries`` lists again (inputs added to ``read_again`` since)."""

@@ -31,6 +31,21 @@ class StorageError(OSError):
     """A path that cannot be read or written; the message names it."""
 
 
+class Unreadable(StorageError):
+    """A listed input that could not be opened or read for a fault of its access, not of its content
+    (denied, an I/O error, a share or bucket away): a later run may read it. Made by ``Unreadable.of``."""
+
+    uri: str
+    why: str  # the OS's reason ("Permission denied"), or the storage's message
+
+    @classmethod
+    def of(cls, uri: str, error: OSError) -> Unreadable:
+        why = os.strerror(error.errno) if error.errno else str(error)
+        found = cls(f"{uri}: cannot read: {why}")
+        found.uri, found.why = uri, why  # attributes, not arguments: pickled whole to and from Ray workers
+        return found
+
+
 class NotThere(StorageError):
     """A path that names nothing: told apart from one that could not be listed (denied, a share away),
     which a source must never take for an emptied folder."""
@@ -120,8 +135,16 @@ def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Itera
     not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
     (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
     the suffix. An S3 object given the ``etag`` its listing gave is read as listed (``_ListedObject``)."""
-    with open_file(fs, path, etag) as handle:
-        head = handle.read_at(4, 0) if handle.size() else b""
+    uri = f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
+    try:
+        handle = open_file(fs, path, etag)
+    except OSError as error:
+        raise _not_opened(uri, error) from None
+    with handle:
+        try:
+            head = handle.read_at(4, 0) if handle.size() else b""
+        except OSError as error:
+            raise _not_opened(uri, error) from None
         packed = _PACKED.get(head[:2]) or _PACKED.get(head)
         handle.seek(0)
         yield pa.CompressedInputStream(handle, packed) if packed else handle
@@ -138,6 +161,32 @@ def open_file(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Any:
 def open_listed(uri: str, etag: str) -> pa.NativeFile:
     """The S3 object at ``uri`` for random access, as listed with ``etag`` (``_ListedObject``)."""
     return pa.PythonFile(_ListedObject(uri, etag), mode="r")
+
+
+def _not_opened(uri: str, error: OSError) -> OSError:
+    """What opening an input (or reading its first bytes) raised, as the readers tell it: a file not
+    there as it was (``gone``); any other error, before a byte of it was read, is its access's
+    (``Unreadable``), whatever the storage's message (S3's refusals carry no errno)."""
+    if isinstance(error, StorageError):  # names the input already (changed since listed, or unreadable)
+        return error
+    return error if _missing(error) else Unreadable.of(uri, error)
+
+
+def _missing(error: OSError) -> bool:
+    return isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
+
+
+def read_error(uri: str, error: OSError) -> StorageError:
+    """An error met reading a listed input, naming it: ``gone`` where it is not there any more;
+    ``Unreadable`` where the OS says why (an errno: denied, an I/O error); else the input's content is
+    damaged (Arrow's and zlib's errors on damaged data carry no errno)."""
+    if isinstance(error, StorageError):
+        return error  # names the input already
+    if _missing(error):
+        return StorageError(gone(uri))
+    if error.errno:
+        return Unreadable.of(uri, error)
+    return StorageError(f"{uri}: cannot read: {error}")
 
 
 def gone(uri: str) -> str:
@@ -211,9 +260,9 @@ class _ListedObject(io.RawIOBase):
                 raise Changed(changed(self.uri)) from None
             if answer == 404 or code in ("NoSuchKey", "NotFound"):
                 raise FileNotFoundError(errno.ENOENT, "no such object", self.uri) from None
-            raise StorageError(f"{self.uri}: cannot read: {error}") from None
-        except botocore.exceptions.BotoCoreError as error:
-            raise StorageError(f"{self.uri}: cannot read: {error}") from None
+            raise Unreadable.of(self.uri, OSError(str(error))) from None  # denied, throttled: as Arrow's reads
+        except botocore.exceptions.BotoCoreError as error:  # the endpoint away
+            raise Unreadable.of(self.uri, OSError(str(error))) from None
 
     def readable(self) -> bool:
         return True

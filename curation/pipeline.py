@@ -677,7 +677,7 @@ def _run_locked(
                 f"; {changed}" if changed else ""
             )
             if counts.input:  # read again, still unreadable: said on each run, published once
-                unread = f"{counts.input} image row(s) still cannot be read" + _first_detail(tally)
+                unread = f"{counts.input} input(s) (files, image rows) still cannot be read" + _first_detail(tally)
                 log.warning("run=%s %s", writer.run_id, unread)
                 message += f"; {unread}"
             log.info("run=%s %s", writer.run_id, message)
@@ -828,8 +828,8 @@ def _first_detail(tally: Tally) -> str:
 
 
 def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: datetime) -> bool:
-    """Whether the run has nothing to add to the version it extends: no record read (but rows whose image
-    could not be read then and cannot be now: an earlier version counts them), no input read again that
+    """Whether the run has nothing to add to the version it extends: no record read (but inputs that could
+    not be read then and cannot be now, files or rows of images: an earlier version counts them), no input read again that
     now holds nothing, no review decision changed since."""
     emptied = plan.replaced_ids is not None and not plan.replaced_ids.is_empty()
     return (

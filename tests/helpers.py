@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,40 @@ def sqlite_db(path: Path, *statements: str) -> str:
             db.execute(sa.text(statement))
     engine.dispose()
     return url
+
+
+class Refusing:
+    """A local filesystem that refuses to open one file or list one folder (``refused``), as a file or folder
+    under ``chmod 000`` (or a share gone away) refuses a run that is not root's (the tests may run as root,
+    which reads it all the same)."""
+
+    def __init__(self, fs: object, refused: str) -> None:
+        self.fs, self.refused = fs, refused
+
+    def open_input_stream(self, path: str, *args: object, **kwargs: object) -> object:
+        if path == self.refused:
+            raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
+        return self.fs.open_input_stream(path, *args, **kwargs)
+
+    def open_input_file(self, path: str, *args: object, **kwargs: object) -> object:
+        if path == self.refused:
+            raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
+        return self.fs.open_input_file(path, *args, **kwargs)
+
+    def get_file_info(self, what: object) -> object:
+        if getattr(what, "base_dir", None) == self.refused:
+            raise PermissionError(13, f"Cannot list directory '{self.refused}'. Detail: [errno 13] Permission denied")
+        return self.fs.get_file_info(what)
+
+    def __getattr__(self, name: str) -> object:  # every other call as the filesystem's
+        return getattr(self.fs, name)
+
+
+def refusing(refused: Path, filesystem: Callable[[str], tuple[Any, str]]) -> Callable[[str], tuple[Any, str]]:
+    """``filesystem`` (a module's), with the file ``refused`` refused as ``Refusing`` does."""
+
+    def refusing_filesystem(uri: str) -> tuple[Any, str]:
+        fs, path = filesystem(uri)
+        return Refusing(fs, str(refused)), path
+
+    return refusing_filesystem

@@ -16,7 +16,7 @@ from fpdf import FPDF
 from connectors.chunk import chunk_text
 from connectors.documents import DocumentsSourceReader
 from schemas.config import ChunkConfig, DocumentsSource
-from tests.helpers import outputs, run, set_aside
+from tests.helpers import outputs, refusing, run, set_aside
 
 PARAGRAPHS = [
     "Refunds are paid within five working days of the returned item arriving at the warehouse.",
@@ -894,3 +894,65 @@ def test_a_web_pages_noscript_text_is_not_published_nor_breaks_its_sections(tmp_
         ("Returns policy › International", "## International\n\nInternational parcels take five to ten working days."),
     ]
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("app.html", "no_text")]
+
+
+def _handbook(workdir: Path) -> tuple[dict, Path]:
+    docs = workdir / "docs"
+    docs.mkdir()
+    (docs / "refunds.md").write_text(f"# Refunds\n\n{PARAGRAPHS[0]}\n")
+    (docs / "gift-cards.md").write_text(f"# Gift cards\n\n{PARAGRAPHS[2]}\n")
+    spec = {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    return spec, docs / "gift-cards.md"
+
+
+def _refuse(monkeypatch: pytest.MonkeyPatch, refused: Path | None) -> None:
+    """``refused`` cannot be opened (chmod 000 does not stop root, who may run the tests): by the reader,
+    nor by the listing, which hashes a local file's bytes; None: every file can be again."""
+    import connectors.documents as documents
+    import connectors.state as state
+    from connectors.storage import filesystem
+
+    for module in (documents, state):
+        monkeypatch.setattr(module, "filesystem", refusing(refused, filesystem) if refused else filesystem)
+
+
+def test_a_document_that_cannot_be_read_is_quarantined_and_read_again_on_the_next_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One file denied among many failed every run of a scheduled job, and nothing new was published.
+    spec, denied = _handbook(workdir)
+    _refuse(monkeypatch, denied)
+    first = run(workdir, spec)
+    counts = first.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (2, 1, 1)
+    assert counts.reasons["quarantined"] == {"unreadable": 1}
+    [refused] = set_aside(Path(first.version_uri))
+    assert refused["detail"] == f"{denied}: cannot read (Permission denied); the next run reads it again"
+    assert [line["text"] for line in outputs(Path(first.version_uri))] == [f"# Refunds\n\n{PARAGRAPHS[0]}"]
+    # Still denied: nothing new, and the run says why rather than publish that quarantine again.
+    with caplog.at_level("WARNING"):
+        second = run(workdir, spec)
+    assert second.manifest is None and second.message.startswith("nothing new since kb v1")
+    assert "1 input(s) (files, image rows) still cannot be read, e.g. " in second.message
+    assert f"{denied}: cannot read (Permission denied)" in second.message and "Permission denied" in caplog.text
+    _refuse(monkeypatch, None)  # readable again, the file untouched (chmod does not move its mtime)
+    third = run(workdir, spec)
+    assert (third.manifest.version, third.manifest.counts.input, third.manifest.counts.written) == (2, 1, 1)
+    assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == [
+        f"# Gift cards\n\n{PARAGRAPHS[2]}",
+        f"# Refunds\n\n{PARAGRAPHS[0]}",
+    ]
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_a_document_taken_before_that_changed_and_cannot_be_read_still_fails_the_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read again, its records published before are replaced by what it holds now: quarantined, they would
+    # leave the dataset for a file that still holds them, as far as anyone knows.
+    spec, denied = _handbook(workdir)
+    run(workdir, spec)
+    denied.write_text(f"# Gift cards\n\n{PARAGRAPHS[1]}\n")
+    _refuse(monkeypatch, denied)
+    with pytest.raises(OSError, match=rf"^{denied}: cannot read: Permission denied$"):
+        run(workdir, spec)

@@ -21,7 +21,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import outputs, processed, run, set_aside, write_jsonl, write_recipe
+from tests.helpers import Refusing, outputs, processed, run, set_aside, write_jsonl, write_recipe
 
 GPS_IFD = 0x8825
 
@@ -771,28 +771,6 @@ def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> No
     assert run(workdir, spec).message.startswith("nothing new")
 
 
-class _Refusing:
-    """A local filesystem that refuses to open one file or list one folder (``refused``), as a file or folder
-    under ``chmod 000`` (or a share gone away) refuses a run that is not root's (the tests may run as root,
-    which reads it all the same)."""
-
-    def __init__(self, fs: object, refused: str) -> None:
-        self.fs, self.refused = fs, refused
-
-    def open_input_stream(self, path: str, *args: object, **kwargs: object) -> object:
-        if path == self.refused:
-            raise PermissionError(13, f"Failed to open local file '{path}'. Detail: [errno 13] Permission denied")
-        return self.fs.open_input_stream(path, *args, **kwargs)
-
-    def get_file_info(self, what: object) -> object:
-        if getattr(what, "base_dir", None) == self.refused:
-            raise PermissionError(13, f"Cannot list directory '{self.refused}'. Detail: [errno 13] Permission denied")
-        return self.fs.get_file_info(what)
-
-    def __getattr__(self, name: str) -> object:  # every other call (open_input_file: the sidecar) as the filesystem's
-        return getattr(self.fs, name)
-
-
 def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -806,7 +784,7 @@ def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
 
     def refusing(uri: str) -> tuple[object, str]:
         fs, path = listed(uri)
-        return _Refusing(fs, str(workdir / "img" / "form.png")), path
+        return Refusing(fs, str(workdir / "img" / "form.png")), path
 
     monkeypatch.setattr(images, "filesystem", refusing)
     first = run(workdir, spec)
@@ -831,14 +809,17 @@ def test_an_image_that_stays_unreadable_does_not_publish_a_version_each_run(
     spec = receipts()
     listed = images.filesystem
     monkeypatch.setattr(
-        images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+        images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
     )
     first = run(workdir, spec)
     assert first.manifest.counts.reasons["quarantined"]["unreadable"] == 1
     with caplog.at_level("WARNING"):
         second = run(workdir, spec)
     assert second.manifest is None and second.message.startswith("nothing new since receipts v1")
-    assert "1 image row(s) still cannot be read" in second.message and "form.png (Permission denied)" in second.message
+    assert (
+        "1 input(s) (files, image rows) still cannot be read" in second.message
+        and "form.png (Permission denied)" in second.message
+    )
     assert "form.png (Permission denied)" in caplog.text
     monkeypatch.setattr(images, "filesystem", listed)  # readable at last: the row is taken
     third = run(workdir, spec)
@@ -855,7 +836,7 @@ def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_
     spec = receipts()
     listed = images.filesystem
     monkeypatch.setattr(
-        images, "filesystem", lambda uri: (_Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+        images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
     )
     run(workdir, spec)
     monkeypatch.setattr(images, "filesystem", listed)
@@ -1037,7 +1018,7 @@ def test_an_images_folder_that_cannot_be_listed_fails_the_run_by_name(
         sidecar.write(json.dumps({"image": "form.png", "question": "Is it blank?", "answer": "Yes."}) + "\n")
     listed = storage.filesystem
     refused = str(workdir / "img")
-    monkeypatch.setattr(storage, "filesystem", lambda uri: (_Refusing(listed(uri)[0], refused), listed(uri)[1]))
+    monkeypatch.setattr(storage, "filesystem", lambda uri: (Refusing(listed(uri)[0], refused), listed(uri)[1]))
     with pytest.raises(OSError, match=r"/img: cannot list: .*Permission denied"):
         run(workdir, spec)
     assert not (workdir / "output" / "receipts" / "v2").exists()

@@ -23,7 +23,7 @@ from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
 from schemas.config import Recipe, load_recipe, parse_recipe
-from tests.helpers import docs_recipe, outputs, processed, run, write_jsonl, write_recipe
+from tests.helpers import docs_recipe, outputs, processed, refusing, run, set_aside, write_jsonl, write_recipe
 from tests.test_cli import curation
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -959,3 +959,112 @@ def test_a_run_whose_staged_files_were_removed_publishes_nothing(
     with pytest.raises(LockLost, match=r"removed while this run went on"):
         run_recipe(host2)
     assert published_versions(dest, "docs") == []
+
+
+def _export(folder: Path, name: str, texts: list[str]) -> Path:
+    """``texts`` as a table file of ``name``'s format, a ``text`` column."""
+    path = folder / name
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": texts}), path)
+    elif name.endswith(".csv"):
+        path.write_text("text\n" + "".join(f"{text}\n" for text in texts))
+    else:
+        write_jsonl(path, [{"text": text} for text in texts])
+    return path
+
+
+def _refuse(monkeypatch: pytest.MonkeyPatch, refused: Path | None) -> None:
+    """``refused`` cannot be opened (chmod 000 does not stop root, who may run the tests), by the reader
+    nor by the listing, which hashes a local file's bytes; None: every file can be again."""
+    import connectors.files as files
+    from connectors.storage import filesystem
+
+    for module in (files, state):
+        monkeypatch.setattr(module, "filesystem", refusing(refused, filesystem) if refused else filesystem)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_table_file_that_cannot_be_read_is_quarantined_and_read_again_on_the_next_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    # One export denied among many failed every run of a scheduled job, and nothing new was published.
+    (workdir / "in").mkdir()
+    _export(workdir / "in", f"a{suffix}", ["refunds take five days", "gift cards cannot be refunded"])
+    denied = _export(workdir / "in", f"b{suffix}", ["couriers are refunded with the item"])
+    spec = docs_recipe("in")
+    _refuse(monkeypatch, denied)
+    first = run(workdir, spec)
+    counts = first.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (3, 2, 1)
+    assert counts.reasons["quarantined"] == {"unreadable": 1}
+    [refused] = set_aside(Path(first.version_uri))
+    assert refused["detail"] == f"{denied}: cannot read (Permission denied); the next run reads it again"
+    second = run(workdir, spec)  # still denied: nothing new, said
+    assert second.manifest is None and "1 input(s) (files, image rows) still cannot be read" in second.message
+    _refuse(monkeypatch, None)
+    third = run(workdir, spec)
+    assert (third.manifest.version, third.manifest.counts.input, third.manifest.counts.written) == (2, 1, 1)
+    assert "couriers are refunded with the item" in [line["text"] for line in outputs(Path(third.version_uri))]
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
+class _FailingLater:
+    """A file that opens and gives its first ``good`` reads, then an I/O error (a disk or share failing)."""
+
+    def __init__(self, handle: Any, good: int) -> None:
+        self.handle, self.good = handle, good
+
+    def read(self, *args: Any) -> bytes:
+        if self.good == 0:
+            raise OSError(5, "Input/output error")
+        self.good -= 1
+        return self.handle.read(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+    def __enter__(self) -> _FailingLater:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.handle.close()
+
+
+def test_a_table_file_failing_after_its_first_records_still_fails_the_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its first records were passed on: quarantined as a whole, it would be read again from its start
+    # next run, and those records published twice.
+    import connectors.files as files
+    from connectors.storage import filesystem
+
+    failing = write_jsonl(workdir / "in" / "a.jsonl", [{"text": f"note {n} on refunds"} for n in range(5)])
+
+    class Failing:
+        def __init__(self, fs: Any) -> None:
+            self.fs = fs
+
+        def open_input_file(self, path: str) -> Any:
+            handle = self.fs.open_input_file(path)
+            return _FailingLater(handle, 1) if path == str(failing) else handle
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fs, name)
+
+    monkeypatch.setattr(files, "filesystem", lambda uri: (Failing(filesystem(uri)[0]), filesystem(uri)[1]))
+    with pytest.raises(StorageError, match=rf"^{failing}: cannot read: Input/output error$"):
+        run(workdir, {**docs_recipe("in"), "batch_rows": 2})
+
+
+def test_a_damaged_parquet_file_still_fails_the_run(workdir: Path) -> None:
+    # Arrow says so with an OSError too (no errno): its content, not its access, which no later run mends.
+    import pyarrow.parquet as pq
+
+    (workdir / "in").mkdir()
+    pq.write_table(pa.table({"text": ["refunds take five days"]}), workdir / "in" / "a.parquet")
+    data = (workdir / "in" / "a.parquet").read_bytes()
+    (workdir / "in" / "a.parquet").write_bytes(data[:4] + b"x" * 20 + data[24:])  # its page header overwritten
+    with pytest.raises(StorageError, match=r"a\.parquet: cannot read: Couldn.t deserialize thrift"):
+        run(workdir, docs_recipe("in"))

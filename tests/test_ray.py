@@ -562,3 +562,34 @@ def test_files_and_images_touched_are_compared_by_their_bytes_on_ray(workdir: Pa
     assert (
         sum(isinstance(value, dict) and "1970-01-01T00:00:01" in value.get("fingerprint", "") for value in values) == 2
     )
+
+
+# Write-only to everyone: the kernel refuses to open it for reading, to root too, in any process (the
+# workers, which a test's monkeypatch does not reach): an input its run may not read.
+WRITE_ONLY = Path("/sys/bus/pci/rescan")
+
+
+def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_again(
+    workdir: Path, local_ray: Any
+) -> None:
+    try:
+        WRITE_ONLY.open("rb").close()
+    except PermissionError:
+        pass
+    except OSError:
+        pytest.skip(f"{WRITE_ONLY} is not here")
+    else:
+        pytest.skip(f"{WRITE_ONLY} can be read here")
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha notes"}, {"text": "beta notes"}])
+    (workdir / "in" / "b.jsonl").symlink_to(WRITE_ONLY)
+    docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}}
+    local, distributed = run_both(workdir, docs)
+    assert published(local) == published(distributed)
+    assert distributed.manifest.counts.reasons["quarantined"] == {"unreadable": 1}
+    # Its ``UNREAD`` watermark came back from the worker: the next run reads it again, and says so.
+    again = run(workdir, {**docs, "engine": "ray"})
+    assert again.manifest is None and "1 input(s) (files, image rows) still cannot be read" in again.message
+    (workdir / "in" / "b.jsonl").unlink()
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "gamma notes"}])
+    taken = run(workdir, {**docs, "engine": "ray"})
+    assert [line["text"] for line in processed(Path(taken.version_uri))] == ["gamma notes"]
