@@ -971,11 +971,11 @@ class FilesSourceReader(ListedFiles):
             row = 1
             ids = InputIds(entry.uri)
             for batch in parquet.iter_batches(batch_size=self.batch_rows):
-                table = _not_utf8_as_binary(pa.Table.from_batches([batch]))
+                table = not_utf8_as_binary(pa.Table.from_batches([batch]))
                 lines = np.arange(row, row + table.num_rows)
                 read = table.num_rows
                 row += read
-                table, lines, set_aside = _split_nested_not_utf8(table, ids, lines)
+                table, lines, set_aside = split_nested_not_utf8(table, ids, lines)
                 yield SourceBatch(
                     rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
                     set_aside=set_aside,
@@ -983,7 +983,7 @@ class FilesSourceReader(ListedFiles):
                 )
 
 
-def _not_utf8_as_binary(table: pa.Table) -> pa.Table:
+def not_utf8_as_binary(table: pa.Table) -> pa.Table:
     """``table`` with each text column that holds bytes that are not UTF-8 (Parquet readers do not check:
     a lone surrogate written as its three bytes) as binary, whose values that are not UTF-8 quarantine
     their rows (``Shape``), as a binary column's do; left as text they failed the run in a later stage."""
@@ -997,7 +997,9 @@ def _not_utf8_as_binary(table: pa.Table) -> pa.Table:
     return table
 
 
-def _split_nested_not_utf8(table: pa.Table, ids: InputIds, lines: np.ndarray) -> tuple[pa.Table, np.ndarray, pa.Table]:
+def split_nested_not_utf8(
+    table: pa.Table, ids: InputIds, lines: np.ndarray, connector: str = CONNECTOR
+) -> tuple[pa.Table, np.ndarray, pa.Table]:
     """``table`` (and its ``lines``) without the rows whose struct, list or map holds text that is not
     UTF-8, and those rows set aside, quarantined as a top-level text column's are (``Shape``): a binary
     column of their own cannot hold them, and Python's view of them failed the run with a traceback."""
@@ -1021,7 +1023,7 @@ def _split_nested_not_utf8(table: pa.Table, ids: InputIds, lines: np.ndarray) ->
     records = [json.dumps(row, ensure_ascii=False, default=_bytes_as_text) for row in bad.to_pylist()]
     set_aside = set_aside_rows(
         ids([record.encode() for record in records]),
-        source_array(CONNECTOR, ids.uri, lines[indices]),
+        source_array(connector, ids.uri, lines[indices]),
         stage="read",
         outcome="quarantined",
         reasons="schema",

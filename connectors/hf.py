@@ -19,10 +19,12 @@ import posixpath
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
+from connectors.files import not_utf8_as_binary, split_nested_not_utf8
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files
@@ -145,7 +147,13 @@ class HFSourceReader:
                 yield self._batch(ids, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
 
     def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
+        # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
+        # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
+        # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
+        # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
-        lines = list(range(first_row, first_row + table.num_rows))
-        rows = with_lineage(table, ids(row_contents(table)), source_array(CONNECTOR, ids.uri, lines))
-        return SourceBatch(rows=rows, input_bytes=input_bytes)
+        lines = np.arange(first_row, first_row + table.num_rows)
+        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, CONNECTOR)
+        # The ids from the text as read: a column made binary writes its values' bytes otherwise.
+        rows = with_lineage(table, ids(row_contents(table)), source_array(CONNECTOR, ids.uri, lines.tolist()))
+        return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import boto3
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from connectors.hf import HFSourceReader
 from connectors.storage import StorageError
 from schemas.config import HFSource
-from tests.helpers import outputs, run
+from tests.helpers import outputs, run, set_aside
 
 
 def make_dataset() -> datasets.DatasetDict:
@@ -65,6 +67,35 @@ def test_hub_parquet_layout_and_a_recipe(workdir: Path) -> None:
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == sorted(faq["train"]["question"])
     again = run(workdir, recipe)
     assert not again.published and "nothing new" in again.message
+
+
+def test_text_that_is_not_utf8_quarantines_its_row_as_the_files_connectors_parquet_does(workdir: Path) -> None:
+    # Parquet readers do not check text is UTF-8: the run failed with a traceback from inside pyarrow.
+    text = pa.array([b"Hello?", b"Caf\xe9?", b"Bye?", b"Done?"], pa.binary()).view(pa.string())
+    note = pa.array([b"ok", b"fine", b"caf\xe9", b"done"], pa.binary()).view(pa.string())
+    table = pa.table({"q": text, "a": ["Hi.", "Oui.", "Bye.", "Yes."]})
+    table = table.append_column("meta", pa.StructArray.from_arrays([note], names=["note"]))
+    (workdir / "hub" / "data").mkdir(parents=True)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(table, file)
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    result = run(workdir, recipe)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Done?", "Hello?"]
+    problem = "holds bytes that are not UTF-8 text (byte 0xe9 at 4"
+    assert [(row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))] == [
+        ("schema", f"{file}:3: column 'meta' {problem} of a value)"),
+        ("schema", f"{file}:2: prompt: column 'q' {problem})"),
+    ]
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (4, 2, 2)
+    # A row's id is that of its text as read, whatever the rows read beside it.
+    beside_bad = {row["id"] for row in read(str(workdir / "hub"))}
+    pq.write_table(table.slice(3), file)
+    assert {row["id"] for row in read(str(workdir / "hub"))} < beside_bad
 
 
 def test_missing_split_and_empty_folder_are_clear(tmp_path: Path) -> None:
