@@ -19,7 +19,7 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -541,8 +541,12 @@ class FilesSourceReader(ListedFiles):
         batch_rows: int,
         watermark: SourceWatermark | None = None,
         text_columns: Sequence[str] = (),
+        used_columns: Collection[str] | None = None,
     ) -> None:
         self.config = config
+        # The input columns the recipe reads (None: all): text that is not UTF-8 in a Parquet struct,
+        # list or map of another column is not published, so it does not quarantine its row.
+        self.used_columns = used_columns
         self.batch_rows = batch_rows
         self.watermark = watermark  # with one, only files new or changed since the last run are read
         # Columns the input schema declares ``str``. A JSON reader makes text of any value in a column
@@ -989,13 +993,14 @@ class FilesSourceReader(ListedFiles):
             row = 1
             ids = InputIds(entry.uri)
             for batch in parquet.iter_batches(batch_size=self.batch_rows):
-                table = _not_utf8_as_binary(pa.Table.from_batches([batch]))
+                table = pa.Table.from_batches([batch])
                 lines = np.arange(row, row + table.num_rows)
                 read = table.num_rows
                 row += read
-                table, lines, set_aside = _split_nested_not_utf8(table, ids, lines)
+                table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns)
+                rows = _with_lineage(table, ids, lines, _rows_as_bytes(as_read(table)))
                 yield SourceBatch(
-                    rows=_with_lineage(table, ids, lines, _rows_as_bytes(table)),
+                    rows=not_utf8_as_binary(rows),
                     set_aside=set_aside,
                     input_bytes=(entry.size or 0) * read // total_rows,
                 )
@@ -1016,27 +1021,64 @@ def _with_partitions(batch: SourceBatch, partitions: dict[str, str | None], uri:
     return dataclasses.replace(batch, rows=rows)
 
 
-def _not_utf8_as_binary(table: pa.Table) -> pa.Table:
-    """``table`` with each text column that holds bytes that are not UTF-8 (Parquet readers do not check:
-    a lone surrogate written as its three bytes) as binary, whose values that are not UTF-8 quarantine
-    their rows (``Shape``), as a binary column's do; left as text they failed the run in a later stage."""
+def not_utf8_as_binary(table: pa.Table) -> pa.Table:
+    """``table`` with each column holding text that is not UTF-8 (Parquet readers do not check: a lone
+    surrogate written as its three bytes) with that text binary: a text column's values that are not
+    UTF-8 quarantine their rows (``Shape``), as a binary column's do, and a struct's, list's or map's are
+    bytes to Python (a column the recipe does not read, ``split_nested_not_utf8``). Left as text they
+    failed the run in a later stage."""
     for index, kind in enumerate(table.schema.types):
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            try:
-                table.column(index).validate(full=True)
-            except pa.ArrowInvalid:
-                binary = pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
-                table = table.set_column(index, table.field(index).with_type(binary), table.column(index).cast(binary))
+        if (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_nested(kind)) and not _valid(
+            table.column(index)
+        ):
+            binary = _binary_leaves(kind)
+            table = table.set_column(index, table.field(index).with_type(binary), table.column(index).cast(binary))
     return table
 
 
-def _split_nested_not_utf8(table: pa.Table, ids: InputIds, lines: np.ndarray) -> tuple[pa.Table, np.ndarray, pa.Table]:
-    """``table`` (and its ``lines``) without the rows whose struct, list or map holds text that is not
-    UTF-8, and those rows set aside, quarantined as a top-level text column's are (``Shape``): a binary
-    column of their own cannot hold them, and Python's view of them failed the run with a traceback."""
+def as_read(table: pa.Table) -> pa.Table:
+    """``table`` with each struct, list or map column holding text that is not UTF-8 as the JSON text a
+    row id is made of (``_as_text``): the same text as ever for a value whose text is UTF-8, so a row's id
+    does not change with the rows read beside it, and each byte that is not UTF-8 escaped in the others."""
+    for index, column in enumerate(table.columns):
+        if pa.types.is_nested(column.type) and not _valid(column):
+            table = table.set_column(index, table.column_names[index], _json_of_rows(column))
+    return table
+
+
+def _json_of_rows(column: pa.ChunkedArray) -> pa.Array:
+    as_bytes = column.cast(_binary_leaves(column.type))
+    texts: list[str | None] = []
+    for index in range(len(column)):
+        try:
+            value = column.slice(index, 1).to_pylist()[0]
+        except UnicodeDecodeError:
+            value = as_bytes.slice(index, 1).to_pylist()[0]
+            texts.append(json.dumps(value, sort_keys=True, default=_escaped))
+            continue
+        texts.append(None if value is None else json.dumps(value, sort_keys=True, default=str))
+    return pa.array(texts, pa.string())
+
+
+def _escaped(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def split_nested_not_utf8(
+    table: pa.Table,
+    ids: InputIds,
+    lines: np.ndarray,
+    used: Collection[str] | None = None,
+    connector: str = CONNECTOR,
+) -> tuple[pa.Table, np.ndarray, pa.Table]:
+    """``table`` (and its ``lines``) without the rows whose struct, list or map of a column the recipe reads
+    (``used``; None: any) holds text that is not UTF-8, and those rows set aside, quarantined as a
+    top-level text column's are (``Shape``): their record cannot hold that text, which Python's view of
+    them failed the run on with a traceback. A column the recipe does not read is not published: its
+    rows stay (``not_utf8_as_binary`` makes its text bytes)."""
     problems: dict[int, str] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if not pa.types.is_nested(column.type) or _valid(column):
+        if not pa.types.is_nested(column.type) or (used is not None and name not in used) or _valid(column):
             continue
         for index in range(table.num_rows):
             try:
@@ -1054,7 +1096,7 @@ def _split_nested_not_utf8(table: pa.Table, ids: InputIds, lines: np.ndarray) ->
     records = [json.dumps(row, ensure_ascii=False, default=_bytes_as_text) for row in bad.to_pylist()]
     set_aside = set_aside_rows(
         ids([record.encode() for record in records]),
-        source_array(CONNECTOR, ids.uri, lines[indices]),
+        source_array(connector, ids.uri, lines[indices]),
         stage="read",
         outcome="quarantined",
         reasons="schema",

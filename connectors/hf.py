@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
+from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, new_files
 from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_file
@@ -89,8 +91,15 @@ def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
 class HFSourceReader:
     name = CONNECTOR
 
-    def __init__(self, config: HFSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+    def __init__(
+        self,
+        config: HFSource,
+        batch_rows: int,
+        watermark: SourceWatermark | None = None,
+        used_columns: Collection[str] | None = None,
+    ) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
+        self.used_columns = used_columns  # as the files connector's (``split_nested_not_utf8``)
         self._files: list[tuple[str, FileEntry]] | None = None
 
     def files(self) -> list[tuple[str, FileEntry]]:
@@ -145,7 +154,14 @@ class HFSourceReader:
                 yield self._batch(ids, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
 
     def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
+        # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
+        # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
+        # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
+        # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
-        lines = list(range(first_row, first_row + table.num_rows))
-        rows = with_lineage(table, ids(row_contents(table)), source_array(CONNECTOR, ids.uri, lines))
-        return SourceBatch(rows=rows, input_bytes=input_bytes)
+        lines = np.arange(first_row, first_row + table.num_rows)
+        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns, CONNECTOR)
+        # The ids from the text as read: a column made binary writes its values' bytes otherwise.
+        contents = row_contents(as_read(table))
+        rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
+        return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)

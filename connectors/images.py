@@ -270,9 +270,9 @@ class ImagesSourceReader:
         table = table.set_column(1, "source", _as_images_source(table["source"]))
         table = plain_strings(table)  # JSONL blocks come as large_string, single lines as string
         if config.image_column not in table.column_names:
-            names = [None] * table.num_rows
+            names, not_text = [None] * table.num_rows, [None] * table.num_rows
         else:
-            names = pc.cast(table[config.image_column], pa.string()).to_pylist()
+            names, not_text = _names(table[config.image_column], config.image_column)
         cache: dict[str, CleanImage | ImageProblem] = {}
         keep, payload, problems = [], [], []
         rows = table.to_pylist()
@@ -283,10 +283,10 @@ class ImagesSourceReader:
         absent = self.absent_columns(table.column_names)
         no_column = ImageProblem("missing_column", "; ".join(absent)) if absent else None
         no_name = ImageProblem("missing_image", "the row names no image")
-        for row, name in zip(rows, names, strict=True):
+        for row, name, unnamed in zip(rows, names, not_text, strict=True):
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
             if self._is_new(row, name):
-                result = no_column or (self._image(name, cache) if name else no_name)
+                result = no_column or unnamed or (self._image(name, cache) if name else no_name)
                 if self.watermark is not None and name and result is not no_column:
                     self._taken(self.watermark, row, name, result)
             keep.append(isinstance(result, CleanImage))
@@ -304,6 +304,7 @@ class ImagesSourceReader:
         bad = table.filter(bad_mask)
         bad_problems = [p for p in problems if p is not None]
         bad_rows = [r for r, p in zip(rows, problems, strict=True) if p is not None]
+        bad_names = [n for n, p in zip(names, problems, strict=True) if p is not None]
         set_aside = set_aside_rows(
             bad["id"],
             bad["source"],
@@ -312,8 +313,8 @@ class ImagesSourceReader:
             reasons=[p.reason for p in bad_problems],
             details=[
                 f"{r['source']['uri']}:{r['source']['line']}: "
-                + (p.detail if p in (no_name, no_column) else f"{r.get(config.image_column)}: {p.detail}")
-                for r, p in zip(bad_rows, bad_problems, strict=True)
+                + (p.detail if p in (no_name, no_column) or n is None else f"{n}: {p.detail}")
+                for r, p, n in zip(bad_rows, bad_problems, bad_names, strict=True)
             ],
             records=[input_record_json(r) for r in bad_rows],
         )
@@ -468,6 +469,25 @@ def _on_lines(table: pa.Table, last_line: float) -> pa.Table:
 
 def _size(batch: SourceBatch) -> int:
     return batch.rows.nbytes + batch.set_aside.nbytes
+
+
+def _names(values: pa.ChunkedArray, column: str) -> tuple[list[str | None], list[ImageProblem | None]]:
+    """The image names a sidecar column holds, and for each one that is not UTF-8 text its problem: the
+    files connector hands a Parquet text column holding such a value over as binary (``not_utf8_as_binary``),
+    which a cast to text refused with a traceback."""
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        return pc.cast(values, pa.string()).to_pylist(), [None] * len(values)
+    names: list[str | None] = []
+    problems: list[ImageProblem | None] = []
+    for value in values.to_pylist():
+        try:
+            names.append(None if value is None else value.decode("utf-8"))
+            problems.append(None)
+        except UnicodeDecodeError as error:
+            names.append(None)
+            byte = f"byte {value[error.start]:#04x} at {error.start + 1}"
+            problems.append(ImageProblem("schema", f"column {column!r} holds bytes that are not UTF-8 text ({byte})"))
+    return names, problems
 
 
 def _row_item(row: dict) -> str:

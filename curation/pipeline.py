@@ -81,6 +81,8 @@ class RunResult:
 def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[Source]:
     """A reader per source; with ``watermarks``, each reads only what is new since the last run."""
     sources: list[Source] = []
+    declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
+    used = Shape(recipe.record, carry=recipe.output.carry_columns()).reads | set(declared)  # what the recipe reads
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -98,11 +100,10 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         elif isinstance(config, HFSource):
             from connectors.hf import HFSourceReader
 
-            sources.append(HFSourceReader(config, recipe.batch_rows, mark))
+            sources.append(HFSourceReader(config, recipe.batch_rows, mark, used_columns=used))
         else:
-            declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
             text = [name for name, kind in declared.items() if kind == "str"]
-            sources.append(FilesSourceReader(config, recipe.batch_rows, mark, text_columns=text))
+            sources.append(FilesSourceReader(config, recipe.batch_rows, mark, text_columns=text, used_columns=used))
     return sources
 
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import boto3
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from connectors.hf import HFSourceReader
 from connectors.storage import StorageError
 from schemas.config import HFSource
-from tests.helpers import outputs, run
+from tests.helpers import outputs, read_lines, run, set_aside
 
 
 def make_dataset() -> datasets.DatasetDict:
@@ -65,6 +67,42 @@ def test_hub_parquet_layout_and_a_recipe(workdir: Path) -> None:
     assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == sorted(faq["train"]["question"])
     again = run(workdir, recipe)
     assert not again.published and "nothing new" in again.message
+
+
+def test_text_that_is_not_utf8_quarantines_its_row_as_the_files_connectors_parquet_does(workdir: Path) -> None:
+    # Parquet readers do not check text is UTF-8: the run failed with a traceback from inside pyarrow.
+    text = pa.array([b"Hello?", b"Caf\xe9?", b"Bye?", b"Done?"], pa.binary()).view(pa.string())
+    note = pa.array([b"ok", b"fine", b"caf\xe9", b"done"], pa.binary()).view(pa.string())
+    table = pa.table({"q": text, "a": ["Hi.", "Oui.", "Bye.", "Yes."]})
+    table = table.append_column("meta", pa.StructArray.from_arrays([note], names=["note"]))
+    # A column the recipe does not read is not published: its text does not quarantine its row (4).
+    tags = pa.array([b"a", b"b", b"c", b"caf\xe9"], pa.binary()).view(pa.string())
+    table = table.append_column("tags", pa.ListArray.from_arrays(pa.array([0, 1, 2, 3, 4], pa.int32()), tags))
+    (workdir / "hub" / "data").mkdir(parents=True)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(table, file)
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ a }} {{ meta.note }}"},
+    }
+    result = run(workdir, recipe)
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == ["Done?", "Hello?"]
+    problem = "holds bytes that are not UTF-8 text (byte 0xe9 at 4"
+    assert [(row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))] == [
+        ("schema", f"{file}:3: column 'meta' {problem} of a value)"),
+        ("schema", f"{file}:2: prompt: column 'q' {problem})"),
+    ]
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (4, 2, 2)
+    # A row's id is that of its text as read, whatever the rows read beside it.
+    pq.write_table(table.take([0, 3]), file)
+    again = run(workdir, {**recipe, "dataset": "faq2"})
+    assert written_ids(Path(again.version_uri)) == written_ids(Path(result.version_uri))
+
+
+def written_ids(version_dir: Path) -> set[str]:
+    return {row["id"] for row in read_lines(sorted((version_dir / "lineage").glob("*.jsonl")))}
 
 
 def test_missing_split_and_empty_folder_are_clear(tmp_path: Path) -> None:

@@ -771,6 +771,37 @@ def test_an_unchanged_parquet_sidecar_publishes_nothing_new(workdir: Path) -> No
     assert run(workdir, spec).message.startswith("nothing new")
 
 
+def test_a_parquet_sidecars_text_that_is_not_utf8_quarantines_its_row(workdir: Path) -> None:
+    # An image name that is not UTF-8 failed the run with "Invalid UTF8 payload" from inside pyarrow.
+    import pyarrow.parquet as pq
+
+    def not_checked(values: list[bytes]) -> pa.Array:  # as a Parquet file may hold them: readers do not check
+        return pa.array(values, pa.binary()).view(pa.string())
+
+    write_folder(workdir)
+    names = not_checked([b"form.png", b"caf\xe9.png", b"form.png", b"form.png"])
+    questions = not_checked([b"Signed?", b"Dated?", b"Caf\xe9?", b"Ticked?"])
+    meta = pa.StructArray.from_arrays([not_checked([b"ok", b"ok", b"ok", b"caf\xe9"])], names=["note"])
+    table = pa.table({"image": names, "question": questions, "answer": ["Yes"] * 4, "meta": meta})
+    pq.write_table(table, workdir / "qa.parquet")
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.parquet", "max_pixels": 1_000_000}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, spec)
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Signed?"]
+    sidecar, problem = workdir / "qa.parquet", "holds bytes that are not UTF-8 text (byte 0xe9 at 4"
+    assert sorted(
+        (row["source"]["line"], row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))
+    ) == [
+        (2, "schema", f"{sidecar}:2: column 'image' {problem})"),
+        (3, "schema", f"{sidecar}:3: question: column 'question' {problem})"),
+        (4, "schema", f"{sidecar}:4: column 'meta' {problem} of a value)"),
+    ]
+
+
 def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

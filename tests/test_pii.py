@@ -318,6 +318,51 @@ def test_an_error_leaving_the_stage_carries_no_text_in_its_context_or_frames(mon
             held = held.tb_next
 
 
+def test_a_run_the_pii_stage_fails_names_the_recipe_and_the_stages_place(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As another stage failing on a batch is named (``stage_place``): the recipe file, then the place of
+    the stage in it. The PII stage's errors opened "the pii stage ...", which names no stage of the run,
+    so the place was left out."""
+    from typer.testing import CliRunner
+
+    import curation.stages.pii as pii_module
+    from curation.cli import app
+    from curation.pii_engine import PiiTextError
+    from tests.helpers import write_recipe
+
+    def presidio_failed(*_: object) -> None:
+        raise PiiTextError(0, "ValueError")
+
+    def missed(*_: object) -> None:
+        raise KeyError("dana whitfield")
+
+    write_jsonl(workdir / "in.jsonl", [{"prompt": "Dana Whitfield wrote from dana@example.org", "completion": "ok"}])
+    stages = [{"type": "exact_dedup"}, {"type": "pii", "recognizers": [CUSTOMER_ID]}]
+    recipe = write_recipe(workdir, {"dataset": "faq", "sources": [{"path": "in.jsonl"}], "stages": stages})
+    line = recipe.read_text().splitlines().index("- type: pii") + 1
+    for patch, said in (
+        ((pii_module.PiiAnalyzer, "analyze", presidio_failed), f"pii: {workdir / 'in.jsonl'}:1: record "),
+        ((pii_module, "_found_elsewhere", missed), "pii: the stage failed: KeyError in missed"),
+    ):
+        with monkeypatch.context() as patched:
+            patched.setattr(*patch)
+            result = CliRunner().invoke(app, ["run", str(recipe), "--quiet"], env={"COLUMNS": "300"})
+        output = " ".join(result.output.split())
+        assert result.exit_code == 1, output
+        assert f"nothing published: {recipe}: stages.1 (line {line}): {said}" in output
+        assert "whitfield" not in output.lower()
+
+
+def test_a_field_the_records_lack_is_named_as_other_stages_name_theirs() -> None:
+    from curation.stages.base import StageSettingError
+
+    with pytest.raises(StageSettingError, match=r"^pii fields: \['completion'\] are not columns of the records"):
+        stage()(records(["hello"]).drop_columns(["completion"]))
+    with pytest.raises(StageSettingError, match=r"^pii fields: 'completion' holds int64, not text"):
+        stage()(records(["hello"]).set_column(3, "completion", pa.array([7])))
+
+
 def test_the_engines_error_for_a_text_presidio_failed_on_carries_not_presidios(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -34,7 +34,7 @@ import pyarrow as pa
 from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiEngineError, PiiTextError
 from curation.pii_image import BadImage, check_tesseract, redact_image
 from curation.redaction import redacted
-from curation.stages.base import StageError, StageResult
+from curation.stages.base import StageError, StageResult, StageSettingError, require_columns
 from schemas.config import RecipeError
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, location, set_aside_rows
@@ -115,7 +115,8 @@ def _messages_withheld(method: Callable[P, R]) -> Callable[P, R]:
         except Exception as error:
             frame = traceback.extract_tb(error.__traceback__)[-1]
             failure = StageError(
-                f"the pii stage failed: {type(error).__name__} in {frame.name} ({Path(frame.filename).name} line "
+                f"{_name_of(args)}: the stage failed: {type(error).__name__} in {frame.name} "
+                f"({Path(frame.filename).name} line "
                 f"{frame.lineno}); its message is withheld: it can quote the text"
             )
             _forget(error)
@@ -124,6 +125,12 @@ def _messages_withheld(method: Callable[P, R]) -> Callable[P, R]:
         raise failure  # outside the handlers, so the error handled is not attached as its context
 
     return withheld
+
+
+def _name_of(args: tuple) -> str:
+    """The name of the stage a method was called on (its first argument): an error that opens with it
+    is placed in the recipe (``stage_place``)."""
+    return getattr(args[0], "name", "pii") if args else "pii"
 
 
 def _forget(error: BaseException) -> None:
@@ -590,11 +597,11 @@ class PiiRedaction:
         return self._redact_batch(batch)
 
     def _redact_batch(self, batch: pa.Table) -> StageResult:
+        # Each error opens with the stage's name, so a run names its place in the recipe (``stage_place``).
+        require_columns(batch, self.fields, f"{self.name} fields")
         for name in self.fields:
-            if name not in batch.column_names:
-                raise StageError(f"the pii stage scans field {name!r}, which the records do not have")
             if not (pa.types.is_string(batch[name].type) or pa.types.is_null(batch[name].type)):
-                raise StageError(f"the pii stage scans field {name!r}, which holds {batch[name].type}, not text")
+                raise StageSettingError(f"{self.name} fields: {name!r} holds {batch[name].type}, not text")
         ids = batch["id"].to_pylist()
         columns = {name: batch[name].to_pylist() for name in self.fields}
         where = [(name, row) for name in self.fields for row, value in enumerate(columns[name]) if value]
@@ -608,7 +615,7 @@ class PiiRedaction:
             name, row = where[scan.owner[error.index]]
             source = batch["source"][row].as_py()
             raise StageError(
-                f"{location(source)}: record {ids[row]}, field {name}: presidio failed with "
+                f"{self.name}: {location(source)}: record {ids[row]}, field {name}: presidio failed with "
                 f"{error.error} (its message is withheld: it can quote the text)"
             ) from None
         parts = scan.parts(found)

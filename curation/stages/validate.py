@@ -64,28 +64,29 @@ def _not_a_number(column: str, value: Any, declared: pa.DataType) -> str | None:
     if declared == pa.int64() and isinstance(value, float) and math.isfinite(value) and not value.is_integer():
         said = written or repr(value)  # as the line wrote it
         return f"{column}: a number ({said}), not a whole number (the input schema declares int)"
-    if isinstance(value, bool):
-        kind = f"a boolean ({'true' if value else 'false'})"
-    elif isinstance(value, dict | list):
-        kind = "a JSON object" if isinstance(value, dict) else "a JSON array"
-    else:
+    if not isinstance(value, bool | dict | list):
         return None
-    return f"{column}: {kind}, not a number (the input schema declares {_NUMBER_NAMES[declared]})"
+    return f"{column}: {_kind(value)}, not a number (the input schema declares {_NUMBER_NAMES[declared]})"
 
 
 def _not_a_string(column: str, value: Any) -> str | None:
     """What is wrong when a text column holds a number, boolean, list or object (a Parquet or SQL column
     of another type: a JSONL line's is named by the reader), which pydantic called "Input should be a
     valid string", naming neither."""
+    kind = _kind(value)
+    return None if kind is None else f"{column}: {kind}, not a string (the input schema declares str)"
+
+
+def _kind(value: Any) -> str | None:
+    """A value of the wrong kind as a problem names it, in one wording whether it came from JSON text or
+    from Arrow (a JSONL block's array reaches the stage as a list too): ``a list``, not ``a JSON array``."""
     if isinstance(value, bool):
-        kind = f"a boolean ({'true' if value else 'false'})"
-    elif isinstance(value, int | float):
-        kind = f"a number ({value})"
-    elif isinstance(value, dict | list):
-        kind = "an object" if isinstance(value, dict) else "a list"
-    else:
-        return None
-    return f"{column}: {kind}, not a string (the input schema declares str)"
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    return None
 
 
 class SchemaValidation:
