@@ -494,15 +494,16 @@ def _count(engine: sa.Engine, filters: dict[str, str], *where: Any) -> int:
 def _neighbours(
     engine: sa.Engine, item_id: int, filters: dict[str, str]
 ) -> tuple[tuple[int, int], int | None, int | None]:
-    """The item's place among the items under the filters (0 when they leave it out), and the items
-    before and after it there: counted in the store, not listed (a queue can hold many thousands)."""
+    """The item's place among the items under the filters (0 when they leave it out; (0, 0) when they
+    match no item), and the items before and after it there: counted in the store, not listed (a
+    queue can hold many thousands)."""
     ids = review_items.c.item_id
     with engine.connect() as db:
         previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
         following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
     total = _count(engine, filters)
     if not _count(engine, filters, ids == item_id):
-        return ((1, 1) if total == 0 else (0, total)), None, None
+        return (0, total), None, None
     return (_count(engine, filters, ids <= item_id), total), previous, following
 
 
