@@ -590,10 +590,7 @@ def _train_module() -> tuple[Any, str | None]:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
 
 
-GONE_NOTE = (
-    "this record is no longer in the input: the latest run that read its input did not find it, so a "
-    "decision has no effect unless the record comes back"
-)
+GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 
 
 # An item shows the fields it is about (a PII item its field; a near duplicate, the set-aside record's
