@@ -29,7 +29,7 @@ from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
 from curation.report import Profile, attach_report
 from curation.review.decisions import RunDecisions, changes, changes_since, inputs_to_read_again
-from curation.review.queue import add_items
+from curation.review.queue import add_items, note_read, queued_records
 from curation.review.rejected_content import remember as remember_rejected_content
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
@@ -658,6 +658,7 @@ def _run_locked(
     try:
         run_stages = RunStages.build(recipe, plan, decided_by)
         review = run_stages.review
+        tally.queued = queued_records(state.engine, recipe.dataset)
         # The content key of each record rejected since it was published, from its stored signatures
         # (before they are retired), before anything is read: a copy read in this run is filtered too.
         review.know(_content_keys_of(recipe, run_stages.with_index, review.keys_unknown(), warn=False))
@@ -939,6 +940,9 @@ def _record_published(
         if hasattr(stage, "published"):
             stage.published(published.version)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
+    # Before this run's items are queued: which earlier items' records it did not find where it read.
+    read_whole = None if plan.full_refresh or plan.extends is None else plan.watermarks.replaced()
+    note_read(state.engine, recipe.dataset, writer.run_id, tally.queued_read | plan.watermarks.kept(), read_whole)
     add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
     remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
     remember_copies(state.engine, recipe.dataset, tally.rejected_copies)

@@ -304,3 +304,53 @@ def test_an_undo_and_a_decision_at_once_leave_the_status_of_the_decision_in_forc
         ("pia", False),
     ]
     assert dec.get_item(engine, item_id)["status"] == "approved"
+
+
+def test_two_undos_retrying_onto_each_others_items_do_not_deadlock(request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    dec.create_tables(engine)
+    first, second = _one_item(engine), _one_item(engine)
+    rita, pia = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("rita", "pia"))
+    # rita decided on the first item, then the second; pia on the second, then the first.
+    rita_older = dec.decide(engine, first, rita, "reject")
+    rita_latest = dec.decide(engine, second, rita, "reject")
+    pia_older = dec.decide(engine, second, pia, "reject")
+    pia_latest = dec.decide(engine, first, pia, "reject")
+    items = {rita_latest: second, pia_latest: first}
+
+    # Each one's other tab undoes their latest decision, as undo_last does, and holds its transaction open.
+    tabs = [sa.create_engine(url).connect() for _ in items]
+    for tab, (decision, item_id) in zip(tabs, items.items(), strict=True):
+        tab.execute(review_items.update().where(review_items.c.item_id == item_id).values(status="open"))
+        tab.execute(dec.decisions.update().where(dec.decisions.c.decision_id == decision).values(undone_at=dec._now()))
+    undone: list[int] = []
+    failed: list[Exception] = []
+
+    def undo(user: str) -> None:
+        try:
+            undone.append(dec.undo_last(sa.create_engine(url), user)["decision_id"])
+        except Exception as error:  # a deadlock: PostgreSQL aborts one of the two
+            failed.append(error)
+
+    threads = [threading.Thread(target=undo, args=(user,)) for user in (rita, pia)]
+    for thread in threads:
+        thread.start()
+    # Both undos found their latest decision, and wait for its item (locked by the other tab).
+    with engine.connect() as db:
+        waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        for _ in range(200):
+            if db.execute(waiting).scalar_one() >= 2:
+                break
+            db.rollback()  # pg_stat_activity is read once a transaction
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail("the undos did not wait for the other tabs' locks")
+    for tab in tabs:  # the other tabs' undos are taken: each undo goes on to the user's older decision
+        tab.commit()
+        tab.close()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failed == []
+    assert sorted(undone) == sorted([rita_older, pia_older])
+    assert {dec.get_item(engine, item_id)["status"] for item_id in (first, second)} == {"open"}

@@ -64,3 +64,22 @@ def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> No
     assert 'id="queue" href="/?dataset=big"' in client.get("/items/503?dataset=big").text
     assert 'id="queue" href="/?dataset=big&amp;page=2"' in client.get("/items/504?dataset=big").text
     assert 'id="queue" href="/?dataset=big"' in client.get("/items/2?dataset=big").text
+
+
+def test_filters_that_match_nothing_say_so_and_offer_clearing_them(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "small", 2)  # items 1-2, quarantined and open
+    add_user(sa.create_engine(state_url), "rita", "reviewer", PASSWORD)
+    client = TestClient(create_app(state_url), base_url="https://testserver")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+
+    # No item is rejected: the item page is not "1 of 1" among them, and offers the item unfiltered.
+    page = client.get("/items/1?status=rejected").text
+    assert "1 of 1" not in page and 'id="no-match">no items match these filters' in page
+    assert 'id="clear-filters" href="/items/1"' in page
+    assert 'id="previous"' not in page and 'id="next"' not in page
+    queue = client.get("/?status=rejected").text
+    assert "no items match these filters" in queue and 'id="clear-filters" href="/"' in queue
+    # Unfiltered, nothing is offered to clear.
+    assert "<span>1 of 2</span>" in client.get("/items/1").text and 'id="clear-filters"' not in client.get("/").text

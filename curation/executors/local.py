@@ -59,12 +59,19 @@ class Tally:
     # Records filtered for holding a rejected record's content: (that record, the copy's id, its input).
     rejected_copies: set[tuple[str, str, str]] = field(default_factory=set)
     rejected_read: set[str] = field(default_factory=set)  # records filtered for an annotator's rejection
+    # Records with review items, and those of them the run read (written or set aside): the review page
+    # says which ones a run that read their input did not find (``curation.review.queue.note_read``).
+    queued: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    queued_read: set[str] = field(default_factory=set)
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
         if table.num_rows:
             counted = pc.value_counts(pc.struct_field(table["source"], "uri"))
             self.by_input.update(dict(zip(counted.field(0).to_pylist(), counted.field(1).to_pylist(), strict=True)))
+            if len(self.queued):
+                ids = table["id"]
+                self.queued_read.update(ids.filter(pc.is_in(ids, value_set=self.queued)).to_pylist())
 
     def add_stats(self, stage: str, stats: dict[str, int]) -> None:
         if stats:

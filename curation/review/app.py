@@ -42,7 +42,7 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import KINDS, STATUSES, create_tables, review_items
+from curation.review.queue import KINDS, STATUSES, create_tables, gone_records, review_gone, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
@@ -121,6 +121,7 @@ def create_app(
     destinations = {recipe.dataset: recipe for recipe in recipes}
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals["UNSHOWN_VALUE"] = UNSHOWN_VALUE
+    templates.env.globals["GONE_NOTE"] = GONE_NOTE
     shown = URLSafeTimedSerializer(session_secret(engine), salt="training-request")
 
     app = FastAPI(title="curation review", docs_url=None, redoc_url=None, openapi_url=None)
@@ -265,6 +266,7 @@ def create_app(
                 for d in dec.history(engine, item_id)
             ],
             earlier=dec.in_force_for_record(engine, row["dataset"], row["record_id"], item_id),
+            gone=bool(gone_records(engine, row["dataset"], [row["record_id"]])),
             message=request.session.pop("message", None),
         )
 
@@ -295,6 +297,10 @@ def create_app(
         except dec.DecisionError as error:
             raise HTTPException(400, str(error)) from None
         request.session["message"] = f"item {item_id}: {dec.STATUS_OF[action]}"
+        if gone_records(engine, row["dataset"], [row["record_id"]]):
+            # Taken all the same: the record comes back with its line put back as it was, and the
+            # decision applies then; an open item would stay in the counts of what is left to do.
+            request.session["message"] += f" ({GONE_NOTE})"
         query = str(form.get("query", ""))
         following = _next_open(engine, item_id, _parse_filters(query))
         target = f"/items/{following}" if following else "/"
@@ -477,9 +483,13 @@ def _page(value: str | None) -> int:
 
 
 def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
-    """One page of items under the filters, without their payloads (the list never shows them)."""
+    """One page of items under the filters, without their payloads (the list never shows them), each
+    with ``gone``: whether a later run did not find its record (``curation.review.queue.review_gone``)."""
     columns = [c for c in review_items.c if c.name != "payload"]
-    query = _where(sa.select(*columns).order_by(review_items.c.item_id), filters).offset(offset).limit(MAX_LISTED)
+    gone = sa.and_(review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id)
+    query = sa.select(*columns, review_gone.c.run_id.is_not(None).label("gone"))
+    query = query.select_from(review_items.outerjoin(review_gone, gone)).order_by(review_items.c.item_id)
+    query = _where(query, filters).offset(offset).limit(MAX_LISTED)
     with engine.connect() as db:
         return [dict(row._mapping) for row in db.execute(query)]
 
@@ -494,15 +504,16 @@ def _count(engine: sa.Engine, filters: dict[str, str], *where: Any) -> int:
 def _neighbours(
     engine: sa.Engine, item_id: int, filters: dict[str, str]
 ) -> tuple[tuple[int, int], int | None, int | None]:
-    """The item's place among the items under the filters (0 when they leave it out), and the items
-    before and after it there: counted in the store, not listed (a queue can hold many thousands)."""
+    """The item's place among the items under the filters (0 when they leave it out; (0, 0) when they
+    match no item), and the items before and after it there: counted in the store, not listed (a
+    queue can hold many thousands)."""
     ids = review_items.c.item_id
     with engine.connect() as db:
         previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
         following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
     total = _count(engine, filters)
     if not _count(engine, filters, ids == item_id):
-        return ((1, 1) if total == 0 else (0, total)), None, None
+        return (0, total), None, None
     return (_count(engine, filters, ids <= item_id), total), previous, following
 
 
@@ -577,6 +588,9 @@ def _train_module() -> tuple[Any, str | None]:
         return importlib.import_module("train.sagemaker"), None
     except ImportError as error:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
+
+
+GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 
 
 # An item shows the fields it is about (a PII item its field; a near duplicate, the set-aside record's

@@ -287,8 +287,12 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
     """
     create_tables(engine)
     query = _latest_in_force(decisions.c.user == user)
-    with engine.begin() as db:
-        while True:
+    while True:
+        # One transaction a try: a try whose decision another undo took first ends, and lets go of
+        # that item's row, before the next locks another's. Held across tries, two undos retrying
+        # onto each other's items (or an undo and a decision) would wait for each other: PostgreSQL
+        # ends one of them with a deadlock error.
+        with engine.begin() as db:
             row = db.execute(query).first()
             if row is None:
                 return None
@@ -304,13 +308,13 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
                 .where(decisions.c.decision_id == undone["decision_id"], decisions.c.undone_at.is_(None))
                 .values(undone_at=_now(), undone_by=user)
             )
-            if taken.rowcount == 1:
-                break
-        # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
-        now = _in_force_for_item(db, undone["item_id"])
-        status = STATUS_OF[now["action"]] if now else "open"
-        db.execute(review_items.update().where(item).values(status=status))
-    return undone
+            if taken.rowcount != 1:
+                continue
+            # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
+            now = _in_force_for_item(db, undone["item_id"])
+            status = STATUS_OF[now["action"]] if now else "open"
+            db.execute(review_items.update().where(item).values(status=status))
+        return undone
 
 
 def history(engine: sa.Engine, item_id: int) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ record) under its dataset and version. Payloads can hold PII; they live only her
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 
 from connectors.batches import IDS_PER_QUERY, batched
 
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 review_items = sa.Table(
@@ -32,6 +35,18 @@ review_items = sa.Table(
     sa.Column("payload", sa.Text),  # JSON; may hold PII
     sa.Column("status", sa.String(16), nullable=False, default="open"),  # open, approved, rejected, edited, kept
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+# Records of queued items that a later run did not find where they were: it read their input whole (a
+# changed file, a full refresh) and the record was no longer in it (its line removed, or edited: an
+# edited record is a new one). A decision on their items has no effect, unless the record comes back (the
+# line put back as it was); a run that finds it again takes its row out (``note_read``).
+review_gone = sa.Table(
+    "review_gone",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("record_id", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(32), nullable=False),  # the run that did not find it
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 KINDS = ("pii", "near_duplicate", "quarantined", "vqa")  # what the stages flag
 STATUSES = ("open", "approved", "rejected", "edited", "kept")
@@ -122,3 +137,57 @@ def queued_datasets(engine: sa.Engine) -> set[str]:
     create_tables(engine)
     with engine.connect() as db:
         return set(db.execute(sa.select(review_items.c.dataset).distinct()).scalars())
+
+
+def queued_records(engine: sa.Engine, dataset: str) -> pa.Array:
+    """The record ids of a dataset's items: a run tells which of them it reads (``note_read``)."""
+    if not sa.inspect(engine).has_table(review_items.name):
+        return pa.array([], pa.string())
+    query = sa.select(review_items.c.record_id).where(review_items.c.dataset == dataset).distinct()
+    with engine.connect() as db:
+        return pa.array(sorted(db.execute(query).scalars()), pa.string())
+
+
+def note_read(engine: sa.Engine, dataset: str, run_id: str, found: set[str], read_whole: set[str] | None) -> int:
+    """Record, once a run has published, which items' records it did not find: those of the inputs it
+    read whole (``read_whole``, URIs; None: every input, as on a full refresh, when the version holds
+    only what the run read) that are not in ``found`` (the records it read, written or set aside, and
+    those it kept as published). Records found are no longer gone. Call it before the run's own items
+    are queued. Returns how many it marks gone."""
+    if (read_whole is not None and not read_whole and not found) or not sa.inspect(engine).has_table(review_items.name):
+        return 0  # nothing read whole, no queued record read: nothing to note
+    create_tables(engine)  # a store from before ``review_gone``
+    query = sa.select(review_items.c.record_id, review_items.c.source).where(review_items.c.dataset == dataset)
+    with engine.connect() as db:
+        items = db.execute(query).all()
+    gone = {
+        row.record_id
+        for row in items
+        if row.record_id not in found and (read_whole is None or json.loads(row.source).get("uri") in read_whole)
+    }
+    seen = {row.record_id for row in items} & found
+    now = datetime.now(UTC)
+    with engine.begin() as db:
+        for chunk in batched(sorted(seen | gone), IDS_PER_QUERY):
+            db.execute(review_gone.delete().where(review_gone.c.dataset == dataset, review_gone.c.record_id.in_(chunk)))
+        if gone:
+            rows = [{"dataset": dataset, "record_id": record, "run_id": run_id, "at": now} for record in sorted(gone)]
+            db.execute(review_gone.insert(), rows)
+    if gone:
+        log.info(
+            "%d queued record(s) no longer in the input: the review page says decisions on them have no effect",
+            len(gone),
+        )
+    return len(gone)
+
+
+def gone_records(db: sa.Engine | sa.Connection, dataset: str, record_ids: list[str]) -> set[str]:
+    """Which of these records of ``dataset`` the latest run that read their input did not find."""
+    found: set[str] = set()
+    with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
+        for chunk in batched(sorted(set(record_ids)), IDS_PER_QUERY):
+            query = sa.select(review_gone.c.record_id).where(
+                review_gone.c.dataset == dataset, review_gone.c.record_id.in_(chunk)
+            )
+            found.update(conn.execute(query).scalars())
+    return found

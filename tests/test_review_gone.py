@@ -1,0 +1,102 @@
+"""An item whose record a later run did not find (its line removed or edited in an input read again):
+the queue and the item page say a decision on it has no effect, and a decision is still taken."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from curation.review import decisions as dec
+from curation.review.app import create_app
+from curation.review.auth import add_user
+from curation.review.queue import add_items, gone_records, review_items
+from schemas.config import load_recipe
+from schemas.records import FLAG_SCHEMA
+from tests.helpers import read_lines, run, set_aside, write_jsonl
+from tests.test_carry import notes, recipe
+
+PASSWORD = "correct horse battery"
+
+
+def flag_records(state_url: str, version: Path, questions: list[str]) -> dict[str, int]:
+    """Queue the published records asking ``questions`` for review, as a stage flags them; their items."""
+    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    lines = {row["shard"]: (version / row["shard"]).read_text().splitlines() for row in lineage}
+    rows = {row["id"]: row for row in lineage}
+    by_question = {lines[row["shard"]][row["line"] - 1]: record for record, row in rows.items()}
+    records = {q: next(record for line, record in by_question.items() if q in line) for q in questions}
+    flags = [
+        {"id": record, "source": rows[record]["source"], "stage": "s", "kind": "pii", "detail": q, "payload": "{}"}
+        for q, record in records.items()
+    ]
+    engine = sa.create_engine(state_url)
+    add_items(engine, "notes", 1, "flagging", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    with engine.connect() as db:
+        items = {row.record_id: row.item_id for row in db.execute(sa.select(review_items))}
+    return {q: items[record] for q, record in records.items()}
+
+
+def test_a_record_gone_from_its_input_is_shown_and_a_decision_on_it_still_taken(workdir: Path) -> None:
+    rows = notes(0, 10)
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 3))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    state_url = load_recipe(workdir / "recipe.yaml").state
+    engine = sa.create_engine(state_url)
+    dropped, kept, elsewhere = (rows[3]["q"], rows[5]["q"], notes(10, 1)[0]["q"])
+    items = flag_records(state_url, one, [dropped, kept, elsewhere])
+
+    # a.jsonl changes (line 4 removed), so the next run reads it whole; b.jsonl is carried as it was.
+    write_jsonl(workdir / "in" / "a.jsonl", [row for row in rows if row["q"] != dropped])
+    run(workdir, recipe("out"))
+    records = {q: dec.get_item(engine, item)["record_id"] for q, item in items.items()}
+    assert gone_records(engine, "notes", list(records.values())) == {records[dropped]}
+
+    add_user(engine, "rita", "pii-reviewer", PASSWORD)
+    client = TestClient(create_app(state_url), base_url="https://testserver")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+    page = client.get(f"/items/{items[dropped]}").text
+    assert 'id="gone"' in page and "this record is no longer in the input" in page and "no effect" in page
+    assert 'id="gone"' not in client.get(f"/items/{items[kept]}").text
+    assert 'id="gone"' not in client.get(f"/items/{items[elsewhere]}").text
+    queue = client.get("/").text
+    listed = dict(re.findall(r'<td><a href="/items/(\d+)">\d+</a></td>.*?<td class="status">(.*?)</td>', queue, re.S))
+    assert "no longer in the input" in listed[str(items[dropped])]
+    assert "no longer in the input" not in listed[str(items[kept])] + listed[str(items[elsewhere])]
+
+    # A decision is taken all the same, and the annotator told it has no effect.
+    seen = re.search(r'name="seen" value="([^"]+)"', page).group(1)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # the session's, since signing in
+    form = {"action": "reject", "csrf_token": csrf, "seen": seen}
+    answer = client.post(f"/items/{items[dropped]}/decide", data=form)
+    assert answer.status_code == 200 and "no longer in the input" in answer.text
+    assert dec.get_item(engine, items[dropped])["status"] == "rejected"
+
+    # The line put back as it was: the record is found again, and the rejection applies to it.
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    three = Path(run(workdir, recipe("out")).version_uri)
+    assert gone_records(engine, "notes", list(records.values())) == set()
+    assert [row["id"] for row in set_aside(three) if row["reason"] == "review"] == [records[dropped]]
+    assert 'id="gone"' not in client.get(f"/items/{items[dropped]}").text
+
+
+def test_a_full_refresh_that_no_longer_finds_a_removed_inputs_records_says_so(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(4, 4))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    state_url = load_recipe(workdir / "recipe.yaml").state
+    engine = sa.create_engine(state_url)
+    items = flag_records(state_url, one, [notes(0, 1)[0]["q"], notes(4, 1)[0]["q"]])
+    records = {q: dec.get_item(engine, item)["record_id"] for q, item in items.items()}
+    # Removed, b.jsonl's records stay carried (decisions reach carried records); a full refresh drops them.
+    (workdir / "in" / "b.jsonl").unlink()
+    write_jsonl(workdir / "in" / "c.jsonl", notes(8, 1))
+    run(workdir, recipe("out"))
+    assert gone_records(engine, "notes", list(records.values())) == set()
+    run(workdir, recipe("out"), full_refresh=True)
+    assert gone_records(engine, "notes", list(records.values())) == {records[notes(4, 1)[0]["q"]]}
