@@ -592,14 +592,16 @@ class DocumentsSourceReader(ListedFiles):
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
             fs, path = filesystem(entry.uri)
+            digest = self.read_digest(entry)
             try:
-                with open_input(fs, path) as stream:
+                with open_input(fs, path, digest) as stream:
                     data = stream.read()
             except FileNotFoundError:
                 raise StorageError(gone(entry.uri)) from None
             except OSError as exc:
                 raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
             yield self._records(entry, data)
+            self.taken(entry, digest)
 
     def _records(self, entry: FileEntry, data: bytes) -> SourceBatch:
         name = posixpath.basename(entry.uri)

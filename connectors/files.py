@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
-from connectors.storage import FileEntry, StorageError, filesystem, gone, open_input
+from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, gone, open_input
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
@@ -558,8 +558,9 @@ class FilesSourceReader(ListedFiles):
         """The file's batches, read ``block_bytes`` (``BLOCK_BYTES``) at a time (Parquet: a row group at a time)."""
         fmt = file_format(entry.uri, self.config.format)
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
+        digest = self.read_digest(entry)
         try:
-            yield from reader(entry, block_bytes or BLOCK_BYTES)
+            yield from reader(entry, block_bytes or BLOCK_BYTES, digest)
         except StorageError:
             raise  # names the file already
         except FileNotFoundError:
@@ -568,6 +569,7 @@ class FilesSourceReader(ListedFiles):
             raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
             raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+        self.taken(entry, digest)
 
     def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
         """The file's first batch, as a run reads it (the same checks and messages: a file the run would
@@ -582,7 +584,7 @@ class FilesSourceReader(ListedFiles):
 
     # --- JSONL -------------------------------------------------------------------------------
 
-    def _jsonl(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
+    def _jsonl(self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
@@ -595,7 +597,7 @@ class FilesSourceReader(ListedFiles):
                     "object per line, for example with jq -c '.[]'"
                 )
 
-        with open_input(fs, path) as stream:
+        with open_input(fs, path, digest) as stream:
             # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
             blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
             for data in blocks:  # lines may end in CR alone
@@ -719,10 +721,10 @@ class FilesSourceReader(ListedFiles):
 
     # --- CSV ---------------------------------------------------------------------------------
 
-    def _csv(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
+    def _csv(self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         """The file's batches. Arrow reads a record that spans at most two blocks: the file is read again
         from its start, with blocks four times the size, where a longer one comes, and what was handed on
-        already is left out (its ids are counted again, as they were)."""
+        already is left out (its ids are counted again, as they were; ``digest`` is the last reading's)."""
         progress = _ByteProgress(entry.size)
         done = 0  # the last line handed on
         header: tuple[int, list[str]] | None = None
@@ -731,7 +733,7 @@ class FilesSourceReader(ListedFiles):
             try:
                 if not header_read:  # its first row, read with it, may need the larger blocks too
                     header, header_read = self._csv_header(entry.uri, block_bytes), True
-                for batch in self._csv_blocks(entry, header, block_bytes, progress, done):
+                for batch in self._csv_blocks(entry, header, block_bytes, progress, done, digest):
                     yield batch
                     for table in (batch.rows, batch.set_aside):
                         if table.num_rows:
@@ -754,6 +756,7 @@ class FilesSourceReader(ListedFiles):
         block_bytes: int,
         progress: _ByteProgress,
         after: int,
+        digest: ReadDigest | None = None,
     ) -> Iterator[SourceBatch]:
         """The file's batches after its ``header`` (``_csv_header``), read ``block_bytes`` at a time, without
         the rows and set-aside lines up to line ``after``."""
@@ -792,7 +795,7 @@ class FilesSourceReader(ListedFiles):
         # One numbering for rows (their values joined) and set-aside lines (their text): a row and a
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
-        with open_input(fs, path) as raw:
+        with open_input(fs, path, digest) as raw:
             stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             # Each batch is handed on once the next is read: the file's last record, in the last batch,
@@ -962,9 +965,9 @@ class FilesSourceReader(ListedFiles):
 
     # --- Parquet -----------------------------------------------------------------------------
 
-    def _parquet(self, entry: FileEntry, _block_bytes: int) -> Iterator[SourceBatch]:
+    def _parquet(self, entry: FileEntry, _block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        with _parquet_file(fs, path) as handle:
+        with _parquet_file(fs, path, digest) as handle:
             parquet = pq.ParquetFile(handle)
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
@@ -1062,11 +1065,11 @@ def _bytes_as_text(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _parquet_file(fs: Any, path: str) -> Iterator[Any]:
+def _parquet_file(fs: Any, path: str, digest: ReadDigest | None = None) -> Iterator[Any]:
     """A Parquet file opened for random access (its footer is read first). One compressed whole
     (``.parquet.gz``, ``.parquet.zst``, an object uploaded with ``Content-Encoding: gzip``) gives no
     such access: it is unpacked into a temporary local file first, a block at a time, so memory stays flat."""
-    with open_input(fs, path) as stream:
+    with open_input(fs, path, digest) as stream:
         if not isinstance(stream, pa.CompressedInputStream):
             yield stream
             return
