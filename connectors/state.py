@@ -558,6 +558,21 @@ def _value_to_stage(entry: FileEntry, watermark: SourceWatermark, hashed_when_re
     return HashedWhenRead(entry)
 
 
+def read_digest(watermark: SourceWatermark | None, entry: FileEntry) -> ReadDigest | None:
+    """What hashes ``entry``'s bytes as its reader reads them (``open_input``), where its watermark waits
+    for that hash (``HashedWhenRead``); the reader hands it to ``taken`` once the file is read."""
+    if watermark is not None and isinstance(watermark.pending.get(entry.uri), HashedWhenRead):
+        return ReadDigest()
+    return None
+
+
+def taken(watermark: SourceWatermark | None, entry: FileEntry, digest: ReadDigest | None) -> None:
+    """Stage the watermark of ``entry``, read whole, with the hash of the bytes read (``read_digest``) and
+    the fingerprint the listing gave (a file appended meanwhile is read again by the next run)."""
+    if watermark is not None and digest is not None and digest.value is not None:
+        watermark.set(entry.uri, file_value(entry, digest.value))
+
+
 class ListedFiles:
     """A source over the files under ``config.path``: listed once per run, only new or changed ones kept.
 
@@ -584,17 +599,10 @@ class ListedFiles:
         return self._listed
 
     def read_digest(self, entry: FileEntry) -> ReadDigest | None:
-        """What hashes ``entry``'s bytes as the reader reads them (``open_input``), where its watermark
-        waits for that hash (``HashedWhenRead``); the reader hands it to ``taken`` once the file is read."""
-        if self.watermark is not None and isinstance(self.watermark.pending.get(entry.uri), HashedWhenRead):
-            return ReadDigest()
-        return None
+        return read_digest(self.watermark, entry)
 
     def taken(self, entry: FileEntry, digest: ReadDigest | None) -> None:
-        """Stage the watermark of ``entry``, read whole, with the hash of the bytes read (``read_digest``),
-        and the fingerprint the listing gave (a file appended meanwhile is read again by the next run)."""
-        if self.watermark is not None and digest is not None and digest.value is not None:
-            self.watermark.set(entry.uri, file_value(entry, digest.value))
+        taken(self.watermark, entry, digest)
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]

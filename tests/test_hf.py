@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import boto3
 import datasets
 import pytest
+import sqlalchemy as sa
+import xxhash
 
+import connectors.state as state
 from connectors.hf import HFSourceReader
-from connectors.storage import StorageError
+from connectors.storage import StorageError, list_files
 from schemas.config import HFSource
 from tests.helpers import outputs, run
 
@@ -98,3 +103,41 @@ def test_saved_dataset_on_s3(tmp_path: Path, bucket: str) -> None:
             s3.upload_file(str(file), bucket, f"datasets/faq/{file.relative_to(tmp_path / 'faq')}")
     rows = read(f"s3://{bucket}/datasets/faq")
     assert len(rows) == 31 and rows[0]["source"]["uri"].startswith(f"s3://{bucket}/datasets/faq/train/")
+
+
+@pytest.mark.parametrize("layout", ["hub", "saved"])
+def test_a_new_file_of_a_dataset_is_hashed_as_it_is_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    # Each new file (a Hub Parquet file, a save_to_disk Arrow file) was hashed whole at planning for its
+    # watermark and then read: twice. Its watermark holds the same value, hashed as it was read.
+    faq = make_dataset()
+    if layout == "hub":
+        (workdir / "faq" / "data").mkdir(parents=True)
+        faq["train"].to_parquet(str(workdir / "faq" / "data" / "train-00000-of-00001.parquet"))
+    else:
+        faq.save_to_disk(str(workdir / "faq"), num_shards={"train": 2, "test": 1})
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "faq", "split": "train"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, recipe).manifest.counts.written == 25
+    assert hashed == []
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.connect() as db:
+        values = dict(db.execute(sa.text("SELECT item, value FROM watermarks")).all())
+    engine.dispose()
+    taken = [entry for entry in list_files(str(workdir / "faq")) if entry.uri in values]
+    assert len(taken) == len(values) == (1 if layout == "hub" else 2)
+    for entry in taken:
+        bytes_now = Path(entry.uri).read_bytes()
+        expected = {"fingerprint": state.fingerprint(entry), "xxh3": xxhash.xxh3_128_hexdigest(bytes_now)}
+        assert json.loads(values[entry.uri]) == expected
+    os.utime(taken[0].uri, (1, 1))
+    assert "nothing new" in run(workdir, recipe).message
+    assert hashed == [Path(taken[0].uri).name]
