@@ -181,7 +181,9 @@ def open_input(fs: pafs.FileSystem, path: str, digest: ReadDigest | None = None)
         packed = _PACKED.get(head[:2]) or _PACKED.get(head)
         handle.seek(0)
         hashed = _HashedReads(handle) if digest is not None else None
-        source = pa.PythonFile(hashed, mode="r") if hashed is not None else handle
+        # Handed on as a Python file, which Arrow's readers take as such: a PythonFile round it would
+        # copy each block once more.
+        source = hashed if hashed is not None else handle
         yield pa.CompressedInputStream(source, packed) if packed else source
         if digest is not None and hashed is not None:
             digest.value = hashed.hexdigest()
