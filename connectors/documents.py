@@ -620,8 +620,9 @@ class DocumentsSourceReader(ListedFiles):
     def batches(self) -> Iterator[SourceBatch]:
         for entry in self.entries():
             fs, path = filesystem(entry.uri)
+            digest = self.read_digest(entry)
             try:
-                with open_input(fs, path, entry.etag) as stream:
+                with open_input(fs, path, entry.etag, digest) as stream:
                     data = stream.read()
             except OSError as exc:
                 error = read_error(entry.uri, exc)
@@ -630,6 +631,7 @@ class DocumentsSourceReader(ListedFiles):
                 yield self.unreadable(entry, error)  # read whole before any record: nothing of it passed on
                 continue
             yield self._records(entry, data)
+            self.taken(entry, digest)
 
     def _records(self, entry: FileEntry, data: bytes) -> SourceBatch:
         name = posixpath.basename(entry.uri)

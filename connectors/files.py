@@ -34,6 +34,7 @@ from connectors.base import RESERVED, SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import (
     FileEntry,
+    ReadDigest,
     StorageError,
     Unreadable,
     filesystem,
@@ -582,13 +583,15 @@ class FilesSourceReader(ListedFiles):
         fmt = file_format(entry.uri, self.config.format)
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
         partitions = hive_partitions(self.config.path, entry.uri) if self.config.hive_partitioning else {}
+        digest = self.read_digest(entry)
         try:
-            for batch in reader(entry, block_bytes or BLOCK_BYTES):
+            for batch in reader(entry, block_bytes or BLOCK_BYTES, digest):
                 yield _with_partitions(batch, partitions, entry.uri) if partitions else batch
         except OSError as exc:
             raise read_error(entry.uri, exc) from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
             raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+        self.taken(entry, digest)
 
     def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
         """The file's first batch, as a run reads it (the same checks and messages: a file the run would
@@ -603,7 +606,7 @@ class FilesSourceReader(ListedFiles):
 
     # --- JSONL -------------------------------------------------------------------------------
 
-    def _jsonl(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
+    def _jsonl(self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
@@ -616,7 +619,7 @@ class FilesSourceReader(ListedFiles):
                     "object per line, for example with jq -c '.[]'"
                 )
 
-        with open_input(fs, path, entry.etag) as stream:
+        with open_input(fs, path, entry.etag, digest) as stream:
             # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
             blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
             for data in blocks:  # lines may end in CR alone
@@ -740,10 +743,10 @@ class FilesSourceReader(ListedFiles):
 
     # --- CSV ---------------------------------------------------------------------------------
 
-    def _csv(self, entry: FileEntry, block_bytes: int) -> Iterator[SourceBatch]:
+    def _csv(self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         """The file's batches. Arrow reads a record that spans at most two blocks: the file is read again
         from its start, with blocks four times the size, where a longer one comes, and what was handed on
-        already is left out (its ids are counted again, as they were)."""
+        already is left out (its ids are counted again, as they were; ``digest`` is the last reading's)."""
         progress = _ByteProgress(entry.size)
         done = 0  # the last line handed on
         header: tuple[int, list[str]] | None = None
@@ -752,7 +755,7 @@ class FilesSourceReader(ListedFiles):
             try:
                 if not header_read:  # its first row, read with it, may need the larger blocks too
                     header, header_read = self._csv_header(entry, block_bytes), True
-                for batch in self._csv_blocks(entry, header, block_bytes, progress, done):
+                for batch in self._csv_blocks(entry, header, block_bytes, progress, done, digest):
                     yield batch
                     for table in (batch.rows, batch.set_aside):
                         if table.num_rows:
@@ -775,6 +778,7 @@ class FilesSourceReader(ListedFiles):
         block_bytes: int,
         progress: _ByteProgress,
         after: int,
+        digest: ReadDigest | None = None,
     ) -> Iterator[SourceBatch]:
         """The file's batches after its ``header`` (``_csv_header``), read ``block_bytes`` at a time, without
         the rows and set-aside lines up to line ``after``."""
@@ -813,7 +817,7 @@ class FilesSourceReader(ListedFiles):
         # One numbering for rows (their values joined) and set-aside lines (their text): a row and a
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
-        with open_input(fs, path, entry.etag) as raw:
+        with open_input(fs, path, entry.etag, digest) as raw:
             stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
             reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
             # Each batch is handed on once the next is read: the file's last record, in the last batch,
@@ -984,9 +988,9 @@ class FilesSourceReader(ListedFiles):
 
     # --- Parquet -----------------------------------------------------------------------------
 
-    def _parquet(self, entry: FileEntry, _block_bytes: int) -> Iterator[SourceBatch]:
+    def _parquet(self, entry: FileEntry, _block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        with _parquet_file(fs, path, entry.etag) as handle:
+        with _parquet_file(fs, path, entry.etag, digest) as handle:
             parquet = pq.ParquetFile(handle)
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
@@ -1137,11 +1141,11 @@ def _bytes_as_text(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _parquet_file(fs: Any, path: str, etag: str | None) -> Iterator[Any]:
+def _parquet_file(fs: Any, path: str, etag: str | None = None, digest: ReadDigest | None = None) -> Iterator[Any]:
     """A Parquet file opened for random access (its footer is read first). One compressed whole
     (``.parquet.gz``, ``.parquet.zst``, an object uploaded with ``Content-Encoding: gzip``) gives no
     such access: it is unpacked into a temporary local file first, a block at a time, so memory stays flat."""
-    with open_input(fs, path, etag) as stream:
+    with open_input(fs, path, etag, digest) as stream:
         if not isinstance(stream, pa.CompressedInputStream):
             yield stream
             return

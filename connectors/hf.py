@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
 from connectors.sql import row_contents
-from connectors.state import SourceWatermark, new_files
-from connectors.storage import FileEntry, StorageError, filesystem, join, list_files, open_file
+from connectors.state import SourceWatermark, new_files, read_digest, taken
+from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, join, list_files, open_input
 from schemas.config import HFSource
 from schemas.manifest import InputFile
 from schemas.records import InputIds, source_array
@@ -110,7 +110,9 @@ class HFSourceReader:
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:
                 raise StorageError(f"{missing[0]}: named by the dataset's state.json but missing")
-            fresh = {e.uri for e in new_files([entries[uri] for _, uri in listed], self.watermark)}
+            fresh = {
+                e.uri for e in new_files([entries[uri] for _, uri in listed], self.watermark, hashed_when_read=True)
+            }
             self._files = [(split, entries[uri]) for split, uri in listed if uri in fresh]
         return self._files
 
@@ -119,18 +121,20 @@ class HFSourceReader:
 
     def batches(self) -> Iterator[SourceBatch]:
         for _split, entry in self.files():
+            digest = read_digest(self.watermark, entry)
             try:
-                yield from self._file(entry)
+                yield from self._file(entry, digest)
             except StorageError:
                 raise  # names the file already
             except (pa.ArrowInvalid, OSError) as error:
                 raise StorageError(f"{entry.uri}: cannot read: {error}") from None
+            taken(self.watermark, entry, digest)
 
-    def _file(self, entry: FileEntry) -> Iterator[SourceBatch]:
+    def _file(self, entry: FileEntry, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         row, ids = 1, InputIds(entry.uri)
         if entry.uri.endswith(".parquet"):
-            with open_file(fs, path, entry.etag) as handle:
+            with open_input(fs, path, entry.etag, digest) as handle:
                 parquet = pq.ParquetFile(handle)
                 total = max(parquet.metadata.num_rows, 1)
                 for batch in parquet.iter_batches(batch_size=self.batch_rows):
@@ -139,7 +143,7 @@ class HFSourceReader:
                     )
                     row += batch.num_rows
             return
-        with open_file(fs, path, entry.etag) as stream:  # save_to_disk writes Arrow IPC streams
+        with open_input(fs, path, entry.etag, digest) as stream:  # save_to_disk writes Arrow IPC streams
             reader = pa.ipc.open_stream(stream)
             pending: list[pa.RecordBatch] = []
             for batch in reader:

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -34,7 +35,7 @@ import xxhash
 from pydantic import BaseModel
 
 from connectors.base import SourceBatch
-from connectors.storage import FileEntry, StorageError, Unreadable, filesystem, list_files, readable
+from connectors.storage import FileEntry, ReadDigest, StorageError, Unreadable, filesystem, list_files, readable
 from schemas.manifest import InputFile
 from schemas.records import record_ids, set_aside_rows, source_array
 
@@ -72,6 +73,18 @@ MIN_LEASE_SECONDS = 0.5
 # An item's watermark when it was listed but could not be read (an image it may not read, a share away):
 # no fingerprint equals it, so the next run reads it again, changed or not; it was never published.
 UNREAD = "unread"
+
+
+@dataclass(frozen=True)
+class HashedWhenRead:
+    """The watermark staged at listing for a file new to its source, whose reader hashes its bytes as it
+    reads them (``ListedFiles.read_digest``) and stages the value then: hashed now, each new byte would
+    be read twice (on a share, sent twice). A value still staged so at commit is hashed then."""
+
+    entry: FileEntry
+
+    def value(self) -> str | dict[str, str]:
+        return file_value(self.entry)
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -242,6 +255,8 @@ class Watermarks:
                 db.execute(watermarks.delete().where(watermarks.c.dataset == self.dataset))
             for key, source in self.sources.items():
                 for item, value in source.pending.items():
+                    if isinstance(value, HashedWhenRead):  # a file its reader did not hash: hashed now
+                        value = value.value()
                     where = (
                         (watermarks.c.dataset == self.dataset)
                         & (watermarks.c.source == key)
@@ -511,16 +526,20 @@ def kept_value(before: Any, entry: FileEntry, known: dict[str, tuple[str, str]] 
     return {"fingerprint": now, "xxh3": before["xxh3"]} if same else None
 
 
-def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> list[FileEntry]:
+def new_files(
+    entries: list[FileEntry], watermark: SourceWatermark | None, hashed_when_read: bool = False
+) -> list[FileEntry]:
     """The files that are new or changed since the committed watermark; stages their watermarks, and
-    the new mtime of a file that holds what it held (so it is not read again for it)."""
+    the new mtime of a file that holds what it held (so it is not read again for it). With
+    ``hashed_when_read`` (the reader hashes what it reads: ``ListedFiles``), a file not hashed to be
+    compared is staged ``HashedWhenRead``, not read for its hash now."""
     if watermark is None:
         return entries
     fresh = []
     for entry in entries:
         if watermark.committed.get(entry.uri, UNREAD) == UNREAD:  # new, or listed and not read by an earlier run
             fresh.append(entry)
-            watermark.set(entry.uri, file_value(entry, known=watermark.digests))
+            watermark.set(entry.uri, _value_to_stage(entry, watermark, hashed_when_read))
             continue
         before = watermark.committed[entry.uri]
         kept = kept_value(before, entry, watermark.digests)
@@ -529,8 +548,32 @@ def new_files(entries: list[FileEntry], watermark: SourceWatermark | None) -> li
             fresh.append(entry)
             watermark.replaced.add(entry.uri)  # changed since an earlier run took it: read whole again
         if kept != before:
-            watermark.set(entry.uri, kept or file_value(entry, known=watermark.digests))
+            watermark.set(entry.uri, kept or _value_to_stage(entry, watermark, hashed_when_read))
     return fresh
+
+
+def _value_to_stage(entry: FileEntry, watermark: SourceWatermark, hashed_when_read: bool) -> Any:
+    """What a file about to be read stages: its value (``file_value``) where that needs no reading (an
+    ETag, a hash taken to compare it), else ``HashedWhenRead`` if its reader hashes it."""
+    known = watermark.digests.get(entry.uri)
+    if entry.etag or not hashed_when_read or (known is not None and known[0] == fingerprint(entry)):
+        return file_value(entry, known=watermark.digests)
+    return HashedWhenRead(entry)
+
+
+def read_digest(watermark: SourceWatermark | None, entry: FileEntry) -> ReadDigest | None:
+    """What hashes ``entry``'s bytes as its reader reads them (``open_input``), where its watermark waits
+    for that hash (``HashedWhenRead``); the reader hands it to ``taken`` once the file is read."""
+    if watermark is not None and isinstance(watermark.pending.get(entry.uri), HashedWhenRead):
+        return ReadDigest()
+    return None
+
+
+def taken(watermark: SourceWatermark | None, entry: FileEntry, digest: ReadDigest | None) -> None:
+    """Stage the watermark of ``entry``, read whole, with the hash of the bytes read (``read_digest``) and
+    the fingerprint the listing gave (a file appended meanwhile is read again by the next run)."""
+    if watermark is not None and digest is not None and digest.value is not None:
+        watermark.set(entry.uri, file_value(entry, digest.value))
 
 
 class ListedFiles:
@@ -556,8 +599,14 @@ class ListedFiles:
             if not entries and not (self.watermark is not None and self.watermark.committed):
                 raise StorageError(f"{self.config.path}: {self.nothing_found}")
             self.listed_uris = [entry.uri for entry in entries]
-            self._listed = new_files(entries, self.watermark)
+            self._listed = new_files(entries, self.watermark, hashed_when_read=True)
         return self._listed
+
+    def read_digest(self, entry: FileEntry) -> ReadDigest | None:
+        return read_digest(self.watermark, entry)
+
+    def taken(self, entry: FileEntry, digest: ReadDigest | None) -> None:
+        taken(self.watermark, entry, digest)
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for e in self.entries()]

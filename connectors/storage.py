@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import xxhash
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,77 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 _PACKED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
+class ReadDigest:
+    """The xxh3 of a file's bytes as stored (a ``.gz`` file's packed bytes), taken from the reads of the
+    stream ``open_input`` opened with it: ``value`` is set when that stream is closed after a reading that
+    raised nothing, and covers the bytes from the file's start to the furthest one read."""
+
+    value: str | None = None
+
+
+class _HashedReads:
+    """A file handle whose bytes feed an xxh3 as they are read, from the file's start on. A reader that
+    reads in order (a stream) is hashed as it reads; a few bytes it skips (a Parquet file's leading
+    magic number) are read for the hash, and those it read out of order (a Parquet footer, read first)
+    again at the end (``hexdigest``)."""
+
+    def __init__(self, handle: pa.NativeFile) -> None:
+        self.handle = handle
+        self.hasher = xxhash.xxh3_128()
+        self.hashed = 0  # the file's bytes before this offset are in the hash
+        self.end = 0  # the furthest byte read
+
+    def read(self, size: int | None = -1) -> bytes:
+        at = self.handle.tell()
+        data = self.handle.read(None if size is None or size < 0 else size)
+        if self.hashed < at <= self.hashed + _GAP_READ_AGAIN:
+            self._hash_up_to(at)
+        if at <= self.hashed < at + len(data):
+            self.hasher.update(memoryview(data)[self.hashed - at :])
+            self.hashed = at + len(data)
+        self.end = max(self.end, at + len(data))
+        return data
+
+    def _hash_up_to(self, end: int) -> None:
+        while self.hashed < end:
+            block = self.handle.read_at(min(end - self.hashed, _HASH_BLOCK_BYTES), self.hashed)
+            if not block:  # the file shrank since it was read
+                break
+            self.hasher.update(block)
+            self.hashed += len(block)
+
+    def hexdigest(self) -> str:
+        self._hash_up_to(self.end)
+        return self.hasher.hexdigest()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    @property
+    def closed(self) -> bool:
+        return self.handle.closed
+
+    def close(self) -> None:
+        pass  # the handle is open_input's to close
+
+
+_HASH_BLOCK_BYTES = 8 * 1024 * 1024
+_GAP_READ_AGAIN = 64 * 1024  # bytes a reader skipped that are read for the hash at once, rather than at the end
+
+
 @contextlib.contextmanager
-def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Iterator[Any]:
+def open_input(
+    fs: pafs.FileSystem, path: str, etag: str | None = None, digest: ReadDigest | None = None
+) -> Iterator[Any]:
     """The file as a stream of its bytes, unpacked where it is compressed, as told by its first bytes,
     not its name: an object uploaded compressed with ``Content-Encoding: gzip`` under a plain name
     (``x.jsonl``), which no S3 client unpacks, reads as its text; so does a ``.gz`` file named without
-    the suffix. An S3 object given the ``etag`` its listing gave is read as listed (``_ListedObject``)."""
+    the suffix. An S3 object given the ``etag`` its listing gave is read as listed (``_ListedObject``).
+    With ``digest``, the bytes read are hashed as they are read (``ReadDigest``): a file new to a source
+    is read once, not hashed first for its watermark and read again."""
     uri = f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
     try:
         handle = open_file(fs, path, etag)
@@ -147,7 +213,13 @@ def open_input(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Itera
             raise _not_opened(uri, error) from None
         packed = _PACKED.get(head[:2]) or _PACKED.get(head)
         handle.seek(0)
-        yield pa.CompressedInputStream(handle, packed) if packed else handle
+        hashed = _HashedReads(handle) if digest is not None else None
+        # Handed on as a Python file, which Arrow's readers take as such: a PythonFile round it would
+        # copy each block once more.
+        source = hashed if hashed is not None else handle
+        yield pa.CompressedInputStream(source, packed) if packed else source
+        if digest is not None and hashed is not None:
+            digest.value = hashed.hexdigest()
 
 
 def open_file(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Any:

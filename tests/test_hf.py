@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import boto3
@@ -9,9 +11,12 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
+import xxhash
 
+import connectors.state as state
 from connectors.hf import HFSourceReader
-from connectors.storage import StorageError
+from connectors.storage import StorageError, list_files
 from schemas.config import HFSource
 from tests.helpers import outputs, read_lines, run, set_aside
 
@@ -161,3 +166,41 @@ def test_a_dataset_file_overwritten_on_s3_between_listing_and_reading_fails_the_
     monkeypatch.setattr(connectors.hf, "list_files", list_then_overwrite)
     with pytest.raises(StorageError, match=rf"^s3://{bucket}/datasets/faq/{train}: changed since the run listed it"):
         read(f"s3://{bucket}/datasets/faq")
+
+
+@pytest.mark.parametrize("layout", ["hub", "saved"])
+def test_a_new_file_of_a_dataset_is_hashed_as_it_is_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    # Each new file (a Hub Parquet file, a save_to_disk Arrow file) was hashed whole at planning for its
+    # watermark and then read: twice. Its watermark holds the same value, hashed as it was read.
+    faq = make_dataset()
+    if layout == "hub":
+        (workdir / "faq" / "data").mkdir(parents=True)
+        faq["train"].to_parquet(str(workdir / "faq" / "data" / "train-00000-of-00001.parquet"))
+    else:
+        faq.save_to_disk(str(workdir / "faq"), num_shards={"train": 2, "test": 1})
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "faq", "split": "train"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir, recipe).manifest.counts.written == 25
+    assert hashed == []
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.connect() as db:
+        values = dict(db.execute(sa.text("SELECT item, value FROM watermarks")).all())
+    engine.dispose()
+    taken = [entry for entry in list_files(str(workdir / "faq")) if entry.uri in values]
+    assert len(taken) == len(values) == (1 if layout == "hub" else 2)
+    for entry in taken:
+        bytes_now = Path(entry.uri).read_bytes()
+        expected = {"fingerprint": state.fingerprint(entry), "xxh3": xxhash.xxh3_128_hexdigest(bytes_now)}
+        assert json.loads(values[entry.uri]) == expected
+    os.utime(taken[0].uri, (1, 1))
+    assert "nothing new" in run(workdir, recipe).message
+    assert hashed == [Path(taken[0].uri).name]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -13,16 +16,20 @@ from typing import Any
 
 import boto3
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+import xxhash
 
+import connectors.documents as documents
+import connectors.files as files
 import connectors.state as state
 from connectors.state import LockLost, RunLocked, create_tables, lock_lease, run_lock, run_locks
-from connectors.storage import StorageError
-from curation.pipeline import run_recipe
+from connectors.storage import StorageError, list_files
+from curation.pipeline import build_sources, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
-from schemas.config import Recipe, load_recipe, parse_recipe
+from schemas.config import FilesSource, Recipe, load_recipe, parse_recipe
 from tests.helpers import docs_recipe, outputs, processed, refusing, run, set_aside, write_jsonl, write_recipe
 from tests.test_cli import curation
 
@@ -582,7 +589,7 @@ def test_a_file_restored_with_a_new_mtime_is_not_published_again(
     hash_of = state.content_hash
     monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
     assert run(workdir, recipe).manifest.counts.written == 3
-    assert sorted(hashed) == ["a.jsonl", "b.jsonl"]  # as each was taken
+    assert hashed == []  # new: hashed as they were read, not read apart for it
     hashed.clear()
     os.utime(a, (1, 1))  # the same bytes, another mtime
     assert run(workdir, recipe).message.startswith("nothing new")
@@ -637,7 +644,167 @@ def test_files_listed_again_at_planning_are_not_hashed_again(workdir: Path, monk
     write_jsonl(workdir / "in" / "c.jsonl", [{"text": "gamma"}])
     second = run(workdir, recipe)
     assert sorted(line["text"] for line in outputs(Path(second.version_uri))) == ["alpha", "gamma", "omega"]
-    assert sorted(hashed) == ["a.jsonl", "c.jsonl"]
+    assert hashed == ["a.jsonl"]  # c.jsonl, new, is hashed as it is read
+
+
+class _CountedReads:
+    """A file handle that adds the bytes read through it to ``read[name]``."""
+
+    def __init__(self, handle: pa.NativeFile, name: str, read: collections.Counter[str]) -> None:
+        self.handle, self.name, self.read_bytes = handle, name, read
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self.handle.read(None if size is None or size < 0 else size)
+        self.read_bytes[self.name] += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    @property
+    def closed(self) -> bool:
+        return self.handle.closed
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _Counting:
+    """A local filesystem that counts the bytes read of each file, by name, as a share's traffic would."""
+
+    def __init__(self, fs: Any, read: collections.Counter[str]) -> None:
+        self.fs, self.read = fs, read
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return pa.PythonFile(_CountedReads(self.fs.open_input_file(path), Path(path).name, self.read), mode="r")
+
+    def open_input_stream(self, path: str, *args: Any, **kwargs: Any) -> pa.NativeFile:
+        stream = self.fs.open_input_stream(path, *args, **kwargs)
+        return pa.PythonFile(_CountedReads(stream, Path(path).name, self.read), mode="r")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fs, name)
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Bytes read of each input file (by name) from here on, by the sources and by their watermarks."""
+    read: collections.Counter[str] = collections.Counter()
+    for module in (state, files, documents):
+        opened = module.filesystem
+        monkeypatch.setattr(
+            module, "filesystem", lambda uri, opened=opened: (_Counting(opened(uri)[0], read), opened(uri)[1])
+        )
+    return read
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.jsonl.gz", "a.csv", "a.parquet", "a.md"])
+def test_a_new_file_is_read_once_and_its_watermark_holds_the_hash_of_its_bytes(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # A file new to the source was hashed whole at planning, for its watermark, then read again by its
+    # reader: on a network share each new byte crossed it twice. Only a touched file needs the hash
+    # before it is read (to tell whether its bytes changed); a new one is hashed as its reader reads it.
+    source = {"type": "documents", "path": "in"} if name.endswith(".md") else {"path": "in"}
+    recipe = {"dataset": "d", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    a = workdir / "in" / name
+
+    def write(words: list[str]) -> None:
+        # Not packed (gzip level 0, Parquet uncompressed): the same words of other letters keep its size.
+        if name.endswith(".gz"):
+            lines = "".join(json.dumps({"text": word}) + "\n" for word in words)
+            a.write_bytes(gzip.compress(lines.encode(), compresslevel=0, mtime=0))
+        elif name.endswith(".parquet"):
+            pq.write_table(pa.table({"text": words}), a, compression="none", use_dictionary=False)
+        else:
+            _rows_file(a, words[:300] if name.endswith(".md") else words)
+
+    # About 3 MB (but for the document: a note of 300 sections).
+    words = [f"{n} {hashlib.sha256(str(n).encode()).hexdigest() * 4}" for n in range(12_000)]
+    a.parent.mkdir(parents=True)
+    write(words)
+    size = a.stat().st_size
+    read, hashed = _count_reads(monkeypatch), []
+    (reader,) = build_sources(load_recipe(write_recipe(workdir, recipe)))  # no state: reads, takes nothing
+    assert sum(batch.input_records for batch in reader.batches()) >= 300
+    reading = read.pop(name)  # what its reader reads of it (a CSV file's header too, a Parquet file's footer)
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    first = run(workdir, recipe)
+    assert first.manifest.counts.input >= 300
+    assert read[name] <= reading + 64 * 1024  # (was: hashed whole, then read: its size more)
+    assert hashed == []
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.connect() as db:
+        (value,) = db.execute(sa.text("SELECT value FROM watermarks")).scalars()
+    engine.dispose()
+    (entry,) = list_files(str(a))
+    # The value a run that hashed it at planning staged: the next runs compare with it alike.
+    assert json.loads(value) == {
+        "fingerprint": state.fingerprint(entry),
+        "xxh3": xxhash.xxh3_128_hexdigest(a.read_bytes()),
+    }
+    assert run(workdir, recipe).message.startswith("nothing new")
+    os.utime(a, (1, 1))  # touched: hashed (once) to tell its bytes did not change
+    assert run(workdir, recipe).message.startswith("nothing new")
+    assert hashed == [name]
+    write([words[0].replace("0", "1", 2), *words[1:]])  # other bytes of the same size
+    assert a.stat().st_size == size
+    os.utime(a, (2, 2))
+    changed = run(workdir, recipe)
+    assert changed.manifest is not None and changed.manifest.stats["carry"]["replaced"] >= 1
+
+
+def test_a_new_file_appended_after_it_was_listed_is_read_whole_again_once(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its hash is of the bytes its reader read, the appended line among them, and its fingerprint the
+    # listing's: the next run sees a size it did not list, and reads it whole again, once.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    listed = a.stat().st_size
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"validation_fraction": 0.0}
+    opened = files.open_input
+
+    def appended_first(*args: Any) -> Any:
+        with a.open("a") as more:
+            more.write(json.dumps({"text": "gamma"}) + "\n")
+        monkeypatch.setattr(files, "open_input", opened)
+        return opened(*args)
+
+    monkeypatch.setattr(files, "open_input", appended_first)
+    assert run(workdir, recipe).manifest.counts.written == 3
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.connect() as db:
+        (value,) = db.execute(sa.text("SELECT value FROM watermarks")).scalars()
+    engine.dispose()
+    assert json.loads(value)["fingerprint"].startswith(f"{listed}:")
+    assert json.loads(value)["xxh3"] == xxhash.xxh3_128_hexdigest(a.read_bytes())
+    again = run(workdir, recipe)
+    assert again.manifest.counts.input == 3 and again.manifest.stats["carry"]["replaced"] == 3
+    assert sorted(line["text"] for line in outputs(Path(again.version_uri))) == ["alpha", "beta", "gamma"]
+    assert run(workdir, recipe).message.startswith("nothing new")
+
+
+def test_a_new_file_no_reader_hashed_is_hashed_when_its_watermark_is_committed(tmp_path: Path) -> None:
+    # Staged at listing to be hashed by its reader: where no reader did, its watermark is what a run that
+    # hashed it at listing stages, not a value the state store cannot hold.
+    a = write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "alpha"}])
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    marks = state.Watermarks(engine, "d")
+    mark = marks.for_source(FilesSource(path=str(tmp_path / "in")))
+    (entry,) = state.new_files(list_files(str(tmp_path / "in")), mark, hashed_when_read=True)
+    assert isinstance(mark.pending[entry.uri], state.HashedWhenRead)
+    marks.commit("r1")
+    with engine.connect() as db:
+        (value,) = db.execute(sa.text("SELECT value FROM watermarks")).scalars()
+    engine.dispose()
+    assert json.loads(value) == {
+        "fingerprint": state.fingerprint(entry),
+        "xxh3": xxhash.xxh3_128_hexdigest(a.read_bytes()),
+    }
 
 
 def _rows_file(path: Path, texts: list[str]) -> Path:

@@ -593,3 +593,34 @@ def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_a
     write_jsonl(workdir / "in" / "b.jsonl", [{"text": "gamma notes"}])
     taken = run(workdir, {**docs, "engine": "ray"})
     assert [line["text"] for line in processed(Path(taken.version_uri))] == ["gamma notes"]
+
+
+def test_a_new_file_read_on_a_ray_worker_is_hashed_there_and_its_hash_committed(
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file new to its source is hashed as a worker reads it, not read for it apart: the hash comes back
+    with the worker's record of what it took (were it lost, the driver would read the file at commit)."""
+    import os
+
+    import connectors.state as state
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    (workdir / "in" / "b.csv").write_text("text\ngamma\n")
+    hashed: list[str] = []
+    hash_of = state.content_hash
+    monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
+    docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "engine": "ray"}
+    assert run(workdir, docs).manifest.counts.written == 3
+    assert hashed == []
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.connect() as db:
+        values = dict(db.execute(sa.text("SELECT item, value FROM watermarks")).all())
+    engine.dispose()
+    for name in ("a.jsonl", "b.csv"):
+        path = workdir / "in" / name
+        (entry,) = state.list_files(str(path))
+        expected = {"fingerprint": state.fingerprint(entry), "xxh3": xxhash.xxh3_128_hexdigest(path.read_bytes())}
+        assert json.loads(values[entry.uri]) == expected
+    os.utime(workdir / "in" / "a.jsonl", (1, 1))
+    assert run(workdir, docs).message.startswith("nothing new")
+    assert hashed == ["a.jsonl"]
