@@ -58,7 +58,12 @@ def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> No
     assert "<span>1001 of 1100</span>" in page
     assert 'href="/items/1003?dataset=big"' in page and 'href="/items/1005?dataset=big"' in page
     assert "<span>1 of 1100</span>" in client.get("/items/4?dataset=big").text
-    assert "<span>0 of 1100</span>" in client.get("/items/2?dataset=big").text  # the filter leaves it out
+    # The filter leaves item 2 out: not "0 of 1100", which reads as a place among them, but that it is not
+    # there, with the filters to clear; next still goes on through the filtered items (it was item 4).
+    left_out = client.get("/items/2?dataset=big").text
+    assert "0 of 1100" not in left_out and 'id="not-listed">not among the 1100 item(s) these filters match' in left_out
+    assert 'id="clear-filters" href="/items/2"' in left_out
+    assert 'id="next" href="/items/4?dataset=big"' in left_out and 'id="previous"' not in left_out
     # Its Queue link goes back to the page of the list that holds it.
     assert 'id="queue" href="/?dataset=big&amp;page=3"' in page
     assert 'id="queue" href="/?dataset=big"' in client.get("/items/503?dataset=big").text

@@ -506,14 +506,15 @@ def _neighbours(
 ) -> tuple[tuple[int, int], int | None, int | None]:
     """The item's place among the items under the filters (0 when they leave it out; (0, 0) when they
     match no item), and the items before and after it there: counted in the store, not listed (a
-    queue can hold many thousands)."""
+    queue can hold many thousands). An item the filters leave out (opened by its address, or decided
+    since: no longer open) still has them, so that next and previous go on through the filtered ones."""
     ids = review_items.c.item_id
     with engine.connect() as db:
         previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
         following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
     total = _count(engine, filters)
     if not _count(engine, filters, ids == item_id):
-        return (0, total), None, None
+        return (0, total), previous, following
     return (_count(engine, filters, ids <= item_id), total), previous, following
 
 
