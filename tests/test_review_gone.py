@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
-from curation.review.queue import add_items, gone_records, review_items
+from curation.review.queue import add_items, gone_records, note_read, review_items
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA
 from tests.helpers import read_lines, run, set_aside, write_jsonl
@@ -100,3 +100,47 @@ def test_a_full_refresh_that_no_longer_finds_a_removed_inputs_records_says_so(wo
     assert gone_records(engine, "notes", list(records.values())) == set()
     run(workdir, recipe("out"), full_refresh=True)
     assert gone_records(engine, "notes", list(records.values())) == {records[notes(4, 1)[0]["q"]]}
+
+
+def queue_with_one_gone(state_url: str) -> sa.Engine:
+    """Items 1-3 (pii, open, of records r1-r3 of a.jsonl), r2 no longer in the input."""
+    engine = sa.create_engine(state_url)
+    source = {"connector": "files", "uri": "a.jsonl", "line": 1, "page": None}
+    flags = [
+        {"id": f"r{n}", "source": source, "stage": "pii", "kind": "pii", "detail": f"row {n}", "payload": "{}"}
+        for n in (1, 2, 3)
+    ]
+    add_items(engine, "notes", 1, "one", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    note_read(engine, "notes", "two", {"r1", "r3"}, {"a.jsonl"})  # a.jsonl read whole again, without r2
+    return engine
+
+
+def test_items_no_longer_in_the_input_are_counted_apart_from_those_left_to_do(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = queue_with_one_gone(state_url)
+    add_user(engine, "rita", "reviewer", PASSWORD)
+    client = TestClient(create_app(state_url), base_url="https://testserver")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+
+    def counts() -> tuple[str, str | None]:
+        queue = client.get("/").text
+        left = re.search(r'data-kind="pii">\s*<strong>(\d+)</strong>', queue).group(1)
+        gone = re.search(r'data-kind="pii">[^<]*<strong>\d+</strong>[^<]*<span class="gone" data-gone="(\d+)"', queue)
+        return left, gone and gone.group(1)
+
+    def decide(item: int) -> str:
+        page = client.get(f"/items/{item}").text
+        seen = re.search(r'name="seen" value="([^"]+)"', page).group(1)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # the session's, since signing in
+        form = {"action": "approve", "csrf_token": csrf, "seen": seen}
+        return client.post(f"/items/{item}/decide", data=form, follow_redirects=False).headers["location"]
+
+    # Item 2's record is gone: a decision on it has no effect, so it is not left to do, but counted apart.
+    assert counts() == ("2", "1")
+    assert decide(1) == "/items/3"  # the next open item left to do: not item 2
+    assert decide(3) == "/"
+    assert counts() == ("0", "1")  # the work is done; item 2 stays open, and said to be so
+    version = client.get("/datasets/notes/v1").text
+    assert "0 pii" in version and 'id="gone-items">1</span> open, no longer in the input' in version
+

@@ -217,7 +217,7 @@ def create_app(
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
         items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
-        left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
+        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
             "queue.html",
@@ -230,6 +230,7 @@ def create_app(
             filters=filters,
             query=urlencode(filters),
             left=left,
+            gone_left=gone_left,
             options=_options(engine),
             kinds=KINDS,
             statuses=STATUSES,
@@ -299,7 +300,7 @@ def create_app(
         request.session["message"] = f"item {item_id}: {dec.STATUS_OF[action]}"
         if gone_records(engine, row["dataset"], [row["record_id"]]):
             # Taken all the same: the record comes back with its line put back as it was, and the
-            # decision applies then; an open item would stay in the counts of what is left to do.
+            # decision applies then.
             request.session["message"] += f" ({GONE_NOTE})"
         query = str(form.get("query", ""))
         following = _next_open(engine, item_id, _parse_filters(query))
@@ -338,6 +339,7 @@ def create_app(
     @app.get("/datasets/{dataset}/v{version}", response_class=HTMLResponse)
     def version_page(request: Request, dataset: str, version: int, user: CurrentUser) -> Response:
         manifest, report, problem = _manifest(destinations.get(dataset), dataset, version)
+        open_items, gone_items = _counts_left(engine, {"dataset": dataset, "version": str(version)})
         return render(
             request,
             "version.html",
@@ -349,7 +351,8 @@ def create_app(
             report=report,
             problem=problem,
             model_id=DEFAULT_MODEL_ID,
-            open_items=_counts_left(engine, {"dataset": dataset, "version": str(version)}),
+            open_items=open_items,
+            gone_items=sum(gone_items.values()),
         )
 
     @app.get("/datasets/{dataset}/v{version}/report.html")
@@ -482,13 +485,16 @@ def _page(value: str | None) -> int:
     return int(value) if value and value.isascii() and value.isdigit() and int(value) > 0 else 1
 
 
+# An item's row in ``review_gone``: a later run did not find its record (``curation.review.queue.review_gone``).
+_GONE = sa.and_(review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id)
+
+
 def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
     """One page of items under the filters, without their payloads (the list never shows them), each
-    with ``gone``: whether a later run did not find its record (``curation.review.queue.review_gone``)."""
+    with ``gone``: whether a later run did not find its record."""
     columns = [c for c in review_items.c if c.name != "payload"]
-    gone = sa.and_(review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id)
     query = sa.select(*columns, review_gone.c.run_id.is_not(None).label("gone"))
-    query = query.select_from(review_items.outerjoin(review_gone, gone)).order_by(review_items.c.item_id)
+    query = query.select_from(review_items.outerjoin(review_gone, _GONE)).order_by(review_items.c.item_id)
     query = _where(query, filters).offset(offset).limit(MAX_LISTED)
     with engine.connect() as db:
         return [dict(row._mapping) for row in db.execute(query)]
@@ -526,18 +532,25 @@ def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
 
 
 def _next_open(engine: sa.Engine, after: int, filters: dict[str, str]) -> int | None:
-    query = _select({**filters, "status": "open"}).where(review_items.c.item_id > after).limit(1)
+    """The next open item left to do: not one whose record is no longer in the input (see ``_counts_left``)."""
+    query = _select({**filters, "status": "open"}).where(review_items.c.item_id > after, ~sa.exists().where(_GONE))
+    query = query.limit(1)
     with engine.connect() as db:
         row = db.execute(query).first()
     return row.item_id if row else None
 
 
-def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> dict[str, int]:
-    """Open items per kind under the filters."""
+def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Open items per kind under the filters: those left to do, and apart from them those whose record
+    is no longer in the input. A decision on these has no effect (unless the record comes back), so
+    counted as left to do they would keep an annotator's work from ever being done."""
     query = sa.select(review_items.c.kind, sa.func.count()).group_by(review_items.c.kind)
+    query = _where(query, {**filters, "status": "open"})
     with engine.connect() as db:
-        found = dict(db.execute(_where(query, {**filters, "status": "open"})).all())
-    return {kind: found.get(kind, 0) for kind in (*KINDS, *sorted(set(found) - set(KINDS)))}
+        left = dict(db.execute(query.where(~sa.exists().where(_GONE))).all())
+        gone = dict(db.execute(query.where(sa.exists().where(_GONE))).all())
+    kinds = (*KINDS, *sorted((set(left) | set(gone)) - set(KINDS)))
+    return {kind: left.get(kind, 0) for kind in kinds}, {kind: gone.get(kind, 0) for kind in kinds}
 
 
 def _options(engine: sa.Engine) -> dict[str, list[str]]:
