@@ -3,6 +3,7 @@ the queue and the item page say a decision on it has no effect, and a decision i
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
+from curation.review.labelstudio import export_tasks
 from curation.review.queue import add_items, gone_records, note_read, review_items
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA
 from tests.helpers import read_lines, run, set_aside, write_jsonl
 from tests.test_carry import notes, recipe
+from tests.test_review_cli import review
 
 PASSWORD = "correct horse battery"
 
@@ -144,3 +147,25 @@ def test_items_no_longer_in_the_input_are_counted_apart_from_those_left_to_do(tm
     version = client.get("/datasets/notes/v1").text
     assert "0 pii" in version and 'id="gone-items">1</span> open, no longer in the input' in version
 
+
+def test_label_studio_tasks_say_which_records_are_no_longer_in_the_input(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = queue_with_one_gone(state_url)
+    add_user(engine, "rita", "reviewer", PASSWORD)
+    tasks = export_tasks(engine, {"status": "open"})
+    assert {task["data"]["item_id"]: task["data"]["gone"] for task in tasks} == {1: False, 2: True, 3: False}
+
+    # As on the page, a decision on item 2 is taken, and the import names it: it has no effect for now.
+    reject = [{"from_name": "decision", "type": "choices", "value": {"choices": ["reject"]}}]
+    for task in tasks:
+        task["annotations"] = [{"id": task["data"]["item_id"], "result": reject}]
+    exported = tmp_path / "ls-export.json"
+    exported.write_text(json.dumps(tasks))
+    done = review("import", str(exported), "--user", "rita", "--state", state_url, cwd=tmp_path)
+    assert done.returncode == 0 and "3 reject" in done.stderr, done.stderr
+    assert "taken, but no longer in the input (no effect unless the record comes back): item(s) 2" in done.stderr
+    assert [dec.get_item(engine, item)["status"] for item in (1, 2, 3)] == ["rejected"] * 3
+    out = tmp_path / "tasks.json"
+    done = review("export", str(out), "--state", state_url, cwd=tmp_path)
+    assert done.returncode == 0 and "3 task(s) written" in done.stderr
+    assert "1 of them (data.gone) no longer in the input" in done.stderr

@@ -191,6 +191,13 @@ def export(
     if config is not None:
         out.with_suffix(".xml").write_text(config)
     console.print(f"{len(tasks)} task(s) written to {out}", highlight=False)
+    gone = sum(task["data"]["gone"] for task in tasks)
+    if gone:
+        console.print(
+            f"{gone} of them (data.gone) no longer in the input: a decision on them has no effect "
+            "unless the record comes back",
+            highlight=False,
+        )
 
 
 @review_app.command("import")
@@ -219,7 +226,8 @@ def import_(
     try:
         with _state_store(url):
             changed: list[int] = []
-            counts = import_annotations(_engine(url), tasks, user, changed)
+            gone: list[int] = []
+            counts = import_annotations(_engine(url), tasks, user, changed, gone)
     except (LabelStudioError, DecisionError) as error:
         console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -228,5 +236,11 @@ def import_(
         console.print(
             f"[yellow]warning[/yellow] not taken, decided on since the export: item(s) "
             f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
+            highlight=False,
+        )
+    if gone:
+        console.print(
+            f"[yellow]warning[/yellow] taken, but no longer in the input (no effect unless the record comes "
+            f"back): item(s) {', '.join(map(str, gone))}",
             highlight=False,
         )

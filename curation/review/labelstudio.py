@@ -10,6 +10,11 @@ Import reads Label Studio's JSON export: per task, the latest annotation's ``dec
 (approve / reject, and keep: "not a duplicate", on a near-duplicate task) and, for PII tasks
 exported with raw text, the spans the annotator removed (those become "not PII"); for VQA, a
 changed ``answer`` becomes an edit.
+
+An item whose record a later run no longer found in the input is exported as the page lists it, with
+``data.gone`` true (a column Label Studio's data manager can filter on); its annotation is taken as a
+decision all the same, as on the page, and the import names it: the decision has no effect unless the
+record comes back.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.auth import NOT_PII_REFUSAL, find_user
-from curation.review.queue import create_tables, review_items
+from curation.review.queue import create_tables, gone_records, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
     <Choice value="approve"/><Choice value="reject"/>{more}
@@ -74,11 +79,13 @@ def label_config(kind: str, tasks: list[dict[str, Any]], entities: Iterable[str]
     return LABEL_CONFIGS[kind].replace("{labels}", labels)
 
 
-def _task(item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, int]], seen: str) -> dict[str, Any]:
+def _task(
+    item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, int]], seen: str, gone: bool
+) -> dict[str, Any]:
     """``not_pii``: the spans of a PII item the decisions in force mark not PII, which the next run
     publishes in clear: in the text exported redacted, and not predicted as PII in the raw text.
     ``seen``: the item's decisions as exported (``decisions.revision``), for the import to tell an
-    item decided on since."""
+    item decided on since. ``gone``: whether its record is no longer in the input."""
     payload = json.loads(item["payload"] or "{}")
     data: dict[str, Any] = {
         "item_id": item["item_id"],
@@ -88,6 +95,7 @@ def _task(item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, 
         "dataset": item["dataset"],
         "version": item["version"],
         "detail": item["detail"],
+        "gone": gone,
     }
     task: dict[str, Any] = {"data": data}
     if item["kind"] == "pii":
@@ -150,12 +158,18 @@ def export_tasks(
             query = query.where(review_items.c[name] == value)
     with engine.connect() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
+    gone = {
+        (dataset, record)
+        for dataset in {row["dataset"] for row in rows}
+        for record in gone_records(engine, dataset, [row["record_id"] for row in rows if row["dataset"] == dataset])
+    }
     return [
         _task(
             row,
             include_pii,
             dec.not_pii_in_force(engine, row["item_id"]) if row["kind"] == "pii" else set(),
             dec.revision(engine, row["item_id"]),
+            (row["dataset"], row["record_id"]) in gone,
         )
         for row in rows
     ]
@@ -176,19 +190,26 @@ CHANGED = "changed since export"
 
 
 def import_annotations(
-    engine: sa.Engine, tasks: list[dict[str, Any]], user: str, changed: list[int] | None = None
+    engine: sa.Engine,
+    tasks: list[dict[str, Any]],
+    user: str,
+    changed: list[int] | None = None,
+    gone: list[int] | None = None,
 ) -> dict[str, int]:
     """Take each task's latest annotation as a decision by ``user`` (a user of the review page, whose
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
     every task can be. A task whose item was decided on (or a decision undone) after the export is
     not taken, as a page showing the item from before is not: counted (``CHANGED``), its item added
-    to ``changed``."""
+    to ``changed``. A decision taken on an item whose record is no longer in the input (as the store
+    says now, not the export) has its item added to ``gone``: as on the page, it is taken, and has no
+    effect unless the record comes back."""
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
     counts = {"approve": 0, "reject": 0, "edit": 0, "keep": 0, "skipped": 0, "already in force": 0, CHANGED: 0}
     changed = [] if changed is None else changed
-    decisions: list[tuple[int, str, dec.Edit | None, str | None]] = []
+    gone = [] if gone is None else gone
+    decisions: list[tuple[dict[str, Any], str, dec.Edit | None, str | None]] = []
     for position, task in enumerate(tasks):
         where = f"task {position} (Label Studio id {task.get('id') if isinstance(task, dict) else None})"
         try:
@@ -245,8 +266,9 @@ def import_annotations(
             counts[CHANGED] += 1
             changed.append(item["item_id"])
             continue
-        decisions.append((item["item_id"], action, taken, seen))
-    for item_id, action, edit, seen in decisions:
+        decisions.append((item, action, taken, seen))
+    for item, action, edit, seen in decisions:
+        item_id = item["item_id"]
         try:
             dec.decide(engine, item_id, user, action, edit, seen=seen)
         except dec.StaleDecision:  # decided on the page while this import ran
@@ -254,6 +276,8 @@ def import_annotations(
             changed.append(item_id)
             continue
         counts[action] += 1
+        if gone_records(engine, item["dataset"], [item["record_id"]]):
+            gone.append(item_id)
     return counts
 
 
