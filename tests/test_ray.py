@@ -624,3 +624,24 @@ def test_a_new_file_read_on_a_ray_worker_is_hashed_there_and_its_hash_committed(
     os.utime(workdir / "in" / "a.jsonl", (1, 1))
     assert run(workdir, docs).message.startswith("nothing new")
     assert hashed == ["a.jsonl"]
+
+
+def test_a_queued_record_no_longer_in_a_file_read_again_on_ray_is_marked_gone(workdir: Path, local_ray: Any) -> None:
+    """The records a run read reach the driver's tally from Ray's workers as from the embedded executor:
+    the one removed from its input is marked no longer in the input, the others not."""
+    from curation.review.decisions import get_item
+    from curation.review.queue import gone_records
+    from tests.test_carry import notes, recipe
+    from tests.test_review_gone import flag_records
+
+    rows = notes(0, 6)
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    on_ray = {**recipe("out"), "engine": "ray"}
+    one = Path(run(workdir, on_ray).version_uri)
+    state_url = load_recipe(workdir / "recipe.yaml").state
+    engine = sa.create_engine(state_url)
+    items = flag_records(state_url, one, [rows[2]["q"], rows[4]["q"]])
+    records = {q: get_item(engine, item)["record_id"] for q, item in items.items()}
+    write_jsonl(workdir / "in" / "a.jsonl", [row for row in rows if row["q"] != rows[2]["q"]])
+    run(workdir, on_ray)
+    assert gone_records(engine, "notes", list(records.values())) == {records[rows[2]["q"]]}
