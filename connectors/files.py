@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BLOCK_BYTES = 8 * 1024 * 1024
 MAX_CSV_BLOCK_BYTES = 1024 * 1024 * 1024  # the longest CSV record read (a block holds one: see _csv)
-PROBE_BYTES = 1024 * 1024  # what is read of a CSV file for its header
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 one, which Arrow skips
+PROBE_BYTES = 1024 * 1024  # a CSV file's header must end within its first bytes, read for it
 HEAD_BYTES = PROBE_BYTES  # what ``curation check`` reads of each input it opens
 # The bytes bytes.strip() removes: a line of only these is blank.
 _WHITESPACE = np.zeros(256, dtype=bool)
@@ -749,13 +750,10 @@ class FilesSourceReader(ListedFiles):
         already is left out (its ids are counted again, as they were; ``digest`` is the last reading's)."""
         progress = _ByteProgress(entry.size)
         done = 0  # the last line handed on
-        header: tuple[int, list[str]] | None = None
-        header_read = False  # read (and a header that is not UTF-8 warned of) once, not on each try
+        first_try = True  # a header that is not UTF-8 is warned of once, not on each try
         while True:
             try:
-                if not header_read:  # its first row, read with it, may need the larger blocks too
-                    header, header_read = self._csv_header(entry, block_bytes), True
-                for batch in self._csv_blocks(entry, header, block_bytes, progress, done, digest):
+                for batch in self._csv_blocks(entry, block_bytes, progress, done, digest, first_try):
                     yield batch
                     for table in (batch.rows, batch.set_aside):
                         if table.num_rows:
@@ -769,23 +767,42 @@ class FilesSourceReader(ListedFiles):
                         f"{entry.uri}:{done + 1}: a CSV record from about this line on is longer than "
                         f"{MAX_CSV_BLOCK_BYTES:,} bytes (a quote that is never closed?)"
                     ) from None
-                block_bytes = min(block_bytes * 4, MAX_CSV_BLOCK_BYTES)
+                block_bytes, first_try = min(block_bytes * 4, MAX_CSV_BLOCK_BYTES), False
 
     def _csv_blocks(
         self,
         entry: FileEntry,
-        header: tuple[int, list[str]] | None,
         block_bytes: int,
         progress: _ByteProgress,
         after: int,
         digest: ReadDigest | None = None,
+        warn_header: bool = True,
     ) -> Iterator[SourceBatch]:
-        """The file's batches after its ``header`` (``_csv_header``), read ``block_bytes`` at a time, without
-        the rows and set-aside lines up to line ``after``."""
+        """The file's batches, read ``block_bytes`` at a time, without the rows and set-aside lines up to
+        line ``after``."""
         fs, path = filesystem(entry.uri)
-        if header is None:  # no record, as in an empty JSONL file
-            yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
-            return
+        with open_input(fs, path, entry.etag, digest) as raw:
+            # The header is found in the file's first bytes, which Arrow is then given again: the file is
+            # read once, not opened for its header first (Arrow, reading ahead, read megabytes of it).
+            feeds = _LineFeeds(raw)
+            head = _read_up_to(feeds, PROBE_BYTES)
+            header = self._csv_header(entry.uri, head, warn_header)
+            if header is None:  # no record, as in an empty JSONL file
+                yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
+                return
+            yield from self._csv_records(entry, header, _Replayed(head, feeds), block_bytes, progress, after)
+
+    def _csv_records(
+        self,
+        entry: FileEntry,
+        header: tuple[int, list[str]],
+        feeds: Any,
+        block_bytes: int,
+        progress: _ByteProgress,
+        after: int,
+    ) -> Iterator[SourceBatch]:
+        """The batches of the file's records, read from ``feeds`` (the file from its start, line ends as
+        ``_LineFeeds`` passes them on) with its ``header`` (``_csv_header``)."""
         invalid: list[Any] = []
 
         def keep_invalid(row: Any) -> str:
@@ -817,40 +834,39 @@ class FilesSourceReader(ListedFiles):
         # One numbering for rows (their values joined) and set-aside lines (their text): a row and a
         # line with one content are two records with two ids.
         ids = InputIds(entry.uri)
-        with open_input(fs, path, entry.etag, digest) as raw:
-            stream = _Utf8Guard(_LineFeeds(raw), block_bytes)
-            reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
-            # Each batch is handed on once the next is read: the file's last record, in the last batch,
-            # may hold a quote that is never closed, which only the file's end tells.
-            held: tuple[pa.Table, pa.Table, int] | None = None
-            last = 0  # the line the last record read starts on
-            try:
-                for batch in reader:
-                    table = pa.Table.from_batches([batch])
-                    starts, ends, placed = lines.place(table, invalid)
-                    invalid.clear()
-                    table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
-                    rows, not_utf8 = self._split_not_utf8(ids, table, starts, ends, stream.bad)
-                    set_aside = self._invalid_csv_rows(ids, placed, len(header))
-                    if not_utf8.num_rows:
-                        set_aside = pa.concat_tables([set_aside, not_utf8])
-                    last = max([last, *starts[-1:].tolist(), *(line for line, _ in placed[-1:])])
-                    stream.forget_before(last)
-                    if held is not None:
-                        yield from self._csv_batches(*held, after, progress)
-                    held = (rows, set_aside, batch.nbytes)
-            except pa.ArrowInvalid:  # a record longer than two blocks (see _csv): what came before it is fine
+        stream = _Utf8Guard(feeds, block_bytes)
+        reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
+        # Each batch is handed on once the next is read: the file's last record, in the last batch,
+        # may hold a quote that is never closed, which only the file's end tells.
+        held: tuple[pa.Table, pa.Table, int] | None = None
+        last = 0  # the line the last record read starts on
+        try:
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                starts, ends, placed = lines.place(table, invalid)
+                invalid.clear()
+                table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
+                rows, not_utf8 = self._split_not_utf8(ids, table, starts, ends, stream.bad)
+                set_aside = self._invalid_csv_rows(ids, placed, len(header))
+                if not_utf8.num_rows:
+                    set_aside = pa.concat_tables([set_aside, not_utf8])
+                last = max([last, *starts[-1:].tolist(), *(line for line, _ in placed[-1:])])
+                stream.forget_before(last)
                 if held is not None:
                     yield from self._csv_batches(*held, after, progress)
-                raise
-            _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
-            rest = self._invalid_csv_rows(ids, placed, len(header))
-            last = max([last, *(line for line, _ in placed[-1:])])
-            if held is None:
-                held = (pa.table({}), empty_set_aside(), 0)
-            held = self._never_closed(ids, stream, last, (held[0], pa.concat_tables([held[1], rest]), held[2]))
-            yield from self._csv_batches(*held, after, progress)
-            yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
+                held = (rows, set_aside, batch.nbytes)
+        except pa.ArrowInvalid:  # a record longer than two blocks (see _csv): what came before it is fine
+            if held is not None:
+                yield from self._csv_batches(*held, after, progress)
+            raise
+        _, _, placed = lines.place(None, invalid)  # rows rejected after the last batch
+        rest = self._invalid_csv_rows(ids, placed, len(header))
+        last = max([last, *(line for line, _ in placed[-1:])])
+        if held is None:
+            held = (pa.table({}), empty_set_aside(), 0)
+        held = self._never_closed(ids, stream, last, (held[0], pa.concat_tables([held[1], rest]), held[2]))
+        yield from self._csv_batches(*held, after, progress)
+        yield SourceBatch(rows=pa.table({}), input_bytes=progress.rest())
 
     def _csv_batches(
         self, rows: pa.Table, set_aside: pa.Table, nbytes: int, after: int, progress: _ByteProgress
@@ -894,43 +910,44 @@ class FilesSourceReader(ListedFiles):
         )
         return rows.filter(pc.invert(at)), pa.concat_tables([set_aside, never_closed]), nbytes
 
-    def _csv_header(self, entry: FileEntry, block_bytes: int) -> tuple[int, list[str]] | None:
-        """The header's line (after any blank lines) and column names, or None when there is no line to
-        read: the file is empty, blank, or a header that no newline ends (Arrow reads none of these).
-        ``block_bytes``: the blocks the file is read in (``_csv`` grows them for a long record)."""
-        uri = entry.uri
-        fs, path = filesystem(uri)
-        probe = pacsv.ParseOptions(
-            delimiter=self.config.csv_delimiter, newlines_in_values=True, invalid_row_handler=lambda _: "skip"
-        )
-        with open_input(fs, path, entry.etag) as raw:
-            head = _LineFeeds(raw).read(PROBE_BYTES)
+    def _csv_header(self, uri: str, head: bytes, warn: bool = True) -> tuple[int, list[str]] | None:
+        """The header's line (after any blank lines) and column names, as Arrow reads them, from ``head``:
+        the file's first ``PROBE_BYTES`` (all of it, where shorter), within which the header must end.
+        None when there is no line to read: the file is empty or blank (Arrow reads none). ``warn``: say
+        where a header is not UTF-8."""
+        whole = len(head) < PROBE_BYTES
         leading = len(head) - len(head.lstrip(b"\r\n"))
         header_line = head[:leading].count(b"\n") + 1
-        try:
-            names = _csv_names(fs, path, entry.etag, probe, PROBE_BYTES)
-            if any("\ufffd" in name for name in names):
-                _warn_header_not_utf8(uri, head, leading, header_line)
-            return header_line, names
-        except pa.ArrowInvalid as error:
-            if len(head) < PROBE_BYTES and b"\n" not in head.strip():
-                return None
-            if "Empty CSV" in str(error) and b'"' in head:
-                # Lines read and not one row in them: a quote the header opens runs past every newline.
+        start = len(head) - len(head.removeprefix(_BOM).lstrip(b"\r\n"))  # Arrow skips both
+        end = _record_end(head, start, self.config.csv_delimiter)
+        if end is None:  # the header runs to the end of what was read
+            if _open_quote_at(head[start:], self.config.csv_delimiter) is not None:
                 raise StorageError(
                     f"{uri}:{header_line}: a quote in the header "
                     + (
                         "is never closed: the whole file would be one column name"
-                        if len(head) < PROBE_BYTES
+                        if whole
                         else f"is not closed within the file's first {PROBE_BYTES:,} bytes (never closed?)"
                     )
-                ) from None
-            if "straddl" not in str(error):
-                raise
-        # Arrow reads the first rows with the header: a first row longer than the probe takes a block
-        # as large as the reading itself uses (larger when ``_csv`` reads again for a long record: a
-        # first row that straddles its blocks is read as a later one is).
-        return header_line, _csv_names(fs, path, entry.etag, probe, max(block_bytes, BLOCK_BYTES))
+                )
+            if not whole:
+                raise StorageError(
+                    f"{uri}:{header_line}: the header does not end within the file's first {PROBE_BYTES:,} bytes "
+                    "(not a CSV file?)"
+                )
+            end = len(head)  # a header that no newline ends: a file of no record
+        parse = pacsv.ParseOptions(delimiter=self.config.csv_delimiter, newlines_in_values=True)
+        # Its bytes as the reading passes them to Arrow: one that is not UTF-8 is U+FFFD.
+        text = _Utf8Guard(io.BytesIO(head[:end]), max(end, 1)).read()
+        try:
+            names = pacsv.read_csv(pa.py_buffer(text), pacsv.ReadOptions(use_threads=False), parse).column_names
+        except pa.ArrowInvalid as error:
+            if "Empty CSV" in str(error):
+                return None
+            raise
+        if warn and any("\ufffd" in name for name in names):
+            _warn_header_not_utf8(uri, head, leading, header_line)
+        return header_line, names
 
     def _split_not_utf8(
         self,
@@ -1177,13 +1194,47 @@ def _warn_header_not_utf8(uri: str, head: bytes, leading: int, header_line: int)
     )
 
 
-def _csv_names(fs: Any, path: str, etag: str | None, parse: pacsv.ParseOptions, block_bytes: int) -> list[str]:
-    """The column names Arrow reads from a CSV file's header, reading ``block_bytes`` at a time."""
-    read = pacsv.ReadOptions(use_threads=False, block_size=block_bytes)
-    with open_input(fs, path, etag) as raw:
-        return pacsv.open_csv(
-            _Utf8Guard(_LineFeeds(raw), block_bytes), read_options=read, parse_options=parse
-        ).schema.names
+def _read_up_to(stream: Any, size: int) -> bytes:
+    """``size`` bytes of ``stream`` (all it has left, where fewer): a read may return fewer."""
+    pieces, got = [], 0
+    while got < size and (piece := stream.read(size - got)):
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+class _Replayed(io.RawIOBase):
+    """``stream``, its first bytes (``head``, read from it already) passed on first."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        self.head, self.stream = memoryview(head), stream
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.stream.read(size)
+        taken = self.head[:size] if size >= 0 else self.head
+        self.head = self.head[len(taken) :]
+        more = self.stream.read(size - len(taken)) if size < 0 or len(taken) < size else b""
+        return b"".join((taken, more))
+
+
+def _record_end(text: bytes, start: int, delimiter: str) -> int | None:
+    """Where the CSV record that starts at ``start`` in ``text`` ends (past its newline), as Arrow reads
+    it (``_csv_value``), or None where it runs to the end of ``text``."""
+    value, at = _csv_value(delimiter.encode()), start
+    while True:
+        found = value.match(text, at)
+        if found.group(1) and not found.group(2):  # the quoted part ran to the end
+            return None
+        at = found.end()
+        if at >= len(text):
+            return None
+        if text[at] == ord("\n"):
+            return at + 1
+        at += 1  # past the delimiter
 
 
 def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] | None = None) -> Iterator[bytes]:

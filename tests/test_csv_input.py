@@ -395,6 +395,23 @@ def test_a_header_with_a_quote_never_closed_is_refused_naming_the_cause(
     assert str(raised.value) == f"{path}:2: a quote in the header {never if rows == 3 else within}"
 
 
+def test_a_header_that_does_not_end_within_the_probe_is_refused_naming_the_cause(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused with Arrow's "Empty CSV file or block: cannot infer number of columns": no cause, no line.
+    import connectors.files as files
+    from connectors.storage import StorageError
+
+    monkeypatch.setattr(files, "PROBE_BYTES", 1024)
+    path = workdir / "qa.csv"
+    path.write_text("\n" + ",".join(f"column{i}" for i in range(300)) + "\n" + "a,b\n" * 10)
+    with pytest.raises(StorageError) as raised:
+        run(workdir, {"dataset": "qa", "sources": [{"path": "qa.csv"}], "record": QA_RECORD})
+    assert (
+        str(raised.value) == f"{path}:2: the header does not end within the file's first 1,024 bytes (not a CSV file?)"
+    )
+
+
 def test_a_first_csv_record_longer_than_two_blocks_is_read_as_a_later_one_is(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -541,6 +541,7 @@ def test_an_object_overwritten_while_read_in_blocks_is_never_read_half_old_half_
     from connectors.storage import StorageError
 
     monkeypatch.setattr(connectors.files, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(connectors.files, "PROBE_BYTES", 1024)  # what a CSV file's header is found in, first
     monkeypatch.setattr(connectors.storage, "READ_AHEAD_BYTES", 1024)  # an object of many requests
     s3 = boto3.client("s3", endpoint_url=aws_env)
 
