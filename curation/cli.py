@@ -199,6 +199,16 @@ def _report(result: RunResult, recipe: Recipe) -> int:
         )
     elif result.manifest.extends is not None:
         out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
+    done = result.manifest
+    if not any(split.records for split in done.splits.values()):
+        # Exit 0 all the same (the run did its work), but a scheduled job's log should not read as a
+        # success: the table's counts alone are easy to pass over, and training refuses such a version.
+        why = f": every one of the {done.counts.input:,} read was set aside" if done.counts.input else ""
+        console.print(
+            f"[yellow]warning[/yellow] {done.dataset} v{done.version} holds no record{why} "
+            "(see the table above, set_aside/ and report.html)",
+            highlight=False,
+        )
     return EXIT_OK
 
 

@@ -120,6 +120,21 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert str(tmp_path / deep) in said
 
 
+def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("q,a\nonly one field\nthree,fields,here\n")
+    spec = {
+        "dataset": "rows",
+        "sources": [{"path": "rows.csv"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    ran = curation("run", str(write_recipe(tmp_path, spec)), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "warning rows v1 holds no record: every one of the 2 read was set aside" in ran.stderr, ran.stderr
+    (tmp_path / "rows.csv").write_text("q,a\nWhat is two and two?,Four\n")
+    kept = curation("run", str(tmp_path / "recipe.yaml"), "--quiet", cwd=tmp_path)
+    assert kept.returncode == 0 and "holds no record" not in kept.stderr, kept.stderr
+
+
 def test_a_recipe_error_found_in_the_records_is_found_by_check_and_named_with_the_recipe_by_run(tmp_path: Path) -> None:
     # The column's type shows only in the rows (undeclared, mixed numbers and text): found on the first batch.
     write_jsonl(tmp_path / "in.jsonl", [{"q": "a question", "a": "an answer", "n": 5}, {"q": "b", "a": "c", "n": "x"}])
