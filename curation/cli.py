@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -48,12 +49,15 @@ HEAD_FILES = 20  # files of each source whose head ``check`` reads: a folder of 
 def _configure_logging(level: str) -> None:
     if level.lower() not in LEVELS:
         raise typer.BadParameter(f"{level!r} is not one of {', '.join(LEVELS)}", param_hint="--log-level")
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(name)s %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        layout = "%(name)s %(message)s"
+    else:
+        # A log kept in a file (cron, CI) holds each message on one line: RichHandler wraps it at the
+        # console's width, cutting a long file name in two where grep would look for it.
+        handler = logging.StreamHandler(sys.stderr)
+        layout = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=level.upper(), format=layout, handlers=[handler], force=True)
 
 
 def _load(recipe_path: Path) -> Recipe:

@@ -135,6 +135,27 @@ def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tm
     assert kept.returncode == 0 and "holds no record" not in kept.stderr, kept.stderr
 
 
+def test_a_warning_in_a_log_file_keeps_its_file_name_on_one_line(tmp_path: Path) -> None:
+    # cron or CI keeps stderr in a file, 80 columns by default: grep must find the file a warning names.
+    folder = tmp_path / ("exports-of-the-billing-team/" * 3)
+    write_jsonl(folder / "notes.jsonl", [{"text": "a note"}])
+    skipped = folder / "customer-invoices-2026-11-26-final.xml"
+    skipped.write_text("<invoice/>")
+    spec = {"dataset": "docs", "sources": [{"path": str(folder)}], "record": {"kind": "document"}}
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
+    ran = subprocess.run(
+        [sys.executable, "-m", "curation.cli", "run", str(write_recipe(tmp_path, spec)), "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    (said,) = [line for line in ran.stderr.splitlines() if "not a kind of file this source reads" in line]
+    assert said.endswith(str(skipped)) and " WARNING connectors.storage " in said, ran.stderr
+
+
 def test_a_recipe_error_found_in_the_records_is_found_by_check_and_named_with_the_recipe_by_run(tmp_path: Path) -> None:
     # The column's type shows only in the rows (undeclared, mixed numbers and text): found on the first batch.
     write_jsonl(tmp_path / "in.jsonl", [{"q": "a question", "a": "an answer", "n": 5}, {"q": "b", "a": "c", "n": "x"}])
