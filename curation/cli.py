@@ -282,14 +282,15 @@ def check(
     verdict = "[red]input errors[/red]" if problems else "[green]ok[/green]"
     out.print(
         f"{verdict} {escape(str(recipe))}: dataset {loaded.dataset}, {len(inputs)} input(s), "
-        f"stages: {' → '.join(stages)}"
+        f"stages: {' → '.join(stages)}",
+        soft_wrap=True,
     )
     for entry in inputs[:SHOWN_INPUTS]:
         size = f"{entry.size:,} bytes" if entry.size is not None else "size unknown"
-        out.print(f"  {escape(entry.uri)} ({size})", highlight=False)
+        out.print(f"  {escape(entry.uri)} ({size})", highlight=False, soft_wrap=True)  # whole, to copy or grep
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
-    out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False)
+    out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False, soft_wrap=True)
     for warning in stage_order_warnings(loaded):
         console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False)
     for note in notes:

@@ -135,22 +135,28 @@ def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tm
     assert kept.returncode == 0 and "holds no record" not in kept.stderr, kept.stderr
 
 
-def test_a_warning_in_a_log_file_keeps_its_file_name_on_one_line(tmp_path: Path) -> None:
-    # cron or CI keeps stderr in a file, 80 columns by default: grep must find the file a warning names.
+def test_in_a_log_file_warnings_and_the_inputs_check_lists_keep_file_names_whole(tmp_path: Path) -> None:
+    # cron or CI keeps stderr in a file, 80 columns by default: grep must find the file a warning names,
+    # and the inputs `check` lists.
     folder = tmp_path / ("exports-of-the-billing-team/" * 3)
     write_jsonl(folder / "notes.jsonl", [{"text": "a note"}])
     skipped = folder / "customer-invoices-2026-11-26-final.xml"
     skipped.write_text("<invoice/>")
     spec = {"dataset": "docs", "sources": [{"path": str(folder)}], "record": {"kind": "document"}}
     env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
-    ran = subprocess.run(
-        [sys.executable, "-m", "curation.cli", "run", str(write_recipe(tmp_path, spec)), "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    recipe = str(write_recipe(tmp_path, spec))
+    checked, ran = (
+        subprocess.run(
+            [sys.executable, "-m", "curation.cli", *args, recipe],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for args in (["check"], ["run", "--quiet"])
     )
+    assert checked.returncode == 0 and f"  {folder / 'notes.jsonl'} (" in checked.stdout.splitlines()[1], checked.stdout
     assert ran.returncode == 0, ran.stderr
     (said,) = [line for line in ran.stderr.splitlines() if "not a kind of file this source reads" in line]
     assert said.endswith(str(skipped)) and " WARNING connectors.storage " in said, ran.stderr
