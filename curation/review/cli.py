@@ -24,7 +24,11 @@ StateOption = Annotated[
 ]
 RecipeOption = Annotated[
     list[Path] | None,
-    typer.Option("--recipe", help="a recipe whose dataset the page shows (where it is published); repeatable"),
+    typer.Option(
+        "--recipe",
+        help="a recipe: the first one's state store is used (unless --state), and the page shows each one's "
+        "dataset; repeatable",
+    ),
 ]
 
 
