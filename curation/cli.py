@@ -379,7 +379,7 @@ def demo(
     rows: Annotated[int, typer.Option(min=10, help="how many transactions to generate")] = 5000,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Generate synthetic bank transactions and curate them into categorisation instructions."""
+    """Generate synthetic bank transactions and curate them into instructions; each run starts over (full refresh)."""
     from curation.demo import write_demo
 
     _configure_logging(log_level)
