@@ -207,11 +207,13 @@ def _report(result: RunResult, recipe: Recipe) -> int:
     if not any(split.records for split in done.splits.values()):
         # Exit 0 all the same (the run did its work), but a scheduled job's log should not read as a
         # success: the table's counts alone are easy to pass over, and training refuses such a version.
-        why = f": every one of the {done.counts.input:,} read was set aside" if done.counts.input else ""
+        why = (
+            f"every one of the {done.counts.input:,} read was set aside (see set_aside/ and report.html)"
+            if done.counts.input
+            else "its input gave none (an empty file?)"
+        )
         console.print(
-            f"[yellow]warning[/yellow] {done.dataset} v{done.version} holds no record{why} "
-            "(see the table above, set_aside/ and report.html)",
-            highlight=False,
+            f"[yellow]warning[/yellow] {done.dataset} v{done.version} holds no record: {why}", highlight=False
         )
     return EXIT_OK
 

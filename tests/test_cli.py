@@ -133,6 +133,10 @@ def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tm
     (tmp_path / "rows.csv").write_text("q,a\nWhat is two and two?,Four\n")
     kept = curation("run", str(tmp_path / "recipe.yaml"), "--quiet", cwd=tmp_path)
     assert kept.returncode == 0 and "holds no record" not in kept.stderr, kept.stderr
+    (tmp_path / "empty.csv").write_text("")
+    spec = {**spec, "dataset": "empty", "sources": [{"path": "empty.csv"}]}
+    empty = curation("run", str(write_recipe(tmp_path, spec, name="empty.yaml")), "--quiet", cwd=tmp_path)
+    assert empty.returncode == 0 and "warning empty v1 holds no record: its input gave none" in empty.stderr
 
 
 def test_in_a_log_file_warnings_and_the_inputs_check_lists_keep_file_names_whole(tmp_path: Path) -> None:
