@@ -453,10 +453,14 @@ class SqlSourceReader:
         for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:
             raise SqlSourceError(f"{self.uri}: column {missing!r} is not in the result; it has {columns}")
         # A name twice kept only the last column's values, as a CSV header naming a column twice would.
-        twice = sorted({name for name in columns if columns.count(name) > 1})
+        twice = {name for name in columns if columns.count(name) > 1}
+        if self.config.query is not None and self.config.url.startswith("sqlite"):
+            # SQLite renames the query's (a subquery's) second column of a name `name:1`, its third `name:2`.
+            renamed = (re.fullmatch(r"(.+):\d+", name) for name in columns)
+            twice |= {found.group(1) for found in renamed if found and found.group(1) in columns}
         if twice:
             raise SqlSourceError(
-                f"{self.uri}: column(s) {', '.join(map(repr, twice))} appear more than once in the result: "
+                f"{self.uri}: column(s) {', '.join(map(repr, sorted(twice)))} appear more than once in the result: "
                 "name each column once (AS)"
             )
         clash = reserved_clash(self.uri, columns)  # said here, so `curation check` says it too

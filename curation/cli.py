@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -48,12 +49,15 @@ HEAD_FILES = 20  # files of each source whose head ``check`` reads: a folder of 
 def _configure_logging(level: str) -> None:
     if level.lower() not in LEVELS:
         raise typer.BadParameter(f"{level!r} is not one of {', '.join(LEVELS)}", param_hint="--log-level")
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(name)s %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        layout = "%(name)s %(message)s"
+    else:
+        # A log kept in a file (cron, CI) holds each message on one line: RichHandler wraps it at the
+        # console's width, cutting a long file name in two where grep would look for it.
+        handler = logging.StreamHandler(sys.stderr)
+        layout = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=level.upper(), format=layout, handlers=[handler], force=True)
 
 
 def _load(recipe_path: Path) -> Recipe:
@@ -199,6 +203,18 @@ def _report(result: RunResult, recipe: Recipe) -> int:
         )
     elif result.manifest.extends is not None:
         out.print(f"v{result.manifest.version} holds what is new since v{result.manifest.extends}", highlight=False)
+    done = result.manifest
+    if not any(split.records for split in done.splits.values()):
+        # Exit 0 all the same (the run did its work), but a scheduled job's log should not read as a
+        # success: the table's counts alone are easy to pass over, and training refuses such a version.
+        why = (
+            f"every one of the {done.counts.input:,} read was set aside (see set_aside/ and report.html)"
+            if done.counts.input
+            else "its input gave none (an empty file?)"
+        )
+        console.print(
+            f"[yellow]warning[/yellow] {done.dataset} v{done.version} holds no record: {why}", highlight=False
+        )
     return EXIT_OK
 
 
@@ -268,14 +284,15 @@ def check(
     verdict = "[red]input errors[/red]" if problems else "[green]ok[/green]"
     out.print(
         f"{verdict} {escape(str(recipe))}: dataset {loaded.dataset}, {len(inputs)} input(s), "
-        f"stages: {' → '.join(stages)}"
+        f"stages: {' → '.join(stages)}",
+        soft_wrap=True,
     )
     for entry in inputs[:SHOWN_INPUTS]:
         size = f"{entry.size:,} bytes" if entry.size is not None else "size unknown"
-        out.print(f"  {escape(entry.uri)} ({size})", highlight=False)
+        out.print(f"  {escape(entry.uri)} ({size})", highlight=False, soft_wrap=True)  # whole, to copy or grep
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
-    out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False)
+    out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False, soft_wrap=True)
     for warning in stage_order_warnings(loaded):
         console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False)
     for note in notes:
@@ -364,7 +381,7 @@ def demo(
     rows: Annotated[int, typer.Option(min=10, help="how many transactions to generate")] = 5000,
     log_level: LogLevel = "warning",
 ) -> None:
-    """Generate synthetic bank transactions and curate them into categorisation instructions."""
+    """Generate synthetic bank transactions and curate them into instructions; each run starts over (full refresh)."""
     from curation.demo import write_demo
 
     _configure_logging(log_level)

@@ -736,6 +736,36 @@ def _yaml_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, 
     return lines
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, by the recipe's line and column (its own names the text
+    ``"<unicode string>"`` and draws the line over several)."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return f": {error}"
+    mark = error.problem_mark
+    context = error.context_mark
+    within = f" ({error.context} on line {context.line + 1})" if error.context and context is not None else ""
+    return f" (line {mark.line + 1}, column {mark.column + 1}): {error.problem}{within}"
+
+
+def _named_twice(node: yaml.Node, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """(setting, problem) for each setting named twice in one mapping: YAML keeps the last without a
+    word, so a second ``stages:`` would drop the first one's stages (a ``pii`` stage among them)."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                if key.value in first:
+                    problem = f"set twice (also on line {first[key.value]}): YAML would keep this one, drop the other"
+                    found.append(((*path, key.value), problem + "; merge them"))
+                first.setdefault(key.value, key.start_mark.line + 1)
+            found.extend(_named_twice(value, (*path, key.value)))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found.extend(_named_twice(item, (*path, index)))
+    return found
+
+
 def _resolve_local(path: str, base: Path) -> str:
     if "://" in path or Path(path).is_absolute():
         return path
@@ -869,9 +899,12 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         data = yaml.safe_load(text)
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{origin}: not valid YAML: {exc}") from None
+        raise RecipeError(f"{origin}: not valid YAML{_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping with at least 'dataset' and 'sources'")
+    found = _named_twice(node)
+    if found:
+        raise _recipe_error(origin, node, found)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

@@ -120,6 +120,52 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert str(tmp_path / deep) in said
 
 
+def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("q,a\nonly one field\nthree,fields,here\n")
+    spec = {
+        "dataset": "rows",
+        "sources": [{"path": "rows.csv"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+    ran = curation("run", str(write_recipe(tmp_path, spec)), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "warning rows v1 holds no record: every one of the 2 read was set aside" in ran.stderr, ran.stderr
+    (tmp_path / "rows.csv").write_text("q,a\nWhat is two and two?,Four\n")
+    kept = curation("run", str(tmp_path / "recipe.yaml"), "--quiet", cwd=tmp_path)
+    assert kept.returncode == 0 and "holds no record" not in kept.stderr, kept.stderr
+    (tmp_path / "empty.csv").write_text("")
+    spec = {**spec, "dataset": "empty", "sources": [{"path": "empty.csv"}]}
+    empty = curation("run", str(write_recipe(tmp_path, spec, name="empty.yaml")), "--quiet", cwd=tmp_path)
+    assert empty.returncode == 0 and "warning empty v1 holds no record: its input gave none" in empty.stderr
+
+
+def test_in_a_log_file_warnings_and_the_inputs_check_lists_keep_file_names_whole(tmp_path: Path) -> None:
+    # cron or CI keeps stderr in a file, 80 columns by default: grep must find the file a warning names,
+    # and the inputs `check` lists.
+    folder = tmp_path / ("exports-of-the-billing-team/" * 3)
+    write_jsonl(folder / "notes.jsonl", [{"text": "a note"}])
+    skipped = folder / "customer-invoices-2026-11-26-final.xml"
+    skipped.write_text("<invoice/>")
+    spec = {"dataset": "docs", "sources": [{"path": str(folder)}], "record": {"kind": "document"}}
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
+    recipe = str(write_recipe(tmp_path, spec))
+    checked, ran = (
+        subprocess.run(
+            [sys.executable, "-m", "curation.cli", *args, recipe],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for args in (["check"], ["run", "--quiet"])
+    )
+    assert checked.returncode == 0 and f"  {folder / 'notes.jsonl'} (" in checked.stdout.splitlines()[1], checked.stdout
+    assert ran.returncode == 0, ran.stderr
+    (said,) = [line for line in ran.stderr.splitlines() if "not a kind of file this source reads" in line]
+    assert said.endswith(str(skipped)) and " WARNING connectors.storage " in said, ran.stderr
+
+
 def test_a_recipe_error_found_in_the_records_is_found_by_check_and_named_with_the_recipe_by_run(tmp_path: Path) -> None:
     # The column's type shows only in the rows (undeclared, mixed numbers and text): found on the first batch.
     write_jsonl(tmp_path / "in.jsonl", [{"q": "a question", "a": "an answer", "n": 5}, {"q": "b", "a": "c", "n": "x"}])

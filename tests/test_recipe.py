@@ -127,6 +127,28 @@ def test_not_yaml_and_not_a_mapping() -> None:
         parse_recipe("- just a list\n", origin="r.yaml")
 
 
+def test_a_yaml_error_is_one_line_naming_the_recipes_line_and_column() -> None:
+    with pytest.raises(RecipeError) as error:
+        parse_recipe("dataset: x\nsources:\n  - path: a\n   bad: 1\n", origin="r.yaml")
+    assert str(error.value) == (
+        "r.yaml: not valid YAML (line 4, column 4): expected <block end>, but found '<block mapping start>' "
+        "(while parsing a block collection on line 3)"
+    )
+
+
+def test_a_setting_named_twice_is_a_recipe_error_not_the_last_one_silently() -> None:
+    # YAML keeps the last of two keys: the first `stages:` (its pii stage) would be dropped unseen.
+    text = (
+        "dataset: d\nsources:\n  - path: in.jsonl\n    path: other.jsonl\n"
+        "record: {kind: document, text: body}\nstages:\n  - type: pii\noutput: {dest: out}\n"
+        "stages:\n  - type: exact_dedup\n"
+    )
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert "sources.0.path (line 4): set twice (also on line 3)" in str(error.value)
+    assert "stages (line 9): set twice (also on line 6)" in str(error.value)
+
+
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="cannot read the recipe"):
         load_recipe(tmp_path / "nope.yaml")

@@ -136,3 +136,20 @@ def test_the_pii_labeling_config_has_a_label_for_the_recipes_own_entities() -> N
     assert labels[:2] == ["PERSON", "EMAIL_ADDRESS"] and labels.count("PERSON") == 1
     assert {"US_BANK_NUMBER", "PAYEE"} <= set(labels)
     assert label_config("near_duplicate", tasks) is not None and label_config("other", tasks) is None
+
+
+def test_a_command_says_which_state_store_it_read(seeded: Seeded, tmp_path: Path) -> None:
+    # A user made with --recipe is not in another store: the error says which store was asked, so a
+    # user who left out --recipe sees why the user just made "does not exist".
+    from curation.state import StateStore
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    StateStore(other)
+    exported = tmp_path / "tasks.json"
+    done = review("export", str(exported), "--state", other, cwd=tmp_path)
+    assert done.returncode == 0 and f"0 task(s) written to {exported}, from {other}" in done.stderr, done.stderr
+    wrong = review("import", str(exported), "--user", "pia", "--state", other, cwd=tmp_path)
+    assert wrong.returncode == 2 and f"no review user 'pia' in the state store {other}:" in wrong.stderr, wrong.stderr
+    recipe = str(seeded.recipe_path)
+    right = review("export", str(exported), "--recipe", recipe, cwd=tmp_path)
+    assert f"from {seeded.state_url} (the recipe's)" in right.stderr, right.stderr

@@ -1046,3 +1046,18 @@ def test_sqlite_moments_with_and_without_a_utc_offset_compare_in_one_cursor(tmp_
         )
         marks.commit("run")
         small_table(tmp_path / "crm.db", added, declared)
+
+
+def test_a_sqlite_query_naming_a_column_twice_is_refused_too(tmp_path: Path) -> None:
+    # SQLite renames the second column of the query (run as a subquery) 'q:1': the first one's values
+    # were read as q, and the check for a name twice saw none.
+    url = sqlite_db(tmp_path / "crm.db", "CREATE TABLE twice AS SELECT 'Where?' AS q, 'Here.' AS a")
+    config = SqlSource(type="sql", url=url, query="SELECT q, a AS q, a AS q FROM twice")
+    said = r"#query-[0-9a-f]+: column\(s\) 'q' appear more than once in the result: name each column once \(AS\)"
+    with pytest.raises(SqlSourceError, match=said):
+        SqlSourceReader(config, 10).probe()
+    with pytest.raises(SqlSourceError, match=said):
+        read_all(config, 10)
+    named = SqlSource(type="sql", url=url, query='SELECT q, a AS "a:1" FROM twice')  # no column named a: kept
+    (batch,) = read_all(named, 10)
+    assert batch.rows.to_pylist()[0]["a:1"] == "Here."

@@ -24,7 +24,11 @@ StateOption = Annotated[
 ]
 RecipeOption = Annotated[
     list[Path] | None,
-    typer.Option("--recipe", help="a recipe whose dataset the page shows (where it is published); repeatable"),
+    typer.Option(
+        "--recipe",
+        help="a recipe: the first one's state store is used (unless --state), and the page shows each one's "
+        "dataset; repeatable",
+    ),
 ]
 
 
@@ -69,6 +73,16 @@ def _state_url(state: str | None, recipes: list[Recipe]) -> str:
         )
         raise typer.Exit(2)
     return url
+
+
+def _store_name(url: str, state: str | None, recipes: list[Recipe]) -> str:
+    """The state store a command used, its password hidden, and where the choice came from."""
+    import sqlalchemy as sa
+
+    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+    if state:
+        return shown
+    return f"{shown} (the recipe's)" if recipes else f"{shown} (the default, from this folder)"
 
 
 def _engine(url: str):
@@ -190,7 +204,7 @@ def export(
     config = label_config(kind, tasks, entities) if kind else None
     if config is not None:
         out.with_suffix(".xml").write_text(config)
-    console.print(f"{len(tasks)} task(s) written to {out}", highlight=False)
+    console.print(f"{len(tasks)} task(s) written to {out}, from {_store_name(url, state, recipes)}", highlight=False)
     gone = sum(task["data"]["gone"] for task in tasks)
     if gone:
         console.print(
@@ -208,6 +222,7 @@ def import_(
     recipe: RecipeOption = None,
 ) -> None:
     """Take Label Studio annotations as decisions: approve/reject/keep choices, removed PII spans, edited answers."""
+    from curation.review.auth import find_user
     from curation.review.decisions import DecisionError
     from curation.review.labelstudio import LabelStudioError, import_annotations
 
@@ -222,7 +237,18 @@ def import_(
     if not isinstance(tasks, list):
         console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
         raise typer.Exit(2)
-    url = _state_url(state, _recipes(recipe))
+    recipes = _recipes(recipe)
+    url = _state_url(state, recipes)
+    with _state_store(url):
+        known = find_user(_engine(url), user) is not None
+    if not known:
+        # Said with the store asked: one made with another --recipe or --state is not this one.
+        console.print(
+            f"[red]error[/red] no review user {user!r} in the state store {_store_name(url, state, recipes)}: "
+            "create one with `curation review add-user`, or pass the --recipe or --state it was made with",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     try:
         with _state_store(url):
             changed: list[int] = []
