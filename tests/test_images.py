@@ -857,6 +857,33 @@ def test_an_image_that_stays_unreadable_does_not_publish_a_version_each_run(
     assert third.manifest.version == 2 and (third.manifest.counts.input, third.manifest.counts.written) == (1, 1)
 
 
+def test_a_first_run_that_can_read_none_of_its_images_publishes_nothing_and_fails(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It published a v1 holding no record, only the rows quarantined as unreadable: as for files.
+    import connectors.images as images
+    from connectors.storage import StorageError
+    from curation.published import published_versions
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png())
+    write_jsonl(workdir / "qa.jsonl", [{"image": "form.png", "question": q, "answer": "Yes"} for q in ("A?", "B?")])
+    spec = receipts()
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    for _ in range(2):  # nothing committed: the next run reads them again, and fails alike
+        with pytest.raises(StorageError) as error:
+            run(workdir, spec)
+        assert str(error.value).startswith("receipts: 2 input(s) (files, image rows) cannot be read, e.g. ")
+        assert "form.png (Permission denied); the next run reads it again" in str(error.value)
+    assert published_versions(str(workdir / "output"), "receipts") == []
+    monkeypatch.setattr(images, "filesystem", listed)
+    first = run(workdir, spec)
+    assert (first.manifest.version, first.manifest.counts.input, first.manifest.counts.written) == (1, 2, 2)
+
+
 def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
