@@ -209,9 +209,13 @@ class ImagesSourceReader:
                 parsed.append(batch)
             else:
                 parsed = None
-            for row in plain_strings(batch.rows).to_pylist() if batch.rows.num_rows else []:
-                name = row.get(self.config.image_column)
-                if self._archived_image(row, None if name is None else str(name)):
+            if not batch.rows.num_rows:
+                continue
+            rows, column = plain_strings(batch.rows), self.config.image_column
+            # Named as the read names them (``_names``): a name made bytes by a neighbour not UTF-8 too.
+            names = _names(rows[column], column)[0] if column in rows.column_names else [None] * rows.num_rows
+            for row, name in zip(rows.to_pylist(), names, strict=True):
+                if self._archived_image(row, name):
                     found.add(row["id"])
         if parsed is not None:
             self._parsed[entry.uri] = parsed
@@ -228,15 +232,15 @@ class ImagesSourceReader:
 
     def _committed_item(self, row: dict, item: str) -> str:
         """The item an earlier run committed the row's watermark under: ``_row_item``, else the item
-        written before nulls were left out of it (``_row_item_before``). Without that look-up the first
-        run after the upgrade would take every row holding a null again (republished, or quarantined as
+        written before its UTF-8 bytes were read as text, or before nulls were left out of it
+        (``_row_items_before``). Without that look-up the first run after an upgrade would take every
+        row holding a null (or bytes) again (republished, or quarantined as
         missing_image where its image was moved away, its record then leaving the dataset); ``_is_new``
         stages the row under its new item (``item``, its ``_row_item``), so the old one is looked up only
         until then."""
         if self.watermark is None or item in self.watermark.committed:
             return item
-        before = _row_item_before(row)
-        return before if before in self.watermark.committed else item
+        return next((before for before in _row_items_before(row) if before in self.watermark.committed), item)
 
     def fingerprints(self) -> dict[str, str]:
         """Image URI -> fingerprint, so a rerun takes a row again when its image changed. A folder that is
@@ -494,13 +498,16 @@ def _row_item(row: dict) -> str:
     """A sidecar row's watermark item: its (image, question, answer) values, not its place, nor its line's
     text (``INPUT_LINE_COLUMN``: handed on only where its JSONL block holds a null, so not in every run),
     nor its nulls: a JSONL block has a column for every key any of its lines has, so a line with a new
-    key would otherwise change the item of every other row of its block."""
-    return _item_of(_without_nulls(_row_values(row)))
+    key would otherwise change the item of every other row of its block. Bytes that are UTF-8 are their
+    text: a Parquet text column is handed on as bytes in a batch where another row's value is not UTF-8
+    (``not_utf8_as_binary``), which would otherwise change the item of every row of that batch."""
+    return _item_of(_without_nulls(_as_text(_row_values(row))))
 
 
-def _row_item_before(row: dict) -> str:
-    """A row's watermark item as runs before ``_row_item`` left out nulls wrote it (``_committed_item``)."""
-    return _item_of(_row_values(row))
+def _row_items_before(row: dict) -> list[str]:
+    """A row's watermark item as earlier runs wrote it (``_committed_item``): with its bytes as Python
+    writes them (before ``_row_item`` read them as text), and, earlier, with its nulls too."""
+    return [_item_of(_without_nulls(_row_values(row))), _item_of(_row_values(row))]
 
 
 def _row_values(row: dict) -> dict:
@@ -509,6 +516,20 @@ def _row_values(row: dict) -> dict:
 
 def _item_of(values: object) -> str:
     return "row:" + xxhash.xxh3_128_hexdigest(json.dumps(values, sort_keys=True, default=str).encode())
+
+
+def _as_text(value: object) -> object:
+    """``value`` with the bytes in it that are UTF-8 as their text, nested ones too."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    if isinstance(value, dict):
+        return {k: _as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_text(v) for v in value]
+    return value
 
 
 def _without_nulls(value: object) -> object:

@@ -231,6 +231,10 @@ class Watermarks:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
 
+    def unread(self) -> int:
+        """How many items this run could not read (``UNREAD``), whatever earlier runs made of them."""
+        return sum(value == UNREAD for source in self.sources.values() for value in source.pending.values())
+
     def still_unread(self) -> int:
         """How many items an earlier run could not read (``UNREAD``) that this run could not read either."""
         return sum(

@@ -261,6 +261,7 @@ def check(
     input files as a run reads them."""
     from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
     from curation.published import published_versions
+    from curation.stages.base import StageError
 
     _configure_logging("warning")  # what the readers warn of (a CSV header that is not UTF-8), as in a run
     loaded = _load(recipe)
@@ -280,6 +281,9 @@ def check(
         place = stage_place(recipe, loaded, str(error)) if isinstance(error, RecipeError) else None
         said = f"{place}: {error}" if place else str(error)
         console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except StageError as error:  # a stage that cannot go on with the head's records: as a run names it
+        console.print(f"[red]stage error[/red] {escape(_in_recipe(recipe, loaded, str(error)))}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     verdict = "[red]input errors[/red]" if problems else "[green]ok[/green]"
     out.print(

@@ -24,6 +24,7 @@ import pyarrow as pa
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
+from connectors.storage import StorageError
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
@@ -671,6 +672,11 @@ def _run_locked(
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
         changed = _recipe_changed(recipe, plan.extended)
+        if plan.extended is None and counts.input and counts.input == counts.quarantined == plan.watermarks.unread():
+            # A version extending none would hold no record at all; failed, nothing is committed either.
+            raise StorageError(
+                f"{recipe.dataset}: {counts.input} input(s) (files, image rows) cannot be read" + _first_detail(tally)
+            )
         if _nothing_new(recipe, state, plan, counts, decided_by):
             writer.abort()
             plan.watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again

@@ -640,7 +640,7 @@ def test_row_watermarks_written_before_nulls_were_left_out_of_them_are_still_hon
     sidecar.write_text(json.dumps(noted) + "\n" + sidecar.read_text())
     spec = receipts()
     with monkeypatch.context() as old:  # a run before the upgrade
-        old.setattr(images, "_row_item", images._row_item_before)
+        old.setattr(images, "_row_item", lambda row: images._row_items_before(row)[1])
         first = run(workdir, spec)
     assert run(workdir, spec).message.startswith("nothing new")  # no row taken again
     (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
@@ -802,6 +802,67 @@ def test_a_parquet_sidecars_text_that_is_not_utf8_quarantines_its_row(workdir: P
     ]
 
 
+def _parquet_sidecar(path: Path, rows: list[tuple[bytes, str, str]]) -> None:
+    """``rows`` of (image, question, answer) as a Parquet sidecar, the image names written unchecked (a
+    Parquet file may hold text that is not UTF-8: its readers do not check)."""
+    import pyarrow.parquet as pq
+
+    names = pa.array([name for name, _, _ in rows], pa.binary()).view(pa.string())
+    questions, answers = [q for _, q, _ in rows], [a for _, _, a in rows]
+    notes = pa.nulls(len(rows), pa.string())  # a null in each row, which its watermark item leaves out
+    pq.write_table(pa.table({"image": names, "question": questions, "answer": answers, "note": notes}), path)
+
+
+def forms(batch_rows: int = 50_000) -> dict:
+    """``receipts`` reading the Parquet sidecar ``qa.parquet``."""
+    source = {"type": "images", "path": "img", "sidecar": "qa.parquet", "max_pixels": 1_000_000}
+    return {**receipts(), "dataset": "forms", "sources": [source], "batch_rows": batch_rows}
+
+
+def test_a_rows_watermark_does_not_change_with_a_neighbour_whose_image_name_is_not_utf8(workdir: Path) -> None:
+    # A bad name made the whole batch's image column bytes: the good rows' watermark items were taken of
+    # "b'form.png'", and read in other batches (a recipe's batch_rows changed) they were taken again.
+    write_folder(workdir)
+    rows = [(b"form.png", "Signed?", "Yes"), (b"caf\xe9.png", "Dated?", "Yes"), (b"receipt.jpg", "Total?", "12.50")]
+    _parquet_sidecar(workdir / "qa.parquet", rows)
+    first = run(workdir, forms())
+    assert (first.manifest.counts.written, first.manifest.counts.reasons["quarantined"]) == (2, {"schema": 1})
+    second = run(workdir, forms(batch_rows=1))  # each row alone: the good rows' names are text
+    assert second.manifest is None and second.message.startswith("nothing new since forms v1"), second.message
+
+
+def test_row_watermarks_written_with_bytes_as_python_writes_them_are_still_honoured(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Items read UTF-8 bytes as their text now: looked up only so, the rows a run before the upgrade
+    # took as bytes (a neighbour's name not UTF-8) would be taken again and published a second time.
+    from connectors import images
+
+    write_folder(workdir)
+    rows = [(b"form.png", "Signed?", "Yes"), (b"caf\xe9.png", "Dated?", "Yes"), (b"receipt.jpg", "Total?", "12.50")]
+    _parquet_sidecar(workdir / "qa.parquet", rows)
+    with monkeypatch.context() as old:  # a run before the upgrade
+        old.setattr(images, "_row_item", lambda row: images._row_items_before(row)[0])
+        assert run(workdir, forms()).manifest.counts.written == 2
+    assert run(workdir, forms()).message.startswith("nothing new since forms v1")
+    assert run(workdir, forms(batch_rows=1)).message.startswith("nothing new since forms v1")  # staged anew
+
+
+def test_an_edited_parquet_sidecar_whose_image_names_are_bytes_takes_a_changed_image_once(workdir: Path) -> None:
+    # Its rows' names were looked up as "b'form.png'": a present image read as archived, its record kept
+    # beside the one taken again of the image as it is now.
+    write_folder(workdir)
+    rows = [(b"form.png", "Signed?", "Yes"), (b"caf\xe9.png", "Dated?", "Yes"), (b"receipt.jpg", "Total?", "12.50")]
+    _parquet_sidecar(workdir / "qa.parquet", rows)
+    run(workdir, forms())
+    (workdir / "img" / "form.png").write_bytes(png((20, 20)))  # the image changed
+    _parquet_sidecar(workdir / "qa.parquet", [*rows[:2], (b"receipt.jpg", "Total?", "13.50")])  # an answer corrected
+    second = run(workdir, forms())
+    published = [(line["prompt"], line["completion"]) for line in outputs(Path(second.version_uri))]
+    assert sorted(published) == [("Signed?", "Yes"), ("Total?", "13.50")]
+    assert second.manifest.stats["carry"]["replaced"] == 2
+
+
 def test_an_image_that_could_not_be_read_is_read_again_on_the_next_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -855,6 +916,33 @@ def test_an_image_that_stays_unreadable_does_not_publish_a_version_each_run(
     monkeypatch.setattr(images, "filesystem", listed)  # readable at last: the row is taken
     third = run(workdir, spec)
     assert third.manifest.version == 2 and (third.manifest.counts.input, third.manifest.counts.written) == (1, 1)
+
+
+def test_a_first_run_that_can_read_none_of_its_images_publishes_nothing_and_fails(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It published a v1 holding no record, only the rows quarantined as unreadable: as for files.
+    import connectors.images as images
+    from connectors.storage import StorageError
+    from curation.published import published_versions
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png())
+    write_jsonl(workdir / "qa.jsonl", [{"image": "form.png", "question": q, "answer": "Yes"} for q in ("A?", "B?")])
+    spec = receipts()
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    for _ in range(2):  # nothing committed: the next run reads them again, and fails alike
+        with pytest.raises(StorageError) as error:
+            run(workdir, spec)
+        assert str(error.value).startswith("receipts: 2 input(s) (files, image rows) cannot be read, e.g. ")
+        assert "form.png (Permission denied); the next run reads it again" in str(error.value)
+    assert published_versions(str(workdir / "output"), "receipts") == []
+    monkeypatch.setattr(images, "filesystem", listed)
+    first = run(workdir, spec)
+    assert (first.manifest.version, first.manifest.counts.input, first.manifest.counts.written) == (1, 2, 2)
 
 
 def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(

@@ -1178,6 +1178,32 @@ def test_a_table_file_that_cannot_be_read_is_quarantined_and_read_again_on_the_n
     assert run(workdir, spec).message.startswith("nothing new")
 
 
+def test_a_first_run_that_can_read_none_of_its_inputs_publishes_nothing_and_fails(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It published a v1 holding no record (only the quarantine), which a consumer would train on.
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    (workdir / "in").mkdir()
+    denied = _export(workdir / "in", "a.jsonl", ["refunds take five days"])
+    spec = docs_recipe("in")
+    _refuse(monkeypatch, denied)
+    said = CliRunner().invoke(app, ["run", str(write_recipe(workdir, spec)), "--quiet"], env={"COLUMNS": "300"})
+    assert said.exit_code == 1, said.output
+    assert (
+        "run failed, nothing published: docs: 1 input(s) (files, image rows) cannot be read, e.g. "
+        f"{denied}: cannot read (Permission denied); the next run reads it again" in " ".join(said.output.split())
+    )
+    assert published_versions(str(workdir / "output"), "docs") == []
+    with pytest.raises(StorageError, match=r"1 input\(s\) \(files, image rows\) cannot be read"):
+        run(workdir, spec)  # as often as it is run: nothing was committed
+    _refuse(monkeypatch, None)
+    first = run(workdir, spec)
+    assert (first.manifest.version, first.manifest.counts.input, first.manifest.counts.written) == (1, 1, 1)
+
+
 class _FailingLater:
     """A file that opens and gives its first ``good`` reads, then an I/O error (a disk or share failing)."""
 
