@@ -416,29 +416,37 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             title = str(found).strip() or None if isinstance(found, str | int | float) else None
             offset = end + 1
     body = lines[offset:]
-    headings = _headings("\n".join(body))
     parts: list[Part] = []
-    starts = [(0, None), *headings, (len(body), None)]
-    for (first, name), (after, _) in itertools.pairwise(starts):
+    starts = [(0, 0, None), *_headings("\n".join(body)), (len(body), len(body), None)]
+    joined = None  # the first line of headings with no text of their own: they open the next section
+    for (first, own, name), (after, _, following) in itertools.pairwise(starts):
         if name is not None and title is None and name[0] == 1:
             title = name[1]
+        if name is not None and following is not None and _no_text(body[own:after]):
+            joined = first if joined is None else joined  # "# Security" over "## Passwords": not a record alone
+            continue
+        first, joined = first if joined is None else joined, None
         part = Part("", line=offset + first + 1, section=None if name is None else name[1])
-        text = "\n".join(body[first:after])
         # The text before the first heading may be blank, or only a rule (``---`` over a setext heading).
-        if not all(_RULE.fullmatch(line) for line in text.split("\n")) and _set_text(part, text):
+        if not _no_text(body[first:after]) and _set_text(part, "\n".join(body[first:after])):
             parts.append(part)
     return title, parts
 
 
-def _headings(text: str) -> list[tuple[int, tuple[int, str]]]:
-    """Each top-level heading of Markdown ``text`` with text: (its first line, 0-based; (level, text))."""
+def _no_text(lines: list[str]) -> bool:
+    return all(_RULE.fullmatch(line) for line in lines)
+
+
+def _headings(text: str) -> list[tuple[int, int, tuple[int, str]]]:
+    """Each top-level heading of Markdown ``text`` with text: its first line and the line after it
+    (0-based), its level and its text."""
     from markdown_it import MarkdownIt
 
     tokens = MarkdownIt("commonmark").parse(text)
     found = []
     for opening, inline in itertools.pairwise(tokens):
         if opening.type == "heading_open" and opening.level == 0 and opening.map and inline.content.strip():
-            found.append((opening.map[0], (int(opening.tag[1]), inline.content.strip())))
+            found.append((opening.map[0], opening.map[1], (int(opening.tag[1]), inline.content.strip())))
     return found
 
 

@@ -798,15 +798,27 @@ def test_a_docx_first_section_points_at_its_text_and_its_title_is_matched_whatev
 
 def test_a_markdown_file_opening_with_a_rule_keeps_the_text_before_the_next_rule(tmp_path: Path) -> None:
     # Any text between a first line "---" and the next was taken for front matter and dropped unseen. As
-    # CommonMark reads it, the first "---" is a rule and the text over the second a heading (as GitHub shows it).
+    # CommonMark reads it, the first "---" is a rule and the text over the second a heading (as GitHub shows it),
+    # which, with no text of its own, opens the next section.
     (tmp_path / "notice.md").write_text(
         "---\nThe refund rules changed in March 2026.\n---\n\n# Refunds\n\nFive days.\n"
     )
     rows, aside = read(tmp_path)
     assert aside == []
     assert [(row["source"]["line"], row["text"]) for row in rows] == [
-        (2, "The refund rules changed in March 2026.\n---"),
-        (5, "# Refunds\n\nFive days."),
+        (2, "The refund rules changed in March 2026.\n---\n\n# Refunds\n\nFive days."),
+    ]
+
+
+def test_a_heading_with_no_text_of_its_own_opens_the_next_section(tmp_path: Path) -> None:
+    # "# Security" straight over "## Passwords" was a record of its own, its whole text the heading.
+    (tmp_path / "policy.md").write_text(
+        "# Security\n\n## Passwords\n\nUse long ones.\n\n## Keys\n\n---\n\n### Rotation\n\nYearly.\n"
+    )
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"], row["text"]) for row in rows] == [
+        ("Security › Passwords", 1, "# Security\n\n## Passwords\n\nUse long ones."),
+        ("Security › Rotation", 7, "## Keys\n\n---\n\n### Rotation\n\nYearly."),
     ]
 
 
