@@ -542,6 +542,8 @@ class FilesSourceReader(ListedFiles):
         # in one of these is quarantined here, while its type can still be seen.
         self.text_columns = list(text_columns)
         self._not_text = [_not_a_string_after(name) for name in text_columns]
+        self._keys: list[str] = []
+        self._keys_of: list[str] | None = None  # the listing ``_keys`` were found in
 
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
@@ -560,9 +562,10 @@ class FilesSourceReader(ListedFiles):
         fmt = file_format(entry.uri, self.config.format)
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
         partitions = hive_partitions(self.config.path, entry.uri) if self.config.hive_partitioning else {}
+        elsewhere = [key for key in self._partition_keys() if key not in partitions]
         try:
             for batch in reader(entry, block_bytes or BLOCK_BYTES):
-                yield _with_partitions(batch, partitions, entry.uri) if partitions else batch
+                yield _with_partitions(batch, partitions, elsewhere, entry.uri) if partitions or elsewhere else batch
         except StorageError:
             raise  # names the file already
         except FileNotFoundError:
@@ -571,6 +574,18 @@ class FilesSourceReader(ListedFiles):
             raise StorageError(f"{entry.uri}: cannot read: {exc}") from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
             raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
+
+    def _partition_keys(self) -> list[str]:
+        """The partition keys of every file the source lists (new or not, so each run and each Ray read
+        task finds the same): a file outside one of their folders holds null in it, as Arrow reads a
+        partly partitioned table, not a column that some batches lack (a split by it failed the run)."""
+        if not self.config.hive_partitioning:
+            return []
+        listed = getattr(self, "listed_uris", [])
+        if self._keys_of is not listed:
+            self._keys = list(dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri)))
+            self._keys_of = listed
+        return self._keys
 
     def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
         """The file's first batch, as a run reads it (the same checks and messages: a file the run would
@@ -986,10 +1001,17 @@ class FilesSourceReader(ListedFiles):
                 )
 
 
-def _with_partitions(batch: SourceBatch, partitions: dict[str, str | None], uri: str) -> SourceBatch:
+def _with_partitions(
+    batch: SourceBatch, partitions: dict[str, str | None], elsewhere: list[str], uri: str
+) -> SourceBatch:
     """The batch's rows with a text column for each partition folder (``id`` and ``source`` read as
-    ``input_id`` and ``input_source``, as input columns of those names are: see ``with_lineage``)."""
+    ``input_id`` and ``input_source``, as input columns of those names are: see ``with_lineage``), and
+    a null one for each key of other files' folders (``elsewhere``) the rows do not hold themselves."""
     rows = batch.rows
+    for key in elsewhere:
+        name = f"input_{key}" if key in RESERVED else key
+        if name not in rows.column_names:
+            rows = rows.append_column(name, pa.nulls(rows.num_rows, pa.string()))
     for key, value in partitions.items():
         name = f"input_{key}" if key in RESERVED else key
         if name in rows.column_names:

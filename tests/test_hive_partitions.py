@@ -97,3 +97,27 @@ def test_a_partition_folder_named_source_is_read_as_input_source(workdir: Path) 
     result = run(workdir, spec)
     [row] = outputs(Path(result.version_uri))
     assert row["completion"] == "crm"
+
+
+def test_rows_of_a_file_outside_a_partition_folder_hold_null_for_it(workdir: Path) -> None:
+    # A table partitioned from some day on, beside its older flat files: the split groups by a column
+    # only some paths hold, as Arrow reads such a layout (null for the rest), where it failed the run
+    # on the first batch without it ("column 'year' is not in the records").
+    write_jsonl(workdir / "tx" / "old.jsonl", [{"description": f"tea {i}", "category": "Dining"} for i in range(4)])
+    write_jsonl(workdir / "tx" / "year=2025" / "a.jsonl", [{"description": "bus", "category": "Travel"}])
+    # A file that holds the column itself keeps its values: only a missing column is filled.
+    write_jsonl(workdir / "tx" / "older.jsonl", [{"description": "rent", "category": "Housing", "year": "2023"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "prompt": "{{ description }}"}
+    spec["output"] = {"validation_fraction": 0.5, "group_by": "year"}
+    result = run(workdir, spec)
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == [
+        "bus",
+        "rent",
+        "tea 0",
+        "tea 1",
+        "tea 2",
+        "tea 3",
+    ]
+    # The four without a year are a group each; the other two years one each.
+    assert sum(result.manifest.split["groups"].values()) == 6
