@@ -75,6 +75,8 @@ def test_partition_values_as_hive_writes_them() -> None:
         "b": None,  # Hive's folder for rows whose value is null
         "c": "x=y",
     }
+    # Arrow writes an empty text as ``k=`` (Spark writes it as Hive's null folder): read back as written.
+    assert hive_partitions("/lake", "/lake/k=/f.jsonl") == {"k": ""}
     assert hive_partitions("/lake/tx/a=1/f.jsonl", "/lake/tx/a=1/f.jsonl") == {}  # a file named: nothing below
     assert hive_partitions("/lake/tx/", "/lake/tx2/a=1/f.jsonl") == {}  # not below: no partial folder name
     with pytest.raises(StorageError, match="'a' comes twice"):
