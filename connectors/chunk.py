@@ -92,8 +92,8 @@ def _inside_a_name(before: list[str], after: list[str]) -> bool:
 
 def chunk_text(text: str, max_chars: int, overlap_chars: int = 0) -> list[Chunk]:
     """Chunks of at most ``max_chars`` characters covering every paragraph of ``text``, in order."""
-    if overlap_chars >= max_chars:
-        raise ValueError("overlap_chars must be smaller than max_chars")
+    if overlap_chars > max_chars // 2:  # see ChunkConfig: the output would grow with the paragraphs, not the text
+        raise ValueError("overlap_chars must be at most half of max_chars")
     units: list[tuple[int, int]] = []
     for start, end in _paragraphs(text):
         units.extend(_cut_long(text, start, end, max_chars))

@@ -15,7 +15,7 @@ from fpdf import FPDF
 
 from connectors.chunk import chunk_text
 from connectors.documents import DocumentsSourceReader
-from schemas.config import ChunkConfig, DocumentsSource
+from schemas.config import ChunkConfig, DocumentsSource, RecipeError, parse_recipe
 from tests.helpers import outputs, run, set_aside
 
 PARAGRAPHS = [
@@ -299,6 +299,22 @@ def test_chunker_respects_size_overlap_and_paragraphs() -> None:
     pieces = chunk_text(long, max_chars=200)
     assert all(len(p.text) <= 200 for p in pieces) and all(not p.text.startswith(" ") for p in pieces)
     assert "".join(p.text.replace(" ", "") for p in pieces) == long.replace(" ", "")
+
+
+def test_an_overlap_over_half_a_chunk_is_a_recipe_error_naming_it() -> None:
+    # With 3999 of 4000 and short paragraphs each chunk moved on by one paragraph: a 12 KB file of
+    # 1,000 lines came out as 668 chunks of about 4,000 characters (2.7 MB of one text repeated).
+    text = (
+        "dataset: d\nsources:\n  - type: documents\n    path: x\n"
+        "    chunk:\n      max_chars: 4000\n      overlap_chars: 3999\nrecord: {kind: document}\n"
+    )
+    with pytest.raises(
+        RecipeError, match=r"sources.0.chunk.overlap_chars \(line 7\): .*at most half of max_chars \(2000\)"
+    ):
+        parse_recipe(text)
+    parse_recipe(text.replace("3999", "2000"))  # half is the most: each chunk brings as much as it repeats
+    with pytest.raises(ValueError, match="at most half"):
+        chunk_text("a\n\nb", max_chars=200, overlap_chars=101)
 
 
 def test_a_long_paragraph_is_not_cut_between_the_words_of_a_name() -> None:
