@@ -5,6 +5,7 @@ forward from the version it extends, and what it records once its version is vis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -24,6 +25,7 @@ import pyarrow as pa
 from connectors.base import Source
 from connectors.files import FilesSourceReader
 from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
+from connectors.storage import StorageError, hive_partitions
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
@@ -45,6 +47,7 @@ from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
+    FilesSource,
     HFSource,
     ImagesSource,
     Recipe,
@@ -248,7 +251,7 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
     missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
     if missing and counts.written == 0 and counts.quarantined == counts.input:
         named = re.search(r"column '([^']+)' is missing", example or "")
-        folders = named is not None and f"/{named.group(1)}=" in (example or "")
+        folders = named is not None and _a_partition_unread(recipe, named.group(1), example or "")
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
             f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
@@ -259,6 +262,19 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
                 else ""
             )
         )
+
+
+def _a_partition_unread(recipe: Recipe, key: str, example: str) -> bool:
+    """Whether the file ``example`` names (``uri:line: ...``, or ``uri: ...``) lies in a ``key=`` folder below the path of a
+    files source without ``hive_partitioning``: only then would the setting give its rows that column."""
+    uri = re.match(r"(.+?)(?::\d+)?: ", example)
+    for source in recipe.sources:
+        if uri is None or not isinstance(source, FilesSource) or source.hive_partitioning:
+            continue
+        with contextlib.suppress(StorageError):  # a key twice in the path: not a partition either way
+            if key in hive_partitions(source.path, uri.group(1)):
+                return True
+    return False
 
 
 def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:

@@ -63,6 +63,16 @@ def test_without_the_setting_partition_folders_are_only_folders(workdir: Path) -
         run(workdir, recipe("tx/"))
 
 
+@pytest.mark.parametrize("setting", [False, True])
+def test_a_folder_above_the_source_path_is_not_offered_as_a_partition(workdir: Path, setting: bool) -> None:
+    # ``year=2024`` lies above the path the source names: the setting reads no column from it, so
+    # the error said to set what would not help (or what was set already).
+    write_jsonl(workdir / "lake" / "year=2024" / "tx" / "a.jsonl", [{"description": "tea"}])
+    with pytest.raises(RecipeError, match=r"column 'year' is missing") as refused:
+        run(workdir, recipe("lake/year=2024/tx", hive_partitioning=setting))
+    assert "hive_partitioning" not in str(refused.value)
+
+
 def test_a_column_also_named_by_a_partition_folder_is_refused_by_name(workdir: Path) -> None:
     path = write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "tea", "year": 2023}])
     with pytest.raises(StorageError, match=rf"{path}: 'year' is both a column of the file and a partition folder"):
