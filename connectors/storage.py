@@ -222,8 +222,9 @@ def _in_folder(path: str, folder: str) -> bool:
 
 def _visible(relative: str) -> bool:
     """Under a folder, as data lakes lay it out: what is hidden or in the making (``.x``, ``_x``: a file
-    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped."""
-    return not any(part.startswith((".", "_")) for part in relative.split("/"))
+    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped, but not a
+    partition folder whose key starts with ``_`` (``_batch=7/``), which Spark reads too."""
+    return not any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in relative.split("/"))
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False) -> list[FileEntry]:

@@ -73,6 +73,18 @@ def test_a_folder_above_the_source_path_is_not_offered_as_a_partition(workdir: P
     assert "hive_partitioning" not in str(refused.value)
 
 
+def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read(workdir: Path) -> None:
+    # Spark skips names starting with '_' unless they hold '=' (a partition column such as ``_batch``):
+    # such a folder's files were skipped as if hidden, their records left out without a word.
+    write_jsonl(workdir / "tx" / "_batch=7" / "year=2025" / "a.jsonl", [{"description": "tea", "category": "Dining"}])
+    (workdir / "tx" / "_batch=7" / "year=2025" / "_SUCCESS").write_text("")  # still a marker, not input
+    write_jsonl(workdir / "tx" / "_temporary" / "year=2025" / "b.jsonl", [{"description": "half-written"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "prompt": "{{ description }} in {{ year }}, batch {{ _batch }}"}
+    result = run(workdir, spec)
+    assert [row["prompt"] for row in outputs(Path(result.version_uri))] == ["tea in 2025, batch 7"]
+
+
 def test_a_column_also_named_by_a_partition_folder_is_refused_by_name(workdir: Path) -> None:
     path = write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "tea", "year": 2023}])
     with pytest.raises(StorageError, match=rf"{path}: 'year' is both a column of the file and a partition folder"):
