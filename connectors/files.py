@@ -1001,6 +1001,23 @@ class FilesSourceReader(ListedFiles):
                 )
 
 
+def unread_partition(config: object, uri: str, missing: str) -> str:
+    """What to say after ``missing`` (a record of ``uri``: ``column 'year' is missing ...``) when the
+    column lies in a ``year=`` folder below the path of ``config``, a files source without
+    ``hive_partitioning`` (only then would the setting give its rows that column); else nothing."""
+    named = re.search(r"column '([^']+)' is missing", missing)
+    if named is None or not isinstance(config, FilesSource) or config.hive_partitioning:
+        return ""
+    try:
+        found = hive_partitions(config.path, uri)
+    except StorageError:  # a key twice in the path: no partition either way
+        return ""
+    key = named.group(1)
+    if key not in found:
+        return ""
+    return f" (its files lie in '{key}=...' folders: 'hive_partitioning: true' on the source reads those as columns)"
+
+
 def _with_partitions(
     batch: SourceBatch, partitions: dict[str, str | None], elsewhere: list[str], uri: str
 ) -> SourceBatch:

@@ -5,7 +5,6 @@ forward from the version it extends, and what it records once its version is vis
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -23,9 +22,8 @@ import polars as pl
 import pyarrow as pa
 
 from connectors.base import Source
-from connectors.files import FilesSourceReader
+from connectors.files import FilesSourceReader, unread_partition
 from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
-from connectors.storage import StorageError, hive_partitions
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
@@ -47,7 +45,6 @@ from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
-    FilesSource,
     HFSource,
     ImagesSource,
     Recipe,
@@ -250,31 +247,13 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
     not bad data: it fails, publishes nothing and leaves its input to be read again once fixed."""
     missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
     if missing and counts.written == 0 and counts.quarantined == counts.input:
-        named = re.search(r"column '([^']+)' is missing", example or "")
-        folders = named is not None and _a_partition_unread(recipe, named.group(1), example or "")
+        uri = re.match(r"(.+?)(?::\d+)?: ", example or "")  # a detail starts with ``uri:line`` (or ``uri``)
+        hints = (unread_partition(source, uri.group(1), example or "") for source in recipe.sources if uri)
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
             f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
-            + (
-                f" (its files lie in '{named.group(1)}=...' folders: 'hive_partitioning: true' on the source reads "
-                "those as columns)"
-                if folders
-                else ""
-            )
+            + next((hint for hint in hints if hint), "")
         )
-
-
-def _a_partition_unread(recipe: Recipe, key: str, example: str) -> bool:
-    """Whether the file ``example`` names (``uri:line: ...``, or ``uri: ...``) lies in a ``key=`` folder below the path of a
-    files source without ``hive_partitioning``: only then would the setting give its rows that column."""
-    uri = re.match(r"(.+?)(?::\d+)?: ", example)
-    for source in recipe.sources:
-        if uri is None or not isinstance(source, FilesSource) or source.hive_partitioning:
-            continue
-        with contextlib.suppress(StorageError):  # a key twice in the path: not a partition either way
-            if key in hive_partitions(source.path, uri.group(1)):
-                return True
-    return False
 
 
 def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.storage import StorageError, hive_partitions
 from schemas.config import RecipeError
-from tests.helpers import outputs, run, write_jsonl
+from tests.helpers import outputs, run, write_jsonl, write_recipe
 
 RECORD = {"kind": "instruction", "prompt": "{{ description }} in {{ year }}", "completion": "category"}
 
@@ -71,6 +71,22 @@ def test_a_folder_above_the_source_path_is_not_offered_as_a_partition(workdir: P
     with pytest.raises(RecipeError, match=r"column 'year' is missing") as refused:
         run(workdir, recipe("lake/year=2024/tx", hive_partitioning=setting))
     assert "hive_partitioning" not in str(refused.value)
+
+
+def test_check_names_the_setting_for_a_column_in_folder_names_and_accepts_it_once_set(workdir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    lake(workdir / "tx")
+    said = {}
+    for setting in (False, True):
+        path = write_recipe(workdir, recipe("tx", hive_partitioning=setting))
+        checked = CliRunner().invoke(app, ["check", str(path)], env={"COLUMNS": "300"})
+        said[setting] = (checked.exit_code, " ".join(checked.output.split()))
+    assert said[False][0] == 2 and "column 'year' is missing" in said[False][1]
+    assert "'year=...' folders: 'hive_partitioning: true' on the source reads those as columns" in said[False][1]
+    assert said[True][0] == 0 and "input error" not in said[True][1]
 
 
 def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read(workdir: Path) -> None:
