@@ -3,7 +3,7 @@
 Paragraphs (blank-line separated) are packed into a chunk while it stays within ``max_chars``;
 the next chunk starts with the last paragraphs of the previous one, up to ``overlap_chars``, so
 no sentence loses its context at a cut. A paragraph longer than a chunk is cut at the last
-sentence end (or space) that fits, never inside a word unless it has no space at all, and not
+sentence end (or space or line break) that fits, never inside a word unless it has no space at all, and not
 inside a name where another space will do (between two capitalised words, "de la" between them or
 not; nor after an initial or a title's full stop, "Daniel O. Okafor", "Mr. Okafor"): a name cut in
 two is half a name in each piece, which the PII stage (it reads one record at a time) no longer
@@ -23,7 +23,9 @@ _SENTENCE_END = re.compile(r"(?:(?<!\b[A-Z])(?<!\b(?:Mr|Ms|Dr|St))(?<!\b(?:Mrs|M
 _PARTICLES = frozenset(
     {"de", "la", "le", "del", "della", "der", "den", "van", "von", "da", "das", "dos", "di", "du", "bin", "al"}
 )
-_SPACE = re.compile(r" +")
+# A line break is a space here too: a paragraph of lines without spaces (a list of addresses) was cut
+# inside a word at the limit, half an address in each piece, which the PII stage did not recognise.
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,14 @@ def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int
 
 def _space_cut(window: str, following: str) -> int:
     """Where to cut ``window`` (followed in the text by ``following``) at a space: the last one in its
-    second half that does not stand inside a name (see ``_inside_a_name``), else the last one; 0 if it
-    has none."""
+    second half that does not stand inside a name (see ``_inside_a_name``; a line break never does: a
+    list of names, one a line), else the last one; 0 if it has none."""
     spaces = list(_SPACE.finditer(window))
     for space in reversed(spaces):
         if space.start() <= len(window) // 2:
             break
-        before = window[: space.start()].rsplit(" ", 4)
-        if not _inside_a_name(before, (window[space.end() :] + following).split(" ", 4)):
+        before = window[: space.start()].rsplit(None, 4)
+        if "\n" in space.group() or not _inside_a_name(before, (window[space.end() :] + following).split(None, 4)):
             return space.end()
     return spaces[-1].end() if spaces else 0
 

@@ -330,6 +330,22 @@ def test_a_long_paragraph_is_not_cut_between_the_words_of_a_name() -> None:
     assert all(not p.text.startswith(" ") and len(p.text) <= 50 for p in chunk_text(title, max_chars=50))
 
 
+def test_a_long_paragraph_of_lines_without_spaces_is_cut_at_line_ends() -> None:
+    # A list of addresses, one a line: cut only at spaces, it was cut inside an address at the limit
+    # ("daniel.okafor@exa" | "mple.com"), half an address in each record, which the PII stage missed.
+    lines = [f"customer{i:03d}.okafor@example.com" for i in range(40)]
+    text = "\n".join(lines)
+    for max_chars in range(60, 200, 7):
+        pieces = [chunk.text for chunk in chunk_text(text, max_chars=max_chars)]
+        assert all(len(piece) <= max_chars for piece in pieces)
+        assert [line for piece in pieces for line in piece.split()] == lines, max_chars
+    # A list of names, one a line: cut between two lines, not between a first name and a surname.
+    names = "\n".join(["Daniel Okafor", "Maria Garcia", "Wei Zhang", "Amara Nwosu"] * 10)
+    for max_chars in range(60, 200, 7):
+        pieces = [chunk.text for chunk in chunk_text(names, max_chars=max_chars)]
+        assert all(piece.strip().split("\n")[-1].count(" ") == 1 for piece in pieces), max_chars
+
+
 def test_chunked_markdown_points_at_the_line_of_each_chunk(tmp_path: Path) -> None:
     lines = [f"Line {i} of the guide has a sentence about parcels." for i in range(1, 61)]
     (tmp_path / "guide.md").write_text("\n\n".join(lines) + "\n")
