@@ -537,6 +537,8 @@ class FilesSourceReader(ListedFiles):
         self.config = config
         self.batch_rows = batch_rows
         self.watermark = watermark  # with one, only files new or changed since the last run are read
+        # A format the source names is how to read a file whose name has no suffix (Hive's 000000_0).
+        self.bare_names = config.format != "auto"
         # Columns the input schema declares ``str``. A JSON reader makes text of any value in a column
         # whose other values are text (["a"] becomes '["a"]'), so a value that is not a JSON string
         # in one of these is quarantined here, while its type can still be seen.

@@ -227,10 +227,13 @@ def _visible(relative: str) -> bool:
     return not any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in relative.split("/"))
 
 
-def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False) -> list[FileEntry]:
+def list_files(
+    uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False, bare: bool = False
+) -> list[FileEntry]:
     """Files at a path, under a folder (recursively) or matching a glob, sorted by URI.
 
-    Under a folder (or a glob ending in ``/``) only names ending in one of ``suffixes`` are kept; with
+    Under a folder (or a glob ending in ``/``) only names ending in one of ``suffixes`` are kept, and
+    with ``bare`` names without any suffix (Hive's ``000000_0``, an Athena query's output); with
     ``name_unread`` the others are named in a warning (a folder of exports with a ``.txt`` among the
     ``.csv`` files: its records would otherwise be left out without a word).
     """
@@ -240,7 +243,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = Fal
     kept: list[FileEntry] = []
     unread: list[str] = []
     for entry in entries:
-        if entry.uri.lower().endswith(suffixes):
+        if entry.uri.lower().endswith(suffixes) or (bare and "." not in posixpath.basename(entry.uri)):
             kept.append(entry)
         else:
             unread.append(entry.uri)

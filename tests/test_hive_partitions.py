@@ -89,6 +89,20 @@ def test_check_names_the_setting_for_a_column_in_folder_names_and_accepts_it_onc
     assert said[True][0] == 0 and "input error" not in said[True][1]
 
 
+def test_files_named_without_a_suffix_as_hive_and_athena_write_them_are_read_in_the_declared_format(
+    workdir: Path,
+) -> None:
+    # Hive names a table's files 000000_0, Athena's CTAS a query id: under a folder only names ending in
+    # a known suffix were read, so such a table was "no input files match" whatever 'format' said.
+    folder = _made(workdir / "tx" / "category=Housing" / "year=2025")
+    pq.write_table(pa.table({"description": ["rent"]}), folder / "000000_0")
+    pq.write_table(pa.table({"description": ["water"]}), folder / "20250101_093000_00012_abcde_5f1c2e")
+    (folder / "_SUCCESS").write_text("")  # a marker still
+    (folder / "notes.txt").write_text("not a table file\n")  # another suffix: named, not read
+    result = run(workdir, recipe("tx", hive_partitioning=True, format="parquet"))
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == ["rent in 2025", "water in 2025"]
+
+
 def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read(workdir: Path) -> None:
     # Spark skips names starting with '_' unless they hold '=' (a partition column such as ``_batch``):
     # such a folder's files were skipped as if hidden, their records left out without a word.
