@@ -222,9 +222,13 @@ def _in_folder(path: str, folder: str) -> bool:
 
 def _visible(relative: str) -> bool:
     """Under a folder, as data lakes lay it out: what is hidden or in the making (``.x``, ``_x``: a file
-    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped, but not a
-    partition folder whose key starts with ``_`` (``_batch=7/``), which Spark reads too."""
-    return not any(part.startswith(".") or (part.startswith("_") and "=" not in part) for part in relative.split("/"))
+    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``, the empty ``x_$folder$``
+    Hadoop's S3 clients write for a folder) is skipped, but not a partition folder whose key starts
+    with ``_`` (``_batch=7/``), which Spark reads too."""
+    return not any(
+        part.startswith(".") or (part.startswith("_") and "=" not in part) or part.endswith("_$folder$")
+        for part in relative.split("/")
+    )
 
 
 def list_files(

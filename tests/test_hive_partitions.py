@@ -98,6 +98,7 @@ def test_files_named_without_a_suffix_as_hive_and_athena_write_them_are_read_in_
     pq.write_table(pa.table({"description": ["rent"]}), folder / "000000_0")
     pq.write_table(pa.table({"description": ["water"]}), folder / "20250101_093000_00012_abcde_5f1c2e")
     (folder / "_SUCCESS").write_text("")  # a marker still
+    (folder.parent / "year=2025_$folder$").write_text("")  # and the folder marker Hadoop's S3 clients write
     (folder / "notes.txt").write_text("not a table file\n")  # another suffix: named, not read
     result = run(workdir, recipe("tx", hive_partitioning=True, format="parquet"))
     assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == ["rent in 2025", "water in 2025"]
