@@ -551,11 +551,15 @@ class FilesSourceReader(ListedFiles):
         self.used_columns = used_columns
         self.batch_rows = batch_rows
         self.watermark = watermark  # with one, only files new or changed since the last run are read
+        # A format the source names is how to read a file whose name has no suffix (Hive's 000000_0).
+        self.bare_names = config.format != "auto"
         # Columns the input schema declares ``str``. A JSON reader makes text of any value in a column
         # whose other values are text (["a"] becomes '["a"]'), so a value that is not a JSON string
         # in one of these is quarantined here, while its type can still be seen.
         self.text_columns = list(text_columns)
         self._not_text = [_not_a_string_after(name) for name in text_columns]
+        self._keys: list[str] = []
+        self._keys_of: list[str] | None = None  # the listing ``_keys`` were found in
 
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
@@ -584,15 +588,28 @@ class FilesSourceReader(ListedFiles):
         fmt = file_format(entry.uri, self.config.format)
         reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
         partitions = hive_partitions(self.config.path, entry.uri) if self.config.hive_partitioning else {}
+        elsewhere = [key for key in self._partition_keys() if key not in partitions]
         digest = self.read_digest(entry)
         try:
             for batch in reader(entry, block_bytes or BLOCK_BYTES, digest):
-                yield _with_partitions(batch, partitions, entry.uri) if partitions else batch
+                yield _with_partitions(batch, partitions, elsewhere, entry.uri) if partitions or elsewhere else batch
         except OSError as exc:
             raise read_error(entry.uri, exc) from None
         except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
             raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
         self.taken(entry, digest)
+
+    def _partition_keys(self) -> list[str]:
+        """The partition keys of every file the source lists (new or not, so each run and each Ray read
+        task finds the same): a file outside one of their folders holds null in it, as Arrow reads a
+        partly partitioned table, not a column that some batches lack (a split by it failed the run)."""
+        if not self.config.hive_partitioning:
+            return []
+        listed = getattr(self, "listed_uris", [])
+        if self._keys_of is not listed:
+            self._keys = list(dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri)))
+            self._keys_of = listed
+        return self._keys
 
     def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
         """The file's first batch, as a run reads it (the same checks and messages: a file the run would
@@ -1027,10 +1044,34 @@ class FilesSourceReader(ListedFiles):
                 )
 
 
-def _with_partitions(batch: SourceBatch, partitions: dict[str, str | None], uri: str) -> SourceBatch:
+def unread_partition(config: object, uri: str, missing: str) -> str:
+    """What to say after ``missing`` (a record of ``uri``: ``column 'year' is missing ...``) when the
+    column lies in a ``year=`` folder below the path of ``config``, a files source without
+    ``hive_partitioning`` (only then would the setting give its rows that column); else nothing."""
+    named = re.search(r"column '([^']+)' is missing", missing)
+    if named is None or not isinstance(config, FilesSource) or config.hive_partitioning:
+        return ""
+    try:
+        found = hive_partitions(config.path, uri)
+    except StorageError:  # a key twice in the path: no partition either way
+        return ""
+    key = named.group(1)
+    if key not in found:
+        return ""
+    return f" (its files lie in '{key}=...' folders: 'hive_partitioning: true' on the source reads those as columns)"
+
+
+def _with_partitions(
+    batch: SourceBatch, partitions: dict[str, str | None], elsewhere: list[str], uri: str
+) -> SourceBatch:
     """The batch's rows with a text column for each partition folder (``id`` and ``source`` read as
-    ``input_id`` and ``input_source``, as input columns of those names are: see ``with_lineage``)."""
+    ``input_id`` and ``input_source``, as input columns of those names are: see ``with_lineage``), and
+    a null one for each key of other files' folders (``elsewhere``) the rows do not hold themselves."""
     rows = batch.rows
+    for key in elsewhere:
+        name = f"input_{key}" if key in RESERVED else key
+        if name not in rows.column_names:
+            rows = rows.append_column(name, pa.nulls(rows.num_rows, pa.string()))
     for key, value in partitions.items():
         name = f"input_{key}" if key in RESERVED else key
         if name in rows.column_names:

@@ -589,6 +589,7 @@ class ListedFiles:
 
     name: str  # the connector's, in a quarantined row's source
     suffixes: tuple[str, ...]
+    bare_names: bool = False  # whether names without a suffix are listed too (see ``list_files``)
     nothing_found: str = "no input files match"
     config: Any
     watermark: SourceWatermark | None
@@ -597,7 +598,8 @@ class ListedFiles:
 
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
-            entries = readable(list_files(self.config.path, suffixes=self.suffixes, name_unread=True))
+            listed = list_files(self.config.path, suffixes=self.suffixes, name_unread=True, bare=self.bare_names)
+            entries = readable(listed)
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):

@@ -471,14 +471,22 @@ def _in_folder(path: str, folder: str) -> bool:
 
 def _visible(relative: str) -> bool:
     """Under a folder, as data lakes lay it out: what is hidden or in the making (``.x``, ``_x``: a file
-    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``) is skipped."""
-    return not any(part.startswith((".", "_")) for part in relative.split("/"))
+    such as ``_SUCCESS``, a folder such as ``_temporary/`` or our ``_staging/``, the empty ``x_$folder$``
+    Hadoop's S3 clients write for a folder) is skipped, but not a partition folder whose key starts
+    with ``_`` (``_batch=7/``), which Spark reads too."""
+    return not any(
+        part.startswith(".") or (part.startswith("_") and "=" not in part) or part.endswith("_$folder$")
+        for part in relative.split("/")
+    )
 
 
-def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False) -> list[FileEntry]:
+def list_files(
+    uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False, bare: bool = False
+) -> list[FileEntry]:
     """Files at a path, under a folder (recursively) or matching a glob, sorted by URI.
 
-    Under a folder (or a glob ending in ``/``) only names ending in one of ``suffixes`` are kept; with
+    Under a folder (or a glob ending in ``/``) only names ending in one of ``suffixes`` are kept, and
+    with ``bare`` names without any suffix (Hive's ``000000_0``, an Athena query's output); with
     ``name_unread`` the others are named in a warning (a folder of exports with a ``.txt`` among the
     ``.csv`` files: its records would otherwise be left out without a word).
     """
@@ -488,7 +496,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = Fal
     kept: list[FileEntry] = []
     unread: list[str] = []
     for entry in entries:
-        if entry.uri.lower().endswith(suffixes):
+        if entry.uri.lower().endswith(suffixes) or (bare and "." not in posixpath.basename(entry.uri)):
             kept.append(entry)
         else:
             unread.append(entry.uri)

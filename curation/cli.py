@@ -315,7 +315,7 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
     rows as the run does: what would fail the run (a file it refuses, by the reader's own message)
     and each file whose head lacks a column the recipe names (the first such record's line); and notes:
     other records the head would set aside (the run quarantines them), files not opened."""
-    from connectors.files import HEAD_BYTES, FilesSourceReader
+    from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
 
@@ -355,7 +355,7 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
             missing = [detail for reason, detail in reasons if reason == "missing_column"]
             if missing:
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
-                problems.append(f"{missing[0]}{more}")
+                problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
             elif reasons:
                 notes.append(
                     f"{len(reasons):,} of the first records of {entry.uri} would be set aside, for example {reasons[0][1]}"

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from connectors.chunk import chunk_text as chunk_pieces
 from connectors.storage import filesystem
 
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -93,18 +94,13 @@ _STRING = {"type": "string"}
 
 
 def chunk_text(text: str, limit: int) -> list[str]:
-    """Pieces of at most ``limit`` characters, cut at the last whitespace before the limit when there is one."""
-    pieces = []
-    while len(text) > limit:
-        cut = max(text.rfind(" ", 0, limit + 1), text.rfind("\n", 0, limit + 1))
-        if cut <= 0:
-            cut = limit
-        piece, text = text[:cut].strip(), text[cut:].lstrip()
-        if piece:
-            pieces.append(piece)
-    if text.strip():
-        pieces.append(text.strip() if pieces else text)
-    return pieces
+    """Pieces of at most ``limit`` characters, as the documents chunker cuts them (whole paragraphs,
+    a longer one at a sentence end or space, not inside a name; no overlap), each stripped; a text
+    that fits is its one piece, as it is. Cut at the last space before the limit instead, a piece
+    ran into the next paragraph, and the text left was copied at each cut (a 6 MB text took 2 s)."""
+    if len(text) <= limit:
+        return [text]
+    return [piece for chunk in chunk_pieces(text, limit) if (piece := chunk.text.strip())]
 
 
 def _text(batch: pa.Table, options: FormatOptions) -> Rendered:

@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 
 from connectors.base import Source
-from connectors.files import FilesSourceReader
+from connectors.files import FilesSourceReader, unread_partition
 from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
 from connectors.storage import StorageError
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
@@ -249,17 +249,12 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
     not bad data: it fails, publishes nothing and leaves its input to be read again once fixed."""
     missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
     if missing and counts.written == 0 and counts.quarantined == counts.input:
-        named = re.search(r"column '([^']+)' is missing", example or "")
-        folders = named is not None and f"/{named.group(1)}=" in (example or "")
+        uri = re.match(r"(.+?)(?::\d+)?: ", example or "")  # a detail starts with ``uri:line`` (or ``uri``)
+        hints = (unread_partition(source, uri.group(1), example or "") for source in recipe.sources if uri)
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
             f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
-            + (
-                f" (its files lie in '{named.group(1)}=...' folders: 'hive_partitioning: true' on the source reads "
-                "those as columns)"
-                if folders
-                else ""
-            )
+            + next((hint for hint in hints if hint), "")
         )
 
 

@@ -121,3 +121,24 @@ def test_recipe_counts_changes_in_the_manifest_and_filters_emptied_records(workd
     assert manifest.counts.reasons["filtered"] == {"empty_after_clean": 1}
     assert [row["detail"] for row in set_aside(version)] == ["nothing left of completion after cleaning"]
     assert sorted(r["completion"] for r in outputs(version)) == ["Fine too", "Four & nothing else", "À gauche"]
+
+
+def test_text_left_as_spaces_alone_is_emptied_too(workdir: Path) -> None:
+    # Without whitespace normalising, "<p> </p>" left "  \n": counted as written, then cut by
+    # output.chunk_chars into no piece at all (no line published for it), or published blank without.
+    write_jsonl(workdir / "in.jsonl", [{"text": "<p> </p>\n"}, {"text": "A real page."}])
+    result = run(
+        workdir,
+        {
+            "dataset": "docs",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "document"},
+            "stages": [{"type": "clean", "normalize_whitespace": False}],
+            "output": {"format": "text", "chunk_chars": 100},
+        },
+    )
+    version = Path(result.version_uri)
+    manifest = read_manifest(str(version))
+    assert (manifest.counts.written, manifest.counts.reasons["filtered"]) == (1, {"empty_after_clean": 1})
+    assert [row["detail"] for row in set_aside(version)] == ["nothing left of text after cleaning"]
+    assert [r["text"] for r in outputs(version)] == ["A real page."]

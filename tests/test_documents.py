@@ -15,7 +15,7 @@ from fpdf import FPDF
 
 from connectors.chunk import chunk_text
 from connectors.documents import DocumentsSourceReader
-from schemas.config import ChunkConfig, DocumentsSource
+from schemas.config import ChunkConfig, DocumentsSource, RecipeError, parse_recipe
 from tests.helpers import outputs, refusing, run, set_aside
 
 PARAGRAPHS = [
@@ -301,6 +301,22 @@ def test_chunker_respects_size_overlap_and_paragraphs() -> None:
     assert "".join(p.text.replace(" ", "") for p in pieces) == long.replace(" ", "")
 
 
+def test_an_overlap_over_half_a_chunk_is_a_recipe_error_naming_it() -> None:
+    # With 3999 of 4000 and short paragraphs each chunk moved on by one paragraph: a 12 KB file of
+    # 1,000 lines came out as 668 chunks of about 4,000 characters (2.7 MB of one text repeated).
+    text = (
+        "dataset: d\nsources:\n  - type: documents\n    path: x\n"
+        "    chunk:\n      max_chars: 4000\n      overlap_chars: 3999\nrecord: {kind: document}\n"
+    )
+    with pytest.raises(
+        RecipeError, match=r"sources.0.chunk.overlap_chars \(line 7\): .*at most half of max_chars \(2000\)"
+    ):
+        parse_recipe(text)
+    parse_recipe(text.replace("3999", "2000"))  # half is the most: each chunk brings as much as it repeats
+    with pytest.raises(ValueError, match="at most half"):
+        chunk_text("a\n\nb", max_chars=200, overlap_chars=101)
+
+
 def test_a_long_paragraph_is_not_cut_between_the_words_of_a_name() -> None:
     line = "the refund for this account was approved by Daniel Okafor and sent to Maria de la Cruz today " * 12
     for max_chars in range(60, 140):
@@ -312,6 +328,22 @@ def test_a_long_paragraph_is_not_cut_between_the_words_of_a_name() -> None:
     # Words all capitalised: cut at the last space all the same, never inside a word.
     title = "Quarterly Review Of The Northern Region Accounts " * 6
     assert all(not p.text.startswith(" ") and len(p.text) <= 50 for p in chunk_text(title, max_chars=50))
+
+
+def test_a_long_paragraph_of_lines_without_spaces_is_cut_at_line_ends() -> None:
+    # A list of addresses, one a line: cut only at spaces, it was cut inside an address at the limit
+    # ("daniel.okafor@exa" | "mple.com"), half an address in each record, which the PII stage missed.
+    lines = [f"customer{i:03d}.okafor@example.com" for i in range(40)]
+    text = "\n".join(lines)
+    for max_chars in range(60, 200, 7):
+        pieces = [chunk.text for chunk in chunk_text(text, max_chars=max_chars)]
+        assert all(len(piece) <= max_chars for piece in pieces)
+        assert [line for piece in pieces for line in piece.split()] == lines, max_chars
+    # A list of names, one a line: cut between two lines, not between a first name and a surname.
+    names = "\n".join(["Daniel Okafor", "Maria Garcia", "Wei Zhang", "Amara Nwosu"] * 10)
+    for max_chars in range(60, 200, 7):
+        pieces = [chunk.text for chunk in chunk_text(names, max_chars=max_chars)]
+        assert all(piece.strip().split("\n")[-1].count(" ") == 1 for piece in pieces), max_chars
 
 
 def test_chunked_markdown_points_at_the_line_of_each_chunk(tmp_path: Path) -> None:

@@ -104,9 +104,21 @@ def test_text_format_loads_with_datasets_and_chunks_documents(workdir: Path) -> 
 
 
 def test_chunk_text_cuts_at_whitespace_and_never_drops_text() -> None:
-    assert chunk_text("aaaa bbbb cccc", 9) == ["aaaa bbbb", "cccc"]
+    assert chunk_text("aaaa bbbb cccc", 9) == ["aaaa", "bbbb cccc"]
     assert chunk_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
     assert chunk_text("short", 10) == ["short"]
+
+
+def test_chunk_text_keeps_paragraphs_and_names_whole_as_the_documents_chunker_does() -> None:
+    # Cut at the last space before the limit, a piece ended one paragraph's first word in and the
+    # next began mid-sentence; a name was cut between its words where another space would do.
+    text = "The refund was sent on Monday.\n\nSecond paragraph, on its own.\n\nAsk Maria Garcia."
+    assert chunk_text(text, 40) == [
+        "The refund was sent on Monday.",
+        "Second paragraph, on its own.",
+        "Ask Maria Garcia.",
+    ]
+    assert chunk_text("Please call back Daniel Okafor today", 30) == ["Please call back", "Daniel Okafor today"]
 
 
 def test_jumpstart_instruction_format_fills_its_template(workdir: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.storage import StorageError, hive_partitions
 from schemas.config import RecipeError
-from tests.helpers import outputs, run, write_jsonl
+from tests.helpers import outputs, run, write_jsonl, write_recipe
 
 RECORD = {"kind": "instruction", "prompt": "{{ description }} in {{ year }}", "completion": "category"}
 
@@ -63,6 +63,59 @@ def test_without_the_setting_partition_folders_are_only_folders(workdir: Path) -
         run(workdir, recipe("tx/"))
 
 
+@pytest.mark.parametrize("setting", [False, True])
+def test_a_folder_above_the_source_path_is_not_offered_as_a_partition(workdir: Path, setting: bool) -> None:
+    # ``year=2024`` lies above the path the source names: the setting reads no column from it, so
+    # the error said to set what would not help (or what was set already).
+    write_jsonl(workdir / "lake" / "year=2024" / "tx" / "a.jsonl", [{"description": "tea"}])
+    with pytest.raises(RecipeError, match=r"column 'year' is missing") as refused:
+        run(workdir, recipe("lake/year=2024/tx", hive_partitioning=setting))
+    assert "hive_partitioning" not in str(refused.value)
+
+
+def test_check_names_the_setting_for_a_column_in_folder_names_and_accepts_it_once_set(workdir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    lake(workdir / "tx")
+    said = {}
+    for setting in (False, True):
+        path = write_recipe(workdir, recipe("tx", hive_partitioning=setting))
+        checked = CliRunner().invoke(app, ["check", str(path)], env={"COLUMNS": "300"})
+        said[setting] = (checked.exit_code, " ".join(checked.output.split()))
+    assert said[False][0] == 2 and "column 'year' is missing" in said[False][1]
+    assert "'year=...' folders: 'hive_partitioning: true' on the source reads those as columns" in said[False][1]
+    assert said[True][0] == 0 and "input error" not in said[True][1]
+
+
+def test_files_named_without_a_suffix_as_hive_and_athena_write_them_are_read_in_the_declared_format(
+    workdir: Path,
+) -> None:
+    # Hive names a table's files 000000_0, Athena's CTAS a query id: under a folder only names ending in
+    # a known suffix were read, so such a table was "no input files match" whatever 'format' said.
+    folder = _made(workdir / "tx" / "category=Housing" / "year=2025")
+    pq.write_table(pa.table({"description": ["rent"]}), folder / "000000_0")
+    pq.write_table(pa.table({"description": ["water"]}), folder / "20250101_093000_00012_abcde_5f1c2e")
+    (folder / "_SUCCESS").write_text("")  # a marker still
+    (folder.parent / "year=2025_$folder$").write_text("")  # and the folder marker Hadoop's S3 clients write
+    (folder / "notes.txt").write_text("not a table file\n")  # another suffix: named, not read
+    result = run(workdir, recipe("tx", hive_partitioning=True, format="parquet"))
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == ["rent in 2025", "water in 2025"]
+
+
+def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read(workdir: Path) -> None:
+    # Spark skips names starting with '_' unless they hold '=' (a partition column such as ``_batch``):
+    # such a folder's files were skipped as if hidden, their records left out without a word.
+    write_jsonl(workdir / "tx" / "_batch=7" / "year=2025" / "a.jsonl", [{"description": "tea", "category": "Dining"}])
+    (workdir / "tx" / "_batch=7" / "year=2025" / "_SUCCESS").write_text("")  # still a marker, not input
+    write_jsonl(workdir / "tx" / "_temporary" / "year=2025" / "b.jsonl", [{"description": "half-written"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "prompt": "{{ description }} in {{ year }}, batch {{ _batch }}"}
+    result = run(workdir, spec)
+    assert [row["prompt"] for row in outputs(Path(result.version_uri))] == ["tea in 2025, batch 7"]
+
+
 def test_a_column_also_named_by_a_partition_folder_is_refused_by_name(workdir: Path) -> None:
     path = write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "tea", "year": 2023}])
     with pytest.raises(StorageError, match=rf"{path}: 'year' is both a column of the file and a partition folder"):
@@ -75,6 +128,8 @@ def test_partition_values_as_hive_writes_them() -> None:
         "b": None,  # Hive's folder for rows whose value is null
         "c": "x=y",
     }
+    # Arrow writes an empty text as ``k=`` (Spark writes it as Hive's null folder): read back as written.
+    assert hive_partitions("/lake", "/lake/k=/f.jsonl") == {"k": ""}
     assert hive_partitions("/lake/tx/a=1/f.jsonl", "/lake/tx/a=1/f.jsonl") == {}  # a file named: nothing below
     assert hive_partitions("/lake/tx/", "/lake/tx2/a=1/f.jsonl") == {}  # not below: no partial folder name
     with pytest.raises(StorageError, match="'a' comes twice"):
@@ -97,3 +152,27 @@ def test_a_partition_folder_named_source_is_read_as_input_source(workdir: Path) 
     result = run(workdir, spec)
     [row] = outputs(Path(result.version_uri))
     assert row["completion"] == "crm"
+
+
+def test_rows_of_a_file_outside_a_partition_folder_hold_null_for_it(workdir: Path) -> None:
+    # A table partitioned from some day on, beside its older flat files: the split groups by a column
+    # only some paths hold, as Arrow reads such a layout (null for the rest), where it failed the run
+    # on the first batch without it ("column 'year' is not in the records").
+    write_jsonl(workdir / "tx" / "old.jsonl", [{"description": f"tea {i}", "category": "Dining"} for i in range(4)])
+    write_jsonl(workdir / "tx" / "year=2025" / "a.jsonl", [{"description": "bus", "category": "Travel"}])
+    # A file that holds the column itself keeps its values: only a missing column is filled.
+    write_jsonl(workdir / "tx" / "older.jsonl", [{"description": "rent", "category": "Housing", "year": "2023"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "prompt": "{{ description }}"}
+    spec["output"] = {"validation_fraction": 0.5, "group_by": "year"}
+    result = run(workdir, spec)
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == [
+        "bus",
+        "rent",
+        "tea 0",
+        "tea 1",
+        "tea 2",
+        "tea 3",
+    ]
+    # The four without a year are a group each; the other two years one each.
+    assert sum(result.manifest.split["groups"].values()) == 6

@@ -553,3 +553,23 @@ def test_two_filter_and_expectations_stages_of_one_recipe_keep_their_names_on_ra
         ],
     )
     assert outcomes["ray"] == outcomes["local"]
+
+
+def test_partition_folders_are_read_as_on_the_embedded_executor(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    # One read task per file: each must find the keys of every file the source lists, so a flat
+    # file beside ``year=2025/`` holds null in ``year`` there too (grouped by it, as its own group).
+    for category, year in (("Dining", "2024"), ("Dining", "2025"), ("Travel", "2025")):
+        rows = [{"q": f"{category} question {i} of {year}", "a": f"Answer {i}."} for i in range(6)]
+        write_jsonl(workdir / "tx" / f"category={category}" / f"year={year}" / "part-0.jsonl", rows)
+    write_jsonl(workdir / "tx" / "category=Bills%2FUtilities" / "old.jsonl", [{"q": "Power bill?", "a": "Paid."}] * 3)
+    recipe = {
+        "dataset": "lake",
+        "sources": [{"path": str(workdir / "tx"), "hive_partitioning": True}],
+        "record": {"kind": "instruction", "prompt": "{{ q }} ({{ category }})", "completion": "a"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, "group_by": "year"},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+    assert expected["counts"]["written"] == 19 and expected["counts"]["duplicate"] == 2
+    assert local.manifest.split["groups"] == distributed.manifest.split["groups"]
+    assert actual == expected

@@ -10,8 +10,8 @@ Steps, in order (each can be switched off in the recipe):
 - ``whitespace_normalized``: runs of spaces, trailing spaces, runs of blank lines, space at the ends.
 
 Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
-records changed at all (``records_changed``). A record whose required text is empty after cleaning
-is filtered (reason ``empty_after_clean``): nothing is lost silently.
+records changed at all (``records_changed``). A record whose required text is empty (or spaces alone) after
+cleaning is filtered (reason ``empty_after_clean``): nothing is lost silently.
 """
 
 from __future__ import annotations
@@ -152,8 +152,12 @@ class Clean:
                 values = fixed
             batch = batch.set_column(batch.column_names.index(field), field, values)
         stats["records_changed"] = pc.sum(any_change).as_py() or 0
+        # Spaces alone are no text either (``Record._not_blank``): left by HTML with whitespace not
+        # normalised, they were published as a blank line, or as no line at all once cut into pieces.
         emptied = {
-            field: pc.fill_null(pc.equal(pc.utf8_length(batch[field]), 0), False).to_pylist()
+            field: pc.fill_null(
+                pc.or_(pc.equal(pc.utf8_length(batch[field]), 0), pc.utf8_is_space(batch[field])), False
+            ).to_pylist()
             for field in self.required
             if field in batch.column_names
         }
