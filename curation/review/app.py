@@ -9,9 +9,9 @@ default). Launching training is for admins only.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import math
-import mimetypes
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -331,7 +331,12 @@ def create_app(
                 body = stream.read()
         except (OSError, ValueError):
             raise HTTPException(404, f"the image {uri} cannot be read") from None
-        return Response(body, media_type=mimetypes.guess_type(uri)[0] or "application/octet-stream")
+        # Served on the page's origin: a record's "image" that is SVG, HTML or script, typed by its name,
+        # would run there when opened. Only a picture Pillow recognises is served, typed by its content.
+        media_type = _picture_type(body)
+        if media_type is None:
+            raise HTTPException(404, f"the image {uri} is not a picture (PNG, JPEG, GIF, WebP...)")
+        return Response(body, media_type=media_type, headers={"Content-Security-Policy": PICTURE_POLICY})
 
     # --- dataset versions and training -----------------------------------------------------------
 
@@ -580,6 +585,22 @@ def _manifest(recipe: Recipe | None, dataset: str, version: int) -> tuple[dict[s
         return None, False, f"{dataset} v{version} has no manifest under {recipe.output.dest}"
     has_report = _read_version_file(recipe, dataset, version, "report.html") is not None
     return json.loads(body), has_report, None
+
+
+# A picture needs nothing else: no scripts, styles or frames, whatever the browser makes of its bytes.
+PICTURE_POLICY = "default-src 'none'; sandbox"
+
+
+def _picture_type(body: bytes) -> str | None:
+    """The media type of a raster picture (from its content, not its name); None for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(body)) as picture:
+            media_type = Image.MIME.get(picture.format or "")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        return None
+    return media_type if media_type and media_type.startswith("image/") else None
 
 
 def _train_module() -> tuple[Any, str | None]:

@@ -1,0 +1,111 @@
+"""The review page attacked as a security reviewer would, through `curation review serve` as users
+run it: record content that is not what it claims to be."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from curation.review.queue import add_items
+from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
+from tests.review_server import review_server
+
+VQA_ITEM = 4  # the seed's own VQA item: a real PNG
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("review-security"))
+
+
+@pytest.fixture(scope="module")
+def server(seeded: Seeded) -> Iterator[str]:
+    with review_server(seeded) as base:
+        yield base
+
+
+class Session:
+    """An annotator signed in over plain HTTP: the session cookie is Secure, which an HTTP client
+    keeps off plain HTTP, so it is sent by hand."""
+
+    def __init__(self, base: str, name: str) -> None:
+        self.base = base
+        page = httpx.get(f"{base}/login")
+        self.cookie = page.headers["set-cookie"].split(";", 1)[0]
+        data = {"username": name, "password": PASSWORD, "csrf_token": _token(page.text)}
+        answer = httpx.post(f"{base}/login", data=data, headers={"Cookie": self.cookie})
+        assert answer.status_code == 303, answer.text
+        self.cookie = answer.headers["set-cookie"].split(";", 1)[0]
+        self.csrf = _token(self.get("/").text)
+
+    def get(self, path: str) -> httpx.Response:
+        return self._kept(httpx.get(f"{self.base}{path}", headers={"Cookie": self.cookie}))
+
+    def post(self, path: str, data: dict[str, str]) -> httpx.Response:
+        data = {**data, "csrf_token": self.csrf}
+        return self._kept(httpx.post(f"{self.base}{path}", data=data, headers={"Cookie": self.cookie}))
+
+    def _kept(self, answer: httpx.Response) -> httpx.Response:
+        # The session (its CSRF token, a message) travels in the cookie: keep what the server sets.
+        if "set-cookie" in answer.headers:
+            self.cookie = answer.headers["set-cookie"].split(";", 1)[0]
+        return answer
+
+
+def _token(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def _vqa_items(seeded: Seeded, images: dict[str, Path]) -> dict[str, int]:
+    """One VQA item per image (its name as the record's ``image``), as a stage would queue them."""
+    engine = sa.create_engine(seeded.state_url)
+    flags = [
+        {
+            "id": f"vqa-{label}",
+            "source": _source(str(seeded.folder / "charts.jsonl"), line),
+            "stage": "vqa",
+            "kind": "vqa",
+            "detail": "answer not checked yet",
+            "payload": {"image": str(path), "question": "What is shown?", "answer": "a chart"},
+        }
+        for line, (label, path) in enumerate(images.items(), start=10)
+    ]
+    add_items(engine, "charts", 1, "security", _flags(flags))
+    with engine.connect() as db:
+        rows = db.execute(sa.text("SELECT record_id, item_id FROM review_items WHERE run_id = 'security'")).all()
+    engine.dispose()
+    return {record.removeprefix("vqa-"): item for record, item in rows}
+
+
+def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: Seeded, server: str) -> None:
+    # A record's "image" is customer data: served on the page's origin as its name says (SVG, HTML,
+    # script), an annotator opening it would run the attacker's script there, with their session.
+    script = "<script>fetch('/undo', {method: 'POST'})</script>"
+    hostile = {
+        "svg": ("chart.svg", f'<svg xmlns="http://www.w3.org/2000/svg">{script}</svg>'),
+        "html": ("chart.html", f"<html><body>{script}</body></html>"),
+        "js": ("chart.js", "fetch('/undo', {method: 'POST'})"),
+        "html-named-png": ("scan.png", f"<html><body>{script}</body></html>"),
+    }
+    for label, (name, body) in hostile.items():
+        (seeded.folder / label).mkdir(exist_ok=True)
+        (seeded.folder / label / name).write_text(body)
+    items = _vqa_items(seeded, {label: seeded.folder / label / name for label, (name, _) in hostile.items()})
+    rita = Session(server, "rita")
+    for label, item_id in items.items():
+        answer = rita.get(f"/items/{item_id}/image")
+        assert answer.status_code == 404, label
+        assert answer.headers["content-type"].startswith("text/html"), label  # the page's own error page
+        assert "is not a picture" in answer.text and "<script>fetch" not in answer.text, label
+        # The item page still shows the item, to be decided on.
+        assert rita.get(f"/items/{item_id}").status_code == 200, label
+    picture = rita.get(f"/items/{VQA_ITEM}/image")
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    assert picture.headers["content-type"] == "image/png"
+    assert picture.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in picture.headers["content-security-policy"]
