@@ -1,5 +1,5 @@
-"""The review page attacked as a security reviewer would, through `curation review serve` as users
-run it: record content that is not what it claims to be."""
+"""The review page attacked as a security reviewer would, through `curation review serve`:
+record content that is not what it claims to be, ids past the store's range."""
 
 from __future__ import annotations
 
@@ -109,3 +109,18 @@ def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: S
     assert picture.headers["content-type"] == "image/png"
     assert picture.headers["x-content-type-options"] == "nosniff"
     assert "sandbox" in picture.headers["content-security-policy"]
+
+
+def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: str) -> None:
+    rita = Session(server, "rita")
+    huge = 10**20  # past SQLite's and PostgreSQL's integers: a database error (500) before
+    for answer in (
+        rita.get(f"/items/{huge}"),
+        rita.get(f"/items/{huge}/image"),
+        rita.post(f"/items/{huge}/decide", {"action": "reject"}),
+    ):
+        assert answer.status_code == 404, answer.request.url
+        assert answer.headers["content-type"].startswith("text/html"), answer.request.url
+        assert "item_id: Input should be less than or equal to" in answer.text
+        assert "rita" in answer.text  # the page, signed in
+    assert rita.get("/items/2").status_code == 200

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathPart
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -42,7 +43,7 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import KINDS, STATUSES, create_tables, gone_records, review_gone, review_items
+from curation.review.queue import KINDS, MAX_ITEM_ID, STATUSES, create_tables, gone_records, review_gone, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
@@ -105,6 +106,8 @@ def admin(user: CurrentUser) -> User:
 
 Admin = Annotated[User, Depends(admin)]
 CheckedForm = Annotated[FormData, Depends(checked_form)]
+# An item id past the store's integer column is no item (404), not a database error (500).
+ItemId = Annotated[int, PathPart(le=MAX_ITEM_ID)]
 
 
 def create_app(
@@ -238,7 +241,7 @@ def create_app(
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
-    def item(request: Request, item_id: int, user: CurrentUser) -> Response:
+    def item(request: Request, item_id: ItemId, user: CurrentUser) -> Response:
         seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
         filters = _filters(request)
@@ -271,7 +274,7 @@ def create_app(
         )
 
     @app.post("/items/{item_id}/decide")
-    def decide(request: Request, item_id: int, user: CurrentUser, form: CheckedForm) -> Response:
+    def decide(request: Request, item_id: ItemId, user: CurrentUser, form: CheckedForm) -> Response:
         row = _get_item(engine, item_id)
         action = str(form.get("action", ""))
         seen = form.get("seen")
@@ -318,7 +321,7 @@ def create_app(
         return RedirectResponse(f"/items/{undone['item_id']}{suffix}", status_code=303)
 
     @app.get("/items/{item_id}/image")
-    def item_image(item_id: int, user: CurrentUser) -> Response:
+    def item_image(item_id: ItemId, user: CurrentUser) -> Response:
         row = _get_item(engine, item_id)
         if row["kind"] != "vqa":
             raise HTTPException(404, "only VQA items have an image")
