@@ -1,8 +1,10 @@
-"""The review page attacked as a security reviewer would, through `curation review serve`:
-record content that is not what it claims to be, ids past the store's range."""
+"""The review page attacked as a security reviewer would, through `curation review serve` and
+`curation review import` as users run them: record content that is not what it claims to be, ids
+past the store's range, and crafted Label Studio exports."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +13,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from curation.review import decisions as dec
 from curation.review.queue import add_items
 from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
 from tests.review_server import review_server
+from tests.test_review_cli import review
 
 VQA_ITEM = 4  # the seed's own VQA item: a real PNG
 
@@ -124,3 +128,48 @@ def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: st
         assert "item_id: Input should be less than or equal to" in answer.text
         assert "rita" in answer.text  # the page, signed in
     assert rita.get("/items/2").status_code == 200
+
+
+def _import(seeded: Seeded, tmp_path: Path, body: str) -> str:
+    """``review import`` of ``body`` as a file: it must refuse it in one line naming the file, no traceback."""
+    export = tmp_path / "export.json"
+    export.write_text(body)
+    before = _decisions(seeded)
+    done = review("import", str(export), "--user", "ada", "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error {export}: ") and done.stderr.count("\n") <= 2, done.stderr
+    assert _decisions(seeded) == before  # nothing recorded
+    return " ".join(done.stderr.split())
+
+
+def _decisions(seeded: Seeded) -> int:
+    engine = sa.create_engine(seeded.state_url)
+    with engine.connect() as db:
+        count = db.execute(sa.select(sa.func.count()).select_from(dec.decisions)).scalar_one()
+    engine.dispose()
+    return count
+
+
+def _task(data: dict, result: list[dict]) -> str:
+    return json.dumps([{"id": 7, "data": data, "annotations": [{"id": 1, "result": result}]}])
+
+
+def test_a_crafted_label_studio_export_is_refused_in_one_line(seeded: Seeded, tmp_path: Path) -> None:
+    approve = [{"from_name": "decision", "type": "choices", "value": {"choices": ["approve"]}}]
+    # Nested deeper than Python's JSON reader goes (a RecursionError before).
+    assert "nested too deeply" in _import(seeded, tmp_path, "[" * 100_000 + "]" * 100_000)
+    # An item id past the store's integers (an OverflowError from the database driver before).
+    said = _import(seeded, tmp_path, _task({"item_id": 10**24}, approve))
+    assert "task 0 (Label Studio id 7): data.item_id 1000000000000000000000000 is no review item's id" in said
+    # true is 1 to Python: it named the store's first item.
+    assert "data.item_id True is no review item's id" in _import(seeded, tmp_path, _task({"item_id": True}, approve))
+    # An answer that is not text (an AttributeError from deep in the decisions before).
+    answer = [{"from_name": "answer", "type": "textarea", "value": {"text": {"nested": "object"}}}]
+    said = _import(seeded, tmp_path, _task({"item_id": VQA_ITEM}, answer))
+    assert "is not a task as Label Studio exports them: the answer is a dict, not text" in said
+    # A label's offset that is no number of characters (1e400 is infinity to Python's JSON reader).
+    label = {"from_name": "label", "type": "labels", "value": {"start": 1e400, "end": 3, "text": "x"}}
+    text = json.loads(dec.get_item(sa.create_engine(seeded.state_url), 2)["payload"])["original"]
+    said = _import(seeded, tmp_path, _task({"item_id": 2, "text": text}, [label]).replace("Infinity", "1e400"))
+    assert "is not a task as Label Studio exports them: cannot convert float infinity to integer" in said
