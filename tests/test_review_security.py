@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
+from curation.review.app import MAX_PICTURE_BYTES
 from curation.review.queue import add_items
 from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
 from tests.review_server import review_server
@@ -113,6 +114,19 @@ def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: S
     assert picture.headers["content-type"] == "image/png"
     assert picture.headers["x-content-type-options"] == "nosniff"
     assert "sandbox" in picture.headers["content-security-policy"]
+
+
+def test_a_records_image_is_read_only_to_a_limit(seeded: Seeded, server: str) -> None:
+    # A record's image name could be any file the server can read, endless ones included.
+    large = seeded.folder / "large.png"
+    with large.open("wb") as sparse:
+        sparse.truncate(MAX_PICTURE_BYTES + 1)
+    items = _vqa_items(seeded, {"large": large, "endless": Path("/dev/zero")})
+    rita = Session(server, "rita")
+    for label in ("large", "endless"):  # this order: without a limit, /dev/zero is read until memory runs out
+        answer = rita.get(f"/items/{items[label]}/image")
+        assert answer.status_code == 404, label
+        assert "is over 64 MiB: too large to show" in answer.text, label
 
 
 def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: str) -> None:

@@ -331,9 +331,12 @@ def create_app(
         try:
             fs, path = filesystem(uri)
             with fs.open_input_stream(path) as stream:
-                body = stream.read()
+                # Read to a limit: a name such as /dev/zero would otherwise be read until memory runs out.
+                body = stream.read(MAX_PICTURE_BYTES + 1)
         except (OSError, ValueError):
             raise HTTPException(404, f"the image {uri} cannot be read") from None
+        if len(body) > MAX_PICTURE_BYTES:
+            raise HTTPException(404, f"the image {uri} is over {MAX_PICTURE_BYTES // 2**20} MiB: too large to show")
         # Served on the page's origin: a record's "image" that is SVG, HTML or script, typed by its name,
         # would run there when opened. Only a picture Pillow recognises is served, typed by its content.
         media_type = _picture_type(body)
@@ -589,6 +592,8 @@ def _manifest(recipe: Recipe | None, dataset: str, version: int) -> tuple[dict[s
     has_report = _read_version_file(recipe, dataset, version, "report.html") is not None
     return json.loads(body), has_report, None
 
+
+MAX_PICTURE_BYTES = 64 * 2**20  # a VQA item's image the page serves (larger pictures are not shown)
 
 # A picture needs nothing else: no scripts, styles or frames, whatever the browser makes of its bytes.
 PICTURE_POLICY = "default-src 'none'; sandbox"
