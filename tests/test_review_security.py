@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -142,6 +143,24 @@ def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: st
         assert "item_id: Input should be less than or equal to" in answer.text
         assert "rita" in answer.text  # the page, signed in
     assert rita.get("/items/2").status_code == 200
+
+
+def test_a_burst_of_guesses_gets_no_more_than_the_limit(server: str) -> None:
+    # Sent at once, each guess was checked against the limit before any of them was counted: 20
+    # concurrent guesses at one name were all tried, where the limit is 5 per 15 minutes.
+    forms = []
+    for _ in range(20):
+        page = httpx.get(f"{server}/login")
+        cookie = page.headers["set-cookie"].split(";", 1)[0]
+        forms.append(({"username": "pia", "password": "a guess", "csrf_token": _token(page.text)}, cookie))
+
+    def guess(form: tuple[dict[str, str], str]) -> int:
+        data, cookie = form
+        return httpx.post(f"{server}/login", data=data, headers={"Cookie": cookie}, timeout=60).status_code
+
+    with ThreadPoolExecutor(len(forms)) as pool:
+        answers = list(pool.map(guess, forms))
+    assert sorted(answers) == [401] * 5 + [429] * 15
 
 
 def _import(seeded: Seeded, tmp_path: Path, body: str) -> str:

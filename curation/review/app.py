@@ -190,16 +190,17 @@ def create_app(
     def login(request: Request, form: CheckedForm) -> Response:
         name, next_page = str(form.get("username", "")), _safe_next(str(form.get("next", "/")))
         address = request.client.host if request.client else ""
-        wait = sign_in_limits.wait(name, address)
-        if wait:
-            response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
-            response.headers["Retry-After"] = str(wait)
-            return response
-        user = authenticate(engine, name, str(form.get("password", "")))
-        if user is None:
-            sign_in_limits.failed(name, address)
-            return render(request, "login.html", None, 401, next=next_page, failed=True)
-        sign_in_limits.succeeded(name)
+        with sign_in_limits.attempt(name, address):
+            wait = sign_in_limits.wait(name, address)
+            if wait:
+                response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
+                response.headers["Retry-After"] = str(wait)
+                return response
+            user = authenticate(engine, name, str(form.get("password", "")))
+            if user is None:
+                sign_in_limits.failed(name, address)
+                return render(request, "login.html", None, 401, next=next_page, failed=True)
+            sign_in_limits.succeeded(name)
         end_session(engine, request.session.get("session"))
         request.session.clear()  # a new session on sign-in: nothing from before carries over
         request.session["session"] = start_session(engine, user.name)
