@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from curation.review import decisions as dec
 from curation.review.app import MAX_PICTURE_BYTES
 from curation.review.queue import add_items
+from tests.conftest import chromium
 from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
-from tests.review_server import review_server
+from tests.review_server import review_server, sign_in
 from tests.test_review_cli import review
 
 VQA_ITEM = 4  # the seed's own VQA item: a real PNG
@@ -117,6 +118,66 @@ def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: S
     assert "sandbox" in picture.headers["content-security-policy"]
 
 
+HOSTILE = "\"'><img src=x onerror=alert(1)><script>document.title='pwned'</script><svg onload=alert(2)>"
+
+
+def test_hostile_record_content_runs_nothing_in_the_browser(seeded: Seeded, server: str) -> None:
+    """Customer text in every place the page shows it, and a record whose image is an SVG that loads
+    a script (another record's image, a .js file) from the page's origin, opened as an annotator would."""
+    (seeded.folder / "hostile").mkdir(exist_ok=True)
+    script = seeded.folder / "hostile" / "payload.js"
+    script.write_text("document.title = 'pwned';")
+    script_item = _vqa_items(seeded, {"payload-js": script})["payload-js"]
+    svg = seeded.folder / "hostile" / "picture.svg"
+    svg.write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><script href="/items/{script_item}/image"/></svg>')
+    svg_item = _vqa_items(seeded, {"picture-svg": svg})["picture-svg"]
+    engine = sa.create_engine(seeded.state_url)
+    source = _source(f"/in/{HOSTILE}.jsonl", 1)
+    text = f"pay {HOSTILE} now"
+    pii = {
+        "field": "completion",
+        "original": text,
+        "redacted": text.replace(HOSTILE, "<PERSON>"),
+        "spans": [{"start": 4, "end": 4 + len(HOSTILE), "entity": HOSTILE, "score": 0.5, "placeholder": HOSTILE}],
+    }
+    side = {"id": HOSTILE, "text": text, "fields": {"completion": text}}
+    flags = [
+        {"id": "hostile-pii", "kind": "pii", "payload": pii},
+        {"id": "hostile-dup", "kind": "near_duplicate", "payload": {"kept": side, "member": side, "similarity": 1}},
+        {"id": "hostile-bad", "kind": "quarantined", "payload": {"reason": HOSTILE, "detail": text, "record": text}},
+    ]
+    add_items(
+        engine,
+        "support",
+        1,
+        "hostile",
+        _flags([{**flag, "source": source, "stage": "pii", "detail": text} for flag in flags]),
+    )
+    with engine.connect() as db:
+        items = (
+            db.execute(sa.text("SELECT item_id FROM review_items WHERE run_id = 'hostile' ORDER BY item_id"))
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    with chromium() as browser:
+        for name in ("rita", "pia"):
+            page = sign_in(browser, server, name)
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog, said=dialogs: (said.append(dialog.message), dialog.dismiss()))
+            for path in ["/", *(f"/items/{item}" for item in items), f"/items/{svg_item}/image"]:
+                page.goto(f"{server}{path}")
+                page.wait_for_load_state("load")
+                assert page.title() != "pwned", (name, path)
+                # No element the text could have made: it is text, not markup.
+                injected = page.locator("img[src=x], svg[onload], [onerror], script:not([src='/static/review.js'])")
+                assert injected.count() == 0, (name, path)
+            assert dialogs == [], name
+            page.goto(f"{server}/items/{items[0]}")
+            assert HOSTILE in page.locator("main").inner_text(), name  # shown as the text it is
+            page.context.close()
+
+
 def test_a_records_image_is_read_only_to_a_limit(seeded: Seeded, server: str) -> None:
     # A record's image name could be any file the server can read, endless ones included.
     large = seeded.folder / "large.png"
@@ -152,7 +213,7 @@ def test_a_burst_of_guesses_gets_no_more_than_the_limit(server: str) -> None:
     for _ in range(20):
         page = httpx.get(f"{server}/login")
         cookie = page.headers["set-cookie"].split(";", 1)[0]
-        forms.append(({"username": "pia", "password": "a guess", "csrf_token": _token(page.text)}, cookie))
+        forms.append(({"username": "ada", "password": "a guess", "csrf_token": _token(page.text)}, cookie))
 
     def guess(form: tuple[dict[str, str], str]) -> int:
         data, cookie = form
