@@ -224,6 +224,21 @@ def test_a_burst_of_guesses_gets_no_more_than_the_limit(server: str) -> None:
     assert sorted(answers) == [401] * 5 + [429] * 15
 
 
+def test_a_file_posted_to_a_form_is_refused_before_it_is_stored(server: str) -> None:
+    # Anyone who reaches the page may post to sign-in; no form of the page takes a file.
+    page = httpx.get(f"{server}/login")
+    cookie = page.headers["set-cookie"].split(";", 1)[0]
+    data = {"username": "rita", "password": PASSWORD, "csrf_token": _token(page.text)}
+    files = {"upload": ("big.bin", b"\0" * 4 * 2**20)}
+    answer = httpx.post(f"{server}/login", data=data, files=files, headers={"Cookie": cookie})
+    assert answer.status_code == 400 and "Too many files. Maximum number of files is 0." in answer.text
+    # The same form as the page sends it (multipart, without a file) signs in.
+    answer = httpx.post(
+        f"{server}/login", files={name: (None, value) for name, value in data.items()}, headers={"Cookie": cookie}
+    )
+    assert answer.status_code == 303
+
+
 def _import(seeded: Seeded, tmp_path: Path, body: str) -> str:
     """``review import`` of ``body`` as a file: it must refuse it in one line naming the file, no traceback."""
     export = tmp_path / "export.json"

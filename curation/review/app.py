@@ -79,7 +79,9 @@ def _csrf_token(request: Request) -> str:
 
 async def checked_form(request: Request) -> FormData:
     """The POSTed form, once its CSRF token matches the session's; 403 otherwise."""
-    form = await request.form()
+    # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
+    # not), would be spooled to disk whatever its size.
+    form = await request.form(max_files=0)
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
     if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
