@@ -9,9 +9,9 @@ default). Launching training is for admins only.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import math
-import mimetypes
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathPart
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -42,7 +43,7 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import KINDS, STATUSES, create_tables, gone_records, review_gone, review_items
+from curation.review.queue import KINDS, MAX_ITEM_ID, STATUSES, create_tables, gone_records, review_gone, review_items
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
@@ -78,7 +79,9 @@ def _csrf_token(request: Request) -> str:
 
 async def checked_form(request: Request) -> FormData:
     """The POSTed form, once its CSRF token matches the session's; 403 otherwise."""
-    form = await request.form()
+    # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
+    # not), would be spooled to disk whatever its size.
+    form = await request.form(max_files=0)
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
     if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
@@ -105,6 +108,8 @@ def admin(user: CurrentUser) -> User:
 
 Admin = Annotated[User, Depends(admin)]
 CheckedForm = Annotated[FormData, Depends(checked_form)]
+# An item id past the store's integer column is no item (404), not a database error (500).
+ItemId = Annotated[int, PathPart(le=MAX_ITEM_ID)]
 
 
 def create_app(
@@ -187,16 +192,17 @@ def create_app(
     def login(request: Request, form: CheckedForm) -> Response:
         name, next_page = str(form.get("username", "")), _safe_next(str(form.get("next", "/")))
         address = request.client.host if request.client else ""
-        wait = sign_in_limits.wait(name, address)
-        if wait:
-            response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
-            response.headers["Retry-After"] = str(wait)
-            return response
-        user = authenticate(engine, name, str(form.get("password", "")))
-        if user is None:
-            sign_in_limits.failed(name, address)
-            return render(request, "login.html", None, 401, next=next_page, failed=True)
-        sign_in_limits.succeeded(name)
+        with sign_in_limits.attempt(name, address):
+            wait = sign_in_limits.wait(name, address)
+            if wait:
+                response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
+                response.headers["Retry-After"] = str(wait)
+                return response
+            user = authenticate(engine, name, str(form.get("password", "")))
+            if user is None:
+                sign_in_limits.failed(name, address)
+                return render(request, "login.html", None, 401, next=next_page, failed=True)
+            sign_in_limits.succeeded(name)
         end_session(engine, request.session.get("session"))
         request.session.clear()  # a new session on sign-in: nothing from before carries over
         request.session["session"] = start_session(engine, user.name)
@@ -239,7 +245,7 @@ def create_app(
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
-    def item(request: Request, item_id: int, user: CurrentUser) -> Response:
+    def item(request: Request, item_id: ItemId, user: CurrentUser) -> Response:
         seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
         filters = _filters(request)
@@ -272,7 +278,7 @@ def create_app(
         )
 
     @app.post("/items/{item_id}/decide")
-    def decide(request: Request, item_id: int, user: CurrentUser, form: CheckedForm) -> Response:
+    def decide(request: Request, item_id: ItemId, user: CurrentUser, form: CheckedForm) -> Response:
         row = _get_item(engine, item_id)
         action = str(form.get("action", ""))
         seen = form.get("seen")
@@ -319,7 +325,7 @@ def create_app(
         return RedirectResponse(f"/items/{undone['item_id']}{suffix}", status_code=303)
 
     @app.get("/items/{item_id}/image")
-    def item_image(item_id: int, user: CurrentUser) -> Response:
+    def item_image(item_id: ItemId, user: CurrentUser) -> Response:
         row = _get_item(engine, item_id)
         if row["kind"] != "vqa":
             raise HTTPException(404, "only VQA items have an image")
@@ -329,10 +335,18 @@ def create_app(
         try:
             fs, path = filesystem(uri)
             with fs.open_input_stream(path) as stream:
-                body = stream.read()
+                # Read to a limit: a name such as /dev/zero would otherwise be read until memory runs out.
+                body = stream.read(MAX_PICTURE_BYTES + 1)
         except (OSError, ValueError):
             raise HTTPException(404, f"the image {uri} cannot be read") from None
-        return Response(body, media_type=mimetypes.guess_type(uri)[0] or "application/octet-stream")
+        if len(body) > MAX_PICTURE_BYTES:
+            raise HTTPException(404, f"the image {uri} is over {MAX_PICTURE_BYTES // 2**20} MiB: too large to show")
+        # Served on the page's origin: a record's "image" that is SVG, HTML or script, typed by its name,
+        # would run there when opened. Only a picture Pillow recognises is served, typed by its content.
+        media_type = _picture_type(body)
+        if media_type is None:
+            raise HTTPException(404, f"the image {uri} is not a picture (PNG, JPEG, GIF, WebP...)")
+        return Response(body, media_type=media_type, headers={"Content-Security-Policy": PICTURE_POLICY})
 
     # --- dataset versions and training -----------------------------------------------------------
 
@@ -594,6 +608,24 @@ def _manifest(recipe: Recipe | None, dataset: str, version: int) -> tuple[dict[s
         return None, False, f"{dataset} v{version} has no manifest under {recipe.output.dest}"
     has_report = _read_version_file(recipe, dataset, version, "report.html") is not None
     return json.loads(body), has_report, None
+
+
+MAX_PICTURE_BYTES = 64 * 2**20  # a VQA item's image the page serves (larger pictures are not shown)
+
+# A picture needs nothing else: no scripts, styles or frames, whatever the browser makes of its bytes.
+PICTURE_POLICY = "default-src 'none'; sandbox"
+
+
+def _picture_type(body: bytes) -> str | None:
+    """The media type of a raster picture (from its content, not its name); None for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(body)) as picture:
+            media_type = Image.MIME.get(picture.format or "")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        return None
+    return media_type if media_type and media_type.startswith("image/") else None
 
 
 def _train_module() -> tuple[Any, str | None]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -177,6 +180,19 @@ class SignInLimits:
     def __init__(self, per_name: str = "5 per 15 minutes", per_address: str = "30 per 15 minutes") -> None:
         self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
         self._rates = {"name": parse(per_name), "address": parse(per_address)}
+        # Striped, so that their number stays bounded whatever names are tried.
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    @contextmanager
+    def attempt(self, name: str, address: str) -> Iterator[None]:
+        """Held while one sign-in of ``name`` from ``address`` is checked, verified and counted: sign-ins
+        of one name, or from one address, are taken one at a time. Checked at once, a burst of guesses
+        would all pass ``wait`` before the first of them failed, each one a guess past the limit."""
+        stripes = sorted({hash((kind, key)) % len(self._locks) for kind, key in (("name", name), ("address", address))})
+        with ExitStack() as held:
+            for stripe in stripes:
+                held.enter_context(self._locks[stripe])
+            yield
 
     def wait(self, name: str, address: str) -> int:
         """Seconds until ``name`` may try again from ``address``; 0 when it may now."""

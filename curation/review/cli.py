@@ -234,6 +234,9 @@ def import_(
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         console.print(f"[red]error[/red] {path}: not a Label Studio JSON export ({error})", highlight=False)
         raise typer.Exit(2) from None
+    except RecursionError:  # Python's JSON reader gives up on lists or objects nested thousands deep
+        console.print(f"[red]error[/red] {path}: not a Label Studio JSON export (nested too deeply)", highlight=False)
+        raise typer.Exit(2) from None
     if not isinstance(tasks, list):
         console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
         raise typer.Exit(2)

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.auth import NOT_PII_REFUSAL, find_user
-from curation.review.queue import create_tables, gone_records, review_items
+from curation.review.queue import MAX_ITEM_ID, create_tables, gone_records, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
     <Choice value="approve"/><Choice value="reject"/>{more}
@@ -220,7 +220,10 @@ def import_annotations(
             if annotation is None:
                 counts["skipped"] += 1
                 continue
-            item = dec.get_item(engine, int(data["item_id"]))
+            item_id = data["item_id"]
+            if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
+                raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
+            item = dec.get_item(engine, int(item_id))
             if data.get("record_id", item["record_id"]) != item["record_id"]:
                 # Item ids are the store's own: an export from another store (or one made again) names others.
                 raise LabelStudioError(
@@ -239,7 +242,7 @@ def import_annotations(
             raise
         except dec.DecisionError as error:  # an item that is not in the queue
             raise LabelStudioError(f"{where}: {error}") from None
-        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as error:
             problem = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
         if choice in ("reject", "keep"):
@@ -298,6 +301,8 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
         answer = next((r["value"]["text"] for r in results if r.get("from_name") == "answer"), None)
         if isinstance(answer, list):
             answer = answer[0] if answer else None
+        if answer is not None and not isinstance(answer, str):
+            raise TypeError(f"the answer is a {type(answer).__name__}, not text")
         if answer and answer != payload.get("answer"):
             edit.fields["answer"] = answer
     return edit if (edit.fields or edit.not_pii) else None

@@ -19,6 +19,8 @@ from connectors.batches import IDS_PER_QUERY, batched
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
+# The largest item id the store's integer column holds (PostgreSQL's INTEGER): a larger one names no item.
+MAX_ITEM_ID = 2**31 - 1
 
 review_items = sa.Table(
     "review_items",

@@ -1,0 +1,284 @@
+"""The review page attacked as a security reviewer would, through `curation review serve` and
+`curation review import` as users run them: record content that is not what it claims to be, ids
+past the store's range, and crafted Label Studio exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from curation.review import decisions as dec
+from curation.review.app import MAX_PICTURE_BYTES
+from curation.review.queue import add_items
+from tests.conftest import chromium
+from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
+from tests.review_server import review_server, sign_in
+from tests.test_review_cli import review
+
+VQA_ITEM = 4  # the seed's own VQA item: a real PNG
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("review-security"))
+
+
+@pytest.fixture(scope="module")
+def server(seeded: Seeded) -> Iterator[str]:
+    with review_server(seeded) as base:
+        yield base
+
+
+class Session:
+    """An annotator signed in over plain HTTP: the session cookie is Secure, which an HTTP client
+    keeps off plain HTTP, so it is sent by hand."""
+
+    def __init__(self, base: str, name: str) -> None:
+        self.base = base
+        page = httpx.get(f"{base}/login")
+        self.cookie = page.headers["set-cookie"].split(";", 1)[0]
+        data = {"username": name, "password": PASSWORD, "csrf_token": _token(page.text)}
+        answer = httpx.post(f"{base}/login", data=data, headers={"Cookie": self.cookie})
+        assert answer.status_code == 303, answer.text
+        self.cookie = answer.headers["set-cookie"].split(";", 1)[0]
+        self.csrf = _token(self.get("/").text)
+
+    def get(self, path: str) -> httpx.Response:
+        return self._kept(httpx.get(f"{self.base}{path}", headers={"Cookie": self.cookie}))
+
+    def post(self, path: str, data: dict[str, str]) -> httpx.Response:
+        data = {**data, "csrf_token": self.csrf}
+        return self._kept(httpx.post(f"{self.base}{path}", data=data, headers={"Cookie": self.cookie}))
+
+    def _kept(self, answer: httpx.Response) -> httpx.Response:
+        # The session (its CSRF token, a message) travels in the cookie: keep what the server sets.
+        if "set-cookie" in answer.headers:
+            self.cookie = answer.headers["set-cookie"].split(";", 1)[0]
+        return answer
+
+
+def _token(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def _vqa_items(seeded: Seeded, images: dict[str, Path]) -> dict[str, int]:
+    """One VQA item per image (its name as the record's ``image``), as a stage would queue them."""
+    engine = sa.create_engine(seeded.state_url)
+    flags = [
+        {
+            "id": f"vqa-{label}",
+            "source": _source(str(seeded.folder / "charts.jsonl"), line),
+            "stage": "vqa",
+            "kind": "vqa",
+            "detail": "answer not checked yet",
+            "payload": {"image": str(path), "question": "What is shown?", "answer": "a chart"},
+        }
+        for line, (label, path) in enumerate(images.items(), start=10)
+    ]
+    add_items(engine, "charts", 1, "security", _flags(flags))
+    with engine.connect() as db:
+        rows = db.execute(sa.text("SELECT record_id, item_id FROM review_items WHERE run_id = 'security'")).all()
+    engine.dispose()
+    return {record.removeprefix("vqa-"): item for record, item in rows}
+
+
+def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: Seeded, server: str) -> None:
+    # A record's "image" is customer data: served on the page's origin as its name says (SVG, HTML,
+    # script), an annotator opening it would run the attacker's script there, with their session.
+    script = "<script>fetch('/undo', {method: 'POST'})</script>"
+    hostile = {
+        "svg": ("chart.svg", f'<svg xmlns="http://www.w3.org/2000/svg">{script}</svg>'),
+        "html": ("chart.html", f"<html><body>{script}</body></html>"),
+        "js": ("chart.js", "fetch('/undo', {method: 'POST'})"),
+        "html-named-png": ("scan.png", f"<html><body>{script}</body></html>"),
+    }
+    for label, (name, body) in hostile.items():
+        (seeded.folder / label).mkdir(exist_ok=True)
+        (seeded.folder / label / name).write_text(body)
+    items = _vqa_items(seeded, {label: seeded.folder / label / name for label, (name, _) in hostile.items()})
+    rita = Session(server, "rita")
+    for label, item_id in items.items():
+        answer = rita.get(f"/items/{item_id}/image")
+        assert answer.status_code == 404, label
+        assert answer.headers["content-type"].startswith("text/html"), label  # the page's own error page
+        assert "is not a picture" in answer.text and "<script>fetch" not in answer.text, label
+        # The item page still shows the item, to be decided on.
+        assert rita.get(f"/items/{item_id}").status_code == 200, label
+    picture = rita.get(f"/items/{VQA_ITEM}/image")
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    assert picture.headers["content-type"] == "image/png"
+    assert picture.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in picture.headers["content-security-policy"]
+
+
+HOSTILE = "\"'><img src=x onerror=alert(1)><script>document.title='pwned'</script><svg onload=alert(2)>"
+
+
+def test_hostile_record_content_runs_nothing_in_the_browser(seeded: Seeded, server: str) -> None:
+    """Customer text in every place the page shows it, and a record whose image is an SVG that loads
+    a script (another record's image, a .js file) from the page's origin, opened as an annotator would."""
+    (seeded.folder / "hostile").mkdir(exist_ok=True)
+    script = seeded.folder / "hostile" / "payload.js"
+    script.write_text("document.title = 'pwned';")
+    script_item = _vqa_items(seeded, {"payload-js": script})["payload-js"]
+    svg = seeded.folder / "hostile" / "picture.svg"
+    svg.write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><script href="/items/{script_item}/image"/></svg>')
+    svg_item = _vqa_items(seeded, {"picture-svg": svg})["picture-svg"]
+    engine = sa.create_engine(seeded.state_url)
+    source = _source(f"/in/{HOSTILE}.jsonl", 1)
+    text = f"pay {HOSTILE} now"
+    pii = {
+        "field": "completion",
+        "original": text,
+        "redacted": text.replace(HOSTILE, "<PERSON>"),
+        "spans": [{"start": 4, "end": 4 + len(HOSTILE), "entity": HOSTILE, "score": 0.5, "placeholder": HOSTILE}],
+    }
+    side = {"id": HOSTILE, "text": text, "fields": {"completion": text}}
+    flags = [
+        {"id": "hostile-pii", "kind": "pii", "payload": pii},
+        {"id": "hostile-dup", "kind": "near_duplicate", "payload": {"kept": side, "member": side, "similarity": 1}},
+        {"id": "hostile-bad", "kind": "quarantined", "payload": {"reason": HOSTILE, "detail": text, "record": text}},
+    ]
+    add_items(
+        engine,
+        "support",
+        1,
+        "hostile",
+        _flags([{**flag, "source": source, "stage": "pii", "detail": text} for flag in flags]),
+    )
+    with engine.connect() as db:
+        items = (
+            db.execute(sa.text("SELECT item_id FROM review_items WHERE run_id = 'hostile' ORDER BY item_id"))
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    with chromium() as browser:
+        for name in ("rita", "pia"):
+            page = sign_in(browser, server, name)
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog, said=dialogs: (said.append(dialog.message), dialog.dismiss()))
+            for path in ["/", *(f"/items/{item}" for item in items), f"/items/{svg_item}/image"]:
+                page.goto(f"{server}{path}")
+                page.wait_for_load_state("load")
+                assert page.title() != "pwned", (name, path)
+                # No element the text could have made: it is text, not markup.
+                injected = page.locator("img[src=x], svg[onload], [onerror], script:not([src='/static/review.js'])")
+                assert injected.count() == 0, (name, path)
+            assert dialogs == [], name
+            page.goto(f"{server}/items/{items[0]}")
+            assert HOSTILE in page.locator("main").inner_text(), name  # shown as the text it is
+            page.context.close()
+
+
+def test_a_records_image_is_read_only_to_a_limit(seeded: Seeded, server: str) -> None:
+    # A record's image name could be any file the server can read, endless ones included.
+    large = seeded.folder / "large.png"
+    with large.open("wb") as sparse:
+        sparse.truncate(MAX_PICTURE_BYTES + 1)
+    items = _vqa_items(seeded, {"large": large, "endless": Path("/dev/zero")})
+    rita = Session(server, "rita")
+    for label in ("large", "endless"):  # this order: without a limit, /dev/zero is read until memory runs out
+        answer = rita.get(f"/items/{items[label]}/image")
+        assert answer.status_code == 404, label
+        assert "is over 64 MiB: too large to show" in answer.text, label
+
+
+def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: str) -> None:
+    rita = Session(server, "rita")
+    huge = 10**20  # past SQLite's and PostgreSQL's integers: a database error (500) before
+    for answer in (
+        rita.get(f"/items/{huge}"),
+        rita.get(f"/items/{huge}/image"),
+        rita.post(f"/items/{huge}/decide", {"action": "reject"}),
+    ):
+        assert answer.status_code == 404, answer.request.url
+        assert answer.headers["content-type"].startswith("text/html"), answer.request.url
+        assert "item_id: Input should be less than or equal to" in answer.text
+        assert "rita" in answer.text  # the page, signed in
+    assert rita.get("/items/2").status_code == 200
+
+
+def test_a_burst_of_guesses_gets_no_more_than_the_limit(server: str) -> None:
+    # Sent at once, each guess was checked against the limit before any of them was counted: 20
+    # concurrent guesses at one name were all tried, where the limit is 5 per 15 minutes.
+    forms = []
+    for _ in range(20):
+        page = httpx.get(f"{server}/login")
+        cookie = page.headers["set-cookie"].split(";", 1)[0]
+        forms.append(({"username": "ada", "password": "a guess", "csrf_token": _token(page.text)}, cookie))
+
+    def guess(form: tuple[dict[str, str], str]) -> int:
+        data, cookie = form
+        return httpx.post(f"{server}/login", data=data, headers={"Cookie": cookie}, timeout=60).status_code
+
+    with ThreadPoolExecutor(len(forms)) as pool:
+        answers = list(pool.map(guess, forms))
+    assert sorted(answers) == [401] * 5 + [429] * 15
+
+
+def test_a_file_posted_to_a_form_is_refused_before_it_is_stored(server: str) -> None:
+    # Anyone who reaches the page may post to sign-in; no form of the page takes a file.
+    page = httpx.get(f"{server}/login")
+    cookie = page.headers["set-cookie"].split(";", 1)[0]
+    data = {"username": "rita", "password": PASSWORD, "csrf_token": _token(page.text)}
+    files = {"upload": ("big.bin", b"\0" * 4 * 2**20)}
+    answer = httpx.post(f"{server}/login", data=data, files=files, headers={"Cookie": cookie})
+    assert answer.status_code == 400 and "Too many files. Maximum number of files is 0." in answer.text
+    # The same form as the page sends it (multipart, without a file) signs in.
+    answer = httpx.post(
+        f"{server}/login", files={name: (None, value) for name, value in data.items()}, headers={"Cookie": cookie}
+    )
+    assert answer.status_code == 303
+
+
+def _import(seeded: Seeded, tmp_path: Path, body: str) -> str:
+    """``review import`` of ``body`` as a file: it must refuse it in one line naming the file, no traceback."""
+    export = tmp_path / "export.json"
+    export.write_text(body)
+    before = _decisions(seeded)
+    done = review("import", str(export), "--user", "ada", "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error {export}: ") and done.stderr.count("\n") <= 2, done.stderr
+    assert _decisions(seeded) == before  # nothing recorded
+    return " ".join(done.stderr.split())
+
+
+def _decisions(seeded: Seeded) -> int:
+    engine = sa.create_engine(seeded.state_url)
+    with engine.connect() as db:
+        count = db.execute(sa.select(sa.func.count()).select_from(dec.decisions)).scalar_one()
+    engine.dispose()
+    return count
+
+
+def _task(data: dict, result: list[dict]) -> str:
+    return json.dumps([{"id": 7, "data": data, "annotations": [{"id": 1, "result": result}]}])
+
+
+def test_a_crafted_label_studio_export_is_refused_in_one_line(seeded: Seeded, tmp_path: Path) -> None:
+    approve = [{"from_name": "decision", "type": "choices", "value": {"choices": ["approve"]}}]
+    # Nested deeper than Python's JSON reader goes (a RecursionError before).
+    assert "nested too deeply" in _import(seeded, tmp_path, "[" * 100_000 + "]" * 100_000)
+    # An item id past the store's integers (an OverflowError from the database driver before).
+    said = _import(seeded, tmp_path, _task({"item_id": 10**24}, approve))
+    assert "task 0 (Label Studio id 7): data.item_id 1000000000000000000000000 is no review item's id" in said
+    # true is 1 to Python: it named the store's first item.
+    assert "data.item_id True is no review item's id" in _import(seeded, tmp_path, _task({"item_id": True}, approve))
+    # An answer that is not text (an AttributeError from deep in the decisions before).
+    answer = [{"from_name": "answer", "type": "textarea", "value": {"text": {"nested": "object"}}}]
+    said = _import(seeded, tmp_path, _task({"item_id": VQA_ITEM}, answer))
+    assert "is not a task as Label Studio exports them: the answer is a dict, not text" in said
+    # A label's offset that is no number of characters (1e400 is infinity to Python's JSON reader).
+    label = {"from_name": "label", "type": "labels", "value": {"start": 1e400, "end": 3, "text": "x"}}
+    text = json.loads(dec.get_item(sa.create_engine(seeded.state_url), 2)["payload"])["original"]
+    said = _import(seeded, tmp_path, _task({"item_id": 2, "text": text}, [label]).replace("Infinity", "1e400"))
+    assert "is not a task as Label Studio exports them: cannot convert float infinity to integer" in said
