@@ -29,7 +29,7 @@ import xxhash
 from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
-from connectors.state import SourceWatermark, decode_cursor, encode_cursor
+from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
 from schemas.config import SqlSource
 from schemas.json_values import json_values
@@ -149,11 +149,6 @@ def _holds_unreadable(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_unreadable(item) for item in value)
     return isinstance(value, Unreadable)
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password masked: fit for logs, manifests and record sources."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def _database_message(error: sa.exc.SQLAlchemyError) -> str:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -131,6 +132,20 @@ def has_read_before(engine: sa.Engine, dataset: str) -> bool:
         )
 
 
+# Query parameters of a database URL that hold a secret: libpq takes the password as ``?password=`` (and
+# ``sslpassword``), other dialects a token or secret key. Masked as the URL's own password is.
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password, and any query parameter holding a secret (``?password=``), masked: fit for
+    logs, manifests and record sources."""
+    parsed = sa.engine.make_url(url)
+    secrets = {name: "***" for name in parsed.query if _SECRET_PARAMETER.search(name)}
+    rendered = parsed.update_query_dict(secrets).render_as_string(hide_password=True)
+    return rendered.replace("=%2A%2A%2A", "=***") if secrets else rendered
+
+
 def source_key(config: BaseModel) -> str:
     """A stable key for a source's settings: change what it reads or how, and it starts afresh. The
     password in a database URL is no such setting: rotated, the source reads on from its watermark."""
@@ -147,9 +162,12 @@ def source_keys(config: BaseModel) -> list[str]:
             parsed = sa.engine.make_url(url)
         except (sa.exc.ArgumentError, ValueError):
             parsed = None
-        if parsed is not None and parsed.password is not None:
-            masked = parsed.render_as_string(hide_password=True)
-            keys.insert(0, _settings_key(config.model_copy(update={"url": masked})))
+        masked = safe_url(url) if parsed is not None else url
+        if parsed is not None and masked != parsed.render_as_string(hide_password=False):
+            # A secret in the URL's query (``?password=``) was in the key, and in its records' ids and sources,
+            # until it was masked too: such a source starts afresh, its records read again under the new ids.
+            legacy = keys if masked == parsed.render_as_string(hide_password=True) else []
+            keys = [_settings_key(config.model_copy(update={"url": masked})), *legacy]
     return keys
 
 

@@ -451,6 +451,39 @@ def test_a_new_database_password_is_not_a_new_source(workdir: Path, postgres_url
     assert len(outputs(Path(second.version_uri))) == 6
 
 
+def test_a_password_given_as_a_query_parameter_never_shows(workdir: Path, postgres_url: str) -> None:
+    # libpq takes the password as ?password= too: it was written into every record's source, the lineage, the
+    # set-aside records, the manifest, the state store and the errors, and rotating it made a new source.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS tickets"))
+    engine.dispose()
+    url = f"{postgres_url}?password=old-s3cret&sslpassword=ssl-s3cret"  # trust auth ignores both
+    fill(url, 1, 4)
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:  # a row set aside (no cursor value) for the set-aside files
+        db.execute(sa.text("ALTER TABLE tickets ALTER COLUMN updated_at DROP NOT NULL"))
+        db.execute(sa.text("INSERT INTO tickets (id, subject, reply) VALUES (99, 'no cursor', 'r')"))
+    engine.dispose()
+    spec = recipe(url, table="tickets", cursor="updated_at", key=["id"])
+    spec["dataset"] = "support-query-password"
+    first = run(workdir, spec)
+    assert first.manifest.counts.input == 5 and first.manifest.counts.quarantined == 1
+    assert json.loads((Path(first.version_uri) / "manifest.json").read_text())["inputs"][0]["uri"].startswith(
+        f"{postgres_url}?password=***&sslpassword=***#tickets"
+    )
+    fill(url, 5, 1)
+    spec["sources"][0]["url"] = url.replace("old-s3cret", "new-s3cret")  # rotated: the same source
+    second = run(workdir, spec)
+    assert second.manifest.extends == first.manifest.version and second.manifest.counts.input == 1
+    written = [p for p in workdir.rglob("*") if p.is_file() and p.name != "recipe.yaml"]
+    assert written and not [p for p in written if b"s3cret" in p.read_bytes()]
+    bad = SqlSource(type="sql", url=url, table="nowhere")
+    with pytest.raises(SqlSourceError) as raised:
+        read_all(bad, 10)
+    assert "s3cret" not in str(raised.value) and "password=***" in str(raised.value)
+
+
 def test_watermarks_kept_under_a_key_with_the_password_are_still_found(tmp_path: Path) -> None:
     # State from before passwords were left out of a source's key: its watermark is read, then kept
     # under the new key.
