@@ -82,10 +82,14 @@ class SqlSource(Strict):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            make_url(url)
+            parsed = make_url(url)
         except ArgumentError:
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
+        if "@" in (parsed.host or ""):
+            # 'user:p@ss@host' parses as password 'p' on host 'ss@host': the rest of the password was shown as
+            # the host in every record's source, the manifest and the errors (which also failed to connect).
+            raise ValueError("the URL's password or user name holds an '@': write it percent-encoded, as %40")
         return url
 
     @model_validator(mode="after")

@@ -352,6 +352,20 @@ def test_recipe_takes_exactly_one_of_table_or_query() -> None:
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
 
 
+def test_a_password_holding_an_at_sign_is_refused_not_shown_as_the_host(tmp_path: Path) -> None:
+    # make_url reads 'curation:p@ss@host' as password 'p' on host 'ss@host': the password's rest was written
+    # into every record's source and the errors as the host.
+    from schemas.config import RecipeError, load_recipe
+    from tests.helpers import write_recipe
+
+    path = write_recipe(tmp_path, recipe("postgresql+psycopg://curation:hunt@er2@db.internal/crm", table="t"))
+    with pytest.raises(RecipeError, match="percent-encoded, as %40") as raised:
+        load_recipe(path)
+    assert "er2" not in str(raised.value)
+    encoded = SqlSource(type="sql", url="postgresql+psycopg://curation:hunt%40er2@db.internal/crm", table="t")
+    assert SqlSourceReader(encoded, 10).uri == "postgresql+psycopg://curation:***@db.internal/crm#t"
+
+
 def test_postgresql_incremental_by_timestamp_cursor(workdir: Path, postgres_url: str) -> None:
     url = postgres_url.replace("curation@", "curation:s3cret@")  # trust auth ignores it; it must never show
     engine = sa.create_engine(postgres_url)
