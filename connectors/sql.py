@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 import xxhash
+from sqlparse import lexer
+from sqlparse import tokens as sql_tokens
 
 from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.batches import batched
@@ -262,6 +264,19 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.table(arrays)
+
+
+def _without_final_semicolons(query: str) -> str:
+    """The query less the semicolons ending it, whatever whitespace and comments follow them ('...; -- nightly'),
+    as a subquery holds none. Told by SQL's tokens, so a ';' in a string, name or comment stays."""
+    parts = list(lexer.tokenize(query))
+    for at in reversed(range(len(parts))):
+        kind, text = parts[at]
+        if kind in sql_tokens.Punctuation and text == ";":
+            parts[at] = (kind, "")
+        elif kind not in sql_tokens.Whitespace and kind not in sql_tokens.Comment:
+            break
+    return "".join(text for _, text in parts).strip()
 
 
 def _as_text(value: Any) -> str:
@@ -563,7 +578,7 @@ class SqlSourceReader:
                 )
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
-            query = (config.query or "").strip().rstrip(";")
+            query = _without_final_semicolons(config.query or "")
             # Verbatim: a colon in it ('{"n":3}', LIKE '%:1%') is no bind parameter (SQLAlchemy's text() takes
             # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
             # '-- comment' ending the query's last line.

@@ -934,6 +934,28 @@ def test_a_query_is_run_as_written_whatever_colons_and_comments_it_holds(
     assert {r["who"] for r in rows} == {":who"}
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_query_ending_in_a_semicolon_then_a_comment_runs(postgres_url: str, tmp_path: Path, database: str) -> None:
+    # Only a semicolon ending the text was taken off: one followed by a comment ('...; -- nightly') was left
+    # inside the subquery the query is run as, a syntax error. One in a string or a comment stays.
+    url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
+        db.execute(sa.text("CREATE TABLE notes (id int, subject text)"))
+        db.execute(sa.text("INSERT INTO notes VALUES (1, 'a;'), (2, 'b'), (3, 'c')"))
+    engine.dispose()
+    query = (
+        "WITH latest AS (SELECT id, subject FROM notes WHERE subject <> ';') -- the CTE; then\n"
+        "SELECT id, subject, 'x;' AS mark FROM latest ORDER BY id DESC LIMIT 2;  -- nightly; see the wiki\n"
+        "/* the end; */\n"
+    )
+    rows = [
+        r for b in read_all(SqlSource(type="sql", url=url, query=query, cursor="id"), 10) for r in b.rows.to_pylist()
+    ]
+    assert [(r["input_id"], r["subject"], r["mark"]) for r in rows] == [(2, "b", "x;"), (3, "c", "x;")]
+
+
 @pytest.mark.parametrize(
     ("source", "key", "later"),
     [
