@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -476,8 +477,12 @@ class SqlSourceReader:
 
     def _result(self, no_rows: bool = False) -> Iterator[Any]:
         """The result's column names, then its rows, ``batch_rows`` at a time (a server-side cursor)."""
+        url = sa.engine.make_url(self.config.url)
+        missing = _missing_sqlite_file(url)
+        if missing is not None:
+            raise SqlSourceError(f"{self.uri}: no SQLite database file {missing!r}")
         try:
-            engine = sa.create_engine(self.config.url)
+            engine = sa.create_engine(url)
         except (sa.exc.SQLAlchemyError, ImportError) as error:  # no such dialect, or its driver not installed
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         if engine.dialect.driver == "psycopg":
@@ -881,6 +886,14 @@ class SqlSourceReader:
                 self.config.cursor,
                 span.new_nulls,
             )
+
+
+def _missing_sqlite_file(url: sa.URL) -> str | None:
+    """The path of a SQLite database file that is not there, else None: SQLite creates the file it opens, so a
+    mistyped path was left as an empty database, and the run said the table was not in it."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query.get("uri"):
+        return None
+    return None if Path(url.database).exists() else url.database
 
 
 def _values_text(row: Sequence[Any]) -> bytes:

@@ -347,6 +347,18 @@ def test_a_value_not_of_its_columns_declared_type_is_named_not_shown(tmp_path: P
     assert [row["subject"] for batch in stamps for row in batch.rows.to_pylist()] == ["a", "b"]
 
 
+@pytest.mark.parametrize("source", [{"table": "tickets"}, {"query": "SELECT * FROM tickets"}])
+def test_a_missing_sqlite_file_is_said_and_not_created(tmp_path: Path, source: dict) -> None:
+    # SQLite creates the file it opens: a mistyped path was left as an empty database, and the run (and
+    # `curation check`) said the table was not in it.
+    missing = tmp_path / "crm-typo.db"
+    reader = SqlSourceReader(SqlSource(type="sql", url=f"sqlite:///{missing}", **source), 10)
+    for attempt in (reader.probe, lambda: list(reader.batches())):
+        with pytest.raises(SqlSourceError, match=f"no SQLite database file '{missing}'"):
+            attempt()
+    assert not missing.exists()
+
+
 def test_recipe_takes_exactly_one_of_table_or_query() -> None:
     with pytest.raises(ValueError, match="exactly one of 'table' or 'query'"):
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
