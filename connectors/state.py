@@ -26,9 +26,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from datetime import time as day_time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -679,6 +681,12 @@ def encode_cursor(value: Any) -> dict[str, str] | None:
         return {"type": "datetime", "value": value.isoformat()}
     if isinstance(value, date):
         return {"type": "date", "value": value.isoformat()}
+    # Kept as text, a UUID (v7 grows with time) or time of day bound back as text: PostgreSQL has no `uuid >= text`,
+    # and a table's UUID equalled no value read, so the rows at the watermark were read again every run.
+    if isinstance(value, UUID):
+        return {"type": "uuid", "value": str(value)}
+    if isinstance(value, day_time):
+        return {"type": "time", "value": value.isoformat()}
     return {"type": "str", "value": str(value)}
 
 
@@ -691,5 +699,7 @@ def decode_cursor(encoded: dict[str, str]) -> Any:
         "decimal": Decimal,
         "datetime": datetime.fromisoformat,
         "date": date.fromisoformat,
+        "uuid": UUID,
+        "time": day_time.fromisoformat,
         "str": str,
     }[kind](text)

@@ -714,6 +714,33 @@ def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
     assert [line["prompt"] for line in processed(Path(run(workdir, spec).version_uri))] == ["a"]
 
 
+@pytest.mark.parametrize("source", ["table", "query"])
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [
+        ("uuid", ["018f0000-0000-7000-8000-000000000001", "018f0000-0000-7000-8000-000000000002"]),  # v7: grows
+        ("time", ["10:00", "11:00"]),
+    ],
+)
+def test_a_uuid_or_time_cursor_reads_each_row_once(
+    postgres_url: str, tmp_path: Path, source: str, kind: str, values: list
+) -> None:
+    # Such a watermark was kept as text and bound back as text: a query's read failed the next run (no
+    # `uuid >= character varying`), and a table's UUID watermark equalled no value read, so the rows at it
+    # were read again every run (a quiet table published a version each night).
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS grows"))
+        db.execute(sa.text(f"CREATE TABLE grows (id serial PRIMARY KEY, subject text, u {kind})"))
+        db.execute(
+            sa.text("INSERT INTO grows (subject, u) VALUES ('a', :a), ('b', :b)"), {"a": values[0], "b": values[1]}
+        )
+    engine.dispose()
+    spec = {"table": "grows"} if source == "table" else {"query": "SELECT id, subject, u FROM grows"}
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", key=["id"], **spec)
+    assert subjects_read_twice(config, tmp_path) == [["a", "b"], []]
+
+
 @pytest.mark.parametrize("source", [{"table": "ties"}, {"query": "SELECT id, subject, u FROM ties"}])
 def test_postgresql_cursor_ties_and_nulls_are_each_read_once(postgres_url: str, tmp_path: Path, source: dict) -> None:
     engine = sa.create_engine(postgres_url)
