@@ -565,13 +565,13 @@ class SqlSourceReader:
     def _statement(self, engine: sa.Engine) -> sa.Select:
         config = self.config
         if config.table is not None:
-            schema, _, name = config.table.rpartition(".")
+            schema, name = _table_name(self.uri, config.table)
             try:
                 with warnings.catch_warnings():
                     # A column of a type SQLAlchemy does not know (point, a domain) is read as the driver
                     # gives it: its warning names no problem of the run.
                     warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
-                    table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
+                    table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=engine)
             except sa.exc.NoSuchTableError:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
             source: Any = table
@@ -886,6 +886,29 @@ class SqlSourceReader:
                 self.config.cursor,
                 span.new_nulls,
             )
+
+
+# A part of a table's name: bare, or in double quotes as SQL writes one holding a dot or a quote (doubled).
+_NAME_PART = re.compile(r'"((?:[^"]|"")+)"|([^."]+)')
+
+
+def _table_name(uri: str, table: str) -> tuple[str | None, str]:
+    """The schema and name of a ``table`` setting: 'finance.tx', or with parts in double quotes
+    ('"Fin Ance"."Tx.Log"'), which were taken for part of the name ('no table')."""
+    parts, at = [], 0
+    while (found := _NAME_PART.match(table, at)) is not None:
+        quoted, bare = found.groups()
+        parts.append(bare if quoted is None else quoted.replace('""', '"'))
+        at = found.end()
+        if at == len(table):
+            return ".".join(parts[:-1]) or None, parts[-1]
+        if table[at] != ".":
+            break
+        at += 1
+    raise SqlSourceError(
+        f"{uri}: table {table!r} is not a name: write schema.table, with a part holding a dot or a quote in "
+        'double quotes ("Fin Ance"."Tx.Log")'
+    )
 
 
 def _missing_sqlite_file(url: sa.URL) -> str | None:

@@ -359,6 +359,36 @@ def test_a_missing_sqlite_file_is_said_and_not_created(tmp_path: Path, source: d
     assert not missing.exists()
 
 
+@pytest.mark.parametrize(
+    ("table", "setting"),
+    [
+        ('"Fin Ance"."Tx.Log"', '"Fin Ance"."Tx.Log"'),  # a dot in the name: only quotes tell it from a schema's
+        ('"Fin Ance"."Tx.Log"', 'Fin Ance."Tx.Log"'),
+        ('"Fin Ance"."Tx Log"', '"Fin Ance"."Tx Log"'),  # quoted as SQL writes it, though it needs none here
+        ('"Fin Ance"."Tx Log"', "Fin Ance.Tx Log"),
+        ('"Fin Ance"."Say ""hi"""', '"Fin Ance"."Say ""hi"""'),
+    ],
+)
+def test_a_table_named_in_double_quotes_is_read(postgres_url: str, tmp_path: Path, table: str, setting: str) -> None:
+    # The setting was split at its last dot and taken as written: a name holding a dot could not be given,
+    # and one in double quotes, as SQL writes it, was 'no table'.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text('DROP SCHEMA IF EXISTS "Fin Ance" CASCADE'))
+        db.execute(sa.text('CREATE SCHEMA "Fin Ance"'))
+        db.execute(sa.text(f'CREATE TABLE {table} ("Tx Id" int, subject text, "Updated At" int)'))
+        db.execute(sa.text(f"INSERT INTO {table} VALUES (1, 'a', 1), (2, 'b', 2)"))
+    engine.dispose()
+    config = SqlSource(type="sql", url=postgres_url, table=setting, cursor="Updated At", key=["Tx Id"])
+    assert subjects_read_twice(config, tmp_path) == [["a", "b"], []]
+
+
+def test_a_table_setting_that_is_no_name_is_said() -> None:
+    for setting in ('"Tx Log', "finance..tx", 'finance."tx"x'):
+        with pytest.raises(SqlSourceError, match=r"is not a name: write schema\.table"):
+            SqlSourceReader(SqlSource(type="sql", url="sqlite://", table=setting), 10).probe()
+
+
 def test_recipe_takes_exactly_one_of_table_or_query() -> None:
     with pytest.raises(ValueError, match="exactly one of 'table' or 'query'"):
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
