@@ -35,7 +35,7 @@ from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
 from schemas.config import SqlSource
-from schemas.json_values import json_values
+from schemas.json_values import decimal_texts, json_values
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -194,7 +194,7 @@ def own_scales(values: list[Any], array: pa.Array) -> pa.Array:
         return array
     texts: list[str | None] = [None] * len(values)
     for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
-        own = pc.cast(pa.array([values[row] for row in at]), pa.string()).to_pylist()
+        own = decimal_texts(pa.array([values[row] for row in at])).to_pylist()
         for row, text in zip(at, own, strict=True):
             texts[row] = text
     return pa.array(texts, pa.string())
