@@ -394,7 +394,7 @@ def test_recipe_takes_exactly_one_of_table_or_query() -> None:
         SqlSource(type="sql", url="sqlite://", table="a", query="select 1")
 
 
-def test_a_password_holding_an_at_sign_is_refused_not_shown_as_the_host(tmp_path: Path) -> None:
+def test_a_database_url_written_amiss_never_shows_its_password(tmp_path: Path) -> None:
     # make_url reads 'curation:p@ss@host' as password 'p' on host 'ss@host': the password's rest was written
     # into every record's source and the errors as the host.
     from schemas.config import RecipeError, load_recipe
@@ -403,6 +403,15 @@ def test_a_password_holding_an_at_sign_is_refused_not_shown_as_the_host(tmp_path
     path = write_recipe(tmp_path, recipe("postgresql+psycopg://curation:hunt@er2@db.internal/crm", table="t"))
     with pytest.raises(RecipeError, match="percent-encoded, as %40") as raised:
         load_recipe(path)
+    assert "er2" not in str(raised.value)
+    # A state store URL that does not parse was quoted back whole, its password too.
+    spec = {**recipe("sqlite://", table="t"), "state": "postgresql+psycopg//curation:hunter2@db.internal/state"}
+    with pytest.raises(RecipeError, match="not a database URL") as raised:
+        load_recipe(write_recipe(tmp_path, spec))
+    assert "hunter2" not in str(raised.value)
+    spec["state"] = "postgresql+psycopg://curation:hunt@er2@db.internal/state"
+    with pytest.raises(RecipeError, match="percent-encoded, as %40") as raised:
+        load_recipe(write_recipe(tmp_path, spec))
     assert "er2" not in str(raised.value)
     encoded = SqlSource(type="sql", url="postgresql+psycopg://curation:hunt%40er2@db.internal/crm", table="t")
     assert SqlSourceReader(encoded, 10).uri == "postgresql+psycopg://curation:***@db.internal/crm#t"
