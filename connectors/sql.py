@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,14 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 import xxhash
+from sqlparse import lexer
+from sqlparse import tokens as sql_tokens
 
 from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
-from connectors.state import SourceWatermark, decode_cursor, encode_cursor
+from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
 from schemas.config import SqlSource
-from schemas.json_values import json_values
+from schemas.json_values import decimal_texts, json_values
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -151,11 +154,6 @@ def _holds_unreadable(value: Any) -> bool:
     return isinstance(value, Unreadable)
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password masked: fit for logs, manifests and record sources."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
-
-
 def _database_message(error: sa.exc.SQLAlchemyError) -> str:
     # The driver's own first line says what went wrong; SQLAlchemy's text adds the statement and its
     # parameters, which may hold customer data, so it stays out.
@@ -196,7 +194,7 @@ def own_scales(values: list[Any], array: pa.Array) -> pa.Array:
         return array
     texts: list[str | None] = [None] * len(values)
     for at in at_scale.values():  # the values of one scale, as Arrow writes them in a batch of their own
-        own = pc.cast(pa.array([values[row] for row in at]), pa.string()).to_pylist()
+        own = decimal_texts(pa.array([values[row] for row in at])).to_pylist()
         for row, text in zip(at, own, strict=True):
             texts[row] = text
     return pa.array(texts, pa.string())
@@ -267,6 +265,19 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
     return pa.table(arrays)
+
+
+def _without_final_semicolons(query: str) -> str:
+    """The query less the semicolons ending it, whatever whitespace and comments follow them ('...; -- nightly'),
+    as a subquery holds none. Told by SQL's tokens, so a ';' in a string, name or comment stays."""
+    parts = list(lexer.tokenize(query))
+    for at in reversed(range(len(parts))):
+        kind, text = parts[at]
+        if kind in sql_tokens.Punctuation and text == ";":
+            parts[at] = (kind, "")
+        elif kind not in sql_tokens.Whitespace and kind not in sql_tokens.Comment:
+            break
+    return "".join(text for _, text in parts).strip()
 
 
 def _as_text(value: Any) -> str:
@@ -470,8 +481,12 @@ class SqlSourceReader:
 
     def _result(self, no_rows: bool = False) -> Iterator[Any]:
         """The result's column names, then its rows, ``batch_rows`` at a time (a server-side cursor)."""
+        url = sa.engine.make_url(self.config.url)
+        missing = _missing_sqlite_file(url)
+        if missing is not None:
+            raise SqlSourceError(f"{self.uri}: no SQLite database file {missing!r}")
         try:
-            engine = sa.create_engine(self.config.url)
+            engine = sa.create_engine(url)
         except (sa.exc.SQLAlchemyError, ImportError) as error:  # no such dialect, or its driver not installed
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         if engine.dialect.driver == "psycopg":
@@ -554,13 +569,13 @@ class SqlSourceReader:
     def _statement(self, engine: sa.Engine) -> sa.Select:
         config = self.config
         if config.table is not None:
-            schema, _, name = config.table.rpartition(".")
+            schema, name = _table_name(self.uri, config.table)
             try:
                 with warnings.catch_warnings():
                     # A column of a type SQLAlchemy does not know (point, a domain) is read as the driver
                     # gives it: its warning names no problem of the run.
                     warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
-                    table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=engine)
+                    table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=engine)
             except sa.exc.NoSuchTableError:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
             source: Any = table
@@ -572,7 +587,7 @@ class SqlSourceReader:
                 )
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
-            query = (config.query or "").strip().rstrip(";")
+            query = _without_final_semicolons(config.query or "")
             # Verbatim: a colon in it ('{"n":3}', LIKE '%:1%') is no bind parameter (SQLAlchemy's text() takes
             # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
             # '-- comment' ending the query's last line.
@@ -875,6 +890,37 @@ class SqlSourceReader:
                 self.config.cursor,
                 span.new_nulls,
             )
+
+
+# A part of a table's name: bare, or in double quotes as SQL writes one holding a dot or a quote (doubled).
+_NAME_PART = re.compile(r'"((?:[^"]|"")+)"|([^."]+)')
+
+
+def _table_name(uri: str, table: str) -> tuple[str | None, str]:
+    """The schema and name of a ``table`` setting: 'finance.tx', or with parts in double quotes
+    ('"Fin Ance"."Tx.Log"'), which were taken for part of the name ('no table')."""
+    parts, at = [], 0
+    while (found := _NAME_PART.match(table, at)) is not None:
+        quoted, bare = found.groups()
+        parts.append(bare if quoted is None else quoted.replace('""', '"'))
+        at = found.end()
+        if at == len(table):
+            return ".".join(parts[:-1]) or None, parts[-1]
+        if table[at] != ".":
+            break
+        at += 1
+    raise SqlSourceError(
+        f"{uri}: table {table!r} is not a name: write schema.table, with a part holding a dot or a quote in "
+        'double quotes ("Fin Ance"."Tx.Log")'
+    )
+
+
+def _missing_sqlite_file(url: sa.URL) -> str | None:
+    """The path of a SQLite database file that is not there, else None: SQLite creates the file it opens, so a
+    mistyped path was left as an empty database, and the run said the table was not in it."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query.get("uri"):
+        return None
+    return None if Path(url.database).exists() else url.database
 
 
 def _values_text(row: Sequence[Any]) -> bytes:

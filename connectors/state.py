@@ -19,15 +19,18 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from datetime import time as day_time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -131,6 +134,20 @@ def has_read_before(engine: sa.Engine, dataset: str) -> bool:
         )
 
 
+# Query parameters of a database URL that hold a secret: libpq takes the password as ``?password=`` (and
+# ``sslpassword``), other dialects a token or secret key. Masked as the URL's own password is.
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password, and any query parameter holding a secret (``?password=``), masked: fit for
+    logs, manifests and record sources."""
+    parsed = sa.engine.make_url(url)
+    secrets = {name: "***" for name in parsed.query if _SECRET_PARAMETER.search(name)}
+    rendered = parsed.update_query_dict(secrets).render_as_string(hide_password=True)
+    return rendered.replace("=%2A%2A%2A", "=***") if secrets else rendered
+
+
 def source_key(config: BaseModel) -> str:
     """A stable key for a source's settings: change what it reads or how, and it starts afresh. The
     password in a database URL is no such setting: rotated, the source reads on from its watermark."""
@@ -147,9 +164,12 @@ def source_keys(config: BaseModel) -> list[str]:
             parsed = sa.engine.make_url(url)
         except (sa.exc.ArgumentError, ValueError):
             parsed = None
-        if parsed is not None and parsed.password is not None:
-            masked = parsed.render_as_string(hide_password=True)
-            keys.insert(0, _settings_key(config.model_copy(update={"url": masked})))
+        masked = safe_url(url) if parsed is not None else url
+        if parsed is not None and masked != parsed.render_as_string(hide_password=False):
+            # A secret in the URL's query (``?password=``) was in the key, and in its records' ids and sources,
+            # until it was masked too: such a source starts afresh, its records read again under the new ids.
+            legacy = keys if masked == parsed.render_as_string(hide_password=True) else []
+            keys = [_settings_key(config.model_copy(update={"url": masked})), *legacy]
     return keys
 
 
@@ -667,6 +687,12 @@ def encode_cursor(value: Any) -> dict[str, str] | None:
         return {"type": "datetime", "value": value.isoformat()}
     if isinstance(value, date):
         return {"type": "date", "value": value.isoformat()}
+    # Kept as text, a UUID (v7 grows with time) or time of day bound back as text: PostgreSQL has no `uuid >= text`,
+    # and a table's UUID equalled no value read, so the rows at the watermark were read again every run.
+    if isinstance(value, UUID):
+        return {"type": "uuid", "value": str(value)}
+    if isinstance(value, day_time):
+        return {"type": "time", "value": value.isoformat()}
     return {"type": "str", "value": str(value)}
 
 
@@ -679,5 +705,7 @@ def decode_cursor(encoded: dict[str, str]) -> Any:
         "decimal": Decimal,
         "datetime": datetime.fromisoformat,
         "date": date.fromisoformat,
+        "uuid": UUID,
+        "time": day_time.fromisoformat,
         "str": str,
     }[kind](text)

@@ -371,10 +371,10 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
 
 def state_problem(url: str, error: SQLAlchemyError) -> str:
     """The state store's URL (password hidden) and the driver's own first line of the error."""
-    from sqlalchemy.engine import make_url
+    from connectors.state import safe_url
 
     reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    return f"{make_url(url).render_as_string(hide_password=True)}: {reason}"
+    return f"{safe_url(url)}: {reason}"
 
 
 @app.command()

@@ -61,6 +61,13 @@ class FilesSource(Strict):
     hive_partitioning: bool = False
 
 
+def _no_bare_at_sign(host: str | None) -> None:
+    """'user:p@ss@host' parses as password 'p' on host 'ss@host': the rest of the password was shown as the host
+    in every record's source, the manifest and the errors (which also failed to connect)."""
+    if "@" in (host or ""):
+        raise ValueError("the URL's password or user name holds an '@': write it percent-encoded, as %40")
+
+
 class SqlSource(Strict):
     """Rows of a table or a query from any SQLAlchemy URL (SQLite file, PostgreSQL, ...).
 
@@ -82,10 +89,11 @@ class SqlSource(Strict):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            make_url(url)
+            parsed = make_url(url)
         except ArgumentError:
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
+        _no_bare_at_sign(parsed.host)
         return url
 
     @model_validator(mode="after")
@@ -579,9 +587,12 @@ class Recipe(Strict):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            backend = make_url(url).get_backend_name()
+            parsed = make_url(url)
         except ArgumentError:
-            raise ValueError(f"{url!r} is not a database URL (sqlite:///path or postgresql+psycopg://...)") from None
+            # Not quoted back: a URL can hold a password (a recipe error can reach a CI log).
+            raise ValueError("not a database URL (sqlite:///path or postgresql+psycopg://...)") from None
+        _no_bare_at_sign(parsed.host)
+        backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"the state store is SQLite or PostgreSQL, not {backend}")
         return url

@@ -76,6 +76,16 @@ def is_json(kind: pa.DataType) -> bool:
 _POSITIONAL = (1e-4, 1e16)
 
 
+def decimal_texts(values: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """Each decimal of ``values`` in positional notation, as PostgreSQL writes it (``0.00000010``), not as Arrow's
+    cast writes a small one (``1.0E-7``, Java's rule); the cast's text where it holds none (nearly always)."""
+    texts = pc.cast(values, pa.string())
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    if not pc.any(pc.match_substring(texts, "E")).as_py():
+        return texts
+    return pa.array([None if value is None else format(value, "f") for value in values.to_pylist()], pa.string())
+
+
 def float_texts(values: pa.Array | pa.ChunkedArray, text: Callable[[float], str] = repr) -> pa.StringArray:
     """Each float64 of ``values`` as Python's ``repr`` writes it (``1.0``, ``0.1``, ``1e-07``, ``1e+16``),
     without a Python call per value: Arrow's cast gives the same digits (the shortest that read back as the

@@ -177,6 +177,28 @@ def test_an_unscaled_numeric_is_published_as_written_whatever_rows_share_its_bat
     ]
 
 
+def test_a_small_decimal_is_published_in_a_template_as_a_field_gives_it(workdir: Path, postgres_url: str) -> None:
+    # A template wrote a decimal as Python's str() does: a fee of 0.00000010 (numeric(20, 8)) was '1.0E-7', while
+    # a field naming the column (Arrow's text) and PostgreSQL write '0.00000010'.
+    postgres_table(
+        postgres_url,
+        "fees",
+        "id int, subject text, fee numeric(20, 8), rate numeric",
+        "(1, 'a', 0.00000010, 0.0000001), (2, 'b', 12.5, 0.000000000000000000000000000001)",
+    )
+    spec = {
+        "dataset": "fees",
+        "sources": [{"type": "sql", "url": postgres_url, "table": "fees"}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }} {{ fee }} {{ rate }}", "completion": "fee"},
+        "output": {"validation_fraction": 0.0},
+    }
+    published = sorted((line["prompt"], line["completion"]) for line in processed(Path(run(workdir, spec).version_uri)))
+    assert published == [
+        ("a 0.00000010 0.0000001", "0.00000010"),
+        ("b 12.50000000 0.000000000000000000000000000001", "12.50000000"),
+    ]
+
+
 def test_an_error_from_a_rows_value_is_said_without_the_value_whatever_its_class(
     postgres_url: str, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Sequence
+from decimal import Decimal
 from typing import Any
 
 import jinja2
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
-from schemas.json_values import float_texts, rewritten
+from schemas.json_values import decimal_texts, float_texts, rewritten
 from schemas.records import CONTENT_COLUMNS, input_record_json, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -47,6 +48,8 @@ def _finalize(value: Any) -> Any:
         return _as_json(value)
     if isinstance(value, bytes):  # a binary column (Parquet): its text, as a field naming it gives, not b'...'
         return _utf8_text(value)
+    if isinstance(value, Decimal):  # positional (0.00000010), as a field naming its column gives it: not 1.0E-7
+        return format(value, "f")
     return value
 
 
@@ -336,6 +339,8 @@ class Shape:
                 return float_texts(values), [], ""
             if pa.types.is_timestamp(values.type) or pa.types.is_time(values.type):
                 return _time_texts(values), [], ""
+            if pa.types.is_decimal(values.type):
+                return decimal_texts(values), [], ""
             if pa.types.is_duration(values.type):  # as a template writes it (0:00:05), not its ticks (5000000)
                 texts = [None if v is None else str(v) for v in as_python(values, as_text=True)]
                 return pa.array(texts, pa.string()), [], ""
