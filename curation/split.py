@@ -14,6 +14,7 @@
 - Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
   group that comes again in a later run (a customer's new transactions) joins the side its records
   already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
+  So does a record of an input read again whole (a changed file) that the extended version holds (``earlier``).
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class Splitter:
         # Group key -> the side earlier runs put it on (``known`` asks the state store for the keys it is given).
         self.known: Callable[[list[str]], dict[str, bool]] | None = None
         self._placed_before: dict[str, bool] = {}
+        # Record id -> validation, for the records of inputs read again that the extended version holds: they
+        # keep their side (a stratified split deals labels out in input order, and a seed may have changed),
+        # or a version would hold in validation what a model of the one before trained on.
+        self.earlier: dict[str, bool] = {}
 
     def _column(self, batch: pa.Table, name: str, setting: str, missing: str | None = NO_VALUE) -> list[str | None]:
         if name not in batch.column_names:
@@ -154,6 +159,9 @@ class Splitter:
         """True where each record of the batch goes to validation."""
         if not self.group_by and not self.stratify_by:  # the common case, in Arrow kernels without a Python step
             to_validation = self._under_threshold(_unit_hashes(self.seed, batch["id"]))
+            if self.earlier:
+                hashed = zip(batch["id"].to_pylist(), to_validation.to_pylist(), strict=True)
+                to_validation = pa.array([self.earlier.get(key, side) for key, side in hashed], pa.bool_())
             count = pc.sum(to_validation).as_py() or 0
             for name, records in (("validation", count), ("train", batch.num_rows - count)):
                 if records:
@@ -171,8 +179,9 @@ class Splitter:
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
-            if self._placed_before:
-                sides = [self._placed_before.get(key, side) for key, side in zip(keys, sides, strict=True)]
+            if self._placed_before or self.earlier:  # a record without a group key is keyed by its id
+                placed = zip(keys, sides, strict=True)
+                sides = [self._placed_before.get(key, self.earlier.get(key, side)) for key, side in placed]
         to_train = [not side for side in sides]
         for name, chosen in (("train", to_train), ("validation", sides)):
             if count := sum(chosen):
@@ -220,11 +229,12 @@ class Splitter:
         if key in self._groups:
             return self._groups[key]
         self._seen[label] += 1
-        if label not in self._phases:
-            self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
-        phase = self._phases[label]
-        due = math.floor(self._seen[label] * self.fraction + phase)
-        side = due > self._to_validation[label]
+        side = self.earlier.get(key)  # counted as dealt, so the label's later units keep its balance
+        if side is None:
+            if label not in self._phases:
+                self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+            due = math.floor(self._seen[label] * self.fraction + self._phases[label])
+            side = due > self._to_validation[label]
         if side:
             self._to_validation[label] += 1
         if self.group_by:

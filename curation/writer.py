@@ -119,6 +119,17 @@ def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
     return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
 
 
+def published_sides(version_dir: str, ids: pl.Series) -> dict[str, bool]:
+    """Record id -> whether ``version_dir`` holds it in validation, for those of ``ids`` it holds."""
+    fs, folder = filesystem(version_dir)
+    wanted = ids.implode()
+    sides: dict[str, bool] = {}
+    for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage):
+        found = rows.filter(pl.col("id").is_in(wanted))
+        sides.update(zip(found["id"].to_list(), found["shard"].str.starts_with("validation/").to_list(), strict=True))
+    return sides
+
+
 def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> dict[str, set[str]]:
     """The inputs of records that ``versions`` set aside as duplicates of one of ``ids``, each with the
     ids it holds duplicates of: when those are replaced (their input changed), the content may live

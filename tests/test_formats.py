@@ -473,3 +473,33 @@ def test_a_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> 
     ]
     state.record_group_sides("d", {"g\x1ftrue": False}, start_over=False)  # placed by this release: it wins
     assert sides(pa.array([True])) == [False]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ({"stratify_by": "label"}, {}),  # a stratified split deals labels out in input order
+        ({}, {"split_seed": "another"}),  # a hashed one moves records with its seed
+    ],
+)
+def test_a_record_read_again_stays_on_its_side(workdir: Path, first: dict[str, Any], then: dict[str, Any]) -> None:
+    """A changed file is read again whole: its records published before keep their side (their ids do not
+    move with their line), or a later version holds in validation what a model of the earlier trained on."""
+
+    def notes(numbers: range) -> list[dict[str, str]]:
+        return [{"q": f"note {n}", "a": "ok", "label": "xyz"[n % 3]} for n in numbers]
+
+    write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60)))
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.2, **first},
+    }
+    before = side_of_each(Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri))
+    # New notes at the top of the file, which is read again whole.
+    write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60, 73)) + notes(range(60)))
+    recipe["output"] = {**recipe["output"], **then}
+    second = side_of_each(Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri))
+    assert len(second) == 73
+    assert {record: second[record] for record in before} == before
