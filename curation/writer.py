@@ -748,6 +748,8 @@ class DatasetWriter:
             name: Split(records=sum(s.records for s in shards), shards=shards)
             for name, shards in ((name, self.carried[name] + series.shards) for name, series in self.splits.items())
         }
+        if not splits["train"].records and splits["validation"].records:
+            self._warn_nothing_to_train_on(version, splits["validation"].records)
         manifest = build_manifest(version, splits, list(side_files))
         manifest.side_file_sha256 = side_files
         manifest.set_aside = self.set_aside.shards
@@ -778,6 +780,24 @@ class DatasetWriter:
                     raise PublishedMeanwhile(meanwhile) from None
                 raise
         return manifest
+
+    def _warn_nothing_to_train_on(self, version: int, records: int) -> None:
+        """Every record went to validation (a few records, or groups, hashed under the fraction): training
+        refuses such a version, and a group's side is kept for the runs after."""
+        group_by = self.splitter.group_by
+        how = (
+            f"group_by {group_by!r} placed every group there, and later runs keep each group on its side: "
+            "a different split_seed with --full-refresh places them again"
+            if group_by
+            else "publish more records, or another split_seed or a smaller validation_fraction with --full-refresh"
+        )
+        log.warning(
+            "%s v%d: its train split holds no record (all %d went to validation), so training refuses it; %s",
+            self.dataset,
+            version,
+            records,
+            how,
+        )
 
     def _has_manifest(self, folder: str) -> bool:
         """Whether ``folder`` is a published version (its manifest is written last)."""

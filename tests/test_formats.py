@@ -19,6 +19,7 @@ from PIL import Image
 from curation.formats import chunk_text, output_format
 from curation.pipeline import RunResult, run_recipe
 from curation.published import read_manifest, verify_checksums
+from curation.split import Splitter
 from curation.writer import DatasetWriter
 from schemas.config import RecipeError, load_recipe
 from schemas.records import source_array
@@ -503,3 +504,32 @@ def test_a_record_read_again_stays_on_its_side(workdir: Path, first: dict[str, A
     second = side_of_each(Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri))
     assert len(second) == 73
     assert {record: second[record] for record in before} == before
+
+
+def test_a_version_whose_records_all_went_to_validation_says_so(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One customer's records, grouped: hashing puts the one group on either side, and on validation the
+    version has nothing to train on (training refuses it), which later runs keep so (a group keeps its side)."""
+
+    def placed_in_validation(seed: str) -> bool:
+        return Splitter(0.5, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0].as_py()
+
+    seed = next(seed for seed in map(str, range(100)) if placed_in_validation(seed))
+    write_jsonl(workdir / "in" / "notes.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(3)])
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {
+            "dest": str(workdir / "out"),
+            "validation_fraction": 0.5,
+            "split_seed": seed,
+            "group_by": "customer",
+        },
+    }
+    with caplog.at_level("WARNING"):
+        manifest = run_fresh(workdir, recipe).manifest
+    assert manifest.splits["train"].records == 0 and manifest.splits["validation"].records == 3
+    said = [r.getMessage() for r in caplog.records if "train split holds no record" in r.getMessage()]
+    assert said and "notes v1" in said[0] and "split_seed" in said[0], caplog.text
