@@ -14,7 +14,7 @@
 - Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
   group that comes again in a later run (a customer's new transactions) joins the side its records
   already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
-  So does a record of an input read again whole (a changed file) that the extended version holds (``earlier``).
+  So does a record of an input read again whole (a changed file) that the extended version holds (``keep_sides``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class Splitter:
         # Record id -> validation, for the records of inputs read again that the extended version holds: they
         # keep their side (a stratified split deals labels out in input order, and a seed may have changed),
         # or a version would hold in validation what a model of the one before trained on.
-        self.earlier: dict[str, bool] = {}
+        self._earlier: dict[str, bool] = {}
+        self._earlier_ids, self._earlier_sides = pa.array([], pa.string()), pa.array([], pa.bool_())
 
     def _column(self, batch: pa.Table, name: str, setting: str, missing: str | None = NO_VALUE) -> list[str | None]:
         if name not in batch.column_names:
@@ -159,9 +160,10 @@ class Splitter:
         """True where each record of the batch goes to validation."""
         if not self.group_by and not self.stratify_by:  # the common case, in Arrow kernels without a Python step
             to_validation = self._under_threshold(_unit_hashes(self.seed, batch["id"]))
-            if self.earlier:
-                hashed = zip(batch["id"].to_pylist(), to_validation.to_pylist(), strict=True)
-                to_validation = pa.array([self.earlier.get(key, side) for key, side in hashed], pa.bool_())
+            if self._earlier:
+                at = pc.index_in(batch["id"], value_set=self._earlier_ids)
+                kept = self._earlier_sides.take(at)  # null where the record is new
+                to_validation = pc.coalesce(kept, to_validation)
             count = pc.sum(to_validation).as_py() or 0
             for name, records in (("validation", count), ("train", batch.num_rows - count)):
                 if records:
@@ -179,9 +181,9 @@ class Splitter:
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
-            if self._placed_before or self.earlier:  # a record without a group key is keyed by its id
+            if self._placed_before or self._earlier:  # a record without a group key is keyed by its id
                 placed = zip(keys, sides, strict=True)
-                sides = [self._placed_before.get(key, self.earlier.get(key, side)) for key, side in placed]
+                sides = [self._placed_before.get(key, self._earlier.get(key, side)) for key, side in placed]
         to_train = [not side for side in sides]
         for name, chosen in (("train", to_train), ("validation", sides)):
             if count := sum(chosen):
@@ -191,6 +193,12 @@ class Splitter:
             if self.group_by:
                 self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
+
+    def keep_sides(self, earlier: dict[str, bool]) -> None:
+        """Record id -> validation, for the records of inputs read again that the extended version holds."""
+        self._earlier = earlier
+        self._earlier_ids = pa.array(list(earlier), pa.string())
+        self._earlier_sides = pa.array(list(earlier.values()), pa.bool_())
 
     def _look_up_earlier_sides(self, keys: list[str], known: Callable[[list[str]], dict[str, bool]]) -> None:
         """Ask the state store once for each group key of the run it has not seen yet (records without a
@@ -229,7 +237,7 @@ class Splitter:
         if key in self._groups:
             return self._groups[key]
         self._seen[label] += 1
-        side = self.earlier.get(key)  # counted as dealt, so the label's later units keep its balance
+        side = self._earlier.get(key)  # counted as dealt, so the label's later units keep its balance
         if side is None:
             if label not in self._phases:
                 self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
