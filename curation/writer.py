@@ -748,8 +748,6 @@ class DatasetWriter:
             name: Split(records=sum(s.records for s in shards), shards=shards)
             for name, shards in ((name, self.carried[name] + series.shards) for name, series in self.splits.items())
         }
-        if not splits["train"].records and splits["validation"].records:
-            self._warn_nothing_to_train_on(version, splits["validation"].records)
         manifest = build_manifest(version, splits, list(side_files))
         manifest.side_file_sha256 = side_files
         manifest.set_aside = self.set_aside.shards
@@ -779,6 +777,8 @@ class DatasetWriter:
                 if self._has_manifest(target):
                     raise PublishedMeanwhile(meanwhile) from None
                 raise
+        if not splits["train"].records and splits["validation"].records:  # said once the version is there
+            self._warn_nothing_to_train_on(version, splits["validation"].records)
         return manifest
 
     def _warn_nothing_to_train_on(self, version: int, records: int) -> None:
