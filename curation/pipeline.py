@@ -651,7 +651,8 @@ def _run_locked(
     writer = _writer(recipe, state, plan.full_refresh)
     if plan.replaced_ids is not None and not plan.replaced_ids.is_empty():  # records read again keep their side
         latest = version_uri(recipe.output.dest, recipe.dataset, plan.previous[-1])
-        writer.splitter.keep_sides(published_sides(latest, plan.replaced_ids))
+        sides = published_sides(latest, plan.replaced_ids)
+        writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
     writer.on_written = on_written
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
     held = HeldStops()

@@ -119,15 +119,16 @@ def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
     return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
 
 
-def published_sides(version_dir: str, ids: pl.Series) -> dict[str, bool]:
-    """Record id -> whether ``version_dir`` holds it in validation, for those of ``ids`` it holds."""
+def published_sides(version_dir: str, ids: pl.Series) -> pl.DataFrame:
+    """The records of ``ids`` that ``version_dir`` holds: ``id``, and ``validation`` where it holds it there."""
     fs, folder = filesystem(version_dir)
     wanted = ids.implode()
-    sides: dict[str, bool] = {}
-    for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage):
-        found = rows.filter(pl.col("id").is_in(wanted))
-        sides.update(zip(found["id"].to_list(), found["shard"].str.starts_with("validation/").to_list(), strict=True))
-    return sides
+    parts = [
+        rows.filter(pl.col("id").is_in(wanted)).select("id", validation=pl.col("shard").str.starts_with("validation/"))
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage)
+    ]
+    found = pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean})
+    return found.unique("id")  # a chunked document has a line a piece, all on its side
 
 
 def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> dict[str, set[str]]:
