@@ -42,7 +42,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
-from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates
+from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates, published_sides
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
@@ -645,6 +645,10 @@ def _run_locked(
     plan = _plan(recipe, state, full_refresh, decided_by)
     on_start(sum(entry.size or 0 for entry in plan.inputs))
     writer = _writer(recipe, state, plan.full_refresh)
+    if plan.replaced_ids is not None and not plan.replaced_ids.is_empty():  # records read again keep their side
+        latest = version_uri(recipe.output.dest, recipe.dataset, plan.previous[-1])
+        sides = published_sides(latest, plan.replaced_ids)
+        writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
     writer.on_written = on_written
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
     held = HeldStops()

@@ -14,6 +14,7 @@
 - Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
   group that comes again in a later run (a customer's new transactions) joins the side its records
   already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
+  So does a record of an input read again whole (a changed file) that the extended version holds (``keep_sides``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from itertools import compress
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -139,6 +141,13 @@ class Splitter:
         # Group key -> the side earlier runs put it on (``known`` asks the state store for the keys it is given).
         self.known: Callable[[list[str]], dict[str, bool]] | None = None
         self._placed_before: dict[str, bool] = {}
+        # The side of each record of inputs read again that the extended version holds (``keep_sides``): it
+        # stays there (a stratified split deals labels out in input order, and a seed may have changed), or a
+        # version would hold in validation what a model of the one before trained on. Held as the ids' sorted
+        # xxh3-64 hashes and their sides (9 bytes a record: a version's every record may be read again, when
+        # a source's settings changed), looked up a batch at a time.
+        self._earlier_hashes = np.array([], np.uint64)
+        self._earlier_sides = np.array([], bool)
 
     def _column(self, batch: pa.Table, name: str, setting: str, missing: str | None = NO_VALUE) -> list[str | None]:
         if name not in batch.column_names:
@@ -154,12 +163,15 @@ class Splitter:
         """True where each record of the batch goes to validation."""
         if not self.group_by and not self.stratify_by:  # the common case, in Arrow kernels without a Python step
             to_validation = self._under_threshold(_unit_hashes(self.seed, batch["id"]))
+            if len(self._earlier_hashes):
+                to_validation = pc.coalesce(self._earlier_side(batch["id"]), to_validation)
             count = pc.sum(to_validation).as_py() or 0
             for name, records in (("validation", count), ("train", batch.num_rows - count)):
                 if records:
                     self.records[name] += records
             return to_validation
         ids = batch["id"].to_pylist()
+        earlier = self._earlier_side(batch["id"]).to_pylist() if len(self._earlier_hashes) else [None] * len(ids)
         keys = self._column(batch, self.group_by, "group_by", missing=None) if self.group_by else ids
         # A record without a group key is a group of its own (a key that reads "(none)" is a key).
         keys = [i if k is None else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
@@ -167,12 +179,19 @@ class Splitter:
             self._look_up_earlier_sides(keys, self.known)
         if self.stratify_by:
             labels = self._column(batch, self.stratify_by, "stratify_by")
-            sides = [self._stratified(key, label) for key, label in zip(keys, labels, strict=True)]
+            sides = [
+                self._stratified(key, label, kept if key == record else None)
+                for key, label, kept, record in zip(keys, labels, earlier, ids, strict=True)
+            ]
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
-            if self._placed_before:
-                sides = [self._placed_before.get(key, side) for key, side in zip(keys, sides, strict=True)]
+            # A record's own earlier side where it is its own unit (no group key); a group's, kept by the state store.
+            placed = zip(keys, sides, earlier, ids, strict=True)
+            sides = [
+                self._placed_before.get(key, kept if kept is not None and key == record else side)
+                for key, side, kept, record in placed
+            ]
         to_train = [not side for side in sides]
         for name, chosen in (("train", to_train), ("validation", sides)):
             if count := sum(chosen):
@@ -182,6 +201,20 @@ class Splitter:
             if self.group_by:
                 self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
+
+    def keep_sides(self, ids: Column, validation: Column) -> None:
+        """The side (``validation``) of each record of inputs read again that the extended version holds."""
+        hashes = xxh3_64(ids).to_numpy(zero_copy_only=False)
+        order = np.argsort(hashes, kind="stable")
+        self._earlier_hashes = hashes[order]
+        self._earlier_sides = np.asarray(validation.to_numpy(zero_copy_only=False), bool)[order]
+
+    def _earlier_side(self, ids: Column) -> pa.Array:
+        """The earlier side of each of ``ids``, null where the extended version does not hold the record. Two
+        ids with one 64-bit hash (about one pair in 10^19) would only share a side."""
+        hashes = xxh3_64(ids).to_numpy(zero_copy_only=False)
+        at = np.minimum(np.searchsorted(self._earlier_hashes, hashes), len(self._earlier_hashes) - 1)
+        return pa.array(self._earlier_sides[at], pa.bool_(), mask=self._earlier_hashes[at] != hashes)
 
     def _look_up_earlier_sides(self, keys: list[str], known: Callable[[list[str]], dict[str, bool]]) -> None:
         """Ask the state store once for each group key of the run it has not seen yet (records without a
@@ -216,15 +249,16 @@ class Splitter:
         # The threshold fits uint64: the fraction is below 1 (the recipe checks it).
         return pc.less(hashes, pa.scalar(self._threshold, pa.uint64()))
 
-    def _stratified(self, key: str, label: str) -> bool:
+    def _stratified(self, key: str, label: str, earlier: bool | None = None) -> bool:
         if key in self._groups:
             return self._groups[key]
         self._seen[label] += 1
-        if label not in self._phases:
-            self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
-        phase = self._phases[label]
-        due = math.floor(self._seen[label] * self.fraction + phase)
-        side = due > self._to_validation[label]
+        side = earlier  # counted as dealt, so the label's later units keep its balance
+        if side is None:
+            if label not in self._phases:
+                self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+            due = math.floor(self._seen[label] * self.fraction + self._phases[label])
+            side = due > self._to_validation[label]
         if side:
             self._to_validation[label] += 1
         if self.group_by:

@@ -119,6 +119,18 @@ def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
     return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
 
 
+def published_sides(version_dir: str, ids: pl.Series) -> pl.DataFrame:
+    """The records of ``ids`` that ``version_dir`` holds: ``id``, and ``validation`` where it holds it there."""
+    fs, folder = filesystem(version_dir)
+    wanted = ids.implode()
+    parts = [
+        rows.filter(pl.col("id").is_in(wanted)).select("id", validation=pl.col("shard").str.starts_with("validation/"))
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage)
+    ]
+    found = pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean})
+    return found.unique("id")  # a chunked document has a line a piece, all on its side
+
+
 def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> dict[str, set[str]]:
     """The inputs of records that ``versions`` set aside as duplicates of one of ``ids``, each with the
     ids it holds duplicates of: when those are replaced (their input changed), the content may live
@@ -766,7 +778,27 @@ class DatasetWriter:
                 if self._has_manifest(target):
                     raise PublishedMeanwhile(meanwhile) from None
                 raise
+        if not splits["train"].records and splits["validation"].records:  # said once the version is there
+            self._warn_nothing_to_train_on(version, splits["validation"].records)
         return manifest
+
+    def _warn_nothing_to_train_on(self, version: int, records: int) -> None:
+        """Every record went to validation (a few records, or groups, hashed under the fraction): training
+        refuses such a version, and a group's side is kept for the runs after."""
+        group_by = self.splitter.group_by
+        how = (
+            f"group_by {group_by!r} placed every group there, and later runs keep each group on its side: "
+            "a different split_seed with --full-refresh places them again"
+            if group_by
+            else "publish more records, or another split_seed or a smaller validation_fraction with --full-refresh"
+        )
+        log.warning(
+            "%s v%d: its train split holds no record (all %d went to validation), so training refuses it; %s",
+            self.dataset,
+            version,
+            records,
+            how,
+        )
 
     def _has_manifest(self, folder: str) -> bool:
         """Whether ``folder`` is a published version (its manifest is written last)."""

@@ -19,6 +19,7 @@ from PIL import Image
 from curation.formats import chunk_text, output_format
 from curation.pipeline import RunResult, run_recipe
 from curation.published import read_manifest, verify_checksums
+from curation.split import Splitter
 from curation.writer import DatasetWriter
 from schemas.config import RecipeError, load_recipe
 from schemas.records import source_array
@@ -485,3 +486,62 @@ def test_a_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> 
     ]
     state.record_group_sides("d", {"g\x1ftrue": False}, start_over=False)  # placed by this release: it wins
     assert sides(pa.array([True])) == [False]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ({"stratify_by": "label"}, {}),  # a stratified split deals labels out in input order
+        ({}, {"split_seed": "another"}),  # a hashed one moves records with its seed
+    ],
+)
+def test_a_record_read_again_stays_on_its_side(workdir: Path, first: dict[str, Any], then: dict[str, Any]) -> None:
+    """A changed file is read again whole: its records published before keep their side (their ids do not
+    move with their line), or a later version holds in validation what a model of the earlier trained on."""
+
+    def notes(numbers: range) -> list[dict[str, str]]:
+        return [{"q": f"note {n}", "a": "ok", "label": "xyz"[n % 3]} for n in numbers]
+
+    write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60)))
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.2, **first},
+    }
+    before = side_of_each(Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri))
+    # New notes at the top of the file, which is read again whole.
+    write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60, 73)) + notes(range(60)))
+    recipe["output"] = {**recipe["output"], **then}
+    second = side_of_each(Path(run_recipe(load_recipe(write_recipe(workdir, recipe))).version_uri))
+    assert len(second) == 73
+    assert {record: second[record] for record in before} == before
+
+
+def test_a_version_whose_records_all_went_to_validation_says_so(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One customer's records, grouped: hashing puts the one group on either side, and on validation the
+    version has nothing to train on (training refuses it), which later runs keep so (a group keeps its side)."""
+
+    def placed_in_validation(seed: str) -> bool:
+        return Splitter(0.5, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0].as_py()
+
+    seed = next(seed for seed in map(str, range(100)) if placed_in_validation(seed))
+    write_jsonl(workdir / "in" / "notes.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(3)])
+    recipe = {
+        "dataset": "notes",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {
+            "dest": str(workdir / "out"),
+            "validation_fraction": 0.5,
+            "split_seed": seed,
+            "group_by": "customer",
+        },
+    }
+    with caplog.at_level("WARNING"):
+        manifest = run_fresh(workdir, recipe).manifest
+    assert manifest.splits["train"].records == 0 and manifest.splits["validation"].records == 3
+    said = [r.getMessage() for r in caplog.records if "train split holds no record" in r.getMessage()]
+    assert said and "notes v1" in said[0] and "split_seed" in said[0], caplog.text
