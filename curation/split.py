@@ -34,7 +34,7 @@ import xxhash
 
 from curation.stages.base import as_python
 from schemas.config import RecipeError
-from schemas.hashing import Column, xxh3_64
+from schemas.hashing import Column, xxh3_64, xxh3_128_hex
 
 log = logging.getLogger("curation.split")
 NO_VALUE = "(none)"  # how a missing label or group key is reported
@@ -127,9 +127,13 @@ class Splitter:
         seed: str,
         stratify_by: str | None = None,
         group_by: str | None = None,
+        by_image: bool = False,
     ) -> None:
         self.fraction, self.seed = validation_fraction, seed
         self.stratify_by, self.group_by = stratify_by, group_by
+        # VQA records: split by record, one picture's questions landed on both sides and a model was
+        # evaluated on pictures it trained on. The recipe's own group_by or stratify_by comes first.
+        self.by_image = by_image and not group_by and not stratify_by
         self._threshold = int(validation_fraction * 2**64)
         self._groups: dict[str, bool] = {}  # group key -> goes to validation (stratified runs only)
         self._seen: Counter[str] = Counter()  # label -> units seen
@@ -161,6 +165,8 @@ class Splitter:
 
     def assign(self, batch: pa.Table) -> pa.Array:
         """True where each record of the batch goes to validation."""
+        if self.by_image:
+            return self._assign_by_image(batch)
         if not self.group_by and not self.stratify_by:  # the common case, in Arrow kernels without a Python step
             to_validation = self._under_threshold(_unit_hashes(self.seed, batch["id"]))
             if len(self._earlier_hashes):
@@ -201,6 +207,27 @@ class Splitter:
             if self.group_by:
                 self._group_sides[name].update(compress(keys, chosen))
         return pa.array(sides, pa.bool_())
+
+    def _assign_by_image(self, batch: pa.Table) -> pa.Array:
+        """Each record to the side of its image's content (the cleaned bytes the dataset stores), so the same
+        scan under two names is on one side too; a record without bytes is a unit of its own. A record the
+        extended version holds keeps its side: one published before images were grouped may share its
+        image with the other side, and moving it would put in validation what a model trained on."""
+        keys = batch["id"].cast(pa.large_string())
+        if "image_bytes" in batch.column_names:
+            text = pa.large_string()
+            digests = xxh3_128_hex(batch["image_bytes"]).cast(text)  # null where a record has no bytes
+            keys = pc.coalesce(
+                pc.binary_join_element_wise(pa.scalar("i\x1f", text), digests, pa.scalar("", text)), keys
+            )
+        to_validation = self._under_threshold(_unit_hashes(self.seed, keys))
+        if len(self._earlier_hashes):
+            to_validation = pc.coalesce(self._earlier_side(batch["id"]), to_validation)
+        for name, chosen in (("train", pc.invert(to_validation)), ("validation", to_validation)):
+            if count := pc.sum(chosen).as_py() or 0:
+                self.records[name] += count
+                self._group_sides[name].update(keys.filter(chosen).to_pylist())
+        return to_validation
 
     def keep_sides(self, ids: Column, validation: Column) -> None:
         """The side (``validation``) of each record of inputs read again that the extended version holds."""
@@ -285,6 +312,8 @@ class Splitter:
                     "output.stratify_by: no record has a value in %r, so the split could not balance labels",
                     self.stratify_by,
                 )
-        if self.group_by:
+        if self.group_by or self.by_image:
             report["groups"] = {side: len(keys) for side, keys in self._group_sides.items()}
+        if self.by_image:
+            report["group_by_image"] = True
         return report

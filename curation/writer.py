@@ -365,7 +365,9 @@ class DatasetWriter:
         group_by: str | None = None,
     ) -> None:
         self.dest, self.dataset, self.format = dest, dataset, fmt
-        self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by)
+        # VQA records are grouped by image unless the recipe says how to split (README "Splits").
+        by_image = fmt.kinds == {"vqa"}
+        self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by, by_image=by_image)
         self.run_id = uuid.uuid4().hex[:12]
         # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
         # pipeline): what they left in the dest is removed; anything else may be a run of another store.

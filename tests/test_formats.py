@@ -545,3 +545,17 @@ def test_a_version_whose_records_all_went_to_validation_says_so(
     assert manifest.splits["train"].records == 0 and manifest.splits["validation"].records == 3
     said = [r.getMessage() for r in caplog.records if "train split holds no record" in r.getMessage()]
     assert said and "notes v1" in said[0] and "split_seed" in said[0], caplog.text
+
+
+def test_vqa_records_published_before_images_were_grouped_keep_their_sides() -> None:
+    # Releases before split VQA records one by one: a record of a sidecar read again stays where the version it
+    # extends holds it, while a new question about the same picture goes by the picture.
+    splitter = Splitter(0.5, "seed", by_image=True)
+    picture = pa.array([b"scan"] * 4, pa.binary())
+    ids = [f"r{n}" for n in range(4)]
+    by_image = splitter.assign(pa.table({"id": ids, "image_bytes": picture})).to_pylist()
+    assert len(set(by_image)) == 1  # one picture, one side
+    earlier = not by_image[0]
+    splitter.keep_sides(pa.array(ids[:2]), pa.array([earlier, earlier]))
+    again = splitter.assign(pa.table({"id": ids, "image_bytes": picture})).to_pylist()
+    assert again == [earlier, earlier, by_image[0], by_image[0]]

@@ -19,9 +19,10 @@ from connectors.images import ImagesSourceReader
 from connectors.state import Watermarks
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
+from curation.writer import SPLITS
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import Refusing, outputs, processed, run, set_aside, write_jsonl, write_recipe
+from tests.helpers import Refusing, outputs, processed, read_lines, run, set_aside, write_jsonl, write_recipe
 
 GPS_IFD = 0x8825
 
@@ -1256,3 +1257,23 @@ def test_a_reader_shipped_to_a_ray_task_leaves_the_sidecar_batches_kept_from_pla
     rows = [row for batch in shipped.batches() for row in batch.rows.to_pylist()]
     kept = [row for batch in reader.batches() for row in batch.rows.to_pylist()]
     assert [row["id"] for row in rows] == [row["id"] for row in kept] and rows
+
+
+def test_the_default_split_keeps_each_image_and_its_copies_on_one_side(workdir: Path) -> None:
+    # Split by record, 6 of 8 images had questions on both sides: a model was evaluated on pictures it trained on.
+    (workdir / "img").mkdir()
+    pictures = {f"scan{n}.png": png((16 + n, 16)) for n in range(8)}
+    pictures["scan0-again.png"] = pictures["scan0.png"]  # the same scan under another name
+    for name, data in pictures.items():
+        (workdir / "img" / name).write_bytes(data)
+    rows = [
+        {"image": name, "question": f"Question {q}?", "answer": f"{name} {q}"} for name in pictures for q in range(3)
+    ]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = {**receipts(), "output": {"validation_fraction": 0.5}}
+    version = Path(run(workdir, spec).version_uri)
+    sides = {
+        side: {line["file_name"] for line in read_lines(sorted((version / side).glob("*.jsonl")))} for side in SPLITS
+    }
+    assert len(sides["train"]) + len(sides["validation"]) == 8 and sides["train"] and sides["validation"]
+    assert not sides["train"] & sides["validation"]
