@@ -13,6 +13,7 @@ Figures come from what the run already recorded, so the report reads nothing bac
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -401,18 +402,23 @@ def render_html(data: dict[str, Any], svgs: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(manifest: Manifest, fs: Any, folder: str, set_aside: pl.DataFrame) -> list[str]:
-    """Write report.html and report.json into ``folder``; returns their names."""
+def write_report(manifest: Manifest, fs: Any, folder: str, set_aside: pl.DataFrame) -> dict[str, str]:
+    """Write report.html and report.json into ``folder``; returns each one's name and sha256."""
     data = figures(manifest, set_aside)
     page = render_html(data, plots(data))
-    for name, body in ((REPORT_JSON, json.dumps(data, indent=2)), (REPORT_HTML, page)):
+    written = {}
+    for name, text in ((REPORT_HTML, page), (REPORT_JSON, json.dumps(data, indent=2))):
+        body = text.encode()
         with fs.open_output_stream(f"{folder}/{name}") as out:
-            out.write(body.encode())
-    return [REPORT_HTML, REPORT_JSON]
+            out.write(body)
+        written[name] = hashlib.sha256(body).hexdigest()
+    return written
 
 
 def attach_report(manifest: Manifest, writer: Any) -> Manifest:
-    """Called as the manifest is built: the report goes into the staged version, so it publishes with it."""
-    names = write_report(manifest, writer.fs, writer.staging, set_aside_frame(writer.set_aside_reported))
-    manifest.side_files = [*manifest.side_files, *names]
+    """Called as the manifest is built: the report goes into the staged version, so it publishes with it,
+    and its checksums into the manifest, so training's check covers it (scripts read report.json)."""
+    written = write_report(manifest, writer.fs, writer.staging, set_aside_frame(writer.set_aside_reported))
+    manifest.side_files = [*manifest.side_files, *written]
+    manifest.side_file_sha256 = {**manifest.side_file_sha256, **written}
     return manifest

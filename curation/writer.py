@@ -752,7 +752,7 @@ class DatasetWriter:
             for name, shards in ((name, self.carried[name] + series.shards) for name, series in self.splits.items())
         }
         manifest = build_manifest(version, splits, list(side_files))
-        manifest.side_file_sha256 = side_files
+        manifest.side_file_sha256 = {**side_files, **manifest.side_file_sha256}  # and the report's, if built
         manifest.set_aside = self.set_aside.shards
         manifest.lineage = self.lineage.shards
         manifest.files = sorted(self.files.values(), key=lambda shard: shard.path)

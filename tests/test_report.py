@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from bench.corpus import generate
-from curation.published import read_manifest
+from curation.published import read_manifest, verify_checksums
 from curation.report import figures, plots, render_html
 from schemas.manifest import Counts, Manifest
 from tests.conftest import chromium
@@ -127,6 +127,18 @@ def test_pii_counts_are_plotted_when_the_pii_stage_ran() -> None:
 
 
 @pytest.mark.s3
+def test_the_reports_are_checksummed_in_the_manifest(workdir: Path) -> None:
+    # Listed in side_files without a sha256, a changed report.json passed training's checksum check.
+    write_jsonl(workdir / "in.jsonl", [{"q": "Hello?", "a": "Hi.", "topic": "cards"}])
+    version = Path(run(workdir, {**_recipe("output"), "stages": []}).version_uri)
+    manifest = read_manifest(str(version))
+    assert {"report.json", "report.html"} <= manifest.side_file_sha256.keys()
+    assert verify_checksums(str(version), manifest) == []
+    report = version / "report.json"
+    report.write_text(report.read_text().replace('"written": 1', '"written": 2'))
+    assert verify_checksums(str(version), manifest) == ["report.json"]
+
+
 def test_report_is_published_with_the_version_on_s3(workdir: Path, bucket: str, aws_env: str) -> None:
     write_jsonl(workdir / "in.jsonl", _rows())
     run(workdir, _recipe(f"s3://{bucket}/datasets"))
@@ -135,3 +147,5 @@ def test_report_is_published_with_the_version_on_s3(workdir: Path, bucket: str, 
     assert {"datasets/support/v1/report.html", "datasets/support/v1/report.json"} <= keys
     page = s3.get_object(Bucket=bucket, Key="datasets/support/v1/report.html")["Body"].read().decode()
     assert page.count("<figure class='plot'") == 5
+    version = f"s3://{bucket}/datasets/support/v1"
+    assert verify_checksums(version, read_manifest(version)) == []  # the reports' checksums hold on S3 too
