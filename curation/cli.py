@@ -268,11 +268,14 @@ def check(
     try:
         sources = build_sources(loaded)
         inputs = source_inputs(sources)
+        results = {}  # a database's result: reachable, its table or query runs; its columns
         for source in sources:
-            getattr(source, "probe", lambda: None)()  # a database: reachable, its table or query runs
+            if hasattr(source, "probe"):
+                results[source.uri] = source.probe()
         built = build_stages(loaded)
         stages = [stage.name for stage in built]
         problems, notes = _read_heads(sources, built, head_files)
+        problems = _lacking_columns(loaded, results) + problems
         published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no such bucket)
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
@@ -367,6 +370,41 @@ def _read_heads(sources: list, stages: list, files: int) -> tuple[list[str], lis
                 f"{len(entries) - files:,} not opened (--head-files)"
             )
     return problems, notes
+
+
+def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> list[str]:
+    """Each column a SQL source's result lacks that the recipe needs (a record field's column, one a
+    template uses, a required ``input_schema`` column): every row of it would be set aside, and a run of
+    no other source fails only once it has read them all."""
+    import jinja2
+    from jinja2 import nodes
+
+    from connectors.base import RESERVED
+    from curation.stages.shape import Shape
+
+    shape = Shape(recipe.record, carry=recipe.output.carry_columns())
+    schema = recipe.input_schema
+    required = sorted(set(schema.columns) - set(schema.optional)) if schema is not None else []
+    problems: list[str] = []
+    for uri, names in results.items():
+        held = {f"input_{name}" if name in RESERVED else name for name in names}  # as the connector reads them
+        has = f"; the result has {', '.join(map(repr, sorted(held)))}"
+        problems += [f"{uri}: required column {name!r} is missing{has}" for name in required if name not in held]
+        for field in shape.fields:
+            if field.column is not None and field.target in shape.required and field.column not in held:
+                problems.append(f"{uri}: {field.target}: column {field.column!r} is missing{has}")
+            if not field.template_columns - held:
+                continue
+            # A name the template asks about (`x is defined`, `x | default(...)`) is one it can do without.
+            tree = jinja2.Environment().parse(field.spec)
+            asked = {
+                node.node.name
+                for node in [*tree.find_all(nodes.Test), *tree.find_all(nodes.Filter)]
+                if node.name in ("defined", "undefined", "default", "d") and isinstance(node.node, nodes.Name)
+            }
+            for name in sorted(field.template_columns - held - asked):
+                problems.append(f"{uri}: {field.target}: column {name!r} is missing (the template uses it){has}")
+    return problems
 
 
 def state_problem(url: str, error: SQLAlchemyError) -> str:

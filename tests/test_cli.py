@@ -71,6 +71,34 @@ def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path)
     assert not (tmp_path / "output").exists()  # nothing read, nothing run
 
 
+def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Path) -> None:
+    # `{{ replyy }}` passed check, and the run failed after reading every row.
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE tickets (id INTEGER, subject TEXT, reply TEXT)",
+        "INSERT INTO tickets VALUES (7, 'Card declined', 'Travel notice set.')",
+    )
+    source = {"type": "sql", "url": url, "table": "tickets"}
+    for record, missing in (
+        ({"prompt": "{{ subject }} (#{{ input_id }})", "completion": "{{ replyy }}"}, "completion: column 'replyy'"),
+        ({"prompt": "subject", "completion": "replyy"}, "completion: column 'replyy' is missing"),
+        ({"prompt": "{{ subject }}{{ note | default('') }}", "completion": "reply"}, None),  # one it can do without
+    ):
+        spec = {"dataset": "t", "sources": [source], "record": {"kind": "instruction", **record}}
+        recipe = write_recipe(tmp_path, spec)
+        checked = curation("check", str(recipe), cwd=tmp_path)
+        if missing is None:
+            assert checked.returncode == 0, checked.stderr
+            ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+            assert ran.returncode == 0, ran.stderr
+            continue
+        said = " ".join(checked.stderr.split())
+        assert checked.returncode == 2 and f"input error {url}#tickets: {missing}" in said, checked.stderr
+        assert "'input_id'" in said and "Traceback" not in said  # the result's columns, as a template names them
+        ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+        assert ran.returncode == 2 and "lack a column" in ran.stderr  # what check now says before it
+
+
 def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     done = curation("demo", "--folder", "demo", "--rows", "500", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
