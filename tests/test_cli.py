@@ -889,3 +889,34 @@ def test_check_names_a_stage_that_cannot_go_on_as_the_run_does(tmp_path: Path, m
     assert f"{recipe}: stages.1 (line {line}): pii: the stage failed: KeyError in missed" in said
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output and "whitfield" not in result.output
+
+
+def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only some error types were caught around the readers: any other ended `curation check` in a traceback.
+    from typer.testing import CliRunner
+
+    from connectors.files import FilesSourceReader
+    from curation.cli import app
+    from curation.stages.review import ReviewDecisions
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the reader broke")
+
+    monkeypatch.setattr(FilesSourceReader, "head", broken)
+    recipe = write_recipe(
+        tmp_path, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    )
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"error {tmp_path / 'in.jsonl'}: RuntimeError: the reader broke" in said
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+    debug = CliRunner().invoke(app, ["check", str(recipe), "--log-level", "debug"], env={"COLUMNS": "300"})
+    assert debug.exit_code == 2 and "Traceback" in debug.output and "in broken" in debug.output  # a bug found
+
+    monkeypatch.setattr(ReviewDecisions, "from_state", broken)  # the state store's: exit 1, as its other errors
+    result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "state store sqlite:///" in result.output and "Traceback" not in result.output
