@@ -453,12 +453,12 @@ class SqlSourceReader:
             self._held_now = str(fingerprint)
         return self._held_now
 
-    def probe(self) -> None:
+    def probe(self) -> list[str]:
         """Connect and ask for the result's columns, no rows: what `curation check` tells before a run (a
         database it cannot reach, no such table, a query that does not run, a cursor or key column the
-        result lacks)."""
+        result lacks); the columns, as the database names them."""
         with closing(self._result(no_rows=True)) as result:
-            self._columns_checked(next(result))
+            return self._columns_checked(next(result))
 
     def _columns_checked(self, columns: list[str]) -> list[str]:
         for missing in [c for c in (self.config.cursor, *self.config.key) if c and c not in columns]:

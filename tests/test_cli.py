@@ -71,6 +71,34 @@ def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path)
     assert not (tmp_path / "output").exists()  # nothing read, nothing run
 
 
+def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Path) -> None:
+    # `{{ replyy }}` passed check, and the run failed after reading every row.
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE tickets (id INTEGER, subject TEXT, reply TEXT)",
+        "INSERT INTO tickets VALUES (7, 'Card declined', 'Travel notice set.')",
+    )
+    source = {"type": "sql", "url": url, "table": "tickets"}
+    for record, missing in (
+        ({"prompt": "{{ subject }} (#{{ input_id }})", "completion": "{{ replyy }}"}, "completion: column 'replyy'"),
+        ({"prompt": "subject", "completion": "replyy"}, "completion: column 'replyy' is missing"),
+        ({"prompt": "{{ subject }}{{ note | default('') }}", "completion": "reply"}, None),  # one it can do without
+    ):
+        spec = {"dataset": "t", "sources": [source], "record": {"kind": "instruction", **record}}
+        recipe = write_recipe(tmp_path, spec)
+        checked = curation("check", str(recipe), cwd=tmp_path)
+        if missing is None:
+            assert checked.returncode == 0, checked.stderr
+            ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+            assert ran.returncode == 0, ran.stderr
+            continue
+        said = " ".join(checked.stderr.split())
+        assert checked.returncode == 2 and f"input error {url}#tickets: {missing}" in said, checked.stderr
+        assert "'input_id'" in said and "Traceback" not in said  # the result's columns, as a template names them
+        ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+        assert ran.returncode == 2 and "lack a column" in ran.stderr  # what check now says before it
+
+
 def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     done = curation("demo", "--folder", "demo", "--rows", "500", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -861,3 +889,34 @@ def test_check_names_a_stage_that_cannot_go_on_as_the_run_does(tmp_path: Path, m
     assert f"{recipe}: stages.1 (line {line}): pii: the stage failed: KeyError in missed" in said
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output and "whitfield" not in result.output
+
+
+def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only some error types were caught around the readers: any other ended `curation check` in a traceback.
+    from typer.testing import CliRunner
+
+    from connectors.files import FilesSourceReader
+    from curation.cli import app
+    from curation.stages.review import ReviewDecisions
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the reader broke")
+
+    monkeypatch.setattr(FilesSourceReader, "head", broken)
+    recipe = write_recipe(
+        tmp_path, {"dataset": "docs", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}}
+    )
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"error {tmp_path / 'in.jsonl'}: RuntimeError: the reader broke" in said
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+    debug = CliRunner().invoke(app, ["check", str(recipe), "--log-level", "debug"], env={"COLUMNS": "300"})
+    assert debug.exit_code == 2 and "Traceback" in debug.output and "in broken" in debug.output  # a bug found
+
+    monkeypatch.setattr(ReviewDecisions, "from_state", broken)  # the state store's: exit 1, as its other errors
+    result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "state store sqlite:///" in result.output and "Traceback" not in result.output
