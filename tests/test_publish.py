@@ -16,13 +16,21 @@ from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.review.queue import review_items
 from schemas.config import load_recipe
-from tests.helpers import docs_recipe, write_jsonl, write_recipe
+from tests.helpers import docs_recipe, outputs, write_jsonl, write_recipe
 
 RECIPE = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
 
 
 class Interrupted(Exception):
     pass
+
+
+class Killed(BaseException):  # as SIGKILL: nothing after it runs
+    pass
+
+
+def killed(*_: object) -> None:
+    raise Killed
 
 
 def test_interrupted_run_leaves_no_version_and_rerun_publishes(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,10 +132,6 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
     import logging
 
     from connectors.state import Watermarks
-    from tests.helpers import outputs
-
-    class Killed(BaseException):  # as SIGKILL: nothing after it runs
-        pass
 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
     recipe = load_recipe(
@@ -135,9 +139,6 @@ def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_every
     )
     run_recipe(recipe)
     write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
-
-    def killed(self: Watermarks, run_id: str) -> None:
-        raise Killed
 
     with monkeypatch.context() as patch:
         patch.setattr(Watermarks, "commit", killed)
@@ -158,13 +159,6 @@ def test_a_version_left_unrecorded_stays_so_until_a_run_that_read_everything_pub
     """The run that reads everything again because of a killed run's unrecorded version is killed too
     (a scheduler's next try, OOM): the run after it must still not trust the watermarks."""
     from connectors.state import Watermarks
-    from tests.helpers import outputs
-
-    class Killed(BaseException):  # as SIGKILL: nothing after it runs
-        pass
-
-    def killed(*args: object) -> None:
-        raise Killed
 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
     recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
@@ -187,13 +181,6 @@ def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_publis
 ) -> None:
     from curation import pipeline
     from curation.stages.dedup_index import SignatureIndex
-    from tests.helpers import outputs
-
-    class Killed(BaseException):  # as SIGKILL: nothing after it runs
-        pass
-
-    def killed(*args: object) -> None:
-        raise Killed
 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
     recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
@@ -218,7 +205,6 @@ def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_publis
 def test_a_run_interrupted_as_its_version_became_visible_makes_the_next_read_everything_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.helpers import outputs
 
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
     recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
