@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
 from curation.review import decisions as dec
 from curation.review.app import create_app
@@ -21,6 +20,7 @@ from curation.review.labelstudio import LabelStudioError, export_tasks, import_a
 from curation.review.queue import add_items, review_items
 from schemas.records import FLAG_SCHEMA
 from tests.review_seed import PASSWORD, Seeded, seed
+from tests.test_review_access import signed_in
 
 PII_ITEM, NEAR_DUP_ITEM = 2, 3
 
@@ -33,16 +33,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
 @pytest.fixture
 def app(seeded: Seeded):
     return create_app(seeded.state_url, [seeded.recipe])
-
-
-def signed_in(app, name: str) -> tuple[TestClient, str]:
-    client = TestClient(app, base_url="https://testserver")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-    response = client.post(
-        "/login", data={"username": name, "password": PASSWORD, "csrf_token": csrf}, follow_redirects=False
-    )
-    assert response.status_code == 303
-    return client, csrf
 
 
 def form(page: str, form_id: str) -> dict[str, str]:
