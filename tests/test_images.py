@@ -17,6 +17,7 @@ from PIL import Image
 
 from connectors.images import ImagesSourceReader
 from connectors.state import Watermarks
+from curation.pipeline import RunResult
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.writer import SPLITS
@@ -87,6 +88,16 @@ def receipts() -> dict:
         "record": {"kind": "vqa"},
         "output": {"validation_fraction": 0.0},
     }
+
+
+def taken_then_archived(workdir: Path) -> tuple[dict, RunResult]:
+    """``write_folder``'s images and questions taken by a run of ``receipts()``, then form.png moved away
+    (archived once taken, as landing folders are): the recipe and that first run."""
+    write_folder(workdir)
+    spec = receipts()
+    first = run(workdir, spec)
+    (workdir / "img" / "form.png").rename(workdir / "form.png")
+    return spec, first
 
 
 def write_folder(folder: Path) -> Path:
@@ -539,11 +550,8 @@ def test_a_misspelt_question_or_answer_column_fails_the_run_by_its_setting(workd
 
 def test_an_image_moved_away_once_taken_keeps_its_record(workdir: Path) -> None:
     # Its row was taken again and quarantined as missing_image, which took its record out of the dataset.
-    write_folder(workdir)
-    spec = receipts()
-    first = run(workdir, spec)
+    spec, first = taken_then_archived(workdir)
     assert first.manifest.counts.written == 4
-    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
     with (workdir / "qa.jsonl").open("a") as sidecar:
         sidecar.write(json.dumps({"image": "rotated.jpg", "question": "Which way up?", "answer": "Upright."}) + "\n")
     second = run(workdir, spec)
@@ -563,10 +571,7 @@ def test_an_image_moved_away_once_taken_keeps_its_record_when_another_row_of_its
 ) -> None:
     # The edited sidecar was read again whole: the archived image's row was quarantined as missing_image,
     # and its record, as one of the sidecar's, replaced: it left the dataset.
-    write_folder(workdir)
-    spec = receipts()
-    first = run(workdir, spec)
-    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    spec, first = taken_then_archived(workdir)
     sidecar = workdir / "qa.jsonl"
     sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))  # a corrected answer
     second = run(workdir, spec)
@@ -583,10 +588,7 @@ def test_an_image_moved_away_keeps_its_record_when_the_corrected_sidecar_holds_a
     # A null in a JSONL block hands each row's line on in a hidden column (``INPUT_LINE_COLUMN``): it was
     # in the row's watermark item, so the archived image's row, its item changed, was not known as taken,
     # was quarantined as missing_image and its record left the dataset.
-    write_folder(workdir)
-    spec = receipts()
-    run(workdir, spec)
-    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    spec, _ = taken_then_archived(workdir)
     sidecar = workdir / "qa.jsonl"
     unanswered = json.dumps({"image": "receipt.jpg", "question": "Paid by?", "answer": None})
     sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD") + unanswered + "\n")
@@ -603,10 +605,7 @@ def test_an_image_moved_away_keeps_its_record_when_a_line_with_a_new_key_is_adde
     # too: a line with a new key ("note") changed every row's item, so the archived image's row was not
     # known as taken, was quarantined as missing_image and its record left the dataset; the rows taken
     # before whose images are still there were taken again.
-    write_folder(workdir)
-    spec = receipts()
-    first = run(workdir, spec)
-    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    spec, first = taken_then_archived(workdir)
     sidecar = workdir / "qa.jsonl"
     noted = json.dumps({"image": "rotated.jpg", "question": "Which way up?", "answer": "Upright.", "note": "checked"})
     text = sidecar.read_text()
@@ -1037,10 +1036,7 @@ def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: py
     # It was parsed at planning (for the rows whose image was taken and moved away since) and again to read.
     from connectors.files import FilesSourceReader
 
-    write_folder(workdir)
-    spec = receipts()
-    first = run(workdir, spec)
-    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived after the run took it
+    spec, first = taken_then_archived(workdir)
     sidecar = workdir / "qa.jsonl"
     sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
     parsed: list[str] = []
@@ -1241,10 +1237,7 @@ def test_a_reader_shipped_to_a_ray_task_leaves_the_sidecar_batches_kept_from_pla
     # Up to 256 MiB of an edited sidecar's parsed batches travelled in each Ray read task's arguments.
     import pickle
 
-    write_folder(workdir)
-    spec = receipts()
-    run(workdir, spec)
-    (workdir / "img" / "form.png").rename(workdir / "form.png")  # archived: the edited sidecar is parsed at planning
+    spec, _ = taken_then_archived(workdir)  # archived: the edited sidecar is parsed at planning
     sidecar = workdir / "qa.jsonl"
     sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
     [config] = load_recipe(write_recipe(workdir, spec)).sources
