@@ -28,13 +28,11 @@ def published_versions(dest: str, dataset: str) -> list[int]:
     fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        # A bucket that is not there lists as empty: the run would read all its input, then fail to publish.
-        if not infos and is_s3(uri) and not bucket_exists(fs, path.partition("/")[0]):
-            raise StorageError(f"{dest}: no such bucket")
     except OSError as exc:
-        if isinstance(exc, StorageError):
-            raise
         raise StorageError(f"{uri}: cannot list: {exc}") from None
+    # A bucket that is not there lists as empty: the run would read all its input, then fail to publish.
+    if not infos and is_s3(uri) and not bucket_exists(fs, path.partition("/")[0]):
+        raise StorageError(f"{dest}: no such bucket")
     versions = []
     for info in infos:
         match = VERSION_DIR.match(info.base_name)

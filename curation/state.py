@@ -166,12 +166,10 @@ class StateStore:
         with self.engine.connect() as db:
             return {
                 row.run_id
-                for start in range(0, len(ids), _IN_CLAUSE_KEYS)
+                for chunk in batched(ids, _IN_CLAUSE_KEYS)
                 for row in db.execute(
                     sa.select(runs.c.run_id).where(
-                        runs.c.dataset == dataset,
-                        runs.c.status.in_(ended),
-                        runs.c.run_id.in_(ids[start : start + _IN_CLAUSE_KEYS]),
+                        runs.c.dataset == dataset, runs.c.status.in_(ended), runs.c.run_id.in_(chunk)
                     )
                 )
             }
