@@ -458,10 +458,9 @@ def training_request(
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
         if uri is not None and not uri.startswith("s3://"):
             raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
-    if role_arn or os.environ.get(ROLE_ENV):
-        check_setting(
-            "--role" if role_arn else ROLE_ENV, role_arn or os.environ[ROLE_ENV], "CreateTrainingJob", "RoleArn"
-        )
+    role = role_arn or os.environ.get(ROLE_ENV)
+    if role:
+        check_setting("--role" if role_arn else ROLE_ENV, role, "CreateTrainingJob", "RoleArn")
     if output_uri is not None:
         check_setting("--output", output_uri, "CreateTrainingJob", "OutputDataConfig.S3OutputPath")
     data = _s3_location(version_uri, data_uri, manifest)
@@ -488,7 +487,7 @@ def training_request(
     output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
         "TrainingJobName": name,
-        "RoleArn": role_arn or os.environ.get(ROLE_ENV) or PLACEHOLDER_ROLE,
+        "RoleArn": role or PLACEHOLDER_ROLE,
         "AlgorithmSpecification": {
             "TrainingImage": spec.training_image,
             "TrainingInputMode": "File",

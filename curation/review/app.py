@@ -458,7 +458,7 @@ def _clean(pairs: Any) -> dict[str, str]:
 
 def _version(value: str) -> int | None:
     """A version filter's number; None for one no store holds ("v2", "²", past the column's range)."""
-    return int(value) if value.isascii() and value.isdigit() and int(value) < 2**31 else None
+    return int(value) if value.isascii() and value.isdigit() and int(value) <= MAX_ITEM_ID else None
 
 
 def _unknown_version(filters: dict[str, str]) -> str | None:

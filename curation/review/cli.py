@@ -76,10 +76,11 @@ def _state_url(state: str | None, recipes: list[Recipe]) -> str:
 
 
 def _store_name(url: str, state: str | None, recipes: list[Recipe]) -> str:
-    """The state store a command used, its password hidden, and where the choice came from."""
-    import sqlalchemy as sa
+    """The state store a command used, its password (and a secret in its query) hidden, and where the
+    choice came from."""
+    from connectors.state import safe_url
 
-    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+    shown = safe_url(url)
     if state:
         return shown
     return f"{shown} (the recipe's)" if recipes else f"{shown} (the default, from this folder)"
