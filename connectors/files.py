@@ -567,6 +567,7 @@ class FilesSourceReader(ListedFiles):
         entries = super().entries()
         for entry in entries:
             file_format(entry.uri, self.config.format)
+        self._partition_keys()  # found once, here: the copies a Ray run reads each file with carry them
         return entries
 
     def batches(self) -> Iterator[SourceBatch]:

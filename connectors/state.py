@@ -274,13 +274,17 @@ class Watermarks:
     def commit(self, run_id: str) -> None:
         """Record what this run took, in one transaction; a full refresh forgets everything before."""
         now = datetime.now(UTC)
+        # A file its reader did not hash is hashed now, before the transaction: not with the store's write
+        # lock held (all of a SQLite store) while a large file is read.
+        for source in self.sources.values():
+            source.pending.update(
+                {item: value.value() for item, value in source.pending.items() if isinstance(value, HashedWhenRead)}
+            )
         with self.engine.begin() as db:
             if self.full_refresh:
                 db.execute(watermarks.delete().where(watermarks.c.dataset == self.dataset))
             for key, source in self.sources.items():
                 for item, value in source.pending.items():
-                    if isinstance(value, HashedWhenRead):  # a file its reader did not hash: hashed now
-                        value = value.value()
                     where = (
                         (watermarks.c.dataset == self.dataset)
                         & (watermarks.c.source == key)
