@@ -42,7 +42,7 @@ from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
-from curation.writer import DatasetWriter, ids_from_inputs, inputs_of_duplicates, published_sides
+from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
@@ -335,17 +335,19 @@ def _less_kept(ids: pl.Series, watermarks: Watermarks) -> pl.Series:
 
 def _replaced_records(
     recipe: Recipe, watermarks: Watermarks, sources: list[Source], previous: list[int], inputs: list[InputFile]
-) -> tuple[list[InputFile], pl.Series]:
+) -> tuple[list[InputFile], pl.Series, pl.DataFrame]:
     """The ids of the records the latest version holds from inputs this run reads whole again (changed
-    files): what those hold now replaces them, so neither cross-run dedup nor the carry keeps them.
+    files): what those hold now replaces them, so neither cross-run dedup nor the carry keeps them; and
+    the side (validation or not) each of those records had there.
 
     A replaced record may have been the kept copy of content other inputs hold too (set aside as its
     duplicates): those inputs are read again as well (the listing, returned, grows), or the content
     would leave the dataset."""
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
-    replaced_ids = _less_kept(ids_from_inputs(latest, watermarks.replaced()), watermarks)
+    published = records_from_inputs(latest, watermarks.replaced())
+    replaced_ids = _less_kept(published["id"], watermarks)
     if replaced_ids.is_empty():
-        return inputs, replaced_ids
+        return inputs, replaced_ids, published
     found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, _chain(recipe, previous), replaced_ids)
     holding = set(found) - watermarks.replaced()
     if holding:
@@ -353,7 +355,8 @@ def _replaced_records(
         for source in sources:
             getattr(source, "list_again", lambda: None)()
         inputs = source_inputs(sources)
-        replaced_ids = _less_kept(ids_from_inputs(latest, watermarks.replaced()), watermarks)
+        published = records_from_inputs(latest, watermarks.replaced())
+        replaced_ids = _less_kept(published["id"], watermarks)
     # An input that cannot be read again (gone, a SQL cursor, a source that lists once): the records
     # it holds duplicates of stay as they were published, or their content would leave the dataset.
     unread = sorted(holding - watermarks.replaced())
@@ -366,7 +369,7 @@ def _replaced_records(
             len(kept),
             ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
         )
-    return inputs, replaced_ids
+    return inputs, replaced_ids, published
 
 
 def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
@@ -579,6 +582,8 @@ class RunPlan:
     sources: list[Source]
     inputs: list[InputFile]
     replaced_ids: pl.Series | None  # the latest version's records from inputs read whole again
+    # ``id`` and ``validation`` of the latest version's records from those inputs (kept ones among them too)
+    published_sides: pl.DataFrame | None
 
     @property
     def extends(self) -> int | None:
@@ -646,8 +651,7 @@ def _run_locked(
     on_start(sum(entry.size or 0 for entry in plan.inputs))
     writer = _writer(recipe, state, plan.full_refresh)
     if plan.replaced_ids is not None and not plan.replaced_ids.is_empty():  # records read again keep their side
-        latest = version_uri(recipe.output.dest, recipe.dataset, plan.previous[-1])
-        sides = published_sides(latest, plan.replaced_ids)
+        sides = plan.published_sides.filter(pl.col("id").is_in(plan.replaced_ids.implode()))
         writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
     writer.on_written = on_written
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
@@ -802,10 +806,10 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: dat
         log.warning("%s", warning)
     if previous and not full_refresh:
         _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])
-    replaced_ids = None
+    replaced_ids, sides = None, None
     if recipe.output.carry_forward and previous and watermarks.replaced():
-        inputs, replaced_ids = _replaced_records(recipe, watermarks, sources, previous, inputs)
-    return RunPlan(previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids)
+        inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs)
+    return RunPlan(previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids, sides)
 
 
 def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWriter:

@@ -108,23 +108,15 @@ def _lineage_files(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> Ite
         yield _lineage_file(fs, f"{folder}/{shard.path}")
 
 
-def ids_from_inputs(version_dir: str, uris: set[str]) -> pl.Series:
-    """The ids of the records that ``version_dir`` holds (its own and carried) from the inputs ``uris``."""
+def records_from_inputs(version_dir: str, uris: set[str]) -> pl.DataFrame:
+    """The records that ``version_dir`` holds (its own and carried) from the inputs ``uris``: ``id``, and
+    ``validation`` where it holds it there."""
     fs, folder = filesystem(version_dir)
     wanted = pl.Series(sorted(uris), dtype=pl.String).implode()
     parts = [
-        rows.filter(pl.col("source").struct.field("uri").is_in(wanted))["id"]
-        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage)
-    ]
-    return pl.concat(parts).unique() if parts else pl.Series([], dtype=pl.String)
-
-
-def published_sides(version_dir: str, ids: pl.Series) -> pl.DataFrame:
-    """The records of ``ids`` that ``version_dir`` holds: ``id``, and ``validation`` where it holds it there."""
-    fs, folder = filesystem(version_dir)
-    wanted = ids.implode()
-    parts = [
-        rows.filter(pl.col("id").is_in(wanted)).select("id", validation=pl.col("shard").str.starts_with("validation/"))
+        rows.filter(pl.col("source").struct.field("uri").is_in(wanted)).select(
+            "id", validation=pl.col("shard").str.starts_with("validation/")
+        )
         for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage)
     ]
     found = pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean})
