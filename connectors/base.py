@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from connectors.storage import StorageError
 from schemas.manifest import InputFile
-from schemas.records import empty_set_aside
+from schemas.records import RESERVED, empty_set_aside, input_name
 
 
 @dataclass
@@ -37,9 +37,6 @@ class Source(Protocol):
     def batches(self) -> Iterator[SourceBatch]: ...
 
 
-RESERVED = ("id", "source")
-
-
 def reserved_clash(uri: str, names: Sequence[str]) -> str | None:
     """What is wrong when an input has both ``id`` and ``input_id`` (or ``source`` and ``input_source``):
     read as ``input_id``, its ``id`` would be a second column of that name."""
@@ -59,7 +56,7 @@ def with_lineage(table: pa.Table, ids: list[str] | pa.Array | pa.ChunkedArray, s
     Customer tables nearly always have an ``id`` column; renaming keeps it for templates
     (``{{ input_id }}``) without clashing with the record id that lineage depends on.
     """
-    names = [f"input_{name}" if name in RESERVED else name for name in table.column_names]
+    names = [input_name(name) for name in table.column_names]
     uri = sources.field("uri")[0].as_py() if len(sources) else "an input"
     clash = reserved_clash(uri, table.column_names)
     if clash is not None:  # two columns of one name: no stage could tell them apart

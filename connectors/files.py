@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from connectors.base import RESERVED, SourceBatch, with_lineage
+from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import (
     FileEntry,
@@ -48,6 +48,7 @@ from schemas.records import (
     INPUT_LINE_COLUMN,
     InputIds,
     empty_set_aside,
+    input_name,
     set_aside_rows,
     sorted_holds,
     source_array,
@@ -1070,11 +1071,11 @@ def _with_partitions(
     a null one for each key of other files' folders (``elsewhere``) the rows do not hold themselves."""
     rows = batch.rows
     for key in elsewhere:
-        name = f"input_{key}" if key in RESERVED else key
+        name = input_name(key)
         if name not in rows.column_names:
             rows = rows.append_column(name, pa.nulls(rows.num_rows, pa.string()))
     for key, value in partitions.items():
-        name = f"input_{key}" if key in RESERVED else key
+        name = input_name(key)
         if name in rows.column_names:
             raise StorageError(
                 f"{uri}: {name!r} is both a column of the file and a partition folder ({key}=...): "

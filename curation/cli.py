@@ -400,15 +400,15 @@ def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> list[str]
     import jinja2
     from jinja2 import nodes
 
-    from connectors.base import RESERVED
     from curation.stages.shape import Shape
+    from schemas.records import input_name
 
     shape = Shape(recipe.record, carry=recipe.output.carry_columns())
     schema = recipe.input_schema
     required = sorted(set(schema.columns) - set(schema.optional)) if schema is not None else []
     problems: list[str] = []
     for uri, names in results.items():
-        held = {f"input_{name}" if name in RESERVED else name for name in names}  # as the connector reads them
+        held = {input_name(name) for name in names}  # as the connector reads them
         has = f"; the result has {', '.join(map(repr, sorted(held)))}"
         problems += [f"{uri}: required column {name!r} is missing{has}" for name in required if name not in held]
         for field in shape.fields:

@@ -363,9 +363,18 @@ def input_record_json(row: dict[str, Any]) -> str:
             value = None
         if isinstance(value, dict):
             # The reader names an input column "id" or "source" input_id or input_source (``with_lineage``).
-            held = {f"input_{key}" if key in ("id", "source") else key for key in value}
+            held = {input_name(key) for key in value}
             left_out |= {key for key, found in row.items() if found is None and key not in held}
     return record_json({key: value for key, value in row.items() if key not in left_out})
+
+
+RESERVED = ("id", "source")  # the record's own columns
+
+
+def input_name(name: str) -> str:
+    """The name an input column is read under: ``id`` and ``source`` are the record's own, so an input's
+    are ``input_id`` and ``input_source``."""
+    return f"input_{name}" if name in RESERVED else name
 
 
 def _as_text(value: Any) -> str:
