@@ -215,19 +215,19 @@ class ImagesSourceReader:
             # Named as the read names them (``_names``): a name made bytes by a neighbour not UTF-8 too.
             names = _names(rows[column], column)[0] if column in rows.column_names else [None] * rows.num_rows
             for row, name in zip(rows.to_pylist(), names, strict=True):
-                if self._archived_image(row, name):
+                if self._archived_image(row, _row_item(row), name):
                     found.add(row["id"])
         if parsed is not None:
             self._parsed[entry.uri] = parsed
         return found
 
-    def _archived_image(self, row: dict, name: str | None) -> bool:
+    def _archived_image(self, row: dict, item: str, name: str | None) -> bool:
         """Whether the row's image was taken by an earlier run and is not in the folder now."""
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
         return (
             fingerprint is None
             and self.watermark is not None
-            and self.watermark.get(self._committed_item(row, _row_item(row))) not in (None, UNREAD)
+            and self.watermark.get(self._committed_item(row, item)) not in (None, UNREAD)
         )
 
     def _committed_item(self, row: dict, item: str) -> str:
@@ -289,10 +289,11 @@ class ImagesSourceReader:
         no_name = ImageProblem("missing_image", "the row names no image")
         for row, name, unnamed in zip(rows, names, not_text, strict=True):
             result: CleanImage | ImageProblem | None = None  # None: taken by an earlier run, left out
-            if self._is_new(row, name):
+            item = _row_item(row) if self.watermark is not None else ""  # hashed once per row
+            if self._is_new(row, item, name):
                 result = no_column or unnamed or (self._image(name, cache) if name else no_name)
                 if self.watermark is not None and name and result is not no_column:
-                    self._taken(self.watermark, row, name, result)
+                    self._taken(self.watermark, item, name, result)
             keep.append(isinstance(result, CleanImage))
             payload.append(result.data if isinstance(result, CleanImage) else None)
             problems.append(result if isinstance(result, ImageProblem) else None)
@@ -406,14 +407,11 @@ class ImagesSourceReader:
         "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen."""
         return join(self.config.path, posixpath.normpath(name))
 
-    def _is_new(self, row: dict, name: str | None) -> bool:
-        """Whether this (image, question, answer) row, with its image as it is now, was taken before."""
+    def _is_new(self, row: dict, item: str, name: str | None) -> bool:
+        """Whether this (image, question, answer) row (``item``: its ``_row_item``), with its image as it is
+        now, was taken before."""
         if self.watermark is None:
             return True
-        item = _row_item(row)
-        committed = self._committed_item(row, item)
-        if committed != item:  # written the old way: kept under the new item (a path below may set it anew)
-            self.watermark.set(item, self.watermark.committed[committed])
         fingerprint = self.fingerprints().get(self._image_uri(name)) if name else None
         uri, line = row["source"]["uri"], row["source"]["line"]
         reread = uri in self.changed_sidecars()
@@ -423,7 +421,10 @@ class ImagesSourceReader:
             # is counted (and found a duplicate by a dedup stage) rather than left out unseen.
             self.watermark.set(item, fingerprint)
             return True
-        if self._archived_image(row, name):
+        committed = self._committed_item(row, item)
+        if committed != item:  # written the old way: kept under the new item (a path below may set it anew)
+            self.watermark.set(item, self.watermark.committed[committed])
+        if self._archived_image(row, item, name):
             # Its image was taken and has been moved away since (inputs often are, once taken): its
             # record stays, as a deleted input file's do, rather than be quarantined as missing_image
             # and so replace its published copy (its sidecar read again: ``_archived``). Its watermark
@@ -443,14 +444,14 @@ class ImagesSourceReader:
         self.watermark.set(item, fingerprint)
         return True
 
-    def _taken(self, watermark: SourceWatermark, row: dict, name: str, result: CleanImage | ImageProblem) -> None:
-        """Stage the row's watermark as its image was read: with the hash of its bytes (``file_value``),
-        or ``UNREAD`` when they could not be read for now."""
+    def _taken(self, watermark: SourceWatermark, item: str, name: str, result: CleanImage | ImageProblem) -> None:
+        """Stage the row's watermark (``item``) as its image was read: with the hash of its bytes
+        (``file_value``), or ``UNREAD`` when they could not be read for now."""
         uri = self._image_uri(name)
         if isinstance(result, ImageProblem) and result.retry:
-            watermark.set(_row_item(row), UNREAD)
+            watermark.set(item, UNREAD)
         elif uri in self._digests and uri in self._listed:
-            watermark.set(_row_item(row), file_value(self._listed[uri], self._digests[uri]))
+            watermark.set(item, file_value(self._listed[uri], self._digests[uri]))
 
 
 def _up_to(batches: Iterable[SourceBatch], last_line: float) -> Iterator[SourceBatch]:
