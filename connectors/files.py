@@ -1264,20 +1264,30 @@ class _Replayed(io.RawIOBase):
         return b"".join((taken, more))
 
 
+def _csv_values(text: bytes, start: int, delimiter: str) -> Iterator[re.Match[bytes]]:
+    """The values of the CSV records in ``text`` from ``start`` on, as Arrow reads them (``_csv_value``),
+    each followed by a delimiter or newline, the last by the end of ``text``."""
+    value, at = _csv_value(delimiter.encode()), start
+    while at <= len(text):
+        found = value.match(text, at)
+        yield found
+        at = found.end() + 1  # past the delimiter or newline
+
+
+def _runs_open(found: re.Match[bytes]) -> bool:
+    """The value's quoted part ran to the end of the text: a quote never closed there."""
+    return bool(found.group(1)) and not found.group(2)
+
+
 def _record_end(text: bytes, start: int, delimiter: str) -> int | None:
     """Where the CSV record that starts at ``start`` in ``text`` ends (past its newline), as Arrow reads
     it (``_csv_value``), or None where it runs to the end of ``text``."""
-    value, at = _csv_value(delimiter.encode()), start
-    while True:
-        found = value.match(text, at)
-        if found.group(1) and not found.group(2):  # the quoted part ran to the end
+    for found in _csv_values(text, start, delimiter):
+        if _runs_open(found) or found.end() >= len(text):
             return None
-        at = found.end()
-        if at >= len(text):
-            return None
-        if text[at] == ord("\n"):
-            return at + 1
-        at += 1  # past the delimiter
+        if text[found.end()] == ord("\n"):
+            return found.end() + 1
+    return None
 
 
 def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
@@ -1493,14 +1503,7 @@ def _csv_value(delimiter: bytes) -> re.Pattern[bytes]:
 def _open_quote_at(text: bytes, delimiter: str) -> int | None:
     """Where a quote opens in ``text`` (CSV records from one's start to the file's end) that is never
     closed, or None."""
-    value, at = _csv_value(delimiter.encode()), 0
-    while True:
-        found = value.match(text, at)
-        if found.group(1) and not found.group(2):  # the quoted part ran to the end
-            return found.start()
-        at = found.end() + 1  # past the delimiter or newline
-        if at > len(text):
-            return None
+    return next((found.start() for found in _csv_values(text, 0, delimiter) if _runs_open(found)), None)
 
 
 def _without_blank_lines(
