@@ -80,8 +80,10 @@ def _space_cut(window: str, following: str) -> int:
     for space in reversed(spaces):
         if space.start() <= len(window) // 2:
             break
-        before = window[: space.start()].rsplit(None, 4)
-        if "\n" in space.group() or not _inside_a_name(before, (window[space.end() :] + following).split(None, 4)):
+        if "\n" in space.group():
+            return space.end()
+        before, after = window[: space.start()].rsplit(None, 4), (window[space.end() :] + following).split(None, 4)
+        if not _inside_a_name(before, after):
             return space.end()
     return spaces[-1].end() if spaces else 0
 

@@ -169,8 +169,7 @@ class Splitter:
             return self._assign_by_image(batch)
         if not self.group_by and not self.stratify_by:  # the common case, in Arrow kernels without a Python step
             to_validation = self._under_threshold(_unit_hashes(self.seed, batch["id"]))
-            if len(self._earlier_hashes):
-                to_validation = pc.coalesce(self._earlier_side(batch["id"]), to_validation)
+            to_validation = self._keeping_earlier(batch["id"], to_validation)
             count = pc.sum(to_validation).as_py() or 0
             for name, records in (("validation", count), ("train", batch.num_rows - count)):
                 if records:
@@ -221,8 +220,7 @@ class Splitter:
                 pc.binary_join_element_wise(pa.scalar("i\x1f", text), digests, pa.scalar("", text)), keys
             )
         to_validation = self._under_threshold(_unit_hashes(self.seed, keys))
-        if len(self._earlier_hashes):
-            to_validation = pc.coalesce(self._earlier_side(batch["id"]), to_validation)
+        to_validation = self._keeping_earlier(batch["id"], to_validation)
         for name, chosen in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             if count := pc.sum(chosen).as_py() or 0:
                 self.records[name] += count
@@ -235,6 +233,12 @@ class Splitter:
         order = np.argsort(hashes, kind="stable")
         self._earlier_hashes = hashes[order]
         self._earlier_sides = np.asarray(validation.to_numpy(zero_copy_only=False), bool)[order]
+
+    def _keeping_earlier(self, ids: Column, to_validation: pa.Array) -> pa.Array:
+        """``to_validation``, but the earlier side for each record of ``ids`` the extended version holds."""
+        if not len(self._earlier_hashes):  # none read again (and no index to look in)
+            return to_validation
+        return pc.coalesce(self._earlier_side(ids), to_validation)
 
     def _earlier_side(self, ids: Column) -> pa.Array:
         """The earlier side of each of ``ids``, null where the extended version does not hold the record. Two

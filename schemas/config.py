@@ -411,8 +411,12 @@ class Expectation(Strict):
 
     @model_validator(mode="after")
     def _has_its_arguments(self) -> Expectation:
-        own = {"length_between": ("min", "max"), "between": ("min", "max"), "matches_regex": ("regex",)}
-        own["in_set"] = ("values",)
+        own = {
+            "length_between": ("min", "max"),
+            "between": ("min", "max"),
+            "matches_regex": ("regex",),
+            "in_set": ("values",),
+        }
         given = [n for n in ("min", "max", "regex", "values") if getattr(self, n) is not None]
         other = [n for n in given if n not in own.get(self.check, ())]
         if other:  # set for another check, or misplaced: it would change nothing, unseen
