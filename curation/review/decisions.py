@@ -127,6 +127,23 @@ def revision(db: sa.Engine | sa.Connection, item_id: int) -> str:
     )
     with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
         latest, undone = conn.execute(query).one()
+    return _revision_text(latest, undone)
+
+
+def revisions(engine: sa.Engine, item_ids: list[int]) -> dict[int, str]:
+    """``revision`` of each of ``item_ids``, asked a chunk of items at a time (an export of the queue)."""
+    found = {item_id: _revision_text(None, 0) for item_id in item_ids}
+    query = sa.select(
+        decisions.c.item_id, sa.func.max(decisions.c.decision_id), sa.func.count(decisions.c.undone_at)
+    ).group_by(decisions.c.item_id)
+    with engine.connect() as conn:
+        for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+            for item_id, latest, undone in conn.execute(query.where(decisions.c.item_id.in_(chunk))):
+                found[item_id] = _revision_text(latest, undone)
+    return found
+
+
+def _revision_text(latest: int | None, undone: int) -> str:
     return f"{latest}.{undone}" if latest is not None else "0.0"
 
 

@@ -163,12 +163,13 @@ def export_tasks(
         for dataset in {row["dataset"] for row in rows}
         for record in gone_records(engine, dataset, [row["record_id"] for row in rows if row["dataset"] == dataset])
     }
+    seen = dec.revisions(engine, [row["item_id"] for row in rows])
     return [
         _task(
             row,
             include_pii,
             dec.not_pii_in_force(engine, row["item_id"]) if row["kind"] == "pii" else set(),
-            dec.revision(engine, row["item_id"]),
+            seen[row["item_id"]],
             (row["dataset"], row["record_id"]) in gone,
         )
         for row in rows
