@@ -11,7 +11,6 @@ edits replace field values, and redaction spans marked "not PII" are handed to t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ import sqlalchemy as sa
 
 from connectors.batches import IDS_PER_QUERY, batched
 from curation.redaction import redacted
-from curation.review.queue import create_tables, metadata, review_items
+from curation.review.queue import connected, create_tables, metadata, review_items
 from curation.review.rejected_content import copies_of, keys_of
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ def revision(db: sa.Engine | sa.Connection, item_id: int) -> str:
     query = sa.select(sa.func.max(decisions.c.decision_id), sa.func.count(decisions.c.undone_at)).where(
         decisions.c.item_id == item_id
     )
-    with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
+    with connected(db) as conn:
         latest, undone = conn.execute(query).one()
     return _revision_text(latest, undone)
 
@@ -194,7 +193,7 @@ def decide(
 def check_seen(db: sa.Engine | sa.Connection, item_id: int, seen: str | None, action: str) -> None:
     """Raise ``StaleDecision`` when the item's decisions changed since a page showed them (``seen``)."""
     if seen is not None and seen != revision(db, item_id):
-        with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
+        with connected(db) as conn:
             raise StaleDecision(_changed_since(conn, item_id, action))
 
 
@@ -262,7 +261,7 @@ def _in_force_per_item(
     query = decisions.select().where(*where).order_by(decisions.c.decision_id)
     if as_of is None:
         query = query.where(decisions.c.undone_at.is_(None))
-    with engine.connect() if isinstance(engine, sa.Engine) else contextlib.nullcontext(engine) as db:
+    with connected(engine) as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
     if as_of is not None:  # compared here: SQLite hands datetimes back naive (see _utc)
         rows = [row for row in rows if _standing(row, _utc(as_of))]

@@ -183,10 +183,16 @@ def note_read(engine: sa.Engine, dataset: str, run_id: str, found: set[str], rea
     return len(gone)
 
 
+def connected(db: sa.Engine | sa.Connection) -> contextlib.AbstractContextManager[sa.Connection]:
+    """A connection to use: a new one of an engine (closed after), or the one given, left open (its
+    caller's transaction goes on)."""
+    return db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db)
+
+
 def gone_records(db: sa.Engine | sa.Connection, dataset: str, record_ids: list[str]) -> set[str]:
     """Which of these records of ``dataset`` the latest run that read their input did not find."""
     found: set[str] = set()
-    with db.connect() if isinstance(db, sa.Engine) else contextlib.nullcontext(db) as conn:
+    with connected(db) as conn:
         for chunk in batched(sorted(set(record_ids)), IDS_PER_QUERY):
             query = sa.select(review_gone.c.record_id).where(
                 review_gone.c.dataset == dataset, review_gone.c.record_id.in_(chunk)

@@ -12,7 +12,6 @@ and the content comes back, and a carried copy leaves with its record when the r
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from connectors.batches import IDS_PER_QUERY, batched
-from curation.review.queue import create_tables, metadata
+from curation.review.queue import connected, create_tables, metadata
 from schemas.records import dedup_fields
 
 rejected_content = sa.Table(
@@ -80,7 +79,7 @@ def keys_of(engine: sa.Engine | sa.Connection, dataset: str, records: Iterable[s
         return {}
     found: dict[str, int] = {}
     table = rejected_content
-    with engine.connect() if isinstance(engine, sa.Engine) else contextlib.nullcontext(engine) as db:
+    with connected(engine) as db:
         for chunk in _chunks(records):
             query = sa.select(table.c.record_id, table.c.content_key).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
@@ -120,7 +119,7 @@ def copies_of(
         return {}
     found: dict[str, set[tuple[str, str]]] = {}
     table = rejected_copies
-    with engine.connect() if isinstance(engine, sa.Engine) else contextlib.nullcontext(engine) as db:
+    with connected(engine) as db:
         for chunk in _chunks(records):
             query = sa.select(table.c.record_id, table.c.copy_id, table.c.uri).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
