@@ -427,6 +427,12 @@ class SqlSourceReader:
                 self.uri,
             )
 
+    def records_again(self) -> set[str]:
+        """Its URI where a run may write a published record again under its id: a keyed row edited since,
+        read by its cursor (without one the table is read whole, replacing what it gave)."""
+        taken = self.watermark is not None and bool(self.watermark.committed)
+        return {self.uri} if taken and self.config.key and self.config.cursor is not None else set()
+
     def inputs(self) -> list[InputFile]:
         # Asked again when the run must read more (an input that held a duplicate of a replaced
         # record): the answer may change from nothing new to read whole.

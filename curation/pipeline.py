@@ -372,6 +372,27 @@ def _replaced_records(
     return inputs, replaced_ids, published
 
 
+def _earlier_sides(
+    recipe: Recipe, previous: list[int], sources: list[Source], watermarks: Watermarks, replaced: pl.DataFrame | None
+) -> pl.DataFrame | None:
+    """``id`` and ``validation`` of each published record this run may write again under its id, so it keeps
+    its side (README "Splits"): ``replaced`` (the latest version's records of inputs read whole again), and
+    those of inputs whose records come again one by one (an edited keyed SQL row, a VQA row whose image
+    changed). A delta version holds only its own records: there every version of its chain is looked in,
+    for the inputs read whole again too, the latest first."""
+    uris = {uri for source in sources for uri in getattr(source, "records_again", set)()}
+    if recipe.output.carry_forward:
+        versions = previous[-1:]
+    else:
+        uris |= watermarks.replaced()
+        versions = _chain(recipe, previous)[::-1]
+    if not uris:
+        return replaced
+    found = [replaced] if replaced is not None else []
+    found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris) for v in versions]
+    return pl.concat(found).unique("id", keep="first", maintain_order=True)
+
+
 def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
     """The versions the latest builds on: it and those it extends, back to one that extends nothing (a
     first run, a full refresh). What versions before that set aside describes input as it was then."""
@@ -582,7 +603,7 @@ class RunPlan:
     sources: list[Source]
     inputs: list[InputFile]
     replaced_ids: pl.Series | None  # the latest version's records from inputs read whole again
-    # ``id`` and ``validation`` of the latest version's records from those inputs (kept ones among them too)
+    # ``id`` and ``validation`` of the published records this run may write again (``_earlier_sides``)
     published_sides: pl.DataFrame | None
 
     @property
@@ -650,8 +671,8 @@ def _run_locked(
     plan = _plan(recipe, state, full_refresh, decided_by)
     on_start(sum(entry.size or 0 for entry in plan.inputs))
     writer = _writer(recipe, state, plan.full_refresh)
-    if plan.replaced_ids is not None and not plan.replaced_ids.is_empty():  # records read again keep their side
-        sides = plan.published_sides.filter(pl.col("id").is_in(plan.replaced_ids.implode()))
+    if plan.published_sides is not None and not plan.published_sides.is_empty():  # records read again keep their side
+        sides = plan.published_sides
         writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
     writer.on_written = on_written
     state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
@@ -809,6 +830,8 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: dat
     replaced_ids, sides = None, None
     if recipe.output.carry_forward and previous and watermarks.replaced():
         inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs)
+    if previous and not full_refresh:
+        sides = _earlier_sides(recipe, previous, sources, watermarks, sides)
     return RunPlan(previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids, sides)
 
 

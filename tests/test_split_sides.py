@@ -1,0 +1,131 @@
+"""A record published on one side of the split stays there in later versions, whatever moved: a model trained
+on v1 must not be scored on its own training rows in v2 (README "Splits")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import read_lines, run, write_jsonl
+
+SEED_CHANGED = {"split_seed": "another"}  # a hashed split moves records with its seed
+
+
+def side_of_each(version: Path) -> dict[str, str]:
+    """record id -> split, from the lineage (carried records too)."""
+    return {row["id"]: row["shard"].split("/")[0] for row in read_lines(sorted((version / "lineage").glob("*.jsonl")))}
+
+
+def kept_sides(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """The records of ``before`` that ``after`` holds on the other side: (side before, side after)."""
+    return {record: (side, after[record]) for record, side in before.items() if after.get(record, side) != side}
+
+
+@pytest.mark.parametrize("then", [{"stratify_by": "label"}, SEED_CHANGED])
+def test_a_delta_version_keeps_the_sides_of_a_changed_files_records(workdir: Path, then: dict[str, Any]) -> None:
+    """``carry_forward: false``: a changed file is read again whole and its unchanged records are in the delta
+    again; they keep the side the version they were published in holds them on."""
+
+    def notes(numbers: range) -> list[dict[str, str]]:
+        return [{"q": f"note {n}", "a": "ok", "label": "xyz"[n % 3]} for n in numbers]
+
+    write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60)))
+    recipe: dict[str, Any] = {
+        "dataset": "notes",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"validation_fraction": 0.2, "carry_forward": False, "stratify_by": "label"},
+        "stages": [],  # with a dedup stage an unchanged record of a changed file is set aside as earlier_version
+    }
+    before = side_of_each(Path(run(workdir, recipe).version_uri))
+    write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60, 73)) + notes(range(60)))  # new notes on top
+    recipe["output"] = {**recipe["output"], **then}
+    delta = side_of_each(Path(run(workdir, recipe).version_uri))
+    assert len(delta) == 73 and before.keys() <= delta.keys()  # a delta: the file's records, read again
+    assert kept_sides(before, delta) == {}
+
+
+def test_a_delta_keeps_the_sides_of_every_version_in_its_chain(workdir: Path) -> None:
+    """A delta version holds only its own records: a file changed again takes each record's side from the
+    latest version of the chain that holds it, not only from the version before."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"a {n}", "a": "ok"} for n in range(40)])
+    recipe: dict[str, Any] = {
+        "dataset": "notes",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"validation_fraction": 0.3, "carry_forward": False},
+        "stages": [],
+    }
+    before = side_of_each(Path(run(workdir, recipe).version_uri))
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "b", "a": "ok"}])
+    assert len(side_of_each(Path(run(workdir, recipe).version_uri))) == 1  # v2 holds b.jsonl alone
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"a {n}", "a": "ok"} for n in range(-1, 40)])  # a line on top
+    recipe["output"] = {**recipe["output"], **SEED_CHANGED}
+    third = side_of_each(Path(run(workdir, recipe).version_uri))
+    assert before.keys() <= third.keys() and kept_sides(before, third) == {}
+
+
+TICKETS = sa.MetaData()
+tickets = sa.Table(
+    "tickets",
+    TICKETS,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("reply", sa.Text),
+    sa.Column("queue", sa.String(20), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("carry_forward", [True, False])
+@pytest.mark.parametrize(
+    ("first", "then", "queue"),
+    [
+        ({"stratify_by": "label"}, {}, "billing"),  # the stratified column changed: its label's counter deals it
+        ({}, SEED_CHANGED, "cards"),  # the row's id hashes elsewhere under another seed
+    ],
+)
+def test_an_edited_keyed_row_keeps_its_side(
+    workdir: Path, carry_forward: bool, first: dict[str, Any], then: dict[str, Any], queue: str
+) -> None:
+    """A keyed SQL row is the same record across edits (its id comes from its key): read again by its
+    cursor, it stays on the side it was published on."""
+    url = f"sqlite:///{workdir}/crm.db"
+    engine = sa.create_engine(url)
+    TICKETS.create_all(engine)
+    rows = [
+        {
+            "id": n,
+            "subject": f"Card declined abroad #{n}",
+            "reply": f"Travel notice set for ticket {n}.",
+            "queue": "cards",
+            "updated_at": START + timedelta(minutes=n),
+        }
+        for n in range(40)
+    ]
+    with engine.begin() as db:
+        db.execute(tickets.insert(), rows)
+    recipe: dict[str, Any] = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": url, "table": "tickets", "cursor": "updated_at", "key": ["id"]}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }}", "completion": "{{ reply }}", "label": "queue"},
+        "output": {"validation_fraction": 0.3, "carry_forward": carry_forward, **first},
+    }
+    before = side_of_each(Path(run(workdir, recipe).version_uri))
+    with engine.begin() as db:  # every other ticket edited: a new reply, and a new queue
+        db.execute(
+            tickets.update()
+            .where(tickets.c.id % 2 == 0)
+            .values(reply=tickets.c.reply + " Card reissued.", queue=queue, updated_at=START + timedelta(days=1))
+        )
+    engine.dispose()
+    recipe["output"] = {**recipe["output"], **then}
+    second = run(workdir, recipe)
+    after = side_of_each(Path(second.version_uri))
+    assert second.manifest.counts.written == 20 and before.keys() >= after.keys()
+    assert kept_sides(before, after) == {}
