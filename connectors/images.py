@@ -148,6 +148,13 @@ class ImagesSourceReader:
             raise StorageError(f"{self.config.path}: no such folder, or no file in it (the images the sidecar names)")
         return inputs
 
+    def records_again(self) -> set[str]:
+        """The sidecars whose published records a run may write again under their ids: a row whose image
+        changed in place is read again, the sidecar itself unchanged."""
+        if self.watermark is None or not self.watermark.committed:
+            return set()
+        return {entry.uri for entry in self.sidecar.entries()}
+
     def list_again(self) -> None:
         self._changed = None  # inputs were added to ``read_again``: which sidecars are read again is asked again
 

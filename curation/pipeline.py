@@ -851,7 +851,8 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
         group_by=out.group_by,
     )
     writer.ended_runs = functools.partial(state.ended_runs, recipe.dataset)
-    if out.group_by and not full_refresh:  # a group read again keeps the side its records are on
+    # A group or image read again keeps the side its records are on.
+    if (out.group_by or writer.splitter.by_image) and not full_refresh:
         writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)
     return writer
 
@@ -978,7 +979,7 @@ def _record_published(
     add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
     remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
     remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
-    if recipe.output.group_by:
+    if recipe.output.group_by or writer.splitter.by_image:
         state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=plan.full_refresh)
     # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
     # published before its signatures were, the next run would trust the watermarks but compare with no

@@ -14,7 +14,9 @@
 - Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
   group that comes again in a later run (a customer's new transactions) joins the side its records
   already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
-  So does a record of an input read again whole (a changed file) that the extended version holds (``keep_sides``).
+  So does a record of an input read again whole (a changed file) that the extended version holds (``keep_sides``),
+  or one written again under its id (an edited keyed SQL row, a VQA row whose image changed), and, VQA records
+  being split by image, each image: a new question about a picture joins the side its earlier ones are on.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Splitter:
         # Group key -> the side earlier runs put it on (``known`` asks the state store for the keys it is given).
         self.known: Callable[[list[str]], dict[str, bool]] | None = None
         self._placed_before: dict[str, bool] = {}
+        self._image_sides: dict[str, bool] = {}  # image key -> validation, for the images this run placed first
         # The side of each record of inputs read again that the extended version holds (``keep_sides``): it
         # stays there (a stratified split deals labels out in input order, and a seed may have changed), or a
         # version would hold in validation what a model of the one before trained on. Held as the ids' sorted
@@ -219,8 +222,30 @@ class Splitter:
             keys = pc.coalesce(
                 pc.binary_join_element_wise(pa.scalar("i\x1f", text), digests, pa.scalar("", text)), keys
             )
-        to_validation = self._under_threshold(_unit_hashes(self.seed, keys))
-        to_validation = self._keeping_earlier(batch["id"], to_validation)
+        hashed = self._under_threshold(_unit_hashes(self.seed, keys)).to_pylist()
+        earlier = self._earlier_side(batch["id"]).to_pylist() if len(self._earlier_hashes) else [None] * len(hashed)
+        units = keys.to_pylist()
+        if self.known is not None:
+            self._look_up_earlier_sides(units, self.known)
+        # An image keeps the side an earlier run put it on; one new to the state store (a new scan, or one
+        # changed in place) joins its questions read again, which keep their sides (same id), else its hash.
+        fresh: dict[str, bool] = {}
+        for unit, kept in zip(units, earlier, strict=True):
+            if kept is not None:
+                fresh.setdefault(unit, kept)
+        for unit, side in zip(units, hashed, strict=True):
+            fresh.setdefault(unit, side)
+        self._image_sides.update(
+            (unit, side)
+            for unit, side in fresh.items()
+            if unit not in self._image_sides and unit not in self._placed_before
+        )
+        before, now = self._placed_before, self._image_sides
+        sides = [
+            kept if kept is not None else before[unit] if unit in before else now[unit]
+            for unit, kept in zip(units, earlier, strict=True)
+        ]
+        to_validation = pa.array(sides, pa.bool_())
         for name, chosen in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             if count := pc.sum(chosen).as_py() or 0:
                 self.records[name] += count
@@ -254,13 +279,19 @@ class Splitter:
         asked = {
             key
             for key in keys
-            if key.startswith("g\x1f") and key not in self._placed_before and key not in train and key not in validation
+            if key.startswith(("g\x1f", "i\x1f"))
+            and key not in self._placed_before
+            and key not in self._image_sides
+            and key not in train
+            and key not in validation
         }
         if asked:
             found = known(sorted(asked))
             # A key an earlier release wrote otherwise (a boolean, an object): its group keeps its side too.
             earlier = {
-                f"g\x1f{text}": key for key in asked - found.keys() if (text := earlier_key_text(key[2:])) is not None
+                f"g\x1f{text}": key
+                for key in asked - found.keys()
+                if key.startswith("g\x1f") and (text := earlier_key_text(key[2:])) is not None
             }
             if earlier:
                 found.update((earlier[key], side) for key, side in known(sorted(earlier)).items())
@@ -268,13 +299,16 @@ class Splitter:
             self._groups.update(found)  # a stratified split keeps a group's side, as within a run
 
     def placed(self) -> dict[str, bool]:
-        """Group key -> validation, for the groups this run placed first (for the state store)."""
-        return {
+        """Group or image key -> validation, for the groups and images this run placed first (for the state
+        store; a record without a group key or image bytes is no group)."""
+        placed = {
             key: side == "validation"
             for side, keys in self._group_sides.items()
             for key in keys
             if key.startswith("g\x1f") and key not in self._placed_before
         }
+        placed.update((key, side) for key, side in self._image_sides.items() if key.startswith("i\x1f"))
+        return placed
 
     def _under_threshold(self, hashes: pa.Array) -> pa.Array:
         # The threshold fits uint64: the fraction is below 1 (the recipe checks it).

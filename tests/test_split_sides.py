@@ -3,12 +3,15 @@ on v1 must not be scored on its own training rows in v2 (README "Splits")."""
 
 from __future__ import annotations
 
+import io
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
 from tests.helpers import read_lines, run, write_jsonl
 
@@ -129,3 +132,70 @@ def test_an_edited_keyed_row_keeps_its_side(
     after = side_of_each(Path(second.version_uri))
     assert second.manifest.counts.written == 20 and before.keys() >= after.keys()
     assert kept_sides(before, after) == {}
+
+
+def picture(shade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (shade, 90, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_sides(version: Path) -> dict[str, set[str]]:
+    """The sides each image's questions are on (by the image's name, which each question carries)."""
+    sides: dict[str, set[str]] = defaultdict(set)
+    for side in ("train", "validation"):
+        for line in read_lines(sorted((version / side).glob("*.jsonl"))):
+            sides[line["prompt"].split(" about ")[1]].add(side)
+    return sides
+
+
+def questions(names: list[str], numbers: range) -> list[dict[str, str]]:
+    return [
+        {"image": name, "question": f"Question {q} about {name}", "answer": "yes"} for name in names for q in numbers
+    ]
+
+
+def vqa_recipe() -> dict[str, Any]:
+    return {
+        "dataset": "scans",
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.5},
+    }
+
+
+def test_an_images_later_questions_join_its_earlier_ones_under_another_seed(workdir: Path) -> None:
+    """VQA records are split by their image: the state store keeps each image's side, so new questions about
+    a picture published before land beside its earlier ones when the seed changed."""
+    names = [f"scan{n}.png" for n in range(16)]
+    (workdir / "img").mkdir()
+    for n, name in enumerate(names):
+        (workdir / "img" / name).write_bytes(picture(10 * n))
+    write_jsonl(workdir / "qa.jsonl", questions(names, range(2)))
+    recipe = vqa_recipe()
+    first = image_sides(Path(run(workdir, recipe).version_uri))
+    assert all(len(sides) == 1 for sides in first.values()) and len(first) == 16
+    write_jsonl(workdir / "qa.jsonl", questions(names, range(2)) + questions(names, range(2, 4)))  # appended
+    recipe["output"] = {**recipe["output"], **SEED_CHANGED}
+    second = run(workdir, recipe)
+    assert second.manifest.counts.written == 32
+    assert {name: sides for name, sides in image_sides(Path(second.version_uri)).items() if sides != first[name]} == {}
+
+
+def test_a_changed_images_new_questions_join_its_earlier_ones(workdir: Path) -> None:
+    """An image changed in place (a better scan under the same name): its questions are read again (the same
+    records, keeping their sides), and a new question about it lands beside them, not where the new
+    content's hash would put it."""
+    names = [f"scan{n}.png" for n in range(16)]
+    (workdir / "img").mkdir()
+    for n, name in enumerate(names):
+        (workdir / "img" / name).write_bytes(picture(10 * n))
+    write_jsonl(workdir / "qa.jsonl", questions(names, range(2)))
+    recipe = vqa_recipe()
+    first = image_sides(Path(run(workdir, recipe).version_uri))
+    for n, name in enumerate(names):
+        (workdir / "img" / name).write_bytes(picture(10 * n + 5))  # every scan redone
+    write_jsonl(workdir / "qa.jsonl", questions(names, range(2)) + questions(names, range(2, 3)))
+    second = run(workdir, recipe)
+    assert second.manifest.counts.written == 48  # the 32 questions read again with their new image, 16 new
+    assert {name: sides for name, sides in image_sides(Path(second.version_uri)).items() if sides != first[name]} == {}
