@@ -208,6 +208,8 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     current = Part("", line=1)
     number = 0
     style_names: dict[str | None, str] = {}
+    first_heading = None
+    only_headings = False  # the current part's text is headings alone: the next one joins it
     for block in blocks:
         # A text box's or note's paragraphs have the number of the paragraph they belong to: the body's
         # paragraphs are numbered as Word counts them.
@@ -225,10 +227,16 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         # Another paragraph in the Title style (a part's title, or one the file's properties title
         # otherwise, as a template can leave them) starts a section: its text was left out of every record.
         if style.startswith("Heading") or style == "Title":
+            first_heading = first_heading or text
+            if only_headings:  # "Security" straight over "Passwords": not a record alone, as in Markdown
+                current.paragraphs.append((len(current.text) + 2, number))
+                current.text, current.section = f"{current.text}\n\n{text}", text
+                continue
             if current.text.strip():
                 parts.append(current)
-            current = Part(text, line=number, section=text, paragraphs=[(0, number)])
+            current, only_headings = Part(text, line=number, section=text, paragraphs=[(0, number)]), True
             continue
+        only_headings = False
         if not current.text:
             # The first section points at its first paragraph with text, past a Title or empty ones,
             # as every later section and chunk does.
@@ -237,8 +245,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():
         parts.append(current)
-    title = title or next((p.section for p in parts if p.section), None) or stem
-    return Extracted(title, parts)
+    return Extracted(title or first_heading or stem, parts)
 
 
 def _style_name(paragraph: docx.text.paragraph.Paragraph, names: dict[str | None, str]) -> str:

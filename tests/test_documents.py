@@ -1000,3 +1000,23 @@ def test_a_document_taken_before_that_changed_and_cannot_be_read_still_fails_the
     _refuse(monkeypatch, denied)
     with pytest.raises(OSError, match=rf"^{denied}: cannot read: Permission denied$"):
         run(workdir, spec)
+
+
+def test_a_docx_heading_with_no_text_of_its_own_opens_the_next_section(tmp_path: Path) -> None:
+    # As in Markdown: "Security" straight over "Passwords" was a record of its own, its whole text the heading.
+    document = docx.Document()
+    document.add_heading("Security", level=1)
+    document.add_paragraph("")  # an empty paragraph between them is no text either
+    document.add_heading("Passwords", level=2)
+    document.add_paragraph("Use long ones.")
+    document.add_heading("Keys", level=2)
+    document.add_heading("Rotation", level=3)
+    document.add_paragraph("Yearly.")
+    document.add_heading("Contacts", level=2)  # a last heading with nothing after it is still read
+    document.save(tmp_path / "policy.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"], row["text"]) for row in rows] == [
+        ("Security › Passwords", 1, "Security\n\nPasswords\n\nUse long ones."),
+        ("Security › Rotation", 5, "Keys\n\nRotation\n\nYearly."),
+        ("Security › Contacts", 8, "Contacts"),
+    ]
