@@ -492,14 +492,22 @@ def extract_text(data: bytes, stem: str) -> Extracted:
 
 def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
+    from lxml.etree import strip_tags
+    from trafilatura.htmlprocessing import tree_cleaning
+    from trafilatura.settings import Extractor
 
     html = _decode_html(data)
     tree = trafilatura.load_html(html)
-    # Browsers run scripts, so they never show <noscript> ("Please enable JavaScript"); trafilatura drops
-    # it from its extraction but not from the plain dump it falls back to when a short page's dump is
-    # longer, which lost the page's headings and published that text.
-    for noscript in tree.findall(".//noscript") if tree is not None else []:
-        noscript.drop_tree()
+    if tree is not None:
+        # trafilatura drops the date out of a sentence ("closed until <time>9 January</time>, when"): it
+        # is the sentence's text. A caption is a paragraph of the page (of a table's figure, which is kept).
+        strip_tags(tree, "time")
+        for caption in tree.iter("figcaption"):
+            caption.tag = "p"
+        # What trafilatura's extraction leaves out anyway (buttons, forms, figures, <nav>, <noscript>, which
+        # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
+        # when that is longer, and their text alone made it so: one flat record, its headings lost.
+        tree = tree_cleaning(tree, Extractor(output_format="markdown", tables=True, comments=False, recall=True))
     # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
     # markdown output keeps the headings, so sections can be split as for Markdown files.
     body = trafilatura.extract(

@@ -1020,3 +1020,24 @@ def test_a_docx_heading_with_no_text_of_its_own_opens_the_next_section(tmp_path:
         ("Security › Rotation", 5, "Keys\n\nRotation\n\nYearly."),
         ("Security › Contacts", 8, "Contacts"),
     ]
+
+
+def test_a_short_web_page_keeps_its_headings_past_elements_trafilatura_leaves_out(tmp_path: Path) -> None:
+    # A <time>, <figure>, <button>, <nav> or form in a short article made trafilatura's plain dump of the
+    # page longer than its extraction, which it then fell back to: one flat record, headings run into the
+    # text ("International International parcels"), with the button's and the form's labels in it.
+    (tmp_path / "returns.html").write_text(
+        "<html><head><title>Returns</title></head><body><article><h1>Returns policy</h1>"
+        "<nav><a href='#intl'>International</a></nav><button>Share this page</button>"
+        "<p>The warehouse is closed until <time datetime='2026-01-09'>9 January</time>, when orders ship again.</p>"
+        "<figure><img src='van.png'><figcaption>Our van</figcaption></figure>"
+        "<h2>International</h2><figure><table><tr><td>EU</td><td>5 days</td></tr></table>"
+        "<figcaption>Delivery times</figcaption></figure>"
+        "<form><label>Email</label><input name='email'><button>Subscribe</button></form></article></body></html>"
+    )
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Returns policy", "# Returns policy\n\nThe warehouse is closed until 9 January, when orders ship again."),
+        ("Returns policy › International", "## International\n\n| EU | 5 days | \n\nDelivery times"),
+    ]
