@@ -453,8 +453,12 @@ def _headings(text: str) -> list[tuple[int, int, tuple[int, str]]]:
     found = []
     for opening, inline in itertools.pairwise(tokens):
         if opening.type == "heading_open" and opening.level == 0 and opening.map and inline.content.strip():
-            found.append((opening.map[0], opening.map[1], (int(opening.tag[1]), inline.content.strip())))
+            # An underlined heading may run over lines: a title is one line.
+            found.append((opening.map[0], opening.map[1], (int(opening.tag[1]), " ".join(inline.content.split()))))
     return found
+
+
+_FRONT_MATTER_KEY = re.compile(r"[a-z_][a-z0-9_.-]*")
 
 
 def _front_matter(text: str) -> dict[Any, Any] | None:
@@ -466,7 +470,14 @@ def _front_matter(text: str) -> dict[Any, Any] | None:
         return None
     if found is None:  # "---" twice, nothing between
         return {}
-    return found if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        return None
+    # Site generators' keys are lower-case names (title, date, tags); "Note: refunds take five days" between
+    # two rules is a sentence of the document that parses as YAML all the same, and was dropped unseen.
+    # Hugo's capitalised keys are front matter where they name a title.
+    if any(str(key).lower() == "title" for key in found):
+        return found
+    return found if all(isinstance(key, str) and _FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
 
 
 def _set_text(part: Part, text: str) -> bool:

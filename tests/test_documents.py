@@ -1041,3 +1041,24 @@ def test_a_short_web_page_keeps_its_headings_past_elements_trafilatura_leaves_ou
         ("Returns policy", "# Returns policy\n\nThe warehouse is closed until 9 January, when orders ship again."),
         ("Returns policy › International", "## International\n\n| EU | 5 days | \n\nDelivery times"),
     ]
+
+
+@pytest.mark.parametrize(
+    "block",
+    ["Note: refunds above 500 USD need a second approval", "Q: Who approves refunds?\nA: The risk team."],
+)
+def test_a_sentence_between_two_rules_at_the_top_of_a_markdown_file_is_text(tmp_path: Path, block: str) -> None:
+    # It parses as YAML keys, so it was taken for front matter and dropped unseen. Front matter's keys are
+    # lower-case names (or a title, as Hugo may write it), which a sentence's first word is not. The text over
+    # the second rule is an underlined heading, which may run over two lines: its title is one line.
+    (tmp_path / "refunds.md").write_text(f"---\n{block}\n---\n\nFive days.\n")
+    (tmp_path / "hugo.md").write_text("---\nTitle: Hugo refunds\nDate: 2026-03-01\n---\n\nFive days.\n")
+    (tmp_path / "jekyll.md").write_text(
+        "---\nlayout: post\nlast_modified: 2026-03-01\ntags: [refunds]\n---\n\nFive days.\n"
+    )
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Hugo refunds", "Five days.", 6),
+        ("jekyll", "Five days.", 7),
+        (f"refunds › {' '.join(block.split())}", f"{block}\n---\n\nFive days.", 2),
+    ]
