@@ -396,7 +396,8 @@ def _table_text(table: docx.table.Table, notes: Notes) -> str:
             texts.append(
                 "\n".join(_table_text(b, notes) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
             )
-        lines.append(" | ".join(texts))
+        if any(texts):  # an empty row (a table of blank cells to fill in) is no text
+            lines.append(" | ".join(texts))
     return "\n".join(lines)
 
 

@@ -1062,3 +1062,26 @@ def test_a_sentence_between_two_rules_at_the_top_of_a_markdown_file_is_text(tmp_
         ("jekyll", "Five days.", 7),
         (f"refunds › {' '.join(block.split())}", f"{block}\n---\n\nFive days.", 2),
     ]
+
+
+def test_a_docx_table_of_blank_cells_is_no_text(tmp_path: Path) -> None:
+    # A form's table of cells to fill in was a record of bare separators (" |  | "), and a file holding
+    # only such a table was published so; a blank row in a table with text was a line of them too.
+    document = docx.Document()
+    document.add_table(rows=2, cols=3)
+    document.save(tmp_path / "form.docx")
+    document = docx.Document()
+    document.add_heading("Rates", level=1)
+    table = document.add_table(rows=3, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text, table.cell(2, 0).text = "EU", "5 days", "US"
+    document.add_heading("Signatures", level=1)
+    document.add_table(rows=2, cols=2)
+    document.add_heading("Contacts", level=1)
+    document.add_paragraph("The risk team.")
+    document.save(tmp_path / "rates.docx")
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Rates", "Rates\n\nEU | 5 days\nUS | "),
+        ("Rates › Contacts", "Signatures\n\nContacts\n\nThe risk team."),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("form.docx", "no_text")]
