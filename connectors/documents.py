@@ -19,6 +19,7 @@ import logging
 import math
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -520,11 +521,7 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
         tree = tree_cleaning(tree, Extractor(output_format="markdown", tables=True, comments=False, recall=True))
-    # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
-    # markdown output keeps the headings, so sections can be split as for Markdown files.
-    body = trafilatura.extract(
-        tree, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
-    )
+    body = _main_content(tree)
     metadata = trafilatura.extract_metadata(html)
     first_heading, parts = markdown_sections(body or "")
     for part in parts:
@@ -534,6 +531,32 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
     title = (metadata.title if metadata is not None else None) or first_heading or stem
     return Extracted(title, parts)
+
+
+def _main_content(tree: Any) -> str | None:
+    """The page's main content as Markdown: trafilatura keeps it in reading order and drops navigation,
+    footers and ads, and its Markdown keeps the headings, so sections are split as in Markdown files."""
+    import copy
+
+    import trafilatura
+    from trafilatura.settings import use_config
+
+    settings = {"output_format": "markdown", "include_tables": True, "include_comments": False, "favor_recall": True}
+    found = trafilatura.extract(copy.deepcopy(tree), **settings)
+    # On a page with less text than MIN_EXTRACTED_SIZE, trafilatura takes a plain dump of the page's
+    # paragraphs instead where that is longer: one flat record without the page's headings, a byline or
+    # caption outside the content making it longer. It is taken here only where it holds every word of the
+    # extraction (a page whose text the extraction missed), not where it lost some of its own.
+    no_fallback = use_config()
+    no_fallback.set("DEFAULT", "MIN_EXTRACTED_SIZE", "1")
+    extracted = trafilatura.extract(tree, config=no_fallback, **settings)
+    if extracted and _words(extracted) - _words(found or ""):
+        return extracted
+    return found
+
+
+def _words(text: str) -> Counter[str]:
+    return Counter(re.findall(r"[^\W\d_]+", text.casefold()))
 
 
 # What trafilatura's Markdown escapes so the page's text renders as itself: an inline special after a

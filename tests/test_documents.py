@@ -1085,3 +1085,23 @@ def test_a_docx_table_of_blank_cells_is_no_text(tmp_path: Path) -> None:
         ("Rates › Contacts", "Signatures\n\nContacts\n\nThe risk team."),
     ]
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("form.docx", "no_text")]
+
+
+def test_a_short_web_page_without_an_article_keeps_its_headings(tmp_path: Path) -> None:
+    # trafilatura took a plain dump of the page's paragraphs for its extraction, the dump being longer by a
+    # byline: one flat record, the "Abroad" heading lost from the text, the byline published. (The title is
+    # the page's h1, as trafilatura's metadata reads it.)
+    (tmp_path / "refunds.html").write_text(
+        "<html><head><title>Refunds | ACME</title></head><body><header><h1>Refunds</h1>"
+        f"<p class='byline'>By Dana</p></header><div class='content'><p>{PARAGRAPHS[0]}</p><h2>Abroad</h2>"
+        f"<p>{PARAGRAPHS[1]}</p></div></body></html>"
+    )
+    # A page whose text the extraction misses is still read whole from the dump.
+    (tmp_path / "bare.html").write_text(f"<html><body>{PARAGRAPHS[0]}<br>{PARAGRAPHS[1]}</body></html>")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("bare", f"{PARAGRAPHS[0]} {PARAGRAPHS[1]}"),
+        ("Refunds", PARAGRAPHS[0]),
+        ("Refunds › Abroad", f"## Abroad\n\n{PARAGRAPHS[1]}"),
+    ]
