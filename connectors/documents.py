@@ -19,6 +19,7 @@ import logging
 import math
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -208,6 +209,8 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     current = Part("", line=1)
     number = 0
     style_names: dict[str | None, str] = {}
+    first_heading = None
+    only_headings = False  # the current part's text is headings alone: the next one joins it
     for block in blocks:
         # A text box's or note's paragraphs have the number of the paragraph they belong to: the body's
         # paragraphs are numbered as Word counts them.
@@ -225,10 +228,16 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         # Another paragraph in the Title style (a part's title, or one the file's properties title
         # otherwise, as a template can leave them) starts a section: its text was left out of every record.
         if style.startswith("Heading") or style == "Title":
+            first_heading = first_heading or text
+            if only_headings:  # "Security" straight over "Passwords": not a record alone, as in Markdown
+                current.paragraphs.append((len(current.text) + 2, number))
+                current.text, current.section = f"{current.text}\n\n{text}", text
+                continue
             if current.text.strip():
                 parts.append(current)
-            current = Part(text, line=number, section=text, paragraphs=[(0, number)])
+            current, only_headings = Part(text, line=number, section=text, paragraphs=[(0, number)]), True
             continue
+        only_headings = False
         if not current.text:
             # The first section points at its first paragraph with text, past a Title or empty ones,
             # as every later section and chunk does.
@@ -237,8 +246,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():
         parts.append(current)
-    title = title or next((p.section for p in parts if p.section), None) or stem
-    return Extracted(title, parts)
+    return Extracted(title or first_heading or stem, parts)
 
 
 def _style_name(paragraph: docx.text.paragraph.Paragraph, names: dict[str | None, str]) -> str:
@@ -389,7 +397,8 @@ def _table_text(table: docx.table.Table, notes: Notes) -> str:
             texts.append(
                 "\n".join(_table_text(b, notes) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
             )
-        lines.append(" | ".join(texts))
+        if any(texts):  # an empty row (a table of blank cells to fill in) is no text
+            lines.append(" | ".join(texts))
     return "\n".join(lines)
 
 
@@ -446,8 +455,12 @@ def _headings(text: str) -> list[tuple[int, int, tuple[int, str]]]:
     found = []
     for opening, inline in itertools.pairwise(tokens):
         if opening.type == "heading_open" and opening.level == 0 and opening.map and inline.content.strip():
-            found.append((opening.map[0], opening.map[1], (int(opening.tag[1]), inline.content.strip())))
+            # An underlined heading may run over lines: a title is one line.
+            found.append((opening.map[0], opening.map[1], (int(opening.tag[1]), " ".join(inline.content.split()))))
     return found
+
+
+_FRONT_MATTER_KEY = re.compile(r"[a-z_][a-z0-9_.-]*")
 
 
 def _front_matter(text: str) -> dict[Any, Any] | None:
@@ -459,7 +472,14 @@ def _front_matter(text: str) -> dict[Any, Any] | None:
         return None
     if found is None:  # "---" twice, nothing between
         return {}
-    return found if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        return None
+    # Site generators' keys are lower-case names (title, date, tags); "Note: refunds take five days" between
+    # two rules is a sentence of the document that parses as YAML all the same, and was dropped unseen.
+    # Hugo's capitalised keys are front matter where they name a title.
+    if any(str(key).lower() == "title" for key in found):
+        return found
+    return found if all(isinstance(key, str) and _FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
 
 
 def _set_text(part: Part, text: str) -> bool:
@@ -485,19 +505,23 @@ def extract_text(data: bytes, stem: str) -> Extracted:
 
 def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
+    from lxml.etree import strip_tags
+    from trafilatura.htmlprocessing import tree_cleaning
+    from trafilatura.settings import Extractor
 
     html = _decode_html(data)
     tree = trafilatura.load_html(html)
-    # Browsers run scripts, so they never show <noscript> ("Please enable JavaScript"); trafilatura drops
-    # it from its extraction but not from the plain dump it falls back to when a short page's dump is
-    # longer, which lost the page's headings and published that text.
-    for noscript in tree.findall(".//noscript") if tree is not None else []:
-        noscript.drop_tree()
-    # trafilatura keeps the main content in reading order and drops navigation, footers and ads;
-    # markdown output keeps the headings, so sections can be split as for Markdown files.
-    body = trafilatura.extract(
-        tree, output_format="markdown", include_tables=True, include_comments=False, favor_recall=True
-    )
+    if tree is not None:
+        # trafilatura drops the date out of a sentence ("closed until <time>9 January</time>, when"): it
+        # is the sentence's text. A caption is a paragraph of the page (of a table's figure, which is kept).
+        strip_tags(tree, "time")
+        for caption in tree.iter("figcaption"):
+            caption.tag = "p"
+        # What trafilatura's extraction leaves out anyway (buttons, forms, figures, <nav>, <noscript>, which
+        # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
+        # when that is longer, and their text alone made it so: one flat record, its headings lost.
+        tree = tree_cleaning(tree, Extractor(output_format="markdown", tables=True, comments=False, recall=True))
+    body = _main_content(tree)
     metadata = trafilatura.extract_metadata(html)
     first_heading, parts = markdown_sections(body or "")
     for part in parts:
@@ -507,6 +531,32 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
     title = (metadata.title if metadata is not None else None) or first_heading or stem
     return Extracted(title, parts)
+
+
+def _main_content(tree: Any) -> str | None:
+    """The page's main content as Markdown: trafilatura keeps it in reading order and drops navigation,
+    footers and ads, and its Markdown keeps the headings, so sections are split as in Markdown files."""
+    import copy
+
+    import trafilatura
+    from trafilatura.settings import use_config
+
+    settings = {"output_format": "markdown", "include_tables": True, "include_comments": False, "favor_recall": True}
+    found = trafilatura.extract(copy.deepcopy(tree), **settings)
+    # On a page with less text than MIN_EXTRACTED_SIZE, trafilatura takes a plain dump of the page's
+    # paragraphs instead where that is longer: one flat record without the page's headings, a byline or
+    # caption outside the content making it longer. It is taken here only where it holds every word of the
+    # extraction (a page whose text the extraction missed), not where it lost some of its own.
+    no_fallback = use_config()
+    no_fallback.set("DEFAULT", "MIN_EXTRACTED_SIZE", "1")
+    extracted = trafilatura.extract(tree, config=no_fallback, **settings)
+    if extracted and _words(extracted) - _words(found or ""):
+        return extracted
+    return found
+
+
+def _words(text: str) -> Counter[str]:
+    return Counter(re.findall(r"[^\W\d_]+", text.casefold()))
 
 
 # What trafilatura's Markdown escapes so the page's text renders as itself: an inline special after a

@@ -1000,3 +1000,108 @@ def test_a_document_taken_before_that_changed_and_cannot_be_read_still_fails_the
     _refuse(monkeypatch, denied)
     with pytest.raises(OSError, match=rf"^{denied}: cannot read: Permission denied$"):
         run(workdir, spec)
+
+
+def test_a_docx_heading_with_no_text_of_its_own_opens_the_next_section(tmp_path: Path) -> None:
+    # As in Markdown: "Security" straight over "Passwords" was a record of its own, its whole text the heading.
+    document = docx.Document()
+    document.add_heading("Security", level=1)
+    document.add_paragraph("")  # an empty paragraph between them is no text either
+    document.add_heading("Passwords", level=2)
+    document.add_paragraph("Use long ones.")
+    document.add_heading("Keys", level=2)
+    document.add_heading("Rotation", level=3)
+    document.add_paragraph("Yearly.")
+    document.add_heading("Contacts", level=2)  # a last heading with nothing after it is still read
+    document.save(tmp_path / "policy.docx")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["source"]["line"], row["text"]) for row in rows] == [
+        ("Security › Passwords", 1, "Security\n\nPasswords\n\nUse long ones."),
+        ("Security › Rotation", 5, "Keys\n\nRotation\n\nYearly."),
+        ("Security › Contacts", 8, "Contacts"),
+    ]
+
+
+def test_a_short_web_page_keeps_its_headings_past_elements_trafilatura_leaves_out(tmp_path: Path) -> None:
+    # A <time>, <figure>, <button>, <nav> or form in a short article made trafilatura's plain dump of the
+    # page longer than its extraction, which it then fell back to: one flat record, headings run into the
+    # text ("International International parcels"), with the button's and the form's labels in it.
+    (tmp_path / "returns.html").write_text(
+        "<html><head><title>Returns</title></head><body><article><h1>Returns policy</h1>"
+        "<nav><a href='#intl'>International</a></nav><button>Share this page</button>"
+        "<p>The warehouse is closed until <time datetime='2026-01-09'>9 January</time>, when orders ship again.</p>"
+        "<figure><img src='van.png'><figcaption>Our van</figcaption></figure>"
+        "<h2>International</h2><figure><table><tr><td>EU</td><td>5 days</td></tr></table>"
+        "<figcaption>Delivery times</figcaption></figure>"
+        "<form><label>Email</label><input name='email'><button>Subscribe</button></form></article></body></html>"
+    )
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Returns policy", "# Returns policy\n\nThe warehouse is closed until 9 January, when orders ship again."),
+        ("Returns policy › International", "## International\n\n| EU | 5 days | \n\nDelivery times"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "block",
+    ["Note: refunds above 500 USD need a second approval", "Q: Who approves refunds?\nA: The risk team."],
+)
+def test_a_sentence_between_two_rules_at_the_top_of_a_markdown_file_is_text(tmp_path: Path, block: str) -> None:
+    # It parses as YAML keys, so it was taken for front matter and dropped unseen. Front matter's keys are
+    # lower-case names (or a title, as Hugo may write it), which a sentence's first word is not. The text over
+    # the second rule is an underlined heading, which may run over two lines: its title is one line.
+    (tmp_path / "refunds.md").write_text(f"---\n{block}\n---\n\nFive days.\n")
+    (tmp_path / "hugo.md").write_text("---\nTitle: Hugo refunds\nDate: 2026-03-01\n---\n\nFive days.\n")
+    (tmp_path / "jekyll.md").write_text(
+        "---\nlayout: post\nlast_modified: 2026-03-01\ntags: [refunds]\n---\n\nFive days.\n"
+    )
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Hugo refunds", "Five days.", 6),
+        ("jekyll", "Five days.", 7),
+        (f"refunds › {' '.join(block.split())}", f"{block}\n---\n\nFive days.", 2),
+    ]
+
+
+def test_a_docx_table_of_blank_cells_is_no_text(tmp_path: Path) -> None:
+    # A form's table of cells to fill in was a record of bare separators (" |  | "), and a file holding
+    # only such a table was published so; a blank row in a table with text was a line of them too.
+    document = docx.Document()
+    document.add_table(rows=2, cols=3)
+    document.save(tmp_path / "form.docx")
+    document = docx.Document()
+    document.add_heading("Rates", level=1)
+    table = document.add_table(rows=3, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text, table.cell(2, 0).text = "EU", "5 days", "US"
+    document.add_heading("Signatures", level=1)
+    document.add_table(rows=2, cols=2)
+    document.add_heading("Contacts", level=1)
+    document.add_paragraph("The risk team.")
+    document.save(tmp_path / "rates.docx")
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Rates", "Rates\n\nEU | 5 days\nUS | "),
+        ("Rates › Contacts", "Signatures\n\nContacts\n\nThe risk team."),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("form.docx", "no_text")]
+
+
+def test_a_short_web_page_without_an_article_keeps_its_headings(tmp_path: Path) -> None:
+    # trafilatura took a plain dump of the page's paragraphs for its extraction, the dump being longer by a
+    # byline: one flat record, the "Abroad" heading lost from the text, the byline published. (The title is
+    # the page's h1, as trafilatura's metadata reads it.)
+    (tmp_path / "refunds.html").write_text(
+        "<html><head><title>Refunds | ACME</title></head><body><header><h1>Refunds</h1>"
+        f"<p class='byline'>By Dana</p></header><div class='content'><p>{PARAGRAPHS[0]}</p><h2>Abroad</h2>"
+        f"<p>{PARAGRAPHS[1]}</p></div></body></html>"
+    )
+    # A page whose text the extraction misses is still read whole from the dump.
+    (tmp_path / "bare.html").write_text(f"<html><body>{PARAGRAPHS[0]}<br>{PARAGRAPHS[1]}</body></html>")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("bare", f"{PARAGRAPHS[0]} {PARAGRAPHS[1]}"),
+        ("Refunds", PARAGRAPHS[0]),
+        ("Refunds › Abroad", f"## Abroad\n\n{PARAGRAPHS[1]}"),
+    ]
