@@ -96,7 +96,10 @@ _MOMENT_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz", "interval
 
 def _lenient_moments(connection: Any, _record: Any = None) -> None:
     """Have a psycopg connection give a date or time it cannot convert as ``Unreadable``, elements of an array
-    too, and bind one as its text (a key asked for in ``_check_keys_elsewhere``)."""
+    too, and bind one as its text (a key asked for in ``_check_keys_elsewhere``). A ``timestamptz`` comes in UTC:
+    psycopg gives it in the session's time zone (the server's TimeZone, or the client's PGTZ), so the same row
+    read from another machine was published as other text, under other ids. UTC, not a SET TIME ZONE: the
+    user's query keeps the session's zone (``ts::date``)."""
     import psycopg
     from psycopg.adapt import Dumper, Loader
     from psycopg.pq import Format
@@ -119,7 +122,12 @@ def _lenient_moments(connection: Any, _record: Any = None) -> None:
                 except psycopg.DataError:
                     return Unreadable(bytes(data).decode(), self.oid)
 
-        adapters.register_loader(oid, Lenient)
+        class InUtc(Lenient):
+            def load(self, data: Any) -> Any:
+                value = super().load(data)
+                return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+        adapters.register_loader(oid, InUtc if name == "timestamptz" else Lenient)
 
     class AsText(Dumper):
         def dump(self, obj: Unreadable) -> bytes:
