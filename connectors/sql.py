@@ -35,7 +35,7 @@ from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
 from schemas.config import SqlSource
-from schemas.json_values import decimal_texts, json_values
+from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -289,7 +289,9 @@ def _without_final_semicolons(query: str) -> str:
 
 
 def _as_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict | list) else str(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=value_text)
+    return value_text(value)
 
 
 def source_uri(config: SqlSource) -> str:

@@ -387,3 +387,29 @@ def test_a_moment_with_a_time_zone_reads_the_same_whatever_the_sessions_time_zon
         marks.commit("run")
     state.dispose()
     assert reads == [["a"], []]
+
+
+def test_a_small_decimal_in_an_array_is_written_as_a_scalar_one_is(workdir: Path, postgres_url: str) -> None:
+    # A numeric[] value's small decimals were written as Python's str() writes them ('1E-7', '1.0E-7'), and so
+    # was a numeric column's beside an Infinity (text, not a decimal column), while a scalar numeric gave
+    # '0.0000001' and '0.00000010', as PostgreSQL writes them.
+    postgres_table(
+        postgres_url,
+        "rates",
+        "id int, subject text, rate numeric, rates numeric[], fees numeric(20, 8)[], odd numeric",
+        "(1, 'a', 0.0000001, '{0.0000001,1.5}', '{0.00000010,2}', 0.0000001), (2, 'b', 1, NULL, NULL, 'Infinity')",
+    )
+    spec = {
+        "dataset": "rates",
+        "sources": [{"type": "sql", "url": postgres_url, "table": "rates"}],
+        "record": {
+            "kind": "instruction",
+            "prompt": "{{ rate }} {{ rates }} {{ fees }} {{ odd }}",
+            "completion": "rates",
+        },
+        "output": {"validation_fraction": 0.0},
+    }
+    published = [(line["prompt"], line["completion"]) for line in processed(Path(run(workdir, spec).version_uri))]
+    assert published == [
+        ('0.0000001 ["0.0000001", "1.5"] ["0.00000010", "2.00000000"] 0.0000001', '["0.0000001", "1.5"]')
+    ]
