@@ -34,7 +34,7 @@ from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
-from schemas.config import SqlSource
+from schemas.config import SqlSource, query_parts
 from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
@@ -288,6 +288,19 @@ def _without_final_semicolons(query: str) -> str:
     return "".join(text for _, text in parts).strip()
 
 
+# The prefix of a query parameter's bind name: SQLAlchemy names the binds it adds (the cursor's bound) after
+# their column ('updated_at_1'), and refuses a statement whose two binds share a name.
+_BOUND = "curation_query_"
+
+
+def _bound_query(query: str) -> str:
+    """The query as SQLAlchemy's text() is to read it: each `:name` parameter as its bind (apart from the
+    tokens beside it: text() takes no ':name' followed by a colon, ':since::date'), any other colon escaped."""
+    return "".join(
+        text.replace(":", "\\:") if name is None else f" :{_BOUND}{name} " for text, name in query_parts(query)
+    )
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False, default=value_text)
@@ -296,7 +309,9 @@ def _as_text(value: Any) -> str:
 
 def source_uri(config: SqlSource) -> str:
     """The URI of a table or query in records' ``source`` and the watermarks (no password)."""
-    what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
+    # A query's parameters are part of what it reads: the same query with other values is another source.
+    query = (config.query or "") + (json.dumps(config.params, sort_keys=True, default=str) if config.params else "")
+    what = config.table or "query-" + hashlib.sha256(query.encode()).hexdigest()[:12]
     return f"{safe_url(config.url)}#{what}"
 
 
@@ -598,11 +613,12 @@ class SqlSourceReader:
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
             query = _without_final_semicolons(config.query or "")
-            # Verbatim: a colon in it ('{"n":3}', LIKE '%:1%') is no bind parameter (SQLAlchemy's text() takes
-            # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
-            # '-- comment' ending the query's last line.
-            verbatim = query.replace(":", "\\:")
-            source = sa.text(f"({verbatim}\n) AS curation_source")
+            # Verbatim but for its `:name` parameters (``query_parts``): another colon ('{"n":3}', LIKE '%:1%') is
+            # no bind parameter (SQLAlchemy's text() takes ':name' for one, unless escaped), and the closing
+            # parenthesis is on a line of its own, not in a '-- comment' ending the query's last line.
+            source = sa.text(f"({_bound_query(query)}\n) AS curation_source").bindparams(
+                **{_BOUND + name: value for name, value in config.params.items()}
+            )
             statement = sa.select(sa.literal_column("*")).select_from(source)
             column = sa.column
         self._not_returned = None
