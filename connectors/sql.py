@@ -445,6 +445,9 @@ class SqlSourceReader:
         self._db: sa.Connection | None = None
         self._engine: sa.Engine | None = None
         self._keys_compare = True  # whether the database has `=` for the key's columns (``_keys_asked``)
+        # New rows' keys (their text, as ids tell them) not yet asked of the rows before the watermark, with their
+        # values and their line (``_check_keys_elsewhere``).
+        self._keys_pending: dict[bytes, tuple[tuple[Any, ...], int]] = {}
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -537,6 +540,7 @@ class SqlSourceReader:
                             f"of its column's declared type ({type(error).__name__} converting it)"
                         ) from None
                     if batch is None:
+                        self._ask_keys()  # the keys of the last batches, while the connection is open
                         break
                     read += len(batch)
                     yield batch
@@ -686,20 +690,27 @@ class SqlSourceReader:
     ) -> None:
         """Fail on a new row whose key a row the read does not return holds (one before the watermark, read
         by an earlier run): as within a read, the two would be one record, and the new one would replace
-        the published one though both are in the table. The database is asked once per batch of new rows
-        (``_keys_asked``); the rows it finds are compared by the key's text, as ids are, so a match only
-        the database's collation makes (case-insensitive text) is no duplicate."""
+        the published one though both are in the table. The keys of new rows are gathered and the database
+        asked for them ``_KEYS_ASKED`` at a time, and at the read's end (``_ask_keys``): asked per batch,
+        a source without an index on its key was scanned once per batch."""
         if self._not_returned is None or not rows or self._db is None:
             return
-        before, columns = self._not_returned
         # Each key once, told by its text as ids are (a JSON or array column's value is a dict or list: no dict key).
-        values = list(
-            {
-                k.encode() + b"\x1f" + m: tuple(row[i] for i in at) for k, m, row in zip(keys, marks, rows, strict=True)
-            }.values()
-        )
-        line_of: dict[bytes, int] = {}
-        for condition in self._keys_asked(columns, values):
+        for key, mark, row, line in zip(keys, marks, rows, lines, strict=True):
+            self._keys_pending[key.encode() + b"\x1f" + mark] = (tuple(row[i] for i in at), line)
+        if len(self._keys_pending) >= _KEYS_ASKED:
+            self._ask_keys()
+
+    def _ask_keys(self) -> None:
+        """Ask the database whether rows before the watermark hold the keys gathered (``_keys_asked``); the rows
+        it finds are compared by the key's text, as ids are, so a match only the database's collation makes
+        (case-insensitive text) is no duplicate."""
+        pending, self._keys_pending = self._keys_pending, {}
+        if not pending or self._not_returned is None or self._db is None:
+            return
+        before, columns = self._not_returned
+        lines: list[int] = []
+        for condition in self._keys_asked(columns, [value for value, _ in pending.values()]):
             try:
                 found = self._db.execute(before.where(condition)).all()
             except sa.exc.SQLAlchemyError as error:
@@ -707,19 +718,17 @@ class SqlSourceReader:
                     f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
                     f"{self._read_error(before.where(condition), error)}"
                 ) from None
-            if not found:  # nearly always: no key is held twice
-                continue
-            line_of = line_of or {k.encode() + b"\x1f" + m: n for k, m, n in zip(keys, marks, lines, strict=True)}
             found_keys, found_marks = key_texts(found, list(range(len(columns))))
             for key, mark in zip(found_keys, found_marks, strict=True):
-                line = line_of.get(key.encode() + b"\x1f" + mark)
-                if line is not None:
-                    raise SqlSourceError(
-                        f"{self.uri}: row {line} of the result has the same key ({', '.join(self.config.key)}) as a "
-                        "row an earlier run read (before the watermark, not read again): a key must identify one row "
-                        "(the new row would replace the other's published record though both are in the table); "
-                        "add columns to `key` to make it unique, or remove the duplicate row"
-                    )
+                held = pending.get(key.encode() + b"\x1f" + mark)
+                lines += [held[1]] if held is not None else []
+        if lines:
+            raise SqlSourceError(
+                f"{self.uri}: row {min(lines)} of the result has the same key ({', '.join(self.config.key)}) as a "
+                "row an earlier run read (before the watermark, not read again): a key must identify one row "
+                "(the new row would replace the other's published record though both are in the table); "
+                "add columns to `key` to make it unique, or remove the duplicate row"
+            )
 
     def _keys_asked(self, columns: list[Any], values: list[tuple[Any, ...]]) -> Iterator[Any]:
         """Conditions that find the rows holding one of the keys ``values``. One key column's values go as one
@@ -837,6 +846,7 @@ class SqlSourceReader:
         ordinal = 0
         row_ids = InputIds(self.uri)
         self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
+        self._keys_pending = {}  # new rows' keys not yet asked of the rows before the watermark
         fingerprint = Fingerprint()
         made = Unreadable.made
         with closing(self._result()) as result:  # closed at once on an error, not when collected

@@ -1267,3 +1267,32 @@ def test_a_querys_parameters_and_params_must_match() -> None:
     assert len(uris) == 2
     plain = SqlSourceReader(SqlSource(type="sql", url="sqlite://", query="SELECT 1 AS subject"), 1).uri
     assert plain == "sqlite://#query-" + hashlib.sha256(b"SELECT 1 AS subject").hexdigest()[:12]
+
+
+def test_new_rows_keys_are_asked_of_rows_before_the_watermark_in_few_statements(tmp_path: Path) -> None:
+    # The database was asked once per batch of new rows: a scan of the source each (without an index on the key).
+    url = small_table(tmp_path / "crm.db", [(i, f"s{i}", "r", i) for i in range(1, 21)])
+    config = SqlSource(type="sql", url=url, table="t", cursor="u", key=["id"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    asked: list[str] = []
+
+    def note(_conn, _cursor, statement: str, *_: object) -> None:
+        if "json_each" in statement:  # the look-up of one key column's values in rows before the watermark
+            asked.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", note)
+    try:
+        reads = []
+        for added in [(i, f"s{i}", "r", i) for i in range(21, 41)], [(i, f"s{i}", "r", i) for i in range(41, 53)]:
+            marks = Watermarks(state, "support")
+            reads.append(len([r for b in read_all(config, 5, marks.for_source(config)) for r in b.rows.to_pylist()]))
+            marks.commit("run")
+            small_table(tmp_path / "crm.db", added)
+        assert reads == [20, 20] and len(asked) == 1  # the second read's five batches in one statement
+        small_table(tmp_path / "crm.db", [(3, "again", "r", 53)])
+        # Found when asked at the read's end, naming its row (the 14th: the row at the watermark, then 41 to 53).
+        with pytest.raises(SqlSourceError, match=r"row 14 of the result has the same key \(id\) as a row an earlier"):
+            read_all(config, 5, Watermarks(state, "support").for_source(config))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", note)
+    state.dispose()
