@@ -34,8 +34,8 @@ from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
-from schemas.config import SqlSource
-from schemas.json_values import decimal_texts, json_values
+from schemas.config import SqlSource, query_parts
+from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
@@ -96,7 +96,10 @@ _MOMENT_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz", "interval
 
 def _lenient_moments(connection: Any, _record: Any = None) -> None:
     """Have a psycopg connection give a date or time it cannot convert as ``Unreadable``, elements of an array
-    too, and bind one as its text (a key asked for in ``_check_keys_elsewhere``)."""
+    too, and bind one as its text (a key asked for in ``_check_keys_elsewhere``). A ``timestamptz`` comes in UTC:
+    psycopg gives it in the session's time zone (the server's TimeZone, or the client's PGTZ), so the same row
+    read from another machine was published as other text, under other ids. UTC, not a SET TIME ZONE: the
+    user's query keeps the session's zone (``ts::date``)."""
     import psycopg
     from psycopg.adapt import Dumper, Loader
     from psycopg.pq import Format
@@ -119,7 +122,12 @@ def _lenient_moments(connection: Any, _record: Any = None) -> None:
                 except psycopg.DataError:
                     return Unreadable(bytes(data).decode(), self.oid)
 
-        adapters.register_loader(oid, Lenient)
+        class InUtc(Lenient):
+            def load(self, data: Any) -> Any:
+                value = super().load(data)
+                return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+        adapters.register_loader(oid, InUtc if name == "timestamptz" else Lenient)
 
     class AsText(Dumper):
         def dump(self, obj: Unreadable) -> bytes:
@@ -280,13 +288,30 @@ def _without_final_semicolons(query: str) -> str:
     return "".join(text for _, text in parts).strip()
 
 
+# The prefix of a query parameter's bind name: SQLAlchemy names the binds it adds (the cursor's bound) after
+# their column ('updated_at_1'), and refuses a statement whose two binds share a name.
+_BOUND = "curation_query_"
+
+
+def _bound_query(query: str) -> str:
+    """The query as SQLAlchemy's text() is to read it: each `:name` parameter as its bind (apart from the
+    tokens beside it: text() takes no ':name' followed by a colon, ':since::date'), any other colon escaped."""
+    return "".join(
+        text.replace(":", "\\:") if name is None else f" :{_BOUND}{name} " for text, name in query_parts(query)
+    )
+
+
 def _as_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict | list) else str(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=value_text)
+    return value_text(value)
 
 
 def source_uri(config: SqlSource) -> str:
     """The URI of a table or query in records' ``source`` and the watermarks (no password)."""
-    what = config.table or "query-" + hashlib.sha256((config.query or "").encode()).hexdigest()[:12]
+    # A query's parameters are part of what it reads: the same query with other values is another source.
+    query = (config.query or "") + (json.dumps(config.params, sort_keys=True, default=str) if config.params else "")
+    what = config.table or "query-" + hashlib.sha256(query.encode()).hexdigest()[:12]
     return f"{safe_url(config.url)}#{what}"
 
 
@@ -420,6 +445,9 @@ class SqlSourceReader:
         self._db: sa.Connection | None = None
         self._engine: sa.Engine | None = None
         self._keys_compare = True  # whether the database has `=` for the key's columns (``_keys_asked``)
+        # New rows' keys (their text, as ids tell them) not yet asked of the rows before the watermark, with their
+        # values and their line (``_check_keys_elsewhere``).
+        self._keys_pending: dict[bytes, tuple[tuple[Any, ...], int]] = {}
         if config.cursor is not None and watermark is not None and self.uri in watermark.read_again:
             log.warning(
                 "%s: review decisions on its rows (one that ended since the last version, or one on a set-aside row) "
@@ -518,6 +546,7 @@ class SqlSourceReader:
                             f"of its column's declared type ({type(error).__name__} converting it)"
                         ) from None
                     if batch is None:
+                        self._ask_keys()  # the keys of the last batches, while the connection is open
                         break
                     read += len(batch)
                     yield batch
@@ -594,11 +623,12 @@ class SqlSourceReader:
         else:
             # The query is the user's own SQL, run as a subquery so the cursor condition can wrap it.
             query = _without_final_semicolons(config.query or "")
-            # Verbatim: a colon in it ('{"n":3}', LIKE '%:1%') is no bind parameter (SQLAlchemy's text() takes
-            # ':name' for one, unless escaped), and the closing parenthesis is on a line of its own, not in a
-            # '-- comment' ending the query's last line.
-            verbatim = query.replace(":", "\\:")
-            source = sa.text(f"({verbatim}\n) AS curation_source")
+            # Verbatim but for its `:name` parameters (``query_parts``): another colon ('{"n":3}', LIKE '%:1%') is
+            # no bind parameter (SQLAlchemy's text() takes ':name' for one, unless escaped), and the closing
+            # parenthesis is on a line of its own, not in a '-- comment' ending the query's last line.
+            source = sa.text(f"({_bound_query(query)}\n) AS curation_source").bindparams(
+                **{_BOUND + name: value for name, value in config.params.items()}
+            )
             statement = sa.select(sa.literal_column("*")).select_from(source)
             column = sa.column
         self._not_returned = None
@@ -666,20 +696,27 @@ class SqlSourceReader:
     ) -> None:
         """Fail on a new row whose key a row the read does not return holds (one before the watermark, read
         by an earlier run): as within a read, the two would be one record, and the new one would replace
-        the published one though both are in the table. The database is asked once per batch of new rows
-        (``_keys_asked``); the rows it finds are compared by the key's text, as ids are, so a match only
-        the database's collation makes (case-insensitive text) is no duplicate."""
+        the published one though both are in the table. The keys of new rows are gathered and the database
+        asked for them ``_KEYS_ASKED`` at a time, and at the read's end (``_ask_keys``): asked per batch,
+        a source without an index on its key was scanned once per batch."""
         if self._not_returned is None or not rows or self._db is None:
             return
-        before, columns = self._not_returned
         # Each key once, told by its text as ids are (a JSON or array column's value is a dict or list: no dict key).
-        values = list(
-            {
-                k.encode() + b"\x1f" + m: tuple(row[i] for i in at) for k, m, row in zip(keys, marks, rows, strict=True)
-            }.values()
-        )
-        line_of: dict[bytes, int] = {}
-        for condition in self._keys_asked(columns, values):
+        for key, mark, row, line in zip(keys, marks, rows, lines, strict=True):
+            self._keys_pending[key.encode() + b"\x1f" + mark] = (tuple(row[i] for i in at), line)
+        if len(self._keys_pending) >= _KEYS_ASKED:
+            self._ask_keys()
+
+    def _ask_keys(self) -> None:
+        """Ask the database whether rows before the watermark hold the keys gathered (``_keys_asked``); the rows
+        it finds are compared by the key's text, as ids are, so a match only the database's collation makes
+        (case-insensitive text) is no duplicate."""
+        pending, self._keys_pending = self._keys_pending, {}
+        if not pending or self._not_returned is None or self._db is None:
+            return
+        before, columns = self._not_returned
+        lines: list[int] = []
+        for condition in self._keys_asked(columns, [value for value, _ in pending.values()]):
             try:
                 found = self._db.execute(before.where(condition)).all()
             except sa.exc.SQLAlchemyError as error:
@@ -687,19 +724,17 @@ class SqlSourceReader:
                     f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
                     f"{self._read_error(before.where(condition), error)}"
                 ) from None
-            if not found:  # nearly always: no key is held twice
-                continue
-            line_of = line_of or {k.encode() + b"\x1f" + m: n for k, m, n in zip(keys, marks, lines, strict=True)}
             found_keys, found_marks = key_texts(found, list(range(len(columns))))
             for key, mark in zip(found_keys, found_marks, strict=True):
-                line = line_of.get(key.encode() + b"\x1f" + mark)
-                if line is not None:
-                    raise SqlSourceError(
-                        f"{self.uri}: row {line} of the result has the same key ({', '.join(self.config.key)}) as a "
-                        "row an earlier run read (before the watermark, not read again): a key must identify one row "
-                        "(the new row would replace the other's published record though both are in the table); "
-                        "add columns to `key` to make it unique, or remove the duplicate row"
-                    )
+                held = pending.get(key.encode() + b"\x1f" + mark)
+                lines += [held[1]] if held is not None else []
+        if lines:
+            raise SqlSourceError(
+                f"{self.uri}: row {min(lines)} of the result has the same key ({', '.join(self.config.key)}) as a "
+                "row an earlier run read (before the watermark, not read again): a key must identify one row "
+                "(the new row would replace the other's published record though both are in the table); "
+                "add columns to `key` to make it unique, or remove the duplicate row"
+            )
 
     def _keys_asked(self, columns: list[Any], values: list[tuple[Any, ...]]) -> Iterator[Any]:
         """Conditions that find the rows holding one of the keys ``values``. One key column's values go as one
@@ -817,6 +852,7 @@ class SqlSourceReader:
         ordinal = 0
         row_ids = InputIds(self.uri)
         self._keys_read = InputIds(self.uri)  # the keys read so far, to tell a key two rows share
+        self._keys_pending = {}  # new rows' keys not yet asked of the rows before the watermark
         fingerprint = Fingerprint()
         made = Unreadable.made
         with closing(self._result()) as result:  # closed at once on an error, not when collected

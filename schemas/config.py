@@ -19,6 +19,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
@@ -81,6 +82,8 @@ class SqlSource(Strict):
     query: str | None = None
     cursor: str | None = None
     key: list[str] = Field(default_factory=list)  # columns that identify a row (record ids survive edits)
+    # Values of the query's `:name` parameters, bound by the driver, never written into the SQL.
+    params: dict[str, str | int | float | bool | datetime | date | None] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod
@@ -100,7 +103,38 @@ class SqlSource(Strict):
     def _table_or_query(self) -> SqlSource:
         if (self.table is None) == (self.query is None):
             raise ValueError("give exactly one of 'table' or 'query'")
+        if self.query is None:
+            if self.params:
+                raise ValueError("'params' are bound to a 'query''s :name parameters; a 'table' takes none")
+            return self
+        used = query_parameters(self.query)
+        problems = [
+            f"the query's parameter ':{name}' has no value in 'params'" for name in used if name not in self.params
+        ]
+        if problems:  # a name written amiss, or a colon the user did not mean as a parameter
+            problems[-1] += " (':name' outside quotes is a parameter; a cast is '::', an array slice '[: hi]')"
+        problems += [
+            f"params: {n!r} is not used in the query (no ':{n}' outside quotes)" for n in self.params if n not in used
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+def query_parameters(query: str) -> list[str]:
+    """The names of a SQL query's ``:name`` parameters, each once, as SQL's tokens tell them: not in a string,
+    a quoted name or a comment, nor a cast (``::``) or a number (``arr[:2]``)."""
+    return list(dict.fromkeys(name for _, name in query_parts(query) if name is not None))
+
+
+def query_parts(query: str) -> Iterable[tuple[str, str | None]]:
+    """The query's text, token by token, with the parameter each ``:name`` token names (else None)."""
+    from sqlparse import lexer
+    from sqlparse import tokens as sql_tokens
+
+    for kind, text in lexer.tokenize(query):
+        named = kind in sql_tokens.Name.Placeholder and re.fullmatch(r":([^\W\d]\w*)", text)
+        yield text, named.group(1) if named else None
 
 
 class ChunkConfig(Strict):

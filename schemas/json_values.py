@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -56,9 +57,15 @@ with contextlib.suppress(pa.ArrowKeyError):  # registered already (the module lo
     pa.register_extension_type(JSON_TYPE)
 
 
-# json.dumps(value, ensure_ascii=False), made once; a value JSON has no type for (a date from a
-# database) as its text.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
+def value_text(value: Any) -> str:
+    """A value JSON has no type for (a date or decimal from a database) as text: a decimal in positional
+    notation, as PostgreSQL writes it and ``decimal_texts`` a decimal column (``0.00000010``), not as str()
+    writes a small one (``1.0E-7``); any other as str()."""
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
+# json.dumps(value, ensure_ascii=False), made once.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=value_text).encode
 
 
 def json_values(values: Sequence[Any]) -> pa.ExtensionArray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -1208,3 +1209,90 @@ def test_a_sqlite_query_naming_a_column_twice_is_refused_too(tmp_path: Path) -> 
     named = SqlSource(type="sql", url=url, query='SELECT q, a AS "a:1" FROM twice')  # no column named a: kept
     (batch,) = read_all(named, 10)
     assert batch.rows.to_pylist()[0]["a:1"] == "Here."
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_query_takes_params_bound_by_the_driver_and_a_cursor_reads_on_with_them(
+    postgres_url: str, tmp_path: Path, database: str
+) -> None:
+    # A query took no parameters: a value was pasted into its SQL (a quote in it broke the query, or injected).
+    url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+
+    def insert(*rows: tuple) -> None:
+        with engine.begin() as db:
+            for row in rows:
+                db.execute(
+                    sa.text("INSERT INTO notes VALUES (:id, :subject, :team, :u)"), dict(zip(columns, row, strict=True))
+                )
+
+    columns = ["id", "subject", "team", "u"]
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
+        db.execute(sa.text("CREATE TABLE notes (id int, subject text, team text, u int)"))
+    insert((1, "a", "it's", 1), (2, "b", "other", 2), (3, "c", "it's", 3), (0, "z", "it's", 0))
+    since = ":since::int" if database == "postgresql" else ":since"  # a cast right after a parameter
+    query = f"SELECT id, subject, u, ':team' AS said FROM notes WHERE team = :team AND u >= {since}"
+    config = SqlSource(type="sql", url=url, query=query, params={"team": "it's", "since": 1}, cursor="u", key=["id"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    reads = []
+    for added in [(4, "d", "it's", 4), (5, "e", "other", 5)], [(1, "f", "it's", 6)]:
+        marks = Watermarks(state, "support")
+        rows = [r for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()]
+        reads.append([(r["subject"], r["said"]) for r in rows])
+        marks.commit("run")
+        insert(*added)
+    assert reads == [[("a", ":team"), ("c", ":team")], [("d", ":team")]]
+    # The rows before the watermark are asked for the new rows' keys through the query, its parameters bound.
+    with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(id\) as a row an earlier run"):
+        read_all(config, 10, Watermarks(state, "support").for_source(config))
+    assert SqlSourceReader(config, 10).probe() == ["id", "subject", "u", "said"]  # `curation check`
+    engine.dispose()
+    state.dispose()
+
+
+def test_a_querys_parameters_and_params_must_match() -> None:
+    query = "SELECT id, subject FROM notes WHERE team = :team AND note <> ':other' AND at > x::date -- :gone"
+    with pytest.raises(ValueError, match=r"the query's parameter ':team' has no value in 'params'"):
+        SqlSource(type="sql", url="sqlite://", query=query)
+    with pytest.raises(ValueError, match=r"params: 'other' is not used in the query \(no ':other' outside quotes\)"):
+        SqlSource(type="sql", url="sqlite://", query=query, params={"team": "a", "other": "b"})
+    with pytest.raises(ValueError, match="a 'table' takes none"):
+        SqlSource(type="sql", url="sqlite://", table="notes", params={"team": "a"})
+    # The values are part of the source's identity (another team's rows are another source); a query without
+    # them keeps the one it had.
+    uris = {
+        SqlSourceReader(SqlSource(type="sql", url="sqlite://", query=query, params={"team": t}), 1).uri for t in "ab"
+    }
+    assert len(uris) == 2
+    plain = SqlSourceReader(SqlSource(type="sql", url="sqlite://", query="SELECT 1 AS subject"), 1).uri
+    assert plain == "sqlite://#query-" + hashlib.sha256(b"SELECT 1 AS subject").hexdigest()[:12]
+
+
+def test_new_rows_keys_are_asked_of_rows_before_the_watermark_in_few_statements(tmp_path: Path) -> None:
+    # The database was asked once per batch of new rows: a scan of the source each (without an index on the key).
+    url = small_table(tmp_path / "crm.db", [(i, f"s{i}", "r", i) for i in range(1, 21)])
+    config = SqlSource(type="sql", url=url, table="t", cursor="u", key=["id"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    asked: list[str] = []
+
+    def note(_conn, _cursor, statement: str, *_: object) -> None:
+        if "json_each" in statement:  # the look-up of one key column's values in rows before the watermark
+            asked.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", note)
+    try:
+        reads = []
+        for added in [(i, f"s{i}", "r", i) for i in range(21, 41)], [(i, f"s{i}", "r", i) for i in range(41, 53)]:
+            marks = Watermarks(state, "support")
+            reads.append(len([r for b in read_all(config, 5, marks.for_source(config)) for r in b.rows.to_pylist()]))
+            marks.commit("run")
+            small_table(tmp_path / "crm.db", added)
+        assert reads == [20, 20] and len(asked) == 1  # the second read's five batches in one statement
+        small_table(tmp_path / "crm.db", [(3, "again", "r", 53)])
+        # Found when asked at the read's end, naming its row (the 14th: the row at the watermark, then 41 to 53).
+        with pytest.raises(SqlSourceError, match=r"row 14 of the result has the same key \(id\) as a row an earlier"):
+            read_all(config, 5, Watermarks(state, "support").for_source(config))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", note)
+    state.dispose()

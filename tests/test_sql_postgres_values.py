@@ -339,3 +339,77 @@ def test_a_time_with_its_offset_is_published_with_it_and_an_edit_of_the_offset_a
     second = run(workdir, spec)
     assert second.version_uri != first.version_uri
     assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["a at 03:04:05+03:00"]
+
+
+def test_a_moment_with_a_time_zone_reads_the_same_whatever_the_sessions_time_zone(
+    workdir: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg gives a timestamptz in the session's time zone (the server's TimeZone, or the client's PGTZ): the
+    # same rows read by a job on another machine were published as other text under other ids, and the rows a
+    # cursor took at its watermark were not known as taken (their hashes held the offset).
+    postgres_table(
+        postgres_url,
+        "moments",
+        "id int, subject text, at timestamptz, ats timestamptz[]",
+        "(1, 'a', '2026-01-01 10:00:00.5+00', '{2026-01-01 10:00+00,2026-07-01 23:30+00}'), (2, 'b', NULL, NULL)",
+    )
+    record = {"kind": "instruction", "prompt": "{{ subject }} {{ at }} {{ ats }}", "completion": "at"}
+    sources = [{"type": "sql", "url": postgres_url, "table": "moments", **key} for key in ({}, {"key": ["at"]})]
+    specs = [
+        {"dataset": "support", "sources": [source], "record": record, "output": {"validation_fraction": 0.0}}
+        for source in sources
+    ]
+    published: dict[str, list] = {}
+    for zone in ("UTC", "Europe/Paris", "Etc/UTC", "America/St_Johns"):
+        monkeypatch.setenv("PGTZ", zone)
+        published[zone] = []
+        for spec in specs:
+            version = Path(run(workdir, spec, full_refresh=True).version_uri)
+            ids = [entry["id"] for entry in read_lines(sorted((version / "lineage").glob("*.jsonl")))]
+            lines = [(line["prompt"], line["completion"]) for line in processed(version)]
+            published[zone].append(sorted(zip(ids, lines, strict=True)))
+    assert published["Europe/Paris"] == published["Etc/UTC"] == published["America/St_Johns"] == published["UTC"]
+    assert [line for _, line in published["UTC"][0]] == [
+        (
+            'a 2026-01-01 10:00:00.500000+00:00 ["2026-01-01 10:00:00+00:00", "2026-07-01 23:30:00+00:00"]',
+            "2026-01-01 10:00:00.500000+00:00",
+        )
+    ]
+    # A cursor's watermark, kept by a run in one time zone, knows the rows it took in another.
+    config = SqlSource(type="sql", url=postgres_url, table="moments", cursor="at")
+    state = sa.create_engine(f"sqlite:///{workdir}/cursor.db")
+    reads = []
+    for zone in ("UTC", "Asia/Tokyo"):
+        monkeypatch.setenv("PGTZ", zone)
+        marks = Watermarks(state, "support")
+        batches = SqlSourceReader(config, 10, marks.for_source(config)).batches()
+        reads.append([r["subject"] for b in batches for r in b.rows.to_pylist()])
+        marks.commit("run")
+    state.dispose()
+    assert reads == [["a"], []]
+
+
+def test_a_small_decimal_in_an_array_is_written_as_a_scalar_one_is(workdir: Path, postgres_url: str) -> None:
+    # A numeric[] value's small decimals were written as Python's str() writes them ('1E-7', '1.0E-7'), and so
+    # was a numeric column's beside an Infinity (text, not a decimal column), while a scalar numeric gave
+    # '0.0000001' and '0.00000010', as PostgreSQL writes them.
+    postgres_table(
+        postgres_url,
+        "rates",
+        "id int, subject text, rate numeric, rates numeric[], fees numeric(20, 8)[], odd numeric",
+        "(1, 'a', 0.0000001, '{0.0000001,1.5}', '{0.00000010,2}', 0.0000001), (2, 'b', 1, NULL, NULL, 'Infinity')",
+    )
+    spec = {
+        "dataset": "rates",
+        "sources": [{"type": "sql", "url": postgres_url, "table": "rates"}],
+        "record": {
+            "kind": "instruction",
+            "prompt": "{{ rate }} {{ rates }} {{ fees }} {{ odd }}",
+            "completion": "rates",
+        },
+        "output": {"validation_fraction": 0.0},
+    }
+    published = [(line["prompt"], line["completion"]) for line in processed(Path(run(workdir, spec).version_uri))]
+    assert published == [
+        ('0.0000001 ["0.0000001", "1.5"] ["0.00000010", "2.00000000"] 0.0000001', '["0.0000001", "1.5"]')
+    ]
