@@ -50,7 +50,9 @@ from schemas.config import Recipe
 from schemas.records import CONTENT_COLUMNS
 
 HERE = Path(__file__).parent
-FILTERS = ("dataset", "version", "kind", "status")
+FILTERS = ("dataset", "version", "kind", "status", "gone")
+# The ``gone`` filter: items whose record a later run no longer found hidden, alone, or listed with the others.
+GONE_FILTER = ("hide", "only", "show")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
 MAX_LISTED = 500  # rows a page of the queue lists (the counts cover them all)
 
@@ -223,7 +225,7 @@ def create_app(
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
         items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
-        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
+        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k not in ("kind", "gone")})
         return render(
             request,
             "queue.html",
@@ -240,6 +242,7 @@ def create_app(
             options=_options(engine),
             kinds=KINDS,
             statuses=STATUSES,
+            gone_filter=GONE_FILTER,
             versions=_versions(engine),
             message=request.session.pop("message", None) or _unknown_version(filters),
         )
@@ -453,7 +456,8 @@ def _safe_next(target: str) -> str:
 
 def _clean(pairs: Any) -> dict[str, str]:
     # A version that is not a number is kept: dropped, the queue would list every version under it.
-    return {k: v for k, v in pairs if k in FILTERS and v}
+    # A ``gone`` that is none of GONE_FILTER is dropped: every item is listed, as by default.
+    return {k: v for k, v in pairs if k in FILTERS and v and (k != "gone" or v in GONE_FILTER)}
 
 
 def _version(value: str) -> int | None:
@@ -484,6 +488,9 @@ def _where(query: sa.Select, filters: dict[str, str]) -> sa.Select:
         if name == "version":
             number = _version(value)
             query = query.where(review_items.c.version == number if number is not None else sa.false())
+        elif name == "gone":
+            if value != "show":
+                query = query.where(_IS_GONE if value == "only" else ~_IS_GONE)
         else:
             query = query.where(review_items.c[name] == value)
     return query
@@ -501,6 +508,12 @@ def _page(value: str | None) -> int:
 
 # An item's row in ``review_gone``: a later run did not find its record (``curation.review.queue.review_gone``).
 _GONE = sa.and_(review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id)
+# Whether it has one, as a filter: of its own alias, so that a query joining ``review_gone`` (the list's)
+# can take it too.
+_gone_row = review_gone.alias("gone_row")
+_IS_GONE = sa.exists().where(
+    _gone_row.c.dataset == review_items.c.dataset, _gone_row.c.record_id == review_items.c.record_id
+)
 
 
 def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
@@ -546,9 +559,9 @@ def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
 
 
 def _next_open(engine: sa.Engine, after: int, filters: dict[str, str]) -> int | None:
-    """The next open item left to do: not one whose record is no longer in the input (see ``_counts_left``)."""
-    query = _select({**filters, "status": "open"}).where(review_items.c.item_id > after, ~sa.exists().where(_GONE))
-    query = query.limit(1)
+    """The next open item left to do: not one whose record is no longer in the input (see ``_counts_left``),
+    unless the filters ask for those (``gone=only`` or ``show``)."""
+    query = _select({"gone": "hide", **filters, "status": "open"}).where(review_items.c.item_id > after).limit(1)
     with engine.connect() as db:
         row = db.execute(query).first()
     return row.item_id if row else None
@@ -558,12 +571,14 @@ def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> tuple[dict[str, 
     """Open items per kind under the filters: those left to do, and apart from them those whose record
     is no longer in the input. A decision on these has no effect (unless the record comes back), so
     counted as left to do they would keep an annotator's work from ever being done."""
-    query = sa.select(review_items.c.kind, sa.func.count()).group_by(review_items.c.kind)
-    query = _where(query, {**filters, "status": "open"})
+    # One query: review_gone holds a record once, so the join adds no row.
+    query = sa.select(review_items.c.kind, sa.func.count(), sa.func.count(review_gone.c.run_id))
+    query = query.select_from(review_items.outerjoin(review_gone, _GONE)).group_by(review_items.c.kind)
+    query = _where(query, {**{k: v for k, v in filters.items() if k != "gone"}, "status": "open"})
     with engine.connect() as db:
-        left = dict(db.execute(query.where(~sa.exists().where(_GONE))).all())
-        gone = dict(db.execute(query.where(sa.exists().where(_GONE))).all())
-    kinds = (*KINDS, *sorted((set(left) | set(gone)) - set(KINDS)))
+        rows = db.execute(query).all()
+    left, gone = {kind: every - off for kind, every, off in rows}, {kind: off for kind, _, off in rows}
+    kinds = (*KINDS, *sorted(set(left) - set(KINDS)))
     return {kind: left.get(kind, 0) for kind in kinds}, {kind: gone.get(kind, 0) for kind in kinds}
 
 
