@@ -527,11 +527,9 @@ def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[
         return [dict(row._mapping) for row in db.execute(query)]
 
 
-def _count(engine: sa.Engine, filters: dict[str, str], *where: Any) -> int:
+def _count(engine: sa.Engine, filters: dict[str, str]) -> int:
     with engine.connect() as db:
-        return db.execute(
-            _where(sa.select(sa.func.count()).select_from(review_items), filters).where(*where)
-        ).scalar_one()
+        return db.execute(_where(sa.select(sa.func.count()).select_from(review_items), filters)).scalar_one()
 
 
 def _neighbours(
@@ -542,13 +540,17 @@ def _neighbours(
     queue can hold many thousands). An item the filters leave out (opened by its address, or decided
     since: no longer open) still has them, so that next and previous go on through the filtered ones."""
     ids = review_items.c.item_id
+    # One pass over the filtered items (conditional aggregates: COUNT skips the CASEs' NULLs).
+    query = sa.select(
+        sa.func.max(sa.case((ids < item_id, ids))),
+        sa.func.min(sa.case((ids > item_id, ids))),
+        sa.func.count(),
+        sa.func.count(sa.case((ids <= item_id, 1))),
+        sa.func.count(sa.case((ids == item_id, 1))),
+    ).select_from(review_items)
     with engine.connect() as db:
-        previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
-        following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
-    total = _count(engine, filters)
-    if not _count(engine, filters, ids == item_id):
-        return (0, total), previous, following
-    return (_count(engine, filters, ids <= item_id), total), previous, following
+        previous, following, total, place, listed = db.execute(_where(query, filters)).one()
+    return (place if listed else 0, total), previous, following
 
 
 def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
