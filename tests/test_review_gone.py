@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
-from curation.review.labelstudio import export_tasks
+from curation.review.labelstudio import export_tasks, import_annotations
 from curation.review.queue import add_items, gone_records, note_read, review_items
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA
@@ -204,3 +204,22 @@ def test_the_left_links_hide_items_no_longer_in_the_input_and_next_and_previous_
     assert 'id="not-listed">not among the 2 item(s)' in client.get(f"/items/2?{query}").text
     # Shown, they are stepped onto as before.
     assert 'id="next" href="/items/2' in client.get("/items/1?kind=pii&status=open").text
+
+
+def test_an_import_asks_which_records_are_gone_once_not_once_per_decision(tmp_path: Path) -> None:
+    engine = queue_with_one_gone(f"sqlite:///{tmp_path / 'state.db'}")
+    add_user(engine, "rita", "reviewer", PASSWORD)
+    tasks = export_tasks(engine)
+    reject = [{"from_name": "decision", "type": "choices", "value": {"choices": ["reject"]}}]
+    for task in tasks:
+        task["annotations"] = [{"id": task["data"]["item_id"], "result": reject}]
+    asked: list[str] = []
+
+    def note(conn, cursor, statement, *args) -> None:
+        if "FROM review_gone" in statement:
+            asked.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    gone: list[int] = []
+    assert import_annotations(engine, tasks, "rita", gone=gone)["reject"] == 3
+    assert gone == [2] and len(asked) == 1, asked

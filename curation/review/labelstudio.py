@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.auth import NOT_PII_REFUSAL, find_user
-from curation.review.queue import MAX_ITEM_ID, create_tables, gone_records, review_items
+from curation.review.queue import MAX_ITEM_ID, create_tables, gone_items, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
     <Choice value="approve"/><Choice value="reject"/>{more}
@@ -158,11 +158,7 @@ def export_tasks(
             query = query.where(review_items.c[name] == value)
     with engine.connect() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
-    gone = {
-        (dataset, record)
-        for dataset in {row["dataset"] for row in rows}
-        for record in gone_records(engine, dataset, [row["record_id"] for row in rows if row["dataset"] == dataset])
-    }
+    gone = gone_items(engine, rows)
     seen = dec.revisions(engine, [row["item_id"] for row in rows])
     return [
         _task(
@@ -271,6 +267,7 @@ def import_annotations(
             changed.append(item["item_id"])
             continue
         decisions.append((item, action, taken, seen))
+    taken: list[dict[str, Any]] = []
     for item, action, edit, seen in decisions:
         item_id = item["item_id"]
         try:
@@ -280,8 +277,9 @@ def import_annotations(
             changed.append(item_id)
             continue
         counts[action] += 1
-        if gone_records(engine, item["dataset"], [item["record_id"]]):
-            gone.append(item_id)
+        taken.append(item)
+    no_longer = gone_items(engine, taken)
+    gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
 
 

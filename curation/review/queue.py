@@ -199,3 +199,14 @@ def gone_records(db: sa.Engine | sa.Connection, dataset: str, record_ids: list[s
             )
             found.update(conn.execute(query).scalars())
     return found
+
+
+def gone_items(db: sa.Engine | sa.Connection, items: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(dataset, record id) of these queue items whose record is no longer in the input: a query per
+    dataset and chunk of records, not per item."""
+    datasets = {item["dataset"] for item in items}
+    return {
+        (dataset, record)
+        for dataset in datasets
+        for record in gone_records(db, dataset, [item["record_id"] for item in items if item["dataset"] == dataset])
+    }
