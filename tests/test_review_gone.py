@@ -7,6 +7,7 @@ import html
 import json
 import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
-from curation.review.labelstudio import export_tasks, import_annotations
+from curation.review.labelstudio import LABEL_CONFIGS, export_tasks, import_annotations, label_config
 from curation.review.queue import add_items, gone_records, note_read, review_items
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA
@@ -223,3 +224,13 @@ def test_an_import_asks_which_records_are_gone_once_not_once_per_decision(tmp_pa
     gone: list[int] = []
     assert import_annotations(engine, tasks, "rita", gone=gone)["reject"] == 3
     assert gone == [2] and len(asked) == 1, asked
+
+
+def test_label_studios_labeling_interface_says_an_item_is_no_longer_in_the_input(tmp_path: Path) -> None:
+    engine = queue_with_one_gone(f"sqlite:///{tmp_path / 'state.db'}")
+    tasks = export_tasks(engine)
+    notes = {task["data"]["item_id"]: task["data"]["gone_note"] for task in tasks}
+    assert notes[1] == notes[3] == "" and "no longer in the input: a decision has no effect" in notes[2]
+    for kind in LABEL_CONFIGS:
+        config = ElementTree.fromstring(label_config(kind, tasks))
+        assert (config[0].tag, config[0].get("value")) == ("Header", "$gone_note"), kind  # above the item

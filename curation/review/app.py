@@ -43,7 +43,16 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import KINDS, MAX_ITEM_ID, STATUSES, create_tables, gone_records, review_gone, review_items
+from curation.review.queue import (
+    GONE_NOTE,
+    KINDS,
+    MAX_ITEM_ID,
+    STATUSES,
+    create_tables,
+    gone_records,
+    review_gone,
+    review_items,
+)
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
@@ -651,9 +660,6 @@ def _train_module() -> tuple[Any, str | None]:
         return importlib.import_module("train.sagemaker"), None
     except ImportError as error:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
-
-
-GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 
 
 # An item shows the fields it is about (a PII item its field; a near duplicate, the set-aside record's

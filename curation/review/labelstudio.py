@@ -12,7 +12,8 @@ exported with raw text, the spans the annotator removed (those become "not PII")
 changed ``answer`` becomes an edit.
 
 An item whose record a later run no longer found in the input is exported as the page lists it, with
-``data.gone`` true (a column Label Studio's data manager can filter on); its annotation is taken as a
+``data.gone`` true (a column Label Studio's data manager can filter on) and ``data.gone_note``, which
+the labeling configs show above the item; its annotation is taken as a
 decision all the same, as on the page, and the import names it: the decision has no effect unless the
 record comes back.
 """
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.auth import NOT_PII_REFUSAL, find_user
-from curation.review.queue import MAX_ITEM_ID, create_tables, gone_items, review_items
+from curation.review.queue import GONE_NOTE, MAX_ITEM_ID, create_tables, gone_items, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
     <Choice value="approve"/><Choice value="reject"/>{more}
@@ -36,23 +37,32 @@ _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInli
 # A near duplicate may also be marked not a duplicate: the next run publishes it as it is.
 _KEEP = '<Choice value="keep" hint="not a duplicate: publish this record as it is"/>'
 
+# Label Studio's config language shows or hides an element by the annotation (a region, a choice), not
+# by the task's data: a header of the task's ``gone_note`` says it, empty on the tasks whose record is there.
+_GONE_HEADER = '  <Header value="$gone_note" style="color: #a40000"/>'
+GONE_TASK_NOTE = f"Note: {GONE_NOTE}, unless the record comes back (its line put back as it was)."
+
 DEFAULT_ENTITIES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "CREDIT_CARD", "IBAN_CODE")
 
 LABEL_CONFIGS: dict[str, str] = {
     "pii": f"""<View>
+{_GONE_HEADER}
   <Labels name="pii" toName="text">{{labels}}</Labels>
   <Text name="text" value="$text"/>
 {_DECISION.format(to="text", more="")}
 </View>""",
     "near_duplicate": f"""<View>
+{_GONE_HEADER}
   <Text name="kept" value="$kept"/><Text name="member" value="$member"/>
 {_DECISION.format(to="member", more=_KEEP)}
 </View>""",
     "quarantined": f"""<View>
+{_GONE_HEADER}
   <Header value="$reason"/><Text name="raw" value="$raw"/>
 {_DECISION.format(to="raw", more="")}
 </View>""",
     "vqa": f"""<View>
+{_GONE_HEADER}
   <Image name="image" value="$image"/><Header value="$question"/>
   <TextArea name="answer" toName="image" value="$answer" editable="true" maxSubmissions="1"/>
 {_DECISION.format(to="image", more="")}
@@ -96,6 +106,7 @@ def _task(
         "version": item["version"],
         "detail": item["detail"],
         "gone": gone,
+        "gone_note": GONE_TASK_NOTE if gone else "",
     }
     task: dict[str, Any] = {"data": data}
     if item["kind"] == "pii":

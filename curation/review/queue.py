@@ -51,6 +51,8 @@ review_gone = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 KINDS = ("pii", "near_duplicate", "quarantined", "vqa")  # what the stages flag
+# What the review page and Label Studio say of an item whose record is in ``review_gone``.
+GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 STATUSES = ("open", "approved", "rejected", "edited", "kept")
 
 
