@@ -232,7 +232,7 @@ def import_annotations(
             if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
                 raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
             item = dec.get_item(engine, int(item_id))
-            if data.get("record_id", item["record_id"]) != item["record_id"]:
+            if data.get("record_id") not in (None, item["record_id"]):
                 # Item ids are the store's own: an export from another store (or one made again) names others.
                 raise LabelStudioError(
                     f"{where}: item {item['item_id']} holds record {item['record_id']}, not the task's "
@@ -246,6 +246,11 @@ def import_annotations(
                     f"{where}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                 )
             edit = _edit(item, data, results)
+            if data.get("record_id") is None and not _shows(engine, item, data):
+                raise LabelStudioError(
+                    f"{where} has no data.record_id, and its dataset and text are not those of item "
+                    f"{item['item_id']}: export the tasks again (`curation review export`). Nothing was imported"
+                )
         except LabelStudioError:
             raise
         except dec.DecisionError as error:  # an item that is not in the queue
@@ -292,6 +297,25 @@ def import_annotations(
     no_longer = gone_items(engine, taken)
     gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
+
+
+# The task's field that holds what the item is about, by kind: one of its texts as an export holds it.
+_SHOWN = {"pii": "text", "near_duplicate": "member", "quarantined": "raw", "vqa": "question"}
+
+
+def _shows(engine: sa.Engine, item: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether a task without a record id (item ids are the store's own: it could be any store's item)
+    is of this item: its dataset, and its text as an export of the item holds it (raw or redacted, the
+    spans marked not PII in clear or not)."""
+    field = _SHOWN.get(item["kind"])
+    if field is None or data.get("dataset") != item["dataset"] or not data.get(field):
+        return False
+    marks = dec.not_pii_in_force(engine, item["item_id"]) if item["kind"] == "pii" else set()
+    return any(
+        data[field] == _task(item, raw, not_pii, "", False)["data"].get(field)
+        for raw in (True, False)
+        for not_pii in (marks, set())
+    )
 
 
 def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> dec.Edit | None:
