@@ -4,6 +4,7 @@ is refused and the annotator told, never taken over another's decision unseen.""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 import uuid
@@ -344,3 +345,38 @@ def test_two_undos_retrying_onto_each_others_items_do_not_deadlock(request: pyte
     assert failed == []
     assert sorted(undone) == sorted([rita_older, pia_older])
     assert {dec.get_item(engine, item_id)["status"] for item_id in (first, second)} == {"open"}
+
+
+def test_a_label_studio_task_without_a_record_id_is_taken_only_as_its_items_dataset_and_text(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    (task,) = export_tasks(engine, {"dataset": "support", "kind": "quarantined"})
+    (pii,) = export_tasks(engine, {"dataset": "support", "kind": "pii"})  # redacted
+    reject = [{"from_name": "decision", "value": {"choices": ["reject"]}}]
+    for each in (task, pii):
+        each["annotations"] = [{"id": 1, "result": reject}]
+        del each["data"]["record_id"]  # a task made without it
+    # Another store's item of that id (same dataset) holds another record: its text tells.
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    source = {"connector": "files", "uri": "in.jsonl", "line": 1, "page": None}
+    payload = json.dumps({"reason": "bad_json", "record": "{not json"})
+    flags = [
+        {"id": f"other-{n}", "source": source, "stage": "s", "kind": "quarantined", "detail": "d", "payload": payload}
+        for n in range(task["data"]["item_id"])
+    ]
+    add_items(other, "support", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    add_user(other, "pia", "pii-reviewer", PASSWORD)
+    said = rf"task 0 .* has no data.record_id, and its dataset and text are not those of item {task['data']['item_id']}"
+    with pytest.raises(LabelStudioError, match=said):
+        import_annotations(other, [task], "pia")
+    assert dec.active_decisions(other, "support") == []
+    # Nor one of another dataset, in its own store.
+    elsewhere = {**task, "data": {**task["data"], "dataset": "charts"}}
+    with pytest.raises(LabelStudioError, match=r"has no data\.record_id"):
+        import_annotations(engine, [elsewhere], "pia")
+    # Its own item's dataset and text: taken.
+    assert import_annotations(engine, [task, pii], "pia")["reject"] == 2
+    assert [history(seeded, each["data"]["item_id"])[-1] for each in (task, pii)] == [("pia", "reject")] * 2
+    dec.undo_last(engine, "pia")
+    dec.undo_last(engine, "pia")

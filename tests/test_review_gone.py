@@ -3,9 +3,11 @@ the queue and the item page say a decision on it has no effect, and a decision i
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -14,7 +16,7 @@ from fastapi.testclient import TestClient
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
-from curation.review.labelstudio import export_tasks
+from curation.review.labelstudio import LABEL_CONFIGS, export_tasks, import_annotations, label_config
 from curation.review.queue import add_items, gone_records, note_read, review_items
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA
@@ -169,3 +171,66 @@ def test_label_studio_tasks_say_which_records_are_no_longer_in_the_input(tmp_pat
     done = review("export", str(out), "--state", state_url, cwd=tmp_path)
     assert done.returncode == 0 and "3 task(s) written" in done.stderr
     assert "1 of them (data.gone) no longer in the input" in done.stderr
+
+
+def test_the_left_links_hide_items_no_longer_in_the_input_and_next_and_previous_skip_them(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_with_one_gone(state_url)  # items 1-3, item 2's record gone
+    add_user(sa.create_engine(state_url), "rita", "reviewer", PASSWORD)
+    client = TestClient(create_app(state_url), base_url="https://testserver")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+
+    def listed(query: str) -> list[int]:
+        page = client.get(f"/?{query}").text
+        return [int(n) for n in re.findall(r'<tr class="status-\w+">\s*<td><a href="/items/(\d+)', page)]
+
+    queue = client.get("/").text
+    left = html.unescape(re.search(r'<a class="count" href="([^"]+)" data-kind="pii">', queue).group(1))
+    assert listed(left.removeprefix("/?")) == [1, 3]  # "2 pii left" lists those two
+    assert listed("gone=only") == [2] and listed("") == listed("gone=show") == [1, 2, 3]
+    assert listed("gone=hidden") == [1, 2, 3]  # not a value of the filter: the default, every item
+    # The counts stay the same whatever the list shows: 2 left, and 1 open no longer in the input.
+    for query in ("", "gone=hide", "gone=only"):
+        page = client.get(f"/?{query}").text
+        assert re.search(r'data-kind="pii">\s*<strong>2</strong>[^<]*<span class="gone" data-gone="1"', page)
+
+    # An item page from that list steps over item 2, and counts its place without it.
+    query = "kind=pii&status=open&gone=hide"
+    first = client.get(f"/items/1?{query}").text
+    assert "<span>1 of 2</span>" in first
+    assert 'id="next" href="/items/3?kind=pii&amp;status=open&amp;gone=hide"' in first
+    last = client.get(f"/items/3?{query}").text
+    assert "<span>2 of 2</span>" in last and 'id="previous" href="/items/1?' in last and 'id="next"' not in last
+    assert 'id="not-listed">not among the 2 item(s)' in client.get(f"/items/2?{query}").text
+    # Shown, they are stepped onto as before.
+    assert 'id="next" href="/items/2' in client.get("/items/1?kind=pii&status=open").text
+
+
+def test_an_import_asks_which_records_are_gone_once_not_once_per_decision(tmp_path: Path) -> None:
+    engine = queue_with_one_gone(f"sqlite:///{tmp_path / 'state.db'}")
+    add_user(engine, "rita", "reviewer", PASSWORD)
+    tasks = export_tasks(engine)
+    reject = [{"from_name": "decision", "type": "choices", "value": {"choices": ["reject"]}}]
+    for task in tasks:
+        task["annotations"] = [{"id": task["data"]["item_id"], "result": reject}]
+    asked: list[str] = []
+
+    def note(conn, cursor, statement, *args) -> None:
+        if "FROM review_gone" in statement:
+            asked.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    gone: list[int] = []
+    assert import_annotations(engine, tasks, "rita", gone=gone)["reject"] == 3
+    assert gone == [2] and len(asked) == 1, asked
+
+
+def test_label_studios_labeling_interface_says_an_item_is_no_longer_in_the_input(tmp_path: Path) -> None:
+    engine = queue_with_one_gone(f"sqlite:///{tmp_path / 'state.db'}")
+    tasks = export_tasks(engine)
+    notes = {task["data"]["item_id"]: task["data"]["gone_note"] for task in tasks}
+    assert notes[1] == notes[3] == "" and "no longer in the input: a decision has no effect" in notes[2]
+    for kind in LABEL_CONFIGS:
+        config = ElementTree.fromstring(label_config(kind, tasks))
+        assert (config[0].tag, config[0].get("value")) == ("Header", "$gone_note"), kind  # above the item

@@ -4,15 +4,17 @@ place among the filtered items without listing them all."""
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from curation.review.app import MAX_LISTED, create_app
+from curation.review.app import MAX_LISTED, _neighbours, create_app
 from curation.review.auth import add_user
-from curation.review.queue import add_items
+from curation.review.queue import add_items, note_read, review_items
 from schemas.records import FLAG_SCHEMA
 
 PASSWORD = "correct horse battery"
@@ -88,3 +90,33 @@ def test_filters_that_match_nothing_say_so_and_offer_clearing_them(tmp_path: Pat
     assert "no items match these filters" in queue and 'id="clear-filters" href="/"' in queue
     # Unfiltered, nothing is offered to clear.
     assert "<span>1 of 2</span>" in client.get("/items/1").text and 'id="clear-filters"' not in client.get("/").text
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_an_item_page_finds_its_place_and_neighbours_in_one_query(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}" if store == "sqlite" else request.getfixturevalue("postgres_url")
+    dataset = f"ds-{uuid.uuid4().hex[:8]}"  # the PostgreSQL server is shared by the session's tests
+    queue_of(url, dataset, 5)
+    engine = sa.create_engine(url)
+    with engine.connect() as db:
+        ids = list(db.execute(sa.select(review_items.c.item_id).where(review_items.c.dataset == dataset)).scalars())
+    note_read(engine, dataset, "again", {f"{dataset}-{n}" for n in (0, 1, 3, 4)}, {"in.jsonl"})  # the third gone
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    every, shown = {"dataset": dataset}, {"dataset": dataset, "gone": "hide"}
+    a, b, c, d, e = ids
+    expected = [
+        (a, every, ((1, 5), None, b)),
+        (c, every, ((3, 5), b, d)),
+        (e, every, ((5, 5), d, None)),
+        (b, shown, ((2, 4), a, d)),
+        (c, shown, ((0, 4), b, d)),  # left out by the filters: its neighbours among them
+        (d, shown, ((3, 4), b, e)),
+        (c, {"dataset": dataset, "status": "rejected"}, ((0, 0), None, None)),
+    ]
+    for item_id, filters, neighbours in expected:
+        statements.clear()
+        assert _neighbours(engine, item_id, filters) == neighbours
+        assert len(statements) == 1, statements

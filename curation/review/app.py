@@ -43,14 +43,25 @@ from curation.review.auth import (
     session_user,
     start_session,
 )
-from curation.review.queue import KINDS, MAX_ITEM_ID, STATUSES, create_tables, gone_records, review_gone, review_items
+from curation.review.queue import (
+    GONE_NOTE,
+    KINDS,
+    MAX_ITEM_ID,
+    STATUSES,
+    create_tables,
+    gone_records,
+    review_gone,
+    review_items,
+)
 from curation.review.views import item_view
 from curation.state import StateStore, runs
 from schemas.config import Recipe
 from schemas.records import CONTENT_COLUMNS
 
 HERE = Path(__file__).parent
-FILTERS = ("dataset", "version", "kind", "status")
+FILTERS = ("dataset", "version", "kind", "status", "gone")
+# The ``gone`` filter: items whose record a later run no longer found hidden, alone, or listed with the others.
+GONE_FILTER = ("hide", "only", "show")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
 MAX_LISTED = 500  # rows a page of the queue lists (the counts cover them all)
 
@@ -223,7 +234,7 @@ def create_app(
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
         items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
-        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
+        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k not in ("kind", "gone")})
         return render(
             request,
             "queue.html",
@@ -240,6 +251,7 @@ def create_app(
             options=_options(engine),
             kinds=KINDS,
             statuses=STATUSES,
+            gone_filter=GONE_FILTER,
             versions=_versions(engine),
             message=request.session.pop("message", None) or _unknown_version(filters),
         )
@@ -453,7 +465,8 @@ def _safe_next(target: str) -> str:
 
 def _clean(pairs: Any) -> dict[str, str]:
     # A version that is not a number is kept: dropped, the queue would list every version under it.
-    return {k: v for k, v in pairs if k in FILTERS and v}
+    # A ``gone`` that is none of GONE_FILTER is dropped: every item is listed, as by default.
+    return {k: v for k, v in pairs if k in FILTERS and v and (k != "gone" or v in GONE_FILTER)}
 
 
 def _version(value: str) -> int | None:
@@ -484,6 +497,9 @@ def _where(query: sa.Select, filters: dict[str, str]) -> sa.Select:
         if name == "version":
             number = _version(value)
             query = query.where(review_items.c.version == number if number is not None else sa.false())
+        elif name == "gone":
+            if value != "show":
+                query = query.where(_IS_GONE if value == "only" else ~_IS_GONE)
         else:
             query = query.where(review_items.c[name] == value)
     return query
@@ -501,6 +517,12 @@ def _page(value: str | None) -> int:
 
 # An item's row in ``review_gone``: a later run did not find its record (``curation.review.queue.review_gone``).
 _GONE = sa.and_(review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id)
+# Whether it has one, as a filter: of its own alias, so that a query joining ``review_gone`` (the list's)
+# can take it too.
+_gone_row = review_gone.alias("gone_row")
+_IS_GONE = sa.exists().where(
+    _gone_row.c.dataset == review_items.c.dataset, _gone_row.c.record_id == review_items.c.record_id
+)
 
 
 def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
@@ -514,11 +536,9 @@ def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[
         return [dict(row._mapping) for row in db.execute(query)]
 
 
-def _count(engine: sa.Engine, filters: dict[str, str], *where: Any) -> int:
+def _count(engine: sa.Engine, filters: dict[str, str]) -> int:
     with engine.connect() as db:
-        return db.execute(
-            _where(sa.select(sa.func.count()).select_from(review_items), filters).where(*where)
-        ).scalar_one()
+        return db.execute(_where(sa.select(sa.func.count()).select_from(review_items), filters)).scalar_one()
 
 
 def _neighbours(
@@ -529,13 +549,17 @@ def _neighbours(
     queue can hold many thousands). An item the filters leave out (opened by its address, or decided
     since: no longer open) still has them, so that next and previous go on through the filtered ones."""
     ids = review_items.c.item_id
+    # One pass over the filtered items (conditional aggregates: COUNT skips the CASEs' NULLs).
+    query = sa.select(
+        sa.func.max(sa.case((ids < item_id, ids))),
+        sa.func.min(sa.case((ids > item_id, ids))),
+        sa.func.count(),
+        sa.func.count(sa.case((ids <= item_id, 1))),
+        sa.func.count(sa.case((ids == item_id, 1))),
+    ).select_from(review_items)
     with engine.connect() as db:
-        previous = db.execute(_where(sa.select(sa.func.max(ids)), filters).where(ids < item_id)).scalar_one()
-        following = db.execute(_where(sa.select(sa.func.min(ids)), filters).where(ids > item_id)).scalar_one()
-    total = _count(engine, filters)
-    if not _count(engine, filters, ids == item_id):
-        return (0, total), previous, following
-    return (_count(engine, filters, ids <= item_id), total), previous, following
+        previous, following, total, place, listed = db.execute(_where(query, filters)).one()
+    return (place if listed else 0, total), previous, following
 
 
 def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
@@ -546,9 +570,9 @@ def _get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
 
 
 def _next_open(engine: sa.Engine, after: int, filters: dict[str, str]) -> int | None:
-    """The next open item left to do: not one whose record is no longer in the input (see ``_counts_left``)."""
-    query = _select({**filters, "status": "open"}).where(review_items.c.item_id > after, ~sa.exists().where(_GONE))
-    query = query.limit(1)
+    """The next open item left to do: not one whose record is no longer in the input (see ``_counts_left``),
+    unless the filters ask for those (``gone=only`` or ``show``)."""
+    query = _select({"gone": "hide", **filters, "status": "open"}).where(review_items.c.item_id > after).limit(1)
     with engine.connect() as db:
         row = db.execute(query).first()
     return row.item_id if row else None
@@ -558,12 +582,14 @@ def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> tuple[dict[str, 
     """Open items per kind under the filters: those left to do, and apart from them those whose record
     is no longer in the input. A decision on these has no effect (unless the record comes back), so
     counted as left to do they would keep an annotator's work from ever being done."""
-    query = sa.select(review_items.c.kind, sa.func.count()).group_by(review_items.c.kind)
-    query = _where(query, {**filters, "status": "open"})
+    # One query: review_gone holds a record once, so the join adds no row.
+    query = sa.select(review_items.c.kind, sa.func.count(), sa.func.count(review_gone.c.run_id))
+    query = query.select_from(review_items.outerjoin(review_gone, _GONE)).group_by(review_items.c.kind)
+    query = _where(query, {**{k: v for k, v in filters.items() if k != "gone"}, "status": "open"})
     with engine.connect() as db:
-        left = dict(db.execute(query.where(~sa.exists().where(_GONE))).all())
-        gone = dict(db.execute(query.where(sa.exists().where(_GONE))).all())
-    kinds = (*KINDS, *sorted((set(left) | set(gone)) - set(KINDS)))
+        rows = db.execute(query).all()
+    left, gone = {kind: every - off for kind, every, off in rows}, {kind: off for kind, _, off in rows}
+    kinds = (*KINDS, *sorted(set(left) - set(KINDS)))
     return {kind: left.get(kind, 0) for kind in kinds}, {kind: gone.get(kind, 0) for kind in kinds}
 
 
@@ -634,9 +660,6 @@ def _train_module() -> tuple[Any, str | None]:
         return importlib.import_module("train.sagemaker"), None
     except ImportError as error:
         return None, f"training handoff is not available here: train.sagemaker cannot be imported ({error})"
-
-
-GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 
 
 # An item shows the fields it is about (a PII item its field; a near duplicate, the set-aside record's

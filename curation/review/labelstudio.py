@@ -12,7 +12,8 @@ exported with raw text, the spans the annotator removed (those become "not PII")
 changed ``answer`` becomes an edit.
 
 An item whose record a later run no longer found in the input is exported as the page lists it, with
-``data.gone`` true (a column Label Studio's data manager can filter on); its annotation is taken as a
+``data.gone`` true (a column Label Studio's data manager can filter on) and ``data.gone_note``, which
+the labeling configs show above the item; its annotation is taken as a
 decision all the same, as on the page, and the import names it: the decision has no effect unless the
 record comes back.
 """
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.auth import NOT_PII_REFUSAL, find_user
-from curation.review.queue import MAX_ITEM_ID, create_tables, gone_records, review_items
+from curation.review.queue import GONE_NOTE, MAX_ITEM_ID, create_tables, gone_items, review_items
 
 _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInline="true">
     <Choice value="approve"/><Choice value="reject"/>{more}
@@ -36,23 +37,32 @@ _DECISION = """  <Choices name="decision" toName="{to}" choice="single" showInli
 # A near duplicate may also be marked not a duplicate: the next run publishes it as it is.
 _KEEP = '<Choice value="keep" hint="not a duplicate: publish this record as it is"/>'
 
+# Label Studio's config language shows or hides an element by the annotation (a region, a choice), not
+# by the task's data: a header of the task's ``gone_note`` says it, empty on the tasks whose record is there.
+_GONE_HEADER = '  <Header value="$gone_note" style="color: #a40000"/>'
+GONE_TASK_NOTE = f"Note: {GONE_NOTE}, unless the record comes back (its line put back as it was)."
+
 DEFAULT_ENTITIES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "CREDIT_CARD", "IBAN_CODE")
 
 LABEL_CONFIGS: dict[str, str] = {
     "pii": f"""<View>
+{_GONE_HEADER}
   <Labels name="pii" toName="text">{{labels}}</Labels>
   <Text name="text" value="$text"/>
 {_DECISION.format(to="text", more="")}
 </View>""",
     "near_duplicate": f"""<View>
+{_GONE_HEADER}
   <Text name="kept" value="$kept"/><Text name="member" value="$member"/>
 {_DECISION.format(to="member", more=_KEEP)}
 </View>""",
     "quarantined": f"""<View>
+{_GONE_HEADER}
   <Header value="$reason"/><Text name="raw" value="$raw"/>
 {_DECISION.format(to="raw", more="")}
 </View>""",
     "vqa": f"""<View>
+{_GONE_HEADER}
   <Image name="image" value="$image"/><Header value="$question"/>
   <TextArea name="answer" toName="image" value="$answer" editable="true" maxSubmissions="1"/>
 {_DECISION.format(to="image", more="")}
@@ -96,6 +106,7 @@ def _task(
         "version": item["version"],
         "detail": item["detail"],
         "gone": gone,
+        "gone_note": GONE_TASK_NOTE if gone else "",
     }
     task: dict[str, Any] = {"data": data}
     if item["kind"] == "pii":
@@ -158,11 +169,7 @@ def export_tasks(
             query = query.where(review_items.c[name] == value)
     with engine.connect() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
-    gone = {
-        (dataset, record)
-        for dataset in {row["dataset"] for row in rows}
-        for record in gone_records(engine, dataset, [row["record_id"] for row in rows if row["dataset"] == dataset])
-    }
+    gone = gone_items(engine, rows)
     seen = dec.revisions(engine, [row["item_id"] for row in rows])
     return [
         _task(
@@ -225,7 +232,7 @@ def import_annotations(
             if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
                 raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
             item = dec.get_item(engine, int(item_id))
-            if data.get("record_id", item["record_id"]) != item["record_id"]:
+            if data.get("record_id") not in (None, item["record_id"]):
                 # Item ids are the store's own: an export from another store (or one made again) names others.
                 raise LabelStudioError(
                     f"{where}: item {item['item_id']} holds record {item['record_id']}, not the task's "
@@ -239,6 +246,11 @@ def import_annotations(
                     f"{where}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                 )
             edit = _edit(item, data, results)
+            if data.get("record_id") is None and not _shows(engine, item, data):
+                raise LabelStudioError(
+                    f"{where} has no data.record_id, and its dataset and text are not those of item "
+                    f"{item['item_id']}: export the tasks again (`curation review export`). Nothing was imported"
+                )
         except LabelStudioError:
             raise
         except dec.DecisionError as error:  # an item that is not in the queue
@@ -271,6 +283,7 @@ def import_annotations(
             changed.append(item["item_id"])
             continue
         decisions.append((item, action, taken, seen))
+    taken: list[dict[str, Any]] = []
     for item, action, edit, seen in decisions:
         item_id = item["item_id"]
         try:
@@ -280,9 +293,29 @@ def import_annotations(
             changed.append(item_id)
             continue
         counts[action] += 1
-        if gone_records(engine, item["dataset"], [item["record_id"]]):
-            gone.append(item_id)
+        taken.append(item)
+    no_longer = gone_items(engine, taken)
+    gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
+
+
+# The task's field that holds what the item is about, by kind: one of its texts as an export holds it.
+_SHOWN = {"pii": "text", "near_duplicate": "member", "quarantined": "raw", "vqa": "question"}
+
+
+def _shows(engine: sa.Engine, item: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether a task without a record id (item ids are the store's own: it could be any store's item)
+    is of this item: its dataset, and its text as an export of the item holds it (raw or redacted, the
+    spans marked not PII in clear or not)."""
+    field = _SHOWN.get(item["kind"])
+    if field is None or data.get("dataset") != item["dataset"] or not data.get(field):
+        return False
+    marks = dec.not_pii_in_force(engine, item["item_id"]) if item["kind"] == "pii" else set()
+    return any(
+        data[field] == _task(item, raw, not_pii, "", False)["data"].get(field)
+        for raw in (True, False)
+        for not_pii in (marks, set())
+    )
 
 
 def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> dec.Edit | None:

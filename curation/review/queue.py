@@ -51,6 +51,8 @@ review_gone = sa.Table(
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 KINDS = ("pii", "near_duplicate", "quarantined", "vqa")  # what the stages flag
+# What the review page and Label Studio say of an item whose record is in ``review_gone``.
+GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 STATUSES = ("open", "approved", "rejected", "edited", "kept")
 
 
@@ -199,3 +201,14 @@ def gone_records(db: sa.Engine | sa.Connection, dataset: str, record_ids: list[s
             )
             found.update(conn.execute(query).scalars())
     return found
+
+
+def gone_items(db: sa.Engine | sa.Connection, items: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(dataset, record id) of these queue items whose record is no longer in the input: a query per
+    dataset and chunk of records, not per item."""
+    datasets = {item["dataset"] for item in items}
+    return {
+        (dataset, record)
+        for dataset in datasets
+        for record in gone_records(db, dataset, [item["record_id"] for item in items if item["dataset"] == dataset])
+    }
