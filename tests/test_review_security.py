@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
-from curation.review.app import MAX_PICTURE_BYTES
+from curation.review.app import MAX_FORM_BYTES, MAX_FORM_FIELDS, MAX_PICTURE_BYTES
 from curation.review.queue import add_items
 from tests.conftest import chromium
 from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
@@ -229,7 +229,7 @@ def test_a_file_posted_to_a_form_is_refused_before_it_is_stored(server: str) -> 
     page = httpx.get(f"{server}/login")
     cookie = page.headers["set-cookie"].split(";", 1)[0]
     data = {"username": "rita", "password": PASSWORD, "csrf_token": _token(page.text)}
-    files = {"upload": ("big.bin", b"\0" * 4 * 2**20)}
+    files = {"upload": ("big.bin", b"\0" * 2**20)}  # within the form's size: refused for being a file
     answer = httpx.post(f"{server}/login", data=data, files=files, headers={"Cookie": cookie})
     assert answer.status_code == 400 and "Too many files. Maximum number of files is 0." in answer.text
     # The same form as the page sends it (multipart, without a file) signs in.
@@ -282,3 +282,26 @@ def test_a_crafted_label_studio_export_is_refused_in_one_line(seeded: Seeded, tm
     text = json.loads(dec.get_item(sa.create_engine(seeded.state_url), 2)["payload"])["original"]
     said = _import(seeded, tmp_path, _task({"item_id": 2, "text": text}, [label]).replace("Infinity", "1e400"))
     assert "is not a task as Label Studio exports them: cannot convert float infinity to integer" in said
+
+
+def test_a_form_past_the_pages_own_is_refused_before_it_is_parsed(server: str) -> None:
+    # Anyone who reaches the page may post to sign-in, and the form is read before its CSRF token is
+    # checked: Starlette's own limits took 1,000 fields of 1 MB each.
+    page = httpx.get(f"{server}/login")
+    cookie = page.headers["set-cookie"].split(";", 1)[0]
+    data = {"username": "rita", "password": PASSWORD, "csrf_token": _token(page.text)}
+    headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    many = [*data.items(), *((f"f{n}", "x") for n in range(MAX_FORM_FIELDS))]
+    answer = httpx.post(f"{server}/login", content=str(httpx.QueryParams(many)), headers=headers)
+    assert answer.status_code == 400 and f"Maximum number of fields is {MAX_FORM_FIELDS}" in answer.text
+    # Fields each under Starlette's 1 MB, together past the page's limit: with their length said, and
+    # sent in chunks without it.
+    large = [*data.items(), *((f"f{n}", "x" * 2**19) for n in range(2 * MAX_FORM_BYTES // 2**19))]
+    body = str(httpx.QueryParams(large))
+    answer = httpx.post(f"{server}/login", content=body, headers=headers)
+    assert answer.status_code == 413 and "the form is over 4 MiB: too large to take" in answer.text
+    chunks = (body[start : start + 2**16].encode() for start in range(0, len(body), 2**16))
+    answer = httpx.post(f"{server}/login", content=chunks, headers=headers)
+    assert answer.status_code == 413 and "the form is over 4 MiB: too large to take" in answer.text
+    # The form as the page sends it still signs in.
+    assert httpx.post(f"{server}/login", data=data, headers={"Cookie": cookie}).status_code == 303

@@ -30,6 +30,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import Message, Receive
 
 from curation.review import decisions as dec
 from curation.review.auth import (
@@ -77,11 +78,36 @@ def _csrf_token(request: Request) -> str:
     return token
 
 
+# What the page's forms post, read before the CSRF check (anyone who reaches the page may post to
+# sign-in): Starlette's own limits (1,000 fields of 1 MB each) let one post make it parse a gigabyte.
+# An edit's text is the longest field; a PII item's edit posts one field per span marked not PII.
+MAX_FORM_BYTES = 4 * 2**20
+MAX_FORM_FIELDS = 500
+
+
+def _within(receive: Receive, limit: int) -> Receive:
+    """``receive``, refusing (413) a request body once it passes ``limit`` bytes: it is not read further."""
+    read = 0
+
+    async def limited() -> Message:
+        nonlocal read
+        message = await receive()
+        read += len(message.get("body", b""))
+        if read > limit:
+            raise HTTPException(413, f"the form is over {limit // 2**20} MiB: too large to take")
+        return message
+
+    return limited
+
+
 async def checked_form(request: Request) -> FormData:
     """The POSTed form, once its CSRF token matches the session's; 403 otherwise."""
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"the form is over {MAX_FORM_BYTES // 2**20} MiB: too large to take")
     # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
     # not), would be spooled to disk whatever its size.
-    form = await request.form(max_files=0)
+    limited = Request(request.scope, _within(request.receive, MAX_FORM_BYTES))
+    form = await limited.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
     if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
