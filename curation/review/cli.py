@@ -117,12 +117,34 @@ def serve(
         str | None,
         typer.Option(help="address of the TLS proxy in front: its X-Forwarded-For names each client"),
     ] = None,
+    trust_any_proxy: Annotated[
+        bool,
+        typer.Option(
+            help="let --proxy '*' trust every client's X-Forwarded-For (only when the proxy alone can connect)"
+        ),
+    ] = False,
 ) -> None:
     """Serve the review page (sign in with a user made by `curation review add-user`)."""
     import uvicorn
 
     from curation.review.app import create_app
 
+    if proxy and _trusts_anyone(proxy):
+        # The sign-in limit per address keys on the forwarded address: trusted from anyone, a client
+        # names a new address with each guess.
+        said = f"--proxy {proxy} trusts every client's X-Forwarded-For, so any client can claim any address"
+        if not trust_any_proxy:
+            console.print(
+                f"[red]error[/red] {said}: name the proxy's address or network, or pass --trust-any-proxy "
+                "if nothing but the proxy can reach this port",
+                highlight=False,
+            )
+            raise typer.Exit(2)
+        console.print(
+            f"[yellow]warning[/yellow] {said}: the failed sign-ins per address are only limited if nothing "
+            "but the proxy can reach this port",
+            highlight=False,
+        )
     recipes = _recipes(recipe)
     if host not in ("127.0.0.1", "localhost", "::1"):
         # Session cookies are Secure: off loopback, browsers send them only over HTTPS.
@@ -135,6 +157,20 @@ def serve(
     # only the named proxy may say so (any other client could claim any address).
     forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
     uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
+
+
+def _trusts_anyone(proxy: str) -> bool:
+    """Whether uvicorn's ``forwarded_allow_ips`` of ``proxy`` takes any client for the proxy: ``*``, or
+    a network of every address (0.0.0.0/0, ::/0)."""
+    import ipaddress
+
+    for entry in (part.strip() for part in proxy.split(",")):
+        if entry == "*":
+            return True
+        with contextlib.suppress(ValueError):
+            if "/" in entry and ipaddress.ip_network(entry).prefixlen == 0:
+                return True
+    return False
 
 
 @review_app.command("add-user")
