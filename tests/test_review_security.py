@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.app import MAX_FORM_BYTES, MAX_FORM_FIELDS, MAX_PICTURE_BYTES
+from curation.review.cli import MAX_EXPORT_BYTES
 from curation.review.queue import add_items
 from tests.conftest import chromium
 from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
@@ -243,6 +244,10 @@ def _import(seeded: Seeded, tmp_path: Path, body: str) -> str:
     """``review import`` of ``body`` as a file: it must refuse it in one line naming the file, no traceback."""
     export = tmp_path / "export.json"
     export.write_text(body)
+    return _refused(seeded, export)
+
+
+def _refused(seeded: Seeded, export: Path) -> str:
     before = _decisions(seeded)
     done = review("import", str(export), "--user", "ada", "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -305,3 +310,16 @@ def test_a_form_past_the_pages_own_is_refused_before_it_is_parsed(server: str) -
     assert answer.status_code == 413 and "the form is over 4 MiB: too large to take" in answer.text
     # The form as the page sends it still signs in.
     assert httpx.post(f"{server}/login", data=data, headers={"Cookie": cookie}).status_code == 303
+
+
+def test_a_label_studio_export_is_read_only_to_a_limit(seeded: Seeded, tmp_path: Path) -> None:
+    # The export is read whole and its tasks take a few times its size in memory: a larger one (sparse
+    # here: its size is the file system's word) is refused before it is read, an endless one once the
+    # limit is read.
+    large = tmp_path / "large-export.json"
+    with large.open("wb") as sparse:
+        sparse.write(b"[")
+        sparse.truncate(MAX_EXPORT_BYTES + 1)
+    said = f"over {MAX_EXPORT_BYTES // 2**20} MiB: too large to import at once; export fewer tasks"
+    assert said in _refused(seeded, large)
+    assert said in _refused(seeded, Path("/dev/zero"))  # this order: without a limit, read until memory runs out

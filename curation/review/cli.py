@@ -251,6 +251,31 @@ def export(
         )
 
 
+# A Label Studio export is read whole (no incremental JSON parser is installed), and its tasks take a
+# few times its size in memory: past this, it is refused before it is read.
+MAX_EXPORT_BYTES = 256 * 2**20
+
+
+class ExportTooLarge(ValueError):
+    pass
+
+
+def _export_text(path: Path) -> str:
+    """The export's text, read up to ``MAX_EXPORT_BYTES``: a larger file (or an endless one, such as a
+    pipe or /dev/zero) is refused without holding more than that."""
+    too_large = ExportTooLarge(
+        f"over {MAX_EXPORT_BYTES // 2**20} MiB: too large to import at once; export fewer tasks from Label Studio "
+        "(a filtered view, or by data.kind) and import each file"
+    )
+    with path.open("rb") as stream:
+        if os.fstat(stream.fileno()).st_size > MAX_EXPORT_BYTES:
+            raise too_large
+        body = stream.read(MAX_EXPORT_BYTES + 1)
+    if len(body) > MAX_EXPORT_BYTES:
+        raise too_large
+    return body.decode()
+
+
 @review_app.command("import")
 def import_(
     path: Annotated[Path, typer.Argument(help="a Label Studio JSON export of tasks made by `review export`")],
@@ -264,7 +289,7 @@ def import_(
     from curation.review.labelstudio import LabelStudioError, import_annotations
 
     try:
-        tasks = json.loads(path.read_text())
+        tasks = json.loads(_export_text(path))
     except OSError as error:
         console.print(f"[red]error[/red] {path}: cannot read: {error.strerror or error}", highlight=False)
         raise typer.Exit(2) from None
@@ -273,6 +298,9 @@ def import_(
         raise typer.Exit(2) from None
     except RecursionError:  # Python's JSON reader gives up on lists or objects nested thousands deep
         console.print(f"[red]error[/red] {path}: not a Label Studio JSON export (nested too deeply)", highlight=False)
+        raise typer.Exit(2) from None
+    except ExportTooLarge as error:
+        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None
     if not isinstance(tasks, list):
         console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
