@@ -69,7 +69,7 @@ def _token(page: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
-def _vqa_items(seeded: Seeded, images: dict[str, Path]) -> dict[str, int]:
+def _vqa_items(seeded: Seeded, images: dict[str, Path | str], dataset: str = "charts") -> dict[str, int]:
     """One VQA item per image (its name as the record's ``image``), as a stage would queue them."""
     engine = sa.create_engine(seeded.state_url)
     flags = [
@@ -83,11 +83,12 @@ def _vqa_items(seeded: Seeded, images: dict[str, Path]) -> dict[str, int]:
         }
         for line, (label, path) in enumerate(images.items(), start=10)
     ]
-    add_items(engine, "charts", 1, "security", _flags(flags))
+    add_items(engine, dataset, 1, "security", _flags(flags))
     with engine.connect() as db:
-        rows = db.execute(sa.text("SELECT record_id, item_id FROM review_items WHERE run_id = 'security'")).all()
+        query = "SELECT record_id, item_id FROM review_items WHERE run_id = 'security' AND dataset = :dataset"
+        rows = db.execute(sa.text(query), {"dataset": dataset}).all()
     engine.dispose()
-    return {record.removeprefix("vqa-"): item for record, item in rows}
+    return {record.removeprefix("vqa-"): item for record, item in rows if record.removeprefix("vqa-") in images}
 
 
 def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: Seeded, server: str) -> None:
@@ -184,12 +185,44 @@ def test_a_records_image_is_read_only_to_a_limit(seeded: Seeded, server: str) ->
     large = seeded.folder / "large.png"
     with large.open("wb") as sparse:
         sparse.truncate(MAX_PICTURE_BYTES + 1)
-    items = _vqa_items(seeded, {"large": large, "endless": Path("/dev/zero")})
+    endless = seeded.folder / "endless.png"
+    endless.symlink_to("/dev/zero")
+    items = _vqa_items(seeded, {"large": large, "endless": endless})
     rita = Session(server, "rita")
     for label in ("large", "endless"):  # this order: without a limit, /dev/zero is read until memory runs out
         answer = rita.get(f"/items/{items[label]}/image")
         assert answer.status_code == 404, label
         assert "is over 64 MiB: too large to show" in answer.text, label
+
+
+def test_a_records_image_is_served_only_from_its_sources_folder(seeded: Seeded, server: str, tmp_path: Path) -> None:
+    # A record's "image" is customer data: it could name any picture the server can read (another
+    # dataset's, one of the server's own). The seed's charts recipe reads images from the seed's folder.
+    elsewhere = tmp_path / "private.png"
+    elsewhere.write_bytes((seeded.folder / "chart.png").read_bytes())
+    assert not elsewhere.is_relative_to(seeded.folder)
+    names = {
+        "absolute": elsewhere,
+        "uri": f"file://{elsewhere}",
+        "climbing": f"../{tmp_path.name}/private.png",
+        "dotted": f"{seeded.folder}/../{tmp_path.name}/private.png",
+    }
+    items = _vqa_items(seeded, names)
+    rita = Session(server, "rita")
+    for label, item_id in items.items():
+        answer = rita.get(f"/items/{item_id}/image")
+        assert answer.status_code == 404, label
+        assert "is not in the images folder of a source of charts" in answer.text, label
+        assert not answer.content.startswith(b"\x89PNG"), label
+    # The name as the images source writes it (relative to its folder), and a path inside the folder.
+    inside = _vqa_items(seeded, {"relative": "chart.png", "within": f"{seeded.folder}/./chart.png"})
+    for label, item_id in inside.items():
+        answer = rita.get(f"/items/{item_id}/image")
+        assert answer.status_code == 200 and answer.content.startswith(b"\x89PNG"), label
+    # A dataset the server has no recipe for: where its images are is not known.
+    (unknown,) = _vqa_items(seeded, {"unknown": seeded.folder / "chart.png"}, dataset="scans").values()
+    answer = rita.get(f"/items/{unknown}/image")
+    assert answer.status_code == 404 and "does not know the image folders of scans" in answer.text
 
 
 def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: str) -> None:
