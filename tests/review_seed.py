@@ -50,6 +50,8 @@ class Seeded:
     recipe: Recipe
     first: RunResult
     ids: dict[int, str]  # input line -> record id
+    # The VQA items' dataset: an images source of the seed's folder (the page serves pictures from it only).
+    charts_recipe_path: Path
 
     @property
     def state_url(self) -> str:
@@ -202,7 +204,13 @@ def seed(folder: Path) -> Seeded:
             ]
         ),
     )
+    charts = {"type": "images", "path": str(folder), "sidecar": str(folder / "charts.jsonl")}
+    charts_recipe_path = write_recipe(
+        folder,
+        {"dataset": "charts", "sources": [charts], "record": {"kind": "vqa"}, "state": recipe.state},
+        name="recipe-charts.yaml",
+    )
     for name, role in USERS.items():
         add_user(engine, name, role, PASSWORD)
     engine.dispose()
-    return Seeded(folder, recipe_path, recipe, first, ids)
+    return Seeded(folder, recipe_path, recipe, first, ids, charts_recipe_path)

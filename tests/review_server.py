@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def review_server(
     seeded: Seeded, recipes: Sequence[Path] = (), env: Mapping[str, str] | None = None, options: Sequence[str] = ()
 ) -> Iterator[str]:
-    """Serve the seeded state store through the real CLI, with more recipes, settings and options if
+    """Serve the seeded state store through the real CLI (with the seed's recipes), with more recipes, settings and options if
     given; yields the base URL. The server's output goes to review-server.log in the seeded folder."""
     port = free_port()
-    options = [*(arg for path in (seeded.recipe_path, *recipes) for arg in ("--recipe", str(path))), *options]
+    recipes = (seeded.recipe_path, seeded.charts_recipe_path, *recipes)
+    options = [*(arg for path in recipes for arg in ("--recipe", str(path))), *options]
     command = [sys.executable, "-m", "curation.cli", "review", "serve", "--port", str(port), *options]
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}

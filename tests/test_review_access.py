@@ -19,6 +19,7 @@ from curation.review.labelstudio import LabelStudioError, export_tasks, import_a
 from curation.review.queue import list_items
 from tests.review_seed import NAME, PASSWORD, PHONE, USERS, Seeded, seed
 from tests.review_server import review_server
+from tests.test_review_cli import review
 
 PII_ITEM, NEAR_DUP_ITEM, VQA_ITEM = 2, 3, 4
 
@@ -361,6 +362,22 @@ def test_behind_a_proxy_failed_sign_ins_count_per_forwarded_address(seeded: Seed
         assert {sign_in(f"guess-{n}", "guess", "203.0.113.7") for n in range(30)} == {401}
         assert sign_in("rita", PASSWORD, "203.0.113.7") == 429
         assert sign_in("rita", PASSWORD, "198.51.100.2") == 303
+
+
+def test_a_proxy_of_any_address_is_refused_unless_asked_for(seeded: Seeded) -> None:
+    # Trusted from anyone, X-Forwarded-For lets each guess claim a new address: the limit per address
+    # (30 failures) would never be reached.
+    for proxy in ("*", "0.0.0.0/0", "10.0.0.5, ::/0"):
+        done = review("serve", "--proxy", proxy, "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
+        assert done.returncode == 2, (proxy, done.stderr)
+        assert f"error --proxy {proxy} trusts every client's X-Forwarded-For" in done.stderr, done.stderr
+        assert "--trust-any-proxy" in done.stderr and "Traceback" not in done.stderr
+    log = seeded.folder / "review-server.log"
+    before = log.stat().st_size if log.exists() else 0
+    with review_server(seeded, options=["--proxy", "*", "--trust-any-proxy"]) as base:
+        assert httpx.get(f"{base}/login").status_code == 200
+    said = log.read_text()[before:]
+    assert "warning --proxy * trusts every client's X-Forwarded-For" in " ".join(said.split()), said
 
 
 def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_history(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
-from curation.review.app import MAX_PICTURE_BYTES
+from curation.review.app import MAX_FORM_BYTES, MAX_FORM_FIELDS, MAX_PICTURE_BYTES
+from curation.review.cli import MAX_EXPORT_BYTES
 from curation.review.queue import add_items
 from tests.conftest import chromium
 from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
@@ -68,7 +69,7 @@ def _token(page: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
-def _vqa_items(seeded: Seeded, images: dict[str, Path]) -> dict[str, int]:
+def _vqa_items(seeded: Seeded, images: dict[str, Path | str], dataset: str = "charts") -> dict[str, int]:
     """One VQA item per image (its name as the record's ``image``), as a stage would queue them."""
     engine = sa.create_engine(seeded.state_url)
     flags = [
@@ -82,11 +83,12 @@ def _vqa_items(seeded: Seeded, images: dict[str, Path]) -> dict[str, int]:
         }
         for line, (label, path) in enumerate(images.items(), start=10)
     ]
-    add_items(engine, "charts", 1, "security", _flags(flags))
+    add_items(engine, dataset, 1, "security", _flags(flags))
     with engine.connect() as db:
-        rows = db.execute(sa.text("SELECT record_id, item_id FROM review_items WHERE run_id = 'security'")).all()
+        query = "SELECT record_id, item_id FROM review_items WHERE run_id = 'security' AND dataset = :dataset"
+        rows = db.execute(sa.text(query), {"dataset": dataset}).all()
     engine.dispose()
-    return {record.removeprefix("vqa-"): item for record, item in rows}
+    return {record.removeprefix("vqa-"): item for record, item in rows if record.removeprefix("vqa-") in images}
 
 
 def test_a_records_image_is_served_only_as_a_picture_that_runs_nothing(seeded: Seeded, server: str) -> None:
@@ -183,12 +185,44 @@ def test_a_records_image_is_read_only_to_a_limit(seeded: Seeded, server: str) ->
     large = seeded.folder / "large.png"
     with large.open("wb") as sparse:
         sparse.truncate(MAX_PICTURE_BYTES + 1)
-    items = _vqa_items(seeded, {"large": large, "endless": Path("/dev/zero")})
+    endless = seeded.folder / "endless.png"
+    endless.symlink_to("/dev/zero")
+    items = _vqa_items(seeded, {"large": large, "endless": endless})
     rita = Session(server, "rita")
     for label in ("large", "endless"):  # this order: without a limit, /dev/zero is read until memory runs out
         answer = rita.get(f"/items/{items[label]}/image")
         assert answer.status_code == 404, label
         assert "is over 64 MiB: too large to show" in answer.text, label
+
+
+def test_a_records_image_is_served_only_from_its_sources_folder(seeded: Seeded, server: str, tmp_path: Path) -> None:
+    # A record's "image" is customer data: it could name any picture the server can read (another
+    # dataset's, one of the server's own). The seed's charts recipe reads images from the seed's folder.
+    elsewhere = tmp_path / "private.png"
+    elsewhere.write_bytes((seeded.folder / "chart.png").read_bytes())
+    assert not elsewhere.is_relative_to(seeded.folder)
+    names = {
+        "absolute": elsewhere,
+        "uri": f"file://{elsewhere}",
+        "climbing": f"../{tmp_path.name}/private.png",
+        "dotted": f"{seeded.folder}/../{tmp_path.name}/private.png",
+    }
+    items = _vqa_items(seeded, names)
+    rita = Session(server, "rita")
+    for label, item_id in items.items():
+        answer = rita.get(f"/items/{item_id}/image")
+        assert answer.status_code == 404, label
+        assert "is not in the images folder of a source of charts" in answer.text, label
+        assert not answer.content.startswith(b"\x89PNG"), label
+    # The name as the images source writes it (relative to its folder), and a path inside the folder.
+    inside = _vqa_items(seeded, {"relative": "chart.png", "within": f"{seeded.folder}/./chart.png"})
+    for label, item_id in inside.items():
+        answer = rita.get(f"/items/{item_id}/image")
+        assert answer.status_code == 200 and answer.content.startswith(b"\x89PNG"), label
+    # A dataset the server has no recipe for: where its images are is not known.
+    (unknown,) = _vqa_items(seeded, {"unknown": seeded.folder / "chart.png"}, dataset="scans").values()
+    answer = rita.get(f"/items/{unknown}/image")
+    assert answer.status_code == 404 and "does not know the image folders of scans" in answer.text
 
 
 def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: str) -> None:
@@ -229,7 +263,7 @@ def test_a_file_posted_to_a_form_is_refused_before_it_is_stored(server: str) -> 
     page = httpx.get(f"{server}/login")
     cookie = page.headers["set-cookie"].split(";", 1)[0]
     data = {"username": "rita", "password": PASSWORD, "csrf_token": _token(page.text)}
-    files = {"upload": ("big.bin", b"\0" * 4 * 2**20)}
+    files = {"upload": ("big.bin", b"\0" * 2**20)}  # within the form's size: refused for being a file
     answer = httpx.post(f"{server}/login", data=data, files=files, headers={"Cookie": cookie})
     assert answer.status_code == 400 and "Too many files. Maximum number of files is 0." in answer.text
     # The same form as the page sends it (multipart, without a file) signs in.
@@ -243,6 +277,10 @@ def _import(seeded: Seeded, tmp_path: Path, body: str) -> str:
     """``review import`` of ``body`` as a file: it must refuse it in one line naming the file, no traceback."""
     export = tmp_path / "export.json"
     export.write_text(body)
+    return _refused(seeded, export)
+
+
+def _refused(seeded: Seeded, export: Path) -> str:
     before = _decisions(seeded)
     done = review("import", str(export), "--user", "ada", "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -282,3 +320,39 @@ def test_a_crafted_label_studio_export_is_refused_in_one_line(seeded: Seeded, tm
     text = json.loads(dec.get_item(sa.create_engine(seeded.state_url), 2)["payload"])["original"]
     said = _import(seeded, tmp_path, _task({"item_id": 2, "text": text}, [label]).replace("Infinity", "1e400"))
     assert "is not a task as Label Studio exports them: cannot convert float infinity to integer" in said
+
+
+def test_a_form_past_the_pages_own_is_refused_before_it_is_parsed(server: str) -> None:
+    # Anyone who reaches the page may post to sign-in, and the form is read before its CSRF token is
+    # checked: Starlette's own limits took 1,000 fields of 1 MB each.
+    page = httpx.get(f"{server}/login")
+    cookie = page.headers["set-cookie"].split(";", 1)[0]
+    data = {"username": "rita", "password": PASSWORD, "csrf_token": _token(page.text)}
+    headers = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    many = [*data.items(), *((f"f{n}", "x") for n in range(MAX_FORM_FIELDS))]
+    answer = httpx.post(f"{server}/login", content=str(httpx.QueryParams(many)), headers=headers)
+    assert answer.status_code == 400 and f"Maximum number of fields is {MAX_FORM_FIELDS}" in answer.text
+    # Fields each under Starlette's 1 MB, together past the page's limit: with their length said, and
+    # sent in chunks without it.
+    large = [*data.items(), *((f"f{n}", "x" * 2**19) for n in range(2 * MAX_FORM_BYTES // 2**19))]
+    body = str(httpx.QueryParams(large))
+    answer = httpx.post(f"{server}/login", content=body, headers=headers)
+    assert answer.status_code == 413 and "the form is over 4 MiB: too large to take" in answer.text
+    chunks = (body[start : start + 2**16].encode() for start in range(0, len(body), 2**16))
+    answer = httpx.post(f"{server}/login", content=chunks, headers=headers)
+    assert answer.status_code == 413 and "the form is over 4 MiB: too large to take" in answer.text
+    # The form as the page sends it still signs in.
+    assert httpx.post(f"{server}/login", data=data, headers={"Cookie": cookie}).status_code == 303
+
+
+def test_a_label_studio_export_is_read_only_to_a_limit(seeded: Seeded, tmp_path: Path) -> None:
+    # The export is read whole and its tasks take a few times its size in memory: a larger one (sparse
+    # here: its size is the file system's word) is refused before it is read, an endless one once the
+    # limit is read.
+    large = tmp_path / "large-export.json"
+    with large.open("wb") as sparse:
+        sparse.write(b"[")
+        sparse.truncate(MAX_EXPORT_BYTES + 1)
+    said = f"over {MAX_EXPORT_BYTES // 2**20} MiB: too large to import at once; export fewer tasks"
+    assert said in _refused(seeded, large)
+    assert said in _refused(seeded, Path("/dev/zero"))  # this order: without a limit, read until memory runs out

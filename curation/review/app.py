@@ -12,6 +12,8 @@ import importlib
 import io
 import json
 import math
+import os
+import posixpath
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +32,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import Message, Receive
 
 from curation.review import decisions as dec
 from curation.review.auth import (
@@ -88,11 +91,36 @@ def _csrf_token(request: Request) -> str:
     return token
 
 
+# What the page's forms post, read before the CSRF check (anyone who reaches the page may post to
+# sign-in): Starlette's own limits (1,000 fields of 1 MB each) let one post make it parse a gigabyte.
+# An edit's text is the longest field; a PII item's edit posts one field per span marked not PII.
+MAX_FORM_BYTES = 4 * 2**20
+MAX_FORM_FIELDS = 500
+
+
+def _within(receive: Receive, limit: int) -> Receive:
+    """``receive``, refusing (413) a request body once it passes ``limit`` bytes: it is not read further."""
+    read = 0
+
+    async def limited() -> Message:
+        nonlocal read
+        message = await receive()
+        read += len(message.get("body", b""))
+        if read > limit:
+            raise HTTPException(413, f"the form is over {limit // 2**20} MiB: too large to take")
+        return message
+
+    return limited
+
+
 async def checked_form(request: Request) -> FormData:
     """The POSTed form, once its CSRF token matches the session's; 403 otherwise."""
+    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"the form is over {MAX_FORM_BYTES // 2**20} MiB: too large to take")
     # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
     # not), would be spooled to disk whatever its size.
-    form = await request.form(max_files=0)
+    limited = Request(request.scope, _within(request.receive, MAX_FORM_BYTES))
+    form = await limited.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
     if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
@@ -341,23 +369,28 @@ def create_app(
         row = _get_item(engine, item_id)
         if row["kind"] != "vqa":
             raise HTTPException(404, "only VQA items have an image")
-        uri = json.loads(row["payload"] or "{}").get("image", "")
+        name = json.loads(row["payload"] or "{}").get("image", "")
         from connectors.storage import filesystem
 
-        try:
-            fs, path = filesystem(uri)
-            with fs.open_input_stream(path) as stream:
-                # Read to a limit: a name such as /dev/zero would otherwise be read until memory runs out.
-                body = stream.read(MAX_PICTURE_BYTES + 1)
-        except (OSError, ValueError):
-            raise HTTPException(404, f"the image {uri} cannot be read") from None
+        uris = _picture_uris(str(name), destinations.get(row["dataset"]), row["dataset"])
+        for uri in uris:  # the first folder that holds it (a name may be in each of several sources' folders)
+            try:
+                fs, path = filesystem(uri)
+                with fs.open_input_stream(path) as stream:
+                    # Read to a limit: a name such as /dev/zero would otherwise be read until memory runs out.
+                    body = stream.read(MAX_PICTURE_BYTES + 1)
+                break
+            except (OSError, ValueError):
+                continue
+        else:
+            raise HTTPException(404, f"the image {name} cannot be read")
         if len(body) > MAX_PICTURE_BYTES:
-            raise HTTPException(404, f"the image {uri} is over {MAX_PICTURE_BYTES // 2**20} MiB: too large to show")
+            raise HTTPException(404, f"the image {name} is over {MAX_PICTURE_BYTES // 2**20} MiB: too large to show")
         # Served on the page's origin: a record's "image" that is SVG, HTML or script, typed by its name,
         # would run there when opened. Only a picture Pillow recognises is served, typed by its content.
         media_type = _picture_type(body)
         if media_type is None:
-            raise HTTPException(404, f"the image {uri} is not a picture (PNG, JPEG, GIF, WebP...)")
+            raise HTTPException(404, f"the image {name} is not a picture (PNG, JPEG, GIF, WebP...)")
         return Response(body, media_type=media_type, headers={"Content-Security-Policy": PICTURE_POLICY})
 
     # --- dataset versions and training -----------------------------------------------------------
@@ -640,6 +673,35 @@ MAX_PICTURE_BYTES = 64 * 2**20  # a VQA item's image the page serves (larger pic
 
 # A picture needs nothing else: no scripts, styles or frames, whatever the browser makes of its bytes.
 PICTURE_POLICY = "default-src 'none'; sandbox"
+
+
+def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
+    """Where the picture a VQA item names may be read: in the folder of one of its dataset's ``images``
+    sources, as that source reads it (a name relative to the folder), and nowhere else. The name is
+    the record's: customer data, which could otherwise name any picture the server can read (another
+    dataset's, a key of another bucket). 404 when it is in no such folder."""
+    from schemas.config import ImagesSource
+
+    if recipe is None:
+        raise HTTPException(404, f"the server does not know the image folders of {dataset}: start it with --recipe")
+    roots = [_normal(source.path) for source in recipe.sources if isinstance(source, ImagesSource)]
+    if not roots:
+        raise HTTPException(404, f"{dataset} has no images source: its records' images are not shown")
+    named = "://" in name or name.startswith("/")
+    uris = [_normal(name if named else f"{root}/{name}") for root in roots]
+    # Compared as written, ".." taken out: a name that climbs out of the folder, or a path or URI
+    # elsewhere, is in none of them.
+    inside = [uri for uri in uris if any(uri.startswith(f"{root.rstrip('/')}/") for root in roots)]
+    if not name or not inside:
+        raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
+    return inside
+
+
+def _normal(uri: str) -> str:
+    """A local path or ``s3://`` URI with "..", "." and doubled slashes taken out (a local one absolute)."""
+    if uri.startswith("s3://"):
+        return "s3://" + posixpath.normpath(uri.removeprefix("s3://"))
+    return os.path.normpath(os.path.abspath(uri.removeprefix("file://")))
 
 
 def _picture_type(body: bytes) -> str | None:

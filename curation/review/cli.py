@@ -117,12 +117,34 @@ def serve(
         str | None,
         typer.Option(help="address of the TLS proxy in front: its X-Forwarded-For names each client"),
     ] = None,
+    trust_any_proxy: Annotated[
+        bool,
+        typer.Option(
+            help="let --proxy '*' trust every client's X-Forwarded-For (only when the proxy alone can connect)"
+        ),
+    ] = False,
 ) -> None:
     """Serve the review page (sign in with a user made by `curation review add-user`)."""
     import uvicorn
 
     from curation.review.app import create_app
 
+    if proxy and _trusts_anyone(proxy):
+        # The sign-in limit per address keys on the forwarded address: trusted from anyone, a client
+        # names a new address with each guess.
+        said = f"--proxy {proxy} trusts every client's X-Forwarded-For, so any client can claim any address"
+        if not trust_any_proxy:
+            console.print(
+                f"[red]error[/red] {said}: name the proxy's address or network, or pass --trust-any-proxy "
+                "if nothing but the proxy can reach this port",
+                highlight=False,
+            )
+            raise typer.Exit(2)
+        console.print(
+            f"[yellow]warning[/yellow] {said}: the failed sign-ins per address are only limited if nothing "
+            "but the proxy can reach this port",
+            highlight=False,
+        )
     recipes = _recipes(recipe)
     if host not in ("127.0.0.1", "localhost", "::1"):
         # Session cookies are Secure: off loopback, browsers send them only over HTTPS.
@@ -135,6 +157,20 @@ def serve(
     # only the named proxy may say so (any other client could claim any address).
     forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
     uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
+
+
+def _trusts_anyone(proxy: str) -> bool:
+    """Whether uvicorn's ``forwarded_allow_ips`` of ``proxy`` takes any client for the proxy: ``*``, or
+    a network of every address (0.0.0.0/0, ::/0)."""
+    import ipaddress
+
+    for entry in (part.strip() for part in proxy.split(",")):
+        if entry == "*":
+            return True
+        with contextlib.suppress(ValueError):
+            if "/" in entry and ipaddress.ip_network(entry).prefixlen == 0:
+                return True
+    return False
 
 
 @review_app.command("add-user")
@@ -215,6 +251,31 @@ def export(
         )
 
 
+# A Label Studio export is read whole (no incremental JSON parser is installed), and its tasks take a
+# few times its size in memory: past this, it is refused before it is read.
+MAX_EXPORT_BYTES = 256 * 2**20
+
+
+class ExportTooLarge(ValueError):
+    pass
+
+
+def _export_text(path: Path) -> str:
+    """The export's text, read up to ``MAX_EXPORT_BYTES``: a larger file (or an endless one, such as a
+    pipe or /dev/zero) is refused without holding more than that."""
+    too_large = ExportTooLarge(
+        f"over {MAX_EXPORT_BYTES // 2**20} MiB: too large to import at once; export fewer tasks from Label Studio "
+        "(a filtered view, or by data.kind) and import each file"
+    )
+    with path.open("rb") as stream:
+        if os.fstat(stream.fileno()).st_size > MAX_EXPORT_BYTES:
+            raise too_large
+        body = stream.read(MAX_EXPORT_BYTES + 1)
+    if len(body) > MAX_EXPORT_BYTES:
+        raise too_large
+    return body.decode()
+
+
 @review_app.command("import")
 def import_(
     path: Annotated[Path, typer.Argument(help="a Label Studio JSON export of tasks made by `review export`")],
@@ -228,7 +289,7 @@ def import_(
     from curation.review.labelstudio import LabelStudioError, import_annotations
 
     try:
-        tasks = json.loads(path.read_text())
+        tasks = json.loads(_export_text(path))
     except OSError as error:
         console.print(f"[red]error[/red] {path}: cannot read: {error.strerror or error}", highlight=False)
         raise typer.Exit(2) from None
@@ -237,6 +298,9 @@ def import_(
         raise typer.Exit(2) from None
     except RecursionError:  # Python's JSON reader gives up on lists or objects nested thousands deep
         console.print(f"[red]error[/red] {path}: not a Label Studio JSON export (nested too deeply)", highlight=False)
+        raise typer.Exit(2) from None
+    except ExportTooLarge as error:
+        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None
     if not isinstance(tasks, list):
         console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
