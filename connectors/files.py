@@ -1027,6 +1027,15 @@ class FilesSourceReader(ListedFiles):
     def _parquet(self, entry: FileEntry, _block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         with _parquet_file(fs, path, entry.etag, digest) as handle:
+            if not handle.seek(0, io.SEEK_END):
+                # No Parquet file, not even one of no rows (its footer takes bytes): what a writer leaves
+                # when it stops before writing any, which Spark and Trino pass over. As an empty JSONL or
+                # CSV file, it holds no record; the run goes on, and says so.
+                log.warning(
+                    "%s: 0 bytes, not a Parquet file (a writer that stopped?): read as holding no records", entry.uri
+                )
+                return
+            handle.seek(0)
             parquet = pq.ParquetFile(handle)
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)
