@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import (
+    PACKED_SUFFIXES,
     FileEntry,
     ReadDigest,
     StorageError,
@@ -77,7 +78,8 @@ MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 def file_format(uri: str, declared: str) -> str:
     if declared != "auto":
         return declared
-    name = uri.lower().removesuffix(".gz").removesuffix(".zst")
+    name = uri.lower()
+    name = next((name.removesuffix(packed) for packed in PACKED_SUFFIXES if name.endswith(packed)), name)
     for suffix, fmt in FORMATS.items():
         if name.endswith(suffix):
             return fmt
@@ -536,7 +538,7 @@ class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
     name = CONNECTOR
-    suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", ".gz", ".zst"))  # as file_format reads them
+    suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", *PACKED_SUFFIXES))  # as file_format reads them
 
     def __init__(
         self,
