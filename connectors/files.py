@@ -605,14 +605,19 @@ class FilesSourceReader(ListedFiles):
 
     def _partition_keys(self) -> list[str]:
         """The partition keys of every file the source lists (new or not, so each run and each Ray read
-        task finds the same): a file outside one of their folders holds null in it, as Arrow reads a
-        partly partitioned table, not a column that some batches lack (a split by it failed the run)."""
+        task finds the same) and of every file earlier runs took (inputs are often moved away once taken,
+        and a later file outside their folders would lack the column its rows held null in before): a file
+        outside one of their folders holds null in it, as Arrow reads a partly partitioned table, not a
+        column that some batches lack (a split by it set its records aside)."""
         if not self.config.hive_partitioning:
             return []
         listed = getattr(self, "listed_uris", [])
         if self._keys_of is not listed:
-            self._keys = list(dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri)))
-            self._keys_of = listed
+            keys = dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri))
+            for uri in self.watermark.committed if self.watermark is not None else ():
+                with contextlib.suppress(StorageError):  # a path naming a key twice: refused when it was listed
+                    keys.update(dict.fromkeys(hive_partitions(self.config.path, uri)))
+            self._keys, self._keys_of = list(keys), listed
         return self._keys
 
     def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:

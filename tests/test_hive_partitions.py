@@ -211,3 +211,20 @@ def test_rows_of_a_file_outside_a_partition_folder_hold_null_for_it(workdir: Pat
     ]
     # The four without a year are a group each; the other two years one each.
     assert sum(result.manifest.split["groups"].values()) == 6
+
+
+def test_partition_keys_of_files_moved_away_once_taken_are_kept_for_later_files(workdir: Path) -> None:
+    # Keys came from this run's listing only: once the year=2024/ files were taken and moved away, a new
+    # flat file had no 'year' at all (where the run before gave its flat files null), and the split by it
+    # failed the run.
+    write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "coffee", "category": "Dining"}])
+    write_jsonl(workdir / "tx" / "old.jsonl", [{"description": "tea", "category": "Dining"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "prompt": "{{ description }}"}
+    spec["output"] = {"validation_fraction": 0.5, "group_by": "year"}
+    run(workdir, spec)
+    (workdir / "tx" / "year=2024" / "a.jsonl").rename(workdir / "a-taken.jsonl")
+    write_jsonl(workdir / "tx" / "new.jsonl", [{"description": "bus", "category": "Travel"}])
+    result = run(workdir, spec)
+    assert result.manifest.counts.written == 1 and result.manifest.counts.quarantined == 0
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == ["bus", "coffee", "tea"]
