@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from connectors.base import SourceBatch, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import (
+    PACKED_SUFFIXES,
     FileEntry,
     ReadDigest,
     StorageError,
@@ -77,7 +78,8 @@ MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
 def file_format(uri: str, declared: str) -> str:
     if declared != "auto":
         return declared
-    name = uri.lower().removesuffix(".gz").removesuffix(".zst")
+    name = uri.lower()
+    name = next((name.removesuffix(packed) for packed in PACKED_SUFFIXES if name.endswith(packed)), name)
     for suffix, fmt in FORMATS.items():
         if name.endswith(suffix):
             return fmt
@@ -536,7 +538,7 @@ class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
     name = CONNECTOR
-    suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", ".gz", ".zst"))  # as file_format reads them
+    suffixes = tuple(f"{s}{packed}" for s in FORMATS for packed in ("", *PACKED_SUFFIXES))  # as file_format reads them
 
     def __init__(
         self,
@@ -603,14 +605,19 @@ class FilesSourceReader(ListedFiles):
 
     def _partition_keys(self) -> list[str]:
         """The partition keys of every file the source lists (new or not, so each run and each Ray read
-        task finds the same): a file outside one of their folders holds null in it, as Arrow reads a
-        partly partitioned table, not a column that some batches lack (a split by it failed the run)."""
+        task finds the same) and of every file earlier runs took (inputs are often moved away once taken,
+        and a later file outside their folders would lack the column its rows held null in before): a file
+        outside one of their folders holds null in it, as Arrow reads a partly partitioned table, not a
+        column that some batches lack (a split by it set its records aside)."""
         if not self.config.hive_partitioning:
             return []
         listed = getattr(self, "listed_uris", [])
         if self._keys_of is not listed:
-            self._keys = list(dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri)))
-            self._keys_of = listed
+            keys = dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri))
+            for uri in self.watermark.committed if self.watermark is not None else ():
+                with contextlib.suppress(StorageError):  # a path naming a key twice: refused when it was listed
+                    keys.update(dict.fromkeys(hive_partitions(self.config.path, uri)))
+            self._keys, self._keys_of = list(keys), listed
         return self._keys
 
     def head(self, entry: FileEntry, block_bytes: int = HEAD_BYTES) -> SourceBatch:
@@ -1027,6 +1034,15 @@ class FilesSourceReader(ListedFiles):
     def _parquet(self, entry: FileEntry, _block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         with _parquet_file(fs, path, entry.etag, digest) as handle:
+            if not handle.seek(0, io.SEEK_END):
+                # No Parquet file, not even one of no rows (its footer takes bytes): what a writer leaves
+                # when it stops before writing any, which Spark and Trino pass over. As an empty JSONL or
+                # CSV file, it holds no record; the run goes on, and says so.
+                log.warning(
+                    "%s: 0 bytes, not a Parquet file (a writer that stopped?): read as holding no records", entry.uri
+                )
+                return
+            handle.seek(0)
             parquet = pq.ParquetFile(handle)
             _once_each(entry.uri, parquet.schema_arrow.names)
             total_rows = max(parquet.metadata.num_rows, 1)

@@ -128,6 +128,13 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 # The first bytes of a gzip member and a zstd frame: no text file starts with either (neither is UTF-8).
 _PACKED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+# A bzip2 stream: "BZh", its block size, then a block's magic number or the end's (an empty stream).
+_BZIP2 = re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)")
+# The suffixes of the compressions ``open_input`` unpacks. Hadoop's .deflate (Hive's default codec) is a zlib
+# stream, told by its name: its first two bytes can be text (0x78 0x01 is "x" and Hive's field delimiter).
+PACKED_SUFFIXES = (".gz", ".zst", ".bz2", ".deflate")
+# Hadoop codecs whose block framing no reader here unpacks: such files are named, not read as text.
+UNREAD_CODECS = (".snappy", ".lz4", ".lzo", ".lzo_deflate")
 
 
 class ReadDigest:
@@ -208,10 +215,10 @@ def open_input(
         raise _not_opened(uri, error) from None
     with handle:
         try:
-            head = handle.read_at(4, 0) if handle.size() else b""
+            head = handle.read_at(10, 0) if handle.size() else b""
         except OSError as error:
             raise _not_opened(uri, error) from None
-        packed = _PACKED.get(head[:2]) or _PACKED.get(head)
+        packed = _packing(head, path)
         handle.seek(0)
         hashed = _HashedReads(handle) if digest is not None else None
         # Handed on as a Python file, which Arrow's readers take as such: a PythonFile round it would
@@ -220,6 +227,19 @@ def open_input(
         yield pa.CompressedInputStream(source, packed) if packed else source
         if digest is not None and hashed is not None:
             digest.value = hashed.hexdigest()
+
+
+def _packing(head: bytes, path: str) -> str | None:
+    """Arrow's codec for a file whose first bytes are ``head``, or None where it is not compressed. Arrow's
+    gzip one reads a zlib stream too (``.deflate``: a header whose check bits hold, deflate's method)."""
+    if (
+        path.lower().endswith(".deflate")
+        and len(head) >= 2
+        and head[0] & 0x0F == 8
+        and int.from_bytes(head[:2]) % 31 == 0
+    ):
+        return "gzip"
+    return _PACKED.get(head[:2]) or _PACKED.get(head[:4]) or ("bz2" if _BZIP2.match(head) else None)
 
 
 def open_file(fs: pafs.FileSystem, path: str, etag: str | None = None) -> Any:
@@ -495,16 +515,34 @@ def list_files(
         return entries
     kept: list[FileEntry] = []
     unread: list[str] = []
+    packed: list[str] = []  # compressed with a codec no reader here unpacks
     for entry in entries:
-        if entry.uri.lower().endswith(suffixes) or (bare and "." not in posixpath.basename(entry.uri)):
+        name = entry.uri.lower()
+        if name.endswith(suffixes) or (bare and _bare(posixpath.basename(name))):
             kept.append(entry)
         else:
-            unread.append(entry.uri)
+            (packed if name.endswith(UNREAD_CODECS) else unread).append(entry.uri)
     if name_unread and unread:
         log.warning(
             "%s: not read: not a kind of file this source reads (%s): %s", uri, ", ".join(suffixes), _named(unread)
         )
+    if name_unread and packed:
+        log.warning(
+            "%s: not read: compressed with a codec this source cannot unpack (Hadoop's %s; it reads %s), write "
+            "them with gzip, zstd or bzip2, or uncompressed: %s",
+            uri,
+            ", ".join(UNREAD_CODECS),
+            ", ".join(PACKED_SUFFIXES),
+            _named(packed),
+        )
     return kept
+
+
+def _bare(name: str) -> bool:
+    """A name without a suffix (Hive's ``000000_0``, an Athena query's output), or with only that of a
+    compression ``open_input`` unpacks (``000000_0.gz``, ``000000_0.deflate``: such a table written compressed)."""
+    stem, dot, suffix = name.rpartition(".")
+    return not dot or (f".{suffix}" in PACKED_SUFFIXES and "." not in stem)
 
 
 def readable(entries: list[FileEntry]) -> list[FileEntry]:

@@ -425,6 +425,9 @@ def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> list[str]
             }
             for name in sorted(field.template_columns - held - asked):
                 problems.append(f"{uri}: {field.target}: column {name!r} is missing (the template uses it){has}")
+        problems += [
+            f"{uri}: column {c!r} is missing ({by} names it){has}" for c, by in shape.carry.items() if c not in held
+        ]
     return problems
 
 

@@ -549,9 +549,10 @@ class OutputConfig(Strict):
             )
         return self
 
-    def carry_columns(self) -> list[str]:
-        """Input columns the split needs at the writer, beyond the record's own fields."""
-        return [c for c in (self.stratify_by, self.group_by) if c]
+    def carry_columns(self) -> dict[str, str]:
+        """Input columns the split needs at the writer, beyond the record's own fields, and the setting naming each."""
+        named = (("output.stratify_by", self.stratify_by), ("output.group_by", self.group_by))
+        return {column: setting for setting, column in named if column}
 
 
 def ray_missing() -> str | None:

@@ -79,12 +79,18 @@ def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Pat
         "INSERT INTO tickets VALUES (7, 'Card declined', 'Travel notice set.')",
     )
     source = {"type": "sql", "url": url, "table": "tickets"}
-    for record, missing in (
-        ({"prompt": "{{ subject }} (#{{ input_id }})", "completion": "{{ replyy }}"}, "completion: column 'replyy'"),
-        ({"prompt": "subject", "completion": "replyy"}, "completion: column 'replyy' is missing"),
-        ({"prompt": "{{ subject }}{{ note | default('') }}", "completion": "reply"}, None),  # one it can do without
+    plain = {"prompt": "subject", "completion": "reply"}
+    for record, output, missing in (
+        (
+            {"prompt": "{{ subject }} (#{{ input_id }})", "completion": "{{ replyy }}"},
+            {},
+            "completion: column 'replyy'",
+        ),
+        ({"prompt": "subject", "completion": "replyy"}, {}, "completion: column 'replyy' is missing"),
+        (plain, {"group_by": "account"}, "column 'account' is missing (output.group_by names it)"),  # the split's
+        ({"prompt": "{{ subject }}{{ note | default('') }}", "completion": "reply"}, {}, None),  # one it can do without
     ):
-        spec = {"dataset": "t", "sources": [source], "record": {"kind": "instruction", **record}}
+        spec = {"dataset": "t", "sources": [source], "record": {"kind": "instruction", **record}, "output": output}
         recipe = write_recipe(tmp_path, spec)
         checked = curation("check", str(recipe), cwd=tmp_path)
         if missing is None:

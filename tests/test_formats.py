@@ -381,9 +381,35 @@ def test_a_different_seed_moves_records_and_plain_split_is_hash_based(workdir: P
 
 def test_split_on_a_missing_column_names_it(workdir: Path) -> None:
     recipe = split_recipe(workdir, group_by="account")
-    with pytest.raises(RecipeError, match=r"group_by: column 'account' is not in the records \(a record takes it"):
+    with pytest.raises(RecipeError, match=r"txns.jsonl:1: column 'account' is missing \(output.group_by names it\)"):
         run_fresh(workdir, recipe)
     assert not list((workdir / "out" / "txns").glob("v*"))  # nothing published
+
+
+@pytest.mark.parametrize("setting", ["group_by", "stratify_by"])
+def test_a_file_without_the_column_the_split_goes_by_sets_its_records_aside_and_the_run_goes_on(
+    workdir: Path, setting: str
+) -> None:
+    # One export of several lacks the column: its batch failed the run ("column 'account' is not in the
+    # records"), the other files' records with it. Set aside as for a column a template uses.
+    write_jsonl(
+        workdir / "in" / "a.jsonl", [{"q": f"Question {i}?", "a": "Yes.", "account": f"c{i % 3}"} for i in range(9)]
+    )
+    old = write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"Old question {i}?", "a": "No."} for i in range(4)])
+    recipe = {
+        "dataset": "qa",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "batch_rows": 4,  # b.jsonl's records a batch of their own
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, setting: "account"},
+    }
+    result = run_fresh(workdir, recipe)
+    assert result.manifest.counts.written == 9
+    assert result.manifest.counts.reasons == {"quarantined": {"missing_column": 4}}
+    aside = read_lines(sorted((Path(result.version_uri) / "set_aside").glob("*.jsonl")))
+    assert sorted(row["detail"] for row in aside) == [
+        f"{old}:{line}: column 'account' is missing (output.{setting} names it)" for line in range(1, 5)
+    ]
 
 
 def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) -> None:

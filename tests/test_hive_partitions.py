@@ -104,6 +104,41 @@ def test_files_named_without_a_suffix_as_hive_and_athena_write_them_are_read_in_
     assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == ["rent in 2025", "water in 2025"]
 
 
+def test_files_hive_wrote_compressed_are_read_and_a_codec_that_cannot_be_unpacked_is_named(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Hive table written with compression names its files 000000_0.gz, .deflate (zlib, Hive's default
+    # codec), .bz2 or .zst: none was read (only "not a kind of file this source reads"), so a compressed
+    # table was "no input files match". Hadoop's snappy framing no reader here unpacks: named as such.
+    import bz2
+    import gzip
+    import zlib
+
+    folder = _made(workdir / "tx" / "category=Dining" / "year=2025")
+    # Hive's text format: fields split by \x01. A plain file opening with "x\x01" (zlib's header bytes 78 01)
+    # is text all the same: zlib is told by the name.
+    (folder / "000000_0").write_bytes(b"description\x01n\nx\x011\n")
+    (folder / "000001_0.gz").write_bytes(gzip.compress(b"description\x01n\ncoffee\x012\n"))
+    (folder / "000002_0.deflate").write_bytes(zlib.compress(b"description\x01n\nlunch\x013\n"))
+    (folder / "000003_0.bz2").write_bytes(bz2.compress(b"description\x01n\ntea\x014\n"))
+    with pa.CompressedOutputStream(str(folder / "000004_0.zst"), "zstd") as out:
+        out.write(b"description\x01n\ncake\x015\n")
+    snappy = folder / "000005_0.snappy"
+    snappy.write_bytes(b"\x00\x00\x00\x10framed by Hadoop")
+    with caplog.at_level("WARNING"):
+        result = run(workdir, recipe("tx", hive_partitioning=True, format="csv", csv_delimiter="\x01"))
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == [
+        "cake in 2025",
+        "coffee in 2025",
+        "lunch in 2025",
+        "tea in 2025",
+        "x in 2025",
+    ]
+    [said] = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert "compressed with a codec this source cannot unpack (Hadoop's .snappy" in said
+    assert said.endswith(str(snappy))
+
+
 def test_a_partition_folder_whose_key_starts_with_an_underscore_is_read(workdir: Path) -> None:
     # Spark skips names starting with '_' unless they hold '=' (a partition column such as ``_batch``):
     # such a folder's files were skipped as if hidden, their records left out without a word.
@@ -176,3 +211,20 @@ def test_rows_of_a_file_outside_a_partition_folder_hold_null_for_it(workdir: Pat
     ]
     # The four without a year are a group each; the other two years one each.
     assert sum(result.manifest.split["groups"].values()) == 6
+
+
+def test_partition_keys_of_files_moved_away_once_taken_are_kept_for_later_files(workdir: Path) -> None:
+    # Keys came from this run's listing only: once the year=2024/ files were taken and moved away, a new
+    # flat file had no 'year' at all (where the run before gave its flat files null), and the split by it
+    # failed the run.
+    write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "coffee", "category": "Dining"}])
+    write_jsonl(workdir / "tx" / "old.jsonl", [{"description": "tea", "category": "Dining"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "prompt": "{{ description }}"}
+    spec["output"] = {"validation_fraction": 0.5, "group_by": "year"}
+    run(workdir, spec)
+    (workdir / "tx" / "year=2024" / "a.jsonl").rename(workdir / "a-taken.jsonl")
+    write_jsonl(workdir / "tx" / "new.jsonl", [{"description": "bus", "category": "Travel"}])
+    result = run(workdir, spec)
+    assert result.manifest.counts.written == 1 and result.manifest.counts.quarantined == 0
+    assert sorted(row["prompt"] for row in outputs(Path(result.version_uri))) == ["bus", "coffee", "tea"]

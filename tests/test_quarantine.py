@@ -3,6 +3,7 @@ and the manifest accounts for every record."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -125,12 +126,32 @@ def test_a_damaged_parquet_file_is_named(workdir: Path) -> None:
     assert list((workdir / "output").iterdir()) == []  # the failed first run left no dataset folder
 
 
+@pytest.mark.parametrize("suffix", ["parquet", "parquet.gz", "jsonl", "csv", "json"])
+def test_a_file_of_0_bytes_holds_no_records_and_the_run_goes_on(
+    workdir: Path, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Spark's and crashed jobs' leftovers: a 0-byte .parquet failed the whole run ("Parquet file size is
+    # 0 bytes"), where an empty JSONL or CSV file gives no record. Read as one, and named in the log.
+    folder = workdir / "tx"
+    folder.mkdir()
+    table = pa.table({"description": ["Lunch"], "amount": [12.5], "category": ["Dining"]})
+    pq.write_table(table, folder / "a.parquet")
+    empty = folder / f"b.{suffix}"
+    empty.write_bytes(gzip.compress(b"") if suffix.endswith(".gz") else b"")
+    with caplog.at_level("WARNING"):
+        result = run(workdir, recipe("tx"))
+    assert [row["completion"] for row in outputs(Path(result.version_uri))] == ["Dining"]
+    assert set_aside(Path(result.version_uri)) == []
+    assert_adds_up(result.manifest.counts)
+    named = [r.getMessage() for r in caplog.records if str(empty) in r.getMessage()]
+    if suffix.startswith("parquet"):
+        assert named == [f"{empty}: 0 bytes, not a Parquet file (a writer that stopped?): read as holding no records"]
+
+
 @pytest.mark.parametrize("packed", ["gz", "zst"])
 def test_a_parquet_file_compressed_whole_is_read_as_the_plain_one(workdir: Path, packed: str) -> None:
     # `.parquet.gz` and `.parquet.zst` are among the kinds a files source reads (README, Connectors):
     # Parquet reads its footer first, which a compressed stream does not give.
-    import gzip
-
     table = pa.table({"description": ["Lunch", "Taxi"], "amount": [12.5, 30.0], "category": ["Dining", "Travel"]})
     pq.write_table(table, workdir / "plain.parquet")
     with pa.CompressedOutputStream(str(workdir / f"tx.parquet.{packed}"), {"gz": "gzip", "zst": "zstd"}[packed]) as out:

@@ -573,3 +573,27 @@ def test_partition_folders_are_read_as_on_the_embedded_executor(workdir: Path, l
     assert expected["counts"]["written"] == 19 and expected["counts"]["duplicate"] == 2
     assert local.manifest.split["groups"] == distributed.manifest.split["groups"]
     assert actual == expected
+
+
+def test_a_parquet_file_of_0_bytes_holds_no_records_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    # A writer that stopped leaves a 0-byte part file: each executor reads it as empty, neither fails the run.
+    import pyarrow.parquet as pq
+
+    (workdir / "tx").mkdir()
+    pq.write_table(
+        pa.table({"q": [f"Question {i}?" for i in range(6)], "a": ["Yes."] * 6}), workdir / "tx" / "a.parquet"
+    )
+    (workdir / "tx" / "b.parquet").write_bytes(b"")
+    recipe = {
+        "dataset": "lake",
+        "sources": [{"path": str(workdir / "tx")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"dest": str(workdir / "out")},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+    assert expected["counts"]["written"] == 6 and expected["set_aside"] == set()
+    assert actual == expected

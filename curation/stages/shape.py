@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -260,10 +260,14 @@ class Field:
 class Shape:
     name = "shape"
 
-    def __init__(self, shape: RecordShape, carry: Sequence[str] = ()) -> None:
+    def __init__(self, shape: RecordShape, carry: Mapping[str, str] | None = None) -> None:
         self.kind = shape.kind
-        # Input columns passed through unchanged for later steps (the split's group and label columns).
-        self.carry = [c for c in carry if c not in CONTENT_COLUMNS[shape.kind] and c not in ("id", "source")]
+        # Input columns passed through unchanged for later steps (the split's group and label columns), and
+        # the setting that names each.
+        carry = carry or {}
+        self.carry = {
+            c: by for c, by in carry.items() if c not in CONTENT_COLUMNS[shape.kind] and c not in ("id", "source")
+        }
         self.fields = [Field(target, spec) for target, spec in shape.mapping().items()]
         self.required = {
             "document": {"text"},
@@ -296,6 +300,20 @@ class Shape:
                 if problem and problems[index] is None:
                     problems[index] = f"{field.target}: {problem}"
                     reasons[index] = reason
+        for name, setting in self.carry.items():
+            # A file without the column the split goes by (a record without the key holds null in it, and is
+            # split as one without a value): its records are set aside as for a column a template uses, not
+            # split as if the column were there, and a run in which no record has it fails (a misspelt name).
+            if name in batch.column_names:
+                continue
+            if problems is None:
+                problems, reasons = [None] * batch.num_rows, [None] * batch.num_rows
+            for index, problem in enumerate(problems):
+                if problem is None:
+                    problems[index], reasons[index] = (
+                        f"column {name!r} is missing ({setting} names it)",
+                        "missing_column",
+                    )
         shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
         if "image_bytes" in batch.column_names:  # the images connector's verified image goes on to the writer
             shaped = shaped.append_column("image_bytes", batch["image_bytes"])
