@@ -590,9 +590,10 @@ def test_bedrock_import_request_from_a_completed_job(workdir: Path, bucket: str)
         import_request(job, model_name="bad name!!", role_arn="arn:aws:iam::123456789012:role/bedrock-import")
     with pytest.raises(TrainError, match=r"--role: 'bedrock-import' does not match"):
         import_request(job, role_arn="bedrock-import")
-    with pytest.raises(TrainError, match=r"--model-name: 'mmm+' is not 1 to 63 characters long"):
+    # A long value is shown cut, with its length: the message stays one readable line.
+    with pytest.raises(TrainError, match=r"--model-name: 'm{37}\.\.\.' is 64 characters long, not 1 to 63$"):
         import_request(job, model_name="m" * 64, role_arn="arn:aws:iam::123456789012:role/bedrock-import")
-    with pytest.raises(TrainError, match=r"Tags\[0\]\.Value: 'xxx+' is not 0 to 256 characters long"):
+    with pytest.raises(TrainError, match=r"Tags\[0\]\.Value: 'x{37}\.\.\.' is 257 characters long, not 0 to 256$"):
         validate("CreateTrainingJob", {**request_for_launch(version), "Tags": [{"Key": "k", "Value": "x" * 257}]})
     done = curation("train", "import-to-bedrock", name, "--dry-run", cwd=workdir)
     assert done.returncode == 2 and "BEDROCK_IMPORT_ROLE_ARN" in done.stderr
@@ -819,19 +820,7 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
             for family, key in (("g5", "acme-training/g5/gated.tar.gz"), ("p4d", "acme-training/p4d/gated.tar.gz"))
         },
     }
-    (workdir / "specs").mkdir()
-    (workdir / "specs" / "tiny.json").write_text(json.dumps(spec))
-    (workdir / "specs" / "gated.json").write_text(json.dumps(gated))
-    (workdir / "manifest").mkdir()
-    listed = [
-        {"model_id": model_id, "version": "9.9.9", "min_version": "2.0.0", "spec_key": "tiny.json"},
-        {"model_id": gated["model_id"], "version": "9.9.9", "min_version": "2.0.0", "spec_key": "gated.json"},
-    ]
-    (workdir / "manifest" / "models_manifest.json").write_text(json.dumps(listed))
-    monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "manifest"))
-    monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(workdir / "specs"))
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        monkeypatch.setenv(name, value)
+    sdk_reads_offline(workdir, monkeypatch, spec, gated)
 
     resolved = SdkSpecs()(model_id, "us-east-1")
     assert (resolved.default_instance_type, resolved.volume_size_gb, resolved.training_image) == (
@@ -865,3 +854,157 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
     ):
         with pytest.raises(SpecError, match=message):
             training_request(version, model_id, specs=SdkSpecs(), **settings)
+
+
+def sdk_reads_offline(folder: Path, monkeypatch: pytest.MonkeyPatch, *specs: dict[str, Any]) -> None:
+    """Point the SDK's JumpStart lookup at local folders holding ``specs`` (its own override: no network)."""
+    from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
+
+    JumpStartModelsAccessor.reset_cache()  # the SDK keeps the manifest it read for an earlier test
+    (folder / "specs").mkdir()
+    (folder / "manifest").mkdir()
+    listed = []
+    for spec in specs:
+        (folder / "specs" / f"{spec['model_id']}.json").write_text(json.dumps(spec))
+        listed.append(
+            {
+                "model_id": spec["model_id"],
+                "version": spec["version"],
+                "min_version": "2.0.0",
+                "spec_key": f"{spec['model_id']}.json",
+            }
+        )
+    (folder / "manifest" / "models_manifest.json").write_text(json.dumps(listed))
+    monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(folder / "manifest"))
+    monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(folder / "specs"))
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+
+
+def test_the_job_takes_environment_runtime_and_isolation_from_the_spec_as_jumpstart_does(
+    workdir: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JumpStartEstimator sends the training variables the spec gives the instance type (its
+    training_instance_type_variants), the spec's estimator_kwargs (max_run, encrypt_inter_container_traffic)
+    and training_enable_network_isolation; where the spec gives none, the SDK Estimator's defaults: a day,
+    no isolation, and then the toolkit fetches the script from S3 (no "code" channel). Read by the SDK
+    itself from local spec files, sent to the emulated endpoint and described back."""
+    from train.jumpstart import SdkSpecs
+
+    gpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0.0-gpu-py310"
+    base = {
+        "version": "9.9.9", "min_sdk_version": "2.0.0", "training_supported": True,
+        "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "acme-training/tiny/", "training_script_key": "acme/transfer_learning/sourcedir.tar.gz",
+        "default_training_instance_type": "ml.g5.2xlarge", "supported_training_instance_types": ["ml.g5.2xlarge"],
+        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}],
+    }  # fmt: skip
+    variants = {
+        "regional_aliases": {"us-east-1": {"gpu": gpu}},
+        "variants": {"g5": {"regional_properties": {"image_uri": "$gpu"}}},
+    }
+    plain = {**base, "model_id": "acme-textgeneration-plain", "training_instance_type_variants": variants}
+    isolated = {
+        **base,
+        "model_id": "acme-textgeneration-isolated",
+        "training_enable_network_isolation": True,
+        "estimator_kwargs": {"max_run": 7200, "encrypt_inter_container_traffic": True},
+        "training_instance_type_variants": {
+            **variants,
+            "variants": {
+                "g5": {
+                    "regional_properties": {"image_uri": "$gpu"},
+                    "properties": {"environment_variables": {"ACME_SHARDING": "fsdp", "ACME_THREADS": 8}},
+                }
+            },
+        },
+    }
+    sdk_reads_offline(workdir, monkeypatch, plain, isolated)
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+
+    request = training_request(version, isolated["model_id"], role_arn=ROLE, specs=SdkSpecs())
+    assert request["Environment"] == {"ACME_SHARDING": "fsdp", "ACME_THREADS": "8"}
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
+    assert request["EnableNetworkIsolation"] is True and request["EnableInterContainerTrafficEncryption"] is True
+    assert (
+        channels(request)["code"]["S3Uri"]
+        == "s3://jumpstart-cache-prod-us-east-1/acme/transfer_learning/sourcedir.tar.gz"
+    )
+    assert (
+        json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+        == "/opt/ml/input/data/code/sourcedir.tar.gz"
+    )
+    described = describe(launch(request))  # moto keeps no Environment to describe back
+    assert described["StoppingCondition"]["MaxRuntimeInSeconds"] == 7200
+    assert described["EnableNetworkIsolation"] is True
+
+    # The user's limit replaces the spec's, as JumpStartEstimator(max_run=...) does.
+    request = training_request(version, isolated["model_id"], role_arn=ROLE, specs=SdkSpecs(), max_runtime_s=600)
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 600}
+
+    request = training_request(version, plain["model_id"], role_arn=ROLE, specs=SdkSpecs())
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert not {"Environment", "EnableNetworkIsolation", "EnableInterContainerTrafficEncryption"} & set(request)
+    assert set(channels(request)) == {"training", "validation", "model"}
+    assert (
+        json.loads(request["HyperParameters"]["sagemaker_submit_directory"])
+        == "s3://jumpstart-cache-prod-us-east-1/acme/transfer_learning/sourcedir.tar.gz"
+    )
+    described = describe(launch(request))
+    assert described["StoppingCondition"]["MaxRuntimeInSeconds"] == 86400
+    assert not described.get("EnableNetworkIsolation")
+
+
+def test_max_runtime_on_the_command_line_is_checked_against_sagemakers_model(workdir: Path) -> None:
+    version = publish(workdir, "jumpstart-instruction")
+    args = ("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run")
+    done = curation(*args, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    request = json.loads(done.stdout)
+    # The pinned spec's estimator_kwargs and isolation, as JumpStart's Meta specs give them.
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 360000}
+    assert request["EnableNetworkIsolation"] is True and request["EnableInterContainerTrafficEncryption"] is True
+    done = curation(*args, "--max-runtime", "7200", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
+    done = curation(*args, "--max-runtime", "0", cwd=workdir)  # botocore's MaxRuntimeInSeconds: at least 1
+    assert done.returncode == 2 and "--max-runtime: 0 is below 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_long_value_the_request_check_refuses_is_shown_cut(workdir: Path) -> None:
+    """A URI or a hyperparameter can run to thousands of characters: the whole-request check names the
+    field and shows the start of the value and its length, not the whole of it."""
+    version = publish(workdir, "jumpstart-instruction")
+    long_uri = "s3://b/" + "p" * 1100  # a channel's S3Uri takes at most 1024 characters
+    with pytest.raises(TrainError) as said:
+        training_request(version, MODEL, role_arn=ROLE, data_uri=long_uri, specs=PINNED)
+    message = str(said.value)
+    assert "InputDataConfig[0].DataSource.S3DataSource.S3Uri: 's3://b/ppp" in message
+    assert re.search(r"is \d+ characters long, not 0 to 1024", message) and "p" * 100 not in message
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
+    with pytest.raises(TrainError) as said:
+        validate("CreateTrainingJob", {**request, "TrainingJobName": "job_" + "x" * 50})
+    assert re.search(r"TrainingJobName: 'job_x{33}\.\.\.' does not match", str(said.value))
+
+
+def test_patterns_are_matched_as_java_matches_them(workdir: Path) -> None:
+    """SageMaker checks a value against its model's pattern with Java's matches(): "." stops at every line
+    terminator (\\r, \\u2028 too), \\d is 0-9 and \\p{Alnum} ASCII; Python's re reads them wider."""
+    from train.sagemaker import check_setting
+
+    version = publish(workdir, "jumpstart-instruction")
+    for value in ("q_proj\n", "q_proj\r", "q_\u2028proj", "q_proj\u0085"):  # HyperParameterValue: .*
+        with pytest.raises(TrainError, match=r"HyperParameters\[target_modules\]: .* does not match \.\*"):
+            training_request(version, MODEL, role_arn=ROLE, hyperparameters={"target_modules": value}, specs=PINNED)
+    arabic_digits = "".join(chr(0x0660 + int(d)) for d in "123456789012")
+    with pytest.raises(TrainError, match=r"--role: .* does not match"):
+        training_request(version, MODEL, role_arn=f"arn:aws:iam::{arabic_digits}:role/x", specs=PINNED)
+    member = "AlgorithmSpecification.TrainingImageConfig.TrainingRepositoryAuthConfig"
+    member += ".TrainingRepositoryCredentialsProviderArn"  # arn:[\p{Alnum}\-]+:lambda:...
+    lambda_arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
+    check_setting("x", lambda_arn, "CreateTrainingJob", member)
+    with pytest.raises(TrainError, match="does not match"):
+        check_setting("x", lambda_arn.replace("aws", "awś"), "CreateTrainingJob", member)
+    # Java's \p{L} is Unicode, as before: a tag value in any script is taken.
+    request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
+    validate("CreateTrainingJob", {**request, "Tags": [{"Key": "team", "Value": "café Zürich"}]})

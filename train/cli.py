@@ -140,6 +140,10 @@ def launch(
         typer.Option(help="S3 prefix for the trained model; default: training-output/ beside the version on S3"),
     ] = None,
     data_uri: Annotated[str | None, typer.Option(help="where the version sits on S3, if published locally")] = None,
+    max_runtime: Annotated[
+        int | None,
+        typer.Option(help="stop the job after this many seconds (MaxRuntimeInSeconds); default: the model's spec's"),
+    ] = None,
     specs: Annotated[
         str | None,
         typer.Option(
@@ -192,6 +196,7 @@ def launch(
             data_uri=data_uri,
             specs=_resolver(specs),
             typed=typed,
+            max_runtime_s=max_runtime,
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None

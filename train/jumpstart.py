@@ -21,6 +21,8 @@ from typing import Any, Protocol
 log = logging.getLogger("curation.train")
 
 VENDORED_SPECS = "jumpstart_specs.json"
+# The SageMaker SDK Estimator's own max_run, which a JumpStart spec's estimator_kwargs may replace.
+DEFAULT_MAX_RUNTIME_S = 24 * 60 * 60
 
 
 class SpecError(LookupError):
@@ -46,6 +48,13 @@ class ModelSpec:
     # length: the same four bounds on a text's length.
     hyperparameter_ranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     origin: str = "vendored"  # "sdk" when the live lookup answered
+    # What JumpStartEstimator takes from the spec beyond the artifacts: the training environment variables
+    # for the instance type, the spec's estimator_kwargs (max_run, encrypt_inter_container_traffic) and
+    # training_enable_network_isolation, with the SDK's defaults where the spec gives none.
+    environment: dict[str, str] = field(default_factory=dict)
+    max_runtime_s: int = DEFAULT_MAX_RUNTIME_S
+    network_isolation: bool = False
+    encrypt_inter_container_traffic: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,6 +92,7 @@ class VendoredSpecs:
             hyperparameters=dict(raw["hyperparameters"]),
             metric_definitions=tuple(raw.get("metric_definitions", ())),
             hyperparameter_ranges=dict(raw.get("hyperparameter_ranges", {})),
+            **estimator_settings(raw.get("estimator_kwargs") or {}, raw.get("training_enable_network_isolation")),
         )
 
 
@@ -125,7 +135,9 @@ class SdkSpecs:
         environment = environment_variables.retrieve_default(
             script=JumpStartScriptScope.TRAINING, instance_type=instance, include_aws_sdk_env_vars=False, **common
         )
-        model = environment.get(SAGEMAKER_GATED_MODEL_S3_URI_TRAINING_ENV_VAR_KEY) or model_uris.retrieve(
+        # The gated URI leaves the environment: the request hands those weights over in the "model" channel,
+        # with the EULA accepted there (ModelAccessConfig), not through the variable.
+        model = environment.pop(SAGEMAKER_GATED_MODEL_S3_URI_TRAINING_ENV_VAR_KEY, None) or model_uris.retrieve(
             model_scope="training", instance_type=instance, **common
         )
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
@@ -149,7 +161,21 @@ class SdkSpecs:
             metric_definitions=tuple(live.metrics or pinned.get("metric_definitions", ())),
             hyperparameter_ranges=live_ranges(live, instance, pinned.get("hyperparameter_ranges", {})),
             origin="sdk",
+            environment={name: str(value) for name, value in environment.items()},
+            **estimator_settings(
+                getattr(live, "estimator_kwargs", None) or {}, getattr(live, "training_enable_network_isolation", None)
+            ),
         )
+
+
+def estimator_settings(estimator_kwargs: Mapping[str, Any], network_isolation: bool | None) -> dict[str, Any]:
+    """The ModelSpec fields a spec's ``estimator_kwargs`` and ``training_enable_network_isolation`` give,
+    as JumpStartEstimator applies them over the SDK Estimator's defaults (no isolation, one day's max_run)."""
+    return {
+        "max_runtime_s": int(estimator_kwargs.get("max_run") or DEFAULT_MAX_RUNTIME_S),
+        "network_isolation": bool(network_isolation),
+        "encrypt_inter_container_traffic": bool(estimator_kwargs.get("encrypt_inter_container_traffic")),
+    }
 
 
 BOUNDS = ("min", "max", "exclusive_min", "exclusive_max")

@@ -78,7 +78,7 @@ def validate(operation: str, request: Mapping[str, Any], service: str = "sagemak
 
 def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
     """``where: value`` for each string of ``value`` that does not match its shape's enum or pattern,
-    or is shorter or longer than it takes."""
+    or is shorter or longer than it takes, and each number outside its shape's bounds."""
     if shape.type_name == "structure" and isinstance(value, Mapping):
         for name, member in shape.members.items():
             if name in value:
@@ -93,16 +93,23 @@ def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
     elif shape.type_name == "string" and isinstance(value, str):
         shortest, longest = shape.metadata.get("min", 0), shape.metadata.get("max", len(value))
         pattern = _compiled(shape.metadata["pattern"]) if "pattern" in shape.metadata else None
+        shown = repr(_shortened(value))  # an S3 URI or a hyperparameter can run to thousands of characters
         if shape.enum and value not in shape.enum:
-            yield f"{where}: {value!r} is not one of {', '.join(shape.enum)}"
+            yield f"{where}: {shown} is not one of {', '.join(shape.enum)}"
         # AWS services match the whole value (their models come from Java's matches()), anchored or not.
         elif pattern is not None and not pattern.fullmatch(value):
-            yield f"{where}: {value!r} does not match {shape.metadata['pattern']}"
+            yield f"{where}: {shown} does not match {shape.metadata['pattern']}"
         elif not shortest <= len(value) <= longest:
-            yield f"{where}: {value!r} is not {shortest} to {longest} characters long"
+            yield f"{where}: {shown} is {len(value)} characters long, not {shortest} to {longest}"
+    elif shape.type_name in ("integer", "long") and isinstance(value, int):
+        # botocore checks a number's minimum; its maximum, where the model has one, is left to the service.
+        if "min" in shape.metadata and value < shape.metadata["min"]:
+            yield f"{where}: {value} is below {shape.metadata['min']}"
+        elif "max" in shape.metadata and value > shape.metadata["max"]:
+            yield f"{where}: {value} is above {shape.metadata['max']}"
 
 
-def check_setting(setting: str, value: str, operation: str, member: str, service: str = "sagemaker") -> None:
+def check_setting(setting: str, value: str | int, operation: str, member: str, service: str = "sagemaker") -> None:
     """A value the user gave, checked against the request member it fills (``A.B``) before the whole
     request is: the error names ``setting``, the option or variable the user can change."""
     shape = input_shape(operation, service)
@@ -113,14 +120,42 @@ def check_setting(setting: str, value: str, operation: str, member: str, service
         raise TrainError("; ".join(wrong))
 
 
+# Java's "." stops at every line terminator, Python's only at "\n".
+JAVA_DOT = "[^\\n\\r\\u0085\\u2028\\u2029]"
+# Java's POSIX classes are US-ASCII only; ``regex`` reads them as Unicode.
+JAVA_POSIX = {"Alnum": "a-zA-Z0-9", "Alpha": "a-zA-Z", "Digit": "0-9", "Lower": "a-z", "Upper": "A-Z"}
+
+
+def _as_java_reads_it(pattern: str) -> str:
+    """``pattern`` (a Java regex, as AWS's models write them) rewritten so that Python reads it as
+    Java does: its "." and its POSIX classes (``\\p{Alnum}``) spelled out."""
+    parts, in_class = [], False
+    for token in re.finditer(r"\\p\{(\w+)\}|\\.|\[\^?|\]|.", pattern, re.DOTALL):
+        text = token.group()
+        if token.group(1) in JAVA_POSIX:
+            text = JAVA_POSIX[token.group(1)] if in_class else f"[{JAVA_POSIX[token.group(1)]}]"
+        elif text.startswith("[") and not in_class:
+            in_class = True
+        elif text == "]":
+            in_class = False
+        elif text == "." and not in_class:
+            text = JAVA_DOT
+        parts.append(text)
+    return "".join(parts)
+
+
 @functools.cache
 def _compiled(pattern: str) -> re.Pattern[str] | regex.Pattern[str] | None:
-    try:
-        return re.compile(pattern)
+    """``pattern`` compiled so that ``fullmatch`` agrees with Java's ``matches()``, which the service runs."""
+    java = _as_java_reads_it(pattern)
+    try:  # Java's \d, \w, \s and \b are ASCII, as Python's are with re.ASCII
+        return re.compile(java, re.ASCII)
     except re.error:
         pass
-    try:  # Java's classes such as \p{L} (SageMaker's tag values), which ``regex`` reads as Java does
-        return regex.compile(pattern)
+    # Java's classes such as \p{L} (SageMaker's tag values), which ``regex`` reads as Java does. Not with
+    # regex.ASCII, which would narrow \p{L} too: no pattern in the models that needs ``regex`` uses \d, \w or \s.
+    try:
+        return regex.compile(java)
     except regex.error:  # a construct neither reads: left to the service
         return None
 
@@ -444,17 +479,23 @@ def training_request(
     specs: SpecResolver | None = None,
     now: datetime | None = None,
     typed: Mapping[str, str] | None = None,
+    max_runtime_s: int | None = None,
 ) -> dict:
     """The exact CreateTrainingJob request for fine-tuning ``model_id`` on a published version
-    (``typed``: how the user wrote each hyperparameter set by an option, see ``hyperparameters_for``)."""
+    (``typed``: how the user wrote each hyperparameter set by an option, see ``hyperparameters_for``;
+    ``max_runtime_s``: the job's limit, else the model's spec's, as JumpStartEstimator's ``max_run``)."""
     manifest = load_version(version_uri)
     spec = with_instance((specs or spec_resolver())(model_id, region(), instance_type), instance_type)
     values = hyperparameters_for(spec, manifest, hyperparameters, typed)
     # The prepacked JumpStart script runs through the SageMaker training toolkit, which finds it by these two.
-    # Network isolation keeps the container from fetching it from S3: it comes in the "code" channel, and
-    # the toolkit is pointed there (as the SageMaker SDK does for an isolated job).
+    # A network-isolated job (as the spec asks) cannot fetch it from S3: it comes in the "code" channel, and
+    # the toolkit is pointed there, as the SageMaker SDK does for an isolated job; otherwise at the script's URI.
     values["sagemaker_program"] = json.dumps(spec.entry_point)
-    values["sagemaker_submit_directory"] = json.dumps(CODE_CHANNEL_SOURCEDIR)
+    values["sagemaker_submit_directory"] = json.dumps(
+        CODE_CHANNEL_SOURCEDIR if spec.network_isolation else spec.script_uri
+    )
+    if max_runtime_s is not None:
+        check_setting("--max-runtime", max_runtime_s, "CreateTrainingJob", "StoppingCondition.MaxRuntimeInSeconds")
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
         if uri is not None and not uri.startswith("s3://"):
             raise TrainError(f"{setting} must be an s3:// URI, not {uri!r}: SageMaker reads and writes S3")
@@ -482,7 +523,8 @@ def training_request(
         # Meta's models are gated: the job reads the weights only with the EULA accepted.
         model_channel["DataSource"]["S3DataSource"]["ModelAccessConfig"] = {"AcceptEula": True}
     channels.append(model_channel)
-    channels.append(_channel("code", spec.script_uri))
+    if spec.network_isolation:
+        channels.append(_channel("code", spec.script_uri))
     name = job_name(manifest, model_id, now)
     output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
@@ -494,6 +536,8 @@ def training_request(
             **({"MetricDefinitions": list(spec.metric_definitions)} if spec.metric_definitions else {}),
         },
         "HyperParameters": values,
+        # The training variables the spec gives the instance type (its training_instance_type_variants).
+        **({"Environment": dict(spec.environment)} if spec.environment else {}),
         "InputDataConfig": channels,
         # Uncompressed artifacts: Bedrock Custom Model Import reads the model files from an S3 prefix.
         "OutputDataConfig": {"S3OutputPath": output, "CompressionType": "NONE"},
@@ -502,8 +546,10 @@ def training_request(
             "InstanceCount": 1,
             "VolumeSizeInGB": spec.volume_size_gb,
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": 360000},
-        "EnableNetworkIsolation": True,
+        "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s if max_runtime_s is None else max_runtime_s},
+        # Sent only when on, as the SageMaker SDK does.
+        **({"EnableNetworkIsolation": True} if spec.network_isolation else {}),
+        **({"EnableInterContainerTrafficEncryption": True} if spec.encrypt_inter_container_traffic else {}),
         "Tags": [
             {"Key": "sagemaker-sdk:jumpstart-model-id", "Value": model_id},
             # "*" (the latest, as a live lookup may ask) is no tag value SageMaker takes.
