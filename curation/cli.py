@@ -263,7 +263,7 @@ def check(
     from connectors.state import safe_url
     from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
     from curation.published import published_versions
-    from curation.stages.base import StageError
+    from curation.stages.base import StageError, raised_where
 
     _configure_logging(log_level)  # what the readers warn of (a CSV header that is not UTF-8), as in a run
     loaded = _load(recipe)
@@ -302,8 +302,9 @@ def check(
         where, code = reading[-1]
         logging.getLogger(__name__).debug("check stopped reading %s", where, exc_info=True)  # the bug's traceback
         console.print(
-            f"[red]error[/red] {escape(where)}: {type(error).__name__}: {escape(str(error))}"
-            + ("" if log_level.lower() == "debug" else " (--log-level debug shows where)"),
+            # Not its message: it can quote a row's value (a KeyError holds the key it missed).
+            f"[red]error[/red] {escape(where)}: {escape(raised_where(error))}; its message is withheld: it can "
+            "quote a value" + ("" if log_level.lower() == "debug" else " (--log-level debug shows it)"),
             highlight=False,
         )
         raise typer.Exit(code) from None

@@ -895,6 +895,7 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only some error types were caught around the readers: any other ended `curation check` in a traceback.
+    # Then its message was printed as it was, and a message can quote a row's value (a KeyError its key).
     from typer.testing import CliRunner
 
     from connectors.files import FilesSourceReader
@@ -902,7 +903,7 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     from curation.stages.review import ReviewDecisions
 
     def broken(*_: object) -> None:
-        raise RuntimeError("the reader broke")
+        raise RuntimeError("the reader broke on dana.whitfield@example.com")
 
     monkeypatch.setattr(FilesSourceReader, "head", broken)
     recipe = write_recipe(
@@ -912,10 +913,13 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
     said = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
-    assert f"error {tmp_path / 'in.jsonl'}: RuntimeError: the reader broke" in said
+    line = broken.__code__.co_firstlineno + 1
+    assert f"error {tmp_path / 'in.jsonl'}: RuntimeError in broken (test_cli.py line {line}); its message" in said
+    assert "whitfield" not in result.output
     assert "Traceback" not in result.output and result.output.count("\n") == 1
     debug = CliRunner().invoke(app, ["check", str(recipe), "--log-level", "debug"], env={"COLUMNS": "300"})
     assert debug.exit_code == 2 and "Traceback" in debug.output and "in broken" in debug.output  # a bug found
+    assert "the reader broke on dana.whitfield@example.com" in " ".join(debug.output.split())  # asked for
 
     monkeypatch.setattr(ReviewDecisions, "from_state", broken)  # the state store's: exit 1, as its other errors
     result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
