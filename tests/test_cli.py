@@ -99,6 +99,30 @@ def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Pat
         assert ran.returncode == 2 and "lack a column" in ran.stderr  # what check now says before it
 
 
+def test_check_warns_of_a_column_the_template_reads_only_under_a_condition_and_the_run_publishes(
+    tmp_path: Path,
+) -> None:
+    # `{% if vip %}{{ perk }}{% endif %}` with no `perk` in the result was an input error in check (exit 2),
+    # though the run reads the rows: none meets the condition, so every one is published.
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE tickets (subject TEXT, reply TEXT)",
+        "INSERT INTO tickets VALUES ('Card declined', 'Travel notice set.')",
+    )
+    source = {"type": "sql", "url": url, "table": "tickets"}
+    template = "{{ reply }}{% if subject == 'VIP' %} {{ perk }}{% endif %}"
+    record = {"kind": "instruction", "prompt": "subject", "completion": template}
+    recipe = write_recipe(tmp_path, {"dataset": "t", "sources": [source], "record": record})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 0 and "input error" not in said, checked.stderr
+    assert f"warning {url}#tickets: completion: column 'perk' is missing; the template uses it only under" in said
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    published = tmp_path / "output" / "t" / "v1" / "train" / "part-00000.jsonl"
+    assert [json.loads(line)["completion"] for line in published.read_text().splitlines()] == ["Travel notice set."]
+
+
 def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     done = curation("demo", "--folder", "demo", "--rows", "500", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
