@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from curation.executors.envelope import pack, unpack
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import PUBLISHED_ID, PUBLISHED_PREFIX, holds_one_key_each, one_key_each
@@ -55,13 +56,6 @@ def signature_params(stage: Any) -> str:
     annotators kept apart; its name once, a second stage of a type's ``own_name`` included)."""
     settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index", "kept_apart", "name")}
     return uuid.uuid5(uuid.NAMESPACE_OID, json.dumps([stage.name, settings], default=str)).hex
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 # Stored signatures take about half the bytes (writing them to the state store costs about as much
@@ -172,7 +166,7 @@ class SignatureIndex:
                     params=params,
                     token=self.token,
                     version=None,
-                    data=_to_ipc(_packed(signatures)),
+                    data=pack(_packed(signatures)),
                 )
             )
 
@@ -199,12 +193,12 @@ class SignatureIndex:
             sa.select(table.c.n, table.c.data).where(table.c.dataset == self.dataset, table.c.version < version)
         ).all()
         for n, data in rows:
-            stored = _unpacked(pa.ipc.open_stream(data).read_all())
+            stored = _unpacked(unpack(data))
             kept = stored.filter(pc.invert(pc.is_in(stored["id"], value_set=self.retired)))
             if kept.num_rows == stored.num_rows:
                 continue
             if kept.num_rows:
-                db.execute(table.update().where(table.c.n == n).values(data=_to_ipc(_packed(kept))))
+                db.execute(table.update().where(table.c.n == n).values(data=pack(_packed(kept))))
             else:
                 db.execute(table.delete().where(table.c.n == n))
 
@@ -231,7 +225,7 @@ class SignatureIndex:
         )
         with self.engine.connect() as db:
             for (data,) in db.execute(query.order_by(table.c.n)):
-                yield pa.ipc.open_stream(data).read_all()
+                yield unpack(data)
 
     def ids_holding(self, stage: str, params: str, keys: pa.Array) -> dict[str, int]:
         """The published records (not retired) whose row of a stage of one key per row holds one of
@@ -308,7 +302,7 @@ class SignatureIndex:
                 self._warn_if_new_to_the_dataset(db, stage)
         parts = []
         for version, data in rows:
-            part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
+            part = _unpacked(_holding(unpack(data), keys))
             if len(self.retired):
                 part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
             ids = pc.binary_join_element_wise(f"{PUBLISHED_PREFIX}{version}:", part["id"], "")
