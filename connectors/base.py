@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -72,3 +72,23 @@ def plain_strings(table: pa.Table) -> pa.Table:
         if pa.types.is_large_string(column.type):
             table = table.set_column(index, column.name, pc.cast(table[column.name], pa.string()))
     return table
+
+
+def utf8_texts(values: Iterable[bytes | None], column: str) -> tuple[list[str | None], list[str | None]]:
+    """A binary column's values as text, and for each that is not UTF-8 (its text None) its problem: a
+    Parquet text column holding such a value is handed over as binary (``not_utf8_as_binary``)."""
+    texts: list[str | None] = []
+    problems: list[str | None] = []
+    for value in values:
+        try:
+            texts.append(None if value is None else value.decode("utf-8"))
+            problems.append(None)
+        except UnicodeDecodeError as error:
+            texts.append(None)
+            problems.append(f"column {column!r} holds bytes that are not UTF-8 text ({undecodable_byte(error)})")
+    return texts, problems
+
+
+def undecodable_byte(error: UnicodeDecodeError) -> str:
+    """Where a value stops being UTF-8 text, as a problem names it: the byte and its place (from 1)."""
+    return f"byte {error.object[error.start]:#04x} at {error.start + 1}"

@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from connectors.base import SourceBatch, with_lineage
+from connectors.base import SourceBatch, undecodable_byte, with_lineage
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import (
     PACKED_SUFFIXES,
@@ -1164,7 +1164,7 @@ def split_nested_not_utf8(
             try:
                 column.slice(index, 1).to_pylist()
             except UnicodeDecodeError as error:
-                byte = f"byte {error.object[error.start]:#04x} at {error.start + 1}"
+                byte = undecodable_byte(error)
                 problems.setdefault(index, f"column {name!r} holds bytes that are not UTF-8 text ({byte} of a value)")
     if not problems:
         return table, lines, empty_set_aside()

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from connectors.base import SourceBatch, plain_strings
+from connectors.base import SourceBatch, plain_strings, utf8_texts
 from connectors.files import FilesSourceReader, file_format, lines_in
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
 from connectors.storage import (
@@ -489,17 +489,8 @@ def _names(values: pa.ChunkedArray, column: str) -> tuple[list[str | None], list
     which a cast to text refused with a traceback."""
     if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
         return pc.cast(values, pa.string()).to_pylist(), [None] * len(values)
-    names: list[str | None] = []
-    problems: list[ImageProblem | None] = []
-    for value in values.to_pylist():
-        try:
-            names.append(None if value is None else value.decode("utf-8"))
-            problems.append(None)
-        except UnicodeDecodeError as error:
-            names.append(None)
-            byte = f"byte {value[error.start]:#04x} at {error.start + 1}"
-            problems.append(ImageProblem("schema", f"column {column!r} holds bytes that are not UTF-8 text ({byte})"))
-    return names, problems
+    names, problems = utf8_texts(values.to_pylist(), column)
+    return names, [None if problem is None else ImageProblem("schema", problem) for problem in problems]
 
 
 def _row_item(row: dict) -> str:

@@ -142,7 +142,10 @@ _SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
 def safe_url(url: str) -> str:
     """The URL with its password, and any query parameter holding a secret (``?password=``), masked: fit for
     logs, manifests and record sources."""
-    parsed = sa.engine.make_url(url)
+    return _masked(sa.engine.make_url(url))
+
+
+def _masked(parsed: sa.engine.URL) -> str:
     secrets = {name: "***" for name in parsed.query if _SECRET_PARAMETER.search(name)}
     rendered = parsed.update_query_dict(secrets).render_as_string(hide_password=True)
     return rendered.replace("=%2A%2A%2A", "=***") if secrets else rendered
@@ -163,9 +166,9 @@ def source_keys(config: BaseModel) -> list[str]:
         try:
             parsed = sa.engine.make_url(url)
         except (sa.exc.ArgumentError, ValueError):
-            parsed = None
-        masked = safe_url(url) if parsed is not None else url
-        if parsed is not None and masked != parsed.render_as_string(hide_password=False):
+            return keys
+        masked = _masked(parsed)
+        if masked != parsed.render_as_string(hide_password=False):
             # A secret in the URL's query (``?password=``) was in the key, and in its records' ids and sources,
             # until it was masked too: such a source starts afresh, its records read again under the new ids.
             legacy = keys if masked == parsed.render_as_string(hide_password=True) else []

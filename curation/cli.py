@@ -26,6 +26,8 @@ from schemas.manifest import Manifest
 from train.cli import app as train_app
 
 if TYPE_CHECKING:
+    from jinja2.nodes import Node as TemplateNode
+
     from curation.pipeline import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -263,7 +265,7 @@ def check(
     from connectors.state import safe_url
     from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
     from curation.published import published_versions
-    from curation.stages.base import StageError
+    from curation.stages.base import StageError, raised_where
 
     _configure_logging(log_level)  # what the readers warn of (a CSV header that is not UTF-8), as in a run
     loaded = _load(recipe)
@@ -278,7 +280,7 @@ def check(
                 reading.append((source.uri, EXIT_USAGE))
                 results[source.uri] = source.probe()
         reading.append((str(recipe), EXIT_USAGE))
-        lacking = _lacking_columns(loaded, results)
+        lacking, lacking_warnings = _lacking_columns(loaded, results)
         # Building the stages reads the state store: the review decisions, the dedup index.
         reading.append((f"the stages (state store {safe_url(loaded.state)})", EXIT_FAILED))
         built = build_stages(loaded)
@@ -302,8 +304,9 @@ def check(
         where, code = reading[-1]
         logging.getLogger(__name__).debug("check stopped reading %s", where, exc_info=True)  # the bug's traceback
         console.print(
-            f"[red]error[/red] {escape(where)}: {type(error).__name__}: {escape(str(error))}"
-            + ("" if log_level.lower() == "debug" else " (--log-level debug shows where)"),
+            # Not its message: it can quote a row's value (a KeyError holds the key it missed).
+            f"[red]error[/red] {escape(where)}: {escape(raised_where(error))}; its message is withheld: it can "
+            "quote a value" + ("" if log_level.lower() == "debug" else " (--log-level debug shows it)"),
             highlight=False,
         )
         raise typer.Exit(code) from None
@@ -319,7 +322,7 @@ def check(
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
     out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False, soft_wrap=True)
-    for warning in stage_order_warnings(loaded):
+    for warning in [*lacking_warnings, *stage_order_warnings(loaded)]:
         console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False)
     for note in notes:
         out.print(f"  {escape(note)}", highlight=False, soft_wrap=True)
@@ -393,10 +396,11 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
     return problems, notes
 
 
-def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> list[str]:
+def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> tuple[list[str], list[str]]:
     """Each column a SQL source's result lacks that the recipe needs (a record field's column, one a
     template uses, a required ``input_schema`` column): every row of it would be set aside, and a run of
-    no other source fails only once it has read them all."""
+    no other source fails only once it has read them all. And, as warnings, each a template reads only
+    under a condition (``{% if x %}{{ y }}{% endif %}``): the run quarantines only the rows meeting it."""
     import jinja2
     from jinja2 import nodes
 
@@ -407,6 +411,7 @@ def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> list[str]
     schema = recipe.input_schema
     required = sorted(set(schema.columns) - set(schema.optional)) if schema is not None else []
     problems: list[str] = []
+    warnings: list[str] = []
     for uri, names in results.items():
         held = {input_name(name) for name in names}  # as the connector reads them
         has = f"; the result has {', '.join(map(repr, sorted(held)))}"
@@ -423,12 +428,42 @@ def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> list[str]
                 for node in [*tree.find_all(nodes.Test), *tree.find_all(nodes.Filter)]
                 if node.name in ("defined", "undefined", "default", "d") and isinstance(node.node, nodes.Name)
             }
+            always = _always_read(tree)
             for name in sorted(field.template_columns - held - asked):
-                problems.append(f"{uri}: {field.target}: column {name!r} is missing (the template uses it){has}")
+                if name in always:
+                    problems.append(f"{uri}: {field.target}: column {name!r} is missing (the template uses it){has}")
+                else:
+                    warnings.append(
+                        f"{uri}: {field.target}: column {name!r} is missing; the template uses it only under a "
+                        f"condition: a record meeting it is quarantined{has}"
+                    )
         problems += [
             f"{uri}: column {c!r} is missing ({by} names it){has}" for c, by in shape.carry.items() if c not in held
         ]
-    return problems
+    return problems, warnings
+
+
+def _always_read(node: TemplateNode) -> set[str]:
+    """The names a template reads whatever a row holds: not those read only in a branch (``{% if %}``,
+    ``a if b else c``, the right of ``and``/``or``), a loop's body or a macro's."""
+    from jinja2 import nodes
+
+    branches = (
+        (nodes.If, {"body", "elif_", "else_"}),
+        (nodes.CondExpr, {"expr1", "expr2"}),
+        (nodes.And, {"right"}),
+        (nodes.Or, {"right"}),
+        (nodes.For, {"body", "else_", "test"}),
+        (nodes.Macro, {"body"}),
+        (nodes.CallBlock, {"body"}),
+    )
+    names = {node.name} if isinstance(node, nodes.Name) and node.ctx == "load" else set()
+    skipped = next((fields for kind, fields in branches if isinstance(node, kind)), set())
+    for name, value in node.iter_fields():
+        for child in [] if name in skipped else value if isinstance(value, list) else [value]:
+            if isinstance(child, nodes.Node):
+                names |= _always_read(child)
+    return names
 
 
 def state_problem(url: str, error: SQLAlchemyError) -> str:

@@ -852,8 +852,7 @@ class DatasetWriter:
         if self._has_manifest(target):
             # Published whole between the check in ``publish`` and the claim (that run's claim is removed
             # once its manifest is written): its files are not what a killed run left.
-            with contextlib.suppress(OSError):
-                self.fs.delete_file(self._claim_path(version))
+            self._unclaim(version)
             raise PublishedMeanwhile(meanwhile)
         # A folder without a manifest is no version: what a run killed while copying left there goes first.
         self.fs.delete_dir_contents(target, missing_dir_ok=True)
@@ -868,24 +867,32 @@ class DatasetWriter:
             # Failed or stopped part way (a lost connection, SIGTERM): what was copied is taken away again,
             # or it stays under the version's prefix (carried shards: up to the whole dataset) until a
             # later run publishes that version number.
-            with contextlib.suppress(Exception):
-                self.fs.delete_dir(target)
-                self.fs.delete_file(self._claim_path(version))
+            self._take_away(target, version)
             raise
         try:
             before_visible()
         except Stopped:
             # Stopped (SIGTERM) with every copy made: taken away as when stopped while copying. Not when the
             # lock was lost (LockLost): the run that took over may be publishing this number now.
-            with stops_deferred(), contextlib.suppress(Exception):
-                self.fs.delete_dir(target)
-                self.fs.delete_file(self._claim_path(version))
+            with stops_deferred():
+                self._take_away(target, version)
             raise
         if not put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body):
             # Only a run that does not claim (of a release before claims) gets here: its copies and this
             # run's share names, so neither can take them away without breaking the other's version.
             raise PublishedMeanwhile(meanwhile)
-        with contextlib.suppress(OSError):  # left behind, it only keeps a published number claimed
+        self._unclaim(version)
+
+    def _take_away(self, target: str, version: int) -> None:
+        """Remove what this run copied into ``vN/`` and its claim of the number, as far as the store lets it."""
+        with contextlib.suppress(Exception):
+            self.fs.delete_dir(target)
+        self._unclaim(version)
+
+    def _unclaim(self, version: int) -> None:
+        """Remove this run's claim of ``version``; left behind, it only keeps the number claimed (a run of
+        this run's state store takes it over, any other run's is refused until it is deleted)."""
+        with contextlib.suppress(Exception):
             self.fs.delete_file(self._claim_path(version))
 
     def _claim_path(self, version: int) -> str:

@@ -105,6 +105,30 @@ def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Pat
         assert ran.returncode == 2 and "lack a column" in ran.stderr  # what check now says before it
 
 
+def test_check_warns_of_a_column_the_template_reads_only_under_a_condition_and_the_run_publishes(
+    tmp_path: Path,
+) -> None:
+    # `{% if vip %}{{ perk }}{% endif %}` with no `perk` in the result was an input error in check (exit 2),
+    # though the run reads the rows: none meets the condition, so every one is published.
+    url = sqlite_db(
+        tmp_path / "crm.db",
+        "CREATE TABLE tickets (subject TEXT, reply TEXT)",
+        "INSERT INTO tickets VALUES ('Card declined', 'Travel notice set.')",
+    )
+    source = {"type": "sql", "url": url, "table": "tickets"}
+    template = "{{ reply }}{% if subject == 'VIP' %} {{ perk }}{% endif %}"
+    record = {"kind": "instruction", "prompt": "subject", "completion": template}
+    recipe = write_recipe(tmp_path, {"dataset": "t", "sources": [source], "record": record})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 0 and "input error" not in said, checked.stderr
+    assert f"warning {url}#tickets: completion: column 'perk' is missing; the template uses it only under" in said
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    published = tmp_path / "output" / "t" / "v1" / "train" / "part-00000.jsonl"
+    assert [json.loads(line)["completion"] for line in published.read_text().splitlines()] == ["Travel notice set."]
+
+
 def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     done = curation("demo", "--folder", "demo", "--rows", "500", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -901,6 +925,7 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only some error types were caught around the readers: any other ended `curation check` in a traceback.
+    # Then its message was printed as it was, and a message can quote a row's value (a KeyError its key).
     from typer.testing import CliRunner
 
     from connectors.files import FilesSourceReader
@@ -908,7 +933,7 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     from curation.stages.review import ReviewDecisions
 
     def broken(*_: object) -> None:
-        raise RuntimeError("the reader broke")
+        raise RuntimeError("the reader broke on dana.whitfield@example.com")
 
     monkeypatch.setattr(FilesSourceReader, "head", broken)
     recipe = write_recipe(
@@ -918,10 +943,13 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
     said = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
-    assert f"error {tmp_path / 'in.jsonl'}: RuntimeError: the reader broke" in said
+    line = broken.__code__.co_firstlineno + 1
+    assert f"error {tmp_path / 'in.jsonl'}: RuntimeError in broken (test_cli.py line {line}); its message" in said
+    assert "whitfield" not in result.output
     assert "Traceback" not in result.output and result.output.count("\n") == 1
     debug = CliRunner().invoke(app, ["check", str(recipe), "--log-level", "debug"], env={"COLUMNS": "300"})
     assert debug.exit_code == 2 and "Traceback" in debug.output and "in broken" in debug.output  # a bug found
+    assert "the reader broke on dana.whitfield@example.com" in " ".join(debug.output.split())  # asked for
 
     monkeypatch.setattr(ReviewDecisions, "from_state", broken)  # the state store's: exit 1, as its other errors
     result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from curation.executors.envelope import pack
 from curation.stages.dedup import ExactDedup, normalised_text
-from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, _to_ipc, published_signatures
+from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, published_signatures
 from curation.stages.duplicates import resolve_duplicates
 from schemas.records import SOURCE_TYPE, set_aside_rows
 
@@ -253,14 +254,14 @@ def test_stored_signatures_load_as_given_and_rows_stored_before_still_load(tmp_p
     other_ids = _stored(["A" * 32, "0" * 31, "r1", "é" * 16], [[1], [2], [3], [4]])
     other_keys = _stored(hex_ids[:3], [[1, 2], [], [2**64 - 1]])
     before = _stored(hex_ids[:2], [[5], [6]])
-    assert len(_to_ipc(_packed(exact))) < 0.6 * len(_to_ipc(exact.drop_columns(["source"])))
+    assert len(pack(_packed(exact))) < 0.6 * len(pack(exact.drop_columns(["source"])))
 
     index = SignatureIndex(f"sqlite:///{tmp_path}/state.db", "d")
     for table in (exact, other_ids, other_keys, exact.slice(0, 0)):
         index.stage_pending("exact_dedup", "p", table)
     with index.engine.begin() as db:  # a row as the code before packing stored it
         row = {"dataset": "d", "stage": "exact_dedup", "params": "p", "token": index.token}
-        db.execute(published_signatures.insert().values(**row, data=_to_ipc(before.drop_columns(["source"]))))
+        db.execute(published_signatures.insert().values(**row, data=pack(before.drop_columns(["source"]))))
     index.published(1)
     loaded = index.load("exact_dedup", "p")
     tables = (exact, other_ids, other_keys, before)

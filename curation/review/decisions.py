@@ -192,8 +192,10 @@ def decide(
 
 def check_seen(db: sa.Engine | sa.Connection, item_id: int, seen: str | None, action: str) -> None:
     """Raise ``StaleDecision`` when the item's decisions changed since a page showed them (``seen``)."""
-    if seen is not None and seen != revision(db, item_id):
-        with connected(db) as conn:
+    if seen is None:
+        return
+    with connected(db) as conn:
+        if seen != revision(conn, item_id):
             raise StaleDecision(_changed_since(conn, item_id, action))
 
 

@@ -8,8 +8,10 @@ them, so the embedded executor and a distributed one run the same code.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -17,6 +19,17 @@ import pyarrow.compute as pc
 
 from schemas.config import RecipeError
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_flags, empty_set_aside
+
+
+def raised_where(error: BaseException) -> str:
+    """An unexpected error (a bug) named by its type and the place it was raised, not by its message: a
+    message can quote a value (a KeyError holds the key it missed), and values never reach a log line."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    frame = frames[-1]
+    return f"{type(error).__name__} in {frame.name} ({Path(frame.filename).name} line {frame.lineno})"
+
 
 # A value Python's types cannot hold (a Parquet timestamp after the year 9999): see ``as_python``.
 NOT_HELD = object()

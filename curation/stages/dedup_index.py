@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from curation.executors.envelope import pack, unpack
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import PUBLISHED_ID, PUBLISHED_PREFIX, holds_one_key_each, one_key_each
@@ -55,13 +56,6 @@ def signature_params(stage: Any) -> str:
     annotators kept apart; its name once, a second stage of a type's ``own_name`` included)."""
     settings = {k: v for k, v in sorted(vars(stage).items()) if k not in ("threshold", "index", "kept_apart", "name")}
     return uuid.uuid5(uuid.NAMESPACE_OID, json.dumps([stage.name, settings], default=str)).hex
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 # Stored signatures take about half the bytes (writing them to the state store costs about as much
@@ -121,6 +115,13 @@ def _unpacked(table: pa.Table) -> pa.Table:
     return table
 
 
+def _key_of_each(part: pa.Table) -> dict[str, int]:
+    """Each record's key, where ``part``'s rows hold one key each (exact dedup's content hash)."""
+    if not part.num_rows or not holds_one_key_each(part["keys"]):
+        return {}
+    return dict(zip(part["id"].to_pylist(), pc.list_flatten(part["keys"]).to_pylist(), strict=True))
+
+
 def _holding(stored: pa.Table, keys: pa.Array | None) -> pa.Table:
     """Stored rows of one key each that hold one of ``keys``; all rows without ``keys`` or when rows
     hold several keys (near-duplicate bands: a cluster can reach a row through any of them)."""
@@ -172,7 +173,7 @@ class SignatureIndex:
                     params=params,
                     token=self.token,
                     version=None,
-                    data=_to_ipc(_packed(signatures)),
+                    data=pack(_packed(signatures)),
                 )
             )
 
@@ -199,12 +200,12 @@ class SignatureIndex:
             sa.select(table.c.n, table.c.data).where(table.c.dataset == self.dataset, table.c.version < version)
         ).all()
         for n, data in rows:
-            stored = _unpacked(pa.ipc.open_stream(data).read_all())
-            kept = stored.filter(pc.invert(pc.is_in(stored["id"], value_set=self.retired)))
+            stored = _unpacked(unpack(data))
+            kept = self._not_retired(stored)
             if kept.num_rows == stored.num_rows:
                 continue
             if kept.num_rows:
-                db.execute(table.update().where(table.c.n == n).values(data=_to_ipc(_packed(kept))))
+                db.execute(table.update().where(table.c.n == n).values(data=pack(_packed(kept))))
             else:
                 db.execute(table.delete().where(table.c.n == n))
 
@@ -214,35 +215,41 @@ class SignatureIndex:
         found: dict[str, int] = {}
         for stored in self._published_rows(stage, params):
             stored = _unpacked(stored)
-            part = stored.filter(pc.is_in(stored["id"], value_set=ids.cast(pa.string())))
-            if part.num_rows and holds_one_key_each(part["keys"]):
-                keys = pc.list_flatten(part["keys"]).to_pylist()
-                found.update(zip(part["id"].to_pylist(), keys, strict=True))
+            found.update(_key_of_each(stored.filter(pc.is_in(stored["id"], value_set=ids.cast(pa.string())))))
         return found
 
     def _published_rows(self, stage: str, params: str) -> Iterator[pa.Table]:
         """The signature rows published by ``stage`` with ``params``, a stored table at a time, oldest first."""
-        table = published_signatures
-        query = sa.select(table.c.data).where(
-            table.c.dataset == self.dataset,
-            table.c.stage == stage,
-            table.c.params == params,
-            table.c.version.is_not(None),
-        )
         with self.engine.connect() as db:
-            for (data,) in db.execute(query.order_by(table.c.n)):
-                yield pa.ipc.open_stream(data).read_all()
+            for (data,) in db.execute(self._published(stage, params, published_signatures.c.data)):
+                yield unpack(data)
+
+    def _published(self, stage: str, params: str, *columns: sa.Column) -> sa.Select:
+        """``columns`` of the rows published by ``stage`` with ``params``, oldest first."""
+        table = published_signatures
+        return (
+            sa.select(*columns)
+            .where(
+                table.c.dataset == self.dataset,
+                table.c.stage == stage,
+                table.c.params == params,
+                table.c.version.is_not(None),
+            )
+            .order_by(table.c.n)
+        )
+
+    def _not_retired(self, part: pa.Table) -> pa.Table:
+        """``part`` without the rows of records this run retires (written again, or gone)."""
+        if not len(self.retired):
+            return part
+        return part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
 
     def ids_holding(self, stage: str, params: str, keys: pa.Array) -> dict[str, int]:
         """The published records (not retired) whose row of a stage of one key per row holds one of
         ``keys``, with the key each holds."""
         found: dict[str, int] = {}
         for stored in self._published_rows(stage, params):
-            part = _unpacked(_holding(stored, keys))
-            if len(self.retired):
-                part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
-            if part.num_rows and holds_one_key_each(part["keys"]):
-                found.update(zip(part["id"].to_pylist(), pc.list_flatten(part["keys"]).to_pylist(), strict=True))
+            found.update(_key_of_each(self._not_retired(_unpacked(_holding(stored, keys)))))
         return found
 
     def _warn_of_other_settings(self, db: sa.Connection, stage: str, params: str) -> None:
@@ -295,22 +302,14 @@ class SignatureIndex:
         if self.start_over:
             return None
         table = published_signatures
-        query = sa.select(table.c.version, table.c.data).where(
-            table.c.dataset == self.dataset,
-            table.c.stage == stage,
-            table.c.params == params,
-            table.c.version.is_not(None),
-        )
         with self.engine.connect() as db:
-            rows = db.execute(query.order_by(table.c.n)).all()
+            rows = db.execute(self._published(stage, params, table.c.version, table.c.data)).all()
             self._warn_of_other_settings(db, stage, params)
             if not rows:
                 self._warn_if_new_to_the_dataset(db, stage)
         parts = []
         for version, data in rows:
-            part = _unpacked(_holding(pa.ipc.open_stream(data).read_all(), keys))
-            if len(self.retired):
-                part = part.filter(pc.invert(pc.is_in(part["id"], value_set=self.retired)))
+            part = self._not_retired(_unpacked(_holding(unpack(data), keys)))
             ids = pc.binary_join_element_wise(f"{PUBLISHED_PREFIX}{version}:", part["id"], "")
             count = part.num_rows
             source = pa.StructArray.from_arrays(

@@ -26,7 +26,6 @@ import traceback
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import NamedTuple, ParamSpec, TypeVar
 
 import pyarrow as pa
@@ -34,7 +33,7 @@ import pyarrow as pa
 from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiEngineError, PiiTextError
 from curation.pii_image import BadImage, check_tesseract, redact_image
 from curation.redaction import redacted
-from curation.stages.base import StageError, StageResult, StageSettingError, require_columns
+from curation.stages.base import StageError, StageResult, StageSettingError, raised_where, require_columns
 from schemas.config import RecipeError
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, location, set_aside_rows
@@ -113,11 +112,8 @@ def _messages_withheld(method: Callable[P, R]) -> Callable[P, R]:
         except (StageError, RecipeError, PiiEngineError) as error:  # ours: they name fields and rules, never values
             failure: Exception = error
         except Exception as error:
-            frame = traceback.extract_tb(error.__traceback__)[-1]
             failure = StageError(
-                f"{_name_of(args)}: the stage failed: {type(error).__name__} in {frame.name} "
-                f"({Path(frame.filename).name} line "
-                f"{frame.lineno}); its message is withheld: it can quote the text"
+                f"{_name_of(args)}: the stage failed: {raised_where(error)}; its message is withheld: it can quote the text"
             )
             _forget(error)
         _forget(failure)

@@ -19,6 +19,7 @@ import jinja2.nodes as jn
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.base import undecodable_byte, utf8_texts
 from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
@@ -57,9 +58,7 @@ def _utf8_text(value: bytes) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(
-            f"a value holds bytes that are not UTF-8 text (byte {value[error.start]:#04x} at {error.start + 1})"
-        ) from None
+        raise ValueError(f"a value holds bytes that are not UTF-8 text ({undecodable_byte(error)})") from None
 
 
 def _as_json(value: Any) -> str:
@@ -92,16 +91,7 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
 
 def _text_of_bytes(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[str | None], str]:
     """A binary column's values as text, each that is not UTF-8 a problem of its record's."""
-    texts: list[str | None] = []
-    problems: list[str | None] = []
-    for value in values.to_pylist():
-        try:
-            texts.append(None if value is None else value.decode("utf-8"))
-            problems.append(None)
-        except UnicodeDecodeError as error:
-            texts.append(None)
-            byte = f"byte {value[error.start]:#04x} at {error.start + 1}"
-            problems.append(f"column '{column}' holds bytes that are not UTF-8 text ({byte})")
+    texts, problems = utf8_texts(values.to_pylist(), column)
     return pa.array(texts, pa.string()), problems, "schema"
 
 
