@@ -1270,3 +1270,36 @@ def test_the_default_split_keeps_each_image_and_its_copies_on_one_side(workdir: 
     }
     assert len(sides["train"]) + len(sides["validation"]) == 8 and sides["train"] and sides["validation"]
     assert not sides["train"] & sides["validation"]
+
+
+def test_repeated_rows_that_cannot_be_read_are_each_counted_on_a_first_run_and_a_scheduled_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Identical rows (same image, question and answer) share one watermark item: counted as one unread input,
+    # a first run whose only rows were two such rows published an empty v1, and a scheduled run whose only
+    # rows were such rows, still unreadable, published a version each run.
+    import connectors.images as images
+    from connectors.storage import StorageError
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png())
+    (workdir / "img" / "receipt.jpg").write_bytes(jpeg_with_exif())
+    same = {"image": "form.png", "question": "Signed?", "answer": "Yes"}
+    write_jsonl(workdir / "qa.jsonl", [same, same])
+    spec = receipts()
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    with pytest.raises(StorageError, match=r"^receipts: 2 input\(s\) \(files, image rows\) cannot be read"):
+        run(workdir, spec)
+    write_jsonl(workdir / "qa.jsonl", [{"image": "receipt.jpg", "question": "Total?", "answer": "12.50"}, same, same])
+    first = run(workdir, spec)
+    assert (first.manifest.counts.input, first.manifest.counts.written) == (3, 1)
+    assert first.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
+    second = run(workdir, spec)
+    assert second.manifest is None and second.message.startswith("nothing new since receipts v1")
+    assert "2 input(s) (files, image rows) still cannot be read" in second.message
+    monkeypatch.setattr(images, "filesystem", listed)  # readable at last: both rows are taken, one a copy
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.reasons["duplicate"]) == (2, 1, {"exact_duplicate": 1})
