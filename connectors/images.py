@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings, utf8_texts
 from connectors.files import FilesSourceReader, file_format, lines_in
-from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, kept_value
+from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, fingerprint, kept_value
 from connectors.storage import (
     Changed,
     FileEntry,
@@ -186,14 +186,30 @@ class ImagesSourceReader:
         read; stages its watermark now."""
         item = f"sidecar:{entry.uri}"
         before = watermark.get(item)
+        if before is not None and before.get("fingerprint") == fingerprint(entry):
+            # As the run that hashed it listed it (S3 ETag, or size and mtime): unchanged, and not read
+            # for its hash again, only for its rows, up to the lines that run hashed.
+            lines = math.inf if before["lines"] is None else before["lines"]
+            self._hashed_lines[entry.uri] = lines
+            return False, lines
         fs, path = filesystem(entry.uri)
         with open_input(fs, path, entry.etag) as stream:  # unpacks a gzip or zstd sidecar: its lines are counted
             data = stream.read()
-        watermark.set(item, {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)})
         parquet = file_format(entry.uri, self.sidecar.config.format) == "parquet"
         # Its rows are read again from the file: those on lines appended since these bytes are left to
         # the next run, which finds them past the watermark (taken now, they would be taken again).
         self._hashed_lines[entry.uri] = math.inf if parquet else lines_in(data)
+        # Its listing's fingerprint, taken before these bytes were read: a sidecar appended meanwhile has
+        # another one by the next run, which compares its bytes.
+        watermark.set(
+            item,
+            {
+                "bytes": len(data),
+                "xxh3": xxhash.xxh3_128_hexdigest(data),
+                "fingerprint": fingerprint(entry),
+                "lines": None if parquet else self._hashed_lines[entry.uri],
+            },
+        )
         if before is None:
             return False, 0
         if xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]:

@@ -201,11 +201,16 @@ class SourceWatermark:
         # URI -> (fingerprint, xxh3) of each local file this run hashed: a file compared and then staged,
         # or listed again at planning, is not read again for it (``file_digest``).
         self.digests: dict[str, tuple[str, str]] = {}
+        # Item -> how many inputs this run staged ``UNREAD`` under it: an images sidecar's identical rows
+        # share one item, and each is an input counted (quarantined as unreadable) in the manifest.
+        self.unread_inputs: dict[str, int] = {}
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
 
     def set(self, item: str, value: Any) -> None:
+        if value == UNREAD:
+            self.unread_inputs[item] = self.unread_inputs.get(item, 0) + 1
         self.pending[item] = value
 
     def is_new(self, item: str, value: Any) -> bool:
@@ -255,15 +260,21 @@ class Watermarks:
         return any(source.reread for source in self.sources.values())
 
     def unread(self) -> int:
-        """How many items this run could not read (``UNREAD``), whatever earlier runs made of them."""
-        return sum(value == UNREAD for source in self.sources.values() for value in source.pending.values())
-
-    def still_unread(self) -> int:
-        """How many items an earlier run could not read (``UNREAD``) that this run could not read either."""
+        """How many inputs this run could not read (``UNREAD``), whatever earlier runs made of them."""
         return sum(
-            value == UNREAD and source.committed.get(item) == UNREAD
+            source.unread_inputs.get(item, 1)
             for source in self.sources.values()
             for item, value in source.pending.items()
+            if value == UNREAD
+        )
+
+    def still_unread(self) -> int:
+        """How many inputs of items an earlier run could not read (``UNREAD``) this run could not read either."""
+        return sum(
+            source.unread_inputs.get(item, 1)
+            for source in self.sources.values()
+            for item, value in source.pending.items()
+            if value == UNREAD and source.committed.get(item) == UNREAD
         )
 
     def replaced(self) -> set[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import posixpath
 from collections import Counter
 from collections.abc import Callable
 from itertools import compress
@@ -106,6 +107,19 @@ def key_texts(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
         if not pc.any(pc.or_(pc.starts_with(values, "{"), pc.starts_with(values, "["))).as_py():
             return values  # the usual: no JSON text
     return pa.array([None if v is None else key_text(v) for v in values.to_pylist()], pa.string())
+
+
+def _image_paths(batch: pa.Table) -> list[str | None]:
+    """Each record's image path key (``p\x1f`` and the name its sidecar gives, as the images connector finds
+    it: "./a.png" is "a.png"), None where the record has no image bytes or name."""
+    if "image_bytes" not in batch.column_names or "image" not in batch.column_names:
+        return [None] * batch.num_rows
+    names = batch["image"].to_pylist()
+    has_bytes = pc.is_valid(batch["image_bytes"]).to_pylist()
+    return [
+        f"p\x1f{posixpath.normpath(name)}" if isinstance(name, str) and name and held else None
+        for name, held in zip(names, has_bytes, strict=True)
+    ]
 
 
 def _unit_hash(seed: str, value: str) -> int:
@@ -225,11 +239,18 @@ class Splitter:
         hashed = self._under_threshold(_unit_hashes(self.seed, keys)).to_pylist()
         earlier = self._earlier_side(batch["id"]).to_pylist() if len(self._earlier_hashes) else [None] * len(hashed)
         units = keys.to_pylist()
+        paths = _image_paths(batch)
         if self.known is not None:
-            self._look_up_earlier_sides(units, self.known)
+            self._look_up_earlier_sides(units + [path for path in paths if path is not None], self.known)
         # An image keeps the side an earlier run put it on; one new to the state store (a new scan, or one
-        # changed in place) joins its questions read again, which keep their sides (same id), else its hash.
+        # changed in place) joins the side its path is on (so a new question about a changed image, met before
+        # its questions read again, lands beside them), else its questions read again, which keep their sides
+        # (same id), else its hash.
         fresh: dict[str, bool] = {}
+        for unit, path in zip(units, paths, strict=True):
+            side = None if path is None else self._placed_before.get(path, self._image_sides.get(path))
+            if side is not None:
+                fresh.setdefault(unit, side)
         for unit, kept in zip(units, earlier, strict=True):
             if kept is not None:
                 fresh.setdefault(unit, kept)
@@ -245,6 +266,11 @@ class Splitter:
             kept if kept is not None else before[unit] if unit in before else now[unit]
             for unit, kept in zip(units, earlier, strict=True)
         ]
+        self._image_sides.update(
+            (path, side)
+            for path, side in zip(paths, sides, strict=True)
+            if path is not None and path not in self._image_sides and path not in before
+        )
         to_validation = pa.array(sides, pa.bool_())
         for name, chosen in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             if count := pc.sum(chosen).as_py() or 0:
@@ -279,7 +305,7 @@ class Splitter:
         asked = {
             key
             for key in keys
-            if key.startswith(("g\x1f", "i\x1f"))
+            if key.startswith(("g\x1f", "i\x1f", "p\x1f"))
             and key not in self._placed_before
             and key not in self._image_sides
             and key not in train
@@ -299,15 +325,15 @@ class Splitter:
             self._groups.update(found)  # a stratified split keeps a group's side, as within a run
 
     def placed(self) -> dict[str, bool]:
-        """Group or image key -> validation, for the groups and images this run placed first (for the state
-        store; a record without a group key or image bytes is no group)."""
+        """Group, image or image path key -> validation, for the groups and images this run placed first (for
+        the state store; a record without a group key or image bytes is no group)."""
         placed = {
             key: side == "validation"
             for side, keys in self._group_sides.items()
             for key in keys
             if key.startswith("g\x1f") and key not in self._placed_before
         }
-        placed.update((key, side) for key, side in self._image_sides.items() if key.startswith("i\x1f"))
+        placed.update((key, side) for key, side in self._image_sides.items() if key.startswith(("i\x1f", "p\x1f")))
         return placed
 
     def _under_threshold(self, hashes: pa.Array) -> pa.Array:

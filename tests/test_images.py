@@ -1029,7 +1029,7 @@ def test_sidecars_listed_again_at_planning_are_read_once(workdir: Path, monkeypa
     )
     second = run(workdir, spec)
     assert sorted(line["completion"] for line in outputs(Path(second.version_uri))) == ["12.50 USD", "A tax form."]
-    assert sorted(opened) == ["s1.jsonl", "s2.jsonl"]
+    assert opened == ["s1.jsonl"]  # once; s2.jsonl, unchanged as listed, is not read for its hash at all
 
 
 def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1270,3 +1270,65 @@ def test_the_default_split_keeps_each_image_and_its_copies_on_one_side(workdir: 
     }
     assert len(sides["train"]) + len(sides["validation"]) == 8 and sides["train"] and sides["validation"]
     assert not sides["train"] & sides["validation"]
+
+
+def test_repeated_rows_that_cannot_be_read_are_each_counted_on_a_first_run_and_a_scheduled_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Identical rows (same image, question and answer) share one watermark item: counted as one unread input,
+    # a first run whose only rows were two such rows published an empty v1, and a scheduled run whose only
+    # rows were such rows, still unreadable, published a version each run.
+    import connectors.images as images
+    from connectors.storage import StorageError
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png())
+    (workdir / "img" / "receipt.jpg").write_bytes(jpeg_with_exif())
+    same = {"image": "form.png", "question": "Signed?", "answer": "Yes"}
+    write_jsonl(workdir / "qa.jsonl", [same, same])
+    spec = receipts()
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(workdir / "img" / "form.png")), listed(uri)[1])
+    )
+    with pytest.raises(StorageError, match=r"^receipts: 2 input\(s\) \(files, image rows\) cannot be read"):
+        run(workdir, spec)
+    write_jsonl(workdir / "qa.jsonl", [{"image": "receipt.jpg", "question": "Total?", "answer": "12.50"}, same, same])
+    first = run(workdir, spec)
+    assert (first.manifest.counts.input, first.manifest.counts.written) == (3, 1)
+    assert first.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
+    second = run(workdir, spec)
+    assert second.manifest is None and second.message.startswith("nothing new since receipts v1")
+    assert "2 input(s) (files, image rows) still cannot be read" in second.message
+    monkeypatch.setattr(images, "filesystem", listed)  # readable at last: both rows are taken, one a copy
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.reasons["duplicate"]) == (2, 1, {"exact_duplicate": 1})
+
+
+def test_an_unchanged_sidecar_is_read_for_its_rows_only(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each run read the whole sidecar into memory at planning to hash it, then again for its rows. Its watermark
+    # now keeps the listing's fingerprint too: unchanged, it is read once; one kept before that compares its bytes.
+    import connectors.images as images
+
+    write_folder(workdir)
+    spec = receipts()
+    run(workdir, spec)
+    (workdir / "img" / "form.png").write_bytes(png((32, 32)))  # something new to take: its row is read again
+    opened: list[str] = []
+    listed = images.filesystem
+    monkeypatch.setattr(
+        images, "filesystem", lambda uri: (uri.endswith(".jsonl") and opened.append(uri)) or listed(uri)
+    )
+    second = run(workdir, spec)
+    assert opened == [] and [line["prompt"] for line in processed(Path(second.version_uri))] == ["What is in form.png?"]
+    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
+    with engine.begin() as db:  # as an earlier release kept it: no fingerprint
+        db.execute(sa.text('UPDATE watermarks SET value = \'{"bytes": 1, "xxh3": "0"}\' WHERE item LIKE \'sidecar:%\''))
+    engine.dispose()
+    with (workdir / "qa.jsonl").open("a") as sidecar:  # appended, so this run has a row to take
+        sidecar.write(json.dumps({"image": "form.png", "question": "Signed?", "answer": "Yes."}) + "\n")
+    # Compared (its bytes differ: told edited), every row is read again, the bad line quarantined before not counted.
+    assert run(workdir, spec).manifest.counts.input == len(sidecar_rows()) + 1
+    assert len(opened) == 1
+    opened.clear()
+    assert run(workdir, spec).message.startswith("nothing new") and opened == []

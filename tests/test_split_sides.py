@@ -199,3 +199,23 @@ def test_a_changed_images_new_questions_join_its_earlier_ones(workdir: Path) -> 
     second = run(workdir, recipe)
     assert second.manifest.counts.written == 48  # the 32 questions read again with their new image, 16 new
     assert {name: sides for name, sides in image_sides(Path(second.version_uri)).items() if sides != first[name]} == {}
+
+
+def test_a_changed_images_new_questions_met_before_its_questions_read_again_join_them(workdir: Path) -> None:
+    """The new questions about images changed in place come first (a sidecar file read before the one holding
+    the questions read again): the new content is unknown to the state store, and its questions read again
+    were not met yet, so they went where the new content's hash put them. The image's path keeps its side."""
+    names = [f"scan{n}.png" for n in range(16)]
+    (workdir / "img").mkdir()
+    for n, name in enumerate(names):
+        (workdir / "img" / name).write_bytes(picture(10 * n))
+    write_jsonl(workdir / "qa" / "b.jsonl", questions(names, range(2)))
+    recipe = {**vqa_recipe(), "sources": [{"type": "images", "path": "img", "sidecar": "qa"}]}
+    first = image_sides(Path(run(workdir, recipe).version_uri))
+    assert {len(sides) for sides in first.values()} == {1} and set().union(*first.values()) == {"train", "validation"}
+    for n, name in enumerate(names):
+        (workdir / "img" / name).write_bytes(picture(10 * n + 5))  # every scan redone
+    write_jsonl(workdir / "qa" / "a.jsonl", questions(names, range(2, 3)))  # read before b.jsonl
+    second = run(workdir, recipe)
+    assert second.manifest.counts.written == 48  # the 32 questions read again with their new image, 16 new
+    assert {name: sides for name, sides in image_sides(Path(second.version_uri)).items() if sides != first[name]} == {}

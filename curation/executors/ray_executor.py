@@ -143,7 +143,7 @@ def _read_source(index: int, source: Source, notes: list[list[Any]]) -> Iterator
         yield seal_all([letter])
     if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
         added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
-        took = {"task": index, "pending": added, "reread": watermark.reread}
+        took = {"task": index, "pending": added, "reread": watermark.reread, "unread": watermark.unread_inputs}
         mark = json.dumps({**took, "replaced": sorted(watermark.replaced)})
         yield seal_all([Letter(rows=pa.table({}), watermark=mark, notes=taken(notes))])
 
@@ -525,6 +525,8 @@ class RayExecutor:
         watermark.pending.update(taken["pending"])
         watermark.reread |= taken["reread"]
         watermark.replaced.update(taken["replaced"])
+        for item, inputs in taken["unread"].items():
+            watermark.unread_inputs[item] = watermark.unread_inputs.get(item, 0) + inputs
 
     def _deliver(
         self,
