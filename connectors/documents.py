@@ -68,7 +68,8 @@ class Part:
     page: int | None = None
     line: int | None = None
     section: str | None = None
-    # DOCX: where each paragraph (or table) starts in ``text``, and its number, for a chunk's place
+    # DOCX: where each paragraph (or table) starts in ``text``, and its number, for a chunk's place;
+    # Markdown that had comments left out: where each line starts, and its line in the file
     paragraphs: list[tuple[int, int]] = field(default_factory=list)
 
     def line_at(self, offset: int) -> int | None:
@@ -424,7 +425,8 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             found = next((value for key, value in front_matter.items() if str(key).lower() == "title"), None)
             title = str(found).strip() or None if isinstance(found, str | int | float) else None
             offset = end + 1
-    body = lines[offset:]
+    # HTML comments are the writer's notes to other writers ("TODO: ask legal"), which no reader sees.
+    body, origin = _without_comments(lines[offset:])
     parts: list[Part] = []
     starts = [(0, 0, None), *_headings("\n".join(body)), (len(body), len(body), None)]
     joined = None  # the first line of headings with no text of their own: they open the next section
@@ -435,11 +437,95 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             joined = first if joined is None else joined  # "# Security" over "## Passwords": not a record alone
             continue
         first, joined = first if joined is None else joined, None
-        part = Part("", line=offset + first + 1, section=None if name is None else name[1])
+        part = Part("", line=first, section=None if name is None else name[1])
         # The text before the first heading may be blank, or only a rule (``---`` over a setext heading).
         if not _no_text(body[first:after]) and _set_text(part, "\n".join(body[first:after])):
+            _place(part, [offset + origin[line] + 1 for line in range(part.line, after)])
             parts.append(part)
     return title, parts
+
+
+def _place(part: Part, numbers: list[int]) -> None:
+    """Point the part at the file's line of its first line, ``numbers`` being the file's line of each of
+    its lines: where a comment's lines were left out between them, each line of the text says its own."""
+    starts = [0, *(found.end() for found in re.finditer("\n", part.text))]
+    numbers = numbers[: len(starts)]  # blank lines after the text are not in it
+    part.line = numbers[0]
+    if numbers[-1] - numbers[0] != len(numbers) - 1:
+        part.paragraphs = list(zip(starts, numbers, strict=True))
+
+
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+
+
+def _without_comments(lines: list[str]) -> tuple[list[str], list[int]]:
+    """Markdown ``lines`` less their HTML comments, and the index in ``lines`` of each line left: a line
+    that held only comments goes, with a blank line that would follow another blank one."""
+    text = "\n".join(lines)
+    spans = _comment_spans(text)
+    if not spans:
+        return lines, list(range(len(lines)))
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
+    rows = [(line, index, False) for index, line in enumerate(lines)]
+    for start, end in reversed(spans):  # from the end, so the lines and columns of those before hold
+        first, last = bisect.bisect_right(starts, start) - 1, bisect.bisect_right(starts, end - 1) - 1
+        head, tail = rows[first][0][: start - starts[first]], rows[last][0][end - starts[last] :]
+        if head.endswith((" ", "\t")):  # "five days <!-- check --> abroad": one space between the words
+            tail = tail.lstrip(" \t")
+        rows[first : last + 1] = [(head + tail, first, True)]
+    kept: list[str] = []
+    origin: list[int] = []
+    after_comment = False
+    for line, index, cut in rows:
+        if cut:
+            line = line.rstrip(" \t")
+            if not line.strip(" \t>"):  # nothing but the comment, in a quote or not
+                after_comment = True
+                continue
+        if not (after_comment and not line.strip() and (not kept or not kept[-1].strip())):
+            kept.append(line)
+            origin.append(index)
+        after_comment = False
+    return kept, origin
+
+
+def _comment_spans(text: str) -> list[tuple[int, int]]:
+    """Where the HTML comments of Markdown ``text`` are, as CommonMark reads them (in an HTML block, or
+    inline in a paragraph or heading; not in code), as offsets into ``text``, in order."""
+    from markdown_it import MarkdownIt
+
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in text.split("\n"))]
+    spans = []
+    for token in MarkdownIt("commonmark").parse(text):
+        if token.map is None:
+            continue
+        begin, end = starts[token.map[0]], starts[token.map[1]] - 1
+        if token.type == "html_block":
+            spans += [found.span() for found in _COMMENT.finditer(text, begin, end)]
+        elif token.type == "inline":
+            spans += _inline_comments(token, text, begin, end)
+    return spans
+
+
+def _inline_comments(inline: Any, text: str, begin: int, end: int) -> list[tuple[int, int]]:
+    """The comments markdown-it found in an inline token, found in ``text[begin:end]``, its source, in
+    their order, past any code span that shows one (`` `<!-- -->` ``, which is text)."""
+    spans = []
+    cursor = begin
+    for child in inline.children or []:
+        if child.type == "code_inline":
+            ticks = re.compile(f"(?<!`){child.markup}(?!`)")
+            opening = ticks.search(text, cursor, end)
+            closing = ticks.search(text, opening.end(), end) if opening else None
+            cursor = closing.end() if closing else cursor
+        elif child.type == "html_inline" and child.content.startswith("<!--"):
+            # A comment over lines of a quote or list item is given without their "> " or indentation.
+            lines = [re.escape(line.strip(" \t")) for line in child.content.split("\n")]
+            found = re.compile(r"[ \t]*\n[ \t>]*".join(lines)).search(text, cursor, end)
+            if found:
+                spans.append(found.span())
+                cursor = found.end()
+    return spans
 
 
 def _no_text(lines: list[str]) -> bool:

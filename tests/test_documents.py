@@ -1105,3 +1105,36 @@ def test_a_short_web_page_without_an_article_keeps_its_headings(tmp_path: Path) 
         ("Refunds", PARAGRAPHS[0]),
         ("Refunds › Abroad", f"## Abroad\n\n{PARAGRAPHS[1]}"),
     ]
+
+
+def test_html_comments_in_markdown_are_not_published_and_lines_still_point_at_the_text(tmp_path: Path) -> None:
+    # Writers' notes to each other ("TODO: ask legal") were published as text, and a file holding only a
+    # comment was a record of it. A comment in code is the code's text, and stays.
+    (tmp_path / "guide.md").write_text(
+        "<!-- TODO: ask legal -->\n\n# Refunds <!-- rename? -->\n\n"
+        f"{PARAGRAPHS[0]} <!-- check with\nfinance --> Abroad: ten days.\n\n"
+        f"<!--\nDraft: nobody reads this.\n-->\n\n{PARAGRAPHS[1]}\n\n"
+        f"> {PARAGRAPHS[2]}\n> <!-- quoted note -->\n\n`<!-- shown, in code -->`\n\n"
+        "<!-- old section\n# Gift cards\n-->\n# Rates\n\nFive days.\n"
+    )
+    (tmp_path / "notes.md").write_text("<!-- only a note to self -->\n")
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        (
+            "Refunds",
+            f"# Refunds\n\n{PARAGRAPHS[0]} Abroad: ten days.\n\n{PARAGRAPHS[1]}\n\n> {PARAGRAPHS[2]}\n\n"
+            "`<!-- shown, in code -->`",
+            3,
+        ),
+        ("Refunds › Rates", "# Rates\n\nFive days.", 22),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("notes.md", "no_text")]
+    # A chunk past the lines of a comment points at its own line.
+    rows, _ = read(tmp_path / "guide.md", chunk=ChunkConfig(max_chars=120, overlap_chars=0))
+    assert [(row["text"].split()[0], row["source"]["line"]) for row in rows] == [
+        ("#", 3),
+        ("Customers", 12),
+        (">", 14),
+        ("`<!--", 17),
+        ("#", 22),
+    ]
