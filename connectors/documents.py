@@ -87,6 +87,8 @@ class Extracted:
     parts: list[Part]
     # PDF pages with no text but a running header or footer, if that (a scanned page, stamped or not)
     blank_pages: list[int] = field(default_factory=list)
+    # A Word file holding pictures: without text, it is a scan put into Word
+    images: bool = False
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -247,7 +249,17 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():
         parts.append(current)
-    return Extracted(title or first_heading or stem, parts)
+    images = not parts and _has_images(document.element.body)
+    return Extracted(title or first_heading or stem, parts, images=images)
+
+
+def _has_images(body: Any) -> bool:
+    """Whether a Word body holds a picture (DrawingML's, or VML's of older files)."""
+    blip, imagedata = (
+        "{http://schemas.openxmlformats.org/drawingml/2006/main}blip",
+        "{urn:schemas-microsoft-com:vml}imagedata",
+    )
+    return next(body.iter(blip, imagedata), None) is not None
 
 
 def _style_name(paragraph: docx.text.paragraph.Paragraph, names: dict[str | None, str]) -> str:
@@ -750,6 +762,16 @@ EXTRACTORS = {
 }
 
 
+# Why a document has no text, as far as its kind tells: only a PDF, or a Word file of pictures, is a scan.
+NO_TEXT = {
+    "scan": "no text found (a scanned document needs OCR first)",
+    "docx": "no text found: the Word file is empty (or holds only empty paragraphs and tables)",
+    "html": "no text found in the page's main content (it is empty, or only navigation, forms or markup)",
+    "markdown": "no text found: the file is empty (or holds only blank lines, rules, front matter or comments)",
+    "text": "no text found: the file is empty (or holds only blank lines)",
+}
+
+
 # --- the source --------------------------------------------------------------------------------------
 
 
@@ -781,9 +803,11 @@ class DocumentsSourceReader(ListedFiles):
         name = posixpath.basename(entry.uri)
         stem, suffix = posixpath.splitext(name)
         try:
-            extracted = EXTRACTORS[KINDS[suffix.lower()]](data, stem)
+            kind = KINDS[suffix.lower()]
+            extracted = EXTRACTORS[kind](data, stem)
             if not extracted.parts:
-                raise DocumentError("no_text", "no text found (a scanned document needs OCR first)")
+                scan = kind == "pdf" or extracted.images
+                raise DocumentError("no_text", NO_TEXT["scan" if scan else kind])
         except DocumentError as problem:
             return SourceBatch(
                 rows=pa.table({}), set_aside=self._quarantine(entry.uri, problem), input_bytes=entry.size

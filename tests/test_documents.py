@@ -1138,3 +1138,34 @@ def test_html_comments_in_markdown_are_not_published_and_lines_still_point_at_th
         ("`<!--", 17),
         ("#", 22),
     ]
+
+
+def test_a_document_without_text_is_said_to_need_ocr_only_where_it_may_be_a_scan(tmp_path: Path) -> None:
+    # Every empty file was told "a scanned document needs OCR first": an empty .txt or .md too.
+    from PIL import Image
+
+    pdf = FPDF()
+    pdf.add_page()
+    (tmp_path / "scan.pdf").write_bytes(bytes(pdf.output()))
+    png = io.BytesIO()
+    Image.new("RGB", (40, 20), "white").save(png, format="PNG")
+    document = docx.Document()
+    document.add_picture(png)
+    document.save(tmp_path / "scan.docx")
+    docx.Document().save(tmp_path / "blank.docx")
+    (tmp_path / "blank.md").write_text("---\ntitle: Draft\n---\n\n")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    (tmp_path / "blank.html").write_text("<html><body><nav><a href='/'>Home</a></nav></body></html>")
+    rows, aside = read(tmp_path)
+    assert rows == []
+    ocr = {a["source"]["uri"].rsplit("/", 1)[1]: "OCR" in a["detail"] for a in aside}
+    assert ocr == {
+        "blank.docx": False,
+        "blank.html": False,
+        "blank.md": False,
+        "blank.txt": False,
+        "scan.docx": True,
+        "scan.pdf": True,
+    }
+    assert {a["reason"] for a in aside} == {"no_text"}
+    assert all(a["detail"].startswith(f"{a['source']['uri']}: no text found") for a in aside)
