@@ -615,6 +615,7 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         strip_tags(tree, "time")
         for caption in tree.iter("figcaption"):
             caption.tag = "p"
+        _pair_definitions(tree)
         # What trafilatura's extraction leaves out anyway (buttons, forms, figures, <nav>, <noscript>, which
         # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
@@ -629,6 +630,39 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
     title = (metadata.title if metadata is not None else None) or first_heading or stem
     return Extracted(title, parts)
+
+
+def _pair_definitions(tree: Any) -> None:
+    """Make each definition list a list of "**Term**: meaning" items: trafilatura made one flat list of its
+    terms and meanings, which lost which meaning is whose. Terms of one meaning ("SLA", "OLA") share an
+    item, as do the meanings of one term."""
+    from lxml.etree import SubElement
+
+    for definitions in list(tree.iter("dl")):
+        groups: list[tuple[list[Any], list[Any]]] = []
+        # HTML lets a div wrap each term and its meanings.
+        entries = [e for child in definitions for e in (child if child.tag == "div" else [child])]
+        for entry in entries:
+            if entry.tag == "dt" and (not groups or groups[-1][1]):
+                groups.append(([entry], []))
+            elif entry.tag in ("dt", "dd"):
+                groups = groups or [([], [])]  # a meaning before any term
+                groups[-1][entry.tag == "dd"].append(entry)
+        for child in list(definitions):
+            definitions.remove(child)
+        definitions.tag, definitions.text = "ul", None
+        for terms, meanings in groups:
+            item = SubElement(definitions, "li")
+            for term in terms:
+                term.tag, term.tail = "b", ", "
+            for meaning in meanings:
+                ended = "".join(meaning.itertext()).rstrip().endswith((".", "!", "?", ";", ":"))
+                meaning.tag, meaning.tail = "span", " " if ended else "; "
+            if terms:
+                terms[-1].tail = ": " if meanings else None
+            if meanings:
+                meanings[-1].tail = None
+            item.extend(terms + meanings)
 
 
 def _main_content(tree: Any) -> str | None:

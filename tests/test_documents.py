@@ -1169,3 +1169,22 @@ def test_a_document_without_text_is_said_to_need_ocr_only_where_it_may_be_a_scan
     }
     assert {a["reason"] for a in aside} == {"no_text"}
     assert all(a["detail"].startswith(f"{a['source']['uri']}: no text found") for a in aside)
+
+
+def test_a_web_pages_definition_list_keeps_each_meaning_with_its_term(tmp_path: Path) -> None:
+    # trafilatura made a flat list of terms and meanings ("- RMA\n- Return ...\n- SLA"): which meaning is
+    # whose was lost.
+    (tmp_path / "glossary.html").write_text(
+        f"<html><head><title>Glossary</title></head><body><article><h1>Glossary</h1><p>{PARAGRAPHS[0]}</p>"
+        "<dl><dt>RMA</dt><dd>Return merchandise authorisation</dd><dt>SLA</dt><dt>OLA</dt>"
+        "<dd>Service level agreement.</dd><dd>Its <i>internal</i> twin.</dd>"
+        "<div><dt>ETA</dt><dd>Estimated time of arrival</dd></div></dl></article></body></html>"
+    )
+    (tmp_path / "short.html").write_text("<html><body><dl><dt>RMA</dt><dd>Return authorisation</dd></dl></body></html>")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [row["text"] for row in rows] == [
+        f"# Glossary\n\n{PARAGRAPHS[0]}\n\n- **RMA**: Return merchandise authorisation\n"
+        "- **SLA**, **OLA**: Service level agreement. Its *internal* twin.\n- **ETA**: Estimated time of arrival",
+        "- **RMA**: Return authorisation",
+    ]
