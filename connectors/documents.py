@@ -222,7 +222,8 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
             text, style = _table_text(block, notes), ""
         else:
             text, style = _paragraph_text(block).strip(), _style_name(block, style_names)
-        if not text:
+        # A table of contents repeats the headings, with page numbers: a list of them is no text of its own.
+        if not text or _TOC_STYLE.fullmatch(style.casefold()) or _in_table_of_contents(block._element):
             continue
         # Word's Title paragraph and the file's title property differ in case as often as not.
         if style == "Title" and (not title or text.casefold() == title.casefold()):
@@ -260,6 +261,23 @@ def _has_images(body: Any) -> bool:
         "{urn:schemas-microsoft-com:vml}imagedata",
     )
     return next(body.iter(blip, imagedata), None) is not None
+
+
+# Word's styles of a table of contents' entries ("toc 1"; "TOC 1" as some tools spell them) and heading,
+# and of a table of figures.
+_TOC_STYLE = re.compile(r"toc \d|toc heading|table of figures")
+
+
+def _in_table_of_contents(element: Any) -> bool:
+    """Whether a paragraph or table is inside the content control Word puts a table of contents in."""
+    from docx.oxml.ns import qn
+
+    gallery = f"{qn('w:sdtPr')}/{qn('w:docPartObj')}/{qn('w:docPartGallery')}"
+    return any(
+        found.get(qn("w:val")) == "Table of Contents"
+        for ancestor in element.iterancestors(qn("w:sdt"))
+        if (found := ancestor.find(gallery)) is not None
+    )
 
 
 def _style_name(paragraph: docx.text.paragraph.Paragraph, names: dict[str | None, str]) -> str:

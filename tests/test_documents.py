@@ -1188,3 +1188,36 @@ def test_a_web_pages_definition_list_keeps_each_meaning_with_its_term(tmp_path: 
         "- **SLA**, **OLA**: Service level agreement. Its *internal* twin.\n- **ETA**: Estimated time of arrival",
         "- **RMA**: Return authorisation",
     ]
+
+
+def test_a_docx_table_of_contents_is_not_published(tmp_path: Path) -> None:
+    # Its entries ("Refunds\t2") repeat the headings with page numbers: they were a record of their own.
+    from docx.enum.style import WD_STYLE_TYPE
+
+    document = docx.Document()
+    document.add_paragraph("Returns Policy", style="Title")
+    document.add_paragraph("Contents", style="TOC Heading")
+    for level, entry in [(1, "Refunds\t2"), (2, "Abroad\t2")]:
+        document.styles.add_style(f"toc {level}", WD_STYLE_TYPE.PARAGRAPH)
+        document.add_paragraph(entry, style=f"toc {level}")
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    document.save(tmp_path / "styled.docx")
+    # Word puts its table of contents in a content control of the "Table of Contents" gallery.
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    toc = (
+        f'<w:sdt {w}><w:sdtPr><w:docPartObj><w:docPartGallery w:val="Table of Contents"/></w:docPartObj></w:sdtPr>'
+        "<w:sdtContent><w:p><w:r><w:t>Contents</w:t></w:r></w:p><w:p><w:r><w:t>Refunds 1</w:t></w:r></w:p>"
+        "</w:sdtContent></w:sdt>"
+    )
+    document.element.body.insert(0, docx.oxml.parse_xml(toc))
+    document.save(tmp_path / "control.docx")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Refunds", f"Refunds\n\n{PARAGRAPHS[0]}", 3),
+        ("Returns Policy › Refunds", f"Refunds\n\n{PARAGRAPHS[0]}", 5),
+    ]
