@@ -638,9 +638,10 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
         tree = tree_cleaning(tree, Extractor(output_format="markdown", tables=True, comments=False, recall=True))
-    body = _main_content(tree)
+    # trafilatura ends each row of a Markdown table with a space ("| EU | 5 days | "): no text of the page's.
+    body = re.sub(r"[ \t]+$", "", _main_content(tree) or "", flags=re.MULTILINE)
     metadata = trafilatura.extract_metadata(html)
-    first_heading, parts = markdown_sections(body or "")
+    first_heading, parts = markdown_sections(body)
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
         part.text = _unescape_markdown(part.text)

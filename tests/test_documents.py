@@ -1039,7 +1039,7 @@ def test_a_short_web_page_keeps_its_headings_past_elements_trafilatura_leaves_ou
     assert aside == []
     assert [(row["title"], row["text"]) for row in rows] == [
         ("Returns policy", "# Returns policy\n\nThe warehouse is closed until 9 January, when orders ship again."),
-        ("Returns policy › International", "## International\n\n| EU | 5 days | \n\nDelivery times"),
+        ("Returns policy › International", "## International\n\n| EU | 5 days |\n\nDelivery times"),
     ]
 
 
@@ -1221,3 +1221,16 @@ def test_a_docx_table_of_contents_is_not_published(tmp_path: Path) -> None:
         ("Refunds", f"Refunds\n\n{PARAGRAPHS[0]}", 3),
         ("Returns Policy › Refunds", f"Refunds\n\n{PARAGRAPHS[0]}", 5),
     ]
+
+
+def test_a_web_pages_table_rows_end_without_a_space(tmp_path: Path) -> None:
+    # trafilatura's Markdown table rows ended in a stray space ("| EU | 5 days | ").
+    (tmp_path / "rates.html").write_text(
+        f"<html><head><title>Rates</title></head><body><article><h1>Rates</h1><p>{PARAGRAPHS[0]}</p>"
+        "<table><tr><th>Region</th><th>Time</th></tr><tr><td>EU</td><td>5 days</td></tr></table>"
+        f"<p>{PARAGRAPHS[1]}</p></article></body></html>"
+    )
+    [row], _ = read(tmp_path)
+    assert (
+        row["text"] == f"# Rates\n\n{PARAGRAPHS[0]}\n\n| Region | Time |\n|---|---|\n| EU | 5 days |\n\n{PARAGRAPHS[1]}"
+    )
