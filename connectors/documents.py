@@ -486,6 +486,8 @@ def _place(part: Part, numbers: list[int]) -> None:
 
 
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+# What opens a line of a quote or list item: a line of only these once its comment is out holds no text.
+_MARKERS = re.compile(r"[ \t>]*(?:(?:[-*+]|\d{1,9}[.)])[ \t>]*)*")
 
 
 def _without_comments(lines: list[str]) -> tuple[list[str], list[int]]:
@@ -509,7 +511,7 @@ def _without_comments(lines: list[str]) -> tuple[list[str], list[int]]:
     for line, index, cut in rows:
         if cut:
             line = line.rstrip(" \t")
-            if not line.strip(" \t>"):  # nothing but the comment, in a quote or not
+            if _MARKERS.fullmatch(line):  # nothing but the comment, in a quote or list item or not
                 after_comment = True
                 continue
         if not (after_comment and not line.strip() and (not kept or not kept[-1].strip())):

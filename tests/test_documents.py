@@ -1115,7 +1115,7 @@ def test_html_comments_in_markdown_are_not_published_and_lines_still_point_at_th
         f"{PARAGRAPHS[0]} <!-- check with\nfinance --> Abroad: ten days.\n\n"
         f"<!--\nDraft: nobody reads this.\n-->\n\n{PARAGRAPHS[1]}\n\n"
         f"> {PARAGRAPHS[2]}\n> <!-- quoted note -->\n\n`<!-- shown, in code -->`\n\n"
-        "<!-- old section\n# Gift cards\n-->\n# Rates\n\nFive days.\n"
+        "<!-- old section\n# Gift cards\n-->\n# Rates\n\nFive days.\n\n- EU\n- <!-- US: ask -->\n- UK\n"
     )
     (tmp_path / "notes.md").write_text("<!-- only a note to self -->\n")
     rows, aside = read(tmp_path)
@@ -1126,7 +1126,7 @@ def test_html_comments_in_markdown_are_not_published_and_lines_still_point_at_th
             "`<!-- shown, in code -->`",
             3,
         ),
-        ("Refunds › Rates", "# Rates\n\nFive days.", 22),
+        ("Refunds › Rates", "# Rates\n\nFive days.\n\n- EU\n- UK", 22),
     ]
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("notes.md", "no_text")]
     # A chunk past the lines of a comment points at its own line.
