@@ -672,7 +672,9 @@ def _pair_definitions(tree: Any) -> None:
         for child in list(definitions):
             definitions.remove(child)
         definitions.tag, definitions.text = "ul", None
-        for terms, meanings in groups:
+        for group in groups:
+            # An empty term or meaning (a template's blank) would leave a bare ": " in the item.
+            terms, meanings = ([e for e in members if "".join(e.itertext()).strip()] for members in group)
             item = SubElement(definitions, "li")
             for term in terms:
                 term.tag, term.tail = "b", ", "

@@ -1180,13 +1180,16 @@ def test_a_web_pages_definition_list_keeps_each_meaning_with_its_term(tmp_path: 
         "<dd>Service level agreement.</dd><dd>Its <i>internal</i> twin.</dd>"
         "<div><dt>ETA</dt><dd>Estimated time of arrival</dd></div></dl></article></body></html>"
     )
-    (tmp_path / "short.html").write_text("<html><body><dl><dt>RMA</dt><dd>Return authorisation</dd></dl></body></html>")
+    # A blank term (a template's) leaves no bare ": " before its meaning.
+    (tmp_path / "short.html").write_text(
+        "<html><body><dl><dt>RMA</dt><dd>Return authorisation</dd><dt> </dt><dd>Left blank</dd></dl></body></html>"
+    )
     rows, aside = read(tmp_path)
     assert aside == []
     assert [row["text"] for row in rows] == [
         f"# Glossary\n\n{PARAGRAPHS[0]}\n\n- **RMA**: Return merchandise authorisation\n"
         "- **SLA**, **OLA**: Service level agreement. Its *internal* twin.\n- **ETA**: Estimated time of arrival",
-        "- **RMA**: Return authorisation",
+        "- **RMA**: Return authorisation\n- Left blank",
     ]
 
 
