@@ -203,6 +203,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     try:
         document = docx.Document(io.BytesIO(data))
         notes = _notes(document)
+        toc_field = _in_toc_field(document.element.body)
         blocks = list(_blocks(document.element.body, document._body, notes))
         core_title = document.core_properties.title or ""
     except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
@@ -223,7 +224,12 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         else:
             text, style = _paragraph_text(block).strip(), _style_name(block, style_names)
         # A table of contents repeats the headings, with page numbers: a list of them is no text of its own.
-        if not text or _TOC_STYLE.fullmatch(style.casefold()) or _in_table_of_contents(block._element):
+        if (
+            not text
+            or _TOC_STYLE.fullmatch(style.casefold())
+            or _in_table_of_contents(block._element)
+            or block._element in toc_field
+        ):
             continue
         # Word's Title paragraph and the file's title property differ in case as often as not.
         if style == "Title" and (not title or text.casefold() == title.casefold()):
@@ -278,6 +284,30 @@ def _in_table_of_contents(element: Any) -> bool:
         for ancestor in element.iterancestors(qn("w:sdt"))
         if (found := ancestor.find(gallery)) is not None
     )
+
+
+def _in_toc_field(body: Any) -> set[Any]:
+    """The paragraphs whose text is all inside a TOC field's result (the entries Word wrote for it, which
+    other tools may style as they please); fields nest (each entry's PAGEREF), and one spans paragraphs."""
+    from docx.oxml.ns import qn
+
+    paragraph, field_char, instruction, text = qn("w:p"), qn("w:fldChar"), qn("w:instrText"), qn("w:t")
+    fields: list[str] = []  # the instruction of each field open here, outermost first
+    inside: dict[Any, bool] = {}  # paragraph -> whether all its text so far is in a TOC field
+    for element in body.iter(field_char, instruction, text):
+        if element.tag == field_char:
+            kind = element.get(qn("w:fldCharType"))
+            if kind == "begin":
+                fields.append("")
+            elif kind == "end" and fields:
+                fields.pop()
+        elif element.tag == instruction and fields:
+            fields[-1] += element.text or ""
+        elif element.text:
+            owner = next(element.iterancestors(paragraph), None)
+            in_toc = any(field.split()[:1] == ["TOC"] for field in fields)
+            inside[owner] = inside.get(owner, True) and in_toc
+    return {owner for owner, in_toc in inside.items() if in_toc}
 
 
 def _style_name(paragraph: docx.text.paragraph.Paragraph, names: dict[str | None, str]) -> str:

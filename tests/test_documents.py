@@ -1237,3 +1237,50 @@ def test_a_web_pages_table_rows_end_without_a_space(tmp_path: Path) -> None:
     assert (
         row["text"] == f"# Rates\n\n{PARAGRAPHS[0]}\n\n| Region | Time |\n|---|---|\n| EU | 5 days |\n\n{PARAGRAPHS[1]}"
     )
+
+
+def test_a_docx_table_of_contents_field_is_not_published_however_its_entries_are_styled(tmp_path: Path) -> None:
+    # A TOC field's result (its entries, each with a PAGEREF field of its own) in paragraphs of no TOC
+    # style, as tools other than Word write them; the text after the field's end is the document's.
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+    def runs(*parts: str) -> str:
+        found = []
+        for part in parts:
+            if part in ("begin", "separate", "end"):
+                found.append(f'<w:r><w:fldChar w:fldCharType="{part}"/></w:r>')
+            elif part.startswith(" "):
+                found.append(f'<w:r><w:instrText xml:space="preserve">{part}</w:instrText></w:r>')
+            else:
+                found.append(f"<w:r><w:t>{part}</w:t></w:r>")
+        return f"<w:p {w}>{''.join(found)}</w:p>"
+
+    document = docx.Document()
+    body = document.element.body
+    entries = [
+        runs(
+            "begin",
+            ' TOC \\o "1-3" \\h ',
+            "separate",
+            "Refunds ",
+            "begin",
+            " PAGEREF _Toc1 \\h ",
+            "separate",
+            "1",
+            "end",
+        ),
+        runs("Abroad ", "begin", " PAGEREF _Toc2 \\h ", "separate", "2", "end"),
+        runs("end"),
+    ]
+    for index, entry in enumerate(entries):
+        body.insert(index, docx.oxml.parse_xml(entry))
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    # A field of another kind is text as its result reads.
+    document.element.body.insert(
+        len(entries) + 2, docx.oxml.parse_xml(runs("begin", " DATE ", "separate", "9 May", "end"))
+    )
+    document.save(tmp_path / "fields.docx")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["text"], row["source"]["line"]) for row in rows] == [(f"Refunds\n\n{PARAGRAPHS[0]}\n\n9 May", 4)]
