@@ -305,7 +305,7 @@ def _in_toc_field(body: Any) -> set[Any]:
             fields[-1] += element.text or ""
         elif element.text:
             owner = next(element.iterancestors(paragraph), None)
-            in_toc = any(field.split()[:1] == ["TOC"] for field in fields)
+            in_toc = any(field.upper().split()[:1] == ["TOC"] for field in fields)
             inside[owner] = inside.get(owner, True) and in_toc
     return {owner for owner, in_toc in inside.items() if in_toc}
 

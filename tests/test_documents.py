@@ -1260,7 +1260,7 @@ def test_a_docx_table_of_contents_field_is_not_published_however_its_entries_are
     entries = [
         runs(
             "begin",
-            ' TOC \\o "1-3" \\h ',
+            ' toc \\o "1-3" \\h ',
             "separate",
             "Refunds ",
             "begin",
