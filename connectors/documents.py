@@ -68,7 +68,8 @@ class Part:
     page: int | None = None
     line: int | None = None
     section: str | None = None
-    # DOCX: where each paragraph (or table) starts in ``text``, and its number, for a chunk's place
+    # DOCX: where each paragraph (or table) starts in ``text``, and its number, for a chunk's place;
+    # Markdown that had comments left out: where each line starts, and its line in the file
     paragraphs: list[tuple[int, int]] = field(default_factory=list)
 
     def line_at(self, offset: int) -> int | None:
@@ -86,6 +87,8 @@ class Extracted:
     parts: list[Part]
     # PDF pages with no text but a running header or footer, if that (a scanned page, stamped or not)
     blank_pages: list[int] = field(default_factory=list)
+    # A Word file holding pictures: without text, it is a scan put into Word
+    images: bool = False
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -200,6 +203,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
     try:
         document = docx.Document(io.BytesIO(data))
         notes = _notes(document)
+        toc_field = _in_toc_field(document.element.body)
         blocks = list(_blocks(document.element.body, document._body, notes))
         core_title = document.core_properties.title or ""
     except Exception as error:  # python-docx: BadZipFile, KeyError, PackageNotFoundError, XML errors
@@ -219,7 +223,13 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
             text, style = _table_text(block, notes), ""
         else:
             text, style = _paragraph_text(block).strip(), _style_name(block, style_names)
-        if not text:
+        # A table of contents repeats the headings, with page numbers: a list of them is no text of its own.
+        if (
+            not text
+            or _TOC_STYLE.fullmatch(style.casefold())
+            or _in_table_of_contents(block._element)
+            or block._element in toc_field
+        ):
             continue
         # Word's Title paragraph and the file's title property differ in case as often as not.
         if style == "Title" and (not title or text.casefold() == title.casefold()):
@@ -246,7 +256,58 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         current.text = f"{current.text}\n\n{text}" if current.text else text
     if current.text.strip():
         parts.append(current)
-    return Extracted(title or first_heading or stem, parts)
+    images = not parts and _has_images(document.element.body)
+    return Extracted(title or first_heading or stem, parts, images=images)
+
+
+def _has_images(body: Any) -> bool:
+    """Whether a Word body holds a picture (DrawingML's, or VML's of older files)."""
+    blip, imagedata = (
+        "{http://schemas.openxmlformats.org/drawingml/2006/main}blip",
+        "{urn:schemas-microsoft-com:vml}imagedata",
+    )
+    return next(body.iter(blip, imagedata), None) is not None
+
+
+# Word's styles of a table of contents' entries ("toc 1"; "TOC 1" as some tools spell them) and heading,
+# and of a table of figures.
+_TOC_STYLE = re.compile(r"toc \d|toc heading|table of figures")
+
+
+def _in_table_of_contents(element: Any) -> bool:
+    """Whether a paragraph or table is inside the content control Word puts a table of contents in."""
+    from docx.oxml.ns import qn
+
+    gallery = f"{qn('w:sdtPr')}/{qn('w:docPartObj')}/{qn('w:docPartGallery')}"
+    return any(
+        found.get(qn("w:val")) == "Table of Contents"
+        for ancestor in element.iterancestors(qn("w:sdt"))
+        if (found := ancestor.find(gallery)) is not None
+    )
+
+
+def _in_toc_field(body: Any) -> set[Any]:
+    """The paragraphs whose text is all inside a TOC field's result (the entries Word wrote for it, which
+    other tools may style as they please); fields nest (each entry's PAGEREF), and one spans paragraphs."""
+    from docx.oxml.ns import qn
+
+    paragraph, field_char, instruction, text = qn("w:p"), qn("w:fldChar"), qn("w:instrText"), qn("w:t")
+    fields: list[str] = []  # the instruction of each field open here, outermost first
+    inside: dict[Any, bool] = {}  # paragraph -> whether all its text so far is in a TOC field
+    for element in body.iter(field_char, instruction, text):
+        if element.tag == field_char:
+            kind = element.get(qn("w:fldCharType"))
+            if kind == "begin":
+                fields.append("")
+            elif kind == "end" and fields:
+                fields.pop()
+        elif element.tag == instruction and fields:
+            fields[-1] += element.text or ""
+        elif element.text:
+            owner = next(element.iterancestors(paragraph), None)
+            in_toc = any(field.upper().split()[:1] == ["TOC"] for field in fields)
+            inside[owner] = inside.get(owner, True) and in_toc
+    return {owner for owner, in_toc in inside.items() if in_toc}
 
 
 def _style_name(paragraph: docx.text.paragraph.Paragraph, names: dict[str | None, str]) -> str:
@@ -424,7 +485,8 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             found = next((value for key, value in front_matter.items() if str(key).lower() == "title"), None)
             title = str(found).strip() or None if isinstance(found, str | int | float) else None
             offset = end + 1
-    body = lines[offset:]
+    # HTML comments are the writer's notes to other writers ("TODO: ask legal"), which no reader sees.
+    body, origin = _without_comments(lines[offset:])
     parts: list[Part] = []
     starts = [(0, 0, None), *_headings("\n".join(body)), (len(body), len(body), None)]
     joined = None  # the first line of headings with no text of their own: they open the next section
@@ -435,11 +497,97 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
             joined = first if joined is None else joined  # "# Security" over "## Passwords": not a record alone
             continue
         first, joined = first if joined is None else joined, None
-        part = Part("", line=offset + first + 1, section=None if name is None else name[1])
+        part = Part("", line=first, section=None if name is None else name[1])
         # The text before the first heading may be blank, or only a rule (``---`` over a setext heading).
         if not _no_text(body[first:after]) and _set_text(part, "\n".join(body[first:after])):
+            _place(part, [offset + origin[line] + 1 for line in range(part.line, after)])
             parts.append(part)
     return title, parts
+
+
+def _place(part: Part, numbers: list[int]) -> None:
+    """Point the part at the file's line of its first line, ``numbers`` being the file's line of each of
+    its lines: where a comment's lines were left out between them, each line of the text says its own."""
+    starts = [0, *(found.end() for found in re.finditer("\n", part.text))]
+    numbers = numbers[: len(starts)]  # blank lines after the text are not in it
+    part.line = numbers[0]
+    if numbers[-1] - numbers[0] != len(numbers) - 1:
+        part.paragraphs = list(zip(starts, numbers, strict=True))
+
+
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+# What opens a line of a quote or list item: a line of only these once its comment is out holds no text.
+_MARKERS = re.compile(r"[ \t>]*(?:(?:[-*+]|\d{1,9}[.)])[ \t>]*)*")
+
+
+def _without_comments(lines: list[str]) -> tuple[list[str], list[int]]:
+    """Markdown ``lines`` less their HTML comments, and the index in ``lines`` of each line left: a line
+    that held only comments goes, with a blank line that would follow another blank one."""
+    text = "\n".join(lines)
+    spans = _comment_spans(text)
+    if not spans:
+        return lines, list(range(len(lines)))
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
+    rows = [(line, index, False) for index, line in enumerate(lines)]
+    for start, end in reversed(spans):  # from the end, so the lines and columns of those before hold
+        first, last = bisect.bisect_right(starts, start) - 1, bisect.bisect_right(starts, end - 1) - 1
+        head, tail = rows[first][0][: start - starts[first]], rows[last][0][end - starts[last] :]
+        if head.endswith((" ", "\t")):  # "five days <!-- check --> abroad": one space between the words
+            tail = tail.lstrip(" \t")
+        rows[first : last + 1] = [(head + tail, first, True)]
+    kept: list[str] = []
+    origin: list[int] = []
+    after_comment = False
+    for line, index, cut in rows:
+        if cut:
+            line = line.rstrip(" \t")
+            if _MARKERS.fullmatch(line):  # nothing but the comment, in a quote or list item or not
+                after_comment = True
+                continue
+        if not (after_comment and not line.strip() and (not kept or not kept[-1].strip())):
+            kept.append(line)
+            origin.append(index)
+        after_comment = False
+    return kept, origin
+
+
+def _comment_spans(text: str) -> list[tuple[int, int]]:
+    """Where the HTML comments of Markdown ``text`` are, as CommonMark reads them (in an HTML block, or
+    inline in a paragraph or heading; not in code), as offsets into ``text``, in order."""
+    from markdown_it import MarkdownIt
+
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in text.split("\n"))]
+    spans = []
+    for token in MarkdownIt("commonmark").parse(text):
+        if token.map is None:
+            continue
+        begin, end = starts[token.map[0]], starts[token.map[1]] - 1
+        if token.type == "html_block":
+            spans += [found.span() for found in _COMMENT.finditer(text, begin, end)]
+        elif token.type == "inline":
+            spans += _inline_comments(token, text, begin, end)
+    return spans
+
+
+def _inline_comments(inline: Any, text: str, begin: int, end: int) -> list[tuple[int, int]]:
+    """The comments markdown-it found in an inline token, found in ``text[begin:end]``, its source, in
+    their order, past any code span that shows one (`` `<!-- -->` ``, which is text)."""
+    spans = []
+    cursor = begin
+    for child in inline.children or []:
+        if child.type == "code_inline":
+            ticks = re.compile(f"(?<!`){child.markup}(?!`)")
+            opening = ticks.search(text, cursor, end)
+            closing = ticks.search(text, opening.end(), end) if opening else None
+            cursor = closing.end() if closing else cursor
+        elif child.type == "html_inline" and child.content.startswith("<!--"):
+            # A comment over lines of a quote or list item is given without their "> " or indentation.
+            lines = [re.escape(line.strip(" \t")) for line in child.content.split("\n")]
+            found = re.compile(r"[ \t]*\n[ \t>]*".join(lines)).search(text, cursor, end)
+            if found:
+                spans.append(found.span())
+                cursor = found.end()
+    return spans
 
 
 def _no_text(lines: list[str]) -> bool:
@@ -517,13 +665,15 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         strip_tags(tree, "time")
         for caption in tree.iter("figcaption"):
             caption.tag = "p"
+        _pair_definitions(tree)
         # What trafilatura's extraction leaves out anyway (buttons, forms, figures, <nav>, <noscript>, which
         # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
         tree = tree_cleaning(tree, Extractor(output_format="markdown", tables=True, comments=False, recall=True))
-    body = _main_content(tree)
+    # trafilatura ends each row of a Markdown table with a space ("| EU | 5 days | "): no text of the page's.
+    body = re.sub(r"[ \t]+$", "", _main_content(tree) or "", flags=re.MULTILINE)
     metadata = trafilatura.extract_metadata(html)
-    first_heading, parts = markdown_sections(body or "")
+    first_heading, parts = markdown_sections(body)
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
         part.text = _unescape_markdown(part.text)
@@ -531,6 +681,41 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
     title = (metadata.title if metadata is not None else None) or first_heading or stem
     return Extracted(title, parts)
+
+
+def _pair_definitions(tree: Any) -> None:
+    """Make each definition list a list of "**Term**: meaning" items: trafilatura made one flat list of its
+    terms and meanings, which lost which meaning is whose. Terms of one meaning ("SLA", "OLA") share an
+    item, as do the meanings of one term."""
+    from lxml.etree import SubElement
+
+    for definitions in list(tree.iter("dl")):
+        groups: list[tuple[list[Any], list[Any]]] = []
+        # HTML lets a div wrap each term and its meanings.
+        entries = [e for child in definitions for e in (child if child.tag == "div" else [child])]
+        for entry in entries:
+            if entry.tag == "dt" and (not groups or groups[-1][1]):
+                groups.append(([entry], []))
+            elif entry.tag in ("dt", "dd"):
+                groups = groups or [([], [])]  # a meaning before any term
+                groups[-1][entry.tag == "dd"].append(entry)
+        for child in list(definitions):
+            definitions.remove(child)
+        definitions.tag, definitions.text = "ul", None
+        for group in groups:
+            # An empty term or meaning (a template's blank) would leave a bare ": " in the item.
+            terms, meanings = ([e for e in members if "".join(e.itertext()).strip()] for members in group)
+            item = SubElement(definitions, "li")
+            for term in terms:
+                term.tag, term.tail = "b", ", "
+            for meaning in meanings:
+                ended = "".join(meaning.itertext()).rstrip().endswith((".", "!", "?", ";", ":"))
+                meaning.tag, meaning.tail = "span", " " if ended else "; "
+            if terms:
+                terms[-1].tail = ": " if meanings else None
+            if meanings:
+                meanings[-1].tail = None
+            item.extend(terms + meanings)
 
 
 def _main_content(tree: Any) -> str | None:
@@ -664,6 +849,16 @@ EXTRACTORS = {
 }
 
 
+# Why a document has no text, as far as its kind tells: only a PDF, or a Word file of pictures, is a scan.
+NO_TEXT = {
+    "scan": "no text found (a scanned document needs OCR first)",
+    "docx": "no text found: the Word file is empty (or holds only empty paragraphs and tables)",
+    "html": "no text found in the page's main content (it is empty, or only navigation, forms or markup)",
+    "markdown": "no text found: the file is empty (or holds only blank lines, rules, front matter or comments)",
+    "text": "no text found: the file is empty (or holds only blank lines)",
+}
+
+
 # --- the source --------------------------------------------------------------------------------------
 
 
@@ -695,9 +890,11 @@ class DocumentsSourceReader(ListedFiles):
         name = posixpath.basename(entry.uri)
         stem, suffix = posixpath.splitext(name)
         try:
-            extracted = EXTRACTORS[KINDS[suffix.lower()]](data, stem)
+            kind = KINDS[suffix.lower()]
+            extracted = EXTRACTORS[kind](data, stem)
             if not extracted.parts:
-                raise DocumentError("no_text", "no text found (a scanned document needs OCR first)")
+                scan = kind == "pdf" or extracted.images
+                raise DocumentError("no_text", NO_TEXT["scan" if scan else kind])
         except DocumentError as problem:
             return SourceBatch(
                 rows=pa.table({}), set_aside=self._quarantine(entry.uri, problem), input_bytes=entry.size

@@ -1039,7 +1039,7 @@ def test_a_short_web_page_keeps_its_headings_past_elements_trafilatura_leaves_ou
     assert aside == []
     assert [(row["title"], row["text"]) for row in rows] == [
         ("Returns policy", "# Returns policy\n\nThe warehouse is closed until 9 January, when orders ship again."),
-        ("Returns policy › International", "## International\n\n| EU | 5 days | \n\nDelivery times"),
+        ("Returns policy › International", "## International\n\n| EU | 5 days |\n\nDelivery times"),
     ]
 
 
@@ -1105,3 +1105,182 @@ def test_a_short_web_page_without_an_article_keeps_its_headings(tmp_path: Path) 
         ("Refunds", PARAGRAPHS[0]),
         ("Refunds › Abroad", f"## Abroad\n\n{PARAGRAPHS[1]}"),
     ]
+
+
+def test_html_comments_in_markdown_are_not_published_and_lines_still_point_at_the_text(tmp_path: Path) -> None:
+    # Writers' notes to each other ("TODO: ask legal") were published as text, and a file holding only a
+    # comment was a record of it. A comment in code is the code's text, and stays.
+    (tmp_path / "guide.md").write_text(
+        "<!-- TODO: ask legal -->\n\n# Refunds <!-- rename? -->\n\n"
+        f"{PARAGRAPHS[0]} <!-- check with\nfinance --> Abroad: ten days.\n\n"
+        f"<!--\nDraft: nobody reads this.\n-->\n\n{PARAGRAPHS[1]}\n\n"
+        f"> {PARAGRAPHS[2]}\n> <!-- quoted note -->\n\n`<!-- shown, in code -->`\n\n"
+        "<!-- old section\n# Gift cards\n-->\n# Rates\n\nFive days.\n\n- EU\n- <!-- US: ask -->\n- UK\n"
+    )
+    (tmp_path / "notes.md").write_text("<!-- only a note to self -->\n")
+    rows, aside = read(tmp_path)
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        (
+            "Refunds",
+            f"# Refunds\n\n{PARAGRAPHS[0]} Abroad: ten days.\n\n{PARAGRAPHS[1]}\n\n> {PARAGRAPHS[2]}\n\n"
+            "`<!-- shown, in code -->`",
+            3,
+        ),
+        ("Refunds › Rates", "# Rates\n\nFive days.\n\n- EU\n- UK", 22),
+    ]
+    assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("notes.md", "no_text")]
+    # A chunk past the lines of a comment points at its own line.
+    rows, _ = read(tmp_path / "guide.md", chunk=ChunkConfig(max_chars=120, overlap_chars=0))
+    assert [(row["text"].split()[0], row["source"]["line"]) for row in rows] == [
+        ("#", 3),
+        ("Customers", 12),
+        (">", 14),
+        ("`<!--", 17),
+        ("#", 22),
+    ]
+
+
+def test_a_document_without_text_is_said_to_need_ocr_only_where_it_may_be_a_scan(tmp_path: Path) -> None:
+    # Every empty file was told "a scanned document needs OCR first": an empty .txt or .md too.
+    from PIL import Image
+
+    pdf = FPDF()
+    pdf.add_page()
+    (tmp_path / "scan.pdf").write_bytes(bytes(pdf.output()))
+    png = io.BytesIO()
+    Image.new("RGB", (40, 20), "white").save(png, format="PNG")
+    document = docx.Document()
+    document.add_picture(png)
+    document.save(tmp_path / "scan.docx")
+    docx.Document().save(tmp_path / "blank.docx")
+    (tmp_path / "blank.md").write_text("---\ntitle: Draft\n---\n\n")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    (tmp_path / "blank.html").write_text("<html><body><nav><a href='/'>Home</a></nav></body></html>")
+    rows, aside = read(tmp_path)
+    assert rows == []
+    ocr = {a["source"]["uri"].rsplit("/", 1)[1]: "OCR" in a["detail"] for a in aside}
+    assert ocr == {
+        "blank.docx": False,
+        "blank.html": False,
+        "blank.md": False,
+        "blank.txt": False,
+        "scan.docx": True,
+        "scan.pdf": True,
+    }
+    assert {a["reason"] for a in aside} == {"no_text"}
+    assert all(a["detail"].startswith(f"{a['source']['uri']}: no text found") for a in aside)
+
+
+def test_a_web_pages_definition_list_keeps_each_meaning_with_its_term(tmp_path: Path) -> None:
+    # trafilatura made a flat list of terms and meanings ("- RMA\n- Return ...\n- SLA"): which meaning is
+    # whose was lost.
+    (tmp_path / "glossary.html").write_text(
+        f"<html><head><title>Glossary</title></head><body><article><h1>Glossary</h1><p>{PARAGRAPHS[0]}</p>"
+        "<dl><dt>RMA</dt><dd>Return merchandise authorisation</dd><dt>SLA</dt><dt>OLA</dt>"
+        "<dd>Service level agreement.</dd><dd>Its <i>internal</i> twin.</dd>"
+        "<div><dt>ETA</dt><dd>Estimated time of arrival</dd></div></dl></article></body></html>"
+    )
+    # A blank term (a template's) leaves no bare ": " before its meaning.
+    (tmp_path / "short.html").write_text(
+        "<html><body><dl><dt>RMA</dt><dd>Return authorisation</dd><dt> </dt><dd>Left blank</dd></dl></body></html>"
+    )
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [row["text"] for row in rows] == [
+        f"# Glossary\n\n{PARAGRAPHS[0]}\n\n- **RMA**: Return merchandise authorisation\n"
+        "- **SLA**, **OLA**: Service level agreement. Its *internal* twin.\n- **ETA**: Estimated time of arrival",
+        "- **RMA**: Return authorisation\n- Left blank",
+    ]
+
+
+def test_a_docx_table_of_contents_is_not_published(tmp_path: Path) -> None:
+    # Its entries ("Refunds\t2") repeat the headings with page numbers: they were a record of their own.
+    from docx.enum.style import WD_STYLE_TYPE
+
+    document = docx.Document()
+    document.add_paragraph("Returns Policy", style="Title")
+    document.add_paragraph("Contents", style="TOC Heading")
+    for level, entry in [(1, "Refunds\t2"), (2, "Abroad\t2")]:
+        document.styles.add_style(f"toc {level}", WD_STYLE_TYPE.PARAGRAPH)
+        document.add_paragraph(entry, style=f"toc {level}")
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    document.save(tmp_path / "styled.docx")
+    # Word puts its table of contents in a content control of the "Table of Contents" gallery.
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    document = docx.Document()
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    toc = (
+        f'<w:sdt {w}><w:sdtPr><w:docPartObj><w:docPartGallery w:val="Table of Contents"/></w:docPartObj></w:sdtPr>'
+        "<w:sdtContent><w:p><w:r><w:t>Contents</w:t></w:r></w:p><w:p><w:r><w:t>Refunds 1</w:t></w:r></w:p>"
+        "</w:sdtContent></w:sdt>"
+    )
+    document.element.body.insert(0, docx.oxml.parse_xml(toc))
+    document.save(tmp_path / "control.docx")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["title"], row["text"], row["source"]["line"]) for row in rows] == [
+        ("Refunds", f"Refunds\n\n{PARAGRAPHS[0]}", 3),
+        ("Returns Policy › Refunds", f"Refunds\n\n{PARAGRAPHS[0]}", 5),
+    ]
+
+
+def test_a_web_pages_table_rows_end_without_a_space(tmp_path: Path) -> None:
+    # trafilatura's Markdown table rows ended in a stray space ("| EU | 5 days | ").
+    (tmp_path / "rates.html").write_text(
+        f"<html><head><title>Rates</title></head><body><article><h1>Rates</h1><p>{PARAGRAPHS[0]}</p>"
+        "<table><tr><th>Region</th><th>Time</th></tr><tr><td>EU</td><td>5 days</td></tr></table>"
+        f"<p>{PARAGRAPHS[1]}</p></article></body></html>"
+    )
+    [row], _ = read(tmp_path)
+    assert (
+        row["text"] == f"# Rates\n\n{PARAGRAPHS[0]}\n\n| Region | Time |\n|---|---|\n| EU | 5 days |\n\n{PARAGRAPHS[1]}"
+    )
+
+
+def test_a_docx_table_of_contents_field_is_not_published_however_its_entries_are_styled(tmp_path: Path) -> None:
+    # A TOC field's result (its entries, each with a PAGEREF field of its own) in paragraphs of no TOC
+    # style, as tools other than Word write them; the text after the field's end is the document's.
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+    def runs(*parts: str) -> str:
+        found = []
+        for part in parts:
+            if part in ("begin", "separate", "end"):
+                found.append(f'<w:r><w:fldChar w:fldCharType="{part}"/></w:r>')
+            elif part.startswith(" "):
+                found.append(f'<w:r><w:instrText xml:space="preserve">{part}</w:instrText></w:r>')
+            else:
+                found.append(f"<w:r><w:t>{part}</w:t></w:r>")
+        return f"<w:p {w}>{''.join(found)}</w:p>"
+
+    document = docx.Document()
+    body = document.element.body
+    entries = [
+        runs(
+            "begin",
+            ' toc \\o "1-3" \\h ',
+            "separate",
+            "Refunds ",
+            "begin",
+            " PAGEREF _Toc1 \\h ",
+            "separate",
+            "1",
+            "end",
+        ),
+        runs("Abroad ", "begin", " PAGEREF _Toc2 \\h ", "separate", "2", "end"),
+        runs("end"),
+    ]
+    for index, entry in enumerate(entries):
+        body.insert(index, docx.oxml.parse_xml(entry))
+    document.add_heading("Refunds", level=1)
+    document.add_paragraph(PARAGRAPHS[0])
+    # A field of another kind is text as its result reads.
+    document.element.body.insert(
+        len(entries) + 2, docx.oxml.parse_xml(runs("begin", " DATE ", "separate", "9 May", "end"))
+    )
+    document.save(tmp_path / "fields.docx")
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert [(row["text"], row["source"]["line"]) for row in rows] == [(f"Refunds\n\n{PARAGRAPHS[0]}\n\n9 May", 4)]
