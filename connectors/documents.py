@@ -459,7 +459,7 @@ def _table_text(table: docx.table.Table, notes: Notes) -> str:
                 "\n".join(_table_text(b, notes) if isinstance(b, Table) else _paragraph_text(b) for b in blocks).strip()
             )
         if any(texts):  # an empty row (a table of blank cells to fill in) is no text
-            lines.append(" | ".join(texts))
+            lines.append(" | ".join(texts).rstrip())  # an empty last cell leaves no trailing space
     return "\n".join(lines)
 
 

@@ -1081,7 +1081,7 @@ def test_a_docx_table_of_blank_cells_is_no_text(tmp_path: Path) -> None:
     document.save(tmp_path / "rates.docx")
     rows, aside = read(tmp_path)
     assert [(row["title"], row["text"]) for row in rows] == [
-        ("Rates", "Rates\n\nEU | 5 days\nUS | "),
+        ("Rates", "Rates\n\nEU | 5 days\nUS |"),
         ("Rates › Contacts", "Signatures\n\nContacts\n\nThe risk team."),
     ]
     assert [(a["source"]["uri"].rsplit("/", 1)[1], a["reason"]) for a in aside] == [("form.docx", "no_text")]
