@@ -105,3 +105,11 @@ def test_a_task_without_a_record_id_is_taken_when_spans_marked_not_pii_since_its
     tasks[0]["data"]["text"] = "Call Ada at <EMAIL>"
     with pytest.raises(LabelStudioError, match=r"task 0 .* has no data.record_id, and its dataset and text are not"):
         import_annotations(engine, annotated(tasks, "reject"), "pia")
+
+
+def test_tasks_exported_before_gone_and_gone_note_existed_are_imported(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    tasks = export_tasks(engine, {"kind": "pii"})
+    for task in tasks:
+        del task["data"]["gone"], task["data"]["gone_note"]
+    assert import_annotations(engine, annotated(tasks, "reject"), "pia")["reject"] == 2
