@@ -148,6 +148,14 @@ def test_items_no_longer_in_the_input_are_counted_apart_from_those_left_to_do(tm
     assert counts() == ("0", "1")  # the work is done; item 2 stays open, and said to be so
     version = client.get("/datasets/notes/v1").text
     assert "0 pii" in version and 'id="gone-items">1</span> open, no longer in the input' in version
+    # Its link lists what the counts beside it count: the open items left, not item 2.
+    link = html.unescape(re.search(r'<a href="([^"]+)" id="version-queue">', version).group(1))
+    assert '<tr class="status-' not in client.get(link).text
+    dec.undo_last(engine, "rita")  # item 3 open again: listed, and counted
+    version = client.get("/datasets/notes/v1").text
+    assert "1 pii" in version
+    listed = re.findall(r'<td><a href="/items/(\d+)[^"]*">\d+</a>', client.get(link).text)
+    assert listed == ["3"], listed
 
 
 def test_label_studio_tasks_say_which_records_are_no_longer_in_the_input(tmp_path: Path) -> None:

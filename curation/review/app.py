@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import anyio
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathPart
@@ -29,6 +30,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
@@ -67,6 +69,8 @@ FILTERS = ("dataset", "version", "kind", "status", "gone")
 GONE_FILTER = ("hide", "only", "show")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
 MAX_LISTED = 500  # rows a page of the queue lists (the counts cover them all)
+# How often a sign-in waiting for another of its name or address (one at a time) tries again.
+SIGN_IN_RETRY_SECONDS = 0.02
 
 
 class StalePage(HTTPException):
@@ -227,24 +231,39 @@ def create_app(
     def login_form(request: Request, next: str = "/") -> Response:
         return render(request, "login.html", None, next=_safe_next(next))
 
-    @app.post("/login")
-    def login(request: Request, form: CheckedForm) -> Response:
-        name, next_page = str(form.get("username", "")), _safe_next(str(form.get("next", "/")))
-        address = request.client.host if request.client else ""
-        with sign_in_limits.attempt(name, address):
+    def try_sign_in(name: str, address: str, password: str) -> tuple[int, User | None] | None:
+        """Seconds to wait before trying again (0 when not told to) and the user the password signs in;
+        None while another sign-in of the name or from the address is being checked."""
+        with sign_in_limits.attempt(name, address) as held:
+            if not held:
+                return None
             wait = sign_in_limits.wait(name, address)
             if wait:
-                response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
-                response.headers["Retry-After"] = str(wait)
-                return response
-            user = authenticate(engine, name, str(form.get("password", "")))
+                return wait, None
+            user = authenticate(engine, name, password)
             if user is None:
                 sign_in_limits.failed(name, address)
-                return render(request, "login.html", None, 401, next=next_page, failed=True)
-            sign_in_limits.succeeded(name)
-        end_session(engine, request.session.get("session"))
+            else:
+                sign_in_limits.succeeded(name)
+            return 0, user
+
+    @app.post("/login")
+    async def login(request: Request, form: CheckedForm) -> Response:
+        name, next_page = str(form.get("username", "")), _safe_next(str(form.get("next", "/")))
+        address = request.client.host if request.client else ""
+        # The hash in a worker thread; the turn waited for here, on the event loop, holding no thread.
+        while (outcome := await run_in_threadpool(try_sign_in, name, address, str(form.get("password", "")))) is None:
+            await anyio.sleep(SIGN_IN_RETRY_SECONDS)
+        wait, user = outcome
+        if wait:
+            response = render(request, "login.html", None, 429, next=next_page, wait_minutes=math.ceil(wait / 60))
+            response.headers["Retry-After"] = str(wait)
+            return response
+        if user is None:
+            return render(request, "login.html", None, 401, next=next_page, failed=True)
+        await run_in_threadpool(end_session, engine, request.session.get("session"))
         request.session.clear()  # a new session on sign-in: nothing from before carries over
-        request.session["session"] = start_session(engine, user.name)
+        request.session["session"] = await run_in_threadpool(start_session, engine, user.name)
         return RedirectResponse(next_page, status_code=303)
 
     @app.post("/logout")

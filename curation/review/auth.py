@@ -184,15 +184,21 @@ class SignInLimits:
         self._locks = [threading.Lock() for _ in range(64)]
 
     @contextmanager
-    def attempt(self, name: str, address: str) -> Iterator[None]:
+    def attempt(self, name: str, address: str) -> Iterator[bool]:
         """Held while one sign-in of ``name`` from ``address`` is checked, verified and counted: sign-ins
         of one name, or from one address, are taken one at a time. Checked at once, a burst of guesses
-        would all pass ``wait`` before the first of them failed, each one a guess past the limit."""
+        would all pass ``wait`` before the first of them failed, each one a guess past the limit.
+
+        Says whether it is held: not when another such sign-in is, for the caller to try again. Waiting
+        here, a burst of sign-ins from one address would hold every worker thread of the page."""
         stripes = sorted({hash((kind, key)) % len(self._locks) for kind, key in (("name", name), ("address", address))})
         with ExitStack() as held:
             for stripe in stripes:
-                held.enter_context(self._locks[stripe])
-            yield
+                if not self._locks[stripe].acquire(blocking=False):
+                    yield False
+                    return
+                held.callback(self._locks[stripe].release)
+            yield True
 
     def wait(self, name: str, address: str) -> int:
         """Seconds until ``name`` may try again from ``address``; 0 when it may now."""

@@ -79,6 +79,17 @@ def get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
     return dict(row._mapping)
 
 
+def get_items(engine: sa.Engine, item_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """``get_item`` of each of these ids that names an item, a chunk of ids a query."""
+    create_tables(engine)
+    found: dict[int, dict[str, Any]] = {}
+    with engine.connect() as db:
+        for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+            rows = db.execute(review_items.select().where(review_items.c.item_id.in_(chunk)))
+            found.update((row.item_id, dict(row._mapping)) for row in rows)
+    return found
+
+
 def known_values(item: dict[str, Any]) -> dict[str, str]:
     """Record fields whose value the flag's payload holds (to prefill an edit and record "before")."""
     payload = json.loads(item["payload"] or "{}")
@@ -131,14 +142,18 @@ def revision(db: sa.Engine | sa.Connection, item_id: int) -> str:
 
 def revisions(engine: sa.Engine, item_ids: list[int]) -> dict[int, str]:
     """``revision`` of each of ``item_ids``, asked a chunk of items at a time (an export of the queue)."""
+    with engine.connect() as conn:
+        return _revisions(conn, item_ids)
+
+
+def _revisions(conn: sa.Connection, item_ids: list[int]) -> dict[int, str]:
     found = {item_id: _revision_text(None, 0) for item_id in item_ids}
     query = sa.select(
         decisions.c.item_id, sa.func.max(decisions.c.decision_id), sa.func.count(decisions.c.undone_at)
     ).group_by(decisions.c.item_id)
-    with engine.connect() as conn:
-        for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
-            for item_id, latest, undone in conn.execute(query.where(decisions.c.item_id.in_(chunk))):
-                found[item_id] = _revision_text(latest, undone)
+    for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+        for item_id, latest, undone in conn.execute(query.where(decisions.c.item_id.in_(chunk))):
+            found[item_id] = _revision_text(latest, undone)
     return found
 
 
@@ -160,34 +175,85 @@ def decide(
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=review_items.c.status))
         check_seen(db, item_id, seen, action)
         status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
-        before: dict[str, Any] = {"status": status}
-        after: dict[str, Any] = {"status": STATUS_OF[action]}
-        status = after["status"]
-        if action == "edit" and edit is not None:
-            # Only this edit's own values: it adds to the edits in force when they are read (see
-            # ``in_force``), so undoing an earlier one takes out that one alone.
-            after.update(edit.as_json())
-            # The values the edit replaces: an edit's in force, else what the flag showed.
-            previous = _in_force_for_item(db, item_id)
-            earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
-            known = {**known_values(item), **earlier}
-            before["fields"] = {name: known.get(name) for name in edit.fields}
-            if previous and previous["action"] == "keep":
-                status = STATUS_OF["keep"]  # the keep stands, with the edit (see ``in_force``)
-        decision_id = db.execute(
-            decisions.insert().values(
-                item_id=item_id,
-                dataset=item["dataset"],
-                record_id=item["record_id"],
-                user=user,
-                at=_now(),
-                action=action,
-                before=json.dumps(before),
-                after=json.dumps(after),
-            )
-        ).inserted_primary_key[0]
+        previous = _in_force_for_item(db, item_id) if action == "edit" else None
+        row, status = _decision_row(item, user, action, edit, status, previous)
+        decision_id = db.execute(decisions.insert().values(**row)).inserted_primary_key[0]
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=status))
     return int(decision_id)
+
+
+def _decision_row(
+    item: dict[str, Any], user: str, action: str, edit: Edit | None, status: str, previous: dict[str, Any] | None
+) -> tuple[dict[str, Any], str]:
+    """The decision's row, and the item's status after it: ``status`` is the item's before, ``previous``
+    the decision in force on it (``in_force``; needed for an edit only)."""
+    before: dict[str, Any] = {"status": status}
+    after: dict[str, Any] = {"status": STATUS_OF[action]}
+    status = after["status"]
+    if action == "edit" and edit is not None:
+        # Only this edit's own values: it adds to the edits in force when they are read (see
+        # ``in_force``), so undoing an earlier one takes out that one alone.
+        after.update(edit.as_json())
+        # The values the edit replaces: an edit's in force, else what the flag showed.
+        earlier = json.loads(previous["after"]).get("fields", {}) if previous else {}
+        known = {**known_values(item), **earlier}
+        before["fields"] = {name: known.get(name) for name in edit.fields}
+        if previous and previous["action"] == "keep":
+            status = STATUS_OF["keep"]  # the keep stands, with the edit (see ``in_force``)
+    row = {
+        "item_id": item["item_id"],
+        "dataset": item["dataset"],
+        "record_id": item["record_id"],
+        "user": user,
+        "at": _now(),
+        "action": action,
+        "before": json.dumps(before),
+        "after": json.dumps(after),
+    }
+    return row, status
+
+
+def decide_all(
+    engine: sa.Engine, user: str, wanted: list[tuple[dict[str, Any], str, Edit | None, str | None]]
+) -> set[int]:
+    """``decide`` on many items (each an item, as ``get_item`` reads it, checked with ``check_decision``;
+    an action; an edit; ``seen``), a transaction and a few statements a chunk of items rather than
+    several per item (a Label Studio import of a whole queue). Returns the items not decided on because
+    they changed since ``seen`` (``StaleDecision``)."""
+    stale: set[int] = set()
+    # An item twice among them is decided on in a later round: after the first, as ``decide`` would be.
+    rounds: list[list[tuple[dict[str, Any], str, Edit | None, str | None]]] = []
+    taken: dict[int, int] = {}
+    for one in wanted:
+        place = taken.get(one[0]["item_id"], 0)
+        taken[one[0]["item_id"]] = place + 1
+        if place == len(rounds):
+            rounds.append([])
+        rounds[place].append(one)
+    for chunk in (chunk for round_ in rounds for chunk in batched(round_, IDS_PER_QUERY)):
+        ids = [item["item_id"] for item, *_ in chunk]
+        these = review_items.c.item_id.in_(ids)
+        with engine.begin() as db:
+            # Locked first, as ``decide`` locks its one item: a decision or undo on one of them at once waits.
+            db.execute(review_items.update().where(these).values(status=review_items.c.status))
+            now_seen = _revisions(db, ids)
+            statuses = dict(db.execute(sa.select(review_items.c.item_id, review_items.c.status).where(these)).all())
+            edited = [item["item_id"] for item, action, *_ in chunk if action == "edit"]
+            previous = _in_force_per_item(db, decisions.c.item_id.in_(edited)) if edited else {}
+            rows, after = [], {}
+            for item, action, edit, seen in chunk:
+                item_id = item["item_id"]
+                if seen is not None and seen != now_seen[item_id]:
+                    stale.add(item_id)
+                    continue
+                row, after[item_id] = _decision_row(item, user, action, edit, statuses[item_id], previous.get(item_id))
+                rows.append(row)
+            if rows:
+                db.execute(decisions.insert(), rows)
+            for status in set(after.values()):
+                ids = [item_id for item_id, now in after.items() if now == status]
+                db.execute(review_items.update().where(review_items.c.item_id.in_(ids)).values(status=status))
+    return stale
 
 
 def check_seen(db: sa.Engine | sa.Connection, item_id: int, seen: str | None, action: str) -> None:
@@ -285,7 +351,11 @@ def _in_force_for_item(engine: sa.Engine | sa.Connection, item_id: int) -> dict[
 
 def holds_already(engine: sa.Engine, item_id: int, action: str, edit: Edit | None = None) -> bool:
     """Whether the decisions in force on the item already say this (an export imported twice)."""
-    current = _in_force_for_item(engine, item_id)
+    return holds(_in_force_for_item(engine, item_id), action, edit)
+
+
+def holds(current: dict[str, Any] | None, action: str, edit: Edit | None = None) -> bool:
+    """``holds_already``, given the decision in force on the item (``in_force_on``)."""
     if current is None or current["action"] != action:
         return False
     if action != "edit" or edit is None:
@@ -295,6 +365,15 @@ def holds_already(engine: sa.Engine, item_id: int, action: str, edit: Edit | Non
     return all(fields.get(name) == value for name, value in edit.fields.items()) and all(
         tuple(span) in spans for span in edit.not_pii
     )
+
+
+def in_force_on(engine: sa.Engine, item_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The decision in force (``in_force``) on each of these items that has one, a chunk of items a query."""
+    found: dict[int, dict[str, Any]] = {}
+    with engine.connect() as db:
+        for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+            found.update(_in_force_per_item(db, decisions.c.item_id.in_(chunk)))
+    return found
 
 
 def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
@@ -613,7 +692,7 @@ def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str
     uncertain ones, which are all of them when redacting with them alone gives the published text.
     None when the flag cannot say.
     """
-    original, redactions = payload.get("original"), _all_redactions(payload)
+    original, redactions = payload.get("original"), all_redactions(payload)
     if original is None or "field" not in payload or redactions is None:
         return None
     return redacted(original, [span for span in redactions if (span["start"], span["end"]) not in not_pii])
@@ -621,7 +700,11 @@ def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str
 
 def not_pii_in_force(engine: sa.Engine, item_id: int) -> set[tuple[str, int, int]]:
     """The spans of a PII item that the decisions in force on it mark not PII."""
-    current = _in_force_for_item(engine, item_id)
+    return not_pii_of(_in_force_for_item(engine, item_id))
+
+
+def not_pii_of(current: dict[str, Any] | None) -> set[tuple[str, int, int]]:
+    """The spans a decision in force (``in_force_on``) marks not PII."""
     after = json.loads(current["after"]) if current else {}
     return {(name, int(start), int(end)) for name, start, end in after.get("not_pii", [])}
 
@@ -632,7 +715,7 @@ def fields_in_force(engine: sa.Engine, item_id: int) -> dict[str, str]:
     return dict(json.loads(current["after"]).get("fields", {})) if current else {}
 
 
-def _all_redactions(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
+def all_redactions(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Every redaction of a PII flag's field (a flag written before they were kept: its uncertain
     spans, when they are all of them); None when the flag cannot say."""
     original, redactions = payload.get("original"), payload.get("redactions")
@@ -671,7 +754,7 @@ def carried_over(
         at = _inside(clear, start, end)
         if at is not None:
             found[(at, at + end - start)] = original[start:end]
-    redactions = _all_redactions(payload)
+    redactions = all_redactions(payload)
     if redactions:
         shown = SequenceMatcher(None, redacted(original, redactions), value, autojunk=False).get_matching_blocks()
         shift = 0

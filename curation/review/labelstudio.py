@@ -20,6 +20,7 @@ record comes back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from html import escape
@@ -171,11 +172,12 @@ def export_tasks(
         rows = [dict(row._mapping) for row in db.execute(query)]
     gone = gone_items(engine, rows)
     seen = dec.revisions(engine, [row["item_id"] for row in rows])
+    in_force = dec.in_force_on(engine, [row["item_id"] for row in rows if row["kind"] == "pii"])
     return [
         _task(
             row,
             include_pii,
-            dec.not_pii_in_force(engine, row["item_id"]) if row["kind"] == "pii" else set(),
+            dec.not_pii_of(in_force.get(row["item_id"])),
             seen[row["item_id"]],
             (row["dataset"], row["record_id"]) in gone,
         )
@@ -218,6 +220,10 @@ def import_annotations(
     changed = [] if changed is None else changed
     gone = [] if gone is None else gone
     decisions: list[tuple[dict[str, Any], str, dec.Edit | None, str | None]] = []
+    # Read first, a chunk of tasks a query: an import of a whole queue asks the store a few times, not per task.
+    items = dec.get_items(engine, _item_ids(tasks))
+    in_force = dec.in_force_on(engine, items)
+    revisions = dec.revisions(engine, list(items))
     for position, task in enumerate(tasks):
         where = f"task {position} (Label Studio id {task.get('id') if isinstance(task, dict) else None})"
         try:
@@ -231,7 +237,9 @@ def import_annotations(
             item_id = data["item_id"]
             if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
                 raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
-            item = dec.get_item(engine, int(item_id))
+            item = items.get(int(item_id))
+            if item is None:
+                raise LabelStudioError(f"{where}: review item {int(item_id)} does not exist")
             if data.get("record_id") not in (None, item["record_id"]):
                 # Item ids are the store's own: an export from another store (or one made again) names others.
                 raise LabelStudioError(
@@ -246,7 +254,7 @@ def import_annotations(
                     f"{where}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                 )
             edit = _edit(item, data, results)
-            if data.get("record_id") is None and not _shows(engine, item, data):
+            if data.get("record_id") is None and not _shows(item, data):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
                     f"{item['item_id']}: export the tasks again (`curation review export`). Nothing was imported"
@@ -274,26 +282,24 @@ def import_annotations(
             dec.check_decision(item, action, taken)
         except dec.DecisionError as error:
             raise LabelStudioError(f"{where}: {error}. Nothing was imported") from None
-        if dec.holds_already(engine, item["item_id"], action, taken):  # imported before: not decided twice
+        if dec.holds(in_force.get(item["item_id"]), action, taken):  # imported before: not decided twice
             counts["already in force"] += 1
             continue
         seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
-        if seen is not None and seen != dec.revision(engine, item["item_id"]):
+        if seen is not None and seen != revisions[item["item_id"]]:
             counts[CHANGED] += 1
             changed.append(item["item_id"])
             continue
         decisions.append((item, action, taken, seen))
+    stale = dec.decide_all(engine, user, decisions)  # decided on the page while this import ran
     taken: list[dict[str, Any]] = []
-    for item, action, edit, seen in decisions:
-        item_id = item["item_id"]
-        try:
-            dec.decide(engine, item_id, user, action, edit, seen=seen)
-        except dec.StaleDecision:  # decided on the page while this import ran
+    for item, action, _, _ in decisions:
+        if item["item_id"] in stale:
             counts[CHANGED] += 1
-            changed.append(item_id)
-            continue
-        counts[action] += 1
-        taken.append(item)
+            changed.append(item["item_id"])
+        else:
+            counts[action] += 1
+            taken.append(item)
     no_longer = gone_items(engine, taken)
     gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
@@ -303,19 +309,53 @@ def import_annotations(
 _SHOWN = {"pii": "text", "near_duplicate": "member", "quarantined": "raw", "vqa": "question"}
 
 
-def _shows(engine: sa.Engine, item: dict[str, Any], data: dict[str, Any]) -> bool:
+def _item_ids(tasks: list[Any]) -> set[int]:
+    """The item ids these tasks name (those that can be; the import says what is wrong with the others)."""
+    found = set()
+    for task in tasks:
+        item_id = (task.get("data") or {}).get("item_id") if isinstance(task, dict) else None
+        if isinstance(item_id, int | str) and not isinstance(item_id, bool):
+            with contextlib.suppress(ValueError):
+                if 0 < int(item_id) <= MAX_ITEM_ID:
+                    found.add(int(item_id))
+    return found
+
+
+def _shows(item: dict[str, Any], data: dict[str, Any]) -> bool:
     """Whether a task without a record id (item ids are the store's own: it could be any store's item)
     is of this item: its dataset, and its text as an export of the item holds it (raw or redacted, the
     spans marked not PII in clear or not)."""
     field = _SHOWN.get(item["kind"])
     if field is None or data.get("dataset") != item["dataset"] or not data.get(field):
         return False
-    marks = dec.not_pii_in_force(engine, item["item_id"]) if item["kind"] == "pii" else set()
-    return any(
-        data[field] == _task(item, raw, not_pii, "", False)["data"].get(field)
-        for raw in (True, False)
-        for not_pii in (marks, set())
-    )
+    if not isinstance(data[field], str):
+        return False
+    if item["kind"] == "pii":
+        return _exported_pii_text(json.loads(item["payload"] or "{}"), data[field])
+    return any(data[field] == _task(item, raw, set(), "", False)["data"].get(field) for raw in (True, False))
+
+
+def _exported_pii_text(payload: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` is a PII flag's field as an export holds it: raw, or redacted with any of its
+    spans in clear (those marked not PII when it was exported: marks since made or undone change which)."""
+    if text in (payload.get("original"), payload.get("redacted")):
+        return True
+    original, redactions = payload.get("original"), dec.all_redactions(payload)
+    if original is None or redactions is None:
+        return False
+    markable = {(span["start"], span["end"]) for span in payload.get("spans", [])}
+    # Where in ``text`` the flag's text so far can end, each redaction read as its placeholder or, for a
+    # span that can be marked not PII, its own text: a set of places, not a try of every combination.
+    places, position = {0}, 0
+    for span in sorted(redactions, key=lambda span: span["start"]):
+        between = original[position : span["start"]]
+        places = {at + len(between) for at in places if text.startswith(between, at)}
+        shown = {span["placeholder"]}
+        if (span["start"], span["end"]) in markable:
+            shown.add(original[span["start"] : span["end"]])
+        places = {at + len(one) for at in places for one in shown if text.startswith(one, at)}
+        position = span["end"]
+    return any(text[at:] == original[position:] for at in places)
 
 
 def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> dec.Edit | None:
