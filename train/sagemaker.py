@@ -30,7 +30,7 @@ from botocore.validate import ParamValidator
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import bucket_exists, read_manifest, verify_checksums
 from schemas.manifest import Manifest
-from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
+from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, volume_gb, with_instance
 
 # Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
@@ -544,7 +544,7 @@ def training_request(
         "ResourceConfig": {
             "InstanceType": spec.default_instance_type,
             "InstanceCount": 1,
-            "VolumeSizeInGB": spec.volume_size_gb,
+            "VolumeSizeInGB": volume_gb(spec),
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s if max_runtime_s is None else max_runtime_s},
         # Sent only when on, as the SageMaker SDK does.
