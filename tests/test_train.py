@@ -400,6 +400,16 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     assert described["TrainingJobName"] == name
     assert described["AlgorithmSpecification"]["TrainingImage"] == request["AlgorithmSpecification"]["TrainingImage"]
     assert described["HyperParameters"] == request["HyperParameters"]
+    # What the SDK's script mode hands the training toolkit besides the script, JSON-encoded as it does.
+    assert {
+        key: json.loads(value) for key, value in described["HyperParameters"].items() if key.startswith("sagemaker_")
+    } == {
+        "sagemaker_program": "transfer_learning.py",
+        "sagemaker_submit_directory": "/opt/ml/input/data/code/sourcedir.tar.gz",
+        "sagemaker_container_log_level": 20,
+        "sagemaker_job_name": name,
+        "sagemaker_region": "us-east-1",
+    }
     assert described["RoleArn"] == ROLE
     assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model", "code"]
 

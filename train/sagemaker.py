@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import operator
 import os
@@ -494,6 +495,12 @@ def training_request(
     values["sagemaker_submit_directory"] = json.dumps(
         CODE_CHANNEL_SOURCEDIR if spec.network_isolation else spec.script_uri
     )
+    name = job_name(manifest, model_id, now)
+    # The rest of what the SDK's script mode hands the toolkit: without them it logs at its own level, reads
+    # the region from the container's boto3 session, and sets the script's JOB_NAME variable empty.
+    values["sagemaker_container_log_level"] = json.dumps(logging.INFO)
+    values["sagemaker_job_name"] = json.dumps(name)
+    values["sagemaker_region"] = json.dumps(region())
     if max_runtime_s is not None:
         check_setting("--max-runtime", max_runtime_s, "CreateTrainingJob", "StoppingCondition.MaxRuntimeInSeconds")
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
@@ -525,7 +532,6 @@ def training_request(
     channels.append(model_channel)
     if spec.network_isolation:
         channels.append(_channel("code", spec.script_uri))
-    name = job_name(manifest, model_id, now)
     output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
         "TrainingJobName": name,
