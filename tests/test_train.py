@@ -400,6 +400,16 @@ def test_launch_against_the_emulated_endpoint_and_describe_it_back(workdir: Path
     assert described["TrainingJobName"] == name
     assert described["AlgorithmSpecification"]["TrainingImage"] == request["AlgorithmSpecification"]["TrainingImage"]
     assert described["HyperParameters"] == request["HyperParameters"]
+    # What the SDK's script mode hands the training toolkit besides the script, JSON-encoded as it does.
+    assert {
+        key: json.loads(value) for key, value in described["HyperParameters"].items() if key.startswith("sagemaker_")
+    } == {
+        "sagemaker_program": "transfer_learning.py",
+        "sagemaker_submit_directory": "/opt/ml/input/data/code/sourcedir.tar.gz",
+        "sagemaker_container_log_level": 20,
+        "sagemaker_job_name": name,
+        "sagemaker_region": "us-east-1",
+    }
     assert described["RoleArn"] == ROLE
     assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["training", "validation", "model", "code"]
 
@@ -830,7 +840,8 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
     )
     version = publish(workdir, "jumpstart-instruction")
     request = training_request(version, model_id, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
-    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 1, "VolumeSizeInGB": 512}
+    # g5 trains on its own NVMe storage: JumpStartEstimator sends the Estimator's default, not the spec's 512.
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
     # Gated or not as its own spec says (a model the pin lacks was taken as gated): the EULA is accepted
     # only for weights behind one, in the bucket the SDK gave their URI for.
     assert not resolved.gated and "ModelAccessConfig" not in channels(request)["model"]
@@ -953,6 +964,46 @@ def test_the_job_takes_environment_runtime_and_isolation_from_the_spec_as_jumpst
     described = describe(launch(request))
     assert described["StoppingCondition"]["MaxRuntimeInSeconds"] == 86400
     assert not described.get("EnableNetworkIsolation")
+
+
+def test_the_volume_is_the_specs_only_where_sagemaker_attaches_one_as_jumpstart_sends_it(
+    workdir: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JumpStartEstimator sends the spec's training_volume_size only for an instance type SageMaker
+    attaches a volume to (the SDK's volume_size_supported); one with NVMe storage of its own (g5, p4d,
+    p4de) gets the Estimator's default 30, which SageMaker ignores there, where the spec's 512 would
+    ask for more than a g5.2xlarge's 450 GB. Sent to the emulated endpoint and described back."""
+    from train.jumpstart import SdkSpecs
+
+    gpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0.0-gpu-py310"
+    spec = {
+        "model_id": "acme-textgeneration-volume", "version": "9.9.9", "min_sdk_version": "2.0.0",
+        "training_supported": True, "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "acme-training/tiny/", "training_script_key": "acme/transfer_learning/sourcedir.tar.gz",
+        "default_training_instance_type": "ml.g5.2xlarge",
+        "supported_training_instance_types": ["ml.g5.2xlarge", "ml.p3.16xlarge", "ml.p4de.24xlarge"],
+        "training_volume_size": 512,
+        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}],
+        "training_instance_type_variants": {
+            "regional_aliases": {"us-east-1": {"gpu": gpu}},
+            "variants": {family: {"regional_properties": {"image_uri": "$gpu"}} for family in ("g5", "p3", "p4de")},
+        },
+    }  # fmt: skip
+    sdk_reads_offline(workdir, monkeypatch, spec)
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    for instance_type, volume in (("ml.g5.2xlarge", 30), ("ml.p4de.24xlarge", 30), ("ml.p3.16xlarge", 512)):
+        request = training_request(
+            version, spec["model_id"], instance_type=instance_type, role_arn=ROLE, specs=SdkSpecs()
+        )
+        assert request["ResourceConfig"] == {
+            "InstanceType": instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": volume,
+        }
+        assert describe(launch(request))["ResourceConfig"]["VolumeSizeInGB"] == volume
+    # The pinned models train only on instance types with storage of their own.
+    pinned = training_request(version, MODEL, role_arn=ROLE, specs=PINNED)
+    assert pinned["ResourceConfig"]["VolumeSizeInGB"] == 30
 
 
 def test_max_runtime_on_the_command_line_is_checked_against_sagemakers_model(workdir: Path) -> None:

@@ -23,6 +23,8 @@ log = logging.getLogger("curation.train")
 VENDORED_SPECS = "jumpstart_specs.json"
 # The SageMaker SDK Estimator's own max_run, which a JumpStart spec's estimator_kwargs may replace.
 DEFAULT_MAX_RUNTIME_S = 24 * 60 * 60
+# The SDK Estimator's own volume_size, sent where JumpStart gives the instance type none of the spec's.
+DEFAULT_VOLUME_GB = 30
 
 
 class SpecError(LookupError):
@@ -40,7 +42,7 @@ class ModelSpec:
     gated: bool
     default_instance_type: str
     supported_instance_types: tuple[str, ...]
-    volume_size_gb: int
+    volume_size_gb: int | None  # the spec's training_volume_size; see ``volume_gb`` for what a job gets
     formats: tuple[str, ...]
     hyperparameters: dict[str, str]
     metric_definitions: tuple[dict[str, str], ...] = ()
@@ -87,7 +89,7 @@ class VendoredSpecs:
             gated=raw["gated"],
             default_instance_type=raw["default_instance_type"],
             supported_instance_types=tuple(raw["supported_instance_types"]),
-            volume_size_gb=raw["volume_size_gb"],
+            volume_size_gb=raw.get("volume_size_gb"),
             formats=tuple(raw["formats"]),
             hyperparameters=dict(raw["hyperparameters"]),
             metric_definitions=tuple(raw.get("metric_definitions", ())),
@@ -155,7 +157,7 @@ class SdkSpecs:
             gated=bool(live.gated_bucket),
             default_instance_type=instance or "ml.g5.2xlarge",
             supported_instance_types=tuple(supported),
-            volume_size_gb=int(getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb", 256)),
+            volume_size_gb=getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb"),
             formats=formats,
             hyperparameters={k: str(v) for k, v in defaults.items()},
             metric_definitions=tuple(live.metrics or pinned.get("metric_definitions", ())),
@@ -241,6 +243,17 @@ def spec_resolver(name: str | None = None) -> SpecResolver:
     if name not in SPEC_SOURCES:
         raise SpecError(f"{setting}={name}: JumpStart specs come from one of {', '.join(SPEC_SOURCES)}")
     return SPEC_SOURCES[name]()
+
+
+def volume_gb(spec: ModelSpec) -> int:
+    """The VolumeSizeInGB JumpStartEstimator sends for ``spec`` on its instance type: the spec's volume
+    only where SageMaker attaches one (no g5, g6, p4d, p5, trn1 or other "d" family: those train on
+    their own NVMe storage, which a larger volume would not fit), else the SDK Estimator's default."""
+    from sagemaker.core.common_utils import volume_size_supported  # the SDK's own rule, kept current with it
+
+    if spec.volume_size_gb is not None and volume_size_supported(spec.default_instance_type):
+        return spec.volume_size_gb
+    return DEFAULT_VOLUME_GB
 
 
 def with_instance(spec: ModelSpec, instance_type: str | None) -> ModelSpec:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import operator
 import os
@@ -30,7 +31,7 @@ from botocore.validate import ParamValidator
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import bucket_exists, read_manifest, verify_checksums
 from schemas.manifest import Manifest
-from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, with_instance
+from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, volume_gb, with_instance
 
 # Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
@@ -494,6 +495,12 @@ def training_request(
     values["sagemaker_submit_directory"] = json.dumps(
         CODE_CHANNEL_SOURCEDIR if spec.network_isolation else spec.script_uri
     )
+    name = job_name(manifest, model_id, now)
+    # The rest of what the SDK's script mode hands the toolkit: without them it logs at its own level, reads
+    # the region from the container's boto3 session, and sets the script's JOB_NAME variable empty.
+    values["sagemaker_container_log_level"] = json.dumps(logging.INFO)
+    values["sagemaker_job_name"] = json.dumps(name)
+    values["sagemaker_region"] = json.dumps(region())
     if max_runtime_s is not None:
         check_setting("--max-runtime", max_runtime_s, "CreateTrainingJob", "StoppingCondition.MaxRuntimeInSeconds")
     for setting, uri in (("--data-uri", data_uri), ("--output", output_uri)):
@@ -525,7 +532,6 @@ def training_request(
     channels.append(model_channel)
     if spec.network_isolation:
         channels.append(_channel("code", spec.script_uri))
-    name = job_name(manifest, model_id, now)
     output = (output_uri or f"{_parent(data)}/training-output").rstrip("/") + "/"
     request: dict[str, Any] = {
         "TrainingJobName": name,
@@ -544,7 +550,7 @@ def training_request(
         "ResourceConfig": {
             "InstanceType": spec.default_instance_type,
             "InstanceCount": 1,
-            "VolumeSizeInGB": spec.volume_size_gb,
+            "VolumeSizeInGB": volume_gb(spec),
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s if max_runtime_s is None else max_runtime_s},
         # Sent only when on, as the SageMaker SDK does.
