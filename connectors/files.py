@@ -20,7 +20,7 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,10 @@ from connectors.storage import (
     StorageError,
     Unreadable,
     filesystem,
+    hive_base,
     hive_partitions,
     open_input,
+    partitions_below,
     read_error,
 )
 from schemas.config import FilesSource
@@ -664,10 +666,13 @@ class FilesSourceReader(ListedFiles):
             return []
         listed = getattr(self, "listed_uris", [])
         if self._keys_of is not listed:
-            keys = dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri))
-            for uri in self.watermark.committed if self.watermark is not None else ():
+            # A file's keys are its folder's: one file of each folder is looked at (earlier runs may have taken
+            # a hundred thousand, in a few hundred folders).
+            base = hive_base(self.config.path)
+            keys = dict.fromkeys(key for uri in _one_per_folder(listed) for key in partitions_below(base, uri))
+            for uri in _one_per_folder(self.watermark.committed if self.watermark is not None else ()):
                 with contextlib.suppress(StorageError):  # a path naming a key twice: refused when it was listed
-                    keys.update(dict.fromkeys(hive_partitions(self.config.path, uri)))
+                    keys.update(dict.fromkeys(partitions_below(base, uri)))
             self._keys, self._keys_of = list(keys), listed
         return self._keys
 
@@ -1139,6 +1144,14 @@ class FilesSourceReader(ListedFiles):
                     set_aside=set_aside,
                     input_bytes=(entry.size or 0) * read // total_rows,
                 )
+
+
+def _one_per_folder(uris: Iterable[str]) -> list[str]:
+    """The first of ``uris`` in each folder, in their order."""
+    first: dict[str, str] = {}
+    for uri in uris:
+        first.setdefault(uri.rpartition("/")[0], uri)
+    return list(first.values())
 
 
 def unread_partition(config: object, uri: str, missing: str) -> str:
