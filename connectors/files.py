@@ -577,8 +577,9 @@ def _holds_key(data: bytes, key: str) -> bool:
         seen.add(start)
         end = data.find(b"\n", found.end())
         try:
-            value = json.loads(data[start : None if end < 0 else end].decode("utf-8-sig"))
-        except (ValueError, RecursionError):  # no record: a line that is no JSON (or not UTF-8) holds no key
+            line = data[start : None if end < 0 else end].decode("utf-8-sig")
+            value = json.loads(line, object_pairs_hook=_one_value_per_key)
+        except (ValueError, RecursionError, _RepeatedKey):  # no record: a line the reader quarantines holds no key
             continue
         if isinstance(value, dict) and key in value:
             return True
@@ -695,7 +696,8 @@ class FilesSourceReader(ListedFiles):
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
-        keys = _KeysOfFile(self.keyed, lambda names: self._keys_held(entry, names)) if self.keyed else None
+        keyed = self.keyed - set(self._partition_keys())  # a partition column is the folder's: null where none
+        keys = _KeysOfFile(keyed, lambda names: self._keys_held(entry, names)) if keyed else None
 
         def refuse_an_array(data: bytes) -> None:
             # Read as lines, an indented array would be quarantined a line at a time and publish nothing.

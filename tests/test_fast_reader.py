@@ -633,6 +633,7 @@ def test_a_key_of_a_later_line_is_found_however_spelt_and_a_nested_one_is_not(tm
     lines = [
         b'{"q": "a", "meta": {"segment": 1}}',
         b'{"q": "b", "label": 1',  # malformed: no record, so no key
+        b'{"q": "b", "label": 1, "label": 2}',  # a key twice: quarantined too
         b'{"q": "c", "s\\u0065gment": "x"}',
     ]
     path = tmp_path / "in.jsonl.gz"

@@ -248,3 +248,21 @@ def test_partition_keys_of_a_hundred_thousand_files_taken_before_are_found_in_a_
     started = time.perf_counter()
     assert reader._partition_keys() == ["year", "month", "region"]
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_split_by_a_partition_key_does_not_read_jsonl_files_twice_for_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No line has the key 'year' (its folder gives it): a batch lacking a column the split goes by had its
+    # file read once more, to find whether a later line holds the key.
+    def read_again(self: FilesSourceReader, entry: object, names: object) -> set[str]:
+        raise AssertionError(f"{entry} read again for {names}")
+
+    monkeypatch.setattr(FilesSourceReader, "_keys_held", read_again)
+    write_jsonl(workdir / "tx" / "year=2024" / "a.jsonl", [{"description": "coffee", "category": "Dining"}])
+    write_jsonl(workdir / "tx" / "b.jsonl", [{"description": "tea", "category": "Dining"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["output"] = {"validation_fraction": 0.5, "group_by": "year"}
+    spec["record"] = {**RECORD, "prompt": "{{ description }}"}
+    result = run(workdir, spec)
+    assert result.manifest.counts.written == 2
