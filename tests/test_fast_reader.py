@@ -647,3 +647,13 @@ def test_a_key_of_a_later_line_is_found_however_spelt_and_a_nested_one_is_not(tm
     assert last["segment"].to_pylist() == ["x"] and "label" not in last.column_names
     # Its quarantined record shows what its own line held, not the null the file's other lines gave it.
     assert INPUT_LINE_COLUMN in first.column_names
+
+
+def test_a_key_of_a_later_block_is_found_where_every_line_parses(tmp_path: Path) -> None:
+    # Read whole by polars (every line parses), a block tells its keys at once: an escaped one too.
+    lines = [json.dumps({"q": str(n), "meta": {"segment": n}}) for n in range(5)] + ['{"q": "5", "s\\u0065gment": 1}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "in.jsonl")), batch_rows=2, keyed={"segment", "label"})
+    batches = [batch.rows for batch in reader.batches()]
+    assert [rows["segment"].to_pylist() for rows in batches] == [[None, None], [None, None], [None, 1]]
+    assert not any("label" in rows.column_names for rows in batches)
