@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import csv
 import dataclasses
 import functools
@@ -19,7 +20,7 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,14 +40,17 @@ from connectors.storage import (
     StorageError,
     Unreadable,
     filesystem,
+    hive_base,
     hive_partitions,
     open_input,
+    partitions_below,
     read_error,
 )
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
     INPUT_LINE_COLUMN,
+    RESERVED,
     InputIds,
     empty_set_aside,
     input_name,
@@ -534,6 +538,61 @@ def _opens_an_array(data: bytes) -> bool:
     return data[:4096].lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"[")
 
 
+class _KeysOfFile:
+    """The columns of ``names`` a JSONL file holds: those some line of it has the key of. A line without
+    the key holds null in such a column, in a batch none of whose lines has it too, so what its record
+    becomes (split as one with no value, or set aside as one of a file without the column) does not hang
+    on the lines batched with it (``batch_rows``, a block's end). ``held`` reads the whole file for the
+    keys, once, and only where a batch lacks one that the lines before it did not have either."""
+
+    def __init__(self, names: Collection[str], held: Callable[[set[str]], set[str]]) -> None:
+        self.names = set(names)
+        self.held: set[str] = set()
+        self._read: Callable[[set[str]], set[str]] | None = held
+
+    def pad(self, rows: pa.Table) -> pa.Table:
+        """``rows`` (a batch with its lineage) with a null column for each of ``names`` it lacks and the file holds."""
+        if not rows.num_rows:
+            return rows
+        present = set(rows.column_names)
+        self.held |= self.names & present
+        if self.names - present - self.held and self._read is not None:
+            self.held |= self._read(self.names - self.held)  # what is held now is all the file holds
+            self._read = None
+        for name in sorted(self.held - present):
+            rows = rows.append_column(name, pa.nulls(rows.num_rows))
+        return rows
+
+
+def _holds_key(data: bytes, key: str) -> bool:
+    """Whether a line of ``data`` (whole lines) is a JSON object with the key ``key``."""
+    pattern = _key_before(key, b"")
+    if not _found_in(pattern, data):
+        return False
+    try:  # the block read whole, typed from every line: a column for each key a line has
+        return key in pl.read_ndjson(data, infer_schema_length=None).columns
+    except Exception:  # a line polars cannot take: the lines that spell the key are parsed one by one
+        pass
+    except BaseException as error:  # a panic in polars' Rust code (a lone surrogate in a key)
+        if type(error).__name__ != "PanicException":
+            raise
+    seen: set[int] = set()
+    for found in re.finditer(pattern, data):  # a key of an object nested in a value matches too: the line tells
+        start = data.rfind(b"\n", 0, found.start()) + 1
+        if start in seen:
+            continue
+        seen.add(start)
+        end = data.find(b"\n", found.end())
+        try:
+            line = data[start : None if end < 0 else end].decode("utf-8-sig")
+            value = json.loads(line, object_pairs_hook=_one_value_per_key)
+        except (ValueError, RecursionError, _RepeatedKey):  # no record: a line the reader quarantines holds no key
+            continue
+        if isinstance(value, dict) and key in value:
+            return True
+    return False
+
+
 class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
@@ -547,8 +606,10 @@ class FilesSourceReader(ListedFiles):
         watermark: SourceWatermark | None = None,
         text_columns: Sequence[str] = (),
         used_columns: Collection[str] | None = None,
+        keyed: Collection[str] = (),
     ) -> None:
         self.config = config
+        self.keyed = set(keyed)  # columns whose absence from a JSONL batch is not null: see ``_KeysOfFile``
         # The input columns the recipe reads (None: all): text that is not UTF-8 in a Parquet struct,
         # list or map of another column is not published, so it does not quarantine its row.
         self.used_columns = used_columns
@@ -613,10 +674,13 @@ class FilesSourceReader(ListedFiles):
             return []
         listed = getattr(self, "listed_uris", [])
         if self._keys_of is not listed:
-            keys = dict.fromkeys(key for uri in listed for key in hive_partitions(self.config.path, uri))
-            for uri in self.watermark.committed if self.watermark is not None else ():
+            # A file's keys are its folder's: one file of each folder is looked at (earlier runs may have taken
+            # a hundred thousand, in a few hundred folders).
+            base = hive_base(self.config.path)
+            keys = dict.fromkeys(key for uri in _one_per_folder(listed) for key in partitions_below(base, uri))
+            for uri in _one_per_folder(self.watermark.committed if self.watermark is not None else ()):
                 with contextlib.suppress(StorageError):  # a path naming a key twice: refused when it was listed
-                    keys.update(dict.fromkeys(hive_partitions(self.config.path, uri)))
+                    keys.update(dict.fromkeys(partitions_below(base, uri)))
             self._keys, self._keys_of = list(keys), listed
         return self._keys
 
@@ -625,7 +689,9 @@ class FilesSourceReader(ListedFiles):
         refuse raises the same StorageError), from about its first ``block_bytes`` (a CSV file's first
         record may take a whole block, a Parquet file's first batch its first row group), for
         ``curation check``."""
-        batches = self._read(entry, block_bytes)  # a CSV record longer than the head: ``_csv`` grows the blocks
+        reader = copy.copy(self)
+        reader.keyed = set()  # the head alone is read: a key only later lines have is not looked for
+        batches = reader._read(entry, block_bytes)  # a CSV record longer than the head: ``_csv`` grows the blocks
         try:
             return next(batches, SourceBatch(rows=pa.table({})))
         finally:
@@ -637,6 +703,8 @@ class FilesSourceReader(ListedFiles):
         fs, path = filesystem(entry.uri)
         line_no = 0
         ids = InputIds(entry.uri)
+        keyed = self.keyed - set(self._partition_keys())  # a partition column is the folder's: null where none
+        keys = _KeysOfFile(keyed, lambda names: self._keys_held(entry, names)) if keyed else None
 
         def refuse_an_array(data: bytes) -> None:
             # Read as lines, an indented array would be quarantined a line at a time and publish nothing.
@@ -658,11 +726,34 @@ class FilesSourceReader(ListedFiles):
                 starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
                 for start in range(0, len(ends), self.batch_rows):
                     group = slice(start, start + self.batch_rows)
-                    yield self._parse_lines(ids, line_no + start + 1, data, starts[group], ends[group])
+                    yield self._parse_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys)
                 line_no += len(ends)
 
+    def _keys_held(self, entry: FileEntry, names: Collection[str]) -> set[str]:
+        """Which of the columns ``names`` some line of the JSONL file holds the key of (a line that is no
+        JSON object holds none). Read a block at a time: a block without the key spelt any way JSON may
+        write it is passed over at RE2's speed, and only the lines that spell it are parsed."""
+        fs, path = filesystem(entry.uri)
+        # An input column "id" is read as "input_id" (``with_lineage``).
+        keys = {name: [key for key in (name, *RESERVED) if input_name(key) == name] for name in names}
+        found: set[str] = set()
+        with open_input(fs, path, entry.etag) as stream:
+            for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):
+                for name in set(names) - found:
+                    if any(_holds_key(data, key) for key in keys[name]):
+                        found.add(name)
+                if found == set(names):
+                    break
+        return found
+
     def _parse_lines(
-        self, ids: InputIds, first_line: int, data: bytes, starts: np.ndarray, ends: np.ndarray
+        self,
+        ids: InputIds,
+        first_line: int,
+        data: bytes,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        keys: _KeysOfFile | None = None,
     ) -> SourceBatch:
         """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line``; blank ones are skipped."""
         input_bytes = int(ends[-1]) + 1 - int(starts[0])  # the lines and their newlines
@@ -684,15 +775,16 @@ class FilesSourceReader(ListedFiles):
             or self._may_hold_values_not_text(text, table)
             or (_may_repeat_a_key(text, table) and _repeats_a_key(text))
         ):
-            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
+            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
         table = _mixed_as_written(table, raws, text)  # a column of text (or floats) a line wrote otherwise
         if table is None:
-            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
+            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
         if any(pa.types.is_nested(kind) for kind in table.schema.types):
             table = _nested_as_written(table, raws)
             if table is None:  # a line polars took and Python's json does not: named line by line
-                return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes)
-        return SourceBatch(_with_lines(_with_lineage(table, ids, numbers, raws), raws), input_bytes=input_bytes)
+                return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+        rows = _with_lineage(table, ids, numbers, raws)
+        return SourceBatch(_with_lines(keys.pad(rows) if keys else rows, raws), input_bytes=input_bytes)
 
     def _may_hold_values_not_text(self, text: bytes, table: pa.Table) -> bool:
         """Whether a declared text column may hold a number, boolean, list or object in ``text``, read as
@@ -711,7 +803,7 @@ class FilesSourceReader(ListedFiles):
         return False
 
     def _parse_lines_one_by_one(
-        self, ids: InputIds, numbers: list[int], raws: list[bytes], input_bytes: int
+        self, ids: InputIds, numbers: list[int], raws: list[bytes], input_bytes: int, keys: _KeysOfFile | None = None
     ) -> SourceBatch:
         uri = ids.uri
         good_lines, good_raws, objects = [], [], []
@@ -746,7 +838,8 @@ class FilesSourceReader(ListedFiles):
                 bad_raws.append(raw)
                 reasons.append(reason)
                 details.append(f"{uri}:{number}: {problem}")
-        rows = _with_lines(_with_lineage(_table_from_objects(objects), ids, good_lines, good_raws), good_raws)
+        rows = _with_lineage(_table_from_objects(objects), ids, good_lines, good_raws)
+        rows = _with_lines(keys.pad(rows) if keys else rows, good_raws)
         set_aside = set_aside_rows(
             ids(bad_raws),
             source_array(CONNECTOR, uri, bad_lines),
@@ -1060,6 +1153,14 @@ class FilesSourceReader(ListedFiles):
                     set_aside=set_aside,
                     input_bytes=(entry.size or 0) * read // total_rows,
                 )
+
+
+def _one_per_folder(uris: Iterable[str]) -> list[str]:
+    """The first of ``uris`` in each folder, in their order."""
+    first: dict[str, str] = {}
+    for uri in uris:
+        first.setdefault(uri.rpartition("/")[0], uri)
+    return list(first.values())
 
 
 def unread_partition(config: object, uri: str, missing: str) -> str:

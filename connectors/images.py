@@ -27,7 +27,7 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings, utf8_texts
-from connectors.files import FilesSourceReader, file_format, lines_in
+from connectors.files import FilesSourceReader, file_format
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, fingerprint, kept_value
 from connectors.storage import (
     Changed,
@@ -46,6 +46,7 @@ from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, input_record_json, s
 
 CONNECTOR = "images"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
+HASH_BYTES = 1024 * 1024  # a sidecar is hashed a block of this size at a time
 PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
@@ -115,6 +116,33 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
         raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+class _Hashed:
+    """The size, xxh3 and line count of bytes given a block at a time: what ``len``, ``xxh3_128_hexdigest``
+    and ``lines_in`` give of them whole (the values a sidecar's watermark keeps)."""
+
+    def __init__(self) -> None:
+        self.size, self._hash, self._ends, self._last = 0, xxhash.xxh3_128(), 0, b""
+
+    def update(self, block: bytes) -> None:
+        if not block:
+            return
+        self.size += len(block)
+        self._hash.update(block)
+        ends = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+        # A CRLF split between two blocks is one line end, not a CR alone and then an LF.
+        self._ends += ends - (self._last == b"\r" and block.startswith(b"\n"))
+        self._last = block[-1:]
+
+    @property
+    def xxh3(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def lines(self) -> int:
+        """As ``lines_in``: each line ends in LF, CRLF or CR alone; the last counts, ended or not."""
+        return self._ends + (self._last not in (b"", b"\n", b"\r"))
 
 
 class ImagesSourceReader:
@@ -193,30 +221,35 @@ class ImagesSourceReader:
             self._hashed_lines[entry.uri] = lines
             return False, lines
         fs, path = filesystem(entry.uri)
+        whole, taken = _Hashed(), _Hashed()  # taken: the bytes the earlier run hashed, as they are now
+        limit = before["bytes"] if before is not None else 0
         with open_input(fs, path, entry.etag) as stream:  # unpacks a gzip or zstd sidecar: its lines are counted
-            data = stream.read()
+            while block := stream.read(HASH_BYTES):  # a block at a time: a sidecar may be larger than memory
+                if whole.size < limit:
+                    taken.update(block[: limit - whole.size])
+                whole.update(block)
         parquet = file_format(entry.uri, self.sidecar.config.format) == "parquet"
         # Its rows are read again from the file: those on lines appended since these bytes are left to
         # the next run, which finds them past the watermark (taken now, they would be taken again).
-        self._hashed_lines[entry.uri] = math.inf if parquet else lines_in(data)
+        self._hashed_lines[entry.uri] = math.inf if parquet else whole.lines
         # Its listing's fingerprint, taken before these bytes were read: a sidecar appended meanwhile has
         # another one by the next run, which compares its bytes.
         watermark.set(
             item,
             {
-                "bytes": len(data),
-                "xxh3": xxhash.xxh3_128_hexdigest(data),
+                "bytes": whole.size,
+                "xxh3": whole.xxh3,
                 "fingerprint": fingerprint(entry),
                 "lines": None if parquet else self._hashed_lines[entry.uri],
             },
         )
         if before is None:
             return False, 0
-        if xxhash.xxh3_128_hexdigest(data[: before["bytes"]]) != before["xxh3"]:
+        if taken.xxh3 != before["xxh3"]:
             return True, 0
         if parquet:
             return False, math.inf  # its rows are numbered, not its lines, and none is appended in place
-        return False, lines_in(data[: before["bytes"]])
+        return False, taken.lines
 
     def _archived(self, entry: FileEntry) -> set[str]:
         """The ids of a sidecar's rows whose image an earlier run took and that is gone now: read again

@@ -121,9 +121,13 @@ def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSyste
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem that holds ``uri`` and the path within it."""
     if is_s3(uri):
-        return s3_filesystem(), uri.removeprefix("s3://")
-    path = uri.removeprefix("file://")
-    return pafs.LocalFileSystem(), os.path.abspath(path)
+        return s3_filesystem(), path_of(uri)
+    return pafs.LocalFileSystem(), path_of(uri)
+
+
+def path_of(uri: str) -> str:
+    """The path of ``uri`` within its filesystem (``filesystem``'s), found without making the filesystem."""
+    return uri.removeprefix("s3://") if is_s3(uri) else os.path.abspath(uri.removeprefix("file://"))
 
 
 # The first bytes of a gzip member and a zstd frame: no text file starts with either (neither is UTF-8).
@@ -470,8 +474,17 @@ def hive_partitions(source: str, uri: str) -> dict[str, str | None]:
     a folder or a glob), as Spark and Hive lay out a partitioned table (``tx/year=2024/month=05/a.parquet``),
     values unquoted as they write them (``%2F``). A key given twice is an error: which value the rows
     hold would be a guess."""
-    base = _glob_base(filesystem(source)[1]).rstrip("/")
-    path = filesystem(uri)[1]
+    return partitions_below(hive_base(source), uri)
+
+
+def hive_base(source: str) -> str:
+    """The path below which ``hive_partitions`` finds a source's partition folders."""
+    return _glob_base(path_of(source)).rstrip("/")
+
+
+def partitions_below(base: str, uri: str) -> dict[str, str | None]:
+    """``hive_partitions``, given the source's ``hive_base``."""
+    path = path_of(uri)
     below = path[len(base) :] if path.startswith(base + "/") else ""
     found: dict[str, str | None] = {}
     for part in below.strip("/").split("/")[:-1]:

@@ -83,7 +83,9 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     """A reader per source; with ``watermarks``, each reads only what is new since the last run."""
     sources: list[Source] = []
     declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
-    used = Shape(recipe.record, carry=recipe.output.carry_columns()).reads | set(declared)  # what the recipe reads
+    shape = Shape(recipe.record, carry=recipe.output.carry_columns())
+    used = shape.reads | set(declared)  # what the recipe reads
+    required = set(declared) - set(recipe.input_schema.optional if recipe.input_schema is not None else ())
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -104,7 +106,11 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
             sources.append(HFSourceReader(config, recipe.batch_rows, mark, used_columns=used))
         else:
             text = [name for name, kind in declared.items() if kind == "str"]
-            sources.append(FilesSourceReader(config, recipe.batch_rows, mark, text_columns=text, used_columns=used))
+            sources.append(
+                FilesSourceReader(
+                    config, recipe.batch_rows, mark, text_columns=text, used_columns=used, keyed=shape.keyed | required
+                )
+            )
     return sources
 
 

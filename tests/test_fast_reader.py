@@ -624,3 +624,36 @@ def test_an_integer_beside_whole_floats_is_as_written_however_its_key_is_spelt(t
         values = batch.rows[name].to_pylist()
         assert values == expected and [type(v) for v in values] == [type(v) for v in expected]
         assert batch.rows[name].cast(pa.string()).to_pylist() == [json.dumps(v) for v in expected]  # 1e-07, -0.0
+
+
+def test_a_key_of_a_later_line_is_found_however_spelt_and_a_nested_one_is_not(tmp_path: Path) -> None:
+    # What a JSONL batch holds of the columns a recipe needs the keys of is what its file holds: a key a
+    # later line has, however JSON spells it (an escape, after lines that end in CR alone, in a gzip file),
+    # is null in a batch without it; a key nested in a value, or on a line that is no JSON, is no column.
+    lines = [
+        b'{"q": "a", "meta": {"segment": 1}}',
+        b'{"q": "b", "label": 1',  # malformed: no record, so no key
+        b'{"q": "b", "label": 1, "label": 2}',  # a key twice: quarantined too
+        b'{"q": "c", "s\\u0065gment": "x"}',
+    ]
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\r".join(lines) + b"\r"))
+    reader = FilesSourceReader(FilesSource(path=str(path)), batch_rows=1, keyed={"segment", "label", "input_id"})
+    batches = [batch.rows for batch in reader.batches() if batch.rows.num_rows]
+    assert [rows["q"].to_pylist() for rows in batches] == [["a"], ["c"]]
+    first, last = batches
+    assert "segment" in first.column_names and first["segment"].to_pylist() == [None]
+    assert "label" not in first.column_names and "input_id" not in first.column_names
+    assert last["segment"].to_pylist() == ["x"] and "label" not in last.column_names
+    # Its quarantined record shows what its own line held, not the null the file's other lines gave it.
+    assert INPUT_LINE_COLUMN in first.column_names
+
+
+def test_a_key_of_a_later_block_is_found_where_every_line_parses(tmp_path: Path) -> None:
+    # Read whole by polars (every line parses), a block tells its keys at once: an escaped one too.
+    lines = [json.dumps({"q": str(n), "meta": {"segment": n}}) for n in range(5)] + ['{"q": "5", "s\\u0065gment": 1}']
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    reader = FilesSourceReader(FilesSource(path=str(tmp_path / "in.jsonl")), batch_rows=2, keyed={"segment", "label"})
+    batches = [batch.rows for batch in reader.batches()]
+    assert [rows["segment"].to_pylist() for rows in batches] == [[None, None], [None, None], [None, 1]]
+    assert not any("label" in rows.column_names for rows in batches)

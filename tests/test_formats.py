@@ -412,6 +412,63 @@ def test_a_file_without_the_column_the_split_goes_by_sets_its_records_aside_and_
     ]
 
 
+@pytest.mark.parametrize("setting", ["group_by", "stratify_by", "template"])
+def test_a_jsonl_key_only_later_lines_have_is_null_before_them_whatever_batch_rows(workdir: Path, setting: str) -> None:
+    # A column existed in a batch only where a line of that batch had the key: with batch_rows 5, a.jsonl's
+    # first five lines were set aside as of a file without "segment" (missing_column), and beside a line
+    # with the key, in one batch, they were split as having no value (or quarantined by the template as null).
+    write_jsonl(
+        workdir / "in" / "a.jsonl",
+        [{"q": f"Question {i}?", "a": "Yes.", **({"segment": f"s{i % 2}"} if i >= 5 else {})} for i in range(10)],
+    )
+    lacking = write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"Other question {i}?", "a": "No."} for i in range(3)])
+    template = setting == "template"
+    outcomes = []
+    for batch_rows in (1, 5, 50_000):
+        recipe = {
+            "dataset": f"qa{batch_rows}",
+            "sources": [{"path": str(workdir / "in")}],
+            "record": {
+                "kind": "instruction",
+                "prompt": "{{ q }} {{ segment }}" if template else "q",
+                "completion": "a",
+            },
+            "batch_rows": batch_rows,
+            "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3}
+            | ({} if template else {setting: "segment"}),
+        }
+        version = Path(run_fresh(workdir, recipe).version_uri)
+        published = {
+            (split, row["prompt"])
+            for split in ("train", "validation")
+            for row in read_lines((version / split).glob("*.jsonl"))
+        }
+        aside = sorted((row["reason"], row["detail"]) for row in read_lines((version / "set_aside").glob("*.jsonl")))
+        outcomes.append((published, aside))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    published, aside = outcomes[0]
+    # A file none of whose lines has the key lacks the column: its records are set aside, in any batch.
+    missing = [
+        (
+            "missing_column",
+            f"{lacking}:{line}: "
+            + (
+                "prompt: column 'segment' is missing (the template uses it)"
+                if template
+                else f"column 'segment' is missing (output.{setting} names it)"
+            ),
+        )
+        for line in (1, 2, 3)
+    ]
+    if template:  # a line without the key holds null, which the template cannot write
+        assert len(published) == 5
+        assert [reason for reason, _ in aside] == ["missing_column"] * 3 + ["template"] * 5
+        assert aside[:3] == missing
+    else:  # split as records with no value
+        assert len(published) == 10
+        assert aside == missing
+
+
 def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) -> None:
     recipe = instruction_recipe(workdir, "jumpstart-instruction", system_prompt="Be brief.")
     with pytest.raises(RecipeError, match="system_prompt applies to the jumpstart-chat"):

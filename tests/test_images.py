@@ -7,16 +7,20 @@ import io
 import json
 import os
 import re
+import tracemalloc
 from pathlib import Path
 
 import boto3
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
+import xxhash
 from PIL import Image
 
+import connectors.images as images
+from connectors.files import lines_in
 from connectors.images import ImagesSourceReader
-from connectors.state import Watermarks
+from connectors.state import SourceWatermark, Watermarks
 from curation.pipeline import RunResult
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
@@ -1332,3 +1336,55 @@ def test_an_unchanged_sidecar_is_read_for_its_rows_only(workdir: Path, monkeypat
     assert len(opened) == 1
     opened.clear()
     assert run(workdir, spec).message.startswith("nothing new") and opened == []
+
+
+SIDECARS = {
+    "lf.jsonl": b'{"image": "a.png"}\n{"image": "b.png"}\n',
+    "crlf.jsonl": b'{"image": "a.png"}\r\n{"image": "b.png"}\r\n',
+    "cr.jsonl": b'{"image": "a.png"}\r{"image": "b.png"}\r',
+    "mixed.jsonl": b'{"image": "a.png"}\r\n\r{"image": "b.png"}\n\r\n{"image": "c.png"}',  # no final newline
+    "empty.jsonl": b"",
+}
+
+
+def compared(tmp_path: Path, name: str, before: dict | None) -> tuple[tuple[bool, float], dict]:
+    """What ``_compare`` finds of the sidecar ``name`` given an earlier run's watermark, and the one it stages."""
+    watermark = SourceWatermark({} if before is None else {f"sidecar:{tmp_path / name}": before})
+    reader = ImagesSourceReader(config_for(str(tmp_path / "img"), str(tmp_path / name)), 4, watermark)
+    (entry,) = reader.sidecar.entries()
+    return reader._compare(watermark, entry), watermark.pending[f"sidecar:{entry.uri}"]
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 1024 * 1024])
+def test_a_sidecar_hashed_a_block_at_a_time_keeps_the_values_it_had_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    # Read whole into memory (stream.read()), an edited, appended or never hashed sidecar could exceed it.
+    # Hashed a block at a time, the values kept must be those the whole gave (or every sidecar taken
+    # before reads as edited, once): also where a block ends between the CR and LF of a line's end.
+    monkeypatch.setattr(images, "HASH_BYTES", block)
+    (tmp_path / "img").mkdir()
+    for name, data in [*SIDECARS.items(), *((f"{n}.gz", d) for n, d in SIDECARS.items())]:
+        (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+        whole = {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data), "lines": lines_in(data)}
+        found, staged = compared(tmp_path, name, None)
+        assert found == (False, 0) and {key: staged[key] for key in whole} == whole, name
+        for cut in range(len(data) + 1):  # an earlier run took the first ``cut`` bytes: appended since
+            taken = {"bytes": cut, "xxh3": xxhash.xxh3_128_hexdigest(data[:cut]), "fingerprint": "", "lines": 0}
+            assert compared(tmp_path, name, taken)[0] == (False, lines_in(data[:cut])), (name, cut)
+            assert compared(tmp_path, name, {**taken, "xxh3": "0"})[0] == (True, 0), (name, cut)
+
+
+def test_a_large_sidecar_is_compared_without_holding_it_in_memory(tmp_path: Path) -> None:
+    rows = b"".join(b'{"image": "receipt-%08d.jpg", "question": "Total?"}\n' % n for n in range(800_000))
+    (tmp_path / "img").mkdir()
+    (tmp_path / "qa.jsonl.gz").write_bytes(gzip.compress(rows, compresslevel=1))
+    taken = {"bytes": len(rows) // 2, "xxh3": xxhash.xxh3_128_hexdigest(rows[: len(rows) // 2]), "fingerprint": ""}
+    tracemalloc.start()
+    try:
+        found, staged = compared(tmp_path, "qa.jsonl.gz", taken)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == (False, 400_000) and staged["lines"] == 800_000 and staged["bytes"] == len(rows)
+    assert peak < len(rows) // 2, f"{peak:,} bytes held comparing {len(rows):,}"

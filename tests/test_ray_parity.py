@@ -597,3 +597,25 @@ def test_a_parquet_file_of_0_bytes_holds_no_records_on_ray_as_on_the_embedded_ex
     expected, actual = published(local), published(distributed)
     assert expected["counts"]["written"] == 6 and expected["set_aside"] == set()
     assert actual == expected
+
+
+def test_a_jsonl_key_only_later_lines_have_is_null_before_them_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    # A Ray read task reads a file as the embedded executor does: the first lines, without the key the
+    # split goes by, are split as ones with no value (their batch lacked the column: set aside before).
+    rows = [{"q": f"Question {i}?", "a": "Yes.", **({"segment": f"s{i % 2}"} if i >= 5 else {})} for i in range(10)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": "Other question?", "a": "No."}])  # no line has it
+    recipe = {
+        "dataset": "segments",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "batch_rows": 5,
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, "group_by": "segment"},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected, actual = published(local), published(distributed)
+    assert expected["counts"]["written"] == 10 and expected["counts"]["quarantined"] == 1
+    assert actual == expected

@@ -271,6 +271,14 @@ class Shape:
             *(field.column for field in self.fields),
             *(n for f in self.fields for n in f.template_columns),
         }
+        # The columns a record lacking the key of becomes another thing than one holding null under it (set
+        # aside as ``missing_column``, or a template's ``is defined`` choosing otherwise): a JSONL reader gives
+        # each batch those its file holds (``FilesSourceReader``), so batch_rows changes no outcome.
+        self.keyed = {
+            *self.carry,
+            *(f.column for f in self.fields if f.column is not None and f.target in self.required),
+            *(n for f in self.fields for n in f.template_columns),
+        }
 
     def __call__(self, batch: pa.Table) -> StageResult:
         batch = _widened_floats(batch, self.reads)
