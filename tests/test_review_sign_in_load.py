@@ -10,21 +10,24 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
+from argon2.exceptions import VerifyMismatchError
 from fastapi.testclient import TestClient
 
 from curation.review import auth
 from curation.review.app import create_app
 from curation.review.auth import add_user
 
-HASH_SECONDS = 0.2
+HASH_SECONDS = 0.3
 
 
 class SlowHasher(PasswordHasher):
-    """Argon2 as the page uses it, taking as long as a costly hash on a busy server."""
+    """A wrong password, found as slowly as a costly hash on a busy server, and always as slowly: the
+    test counts guesses answered before the page, so each must take the same time however loaded the
+    machine is (argon2's own work would not)."""
 
     def verify(self, hash: str | bytes, password: str | bytes) -> bool:
         time.sleep(HASH_SECONDS)
-        return super().verify(hash, password)
+        raise VerifyMismatchError
 
 
 def test_a_page_answers_while_a_burst_of_sign_ins_from_one_address_waits_its_turn(tmp_path: Path, monkeypatch) -> None:
@@ -40,13 +43,14 @@ def test_a_page_answers_while_a_burst_of_sign_ins_from_one_address_waits_its_tur
             assert client.post("/login", data=form).status_code in (401, 429)
             return time.monotonic()
 
+        # More guesses than the pool's 40 threads: had each held one while waiting its turn, the page
+        # would have waited for a thread, that is for about 11 guesses to be answered (13.5 s here).
         with ThreadPoolExecutor(50) as pool:
             guesses = [pool.submit(guess, n) for n in range(50)]
             time.sleep(4 * HASH_SECONDS)  # the burst has started: its guesses wait for each other
-            start = time.monotonic()
             assert client.get("/login").status_code == 200
             answered = time.monotonic()
             done = [guessed.result() for guessed in guesses]
-    # The page answered at once, while most guesses were still waiting their turn (one hash each).
-    assert answered - start < 2 * HASH_SECONDS, answered - start
-    assert sum(when > answered for when in done) >= 10
+    # Counted, not timed: the page answered while the guesses went on one at a time (about 4 of them
+    # answered in the 4 hashes' time it waited), not after those holding threads had gone.
+    assert sum(when < answered for when in done) < 9, sorted(done)
