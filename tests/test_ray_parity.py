@@ -63,13 +63,14 @@ def test_language_filter_decides_as_on_the_embedded_executor(workdir: Path, loca
     assert actual["shards"] == expected["shards"]
 
 
-def test_a_dedup_setting_the_records_cannot_meet_is_the_same_recipe_error_on_ray(
+def test_a_column_no_record_has_is_the_same_recipe_error_on_ray(
     workdir: Path,
     local_ray: Any,  # noqa: F811
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """A dedup stage's signatures are computed in Ray tasks outside the envelopes: a recipe error there
-    comes back as the embedded executor says it, with no Ray notes or traceback."""
+    """A column the split and a dedup stage go by, in no file: each file's records are set aside in Ray
+    tasks (``missing_column``, before the dedup stage's signatures are computed there), and the run
+    fails as the embedded executor's does, with no Ray notes or traceback."""
     from typer.testing import CliRunner
 
     from curation.cli import app
@@ -93,7 +94,7 @@ def test_a_dedup_setting_the_records_cannot_meet_is_the_same_recipe_error_on_ray
         assert "Traceback" not in shown and "Failed to apply" not in shown  # Ray's notes on a failed task
         # The message names the recipe file, which is each engine's own.
         outputs[engine] = (result.exit_code, result.output.splitlines()[-1].replace(f"{engine}.yaml", "RECIPE"))
-    assert outputs["local"][0] == 2 and "near_dedup fields: ['customer'] are not columns" in outputs["local"][1]
+    assert outputs["local"][0] == 2 and "column 'customer' is missing (output.group_by names it)" in outputs["local"][1]
     assert outputs["ray"] == outputs["local"]
     assert not (workdir / "ray" / "fields" / "v1").exists()
 
