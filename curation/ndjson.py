@@ -108,11 +108,12 @@ def _text(array: pa.Array) -> list[Piece]:
     sizes = np.diff(offsets)
     if not array.null_count and sizes.min() == sizes.max():
         size = int(sizes[0])
-        if not size or (values.reshape(-1, size) == values[:size]).all():
+        first, last = values[:size], values[len(values) - size :]
+        if not size or ((first == last).all() and (values.reshape(-1, size) == first).all()):
             return [_escape(values[:size].tobytes().decode())]
     if not len(values):
         return [array]
-    control = values[values < 0x20]
+    control = values[values < 0x20] if values.min() < 0x20 else values[:0]  # the usual text holds none
     if np.count_nonzero(values == _BACKSLASH):  # first, so the backslashes added next stay as they are
         array = pc.replace_substring(array, "\\", "\\\\")
     if np.count_nonzero(values == _QUOTE):
