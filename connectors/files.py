@@ -291,6 +291,12 @@ def _may_repeat_a_key(text: bytes, table: pa.Table) -> bool:
     if b"\\" in text and _ESCAPED_COLON.search(text):
         return True
     colons = int(np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":")))
+    # Flat columns: each value had a key and each key a colon, so the colons are at least the values. As
+    # many leaves none for a key named twice, nor for a string (or an object's text): the usual block is
+    # decided without counting the colons in its strings (a third of the check's time).
+    flat = not any(":" in field.name or pa.types.is_nested(field.type) for field in table.schema)
+    if flat and colons == sum(len(column) - column.null_count for column in table.columns):
+        return False
     values = in_strings = 0
     for name, column in zip(table.column_names, table.columns, strict=True):
         within = _values_and_colons(column)

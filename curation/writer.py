@@ -33,6 +33,7 @@ from connectors.state import LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
+from curation.ndjson import to_ndjson
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
 from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
@@ -73,11 +74,6 @@ LINEAGE_SCHEMA = pl.from_arrow(
         ]
     ).empty_table()
 ).schema
-
-
-def to_ndjson(table: pa.Table) -> bytes:
-    """JSON lines, UTF-8 unescaped, keys in column order."""
-    return _ndjson(pl.from_arrow(table)) if table.num_rows else b""
 
 
 def _ndjson(frame: pl.DataFrame) -> bytes:

@@ -584,6 +584,26 @@ def test_a_block_that_names_no_key_twice_is_read_whole_without_a_second_read() -
     assert _may_repeat_a_key(twice, read_json_objects(twice, len(rows)))
 
 
+def test_a_flat_block_is_checked_for_a_repeated_key_without_counting_colons_in_its_strings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import connectors.files as files
+    from connectors.files import _may_repeat_a_key, read_json_objects
+
+    rows = [{"q": f"Q{n} what?", "a": "A this.", "n": n} for n in range(300)]
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    twice = text.replace(b'"n": 7}', b'"n": 7, "n": 8}')
+    given_null = text.replace(b'"n": 7}', b'"n": null, "n": 7}')
+    with_colon = text.replace(b"Q7 what?", b"Q7: what?")
+    monkeypatch.setattr(files, "_values_and_colons", lambda _: pytest.fail("counted value by value"))
+    assert not _may_repeat_a_key(text, read_json_objects(text, len(rows)))
+    monkeypatch.undo()
+    # More colons than values: a key named twice (or given null), or a colon in a string, is looked at.
+    for block, repeats in ((twice, True), (given_null, True), (with_colon, False)):
+        assert block != text
+        assert _may_repeat_a_key(block, read_json_objects(block, len(rows))) is repeats
+
+
 def test_a_json_line_nested_thousands_deep_is_quarantined_not_fatal(workdir: Path) -> None:
     # Python's json gave up with a RecursionError, which failed the whole run.
     deep = '{"q": "deep", "a": "x", "z": ' + "[" * 100_000 + "]" * 100_000 + "}"

@@ -1,0 +1,93 @@
+"""The kernel-built JSON lines are byte for byte what polars' ``write_ndjson`` writes (the published
+shards, lineage and set-aside files were written by polars)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from curation.ndjson import to_ndjson
+from schemas.records import SOURCE_TYPE
+
+# Every character JSON escapes, and ones it leaves as they are (DEL, non-ASCII, line separators).
+AWKWARD = [chr(c) for c in range(0x20)] + ['"', "\\", "\x7f", "é", "日本", "\U0001f600", "\u2028", "\\u0041", '\\"']
+
+
+def _polars(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pl.from_arrow(table).write_ndjson(buffer)
+    return buffer.getvalue()
+
+
+def _text(rng: random.Random) -> str:
+    return "".join(rng.choice([*AWKWARD, "a", "b", " ", "xyz"]) for _ in range(rng.randrange(0, 8)))
+
+
+def _tables(rng: random.Random) -> list[pa.Table]:
+    n = 300
+    texts = [_text(rng) for _ in range(n)]
+    sources = [
+        None
+        if rng.random() < 0.1
+        else {"connector": "files", "uri": rng.choice(["s3://b/é.jsonl", 'a"\\b']), "line": i, "page": None}
+        for i in range(n)
+    ]
+    full = pa.table(
+        {
+            "text": pa.array(texts),
+            "nullable": pa.array([None if rng.random() < 0.3 else t for t in texts]),
+            "large": pa.array(texts, pa.large_string()),
+            "same": pa.array(["train/part-00000.jsonl"] * n),
+            "same_escaped": pa.array(['sa"me\n'] * n),
+            "empty": pa.array([""] * n),
+            "number": pa.array([rng.randrange(-(2**63), 2**63) for _ in range(n)], pa.int64()),
+            "small": pa.array([None if rng.random() < 0.2 else rng.randrange(256) for _ in range(n)], pa.uint8()),
+            "flag": pa.array([rng.choice([True, False, None]) for _ in range(n)]),
+            "nothing": pa.array([None] * n, pa.string()),
+            "source": pa.array(sources, SOURCE_TYPE),
+            'key "with" \\ \t escapes é': pa.array(texts),
+        }
+    )
+    chunked = pa.concat_tables([full.slice(0, 7), full.slice(7, 100), full.slice(250)])  # several batches, offsets
+    return [full, full.slice(13, 200), chunked, full.select(["same", "nothing"]), full.select(["flag"]).slice(5, 1)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lines_equal_polars_write_ndjson(seed: int) -> None:
+    for table in _tables(random.Random(seed)):
+        assert to_ndjson(table) == _polars(table)
+
+
+def test_types_it_does_not_write_go_to_polars() -> None:
+    # A float, a list, a timestamp or a dictionary column: polars writes the whole table, as before.
+    table = pa.table(
+        {
+            "text": ["a", 'b"'],
+            "score": [0.1, 1e300],
+            "tags": [["x"], []],
+            "at": pa.array([0, 10**12], pa.timestamp("us")),
+            "label": pa.array(["x", "y"]).dictionary_encode(),
+        }
+    )
+    for name in ["score", "tags", "at", "label"]:
+        part = table.select(["text", name])
+        assert to_ndjson(part) == _polars(part)
+
+
+def test_no_rows_no_bytes() -> None:
+    assert to_ndjson(pa.table({"a": pa.array([], pa.string())})) == b""
+
+
+def test_the_writers_tables_are_not_handed_to_polars(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Text rows and lineage rows (the bulk of what a run writes) take the kernels: polars cost 3x the CPU.
+    import curation.ndjson
+
+    monkeypatch.setattr(curation.ndjson, "_polars_ndjson", lambda _: pytest.fail("handed to polars"))
+    table = _tables(random.Random(0))[0]
+    lineage = table.select(["same", "number", "text", "source"]).rename_columns(["shard", "line", "id", "source"])
+    assert to_ndjson(lineage).count(b"\n") == lineage.num_rows
+    assert to_ndjson(table.select(["text", "nullable"])).count(b"\n") == table.num_rows
