@@ -188,3 +188,75 @@ def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -
     third = run_each()
     for name, result in third.items():
         assert result.manifest is None and "2 input(s) (files, image rows) still cannot be read" in result.message, name
+
+
+def test_an_edited_sidecar_an_archived_image_and_a_changed_one_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    """A sidecar parsed at planning (edited: its rows replace what it gave) is parsed again by the Ray task
+    reading it; an image moved away keeps its records, one changed in place has its questions read again."""
+    names = [f"scan{n}.png" for n in range(10)]
+    (workdir / "img").mkdir()
+    for n, name in enumerate(names):
+        (workdir / "img" / name).write_bytes(picture(10 * n))
+    write_jsonl(workdir / "qa" / "a.jsonl", questions(names[:5], range(2)))
+    write_jsonl(workdir / "qa" / "b.jsonl", questions(names[5:], range(2)))
+    spec = {
+        "dataset": "scans",
+        "sources": [{"type": "images", "path": str(workdir / "img"), "sidecar": str(workdir / "qa")}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.5},
+    }
+    recipes = side_by_side(workdir, spec)
+    first = {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
+    assert published(first["ray"]) == published(first["local"])
+    edited = questions(names[:5], range(2))
+    edited[3] = {**edited[3], "answer": "no"}  # a corrected answer
+    write_jsonl(workdir / "qa" / "a.jsonl", edited)
+    (workdir / "img" / names[6]).rename(workdir / names[6])  # archived once taken
+    (workdir / "img" / names[7]).write_bytes(picture(77))  # redone in place
+    write_jsonl(workdir / "qa" / "b.jsonl", questions(names[5:], range(2)) + questions(names[8:], range(2, 3)))
+    second = {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
+    expected = published(second["local"])
+    assert published(second["ray"]) == expected
+    assert expected["counts"]["input"] == 10 + 2 + 2  # a.jsonl's rows, scan7's questions, two new
+    for name in EXECUTORS:
+        before, after = (side_of_each(Path(run.version_uri)) for run in (first[name], second[name]))
+        assert kept_sides(before, after) == {}, name
+
+
+def test_a_query_with_params_read_whole_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    """A query without a cursor is read whole, its params bound in the Ray task as at planning (its
+    fingerprint): unchanged, nothing new; a row edited, the result replaces what it gave, sides kept."""
+    from tests.helpers import sqlite_db
+
+    rows = ", ".join(f"({n}, 'Where is parcel {n}?', 'Here.', '{'ab'[n % 2]}')" for n in range(30))
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE notes (id int, q text, a text, team text)",
+        f"INSERT INTO notes VALUES {rows}",
+    )
+    spec = {
+        "dataset": "notes",
+        "sources": [
+            {"type": "sql", "url": url, "query": "SELECT q, a FROM notes WHERE team = :team", "params": {"team": "a"}}
+        ],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"validation_fraction": 0.4},
+    }
+    recipes = side_by_side(workdir, spec)
+
+    def run_each() -> dict[str, RunResult]:
+        return {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
+
+    first = run_each()
+    assert first["local"].manifest.counts.written == 15
+    assert published(first["ray"]) == published(first["local"])
+    assert all(result.manifest is None for result in run_each().values())
+    sqlite_db(
+        workdir / "crm.db", "UPDATE notes SET a = 'Gone.' WHERE id = 4", "UPDATE notes SET a = 'No.' WHERE id = 5"
+    )
+    third = run_each()
+    expected = published(third["local"])
+    assert published(third["ray"]) == expected
+    for name in EXECUTORS:
+        before, after = (side_of_each(Path(run.version_uri)) for run in (first[name], third[name]))
+        assert kept_sides(before, after) == {}, name
