@@ -23,10 +23,15 @@ from tests.test_split_sides import kept_sides, picture, questions, side_of_each
 ray = pytest.importorskip("ray")
 
 
-def test_compressed_hive_files_and_a_file_without_the_split_column_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+@pytest.mark.parametrize("setting", ["group_by", "stratify_by"])
+def test_compressed_hive_files_and_a_file_without_the_split_column_on_ray(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+    setting: str,
+) -> None:
     """Hive's compressed text files (``000001_0.gz``, ``.deflate``, ``.bz2``, ``.zst``) read in the declared
-    format in the workers, a ``.snappy`` one left out; a file lacking the ``group_by`` column sets its records
-    aside as ``missing_column`` there too."""
+    format in the workers, a ``.snappy`` one left out; a file lacking the column the split goes by sets its
+    records aside as ``missing_column`` there too."""
     folder = workdir / "tx" / "category=Dining" / "year=2025"
     folder.mkdir(parents=True)
 
@@ -47,7 +52,7 @@ def test_compressed_hive_files_and_a_file_without_the_split_column_on_ray(workdi
         "dataset": "tx",
         "sources": [{"path": str(workdir / "tx"), "hive_partitioning": True, "format": "csv", "csv_delimiter": "\x01"}],
         "record": {"kind": "instruction", "prompt": "{{ description }} in {{ year }}", "completion": "category"},
-        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, "group_by": "account"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, setting: "account"},
     }
     local, distributed = run_both(workdir, recipe)
     expected = published(local)
