@@ -28,6 +28,7 @@ def test_compressed_hive_files_and_a_file_without_the_split_column_on_ray(
     workdir: Path,
     local_ray: Any,  # noqa: F811
     setting: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Hive's compressed text files (``000001_0.gz``, ``.deflate``, ``.bz2``, ``.zst``) read in the declared
     format in the workers, a ``.snappy`` one left out; a file lacking the column the split goes by sets its
@@ -54,7 +55,10 @@ def test_compressed_hive_files_and_a_file_without_the_split_column_on_ray(
         "record": {"kind": "instruction", "prompt": "{{ description }} in {{ year }}", "completion": "category"},
         "output": {"dest": str(workdir / "out"), "validation_fraction": 0.3, setting: "account"},
     }
-    local, distributed = run_both(workdir, recipe)
+    with caplog.at_level("WARNING"):
+        local, distributed = run_both(workdir, recipe)
+    said = [r.getMessage() for r in caplog.records if "cannot unpack" in r.getMessage()]
+    assert len(said) == 2 and said[0].endswith("000005_0.snappy")  # once by each run, as it lists
     expected = published(local)
     assert expected["counts"]["written"] == 22
     assert expected["counts"]["reasons"] == {"quarantined": {"missing_column": 3}}
