@@ -269,3 +269,30 @@ def test_a_query_with_params_read_whole_on_ray(workdir: Path, local_ray: Any) ->
     for name in EXECUTORS:
         before, after = (side_of_each(Path(run.version_uri)) for run in (first[name], third[name]))
         assert kept_sides(before, after) == {}, name
+
+
+def test_a_parquet_file_of_0_bytes_written_since_is_read_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    """A 0-byte part file a Ray task read as empty is taken as it was then (its watermark comes back from the
+    task): once its writer finishes it, the next run reads its records, as on the embedded executor."""
+    import pyarrow.parquet as pq
+
+    def part(name: str, count: int) -> None:
+        rows = {"q": [f"Question {name}{i}?" for i in range(count)], "a": ["Yes."] * count}
+        pq.write_table(pa.table(rows), workdir / "tx" / name)
+
+    (workdir / "tx").mkdir()
+    part("a.parquet", 6)
+    (workdir / "tx" / "b.parquet").write_bytes(b"")
+    spec = {
+        "dataset": "lake",
+        "sources": [{"path": str(workdir / "tx")}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "a"},
+        "output": {"validation_fraction": 0.3},
+    }
+    recipes = side_by_side(workdir, spec)
+    runs = [{name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}]
+    part("b.parquet", 4)
+    runs.append({name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()})
+    assert [run["local"].manifest.counts.input for run in runs] == [6, 4]
+    for run in runs:
+        assert published(run["ray"]) == published(run["local"])
