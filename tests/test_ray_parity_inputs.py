@@ -18,7 +18,7 @@ from curation.pipeline import RunResult, run_recipe
 from tests.helpers import write_jsonl
 from tests.test_ray import WRITE_ONLY, local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 from tests.test_ray_parity import EXECUTORS, side_by_side
-from tests.test_split_sides import kept_sides, picture, questions, side_of_each
+from tests.test_split_sides import image_sides, kept_sides, picture, questions, side_of_each
 
 ray = pytest.importorskip("ray")
 
@@ -194,6 +194,8 @@ def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -
     for name in EXECUTORS:
         before, after = (side_of_each(Path(run.version_uri)) for run in (first[name], second[name]))
         assert kept_sides(before, after) == {}, name
+        sides, later = (image_sides(Path(run.version_uri)) for run in (first[name], second[name]))
+        assert {image: on for image, on in later.items() if on != sides[image]} == {}, name
     third = run_each()
     for name, result in third.items():
         assert result.manifest is None and "2 input(s) (files, image rows) still cannot be read" in result.message, name
@@ -201,7 +203,8 @@ def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -
 
 def test_an_edited_sidecar_an_archived_image_and_a_changed_one_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
     """A sidecar parsed at planning (edited: its rows replace what it gave) is parsed again by the Ray task
-    reading it; an image moved away keeps its records, one changed in place has its questions read again."""
+    reading it; an image moved away keeps its records, one changed in place has its questions read again,
+    and its new questions, in a sidecar read before them, join them."""
     names = [f"scan{n}.png" for n in range(10)]
     (workdir / "img").mkdir()
     for n, name in enumerate(names):
@@ -223,13 +226,17 @@ def test_an_edited_sidecar_an_archived_image_and_a_changed_one_on_ray(workdir: P
     (workdir / "img" / names[6]).rename(workdir / names[6])  # archived once taken
     (workdir / "img" / names[7]).write_bytes(picture(77))  # redone in place
     write_jsonl(workdir / "qa" / "b.jsonl", questions(names[5:], range(2)) + questions(names[8:], range(2, 3)))
+    # New questions about the changed image, met before its questions read again (in b.jsonl).
+    write_jsonl(workdir / "qa" / "0.jsonl", questions(names[7:9], range(3, 4)))
     second = {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
     expected = published(second["local"])
     assert published(second["ray"]) == expected
-    assert expected["counts"]["input"] == 10 + 2 + 2  # a.jsonl's rows, scan7's questions, two new
+    assert expected["counts"]["input"] == 10 + 2 + 2 + 2  # a.jsonl's rows, scan7's questions, four new
     for name in EXECUTORS:
         before, after = (side_of_each(Path(run.version_uri)) for run in (first[name], second[name]))
         assert kept_sides(before, after) == {}, name
+        sides, later = (image_sides(Path(run.version_uri)) for run in (first[name], second[name]))
+        assert {image: on for image, on in later.items() if on != sides[image]} == {}, name
 
 
 def test_a_query_with_params_read_whole_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
