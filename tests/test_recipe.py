@@ -72,7 +72,7 @@ def test_errors_name_setting_and_line(text: str, expected: str) -> None:
         (
             "dataset: tx\nsources:\n  - type: sql\n    url: sqlite:///x.db\n    tabel: t\n",
             "sources.0.tabel (line 5): Extra inputs are not permitted: did you mean 'table'? the settings here are "
-            "cursor, key, query, table, type, url",
+            "cursor, key, params, query, table, type, url",
         ),
         ("dataset: tx\nsources:\n  - path: a\nouptut: {}\n", "ouptut (line 4): Extra inputs are not permitted: "),
     ],

@@ -27,8 +27,8 @@ def test_unknown_pages_bad_paths_and_oversized_forms_get_the_error_page(tmp_path
         ("GET", "/items/abc", None, 404, "/items/abc: item_id: Input should be a valid integer"),
         ("GET", "/datasets/support/vx", None, 404, "version: Input should be a valid integer"),
         ("GET", "/logout", None, 405, "Method Not Allowed"),
-        # An edit over the form parser's limit for one field (1 MB).
-        ("POST", "/items/1/decide", {"csrf_token": csrf, "value": "x" * 1_100_000}, 400, "exceeded maximum size"),
+        # An edit over the page's limit for a form (4 MiB), refused before it is read.
+        ("POST", "/items/1/decide", {"csrf_token": csrf, "value": "x" * 5 * 2**20}, 413, "too large to take"),
     ):
         response = client.request(method, path, data=data)
         assert response.status_code == status, path
