@@ -1269,6 +1269,26 @@ def test_a_querys_parameters_and_params_must_match() -> None:
     assert plain == "sqlite://#query-" + hashlib.sha256(b"SELECT 1 AS subject").hexdigest()[:12]
 
 
+def test_a_param_holding_a_list_is_one_problem_naming_it() -> None:
+    from schemas.config import RecipeError, parse_recipe
+
+    recipe = """dataset: support
+sources:
+  - type: sql
+    url: sqlite://
+    query: "SELECT id FROM notes WHERE team = :team"
+    params: {team: [payments, cards]}
+record: {kind: document, text: input_id}
+"""
+    with pytest.raises(RecipeError) as raised:
+        parse_recipe(recipe, origin="recipe.yaml")
+    # Not one line per type of the union the value is not (str, int, float, bool, datetime, date).
+    assert str(raised.value).splitlines()[1:] == [
+        "  sources.0.params (line 6): Value error, 'team' is a list: a parameter takes one value, a string, "
+        "number, boolean, date, datetime or null"
+    ]
+
+
 def test_new_rows_keys_are_asked_of_rows_before_the_watermark_in_few_statements(tmp_path: Path) -> None:
     # The database was asked once per batch of new rows: a scan of the source each (without an index on the key).
     url = small_table(tmp_path / "crm.db", [(i, f"s{i}", "r", i) for i in range(1, 21)])
