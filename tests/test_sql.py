@@ -740,9 +740,16 @@ def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
     )
     assert json.loads(aside[0]["record"])["subject"] == "a"
     rows_have = "row has" if nulls == 1 else "rows have"
-    assert f"{url}#t: {nulls} {rows_have} no value (NULL) in the cursor column 'u'" in caplog.text
+    said = (
+        f"{url}#t: {{}} no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column 'u': {{}}"
+    )
+    assert said.format(f"{nulls} {rows_have}", "quarantined by this run (no_cursor_value);") in caplog.text
+    assert "the others by an earlier one" not in caplog.text  # there are no others yet
     small_table(workdir / "crm.db", [(3, "c", "z", None), (4, "d", "w", 5)])
+    caplog.clear()
     second = run(workdir, spec)
+    by = "1 quarantined by this run (no_cursor_value), the others by an earlier one"
+    assert said.format(f"{nulls + 1} rows have", by) in caplog.text
     assert second.manifest.extends == 1
     assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (2, 1)
     assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["d"]
