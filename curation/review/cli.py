@@ -129,6 +129,16 @@ def serve(
 
     from curation.review.app import create_app
 
+    unread = _not_addresses(proxy) if proxy else []
+    if unread:
+        # uvicorn keeps such an entry as a literal that no client's address equals: the proxy would not be
+        # trusted, and every client behind it counted as the proxy's one address, with no word said.
+        console.print(
+            f"[red]error[/red] --proxy {proxy}: {', '.join(repr(e) for e in unread)} is not an IP address or "
+            "network (such as 10.0.0.5 or 10.0.0.0/24; a host name is not looked up)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     if proxy and _trusts_anyone(proxy):
         # The sign-in limit per address keys on the forwarded address: trusted from anyone, a client
         # names a new address with each guess.
@@ -157,6 +167,20 @@ def serve(
     # only the named proxy may say so (any other client could claim any address).
     forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
     uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
+
+
+def _not_addresses(proxy: str) -> list[str]:
+    """The entries of ``proxy`` (comma-separated) that are neither ``*`` nor an IP address or network."""
+    import ipaddress
+
+    wrong = []
+    for entry in (part.strip() for part in proxy.split(",")):
+        try:
+            if entry and entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # an address is a network of one
+        except ValueError:
+            wrong.append(entry)
+    return wrong
 
 
 def _trusts_anyone(proxy: str) -> bool:
