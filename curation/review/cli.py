@@ -209,7 +209,17 @@ def add_user(
     from curation.review.auth import add_user as create
 
     url = _state_url(state, _recipes(recipe))  # before the prompt: a wrong store is said at once
-    password = os.environ.get(PASSWORD_ENV) or typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        try:
+            password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        except typer.Abort:  # its input ended (a job with no terminal) or ^C: else a bare "Aborted.", exit 1
+            console.print(
+                f"[red]error[/red] no password given, so no user made: set ${PASSWORD_ENV}, or type it at the prompt "
+                "(twice)",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
     try:
         with _state_store(url):
             user = create(_engine(url), name, role, password)
