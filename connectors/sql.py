@@ -923,14 +923,22 @@ class SqlSourceReader:
         if self.watermark is not None:
             self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
         if span.nulls:
+            # Each run meets again the rows set aside before (until they get a value): say which are new.
+            earlier = len(span.nulls) - span.new_nulls
+            if not earlier:
+                by = "quarantined by this run (no_cursor_value)"
+            elif not span.new_nulls:
+                by = "quarantined by an earlier run (no_cursor_value)"
+            else:
+                by = f"{span.new_nulls} quarantined by this run (no_cursor_value), the others by an earlier one"
             log.warning(
-                "%s: %d %s no value (NULL) in the cursor column %r: %d quarantined by this run "
-                "(no_cursor_value), the others by an earlier one; give them a value to have them read",
+                "%s: %d %s no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column %r: "
+                "%s; give them a value to have them read",
                 self.uri,
                 len(span.nulls),
                 "row has" if len(span.nulls) == 1 else "rows have",
                 self.config.cursor,
-                span.new_nulls,
+                by,
             )
 
 

@@ -392,6 +392,8 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
             notes.append(
                 f"read the head ({HEAD_BYTES // 1024:,} KiB) of the first {files:,} file(s) of {read_from}; "
                 f"{len(entries) - files:,} not opened (--head-files)"
+                if files
+                else f"opened none of the {len(entries):,} file(s) of {read_from} (--head-files 0)"
             )
     return problems, notes
 

@@ -99,6 +99,20 @@ class SqlSource(Strict):
         _no_bare_at_sign(parsed.host)
         return url
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _one_value_each(cls, params: Any) -> Any:
+        # Said once: pydantic would name each type of the union the value is not, six lines for one value.
+        if isinstance(params, dict):
+            for name, value in params.items():
+                if isinstance(value, list | dict):
+                    kind = "a list" if isinstance(value, list) else "a mapping"
+                    raise ValueError(
+                        f"{name!r} is {kind}: a parameter takes one value, a string, number, boolean, date, "
+                        "datetime or null"
+                    )
+        return params
+
     @model_validator(mode="after")
     def _table_or_query(self) -> SqlSource:
         if (self.table is None) == (self.query is None):

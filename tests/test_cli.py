@@ -334,6 +334,9 @@ def test_check_reads_the_heads_of_the_first_files_and_says_how_many_it_did_not_o
     said = " ".join(checked.stdout.split())
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"read the head (1,024 KiB) of the first 3 file(s) of {tmp_path / 'in'}; 1 not opened (--head-files)" in said
+    none = curation("check", str(recipe), "--head-files", "0", cwd=tmp_path)
+    # Not "read the head ... of the first 0 file(s)".
+    assert f"opened none of the 4 file(s) of {tmp_path / 'in'} (--head-files 0)" in " ".join(none.stdout.split())
     # A bad line is the run's to quarantine: noted, not a failure of the check.
     assert (
         f"1 of the first records of {tmp_path / 'in' / 'part-0.jsonl'} would be set aside, for example "

@@ -279,7 +279,9 @@ def test_a_readers_warning_in_a_ray_worker_is_logged_by_the_driver_once(
     from tests.test_sql import small_table
 
     url = small_table(workdir / "crm.db", [(1, "a", "x", None), (2, "b", "y", 2), (3, "c", "z", None)])
-    said = f"{url}#t: 2 rows have no value (NULL) in the cursor column 'u'"
+    said = (
+        f"{url}#t: 2 rows have no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column 'u'"
+    )
     for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
         spec = {**sql_recipe(url, table="t", cursor="u", key=["id"]), "state": f"sqlite:///{workdir}/{name}.db"}
         spec["output"] = {**spec["output"], "dest": str(workdir / name)}

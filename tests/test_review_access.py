@@ -380,6 +380,18 @@ def test_a_proxy_of_any_address_is_refused_unless_asked_for(seeded: Seeded) -> N
     assert "warning --proxy * trusts every client's X-Forwarded-For" in " ".join(said.split()), said
 
 
+def test_a_proxy_that_is_not_an_address_or_network_is_refused(seeded: Seeded) -> None:
+    # uvicorn took a host name (or a typo) as a literal no client's address equals: the proxy was not
+    # trusted, and every client behind it counted as one address, without a word.
+    done = review(
+        "serve", "--proxy", "10.0.0.5, proxy.internal", "--recipe", str(seeded.recipe_path), cwd=seeded.folder
+    )
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "error --proxy 10.0.0.5, proxy.internal: 'proxy.internal' is not an IP address or network" in said, said
+    assert "Traceback" not in said
+
+
 def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_history(tmp_path: Path) -> None:
     from curation.review.queue import add_items, list_items
     from tests.review_seed import _flags, _source

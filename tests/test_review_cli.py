@@ -113,6 +113,16 @@ def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_s
     assert asked.returncode == 2 and "no state store" in asked.stderr and "password" not in asked.stdout
 
 
+def test_add_user_with_no_password_to_read_says_how_to_give_one(tmp_path: Path) -> None:
+    # A job without a terminal (cron, CI) and without the variable: click's bare "Aborted!", exit 1.
+    url = f"sqlite:///{tmp_path}/state.db"
+    (tmp_path / "state.db").touch()  # a store that is there, empty
+    done = review("add-user", "olga", "--state", url, cwd=tmp_path, stdin="")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said
+    assert "error no password given, so no user made: set $CURATION_REVIEW_PASSWORD" in said, said
+
+
 def test_a_state_store_that_cannot_be_read_is_said_in_one_line_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_text("not a SQLite database, e.g. a file copied over it\n")
     (tmp_path / "tasks.json").write_text("[]")

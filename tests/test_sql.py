@@ -740,9 +740,16 @@ def test_rows_without_a_cursor_value_are_quarantined_once_and_said(
     )
     assert json.loads(aside[0]["record"])["subject"] == "a"
     rows_have = "row has" if nulls == 1 else "rows have"
-    assert f"{url}#t: {nulls} {rows_have} no value (NULL) in the cursor column 'u'" in caplog.text
+    said = (
+        f"{url}#t: {{}} no value (NULL, or NaN), or one Python cannot hold (infinity), in the cursor column 'u': {{}}"
+    )
+    assert said.format(f"{nulls} {rows_have}", "quarantined by this run (no_cursor_value);") in caplog.text
+    assert "the others by an earlier one" not in caplog.text  # there are no others yet
     small_table(workdir / "crm.db", [(3, "c", "z", None), (4, "d", "w", 5)])
+    caplog.clear()
     second = run(workdir, spec)
+    by = "1 quarantined by this run (no_cursor_value), the others by an earlier one"
+    assert said.format(f"{nulls + 1} rows have", by) in caplog.text
     assert second.manifest.extends == 1
     assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (2, 1)
     assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["d"]
@@ -1267,6 +1274,26 @@ def test_a_querys_parameters_and_params_must_match() -> None:
     assert len(uris) == 2
     plain = SqlSourceReader(SqlSource(type="sql", url="sqlite://", query="SELECT 1 AS subject"), 1).uri
     assert plain == "sqlite://#query-" + hashlib.sha256(b"SELECT 1 AS subject").hexdigest()[:12]
+
+
+def test_a_param_holding_a_list_is_one_problem_naming_it() -> None:
+    from schemas.config import RecipeError, parse_recipe
+
+    recipe = """dataset: support
+sources:
+  - type: sql
+    url: sqlite://
+    query: "SELECT id FROM notes WHERE team = :team"
+    params: {team: [payments, cards]}
+record: {kind: document, text: input_id}
+"""
+    with pytest.raises(RecipeError) as raised:
+        parse_recipe(recipe, origin="recipe.yaml")
+    # Not one line per type of the union the value is not (str, int, float, bool, datetime, date).
+    assert str(raised.value).splitlines()[1:] == [
+        "  sources.0.params (line 6): Value error, 'team' is a list: a parameter takes one value, a string, "
+        "number, boolean, date, datetime or null"
+    ]
 
 
 def test_new_rows_keys_are_asked_of_rows_before_the_watermark_in_few_statements(tmp_path: Path) -> None:

@@ -1020,6 +1020,9 @@ def test_max_runtime_on_the_command_line_is_checked_against_sagemakers_model(wor
     assert json.loads(done.stdout)["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
     done = curation(*args, "--max-runtime", "0", cwd=workdir)  # botocore's MaxRuntimeInSeconds: at least 1
     assert done.returncode == 2 and "--max-runtime: 0 is below 1" in done.stderr and "Traceback" not in done.stderr
+    # An AWS integer is Java's 32-bit int: SageMaker would refuse a larger one only at the launch.
+    done = curation(*args, "--max-runtime", str(2**31), cwd=workdir)
+    assert done.returncode == 2 and "--max-runtime: 2147483648 is above 2147483647" in done.stderr
 
 
 def test_a_long_value_the_request_check_refuses_is_shown_cut(workdir: Path) -> None:

@@ -103,11 +103,13 @@ def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
         elif not shortest <= len(value) <= longest:
             yield f"{where}: {shown} is {len(value)} characters long, not {shortest} to {longest}"
     elif shape.type_name in ("integer", "long") and isinstance(value, int):
-        # botocore checks a number's minimum; its maximum, where the model has one, is left to the service.
+        # botocore checks a number's minimum; its maximum, where the model has one, is left to the service,
+        # as is an ``integer``'s width: the service reads it as Java's 32-bit int, and refuses a larger one.
+        longest = shape.metadata.get("max", JAVA_INT_MAX if shape.type_name == "integer" else None)
         if "min" in shape.metadata and value < shape.metadata["min"]:
             yield f"{where}: {value} is below {shape.metadata['min']}"
-        elif "max" in shape.metadata and value > shape.metadata["max"]:
-            yield f"{where}: {value} is above {shape.metadata['max']}"
+        elif longest is not None and value > longest:
+            yield f"{where}: {value} is above {longest}"
 
 
 def check_setting(setting: str, value: str | int, operation: str, member: str, service: str = "sagemaker") -> None:
@@ -121,6 +123,8 @@ def check_setting(setting: str, value: str | int, operation: str, member: str, s
         raise TrainError("; ".join(wrong))
 
 
+# The largest value of an AWS ``integer`` shape (Java's int; ``long`` is 64 bits).
+JAVA_INT_MAX = 2**31 - 1
 # Java's "." stops at every line terminator, Python's only at "\n".
 JAVA_DOT = "[^\\n\\r\\u0085\\u2028\\u2029]"
 # Java's POSIX classes are US-ASCII only; ``regex`` reads them as Unicode.

@@ -129,6 +129,16 @@ def serve(
 
     from curation.review.app import create_app
 
+    unread = _not_addresses(proxy) if proxy else []
+    if unread:
+        # uvicorn keeps such an entry as a literal that no client's address equals: the proxy would not be
+        # trusted, and every client behind it counted as the proxy's one address, with no word said.
+        console.print(
+            f"[red]error[/red] --proxy {proxy}: {', '.join(repr(e) for e in unread)} is not an IP address or "
+            "network (such as 10.0.0.5 or 10.0.0.0/24; a host name is not looked up)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     if proxy and _trusts_anyone(proxy):
         # The sign-in limit per address keys on the forwarded address: trusted from anyone, a client
         # names a new address with each guess.
@@ -159,6 +169,20 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
 
 
+def _not_addresses(proxy: str) -> list[str]:
+    """The entries of ``proxy`` (comma-separated) that are neither ``*`` nor an IP address or network."""
+    import ipaddress
+
+    wrong = []
+    for entry in (part.strip() for part in proxy.split(",")):
+        try:
+            if entry and entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # an address is a network of one
+        except ValueError:
+            wrong.append(entry)
+    return wrong
+
+
 def _trusts_anyone(proxy: str) -> bool:
     """Whether uvicorn's ``forwarded_allow_ips`` of ``proxy`` takes any client for the proxy: ``*``, or
     a network of every address (0.0.0.0/0, ::/0)."""
@@ -185,7 +209,17 @@ def add_user(
     from curation.review.auth import add_user as create
 
     url = _state_url(state, _recipes(recipe))  # before the prompt: a wrong store is said at once
-    password = os.environ.get(PASSWORD_ENV) or typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        try:
+            password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        except typer.Abort:  # its input ended (a job with no terminal) or ^C: else a bare "Aborted.", exit 1
+            console.print(
+                f"[red]error[/red] no password given, so no user made: set ${PASSWORD_ENV}, or type it at the prompt "
+                "(twice)",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
     try:
         with _state_store(url):
             user = create(_engine(url), name, role, password)
