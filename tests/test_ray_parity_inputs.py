@@ -18,7 +18,7 @@ from curation.pipeline import RunResult, run_recipe
 from tests.helpers import write_jsonl
 from tests.test_ray import WRITE_ONLY, local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 from tests.test_ray_parity import EXECUTORS, side_by_side
-from tests.test_split_sides import image_sides, kept_sides, picture, questions, side_of_each
+from tests.test_split_sides import image_sides, kept_sides, picture, questions, scans, side_of_each
 
 ray = pytest.importorskip("ray")
 
@@ -162,10 +162,7 @@ def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -
         pytest.skip(f"{WRITE_ONLY} is not here")
     else:
         pytest.skip(f"{WRITE_ONLY} can be read here")
-    names = [f"scan{n}.png" for n in range(12)]
-    (workdir / "img").mkdir()
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n))
+    names = scans(workdir / "img", 12)
     (workdir / "img" / "locked.png").symlink_to(WRITE_ONLY)
     locked = {"image": "locked.png", "question": "Question 0 about locked.png", "answer": "yes"}
     write_jsonl(workdir / "qa" / "b.jsonl", [*questions(names, range(2)), locked, locked])
@@ -184,8 +181,7 @@ def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -
     expected = published(first["local"])
     assert expected["counts"]["reasons"] == {"quarantined": {"unreadable": 2}}
     assert published(first["ray"]) == expected
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n + 5))  # every scan redone
+    scans(workdir / "img", len(names), redone=True)  # every scan redone
     write_jsonl(workdir / "qa" / "a.jsonl", questions(names, range(2, 3)))  # read before b.jsonl
     second = run_each()
     expected = published(second["local"])
@@ -205,10 +201,7 @@ def test_an_edited_sidecar_an_archived_image_and_a_changed_one_on_ray(workdir: P
     """A sidecar parsed at planning (edited: its rows replace what it gave) is parsed again by the Ray task
     reading it; an image moved away keeps its records, one changed in place has its questions read again,
     and its new questions, in a sidecar read before them, join them."""
-    names = [f"scan{n}.png" for n in range(10)]
-    (workdir / "img").mkdir()
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n))
+    names = scans(workdir / "img", 10)
     write_jsonl(workdir / "qa" / "a.jsonl", questions(names[:5], range(2)))
     write_jsonl(workdir / "qa" / "b.jsonl", questions(names[5:], range(2)))
     spec = {

@@ -140,6 +140,16 @@ def picture(shade: int) -> bytes:
     return buffer.getvalue()
 
 
+def scans(folder: Path, count: int, redone: bool = False) -> list[str]:
+    """``count`` pictures ``scan0.png``... in ``folder``, each its own; ``redone``: each scanned again (other
+    pixels under the same name)."""
+    folder.mkdir(exist_ok=True)
+    names = [f"scan{n}.png" for n in range(count)]
+    for n, name in enumerate(names):
+        (folder / name).write_bytes(picture(10 * n + (5 if redone else 0)))
+    return names
+
+
 def image_sides(version: Path) -> dict[str, set[str]]:
     """The sides each image's questions are on (by the image's name, which each question carries)."""
     sides: dict[str, set[str]] = defaultdict(set)
@@ -167,10 +177,7 @@ def vqa_recipe() -> dict[str, Any]:
 def test_an_images_later_questions_join_its_earlier_ones_under_another_seed(workdir: Path) -> None:
     """VQA records are split by their image: the state store keeps each image's side, so new questions about
     a picture published before land beside its earlier ones when the seed changed."""
-    names = [f"scan{n}.png" for n in range(16)]
-    (workdir / "img").mkdir()
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n))
+    names = scans(workdir / "img", 16)
     write_jsonl(workdir / "qa.jsonl", questions(names, range(2)))
     recipe = vqa_recipe()
     first = image_sides(Path(run(workdir, recipe).version_uri))
@@ -186,15 +193,11 @@ def test_a_changed_images_new_questions_join_its_earlier_ones(workdir: Path) -> 
     """An image changed in place (a better scan under the same name): its questions are read again (the same
     records, keeping their sides), and a new question about it lands beside them, not where the new
     content's hash would put it."""
-    names = [f"scan{n}.png" for n in range(16)]
-    (workdir / "img").mkdir()
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n))
+    names = scans(workdir / "img", 16)
     write_jsonl(workdir / "qa.jsonl", questions(names, range(2)))
     recipe = vqa_recipe()
     first = image_sides(Path(run(workdir, recipe).version_uri))
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n + 5))  # every scan redone
+    scans(workdir / "img", len(names), redone=True)  # every scan redone
     write_jsonl(workdir / "qa.jsonl", questions(names, range(2)) + questions(names, range(2, 3)))
     second = run(workdir, recipe)
     assert second.manifest.counts.written == 48  # the 32 questions read again with their new image, 16 new
@@ -205,16 +208,12 @@ def test_a_changed_images_new_questions_met_before_its_questions_read_again_join
     """The new questions about images changed in place come first (a sidecar file read before the one holding
     the questions read again): the new content is unknown to the state store, and its questions read again
     were not met yet, so they went where the new content's hash put them. The image's path keeps its side."""
-    names = [f"scan{n}.png" for n in range(16)]
-    (workdir / "img").mkdir()
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n))
+    names = scans(workdir / "img", 16)
     write_jsonl(workdir / "qa" / "b.jsonl", questions(names, range(2)))
     recipe = {**vqa_recipe(), "sources": [{"type": "images", "path": "img", "sidecar": "qa"}]}
     first = image_sides(Path(run(workdir, recipe).version_uri))
     assert {len(sides) for sides in first.values()} == {1} and set().union(*first.values()) == {"train", "validation"}
-    for n, name in enumerate(names):
-        (workdir / "img" / name).write_bytes(picture(10 * n + 5))  # every scan redone
+    scans(workdir / "img", len(names), redone=True)  # every scan redone
     write_jsonl(workdir / "qa" / "a.jsonl", questions(names, range(2, 3)))  # read before b.jsonl
     second = run(workdir, recipe)
     assert second.manifest.counts.written == 48  # the 32 questions read again with their new image, 16 new
