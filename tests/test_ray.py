@@ -569,9 +569,8 @@ def test_files_and_images_touched_are_compared_by_their_bytes_on_ray(workdir: Pa
 WRITE_ONLY = Path("/sys/bus/pci/rescan")
 
 
-def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_again(
-    workdir: Path, local_ray: Any
-) -> None:
+def unreadable_file() -> Path:
+    """A file that exists and that no process may read (even as root), or the test is skipped."""
     try:
         WRITE_ONLY.open("rb").close()
     except PermissionError:
@@ -580,8 +579,14 @@ def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_a
         pytest.skip(f"{WRITE_ONLY} is not here")
     else:
         pytest.skip(f"{WRITE_ONLY} can be read here")
+    return WRITE_ONLY
+
+
+def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_again(
+    workdir: Path, local_ray: Any
+) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha notes"}, {"text": "beta notes"}])
-    (workdir / "in" / "b.jsonl").symlink_to(WRITE_ONLY)
+    (workdir / "in" / "b.jsonl").symlink_to(unreadable_file())
     docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}}
     local, distributed = run_both(workdir, docs)
     assert published(local) == published(distributed)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from curation.pipeline import RunResult, run_recipe
 from tests.helpers import write_jsonl
-from tests.test_ray import WRITE_ONLY, local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
+from tests.test_ray import local_ray, published, run_both, unreadable_file  # noqa: F401  (the session's Ray instance)
 from tests.test_ray_parity import EXECUTORS, side_by_side
 from tests.test_split_sides import image_sides, kept_sides, picture, questions, scans, side_of_each
 
@@ -150,29 +150,25 @@ def test_sides_kept_in_a_delta_and_for_edited_keyed_rows_of_a_query_with_params_
         assert kept_sides(before, after) == {}, name
 
 
-def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
-    """VQA images keep their sides when changed in place, their new questions read before the questions read
-    again joining them; two identical rows about an image no process may read count as two unreadable inputs
-    (counted in the workers, summed on the driver), in the version and in a scheduled run's message."""
-    try:
-        WRITE_ONLY.open("rb").close()
-    except PermissionError:
-        pass
-    except OSError:
-        pytest.skip(f"{WRITE_ONLY} is not here")
-    else:
-        pytest.skip(f"{WRITE_ONLY} can be read here")
-    names = scans(workdir / "img", 12)
-    (workdir / "img" / "locked.png").symlink_to(WRITE_ONLY)
-    locked = {"image": "locked.png", "question": "Question 0 about locked.png", "answer": "yes"}
-    write_jsonl(workdir / "qa" / "b.jsonl", [*questions(names, range(2)), locked, locked])
-    spec = {
+def scans_recipe(workdir: Path) -> dict[str, Any]:
+    """VQA records of the pictures in ``img`` and the sidecar files in ``qa``, half to validation."""
+    return {
         "dataset": "scans",
         "sources": [{"type": "images", "path": str(workdir / "img"), "sidecar": str(workdir / "qa")}],
         "record": {"kind": "vqa"},
         "output": {"validation_fraction": 0.5},
     }
-    recipes = side_by_side(workdir, spec)
+
+
+def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    """VQA images keep their sides when changed in place, their new questions read before the questions read
+    again joining them; two identical rows about an image no process may read count as two unreadable inputs
+    (counted in the workers, summed on the driver), in the version and in a scheduled run's message."""
+    names = scans(workdir / "img", 12)
+    (workdir / "img" / "locked.png").symlink_to(unreadable_file())
+    locked = {"image": "locked.png", "question": "Question 0 about locked.png", "answer": "yes"}
+    write_jsonl(workdir / "qa" / "b.jsonl", [*questions(names, range(2)), locked, locked])
+    recipes = side_by_side(workdir, scans_recipe(workdir))
 
     def run_each() -> dict[str, RunResult]:
         return {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
@@ -204,13 +200,7 @@ def test_an_edited_sidecar_an_archived_image_and_a_changed_one_on_ray(workdir: P
     names = scans(workdir / "img", 10)
     write_jsonl(workdir / "qa" / "a.jsonl", questions(names[:5], range(2)))
     write_jsonl(workdir / "qa" / "b.jsonl", questions(names[5:], range(2)))
-    spec = {
-        "dataset": "scans",
-        "sources": [{"type": "images", "path": str(workdir / "img"), "sidecar": str(workdir / "qa")}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.5},
-    }
-    recipes = side_by_side(workdir, spec)
+    recipes = side_by_side(workdir, scans_recipe(workdir))
     first = {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
     assert published(first["ray"]) == published(first["local"])
     edited = questions(names[:5], range(2))
