@@ -956,18 +956,39 @@ def stage_place(origin: Path, recipe: Recipe, message: str) -> str | None:
         taken.append(name)
         if re.match(rf"{re.escape(name)}[ :]", message):
             try:
-                line = _yaml_lines(yaml.compose(origin.read_text())).get(("stages", number))
+                line = _yaml_lines(yaml.compose(origin.read_text(), Loader=RecipeLoader)).get(("stages", number))
             except (OSError, yaml.YAMLError):  # the file changed since the run loaded it
                 line = None
             return f"stages.{number}" + (f" (line {line})" if line else "")
     return None
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``12:30`` stays text: YAML 1.1 reads it as a base-60 number (750), so a
+    time given as a query parameter or a value to check became another value, silently (YAML 1.2 dropped
+    that reading). Quoted or not, a recipe means the text it shows."""
+
+
+def _without_base_60(tag: str, pattern: re.Pattern[str]) -> re.Pattern[str]:
+    if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        return pattern
+    # PyYAML's pattern is one alternative per line; a base-60 one has "(?:" and a colon. Split at every
+    # "|" (some sit inside a group) and joined again, the others come back as they were.
+    alternatives = pattern.pattern.removeprefix("^(?:").removesuffix(")$").split("|")
+    return re.compile("^(?:" + "|".join(a for a in alternatives if "(?::" not in a) + ")$", re.X)
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, _without_base_60(tag, pattern)) for tag, pattern in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder)."""
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data = yaml.load(text, Loader=RecipeLoader)
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{origin}: not valid YAML{_yaml_problem(exc)}") from None
     if not isinstance(data, dict):

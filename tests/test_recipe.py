@@ -282,3 +282,23 @@ output: {{dest: s3://scans/receipts/curated}}
     parse_recipe(recipe.format(sidecar="s3://scans/receipts/qa.jsonl"))
     with pytest.raises(RecipeError, match=r"sources\.0\.sidecar \(line 5\): .* takes in what this recipe publishes"):
         parse_recipe(recipe.format(sidecar="s3://scans/receipts/**/*.jsonl"))
+
+
+def test_a_time_in_a_recipe_stays_the_text_it_shows() -> None:
+    # YAML 1.1 reads 12:30 as the base-60 number 750: a query parameter meant as a time was bound as 750.
+    recipe = parse_recipe(
+        """dataset: d
+sources:
+  - type: sql
+    url: sqlite:///x.db
+    query: "SELECT * FROM t WHERE at > :at AND n > :n AND m < :m"
+    params: {at: 12:30, n: 0x1F, m: 1:30:00.5}
+record: {kind: instruction, prompt: "{{ q }}", completion: "{{ a }}"}
+stages:
+  - type: expectations
+    expect:
+      - {column: prompt, check: in_set, values: ["9:15", 10:45]}
+"""
+    )
+    assert recipe.sources[0].params == {"at": "12:30", "n": 31, "m": "1:30:00.5"}
+    assert recipe.stages[0].expect[0].values == ["9:15", "10:45"]
