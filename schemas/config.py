@@ -1007,7 +1007,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
                 if e["type"] == "extra_forbidden"
                 else _unknown_type(e["ctx"])
                 if e["type"] == "union_tag_invalid"
-                else e["msg"],
+                else e["msg"].removeprefix("Value error, "),  # pydantic's prefix to a validator's own words
             )
             for e in exc.errors()
         ]

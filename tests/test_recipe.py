@@ -39,7 +39,7 @@ def test_s3_paths_stay_as_given(tmp_path: Path) -> None:
         ("dataset: 'bad name!'\nsources:\n  - path: a\n", "dataset (line 1): String should match pattern"),
         (
             "dataset: tx\nsources:\n  - path: a\nrecord:\n  kind: document\n  prompt: x\n",
-            "record (line 4): Value error, ['prompt'] are not fields of a document record",
+            "record (line 4): ['prompt'] are not fields of a document record",
         ),
         ("dataset: tx\nsources:\n  - path: a\nstages:\n  - type: fuzzy\n", "stages.0 (line 5)"),
         (

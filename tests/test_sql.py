@@ -1291,7 +1291,7 @@ record: {kind: document, text: input_id}
         parse_recipe(recipe, origin="recipe.yaml")
     # Not one line per type of the union the value is not (str, int, float, bool, datetime, date).
     assert str(raised.value).splitlines()[1:] == [
-        "  sources.0.params (line 6): Value error, 'team' is a list: a parameter takes one value, a string, "
+        "  sources.0.params (line 6): 'team' is a list: a parameter takes one value, a string, "
         "number, boolean, date, datetime or null"
     ]
 
