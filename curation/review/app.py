@@ -124,7 +124,13 @@ async def checked_form(request: Request) -> FormData:
     # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
     # not), would be spooled to disk whatever its size.
     limited = Request(request.scope, _within(request.receive, MAX_FORM_BYTES))
-    form = await limited.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
+    try:
+        form = await limited.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
+    except StarletteHTTPException as refused:
+        # Starlette words it as a count ("Maximum number of files is 0"); say what the user did wrong.
+        if refused.status_code == 400 and str(refused.detail).startswith("Too many files"):
+            raise HTTPException(400, "no form of this page takes a file: send the form fields only") from None
+        raise
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
     if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
