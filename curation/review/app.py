@@ -306,7 +306,9 @@ def create_app(
             statuses=STATUSES,
             gone_filter=GONE_FILTER,
             versions=_versions(engine),
-            message=request.session.pop("message", None) or _unknown_version(filters),
+            message=request.session.pop("message", None)
+            or _unknown_version(filters)
+            or _unknown_gone(request.query_params.get("gone")),
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
@@ -538,6 +540,13 @@ def _unknown_version(filters: dict[str, str]) -> str | None:
     if value is None or _version(value) is not None:
         return None
     return f"no version {value!r}: a version is a number, such as 2, so nothing is listed"
+
+
+def _unknown_gone(value: str | None) -> str | None:
+    """What the queue says of a ``gone`` filter that is none of GONE_FILTER (dropped: every item is listed)."""
+    if not value or value in GONE_FILTER:
+        return None
+    return f"no gone filter {value!r}: it is hide, only or show, so every item is listed"
 
 
 def _filters(request: Request) -> dict[str, str]:
