@@ -782,9 +782,17 @@ def _decode(data: bytes) -> str:
             raise DocumentError("corrupt", "not UTF-16 text, as its byte-order mark says") from None
     try:
         text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DocumentError("corrupt", "not UTF-8 text") from None
+    except UnicodeDecodeError as error:
+        raise DocumentError("corrupt", f"not UTF-8 text: {_undecodable_at(error)}") from None
     return _without_nul(text)
+
+
+def _undecodable_at(error: UnicodeDecodeError) -> str:
+    """The first byte that is not UTF-8, with its line and column (in bytes, from 1), as a JSONL or CSV
+    line's is named: a document is many lines, and its offset alone is hard to find in an editor."""
+    line_start = error.object.rfind(b"\n", 0, error.start) + 1
+    line = error.object.count(b"\n", 0, error.start) + 1
+    return f"byte {error.object[error.start]:#04x} at line {line}, column {error.start - line_start + 1}"
 
 
 def _without_nul(text: str) -> str:

@@ -628,7 +628,11 @@ def test_a_web_page_declaring_utf_16_is_read_as_utf_8_as_browsers_do(tmp_path: P
             "not UTF-8 text: it holds NUL characters (UTF-16, or not text at all) (it declares "
             "utf-16, which browsers read as UTF-8)",
         ),
-        ("stray.html", "corrupt", "not UTF-8 text (it declares utf-16, which browsers read as UTF-8)"),
+        (
+            "stray.html",
+            "corrupt",
+            "not UTF-8 text: byte 0x96 at line 1, column 139 (it declares utf-16, which browsers read as UTF-8)",
+        ),
     ]
 
 
@@ -1284,3 +1288,17 @@ def test_a_docx_table_of_contents_field_is_not_published_however_its_entries_are
     rows, aside = read(tmp_path)
     assert aside == []
     assert [(row["text"], row["source"]["line"]) for row in rows] == [(f"Refunds\n\n{PARAGRAPHS[0]}\n\n9 May", 4)]
+
+
+def test_a_document_that_is_not_utf_8_is_quarantined_naming_the_byte_and_its_line(tmp_path: Path) -> None:
+    # It said "not UTF-8 text" alone, where a JSONL or CSV line names the byte and where it is.
+    (tmp_path / "notes.md").write_bytes(b"# Opening hours\n\nThe caf\xe9 opens at nine.\n")
+    (tmp_path / "marked.txt").write_bytes(codecs.BOM_UTF8 + b"Refunds \x96 within fourteen days.\n")
+    rows, aside = read(tmp_path)
+    assert rows == []
+    assert sorted(
+        (a["source"]["uri"].rsplit("/", 1)[1], a["reason"], a["detail"].split(": ", 1)[1]) for a in aside
+    ) == [
+        ("marked.txt", "corrupt", "not UTF-8 text: byte 0x96 at line 1, column 9"),  # after the byte-order mark
+        ("notes.md", "corrupt", "not UTF-8 text: byte 0xe9 at line 3, column 8"),
+    ]

@@ -124,7 +124,13 @@ async def checked_form(request: Request) -> FormData:
     # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
     # not), would be spooled to disk whatever its size.
     limited = Request(request.scope, _within(request.receive, MAX_FORM_BYTES))
-    form = await limited.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
+    try:
+        form = await limited.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_BYTES)
+    except StarletteHTTPException as refused:
+        # Starlette words it as a count ("Maximum number of files is 0"); say what the user did wrong.
+        if refused.status_code == 400 and str(refused.detail).startswith("Too many files"):
+            raise HTTPException(400, "no form of this page takes a file: send the form fields only") from None
+        raise
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
     if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
@@ -300,7 +306,9 @@ def create_app(
             statuses=STATUSES,
             gone_filter=GONE_FILTER,
             versions=_versions(engine),
-            message=request.session.pop("message", None) or _unknown_version(filters),
+            message=request.session.pop("message", None)
+            or _unknown_version(filters)
+            or _unknown_gone(request.query_params.get("gone")),
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
@@ -532,6 +540,13 @@ def _unknown_version(filters: dict[str, str]) -> str | None:
     if value is None or _version(value) is not None:
         return None
     return f"no version {value!r}: a version is a number, such as 2, so nothing is listed"
+
+
+def _unknown_gone(value: str | None) -> str | None:
+    """What the queue says of a ``gone`` filter that is none of GONE_FILTER (dropped: every item is listed)."""
+    if not value or value in GONE_FILTER:
+        return None
+    return f"no gone filter {value!r}: it is hide, only or show, so every item is listed"
 
 
 def _filters(request: Request) -> dict[str, str]:
