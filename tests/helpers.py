@@ -65,6 +65,17 @@ def processed(version_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
+def watermark_values(state_db: Path) -> dict[str, str]:
+    """Each watermark item and its stored value, from the SQLite state store at ``state_db``."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{state_db}")
+    with engine.connect() as db:
+        values = dict(db.execute(sa.text("SELECT item, value FROM watermarks")).all())
+    engine.dispose()
+    return values
+
+
 def sqlite_db(path: Path, *statements: str) -> str:
     """A SQLite database at ``path`` after ``statements`` (in one transaction); its URL."""
     import sqlalchemy as sa

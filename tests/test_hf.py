@@ -11,14 +11,13 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy as sa
 import xxhash
 
 import connectors.state as state
 from connectors.hf import HFSourceReader
 from connectors.storage import StorageError, list_files
 from schemas.config import HFSource
-from tests.helpers import outputs, read_lines, run, set_aside
+from tests.helpers import outputs, read_lines, run, set_aside, watermark_values
 
 
 def make_dataset() -> datasets.DatasetDict:
@@ -191,10 +190,7 @@ def test_a_new_file_of_a_dataset_is_hashed_as_it_is_read(
     }
     assert run(workdir, recipe).manifest.counts.written == 25
     assert hashed == []
-    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
-    with engine.connect() as db:
-        values = dict(db.execute(sa.text("SELECT item, value FROM watermarks")).all())
-    engine.dispose()
+    values = watermark_values(workdir / "state.db")
     taken = [entry for entry in list_files(str(workdir / "faq")) if entry.uri in values]
     assert len(taken) == len(values) == (1 if layout == "hub" else 2)
     for entry in taken:

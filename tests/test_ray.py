@@ -26,7 +26,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageError, StageResult
 from curation.stages.duplicates import resolve_duplicates
 from schemas.config import load_recipe
-from tests.helpers import outputs, processed, read_lines, run, write_jsonl, write_recipe
+from tests.helpers import outputs, processed, read_lines, run, watermark_values, write_jsonl, write_recipe
 
 ray = pytest.importorskip("ray")
 from curation.executors.ray_executor import RayExecutor  # noqa: E402  (needs ray)
@@ -617,10 +617,7 @@ def test_a_new_file_read_on_a_ray_worker_is_hashed_there_and_its_hash_committed(
     docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "engine": "ray"}
     assert run(workdir, docs).manifest.counts.written == 3
     assert hashed == []
-    engine = sa.create_engine(f"sqlite:///{workdir}/state.db")
-    with engine.connect() as db:
-        values = dict(db.execute(sa.text("SELECT item, value FROM watermarks")).all())
-    engine.dispose()
+    values = watermark_values(workdir / "state.db")
     for name in ("a.jsonl", "b.csv"):
         path = workdir / "in" / name
         (entry,) = state.list_files(str(path))
