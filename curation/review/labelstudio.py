@@ -234,12 +234,10 @@ def import_annotations(
             if annotation is None:
                 counts["skipped"] += 1
                 continue
-            item_id = data["item_id"]
-            if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
-                raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
-            item = items.get(int(item_id))
+            item_id = _item_id(data, where)
+            item = items.get(item_id)
             if item is None:
-                raise LabelStudioError(f"{where}: review item {int(item_id)} does not exist")
+                raise LabelStudioError(f"{where}: review item {item_id} does not exist")
             if data.get("record_id") not in (None, item["record_id"]):
                 # Item ids are the store's own: an export from another store (or one made again) names others.
                 raise LabelStudioError(
@@ -261,8 +259,6 @@ def import_annotations(
                 )
         except LabelStudioError:
             raise
-        except dec.DecisionError as error:  # an item that is not in the queue
-            raise LabelStudioError(f"{where}: {error}") from None
         except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as error:
             problem = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
@@ -309,15 +305,20 @@ def import_annotations(
 _SHOWN = {"pii": "text", "near_duplicate": "member", "quarantined": "raw", "vqa": "question"}
 
 
+def _item_id(data: dict[str, Any], where: str) -> int:
+    """The review item a task's ``data`` names; LabelStudioError if it names none (int() may raise too)."""
+    item_id = data["item_id"]
+    if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
+        raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
+    return int(item_id)
+
+
 def _item_ids(tasks: list[Any]) -> set[int]:
-    """The item ids these tasks name (those that can be; the import says what is wrong with the others)."""
+    """The item ids these tasks name, as the import reads each (the import says what is wrong with the others)."""
     found = set()
     for task in tasks:
-        item_id = (task.get("data") or {}).get("item_id") if isinstance(task, dict) else None
-        if isinstance(item_id, int | str) and not isinstance(item_id, bool):
-            with contextlib.suppress(ValueError):
-                if 0 < int(item_id) <= MAX_ITEM_ID:
-                    found.add(int(item_id))
+        with contextlib.suppress(LabelStudioError, AttributeError, KeyError, TypeError, ValueError, OverflowError):
+            found.add(_item_id(task["data"] or {}, ""))
     return found
 
 
