@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from connectors.batches import IDS_PER_QUERY, batched
+from connectors.batches import IDS_PER_QUERY, batched, id_chunks
 from curation.redaction import redacted
 from curation.review.queue import connected, create_tables, metadata, review_items
 from curation.review.rejected_content import copies_of, keys_of
@@ -84,7 +84,7 @@ def get_items(engine: sa.Engine, item_ids: Iterable[int]) -> dict[int, dict[str,
     create_tables(engine)
     found: dict[int, dict[str, Any]] = {}
     with engine.connect() as db:
-        for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+        for chunk in id_chunks(item_ids):
             rows = db.execute(review_items.select().where(review_items.c.item_id.in_(chunk)))
             found.update((row.item_id, dict(row._mapping)) for row in rows)
     return found
@@ -151,7 +151,7 @@ def _revisions(conn: sa.Connection, item_ids: list[int]) -> dict[int, str]:
     query = sa.select(
         decisions.c.item_id, sa.func.max(decisions.c.decision_id), sa.func.count(decisions.c.undone_at)
     ).group_by(decisions.c.item_id)
-    for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+    for chunk in id_chunks(item_ids):
         for item_id, latest, undone in conn.execute(query.where(decisions.c.item_id.in_(chunk))):
             found[item_id] = _revision_text(latest, undone)
     return found
@@ -371,7 +371,7 @@ def in_force_on(engine: sa.Engine, item_ids: Iterable[int]) -> dict[int, dict[st
     """The decision in force (``in_force``) on each of these items that has one, a chunk of items a query."""
     found: dict[int, dict[str, Any]] = {}
     with engine.connect() as db:
-        for chunk in batched(sorted(set(item_ids)), IDS_PER_QUERY):
+        for chunk in id_chunks(item_ids):
             found.update(_in_force_per_item(db, decisions.c.item_id.in_(chunk)))
     return found
 

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from connectors.batches import IDS_PER_QUERY, batched
+from connectors.batches import IDS_PER_QUERY, batched, id_chunks
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -114,7 +114,7 @@ def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple
     found: set[tuple[str, str, str, str | None]] = set()
     table = review_items
     with engine.connect() as db:
-        for chunk in batched(sorted(set(record_ids)), IDS_PER_QUERY):
+        for chunk in id_chunks(record_ids):
             query = sa.select(table.c.record_id, table.c.kind, table.c.stage, table.c.payload).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
             )
@@ -195,7 +195,7 @@ def gone_records(db: sa.Engine | sa.Connection, dataset: str, record_ids: list[s
     """Which of these records of ``dataset`` the latest run that read their input did not find."""
     found: set[str] = set()
     with connected(db) as conn:
-        for chunk in batched(sorted(set(record_ids)), IDS_PER_QUERY):
+        for chunk in id_chunks(record_ids):
             query = sa.select(review_gone.c.record_id).where(
                 review_gone.c.dataset == dataset, review_gone.c.record_id.in_(chunk)
             )

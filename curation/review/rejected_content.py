@@ -12,13 +12,13 @@ and the content comes back, and a carried copy leaves with its record when the r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from connectors.batches import IDS_PER_QUERY, batched
+from connectors.batches import id_chunks
 from curation.review.queue import connected, create_tables, metadata
 from schemas.records import dedup_fields
 
@@ -53,10 +53,6 @@ def as_text(key: int) -> str:
     return f"{key:016x}"
 
 
-def _chunks(values: Iterable[str]) -> Iterable[Sequence[str]]:
-    return batched(sorted(set(values)), IDS_PER_QUERY)
-
-
 def remember(engine: sa.Engine, dataset: str, keys: dict[str, int]) -> None:
     """Keep the content key of each record in ``keys`` (record id -> key) not kept yet."""
     if not keys:
@@ -80,7 +76,7 @@ def keys_of(engine: sa.Engine | sa.Connection, dataset: str, records: Iterable[s
     found: dict[str, int] = {}
     table = rejected_content
     with connected(engine) as db:
-        for chunk in _chunks(records):
+        for chunk in id_chunks(records):
             query = sa.select(table.c.record_id, table.c.content_key).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
             )
@@ -98,7 +94,7 @@ def remember_copies(engine: sa.Engine, dataset: str, copies: Iterable[tuple[str,
     with engine.begin() as db:
         rejected = sorted({record for record, _, _ in copies})
         known = set()
-        for chunk in _chunks(rejected):
+        for chunk in id_chunks(rejected):
             query = sa.select(table.c.record_id, table.c.copy_id, table.c.uri).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
             )
@@ -120,7 +116,7 @@ def copies_of(
     found: dict[str, set[tuple[str, str]]] = {}
     table = rejected_copies
     with connected(engine) as db:
-        for chunk in _chunks(records):
+        for chunk in id_chunks(records):
             query = sa.select(table.c.record_id, table.c.copy_id, table.c.uri).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
             )
