@@ -102,6 +102,10 @@ MAX_FORM_BYTES = 4 * 2**20
 MAX_FORM_FIELDS = 500
 
 
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"the form is over {limit // 2**20} MiB: too large to take")
+
+
 def _within(receive: Receive, limit: int) -> Receive:
     """``receive``, refusing (413) a request body once it passes ``limit`` bytes: it is not read further."""
     read = 0
@@ -111,7 +115,7 @@ def _within(receive: Receive, limit: int) -> Receive:
         message = await receive()
         read += len(message.get("body", b""))
         if read > limit:
-            raise HTTPException(413, f"the form is over {limit // 2**20} MiB: too large to take")
+            raise _too_large(limit)
         return message
 
     return limited
@@ -120,7 +124,7 @@ def _within(receive: Receive, limit: int) -> Receive:
 async def checked_form(request: Request) -> FormData:
     """The POSTed form, once its CSRF token matches the session's; 403 otherwise."""
     if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
-        raise HTTPException(413, f"the form is over {MAX_FORM_BYTES // 2**20} MiB: too large to take")
+        raise _too_large(MAX_FORM_BYTES)
     # No form of the page sends a file: one posted anyway, before any check (to sign-in, signed in or
     # not), would be spooled to disk whatever its size.
     limited = Request(request.scope, _within(request.receive, MAX_FORM_BYTES))
@@ -287,7 +291,7 @@ def create_app(
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
         items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
-        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k not in ("kind", "gone")})
+        left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
             "queue.html",
