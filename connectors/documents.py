@@ -292,6 +292,8 @@ def _in_toc_field(body: Any) -> set[Any]:
     from docx.oxml.ns import qn
 
     paragraph, field_char, instruction, text = qn("w:p"), qn("w:fldChar"), qn("w:instrText"), qn("w:t")
+    if next(body.iter(field_char), None) is None:  # no field at all: no run of text need be looked at
+        return set()
     fields: list[str] = []  # the instruction of each field open here, outermost first
     inside: dict[Any, bool] = {}  # paragraph -> whether all its text so far is in a TOC field
     for element in body.iter(field_char, instruction, text):
@@ -524,10 +526,11 @@ def _without_comments(lines: list[str]) -> tuple[list[str], list[int]]:
     """Markdown ``lines`` less their HTML comments, and the index in ``lines`` of each line left: a line
     that held only comments goes, with a blank line that would follow another blank one."""
     text = "\n".join(lines)
-    spans = _comment_spans(text)
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
+    # A comment, in an HTML block or inline, opens with "<!--" as written: most files have none to parse for.
+    spans = _comment_spans(text, starts) if "<!--" in text else []
     if not spans:
         return lines, list(range(len(lines)))
-    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
     rows = [(line, index, False) for index, line in enumerate(lines)]
     for start, end in reversed(spans):  # from the end, so the lines and columns of those before hold
         first, last = bisect.bisect_right(starts, start) - 1, bisect.bisect_right(starts, end - 1) - 1
@@ -551,12 +554,12 @@ def _without_comments(lines: list[str]) -> tuple[list[str], list[int]]:
     return kept, origin
 
 
-def _comment_spans(text: str) -> list[tuple[int, int]]:
+def _comment_spans(text: str, starts: list[int]) -> list[tuple[int, int]]:
     """Where the HTML comments of Markdown ``text`` are, as CommonMark reads them (in an HTML block, or
-    inline in a paragraph or heading; not in code), as offsets into ``text``, in order."""
+    inline in a paragraph or heading; not in code), as offsets into ``text``, in order; ``starts``: the
+    offset of each of its lines."""
     from markdown_it import MarkdownIt
 
-    starts = [0, *itertools.accumulate(len(line) + 1 for line in text.split("\n"))]
     spans = []
     for token in MarkdownIt("commonmark").parse(text):
         if token.map is None:
