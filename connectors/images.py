@@ -214,7 +214,8 @@ class ImagesSourceReader:
         read; stages its watermark now."""
         item = f"sidecar:{entry.uri}"
         before = watermark.get(item)
-        if before is not None and before.get("fingerprint") == fingerprint(entry):
+        listed = fingerprint(entry)  # the listing's (S3 ETag, or size and mtime), taken before any byte is read
+        if before is not None and before.get("fingerprint") == listed:
             # As the run that hashed it listed it (S3 ETag, or size and mtime): unchanged, and not read
             # for its hash again, only for its rows, up to the lines that run hashed.
             lines = math.inf if before["lines"] is None else before["lines"]
@@ -239,7 +240,7 @@ class ImagesSourceReader:
             {
                 "bytes": whole.size,
                 "xxh3": whole.xxh3,
-                "fingerprint": fingerprint(entry),
+                "fingerprint": listed,
                 "lines": None if parquet else self._hashed_lines[entry.uri],
             },
         )
