@@ -411,7 +411,7 @@ def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> tuple[lis
 
     shape = Shape(recipe.record, carry=recipe.output.carry_columns())
     schema = recipe.input_schema
-    required = sorted(set(schema.columns) - set(schema.optional)) if schema is not None else []
+    required = schema.required_columns() if schema is not None else []
     problems: list[str] = []
     warnings: list[str] = []
     for uri, names in results.items():

@@ -85,7 +85,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
     shape = Shape(recipe.record, carry=recipe.output.carry_columns())
     used = shape.reads | set(declared)  # what the recipe reads
-    required = set(declared) - set(recipe.input_schema.optional if recipe.input_schema is not None else ())
+    required = set(recipe.input_schema.required_columns()) if recipe.input_schema is not None else set()
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -146,7 +146,7 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
     stages: list[AnyStage] = []
     if recipe.input_schema is not None and recipe.input_schema.columns:
         columns = recipe.input_schema.columns
-        required = set(columns) - set(recipe.input_schema.optional)
+        required = set(recipe.input_schema.required_columns())
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
@@ -387,13 +387,11 @@ def _earlier_sides(
     changed). A delta version holds only its own records: there every version of its chain is looked in,
     for the inputs read whole again too, the latest first."""
     uris = {uri for source in sources for uri in getattr(source, "records_again", set)()}
-    if recipe.output.carry_forward:
-        versions = previous[-1:]
-    else:
+    if not recipe.output.carry_forward:
         uris |= watermarks.replaced()
-        versions = _chain(recipe, previous)[::-1]
-    if not uris:
+    if not uris:  # before the chain's manifests are read: most runs have nothing to look up
         return replaced
+    versions = previous[-1:] if recipe.output.carry_forward else _chain(recipe, previous)[::-1]
     found = [replaced] if replaced is not None else []
     found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris) for v in versions]
     return pl.concat(found).unique("id", keep="first", maintain_order=True)
@@ -858,7 +856,7 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
     )
     writer.ended_runs = functools.partial(state.ended_runs, recipe.dataset)
     # A group or image read again keeps the side its records are on.
-    if (out.group_by or writer.splitter.by_image) and not full_refresh:
+    if writer.splitter.remembers_sides and not full_refresh:
         writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)
     return writer
 
@@ -985,7 +983,7 @@ def _record_published(
     add_items(state.engine, recipe.dataset, published.version, writer.run_id, flags)
     remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
     remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
-    if recipe.output.group_by or writer.splitter.by_image:
+    if writer.splitter.remembers_sides:
         state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=plan.full_refresh)
     # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
     # published before its signatures were, the next run would trust the watermarks but compare with no

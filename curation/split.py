@@ -278,6 +278,12 @@ class Splitter:
                 self._group_sides[name].update(keys.filter(chosen).to_pylist())
         return to_validation
 
+    @property
+    def remembers_sides(self) -> bool:
+        """Whether the state store keeps this split's group (or image) sides from run to run: where later
+        runs read them from and this one records them."""
+        return bool(self.group_by) or self.by_image
+
     def keep_sides(self, ids: Column, validation: Column) -> None:
         """The side (``validation``) of each record of inputs read again that the extended version holds."""
         hashes = xxh3_64(ids).to_numpy(zero_copy_only=False)

@@ -219,6 +219,10 @@ class InputSchema(Strict):
     columns: dict[str, Literal["str", "int", "float", "bool"]] = Field(default_factory=dict)
     optional: list[str] = Field(default_factory=list)
 
+    def required_columns(self) -> list[str]:
+        """The declared columns every row must have (those not ``optional``), sorted."""
+        return sorted(set(self.columns) - set(self.optional))
+
     @model_validator(mode="after")
     def _optional_are_declared(self) -> InputSchema:
         unknown = sorted(set(self.optional) - set(self.columns))
