@@ -50,8 +50,13 @@ def to_ndjson(table: pa.Table) -> bytes:
 
 
 def _polars_ndjson(table: pa.Table) -> bytes:
+    return polars_ndjson(pl.from_arrow(table))
+
+
+def polars_ndjson(frame: pl.DataFrame) -> bytes:
+    """JSON lines as polars' ``write_ndjson`` writes them."""
     buffer = io.BytesIO()
-    pl.from_arrow(table).write_ndjson(buffer)
+    frame.write_ndjson(buffer)
     return buffer.getvalue()
 
 

@@ -33,7 +33,7 @@ from connectors.state import LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, Rendered, take_rows
-from curation.ndjson import to_ndjson
+from curation.ndjson import polars_ndjson, to_ndjson
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
 from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
@@ -74,12 +74,6 @@ LINEAGE_SCHEMA = pl.from_arrow(
         ]
     ).empty_table()
 ).schema
-
-
-def _ndjson(frame: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.write_ndjson(buffer)
-    return buffer.getvalue()
 
 
 def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
@@ -667,7 +661,7 @@ class DatasetWriter:
                 shard=pl.col("shard").replace_strict(paths, return_dtype=pl.String),
                 carried_from=pl.lit(self._carried_from, pl.Int64),
             )
-            self.lineage.write(_ndjson(moved), moved.height)
+            self.lineage.write(polars_ndjson(moved), moved.height)
 
     def _emit(self, series: ShardSeries, lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
         """Write carried lines to ``series`` in chunks, with a lineage row for each line that has one."""
