@@ -186,6 +186,8 @@ def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tm
         "dataset": "rows",
         "sources": [{"path": "rows.csv"}],
         "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        # All to train: v2's one record could otherwise go to validation, and its empty train split is warned of.
+        "output": {"validation_fraction": 0},
     }
     ran = curation("run", str(write_recipe(tmp_path, spec)), "--quiet", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
