@@ -37,6 +37,7 @@ from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 if TYPE_CHECKING:
     import docx.table
     import docx.text.paragraph
+    from trafilatura.settings import Document, Extractor
 
 CONNECTOR = "documents"
 KINDS = {
@@ -658,10 +659,13 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     import trafilatura
     from lxml.etree import strip_tags
     from trafilatura.htmlprocessing import tree_cleaning
-    from trafilatura.settings import Extractor
 
     html = _decode_html(data)
     tree = trafilatura.load_html(html)
+    # The page's own title, read before the tree is changed below (and without parsing the page again).
+    metadata = trafilatura.extract_metadata(tree) if tree is not None else None
+    options = _extraction_options()
+    body = ""
     if tree is not None:
         # trafilatura drops the date out of a sentence ("closed until <time>9 January</time>, when"): it
         # is the sentence's text. A caption is a paragraph of the page (of a table's figure, which is kept).
@@ -672,10 +676,9 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         # What trafilatura's extraction leaves out anyway (buttons, forms, figures, <nav>, <noscript>, which
         # browsers never show) goes first: on a short page it falls back to a plain dump of the whole page
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
-        tree = tree_cleaning(tree, Extractor(output_format="markdown", tables=True, comments=False, recall=True))
-    # trafilatura ends each row of a Markdown table with a space ("| EU | 5 days | "): no text of the page's.
-    body = re.sub(r"[ \t]+$", "", _main_content(tree) or "", flags=re.MULTILINE)
-    metadata = trafilatura.extract_metadata(html)
+        tree = tree_cleaning(tree, options)
+        # trafilatura ends each row of a Markdown table with a space ("| EU | 5 days | "): no text of the page's.
+        body = re.sub(r"[ \t]+$", "", _main_content(tree, options) or "", flags=re.MULTILINE)
     first_heading, parts = markdown_sections(body)
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
@@ -721,26 +724,48 @@ def _pair_definitions(tree: Any) -> None:
             item.extend(terms + meanings)
 
 
-def _main_content(tree: Any) -> str | None:
+def _extraction_options(min_extracted_size: int | None = None) -> Extractor:
+    from trafilatura.settings import DEFAULT_CONFIG, Extractor, use_config
+
+    config = DEFAULT_CONFIG
+    if min_extracted_size is not None:
+        config = use_config()
+        config.set("DEFAULT", "MIN_EXTRACTED_SIZE", str(min_extracted_size))
+    return Extractor(config=config, output_format="markdown", tables=True, comments=False, recall=True)
+
+
+def _main_content(tree: Any, options: Extractor) -> str | None:
     """The page's main content as Markdown: trafilatura keeps it in reading order and drops navigation,
     footers and ads, and its Markdown keeps the headings, so sections are split as in Markdown files."""
-    import copy
-
-    import trafilatura
-    from trafilatura.settings import use_config
-
-    settings = {"output_format": "markdown", "include_tables": True, "include_comments": False, "favor_recall": True}
-    found = trafilatura.extract(copy.deepcopy(tree), **settings)
+    found = _extract(tree, options)
     # On a page with less text than MIN_EXTRACTED_SIZE, trafilatura takes a plain dump of the page's
     # paragraphs instead where that is longer: one flat record without the page's headings, a byline or
     # caption outside the content making it longer. It is taken here only where it holds every word of the
-    # extraction (a page whose text the extraction missed), not where it lost some of its own.
-    no_fallback = use_config()
-    no_fallback.set("DEFAULT", "MIN_EXTRACTED_SIZE", "1")
-    extracted = trafilatura.extract(tree, config=no_fallback, **settings)
-    if extracted and _words(extracted) - _words(found or ""):
-        return extracted
-    return found
+    # extraction without that fallback (a page whose text the extraction missed), not where it lost some of
+    # its own. That second extraction is run only where the first could be the dump (nothing but paragraphs
+    # of bare text, as the dump is): a page with a heading, list, table or emphasis is extracted once. (The
+    # second's MIN_EXTRACTED_SIZE moves trafilatura's other thresholds too, readability is not tried past 10
+    # characters: where the first is no dump, it is trafilatura's own choice and stays.)
+    if found is not None and not all(child.tag == "p" and len(child) == 0 for child in found.body):
+        return found.text
+    found_text = found.text if found is not None else None
+    extracted = _extract(tree, _extraction_options(min_extracted_size=1))
+    if extracted is not None and _words(extracted.text or "") - _words(found_text or ""):
+        return extracted.text
+    return found_text
+
+
+def _extract(tree: Any, options: Extractor) -> Document | None:
+    """trafilatura's extraction of the tree (a copy of it) with its text as ``options`` say (Markdown)."""
+    import trafilatura
+    from trafilatura.core import determine_returnstring
+    from trafilatura.settings import Document
+
+    document = trafilatura.bare_extraction(tree, options=options)
+    if isinstance(document, Document):
+        document.text = determine_returnstring(document, options)
+        return document
+    return None
 
 
 def _words(text: str) -> Counter[str]:

@@ -6,7 +6,9 @@ import codecs
 import io
 import itertools
 import logging
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import boto3
 import docx
@@ -1309,4 +1311,45 @@ def test_a_document_that_is_not_utf_8_is_quarantined_naming_the_byte_and_its_lin
     ) == [
         ("marked.txt", "corrupt", "not UTF-8 text: byte 0x96 at line 1, column 9"),  # after the byte-order mark
         ("notes.md", "corrupt", "not UTF-8 text: byte 0xe9 at line 3, column 8"),
+    ]
+
+
+def test_a_web_page_is_parsed_and_extracted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each page was extracted twice, with trafilatura's fallback to a flat dump of its paragraphs and without
+    # it, and parsed twice, again for its title: a third of the time spent on web pages. An extraction with a
+    # heading, list, table or emphasis is not the flat dump, so the page is extracted once; its records are
+    # as they were.
+    import trafilatura.core
+    import trafilatura.utils
+
+    calls: Counter[str] = Counter()
+
+    extract = trafilatura.core.trafilatura_sequence
+
+    def extract_counted(*args: Any, **kwargs: Any) -> Any:
+        calls["extraction"] += 1
+        return extract(*args, **kwargs)
+
+    parse = trafilatura.utils.fromstring
+
+    def parse_counted(html: str | bytes, **kwargs: Any) -> Any:
+        calls["parse"] += html == HTML  # not readability's parse of its own summary, part of the extraction
+        return parse(html, **kwargs)
+
+    monkeypatch.setattr(trafilatura.utils, "fromstring", parse_counted)
+    monkeypatch.setattr(trafilatura.core, "trafilatura_sequence", extract_counted)
+    (tmp_path / "shipping.html").write_text(HTML)
+    rows, _ = read(tmp_path)
+    assert calls == {"parse": 1, "extraction": 1}
+    assert [(row["title"], row["text"]) for row in rows] == [
+        (
+            "Shipping times",
+            "# Shipping times\n\nOrders placed before noon leave the warehouse the same day and arrive within two "
+            "working days.",
+        ),
+        (
+            "Shipping times › International",
+            "## International\n\nInternational parcels take five to ten working days, depending on customs in the "
+            "destination country.",
+        ),
     ]
