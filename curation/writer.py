@@ -882,8 +882,22 @@ class DatasetWriter:
     def _unclaim(self, version: int) -> None:
         """Remove this run's claim of ``version``; left behind, it only keeps the number claimed (a run of
         this run's state store takes it over, any other run's is refused until it is deleted)."""
-        with contextlib.suppress(Exception):
-            self.fs.delete_file(self._claim_path(version))
+        claim = self._claim_path(version)
+        try:
+            self.fs.delete_file(claim)
+        except FileNotFoundError:
+            pass  # already gone (taken over by a run of this store that knew this one was over)
+        except OSError as error:  # the store refused (a permission, a lost connection): the run's outcome stands
+            log.warning(
+                "the claim of %s v%d, s3://%s, could not be deleted (%s); no run of another state store "
+                "publishes v%d while it is there: delete it (aws s3 rm s3://%s)",
+                self.dataset,
+                version,
+                claim,
+                error,
+                version,
+                claim,
+            )
 
     def _claim_path(self, version: int) -> str:
         return f"{self.staging.rsplit('/', 1)[0]}/v{version}.claim"

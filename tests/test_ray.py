@@ -582,6 +582,39 @@ def unreadable_file() -> Path:
     return WRITE_ONLY
 
 
+def test_read_tasks_of_one_source_send_back_only_the_unreadable_inputs_each_found(
+    workdir: Path, local_ray: Any
+) -> None:
+    """Two read tasks of one source, each given a file no process may read: the driver adds what each
+    found, to the embedded executor's count. A task sent its copy's whole count: where that copy held
+    counts already (one call reading both parts, which share the source's watermark), they came twice."""
+    import cloudpickle
+
+    from connectors.state import Watermarks
+    from curation.executors.envelope import open_all
+    from curation.executors.ray_executor import read_sources, split_sources
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha notes"}])
+    for name in ("b.jsonl", "c.jsonl"):
+        (workdir / "in" / name).symlink_to(unreadable_file())
+    docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}}
+    local, distributed = run_both(workdir, docs)
+    assert published(local) == published(distributed)
+    assert distributed.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
+
+    watermarks = Watermarks(sa.create_engine("sqlite://"), "d", full_refresh=True)
+    parts = split_sources(pipeline.build_sources(load_recipe(write_recipe(workdir, docs)), watermarks))
+    assert len(parts) == 3
+    driver = RayExecutor()
+    driver._parts = parts
+    shipped = cloudpickle.loads(cloudpickle.dumps(parts))  # as a read task gets them
+    for envelopes in read_sources(pa.table({"task": list(range(len(parts)))}), shipped):
+        for letter in open_all(envelopes):
+            if letter.watermark:
+                driver._take_watermark(json.loads(letter.watermark))
+    assert watermarks.unread() == 2
+
+
 def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_again(
     workdir: Path, local_ray: Any
 ) -> None:

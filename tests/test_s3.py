@@ -16,7 +16,7 @@ import pytest
 
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.state import StateStore
-from tests.helpers import docs_recipe, run
+from tests.helpers import docs_recipe, run, write_jsonl
 
 
 def test_recipe_reads_from_and_publishes_to_s3(workdir: Path, bucket: str, aws_env: str) -> None:
@@ -645,3 +645,83 @@ def test_a_store_without_conditional_reads_reads_as_before_and_says_so(
         f"s3://{bucket}/in/a.jsonl: this S3 store does not take conditional reads (If-Match): objects are read "
         "without; one overwritten while a run reads it is not told apart"
     ) == 1
+
+
+@pytest.fixture
+def claims_undeletable(bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test server checks each request against the policy of the user whose keys sign it: one that may do
+    anything in ``bucket`` but delete a claim on a version number (what a store's permissions can refuse)."""
+    import urllib.request
+
+    import connectors.storage as storage
+
+    iam = boto3.client("iam", endpoint_url=aws_env)
+    user = f"publisher-{bucket}"
+    iam.create_user(UserName=user)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"},
+            {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": f"arn:aws:s3:::{bucket}/*.claim"},
+        ],
+    }
+    iam.put_user_policy(UserName=user, PolicyName="no-claim-deletes", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a new process's, which reads the keys above
+    storage._s3_filesystem.cache_clear()  # pyarrow's too (cached per endpoint, not per key)
+
+    def checked_after(requests: str) -> None:
+        urllib.request.urlopen(
+            urllib.request.Request(f"{aws_env}/moto-api/reset-auth", requests.encode(), {"Content-Type": "text/plain"})
+        ).close()
+
+    checked_after("0")
+    try:
+        yield bucket
+    finally:
+        checked_after("inf")  # the server is the session's: every other test's requests go unchecked again
+        storage._s3_filesystem.cache_clear()
+
+
+def test_a_claim_the_store_refuses_to_delete_is_named_with_how_to_delete_it_and_the_run_stands(
+    workdir: Path, claims_undeletable: str, aws_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The claim on v1 is removed once its manifest is written (or once a failed run took its copies away);
+    what the store refused (a permission) went unheard, though a claim left after a failed run keeps the
+    number from other state stores' runs until it is deleted."""
+    import logging
+
+    bucket = claims_undeletable
+    write_jsonl(workdir / "in" / "docs.jsonl", [{"text": "one"}, {"text": "two"}])
+    with caplog.at_level(logging.WARNING, logger="curation.writer"):
+        result = run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
+    assert result.manifest.version == 1 and result.manifest.counts.written == 2
+    assert verify_checksums(result.version_uri, result.manifest) == []
+    claim = f"s3://{bucket}/out/docs/_staging/v1.claim"
+    assert f"aws s3 rm {claim}" in caplog.text
+    assert caplog.text.count(claim) == 2
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging/")["Contents"]
+    assert "out/docs/_staging/v1.claim" in [o["Key"] for o in listed]
+
+
+def test_a_claim_already_gone_is_no_warning(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleted meanwhile (by a run of this store that took it over from a run it knew was over): nothing to say."""
+    import logging
+
+    from connectors.state import HeldLock
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+
+    def claim_deleted(_: HeldLock) -> None:  # the last step before the manifest
+        s3.delete_object(Bucket=bucket, Key="out/docs/_staging/v1.claim")
+
+    monkeypatch.setattr(HeldLock, "confirm", claim_deleted)
+    write_jsonl(workdir / "in" / "docs.jsonl", [{"text": "one"}, {"text": "two"}])
+    with caplog.at_level(logging.WARNING, logger="curation.writer"):
+        result = run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
+    assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
+    assert "claim" not in caplog.text

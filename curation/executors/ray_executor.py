@@ -120,8 +120,10 @@ def read_sources(tasks: pa.Table, sources: list[Source]) -> Iterator[pa.Table]:
 
 def _read_source(index: int, source: Source, notes: list[list[Any]]) -> Iterator[pa.Table]:
     watermark = getattr(source, "watermark", None)
-    # What the source took before reading (the driver's listing, shared by every task): not sent back.
+    # What the source took before reading (the driver's listing, shared by every task; what the parts of its
+    # source this task read before took, sharing this watermark): not sent back, the driver has it already.
     listed = dict(watermark.pending) if watermark is not None else {}
+    unread = dict(watermark.unread_inputs) if watermark is not None else {}
     batches = iter(source.batches())
     while True:
         try:
@@ -143,7 +145,8 @@ def _read_source(index: int, source: Source, notes: list[list[Any]]) -> Iterator
         yield seal_all([letter])
     if watermark is not None:  # this copy's record of what it took while reading, for the driver to commit
         added = {item: value for item, value in watermark.pending.items() if listed.get(item, listed) != value}
-        took = {"task": index, "pending": added, "reread": watermark.reread, "unread": watermark.unread_inputs}
+        found = Counter(watermark.unread_inputs) - Counter(unread)
+        took = {"task": index, "pending": added, "reread": watermark.reread, "unread": dict(found)}
         mark = json.dumps({**took, "replaced": sorted(watermark.replaced)})
         yield seal_all([Letter(rows=pa.table({}), watermark=mark, notes=taken(notes))])
 

@@ -227,6 +227,19 @@ def _time_texts(values: pa.ChunkedArray) -> pa.Array:
     return texts
 
 
+def _first_problems(
+    problems: list[str | None] | None, reasons: list[str | None], found: list[str | None], reason: str
+) -> tuple[list[str | None], list[str | None]]:
+    """Each record's first problem and its reason, with ``found`` (one per record, ``reason`` for each) given
+    to the records without one yet; the lists are made on the first problem (``problems`` None before)."""
+    if problems is None:
+        problems, reasons = [None] * len(found), [None] * len(found)
+    for index, problem in enumerate(found):
+        if problem and problems[index] is None:
+            problems[index], reasons[index] = problem, reason
+    return problems, reasons
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -290,28 +303,16 @@ class Shape:
             if values is None:
                 continue
             columns[field.target] = values
-            if not any(field_problems):  # the usual case: no per-record step
-                continue
-            if problems is None:
-                problems, reasons = [None] * batch.num_rows, [None] * batch.num_rows
-            for index, problem in enumerate(field_problems):
-                if problem and problems[index] is None:
-                    problems[index] = f"{field.target}: {problem}"
-                    reasons[index] = reason
+            if any(field_problems):  # the usual case has none: no per-record step
+                found = [problem and f"{field.target}: {problem}" for problem in field_problems]
+                problems, reasons = _first_problems(problems, reasons, found, reason)
         for name, setting in self.carry.items():
             # A file without the column the split goes by (a record without the key holds null in it, and is
             # split as one without a value): its records are set aside as for a column a template uses, not
             # split as if the column were there, and a run in which no record has it fails (a misspelt name).
-            if name in batch.column_names:
-                continue
-            if problems is None:
-                problems, reasons = [None] * batch.num_rows, [None] * batch.num_rows
-            for index, problem in enumerate(problems):
-                if problem is None:
-                    problems[index], reasons[index] = (
-                        f"column {name!r} is missing ({setting} names it)",
-                        "missing_column",
-                    )
+            if name not in batch.column_names:
+                found = [f"column {name!r} is missing ({setting} names it)"] * batch.num_rows
+                problems, reasons = _first_problems(problems, reasons, found, "missing_column")
         shaped = pa.table({"id": batch["id"], "source": batch["source"], **columns})
         if "image_bytes" in batch.column_names:  # the images connector's verified image goes on to the writer
             shaped = shaped.append_column("image_bytes", batch["image_bytes"])
