@@ -97,6 +97,14 @@ class SqlSource(Strict):
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
         _no_bare_at_sign(parsed.host)
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+            # The connector sets psycopg (3) up to read a timestamptz in UTC and a date Python cannot hold as its
+            # text (``connectors.sql._lenient_moments``); psycopg2 (SQLAlchemy 2.0's default for 'postgresql://')
+            # gave the session's zone, so the same rows were published as other text from another machine.
+            raise ValueError(
+                f"PostgreSQL is read through psycopg: write the URL as 'postgresql+psycopg://...' (its driver is "
+                f"{parsed.get_driver_name()!r}, which would read a timestamptz in the session's time zone)"
+            )
         return url
 
     @field_validator("params", mode="before")
