@@ -34,7 +34,7 @@ from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
-from schemas.config import SqlSource, query_parts
+from schemas.config import SqlSource, parameter_places, query_parts
 from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
@@ -666,8 +666,14 @@ class SqlSourceReader:
             # Verbatim but for its `:name` parameters (``query_parts``): another colon ('{"n":3}', LIKE '%:1%') is
             # no bind parameter (SQLAlchemy's text() takes ':name' for one, unless escaped), and the closing
             # parenthesis is on a line of its own, not in a '-- comment' ending the query's last line.
+            # A list written `IN :name` is bound one value each (SQLAlchemy writes the parentheses); elsewhere whole,
+            # as an array (PostgreSQL's `= ANY(:name)`: ``SqlSource`` refuses it for other databases).
+            places = parameter_places(query)
             source = sa.text(f"({_bound_query(query)}\n) AS curation_source").bindparams(
-                **{_BOUND + name: value for name, value in config.params.items()}
+                *(
+                    sa.bindparam(_BOUND + name, value, expanding=isinstance(value, list) and places[name] == {"IN"})
+                    for name, value in config.params.items()
+                )
             )
             statement = sa.select(sa.literal_column("*")).select_from(source)
             column = sa.column
