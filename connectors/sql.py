@@ -16,7 +16,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
 from connectors.storage import StorageError
-from schemas.config import SqlSource, query_parts
+from schemas.config import SqlSource, parameter_places, query_parts
 from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
@@ -125,7 +125,15 @@ def _lenient_moments(connection: Any, _record: Any = None) -> None:
         class InUtc(Lenient):
             def load(self, data: Any) -> Any:
                 value = super().load(data)
-                return value.astimezone(UTC) if isinstance(value, datetime) else value
+                if isinstance(value, datetime):
+                    try:
+                        return value.astimezone(UTC)
+                    except OverflowError:  # '9999-12-31 23:30:00-05': in UTC, past 9999
+                        value = Unreadable(value.isoformat(" "), self.oid)
+                if isinstance(value, Unreadable):
+                    moment = _in_utc(value.text)
+                    return moment if isinstance(moment, datetime) else Unreadable(moment, self.oid)
+                return value
 
         adapters.register_loader(oid, InUtc if name == "timestamptz" else Lenient)
 
@@ -142,6 +150,38 @@ def _lenient_moments(connection: Any, _record: Any = None) -> None:
             return dumper
 
     adapters.register_dumper(Unreadable, AsText)
+
+
+# A timestamptz as PostgreSQL writes it in DateStyle ISO, its year of any length: '10000-01-01 01:30:00+01',
+# '0044-03-15 11:00:00-00:53:28 BC'.
+_ZONED_MOMENT = re.compile(
+    r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?([+-])(\d\d)(?::(\d\d))?(?::(\d\d))?( BC)?"
+)
+
+
+def _in_utc(text: str) -> datetime | str:
+    """A timestamptz Python could not hold (its text in the session's time zone) in UTC: the moment when it is one
+    Python holds ('10000-01-01 00:30:00+01' is 9999-12-31 23:30 UTC), else its text as PostgreSQL writes it in a UTC
+    session ('10000-01-01 00:30:00+00'), so the same row reads alike whatever the zone. Other text ('infinity') is
+    returned as it is."""
+    found = _ZONED_MOMENT.fullmatch(text)
+    if found is None:
+        return text
+    year, month, day, hour, minute, second, fraction, sign, hours, minutes, seconds, bc = found.groups()
+    astronomical = 1 - int(year) if bc else int(year)  # 1 BC is year 0
+    # The Gregorian calendar repeats every 400 years: the moment is moved by whole cycles into Python's range.
+    shift = (astronomical - 2000) // 400 * 400
+    offset = timedelta(hours=int(hours), minutes=int(minutes or 0), seconds=int(seconds or 0))
+    zone = timezone(-offset if sign == "-" else offset)
+    micro = int((fraction or "").ljust(6, "0"))
+    at = datetime(astronomical - shift, int(month), int(day), int(hour), int(minute), int(second), micro, zone)
+    moment = at.astimezone(UTC)
+    year_utc = moment.year + shift
+    if 1 <= year_utc <= 9999:
+        return moment.replace(year=year_utc)
+    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+    written = year_utc if year_utc > 0 else 1 - year_utc
+    return f"{written:04d}-{moment:%m-%d %H:%M:%S}{fraction}+00{'' if year_utc > 0 else ' BC'}"
 
 
 def unreadable_columns(columns: Sequence[str], rows: Sequence[Sequence[Any]], made: int) -> list[list[str]]:
@@ -626,8 +666,14 @@ class SqlSourceReader:
             # Verbatim but for its `:name` parameters (``query_parts``): another colon ('{"n":3}', LIKE '%:1%') is
             # no bind parameter (SQLAlchemy's text() takes ':name' for one, unless escaped), and the closing
             # parenthesis is on a line of its own, not in a '-- comment' ending the query's last line.
+            # A list written `IN :name` is bound one value each (SQLAlchemy writes the parentheses); elsewhere whole,
+            # as an array (PostgreSQL's `= ANY(:name)`: ``SqlSource`` refuses it for other databases).
+            places = parameter_places(query)
             source = sa.text(f"({_bound_query(query)}\n) AS curation_source").bindparams(
-                **{_BOUND + name: value for name, value in config.params.items()}
+                *(
+                    sa.bindparam(_BOUND + name, value, expanding=isinstance(value, list) and places[name] == {"IN"})
+                    for name, value in config.params.items()
+                )
             )
             statement = sa.select(sa.literal_column("*")).select_from(source)
             column = sa.column

@@ -82,8 +82,11 @@ class SqlSource(Strict):
     query: str | None = None
     cursor: str | None = None
     key: list[str] = Field(default_factory=list)  # columns that identify a row (record ids survive edits)
-    # Values of the query's `:name` parameters, bound by the driver, never written into the SQL.
-    params: dict[str, str | int | float | bool | datetime | date | None] = Field(default_factory=dict)
+    # Values of the query's `:name` parameters, bound by the driver, never written into the SQL; a list's each
+    # value in `IN :name`, or the list as an array on PostgreSQL (`= ANY(:name)`).
+    params: dict[
+        str, str | int | float | bool | datetime | date | list[str | int | float | bool | datetime | date] | None
+    ] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod
@@ -97,6 +100,14 @@ class SqlSource(Strict):
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
         _no_bare_at_sign(parsed.host)
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+            # The connector sets psycopg (3) up to read a timestamptz in UTC and a date Python cannot hold as its
+            # text (``connectors.sql._lenient_moments``); psycopg2 (SQLAlchemy 2.0's default for 'postgresql://')
+            # gave the session's zone, so the same rows were published as other text from another machine.
+            raise ValueError(
+                f"PostgreSQL is read through psycopg: write the URL as 'postgresql+psycopg://...' (its driver is "
+                f"{parsed.get_driver_name()!r}, which would read a timestamptz in the session's time zone)"
+            )
         return url
 
     @field_validator("params", mode="before")
@@ -105,12 +116,26 @@ class SqlSource(Strict):
         # Said once: pydantic would name each type of the union the value is not, six lines for one value.
         if isinstance(params, dict):
             for name, value in params.items():
-                if isinstance(value, list | dict):
-                    kind = "a list" if isinstance(value, list) else "a mapping"
+                if isinstance(value, dict):
                     raise ValueError(
-                        f"{name!r} is {kind}: a parameter takes one value, a string, number, boolean, date, "
-                        "datetime or null"
+                        f"{name!r} is a mapping: a parameter takes one value, a string, number, boolean, date, "
+                        "datetime or null, or a list of them"
                     )
+                if not isinstance(value, list):
+                    continue
+                if not value:  # PostgreSQL cannot type `IN :name` with no value: SQLAlchemy's empty set is integers
+                    raise ValueError(
+                        f"{name!r} is an empty list: a list needs a value ('IN' none matches no row: leave the "
+                        "condition out of the query)"
+                    )
+                if any(item is None or isinstance(item, list | dict) for item in value):
+                    raise ValueError(
+                        f"{name!r} is a list holding a null, list or mapping: a list's values are strings, numbers, "
+                        "booleans, dates or datetimes (IN matches no NULL)"
+                    )
+                kinds = sorted({type(item).__name__ for item in value})
+                if len(kinds) > 1:  # a PostgreSQL array holds one type: psycopg would type it by its first value
+                    raise ValueError(f"{name!r} is a list mixing {', '.join(kinds)}: a list's values are of one type")
         return params
 
     @model_validator(mode="after")
@@ -130,9 +155,50 @@ class SqlSource(Strict):
         problems += [
             f"params: {n!r} is not used in the query (no ':{n}' outside quotes)" for n in self.params if n not in used
         ]
+        if not problems:
+            problems = self._lists_written_so(used)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _lists_written_so(self, used: list[str]) -> list[str]:
+        """What is amiss where the query uses a list: bound one value each in `IN :name` (SQLAlchemy's expanding
+        parameter, which writes the parentheses), else whole, as a PostgreSQL array."""
+        from sqlalchemy.engine import make_url
+
+        places = parameter_places(self.query or "")
+        arrays = make_url(self.url).get_backend_name() == "postgresql"
+        problems = []
+        for name in (n for n in used if isinstance(self.params[n], list)):
+            if "IN (" in places[name]:
+                problems.append(f"params: {name!r} is a list: write 'IN :{name}', without parentheses (its own)")
+            elif places[name] == {"IN", "other"}:
+                problems.append(
+                    f"params: {name!r} is a list, which the query uses both in 'IN :{name}' and elsewhere: "
+                    "a list is bound either way in one query"
+                )
+            elif places[name] == {"other"} and not arrays:
+                problems.append(
+                    f"params: {name!r} is a list: write 'column IN :{name}' (only PostgreSQL binds a list as an "
+                    f"array, '= ANY(:{name})')"
+                )
+        return problems
+
+
+def parameter_places(query: str) -> dict[str, set[str]]:
+    """Where the query writes each `:name` parameter: 'IN' right after IN ('id IN :ids'), 'IN (' in the
+    parentheses of one ('id IN (:ids)'), else 'other' ('= ANY(:ids)')."""
+    places: dict[str, set[str]] = {}
+    before: list[str] = []  # the last two tokens, less whitespace and comments, in upper case
+    from sqlparse import tokens as sql_tokens
+
+    for kind, text, name in _query_tokens(query):
+        if name is not None:
+            place = "IN" if before[-1:] == ["IN"] else "IN (" if before[-2:] == ["IN", "("] else "other"
+            places.setdefault(name, set()).add(place)
+        if kind not in sql_tokens.Whitespace and kind not in sql_tokens.Comment:
+            before = [*before[-1:], text.upper()]
+    return places
 
 
 def query_parameters(query: str) -> list[str]:
@@ -143,12 +209,16 @@ def query_parameters(query: str) -> list[str]:
 
 def query_parts(query: str) -> Iterable[tuple[str, str | None]]:
     """The query's text, token by token, with the parameter each ``:name`` token names (else None)."""
+    return ((text, name) for _, text, name in _query_tokens(query))
+
+
+def _query_tokens(query: str) -> Iterable[tuple[Any, str, str | None]]:
     from sqlparse import lexer
     from sqlparse import tokens as sql_tokens
 
     for kind, text in lexer.tokenize(query):
         named = kind in sql_tokens.Name.Placeholder and re.fullmatch(r":([^\W\d]\w*)", text)
-        yield text, named.group(1) if named else None
+        yield kind, text, named.group(1) if named else None
 
 
 class ChunkConfig(Strict):

@@ -1276,24 +1276,128 @@ def test_a_querys_parameters_and_params_must_match() -> None:
     assert plain == "sqlite://#query-" + hashlib.sha256(b"SELECT 1 AS subject").hexdigest()[:12]
 
 
-def test_a_param_holding_a_list_is_one_problem_naming_it() -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_list_param_is_bound_one_value_each_in_in_or_as_an_array_on_postgresql(
+    postgres_url: str, tmp_path: Path, database: str
+) -> None:
+    # A list was refused: a query for some teams' rows had their names pasted into its SQL.
+    url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
+        db.execute(sa.text("CREATE TABLE notes (id int, subject text, team text, u int)"))
+        rows = [(1, "a", "it's", 1), (2, "b", "cards", 2), (3, "c", "other", 3), (4, "d", "cards", 4)]
+        db.execute(
+            sa.text("INSERT INTO notes VALUES (:id, :subject, :team, :u)"),
+            [dict(zip(["id", "subject", "team", "u"], r, strict=True)) for r in rows],
+        )
+    engine.dispose()
+
+    def subjects(query: str, **params: object) -> list[str]:
+        config = SqlSource(type="sql", url=url, query=query, params=params, cursor="u", key=["id"])
+        return [r["subject"] for b in read_all(config, 10) for r in b.rows.to_pylist()]
+
+    query = "SELECT id, subject, u FROM notes WHERE team IN :teams AND id NOT IN :gone"
+    assert subjects(query, teams=["it's", "cards"], gone=[4]) == ["a", "b"]
+    if database == "postgresql":  # an array, compared with ANY, cast as the query says
+        query = "SELECT id, subject, u FROM notes WHERE team = ANY(:teams) AND u = ANY(:us::int[])"
+        assert subjects(query, teams=["cards", "other"], us=["3", "4"]) == ["c", "d"]
+    # A later run reads on from the watermark with them, and asks for the new rows' keys through the query.
+    params = {"teams": ["cards"], **({"us": [2, 4, 5]} if database == "postgresql" else {"gone": [1]})}
+    config = SqlSource(type="sql", url=url, query=query, params=params, cursor="u", key=["id"])
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    reads = []
+    for _ in range(2):
+        marks = Watermarks(state, "support")
+        reads.append([r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist()])
+        marks.commit("run")
+    assert reads == [["b", "d"], []]
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("INSERT INTO notes VALUES (2, 'e', 'cards', 5)"))
+    engine.dispose()
+    with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(id\) as a row an earlier run"):
+        read_all(config, 10, Watermarks(state, "support").for_source(config))
+    state.dispose()
+    # The values are the source's identity, as a single value's are.
+    other = SqlSource(type="sql", url=url, query=query, params={**config.params, "teams": ["cards", "x"]})
+    assert SqlSourceReader(other, 1).uri != SqlSourceReader(config, 1).uri
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "value", "said"),
+    [
+        (
+            "sqlite://",
+            "WHERE team = :team",
+            "[payments, cards]",
+            "'team' is a list: write 'column IN :team' (only PostgreSQL binds a list as an array, '= ANY(:team)')",
+        ),
+        (
+            "postgresql+psycopg://db/crm",
+            "WHERE team IN (:team)",
+            "[payments]",
+            "'team' is a list: write 'IN :team', without parentheses (its own)",
+        ),
+        (
+            "postgresql+psycopg://db/crm",
+            "WHERE team IN :team OR :team = '{}'",
+            "[a]",
+            "'team' is a list, which the query uses both in 'IN :team' and elsewhere: a list is bound either way in one query",
+        ),
+    ],
+)
+def test_a_list_param_written_where_no_list_binds_is_a_recipe_error_saying_how(
+    url: str, query: str, value: str, said: str
+) -> None:
     from schemas.config import RecipeError, parse_recipe
 
-    recipe = """dataset: support
+    recipe = f"""dataset: support
 sources:
   - type: sql
-    url: sqlite://
-    query: "SELECT id FROM notes WHERE team = :team"
-    params: {team: [payments, cards]}
-record: {kind: document, text: input_id}
+    url: {url}
+    query: "SELECT id FROM notes {query}"
+    params: {{team: {value}}}
+record: {{kind: document, text: input_id}}
 """
     with pytest.raises(RecipeError) as raised:
         parse_recipe(recipe, origin="recipe.yaml")
-    # Not one line per type of the union the value is not (str, int, float, bool, datetime, date).
-    assert str(raised.value).splitlines()[1:] == [
-        "  sources.0.params (line 6): 'team' is a list: a parameter takes one value, a string, "
-        "number, boolean, date, datetime or null"
-    ]
+    assert str(raised.value).splitlines()[1:] == [f"  sources.0 (line 3): params: {said}"]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (
+            "{a: 1}",
+            "'team' is a mapping: a parameter takes one value, a string, number, boolean, date, datetime or null, or a list of them",
+        ),
+        (
+            "[[a], b]",
+            "'team' is a list holding a null, list or mapping: a list's values are strings, numbers, booleans, dates or datetimes (IN matches no NULL)",
+        ),
+        ("[1, b]", "'team' is a list mixing int, str: a list's values are of one type"),
+        (
+            "[]",
+            "'team' is an empty list: a list needs a value ('IN' none matches no row: leave the condition out of the query)",
+        ),
+    ],
+)
+def test_a_param_holding_what_binds_as_no_value_is_one_problem_naming_it(value: str, said: str) -> None:
+    from schemas.config import RecipeError, parse_recipe
+
+    recipe = f"""dataset: support
+sources:
+  - type: sql
+    url: sqlite://
+    query: "SELECT id FROM notes WHERE team IN :team"
+    params: {{team: {value}}}
+record: {{kind: document, text: input_id}}
+"""
+    with pytest.raises(RecipeError) as raised:
+        parse_recipe(recipe, origin="recipe.yaml")
+    # Not one line per type of the union the value is not (str, int, float, bool, datetime, date, list).
+    assert str(raised.value).splitlines()[1:] == [f"  sources.0.params (line 6): {said}"]
 
 
 def test_new_rows_keys_are_asked_of_rows_before_the_watermark_in_few_statements(tmp_path: Path) -> None:

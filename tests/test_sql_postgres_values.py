@@ -389,6 +389,71 @@ def test_a_moment_with_a_time_zone_reads_the_same_whatever_the_sessions_time_zon
     assert reads == [["a"], []]
 
 
+def test_a_moment_with_a_time_zone_python_cannot_hold_in_some_zone_reads_the_same_in_every_zone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Near year 10000 (or 1) a timestamptz's text in the session's zone is past Python's range where its UTC moment
+    # is not, or the other way round: the set-aside text held the session's offset, a row was published in one
+    # zone and set aside in another, and one Python held only in the session's zone failed the run (OverflowError
+    # moving it to UTC).
+    postgres_table(
+        postgres_url,
+        "edges",
+        "id int, subject text, at timestamptz, ats timestamptz[]",
+        "(1, 'a', '9999-12-31 23:30+00', NULL)",
+        "(2, 'b', '10000-01-01 04:30+00', NULL)",
+        "(3, 'c', '10000-06-01 10:00:00.25+00', '{2026-01-01 10:00+00,10000-06-01 10:00+00}')",
+        "(4, 'd', '0001-01-01 00:30+00', NULL)",
+        "(5, 'e', '0044-03-15 12:00+00 BC', NULL)",
+    )
+    config = SqlSource(type="sql", url=postgres_url, query="SELECT subject, at, ats FROM edges ORDER BY id")
+    reads = {}
+    for zone in ("UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"):
+        monkeypatch.setenv("PGTZ", zone)
+        batches = list(SqlSourceReader(config, 10).batches())
+        rows = [(r["subject"], str(r["at"])) for b in batches for r in b.rows.to_pylist()]
+        aside = [json.loads(r["record"]) for b in batches for r in b.set_aside.to_pylist()]
+        reads[zone] = (rows, [(r["subject"], r["at"], r["ats"]) for r in aside])
+    assert reads["Europe/Paris"] == reads["America/New_York"] == reads["Asia/Kolkata"] == reads["UTC"]
+    assert reads["UTC"] == (
+        [("a", "9999-12-31 23:30:00+00:00"), ("d", "0001-01-01 00:30:00+00:00")],
+        [
+            ("b", "10000-01-01 04:30:00+00", None),
+            ("c", "10000-06-01 10:00:00.25+00", ["2026-01-01 10:00:00+00:00", "10000-06-01 10:00:00+00"]),
+            ("e", "0044-03-15 12:00:00+00 BC", None),
+        ],
+    )
+
+
+def test_a_postgresql_url_through_another_driver_than_psycopg_is_refused_naming_its_line(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg2 (or pg8000) read a timestamptz in the session's time zone: the connector sets only psycopg up to
+    # read it in UTC, so such a URL published other text and ids from a machine in another zone.
+    from schemas.config import RecipeError, parse_recipe
+
+    for driver in ("psycopg2", "pg8000"):
+        recipe = f"""dataset: support
+sources:
+  - type: sql
+    url: postgresql+{driver}://curation:hunter2@db.internal/crm
+    table: moments
+record: {{kind: document, text: subject}}
+"""
+        with pytest.raises(RecipeError) as raised:
+            parse_recipe(recipe, origin="recipe.yaml")
+        assert str(raised.value).splitlines()[1:] == [
+            "  sources.0.url (line 4): PostgreSQL is read through psycopg: write the URL as 'postgresql+psycopg://...' "
+            f"(its driver is {driver!r}, which would read a timestamptz in the session's time zone)"
+        ]
+    # A URL naming no driver is read through psycopg (SQLAlchemy 2.1's default), in UTC.
+    postgres_table(postgres_url, "moments", "id int, subject text, at timestamptz", "(1, 'a', '2026-01-01 10:00+00')")
+    monkeypatch.setenv("PGTZ", "Europe/Paris")
+    plain = SqlSource(type="sql", url=postgres_url.replace("+psycopg", ""), table="moments")
+    (batch,) = SqlSourceReader(plain, 10).batches()
+    assert str(batch.rows.to_pylist()[0]["at"]) == "2026-01-01 10:00:00+00:00"
+
+
 def test_a_small_decimal_in_an_array_is_written_as_a_scalar_one_is(workdir: Path, postgres_url: str) -> None:
     # A numeric[] value's small decimals were written as Python's str() writes them ('1E-7', '1.0E-7'), and so
     # was a numeric column's beside an Infinity (text, not a decimal column), while a scalar numeric gave
