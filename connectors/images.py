@@ -17,7 +17,7 @@ import math
 import os
 import posixpath
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,10 +148,22 @@ class _Hashed:
 class ImagesSourceReader:
     name = CONNECTOR
 
-    def __init__(self, config: ImagesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+    def __init__(
+        self,
+        config: ImagesSource,
+        batch_rows: int,
+        watermark: SourceWatermark | None = None,
+        keyed: Collection[str] = (),
+    ) -> None:
         self.config, self.watermark = config, watermark
         self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
-        self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
+        # ``keyed``: the record's columns whose absence is not null (``Shape.keyed``), as the renamed sidecar
+        # names them. A JSONL sidecar's batch gets each of them, and the columns this source names, where any
+        # line of the file has it: a row lacking one is then what it is whatever lines it is batched with.
+        renamed = {"image": config.image_column, "question": config.question_column, "answer": config.answer_column}
+        named = {getattr(config, setting) for setting in _named_settings(config)}  # ``absent_columns``'
+        sidecar_keyed = {renamed.get(name, name) for name in keyed} | named
+        self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows, keyed=sidecar_keyed)
         self._fingerprints: dict[str, str] | None = None
         self._listed: dict[str, FileEntry] = {}  # image URI -> its listing
         self._digests: dict[str, str] = {}  # image URI -> the xxh3 of its bytes, once read
@@ -383,11 +395,13 @@ class ImagesSourceReader:
         return kept, set_aside
 
     def absent_columns(self, columns: list[str]) -> list[str]:
-        """What the sidecar's columns lack of those the recipe names: the image column, and the question
-        and answer columns where it sets them (else the record's own fields say what they need)."""
+        """What the sidecar's columns lack of those the recipe names (``_named_settings``)."""
         config = self.config
-        named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
-        return [f"column {getattr(config, s)!r} ({s}) is missing" for s in named if getattr(config, s) not in columns]
+        return [
+            f"column {getattr(config, s)!r} ({s}) is missing"
+            for s in _named_settings(config)
+            if getattr(config, s) not in columns
+        ]
 
     def entries(self) -> list[FileEntry]:
         """The sidecar files, for ``curation check``."""
@@ -509,6 +523,12 @@ class ImagesSourceReader:
             watermark.set(item, UNREAD)
         elif uri in self._digests and uri in self._listed:
             watermark.set(item, file_value(self._listed[uri], self._digests[uri]))
+
+
+def _named_settings(config: ImagesSource) -> list[str]:
+    """The settings naming sidecar columns a row must have: the image column, and the question and answer
+    columns where the recipe sets them (else the record's own fields say what they need)."""
+    return ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
 
 
 def _up_to(batches: Iterable[SourceBatch], last_line: float) -> Iterator[SourceBatch]:

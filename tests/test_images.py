@@ -1388,3 +1388,38 @@ def test_a_large_sidecar_is_compared_without_holding_it_in_memory(tmp_path: Path
         tracemalloc.stop()
     assert found == (False, 400_000) and staged["lines"] == 800_000 and staged["bytes"] == len(rows)
     assert peak < len(rows) // 2, f"{peak:,} bytes held comparing {len(rows):,}"
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 50_000])
+def test_a_sidecar_line_lacking_a_key_other_lines_have_has_one_outcome_whatever_batch_rows(
+    workdir: Path, batch_rows: int
+) -> None:
+    # The sidecar was read without the keys the record needs: a line lacking one, batched with lines that
+    # lack it too (batch_rows: 1), was set aside as missing_column, and its record with a null in it elsewhere.
+    (workdir / "img").mkdir()
+    for n in range(6):
+        (workdir / "img" / f"s{n}.png").write_bytes(png((16 + n, 16)))
+    rows = [
+        {"image": f"s{n}.png", "q": f"Q{n}?", "answer": f"A{n}", "customer": f"c{n % 2}", "note": "n"} for n in range(6)
+    ]
+    for line, key in [(2, "image"), (3, "q"), (4, "customer"), (5, "note")]:
+        del rows[line - 1][key]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = {
+        "dataset": "scans",
+        "batch_rows": batch_rows,
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "question_column": "q"}],
+        "record": {"kind": "vqa", "answer": "{{ answer }} ({{ note }})"},
+        "output": {"validation_fraction": 0.0, "group_by": "customer"},
+    }
+    version = Path(run(workdir, spec).version_uri)
+    assert sorted((row["source"]["line"], row["reason"]) for row in set_aside(version)) == [
+        (2, "missing_image"),  # the row names no image
+        (3, "schema"),  # no question
+        (5, "template"),  # the template's note is null
+    ]
+    assert sorted(line["prompt"] for line in outputs(version)) == [
+        "Q0?",
+        "Q3?",
+        "Q5?",
+    ]  # line 4: no customer, split as such
