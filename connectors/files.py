@@ -1438,11 +1438,32 @@ def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] |
 _LONE_CR = re.compile(rb"\r(?!\n)")
 
 
+class LineCounter:
+    """How many lines bytes given a block at a time hold, as ``_LineFeeds`` passes them on (and editors
+    count them): each ends in LF, CRLF or CR alone; the last one counts whether or not it is ended. The
+    count a sidecar's watermark keeps (``lines``): it must not change between releases."""
+
+    def __init__(self) -> None:
+        self._ends, self._last = 0, b""
+
+    def update(self, block: bytes) -> None:
+        if not block:
+            return
+        ends = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+        # A CRLF split between two blocks is one line end, not a CR alone and then an LF.
+        self._ends += ends - (self._last == b"\r" and block.startswith(b"\n"))
+        self._last = block[-1:]
+
+    @property
+    def lines(self) -> int:
+        return self._ends + (self._last not in (b"", b"\n", b"\r"))
+
+
 def lines_in(data: bytes) -> int:
-    """How many lines ``data`` holds, as ``_LineFeeds`` passes them on (and editors count them): each
-    ends in LF, CRLF or CR alone; the last one counts whether or not it is ended."""
-    ends = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-    return ends + (bool(data) and not data.endswith((b"\n", b"\r")))
+    """How many lines ``data`` holds (``LineCounter``)."""
+    counter = LineCounter()
+    counter.update(data)
+    return counter.lines
 
 
 class _LineFeeds(io.RawIOBase):

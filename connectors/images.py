@@ -27,7 +27,7 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings, utf8_texts
-from connectors.files import FilesSourceReader, file_format
+from connectors.files import FilesSourceReader, LineCounter, file_format
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, fingerprint, kept_value
 from connectors.storage import (
     Changed,
@@ -119,21 +119,16 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
 
 
 class _Hashed:
-    """The size, xxh3 and line count of bytes given a block at a time: what ``len``, ``xxh3_128_hexdigest``
-    and ``lines_in`` give of them whole (the values a sidecar's watermark keeps)."""
+    """The size, xxh3 and line count (``LineCounter``) of bytes given a block at a time: what ``len``,
+    ``xxh3_128_hexdigest`` and ``lines_in`` give of them whole (the values a sidecar's watermark keeps)."""
 
     def __init__(self) -> None:
-        self.size, self._hash, self._ends, self._last = 0, xxhash.xxh3_128(), 0, b""
+        self.size, self._hash, self._lines = 0, xxhash.xxh3_128(), LineCounter()
 
     def update(self, block: bytes) -> None:
-        if not block:
-            return
         self.size += len(block)
         self._hash.update(block)
-        ends = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
-        # A CRLF split between two blocks is one line end, not a CR alone and then an LF.
-        self._ends += ends - (self._last == b"\r" and block.startswith(b"\n"))
-        self._last = block[-1:]
+        self._lines.update(block)
 
     @property
     def xxh3(self) -> str:
@@ -141,8 +136,7 @@ class _Hashed:
 
     @property
     def lines(self) -> int:
-        """As ``lines_in``: each line ends in LF, CRLF or CR alone; the last counts, ended or not."""
-        return self._ends + (self._last not in (b"", b"\n", b"\r"))
+        return self._lines.lines
 
 
 class ImagesSourceReader:

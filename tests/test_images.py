@@ -1345,6 +1345,7 @@ SIDECARS = {
     "mixed.jsonl": b'{"image": "a.png"}\r\n\r{"image": "b.png"}\n\r\n{"image": "c.png"}',  # no final newline
     "empty.jsonl": b"",
 }
+SIDECAR_LINES = {"lf.jsonl": 2, "crlf.jsonl": 2, "cr.jsonl": 2, "mixed.jsonl": 5, "empty.jsonl": 0}  # as stored
 
 
 def compared(tmp_path: Path, name: str, before: dict | None) -> tuple[tuple[bool, float], dict]:
@@ -1367,6 +1368,7 @@ def test_a_sidecar_hashed_a_block_at_a_time_keeps_the_values_it_had_read_whole(
     for name, data in [*SIDECARS.items(), *((f"{n}.gz", d) for n, d in SIDECARS.items())]:
         (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
         whole = {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data), "lines": lines_in(data)}
+        assert whole["lines"] == SIDECAR_LINES[name.removesuffix(".gz")]  # the values earlier runs stored
         found, staged = compared(tmp_path, name, None)
         assert found == (False, 0) and {key: staged[key] for key in whole} == whole, name
         for cut in range(len(data) + 1):  # an earlier run took the first ``cut`` bytes: appended since
