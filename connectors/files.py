@@ -570,33 +570,36 @@ class _KeysOfFile:
         return rows
 
 
-def _holds_key(data: bytes, key: str) -> bool:
-    """Whether a line of ``data`` (whole lines) is a JSON object with the key ``key``."""
-    pattern = _key_before(key, b"")
-    if not _found_in(pattern, data):
-        return False
+def _keys_in(data: bytes, keys: Collection[str]) -> set[str]:
+    """Which of ``keys`` some line of ``data`` (whole lines) that is a JSON object has. The block is
+    parsed once for all of them, and only where one is spelt in it."""
+    spelt = {key: pattern for key in keys if _found_in(pattern := _key_before(key, b""), data)}
+    if not spelt:
+        return set()
     try:  # the block read whole, typed from every line: a column for each key a line has
-        return key in pl.read_ndjson(data, infer_schema_length=None).columns
-    except Exception:  # a line polars cannot take: the lines that spell the key are parsed one by one
+        return spelt.keys() & set(pl.read_ndjson(data, infer_schema_length=None).columns)
+    except Exception:  # a line polars cannot take: the lines that spell a key are parsed one by one
         pass
     except BaseException as error:  # a panic in polars' Rust code (a lone surrogate in a key)
         if type(error).__name__ != "PanicException":
             raise
-    seen: set[int] = set()
-    for found in re.finditer(pattern, data):  # a key of an object nested in a value matches too: the line tells
-        start = data.rfind(b"\n", 0, found.start()) + 1
-        if start in seen:
-            continue
-        seen.add(start)
-        end = data.find(b"\n", found.end())
+    # A key of an object nested in a value matches too: the line tells.
+    starts = {
+        data.rfind(b"\n", 0, found.start()) + 1 for pattern in spelt.values() for found in re.finditer(pattern, data)
+    }
+    found_keys: set[str] = set()
+    for start in sorted(starts):
+        end = data.find(b"\n", start)
         try:
             line = data[start : None if end < 0 else end].decode("utf-8-sig")
             value = json.loads(line, object_pairs_hook=_one_value_per_key)
         except (ValueError, RecursionError, _RepeatedKey):  # no record: a line the reader quarantines holds no key
             continue
-        if isinstance(value, dict) and key in value:
-            return True
-    return False
+        if isinstance(value, dict):
+            found_keys |= spelt.keys() & value.keys()
+            if len(found_keys) == len(spelt):
+                break
+    return found_keys
 
 
 class FilesSourceReader(ListedFiles):
@@ -741,14 +744,12 @@ class FilesSourceReader(ListedFiles):
         write it is passed over at RE2's speed, and only the lines that spell it are parsed."""
         fs, path = filesystem(entry.uri)
         # An input column "id" is read as "input_id" (``with_lineage``).
-        keys = {name: [key for key in (name, *RESERVED) if input_name(key) == name] for name in names}
+        keys = {key: name for name in names for key in (name, *RESERVED) if input_name(key) == name}
         found: set[str] = set()
         with open_input(fs, path, entry.etag) as stream:
             for data in _line_blocks(_LineFeeds(stream), BLOCK_BYTES):
-                for name in set(names) - found:
-                    if any(_holds_key(data, key) for key in keys[name]):
-                        found.add(name)
-                if found == set(names):
+                found |= {keys[key] for key in _keys_in(data, [key for key in keys if keys[key] not in found])}
+                if len(found) == len(set(names)):
                     break
         return found
 
@@ -1437,11 +1438,32 @@ def _line_blocks(stream: Any, block_bytes: int, first: Callable[[bytes], None] |
 _LONE_CR = re.compile(rb"\r(?!\n)")
 
 
+class LineCounter:
+    """How many lines bytes given a block at a time hold, as ``_LineFeeds`` passes them on (and editors
+    count them): each ends in LF, CRLF or CR alone; the last one counts whether or not it is ended. The
+    count a sidecar's watermark keeps (``lines``): it must not change between releases."""
+
+    def __init__(self) -> None:
+        self._ends, self._last = 0, b""
+
+    def update(self, block: bytes) -> None:
+        if not block:
+            return
+        ends = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+        # A CRLF split between two blocks is one line end, not a CR alone and then an LF.
+        self._ends += ends - (self._last == b"\r" and block.startswith(b"\n"))
+        self._last = block[-1:]
+
+    @property
+    def lines(self) -> int:
+        return self._ends + (self._last not in (b"", b"\n", b"\r"))
+
+
 def lines_in(data: bytes) -> int:
-    """How many lines ``data`` holds, as ``_LineFeeds`` passes them on (and editors count them): each
-    ends in LF, CRLF or CR alone; the last one counts whether or not it is ended."""
-    ends = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-    return ends + (bool(data) and not data.endswith((b"\n", b"\r")))
+    """How many lines ``data`` holds (``LineCounter``)."""
+    counter = LineCounter()
+    counter.update(data)
+    return counter.lines
 
 
 class _LineFeeds(io.RawIOBase):

@@ -17,7 +17,7 @@ import math
 import os
 import posixpath
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,7 @@ import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from connectors.base import SourceBatch, plain_strings, utf8_texts
-from connectors.files import FilesSourceReader, file_format
+from connectors.files import FilesSourceReader, LineCounter, file_format
 from connectors.state import UNREAD, SourceWatermark, file_fingerprints, file_value, fingerprint, kept_value
 from connectors.storage import (
     Changed,
@@ -119,21 +119,16 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
 
 
 class _Hashed:
-    """The size, xxh3 and line count of bytes given a block at a time: what ``len``, ``xxh3_128_hexdigest``
-    and ``lines_in`` give of them whole (the values a sidecar's watermark keeps)."""
+    """The size, xxh3 and line count (``LineCounter``) of bytes given a block at a time: what ``len``,
+    ``xxh3_128_hexdigest`` and ``lines_in`` give of them whole (the values a sidecar's watermark keeps)."""
 
     def __init__(self) -> None:
-        self.size, self._hash, self._ends, self._last = 0, xxhash.xxh3_128(), 0, b""
+        self.size, self._hash, self._lines = 0, xxhash.xxh3_128(), LineCounter()
 
     def update(self, block: bytes) -> None:
-        if not block:
-            return
         self.size += len(block)
         self._hash.update(block)
-        ends = block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
-        # A CRLF split between two blocks is one line end, not a CR alone and then an LF.
-        self._ends += ends - (self._last == b"\r" and block.startswith(b"\n"))
-        self._last = block[-1:]
+        self._lines.update(block)
 
     @property
     def xxh3(self) -> str:
@@ -141,17 +136,28 @@ class _Hashed:
 
     @property
     def lines(self) -> int:
-        """As ``lines_in``: each line ends in LF, CRLF or CR alone; the last counts, ended or not."""
-        return self._ends + (self._last not in (b"", b"\n", b"\r"))
+        return self._lines.lines
 
 
 class ImagesSourceReader:
     name = CONNECTOR
 
-    def __init__(self, config: ImagesSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+    def __init__(
+        self,
+        config: ImagesSource,
+        batch_rows: int,
+        watermark: SourceWatermark | None = None,
+        keyed: Collection[str] = (),
+    ) -> None:
         self.config, self.watermark = config, watermark
         self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
-        self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows)
+        # ``keyed``: the record's columns whose absence is not null (``Shape.keyed``), as the renamed sidecar
+        # names them. A JSONL sidecar's batch gets each of them, and the columns this source names, where any
+        # line of the file has it: a row lacking one is then what it is whatever lines it is batched with.
+        renamed = {"image": config.image_column, "question": config.question_column, "answer": config.answer_column}
+        named = {getattr(config, setting) for setting in _named_settings(config)}  # ``absent_columns``'
+        sidecar_keyed = {renamed.get(name, name) for name in keyed} | named
+        self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows, keyed=sidecar_keyed)
         self._fingerprints: dict[str, str] | None = None
         self._listed: dict[str, FileEntry] = {}  # image URI -> its listing
         self._digests: dict[str, str] = {}  # image URI -> the xxh3 of its bytes, once read
@@ -383,11 +389,13 @@ class ImagesSourceReader:
         return kept, set_aside
 
     def absent_columns(self, columns: list[str]) -> list[str]:
-        """What the sidecar's columns lack of those the recipe names: the image column, and the question
-        and answer columns where it sets them (else the record's own fields say what they need)."""
+        """What the sidecar's columns lack of those the recipe names (``_named_settings``)."""
         config = self.config
-        named = ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
-        return [f"column {getattr(config, s)!r} ({s}) is missing" for s in named if getattr(config, s) not in columns]
+        return [
+            f"column {getattr(config, s)!r} ({s}) is missing"
+            for s in _named_settings(config)
+            if getattr(config, s) not in columns
+        ]
 
     def entries(self) -> list[FileEntry]:
         """The sidecar files, for ``curation check``."""
@@ -509,6 +517,12 @@ class ImagesSourceReader:
             watermark.set(item, UNREAD)
         elif uri in self._digests and uri in self._listed:
             watermark.set(item, file_value(self._listed[uri], self._digests[uri]))
+
+
+def _named_settings(config: ImagesSource) -> list[str]:
+    """The settings naming sidecar columns a row must have: the image column, and the question and answer
+    columns where the recipe sets them (else the record's own fields say what they need)."""
+    return ["image_column"] + [s for s in ("question_column", "answer_column") if s in config.model_fields_set]
 
 
 def _up_to(batches: Iterable[SourceBatch], last_line: float) -> Iterator[SourceBatch]:

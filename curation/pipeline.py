@@ -99,7 +99,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         elif isinstance(config, ImagesSource):
             from connectors.images import ImagesSourceReader
 
-            sources.append(ImagesSourceReader(config, recipe.batch_rows, mark))
+            sources.append(ImagesSourceReader(config, recipe.batch_rows, mark, keyed=shape.keyed | required))
         elif isinstance(config, HFSource):
             from connectors.hf import HFSourceReader
 

@@ -469,6 +469,49 @@ def test_a_jsonl_key_only_later_lines_have_is_null_before_them_whatever_batch_ro
         assert aside == missing
 
 
+@pytest.mark.parametrize("malformed", [False, True])
+def test_a_jsonl_file_is_searched_once_for_all_the_keys_its_first_batch_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, malformed: bool
+) -> None:
+    # Each missing key had the file's blocks parsed for it again: polars read a block that spelt two keys
+    # twice, and where polars cannot take a line, each line spelling a key was parsed once per key.
+    import contextlib
+
+    import connectors.files as files_module
+    from connectors.files import FilesSourceReader
+    from schemas.config import FilesSource
+
+    lines = [{"q": "x"}, {"q": "y", "meta": {"a": 1}}, {"q": "z", "a": 1, "b": None}, {"q": "w", "meta": {"id": 3}}]
+    path = write_jsonl(tmp_path / "a.jsonl", [*lines, *(["{not json"] if malformed else [])])
+    reader = FilesSourceReader(FilesSource(path=str(path)), batch_rows=10)
+    (entry,) = reader.entries()
+    opened, read, parsed, loaded = [], [], [], []
+    real_open, real_read_ndjson, real_loads = files_module.open_input, files_module.pl.read_ndjson, json.loads
+
+    class Counted:  # the file's own stream, its bytes counted
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def read(self, size: int = -1) -> bytes:
+            data = self.stream.read(size)
+            read.append(len(data))
+            return data
+
+    @contextlib.contextmanager
+    def open_counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args[1])
+        with real_open(*args, **kwargs) as stream:
+            yield Counted(stream)
+
+    monkeypatch.setattr(files_module, "open_input", open_counted)
+    monkeypatch.setattr(files_module.pl, "read_ndjson", lambda *a, **k: parsed.append(1) or real_read_ndjson(*a, **k))
+    monkeypatch.setattr(files_module.json, "loads", lambda *a, **k: loaded.append(1) or real_loads(*a, **k))
+    assert reader._keys_held(entry, ["a", "b", "c", "input_id"]) == {"a", "b"}
+    assert len(opened) == 1 and sum(read) == path.stat().st_size  # the file read once, whole
+    assert len(parsed) == 1  # one block, parsed once for all four keys
+    assert len(loaded) == (3 if malformed else 0)  # the lines spelling a key, once each
+
+
 def test_format_options_that_do_not_fit_the_format_are_refused(workdir: Path) -> None:
     recipe = instruction_recipe(workdir, "jumpstart-instruction", system_prompt="Be brief.")
     with pytest.raises(RecipeError, match="system_prompt applies to the jumpstart-chat"):

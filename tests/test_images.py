@@ -1345,6 +1345,7 @@ SIDECARS = {
     "mixed.jsonl": b'{"image": "a.png"}\r\n\r{"image": "b.png"}\n\r\n{"image": "c.png"}',  # no final newline
     "empty.jsonl": b"",
 }
+SIDECAR_LINES = {"lf.jsonl": 2, "crlf.jsonl": 2, "cr.jsonl": 2, "mixed.jsonl": 5, "empty.jsonl": 0}  # as stored
 
 
 def compared(tmp_path: Path, name: str, before: dict | None) -> tuple[tuple[bool, float], dict]:
@@ -1367,6 +1368,7 @@ def test_a_sidecar_hashed_a_block_at_a_time_keeps_the_values_it_had_read_whole(
     for name, data in [*SIDECARS.items(), *((f"{n}.gz", d) for n, d in SIDECARS.items())]:
         (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
         whole = {"bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data), "lines": lines_in(data)}
+        assert whole["lines"] == SIDECAR_LINES[name.removesuffix(".gz")]  # the values earlier runs stored
         found, staged = compared(tmp_path, name, None)
         assert found == (False, 0) and {key: staged[key] for key in whole} == whole, name
         for cut in range(len(data) + 1):  # an earlier run took the first ``cut`` bytes: appended since
@@ -1388,3 +1390,38 @@ def test_a_large_sidecar_is_compared_without_holding_it_in_memory(tmp_path: Path
         tracemalloc.stop()
     assert found == (False, 400_000) and staged["lines"] == 800_000 and staged["bytes"] == len(rows)
     assert peak < len(rows) // 2, f"{peak:,} bytes held comparing {len(rows):,}"
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 50_000])
+def test_a_sidecar_line_lacking_a_key_other_lines_have_has_one_outcome_whatever_batch_rows(
+    workdir: Path, batch_rows: int
+) -> None:
+    # The sidecar was read without the keys the record needs: a line lacking one, batched with lines that
+    # lack it too (batch_rows: 1), was set aside as missing_column, and its record with a null in it elsewhere.
+    (workdir / "img").mkdir()
+    for n in range(6):
+        (workdir / "img" / f"s{n}.png").write_bytes(png((16 + n, 16)))
+    rows = [
+        {"image": f"s{n}.png", "q": f"Q{n}?", "answer": f"A{n}", "customer": f"c{n % 2}", "note": "n"} for n in range(6)
+    ]
+    for line, key in [(2, "image"), (3, "q"), (4, "customer"), (5, "note")]:
+        del rows[line - 1][key]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = {
+        "dataset": "scans",
+        "batch_rows": batch_rows,
+        "sources": [{"type": "images", "path": "img", "sidecar": "qa.jsonl", "question_column": "q"}],
+        "record": {"kind": "vqa", "answer": "{{ answer }} ({{ note }})"},
+        "output": {"validation_fraction": 0.0, "group_by": "customer"},
+    }
+    version = Path(run(workdir, spec).version_uri)
+    assert sorted((row["source"]["line"], row["reason"]) for row in set_aside(version)) == [
+        (2, "missing_image"),  # the row names no image
+        (3, "schema"),  # no question
+        (5, "template"),  # the template's note is null
+    ]
+    assert sorted(line["prompt"] for line in outputs(version)) == [
+        "Q0?",
+        "Q3?",
+        "Q5?",
+    ]  # line 4: no customer, split as such
