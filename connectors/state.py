@@ -183,12 +183,11 @@ def _settings_key(config: BaseModel) -> str:
 class SourceWatermark:
     """What one source took in earlier runs (committed) and what this run has taken (pending)."""
 
-    def __init__(
-        self, committed: dict[str, Any], read_again: set[str] | None = None, taken_in: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, committed: dict[str, Any], read_again: set[str] | None = None) -> None:
         self.committed = committed
-        # Item -> where an earlier run took it ("v3", or "run <id>" for a run that published nothing).
-        self.taken_in = taken_in if taken_in is not None else {}
+        # Item -> the run that took it, and run -> the version it published (a run finding nothing new has none).
+        self.taken_by: dict[str, str | None] = {}
+        self.versions: dict[str, int] = {}
         # New file -> the file taken before whose bytes it holds (renamed, moved or copied): not read.
         self.same_bytes: dict[str, str] = {}
         # Inputs taken before that this run reads again though unchanged (review decisions that only
@@ -210,6 +209,11 @@ class SourceWatermark:
         # Item -> how many inputs this run staged ``UNREAD`` under it: an images sidecar's identical rows
         # share one item, and each is an input counted (quarantined as unreadable) in the manifest.
         self.unread_inputs: dict[str, int] = {}
+
+    def taken_in(self, item: str) -> str:
+        """Where an earlier run took ``item``: "v3", or "run <id>" for a run that published nothing."""
+        run = self.taken_by.get(item)
+        return f"v{self.versions[run]}" if run in self.versions else f"run {run}"
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -244,6 +248,7 @@ class Watermarks:
         if key not in self.sources:
             committed: dict[str, Any] = {}
             taken_by: dict[str, str | None] = {}
+            versions: dict[str, int] = {}
             if not self.full_refresh:
                 with self.engine.connect() as db:
                     for stored in (key, *earlier):  # committed under its own key; else under the earlier one
@@ -256,8 +261,9 @@ class Watermarks:
                         taken_by = {item: run_id for item, _, run_id in rows}
                         if committed:
                             break
-            taken_in = _Versions(self.engine, taken_by) if committed else {}
-            self.sources[key] = SourceWatermark(committed, self.read_again, taken_in)
+                    versions = _versions(db, self.dataset) if committed else {}
+            self.sources[key] = SourceWatermark(committed, self.read_again)
+            self.sources[key].taken_by, self.sources[key].versions = taken_by, versions
         return self.sources[key]
 
     def had_previous(self) -> bool:
@@ -330,25 +336,17 @@ class Watermarks:
                     )
 
 
-class _Versions(dict[str, str]):
-    """Item -> where an earlier run took it, "v3" (the version that run published), or "run <id>": looked
-    up in the runs table only for an item asked for (a file renamed since)."""
-
-    def __init__(self, engine: sa.Engine, taken_by: dict[str, str | None]) -> None:
-        super().__init__()
-        self.engine, self.taken_by = engine, taken_by
-
-    def __missing__(self, item: str) -> str:
-        run_id = self.taken_by.get(item)
-        try:
-            with self.engine.connect() as db:
-                version = db.execute(
-                    sa.text("SELECT version FROM runs WHERE run_id = :run_id"), {"run_id": run_id}
-                ).scalar()
-        except sa.exc.SQLAlchemyError:  # a store without the pipeline's runs table
-            version = None
-        self[item] = f"v{version}" if version is not None else f"run {run_id}"
-        return self[item]
+def _versions(db: sa.Connection, dataset: str) -> dict[str, int]:
+    """Run id -> the version it published, of ``dataset``'s runs (one row a run: a few thousand at most)."""
+    try:
+        rows = db.execute(
+            sa.text("SELECT run_id, version FROM runs WHERE dataset = :dataset AND version IS NOT NULL"),
+            {"dataset": dataset},
+        )
+        return {run_id: version for run_id, version in rows}
+    except sa.exc.SQLAlchemyError:  # a store without the pipeline's runs table
+        db.rollback()
+        return {}
 
 
 # --- the run lock ----------------------------------------------------------------------------------
@@ -669,7 +667,7 @@ def _same_bytes(new: list[FileEntry], watermark: SourceWatermark) -> set[str]:
         if taken is not None:
             watermark.same_bytes[entry.uri] = taken
             same.add(entry.uri)
-            log.info("%s: same bytes as %s, taken in %s: not read again", entry.uri, taken, watermark.taken_in[taken])
+            log.info("%s: same bytes as %s, taken in %s: not read again", entry.uri, taken, watermark.taken_in(taken))
     return same
 
 
