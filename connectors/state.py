@@ -185,6 +185,11 @@ class SourceWatermark:
 
     def __init__(self, committed: dict[str, Any], read_again: set[str] | None = None) -> None:
         self.committed = committed
+        # Item -> the run that took it, and run -> the version it published (a run finding nothing new has none).
+        self.taken_by: dict[str, str | None] = {}
+        self.versions: dict[str, int] = {}
+        # New file -> the file taken before whose bytes it holds (renamed, moved or copied): not read.
+        self.same_bytes: dict[str, str] = {}
         # Inputs taken before that this run reads again though unchanged (review decisions that only
         # a record read again can take: see curation.review.decisions.inputs_to_read_again).
         self.read_again = read_again if read_again is not None else set()
@@ -204,6 +209,11 @@ class SourceWatermark:
         # Item -> how many inputs this run staged ``UNREAD`` under it: an images sidecar's identical rows
         # share one item, and each is an input counted (quarantined as unreadable) in the manifest.
         self.unread_inputs: dict[str, int] = {}
+
+    def taken_in(self, item: str) -> str:
+        """Where an earlier run took ``item``: "v3", or "run <id>" for a run that published nothing."""
+        run = self.taken_by.get(item)
+        return f"v{self.versions[run]}" if run in self.versions else f"run {run}"
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -237,18 +247,23 @@ class Watermarks:
         key, *earlier = source_keys(config)
         if key not in self.sources:
             committed: dict[str, Any] = {}
+            taken_by: dict[str, str | None] = {}
+            versions: dict[str, int] = {}
             if not self.full_refresh:
                 with self.engine.connect() as db:
                     for stored in (key, *earlier):  # committed under its own key; else under the earlier one
                         rows = db.execute(
-                            sa.select(watermarks.c.item, watermarks.c.value).where(
+                            sa.select(watermarks.c.item, watermarks.c.value, watermarks.c.run_id).where(
                                 watermarks.c.dataset == self.dataset, watermarks.c.source == stored
                             )
-                        )
-                        committed = {item: json.loads(value) for item, value in rows}
+                        ).all()
+                        committed = {item: json.loads(value) for item, value, _ in rows}
+                        taken_by = {item: run_id for item, _, run_id in rows}
                         if committed:
                             break
+                    versions = _versions(db, self.dataset) if committed else {}
             self.sources[key] = SourceWatermark(committed, self.read_again)
+            self.sources[key].taken_by, self.sources[key].versions = taken_by, versions
         return self.sources[key]
 
     def had_previous(self) -> bool:
@@ -276,6 +291,10 @@ class Watermarks:
             for item, value in source.pending.items()
             if value == UNREAD and source.committed.get(item) == UNREAD
         )
+
+    def same_bytes(self) -> dict[str, str]:
+        """New file -> the file an earlier run took whose bytes it holds, which this run does not read."""
+        return {uri: taken for source in self.sources.values() for uri, taken in source.same_bytes.items()}
 
     def replaced(self) -> set[str]:
         """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""
@@ -315,6 +334,19 @@ class Watermarks:
                             updated_at=now,
                         )
                     )
+
+
+def _versions(db: sa.Connection, dataset: str) -> dict[str, int]:
+    """Run id -> the version it published, of ``dataset``'s runs (one row a run: a few thousand at most)."""
+    try:
+        rows = db.execute(
+            sa.text("SELECT run_id, version FROM runs WHERE dataset = :dataset AND version IS NOT NULL"),
+            {"dataset": dataset},
+        )
+        return {run_id: version for run_id, version in rows}
+    except sa.exc.SQLAlchemyError:  # a store without the pipeline's runs table
+        db.rollback()
+        return {}
 
 
 # --- the run lock ----------------------------------------------------------------------------------
@@ -577,11 +609,11 @@ def new_files(
     compared is staged ``HashedWhenRead``, not read for its hash now."""
     if watermark is None:
         return entries
-    fresh = []
+    fresh, new = [], []
     for entry in entries:
         if watermark.committed.get(entry.uri, UNREAD) == UNREAD:  # new, or listed and not read by an earlier run
+            new.append(entry)
             fresh.append(entry)
-            watermark.set(entry.uri, _value_to_stage(entry, watermark, hashed_when_read))
             continue
         before = watermark.committed[entry.uri]
         kept = kept_value(before, entry, watermark.digests)
@@ -591,7 +623,52 @@ def new_files(
             watermark.replaced.add(entry.uri)  # changed since an earlier run took it: read whole again
         if kept != before:
             watermark.set(entry.uri, kept or _value_to_stage(entry, watermark, hashed_when_read))
-    return fresh
+    same = _same_bytes(new, watermark)
+    for entry in new:
+        watermark.set(
+            entry.uri,
+            file_value(entry, known=watermark.digests)
+            if entry.uri in same
+            else _value_to_stage(entry, watermark, hashed_when_read),
+        )
+    return [entry for entry in fresh if entry.uri not in same]
+
+
+def _same_bytes(new: list[FileEntry], watermark: SourceWatermark) -> set[str]:
+    """The files of ``new`` that hold the bytes of a file an earlier run took (renamed or moved within the
+    source, or copied), noted in ``watermark.same_bytes``: their records were published under the name
+    they were taken by (a record's id holds its input's URI), and read again under another they would be
+    published twice. An S3 object is compared by its ETag; a local file by its size, then the xxh3 of its
+    bytes, so only a file of the size of one taken is read for it. A taken file read again in this run
+    (changed since) is compared with none: its records are replaced by what it holds now."""
+    if not new or not watermark.committed:
+        return set()
+    by_etag: dict[str, str] = {}
+    by_size: dict[int, dict[str, str]] = {}
+    for uri, value in watermark.committed.items():
+        if uri in watermark.replaced or value == UNREAD:
+            continue
+        if isinstance(value, dict):
+            size = int(value["fingerprint"].split(":", 1)[0])
+            by_size.setdefault(size, {}).setdefault(value["xxh3"], uri)
+        else:  # an ETag (or a local file's size and mtime, from a release that did not hash it: no ETag)
+            by_etag.setdefault(value, uri)
+    same = set()
+    for entry in new:
+        if entry.etag:
+            taken = by_etag.get(entry.etag)
+        elif entry.size in by_size:
+            try:
+                taken = by_size[entry.size].get(file_digest(entry, watermark.digests))
+            except OSError:  # its reader meets the error and says so
+                taken = None
+        else:
+            taken = None
+        if taken is not None:
+            watermark.same_bytes[entry.uri] = taken
+            same.add(entry.uri)
+            log.info("%s: same bytes as %s, taken in %s: not read again", entry.uri, taken, watermark.taken_in(taken))
+    return same
 
 
 def _value_to_stage(entry: FileEntry, watermark: SourceWatermark, hashed_when_read: bool) -> Any:

@@ -958,6 +958,8 @@ def _manifest(
     )
     if writer.carry_stats:
         built.stats["carry"] = writer.carry_stats
+    if plan.watermarks.same_bytes():  # new files holding what an earlier run took: not read again
+        built.stats["same_bytes"] = plan.watermarks.same_bytes()
     return attach_report(built, writer)
 
 

@@ -1038,24 +1038,35 @@ def stage_place(origin: Path, recipe: Recipe, message: str) -> str | None:
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``12:30`` stays text: YAML 1.1 reads it as a base-60 number (750), so a
-    time given as a query parameter or a value to check became another value, silently (YAML 1.2 dropped
-    that reading). Quoted or not, a recipe means the text it shows."""
+    """PyYAML's safe loader, reading plain scalars as YAML 1.2's core schema does. PyYAML follows YAML 1.1,
+    where ``NO`` (Norway), ``on`` and ``yes`` are booleans, ``0755`` and ``010`` octal numbers, ``1_000``
+    a thousand and ``12:30`` a base-60 number (750): a query parameter, an expectation's allowed value or
+    a key meant as the text it shows became another value, silently. Here only ``true``/``false`` (any
+    case YAML 1.2 allows) are booleans, numbers have no leading zero (``0o17`` and ``0x1F`` are octal and
+    hex), and the rest is text; a date stays a date (a SQL parameter takes one)."""
 
 
-def _without_base_60(tag: str, pattern: re.Pattern[str]) -> re.Pattern[str]:
-    if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
-        return pattern
-    # PyYAML's pattern is one alternative per line; a base-60 one has "(?:" and a colon. Split at every
-    # "|" (some sit inside a group) and joined again, the others come back as they were.
-    alternatives = pattern.pattern.removeprefix("^(?:").removesuffix(")$").split("|")
-    return re.compile("^(?:" + "|".join(a for a in alternatives if "(?::" not in a) + ")$", re.X)
-
-
+_YAML_1_2 = {
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (r"^(?:[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    # A dot or an exponent: digits alone are an int, or text when they start with 0 (``0755``).
+    "tag:yaml.org,2002:float": (
+        r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9]+[eE][-+]?[0-9]+
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        "-+0123456789.",
+    ),
+}
+# YAML 1.1's readings (and its ``=``, which the safe loader cannot even build) are dropped; null, dates,
+# ``<<`` merges and the rest stay as PyYAML resolves them.
 RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, _without_base_60(tag, pattern)) for tag, pattern in resolvers]
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _YAML_1_2 and tag != "tag:yaml.org,2002:value"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+for _tag, (_pattern, _first) in _YAML_1_2.items():
+    for _char in _first:  # the patterns match apart, so their order does not matter
+        RecipeLoader.yaml_implicit_resolvers.setdefault(_char, []).append((_tag, re.compile(_pattern, re.X)))
 
 
 def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:

@@ -641,9 +641,10 @@ def test_files_listed_again_at_planning_are_not_hashed_again(workdir: Path, monk
     monkeypatch.setattr(state, "content_hash", lambda uri: hashed.append(Path(uri).name) or hash_of(uri))
     a.write_text(a.read_text().replace("alpha", "omega"))  # the kept copy of "alpha" changed in place
     os.utime(a, (2, 2))
-    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "gamma"}])
+    # Of another size than b.jsonl: a new file of a taken file's size is hashed first, to compare.
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "gamma ray"}])
     second = run(workdir, recipe)
-    assert sorted(line["text"] for line in outputs(Path(second.version_uri))) == ["alpha", "gamma", "omega"]
+    assert sorted(line["text"] for line in outputs(Path(second.version_uri))) == ["alpha", "gamma ray", "omega"]
     assert hashed == ["a.jsonl"]  # c.jsonl, new, is hashed as it is read
 
 
@@ -1262,3 +1263,51 @@ def test_a_damaged_parquet_file_still_fails_the_run(workdir: Path) -> None:
     (workdir / "in" / "a.parquet").write_bytes(data[:4] + b"x" * 20 + data[24:])  # its page header overwritten
     with pytest.raises(StorageError, match=r"a\.parquet: cannot read: Couldn.t deserialize thrift"):
         run(workdir, docs_recipe("in"))
+
+
+def test_a_file_renamed_or_moved_since_it_was_taken_is_not_published_again(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A record's id holds its input's path: a file renamed between two scheduled runs was a new file, and
+    # without a dedup stage its records were published a second time beside the carried ones.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    b = write_jsonl(workdir / "in" / "b.jsonl", [{"text": "gamma"}])
+    recipe = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"validation_fraction": 0.0}
+    run(workdir, recipe)
+    moved = workdir / "in" / "2026" / "renamed.jsonl"
+    moved.parent.mkdir()
+    a.rename(moved)
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "delta"}])
+    write_jsonl(workdir / "in" / "d.jsonl", [{"text": "gammA"}])  # the size of b.jsonl, other bytes: read
+    with caplog.at_level("INFO", logger="connectors.state"):
+        second = run(workdir, recipe)
+    assert f"{moved}: same bytes as {a}, taken in v1: not read again" in caplog.text
+    published = sorted(line["text"] for line in outputs(Path(second.version_uri)))
+    assert published == sorted(["alpha", "beta", "gamma", "delta", "gammA"])
+    assert (second.manifest.counts.input, second.manifest.counts.carried) == (2, 3)
+    assert second.manifest.stats["same_bytes"] == {str(moved): str(a)}
+    assert run(workdir, recipe).message.startswith("nothing new")  # taken under its new name too
+    # A taken file's bytes moved away and its name given other bytes: both are read, nothing is lost.
+    b.rename(workdir / "in" / "b-old.jsonl")
+    write_jsonl(b, [{"text": "epsilon"}])
+    third = run(workdir, recipe)
+    published = sorted(line["text"] for line in outputs(Path(third.version_uri)))
+    assert published == sorted(["alpha", "beta", "gamma", "delta", "gammA", "epsilon"])
+    assert "same_bytes" not in third.manifest.stats
+
+
+def test_an_s3_object_moved_since_it_was_taken_is_not_published_again(workdir: Path, bucket: str) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0)
+    recipe["stages"] = []
+    run(workdir, recipe)
+    s3.copy_object(Bucket=bucket, Key="in/done/a.jsonl", CopySource={"Bucket": bucket, "Key": "in/a.jsonl"})
+    s3.delete_object(Bucket=bucket, Key="in/a.jsonl")
+    assert run(workdir, recipe).message.startswith("nothing new")
+    s3.copy_object(Bucket=bucket, Key="in/b.jsonl", CopySource={"Bucket": bucket, "Key": "in/done/a.jsonl"})
+    s3.put_object(Bucket=bucket, Key="in/c.jsonl", Body=b'{"text": "three"}\n')
+    third = run(workdir, recipe)
+    assert (third.manifest.counts.input, third.manifest.counts.written, third.manifest.counts.carried) == (1, 1, 2)
+    assert third.manifest.stats["same_bytes"] == {f"s3://{bucket}/in/b.jsonl": f"s3://{bucket}/in/a.jsonl"}

@@ -680,3 +680,16 @@ def test_a_queued_record_no_longer_in_a_file_read_again_on_ray_is_marked_gone(wo
     write_jsonl(workdir / "in" / "a.jsonl", [row for row in rows if row["q"] != rows[2]["q"]])
     run(workdir, on_ray)
     assert gone_records(engine, "notes", list(records.values())) == {records[rows[2]["q"]]}
+
+
+def test_a_file_renamed_since_it_was_taken_is_not_published_again_on_ray(workdir: Path) -> None:
+    # The sources travel to the workers: what their watermarks keep of earlier runs must pickle.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}, "stages": []}
+    docs |= {"engine": "ray", "output": {"validation_fraction": 0.0}}
+    run(workdir, docs)
+    a.rename(workdir / "in" / "renamed.jsonl")
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "delta"}])
+    second = run(workdir, docs)
+    assert sorted(line["text"] for line in outputs(Path(second.version_uri))) == ["alpha", "beta", "delta"]
+    assert second.manifest.stats["same_bytes"] == {str(workdir / "in" / "renamed.jsonl"): str(a)}

@@ -302,3 +302,62 @@ stages:
     )
     assert recipe.sources[0].params == {"at": "12:30", "n": 31, "m": "1:30:00.5"}
     assert recipe.stages[0].expect[0].values == ["9:15", "10:45"]
+
+
+def test_recipe_values_are_read_as_yaml_1_2_shows_them() -> None:
+    # YAML 1.1 (PyYAML's) read NO (Norway) and on as booleans, 0755 and 010 as octal numbers, 1_000 as a
+    # thousand, and a key named `on` or `no` as True or False: each silently another value.
+    recipe = parse_recipe(
+        """dataset: d
+sources:
+  - type: sql
+    url: sqlite:///x.db
+    query: "SELECT * FROM t WHERE c = :country AND m = :on AND k = :code AND n < :n AND y = :no AND x IN (:o, :h, :f, :e)"
+    params: {country: NO, on: off, code: 0755, n: 1_000, no: yes, o: 0o10, h: 0x10, f: .5, e: 1e3}
+record: {kind: instruction, prompt: "{{ q }}", completion: "{{ a }}"}
+stages:
+  - type: expectations
+    expect:
+      - {column: label, check: in_set, values: [NO, SE, y, On, 010, 1_0]}
+"""
+    )
+    params = {
+        "country": "NO",
+        "on": "off",
+        "code": "0755",
+        "n": "1_000",
+        "no": "yes",
+        "o": 8,
+        "h": 16,
+        "f": 0.5,
+        "e": 1000.0,
+    }
+    assert recipe.sources[0].params == params
+    assert recipe.stages[0].expect[0].values == ["NO", "SE", "y", "On", "010", "1_0"]
+
+
+def test_typed_settings_still_take_what_yaml_1_1_read() -> None:
+    # A setting of a type (a boolean, a number) takes the text YAML 1.2 leaves as pydantic reads it: yes/no
+    # and 20_000 mean what they did; 0755 is the number it shows, no longer octal 493.
+    recipe = parse_recipe(
+        """dataset: d
+sources:
+  - path: a.jsonl
+stages:
+  - type: length_filter
+    max_chars: 20_000
+    min_words: 010
+  - type: exact_dedup
+    across_runs: no
+output: {carry_forward: off, validation_fraction: .25}
+"""
+    )
+    assert (recipe.stages[0].max_chars, recipe.stages[0].min_words) == (20000, 10)
+    assert recipe.stages[1].across_runs is False
+    assert (recipe.output.carry_forward, recipe.output.validation_fraction) == (False, 0.25)
+
+
+def test_a_key_yaml_1_1_read_as_a_boolean_is_named_with_its_line() -> None:
+    # `on:` was the key True: pydantic named a setting "True", with no line.
+    with pytest.raises(RecipeError, match=r"sources\.0\.on \(line 4\): Extra inputs are not permitted"):
+        parse_recipe("dataset: d\nsources:\n  - path: a.jsonl\n    on: x\n")
