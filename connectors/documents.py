@@ -31,7 +31,7 @@ from connectors.base import SourceBatch
 from connectors.chunk import chunk_text
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import FileEntry, Unreadable, filesystem, open_input, read_error
-from schemas.config import DocumentsSource
+from schemas.config import DocumentsSource, RecipeLoader
 from schemas.records import InputIds, record_ids, set_aside_rows, source_array
 
 if TYPE_CHECKING:
@@ -485,8 +485,8 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
         end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
         front_matter = None if end is None else _front_matter("\n".join(lines[1:end]))
         if end is not None and front_matter is not None:
-            found = next((value for key, value in front_matter.items() if str(key).lower() == "title"), None)
-            title = str(found).strip() or None if isinstance(found, str | int | float) else None
+            found = next((value for key, value in front_matter.items() if key.lower() == "title"), None)
+            title = found.strip() or None if found is not None else None
             offset = end + 1
     # HTML comments are the writer's notes to other writers ("TODO: ask legal"), which no reader sees.
     body, origin = _without_comments(lines[offset:])
@@ -613,25 +613,32 @@ def _headings(text: str) -> list[tuple[int, int, tuple[int, str]]]:
 
 
 _FRONT_MATTER_KEY = re.compile(r"[a-z_][a-z0-9_.-]*")
+_YAML_NULL = "tag:yaml.org,2002:null"
 
 
-def _front_matter(text: str) -> dict[Any, Any] | None:
-    """The keys of a Markdown file's front matter, or None if it is not YAML keys: text between a first
-    line "---" and the next (two horizontal rules around a paragraph) is the document's, not metadata."""
+def _front_matter(text: str) -> dict[str, str | None] | None:
+    """The keys of a Markdown file's front matter, each with its value's text as the file shows it (None
+    for a null, a list or a mapping), or None if it is not YAML keys: text between a first line "---"
+    and the next (two horizontal rules around a paragraph) is the document's, not metadata. The text as
+    written, not as YAML 1.1 would read it: ``title: NO`` is "NO" (it was "False"), ``title: 1.10`` "1.10"."""
     try:
-        found = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError:
         return None
-    if found is None:  # "---" twice, nothing between
+    if node is None:  # "---" twice, nothing between
         return {}
-    if not isinstance(found, dict):
+    if not isinstance(node, yaml.MappingNode) or not all(isinstance(key, yaml.ScalarNode) for key, _ in node.value):
         return None
+    found = {
+        key.value: value.value if isinstance(value, yaml.ScalarNode) and value.tag != _YAML_NULL else None
+        for key, value in node.value
+    }
     # Site generators' keys are lower-case names (title, date, tags); "Note: refunds take five days" between
     # two rules is a sentence of the document that parses as YAML all the same, and was dropped unseen.
     # Hugo's capitalised keys are front matter where they name a title.
-    if any(str(key).lower() == "title" for key in found):
+    if any(key.lower() == "title" for key in found):
         return found
-    return found if all(isinstance(key, str) and _FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
+    return found if all(_FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
 
 
 def _set_text(part: Part, text: str) -> bool:

@@ -875,6 +875,11 @@ def test_a_heading_with_no_text_of_its_own_opens_the_next_section(tmp_path: Path
         ("title: Returns # draft", "Returns"),  # a YAML comment
         ("title: 'It''s returns'", "It's returns"),  # a quote escaped in quotes
         ('title: "Returns: the rules"', "Returns: the rules"),
+        # As the file shows it, not as YAML 1.1 reads it: a boolean (Norway), an octal number, a float.
+        ("title: NO", "NO"),
+        ("title: 0755", "0755"),
+        ("title: 1.10\ntags: [a, b]", "1.10"),
+        ("title: ~\nauthor: Dana", "returns"),  # no title: the file's name
     ],
 )
 def test_a_markdown_title_in_front_matter_is_read_as_yaml(tmp_path: Path, front_matter: str, title: str) -> None:
