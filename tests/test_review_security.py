@@ -189,10 +189,11 @@ def test_a_records_image_is_read_only_to_a_limit(seeded: Seeded, server: str) ->
     endless.symlink_to("/dev/zero")
     items = _vqa_items(seeded, {"large": large, "endless": endless})
     rita = Session(server, "rita")
-    for label in ("large", "endless"):  # this order: without a limit, /dev/zero is read until memory runs out
-        answer = rita.get(f"/items/{items[label]}/image")
-        assert answer.status_code == 404, label
-        assert "is over 64 MiB: too large to show" in answer.text, label
+    answer = rita.get(f"/items/{items['large']}/image")
+    assert answer.status_code == 404 and "is over 64 MiB: too large to show" in answer.text
+    # A link in the folder to /dev/zero is not read at all: it leads out of the folder.
+    answer = rita.get(f"/items/{items['endless']}/image")
+    assert answer.status_code == 404 and "is a link to a file outside the images folder" in answer.text
 
 
 def test_a_records_image_is_served_only_from_its_sources_folder(seeded: Seeded, server: str, tmp_path: Path) -> None:
@@ -223,6 +224,28 @@ def test_a_records_image_is_served_only_from_its_sources_folder(seeded: Seeded, 
     (unknown,) = _vqa_items(seeded, {"unknown": seeded.folder / "chart.png"}, dataset="scans").values()
     answer = rita.get(f"/items/{unknown}/image")
     assert answer.status_code == 404 and "does not know the image folders of scans" in answer.text
+
+
+def test_a_link_in_the_sources_folder_is_served_only_when_it_stays_inside(
+    seeded: Seeded, server: str, tmp_path: Path
+) -> None:
+    # The name is inside the folder, as written; the file system would follow the link to wherever it
+    # points (a picture of another dataset, one of the server's own).
+    elsewhere = tmp_path / "private.png"
+    elsewhere.write_bytes((seeded.folder / "chart.png").read_bytes())
+    (seeded.folder / "leaving.png").symlink_to(elsewhere)
+    (seeded.folder / "away").symlink_to(tmp_path, target_is_directory=True)
+    (seeded.folder / "staying.png").symlink_to(seeded.folder / "chart.png")
+    items = _vqa_items(seeded, {"leaving": "leaving.png", "folder": "away/private.png", "staying": "staying.png"})
+    rita = Session(server, "rita")
+    for label in ("leaving", "folder"):
+        answer = rita.get(f"/items/{items[label]}/image")
+        assert answer.status_code == 404, label
+        assert "is a link to a file outside the images folder of a source of charts" in answer.text, label
+        assert not answer.content.startswith(b"\x89PNG"), label
+    # A link that stays in the folder is the folder's picture.
+    answer = rita.get(f"/items/{items['staying']}/image")
+    assert answer.status_code == 200 and answer.content.startswith(b"\x89PNG")
 
 
 def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: str) -> None:

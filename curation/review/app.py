@@ -729,10 +729,29 @@ def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
     uris = [_normal(name if named else f"{root}/{name}") for root in roots]
     # Compared as written, ".." taken out: a name that climbs out of the folder, or a path or URI
     # elsewhere, is in none of them.
-    inside = [uri for uri in uris if any(uri.startswith(f"{root.rstrip('/')}/") for root in roots)]
+    inside = [uri for uri in uris if any(_in_folder(uri, root) for root in roots)]
     if not name or not inside:
         raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
-    return inside
+    # And as the file system finds it: a link in the folder may lead anywhere the server can read. The
+    # images source follows such links, but what the page serves is read from the path checked here.
+    resolved = [_resolved(uri) for uri in inside]
+    kept = [uri for uri in resolved if any(_in_folder(uri, _resolved(root)) for root in roots)]
+    if not kept:
+        raise HTTPException(
+            404,
+            f"the image {name} is a link to a file outside the images folder of a source of {dataset}: "
+            "the page shows only images inside the folder",
+        )
+    return kept
+
+
+def _in_folder(uri: str, root: str) -> bool:
+    return uri.startswith(f"{root.rstrip('/')}/")
+
+
+def _resolved(uri: str) -> str:
+    """A local path with its links followed (the folder's own too); an ``s3://`` URI as it is (S3 has no links)."""
+    return uri if uri.startswith("s3://") else os.path.realpath(uri)
 
 
 def _normal(uri: str) -> str:
