@@ -286,7 +286,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def queue(request: Request, user: CurrentUser) -> Response:
-        filters = _filters(request)
+        filters = _filters(request, engine)
         total = _count(engine, filters)
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
@@ -310,16 +310,14 @@ def create_app(
             statuses=STATUSES,
             gone_filter=GONE_FILTER,
             versions=_versions(engine),
-            message=request.session.pop("message", None)
-            or _unknown_version(filters)
-            or _unknown_gone(request.query_params.get("gone")),
+            message=request.session.pop("message", None),
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
     def item(request: Request, item_id: ItemId, user: CurrentUser) -> Response:
         seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
-        filters = _filters(request)
+        filters = _filters(request, engine)
         position, previous, following = _neighbours(engine, item_id, filters)
         view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
         return render(
@@ -528,8 +526,8 @@ def _safe_next(target: str) -> str:
 
 
 def _clean(pairs: Any) -> dict[str, str]:
-    # A version that is not a number is kept: dropped, the queue would list every version under it.
-    # A ``gone`` that is none of GONE_FILTER is dropped: every item is listed, as by default.
+    """The filters of a query the page made itself (a decision's, to find the next item): one it did not
+    make is dropped. A version that is not a number is kept: dropped, every version would be listed."""
     return {k: v for k, v in pairs if k in FILTERS and v and (k != "gone" or v in GONE_FILTER)}
 
 
@@ -538,23 +536,41 @@ def _version(value: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and int(value) <= MAX_ITEM_ID else None
 
 
-def _unknown_version(filters: dict[str, str]) -> str | None:
-    """What the queue says of a version filter that is not a version number (it lists nothing then)."""
-    value = filters.get("version")
-    if value is None or _version(value) is not None:
-        return None
-    return f"no version {value!r}: a version is a number, such as 2, so nothing is listed"
+def _filters(request: Request, engine: sa.Engine) -> dict[str, str]:
+    """The queue's filters in a page's address (an empty value is "all"). A name that is no filter, or
+    a value its filter does not take, is refused (400) saying what it takes: ignored, it would list
+    every item; matched, none, each as if the queue held nothing of the kind."""
+    filters: dict[str, str] = {}
+    for name, value in request.query_params.items():
+        if name == "page":
+            continue
+        if name not in FILTERS:
+            raise HTTPException(400, f"no filter {name!r}: the filters are {', '.join(FILTERS)} (and page)")
+        if value:
+            if problem := _refused(engine, name, value):
+                raise HTTPException(400, problem)
+            filters[name] = value
+    return filters
 
 
-def _unknown_gone(value: str | None) -> str | None:
-    """What the queue says of a ``gone`` filter that is none of GONE_FILTER (dropped: every item is listed)."""
-    if not value or value in GONE_FILTER:
-        return None
-    return f"no gone filter {value!r}: it is hide, only or show, so every item is listed"
+def _refused(engine: sa.Engine, name: str, value: str) -> str | None:
+    """What is wrong with ``value`` for the filter ``name``; None when it takes it (any dataset does:
+    one the queue does not hold lists nothing, and the page says so)."""
+    if name == "version" and _version(value) is None:
+        return f"no version {value!r}: a version is a number, such as 2"
+    if name == "kind" and value not in KINDS and value not in _stored_kinds(engine):
+        return f"no kind {value!r}: the kinds are {', '.join(sorted({*KINDS, *_stored_kinds(engine)}))}"
+    if name == "status" and value not in STATUSES:
+        return f"no status {value!r}: the statuses are {', '.join(STATUSES)}"
+    if name == "gone" and value not in GONE_FILTER:
+        return f"no gone filter {value!r}: it is {', '.join(GONE_FILTER[:-1])} or {GONE_FILTER[-1]}"
+    return None
 
 
-def _filters(request: Request) -> dict[str, str]:
-    return _clean(request.query_params.items())
+def _stored_kinds(engine: sa.Engine) -> set[str]:
+    """The kinds of the items the queue holds: those of KINDS, and any a stage of another version flags."""
+    with engine.connect() as db:
+        return set(db.execute(sa.select(review_items.c.kind).distinct()).scalars())
 
 
 def _parse_filters(query: str) -> dict[str, str]:
