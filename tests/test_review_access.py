@@ -246,6 +246,8 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
         "skipped": 0,
         "already in force": 0,
         "changed since export": 0,
+        "same as another task": 0,
+        "tasks disagree": 0,
     }
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
