@@ -221,17 +221,29 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         user = session_user(engine, request.session.get("session"))
+        # Starlette's own words for an unknown page or method ("Not Found"): said as the page says things.
+        if error.detail == "Not Found" and error.status_code == 404:
+            error = StarletteHTTPException(404, f"there is no page {request.url.path}", error.headers)
+        elif error.status_code == 405:
+            error = StarletteHTTPException(
+                405, f"{request.url.path} takes no {request.method}: use the page's links and buttons", error.headers
+            )
         # A decision from a stale page (409) offers the item as it is now.
         item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
         if item_page and getattr(error, "query", ""):
             item_page += f"?{error.query}"
         unsaved = getattr(error, "unsaved", None)
-        return render(request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved)
+        response = render(
+            request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved
+        )
+        response.headers.update(error.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, error: RequestValidationError) -> Response:
-        problems = [(str(e["loc"][0]), str(e["loc"][-1]), e["msg"]) for e in error.errors()]
-        detail = "; ".join(f"{name}: {message}" for _, name, message in problems)
+        # Said in the page's words, not pydantic's ("Input should be a valid integer").
+        problems = [(str(e["loc"][0]), str(e["loc"][-1]), e.get("input")) for e in error.errors()]
+        detail = "; ".join(_no_such(name, value) for _, name, value in problems)
         status = 404 if any(place == "path" for place, _, _ in problems) else 400
         return await http_error(request, StarletteHTTPException(status, f"{request.url.path}: {detail}"))
 
@@ -518,6 +530,15 @@ def create_app(
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+def _no_such(name: str, value: object) -> str:
+    """What is wrong with a part of a page's address that is not what it names (an item, a version)."""
+    if name == "item_id":
+        return f"no item {value}: an item is a number from 1 to {MAX_ITEM_ID}"
+    if name == "version":
+        return f"no version {value}: a version is a number, such as 2"
+    return f"{name} {value} is not one"
 
 
 def _safe_next(target: str) -> str:
