@@ -134,6 +134,12 @@ async def checked_form(request: Request) -> FormData:
         # Starlette words it as a count ("Maximum number of files is 0"); say what the user did wrong.
         if refused.status_code == 400 and str(refused.detail).startswith("Too many files"):
             raise HTTPException(400, "no form of this page takes a file: send the form fields only") from None
+        if refused.status_code == 400 and str(refused.detail).startswith("Too many fields"):
+            raise HTTPException(
+                400, f"the form has more than {MAX_FORM_FIELDS} fields: no form of this page sends so many"
+            ) from None
+        if refused.status_code == 400:  # a body that is no form (a multipart one without its boundary...)
+            raise HTTPException(400, f"the form cannot be read ({refused.detail}): send it from the page") from None
         raise
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
