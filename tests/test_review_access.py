@@ -246,6 +246,8 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
         "skipped": 0,
         "already in force": 0,
         "changed since export": 0,
+        "same as another task": 0,
+        "tasks disagree": 0,
     }
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     assert dec.run_decisions(engine, "charts").edits == {"vqa-record-1": {"answer": "the orange one"}}
@@ -296,10 +298,10 @@ def test_filters_and_counts_left(app, seeded: Seeded) -> None:
     assert client.get("/?dataset=charts").text.count('<tr class="status-') == 1
     assert client.get("/?dataset=support&version=1").text.count('<tr class="status-') == 3
     assert client.get("/?dataset=support&version=2").text.count('<tr class="status-') == 0
-    # A version that is not a version number lists none (not every version), and says why.
+    # A version that is not a version number is refused (not every version listed), saying why.
     for unknown in ("v2", "²", "99999999999999999999"):
-        page = client.get(f"/?dataset=support&version={unknown}").text
-        assert page.count('<tr class="status-') == 0 and f"no version &#39;{unknown}&#39;" in page
+        page = client.get(f"/?dataset=support&version={unknown}")
+        assert page.status_code == 400 and f"no version &#39;{unknown}&#39;" in page.text
     counts = re.findall(r'data-kind="(\w+)">\s*<strong>(\d+)</strong>', client.get("/?dataset=support").text)
     assert dict(counts) == {"pii": "1", "near_duplicate": "1", "quarantined": "1", "vqa": "0"}
 

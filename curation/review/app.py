@@ -134,6 +134,12 @@ async def checked_form(request: Request) -> FormData:
         # Starlette words it as a count ("Maximum number of files is 0"); say what the user did wrong.
         if refused.status_code == 400 and str(refused.detail).startswith("Too many files"):
             raise HTTPException(400, "no form of this page takes a file: send the form fields only") from None
+        if refused.status_code == 400 and str(refused.detail).startswith("Too many fields"):
+            raise HTTPException(
+                400, f"the form has more than {MAX_FORM_FIELDS} fields: no form of this page sends so many"
+            ) from None
+        if refused.status_code == 400:  # a body that is no form (a multipart one without its boundary...)
+            raise HTTPException(400, f"the form cannot be read ({refused.detail}): send it from the page") from None
         raise
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token") or ""
     expected = request.session.get("csrf", "")
@@ -221,17 +227,29 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         user = session_user(engine, request.session.get("session"))
+        # Starlette's own words for an unknown page or method ("Not Found"): said as the page says things.
+        if error.detail == "Not Found" and error.status_code == 404:
+            error = StarletteHTTPException(404, f"there is no page {request.url.path}", error.headers)
+        elif error.status_code == 405:
+            error = StarletteHTTPException(
+                405, f"{request.url.path} takes no {request.method}: use the page's links and buttons", error.headers
+            )
         # A decision from a stale page (409) offers the item as it is now.
         item_page = request.url.path.removesuffix("/decide") if error.status_code == 409 else None
         if item_page and getattr(error, "query", ""):
             item_page += f"?{error.query}"
         unsaved = getattr(error, "unsaved", None)
-        return render(request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved)
+        response = render(
+            request, "error.html", user, error.status_code, error=error, item_page=item_page, unsaved=unsaved
+        )
+        response.headers.update(error.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, error: RequestValidationError) -> Response:
-        problems = [(str(e["loc"][0]), str(e["loc"][-1]), e["msg"]) for e in error.errors()]
-        detail = "; ".join(f"{name}: {message}" for _, name, message in problems)
+        # Said in the page's words, not pydantic's ("Input should be a valid integer").
+        problems = [(str(e["loc"][0]), str(e["loc"][-1]), e.get("input")) for e in error.errors()]
+        detail = "; ".join(_no_such(name, value) for _, name, value in problems)
         status = 404 if any(place == "path" for place, _, _ in problems) else 400
         return await http_error(request, StarletteHTTPException(status, f"{request.url.path}: {detail}"))
 
@@ -286,7 +304,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def queue(request: Request, user: CurrentUser) -> Response:
-        filters = _filters(request)
+        filters = _filters(request, engine)
         total = _count(engine, filters)
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
@@ -310,16 +328,14 @@ def create_app(
             statuses=STATUSES,
             gone_filter=GONE_FILTER,
             versions=_versions(engine),
-            message=request.session.pop("message", None)
-            or _unknown_version(filters)
-            or _unknown_gone(request.query_params.get("gone")),
+            message=request.session.pop("message", None),
         )
 
     @app.get("/items/{item_id}", response_class=HTMLResponse)
     def item(request: Request, item_id: ItemId, user: CurrentUser) -> Response:
         seen = dec.revision(engine, item_id)  # read first: a decision taken while the page is made makes it stale
         row = _get_item(engine, item_id)
-        filters = _filters(request)
+        filters = _filters(request, engine)
         position, previous, following = _neighbours(engine, item_id, filters)
         view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
         return render(
@@ -522,14 +538,23 @@ def create_app(
 # --- helpers ---------------------------------------------------------------------------------------
 
 
+def _no_such(name: str, value: object) -> str:
+    """What is wrong with a part of a page's address that is not what it names (an item, a version)."""
+    if name == "item_id":
+        return f"no item {value}: an item is a number from 1 to {MAX_ITEM_ID}"
+    if name == "version":
+        return f"no version {value}: a version is a number, such as 2"
+    return f"{name} {value} is not one"
+
+
 def _safe_next(target: str) -> str:
     """Only same-site paths: a sign-in link must not send people elsewhere."""
     return target if target.startswith("/") and not target.startswith("//") else "/"
 
 
 def _clean(pairs: Any) -> dict[str, str]:
-    # A version that is not a number is kept: dropped, the queue would list every version under it.
-    # A ``gone`` that is none of GONE_FILTER is dropped: every item is listed, as by default.
+    """The filters of a query the page made itself (a decision's, to find the next item): one it did not
+    make is dropped. A version that is not a number is kept: dropped, every version would be listed."""
     return {k: v for k, v in pairs if k in FILTERS and v and (k != "gone" or v in GONE_FILTER)}
 
 
@@ -538,23 +563,41 @@ def _version(value: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and int(value) <= MAX_ITEM_ID else None
 
 
-def _unknown_version(filters: dict[str, str]) -> str | None:
-    """What the queue says of a version filter that is not a version number (it lists nothing then)."""
-    value = filters.get("version")
-    if value is None or _version(value) is not None:
-        return None
-    return f"no version {value!r}: a version is a number, such as 2, so nothing is listed"
+def _filters(request: Request, engine: sa.Engine) -> dict[str, str]:
+    """The queue's filters in a page's address (an empty value is "all"). A name that is no filter, or
+    a value its filter does not take, is refused (400) saying what it takes: ignored, it would list
+    every item; matched, none, each as if the queue held nothing of the kind."""
+    filters: dict[str, str] = {}
+    for name, value in request.query_params.items():
+        if name == "page":
+            continue
+        if name not in FILTERS:
+            raise HTTPException(400, f"no filter {name!r}: the filters are {', '.join(FILTERS)} (and page)")
+        if value:
+            if problem := _refused(engine, name, value):
+                raise HTTPException(400, problem)
+            filters[name] = value
+    return filters
 
 
-def _unknown_gone(value: str | None) -> str | None:
-    """What the queue says of a ``gone`` filter that is none of GONE_FILTER (dropped: every item is listed)."""
-    if not value or value in GONE_FILTER:
-        return None
-    return f"no gone filter {value!r}: it is hide, only or show, so every item is listed"
+def _refused(engine: sa.Engine, name: str, value: str) -> str | None:
+    """What is wrong with ``value`` for the filter ``name``; None when it takes it (any dataset does:
+    one the queue does not hold lists nothing, and the page says so)."""
+    if name == "version" and _version(value) is None:
+        return f"no version {value!r}: a version is a number, such as 2"
+    if name == "kind" and value not in KINDS and value not in _stored_kinds(engine):
+        return f"no kind {value!r}: the kinds are {', '.join(sorted({*KINDS, *_stored_kinds(engine)}))}"
+    if name == "status" and value not in STATUSES:
+        return f"no status {value!r}: the statuses are {', '.join(STATUSES)}"
+    if name == "gone" and value not in GONE_FILTER:
+        return f"no gone filter {value!r}: it is {', '.join(GONE_FILTER[:-1])} or {GONE_FILTER[-1]}"
+    return None
 
 
-def _filters(request: Request) -> dict[str, str]:
-    return _clean(request.query_params.items())
+def _stored_kinds(engine: sa.Engine) -> set[str]:
+    """The kinds of the items the queue holds: those of KINDS, and any a stage of another version flags."""
+    with engine.connect() as db:
+        return set(db.execute(sa.select(review_items.c.kind).distinct()).scalars())
 
 
 def _parse_filters(query: str) -> dict[str, str]:
@@ -729,10 +772,29 @@ def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
     uris = [_normal(name if named else f"{root}/{name}") for root in roots]
     # Compared as written, ".." taken out: a name that climbs out of the folder, or a path or URI
     # elsewhere, is in none of them.
-    inside = [uri for uri in uris if any(uri.startswith(f"{root.rstrip('/')}/") for root in roots)]
+    inside = [uri for uri in uris if any(_in_folder(uri, root) for root in roots)]
     if not name or not inside:
         raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
-    return inside
+    # And as the file system finds it: a link in the folder may lead anywhere the server can read. The
+    # images source follows such links, but what the page serves is read from the path checked here.
+    resolved = [_resolved(uri) for uri in inside]
+    kept = [uri for uri in resolved if any(_in_folder(uri, _resolved(root)) for root in roots)]
+    if not kept:
+        raise HTTPException(
+            404,
+            f"the image {name} is a link to a file outside the images folder of a source of {dataset}: "
+            "the page shows only images inside the folder",
+        )
+    return kept
+
+
+def _in_folder(uri: str, root: str) -> bool:
+    return uri.startswith(f"{root.rstrip('/')}/")
+
+
+def _resolved(uri: str) -> str:
+    """A local path with its links followed (the folder's own too); an ``s3://`` URI as it is (S3 has no links)."""
+    return uri if uri.startswith("s3://") else os.path.realpath(uri)
 
 
 def _normal(uri: str) -> str:

@@ -355,7 +355,8 @@ def import_(
         with _state_store(url):
             changed: list[int] = []
             gone: list[int] = []
-            counts = import_annotations(_engine(url), tasks, user, changed, gone)
+            disagreeing: list[str] = []
+            counts = import_annotations(_engine(url), tasks, user, changed, gone, disagreeing)
     except (LabelStudioError, DecisionError) as error:
         console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None
@@ -364,6 +365,12 @@ def import_(
         console.print(
             f"[yellow]warning[/yellow] not taken, decided on since the export: item(s) "
             f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
+            highlight=False,
+        )
+    for item in disagreeing:
+        console.print(
+            f"[yellow]warning[/yellow] not taken, its tasks decide differently: {item}; "
+            "settle it in Label Studio and import again, or decide on the page",
             highlight=False,
         )
     if gone:

@@ -197,6 +197,10 @@ def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 CHANGED = "changed since export"
+# Tasks of one item (an export imported twice into a Label Studio project, two exports overlapping):
+# those that decide as another of the item does, and items whose tasks decide differently.
+REPEATED = "same as another task"
+DISAGREE = "tasks disagree"
 
 
 def import_annotations(
@@ -205,6 +209,7 @@ def import_annotations(
     user: str,
     changed: list[int] | None = None,
     gone: list[int] | None = None,
+    disagreeing: list[str] | None = None,
 ) -> dict[str, int]:
     """Take each task's latest annotation as a decision by ``user`` (a user of the review page, whose
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
@@ -212,13 +217,22 @@ def import_annotations(
     not taken, as a page showing the item from before is not: counted (``CHANGED``), its item added
     to ``changed``. A decision taken on an item whose record is no longer in the input (as the store
     says now, not the export) has its item added to ``gone``: as on the page, it is taken, and has no
-    effect unless the record comes back."""
+    effect unless the record comes back.
+
+    Several tasks of one item that decide alike are one decision (the others counted ``REPEATED``),
+    taken as the one exported from the item as it is now, if any; tasks of one item that decide
+    differently are none: the item is counted (``DISAGREE``), and ``disagreeing`` says which tasks
+    decide what, to settle in Label Studio or on the page."""
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
     counts = {"approve": 0, "reject": 0, "edit": 0, "keep": 0, "skipped": 0, "already in force": 0, CHANGED: 0}
+    counts.update({REPEATED: 0, DISAGREE: 0})
     changed = [] if changed is None else changed
     gone = [] if gone is None else gone
+    disagreeing = [] if disagreeing is None else disagreeing
+    # Each item's decided tasks, in task order: (where, action, edit, seen).
+    asked: dict[int, list[tuple[str, str, dec.Edit | None, str | None]]] = {}
     decisions: list[tuple[dict[str, Any], str, dec.Edit | None, str | None]] = []
     # Read first, a chunk of tasks a query: an import of a whole queue asks the store a few times, not per task.
     items = dec.get_items(engine, _item_ids(tasks))
@@ -278,13 +292,26 @@ def import_annotations(
             dec.check_decision(item, action, taken)
         except dec.DecisionError as error:
             raise LabelStudioError(f"{where}: {error}. Nothing was imported") from None
-        if dec.holds(in_force.get(item["item_id"]), action, taken):  # imported before: not decided twice
+        seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
+        asked.setdefault(item["item_id"], []).append((where, action, taken, seen))
+    for item_id, wanted in asked.items():
+        item, (where, action, taken, seen) = items[item_id], wanted[0]
+        if any(_decides(other) != _decides(wanted[0]) for other in wanted[1:]):
+            # Which of them the annotators meant is theirs to say, not the order of the tasks in the file.
+            counts[DISAGREE] += 1
+            said = "; ".join(f"{where_} {_said(action_, edit_)}" for where_, action_, edit_, _ in wanted)
+            disagreeing.append(f"item {item_id}: {said}")
+            continue
+        counts[REPEATED] += len(wanted) - 1
+        # The one exported from the item as it is now, when one was: the others decide the same.
+        current = [one for one in wanted if one[3] is None or one[3] == revisions[item_id]]
+        where, action, taken, seen = current[0] if current else wanted[0]
+        if dec.holds(in_force.get(item_id), action, taken):  # imported before: not decided twice
             counts["already in force"] += 1
             continue
-        seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
-        if seen is not None and seen != revisions[item["item_id"]]:
+        if seen is not None and seen != revisions[item_id]:
             counts[CHANGED] += 1
-            changed.append(item["item_id"])
+            changed.append(item_id)
             continue
         decisions.append((item, action, taken, seen))
     stale = dec.decide_all(engine, user, decisions)  # decided on the page while this import ran
@@ -299,6 +326,23 @@ def import_annotations(
     no_longer = gone_items(engine, taken)
     gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
+
+
+def _decides(task: tuple[str, str, dec.Edit | None, str | None]) -> tuple[str, Any, Any]:
+    """What a task's annotation decides (its action and edit), for telling whether two tasks agree."""
+    _, action, edit, _ = task
+    if edit is None:
+        return action, None, None
+    return action, sorted(edit.fields.items()), sorted(edit.not_pii)
+
+
+def _said(action: str, edit: dec.Edit | None) -> str:
+    """A task's decision in a few words, for the message naming the tasks of an item that disagree."""
+    if edit is None:
+        return action
+    changes = [f"{name}={value!r}" for name, value in sorted(edit.fields.items())]
+    changes += [f"{field}[{start}:{end}] not PII" for field, start, end in sorted(edit.not_pii)]
+    return f"edit ({', '.join(changes)})"
 
 
 # The task's field that holds what the item is about, by kind: one of its texts as an export holds it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,8 +57,18 @@ GONE_NOTE = "this record is no longer in the input: a decision has no effect"
 STATUSES = ("open", "approved", "rejected", "edited", "kept")
 
 
+# The tables made in each engine's store: every store call makes sure of them, and checking each table
+# again per call would cost a statement per table on every page and decision.
+_made: weakref.WeakKeyDictionary[sa.Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
 def create_tables(engine: sa.Engine) -> None:
+    """Make the review tables in the engine's store, once per engine (again if a module adds tables)."""
+    tables = frozenset(metadata.tables)
+    if tables <= _made.get(engine, frozenset()):
+        return
     metadata.create_all(engine)
+    _made[engine] = tables
 
 
 def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:

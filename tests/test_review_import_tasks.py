@@ -1,0 +1,65 @@
+"""A Label Studio export holding several tasks of one item (an export imported twice into a project,
+two exports overlapping): tasks that decide alike are one decision, tasks that disagree none."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from curation.review import decisions as dec
+from curation.review.labelstudio import export_tasks, import_annotations
+from tests.test_review_bulk import annotated, pii_queue
+from tests.test_review_cli import review
+
+# The counts as the command prints them.
+CHANGED, REPEATED, DISAGREE = "changed since export", "same as another task", "tasks disagree"
+
+
+def twice(task: dict, first: str, second: str) -> list[dict]:
+    """The task twice, as Label Studio exports two tasks (each its own id), decided ``first`` and ``second``."""
+    one, other = annotated([task], first)[0], annotated([copy.deepcopy(task)], second)[0]
+    return [{**one, "id": 11}, {**other, "id": 12}]
+
+
+def test_tasks_of_one_item_that_agree_are_one_decision(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    tasks = export_tasks(engine, {"kind": "pii"})
+    changed: list[int] = []
+    counts = import_annotations(engine, twice(tasks[1], "reject", "reject"), "pia", changed)
+    # Before, the second task was counted changed since export, and the first too though it was taken.
+    assert counts["reject"] == 1 and counts[REPEATED] == 1 and counts[CHANGED] == 0 and changed == []
+    assert [row["action"] for row in dec.history(engine, 2)] == ["reject"]
+    # Exported before and after a decision, the two decide alike: taken as the one exported after it.
+    dec.undo_last(engine, "pia")
+    stale = export_tasks(engine, {"kind": "pii"})[1]
+    dec.decide(engine, 2, "pia", "approve")
+    now = export_tasks(engine, {"kind": "pii"})[1]
+    counts = import_annotations(engine, [*annotated([stale], "reject"), *annotated([now], "reject")], "pia")
+    assert counts["reject"] == 1 and counts[REPEATED] == 1 and counts[CHANGED] == 0
+    assert [row["action"] for row in dec.history(engine, 2)] == ["reject", "approve", "reject"]
+
+
+def test_tasks_of_one_item_that_disagree_are_not_taken_and_named(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    tasks = export_tasks(engine, {"kind": "pii"})
+    disagreeing: list[str] = []
+    both = [*twice(tasks[1], "approve", "reject"), *annotated([tasks[0]], "reject")]
+    counts = import_annotations(engine, both, "pia", disagreeing=disagreeing)
+    # Before, the first was taken and both counted changed since export: the annotator told nothing was.
+    assert counts[DISAGREE] == 1 and counts["approve"] == 0 and counts["reject"] == 1 and counts[CHANGED] == 0
+    assert dec.history(engine, 2) == []  # neither decision of item 2; item 1's reject is taken
+    assert disagreeing == [
+        "item 2: task 0 (Label Studio id 11) approve; task 1 (Label Studio id 12) reject",
+    ]
+    # The command says which tasks, and what each decides.
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(twice(tasks[1], "approve", "reject")))
+    done = review("import", str(export), "--user", "pia", "--state", f"sqlite:///{tmp_path / 'state.db'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "1 tasks disagree" in said
+    assert (
+        "not taken, its tasks decide differently: item 2: task 0 (Label Studio id 11) approve; "
+        "task 1 (Label Studio id 12) reject" in said
+    )
