@@ -775,8 +775,8 @@ def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
     inside = [uri for uri in uris if any(_in_folder(uri, root) for root in roots)]
     if not name or not inside:
         raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
-    # And as the file system finds it: a link in the folder may lead anywhere the server can read. The
-    # images source follows such links, but what the page serves is read from the path checked here.
+    # And as the file system finds it: a link in the folder may lead anywhere the server can read (the
+    # images source sets such a row aside; a record could still name one).
     resolved = [_resolved(uri) for uri in inside]
     kept = [uri for uri in resolved if any(_in_folder(uri, _resolved(root)) for root in roots)]
     if not kept:
