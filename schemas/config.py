@@ -538,6 +538,13 @@ class Expectation(Strict):
         # pydantic says a null is none of a string, an integer, a number and a boolean, one line each.
         if isinstance(values, list) and any(value is None for value in values):
             raise ValueError("a null is no value to be in a set (in_set passes nulls: not_null fails them)")
+        # So does a date, as YAML reads an unquoted 2024-01-01. Not taken as its text: a date-time's
+        # (2024-01-01T10:00:00Z) is not the text it was written as, which the column's text is compared with.
+        dates = [value for value in values if isinstance(value, date)] if isinstance(values, list) else []
+        if dates:
+            raise ValueError(
+                f"{dates[0]} is a date to YAML, not text: quote it (in_set compares text, numbers and booleans)"
+            )
         return values
 
     @model_validator(mode="after")
