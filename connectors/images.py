@@ -35,10 +35,12 @@ from connectors.storage import (
     NotThere,
     StorageError,
     filesystem,
+    is_s3,
     join,
     list_files,
     open_input,
     open_listed,
+    path_of,
 )
 from schemas.config import FilesSource, ImagesSource
 from schemas.manifest import InputFile
@@ -439,6 +441,10 @@ class ImagesSourceReader:
             # The sidecar names images in the source's folder: "../other/x.png" or "/etc/x.png" would
             # publish a file the recipe never pointed at.
             cache[name] = ImageProblem("missing_image", f"names a file outside {self.config.path}")
+        if name not in cache and (away := self._linked_away(name)) is not None:
+            # Nor through a link in the folder (to a file, or a folder, elsewhere): the review page, which
+            # checks the path as the file system finds it, would refuse to show what was published.
+            cache[name] = ImageProblem("missing_image", f"is a link to {away}, outside {self.config.path}")
         if name not in cache:
             uri = self._image_uri(name)
             fs, path = filesystem(uri)
@@ -466,6 +472,16 @@ class ImagesSourceReader:
             except ImageProblem as problem:
                 cache[name] = problem
         return cache[name]
+
+    def _linked_away(self, name: str) -> str | None:
+        """Where the local image ``name`` is found, with links followed, when that is outside the source's
+        folder (itself resolved: a folder reached through a link is fine); None when inside, or on S3,
+        which has no links."""
+        uri = self._image_uri(name)
+        if is_s3(uri):
+            return None
+        folder, found = os.path.realpath(path_of(self.config.path)), os.path.realpath(path_of(uri))
+        return None if os.path.commonpath([folder, found]) == folder else found
 
     def _image_uri(self, name: str) -> str:
         """Where the image a sidecar names is, as the folder's listing names it: "./a.png" and

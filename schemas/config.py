@@ -163,12 +163,21 @@ class SqlSource(Strict):
 
     def _lists_written_so(self, used: list[str]) -> list[str]:
         """What is amiss where the query uses a list: bound one value each in `IN :name` (SQLAlchemy's expanding
-        parameter, which writes the parentheses), else whole, as a PostgreSQL array."""
+        parameter, which writes the parentheses), else whole, as a PostgreSQL array; and a single value
+        written `IN :name`."""
         from sqlalchemy.engine import make_url
 
         places = parameter_places(self.query or "")
         arrays = make_url(self.url).get_backend_name() == "postgresql"
-        problems = []
+        problems = [
+            # A database reads 'IN 5' or 'IN NULL' as a syntax error, at run time. Not bound as a one-value
+            # list: a single value there is most often a list written amiss ('teams: payments, cards' is
+            # one string), which would then match nothing without a word.
+            f"params: {name!r} is one value, not a list: 'IN :{name}' takes a list ('{name}: [...]', one value "
+            f"or more); for one value write '= :{name}'"
+            for name in used
+            if "IN" in places[name] and not isinstance(self.params[name], list)
+        ]
         for name in (n for n in used if isinstance(self.params[n], list)):
             if "IN (" in places[name]:
                 problems.append(f"params: {name!r} is a list: write 'IN :{name}', without parentheses (its own)")
@@ -529,6 +538,13 @@ class Expectation(Strict):
         # pydantic says a null is none of a string, an integer, a number and a boolean, one line each.
         if isinstance(values, list) and any(value is None for value in values):
             raise ValueError("a null is no value to be in a set (in_set passes nulls: not_null fails them)")
+        # So does a date, as YAML reads an unquoted 2024-01-01. Not taken as its text: a date-time's
+        # (2024-01-01T10:00:00Z) is not the text it was written as, which the column's text is compared with.
+        dates = [value for value in values if isinstance(value, date)] if isinstance(values, list) else []
+        if dates:
+            raise ValueError(
+                f"{dates[0]} is a date to YAML, not text: quote it (in_set compares text, numbers and booleans)"
+            )
         return values
 
     @model_validator(mode="after")

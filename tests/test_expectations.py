@@ -247,6 +247,15 @@ def test_between_on_text_is_a_recipe_error_where_the_type_is_known_and_on_the_fi
             "{column: label, check: in_set, values: [a, null]}",
             r"expect.0.values \(line 6\): .*a null is no value to be in a set",
         ),
+        # A date YAML read unquoted: four lines too, none saying to quote it.
+        (
+            "{column: day, check: in_set, values: ['2024-01-02', 2024-01-01]}",
+            r"expect.0.values \(line 6\): 2024-01-01 is a date to YAML, not text: quote it \(in_set compares text, ",
+        ),
+        (
+            "{column: day, check: in_set, values: [2024-01-01T10:00:00Z]}",
+            r"expect.0.values \(line 6\): 2024-01-01 10:00:00\+00:00 is a date to YAML, not text: quote it",
+        ),
     ],
 )
 def test_an_expectation_setting_that_would_change_nothing_or_not_what_it_says_is_named(spec: str, problem: str) -> None:

@@ -229,6 +229,35 @@ def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path
     assert all(a["detail"].endswith(f"names a file outside {tmp_path / 'img'}") for a in aside)
 
 
+def test_a_link_out_of_the_images_folder_is_quarantined_and_one_inside_it_read(workdir: Path) -> None:
+    # The source followed a link in its folder to a file or folder elsewhere and published that file,
+    # which the recipe never pointed at (and which the review page, checking the path as the file system
+    # finds it, refuses to show). The folder itself reached through a link is fine.
+    real, private = workdir / "scans", workdir / "private"
+    (real / "sub").mkdir(parents=True)
+    private.mkdir()
+    for path in (real / "form.png", real / "sub" / "chart.png", private / "id-card.png", private / "other.png"):
+        path.write_bytes(png())
+    (workdir / "img").symlink_to(real, target_is_directory=True)
+    (real / "staying.png").symlink_to("form.png")
+    (real / "inner").symlink_to("sub", target_is_directory=True)
+    (real / "leaving.png").symlink_to(private / "id-card.png")
+    (real / "away").symlink_to(private, target_is_directory=True)
+    names = ["form.png", "staying.png", "inner/chart.png", "leaving.png", "away/other.png"]
+    write_jsonl(workdir / "qa.jsonl", [{"image": n, "question": f"What is {n}?", "answer": "A form."} for n in names])
+    result = run(workdir, receipts())
+    assert sorted(line["prompt"] for line in outputs(Path(result.version_uri))) == [
+        "What is form.png?",
+        "What is inner/chart.png?",
+        "What is staying.png?",
+    ]
+    assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 2}
+    assert [row["detail"] for row in set_aside(Path(result.version_uri))] == [
+        f"{workdir / 'qa.jsonl'}:4: leaving.png: is a link to {(private / 'id-card.png').resolve()}, outside {workdir / 'img'}",
+        f"{workdir / 'qa.jsonl'}:5: away/other.png: is a link to {(private / 'other.png').resolve()}, outside {workdir / 'img'}",
+    ]
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "GIF"])
 def test_a_transparent_palette_colour_stays_transparent(tmp_path: Path, fmt: str) -> None:
     # Black text on a transparent background (a logo, a signature): rebuilt from its pixels, the image

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
 from curation.pipeline import RunResult, run_recipe
 from tests.helpers import write_jsonl
-from tests.test_ray import local_ray, published, run_both, unreadable_file  # noqa: F401  (the session's Ray instance)
+from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 from tests.test_ray_parity import EXECUTORS, side_by_side
 from tests.test_split_sides import image_sides, kept_sides, picture, questions, scans, side_of_each
 
@@ -160,22 +162,32 @@ def scans_recipe(workdir: Path) -> dict[str, Any]:
     }
 
 
-def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+def test_image_sides_and_unreadable_rows_on_ray(workdir: Path, local_ray: Any, bucket: str) -> None:  # noqa: F811
     """VQA images keep their sides when changed in place, their new questions read before the questions read
     again joining them; two identical rows about an image no process may read count as two unreadable inputs
-    (counted in the workers, summed on the driver), in the version and in a scheduled run's message."""
+    (counted in the workers, summed on the driver), in the version and in a scheduled run's message; a
+    link out of the images folder is quarantined in the workers too."""
     names = scans(workdir / "img", 12)
-    (workdir / "img" / "locked.png").symlink_to(unreadable_file())
+    (workdir / "img" / "leaving.png").symlink_to(workdir / "elsewhere.png")
+    (workdir / "elsewhere.png").write_bytes(picture(1))
+    # An image archived to Glacier is listed and not read until restored (as root, a local file is always
+    # read, and one outside the folder is not read at all).
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="img/locked.png", Body=picture(2), StorageClass="GLACIER")
     locked = {"image": "locked.png", "question": "Question 0 about locked.png", "answer": "yes"}
-    write_jsonl(workdir / "qa" / "b.jsonl", [*questions(names, range(2)), locked, locked])
-    recipes = side_by_side(workdir, scans_recipe(workdir))
+    s3.put_object(Bucket=bucket, Key="qa.jsonl", Body=(json.dumps(locked) + "\n") * 2)
+    leaving = {"image": "leaving.png", "question": "Question 0 about leaving.png", "answer": "yes"}
+    write_jsonl(workdir / "qa" / "b.jsonl", [*questions(names, range(2)), leaving])
+    spec = scans_recipe(workdir)
+    spec["sources"].append({"type": "images", "path": f"s3://{bucket}/img", "sidecar": f"s3://{bucket}/qa.jsonl"})
+    recipes = side_by_side(workdir, spec)
 
     def run_each() -> dict[str, RunResult]:
         return {name: run_recipe(recipe, executor=EXECUTORS[name]()) for name, recipe in recipes.items()}
 
     first = run_each()
     expected = published(first["local"])
-    assert expected["counts"]["reasons"] == {"quarantined": {"unreadable": 2}}
+    assert expected["counts"]["reasons"] == {"quarantined": {"unreadable": 2, "missing_image": 1}}
     assert published(first["ray"]) == expected
     scans(workdir / "img", len(names), redone=True)  # every scan redone
     write_jsonl(workdir / "qa" / "a.jsonl", questions(names, range(2, 3)))  # read before b.jsonl

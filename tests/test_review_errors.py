@@ -56,6 +56,11 @@ def test_a_filter_the_page_does_not_take_is_refused_saying_what_it_takes(tmp_pat
         ("version=v2", "no version 'v2': a version is a number, such as 2"),
         ("version=99999999999999999999", "no version '99999999999999999999': a version is a number"),
         ("knd=pii", "no filter 'knd': the filters are dataset, version, kind, status, gone (and page)"),
+        # Taken as the first page, without a word.
+        ("page=abc", "no page 'abc': a page is a number from 1, such as 2"),
+        ("page=0", "no page '0': a page is a number from 1"),
+        ("page=%C2%B2", "no page '²': a page is a number from 1"),
+        ("page=" + "9" * 5000, "a page is a number from 1"),  # more digits than int() reads
     ):
         for path in ("/", "/items/1"):
             response = client.get(f"{path}?{query}")
@@ -64,6 +69,7 @@ def test_a_filter_the_page_does_not_take_is_refused_saying_what_it_takes(tmp_pat
             text = html.unescape(response.text)
             assert said in text and "rita" in text, (path, query)  # the page, signed in
     # What the page's own forms and links send is taken: an empty value is "all".
-    for query in ("kind=quarantined&status=open&gone=hide&version=1&dataset=support&page=1", "kind=&gone=", ""):
+    taken = ("kind=quarantined&status=open&gone=hide&version=1&dataset=support&page=1", "kind=&gone=&page=", "")
+    for query in (*taken, "page=7"):  # a page past the last (its items decided meanwhile): the last
         assert client.get(f"/?{query}").status_code == 200, query
         assert client.get(f"/items/1?{query}").status_code == 200, query

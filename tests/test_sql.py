@@ -1365,6 +1365,39 @@ record: {{kind: document, text: input_id}}
     assert str(raised.value).splitlines()[1:] == [f"  sources.0 (line 3): params: {said}"]
 
 
+@pytest.mark.parametrize("value", ["'payments, cards'", "7", "null"])
+def test_one_value_written_in_a_list_s_place_is_a_recipe_error_saying_to_give_a_list(
+    tmp_path: Path, value: str
+) -> None:
+    # SQLite (as PostgreSQL) reads 'NOT IN 7', 'NOT IN NULL' or 'NOT IN 'payments, cards'' as a syntax
+    # error, which the run met only once it asked the database.
+    from schemas.config import RecipeError, load_recipe
+
+    url = small_table(tmp_path / "crm.db", [(1, "a", "r", 1), (2, "b", "r", 2)])
+    recipe = tmp_path / "recipe.yaml"
+
+    def written(params: str) -> Path:
+        recipe.write_text(f"""dataset: support
+sources:
+  - type: sql
+    url: {url}
+    query: "SELECT id, subject, u FROM t WHERE id NOT IN :gone"
+    params: {{gone: {params}}}
+record: {{kind: document, text: subject}}
+""")
+        return recipe
+
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(written(value))
+    assert str(raised.value).splitlines()[1:] == [
+        "  sources.0 (line 3): params: 'gone' is one value, not a list: 'IN :gone' takes a list ('gone: [...]', "
+        "one value or more); for one value write '= :gone'"
+    ]
+    # As it says: a one-value list is read.
+    [source] = load_recipe(written("[1]")).sources
+    assert [r["subject"] for b in read_all(source, 10) for r in b.rows.to_pylist()] == ["b"]
+
+
 @pytest.mark.parametrize(
     ("value", "said"),
     [

@@ -570,6 +570,7 @@ def _filters(request: Request, engine: sa.Engine) -> dict[str, str]:
     filters: dict[str, str] = {}
     for name, value in request.query_params.items():
         if name == "page":
+            _page(value)  # refused here too: a page an item's address carries is the queue's
             continue
         if name not in FILTERS:
             raise HTTPException(400, f"no filter {name!r}: the filters are {', '.join(FILTERS)} (and page)")
@@ -624,9 +625,14 @@ def _select(filters: dict[str, str]) -> sa.Select:
 
 
 def _page(value: str | None) -> int:
-    """The queue page asked for, from 1; anything else is the first."""
-    # ASCII digits only: "²" is a digit to isdigit() that int() refuses.
-    return int(value) if value and value.isascii() and value.isdigit() and int(value) > 0 else 1
+    """The queue page asked for, from 1 (none or empty: the first). Anything else is refused (400) saying
+    what a page is: taken as the first, a mistyped ``page=2x`` showed page 1 without a word."""
+    # ASCII digits only: "²" is a digit to isdigit() that int() refuses; at most ten, which int() takes.
+    if not value:
+        return 1
+    if value.isascii() and value.isdigit() and len(value) <= 10 and 0 < int(value) <= MAX_ITEM_ID:
+        return int(value)
+    raise HTTPException(400, f"no page {value!r}: a page is a number from 1, such as 2")
 
 
 # An item's row in ``review_gone``: a later run did not find its record (``curation.review.queue.review_gone``).
@@ -775,8 +781,8 @@ def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
     inside = [uri for uri in uris if any(_in_folder(uri, root) for root in roots)]
     if not name or not inside:
         raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
-    # And as the file system finds it: a link in the folder may lead anywhere the server can read. The
-    # images source follows such links, but what the page serves is read from the path checked here.
+    # And as the file system finds it: a link in the folder may lead anywhere the server can read (the
+    # images source sets such a row aside; a record could still name one).
     resolved = [_resolved(uri) for uri in inside]
     kept = [uri for uri in resolved if any(_in_folder(uri, _resolved(root)) for root in roots)]
     if not kept:
