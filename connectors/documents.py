@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import contextlib
 import io
 import itertools
 import logging
@@ -670,7 +671,7 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     html = _decode_html(data)
     tree = trafilatura.load_html(html)
     # The page's own title, read before the tree is changed below (and without parsing the page again).
-    metadata = trafilatura.extract_metadata(tree) if tree is not None else None
+    page_title = _html_title(tree) if tree is not None else None
     options = _extraction_options()
     body = ""
     if tree is not None:
@@ -692,8 +693,23 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         part.text = _unescape_markdown(part.text)
         part.section = _unescape_markdown(part.section) if part.section else part.section
     first_heading = _unescape_markdown(first_heading) if first_heading else first_heading
-    title = (metadata.title if metadata is not None else None) or first_heading or stem
-    return Extracted(title, parts)
+    return Extracted(page_title or first_heading or stem, parts)
+
+
+def _html_title(tree: Any) -> str | None:
+    """The page's title as ``trafilatura.extract_metadata`` finds it (its meta tags, then its JSON-LD, then
+    its <title>, <h1> or <h2>), by its steps for the title alone: the whole works out the date (htmldate),
+    author, site name, categories and licence too, to throw them away (0.42 s of extract_html's 2.2 s on 200
+    generated pages, against 0.08 s). trafilatura (pinned) has no public call for the title alone."""
+    from trafilatura.metadata import examine_meta, extract_meta_json, extract_title
+
+    metadata = examine_meta(tree)
+    # As extract_metadata does: a page's JSON-LD it cannot read (a bug of trafilatura's) leaves the meta tags'.
+    with contextlib.suppress(Exception):
+        metadata = extract_meta_json(tree, metadata)
+    metadata.title = metadata.title or extract_title(tree)
+    metadata.clean_and_trim()  # its entities unescaped, its spaces and control characters trimmed
+    return metadata.title
 
 
 def _pair_definitions(tree: Any) -> None:

@@ -181,6 +181,12 @@ def _noting_images(
         yield item
 
 
+def _first_error(error: OSError) -> str:
+    """``error`` on one line: a delete of many objects at once lists each one that failed (a folder of thousands)."""
+    first, *others = str(error).strip().splitlines() or [""]
+    return f"{first.rstrip(':')}, such as {others[0].lstrip('- ')}" if others else first
+
+
 def _by_line(rows: pl.DataFrame | None) -> dict[int, dict[str, Any]]:
     """Lineage rows keyed by line, for the shards whose lines are read one by one."""
     return {} if rows is None else {row["line"]: row for row in rows.to_dicts()}
@@ -875,8 +881,22 @@ class DatasetWriter:
 
     def _take_away(self, target: str, version: int) -> None:
         """Remove what this run copied into ``vN/`` and its claim of the number, as far as the store lets it."""
-        with contextlib.suppress(Exception):
+        try:
             self.fs.delete_dir(target)
+        except FileNotFoundError:
+            pass  # nothing was copied yet
+        except OSError as error:  # the store refused (a permission, a lost connection): the run's error stands
+            log.warning(
+                "what this run copied into %s v%d, s3://%s/, could not be deleted (%s); it is no version (it has no "
+                "manifest) but stays there, taking space, until a run publishes v%d: delete it "
+                "(aws s3 rm --recursive s3://%s/)",
+                self.dataset,
+                version,
+                target,
+                _first_error(error),
+                version,
+                target,
+            )
         self._unclaim(version)
 
     def _unclaim(self, version: int) -> None:

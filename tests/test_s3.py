@@ -4,7 +4,7 @@ server over HTTP (moto in server mode), then the published version read back."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -648,52 +648,56 @@ def test_a_store_without_conditional_reads_reads_as_before_and_says_so(
 
 
 @pytest.fixture
-def claims_undeletable(bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The test server checks each request against the policy of the user whose keys sign it: one that may do
-    anything in ``bucket`` but delete a claim on a version number (what a store's permissions can refuse)."""
+def deletes_denied(bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """``deny(keys)``: from then on, the test server checks each request against the policy of the user whose
+    keys sign it: one that may do anything in ``bucket`` but delete the objects whose keys match ``keys`` (a
+    pattern such as ``*.claim``), as a store's permissions can refuse."""
     import urllib.request
 
     import connectors.storage as storage
-
-    iam = boto3.client("iam", endpoint_url=aws_env)
-    user = f"publisher-{bucket}"
-    iam.create_user(UserName=user)
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"},
-            {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": f"arn:aws:s3:::{bucket}/*.claim"},
-        ],
-    }
-    iam.put_user_policy(UserName=user, PolicyName="no-claim-deletes", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a new process's, which reads the keys above
-    storage._s3_filesystem.cache_clear()  # pyarrow's too (cached per endpoint, not per key)
 
     def checked_after(requests: str) -> None:
         urllib.request.urlopen(
             urllib.request.Request(f"{aws_env}/moto-api/reset-auth", requests.encode(), {"Content-Type": "text/plain"})
         ).close()
 
-    checked_after("0")
+    def deny(keys: str) -> None:
+        denied = {"Effect": "Deny", "Action": ["s3:DeleteObject"], "Resource": f"arn:aws:s3:::{bucket}/{keys}"}
+        # The bucket's policy as well as the user's: the server checks a delete of many objects at once
+        # (DeleteObjects, how a folder is deleted) against the bucket's only.
+        bucket_policy = {"Version": "2012-10-17", "Statement": [{**denied, "Principal": "*"}]}
+        boto3.client("s3", endpoint_url=aws_env).put_bucket_policy(Bucket=bucket, Policy=json.dumps(bucket_policy))
+        iam = boto3.client("iam", endpoint_url=aws_env)
+        user = f"publisher-{bucket}"
+        iam.create_user(UserName=user)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}, denied],
+        }
+        iam.put_user_policy(UserName=user, PolicyName="no-deletes", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a new process's, which reads the keys above
+        storage._s3_filesystem.cache_clear()  # pyarrow's too (cached per endpoint, not per key)
+        checked_after("0")
+
     try:
-        yield bucket
+        yield deny
     finally:
         checked_after("inf")  # the server is the session's: every other test's requests go unchecked again
         storage._s3_filesystem.cache_clear()
 
 
 def test_a_claim_the_store_refuses_to_delete_is_named_with_how_to_delete_it_and_the_run_stands(
-    workdir: Path, claims_undeletable: str, aws_env: str, caplog: pytest.LogCaptureFixture
+    workdir: Path, bucket: str, deletes_denied: Callable[[str], None], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The claim on v1 is removed once its manifest is written (or once a failed run took its copies away);
     what the store refused (a permission) went unheard, though a claim left after a failed run keeps the
     number from other state stores' runs until it is deleted."""
     import logging
 
-    bucket = claims_undeletable
+    deletes_denied("*.claim")
     write_jsonl(workdir / "in" / "docs.jsonl", [{"text": "one"}, {"text": "two"}])
     with caplog.at_level(logging.WARNING, logger="curation.writer"):
         result = run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
@@ -725,3 +729,33 @@ def test_a_claim_already_gone_is_no_warning(
         result = run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
     assert "claim" not in caplog.text
+
+
+def test_copies_the_store_refuses_to_take_away_are_named_with_how_to_delete_them(
+    workdir: Path, bucket: str, deletes_denied: Callable[[str], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run stopped with its copies in v1/ takes them away; what the store refused (a permission) went
+    unheard, though they stay there: no version, and all of them taking space."""
+    import logging
+    import signal
+
+    from connectors.state import HeldLock
+    from curation.stopping import Stopped
+
+    def stopped(_: HeldLock) -> None:  # the last step before the manifest
+        raise Stopped(signal.SIGTERM)
+
+    deletes_denied("out/docs/v1/*")
+    write_jsonl(workdir / "in" / "docs.jsonl", [{"text": "one"}, {"text": "two"}])
+    with caplog.at_level(logging.WARNING, logger="curation.writer"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HeldLock, "confirm", stopped)
+        with pytest.raises(Stopped):
+            run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
+    folder = f"s3://{bucket}/out/docs/v1/"
+    [warning] = [r.getMessage() for r in caplog.records if folder in r.getMessage()]
+    assert "could not be deleted" in warning and warning.endswith(f"(aws s3 rm --recursive {folder})")
+    assert "\n" not in warning and "such as key 'out/docs/v1/" in warning  # one line, however many failed
+    listed = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="out/docs/")["Contents"]]
+    assert "out/docs/v1/train/part-00000.jsonl" in listed
+    assert "out/docs/_staging/v1.claim" not in listed  # the claim, which the store lets go, went
+    assert published_versions(f"s3://{bucket}/out", "docs") == []
