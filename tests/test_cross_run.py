@@ -210,13 +210,14 @@ def test_signatures_computed_with_other_settings_are_said_not_to_be_compared(
 ) -> None:
     write_jsonl(workdir / "input" / "a.jsonl", [{"text": "Parcel 1 left the depot on Monday."}])
     run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup", "fields": ["text", "title"]}]})
-    write_jsonl(workdir / "input" / "b.jsonl", [{"text": "Parcel 1 left the depot on Monday."}])
+    # The same record in files of other bytes (one holding a taken file's bytes is not read again).
+    (workdir / "input" / "b.jsonl").write_text('{"text":"Parcel 1 left the depot on Monday."}\n')
     with caplog.at_level("WARNING"):
         second = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})  # the fields changed
     assert second.manifest.counts.written == 1  # not compared: the warning says so
     assert "exact_dedup: the signatures of v1 were computed with other settings" in caplog.text
     caplog.clear()
-    write_jsonl(workdir / "input" / "c.jsonl", [{"text": "Parcel 1 left the depot on Monday."}])
+    (workdir / "input" / "c.jsonl").write_text('{"text":  "Parcel 1 left the depot on Monday."}\n')
     with caplog.at_level("WARNING"):
         third = run(workdir, {**RECIPE, "stages": [{"type": "exact_dedup"}]})
     assert third.manifest.counts.duplicate == 1  # compared with v2's record, which has the recipe's settings
