@@ -635,8 +635,11 @@ def _page(value: str | None) -> int:
     raise HTTPException(400, f"no page {value!r}: a page is a number from 1, such as 2")
 
 
-# An item's row in ``review_gone``: a later run did not find its record (``curation.review.queue.review_gone``).
-_GONE = sa.and_(review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id)
+# The join condition to an item's row in ``review_gone``, which it has when a later run did not find its record
+# (``curation.review.queue.review_gone``).
+_GONE_JOIN = sa.and_(
+    review_gone.c.dataset == review_items.c.dataset, review_gone.c.record_id == review_items.c.record_id
+)
 # Whether it has one, as a filter: of its own alias, so that a query joining ``review_gone`` (the list's)
 # can take it too.
 _gone_row = review_gone.alias("gone_row")
@@ -650,7 +653,7 @@ def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[
     with ``gone``: whether a later run did not find its record."""
     columns = [c for c in review_items.c if c.name != "payload"]
     query = sa.select(*columns, review_gone.c.run_id.is_not(None).label("gone"))
-    query = query.select_from(review_items.outerjoin(review_gone, _GONE)).order_by(review_items.c.item_id)
+    query = query.select_from(review_items.outerjoin(review_gone, _GONE_JOIN)).order_by(review_items.c.item_id)
     query = _where(query, filters).offset(offset).limit(MAX_LISTED)
     with engine.connect() as db:
         return [dict(row._mapping) for row in db.execute(query)]
@@ -704,7 +707,7 @@ def _counts_left(engine: sa.Engine, filters: dict[str, str]) -> tuple[dict[str, 
     counted as left to do they would keep an annotator's work from ever being done."""
     # One query: review_gone holds a record once, so the join adds no row.
     query = sa.select(review_items.c.kind, sa.func.count(), sa.func.count(review_gone.c.run_id))
-    query = query.select_from(review_items.outerjoin(review_gone, _GONE)).group_by(review_items.c.kind)
+    query = query.select_from(review_items.outerjoin(review_gone, _GONE_JOIN)).group_by(review_items.c.kind)
     query = _where(query, {**{k: v for k, v in filters.items() if k != "gone"}, "status": "open"})
     with engine.connect() as db:
         rows = db.execute(query).all()
