@@ -200,7 +200,9 @@ def test_jumpstart_vqa_layout_loads_as_an_imagefolder(workdir: Path) -> None:
         (workdir / "scans" / name).write_bytes(png(color))
     rows = [
         {"image": str(workdir / "scans" / name), "question": f"Which colour is this? ({i})", "answer": name[:-4]}
-        for i in range(10)  # 30 rows: each split gets some, whatever the ids (1 run in 70 left one empty at 12)
+        # An image's questions go to one side, by its bytes: these three land on both (always: Pillow's PNG
+        # bytes are fixed by its pinned version, so a change there could move them; the asserts would say so).
+        for i in range(10)
         for name in colors
     ]
     write_jsonl(workdir / "vqa.jsonl", rows)
