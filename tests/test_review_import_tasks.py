@@ -63,3 +63,17 @@ def test_tasks_of_one_item_that_disagree_are_not_taken_and_named(tmp_path: Path)
         "not taken, its tasks decide differently: item 2: task 0 (Label Studio id 11) approve; "
         "task 1 (Label Studio id 12) reject" in said
     )
+
+
+def test_a_task_exported_before_a_decision_does_not_block_one_exported_after_it(tmp_path: Path) -> None:
+    # Approved from one export, then exported again and rejected (the annotator changed their mind), the
+    # project imported whole: the old task, not taken anyway, made the two disagree and nothing was taken.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    stale = export_tasks(engine, {"kind": "pii"})[1]
+    dec.decide(engine, 2, "pia", "approve")
+    now = export_tasks(engine, {"kind": "pii"})[1]
+    changed: list[int] = []
+    counts = import_annotations(engine, [*annotated([stale], "approve"), *annotated([now], "reject")], "pia", changed)
+    assert counts["reject"] == 1 and counts[DISAGREE] == 0
+    assert counts[CHANGED] == 1 and changed == [2]  # the old task's approve is not taken: said, as before
+    assert [row["action"] for row in dec.history(engine, 2)] == ["approve", "reject"]

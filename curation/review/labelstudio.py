@@ -227,7 +227,7 @@ def import_annotations(
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
     counts = {"approve": 0, "reject": 0, "edit": 0, "keep": 0, "skipped": 0, "already in force": 0, CHANGED: 0}
-    counts.update({REPEATED: 0, DISAGREE: 0})
+    counts |= {REPEATED: 0, DISAGREE: 0}
     changed = [] if changed is None else changed
     gone = [] if gone is None else gone
     disagreeing = [] if disagreeing is None else disagreeing
@@ -295,17 +295,23 @@ def import_annotations(
         seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
         asked.setdefault(item["item_id"], []).append((where, action, taken, seen))
     for item_id, wanted in asked.items():
-        item, (where, action, taken, seen) = items[item_id], wanted[0]
-        if any(_decides(other) != _decides(wanted[0]) for other in wanted[1:]):
+        item = items[item_id]
+        # The tasks exported from the item as it is now, when any were: older ones are not taken (as a page
+        # showing the item from before is not), so they cannot make the current ones disagree either.
+        current = [one for one in wanted if one[3] is None or one[3] == revisions[item_id]]
+        pool = current or wanted
+        if any(_decides(other) != _decides(pool[0]) for other in pool[1:]):
             # Which of them the annotators meant is theirs to say, not the order of the tasks in the file.
             counts[DISAGREE] += 1
-            said = "; ".join(f"{where_} {_said(action_, edit_)}" for where_, action_, edit_, _ in wanted)
+            said = "; ".join(f"{where} {_said(action, edit)}" for where, action, edit, _ in pool)
             disagreeing.append(f"item {item_id}: {said}")
             continue
-        counts[REPEATED] += len(wanted) - 1
-        # The one exported from the item as it is now, when one was: the others decide the same.
-        current = [one for one in wanted if one[3] is None or one[3] == revisions[item_id]]
-        where, action, taken, seen = current[0] if current else wanted[0]
+        older = [one for one in wanted if not any(one is chosen for chosen in pool)]
+        counts[REPEATED] += len(pool) - 1 + sum(_decides(one) == _decides(pool[0]) for one in older)
+        if any(_decides(one) != _decides(pool[0]) for one in older):
+            counts[CHANGED] += sum(_decides(one) != _decides(pool[0]) for one in older)
+            changed.append(item_id)
+        _, action, taken, seen = pool[0]
         if dec.holds(in_force.get(item_id), action, taken):  # imported before: not decided twice
             counts["already in force"] += 1
             continue
