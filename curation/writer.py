@@ -181,6 +181,17 @@ def _noting_images(
         yield item
 
 
+def _delete_or_say(delete: Callable[[], None], what: str, left: str) -> None:
+    """``delete()``; what is already gone is fine, and what the store refuses (a permission, a lost connection)
+    a warning saying what is left and how to delete it: the run's outcome, or its error, stands."""
+    try:
+        delete()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("%s, could not be deleted (%s); %s", what, _first_error(error), left)
+
+
 def _first_error(error: OSError) -> str:
     """``error`` on one line: a delete of many objects at once lists each one that failed (a folder of thousands)."""
     first, *others = str(error).strip().splitlines() or [""]
@@ -882,42 +893,24 @@ class DatasetWriter:
     def _take_away(self, target: str, version: int) -> None:
         """Remove what this run copied into ``vN/`` and its claim of the number, as far as the store lets it."""
         try:
-            self.fs.delete_dir(target)
-        except FileNotFoundError:
-            pass  # nothing was copied yet
-        except OSError as error:  # the store refused (a permission, a lost connection): the run's error stands
-            log.warning(
-                "what this run copied into %s v%d, s3://%s/, could not be deleted (%s); it is no version (it has no "
-                "manifest) but stays there, taking space, until a run publishes v%d: delete it "
-                "(aws s3 rm --recursive s3://%s/)",
-                self.dataset,
-                version,
-                target,
-                _first_error(error),
-                version,
-                target,
+            _delete_or_say(
+                lambda: self.fs.delete_dir(target),
+                f"what this run copied into {self.dataset} v{version}, s3://{target}/",
+                f"it is no version (it has no manifest) but stays there, taking space, until a run publishes "
+                f"v{version}: delete it (aws s3 rm --recursive s3://{target}/)",
             )
-        self._unclaim(version)
+        finally:
+            self._unclaim(version)
 
     def _unclaim(self, version: int) -> None:
         """Remove this run's claim of ``version``; left behind, it only keeps the number claimed (a run of
         this run's state store takes it over, any other run's is refused until it is deleted)."""
         claim = self._claim_path(version)
-        try:
-            self.fs.delete_file(claim)
-        except FileNotFoundError:
-            pass  # already gone (taken over by a run of this store that knew this one was over)
-        except OSError as error:  # the store refused (a permission, a lost connection): the run's outcome stands
-            log.warning(
-                "the claim of %s v%d, s3://%s, could not be deleted (%s); no run of another state store "
-                "publishes v%d while it is there: delete it (aws s3 rm s3://%s)",
-                self.dataset,
-                version,
-                claim,
-                error,
-                version,
-                claim,
-            )
+        _delete_or_say(
+            lambda: self.fs.delete_file(claim),
+            f"the claim of {self.dataset} v{version}, s3://{claim}",
+            f"no run of another state store publishes v{version} while it is there: delete it (aws s3 rm s3://{claim})",
+        )
 
     def _claim_path(self, version: int) -> str:
         return f"{self.staging.rsplit('/', 1)[0]}/v{version}.claim"
