@@ -185,9 +185,6 @@ class SourceWatermark:
 
     def __init__(self, committed: dict[str, Any], read_again: set[str] | None = None) -> None:
         self.committed = committed
-        # Item -> the run that took it, and run -> the version it published (a run finding nothing new has none).
-        self.taken_by: dict[str, str | None] = {}
-        self.versions: dict[str, int] = {}
         # New file -> the file taken before whose bytes it holds (renamed, moved or copied): not read.
         self.same_bytes: dict[str, str] = {}
         # Inputs taken before that this run reads again though unchanged (review decisions that only
@@ -209,11 +206,6 @@ class SourceWatermark:
         # Item -> how many inputs this run staged ``UNREAD`` under it: an images sidecar's identical rows
         # share one item, and each is an input counted (quarantined as unreadable) in the manifest.
         self.unread_inputs: dict[str, int] = {}
-
-    def taken_in(self, item: str) -> str:
-        """Where an earlier run took ``item``: "v3", or "run <id>" for a run that published nothing."""
-        run = self.taken_by.get(item)
-        return f"v{self.versions[run]}" if run in self.versions else f"run {run}"
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -247,23 +239,18 @@ class Watermarks:
         key, *earlier = source_keys(config)
         if key not in self.sources:
             committed: dict[str, Any] = {}
-            taken_by: dict[str, str | None] = {}
-            versions: dict[str, int] = {}
             if not self.full_refresh:
                 with self.engine.connect() as db:
                     for stored in (key, *earlier):  # committed under its own key; else under the earlier one
                         rows = db.execute(
-                            sa.select(watermarks.c.item, watermarks.c.value, watermarks.c.run_id).where(
+                            sa.select(watermarks.c.item, watermarks.c.value).where(
                                 watermarks.c.dataset == self.dataset, watermarks.c.source == stored
                             )
-                        ).all()
-                        committed = {item: json.loads(value) for item, value, _ in rows}
-                        taken_by = {item: run_id for item, _, run_id in rows}
+                        )
+                        committed = {item: json.loads(value) for item, value in rows}
                         if committed:
                             break
-                    versions = _versions(db, self.dataset) if committed else {}
             self.sources[key] = SourceWatermark(committed, self.read_again)
-            self.sources[key].taken_by, self.sources[key].versions = taken_by, versions
         return self.sources[key]
 
     def had_previous(self) -> bool:
@@ -334,19 +321,6 @@ class Watermarks:
                             updated_at=now,
                         )
                     )
-
-
-def _versions(db: sa.Connection, dataset: str) -> dict[str, int]:
-    """Run id -> the version it published, of ``dataset``'s runs (one row a run: a few thousand at most)."""
-    try:
-        rows = db.execute(
-            sa.text("SELECT run_id, version FROM runs WHERE dataset = :dataset AND version IS NOT NULL"),
-            {"dataset": dataset},
-        )
-        return {run_id: version for run_id, version in rows}
-    except sa.exc.SQLAlchemyError:  # a store without the pipeline's runs table
-        db.rollback()
-        return {}
 
 
 # --- the run lock ----------------------------------------------------------------------------------
@@ -667,7 +641,7 @@ def _same_bytes(new: list[FileEntry], watermark: SourceWatermark) -> set[str]:
         if taken is not None:
             watermark.same_bytes[entry.uri] = taken
             same.add(entry.uri)
-            log.info("%s: same bytes as %s, taken in %s: not read again", entry.uri, taken, watermark.taken_in(taken))
+            log.info("%s: same bytes as %s, which an earlier run took: not read again", entry.uri, taken)
     return same
 
 

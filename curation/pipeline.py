@@ -86,6 +86,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     shape = Shape(recipe.record, carry=recipe.output.carry_columns())
     used = shape.reads | set(declared)  # what the recipe reads
     required = set(recipe.input_schema.required_columns()) if recipe.input_schema is not None else set()
+    keyed = shape.keyed | required  # columns whose absence from a batch is not null: see ``_KeysOfFile``
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -99,7 +100,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         elif isinstance(config, ImagesSource):
             from connectors.images import ImagesSourceReader
 
-            sources.append(ImagesSourceReader(config, recipe.batch_rows, mark, keyed=shape.keyed | required))
+            sources.append(ImagesSourceReader(config, recipe.batch_rows, mark, keyed=keyed))
         elif isinstance(config, HFSource):
             from connectors.hf import HFSourceReader
 
@@ -107,9 +108,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         else:
             text = [name for name, kind in declared.items() if kind == "str"]
             sources.append(
-                FilesSourceReader(
-                    config, recipe.batch_rows, mark, text_columns=text, used_columns=used, keyed=shape.keyed | required
-                )
+                FilesSourceReader(config, recipe.batch_rows, mark, text_columns=text, used_columns=used, keyed=keyed)
             )
     return sources
 
@@ -958,8 +957,8 @@ def _manifest(
     )
     if writer.carry_stats:
         built.stats["carry"] = writer.carry_stats
-    if plan.watermarks.same_bytes():  # new files holding what an earlier run took: not read again
-        built.stats["same_bytes"] = plan.watermarks.same_bytes()
+    if same := plan.watermarks.same_bytes():  # new files holding what an earlier run took: not read again
+        built.stats["same_bytes"] = same
     return attach_report(built, writer)
 
 
