@@ -614,7 +614,7 @@ def _headings(text: str) -> list[tuple[int, int, tuple[int, str]]]:
 
 
 _FRONT_MATTER_KEY = re.compile(r"[a-z_][a-z0-9_.-]*")
-_YAML_NULL = "tag:yaml.org,2002:null"
+_YAML_NULL, _YAML_STR = "tag:yaml.org,2002:null", "tag:yaml.org,2002:str"
 
 
 def _front_matter(text: str) -> dict[str, str | None] | None:
@@ -639,7 +639,9 @@ def _front_matter(text: str) -> dict[str, str | None] | None:
     # Hugo's capitalised keys are front matter where they name a title.
     if any(key.lower() == "title" for key in found):
         return found
-    return found if all(_FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
+    # Text keys only: YAML reads `null: refunds take five days` or `true: ...` as a null or boolean key.
+    names = all(key.tag == _YAML_STR and _FRONT_MATTER_KEY.fullmatch(key.value) for key, _ in node.value)
+    return found if names else None
 
 
 def _set_text(part: Part, text: str) -> bool:

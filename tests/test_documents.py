@@ -1096,7 +1096,12 @@ def test_a_short_web_page_keeps_its_headings_past_elements_trafilatura_leaves_ou
 
 @pytest.mark.parametrize(
     "block",
-    ["Note: refunds above 500 USD need a second approval", "Q: Who approves refunds?\nA: The risk team."],
+    [
+        "Note: refunds above 500 USD need a second approval",
+        "Q: Who approves refunds?\nA: The risk team.",
+        "null: refunds are never paid twice",  # a null key to YAML, not a name
+        "true: refunds take five days",  # a boolean key
+    ],
 )
 def test_a_sentence_between_two_rules_at_the_top_of_a_markdown_file_is_text(tmp_path: Path, block: str) -> None:
     # It parses as YAML keys, so it was taken for front matter and dropped unseen. Front matter's keys are
