@@ -132,7 +132,9 @@ def _lenient_moments(connection: Any, _record: Any = None) -> None:
                         value = Unreadable(value.isoformat(" "), self.oid)
                 if isinstance(value, Unreadable):
                     moment = _in_utc(value.text)
-                    return moment if isinstance(moment, datetime) else Unreadable(moment, self.oid)
+                    if isinstance(moment, datetime):
+                        return moment
+                    return value if moment == value.text else Unreadable(moment, self.oid)  # 'infinity' as it is
                 return value
 
         adapters.register_loader(oid, InUtc if name == "timestamptz" else Lenient)

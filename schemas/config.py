@@ -146,7 +146,8 @@ class SqlSource(Strict):
             if self.params:
                 raise ValueError("'params' are bound to a 'query''s :name parameters; a 'table' takes none")
             return self
-        used = query_parameters(self.query)
+        places = parameter_places(self.query)
+        used = list(places)  # each once, in the order the query names them
         problems = [
             f"the query's parameter ':{name}' has no value in 'params'" for name in used if name not in self.params
         ]
@@ -156,18 +157,17 @@ class SqlSource(Strict):
             f"params: {n!r} is not used in the query (no ':{n}' outside quotes)" for n in self.params if n not in used
         ]
         if not problems:
-            problems = self._lists_written_so(used)
+            problems = self._lists_written_so(used, places)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
-    def _lists_written_so(self, used: list[str]) -> list[str]:
+    def _lists_written_so(self, used: list[str], places: dict[str, set[str]]) -> list[str]:
         """What is amiss where the query uses a list: bound one value each in `IN :name` (SQLAlchemy's expanding
         parameter, which writes the parentheses), else whole, as a PostgreSQL array; and a single value
         written `IN :name`."""
         from sqlalchemy.engine import make_url
 
-        places = parameter_places(self.query or "")
         arrays = make_url(self.url).get_backend_name() == "postgresql"
         problems = [
             # A database reads 'IN 5' or 'IN NULL' as a syntax error, at run time. Not bound as a one-value
@@ -195,12 +195,14 @@ class SqlSource(Strict):
 
 
 def parameter_places(query: str) -> dict[str, set[str]]:
-    """Where the query writes each `:name` parameter: 'IN' right after IN ('id IN :ids'), 'IN (' in the
-    parentheses of one ('id IN (:ids)'), else 'other' ('= ANY(:ids)')."""
-    places: dict[str, set[str]] = {}
-    before: list[str] = []  # the last two tokens, less whitespace and comments, in upper case
+    """The query's ``:name`` parameters, in the order it first names each, as SQL's tokens tell them (not in a
+    string, a quoted name or a comment, nor a cast ``::`` or a number ``arr[:2]``), with where it writes each:
+    'IN' right after IN ('id IN :ids'), 'IN (' in the parentheses of one ('id IN (:ids)'), else 'other'
+    ('= ANY(:ids)')."""
     from sqlparse import tokens as sql_tokens
 
+    places: dict[str, set[str]] = {}
+    before: list[str] = []  # the last two tokens, less whitespace and comments, in upper case
     for kind, text, name in _query_tokens(query):
         if name is not None:
             place = "IN" if before[-1:] == ["IN"] else "IN (" if before[-2:] == ["IN", "("] else "other"
@@ -208,12 +210,6 @@ def parameter_places(query: str) -> dict[str, set[str]]:
         if kind not in sql_tokens.Whitespace and kind not in sql_tokens.Comment:
             before = [*before[-1:], text.upper()]
     return places
-
-
-def query_parameters(query: str) -> list[str]:
-    """The names of a SQL query's ``:name`` parameters, each once, as SQL's tokens tell them: not in a string,
-    a quoted name or a comment, nor a cast (``::``) or a number (``arr[:2]``)."""
-    return list(dict.fromkeys(name for _, name in query_parts(query) if name is not None))
 
 
 def query_parts(query: str) -> Iterable[tuple[str, str | None]]:

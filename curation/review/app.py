@@ -586,8 +586,8 @@ def _refused(engine: sa.Engine, name: str, value: str) -> str | None:
     one the queue does not hold lists nothing, and the page says so)."""
     if name == "version" and _version(value) is None:
         return f"no version {value!r}: a version is a number, such as 2"
-    if name == "kind" and value not in KINDS and value not in _stored_kinds(engine):
-        return f"no kind {value!r}: the kinds are {', '.join(sorted({*KINDS, *_stored_kinds(engine)}))}"
+    if name == "kind" and value not in KINDS and value not in (stored := _stored_kinds(engine)):
+        return f"no kind {value!r}: the kinds are {', '.join(sorted({*KINDS, *stored}))}"
     if name == "status" and value not in STATUSES:
         return f"no status {value!r}: the statuses are {', '.join(STATUSES)}"
     if name == "gone" and value not in GONE_FILTER:
@@ -786,8 +786,8 @@ def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
         raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
     # And as the file system finds it: a link in the folder may lead anywhere the server can read (the
     # images source sets such a row aside; a record could still name one).
-    resolved = [_resolved(uri) for uri in inside]
-    kept = [uri for uri in resolved if any(_in_folder(uri, _resolved(root)) for root in roots)]
+    folders = [_resolved(root) for root in roots]
+    kept = [uri for uri in map(_resolved, inside) if any(_in_folder(uri, folder) for folder in folders)]
     if not kept:
         raise HTTPException(
             404,
