@@ -6,15 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pyarrow as pa
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
-from curation.review.queue import add_items
-from schemas.records import FLAG_SCHEMA
+from tests.test_review_queue_page import queue_of
 
 PASSWORD = "correct horse battery"
 
@@ -26,18 +24,7 @@ def _table_checks(statements: list[str]) -> list[str]:
 
 def test_pages_and_decisions_do_not_check_the_tables_again(tmp_path: Path) -> None:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
-    flags = [
-        {
-            "id": f"record-{n}",
-            "source": {"connector": "files", "uri": "in.jsonl", "line": n + 1, "page": None},
-            "stage": "read",
-            "kind": "quarantined",
-            "detail": f"row {n}",
-            "payload": "{}",
-        }
-        for n in range(3)
-    ]
-    add_items(sa.create_engine(state_url), "support", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    queue_of(state_url, "support", 3)
     add_user(sa.create_engine(state_url), "rita", "reviewer", PASSWORD)
     app = create_app(state_url)
     client = TestClient(app, base_url="https://testserver")
@@ -60,5 +47,5 @@ def test_pages_and_decisions_do_not_check_the_tables_again(tmp_path: Path) -> No
     assert _table_checks(statements) == []
     # A store call on its own: one query, no check of the tables before it.
     statements.clear()
-    assert dec.get_item(engine, 2)["record_id"] == "record-1"
+    assert dec.get_item(engine, 2)["record_id"] == "support-1"
     assert len(statements) == 1, statements

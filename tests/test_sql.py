@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -602,6 +603,19 @@ def test_a_query_naming_a_column_twice_is_refused_not_read_as_its_last(postgres_
         read_all(config, 10)
 
 
+def notes_table(url: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """A fresh ``notes`` table in the database at ``url``, its ``columns`` as SQL ("id int, subject text"),
+    holding ``rows``."""
+    names = [column.split()[0] for column in columns.split(",")]
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
+        db.execute(sa.text(f"CREATE TABLE notes ({columns})"))
+        insert = sa.text(f"INSERT INTO notes VALUES ({', '.join(':' + name for name in names)})")
+        db.execute(insert, [dict(zip(names, row, strict=True)) for row in rows])
+    engine.dispose()
+
+
 def subjects_read_twice(config: SqlSource, folder: Path) -> list[list[str]]:
     """The subjects of the rows ``config`` reads in a first run and in a second (what is new since)."""
     state = sa.create_engine(f"sqlite:///{folder}/state.db")
@@ -1002,13 +1016,7 @@ def test_a_query_is_run_as_written_whatever_colons_and_comments_it_holds(
     # SQLAlchemy's text() took ':1' in a literal for a bind parameter ("A value is required for bind
     # parameter '1'"), and a '-- comment' ending the query swallowed the parenthesis that wraps it.
     url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
-        db.execute(sa.text("CREATE TABLE notes (id int, subject text, u int)"))
-        rows = [{"id": 1, "subject": 'ref:1 {"n":3}', "u": 1}, {"id": 2, "subject": r"at 10:30 \: ok", "u": 2}]
-        db.execute(sa.text("INSERT INTO notes VALUES (:id, :subject, :u)"), rows)
-    engine.dispose()
+    notes_table(url, "id int, subject text, u int", [(1, 'ref:1 {"n":3}', 1), (2, r"at 10:30 \: ok", 2)])
     cast = "::text" if database == "postgresql" else ""
     query = (
         f"SELECT id, subject{cast} AS subject, u, ':who' AS who FROM notes "
@@ -1025,12 +1033,7 @@ def test_a_query_ending_in_a_semicolon_then_a_comment_runs(postgres_url: str, tm
     # Only a semicolon ending the text was taken off: one followed by a comment ('...; -- nightly') was left
     # inside the subquery the query is run as, a syntax error. One in a string or a comment stays.
     url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
-        db.execute(sa.text("CREATE TABLE notes (id int, subject text)"))
-        db.execute(sa.text("INSERT INTO notes VALUES (1, 'a;'), (2, 'b'), (3, 'c')"))
-    engine.dispose()
+    notes_table(url, "id int, subject text", [(1, "a;"), (2, "b"), (3, "c")])
     query = (
         "WITH latest AS (SELECT id, subject FROM notes WHERE subject <> ';') -- the CTE; then\n"
         "SELECT id, subject, 'x;' AS mark FROM latest ORDER BY id DESC LIMIT 2;  -- nightly; see the wiki\n"
@@ -1234,10 +1237,8 @@ def test_a_query_takes_params_bound_by_the_driver_and_a_cursor_reads_on_with_the
                 )
 
     columns = ["id", "subject", "team", "u"]
-    with engine.begin() as db:
-        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
-        db.execute(sa.text("CREATE TABLE notes (id int, subject text, team text, u int)"))
-    insert((1, "a", "it's", 1), (2, "b", "other", 2), (3, "c", "it's", 3), (0, "z", "it's", 0))
+    rows = [(1, "a", "it's", 1), (2, "b", "other", 2), (3, "c", "it's", 3), (0, "z", "it's", 0)]
+    notes_table(url, "id int, subject text, team text, u int", rows)
     since = ":since::int" if database == "postgresql" else ":since"  # a cast right after a parameter
     query = f"SELECT id, subject, u, ':team' AS said FROM notes WHERE team = :team AND u >= {since}"
     config = SqlSource(type="sql", url=url, query=query, params={"team": "it's", "since": 1}, cursor="u", key=["id"])
@@ -1282,16 +1283,8 @@ def test_a_list_param_is_bound_one_value_each_in_in_or_as_an_array_on_postgresql
 ) -> None:
     # A list was refused: a query for some teams' rows had their names pasted into its SQL.
     url = postgres_url if database == "postgresql" else f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("DROP TABLE IF EXISTS notes"))
-        db.execute(sa.text("CREATE TABLE notes (id int, subject text, team text, u int)"))
-        rows = [(1, "a", "it's", 1), (2, "b", "cards", 2), (3, "c", "other", 3), (4, "d", "cards", 4)]
-        db.execute(
-            sa.text("INSERT INTO notes VALUES (:id, :subject, :team, :u)"),
-            [dict(zip(["id", "subject", "team", "u"], r, strict=True)) for r in rows],
-        )
-    engine.dispose()
+    rows = [(1, "a", "it's", 1), (2, "b", "cards", 2), (3, "c", "other", 3), (4, "d", "cards", 4)]
+    notes_table(url, "id int, subject text, team text, u int", rows)
 
     def subjects(query: str, **params: object) -> list[str]:
         config = SqlSource(type="sql", url=url, query=query, params=params, cursor="u", key=["id"])
