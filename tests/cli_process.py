@@ -59,6 +59,7 @@ def _cli(args: list[str], cwd: str, env: dict[str, str], streams: str) -> None:
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115  (the process's own, for its whole life)
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.path[:0] = [cwd, str(ROOT)]  # as `python -m` with PYTHONPATH=ROOT puts them first
     sys.argv = ["-m", *args]  # run_module puts the module's file first, as `python -m` does
     try:
         runpy.run_module("curation.cli", run_name="__main__", alter_sys=True)
@@ -83,6 +84,8 @@ def curation(
 ) -> subprocess.CompletedProcess[str]:
     """Run `curation ARGS` in ``cwd`` with ``env`` (the test's own, 200 columns wide, without colour, if not given)."""
     settings = dict(env) if env is not None else cli_env()
+    if settings.get("PYTHONPATH") != str(ROOT):  # a forked process has its import path already
+        raise ValueError("a PYTHONPATH other than the checkout's needs a fresh interpreter (subprocess.run)")
     with tempfile.TemporaryDirectory(prefix="curation-cli-") as streams:
         Path(streams, "stdin").write_text(stdin, encoding="utf-8")
         Path(streams, "stdout").touch()  # there to read, even from a child that failed before opening it

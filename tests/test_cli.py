@@ -956,3 +956,17 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     monkeypatch.setattr(ReviewDecisions, "from_state", broken)  # the state store's: exit 1, as its other errors
     result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
     assert result.exit_code == 1 and "state store sqlite:///" in result.output and "Traceback" not in result.output
+
+
+def test_a_run_forked_from_the_fork_server_says_what_a_fresh_interpreter_says(tmp_path: Path) -> None:
+    # The tests above fork their runs from tests/cli_process.py's preloaded server: a setting read at
+    # import (the width), the program's name, the messages and exit statuses are a fresh process's.
+    env = {**cli_env(), "COLUMNS": "60"}
+    for args in (["run", "--help"], ["run", "nosuch.yaml"], ["check", "recipe.yaml", "--log-level", "loud"]):
+        forked = curation(*args, cwd=tmp_path, env=env)
+        fresh = subprocess.run(
+            [sys.executable, "-m", "curation.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+        assert forked.returncode == (0 if "--help" in args else 2)
+    assert "Usage: python -m curation.cli check" in forked.stderr
