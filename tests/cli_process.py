@@ -90,7 +90,7 @@ def curation(
         Path(streams, "stdin").write_text(stdin, encoding="utf-8")
         Path(streams, "stdout").touch()  # there to read, even from a child that failed before opening it
         Path(streams, "stderr").touch()
-        process = _forkserver.Process(target=_cli, args=(list(args), str(cwd), settings, streams))
+        process = _forkserver.Process(target=_cli, args=(list(args), str(Path(cwd).resolve()), settings, streams))
         process.start()
         process.join(timeout)
         if process.exitcode is None:
