@@ -17,6 +17,7 @@ import pytest
 from curation.pipeline import run_recipe
 from curation.stopping import STOP_SIGNALS
 from schemas.config import Recipe, load_recipe
+from tests.cli_process import cli_env, curation
 from tests.helpers import sqlite_db, write_jsonl, write_recipe
 
 
@@ -38,11 +39,15 @@ def stop_handlers_kept() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # This checkout's code, whatever else is installed.
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+def fresh_curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`curation ARGS` in a fresh interpreter, for what a process forked by ``curation`` would not show."""
     return subprocess.run(
-        [sys.executable, "-m", "curation.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "curation.cli", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -211,17 +216,7 @@ def test_in_a_log_file_warnings_and_the_inputs_check_lists_keep_file_names_whole
     spec = {"dataset": "docs", "sources": [{"path": str(folder)}], "record": {"kind": "document"}}
     env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).parents[1])}
     recipe = str(write_recipe(tmp_path, spec))
-    checked, ran = (
-        subprocess.run(
-            [sys.executable, "-m", "curation.cli", *args, recipe],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        for args in (["check"], ["run", "--quiet"])
-    )
+    checked, ran = (curation(*args, recipe, cwd=tmp_path, env=env) for args in (["check"], ["run", "--quiet"]))
     assert checked.returncode == 0 and f"  {folder / 'notes.jsonl'} (" in checked.stdout.splitlines()[1], checked.stdout
     assert ran.returncode == 0, ran.stderr
     (said,) = [line for line in ran.stderr.splitlines() if "not a kind of file this source reads" in line]
@@ -827,7 +822,7 @@ def test_run_quiet_on_ray_prints_only_the_summary(tmp_path: Path) -> None:
         "state": "sqlite:///state.db",
     }
     write_recipe(tmp_path, spec)
-    done = curation("run", "recipe.yaml", "--engine", "ray", "--quiet", cwd=tmp_path)
+    done = fresh_curation("run", "recipe.yaml", "--engine", "ray", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
     assert "published" in done.stdout and "Ray" not in done.stdout and "WARNING" not in done.stdout
@@ -963,3 +958,17 @@ def test_check_says_in_one_line_what_a_reader_raised_of_no_kind_it_expects(
     monkeypatch.setattr(ReviewDecisions, "from_state", broken)  # the state store's: exit 1, as its other errors
     result = CliRunner().invoke(app, ["check", str(recipe)], env={"COLUMNS": "300"})
     assert result.exit_code == 1 and "state store sqlite:///" in result.output and "Traceback" not in result.output
+
+
+def test_a_run_forked_from_the_fork_server_says_what_a_fresh_interpreter_says(tmp_path: Path) -> None:
+    # The tests above fork their runs from tests/cli_process.py's preloaded server: a setting read at
+    # import (the width), the program's name, the messages and exit statuses are a fresh process's.
+    env = {**cli_env(), "COLUMNS": "60"}
+    for args in (["run", "--help"], ["run", "nosuch.yaml"], ["check", "recipe.yaml", "--log-level", "loud"]):
+        forked = curation(*args, cwd=tmp_path, env=env)
+        fresh = subprocess.run(
+            [sys.executable, "-m", "curation.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+        assert forked.returncode == (0 if "--help" in args else 2)
+    assert "Usage: python -m curation.cli check" in forked.stderr

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +11,16 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.auth import authenticate
+from tests.cli_process import cli_env, curation
 from tests.review_seed import NAME, Seeded, seed
 
 
 def review(*args: str, cwd: Path, password: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = cli_env()
     env.pop("CURATION_REVIEW_PASSWORD", None)
     if password is not None:
         env["CURATION_REVIEW_PASSWORD"] = password
-    return subprocess.run(
-        [sys.executable, "-m", "curation.cli", "review", *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return curation("review", *args, cwd=cwd, env=env, stdin=stdin or "")
 
 
 @pytest.fixture(scope="module")

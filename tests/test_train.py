@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from botocore.stub import Stubber
 
 from curation.pipeline import run_recipe
 from schemas.config import load_recipe
+from tests import cli_process
 from tests.helpers import run, write_jsonl, write_recipe
 from train.bedrock import import_request, request_for_job, start_import
 from train.jumpstart import SpecError, VendoredSpecs
@@ -32,10 +31,7 @@ MODEL = "meta-textgeneration-llama-3-2-1b"
 
 
 def curation(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.run(
-        [sys.executable, "-m", "curation.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
-    )
+    return cli_process.curation(*args, cwd=cwd, timeout=180)
 
 
 def run_fresh(folder: Path, recipe: dict[str, Any]) -> str:
