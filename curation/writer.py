@@ -937,10 +937,17 @@ class DatasetWriter:
     def clean_up(self) -> None:
         """Remove this run's staging folder (copied to S3, or already renamed away) and those of the runs
         this run's state store knows are over (killed ones). Any other folder there may be a run of another
-        state store writing now (its staging vanishing under it would fail it): it is left."""
+        state store writing now (its staging vanishing under it would fail it): it is left. Where the store
+        refuses to delete this run's own (a permission), a warning says how to; the run's outcome stands."""
         area = self.staging.rsplit("/", 1)[0]
-        with contextlib.suppress(OSError):  # FileNotFoundError too: nothing was staged
-            self.fs.delete_dir(self.staging)
+        s3 = is_s3(self.staging_uri)
+        _delete_or_say(  # gone (renamed away, or nothing staged) is fine
+            lambda: self.fs.delete_dir(self.staging),
+            f"this run's staging folder, {self.staging_uri}{'/' if s3 else ''}",
+            "it is no version but stays there, taking space, until a run of this state store deletes it (if the "
+            "store lets it): delete it "
+            + (f"(aws s3 rm --recursive {self.staging_uri}/)" if s3 else f"(rm -r {self.staging})"),
+        )
         with contextlib.suppress(Exception):  # what killed runs left is cleared by a later run otherwise
             folders = [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(area))]
             for run_id in self.ended_runs(folders):

@@ -12,7 +12,7 @@ import pytest
 from curation.published import read_manifest
 from curation.stages.expectations import Expectations
 from schemas.config import Expectation, RecipeError, parse_recipe
-from tests.helpers import outputs, run, set_aside, write_jsonl
+from tests.helpers import outputs, run, set_aside, sqlite_db, write_jsonl
 
 ROWS = [
     {"q": "Categorise: coffee at Blue Bottle", "a": "food", "tag": "food"},  # passes everything
@@ -328,6 +328,92 @@ def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error
     parse_recipe(_expect("{column: label, check: in_set, values: ['1', '2', 'true']}"))
     declared = "input_schema: {columns: {q: str, a: str, team: int}}\noutput: {group_by: team}\n"
     parse_recipe(_expect("{column: team, check: in_set, values: [1, 2]}", declared))  # an int column: numbers
+
+
+def test_in_set_compares_a_parquet_date_or_timestamp_column_as_its_text(workdir: Path) -> None:
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # pandas gave great-expectations date and datetime objects, which no quoted value equals: every row failed.
+    days = [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), None]
+    moments = [datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.datetime(2024, 1, 2, 3, 4, 5, 120000), None]
+    table = pa.table(
+        {
+            "q": ["Question one?", "Question two?", "Question three?"],
+            "a": ["Yes.", "No.", "Maybe."],
+            "day": pa.array(days, pa.date32()),
+            "at": pa.array(moments, pa.timestamp("ns")),
+        }
+    )
+    pq.write_table(table, workdir / "in.parquet")
+    recipe = {
+        "dataset": "tx",
+        "sources": [{"path": "in.parquet"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"stratify_by": "day", "group_by": "at"},  # carried to the stages as the input holds them
+        "stages": [
+            {
+                "type": "expectations",
+                "expect": [
+                    {"column": "day", "check": "in_set", "values": ["2024-01-01", "2024-01-03"]},
+                    {"column": "at", "check": "in_set", "values": ["2024-01-02 03:04:05"]},
+                ],
+            }
+        ],
+    }
+    version = Path(run(workdir, recipe).version_uri)
+    (aside,) = set_aside(version)  # nulls pass in_set
+    assert aside["detail"].endswith(
+        'in.parquet:2: failed expect_column_values_to_be_in_set:day (values ["2024-01-01", "2024-01-03"]), '
+        'expect_column_values_to_be_in_set:at (values ["2024-01-02 03:04:05"])'
+    )
+    assert sorted(r["prompt"] for r in outputs(version)) == ["Question one?", "Question three?"]
+
+
+def test_in_set_compares_a_sql_date_or_datetime_column_as_its_text(workdir: Path) -> None:
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, q TEXT, a TEXT, day DATE, at DATETIME)",
+        "INSERT INTO t VALUES (1, 'Question one?', 'Yes.', '2024-01-01', '2024-01-02 03:04:05'), "
+        "(2, 'Question two?', 'No.', '2024-01-02', '2024-01-02 03:04:06')",
+    )
+    recipe = {
+        "dataset": "tx",
+        "sources": [{"type": "sql", "url": url, "table": "t"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"stratify_by": "day", "group_by": "at"},
+        "stages": [
+            {
+                "type": "expectations",
+                "expect": [
+                    {"column": "day", "check": "in_set", "values": ["2024-01-01", "2024-01-02"]},
+                    {"column": "at", "check": "in_set", "values": ["2024-01-02 03:04:05"]},
+                ],
+            }
+        ],
+    }
+    version = Path(run(workdir, recipe).version_uri)
+    assert read_manifest(str(version)).counts.reasons == {"quarantined": {"expect_column_values_to_be_in_set:at": 1}}
+    assert [r["prompt"] for r in outputs(version)] == ["Question one?"]
+
+
+def test_in_set_with_values_that_are_not_text_on_a_date_column_is_named_on_the_first_batch() -> None:
+    import datetime
+
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    batch = pa.table(
+        {"id": ["a"], "source": source_array("files", "/t.parquet", [1]), "day": [datetime.date(2024, 1, 1)]}
+    )
+    stage = Expectations([Expectation(column="day", check="in_set", values=[20240101, "2024-01-01"])])
+    with pytest.raises(
+        RecipeError, match=r"in_set compares 'day' \(date32\[day\]\) as its text, and \[20240101\] are not text"
+    ):
+        stage.check_columns(batch)
 
 
 def test_great_expectations_is_imported_only_when_a_recipe_uses_it(workdir: Path) -> None:

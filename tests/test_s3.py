@@ -732,6 +732,32 @@ def test_a_claim_already_gone_is_no_warning(
         result = run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
     assert "claim" not in caplog.text
+    assert "staging folder" not in caplog.text  # deleted, as it is when the store lets it
+
+
+def test_a_staging_folder_the_store_refuses_to_delete_is_named_with_how_to_delete_it_and_the_run_stands(
+    workdir: Path, bucket: str, deletes_denied: Callable[[str], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run's staging folder is deleted once its files are copied into v1/; what the store refused (a
+    permission) went unheard, though every staged file stays there, taking space."""
+    import logging
+
+    deletes_denied("out/docs/_staging/*/*")  # the run's own folder's files, not the claim beside them
+    write_jsonl(workdir / "in" / "docs.jsonl", [{"text": "one"}, {"text": "two"}])
+    with caplog.at_level(logging.WARNING, logger="curation.writer"):
+        result = run(workdir, docs_recipe(str(workdir / "in"), dest=f"s3://{bucket}/out"))
+    assert result.manifest.version == 1 and result.manifest.counts.written == 2
+    assert verify_checksums(result.version_uri, result.manifest) == []
+    listed = [
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging/")["Contents"]
+    ]
+    assert "out/docs/_staging/v1.claim" not in listed  # the claim, which the store lets go, went
+    (run_id,) = {key.split("/")[3] for key in listed if key.count("/") > 3}  # and the folder's marker
+    assert f"out/docs/_staging/{run_id}/train/part-00000.jsonl" in listed
+    folder = f"s3://{bucket}/out/docs/_staging/{run_id}/"
+    [warning] = [r.getMessage() for r in caplog.records if folder in r.getMessage()]
+    assert warning.startswith(f"this run's staging folder, {folder}, could not be deleted")
+    assert warning.endswith(f"(aws s3 rm --recursive {folder})") and "\n" not in warning
 
 
 def test_copies_the_store_refuses_to_take_away_are_named_with_how_to_delete_them(

@@ -26,7 +26,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stages.base import StageError, StageResult, StageSettingError, is_text, require_columns, split_by_mask
+from curation.stages.base import (
+    StageError,
+    StageResult,
+    StageSettingError,
+    as_python,
+    is_text,
+    require_columns,
+    split_by_mask,
+)
+from curation.stages.shape import _time_texts
 from schemas.config import Expectation, between_needs_numbers, length_needs_text, needs_scalars
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 from schemas.regex import re2_pattern
@@ -115,10 +124,26 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def _as_written(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A date, time, timestamp or duration column as the text a field naming it writes (Python's:
+    ``2024-01-01``, ``2024-01-02 03:04:05``, ``+01:00``, ``1 day, 0:00:05``), other columns as they are:
+    ``in_set``'s values are text (an unquoted date is a recipe error), and great-expectations compared
+    them with the date objects pandas makes, which no text equals (every row failed)."""
+    kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_time(kind):
+        return _time_texts(column)
+    if pa.types.is_date(kind):
+        return pc.cast(column, pa.string())
+    if pa.types.is_duration(kind):
+        return pa.array([None if v is None else str(v) for v in as_python(column, as_text=True)], pa.string())
+    return column
+
+
 def _not_matching(column: pa.ChunkedArray, pattern: str) -> list[int]:
     """Positions of the values RE2's ``pattern`` finds nowhere in. Nulls pass, as in great-expectations;
     a value that is not text is matched as its Python text (``1.5``, ``True``), as pandas' ``astype(str)``
-    gave great-expectations."""
+    gave great-expectations, a date or time as ``in_set`` compares it (``_as_written``)."""
+    column = _as_written(column)
     if not is_text(column.type):
         column = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
     matched = pc.match_substring_regex(column, pattern)
@@ -166,6 +191,14 @@ class Expectations:
                 raise StageSettingError(f"{self.name}: {needs_scalars(spec.check, spec.column, str(kind))}")
             if spec.check == "length_between" and not (is_text(kind) or pa.types.is_null(kind)):
                 raise StageSettingError(f"{self.name}: {length_needs_text(spec.column, str(kind))}")
+            if spec.check == "in_set" and pa.types.is_temporal(kind):
+                not_text = [value for value in spec.values or [] if not isinstance(value, str)]
+                if not_text:  # compared as the column's text (``_as_written``): no number or boolean is ever one
+                    raise StageSettingError(
+                        f"{self.name}: in_set compares {spec.column!r} ({kind}) as its text, and "
+                        f"{json.dumps(not_text)} are not text: every row would fail (quote them, as a field "
+                        "naming the column writes its values: '2024-01-01', '2024-01-02 03:04:05')"
+                    )
 
     def _failures(self, batch: pa.Table) -> list[tuple[str, str, str, list[int]]]:
         """``_Suite.failures`` of every expectation, in the recipe's order; ``matches_regex`` by RE2."""
@@ -174,7 +207,8 @@ class Expectations:
         if others:
             if self._suite is None:
                 self._suite = _Suite(others)
-            frame = batch.select(sorted({s.column for s in others})).to_pandas()
+            checked = batch.select(sorted({s.column for s in others}))
+            frame = pa.table({name: _as_written(checked[name]) for name in checked.column_names}).to_pandas()
             try:
                 results = self._suite.failures(frame)
             except StageError as error:  # named as the run names the stage, which the CLI finds in the recipe
