@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from curation.stages.dedup import ExactDedup, normalised_text
 from curation.stages.duplicates import resolve_duplicates
-from curation.stages.shape import _time_texts
+from curation.stages.shape import time_texts
 from schemas.json_values import float_texts
 from schemas.records import source_array
 
@@ -107,10 +107,10 @@ def test_time_texts_are_pythons_str_in_every_unit() -> None:
             for s in seconds
         ] + [None, -1]
         column = pa.chunked_array([pa.array(ticks[:7], pa.int64()), pa.array(ticks[7:], pa.int64())]).cast(kind)
-        assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
+        assert time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
     for kind, per_day in [(pa.time32("s"), 86400), (pa.time32("ms"), 86400 * 10**3), (pa.time64("us"), 86400 * 10**6)]:
         ticks = [rng.randrange(per_day) // rng.choice([1, 1000]) * rng.choice([1, 1000]) % per_day for _ in range(3000)]
         column = pa.chunked_array([pa.array([*ticks, None], pa.int32() if kind.bit_width == 32 else pa.int64())]).cast(
             kind
         )
-        assert _time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
+        assert time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind

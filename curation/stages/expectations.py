@@ -35,7 +35,7 @@ from curation.stages.base import (
     require_columns,
     split_by_mask,
 )
-from curation.stages.shape import _time_texts
+from curation.stages.shape import time_texts
 from schemas.config import Expectation, between_needs_numbers, length_needs_text, needs_scalars
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 from schemas.regex import re2_pattern
@@ -131,7 +131,7 @@ def _as_written(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
     them with the date objects pandas makes, which no text equals (every row failed)."""
     kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_time(kind):
-        return _time_texts(column)
+        return time_texts(column)
     if pa.types.is_date(kind):
         return pc.cast(column, pa.string())
     if pa.types.is_duration(kind):

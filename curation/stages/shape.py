@@ -144,7 +144,7 @@ def _holds_nanosecond_times(kind: pa.DataType) -> bool:
 
 
 def _nanosecond_times_as_text(values: pa.Array) -> pa.Array:
-    """``values`` with each time64[ns] in them (in a list, struct or map too) as its text (``_time_texts``):
+    """``values`` with each time64[ns] in them (in a list, struct or map too) as its text (``time_texts``):
     Python's time, which a nested value becomes, would cut it to microseconds."""
     kind = values.type
     if not _holds_nanosecond_times(kind):
@@ -153,7 +153,7 @@ def _nanosecond_times_as_text(values: pa.Array) -> pa.Array:
         values = pa.concat_arrays([values])
     mask = values.is_null() if values.null_count else None
     if pa.types.is_time64(kind):
-        return _time_texts(pa.chunked_array([values]))
+        return time_texts(pa.chunked_array([values]))
     if pa.types.is_struct(kind):
         children = [_nanosecond_times_as_text(values.field(i)) for i in range(kind.num_fields)]
         fields = [kind.field(i).with_type(child.type) for i, child in enumerate(children)]
@@ -197,7 +197,7 @@ def _floats_replaced(kind: pa.DataType, float32: pa.DataType) -> pa.DataType:
 _TICKS = {"ms": (1000, 3), "us": (1_000_000, 6), "ns": (1_000_000_000, 9)}
 
 
-def _time_texts(values: pa.ChunkedArray) -> pa.Array:
+def time_texts(values: pa.ChunkedArray) -> pa.Array:
     """A timestamp or time of day as a template writes it (Python's ``str``: ``2024-01-02 03:04:05``, a
     fraction of a second only where there is one, in microseconds, or nanoseconds where it has them, as
     pandas writes those; ``+01:00``), not as Arrow's cast writes it (a fraction in the column's unit on
@@ -355,7 +355,7 @@ class Shape:
             if pa.types.is_float64(values.type):  # as a template writes it (1.0, 1e-07), not as Arrow's cast (1, 1e-7)
                 return float_texts(values), [], ""
             if pa.types.is_timestamp(values.type) or pa.types.is_time(values.type):
-                return _time_texts(values), [], ""
+                return time_texts(values), [], ""
             if pa.types.is_decimal(values.type):
                 return decimal_texts(values), [], ""
             if pa.types.is_duration(values.type):  # as a template writes it (0:00:05), not its ticks (5000000)
