@@ -38,6 +38,10 @@ def test_add_user_from_env_or_prompt(seeded: Seeded) -> None:
     assert authenticate(engine, "olga", "s3cret-pass").role == "admin"
     assert authenticate(engine, "ivan", "another-pass").role == "reviewer"
     assert authenticate(engine, "olga", "another-pass") is None
+    # Asked twice: a password typed differently the second time makes no user.
+    mistyped = review("add-user", "petra", "--recipe", recipe, cwd=seeded.folder, stdin="first-pass\nfirst-pasd\n")
+    assert mistyped.returncode == 2 and "do not match" in mistyped.stdout + mistyped.stderr, mistyped.stderr
+    assert authenticate(engine, "petra", "first-pass") is None and authenticate(engine, "petra", "first-pasd") is None
     bad = review("add-user", "x", "--role", "owner", "--recipe", recipe, cwd=seeded.folder, password="long-enough")
     assert bad.returncode == 2 and "unknown role 'owner'" in bad.stderr
 
