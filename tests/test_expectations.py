@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -330,6 +331,26 @@ def test_in_set_with_values_that_are_not_text_on_a_text_column_is_a_recipe_error
     parse_recipe(_expect("{column: team, check: in_set, values: [1, 2]}", declared))  # an int column: numbers
 
 
+def dates_in_set(source: dict[str, Any], days: list[str]) -> dict[str, Any]:
+    """A recipe checking that the ``day`` column is one of ``days`` and ``at`` is 2024-01-02 03:04:05 (both
+    carried to the stages as the input holds them, by the split's settings)."""
+    return {
+        "dataset": "tx",
+        "sources": [source],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"stratify_by": "day", "group_by": "at"},
+        "stages": [
+            {
+                "type": "expectations",
+                "expect": [
+                    {"column": "day", "check": "in_set", "values": days},
+                    {"column": "at", "check": "in_set", "values": ["2024-01-02 03:04:05"]},
+                ],
+            }
+        ],
+    }
+
+
 def test_in_set_compares_a_parquet_date_or_timestamp_column_as_its_text(workdir: Path) -> None:
     import datetime
 
@@ -348,22 +369,7 @@ def test_in_set_compares_a_parquet_date_or_timestamp_column_as_its_text(workdir:
         }
     )
     pq.write_table(table, workdir / "in.parquet")
-    recipe = {
-        "dataset": "tx",
-        "sources": [{"path": "in.parquet"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-        "output": {"stratify_by": "day", "group_by": "at"},  # carried to the stages as the input holds them
-        "stages": [
-            {
-                "type": "expectations",
-                "expect": [
-                    {"column": "day", "check": "in_set", "values": ["2024-01-01", "2024-01-03"]},
-                    {"column": "at", "check": "in_set", "values": ["2024-01-02 03:04:05"]},
-                ],
-            }
-        ],
-    }
-    version = Path(run(workdir, recipe).version_uri)
+    version = Path(run(workdir, dates_in_set({"path": "in.parquet"}, ["2024-01-01", "2024-01-03"])).version_uri)
     (aside,) = set_aside(version)  # nulls pass in_set
     assert aside["detail"].endswith(
         'in.parquet:2: failed expect_column_values_to_be_in_set:day (values ["2024-01-01", "2024-01-03"]), '
@@ -379,22 +385,8 @@ def test_in_set_compares_a_sql_date_or_datetime_column_as_its_text(workdir: Path
         "INSERT INTO t VALUES (1, 'Question one?', 'Yes.', '2024-01-01', '2024-01-02 03:04:05'), "
         "(2, 'Question two?', 'No.', '2024-01-02', '2024-01-02 03:04:06')",
     )
-    recipe = {
-        "dataset": "tx",
-        "sources": [{"type": "sql", "url": url, "table": "t"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
-        "output": {"stratify_by": "day", "group_by": "at"},
-        "stages": [
-            {
-                "type": "expectations",
-                "expect": [
-                    {"column": "day", "check": "in_set", "values": ["2024-01-01", "2024-01-02"]},
-                    {"column": "at", "check": "in_set", "values": ["2024-01-02 03:04:05"]},
-                ],
-            }
-        ],
-    }
-    version = Path(run(workdir, recipe).version_uri)
+    source = {"type": "sql", "url": url, "table": "t"}
+    version = Path(run(workdir, dates_in_set(source, ["2024-01-01", "2024-01-02"])).version_uri)
     assert read_manifest(str(version)).counts.reasons == {"quarantined": {"expect_column_values_to_be_in_set:at": 1}}
     assert [r["prompt"] for r in outputs(version)] == ["Question one?"]
 
