@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 from connectors.state import LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
-from curation.formats import OutputFormat, Rendered, take_rows
+from curation.formats import OutputFormat, take_rows
 from curation.ndjson import polars_ndjson, to_ndjson
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
 from curation.report import reported_columns
@@ -404,25 +404,21 @@ class DatasetWriter:
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
             return
-        to_validation = self.splitter.assign(batch)
-        parts = []
+        to_validation = self.splitter.assign(batch)  # here: it may look up earlier sides in the state store
+        # The rest (the two sides' rows, their lines, images, shards and lineage) on the writer's thread, in
+        # order, while the caller makes the next batch: a record the format refuses fails the next call.
+        self._submit(lambda: self._write_sides(batch, to_validation))
+        self.written += batch.num_rows
+        self.on_written(self.written)
+
+    def _write_sides(self, batch: pa.Table, to_validation: pa.Array) -> None:
         for name, mask in (("train", pc.invert(to_validation)), ("validation", to_validation)):
             part = batch.filter(mask)
             if part.num_rows:
-                # Rendered here, and its images written, so a record the format refuses fails this call.
                 rendered = self.format.render(part)
                 self._write_files(name, rendered.files)
-                # The lines are encoded here too: the thread then has the lineage, which needs to know
-                # where they land, and the two halves of the work keep both cores busy.
-                parts.append((name, part, rendered, to_ndjson(rendered.rows)))
-                self.written += part.num_rows
-        self._submit(lambda: self._write_parts(parts))
-        self.on_written(self.written)
-
-    def _write_parts(self, parts: list[tuple[str, pa.Table, Rendered, bytes]]) -> None:
-        for split, part, rendered, lines in parts:
-            placed = self.splits[split].write(lines, rendered.rows.num_rows)
-            self._write_lineage(take_rows(part, rendered), placed)
+                placed = self.splits[name].write(to_ndjson(rendered.rows), rendered.rows.num_rows)
+                self._write_lineage(take_rows(part, rendered), placed)
 
     def _submit(self, job: Callable[[], None]) -> None:
         self.flush()

@@ -249,6 +249,7 @@ def test_vqa_writes_image_bytes_from_the_connector(workdir: Path) -> None:
     )
     writer = DatasetWriter(str(workdir / "out"), "bytes", output_format("jumpstart-vqa", "vqa"), 1 << 20, 0.0, "s")
     writer.write(batch)
+    writer.flush()  # the sides are written on the writer's thread
     assert len(writer.files) == 1
     ((path, shard),) = writer.files.items()
     assert path.startswith("train/images/") and path.endswith(".png") and shard.bytes == len(data)

@@ -192,15 +192,27 @@ class LocalExecutor:
         carry = getattr(stage, "with_signatures", None)
         recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures]) if carry else None
         del signatures, ids  # not needed while the spill streams on: memory stays flat
-        offset = 0
-        for batch in spill.batches():
-            mask = keep.slice(offset, batch.num_rows)
-            kept = batch.filter(mask)
-            if carry is not None:
-                kept = carry(kept, recorded.slice(offset, batch.num_rows).filter(mask))
-            offset += batch.num_rows
-            if kept.num_rows:
-                yield kept
+        # Read back and filtered on another thread, a batch or two ahead: the reading thread is done with
+        # the input by now, and the stages after the barrier and the writer keep this one busy.
+        yield from read_ahead(_kept_rows(spill, keep, carry, recorded))
+
+
+def _kept_rows(
+    spill: Spill,
+    keep: pa.ChunkedArray,
+    carry: Callable[[pa.Table, pa.Table], pa.Table] | None,
+    recorded: pa.Table | None,
+) -> Iterator[pa.Table]:
+    """The spilled batches' rows that ``keep`` marks, with their signature rows when ``carry`` takes them."""
+    offset = 0
+    for batch in spill.batches():
+        mask = keep.slice(offset, batch.num_rows)
+        kept = batch.filter(mask)
+        if carry is not None and recorded is not None:
+            kept = carry(kept, recorded.slice(offset, batch.num_rows).filter(mask))
+        offset += batch.num_rows
+        if kept.num_rows:
+            yield kept
 
 
 SPILL_PREFIX = "curation-spill-"
