@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import xxhash
 
 from curation.formats import output_format
 from curation.split import NO_VALUE, Splitter
-from curation.writer import DatasetWriter, ShardSeries
+from curation.writer import DatasetWriter, LineageSeries, ShardSeries
 
 # Ids and keys that stress the byte-level join: non-ASCII, empty, odd whitespace, the separator itself, long.
 TRICKY = ["", " ", "\t\n", "é", "日本語", "\U0001f600", "a\x1fb", "x" * 5000, "  padded  ", "\u00a0nbsp", '\\"q"']
@@ -126,7 +127,7 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
     for series in (*writer.splits.values(), writer.lineage):
         series.close()
     assert sum(len(series.shards) for series in writer.splits.values()) > 3
-    rows = [json.loads(line) for s in writer.lineage.shards for line in (Path(writer.staging) / s.path).open()]
+    rows = [row for s in writer.lineage.shards for row in pq.read_table(Path(writer.staging) / s.path).to_pylist()]
     assert sorted(row["id"] for row in rows) == sorted(expected)
     files: dict[str, list[str]] = {}
     for row in rows:
@@ -136,7 +137,8 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
             "prompt": expected[row["id"]],
             "completion": row["id"],
         }
-    assert list(rows[0]) == ["shard", "line", "id", "source"]
+    assert list(rows[0]) == ["shard", "line", "id", "source", "carried_from"]
+    assert {row["carried_from"] for row in rows} == {None}  # the run's own rows: none was carried
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -291,15 +293,20 @@ def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothin
             },
         )
     )
-    original, calls = ShardSeries.write, []
+    original, original_lineage, calls = ShardSeries.write, LineageSeries.write, []
 
-    def disk_full(self: ShardSeries, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
+    def counted(self: ShardSeries, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
         calls.append(self.relative)
-        if self.relative == "lineage" and calls.count("lineage") == failing:
-            raise OSError("No space left on device")
         return original(self, data, lines)
 
-    monkeypatch.setattr(ShardSeries, "write", disk_full)
+    def disk_full(self: LineageSeries, rows: pa.Table) -> None:
+        calls.append(self.relative)
+        if calls.count("lineage") == failing:
+            raise OSError("No space left on device")
+        original_lineage(self, rows)
+
+    monkeypatch.setattr(ShardSeries, "write", counted)
+    monkeypatch.setattr(LineageSeries, "write", disk_full)
     with pytest.raises(OSError, match="No space left"):
         run_recipe(recipe)
     assert calls.count("lineage") == failing  # nothing was written after the failure
