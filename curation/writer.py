@@ -77,6 +77,15 @@ LINEAGE_SCHEMA = pl.from_arrow(LINEAGE_ARROW.empty_table()).schema
 # Rows in a lineage file, and read from one at a time: a reader's memory holds one such piece (a file is
 # about 20 bytes a row, its rows in memory about 150).
 LINEAGE_FILE_ROWS = 1 << 20
+# Dictionaries only for the columns that repeat (a dictionary of random ids is built, then dropped, at a
+# third of the write's CPU), line numbers as deltas, and no min and max of ids: at 900k rows 0.27 CPU s and
+# 16 MB, against 0.69 s and 22 MB with pyarrow's defaults (and 0.44 s and 167 MB as JSON lines).
+LINEAGE_PARQUET: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["shard", "source.connector", "source.uri"],
+    "column_encoding": {"line": "DELTA_BINARY_PACKED", "source.line": "DELTA_BINARY_PACKED"},
+    "write_statistics": ["shard", "line", "carried_from"],
+}
 LINEAGE_READ_ROWS = 1 << 18
 
 
@@ -418,7 +427,7 @@ class LineageSeries:
         while rows.num_rows:
             if self._writer is None:
                 self._sink = pa.BufferOutputStream()
-                self._writer = pq.ParquetWriter(self._sink, LINEAGE_ARROW, compression="zstd")
+                self._writer = pq.ParquetWriter(self._sink, LINEAGE_ARROW, **LINEAGE_PARQUET)
                 self._rows = 0
             piece = rows.slice(0, self.max_rows - self._rows)
             self._writer.write_table(piece)
