@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import yaml
 
+from connectors.storage import filesystem
 from curation.pipeline import RunResult, run_recipe
+from curation.published import read_manifest
 from schemas.config import load_recipe
 
 # A support request long enough that its near copies (one punctuation mark changed) clear near_dedup's threshold.
@@ -45,6 +49,44 @@ def read_lines(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
+def lineage_rows(version: Path | str) -> list[dict[str, Any]]:
+    """A version's lineage rows in order, on disk or on S3: Parquet files, or the JSONL ones of a version published
+    before lineage was Parquet. ``carried_from`` is None on the rows of the version's own run."""
+    fs, root = filesystem(str(version))
+    rows: list[dict[str, Any]] = []
+    for shard in read_manifest(str(version)).lineage:
+        with fs.open_input_file(f"{root}/{shard.path}") as stream:
+            if shard.path.endswith(".parquet"):
+                rows += pq.read_table(stream).to_pylist()
+            else:
+                rows += [{"carried_from": None, **json.loads(line)} for line in stream.read().splitlines()]
+    return rows
+
+
+def as_jsonl_lineage(version_dir: Path) -> None:
+    """Make ``version_dir`` (on disk) a version published before lineage was Parquet: its lineage rows in
+    ``lineage/part-NNNNN.jsonl`` files as that release wrote them (``carried_from`` only on carried rows, a null
+    page written), one per Parquet file, and its manifest's entries for them (sizes, sha256)."""
+    manifest = read_manifest(str(version_dir))
+    shards = []
+    for shard in manifest.lineage:
+        parquet = version_dir / shard.path
+        rows = pq.read_table(parquet).to_pylist()
+        body = "".join(
+            json.dumps({k: v for k, v in row.items() if k != "carried_from" or v is not None}, separators=(",", ":"))
+            + "\n"
+            for row in rows
+        ).encode()
+        parquet.unlink()
+        path = shard.path.removesuffix(".parquet") + ".jsonl"
+        (version_dir / path).write_bytes(body)
+        shards.append(
+            shard.model_copy(update={"path": path, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+        )
+    manifest.lineage = shards
+    (version_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+
+
 def set_aside(version_dir: Path) -> list[dict[str, Any]]:
     return read_lines(sorted((version_dir / "set_aside").glob("*.jsonl")))
 
@@ -57,8 +99,8 @@ def processed(version_dir: Path) -> list[dict[str, Any]]:
     """The output lines this version's own run wrote (its lineage), without those carried from earlier versions (their lineage rows say ``carried_from``)."""
     lines: dict[str, list[str]] = {}
     found = []
-    for entry in read_lines(sorted((version_dir / "lineage").glob("*.jsonl"))):
-        if "carried_from" in entry:  # a line carried from an earlier version
+    for entry in lineage_rows(version_dir):
+        if entry["carried_from"] is not None:  # a line carried from an earlier version
             continue
         shard = lines.setdefault(entry["shard"], (version_dir / entry["shard"]).read_text().splitlines())
         found.append(json.loads(shard[entry["line"] - 1]))

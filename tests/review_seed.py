@@ -20,7 +20,7 @@ from curation.review.auth import add_user
 from curation.review.queue import add_items
 from schemas.config import Recipe, load_recipe
 from schemas.records import FLAG_SCHEMA
-from tests.helpers import write_jsonl, write_recipe
+from tests.helpers import lineage_rows, write_jsonl, write_recipe
 
 PASSWORD = "correct horse battery"
 USERS = {"rita": "reviewer", "pia": "pii-reviewer", "ada": "admin"}
@@ -118,11 +118,7 @@ def seed(folder: Path) -> Seeded:
     )
     recipe = load_recipe(recipe_path)
     first = run_recipe(recipe)
-    lineage = [
-        json.loads(line)
-        for path in sorted(Path(first.version_uri).glob("lineage/*.jsonl"))
-        for line in path.read_text().splitlines()
-    ]
+    lineage = lineage_rows(first.version_uri)
     ids = {row["source"]["line"]: row["id"] for row in lineage}
     uri = str(tickets)
     engine = sa.create_engine(recipe.state)

@@ -19,7 +19,7 @@ from curation.review.app import create_app
 from curation.review.auth import add_user
 from schemas.config import load_recipe
 from schemas.manifest import Manifest
-from tests.helpers import outputs, processed, read_lines, run, set_aside, write_jsonl, write_recipe
+from tests.helpers import lineage_rows, outputs, processed, read_lines, run, set_aside, write_jsonl, write_recipe
 from tests.test_cli import curation
 from tests.test_formats import png
 from tests.test_review_access import token
@@ -91,7 +91,7 @@ def test_each_version_holds_the_whole_dataset_and_carried_shards_keep_their_chec
     assert load_version(str(two)).version == 2  # training's check: every file against its sha256
     # Set-aside rows describe one run: not carried. Lineage is, marked with the version it came from.
     assert set_aside(two) == []
-    lineage = read_lines(sorted((two / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(two)
     assert len(lineage) == 42 and sum(row.get("carried_from") == 1 for row in lineage) == 30
     report = json.loads((two / "report.json").read_text())
     assert report["carried"] == {"records": 30, "from_version": 1} and report["counts"]["input"] == 12
@@ -361,8 +361,8 @@ def test_one_file_formats_append_carried_lines_to_the_one_file(workdir: Path) ->
         assert pixel == colors[line["completion"]]
     assert len(v2.manifest.files) == 3 and verify_checksums(str(version), v2.manifest) == []
     # Lineage points at each line: the new record's, and the carried ones at their new place in the file.
-    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
-    (entry,) = [row for row in lineage if "carried_from" not in row]
+    lineage = lineage_rows(version)
+    (entry,) = [row for row in lineage if row["carried_from"] is None]
     assert lines[entry["line"] - 1]["completion"] == "blue"
     carried = sorted(lines[row["line"] - 1]["completion"] for row in lineage if row.get("carried_from") == 1)
     assert carried == ["green", "red"] and {row["shard"] for row in lineage} == {"train/metadata.jsonl"}

@@ -10,19 +10,20 @@ from typing import Any
 
 import boto3
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
 from curation.carried_edits import apply_edits
 from curation.formats import FormatOptions, output_format
-from curation.published import verify_checksums
+from curation.published import read_manifest, verify_checksums
 from curation.review import decisions as dec
 from curation.review.queue import add_items, review_items
 from curation.writer import to_ndjson
 from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA
-from tests.helpers import BILLING, outputs, read_lines, run, set_aside, write_jsonl
+from tests.helpers import BILLING, as_jsonl_lineage, lineage_rows, outputs, run, set_aside, write_jsonl
 from tests.test_carry import notes, recipe, shards, texts
 from tests.test_review_decisions import flag
 
@@ -31,7 +32,7 @@ def lines_by_id(version: Path) -> dict[str, list[dict[str, Any]]]:
     """Output lines by record id, found through the version's lineage (every line must have a row)."""
     found: dict[str, list[dict[str, Any]]] = {}
     files: dict[str, list[str]] = {}
-    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(version)
     for row in lineage:
         lines = files.setdefault(row["shard"], (version / row["shard"]).read_text().splitlines())
         found.setdefault(row["id"], []).append(json.loads(lines[row["line"] - 1]))
@@ -94,9 +95,7 @@ def test_carried_records_follow_review_decisions_across_versions(workdir: Path) 
     assert verify_checksums(str(two), v2.manifest) == []
     # Only the shards holding the rejected or edited line were rewritten; the others are v1's bytes.
     first = shards(v1.manifest)
-    touched = {
-        row["shard"] for row in read_lines(sorted((one / "lineage").glob("*.jsonl"))) if row["id"] in (rejected, edited)
-    }
+    touched = {row["shard"] for row in lineage_rows(one) if row["id"] in (rejected, edited)}
     second = shards(v2.manifest)
     for path, shard in first.items():
         if not path.endswith(".jsonl"):
@@ -190,11 +189,10 @@ def test_decisions_reach_records_carried_on_s3(workdir: Path, bucket: str, aws_e
         def read(path: str) -> list[str]:
             return s3.get_object(Bucket=bucket, Key=f"{prefix}/{path}")["Body"].read().decode().splitlines()
 
-        found = {}
-        for shard in manifest.lineage:
-            for row in map(json.loads, read(shard.path)):
-                found[row["id"]] = json.loads(read(row["shard"])[row["line"] - 1])
-        return found
+        return {
+            row["id"]: json.loads(read(row["shard"])[row["line"] - 1])
+            for row in lineage_rows(f"s3://{bucket}/{prefix}")
+        }
 
     put("in/a.jsonl", notes(0, 20))
     config = {**recipe(f"s3://{bucket}/out"), "sources": [{"path": f"s3://{bucket}/in/"}]}
@@ -216,7 +214,7 @@ def test_a_damaged_carried_line_is_named_in_the_error(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
     v1 = run(workdir, recipe("out", validation_fraction=0.0))
     one = Path(v1.version_uri)
-    (row, *_) = read_lines(sorted((one / "lineage").glob("*.jsonl")))
+    (row, *_) = lineage_rows(one)
     decide(workdir, "notes", 1, {row["id"]: ("edit", {"completion": "Fixed."})})
     shard = one / row["shard"]
     lines = shard.read_text().splitlines()
@@ -230,6 +228,7 @@ def test_a_damaged_carried_line_is_named_in_the_error(workdir: Path) -> None:
 def test_a_damaged_lineage_line_is_named_in_the_error(workdir: Path) -> None:
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
     one = Path(run(workdir, recipe("out", validation_fraction=0.0)).version_uri)
+    as_jsonl_lineage(one)  # published before lineage was Parquet
     (lineage,) = sorted((one / "lineage").glob("*.jsonl"))
     lines = lineage.read_text().splitlines()
     lines[2] = lines[2][:20]
@@ -241,6 +240,65 @@ def test_a_damaged_lineage_line_is_named_in_the_error(workdir: Path) -> None:
     lineage.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"lineage/part-00000.jsonl: lineage row 3 has no shard, line or id"):
         run(workdir, recipe("out", validation_fraction=0.0))
+
+
+def test_a_broken_parquet_lineage_file_is_named_in_a_one_line_error(workdir: Path) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 4))
+    one = Path(run(workdir, recipe("out", validation_fraction=0.0)).version_uri)
+    (lineage,) = sorted((one / "lineage").glob("*"))
+    assert lineage.name == "part-00000.parquet"
+    good = pq.read_table(lineage)
+    write_jsonl(workdir / "in" / "b.jsonl", notes(4, 1))
+    cut = lineage.read_bytes()
+    for broken, said in [
+        (
+            lambda: lineage.write_bytes(cut[: len(cut) // 2]),
+            r"not a readable Parquet file of lineage rows \(Parquet magic",
+        ),
+        (lambda: lineage.write_bytes(cut[:8] + b"\0" * (len(cut) - 16) + cut[-8:]), "not a readable Parquet file"),
+        (lambda: pq.write_table(good.drop_columns(["id"]), lineage), "not a readable Parquet file .*no column id"),
+        (
+            lambda: pq.write_table(good.set_column(2, "id", pa.array(["a", "b", None, "d"])), lineage),
+            "lineage row 3 has no shard, line or id",
+        ),
+    ]:
+        broken()
+        with pytest.raises(ValueError, match=rf"v1/lineage/part-00000.parquet: {said}") as raised:
+            run(workdir, recipe("out", validation_fraction=0.0))
+        assert "\n" not in str(raised.value)
+
+
+def test_a_version_with_jsonl_lineage_is_carried_into_parquet_lineage(workdir: Path) -> None:
+    # A version published before lineage was Parquet: a scheduled run carries it (shards copied whole, and one
+    # a rejection rewrites), and the new version's Parquet lineage has its rows at their new places.
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 30))
+    v1 = run(workdir, recipe("out"))
+    one = Path(v1.version_uri)
+    as_jsonl_lineage(one)
+    assert {shard.path.rsplit(".", 1)[1] for shard in read_manifest(str(one)).lineage} == {"jsonl"}
+    assert verify_checksums(str(one), read_manifest(str(one))) == []
+    before, sources = lines_by_id(one), {row["id"]: row["source"] for row in lineage_rows(one)}
+    rejected = id_of(before, "prompt", notes(3, 1)[0]["q"])
+    decide(workdir, "notes", 1, {rejected: ("reject", None)})
+
+    write_jsonl(workdir / "in" / "b.jsonl", notes(30, 5))
+    v2 = run(workdir, recipe("out"))
+    two = Path(v2.version_uri)
+    assert v2.manifest.counts.carried == 29 and v2.manifest.stats["carry"]["lines_without_lineage"] == 0
+    assert {shard.path.rsplit(".", 1)[1] for shard in v2.manifest.lineage} == {"parquet"}
+    rows = lineage_rows(two)
+    carried = [row for row in rows if row["carried_from"] == 1]
+    assert len(carried) == 29 and len(rows) == 34 and {row["carried_from"] for row in rows} == {None, 1}
+    after = lines_by_id(two)  # every row points at the line holding its record
+    assert rejected not in after
+    for row in carried:
+        assert after[row["id"]] == before[row["id"]] and row["source"] == sources[row["id"]]
+    assert verify_checksums(str(two), v2.manifest) == []
+    # Rows come in output order: the run's own, then the carried ones, each shard's in line order.
+    assert [row["carried_from"] for row in rows] == [None] * 5 + [1] * 29
+    for shard in {row["shard"] for row in rows}:
+        lines = [row["line"] for row in rows if row["shard"] == shard]
+        assert lines == list(range(1, len(lines) + 1))
 
 
 def test_decisions_alone_publish_a_version_and_then_nothing_is_new(workdir: Path) -> None:
@@ -289,7 +347,7 @@ def test_an_edit_of_a_carried_record_goes_through_clean_and_pii_as_a_record_read
 
 
 def sources_by_id(version: Path) -> dict[str, dict[str, Any]]:
-    return {row["id"]: row["source"] for row in read_lines(sorted((version / "lineage").glob("*.jsonl")))}
+    return {row["id"]: row["source"] for row in lineage_rows(version)}
 
 
 def queue(workdir: Path, dataset: str, version: int, records: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -529,7 +587,7 @@ def test_without_a_dedup_stage_a_rejection_covers_the_copies_a_run_reads_with_th
     spec = {**recipe("out"), "stages": []}
     write_jsonl(workdir / "in" / "a.jsonl", [notes(1, 1)[0], *notes(0, 3)])  # a copy above the record
     v1 = Path(run(workdir, spec).version_uri)
-    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(v1)
     (record,) = [row["id"] for row in lineage if row["source"]["line"] == 3]
     items = queue(workdir, "notes", 1, {record: sources_by_id(v1)[record]})
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
@@ -559,7 +617,7 @@ def test_a_carried_record_rejected_covers_its_content_whatever_the_recipes_stage
     rows[1] = {**rows[1], "q": f"<b>{rows[1]['q']}</b>"}  # text clean changes, when the recipe has it
     write_jsonl(workdir / "in" / "a.jsonl", rows)
     v1 = Path(run(workdir, spec).version_uri)
-    record = [row["id"] for row in read_lines(sorted((v1 / "lineage").glob("*.jsonl"))) if row["source"]["line"] == 2]
+    record = [row["id"] for row in lineage_rows(v1) if row["source"]["line"] == 2]
     items = queue(workdir, "notes", 1, {record[0]: sources_by_id(v1)[record[0]]})
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
     dec.decide(engine, items[record[0]], "rita", "reject")
@@ -577,7 +635,7 @@ def test_a_copy_published_beside_the_record_before_its_rejection_leaves_with_it(
     write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))
     v1 = Path(run(workdir, spec).version_uri)
     assert len(outputs(v1)) == 4
-    record = [row["id"] for row in read_lines(sorted((v1 / "lineage").glob("*.jsonl"))) if row["source"]["line"] == 2]
+    record = [row["id"] for row in lineage_rows(v1) if row["source"]["line"] == 2]
     items = queue(workdir, "notes", 1, {record[0]: sources_by_id(v1)[record[0]]})
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
     dec.decide(engine, items[record[0]], "rita", "reject")
@@ -596,7 +654,7 @@ def test_a_copy_an_annotator_edited_stays_when_the_record_it_copied_is_rejected(
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
     write_jsonl(workdir / "in" / "b.jsonl", notes(1, 1))
     v1 = Path(run(workdir, spec).version_uri)
-    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(v1)
     (record,) = [r["id"] for r in lineage if r["source"]["line"] == 2]
     (copy,) = [r["id"] for r in lineage if r["source"]["uri"].endswith("b.jsonl")]
     sources = sources_by_id(v1)  # the copy's own edit is in force: judged by it, as a copy read is
@@ -627,7 +685,7 @@ def test_a_copy_read_by_the_run_that_first_applies_a_rejection_is_filtered(
     spec = {**recipe("out"), "stages": stages}
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
     v1 = Path(run(workdir, spec).version_uri)
-    lineage = read_lines(sorted((v1 / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(v1)
     (record,) = [r["id"] for r in lineage if r["source"]["line"] == 2]
     items = queue(workdir, "notes", 1, {record: sources_by_id(v1)[record]})
     engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from schemas.config import RecipeError
-from tests.helpers import outputs, read_lines, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl
 from tests.test_quarantine import assert_adds_up, recipe
 
 QA_RECORD = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"}
@@ -19,7 +19,7 @@ QA_RECORD = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{
 def lineage_lines(version_dir: Path) -> dict[str, int]:
     """Each written completion and the source line its lineage row gives."""
     found = {}
-    for entry in read_lines(sorted((version_dir / "lineage").glob("*.jsonl"))):
+    for entry in lineage_rows(version_dir):
         line = (version_dir / entry["shard"]).read_text().splitlines()[entry["line"] - 1]
         found[json.loads(line)["completion"]] = entry["source"]["line"]
     return found

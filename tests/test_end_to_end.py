@@ -13,7 +13,7 @@ from curation.demo import CATEGORIES, PAYEES, PHONES, write_demo
 from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from schemas.config import load_recipe
-from tests.helpers import outputs, run, set_aside, write_jsonl, write_recipe
+from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl, write_recipe
 
 
 def test_demo_recipe_publishes_jumpstart_instruction_data(workdir: Path) -> None:
@@ -117,9 +117,7 @@ def test_shards_are_bounded_and_lineage_points_at_each_line(workdir: Path) -> No
     assert len(shards) > 5
     assert all(shard.bytes <= 8192 for shard in shards)
     assert sum(shard.records for shard in shards) == 300
-    lineage = [
-        json.loads(line) for p in sorted((version / "lineage").glob("*.jsonl")) for line in p.read_text().splitlines()
-    ]
+    lineage = lineage_rows(version)
     assert len(lineage) == 300
     for entry in lineage[::37]:
         line = (version / entry["shard"]).read_text().splitlines()[entry["line"] - 1]

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import xxhash
 
 from curation.formats import output_format
 from curation.split import NO_VALUE, Splitter
-from curation.writer import DatasetWriter, ShardSeries
+from curation.writer import LINEAGE_ARROW, DatasetWriter, LineageSeries, ShardSeries
 
 # Ids and keys that stress the byte-level join: non-ASCII, empty, odd whitespace, the separator itself, long.
 TRICKY = ["", " ", "\t\n", "é", "日本語", "\U0001f600", "a\x1fb", "x" * 5000, "  padded  ", "\u00a0nbsp", '\\"q"']
@@ -126,7 +127,7 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
     for series in (*writer.splits.values(), writer.lineage):
         series.close()
     assert sum(len(series.shards) for series in writer.splits.values()) > 3
-    rows = [json.loads(line) for s in writer.lineage.shards for line in (Path(writer.staging) / s.path).open()]
+    rows = [row for s in writer.lineage.shards for row in pq.read_table(Path(writer.staging) / s.path).to_pylist()]
     assert sorted(row["id"] for row in rows) == sorted(expected)
     files: dict[str, list[str]] = {}
     for row in rows:
@@ -136,7 +137,8 @@ def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -
             "prompt": expected[row["id"]],
             "completion": row["id"],
         }
-    assert list(rows[0]) == ["shard", "line", "id", "source"]
+    assert list(rows[0]) == ["shard", "line", "id", "source", "carried_from"]
+    assert {row["carried_from"] for row in rows} == {None}  # the run's own rows: none was carried
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -291,15 +293,20 @@ def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothin
             },
         )
     )
-    original, calls = ShardSeries.write, []
+    original, original_lineage, calls = ShardSeries.write, LineageSeries.write, []
 
-    def disk_full(self: ShardSeries, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
+    def counted(self: ShardSeries, data: bytes, lines: int | None = None) -> list[tuple[str, int]]:
         calls.append(self.relative)
-        if self.relative == "lineage" and calls.count("lineage") == failing:
-            raise OSError("No space left on device")
         return original(self, data, lines)
 
-    monkeypatch.setattr(ShardSeries, "write", disk_full)
+    def disk_full(self: LineageSeries, rows: pa.Table) -> None:
+        calls.append(self.relative)
+        if calls.count("lineage") == failing:
+            raise OSError("No space left on device")
+        original_lineage(self, rows)
+
+    monkeypatch.setattr(ShardSeries, "write", counted)
+    monkeypatch.setattr(LineageSeries, "write", disk_full)
     with pytest.raises(OSError, match="No space left"):
         run_recipe(recipe)
     assert calls.count("lineage") == failing  # nothing was written after the failure
@@ -359,6 +366,52 @@ def test_conversation_rows_equal_the_per_record_renderer(name: str, system_promp
         new, old = fmt.rows(rows), _old_rows(name, rows, system_prompt)
         assert new.schema == old.schema and new.to_pylist() == old.to_pylist()
         assert to_ndjson(new) == to_ndjson(old)
+
+
+@pytest.mark.parametrize("max_rows", [1, 7, 1000])
+def test_parquet_lineage_reads_back_the_rows_written_in_order_across_files(tmp_path: Path, max_rows: int) -> None:
+    # Random rows (null pages, carried or not, text to escape, a batch split over files): what the readers get
+    # is what was written, in order, and each file's manifest entry is its own rows, bytes and sha256.
+    import hashlib
+
+    from curation.writer import _lineage_files
+
+    rng = random.Random(max_rows)
+    series = LineageSeries(pafs.LocalFileSystem(), str(tmp_path), "lineage", 1 << 30)
+    series.max_rows = max_rows
+    written = []
+    for _ in range(12):
+        rows = [
+            {
+                "shard": f"train/part-{rng.randrange(3):05d}.jsonl",
+                "line": rng.randrange(1, 10**6),
+                "id": f"{rng.getrandbits(128):032x}",
+                "source": {
+                    "connector": rng.choice(["files", "sql"]),
+                    "uri": rng.choice(["/in/a.jsonl", '/in/"ü\\n".pdf', "postgresql://h/db"]),
+                    "line": rng.randrange(10**9),
+                    "page": rng.choice([None, rng.randrange(500)]),
+                },
+                "carried_from": rng.choice([None, 1, 2]),
+            }
+            for _ in range(rng.choice([0, 1, 5, 40]))
+        ]
+        table = pa.Table.from_pylist(rows, schema=LINEAGE_ARROW)
+        series.write(table if any(row["carried_from"] for row in rows) else table.drop_columns(["carried_from"]))
+        written += rows
+    series.close()
+    read = [
+        row
+        for frame in _lineage_files(pafs.LocalFileSystem(), str(tmp_path), series.shards)
+        for row in frame.to_dicts()
+    ]
+    assert read == written
+    assert sum(shard.records for shard in series.shards) == len(written)
+    assert all(0 < shard.records <= max_rows for shard in series.shards)
+    for shard in series.shards:
+        data = (tmp_path / shard.path).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (shard.bytes, shard.sha256)
+        assert pq.read_table(tmp_path / shard.path).num_rows == shard.records
 
 
 def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path: Path) -> None:

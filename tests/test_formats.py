@@ -23,7 +23,7 @@ from curation.split import Splitter
 from curation.writer import DatasetWriter
 from schemas.config import RecipeError, load_recipe
 from schemas.records import source_array
-from tests.helpers import outputs, read_lines, write_jsonl, write_recipe
+from tests.helpers import lineage_rows, outputs, read_lines, write_jsonl, write_recipe
 
 
 def run_fresh(folder: Path, recipe: dict[str, Any]) -> RunResult:
@@ -88,7 +88,7 @@ def test_text_format_loads_with_datasets_and_chunks_documents(workdir: Path) -> 
     # Lineage: each line traces back to its document; chunking does not change the record count.
     manifest = read_manifest(str(version))
     assert manifest.counts.written == 23 and manifest.splits["train"].records == len(lines)
-    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(version)
     assert len(lineage) == len(lines) and len({row["id"] for row in lineage}) == 23
     # The run's summary counts records per side, as it counts the input, and names the pieces apart.
     from rich.console import Console
@@ -292,7 +292,7 @@ def split_recipe(folder: Path, **output: Any) -> dict[str, Any]:
 
 def side_of_each(version: Path) -> dict[str, str]:
     """record id -> split, from the lineage."""
-    return {row["id"]: row["shard"].split("/")[0] for row in read_lines(sorted((version / "lineage").glob("*.jsonl")))}
+    return {row["id"]: row["shard"].split("/")[0] for row in lineage_rows(version)}
 
 
 def test_split_is_grouped_stratified_deterministic_and_reported(workdir: Path) -> None:

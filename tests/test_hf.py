@@ -17,7 +17,7 @@ import connectors.state as state
 from connectors.hf import HFSourceReader
 from connectors.storage import StorageError, list_files
 from schemas.config import HFSource
-from tests.helpers import outputs, read_lines, run, set_aside, watermark_values
+from tests.helpers import lineage_rows, outputs, run, set_aside, watermark_values
 
 
 def make_dataset() -> datasets.DatasetDict:
@@ -106,7 +106,7 @@ def test_text_that_is_not_utf8_quarantines_its_row_as_the_files_connectors_parqu
 
 
 def written_ids(version_dir: Path) -> set[str]:
-    return {row["id"] for row in read_lines(sorted((version_dir / "lineage").glob("*.jsonl")))}
+    return {row["id"] for row in lineage_rows(version_dir)}
 
 
 def test_missing_split_and_empty_folder_are_clear(tmp_path: Path) -> None:

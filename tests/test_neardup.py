@@ -26,7 +26,7 @@ from curation.stages.review import ReviewDecisions
 from curation.state import StateStore
 from schemas.config import RecipeError, load_recipe, parse_recipe
 from schemas.records import source_array
-from tests.helpers import outputs, processed, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, outputs, processed, run, set_aside, write_jsonl
 
 
 def _batch(ids: list[str], texts: list[str]) -> pa.Table:
@@ -152,7 +152,7 @@ def test_images_published_in_an_earlier_version_are_not_published_again(workdir:
     (row,) = set_aside(v2)
     assert (row["reason"], row["stage"], row["source"]["line"]) == ("earlier_version", "image_near_dedup", 3)
     assert row["detail"].endswith("published in v1")
-    lineage = [json.loads(line) for path in sorted((v1 / "lineage").glob("*.jsonl")) for line in path.open()]
+    lineage = lineage_rows(v1)
     (a,) = [entry["id"] for entry in lineage if entry["source"]["line"] == 1]  # a.jpg's row of the sidecar
     assert row["duplicate_of"] == a
     assert read_manifest(str(v2)).counts.reasons["duplicate"] == {"earlier_version": 1}

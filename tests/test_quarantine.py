@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import outputs, read_lines, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl
 
 
 def qa_recipe(file: str, prompt: str = "q", completion: str = "a", **more: Any) -> dict[str, Any]:
@@ -671,7 +671,7 @@ def test_text_that_is_not_utf8_inside_a_parquet_struct_or_list_quarantines_its_r
 
 
 def written_ids(version_dir: Path) -> set[str]:
-    return {row["id"] for row in read_lines(sorted((version_dir / "lineage").glob("*.jsonl")))}
+    return {row["id"] for row in lineage_rows(version_dir)}
 
 
 def test_a_template_writes_a_binary_column_as_its_text_not_as_python_bytes(workdir: Path) -> None:

@@ -26,7 +26,7 @@ from curation.review.queue import list_items
 from curation.stages.base import StageError, StageResult
 from curation.stages.duplicates import resolve_duplicates
 from schemas.config import load_recipe
-from tests.helpers import outputs, processed, read_lines, run, watermark_values, write_jsonl, write_recipe
+from tests.helpers import lineage_rows, outputs, processed, read_lines, run, watermark_values, write_jsonl, write_recipe
 
 ray = pytest.importorskip("ray")
 from curation.executors.ray_executor import RayExecutor  # noqa: E402  (needs ray)
@@ -71,7 +71,7 @@ def published(result: RunResult) -> dict[str, Any]:
         ]
 
     by_split: dict[str, set[str]] = {}
-    for row in rows(result.manifest.lineage):
+    for row in lineage_rows(result.version_uri):
         by_split.setdefault(row["shard"].split("/")[0], set()).add(row["id"])
     aside = rows(result.manifest.set_aside)
     return {
@@ -219,7 +219,7 @@ def test_the_signature_index_is_written_on_the_driver(
         "output": {"dest": str(workdir / "out")},
     }
     result = run_recipe(load_recipe(write_recipe(workdir, recipe)), executor=RayExecutor())
-    assert sorted(stored) == sorted(row["id"] for row in read_lines(sorted(Path(result.version_uri).glob("lineage/*"))))
+    assert sorted(stored) == sorted(row["id"] for row in lineage_rows(result.version_uri))
     assert result.manifest.counts.written == 60
 
 

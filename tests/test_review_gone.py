@@ -20,7 +20,7 @@ from curation.review.labelstudio import LABEL_CONFIGS, export_tasks, import_anno
 from curation.review.queue import add_items, gone_records, note_read, review_items
 from schemas.config import load_recipe
 from schemas.records import FLAG_SCHEMA
-from tests.helpers import read_lines, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, run, set_aside, write_jsonl
 from tests.test_carry import notes, recipe
 from tests.test_review_cli import review
 
@@ -29,7 +29,7 @@ PASSWORD = "correct horse battery"
 
 def flag_records(state_url: str, version: Path, questions: list[str]) -> dict[str, int]:
     """Queue the published records asking ``questions`` for review, as a stage flags them; their items."""
-    lineage = read_lines(sorted((version / "lineage").glob("*.jsonl")))
+    lineage = lineage_rows(version)
     lines = {row["shard"]: (version / row["shard"]).read_text().splitlines() for row in lineage}
     rows = {row["id"]: row for row in lineage}
     by_question = {lines[row["shard"]][row["line"] - 1]: record for record, row in rows.items()}

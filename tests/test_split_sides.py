@@ -13,14 +13,14 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from tests.helpers import read_lines, run, write_jsonl
+from tests.helpers import lineage_rows, read_lines, run, write_jsonl
 
 SEED_CHANGED = {"split_seed": "another"}  # a hashed split moves records with its seed
 
 
 def side_of_each(version: Path) -> dict[str, str]:
     """record id -> split, from the lineage (carried records too)."""
-    return {row["id"]: row["shard"].split("/")[0] for row in read_lines(sorted((version / "lineage").glob("*.jsonl")))}
+    return {row["id"]: row["shard"].split("/")[0] for row in lineage_rows(version)}
 
 
 def kept_sides(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[str, str]]:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import processed, read_lines, run, set_aside
+from tests.helpers import lineage_rows, processed, run, set_aside
 
 
 def postgres_table(url: str, name: str, columns: str, *inserts: str) -> None:
@@ -166,7 +166,7 @@ def test_an_unscaled_numeric_is_published_as_written_whatever_rows_share_its_bat
     published = []
     for batch_rows in (1, 4):
         version = Path(run(workdir, {**spec, "batch_rows": batch_rows}, full_refresh=True).version_uri)
-        ids = [entry["id"] for entry in read_lines(sorted((version / "lineage").glob("*.jsonl")))]
+        ids = [entry["id"] for entry in lineage_rows(version)]
         records = [(line["prompt"], line["completion"]) for line in processed(version)]
         published.append(sorted(zip(ids, records, strict=True)))
     assert published[0] == published[1]
@@ -365,7 +365,7 @@ def test_a_moment_with_a_time_zone_reads_the_same_whatever_the_sessions_time_zon
         published[zone] = []
         for spec in specs:
             version = Path(run(workdir, spec, full_refresh=True).version_uri)
-            ids = [entry["id"] for entry in read_lines(sorted((version / "lineage").glob("*.jsonl")))]
+            ids = [entry["id"] for entry in lineage_rows(version)]
             lines = [(line["prompt"], line["completion"]) for line in processed(version)]
             published[zone].append(sorted(zip(ids, lines, strict=True)))
     assert published["Europe/Paris"] == published["Etc/UTC"] == published["America/St_Johns"] == published["UTC"]
