@@ -118,6 +118,40 @@ def test_the_byte_checks_never_skip_a_fold() -> None:
         assert fast.to_pylist() == [reference_text([t]) for t in texts], texts
 
 
+# Every character Arrow's utf8_trim_whitespace takes off an edge (the separators 0x1c-0x1f among them).
+TRIMMED = [c for c in map(chr, range(0x3001)) if pc.utf8_trim_whitespace(pa.array([f"{c}x{c}"]))[0].as_py() == "x"]
+
+
+def test_trimming_is_skipped_only_where_no_value_has_whitespace_at_an_edge() -> None:
+    assert {"\t", "\x1c", "\x1f", " ", "\x85", "\u00a0", "\u2028", "\u3000"} <= set(TRIMMED)
+    rng = random.Random(3)
+    words = ["plain", "ÉCOLE", "ﬁne", "a\u00a0b", "x  y", "e\u0301", "\U0001f600", "~!", "\x7f"]
+
+    def value() -> str | None:
+        text = " ".join(rng.choices(words, k=rng.randrange(3)))
+        if rng.random() < 0.2:
+            text = rng.choice(TRIMMED) + text
+        if rng.random() < 0.2:
+            text += rng.choice(TRIMMED)
+        return rng.choice([text, text, text, "", None])
+
+    # One or two rows a batch: each decision to skip rests on a value or two (most batches hold no edge
+    # whitespace at all), and the empty values' neighbours and a slice's leftover bytes are in play.
+    for _ in range(1500):
+        rows = [[value(), value()] for _ in range(rng.choice([1, 2, 3]))]
+        batch = _batch([r[0] for r in rows], [r[1] for r in rows])
+        start = rng.randrange(len(rows))
+        expected = [reference_text(r) for r in rows[start:]]
+        assert normalised_text(batch.slice(start), ["prompt", "completion"], True).to_pylist() == expected, rows
+        single = [reference_text(r[:1]) for r in rows[start:]]
+        assert normalised_text(batch.slice(start), ["prompt"], True).to_pylist() == single, rows
+    for edge in TRIMMED:  # each one alone, at either end, beside empty values
+        for text in (f"{edge}ab", f"ab{edge}", f"{edge}", f"a{edge}{edge}"):
+            for values in ([text], ["", text, ""], ["ab", text]):
+                table = pa.table({"t": pa.array(values, pa.string())})
+                assert normalised_text(table, ["t"], True).to_pylist() == [reference_text([v]) for v in values]
+
+
 def _signatures(rows: list[tuple[str, str, int | None, int | None, int]]) -> pa.Table:
     """Signature rows from (id, uri, line, page, key)."""
     return pa.table(
