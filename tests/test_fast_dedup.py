@@ -6,12 +6,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
 from curation.executors.envelope import pack
-from curation.stages.dedup import ExactDedup, normalised_text
+from curation.stages.dedup import ExactDedup, _all_distinct, _duplicated, normalised_text
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, published_signatures
 from curation.stages.duplicates import resolve_duplicates
 from schemas.records import SOURCE_TYPE, set_aside_rows
@@ -211,6 +213,35 @@ def test_resolve_sets_aside_the_rows_of_the_per_record_formula_in_its_order() ->
     assert stage.resolve([_signatures(twice)]).equals(resolve_duplicates(stage, [_signatures(twice)]))
     apart = [_signatures(rows[:50]), _signatures(rows[:1])]  # the same id in two batches (ids are checked per batch)
     assert stage.resolve(apart).equals(resolve_duplicates(stage, apart))
+
+
+def reference_all_distinct(ids: pa.ChunkedArray) -> bool:
+    """The old check: polars' distinct hashes, else Arrow's distinct strings (a null counts once, or not)."""
+    hashes = pl.concat([pl.from_arrow(chunk).hash() for chunk in ids.chunks])
+    return hashes.n_unique() == len(ids) or pc.count_distinct(ids).as_py() == len(ids)
+
+
+def test_the_sorted_kernels_of_resolve_equal_polars_and_arrow_counts() -> None:
+    rng = np.random.default_rng(7)
+    top = np.iinfo(np.uint64).max
+    for size, spread in [(0, 1), (1, 1), (2, 1), (5, top), (1000, 50), (1000, top), (5000, 4000), (300, 2)]:
+        values = rng.integers(0, spread, size, dtype=np.uint64, endpoint=True)
+        values[: size // 10] = top  # the top value (and signed -1) repeated
+        keys = pl.Series("keys", values, dtype=pl.UInt64)
+        assert _duplicated(keys).to_list() == keys.is_duplicated().to_list()
+        chunked = pl.from_arrow(pa.chunked_array([pa.array(values[: size // 3]), pa.array(values[size // 3 :])]))
+        assert _duplicated(chunked).to_list() == chunked.is_duplicated().to_list()
+    words = [f"{n:032x}" for n in range(200)] + ["", "é", "a" * 100]
+    for _ in range(300):
+        ids = [str(rng.choice(words)) for _ in range(rng.integers(0, 8))]
+        if rng.random() < 0.2:
+            ids.append(None)
+        cut = int(rng.integers(0, len(ids) + 1))
+        column = pa.chunked_array(
+            [pa.array(ids[:cut], pa.string()), pa.array([], pa.string()), pa.array(ids[cut:], pa.string())]
+        )
+        assert _all_distinct(column) == reference_all_distinct(column), ids
+    assert _all_distinct(pa.chunked_array([], pa.string()))
 
 
 def reference_relabel(aside: pa.Table) -> list[dict]:

@@ -108,8 +108,18 @@ def _all_distinct(ids: pa.ChunkedArray) -> bool:
     # Distinct 64-bit hashes prove distinct ids, about 5x faster than counting distinct strings: the
     # strings are compared only when two hashes collide (``hash`` is polars' own: it is never stored).
     # Hashed chunk by chunk: polars would otherwise copy every id at once, at the run's memory peak.
-    hashes = pl.concat([pl.from_arrow(chunk).hash() for chunk in ids.chunks]) if ids.num_chunks else pl.Series([])
-    return hashes.n_unique() == len(ids) or pc.count_distinct(ids).as_py() == len(ids)
+    # Sorted hashes hold a repeat only side by side: numpy's sort takes about a third of polars' n_unique.
+    chunks = [pl.from_arrow(chunk).hash().to_numpy() for chunk in ids.chunks]
+    hashes = np.sort(np.concatenate(chunks)) if chunks else np.array([], np.uint64)
+    return not (hashes[1:] == hashes[:-1]).any() or pc.count_distinct(ids).as_py() == len(ids)
+
+
+def _duplicated(keys: pl.Series) -> pl.Series:
+    """``keys.is_duplicated()`` for keys without nulls, about 3x faster: the sorted keys give the repeated
+    values (few), and one look-up in them marks every row that holds one."""
+    ordered = np.sort(keys.to_numpy())
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    return keys.is_in(pl.Series(repeated, dtype=keys.dtype).implode())
 
 
 class ExactDedup:
@@ -157,7 +167,7 @@ class ExactDedup:
         # Each row holds one key and ids are unique, so a cluster is exactly the rows sharing a key:
         # the same clusters the shared pairs + connected-components step finds, without a group per key.
         keys = pl.from_arrow(pc.list_flatten(everything["keys"]))
-        clustered = keys.is_duplicated()
+        clustered = _duplicated(keys) if not keys.null_count() else keys.is_duplicated()
         # A mask filters chunk by chunk; a take would first join every chunk of ids and sources.
         members = pl.from_arrow(everything.select(["id", "source"]).filter(clustered.to_arrow()))
         return keep_first(self, members.with_columns(cluster=keys.filter(clustered)))
