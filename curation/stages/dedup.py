@@ -88,11 +88,17 @@ def normalised_text(batch: pa.Table, fields: list[str], normalize: bool) -> pa.A
         parts = [_trimmed(part) for part in parts]
     text = pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0]
     if normalize:
+        ascii = _is_ascii(text)
         # NFKC leaves ASCII as it is, and the ASCII kernel lowers it the same, about 10x faster.
-        text = pc.ascii_lower(text) if _is_ascii(text) else pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
+        text = pc.ascii_lower(text) if ascii else pc.utf8_lower(pc.utf8_normalize(text, "NFKC"))
         if _may_need_folding(text):  # most text has nothing to fold
             text = pc.replace_substring_regex(text, _WHITESPACE_TO_FOLD, " ")
-        text = _trimmed(text)
+        # ASCII fields, trimmed, keep their edges through lowering and folding: only an empty one leaves
+        # the separator (whitespace to the trim) at an edge. NFKC can make one ("¨" -> space, mark).
+        if not ascii or len(parts) == 1:
+            text = _trimmed(text)
+        elif any(pc.min(pc.binary_length(part)).as_py() == 0 for part in parts):
+            text = pc.utf8_trim_whitespace(text)
     return text
 
 
