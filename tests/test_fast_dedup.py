@@ -6,12 +6,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
 from curation.executors.envelope import pack
-from curation.stages.dedup import ExactDedup, normalised_text
+from curation.stages.dedup import ExactDedup, _all_distinct, _duplicated, normalised_text
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, published_signatures
 from curation.stages.duplicates import resolve_duplicates
 from schemas.records import SOURCE_TYPE, set_aside_rows
@@ -118,6 +120,41 @@ def test_the_byte_checks_never_skip_a_fold() -> None:
         assert fast.to_pylist() == [reference_text([t]) for t in texts], texts
 
 
+# Every character Arrow's utf8_trim_whitespace takes off an edge (the separators 0x1c-0x1f among them).
+TRIMMED = [c for c in map(chr, range(0x3001)) if pc.utf8_trim_whitespace(pa.array([f"{c}x{c}"]))[0].as_py() == "x"]
+
+
+def test_trimming_is_skipped_only_where_no_value_has_whitespace_at_an_edge() -> None:
+    assert {"\t", "\x1c", "\x1f", " ", "\x85", "\u00a0", "\u2028", "\u3000"} <= set(TRIMMED)
+    rng = random.Random(3)
+    # "¨" and "´" are no whitespace, but NFKC makes them a space and a combining mark.
+    words = ["plain", "ÉCOLE", "ﬁne", "a\u00a0b", "x  y", "e\u0301", "\U0001f600", "~!", "\x7f", "\u00a8", "\u00b4"]
+
+    def value() -> str | None:
+        text = " ".join(rng.choices(words, k=rng.randrange(3)))
+        if rng.random() < 0.2:
+            text = rng.choice(TRIMMED) + text
+        if rng.random() < 0.2:
+            text += rng.choice(TRIMMED)
+        return rng.choice([text, text, text, "", None])
+
+    # One or two rows a batch: each decision to skip rests on a value or two (most batches hold no edge
+    # whitespace at all), and the empty values' neighbours and a slice's leftover bytes are in play.
+    for _ in range(1500):
+        rows = [[value(), value()] for _ in range(rng.choice([1, 2, 3]))]
+        batch = _batch([r[0] for r in rows], [r[1] for r in rows])
+        start = rng.randrange(len(rows))
+        expected = [reference_text(r) for r in rows[start:]]
+        assert normalised_text(batch.slice(start), ["prompt", "completion"], True).to_pylist() == expected, rows
+        single = [reference_text(r[:1]) for r in rows[start:]]
+        assert normalised_text(batch.slice(start), ["prompt"], True).to_pylist() == single, rows
+    for edge in TRIMMED:  # each one alone, at either end, beside empty values
+        for text in (f"{edge}ab", f"ab{edge}", f"{edge}", f"a{edge}{edge}"):
+            for values in ([text], ["", text, ""], ["ab", text]):
+                table = pa.table({"t": pa.array(values, pa.string())})
+                assert normalised_text(table, ["t"], True).to_pylist() == [reference_text([v]) for v in values]
+
+
 def _signatures(rows: list[tuple[str, str, int | None, int | None, int]]) -> pa.Table:
     """Signature rows from (id, uri, line, page, key)."""
     return pa.table(
@@ -177,6 +214,35 @@ def test_resolve_sets_aside_the_rows_of_the_per_record_formula_in_its_order() ->
     assert stage.resolve([_signatures(twice)]).equals(resolve_duplicates(stage, [_signatures(twice)]))
     apart = [_signatures(rows[:50]), _signatures(rows[:1])]  # the same id in two batches (ids are checked per batch)
     assert stage.resolve(apart).equals(resolve_duplicates(stage, apart))
+
+
+def reference_all_distinct(ids: pa.ChunkedArray) -> bool:
+    """The old check: polars' distinct hashes, else Arrow's distinct strings (a null counts once, or not)."""
+    hashes = pl.concat([pl.from_arrow(chunk).hash() for chunk in ids.chunks])
+    return hashes.n_unique() == len(ids) or pc.count_distinct(ids).as_py() == len(ids)
+
+
+def test_the_sorted_kernels_of_resolve_equal_polars_and_arrow_counts() -> None:
+    rng = np.random.default_rng(7)
+    top = np.iinfo(np.uint64).max
+    for size, spread in [(0, 1), (1, 1), (2, 1), (5, top), (1000, 50), (1000, top), (5000, 4000), (300, 2)]:
+        values = rng.integers(0, spread, size, dtype=np.uint64, endpoint=True)
+        values[: size // 10] = top  # the top value (and signed -1) repeated
+        keys = pl.Series("keys", values, dtype=pl.UInt64)
+        assert _duplicated(keys).to_list() == keys.is_duplicated().to_list()
+        chunked = pl.from_arrow(pa.chunked_array([pa.array(values[: size // 3]), pa.array(values[size // 3 :])]))
+        assert _duplicated(chunked).to_list() == chunked.is_duplicated().to_list()
+    words = [f"{n:032x}" for n in range(200)] + ["", "é", "a" * 100]
+    for _ in range(300):
+        ids = [str(rng.choice(words)) for _ in range(rng.integers(0, 8))]
+        if rng.random() < 0.2:
+            ids.append(None)
+        cut = int(rng.integers(0, len(ids) + 1))
+        column = pa.chunked_array(
+            [pa.array(ids[:cut], pa.string()), pa.array([], pa.string()), pa.array(ids[cut:], pa.string())]
+        )
+        assert _all_distinct(column) == reference_all_distinct(column), ids
+    assert _all_distinct(pa.chunked_array([], pa.string()))
 
 
 def reference_relabel(aside: pa.Table) -> list[dict]:
