@@ -6,11 +6,12 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
 
-from curation.ndjson import to_ndjson
+from curation.ndjson import _holds, to_ndjson
 from schemas.records import SOURCE_TYPE
 
 # Every character JSON escapes, and ones it leaves as they are (DEL, non-ASCII, line separators).
@@ -25,6 +26,18 @@ def _polars(table: pa.Table) -> bytes:
 
 def _text(rng: random.Random) -> str:
     return "".join(rng.choice([*AWKWARD, "a", "b", " ", "xyz"]) for _ in range(rng.randrange(0, 8)))
+
+
+def _rare(rng: random.Random, n: int) -> list[str]:
+    """Long plain text where one row holds one character to escape: at its start, its end, or inside,
+    or at the very end of the column's bytes, or before NULs that end them."""
+    texts = ["".join(rng.choice("abc xyz.") for _ in range(rng.randrange(0, 400))) for _ in range(n)]
+    row = rng.choice([0, n - 1, rng.randrange(n)])
+    at = rng.choice([0, len(texts[row]), rng.randrange(len(texts[row]) + 1)])
+    texts[row] = texts[row][:at] + rng.choice(AWKWARD) + texts[row][at:]
+    if rng.random() < 0.3:
+        texts[-1] += "\x00" * rng.randrange(1, 3)
+    return texts
 
 
 def _tables(rng: random.Random) -> list[pa.Table]:
@@ -50,6 +63,10 @@ def _tables(rng: random.Random) -> list[pa.Table]:
             "nothing": pa.array([None] * n, pa.string()),
             "source": pa.array(sources, SOURCE_TYPE),
             'key "with" \\ \t escapes é': pa.array(texts),
+            "rare": pa.array(_rare(rng, n)),
+            "plain": pa.array(
+                ["".join(rng.choice("abc xyz.é") for _ in range(rng.randrange(0, 400))) for _ in range(n)]
+            ),
         }
     )
     chunked = pa.concat_tables([full.slice(0, 7), full.slice(7, 100), full.slice(250)])  # several batches, offsets
@@ -91,3 +108,19 @@ def test_the_writers_tables_are_not_handed_to_polars(monkeypatch: pytest.MonkeyP
     lineage = table.select(["same", "number", "text", "source"]).rename_columns(["shard", "line", "id", "source"])
     assert to_ndjson(lineage).count(b"\n") == lineage.num_rows
     assert to_ndjson(table.select(["text", "nullable"])).count(b"\n") == table.num_rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_byte_is_found_where_a_comparison_finds_it(seed: int) -> None:
+    # The search reads the bytes as one NumPy string, and NumPy drops a string's trailing NULs: the
+    # byte at either end, before NULs, or only past a slice's end must each give the comparison's answer.
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        buffer = rng.choice(np.array([0x00, 0x01, 0x22, 0x41, 0x5C, 0xC3, 0xA9], np.uint8), int(rng.integers(1, 3000)))
+        buffer[rng.random(len(buffer)) < rng.choice([0.0, 0.5, 0.99])] = 0x41  # often none of the byte
+        start = int(rng.integers(0, len(buffer)))
+        values = buffer[start : int(rng.integers(start + 1, len(buffer) + 1))]
+        if rng.random() < 0.3:
+            values[-int(rng.integers(1, len(values) + 1)) :] = 0
+        for byte in (0x22, 0x5C):
+            assert _holds(values, bytes([byte])) == bool(np.count_nonzero(values == byte))
