@@ -40,6 +40,14 @@ def _rare(rng: random.Random, n: int) -> list[str]:
     return texts
 
 
+def _nearly_same(rng: random.Random, n: int) -> list[str]:
+    """One value in every row but one, of the same length: the odd row is neither the first nor the last."""
+    same = rng.choice(["x", "files", "train/part-00000.jsonl"])
+    odd = rng.randrange(1, n - 1)
+    at = rng.randrange(len(same))
+    return [same] * odd + [same[:at] + "?" + same[at + 1 :]] + [same] * (n - odd - 1)
+
+
 def _tables(rng: random.Random) -> list[pa.Table]:
     n = 300
     texts = [_text(rng) for _ in range(n)]
@@ -64,6 +72,7 @@ def _tables(rng: random.Random) -> list[pa.Table]:
             "source": pa.array(sources, SOURCE_TYPE),
             'key "with" \\ \t escapes é': pa.array(texts),
             "rare": pa.array(_rare(rng, n)),
+            "nearly_same": pa.array(_nearly_same(rng, n)),
             "plain": pa.array(
                 ["".join(rng.choice("abc xyz.é") for _ in range(rng.randrange(0, 400))) for _ in range(n)]
             ),
@@ -113,11 +122,17 @@ def test_the_writers_tables_are_not_handed_to_polars(monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("seed", range(5))
 def test_a_byte_is_found_where_a_comparison_finds_it(seed: int) -> None:
     # The search reads the bytes as one NumPy string, and NumPy drops a string's trailing NULs: the
-    # byte at either end, before NULs, or only past a slice's end must each give the comparison's answer.
+    # byte at either end, before NULs, or only past a slice's end must each give the comparison's answer,
+    # in short strings and in long ones (searched by memchr).
     rng = np.random.default_rng(seed)
     for _ in range(300):
-        buffer = rng.choice(np.array([0x00, 0x01, 0x22, 0x41, 0x5C, 0xC3, 0xA9], np.uint8), int(rng.integers(1, 3000)))
-        buffer[rng.random(len(buffer)) < rng.choice([0.0, 0.5, 0.99])] = 0x41  # often none of the byte
+        buffer = rng.choice(
+            np.array([0x00, 0x01, 0x22, 0x41, 0x5C, 0xC3, 0xA9], np.uint8),
+            int(rng.integers(1, rng.choice([16, 3000, 100_000]))),
+        )
+        buffer[rng.random(len(buffer)) < rng.choice([0.0, 0.5, 1.0])] = 0x41  # often none of the byte
+        if rng.random() < 0.5:  # one, anywhere: often at an end
+            buffer[rng.choice([0, len(buffer) - 1, int(rng.integers(len(buffer)))])] = rng.choice([0x22, 0x5C])
         start = int(rng.integers(0, len(buffer)))
         values = buffer[start : int(rng.integers(start + 1, len(buffer) + 1))]
         if rng.random() < 0.3:
