@@ -120,22 +120,24 @@ def test_the_writers_tables_are_not_handed_to_polars(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_a_byte_is_found_where_a_comparison_finds_it(seed: int) -> None:
-    # The search reads the bytes as one NumPy string, and NumPy drops a string's trailing NULs: the
-    # byte at either end, before NULs, or only past a slice's end must each give the comparison's answer,
-    # in short strings and in long ones (searched by memchr).
+def test_a_character_is_found_where_the_rows_hold_it(seed: int) -> None:
+    # The search reads a column's bytes as one value: a character at either end of them, in a slice of a
+    # column (its offset), only in rows outside the slice, or next to NULs must each give the rows'
+    # answer, in short runs and in long ones (searched by memchr).
     rng = np.random.default_rng(seed)
     for _ in range(300):
-        buffer = rng.choice(
+        data = rng.choice(
             np.array([0x00, 0x01, 0x22, 0x41, 0x5C, 0xC3, 0xA9], np.uint8),
             int(rng.integers(1, rng.choice([16, 3000, 100_000]))),
         )
-        buffer[rng.random(len(buffer)) < rng.choice([0.0, 0.5, 1.0])] = 0x41  # often none of the byte
+        data[rng.random(len(data)) < rng.choice([0.0, 0.5, 1.0])] = 0x41  # often none of the character
         if rng.random() < 0.5:  # one, anywhere: often at an end
-            buffer[rng.choice([0, len(buffer) - 1, int(rng.integers(len(buffer)))])] = rng.choice([0x22, 0x5C])
-        start = int(rng.integers(0, len(buffer)))
-        values = buffer[start : int(rng.integers(start + 1, len(buffer) + 1))]
-        if rng.random() < 0.3:
-            values[-int(rng.integers(1, len(values) + 1)) :] = 0
-        for byte in (0x22, 0x5C):
-            assert _holds(values, bytes([byte])) == bool(np.count_nonzero(values == byte))
+            data[rng.choice([0, len(data) - 1, int(rng.integers(len(data)))])] = rng.choice([0x22, 0x5C])
+        rows = int(rng.integers(1, 50))
+        ends = np.sort(rng.integers(0, len(data) + 1, rows - 1))
+        offsets = np.concatenate([[0], ends, [len(data)]]).astype(np.int32)
+        column = pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        first = int(rng.integers(0, rows))
+        column = column.slice(first, int(rng.integers(1, rows - first + 1)))
+        for char in ('"', "\\"):
+            assert _holds(column, char) == any(char.encode() in value for value in column.to_pylist())
