@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.hashing import xxh3_128_hex, xxh3_128_hex_keyed
+from schemas.hashing import xxh3_64, xxh3_128_hex, xxh3_128_hex_keyed
 
 RecordKind = Literal["document", "instruction", "vqa", "table"]
 
@@ -108,6 +108,7 @@ class InputIds:
         self._runs: list[np.ndarray] = []
         self._slots: np.ndarray | None = None
         self._seen = 0
+        self._kind: str | None = None  # what it counts: "ids" (``__call__``) or "occurrences"
 
     def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
         if not isinstance(contents, pa.Array | pa.ChunkedArray):
@@ -117,7 +118,7 @@ class InputIds:
         # Each record's id as if its content came first, which nearly all do, and the key it is counted by:
         # one hash per record. Only the others are hashed again, with their position.
         ids, keys = xxh3_128_hex_keyed(_joined(self.uri, _FIRST, contents))
-        before = self._counted(keys.to_numpy(zero_copy_only=False))
+        before = self._counted(keys.to_numpy(zero_copy_only=False), "ids")
         again = before > 0
         if not again.any():
             return ids
@@ -126,12 +127,16 @@ class InputIds:
         return pc.replace_with_mask(ids, pa.array(again), later)
 
     def occurrences(self, contents: Sequence[bytes]) -> np.ndarray:
-        """How many records before each one in the input held the same content (0 for a first)."""
-        keys = xxh3_128_hex_keyed(_joined(self.uri, _FIRST, pa.array(contents, pa.binary())))[1]
-        return self._counted(keys.to_numpy(zero_copy_only=False))
+        """How many records before each one in the input held the same content (0 for a first), counted
+        by the content's own hash (no id is made): an instance counts these or gives ids, not both."""
+        keys = xxh3_64(pa.array(contents, pa.large_binary())).to_numpy(zero_copy_only=False)
+        return self._counted(keys, "occurrences")
 
-    def _counted(self, keys: np.ndarray) -> np.ndarray:
+    def _counted(self, keys: np.ndarray, kind: str) -> np.ndarray:
         """How many earlier keys (of this batch and the batches before) equal each one."""
+        if self._kind not in (None, kind):  # keys of two hashes: equal contents would not be counted equal
+            raise ValueError(f"{self.uri}: InputIds counts {self._kind} already, not {kind}")
+        self._kind = kind
         # A key two different contents share (a hash collision) only numbers them as one's first and
         # second: the ids, which hash the content, still differ.
         maybe = np.flatnonzero(self._taken(keys))  # an earlier content took the slot: look it up

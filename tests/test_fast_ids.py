@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import xxhash
 
 from schemas.hashing import xxh3_128_hex_keyed
@@ -83,3 +84,11 @@ def test_the_keyed_hash_is_the_hex_digest_and_its_first_half() -> None:
     assert hexes.type == pa.string() and hexes.to_pylist() == expected
     assert keys.to_numpy().tolist() == [int(digest[:16], 16) for digest in expected]
     assert np.asarray(keys).dtype == np.uint64
+
+
+def test_an_instance_counts_ids_or_occurrences_not_both() -> None:
+    # The two count by different hashes: mixed, a content seen by one would be new to the other.
+    ids = InputIds(URI)
+    ids([b"a"])
+    with pytest.raises(ValueError, match="counts ids already"):
+        ids.occurrences([b"a"])
