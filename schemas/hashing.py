@@ -33,3 +33,17 @@ def xxh3_128_hex(column: Column) -> pa.Array:
         return pa.array([], pa.string())
     digest = plh.col("value").nchash.xxh3_128(return_binary=True, byte_order="big")
     return _hashed(column, digest.bin.encode("hex")).cast(pa.string())
+
+
+def xxh3_128_hex_keyed(column: Column) -> tuple[pa.Array, pa.Array]:
+    """``xxh3_128_hex`` of each value and the digest's first 16 hex digits as a uint64 (a key to count equal
+    values by), from one hash of the column; null stays null."""
+    if len(column) == 0:
+        return pa.array([], pa.string()), pa.array([], pa.uint64())
+    digest = plh.col("value").nchash.xxh3_128(return_binary=True, byte_order="big").alias("digest")
+    frame = pl.DataFrame({"value": pl.from_arrow(column)}).lazy().select(digest)
+    both = frame.select(
+        pl.col("digest").bin.encode("hex").alias("hex"),
+        pl.col("digest").bin.slice(0, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big").alias("key"),
+    ).collect()
+    return both.to_series(0).to_arrow().cast(pa.string()), both.to_series(1).to_arrow()

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.hashing import xxh3_64, xxh3_128_hex
+from schemas.hashing import xxh3_64, xxh3_128_hex, xxh3_128_hex_keyed
 
 RecordKind = Literal["document", "instruction", "vqa", "table"]
 
@@ -71,16 +71,21 @@ def record_ids(
         contents = pa.array(contents, pa.binary())
     if len(positions) != len(contents):
         raise ValueError(f"{len(positions)} positions for {len(contents)} contents")
-    joined = pc.binary_join_element_wise(
+    return xxh3_128_hex(_joined(uri, pc.cast(positions, pa.large_binary()), contents))
+
+
+def _joined(uri: str, positions: pa.Array | pa.Scalar, contents: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """What a record id hashes: ``uri``, the position (one for all, or one each) and the content, joined by \\x1f."""
+    return pc.binary_join_element_wise(
         pa.scalar(uri.encode(), pa.large_binary()),
-        pc.cast(positions, pa.large_binary()),
+        positions,
         pc.cast(contents, pa.large_binary()),
         pa.scalar(b"\x1f", pa.large_binary()),
     )
-    return xxh3_128_hex(joined)
 
 
-_SLOT_BITS = 24  # InputIds' filter: 16 MiB of slots, a few percent taken twice by chance at a million
+_SLOT_BITS = 24  # InputIds' filter at most: 16 MiB of slots, a few percent taken twice by chance at a million
+_FIRST = pa.scalar(b"0", pa.large_binary())  # the position in a content's first record's id
 
 
 class InputIds:
@@ -94,49 +99,77 @@ class InputIds:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        # The contents seen so far, as sorted runs of xxh3-64 hashes, each at least twice as long as
-        # the next: a batch's run is merged into the shorter ones, as a binary counter carries, so
-        # each hash is merged about log2(batches) times and memory stays 8 bytes per record. In front,
-        # a flag per value of the hash's top bits: a content whose slot no earlier one took is new,
-        # with no search (nearly every content, as inputs rarely repeat one).
+        # The contents seen so far, as sorted runs of 64-bit keys (the first half of the content's id
+        # at position 0), each at least twice as long as the next: a batch's run is merged into the
+        # shorter ones, as a binary counter carries, so each key is merged about log2(batches) times and
+        # memory stays 8 bytes per record. In front, a flag per value of the key's top bits, 16 or more
+        # slots per key seen: a content whose slot no earlier one took is new, with no search (nearly
+        # every content, as inputs rarely repeat one).
         self._runs: list[np.ndarray] = []
         self._slots: np.ndarray | None = None
+        self._seen = 0
+        self._kind: str | None = None  # what it counts: "ids" (``__call__``) or "occurrences"
 
     def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
         if not isinstance(contents, pa.Array | pa.ChunkedArray):
             contents = pa.array(contents, pa.binary())
         if contents.null_count:
             raise ValueError(f"{self.uri}: a record's content is null; ids need bytes")
-        return record_ids(self.uri, self._occurrences(contents), contents)
+        # Each record's id as if its content came first, which nearly all do, and the key it is counted by:
+        # one hash per record. Only the others are hashed again, with their position.
+        ids, keys = xxh3_128_hex_keyed(_joined(self.uri, _FIRST, contents))
+        before = self._counted(keys.to_numpy(zero_copy_only=False), "ids")
+        again = before > 0
+        if not again.any():
+            return ids
+        where = np.flatnonzero(again)
+        later = record_ids(self.uri, before[where], contents.take(pa.array(where)))
+        return pc.replace_with_mask(ids, pa.array(again), later)
 
     def occurrences(self, contents: Sequence[bytes]) -> np.ndarray:
-        """How many records before each one in the input held the same content (0 for a first)."""
-        return self._occurrences(pa.array(contents, pa.binary()))
+        """How many records before each one in the input held the same content (0 for a first), counted
+        by the content's own hash (no id is made): an instance counts these or gives ids, not both."""
+        keys = xxh3_64(pa.array(contents, pa.large_binary())).to_numpy(zero_copy_only=False)
+        return self._counted(keys, "occurrences")
 
-    def _occurrences(self, contents: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        # A hash collision only numbers two different contents as one's first and second: the ids,
-        # which hash the content too, still differ.
-        hashes = xxh3_64(pc.cast(contents, pa.large_binary())).to_numpy(zero_copy_only=False)
-        if self._slots is None:
-            self._slots = np.zeros(1 << _SLOT_BITS, dtype=bool)  # pages are taken as slots are
-        slots = (hashes >> np.uint64(64 - _SLOT_BITS)).astype(np.intp)
-        maybe = np.flatnonzero(self._slots[slots])  # an earlier content took the slot: look it up
-        self._slots[slots] = True
-        before = np.zeros(len(hashes), np.int64)  # how often the input held each content before
-        found = hashes[maybe]
+    def _counted(self, keys: np.ndarray, kind: str) -> np.ndarray:
+        """How many earlier keys (of this batch and the batches before) equal each one."""
+        if self._kind not in (None, kind):  # keys of two hashes: equal contents would not be counted equal
+            raise ValueError(f"{self.uri}: InputIds counts {self._kind} already, not {kind}")
+        self._kind = kind
+        # A key two different contents share (a hash collision) only numbers them as one's first and
+        # second: the ids, which hash the content, still differ.
+        maybe = np.flatnonzero(self._taken(keys))  # an earlier content took the slot: look it up
+        before = np.zeros(len(keys), np.int64)  # how often the input held each content before
+        found = keys[maybe]
         for run in self._runs:
             before[maybe] += np.searchsorted(run, found, "right") - np.searchsorted(run, found, "left")
-        ordered = np.sort(hashes)
+        order = np.argsort(keys)  # not stable: the rare keys the batch holds more than once are ordered apart
+        ordered = keys[order]
         self._remember(ordered)
-        twice = ordered[1:][ordered[1:] == ordered[:-1]]  # contents the batch holds more than once
-        if len(twice):  # number them within the batch, in input order
-            twice = np.unique(twice)
-            at = np.flatnonzero(sorted_holds(twice, hashes))
-            order = np.argsort(hashes[at], kind="stable")
-            grouped = hashes[at][order]
-            first = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-            before[at[order]] += np.arange(len(at)) - np.repeat(first, np.diff(np.r_[first, len(at)]))
+        same = ordered[1:] == ordered[:-1]
+        if same.any():  # number the batch's repeated contents within it, in input order
+            grouped = np.flatnonzero(np.r_[same, False] | np.r_[False, same])  # places in a run of equal keys
+            at, repeated = order[grouped], ordered[grouped]
+            by_place = np.lexsort((at, repeated))
+            at, repeated = at[by_place], repeated[by_place]
+            first = np.flatnonzero(np.r_[True, repeated[1:] != repeated[:-1]])
+            before[at] += np.arange(len(at)) - np.repeat(first, np.diff(np.r_[first, len(at)]))
         return before
+
+    def _taken(self, keys: np.ndarray) -> np.ndarray:
+        """Which ``keys`` fall in a slot an earlier key took; their slots are taken now. The slots grow
+        with the keys seen (from the runs, which hold them all), so a small input zeroes few pages."""
+        self._seen += len(keys)
+        bits = min(_SLOT_BITS, max(16, (16 * self._seen).bit_length()))
+        if self._slots is None or len(self._slots) < 1 << bits:
+            self._slots = np.zeros(1 << bits, dtype=bool)
+            for run in self._runs:
+                self._slots[(run >> np.uint64(64 - bits)).astype(np.intp)] = True
+        slots = (keys >> np.uint64(64 - (len(self._slots).bit_length() - 1))).astype(np.intp)
+        taken = self._slots[slots]
+        self._slots[slots] = True
+        return taken
 
     def _remember(self, ordered: np.ndarray) -> None:
         if not len(ordered):

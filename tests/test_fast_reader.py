@@ -657,3 +657,51 @@ def test_a_key_of_a_later_block_is_found_where_every_line_parses(tmp_path: Path)
     batches = [batch.rows for batch in reader.batches()]
     assert [rows["segment"].to_pylist() for rows in batches] == [[None, None], [None, None], [None, 1]]
     assert not any("label" in rows.column_names for rows in batches)
+
+
+def repeats_a_key(text: bytes) -> bool:
+    """The definition: some line names a key twice in one object, at any depth."""
+    try:
+        for line in text.splitlines():
+            json.loads(line, object_pairs_hook=files._one_value_per_key)
+    except files._RepeatedKey:
+        return True
+    return False
+
+
+def test_the_block_checks_given_one_scan_say_what_they_said_scanning_the_block_themselves() -> None:
+    """``_parse_lines`` scans a block once (its colons, whether a backslash) for the surrogate, schema and
+    repeated-key checks: each says on random blocks (keys named twice, colons in keys and strings, escaped
+    colons, surrogate escapes, nulls, nested values) what it said scanning the block itself, and a block
+    naming a key twice is never read whole."""
+    rng = random.Random(17)
+    caught = 0
+    for _ in range(300):
+        count = rng.choice([5, 101, 150])
+        text = random_block(rng, count)
+        lines = text.splitlines()
+        for added in rng.sample([b'"a": 1, "a": 2', rb'"s": "\ud83d\ude00"', rb'"s": "\ud83d"', rb'"s": "a\\b"'], 2):
+            if rng.random() < 0.3:  # a key named twice, a surrogate pair or a lone one, an escaped backslash
+                at = rng.randrange(count)
+                lines[at] = lines[at][:-1] + (b", " if lines[at] != b"{}" else b"") + added + b"}"
+        text = b"\n".join(lines) + b"\n"
+        scan = files._scan(text)
+        assert scan == (text.count(b":"), b"\\" in text)
+        assert files._may_hold_lone_surrogate(text, scan) == files._may_hold_lone_surrogate(text)
+        assert_same_tables(read_json_objects(text, count, scan), read_json_objects(text, count))
+        first = first_rows_typing(text)
+        if first is not None and first.height == count:
+            assert files._schema_seen_whole(text, first, scan) == files._schema_seen_whole(text, first)
+        table = None if files._may_hold_lone_surrogate(text) else read_json_objects(text, count)
+        if table is not None:
+            may = files._may_repeat_a_key(text, table, scan)
+            assert may == files._may_repeat_a_key(text, table)
+            assert may or not repeats_a_key(text), text[:300]
+            caught += repeats_a_key(text)
+    assert caught > 10
+
+
+def assert_same_tables(fast: pa.Table | None, full: pa.Table | None) -> None:
+    assert (fast is None) == (full is None)
+    if fast is not None and full is not None:
+        assert fast.schema == full.schema and fast.to_pylist() == full.to_pylist()
