@@ -50,13 +50,9 @@ def to_ndjson(table: pa.Table) -> bytes:
 
 
 def _polars_ndjson(table: pa.Table) -> bytes:
-    return polars_ndjson(pl.from_arrow(table))
-
-
-def polars_ndjson(frame: pl.DataFrame) -> bytes:
     """JSON lines as polars' ``write_ndjson`` writes them."""
     buffer = io.BytesIO()
-    frame.write_ndjson(buffer)
+    pl.from_arrow(table).write_ndjson(buffer)
     return buffer.getvalue()
 
 

@@ -20,7 +20,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -440,16 +440,27 @@ class LineageSeries:
         if self._writer is not None:
             self._close()
 
+    def discard(self) -> None:
+        """Drop the file being made, unwritten (a run that failed: its staging goes anyway)."""
+        writer, self._writer, self._sink = self._writer, None, None
+        if writer is not None:
+            with contextlib.suppress(Exception):  # a writer a failed write left broken
+                writer.close()
+
     def _close(self) -> None:
         self._writer.close()
         data = self._sink.getvalue()
         self._writer = self._sink = None
         path = f"{self.relative}/part-{len(self.shards):05d}.parquet"
-        make_dirs(self.fs, f"{self.folder}/{self.relative}")
-        with self.fs.open_output_stream(f"{self.folder}/{path}") as out:
-            out.write(data)
-        digest = hashlib.sha256(data).hexdigest()
-        self.shards.append(Shard(path=path, records=self._rows, bytes=data.size, sha256=digest))
+        self.shards.append(put_file(self.fs, self.folder, path, data, self._rows))
+
+
+def put_file(fs: pafs.FileSystem, folder: str, path: str, data: bytes | pa.Buffer, records: int) -> Shard:
+    """Write ``data`` to ``folder/path`` (its folder made first); the manifest's entry for it."""
+    make_dirs(fs, f"{folder}/{path.rsplit('/', 1)[0]}")
+    with fs.open_output_stream(f"{folder}/{path}") as out:
+        out.write(data)
+    return Shard(path=path, records=records, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 class DatasetWriter:
@@ -495,12 +506,16 @@ class DatasetWriter:
         # Applied to set-aside rows before they are written (the PII stage's redaction of raw input).
         self.scrub: Callable[[pa.Table], pa.Table] | None = None
         self.on_written: Callable[[int], None] = lambda _: None  # records written so far, for progress
-        # The lineage's Parquet, hashing and writing files run on one thread, in the order they were asked
-        # for, while the caller makes the next batch: polars, hashlib and file writes release the GIL.
-        # One job in flight at most, so memory holds one batch more; its error is raised by the next
+        # A batch's sides, their lines, images, shards and hashes are made on one thread, in the order
+        # they were asked for, while the caller makes the next batch: Arrow, hashlib and file writes
+        # release the GIL. One job in flight at most, so memory holds one batch more; its error is raised by the next
         # call (write, write_set_aside, carry or publish), and the run fails with it as before.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-writer")
         self._pending: Future[None] | None = None
+        # The lineage's files are made on a thread of their own, fed by the writer's: it is the one
+        # busy all the time once records are written. One job in flight there too.
+        self._lineage_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-lineage")
+        self._lineage_pending: Future[None] | None = None
 
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
@@ -527,21 +542,24 @@ class DatasetWriter:
 
     def flush(self) -> None:
         """Wait until what was asked for is written; raises the error of a write that failed."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        if self._pending is not None:
+            wait([self._pending])  # a job of the writer's thread may hand the lineage one more
+        pending = [job for job in (self._pending, self._lineage_pending) if job is not None]
+        self._pending = self._lineage_pending = None
+        wait(pending)
+        for job in pending:
+            job.result()
+
+    def _shut_down(self) -> None:
+        self._worker.shutdown()
+        self._lineage_worker.shutdown()
 
     def _write_files(self, split: str, files: dict[str, bytes]) -> None:
         """Binary side files, each once per split (their names are content hashes)."""
         for relative, content in files.items():
             path = f"{split}/{relative}"
-            if path in self.files:
-                continue
-            make_dirs(self.fs, f"{self.staging}/{path.rsplit('/', 1)[0]}")
-            with self.fs.open_output_stream(f"{self.staging}/{path}") as out:
-                out.write(content)
-            digest = hashlib.sha256(content).hexdigest()
-            self.files[path] = Shard(path=path, records=1, bytes=len(content), sha256=digest)
+            if path not in self.files:
+                self.files[path] = put_file(self.fs, self.staging, path, content, 1)
 
     def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
         """One row per output record: which shard and line holds it, its id and its source."""
@@ -551,7 +569,11 @@ class DatasetWriter:
         starts = np.cumsum(counts) - counts  # index in ``part`` of each piece's first record
         lines = np.arange(part.num_rows, dtype=np.int64) - starts[piece] + firsts[piece]
         shards = pa.array([shard for shard, _ in placed], pa.string()).take(piece)
-        self.lineage.write(pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]}))
+        rows = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
+        lineage, self._lineage_pending = self._lineage_pending, None
+        if lineage is not None:
+            lineage.result()  # its error fails this job, and so the writer's next call
+        self._lineage_pending = self._lineage_worker.submit(self.lineage.write, rows)
 
     def _piece_sizes(self, total: int, placed: list[tuple[str, int]]) -> list[int]:
         # Pieces fill each shard to its end, so every piece but the last ends a shard.
@@ -821,7 +843,7 @@ class DatasetWriter:
         ``builds_on``: the versions the run found when it started; if others are there now, it publishes
         nothing (``PublishedMeanwhile``). The staging area is left to ``clean_up``."""
         self.flush()
-        self._worker.shutdown()
+        self._shut_down()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             series.close()
         side_files: dict[str, str] = {}
@@ -1051,8 +1073,9 @@ class DatasetWriter:
         visible."""
         with contextlib.suppress(Exception):  # the run failed already: with this error, or with another
             self.flush()
-        self._worker.shutdown()
-        for series in (*self.splits.values(), self.set_aside, self.lineage):
+        self._shut_down()
+        self.lineage.discard()
+        for series in (*self.splits.values(), self.set_aside):
             with contextlib.suppress(OSError):
                 series.close()
         self.clean_up()

@@ -127,10 +127,12 @@ class LocalExecutor:
                     pending = []
                 else:
                     pending.append(stage)
-            for batch in self._apply(stream, pending, writer, tally):
-                writer.write(batch)
-                tally.written += batch.num_rows
-                tally.count_inputs(batch)
+            # Closed however the loop ends, so the threads reading ahead stop before the spill folder goes.
+            with contextlib.closing(self._apply(stream, pending, writer, tally)) as batches:
+                for batch in batches:
+                    writer.write(batch)
+                    tally.written += batch.num_rows
+                    tally.count_inputs(batch)
 
     @staticmethod
     def _read(
