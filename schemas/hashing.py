@@ -15,24 +15,26 @@ import pyarrow as pa
 Column = pa.Array | pa.ChunkedArray
 
 
-def _hashed(column: Column, expression: pl.Expr) -> pa.Array:
-    frame = pl.DataFrame({"value": pl.from_arrow(column)})
-    return frame.select(expression).to_series().to_arrow()
+# The 128-bit digest as 16 bytes, most significant first: its hex is ``xxh3_128_hexdigest``.
+_DIGEST = plh.col("value").nchash.xxh3_128(return_binary=True, byte_order="big")
+
+
+def _hashed(column: Column, expression: pl.Expr) -> pl.DataFrame:
+    return pl.DataFrame({"value": pl.from_arrow(column)}).select(expression)
 
 
 def xxh3_64(column: Column) -> pa.Array:
     """``xxhash.xxh3_64_intdigest`` of each value's UTF-8 (or raw) bytes, as uint64; null stays null."""
     if len(column) == 0:
         return pa.array([], pa.uint64())
-    return _hashed(column, plh.col("value").nchash.xxh3_64())
+    return _hashed(column, plh.col("value").nchash.xxh3_64()).to_series().to_arrow()
 
 
 def xxh3_128_hex(column: Column) -> pa.Array:
     """``xxhash.xxh3_128_hexdigest`` of each value's UTF-8 (or raw) bytes, as strings."""
     if len(column) == 0:
         return pa.array([], pa.string())
-    digest = plh.col("value").nchash.xxh3_128(return_binary=True, byte_order="big")
-    return _hashed(column, digest.bin.encode("hex")).cast(pa.string())
+    return _hashed(column, _DIGEST.bin.encode("hex")).to_series().to_arrow().cast(pa.string())
 
 
 def xxh3_128_hex_keyed(column: Column) -> tuple[pa.Array, pa.Array]:
@@ -40,10 +42,9 @@ def xxh3_128_hex_keyed(column: Column) -> tuple[pa.Array, pa.Array]:
     values by), from one hash of the column; null stays null."""
     if len(column) == 0:
         return pa.array([], pa.string()), pa.array([], pa.uint64())
-    digest = plh.col("value").nchash.xxh3_128(return_binary=True, byte_order="big").alias("digest")
-    frame = pl.DataFrame({"value": pl.from_arrow(column)}).lazy().select(digest)
-    both = frame.select(
-        pl.col("digest").bin.encode("hex").alias("hex"),
-        pl.col("digest").bin.slice(0, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big").alias("key"),
-    ).collect()
+    digest = pl.col("digest")
+    both = _hashed(column, _DIGEST.alias("digest")).select(  # hashed once, read two ways
+        digest.bin.encode("hex").alias("hex"),
+        digest.bin.slice(0, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big").alias("key"),
+    )
     return both.to_series(0).to_arrow().cast(pa.string()), both.to_series(1).to_arrow()

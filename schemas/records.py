@@ -107,7 +107,6 @@ class InputIds:
         # every content, as inputs rarely repeat one).
         self._runs: list[np.ndarray] = []
         self._slots: np.ndarray | None = None
-        self._seen = 0
         self._kind: str | None = None  # what it counts: "ids" (``__call__``) or "occurrences"
 
     def __call__(self, contents: Sequence[bytes] | pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -160,8 +159,8 @@ class InputIds:
     def _taken(self, keys: np.ndarray) -> np.ndarray:
         """Which ``keys`` fall in a slot an earlier key took; their slots are taken now. The slots grow
         with the keys seen (from the runs, which hold them all), so a small input zeroes few pages."""
-        self._seen += len(keys)
-        bits = min(_SLOT_BITS, max(16, (16 * self._seen).bit_length()))
+        seen = sum(map(len, self._runs)) + len(keys)  # the runs hold every key before these
+        bits = min(_SLOT_BITS, max(16, (16 * seen).bit_length()))
         if self._slots is None or len(self._slots) < 1 << bits:
             self._slots = np.zeros(1 << bits, dtype=bool)
             for run in self._runs:

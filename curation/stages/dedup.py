@@ -7,7 +7,7 @@ whitespace collapsed); the hash is the one candidate key, and the shared global 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -25,19 +25,23 @@ _WHITESPACE_TO_FOLD = r"[\t\n\f\r ]{2,}|[\t\n\f\r]"
 _DOUBLE_SPACE = 0x2020  # two spaces read as one 16-bit number (either byte order)
 
 
-def _utf8_bytes(text: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
-    """The UTF-8 bytes of each chunk's values end to end, without a copy (``text`` is ``pa.string()``)."""
-    chunks = text.chunks if isinstance(text, pa.ChunkedArray) else [text]
-    views = []
-    for chunk in chunks:
+def _string_buffers(text: pa.Array | pa.ChunkedArray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each chunk's bytes and its values' offsets into them, without a copy (``text`` is ``pa.string()``);
+    chunks without values or bytes left out."""
+    for chunk in text.chunks if isinstance(text, pa.ChunkedArray) else [text]:
         _, offsets, data = chunk.buffers()
         if data is None or len(chunk) == 0:
             continue
-        offsets = np.frombuffer(offsets, np.int32)
-        start, end = offsets[chunk.offset], offsets[chunk.offset + len(chunk)]
-        if end > start:  # only empty strings: nothing to check
-            views.append(np.frombuffer(data, np.uint8)[start:end])
-    return views
+        yield (
+            np.frombuffer(data, np.uint8),
+            np.frombuffer(offsets, np.int32)[chunk.offset : chunk.offset + len(chunk) + 1],
+        )
+
+
+def _utf8_bytes(text: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The UTF-8 bytes of each chunk's values end to end, without a copy."""
+    # A chunk of only empty strings has nothing to check.
+    return [values[offsets[0] : offsets[-1]] for values, offsets in _string_buffers(text) if offsets[-1] > offsets[0]]
 
 
 def _is_ascii(text: pa.Array | pa.ChunkedArray) -> bool:
@@ -63,13 +67,10 @@ def _may_need_trimming(text: pa.Array | pa.ChunkedArray) -> bool:
     """False only if no value starts or ends with whitespace as ``utf8_trim_whitespace`` reads it, found from
     each value's first and last byte (about 2/3 of the CPU of the trim, which copies every value). Its
     ASCII whitespace is all below 0x21; a byte of 0x80 or above is part of a character that may be one."""
-    chunks = text.chunks if isinstance(text, pa.ChunkedArray) else [text]
-    for chunk in chunks:
-        _, offsets, data = chunk.buffers()
-        if data is None or len(chunk) == 0 or data.size == 0:
+    for values, offsets in _string_buffers(text):
+        if not values.size:
             continue
-        values = np.frombuffer(data, np.uint8)
-        offsets = np.frombuffer(offsets, np.int32)[chunk.offset : chunk.offset + len(chunk) + 1].astype(np.intp)
+        offsets = offsets.astype(np.intp)
         # An empty value's "edges" are bytes of its neighbours (clipped at the ends): at worst a needless trim.
         edges = np.concatenate([values.take(offsets[:-1], mode="clip"), values.take(offsets[1:] - 1, mode="clip")])
         if ((edges - np.uint8(0x21)) > np.uint8(0x7F - 0x21)).any():
