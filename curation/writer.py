@@ -87,6 +87,7 @@ LINEAGE_PARQUET: dict[str, Any] = {
     "write_statistics": ["shard", "line", "carried_from"],
 }
 LINEAGE_READ_ROWS = 1 << 18
+ALL_LINEAGE = tuple(LINEAGE_ARROW.names)
 
 
 def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
@@ -103,16 +104,44 @@ def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
         yield rest + b"\n"
 
 
-def _lineage_files(fs: pafs.FileSystem, folder: str, shards: list[Shard]) -> Iterator[pl.DataFrame]:
+def _lineage_files(
+    fs: pafs.FileSystem, folder: str, shards: list[Shard], columns: tuple[str, ...] = ALL_LINEAGE
+) -> Iterator[pl.DataFrame]:
     """A version's lineage rows, a file at a time: a version carried by every scheduled run can hold
     millions of rows, so they are read as columns (a JSON object per row cost more than the rest of
-    an incremental run) and never all at once."""
+    an incremental run) and never all at once.
+
+    ``columns`` are those the caller uses (``source.uri`` one field of ``source``): a Parquet file's
+    others are not read (its ids and sources are most of its work to read)."""
+    schema = _lineage_columns(columns)
     for shard in shards:
         path = f"{folder}/{shard.path}"
         if path.endswith(".parquet"):
-            yield from _parquet_lineage(fs, path)
+            yield from _parquet_lineage(fs, path, schema)
         else:  # a version published before lineage was Parquet
-            yield _lineage_file(fs, path)
+            yield _lineage_file(fs, path, schema)
+
+
+def _lineage_columns(columns: tuple[str, ...]) -> pa.Schema:
+    """The part of ``LINEAGE_ARROW`` that ``columns`` name, in its order (a Parquet read gives that order)."""
+    fields = []
+    for field in LINEAGE_ARROW:
+        if field.name in columns:
+            fields.append(field)
+        elif pa.types.is_struct(field.type):
+            inner = [sub for sub in field.type if f"{field.name}.{sub.name}" in columns]
+            fields += [pa.field(field.name, pa.struct(inner))] if inner else []
+    return pa.schema(fields)
+
+
+def _column_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet columns holding ``schema``, a part of ``LINEAGE_ARROW``: a struct's fields by path where
+    it holds only some."""
+    paths = []
+    for field in schema:
+        whole = field.type == LINEAGE_ARROW.field(field.name).type
+        paths += [field.name] if whole else [f"{field.name}.{sub.name}" for sub in field.type]
+    return paths
 
 
 def records_from_inputs(version_dir: str, uris: set[str]) -> pl.DataFrame:
@@ -124,7 +153,7 @@ def records_from_inputs(version_dir: str, uris: set[str]) -> pl.DataFrame:
         rows.filter(pl.col("source").struct.field("uri").is_in(wanted)).select(
             "id", validation=pl.col("shard").str.starts_with("validation/")
         )
-        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage)
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, ("shard", "id", "source.uri"))
     ]
     found = pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean})
     return found.unique("id")  # a chunked document has a line a piece, all on its side
@@ -158,24 +187,25 @@ def _ndjson_columns(fs: pafs.FileSystem, path: str, schema: dict[str, Any]) -> p
     return pl.read_ndjson(io.BytesIO(data), schema=schema) if data.strip() else pl.DataFrame(schema=schema)
 
 
-def _lineage_file(fs: pafs.FileSystem, path: str) -> pl.DataFrame:
-    """The rows of a JSONL lineage file (of a version published before lineage was Parquet)."""
+def _lineage_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pl.DataFrame:
+    """The ``schema`` columns of a JSONL lineage file (of a version published before lineage was Parquet)."""
     with fs.open_input_stream(path) as stream:
         data = stream.read()
+    columns = pl.from_arrow(schema.empty_table()).schema
     if not data.strip():
-        return pl.DataFrame(schema=LINEAGE_SCHEMA)
+        return pl.DataFrame(schema=columns)
     try:
-        frame = pl.read_ndjson(io.BytesIO(data), schema=LINEAGE_SCHEMA)
+        frame = pl.read_ndjson(io.BytesIO(data), schema=columns)
     except pl.exceptions.PolarsError as error:
         raise ValueError(f"{path}: {_first_bad_line(data, error)}") from None
     return _complete(frame, path, 0)
 
 
-def _parquet_lineage(fs: pafs.FileSystem, path: str) -> Iterator[pl.DataFrame]:
-    """The rows of a Parquet lineage file, ``LINEAGE_READ_ROWS`` at a time."""
+def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> Iterator[pl.DataFrame]:
+    """The ``schema`` columns of a Parquet lineage file, ``LINEAGE_READ_ROWS`` rows at a time."""
     with fs.open_input_file(path) as stream:
         read = 0
-        batches = _parquet_batches(stream)
+        batches = _parquet_batches(stream, schema)
         while True:
             try:
                 rows = next(batches, None)
@@ -192,18 +222,20 @@ def _parquet_lineage(fs: pafs.FileSystem, path: str) -> Iterator[pl.DataFrame]:
             read += rows.num_rows
 
 
-def _parquet_batches(stream: pa.NativeFile) -> Iterator[pa.Table]:
+def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.Table]:
     parquet = pq.ParquetFile(stream)
     lacking = [name for name in LINEAGE_ARROW.names if name not in parquet.schema_arrow.names]
     if lacking:
         raise ValueError(f"it has no column {', '.join(lacking)}")
-    for batch in parquet.iter_batches(LINEAGE_READ_ROWS, columns=LINEAGE_ARROW.names):
-        yield pa.Table.from_batches([batch]).cast(LINEAGE_ARROW)
+    for batch in parquet.iter_batches(LINEAGE_READ_ROWS, columns=_column_paths(schema)):
+        yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
 
 
 def _complete(frame: pl.DataFrame, path: str, before: int) -> pl.DataFrame:
-    """``frame``, rows ``before + 1``... of the lineage file ``path``, if each row has a shard, line and id."""
-    missing = frame.select(pl.any_horizontal(pl.col("shard", "line", "id").is_null()).arg_true().first()).item()
+    """``frame``, rows ``before + 1``... of the lineage file ``path``, if each row has a shard, line and id
+    (those of them it holds)."""
+    held = [name for name in ("shard", "line", "id") if name in frame.columns]
+    missing = frame.select(pl.any_horizontal(pl.col(held).is_null()).arg_true().first()).item()
     if missing is not None:
         raise ValueError(f"{path}: lineage row {before + missing + 1} has no shard, line or id")
     return frame
@@ -751,7 +783,7 @@ class DatasetWriter:
         if decided.is_empty() and read.is_empty() and read_again.is_empty():
             return set()
         found: set[str] = set()
-        for rows in _lineage_files(fs, folder, lineage):
+        for rows in _lineage_files(fs, folder, lineage, ("shard", "id")):
             again = rows.filter(pl.col("id").is_in(read.implode()) | pl.col("id").is_in(read_again.implode()))
             carrying.superseded.update(again["id"].to_list())
             found.update(again["shard"].to_list())
@@ -763,7 +795,7 @@ class DatasetWriter:
         folder (its open file closed first: the carried rows start a new one), and those it set aside."""
         self.flush()
         self.lineage.close()
-        parts = [rows["id"] for rows in _lineage_files(self.fs, self.staging, self.lineage.shards)]
+        parts = [rows["id"] for rows in _lineage_files(self.fs, self.staging, self.lineage.shards, ("id",))]
         self.set_aside.close()
         parts += [
             _ndjson_columns(self.fs, f"{self.staging}/{shard.path}", {"id": pl.String})["id"]

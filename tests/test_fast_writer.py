@@ -414,6 +414,54 @@ def test_parquet_lineage_reads_back_the_rows_written_in_order_across_files(tmp_p
         assert pq.read_table(tmp_path / shard.path).num_rows == shard.records
 
 
+@pytest.mark.parametrize("stored", ["parquet", "jsonl"])
+def test_lineage_read_for_some_columns_gives_those_of_the_whole_read(tmp_path: Path, stored: str) -> None:
+    # A scheduled run's lookups read only the columns they use (``source.uri`` one field of the struct): what
+    # they get is the whole read's columns, from Parquet lineage and from JSONL lineage of older versions.
+    from curation.writer import _lineage_files
+    from schemas.manifest import Shard
+
+    rng = random.Random(stored)
+    rows = [
+        {
+            "shard": f"train/part-{rng.randrange(3):05d}.jsonl",
+            "line": line,
+            "id": f"{rng.getrandbits(128):032x}",
+            "source": {
+                "connector": rng.choice(["files", "sql"]),
+                "uri": rng.choice(["/in/a.jsonl", '/in/"ü\\n".pdf', None]),
+                "line": rng.randrange(10**9),
+                "page": rng.choice([None, rng.randrange(500)]),
+            },
+            "carried_from": rng.choice([None, 1]),
+        }
+        for line in range(1, 3001)
+    ]
+    if stored == "parquet":
+        series = LineageSeries(pafs.LocalFileSystem(), str(tmp_path), "lineage", 1 << 30)
+        series.max_rows = 1000
+        series.write(pa.Table.from_pylist(rows, schema=LINEAGE_ARROW))
+        series.close()
+        shards = series.shards
+    else:
+        (tmp_path / "part-00000.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        shards = [Shard(path="part-00000.jsonl", records=len(rows), bytes=0, sha256="")]
+    fs = pafs.LocalFileSystem()
+    for columns in [("id",), ("shard", "id"), ("shard", "id", "source.uri"), ("source.page", "line")]:
+        read = [row for frame in _lineage_files(fs, str(tmp_path), shards, columns) for row in frame.to_dicts()]
+        expected = []
+        for row in rows:
+            picked = {}
+            for name, value in row.items():
+                inner = (
+                    {key: part for key, part in value.items() if f"{name}.{key}" in columns} if name == "source" else {}
+                )
+                if name in columns or inner:
+                    picked[name] = inner or value
+            expected.append(picked)
+        assert read == expected
+
+
 def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path: Path) -> None:
     # Lineage is read as columns: a page number or ``carried_from`` seen only after the first rows
     # (a PDF after 150 text records, rows carried from an earlier version) must survive the read.
