@@ -339,3 +339,16 @@ def test_stored_signatures_load_as_given_and_rows_stored_before_still_load(tmp_p
     wanted = [exact["keys"][0][0].as_py(), 6, 1]
     holding = index.load("exact_dedup", "p", pa.array(wanted, pa.uint64()))
     assert holding["id"].to_pylist() == [f"published:1:{i}" for i in (hex_ids[0], "A" * 32, *hex_ids[:3], hex_ids[1])]
+
+
+def test_a_null_keys_row_does_not_hold_one_key() -> None:
+    # A null list has no key: counted as one, ``_packed`` would store a key column a row shorter than its ids.
+    from curation.stages.duplicates import holds_one_key_each
+
+    keys = pa.array([[1], None, [3]], pa.list_(pa.uint64()))
+    assert not holds_one_key_each(keys)
+    assert not holds_one_key_each(pa.chunked_array([keys.slice(0, 1), keys.slice(1)]))
+    assert holds_one_key_each(pa.array([[1], [None], [3]], pa.list_(pa.uint64())))
+    table = _stored(["a" * 32, "b" * 32, "c" * 32], keys.to_pylist())
+    packed = _packed(table)
+    assert "keys" in packed.column_names and packed["keys"].to_pylist() == keys.to_pylist()

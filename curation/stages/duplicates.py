@@ -36,8 +36,9 @@ def one_key_each(keys: pa.Array) -> pa.ListArray:
 
 
 def holds_one_key_each(keys: pa.Array | pa.ChunkedArray) -> bool:
-    """Whether every row of a ``keys`` column holds exactly one key (False for no rows)."""
-    return len(keys) > 0 and bool(pc.all(pc.equal(pc.list_value_length(keys), 1)).as_py())
+    """Whether every row of a ``keys`` column holds exactly one key (False for no rows, or a null row)."""
+    # Not skipping nulls: a null row's length is null, and the answer then null, not True.
+    return len(keys) > 0 and bool(pc.all(pc.equal(pc.list_value_length(keys), 1), skip_nulls=False).as_py())
 
 
 def candidate_groups(signatures: pa.Table) -> list[pa.Table]:
