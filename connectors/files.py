@@ -32,6 +32,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, undecodable_byte, with_lineage
+from connectors.read_ahead import read_ahead
 from connectors.state import ListedFiles, SourceWatermark
 from connectors.storage import (
     PACKED_SUFFIXES,
@@ -734,7 +735,6 @@ class FilesSourceReader(ListedFiles):
 
     def _jsonl(self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
-        line_no = 0
         ids = InputIds(entry.uri)
         keyed = self.keyed - set(self._partition_keys())  # a partition column is the folder's: null where none
         keys = _KeysOfFile(keyed, lambda names: self._keys_held(entry, names)) if keyed else None
@@ -747,20 +747,29 @@ class FilesSourceReader(ListedFiles):
                     "object per line, for example with jq -c '.[]'"
                 )
 
-        with open_input(fs, path, entry.etag, digest) as stream:
-            # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
-            blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
-            for data in blocks:  # lines may end in CR alone
-                if line_no == 0:
-                    refuse_an_array(data)
-                if not data.endswith(b"\n"):
-                    data += b"\n"  # the last line, without its newline in the file
-                ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
-                starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-                for start in range(0, len(ends), self.batch_rows):
-                    group = slice(start, start + self.batch_rows)
-                    yield self._parse_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys)
-                line_no += len(ends)
+        def parsed() -> Iterator[Callable[[], SourceBatch]]:
+            line_no = 0
+            with open_input(fs, path, entry.etag, digest) as stream:
+                # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
+                blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
+                for data in blocks:  # lines may end in CR alone
+                    if line_no == 0:
+                        refuse_an_array(data)
+                    if not data.endswith(b"\n"):
+                        data += b"\n"  # the last line, without its newline in the file
+                    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
+                    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+                    for start in range(0, len(ends), self.batch_rows):
+                        group = slice(start, start + self.batch_rows)
+                        yield self._parsed_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys)
+                    line_no += len(ends)
+
+        # A file of several blocks is read, parsed and checked a batch or two ahead on another thread, and its
+        # ids made here, in order: the two take about as long. A small file (the thread would cost more than
+        # it overlaps) and a file's head (``head``) are read here.
+        ahead = block_bytes == BLOCK_BYTES and entry.size > block_bytes
+        for batch in read_ahead(parsed()) if ahead else parsed():
+            yield batch()
 
     def _keys_held(self, entry: FileEntry, names: Collection[str]) -> set[str]:
         """Which of the columns ``names`` some line of the JSONL file holds the key of (a line that is no
@@ -777,7 +786,7 @@ class FilesSourceReader(ListedFiles):
                     break
         return found
 
-    def _parse_lines(
+    def _parsed_lines(
         self,
         ids: InputIds,
         first_line: int,
@@ -785,8 +794,10 @@ class FilesSourceReader(ListedFiles):
         starts: np.ndarray,
         ends: np.ndarray,
         keys: _KeysOfFile | None = None,
-    ) -> SourceBatch:
-        """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line``; blank ones are skipped."""
+    ) -> Callable[[], SourceBatch]:
+        """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line`` (blank ones skipped), in two
+        steps: parsed and checked now, made a batch when the function returned is called, in the file's
+        order (its ids count the contents before)."""
         input_bytes = int(ends[-1]) + 1 - int(starts[0])  # the lines and their newlines
         numbers = np.arange(first_line, first_line + len(starts))
         raws = _line_array(data, starts, ends)
@@ -796,7 +807,7 @@ class FilesSourceReader(ListedFiles):
         else:
             numbers, raws = numbers[~blank], raws.filter(pa.array(~blank))
             if not len(raws):
-                return SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
+                return lambda: SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
             newline = pa.scalar(b"\n", pa.large_binary())
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
         scan = _scan(text)  # once for the checks
@@ -807,16 +818,21 @@ class FilesSourceReader(ListedFiles):
             or self._may_hold_values_not_text(text, table)
             or (_may_repeat_a_key(text, table, scan) and _repeats_a_key(text))
         ):
-            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+            return lambda: self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
         table = _mixed_as_written(table, raws, text)  # a column of text (or floats) a line wrote otherwise
         if table is None:
-            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+            return lambda: self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
         if any(pa.types.is_nested(kind) for kind in table.schema.types):
             table = _nested_as_written(table, raws)
             if table is None:  # a line polars took and Python's json does not: named line by line
-                return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
-        rows = _with_lineage(table, ids, numbers, raws)
-        return SourceBatch(_with_lines(keys.pad(rows) if keys else rows, raws), input_bytes=input_bytes)
+                return lambda: self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+        parsed = table
+
+        def batch() -> SourceBatch:
+            rows = _with_lineage(parsed, ids, numbers, raws)
+            return SourceBatch(_with_lines(keys.pad(rows) if keys else rows, raws), input_bytes=input_bytes)
+
+        return batch
 
     def _may_hold_values_not_text(self, text: bytes, table: pa.Table) -> bool:
         """Whether a declared text column may hold a number, boolean, list or object in ``text``, read as

@@ -24,6 +24,7 @@ import xxhash
 import connectors.files as files
 from connectors.base import SourceBatch
 from connectors.files import FilesSourceReader, _rows_as_text, read_json_objects
+from connectors.read_ahead import read_ahead
 from schemas.config import FilesSource
 from schemas.json_values import is_json, json_values
 from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, InputIds, record_ids
@@ -180,7 +181,11 @@ def test_jsonl_batches_equal_the_per_line_reader(
     path = tmp_path / "tricky.jsonl"
     path.write_bytes(content)
     monkeypatch.setattr(files, "BLOCK_BYTES", block)  # small blocks: lines longer than a block, many blocks
+    ahead = []
+    monkeypatch.setattr(files, "read_ahead", lambda items: ahead.append(1) or read_ahead(items))
     new = read_new(path, batch_rows)
+    # A file of several blocks is parsed a batch or two ahead of its ids, on another thread: the same batches.
+    assert bool(ahead) == (len(content) > block)
     reader = FilesSourceReader(FilesSource(path=str(path)), batch_rows)
     uri = uri_of(new)
     assert_same_batches(new, old_batches(reader, uri, content, block))

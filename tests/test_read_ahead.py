@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from curation.read_ahead import read_ahead
+from connectors.read_ahead import read_ahead
 
 
 def test_items_arrive_in_order_and_a_reader_error_is_raised_to_the_consumer() -> None:

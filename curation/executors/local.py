@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.base import Source
+from connectors.read_ahead import read_ahead
 from connectors.state import process_alive
-from curation.read_ahead import read_ahead
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.review import ReviewDecisions
 from curation.stopping import raise_if_stopped
