@@ -569,7 +569,11 @@ class DatasetWriter:
                 self._write_lineage(take_rows(part, rendered), placed)
 
     def _submit(self, job: Callable[[], None]) -> None:
-        self.flush()
+        # The writer's last job only: the lineage's overlaps the next one (which waits for it before it hands
+        # the lineage more, so an error there fails that job); ``flush`` waits for both.
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
         self._pending = self._worker.submit(job)
 
     def flush(self) -> None:

@@ -309,8 +309,10 @@ def test_a_write_that_fails_on_the_writer_thread_fails_the_run_and_leaves_nothin
     monkeypatch.setattr(LineageSeries, "write", disk_full)
     with pytest.raises(OSError, match="No space left"):
         run_recipe(recipe)
-    assert calls.count("lineage") == failing  # nothing was written after the failure
-    assert calls.count("train") == failing  # raised by the next write, or by publish after the last one
+    assert calls.count("lineage") == failing  # no lineage was written after the failure
+    # The lineage's thread overlaps the writer's next job, which fails on the error before it hands the
+    # lineage more (at most its own train shard written, to the staging the failed run removes); or publish.
+    assert failing <= calls.count("train") <= min(failing + 1, 10)
     assert published_versions(str(workdir / "output"), "docs") == []
     assert not (workdir / "output" / "docs" / "_staging").exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,38 @@ def test_the_reader_stays_at_most_depth_items_ahead_and_stops_when_the_consumer_
     stream.close()  # the consumer stops early: the reader thread ends, it does not read on
     assert not any(t.name == "curation-read-ahead" and t.is_alive() for t in threading.enumerate())
     assert len(produced) <= 5
+
+
+def test_a_run_whose_writer_fails_stops_every_thread_reading_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's reading thread and the dedup barrier's spill reader both stop when the run fails, before the
+    spill folder goes and while the error (which holds the run's frames) is still being handled."""
+    from curation.pipeline import run_recipe
+    from curation.writer import DatasetWriter
+    from schemas.config import Recipe
+    from tests.helpers import write_jsonl
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": f"record {n}"} for n in range(200)])
+    recipe = Recipe.model_validate(
+        {
+            "dataset": "d",
+            "sources": [{"path": str(tmp_path / "in.jsonl")}],
+            "record": {"kind": "document"},
+            "batch_rows": 10,  # twenty batches: the threads are still reading ahead when the writer fails
+            "output": {"dest": str(tmp_path / "out")},
+            "state": f"sqlite:///{tmp_path}/state.db",
+        }
+    )
+
+    def fail(self: DatasetWriter, batch: object) -> None:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(DatasetWriter, "write", fail)
+    try:
+        run_recipe(recipe)
+    except RuntimeError as error:  # its traceback holds the run's frames, as it does while the run aborts
+        assert str(error) == "the disk is full"
+        assert not any(t.name == "curation-read-ahead" and t.is_alive() for t in threading.enumerate())
+    else:
+        pytest.fail("the run did not fail")

@@ -127,8 +127,10 @@ class LocalExecutor:
                     pending = []
                 else:
                     pending.append(stage)
-            # Closed however the loop ends, so the threads reading ahead stop before the spill folder goes.
-            with contextlib.closing(self._apply(stream, pending, writer, tally)) as batches:
+            # Closed however the loop ends, so the threads reading ahead stop before the spill folder goes: the
+            # last generator is then the only one holding those before it, which go with it.
+            stream = self._apply(stream, pending, writer, tally)
+            with contextlib.closing(stream) as batches:
                 for batch in batches:
                     writer.write(batch)
                     tally.written += batch.num_rows
