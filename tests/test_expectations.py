@@ -105,6 +105,30 @@ def test_unique_holds_across_batches_and_files(workdir: Path) -> None:
     assert first["record"] == '{"label": "T-0"}' and first["reason"] == "expect_column_values_to_be_unique:label"
 
 
+def test_unique_on_dates_and_times_shows_them_as_the_output_writes_them() -> None:
+    import datetime
+
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    moment = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    batch = pa.table(
+        {
+            "id": list("abc"),
+            "source": source_array("files", "/t.parquet", [1, 2, 3]),
+            "at": pa.array([moment, moment, moment.replace(microsecond=120000)], pa.timestamp("us")),
+            "took": pa.array([datetime.timedelta(seconds=5)] * 2 + [None], pa.duration("ms")),
+        }
+    )
+    stage = UniqueValues(["at", "took"])
+    aside = stage.resolve([stage.signatures(batch.slice(0, 1)), stage.signatures(batch.slice(1))])
+    assert aside["id"].to_pylist() == ["a", "b"]  # c's fraction of a second makes it another value
+    # Arrow's text would be "2024-01-02 03:04:05.000000" and "5000": not what a published record holds.
+    assert aside["record"].to_pylist() == ['{"at": "2024-01-02 03:04:05", "took": "0:00:05"}'] * 2
+
+
 def test_unique_on_the_record_source_a_list_or_an_image_compares_their_values() -> None:
     import pyarrow as pa
 

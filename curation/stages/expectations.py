@@ -253,10 +253,14 @@ class Expectations:
 
 
 def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """A column's values as text that is equal where they are: Arrow's text of a scalar; JSON of a struct,
-    list or map (the record's ``source``), which Arrow cannot cast to text; a binary value (an image)
-    by its sha256, which needs no UTF-8 and spares the set-aside record its megabytes."""
+    """A column's values as text that is equal where they are: Arrow's text of a scalar; a date or time as
+    the output writes it (``_as_written``: the set-aside record shows ``2024-01-02 03:04:05``, not Arrow's
+    ``2024-01-02 03:04:05.000000``); JSON of a struct, list or map (the record's ``source``), which Arrow
+    cannot cast to text; a binary value (an image) by its sha256, which needs no UTF-8 and spares the
+    set-aside record its megabytes."""
     kind = column.type
+    if pa.types.is_temporal(kind):
+        return _as_written(column)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
         digests = [None if v is None else f"sha256:{hashlib.sha256(v).hexdigest()}" for v in column.to_pylist()]
         return pa.array(digests, pa.string())
