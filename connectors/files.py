@@ -47,6 +47,7 @@ from connectors.storage import (
     partitions_below,
     read_error,
 )
+from schemas.arrow_bytes import string_buffers
 from schemas.config import FilesSource
 from schemas.json_values import JSON_TYPE, float_texts, is_json, json_values
 from schemas.records import (
@@ -349,12 +350,8 @@ def _values_and_colons(column: pa.Array | pa.ChunkedArray) -> tuple[int, int] | 
         if column.null_count:  # a null's slot may hold bytes: counted value by value
             return 0, int(pc.sum(pc.count_substring(column, ":")).as_py() or 0)
         # The bytes behind the values, counted at once: several times faster than value by value.
-        width = np.int32 if pa.types.is_string(kind) else np.int64
-        offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset : column.offset + len(column) + 1]
-        data = (
-            np.frombuffer(column.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]] if len(column) else []
-        )
-        return 0, int(np.count_nonzero(data == ord(":")))
+        offsets, data = string_buffers(column)
+        return 0, int(np.count_nonzero(data[offsets[0] : offsets[-1]] == ord(":")))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return _values_and_colons(column.flatten())  # the items of the lists that are not null
     if not pa.types.is_struct(kind):
@@ -500,9 +497,8 @@ def _may_not_be_text(column: pa.ChunkedArray) -> np.ndarray:
     values took 20 times longer)."""
     parts = []
     for chunk in column.chunks:
-        width = np.int32 if pa.types.is_string(chunk.type) else np.int64
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
-        data = np.frombuffer(chunk.buffers()[2] or b"\0", dtype=np.uint8)
+        offsets, data = string_buffers(chunk)
+        data = data if data.size else np.zeros(1, np.uint8)  # a byte to index where every value is empty
         lengths = np.diff(offsets)
         first = data[np.minimum(offsets[:-1], len(data) - 1)]
         found = (lengths > 0) & (

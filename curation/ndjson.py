@@ -20,6 +20,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.arrow_bytes import string_buffers
+
 # A piece of every line: a column's values, or literal text.
 Piece = pa.Array | str
 
@@ -104,8 +106,8 @@ def _supported(kind: pa.DataType) -> bool:
 
 def _text(array: pa.Array) -> list[Piece]:
     """A string column escaped: its one value as literal text when every row holds it."""
-    values = _utf8(array)
-    offsets = np.frombuffer(array.buffers()[1], np.int32)[array.offset : array.offset + len(array) + 1]
+    offsets, data = string_buffers(array)
+    values = data[offsets[0] : offsets[-1]]
     sizes = np.diff(offsets)
     if not array.null_count and sizes.min() == sizes.max():
         size = int(sizes[0])
@@ -130,9 +132,8 @@ def _holds(array: pa.Array, char: str) -> bool:
     read as one binary value, and an Arrow kernel runs outside the GIL (the writer encodes on its own
     thread): a comparison and a count were two passes writing a mask as large, and NumPy's string find
     holds the GIL."""
-    _, offsets, data = array.buffers()
-    ends = np.frombuffer(offsets, np.int32)[[array.offset, array.offset + len(array)]]
-    whole = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(ends), data])
+    offsets, data = string_buffers(array)
+    whole = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(offsets[[0, -1]]), pa.py_buffer(data)])
     return bool(pc.match_substring_regex(whole, re.escape(char))[0].as_py())
 
 
@@ -142,11 +143,8 @@ def _escape(text: str) -> str:
 
 def _utf8(array: pa.Array) -> np.ndarray:
     """The bytes of a ``pa.string()`` array's values end to end, without a copy."""
-    _, offsets, data = array.buffers()
-    if data is None or not len(array):
-        return np.empty(0, np.uint8)
-    ends = np.frombuffer(offsets, np.int32)
-    return np.frombuffer(data, np.uint8)[ends[array.offset] : ends[array.offset + len(array)]]
+    offsets, data = string_buffers(array)
+    return data[offsets[0] : offsets[-1]]
 
 
 def _joined(pieces: list[Piece], rows: int) -> pa.Array:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stages.base import StageResult
+from schemas.arrow_bytes import string_buffers
 from schemas.manifest import Manifest
 
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
@@ -82,10 +83,8 @@ def length_bins(values: pa.Array | pa.ChunkedArray) -> Counter[int]:
 def char_lengths(values: pa.Array) -> np.ndarray:
     """``pc.utf8_length`` of a string array, 0 for a null. ASCII text (the usual) has as many characters as
     bytes, which its offsets give: one vectorised pass finds it, where Arrow's kernel counted a value at a time."""
-    _, offset_buffer, data_buffer = values.buffers()
-    offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
-    offsets = np.frombuffer(offset_buffer, offset_type, len(values) + 1, values.offset * np.dtype(offset_type).itemsize)
-    data = np.frombuffer(data_buffer, np.uint8)[offsets[0] : offsets[-1]] if data_buffer else np.empty(0, np.uint8)
+    offsets, data = string_buffers(values)
+    data = data[offsets[0] : offsets[-1]]
     if data.size and data.max() >= 0x80:
         return pc.fill_null(pc.utf8_length(values), 0).to_numpy()
     lengths = np.diff(offsets)

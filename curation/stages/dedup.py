@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from curation.stages.base import require_columns
 from curation.stages.duplicates import holds_one_key_each, keep_first, one_key_each, resolve_duplicates
+from schemas.arrow_bytes import string_buffers
 from schemas.hashing import xxh3_64
 from schemas.records import empty_set_aside
 
@@ -26,16 +27,12 @@ _DOUBLE_SPACE = 0x2020  # two spaces read as one 16-bit number (either byte orde
 
 
 def _string_buffers(text: pa.Array | pa.ChunkedArray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each chunk's bytes and its values' offsets into them, without a copy (``text`` is ``pa.string()``);
-    chunks without values or bytes left out."""
+    """Each chunk's bytes and its values' offsets into them, without a copy (``string_buffers``); chunks
+    without values left out."""
     for chunk in text.chunks if isinstance(text, pa.ChunkedArray) else [text]:
-        _, offsets, data = chunk.buffers()
-        if data is None or len(chunk) == 0:
-            continue
-        yield (
-            np.frombuffer(data, np.uint8),
-            np.frombuffer(offsets, np.int32)[chunk.offset : chunk.offset + len(chunk) + 1],
-        )
+        if len(chunk):
+            offsets, data = string_buffers(chunk)
+            yield data, offsets
 
 
 def _utf8_bytes(text: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
