@@ -806,6 +806,10 @@ class FilesSourceReader(ListedFiles):
                 return lambda: SourceBatch(rows=pa.table({}), input_bytes=input_bytes)
             newline = pa.scalar(b"\n", pa.large_binary())
             text = pc.binary_join(pa.ListArray.from_arrays([0, len(raws)], raws), newline)[0].as_py()
+
+        def one_by_one() -> SourceBatch:
+            return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+
         scan = _scan(text)  # once for the checks
         # Checked first: polars panics on a lone surrogate in a key.
         table = None if _may_hold_lone_surrogate(text, scan) else read_json_objects(text, len(raws), scan)
@@ -814,14 +818,14 @@ class FilesSourceReader(ListedFiles):
             or self._may_hold_values_not_text(text, table)
             or (_may_repeat_a_key(text, table, scan) and _repeats_a_key(text))
         ):
-            return lambda: self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+            return one_by_one
         table = _mixed_as_written(table, raws, text)  # a column of text (or floats) a line wrote otherwise
         if table is None:
-            return lambda: self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+            return one_by_one
         if any(pa.types.is_nested(kind) for kind in table.schema.types):
             table = _nested_as_written(table, raws)
             if table is None:  # a line polars took and Python's json does not: named line by line
-                return lambda: self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
+                return one_by_one
         parsed = table
 
         def batch() -> SourceBatch:

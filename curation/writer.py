@@ -20,7 +20,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -487,6 +487,39 @@ class LineageSeries:
         self.shards.append(put_file(self.fs, self.folder, path, data, self._rows))
 
 
+class _OneAtATime:
+    """Jobs run in order on a thread of their own, one in flight at most (so memory holds one more):
+    ``submit`` first waits for the job before it, and raises that job's error."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: Future[None] | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(job)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    @staticmethod
+    def wait_all(*threads: _OneAtATime) -> None:
+        """Each one's job done, in order (a job may submit to a later one); then the first error raised."""
+        errors = []
+        for thread in threads:
+            try:
+                thread.wait()
+            except BaseException as error:  # the others still waited for: none runs on after the caller
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
+
+
 def put_file(fs: pafs.FileSystem, folder: str, path: str, data: bytes | pa.Buffer, records: int) -> Shard:
     """Write ``data`` to ``folder/path`` (its folder made first); the manifest's entry for it."""
     make_dirs(fs, f"{folder}/{path.rsplit('/', 1)[0]}")
@@ -540,14 +573,12 @@ class DatasetWriter:
         self.on_written: Callable[[int], None] = lambda _: None  # records written so far, for progress
         # A batch's sides, their lines, images, shards and hashes are made on one thread, in the order
         # they were asked for, while the caller makes the next batch: Arrow, hashlib and file writes
-        # release the GIL. One job in flight at most, so memory holds one batch more; its error is raised by the next
-        # call (write, write_set_aside, carry or publish), and the run fails with it as before.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-writer")
-        self._pending: Future[None] | None = None
+        # release the GIL. Its error is raised by the next call (write, write_set_aside, carry or
+        # publish), and the run fails with it as before.
+        self._worker = _OneAtATime("dataset-writer")
         # The lineage's files are made on a thread of their own, fed by the writer's: it is the one
-        # busy all the time once records are written. One job in flight there too.
-        self._lineage_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset-lineage")
-        self._lineage_pending: Future[None] | None = None
+        # busy all the time once records are written.
+        self._lineage_worker = _OneAtATime("dataset-lineage")
 
     def write(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
@@ -569,22 +600,14 @@ class DatasetWriter:
                 self._write_lineage(take_rows(part, rendered), placed)
 
     def _submit(self, job: Callable[[], None]) -> None:
-        # The writer's last job only: the lineage's overlaps the next one (which waits for it before it hands
-        # the lineage more, so an error there fails that job); ``flush`` waits for both.
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-        self._pending = self._worker.submit(job)
+        # After the writer's last job only: the lineage's overlaps the next one (which waits for it before it
+        # hands the lineage more, so an error there fails that job); ``flush`` waits for both.
+        self._worker.submit(job)
 
     def flush(self) -> None:
-        """Wait until what was asked for is written; raises the error of a write that failed."""
-        if self._pending is not None:
-            wait([self._pending])  # a job of the writer's thread may hand the lineage one more
-        pending = [job for job in (self._pending, self._lineage_pending) if job is not None]
-        self._pending = self._lineage_pending = None
-        wait(pending)
-        for job in pending:
-            job.result()
+        """Wait until what was asked for is written; raises the error of a write that failed (the writer's
+        first: a job of its thread may hand the lineage one more)."""
+        _OneAtATime.wait_all(self._worker, self._lineage_worker)
 
     def _shut_down(self) -> None:
         self._worker.shutdown()
@@ -606,10 +629,8 @@ class DatasetWriter:
         lines = np.arange(part.num_rows, dtype=np.int64) - starts[piece] + firsts[piece]
         shards = pa.array([shard for shard, _ in placed], pa.string()).take(piece)
         rows = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
-        lineage, self._lineage_pending = self._lineage_pending, None
-        if lineage is not None:
-            lineage.result()  # its error fails this job, and so the writer's next call
-        self._lineage_pending = self._lineage_worker.submit(self.lineage.write, rows)
+        # After the lineage's last job: its error fails this job, and so the writer's next call.
+        self._lineage_worker.submit(lambda: self.lineage.write(rows))
 
     def _piece_sizes(self, total: int, placed: list[tuple[str, int]]) -> list[int]:
         # Pieces fill each shard to its end, so every piece but the last ends a shard.
