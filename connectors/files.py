@@ -623,6 +623,22 @@ def _keys_in(data: bytes, keys: Collection[str]) -> set[str]:
     return found_keys
 
 
+class _Step(NamedTuple):
+    """What reading the ``at``-th file gave next: a batch to finish (``make``), the error that stopped it, or,
+    neither, its end (with the hash of the bytes read, ``digest``)."""
+
+    at: int
+    entry: FileEntry
+    make: Callable[[], SourceBatch] | None = None
+    error: Exception | None = None
+    digest: ReadDigest | None = None
+
+
+def _as_made(batch: SourceBatch) -> SourceBatch:
+    """A batch its reader finished (CSV, Parquet), as a ``_Step`` hands it on."""
+    return batch
+
+
 class FilesSourceReader(ListedFiles):
     """Reads the files a ``FilesSource`` names, in URI order."""
 
@@ -665,34 +681,68 @@ class FilesSourceReader(ListedFiles):
         return entries
 
     def batches(self) -> Iterator[SourceBatch]:
-        for entry in self.entries():
-            batches = self._read(entry)
-            try:
-                first = next(batches, None)
-            except Unreadable as error:
-                yield self.unreadable(entry, error)
-                continue
-            if first is not None:
-                yield first
-                # Past its first batch an error still fails the run: the records before it were passed on,
-                # and the file read again from its start would give them twice.
-                yield from batches
+        entries = self.entries()
+        # Read, parsed and checked a batch or two ahead on another thread, from one file on into the next (a
+        # thread per file left the next file's first block unread until the last batch of the one before was
+        # taken); each batch is finished here, in order (a JSONL file's ids count the contents before). A
+        # source of one block or less is read here: the thread would cost more than it overlaps.
+        steps = self._steps(entries, BLOCK_BYTES)
+        if sum(entry.size or 0 for entry in entries) > BLOCK_BYTES:
+            steps = read_ahead(steps)
+        passed_on = -1  # the file a batch was last passed on of
+        with contextlib.closing(steps):  # however this ends: the reading thread stops, the file is closed
+            for step in steps:
+                if step.make is not None:
+                    yield self._finished(step.entry, step.make)
+                    passed_on = step.at
+                elif step.error is None:
+                    self.taken(step.entry, step.digest)
+                elif isinstance(step.error, Unreadable) and passed_on != step.at:
+                    yield self.unreadable(step.entry, step.error)
+                else:
+                    # Past its first batch an error still fails the run: the records before it were passed on,
+                    # and the file read again from its start would give them twice.
+                    raise step.error
 
-    def _read(self, entry: FileEntry, block_bytes: int | None = None) -> Iterator[SourceBatch]:
-        """The file's batches, read ``block_bytes`` (``BLOCK_BYTES``) at a time (Parquet: a row group at a time)."""
-        fmt = file_format(entry.uri, self.config.format)
-        reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}[fmt]
+    def _steps(self, entries: Iterable[FileEntry], block_bytes: int) -> Iterator[_Step]:
+        """Each file read ``block_bytes`` at a time (Parquet: a row group at a time): its batches to finish, then
+        its end, or the error that stopped it (named by the file); the next file is read then all the same."""
+        for at, entry in enumerate(entries):
+            digest = self.read_digest(entry)
+            try:
+                with self._naming_errors(entry):
+                    fmt = file_format(entry.uri, self.config.format)
+                    if fmt == "jsonl":
+                        for make in self._jsonl(entry, block_bytes, digest):
+                            yield _Step(at, entry, make=make)
+                    else:
+                        reader = {"csv": self._csv, "parquet": self._parquet}[fmt]
+                        for batch in reader(entry, block_bytes, digest):
+                            yield _Step(at, entry, make=functools.partial(_as_made, batch))
+            except Exception as error:  # handed on in the files' order: the file's reader raises it
+                yield _Step(at, entry, error=error)
+            else:
+                yield _Step(at, entry, digest=digest)
+
+    def _finished(self, entry: FileEntry, make: Callable[[], SourceBatch]) -> SourceBatch:
+        """The batch ``make`` finishes, with the file's partition columns."""
+        with self._naming_errors(entry):
+            batch = make()
         partitions = hive_partitions(self.config.path, entry.uri) if self.config.hive_partitioning else {}
         elsewhere = [key for key in self._partition_keys() if key not in partitions]
-        digest = self.read_digest(entry)
+        return _with_partitions(batch, partitions, elsewhere, entry.uri) if partitions or elsewhere else batch
+
+    @contextlib.contextmanager
+    def _naming_errors(self, entry: FileEntry) -> Iterator[None]:
+        """An I/O error or Arrow's error on a damaged file as one naming the file (Arrow's message does not)."""
         try:
-            for batch in reader(entry, block_bytes or BLOCK_BYTES, digest):
-                yield _with_partitions(batch, partitions, elsewhere, entry.uri) if partitions or elsewhere else batch
+            yield
         except OSError as exc:
             raise read_error(entry.uri, exc) from None
-        except pa.ArrowException as exc:  # a damaged file: Arrow's message does not say which
-            raise StorageError(f"{entry.uri}: not a readable {fmt} file: {exc}") from None
-        self.taken(entry, digest)
+        except pa.ArrowException as exc:
+            raise StorageError(
+                f"{entry.uri}: not a readable {file_format(entry.uri, self.config.format)} file: {exc}"
+            ) from None
 
     def _partition_keys(self) -> list[str]:
         """The partition keys of every file the source lists (new or not, so each run and each Ray read
@@ -721,15 +771,23 @@ class FilesSourceReader(ListedFiles):
         ``curation check``."""
         reader = copy.copy(self)
         reader.keyed = set()  # the head alone is read: a key only later lines have is not looked for
-        batches = reader._read(entry, block_bytes)  # a CSV record longer than the head: ``_csv`` grows the blocks
-        try:
-            return next(batches, SourceBatch(rows=pa.table({})))
-        finally:
-            batches.close()  # the file is closed, the rest not read
+        # A CSV record longer than the head: ``_csv`` grows the blocks. Closed once the first batch is made: the
+        # file is closed, the rest not read.
+        with contextlib.closing(reader._steps([entry], block_bytes)) as steps:
+            for step in steps:
+                if step.error is not None:
+                    raise step.error
+                if step.make is not None:
+                    return reader._finished(entry, step.make)
+        return SourceBatch(rows=pa.table({}))
 
     # --- JSONL -------------------------------------------------------------------------------
 
-    def _jsonl(self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
+    def _jsonl(
+        self, entry: FileEntry, block_bytes: int, digest: ReadDigest | None = None
+    ) -> Iterator[Callable[[], SourceBatch]]:
+        """The file's lines, parsed and checked a batch at a time: each made a batch (its ids, which count the
+        contents before) when the function given for it is called, in the file's order."""
         fs, path = filesystem(entry.uri)
         ids = InputIds(entry.uri)
         keyed = self.keyed - set(self._partition_keys())  # a partition column is the folder's: null where none
@@ -743,29 +801,21 @@ class FilesSourceReader(ListedFiles):
                     "object per line, for example with jq -c '.[]'"
                 )
 
-        def parsed() -> Iterator[Callable[[], SourceBatch]]:
-            line_no = 0
-            with open_input(fs, path, entry.etag, digest) as stream:
-                # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
-                blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
-                for data in blocks:  # lines may end in CR alone
-                    if line_no == 0:
-                        refuse_an_array(data)
-                    if not data.endswith(b"\n"):
-                        data += b"\n"  # the last line, without its newline in the file
-                    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
-                    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-                    for start in range(0, len(ends), self.batch_rows):
-                        group = slice(start, start + self.batch_rows)
-                        yield self._parsed_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys)
-                    line_no += len(ends)
-
-        # A file of several blocks is read, parsed and checked a batch or two ahead on another thread, and its
-        # ids made here, in order: the two take about as long. A small file (the thread would cost more than
-        # it overlaps) and a file's head (``head``) are read here.
-        ahead = block_bytes == BLOCK_BYTES and entry.size > block_bytes
-        for batch in read_ahead(parsed()) if ahead else parsed():
-            yield batch()
+        line_no = 0
+        with open_input(fs, path, entry.etag, digest) as stream:
+            # Looked at in the first bytes read: an array written on one line is one line, read whole otherwise.
+            blocks = _line_blocks(_LineFeeds(stream), block_bytes, first=refuse_an_array)
+            for data in blocks:  # lines may end in CR alone
+                if line_no == 0:
+                    refuse_an_array(data)
+                if not data.endswith(b"\n"):
+                    data += b"\n"  # the last line, without its newline in the file
+                ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
+                starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+                for start in range(0, len(ends), self.batch_rows):
+                    group = slice(start, start + self.batch_rows)
+                    yield self._parsed_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys)
+                line_no += len(ends)
 
     def _keys_held(self, entry: FileEntry, names: Collection[str]) -> set[str]:
         """Which of the columns ``names`` some line of the JSONL file holds the key of (a line that is no

@@ -1073,9 +1073,9 @@ def test_an_edited_sidecar_is_parsed_once_per_run(workdir: Path, monkeypatch: py
     sidecar = workdir / "qa.jsonl"
     sidecar.write_text(sidecar.read_text().replace("12.50 USD", "13.50 USD"))
     parsed: list[str] = []
-    read = FilesSourceReader._read
+    read = FilesSourceReader._jsonl
     monkeypatch.setattr(
-        FilesSourceReader, "_read", lambda self, entry, *a: parsed.append(entry.uri) or read(self, entry, *a)
+        FilesSourceReader, "_jsonl", lambda self, entry, *a: parsed.append(entry.uri) or read(self, entry, *a)
     )
     second = run(workdir, spec)
     assert parsed == [str(sidecar)]

@@ -30,7 +30,17 @@ from curation.pipeline import build_sources, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
 from schemas.config import FilesSource, Recipe, load_recipe, parse_recipe
-from tests.helpers import docs_recipe, outputs, processed, refusing, run, set_aside, write_jsonl, write_recipe
+from tests.helpers import (
+    docs_recipe,
+    lineage_rows,
+    outputs,
+    processed,
+    refusing,
+    run,
+    set_aside,
+    write_jsonl,
+    write_recipe,
+)
 from tests.test_cli import curation
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -1177,6 +1187,35 @@ def test_a_table_file_that_cannot_be_read_is_quarantined_and_read_again_on_the_n
     assert (third.manifest.version, third.manifest.counts.input, third.manifest.counts.written) == (2, 1, 1)
     assert "couriers are refunded with the item" in [line["text"] for line in outputs(Path(third.version_uri))]
     assert run(workdir, spec).message.startswith("nothing new")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_files_read_ahead_one_into_the_next_keep_their_order_past_one_that_cannot_be_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    # Read ahead on a thread (the source is more than a block), the denied file between two others is
+    # quarantined in its place and the one after it is read whole, each file once.
+    import connectors.files as files
+
+    monkeypatch.setattr(files, "BLOCK_BYTES", 64)
+    (workdir / "in").mkdir()
+    _export(workdir / "in", f"a{suffix}", [f"refunds take {n} days" for n in range(40)])
+    denied = _export(workdir / "in", f"b{suffix}", ["couriers are refunded with the item"])
+    _export(workdir / "in", f"c{suffix}", [f"gift card {n} cannot be refunded" for n in range(40)])
+    spec = {**docs_recipe("in"), "batch_rows": 16}
+    _refuse(monkeypatch, denied)
+    first = run(workdir, spec)
+    counts = first.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (81, 80, 1)
+    [refused] = set_aside(Path(first.version_uri))
+    assert refused["detail"] == f"{denied}: cannot read (Permission denied); the next run reads it again"
+    lineage = lineage_rows(Path(first.version_uri))
+    read = [(Path(row["source"]["uri"]).name, row["source"]["line"]) for row in lineage]  # the published records
+    first_line = 2 if suffix == ".csv" else 1  # a CSV file's header is its line 1
+    assert sorted(read) == [(f"{name}{suffix}", first_line + n) for name in "ac" for n in range(40)]
+    _refuse(monkeypatch, None)
+    second = run(workdir, spec)  # the denied file alone, read again
+    assert (second.manifest.counts.input, second.manifest.counts.written) == (1, 1)
 
 
 def test_a_first_run_that_can_read_none_of_its_inputs_publishes_nothing_and_fails(

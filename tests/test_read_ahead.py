@@ -76,3 +76,37 @@ def test_a_run_whose_writer_fails_stops_every_thread_reading_ahead(
         assert not any(t.name == "curation-read-ahead" and t.is_alive() for t in threading.enumerate())
     else:
         pytest.fail("the run did not fail")
+
+
+def test_the_next_file_is_read_while_the_last_batch_of_the_one_before_is_worked_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread per file left the next file unread until the last batch of the one before was taken: the
+    stages waited for its first block at every file's start (eight of them in a folder of eight parts)."""
+    import connectors.files as files
+    from curation.pipeline import build_sources
+    from schemas.config import Recipe
+    from tests.helpers import write_jsonl
+
+    monkeypatch.setattr(files, "BLOCK_BYTES", 64)  # the source is more than a block: it is read ahead
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "the first file's only record"}])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": f"record {n} of the second file"} for n in range(3)])
+    opened, open_input = threading.Event(), files.open_input
+
+    def watched(fs: object, path: str, *args: object, **kwargs: object) -> object:
+        if path.endswith("b.jsonl"):
+            opened.set()
+        return open_input(fs, path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open_input", watched)
+    recipe = Recipe.model_validate(
+        {"dataset": "d", "sources": [{"path": str(tmp_path / "in")}], "record": {"kind": "document"}}
+    )
+    [source] = build_sources(recipe)
+    batches = source.batches()
+    first = next(batches)  # a.jsonl's only batch, still being worked on
+    assert first.rows["text"].to_pylist() == ["the first file's only record"]
+    assert opened.wait(5)
+    assert [text for batch in batches for text in batch.rows["text"].to_pylist()] == [
+        f"record {n} of the second file" for n in range(3)
+    ]

@@ -561,10 +561,10 @@ def test_an_object_overwritten_while_read_in_blocks_is_never_read_half_old_half_
 
     key = f"in/a.{fmt}"
     s3.put_object(Bucket=bucket, Key=key, Body=body("old"))
-    read, parquet_file = connectors.files.FilesSourceReader._read, pq.ParquetFile
+    read, parquet_file = connectors.files.FilesSourceReader._steps, pq.ParquetFile
 
     def overwrite_after_the_first_batch(self: object, *args: object, **kwargs: object) -> Iterator:
-        batches = read(self, *args, **kwargs)
+        batches = read(self, *args, **kwargs)  # the first block read (and parsed): the rest is read after
         yield next(batches)
         s3.put_object(Bucket=bucket, Key=key, Body=body("new"))
         yield from batches
@@ -577,7 +577,7 @@ def test_an_object_overwritten_while_read_in_blocks_is_never_read_half_old_half_
     if fmt == "parquet":
         monkeypatch.setattr(pq, "ParquetFile", overwrite_after_the_footer)
     else:
-        monkeypatch.setattr(connectors.files.FilesSourceReader, "_read", overwrite_after_the_first_batch)
+        monkeypatch.setattr(connectors.files.FilesSourceReader, "_steps", overwrite_after_the_first_batch)
     spec = {
         "dataset": "docs",
         "sources": [{"path": f"s3://{bucket}/in/"}],
