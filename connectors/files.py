@@ -199,6 +199,32 @@ def _scan(text: bytes) -> _Scan:
     return _Scan(int(np.count_nonzero(np.frombuffer(text, dtype=np.uint8) == ord(":"))), b"\\" in text)
 
 
+# The bytes ``_line_ends`` looks at a time (a multiple of 8): the piece and its flags stay in the core's
+# cache for both the newline and the colon pass, where 8 MB flags went out to memory and back per pass.
+_PIECE = 256 * 1024
+
+
+def _line_ends(data: bytes) -> tuple[np.ndarray, _Scan]:
+    """Where each newline of ``data`` is, and ``_scan(data)``, in one walk over it. ``np.flatnonzero``
+    looks at each flag one by one (most of the newline search): it looks instead at the flags 8 at a
+    time, as one 64-bit word, and then only into the words holding a newline (about one in 20 here).
+    Together, about a third less CPU than the two passes over the whole block."""
+    octets = np.frombuffer(data, dtype=np.uint8)
+    flags = np.empty(-(-min(len(octets), _PIECE) // 8) * 8, dtype=bool)
+    ends, colons = [np.zeros(0, dtype=np.int64)], 0
+    for at in range(0, len(octets), _PIECE):
+        piece = octets[at : at + _PIECE]
+        size = len(piece)
+        np.equal(piece, ord("\n"), out=flags[:size])
+        flags[size:] = False  # the last piece's flags past its end, in its last word
+        words = flags[: -(-size // 8) * 8].view(np.uint64)
+        held = np.flatnonzero(words != 0)
+        found = np.flatnonzero(words[held].view(np.bool_))  # the flags of those words, 8 a word
+        ends.append(held[found >> 3] * 8 + (found & 7) + at)
+        colons += int(np.count_nonzero(np.equal(piece, ord(":"), out=flags[:size])))
+    return np.concatenate(ends), _Scan(colons, b"\\" in data)
+
+
 def _escapes_a_colon(text: bytes, scan: _Scan) -> bool:
     return scan.escapes and _ESCAPED_COLON.search(text) is not None
 
@@ -753,11 +779,16 @@ class FilesSourceReader(ListedFiles):
                         refuse_an_array(data)
                     if not data.endswith(b"\n"):
                         data += b"\n"  # the last line, without its newline in the file
-                    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # one newline per line
+                    ends, scan = _line_ends(data)  # one newline per line
                     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+                    # One batch of the block (the usual): its text's scan is the block's (a blank line left out
+                    # of the text holds no colon nor backslash).
+                    whole = scan if len(ends) <= self.batch_rows else None
                     for start in range(0, len(ends), self.batch_rows):
                         group = slice(start, start + self.batch_rows)
-                        yield self._parsed_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys)
+                        yield self._parsed_lines(
+                            ids, line_no + start + 1, data, starts[group], ends[group], keys, whole
+                        )
                     line_no += len(ends)
 
         # A file of several blocks is read, parsed and checked a batch or two ahead on another thread, and its
@@ -790,10 +821,11 @@ class FilesSourceReader(ListedFiles):
         starts: np.ndarray,
         ends: np.ndarray,
         keys: _KeysOfFile | None = None,
+        scan: _Scan | None = None,
     ) -> Callable[[], SourceBatch]:
         """The lines ``data[starts[i]:ends[i]]``, numbered from ``first_line`` (blank ones skipped), in two
         steps: parsed and checked now, made a batch when the function returned is called, in the file's
-        order (its ids count the contents before)."""
+        order (its ids count the contents before). ``scan``: the lines', where scanned already."""
         input_bytes = int(ends[-1]) + 1 - int(starts[0])  # the lines and their newlines
         numbers = np.arange(first_line, first_line + len(starts))
         raws = _line_array(data, starts, ends)
@@ -810,7 +842,7 @@ class FilesSourceReader(ListedFiles):
         def one_by_one() -> SourceBatch:
             return self._parse_lines_one_by_one(ids, numbers.tolist(), raws.to_pylist(), input_bytes, keys)
 
-        scan = _scan(text)  # once for the checks
+        scan = _scan(text) if scan is None else scan  # once for the checks
         # Checked first: polars panics on a lone surrogate in a key.
         table = None if _may_hold_lone_surrogate(text, scan) else read_json_objects(text, len(raws), scan)
         if (

@@ -710,3 +710,23 @@ def assert_same_tables(fast: pa.Table | None, full: pa.Table | None) -> None:
     assert (fast is None) == (full is None)
     if fast is not None and full is not None:
         assert fast.schema == full.schema and fast.to_pylist() == full.to_pylist()
+
+
+@pytest.mark.parametrize("piece", [8, 24, 256 * 1024])
+def test_line_ends_find_each_newline_and_scan_as_the_passes_over_the_whole_block(
+    monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    """``_line_ends`` looks at a block a piece at a time and at its flags a word at a time: on random
+    blocks (empty, one byte, newlines side by side, at a piece's or word's edge or none, lengths not a
+    multiple of 8, non-ASCII, colons and backslashes) it finds what ``np.flatnonzero`` and ``_scan`` find."""
+    monkeypatch.setattr(files, "_PIECE", piece)
+    rng = random.Random(23)
+    alphabet = [b"\n", b":", b"\\", b"a", b"{", b" ", "é".encode(), b"\r", b"\n\n"]
+    blocks = [b"", b"\n", b":", b"\\", b"a" * 7 + b"\n", b"\n" * 64, b"x" * 40]
+    blocks += [b"".join(rng.choices(alphabet, k=rng.randrange(200))) for _ in range(400)]
+    blocks += [random_block(rng, rng.choice([1, 5, 101])) for _ in range(50)]
+    for data in blocks:
+        ends, scan = files._line_ends(data)
+        assert ends.tolist() == np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")).tolist(), data
+        assert ends.dtype == np.int64
+        assert scan == files._scan(data) == (data.count(b":"), b"\\" in data), data
