@@ -710,3 +710,88 @@ def assert_same_tables(fast: pa.Table | None, full: pa.Table | None) -> None:
     assert (fast is None) == (full is None)
     if fast is not None and full is not None:
         assert fast.schema == full.schema and fast.to_pylist() == full.to_pylist()
+
+
+@pytest.mark.parametrize("piece", [8, 24, 256 * 1024])
+def test_line_ends_find_each_newline_and_scan_as_the_passes_over_the_whole_block(
+    monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    """``_line_ends`` looks at a block a piece at a time and at its flags a word at a time: on random
+    blocks (empty, one byte, newlines side by side, at a piece's or word's edge or none, lengths not a
+    multiple of 8, non-ASCII, colons and backslashes) it finds what ``np.flatnonzero`` and ``_scan`` find."""
+    monkeypatch.setattr(files, "_PIECE", piece)
+    rng = random.Random(23)
+    alphabet = [b"\n", b":", b"\\", b"a", b"{", b" ", "é".encode(), b"\r", b"\n\n"]
+    blocks = [b"", b"\n", b":", b"\\", b"a" * 7 + b"\n", b"\n" * 64, b"x" * 40]
+    blocks += [b"".join(rng.choices(alphabet, k=rng.randrange(200))) for _ in range(400)]
+    blocks += [random_block(rng, rng.choice([1, 5, 101])) for _ in range(50)]
+    for data in blocks:
+        ends, scan = files._line_ends(data)
+        assert ends.tolist() == np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")).tolist(), data
+        assert ends.dtype == np.int64
+        assert scan == files._scan(data) == (data.count(b":"), b"\\" in data), data
+
+
+def may_not_be_text_value_by_value(column: pa.ChunkedArray) -> list[bool]:
+    """The reference: a value that is not null and opens as a number, array or object would, or is 4
+    bytes opening with t or 5 with f (as true and false are)."""
+    found = []
+    for value in column.to_pylist():
+        raw = b"" if value is None else value.encode()
+        found.append(
+            value is not None
+            and raw[:1] != b""
+            and (
+                raw[:1] in b"-0123456789[{"
+                or (raw[:1] == b"t" and len(raw) == 4)
+                or (raw[:1] == b"f" and len(raw) == 5)
+            )
+        )
+    return found
+
+
+def test_the_values_that_may_not_be_text_are_those_value_by_value() -> None:
+    """``_may_not_be_text`` takes the first bytes chunk by chunk and looks at them all at once: on random
+    columns (empty, one value, several chunks, sliced chunks, string and large_string, nulls, empty
+    values first, last or everywhere, non-ASCII, true/false and look-alikes) it says what each value says."""
+    rng = random.Random(29)
+    words = [
+        "",
+        "",
+        "true",
+        "false",
+        "tree",
+        "fals",
+        "trueish",
+        "12",
+        "-3",
+        "[1]",
+        "{}",
+        "é",
+        "日本",
+        "x",
+        "f",
+        "t",
+        None,
+    ]
+    columns = [
+        pa.chunked_array([], pa.string()),
+        pa.chunked_array([pa.array([""])]),
+        pa.chunked_array([pa.array([None], pa.string())]),
+        pa.chunked_array([pa.array(["12", "", ""]), pa.array(["t", "", None])]),  # empty values at the end
+        pa.chunked_array([pa.array(["", "-", "", "x", "[", "false", ""])]),
+    ]
+    for _ in range(300):
+        kind = rng.choice([pa.string(), pa.large_string()])
+        chunks = []
+        for _ in range(rng.randrange(4)):
+            values = rng.choices(words, k=rng.randrange(6))
+            chunk = pa.array([*values, "pad", "9"], kind)
+            if rng.random() < 0.3:  # nulls whose slots hold bytes (Arrow does not forbid it)
+                valid = pa.array([rng.random() < 0.7 for _ in range(len(chunk))]).buffers()[1]
+                chunk = pa.Array.from_buffers(kind, len(chunk), [valid, *chunk.buffers()[1:]])
+            start = rng.randrange(3)
+            chunks.append(chunk.slice(start, rng.randrange(len(values) + 3 - start)))
+        columns.append(pa.chunked_array(chunks, kind))
+    for column in columns:
+        assert files._may_not_be_text(column).tolist() == may_not_be_text_value_by_value(column), column
