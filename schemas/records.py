@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.hashing import xxh3_64, xxh3_128_hex, xxh3_128_hex_keyed
+from schemas.hashing import hex_digests, xxh3_64, xxh3_128_digests, xxh3_128_hex
 
 RecordKind = Literal["document", "instruction", "vqa", "table"]
 
@@ -114,16 +114,16 @@ class InputIds:
             contents = pa.array(contents, pa.binary())
         if contents.null_count:
             raise ValueError(f"{self.uri}: a record's content is null; ids need bytes")
-        # Each record's id as if its content came first, which nearly all do, and the key it is counted by:
-        # one hash per record. Only the others are hashed again, with their position.
-        ids, keys = xxh3_128_hex_keyed(_joined(self.uri, _FIRST, contents))
-        before = self._counted(keys.to_numpy(zero_copy_only=False), "ids")
-        again = before > 0
-        if not again.any():
-            return ids
-        where = np.flatnonzero(again)
-        later = record_ids(self.uri, before[where], contents.take(pa.array(where)))
-        return pc.replace_with_mask(ids, pa.array(again), later)
+        # Each record's digest as if its content came first, which nearly all do, and the key it is counted by
+        # (its first half): one hash per record. Only the others are hashed again, with their position, and
+        # every id is written out once.
+        digests, _ = xxh3_128_digests(_joined(self.uri, _FIRST, contents))
+        before = self._counted(digests[:, 0].astype(np.uint64), "ids")
+        where = np.flatnonzero(before)
+        if len(where):
+            positions = pc.cast(pc.cast(pa.array(before[where]), pa.string()), pa.large_binary())
+            digests[where] = xxh3_128_digests(_joined(self.uri, positions, contents.take(pa.array(where))))[0]
+        return hex_digests(digests)
 
     def occurrences(self, contents: Sequence[bytes]) -> np.ndarray:
         """How many records before each one in the input held the same content (0 for a first), counted
