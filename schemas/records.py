@@ -191,8 +191,8 @@ def sorted_holds(ordered: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def _near(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """The places, in order, of the ``keys`` whose top 16 bits one of the uint64 ``values`` has: every place
-    of a value, and a few of other keys (a key of its own counts 0 before it as well). Searching each key
-    for the values cost 10 times this filter."""
+    of a value, and a few of other keys (each alone among its equals there, so numbered 0). A binary search
+    of each key among the values cost 10 times this filter."""
     tops = np.zeros(1 << 16, bool)
     tops[(values >> np.uint64(48)).astype(np.intp)] = True
     return np.flatnonzero(tops[(keys >> np.uint64(48)).astype(np.intp)])
