@@ -74,18 +74,16 @@ def record_ids(
     return xxh3_128_hex(_joined(uri, pc.cast(positions, pa.large_binary()), contents))
 
 
-def _joined(uri: str, positions: pa.Array | pa.Scalar, contents: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """What a record id hashes: ``uri``, the position (one for all, or one each) and the content, joined by \\x1f."""
-    return pc.binary_join_element_wise(
-        pa.scalar(uri.encode(), pa.large_binary()),
-        positions,
-        pc.cast(contents, pa.large_binary()),
-        pa.scalar(b"\x1f", pa.large_binary()),
-    )
+def _joined(uri: str, positions: pa.Array | int, contents: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """What a record id hashes: ``uri``, the position (one for all, or one each) and the content, joined by \x1f."""
+    contents = pc.cast(contents, pa.large_binary())
+    if isinstance(positions, int):  # one prefix for all, put in front: half the cost of a join
+        return pc.binary_replace_slice(contents, 0, 0, f"{uri}\x1f{positions}\x1f".encode())
+    sep = pa.scalar(b"\x1f", pa.large_binary())
+    return pc.binary_join_element_wise(pa.scalar(uri.encode(), pa.large_binary()), positions, contents, sep)
 
 
 _SLOT_BITS = 24  # InputIds' filter at most: 16 MiB of slots, a few percent taken twice by chance at a million
-_FIRST = pa.scalar(b"0", pa.large_binary())  # the position in a content's first record's id
 
 
 class InputIds:
@@ -117,7 +115,7 @@ class InputIds:
         # Each record's digest as if its content came first, which nearly all do, and the key it is counted by
         # (its first half): one hash per record. Only the others are hashed again, with their position, and
         # every id is written out once.
-        digests, _ = xxh3_128_digests(_joined(self.uri, _FIRST, contents))
+        digests, _ = xxh3_128_digests(_joined(self.uri, 0, contents))
         before = self._counted(digests[:, 0].astype(np.uint64), "ids")
         where = np.flatnonzero(before)
         if len(where):
