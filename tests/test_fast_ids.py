@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 import xxhash
 
-from schemas.hashing import xxh3_128_hex_keyed
-from schemas.records import InputIds
+from schemas.hashing import xxh3_128_hex, xxh3_128_hex_keyed
+from schemas.records import InputIds, record_ids
 
 URI = "s3://bucket/part-0000.jsonl"
 EDGES = [b"", b"\x1f", b"0", b"0\x1f", b"\xff\xfe not UTF-8", "é ✓ 😀".encode(), b'{"a": 1}', b"\x00" * 40]
@@ -92,3 +92,53 @@ def test_an_instance_counts_ids_or_occurrences_not_both() -> None:
     ids([b"a"])
     with pytest.raises(ValueError, match="counts ids already"):
         ids.occurrences([b"a"])
+
+
+def as_column(rng: random.Random, batch: list[bytes]) -> pa.Array | pa.ChunkedArray:
+    """``batch`` as a reader may hand it over: binary, large_binary or (where it is UTF-8) string, whole,
+    sliced out of a longer array (its offsets start past 0) or in chunks, some empty."""
+    text = all(_is_utf8(content) for content in batch) and rng.random() < 0.5
+    kind = rng.choice([pa.string(), pa.large_string()] if text else [pa.binary(), pa.large_binary()])
+    values: list = [content.decode() for content in batch] if text else batch
+    shape = rng.randrange(3)
+    if shape == 0:
+        return pa.array(values, kind)
+    if shape == 1:
+        padded = pa.array([*values[:1], *values, *values[:1]], kind)  # a neighbour each side of the slice
+        return padded.slice(1 if values else 0, len(values))
+    cuts = sorted(rng.randrange(len(values) + 1) for _ in range(rng.randrange(1, 4)))
+    return pa.chunked_array(
+        [pa.array(values[a:b], kind) for a, b in zip([0, *cuts], [*cuts, len(values)], strict=True)], kind
+    )
+
+
+def _is_utf8(content: bytes) -> bool:
+    try:
+        content.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_ids_of_any_column_are_record_ids_per_record() -> None:
+    # The published formula one record at a time (record_ids, given how many records before held the content),
+    # and xxhash's own digest of it, whatever column type, slice or chunks a batch comes in.
+    rng = random.Random(17)
+    for distinct in (2, 30, 3000):
+        ids, seen, contents, got, expected = InputIds(URI), Counter[bytes](), [], [], []
+        for batch in [*random_batches(rng, 15, 200, distinct), [], [EDGES[4]] * 3, [b"\x80"], []]:
+            got += ids(as_column(rng, batch)).to_pylist()
+            for content in batch:
+                expected += record_ids(URI, [seen[content]], [content]).to_pylist()
+                seen[content] += 1
+            contents += batch
+        assert got == expected == formula(URI, contents)
+
+
+def test_hex_digests_of_any_column_keep_nulls() -> None:
+    values = [*EDGES, None, b"x" * 300, None]
+    column = pa.chunked_array([pa.array(values[:4], pa.large_binary()), pa.array(values[4:], pa.large_binary())])
+    expected = [None if value is None else xxhash.xxh3_128_hexdigest(value) for value in values]
+    assert xxh3_128_hex(column).to_pylist() == expected
+    assert xxh3_128_hex(column.slice(3, 6)).to_pylist() == expected[3:9]
+    assert xxh3_128_hex(pa.array([], pa.string())).to_pylist() == []
