@@ -43,13 +43,6 @@ def xxh3_128_hex(column: Column) -> pa.Array:
     return hex_digests(*xxh3_128_digests(column))
 
 
-def xxh3_128_hex_keyed(column: Column) -> tuple[pa.Array, pa.Array]:
-    """``xxh3_128_hex`` of each value and the digest's first 16 hex digits as a uint64 (a key to count equal
-    values by), from one hash of the column; null stays null."""
-    digests, null = xxh3_128_digests(column)
-    return hex_digests(digests, null), pa.array(digests[:, 0].astype(np.uint64), pa.uint64(), mask=null)
-
-
 def xxh3_128_digests(column: Column) -> tuple[np.ndarray, np.ndarray | None]:
     """``xxhash.xxh3_128_digest`` of each value as a row of a new (n, 2) big-endian uint64 array (its first
     half, then its second), and which values are null (None where none is; their row is zeros)."""

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import xxhash
 
-from schemas.hashing import xxh3_128_hex, xxh3_128_hex_keyed
+from schemas.hashing import hex_digests, xxh3_128_digests, xxh3_128_hex
 from schemas.records import InputIds, record_ids
 
 URI = "s3://bucket/part-0000.jsonl"
@@ -76,14 +76,14 @@ def test_occurrences_count_the_contents_before() -> None:
         assert ids.occurrences(batch).tolist() == expected
 
 
-def test_the_keyed_hash_is_the_hex_digest_and_its_first_half() -> None:
+def test_the_digests_are_the_hex_digest_and_their_first_half_the_key() -> None:
     values = [*EDGES, b"x" * 1000]
     column = pa.chunked_array([pa.array(values[:3], pa.large_binary()), pa.array(values[3:], pa.large_binary())])
-    hexes, keys = xxh3_128_hex_keyed(column)
+    digests, null = xxh3_128_digests(column)
+    hexes = hex_digests(digests, null)
     expected = [xxhash.xxh3_128_hexdigest(value) for value in values]
-    assert hexes.type == pa.string() and hexes.to_pylist() == expected
-    assert keys.to_numpy().tolist() == [int(digest[:16], 16) for digest in expected]
-    assert np.asarray(keys).dtype == np.uint64
+    assert null is None and hexes.type == pa.string() and hexes.to_pylist() == expected
+    assert digests[:, 0].astype(np.uint64).tolist() == [int(digest[:16], 16) for digest in expected]
 
 
 def test_an_instance_counts_ids_or_occurrences_not_both() -> None:
