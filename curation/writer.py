@@ -390,7 +390,7 @@ class ShardSeries:
         while start < end:
             if self._stream is None:
                 self._open()
-            room = self.max_bytes - self._bytes
+            room = max(self.max_bytes - self._bytes, 0)  # a line longer than a shard fills it past its bound
             if end - start <= room:
                 cut = end
             else:

@@ -111,6 +111,17 @@ def test_shards_are_cut_the_same_whether_lines_are_counted_or_given(tmp_path: Pa
         assert body.count(b"\n") == shard.records and len(body) == shard.bytes
 
 
+def test_lines_written_after_one_longer_than_a_shard_start_the_next_shard(tmp_path: Path) -> None:
+    # The long line's shard is over its bound: the next write's room was negative, which Python's rfind
+    # reads from the end, and the shard took the whole write (41 kB in a 1 kB shard).
+    series = ShardSeries(pafs.LocalFileSystem(), str(tmp_path), "train", 1024)
+    long, short = b'"' + b"x" * 2000 + b'"\n', b'"' + b"y" * 400 + b'"\n'
+    assert series.write(long, 1) == [("train/part-00000.jsonl", 1)]
+    assert series.write(short * 4) == [("train/part-00001.jsonl", 1), ("train/part-00002.jsonl", 1)]
+    series.close()
+    assert [(s.records, s.bytes) for s in series.shards] == [(1, len(long)), (2, 2 * len(short)), (2, 2 * len(short))]
+
+
 def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -> None:
     """Small shards, so batches straddle shard ends: every lineage row names the shard and line of its record."""
     # Instruction pairs: a text split is one file whatever its size (JumpStart reads one per channel).
