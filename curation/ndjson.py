@@ -47,7 +47,7 @@ def to_ndjson(table: pa.Table) -> bytes:
 def ndjson_lines(table: pa.Table) -> bytes | pa.ChunkedArray:
     """``to_ndjson``'s bytes, as a string column of each row's line (its newline included) where the kernels
     write the table: the column's data are those bytes end to end, so a writer takes them without the copy
-    that joins them (a tenth of a CPU second per million lines), and its offsets are where lines end. Else
+    that joins them (0.04 CPU s per million lines of 180 bytes), and its offsets are where lines end. Else
     polars' bytes."""
     if not table.num_rows:
         return b""
