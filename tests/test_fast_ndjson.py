@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from curation.ndjson import _holds, to_ndjson
+from curation.ndjson import _holds, ndjson_lines, to_ndjson
 from schemas.records import SOURCE_TYPE
 
 # Every character JSON escapes, and ones it leaves as they are (DEL, non-ASCII, line separators).
@@ -86,6 +86,16 @@ def _tables(rng: random.Random) -> list[pa.Table]:
 def test_lines_equal_polars_write_ndjson(seed: int) -> None:
     for table in _tables(random.Random(seed)):
         assert to_ndjson(table) == _polars(table)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_value_of_the_column_of_lines_is_one_line(seed: int) -> None:
+    # A writer cuts shards at the column's offsets: each value must be a whole line, in order.
+    for table in _tables(random.Random(seed)):
+        lines = ndjson_lines(table)
+        assert isinstance(lines, pa.ChunkedArray) and lines.type == pa.string()
+        expected = _polars(table).split(b"\n")[:-1]
+        assert [value.encode() for value in lines.to_pylist()] == [line + b"\n" for line in expected]
 
 
 def test_types_it_does_not_write_go_to_polars() -> None:

@@ -111,6 +111,51 @@ def test_shards_are_cut_the_same_whether_lines_are_counted_or_given(tmp_path: Pa
         assert body.count(b"\n") == shard.records and len(body) == shard.bytes
 
 
+def test_lines_written_after_one_longer_than_a_shard_start_the_next_shard(tmp_path: Path) -> None:
+    # The long line's shard is over its bound: the next write's room was negative, which Python's rfind
+    # reads from the end, and the shard took the whole write (41 kB in a 1 kB shard).
+    series = ShardSeries(pafs.LocalFileSystem(), str(tmp_path), "train", 1024)
+    long, short = b'"' + b"x" * 2000 + b'"\n', b'"' + b"y" * 400 + b'"\n'
+    assert series.write(long, 1) == [("train/part-00000.jsonl", 1)]
+    assert series.write(short * 4) == [("train/part-00001.jsonl", 1), ("train/part-00002.jsonl", 1)]
+    series.close()
+    assert [(s.records, s.bytes) for s in series.shards] == [(1, len(long)), (2, 2 * len(short)), (2, 2 * len(short))]
+
+
+def _line_column(rng: random.Random, lines: list[bytes]) -> pa.ChunkedArray:
+    """The lines as ``ndjson_lines`` gives them: a string column, a value a line, in chunks, some sliced
+    out of a longer array (their offsets do not start at 0)."""
+    chunks, at = [], 0
+    while at < len(lines):
+        size = rng.randrange(1, len(lines) - at + 1)
+        before, after = [b"{}\n"] * rng.choice([0, 3]), [b"{}\n"] * rng.choice([0, 2])
+        values = [line.decode() for line in before + lines[at : at + size] + after]
+        chunks.append(pa.array(values, rng.choice([pa.string(), pa.large_string()])).slice(len(before), size))
+        at += size
+    return pa.chunked_array([chunk.cast(pa.string()) for chunk in chunks], pa.string())
+
+
+@pytest.mark.parametrize("max_bytes", [1024, 4096, 1 << 20])
+def test_shards_are_cut_the_same_from_a_column_of_lines_as_from_their_bytes(tmp_path: Path, max_bytes: int) -> None:
+    # The writer hands the encoder's column of lines over without joining its bytes: its offsets give the
+    # cuts and counts the bytes gave, also where a write's chunks end inside a shard or one line fills one.
+    rng = random.Random(max_bytes)
+    writes = [_lines(rng, rng.choice([1, 2, 5, 40])) for _ in range(30)]
+    fs = pafs.LocalFileSystem()
+    from_bytes = ShardSeries(fs, str(tmp_path), "bytes", max_bytes)
+    from_column = ShardSeries(fs, str(tmp_path), "column", max_bytes)
+    for lines in writes:
+        placed = from_column.write(_line_column(rng, lines), len(lines))
+        assert placed == [(path.replace("bytes", "column"), first) for path, first in from_bytes.write(b"".join(lines))]
+    from_bytes.close(), from_column.close()
+    assert [s.model_dump(exclude={"path"}) for s in from_column.shards] == [
+        s.model_dump(exclude={"path"}) for s in from_bytes.shards
+    ]
+    assert len(from_column.shards) > 1 or max_bytes == 1 << 20
+    for shard in from_column.shards:
+        assert (tmp_path / shard.path).read_bytes() == (tmp_path / shard.path.replace("column", "bytes")).read_bytes()
+
+
 def test_lineage_rows_point_at_the_line_that_holds_each_record(tmp_path: Path) -> None:
     """Small shards, so batches straddle shard ends: every lineage row names the shard and line of its record."""
     # Instruction pairs: a text split is one file whatever its size (JumpStart reads one per channel).
@@ -387,7 +432,7 @@ def test_parquet_lineage_reads_back_the_rows_written_in_order_across_files(tmp_p
             {
                 "shard": f"train/part-{rng.randrange(3):05d}.jsonl",
                 "line": rng.randrange(1, 10**6),
-                "id": f"{rng.getrandbits(128):032x}",
+                "id": rng.choice([f"{rng.getrandbits(128):032x}", "", "ü" * rng.randrange(300), "a\nb"]),
                 "source": {
                     "connector": rng.choice(["files", "sql"]),
                     "uri": rng.choice(["/in/a.jsonl", '/in/"ü\\n".pdf', "postgresql://h/db"]),
@@ -414,6 +459,9 @@ def test_parquet_lineage_reads_back_the_rows_written_in_order_across_files(tmp_p
         data = (tmp_path / shard.path).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (shard.bytes, shard.sha256)
         assert pq.read_table(tmp_path / shard.path).num_rows == shard.records
+        # Ids without a length before each: zstd compresses their hex text alone, smaller and at less CPU.
+        encodings = pq.ParquetFile(tmp_path / shard.path).metadata.row_group(0).column(2).encodings
+        assert "DELTA_LENGTH_BYTE_ARRAY" in encodings
 
 
 @pytest.mark.parametrize("stored", ["parquet", "jsonl"])
