@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -453,7 +453,7 @@ class ShardSeries:
         self._stream = None
 
 
-class _LineEnds:
+class _LineEnds(Protocol):
     """Where the lines of bytes written to a ``ShardSeries`` end (each just after its newline)."""
 
     start: int  # where the first line starts
@@ -461,18 +461,15 @@ class _LineEnds:
 
     def last(self, start: int, limit: int) -> int:
         """The end of the last line from ``start`` that ends by ``limit``; 0 when none does."""
-        raise NotImplementedError
 
     def next(self, start: int) -> int:
         """The end of the line that starts at ``start``."""
-        raise NotImplementedError
 
     def count(self, start: int, cut: int) -> int:
         """How many lines ``start:cut`` holds (a line's start, a line's end)."""
-        raise NotImplementedError
 
 
-class _NewlineEnds(_LineEnds):
+class _NewlineEnds:
     """Ends found by searching the bytes; ``lines``, when known, is how many they hold."""
 
     def __init__(self, data: bytes, lines: int | None) -> None:
@@ -491,7 +488,7 @@ class _NewlineEnds(_LineEnds):
         return counted
 
 
-class _OffsetEnds(_LineEnds):
+class _OffsetEnds:
     """Ends read from a string column's offsets, one line a value: found without reading the bytes."""
 
     def __init__(self, offsets: np.ndarray) -> None:
