@@ -69,16 +69,23 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).astype("<u2")
 _BYTE_OF_DIGITS = np.full(1 << 16, 256, "<u2")
 _BYTE_OF_DIGITS[_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)] = np.arange(256).reshape(16, 16)
 _DIGITS_OF_BYTE = (_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)).ravel()
+# Looked up by Arrow's take, which reads the uint16 pairs as they are: NumPy's fancy index first copies
+# them to int64, half its time (0.06 -> 0.017 CPU s per 1M ids).
+_BYTE_OF_DIGITS_ARRAY = pa.array(_BYTE_OF_DIGITS)
 
 
 def _id_bytes(ids: pa.Array) -> pa.Array | None:
     """Each id's 16 bytes, or None unless every id is 32 lowercase hex digits."""
-    if len(ids) == 0 or ids.null_count:
+    if len(ids) == 0 or ids.null_count or ids.type != pa.string():
         return None
     offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
     if not (np.diff(offsets) == 32).all():
         return None
-    packed = _BYTE_OF_DIGITS[np.frombuffer(ids.buffers()[2], "<u2", len(ids) * 16, offsets[0])]
+    digits = ids.buffers()[2].slice(offsets[0], len(ids) * 32)
+    if offsets[0] % 2:  # the pairs are read as uint16: aligned, as Arrow expects
+        digits = pa.py_buffer(digits.to_pybytes())
+    pairs = pa.Array.from_buffers(pa.uint16(), len(ids) * 16, [None, digits])
+    packed = np.frombuffer(pc.take(_BYTE_OF_DIGITS_ARRAY, pairs).buffers()[1], "<u2", len(ids) * 16)
     if packed.max() > 255:
         return None
     return pa.FixedSizeBinaryArray.from_buffers(_ID_BYTES, len(ids), [None, pa.py_buffer(packed.astype(np.uint8))])
