@@ -367,10 +367,11 @@ class CrossRunDedup:
 
     def with_signatures(self, kept: pa.Table, rows: pa.Table) -> pa.Table:
         """``kept`` (rows the resolve let through) with their signature ``rows`` (same order, without
-        ``source``) in a column that travels to the recorder, which takes it off. What is stored is what
-        this stage compared: a later stage (clean, PII) can change the text that is published, and the
-        next run compares its input as this stage sees it, not as it was published."""
-        values = rows.drop_columns(["id"])
+        ``source``; ``id`` may be left out: the kept rows' own go with them) in a column that travels to
+        the recorder, which takes it off. What is stored is what this stage compared: a later stage
+        (clean, PII) can change the text that is published, and the next run compares its input as this
+        stage sees it, not as it was published."""
+        values = rows.select([name for name in rows.column_names if name != "id"])
         columns = [column.combine_chunks() for column in values.columns]
         carried = pa.StructArray.from_arrays(columns, names=values.column_names)
         return kept.append_column(self.column, carried)
