@@ -69,9 +69,10 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).astype("<u2")
 _BYTE_OF_DIGITS = np.full(1 << 16, 256, "<u2")
 _BYTE_OF_DIGITS[_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)] = np.arange(256).reshape(16, 16)
 _DIGITS_OF_BYTE = (_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)).ravel()
-# Looked up by Arrow's take, which reads the uint16 pairs as they are: NumPy's fancy index first copies
-# them to int64, half its time (0.06 -> 0.017 CPU s per 1M ids).
+# Looked up by Arrow's take, which reads the uint16 pairs (or bytes) as they are: NumPy's fancy index
+# first copies them to int64, half its time (per 1M ids: 0.061 -> 0.022 CPU s to bytes, 0.058 -> 0.014 back).
 _BYTE_OF_DIGITS_ARRAY = pa.array(_BYTE_OF_DIGITS)
+_DIGITS_OF_BYTE_ARRAY = pa.array(_DIGITS_OF_BYTE)
 
 
 def _id_bytes(ids: pa.Array) -> pa.Array | None:
@@ -92,9 +93,10 @@ def _id_bytes(ids: pa.Array) -> pa.Array | None:
 
 
 def _hex_ids(packed: pa.Array) -> pa.Array:
-    data = np.frombuffer(packed.buffers()[1], np.uint8, len(packed) * 16, packed.offset * 16)
+    data = pa.Array.from_buffers(pa.uint8(), len(packed) * 16, [None, packed.buffers()[1]], offset=packed.offset * 16)
+    digits = pc.take(_DIGITS_OF_BYTE_ARRAY, data)
     offsets = np.arange(0, 32 * len(packed) + 1, 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), pa.py_buffer(_DIGITS_OF_BYTE[data]))
+    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), digits.buffers()[1])
 
 
 def _packed(signatures: pa.Table) -> pa.Table:
