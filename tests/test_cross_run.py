@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import pyarrow.compute as pc
 import pytest
 
 from bench.corpus import generate
-from curation.executors.local import LocalExecutor
+from curation.executors.local import LocalExecutor, Spill, _kept_rows
 from curation.pipeline import RunResult, run_recipe
 from curation.published import read_manifest
 from schemas.config import load_recipe
+from schemas.records import SOURCE_TYPE
 from tests.helpers import outputs, processed, set_aside, write_jsonl, write_recipe
 
 
@@ -264,3 +266,56 @@ def test_a_dedup_stage_says_nothing_of_earlier_versions_that_held_no_record(
     with caplog.at_level("WARNING", logger="curation.stages.dedup_index"):
         assert run(workdir, recipe).manifest.counts.written == 1
     assert "have no signatures" not in caplog.text
+
+
+class _ReadOnce(Spill):
+    """Spilled batches as first read back: the test can tell whether a batch went on as read."""
+
+    def __init__(self, prefix: Path) -> None:
+        super().__init__(prefix)
+        self.read: list[pa.Table] = []
+
+    def batches(self) -> Iterator[pa.Table]:
+        self.read = self.read or list(super().batches())
+        yield from self.read
+
+
+def test_spilled_batches_go_on_filtered_with_their_signatures_and_one_keeping_every_row_as_read(
+    tmp_path: Path,
+) -> None:
+    from curation.stages.dedup import ExactDedup
+    from curation.stages.dedup_index import CrossRunDedup, SignatureIndex
+
+    stage = CrossRunDedup(ExactDedup(["text"]), SignatureIndex(f"sqlite:///{tmp_path}/state.db", "d"))
+    batches = [
+        pa.table(
+            {
+                "id": pa.array([f"{first + n:032x}" for n in range(size)], pa.string()),
+                "source": pa.array(
+                    [{"connector": "files", "uri": "u", "line": first + n} for n in range(size)], SOURCE_TYPE
+                ),
+                "text": pa.array([f"text é {(first + n) % 3}" for n in range(size)], pa.string()),
+            }
+        )
+        for first, size in ((0, 4), (4, 3), (7, 5))
+    ]
+    spill = _ReadOnce(tmp_path / "0")
+    with spill:
+        for batch in batches:
+            spill.write(batch)
+    signatures = [stage.signatures(batch) for batch in batches]
+    keep = pa.chunked_array([[True] * 4, [False, True, False], [True] * 5])
+    recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures])
+
+    kept = list(_kept_rows(spill, keep, stage.with_signatures, recorded))
+    everything = pa.concat_tables(batches)
+    expected = everything.filter(keep.combine_chunks())
+    assert [t.num_rows for t in kept] == [4, 1, 5]
+    rows, written = zip(*(stage.to_record(t) for t in kept), strict=True)
+    assert pa.concat_tables(written).equals(expected)
+    # The signature rows recorded are the kept records' own, as the stage computed them.
+    assert pa.concat_tables(rows).equals(recorded.filter(keep.combine_chunks()))
+    # A batch keeping every row is not copied by a filter; the others are filtered.
+    for table, read in zip(kept, spill.read, strict=True):
+        same = table["text"].chunk(0).buffers()[2].address == read["text"].chunk(0).buffers()[2].address
+        assert same == (table.num_rows == read.num_rows)

@@ -14,7 +14,16 @@ import xxhash
 
 from curation.executors.envelope import pack
 from curation.stages.dedup import ExactDedup, _all_distinct, _duplicated, normalised_text
-from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, _packed, published_signatures
+from curation.stages.dedup_index import (
+    _BYTE_OF_DIGITS,
+    _DIGITS_OF_BYTE,
+    CrossRunDedup,
+    SignatureIndex,
+    _hex_ids,
+    _id_bytes,
+    _packed,
+    published_signatures,
+)
 from curation.stages.duplicates import resolve_duplicates
 from schemas.records import SOURCE_TYPE, set_aside_rows
 
@@ -352,3 +361,53 @@ def test_a_null_keys_row_does_not_hold_one_key() -> None:
     table = _stored(["a" * 32, "b" * 32, "c" * 32], keys.to_pylist())
     packed = _packed(table)
     assert "keys" in packed.column_names and packed["keys"].to_pylist() == keys.to_pylist()
+
+
+def _id_bytes_by_numpy(ids: pa.Array) -> pa.Array | None:
+    """``_id_bytes`` as it was: NumPy's fancy index over the uint16 digit pairs."""
+    if len(ids) == 0 or ids.null_count:
+        return None
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
+    if not (np.diff(offsets) == 32).all():
+        return None
+    packed = _BYTE_OF_DIGITS[np.frombuffer(ids.buffers()[2], "<u2", len(ids) * 16, offsets[0])]
+    if packed.max() > 255:
+        return None
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(ids), [None, pa.py_buffer(packed.astype(np.uint8))])
+
+
+def test_id_bytes_equal_the_numpy_formula_and_read_back_as_given() -> None:
+    rng = random.Random(11)
+    hex_ids = [f"{rng.getrandbits(128):032x}" for _ in range(3000)] + ["0" * 32, "f" * 32]
+    odd = ["0123456789abcdeF" * 2, "g" + "0" * 31, "é" * 16, "0" * 33, "0" * 31, ":" * 32, "`" * 32, "G" * 32]
+    cases = [pa.array([], pa.string()), pa.array(hex_ids[:1]), pa.array(hex_ids), pa.array(hex_ids[:5] * 3)]
+    cases += [pa.array(hex_ids).slice(7, 100), pa.array(["x", *hex_ids[:9]]).slice(1)]  # odd data offset
+    cases += [pa.array(["abc", *hex_ids[:9]]).slice(1, 4), pa.array([*hex_ids[:3], None])]
+    cases += [pa.array([*hex_ids[:20], bad, *hex_ids[20:40]]) for bad in odd]
+    for bad in odd:  # one wrong pair anywhere in a row
+        row = list(hex_ids[0])
+        row[rng.randrange(32)] = bad[0] if len(bad[0].encode()) == 1 else "z"
+        cases.append(pa.array([hex_ids[1], "".join(row)]))
+    for ids in cases:
+        expected = _id_bytes_by_numpy(ids)
+        got = _id_bytes(ids)
+        assert (got is None) == (expected is None), ids
+        if got is not None:
+            assert got.equals(expected) and _hex_ids(got).to_pylist() == ids.to_pylist()
+    # A large_string column is stored as it is (the formula read its offsets as int32).
+    assert _id_bytes(pa.array(hex_ids, pa.large_string())) is None
+    # Chunked: the chunks of a table's column, one at a time.
+    chunked = pa.chunked_array([hex_ids[:10], hex_ids[10:11], hex_ids[11:]])
+    assert pa.concat_arrays([_id_bytes(chunk) for chunk in chunked.chunks]).equals(
+        _id_bytes_by_numpy(pa.array(hex_ids))
+    )
+
+
+def test_hex_ids_equal_the_numpy_formula() -> None:
+    rng = random.Random(12)
+    packed = _id_bytes(pa.array([f"{rng.getrandbits(128):032x}" for _ in range(2000)] + ["0" * 32, "f" * 32]))
+    for part in (packed.slice(0, 0), packed.slice(0, 1), packed, packed.slice(3, 500), packed.slice(1999)):
+        data = np.frombuffer(packed.buffers()[1], np.uint8, len(part) * 16, part.offset * 16)
+        offsets = np.arange(0, 32 * len(part) + 1, 32, dtype=np.int32)
+        by_numpy = pa.StringArray.from_buffers(len(part), pa.py_buffer(offsets), pa.py_buffer(_DIGITS_OF_BYTE[data]))
+        assert _hex_ids(part).equals(by_numpy)

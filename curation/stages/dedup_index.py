@@ -69,25 +69,34 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).astype("<u2")
 _BYTE_OF_DIGITS = np.full(1 << 16, 256, "<u2")
 _BYTE_OF_DIGITS[_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)] = np.arange(256).reshape(16, 16)
 _DIGITS_OF_BYTE = (_HEX_DIGITS[:, None] | (_HEX_DIGITS[None, :] << 8)).ravel()
+# Looked up by Arrow's take, which reads the uint16 pairs (or bytes) as they are: NumPy's fancy index
+# first copies them to int64, half its time (per 1M ids: 0.061 -> 0.022 CPU s to bytes, 0.058 -> 0.014 back).
+_BYTE_OF_DIGITS_ARRAY = pa.array(_BYTE_OF_DIGITS)
+_DIGITS_OF_BYTE_ARRAY = pa.array(_DIGITS_OF_BYTE)
 
 
 def _id_bytes(ids: pa.Array) -> pa.Array | None:
     """Each id's 16 bytes, or None unless every id is 32 lowercase hex digits."""
-    if len(ids) == 0 or ids.null_count:
+    if len(ids) == 0 or ids.null_count or ids.type != pa.string():
         return None
     offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + len(ids) + 1]
     if not (np.diff(offsets) == 32).all():
         return None
-    packed = _BYTE_OF_DIGITS[np.frombuffer(ids.buffers()[2], "<u2", len(ids) * 16, offsets[0])]
+    digits = ids.buffers()[2].slice(offsets[0], len(ids) * 32)
+    if offsets[0] % 2:  # the pairs are read as uint16: aligned, as Arrow expects
+        digits = pa.py_buffer(digits.to_pybytes())
+    pairs = pa.Array.from_buffers(pa.uint16(), len(ids) * 16, [None, digits])
+    packed = np.frombuffer(pc.take(_BYTE_OF_DIGITS_ARRAY, pairs).buffers()[1], "<u2", len(ids) * 16)
     if packed.max() > 255:
         return None
     return pa.FixedSizeBinaryArray.from_buffers(_ID_BYTES, len(ids), [None, pa.py_buffer(packed.astype(np.uint8))])
 
 
 def _hex_ids(packed: pa.Array) -> pa.Array:
-    data = np.frombuffer(packed.buffers()[1], np.uint8, len(packed) * 16, packed.offset * 16)
+    data = pa.Array.from_buffers(pa.uint8(), len(packed) * 16, [None, packed.buffers()[1]], offset=packed.offset * 16)
+    digits = pc.take(_DIGITS_OF_BYTE_ARRAY, data)
     offsets = np.arange(0, 32 * len(packed) + 1, 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), pa.py_buffer(_DIGITS_OF_BYTE[data]))
+    return pa.StringArray.from_buffers(len(packed), pa.py_buffer(offsets), digits.buffers()[1])
 
 
 def _packed(signatures: pa.Table) -> pa.Table:
@@ -360,10 +369,11 @@ class CrossRunDedup:
 
     def with_signatures(self, kept: pa.Table, rows: pa.Table) -> pa.Table:
         """``kept`` (rows the resolve let through) with their signature ``rows`` (same order, without
-        ``source``) in a column that travels to the recorder, which takes it off. What is stored is what
-        this stage compared: a later stage (clean, PII) can change the text that is published, and the
-        next run compares its input as this stage sees it, not as it was published."""
-        values = rows.drop_columns(["id"])
+        ``source``; ``id`` may be left out: the kept rows' own go with them) in a column that travels to
+        the recorder, which takes it off. What is stored is what this stage compared: a later stage
+        (clean, PII) can change the text that is published, and the next run compares its input as this
+        stage sees it, not as it was published."""
+        values = rows.select([name for name in rows.column_names if name != "id"])
         columns = [column.combine_chunks() for column in values.columns]
         carried = pa.StructArray.from_arrays(columns, names=values.column_names)
         return kept.append_column(self.column, carried)
