@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from curation.executors.envelope import pack
+from curation.stages import dedup
 from curation.stages.dedup import ExactDedup, _all_distinct, _duplicated, normalised_text
 from curation.stages.dedup_index import (
     _BYTE_OF_DIGITS,
@@ -127,6 +128,44 @@ def test_the_byte_checks_never_skip_a_fold() -> None:
     ):
         fast = normalised_text(pa.table({"t": pa.array(texts, pa.string())}), ["t"], normalize=True)
         assert fast.to_pylist() == [reference_text([t]) for t in texts], texts
+
+
+def reference_ascii_and_folding(text: pa.Array | pa.ChunkedArray) -> tuple[bool, bool]:
+    """The checks as one pass over each chunk's bytes each (before they went block by block): ASCII, and
+    a byte below 14 or two spaces at an even or an odd offset."""
+    ascii, fold = True, False
+    for chunk in text.chunks if isinstance(text, pa.ChunkedArray) else [text]:
+        values = "".join(v or "" for v in chunk.to_pylist()).encode()  # a null holds no bytes (pa.array)
+        ascii &= values.isascii()
+        fold |= any(b < 14 for b in values) or b"  " in values
+    return ascii, fold
+
+
+def test_the_blocked_checks_equal_one_pass_over_the_bytes_at_every_block_boundary(monkeypatch) -> None:
+    rng = random.Random(11)
+    pieces = ["a", "B", " ", "  ", "\t", "\n", "\x0b", "\x1f", "é", "Σ", "\u00a0", "\u3000", "\U0001f600", "~"]
+
+    def value() -> str | None:
+        return rng.choice([None, "", *["".join(rng.choices(pieces, k=rng.randrange(1, 9)))] * 6])
+
+    for block in (1, 2, 3, 4, 5, 8, 13, 1 << 19):
+        monkeypatch.setattr(dedup, "_BLOCK", block)
+        for _ in range(100):
+            values = [value() for _ in range(rng.randrange(0, 7))]
+            kind = rng.choice([pa.string(), pa.large_string()])
+            cut = rng.randrange(len(values) + 1)
+            text = pa.chunked_array([pa.array(values[:cut], kind), pa.array(values[cut:], kind)], kind)
+            start = rng.randrange(len(values) + 1)
+            sliced = pa.array(values, kind).slice(start)  # the bytes before the slice are never read
+            for column in (text, sliced):
+                ascii, fold = reference_ascii_and_folding(column)
+                # Text that is not ASCII is folded (or not) as NFKC makes it: True says "look again".
+                assert dedup._ascii_and_folding(column) == (ascii, fold or not ascii), (block, values, start)
+                assert dedup._may_need_folding(column) == fold, (block, values, start)
+            rows = [[rng.choice(values or [""]), v] for v in values]
+            batch = _batch([r[0] for r in rows], [r[1] for r in rows], chunks=rng.choice([1, 2, 3]))
+            fast = normalised_text(batch, ["prompt", "completion"], True).to_pylist()
+            assert fast == [reference_text(r) for r in rows], (block, rows)
 
 
 # Every character Arrow's utf8_trim_whitespace takes off an edge (the separators 0x1c-0x1f among them).
