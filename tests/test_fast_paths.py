@@ -14,7 +14,7 @@ from curation.stages.dedup import ExactDedup, normalised_text
 from curation.stages.duplicates import resolve_duplicates
 from curation.stages.shape import time_texts
 from schemas.json_values import float_texts
-from schemas.records import source_array
+from schemas.records import SET_ASIDE_SCHEMA, set_aside_rows, source_array
 
 # Every code point up to U+3100 (Latin, Greek, Cyrillic, the Unicode spaces, ...) plus a few beyond.
 CHARS = [chr(c) for c in range(1, 0x3100) if not 0xD800 <= c < 0xE000] + ["\u2028", "\u2029", "\ufeff", "\U0001f600"]
@@ -114,3 +114,32 @@ def test_time_texts_are_pythons_str_in_every_unit() -> None:
             kind
         )
         assert time_texts(column).to_pylist() == [None if v is None else str(v) for v in column.to_pylist()], kind
+
+
+def test_set_aside_rows_equal_the_per_row_lists_they_were_made_from() -> None:
+    rng = random.Random(2)
+    for count in (0, 1, 7):
+        ids = [f"r{n}" for n in range(count)]
+        sources = source_array("files", "a.jsonl", list(range(1, count + 1)))
+        texts = [rng.choice([None, "", "x", "é", "dup of r1"]) for _ in range(count)]
+        for reasons in ("exact_duplicate", [rng.choice(["schema", "missing_column"]) for _ in range(count)]):
+            for optional in (None, texts, pa.array(texts, pa.string())):
+                table = set_aside_rows(
+                    pa.array(ids, pa.string()), sources, "st", "duplicate", reasons, optional, optional, optional
+                )
+                each = [reasons] * count if isinstance(reasons, str) else reasons
+                listed = texts if optional is not None else [None] * count
+                expected = [
+                    {
+                        "id": i,
+                        "stage": "st",
+                        "outcome": "duplicate",
+                        "reason": r,
+                        "detail": t,
+                        "record": t,
+                        "duplicate_of": t,
+                    }
+                    for i, r, t in zip(ids, each, listed, strict=True)
+                ]
+                assert table.drop_columns(["source"]).to_pylist() == expected
+                assert table.schema == SET_ASIDE_SCHEMA and table["source"].combine_chunks().equals(sources)
