@@ -291,6 +291,23 @@ def test_the_sorted_kernels_of_resolve_equal_polars_and_arrow_counts() -> None:
         )
         assert _all_distinct(column) == reference_all_distinct(column), ids
     assert _all_distinct(pa.chunked_array([], pa.string()))
+    # Ids of one width (32 hex digits, as record_ids makes them) are read as words: a repeat across chunks,
+    # in large_string chunks or in a slice is found; ids of other widths, or two widths, take polars' hash.
+    hexes = [f"{int(n):032x}" for n in rng.integers(0, 2**63, 50)] + ["0" * 24 + f"{n:08x}" for n in range(20)]
+    for kind in (pa.string(), pa.large_string()):
+        for chunks in (
+            [hexes[:20], hexes[20:]],
+            [hexes[:20], [], hexes[20:] + hexes[5:6]],
+            [hexes[:30] + hexes[60:61], hexes[30:]],
+            [["a" * 8, "b" * 8], ["a" * 16]],
+            [["a" * 8, "b" * 8], ["b" * 8]],
+            [["ab" * 5, "ba" * 5, "ab" * 5]],
+        ):
+            column = pa.chunked_array([pa.array(c, kind) for c in chunks], kind)
+            assert _all_distinct(column) == reference_all_distinct(column), chunks
+        for start in (1, 31):  # the repeat of hexes[30] is in the first slice only
+            sliced = pa.chunked_array([pa.array(hexes + hexes[30:31], kind).slice(start)])
+            assert _all_distinct(sliced) == reference_all_distinct(sliced) == (start > 30)
 
 
 def reference_relabel(aside: pa.Table) -> list[dict]:

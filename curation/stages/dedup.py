@@ -124,12 +124,38 @@ def _mixed(text: pa.Array, image: pa.Array) -> pa.Array:
     return pa.array(mixed, pa.uint64())
 
 
+def _words(ids: pa.Array) -> np.ndarray | None:
+    """A chunk's ids as rows of 64-bit words (no copy) when all are of one width, a multiple of 8 bytes
+    (32 hex digits: ``record_ids``), and none is null; else None."""
+    if ids.null_count or not len(ids) or not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        return None
+    offsets, data = string_buffers(ids)
+    width, rest = divmod(int(offsets[-1] - offsets[0]), len(ids))
+    if rest or not width or width % 8 or not (np.diff(offsets) == width).all():
+        return None
+    return data[offsets[0] : offsets[-1]].view(np.uint64).reshape(len(ids), width // 8)
+
+
+def _mixed_words(words: np.ndarray) -> np.ndarray:
+    mixed = words[:, 0].copy()
+    for column in range(1, words.shape[1]):  # wrapping multiply-add: every byte reaches the top bits
+        mixed *= np.uint64(0x9E3779B97F4A7C15)
+        mixed += words[:, column]
+    return mixed
+
+
 def _all_distinct(ids: pa.ChunkedArray) -> bool:
     # Distinct 64-bit hashes prove distinct ids, about 5x faster than counting distinct strings: the
-    # strings are compared only when two hashes collide (``hash`` is polars' own: it is never stored).
-    # Hashed chunk by chunk: polars would otherwise copy every id at once, at the run's memory peak.
-    # Sorted hashes hold a repeat only side by side: numpy's sort takes about a third of polars' n_unique.
-    chunks = [pl.from_arrow(chunk).hash().to_numpy() for chunk in ids.chunks]
+    # strings are compared only when two hashes collide (they are never stored). Ids all of one width (in
+    # every chunk: equal ids must meet one formula) are read as words and mixed, half the CPU of polars'
+    # hash, which first converts the strings to its own layout. Chunk by chunk: polars would otherwise copy
+    # every id at once, at the run's memory peak. Sorted hashes hold a repeat only side by side: numpy's
+    # sort takes about a third of polars' n_unique.
+    words = [_words(chunk) for chunk in ids.chunks if len(chunk)]
+    if words and all(w is not None and w.shape[1] == words[0].shape[1] for w in words):
+        chunks = [_mixed_words(w) for w in words if w is not None]
+    else:
+        chunks = [pl.from_arrow(chunk).hash().to_numpy() for chunk in ids.chunks]
     hashes = np.sort(np.concatenate(chunks)) if chunks else np.array([], np.uint64)
     return not (hashes[1:] == hashes[:-1]).any() or pc.count_distinct(ids).as_py() == len(ids)
 
