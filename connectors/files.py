@@ -726,11 +726,11 @@ class FilesSourceReader(ListedFiles):
         # thread per file left the next file's first block unread until the last batch of the one before was
         # taken); each batch is finished here, in order (a JSONL file's ids count the contents before). A
         # source of one block or less is read here: the thread would cost more than it overlaps.
-        steps = self._steps(entries, BLOCK_BYTES)
-        if sum(entry.size or 0 for entry in entries) > BLOCK_BYTES:
-            steps = read_ahead(steps)
+        read = self._steps(entries, BLOCK_BYTES)
+        steps = read_ahead(read) if sum(entry.size or 0 for entry in entries) > BLOCK_BYTES else read
         passed_on = -1  # the file a batch was last passed on of
-        with contextlib.closing(steps):  # however this ends: the reading thread stops, the file is closed
+        # However this ends: the reading thread stops (the inner one first), then the file it read is closed here.
+        with contextlib.closing(read), contextlib.closing(steps):
             for step in steps:
                 if step.make is not None:
                     yield self._finished(step.entry, step.make)

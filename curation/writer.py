@@ -34,7 +34,7 @@ from connectors.state import LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, take_rows
-from curation.ndjson import ndjson_lines, to_ndjson
+from curation.ndjson import ndjson_lines
 from curation.published import dataset_uri, published_versions, read_manifest, version_uri
 from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
@@ -722,7 +722,7 @@ class DatasetWriter:
         # In pieces: a dedup barrier sets aside every duplicate of the run at once, and its JSON in
         # one piece would add to the run's memory peak.
         for piece in table.to_batches(SET_ASIDE_PIECE_ROWS):
-            self.set_aside.write(to_ndjson(pa.Table.from_batches([piece])), piece.num_rows)
+            self.set_aside.write(ndjson_lines(pa.Table.from_batches([piece])), piece.num_rows)
 
     def carry(
         self,

@@ -60,6 +60,8 @@ def xxh3_128_digests(column: Column) -> tuple[np.ndarray, np.ndarray | None]:
 
 def hex_digests(digests: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
     """``xxh3_128_digests``' rows as 32 lowercase hex digits each (null where ``null`` says)."""
+    if 32 * len(digests) > np.iinfo(np.int32).max:  # a string array's offsets would wrap: refused, not corrupt
+        raise pa.ArrowInvalid(f"{len(digests)} hex digests exceed a string array's 2 GiB")
     return pa.StringArray.from_buffers(
         len(digests),
         pa.py_buffer(np.arange(0, 32 * len(digests) + 1, 32, dtype=np.int32)),

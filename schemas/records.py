@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.hashing import hex_digests, xxh3_64, xxh3_128_digests, xxh3_128_hex
+from schemas.hashing import hex_digests, xxh3_64, xxh3_128_digests
 
 RecordKind = Literal["document", "instruction", "vqa", "table"]
 
@@ -61,6 +61,15 @@ def record_ids(
     Arrow arrays (integer or string positions without nulls, string or binary contents) are joined
     and hashed by kernels, with no Python step per record.
     """
+    return hex_digests(*_record_digests(uri, positions, contents))
+
+
+def _record_digests(
+    uri: str,
+    positions: Sequence[int | str | None] | np.ndarray | pa.Array,
+    contents: Sequence[bytes] | pa.Array | pa.ChunkedArray,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``record_ids``' digests (``xxh3_128_digests``), before they are written out as hex."""
     if isinstance(positions, np.ndarray):
         positions = pa.array(positions)
     elif not isinstance(positions, pa.Array):
@@ -71,7 +80,7 @@ def record_ids(
         contents = pa.array(contents, pa.binary())
     if len(positions) != len(contents):
         raise ValueError(f"{len(positions)} positions for {len(contents)} contents")
-    return xxh3_128_hex(_joined(uri, pc.cast(positions, pa.large_binary()), contents))
+    return xxh3_128_digests(_joined(uri, pc.cast(positions, pa.large_binary()), contents))
 
 
 def _joined(uri: str, positions: pa.Array | int, contents: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -119,8 +128,7 @@ class InputIds:
         before = self._counted(digests[:, 0].astype(np.uint64), "ids")
         where = np.flatnonzero(before)
         if len(where):
-            positions = pc.cast(pc.cast(pa.array(before[where]), pa.string()), pa.large_binary())
-            digests[where] = xxh3_128_digests(_joined(self.uri, positions, contents.take(pa.array(where))))[0]
+            digests[where] = _record_digests(self.uri, before[where], contents.take(pa.array(where)))[0]
         return hex_digests(digests)
 
     def occurrences(self, contents: Sequence[bytes]) -> np.ndarray:

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from curation.carried_edits import apply_edits
 from curation.formats import FormatOptions, output_format
+from curation.ndjson import to_ndjson
 from curation.published import read_manifest, verify_checksums
 from curation.review import decisions as dec
 from curation.review.queue import add_items, review_items
-from curation.writer import to_ndjson
 from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA

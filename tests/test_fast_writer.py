@@ -303,13 +303,16 @@ def test_the_reports_set_aside_columns_equal_the_published_rows(tmp_path: Path) 
 
 
 def test_a_large_set_aside_table_is_written_in_pieces_with_the_bytes_of_one(tmp_path: Path) -> None:
-    from curation.writer import SET_ASIDE_PIECE_ROWS, to_ndjson
+    from curation.ndjson import to_ndjson
+    from curation.writer import SET_ASIDE_PIECE_ROWS
 
     writer = DatasetWriter(str(tmp_path), "d", output_format("text", "document"), 1 << 30, 0.3, "seed")
     count = 2 * SET_ASIDE_PIECE_ROWS + 5
     table = pa.table({"id": [f"{n:032x}" for n in range(count)], "detail": [f"duplicate of {n}" for n in range(count)]})
     pieces = []
-    writer.set_aside.write = lambda data, lines: pieces.append((bytes(data), lines))
+    # The lines as bytes, or as a column of one line a value (``ndjson_lines``).
+    as_bytes = lambda data: data if isinstance(data, bytes) else "".join(data.to_pylist()).encode()  # noqa: E731
+    writer.set_aside.write = lambda data, lines: pieces.append((as_bytes(data), lines))
     writer.write_set_aside(table)
     writer.flush()
     assert [lines for _, lines in pieces] == [SET_ASIDE_PIECE_ROWS, SET_ASIDE_PIECE_ROWS, 5]
@@ -397,7 +400,7 @@ def _old_rows(name: str, batch: pa.Table, system_prompt: str | None) -> pa.Table
 @pytest.mark.parametrize("system_prompt", [None, "", 'Be brief: "quoted", ünïcode\n'])
 def test_conversation_rows_equal_the_per_record_renderer(name: str, system_prompt: str | None) -> None:
     from curation.formats import FormatOptions
-    from curation.writer import to_ndjson
+    from curation.ndjson import to_ndjson
 
     prompts = [*TRICKY, None, "last"]
     completions = [*reversed(TRICKY), "answer", None]

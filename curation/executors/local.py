@@ -192,9 +192,9 @@ class LocalExecutor:
         # the chunks are not joined into one array, which would copy every id at the run's peak.
         ids = pa.chunked_array([chunk.cast(pa.string()) for s in signatures for chunk in s["id"].chunks], pa.string())
         keep = pc.invert(pc.is_in(ids, value_set=dropped["id"].combine_chunks().cast(pa.string())))
-        # A cross-run stage's kept rows carry their signatures on to the recorder.
+        # A cross-run stage's kept rows carry their signatures on to the recorder (their own ids: not held twice).
         carry = getattr(stage, "with_signatures", None)
-        recorded = pa.concat_tables([s.drop_columns(["source"]) for s in signatures]) if carry else None
+        recorded = pa.concat_tables([s.drop_columns(["source", "id"]) for s in signatures]) if carry else None
         del signatures, ids  # not needed while the spill streams on: memory stays flat
         # Read back and filtered on another thread, a batch or two ahead: the reading thread is done with
         # the input by now, and the stages after the barrier and the writer keep this one busy.
@@ -208,8 +208,6 @@ def _kept_rows(
     recorded: pa.Table | None,
 ) -> Iterator[pa.Table]:
     """The spilled batches' rows that ``keep`` marks, with their signature rows when ``carry`` takes them."""
-    if recorded is not None and "id" in recorded.column_names:
-        recorded = recorded.drop_columns(["id"])  # the kept rows carry their own ids: not filtered twice
     offset = 0
     for batch in spill.batches():
         mask = keep.slice(offset, batch.num_rows)

@@ -83,7 +83,7 @@ def _id_bytes(ids: pa.Array) -> pa.Array | None:
     if not (np.diff(offsets) == 32).all():
         return None
     digits = ids.buffers()[2].slice(offsets[0], len(ids) * 32)
-    if offsets[0] % 2:  # the pairs are read as uint16: aligned, as Arrow expects
+    if digits.address % 2:  # the pairs are read as uint16: aligned, as Arrow expects
         digits = pa.py_buffer(digits.to_pybytes())
     pairs = pa.Array.from_buffers(pa.uint16(), len(ids) * 16, [None, digits])
     packed = np.frombuffer(pc.take(_BYTE_OF_DIGITS_ARRAY, pairs).buffers()[1], "<u2", len(ids) * 16)
