@@ -17,7 +17,6 @@ from curation.stages import dedup
 from curation.stages.dedup import ExactDedup, _all_distinct, _duplicated, normalised_text
 from curation.stages.dedup_index import (
     _BYTE_OF_DIGITS,
-    _DIGITS_OF_BYTE,
     CrossRunDedup,
     SignatureIndex,
     _hex_ids,
@@ -459,11 +458,8 @@ def test_id_bytes_equal_the_numpy_formula_and_read_back_as_given() -> None:
     )
 
 
-def test_hex_ids_equal_the_numpy_formula() -> None:
+def test_hex_ids_equal_each_ids_own_hex() -> None:
     rng = random.Random(12)
     packed = _id_bytes(pa.array([f"{rng.getrandbits(128):032x}" for _ in range(2000)] + ["0" * 32, "f" * 32]))
     for part in (packed.slice(0, 0), packed.slice(0, 1), packed, packed.slice(3, 500), packed.slice(1999)):
-        data = np.frombuffer(packed.buffers()[1], np.uint8, len(part) * 16, part.offset * 16)
-        offsets = np.arange(0, 32 * len(part) + 1, 32, dtype=np.int32)
-        by_numpy = pa.StringArray.from_buffers(len(part), pa.py_buffer(offsets), pa.py_buffer(_DIGITS_OF_BYTE[data]))
-        assert _hex_ids(part).equals(by_numpy)
+        assert _hex_ids(part).equals(pa.array([value.hex() for value in part.to_pylist()], pa.string()))
