@@ -15,8 +15,11 @@ $(INSTALLED): pyproject.toml constraints.txt
 demo: $(INSTALLED)
 	$(BIN)/curation demo
 
+# Two processes (pytest-xdist): the suite waits on servers and subprocesses about a third of its time.
+# Each test file runs whole on one, so its module fixtures start once; each process starts the servers
+# of its session fixtures (S3, PostgreSQL, Ray) on ports of its own.
 test: $(INSTALLED) lint system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
