@@ -729,20 +729,31 @@ class FilesSourceReader(ListedFiles):
         read = self._steps(entries, BLOCK_BYTES)
         steps = read_ahead(read) if sum(entry.size or 0 for entry in entries) > BLOCK_BYTES else read
         passed_on = -1  # the file a batch was last passed on of
-        # However this ends: the reading thread stops (the inner one first), then the file it read is closed here.
-        with contextlib.closing(read), contextlib.closing(steps):
+        # However this ends, the reading stops and the file it read is closed (by the reading thread, if one).
+        left = -1  # a file left to the next run: its other steps are passed over
+        with contextlib.closing(steps):
             for step in steps:
+                if step.at == left:
+                    continue
+                error = step.error
                 if step.make is not None:
-                    yield self._finished(step.entry, step.make)
-                    passed_on = step.at
-                elif step.error is None:
+                    try:
+                        batch = self._finished(step.entry, step.make)  # may read the file again (its keys)
+                    except Unreadable as failed:
+                        error = failed
+                    else:
+                        yield batch
+                        passed_on = step.at
+                        continue
+                if error is None:
                     self.taken(step.entry, step.digest)
-                elif isinstance(step.error, Unreadable) and passed_on != step.at:
-                    yield self.unreadable(step.entry, step.error)
+                elif isinstance(error, Unreadable) and passed_on != step.at:
+                    yield self.unreadable(step.entry, error)
+                    left = step.at
                 else:
                     # Past its first batch an error still fails the run: the records before it were passed on,
                     # and the file read again from its start would give them twice.
-                    raise step.error
+                    raise error
 
     def _steps(self, entries: Iterable[FileEntry], block_bytes: int) -> Iterator[_Step]:
         """Each file read ``block_bytes`` at a time (Parquet: a row group at a time): its batches to finish, then

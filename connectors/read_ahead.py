@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -44,6 +44,12 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
             offer(_DONE)
         except BaseException as error:  # handed to the consumer, which raises it
             offer(_Failed(error))
+        finally:
+            # Stopped early, a generator's own clean-up (a file to close, a thread of its own to stop) runs now,
+            # on the thread that ran it, not whenever the last reference to it goes (an error's traceback
+            # can hold it long after).
+            if isinstance(items, Generator):
+                items.close()
 
     worker = threading.Thread(target=produce, name="curation-read-ahead", daemon=True)
     worker.start()

@@ -29,7 +29,7 @@ from connectors.storage import StorageError, list_files
 from curation.pipeline import build_sources, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
-from schemas.config import FilesSource, Recipe, load_recipe, parse_recipe
+from schemas.config import FilesSource, Recipe, RecipeError, load_recipe, parse_recipe
 from tests.helpers import (
     docs_recipe,
     lineage_rows,
@@ -1216,6 +1216,39 @@ def test_files_read_ahead_one_into_the_next_keep_their_order_past_one_that_canno
     _refuse(monkeypatch, None)
     second = run(workdir, spec)  # the denied file alone, read again
     assert (second.manifest.counts.input, second.manifest.counts.written) == (1, 1)
+
+
+def test_a_file_that_cannot_be_read_again_for_its_first_batchs_keys_is_quarantined_and_the_next_one_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A JSONL batch without a required column has the file searched for its key (another open); denied there,
+    # the run failed, where a file denied at its first open is quarantined and read again next run.
+    import connectors.files as files
+
+    (workdir / "in").mkdir()
+    denied = _export(workdir / "in", "a.jsonl", ["refunds take five days"])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "gift cards cannot be refunded", "ref": "T-1"}])
+    spec = {**docs_recipe("in"), "input_schema": {"columns": {"text": "str", "ref": "str"}}}
+    opened, open_input = [], files.open_input
+
+    def second_open_denied(fs: object, path: str, *args: object, **kwargs: object) -> object:
+        opened.append(path)
+        if path == str(denied) and opened.count(path) == 2:
+            raise PermissionError(13, "Permission denied", path)
+        return open_input(fs, path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open_input", second_open_denied)
+    first = run(workdir, spec)
+    assert opened.count(str(denied)) == 2  # read, then searched for its key
+    counts = first.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (2, 1, 1)
+    [refused] = set_aside(Path(first.version_uri))
+    assert refused["detail"] == f"{denied}: cannot read (Permission denied); the next run reads it again"
+    assert [line["text"] for line in outputs(Path(first.version_uri))] == ["gift cards cannot be refunded"]
+    monkeypatch.setattr(files, "open_input", open_input)
+    # Read again next run (its only record lacks the required column: the run says so, naming its line).
+    with pytest.raises(RecipeError, match=f"{re.escape(str(denied))}:1: required column 'ref' is missing"):
+        run(workdir, spec)
 
 
 def test_a_first_run_that_can_read_none_of_its_inputs_publishes_nothing_and_fails(

@@ -127,8 +127,8 @@ class LocalExecutor:
                     pending = []
                 else:
                     pending.append(stage)
-            # Closed however the loop ends, so the threads reading ahead stop before the spill folder goes: the
-            # last generator is then the only one holding those before it, which go with it.
+            # Closed however the loop ends, so the threads reading ahead stop before the spill folder goes: each
+            # generator closes the one it reads (an error's traceback would otherwise hold them, running).
             stream = self._apply(stream, pending, writer, tally)
             with contextlib.closing(stream) as batches:
                 for batch in batches:
@@ -141,42 +141,46 @@ class LocalExecutor:
         sources: list[Source], writer: DatasetWriter, tally: Tally, on_input: Callable[[int], None]
     ) -> Iterator[pa.Table]:
         # Sources are read a batch or two ahead, on another thread, while the stages work.
-        for batch in read_ahead(batch for source in sources for batch in source.batches()):
-            tally.input += batch.input_records
-            record_set_aside(batch.set_aside, writer, tally)
-            on_input(batch.input_bytes)
-            if batch.rows.num_rows:
-                yield batch.rows
+        with contextlib.closing(read_ahead(batch for source in sources for batch in source.batches())) as batches:
+            for batch in batches:
+                tally.input += batch.input_records
+                record_set_aside(batch.set_aside, writer, tally)
+                on_input(batch.input_bytes)
+                if batch.rows.num_rows:
+                    yield batch.rows
 
     @staticmethod
     def _apply(
         stream: Iterator[pa.Table], stages: list[Stage], writer: DatasetWriter, tally: Tally
     ) -> Iterator[pa.Table]:
-        for batch in stream:
-            for stage in stages:
-                raise_if_stopped()
-                result = stage(batch)
-                if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
-                    raise AccountingError(
-                        f"stage {stage.name} took {batch.num_rows} records and returned "
-                        f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
-                    )
-                record_set_aside(result.set_aside, writer, tally)
-                tally.add_stats(stage.name, result.stats)
-                if result.flags.num_rows:
-                    tally.flags.append(result.flags)
-                batch = result.kept
-                if batch.num_rows == 0:
-                    break
-            if batch.num_rows:
-                yield batch
+        # Closed however this ends (a stage's error, a stop seen between stages), so the threads reading ahead
+        # stop while the error is handled.
+        with contextlib.closing(stream):
+            for batch in stream:
+                for stage in stages:
+                    raise_if_stopped()
+                    result = stage(batch)
+                    if result.kept.num_rows + result.set_aside.num_rows != batch.num_rows:
+                        raise AccountingError(
+                            f"stage {stage.name} took {batch.num_rows} records and returned "
+                            f"{result.kept.num_rows} kept + {result.set_aside.num_rows} set aside"
+                        )
+                    record_set_aside(result.set_aside, writer, tally)
+                    tally.add_stats(stage.name, result.stats)
+                    if result.flags.num_rows:
+                        tally.flags.append(result.flags)
+                    batch = result.kept
+                    if batch.num_rows == 0:
+                        break
+                if batch.num_rows:
+                    yield batch
 
     @staticmethod
     def _barrier(
         stream: Iterator[pa.Table], stage: GlobalStage, writer: DatasetWriter, tally: Tally, spill: Spill
     ) -> Iterator[pa.Table]:
         signatures = []
-        with spill:
+        with spill, contextlib.closing(stream):
             for batch in stream:
                 signatures.append(stage.signatures(batch))
                 spill.write(batch)
