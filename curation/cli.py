@@ -104,7 +104,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
     the runs of many recipes)."""
     from connectors.state import LockLost, RunLocked
     from curation.executors.local import AccountingError
-    from curation.pipeline import default_executor, run_recipe
+    from curation.pipeline import NotRecorded, default_executor, run_recipe
     from curation.stages.base import StageError
     from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 
@@ -141,6 +141,14 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
         return _stopped(stop, stop.published or result)
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
+        return EXIT_FAILED
+    except NotRecorded as error:  # before the state store's errors: this one came once the version was visible
+        cause = state_problem(recipe.state, error.error) if isinstance(error.error, SQLAlchemyError) else error.error
+        console.print(
+            f"[yellow]published, not recorded[/yellow]: {escape(str(error.result.version_uri))} is visible, but the "
+            f"state store did not record it ({escape(str(cause))}): the next run reads every input again",
+            highlight=False,
+        )
         return EXIT_FAILED
     except RecipeError as error:  # found only once records were read (a column no record has)
         said = _in_recipe(origin, recipe, str(error))

@@ -79,6 +79,15 @@ class RunResult:
         return self.manifest is not None
 
 
+class NotRecorded(RuntimeError):
+    """The run's version is visible, but the state store did not record what it took and holds (``error``):
+    the run stays marked publishing, so the next run reads every input again."""
+
+    def __init__(self, result: RunResult, error: Exception) -> None:
+        super().__init__(f"{result.version_uri} is published, but not recorded in the state store: {error}")
+        self.result, self.error = result, error
+
+
 def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[Source]:
     """A reader per source; with ``watermarks``, each reads only what is new since the last run."""
     sources: list[Source] = []
@@ -284,9 +293,11 @@ def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]
     what is new would then publish a wrong version."""
     unrecorded = state.unrecorded_versions(recipe.dataset, previous) if previous else []
     if unrecorded:
+        gone = "" if unrecorded[-1] in previous else f" (not at {recipe.output.dest} now)"
         return (
-            f"{recipe.dataset} v{unrecorded[-1]} was published by a run killed before it recorded what it read "
-            "(reading only what is new would publish that version's new records a second time)"
+            f"{recipe.dataset} v{unrecorded[-1]}{gone} was published by a run killed before it recorded what it "
+            "read (reading only what is new would publish that version's new records a second time, or, where "
+            "it was deleted since, leave them out)"
         )
     last = state.last_published(recipe.dataset) if previous else None
     if last is not None and last not in previous:
@@ -674,11 +685,16 @@ def _run_locked(
     plan = _plan(recipe, state, full_refresh, decided_by)
     on_start(sum(entry.size or 0 for entry in plan.inputs))
     writer = _writer(recipe, state, plan.full_refresh)
-    if plan.published_sides is not None and not plan.published_sides.is_empty():  # records read again keep their side
-        sides = plan.published_sides
-        writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
-    writer.on_written = on_written
-    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
+    try:
+        if plan.published_sides is not None and not plan.published_sides.is_empty():  # read again: same side
+            sides = plan.published_sides
+            writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
+        writer.on_written = on_written
+        state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
+    except BaseException:
+        # Not yet a run the store knows of: no later run would remove its staging folder (``clean_up``).
+        writer.abort()
+        raise
     held = HeldStops()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(plan.inputs))
     tally = Tally()
@@ -755,12 +771,16 @@ def _run_locked(
         status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
         state.run_finished(writer.run_id, status, version, error=type(error).__name__)
         raise
+    result = RunResult(
+        manifest=published, version_uri=version_uri(recipe.output.dest, recipe.dataset, published.version)
+    )
     try:  # the version is visible: what it took and what it holds are recorded before anything else
-        _record_published(recipe, state, plan, run_stages, writer, tally, published, rejected_keys)
-        result = RunResult(
-            manifest=published, version_uri=version_uri(recipe.output.dest, recipe.dataset, published.version)
-        )
-        writer.clean_up()  # held too: a stop while it runs is raised below, with the result it published
+        try:
+            _record_published(recipe, state, plan, run_stages, writer, tally, published, rejected_keys)
+        except Exception as error:  # said as such, not as a run that published nothing
+            raise NotRecorded(result, error) from error
+        finally:
+            writer.clean_up()  # held too: a stop while it runs is raised below, with the result it published
     finally:
         held.release()
     if held.signals:

@@ -116,18 +116,33 @@ class StateStore:
         """Versions of ``dataset`` that became visible but whose run was killed before it recorded what
         it read (a run must then not trust the watermarks). Their runs stay marked publishing until a run
         that read everything again publishes (``run_finished``): killed before that too, it leaves the
-        next run to read everything again. Runs killed before their version became visible are marked so."""
+        next run to read everything again. So does one whose version is gone since (a rollback), once its
+        run committed what it read: the watermarks say its input was read, and no version holds it. Runs
+        killed before their version became visible are marked so."""
+        from connectors.state import watermarks  # the same store's table of what runs took
+
         with self.engine.begin() as db:
             rows = db.execute(
                 sa.select(runs.c.run_id, runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "publishing")
             ).all()
-            found = sorted(row.version for row in rows if row.version in published)
+            committed = set(
+                db.execute(
+                    sa.select(watermarks.c.run_id)
+                    .where(watermarks.c.dataset == dataset, watermarks.c.run_id.in_([row.run_id for row in rows]))
+                    .distinct()
+                ).scalars()
+            )
+            unrecorded = [row for row in rows if row.version in published or row.run_id in committed]
             db.execute(
                 runs.update()
-                .where(runs.c.dataset == dataset, runs.c.status == "publishing", runs.c.version.not_in(found))
+                .where(
+                    runs.c.dataset == dataset,
+                    runs.c.status == "publishing",
+                    runs.c.run_id.not_in([row.run_id for row in unrecorded]),
+                )
                 .values(status="killed", finished_at=_now(), error="killed while publishing")
             )
-        return found
+        return sorted(row.version for row in unrecorded)
 
     def run_finished(
         self,

@@ -1129,7 +1129,17 @@ class DatasetWriter:
         self._unclaim(version)
 
     def _take_away(self, target: str, version: int) -> None:
-        """Remove what this run copied into ``vN/`` and its claim of the number, as far as the store lets it."""
+        """Remove what this run copied into ``vN/`` and its claim of the number, as far as the store lets it;
+        nothing where the number is no longer this run's: its lock lapsed (a stall), and the run that took it
+        over (which counts this one as ended) may have published ``vN`` or be copying into it now."""
+        try:
+            ours = self._claim_holder(version) == self.run_id and not self._has_manifest(target)
+        except OSError:  # the store out of reach (most often why the copy failed): whose it is now is not known
+            ours = False
+        if not ours:
+            # Left as it is: no version without a manifest, and the run that publishes ``vN`` clears it first.
+            log.warning("%s v%d is not known to be this run's now: what it copied there is left", self.dataset, version)
+            return
         try:
             _delete_or_say(
                 lambda: self.fs.delete_dir(target),
@@ -1149,6 +1159,14 @@ class DatasetWriter:
             f"the claim of {self.dataset} v{version}, s3://{claim}",
             f"no run of another state store publishes v{version} while it is there: delete it (aws s3 rm s3://{claim})",
         )
+
+    def _claim_holder(self, version: int) -> str | None:
+        """The run id in the claim of ``version``; None where there is none."""
+        try:
+            with self.fs.open_input_stream(self._claim_path(version)) as stream:
+                return stream.read().decode(errors="replace")
+        except FileNotFoundError:
+            return None
 
     def _claim_path(self, version: int) -> str:
         return f"{self.staging.rsplit('/', 1)[0]}/v{version}.claim"

@@ -61,6 +61,60 @@ def test_interrupted_run_leaves_no_version_and_rerun_publishes(workdir: Path, mo
     assert verify_checksums(result.version_uri, read_manifest(result.version_uri)) == []
 
 
+def test_a_run_the_state_store_could_not_record_leaves_no_staging_folder(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its staging folder was made before the store recorded the run ("database is locked"): a folder of a run
+    # no store knows of, which no later run removes (only those of runs known to be over).
+    from curation.state import StateStore
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(20)])
+    recipe = load_recipe(write_recipe(workdir, dict(RECIPE)))
+
+    def locked(*_: object, **__: object) -> None:
+        raise sa.exc.OperationalError("INSERT INTO runs", {}, Exception("database is locked"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(StateStore, "run_started", locked)
+        with pytest.raises(sa.exc.OperationalError):
+            run_recipe(recipe)
+    assert not (workdir / "output" / "docs").exists()  # a first run: not its dataset folder either
+    assert run_recipe(recipe).manifest.version == 1
+
+
+def test_a_version_published_but_not_recorded_is_said_so_and_the_next_run_reads_everything_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state store failed once the version was visible: the command said "nothing published".
+    from typer.testing import CliRunner
+
+    from connectors.state import Watermarks
+    from curation.cli import app
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(20)])
+    path = write_recipe(workdir, dict(RECIPE))
+
+    def locked(*_: object, **__: object) -> None:
+        raise sa.exc.OperationalError("UPDATE watermarks", {}, Exception("database is locked"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Watermarks, "commit", locked)
+        said = CliRunner().invoke(app, ["run", str(path), "--quiet"], env={"COLUMNS": "300"})
+    assert said.exit_code == 1, said.output
+    output = " ".join(said.output.split())
+    assert "nothing published" not in output
+    assert (
+        f"published, not recorded: {workdir}/output/docs/v1 is visible, but the state store did not record it" in output
+    )
+    assert "database is locked): the next run reads every input again" in output
+    assert published_versions(str(workdir / "output"), "docs") == [1]
+    assert not (workdir / "output" / "docs" / "_staging").exists() or not any(
+        (workdir / "output" / "docs" / "_staging").iterdir()
+    )
+    again = run_recipe(load_recipe(path))
+    assert (again.manifest.version, again.manifest.counts.input, again.manifest.counts.written) == (2, 20, 20)
+
+
 def test_staged_files_without_manifest_are_not_a_version(workdir: Path) -> None:
     (workdir / "output" / "docs" / "v1" / "train").mkdir(parents=True)
     (workdir / "output" / "docs" / "v1" / "train" / "part-00000.jsonl").write_text('{"text": "half"}\n')
@@ -200,6 +254,32 @@ def test_a_run_killed_before_it_recorded_its_signatures_does_not_count_as_publis
     assert texts == ["four", "one", "three", "two"]  # "three" once: v2's signatures were not lost
     with sa.create_engine(recipe.state).connect() as db:  # and the quarantined line reached the queue
         assert db.execute(sa.select(sa.func.count()).select_from(review_items)).scalar() == 1
+
+
+def test_a_version_left_unrecorded_then_deleted_makes_the_next_run_read_everything_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Killed once it committed what it read, its v2 deleted (a rollback): the run was marked killed and
+    # the watermarks trusted, so b.jsonl counted as read, in no version, and no run read it again.
+    import shutil
+
+    from curation.stages.dedup_index import SignatureIndex
+
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    run_recipe(recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    with monkeypatch.context() as patch:
+        patch.setattr(SignatureIndex, "published", killed)  # after the watermarks were committed
+        with pytest.raises(Killed):
+            run_recipe(recipe)
+    shutil.rmtree(workdir / "output" / "docs" / "v2")
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        third = run_recipe(recipe)
+    assert f"docs v2 (not at {workdir}/output now) was published by a run killed before it recorded" in caplog.text
+    assert third.manifest.version == 2
+    assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["one", "three", "two"]
+    assert run_recipe(recipe).manifest is None  # recorded now: nothing new
 
 
 def test_a_run_interrupted_as_its_version_became_visible_makes_the_next_read_everything_again(

@@ -161,6 +161,54 @@ def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
 
 
+def test_a_run_whose_lock_lapsed_while_it_copied_leaves_the_version_the_run_that_took_over_published(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A's lease lapses while it copies into v1/ (a stall); run B takes the lock over, counts A as ended
+    (its claim and staging folder taken over and removed) and publishes v1. A's next copy fails, and it
+    took away what it had copied: all of v1/, B's manifest with it."""
+    import sqlalchemy as sa
+
+    from curation import writer
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b"".join(b'{"text": "a%d"}\n' % i for i in range(400)))
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0, shard_max_bytes=1024)
+    taken_over: list = []
+    stalled: list = []
+    publish = writer.DatasetWriter._publish_s3
+
+    class Stalling:  # A's store: its second copy comes after the stall
+        def __init__(self, fs: object) -> None:
+            self.fs, self.copies = fs, 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.fs, name)
+
+        def copy_file(self, source: str, destination: str) -> None:
+            self.copies += 1
+            if self.copies == 2 and not stalled:
+                stalled.append(True)
+                with sa.create_engine("sqlite:///state.db").begin() as db:
+                    db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
+                s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
+                taken_over.append(run(workdir, recipe))  # B
+            self.fs.copy_file(source, destination)
+
+    def stalling(self: writer.DatasetWriter, *args: object, **kwargs: object) -> object:
+        if not stalled:  # A's
+            self.fs = Stalling(self.fs)
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer.DatasetWriter, "_publish_s3", stalling)
+    with pytest.raises(OSError):  # A: its staging folder went with B's clean-up
+        run(workdir, recipe)
+    [published] = taken_over
+    assert published.manifest.version == 1
+    assert published_versions(f"s3://{bucket}/out", "docs") == [1]
+    assert verify_checksums(published.version_uri, read_manifest(published.version_uri)) == []
+
+
 def test_an_s3_landing_folder_emptied_once_taken_has_nothing_new(workdir: Path, bucket: str, aws_env: str) -> None:
     from connectors.storage import StorageError
 
