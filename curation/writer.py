@@ -46,6 +46,8 @@ from schemas.records import SOURCE_TYPE
 
 log = logging.getLogger(__name__)
 
+_LEFTOVER = "-leftover"  # a run's staging folder's name with it: what it moved out of a version folder to delete
+
 
 # What a run of a dataset that another state store's run got in the way of says to do.
 ONE_STORE = "the runs of a dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts)"
@@ -1046,7 +1048,7 @@ class DatasetWriter:
     def _remove_leftover(self, target: str, meanwhile: str) -> None:
         """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
         goes: renamed away first, so a version renamed into place since the check is put back, not removed."""
-        leftover = f"{self.staging}-leftover"
+        leftover = f"{self.staging}{_LEFTOVER}"
         try:
             self.fs.move(target, leftover)
         except FileNotFoundError:
@@ -1206,8 +1208,11 @@ class DatasetWriter:
         )
         with contextlib.suppress(Exception):  # what killed runs left is cleared by a later run otherwise
             folders = [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(area))]
-            for run_id in self.ended_runs(folders):
-                self.fs.delete_dir(f"{area}/{run_id}")
+            # A run's folder, and what it moved out of a version folder to delete (``_remove_leftover``).
+            ended = self.ended_runs({folder.removesuffix(_LEFTOVER) for folder in folders})
+            for folder in folders:
+                if folder.removesuffix(_LEFTOVER) in ended:
+                    self.fs.delete_dir(f"{area}/{folder}")
         if isinstance(self.fs, pafs.LocalFileSystem):  # S3 has no folders
             with contextlib.suppress(OSError):  # rmdir, not a recursive removal: another run's folder may appear
                 os.rmdir(area)

@@ -180,6 +180,32 @@ def test_a_version_folder_without_a_manifest_does_not_block_the_next_run(workdir
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
 
 
+def test_what_a_run_killed_as_it_cleared_a_version_folder_moved_aside_is_removed_by_the_next(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A version folder without a manifest is moved aside into the staging area, then deleted: killed between,
+    # it stayed there for good (its name, the run's with "-leftover", is no run the store knows of).
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    stray = workdir / "output" / "docs" / "v1" / "train"
+    stray.mkdir(parents=True)
+    (stray / "part-00000.jsonl").write_text('{"text": "left by hand"}\n')
+    recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
+
+    def killed_once_moved(self: writer.DatasetWriter, target: str, meanwhile: str) -> None:
+        self.fs.move(target, f"{self.staging}-leftover")
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer.DatasetWriter, "_remove_leftover", killed_once_moved)
+        with pytest.raises(Killed):
+            run_recipe(recipe)
+    staging = workdir / "output" / "docs" / "_staging"
+    assert [folder.name.endswith("-leftover") for folder in staging.iterdir()] == [True]
+    result = run_recipe(recipe)
+    assert result.manifest.version == 1
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
 def test_a_run_killed_after_its_version_became_visible_makes_the_next_read_everything_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
