@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import re
 import warnings
 from collections import Counter
@@ -219,6 +220,9 @@ def _database_message(error: sa.exc.SQLAlchemyError) -> str:
         if start >= 0:
             first = first[:start] + '"..."' + (first[end + 1 :] if end > start else "")
         first += " (the value is left out: it may be customer data)"
+    elif (quoted := first.find(" with text '")) >= 0:
+        # SQLite's text it cannot decode ("Could not decode to UTF-8 column 'subject' with text '...'"): a row's.
+        first = first[:quoted] + " (the value is left out: it may be customer data)"
     return f"{type(original).__name__}: {first}"
 
 
@@ -371,9 +375,12 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
 
 
 def _no_value(value: Any) -> bool:
-    """NULL, or NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal
-    NaN does not compare at all): no place in the cursor's order."""
-    return value is None or isinstance(value, Unreadable) or (isinstance(value, float | Decimal) and value != value)
+    """NULL, NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal NaN
+    does not compare at all) or an infinity (of a number too: a watermark at it would take no later row):
+    no place in the cursor's order."""
+    if isinstance(value, float | Decimal):
+        return value != value or math.isinf(value)
+    return value is None or isinstance(value, Unreadable)
 
 
 # The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
@@ -703,7 +710,10 @@ class SqlSourceReader:
                     since = (span.last.date() if isinstance(span.last, datetime) else span.last) - timedelta(days=2)
                     past = sa.type_coerce(cursor, sa.String()) >= since.isoformat()
                 else:
-                    past = cursor >= span.last if span.inclusive else cursor > span.last
+                    # A float4 (REAL) column compared with a bound double is widened first: 0.7 stored is
+                    # 0.69999998..., below the 0.7 the watermark holds, and the tie at it would be lost.
+                    last = sa.cast(span.last, cursor.type) if isinstance(cursor.type, sa.REAL) else span.last
+                    past = cursor >= last if span.inclusive else cursor > last
                 if config.key and (config.table is None or all(k in table.c for k in config.key)):
                     keys = [column(k) for k in config.key]
                     before = sa.select(*keys).select_from(source).where(sa.not_(past))

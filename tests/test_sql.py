@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -321,6 +322,24 @@ def test_a_cursor_column_holding_values_that_do_not_compare_is_named(tmp_path: P
             match=r"crm.db#events: the cursor column 'seq' holds values of types that do not compare \(int, str\)",
         ):
             read_all(SqlSource(type="sql", url=url, table="events", cursor="seq"), batch_rows)
+
+
+def test_sqlite_text_that_is_not_utf8_is_named_not_shown(tmp_path: Path) -> None:
+    # SQLite's message quoted the row's text ("... with text 'jane.roe@example.com\ufffd'") in the run's error.
+    import sqlite3
+
+    path = tmp_path / "crm.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE tickets (id INTEGER, subject TEXT)")
+        db.execute(
+            "INSERT INTO tickets VALUES (1, 'ok'), (2, CAST(X'6A616E652E726F65406578616D706C652E636F6DE9' AS TEXT))"
+        )
+        db.commit()
+    with pytest.raises(
+        SqlSourceError, match=r"Could not decode to UTF-8 column 'subject' \(the value is left out"
+    ) as raised:
+        read_all(SqlSource(type="sql", url=f"sqlite:///{path}", table="tickets"), 1)
+    assert "jane" not in str(raised.value) and "example.com" not in str(raised.value)
 
 
 def test_a_value_not_of_its_columns_declared_type_is_named_not_shown(tmp_path: Path) -> None:

@@ -118,6 +118,33 @@ def test_an_infinite_cursor_value_is_no_value_set_aside_once(postgres_url: str, 
     assert {r["reason"] for r in first[1]} == {"no_cursor_value"}
 
 
+@pytest.mark.parametrize("kind", ["double precision", "numeric"])
+def test_an_infinite_number_in_the_cursor_is_no_value_and_rows_after_it_are_read(
+    postgres_url: str, tmp_path: Path, kind: str
+) -> None:
+    # Published, it made the watermark infinity: no later row was ever read again, and nothing said so.
+    postgres_table(postgres_url, "scores", f"id int, subject text, v {kind}", "(1, 'a', 1), (2, 'b', 'Infinity')")
+    config = SqlSource(type="sql", url=postgres_url, table="scores", cursor="v")
+    first, second = read_twice(config, tmp_path)
+    assert first[0] == ["a"] and [json.loads(r["record"])["subject"] for r in first[1]] == ["b"]
+    assert {r["reason"] for r in first[1]} == {"no_cursor_value"} and second == ([], [])
+    postgres_table(
+        postgres_url, "scores", f"id int, subject text, v {kind}", "(1, 'a', 1), (2, 'b', 'Infinity')", "(3, 'c', 2)"
+    )
+    assert read_twice(config, tmp_path)[0][0] == ["c"]
+
+
+def test_a_row_written_later_at_a_real_cursors_watermark_is_read(postgres_url: str, tmp_path: Path) -> None:
+    # A float4 compared with the watermark's double is widened first: 0.7 stored is 0.69999998..., below the
+    # bound 0.7, and the row of a tie written after the run was never read.
+    postgres_table(postgres_url, "ratings", "id int, subject text, v real", "(1, 'a', 0.5), (2, 'b', 0.7)")
+    config = SqlSource(type="sql", url=postgres_url, table="ratings", cursor="v")
+    assert read_twice(config, tmp_path) == [(["a", "b"], []), ([], [])]
+    with sa.create_engine(postgres_url).begin() as db:
+        db.exec_driver_sql("INSERT INTO ratings VALUES (3, 'c', 0.7)")
+    assert read_twice(config, tmp_path) == [(["c"], []), ([], [])]
+
+
 def test_a_key_holding_an_infinite_moment_is_asked_for_in_rows_an_earlier_run_read(
     postgres_url: str, tmp_path: Path
 ) -> None:
