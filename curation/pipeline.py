@@ -172,7 +172,11 @@ def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: da
             try:
                 name = stage_name(config.type, (s.name for s in stages))
                 # Spans marked "not PII" on this stage's own items: another's offsets are in other text.
-                stages.append(PiiRedaction(config, kind, undone=review.decisions.undone_in.get(name), name=name))
+                decisions = review.decisions
+                marked = decisions.marked_in.get(name)
+                stages.append(
+                    PiiRedaction(config, kind, undone=decisions.undone_in.get(name), marked=marked, name=name)
+                )
             except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
                 raise PiiSettingError(f"stages.{number} (pii): {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):

@@ -872,6 +872,56 @@ def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
 
 
+def test_a_not_pii_mark_holds_only_while_its_place_holds_the_text_marked(workdir: Path) -> None:
+    # A keyed SQL row edited in place keeps its id: the mark's offsets alone left the new phone number at
+    # that place in clear, and queued nothing for review.
+    from datetime import timedelta
+
+    from curation.review.decisions import Edit, decide
+    from tests.test_sql import START, fill, recipe, tickets
+
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 2)
+    crm = sa.create_engine(url)
+    with crm.begin() as db:
+        db.execute(
+            tickets.update().where(tickets.c.id == 1).values(subject="Reach me at 212-555-0187 or at dana@example.org.")
+        )
+    spec = {
+        **recipe(url, table="tickets", cursor="updated_at", key=["id"]),
+        "stages": [{"type": "pii", "recognizers": [CUSTOMER_ID]}],
+    }
+    first = run(workdir, spec)
+    assert "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>." in [
+        line["prompt"] for line in outputs(Path(first.version_uri))
+    ]
+    state = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with state.connect() as db:
+        item_id, payload = db.execute(sa.text("SELECT item_id, payload FROM review_items WHERE kind = 'pii'")).one()
+    [span] = json.loads(payload)["spans"]
+    decide(state, item_id, "annotator", "edit", Edit(not_pii=[("prompt", span["start"], span["end"])]))
+    with crm.begin() as db:  # the same number again: the mark holds
+        db.execute(
+            tickets.update()
+            .where(tickets.c.id == 1)
+            .values(subject="Reach me at 212-555-0187 or at dana@example.org.", updated_at=START + timedelta(days=1))
+        )
+    second = run(workdir, spec)
+    assert "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>." in [
+        line["prompt"] for line in outputs(Path(second.version_uri))
+    ]
+    with crm.begin() as db:  # another number at the same place: redacted, as any
+        db.execute(
+            tickets.update()
+            .where(tickets.c.id == 1)
+            .values(subject="Reach me at 917-555-0143 or at dana@example.org.", updated_at=START + timedelta(days=2))
+        )
+    third = run(workdir, spec)
+    prompts = [line["prompt"] for line in outputs(Path(third.version_uri))]
+    assert "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>." in prompts
+    assert not any("917-555-0143" in prompt for prompt in prompts)
+
+
 def test_a_not_pii_mark_holds_only_in_the_pii_stage_whose_item_it_was(workdir: Path) -> None:
     from curation.review.decisions import Edit, decide
 

@@ -452,6 +452,8 @@ class RunDecisions:
     # Per stage: a second PII stage scanning a field sees the first one's output, so a span's offsets
     # hold only in the text of the stage whose item it was marked on.
     undone_in: dict[str, dict[str, set[tuple[str, int, int]]]] = field(default_factory=dict)
+    # As ``undone_in``, the text each span held when it was marked: a mark applies only where it still does.
+    marked_in: dict[str, dict[str, dict[tuple[str, int, int], str]]] = field(default_factory=dict)
     restored_in: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     restored: dict[str, dict[str, str]] = field(default_factory=dict)
     # A rejection covers the record's content (``curation.review.rejected_content``): the content key of
@@ -615,6 +617,12 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     for item_id, (record, spans) in not_pii.items():
         marked = {(field_name, int(start), int(end)) for field_name, start, end in spans}
         result.undone_in.setdefault(stages[item_id], {}).setdefault(record, set()).update(marked)
+        flagged = json.loads(items[item_id].payload or "{}") if item_id in items else {}
+        if isinstance(flagged.get("original"), str):
+            held = result.marked_in.setdefault(stages[item_id], {}).setdefault(record, {})
+            held.update(
+                {span: flagged["original"][span[1] : span[2]] for span in marked if span[0] == flagged.get("field")}
+            )
     # Spans were marked on the text the PII stage saw: a field an annotator has since edited holds other
     # text, where the same offsets would leave whatever now stands there unredacted.
     for stage, in_stage in list(result.undone_in.items()):
@@ -661,6 +669,8 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
                 if moved:
                     in_stage = result.undone_in.setdefault(stages[item_id], {})
                     in_stage.setdefault(record, set()).update((name, start, end) for start, end in moved)
+                    held = result.marked_in.setdefault(stages[item_id], {}).setdefault(record, {})
+                    held.update({(name, start, end): edited[name][start:end] for start, end in moved})
             text = restored_text(payload, {(int(start), int(end)) for _, start, end in spans})
             if text is None:
                 log.warning(

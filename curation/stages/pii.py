@@ -51,6 +51,8 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 Undone = Mapping[str, Collection[tuple[str, int, int]]]
+# Per record, the text each span marked not PII held when it was marked (``RunDecisions.marked_in``).
+Marked = Mapping[str, Mapping[tuple[str, int, int], str]]
 
 # The stages whose set-aside details can quote input: readers (a line they could not parse, a file
 # name) and the template (a value it could not render).
@@ -542,6 +544,7 @@ class PiiRedaction:
         kind: str,
         *,
         undone: Undone | None = None,
+        marked: Marked | None = None,
         analyzer: PiiAnalyzer | None = None,
         name: str | None = None,
     ) -> None:
@@ -575,6 +578,7 @@ class PiiRedaction:
             )
         self.placeholder = Placeholders(secret.encode() if secret else None, config.mask_char)
         self.undone = {record: set(spans) for record, spans in (undone or {}).items()}
+        self.marked = marked or {}
         self.allowed = {value.casefold() for value in config.allow} | _FORMAT_NAMES
         self.allowed_places = (  # where an allowed value stands in a text (a name's echo stays out)
             re.compile("|".join(rf"(?<!\w){re.escape(value)}(?!\w)" for value in config.allow), re.IGNORECASE)
@@ -624,10 +628,9 @@ class PiiRedaction:
         kept_detections = []
         for part in parts:
             name, row = where[part.text]
-            undone = self.undone.get(ids[row], ())
             keep = []
             for det in resolve_overlaps(self._not_allowed(part.scanned, part.found)):
-                if (name, *part.place(det[1], det[2])) in undone:
+                if self._left_as_marked(ids[row], name, part.place(det[1], det[2]), columns[name][row]):
                     stats["review_restored"] += 1
                 else:
                     keep.append(det)
@@ -640,8 +643,11 @@ class PiiRedaction:
         values_of: list[dict[tuple[int, int], str]] = [{} for _ in where]
         for at, (part, keep) in enumerate(zip(parts, kept_detections, strict=True)):
             name, row = where[part.text]
-            undone = self.undone.get(ids[row], ())
-            echoed = [echo for echo in echoes[at, row] if (name, *part.place(*echo.detection[1:3])) not in undone]
+            echoed = [
+                echo
+                for echo in echoes[at, row]
+                if not self._left_as_marked(ids[row], name, part.place(*echo.detection[1:3]), columns[name][row])
+            ]
             if echoed:
                 stats["found_elsewhere_in_record"] += len(echoed)
             values = {echo.detection[1:3]: echo.value for echo in echoed}
@@ -822,6 +828,16 @@ class PiiRedaction:
         if structured is not None:
             _distinct_keys(text, structured, spans)
         return redacted(text, spans), spans
+
+    def _left_as_marked(self, record: str, name: str, place: tuple[int, int], text: str) -> bool:
+        """Whether an annotator marked the span at ``place`` of field ``name`` not PII, and it holds the text
+        it held then: a keyed row edited in place keeps its id, and new text at the same offsets (another
+        phone number) is no text anyone looked at."""
+        span = (name, *place)
+        if span not in self.undone.get(record, ()):
+            return False
+        marked = self.marked.get(record, {}).get(span)
+        return marked is None or text[place[0] : place[1]] == marked
 
     def _flag(
         self, batch: pa.Table, row: int, name: str, original: str, text: str, spans: list[dict], every: list[dict]
