@@ -65,6 +65,36 @@ def test_tasks_of_one_item_that_disagree_are_not_taken_and_named(tmp_path: Path)
     )
 
 
+def overlapping(task: dict, *choices: str) -> dict:
+    """The task as Label Studio exports it annotated by several annotators (its overlap), one choice each."""
+    annotations = [
+        {
+            "id": n + 1,
+            "completed_by": n + 1,
+            "created_at": f"2026-01-01T1{n}:00:00Z",
+            "result": annotated([task], choice)[0]["annotations"][0]["result"],
+        }
+        for n, choice in enumerate(choices)
+    ]
+    return {**task, "id": 7, "annotations": annotations}
+
+
+def test_annotations_of_one_task_that_disagree_are_not_taken_and_named(tmp_path: Path) -> None:
+    # The latest annotation was taken alone: one annotator's reject dropped, and nothing said.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    task = export_tasks(engine, {"kind": "pii"})[1]
+    disagreeing: list[str] = []
+    counts = import_annotations(engine, [overlapping(task, "reject", "approve")], "pia", disagreeing=disagreeing)
+    assert counts[DISAGREE] == 1 and counts["approve"] == counts["reject"] == 0
+    assert dec.history(engine, 2) == []
+    assert disagreeing == [
+        "item 2: task 0 (Label Studio id 7) annotation 1 reject; task 0 (Label Studio id 7) annotation 2 approve"
+    ]
+    counts = import_annotations(engine, [overlapping(task, "reject", "reject")], "pia")  # alike: one decision
+    assert counts["reject"] == 1 and counts[REPEATED] == 1 and counts[DISAGREE] == 0
+    assert [row["action"] for row in dec.history(engine, 2)] == ["reject"]
+
+
 def test_a_task_exported_before_a_decision_does_not_block_one_exported_after_it(tmp_path: Path) -> None:
     # Approved from one export, then exported again and rejected (the annotator changed their mind), the
     # project imported whole: the old task, not taken anyway, made the two disagree and nothing was taken.

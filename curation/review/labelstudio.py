@@ -189,11 +189,11 @@ class LabelStudioError(ValueError):
     """A Label Studio export that cannot be read; the message names the task."""
 
 
-def _latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+def _annotations(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task's annotations not cancelled, oldest first: a task annotated by several annotators (Label
+    Studio's overlap) holds one each, and each is taken as a task of its own item (see ``import_annotations``)."""
     annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not annotations:
-        return None
-    return max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+    return sorted(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
 
 
 CHANGED = "changed since export"
@@ -211,7 +211,7 @@ def import_annotations(
     gone: list[int] | None = None,
     disagreeing: list[str] | None = None,
 ) -> dict[str, int]:
-    """Take each task's latest annotation as a decision by ``user`` (a user of the review page, whose
+    """Take each task's annotations as decisions by ``user`` (a user of the review page, whose
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
     every task can be. A task whose item was decided on (or a decision undone) after the export is
     not taken, as a page showing the item from before is not: counted (``CHANGED``), its item added
@@ -219,10 +219,10 @@ def import_annotations(
     says now, not the export) has its item added to ``gone``: as on the page, it is taken, and has no
     effect unless the record comes back.
 
-    Several tasks of one item that decide alike are one decision (the others counted ``REPEATED``),
-    taken as the one exported from the item as it is now, if any; tasks of one item that decide
-    differently are none: the item is counted (``DISAGREE``), and ``disagreeing`` says which tasks
-    decide what, to settle in Label Studio or on the page."""
+    Several tasks of one item (or annotations of one task: annotators' overlap) that decide alike are one
+    decision (the others counted ``REPEATED``), taken as the one exported from the item as it is now, if
+    any; tasks of one item that decide differently are none: the item is counted (``DISAGREE``), and
+    ``disagreeing`` says which tasks decide what, to settle in Label Studio or on the page."""
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
@@ -244,8 +244,8 @@ def import_annotations(
             data = task.get("data") or {}
             if "item_id" not in data:
                 raise LabelStudioError(f"{where} has no data.item_id")
-            annotation = _latest_annotation(task)
-            if annotation is None:
+            annotations = _annotations(task)
+            if not annotations:
                 counts["skipped"] += 1
                 continue
             item_id = _item_id(data, where)
@@ -258,14 +258,17 @@ def import_annotations(
                     f"{where}: item {item['item_id']} holds record {item['record_id']}, not the task's "
                     f"{data['record_id']}: was it exported from another state store? Nothing was imported"
                 )
-            results = annotation.get("result") or []
-            choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
-            choice = (choices or [None])[0] if isinstance(choices, list) else choices
-            if choice not in (None, "approve", "reject", "keep"):
-                raise LabelStudioError(
-                    f"{where}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
-                )
-            edit = _edit(item, data, results)
+            decided = []  # each annotation's (where, choice, edit)
+            for annotation in annotations:
+                at = where if len(annotations) == 1 else f"{where} annotation {annotation.get('id')}"
+                results = annotation.get("result") or []
+                choices = next((r["value"]["choices"] for r in results if r.get("from_name") == "decision"), [None])
+                choice = (choices or [None])[0] if isinstance(choices, list) else choices
+                if choice not in (None, "approve", "reject", "keep"):
+                    raise LabelStudioError(
+                        f"{at}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
+                    )
+                decided.append((at, choice, _edit(item, data, results)))
             if data.get("record_id") is None and not _shows(item, data):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
@@ -276,24 +279,25 @@ def import_annotations(
         except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as error:
             problem = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
-        if choice in ("reject", "keep"):
-            action = choice
-        elif edit is not None:
-            action = "edit"
-        elif choice == "approve":
-            action = "approve"
-        else:
-            counts["skipped"] += 1
-            continue
-        taken = edit if action == "edit" else None
-        try:
-            if edit is not None and edit.not_pii and not reviewer.sees_pii:
-                raise dec.DecisionError(f"{user} is a {reviewer.role}; {NOT_PII_REFUSAL}")
-            dec.check_decision(item, action, taken)
-        except dec.DecisionError as error:
-            raise LabelStudioError(f"{where}: {error}. Nothing was imported") from None
         seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
-        asked.setdefault(item["item_id"], []).append((where, action, taken, seen))
+        for at, choice, edit in decided:
+            if choice in ("reject", "keep"):
+                action = choice
+            elif edit is not None:
+                action = "edit"
+            elif choice == "approve":
+                action = "approve"
+            else:
+                counts["skipped"] += 1
+                continue
+            taken = edit if action == "edit" else None
+            try:
+                if edit is not None and edit.not_pii and not reviewer.sees_pii:
+                    raise dec.DecisionError(f"{user} is a {reviewer.role}; {NOT_PII_REFUSAL}")
+                dec.check_decision(item, action, taken)
+            except dec.DecisionError as error:
+                raise LabelStudioError(f"{at}: {error}. Nothing was imported") from None
+            asked.setdefault(item["item_id"], []).append((at, action, taken, seen))
     for item_id, wanted in asked.items():
         item = items[item_id]
         # The tasks exported from the item as it is now, when any were: older ones are not taken (as a page
