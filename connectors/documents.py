@@ -175,6 +175,8 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
             raise DocumentError("encrypted", "the PDF is password-protected")
         texts = [page.extract_text() or "" for page in reader.pages]
         metadata_title = (reader.metadata.title if reader.metadata else None) or ""
+        # A title that is no text (a number, an array, bytes: pypdf gives the PDF object) is no title.
+        metadata_title = metadata_title if isinstance(metadata_title, str) else ""
     except DocumentError:
         raise
     except Exception as error:  # pypdf raises many kinds of errors on damaged files; each is "corrupt"
@@ -222,7 +224,11 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         # paragraphs are numbered as Word counts them.
         number += not _in_box_or_note(block._element)
         if isinstance(block, Table):
-            text, style = _table_text(block, notes), ""
+            try:
+                text, style = _table_text(block, notes), ""
+            except Exception as error:  # python-docx's cells of a merge or span it cannot follow (ValueError)
+                detail = f"paragraph {number}: a table it cannot read ({type(error).__name__}: {error})"
+                raise DocumentError("corrupt", f"not a readable DOCX, {detail}") from None
         else:
             text, style = _paragraph_text(block).strip(), _style_name(block, style_names)
         # A table of contents repeats the headings, with page numbers: a list of them is no text of its own.
@@ -624,7 +630,7 @@ def _front_matter(text: str) -> dict[str, str | None] | None:
     written, not as YAML 1.1 would read it: ``title: NO`` is "NO" (it was "False"), ``title: 1.10`` "1.10"."""
     try:
         node = yaml.compose(text, Loader=RecipeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # nested deeper than the parser goes: no keys of ours
         return None
     if node is None:  # "---" twice, nothing between
         return {}
@@ -897,7 +903,7 @@ def _decode_html(data: bytes) -> str:
     codec = "cp1252" if declared.lower() in _WINDOWS_1252 else declared
     try:
         return _without_nul(data.decode(codec))
-    except (LookupError, UnicodeDecodeError):
+    except (LookupError, UnicodeError):  # "undefined", a codec that takes nothing, raises a plain UnicodeError
         raise DocumentError("corrupt", f"not UTF-8 text, nor {declared} as it declares") from None
 
 

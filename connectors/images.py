@@ -437,6 +437,8 @@ class ImagesSourceReader:
         return set_aside.filter(pa.array(fresh))
 
     def _image(self, name: str, cache: dict[str, CleanImage | ImageProblem]) -> CleanImage | ImageProblem:
+        if name not in cache and "\x00" in name:  # no file system takes it (Python raises ValueError)
+            cache[name] = ImageProblem("missing_image", "names no file: the name holds a NUL character")
         if name not in cache and _outside(name):
             # The sidecar names images in the source's folder: "../other/x.png" or "/etc/x.png" would
             # publish a file the recipe never pointed at.

@@ -14,6 +14,7 @@ import boto3
 import docx
 import pytest
 from fpdf import FPDF
+from pypdf.generic import ArrayObject, NumberObject, TextStringObject
 
 from connectors.chunk import chunk_text
 from connectors.documents import DocumentsSourceReader
@@ -1394,3 +1395,99 @@ def test_a_web_page_is_parsed_and_extracted_once(tmp_path: Path, monkeypatch: py
             "destination country.",
         ),
     ]
+
+
+def _pdf_titled(title: Any) -> bytes:
+    """A one-page PDF whose /Title is ``title`` (a pypdf object: a number or an array is no text)."""
+    from pypdf import PdfWriter
+    from pypdf.generic import NameObject
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.cell(0, 8, "Refunds are paid within five days.")
+    writer = PdfWriter(clone_from=io.BytesIO(bytes(pdf.output())))
+    writer._info.get_object()[NameObject("/Title")] = title
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _docx_with_table(old: str, new: str) -> bytes:
+    """A Word file with a 2x2 table whose first cell's properties get ``old`` replaced by ``new``."""
+    import zipfile
+
+    document = docx.Document()
+    document.add_paragraph("Refunds are paid within five days.")
+    table = document.add_table(rows=2, cols=2)
+    for (row, column), text in zip([(0, 0), (0, 1), (1, 0), (1, 1)], "ABCD", strict=True):
+        table.cell(row, column).text = text
+    raw, out = io.BytesIO(), io.BytesIO()
+    document.save(raw)
+    with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as packed, zipfile.ZipFile(out, "w") as repacked:
+        for info in packed.infolist():
+            content = packed.read(info.filename)
+            if info.filename == "word/document.xml":
+                content = content.decode().replace(old, new, 1).encode()
+            repacked.writestr(info, content)
+    return out.getvalue()
+
+
+def _run_beside_a_readable_one(workdir: Path, name: str, content: bytes) -> Any:
+    """A documents run over the file ``name`` holding ``content`` and a plain text file beside it."""
+    (workdir / "docs").mkdir()
+    (workdir / "docs" / name).write_bytes(content)
+    (workdir / "docs" / "ok.txt").write_text("Parcels ship the same day.")
+    return run(
+        workdir, {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("number_title.pdf", lambda: _pdf_titled(NumberObject(5))),
+        ("array_title.pdf", lambda: _pdf_titled(ArrayObject([TextStringObject("a")]))),
+        ("deep.md", lambda: b"---\ntitle: " + b"[" * 5000 + b"\n---\nRefunds take five days.\n"),
+    ],
+)
+def test_a_document_whose_metadata_a_library_chokes_on_is_read_without_it(
+    workdir: Path, name: str, content: Any
+) -> None:
+    # A PDF title that is a number or an array (AttributeError), front matter nested past the YAML parser's
+    # depth (RecursionError): the run failed with the library's traceback.
+    result = _run_beside_a_readable_one(workdir, name, content())
+    assert (result.manifest.counts.input, result.manifest.counts.written) == (2, 2)
+    assert any("five days" in line["text"] for line in outputs(Path(result.version_uri)))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "detail"),
+    [
+        (
+            "undefined.html",
+            lambda: b'<meta charset="undefined"><p>caf\xe9 opens at nine every day of the week.</p>',
+            "not UTF-8 text, nor undefined as it declares",
+        ),
+        (
+            "vmerge_first_row.docx",
+            lambda: _docx_with_table("<w:tcPr>", "<w:tcPr><w:vMerge/>"),
+            "not a readable DOCX, paragraph 2: a table it cannot read (ValueError: no tr above topmost tr",
+        ),
+        (
+            "gridspan_text.docx",
+            lambda: _docx_with_table("<w:tcPr>", '<w:tcPr><w:gridSpan w:val="x"/>'),
+            "not a readable DOCX, paragraph 2: a table it cannot read (ValueError:",
+        ),
+    ],
+)
+def test_a_document_a_library_cannot_read_is_quarantined_naming_it(
+    workdir: Path, name: str, content: Any, detail: str
+) -> None:
+    # A codec that decodes nothing (UnicodeError), a Word table python-docx cannot follow (ValueError): the
+    # run failed with the library's traceback.
+    result = _run_beside_a_readable_one(workdir, name, content())
+    assert (result.manifest.counts.written, result.manifest.counts.quarantined) == (1, 1)
+    [aside] = set_aside(Path(result.version_uri))
+    assert aside["reason"] == "corrupt" and aside["detail"].startswith(f"{workdir}/docs/{name}")
+    assert detail in aside["detail"]

@@ -229,6 +229,17 @@ def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path
     assert all(a["detail"].endswith(f"names a file outside {tmp_path / 'img'}") for a in aside)
 
 
+def test_an_image_name_holding_a_nul_is_quarantined_naming_its_line(tmp_path: Path) -> None:
+    # No file system takes such a name: Python raised ValueError ("embedded null byte"), and the run failed.
+    write_folder(tmp_path)
+    rows = [{"image": name, "question": "What is it?", "answer": "A form."} for name in ("form\u0000.png", "form.png")]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    read_rows, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")))
+    assert [r["image"] for r in read_rows] == ["form.png"]
+    assert [(a["source"]["line"], a["reason"]) for a in aside] == [(1, "missing_image")]
+    assert aside[0]["detail"].endswith("names no file: the name holds a NUL character")
+
+
 def test_a_link_out_of_the_images_folder_is_quarantined_and_one_inside_it_read(workdir: Path) -> None:
     # The source followed a link in its folder to a file or folder elsewhere and published that file,
     # which the recipe never pointed at (and which the review page, checking the path as the file system
