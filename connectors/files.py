@@ -729,8 +729,8 @@ class FilesSourceReader(ListedFiles):
         read = self._steps(entries, BLOCK_BYTES)
         steps = read_ahead(read) if sum(entry.size or 0 for entry in entries) > BLOCK_BYTES else read
         passed_on = -1  # the file a batch was last passed on of
-        # However this ends, the reading stops and the file it read is closed (by the reading thread, if one).
         left = -1  # a file left to the next run: its other steps are passed over
+        # However this ends, the reading stops and the file it read is closed (by the reading thread, if one).
         with contextlib.closing(steps):
             for step in steps:
                 if step.at == left:

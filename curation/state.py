@@ -125,12 +125,16 @@ class StateStore:
             rows = db.execute(
                 sa.select(runs.c.run_id, runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "publishing")
             ).all()
-            committed = set(
-                db.execute(
-                    sa.select(watermarks.c.run_id)
-                    .where(watermarks.c.dataset == dataset, watermarks.c.run_id.in_([row.run_id for row in rows]))
-                    .distinct()
-                ).scalars()
+            committed = (
+                set(
+                    db.execute(
+                        sa.select(watermarks.c.run_id)
+                        .where(watermarks.c.dataset == dataset, watermarks.c.run_id.in_([row.run_id for row in rows]))
+                        .distinct()
+                    ).scalars()
+                )
+                if rows  # the usual: no run left publishing
+                else set()
             )
             unrecorded = [row for row in rows if row.version in published or row.run_id in committed]
             db.execute(

@@ -1181,11 +1181,13 @@ class DatasetWriter:
         for _ in range(2):
             if put_if_absent(f"s3://{claim}", self.run_id.encode()):
                 return
-            with contextlib.suppress(FileNotFoundError), self.fs.open_input_stream(claim) as stream:
-                holder = stream.read().decode(errors="replace")
-                if not self.ended_runs([holder]):
-                    break
-                self.fs.delete_file(claim)
+            found = self._claim_holder(version)
+            if found is None:  # removed since: taken again
+                continue
+            holder = found
+            if not self.ended_runs([holder]):
+                break
+            self.fs.delete_file(claim)
         raise PublishedMeanwhile(
             f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
             f"{holder}, which does not use this run's state store, so this run published nothing; {ONE_STORE}. "

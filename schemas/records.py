@@ -84,7 +84,7 @@ def _record_digests(
 
 
 def _joined(uri: str, positions: pa.Array | int, contents: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """What a record id hashes: ``uri``, the position (one for all, or one each) and the content, joined by \x1f."""
+    """What a record id hashes: ``uri``, the position (one for all, or one each) and the content, joined by \\x1f."""
     contents = pc.cast(contents, pa.large_binary())
     if isinstance(positions, int):  # one prefix for all, put in front: half the cost of a join
         return pc.binary_replace_slice(contents, 0, 0, f"{uri}\x1f{positions}\x1f".encode())

@@ -7,6 +7,7 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,22 +90,40 @@ def _lines(rng: random.Random, count: int) -> list[bytes]:
     return [json.dumps({"t": "é" * rng.choice(sizes)}, ensure_ascii=False).encode() + b"\n" for _ in range(count)]
 
 
-@pytest.mark.parametrize("max_bytes", [1024, 4096, 1 << 20])
-def test_shards_are_cut_the_same_whether_lines_are_counted_or_given(tmp_path: Path, max_bytes: int) -> None:
+Write = Callable[[ShardSeries, list[bytes], random.Random], list[tuple[str, int]]]
+
+
+def _written_two_ways(
+    tmp_path: Path, max_bytes: int, ways: dict[str, Write]
+) -> tuple[list[list[bytes]], ShardSeries, ShardSeries]:
+    """The same random writes to a ShardSeries per way (the series named by it): both place each write's pieces
+    alike and cut the same shards. The writes, and the two series."""
     rng = random.Random(max_bytes)
     writes = [_lines(rng, rng.choice([1, 2, 5, 40])) for _ in range(30)]
     fs = pafs.LocalFileSystem()
-    counted = ShardSeries(fs, str(tmp_path), "counted", max_bytes)
-    given = ShardSeries(fs, str(tmp_path), "given", max_bytes)
+    (one, write_one), (other, write_other) = ways.items()
+    first, second = ShardSeries(fs, str(tmp_path), one, max_bytes), ShardSeries(fs, str(tmp_path), other, max_bytes)
     for lines in writes:
-        assert counted.write(b"".join(lines)) == [
-            (path.replace("given", "counted"), first) for path, first in given.write(b"".join(lines), len(lines))
-        ]
-    counted.close(), given.close()
-    assert [s.model_dump(exclude={"path"}) for s in counted.shards] == [
-        s.model_dump(exclude={"path"}) for s in given.shards
+        placed = write_one(first, lines, rng)
+        assert placed == [(path.replace(other, one), line) for path, line in write_other(second, lines, rng)]
+    first.close(), second.close()
+    assert [s.model_dump(exclude={"path"}) for s in first.shards] == [
+        s.model_dump(exclude={"path"}) for s in second.shards
     ]
-    assert len(given.shards) > 1 or max_bytes == 1 << 20
+    assert len(second.shards) > 1 or max_bytes == 1 << 20
+    return writes, first, second
+
+
+@pytest.mark.parametrize("max_bytes", [1024, 4096, 1 << 20])
+def test_shards_are_cut_the_same_whether_lines_are_counted_or_given(tmp_path: Path, max_bytes: int) -> None:
+    writes, _, given = _written_two_ways(
+        tmp_path,
+        max_bytes,
+        {
+            "counted": lambda series, lines, _: series.write(b"".join(lines)),
+            "given": lambda series, lines, _: series.write(b"".join(lines), len(lines)),
+        },
+    )
     assert sum(s.records for s in given.shards) == sum(map(len, writes))
     for shard in given.shards:
         body = (tmp_path / shard.path).read_bytes()
@@ -139,19 +158,14 @@ def _line_column(rng: random.Random, lines: list[bytes]) -> pa.ChunkedArray:
 def test_shards_are_cut_the_same_from_a_column_of_lines_as_from_their_bytes(tmp_path: Path, max_bytes: int) -> None:
     # The writer hands the encoder's column of lines over without joining its bytes: its offsets give the
     # cuts and counts the bytes gave, also where a write's chunks end inside a shard or one line fills one.
-    rng = random.Random(max_bytes)
-    writes = [_lines(rng, rng.choice([1, 2, 5, 40])) for _ in range(30)]
-    fs = pafs.LocalFileSystem()
-    from_bytes = ShardSeries(fs, str(tmp_path), "bytes", max_bytes)
-    from_column = ShardSeries(fs, str(tmp_path), "column", max_bytes)
-    for lines in writes:
-        placed = from_column.write(_line_column(rng, lines), len(lines))
-        assert placed == [(path.replace("bytes", "column"), first) for path, first in from_bytes.write(b"".join(lines))]
-    from_bytes.close(), from_column.close()
-    assert [s.model_dump(exclude={"path"}) for s in from_column.shards] == [
-        s.model_dump(exclude={"path"}) for s in from_bytes.shards
-    ]
-    assert len(from_column.shards) > 1 or max_bytes == 1 << 20
+    _, from_column, _ = _written_two_ways(
+        tmp_path,
+        max_bytes,
+        {
+            "column": lambda series, lines, rng: series.write(_line_column(rng, lines), len(lines)),
+            "bytes": lambda series, lines, _: series.write(b"".join(lines)),
+        },
+    )
     for shard in from_column.shards:
         assert (tmp_path / shard.path).read_bytes() == (tmp_path / shard.path.replace("column", "bytes")).read_bytes()
 

@@ -614,10 +614,11 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
         result.rejected |= result.copy_of.keys()
     items = _items(engine, [*not_pii, *not_duplicates])  # their stage, payload and source, read once
     stages = {item_id: row.stage for item_id, row in items.items()}
+    flags = {item_id: json.loads(items[item_id].payload or "{}") for item_id in not_pii}  # PII flags, read once
     for item_id, (record, spans) in not_pii.items():
         marked = {(field_name, int(start), int(end)) for field_name, start, end in spans}
         result.undone_in.setdefault(stages[item_id], {}).setdefault(record, set()).update(marked)
-        flagged = json.loads(items[item_id].payload or "{}") if item_id in items else {}
+        flagged = flags[item_id]
         if isinstance(flagged.get("original"), str):
             held = result.marked_in.setdefault(stages[item_id], {}).setdefault(record, {})
             held.update(
@@ -659,7 +660,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None
     }
     if not_pii:
         for item_id, (record, spans) in not_pii.items():
-            payload = json.loads(payloads.get(item_id) or "{}")
+            payload = flags[item_id]
             edited = result.edits.get(record, {})
             if payload.get("field") in edited:
                 # An edit of the field keeps the spans marked not PII that it kept (see ``carried_over``).
