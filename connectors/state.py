@@ -95,7 +95,7 @@ def create_tables(engine: sa.Engine) -> None:
     for attempt in range(5):
         try:
             metadata.create_all(engine)  # checks first: a retry creates only what is still missing
-            _add_renewed_at(engine)
+            add_missing_columns(engine, run_locks)  # renewed_at
             return
         except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
             if attempt == 4:
@@ -353,13 +353,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _add_renewed_at(engine: sa.Engine) -> None:
-    """Give a ``run_locks`` table made by an earlier release its ``renewed_at`` column."""
-    if "renewed_at" in {column["name"] for column in sa.inspect(engine).get_columns(run_locks.name)}:
-        return
-    kind = run_locks.c.renewed_at.type.compile(dialect=engine.dialect)
-    with engine.begin() as db:  # two runs adding it at once: one fails, and create_tables tries again
-        db.execute(sa.text(f"ALTER TABLE {run_locks.name} ADD COLUMN renewed_at {kind}"))
+def add_missing_columns(engine: sa.Engine, table: sa.Table) -> set[str]:
+    """Give ``table``, as an earlier release made it in this store, the nullable columns added since;
+    returns their names. Two processes adding one at once: the one that fails finds it there."""
+    have = {column["name"] for column in sa.inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in have]
+    for column in missing:
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as db:
+                db.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+        except sa.exc.SQLAlchemyError:
+            if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                raise
+    return {column.name for column in missing}
 
 
 class HeldLock:

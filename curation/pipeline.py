@@ -29,7 +29,15 @@ from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
 from curation.report import Profile, attach_report
-from curation.review.decisions import RunDecisions, changes, changes_since, inputs_to_read_again
+from curation.review.decisions import (
+    DecisionMark,
+    RunDecisions,
+    changes,
+    changes_since,
+    inputs_to_read_again,
+    mark_at,
+    mark_now,
+)
 from curation.review.queue import add_items, note_read, queued_records
 from curation.review.rejected_content import remember as remember_rejected_content
 from curation.review.rejected_content import remember_copies
@@ -147,7 +155,9 @@ def _keyed_uris(recipe: Recipe) -> frozenset[str]:
     return frozenset(source_uri(c) for c in recipe.sources if isinstance(c, SqlSource) and c.key)
 
 
-def build_stages(recipe: Recipe, full_refresh: bool = False, decisions_as_of: datetime | None = None) -> list[AnyStage]:
+def build_stages(
+    recipe: Recipe, full_refresh: bool = False, decisions_as_of: DecisionMark | None = None
+) -> list[AnyStage]:
     """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run; the
     review decisions are those in force at ``decisions_as_of`` (default: now)."""
     kind = recipe.record.kind
@@ -220,14 +230,14 @@ def stage_order_warnings(recipe: Recipe) -> list[str]:
     return warnings
 
 
-def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> datetime:
-    """The moment whose review decisions the run that published ``version`` applied: its start (a run
-    reads the decisions as they stood then, see ``_run_locked``), else, where the state store does not
-    know the run, the version's publication."""
-    return state.started(recipe.dataset, version.version) or version.created_at
+def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> DecisionMark:
+    """The review decisions the run that published ``version`` applied (recorded as it started, see
+    ``_run_locked``), else, where the state store does not know the run, those made by its publication."""
+    read = state.decisions_read(recipe.dataset, version.version)
+    return read or mark_at(state.engine, recipe.dataset, version.created_at)
 
 
-def _review_changes(recipe: Recipe, state: StateStore, since: datetime, now: datetime) -> int:
+def _review_changes(recipe: Recipe, state: StateStore, since: DecisionMark, now: DecisionMark) -> int:
     """Decisions changed between the extended version's reading of them (``since``) and this run's
     (``now``): with carry-forward they make a new version (the carried records with the decisions
     applied) even when there is no new input."""
@@ -451,8 +461,8 @@ def _carried_copies(
     review: ReviewDecisions,
     state: StateStore,
     dataset: str,
-    since: datetime | None,
-    until: datetime,
+    since: DecisionMark | None,
+    until: DecisionMark,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Published records holding a rejected record's content (copy id -> that record), which a recipe
     without a default exact_dedup across runs may have published beside it, and the content keys of
@@ -616,7 +626,7 @@ class RunPlan:
     previous: list[int]  # the dataset's published versions
     latest: Manifest | None  # the latest one, which this run compares with (none on a full refresh)
     full_refresh: bool
-    decided_before: datetime | None  # the moment whose review decisions ``latest`` applied
+    decided_before: DecisionMark | None  # the review decisions ``latest`` applied
     watermarks: Watermarks
     sources: list[Source]
     inputs: list[InputFile]
@@ -646,7 +656,7 @@ class RunStages:
     review: ReviewDecisions
 
     @classmethod
-    def build(cls, recipe: Recipe, plan: RunPlan, decided_by: datetime) -> RunStages:
+    def build(cls, recipe: Recipe, plan: RunPlan, decided_by: DecisionMark) -> RunStages:
         # A version that extends nothing (no source read before: a path or setting changed) holds only
         # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
         # it reads would be set aside as repeats of versions it does not hold.
@@ -682,10 +692,10 @@ def _run_locked(
     full_refresh: bool,
     on_written: Callable[[int], None],
 ) -> RunResult:
-    # The one moment whose review decisions this run applies, everywhere it reads them (which inputs to
-    # read again, the review stage, the carry): recorded as the run's start, so the next run compares
-    # the decisions in force then with its own, and nothing decided in between is lost or counted twice.
-    decided_by = datetime.now(UTC)
+    # The review decisions this run applies, everywhere it reads them (which inputs to read again, the
+    # review stage, the carry): recorded with the run, so the next run compares the decisions in force
+    # as of this mark with its own, and nothing decided in between is lost or counted twice.
+    decided_by = mark_now(state.engine)
     plan = _plan(recipe, state, full_refresh, decided_by)
     on_start(sum(entry.size or 0 for entry in plan.inputs))
     writer = _writer(recipe, state, plan.full_refresh)
@@ -694,7 +704,7 @@ def _run_locked(
             sides = plan.published_sides
             writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
         writer.on_written = on_written
-        state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decided_by)
+        state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)
     except BaseException:
         # Not yet a run the store knows of: no later run would remove its staging folder (``clean_up``).
         writer.abort()
@@ -792,7 +802,7 @@ def _run_locked(
     return result
 
 
-def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: datetime) -> RunPlan:
+def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: DecisionMark) -> RunPlan:
     """The versions the run builds on and the inputs it reads (the run holds the dataset's lock: no
     other run publishes a version until it ends)."""
     previous = published_versions(recipe.output.dest, recipe.dataset)
@@ -889,7 +899,7 @@ def _first_detail(tally: Tally) -> str:
     return f", e.g. {found[0]}" if found else ""
 
 
-def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: datetime) -> bool:
+def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: DecisionMark) -> bool:
     """Whether the run has nothing to add to the version it extends: no record read (but inputs that could
     not be read then and cannot be now, files or rows of images: an earlier version counts them), no input read again that
     now holds nothing, no review decision changed since."""
@@ -912,7 +922,7 @@ def _carry(
     writer: DatasetWriter,
     tally: Tally,
     counts: Counts,
-    decided_by: datetime,
+    decided_by: DecisionMark,
 ) -> dict[str, int]:
     """Copy version ``extends``'s records into the new one, with annotators' decisions applied as the
     review stage read them; returns the content keys of rejected records found on the way."""

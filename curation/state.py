@@ -7,12 +7,16 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import xxhash
 
 from connectors.batches import batched
+from connectors.state import add_missing_columns
+
+if TYPE_CHECKING:
+    from curation.review.decisions import DecisionMark
 
 metadata = sa.MetaData()
 
@@ -58,6 +62,9 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("counts", sa.Text),
     sa.Column("error", sa.Text),
+    # The review decisions the run read (``DecisionMark``): decision ids and undo numbers up to these.
+    sa.Column("decisions_through", sa.Integer),
+    sa.Column("undos_through", sa.Integer),
 )
 
 
@@ -87,10 +94,14 @@ class StateStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = state_engine(url)
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine, runs)  # decisions_through, undos_through
 
-    def run_started(self, run_id: str, dataset: str, recipe_sha256: str, started_at: datetime | None = None) -> None:
-        """Record a run as running; called under the dataset's lock, so runs of it still marked running
-        were killed (SIGKILL, a lost machine): they are marked so."""
+    def run_started(
+        self, run_id: str, dataset: str, recipe_sha256: str, decisions_read: DecisionMark | None = None
+    ) -> None:
+        """Record a run as running, with the review decisions it reads (``decisions_read``); called under
+        the dataset's lock, so runs of it still marked running were killed (SIGKILL, a lost machine):
+        they are marked so."""
         with self.engine.begin() as db:
             db.execute(
                 runs.update()
@@ -103,7 +114,9 @@ class StateStore:
                     dataset=dataset,
                     recipe_sha256=recipe_sha256,
                     status="running",
-                    started_at=started_at or _now(),
+                    started_at=_now(),
+                    decisions_through=decisions_read.decided if decisions_read else None,
+                    undos_through=decisions_read.undone if decisions_read else None,
                 )
             )
 
@@ -193,20 +206,32 @@ class StateStore:
                 )
             }
 
-    def started(self, dataset: str, version: int) -> datetime | None:
-        """When the run that published ``version`` of ``dataset`` started (before it read the review
-        decisions), or None when the store does not know the version."""
-        return self._of_latest_published(runs.c.started_at, dataset, runs.c.version == version)
+    def decisions_read(self, dataset: str, version: int) -> DecisionMark | None:
+        """The review decisions the run that published ``version`` of ``dataset`` read, or None when the
+        store does not know the version. A run recorded before runs noted them read those standing at
+        its start (``mark_at``)."""
+        from curation.review.decisions import DecisionMark, mark_at
+
+        columns = (runs.c.decisions_through, runs.c.undos_through, runs.c.started_at)
+        row = self._of_latest_published(columns, dataset, runs.c.version == version)
+        if row is None:
+            return None
+        decided, undone, started = row
+        return DecisionMark(decided, undone) if decided is not None else mark_at(self.engine, dataset, started)
 
     def last_published(self, dataset: str) -> int | None:
         """The version the latest run of ``dataset`` that published made, or None when none did."""
         return self._of_latest_published(runs.c.version, dataset)
 
-    def _of_latest_published(self, column: sa.Column, dataset: str, *where: Any) -> Any:
-        """``column`` of the latest run of ``dataset`` that published (and meets ``where``), or None."""
-        query = sa.select(column).where(runs.c.dataset == dataset, runs.c.status == "published", *where)
+    def _of_latest_published(self, columns: sa.Column | tuple[sa.Column, ...], dataset: str, *where: Any) -> Any:
+        """``columns`` (one, or a row of several) of the latest run of ``dataset`` that published (and
+        meets ``where``), or None."""
+        many = isinstance(columns, tuple)
+        query = sa.select(*columns) if many else sa.select(columns)
+        query = query.where(runs.c.dataset == dataset, runs.c.status == "published", *where)
         with self.engine.connect() as db:
-            return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).scalar()
+            found = db.execute(query.order_by(runs.c.started_at.desc()).limit(1))
+            return found.first() if many else found.scalar()
 
     def group_sides(self, dataset: str, keys: list[str]) -> dict[str, bool]:
         """The side (True: validation) earlier runs put each of these group keys on, where they did."""

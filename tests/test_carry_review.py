@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -510,6 +511,58 @@ def test_a_run_applies_the_decisions_of_one_moment_and_the_next_run_compares_wit
     assert run(workdir, recipe("out")).manifest is None  # and then nothing is new
     dec.undo_last(engine, "rita")
     assert rejected in lines_by_id(Path(run(workdir, recipe("out")).version_uri))  # undone: back in v4
+    engine.dispose()
+
+
+def test_a_decision_and_an_undo_stamped_before_the_last_run_by_a_clock_behind_take_effect_in_the_next(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review server whose clock is an hour behind the scheduler's (or a decision whose transaction
+    # commits long after it was stamped) stamps decisions before the run that could not see them.
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"{BILLING}.", "a": "Done."}, {"q": f"{BILLING}!", "a": "Ok."}])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "threshold": 0.7}]}
+    one = Path(run(workdir, spec).version_uri)
+    engine, rejected = reject(workdir, one, notes(5, 1)[0]["q"])
+    assert rejected not in lines_by_id(Path(run(workdir, spec).version_uri))  # v2 applies the rejection
+    behind = dec._now() - timedelta(hours=1)
+    monkeypatch.setattr(dec, "_now", lambda: behind)
+    dec.undo_last(engine, "rita")  # undone after v2's run, stamped before it started
+    (near,) = _near_duplicate_items(engine)
+    dec.decide(engine, near.item_id, "rita", "keep")  # not a duplicate, stamped before v2's run too
+    three = run(workdir, spec)
+    assert three.manifest is not None, "the undo and the keep were taken as applied already"
+    published = lines_by_id(Path(three.version_uri))
+    assert rejected in published and near.record_id in published
+    assert run(workdir, spec).manifest is None  # and then nothing is new
+    engine.dispose()
+
+
+def test_a_store_an_earlier_release_made_keeps_the_decisions_its_last_version_read_by_their_stamps(
+    workdir: Path,
+) -> None:
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 8))
+    one = Path(run(workdir, recipe("out")).version_uri)
+    engine, rejected = reject(workdir, one, notes(5, 1)[0]["q"])
+    early = reject(workdir, one, notes(2, 1)[0]["q"])[1]
+    dec.undo_last(engine, "rita")  # undone before v2: it was never in force in a version
+    assert rejected not in lines_by_id(Path(run(workdir, recipe("out")).version_uri))
+    dec.undo_last(engine, "rita")  # after v2: the next run puts the record back
+    # As an earlier release left the store: no marks on runs, no numbers on undos.
+    with engine.begin() as db:
+        for table, column in [("runs", "decisions_through"), ("runs", "undos_through")]:
+            db.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        db.execute(sa.text("ALTER TABLE review_decisions DROP COLUMN undo_seq"))
+    engine.dispose()
+    three = run(workdir, recipe("out"))
+    assert three.manifest is not None and [Path(i.uri).name for i in three.manifest.inputs] == ["a.jsonl"]
+    published = lines_by_id(Path(three.version_uri))
+    assert rejected in published and early in published
+    assert run(workdir, recipe("out")).manifest is None  # and then nothing is new
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    with engine.connect() as db:  # the undos numbered in the order they were made
+        numbered = db.execute(sa.text("SELECT undo_seq FROM review_decisions ORDER BY undone_at")).scalars().all()
+    assert numbered == [1, 2]
     engine.dispose()
 
 

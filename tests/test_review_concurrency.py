@@ -380,3 +380,39 @@ def test_a_label_studio_task_without_a_record_id_is_taken_only_as_its_items_data
     assert [history(seeded, each["data"]["item_id"])[-1] for each in (task, pii)] == [("pia", "reject")] * 2
     dec.undo_last(engine, "pia")
     dec.undo_last(engine, "pia")
+
+
+def test_a_run_reads_no_decision_committed_after_it_beneath_the_mark_it_records(
+    request: pytest.FixtureRequest,
+) -> None:
+    # PostgreSQL numbers rows as they are inserted: a decision inserted later but committed first would
+    # put a number above one still uncommitted, and a run reading up to it would miss that one for good.
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    dec.create_tables(engine)
+    first, second = _one_item(engine), _one_item(engine)
+    slow = sa.create_engine(url)  # a server whose transaction is slow to commit after its insert
+    inserted, go_on = threading.Event(), threading.Event()
+
+    @sa.event.listens_for(slow, "after_cursor_execute")
+    def pause_after_insert(conn, cursor, statement, *args) -> None:
+        if statement.lstrip().startswith(f"INSERT INTO {dec.decisions.name}"):
+            inserted.set()
+            go_on.wait(10)
+
+    taken: dict[str, int] = {}
+
+    def server(name: str, engine: sa.Engine, item_id: int) -> None:
+        taken[name] = dec.decide(engine, item_id, name, "reject")
+
+    threads = [threading.Thread(target=server, args=("rita", slow, first))]
+    threads[0].start()
+    assert inserted.wait(10)
+    threads.append(threading.Thread(target=server, args=("pia", sa.create_engine(url), second)))
+    threads[1].start()
+    threads[1].join(0.5)  # pia's decision waits for rita's to commit
+    mark = dec.mark_now(engine)  # what a run starting now reads
+    go_on.set()
+    for thread in threads:
+        thread.join(10)
+    assert taken["rita"] > mark.decided and taken["pia"] > mark.decided

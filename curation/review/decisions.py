@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from connectors.batches import IDS_PER_QUERY, batched, id_chunks
 from curation.redaction import redacted
-from curation.review.queue import connected, create_tables, metadata, review_items
+from curation.review.queue import UPGRADES, connected, create_tables, metadata, review_items
 from curation.review.rejected_content import copies_of, keys_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ decisions = sa.Table(
     sa.Column("after", sa.Text, nullable=False),  # JSON: status, field edits, spans marked not PII
     sa.Column("undone_at", sa.DateTime(timezone=True)),
     sa.Column("undone_by", sa.String(100)),
+    # Undos numbered in commit order, as decision ids are (``DecisionMark``); null while not undone.
+    sa.Column("undo_seq", sa.Integer),
 )
 
 
@@ -68,6 +70,78 @@ class Edit:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class DecisionMark:
+    """The review decisions a run reads: every decision up to id ``decided``, with the undos up to
+    number ``undone`` made. The store gives both numbers in commit order (``_one_writer``), so a run's
+    mark says exactly what it saw. Times would not: a decision stamped (by its server's clock) before a
+    run started but committed after the run read them was missed by that run and counted as applied
+    by the next, which compares the decisions the last version read with those standing now."""
+
+    decided: int
+    undone: int
+
+    def standing(self, row: dict[str, Any]) -> bool:
+        """Whether a decision row was taken, and not undone, as of this mark."""
+        undone = row["undo_seq"]
+        return row["decision_id"] <= self.decided and (undone is None or undone > self.undone)
+
+
+def mark_now(engine: sa.Engine) -> DecisionMark:
+    """The review decisions committed now, in every dataset of the store (``DecisionMark``)."""
+    create_tables(engine)
+    query = sa.select(
+        sa.func.coalesce(sa.func.max(decisions.c.decision_id), 0),
+        sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0),
+    )
+    with engine.connect() as db:
+        decided, undone = db.execute(query).one()
+    return DecisionMark(int(decided), int(undone))
+
+
+def mark_at(engine: sa.Engine, dataset: str, moment: datetime) -> DecisionMark:
+    """The mark of a run recorded without one (an earlier release's, or a version the store does not
+    know): the decisions on ``dataset`` taken, and undos made, by ``moment`` by their stamps."""
+    create_tables(engine)
+    query = sa.select(decisions.c.decision_id, decisions.c.at, decisions.c.undo_seq, decisions.c.undone_at)
+    with engine.connect() as db:
+        rows = db.execute(query.where(decisions.c.dataset == dataset)).all()
+    moment = _utc(moment)  # compared here: SQLite hands datetimes back naive (see _utc)
+    decided = max((row.decision_id for row in rows if _utc(row.at) <= moment), default=0)
+    undone = max((row.undo_seq for row in rows if row.undone_at and _utc(row.undone_at) <= moment), default=0)
+    return DecisionMark(decided, undone)
+
+
+def _one_writer(db: sa.Connection) -> None:
+    """Let one transaction at a time write decisions and undos, so that the ids and undo numbers they
+    take commit in their order: whoever read up to a number (``DecisionMark``) has seen every one
+    below it. SQLite writes one transaction at a time anyway; PostgreSQL hands out ids as rows are
+    inserted, and a later one could commit first. Taken first in the transaction, before any row's lock."""
+    if db.dialect.name == "postgresql":
+        db.execute(sa.text(f"LOCK TABLE {decisions.name} IN SHARE ROW EXCLUSIVE MODE"))
+
+
+def _number_undos(engine: sa.Engine) -> None:
+    """Number the undos a store made before undos were numbered (by when they were made), after any
+    numbered since (an earlier release's review server still running)."""
+    unnumbered = decisions.c.undone_at.is_not(None) & decisions.c.undo_seq.is_(None)
+    with engine.connect() as db:
+        if db.execute(sa.select(decisions.c.decision_id).where(unnumbered).limit(1)).first() is None:
+            return
+    with engine.begin() as db:
+        _one_writer(db)
+        # Written first, so that SQLite takes its write lock before the rows are read (two numbering at once).
+        db.execute(decisions.update().where(unnumbered).values(undo_seq=decisions.c.undo_seq))
+        latest = db.execute(sa.select(sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0))).scalar_one()
+        rows = db.execute(sa.select(decisions.c.decision_id, decisions.c.undone_at).where(unnumbered)).all()
+        ordered = sorted(rows, key=lambda row: (_utc(row.undone_at), row.decision_id))
+        for number, row in enumerate(ordered, start=latest + 1):
+            db.execute(decisions.update().where(decisions.c.decision_id == row.decision_id).values(undo_seq=number))
+
+
+UPGRADES.append(_number_undos)
 
 
 def get_item(engine: sa.Engine, item_id: int) -> dict[str, Any]:
@@ -170,6 +244,7 @@ def decide(
     item = get_item(engine, item_id)
     check_decision(item, action, edit)
     with engine.begin() as db:
+        _one_writer(db)
         # Written first, so that two decisions at once (two servers on one store, too) are taken one
         # after the other: the row's lock in PostgreSQL, the database's write lock in SQLite.
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=review_items.c.status))
@@ -234,6 +309,7 @@ def decide_all(
         ids = [item["item_id"] for item, *_ in chunk]
         these = review_items.c.item_id.in_(ids)
         with engine.begin() as db:
+            _one_writer(db)
             # Locked first, as ``decide`` locks its one item: a decision or undo on one of them at once waits.
             db.execute(review_items.update().where(these).values(status=review_items.c.status))
             now_seen = _revisions(db, ids)
@@ -315,24 +391,18 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after)}
 
 
-def _standing(row: dict[str, Any], moment: datetime) -> bool:
-    """Whether a decision was taken, and not undone, at ``moment`` (UTC)."""
-    undone = row["undone_at"]
-    return _utc(row["at"]) <= moment and (undone is None or _utc(undone) > moment)
-
-
 def _in_force_per_item(
-    engine: sa.Engine | sa.Connection, *where: Any, as_of: datetime | None = None
+    engine: sa.Engine | sa.Connection, *where: Any, as_of: DecisionMark | None = None
 ) -> dict[int, dict[str, Any]]:
     """The decision in force (``in_force``) on each item with decisions matching ``where``: now, or as
-    it stood at ``as_of`` (read on a connection, a transaction's, when given one)."""
+    a run read them (``as_of``) (read on a connection, a transaction's, when given one)."""
     query = decisions.select().where(*where).order_by(decisions.c.decision_id)
     if as_of is None:
         query = query.where(decisions.c.undone_at.is_(None))
     with connected(engine) as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
-    if as_of is not None:  # compared here: SQLite hands datetimes back naive (see _utc)
-        rows = [row for row in rows if _standing(row, _utc(as_of))]
+    if as_of is not None:
+        rows = [row for row in rows if as_of.standing(row)]
     in_force_now = ((item, in_force(item_rows)) for item, item_rows in _by_item(rows).items())
     return {item: decision for item, decision in in_force_now if decision}
 
@@ -390,6 +460,7 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
         # onto each other's items (or an undo and a decision) would wait for each other: PostgreSQL
         # ends one of them with a deadlock error.
         with engine.begin() as db:
+            _one_writer(db)
             row = db.execute(query).first()
             if row is None:
                 return None
@@ -398,12 +469,13 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             # this undo (and this undo for it), so the status set below counts it rather than going stale.
             item = review_items.c.item_id == undone["item_id"]
             db.execute(review_items.update().where(item).values(status=review_items.c.status))
+            latest = db.execute(sa.select(sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0))).scalar_one()
             # Only if still in force: two undos at once (two tabs, two servers) undo two decisions,
             # not the same one twice while each says it undid one.
             taken = db.execute(
                 decisions.update()
                 .where(decisions.c.decision_id == undone["decision_id"], decisions.c.undone_at.is_(None))
-                .values(undone_at=_now(), undone_by=user)
+                .values(undone_at=_now(), undone_by=user, undo_seq=latest + 1)
             )
             if taken.rowcount != 1:
                 continue
@@ -422,10 +494,11 @@ def history(engine: sa.Engine, item_id: int) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in db.execute(query)]
 
 
-def active_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None) -> list[dict[str, Any]]:
-    """The decision in force on each item of a dataset (``in_force``), now or at ``as_of``, oldest first."""
+def active_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None = None) -> list[dict[str, Any]]:
+    """The decision in force on each item of a dataset (``in_force``), now or as of ``as_of``, oldest first."""
     if not sa.inspect(engine).has_table(decisions.name):
         return []
+    create_tables(engine)  # a store an earlier release made gets the columns read here
     in_force_now = _in_force_per_item(engine, decisions.c.dataset == dataset, as_of=as_of)
     return sorted(in_force_now.values(), key=lambda row: row["decision_id"])
 
@@ -504,12 +577,14 @@ class Change:
     payload: str = "{}"  # the item's, as JSON
 
 
-def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> list[Change]:
-    """The items of a dataset whose decisions in force at ``since`` (when the run of a version read
-    them) and at ``until`` (this run's reading; default now) differ in their effect on the record (an
+def changes(engine: sa.Engine, dataset: str, since: DecisionMark, until: DecisionMark | None = None) -> list[Change]:
+    """The items of a dataset whose decisions in force as of ``since`` (as the run of a version read
+    them) and ``until`` (this run's reading; default now) differ in their effect on the record (an
     approve of a fresh flag changes nothing)."""
     if not sa.inspect(engine).has_table(decisions.name):
         return []
+    create_tables(engine)  # a store an earlier release made gets the columns read here
+    until = until or mark_now(engine)
     query = (
         sa.select(review_items.c.source, review_items.c.kind, review_items.c.payload, decisions)
         .join(decisions, decisions.c.item_id == review_items.c.item_id)
@@ -518,19 +593,17 @@ def changes(engine: sa.Engine, dataset: str, since: datetime, until: datetime | 
     )
     with engine.connect() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
-    since, until = _utc(since), _utc(until or datetime.now(UTC))
     found = []
-    # Compared here, not in SQL: SQLite hands datetimes back naive (see _utc).
     for item_rows in _by_item(rows).values():
-        then = in_force([r for r in item_rows if _standing(r, since)])
-        now = in_force([r for r in item_rows if _standing(r, until)])
+        then = in_force([r for r in item_rows if since.standing(r)])
+        now = in_force([r for r in item_rows if until.standing(r)])
         if _effect(then) != _effect(now):
             first = item_rows[0]
             found.append(Change(first["kind"], first["source"], then, now, first["payload"]))
     return found
 
 
-def changes_since(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> int:
+def changes_since(engine: sa.Engine, dataset: str, since: DecisionMark, until: DecisionMark | None = None) -> int:
     """How many records' decisions in force changed after ``since`` (a version's publication) in a way
     their carried lines take: the next run publishes them even when it has no new input. (The other
     changes read their inputs again: ``inputs_to_read_again``.)"""
@@ -541,7 +614,9 @@ def changes_since(engine: sa.Engine, dataset: str, since: datetime, until: datet
     )
 
 
-def inputs_to_read_again(engine: sa.Engine, dataset: str, since: datetime, until: datetime | None = None) -> set[str]:
+def inputs_to_read_again(
+    engine: sa.Engine, dataset: str, since: DecisionMark, until: DecisionMark | None = None
+) -> set[str]:
     """The inputs (URIs) holding records whose decisions changed since ``since`` in a way a carried line
     cannot take: what was in force then (a rejection, an edit's field, a span marked not PII) is not
     now (undone, or set aside by a later approve), so the line lacks the record or holds a value that
@@ -586,8 +661,8 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def run_decisions(engine: sa.Engine, dataset: str, as_of: datetime | None = None) -> RunDecisions:
-    """Decisions in force on a dataset (now, or at ``as_of``: a run's one reading, which the next run
+def run_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None = None) -> RunDecisions:
+    """Decisions in force on a dataset (now, or as of ``as_of``: a run's one reading, which the next run
     compares with) as the review stage and carry-forward need them (later edits win per field)."""
     result = RunDecisions()
     not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII

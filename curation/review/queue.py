@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from connectors.batches import IDS_PER_QUERY, batched, id_chunks
+from connectors.state import add_missing_columns
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -62,12 +64,21 @@ STATUSES = ("open", "approved", "rejected", "edited", "kept")
 _made: weakref.WeakKeyDictionary[sa.Engine, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
+# What a module defining review tables does to a store made by an earlier release, once its columns are added.
+UPGRADES: list[Callable[[sa.Engine], None]] = []
+
+
 def create_tables(engine: sa.Engine) -> None:
-    """Make the review tables in the engine's store, once per engine (again if a module adds tables)."""
+    """Make the review tables in the engine's store, or add the columns an earlier release's lack, once
+    per engine (again if a module adds tables)."""
     tables = frozenset(metadata.tables)
     if tables <= _made.get(engine, frozenset()):
         return
     metadata.create_all(engine)
+    for table in metadata.tables.values():
+        add_missing_columns(engine, table)
+    for upgrade in UPGRADES:
+        upgrade(engine)
     _made[engine] = tables
 
 

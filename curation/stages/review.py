@@ -6,14 +6,13 @@ so edits go through every later stage (PII redaction included) like any other co
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from curation.review.decisions import RunDecisions, run_decisions
+from curation.review.decisions import DecisionMark, RunDecisions, run_decisions
 from curation.review.rejected_content import content_keys
 from curation.stages.base import StageResult, split_by_mask
 from curation.stages.duplicates import one_key_each
@@ -40,8 +39,8 @@ def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
         engine.dispose()
 
 
-def load_decisions(state_url: str, dataset: str, as_of: datetime | None = None) -> RunDecisions:
-    """The dataset's decisions in force (now, or at ``as_of``); none when the state store does not exist yet."""
+def load_decisions(state_url: str, dataset: str, as_of: DecisionMark | None = None) -> RunDecisions:
+    """The dataset's decisions in force (now, or as of ``as_of``); none when the state store does not exist yet."""
     return _read_state(state_url, lambda engine: run_decisions(engine, dataset, as_of), RunDecisions())
 
 
@@ -68,7 +67,7 @@ class ReviewDecisions:
 
     @classmethod
     def from_state(
-        cls, state_url: str, dataset: str, as_of: datetime | None = None, kind: str | None = None
+        cls, state_url: str, dataset: str, as_of: DecisionMark | None = None, kind: str | None = None
     ) -> ReviewDecisions:
         return cls(load_decisions(state_url, dataset, as_of), kind)
 
