@@ -792,6 +792,22 @@ def document_image() -> bytes:
     return out.getvalue()
 
 
+def test_a_record_quarantined_for_its_image_is_not_counted_redacted() -> None:
+    batch = pa.table(
+        {
+            "id": ["img1"],
+            "source": source_array("images", "mem://images.jsonl", [1]),
+            "image": ["broken.png"],
+            "question": ["Is dana.whitfield@example.com on it?"],
+            "answer": ["no"],
+            "image_bytes": pa.array([b"not an image"], pa.binary()),
+        }
+    )
+    result = PiiRedaction(PiiConfig.model_validate({"type": "pii", "ocr": True}), "vqa")(batch)
+    assert result.kept.num_rows == 0 and result.set_aside.to_pylist()[0]["reason"] == "bad_image"
+    assert result.stats.get("records_redacted", 0) == 0 and result.stats.get("EMAIL_ADDRESS", 0) == 0
+
+
 def test_ocr_fills_pii_boxes_in_document_images() -> None:
     import pytesseract
     from PIL import Image

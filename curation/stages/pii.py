@@ -672,14 +672,14 @@ class PiiRedaction:
         bad_images: dict[int, str] = {}
         if self.config.ocr and "image_bytes" in batch.column_names:
             batch, bad_images = self._redact_images(batch, stats, skip=set(dropped))
+        out = set(dropped) | set(bad_images)
         for row, row_counts in counts.items():
-            if row not in dropped:
+            if row not in out:  # a record not published is no record redacted
                 stats.update(row_counts)
                 stats["records_redacted"] += 1
         stats["records_dropped"] += len(dropped)
         for name in self.fields:
             batch = batch.set_column(batch.column_names.index(name), name, pa.array(redacted[name], pa.string()))
-        out = set(dropped) | set(bad_images)
         kept = batch.filter(pa.array([row not in out for row in range(batch.num_rows)]))
         set_aside = pa.concat_tables(
             [
