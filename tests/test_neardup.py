@@ -513,3 +513,36 @@ def test_an_image_dedup_stages_error_is_placed_at_its_entry_in_the_recipe(workdi
         second.signatures(batch)  # the records lack the question column it matches on
     assert str(raised.value).startswith("image_near_dedup_2 ")
     assert stage_place(recipe_path, recipe, str(raised.value)) == "stages.1 (line 11)"
+
+
+def test_a_key_shared_by_too_many_records_to_compare_all_finds_the_same_pairs_in_any_row_order() -> None:
+    # 600 records share one band (more than are compared pair by pair); two of them, far apart in id,
+    # are near copies (97 of 128 values alike) that share no other key, so only that crowded group can
+    # pair them, through its representatives (every 75th record by id): which records those are must
+    # not depend on row order, and a representative is compared with the records before it too.
+    from curation.stages.neardup import band_keys
+
+    rows, stage = 600, NearDedup(["text"])
+    rng = np.random.default_rng(0)
+    sig = rng.integers(1, 1 << 31, size=(rows, 128), dtype=np.uint64)
+    sig[:, 0:4] = 7
+    sig[450] = sig[80]
+    sig[450, 4::4] += 1  # one value differs in every other band
+    ids = [f"r{n:03d}" for n in range(rows)]
+
+    def set_aside_when_read(order: np.ndarray) -> set[str]:
+        table = pa.table(
+            {
+                "id": [ids[n] for n in order],
+                "source": source_array("files", "mem://in.jsonl", [int(n) + 1 for n in order]),
+                "keys": pa.ListArray.from_arrays(
+                    pa.array(np.arange(0, 32 * rows + 1, 32, dtype=np.int32)),
+                    pa.array(band_keys(sig[order], 32).ravel(), pa.uint64()),
+                ),
+                "minhash": pa.FixedSizeListArray.from_arrays(pa.array(sig[order].astype(np.uint32).ravel()), 128),
+            }
+        )
+        return set(stage.resolve([table])["id"].to_pylist())
+
+    found = [set_aside_when_read(order) for order in (np.arange(rows), *(rng.permutation(rows) for _ in range(6)))]
+    assert all(one == {"r450"} for one in found), found  # r450, a representative, is compared with r080

@@ -206,12 +206,18 @@ class NearDedup:
         return pa.table({"id": batch["id"], "source": batch["source"], "keys": key_lists, "minhash": minhash})
 
     def pairs(self, group: pa.Table) -> pa.Table:
+        # A large group's representatives are taken in the order of ids, not rows: which pairs it finds
+        # depends on its records, not on the order they came in (files listed, batches, a shuffle).
+        group = group.take(pc.sort_indices(group["id"])) if len(group) > _ALL_PAIRS_MAX else group
         ids = np.array(group["id"].to_pylist(), dtype=object)
         sig = _matrix(group["minhash"], self.num_perm)
         left, right = [], []
-        reps = range(len(ids)) if len(ids) <= _ALL_PAIRS_MAX else range(0, len(ids), len(ids) // 8)
-        for i in reps:
-            close = np.flatnonzero(similarity(sig[i], sig[i + 1 :]) >= self.threshold) + i + 1
+        every = len(ids) <= _ALL_PAIRS_MAX
+        # Each row with those after it; in a large group, each representative with every other member.
+        for i in range(len(ids)) if every else range(0, len(ids), len(ids) // 8):
+            start = i + 1 if every else 0
+            close = np.flatnonzero(similarity(sig[i], sig[start:]) >= self.threshold) + start
+            close = close[close != i]
             left += [ids[i]] * close.size
             right += ids[close].tolist()
         return pa.table({"a": pa.array(left, pa.string()), "b": pa.array(right, pa.string())}, schema=PAIR_SCHEMA)
