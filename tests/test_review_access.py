@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -54,8 +55,11 @@ def status(seeded: Seeded, item_id: int) -> str:
 
 def test_no_session_is_refused(app, seeded: Seeded) -> None:
     client = TestClient(app, base_url="https://testserver")
-    page = client.get(f"/items/{PII_ITEM}", follow_redirects=False)
+    page = client.get(f"/items/{PII_ITEM}?kind=pii&status=open", follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    # Signed in, the annotator is back on the page asked for, its filters with it.
+    next_page = parse_qs(urlsplit(page.headers["location"]).query)["next"]
+    assert next_page == [f"/items/{PII_ITEM}?kind=pii&status=open"]
     assert client.get(f"/items/{VQA_ITEM}/image", follow_redirects=False).status_code == 303
     # A CSRF token from the sign-in page is not a session: deciding still needs a user.
     csrf = token(client.get("/login").text)

@@ -3,6 +3,7 @@ place among the filtered items without listing them all."""
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from pathlib import Path
@@ -35,23 +36,32 @@ def queue_of(state_url: str, dataset: str, records: int) -> None:
     add_items(sa.create_engine(state_url), dataset, 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
 
 
-def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> None:
-    state_url = f"sqlite:///{tmp_path / 'state.db'}"
-    queue_of(state_url, "other", 3)  # items 1-3, left out by the filter
-    queue_of(state_url, "big", 2 * MAX_LISTED + 100)  # items 4-1103
+def rita_on(state_url: str) -> TestClient:
+    """A reviewer signed in to a review page over ``state_url``."""
     add_user(sa.create_engine(state_url), "rita", "reviewer", PASSWORD)
     client = TestClient(create_app(state_url), base_url="https://testserver")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
     client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+    return client
 
-    def listed(page: str) -> list[int]:
-        return [int(n) for n in re.findall(r'<tr class="status-\w+">\s*<td><a href="/items/(\d+)', page)]
+
+def listed(page: str) -> list[int]:
+    """The items a queue page lists, in order."""
+    return [int(n) for n in re.findall(r'<tr class="status-\w+">\s*<td><a href="/items/(\d+)', page)]
+
+
+def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "other", 3)  # items 1-3, left out by the filter
+    queue_of(state_url, "big", 2 * MAX_LISTED + 100)  # items 4-1103
+    client = rita_on(state_url)
 
     first = client.get("/?dataset=big").text
     assert listed(first) == list(range(4, 4 + MAX_LISTED)) and "1100 item(s), 1 to 500 listed" in first
     last = client.get("/?dataset=big&page=3").text
     assert listed(last) == list(range(1004, 1104)) and "1001 to 1100 listed" in last
-    assert 'href="/?dataset=big&amp;page=2"' in last and 'id="next-page"' not in last
+    assert 'href="/?dataset=big&amp;page=2&amp;before=1004"' in last and 'id="next-page"' not in last
+    assert listed(client.get("/?dataset=big&page=2&before=1004").text) == list(range(504, 1004))
     assert listed(client.get("/?dataset=big&page=99").text) == listed(last)  # past the end: the last page
     # Not a page: refused saying what a page is (tests/test_review_errors.py), not shown as the first.
     assert client.get("/?dataset=big&page=x").status_code == 400
@@ -77,10 +87,7 @@ def test_a_queue_longer_than_a_page_is_listed_page_by_page(tmp_path: Path) -> No
 def test_filters_that_match_nothing_say_so_and_offer_clearing_them(tmp_path: Path) -> None:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     queue_of(state_url, "small", 2)  # items 1-2, quarantined and open
-    add_user(sa.create_engine(state_url), "rita", "reviewer", PASSWORD)
-    client = TestClient(create_app(state_url), base_url="https://testserver")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-    client.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": csrf})
+    client = rita_on(state_url)
 
     # No item is rejected: the item page is not "1 of 1" among them, and offers the item unfiltered.
     page = client.get("/items/1?status=rejected").text
@@ -121,3 +128,21 @@ def test_an_item_page_finds_its_place_and_neighbours_in_one_query(
         statements.clear()
         assert _neighbours(engine, item_id, filters) == neighbours
         assert len(statements) == 1, statements
+
+
+def test_the_next_page_goes_on_after_the_last_item_listed_though_items_before_it_were_decided(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "bulk", MAX_LISTED + 100)  # items 1-600, all open
+    client = rita_on(state_url)
+
+    first = client.get("/?dataset=bulk&status=open").text
+    assert listed(first) == list(range(1, MAX_LISTED + 1))
+    with sa.create_engine(state_url).begin() as db:  # the annotator works ten items of the first page
+        db.execute(review_items.update().where(review_items.c.item_id <= 10).values(status="approved"))
+    (next_page,) = re.findall(r'id="next-page" href="([^"]+)"', first)
+    second = client.get(html.unescape(next_page)).text
+    assert listed(second) == list(range(MAX_LISTED + 1, MAX_LISTED + 101))  # 501 on: none skipped
+    assert "590 item(s), 491 to 590 listed" in second
+    (previous,) = re.findall(r'id="previous-page" href="([^"]+)"', second)
+    assert listed(client.get(html.unescape(previous)).text) == list(range(11, MAX_LISTED + 1))
+    assert client.get("/?dataset=bulk&after=x").status_code == 400

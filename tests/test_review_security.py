@@ -207,6 +207,7 @@ def test_a_records_image_is_served_only_from_its_sources_folder(seeded: Seeded, 
         "uri": f"file://{elsewhere}",
         "climbing": f"../{tmp_path.name}/private.png",
         "dotted": f"{seeded.folder}/../{tmp_path.name}/private.png",
+        "nul": "chart\x00.png",
     }
     items = _vqa_items(seeded, names)
     rita = Session(server, "rita")

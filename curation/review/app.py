@@ -69,6 +69,7 @@ FILTERS = ("dataset", "version", "kind", "status", "gone")
 GONE_FILTER = ("hide", "only", "show")
 DEFAULT_MODEL_ID = "meta-textgeneration-llama-3-2-1b"
 MAX_LISTED = 500  # rows a page of the queue lists (the counts cover them all)
+PAGER = ("page", "after", "before")  # besides the filters, what a queue page's address names
 # How often a sign-in waiting for another of its name or address (one at a time) tries again.
 SIGN_IN_RETRY_SECONDS = 0.02
 
@@ -215,7 +216,9 @@ def create_app(
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request: Request, _: NotSignedIn) -> Response:
         if request.method == "GET":
-            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
+            # The query too: an item page's filters (which items next and previous go through) survive signing in.
+            wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?{urlencode({'next': wanted})}", status_code=303)
         return HTMLResponse("sign in first", status_code=401)
 
     def render(request: Request, name: str, user: User | None, status_code: int = 200, **context: Any) -> Response:
@@ -308,7 +311,14 @@ def create_app(
         total = _count(engine, filters)
         pages = max(1, math.ceil(total / MAX_LISTED))
         page = min(_page(request.query_params.get("page")), pages)
-        items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
+        # The pager's links name the item a page goes on after (or before): counted by offset, a page
+        # would skip the items that moved up as those listed before it were decided (an "open" filter).
+        after, before = (_item_number(request.query_params.get(name), name) for name in ("after", "before"))
+        items = _items(engine, filters, after=after, before=before) if after or before else []
+        if not items:
+            items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
+        first = _count(engine, filters, below=items[0]["item_id"]) + 1 if items else 1
+        more = bool(items) and _count(engine, filters, above=items[-1]["item_id"]) > 0
         left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
@@ -317,8 +327,9 @@ def create_app(
             items=items,
             total=total,
             page=page,
-            pages=pages,
-            first=(page - 1) * MAX_LISTED + 1,
+            pages=max(pages, page + more),
+            first=first,
+            more=more,
             filters=filters,
             query=urlencode(filters),
             left=left,
@@ -569,8 +580,10 @@ def _filters(request: Request, engine: sa.Engine) -> dict[str, str]:
     every item; matched, none, each as if the queue held nothing of the kind."""
     filters: dict[str, str] = {}
     for name, value in request.query_params.items():
-        if name == "page":
-            _page(value)  # refused here too: a page an item's address carries is the queue's
+        if name in PAGER:
+            _page(value) if name == "page" else _item_number(
+                value, name
+            )  # refused here too: an item's address carries them
             continue
         if name not in FILTERS:
             raise HTTPException(400, f"no filter {name!r}: the filters are {', '.join(FILTERS)} (and page)")
@@ -624,15 +637,31 @@ def _select(filters: dict[str, str]) -> sa.Select:
     return _where(review_items.select().order_by(review_items.c.item_id), filters)
 
 
+def _item_number(value: str | None, name: str) -> int | None:
+    """The item a queue page goes on after (``after``) or before (``before``); refused (400) as a page is."""
+    if not value:
+        return None
+    if (number := _address_number(value)) is not None:
+        return number
+    raise HTTPException(400, f"no item {value!r} to list {name}: it is an item number, such as 2")
+
+
 def _page(value: str | None) -> int:
     """The queue page asked for, from 1 (none or empty: the first). Anything else is refused (400) saying
     what a page is: taken as the first, a mistyped ``page=2x`` showed page 1 without a word."""
-    # ASCII digits only: "²" is a digit to isdigit() that int() refuses; at most ten, which int() takes.
     if not value:
         return 1
+    if (number := _address_number(value)) is not None:
+        return number
+    raise HTTPException(400, f"no page {value!r}: a page is a number from 1, such as 2")
+
+
+def _address_number(value: str) -> int | None:
+    """A whole number from 1 in a page's address, or None."""
+    # ASCII digits only: "²" is a digit to isdigit() that int() refuses; at most ten, which int() takes.
     if value.isascii() and value.isdigit() and len(value) <= 10 and 0 < int(value) <= MAX_ITEM_ID:
         return int(value)
-    raise HTTPException(400, f"no page {value!r}: a page is a number from 1, such as 2")
+    return None
 
 
 # The join condition to an item's row in ``review_gone``, which it has when a later run did not find its record
@@ -648,20 +677,34 @@ _IS_GONE = sa.exists().where(
 )
 
 
-def _items(engine: sa.Engine, filters: dict[str, str], offset: int = 0) -> list[dict[str, Any]]:
-    """One page of items under the filters, without their payloads (the list never shows them), each
-    with ``gone``: whether a later run did not find its record."""
+def _items(
+    engine: sa.Engine, filters: dict[str, str], offset: int = 0, after: int | None = None, before: int | None = None
+) -> list[dict[str, Any]]:
+    """One page of items under the filters (from ``offset``, or those just after or before an item),
+    without their payloads (the list never shows them), each with ``gone``: whether a later run did not
+    find its record."""
+    ids = review_items.c.item_id
     columns = [c for c in review_items.c if c.name != "payload"]
     query = sa.select(*columns, review_gone.c.run_id.is_not(None).label("gone"))
-    query = query.select_from(review_items.outerjoin(review_gone, _GONE_JOIN)).order_by(review_items.c.item_id)
-    query = _where(query, filters).offset(offset).limit(MAX_LISTED)
+    query = _where(query.select_from(review_items.outerjoin(review_gone, _GONE_JOIN)), filters)
+    if before is not None:
+        query = query.where(ids < before).order_by(ids.desc())
+    else:
+        query = query.where(ids > after).order_by(ids) if after is not None else query.order_by(ids).offset(offset)
     with engine.connect() as db:
-        return [dict(row._mapping) for row in db.execute(query)]
+        rows = [dict(row._mapping) for row in db.execute(query.limit(MAX_LISTED))]
+    return rows[::-1] if before is not None else rows
 
 
-def _count(engine: sa.Engine, filters: dict[str, str]) -> int:
+def _count(engine: sa.Engine, filters: dict[str, str], below: int | None = None, above: int | None = None) -> int:
+    """The items under the filters (with an id below or above one, if given)."""
+    query = _where(sa.select(sa.func.count()).select_from(review_items), filters)
+    if below is not None:
+        query = query.where(review_items.c.item_id < below)
+    if above is not None:
+        query = query.where(review_items.c.item_id > above)
     with engine.connect() as db:
-        return db.execute(_where(sa.select(sa.func.count()).select_from(review_items), filters)).scalar_one()
+        return db.execute(query).scalar_one()
 
 
 def _neighbours(
@@ -782,7 +825,7 @@ def _picture_uris(name: str, recipe: Recipe | None, dataset: str) -> list[str]:
     # Compared as written, ".." taken out: a name that climbs out of the folder, or a path or URI
     # elsewhere, is in none of them.
     inside = [uri for uri in uris if any(_in_folder(uri, root) for root in roots)]
-    if not name or not inside:
+    if not name or "\x00" in name or not inside:  # a NUL names no file: the file system refuses it
         raise HTTPException(404, f"the image {name} is not in the images folder of a source of {dataset}")
     # And as the file system finds it: a link in the folder may lead anywhere the server can read (the
     # images source sets such a row aside; a record could still name one).
