@@ -653,6 +653,115 @@ def test_wait_shows_the_jobs_cloudwatch_log_lines(
     assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
 
 
+def job_with_log_lines(workdir: Path, bucket: str, *batches: range) -> str:
+    """A launched job (moto completes it at once) whose CloudWatch stream holds ``line N`` for each N."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
+    logs = boto3.client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    if group not in [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]]:
+        logs.create_log_group(logGroupName=group)
+    stream = f"{name}/algo-1-1764072000"
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for batch in batches:  # PutLogEvents takes at most 10,000 events
+        events = [{"timestamp": now_ms + i, "message": f"line {i}"} for i in batch]
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+    return name
+
+
+@pytest.fixture
+def log_reads_fail(request: pytest.FixtureRequest) -> Any:
+    """``fail(code, times)``: the next ``times`` GetLogEvents calls answer with error ``code``, as the
+    service does once botocore's retries are spent (a before-call hook on the clients boto3 makes)."""
+    session = boto3._get_default_session()
+    calls = {"made": 0, "failing": 0, "code": ""}
+
+    def answer(**_: Any) -> Any:
+        calls["made"] += 1
+        if calls["failing"] <= 0:
+            return None  # sent to the server
+        calls["failing"] -= 1
+        from botocore.awsrequest import AWSResponse
+
+        error = {"Error": {"Code": calls["code"], "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+        return AWSResponse("http://logs", 400, {}, None), error
+
+    def fail(code: str, times: int) -> dict[str, Any]:
+        calls.update(code=code, failing=times)
+        return calls
+
+    session.events.register("before-call.cloudwatch-logs.GetLogEvents", answer, unique_id="log-reads-fail")
+    request.addfinalizer(
+        lambda: session.events.unregister("before-call.cloudwatch-logs.GetLogEvents", unique_id="log-reads-fail")
+    )
+    return fail
+
+
+def test_following_a_job_prints_every_page_of_its_log_stream(
+    workdir: Path, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GetLogEvents answers at most 10,000 events a call: the stream is read page by page to its end
+    (it printed the first page and never the rest, where a failed job's traceback is)."""
+    from train.cli import EXIT_OK, follow
+
+    name = job_with_log_lines(workdir, bucket, range(6000), range(6000, 12000))
+    assert follow(name, 0, None) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "line 0\n" in err and "line 11999\n" in err
+    assert err.count("\nline ") + err.startswith("line ") == 12000  # each once
+
+
+def test_lines_not_read_by_the_last_poll_are_printed_when_the_job_ends(
+    workdir: Path, bucket: str, capsys: pytest.CaptureFixture[str], log_reads_fail: Any
+) -> None:
+    """The job's only poll (moto's job completes at once) cannot read its logs: they are read once
+    more after the job ended, so its last lines are printed; a throttle does not end the following."""
+    from train.cli import EXIT_OK, follow
+
+    name = job_with_log_lines(workdir, bucket, range(3))
+    calls = log_reads_fail("ThrottlingException", 1)
+    assert follow(name, 0, None) == EXIT_OK
+    assert calls["made"] >= 2
+    err = capsys.readouterr().err
+    assert all(f"line {i}\n" in err for i in range(3))
+
+
+def test_a_throttled_log_read_is_asked_again_at_the_next_poll(
+    workdir: Path,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    log_reads_fail: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ThrottlingException (after botocore's retries) skips one poll; the next reads the lines. It
+    ended the logs for the whole wait, as if they could not be reached."""
+    from train.logs import JobLogs
+
+    name = job_with_log_lines(workdir, bucket, range(3))
+    logs = JobLogs(name)
+    log_reads_fail("ThrottlingException", 1)
+    with caplog.at_level("INFO", logger="curation.train"):
+        assert logs.new_lines() == []
+        assert logs.new_lines() == ["line 0", "line 1", "line 2"]
+        assert logs.new_lines() == []  # read to the end: nothing twice
+    assert "following the status only" not in caplog.text
+
+
+def test_logs_the_caller_may_not_read_end_the_following_with_a_note(
+    workdir: Path, bucket: str, log_reads_fail: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from train.logs import JobLogs
+
+    name = job_with_log_lines(workdir, bucket, range(3))
+    logs = JobLogs(name)
+    calls = log_reads_fail("AccessDeniedException", 5)
+    with caplog.at_level("INFO", logger="curation.train"):
+        assert logs.new_lines() == [] and logs.new_lines() == []
+    assert calls["made"] == 1 and not logs.reachable  # not asked again
+    assert "training logs not reachable (AccessDeniedException); following the status only" in caplog.text
+
+
 def test_text_versions_are_one_file_per_split_and_several_shards_are_refused(workdir: Path) -> None:
     import hashlib
 
