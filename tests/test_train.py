@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from curation.pipeline import run_recipe
@@ -429,6 +430,77 @@ def test_two_launches_in_the_same_second_are_two_jobs(workdir: Path, bucket: str
     created = boto3.client("sagemaker").list_training_jobs(NameContains=f"pairs-v1-llama-3-2-1b-{now:%Y%m%d-%H%M%S}")
     assert sorted(job["TrainingJobName"] for job in created["TrainingJobSummaries"]) == sorted(names)
     assert all(describe(name)["TrainingJobStatus"] for name in names)
+
+
+@pytest.fixture
+def sagemaker_answers(request: pytest.FixtureRequest) -> Any:
+    """``answer(operation, handler)``: the SDK's SageMaker client (the one ``launch`` and ``describe``
+    use) passes each ``operation`` call to ``handler(params)``, which returns the service's error code
+    or None to send it on (a before-call hook: the call is not sent when it answers)."""
+    from botocore.awsrequest import AWSResponse
+    from sagemaker.core.resources import Base
+
+    client = Base.get_sagemaker_client(region_name="us-east-1", service_name="sagemaker")
+    hooks: list[str] = []
+
+    def answer(operation: str, handler: Any) -> None:
+        def hook(params: dict[str, Any], **_: Any) -> Any:
+            code = handler(json.loads(params["body"]))
+            if code is None:
+                return None
+            error = {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+            return AWSResponse("http://sagemaker", 400, {}, None), error
+
+        event = f"before-call.sagemaker.{operation}"
+        client.meta.events.unregister(event, unique_id=f"answers-{operation}")  # the one it replaces
+        client.meta.events.register(event, hook, unique_id=f"answers-{operation}")
+        hooks.append(operation)
+
+    yield answer
+    for operation in hooks:
+        client.meta.events.unregister(f"before-call.sagemaker.{operation}", unique_id=f"answers-{operation}")
+
+
+def test_a_job_created_is_launched_even_when_it_cannot_be_described(
+    workdir: Path, bucket: str, sagemaker_answers: Any
+) -> None:
+    """A role allowed to create jobs but not to describe them (or a throttled describe): the job was
+    created, so the launch says so, once. It said 'SageMaker refused the training job' and exited 1
+    (the SDK's create describes the job), and a rerun, as the message invites, made a second job."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="undescribed")
+    sagemaker_answers("DescribeTrainingJob", lambda params: "AccessDeniedException")
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    done = CliRunner().invoke(app, ["launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE])
+    assert done.exit_code == 0, done.output
+    assert "refused" not in done.output
+    name = done.stdout.split("launched ")[1].split()[0]
+    jobs = boto3.client("sagemaker").list_training_jobs(NameContains="undescribed-v1-")["TrainingJobSummaries"]
+    assert [job["TrainingJobName"] for job in jobs] == [name]
+
+
+def test_a_job_botocore_sent_twice_is_launched_once(workdir: Path, bucket: str, sagemaker_answers: Any) -> None:
+    """botocore sends a request again when its answer is lost (a read timeout): the first attempt made
+    the job, and SageMaker answers the second with ResourceInUse for the name, ours alone (its random
+    part). The job was launched: the name is returned, not an error."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="sent-twice")
+    direct = boto3.client("sagemaker")
+
+    def created_then_answer_lost(params: dict[str, Any]) -> str:
+        direct.create_training_job(**params)  # the attempt whose answer never came back
+        return "ResourceInUse"
+
+    sagemaker_answers("CreateTrainingJob", created_then_answer_lost)
+    request = training_request(version, MODEL, role_arn=ROLE, specs=PINNED)
+    assert launch(request) == request["TrainingJobName"]
+    jobs = direct.list_training_jobs(NameContains="sent-twice-v1-")["TrainingJobSummaries"]
+    assert [job["TrainingJobName"] for job in jobs] == [request["TrainingJobName"]]
+    # Any other refusal is one.
+    sagemaker_answers("CreateTrainingJob", lambda params: "ResourceLimitExceeded")
+    with pytest.raises(ClientError, match="ResourceLimitExceeded"):
+        launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
 
 
 def test_job_names_stay_readable_and_within_sagemakers_pattern(workdir: Path) -> None:

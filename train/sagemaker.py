@@ -3,8 +3,8 @@
 ``training_request`` reads the version's manifest (a version without one, or with a file whose
 sha256 does not match, is refused), maps its format to the channels and hyperparameters the
 JumpStart model needs, and returns the exact CreateTrainingJob request, checked against botocore's
-service model. ``launch`` sends it through the installed SageMaker SDK v3 (``sagemaker.core.resources
-.TrainingJob.create``) to whatever endpoint the AWS settings name; ``describe`` and ``wait`` read it back.
+service model. ``launch`` sends it with the installed SageMaker SDK v3's botocore client to whatever
+endpoint the AWS settings name; ``describe`` and ``wait`` read it back.
 """
 
 from __future__ import annotations
@@ -598,16 +598,25 @@ def held_out(request: Mapping[str, Any]) -> str | None:
 
 
 def launch(request: dict) -> str:
-    """Create the training job through the SageMaker SDK; returns its name."""
+    """Create the training job with the SageMaker SDK's own client; returns its name. Only
+    CreateTrainingJob is called: the SDK's ``TrainingJob.create`` describes the job after creating
+    it, and a describe that failed (a role that may not, a throttle) read as a refused launch of a
+    job that runs, which a rerun created twice."""
     missing = placeholders(request)
     if missing:
         raise TrainError("cannot launch: the request still needs " + " and ".join(missing))
     validate("CreateTrainingJob", request)
-    from sagemaker.core.resources import TrainingJob
-    from sagemaker.core.utils.code_injection.codec import transform
+    from sagemaker.core.resources import Base
 
-    job = TrainingJob.create(**transform(request, "CreateTrainingJobRequest"), region=region())
-    return job.training_job_name
+    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    try:
+        client.create_training_job(**request)
+    except botocore.exceptions.ClientError as error:
+        # The name is ours, with a random part (``job_name``): only our own earlier attempt holds it,
+        # one botocore sent again after its answer was lost (a read timeout). That attempt created the job.
+        if error.response.get("Error", {}).get("Code") != "ResourceInUse":
+            raise
+    return request["TrainingJobName"]
 
 
 def describe(job_name: str) -> dict:
