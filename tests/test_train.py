@@ -995,6 +995,7 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
         "training_volume_size": 512,
         "hyperparameters": [
             {"name": "epoch", "type": "int", "default": 5, "min": 1, "max": 10, "scope": "algorithm"},
+            *SWITCHES,
             {"name": "chat_template", "type": "text", "default": "Llama3.1", "options": ["Llama3.1", "None"], "scope": "algorithm"},
         ],
         "training_instance_type_variants": {
@@ -1053,6 +1054,13 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
             training_request(version, model_id, specs=SdkSpecs(), **settings)
 
 
+# What a JumpStart text-generation spec gives for the formats' switches (a spec without them takes text only).
+SWITCHES = [
+    {"name": name, "type": "text", "default": "False", "options": ["True", "False"], "scope": "algorithm"}
+    for name in ("instruction_tuned", "chat_dataset")
+]
+
+
 def sdk_reads_offline(folder: Path, monkeypatch: pytest.MonkeyPatch, *specs: dict[str, Any]) -> None:
     """Point the SDK's JumpStart lookup at local folders holding ``specs`` (its own override: no network)."""
     from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
@@ -1094,7 +1102,7 @@ def test_the_job_takes_environment_runtime_and_isolation_from_the_spec_as_jumpst
         "incremental_training_supported": False, "hosting_ecr_specs": None,
         "training_artifact_key": "acme-training/tiny/", "training_script_key": "acme/transfer_learning/sourcedir.tar.gz",
         "default_training_instance_type": "ml.g5.2xlarge", "supported_training_instance_types": ["ml.g5.2xlarge"],
-        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}],
+        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}, *SWITCHES],
     }  # fmt: skip
     variants = {
         "regional_aliases": {"us-east-1": {"gpu": gpu}},
@@ -1169,7 +1177,7 @@ def test_the_volume_is_the_specs_only_where_sagemaker_attaches_one_as_jumpstart_
         "default_training_instance_type": "ml.g5.2xlarge",
         "supported_training_instance_types": ["ml.g5.2xlarge", "ml.p3.16xlarge", "ml.p4de.24xlarge"],
         "training_volume_size": 512,
-        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}],
+        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}, *SWITCHES],
         "training_instance_type_variants": {
             "regional_aliases": {"us-east-1": {"gpu": gpu}},
             "variants": {family: {"regional_properties": {"image_uri": "$gpu"}} for family in ("g5", "p3", "p4de")},
@@ -1248,3 +1256,70 @@ def test_patterns_are_matched_as_java_matches_them(workdir: Path) -> None:
     # Java's \p{L} is Unicode, as before: a tag value in any script is taken.
     request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
     validate("CreateTrainingJob", {**request, "Tags": [{"Key": "team", "Value": "café Zürich"}]})
+
+
+def live_spec(model_id: str, *hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """A JumpStart spec the SDK reads: ``model_id`` with the epoch and ``hyperparameters``, on a p4d."""
+    gpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0.0-gpu-py310"
+    return {
+        "model_id": model_id, "version": "1.0.0", "min_sdk_version": "2.0.0",
+        "training_supported": True, "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "acme/", "training_script_key": "acme/sourcedir.tar.gz",
+        "default_training_instance_type": "ml.p4d.24xlarge", "supported_training_instance_types": ["ml.p4d.24xlarge"],
+        "hyperparameters": [
+            {"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"},
+            *hyperparameters,
+        ],
+        "training_instance_type_variants": {
+            "regional_aliases": {"us-east-1": {"gpu": gpu}},
+            "variants": {"p4d": {"regional_properties": {"image_uri": "$gpu"}}},
+        },
+    }  # fmt: skip
+
+
+def test_a_live_model_the_pin_lacks_takes_the_formats_its_spec_gives(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every model the pin lacked was said to take text, instruction and chat data, and a format's
+    switch the model lacked was dropped: instruction data went to a vision model (VQA only) as a valid
+    request, with no instruction_tuned at all. Its formats now come from its spec."""
+    from train.jumpstart import SdkSpecs
+
+    vision = "meta-vlm-llama-3-2-90b-vision-instruct"
+    instruct_only = "acme-textgeneration-instruct"  # an older spec: instruction_tuned, no chat_dataset
+    sdk_reads_offline(workdir, monkeypatch, live_spec(vision), live_spec(instruct_only, SWITCHES[0]))
+    assert SdkSpecs()(vision, "us-east-1").formats == ("jumpstart-vqa",)
+    assert SdkSpecs()(instruct_only, "us-east-1").formats == ("text", "jumpstart-instruction")
+    instruction = publish(workdir, "jumpstart-instruction")
+    with pytest.raises(TrainError, match=f"{vision} trains on jumpstart-vqa data, not 'jumpstart-instruction'"):
+        training_request(instruction, vision, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    request = training_request(instruction, instruct_only, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    assert (
+        request["HyperParameters"]["instruction_tuned"] == "True" and "chat_dataset" not in request["HyperParameters"]
+    )
+    chat = publish(workdir / "chat", "jumpstart-chat")
+    with pytest.raises(
+        TrainError, match=f"{instruct_only} trains on text, jumpstart-instruction data, not 'jumpstart-chat'"
+    ):
+        training_request(chat, instruct_only, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+
+
+def test_a_format_whose_switch_the_model_lacks_is_refused_not_dropped(workdir: Path) -> None:
+    """A spec that lists a format but has not its switch (a pin gone stale against its model): sent
+    without instruction_tuned, the script would train on the pairs as plain text. Refused, naming what
+    the model takes."""
+    from dataclasses import replace
+
+    pinned = PINNED(MODEL, "us-east-1")
+    values = {k: v for k, v in pinned.hyperparameters.items() if k != "instruction_tuned"}
+
+    def stale(model_id: str, region: str, instance_type: str | None = None) -> Any:
+        return replace(PINNED(model_id, region, instance_type), hyperparameters=values)
+
+    version = publish(workdir, "jumpstart-instruction")
+    with pytest.raises(TrainError) as refused:
+        training_request(version, MODEL, specs=stale)
+    assert str(refused.value).startswith(
+        f"{MODEL} trains on text, jumpstart-chat data, not 'jumpstart-instruction' (it has no instruction_tuned "
+        "hyperparameter); publish the dataset in one of those formats"
+    )
