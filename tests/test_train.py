@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from curation.pipeline import run_recipe
@@ -431,6 +432,77 @@ def test_two_launches_in_the_same_second_are_two_jobs(workdir: Path, bucket: str
     assert all(describe(name)["TrainingJobStatus"] for name in names)
 
 
+@pytest.fixture
+def sagemaker_answers(request: pytest.FixtureRequest) -> Any:
+    """``answer(operation, handler)``: the SDK's SageMaker client (the one ``launch`` and ``describe``
+    use) passes each ``operation`` call to ``handler(params)``, which returns the service's error code
+    or None to send it on (a before-call hook: the call is not sent when it answers)."""
+    from botocore.awsrequest import AWSResponse
+    from sagemaker.core.resources import Base
+
+    client = Base.get_sagemaker_client(region_name="us-east-1", service_name="sagemaker")
+    hooks: list[str] = []
+
+    def answer(operation: str, handler: Any) -> None:
+        def hook(params: dict[str, Any], **_: Any) -> Any:
+            code = handler(json.loads(params["body"]))
+            if code is None:
+                return None
+            error = {"Error": {"Code": code, "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+            return AWSResponse("http://sagemaker", 400, {}, None), error
+
+        event = f"before-call.sagemaker.{operation}"
+        client.meta.events.unregister(event, unique_id=f"answers-{operation}")  # the one it replaces
+        client.meta.events.register(event, hook, unique_id=f"answers-{operation}")
+        hooks.append(operation)
+
+    yield answer
+    for operation in hooks:
+        client.meta.events.unregister(f"before-call.sagemaker.{operation}", unique_id=f"answers-{operation}")
+
+
+def test_a_job_created_is_launched_even_when_it_cannot_be_described(
+    workdir: Path, bucket: str, sagemaker_answers: Any
+) -> None:
+    """A role allowed to create jobs but not to describe them (or a throttled describe): the job was
+    created, so the launch says so, once. It said 'SageMaker refused the training job' and exited 1
+    (the SDK's create describes the job), and a rerun, as the message invites, made a second job."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="undescribed")
+    sagemaker_answers("DescribeTrainingJob", lambda params: "AccessDeniedException")
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    done = CliRunner().invoke(app, ["launch", version, "--model", MODEL, "--specs", "pinned", "--role", ROLE])
+    assert done.exit_code == 0, done.output
+    assert "refused" not in done.output
+    name = done.stdout.split("launched ")[1].split()[0]
+    jobs = boto3.client("sagemaker").list_training_jobs(NameContains="undescribed-v1-")["TrainingJobSummaries"]
+    assert [job["TrainingJobName"] for job in jobs] == [name]
+
+
+def test_a_job_botocore_sent_twice_is_launched_once(workdir: Path, bucket: str, sagemaker_answers: Any) -> None:
+    """botocore sends a request again when its answer is lost (a read timeout): the first attempt made
+    the job, and SageMaker answers the second with ResourceInUse for the name, ours alone (its random
+    part). The job was launched: the name is returned, not an error."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="sent-twice")
+    direct = boto3.client("sagemaker")
+
+    def created_then_answer_lost(params: dict[str, Any]) -> str:
+        direct.create_training_job(**params)  # the attempt whose answer never came back
+        return "ResourceInUse"
+
+    sagemaker_answers("CreateTrainingJob", created_then_answer_lost)
+    request = training_request(version, MODEL, role_arn=ROLE, specs=PINNED)
+    assert launch(request) == request["TrainingJobName"]
+    jobs = direct.list_training_jobs(NameContains="sent-twice-v1-")["TrainingJobSummaries"]
+    assert [job["TrainingJobName"] for job in jobs] == [request["TrainingJobName"]]
+    # Any other refusal is one.
+    sagemaker_answers("CreateTrainingJob", lambda params: "ResourceLimitExceeded")
+    with pytest.raises(ClientError, match="ResourceLimitExceeded"):
+        launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
+
+
 def test_job_names_stay_readable_and_within_sagemakers_pattern(workdir: Path) -> None:
     from curation.published import read_manifest
     from train.sagemaker import job_name
@@ -653,6 +725,115 @@ def test_wait_shows_the_jobs_cloudwatch_log_lines(
     assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
 
 
+def job_with_log_lines(workdir: Path, bucket: str, *batches: range) -> str:
+    """A launched job (moto completes it at once) whose CloudWatch stream holds ``line N`` for each N."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
+    logs = boto3.client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    if group not in [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]]:
+        logs.create_log_group(logGroupName=group)
+    stream = f"{name}/algo-1-1764072000"
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for batch in batches:  # PutLogEvents takes at most 10,000 events
+        events = [{"timestamp": now_ms + i, "message": f"line {i}"} for i in batch]
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+    return name
+
+
+@pytest.fixture
+def log_reads_fail(request: pytest.FixtureRequest) -> Any:
+    """``fail(code, times)``: the next ``times`` GetLogEvents calls answer with error ``code``, as the
+    service does once botocore's retries are spent (a before-call hook on the clients boto3 makes)."""
+    session = boto3._get_default_session()
+    calls = {"made": 0, "failing": 0, "code": ""}
+
+    def answer(**_: Any) -> Any:
+        calls["made"] += 1
+        if calls["failing"] <= 0:
+            return None  # sent to the server
+        calls["failing"] -= 1
+        from botocore.awsrequest import AWSResponse
+
+        error = {"Error": {"Code": calls["code"], "Message": "injected"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+        return AWSResponse("http://logs", 400, {}, None), error
+
+    def fail(code: str, times: int) -> dict[str, Any]:
+        calls.update(code=code, failing=times)
+        return calls
+
+    session.events.register("before-call.cloudwatch-logs.GetLogEvents", answer, unique_id="log-reads-fail")
+    request.addfinalizer(
+        lambda: session.events.unregister("before-call.cloudwatch-logs.GetLogEvents", unique_id="log-reads-fail")
+    )
+    return fail
+
+
+def test_following_a_job_prints_every_page_of_its_log_stream(
+    workdir: Path, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GetLogEvents answers at most 10,000 events a call: the stream is read page by page to its end
+    (it printed the first page and never the rest, where a failed job's traceback is)."""
+    from train.cli import EXIT_OK, follow
+
+    name = job_with_log_lines(workdir, bucket, range(6000), range(6000, 12000))
+    assert follow(name, 0, None) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "line 0\n" in err and "line 11999\n" in err
+    assert err.count("\nline ") + err.startswith("line ") == 12000  # each once
+
+
+def test_lines_not_read_by_the_last_poll_are_printed_when_the_job_ends(
+    workdir: Path, bucket: str, capsys: pytest.CaptureFixture[str], log_reads_fail: Any
+) -> None:
+    """The job's only poll (moto's job completes at once) cannot read its logs: they are read once
+    more after the job ended, so its last lines are printed; a throttle does not end the following."""
+    from train.cli import EXIT_OK, follow
+
+    name = job_with_log_lines(workdir, bucket, range(3))
+    calls = log_reads_fail("ThrottlingException", 1)
+    assert follow(name, 0, None) == EXIT_OK
+    assert calls["made"] >= 2
+    err = capsys.readouterr().err
+    assert all(f"line {i}\n" in err for i in range(3))
+
+
+def test_a_throttled_log_read_is_asked_again_at_the_next_poll(
+    workdir: Path,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    log_reads_fail: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ThrottlingException (after botocore's retries) skips one poll; the next reads the lines. It
+    ended the logs for the whole wait, as if they could not be reached."""
+    from train.logs import JobLogs
+
+    name = job_with_log_lines(workdir, bucket, range(3))
+    logs = JobLogs(name)
+    log_reads_fail("ThrottlingException", 1)
+    with caplog.at_level("INFO", logger="curation.train"):
+        assert logs.new_lines() == []
+        assert logs.new_lines() == ["line 0", "line 1", "line 2"]
+        assert logs.new_lines() == []  # read to the end: nothing twice
+    assert "following the status only" not in caplog.text
+
+
+def test_logs_the_caller_may_not_read_end_the_following_with_a_note(
+    workdir: Path, bucket: str, log_reads_fail: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from train.logs import JobLogs
+
+    name = job_with_log_lines(workdir, bucket, range(3))
+    logs = JobLogs(name)
+    calls = log_reads_fail("AccessDeniedException", 5)
+    with caplog.at_level("INFO", logger="curation.train"):
+        assert logs.new_lines() == [] and logs.new_lines() == []
+    assert calls["made"] == 1 and not logs.reachable  # not asked again
+    assert "training logs not reachable (AccessDeniedException); following the status only" in caplog.text
+
+
 def test_text_versions_are_one_file_per_split_and_several_shards_are_refused(workdir: Path) -> None:
     import hashlib
 
@@ -814,6 +995,7 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
         "training_volume_size": 512,
         "hyperparameters": [
             {"name": "epoch", "type": "int", "default": 5, "min": 1, "max": 10, "scope": "algorithm"},
+            *SWITCHES,
             {"name": "chat_template", "type": "text", "default": "Llama3.1", "options": ["Llama3.1", "None"], "scope": "algorithm"},
         ],
         "training_instance_type_variants": {
@@ -872,6 +1054,13 @@ def test_the_live_lookup_takes_the_models_own_spec_read_offline_by_the_sdk(
             training_request(version, model_id, specs=SdkSpecs(), **settings)
 
 
+# What a JumpStart text-generation spec gives for the formats' switches (a spec without them takes text only).
+SWITCHES = [
+    {"name": name, "type": "text", "default": "False", "options": ["True", "False"], "scope": "algorithm"}
+    for name in ("instruction_tuned", "chat_dataset")
+]
+
+
 def sdk_reads_offline(folder: Path, monkeypatch: pytest.MonkeyPatch, *specs: dict[str, Any]) -> None:
     """Point the SDK's JumpStart lookup at local folders holding ``specs`` (its own override: no network)."""
     from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
@@ -913,7 +1102,7 @@ def test_the_job_takes_environment_runtime_and_isolation_from_the_spec_as_jumpst
         "incremental_training_supported": False, "hosting_ecr_specs": None,
         "training_artifact_key": "acme-training/tiny/", "training_script_key": "acme/transfer_learning/sourcedir.tar.gz",
         "default_training_instance_type": "ml.g5.2xlarge", "supported_training_instance_types": ["ml.g5.2xlarge"],
-        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}],
+        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}, *SWITCHES],
     }  # fmt: skip
     variants = {
         "regional_aliases": {"us-east-1": {"gpu": gpu}},
@@ -988,7 +1177,7 @@ def test_the_volume_is_the_specs_only_where_sagemaker_attaches_one_as_jumpstart_
         "default_training_instance_type": "ml.g5.2xlarge",
         "supported_training_instance_types": ["ml.g5.2xlarge", "ml.p3.16xlarge", "ml.p4de.24xlarge"],
         "training_volume_size": 512,
-        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}],
+        "hyperparameters": [{"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"}, *SWITCHES],
         "training_instance_type_variants": {
             "regional_aliases": {"us-east-1": {"gpu": gpu}},
             "variants": {family: {"regional_properties": {"image_uri": "$gpu"}} for family in ("g5", "p3", "p4de")},
@@ -1067,3 +1256,70 @@ def test_patterns_are_matched_as_java_matches_them(workdir: Path) -> None:
     # Java's \p{L} is Unicode, as before: a tag value in any script is taken.
     request = training_request(version, MODEL, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=PINNED)
     validate("CreateTrainingJob", {**request, "Tags": [{"Key": "team", "Value": "café Zürich"}]})
+
+
+def live_spec(model_id: str, *hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """A JumpStart spec the SDK reads: ``model_id`` with the epoch and ``hyperparameters``, on a p4d."""
+    gpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:2.0.0-gpu-py310"
+    return {
+        "model_id": model_id, "version": "1.0.0", "min_sdk_version": "2.0.0",
+        "training_supported": True, "incremental_training_supported": False, "hosting_ecr_specs": None,
+        "training_artifact_key": "acme/", "training_script_key": "acme/sourcedir.tar.gz",
+        "default_training_instance_type": "ml.p4d.24xlarge", "supported_training_instance_types": ["ml.p4d.24xlarge"],
+        "hyperparameters": [
+            {"name": "epoch", "type": "int", "default": 1, "min": 1, "max": 10, "scope": "algorithm"},
+            *hyperparameters,
+        ],
+        "training_instance_type_variants": {
+            "regional_aliases": {"us-east-1": {"gpu": gpu}},
+            "variants": {"p4d": {"regional_properties": {"image_uri": "$gpu"}}},
+        },
+    }  # fmt: skip
+
+
+def test_a_live_model_the_pin_lacks_takes_the_formats_its_spec_gives(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every model the pin lacked was said to take text, instruction and chat data, and a format's
+    switch the model lacked was dropped: instruction data went to a vision model (VQA only) as a valid
+    request, with no instruction_tuned at all. Its formats now come from its spec."""
+    from train.jumpstart import SdkSpecs
+
+    vision = "meta-vlm-llama-3-2-90b-vision-instruct"
+    instruct_only = "acme-textgeneration-instruct"  # an older spec: instruction_tuned, no chat_dataset
+    sdk_reads_offline(workdir, monkeypatch, live_spec(vision), live_spec(instruct_only, SWITCHES[0]))
+    assert SdkSpecs()(vision, "us-east-1").formats == ("jumpstart-vqa",)
+    assert SdkSpecs()(instruct_only, "us-east-1").formats == ("text", "jumpstart-instruction")
+    instruction = publish(workdir, "jumpstart-instruction")
+    with pytest.raises(TrainError, match=f"{vision} trains on jumpstart-vqa data, not 'jumpstart-instruction'"):
+        training_request(instruction, vision, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    request = training_request(instruction, instruct_only, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+    assert (
+        request["HyperParameters"]["instruction_tuned"] == "True" and "chat_dataset" not in request["HyperParameters"]
+    )
+    chat = publish(workdir / "chat", "jumpstart-chat")
+    with pytest.raises(
+        TrainError, match=f"{instruct_only} trains on text, jumpstart-instruction data, not 'jumpstart-chat'"
+    ):
+        training_request(chat, instruct_only, role_arn=ROLE, data_uri="s3://b/pairs/v1", specs=SdkSpecs())
+
+
+def test_a_format_whose_switch_the_model_lacks_is_refused_not_dropped(workdir: Path) -> None:
+    """A spec that lists a format but has not its switch (a pin gone stale against its model): sent
+    without instruction_tuned, the script would train on the pairs as plain text. Refused, naming what
+    the model takes."""
+    from dataclasses import replace
+
+    pinned = PINNED(MODEL, "us-east-1")
+    values = {k: v for k, v in pinned.hyperparameters.items() if k != "instruction_tuned"}
+
+    def stale(model_id: str, region: str, instance_type: str | None = None) -> Any:
+        return replace(PINNED(model_id, region, instance_type), hyperparameters=values)
+
+    version = publish(workdir, "jumpstart-instruction")
+    with pytest.raises(TrainError) as refused:
+        training_request(version, MODEL, specs=stale)
+    assert str(refused.value).startswith(
+        f"{MODEL} trains on text, jumpstart-chat data, not 'jumpstart-instruction' (it has no instruction_tuned "
+        "hyperparameter); publish the dataset in one of those formats"
+    )

@@ -83,25 +83,35 @@ def follow(
 ) -> int:
     """Follow a job with a progress display (status and its latest log lines); the exit code."""
     from train.logs import JobLogs
-    from train.sagemaker import describe, model_artifacts, wait
+    from train.sagemaker import WaitTimedOut, describe, model_artifacts, wait
 
     logs = JobLogs(job_name)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"{job_name}: submitted", total=None)
 
-        def update(info: dict) -> None:
-            status = f"{info['TrainingJobStatus']} / {info.get('SecondaryStatus', '')}".rstrip(" /")
-            bar.update(task, description=f"{job_name}: {status}")
+        def show_new_lines() -> None:
             for line in logs.new_lines():
                 bar.console.print(line, highlight=False, markup=False)
 
-        info = wait(
-            job_name,
-            update,
-            poll_seconds=poll_seconds,
-            timeout_seconds=timeout_seconds,
-            describe_job=describe_job or describe,
-        )
+        def update(info: dict) -> None:
+            status = f"{info['TrainingJobStatus']} / {info.get('SecondaryStatus', '')}".rstrip(" /")
+            bar.update(task, description=f"{job_name}: {status}")
+            show_new_lines()
+
+        # Once more after the last status: a job writes its last lines (a failure's traceback) as it
+        # ends, after the poll that read its logs.
+        try:
+            info = wait(
+                job_name,
+                update,
+                poll_seconds=poll_seconds,
+                timeout_seconds=timeout_seconds,
+                describe_job=describe_job or describe,
+            )
+        except WaitTimedOut:
+            show_new_lines()
+            raise
+        show_new_lines()
     status = info["TrainingJobStatus"]
     if status == "Completed":
         # The request asks for uncompressed output: the model is a folder (what Bedrock imports), not model.tar.gz.

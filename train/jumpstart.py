@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -25,6 +26,21 @@ VENDORED_SPECS = "jumpstart_specs.json"
 DEFAULT_MAX_RUNTIME_S = 24 * 60 * 60
 # The SDK Estimator's own volume_size, sent where JumpStart gives the instance type none of the spec's.
 DEFAULT_VOLUME_GB = 30
+
+
+# The hyperparameter a format's data needs switched on (train.sagemaker.FORMAT_HYPERPARAMETERS): a model
+# without it trains on no such data. Domain adaptation on text is what the script does with neither on.
+FORMAT_SWITCH = {"jumpstart-instruction": "instruction_tuned", "jumpstart-chat": "chat_dataset"}
+# JumpStart's vision-language models (meta-vlm-llama-3-2-11b-vision-instruct): they train on the VQA layout only.
+VISION_MODEL_ID = re.compile(r"-vlm-")
+
+
+def formats_for(model_id: str, hyperparameters: Mapping[str, Any]) -> tuple[str, ...]:
+    """The formats a model whose spec gives ``hyperparameters`` trains on: VQA for a vision-language
+    model; otherwise text, and each format whose switch the model has."""
+    if VISION_MODEL_ID.search(model_id):
+        return ("jumpstart-vqa",)
+    return ("text", *(fmt for fmt, switch in FORMAT_SWITCH.items() if switch in hyperparameters))
 
 
 class SpecError(LookupError):
@@ -99,7 +115,8 @@ class VendoredSpecs:
 
 
 class SdkSpecs:
-    """The SageMaker SDK's own JumpStart lookup (network). Formats come from the pin when we have one."""
+    """The SageMaker SDK's own JumpStart lookup (network). The formats a model takes come from its spec's
+    hyperparameters (``formats_for``)."""
 
     def __init__(self, fallback: VendoredSpecs | None = None) -> None:
         self.fallback = fallback or VendoredSpecs()
@@ -143,7 +160,6 @@ class SdkSpecs:
             model_scope="training", instance_type=instance, **common
         )
         defaults = hyperparameters.retrieve_default(instance_type=instance, **common)
-        formats = tuple(pinned.get("formats", ("text", "jumpstart-instruction", "jumpstart-chat")))
         supported = live.supported_training_instance_types or pinned.get("supported_instance_types", ())
         return ModelSpec(
             model_id=model_id,
@@ -158,7 +174,7 @@ class SdkSpecs:
             default_instance_type=instance or "ml.g5.2xlarge",
             supported_instance_types=tuple(supported),
             volume_size_gb=getattr(live, "training_volume_size", None) or pinned.get("volume_size_gb"),
-            formats=formats,
+            formats=formats_for(model_id, defaults),
             hyperparameters={k: str(v) for k, v in defaults.items()},
             metric_definitions=tuple(live.metrics or pinned.get("metric_definitions", ())),
             hyperparameter_ranges=live_ranges(live, instance, pinned.get("hyperparameter_ranges", {})),

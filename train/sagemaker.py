@@ -3,8 +3,8 @@
 ``training_request`` reads the version's manifest (a version without one, or with a file whose
 sha256 does not match, is refused), maps its format to the channels and hyperparameters the
 JumpStart model needs, and returns the exact CreateTrainingJob request, checked against botocore's
-service model. ``launch`` sends it through the installed SageMaker SDK v3 (``sagemaker.core.resources
-.TrainingJob.create``) to whatever endpoint the AWS settings name; ``describe`` and ``wait`` read it back.
+service model. ``launch`` sends it with the installed SageMaker SDK v3's botocore client to whatever
+endpoint the AWS settings name; ``describe`` and ``wait`` read it back.
 """
 
 from __future__ import annotations
@@ -31,7 +31,16 @@ from botocore.validate import ParamValidator
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import bucket_exists, read_manifest, verify_checksums
 from schemas.manifest import Manifest
-from train.jumpstart import BOUNDS, ModelSpec, SpecError, SpecResolver, spec_resolver, volume_gb, with_instance
+from train.jumpstart import (
+    BOUNDS,
+    FORMAT_SWITCH,
+    ModelSpec,
+    SpecError,
+    SpecResolver,
+    spec_resolver,
+    volume_gb,
+    with_instance,
+)
 
 # Placeholders a dry run may show; ``launch`` refuses a request that still holds one.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/REPLACE-WITH-SAGEMAKER-EXECUTION-ROLE"
@@ -43,6 +52,8 @@ CODE_CHANNEL_SOURCEDIR = "/opt/ml/input/data/code/sourcedir.tar.gz"  # the "code
 # What each format asks of the JumpStart training script (JumpStart text-generation fine-tuning:
 # ``instruction_tuned`` reads template.json from the training channel; ``chat_dataset`` reads the
 # ``dialog`` lines; neither: domain adaptation on ``text``). The VQA layout is the vision models' only one.
+# A model without a format's switch (train.jumpstart.FORMAT_SWITCH) is refused that format; a switch
+# set False is sent only to a model that has it (off is what its absence means).
 FORMAT_HYPERPARAMETERS: dict[str, dict[str, str]] = {
     "text": {"instruction_tuned": "False", "chat_dataset": "False"},
     "jumpstart-instruction": {"instruction_tuned": "True", "chat_dataset": "False"},
@@ -375,10 +386,14 @@ def hyperparameters_for(
             f"{manifest.dataset} v{manifest.version} is in the {manifest.format!r} format, which JumpStart does "
             f"not read; {NOT_FOR_SAGEMAKER[manifest.format]}"
         )
-    if manifest.format not in spec.formats:
+    # A format is taken only with its switch: dropped, the script would read the data as another format's.
+    offered = [f for f in spec.formats if (switch := FORMAT_SWITCH.get(f)) is None or switch in spec.hyperparameters]
+    if manifest.format not in offered:
+        switch = FORMAT_SWITCH.get(manifest.format)
+        lacks = f" (it has no {switch} hyperparameter)" if manifest.format in spec.formats and switch else ""
         raise TrainError(
-            f"{spec.model_id} trains on {', '.join(spec.formats)} data, not {manifest.format!r}; "
-            "publish the dataset in one of those formats (output.format in the recipe)"
+            f"{spec.model_id} trains on {', '.join(offered) or 'none of our formats'} data, not "
+            f"{manifest.format!r}{lacks}; publish the dataset in one of those formats (output.format in the recipe)"
         )
     if manifest.format == "text":
         # JumpStart domain adaptation reads exactly one file per channel.
@@ -598,16 +613,25 @@ def held_out(request: Mapping[str, Any]) -> str | None:
 
 
 def launch(request: dict) -> str:
-    """Create the training job through the SageMaker SDK; returns its name."""
+    """Create the training job with the SageMaker SDK's own client; returns its name. Only
+    CreateTrainingJob is called: the SDK's ``TrainingJob.create`` describes the job after creating
+    it, and a describe that failed (a role that may not, a throttle) read as a refused launch of a
+    job that runs, which a rerun created twice."""
     missing = placeholders(request)
     if missing:
         raise TrainError("cannot launch: the request still needs " + " and ".join(missing))
     validate("CreateTrainingJob", request)
-    from sagemaker.core.resources import TrainingJob
-    from sagemaker.core.utils.code_injection.codec import transform
+    from sagemaker.core.resources import Base
 
-    job = TrainingJob.create(**transform(request, "CreateTrainingJobRequest"), region=region())
-    return job.training_job_name
+    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    try:
+        client.create_training_job(**request)
+    except botocore.exceptions.ClientError as error:
+        # The name is ours, with a random part (``job_name``): only our own earlier attempt holds it,
+        # one botocore sent again after its answer was lost (a read timeout). That attempt created the job.
+        if error.response.get("Error", {}).get("Code") != "ResourceInUse":
+            raise
+    return request["TrainingJobName"]
 
 
 def describe(job_name: str) -> dict:
