@@ -330,10 +330,18 @@ class RecordShape(Strict):
             import jinja2  # only for a recipe with templates
             import jinja2.meta
 
+            env = jinja2.Environment()
             try:
-                names = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(spec))
+                tree = env.parse(spec)
+                names = jinja2.meta.find_undeclared_variables(tree)
             except jinja2.TemplateSyntaxError as error:
                 raise ValueError(f"template syntax error: {error.message}") from None
+            # jinja2 refuses an unknown filter or test only outside a block: inside one ({% if %}, an inline
+            # if) it is left to fail on each row that reaches it, quarantining them all for a recipe's typo.
+            for node in tree.find_all((jinja2.nodes.Filter, jinja2.nodes.Test)):
+                kind, known = ("filter", env.filters) if isinstance(node, jinja2.nodes.Filter) else ("test", env.tests)
+                if node.name not in known:
+                    raise ValueError(f"template syntax error: No {kind} named {node.name!r}.")
         # The record's own id (a hash) and source (a struct) would be rendered into training data, or
         # not found: an input's columns of those names are renamed (connectors/base.py, with_lineage).
         reserved = sorted(names & {"id", "source"})

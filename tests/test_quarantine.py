@@ -13,6 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.stages.shape import Shape
+from schemas.config import RecipeError, RecordShape
+from schemas.records import source_array
 from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl
 
 
@@ -270,6 +273,31 @@ def test_template_that_needs_a_missing_value(workdir: Path) -> None:
         == f"{path}:2: completion: template failed: a value the template uses is empty (null): 'a', 'n'"
     )
     assert_adds_up(result.manifest.counts)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 50_000])
+def test_a_misspelt_template_column_fails_the_run_though_some_rows_also_hold_a_null(
+    workdir: Path, batch_rows: int
+) -> None:
+    # No record has 'ctx' (a misspelt column); line 1's null 'q' fails its template first. Each row's reason is its
+    # own: a missing column was counted only when every failure batched with it was one, so a null beside it made
+    # every row 'template' and the run published an empty version instead of failing on the recipe.
+    write_jsonl(workdir / "qa.jsonl", [{"q": None, "a": "A"}, {"q": "Q?", "a": "B"}, {"q": "Q2?", "a": "C"}])
+    spec = qa_recipe("qa.jsonl", prompt="{{ q }} {{ ctx }}", batch_rows=batch_rows)
+    with pytest.raises(RecipeError, match=r"none of the 3 records .* 2 lack a column the recipe names"):
+        run(workdir, spec)
+
+
+def test_a_row_lacking_a_template_column_is_missing_column_whatever_rows_are_batched_with_it() -> None:
+    shape = Shape(RecordShape(kind="instruction", prompt="{{ q }} {{ ctx }}", completion="a"))
+
+    def reasons(lines: list[int], q: list[str | None]) -> dict[str, str]:
+        batch = pa.table({"id": [f"r{i}" for i in lines], "source": source_array("files", "/in.jsonl", lines), "q": q})
+        aside = shape(batch.append_column("a", pa.array(["A"] * len(lines)))).set_aside
+        return dict(zip(aside["id"].to_pylist(), aside["reason"].to_pylist(), strict=True))
+
+    assert reasons([2], ["Q?"]) == {"r2": "missing_column"}
+    assert reasons([1, 2], [None, "Q?"]) == {"r1": "template", "r2": "missing_column"}
 
 
 def test_quarantined_records_join_the_review_queue(workdir: Path) -> None:

@@ -218,6 +218,24 @@ def test_a_record_field_from_the_record_id_or_source_is_a_recipe_error(prompt: s
     assert parse_recipe(recipe(renamed)).record.prompt == renamed
 
 
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("{{ q | nosuch }}", "No filter named 'nosuch'"),
+        ("{% if a %}{{ q | nosuch }}{% endif %}", "No filter named 'nosuch'"),
+        ("{{ q if a is nosuchtest else q }}", "No test named 'nosuchtest'"),
+        ("{% filter nosuch %}{{ q }}{% endfilter %}", "No filter named 'nosuch'"),
+    ],
+)
+def test_an_unknown_filter_or_test_anywhere_in_a_template_is_a_recipe_error(prompt: str, expected: str) -> None:
+    # Inside a block jinja2 leaves an unknown one to the rows reaching it: the recipe loaded and each was quarantined.
+    text = f"dataset: tx\nsources:\n  - path: a\nrecord:\n  prompt: '{prompt}'\n  completion: reply\n"
+    with pytest.raises(RecipeError, match=rf"record.prompt \(line 5\): template syntax error: {expected}\."):
+        parse_recipe(text)
+    known = prompt.replace("nosuchtest", "defined").replace("nosuch", "upper")
+    assert parse_recipe(text.replace(prompt, known)).record.prompt == known
+
+
 def test_an_integer_split_seed_is_the_same_seed_as_its_digits() -> None:
     base = "dataset: tx\nsources:\n  - path: /a\noutput:\n  split_seed: "
     number, text = parse_recipe(base + "7\n"), parse_recipe(base + "'7'\n")

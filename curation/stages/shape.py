@@ -228,15 +228,17 @@ def time_texts(values: pa.ChunkedArray) -> pa.Array:
 
 
 def _first_problems(
-    problems: list[str | None] | None, reasons: list[str | None], found: list[str | None], reason: str
+    problems: list[str | None] | None, reasons: list[str | None], found: list[str | None], reason: str | list[str]
 ) -> tuple[list[str | None], list[str | None]]:
-    """Each record's first problem and its reason, with ``found`` (one per record, ``reason`` for each) given
-    to the records without one yet; the lists are made on the first problem (``problems`` None before)."""
+    """Each record's first problem and its reason, with ``found`` (one per record, ``reason`` for each or one
+    per record) given to the records without one yet; the lists are made on the first problem (``problems``
+    None before)."""
     if problems is None:
         problems, reasons = [None] * len(found), [None] * len(found)
+    each = [reason] * len(found) if isinstance(reason, str) else reason
     for index, problem in enumerate(found):
         if problem and problems[index] is None:
-            problems[index], reasons[index] = problem, reason
+            problems[index], reasons[index] = problem, each[index]
     return problems, reasons
 
 
@@ -335,8 +337,9 @@ class Shape:
         set_aside = set_aside_rows(bad["id"], bad["source"], self.name, "quarantined", bad_reasons, details, records)
         return StageResult(kept=kept, set_aside=set_aside)
 
-    def _render(self, field: Field, batch: pa.Table) -> tuple[pa.Array | None, list[str | None], str]:
-        """The field's values, its problem per record (an empty list when there are none) and their reason."""
+    def _render(self, field: Field, batch: pa.Table) -> tuple[pa.Array | None, list[str | None], str | list[str]]:
+        """The field's values, its problem per record (an empty list when there are none) and their reason (one
+        for all, or one per record)."""
         count = batch.num_rows
         if field.column is not None:
             if field.column not in batch.column_names:
@@ -385,14 +388,16 @@ class Shape:
                 return pc.binary_join_element_wise(*pieces, ""), [], "template"
         rendered: list[str | None] = []
         problems: list[str | None] = []
-        only_missing = True  # every failure is a name the row lacks: a missing (or misspelt) column
+        # Each row's own reason: one lacking a name the template uses is a missing (or misspelt) column whatever
+        # the rows batched with it (the run fails on a recipe error when no record has the column).
+        reasons: list[str] = []
         # Only the columns the template reads become Python objects (a wide table's others cost as much each).
         read = [name for name in batch.column_names if name in field.template_columns and name not in ("id", "source")]
         rows, not_held = rows_as_python(batch.select(read))
         for row, unheld in zip(rows, not_held, strict=True):
             if unheld:  # a column the template reads (``read``)
                 rendered.append(None)
-                only_missing = False
+                reasons.append("template")
                 named = ", ".join(repr(name) for name in unheld)
                 problems.append(f"template failed: {named} holds a value Python cannot hold (a year after 9999?)")
                 continue
@@ -401,10 +406,11 @@ class Shape:
             try:
                 rendered.append(field.template.render(**row))
                 problems.append(None)
+                reasons.append("")
             except (jinja2.TemplateError, EmptyValue, TypeError, ValueError, ArithmeticError, LookupError) as error:
                 rendered.append(None)
                 missing = _UNDEFINED.fullmatch(str(error)) if isinstance(error, jinja2.UndefinedError) else None
-                only_missing &= missing is not None
+                reasons.append("template" if missing is None else "missing_column")
                 # Which of the template's values is empty: one of several it writes is no help.
                 empty = [repr(name) for name in read if row.get(name) is None] if isinstance(error, EmptyValue) else []
                 problems.append(
@@ -412,5 +418,4 @@ class Shape:
                     if missing
                     else f"template failed: {error}{': ' + ', '.join(empty) if empty else ''}"
                 )
-        reason = "missing_column" if only_missing and any(problems) else "template"
-        return pa.array(rendered, pa.string()), problems, reason
+        return pa.array(rendered, pa.string()), problems, reasons
