@@ -20,6 +20,7 @@ import math
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -1115,8 +1116,12 @@ class FilesSourceReader(ListedFiles):
         try:
             for batch in reader:
                 table = pa.Table.from_batches([batch])
-                starts, ends, placed = lines.place(table, invalid)
-                invalid.clear()
+                # Arrow calls keep_invalid on its own threads, parsing blocks ahead of the batch handed
+                # over here: the rows taken are those noted so far, and one noted meanwhile waits for the
+                # next batch (cleared with them, it was lost, and every later line was off by one).
+                rejected = invalid[:]
+                del invalid[: len(rejected)]
+                starts, ends, placed = lines.place(table, rejected)
                 table, starts, ends = _without_blank_lines(table, starts, ends, stream.blank)
                 rows, not_utf8 = self._split_not_utf8(ids, table, starts, ends, stream.bad)
                 set_aside = self._invalid_csv_rows(ids, placed, len(header))
@@ -1655,22 +1660,27 @@ class _Utf8Guard(io.RawIOBase):
         # file's last record, which Arrow reads only when it spans at most two, lies within them.
         self.tail: collections.deque[tuple[int, bytes]] = collections.deque()
         self.tail_bytes, self.keep_bytes = 0, 2 * block_bytes + 1
+        # Arrow reads (``read``) on its own thread while the reader's thread lets go of blocks.
+        self._tail_lock = threading.Lock()
 
     def forget_before(self, line: int) -> None:
         """Let go of the blocks that end before ``line``: no record after it starts in them."""
-        while len(self.tail) > 1 and self.tail[1][0] <= line:
-            self.tail_bytes -= len(self.tail.popleft()[1])
+        with self._tail_lock:
+            while len(self.tail) > 1 and self.tail[1][0] <= line:
+                self.tail_bytes -= len(self.tail.popleft()[1])
 
     def last_lines(self, line: int) -> bytes | None:
         """What was passed on from the start of ``line`` to the end, or None where it is no longer held."""
-        for index in range(len(self.tail) - 1, -1, -1):
-            first, data = self.tail[index]
+        with self._tail_lock:
+            tail = list(self.tail)
+        for index in range(len(tail) - 1, -1, -1):
+            first, data = tail[index]
             if first <= line:
                 newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
                 if line - first > len(newlines):
                     return None  # past the end
                 start = int(newlines[line - first - 1]) + 1 if line > first else 0
-                return b"".join([data[start:], *(later for _, later in list(self.tail)[index + 1 :])])
+                return b"".join([data[start:], *(later for _, later in tail[index + 1 :])])
         return None
 
     def readable(self) -> bool:
@@ -1697,10 +1707,11 @@ class _Utf8Guard(io.RawIOBase):
         else:
             self.line += int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
         if data:
-            self.tail.append((first, data))
-            self.tail_bytes += len(data)
-            while self.tail_bytes - len(self.tail[0][1]) >= self.keep_bytes:
-                self.tail_bytes -= len(self.tail.popleft()[1])
+            with self._tail_lock:
+                self.tail.append((first, data))
+                self.tail_bytes += len(data)
+                while self.tail_bytes - len(self.tail[0][1]) >= self.keep_bytes:
+                    self.tail_bytes -= len(self.tail.popleft()[1])
         return data
 
     def _note_blank_lines(self, data: bytes) -> None:
