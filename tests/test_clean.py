@@ -73,6 +73,21 @@ def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
     assert result.stats["html_removed"] == 1
 
 
+def test_comparisons_in_code_are_not_tags_of_elements_with_attributes() -> None:
+    # "<b and c>" and "<i or y>" start with element names: read as tags with attributes, the code was
+    # published as "if a d: pass". Attributes are name=value or names HTML writes alone.
+    texts = [
+        "if a<b and c>d: pass",
+        "while x<i or y>j: x += 1",
+        "if x<s and y>t or u<p class>q",
+        '<input type="checkbox" checked disabled/>x<td nowrap>y</td><div data-id v-cloak>z</div>',
+        '<table border cellpadding=2 width=\'50%\'><a href="/?a=1&b=2" title="a > b">link</a></table>',
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [*texts[:3], "x y z", "link"]
+    assert result.stats["html_removed"] == 2
+
+
 def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
     # A carried input column named in `fields` comes as large_string from JSONL: it was skipped unseen.
     batch = _batch(["<b>Fish</b>  &amp; chips"]).append_column("note", pa.array(["a  <br>b"], pa.large_string()))

@@ -48,10 +48,24 @@ _HTML_ELEMENTS = (
     "script|search|section|select|slot|small|source|span|strike|strong|style|sub|summary|sup|svg|table|"
     "tbody|td|template|textarea|tfoot|th|thead|time|title|tr|track|tt|u|ul|var|video|wbr"
 )
+# What follows a tag's name must read as attributes: name=value (quoted or not), or a name alone that
+# HTML writes without a value (<input checked>, <td nowrap>, <div data-x>). Other words do not:
+# "if a<b and c>d" holds the element names b and i, but "and c" are no attributes.
+_BARE_ATTRIBUTES = (
+    "allowfullscreen|async|autofocus|autoplay|border|checked|compact|contenteditable|controls|declare|default|"
+    "defer|disabled|download|formnovalidate|hidden|inert|ismap|itemscope|loop|multiple|muted|nohref|noresize|"
+    "noshade|novalidate|nowrap|open|playsinline|readonly|required|reversed|scoped|selected"
+)
+_ATTRIBUTE = (
+    r"[A-Za-z_:@][-A-Za-z0-9_:.@]*\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+)"
+    rf"|(?i:{_BARE_ATTRIBUTES})"
+    r"|[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+"
+)
+_ATTRIBUTES = rf"(?:\s+(?:{_ATTRIBUTE}))*\s*/?>"
 _TAG = (
     r"<!--.*?-->"
-    rf"|</?(?i:{_HTML_ELEMENTS})(?:\s[^<>]*)?/?>"
-    r"|</?[A-Za-z]+:[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"
+    rf"|</?(?i:{_HTML_ELEMENTS}){_ATTRIBUTES}"
+    rf"|</?[A-Za-z]+:[A-Za-z][A-Za-z0-9-]*{_ATTRIBUTES}"
 )
 _BREAK_TAG = r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</li\s*>|</h[1-6]\s*>"
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
