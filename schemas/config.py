@@ -408,7 +408,8 @@ class CleanConfig(Ruled):
 
     # 2: zero-width joiners kept after non-ASCII letters, form feed and vertical tab as a space, U+2028 a
     #    new line and U+2029 a blank line, large_string columns (JSONL text) cleaned too.
-    # 3: a comparison in code ("a<b and c>d") is not a tag.
+    # 3: a comparison in code ("a<b and c>d") is not a tag; only complete entities ("&amp;", not "&copy")
+    #    are decoded.
     RULES: ClassVar[int] = 3
 
     type: Literal["clean"]

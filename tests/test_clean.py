@@ -88,6 +88,16 @@ def test_comparisons_in_code_are_not_tags_of_elements_with_attributes() -> None:
     assert result.stats["html_removed"] == 2
 
 
+def test_only_complete_entities_are_decoded_whatever_else_the_text_holds() -> None:
+    # Once the text held one entity, all of it was unescaped as a browser reads legacy pages, names
+    # without ";" too: the query of a URL beside "&amp;" was published as "?a=1¬=2¶=3©=4".
+    url = "https://x.com/?a=1&not=2&para=3&copy=4"
+    texts = [f"Tom &amp; Jerry: {url}", url, "&notit; &bogus; &AMP; &#x41;&#66; &amp;lt;"]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [f"Tom & Jerry: {url}", url, "&notit; &bogus; & AB &lt;"]
+    assert result.stats["html_removed"] == 2
+
+
 def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
     # A carried input column named in `fields` comes as large_string from JSONL: it was skipped unseen.
     batch = _batch(["<b>Fish</b>  &amp; chips"]).append_column("note", pa.array(["a  <br>b"], pa.large_string()))

@@ -17,6 +17,7 @@ cleaning is filtered (reason ``empty_after_clean``): nothing is lost silently.
 from __future__ import annotations
 
 import html
+import html.entities
 import re
 
 import ftfy
@@ -98,7 +99,16 @@ def _strip_html(values: pa.Array) -> pa.Array:
     values = pc.replace_substring_regex(values, _TAG, " ")
     has_entity = pc.fill_null(pc.match_substring_regex(values, _ENTITY.pattern), False).to_pylist()
     texts = values.to_pylist()
-    return pa.array([html.unescape(t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
+    return pa.array([_ENTITY.sub(_decode, t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
+
+
+def _decode(entity: re.Match[str]) -> str:
+    # Each complete entity alone: html.unescape on the whole text also decodes names without their ";"
+    # as browsers do for legacy pages, and a URL's query (?a=1&not=2&copy=3) became "?a=1¬=2©=3".
+    text = entity.group()
+    if text.startswith("&#"):
+        return html.unescape(text)  # its rules for numbers no character has (&#0;, &#x80; as cp1252)
+    return html.entities.html5.get(text[1:], text)  # an unknown name (&bogus;) stays as written
 
 
 def _remove_control(values: pa.Array) -> pa.Array:
