@@ -98,6 +98,28 @@ def test_only_complete_entities_are_decoded_whatever_else_the_text_holds() -> No
     assert result.stats["html_removed"] == 2
 
 
+def test_fenced_code_blocks_keep_their_whitespace() -> None:
+    # Each line's leading space was stripped and runs of spaces and blank lines squeezed in code too:
+    # "if x:\n    y = 2" was published as "if x:\ny = 2". Outside the blocks whitespace is tidied as before.
+    code = "```python\nif x:\n    y  = 2   # aligned\n\n\n\ndef f():\n\treturn 1\n```"
+    texts = [
+        code,
+        f"Run  this:  \n\n\n\n{code}\n\n\n  then   this. ",
+        "- a list item\n\n  ~~~\n  keep    me\n  ~~~\n> ```\n>     quoted  code\n> ```",
+        "``` not a block ```  but  `inline`\n  code",
+        "the rest\n```\nis code    left open\n  ",
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [
+        code,
+        f"Run this:\n\n{code}\n\nthen this.",
+        texts[2],
+        "``` not a block ``` but `inline`\ncode",
+        "the rest\n```\nis code    left open",
+    ]
+    assert result.stats["whitespace_normalized"] == 3
+
+
 def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
     # A carried input column named in `fields` comes as large_string from JSONL: it was skipped unseen.
     batch = _batch(["<b>Fish</b>  &amp; chips"]).append_column("note", pa.array(["a  <br>b"], pa.large_string()))

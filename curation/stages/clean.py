@@ -7,7 +7,8 @@ Steps, in order (each can be switched off in the recipe):
 - ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``);
 - ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
   joiners letters and emoji need);
-- ``whitespace_normalized``: runs of spaces, trailing spaces, runs of blank lines, space at the ends.
+- ``whitespace_normalized``: runs of spaces, space at lines' starts and ends, runs of blank lines, space
+  at the ends; not in a fenced code block (Markdown's ``` or ~~~), whose whitespace is code.
 
 Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
 records changed at all (``records_changed``). A record whose required text is empty (or spaces alone) after
@@ -16,13 +17,16 @@ cleaning is filtered (reason ``empty_after_clean``): nothing is lost silently.
 
 from __future__ import annotations
 
+import functools
 import html
 import html.entities
+import itertools
 import re
 
 import ftfy
 import pyarrow as pa
 import pyarrow.compute as pc
+from markdown_it import MarkdownIt
 
 from curation.stages.base import StageResult, is_text, require_columns, split_by_mask
 from schemas.records import set_aside_rows
@@ -78,6 +82,8 @@ _CONTROL = r"[\x00-\x08\x0e-\x1f\x{7f}-\x{9f}\x{200b}\x{2060}\x{feff}]"
 # picture): kept after such characters, removed after ASCII, which they do nothing to ("pass", U+200D,
 # "word" hides a word from filters and PII detection).
 _STRAY_JOINER = r"(^|[\x00-\x7f])[\x{200c}\x{200d}]+"
+# A text that may hold a fenced code block, whose whitespace is left as written.
+_FENCE_MARK = r"```|~~~"
 
 
 def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
@@ -118,11 +124,39 @@ def _remove_control(values: pa.Array) -> pa.Array:
 def _normalize_whitespace(values: pa.Array) -> pa.Array:
     values = pc.replace_substring_regex(values, r"\r\n?|\x{2028}", "\n")  # U+2028: Unicode's line separator
     values = pc.replace_substring_regex(values, r"\x{2029}", "\n\n")  # and its paragraph separator
+    tidied = _tidy_spaces(values)
+    fenced = pc.fill_null(pc.match_substring_regex(values, _FENCE_MARK), False)
+    if pc.any(fenced).as_py():
+        around = [_tidy_around_fences(text) for text in pc.filter(values, fenced).to_pylist()]
+        tidied = pc.replace_with_mask(tidied, fenced, pa.array(around, pa.string()))
+    return pc.utf8_trim_whitespace(tidied)
+
+
+def _tidy_spaces(values: pa.Array) -> pa.Array:
     # RE2's \s is ASCII only: name the Unicode spaces (NBSP, en/em spaces, ideographic space) too.
     values = pc.replace_substring_regex(values, r"[\t\f\v \x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]+", " ")
     values = pc.replace_substring_regex(values, r" ?\n ?", "\n")
-    values = pc.replace_substring_regex(values, r"\n{3,}", "\n\n")
-    return pc.utf8_trim_whitespace(values)
+    return pc.replace_substring_regex(values, r"\n{3,}", "\n\n")
+
+
+def _tidy_around_fences(text: str) -> str:
+    """``text`` with its spaces tidied outside its fenced code blocks (as CommonMark reads them, in a
+    list or quote too, or open to the end): in code, indentation, alignment and blank lines are content."""
+    starts = [0, *(found.end() for found in re.finditer("\n", text)), len(text) + 1]
+    blocks = [
+        (starts[token.map[0]], starts[token.map[1]] - 1)  # from its first line's start to its last line's end
+        for token in _markdown().parse(text)
+        if token.type == "fence" and token.map
+    ]
+    cuts = [0, *itertools.chain.from_iterable(blocks), len(text)]
+    pieces = [text[begin:end] for begin, end in itertools.pairwise(cuts)]  # outside, block, ..., outside
+    pieces[::2] = _tidy_spaces(pa.array(pieces[::2], pa.string())).to_pylist()
+    return "".join(pieces)
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    return MarkdownIt("commonmark")
 
 
 class Clean:
