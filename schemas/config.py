@@ -416,14 +416,16 @@ class CleanConfig(Ruled):
 
     # 2: zero-width joiners kept after non-ASCII letters, form feed and vertical tab as a space, U+2028 a
     #    new line and U+2029 a blank line, large_string columns (JSONL text) cleaned too.
-    RULES: ClassVar[int] = 2
+    # 3: a comparison in code ("a<b and c>d") is not a tag; only complete entities ("&amp;", not "&copy")
+    #    are decoded; fenced code blocks keep their whitespace.
+    RULES: ClassVar[int] = 3
 
     type: Literal["clean"]
     fields: list[str] | None = None  # default: the record kind's text fields
     fix_unicode: bool = True  # mojibake ("cafÃ©" -> "café") with ftfy
     strip_html: bool = True  # tags, comments and entities left over from HTML
     remove_control: bool = True  # control and zero-width characters (tabs and newlines stay)
-    normalize_whitespace: bool = True  # runs of spaces, blank-line runs, leading/trailing space
+    normalize_whitespace: bool = True  # runs of spaces, blank-line runs, leading/trailing space; not in ``` code
 
 
 class LengthFilterConfig(Ruled):

@@ -73,6 +73,53 @@ def test_words_in_angle_brackets_that_are_no_html_element_stay() -> None:
     assert result.stats["html_removed"] == 1
 
 
+def test_comparisons_in_code_are_not_tags_of_elements_with_attributes() -> None:
+    # "<b and c>" and "<i or y>" start with element names: read as tags with attributes, the code was
+    # published as "if a d: pass". Attributes are name=value or names HTML writes alone.
+    texts = [
+        "if a<b and c>d: pass",
+        "while x<i or y>j: x += 1",
+        "if x<s and y>t or u<p class>q",
+        '<input type="checkbox" checked disabled/>x<td nowrap>y</td><div data-id v-cloak>z</div>',
+        '<table border cellpadding=2 width=\'50%\'><a href="/?a=1&b=2" title="a > b">link</a></table>',
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [*texts[:3], "x y z", "link"]
+    assert result.stats["html_removed"] == 2
+
+
+def test_only_complete_entities_are_decoded_whatever_else_the_text_holds() -> None:
+    # Once the text held one entity, all of it was unescaped as a browser reads legacy pages, names
+    # without ";" too: the query of a URL beside "&amp;" was published as "?a=1¬=2¶=3©=4".
+    url = "https://x.com/?a=1&not=2&para=3&copy=4"
+    texts = [f"Tom &amp; Jerry: {url}", url, "&notit; &bogus; &AMP; &#x41;&#66; &amp;lt;"]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [f"Tom & Jerry: {url}", url, "&notit; &bogus; & AB &lt;"]
+    assert result.stats["html_removed"] == 2
+
+
+def test_fenced_code_blocks_keep_their_whitespace() -> None:
+    # Each line's leading space was stripped and runs of spaces and blank lines squeezed in code too:
+    # "if x:\n    y = 2" was published as "if x:\ny = 2". Outside the blocks whitespace is tidied as before.
+    code = "```python\nif x:\n    y  = 2   # aligned\n\n\n\ndef f():\n\treturn 1\n```"
+    texts = [
+        code,
+        f"Run  this:  \n\n\n\n{code}\n\n\n  then   this. ",
+        "- a list item\n\n  ~~~\n  keep    me\n  ~~~\n> ```\n>     quoted  code\n> ```",
+        "``` not a block ```  but  `inline`\n  code",
+        "the rest\n```\nis code    left open\n  ",
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [
+        code,
+        f"Run this:\n\n{code}\n\nthen this.",
+        texts[2],
+        "``` not a block ``` but `inline`\ncode",
+        "the rest\n```\nis code    left open",
+    ]
+    assert result.stats["whitespace_normalized"] == 3
+
+
 def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:
     # A carried input column named in `fields` comes as large_string from JSONL: it was skipped unseen.
     batch = _batch(["<b>Fish</b>  &amp; chips"]).append_column("note", pa.array(["a  <br>b"], pa.large_string()))

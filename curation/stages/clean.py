@@ -7,7 +7,8 @@ Steps, in order (each can be switched off in the recipe):
 - ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``);
 - ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
   joiners letters and emoji need);
-- ``whitespace_normalized``: runs of spaces, trailing spaces, runs of blank lines, space at the ends.
+- ``whitespace_normalized``: runs of spaces, space at lines' starts and ends, runs of blank lines, space
+  at the ends; not in a fenced code block (Markdown's ``` or ~~~), whose whitespace is code.
 
 Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
 records changed at all (``records_changed``). A record whose required text is empty (or spaces alone) after
@@ -16,12 +17,16 @@ cleaning is filtered (reason ``empty_after_clean``): nothing is lost silently.
 
 from __future__ import annotations
 
+import functools
 import html
+import html.entities
+import itertools
 import re
 
 import ftfy
 import pyarrow as pa
 import pyarrow.compute as pc
+from markdown_it import MarkdownIt
 
 from curation.stages.base import StageResult, is_text, require_columns, split_by_mask
 from schemas.records import set_aside_rows
@@ -48,10 +53,24 @@ _HTML_ELEMENTS = (
     "script|search|section|select|slot|small|source|span|strike|strong|style|sub|summary|sup|svg|table|"
     "tbody|td|template|textarea|tfoot|th|thead|time|title|tr|track|tt|u|ul|var|video|wbr"
 )
+# What follows a tag's name must read as attributes: name=value (quoted or not), or a name alone that
+# HTML writes without a value (<input checked>, <td nowrap>, <div data-x>). Other words do not:
+# "if a<b and c>d" holds the element names b and i, but "and c" are no attributes.
+_BARE_ATTRIBUTES = (
+    "allowfullscreen|async|autofocus|autoplay|border|checked|compact|contenteditable|controls|declare|default|"
+    "defer|disabled|download|formnovalidate|hidden|inert|ismap|itemscope|loop|multiple|muted|nohref|noresize|"
+    "noshade|novalidate|nowrap|open|playsinline|readonly|required|reversed|scoped|selected"
+)
+_ATTRIBUTE = (
+    r"[A-Za-z_:@][-A-Za-z0-9_:.@]*\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+)"
+    rf"|(?i:{_BARE_ATTRIBUTES})"
+    r"|[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+"
+)
+_ATTRIBUTES = rf"(?:\s+(?:{_ATTRIBUTE}))*\s*/?>"
 _TAG = (
     r"<!--.*?-->"
-    rf"|</?(?i:{_HTML_ELEMENTS})(?:\s[^<>]*)?/?>"
-    r"|</?[A-Za-z]+:[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"
+    rf"|</?(?i:{_HTML_ELEMENTS}){_ATTRIBUTES}"
+    rf"|</?[A-Za-z]+:[A-Za-z][A-Za-z0-9-]*{_ATTRIBUTES}"
 )
 _BREAK_TAG = r"(?i)<br\s*/?>|</p\s*>|</div\s*>|</li\s*>|</h[1-6]\s*>"
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
@@ -63,6 +82,8 @@ _CONTROL = r"[\x00-\x08\x0e-\x1f\x{7f}-\x{9f}\x{200b}\x{2060}\x{feff}]"
 # picture): kept after such characters, removed after ASCII, which they do nothing to ("pass", U+200D,
 # "word" hides a word from filters and PII detection).
 _STRAY_JOINER = r"(^|[\x00-\x7f])[\x{200c}\x{200d}]+"
+# A text that may hold a fenced code block, whose whitespace is left as written.
+_FENCE_MARK = r"```|~~~"
 
 
 def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
@@ -84,7 +105,16 @@ def _strip_html(values: pa.Array) -> pa.Array:
     values = pc.replace_substring_regex(values, _TAG, " ")
     has_entity = pc.fill_null(pc.match_substring_regex(values, _ENTITY.pattern), False).to_pylist()
     texts = values.to_pylist()
-    return pa.array([html.unescape(t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
+    return pa.array([_ENTITY.sub(_decode, t) if e else t for t, e in zip(texts, has_entity, strict=True)], pa.string())
+
+
+def _decode(entity: re.Match[str]) -> str:
+    # Each complete entity alone: html.unescape on the whole text also decodes names without their ";"
+    # as browsers do for legacy pages, and a URL's query (?a=1&not=2&copy=3) became "?a=1¬=2©=3".
+    text = entity.group()
+    if text.startswith("&#"):
+        return html.unescape(text)  # its rules for numbers no character has (&#0;, &#x80; as cp1252)
+    return html.entities.html5.get(text[1:], text)  # an unknown name (&bogus;) stays as written
 
 
 def _remove_control(values: pa.Array) -> pa.Array:
@@ -94,11 +124,39 @@ def _remove_control(values: pa.Array) -> pa.Array:
 def _normalize_whitespace(values: pa.Array) -> pa.Array:
     values = pc.replace_substring_regex(values, r"\r\n?|\x{2028}", "\n")  # U+2028: Unicode's line separator
     values = pc.replace_substring_regex(values, r"\x{2029}", "\n\n")  # and its paragraph separator
+    tidied = _tidy_spaces(values)
+    fenced = pc.fill_null(pc.match_substring_regex(values, _FENCE_MARK), False)
+    if pc.any(fenced).as_py():
+        around = [_tidy_around_fences(text) for text in pc.filter(values, fenced).to_pylist()]
+        tidied = pc.replace_with_mask(tidied, fenced, pa.array(around, pa.string()))
+    return pc.utf8_trim_whitespace(tidied)
+
+
+def _tidy_spaces(values: pa.Array) -> pa.Array:
     # RE2's \s is ASCII only: name the Unicode spaces (NBSP, en/em spaces, ideographic space) too.
     values = pc.replace_substring_regex(values, r"[\t\f\v \x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]+", " ")
     values = pc.replace_substring_regex(values, r" ?\n ?", "\n")
-    values = pc.replace_substring_regex(values, r"\n{3,}", "\n\n")
-    return pc.utf8_trim_whitespace(values)
+    return pc.replace_substring_regex(values, r"\n{3,}", "\n\n")
+
+
+def _tidy_around_fences(text: str) -> str:
+    """``text`` with its spaces tidied outside its fenced code blocks (as CommonMark reads them, in a
+    list or quote too, or open to the end): in code, indentation, alignment and blank lines are content."""
+    starts = [0, *(found.end() for found in re.finditer("\n", text)), len(text) + 1]
+    blocks = [
+        (starts[token.map[0]], starts[token.map[1]] - 1)  # from its first line's start to its last line's end
+        for token in _markdown().parse(text)
+        if token.type == "fence" and token.map
+    ]
+    cuts = [0, *itertools.chain.from_iterable(blocks), len(text)]
+    pieces = [text[begin:end] for begin, end in itertools.pairwise(cuts)]  # outside, block, ..., outside
+    pieces[::2] = _tidy_spaces(pa.array(pieces[::2], pa.string())).to_pylist()
+    return "".join(pieces)
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    return MarkdownIt("commonmark")
 
 
 class Clean:
