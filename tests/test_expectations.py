@@ -552,3 +552,43 @@ def _gx_name(check: str) -> str:
     return {"matches_regex": "expect_column_values_to_match_regex"}.get(
         check, "expect_column_value_lengths_to_be_between"
     )
+
+
+def test_in_set_with_values_that_are_not_numbers_on_a_number_column_is_a_recipe_error() -> None:
+    # The mirror of the text case: quoted numbers loaded, then every row of an int column was quarantined.
+    declared = (
+        "input_schema: {columns: {q: str, a: str, team: int, ok: bool}}\noutput: {group_by: team, stratify_by: ok}\n"
+    )
+    problem = r"stages.0.expect.0.values \(line 8\): \[\"1\", \"2\"\] are not numbers, and 'team' holds int: every row"
+    with pytest.raises(RecipeError, match=problem + r".*unquote them: \[1, 2\]"):
+        parse_recipe(_expect("{column: team, check: in_set, values: ['1', '2']}", declared))
+    with pytest.raises(RecipeError, match=r"\[true\] are not numbers, and 'team' holds int"):
+        parse_recipe(_expect("{column: team, check: in_set, values: [1, true]}", declared))
+    with pytest.raises(RecipeError, match=r"\[1, \"true\"\] are not true or false, and 'ok' holds bool"):
+        parse_recipe(_expect("{column: ok, check: in_set, values: [true, 1, 'true']}", declared))
+    parse_recipe(_expect("{column: team, check: in_set, values: [1, 2.0]}", declared))
+    parse_recipe(_expect("{column: ok, check: in_set, values: [true]}", declared))
+
+
+def test_in_set_tells_booleans_from_numbers() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # pandas' isin found 1 == True: an int column's 1 passed in_set [true], and true passed [1].
+    batch = pa.table(
+        {
+            "id": list("abcd"),
+            "source": source_array("files", "/t.jsonl", [1, 2, 3, 4]),
+            "n": pa.array([1, 2, None, 1], pa.int64()),
+            "x": pa.array([1.0, 2.5, float("nan"), None]),
+            "ok": [True, False, None, True],
+        }
+    )
+    failed = lambda spec: Expectations([spec])(batch).set_aside["id"].to_pylist()  # noqa: E731
+    assert failed(Expectation(column="n", check="in_set", values=[True])) == ["a", "b", "d"]  # nulls pass
+    assert failed(Expectation(column="ok", check="in_set", values=[1])) == ["a", "b", "d"]
+    assert failed(Expectation(column="ok", check="in_set", values=[True])) == ["b"]
+    # Numbers stay numbers whatever their type: 1.0 is 1; NaN passes, as pandas' null did.
+    assert failed(Expectation(column="x", check="in_set", values=[1])) == ["b"]
+    assert failed(Expectation(column="n", check="in_set", values=[1.0, "2"])) == ["b"]

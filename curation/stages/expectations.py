@@ -8,7 +8,7 @@ expectations, because the import alone takes seconds. ``unique`` needs the whole
 it is ``UniqueValues``, a global stage right after the others, over the records that passed them;
 every occurrence of a repeated value fails it, as great-expectations defines the expectation.
 ``matches_regex`` runs on RE2 here, not in great-expectations: Python's ``re`` can backtrack for ever
-(``schemas.regex``).
+(``schemas.regex``); ``in_set`` runs here too: pandas' ``isin`` finds ``True == 1``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,28 @@ def _not_matching(column: pa.ChunkedArray, pattern: str) -> list[int]:
     return np.flatnonzero(pc.invert(matched).fill_null(False)).tolist()
 
 
+def _kind_and_value(value: Any) -> tuple[str, Any]:
+    """A value with its kind, for ``in_set``: Python (and pandas' ``isin``) finds ``True == 1``, and an int
+    column's 1 passed ``in_set [true]``; equal numbers of two types (1 and 1.0) stay equal."""
+    if isinstance(value, bool):
+        return "boolean", value
+    if isinstance(value, int | float | Decimal):
+        return "number", value
+    return type(value).__name__, value
+
+
+def _not_in_set(column: pa.ChunkedArray, values: list[Any]) -> list[int]:
+    """Positions of the values not among ``values``, a boolean never equal to a number. Nulls pass, and so
+    does NaN, as in great-expectations (pandas takes NaN for a null); a date or time is compared as its
+    text (``_as_written``)."""
+    allowed = {_kind_and_value(value) for value in values}
+    return [
+        at
+        for at, value in enumerate(_as_written(column).to_pylist())
+        if value is not None and value == value and _kind_and_value(value) not in allowed
+    ]
+
+
 def _numbers(kind: pa.DataType) -> bool:
     """Whether ``between``'s numeric bounds compare with values of ``kind`` (a column of nulls alone too)."""
     return (
@@ -201,9 +224,10 @@ class Expectations:
                     )
 
     def _failures(self, batch: pa.Table) -> list[tuple[str, str, str, list[int]]]:
-        """``_Suite.failures`` of every expectation, in the recipe's order; ``matches_regex`` by RE2."""
+        """``_Suite.failures`` of every expectation, in the recipe's order; ``matches_regex`` by RE2,
+        ``in_set`` by ``_not_in_set``."""
         found = {}
-        others = [s for s in self.specs if s.check != "matches_regex"]
+        others = [s for s in self.specs if s.check not in ("matches_regex", "in_set")]
         if others:
             if self._suite is None:
                 self._suite = _Suite(others)
@@ -218,6 +242,8 @@ class Expectations:
         for spec, key in zip(self.specs, keys, strict=True):
             if spec.check == "matches_regex":
                 found[key] = _not_matching(batch[spec.column], self._patterns[spec.regex])
+            elif spec.check == "in_set":
+                found[key] = _not_in_set(batch[spec.column], spec.values or [])
         # The recipe's order, which names a row's first failure its reason.
         ordered = dict.fromkeys(k for k in keys if k in found) | dict.fromkeys(found)
         return [(*key, found[key]) for key in ordered]
