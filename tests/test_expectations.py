@@ -592,3 +592,27 @@ def test_in_set_tells_booleans_from_numbers() -> None:
     # Numbers stay numbers whatever their type: 1.0 is 1; NaN passes, as pandas' null did.
     assert failed(Expectation(column="x", check="in_set", values=[1])) == ["b"]
     assert failed(Expectation(column="n", check="in_set", values=[1.0, "2"])) == ["b"]
+
+
+def test_unique_over_the_run_tells_text_from_numbers_and_booleans_but_not_1_from_1_0() -> None:
+    import decimal
+
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    def file(name: str, values: list[Any]) -> pa.Table:
+        ids = [f"{name}{line}" for line in range(1, len(values) + 1)]
+        source = source_array("files", f"/{name}.jsonl", list(range(1, len(values) + 1)))
+        return pa.table({"id": ids, "source": source, "k": pa.array(values)})
+
+    # One column read as int in one file and as text in another: compared as Arrow's text, 2 was "2".
+    stage = UniqueValues(["k"])
+    files = [file("a", [2, 7]), file("b", ["2", "true"]), file("c", [True]), file("d", [decimal.Decimal("7.00")])]
+    aside = stage.resolve([stage.signatures(f) for f in files])
+    # Equal numbers are one value whatever their type: 7 and 7.00; the text "2" is not the number 2.
+    assert aside["id"].to_pylist() == ["a2", "d1"]
+    assert aside["record"].to_pylist() == ['{"k": 7}', '{"k": 7}']
+    aside = stage.resolve([stage.signatures(file("a", [1, 3])), stage.signatures(file("b", [1.0, 3.5, None, None]))])
+    assert aside["id"].to_pylist() == ["a1", "b1"]  # nulls are no value
