@@ -828,6 +828,22 @@ def length_needs_text(column: str, holds: str) -> str:
     return f"length_between measures text, and {column!r} holds {holds}: no row's length could be told (between compares numbers)"
 
 
+def _in_set_needs_own_kind(column: str, holds: str, values: list[str | int | float | bool]) -> str | None:
+    """Why ``in_set``'s values cannot match a column declared ``int``, ``float`` or ``bool``: a quoted
+    number (``'1'``) is text, which no number equals, and a boolean is no number (nor a number one)."""
+    if holds == "bool":
+        wrong = [value for value in values if not isinstance(value, bool)]
+        kind, fix = "true or false", "write true or false, unquoted"
+    else:
+        wrong = [value for value in values if isinstance(value, bool) or not isinstance(value, int | float)]
+        quoted = [value for value in wrong if isinstance(value, str)]
+        kind = "numbers"
+        fix = f"unquote them: [{', '.join(quoted)}]" if quoted else "a boolean is no number"
+    if not wrong:
+        return None
+    return f"{json.dumps(wrong)} are not {kind}, and {column!r} holds {holds}: every row would fail ({fix})"
+
+
 def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     """(setting, problem) for each stage setting the records cannot satisfy: a column they do not have
     (a misspelt one would crash a stage halfway through the input, or quietly make it do nothing), or
@@ -883,6 +899,10 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                             f"fail (quote them: {json.dumps([json.dumps(v) if isinstance(v, bool) else str(v) for v in not_text])})",
                         )
                     )
+            elif spec.check == "in_set" and columns[spec.column] in ("int", "float", "bool"):
+                problem = _in_set_needs_own_kind(spec.column, columns[spec.column], spec.values or [])
+                if problem:
+                    problems.append((("stages", number, "expect", at, "values"), problem))
     return problems
 
 

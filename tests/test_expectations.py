@@ -552,3 +552,67 @@ def _gx_name(check: str) -> str:
     return {"matches_regex": "expect_column_values_to_match_regex"}.get(
         check, "expect_column_value_lengths_to_be_between"
     )
+
+
+def test_in_set_with_values_that_are_not_numbers_on_a_number_column_is_a_recipe_error() -> None:
+    # The mirror of the text case: quoted numbers loaded, then every row of an int column was quarantined.
+    declared = (
+        "input_schema: {columns: {q: str, a: str, team: int, ok: bool}}\noutput: {group_by: team, stratify_by: ok}\n"
+    )
+    problem = r"stages.0.expect.0.values \(line 8\): \[\"1\", \"2\"\] are not numbers, and 'team' holds int: every row"
+    with pytest.raises(RecipeError, match=problem + r".*unquote them: \[1, 2\]"):
+        parse_recipe(_expect("{column: team, check: in_set, values: ['1', '2']}", declared))
+    with pytest.raises(RecipeError, match=r"\[true\] are not numbers, and 'team' holds int"):
+        parse_recipe(_expect("{column: team, check: in_set, values: [1, true]}", declared))
+    with pytest.raises(RecipeError, match=r"\[1, \"true\"\] are not true or false, and 'ok' holds bool"):
+        parse_recipe(_expect("{column: ok, check: in_set, values: [true, 1, 'true']}", declared))
+    parse_recipe(_expect("{column: team, check: in_set, values: [1, 2.0]}", declared))
+    parse_recipe(_expect("{column: ok, check: in_set, values: [true]}", declared))
+
+
+def test_in_set_tells_booleans_from_numbers() -> None:
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # pandas' isin found 1 == True: an int column's 1 passed in_set [true], and true passed [1].
+    batch = pa.table(
+        {
+            "id": list("abcd"),
+            "source": source_array("files", "/t.jsonl", [1, 2, 3, 4]),
+            "n": pa.array([1, 2, None, 1], pa.int64()),
+            "x": pa.array([1.0, 2.5, float("nan"), None]),
+            "ok": [True, False, None, True],
+        }
+    )
+    failed = lambda spec: Expectations([spec])(batch).set_aside["id"].to_pylist()  # noqa: E731
+    assert failed(Expectation(column="n", check="in_set", values=[True])) == ["a", "b", "d"]  # nulls pass
+    assert failed(Expectation(column="ok", check="in_set", values=[1])) == ["a", "b", "d"]
+    assert failed(Expectation(column="ok", check="in_set", values=[True])) == ["b"]
+    # Numbers stay numbers whatever their type: 1.0 is 1; NaN passes, as pandas' null did.
+    assert failed(Expectation(column="x", check="in_set", values=[1])) == ["b"]
+    assert failed(Expectation(column="n", check="in_set", values=[1.0, "2"])) == ["b"]
+
+
+def test_unique_over_the_run_tells_text_from_numbers_and_booleans_but_not_1_from_1_0() -> None:
+    import decimal
+
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    def file(name: str, values: list[Any]) -> pa.Table:
+        ids = [f"{name}{line}" for line in range(1, len(values) + 1)]
+        source = source_array("files", f"/{name}.jsonl", list(range(1, len(values) + 1)))
+        return pa.table({"id": ids, "source": source, "k": pa.array(values)})
+
+    # One column read as int in one file and as text in another: compared as Arrow's text, 2 was "2".
+    stage = UniqueValues(["k"])
+    files = [file("a", [2, 7]), file("b", ["2", "true"]), file("c", [True]), file("d", [decimal.Decimal("7.00")])]
+    aside = stage.resolve([stage.signatures(f) for f in files])
+    # Equal numbers are one value whatever their type: 7 and 7.00; the text "2" is not the number 2.
+    assert aside["id"].to_pylist() == ["a2", "d1"]
+    assert aside["record"].to_pylist() == ['{"k": 7}', '{"k": 7}']
+    aside = stage.resolve([stage.signatures(file("a", [1, 3])), stage.signatures(file("b", [1.0, 3.5, None, None]))])
+    assert aside["id"].to_pylist() == ["a1", "b1"]  # nulls are no value

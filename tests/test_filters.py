@@ -10,7 +10,14 @@ import pyarrow as pa
 import pytest
 
 from curation.published import read_manifest
-from curation.stages.filters import InstructionFilter, LanguageFilter, LengthFilter, RatioFilter, RepetitionFilter
+from curation.stages.filters import (
+    InstructionFilter,
+    LanguageFilter,
+    LengthFilter,
+    RatioFilter,
+    RepetitionFilter,
+    _words,
+)
 from schemas.config import RecipeError, load_recipe, parse_recipe
 from schemas.records import source_array
 from tests.helpers import outputs, run, set_aside, write_jsonl
@@ -288,3 +295,27 @@ def test_two_stages_of_one_type_are_told_apart_in_stats_set_aside_rows_and_the_r
     queued = {json.loads(item["source"])["line"]: item["stage"] for item in list_items(engine, "qa")}
     engine.dispose()
     assert queued == {4: "expectations", 5: "expectations", 6: "expectations_2", 7: "expectations_2"}
+
+
+def test_words_parted_by_any_unicode_space_count_apart() -> None:
+    # RE2's \S+ is ASCII: a no-break, em or ideographic space, or \v, joined two words into one.
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    texts = [f"a{space}b" for space in spaces]
+    result = LengthFilter(["text"], min_words=2, max_words=2)(_batch(text=texts))
+    assert result.set_aside["detail"].to_pylist() == []
+    assert len(spaces) == 29 and "\u00a0" in spaces and "\u3000" in spaces and "\v" in spaces
+
+
+def test_length_filter_counts_chinese_and_japanese_words_as_repetition_filter_does() -> None:
+    # A Japanese sentence without spaces was one word to length_filter, nine to repetition_filter.
+    texts = ["今日は良い天気です", "東京 is big", "no CJK here at all", "データ\u3000と text です"]
+    result = LengthFilter(["text"], min_words=2, max_words=5)(_batch(text=texts))
+    assert result.set_aside["detail"].to_pylist() == ["9 words > max_words 5", "7 words > max_words 5"]
+    assert [len(_words(text)[0]) for text in texts] == [9, 4, 5, 7]  # the one word counter both use
+
+
+def test_trivial_completions_of_the_recipe_are_normalised_as_completions_are() -> None:
+    # The recipe's "no  answer" was only lower-cased and stripped; the completion's spaces collapsed.
+    batch = _batch(prompt=["p", "p", "p"], completion=["no  answer", "No\u00a0answer ", "no answer, sorry"])
+    result = InstructionFilter(1, ["no  answer"], True)(batch)
+    assert _gone(result) == {"r0": "instruction", "r1": "instruction"}

@@ -8,7 +8,7 @@ expectations, because the import alone takes seconds. ``unique`` needs the whole
 it is ``UniqueValues``, a global stage right after the others, over the records that passed them;
 every occurrence of a repeated value fails it, as great-expectations defines the expectation.
 ``matches_regex`` runs on RE2 here, not in great-expectations: Python's ``re`` can backtrack for ever
-(``schemas.regex``).
+(``schemas.regex``); ``in_set`` runs here too: pandas' ``isin`` finds ``True == 1``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,28 @@ def _not_matching(column: pa.ChunkedArray, pattern: str) -> list[int]:
     return np.flatnonzero(pc.invert(matched).fill_null(False)).tolist()
 
 
+def _kind_and_value(value: Any) -> tuple[str, Any]:
+    """A value with its kind, for ``in_set``: Python (and pandas' ``isin``) finds ``True == 1``, and an int
+    column's 1 passed ``in_set [true]``; equal numbers of two types (1 and 1.0) stay equal."""
+    if isinstance(value, bool):
+        return "boolean", value
+    if isinstance(value, int | float | Decimal):
+        return "number", value
+    return type(value).__name__, value
+
+
+def _not_in_set(column: pa.ChunkedArray, values: list[Any]) -> list[int]:
+    """Positions of the values not among ``values``, a boolean never equal to a number. Nulls pass, and so
+    does NaN, as in great-expectations (pandas takes NaN for a null); a date or time is compared as its
+    text (``_as_written``)."""
+    allowed = {_kind_and_value(value) for value in values}
+    return [
+        at
+        for at, value in enumerate(_as_written(column).to_pylist())
+        if value is not None and value == value and _kind_and_value(value) not in allowed
+    ]
+
+
 def _numbers(kind: pa.DataType) -> bool:
     """Whether ``between``'s numeric bounds compare with values of ``kind`` (a column of nulls alone too)."""
     return (
@@ -201,9 +224,10 @@ class Expectations:
                     )
 
     def _failures(self, batch: pa.Table) -> list[tuple[str, str, str, list[int]]]:
-        """``_Suite.failures`` of every expectation, in the recipe's order; ``matches_regex`` by RE2."""
+        """``_Suite.failures`` of every expectation, in the recipe's order; ``matches_regex`` by RE2,
+        ``in_set`` by ``_not_in_set``."""
         found = {}
-        others = [s for s in self.specs if s.check != "matches_regex"]
+        others = [s for s in self.specs if s.check not in ("matches_regex", "in_set")]
         if others:
             if self._suite is None:
                 self._suite = _Suite(others)
@@ -218,6 +242,8 @@ class Expectations:
         for spec, key in zip(self.specs, keys, strict=True):
             if spec.check == "matches_regex":
                 found[key] = _not_matching(batch[spec.column], self._patterns[spec.regex])
+            elif spec.check == "in_set":
+                found[key] = _not_in_set(batch[spec.column], spec.values or [])
         # The recipe's order, which names a row's first failure its reason.
         ordered = dict.fromkeys(k for k in keys if k in found) | dict.fromkeys(found)
         return [(*key, found[key]) for key in ordered]
@@ -253,21 +279,46 @@ class Expectations:
 
 
 def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """A column's values as text that is equal where they are: Arrow's text of a scalar; a date or time as
-    the output writes it (``_as_written``: the set-aside record shows ``2024-01-02 03:04:05``, not Arrow's
-    ``2024-01-02 03:04:05.000000``); JSON of a struct, list or map (the record's ``source``), which Arrow
-    cannot cast to text; a binary value (an image) by its sha256, which needs no UTF-8 and spares the
-    set-aside record its megabytes."""
+    """A column's values as text that is equal where they are, after their kind (``number:2``, ``text:2``):
+    text, a number and a boolean of the same Arrow text (``2``, ``true``) from two files are no repeat;
+    two equal numbers are one value whatever their type (1 and 1.0 are ``number:1``). A number or boolean
+    as Arrow writes it (a decimal without its trailing zeros); a date or time is text, as the output writes
+    it (``_as_written``: ``2024-01-02 03:04:05``, not Arrow's ``2024-01-02 03:04:05.000000``); JSON of a
+    struct, list or map (the record's ``source``), which Arrow cannot cast to text; a binary value (an
+    image) by its sha256, which needs no UTF-8 and spares the set-aside record its megabytes."""
     kind = column.type
     if pa.types.is_temporal(kind):
-        return _as_written(column)
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        tag, text = "text", _as_written(column)
+    elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
         digests = [None if v is None else f"sha256:{hashlib.sha256(v).hexdigest()}" for v in column.to_pylist()]
-        return pa.array(digests, pa.string())
-    if pa.types.is_nested(kind):
+        tag, text = "bytes", pa.array(digests, pa.string())
+    elif pa.types.is_nested(kind):
         texts = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in column.to_pylist()]
-        return pa.array(texts, pa.string())
-    return pc.cast(column, pa.string())
+        tag, text = "json", pa.array(texts, pa.string())
+    elif pa.types.is_decimal(kind):  # Arrow writes its scale: 1 as 1.00
+        texts = [None if v is None else format(v.normalize(), "f") for v in column.to_pylist()]
+        tag, text = "number", pa.array(texts, pa.string())
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        tag, text = "number", pc.cast(column, pa.string())
+    elif pa.types.is_boolean(kind):
+        tag, text = "boolean", pc.cast(column, pa.string())
+    else:
+        tag, text = "text", pc.cast(column, pa.string())
+    return pc.binary_join_element_wise(f"{tag}:", text, "")  # a null stays null: no value
+
+
+def _shown(comparable: str | None) -> Any:
+    """The value a ``_comparable`` text stands for, as the set-aside record shows it: a number or boolean
+    as JSON has them (``2``, ``true``), any other as its text."""
+    if comparable is None:
+        return None
+    tag, _, text = comparable.partition(":")
+    if tag in ("number", "boolean"):
+        try:
+            return json.loads(text)
+        except ValueError:  # nan, inf: no JSON number
+            return text
+    return text
 
 
 class UniqueValues:
@@ -308,7 +359,7 @@ class UniqueValues:
         details = [
             f"{location(source)}: failed {', '.join(found)}" for source, found in zip(sources, names, strict=True)
         ]
-        values = {c: bad[f"value:{c}"].to_pylist() for c in self.columns}
+        values = {c: [_shown(v) for v in bad[f"value:{c}"].to_pylist()] for c in self.columns}
         # The values the expectation is about, not the whole record: the resolve sees only these.
         records = [json.dumps({c: values[c][i] for c in self.columns}) for i in range(bad.num_rows)]
         reasons = [found[0] for found in names]

@@ -46,6 +46,28 @@ def _result(stage: str, batch: pa.Table, reasons: list[str | None], details: lis
     return StageResult(kept=kept, set_aside=aside, stats=stats)
 
 
+# --- words: one definition for every filter --------------------------------------------------------
+
+# What Python's ``str.split()`` parts words at (``str.isspace``). RE2's ``\s`` is ASCII alone, and \v,
+# the information separators and NEL are no ``\p{Z}``; written as the characters themselves, one class
+# reads the same to RE2 (Arrow) and to Python's ``re``.
+_SPACE = "\t-\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+# Chinese and Japanese put no spaces between words: split at spaces, a sentence was one "word" and no
+# n-gram rule could fire ("好好好..." passed). Each Han or kana character is a word there, and an n-gram
+# joins it to its neighbours without the space the text does not have; two other words (English in a
+# Japanese text) are joined by a space, as in a text of no Han or kana.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_CJK_CHARACTER = re.compile(f"[{_CJK}]")
+_WORD = f"([{_CJK}])|([^{_SPACE}{_CJK}]+)"  # (a Han or kana character, another word)
+_CJK_WORDS = re.compile(_WORD)
+
+
+def _word_counts(text: pa.Array) -> list[int]:
+    """The words in each text, as ``repetition_filter`` reads them (``_words``), counted by RE2."""
+    return pc.count_substring_regex(text, _WORD).to_pylist()
+
+
 class LengthFilter:
     name = "length_filter"
 
@@ -69,7 +91,7 @@ class LengthFilter:
         # (a prompt and completion of 40 characters were 41 > max_chars 40).
         lengths = [pc.fill_null(pc.utf8_length(pc.cast(batch[f], pa.string())), 0) for f in self.fields]
         chars = functools.reduce(pc.add, lengths, pc.multiply(pc.utf8_length(text), 0)).to_pylist()
-        words = pc.count_substring_regex(text, r"\S+").to_pylist()
+        words = _word_counts(text)
         min_chars, max_chars, min_words, max_words = self.limits
         reasons: list[str | None] = []
         details: list[str | None] = []
@@ -145,15 +167,6 @@ def _duplicates(elements: list[str]) -> tuple[int, int]:
         else:
             seen.add(element)
     return count, chars
-
-
-# Chinese and Japanese put no spaces between words: split at spaces, a sentence was one "word" and no
-# n-gram rule could fire ("好好好..." passed). Each Han or kana character is a word there, and an n-gram
-# joins it to its neighbours without the space the text does not have; two other words (English in a
-# Japanese text) are joined by a space, as in a text of no Han or kana.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_CJK_CHARACTER = re.compile(f"[{_CJK}]")
-_CJK_WORDS = re.compile(f"([{_CJK}])|([^\\s{_CJK}]+)")  # (a Han or kana character, another word)
 
 
 def _words(text: str) -> tuple[list[str], list[str]]:
@@ -261,9 +274,9 @@ class RatioFilter:
 
     def __call__(self, batch: pa.Table) -> StageResult:
         text = joined_text(batch, self.fields, self.name)
-        # RE2's \s is ASCII only: \p{Z} is the other spaces (no-break, ideographic), no symbols.
-        solid = pc.count_substring_regex(text, r"[^\s\p{Z}]").to_pylist()
-        symbols = pc.count_substring_regex(text, r"[^\pL\pN\pM\s\p{Z}]").to_pylist()
+        # Any space (no-break, ideographic: ``_SPACE``) is neither text nor a symbol.
+        solid = pc.count_substring_regex(text, f"[^{_SPACE}]").to_pylist()
+        symbols = pc.count_substring_regex(text, f"[^\\pL\\pN\\pM{_SPACE}]").to_pylist()
         digits = pc.count_substring_regex(text, r"\pN").to_pylist()
         reasons: list[str | None] = []
         details: list[str | None] = []
@@ -281,7 +294,7 @@ class RatioFilter:
 def _squash(values: pa.Array) -> list[str]:
     """Case-folded, whitespace-collapsed, trimmed: what a reader would call the same text."""
     values = pc.utf8_lower(pc.fill_null(pc.cast(values, pa.string()), ""))
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(values, r"\s+", " ")).to_pylist()
+    return pc.utf8_trim_whitespace(pc.replace_substring_regex(values, f"[{_SPACE}]+", " ")).to_pylist()
 
 
 class InstructionFilter:
@@ -297,7 +310,7 @@ class InstructionFilter:
     ) -> None:
         self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.min_chars = min_completion_chars
-        self.trivial = {t.lower().strip() for t in trivial}
+        self.trivial = set(_squash(pa.array(list(trivial), pa.string())))  # as the completions are
         self.drop_equal = drop_prompt_equals_completion
 
     def __call__(self, batch: pa.Table) -> StageResult:
