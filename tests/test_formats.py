@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,23 @@ def test_chunk_text_cuts_at_whitespace_and_never_drops_text() -> None:
     assert chunk_text("aaaa bbbb cccc", 9) == ["aaaa", "bbbb cccc"]
     assert chunk_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
     assert chunk_text("short", 10) == ["short"]
+
+
+def test_chunk_text_cuts_a_word_without_spaces_between_characters_not_inside_one() -> None:
+    # With no space to cut at, a piece was cut at the limit: between a letter and its accent (the next piece
+    # began with a lone combining mark) or inside an emoji (half a flag, a family split at a joiner).
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man ZWJ woman ZWJ girl: one emoji
+    for word, size, limit in [
+        ("cafe\u0301" * 30, 1, 52),  # cut anywhere but before the accent
+        ("\U0001f1eb\U0001f1f7" * 20, 2, 7),  # French flags: two regional indicators each
+        (family * 10, 5, 12),
+        ("\u0915\u094d\u0937" * 20, 3, 10),  # Devanagari "ksha", a conjunct of three code points
+    ]:
+        pieces = chunk_text(word, limit)
+        assert "".join(pieces) == word and all(len(piece) <= limit for piece in pieces)
+        assert all(len(piece) % size == 0 for piece in pieces), (word[:size], [len(piece) for piece in pieces])
+        assert not any(unicodedata.combining(piece[0]) for piece in pieces)
+    assert chunk_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
 
 
 def test_chunk_text_keeps_paragraphs_and_names_whole_as_the_documents_chunker_does() -> None:
