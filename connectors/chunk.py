@@ -7,7 +7,9 @@ sentence end (or space or line break) that fits, never inside a word unless it h
 inside a name where another space will do (between two capitalised words, "de la" between them or
 not; nor after an initial or a title's full stop, "Daniel O. Okafor", "Mr. Okafor"): a name cut in
 two is half a name in each piece, which the PII stage (it reads one record at a time) no longer
-recognises.
+recognises. A no-break space ("10\u00a0000", "Mr\u00a0Okafor") is no place to cut while a space is; a run
+of words without either (a URL, text in a script written without spaces) is cut between two characters
+as a reader sees them (grapheme clusters), not between a letter and its accent or inside an emoji.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import regex
+
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # A full stop after an initial or a title ("Daniel O. Okafor", "Mr. Okafor") ends no sentence: cut
 # there, the name was half a name in each piece, which the PII stage missed ("Okafor who called").
 # The full stop comes first, the look-backs after it: tried at every character, they made a long
 # paragraph's cuts about five times slower (the text format's chunk_chars cuts whole documents).
 _SENTENCE_END = re.compile(
-    r"(?:\.(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St)\.)(?<!\b(?:Mrs|Mme|Sir)\.)(?<!\bProf\.)|[!?])[\"')\]]?\s"
+    r"(?:\.(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St)\.)(?<!\b(?:Mrs|Mme|Sir)\.)(?<!\bProf\.)|[!?])[\"')\]]?[^\S\xa0\u2007\u202f]"
 )
 # Lower-case words inside names ("Maria de la Cruz", "Ludwig van der Berg").
 _PARTICLES = frozenset(
@@ -29,7 +33,18 @@ _PARTICLES = frozenset(
 )
 # A line break is a space here too: a paragraph of lines without spaces (a list of addresses) was cut
 # inside a word at the limit, half an address in each piece, which the PII stage did not recognise.
-_SPACE = re.compile(r"\s+")
+# A no-break space (French "10\u00a0000", "Mr\u00a0Okafor", a figure space) joins its words: cut there only where
+# no other space is.
+_SPACE = re.compile(r"[^\S\xa0\u2007\u202f]+")
+_NO_BREAK_SPACES = ("\xa0", "\u2007", "\u202f")
+_GRAPHEME = regex.compile(r"\X")
+# A grapheme cluster boundary sure without looking further back (UAX #29): none of its rules joins a character
+# after Prepend, ZWJ, CR, a regional indicator, a Hangul L or Extend (an Indic linker is one), nor one that is
+# Extend, ZWJ, SpacingMark, a regional indicator, a Hangul V or T, or LF. Searched backwards, from the limit.
+_SURE_BOUNDARY = regex.compile(
+    r"(?r)(?<=[^\p{GCB=Prepend}\p{GCB=ZWJ}\p{GCB=CR}\p{GCB=Regional_Indicator}\p{GCB=L}\p{GCB=Extend}])"
+    r"(?=[^\p{GCB=Extend}\p{GCB=ZWJ}\p{GCB=SpacingMark}\p{GCB=Regional_Indicator}\p{GCB=V}\p{GCB=T}\p{GCB=LF}])"
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,7 @@ def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int
             else _space_cut(window, text[start + max_chars : start + max_chars + 40])
         )
         if cut <= 0:
-            cut = max_chars
+            cut = _no_break_space_cut(window) or _grapheme_cut(text, start, max_chars)
         pieces.append((start, start + cut))
         start += cut
         while start < end and text[start].isspace():
@@ -86,6 +101,24 @@ def _space_cut(window: str, following: str) -> int:
         if not _inside_a_name(before, after):
             return space.end()
     return spaces[-1].end() if spaces else 0
+
+
+def _no_break_space_cut(window: str) -> int:
+    """Where to cut ``window``, which has no space, at its last no-break space (between two numbers' groups
+    rather than inside one); 0 if it has none, or only at its start."""
+    at = max(map(window.rfind, _NO_BREAK_SPACES))
+    return at + 1 if at > 0 else 0
+
+
+def _grapheme_cut(text: str, start: int, max_chars: int) -> int:
+    """The last grapheme cluster boundary at most ``max_chars`` after ``start``: the start of the cluster that
+    holds the character past the limit (``max_chars`` itself where that one cluster is longer: a limit is one).
+    Clusters are read from the last boundary sure without them (``_SURE_BOUNDARY``), not the window's start:
+    a text without spaces (Chinese) is all such cuts."""
+    limit = start + max_chars
+    sure = _SURE_BOUNDARY.search(text, start + 1, limit + 1)
+    last = _GRAPHEME.findall(text, sure.start() if sure else start, limit + 1)[-1]
+    return limit + 1 - len(last) - start or max_chars
 
 
 def _inside_a_name(before: list[str], after: list[str]) -> bool:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Callable
 from itertools import compress
@@ -41,6 +42,7 @@ from schemas.hashing import Column, xxh3_64, xxh3_128_hex
 
 log = logging.getLogger("curation.split")
 NO_VALUE = "(none)"  # how a missing label or group key is reported
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # as Python writes an int
 
 
 class SplitError(RecipeError):
@@ -52,7 +54,8 @@ def key_text(value: Any) -> str:
     """A group key's or label's text, the same for one value whichever file it came from: an object or
     array (a Parquet struct or list, a JSONL object, or its JSON text where the JSONL column mixes types)
     as JSON with its keys sorted and its null members left out (a Parquet struct has every field, a
-    line only its own keys), a boolean as ``true``/``false``, any other value as ``str`` gives it."""
+    line only its own keys), a boolean as ``true``/``false``, a whole float in int64's range as its integer (``5``, not
+    ``5.0``: pandas writes an integer column with a missing value as float64), any other value as ``str`` gives it."""
     if isinstance(value, str):
         if not value.startswith(("{", "[")):
             return value
@@ -65,6 +68,8 @@ def key_text(value: Any) -> str:
         return _canonical_json(value)
     if isinstance(value, bool):  # as the reader writes one where its column mixes types, not Python's True
         return "true" if value else "false"
+    if isinstance(value, float | np.floating) and (number := float(value)).is_integer() and abs(number) < 2**63:
+        return str(int(number))  # an int64 once (not inf or nan)
     return str(value)
 
 
@@ -73,9 +78,14 @@ def earlier_key_text(text: str) -> str | None:
     Python writes it (``True``), an object or array as Python's repr of the value the column gave. That
     repr kept the keys in the order the line or the Parquet schema had them, and a struct's null fields,
     which the JSON text no longer holds: only the sorted order without nulls is tried (every order of
-    every member would be a lookup each)."""
+    every member would be a lookup each). Before 2026-11-28 a whole float was kept as Python writes it
+    (``5.0``): an integer's text is tried so, where a float holds it exactly (a group once keyed by the
+    text ``5.0``, not a float, is found for ``5`` too: the side of one group either way)."""
     if text in ("true", "false"):
         return text.title()
+    if len(text) < 21 and _INTEGER.fullmatch(text):  # an int64 (below 2**63, as key_text takes a float)
+        whole = float(int(text))
+        return str(whole) if whole == int(text) and abs(whole) < 2**63 else None
     if not text.startswith(("{", "[")):
         return None
     try:

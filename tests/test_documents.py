@@ -499,6 +499,22 @@ def test_equal_sections_of_documents_with_other_titles_are_duplicates(workdir: P
     assert texts.count(note) == 1 and result.manifest.counts.duplicate == 1
 
 
+def test_a_long_paragraph_is_not_cut_at_a_no_break_space_while_a_space_will_do() -> None:
+    # A no-break space joins what it stands between ("10\u00a0000 euros", "12\u00a0kg"): taken for a space, a
+    # piece ended "10" and the next began "000 euros".
+    line = "the parcel was 12\u00a0kg and cost 10\u00a0000 euros, paid on page\u00a03 of the form. " * 6
+    for max_chars in range(30, 120):
+        pieces = [chunk.text for chunk in chunk_text(line, max_chars=max_chars)]
+        assert all(len(piece) <= max_chars for piece in pieces)
+        assert "".join(p.replace(" ", "") for p in pieces) == line.replace(" ", "")  # nothing lost or doubled
+        assert not [p for p in pieces if p.startswith(("kg", "000", "3 "))], (max_chars, pieces)
+    # A run of them longer than a piece: cut at one all the same, not inside a number.
+    assert [chunk.text for chunk in chunk_text("12\u00a0345\u00a0678\u00a0901", max_chars=8)] == [
+        "12\u00a0345\u00a0",
+        "678\u00a0901",
+    ]
+
+
 def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a_name() -> None:
     # A full stop after an initial was taken for a sentence end ("... by Daniel O." | "Okafor who"),
     # and a space before "de la" was free ("... to Maria" | "de la Cruz"): half a name in each piece,

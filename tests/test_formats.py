@@ -7,12 +7,14 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -108,6 +110,23 @@ def test_chunk_text_cuts_at_whitespace_and_never_drops_text() -> None:
     assert chunk_text("aaaa bbbb cccc", 9) == ["aaaa", "bbbb cccc"]
     assert chunk_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
     assert chunk_text("short", 10) == ["short"]
+
+
+def test_chunk_text_cuts_a_word_without_spaces_between_characters_not_inside_one() -> None:
+    # With no space to cut at, a piece was cut at the limit: between a letter and its accent (the next piece
+    # began with a lone combining mark) or inside an emoji (half a flag, a family split at a joiner).
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man ZWJ woman ZWJ girl: one emoji
+    for word, size, limit in [
+        ("cafe\u0301" * 30, 1, 52),  # cut anywhere but before the accent
+        ("\U0001f1eb\U0001f1f7" * 20, 2, 7),  # French flags: two regional indicators each
+        (family * 10, 5, 12),
+        ("\u0915\u094d\u0937" * 20, 3, 10),  # Devanagari "ksha", a conjunct of three code points
+    ]:
+        pieces = chunk_text(word, limit)
+        assert "".join(pieces) == word and all(len(piece) <= limit for piece in pieces)
+        assert all(len(piece) % size == 0 for piece in pieces), (word[:size], [len(piece) for piece in pieces])
+        assert not any(unicodedata.combining(piece[0]) for piece in pieces)
+    assert chunk_text("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
 
 
 def test_chunk_text_keeps_paragraphs_and_names_whole_as_the_documents_chunker_does() -> None:
@@ -615,6 +634,60 @@ def test_a_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> 
     ]
     state.record_group_sides("d", {"g\x1ftrue": False}, start_over=False)  # placed by this release: it wins
     assert sides(pa.array([True])) == [False]
+
+
+def test_a_whole_number_group_key_or_label_is_one_value_in_jsonl_and_a_float_parquet_column(workdir: Path) -> None:
+    """pandas writes an integer column with a missing value as float64: customer 5 in a JSONL file and 5.0 in
+    a Parquet one were two groups ("5" and "5.0"), one customer on both sides, and 1 and 1.0 two labels."""
+    folder = workdir / "in"
+    write_jsonl(folder / "a.jsonl", [{"text": f"a {n}", "customer": n, "label": n % 2} for n in range(40)])
+    pq.write_table(
+        pa.table(
+            {
+                "text": [f"b {n}" for n in range(40)] + ["b none"],
+                "customer": pa.array([float(n) for n in range(40)] + [None]),
+                "label": pa.array([float(n % 2) for n in range(40)] + [None]),
+            }
+        ),
+        folder / "b.parquet",
+    )
+    recipe = {
+        "dataset": "grouped",
+        "sources": [{"path": str(folder) + "/"}],
+        "record": {"kind": "document"},
+        "stages": [],
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.5, "group_by": "customer"},
+    }
+    sides: dict[str, set[str]] = defaultdict(set)
+    version = Path(run_fresh(workdir, recipe).version_uri)
+    for split in ("train", "validation"):
+        for row in read_lines(sorted((version / split).glob("*.jsonl"))):
+            sides[row["text"].split()[-1]].add(split)
+    assert len(sides) == 41 and not {customer: found for customer, found in sides.items() if len(found) > 1}
+    recipe["output"] = {"dest": str(workdir / "out"), "validation_fraction": 0.5, "stratify_by": "label"}
+    labels = read_manifest(run_fresh(workdir, recipe).version_uri).split["labels"]
+    assert set(labels["train"]) | set(labels["validation"]) == {"0", "1", "(none)"}
+
+
+def test_a_float_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Path) -> None:
+    # Releases before 2026-11-28 keyed a whole float as Python writes it (5.0); it is the integer's text now
+    # (5, as a JSONL file has it). Looked up only by the new text, the group was placed again.
+    from curation.split import Splitter
+    from curation.state import StateStore
+
+    state = StateStore(f"sqlite:///{tmp_path}/state.db")
+    state.record_group_sides("d", {"g\x1f5.0": True, "g\x1f-3.0": True, "g\x1f1e+16": True}, start_over=False)
+
+    def sides(column: pa.Array) -> list[bool]:
+        splitter = Splitter(0.0, "seed", group_by="customer")  # nothing goes to validation unless placed there
+        splitter.known = lambda keys: state.group_sides("d", keys)
+        return splitter.assign(pa.table({"id": [f"r{n}" for n in range(len(column))], "customer": column})).to_pylist()
+
+    assert sides(pa.array([5.0, 5.5, 6.0, -3.0, 1e16])) == [True, False, False, True, True]
+    assert sides(pa.array([5, 6, -3, 10**16])) == [True, False, True, True]  # the same customer from a JSONL file
+    assert sides(pa.array(["5", "05", "9" * 400])) == [True, False, False]  # an id "05" is no 5
+    state.record_group_sides("d", {"g\x1f5": False}, start_over=False)  # placed by this release: it wins
+    assert sides(pa.array([5.0])) == [False]
 
 
 @pytest.mark.parametrize(
