@@ -88,6 +88,11 @@ def test_comparisons_in_code_are_not_tags_of_elements_with_attributes() -> None:
     assert result.stats["html_removed"] == 2
 
 
+def test_an_html_comment_over_several_lines_is_removed_whole() -> None:
+    result = Clean(["text"])(_batch(["a<!-- a note\nover two lines -->b", "<!--\r\n-->c<!-- one -->d"]))
+    assert result.kept["text"].to_pylist() == ["a b", "c d"]
+
+
 def test_only_complete_entities_are_decoded_whatever_else_the_text_holds() -> None:
     # Once the text held one entity, all of it was unescaped as a browser reads legacy pages, names
     # without ";" too: the query of a URL beside "&amp;" was published as "?a=1¬=2¶=3©=4".

@@ -68,7 +68,7 @@ _ATTRIBUTE = (
 )
 _ATTRIBUTES = rf"(?:\s+(?:{_ATTRIBUTE}))*\s*/?>"
 _TAG = (
-    r"<!--.*?-->"
+    r"(?s:<!--.*?-->)"  # a comment may span lines (RE2's "." stops at a newline without s)
     rf"|</?(?i:{_HTML_ELEMENTS}){_ATTRIBUTES}"
     rf"|</?[A-Za-z]+:[A-Za-z][A-Za-z0-9-]*{_ATTRIBUTES}"
 )
