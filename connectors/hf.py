@@ -55,16 +55,19 @@ def _exists(uri: str) -> bool:
         return False
 
 
-def data_files(path: str, split: str | None, entries: list[FileEntry]) -> list[tuple[str, str]]:
-    """(split, file URI) of every data file of the dataset at ``path``, in split and file order;
-    ``entries`` are the parquet and arrow files listed under it."""
+def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[list[tuple[str, str]], bool]:
+    """(split, file URI) of every data file of the dataset at ``path``, in split and file order, and whether
+    they are what the dataset's ``state.json`` files name (``save_to_disk``'s layout); ``entries`` are the
+    parquet and arrow files listed under it."""
     path = path.rstrip("/")
     if _exists(join(path, "dataset_dict.json")):
         splits = (_read_json(join(path, "dataset_dict.json")) or {}).get("splits", [])
         if split is not None and split not in splits:
             raise StorageError(f"{path}: no split {split!r}; the dataset has {splits}")
-        return [item for name in splits if split in (None, name) for item in _saved_split(join(path, name), name)]
-    if _exists(join(path, "state.json")):
+        named = [item for name in splits if split in (None, name) for item in _saved_split(join(path, name), name)]
+        return named, True
+    saved = _exists(join(path, "state.json"))
+    if saved:
         files = _saved_split(path, None)
         found = [(name, uri) for name, uri in files if split in (None, name)]
     else:
@@ -79,13 +82,32 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> list[t
         found = [(name, uri) for name, uri in files if split in (None, name)]
     if files and not found:  # a misspelt split would read nothing, and publish an empty version
         raise StorageError(f"{path}: no split {split!r}; the dataset has {sorted({name for name, _ in files})}")
-    return found
+    return found, saved
 
 
 def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
-    state = _read_json(join(folder, "state.json")) or {}
+    # What state.json names is what the split holds: a data file an earlier run took that it no longer names
+    # goes (``HFSourceReader.files``). So a split without one, or one naming no files, is an error, as it is
+    # to ``load_from_disk``, not a split that now holds nothing.
+    state = _read_json(join(folder, "state.json"))
+    if state is None:
+        named_by = f", though dataset_dict.json names split {name!r}" if name else ""
+        raise StorageError(f"{join(folder, 'state.json')}: missing{named_by}")
+    if not isinstance(state, dict) or not isinstance(state.get("_data_files"), list):
+        raise StorageError(f"{join(folder, 'state.json')}: names no data files (no _data_files list)")
     split = state.get("_split") or name or "train"
-    return [(split, join(folder, item["filename"])) for item in state.get("_data_files", [])]
+    return [(split, join(folder, item["filename"])) for item in state["_data_files"]]
+
+
+def _no_longer_named(watermark: SourceWatermark, named: set[str]) -> None:
+    """The data files an earlier run took that the dataset's state.json no longer names leave the dataset:
+    their records are replaced by nothing, as those of an input read whole again that holds nothing now.
+    ``save_to_disk`` into the same folder with another number of shards leaves the old files there, unnamed;
+    kept as a deleted input's records are, the old rows stayed beside the new ones. Their watermarks go too,
+    so a file saved under such a name again is new."""
+    for uri in sorted(set(watermark.committed) - named):
+        watermark.replaced.add(uri)
+        watermark.forget(uri)
 
 
 class HFSourceReader:
@@ -105,16 +127,22 @@ class HFSourceReader:
     def files(self) -> list[tuple[str, FileEntry]]:
         if self._files is None:
             files = list_files(self.config.path, suffixes=(".parquet", ".arrow"))  # listed once: S3 calls cost
-            listed = data_files(self.config.path, self.config.split, files)
+            listed, saved = data_files(self.config.path, self.config.split, files)
             entries = {e.uri: e for e in files}
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:
                 raise StorageError(f"{missing[0]}: named by the dataset's state.json but missing")
+            if saved and self.watermark is not None:  # before ``new_files``: no new file has their bytes
+                _no_longer_named(self.watermark, {uri for _, uri in listed})
             fresh = {
                 e.uri for e in new_files([entries[uri] for _, uri in listed], self.watermark, hashed_when_read=True)
             }
             self._files = [(split, entries[uri]) for split, uri in listed if uri in fresh]
         return self._files
+
+    def list_again(self) -> None:
+        """Forget the listing: the next ``files`` lists again (inputs added to ``read_again`` since)."""
+        self._files = None
 
     def inputs(self) -> list[InputFile]:
         return [InputFile(uri=e.uri, size=e.size, mtime=e.mtime) for _, e in self.files()]

@@ -206,6 +206,9 @@ class SourceWatermark:
         # Item -> how many inputs this run staged ``UNREAD`` under it: an images sidecar's identical rows
         # share one item, and each is an input counted (quarantined as unreadable) in the manifest.
         self.unread_inputs: dict[str, int] = {}
+        # Items whose watermark goes at commit: no longer part of the source (a data file a Hugging Face
+        # dataset's state.json no longer names), so one of that name later is new.
+        self.forgotten: set[str] = set()
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
@@ -214,6 +217,10 @@ class SourceWatermark:
         if value == UNREAD:
             self.unread_inputs[item] = self.unread_inputs.get(item, 0) + 1
         self.pending[item] = value
+
+    def forget(self, item: str) -> None:
+        self.pending.pop(item, None)
+        self.forgotten.add(item)
 
     def is_new(self, item: str, value: Any) -> bool:
         if item not in self.committed:
@@ -304,6 +311,14 @@ class Watermarks:
             if self.full_refresh:
                 db.execute(watermarks.delete().where(watermarks.c.dataset == self.dataset))
             for key, source in self.sources.items():
+                for item in source.forgotten:
+                    db.execute(
+                        watermarks.delete().where(
+                            (watermarks.c.dataset == self.dataset)
+                            & (watermarks.c.source == key)
+                            & (watermarks.c.item == item)
+                        )
+                    )
                 for item, value in source.pending.items():
                     where = (
                         (watermarks.c.dataset == self.dataset)

@@ -200,3 +200,100 @@ def test_a_new_file_of_a_dataset_is_hashed_as_it_is_read(
     os.utime(taken[0].uri, (1, 1))
     assert "nothing new" in run(workdir, recipe).message
     assert hashed == [Path(taken[0].uri).name]
+
+
+def resave(folder: Path, texts: list[str], num_shards: int) -> None:
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(folder), num_shards=num_shards)
+
+
+@pytest.mark.parametrize("stages", [None, []], ids=["exact_dedup", "no_dedup"])
+def test_a_dataset_saved_again_in_place_with_other_shards_publishes_what_its_state_json_names(
+    workdir: Path, stages: list | None
+) -> None:
+    # save_to_disk into the same folder leaves the old data-0000x-of-0000N.arrow files, which state.json no
+    # longer names: kept as a deleted file's records, the old rows stayed beside the new (7 records for 6).
+    texts = [f"document number {i} holds a few words of text" for i in range(6)]
+    resave(workdir / "ds", texts, 3)
+    recipe: dict = {"dataset": "docs", "sources": [{"type": "hf", "path": "ds"}], "record": {"kind": "document"}}
+    if stages is not None:
+        recipe["stages"] = stages
+    assert run(workdir, dict(recipe)).manifest.counts.written == 6
+    texts[0] = "document number zero was edited since"
+    resave(workdir / "ds", texts, 1)
+    assert len(list((workdir / "ds").glob("data-*.arrow"))) == 4  # the old shards are still there
+    second = run(workdir, dict(recipe))
+    rows = lineage_rows(second.version_uri)
+    assert sorted(r["source"]["uri"].rsplit("/", 1)[1] for r in rows) == ["data-00000-of-00001.arrow"] * 6
+    assert sorted(r["text"] for r in outputs(Path(second.version_uri))) == sorted(texts)
+    assert second.manifest.stats["carry"]["replaced"] == 6
+    # Saved again as three shards: files of the names the first run took are new, their watermarks gone with their
+    # records (two hold the bytes the first run took under those names: compared with those, 4 rows were lost).
+    texts[1] = "document number one was edited too"
+    resave(workdir / "ds", texts, 3)
+    third = run(workdir, dict(recipe))
+    rows = lineage_rows(third.version_uri)
+    assert sorted({r["source"]["uri"].rsplit("/", 1)[1] for r in rows}) == [
+        f"data-0000{i}-of-00003.arrow" for i in range(3)
+    ]
+    assert sorted(r["text"] for r in outputs(Path(third.version_uri))) == sorted(texts)
+
+
+def test_a_split_dataset_dict_json_no_longer_names_leaves_the_dataset(workdir: Path) -> None:
+    make_dataset().save_to_disk(str(workdir / "faq"))
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "faq"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+        "stages": [],
+    }
+    assert run(workdir, dict(recipe)).manifest.counts.written == 31
+    (workdir / "faq" / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    second = run(workdir, dict(recipe))
+    assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in lineage_rows(second.version_uri)} == {"train"}
+    assert len(lineage_rows(second.version_uri)) == 25
+    # A split it names without a state.json is an error, as to load_from_disk: not a split that holds nothing.
+    (workdir / "faq" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    (workdir / "faq" / "test" / "state.json").unlink()
+    with pytest.raises(StorageError, match=r"test/state.json: missing, though dataset_dict.json names split 'test'"):
+        read(str(workdir / "faq"))
+
+
+def test_a_hub_style_folder_keeps_the_records_of_a_file_deleted_as_the_files_source_does(workdir: Path) -> None:
+    faq = make_dataset()
+    (workdir / "hub" / "data").mkdir(parents=True)
+    faq["train"].to_parquet(str(workdir / "hub" / "data" / "train-00000-of-00001.parquet"))
+    faq["test"].to_parquet(str(workdir / "hub" / "data" / "test-00000-of-00001.parquet"))
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+        "stages": [],
+    }
+    run(workdir, dict(recipe))
+    (workdir / "hub" / "data" / "test-00000-of-00001.parquet").unlink()
+    faq["train"].select(range(3)).to_parquet(str(workdir / "hub" / "data" / "extra-00000-of-00001.parquet"))
+    second = run(workdir, dict(recipe))
+    assert len(lineage_rows(second.version_uri)) == 31 + 3  # no state.json says what the folder holds
+
+
+def test_a_split_no_longer_named_whose_record_another_split_held_a_duplicate_of_reads_that_split_again(
+    workdir: Path,
+) -> None:
+    def split(texts: list[str]) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({"text": texts})
+
+    both = datasets.DatasetDict(
+        {
+            "test": split(["a text both splits hold", "only in test"]),
+            "train": split(["a text both splits hold", "only in train"]),
+        }
+    )
+    both.save_to_disk(str(workdir / "ds"))
+    recipe = {"dataset": "docs", "sources": [{"type": "hf", "path": "ds"}], "record": {"kind": "document"}}
+    first = run(workdir, dict(recipe))
+    assert first.manifest.counts.duplicate == 1  # train's copy, set aside
+    (workdir / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    second = run(workdir, dict(recipe))
+    rows = lineage_rows(second.version_uri)
+    assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in rows} == {"train"}
+    assert sorted(r["text"] for r in outputs(Path(second.version_uri))) == ["a text both splits hold", "only in train"]
