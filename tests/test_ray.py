@@ -410,6 +410,9 @@ class Losing:
     [
         (Failing(StageError("column 'text' is not a string")), StageError, "column 'text' is not a string"),
         (Losing(), AccountingError, "stage losing took"),
+        # A library's ValueError (Arrow's), which the command line says as "run failed" as it does when
+        # the embedded executor raises it: it came back as Ray's task error, with a traceback.
+        (Failing(pa.ArrowInvalid("Invalid UTF8 payload")), pa.ArrowInvalid, "Invalid UTF8 payload"),
     ],
 )
 def test_worker_errors_come_back_as_the_projects_errors(

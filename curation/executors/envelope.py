@@ -182,8 +182,11 @@ def taken(notes: list[list[Any]]) -> list[list[Any]]:
 
 
 def is_project_error(error: BaseException) -> bool:
-    """Errors the project raises on purpose (with a message for the user), not bugs."""
-    return type(error).__module__.startswith(PROJECT_PACKAGES) or isinstance(error, OSError)
+    """Errors a run reports in a line, as the embedded executor raises them: the project's own (a message
+    for the user), and the library errors the command line says as "run failed" (an OSError, a ValueError:
+    Arrow's ArrowInvalid, json's, a codec's), not bugs. Left to Ray, a ValueError came back as Ray's task
+    error, with its retry notes and a traceback, where the embedded executor says its message."""
+    return type(error).__module__.startswith(PROJECT_PACKAGES) or isinstance(error, OSError | ValueError)
 
 
 class CarriedError(Exception):

@@ -308,7 +308,7 @@ class RayExecutor:
             found = unwrap(error)
             if found is None or found is error:
                 raise
-            raise type(found)(*found.args) from None
+            raise found.with_traceback(None) from None  # as it was raised: its attributes too (an OSError's filename)
         finally:
             for console in consoles:
                 console.removeFilter(quiet)
