@@ -378,7 +378,7 @@ def import_(
     console.print(", ".join(f"{count} {action}" for action, count in counts.items()), highlight=False)
     if changed:
         console.print(
-            f"[yellow]warning[/yellow] not taken, decided on since the export: item(s) "
+            f"[yellow]warning[/yellow] task(s) not taken, their item decided on since they were exported: item(s) "
             f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
             highlight=False,
         )

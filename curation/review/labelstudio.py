@@ -215,7 +215,7 @@ def import_annotations(
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
     every task can be. A task whose item was decided on (or a decision undone) after the export is
     not taken, as a page showing the item from before is not: counted (``CHANGED``), its item added
-    to ``changed``. A decision taken on an item whose record is no longer in the input (as the store
+    to ``changed`` (once; another task of the item, exported since, may be taken). A decision taken on an item whose record is no longer in the input (as the store
     says now, not the export) has its item added to ``gone``: as on the page, it is taken, and has no
     effect unless the record comes back.
 
@@ -332,6 +332,7 @@ def import_annotations(
         else:
             counts[action] += 1
             taken.append(item)
+    changed[:] = dict.fromkeys(changed)  # an item with a stale task and a decision since the import began: once
     no_longer = gone_items(engine, taken)
     gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
