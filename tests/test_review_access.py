@@ -271,7 +271,7 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     ("task", "said"),
     [
         ("not a task", "'str' object has no attribute 'get'"),
-        ({"data": {"item_id": "abc"}, "annotations": [{"result": []}]}, "invalid literal for int()"),
+        ({"data": {"item_id": "abc"}, "annotations": [{"result": []}]}, "data.item_id 'abc' is not a whole number"),
         (
             {"data": {"item_id": 1}, "annotations": [{"result": [{"from_name": "decision", "value": {}}]}]},
             "no 'choices'",

@@ -113,3 +113,84 @@ def test_tasks_exported_before_gone_and_gone_note_existed_are_imported(tmp_path:
     for task in tasks:
         del task["data"]["gone"], task["data"]["gone_note"]
     assert import_annotations(engine, annotated(tasks, "reject"), "pia")["reject"] == 2
+
+
+def other_store(state_url: str) -> sa.Engine:
+    """Another state store over the same input file as ``pii_queue``'s (records r0 and r1, items 1 and 2),
+    for another dataset, its PII flags on another field."""
+    engine = sa.create_engine(state_url)
+    payload = {
+        "field": "completion",
+        "original": "Hi Bob",
+        "redacted": "Hi <PERSON>",
+        "spans": [{"start": 3, "end": 6, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"}],
+    }
+    source = {"connector": "files", "uri": "a.jsonl", "line": 1, "page": None}
+    flags = [
+        {"id": f"r{n}", "source": source, "stage": "pii", "kind": "pii", "detail": "p", "payload": json.dumps(payload)}
+        for n in range(2)
+    ]
+    add_items(engine, "other-dataset", 7, "two", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    add_user(engine, "pia", "pii-reviewer", "correct horse battery")
+    return engine
+
+
+def test_a_task_of_another_dataset_or_field_with_the_same_record_and_item_id_is_refused(tmp_path: Path) -> None:
+    tasks = export_tasks(pii_queue(f"sqlite:///{tmp_path / 'a.db'}", 2), {"kind": "pii"})
+    other = other_store(f"sqlite:///{tmp_path / 'b.db'}")
+    # The record id and item id match; the dataset and the flagged field do not: the annotator never saw it.
+    said = (
+        r"task 0 .*: item 1 holds dataset other-dataset, not the task's notes; field completion, not the task's prompt"
+    )
+    with pytest.raises(LabelStudioError, match=said):
+        import_annotations(other, annotated(tasks, "reject"), "pia")
+    assert dec.history(other, 1) == dec.history(other, 2) == []
+    # Each of them alone tells too.
+    task = {**tasks[1], "data": {**tasks[1]["data"], "dataset": "other-dataset"}}
+    with pytest.raises(LabelStudioError, match=r"item 2 holds field completion, not the task's prompt: was it"):
+        import_annotations(other, annotated([task], "reject"), "pia")
+    task = {**tasks[1], "data": {**tasks[1]["data"], "dataset": "other-dataset", "field": "completion", "kind": "vqa"}}
+    with pytest.raises(LabelStudioError, match=r"item 2 holds kind pii, not the task's vqa: was it"):
+        import_annotations(other, annotated([task], "reject"), "pia")
+    task["data"]["kind"] = "pii"
+    assert import_annotations(other, annotated([task], "reject"), "pia")["reject"] == 1
+
+
+@pytest.mark.parametrize("item_id", [2.7, "2", True, float("inf")])
+def test_an_item_id_that_is_not_a_whole_number_is_refused_naming_the_task(tmp_path: Path, item_id: object) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'a.db'}", 2)
+    task = export_tasks(engine, {"kind": "pii"})[1]
+    task = {**task, "id": 5, "data": {**task["data"], "item_id": item_id}}
+    said = rf"task 0 \(Label Studio id 5\) is not a task .*: data.item_id {item_id!r} is not a whole number"
+    with pytest.raises(LabelStudioError, match=said):
+        import_annotations(engine, annotated([task], "approve"), "pia")
+    assert dec.history(engine, 2) == []
+    # A whole number read back as a float is the item's id.
+    task["data"]["item_id"] = 2.0
+    assert import_annotations(engine, annotated([task], "approve"), "pia")["approve"] == 1
+
+
+def test_a_reviewer_who_keeps_every_predicted_label_marks_nothing_not_pii(tmp_path: Path) -> None:
+    # Item 1's name is marked not PII: the export leaves it out of the predictions, so it comes back unlabelled.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'a.db'}", 2)
+    add_user(engine, "rita", "reviewer", "correct horse battery")
+
+    def chose(choice: str, keep_email: bool) -> list[dict]:
+        """Item 1's task, decided ``choice``, the e-mail's label kept or moved onto another word."""
+        task = export_tasks(engine, {"kind": "pii"}, include_pii=True)[0]
+        (email,) = task["predictions"][0]["result"]
+        assert email["value"]["labels"] == ["EMAIL_ADDRESS"]
+        label = email if keep_email else {**email, "value": {"start": 0, "end": 4, "text": "Call", "labels": ["X"]}}
+        decision = {"from_name": "decision", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
+        return [{**task, "annotations": [{"id": 1, "result": [decision, label]}]}]
+
+    assert import_annotations(engine, chose("approve", True), "rita")["already in force"] == 1
+    assert import_annotations(engine, chose("reject", True), "rita")["reject"] == 1
+    dec.undo_last(engine, "rita")
+    # A reject sets aside what the labels say: the e-mail's removed label marks nothing.
+    assert import_annotations(engine, chose("reject", False), "rita")["reject"] == 1
+    assert [row["action"] for row in dec.history(engine, 1)] == ["edit", "reject", "reject"]
+    dec.undo_last(engine, "rita")
+    # An edit that marks the e-mail not PII is still not a reviewer's to make.
+    with pytest.raises(LabelStudioError, match="only a pii-reviewer or an admin can mark redactions as not PII"):
+        import_annotations(engine, chose("approve", False), "rita")

@@ -158,3 +158,39 @@ def test_a_command_says_which_state_store_it_read(seeded: Seeded, tmp_path: Path
     recipe = str(seeded.recipe_path)
     right = review("export", str(exported), "--recipe", recipe, cwd=tmp_path)
     assert f"from {seeded.state_url} (the recipe's)" in right.stderr, right.stderr
+
+
+def test_an_export_holding_an_integer_too_long_to_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    from tests.test_review_bulk import pii_queue
+
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    pii_queue(state, 1)
+    export = tmp_path / "export.json"
+    export.write_text('[{"id": ' + "9" * 5000 + ', "data": {"item_id": 1}}]')  # over Python's 4300 digits
+    done = review("import", str(export), "--user", "pia", "--state", state, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{export}: not a Label Studio JSON export (Exceeds the limit (4300 digits)" in " ".join(done.stderr.split())
+
+
+def test_an_export_to_a_dot_xml_path_is_refused_before_it_overwrites_the_tasks_with_the_config(tmp_path: Path) -> None:
+    from tests.test_review_bulk import pii_queue
+
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    pii_queue(state, 1)
+    for name in ("queue.xml", "queue.XML"):
+        done = review("export", str(tmp_path / name), "--kind", "pii", "--state", state, cwd=tmp_path)
+        assert done.returncode == 2 and "the labeling config is written beside them" in done.stderr, done.stderr
+        assert "written to" not in done.stderr and not (tmp_path / name).exists()
+
+
+def test_a_labeling_config_that_cannot_be_written_is_said_in_one_line(tmp_path: Path) -> None:
+    from tests.test_review_bulk import pii_queue
+
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    pii_queue(state, 1)
+    (tmp_path / "queue.xml").mkdir()  # where the config goes
+    done = review("export", str(tmp_path / "queue.json"), "--kind", "pii", "--state", state, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert f"{tmp_path / 'queue.xml'}: cannot write the labeling config (Is a directory)" in said
+    assert len(json.loads((tmp_path / "queue.json").read_text())) == 1  # and the tasks are there

@@ -107,3 +107,41 @@ def test_a_task_exported_before_a_decision_does_not_block_one_exported_after_it(
     assert counts["reject"] == 1 and counts[DISAGREE] == 0
     assert counts[CHANGED] == 1 and changed == [2]  # the old task's approve is not taken: said, as before
     assert [row["action"] for row in dec.history(engine, 2)] == ["approve", "reject"]
+
+
+def test_an_item_whose_current_task_is_taken_is_not_said_not_taken(tmp_path: Path) -> None:
+    # The old task's approve is dropped and the current task's reject taken: the warning said "not taken,
+    # decided on since the export: item(s) 2" as if the item's reject had not been taken either.
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = pii_queue(state, 2)
+    stale = export_tasks(engine, {"kind": "pii"})[1]
+    dec.decide(engine, 2, "pia", "approve")
+    now = export_tasks(engine, {"kind": "pii"})[1]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([*annotated([stale], "approve"), *annotated([now], "reject")]))
+    done = review("import", str(export), "--user", "pia", "--state", state, cwd=tmp_path)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0 and "1 reject" in said and f"1 {CHANGED}" in said, said
+    assert "task(s) not taken, their item decided on since they were exported: item(s) 2;" in said
+    assert [row["action"] for row in dec.history(engine, 2)] == ["approve", "reject"]
+
+
+def test_an_item_is_named_once_among_those_changed_since_the_export(tmp_path: Path, monkeypatch) -> None:
+    # A stale task of the item, and a decision on the page while the import runs: the item was named twice.
+    import curation.review.labelstudio as labelstudio
+
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    stale = export_tasks(engine, {"kind": "pii"})[1]
+    dec.decide(engine, 2, "pia", "approve")
+    now = export_tasks(engine, {"kind": "pii"})[1]
+    decide_all = dec.decide_all
+
+    def page_decides_first(*args):
+        dec.decide(engine, 2, "pia", "reject")  # on the page, after the import read the item
+        return decide_all(*args)
+
+    monkeypatch.setattr(labelstudio.dec, "decide_all", page_decides_first)
+    changed: list[int] = []
+    tasks = [*annotated([stale], "approve"), *annotated([now], "reject")]
+    counts = import_annotations(engine, tasks, "pia", changed)
+    assert counts[CHANGED] == 2 and counts["reject"] == 0 and changed == [2]

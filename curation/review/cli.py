@@ -250,6 +250,13 @@ def export(
         if value is not None and value not in known:
             console.print(f"[red]error[/red] --{option} {value}: use one of {', '.join(known)}", highlight=False)
             raise typer.Exit(2)
+    if out.suffix.lower() == ".xml":  # the labeling config is written beside the tasks, as OUT.xml
+        console.print(
+            f"[red]error[/red] {out}: the tasks are JSON, and the labeling config is written beside them with "
+            "the suffix .xml: name the tasks file tasks.json, say",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     recipes = _recipes(recipe)
     url = _state_url(state, recipes)
     filters = {"dataset": dataset, "version": version, "kind": kind, "status": status}
@@ -274,7 +281,15 @@ def export(
     ]
     config = label_config(kind, tasks, entities) if kind else None
     if config is not None:
-        out.with_suffix(".xml").write_text(config)
+        try:
+            out.with_suffix(".xml").write_text(config)
+        except OSError as error:
+            console.print(
+                f"[red]error[/red] {out.with_suffix('.xml')}: cannot write the labeling config "
+                f"({error.strerror or error}); the {len(tasks)} task(s) were written to {out}",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
     console.print(f"{len(tasks)} task(s) written to {out}, from {_store_name(url, state, recipes)}", highlight=False)
     gone = sum(task["data"]["gone"] for task in tasks)
     if gone:
@@ -327,14 +342,14 @@ def import_(
     except OSError as error:
         console.print(f"[red]error[/red] {path}: cannot read: {error.strerror or error}", highlight=False)
         raise typer.Exit(2) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ExportTooLarge as error:
+        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
+        raise typer.Exit(2) from None
+    except ValueError as error:  # not JSON, not UTF-8, or an integer over Python's 4300 digits
         console.print(f"[red]error[/red] {path}: not a Label Studio JSON export ({error})", highlight=False)
         raise typer.Exit(2) from None
     except RecursionError:  # Python's JSON reader gives up on lists or objects nested thousands deep
         console.print(f"[red]error[/red] {path}: not a Label Studio JSON export (nested too deeply)", highlight=False)
-        raise typer.Exit(2) from None
-    except ExportTooLarge as error:
-        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
         raise typer.Exit(2) from None
     if not isinstance(tasks, list):
         console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
@@ -363,7 +378,7 @@ def import_(
     console.print(", ".join(f"{count} {action}" for action, count in counts.items()), highlight=False)
     if changed:
         console.print(
-            f"[yellow]warning[/yellow] not taken, decided on since the export: item(s) "
+            f"[yellow]warning[/yellow] task(s) not taken, their item decided on since they were exported: item(s) "
             f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
             highlight=False,
         )

@@ -215,7 +215,7 @@ def import_annotations(
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
     every task can be. A task whose item was decided on (or a decision undone) after the export is
     not taken, as a page showing the item from before is not: counted (``CHANGED``), its item added
-    to ``changed``. A decision taken on an item whose record is no longer in the input (as the store
+    to ``changed`` (once; another task of the item, exported since, may be taken). A decision taken on an item whose record is no longer in the input (as the store
     says now, not the export) has its item added to ``gone``: as on the page, it is taken, and has no
     effect unless the record comes back.
 
@@ -252,12 +252,8 @@ def import_annotations(
             item = items.get(item_id)
             if item is None:
                 raise LabelStudioError(f"{where}: review item {item_id} does not exist")
-            if data.get("record_id") not in (None, item["record_id"]):
-                # Item ids are the store's own: an export from another store (or one made again) names others.
-                raise LabelStudioError(
-                    f"{where}: item {item['item_id']} holds record {item['record_id']}, not the task's "
-                    f"{data['record_id']}: was it exported from another state store? Nothing was imported"
-                )
+            if data.get("record_id") is not None:
+                _check_same_item(item, data, where)
             decided = []  # each annotation's (where, choice, edit)
             for annotation in annotations:
                 at = where if len(annotations) == 1 else f"{where} annotation {annotation.get('id')}"
@@ -292,7 +288,10 @@ def import_annotations(
                 continue
             taken = edit if action == "edit" else None
             try:
-                if edit is not None and edit.not_pii and not reviewer.sees_pii:
+                # Spans already not PII are left out of the export's predictions, so they come back without a
+                # label: only the others are marked now, and only an edit (not a reject or keep) marks them.
+                marked = set(edit.not_pii) - dec.not_pii_of(in_force.get(item["item_id"])) if edit else set()
+                if action == "edit" and marked and not reviewer.sees_pii:
                     raise dec.DecisionError(f"{user} is a {reviewer.role}; {NOT_PII_REFUSAL}")
                 dec.check_decision(item, action, taken)
             except dec.DecisionError as error:
@@ -333,6 +332,7 @@ def import_annotations(
         else:
             counts[action] += 1
             taken.append(item)
+    changed[:] = dict.fromkeys(changed)  # an item with a stale task and a decision since the import began: once
     no_longer = gone_items(engine, taken)
     gone.extend(item["item_id"] for item in taken if (item["dataset"], item["record_id"]) in no_longer)
     return counts
@@ -360,9 +360,13 @@ _SHOWN = {"pii": "text", "near_duplicate": "member", "quarantined": "raw", "vqa"
 
 
 def _item_id(data: dict[str, Any], where: str) -> int:
-    """The review item a task's ``data`` names; LabelStudioError if it names none (int() may raise too)."""
+    """The review item a task's ``data`` names: LabelStudioError if out of range, TypeError if not a whole
+    number (the export writes an integer; a JSON reader may give it back as a float, 2.0, but not 2.7)."""
     item_id = data["item_id"]
-    if isinstance(item_id, bool) or not 0 < int(item_id) <= MAX_ITEM_ID:
+    whole = isinstance(item_id, int) and not isinstance(item_id, bool)
+    if not (whole or (isinstance(item_id, float) and item_id.is_integer())):
+        raise TypeError(f"data.item_id {item_id!r} is not a whole number")
+    if not 0 < item_id <= MAX_ITEM_ID:
         raise LabelStudioError(f"{where}: data.item_id {item_id!r} is no review item's id")
     return int(item_id)
 
@@ -374,6 +378,23 @@ def _item_ids(tasks: list[Any]) -> set[int]:
         with contextlib.suppress(LabelStudioError, AttributeError, KeyError, TypeError, ValueError, OverflowError):
             found.add(_item_id(task["data"] or {}, ""))
     return found
+
+
+def _check_same_item(item: dict[str, Any], data: dict[str, Any], where: str) -> None:
+    """Refuse a task whose record, dataset, kind (or, for PII, field) are not its item's: item ids are the
+    store's own and record ids name no dataset, so an export from another store (another recipe over the
+    same input, or a store made again) names other items. Every export writes all of them."""
+    holds = {"record": item["record_id"], "dataset": item["dataset"], "kind": item["kind"]}
+    if item["kind"] == "pii":
+        holds["field"] = json.loads(item["payload"] or "{}").get("field")
+    named = {"record": data.get("record_id"), "dataset": data.get("dataset"), "kind": data.get("kind")}
+    named["field"] = data.get("field")
+    wrong = [f"{name} {value}, not the task's {named[name]}" for name, value in holds.items() if named[name] != value]
+    if wrong:
+        raise LabelStudioError(
+            f"{where}: item {item['item_id']} holds {'; '.join(wrong)}: was it exported from another state "
+            "store? Nothing was imported"
+        )
 
 
 def _shows(item: dict[str, Any], data: dict[str, Any]) -> bool:
