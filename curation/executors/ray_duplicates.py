@@ -152,8 +152,8 @@ def resolve_distributed(stage: DuplicateStage, kept) -> tuple[pa.Table, list[pa.
     shared = pc.unique(pa.concat_arrays([pa.array([], pa.uint64()), *shared]))
     if len(shared) == 0:
         return empty_set_aside(), []
-    # In input order (the executor preserves it), as the embedded executor's resolve sees them: a key
-    # held by too many rows to compare all pairs is checked against representatives taken in that order.
+    # In input order (the executor preserves it), as the embedded executor's resolve sees them (a key held
+    # by too many rows to compare all pairs takes its representatives in id order, whatever the order).
     chosen = signatures.map_batches(holding_rows, fn_kwargs={"rows": shared}, batch_format="pyarrow", batch_size=None)
     candidates = [t for t in chosen.iter_batches(batch_size=None, batch_format="pyarrow") if t.num_rows]
     if earlier is not None:
