@@ -11,6 +11,7 @@ copied into the same staging prefix, so they publish, or vanish, with the run's 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -303,6 +304,9 @@ class _Carrying:
     def __init__(self, decisions: RunDecisions, fmt: str, chunked: bool) -> None:
         self.decisions, self.fmt, self.chunked = decisions, fmt, chunked
         self.edits = decisions.carried_edits()  # annotators' values, and texts with not-PII spans put back
+        # Edited records on more than one line of the carried version: a document cut into pieces by the
+        # chunk_chars of the recipe that wrote it (the recipe may no longer set it), each line a piece.
+        self.in_pieces: set[str] = set()
         self.carried = 0
         self.unknown = 0  # carried lines without a lineage row: no record id to match decisions against
         self.rejected: set[str] = set()
@@ -349,7 +353,8 @@ class _Carrying:
                     raise ValueError(
                         f"{where} line {number}: not a JSON object ({error}); cannot apply its edit"
                     ) from None
-                changed, missed = apply_edits(parsed, self.edits[record], self.fmt, self.chunked)
+                chunked = self.chunked or record in self.in_pieces
+                changed, missed = apply_edits(parsed, self.edits[record], self.fmt, chunked)
                 if missed:
                     self.edits_not_applied.add(record)
                 if changed:
@@ -879,11 +884,15 @@ class DatasetWriter:
         if decided.is_empty() and read.is_empty() and read_again.is_empty():
             return set()
         found: set[str] = set()
+        edited = pl.Series(sorted(carrying.edits), dtype=pl.String)
+        lines_of: collections.Counter[str] = collections.Counter()
         for rows in _lineage_files(fs, folder, lineage, ("shard", "id")):
             again = rows.filter(pl.col("id").is_in(read.implode()) | pl.col("id").is_in(read_again.implode()))
             carrying.superseded.update(again["id"].to_list())
             found.update(again["shard"].to_list())
             found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())
+            lines_of.update(rows.filter(pl.col("id").is_in(edited.implode()))["id"].to_list())
+        carrying.in_pieces = {record for record, lines in lines_of.items() if lines > 1}
         return found
 
     def _read_ids(self) -> pl.Series:

@@ -1038,3 +1038,26 @@ def test_a_delta_run_says_a_decision_on_a_set_aside_near_duplicate_needs_a_full_
     assert "b.jsonl" in warning and "carry_forward false" in warning
     refreshed = run(workdir, spec, full_refresh=True)
     assert item.record_id in lines_by_id(Path(refreshed.version_uri))
+
+
+def test_an_edit_of_a_document_cut_into_pieces_by_an_earlier_recipe_is_not_written_on_each_piece(
+    workdir: Path,
+) -> None:
+    # The recipe no longer cuts documents (chunk_chars gone): the carried version still holds the edited
+    # document as three pieces, and the edited text was written on each of them, three times over.
+    long = "First paragraph here.\n\nSecond paragraph there.\n\nThird one."
+    spec = {"dataset": "corpus", "sources": [{"path": "docs"}], "record": {"kind": "document"}}
+    spec["output"] = {"dest": "out", "format": "text", "validation_fraction": 0.0, "chunk_chars": 25}
+    write_jsonl(workdir / "docs" / "a.jsonl", [{"text": long}, {"text": "Short."}])
+    before = lines_by_id(Path(run(workdir, spec).version_uri))
+    (pieces,) = [record for record, lines in before.items() if len(lines) > 1]
+    (whole,) = [record for record, lines in before.items() if len(lines) == 1]
+    decide(workdir, "corpus", 1, {pieces: ("edit", {"text": "Fixed whole text."}), whole: ("edit", {"text": "Long."})})
+    del spec["output"]["chunk_chars"]
+    write_jsonl(workdir / "docs" / "b.jsonl", [{"text": "New doc."}])
+    two = run(workdir, spec)
+    after = lines_by_id(Path(two.version_uri))
+    assert after[pieces] == before[pieces]  # left as they were, the edit said not applied
+    assert after[whole] == [{"text": "Long."}]  # a document on one line takes its edit
+    assert two.manifest.stats["carry"]["edits_not_applied"] == 1
+    assert two.manifest.stats["carry"]["review_edited"] == 1
