@@ -216,6 +216,19 @@ def test_a_recipe_run_and_check_cannot_take_is_a_recipe_error_exit_2(tmp_path: P
         assert "Traceback" not in refused.stderr
 
 
+def test_a_dest_that_is_a_file_is_refused_by_check_and_before_the_run_reads_its_input(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
+    spec = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    (tmp_path / "out").write_text("x")
+    recipe = write_recipe(tmp_path, {**spec, "output": {"dest": "out/nested"}})
+    said = f"{tmp_path / 'out'} is a file, not a folder: no version can be published under {tmp_path / 'out/nested'}"
+    checked = curation("check", str(recipe), cwd=tmp_path)  # it said ok
+    assert checked.returncode == 2 and said in checked.stderr, checked.stderr
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)  # it failed "Not a directory" once all was read
+    assert ran.returncode == 1 and f"run failed, nothing published: {said}" in ran.stderr, ran.stderr
+    assert "Traceback" not in checked.stderr + ran.stderr
+
+
 def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("q,a\nonly one field\nthree,fields,here\n")
     spec = {
