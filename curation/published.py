@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import pyarrow.fs as pafs
 from pydantic import ValidationError
@@ -33,6 +34,11 @@ def published_versions(dest: str, dataset: str) -> list[int]:
     # A bucket that is not there lists as empty: the run would read all its input, then fail to publish.
     if not infos and is_s3(uri) and not bucket_exists(fs, path.partition("/")[0]):
         raise StorageError(f"{dest}: no such bucket")
+    if not infos and not is_s3(uri):
+        # A file where a folder must be lists as empty too: the run would read all its input, then fail to publish.
+        there = next(folder for folder in (Path(path), *Path(path).parents) if folder.exists())
+        if not there.is_dir():
+            raise StorageError(f"{there} is a file, not a folder: no version can be published under {dest}")
     versions = []
     for info in infos:
         match = VERSION_DIR.match(info.base_name)

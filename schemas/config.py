@@ -710,15 +710,22 @@ def _ray_data_missing() -> str | None:
     )
 
 
+STATE_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+
+
 class Recipe(Strict):
-    dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # A folder of dest and a key of the state store: 200 is what its tables hold (runs.dataset), and fits
+    # in a file name (255 bytes on most file systems).
+    dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
     sources: list[SourceConfig] = Field(min_length=1)
     input_schema: InputSchema | None = None
     record: RecordShape = Field(default_factory=RecordShape)
     stages: list[StageConfig] = Field(default_factory=lambda: [ExactDedupConfig(type="exact_dedup")])
     output: OutputConfig = Field(default_factory=OutputConfig)
     state: str = "sqlite:///.curation/state.db"
-    batch_rows: int = Field(default=50_000, ge=1)
+    # A batch is held in memory, a few times over: ten million rows is past what any run needs, and a
+    # count past 64 bits overflowed Arrow's slicing once the run had started.
+    batch_rows: int = Field(default=50_000, ge=1, le=10_000_000)
     engine: Literal["local", "ray"] = "local"  # ray: the same stages on Ray Data (pip install 'curation[ray]')
     ray_address: str | None = None  # a Ray cluster (ray://host:10001 or auto); none: a local Ray instance
 
@@ -744,6 +751,13 @@ class Recipe(Strict):
         backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"the state store is SQLite or PostgreSQL, not {backend}")
+        # The drivers curation installs (SQLAlchemy 2.1 reads a bare postgresql:// with psycopg): another
+        # (psycopg2, asyncpg) is not installed, or async, and the run would fail opening the store.
+        driver, installed = parsed.get_driver_name(), STATE_DRIVERS[backend]
+        if driver != installed:
+            raise ValueError(
+                f"the state store's {backend} driver is {installed} ({backend}+{installed}:// or {backend}://), not {driver}"
+            )
         return url
 
     @field_validator("sources", mode="before")
@@ -909,16 +923,24 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
 # --- loading, with errors that point at the line ----------------------------------------------------
 
 
-def _yaml_lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Map each setting's path in the YAML document to its 1-based line number."""
+def _yaml_lines(
+    node: yaml.Node, path: tuple[Any, ...] = (), seen: set[int] | None = None
+) -> dict[tuple[Any, ...], int]:
+    """Map each setting's path in the YAML document to its 1-based line number. A node an alias names
+    again is walked once (an alias bomb or an alias inside its own value would not end): a setting
+    reached through the alias is placed at the alias."""
+    seen = set() if seen is None else seen
     lines = {path: node.start_mark.line + 1}
+    if id(node) in seen:
+        return lines
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            lines.update(_yaml_lines(value, (*path, key.value)))
+            lines.update(_yaml_lines(value, (*path, key.value), seen))
             lines[(*path, key.value)] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines.update(_yaml_lines(item, (*path, index)))
+            lines.update(_yaml_lines(item, (*path, index), seen))
     return lines
 
 
@@ -931,6 +953,52 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     context = error.context_mark
     within = f" ({error.context} on line {context.line + 1})" if error.context and context is not None else ""
     return f" (line {mark.line + 1}, column {mark.column + 1}): {error.problem}{within}"
+
+
+# How many values aliases may add to a recipe beyond those it writes out: a recipe has hundreds; an alias
+# bomb (each level two aliases of the one before) a billion after 30 lines, walked by every check below.
+_ALIAS_GROWTH = 100_000
+
+
+def _alias_problem(node: yaml.Node) -> tuple[tuple[Any, ...], str] | None:
+    """(setting, problem) for aliases no recipe needs: one inside the value it names (``x: &a [*a]``), which
+    has no end, or ones that make the recipe far larger than its text (an alias bomb). Each YAML node is
+    walked once: an alias is the node it names, shared."""
+    sizes: dict[int, int] = {}  # id of a node: how many values it holds, aliases expanded
+    open_: set[int] = set()  # the nodes being walked, holding the one at hand
+
+    def size(node: yaml.Node, path: tuple[Any, ...]) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise _AliasCycleError(path)
+        open_.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                total += size(key, path) + size(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                total += size(item, (*path, index))
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    try:
+        expanded = size(node, ())
+    except _AliasCycleError as cycle:
+        return cycle.path, "an alias inside the value it names (x: &a [*a]): the value would have no end"
+    if expanded > len(sizes) + _ALIAS_GROWTH:
+        return (), (
+            f"aliases make the recipe {expanded:,} values, {expanded - len(sizes):,} more than it writes out (at "
+            f"most {_ALIAS_GROWTH:,}): write the settings out"
+        )
+    return None
+
+
+class _AliasCycleError(Exception):
+    def __init__(self, path: tuple[Any, ...]) -> None:
+        self.path = path
 
 
 def _named_twice(node: yaml.Node, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
@@ -1072,8 +1140,9 @@ def stage_place(origin: Path, recipe: Recipe, message: str) -> str | None:
         taken.append(name)
         if re.match(rf"{re.escape(name)}[ :]", message):
             try:
-                line = _yaml_lines(yaml.compose(origin.read_text(), Loader=RecipeLoader)).get(("stages", number))
-            except (OSError, yaml.YAMLError):  # the file changed since the run loaded it
+                text = origin.read_text(encoding="utf-8")
+                line = _yaml_lines(yaml.compose(text, Loader=RecipeLoader)).get(("stages", number))
+            except (OSError, ValueError, yaml.YAMLError):  # the file changed since the run loaded it
                 line = None
             return f"stages.{number}" + (f" (line {line})" if line else "")
     return None
@@ -1118,8 +1187,12 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{origin}: not valid YAML{_yaml_problem(exc)}") from None
+    except RecursionError:  # PyYAML builds a value within a value by recursion
+        raise RecipeError(f"{origin}: not valid YAML: values nested too deeply (a recipe nests a few levels)") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe is a YAML mapping with at least 'dataset' and 'sources'")
+    if (problem := _alias_problem(node)) is not None:
+        raise _recipe_error(origin, node, [problem])
     found = _named_twice(node)
     if found:
         raise _recipe_error(origin, node, found)
@@ -1192,7 +1265,15 @@ def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], st
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read the recipe: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1  # in bytes: the line is no text
+        raise RecipeError(
+            f"{path}: not UTF-8: byte 0x{raw[exc.start]:02x} at line {line}, column {column} (save the recipe as UTF-8)"
+        ) from None
     return parse_recipe(text, origin=str(path), base_dir=path.parent)

@@ -185,6 +185,50 @@ def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     assert str(tmp_path / deep) in said
 
 
+@pytest.mark.parametrize(
+    ("recipe", "said"),
+    [
+        # Each was a traceback, exit 1, from check or run (or both).
+        (b"dataset: tx\nsources: [{path: in.csv}]\nx: &a [*a]\n", "x.0 (line 3): an alias inside the value it names"),
+        (b"dataset: tx\nsources: [{path: caf\xe9.csv}]\n", "not UTF-8: byte 0xe9 at line 2, column 21"),
+        (
+            b"dataset: tx\nsources: [{path: in.csv}]\nbatch_rows: 99999999999999999999999999\n",
+            "batch_rows (line 3): Input should be less than or equal to 10000000",
+        ),
+        (
+            b"dataset: tx\nsources: [{path: in.csv}]\nstate: postgresql+psycopg2://u@127.0.0.1:1/db\n",
+            "state (line 3): the state store's postgresql driver is psycopg",
+        ),
+        # check said ok, and the run failed (File name too long) once it had read its input.
+        (
+            b"dataset: " + b"a" * 300 + b"\nsources: [{path: in.csv}]\n",
+            "dataset (line 1): String should have at most 200",
+        ),
+    ],
+)
+def test_a_recipe_run_and_check_cannot_take_is_a_recipe_error_exit_2(tmp_path: Path, recipe: bytes, said: str) -> None:
+    (tmp_path / "in.csv").write_text("prompt,completion\nhi,there\n")
+    (tmp_path / "r.yaml").write_bytes(recipe)
+    for command in ("check", "run"):
+        refused = curation(command, "r.yaml", cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("recipe error r.yaml: ") and said in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+def test_a_dest_that_is_a_file_is_refused_by_check_and_before_the_run_reads_its_input(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
+    spec = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    (tmp_path / "out").write_text("x")
+    recipe = write_recipe(tmp_path, {**spec, "output": {"dest": "out/nested"}})
+    said = f"{tmp_path / 'out'} is a file, not a folder: no version can be published under {tmp_path / 'out/nested'}"
+    checked = curation("check", str(recipe), cwd=tmp_path)  # it said ok
+    assert checked.returncode == 2 and said in checked.stderr, checked.stderr
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)  # it failed "Not a directory" once all was read
+    assert ran.returncode == 1 and f"run failed, nothing published: {said}" in ran.stderr, ran.stderr
+    assert "Traceback" not in checked.stderr + ran.stderr
+
+
 def test_a_run_that_sets_every_record_aside_warns_that_its_version_holds_none(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("q,a\nonly one field\nthree,fields,here\n")
     spec = {

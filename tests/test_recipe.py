@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,23 @@ def test_s3_paths_stay_as_given(tmp_path: Path) -> None:
             "dataset: tx\nsources:\n  - path: a\noutput:\n  validation_fraction: 1.5\n",
             "output.validation_fraction (line 5)",
         ),
+        # Past 64 bits it overflowed Arrow's slicing once the run had started (a traceback).
+        (
+            "dataset: tx\nsources:\n  - path: a\nbatch_rows: 99999999999999999999999999\n",
+            "batch_rows (line 4): Input should be less than or equal to 10000000",
+        ),
+        # A folder name the file system refuses, and longer than the state store's runs.dataset.
+        (
+            f"dataset: {'a' * 201}\nsources:\n  - path: a\n",
+            "dataset (line 1): String should have at most 200 characters",
+        ),
+        # A driver not installed: the run failed opening the store, with a ModuleNotFoundError traceback.
+        (
+            "dataset: tx\nsources:\n  - path: a\nstate: postgresql+psycopg2://u@db/state\n",
+            "state (line 4): the state store's postgresql driver is psycopg (postgresql+psycopg:// or postgresql://), "
+            "not psycopg2",
+        ),
+        ("dataset: tx\nsources:\n  - path: a\nstate: sqlite+aiosqlite:///s.db\n", "state (line 4): "),
     ],
 )
 def test_errors_name_setting_and_line(text: str, expected: str) -> None:
@@ -147,6 +166,63 @@ def test_a_setting_named_twice_is_a_recipe_error_not_the_last_one_silently() -> 
         parse_recipe(text, origin="r.yaml")
     assert "sources.0.path (line 4): set twice (also on line 3)" in str(error.value)
     assert "stages (line 9): set twice (also on line 6)" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("dataset: tx\nsources: [{path: in.csv}]\nx: &a [*a]\n", "x.0 (line 3)"),
+        ("dataset: tx\nsources: [{path: in.csv}]\nx: &a {b: [1, *a]}\n", "x.b.1 (line 3)"),
+    ],
+)
+def test_an_alias_inside_the_value_it_names_is_a_recipe_error(text: str, where: str) -> None:
+    # It recursed until Python's RecursionError, a traceback.
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert f"{where}: an alias inside the value it names" in str(error.value)
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    # Each line two aliases of the one before: 30 lines expand to billions of values, which the checks of
+    # the recipe walked for minutes, taking all memory. Run apart, so a regression fails, not hangs, the test.
+    lines = ["x0: &x0 {k: v}"] + [f"x{i}: &x{i} {{a: *x{i - 1}, b: *x{i - 1}}}" for i in range(1, 30)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\ndataset: tx\nsources: [{path: in.csv}]\n")
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from schemas.config import load_recipe, RecipeError\n"
+        f"try: load_recipe({str(path)!r})\nexcept RecipeError as e: print(e)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a recipe of 31 lines of aliases was still loading after 20 s")
+    assert "(top level) (line 1): aliases make the recipe 6,442,450,886 values" in done.stdout, done.stderr[-500:]
+
+
+def test_a_few_aliases_are_read_as_written() -> None:
+    text = (
+        "dataset: tx\nsources:\n  - &src {path: a.csv}\n  - *src\n"
+        "stages:\n  - &len {type: length_filter, min_words: 2}\n  - *len\n"
+    )
+    recipe = parse_recipe(text)
+    assert [source.path for source in recipe.sources] == ["a.csv", "a.csv"]
+    assert [stage.min_words for stage in recipe.stages] == [2, 2]
+
+
+def test_values_nested_too_deeply_are_a_recipe_error() -> None:
+    # PyYAML builds nested values by recursion: a RecursionError, a traceback.
+    with pytest.raises(RecipeError, match=r"^r\.yaml: not valid YAML: values nested too deeply"):
+        parse_recipe("x: " + "[" * 3000 + "]" * 3000 + "\n", origin="r.yaml")
+
+
+def test_a_recipe_not_in_utf8_is_named_by_its_byte_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"dataset: tx\nsources: [{path: caf\xe9.csv}]\n")  # Latin-1
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path)
+    assert str(error.value) == f"{path}: not UTF-8: byte 0xe9 at line 2, column 21 (save the recipe as UTF-8)"
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:
