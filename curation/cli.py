@@ -196,7 +196,7 @@ def _stopped(stop: BaseException, published: RunResult | None) -> int:
 def _report(result: RunResult, recipe: Recipe) -> int:
     """Print what a run that ended published (or why it published nothing) and return the exit code."""
     if result.manifest is None:  # a scheduled run that found nothing new: not a failure
-        out.print(result.message, highlight=False)
+        out.print(result.message, highlight=False, markup=False)  # it can quote a file name or an error
         return EXIT_OK
     out.print(summary_table(result.manifest, pieces=recipe.output.chunk_chars is not None))
     # Paths are printed whole (soft wrap), so a script or a terminal can copy them.
@@ -247,7 +247,9 @@ def run(
     _configure_logging(log_level)
     loaded = _load(recipe)
     if engine is not None and engine not in ("local", "ray"):
-        console.print(f"[red]usage error[/red] --engine must be local or ray, not {engine!r}", highlight=False)
+        console.print(
+            f"[red]usage error[/red] --engine must be local or ray, not {escape(repr(engine))}", highlight=False
+        )
         raise typer.Exit(EXIT_USAGE)
     overrides = {"engine": engine, "ray_address": address}
     loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})

@@ -730,6 +730,16 @@ def test_a_stop_as_the_progress_bar_closes_after_the_run_says_it_published(
     assert "stopped by SIGTERM after publishing" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("engine", ["[/x]", "[bold]ray"])
+def test_a_refused_engine_is_named_as_typed_even_with_brackets(tmp_path: Path, engine: str) -> None:
+    # Put into rich markup as it was, "[/x]" was a MarkupError traceback and "[bold]ray" read "not 'ray'".
+    five_notes(tmp_path)
+    done = curation("run", "recipe.yaml", "--quiet", "--engine", engine, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert f"--engine must be local or ray, not '{engine}'" in said
+
+
 def test_engine_ray_without_ray_installed_is_a_recipe_error(tmp_path: Path) -> None:
     """``engine: ray`` (or ``--engine ray``) where Ray is not installed: ``check`` said ok and ``run`` failed
     with exit 1 once started. Both are exit 2, naming the setting and the install command."""
