@@ -498,7 +498,14 @@ def demo(
     from curation.demo import write_demo
 
     _configure_logging(log_level)
-    recipe_path = write_demo(folder, rows)
+    try:
+        recipe_path = write_demo(folder, rows)
+    except OSError as error:  # a file where the folder goes, no permission, a full disk
+        said = f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
+        console.print(
+            f"[red]error[/red] --folder {escape(str(folder))}: cannot write the demo ({escape(said)})", highlight=False
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     out.print(
         f"demo input and recipe in [bold]{escape(str(folder))}[/bold]; running {escape(str(recipe_path))}",
         highlight=False,

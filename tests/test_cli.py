@@ -147,6 +147,14 @@ def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     assert "exact_duplicate" in done.stdout and "malformed_csv" in done.stdout
 
 
+def test_demo_into_a_file_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    done = curation("demo", "--folder", "afile", cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert "--folder afile: cannot write the demo (afile/input: Not a directory)" in said
+
+
 def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}, {"text": "world"}])
     good = write_recipe(
