@@ -31,7 +31,7 @@ from schemas.manifest import Manifest
 from schemas.pii import PII_COUNTERS
 
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
-MAX_LABELS = 30  # the rest are summed as "(other)"
+MAX_LABELS = 30  # the rest are summed as "(N other labels)"
 
 
 def length_bin(length: int) -> int:
@@ -150,9 +150,14 @@ def figures(manifest: Manifest, set_aside: pl.DataFrame) -> dict[str, Any]:
             lengths.setdefault(field, {})[int(upper)] = value
         elif kind == "label":
             labels[rest] = value
-    top = labels.most_common(MAX_LABELS)
+    top = dict(labels.most_common(MAX_LABELS))
     if len(labels) > MAX_LABELS:
-        top.append(("(other)", sum(labels.values()) - sum(v for _, v in top)))
+        # Named apart from every real label: one of the same name would be overwritten, and the
+        # balance no longer add up to the records written.
+        rest = f"({len(labels) - MAX_LABELS} other labels)"
+        while rest in labels:
+            rest = f"({rest})"
+        top[rest] = sum(labels.values()) - sum(top.values())
     pii = {name: stats for name, stats in stages.items() if "pii" in name.lower()}
     return {
         "dataset": manifest.dataset,
@@ -172,7 +177,7 @@ def figures(manifest: Manifest, set_aside: pl.DataFrame) -> dict[str, Any]:
         ],
         "duplicate_cluster_sizes": {str(size): n for size, n in sorted(cluster_sizes.items())},
         "lengths": {f: {str(k): v for k, v in sorted(bins.items())} for f, bins in sorted(lengths.items())},
-        "labels": dict(top),
+        "labels": top,
         "pii": pii,
         "stage_stats": {name: stats for name, stats in stages.items() if name not in pii},
         "splits": {name: split.records for name, split in manifest.splits.items()},

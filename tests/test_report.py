@@ -158,6 +158,14 @@ def test_the_pii_plot_shows_the_pii_found_and_the_table_the_records_counted() ->
     assert "pii" not in plots(nothing_found)
 
 
+def test_the_label_balance_adds_up_and_keeps_a_label_named_like_the_rest() -> None:
+    profile = {f"label:l{n:02}": 10 for n in range(40)} | {"label:(other)": 50, "label:(12 other labels)": 1}
+    data = _figures(profile, {}, written=451)
+    assert sum(data["labels"].values()) == 451
+    assert data["labels"]["(other)"] == 50  # a real label, among the 30 most common
+    assert data["labels"]["((12 other labels))"] == 11 * 10 + 1  # the rest, apart from the label so named
+
+
 @pytest.mark.s3
 def test_the_reports_are_checksummed_in_the_manifest(workdir: Path) -> None:
     # Listed in side_files without a sha256, a changed report.json passed training's checksum check.
