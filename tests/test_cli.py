@@ -458,6 +458,43 @@ def test_a_template_syntax_error_is_a_recipe_error_with_its_line(tmp_path: Path)
         assert "record.prompt (line 6)" in said and "template syntax error" in said
 
 
+@pytest.mark.parametrize(("command", "stop", "said"), [("run", "SIGTERM", "SIGTERM"), ("check", "SIGINT", "^C")])
+def test_a_stop_while_the_recipe_loads_says_nothing_was_published(
+    tmp_path: Path, command: str, stop: str, said: str
+) -> None:
+    # The handlers came with the run: SIGTERM killed a command still reading its recipe without a word,
+    # and ^C left a bare exit 130. A FIFO holds the command in reading the recipe until it is stopped.
+    import time
+
+    recipe = tmp_path / "recipe.yaml"
+    os.mkfifo(recipe)
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "curation.cli", command, str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = None
+    deadline = time.monotonic() + 60
+    while writer is None and time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError):  # ENXIO until the command opens the recipe to read it
+            writer = os.open(recipe, os.O_WRONLY | os.O_NONBLOCK)
+        time.sleep(0.05)
+    assert writer is not None, "the command never opened its recipe"
+    try:
+        time.sleep(0.2)  # in its read of the recipe, which waits on the writer
+        process.send_signal(signal.Signals[stop])
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    assert process.returncode == 128 + signal.Signals[stop], stdout + stderr
+    assert f"stopped by {said}, nothing published" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
 def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str, said: str) -> None:
     import signal
