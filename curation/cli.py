@@ -6,9 +6,11 @@ published nothing, 2 the recipe or the command line is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +23,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
+from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
@@ -106,7 +109,6 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
     from curation.executors.local import AccountingError
     from curation.pipeline import NotRecorded, default_executor, run_recipe
     from curation.stages.base import StageError
-    from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -193,10 +195,23 @@ def _stopped(stop: BaseException, published: RunResult | None) -> int:
     return 128 + signum
 
 
+@contextlib.contextmanager
+def stopped_before_reading() -> Iterator[None]:
+    """SIGTERM and ^C from a command's start, before the run (``execute``, which takes them from there) has
+    read anything: said as a stopped run says it, nothing published, and exit 128 + the signal, not a
+    bare exit 130 (^C) or a silent death (SIGTERM) while a slow recipe file loads."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop_signal)
+    try:
+        yield
+    except Stopped as stop:
+        raise typer.Exit(_stopped(stop, None)) from None
+
+
 def _report(result: RunResult, recipe: Recipe) -> int:
     """Print what a run that ended published (or why it published nothing) and return the exit code."""
     if result.manifest is None:  # a scheduled run that found nothing new: not a failure
-        out.print(result.message, highlight=False)
+        out.print(result.message, highlight=False, markup=False)  # it can quote a file name or an error
         return EXIT_OK
     out.print(summary_table(result.manifest, pieces=recipe.output.chunk_chars is not None))
     # Paths are printed whole (soft wrap), so a script or a terminal can copy them.
@@ -244,23 +259,29 @@ def run(
     ] = None,
 ) -> None:
     """Run a recipe and publish the next version of its dataset (only what is new since the last run)."""
-    _configure_logging(log_level)
-    loaded = _load(recipe)
-    if engine is not None and engine not in ("local", "ray"):
-        console.print(f"[red]usage error[/red] --engine must be local or ray, not {engine!r}", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
-    overrides = {"engine": engine, "ray_address": address}
-    loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    if engine == "ray" and (problem := ray_missing()):
-        console.print(f"[red]usage error[/red] --engine ray: {escape(problem)}", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
-    if address is not None and loaded.engine != "ray":
-        console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
+    with stopped_before_reading():
+        _configure_logging(log_level)
+        loaded = _load(recipe)
+        if engine is not None and engine not in ("local", "ray"):
+            console.print(
+                f"[red]usage error[/red] --engine must be local or ray, not {escape(repr(engine))}", highlight=False
+            )
+            raise typer.Exit(EXIT_USAGE)
+        overrides = {"engine": engine, "ray_address": address}
+        loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        if engine == "ray" and (problem := ray_missing()):
+            console.print(f"[red]usage error[/red] --engine ray: {escape(problem)}", highlight=False)
+            raise typer.Exit(EXIT_USAGE)
+        if address is not None and loaded.engine != "ray":
+            console.print(
+                "[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False
+            )
+            raise typer.Exit(EXIT_USAGE)
     raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
 
 
 @app.command()
+@stopped_before_reading()  # nothing it does publishes
 def check(
     recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
     head_files: Annotated[
@@ -496,7 +517,14 @@ def demo(
     from curation.demo import write_demo
 
     _configure_logging(log_level)
-    recipe_path = write_demo(folder, rows)
+    try:
+        recipe_path = write_demo(folder, rows)
+    except OSError as error:  # a file where the folder goes, no permission, a full disk
+        said = f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
+        console.print(
+            f"[red]error[/red] --folder {escape(str(folder))}: cannot write the demo ({escape(said)})", highlight=False
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     out.print(
         f"demo input and recipe in [bold]{escape(str(folder))}[/bold]; running {escape(str(recipe_path))}",
         highlight=False,

@@ -28,9 +28,10 @@ import pyarrow.compute as pc
 from curation.stages.base import StageResult
 from schemas.arrow_bytes import string_buffers
 from schemas.manifest import Manifest
+from schemas.pii import PII_COUNTERS
 
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
-MAX_LABELS = 30  # the rest are summed as "(other)"
+MAX_LABELS = 30  # the rest are summed as "(N other labels)"
 
 
 def length_bin(length: int) -> int:
@@ -149,9 +150,14 @@ def figures(manifest: Manifest, set_aside: pl.DataFrame) -> dict[str, Any]:
             lengths.setdefault(field, {})[int(upper)] = value
         elif kind == "label":
             labels[rest] = value
-    top = labels.most_common(MAX_LABELS)
+    top = dict(labels.most_common(MAX_LABELS))
     if len(labels) > MAX_LABELS:
-        top.append(("(other)", sum(labels.values()) - sum(v for _, v in top)))
+        # Named apart from every real label: one of the same name would be overwritten, and the
+        # balance no longer add up to the records written.
+        rest = f"({len(labels) - MAX_LABELS} other labels)"
+        while rest in labels:
+            rest = f"({rest})"
+        top[rest] = sum(labels.values()) - sum(top.values())
     pii = {name: stats for name, stats in stages.items() if "pii" in name.lower()}
     return {
         "dataset": manifest.dataset,
@@ -171,7 +177,7 @@ def figures(manifest: Manifest, set_aside: pl.DataFrame) -> dict[str, Any]:
         ],
         "duplicate_cluster_sizes": {str(size): n for size, n in sorted(cluster_sizes.items())},
         "lengths": {f: {str(k): v for k, v in sorted(bins.items())} for f, bins in sorted(lengths.items())},
-        "labels": dict(top),
+        "labels": top,
         "pii": pii,
         "stage_stats": {name: stats for name, stats in stages.items() if name not in pii},
         "splits": {name: split.records for name, split in manifest.splits.items()},
@@ -375,10 +381,10 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         sizes = data["duplicate_cluster_sizes"]
         title = "Duplicate clusters by size (records)"
         out["clusters"] = _bar("clusters", list(sizes), list(sizes.values()), title, "clusters", "size")
-    if data["pii"]:
-        merged: Counter[str] = Counter()
-        for stats in data["pii"].values():
-            merged.update({k: v for k, v in stats.items() if isinstance(v, int)})
+    merged: Counter[str] = Counter()
+    for stats in data["pii"].values():  # the entities found; the records counted are in the stage's table
+        merged.update({k: v for k, v in stats.items() if k not in PII_COUNTERS and isinstance(v, int)})
+    if merged:
         out["pii"] = _bar(
             "pii", list(merged), list(merged.values()), "PII found and redacted", "found", horizontal=True
         )

@@ -147,6 +147,14 @@ def test_demo_prints_output_and_summary(tmp_path: Path) -> None:
     assert "exact_duplicate" in done.stdout and "malformed_csv" in done.stdout
 
 
+def test_demo_into_a_file_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    done = curation("demo", "--folder", "afile", cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert "--folder afile: cannot write the demo (afile/input: Not a directory)" in said
+
+
 def test_run_and_check_exit_codes(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}, {"text": "world"}])
     good = write_recipe(
@@ -494,6 +502,43 @@ def test_a_template_syntax_error_is_a_recipe_error_with_its_line(tmp_path: Path)
         assert "record.prompt (line 6)" in said and "template syntax error" in said
 
 
+@pytest.mark.parametrize(("command", "stop", "said"), [("run", "SIGTERM", "SIGTERM"), ("check", "SIGINT", "^C")])
+def test_a_stop_while_the_recipe_loads_says_nothing_was_published(
+    tmp_path: Path, command: str, stop: str, said: str
+) -> None:
+    # The handlers came with the run: SIGTERM killed a command still reading its recipe without a word,
+    # and ^C left a bare exit 130. A FIFO holds the command in reading the recipe until it is stopped.
+    import time
+
+    recipe = tmp_path / "recipe.yaml"
+    os.mkfifo(recipe)
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "curation.cli", command, str(recipe)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = None
+    deadline = time.monotonic() + 60
+    while writer is None and time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError):  # ENXIO until the command opens the recipe to read it
+            writer = os.open(recipe, os.O_WRONLY | os.O_NONBLOCK)
+        time.sleep(0.05)
+    assert writer is not None, "the command never opened its recipe"
+    try:
+        time.sleep(0.2)  # in its read of the recipe, which waits on the writer
+        process.send_signal(signal.Signals[stop])
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    assert process.returncode == 128 + signal.Signals[stop], stdout + stderr
+    assert f"stopped by {said}, nothing published" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
 def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str, said: str) -> None:
     import signal
@@ -772,6 +817,16 @@ def test_a_stop_as_the_progress_bar_closes_after_the_run_says_it_published(
     with stop_handlers_kept():
         assert cli.execute(recipe, quiet=True) == 143
     assert "stopped by SIGTERM after publishing" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("engine", ["[/x]", "[bold]ray"])
+def test_a_refused_engine_is_named_as_typed_even_with_brackets(tmp_path: Path, engine: str) -> None:
+    # Put into rich markup as it was, "[/x]" was a MarkupError traceback and "[bold]ray" read "not 'ray'".
+    five_notes(tmp_path)
+    done = curation("run", "recipe.yaml", "--quiet", "--engine", engine, cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert f"--engine must be local or ray, not '{engine}'" in said
 
 
 def test_engine_ray_without_ray_installed_is_a_recipe_error(tmp_path: Path) -> None:

@@ -126,6 +126,46 @@ def test_pii_counts_are_plotted_when_the_pii_stage_ran() -> None:
     assert "PERSON" in svgs["pii"] and "data-plot='pii'" in page
 
 
+def _figures(profile: dict, stages: dict, written: int) -> dict:
+    manifest = Manifest(
+        dataset="d",
+        version=1,
+        created_at=datetime.now(UTC),
+        recipe_sha256="0" * 64,
+        record_kind="instruction",
+        format="jsonl",
+        counts=Counts(input=written, written=written),
+        splits={},
+        stats={"stages": {"profile": profile, **stages}},
+    )
+    empty = pl.DataFrame(
+        schema={"stage": pl.String, "outcome": pl.String, "reason": pl.String, "duplicate_of": pl.String}
+    )
+    return figures(manifest, empty)
+
+
+def test_the_pii_plot_shows_the_pii_found_and_the_table_the_records_counted() -> None:
+    stages = {
+        "pii": {"PERSON": 4, "image_PERSON": 1, "records_scanned": 4865, "records_redacted": 3, "review_flagged": 2}
+    }
+    data = _figures({"records": 4865}, stages, written=4865)
+    svg = plots(data)["pii"]
+    assert "data-label='PERSON'" in svg and "data-label='image_PERSON'" in svg
+    for counter in ("records_scanned", "records_redacted", "review_flagged"):  # no bar beside the entities
+        assert counter not in svg
+    assert "records_scanned" in render_html(data, plots(data))  # still said, in the stage's table
+    nothing_found = _figures({"records": 9}, {"pii": {"records_scanned": 9, "records_redacted": 0}}, written=9)
+    assert "pii" not in plots(nothing_found)
+
+
+def test_the_label_balance_adds_up_and_keeps_a_label_named_like_the_rest() -> None:
+    profile = {f"label:l{n:02}": 10 for n in range(40)} | {"label:(other)": 50, "label:(12 other labels)": 1}
+    data = _figures(profile, {}, written=451)
+    assert sum(data["labels"].values()) == 451
+    assert data["labels"]["(other)"] == 50  # a real label, among the 30 most common
+    assert data["labels"]["((12 other labels))"] == 11 * 10 + 1  # the rest, apart from the label so named
+
+
 @pytest.mark.s3
 def test_the_reports_are_checksummed_in_the_manifest(workdir: Path) -> None:
     # Listed in side_files without a sha256, a changed report.json passed training's checksum check.

@@ -194,3 +194,15 @@ def test_a_labeling_config_that_cannot_be_written_is_said_in_one_line(tmp_path: 
     assert done.returncode == 2 and "Traceback" not in said, said
     assert f"{tmp_path / 'queue.xml'}: cannot write the labeling config (Is a directory)" in said
     assert len(json.loads((tmp_path / "queue.json").read_text())) == 1  # and the tasks are there
+
+
+def test_a_recipe_error_quoting_brackets_is_said_whole_in_one_line(tmp_path: Path) -> None:
+    # Printed as rich markup, a key "[/x]" was a MarkupError traceback and "[b]y" lost its "[b]".
+    (tmp_path / "r.yaml").write_text('dataset: tx\nsources: [{path: in.csv}]\n"[/x]": 1\n"[b]y": 2\n')
+    done = review("export", "o.json", "--recipe", "r.yaml", cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert "[/x] (line 3): Extra inputs are not permitted" in said
+    assert "[b]y (line 4): Extra inputs are not permitted" in said
+    refused = review("export", "o.json", "--kind", "[b]pii", cwd=tmp_path)
+    assert refused.returncode == 2 and "--kind [b]pii: use one of" in " ".join(refused.stderr.split())

@@ -915,6 +915,15 @@ def test_a_live_lookup_that_fails_is_an_error_naming_the_model_not_a_traceback(
     assert "--specs pinned" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("model", ["[/x]", "[bold]llama"])
+def test_a_model_id_with_brackets_is_named_as_typed_in_one_line(tmp_path: Path, model: str) -> None:
+    # Printed as rich markup, "[/x]" was a MarkupError traceback and "[bold]llama" read 'llama'.
+    done = curation("train", "spec", model, "--specs", "pinned", cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert f"error model '{model}' is not in the pinned JumpStart specs" in said
+
+
 def test_a_specs_source_set_in_the_environment_is_named_when_it_is_wrong(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

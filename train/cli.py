@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from train.jumpstart import SPEC_SOURCES, SpecError, SpecResolver, spec_resolver
@@ -50,7 +51,9 @@ def _same(text: str, value: bool | int) -> bool:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[red]error[/red] {message}", highlight=False)
+    # The message is text: it can quote a model ID, a job's name or an AWS error, whose brackets rich
+    # would otherwise take for markup ("[/x]" an error, "[b]" lost).
+    console.print(f"[red]error[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -86,7 +89,9 @@ def follow(
     from train.sagemaker import WaitTimedOut, describe, model_artifacts, wait
 
     logs = JobLogs(job_name)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=console
+    ) as bar:
         task = bar.add_task(f"{job_name}: submitted", total=None)
 
         def show_new_lines() -> None:
@@ -116,11 +121,13 @@ def follow(
     if status == "Completed":
         # The request asks for uncompressed output: the model is a folder (what Bedrock imports), not model.tar.gz.
         out.print(
-            f"[green]completed[/green] {job_name}; model at {model_artifacts(info)}", highlight=False, soft_wrap=True
+            f"[green]completed[/green] {escape(job_name)}; model at {escape(model_artifacts(info))}",
+            highlight=False,
+            soft_wrap=True,
         )
         return EXIT_OK
     reason = info.get("FailureReason", "no reason given")
-    console.print(f"[red]{status.lower()}[/red] {job_name}: {reason}", highlight=False)
+    console.print(f"[red]{status.lower()}[/red] {escape(f'{job_name}: {reason}')}", highlight=False)
     return EXIT_FAILED
 
 
@@ -211,11 +218,11 @@ def launch(
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
     if (kept := held_out(request)) is not None:
-        console.print(f"[yellow]note[/yellow] {kept}", highlight=False)
+        console.print(f"[yellow]note[/yellow] {escape(kept)}", highlight=False)
     if dry_run:
         out.print_json(json.dumps(request))
         for need in placeholders(request):
-            console.print(f"[yellow]note[/yellow] a real launch needs {need}", highlight=False)
+            console.print(f"[yellow]note[/yellow] a real launch needs {escape(need)}", highlight=False)
         raise typer.Exit(EXIT_OK)
     try:
         if data_uri is not None:
@@ -227,7 +234,7 @@ def launch(
         raise _fail(str(error), EXIT_USAGE) from None
     except (ClientError, BotoCoreError) as error:
         raise _fail(f"SageMaker refused the training job: {error}", EXIT_FAILED) from None
-    out.print(f"launched [bold]{name}[/bold]", highlight=False)
+    out.print(f"launched [bold]{escape(name)}[/bold]", highlight=False)
     if follow_job:
         raise _followed(name, poll_seconds, timeout)
 
@@ -268,7 +275,7 @@ def import_to_bedrock(
         arn = start_import(request)
     except (ClientError, BotoCoreError) as error:
         raise _fail(f"Bedrock refused the import: {error}", EXIT_FAILED) from None
-    out.print(f"import started: [bold]{arn}[/bold]", highlight=False)
+    out.print(f"import started: [bold]{escape(arn)}[/bold]", highlight=False)
 
 
 @app.command()

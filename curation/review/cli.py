@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from schemas.config import Recipe
 
@@ -32,6 +33,12 @@ RecipeOption = Annotated[
 ]
 
 
+def _say(label: str, message: str) -> None:
+    """Print ``message`` after ``label`` (markup): the message is text, as it can quote a user's value
+    or a file's, whose brackets rich would otherwise take for markup (``[/x]`` an error, ``[b]`` lost)."""
+    console.print(f"{label} {escape(message)}", highlight=False)
+
+
 def _recipes(paths: list[Path] | None) -> list[Recipe]:
     from schemas.config import RecipeError, load_recipe
 
@@ -40,7 +47,7 @@ def _recipes(paths: list[Path] | None) -> list[Recipe]:
         try:
             recipes.append(load_recipe(path))
         except RecipeError as error:
-            console.print(f"[red]recipe error[/red] {error}", highlight=False)
+            _say("[red]recipe error[/red]", str(error))
             raise typer.Exit(2) from None
     return recipes
 
@@ -58,18 +65,16 @@ def _state_url(state: str | None, recipes: list[Recipe]) -> str:
     try:
         sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        console.print(
-            f"[red]error[/red] --state {url}: not a database URL (sqlite:///path/state.db, postgresql+psycopg://...)",
-            highlight=False,
+        _say(
+            "[red]error[/red]", f"--state {url}: not a database URL (sqlite:///path/state.db, postgresql+psycopg://...)"
         )
         raise typer.Exit(2) from None
     path = sqlite_file(url)
     if path is not None and not path.exists():
         where = f"at {path}" + ("" if state else " (from this folder)")
-        console.print(
-            f"[red]no state store[/red] {where}: pass --recipe RECIPE to use its state store, or --state URL "
-            "of an existing one",
-            highlight=False,
+        _say(
+            "[red]no state store[/red]",
+            f"{where}: pass --recipe RECIPE to use its state store, or --state URL of an existing one",
         )
         raise typer.Exit(2)
     return url
@@ -103,7 +108,7 @@ def _state_store(url: str) -> Iterator[None]:
     except SQLAlchemyError as error:
         from curation.cli import state_problem
 
-        console.print(f"[red]state store error[/red] {state_problem(url, error)}", highlight=False)
+        _say("[red]state store error[/red]", state_problem(url, error))
         raise typer.Exit(1) from None
 
 
@@ -133,10 +138,10 @@ def serve(
     if unread:
         # uvicorn keeps such an entry as a literal that no client's address equals: the proxy would not be
         # trusted, and every client behind it counted as the proxy's one address, with no word said.
-        console.print(
-            f"[red]error[/red] --proxy {proxy}: {', '.join(repr(e) for e in unread)} is not an IP address or "
+        _say(
+            "[red]error[/red]",
+            f"--proxy {proxy}: {', '.join(repr(e) for e in unread)} is not an IP address or "
             "network (such as 10.0.0.5 or 10.0.0.0/24; a host name is not looked up)",
-            highlight=False,
         )
         raise typer.Exit(2)
     if proxy and _trusts_anyone(proxy):
@@ -144,25 +149,24 @@ def serve(
         # names a new address with each guess.
         said = f"--proxy {proxy} trusts every client's X-Forwarded-For, so any client can claim any address"
         if not trust_any_proxy:
-            console.print(
-                f"[red]error[/red] {said}: name the proxy's address or network, or pass --trust-any-proxy "
+            _say(
+                "[red]error[/red]",
+                f"{said}: name the proxy's address or network, or pass --trust-any-proxy "
                 "if nothing but the proxy can reach this port",
-                highlight=False,
             )
             raise typer.Exit(2)
-        console.print(
-            f"[yellow]warning[/yellow] {said}: the failed sign-ins per address are only limited if nothing "
-            "but the proxy can reach this port",
-            highlight=False,
+        _say(
+            "[yellow]warning[/yellow]",
+            f"{said}: the failed sign-ins per address are only limited if nothing but the proxy can reach this port",
         )
     recipes = _recipes(recipe)
     if host not in ("127.0.0.1", "localhost", "::1"):
         # Session cookies are Secure: off loopback, browsers send them only over HTTPS.
-        console.print(f"[yellow]warning[/yellow] listening on {host}: serve it behind HTTPS (a TLS proxy)")
+        _say("[yellow]warning[/yellow]", f"listening on {host}: serve it behind HTTPS (a TLS proxy)")
     url = _state_url(state, recipes)
     with _state_store(url):
         app = create_app(url, recipes)
-    console.print(f"review page on http://{host}:{port}/", highlight=False)
+    console.print(f"review page on http://{host}:{port}/", highlight=False, markup=False)
     # Failed sign-ins are counted per client address: behind a proxy that is the forwarded one, and
     # only the named proxy may say so (any other client could claim any address).
     forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
@@ -214,20 +218,19 @@ def add_user(
         try:
             password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
         except typer.Abort:  # its input ended (a job with no terminal) or ^C: else a bare "Aborted.", exit 1
-            console.print(
-                f"[red]error[/red] no password given, so no user made: set ${PASSWORD_ENV}, or type it at the prompt "
-                "(twice)",
-                highlight=False,
+            _say(
+                "[red]error[/red]",
+                f"no password given, so no user made: set ${PASSWORD_ENV}, or type it at the prompt (twice)",
             )
             raise typer.Exit(2) from None
     try:
         with _state_store(url):
             user = create(_engine(url), name, role, password)
     except AuthError as error:
-        console.print(f"[red]error[/red] {error}", highlight=False)
+        _say("[red]error[/red]", str(error))
         raise typer.Exit(2) from None
     article = "an" if user.role[0] in "aeiou" else "a"
-    console.print(f"user [bold]{user.name}[/bold] is {article} {user.role}", highlight=False)
+    console.print(f"user [bold]{escape(user.name)}[/bold] is {article} {user.role}", highlight=False)
 
 
 @review_app.command("export")
@@ -248,13 +251,13 @@ def export(
 
     for option, value, known in (("kind", kind, KINDS), ("status", status, STATUSES)):
         if value is not None and value not in known:
-            console.print(f"[red]error[/red] --{option} {value}: use one of {', '.join(known)}", highlight=False)
+            _say("[red]error[/red]", f"--{option} {value}: use one of {', '.join(known)}")
             raise typer.Exit(2)
     if out.suffix.lower() == ".xml":  # the labeling config is written beside the tasks, as OUT.xml
-        console.print(
-            f"[red]error[/red] {out}: the tasks are JSON, and the labeling config is written beside them with "
+        _say(
+            "[red]error[/red]",
+            f"{out}: the tasks are JSON, and the labeling config is written beside them with "
             "the suffix .xml: name the tasks file tasks.json, say",
-            highlight=False,
         )
         raise typer.Exit(2)
     recipes = _recipes(recipe)
@@ -265,12 +268,12 @@ def export(
         tasks = export_tasks(engine, filters, include_pii)
         none_queued = dataset is not None and not tasks and dataset not in queued_datasets(engine)
     if none_queued:
-        console.print(f"[yellow]warning[/yellow] the queue holds no item of dataset {dataset!r}", highlight=False)
+        _say("[yellow]warning[/yellow]", f"the queue holds no item of dataset {dataset!r}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
     except OSError as error:
-        console.print(f"[red]error[/red] {out}: cannot write the tasks ({error.strerror or error})", highlight=False)
+        _say("[red]error[/red]", f"{out}: cannot write the tasks ({error.strerror or error})")
         raise typer.Exit(2) from None
     entities = [
         entity
@@ -284,13 +287,15 @@ def export(
         try:
             out.with_suffix(".xml").write_text(config)
         except OSError as error:
-            console.print(
-                f"[red]error[/red] {out.with_suffix('.xml')}: cannot write the labeling config "
+            _say(
+                "[red]error[/red]",
+                f"{out.with_suffix('.xml')}: cannot write the labeling config "
                 f"({error.strerror or error}); the {len(tasks)} task(s) were written to {out}",
-                highlight=False,
             )
             raise typer.Exit(2) from None
-    console.print(f"{len(tasks)} task(s) written to {out}, from {_store_name(url, state, recipes)}", highlight=False)
+    console.print(
+        f"{len(tasks)} task(s) written to {out}, from {_store_name(url, state, recipes)}", highlight=False, markup=False
+    )
     gone = sum(task["data"]["gone"] for task in tasks)
     if gone:
         console.print(
@@ -340,19 +345,19 @@ def import_(
     try:
         tasks = json.loads(_export_text(path))
     except OSError as error:
-        console.print(f"[red]error[/red] {path}: cannot read: {error.strerror or error}", highlight=False)
+        _say("[red]error[/red]", f"{path}: cannot read: {error.strerror or error}")
         raise typer.Exit(2) from None
     except ExportTooLarge as error:
-        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
+        _say("[red]error[/red]", f"{path}: {error}")
         raise typer.Exit(2) from None
     except ValueError as error:  # not JSON, not UTF-8, or an integer over Python's 4300 digits
-        console.print(f"[red]error[/red] {path}: not a Label Studio JSON export ({error})", highlight=False)
+        _say("[red]error[/red]", f"{path}: not a Label Studio JSON export ({error})")
         raise typer.Exit(2) from None
     except RecursionError:  # Python's JSON reader gives up on lists or objects nested thousands deep
-        console.print(f"[red]error[/red] {path}: not a Label Studio JSON export (nested too deeply)", highlight=False)
+        _say("[red]error[/red]", f"{path}: not a Label Studio JSON export (nested too deeply)")
         raise typer.Exit(2) from None
     if not isinstance(tasks, list):
-        console.print(f"[red]error[/red] {path}: expected a JSON list of tasks", highlight=False)
+        _say("[red]error[/red]", f"{path}: expected a JSON list of tasks")
         raise typer.Exit(2)
     recipes = _recipes(recipe)
     url = _state_url(state, recipes)
@@ -360,10 +365,10 @@ def import_(
         known = find_user(_engine(url), user) is not None
     if not known:
         # Said with the store asked: one made with another --recipe or --state is not this one.
-        console.print(
-            f"[red]error[/red] no review user {user!r} in the state store {_store_name(url, state, recipes)}: "
+        _say(
+            "[red]error[/red]",
+            f"no review user {user!r} in the state store {_store_name(url, state, recipes)}: "
             "create one with `curation review add-user`, or pass the --recipe or --state it was made with",
-            highlight=False,
         )
         raise typer.Exit(2)
     try:
@@ -373,24 +378,24 @@ def import_(
             disagreeing: list[str] = []
             counts = import_annotations(_engine(url), tasks, user, changed, gone, disagreeing)
     except (LabelStudioError, DecisionError) as error:
-        console.print(f"[red]error[/red] {path}: {error}", highlight=False)
+        _say("[red]error[/red]", f"{path}: {error}")
         raise typer.Exit(2) from None
     console.print(", ".join(f"{count} {action}" for action, count in counts.items()), highlight=False)
     if changed:
-        console.print(
-            f"[yellow]warning[/yellow] task(s) not taken, their item decided on since they were exported: item(s) "
+        _say(
+            "[yellow]warning[/yellow]",
+            f"task(s) not taken, their item decided on since they were exported: item(s) "
             f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
-            highlight=False,
         )
     for item in disagreeing:
-        console.print(
-            f"[yellow]warning[/yellow] not taken, its tasks decide differently: {item}; "
+        _say(
+            "[yellow]warning[/yellow]",
+            f"not taken, its tasks decide differently: {item}; "
             "settle it in Label Studio and import again, or decide on the page",
-            highlight=False,
         )
     if gone:
-        console.print(
-            f"[yellow]warning[/yellow] taken, but no longer in the input (no effect unless the record comes "
+        _say(
+            "[yellow]warning[/yellow]",
+            f"taken, but no longer in the input (no effect unless the record comes "
             f"back): item(s) {', '.join(map(str, gone))}",
-            highlight=False,
         )
