@@ -104,21 +104,7 @@ def test_report_opens_in_chromium_with_its_plots(workdir: Path) -> None:
 
 
 def test_pii_counts_are_plotted_when_the_pii_stage_ran() -> None:
-    manifest = Manifest(
-        dataset="d",
-        version=2,
-        created_at=datetime.now(UTC),
-        recipe_sha256="0" * 64,
-        record_kind="document",
-        format="text",
-        counts=Counts(input=3, written=3),
-        splits={},
-        stats={"stages": {"pii": {"PERSON": 4, "EMAIL_ADDRESS": 2}, "profile": {"records": 3, "chars:text:64": 3}}},
-    )
-    empty = pl.DataFrame(
-        schema={"stage": pl.String, "outcome": pl.String, "reason": pl.String, "duplicate_of": pl.String}
-    )
-    data = figures(manifest, empty)
+    data = _figures({"records": 3, "chars:text:64": 3}, {"pii": {"PERSON": 4, "EMAIL_ADDRESS": 2}}, written=3)
     assert data["pii"] == {"pii": {"PERSON": 4, "EMAIL_ADDRESS": 2}}
     svgs = plots(data)
     assert set(svgs) == {"outcomes", "lengths", "pii"}
