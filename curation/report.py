@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from curation.stages.base import StageResult
 from schemas.arrow_bytes import string_buffers
 from schemas.manifest import Manifest
-from schemas.pii import PII_COUNTERS
+from schemas.pii import PII_FOUND
 
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 MAX_LABELS = 30  # the rest are summed as "(N other labels)"
@@ -383,7 +383,7 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         out["clusters"] = _bar("clusters", list(sizes), list(sizes.values()), title, "clusters", "size")
     merged: Counter[str] = Counter()
     for stats in data["pii"].values():  # the entities found; the records counted are in the stage's table
-        merged.update({k: v for k, v in stats.items() if k not in PII_COUNTERS and isinstance(v, int)})
+        merged.update({k: v for k, v in stats.items() if PII_FOUND.fullmatch(k) and isinstance(v, int)})
     if merged:
         out["pii"] = _bar(
             "pii", list(merged), list(merged.values()), "PII found and redacted", "found", horizontal=True

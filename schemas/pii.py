@@ -28,20 +28,9 @@ PII_DEFAULT_ENTITIES = (
 )
 _ENTITY_NAME = r"^[A-Z][A-Z0-9_]*$"
 
-# The stage's statistics that count records, images or places, not the PII found: every other one is the
-# count of an entity redacted (PERSON, image_PERSON), which the report plots. Kept in step with the
-# ``stats[...]`` keys of curation/stages/pii.py.
-PII_COUNTERS = frozenset(
-    {
-        "records_scanned",
-        "records_redacted",
-        "records_dropped",
-        "review_flagged",
-        "review_restored",
-        "found_elsewhere_in_record",
-        "images_redacted",
-    }
-)
+# The stage's statistics that count the PII found: an entity's name (PERSON), or ``image_`` and it for what
+# OCR found in images; the others count records, images or places (records_scanned, review_flagged).
+PII_FOUND = re.compile(rf"(?:image_)?{_ENTITY_NAME.strip('^$')}")
 
 # What the PII stage finds with the same settings (curation/pii_engine.py and its rules) changes with a
 # release now and then: counted here and kept in the recipe's fingerprint, so the first scheduled run

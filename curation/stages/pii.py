@@ -620,7 +620,7 @@ class PiiRedaction:
             ) from None
         parts = scan.parts(found)
 
-        stats: Counter[str] = Counter()  # entities redacted, and schemas.pii.PII_COUNTERS
+        stats: Counter[str] = Counter()  # entities redacted (schemas.pii.PII_FOUND), and records counted
         dropped: dict[int, str] = {}  # row -> PII-free reason
         counts: dict[int, Counter[str]] = {}  # row -> entities redacted in it
         flags: dict[int, list[dict]] = {}
