@@ -52,6 +52,9 @@ HASH_BYTES = 1024 * 1024  # a sidecar is hashed a block of this size at a time
 PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
 REENCODE = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "GIF": "PNG", "BMP": "PNG", "TIFF": "PNG"}
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes Pillow writes as PNG
+# JPEG and WebP quality of every re-encoding of a kept image (here and after OCR redaction), so that
+# redacting a picture does not also blur it (Pillow's defaults are 75 and 80).
+ENCODE_QUALITY = 95
 
 
 class ImageProblem(Exception):
@@ -114,10 +117,25 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
         clean = clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
     buffer = io.BytesIO()
     try:
-        clean.save(buffer, format=out_format, **({"quality": 95} if out_format in ("JPEG", "WEBP") else {}))
+        clean.save(buffer, format=out_format, **encode_options(out_format))
     except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
         raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def encode_options(image_format: str) -> dict[str, int]:
+    """What ``Image.save`` is given to write a kept image in ``image_format``."""
+    return {"quality": ENCODE_QUALITY} if image_format in ("JPEG", "WEBP") else {}
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8-bit samples, as OCR and perceptual hashing read it. A 16-bit greyscale scan
+    (``I;16*``, or ``I`` as Pillow may open one) is scaled from its 0-65535 range: Pillow's own
+    conversion clips every sample over 255, so the picture would read as a white page."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        samples = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+        return Image.fromarray(samples.astype(np.uint8))  # 2-D uint8: mode L
+    return image
 
 
 class _Hashed:

@@ -120,6 +120,97 @@ def test_image_near_duplicates_by_perceptual_hash() -> None:
     assert aside["reason"].to_pylist() == ["near_duplicate_image"]
 
 
+def _scan_16bit(text: str, shape: str) -> bytes:
+    """A 16-bit greyscale scan (dark 4000 on light 60000) as the images connector keeps it."""
+    from PIL import ImageFont
+
+    from connectors.images import clean_image
+
+    grey = Image.new("L", (400, 400), 255)
+    draw = ImageDraw.Draw(grey)
+    if shape == "box":
+        draw.rectangle((40, 40, 360, 200), fill=0)
+    else:
+        draw.ellipse((100, 150, 380, 390), fill=0)
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 40)
+    draw.text((20, 300 if shape == "box" else 20), text, fill=0, font=font)
+    wide = Image.fromarray(np.where(np.asarray(grey) < 128, 4000, 60000).astype(np.uint16))
+    out = io.BytesIO()
+    wide.save(out, format="PNG")
+    return clean_image(out.getvalue(), ["PNG"], 10**8).data
+
+
+def test_different_16bit_scans_are_not_near_duplicates() -> None:
+    # Pillow's conversion to 8 bits clips both levels to 255: every 16-bit scan hashed as a white page.
+    scans = [_scan_16bit("Invoice 2024", "box"), _scan_16bit("Lab report", "circle")]
+    assert Image.open(io.BytesIO(scans[0])).mode == "I;16"
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "source": source_array("images", "mem://images.jsonl", [1, 2, 3]),
+            "image_bytes": pa.array([*scans, scans[0]], pa.binary()),
+        }
+    )
+    stage = ImageNearDedup(max_distance=6)
+    aside = stage.resolve([stage.signatures(batch)])
+    assert aside["id"].to_pylist() == ["c"] and aside["duplicate_of"].to_pylist() == ["a"]
+
+
+def test_the_review_thumbnail_of_a_16bit_scan_shows_it() -> None:
+    import base64
+
+    from curation.stages.neardup import thumbnail
+
+    shown = thumbnail(_scan_16bit("Invoice 2024", "box"))
+    assert shown is not None and shown.startswith("data:image/jpeg;base64,")
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1]))).convert("L"))
+    assert picture.min() < 64 and picture.max() > 192  # dark box and text on a light page, not all white
+
+
+def _noise_images(n: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("distance", [0, 6, 8, 11, 16, 31, 32])
+def test_image_band_keys_hold_bits_so_distinct_images_are_not_all_candidates(
+    distance: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curation.stages.neardup as neardup
+    from curation.stages.duplicates import candidate_groups
+
+    n = 60
+    ids, source = [f"r{i}" for i in range(n)], source_array("images", "mem://images.jsonl", list(range(1, n + 1)))
+    batch = pa.table({"id": ids, "source": source, "image_bytes": pa.array(_noise_images(n), pa.binary())})
+    stage = ImageNearDedup(max_distance=distance)
+    signatures = stage.signatures(batch)
+    # A band past bit 63 was one key every record shared: all n compared pair by pair (at distance
+    # 31 or 32 some bands hold one bit, so a group may hold about half of them).
+    assert max((group.num_rows for group in candidate_groups(signatures)), default=0) <= 3 * n // 4
+    # Pigeonhole still holds: each hash with exactly ``distance`` of its bits flipped shares a band key.
+    rng = np.random.default_rng(distance)
+    flipped = {}
+    for row, phash in enumerate(signatures["phash"].to_pylist()):
+        for bit in rng.choice(64, distance, replace=False):
+            phash ^= 1 << int(bit)
+        flipped[f"flipped {row}".encode()] = phash
+    monkeypatch.setattr(neardup, "_phash", flipped.get)
+    moved = stage.signatures(batch.set_column(2, "image_bytes", pa.array(list(flipped), pa.binary())))
+    for keys, moved_keys in zip(signatures["keys"].to_pylist(), moved["keys"].to_pylist(), strict=True):
+        assert set(keys) & set(moved_keys)
+
+
+def test_image_signatures_stored_before_the_hash_and_band_change_are_not_compared() -> None:
+    # The params (``signature_params``) ImageNearDedup(max_distance=6) stored its signatures under
+    # before 16-bit images were hashed from their 8-bit rendering and bands were spread evenly.
+    assert signature_params(ImageNearDedup(max_distance=6)) != "998a7a0729705f378231934c69f81249"
+
+
 def test_images_published_in_an_earlier_version_are_not_published_again(workdir: Path) -> None:
     def add(rows: list[tuple[str, bytes, str]]) -> Path:
         (workdir / "img").mkdir(exist_ok=True)

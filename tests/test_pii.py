@@ -842,6 +842,93 @@ def test_ocr_fills_pii_boxes_in_document_images() -> None:
     assert sum(1 for p in line.getdata() if p < 50) > 0.8 * line.width * line.height
 
 
+def _ocr_redacted(data: bytes, copies: int = 1) -> Any:
+    """The PII stage with OCR run on a batch of ``copies`` records holding the image ``data``."""
+    batch = pa.table(
+        {
+            "id": [f"q{n}" for n in range(copies)],
+            "source": source_array("images", "mem://images.jsonl", list(range(1, copies + 1))),
+            "image": ["statement.png"] * copies,
+            "question": [f"Question {n} about the page?" for n in range(copies)],
+            "answer": ["120"] * copies,
+            "image_bytes": pa.array([data] * copies, pa.binary()),
+        }
+    )
+    return PiiRedaction(PiiConfig.model_validate({"type": "pii", "ocr": True}), "vqa")(batch)
+
+
+def test_a_16bit_scan_is_redacted_and_stays_16bit() -> None:
+    import numpy as np
+    import pytesseract
+    from PIL import Image
+
+    from connectors.images import clean_image
+
+    # Dark-grey text (5140) on a light background (60000), as a 16-bit scanner writes it: Pillow's own
+    # conversion to 8 bits clips both to 255, a white page on which OCR finds nothing.
+    grey = np.asarray(Image.open(io.BytesIO(document_image())).convert("L"))
+    wide = Image.fromarray(np.where(grey < 128, 5140, 60000).astype(np.uint16))
+    out = io.BytesIO()
+    wide.save(out, format="PNG")
+    cleaned = clean_image(out.getvalue(), ["PNG"], 10**8).data
+    assert Image.open(io.BytesIO(cleaned)).mode == "I;16"
+    result = _ocr_redacted(cleaned)
+    assert result.stats["images_redacted"] == 1 and result.stats["image_EMAIL_ADDRESS"] == 1
+    redacted = Image.open(io.BytesIO(result.kept["image_bytes"][0].as_py()))
+    assert redacted.mode == "I;16" and redacted.size == (900, 220)
+    samples = np.asarray(redacted)
+    assert samples[5, 5] == 60000  # the page keeps its 16-bit values where nothing was found
+    seen = pytesseract.image_to_string(Image.fromarray((samples >> 8).astype(np.uint8))).lower()
+    assert "whitfield" not in seen and "statement for account holder" in seen
+
+
+def test_redaction_keeps_an_images_transparency() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from connectors.images import clean_image
+
+    page = np.array(Image.open(io.BytesIO(document_image())).convert("RGBA"))
+    page[:, 850:] = (0, 0, 0, 0)  # a transparent band whose hidden colour is black, as exporters leave it
+    out = io.BytesIO()
+    Image.fromarray(page).save(out, format="PNG")
+    result = _ocr_redacted(clean_image(out.getvalue(), ["PNG"], 10**8).data)
+    assert result.stats["images_redacted"] == 1
+    redacted = np.asarray(Image.open(io.BytesIO(result.kept["image_bytes"][0].as_py())))
+    assert redacted.shape == (220, 900, 4)
+    assert (redacted[:, 850:, 3] == 0).all() and (redacted[:, :850, 3] == 255).all()
+    # A palette picture with a colour drawn transparent (a PNG-8 logo) keeps it too.
+    palette = Image.open(io.BytesIO(document_image())).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", transparency=palette.getpixel((0, 0)))
+    result = _ocr_redacted(clean_image(out.getvalue(), ["PNG"], 10**8).data)
+    assert result.stats["images_redacted"] == 1
+    redacted = Image.open(io.BytesIO(result.kept["image_bytes"][0].as_py()))
+    assert redacted.mode == "RGBA" and redacted.getpixel((5, 5))[3] == 0
+
+
+def test_a_redacted_jpeg_keeps_the_quality_the_connector_wrote_it_at() -> None:
+    from PIL import Image
+
+    from connectors.images import clean_image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(document_image())).convert("RGB").save(out, format="JPEG", quality=95)
+    cleaned = clean_image(out.getvalue(), ["JPEG"], 10**8).data
+    result = _ocr_redacted(cleaned)
+    assert result.stats["images_redacted"] == 1
+    redacted = Image.open(io.BytesIO(result.kept["image_bytes"][0].as_py()))
+    assert redacted.format == "JPEG"
+    assert redacted.quantization == Image.open(io.BytesIO(cleaned)).quantization  # the same quality
+
+
+def test_one_image_several_records_ask_about_is_redacted_once_and_counted_once() -> None:
+    result = _ocr_redacted(document_image(), copies=3)
+    published = result.kept["image_bytes"].to_pylist()
+    assert len(published) == 3 and len(set(published)) == 1 and published[0] != document_image()
+    assert result.stats["images_redacted"] == 1 and result.stats["image_EMAIL_ADDRESS"] == 1
+
+
 def run_again(folder: Path, recipe: dict[str, Any]) -> Any:
     """A second run over the same input that must reprocess it (incremental runs skip seen input)."""
     import inspect

@@ -382,11 +382,14 @@ def thumbnail(data: bytes | None) -> str | None:
 
     from PIL import Image, UnidentifiedImageError
 
+    from connectors.images import eight_bit
+
     with warnings.catch_warnings():
         # The connector checked the picture against the recipe's max_pixels, which may be over Pillow's.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data)) as opened:
+                image = eight_bit(opened)  # a 16-bit scan, which Pillow's convert would show white
                 image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
                 clear = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
                 picture = image.convert("RGBA" if clear else "RGB")
@@ -441,11 +444,13 @@ def _phash(data: bytes | None) -> int | None:
     import imagehash
     from PIL import Image, UnidentifiedImageError
 
+    from connectors.images import eight_bit
+
     if not data:
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return int(str(imagehash.phash(image)), 16)
+            return int(str(imagehash.phash(eight_bit(image))), 16)
     except (UnidentifiedImageError, OSError):
         return None
 
@@ -456,10 +461,16 @@ class ImageNearDedup:
     questions about one image are separate examples, so by default only a repeated question about a
     near-duplicate image is one.
 
-    Keys: the hash cut into ``max_distance + 1`` bands; by the pigeonhole principle two hashes within
+    Keys: the hash cut into ``max_distance + 1`` bands of widths differing by at most one bit (an
+    empty band would be one key every record shares); by the pigeonhole principle two hashes within
     the distance agree exactly on at least one band, so no close pair is missed. Each band key is
     mixed with the question's hash, so only rows with the same question share one.
     """
+
+    # Part of the stored signatures' params (``signature_params``): raised when the hashes or band
+    # keys change, so a run does not compare its signatures with ones made the old way.
+    # 2: 16-bit images hashed from their 8-bit rendering (``eight_bit``), bands of even widths.
+    SIGNATURE_VERSION = 2
 
     name = "image_near_dedup"
     reason = "near_duplicate_image"
@@ -476,20 +487,23 @@ class ImageNearDedup:
         self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.column, self.max_distance, self.question = column, max_distance, question
         self.bands = max_distance + 1
+        self.signature_version = self.SIGNATURE_VERSION
         self.kept_apart = dict(kept_apart or {})  # as ``NearDedup.kept_apart``
 
     def signatures(self, batch: pa.Table) -> pa.Table:
         data = batch[self.column].to_pylist() if self.column in batch.column_names else [None] * batch.num_rows
         hashes = [_phash(d) for d in data]
         asked = self._question_hashes(batch)
-        width = -(-64 // self.bands)
+        # The last ``wider`` bands take one bit more: the top bit (pHash's DC term, set in almost every
+        # image) must not be a band alone, a key nearly every record shares.
+        width, wider = divmod(64, self.bands)
+        narrow = self.bands - wider
+        cuts = [(band * width + max(0, band - narrow), width + (band >= narrow)) for band in range(self.bands)]
         low = (1 << 58) - 1
         keys = [
             []
             if h is None
-            else [
-                (band << 58) | ((((h >> (band * width)) & ((1 << width) - 1)) ^ q) & low) for band in range(self.bands)
-            ]
+            else [(band << 58) | ((((h >> at) & ((1 << bits) - 1)) ^ q) & low) for band, (at, bits) in enumerate(cuts)]
             for h, q in zip(hashes, asked, strict=True)
         ]
         return pa.table(
