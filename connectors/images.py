@@ -130,11 +130,14 @@ def encode_options(image_format: str) -> dict[str, int]:
 
 def eight_bit(image: Image.Image) -> Image.Image:
     """``image`` with 8-bit samples, as OCR and perceptual hashing read it. A 16-bit greyscale scan
-    (``I;16*``, or ``I`` as Pillow may open one) is scaled from its 0-65535 range: Pillow's own
-    conversion clips every sample over 255, so the picture would read as a white page."""
+    (``I;16*``, or ``I`` as Pillow may open one) is scaled from its own range (0 to its largest sample,
+    at least 255) to 0-255: Pillow's own conversion clips every sample over 255, so a scan using the
+    16-bit range read as a white page; shifted by 8 bits, one holding 8-bit values (widened, not
+    scaled) read as a black one."""
     if image.mode == "I" or image.mode.startswith("I;16"):
-        samples = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        return Image.fromarray(samples.astype(np.uint8))  # 2-D uint8: mode L
+        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        top = max(int(samples.max(initial=0)), 255)
+        return Image.fromarray((samples * 255 // top).astype(np.uint8))  # 2-D uint8: mode L
     return image
 
 

@@ -120,8 +120,8 @@ def test_image_near_duplicates_by_perceptual_hash() -> None:
     assert aside["reason"].to_pylist() == ["near_duplicate_image"]
 
 
-def _scan_16bit(text: str, shape: str) -> bytes:
-    """A 16-bit greyscale scan (dark 4000 on light 60000) as the images connector keeps it."""
+def _scan_16bit(text: str, shape: str, levels: tuple[int, int] = (4000, 60000)) -> bytes:
+    """A 16-bit greyscale scan (dark on light ``levels``) as the images connector keeps it."""
     from PIL import ImageFont
 
     from connectors.images import clean_image
@@ -134,15 +134,18 @@ def _scan_16bit(text: str, shape: str) -> bytes:
         draw.ellipse((100, 150, 380, 390), fill=0)
     font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 40)
     draw.text((20, 300 if shape == "box" else 20), text, fill=0, font=font)
-    wide = Image.fromarray(np.where(np.asarray(grey) < 128, 4000, 60000).astype(np.uint16))
+    wide = Image.fromarray(np.where(np.asarray(grey) < 128, *levels).astype(np.uint16))
     out = io.BytesIO()
     wide.save(out, format="PNG")
     return clean_image(out.getvalue(), ["PNG"], 10**8).data
 
 
-def test_different_16bit_scans_are_not_near_duplicates() -> None:
-    # Pillow's conversion to 8 bits clips both levels to 255: every 16-bit scan hashed as a white page.
-    scans = [_scan_16bit("Invoice 2024", "box"), _scan_16bit("Lab report", "circle")]
+# The 16-bit range; 8-bit values widened without scaling; a 12-bit scanner's.
+@pytest.mark.parametrize("levels", [(4000, 60000), (20, 230), (320, 3680)])
+def test_different_16bit_scans_are_not_near_duplicates(levels: tuple[int, int]) -> None:
+    # Pillow's conversion to 8 bits clips both levels to 255: every 16-bit scan hashed as a white page
+    # (and, shifted by 8 bits, one holding 8-bit values as a black one).
+    scans = [_scan_16bit("Invoice 2024", "box", levels), _scan_16bit("Lab report", "circle", levels)]
     assert Image.open(io.BytesIO(scans[0])).mode == "I;16"
     batch = pa.table(
         {

@@ -857,17 +857,19 @@ def _ocr_redacted(data: bytes, copies: int = 1) -> Any:
     return PiiRedaction(PiiConfig.model_validate({"type": "pii", "ocr": True}), "vqa")(batch)
 
 
-def test_a_16bit_scan_is_redacted_and_stays_16bit() -> None:
+# Dark-grey text on a light background as a 16-bit scanner writes it; 8-bit values widened without
+# scaling; a 12-bit scanner's. Pillow's own conversion to 8 bits clipped the first to a white page (OCR
+# found nothing), and shifting by 8 bits made the second a black one.
+@pytest.mark.parametrize(("dark", "light"), [(5140, 60000), (20, 230), (320, 3680)])
+def test_a_16bit_scan_is_redacted_and_stays_16bit(dark: int, light: int) -> None:
     import numpy as np
     import pytesseract
     from PIL import Image
 
-    from connectors.images import clean_image
+    from connectors.images import clean_image, eight_bit
 
-    # Dark-grey text (5140) on a light background (60000), as a 16-bit scanner writes it: Pillow's own
-    # conversion to 8 bits clips both to 255, a white page on which OCR finds nothing.
     grey = np.asarray(Image.open(io.BytesIO(document_image())).convert("L"))
-    wide = Image.fromarray(np.where(grey < 128, 5140, 60000).astype(np.uint16))
+    wide = Image.fromarray(np.where(grey < 128, dark, light).astype(np.uint16))
     out = io.BytesIO()
     wide.save(out, format="PNG")
     cleaned = clean_image(out.getvalue(), ["PNG"], 10**8).data
@@ -877,8 +879,8 @@ def test_a_16bit_scan_is_redacted_and_stays_16bit() -> None:
     redacted = Image.open(io.BytesIO(result.kept["image_bytes"][0].as_py()))
     assert redacted.mode == "I;16" and redacted.size == (900, 220)
     samples = np.asarray(redacted)
-    assert samples[5, 5] == 60000  # the page keeps its 16-bit values where nothing was found
-    seen = pytesseract.image_to_string(Image.fromarray((samples >> 8).astype(np.uint8))).lower()
+    assert samples[5, 5] == light  # the page keeps its 16-bit values where nothing was found
+    seen = pytesseract.image_to_string(eight_bit(redacted)).lower()
     assert "whitfield" not in seen and "statement for account holder" in seen
 
 
