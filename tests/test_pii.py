@@ -924,11 +924,22 @@ def test_a_redacted_jpeg_keeps_the_quality_the_connector_wrote_it_at() -> None:
     assert redacted.quantization == Image.open(io.BytesIO(cleaned)).quantization  # the same quality
 
 
-def test_one_image_several_records_ask_about_is_redacted_once_and_counted_once() -> None:
+def test_one_image_several_records_ask_about_is_read_once_and_counted_for_each_whatever_the_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import curation.stages.pii as stage
+
+    reads: list[bytes] = []
+    real = stage.redact_image
+    monkeypatch.setattr(stage, "redact_image", lambda data, *more: reads.append(data) or real(data, *more))
     result = _ocr_redacted(document_image(), copies=3)
     published = result.kept["image_bytes"].to_pylist()
     assert len(published) == 3 and len(set(published)) == 1 and published[0] != document_image()
-    assert result.stats["images_redacted"] == 1 and result.stats["image_EMAIL_ADDRESS"] == 1
+    assert len(reads) == 1  # one OCR for the three records
+    # Counted per record, as text is: counted per image of a batch, two batches said 2 where one said 1.
+    assert result.stats["images_redacted"] == 3 and result.stats["image_EMAIL_ADDRESS"] == 3
+    apart = [_ocr_redacted(document_image(), copies=1).stats for _ in range(3)]
+    assert sum(found["images_redacted"] for found in apart) == result.stats["images_redacted"]
 
 
 def run_again(folder: Path, recipe: dict[str, Any]) -> Any:

@@ -782,31 +782,32 @@ class PiiRedaction:
 
     def _redact_images(self, batch: pa.Table, stats: Counter[str], skip: set[int]) -> tuple[pa.Table, dict[int, str]]:
         """Fill the boxes of PII text found by OCR in each image; unreadable images are quarantined.
-        An image several records hold (questions about one page) is read once and counted once."""
+        An image several records hold (questions about one page) is read once, and counted for each
+        record, as text is: counted once per batch, the counts moved with where batches were cut."""
         images = batch["image_bytes"].to_pylist()
         sources = batch["source"].to_pylist()
         bad: dict[int, str] = {}
-        done: dict[bytes, bytes | BadImage] = {}  # keyed by the image's bytes: equal bytes, one image
+        done: dict[bytes, tuple[bytes, dict[str, int]] | BadImage] = {}  # by the image's bytes: one read
         for row, data in enumerate(images):
             if data is None or row in skip:
                 continue
             if data not in done:
-                done[data] = self._redact_image(data, stats)
-            if isinstance(done[data], BadImage):
-                bad[row] = f"{location(sources[row])}: image_bytes: {done[data]}"
-            else:
-                images[row] = done[data]
+                done[data] = self._redact_image(data)
+            outcome = done[data]
+            if isinstance(outcome, BadImage):
+                bad[row] = f"{location(sources[row])}: image_bytes: {outcome}"
+                continue
+            images[row], found = outcome
+            stats.update({f"image_{entity}": count for entity, count in found.items()})
+            stats["images_redacted"] += bool(found)
         column = batch.column_names.index("image_bytes")
         return batch.set_column(column, "image_bytes", pa.array(images, batch["image_bytes"].type)), bad
 
-    def _redact_image(self, data: bytes, stats: Counter[str]) -> bytes | BadImage:
+    def _redact_image(self, data: bytes) -> tuple[bytes, dict[str, int]] | BadImage:
         try:
-            redacted_image, found = redact_image(data, self.analyzer.spec, self.config.threshold)
+            return redact_image(data, self.analyzer.spec, self.config.threshold)
         except BadImage as error:
             return error
-        stats.update({f"image_{entity}": count for entity, count in found.items()})
-        stats["images_redacted"] += bool(found)
-        return redacted_image
 
     def _redact(
         self,
