@@ -14,6 +14,7 @@ import xxhash
 
 from connectors.batches import batched
 from connectors.state import add_missing_columns
+from schemas.config import plain_sqlite_url
 
 if TYPE_CHECKING:
     from curation.review.decisions import DecisionMark
@@ -23,6 +24,7 @@ metadata = sa.MetaData()
 
 def sqlite_file(url: str) -> Path | None:
     """The file a ``sqlite:///`` state URL names; None for an in-memory database or another server."""
+    url = plain_sqlite_url(url)  # the driver named: the same file
     if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
         return None
     return Path(url.removeprefix("sqlite:///"))

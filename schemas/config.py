@@ -713,6 +713,12 @@ def _ray_data_missing() -> str | None:
 STATE_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 
 
+def plain_sqlite_url(url: str) -> str:
+    """``url`` with a SQLite file's driver left out (``sqlite+pysqlite:///x`` is ``sqlite:///x``): one
+    spelling for the code that reads the file's path from it."""
+    return "sqlite:" + url.removeprefix("sqlite+pysqlite:") if url.startswith("sqlite+pysqlite:") else url
+
+
 class Recipe(Strict):
     # A folder of dest and a key of the state store: 200 is what its tables hold (runs.dataset), and fits
     # in a file name (255 bytes on most file systems).
@@ -758,7 +764,9 @@ class Recipe(Strict):
             raise ValueError(
                 f"the state store's {backend} driver is {installed} ({backend}+{installed}:// or {backend}://), not {driver}"
             )
-        return url
+        # One spelling of a SQLite file, which the recipe's folder and the state store read (a relative
+        # path taken from the recipe's folder, its folder made, write-ahead logging).
+        return plain_sqlite_url(url)
 
     @field_validator("sources", mode="before")
     @classmethod

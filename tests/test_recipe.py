@@ -455,3 +455,15 @@ def test_a_key_yaml_1_1_read_as_a_boolean_is_named_with_its_line() -> None:
     # `on:` was the key True: pydantic named a setting "True", with no line.
     with pytest.raises(RecipeError, match=r"sources\.0\.on \(line 4\): Extra inputs are not permitted"):
         parse_recipe("dataset: d\nsources:\n  - path: a.jsonl\n    on: x\n")
+
+
+@pytest.mark.parametrize("url", ["sqlite:///sub/state.db", "sqlite+pysqlite:///sub/state.db"])
+def test_a_relative_sqlite_state_url_is_taken_from_the_recipes_folder_whichever_way_it_is_written(
+    tmp_path: Path, url: str
+) -> None:
+    from curation.state import StateStore
+
+    recipe = parse_recipe(f"dataset: tx\nsources: [{{path: in.csv}}]\nstate: '{url}'\n", "r.yaml", base_dir=tmp_path)
+    assert recipe.state == f"sqlite:///{tmp_path / 'sub' / 'state.db'}"
+    StateStore(url.replace("///sub", f"///{tmp_path}/made"))  # its folder made, as for sqlite:///
+    assert (tmp_path / "made" / "state.db").exists()

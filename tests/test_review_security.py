@@ -335,7 +335,7 @@ def test_a_crafted_label_studio_export_is_refused_in_one_line(seeded: Seeded, tm
     said = _import(seeded, tmp_path, _task({"item_id": 10**24}, approve))
     assert "task 0 (Label Studio id 7): data.item_id 1000000000000000000000000 is no review item's id" in said
     # true is 1 to Python: it named the store's first item.
-    assert "data.item_id True is no review item's id" in _import(seeded, tmp_path, _task({"item_id": True}, approve))
+    assert "data.item_id True is not a whole number" in _import(seeded, tmp_path, _task({"item_id": True}, approve))
     # An answer that is not text (an AttributeError from deep in the decisions before).
     answer = [{"from_name": "answer", "type": "textarea", "value": {"text": {"nested": "object"}}}]
     said = _import(seeded, tmp_path, _task({"item_id": VQA_ITEM}, answer))
