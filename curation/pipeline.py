@@ -35,7 +35,6 @@ from curation.review.decisions import (
     changes,
     changes_since,
     inputs_to_read_again,
-    mark_at,
     mark_now,
 )
 from curation.review.queue import add_items, note_read, queued_records
@@ -234,7 +233,7 @@ def _decisions_read(recipe: Recipe, state: StateStore, version: Manifest) -> Dec
     """The review decisions the run that published ``version`` applied (recorded as it started, see
     ``_run_locked``), else, where the state store does not know the run, those made by its publication."""
     read = state.decisions_read(recipe.dataset, version.version)
-    return read or mark_at(state.engine, recipe.dataset, version.created_at)
+    return read or DecisionMark(at=version.created_at)
 
 
 def _review_changes(recipe: Recipe, state: StateStore, since: DecisionMark, now: DecisionMark) -> int:

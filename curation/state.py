@@ -211,15 +211,15 @@ class StateStore:
     def decisions_read(self, dataset: str, version: int) -> DecisionMark | None:
         """The review decisions the run that published ``version`` of ``dataset`` read, or None when the
         store does not know the version. A run recorded before runs noted them read those standing at
-        its start (``mark_at``)."""
-        from curation.review.decisions import DecisionMark, mark_at
+        its start (``DecisionMark.at``)."""
+        from curation.review.decisions import DecisionMark
 
         columns = (runs.c.decisions_through, runs.c.undos_through, runs.c.started_at)
         row = self._of_latest_published(columns, dataset, runs.c.version == version)
         if row is None:
             return None
         decided, undone, started = row
-        return DecisionMark(decided, undone) if decided is not None else mark_at(self.engine, dataset, started)
+        return DecisionMark(decided, undone) if decided is not None else DecisionMark(at=started)
 
     def last_published(self, dataset: str) -> int | None:
         """The version the latest run of ``dataset`` that published made, or None when none did."""

@@ -416,3 +416,66 @@ def test_a_run_reads_no_decision_committed_after_it_beneath_the_mark_it_records(
     for thread in threads:
         thread.join(10)
     assert taken["rita"] > mark.decided and taken["pia"] > mark.decided
+
+
+def test_an_undo_after_an_earlier_release_run_is_a_change_though_numbered_before_an_older_undo(
+    tmp_path: Path,
+) -> None:
+    # While a review server of the earlier release still runs, its undo of X (made before the earlier
+    # release's run started) is numbered only later, after this release's undo of Y (made after that run
+    # started). A mark taken from the numbers by that run's start counted Y as undone then: never applied.
+    from datetime import UTC, datetime, timedelta
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    server = sa.create_engine(url)
+    dec.create_tables(server)
+    first, second = _one_item(server), _one_item(server)
+    with server.begin() as db:  # one dataset
+        dataset = db.execute(sa.select(review_items.c.dataset).where(review_items.c.item_id == first)).scalar_one()
+        db.execute(review_items.update().where(review_items.c.item_id == second).values(dataset=dataset))
+    x = dec.decide(server, first, "old", "reject")
+    dec.decide(server, second, "new", "reject")
+    now = datetime.now(UTC)
+    with server.begin() as db:  # the earlier release's undo of X: stamped, not numbered
+        db.execute(dec.decisions.update().values(at=now - timedelta(seconds=10)))
+        where = dec.decisions.c.decision_id == x
+        db.execute(dec.decisions.update().where(where).values(undone_at=now - timedelta(seconds=2), undone_by="old"))
+    earlier_run = dec.DecisionMark(at=now - timedelta(seconds=1))  # X undone, Y's rejection in force
+    assert dec.undo_last(server, "new")["item_id"] == second  # numbered 1
+    run = sa.create_engine(url)  # a fresh engine numbers X's undo: 2
+    changed = [c.then["item_id"] for c in dec.changes(run, dataset, earlier_run, dec.mark_now(run))]
+    assert changed == [second]
+
+
+def test_a_writer_of_the_earlier_release_and_a_decision_on_one_item_wait_for_each_other_not_deadlock(
+    request: pytest.FixtureRequest,
+) -> None:
+    # The earlier release locks the item's row, then writes a decision (the table's row-exclusive lock);
+    # taken the other way round (the table first), a decision on the same item deadlocked with it.
+    from datetime import UTC, datetime
+
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    dec.create_tables(engine)
+    item_id = _one_item(engine)
+    item = dec.get_item(engine, item_id)
+    errors: list[BaseException] = []
+    with sa.create_engine(url).connect() as old:
+        old.execute(review_items.update().where(review_items.c.item_id == item_id).values(status="open"))
+
+        def decide() -> None:
+            try:
+                dec.decide(sa.create_engine(url), item_id, "pia", "reject")
+            except Exception as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=decide)
+        thread.start()
+        thread.join(0.5)  # waits for the item's row
+        row = {"item_id": item_id, "dataset": item["dataset"], "record_id": item["record_id"], "user": "rita"}
+        old.execute(
+            dec.decisions.insert().values(**row, at=datetime.now(UTC), action="reject", before="{}", after="{}")
+        )
+        old.commit()
+        thread.join(10)
+    assert errors == [] and [d["user"] for d in dec.history(engine, item_id)] == ["rita", "pia"]

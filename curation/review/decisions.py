@@ -78,13 +78,21 @@ class DecisionMark:
     number ``undone`` made. The store gives both numbers in commit order (``_one_writer``), so a run's
     mark says exactly what it saw. Times would not: a decision stamped (by its server's clock) before a
     run started but committed after the run read them was missed by that run and counted as applied
-    by the next, which compares the decisions the last version read with those standing now."""
+    by the next, which compares the decisions the last version read with those standing now.
 
-    decided: int
-    undone: int
+    A run recorded without numbers (an earlier release's, or a version the store does not know) read
+    the decisions standing at a moment (``at``), by their stamps, as that release compared them: its
+    undos numbered since (``_number_undos``) are not in time order, so no number stands for it."""
+
+    decided: int = 0
+    undone: int = 0
+    at: datetime | None = None
 
     def standing(self, row: dict[str, Any]) -> bool:
         """Whether a decision row was taken, and not undone, as of this mark."""
+        if self.at is not None:  # compared here: SQLite hands datetimes back naive (see _utc)
+            moment, undone_at = _utc(self.at), row["undone_at"]
+            return _utc(row["at"]) <= moment and (undone_at is None or _utc(undone_at) > moment)
         undone = row["undo_seq"]
         return row["decision_id"] <= self.decided and (undone is None or undone > self.undone)
 
@@ -101,24 +109,13 @@ def mark_now(engine: sa.Engine) -> DecisionMark:
     return DecisionMark(int(decided), int(undone))
 
 
-def mark_at(engine: sa.Engine, dataset: str, moment: datetime) -> DecisionMark:
-    """The mark of a run recorded without one (an earlier release's, or a version the store does not
-    know): the decisions on ``dataset`` taken, and undos made, by ``moment`` by their stamps."""
-    create_tables(engine)
-    query = sa.select(decisions.c.decision_id, decisions.c.at, decisions.c.undo_seq, decisions.c.undone_at)
-    with engine.connect() as db:
-        rows = db.execute(query.where(decisions.c.dataset == dataset)).all()
-    moment = _utc(moment)  # compared here: SQLite hands datetimes back naive (see _utc)
-    decided = max((row.decision_id for row in rows if _utc(row.at) <= moment), default=0)
-    undone = max((row.undo_seq for row in rows if row.undone_at and _utc(row.undone_at) <= moment), default=0)
-    return DecisionMark(decided, undone)
-
-
 def _one_writer(db: sa.Connection) -> None:
     """Let one transaction at a time write decisions and undos, so that the ids and undo numbers they
     take commit in their order: whoever read up to a number (``DecisionMark``) has seen every one
     below it. SQLite writes one transaction at a time anyway; PostgreSQL hands out ids as rows are
-    inserted, and a later one could commit first. Taken first in the transaction, before any row's lock."""
+    inserted, and a later one could commit first. Taken after the item rows' locks, before the first
+    write of a decision, as a writer of an earlier release takes its locks (the item row, then the
+    table's for its insert): taken first, the two waited for each other (a deadlock)."""
     if db.dialect.name == "postgresql":
         db.execute(sa.text(f"LOCK TABLE {decisions.name} IN SHARE ROW EXCLUSIVE MODE"))
 
@@ -244,10 +241,10 @@ def decide(
     item = get_item(engine, item_id)
     check_decision(item, action, edit)
     with engine.begin() as db:
-        _one_writer(db)
         # Written first, so that two decisions at once (two servers on one store, too) are taken one
         # after the other: the row's lock in PostgreSQL, the database's write lock in SQLite.
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=review_items.c.status))
+        _one_writer(db)
         check_seen(db, item_id, seen, action)
         status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
         previous = _in_force_for_item(db, item_id) if action == "edit" else None
@@ -309,9 +306,9 @@ def decide_all(
         ids = [item["item_id"] for item, *_ in chunk]
         these = review_items.c.item_id.in_(ids)
         with engine.begin() as db:
-            _one_writer(db)
             # Locked first, as ``decide`` locks its one item: a decision or undo on one of them at once waits.
             db.execute(review_items.update().where(these).values(status=review_items.c.status))
+            _one_writer(db)
             now_seen = _revisions(db, ids)
             statuses = dict(db.execute(sa.select(review_items.c.item_id, review_items.c.status).where(these)).all())
             edited = [item["item_id"] for item, action, *_ in chunk if action == "edit"]
@@ -460,7 +457,6 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
         # onto each other's items (or an undo and a decision) would wait for each other: PostgreSQL
         # ends one of them with a deadlock error.
         with engine.begin() as db:
-            _one_writer(db)
             row = db.execute(query).first()
             if row is None:
                 return None
@@ -469,6 +465,7 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             # this undo (and this undo for it), so the status set below counts it rather than going stale.
             item = review_items.c.item_id == undone["item_id"]
             db.execute(review_items.update().where(item).values(status=review_items.c.status))
+            _one_writer(db)
             latest = db.execute(sa.select(sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0))).scalar_one()
             # Only if still in force: two undos at once (two tabs, two servers) undo two decisions,
             # not the same one twice while each says it undid one.
