@@ -142,7 +142,27 @@ def test_the_next_page_goes_on_after_the_last_item_listed_though_items_before_it
     (next_page,) = re.findall(r'id="next-page" href="([^"]+)"', first)
     second = client.get(html.unescape(next_page)).text
     assert listed(second) == list(range(MAX_LISTED + 1, MAX_LISTED + 101))  # 501 on: none skipped
-    assert "590 item(s), 491 to 590 listed" in second
+    assert "590 item(s), 491 to 590 listed" in second and "<span>page 2 of 2</span>" in second
     (previous,) = re.findall(r'id="previous-page" href="([^"]+)"', second)
     assert listed(client.get(html.unescape(previous)).text) == list(range(11, MAX_LISTED + 1))
     assert client.get("/?dataset=bulk&after=x").status_code == 400
+
+
+def test_pages_are_numbered_by_where_they_start_among_the_items_now(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "big", 3 * MAX_LISTED)  # items 1-1500, open
+    client = rita_on(state_url)
+
+    def numbered(page: str) -> tuple[str, ...]:
+        return re.search(r"<span>page (\d+) of (\d+)</span>", page).groups()
+
+    first = client.get("/?dataset=big&status=open").text
+    (link,) = re.findall(r'id="next-page" href="([^"]+)"', first)
+    with sa.create_engine(state_url).begin() as db:  # the annotator works through the whole first page
+        db.execute(review_items.update().where(review_items.c.item_id <= MAX_LISTED).values(status="approved"))
+    # The page the link calls 2 is now the first of the list: page 1 of 2 (it said 2 of 3), no previous.
+    second = client.get(html.unescape(link)).text
+    assert listed(second) == list(range(501, 1001)) and "1000 item(s), 1 to 500 listed" in second
+    assert numbered(second) == ("1", "2") and 'id="previous-page"' not in second
+    (link,) = re.findall(r'id="next-page" href="([^"]+)"', second)
+    assert numbered(client.get(html.unescape(link)).text) == ("2", "2")

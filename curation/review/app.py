@@ -319,6 +319,10 @@ def create_app(
             items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
         first = _count(engine, filters, below=items[0]["item_id"]) + 1 if items else 1
         more = bool(items) and _count(engine, filters, above=items[-1]["item_id"]) > 0
+        # Numbered by where the page starts among the items now (those before it decided, page 2 of the
+        # link may be the first), and by the pages left after it.
+        page = math.ceil((first - 1) / MAX_LISTED) + 1
+        pages = page + math.ceil(max(total - (first - 1) - len(items), 0) / MAX_LISTED)
         left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
         return render(
             request,
@@ -327,7 +331,7 @@ def create_app(
             items=items,
             total=total,
             page=page,
-            pages=max(pages, page + more),
+            pages=pages,
             first=first,
             more=more,
             filters=filters,
