@@ -112,8 +112,10 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     out_format = REENCODE[fmt]
     if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
         clean = clean.convert("RGB")
+    elif out_format == "PNG" and clean.mode in ("I", "F"):
+        clean = _sixteen_bit(clean)
     elif out_format == "PNG" and clean.mode not in PNG_MODES:
-        # A TIFF scan in CMYK, YCbCr or LAB, or of 32-bit int or float samples: PNG cannot hold it.
+        # A TIFF scan in CMYK, YCbCr or LAB: PNG cannot hold it.
         clean = clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
     buffer = io.BytesIO()
     try:
@@ -121,6 +123,17 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
         raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def _sixteen_bit(image: Image.Image) -> Image.Image:
+    """A greyscale TIFF of 32-bit int or float samples (``I``, ``F``) as 16-bit greyscale, which PNG holds:
+    samples past 65535 scaled into it, a float image of 0-1 spread over it. Pillow's conversion to RGB
+    clipped every sample over 255: a 16-bit scan kept as 32-bit samples became a white page."""
+    samples = np.clip(np.asarray(image, dtype=np.float64), 0, None)
+    top = float(samples.max(initial=0))
+    if top > 65535 or (image.mode == "F" and 0 < top <= 1):
+        samples = samples * (65535 / top)
+    return Image.fromarray(np.rint(samples).astype(np.uint16))  # 2-D uint16: mode I;16
 
 
 def encode_options(image_format: str) -> dict[str, int]:

@@ -208,12 +208,35 @@ def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: P
     assert {answer: image.mode for answer, image in cleaned.items() if answer != "RGB"} == {
         "CMYK": "RGB",
         "YCbCr": "RGB",
-        "I": "RGB",
-        "F": "RGB",
+        "I": "I;16",
+        "F": "I;16",
         "LAB": "RGB",
         "PA": "RGBA",
     }
     assert all(image.size == (12, 8) for image in cleaned.values())
+
+
+@pytest.mark.parametrize(
+    ("mode", "samples", "kept"),
+    [
+        ("I", [0, 4000, 60000], [0, 4000, 60000]),  # a 16-bit scan kept as 32-bit samples
+        ("I", [0, 70000, 140000], [0, 32768, 65535]),  # past 16 bits: scaled into them
+        ("F", [0.0, 0.5, 1.0], [0, 32768, 65535]),  # a float image of 0-1
+    ],
+)
+def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_16_bit_grey_not_clipped_white(
+    mode: str, samples: list[float], kept: list[int]
+) -> None:
+    import numpy as np
+
+    from connectors.images import clean_image
+
+    values = np.array([samples * 4] * 3, dtype=np.int32 if mode == "I" else np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(values, mode=mode).save(buffer, "TIFF")
+    cleaned = Image.open(io.BytesIO(clean_image(buffer.getvalue(), ["TIFF"], 10**6).data))
+    assert cleaned.format == "PNG" and cleaned.mode == "I;16"
+    assert np.asarray(cleaned)[0, :3].tolist() == kept
 
 
 def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path) -> None:
