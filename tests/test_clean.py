@@ -88,6 +88,21 @@ def test_comparisons_in_code_are_not_tags_of_elements_with_attributes() -> None:
     assert result.stats["html_removed"] == 2
 
 
+def test_tags_with_attributes_html_writes_alone_or_unspaced_are_removed() -> None:
+    # Once only listed names could stand alone, these opening tags were published: Vimeo's embed code,
+    # a module fallback, a popover, and an attribute right after a quoted value (as browsers read it).
+    texts = [
+        '<iframe src="https://player.vimeo.com/video/1" frameborder="0" webkitallowfullscreen mozallowfullscreen'
+        " allowfullscreen></iframe>Hi",
+        '<script nomodule src="a.js"></script>Hi',
+        "<div popover>Hi</div>",
+        '<a href="/x"target="_blank">Hi</a>',
+        "<form novalidate action=/go data-x=1 autocomplete=off someflag/>Hi",
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == ["Hi"] * len(texts)
+
+
 def test_an_html_comment_over_several_lines_is_removed_whole() -> None:
     result = Clean(["text"])(_batch(["a<!-- a note\nover two lines -->b", "<!--\r\n-->c<!-- one -->d"]))
     assert result.kept["text"].to_pylist() == ["a b", "c d"]

@@ -55,18 +55,20 @@ _HTML_ELEMENTS = (
 )
 # What follows a tag's name must read as attributes: name=value (quoted or not), or a name alone that
 # HTML writes without a value (<input checked>, <td nowrap>, <div data-x>). Other words do not:
-# "if a<b and c>d" holds the element names b and i, but "and c" are no attributes.
+# "if a<b and c>d" holds the element names b and i, but "and c" are no attributes. Once a tag holds
+# one name=value it is HTML, so any name alone may follow (Vimeo's <iframe ... webkitallowfullscreen>),
+# and so may the next attribute right after a quoted value (<a href="/x"target="_blank">, as browsers read
+# it); before that only the names listed here, or with a hyphen, are attributes ("u<p class>q" stays).
 _BARE_ATTRIBUTES = (
     "allowfullscreen|async|autofocus|autoplay|border|checked|compact|contenteditable|controls|declare|default|"
-    "defer|disabled|download|formnovalidate|hidden|inert|ismap|itemscope|loop|multiple|muted|nohref|noresize|"
-    "noshade|novalidate|nowrap|open|playsinline|readonly|required|reversed|scoped|selected"
+    "defer|disabled|download|formnovalidate|hidden|inert|ismap|itemscope|loop|mozallowfullscreen|multiple|muted|"
+    "nohref|nomodule|noresize|noshade|novalidate|nowrap|open|playsinline|popover|readonly|required|reversed|"
+    "scoped|seamless|selected|truespeed|webkitallowfullscreen"
 )
-_ATTRIBUTE = (
-    r"[A-Za-z_:@][-A-Za-z0-9_:.@]*\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+)"
-    rf"|(?i:{_BARE_ATTRIBUTES})"
-    r"|[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+"
-)
-_ATTRIBUTES = rf"(?:\s+(?:{_ATTRIBUTE}))*\s*/?>"
+_NAME = r"[A-Za-z_:@][-A-Za-z0-9_:.@]*"
+_VALUED = rf"{_NAME}\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+)"
+_LISTED = rf"(?i:{_BARE_ATTRIBUTES})|[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+"
+_ATTRIBUTES = rf"(?:\s+(?:{_LISTED}))*(?:\s+{_VALUED}(?:\s*{_VALUED}|\s+{_NAME})*)?\s*/?>"
 _TAG = (
     r"(?s:<!--.*?-->)"  # a comment may span lines (RE2's "." stops at a newline without s)
     rf"|</?(?i:{_HTML_ELEMENTS}){_ATTRIBUTES}"
