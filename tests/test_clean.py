@@ -135,9 +135,25 @@ def test_fenced_code_blocks_keep_their_whitespace() -> None:
         f"Run this:\n\n{code}\n\nthen this.",
         texts[2],
         "``` not a block ``` but `inline`\ncode",
-        "the rest\n```\nis code    left open",
+        # A fence never closed is no code: CommonMark runs it to the end of the text, and a line of
+        # tildes under a title (plain text's divider, reStructuredText's underline) kept all after it untidied.
+        "the rest\n```\nis code left open",
     ]
     assert result.stats["whitespace_normalized"] == 3
+
+
+def test_a_line_of_tildes_in_plain_text_is_no_fence_left_open() -> None:
+    texts = [
+        "Title\n~~~~~~~~\n\nlots    of   space   \n\n\n\n\nend",
+        "> ~~~\n>   quoted   text  \n\n\n\nafter",
+        "Title\n~~~~\n\n  code  \n~~~~~~\nafter    it",  # closed by a longer line: code, as CommonMark reads it
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [
+        "Title\n~~~~~~~~\n\nlots of space\n\nend",
+        "> ~~~\n> quoted text\n\nafter",
+        "Title\n~~~~\n\n  code  \n~~~~~~\nafter it",
+    ]
 
 
 def test_text_polars_hands_over_as_large_strings_is_cleaned_too() -> None:

@@ -8,7 +8,7 @@ Steps, in order (each can be switched off in the recipe):
 - ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
   joiners letters and emoji need);
 - ``whitespace_normalized``: runs of spaces, space at lines' starts and ends, runs of blank lines, space
-  at the ends; not in a fenced code block (Markdown's ``` or ~~~), whose whitespace is code.
+  at the ends; not in a closed fenced code block (Markdown's ``` or ~~~), whose whitespace is code.
 
 Stats count the field values each step changed (``<step>``, and ``<step>:<field>`` per field) and the
 records changed at all (``records_changed``). A record whose required text is empty (or spaces alone) after
@@ -142,18 +142,27 @@ def _tidy_spaces(values: pa.Array) -> pa.Array:
 
 
 def _tidy_around_fences(text: str) -> str:
-    """``text`` with its spaces tidied outside its fenced code blocks (as CommonMark reads them, in a
-    list or quote too, or open to the end): in code, indentation, alignment and blank lines are content."""
+    """``text`` with its spaces tidied outside its closed fenced code blocks (as CommonMark reads them, in
+    a list or quote too): in code, indentation, alignment and blank lines are content."""
+    lines = text.split("\n")
     starts = [0, *(found.end() for found in re.finditer("\n", text)), len(text) + 1]
     blocks = [
         (starts[token.map[0]], starts[token.map[1]] - 1)  # from its first line's start to its last line's end
         for token in _markdown().parse(text)
-        if token.type == "fence" and token.map
+        if token.type == "fence" and token.map and _closed(token.markup, lines[token.map[0] : token.map[1]])
     ]
     cuts = [0, *itertools.chain.from_iterable(blocks), len(text)]
     pieces = [text[begin:end] for begin, end in itertools.pairwise(cuts)]  # outside, block, ..., outside
     pieces[::2] = _tidy_spaces(pa.array(pieces[::2], pa.string())).to_pylist()
     return "".join(pieces)
+
+
+def _closed(markup: str, lines: list[str]) -> bool:
+    """Whether a fence's ``lines`` end with a line closing it (its opening's character, as many times or
+    more, after the marks of a quote or list item). A fence never closed runs to the end of the text:
+    a line of tildes, a plain-text divider or reStructuredText's underline, is one, and is no code."""
+    closing = rf"[ \t>]*{re.escape(markup[0])}{{{len(markup)},}}[ \t]*"
+    return len(lines) > 1 and re.fullmatch(closing, lines[-1]) is not None
 
 
 @functools.cache
