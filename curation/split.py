@@ -28,6 +28,7 @@ import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from itertools import compress
 from typing import Any
 
@@ -55,7 +56,9 @@ def key_text(value: Any) -> str:
     array (a Parquet struct or list, a JSONL object, or its JSON text where the JSONL column mixes types)
     as JSON with its keys sorted and its null members left out (a Parquet struct has every field, a
     line only its own keys), a boolean as ``true``/``false``, a whole float in int64's range as its integer (``5``, not
-    ``5.0``: pandas writes an integer column with a missing value as float64), any other value as ``str`` gives it."""
+    ``5.0``: pandas writes an integer column with a missing value as float64), a whole decimal as its integer too
+    and another without trailing zeros (``5.5``, not ``5.50``), any other value as ``str`` gives it. Text stays
+    as written: the text ``5.0`` is another key than the number 5 (``007`` is no 7)."""
     if isinstance(value, str):
         if not value.startswith(("{", "[")):
             return value
@@ -70,6 +73,8 @@ def key_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float | np.floating) and (number := float(value)).is_integer() and abs(number) < 2**63:
         return str(int(number))  # an int64 once (not inf or nan)
+    if isinstance(value, Decimal) and value.is_finite():  # a SQL NUMERIC(10,2)'s 5.00 is the customer 5
+        return str(int(value)) if value == value.to_integral_value() else format(value.normalize(), "f")
     return str(value)
 
 

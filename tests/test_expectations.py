@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import re
 import subprocess
 import sys
@@ -592,6 +593,57 @@ def test_in_set_tells_booleans_from_numbers() -> None:
     # Numbers stay numbers whatever their type: 1.0 is 1; NaN passes, as pandas' null did.
     assert failed(Expectation(column="x", check="in_set", values=[1])) == ["b"]
     assert failed(Expectation(column="n", check="in_set", values=[1.0, "2"])) == ["b"]
+
+
+def test_in_set_compares_a_number_as_the_columns_type_holds_it() -> None:
+    import decimal
+
+    import pyarrow as pa
+
+    from schemas.records import source_array
+
+    # A Parquet FLOAT column's 0.1 is float32(0.1), no float 0.1; a decimal(10,2) column's 0.10 is no float 0.1
+    # by exact value: every such row failed in_set [0.1].
+    batch = pa.table(
+        {
+            "id": list("abc"),
+            "source": source_array("files", "/t.parquet", [1, 2, 3]),
+            "f": pa.array([0.1, 0.5, float("inf")], pa.float32()),
+            "d": pa.array([decimal.Decimal(v) for v in ("0.10", "1.00", "0.12")], pa.decimal128(10, 2)),
+            "n": pa.array([1, 2, 3], pa.int64()),
+        }
+    )
+    failed = lambda spec: Expectations([spec])(batch).set_aside["id"].to_pylist()  # noqa: E731
+    assert failed(Expectation(column="f", check="in_set", values=[0.1, 0.5])) == ["c"]
+    assert failed(Expectation(column="f", check="in_set", values=[0.1, 1e300])) == ["b", "c"]  # float32 has no 1e300
+    assert failed(Expectation(column="d", check="in_set", values=[0.1, 1])) == ["c"]
+    assert failed(Expectation(column="d", check="in_set", values=[0.123])) == ["a", "b", "c"]  # not rounded to 0.12
+    assert failed(Expectation(column="n", check="in_set", values=[1.5, 2.0, True])) == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ([10**16], [1e16]),  # Arrow wrote the float 1e+16
+        ([decimal.Decimal("0.0000001")], [1e-7]),  # and 1e-07
+        ([0], [-0.0]),  # and -0
+        ([decimal.Decimal("-0.00")], [0]),
+        ([0.1], [decimal.Decimal("0.100")]),
+    ],
+)
+def test_unique_over_the_run_takes_equal_numbers_of_two_types_for_one_value(first: list[Any], then: list[Any]) -> None:
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    def file(name: str, values: list[Any]) -> pa.Table:
+        source = source_array("files", f"/{name}.parquet", [1])
+        return pa.table({"id": [f"{name}1"], "source": source, "k": pa.array(values)})
+
+    stage = UniqueValues(["k"])
+    aside = stage.resolve([stage.signatures(file("a", first)), stage.signatures(file("b", then))])
+    assert aside["id"].to_pylist() == ["a1", "b1"]
 
 
 def test_unique_over_the_run_tells_text_from_numbers_and_booleans_but_not_1_from_1_0() -> None:

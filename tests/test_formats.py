@@ -690,6 +690,29 @@ def test_a_float_group_placed_by_an_earlier_release_keeps_its_side(tmp_path: Pat
     assert sides(pa.array([5.0])) == [False]
 
 
+def test_a_decimal_group_key_is_the_same_group_as_its_integer(tmp_path: Path) -> None:
+    # A SQL NUMERIC(10,2) customer 5.00 was the group "5.00", the same customer from a JSONL file "5": one
+    # customer on both sides. Text stays text: a group placed under "5.0" (a float or a text then) keeps its side.
+    import decimal
+
+    from curation.split import Splitter
+    from curation.state import StateStore
+
+    def sides(column: pa.Array, fraction: float = 0.5) -> list[bool]:
+        splitter = Splitter(fraction, "seed", group_by="customer")
+        splitter.known = lambda keys: state.group_sides("d", keys)
+        return splitter.assign(pa.table({"id": [f"r{n}" for n in range(len(column))], "customer": column})).to_pylist()
+
+    state = StateStore(f"sqlite:///{tmp_path}/state.db")
+    numbers = [decimal.Decimal(n).scaleb(-2) for n in range(-4000, 4000, 50)]  # -40.00 .. 39.50
+    by_decimal = sides(pa.array(numbers, pa.decimal128(10, 2)))
+    assert by_decimal == sides(pa.array([float(n) for n in numbers]))
+    assert 0 < sum(by_decimal) < len(numbers)
+    state.record_group_sides("d", {"g\x1f5.0": True}, start_over=False)
+    for column in (pa.array(["5.0"]), pa.array([5.0]), pa.array([5]), pa.array([decimal.Decimal("5.00")])):
+        assert sides(column, 0.0) == [True]
+
+
 @pytest.mark.parametrize(
     ("first", "then"),
     [

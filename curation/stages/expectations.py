@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import warnings
 from collections import Counter
@@ -161,11 +162,26 @@ def _kind_and_value(value: Any) -> tuple[str, Any]:
     return type(value).__name__, value
 
 
+def _as_held(value: Any, kind: pa.DataType) -> Any:
+    """An allowed number as a column of ``kind`` holds it, so that equal means what the recipe wrote: a
+    float32 column's 0.1 is float32(0.1), not the float 0.1; a decimal column's 0.10 is Decimal 0.1 (the
+    float 0.1 is not, by exact value). ``None`` where the type cannot hold it (1e300 in float32)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return value
+    if pa.types.is_decimal(kind) and isinstance(value, float) and math.isfinite(value):
+        return Decimal(repr(value))  # the number as written, which a decimal column holds exactly or not at all
+    if pa.types.is_floating(kind) and kind.bit_width < 64:
+        with np.errstate(over="ignore"):
+            held = float(kind.to_pandas_dtype()(value))
+        return None if math.isinf(held) and not math.isinf(value) else held
+    return value
+
+
 def _not_in_set(column: pa.ChunkedArray, values: list[Any]) -> list[int]:
-    """Positions of the values not among ``values``, a boolean never equal to a number. Nulls pass, and so
-    does NaN, as in great-expectations (pandas takes NaN for a null); a date or time is compared as its
-    text (``_as_written``)."""
-    allowed = {_kind_and_value(value) for value in values}
+    """Positions of the values not among ``values``, a boolean never equal to a number, a number compared as
+    the column's type holds it (``_as_held``). Nulls pass, and so does NaN, as in great-expectations (pandas
+    takes NaN for a null); a date or time is compared as its text (``_as_written``)."""
+    allowed = {_kind_and_value(held) for value in values if (held := _as_held(value, column.type)) is not None}
     return [
         at
         for at, value in enumerate(_as_written(column).to_pylist())
@@ -295,16 +311,29 @@ def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     elif pa.types.is_nested(kind):
         texts = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in column.to_pylist()]
         tag, text = "json", pa.array(texts, pa.string())
-    elif pa.types.is_decimal(kind):  # Arrow writes its scale: 1 as 1.00
-        texts = [None if v is None else format(v.normalize(), "f") for v in column.to_pylist()]
-        tag, text = "number", pa.array(texts, pa.string())
-    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+    elif pa.types.is_decimal(kind):
+        tag, text = "number", pa.array([_number_text(v) for v in column.to_pylist()], pa.string())
+    elif pa.types.is_floating(kind):  # Arrow's shortest text for the type: a float32's 0.1 is 0.1
+        texts = pc.cast(column, pa.string()).to_pylist()
+        tag, text = "number", pa.array([None if v is None else _number_text(Decimal(v)) for v in texts], pa.string())
+    elif pa.types.is_integer(kind):  # an integer's text is already the canonical one
         tag, text = "number", pc.cast(column, pa.string())
     elif pa.types.is_boolean(kind):
         tag, text = "boolean", pc.cast(column, pa.string())
     else:
         tag, text = "text", pc.cast(column, pa.string())
     return pc.binary_join_element_wise(f"{tag}:", text, "")  # a null stays null: no value
+
+
+def _number_text(number: Decimal | None) -> str | None:
+    """One text for every number of one value, as an integer column writes it where it is whole: Arrow
+    writes a decimal's scale (1 as 1.00), a float as 1e+16 or 1e-07 and its zero as -0, and two files that
+    held one value as two types were no repeat. A NaN or infinity as Arrow writes a float's (nan, inf)."""
+    if number is None:
+        return None
+    if not number.is_finite():
+        return str(float(number))
+    return "0" if number.is_zero() else format(number.normalize(), "f")
 
 
 def _shown(comparable: str | None) -> Any:
