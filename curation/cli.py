@@ -86,7 +86,7 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
         table.add_row("written", "this run", f"{counts.written:,}")
         table.add_row("carried", f"from v{manifest.carried_from}", f"{counts.carried:,}")
         for split, info in manifest.splits.items():
-            table.add_row("in version", split, f"{info.records:,}" + (" pieces" if pieces else ""))
+            table.add_row("in version", escape(split), f"{info.records:,}" + (" pieces" if pieces else ""))
     else:
         # The run's records per side (a shard's lines are pieces with chunk_chars).
         sides = manifest.split.get("records", {})
@@ -94,10 +94,11 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
             shown = f"{sides.get(split, info.records):,}"
             if pieces:
                 shown += f" ({info.records:,} pieces)"
-            table.add_row("written", split, shown)
+            table.add_row("written", escape(split), shown)
     for outcome in ("filtered", "duplicate", "quarantined"):
         for reason, count in counts.reasons.get(outcome, {}).items():
-            table.add_row(outcome, reason, f"{count:,}")
+            # Not markup: a reason can name a recipe's column (expect_column_values_to_not_be_null:<column>).
+            table.add_row(outcome, escape(reason), f"{count:,}")
     return table
 
 

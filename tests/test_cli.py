@@ -1071,3 +1071,21 @@ def test_a_run_forked_from_the_fork_server_says_what_a_fresh_interpreter_says(tm
         assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
         assert forked.returncode == (0 if "--help" in args else 2)
     assert "Usage: python -m curation.cli check" in forked.stderr
+
+
+def test_the_run_summary_shows_reasons_and_split_names_as_they_are_not_as_markup(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from curation.cli import summary_table
+    from curation.published import read_manifest
+
+    manifest = read_manifest(str(run_recipe(five_notes(tmp_path)).version_uri))
+    # A reason holds the recipe's column name: brackets in it are a MarkupError (or silently dropped).
+    reasons = {"quarantined": {"expect_column_values_to_not_be_null:tags[/x]": 1, "length:[b]": 2}}
+    manifest = manifest.model_copy(update={"counts": manifest.counts.model_copy(update={"reasons": reasons})})
+    manifest.splits["[i]train"] = manifest.splits.pop("train")
+    console = Console(width=200, record=True)
+    console.print(summary_table(manifest))
+    shown = console.export_text()
+    assert "expect_column_values_to_not_be_null:tags[/x]" in shown and "length:[b]" in shown
+    assert "[i]train" in shown
