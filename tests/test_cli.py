@@ -539,6 +539,40 @@ def test_a_stop_while_the_recipe_loads_says_nothing_was_published(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "stop", "said"),
+    [("run", "SIGTERM", "SIGTERM"), ("run", "SIGINT", "^C"), ("demo", "SIGTERM", "SIGTERM")],
+)
+def test_a_stop_while_the_run_loads_its_modules_says_nothing_was_published(
+    tmp_path: Path, command: str, stop: str, said: str
+) -> None:
+    # Between the recipe's loading and the run's own handler, execute imports curation.pipeline (~0.8 s):
+    # a stop there was a Stopped traceback and exit 1. The signal is sent from an import hook at that moment.
+    five_notes(tmp_path)
+    args = ["run", "recipe.yaml"] if command == "run" else ["demo", "--folder", "demo", "--rows", "10"]
+    hooked = tmp_path / "hooked.py"
+    hooked.write_text(
+        "import importlib.abc, os, signal, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'curation.pipeline':\n"
+        "            sys.meta_path.remove(self)\n"
+        f"            os.kill(os.getpid(), signal.{stop})\n"
+        "import curation.cli\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        f"sys.argv = ['curation', *{args!r}]\n"
+        "curation.cli.app()\n"
+    )
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(hooked)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 128 + signal.Signals[stop], done.stdout + done.stderr
+    assert f"stopped by {said}, nothing published" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("**/manifest.json"))
+
+
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
 def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str, said: str) -> None:
     import signal
