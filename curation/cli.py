@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal
+from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal, stops_deferred
 from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
@@ -86,7 +86,7 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
         table.add_row("written", "this run", f"{counts.written:,}")
         table.add_row("carried", f"from v{manifest.carried_from}", f"{counts.carried:,}")
         for split, info in manifest.splits.items():
-            table.add_row("in version", split, f"{info.records:,}" + (" pieces" if pieces else ""))
+            table.add_row("in version", escape(split), f"{info.records:,}" + (" pieces" if pieces else ""))
     else:
         # The run's records per side (a shard's lines are pieces with chunk_chars).
         sides = manifest.split.get("records", {})
@@ -94,17 +94,28 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
             shown = f"{sides.get(split, info.records):,}"
             if pieces:
                 shown += f" ({info.records:,} pieces)"
-            table.add_row("written", split, shown)
+            table.add_row("written", escape(split), shown)
     for outcome in ("filtered", "duplicate", "quarantined"):
         for reason, count in counts.reasons.get(outcome, {}).items():
-            table.add_row(outcome, reason, f"{count:,}")
+            # Not markup: a reason can name a recipe's column (expect_column_values_to_not_be_null:<column>).
+            table.add_row(outcome, escape(reason), f"{count:,}")
     return table
 
 
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, origin: Path | None = None) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code. ``origin``:
     the recipe's file, which a recipe error found once records were read names (a scheduler's log holds
-    the runs of many recipes)."""
+    the runs of many recipes). SIGTERM and ^C are said as a stopped run, from its start: never a traceback."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop_signal)
+    ran: list[RunResult] = []  # the run's result once it returned, or once its version was visible
+    try:
+        return _execute(recipe, quiet, full_refresh, origin, ran)
+    except Stopped as stop:  # outside the run's own handlers: while its modules load (~1 s), or between them
+        return _stopped(stop, stop.published or (ran[0] if ran else None))
+
+
+def _execute(recipe: Recipe, quiet: bool, full_refresh: bool, origin: Path | None, ran: list[RunResult]) -> int:
     from connectors.state import LockLost, RunLocked
     from curation.executors.local import AccountingError
     from curation.pipeline import NotRecorded, default_executor, run_recipe
@@ -126,25 +137,25 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
         # The bar is the input read; after a dedup stage's barrier it is full while the writing goes on.
         progress.update(task, description=f"curating {recipe.dataset}: {records:,} records written")
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_stop_signal)
-    result: RunResult | None = None
     try:
         with progress:
-            result = run_recipe(
-                recipe,
-                on_start=lambda total: progress.update(task, total=total or None),
-                on_input=lambda done: progress.advance(task, done),
-                full_refresh=full_refresh,
-                on_written=written,
-                executor=default_executor(recipe, quiet),
+            ran.append(
+                run_recipe(
+                    recipe,
+                    on_start=lambda total: progress.update(task, total=total or None),
+                    on_input=lambda done: progress.advance(task, done),
+                    full_refresh=full_refresh,
+                    on_written=written,
+                    executor=default_executor(recipe, quiet),
+                )
             )
     except Stopped as stop:  # with the run's result if it came once the run had returned (the bar closing)
-        return _stopped(stop, stop.published or result)
+        return _stopped(stop, stop.published or (ran[0] if ran else None))
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
     except NotRecorded as error:  # before the state store's errors: this one came once the version was visible
+        ran.append(error.result)
         cause = state_problem(recipe.state, error.error) if isinstance(error.error, SQLAlchemyError) else error.error
         console.print(
             f"[yellow]published, not recorded[/yellow]: {escape(str(error.result.version_uri))} is visible, but the "
@@ -166,10 +177,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
     except (OSError, AccountingError, ValueError, LockLost) as error:
         console.print(f"[red]run failed[/red], nothing published: {escape(str(error))}", highlight=False)
         return EXIT_FAILED
-    try:
-        return _report(result, recipe)
-    except Stopped as stop:  # the signal came while the summary was printed: the run had published
-        return _stopped(stop, result)
+    return _report(ran[0], recipe)  # a stop while the summary is printed: execute says the run had published
 
 
 def _in_recipe(origin: Path | None, recipe: Recipe, message: str) -> str:
@@ -184,15 +192,16 @@ def _in_recipe(origin: Path | None, recipe: Recipe, message: str) -> str:
 def _stopped(stop: BaseException, published: RunResult | None) -> int:
     """Say what a run stopped by SIGTERM or ^C published (``published``: its result, once its version was
     visible), and the exit code."""
-    signum = int(stop.args[0])
-    name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
-    if published is not None and published.version_uri is not None:  # visible, and recorded
-        console.print(
-            f"[red]stopped[/red] by {name} after publishing {escape(str(published.version_uri))}", highlight=False
-        )
-    else:
-        console.print(f"[red]stopped[/red] by {name}, nothing published", highlight=False)
-    return 128 + signum
+    with stops_deferred():  # a second signal while this is said: not a traceback, nor said otherwise
+        signum = int(stop.args[0])
+        name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if published is not None and published.version_uri is not None:  # visible, and recorded
+            console.print(
+                f"[red]stopped[/red] by {name} after publishing {escape(str(published.version_uri))}", highlight=False
+            )
+        else:
+            console.print(f"[red]stopped[/red] by {name}, nothing published", highlight=False)
+        return 128 + signum
 
 
 @contextlib.contextmanager
@@ -277,7 +286,8 @@ def run(
                 "[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False
             )
             raise typer.Exit(EXIT_USAGE)
-    raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
+        # Within: a stop before execute takes the signals is said too (execute says every one after, itself).
+        raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
 
 
 @app.command()
@@ -514,6 +524,11 @@ def demo(
     log_level: LogLevel = "warning",
 ) -> None:
     """Generate synthetic bank transactions and curate them into instructions; each run starts over (full refresh)."""
+    with stopped_before_reading():  # nothing published before execute, which says its own stops
+        _demo(folder, rows, log_level)
+
+
+def _demo(folder: Path, rows: int, log_level: str) -> None:
     from curation.demo import write_demo
 
     _configure_logging(log_level)

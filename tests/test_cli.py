@@ -539,6 +539,40 @@ def test_a_stop_while_the_recipe_loads_says_nothing_was_published(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "stop", "said"),
+    [("run", "SIGTERM", "SIGTERM"), ("run", "SIGINT", "^C"), ("demo", "SIGTERM", "SIGTERM")],
+)
+def test_a_stop_while_the_run_loads_its_modules_says_nothing_was_published(
+    tmp_path: Path, command: str, stop: str, said: str
+) -> None:
+    # Between the recipe's loading and the run's own handler, execute imports curation.pipeline (~0.8 s):
+    # a stop there was a Stopped traceback and exit 1. The signal is sent from an import hook at that moment.
+    five_notes(tmp_path)
+    args = ["run", "recipe.yaml"] if command == "run" else ["demo", "--folder", "demo", "--rows", "10"]
+    hooked = tmp_path / "hooked.py"
+    hooked.write_text(
+        "import importlib.abc, os, signal, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'curation.pipeline':\n"
+        "            sys.meta_path.remove(self)\n"
+        f"            os.kill(os.getpid(), signal.{stop})\n"
+        "import curation.cli\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        f"sys.argv = ['curation', *{args!r}]\n"
+        "curation.cli.app()\n"
+    )
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(hooked)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 128 + signal.Signals[stop], done.stdout + done.stderr
+    assert f"stopped by {said}, nothing published" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("**/manifest.json"))
+
+
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
 def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str, said: str) -> None:
     import signal
@@ -1071,3 +1105,21 @@ def test_a_run_forked_from_the_fork_server_says_what_a_fresh_interpreter_says(tm
         assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
         assert forked.returncode == (0 if "--help" in args else 2)
     assert "Usage: python -m curation.cli check" in forked.stderr
+
+
+def test_the_run_summary_shows_reasons_and_split_names_as_they_are_not_as_markup(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from curation.cli import summary_table
+    from curation.published import read_manifest
+
+    manifest = read_manifest(str(run_recipe(five_notes(tmp_path)).version_uri))
+    # A reason holds the recipe's column name: brackets in it are a MarkupError (or silently dropped).
+    reasons = {"quarantined": {"expect_column_values_to_not_be_null:tags[/x]": 1, "length:[b]": 2}}
+    manifest = manifest.model_copy(update={"counts": manifest.counts.model_copy(update={"reasons": reasons})})
+    manifest.splits["[i]train"] = manifest.splits.pop("train")
+    console = Console(width=200, record=True)
+    console.print(summary_table(manifest))
+    shown = console.export_text()
+    assert "expect_column_values_to_not_be_null:tags[/x]" in shown and "length:[b]" in shown
+    assert "[i]train" in shown

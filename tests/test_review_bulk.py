@@ -194,3 +194,23 @@ def test_a_reviewer_who_keeps_every_predicted_label_marks_nothing_not_pii(tmp_pa
     # An edit that marks the e-mail not PII is still not a reviewer's to make.
     with pytest.raises(LabelStudioError, match="only a pii-reviewer or an admin can mark redactions as not PII"):
         import_annotations(engine, chose("approve", False), "rita")
+
+
+def test_a_reviewers_task_stale_since_its_export_whose_not_pii_mark_was_undone_is_counted_changed(
+    tmp_path: Path,
+) -> None:
+    # Item 1's name, marked not PII when exported, comes back unlabelled; the mark is undone since the export.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'a.db'}", 2)
+    add_user(engine, "rita", "reviewer", "correct horse battery")
+    tasks = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    decision = {"from_name": "decision", "to_name": "text", "type": "choices", "value": {"choices": ["approve"]}}
+    kept = [
+        {**task, "annotations": [{"id": n, "result": [decision, *task["predictions"][0]["result"]]}]}
+        for n, task in enumerate(tasks)
+    ]
+    dec.undo_last(engine, "pia")
+    # The stale task marks nothing new (it is not taken at all): the import is not refused for it.
+    counts = import_annotations(engine, kept, "rita")
+    assert counts["changed since export"] == 1 and counts["approve"] == 1
+    assert [row["action"] for row in dec.history(engine, 1)] == ["edit"]
+    assert [row["action"] for row in dec.history(engine, 2)] == ["approve"]
