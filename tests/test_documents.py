@@ -352,12 +352,18 @@ def test_an_overlap_over_half_a_chunk_is_a_recipe_error_naming_it() -> None:
         chunk_text("a\n\nb", max_chars=200, overlap_chars=101)
 
 
+def _pieces(text: str, max_chars: int) -> list[str]:
+    """``text`` cut by the chunker, each piece within ``max_chars``, nothing lost or doubled but spaces."""
+    pieces = [chunk.text for chunk in chunk_text(text, max_chars=max_chars)]
+    assert all(len(piece) <= max_chars for piece in pieces)
+    assert "".join(p.replace(" ", "") for p in pieces) == text.replace(" ", "")
+    return pieces
+
+
 def test_a_long_paragraph_is_not_cut_between_the_words_of_a_name() -> None:
     line = "the refund for this account was approved by Daniel Okafor and sent to Maria de la Cruz today " * 12
     for max_chars in range(60, 140):
-        pieces = [chunk.text for chunk in chunk_text(line, max_chars=max_chars)]
-        assert all(len(piece) <= max_chars for piece in pieces)
-        assert "".join(p.replace(" ", "") for p in pieces) == line.replace(" ", "")  # nothing lost or doubled
+        pieces = _pieces(line, max_chars)
         for before, after in itertools.pairwise(pieces):
             assert not (before.split()[-1][:1].isupper() and after[:1].isupper()), (max_chars, before, after)
     # Words all capitalised: cut at the last space all the same, never inside a word.
@@ -504,9 +510,7 @@ def test_a_long_paragraph_is_not_cut_at_a_no_break_space_while_a_space_will_do()
     # piece ended "10" and the next began "000 euros".
     line = "the parcel was 12\u00a0kg and cost 10\u00a0000 euros, paid on page\u00a03 of the form. " * 6
     for max_chars in range(30, 120):
-        pieces = [chunk.text for chunk in chunk_text(line, max_chars=max_chars)]
-        assert all(len(piece) <= max_chars for piece in pieces)
-        assert "".join(p.replace(" ", "") for p in pieces) == line.replace(" ", "")  # nothing lost or doubled
+        pieces = _pieces(line, max_chars)
         assert not [p for p in pieces if p.startswith(("kg", "000", "3 "))], (max_chars, pieces)
     # A run of them longer than a piece: cut at one all the same, not inside a number.
     assert [chunk.text for chunk in chunk_text("12\u00a0345\u00a0678\u00a0901", max_chars=8)] == [

@@ -131,6 +131,14 @@ def test_a_label_studio_export_from_another_store_is_refused(seeded: Seeded, tmp
     assert dec.active_decisions(other, "support") == []
 
 
+def _postgres_store(request: pytest.FixtureRequest) -> tuple[str, sa.Engine]:
+    """The test PostgreSQL server's URL, and an engine on it with the review tables made."""
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    dec.create_tables(engine)
+    return url, engine
+
+
 def _one_item(engine: sa.Engine) -> int:
     dataset = f"ds-{uuid.uuid4().hex[:8]}"
     source = {"connector": "files", "uri": "in.jsonl", "line": 1, "page": None}
@@ -298,9 +306,7 @@ def test_an_undo_and_a_decision_at_once_leave_the_status_of_the_decision_in_forc
 
 
 def test_two_undos_retrying_onto_each_others_items_do_not_deadlock(request: pytest.FixtureRequest) -> None:
-    url = request.getfixturevalue("postgres_url")
-    engine = sa.create_engine(url)
-    dec.create_tables(engine)
+    url, engine = _postgres_store(request)
     first, second = _one_item(engine), _one_item(engine)
     rita, pia = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("rita", "pia"))
     # rita decided on the first item, then the second; pia on the second, then the first.
@@ -387,9 +393,7 @@ def test_a_run_reads_no_decision_committed_after_it_beneath_the_mark_it_records(
 ) -> None:
     # PostgreSQL numbers rows as they are inserted: a decision inserted later but committed first would
     # put a number above one still uncommitted, and a run reading up to it would miss that one for good.
-    url = request.getfixturevalue("postgres_url")
-    engine = sa.create_engine(url)
-    dec.create_tables(engine)
+    url, engine = _postgres_store(request)
     first, second = _one_item(engine), _one_item(engine)
     slow = sa.create_engine(url)  # a server whose transaction is slow to commit after its insert
     inserted, go_on = threading.Event(), threading.Event()
@@ -454,9 +458,7 @@ def test_a_writer_of_the_earlier_release_and_a_decision_on_one_item_wait_for_eac
     # taken the other way round (the table first), a decision on the same item deadlocked with it.
     from datetime import UTC, datetime
 
-    url = request.getfixturevalue("postgres_url")
-    engine = sa.create_engine(url)
-    dec.create_tables(engine)
+    url, engine = _postgres_store(request)
     item_id = _one_item(engine)
     item = dec.get_item(engine, item_id)
     errors: list[BaseException] = []

@@ -710,23 +710,15 @@ def test_wait_shows_the_jobs_cloudwatch_log_lines(
 ) -> None:
     from train.cli import EXIT_OK, follow
 
-    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
-    name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
-    logs = boto3.client("logs")
-    group = "/aws/sagemaker/TrainingJobs"
-    if group not in [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]]:
-        logs.create_log_group(logGroupName=group)
-    logs.create_log_stream(logGroupName=group, logStreamName=f"{name}/algo-1-1764072000")
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # CloudWatch drops events older than 14 days
-    events = [{"timestamp": now_ms + i, "message": f"epoch=0 step={i} train_epoch_loss=1.{i}"} for i in range(3)]
-    logs.put_log_events(logGroupName=group, logStreamName=f"{name}/algo-1-1764072000", logEvents=events)
+    name = job_with_log_lines(workdir, bucket, range(3), line="epoch=0 step={} train_epoch_loss=1.{}")
     assert follow(name, 0, None) == EXIT_OK
     err = capsys.readouterr().err
     assert all(f"step={i} train_epoch_loss=1.{i}" in err for i in range(3))
 
 
-def job_with_log_lines(workdir: Path, bucket: str, *batches: range) -> str:
-    """A launched job (moto completes it at once) whose CloudWatch stream holds ``line N`` for each N."""
+def job_with_log_lines(workdir: Path, bucket: str, *batches: range, line: str = "line {}") -> str:
+    """A launched job (moto completes it at once) whose CloudWatch stream holds ``line`` for each N of
+    ``batches`` (``line N`` by default)."""
     version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
     name = launch(training_request(version, MODEL, role_arn=ROLE, specs=PINNED))
     logs = boto3.client("logs")
@@ -735,9 +727,9 @@ def job_with_log_lines(workdir: Path, bucket: str, *batches: range) -> str:
         logs.create_log_group(logGroupName=group)
     stream = f"{name}/algo-1-1764072000"
     logs.create_log_stream(logGroupName=group, logStreamName=stream)
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)  # CloudWatch drops events older than 14 days
     for batch in batches:  # PutLogEvents takes at most 10,000 events
-        events = [{"timestamp": now_ms + i, "message": f"line {i}"} for i in batch]
+        events = [{"timestamp": now_ms + i, "message": line.format(i, i)} for i in batch]
         logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
     return name
 
