@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import numpy as np
@@ -129,3 +129,10 @@ def rewritten(
     if not pc.any(where).as_py():
         return texts
     return pc.replace_with_mask(texts, where, rewrite(texts.filter(where)))
+
+
+def decimal_text(value: Decimal) -> str:
+    """A finite decimal written in full, without trailing zeros (``7.00`` is ``7``, ``5.50`` is ``5.5``),
+    every digit it holds kept: normalised in Python's default context, a decimal128(38)'s value was
+    rounded to 28 digits, and two values became one."""
+    return format(value.normalize(Context(prec=max(1, len(value.as_tuple().digits)))), "f")

@@ -646,6 +646,23 @@ def test_unique_over_the_run_takes_equal_numbers_of_two_types_for_one_value(firs
     assert aside["id"].to_pylist() == ["a1", "b1"]
 
 
+def test_unique_over_the_run_tells_apart_decimals_that_differ_past_28_digits() -> None:
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues
+    from schemas.records import source_array
+
+    # Normalised in Python's default context (28 digits), the two decimal128(38) values were one text.
+    values = [
+        decimal.Decimal("0.12345678901234567890123456789012345678"),
+        decimal.Decimal("0.12345678901234567890123456789012345679"),
+    ]
+    column = pa.array(values, pa.decimal128(38, 38))
+    batch = pa.table({"id": ["a1", "a2"], "source": source_array("files", "/a.parquet", [1, 2]), "k": column})
+    stage = UniqueValues(["k"])
+    assert stage.resolve([stage.signatures(batch)]).num_rows == 0
+
+
 def test_unique_over_the_run_tells_text_from_numbers_and_booleans_but_not_1_from_1_0() -> None:
     import decimal
 

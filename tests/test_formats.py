@@ -784,3 +784,18 @@ def test_vqa_records_published_before_images_were_grouped_keep_their_sides() -> 
     splitter.keep_sides(pa.array(ids[:2]), pa.array([earlier, earlier]))
     again = splitter.assign(pa.table({"id": ids, "image_bytes": picture})).to_pylist()
     assert again == [earlier, earlier, by_image[0], by_image[0]]
+
+
+def test_decimal_group_keys_that_differ_past_28_digits_are_two_keys() -> None:
+    from decimal import Decimal
+
+    from curation.split import key_text
+
+    # Normalised in Python's default context (28 digits), two customers' keys were one text.
+    first, second = (
+        Decimal("0.12345678901234567890123456789012345678"),
+        Decimal("0.12345678901234567890123456789012345679"),
+    )
+    assert key_text(first) == "0.12345678901234567890123456789012345678"
+    assert key_text(second) == "0.12345678901234567890123456789012345679"
+    assert key_text(Decimal("5.50")) == "5.5" and key_text(Decimal("5.00")) == "5"

@@ -39,6 +39,7 @@ from curation.stages.base import (
 )
 from curation.stages.shape import time_texts
 from schemas.config import Expectation, between_needs_numbers, length_needs_text, needs_scalars
+from schemas.json_values import decimal_text
 from schemas.records import SIGNATURE_COLUMN_PREFIX, empty_set_aside, location, record_json, set_aside_rows
 from schemas.regex import re2_pattern
 
@@ -333,7 +334,7 @@ def _number_text(number: Decimal | None) -> str | None:
         return None
     if not number.is_finite():
         return str(float(number))
-    return "0" if number.is_zero() else format(number.normalize(), "f")
+    return "0" if number.is_zero() else decimal_text(number)
 
 
 def _shown(comparable: str | None) -> Any:
