@@ -20,12 +20,15 @@ from dataclasses import dataclass
 import regex
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+# No-break spaces (French "10\u00a0000", "Mr\u00a0Okafor", a figure space, a narrow one): they join their words.
+_NO_BREAK = "\xa0\u2007\u202f"
 # A full stop after an initial or a title ("Daniel O. Okafor", "Mr. Okafor") ends no sentence: cut
 # there, the name was half a name in each piece, which the PII stage missed ("Okafor who called").
 # The full stop comes first, the look-backs after it: tried at every character, they made a long
 # paragraph's cuts about five times slower (the text format's chunk_chars cuts whole documents).
 _SENTENCE_END = re.compile(
-    r"(?:\.(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St)\.)(?<!\b(?:Mrs|Mme|Sir)\.)(?<!\bProf\.)|[!?])[\"')\]]?[^\S\xa0\u2007\u202f]"
+    r"(?:\.(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St)\.)(?<!\b(?:Mrs|Mme|Sir)\.)(?<!\bProf\.)|[!?])[\"')\]]?"
+    rf"[^\S{_NO_BREAK}]"
 )
 # Lower-case words inside names ("Maria de la Cruz", "Ludwig van der Berg").
 _PARTICLES = frozenset(
@@ -33,10 +36,8 @@ _PARTICLES = frozenset(
 )
 # A line break is a space here too: a paragraph of lines without spaces (a list of addresses) was cut
 # inside a word at the limit, half an address in each piece, which the PII stage did not recognise.
-# A no-break space (French "10\u00a0000", "Mr\u00a0Okafor", a figure space) joins its words: cut there only where
-# no other space is.
-_SPACE = re.compile(r"[^\S\xa0\u2007\u202f]+")
-_NO_BREAK_SPACES = ("\xa0", "\u2007", "\u202f")
+# A no-break space joins its words: cut there only where no other space is.
+_SPACE = re.compile(rf"[^\S{_NO_BREAK}]+")
 _GRAPHEME = regex.compile(r"\X")
 # A grapheme cluster boundary sure without looking further back (UAX #29): none of its rules joins a character
 # after Prepend, ZWJ, CR, a regional indicator, a Hangul L or Extend (an Indic linker is one), nor one that is
@@ -106,7 +107,7 @@ def _space_cut(window: str, following: str) -> int:
 def _no_break_space_cut(window: str) -> int:
     """Where to cut ``window``, which has no space, at its last no-break space (between two numbers' groups
     rather than inside one); 0 if it has none, or only at its start."""
-    at = max(map(window.rfind, _NO_BREAK_SPACES))
+    at = max(map(window.rfind, _NO_BREAK))
     return at + 1 if at > 0 else 0
 
 

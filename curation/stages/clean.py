@@ -145,7 +145,7 @@ def _tidy_around_fences(text: str) -> str:
     """``text`` with its spaces tidied outside its closed fenced code blocks (as CommonMark reads them, in
     a list or quote too): in code, indentation, alignment and blank lines are content."""
     lines = text.split("\n")
-    starts = [0, *(found.end() for found in re.finditer("\n", text)), len(text) + 1]
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]  # each line's, and past the end
     blocks = [
         (starts[token.map[0]], starts[token.map[1]] - 1)  # from its first line's start to its last line's end
         for token in _markdown().parse(text)
