@@ -38,6 +38,7 @@ import xxhash
 from pydantic import BaseModel
 
 from connectors.base import SourceBatch
+from connectors.batches import id_chunks
 from connectors.storage import FileEntry, ReadDigest, StorageError, Unreadable, filesystem, list_files, readable
 from schemas.manifest import InputFile
 from schemas.records import record_ids, set_aside_rows, source_array
@@ -311,21 +312,11 @@ class Watermarks:
             if self.full_refresh:
                 db.execute(watermarks.delete().where(watermarks.c.dataset == self.dataset))
             for key, source in self.sources.items():
-                for item in source.forgotten:
-                    db.execute(
-                        watermarks.delete().where(
-                            (watermarks.c.dataset == self.dataset)
-                            & (watermarks.c.source == key)
-                            & (watermarks.c.item == item)
-                        )
-                    )
+                of_source = (watermarks.c.dataset == self.dataset) & (watermarks.c.source == key)
+                for chunk in id_chunks(source.forgotten):
+                    db.execute(watermarks.delete().where(of_source & watermarks.c.item.in_(chunk)))
                 for item, value in source.pending.items():
-                    where = (
-                        (watermarks.c.dataset == self.dataset)
-                        & (watermarks.c.source == key)
-                        & (watermarks.c.item == item)
-                    )
-                    db.execute(watermarks.delete().where(where))
+                    db.execute(watermarks.delete().where(of_source & (watermarks.c.item == item)))
                     db.execute(
                         watermarks.insert().values(
                             dataset=self.dataset,

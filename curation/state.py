@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import xxhash
 
 from connectors.batches import batched
-from connectors.state import add_missing_columns
+from connectors.state import add_missing_columns, watermarks
 from schemas.config import plain_sqlite_url
 
 if TYPE_CHECKING:
@@ -134,8 +134,6 @@ class StateStore:
         next run to read everything again. So does one whose version is gone since (a rollback), once its
         run committed what it read: the watermarks say its input was read, and no version holds it. Runs
         killed before their version became visible are marked so."""
-        from connectors.state import watermarks  # the same store's table of what runs took
-
         with self.engine.begin() as db:
             rows = db.execute(
                 sa.select(runs.c.run_id, runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "publishing")
@@ -223,17 +221,14 @@ class StateStore:
 
     def last_published(self, dataset: str) -> int | None:
         """The version the latest run of ``dataset`` that published made, or None when none did."""
-        return self._of_latest_published(runs.c.version, dataset)
+        row = self._of_latest_published((runs.c.version,), dataset)
+        return row.version if row else None
 
-    def _of_latest_published(self, columns: sa.Column | tuple[sa.Column, ...], dataset: str, *where: Any) -> Any:
-        """``columns`` (one, or a row of several) of the latest run of ``dataset`` that published (and
-        meets ``where``), or None."""
-        many = isinstance(columns, tuple)
-        query = sa.select(*columns) if many else sa.select(columns)
-        query = query.where(runs.c.dataset == dataset, runs.c.status == "published", *where)
+    def _of_latest_published(self, columns: tuple[sa.Column, ...], dataset: str, *where: Any) -> sa.Row | None:
+        """``columns`` of the latest run of ``dataset`` that published (and meets ``where``), or None."""
+        query = sa.select(*columns).where(runs.c.dataset == dataset, runs.c.status == "published", *where)
         with self.engine.connect() as db:
-            found = db.execute(query.order_by(runs.c.started_at.desc()).limit(1))
-            return found.first() if many else found.scalar()
+            return db.execute(query.order_by(runs.c.started_at.desc()).limit(1)).first()
 
     def group_sides(self, dataset: str, keys: list[str]) -> dict[str, bool]:
         """The side (True: validation) earlier runs put each of these group keys on, where they did."""

@@ -890,8 +890,9 @@ class DatasetWriter:
             again = rows.filter(pl.col("id").is_in(read.implode()) | pl.col("id").is_in(read_again.implode()))
             carrying.superseded.update(again["id"].to_list())
             found.update(again["shard"].to_list())
-            found.update(rows.filter(pl.col("id").is_in(decided.implode()))["shard"].to_list())
-            lines_of.update(rows.filter(pl.col("id").is_in(edited.implode()))["id"].to_list())
+            hit = rows.filter(pl.col("id").is_in(decided.implode()))  # the edited are among the decided
+            found.update(hit["shard"].to_list())
+            lines_of.update(hit.filter(pl.col("id").is_in(edited.implode()))["id"].to_list())
         carrying.in_pieces = {record for record, lines in lines_of.items() if lines > 1}
         return found
 

@@ -97,13 +97,14 @@ class DecisionMark:
         return row["decision_id"] <= self.decided and (undone is None or undone > self.undone)
 
 
+# The highest undo number given (0 before any): the next undo takes the one after it.
+_LAST_UNDO = sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0)
+
+
 def mark_now(engine: sa.Engine) -> DecisionMark:
     """The review decisions committed now, in every dataset of the store (``DecisionMark``)."""
     create_tables(engine)
-    query = sa.select(
-        sa.func.coalesce(sa.func.max(decisions.c.decision_id), 0),
-        sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0),
-    )
+    query = sa.select(sa.func.coalesce(sa.func.max(decisions.c.decision_id), 0), _LAST_UNDO)
     with engine.connect() as db:
         decided, undone = db.execute(query).one()
     return DecisionMark(int(decided), int(undone))
@@ -131,7 +132,7 @@ def _number_undos(engine: sa.Engine) -> None:
         _one_writer(db)
         # Written first, so that SQLite takes its write lock before the rows are read (two numbering at once).
         db.execute(decisions.update().where(unnumbered).values(undo_seq=decisions.c.undo_seq))
-        latest = db.execute(sa.select(sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0))).scalar_one()
+        latest = db.execute(sa.select(_LAST_UNDO)).scalar_one()
         rows = db.execute(sa.select(decisions.c.decision_id, decisions.c.undone_at).where(unnumbered)).all()
         ordered = sorted(rows, key=lambda row: (_utc(row.undone_at), row.decision_id))
         for number, row in enumerate(ordered, start=latest + 1):
@@ -466,7 +467,7 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             item = review_items.c.item_id == undone["item_id"]
             db.execute(review_items.update().where(item).values(status=review_items.c.status))
             _one_writer(db)
-            latest = db.execute(sa.select(sa.func.coalesce(sa.func.max(decisions.c.undo_seq), 0))).scalar_one()
+            latest = db.execute(sa.select(_LAST_UNDO)).scalar_one()
             # Only if still in force: two undos at once (two tabs, two servers) undo two decisions,
             # not the same one twice while each says it undid one.
             taken = db.execute(
