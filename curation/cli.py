@@ -111,7 +111,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
     ran: list[RunResult] = []  # the run's result once it returned, or once its version was visible
     try:
         return _execute(recipe, quiet, full_refresh, origin, ran)
-    except Stopped as stop:  # outside the run's own handlers: while its modules load (~1 s), or between them
+    except Stopped as stop:  # from its start: while the run's modules load (~1 s), in the run, as the bar closes
         return _stopped(stop, stop.published or (ran[0] if ran else None))
 
 
@@ -149,8 +149,6 @@ def _execute(recipe: Recipe, quiet: bool, full_refresh: bool, origin: Path | Non
                     executor=default_executor(recipe, quiet),
                 )
             )
-    except Stopped as stop:  # with the run's result if it came once the run had returned (the bar closing)
-        return _stopped(stop, stop.published or (ran[0] if ran else None))
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED

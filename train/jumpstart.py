@@ -35,12 +35,18 @@ FORMAT_SWITCH = {"jumpstart-instruction": "instruction_tuned", "jumpstart-chat":
 VISION_MODEL_ID = re.compile(r"-vlm-")
 
 
+def has_switch(fmt: str, hyperparameters: Mapping[str, Any]) -> bool:
+    """Whether a model whose spec gives ``hyperparameters`` has the switch ``fmt``'s data needs (or it needs none)."""
+    switch = FORMAT_SWITCH.get(fmt)
+    return switch is None or switch in hyperparameters
+
+
 def formats_for(model_id: str, hyperparameters: Mapping[str, Any]) -> tuple[str, ...]:
     """The formats a model whose spec gives ``hyperparameters`` trains on: VQA for a vision-language
     model; otherwise text, and each format whose switch the model has."""
     if VISION_MODEL_ID.search(model_id):
         return ("jumpstart-vqa",)
-    return ("text", *(fmt for fmt, switch in FORMAT_SWITCH.items() if switch in hyperparameters))
+    return ("text", *(fmt for fmt in FORMAT_SWITCH if has_switch(fmt, hyperparameters)))
 
 
 class SpecError(LookupError):

@@ -37,6 +37,7 @@ from train.jumpstart import (
     ModelSpec,
     SpecError,
     SpecResolver,
+    has_switch,
     spec_resolver,
     volume_gb,
     with_instance,
@@ -387,7 +388,7 @@ def hyperparameters_for(
             f"not read; {NOT_FOR_SAGEMAKER[manifest.format]}"
         )
     # A format is taken only with its switch: dropped, the script would read the data as another format's.
-    offered = [f for f in spec.formats if (switch := FORMAT_SWITCH.get(f)) is None or switch in spec.hyperparameters]
+    offered = [f for f in spec.formats if has_switch(f, spec.hyperparameters)]
     if manifest.format not in offered:
         switch = FORMAT_SWITCH.get(manifest.format)
         lacks = f" (it has no {switch} hyperparameter)" if manifest.format in spec.formats and switch else ""
@@ -612,6 +613,13 @@ def held_out(request: Mapping[str, Any]) -> str | None:
     )
 
 
+def _sagemaker() -> Any:
+    """The SageMaker SDK's own botocore client, for this run's region (imported late: the SDK is slow to load)."""
+    from sagemaker.core.resources import Base
+
+    return Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+
+
 def launch(request: dict) -> str:
     """Create the training job with the SageMaker SDK's own client; returns its name. Only
     CreateTrainingJob is called: the SDK's ``TrainingJob.create`` describes the job after creating
@@ -621,9 +629,7 @@ def launch(request: dict) -> str:
     if missing:
         raise TrainError("cannot launch: the request still needs " + " and ".join(missing))
     validate("CreateTrainingJob", request)
-    from sagemaker.core.resources import Base
-
-    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    client = _sagemaker()
     try:
         client.create_training_job(**request)
     except botocore.exceptions.ClientError as error:
@@ -636,17 +642,13 @@ def launch(request: dict) -> str:
 
 def describe(job_name: str) -> dict:
     """DescribeTrainingJob, as botocore returns it (the SDK's own client)."""
-    from sagemaker.core.resources import Base
-
-    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    client = _sagemaker()
     return client.describe_training_job(TrainingJobName=job_name)
 
 
 def tags(resource_arn: str) -> list[dict[str, str]]:
     """ListTags on a SageMaker resource, every page (DescribeTrainingJob does not return a job's tags)."""
-    from sagemaker.core.resources import Base
-
-    client = Base.get_sagemaker_client(region_name=region(), service_name="sagemaker")
+    client = _sagemaker()
     found: list[dict[str, str]] = []
     token = None
     while True:

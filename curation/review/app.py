@@ -318,9 +318,8 @@ def create_app(
         if not items:
             items = _items(engine, filters, offset=(page - 1) * MAX_LISTED)
         first = _count(engine, filters, below=items[0]["item_id"]) + 1 if items else 1
-        more = bool(items) and _count(engine, filters, above=items[-1]["item_id"]) > 0
         # Numbered by where the page starts among the items now (those before it decided, page 2 of the
-        # link may be the first), and by the pages left after it.
+        # link may be the first), and by the pages left after it (the items after the last one listed).
         page = math.ceil((first - 1) / MAX_LISTED) + 1
         pages = page + math.ceil(max(total - (first - 1) - len(items), 0) / MAX_LISTED)
         left, gone_left = _counts_left(engine, {k: v for k, v in filters.items() if k != "kind"})
@@ -333,7 +332,7 @@ def create_app(
             page=page,
             pages=pages,
             first=first,
-            more=more,
+            more=pages > page,
             filters=filters,
             query=urlencode(filters),
             left=left,
@@ -584,10 +583,11 @@ def _filters(request: Request, engine: sa.Engine) -> dict[str, str]:
     every item; matched, none, each as if the queue held nothing of the kind."""
     filters: dict[str, str] = {}
     for name, value in request.query_params.items():
-        if name in PAGER:
-            _page(value) if name == "page" else _item_number(
-                value, name
-            )  # refused here too: an item's address carries them
+        if name in PAGER:  # refused here too: an item's address carries them
+            if name == "page":
+                _page(value)
+            else:
+                _item_number(value, name)
             continue
         if name not in FILTERS:
             raise HTTPException(400, f"no filter {name!r}: the filters are {', '.join(FILTERS)} (and page)")
@@ -700,13 +700,11 @@ def _items(
     return rows[::-1] if before is not None else rows
 
 
-def _count(engine: sa.Engine, filters: dict[str, str], below: int | None = None, above: int | None = None) -> int:
-    """The items under the filters (with an id below or above one, if given)."""
+def _count(engine: sa.Engine, filters: dict[str, str], below: int | None = None) -> int:
+    """The items under the filters (with an id below one, if given)."""
     query = _where(sa.select(sa.func.count()).select_from(review_items), filters)
     if below is not None:
         query = query.where(review_items.c.item_id < below)
-    if above is not None:
-        query = query.where(review_items.c.item_id > above)
     with engine.connect() as db:
         return db.execute(query).scalar_one()
 

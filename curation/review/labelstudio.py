@@ -276,6 +276,9 @@ def import_annotations(
             problem = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise LabelStudioError(f"{where} is not a task as Label Studio exports them: {problem}") from None
         seen = data.get("seen") if isinstance(data.get("seen"), str) else None  # exports from before have none
+        # A task stale since its export is never taken (counted CHANGED below), and the decisions in force
+        # now are not those it left out: an undo since would read as spans it newly marks.
+        task_stale = seen is not None and seen != revisions[item["item_id"]]
         for at, choice, edit in decided:
             if choice in ("reject", "keep"):
                 action = choice
@@ -290,11 +293,8 @@ def import_annotations(
             try:
                 # Spans already not PII are left out of the export's predictions, so they come back without a
                 # label: only the others are marked now, and only an edit (not a reject or keep) marks them.
-                # A task stale since its export is never taken (counted CHANGED below), and the decisions in
-                # force now are not those it left out: an undo since would read as spans it newly marks.
-                stale = seen is not None and seen != revisions[item["item_id"]]
                 marked = set(edit.not_pii) - dec.not_pii_of(in_force.get(item["item_id"])) if edit else set()
-                if action == "edit" and marked and not stale and not reviewer.sees_pii:
+                if action == "edit" and marked and not task_stale and not reviewer.sees_pii:
                     raise dec.DecisionError(f"{user} is a {reviewer.role}; {NOT_PII_REFUSAL}")
                 dec.check_decision(item, action, taken)
             except dec.DecisionError as error:
