@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors.storage import filesystem
+from connectors.storage import filesystem, is_s3
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
 from schemas.records import input_record_json, location, set_aside_rows
@@ -60,18 +60,19 @@ def _why(error: Exception) -> str:
     return os.strerror(errno) if errno else str(error).splitlines()[0]
 
 
-def image_problem(uri: str) -> tuple[str, str] | None:
+def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     """Why the ``jumpstart-vqa`` format could not write the image at ``uri`` (reason, and a detail that
-    begins with the image's name, as the images connector's do), or None."""
+    begins with its ``name`` as the record gives it, as the images connector's details do), or None."""
     from PIL import Image
 
+    name = uri if name is None else name
     if "\x00" in uri:  # no file system takes it (Arrow raises ValueError), and a detail should not hold it
         return "missing_image", "names no file: the name holds a NUL character"
     try:
         fs, path = filesystem(uri)
         handle = fs.open_input_file(path)
     except (OSError, ValueError) as error:  # ValueError: a URI Arrow takes for no file ("s3://bucket")
-        return "missing_image", f"{uri}: cannot read ({_why(error)})"
+        return "missing_image", f"{name}: cannot read ({_why(error)})"
     raw = _Reads(handle)
     try:
         with warnings.catch_warnings():
@@ -79,15 +80,15 @@ def image_problem(uri: str) -> tuple[str, str] | None:
             with Image.open(io.BufferedReader(raw, _READ_SIZE)) as image:
                 found = image.format or ""
     except Image.DecompressionBombError as error:
-        return "decompression_bomb", f"{uri}: {error}"
+        return "decompression_bomb", f"{name}: {error}"
     except Exception:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         if raw.error is not None:
-            return "missing_image", f"{uri}: cannot read ({_why(raw.error)})"
-        return "unsupported", f"{uri}: not an image Pillow can read"
+            return "missing_image", f"{name}: cannot read ({_why(raw.error)})"
+        return "unsupported", f"{name}: not an image Pillow can read"
     finally:
         handle.close()
     if found not in IMAGE_EXTENSIONS:
-        return "unsupported", f"{uri}: {found} images are not accepted (accepted: {', '.join(IMAGE_EXTENSIONS)})"
+        return "unsupported", f"{name}: {found} images are not accepted (accepted: {', '.join(IMAGE_EXTENSIONS)})"
     return None
 
 
@@ -97,6 +98,10 @@ class ImageCheck:
     such a row aside (``missing_image``, ``unsupported``); the rest kept as they are."""
 
     name = "image_check"
+
+    def __init__(self) -> None:
+        # A relative path is the writer's, from the run's working folder: a Ray worker's is another.
+        self.folder = os.getcwd()
 
     def __call__(self, batch: pa.Table) -> StageResult:
         uris = batch["image"].to_pylist()
@@ -108,7 +113,7 @@ class ImageCheck:
                 problems.append(None)
                 continue
             if uri not in found:
-                found[uri] = image_problem(uri)
+                found[uri] = image_problem(self._where(uri), uri)
             problems.append(found[uri])
         if not any(problems):
             return StageResult(kept=batch)
@@ -128,3 +133,7 @@ class ImageCheck:
             [input_record_json(r) for r in rows],
         )
         return StageResult(kept=kept, set_aside=set_aside)
+
+    def _where(self, uri: str) -> str:
+        """``uri`` as the writer, on the run's machine, finds it (``filesystem``)."""
+        return uri if is_s3(uri) else os.path.join(self.folder, uri.removeprefix("file://"))
