@@ -124,3 +124,20 @@ def _s3_text(bucket: str, result: RunResult, prefix: str) -> str:
     under = f"{result.version_uri.removeprefix(f's3://{bucket}/')}/{prefix}"
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=under)["Contents"])
     return "".join(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() for key in keys)
+
+
+def test_an_image_path_quoted_in_a_detail_is_scrubbed_by_the_pii_stage(workdir: Path) -> None:
+    # The image check's detail quotes the path, which can hold PII (a folder per customer): scanned as the
+    # reader's and the template's are (all but its file:line), as the set-aside record is.
+    good = pictures(workdir / "scans", 1)
+    gone = "scans/receipt - jane.doe@example.com - 2024.png"
+    rows = [{"image": image, "question": "Total?", "answer": "12 USD"} for image in [*good, gone]]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "stages": [{"type": "pii"}]}
+    result = run(workdir, spec)
+    assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 1}
+    (row,) = [row for row in set_aside(Path(result.version_uri)) if row["stage"] == "image_check"]
+    assert "jane.doe" not in row["detail"] + row["record"]
+    assert row["detail"].startswith(
+        f"{workdir / 'qa.jsonl'}:2: image: scans/receipt - <EMAIL_ADDRESS> - 2024.png: cannot read"
+    )
