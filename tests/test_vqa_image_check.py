@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,20 @@ def test_an_image_path_quoted_in_a_detail_is_scrubbed_by_the_pii_stage(workdir: 
     assert row["detail"].startswith(
         f"{workdir / 'qa.jsonl'}:2: image: scans/receipt - <EMAIL_ADDRESS> - 2024.png: cannot read"
     )
+
+
+def test_an_image_of_more_pixels_than_pillow_opens_is_quarantined_not_a_traceback(workdir: Path) -> None:
+    # A PNG whose header claims 20000x20000: Pillow refuses to open it (DecompressionBombError), which the
+    # writer did not catch, failing the run with a traceback from inside Pillow.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    (workdir / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    images = [*pictures(workdir / "scans", 1), "bomb.png"]
+    write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
+    result = run(workdir, recipe("out", "state.db", validation_fraction=0.0))
+    assert result.manifest.counts.written == 1
+    assert result.manifest.counts.reasons["quarantined"] == {"decompression_bomb": 1}
+    (row,) = set_aside(Path(result.version_uri))
+    assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:2: image: bomb.png: Image size (400000000 pixels)")
