@@ -42,6 +42,7 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
+from curation.stages.image_check import ImageCheck
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
@@ -167,6 +168,8 @@ def build_stages(
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
     stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
+    if kind == "vqa":  # an image the writer could not read is quarantined here, not a failed run
+        stages.append(ImageCheck())
     review = ReviewDecisions.from_state(recipe.state, recipe.dataset, decisions_as_of, kind)
     stages.append(review)
     across_runs: list[CrossRunDedup] = []

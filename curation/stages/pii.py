@@ -55,8 +55,8 @@ Undone = Mapping[str, Collection[tuple[str, int, int]]]
 Marked = Mapping[str, Mapping[tuple[str, int, int], str]]
 
 # The stages whose set-aside details can quote input: readers (a line they could not parse, a file
-# name) and the template (a value it could not render).
-_QUOTING_STAGES = frozenset({"read", "shape"})
+# name), the template (a value it could not render) and the image check (the path of an image).
+_QUOTING_STAGES = frozenset({"read", "shape", "image_check"})
 # Names of formats the model takes for a person's ("malformed JSON" read "malformed <PERSON>" in the
 # reader's messages): a detection of exactly one of these is no PII, as a recipe's `allow` values.
 _FORMAT_NAMES = frozenset({"json", "jsonl", "ndjson", "csv", "tsv", "utf-8", "utf-16", "parquet", "arrow", "html"})

@@ -1,0 +1,139 @@
+"""VQA records whose image the output format could not write are quarantined here, not at write time.
+
+A VQA record from a files, SQL or Hugging Face source names its image by a path or URI, which the
+``jumpstart-vqa`` format reads when it writes the record (the ``images`` connector hands the verified
+bytes on instead). An image that is not there, cannot be read or is not one of the format's image
+types failed the whole run after everything was read; here its record is set aside with its reason.
+Only the image's header is read (Pillow identifies it from that): the writer reads it whole, once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Any
+
+import pyarrow as pa
+
+from connectors.storage import filesystem, is_s3
+from curation.formats import IMAGE_EXTENSIONS
+from curation.stages.base import StageResult, rows_as_python, split_by_mask
+from schemas.records import input_record_json, location, set_aside_rows
+
+# Bytes read at a time while Pillow looks for the header: one request for most S3 images, not one per marker.
+_READ_SIZE = 64 * 1024
+
+
+class _Reads(io.RawIOBase):
+    """A file handle that remembers an error of the storage under it, so a failed read is told from bytes
+    Pillow cannot identify (both raise OSError out of ``Image.open``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.handle.read(len(buffer))
+        except OSError as error:
+            self.error = error
+            raise
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _why(error: Exception) -> str:
+    errno = getattr(error, "errno", None)
+    return os.strerror(errno) if errno else str(error).splitlines()[0]
+
+
+def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
+    """Why the ``jumpstart-vqa`` format could not write the image at ``uri`` (reason, and a detail that
+    begins with its ``name`` as the record gives it, as the images connector's details do), or None."""
+    from PIL import Image
+
+    name = uri if name is None else name
+    if "\x00" in uri:  # no file system takes it (Arrow raises ValueError), and a detail should not hold it
+        return "missing_image", "names no file: the name holds a NUL character"
+    try:
+        fs, path = filesystem(uri)
+        handle = fs.open_input_file(path)
+    except (OSError, ValueError) as error:  # ValueError: a URI Arrow takes for no file ("s3://bucket")
+        return "missing_image", f"{name}: cannot read ({_why(error)})"
+    raw = _Reads(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only its header is read here
+            with Image.open(io.BufferedReader(raw, _READ_SIZE)) as image:
+                found = image.format or ""
+    except Image.DecompressionBombError as error:
+        return "decompression_bomb", f"{name}: {error}"
+    except Exception:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
+        if raw.error is not None:
+            return "missing_image", f"{name}: cannot read ({_why(raw.error)})"
+        return "unsupported", f"{name}: not an image Pillow can read"
+    finally:
+        handle.close()
+    if found not in IMAGE_EXTENSIONS:
+        return "unsupported", f"{name}: {found} images are not accepted (accepted: {', '.join(IMAGE_EXTENSIONS)})"
+    return None
+
+
+class ImageCheck:
+    """Per batch: the VQA records whose image (a path or URI, with no bytes from the images connector) is
+    not there, cannot be read or is not an image the output takes, set aside as the images connector sets
+    such a row aside (``missing_image``, ``unsupported``); the rest kept as they are."""
+
+    name = "image_check"
+
+    def __init__(self) -> None:
+        # A relative path is the writer's, from the run's working folder: a Ray worker's is another.
+        self.folder = os.getcwd()
+
+    def __call__(self, batch: pa.Table) -> StageResult:
+        uris = batch["image"].to_pylist()
+        held = batch["image_bytes"].is_valid().to_pylist() if "image_bytes" in batch.column_names else None
+        found: dict[str, tuple[str, str] | None] = {}  # an image asked about several times is checked once
+        problems: list[tuple[str, str] | None] = []
+        for row, uri in enumerate(uris):
+            if (held is not None and held[row]) or not uri:  # the connector's verified bytes; none: validation's
+                problems.append(None)
+                continue
+            if uri not in found:
+                found[uri] = image_problem(self._where(uri), uri)
+            problems.append(found[uri])
+        if not any(problems):
+            return StageResult(kept=batch)
+        kept, bad = split_by_mask(batch, pa.array([p is None for p in problems]))
+        bad_problems = [p for p in problems if p is not None]
+        rows = rows_as_python(bad, as_text=True)[0]
+        details = [
+            f"{location(r['source'])}: image: {detail}" for r, (_, detail) in zip(rows, bad_problems, strict=True)
+        ]
+        set_aside = set_aside_rows(
+            bad["id"],
+            bad["source"],
+            self.name,
+            "quarantined",
+            [reason for reason, _ in bad_problems],
+            details,
+            [input_record_json(r) for r in rows],
+        )
+        return StageResult(kept=kept, set_aside=set_aside)
+
+    def _where(self, uri: str) -> str:
+        """``uri`` as the writer, on the run's machine, finds it (``filesystem``)."""
+        return uri if is_s3(uri) else os.path.join(self.folder, uri.removeprefix("file://"))

@@ -1,0 +1,162 @@
+"""VQA records over plain JSONL (a files source whose ``image`` column names a path or URI): one whose
+image is not there, cannot be read or is not an image is quarantined, and the rest published, where
+the format's failure to read it at write time failed the whole run."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import boto3
+from PIL import Image
+
+from curation.pipeline import RunResult
+from tests.helpers import lineage_rows, run, set_aside, write_jsonl
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 8), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pictures(folder: Path, count: int = 8) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        (folder / f"c{n}.png").write_bytes(png((30 * n, 255 - 30 * n, 7 * n)))
+    return [str(folder / f"c{n}.png") for n in range(count)]
+
+
+def asks(images: list[str]) -> list[dict[str, str]]:
+    return [
+        {"image": image, "question": f"Which colour? ({i})", "answer": Path(image).stem}
+        for i in range(2)
+        for image in images
+    ]
+
+
+def recipe(dest: str, state: str, **output: Any) -> dict[str, Any]:
+    return {
+        "dataset": "scans",
+        "sources": [{"path": "qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "exact_dedup"}],
+        "output": {"dest": dest, "validation_fraction": 0.5, **output},
+        "state": f"sqlite:///{state}",
+    }
+
+
+def published(result: RunResult) -> dict[str, Any]:
+    """Each written record's split, output line and image bytes, by id."""
+    version = Path(result.version_uri)
+    records: dict[str, Any] = {}
+    for row in lineage_rows(version):
+        split = row["shard"].split("/")[0]
+        line = json.loads((version / row["shard"]).read_text().splitlines()[row["line"] - 1])
+        records[row["id"]] = (split, line, (version / split / line["file_name"]).read_bytes())
+    return records
+
+
+def test_a_vqa_row_whose_image_is_missing_or_not_an_image_is_quarantined_and_the_rest_published(
+    workdir: Path,
+) -> None:
+    good = pictures(workdir / "scans")
+    rows = [*asks(good), asks(good)[0]]  # an exact duplicate too: dedup keys stay as they were
+    write_jsonl(workdir / "qa.jsonl", rows)
+    before = run(workdir, recipe("out-good", "good.db"))
+    (workdir / "scans" / "notes.png").write_text("not an image")
+    (workdir / "scans" / "folder.png").mkdir()
+    bad = {
+        str(workdir / "scans" / "gone.png"): ("missing_image", "cannot read", "No such file or directory"),
+        str(workdir / "scans" / "folder.png"): ("missing_image", "cannot read", "is a directory"),
+        str(workdir / "scans" / "notes.png"): ("unsupported", "not an image Pillow can read", ""),
+    }
+    extra = [{"image": image, "question": "Which colour?", "answer": "none"} for image in bad]
+    # The bad rows among the good ones (a record's id does not take its line).
+    write_jsonl(workdir / "qa.jsonl", rows[:3] + extra[:2] + rows[3:9] + extra[2:] + rows[9:])
+    after = run(workdir, recipe("out-all", "all.db"))
+
+    counts = after.manifest.counts
+    assert counts.input == len(rows) + 3 and counts.duplicate == 1 and counts.quarantined == 3
+    assert counts.reasons["quarantined"] == {"missing_image": 2, "unsupported": 1}
+    aside = {row["id"]: row for row in set_aside(Path(after.version_uri)) if row["outcome"] == "quarantined"}
+    lines = {line: n for n, line in enumerate((workdir / "qa.jsonl").read_text().splitlines(), 1)}
+    for row in aside.values():
+        image = json.loads(row["record"])["image"]
+        reason, says, why = bad[image]
+        line = lines[json.dumps({"image": image, "question": "Which colour?", "answer": "none"})]
+        assert row["stage"] == "image_check" and row["reason"] == reason
+        assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:{line}: image: {image}: {says}")
+        assert why in row["detail"]
+    # The records with a good image are published as they were without the bad rows: same ids, same sides
+    # (by their image), same lines and images, the same duplicate set aside.
+    assert published(after) == published(before) and len(published(after)) == len(rows) - 1
+    assert {split for split, _, _ in published(after).values()} == {"train", "validation"}
+    duplicates = [(r["id"], r["duplicate_of"]) for r in set_aside(Path(before.version_uri))]
+    assert [(r["id"], r["duplicate_of"]) for r in set_aside(Path(after.version_uri)) if r["id"] not in aside] == (
+        duplicates
+    )
+
+
+def test_a_vqa_row_whose_s3_image_is_missing_is_quarantined(workdir: Path, bucket: str) -> None:
+    s3 = boto3.client("s3")
+    for name, color in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
+        s3.put_object(Bucket=bucket, Key=f"scans/{name}", Body=png(color))
+    s3.put_object(Bucket=bucket, Key="scans/readme.png", Body=b"not an image")
+    images = [f"s3://{bucket}/scans/{name}" for name in ("a.png", "gone.png", "b.png", "readme.png")]
+    write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
+    result = run(workdir, recipe(f"s3://{bucket}/out", "state.db", validation_fraction=0.0))
+    assert result.manifest.counts.written == 2
+    assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 1, "unsupported": 1}
+    aside = [json.loads(line) for line in _s3_text(bucket, result, "set_aside/").splitlines()]
+    detail = {json.loads(row["record"])["image"]: row["detail"] for row in aside}
+    assert detail[images[1]].startswith(f"{workdir / 'qa.jsonl'}:2: image: {images[1]}: cannot read (")
+    assert detail[images[3]].startswith(f"{workdir / 'qa.jsonl'}:4: image: {images[3]}: not an image")
+    written = [json.loads(line) for line in _s3_text(bucket, result, "train/metadata.jsonl").splitlines()]
+    assert len(written) == 2 and all(line["file_name"].endswith(".png") for line in written)
+
+
+def _s3_text(bucket: str, result: RunResult, prefix: str) -> str:
+    """The text of the version's objects under ``prefix``, in key order."""
+    s3 = boto3.client("s3")
+    under = f"{result.version_uri.removeprefix(f's3://{bucket}/')}/{prefix}"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=under)["Contents"])
+    return "".join(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() for key in keys)
+
+
+def test_an_image_path_quoted_in_a_detail_is_scrubbed_by_the_pii_stage(workdir: Path) -> None:
+    # The image check's detail quotes the path, which can hold PII (a folder per customer): scanned as the
+    # reader's and the template's are (all but its file:line), as the set-aside record is.
+    good = pictures(workdir / "scans", 1)
+    gone = "scans/receipt - jane.doe@example.com - 2024.png"
+    rows = [{"image": image, "question": "Total?", "answer": "12 USD"} for image in [*good, gone]]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "stages": [{"type": "pii"}]}
+    result = run(workdir, spec)
+    assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 1}
+    (row,) = [row for row in set_aside(Path(result.version_uri)) if row["stage"] == "image_check"]
+    assert "jane.doe" not in row["detail"] + row["record"]
+    assert row["detail"].startswith(
+        f"{workdir / 'qa.jsonl'}:2: image: scans/receipt - <EMAIL_ADDRESS> - 2024.png: cannot read"
+    )
+
+
+def test_an_image_of_more_pixels_than_pillow_opens_is_quarantined_not_a_traceback(workdir: Path) -> None:
+    # A PNG whose header claims 20000x20000: Pillow refuses to open it (DecompressionBombError), which the
+    # writer did not catch, failing the run with a traceback from inside Pillow.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    (workdir / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    images = [*pictures(workdir / "scans", 1), "bomb.png"]
+    write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
+    result = run(workdir, recipe("out", "state.db", validation_fraction=0.0))
+    assert result.manifest.counts.written == 1
+    assert result.manifest.counts.reasons["quarantined"] == {"decompression_bomb": 1}
+    (row,) = set_aside(Path(result.version_uri))
+    assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:2: image: bomb.png: Image size (400000000 pixels)")
