@@ -569,6 +569,29 @@ def file_value(
         return fingerprint(entry)
 
 
+# A file skipped for holding the bytes of a file taken before keeps that file's URI in its watermark's value
+# (``same_as``): its lines were published under that file's name only, so once that file's records are
+# replaced (it changed, or a Hugging Face dataset no longer names it) the skipped file is read. A watermark
+# from a release before has no link: such a file is taken, never read.
+_SAME_AS = "same_as"
+
+
+def _held_bytes_of(value: Any) -> str | None:
+    """The taken file whose bytes a file held when a run skipped it for them, from its watermark's value."""
+    return value.get(_SAME_AS) if isinstance(value, dict) else None
+
+
+def _linked(value: str | dict[str, str], taken: str) -> dict[str, str]:
+    return {**(value if isinstance(value, dict) else {"fingerprint": value}), _SAME_AS: taken}
+
+
+def _unlinked(value: Any) -> Any:
+    if _held_bytes_of(value) is None:
+        return value
+    plain = {key: held for key, held in value.items() if key != _SAME_AS}
+    return plain if "xxh3" in plain else plain["fingerprint"]  # an ETag (or an unhashed local file) is a string
+
+
 def kept_value(before: Any, entry: FileEntry, known: dict[str, tuple[str, str]] | None = None) -> Any | None:
     """``before`` (a watermark's value for the file), as it is to be kept now, when the file holds
     what it held then; None when it changed. A local file whose mtime moved with its size unchanged
@@ -584,7 +607,10 @@ def kept_value(before: Any, entry: FileEntry, known: dict[str, tuple[str, str]] 
         same = file_digest(entry, known) == before["xxh3"]
     except OSError:  # its reader meets the error and says so
         return None
-    return {"fingerprint": now, "xxh3": before["xxh3"]} if same else None
+    if not same:
+        return None
+    link = {_SAME_AS: before[_SAME_AS]} if _SAME_AS in before else {}  # a file skipped for its bytes keeps it
+    return {"fingerprint": now, "xxh3": before["xxh3"], **link}
 
 
 def new_files(
@@ -596,45 +622,88 @@ def new_files(
     compared is staged ``HashedWhenRead``, not read for its hash now."""
     if watermark is None:
         return entries
-    fresh, new = [], []
+    fresh, new = set(), []
+    linked: list[tuple[FileEntry, Any]] = []  # taken before as holding another file's bytes, and still so
+    as_before: set[str] = set()  # read again for a review decision, unchanged: what it gave stays as it was
     for entry in entries:
         if watermark.committed.get(entry.uri, UNREAD) == UNREAD:  # new, or listed and not read by an earlier run
             new.append(entry)
-            fresh.append(entry)
+            fresh.add(entry.uri)
             continue
         before = watermark.committed[entry.uri]
         kept = kept_value(before, entry, watermark.digests)
         watermark.reread |= kept is None
         if kept is None or entry.uri in watermark.read_again:
-            fresh.append(entry)
+            fresh.add(entry.uri)
             watermark.replaced.add(entry.uri)  # changed since an earlier run took it: read whole again
+            if kept is not None:
+                as_before.add(entry.uri)
+                kept = _unlinked(kept)  # read now: from this run on its records are its own
+        elif _held_bytes_of(kept) is not None:
+            linked.append((entry, kept))
         if kept != before:
             watermark.set(entry.uri, kept or _value_to_stage(entry, watermark, hashed_when_read))
-    same = _same_bytes(new, watermark)
+    released = watermark.replaced - as_before
+    promoted = _read_in_place_of(linked, watermark, released, fresh, {entry.uri for entry in entries})
+    same = _same_bytes(new, watermark, promoted)
     for entry in new:
         watermark.set(
             entry.uri,
-            file_value(entry, known=watermark.digests)
+            _linked(file_value(entry, known=watermark.digests), watermark.same_bytes[entry.uri])
             if entry.uri in same
             else _value_to_stage(entry, watermark, hashed_when_read),
         )
-    return [entry for entry in fresh if entry.uri not in same]
+    return [entry for entry in entries if entry.uri in fresh and entry.uri not in same]
 
 
-def _same_bytes(new: list[FileEntry], watermark: SourceWatermark) -> set[str]:
+def _read_in_place_of(
+    linked: list[tuple[FileEntry, Any]],
+    watermark: SourceWatermark,
+    released: set[str],
+    fresh: set[str],
+    listed: set[str],
+) -> dict[str, str]:
+    """Read the files skipped for holding the bytes of a taken file whose records this run replaces
+    (``released``: changed, or gone from a Hugging Face dataset): their lines were published under its name
+    only. One file per taken file is read, as new; others holding the same bytes now repeat it. Returns
+    taken file -> the file read in its place; a skipped file no longer listed loses its watermark, so one
+    of its name later is compared as new."""
+    promoted: dict[str, str] = {}
+    for entry, kept in linked:
+        taken = _held_bytes_of(kept)
+        if taken not in released:
+            continue
+        first = promoted.setdefault(taken, entry.uri)
+        if first == entry.uri:
+            fresh.add(entry.uri)
+            watermark.set(entry.uri, _unlinked(kept))
+            log.info("%s: held the bytes of %s, whose records this run replaces: read", entry.uri, taken)
+        else:
+            watermark.same_bytes[entry.uri] = first
+            watermark.set(entry.uri, _linked(_unlinked(kept), first))
+    for uri, value in watermark.committed.items():
+        if uri not in listed and _held_bytes_of(value) in released:
+            watermark.forget(uri)
+    return promoted
+
+
+def _same_bytes(new: list[FileEntry], watermark: SourceWatermark, promoted: dict[str, str]) -> set[str]:
     """The files of ``new`` that hold the bytes of a file an earlier run took (renamed or moved within the
     source, or copied), noted in ``watermark.same_bytes``: their records were published under the name
     they were taken by (a record's id holds its input's URI), and read again under another they would be
     published twice. An S3 object is compared by its ETag; a local file by its size, then the xxh3 of its
     bytes, so only a file of the size of one taken is read for it. A taken file read again in this run
-    (changed since) is compared with none: its records are replaced by what it holds now."""
+    (changed since) is compared with none: its records are replaced by what it holds now; but where a file
+    holding what it held is read in its place (``promoted``), a new one holding that too repeats that file.
+    A file skipped before for its bytes is no file to compare with: the file it repeats is."""
     if not new or not watermark.committed:
         return set()
     by_etag: dict[str, str] = {}
     by_size: dict[int, dict[str, str]] = {}
     for uri, value in watermark.committed.items():
-        if uri in watermark.replaced or value == UNREAD:
+        if (uri in watermark.replaced and uri not in promoted) or value == UNREAD or _held_bytes_of(value):
             continue
+        uri = promoted.get(uri, uri)
         if isinstance(value, dict):
             size = int(value["fingerprint"].split(":", 1)[0])
             by_size.setdefault(size, {}).setdefault(value["xxh3"], uri)

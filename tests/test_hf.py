@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import boto3
@@ -297,3 +298,21 @@ def test_a_split_no_longer_named_whose_record_another_split_held_a_duplicate_of_
     rows = lineage_rows(second.version_uri)
     assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in rows} == {"train"}
     assert sorted(r["text"] for r in outputs(Path(second.version_uri))) == ["a text both splits hold", "only in train"]
+
+
+def test_a_split_skipped_for_another_splits_bytes_is_read_when_that_split_leaves_the_dataset(workdir: Path) -> None:
+    # test/ was saved as a copy of train/: its data file holds the bytes of train's, which the first run took,
+    # so it was not read. Once dataset_dict.json names test alone, train's records go, and test's rows with them.
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["one", "two"]})}).save_to_disk(
+        str(workdir / "ds")
+    )
+    recipe = {"dataset": "docs", "sources": [{"type": "hf", "path": "ds"}], "record": {"kind": "document"}}
+    run(workdir, dict(recipe))
+    shutil.copytree(workdir / "ds" / "train", workdir / "ds" / "test")
+    (workdir / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    assert run(workdir, dict(recipe)).message.startswith("nothing new")
+    (workdir / "ds" / "dataset_dict.json").write_text(json.dumps({"splits": ["test"]}))
+    third = run(workdir, dict(recipe))
+    assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in lineage_rows(third.version_uri)} == {"test"}
+    assert sorted(r["text"] for r in outputs(Path(third.version_uri))) == ["one", "two"]
+    assert run(workdir, dict(recipe)).message.startswith("nothing new")

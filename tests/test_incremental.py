@@ -1383,3 +1383,119 @@ def test_an_s3_object_moved_since_it_was_taken_is_not_published_again(workdir: P
     third = run(workdir, recipe)
     assert (third.manifest.counts.input, third.manifest.counts.written, third.manifest.counts.carried) == (1, 1, 2)
     assert third.manifest.stats["same_bytes"] == {f"s3://{bucket}/in/b.jsonl": f"s3://{bucket}/in/a.jsonl"}
+
+
+def _texts_by_input(version: str) -> dict[str, list[str]]:
+    """Input file name -> the texts the version holds from it (carried or not), sorted."""
+    from connectors.storage import filesystem
+
+    fs, root = filesystem(version)
+    shards: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = collections.defaultdict(list)
+    for row in lineage_rows(version):
+        if row["shard"] not in shards:
+            with fs.open_input_stream(f"{root}/{row['shard']}") as stream:
+                shards[row["shard"]] = [json.loads(line)["text"] for line in stream.read().splitlines()]
+        found[row["source"]["uri"].rsplit("/", 1)[1]].append(shards[row["shard"]][row["line"] - 1])
+    return {name: sorted(held) for name, held in found.items()}
+
+
+@pytest.mark.parametrize("stages", [None, []], ids=["exact_dedup", "no_dedup"])
+def test_a_copy_skipped_for_a_taken_files_bytes_is_read_when_that_file_changes(
+    workdir: Path, stages: list | None
+) -> None:
+    # b.jsonl, a copy of a.jsonl, was not read: its lines were published under a.jsonl's name. a.jsonl edited,
+    # its records are replaced by what it holds now, and b.jsonl's lines (the old ones) were in no input's.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    recipe = docs_recipe("in", validation_fraction=0.0)
+    if stages is not None:
+        recipe["stages"] = stages
+    run(workdir, recipe)
+    for copy in ("b.jsonl", "b2.jsonl"):
+        (workdir / "in" / copy).write_bytes(a.read_bytes())
+    assert run(workdir, recipe).message.startswith("nothing new")
+    (workdir / "in" / "b3.jsonl").write_bytes(a.read_bytes())  # new, with the bytes a.jsonl held
+    write_jsonl(a, [{"text": "alpha, edited"}])
+    third = run(workdir, recipe)
+    # Read once: b2.jsonl and b3.jsonl hold b.jsonl's bytes now, as b.jsonl held a.jsonl's.
+    assert _texts_by_input(third.version_uri) == {"a.jsonl": ["alpha, edited"], "b.jsonl": ["alpha", "beta"]}
+    assert third.manifest.stats["same_bytes"] == {
+        str(workdir / "in" / copy): str(workdir / "in" / "b.jsonl") for copy in ("b2.jsonl", "b3.jsonl")
+    }
+    assert run(workdir, recipe).message.startswith("nothing new")
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "beta, edited"}])
+    fifth = run(workdir, recipe)
+    assert _texts_by_input(fifth.version_uri) == {
+        "a.jsonl": ["alpha, edited"],
+        "b.jsonl": ["beta, edited"],
+        "b2.jsonl": ["alpha", "beta"],
+    }
+
+
+def test_a_copy_of_a_taken_file_since_deleted_is_not_read_until_that_name_holds_other_lines(workdir: Path) -> None:
+    # A deleted input's records stay: the copy's lines are published under the deleted file's name.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    recipe = docs_recipe("in", validation_fraction=0.0)
+    recipe["stages"] = []
+    run(workdir, recipe)
+    (workdir / "in" / "b.jsonl").write_bytes(a.read_bytes())
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "gamma"}])
+    run(workdir, recipe)
+    a.unlink()
+    assert run(workdir, recipe).message.startswith("nothing new")
+    write_jsonl(a, [{"text": "delta"}])  # its name given other lines: they replace its records
+    fourth = run(workdir, recipe)
+    assert _texts_by_input(fourth.version_uri) == {
+        "a.jsonl": ["delta"],
+        "b.jsonl": ["alpha", "beta"],
+        "c.jsonl": ["gamma"],
+    }
+
+
+def test_an_s3_copy_skipped_for_a_taken_objects_etag_is_read_when_that_object_changes(
+    workdir: Path, bucket: str
+) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0)
+    recipe["stages"] = []
+    run(workdir, recipe)
+    s3.copy_object(Bucket=bucket, Key="in/b.jsonl", CopySource={"Bucket": bucket, "Key": "in/a.jsonl"})
+    assert run(workdir, recipe).message.startswith("nothing new")
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one, edited"}\n')
+    third = run(workdir, recipe)
+    assert _texts_by_input(third.version_uri) == {"a.jsonl": ["one, edited"], "b.jsonl": ["one", "two"]}
+    assert run(workdir, recipe).message.startswith("nothing new")
+
+
+def test_a_copy_skipped_for_a_taken_files_bytes_and_touched_since_is_still_read_when_that_file_changes(
+    workdir: Path,
+) -> None:
+    # Its mtime moved, its bytes did not: compared by their hash, it stays what it was, a copy not read.
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    recipe = docs_recipe("in", validation_fraction=0.0)
+    recipe["stages"] = []
+    run(workdir, recipe)
+    b = workdir / "in" / "b.jsonl"
+    b.write_bytes(a.read_bytes())
+    assert run(workdir, recipe).message.startswith("nothing new")
+    os.utime(b, (1, 1))
+    assert run(workdir, recipe).message.startswith("nothing new")
+    write_jsonl(a, [{"text": "alpha, edited"}])
+    fourth = run(workdir, recipe)
+    assert _texts_by_input(fourth.version_uri) == {"a.jsonl": ["alpha, edited"], "b.jsonl": ["alpha", "beta"]}
+
+
+def test_a_copy_skipped_for_a_taken_files_bytes_edited_with_that_file_is_read_once(workdir: Path) -> None:
+    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
+    recipe = docs_recipe("in", validation_fraction=0.0)
+    recipe["stages"] = []
+    run(workdir, recipe)
+    b = workdir / "in" / "b.jsonl"
+    b.write_bytes(a.read_bytes())
+    assert run(workdir, recipe).message.startswith("nothing new")
+    write_jsonl(a, [{"text": "alpha, edited"}])
+    write_jsonl(b, [{"text": "beta"}])
+    third = run(workdir, recipe)
+    assert _texts_by_input(third.version_uri) == {"a.jsonl": ["alpha, edited"], "b.jsonl": ["beta"]}
+    assert run(workdir, recipe).message.startswith("nothing new")  # its watermark kept: taken
