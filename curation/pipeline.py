@@ -743,6 +743,12 @@ def _run_locked(
             message = f"nothing new since {recipe.dataset} v{plan.extends}: published nothing" + (
                 f"; {changed}" if changed else ""
             )
+            if same := plan.watermarks.same_bytes():  # no version's stats will name them: the message does
+                message += (
+                    f"; {len(same)} new file(s) not read, holding the bytes of files taken before: "
+                    + ", ".join(f"{uri} (same bytes as {taken})" for uri, taken in sorted(same.items())[:3])
+                    + (", ..." if len(same) > 3 else "")
+                )
             if counts.input:  # read again, still unreadable: said on each run, published once
                 unread = f"{counts.input} input(s) (files, image rows) still cannot be read" + _first_detail(tally)
                 log.warning("run=%s %s", writer.run_id, unread)

@@ -1360,6 +1360,16 @@ def test_a_file_renamed_or_moved_since_it_was_taken_is_not_published_again(
     assert (second.manifest.counts.input, second.manifest.counts.carried) == (2, 3)
     assert second.manifest.stats["same_bytes"] == {str(moved): str(a)}
     assert run(workdir, recipe).message.startswith("nothing new")  # taken under its new name too
+    # A copy that comes alone publishes nothing, so no version's stats name it: the run's message does.
+    copy = workdir / "in" / "copy-of-b.jsonl"
+    copy.write_bytes(b.read_bytes())
+    alone = run(workdir, recipe)
+    assert alone.manifest is None
+    assert alone.message.startswith("nothing new")
+    assert (
+        f"1 new file(s) not read, holding the bytes of files taken before: {copy} (same bytes as {b})" in alone.message
+    )
+    copy.unlink()
     # A taken file's bytes moved away and its name given other bytes: both are read, nothing is lost.
     b.rename(workdir / "in" / "b-old.jsonl")
     write_jsonl(b, [{"text": "epsilon"}])
