@@ -202,7 +202,16 @@ def _bedrock(batch: pa.Table, options: FormatOptions) -> Rendered:
 # notebook aws-samples/sample-finetuning-sagemaker-unified-studio-with-s3; the same layout is Hugging
 # Face's ``imagefolder``, so ``load_dataset("imagefolder")`` reads it too). Images are stored under
 # the sha256 of their bytes, so a picture asked about twice is written once.
-IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+# MPO (Multi-Picture Format) is how many phone cameras write a JPEG: its first picture is the photo, as a JPEG.
+IMAGE_EXTENSIONS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+}
 
 
 def image_extension(data: bytes) -> str | None:

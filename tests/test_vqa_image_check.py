@@ -160,3 +160,20 @@ def test_an_image_of_more_pixels_than_pillow_opens_is_quarantined_not_a_tracebac
     assert result.manifest.counts.reasons["quarantined"] == {"decompression_bomb": 1}
     (row,) = set_aside(Path(result.version_uri))
     assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:2: image: bomb.png: Image size (400000000 pixels)")
+
+
+def test_a_phone_photo_written_as_mpo_is_published_as_a_jpeg(workdir: Path) -> None:
+    # Many phone cameras write a JPEG as MPO (Multi-Picture Format: the photo, then a second picture);
+    # Pillow names its format MPO, which the format took for no image: quarantined as `unsupported`.
+    photo = workdir / "scans" / "phone.jpg"
+    photo.parent.mkdir()
+    first, second = Image.new("RGB", (12, 8), (200, 10, 10)), Image.new("RGB", (6, 4), (10, 10, 200))
+    first.save(photo, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(photo).format == "MPO"
+    write_jsonl(workdir / "qa.jsonl", [{"image": str(photo), "question": "Which colour?", "answer": "red"}])
+    result = run(workdir, recipe("out", "state.db", validation_fraction=0.0))
+    assert result.manifest.counts.written == 1
+    [(side, line, data)] = published(result).values()
+    assert side == "train"
+    assert line["file_name"].endswith(".jpg") and data == photo.read_bytes()
+    assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))[0] > 150  # the photo, as it came
