@@ -225,6 +225,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         number += not _in_box_or_note(block._element)
         if isinstance(block, Table):
             try:
+                _span_at_least_one(block)
                 text, style = _table_text(block, notes), ""
             except Exception as error:  # python-docx's cells of a merge or span it cannot follow (ValueError)
                 detail = f"paragraph {number}: a table it cannot read ({type(error).__name__}: {error})"
@@ -449,6 +450,18 @@ def _runs(element: Any) -> Iterator[Any]:
             yield child
         elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
             yield from _runs(child)
+
+
+def _span_at_least_one(table: docx.table.Table) -> None:
+    """Read a cell spanning fewer than one column (``w:gridSpan w:val="0"``: Word writes 1 or more, other
+    tools 0) as spanning one: python-docx gives such a cell for no column, and its text was lost. A
+    span that is no number is left to python-docx, whose ValueError quarantines the file."""
+    from docx.oxml.ns import qn
+
+    for span in table._tbl.iter(qn("w:gridSpan")):
+        with contextlib.suppress(ValueError):
+            if int(span.get(qn("w:val"), "1")) < 1:
+                span.set(qn("w:val"), "1")
 
 
 def _table_text(table: docx.table.Table, notes: Notes) -> str:

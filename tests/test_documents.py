@@ -202,6 +202,15 @@ def test_docx_table_reads_a_merged_cell_once_and_a_table_inside_a_cell(tmp_path:
     assert row["text"] == "Fees\n\nCard fees 2026\nDebit | Abroad | 1.5% | Free"
 
 
+@pytest.mark.parametrize("span", ["0", "-1"])
+def test_a_docx_cell_spanning_no_column_is_read_as_one(tmp_path: Path, span: str) -> None:
+    # Word writes a cell's gridSpan as 1 or more; other tools write 0. python-docx gave such a cell for no
+    # column, and its text was lost without a word ("B\nC | D").
+    (tmp_path / "rates.docx").write_bytes(_docx_with_table("<w:tcPr>", f'<w:tcPr><w:gridSpan w:val="{span}"/>'))
+    [row], aside = read(tmp_path)
+    assert (row["text"], aside) == ("Refunds are paid within five days.\n\nA | B\nC | D", [])
+
+
 def test_docx_text_inside_content_controls_is_read(tmp_path: Path) -> None:
     # A Word template's content controls (w:sdt): a block, a field inside a paragraph, a cell. Their
     # text was left out without a word.
