@@ -621,13 +621,20 @@ def _list_local(
 
 def _links(root: str) -> set[str]:
     """The links under a local folder, to files and folders (not looked into: a path through one starts
-    with it), broken ones too."""
-    return {
-        found
-        for folder, folders, names in os.walk(root)
-        for found in (os.path.join(folder, name) for name in folders + names)
-        if os.path.islink(found)
-    }
+    with it), broken ones too. Told from the folder's entries, as os.walk is, without a stat of each."""
+    found: set[str] = set()
+    folders = [root]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        found.add(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+        except OSError:  # a folder it may not list: Arrow's listing has said so already, or will
+            continue
+    return found
 
 
 def _within(
@@ -637,16 +644,19 @@ def _within(
     folder reached through a link is fine, and so is a link within it). Arrow's listing follows every
     link, so one in the folder to ``/etc/passwd`` or a folder elsewhere was read as input, which the
     recipe never pointed at; each such path goes to ``links_out`` with where it leads, and is named."""
-    folder, kept = os.path.realpath(root), []
+    folder = os.path.realpath(root)
+    kept: list[pafs.FileInfo] = []
+    out: dict[str, str] = {}
     for info in found:
         if _through_link(info.path, root, links):
             target = os.path.realpath(info.path)
             if os.path.commonpath([folder, target]) != folder:
-                links_out[info.path] = target
+                out[info.path] = target
                 continue
         kept.append(info)
-    if links_out:
-        away = [f"{link} -> {target}" for link, target in sorted(links_out.items())]
+    links_out.update(out)
+    if out:
+        away = [f"{link} -> {target}" for link, target in sorted(out.items())]
         log.warning(
             "%s: not read: a link that leads out of the source's folder %s (copy the file in, or point a source "
             "at where it leads): %s",

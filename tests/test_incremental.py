@@ -493,6 +493,18 @@ def test_a_link_out_of_a_source_folder_is_not_read_and_named(
     assert named in caplog.text
 
 
+def test_a_glob_does_not_list_a_link_out_of_its_fixed_part(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "private").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "private" / "salaries.jsonl").write_text("{}\n")
+    (tmp_path / "in" / "leaving.jsonl").symlink_to(tmp_path / "private" / "salaries.jsonl")
+    away: dict[str, str] = {}
+    listed = list_files(f"{tmp_path}/in/*.jsonl", (".jsonl",), links_out=away)
+    assert [Path(entry.uri).name for entry in listed] == ["a.jsonl"]
+    assert away == {f"{tmp_path}/in/leaving.jsonl": f"{tmp_path.resolve()}/private/salaries.jsonl"}
+
+
 def test_a_source_whose_settings_changed_is_read_whole_and_replaces_what_it_gave(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
