@@ -6,7 +6,7 @@ document's title (``Title › Section``) and its place in ``source``: the page f
 overlapping chunks on paragraph boundaries. Boilerplate is dropped: running headers and footers
 that repeat on most PDF pages, navigation and footers of web pages (trafilatura), page headers of
 Word files (only the body is read). A file that cannot be read (encrypted, corrupt, denied) is quarantined
-with the reason and the run goes on.
+with the reason and the run goes on; so is a PDF page that cannot, alone, beside its file's other pages.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class Extracted:
     blank_pages: list[int] = field(default_factory=list)
     # A Word file holding pictures: without text, it is a scan put into Word
     images: bool = False
+    # PDF pages whose text could not be extracted (a content stream that does not decode): page -> why
+    broken_pages: dict[int, str] = field(default_factory=dict)
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
             raise DocumentError("encrypted", "the PDF is password-protected")
-        texts = [page.extract_text() or "" for page in reader.pages]
+        page_objects = list(reader.pages)
         metadata_title = (reader.metadata.title if reader.metadata else None) or ""
         # A title that is no text (a number, an array, bytes: pypdf gives the PDF object) is no title.
         metadata_title = metadata_title if isinstance(metadata_title, str) else ""
@@ -181,6 +183,7 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         raise
     except Exception as error:  # pypdf raises many kinds of errors on damaged files; each is "corrupt"
         raise DocumentError("corrupt", f"not a readable PDF ({type(error).__name__}: {error})") from None
+    texts, broken = _page_texts(page_objects)
     pages = [[line for line in text.splitlines() if line.strip()] for text in texts]
     boilerplate = _boilerplate_lines(pages)
     kept = [_without_boilerplate(lines, boilerplate) for lines in pages]
@@ -189,10 +192,30 @@ def extract_pdf(data: bytes, stem: str) -> Extracted:
         # page, a ledger) are the content, not boilerplate.
         kept = pages
     parts = [Part("\n".join(lines), page=number) for number, lines in enumerate(kept, start=1) if lines]
+    if broken and not parts:
+        first = min(broken)
+        if len(broken) == len(texts):
+            raise DocumentError("corrupt", f"not a readable PDF: no page could be read (page {first}: {broken[first]})")
+        detail = f"page {first} could not be read ({broken[first]}), and no other page has text"
+        raise DocumentError("corrupt", f"not a readable PDF: {detail}")
     title = metadata_title.strip() or (parts[0].text.splitlines()[0].strip() if parts else stem)
     # A page whose only text is the running header and footer is a scanned page as much as one with
     # none (a scan put into a PDF that stamps them on every page): quarantined, not left out unseen.
-    return Extracted(title, parts, [number for number, lines in enumerate(kept, start=1) if not lines])
+    blank = [number for number, lines in enumerate(kept, start=1) if not lines and number not in broken]
+    return Extracted(title, parts, blank, broken_pages=broken)
+
+
+def _page_texts(pages: list[Any]) -> tuple[list[str], dict[int, str]]:
+    """Each page's text ("" for one that cannot be read), and page number -> why for those: one page whose
+    content stream, filter or font pypdf cannot decode is quarantined alone, the rest of the file is read."""
+    texts, broken = [], {}
+    for number, page in enumerate(pages, start=1):
+        try:
+            texts.append(page.extract_text() or "")
+        except Exception as error:  # pypdf raises many kinds on a damaged page (ValueError, NotImplementedError)
+            texts.append("")
+            broken[number] = f"{type(error).__name__}: {error}"
+    return texts, broken
 
 
 # --- DOCX --------------------------------------------------------------------------------------------
@@ -225,6 +248,7 @@ def extract_docx(data: bytes, stem: str) -> Extracted:
         number += not _in_box_or_note(block._element)
         if isinstance(block, Table):
             try:
+                _span_at_least_one(block)
                 text, style = _table_text(block, notes), ""
             except Exception as error:  # python-docx's cells of a merge or span it cannot follow (ValueError)
                 detail = f"paragraph {number}: a table it cannot read ({type(error).__name__}: {error})"
@@ -449,6 +473,18 @@ def _runs(element: Any) -> Iterator[Any]:
             yield child
         elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
             yield from _runs(child)
+
+
+def _span_at_least_one(table: docx.table.Table) -> None:
+    """Read a cell spanning fewer than one column (``w:gridSpan w:val="0"``: Word writes 1 or more, other
+    tools 0) as spanning one: python-docx gives such a cell for no column, and its text was lost. A
+    span that is no number is left to python-docx, whose ValueError quarantines the file."""
+    from docx.oxml.ns import qn
+
+    for span in table._tbl.iter(qn("w:gridSpan")):
+        with contextlib.suppress(ValueError):
+            if int(span.get(qn("w:val"), "1")) < 1:
+                span.set(qn("w:val"), "1")
 
 
 def _table_text(table: docx.table.Table, notes: Notes) -> str:
@@ -982,7 +1018,7 @@ class DocumentsSourceReader(ListedFiles):
                 lines.append(line)
                 pages.append(part.page)
         ids = InputIds(entry.uri)([t.encode() for t in texts])
-        set_aside = self._blank_pages(entry.uri, extracted.blank_pages)
+        set_aside = self._pages_set_aside(entry.uri, extracted.blank_pages, extracted.broken_pages)
         rows = pa.table(
             {
                 "id": pa.array(ids, pa.string()),
@@ -994,20 +1030,26 @@ class DocumentsSourceReader(ListedFiles):
         return SourceBatch(rows=rows, set_aside=set_aside, input_bytes=entry.size)
 
     @staticmethod
-    def _blank_pages(uri: str, pages: list[int]) -> pa.Table:
-        """The pages of a PDF with text elsewhere that have none (a scan among text pages): quarantined
-        one by one, as a whole document without text is, not left out without a word."""
+    def _pages_set_aside(uri: str, blank: list[int], broken: dict[int, str]) -> pa.Table:
+        """The pages of a PDF with text elsewhere that have none (a scan among text pages), or that could
+        not be read: quarantined one by one, as a whole document without text or unreadable is, not left
+        out without a word."""
+        found = {
+            page: (
+                "no_text",
+                "no text on this page, but for any running header or footer (a scanned page needs OCR first)",
+            )
+            for page in blank
+        }
+        found |= {page: ("corrupt", f"the page could not be read ({why})") for page, why in broken.items()}
+        pages = sorted(found)
         return set_aside_rows(
             record_ids(uri, pages, [b""] * len(pages)),
             source_array(CONNECTOR, uri, [None] * len(pages), pages),
             stage="read",
             outcome="quarantined",
-            reasons="no_text",
-            details=[
-                f"{uri} (page {page}): no text on this page, but for any running header or footer "
-                "(a scanned page needs OCR first)"
-                for page in pages
-            ],
+            reasons=[found[page][0] for page in pages],
+            details=[f"{uri} (page {page}): {found[page][1]}" for page in pages],
         )
 
     @staticmethod

@@ -188,6 +188,8 @@ class SourceWatermark:
         self.committed = committed
         # New file -> the file taken before whose bytes it holds (renamed, moved or copied): not read.
         self.same_bytes: dict[str, str] = {}
+        # A link in the source's folder -> where it leads, out of the folder: not read (``list_files``).
+        self.links_out: dict[str, str] = {}
         # Inputs taken before that this run reads again though unchanged (review decisions that only
         # a record read again can take: see curation.review.decisions.inputs_to_read_again).
         self.read_again = read_again if read_again is not None else set()
@@ -290,6 +292,10 @@ class Watermarks:
     def same_bytes(self) -> dict[str, str]:
         """New file -> the file an earlier run took whose bytes it holds, which this run does not read."""
         return {uri: taken for source in self.sources.values() for uri, taken in source.same_bytes.items()}
+
+    def links_out(self) -> dict[str, str]:
+        """A link in a source's folder -> where it leads, out of the folder, which this run does not read."""
+        return {link: target for source in self.sources.values() for link, target in source.links_out.items()}
 
     def replaced(self) -> set[str]:
         """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""
@@ -769,7 +775,12 @@ class ListedFiles:
 
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
-            listed = list_files(self.config.path, suffixes=self.suffixes, name_unread=True, bare=self.bare_names)
+            away: dict[str, str] = {}
+            listed = list_files(
+                self.config.path, suffixes=self.suffixes, name_unread=True, bare=self.bare_names, links_out=away
+            )
+            if self.watermark is not None:
+                self.watermark.links_out = away
             entries = readable(listed)
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.

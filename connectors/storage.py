@@ -514,16 +514,22 @@ def _visible(relative: str) -> bool:
 
 
 def list_files(
-    uri: str, suffixes: tuple[str, ...] = (), name_unread: bool = False, bare: bool = False
+    uri: str,
+    suffixes: tuple[str, ...] = (),
+    name_unread: bool = False,
+    bare: bool = False,
+    links_out: dict[str, str] | None = None,
 ) -> list[FileEntry]:
     """Files at a path, under a folder (recursively) or matching a glob, sorted by URI.
 
     Under a folder (or a glob ending in ``/``) only names ending in one of ``suffixes`` are kept, and
     with ``bare`` names without any suffix (Hive's ``000000_0``, an Athena query's output); with
     ``name_unread`` the others are named in a warning (a folder of exports with a ``.txt`` among the
-    ``.csv`` files: its records would otherwise be left out without a word).
+    ``.csv`` files: its records would otherwise be left out without a word). With ``links_out``, a local
+    file under a folder (or a glob's fixed part) reached through a link that leads out of it is left out
+    and named in a warning, and put in ``links_out`` (the link -> where it leads).
     """
-    entries, folder = _list_s3(uri) if is_s3(uri) else _list_local(uri, suffixes)
+    entries, folder = _list_s3(uri) if is_s3(uri) else _list_local(uri, suffixes, links_out)
     if not suffixes or not folder:
         return entries
     kept: list[FileEntry] = []
@@ -576,8 +582,11 @@ def _named(uris: list[str]) -> str:
     return ", ".join(sorted(uris)[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")
 
 
-def _list_local(uri: str, suffixes: tuple[str, ...]) -> tuple[list[FileEntry], bool]:
-    """The visible files ``uri`` names, and whether it names a folder (or a glob of folders)."""
+def _list_local(
+    uri: str, suffixes: tuple[str, ...], links_out: dict[str, str] | None = None
+) -> tuple[list[FileEntry], bool]:
+    """The visible files ``uri`` names, and whether it names a folder (or a glob of folders); with
+    ``links_out``, not those reached through a link that leads out of it (see ``list_files``)."""
     fs, path = filesystem(uri)
     if _is_glob(uri) and uri.endswith("/"):
         path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
@@ -598,7 +607,11 @@ def _list_local(uri: str, suffixes: tuple[str, ...]) -> tuple[list[FileEntry], b
             root = path
         found = [i for i in infos if i.type == pafs.FileType.File and wanted(i.path)]
         if isinstance(fs, pafs.LocalFileSystem):
-            _warn_of_broken_links(uri, root, wanted, suffixes if folder else ())
+            root = os.path.normpath(root)
+            links = _links(root)
+            _warn_of_broken_links(uri, links, wanted, suffixes if folder else ())
+            if links_out is not None and links:
+                found = _within(uri, root, found, links, links_out)
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
@@ -606,18 +619,71 @@ def _list_local(uri: str, suffixes: tuple[str, ...]) -> tuple[list[FileEntry], b
     return sorted((_entry(i) for i in found), key=lambda e: e.uri), folder
 
 
-def _warn_of_broken_links(uri: str, root: str, wanted: Callable[[str], bool], suffixes: tuple[str, ...]) -> None:
+def _links(root: str) -> set[str]:
+    """The links under a local folder, to files and folders (not looked into: a path through one starts
+    with it), broken ones too. Told from the folder's entries, as os.walk is, without a stat of each."""
+    found: set[str] = set()
+    folders = [root]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        found.add(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+        except OSError:  # a folder it may not list: Arrow's listing has said so already, or will
+            continue
+    return found
+
+
+def _within(
+    uri: str, root: str, found: list[pafs.FileInfo], links: set[str], links_out: dict[str, str]
+) -> list[pafs.FileInfo]:
+    """The files of ``found`` that are inside ``root`` with links followed (``root`` itself resolved: the
+    folder reached through a link is fine, and so is a link within it). Arrow's listing follows every
+    link, so one in the folder to ``/etc/passwd`` or a folder elsewhere was read as input, which the
+    recipe never pointed at; each such path goes to ``links_out`` with where it leads, and is named."""
+    folder = os.path.realpath(root)
+    kept: list[pafs.FileInfo] = []
+    out: dict[str, str] = {}
+    for info in found:
+        if _through_link(info.path, root, links):
+            target = os.path.realpath(info.path)
+            if os.path.commonpath([folder, target]) != folder:
+                out[info.path] = target
+                continue
+        kept.append(info)
+    links_out.update(out)
+    if out:
+        away = [f"{link} -> {target}" for link, target in sorted(out.items())]
+        log.warning(
+            "%s: not read: a link that leads out of the source's folder %s (copy the file in, or point a source "
+            "at where it leads): %s",
+            uri,
+            root,
+            ", ".join(away[:5]) + (f" and {len(away) - 5} more" if len(away) > 5 else ""),
+        )
+    return kept
+
+
+def _through_link(path: str, root: str, links: set[str]) -> bool:
+    """Whether ``path`` under ``root`` is, or lies under, one of ``links``."""
+    while len(path) > len(root):
+        if path in links:
+            return True
+        path = os.path.dirname(path)
+    return False
+
+
+def _warn_of_broken_links(uri: str, links: set[str], wanted: Callable[[str], bool], suffixes: tuple[str, ...]) -> None:
     """Arrow's listing leaves out a link to a file that is not there (an input moved away from under
     its link): such an input (a name ending in one of ``suffixes``, if any) is named rather than
     passed over without a word."""
     broken = [
         found
-        for folder, _, names in os.walk(root)
-        for found in (os.path.join(folder, name) for name in names)
-        if wanted(found)
-        and found.lower().endswith(suffixes or "")
-        and os.path.islink(found)
-        and not os.path.exists(found)
+        for found in links
+        if wanted(found) and found.lower().endswith(suffixes or "") and not os.path.exists(found)
     ]
     if broken:
         log.warning("%s: not read: link to a file that is not there: %s", uri, _named(broken))

@@ -1001,6 +1001,8 @@ def _manifest(
         built.stats["carry"] = writer.carry_stats
     if same := plan.watermarks.same_bytes():  # new files holding what an earlier run took: not read again
         built.stats["same_bytes"] = same
+    if links := plan.watermarks.links_out():  # links in a source's folder that lead out of it: not read
+        built.stats["links_out"] = links
     return attach_report(built, writer)
 
 

@@ -174,6 +174,72 @@ def test_a_pdf_page_without_text_among_text_pages_is_quarantined_not_dropped(wor
     assert row["source"]["page"] == 2 and "(page 2): no text on this page" in row["detail"]
 
 
+def _pdf_with_broken_pages(*broken: int, base: bytes | None = None) -> bytes:
+    """The 4-page handbook (or ``base``) with the content stream of each page in ``broken`` (numbered from 1) one that
+    does not decode (an ASCII85 stream of other characters): pypdf's extract_text raises on that page."""
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.generic import NameObject, StreamObject
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(base or make_pdf())))
+    for number in broken:
+        stream = StreamObject()
+        stream.set_data(b"BT (not ASCII85) Tj ET~>")
+        stream[NameObject("/Filter")] = NameObject("/ASCII85Decode")
+        writer.pages[number - 1][NameObject("/Contents")] = writer._add_object(stream)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_a_pdf_page_that_cannot_be_read_is_quarantined_and_the_other_pages_published(workdir: Path) -> None:
+    # One page whose content stream does not decode: the whole PDF was quarantined as corrupt, and the
+    # text of its three readable pages was lost.
+    (workdir / "docs").mkdir()
+    (workdir / "docs" / "handbook.pdf").write_bytes(_pdf_with_broken_pages(2))
+    result = run(
+        workdir, {"dataset": "kb", "sources": [{"type": "documents", "path": "docs"}], "record": {"kind": "document"}}
+    )
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.reasons) == (4, 3, {"quarantined": {"corrupt": 1}})
+    assert sorted(line["text"].split(".")[0] for line in outputs(Path(result.version_uri))) == [
+        "Chapter 1",
+        "Chapter 3",
+        "Chapter 4",
+    ]
+    [row] = set_aside(Path(result.version_uri))
+    assert (row["source"]["page"], row["reason"]) == (2, "corrupt")
+    assert row["detail"].startswith(f"{workdir}/docs/handbook.pdf (page 2): the page could not be read (ValueError: ")
+
+
+def _scan_with_text_on_page_one() -> bytes:
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.multi_cell(0, 8, "Refunds are paid within five days.")
+    pdf.add_page()
+    return bytes(pdf.output())
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (lambda: _pdf_with_broken_pages(1, 2, 3, 4), "not a readable PDF: no page could be read (page 1: ValueError: "),
+        (
+            lambda: _pdf_with_broken_pages(1, base=_scan_with_text_on_page_one()),
+            "not a readable PDF: page 1 could not be read (ValueError: ",
+        ),
+    ],
+)
+def test_a_pdf_with_no_page_of_text_but_pages_that_cannot_be_read_is_corrupt_naming_one(
+    tmp_path: Path, content: Any, detail: str
+) -> None:
+    # Not "no text found (a scanned document needs OCR first)": OCR would not read a page that does not decode.
+    (tmp_path / "handbook.pdf").write_bytes(content())
+    rows, [aside] = read(tmp_path)
+    assert rows == [] and (aside["source"]["page"], aside["reason"]) == (None, "corrupt")
+    assert f"handbook.pdf: {detail}" in aside["detail"]
+
+
 def test_docx_sections_title_and_tables_without_page_header(tmp_path: Path) -> None:
     (tmp_path / "policy.docx").write_bytes(make_docx())
     rows, _ = read(tmp_path)
@@ -200,6 +266,15 @@ def test_docx_table_reads_a_merged_cell_once_and_a_table_inside_a_cell(tmp_path:
     [row], _ = read(tmp_path)
     # Was: "Card fees 2026 | Card fees 2026 | Card fees 2026", and the inner table's text was lost.
     assert row["text"] == "Fees\n\nCard fees 2026\nDebit | Abroad | 1.5% | Free"
+
+
+@pytest.mark.parametrize("span", ["0", "-1"])
+def test_a_docx_cell_spanning_no_column_is_read_as_one(tmp_path: Path, span: str) -> None:
+    # Word writes a cell's gridSpan as 1 or more; other tools write 0. python-docx gave such a cell for no
+    # column, and its text was lost without a word ("B\nC | D").
+    (tmp_path / "rates.docx").write_bytes(_docx_with_table("<w:tcPr>", f'<w:tcPr><w:gridSpan w:val="{span}"/>'))
+    [row], aside = read(tmp_path)
+    assert (row["text"], aside) == ("Refunds are paid within five days.\n\nA | B\nC | D", [])
 
 
 def test_docx_text_inside_content_controls_is_read(tmp_path: Path) -> None:

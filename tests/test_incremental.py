@@ -455,6 +455,56 @@ def test_a_link_to_a_file_that_is_not_there_is_named_not_passed_over(
         assert "gone.csv" not in caplog.text
 
 
+@pytest.mark.parametrize(("kind", "suffix"), [("files", ".jsonl"), ("documents", ".txt")])
+def test_a_link_out_of_a_source_folder_is_not_read_and_named(
+    workdir: Path, caplog: pytest.LogCaptureFixture, kind: str, suffix: str
+) -> None:
+    # Arrow's listing follows every link: one in the folder to a file or folder elsewhere (another team's
+    # exports, /etc/passwd) was read as input and published, though the recipe never pointed there. The
+    # folder itself reached through a link is fine, and so is a link within it.
+    real, private = workdir / "exports", workdir / "private"
+    (real / "sub").mkdir(parents=True)
+    private.mkdir()
+    for path in (real / "a", real / "sub" / "b", private / "salaries", private / "other"):
+        text = f"Notes from {path.name} on refunds."
+        path.with_suffix(suffix).write_text(json.dumps({"text": text}) + "\n" if kind == "files" else text)
+    (workdir / "in").symlink_to(real, target_is_directory=True)
+    (real / f"staying{suffix}").symlink_to(f"sub/b{suffix}")
+    (real / "inner").symlink_to("sub", target_is_directory=True)
+    (real / f"leaving{suffix}").symlink_to(private / f"salaries{suffix}")
+    (real / "away").symlink_to(private, target_is_directory=True)
+    spec = {"dataset": "notes", "sources": [{"type": kind, "path": "in"}], "record": {"kind": "document"}}
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        result = run(workdir, spec)
+    assert sorted(entry.uri.removeprefix(f"{workdir}/in/") for entry in result.manifest.inputs) == [
+        f"a{suffix}",
+        f"inner/b{suffix}",
+        f"staying{suffix}",
+        f"sub/b{suffix}",
+    ]
+    assert not any("salaries" in line["text"] or "other" in line["text"] for line in outputs(Path(result.version_uri)))
+    targets = {
+        f"{workdir}/in/{link}{suffix}": f"{private.resolve()}/{target}{suffix}"
+        for link, target in (("away/other", "other"), ("away/salaries", "salaries"), ("leaving", "salaries"))
+    }
+    assert result.manifest.stats["links_out"] == targets
+    named = ", ".join(f"{link} -> {target}" for link, target in targets.items())
+    assert f"not read: a link that leads out of the source's folder {workdir}/in (copy the file in" in caplog.text
+    assert named in caplog.text
+
+
+def test_a_glob_does_not_list_a_link_out_of_its_fixed_part(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "private").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "private" / "salaries.jsonl").write_text("{}\n")
+    (tmp_path / "in" / "leaving.jsonl").symlink_to(tmp_path / "private" / "salaries.jsonl")
+    away: dict[str, str] = {}
+    listed = list_files(f"{tmp_path}/in/*.jsonl", (".jsonl",), links_out=away)
+    assert [Path(entry.uri).name for entry in listed] == ["a.jsonl"]
+    assert away == {f"{tmp_path}/in/leaving.jsonl": f"{tmp_path.resolve()}/private/salaries.jsonl"}
+
+
 def test_a_source_whose_settings_changed_is_read_whole_and_replaces_what_it_gave(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

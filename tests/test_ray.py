@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 import xxhash
 
+import connectors.storage as storage
 from bench.corpus import generate
 from connectors.storage import filesystem
 from curation import pipeline
@@ -585,8 +586,14 @@ def unreadable_file() -> Path:
     return WRITE_ONLY
 
 
+def keep_links_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the listing (in this process, the driver's) keep a link out of the source's folder, which it
+    refuses: a link to ``unreadable_file()`` is the only way to put a file no process may read in a folder."""
+    monkeypatch.setattr(storage, "_within", lambda uri, root, found, links, links_out: found)
+
+
 def test_read_tasks_of_one_source_send_back_only_the_unreadable_inputs_each_found(
-    workdir: Path, local_ray: Any
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two read tasks of one source, each given a file no process may read: the driver adds what each
     found, to the embedded executor's count. A task sent its copy's whole count: where that copy held
@@ -597,6 +604,7 @@ def test_read_tasks_of_one_source_send_back_only_the_unreadable_inputs_each_foun
     from curation.executors.envelope import open_all
     from curation.executors.ray_executor import read_sources, split_sources
 
+    keep_links_out(monkeypatch)
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha notes"}])
     for name in ("b.jsonl", "c.jsonl"):
         (workdir / "in" / name).symlink_to(unreadable_file())
@@ -619,8 +627,9 @@ def test_read_tasks_of_one_source_send_back_only_the_unreadable_inputs_each_foun
 
 
 def test_a_file_that_cannot_be_read_is_quarantined_on_ray_as_embedded_and_read_again(
-    workdir: Path, local_ray: Any
+    workdir: Path, local_ray: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    keep_links_out(monkeypatch)
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha notes"}, {"text": "beta notes"}])
     (workdir / "in" / "b.jsonl").symlink_to(unreadable_file())
     docs = {"dataset": "d", "sources": [{"path": "in"}], "record": {"kind": "document"}}
