@@ -92,6 +92,33 @@ class Unreadable:
         return hash((self.text, self.oid))
 
 
+class NotUtf8(Unreadable):
+    """SQLite text that is not UTF-8 (SQLite keeps any bytes under a TEXT type), as its text with the other
+    bytes escaped ('jane\\xe9'): the driver raised decoding it, which failed the run; its row is set aside."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data.decode(errors="backslashreplace"), 0)
+        self.data = data
+
+    def bound(self) -> sa.ColumnElement[Any]:
+        """The value as SQL that gives it back (no text Python binds holds its bytes), for a key asked."""
+        return sa.cast(sa.literal(self.data, sa.LargeBinary()), sa.Text())
+
+
+def _text_or_not_utf8(data: bytes) -> str | NotUtf8:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return NotUtf8(data)
+
+
+def _lenient_text(connection: Any, _record: Any = None) -> None:
+    """Have a sqlite3 connection give text that is not UTF-8 as ``NotUtf8``, decided per value."""
+    connection.text_factory = _text_or_not_utf8
+
+
 _MOMENT_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz", "interval")
 
 
@@ -574,6 +601,8 @@ class SqlSourceReader:
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         if engine.dialect.driver == "psycopg":
             sa.event.listen(engine, "connect", _lenient_moments)
+        elif engine.dialect.driver == "pysqlite":
+            sa.event.listen(engine, "connect", _lenient_text)
         statement, read = None, 0
         try:
             with engine.connect() as db:
@@ -806,7 +835,8 @@ class SqlSourceReader:
             # before the watermark are read, compared by their text.
             yield sa.true()
             return
-        whole = [value for value in values if None not in value]
+        values = [tuple(part.bound() if isinstance(part, NotUtf8) else part for part in value) for value in values]
+        whole = [value for value in values if all(part is not None for part in value)]
         dialect = self._db.dialect.name if self._db is not None else ""
         if whole and len(columns) == 1:
             flat = [value[0] for value in whole]
@@ -819,7 +849,7 @@ class SqlSourceReader:
                 whole = []
         for chunk in batched(whole, max(1, _KEYS_ASKED // len(columns))):
             yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
-        for chunk in batched([value for value in values if None in value], 100):
+        for chunk in batched([value for value in values if any(part is None for part in value)], 100):
             yield sa.or_(
                 *(
                     sa.and_(*(c.is_(None) if v is None else c == v for c, v in zip(columns, value, strict=True)))
@@ -877,18 +907,33 @@ class SqlSourceReader:
     def _unreadable(
         self, rows: pa.Table, columns: list[str], values: list[Sequence[Any]], unreadable: list[list[str]]
     ) -> pa.Table:
-        """Rows holding a date or time Python cannot hold, quarantined, each with its values as PostgreSQL
-        writes them."""
-        return _quarantined(
-            rows,
-            "schema",
-            lambda line, at: (
-                f"{self.uri}:{line}: {_columns_named(unreadable[at])} a date or time Python cannot hold "
-                "(infinity, a year before 1 or after 9999, 24:00, an interval past 999,999,999 days); "
-                "CAST it to text in a query to read such rows"
-            ),
-            [dict(zip(columns, row, strict=True)) for row in values],
-        )
+        """Rows holding a value Python cannot hold (a date or time, text that is not UTF-8), quarantined, each
+        with its values as the database writes them, and named by its key or cursor value (its line is only
+        its place in this run's result)."""
+        records = [dict(zip(columns, row, strict=True)) for row in values]
+
+        def said(line: int, at: int) -> str:
+            record, names = records[at], unreadable[at]
+            text = [n for n in names if isinstance(record[n], NotUtf8)]
+            moments = [n for n in names if n not in text]
+            parts = [f"{_columns_named(text)} text that is not UTF-8"] if text else []
+            if moments:
+                parts.append(
+                    f"{_columns_named(moments)} a date or time Python cannot hold (infinity, a year before 1 or "
+                    "after 9999, 24:00, an interval past 999,999,999 days)"
+                )
+            cast = "text" if moments else "BLOB"
+            where = f"{self.uri}:{line}{self._row_named(record)}"
+            return f"{where}: {'; '.join(parts)}; CAST it to {cast} in a query to read such rows"
+
+        return _quarantined(rows, "schema", said, records)
+
+    def _row_named(self, record: dict[str, Any]) -> str:
+        """The row's key, else its cursor value, as ' (key id=7)', or nothing without either."""
+        columns, by = (self.config.key, "key") if self.config.key else ([self.config.cursor], "cursor")
+        if columns == [None]:
+            return ""
+        return f" ({by} {', '.join(f'{c}={record[c]}' for c in columns)})"
 
     def _no_value(self, rows: pa.Table) -> pa.Table:
         """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
