@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -442,6 +443,18 @@ def unpack_hashes(packed: str) -> Counter[int]:
     return Counter(np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist())
 
 
+def _may_tie(value: Any, other: Any) -> bool:
+    """Whether two texts may be equal in a collation that ignores case, accents or trailing spaces (SQLite's
+    NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation), though Python's == tells them
+    apart."""
+    return isinstance(value, str) and isinstance(other, str) and _loose(value) == _loose(other)
+
+
+def _loose(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in folded if not unicodedata.combining(c)).rstrip()
+
+
 class CursorRange:
     """Which rows of a read by cursor are new: those past the highest value the last run read, and those
     at that value it did not read (a row written after the run with the value of the last row it took:
@@ -492,6 +505,12 @@ class CursorRange:
         later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
         if value == self.highest:
             self.at_highest.append(identity)
+        elif not self.as_moments and _may_tie(value, self.highest):
+            # Text the column's collation may hold equal ('a', 'A' in NOCASE or citext): the database's last is
+            # the watermark, and all of them are the rows taken at it, which it gives again (>=). A row kept
+            # here that it does not tie with is never given again: no harm.
+            self.highest = value
+            self.at_highest.append(identity)
         elif later or not self.as_moments:
             # Rows come in the database's order, which decides what is highest: text compares by the
             # column's collation there ('a' < 'B' in most, not in Python). Not for text-held datetimes.
@@ -499,7 +518,7 @@ class CursorRange:
         return self._not_taken(value, identity)
 
     def _not_taken(self, value: Any, identity: int) -> bool:
-        if self.inclusive and value == self.last and self.taken[identity] > 0:
+        if self.inclusive and (value == self.last or _may_tie(value, self.last)) and self.taken[identity] > 0:
             self.taken[identity] -= 1  # equal rows: as many are new as the value holds more of them now
             return False
         return True

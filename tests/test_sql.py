@@ -921,6 +921,60 @@ def test_postgresql_text_cursor_takes_the_highest_value_in_the_columns_collation
     assert subjects_read_twice(config, tmp_path) == [["a", "b"], []]
 
 
+def subjects_read_with_a_row_between(config: SqlSource, folder: Path, url: str, row: str) -> list[list[str]]:
+    """The subjects ``config`` reads in a first run and in a second, after ``row`` (SQL values) is added to ``t``."""
+    state = sa.create_engine(f"sqlite:///{folder}/state.db")
+    reads = []
+    for between in (row, None):
+        marks = Watermarks(state, "support")
+        reads.append(
+            sorted(r["subject"] for b in read_all(config, 10, marks.for_source(config)) for r in b.rows.to_pylist())
+        )
+        marks.commit("run")
+        if between is not None:
+            engine = sa.create_engine(url)
+            with engine.begin() as db:
+                db.execute(sa.text(f"INSERT INTO t VALUES {between}"))
+            engine.dispose()
+    return reads
+
+
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, u FROM t"}])
+def test_a_sqlite_text_cursor_of_a_case_insensitive_collation_reads_values_tying_in_it_once(
+    tmp_path: Path, source: dict
+) -> None:
+    # 'a' and 'A' tie in NOCASE: the watermark kept one of them, and the next run read the other again.
+    url = f"sqlite:///{tmp_path}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(sa.text("CREATE TABLE t (id INTEGER, subject TEXT, u TEXT COLLATE NOCASE)"))
+        db.execute(sa.text("INSERT INTO t VALUES (1, 'a', 'a'), (2, 'A', 'A')"))
+    engine.dispose()
+    config = SqlSource(type="sql", url=url, cursor="u", **source)
+    assert subjects_read_with_a_row_between(config, tmp_path, url, "(3, 'B', 'B')") == [["A", "a"], ["B"]]
+
+
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, u FROM t"}])
+def test_a_postgresql_text_cursor_of_a_case_insensitive_collation_reads_values_tying_in_it_once(
+    postgres_url: str, tmp_path: Path, source: dict
+) -> None:
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        skip_without_icu(db)
+        db.execute(sa.text("DROP TABLE IF EXISTS t"))
+        db.execute(sa.text("DROP COLLATION IF EXISTS ci_cursor"))
+        db.execute(
+            sa.text("CREATE COLLATION ci_cursor (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+        )
+        db.execute(sa.text("CREATE TABLE t (id int, subject text, u text COLLATE ci_cursor)"))
+        db.execute(sa.text("INSERT INTO t VALUES (1, 'a', 'a'), (2, 'A', 'A')"))
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", **source)
+    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(3, 'B', 'B')") == [["A", "a"], ["B"]]
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE t"))
+    engine.dispose()
+
+
 def test_a_sqlite_datetime_cursor_takes_the_latest_moment_whatever_text_sorts_last(tmp_path: Path) -> None:
     # In text order, '2026-01-01 23:00:00+00:00' sorts before '2026-01-01T09:00:00Z' (' ' < 'T'): the
     # watermark was 09:00, and the 23:00 row was read and published again.
