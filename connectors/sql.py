@@ -761,6 +761,10 @@ class SqlSourceReader:
                     # A float4 (REAL) column compared with a bound double is widened first: 0.7 stored is
                     # 0.69999998..., below the 0.7 the watermark holds, and the tie at it would be lost.
                     last = sa.cast(span.last, cursor.type) if isinstance(cursor.type, sa.REAL) else span.last
+                    if config.query is not None and engine.dialect.name == "postgresql" and isinstance(last, float):
+                        # A query's column has no type here: the bound goes as untyped text, which PostgreSQL
+                        # reads as the column's own type (a real's 0.7 too, as psycopg read it from the text '0.7').
+                        last = sa.bindparam("curation_watermark", repr(last), type_=sa.types.NullType())
                     past = cursor >= last if span.inclusive else cursor > last
                 if config.key and (config.table is None or all(k in table.c for k in config.key)):
                     keys = [column(k) for k in config.key]

@@ -975,6 +975,25 @@ def test_a_postgresql_text_cursor_of_a_case_insensitive_collation_reads_values_t
     engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["real", "double precision"])
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, u FROM t"}])
+def test_a_postgresql_float4_cursor_reads_a_row_tying_at_the_watermark(
+    postgres_url: str, tmp_path: Path, source: dict, kind: str
+) -> None:
+    # psycopg reads a real 0.7 as the double 0.7, above the 0.69999998... stored: a query's bound double took
+    # no row at the watermark, so a row written after the run with the same value was never read.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS t"))
+        db.execute(sa.text(f"CREATE TABLE t (id int, subject text, u {kind})"))
+        db.execute(sa.text("INSERT INTO t VALUES (1, 'a', 0.5), (2, 'b', 0.7)"))
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", **source)
+    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(3, 'c', 0.7)") == [["a", "b"], ["c"]]
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE t"))
+    engine.dispose()
+
+
 def test_a_sqlite_datetime_cursor_takes_the_latest_moment_whatever_text_sorts_last(tmp_path: Path) -> None:
     # In text order, '2026-01-01 23:00:00+00:00' sorts before '2026-01-01T09:00:00Z' (' ' < 'T'): the
     # watermark was 09:00, and the 23:00 row was read and published again.
