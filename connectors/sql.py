@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -90,6 +91,33 @@ class Unreadable:
 
     def __hash__(self) -> int:
         return hash((self.text, self.oid))
+
+
+class NotUtf8(Unreadable):
+    """SQLite text that is not UTF-8 (SQLite keeps any bytes under a TEXT type), as its text with the other
+    bytes escaped ('jane\\xe9'): the driver raised decoding it, which failed the run; its row is set aside."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data.decode(errors="backslashreplace"), 0)
+        self.data = data
+
+    def bound(self) -> sa.ColumnElement[Any]:
+        """The value as SQL that gives it back (no text Python binds holds its bytes), for a key asked."""
+        return sa.cast(sa.literal(self.data, sa.LargeBinary()), sa.Text())
+
+
+def _text_or_not_utf8(data: bytes) -> str | NotUtf8:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return NotUtf8(data)
+
+
+def _lenient_text(connection: Any, _record: Any = None) -> None:
+    """Have a sqlite3 connection give text that is not UTF-8 as ``NotUtf8``, decided per value."""
+    connection.text_factory = _text_or_not_utf8
 
 
 _MOMENT_TYPES = ("date", "timestamp", "timestamptz", "time", "timetz", "interval")
@@ -415,6 +443,18 @@ def unpack_hashes(packed: str) -> Counter[int]:
     return Counter(np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist())
 
 
+def _may_tie(value: Any, other: Any) -> bool:
+    """Whether two texts may be equal in a collation that ignores case, accents or trailing spaces (SQLite's
+    NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation), though Python's == tells them
+    apart."""
+    return isinstance(value, str) and isinstance(other, str) and _loose(value) == _loose(other)
+
+
+def _loose(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in folded if not unicodedata.combining(c)).rstrip()
+
+
 class CursorRange:
     """Which rows of a read by cursor are new: those past the highest value the last run read, and those
     at that value it did not read (a row written after the run with the value of the last row it took:
@@ -465,6 +505,12 @@ class CursorRange:
         later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
         if value == self.highest:
             self.at_highest.append(identity)
+        elif not self.as_moments and _may_tie(value, self.highest):
+            # Text the column's collation may hold equal ('a', 'A' in NOCASE or citext): the database's last is
+            # the watermark, and all of them are the rows taken at it, which it gives again (>=). A row kept
+            # here that it does not tie with is never given again: no harm.
+            self.highest = value
+            self.at_highest.append(identity)
         elif later or not self.as_moments:
             # Rows come in the database's order, which decides what is highest: text compares by the
             # column's collation there ('a' < 'B' in most, not in Python). Not for text-held datetimes.
@@ -472,7 +518,7 @@ class CursorRange:
         return self._not_taken(value, identity)
 
     def _not_taken(self, value: Any, identity: int) -> bool:
-        if self.inclusive and value == self.last and self.taken[identity] > 0:
+        if self.inclusive and (value == self.last or _may_tie(value, self.last)) and self.taken[identity] > 0:
             self.taken[identity] -= 1  # equal rows: as many are new as the value holds more of them now
             return False
         return True
@@ -574,6 +620,8 @@ class SqlSourceReader:
             raise SqlSourceError(f"{self.uri}: cannot connect: {type(error).__name__}: {error}") from None
         if engine.dialect.driver == "psycopg":
             sa.event.listen(engine, "connect", _lenient_moments)
+        elif engine.dialect.driver == "pysqlite":
+            sa.event.listen(engine, "connect", _lenient_text)
         statement, read = None, 0
         try:
             with engine.connect() as db:
@@ -713,6 +761,10 @@ class SqlSourceReader:
                     # A float4 (REAL) column compared with a bound double is widened first: 0.7 stored is
                     # 0.69999998..., below the 0.7 the watermark holds, and the tie at it would be lost.
                     last = sa.cast(span.last, cursor.type) if isinstance(cursor.type, sa.REAL) else span.last
+                    if config.query is not None and engine.dialect.name == "postgresql" and isinstance(last, float):
+                        # A query's column has no type here: the bound goes as untyped text, which PostgreSQL
+                        # reads as the column's own type (a real's 0.7 too, as psycopg read it from the text '0.7').
+                        last = sa.bindparam("curation_watermark", repr(last), type_=sa.types.NullType())
                     past = cursor >= last if span.inclusive else cursor > last
                 if config.key and (config.table is None or all(k in table.c for k in config.key)):
                     keys = [column(k) for k in config.key]
@@ -806,7 +858,8 @@ class SqlSourceReader:
             # before the watermark are read, compared by their text.
             yield sa.true()
             return
-        whole = [value for value in values if None not in value]
+        values = [tuple(part.bound() if isinstance(part, NotUtf8) else part for part in value) for value in values]
+        whole = [value for value in values if all(part is not None for part in value)]
         dialect = self._db.dialect.name if self._db is not None else ""
         if whole and len(columns) == 1:
             flat = [value[0] for value in whole]
@@ -819,7 +872,7 @@ class SqlSourceReader:
                 whole = []
         for chunk in batched(whole, max(1, _KEYS_ASKED // len(columns))):
             yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
-        for chunk in batched([value for value in values if None in value], 100):
+        for chunk in batched([value for value in values if any(part is None for part in value)], 100):
             yield sa.or_(
                 *(
                     sa.and_(*(c.is_(None) if v is None else c == v for c, v in zip(columns, value, strict=True)))
@@ -877,18 +930,33 @@ class SqlSourceReader:
     def _unreadable(
         self, rows: pa.Table, columns: list[str], values: list[Sequence[Any]], unreadable: list[list[str]]
     ) -> pa.Table:
-        """Rows holding a date or time Python cannot hold, quarantined, each with its values as PostgreSQL
-        writes them."""
-        return _quarantined(
-            rows,
-            "schema",
-            lambda line, at: (
-                f"{self.uri}:{line}: {_columns_named(unreadable[at])} a date or time Python cannot hold "
-                "(infinity, a year before 1 or after 9999, 24:00, an interval past 999,999,999 days); "
-                "CAST it to text in a query to read such rows"
-            ),
-            [dict(zip(columns, row, strict=True)) for row in values],
-        )
+        """Rows holding a value Python cannot hold (a date or time, text that is not UTF-8), quarantined, each
+        with its values as the database writes them, and named by its key or cursor value (its line is only
+        its place in this run's result)."""
+        records = [dict(zip(columns, row, strict=True)) for row in values]
+
+        def said(line: int, at: int) -> str:
+            record, names = records[at], unreadable[at]
+            text = [n for n in names if isinstance(record[n], NotUtf8)]
+            moments = [n for n in names if n not in text]
+            parts = [f"{_columns_named(text)} text that is not UTF-8"] if text else []
+            if moments:
+                parts.append(
+                    f"{_columns_named(moments)} a date or time Python cannot hold (infinity, a year before 1 or "
+                    "after 9999, 24:00, an interval past 999,999,999 days)"
+                )
+            cast = "text" if moments else "BLOB"
+            where = f"{self.uri}:{line}{self._row_named(record)}"
+            return f"{where}: {'; '.join(parts)}; CAST it to {cast} in a query to read such rows"
+
+        return _quarantined(rows, "schema", said, records)
+
+    def _row_named(self, record: dict[str, Any]) -> str:
+        """The row's key, else its cursor value, as ' (key id=7)', or nothing without either."""
+        columns, by = (self.config.key, "key") if self.config.key else ([self.config.cursor], "cursor")
+        if columns == [None]:
+            return ""
+        return f" ({by} {', '.join(f'{c}={record[c]}' for c in columns)})"
 
     def _no_value(self, rows: pa.Table) -> pa.Table:
         """Rows without a cursor value, quarantined: no later run could tell when one is new or edited."""
