@@ -373,7 +373,8 @@ def test_behind_a_proxy_failed_sign_ins_count_per_forwarded_address(seeded: Seed
 def test_a_proxy_of_any_address_is_refused_unless_asked_for(seeded: Seeded) -> None:
     # Trusted from anyone, X-Forwarded-For lets each guess claim a new address: the limit per address
     # (30 failures) would never be reached.
-    for proxy in ("*", "0.0.0.0/0", "10.0.0.5, ::/0"):
+    # Networks that hold every address together count as one that does (0.0.0.0/1 and 128.0.0.0/1).
+    for proxy in ("*", "0.0.0.0/0", "10.0.0.5, ::/0", "0.0.0.0/1,128.0.0.0/1", "::/1, 8000::/1"):
         done = review("serve", "--proxy", proxy, "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
         assert done.returncode == 2, (proxy, done.stderr)
         assert f"error --proxy {proxy} trusts every client's X-Forwarded-For" in done.stderr, done.stderr

@@ -189,16 +189,21 @@ def _not_addresses(proxy: str) -> list[str]:
 
 def _trusts_anyone(proxy: str) -> bool:
     """Whether uvicorn's ``forwarded_allow_ips`` of ``proxy`` takes any client for the proxy: ``*``, or
-    a network of every address (0.0.0.0/0, ::/0)."""
+    networks that together hold every address of IPv4 or IPv6 (0.0.0.0/0; 0.0.0.0/1 with 128.0.0.0/1)."""
     import ipaddress
 
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for entry in (part.strip() for part in proxy.split(",")):
         if entry == "*":
             return True
         with contextlib.suppress(ValueError):
-            if "/" in entry and ipaddress.ip_network(entry).prefixlen == 0:
-                return True
-    return False
+            if "/" in entry:
+                networks.append(ipaddress.ip_network(entry))
+    return any(
+        merged.prefixlen == 0
+        for version in (4, 6)
+        for merged in ipaddress.collapse_addresses(n for n in networks if n.version == version)
+    )
 
 
 @review_app.command("add-user")
