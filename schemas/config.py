@@ -874,6 +874,7 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     kind = recipe.record.kind
     have = f"{kind} records have {[name for name in columns if name not in ('id', 'source')]}"
     problems: list[tuple[tuple[str | int, ...], str]] = []
+    all_images = all(isinstance(source, ImagesSource) for source in recipe.sources)
     for number, stage in enumerate(recipe.stages):
         fields = getattr(stage, "fields", None) or []
         missing = [name for name in fields if name not in columns]
@@ -893,6 +894,16 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                     ("stages", number),
                     f"image_dedup compares images in {stage.column!r}, a column {kind} records from these sources "
                     f"do not have: images come from an `images` source (kind vqa)",
+                )
+            )
+        if isinstance(stage, PiiConfig) and stage.ocr and kind == "vqa" and not all_images:
+            # The stage reads the text in images the images connector hands on; an image named by a path in
+            # a row is read by the writer alone, as it is: asked to redact it, the run would publish it unread.
+            problems.append(
+                (
+                    ("stages", number, "ocr"),
+                    "ocr redacts text in the images an `images` source reads (image_bytes); a VQA record from "
+                    "another source names its image by a path, published as it is: read them with an `images` source",
                 )
             )
         for at, spec in enumerate(getattr(stage, "expect", [])):

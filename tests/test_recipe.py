@@ -467,3 +467,16 @@ def test_a_relative_sqlite_state_url_is_taken_from_the_recipes_folder_whichever_
     assert recipe.state == f"sqlite:///{tmp_path / 'sub' / 'state.db'}"
     StateStore(url.replace("///sub", f"///{tmp_path}/made"))  # its folder made, as for sqlite:///
     assert (tmp_path / "made" / "state.db").exists()
+
+
+def test_ocr_on_vqa_images_named_by_path_is_a_recipe_error() -> None:
+    # The PII stage reads text in the images an `images` source hands on (image_bytes); an image a JSONL
+    # row names by its path is read by the writer alone: with ocr asked for, it was published unredacted.
+    vqa = "dataset: d\nrecord: {kind: vqa}\nstages:\n  - {type: pii, ocr: true}\n"
+    for sources in ("[{path: qa.jsonl}]", "[{type: images, path: img, sidecar: qa.jsonl}, {path: more.jsonl}]"):
+        with pytest.raises(RecipeError, match=r"stages.0.ocr \(line 5\): ocr redacts text in the images an `images`"):
+            parse_recipe(f"sources: {sources}\n" + vqa)
+    images = parse_recipe("sources: [{type: images, path: img, sidecar: qa.jsonl}]\n" + vqa)
+    assert images.stages[0].ocr
+    document = parse_recipe("sources: [{path: docs.jsonl}]\ndataset: d\nstages:\n  - {type: pii, ocr: true}\n")
+    assert document.stages[0].ocr  # no images to leave unread: the text is redacted as ever
