@@ -651,7 +651,7 @@ def new_files(
             watermark.set(entry.uri, kept or _value_to_stage(entry, watermark, hashed_when_read))
     released = watermark.replaced - as_before
     promoted = _read_in_place_of(linked, watermark, released, fresh, {entry.uri for entry in entries})
-    same = _same_bytes(new, watermark, promoted)
+    same = _same_bytes(new, watermark, promoted, as_before)
     for entry in new:
         watermark.set(
             entry.uri,
@@ -693,13 +693,15 @@ def _read_in_place_of(
     return promoted
 
 
-def _same_bytes(new: list[FileEntry], watermark: SourceWatermark, promoted: dict[str, str]) -> set[str]:
+def _same_bytes(
+    new: list[FileEntry], watermark: SourceWatermark, promoted: dict[str, str], as_before: set[str]
+) -> set[str]:
     """The files of ``new`` that hold the bytes of a file an earlier run took (renamed or moved within the
     source, or copied), noted in ``watermark.same_bytes``: their records were published under the name
     they were taken by (a record's id holds its input's URI), and read again under another they would be
     published twice. An S3 object is compared by its ETag; a local file by its size, then the xxh3 of its
     bytes, so only a file of the size of one taken is read for it. A taken file read again in this run
-    (changed since) is compared with none: its records are replaced by what it holds now; but where a file
+    (changed since; not one read again unchanged, ``as_before``) is compared with none: its records are replaced by what it holds now; but where a file
     holding what it held is read in its place (``promoted``), a new one holding that too repeats that file.
     A file skipped before for its bytes is no file to compare with: the file it repeats is."""
     if not new or not watermark.committed:
@@ -707,7 +709,8 @@ def _same_bytes(new: list[FileEntry], watermark: SourceWatermark, promoted: dict
     by_etag: dict[str, str] = {}
     by_size: dict[int, dict[str, str]] = {}
     for uri, value in watermark.committed.items():
-        if (uri in watermark.replaced and uri not in promoted) or value == UNREAD or _held_bytes_of(value):
+        replaced = uri in watermark.replaced and uri not in as_before  # read again unchanged: gives what it gave
+        if (replaced and uri not in promoted) or value == UNREAD or _held_bytes_of(value):
             continue
         uri = promoted.get(uri, uri)
         if isinstance(value, dict):

@@ -1559,3 +1559,20 @@ def test_a_copy_skipped_for_a_taken_files_bytes_edited_with_that_file_is_read_on
     third = run(workdir, recipe)
     assert _texts_by_input(third.version_uri) == {"a.jsonl": ["alpha, edited"], "b.jsonl": ["beta"]}
     assert run(workdir, recipe).message.startswith("nothing new")  # its watermark kept: taken
+
+
+def test_a_new_copy_of_a_file_read_again_unchanged_for_a_review_decision_is_not_read(tmp_path: Path) -> None:
+    # A taken file read again for a review decision gives the records it gave (same ids): a new file holding
+    # its bytes repeats them as any copy does. It was compared with nothing, read, and its lines published twice.
+    a = write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "alpha"}])
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    marks = state.Watermarks(engine, "d")
+    state.new_files(list_files(str(tmp_path / "in")), marks.for_source(FilesSource(path=str(tmp_path / "in"))))
+    marks.commit("r1")
+    copy = tmp_path / "in" / "d.jsonl"
+    copy.write_bytes(a.read_bytes())
+    again = state.Watermarks(engine, "d", read_again={str(a)})
+    mark = again.for_source(FilesSource(path=str(tmp_path / "in")))
+    engine.dispose()
+    assert [entry.uri for entry in state.new_files(list_files(str(tmp_path / "in")), mark)] == [str(a)]
+    assert mark.same_bytes == {str(copy): str(a)}
