@@ -402,6 +402,12 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
     return keys, marks
 
 
+def _untyped(value: float | str) -> sa.BindParameter:
+    """A value bound as untyped text (a float as its repr, which round-trips), read by PostgreSQL as the type
+    of what it is compared with."""
+    return sa.bindparam(None, value if isinstance(value, str) else repr(value), type_=sa.types.NullType())
+
+
 def _no_value(value: Any) -> bool:
     """NULL, NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal NaN
     does not compare at all) or an infinity (of a number too: a watermark at it would take no later row):
@@ -859,19 +865,34 @@ class SqlSourceReader:
             yield sa.true()
             return
         values = [tuple(part.bound() if isinstance(part, NotUtf8) else part for part in value) for value in values]
-        whole = [value for value in values if all(part is not None for part in value)]
         dialect = self._db.dialect.name if self._db is not None else ""
+        if dialect == "postgresql":
+            # A float goes as untyped text, which PostgreSQL reads as the key column's own type: bound as a
+            # double, a real key (0.69999998 stored, 0.7 as psycopg reads it) is widened and equals no value asked.
+            values = [tuple(_untyped(part) if isinstance(part, float) else part for part in value) for value in values]
+        whole = [value for value in values if all(part is not None for part in value)]
         if whole and len(columns) == 1:
             flat = [value[0] for value in whole]
-            if dialect == "postgresql":
+            floats = [part.value for part in flat if isinstance(part, sa.BindParameter)]
+            if dialect == "postgresql" and not floats:
                 yield columns[0] == sa.any_(sa.bindparam("curation_keys", flat))
+                whole = []
+            elif dialect == "postgresql" and len(floats) == len(flat):
+                # The array as untyped text too ('{0.7,0.5}'), read as an array of the column's type.
+                yield columns[0] == sa.any_(_untyped("{" + ",".join(floats) + "}"))
                 whole = []
             elif dialect == "sqlite" and all(type(value) in (int, str) for value in flat):
                 listed = sa.func.json_each(sa.bindparam("curation_keys", json.dumps(flat), sa.String()))
                 yield columns[0].in_(sa.select(sa.column("value")).select_from(listed))
                 whole = []
         for chunk in batched(whole, max(1, _KEYS_ASKED // len(columns))):
-            yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
+            if len(columns) == 1:
+                yield columns[0].in_([value[0] for value in chunk])
+            elif any(isinstance(part, sa.BindParameter) for value in chunk for part in value):
+                # An untyped value is no literal an IN's list can bind: each key is written as a tuple of its own.
+                yield sa.tuple_(*columns).in_([sa.tuple_(*value) for value in chunk])
+            else:
+                yield sa.tuple_(*columns).in_(chunk)
         for chunk in batched([value for value in values if any(part is None for part in value)], 100):
             yield sa.or_(
                 *(

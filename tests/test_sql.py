@@ -1252,6 +1252,44 @@ def test_a_json_or_array_key_is_asked_for_in_rows_an_earlier_run_read(
     engine.dispose()
 
 
+@pytest.mark.parametrize("key", [["k"], ["k", "subject"], ["k", "tag"]])
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT k, subject, tag, u FROM t"}])
+@pytest.mark.parametrize(
+    ("kind", "value", "other"),
+    [
+        ("real", "0.7", "0.5"),
+        ("double precision", "0.7", "0.5"),
+        ("numeric", "0.70", "0.5"),
+        ("timestamp", "2026-01-01 10:00:00.5", "2026-01-02 10:00"),
+        ("timestamptz", "2026-01-01 10:00:00.5+02", "2026-01-02 10:00+00"),
+        ("date", "2026-01-01", "2026-01-02"),
+        ("uuid", "018f0000-0000-7000-8000-000000000001", "018f0000-0000-7000-8000-000000000002"),
+    ],
+)
+def test_a_postgresql_key_is_found_in_rows_an_earlier_run_read_in_its_columns_type(
+    postgres_url: str, tmp_path: Path, source: dict, key: list, kind: str, value: str, other: str
+) -> None:
+    # A real key was asked for as doubles (`k = ANY(float8[])`): real 0.7 is 0.69999998 widened, no double
+    # 0.7, so a new row sharing the key of a row before the watermark was published as an edit of it.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS t"))
+        db.execute(sa.text(f"CREATE TABLE t (k {kind}, subject text, tag text, u int)"))
+        db.execute(sa.text(f"INSERT INTO t VALUES ('{value}', 'a', NULL, 1), ('{other}', 'b', NULL, 2)"))
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", key=key, **source)
+    marks = Watermarks(state, "support")
+    read_all(config, 10, marks.for_source(config))
+    marks.commit("run")
+    with engine.begin() as db:
+        db.execute(sa.text(f"INSERT INTO t VALUES ('{value}', 'a', NULL, 3)"))
+    with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(.*\) as a row an earlier run"):
+        read_all(config, 10, Watermarks(state, "support").for_source(config))
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE t"))
+    engine.dispose()
+
+
 def test_rows_whose_keys_only_the_databases_collation_makes_equal_are_two_rows(
     postgres_url: str, tmp_path: Path
 ) -> None:
