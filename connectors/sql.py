@@ -411,10 +411,44 @@ def _untyped(value: float | str) -> sa.BindParameter:
 def _no_value(value: Any) -> bool:
     """NULL, NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal NaN
     does not compare at all) or an infinity (of a number too: a watermark at it would take no later row):
-    no place in the cursor's order."""
+    no place in the cursor's order. SQLite text that is not UTF-8 has one (its bytes'): its row is set aside
+    for what it holds, and the watermark may be it (``cursor_encoded``)."""
     if isinstance(value, float | Decimal):
         return value != value or math.isinf(value)
-    return value is None or isinstance(value, Unreadable)
+    return value is None or (isinstance(value, Unreadable) and not isinstance(value, NotUtf8))
+
+
+def _above(value: Any, other: Any) -> bool:
+    """``value > other``; text that is not UTF-8 by its bytes, as SQLite's BINARY collation compares text (the
+    order of UTF-8's bytes is that of the code points Python compares)."""
+    if isinstance(value, NotUtf8) or isinstance(other, NotUtf8):
+        return _text_bytes(value) > _text_bytes(other)
+    return value > other
+
+
+def _text_bytes(value: Any) -> bytes:
+    if isinstance(value, NotUtf8):
+        return value.data
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"{type(value).__name__} is no text")  # 7 and text that is not UTF-8 do not compare
+
+
+# A watermark that is text not UTF-8, kept as its bytes in hex: as text (its escaped form) it binds as other text.
+_NOT_UTF8_CURSOR = "not_utf8"
+
+
+def cursor_encoded(value: Any) -> dict[str, str] | None:
+    """``encode_cursor``, and text that is not UTF-8 as its bytes."""
+    if isinstance(value, NotUtf8):
+        return {"type": _NOT_UTF8_CURSOR, "value": value.data.hex()}
+    return encode_cursor(value)
+
+
+def cursor_decoded(encoded: dict[str, str]) -> Any:
+    if encoded["type"] == _NOT_UTF8_CURSOR:
+        return NotUtf8(bytes.fromhex(encoded["value"]))
+    return decode_cursor(encoded)
 
 
 # The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
@@ -471,7 +505,7 @@ class CursorRange:
 
     def __init__(self, watermark: SourceWatermark | None) -> None:
         committed = watermark.get(CURSOR_ITEM) if watermark is not None else None
-        self.last = decode_cursor(committed) if committed is not None else None
+        self.last = cursor_decoded(committed) if committed is not None else None
         taken = watermark.get(TAKEN_ITEM) if watermark is not None else None
         # A watermark from before the rows at the value were kept: all of them were taken (read past it).
         self.taken = unpack_hashes(taken) if isinstance(taken, str) else None
@@ -508,7 +542,7 @@ class CursorRange:
         if self.highest is None:
             self.highest, self.at_highest = value, [identity]
             return self._not_taken(value, identity)
-        later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
+        later = _above(value, self.highest)  # raises TypeError for values that do not compare (SQLite: 7 and '8')
         if value == self.highest:
             self.at_highest.append(identity)
         elif not self.as_moments and _may_tie(value, self.highest):
@@ -767,6 +801,7 @@ class SqlSourceReader:
                     # A float4 (REAL) column compared with a bound double is widened first: 0.7 stored is
                     # 0.69999998..., below the 0.7 the watermark holds, and the tie at it would be lost.
                     last = sa.cast(span.last, cursor.type) if isinstance(cursor.type, sa.REAL) else span.last
+                    last = last.bound() if isinstance(last, NotUtf8) else last
                     if config.query is not None and engine.dialect.name == "postgresql" and isinstance(last, float):
                         # A query's column has no type here: the bound goes as untyped text, which PostgreSQL
                         # reads as the column's own type (a real's 0.7 too, as psycopg read it from the text '0.7').
@@ -917,7 +952,7 @@ class SqlSourceReader:
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
             seen = [*(v for v in values if not _no_value(v)), *([span.highest] if span.highest is not None else [])]
-            kinds = sorted({type(v).__name__ for v in seen})
+            kinds = sorted({"str" if isinstance(v, NotUtf8) else type(v).__name__ for v in seen})
             if kinds == ["datetime"]:
                 kinds = ["datetime with a UTC offset", "datetime without one"]
             if self._text_moments and "datetime" in kinds:  # SQLite gave text: say which text is which
@@ -1065,7 +1100,7 @@ class SqlSourceReader:
     def _cursor_read(self, span: CursorRange) -> None:
         """Stage the watermark of a read by cursor, and say what it set aside for want of a value."""
         if self.watermark is not None and span.highest is not None:
-            self.watermark.set(CURSOR_ITEM, encode_cursor(span.highest))
+            self.watermark.set(CURSOR_ITEM, cursor_encoded(span.highest))
             self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
         if self.watermark is not None:
             self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))

@@ -380,6 +380,42 @@ def test_a_key_that_is_not_utf8_is_asked_of_the_rows_before_the_watermark(tmp_pa
         read_all(config, 10, again.for_source(config))
 
 
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, reply, u FROM t"}])
+@pytest.mark.parametrize("last", [False, True])
+def test_a_sqlite_text_cursor_value_that_is_not_utf8_is_said_as_such_and_read_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture, last: bool, source: dict
+) -> None:
+    # It was set aside as a row with no cursor value ("NULL, or NaN ... give it a value"), though it has one;
+    # as the highest value it was no watermark, and each later run read it again and logged it again.
+    import sqlite3
+
+    path = workdir / "crm.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE t (id INTEGER, subject TEXT, reply TEXT, u TEXT)")
+        db.execute("INSERT INTO t VALUES (1, 'a', 'x', 'a'), (2, 'bad', 'x', CAST(X'6A616E65E9' AS TEXT))")
+        db.execute("INSERT INTO t VALUES (3, 'k', 'x', ?)", ("a2" if last else "k",))
+        db.commit()
+    url = f"sqlite:///{path}"
+    spec = recipe(url, cursor="u", key=["id"], **source)
+    first = run(workdir, spec)
+    assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["a", "k"]
+    assert first.manifest.counts.reasons["quarantined"] == {"schema": 1}
+    (aside,) = set_aside(Path(first.version_uri))
+    assert aside["detail"].startswith(f"{url}#") and aside["detail"].endswith(
+        f":{2 + last} (key id=2): column 'u' holds text that is not UTF-8; CAST it to BLOB in a query to read such rows"
+    )
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT INTO t VALUES (4, 'new', 'x', CAST(X'7AE9' AS TEXT)), (5, 'newer', 'x', 'z')")
+        db.commit()
+    caplog.clear()
+    second = run(workdir, spec)
+    # Only the rows written since: the one set aside is past the watermark, not read (nor said) again.
+    assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (2, 1)
+    assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["newer"]
+    assert "no value" not in caplog.text
+    assert run(workdir, spec).version_uri is None
+
+
 def test_sqlite_text_that_is_not_utf8_in_a_table_without_a_cursor_is_set_aside_once_per_read(tmp_path: Path) -> None:
     import sqlite3
 
