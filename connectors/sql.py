@@ -484,15 +484,18 @@ def unpack_hashes(packed: str) -> Counter[int]:
 
 
 def _may_tie(value: Any, other: Any) -> bool:
-    """Whether two texts may be equal in a collation that ignores case, accents or trailing spaces (SQLite's
-    NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation), though Python's == tells them
-    apart."""
+    """Whether two texts may be equal in a collation that ignores case, accents, trailing spaces or spaces and
+    punctuation (SQLite's NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation, one with
+    `ka-shifted` too: 'a-b', 'a b' and 'ab'), though Python's == tells them apart. Wider than any one collation:
+    a row kept as tying that does not is no harm (``CursorRange.is_new``)."""
     return isinstance(value, str) and isinstance(other, str) and _loose(value) == _loose(other)
 
 
 def _loose(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in folded if not unicodedata.combining(c)).rstrip()
+    return "".join(
+        c for c in folded if not (unicodedata.combining(c) or c.isspace() or unicodedata.category(c)[0] in "PZ")
+    )
 
 
 class CursorRange:

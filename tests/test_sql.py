@@ -991,21 +991,27 @@ def test_a_sqlite_text_cursor_of_a_case_insensitive_collation_reads_values_tying
 
 
 @pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, u FROM t"}])
+@pytest.mark.parametrize(
+    ("locale", "tied"),
+    [
+        ("und-u-ks-level2", ["A", "a"]),  # case ignored
+        ("und-u-ka-shifted", ["a b", "a-b", "ab"]),  # punctuation and spaces ignored: they were read again
+    ],
+)
 def test_a_postgresql_text_cursor_of_a_case_insensitive_collation_reads_values_tying_in_it_once(
-    postgres_url: str, tmp_path: Path, source: dict
+    postgres_url: str, tmp_path: Path, source: dict, locale: str, tied: list
 ) -> None:
     engine = sa.create_engine(postgres_url)
     with engine.begin() as db:
         skip_without_icu(db)
         db.execute(sa.text("DROP TABLE IF EXISTS t"))
         db.execute(sa.text("DROP COLLATION IF EXISTS ci_cursor"))
-        db.execute(
-            sa.text("CREATE COLLATION ci_cursor (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
-        )
+        db.execute(sa.text(f"CREATE COLLATION ci_cursor (provider = icu, locale = '{locale}', deterministic = false)"))
         db.execute(sa.text("CREATE TABLE t (id int, subject text, u text COLLATE ci_cursor)"))
-        db.execute(sa.text("INSERT INTO t VALUES (1, 'a', 'a'), (2, 'A', 'A')"))
+        for n, value in enumerate(tied):
+            db.execute(sa.text("INSERT INTO t VALUES (:n, :v, :v)"), {"n": n, "v": value})
     config = SqlSource(type="sql", url=postgres_url, cursor="u", **source)
-    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(3, 'B', 'B')") == [["A", "a"], ["B"]]
+    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(9, 'B', 'B')") == [tied, ["B"]]
     with engine.begin() as db:
         db.execute(sa.text("DROP TABLE t"))
     engine.dispose()
