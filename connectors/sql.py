@@ -402,13 +402,53 @@ def key_texts(rows: Sequence[Sequence[Any]], at: list[int]) -> tuple[list[str], 
     return keys, marks
 
 
+def _untyped(value: float | str) -> sa.BindParameter:
+    """A value bound as untyped text (a float as its repr, which round-trips), read by PostgreSQL as the type
+    of what it is compared with."""
+    return sa.bindparam(None, value if isinstance(value, str) else repr(value), type_=sa.types.NullType())
+
+
 def _no_value(value: Any) -> bool:
     """NULL, NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal NaN
     does not compare at all) or an infinity (of a number too: a watermark at it would take no later row):
-    no place in the cursor's order."""
+    no place in the cursor's order. SQLite text that is not UTF-8 has one (its bytes'): its row is set aside
+    for what it holds, and the watermark may be it (``cursor_encoded``)."""
     if isinstance(value, float | Decimal):
         return value != value or math.isinf(value)
-    return value is None or isinstance(value, Unreadable)
+    return value is None or (isinstance(value, Unreadable) and not isinstance(value, NotUtf8))
+
+
+def _above(value: Any, other: Any) -> bool:
+    """``value > other``; text that is not UTF-8 by its bytes, as SQLite's BINARY collation compares text (the
+    order of UTF-8's bytes is that of the code points Python compares)."""
+    if isinstance(value, NotUtf8) or isinstance(other, NotUtf8):
+        return _text_bytes(value) > _text_bytes(other)
+    return value > other
+
+
+def _text_bytes(value: Any) -> bytes:
+    if isinstance(value, NotUtf8):
+        return value.data
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"{type(value).__name__} is no text")  # 7 and text that is not UTF-8 do not compare
+
+
+# A watermark that is text not UTF-8, kept as its bytes in hex: as text (its escaped form) it binds as other text.
+_NOT_UTF8_CURSOR = "not_utf8"
+
+
+def cursor_encoded(value: Any) -> dict[str, str] | None:
+    """``encode_cursor``, and text that is not UTF-8 as its bytes."""
+    if isinstance(value, NotUtf8):
+        return {"type": _NOT_UTF8_CURSOR, "value": value.data.hex()}
+    return encode_cursor(value)
+
+
+def cursor_decoded(encoded: dict[str, str]) -> Any:
+    if encoded["type"] == _NOT_UTF8_CURSOR:
+        return NotUtf8(bytes.fromhex(encoded["value"]))
+    return decode_cursor(encoded)
 
 
 # The forms SQLite's date functions read a date or moment in ('2026-01-01', '2026-01-01 10:00', '...T10:00:00.5Z',
@@ -444,15 +484,18 @@ def unpack_hashes(packed: str) -> Counter[int]:
 
 
 def _may_tie(value: Any, other: Any) -> bool:
-    """Whether two texts may be equal in a collation that ignores case, accents or trailing spaces (SQLite's
-    NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation), though Python's == tells them
-    apart."""
+    """Whether two texts may be equal in a collation that ignores case, accents, trailing spaces or spaces and
+    punctuation (SQLite's NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation, one with
+    `ka-shifted` too: 'a-b', 'a b' and 'ab'), though Python's == tells them apart. Wider than any one collation:
+    a row kept as tying that does not is no harm (``CursorRange.is_new``)."""
     return isinstance(value, str) and isinstance(other, str) and _loose(value) == _loose(other)
 
 
 def _loose(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in folded if not unicodedata.combining(c)).rstrip()
+    return "".join(
+        c for c in folded if not (unicodedata.combining(c) or c.isspace() or unicodedata.category(c)[0] in "PZ")
+    )
 
 
 class CursorRange:
@@ -465,7 +508,7 @@ class CursorRange:
 
     def __init__(self, watermark: SourceWatermark | None) -> None:
         committed = watermark.get(CURSOR_ITEM) if watermark is not None else None
-        self.last = decode_cursor(committed) if committed is not None else None
+        self.last = cursor_decoded(committed) if committed is not None else None
         taken = watermark.get(TAKEN_ITEM) if watermark is not None else None
         # A watermark from before the rows at the value were kept: all of them were taken (read past it).
         self.taken = unpack_hashes(taken) if isinstance(taken, str) else None
@@ -502,7 +545,7 @@ class CursorRange:
         if self.highest is None:
             self.highest, self.at_highest = value, [identity]
             return self._not_taken(value, identity)
-        later = value > self.highest  # raises TypeError for values that do not compare (SQLite: 7 and '8')
+        later = _above(value, self.highest)  # raises TypeError for values that do not compare (SQLite: 7 and '8')
         if value == self.highest:
             self.at_highest.append(identity)
         elif not self.as_moments and _may_tie(value, self.highest):
@@ -761,6 +804,7 @@ class SqlSourceReader:
                     # A float4 (REAL) column compared with a bound double is widened first: 0.7 stored is
                     # 0.69999998..., below the 0.7 the watermark holds, and the tie at it would be lost.
                     last = sa.cast(span.last, cursor.type) if isinstance(cursor.type, sa.REAL) else span.last
+                    last = last.bound() if isinstance(last, NotUtf8) else last
                     if config.query is not None and engine.dialect.name == "postgresql" and isinstance(last, float):
                         # A query's column has no type here: the bound goes as untyped text, which PostgreSQL
                         # reads as the column's own type (a real's 0.7 too, as psycopg read it from the text '0.7').
@@ -859,19 +903,34 @@ class SqlSourceReader:
             yield sa.true()
             return
         values = [tuple(part.bound() if isinstance(part, NotUtf8) else part for part in value) for value in values]
-        whole = [value for value in values if all(part is not None for part in value)]
         dialect = self._db.dialect.name if self._db is not None else ""
+        if dialect == "postgresql":
+            # A float goes as untyped text, which PostgreSQL reads as the key column's own type: bound as a
+            # double, a real key (0.69999998 stored, 0.7 as psycopg reads it) is widened and equals no value asked.
+            values = [tuple(_untyped(part) if isinstance(part, float) else part for part in value) for value in values]
+        whole = [value for value in values if all(part is not None for part in value)]
         if whole and len(columns) == 1:
             flat = [value[0] for value in whole]
-            if dialect == "postgresql":
+            floats = [part.value for part in flat if isinstance(part, sa.BindParameter)]
+            if dialect == "postgresql" and not floats:
                 yield columns[0] == sa.any_(sa.bindparam("curation_keys", flat))
+                whole = []
+            elif dialect == "postgresql" and len(floats) == len(flat):
+                # The array as untyped text too ('{0.7,0.5}'), read as an array of the column's type.
+                yield columns[0] == sa.any_(_untyped("{" + ",".join(floats) + "}"))
                 whole = []
             elif dialect == "sqlite" and all(type(value) in (int, str) for value in flat):
                 listed = sa.func.json_each(sa.bindparam("curation_keys", json.dumps(flat), sa.String()))
                 yield columns[0].in_(sa.select(sa.column("value")).select_from(listed))
                 whole = []
         for chunk in batched(whole, max(1, _KEYS_ASKED // len(columns))):
-            yield columns[0].in_([value[0] for value in chunk]) if len(columns) == 1 else sa.tuple_(*columns).in_(chunk)
+            if len(columns) == 1:
+                yield columns[0].in_([value[0] for value in chunk])
+            elif any(isinstance(part, sa.BindParameter) for value in chunk for part in value):
+                # An untyped value is no literal an IN's list can bind: each key is written as a tuple of its own.
+                yield sa.tuple_(*columns).in_([sa.tuple_(*value) for value in chunk])
+            else:
+                yield sa.tuple_(*columns).in_(chunk)
         for chunk in batched([value for value in values if any(part is None for part in value)], 100):
             yield sa.or_(
                 *(
@@ -896,7 +955,7 @@ class SqlSourceReader:
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
             seen = [*(v for v in values if not _no_value(v)), *([span.highest] if span.highest is not None else [])]
-            kinds = sorted({type(v).__name__ for v in seen})
+            kinds = sorted({"str" if isinstance(v, NotUtf8) else type(v).__name__ for v in seen})
             if kinds == ["datetime"]:
                 kinds = ["datetime with a UTC offset", "datetime without one"]
             if self._text_moments and "datetime" in kinds:  # SQLite gave text: say which text is which
@@ -1044,7 +1103,7 @@ class SqlSourceReader:
     def _cursor_read(self, span: CursorRange) -> None:
         """Stage the watermark of a read by cursor, and say what it set aside for want of a value."""
         if self.watermark is not None and span.highest is not None:
-            self.watermark.set(CURSOR_ITEM, encode_cursor(span.highest))
+            self.watermark.set(CURSOR_ITEM, cursor_encoded(span.highest))
             self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
         if self.watermark is not None:
             self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))

@@ -380,6 +380,42 @@ def test_a_key_that_is_not_utf8_is_asked_of_the_rows_before_the_watermark(tmp_pa
         read_all(config, 10, again.for_source(config))
 
 
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, reply, u FROM t"}])
+@pytest.mark.parametrize("last", [False, True])
+def test_a_sqlite_text_cursor_value_that_is_not_utf8_is_said_as_such_and_read_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture, last: bool, source: dict
+) -> None:
+    # It was set aside as a row with no cursor value ("NULL, or NaN ... give it a value"), though it has one;
+    # as the highest value it was no watermark, and each later run read it again and logged it again.
+    import sqlite3
+
+    path = workdir / "crm.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE t (id INTEGER, subject TEXT, reply TEXT, u TEXT)")
+        db.execute("INSERT INTO t VALUES (1, 'a', 'x', 'a'), (2, 'bad', 'x', CAST(X'6A616E65E9' AS TEXT))")
+        db.execute("INSERT INTO t VALUES (3, 'k', 'x', ?)", ("a2" if last else "k",))
+        db.commit()
+    url = f"sqlite:///{path}"
+    spec = recipe(url, cursor="u", key=["id"], **source)
+    first = run(workdir, spec)
+    assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["a", "k"]
+    assert first.manifest.counts.reasons["quarantined"] == {"schema": 1}
+    (aside,) = set_aside(Path(first.version_uri))
+    assert aside["detail"].startswith(f"{url}#") and aside["detail"].endswith(
+        f":{2 + last} (key id=2): column 'u' holds text that is not UTF-8; CAST it to BLOB in a query to read such rows"
+    )
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT INTO t VALUES (4, 'new', 'x', CAST(X'7AE9' AS TEXT)), (5, 'newer', 'x', 'z')")
+        db.commit()
+    caplog.clear()
+    second = run(workdir, spec)
+    # Only the rows written since: the one set aside is past the watermark, not read (nor said) again.
+    assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (2, 1)
+    assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["newer"]
+    assert "no value" not in caplog.text
+    assert run(workdir, spec).version_uri is None
+
+
 def test_sqlite_text_that_is_not_utf8_in_a_table_without_a_cursor_is_set_aside_once_per_read(tmp_path: Path) -> None:
     import sqlite3
 
@@ -955,21 +991,27 @@ def test_a_sqlite_text_cursor_of_a_case_insensitive_collation_reads_values_tying
 
 
 @pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, u FROM t"}])
+@pytest.mark.parametrize(
+    ("locale", "tied"),
+    [
+        ("und-u-ks-level2", ["A", "a"]),  # case ignored
+        ("und-u-ka-shifted", ["a b", "a-b", "ab"]),  # punctuation and spaces ignored: they were read again
+    ],
+)
 def test_a_postgresql_text_cursor_of_a_case_insensitive_collation_reads_values_tying_in_it_once(
-    postgres_url: str, tmp_path: Path, source: dict
+    postgres_url: str, tmp_path: Path, source: dict, locale: str, tied: list
 ) -> None:
     engine = sa.create_engine(postgres_url)
     with engine.begin() as db:
         skip_without_icu(db)
         db.execute(sa.text("DROP TABLE IF EXISTS t"))
         db.execute(sa.text("DROP COLLATION IF EXISTS ci_cursor"))
-        db.execute(
-            sa.text("CREATE COLLATION ci_cursor (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
-        )
+        db.execute(sa.text(f"CREATE COLLATION ci_cursor (provider = icu, locale = '{locale}', deterministic = false)"))
         db.execute(sa.text("CREATE TABLE t (id int, subject text, u text COLLATE ci_cursor)"))
-        db.execute(sa.text("INSERT INTO t VALUES (1, 'a', 'a'), (2, 'A', 'A')"))
+        for n, value in enumerate(tied):
+            db.execute(sa.text("INSERT INTO t VALUES (:n, :v, :v)"), {"n": n, "v": value})
     config = SqlSource(type="sql", url=postgres_url, cursor="u", **source)
-    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(3, 'B', 'B')") == [["A", "a"], ["B"]]
+    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(9, 'B', 'B')") == [tied, ["B"]]
     with engine.begin() as db:
         db.execute(sa.text("DROP TABLE t"))
     engine.dispose()
@@ -1249,6 +1291,44 @@ def test_a_json_or_array_key_is_asked_for_in_rows_an_earlier_run_read(
             read_all(config, 10, Watermarks(state, source.get("table", "q")).for_source(config))
         with engine.begin() as db:
             db.exec_driver_sql("DELETE FROM shaped WHERE u > 1")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("key", [["k"], ["k", "subject"], ["k", "tag"]])
+@pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT k, subject, tag, u FROM t"}])
+@pytest.mark.parametrize(
+    ("kind", "value", "other"),
+    [
+        ("real", "0.7", "0.5"),
+        ("double precision", "0.7", "0.5"),
+        ("numeric", "0.70", "0.5"),
+        ("timestamp", "2026-01-01 10:00:00.5", "2026-01-02 10:00"),
+        ("timestamptz", "2026-01-01 10:00:00.5+02", "2026-01-02 10:00+00"),
+        ("date", "2026-01-01", "2026-01-02"),
+        ("uuid", "018f0000-0000-7000-8000-000000000001", "018f0000-0000-7000-8000-000000000002"),
+    ],
+)
+def test_a_postgresql_key_is_found_in_rows_an_earlier_run_read_in_its_columns_type(
+    postgres_url: str, tmp_path: Path, source: dict, key: list, kind: str, value: str, other: str
+) -> None:
+    # A real key was asked for as doubles (`k = ANY(float8[])`): real 0.7 is 0.69999998 widened, no double
+    # 0.7, so a new row sharing the key of a row before the watermark was published as an edit of it.
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE IF EXISTS t"))
+        db.execute(sa.text(f"CREATE TABLE t (k {kind}, subject text, tag text, u int)"))
+        db.execute(sa.text(f"INSERT INTO t VALUES ('{value}', 'a', NULL, 1), ('{other}', 'b', NULL, 2)"))
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    config = SqlSource(type="sql", url=postgres_url, cursor="u", key=key, **source)
+    marks = Watermarks(state, "support")
+    read_all(config, 10, marks.for_source(config))
+    marks.commit("run")
+    with engine.begin() as db:
+        db.execute(sa.text(f"INSERT INTO t VALUES ('{value}', 'a', NULL, 3)"))
+    with pytest.raises(SqlSourceError, match=r"row 2 of the result has the same key \(.*\) as a row an earlier run"):
+        read_all(config, 10, Watermarks(state, "support").for_source(config))
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE t"))
     engine.dispose()
 
 
