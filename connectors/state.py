@@ -190,6 +190,9 @@ class SourceWatermark:
         self.same_bytes: dict[str, str] = {}
         # A link in the source's folder -> where it leads, out of the folder: not read (``list_files``).
         self.links_out: dict[str, str] = {}
+        # A path through a link in the source's folder -> the path the file it leads to is read under: not
+        # read twice (``list_files``).
+        self.links_repeated: dict[str, str] = {}
         # Inputs taken before that this run reads again though unchanged (review decisions that only
         # a record read again can take: see curation.review.decisions.inputs_to_read_again).
         self.read_again = read_again if read_again is not None else set()
@@ -296,6 +299,10 @@ class Watermarks:
     def links_out(self) -> dict[str, str]:
         """A link in a source's folder -> where it leads, out of the folder, which this run does not read."""
         return {link: target for source in self.sources.values() for link, target in source.links_out.items()}
+
+    def links_repeated(self) -> dict[str, str]:
+        """A path through a link in a source's folder -> the path its file is read under, not read again."""
+        return {path: at for source in self.sources.values() for path, at in source.links_repeated.items()}
 
     def replaced(self) -> set[str]:
         """The inputs (URIs) this run reads whole again: what they hold now replaces what they held."""
@@ -779,11 +786,17 @@ class ListedFiles:
     def entries(self) -> list[FileEntry]:
         if self._listed is None:
             away: dict[str, str] = {}
+            again: dict[str, str] = {}
             listed = list_files(
-                self.config.path, suffixes=self.suffixes, name_unread=True, bare=self.bare_names, links_out=away
+                self.config.path,
+                suffixes=self.suffixes,
+                name_unread=True,
+                bare=self.bare_names,
+                links_out=away,
+                links_repeated=again,
             )
             if self.watermark is not None:
-                self.watermark.links_out = away
+                self.watermark.links_out, self.watermark.links_repeated = away, again
             entries = readable(listed)
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.

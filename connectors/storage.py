@@ -11,6 +11,7 @@ import bisect
 import contextlib
 import errno
 import functools
+import heapq
 import io
 import logging
 import os
@@ -519,6 +520,7 @@ def list_files(
     name_unread: bool = False,
     bare: bool = False,
     links_out: dict[str, str] | None = None,
+    links_repeated: dict[str, str] | None = None,
 ) -> list[FileEntry]:
     """Files at a path, under a folder (recursively) or matching a glob, sorted by URI.
 
@@ -527,20 +529,32 @@ def list_files(
     ``name_unread`` the others are named in a warning (a folder of exports with a ``.txt`` among the
     ``.csv`` files: its records would otherwise be left out without a word). With ``links_out``, a local
     file under a folder (or a glob's fixed part) reached through a link that leads out of it is left out
-    and named in a warning, and put in ``links_out`` (the link -> where it leads).
+    and named in a warning, and put in ``links_out`` (the link -> where it leads). With ``links_repeated``,
+    each local file is listed once: a path through a link to a file listed under another path (a link to
+    a file or folder beside it, or to a folder above it, ``up -> ..``) is left out, named in a warning and
+    put in ``links_repeated`` (the path -> the path the file is listed at). Without it, every path to a
+    file is listed (an ``images`` sidecar may name an image by either), but a folder is never looked
+    into again below itself.
     """
-    entries, folder = _list_s3(uri) if is_s3(uri) else _list_local(uri, suffixes, links_out)
+
+    def reads(uri: str) -> bool:
+        name = uri.lower()
+        return name.endswith(suffixes) or (bare and _bare(posixpath.basename(name)))
+
+    if is_s3(uri):
+        entries, folder = _list_s3(uri)
+    else:
+        entries, folder = _list_local(uri, suffixes, links_out, links_repeated, reads if suffixes else _always)
     if not suffixes or not folder:
         return entries
     kept: list[FileEntry] = []
     unread: list[str] = []
     packed: list[str] = []  # compressed with a codec no reader here unpacks
     for entry in entries:
-        name = entry.uri.lower()
-        if name.endswith(suffixes) or (bare and _bare(posixpath.basename(name))):
+        if reads(entry.uri):
             kept.append(entry)
         else:
-            (packed if name.endswith(UNREAD_CODECS) else unread).append(entry.uri)
+            (packed if entry.uri.lower().endswith(UNREAD_CODECS) else unread).append(entry.uri)
     if name_unread and unread:
         log.warning(
             "%s: not read: not a kind of file this source reads (%s): %s", uri, ", ".join(suffixes), _named(unread)
@@ -582,11 +596,20 @@ def _named(uris: list[str]) -> str:
     return ", ".join(sorted(uris)[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")
 
 
+def _always(path: str) -> bool:
+    return True
+
+
 def _list_local(
-    uri: str, suffixes: tuple[str, ...], links_out: dict[str, str] | None = None
+    uri: str,
+    suffixes: tuple[str, ...],
+    links_out: dict[str, str] | None = None,
+    links_repeated: dict[str, str] | None = None,
+    reads: Callable[[str], bool] = _always,
 ) -> tuple[list[FileEntry], bool]:
     """The visible files ``uri`` names, and whether it names a folder (or a glob of folders); with
-    ``links_out``, not those reached through a link that leads out of it (see ``list_files``)."""
+    ``links_out`` and ``links_repeated``, not those reached through a link that leads out of it or back
+    to a file listed already (see ``list_files``, and ``reads`` there)."""
     fs, path = filesystem(uri)
     if _is_glob(uri) and uri.endswith("/"):
         path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
@@ -594,7 +617,6 @@ def _list_local(
     try:
         if _is_glob(path):
             root = _glob_base(path)
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
             wanted = functools.partial(_glob_match, pattern=path)
         else:
             info = fs.get_file_info(path)
@@ -602,16 +624,23 @@ def _list_local(
                 return [_entry(info)], False
             if info.type != pafs.FileType.Directory:
                 raise NotThere(f"{uri}: no such file or folder")
-            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             wanted = functools.partial(_in_folder, folder=path)
             root = path
-        found = [i for i in infos if i.type == pafs.FileType.File and wanted(i.path)]
-        if isinstance(fs, pafs.LocalFileSystem):
+        if not isinstance(fs, pafs.LocalFileSystem):  # a wrapped one (tests): Arrow's listing, links and all
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            found = [i for i in infos if i.type == pafs.FileType.File and wanted(i.path)]
+        else:
             root = os.path.normpath(root)
-            links = _links(root)
-            _warn_of_broken_links(uri, links, wanted, suffixes if folder else ())
-            if links_out is not None and links:
-                found = _within(uri, root, found, links, links_out)
+            # Where a file is listed under a path that names only what it matches, a folder seen once is
+            # all of it: one reached again holds the same files, left out whole (not so for a glob).
+            tree = _walk(root, once=links_repeated is not None and not _is_glob(path))
+            listed = [file for file in tree.files if wanted(file[0])]
+            found = [info for file in listed if (info := _file_info(file[0])) is not None]
+            _warn_of_broken_links(uri, tree.links, wanted, suffixes if folder else ())
+            if links_out is not None and tree.links:
+                found = _within(uri, root, found, tree.links, links_out)
+            if links_repeated is not None:
+                found = _once(uri, root, found, listed, tree.folded, reads if folder else _always, links_repeated)
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
@@ -619,22 +648,100 @@ def _list_local(
     return sorted((_entry(i) for i in found), key=lambda e: e.uri), folder
 
 
-def _links(root: str) -> set[str]:
-    """The links under a local folder, to files and folders (not looked into: a path through one starts
-    with it), broken ones too. Told from the folder's entries, as os.walk is, without a stat of each."""
-    found: set[str] = set()
-    folders = [root]
-    while folders:
-        try:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    if entry.is_symlink():
-                        found.add(entry.path)
-                    elif entry.is_dir(follow_symlinks=False):
-                        folders.append(entry.path)
-        except OSError:  # a folder it may not list: Arrow's listing has said so already, or will
+@dataclass
+class _Tree:
+    files: list[tuple[str, str, bool]]  # path, real path, whether reached through a link
+    links: set[str]  # the links not under another one: a path through one starts with it; broken ones too
+    folded: dict[str, str]  # a folder not looked into (a loop, or listed already) -> the path it was listed at
+
+
+def _walk(root: str, once: bool) -> _Tree:
+    """The files under a local folder, links followed, as Arrow's recursive listing gives them, but a
+    folder is not looked into again below itself (``in/sub/up -> ..``: Arrow listed the folder again and
+    again, 40 deep, until the path grew too long), nor at all with ``once``. Files not through a link
+    come first, then those through links in the order of their paths, so that a folder is looked into at
+    the first of those. Hidden folders (see ``_visible``) are passed over: nothing under one is listed."""
+    tree = _Tree([], set(), {})
+    seen: dict[str, str] = {}  # real path of a folder looked into -> the path it was listed at
+    # (through a link, path, real path, real paths of the folders above it)
+    heap: list[tuple[bool, str, str, tuple[str, ...]]] = [(False, root, os.path.realpath(root), ())]
+    while heap:
+        through, folder, real, above = heapq.heappop(heap)
+        if real in above or (once and real in seen):
+            tree.folded[folder] = seen[real]
             continue
-    return found
+        seen.setdefault(real, folder)
+        try:
+            entries = os.scandir(folder)
+        except FileNotFoundError:
+            if folder == root:  # a glob's fixed part that is not there: nothing matches
+                return tree
+            raise
+        with entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    if not through:
+                        tree.links.add(entry.path)
+                    try:
+                        is_dir, is_file = entry.is_dir(), entry.is_file()
+                    except OSError:  # a link to itself (ELOOP), or where it may not look: not read
+                        continue
+                    if is_dir and _visible(entry.name):
+                        heapq.heappush(heap, (True, entry.path, os.path.realpath(entry.path), (*above, real)))
+                    elif is_file:
+                        tree.files.append((entry.path, os.path.realpath(entry.path), True))
+                elif entry.is_dir(follow_symlinks=False):
+                    if _visible(entry.name):
+                        heapq.heappush(heap, (through, entry.path, f"{real}/{entry.name}", (*above, real)))
+                elif entry.is_file(follow_symlinks=False):
+                    tree.files.append((entry.path, f"{real}/{entry.name}", through))
+    return tree
+
+
+def _file_info(path: str) -> pafs.FileInfo | None:
+    """As Arrow's listing gives a file: size and time of what a link leads to."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:  # gone since it was listed
+        return None
+    return pafs.FileInfo(path, pafs.FileType.File, mtime_ns=stat.st_mtime_ns, size=stat.st_size)
+
+
+def _once(
+    uri: str,
+    root: str,
+    found: list[pafs.FileInfo],
+    listed: list[tuple[str, str, bool]],
+    folded: dict[str, str],
+    reads: Callable[[str], bool],
+    links_repeated: dict[str, str],
+) -> list[pafs.FileInfo]:
+    """Each file of ``found`` once: under its path without a link where it has one, else the first of
+    its paths (sorted). A path through a link to a file (or folder) listed already goes to
+    ``links_repeated`` with the path it is listed at, and is named. A file is kept once among those
+    the source reads and once among the others (``b.jsonl -> a.txt``: read as ``b.jsonl``, ``a.txt``
+    named as not read)."""
+    real = {path: (real, through) for path, real, through in listed}
+    first: dict[tuple[bool, str], str] = {}
+    kept: list[pafs.FileInfo] = []
+    again = {path: at for path, at in folded.items() if _in_folder(path, root)}
+    for info in sorted(found, key=lambda info: (real[info.path][1], info.path)):
+        key = (reads(info.path), real[info.path][0])
+        if key in first:
+            again[info.path] = first[key]
+        else:
+            first[key] = info.path
+            kept.append(info)
+    links_repeated.update(again)
+    if again:
+        named = [f"{path} -> {at}" for path, at in sorted(again.items())]
+        log.warning(
+            "%s: not read: a path through a link to what the source reads under another path (it would be read "
+            "twice): %s",
+            uri,
+            ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else ""),
+        )
+    return kept
 
 
 def _within(

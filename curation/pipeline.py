@@ -1003,6 +1003,8 @@ def _manifest(
         built.stats["same_bytes"] = same
     if links := plan.watermarks.links_out():  # links in a source's folder that lead out of it: not read
         built.stats["links_out"] = links
+    if again := plan.watermarks.links_repeated():  # paths through links to files read under another: not read
+        built.stats["links_repeated"] = again
     return attach_report(built, writer)
 
 

@@ -461,7 +461,7 @@ def test_a_link_out_of_a_source_folder_is_not_read_and_named(
 ) -> None:
     # Arrow's listing follows every link: one in the folder to a file or folder elsewhere (another team's
     # exports, /etc/passwd) was read as input and published, though the recipe never pointed there. The
-    # folder itself reached through a link is fine, and so is a link within it.
+    # folder itself reached through a link is fine, and so is a link within it (read once: see below).
     real, private = workdir / "exports", workdir / "private"
     (real / "sub").mkdir(parents=True)
     private.mkdir()
@@ -478,10 +478,12 @@ def test_a_link_out_of_a_source_folder_is_not_read_and_named(
         result = run(workdir, spec)
     assert sorted(entry.uri.removeprefix(f"{workdir}/in/") for entry in result.manifest.inputs) == [
         f"a{suffix}",
-        f"inner/b{suffix}",
-        f"staying{suffix}",
         f"sub/b{suffix}",
     ]
+    assert result.manifest.stats["links_repeated"] == {
+        f"{workdir}/in/inner": f"{workdir}/in/sub",
+        f"{workdir}/in/staying{suffix}": f"{workdir}/in/sub/b{suffix}",
+    }
     assert not any("salaries" in line["text"] or "other" in line["text"] for line in outputs(Path(result.version_uri)))
     targets = {
         f"{workdir}/in/{link}{suffix}": f"{private.resolve()}/{target}{suffix}"
@@ -491,6 +493,82 @@ def test_a_link_out_of_a_source_folder_is_not_read_and_named(
     named = ", ".join(f"{link} -> {target}" for link, target in targets.items())
     assert f"not read: a link that leads out of the source's folder {workdir}/in (copy the file in" in caplog.text
     assert named in caplog.text
+
+
+def test_a_link_back_into_a_source_folder_reads_each_file_once(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Arrow's listing follows every link: one to a folder above (`up -> ..`) listed the folder again and again,
+    # 40 deep, each file published 40 times under 40 paths (ids); one to a file or folder beside it read those
+    # files twice. Each is read once, under the path without a link, and the others are named.
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "Notes on refunds."}])
+    write_jsonl(workdir / "in" / "data" / "d.jsonl", [{"text": "Notes on cards."}])
+    (workdir / "in" / "sub").mkdir()
+    (workdir / "in" / "sub" / "up").symlink_to("..", target_is_directory=True)
+    (workdir / "in" / "same.jsonl").symlink_to("a.jsonl")
+    (workdir / "in" / "alias").symlink_to("data", target_is_directory=True)
+    spec = {"dataset": "notes", "sources": [{"path": "in"}], "record": {"kind": "document"}}
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        result = run(workdir, spec)
+    assert [entry.uri for entry in result.manifest.inputs] == [f"{workdir}/in/a.jsonl", f"{workdir}/in/data/d.jsonl"]
+    assert result.manifest.counts.written == 2
+    repeated = {
+        f"{workdir}/in/alias": f"{workdir}/in/data",
+        f"{workdir}/in/same.jsonl": f"{workdir}/in/a.jsonl",
+        f"{workdir}/in/sub/up": f"{workdir}/in",
+    }
+    assert result.manifest.stats["links_repeated"] == repeated
+    warned = [
+        r.getMessage() for r in caplog.records if "a path through a link to what the source reads" in r.getMessage()
+    ]
+    assert warned == [
+        f"{workdir}/in: not read: a path through a link to what the source reads under another path (it would be "
+        "read twice): " + ", ".join(f"{path} -> {at}" for path, at in repeated.items())
+    ]
+
+
+def test_a_file_reached_only_through_links_is_listed_once_under_the_first_path(tmp_path: Path) -> None:
+    for name in ("_x/f.jsonl", "a.txt", "old/feb/x.jsonl"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_text("{}\n")
+    (tmp_path / "in" / "c").symlink_to("_x", target_is_directory=True)  # a hidden folder: read through its links
+    (tmp_path / "in" / "b").symlink_to("_x", target_is_directory=True)
+    (tmp_path / "in" / "b.jsonl").symlink_to("a.txt")  # a .txt the source does not read, read as .jsonl
+    (tmp_path / "in" / "2024-02").symlink_to("old/feb", target_is_directory=True)
+    (tmp_path / "in" / "old" / "feb" / "up").symlink_to("../..", target_is_directory=True)
+    again: dict[str, str] = {}
+    listed = list_files(f"{tmp_path}/in", (".jsonl",), links_repeated=again)
+    assert [Path(e.uri).relative_to(tmp_path / "in").as_posix() for e in listed] == [
+        "b.jsonl",
+        "b/f.jsonl",
+        "old/feb/x.jsonl",
+    ]
+    assert again == {
+        f"{tmp_path}/in/2024-02": f"{tmp_path}/in/old/feb",
+        f"{tmp_path}/in/c": f"{tmp_path}/in/b",
+        f"{tmp_path}/in/old/feb/up": f"{tmp_path}/in",
+    }
+    # A glob matches a path: the one through a link is read where the path without one does not match.
+    again.clear()
+    globbed = list_files(f"{tmp_path}/in/2024-*/*.jsonl", (".jsonl",), links_repeated=again)
+    assert [e.uri for e in globbed] == [f"{tmp_path}/in/2024-02/x.jsonl"]
+    # Without links_repeated (an images source, whose sidecar may name either path) each path is listed, but
+    # a folder is not looked into again below itself.
+    everything = [Path(e.uri).relative_to(tmp_path / "in").as_posix() for e in list_files(f"{tmp_path}/in")]
+    assert everything == ["2024-02/x.jsonl", "a.txt", "b.jsonl", "b/f.jsonl", "c/f.jsonl", "old/feb/x.jsonl"]
+
+
+def test_a_folder_listing_gives_each_file_as_arrows_listing_did(tmp_path: Path) -> None:
+    # A file's id is its path, and a scheduled run compares its size and time: listing the folder here
+    # rather than with Arrow must change neither, for a file or a link to one (the time of what it leads to).
+    import pyarrow.fs as pafs
+
+    for name in ("a.jsonl", "sub/b.jsonl", "sub/deeper/c.jsonl", "x=1/d.jsonl"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_text('{"text": "x"}\n' * len(name))
+    (tmp_path / "elsewhere.jsonl").write_text("{}\n")
+    (tmp_path / "in" / "link.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    arrow = pafs.LocalFileSystem().get_file_info(pafs.FileSelector(str(tmp_path / "in"), recursive=True))
+    files = sorted((i.path, i.size, i.mtime.isoformat()) for i in arrow if i.type == pafs.FileType.File)
+    assert [(e.uri, e.size, e.mtime) for e in list_files(str(tmp_path / "in"), (".jsonl",))] == files
 
 
 def test_a_glob_does_not_list_a_link_out_of_its_fixed_part(tmp_path: Path) -> None:
