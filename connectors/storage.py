@@ -638,7 +638,7 @@ def _list_local(
             found = [info for file in listed if (info := _file_info(file[0])) is not None]
             _warn_of_broken_links(uri, tree.links, wanted, suffixes if folder else ())
             if links_out is not None and tree.links:
-                found = _within(uri, root, found, tree.links, links_out)
+                found = _within(uri, root, found, tree.links, links_out, reads if folder else _always)
             if links_repeated is not None:
                 found = _once(uri, root, found, listed, tree.folded, reads if folder else _always, links_repeated)
     except OSError as exc:
@@ -745,17 +745,23 @@ def _once(
 
 
 def _within(
-    uri: str, root: str, found: list[pafs.FileInfo], links: set[str], links_out: dict[str, str]
+    uri: str,
+    root: str,
+    found: list[pafs.FileInfo],
+    links: set[str],
+    links_out: dict[str, str],
+    reads: Callable[[str], bool] = _always,
 ) -> list[pafs.FileInfo]:
     """The files of ``found`` that are inside ``root`` with links followed (``root`` itself resolved: the
     folder reached through a link is fine, and so is a link within it). Arrow's listing follows every
     link, so one in the folder to ``/etc/passwd`` or a folder elsewhere was read as input, which the
-    recipe never pointed at; each such path goes to ``links_out`` with where it leads, and is named."""
+    recipe never pointed at; each such path the source ``reads`` goes to ``links_out`` with where it
+    leads, and is named (the others stay, to be named as files of a kind it does not read)."""
     folder = os.path.realpath(root)
     kept: list[pafs.FileInfo] = []
     out: dict[str, str] = {}
     for info in found:
-        if _through_link(info.path, root, links):
+        if reads(info.path) and _through_link(info.path, root, links):
             target = os.path.realpath(info.path)
             if os.path.commonpath([folder, target]) != folder:
                 out[info.path] = target

@@ -473,6 +473,11 @@ def test_a_link_out_of_a_source_folder_is_not_read_and_named(
     (real / "inner").symlink_to("sub", target_is_directory=True)
     (real / f"leaving{suffix}").symlink_to(private / f"salaries{suffix}")
     (real / "away").symlink_to(private, target_is_directory=True)
+    # A link to a folder of files the source does not read: named as such, not as inputs refused.
+    (workdir / "tools").mkdir()
+    for n in range(3):
+        (workdir / "tools" / f"t{n}.py").write_text("print()\n")
+    (real / "tools").symlink_to(workdir / "tools", target_is_directory=True)
     spec = {"dataset": "notes", "sources": [{"type": kind, "path": "in"}], "record": {"kind": "document"}}
     with caplog.at_level("WARNING", logger="connectors.storage"):
         result = run(workdir, spec)
@@ -492,7 +497,8 @@ def test_a_link_out_of_a_source_folder_is_not_read_and_named(
     assert result.manifest.stats["links_out"] == targets
     named = ", ".join(f"{link} -> {target}" for link, target in targets.items())
     assert f"not read: a link that leads out of the source's folder {workdir}/in (copy the file in" in caplog.text
-    assert named in caplog.text
+    assert named in caplog.text and "t0.py ->" not in caplog.text
+    assert "not a kind of file this source reads" in caplog.text and f"{workdir}/in/tools/t0.py" in caplog.text
 
 
 def test_a_link_back_into_a_source_folder_reads_each_file_once(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
