@@ -727,6 +727,7 @@ def _run_locked(
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in run_stages.stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)
+        plan.watermarks.read_next_run(tally.unread_inputs)  # records a stage could not read for now
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 import pyarrow as pa
+from pyarrow.fs import FileType
 
 from connectors.storage import filesystem, is_s3
 from curation.formats import IMAGE_EXTENSIONS
@@ -23,6 +24,8 @@ from schemas.records import input_record_json, location, set_aside_rows
 
 # Bytes read at a time while Pillow looks for the header: one request for most S3 images, not one per marker.
 _READ_SIZE = 64 * 1024
+
+_AGAIN = "; the next run reads it again"  # as the images connector says it of an image it could not read
 
 
 class _Reads(io.RawIOBase):
@@ -60,6 +63,19 @@ def _why(error: Exception) -> str:
     return os.strerror(errno) if errno else str(error).splitlines()[0]
 
 
+def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
+    """``missing_image`` where nothing, or a folder, is at ``path`` (the row's fault, as the images connector
+    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only, so the
+    pipeline has the next run read the row's input again (``Tally.unread_inputs``)."""
+    try:
+        found = fs.get_file_info(path).type
+    except (OSError, ValueError):
+        found = None
+    if isinstance(error, FileNotFoundError) or found in (FileType.NotFound, FileType.Directory):
+        return "missing_image", f"{name}: cannot read ({_why(error)})"
+    return "unreadable", f"{name}: cannot read ({_why(error)}){_AGAIN}"
+
+
 def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     """Why the ``jumpstart-vqa`` format could not write the image at ``uri`` (reason, and a detail that
     begins with its ``name`` as the record gives it, as the images connector's details do), or None."""
@@ -70,9 +86,12 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
         return "missing_image", "names no file: the name holds a NUL character"
     try:
         fs, path = filesystem(uri)
-        handle = fs.open_input_file(path)
     except (OSError, ValueError) as error:  # ValueError: a URI Arrow takes for no file ("s3://bucket")
         return "missing_image", f"{name}: cannot read ({_why(error)})"
+    try:
+        handle = fs.open_input_file(path)
+    except OSError as error:
+        return _not_read(fs, path, name, error)
     raw = _Reads(handle)
     try:
         with warnings.catch_warnings():
@@ -82,8 +101,8 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     except Image.DecompressionBombError as error:
         return "decompression_bomb", f"{name}: {error}"
     except Exception:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
-        if raw.error is not None:
-            return "missing_image", f"{name}: cannot read ({_why(raw.error)})"
+        if raw.error is not None:  # opened, then not read (an I/O error): for now only
+            return "unreadable", f"{name}: cannot read ({_why(raw.error)}){_AGAIN}"
         return "unsupported", f"{name}: not an image Pillow can read"
     finally:
         handle.close()
@@ -95,7 +114,7 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
 class ImageCheck:
     """Per batch: the VQA records whose image (a path or URI, with no bytes from the images connector) is
     not there, cannot be read or is not an image the output takes, set aside as the images connector sets
-    such a row aside (``missing_image``, ``unsupported``); the rest kept as they are."""
+    such a row aside (``missing_image``, ``unreadable``, ``unsupported``); the rest kept as they are."""
 
     name = "image_check"
 
