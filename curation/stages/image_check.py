@@ -12,11 +12,15 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyarrow.fs import FileType
 
+from connectors.base import Source
+from connectors.files import FilesSourceReader
 from connectors.storage import filesystem, is_s3
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
@@ -154,5 +158,45 @@ class ImageCheck:
         return StageResult(kept=kept, set_aside=set_aside)
 
     def _where(self, uri: str) -> str:
-        """``uri`` as the writer, on the run's machine, finds it (``filesystem``)."""
-        return uri if is_s3(uri) else os.path.join(self.folder, uri.removeprefix("file://"))
+        return _where(uri, self.folder)
+
+
+def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array) -> None:
+    """Of the ``published`` records (ids) of the files this run reads whole again (a line appended), those
+    whose image is no longer there (inputs are often moved away once taken) stay as published: carried, not
+    read (``SourceWatermark.kept``), as the images connector keeps such a row's record. Read with the rest,
+    each was quarantined as ``missing_image`` and so left the dataset. Known before the run reads (the
+    carry and cross-run dedup leave out the records read again): their files' rows are read for it here."""
+    wanted = published.cast(pa.string())  # Polars hands large strings on
+    for source in sources:
+        mark = getattr(source, "watermark", None)
+        if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
+            continue  # an images source keeps such rows itself; a SQL or Hugging Face one is not read twice
+        again = [entry for entry in source.entries() if entry.uri in mark.replaced]
+        for batch in source.limited_to(again).batches():
+            rows = batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted)) if batch.rows.num_rows else None
+            if rows is None or not rows.num_rows:
+                continue
+            records = shape(rows).kept
+            if "image" not in records.column_names:
+                continue
+            held = records["image_bytes"].is_valid().to_pylist() if "image_bytes" in records.column_names else None
+            for row, (record, uri) in enumerate(
+                zip(records["id"].to_pylist(), records["image"].to_pylist(), strict=True)
+            ):
+                if uri and not (held and held[row]) and _gone(_where(uri)):
+                    mark.kept.add(record)
+
+
+def _gone(uri: str) -> bool:
+    """Whether nothing is at ``uri`` now (an error asking says nothing: the run's reading says it)."""
+    try:
+        fs, path = filesystem(uri)
+        return fs.get_file_info(path).type == FileType.NotFound
+    except (OSError, ValueError):
+        return False
+
+
+def _where(uri: str, folder: str | None = None) -> str:
+    """``uri`` as the writer, on the run's machine (its working ``folder``), finds it (``filesystem``)."""
+    return uri if is_s3(uri) else os.path.join(folder or os.getcwd(), uri.removeprefix("file://"))
