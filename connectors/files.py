@@ -743,7 +743,7 @@ class FilesSourceReader(ListedFiles):
                     except Unreadable as failed:
                         error = failed
                     else:
-                        yield batch
+                        yield self._less_kept(batch)
                         passed_on = step.at
                         continue
                 if error is None:
@@ -755,6 +755,15 @@ class FilesSourceReader(ListedFiles):
                     # Past its first batch an error still fails the run: the records before it were passed on,
                     # and the file read again from its start would give them twice.
                     raise error
+
+    def _less_kept(self, batch: SourceBatch) -> SourceBatch:
+        """``batch`` less the rows whose published records stay as they were though their file is read again
+        (``SourceWatermark.kept``: a VQA row whose image was moved away since): carried, not read."""
+        if self.watermark is None or not self.watermark.kept or not batch.rows.num_rows:
+            return batch
+        kept = pa.array(sorted(self.watermark.kept), pa.string())
+        rows = batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept)))
+        return dataclasses.replace(batch, rows=rows)
 
     def _steps(self, entries: Iterable[FileEntry], block_bytes: int) -> Iterator[_Step]:
         """Each file read ``block_bytes`` at a time (Parquet: a row group at a time): its batches to finish, then

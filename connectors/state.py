@@ -78,6 +78,10 @@ MIN_LEASE_SECONDS = 0.5
 # no fingerprint equals it, so the next run reads it again, changed or not; it was never published.
 UNREAD = "unread"
 
+# The watermarks' ``source`` of the inputs the next run reads again, whichever source holds them
+# (``Watermarks.read_next_run``): no source's key (32 hex digits) is this.
+_READ_AGAIN = "read-again"
+
 
 @dataclass(frozen=True)
 class HashedWhenRead:
@@ -244,9 +248,22 @@ class Watermarks:
         self, engine: sa.Engine, dataset: str, full_refresh: bool = False, read_again: set[str] | None = None
     ) -> None:
         self.engine, self.dataset, self.full_refresh = engine, dataset, full_refresh
-        self.read_again = read_again if read_again is not None else set()  # shared with each source's
+        self.read_again = set(read_again or ())  # shared with each source's
         create_tables(engine)
         self.sources: dict[str, SourceWatermark] = {}
+        # Inputs an earlier run read, but not all their records (a VQA row's image it could not read for
+        # now: ``read_next_run``), how many records each: read again by this run, changed or not.
+        self.committed_unread: dict[str, int] = {}
+        self.pending_unread: dict[str, int] = {}
+        if not full_refresh:
+            with engine.connect() as db:
+                rows = db.execute(
+                    sa.select(watermarks.c.item, watermarks.c.value).where(
+                        watermarks.c.dataset == dataset, watermarks.c.source == _READ_AGAIN
+                    )
+                )
+                self.committed_unread = {item: json.loads(value) for item, value in rows}
+            self.read_again |= self.committed_unread.keys()
 
     def for_source(self, config: BaseModel) -> SourceWatermark:
         key, *earlier = source_keys(config)
@@ -274,9 +291,15 @@ class Watermarks:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
 
+    def read_next_run(self, unread: dict[str, int]) -> None:
+        """Have the next run read these inputs (URIs) again, changed or not: this run read them, but not
+        ``unread[uri]`` of their records (an image a VQA row names it could not read for now). Read whole
+        again, an input's records replace their published copies, as a changed file's do."""
+        self.pending_unread = dict(unread)
+
     def unread(self) -> int:
         """How many inputs this run could not read (``UNREAD``), whatever earlier runs made of them."""
-        return sum(
+        return sum(self.pending_unread.values()) + sum(
             source.unread_inputs.get(item, 1)
             for source in self.sources.values()
             for item, value in source.pending.items()
@@ -285,7 +308,8 @@ class Watermarks:
 
     def still_unread(self) -> int:
         """How many inputs of items an earlier run could not read (``UNREAD``) this run could not read either."""
-        return sum(
+        again = sum(count for uri, count in self.pending_unread.items() if uri in self.committed_unread)
+        return again + sum(
             source.unread_inputs.get(item, 1)
             for source in self.sources.values()
             for item, value in source.pending.items()
@@ -340,6 +364,19 @@ class Watermarks:
                             updated_at=now,
                         )
                     )
+            marks = (watermarks.c.dataset == self.dataset) & (watermarks.c.source == _READ_AGAIN)
+            db.execute(watermarks.delete().where(marks))  # read again by this run: a mark each still unread
+            for uri, count in self.pending_unread.items():
+                db.execute(
+                    watermarks.insert().values(
+                        dataset=self.dataset,
+                        source=_READ_AGAIN,
+                        item=uri,
+                        value=json.dumps(count),
+                        run_id=run_id,
+                        updated_at=now,
+                    )
+                )
 
 
 # --- the run lock ----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
-from curation.stages.image_check import ImageCheck
+from curation.stages.image_check import ImageCheck, keep_archived
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
@@ -377,6 +377,8 @@ def _replaced_records(
     would leave the dataset."""
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
     published = records_from_inputs(latest, watermarks.replaced())
+    if recipe.record.kind == "vqa":  # a record whose image was moved away since stays as published
+        keep_archived(sources, Shape(recipe.record, carry=recipe.output.carry_columns()), published["id"].to_arrow())
     replaced_ids = _less_kept(published["id"], watermarks)
     if replaced_ids.is_empty():
         return inputs, replaced_ids, published
@@ -727,6 +729,7 @@ def _run_locked(
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = next((s.scrub_set_aside for s in run_stages.stages if hasattr(s, "scrub_set_aside")), None)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)
+        plan.watermarks.read_next_run(tally.unread_inputs)  # records a stage could not read for now
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))

@@ -28,3 +28,21 @@ def test_vqa_rows_with_missing_images_are_quarantined_alike_on_ray(workdir: Path
     assert published(distributed) == published(local)
     counts = distributed.manifest.counts
     assert counts.written == 4 and counts.reasons["quarantined"] == {"missing_image": 1, "unsupported": 1}
+
+
+def test_a_record_whose_image_was_moved_away_stays_as_published_on_ray(workdir: Path, local_ray: Any) -> None:
+    from curation.executors.ray_executor import RayExecutor
+    from curation.pipeline import run_recipe
+    from schemas.config import load_recipe
+    from tests.helpers import write_recipe
+
+    good = pictures(workdir / "scans", 3)
+    rows = [{"image": image, "question": "Colour?", "answer": Path(image).stem} for image in good]
+    write_jsonl(workdir / "qa.jsonl", rows[:2])
+    spec = {"dataset": "scans", "sources": [{"path": "qa.jsonl"}], "record": {"kind": "vqa"}, "output": {"dest": "out"}}
+    loaded = load_recipe(write_recipe(workdir, spec))
+    run_recipe(loaded, executor=RayExecutor())
+    Path(good[0]).unlink()  # archived once taken; then a line appended
+    write_jsonl(workdir / "qa.jsonl", rows)
+    counts = run_recipe(loaded, executor=RayExecutor()).manifest.counts
+    assert (counts.input, counts.written, counts.carried, counts.quarantined) == (2, 2, 1, 0)

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from PIL import Image
 
+import curation.stages.image_check as image_check
+from connectors.storage import filesystem
 from curation.pipeline import RunResult
-from tests.helpers import lineage_rows, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, refusing, run, set_aside, write_jsonl
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -177,3 +180,60 @@ def test_a_phone_photo_written_as_mpo_is_published_as_a_jpeg(workdir: Path) -> N
     assert side == "train"
     assert line["file_name"].endswith(".jpg") and data == photo.read_bytes()
     assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))[0] > 150  # the photo, as it came
+
+
+def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_the_next_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An image it may not read (a permission, a share away, S3 throttling) is there: quarantined as
+    # `unreadable`, as the images connector has it, and the JSONL read again by the next run, changed or not.
+    # It was `missing_image` for good: the JSONL's watermark moved on, the next run found nothing new.
+    good = pictures(workdir / "scans", 4)
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    spec = recipe("out", "state.db")
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    first = run(workdir, spec)
+    assert first.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
+    details = [row["detail"] for row in set_aside(Path(first.version_uri))]
+    assert all("cannot read (Permission denied); the next run reads it again" in d for d in details), details
+    refused = run(workdir, spec)  # still refused: read again, quarantined again, nothing published twice
+    assert refused.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
+    assert published(refused) == published(first) and len(published(first)) == 6
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    second = run(workdir, spec)
+    assert second.manifest.counts.written == 8 and second.manifest.counts.carried == 0
+    # Its records written again in place of their published copies (same ids, sides, lines and images); the
+    # two not read before published too.
+    now = published(second)
+    assert len(now) == 8 and {i: now[i] for i in published(first)} == published(first)
+    assert len(lineage_rows(Path(second.version_uri))) == 8
+    assert run(workdir, spec).manifest is None  # read, nothing is left to read again
+
+
+def test_a_published_record_whose_image_was_moved_away_stays_when_its_jsonl_is_read_again(workdir: Path) -> None:
+    # Inputs are often moved away once taken. A line appended, the JSONL is read whole again: the unchanged
+    # row whose image is gone was quarantined as `missing_image`, and its published record left the dataset.
+    # It stays as published (carried, its image with it), as the images connector keeps such a row's record;
+    # a row never published whose image is not there is quarantined as ever.
+    good = pictures(workdir / "scans", 3)
+    rows = [{"image": image, "question": "Which colour?", "answer": Path(image).stem} for image in good[:2]]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = recipe("out", "state.db", validation_fraction=0.0)
+    first = run(workdir, spec)
+    Path(good[0]).unlink()
+    gone = str(workdir / "scans" / "never.png")
+    added = [
+        {"image": good[2], "question": "Which colour?", "answer": "c2"},
+        {"image": gone, "question": "?", "answer": "x"},
+    ]
+    write_jsonl(workdir / "qa.jsonl", rows + added)
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (3, 2, 1)
+    assert counts.reasons["quarantined"] == {"missing_image": 1}
+    (aside,) = set_aside(Path(second.version_uri))
+    assert json.loads(aside["record"])["image"] == gone
+    now = published(second)
+    assert len(now) == 4 - 1 and {i: now[i] for i in published(first)} == published(first)
+    carried = [row for row in lineage_rows(Path(second.version_uri)) if row["carried_from"] == 1]
+    assert [row["source"]["line"] for row in carried] == [1]

@@ -63,6 +63,10 @@ class Tally:
     # says which ones a run that read their input did not find (``curation.review.queue.note_read``).
     queued: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     queued_read: set[str] = field(default_factory=set)
+    # Inputs (URIs) holding records a stage could not read for now (``unreadable``: a VQA row's image it may
+    # not read), how many each: the next run reads them again (``Watermarks.read_next_run``). One the reader
+    # could not read keeps such a watermark of its own (stage ``read``).
+    unread_inputs: Counter[str] = field(default_factory=Counter)
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -335,6 +339,8 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
             zip(copies["duplicate_of"].to_pylist(), copies["id"].to_pylist(), uris, strict=True)
         )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
+    unread = table.filter(pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")))
+    tally.unread_inputs.update(pc.struct_field(unread["source"], "uri").to_pylist())
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
     )

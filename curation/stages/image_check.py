@@ -12,10 +12,15 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow.fs import FileType
 
+from connectors.base import Source
+from connectors.files import FilesSourceReader
 from connectors.storage import filesystem, is_s3
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
@@ -23,6 +28,8 @@ from schemas.records import input_record_json, location, set_aside_rows
 
 # Bytes read at a time while Pillow looks for the header: one request for most S3 images, not one per marker.
 _READ_SIZE = 64 * 1024
+
+_AGAIN = "; the next run reads it again"  # as the images connector says it of an image it could not read
 
 
 class _Reads(io.RawIOBase):
@@ -60,6 +67,19 @@ def _why(error: Exception) -> str:
     return os.strerror(errno) if errno else str(error).splitlines()[0]
 
 
+def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
+    """``missing_image`` where nothing, or a folder, is at ``path`` (the row's fault, as the images connector
+    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only, so the
+    pipeline has the next run read the row's input again (``Tally.unread_inputs``)."""
+    try:
+        found = fs.get_file_info(path).type
+    except (OSError, ValueError):
+        found = None
+    if isinstance(error, FileNotFoundError) or found in (FileType.NotFound, FileType.Directory):
+        return "missing_image", f"{name}: cannot read ({_why(error)})"
+    return "unreadable", f"{name}: cannot read ({_why(error)}){_AGAIN}"
+
+
 def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     """Why the ``jumpstart-vqa`` format could not write the image at ``uri`` (reason, and a detail that
     begins with its ``name`` as the record gives it, as the images connector's details do), or None."""
@@ -70,9 +90,12 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
         return "missing_image", "names no file: the name holds a NUL character"
     try:
         fs, path = filesystem(uri)
-        handle = fs.open_input_file(path)
     except (OSError, ValueError) as error:  # ValueError: a URI Arrow takes for no file ("s3://bucket")
         return "missing_image", f"{name}: cannot read ({_why(error)})"
+    try:
+        handle = fs.open_input_file(path)
+    except OSError as error:
+        return _not_read(fs, path, name, error)
     raw = _Reads(handle)
     try:
         with warnings.catch_warnings():
@@ -82,8 +105,8 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     except Image.DecompressionBombError as error:
         return "decompression_bomb", f"{name}: {error}"
     except Exception:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
-        if raw.error is not None:
-            return "missing_image", f"{name}: cannot read ({_why(raw.error)})"
+        if raw.error is not None:  # opened, then not read (an I/O error): for now only
+            return "unreadable", f"{name}: cannot read ({_why(raw.error)}){_AGAIN}"
         return "unsupported", f"{name}: not an image Pillow can read"
     finally:
         handle.close()
@@ -95,7 +118,7 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
 class ImageCheck:
     """Per batch: the VQA records whose image (a path or URI, with no bytes from the images connector) is
     not there, cannot be read or is not an image the output takes, set aside as the images connector sets
-    such a row aside (``missing_image``, ``unsupported``); the rest kept as they are."""
+    such a row aside (``missing_image``, ``unreadable``, ``unsupported``); the rest kept as they are."""
 
     name = "image_check"
 
@@ -135,5 +158,45 @@ class ImageCheck:
         return StageResult(kept=kept, set_aside=set_aside)
 
     def _where(self, uri: str) -> str:
-        """``uri`` as the writer, on the run's machine, finds it (``filesystem``)."""
-        return uri if is_s3(uri) else os.path.join(self.folder, uri.removeprefix("file://"))
+        return _where(uri, self.folder)
+
+
+def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array) -> None:
+    """Of the ``published`` records (ids) of the files this run reads whole again (a line appended), those
+    whose image is no longer there (inputs are often moved away once taken) stay as published: carried, not
+    read (``SourceWatermark.kept``), as the images connector keeps such a row's record. Read with the rest,
+    each was quarantined as ``missing_image`` and so left the dataset. Known before the run reads (the
+    carry and cross-run dedup leave out the records read again): their files' rows are read for it here."""
+    wanted = published.cast(pa.string())  # Polars hands large strings on
+    for source in sources:
+        mark = getattr(source, "watermark", None)
+        if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
+            continue  # an images source keeps such rows itself; a SQL or Hugging Face one is not read twice
+        again = [entry for entry in source.entries() if entry.uri in mark.replaced]
+        for batch in source.limited_to(again).batches():
+            rows = batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted)) if batch.rows.num_rows else None
+            if rows is None or not rows.num_rows:
+                continue
+            records = shape(rows).kept
+            if "image" not in records.column_names:
+                continue
+            held = records["image_bytes"].is_valid().to_pylist() if "image_bytes" in records.column_names else None
+            for row, (record, uri) in enumerate(
+                zip(records["id"].to_pylist(), records["image"].to_pylist(), strict=True)
+            ):
+                if uri and not (held and held[row]) and _gone(_where(uri)):
+                    mark.kept.add(record)
+
+
+def _gone(uri: str) -> bool:
+    """Whether nothing is at ``uri`` now (an error asking says nothing: the run's reading says it)."""
+    try:
+        fs, path = filesystem(uri)
+        return fs.get_file_info(path).type == FileType.NotFound
+    except (OSError, ValueError):
+        return False
+
+
+def _where(uri: str, folder: str | None = None) -> str:
+    """``uri`` as the writer, on the run's machine (its working ``folder``), finds it (``filesystem``)."""
+    return uri if is_s3(uri) else os.path.join(folder or os.getcwd(), uri.removeprefix("file://"))
