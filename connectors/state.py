@@ -346,6 +346,11 @@ class Watermarks:
                 {item: value.value() for item, value in source.pending.items() if isinstance(value, HashedWhenRead)}
             )
         with self.engine.begin() as db:
+
+            def insert(source: str, item: str, value: Any) -> None:
+                row = {"dataset": self.dataset, "source": source, "item": item, "run_id": run_id, "updated_at": now}
+                db.execute(watermarks.insert().values(value=json.dumps(value), **row))
+
             if self.full_refresh:
                 db.execute(watermarks.delete().where(watermarks.c.dataset == self.dataset))
             for key, source in self.sources.items():
@@ -354,29 +359,11 @@ class Watermarks:
                     db.execute(watermarks.delete().where(of_source & watermarks.c.item.in_(chunk)))
                 for item, value in source.pending.items():
                     db.execute(watermarks.delete().where(of_source & (watermarks.c.item == item)))
-                    db.execute(
-                        watermarks.insert().values(
-                            dataset=self.dataset,
-                            source=key,
-                            item=item,
-                            value=json.dumps(value),
-                            run_id=run_id,
-                            updated_at=now,
-                        )
-                    )
+                    insert(key, item, value)
             marks = (watermarks.c.dataset == self.dataset) & (watermarks.c.source == _READ_AGAIN)
             db.execute(watermarks.delete().where(marks))  # read again by this run: a mark each still unread
             for uri, count in self.pending_unread.items():
-                db.execute(
-                    watermarks.insert().values(
-                        dataset=self.dataset,
-                        source=_READ_AGAIN,
-                        item=uri,
-                        value=json.dumps(count),
-                        run_id=run_id,
-                        updated_at=now,
-                    )
-                )
+                insert(_READ_AGAIN, uri, count)
 
 
 # --- the run lock ----------------------------------------------------------------------------------

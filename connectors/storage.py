@@ -739,7 +739,7 @@ def _once(
             "%s: not read: a path through a link to what the source reads under another path (it would be read "
             "twice): %s",
             uri,
-            ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else ""),
+            _named(named),
         )
     return kept
 
@@ -775,7 +775,7 @@ def _within(
             "at where it leads): %s",
             uri,
             root,
-            ", ".join(away[:5]) + (f" and {len(away) - 5} more" if len(away) > 5 else ""),
+            _named(away),
         )
     return kept
 

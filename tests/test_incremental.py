@@ -1513,12 +1513,18 @@ def test_a_file_renamed_or_moved_since_it_was_taken_is_not_published_again(
     assert "same_bytes" not in third.manifest.stats
 
 
-def test_an_s3_object_moved_since_it_was_taken_is_not_published_again(workdir: Path, bucket: str) -> None:
+def s3_folder_taken(workdir: Path, bucket: str) -> tuple[Any, dict[str, Any]]:
+    """An S3 folder holding a.jsonl (two lines), taken by a first run of a recipe without stages."""
     s3 = boto3.client("s3")
     s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
     recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0)
     recipe["stages"] = []
     run(workdir, recipe)
+    return s3, recipe
+
+
+def test_an_s3_object_moved_since_it_was_taken_is_not_published_again(workdir: Path, bucket: str) -> None:
+    s3, recipe = s3_folder_taken(workdir, bucket)
     s3.copy_object(Bucket=bucket, Key="in/done/a.jsonl", CopySource={"Bucket": bucket, "Key": "in/a.jsonl"})
     s3.delete_object(Bucket=bucket, Key="in/a.jsonl")
     assert run(workdir, recipe).message.startswith("nothing new")
@@ -1599,11 +1605,7 @@ def test_a_copy_of_a_taken_file_since_deleted_is_not_read_until_that_name_holds_
 def test_an_s3_copy_skipped_for_a_taken_objects_etag_is_read_when_that_object_changes(
     workdir: Path, bucket: str
 ) -> None:
-    s3 = boto3.client("s3")
-    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
-    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0)
-    recipe["stages"] = []
-    run(workdir, recipe)
+    s3, recipe = s3_folder_taken(workdir, bucket)
     s3.copy_object(Bucket=bucket, Key="in/b.jsonl", CopySource={"Bucket": bucket, "Key": "in/a.jsonl"})
     assert run(workdir, recipe).message.startswith("nothing new")
     s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one, edited"}\n')
