@@ -992,14 +992,17 @@ def test_a_sqlite_text_cursor_of_a_case_insensitive_collation_reads_values_tying
 
 @pytest.mark.parametrize("source", [{"table": "t"}, {"query": "SELECT id, subject, u FROM t"}])
 @pytest.mark.parametrize(
-    ("locale", "tied"),
+    ("locale", "tied", "later"),
     [
-        ("und-u-ks-level2", ["A", "a"]),  # case ignored
-        ("und-u-ka-shifted", ["a b", "a-b", "ab"]),  # punctuation and spaces ignored: they were read again
+        ("und-u-ks-level2", ["A", "a"], "B"),  # case ignored
+        ("und-u-ka-shifted", ["a b", "a-b", "ab"], "B"),  # punctuation and spaces ignored: they were read again
+        # Ties no rule in Python foresaw: hiragana and katakana at level 1, symbols ignored (maxVariable=symbol).
+        ("und-u-ks-level1", ["か", "カ"], "ん"),
+        ("und-u-ka-shifted-kv-symbol", ["a+b", "ab"], "B"),
     ],
 )
 def test_a_postgresql_text_cursor_of_a_case_insensitive_collation_reads_values_tying_in_it_once(
-    postgres_url: str, tmp_path: Path, source: dict, locale: str, tied: list
+    postgres_url: str, tmp_path: Path, source: dict, locale: str, tied: list, later: str
 ) -> None:
     engine = sa.create_engine(postgres_url)
     with engine.begin() as db:
@@ -1011,7 +1014,8 @@ def test_a_postgresql_text_cursor_of_a_case_insensitive_collation_reads_values_t
         for n, value in enumerate(tied):
             db.execute(sa.text("INSERT INTO t VALUES (:n, :v, :v)"), {"n": n, "v": value})
     config = SqlSource(type="sql", url=postgres_url, cursor="u", **source)
-    assert subjects_read_with_a_row_between(config, tmp_path, postgres_url, "(9, 'B', 'B')") == [tied, ["B"]]
+    got = subjects_read_with_a_row_between(config, tmp_path, postgres_url, f"(9, '{later}', '{later}')")
+    assert got == [tied, [later]]
     with engine.begin() as db:
         db.execute(sa.text("DROP TABLE t"))
     engine.dispose()
