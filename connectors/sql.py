@@ -119,6 +119,28 @@ def _text_or_not_utf8(data: bytes) -> str | NotUtf8:
         return NotUtf8(data)
 
 
+class _KeepsNotUtf8(sa.types.TypeDecorator):
+    """A SQLite column's type whose values SQLAlchemy converts as it fetches them (DATETIME, DATE, JSON, BOOLEAN),
+    giving ``NotUtf8`` as it is: converted, it failed the run ('not of its column's declared type'), or, a
+    BOOLEAN, was published as true; kept, its row is set aside as any other such text's."""
+
+    impl = sa.types.NullType
+    cache_ok = False  # the type it wraps is no cache key
+
+    def __init__(self, inner: sa.types.TypeEngine[Any]) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(self.inner)
+
+    def result_processor(self, dialect: sa.Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        own = super().result_processor(dialect, coltype)
+        if own is None:
+            return None
+        return lambda value: value if isinstance(value, NotUtf8) else own(value)
+
+
 def _lenient_text(connection: Any, _record: Any = None) -> None:
     """Have a sqlite3 connection give text that is not UTF-8 as ``NotUtf8``, decided per value."""
     connection.text_factory = _text_or_not_utf8
@@ -749,6 +771,8 @@ class SqlSourceReader:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
             source: Any = table
             statement = sa.select(table)
+            if engine.dialect.name == "sqlite":
+                statement = sa.select(*(sa.type_coerce(c, _KeepsNotUtf8(c.type)).label(c.name) for c in table.c))
             column = table.c.__getitem__
             if config.cursor is not None and config.cursor not in table.c:
                 raise SqlSourceError(

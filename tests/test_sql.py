@@ -325,21 +325,25 @@ def test_a_cursor_column_holding_values_that_do_not_compare_is_named(tmp_path: P
 
 
 @pytest.mark.parametrize("key", [["id"], []])
+# A column of a type SQLAlchemy converts as it fetches it (DATETIME, DATE, JSON, BOOLEAN) got the value SQLite held
+# and failed the run ("not of its column's declared type"), or, a BOOLEAN, published it as true.
+@pytest.mark.parametrize("declared", ["TEXT", "DATETIME", "DATE", "TIMESTAMP", "JSON", "BOOLEAN"])
 def test_sqlite_text_that_is_not_utf8_quarantines_its_row_and_the_cursor_moves_past_it(
-    workdir: Path, key: list
+    workdir: Path, key: list, declared: str
 ) -> None:
     # SQLite keeps any bytes under a TEXT type: one such value failed the whole run ("Could not decode to UTF-8").
     import sqlite3
 
     path = workdir / "crm.db"
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("CREATE TABLE t (id INTEGER, subject TEXT, reply TEXT, u INTEGER)")
+        db.execute(f"CREATE TABLE t (id INTEGER, subject TEXT, reply {declared}, u INTEGER)")
         db.execute(
-            "INSERT INTO t VALUES (1, 'ok', 'x', 1), (2, 'bad', CAST(X'6A616E65E9' AS TEXT), 2), (3, 'fine', 'z', 3)"
+            "INSERT INTO t VALUES (1, 'ok', NULL, 1), (2, 'bad', CAST(X'6A616E65E9' AS TEXT), 2), (3, 'fine', NULL, 3)"
         )
         db.commit()
     url = f"sqlite:///{path}"
     spec = recipe(url, table="t", cursor="u", key=key)
+    spec["record"]["completion"] = "{{ subject }}."
     first = run(workdir, spec)
     assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["fine", "ok"]
     assert first.manifest.counts.quarantined == 1 == first.manifest.counts.reasons["quarantined"]["schema"]
@@ -352,7 +356,7 @@ def test_sqlite_text_that_is_not_utf8_quarantines_its_row_and_the_cursor_moves_p
     assert json.loads(aside["record"])["reply"] == "jane\\xe9"
     # The watermark moved past it: the next run reads only the new row, not the quarantined one again.
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("INSERT INTO t VALUES (4, 'new', 'w', 4)")
+        db.execute("INSERT INTO t VALUES (4, 'new', NULL, 4)")
         db.commit()
     second = run(workdir, spec)
     assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (1, 0)
