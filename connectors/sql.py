@@ -533,6 +533,7 @@ class CursorRange:
         nulls = watermark.get(NULL_ITEM) if watermark is not None else None
         self.nulls_before = unpack_hashes(nulls) if isinstance(nulls, str) else Counter()
         self.nulls: list[int] = []  # the rows without a value this read
+        self.unplaced: list[int] = []  # text that is not UTF-8 among moments this read (``is_new_unplaced``)
         self.new_nulls = 0
 
     def is_new_null(self, content: bytes) -> bool | None:
@@ -544,6 +545,17 @@ class CursorRange:
             return False
         self.new_nulls += 1
         return None
+
+    def is_new_unplaced(self, content: bytes) -> bool:
+        """For a row whose cursor value is text that is not UTF-8 among moments (``as_moments``): it spells no moment,
+        so it has no place in their order (compared, the run failed: 'values of types that do not compare'). True
+        if it is to be set aside (as such text is), False if an earlier run did (kept as the rows without a value)."""
+        identity = xxhash.xxh3_64_intdigest(content)
+        self.unplaced.append(identity)
+        if self.nulls_before[identity] > 0:
+            self.nulls_before[identity] -= 1
+            return False
+        return True
 
     def is_new(self, value: Any, content: bytes, group: Any = None, at_last: Any = None) -> bool:
         """Whether a row with a cursor value is new; notes the highest value read and the rows at it. ``group`` is
@@ -980,7 +992,11 @@ class SqlSourceReader:
         contents = (_values_text(row) for row in rows)
         try:
             return [
-                span.is_new_null(content) if _no_value(value) else span.is_new(value, content, *tie)
+                span.is_new_null(content)
+                if _no_value(value)
+                else span.is_new_unplaced(content)
+                if span.as_moments and isinstance(value, NotUtf8)
+                else span.is_new(value, content, *tie)
                 for value, content, tie in zip(values, contents, ties, strict=True)
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
@@ -1140,7 +1156,7 @@ class SqlSourceReader:
             self.watermark.set(CURSOR_ITEM, cursor_encoded(span.highest))
             self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
         if self.watermark is not None:
-            self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
+            self.watermark.set(NULL_ITEM, pack_hashes(span.nulls + span.unplaced))
         if span.nulls:
             # Each run meets again the rows set aside before (until they get a value): say which are new.
             earlier = len(span.nulls) - span.new_nulls

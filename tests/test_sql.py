@@ -420,6 +420,39 @@ def test_a_sqlite_text_cursor_value_that_is_not_utf8_is_said_as_such_and_read_on
     assert run(workdir, spec).version_uri is None
 
 
+@pytest.mark.parametrize("declared", ["TEXT", "DATETIME"])
+def test_a_sqlite_cursor_of_moments_holding_text_that_is_not_utf8_sets_its_row_aside_once(
+    tmp_path: Path, declared: str
+) -> None:
+    # Such text spells no moment: compared with the moments, it failed the run ("values of types that do not compare").
+    import sqlite3
+
+    path = tmp_path / "crm.db"
+    bad = "CAST(X'323032362D30312D30322031303A30303A3030E9' AS TEXT)"  # '2026-01-02 10:00:00' and a byte 0xE9
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"CREATE TABLE t (id INTEGER, subject TEXT, u {declared})")
+        db.execute(f"INSERT INTO t VALUES (1, 'a', '2026-01-01 10:00:00'), (2, 'bad', {bad}), (3, 'c', '2026-01-03')")
+        db.commit()
+    config = SqlSource(type="sql", url=f"sqlite:///{path}", table="t", cursor="u")
+    state = sa.create_engine(f"sqlite:///{tmp_path}/state.db")
+    reads = []
+    for _ in range(3):
+        marks = Watermarks(state, "support")
+        batches = read_all(config, 10, marks.for_source(config))
+        aside = [r for b in batches if b.set_aside is not None for r in b.set_aside.to_pylist()]
+        reads.append(([r["subject"] for b in batches for r in b.rows.to_pylist()], [r["detail"] for r in aside]))
+        marks.commit("run")
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute(
+                "INSERT INTO t SELECT 4, 'd', '2026-01-04 10:00:00' WHERE NOT EXISTS (SELECT 1 FROM t WHERE id = 4)"
+            )
+            db.commit()
+    said = "column 'u' holds text that is not UTF-8; CAST it to BLOB in a query to read such rows"
+    assert reads[0][0] == ["a", "c"] and [d.endswith(said) for d in reads[0][1]] == [True]
+    # Read again (within the two days before the watermark) but set aside once; the watermark moved on.
+    assert reads[1:] == [(["d"], []), ([], [])]
+
+
 def test_sqlite_text_that_is_not_utf8_in_a_table_without_a_cursor_is_set_aside_once_per_read(tmp_path: Path) -> None:
     import sqlite3
 
