@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import re
-import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +54,11 @@ NULL_ITEM = "cursor_null"
 # (``Fingerprint``), so a run can tell the table has not changed (``True``: read before fingerprints).
 READ_ITEM = "read"
 
+
+# Columns a read by cursor adds to the result (and takes off before anything else sees it): the rank of each row's
+# cursor value and whether it equals the watermark, both in the column's collation, which only the database knows
+# (a non-deterministic ICU collation ties 'か' and 'カ', or 'a+b' and 'ab'): ``CursorRange.is_new``.
+CURSOR_TIES = ("curation_cursor_group", "curation_at_watermark")
 
 # Keys asked of the database in one statement (``_check_keys_elsewhere``): within SQLite's and
 # PostgreSQL's limits on bound parameters for keys of a few columns.
@@ -113,6 +117,28 @@ def _text_or_not_utf8(data: bytes) -> str | NotUtf8:
         return data.decode()
     except UnicodeDecodeError:
         return NotUtf8(data)
+
+
+class _KeepsNotUtf8(sa.types.TypeDecorator):
+    """A SQLite column's type whose values SQLAlchemy converts as it fetches them (DATETIME, DATE, JSON, BOOLEAN),
+    giving ``NotUtf8`` as it is: converted, it failed the run ('not of its column's declared type'), or, a
+    BOOLEAN, was published as true; kept, its row is set aside as any other such text's."""
+
+    impl = sa.types.NullType
+    cache_ok = False  # the type it wraps is no cache key
+
+    def __init__(self, inner: sa.types.TypeEngine[Any]) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(self.inner)
+
+    def result_processor(self, dialect: sa.Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        own = super().result_processor(dialect, coltype)
+        if own is None:
+            return None
+        return lambda value: value if isinstance(value, NotUtf8) else own(value)
 
 
 def _lenient_text(connection: Any, _record: Any = None) -> None:
@@ -483,21 +509,6 @@ def unpack_hashes(packed: str) -> Counter[int]:
     return Counter(np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist())
 
 
-def _may_tie(value: Any, other: Any) -> bool:
-    """Whether two texts may be equal in a collation that ignores case, accents, trailing spaces or spaces and
-    punctuation (SQLite's NOCASE and RTRIM, PostgreSQL's citext, a non-deterministic ICU collation, one with
-    `ka-shifted` too: 'a-b', 'a b' and 'ab'), though Python's == tells them apart. Wider than any one collation:
-    a row kept as tying that does not is no harm (``CursorRange.is_new``)."""
-    return isinstance(value, str) and isinstance(other, str) and _loose(value) == _loose(other)
-
-
-def _loose(text: str) -> str:
-    folded = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(
-        c for c in folded if not (unicodedata.combining(c) or c.isspace() or unicodedata.category(c)[0] in "PZ")
-    )
-
-
 class CursorRange:
     """Which rows of a read by cursor are new: those past the highest value the last run read, and those
     at that value it did not read (a row written after the run with the value of the last row it took:
@@ -517,10 +528,12 @@ class CursorRange:
         # the value, not the range itself, and its order is not theirs; they are compared here.
         self.as_moments = False
         self.highest: Any = None
+        self.group: Any = None  # the highest value's rank (``is_new``)
         self.at_highest: list[int] = []
         nulls = watermark.get(NULL_ITEM) if watermark is not None else None
         self.nulls_before = unpack_hashes(nulls) if isinstance(nulls, str) else Counter()
         self.nulls: list[int] = []  # the rows without a value this read
+        self.unplaced: list[int] = []  # text that is not UTF-8 among moments this read (``is_new_unplaced``)
         self.new_nulls = 0
 
     def is_new_null(self, content: bytes) -> bool | None:
@@ -533,8 +546,23 @@ class CursorRange:
         self.new_nulls += 1
         return None
 
-    def is_new(self, value: Any, content: bytes) -> bool:
-        """Whether a row with a cursor value is new; notes the highest value read and the rows at it."""
+    def is_new_unplaced(self, content: bytes) -> bool:
+        """For a row whose cursor value is text that is not UTF-8 among moments (``as_moments``): it spells no moment,
+        so it has no place in their order (compared, the run failed: 'values of types that do not compare'). True
+        if it is to be set aside (as such text is), False if an earlier run did (kept as the rows without a value)."""
+        identity = xxhash.xxh3_64_intdigest(content)
+        self.unplaced.append(identity)
+        if self.nulls_before[identity] > 0:
+            self.nulls_before[identity] -= 1
+            return False
+        return True
+
+    def is_new(self, value: Any, content: bytes, group: Any = None, at_last: Any = None) -> bool:
+        """Whether a row with a cursor value is new; notes the highest value read and the rows at it. ``group`` is
+        the value's rank among those read (``DENSE_RANK``) and ``at_last`` whether it equals the watermark, both as
+        the database's collation has it (``CURSOR_TIES``): text it holds equal, though Python tells it apart ('a'
+        and 'A' in NOCASE or citext, 'か' and 'カ' at ICU's level 1), ties. Both are None where Python compares
+        (``as_moments``)."""
         if (
             self.as_moments
             and self.last is not None
@@ -543,25 +571,23 @@ class CursorRange:
             return False
         identity = xxhash.xxh3_64_intdigest(content)
         if self.highest is None:
-            self.highest, self.at_highest = value, [identity]
-            return self._not_taken(value, identity)
+            self.highest, self.group, self.at_highest = value, group, [identity]
+            return self._not_taken(value, identity, at_last)
         later = _above(value, self.highest)  # raises TypeError for values that do not compare (SQLite: 7 and '8')
-        if value == self.highest:
-            self.at_highest.append(identity)
-        elif not self.as_moments and _may_tie(value, self.highest):
-            # Text the column's collation may hold equal ('a', 'A' in NOCASE or citext): the database's last is
-            # the watermark, and all of them are the rows taken at it, which it gives again (>=). A row kept
-            # here that it does not tie with is never given again: no harm.
+        if value == self.highest if self.as_moments else group == self.group:
+            # Any of the values tying is the watermark: the database gives all of them again (>=), the rows
+            # taken at it among them.
             self.highest = value
             self.at_highest.append(identity)
         elif later or not self.as_moments:
             # Rows come in the database's order, which decides what is highest: text compares by the
             # column's collation there ('a' < 'B' in most, not in Python). Not for text-held datetimes.
-            self.highest, self.at_highest = value, [identity]
-        return self._not_taken(value, identity)
+            self.highest, self.group, self.at_highest = value, group, [identity]
+        return self._not_taken(value, identity, at_last)
 
-    def _not_taken(self, value: Any, identity: int) -> bool:
-        if self.inclusive and (value == self.last or _may_tie(value, self.last)) and self.taken[identity] > 0:
+    def _not_taken(self, value: Any, identity: int, at_last: Any) -> bool:
+        tied = value == self.last if at_last is None else bool(at_last)
+        if self.inclusive and tied and self.taken[identity] > 0:
             self.taken[identity] -= 1  # equal rows: as many are new as the value holds more of them now
             return False
         return True
@@ -577,6 +603,7 @@ class SqlSourceReader:
         self._unchanged = False
         self._held_now: str | None = None  # the table's fingerprint, read once per run
         self._text_moments = False  # a SQLite cursor whose values come as text (``_statement``)
+        self._ties = 0  # how many of ``CURSOR_TIES`` the statement adds (``_statement``)
         # The key columns of the rows a read by cursor does not return (those before its range), for
         # ``_check_keys_elsewhere``; None when it returns every row (no watermark).
         self._not_returned: tuple[sa.Select, list[Any]] | None = None
@@ -673,7 +700,8 @@ class SqlSourceReader:
                 statement = self._statement(engine)
                 self._keys_compare = self._database_compares_keys(engine)
                 result = options.execute(statement.limit(0) if no_rows else statement)
-                yield list(result.keys())
+                columns = list(result.keys())
+                yield columns[: len(columns) - self._ties]
                 rows = result.partitions(self.batch_rows)
                 while True:
                     try:
@@ -755,6 +783,8 @@ class SqlSourceReader:
                 raise SqlSourceError(f"{self.uri}: no table {config.table!r} in the database") from None
             source: Any = table
             statement = sa.select(table)
+            if engine.dialect.name == "sqlite":
+                statement = sa.select(*(sa.type_coerce(c, _KeepsNotUtf8(c.type)).label(c.name) for c in table.c))
             column = table.c.__getitem__
             if config.cursor is not None and config.cursor not in table.c:
                 raise SqlSourceError(
@@ -778,6 +808,8 @@ class SqlSourceReader:
             statement = sa.select(sa.literal_column("*")).select_from(source)
             column = sa.column
         self._not_returned = None
+        self._ties = 0
+        at_last: Any = None
         if config.cursor is not None:
             # The table's own column binds the watermark with the column's type; a query's is quoted as is.
             cursor = column(config.cursor)
@@ -810,12 +842,19 @@ class SqlSourceReader:
                         # reads as the column's own type (a real's 0.7 too, as psycopg read it from the text '0.7').
                         last = sa.bindparam("curation_watermark", repr(last), type_=sa.types.NullType())
                     past = cursor >= last if span.inclusive else cursor > last
+                    at_last = cursor == last if span.inclusive else None
                 if config.key and (config.table is None or all(k in table.c for k in config.key)):
                     keys = [column(k) for k in config.key]
                     before = sa.select(*keys).select_from(source).where(sa.not_(past))
                     self._not_returned = (before, keys)
                 # A row without a value is read each run too (set aside once, see ``CursorRange``).
                 statement = statement.where(sa.or_(past, cursor.is_(None)))
+            # Computed as the rows stream, in the order they come in (the window's order is the statement's).
+            ties = [sa.func.dense_rank().over(order_by=cursor)]
+            if at_last is not None and not span.as_moments:  # moments are compared in Python (``_sqlite_text``)
+                ties.append(at_last)
+            statement = statement.add_columns(*(tie.label(name) for tie, name in zip(ties, CURSOR_TIES, strict=False)))
+            self._ties = len(ties)
             statement = statement.order_by(cursor)
         return statement
 
@@ -939,8 +978,11 @@ class SqlSourceReader:
                 )
             )
 
-    def _new_rows(self, values: list[Any], rows: Sequence[Sequence[Any]]) -> list[bool | None]:
-        """Which rows of a batch are new (True), taken before (False), or new without a value (None)."""
+    def _new_rows(
+        self, values: list[Any], rows: Sequence[Sequence[Any]], ties: Sequence[Sequence[Any]]
+    ) -> list[bool | None]:
+        """Which rows of a batch are new (True), taken before (False), or new without a value (None); ``ties``
+        are each row's ``CURSOR_TIES`` values."""
         span = self._range
         if self._text_moments:
             values = [sqlite_moment(value) for value in values]
@@ -950,8 +992,12 @@ class SqlSourceReader:
         contents = (_values_text(row) for row in rows)
         try:
             return [
-                span.is_new_null(content) if _no_value(value) else span.is_new(value, content)
-                for value, content in zip(values, contents, strict=True)
+                span.is_new_null(content)
+                if _no_value(value)
+                else span.is_new_unplaced(content)
+                if span.as_moments and isinstance(value, NotUtf8)
+                else span.is_new(value, content, *tie)
+                for value, content, tie in zip(values, contents, ties, strict=True)
             ]
         except TypeError:  # SQLite keeps any type in any column: 7 and '8' do not compare
             seen = [*(v for v in values if not _no_value(v)), *([span.highest] if span.highest is not None else [])]
@@ -1043,7 +1089,11 @@ class SqlSourceReader:
         with closing(self._result()) as result:  # closed at once on an error, not when collected
             columns = self._columns_checked(next(result))
             key_at = [columns.index(k) for k in self.config.key]
+            width = len(columns)
             for rows in result:
+                ties = [row[width:] for row in rows]
+                if self._ties:
+                    rows = [row[:width] for row in rows]
                 unreadable = unreadable_columns(columns, rows, made)
                 table, contents = self._contents(columns, rows, unreadable)
                 lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
@@ -1060,7 +1110,7 @@ class SqlSourceReader:
                 if self.config.cursor is None:
                     fingerprint.add(contents)
                 else:
-                    states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], rows)
+                    states = self._new_rows([row[columns.index(self.config.cursor)] for row in rows], rows, ties)
                     new = [state is not False for state in states]
                     no_value = [state is None for state in states if state is not False]
                     if not all(new):
@@ -1106,7 +1156,7 @@ class SqlSourceReader:
             self.watermark.set(CURSOR_ITEM, cursor_encoded(span.highest))
             self.watermark.set(TAKEN_ITEM, pack_hashes(span.at_highest))
         if self.watermark is not None:
-            self.watermark.set(NULL_ITEM, pack_hashes(span.nulls))
+            self.watermark.set(NULL_ITEM, pack_hashes(span.nulls + span.unplaced))
         if span.nulls:
             # Each run meets again the rows set aside before (until they get a value): say which are new.
             earlier = len(span.nulls) - span.new_nulls
