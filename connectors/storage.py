@@ -684,8 +684,10 @@ def _walk(root: str, once: bool) -> _Tree:
                         tree.links.add(entry.path)
                     try:
                         is_dir, is_file = entry.is_dir(), entry.is_file()
-                    except OSError:  # a link to itself (ELOOP), or where it may not look: not read
-                        continue
+                    except OSError as error:  # a link to itself or round a loop of links: not read (named)
+                        if error.errno == errno.ELOOP:
+                            continue
+                        raise  # where it may not look: the listing fails, as Arrow's did, not a folder left out
                     if is_dir and _visible(entry.name):
                         heapq.heappush(heap, (True, entry.path, os.path.realpath(entry.path), (*above, real)))
                     elif is_file:
@@ -724,11 +726,18 @@ def _once(
     real = {path: (real, through) for path, real, through in listed}
     first: dict[tuple[bool, str], str] = {}
     kept: list[pafs.FileInfo] = []
-    again = {path: at for path, at in folded.items() if _in_folder(path, root)}
+    # Only what the source reads is named: a linked folder of scripts or a second name of a README is not.
+    read = [path for path, *_ in listed if reads(path)]
+    again = {
+        path: at
+        for path, at in folded.items()
+        if _in_folder(path, root) and any(file.startswith(f"{at}/") for file in read)
+    }
     for info in sorted(found, key=lambda info: (real[info.path][1], info.path)):
         key = (reads(info.path), real[info.path][0])
         if key in first:
-            again[info.path] = first[key]
+            if key[0]:
+                again[info.path] = first[key]
         else:
             first[key] = info.path
             kept.append(info)

@@ -8,6 +8,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -511,6 +514,12 @@ def test_a_link_back_into_a_source_folder_reads_each_file_once(workdir: Path, ca
     (workdir / "in" / "sub" / "up").symlink_to("..", target_is_directory=True)
     (workdir / "in" / "same.jsonl").symlink_to("a.jsonl")
     (workdir / "in" / "alias").symlink_to("data", target_is_directory=True)
+    # Second names of what the source does not read are not named as repeats (a manifest entry each).
+    (workdir / "in" / "tools").mkdir()
+    (workdir / "in" / "tools" / "t.py").write_text("print()\n")
+    (workdir / "in" / "bin").symlink_to("tools", target_is_directory=True)
+    (workdir / "in" / "notes.txt").write_text("notes\n")
+    (workdir / "in" / "README.txt").symlink_to("notes.txt")
     spec = {"dataset": "notes", "sources": [{"path": "in"}], "record": {"kind": "document"}}
     with caplog.at_level("WARNING", logger="connectors.storage"):
         result = run(workdir, spec)
@@ -529,6 +538,36 @@ def test_a_link_back_into_a_source_folder_reads_each_file_once(workdir: Path, ca
         f"{workdir}/in: not read: a path through a link to what the source reads under another path (it would be "
         "read twice): " + ", ".join(f"{path} -> {at}" for path, at in repeated.items())
     ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="drops root's file access")
+def test_a_link_the_run_may_not_follow_fails_the_listing_as_a_folder_it_may_not_list_does(tmp_path: Path) -> None:
+    # A link whose target it may not look up (a folder on the way it may not search) was passed over without
+    # a word: a linked folder of inputs left out, a linked file called "not there". Arrow's listing failed.
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "sec" / "dir").mkdir(parents=True)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "a"}])
+    write_jsonl(tmp_path / "sec" / "dir" / "d.jsonl", [{"text": "d"}])
+    (tmp_path / "in" / "linked").symlink_to("../sec/dir", target_is_directory=True)
+    for path in (tmp_path / "sec", tmp_path / "sec" / "dir", tmp_path / "sec" / "dir" / "d.jsonl"):
+        os.chown(path, 65534, 65534)
+    os.chmod(tmp_path / "sec", 0o700)
+    code = (
+        "import sys\nfrom connectors.storage import list_files\n"
+        "try:\n    print(list_files(sys.argv[1], ('.jsonl',), links_out={}, links_repeated={}))\n"
+        "except Exception as error:\n    print(type(error).__name__, error)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code, str(tmp_path / "in")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
+    assert done.stdout.startswith(f"StorageError {tmp_path}/in: cannot list: "), (done.stdout, done.stderr)
+    assert "Permission denied" in done.stdout
 
 
 def test_a_file_reached_only_through_links_is_listed_once_under_the_first_path(tmp_path: Path) -> None:
