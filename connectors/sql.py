@@ -845,6 +845,8 @@ class SqlSourceReader:
                     at_last = cursor == last if span.inclusive else None
                 if config.key and (config.table is None or all(k in table.c for k in config.key)):
                     keys = [column(k) for k in config.key]
+                    if config.table is not None and engine.dialect.name == "sqlite":  # as the read takes them
+                        keys = [sa.type_coerce(c, _KeepsNotUtf8(c.type)).label(c.name) for c in keys]
                     before = sa.select(*keys).select_from(source).where(sa.not_(past))
                     self._not_returned = (before, keys)
                 # A row without a value is read each run too (set aside once, see ``CursorRange``).
@@ -853,7 +855,14 @@ class SqlSourceReader:
             ties = [sa.func.dense_rank().over(order_by=cursor)]
             if at_last is not None and not span.as_moments:  # moments are compared in Python (``_sqlite_text``)
                 ties.append(at_last)
-            statement = statement.add_columns(*(tie.label(name) for tie, name in zip(ties, CURSOR_TIES, strict=False)))
+            # Untyped: SQLAlchemy converts a result's values by column name, so a Boolean here turned a query's own
+            # column of that name into true (its rows then read as edited, published again).
+            statement = statement.add_columns(
+                *(
+                    sa.type_coerce(tie, sa.types.NullType()).label(name)
+                    for tie, name in zip(ties, CURSOR_TIES, strict=False)
+                )
+            )
             self._ties = len(ties)
             statement = statement.order_by(cursor)
         return statement
@@ -912,7 +921,7 @@ class SqlSourceReader:
         for condition in self._keys_asked(columns, [value for value, _ in pending.values()]):
             try:
                 found = self._db.execute(before.where(condition)).all()
-            except sa.exc.SQLAlchemyError as error:
+            except (sa.exc.SQLAlchemyError, ValueError, TypeError) as error:  # a value not of its declared type too
                 raise SqlSourceError(
                     f"{self.uri}: cannot ask whether rows before the watermark hold the keys read: "
                     f"{self._read_error(before.where(condition), error)}"
