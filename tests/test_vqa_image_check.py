@@ -237,3 +237,27 @@ def test_a_published_record_whose_image_was_moved_away_stays_when_its_jsonl_is_r
     assert len(now) == 4 - 1 and {i: now[i] for i in published(first)} == published(first)
     carried = [row for row in lineage_rows(Path(second.version_uri)) if row["carried_from"] == 1]
     assert [row["source"]["line"] for row in carried] == [1]
+
+
+def test_a_published_record_whose_image_cannot_be_read_for_now_stays_when_its_jsonl_is_read_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A line appended, the JSONL is read whole again while the share holding c1 refuses it (a permission, an
+    # I/O error): c1's two published records were quarantined as `unreadable` and left the new version. They
+    # stay as published (carried), as a record whose image was moved away does; only rows never published are
+    # quarantined.
+    good = pictures(workdir / "scans", 4)
+    rows = asks(good)
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = recipe("out", "state.db")
+    first = run(workdir, spec)
+    never = {"image": good[1], "question": "Never read?", "answer": "c1"}
+    write_jsonl(workdir / "qa.jsonl", [*rows, {"image": good[2], "question": "New?", "answer": "c2"}, never])
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert (counts.input, counts.carried, counts.reasons["quarantined"]) == (8, 2, {"unreadable": 1})
+    (aside,) = set_aside(Path(second.version_uri))
+    assert json.loads(aside["record"])["question"] == "Never read?"
+    now = published(second)
+    assert len(now) == 9 and {i: now[i] for i in published(first)} == published(first)

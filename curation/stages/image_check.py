@@ -163,11 +163,13 @@ class ImageCheck:
 
 def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array) -> None:
     """Of the ``published`` records (ids) of the files this run reads whole again (a line appended), those
-    whose image is no longer there (inputs are often moved away once taken) stay as published: carried, not
-    read (``SourceWatermark.kept``), as the images connector keeps such a row's record. Read with the rest,
-    each was quarantined as ``missing_image`` and so left the dataset. Known before the run reads (the
-    carry and cross-run dedup leave out the records read again): their files' rows are read for it here."""
+    whose image cannot be read now, whatever the reason (inputs are often moved away once taken; a share away,
+    a permission), stay as published: carried, not read (``SourceWatermark.kept``), as the images connector
+    keeps such a row's record. Read with the rest, each was quarantined (``missing_image``, ``unreadable``) and
+    so left the dataset. Known before the run reads (the carry and cross-run dedup leave out the records read
+    again): their files' rows are read for it here, and each image opened once (a stat, an S3 HEAD)."""
     wanted = published.cast(pa.string())  # Polars hands large strings on
+    unopened: dict[str, bool] = {}  # an image several questions ask about is opened once
     for source in sources:
         mark = getattr(source, "watermark", None)
         if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
@@ -184,17 +186,22 @@ def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult
             for row, (record, uri) in enumerate(
                 zip(records["id"].to_pylist(), records["image"].to_pylist(), strict=True)
             ):
-                if uri and not (held and held[row]) and _gone(_where(uri)):
+                if not uri or (held and held[row]):
+                    continue
+                if uri not in unopened:
+                    unopened[uri] = _cannot_open(_where(uri))
+                if unopened[uri]:
                     mark.kept.add(record)
 
 
-def _gone(uri: str) -> bool:
-    """Whether nothing is at ``uri`` now (an error asking says nothing: the run's reading says it)."""
+def _cannot_open(uri: str) -> bool:
+    """Whether the image at ``uri`` cannot be opened now: not there, a folder, or refused (for now or not)."""
     try:
         fs, path = filesystem(uri)
-        return fs.get_file_info(path).type == FileType.NotFound
+        fs.open_input_file(path).close()
     except (OSError, ValueError):
-        return False
+        return True
+    return False
 
 
 def _where(uri: str, folder: str | None = None) -> str:
