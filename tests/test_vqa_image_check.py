@@ -261,3 +261,24 @@ def test_a_published_record_whose_image_cannot_be_read_for_now_stays_when_its_js
     assert json.loads(aside["record"])["question"] == "Never read?"
     now = published(second)
     assert len(now) == 9 and {i: now[i] for i in published(first)} == published(first)
+
+
+def test_a_moved_image_record_of_a_file_read_again_for_a_duplicate_it_holds_stays(workdir: Path) -> None:
+    # qa.jsonl changes: its record is replaced, and qb.jsonl, which held its duplicate (set aside), is read again
+    # so that the content stays. qb's other record, whose image was moved away since, was quarantined as
+    # `missing_image` and left the dataset: the moved-away records were looked for before qb was added.
+    good = pictures(workdir / "scans", 3)
+    a = [{"image": good[0], "question": "Colour?", "answer": "c0"}]
+    b = [dict(a[0]), {"image": good[1], "question": "Colour?", "answer": "c1"}]
+    write_jsonl(workdir / "in" / "qa.jsonl", a)
+    write_jsonl(workdir / "in" / "qb.jsonl", b)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [{"path": "in"}]}
+    first = run(workdir, spec)
+    assert len(published(first)) == 2  # qa's row, qb's c1 row (qb's first row a duplicate)
+    Path(good[1]).unlink()
+    write_jsonl(workdir / "in" / "qa.jsonl", [*a, {"image": good[2], "question": "Colour?", "answer": "c2"}])
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert "quarantined" not in counts.reasons and counts.carried == 1
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)

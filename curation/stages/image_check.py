@@ -161,8 +161,10 @@ class ImageCheck:
         return _where(uri, self.folder)
 
 
-def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array) -> None:
-    """Of the ``published`` records (ids) of the files this run reads whole again (a line appended), those
+def keep_archived(
+    sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array, uris: set[str]
+) -> None:
+    """Of the ``published`` records (ids) of the files ``uris`` this run reads whole again (a line appended), those
     whose image cannot be read now, whatever the reason (inputs are often moved away once taken; a share away,
     a permission), stay as published: carried, not read (``SourceWatermark.kept``), as the images connector
     keeps such a row's record. Read with the rest, each was quarantined (``missing_image``, ``unreadable``) and
@@ -174,7 +176,9 @@ def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult
         mark = getattr(source, "watermark", None)
         if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
             continue  # an images source keeps such rows itself; a SQL or Hugging Face one is not read twice
-        again = [entry for entry in source.entries() if entry.uri in mark.replaced]
+        again = [entry for entry in source.entries() if entry.uri in mark.replaced & uris]
+        if not again:
+            continue
         for batch in source.limited_to(again).batches():
             rows = batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted)) if batch.rows.num_rows else None
             if rows is None or not rows.num_rows:
