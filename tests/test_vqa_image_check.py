@@ -186,8 +186,10 @@ def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_th
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An image it may not read (a permission, a share away, S3 throttling) is there: quarantined as
-    # `unreadable`, as the images connector has it, and the JSONL read again by the next run, changed or not.
-    # It was `missing_image` for good: the JSONL's watermark moved on, the next run found nothing new.
+    # `unreadable`, as the images connector has it, and its rows read again by the next run, the JSONL changed or
+    # not. It was `missing_image` for good: the JSONL's watermark moved on, the next run found nothing new.
+    # Unchanged, the JSONL gives the next runs only those rows: its others stay as published. Read whole, each
+    # scheduled run published a version rewriting them while the image stayed unreadable ("nothing new" never).
     good = pictures(workdir / "scans", 4)
     write_jsonl(workdir / "qa.jsonl", asks(good))
     spec = recipe("out", "state.db")
@@ -196,18 +198,38 @@ def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_th
     assert first.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
     details = [row["detail"] for row in set_aside(Path(first.version_uri))]
     assert all("cannot read (Permission denied); the next run reads it again" in d for d in details), details
-    refused = run(workdir, spec)  # still refused: read again, quarantined again, nothing published twice
-    assert refused.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
-    assert published(refused) == published(first) and len(published(first)) == 6
+    for _ in range(2):  # still refused: its two rows read again, quarantined again, nothing published
+        refused = run(workdir, spec)
+        assert refused.manifest is None and refused.message.startswith("nothing new since scans v1")
+        assert "2 input(s) (files, image rows) still cannot be read" in refused.message
     monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
     second = run(workdir, spec)
-    assert second.manifest.counts.written == 8 and second.manifest.counts.carried == 0
-    # Its records written again in place of their published copies (same ids, sides, lines and images); the
-    # two not read before published too.
+    counts = second.manifest.counts
+    assert (second.manifest.version, counts.input, counts.written, counts.carried) == (2, 2, 2, 6)
+    # The two not read before published, the others carried as they were (same ids, sides, lines and images).
     now = published(second)
     assert len(now) == 8 and {i: now[i] for i in published(first)} == published(first)
     assert len(lineage_rows(Path(second.version_uri))) == 8
     assert run(workdir, spec).manifest is None  # read, nothing is left to read again
+
+
+def test_a_delta_version_holds_only_the_rows_read_again_once_their_image_can_be_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With carry_forward false, the JSONL read again for its unreadable rows was read whole: each run's delta
+    # version held the six readable records again (18 copies of 6 records after three runs).
+    good = pictures(workdir / "scans", 4)
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    spec = {**recipe("out", "state.db", carry_forward=False), "stages": []}
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 6
+    assert [run(workdir, spec).manifest for _ in range(2)] == [None, None]
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    second = run(workdir, spec)
+    assert (second.manifest.extends, second.manifest.counts.input, second.manifest.counts.written) == (1, 2, 2)
+    ids = [row["id"] for result in (first, second) for row in lineage_rows(Path(result.version_uri))]
+    assert len(ids) == len(set(ids)) == 8
 
 
 def test_a_published_record_whose_image_was_moved_away_stays_when_its_jsonl_is_read_again(workdir: Path) -> None:

@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +64,9 @@ class Tally:
     queued: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     queued_read: set[str] = field(default_factory=set)
     # Inputs (URIs) holding records a stage could not read for now (``unreadable``: a VQA row's image it may
-    # not read), how many each: the next run reads them again (``Watermarks.read_next_run``). One the reader
+    # not read), the ids of those: the next run reads them again (``Watermarks.read_next_run``). One the reader
     # could not read keeps such a watermark of its own (stage ``read``).
-    unread_inputs: Counter[str] = field(default_factory=Counter)
+    unread_inputs: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -340,7 +340,8 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
         )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     unread = table.filter(pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")))
-    tally.unread_inputs.update(pc.struct_field(unread["source"], "uri").to_pylist())
+    for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
+        tally.unread_inputs[uri].append(record)
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
     )
