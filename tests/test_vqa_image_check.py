@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 import curation.stages.image_check as image_check
 from connectors.storage import filesystem
 from curation.pipeline import RunResult
-from tests.helpers import lineage_rows, refusing, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, refusing, run, set_aside, sqlite_db, write_jsonl
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -304,3 +305,30 @@ def test_a_moved_image_record_of_a_file_read_again_for_a_duplicate_it_holds_stay
     assert "quarantined" not in counts.reasons and counts.carried == 1
     now = published(second)
     assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+
+
+def test_a_sql_row_whose_image_cannot_be_read_for_now_says_what_reads_it_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only a files source reads a marked input's rows again. A SQL table read by its cursor never did: its detail
+    # said "the next run reads it again", a mark nothing used was kept, and the next run warned of review
+    # decisions on the table's rows. It says what does read it again: --full-refresh.
+    good = pictures(workdir / "scans", 2)
+    url = sqlite_db(
+        workdir / "qa.db",
+        "CREATE TABLE t (id INTEGER, image TEXT, question TEXT, answer TEXT, u INTEGER)",
+        f"INSERT INTO t VALUES (1, '{good[0]}', 'q?', 'a', 1)",
+        f"INSERT INTO t VALUES (2, '{good[1]}', 'q?', 'b', 2)",
+    )
+    spec = recipe("out", "state.db", validation_fraction=0.0)
+    spec["sources"] = [{"type": "sql", "url": url, "table": "t", "cursor": "u", "key": ["id"]}]
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    first = run(workdir, spec)
+    (aside,) = set_aside(Path(first.version_uri))
+    assert aside["reason"] == "unreadable"
+    assert aside["detail"].endswith(": cannot read (Permission denied); --full-refresh reads it again")
+    with sqlite3.connect(workdir / "state.db") as db:
+        assert db.execute("SELECT item FROM watermarks WHERE source = 'read-again'").fetchall() == []
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    assert run(workdir, spec).manifest is None and "review decisions" not in caplog.text
+    assert run(workdir, spec, full_refresh=True).manifest.counts.written == 2
