@@ -743,7 +743,7 @@ class FilesSourceReader(ListedFiles):
                     except Unreadable as failed:
                         error = failed
                     else:
-                        yield self._less_kept(batch)
+                        yield self._less_kept(batch, step.entry.uri)
                         passed_on = step.at
                         continue
                 if error is None:
@@ -756,12 +756,26 @@ class FilesSourceReader(ListedFiles):
                     # and the file read again from its start would give them twice.
                     raise error
 
-    def _less_kept(self, batch: SourceBatch) -> SourceBatch:
-        """``batch`` less the rows whose published records stay as they were though their file is read again
-        (``SourceWatermark.kept``: a VQA row whose image was moved away since): carried, not read."""
-        if self.watermark is None or not self.watermark.kept or not batch.rows.num_rows:
+    def _less_kept(self, batch: SourceBatch, uri: str) -> SourceBatch:
+        """``batch`` (of file ``uri``) less the rows whose published records stay as they were though their
+        file is read again (``SourceWatermark.kept``: a VQA row whose image was moved away since): carried, not
+        read. Of an unchanged file read for the records an earlier run could not take (``SourceWatermark.retry``)
+        only those: its others stay as that run left them."""
+        mark = self.watermark
+        if mark is None:
             return batch
-        kept = pa.array(sorted(self.watermark.kept), pa.string())
+        if uri in mark.retry and uri not in mark.replaced:
+            wanted = pa.array(sorted(mark.retry[uri]), pa.string())
+            return dataclasses.replace(
+                batch,
+                rows=batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted))
+                if batch.rows.num_rows
+                else batch.rows,
+                set_aside=batch.set_aside.filter(pc.is_in(batch.set_aside["id"], value_set=wanted)),
+            )
+        if not mark.kept or not batch.rows.num_rows:
+            return batch
+        kept = pa.array(sorted(mark.kept), pa.string())
         rows = batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept)))
         return dataclasses.replace(batch, rows=rows)
 

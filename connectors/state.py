@@ -188,7 +188,9 @@ def _settings_key(config: BaseModel) -> str:
 class SourceWatermark:
     """What one source took in earlier runs (committed) and what this run has taken (pending)."""
 
-    def __init__(self, committed: dict[str, Any], read_again: set[str] | None = None) -> None:
+    def __init__(
+        self, committed: dict[str, Any], read_again: set[str] | None = None, retry: dict[str, set[str]] | None = None
+    ) -> None:
         self.committed = committed
         # New file -> the file taken before whose bytes it holds (renamed, moved or copied): not read.
         self.same_bytes: dict[str, str] = {}
@@ -200,6 +202,9 @@ class SourceWatermark:
         # Inputs taken before that this run reads again though unchanged (review decisions that only
         # a record read again can take: see curation.review.decisions.inputs_to_read_again).
         self.read_again = read_again if read_again is not None else set()
+        # Inputs taken before, unchanged since, holding records an earlier run could not take (a VQA row's image
+        # it could not read for now: ``Watermarks.read_next_run``) -> their ids: only those rows are read again.
+        self.retry = retry if retry is not None else {}
         self.pending: dict[str, Any] = {}
         # Whether this run reads again something an earlier run took (a changed file, a table read
         # whole): records published before can then be written again, and replace their carried copy.
@@ -252,9 +257,10 @@ class Watermarks:
         create_tables(engine)
         self.sources: dict[str, SourceWatermark] = {}
         # Inputs an earlier run read, but not all their records (a VQA row's image it could not read for
-        # now: ``read_next_run``), how many records each: read again by this run, changed or not.
-        self.committed_unread: dict[str, int] = {}
-        self.pending_unread: dict[str, int] = {}
+        # now: ``read_next_run``) -> the ids of those records: this run reads them again, changed or not (a
+        # files source: ``SourceWatermark.retry``).
+        self.retry: dict[str, set[str]] = {}
+        self.pending_unread: dict[str, list[str]] = {}
         if not full_refresh:
             with engine.connect() as db:
                 rows = db.execute(
@@ -262,8 +268,12 @@ class Watermarks:
                         watermarks.c.dataset == dataset, watermarks.c.source == _READ_AGAIN
                     )
                 )
-                self.committed_unread = {item: json.loads(value) for item, value in rows}
-            self.read_again |= self.committed_unread.keys()
+                for item, value in rows:
+                    ids = json.loads(value)
+                    if isinstance(ids, list):
+                        self.retry[item] = set(ids)
+                    else:  # a count, as the release before kept it: the input is read whole again
+                        self.read_again.add(item)
 
     def for_source(self, config: BaseModel) -> SourceWatermark:
         key, *earlier = source_keys(config)
@@ -280,7 +290,7 @@ class Watermarks:
                         committed = {item: json.loads(value) for item, value in rows}
                         if committed:
                             break
-            self.sources[key] = SourceWatermark(committed, self.read_again)
+            self.sources[key] = SourceWatermark(committed, self.read_again, self.retry)
         return self.sources[key]
 
     def had_previous(self) -> bool:
@@ -291,15 +301,16 @@ class Watermarks:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
 
-    def read_next_run(self, unread: dict[str, int]) -> None:
-        """Have the next run read these inputs (URIs) again, changed or not: this run read them, but not
-        ``unread[uri]`` of their records (an image a VQA row names it could not read for now). Read whole
-        again, an input's records replace their published copies, as a changed file's do."""
-        self.pending_unread = dict(unread)
+    def read_next_run(self, unread: dict[str, list[str]]) -> None:
+        """Have the next run read these records again: this run read their inputs (URIs, of a files source),
+        but could not take records ``unread[uri]`` (ids: an image a VQA row names it could not read for now).
+        Unchanged, an input gives the next run only those (``SourceWatermark.retry``); its other records stay
+        as published. Changed, it is read whole, as ever."""
+        self.pending_unread = {uri: sorted(set(ids)) for uri, ids in unread.items()}
 
     def unread(self) -> int:
         """How many inputs this run could not read (``UNREAD``), whatever earlier runs made of them."""
-        return sum(self.pending_unread.values()) + sum(
+        return sum(map(len, self.pending_unread.values())) + sum(
             source.unread_inputs.get(item, 1)
             for source in self.sources.values()
             for item, value in source.pending.items()
@@ -308,7 +319,7 @@ class Watermarks:
 
     def still_unread(self) -> int:
         """How many inputs of items an earlier run could not read (``UNREAD``) this run could not read either."""
-        again = sum(count for uri, count in self.pending_unread.items() if uri in self.committed_unread)
+        again = sum(len(self.retry.get(uri, set()).intersection(ids)) for uri, ids in self.pending_unread.items())
         return again + sum(
             source.unread_inputs.get(item, 1)
             for source in self.sources.values()
@@ -362,8 +373,8 @@ class Watermarks:
                     insert(key, item, value)
             marks = (watermarks.c.dataset == self.dataset) & (watermarks.c.source == _READ_AGAIN)
             db.execute(watermarks.delete().where(marks))  # read again by this run: a mark each still unread
-            for uri, count in self.pending_unread.items():
-                insert(_READ_AGAIN, uri, count)
+            for uri, ids in self.pending_unread.items():
+                insert(_READ_AGAIN, uri, ids)
 
 
 # --- the run lock ----------------------------------------------------------------------------------
@@ -676,6 +687,8 @@ def new_files(
             if kept is not None:
                 as_before.add(entry.uri)
                 kept = _unlinked(kept)  # read now: from this run on its records are its own
+        elif entry.uri in watermark.retry:  # unchanged: read for the records an earlier run could not take
+            fresh.add(entry.uri)
         elif _held_bytes_of(kept) is not None:
             linked.append((entry, kept))
         if kept != before:

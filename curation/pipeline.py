@@ -377,8 +377,13 @@ def _replaced_records(
     would leave the dataset."""
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
     published = records_from_inputs(latest, watermarks.replaced())
-    if recipe.record.kind == "vqa":  # a record whose image was moved away since stays as published
-        keep_archived(sources, Shape(recipe.record, carry=recipe.output.carry_columns()), published["id"].to_arrow())
+
+    def keep(uris: set[str]) -> None:  # a VQA record whose image is gone, or unreadable now, stays as published
+        if recipe.record.kind == "vqa" and uris:
+            shape = Shape(recipe.record, carry=recipe.output.carry_columns())
+            keep_archived(sources, shape, published["id"].to_arrow(), uris)
+
+    keep(watermarks.replaced())
     replaced_ids = _less_kept(published["id"], watermarks)
     if replaced_ids.is_empty():
         return inputs, replaced_ids, published
@@ -390,6 +395,7 @@ def _replaced_records(
             getattr(source, "list_again", lambda: None)()
         inputs = source_inputs(sources)
         published = records_from_inputs(latest, watermarks.replaced())
+        keep(holding & watermarks.replaced())  # read again now: the set of files read again is final
         replaced_ids = _less_kept(published["id"], watermarks)
     # An input that cannot be read again (gone, a SQL cursor, a source that lists once): the records
     # it holds duplicates of stay as they were published, or their content would leave the dataset.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 import curation.stages.image_check as image_check
 from connectors.storage import filesystem
 from curation.pipeline import RunResult
-from tests.helpers import lineage_rows, refusing, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, refusing, run, set_aside, sqlite_db, write_jsonl
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -186,8 +187,10 @@ def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_th
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An image it may not read (a permission, a share away, S3 throttling) is there: quarantined as
-    # `unreadable`, as the images connector has it, and the JSONL read again by the next run, changed or not.
-    # It was `missing_image` for good: the JSONL's watermark moved on, the next run found nothing new.
+    # `unreadable`, as the images connector has it, and its rows read again by the next run, the JSONL changed or
+    # not. It was `missing_image` for good: the JSONL's watermark moved on, the next run found nothing new.
+    # Unchanged, the JSONL gives the next runs only those rows: its others stay as published. Read whole, each
+    # scheduled run published a version rewriting them while the image stayed unreadable ("nothing new" never).
     good = pictures(workdir / "scans", 4)
     write_jsonl(workdir / "qa.jsonl", asks(good))
     spec = recipe("out", "state.db")
@@ -196,18 +199,38 @@ def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_th
     assert first.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
     details = [row["detail"] for row in set_aside(Path(first.version_uri))]
     assert all("cannot read (Permission denied); the next run reads it again" in d for d in details), details
-    refused = run(workdir, spec)  # still refused: read again, quarantined again, nothing published twice
-    assert refused.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
-    assert published(refused) == published(first) and len(published(first)) == 6
+    for _ in range(2):  # still refused: its two rows read again, quarantined again, nothing published
+        refused = run(workdir, spec)
+        assert refused.manifest is None and refused.message.startswith("nothing new since scans v1")
+        assert "2 input(s) (files, image rows) still cannot be read" in refused.message
     monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
     second = run(workdir, spec)
-    assert second.manifest.counts.written == 8 and second.manifest.counts.carried == 0
-    # Its records written again in place of their published copies (same ids, sides, lines and images); the
-    # two not read before published too.
+    counts = second.manifest.counts
+    assert (second.manifest.version, counts.input, counts.written, counts.carried) == (2, 2, 2, 6)
+    # The two not read before published, the others carried as they were (same ids, sides, lines and images).
     now = published(second)
     assert len(now) == 8 and {i: now[i] for i in published(first)} == published(first)
     assert len(lineage_rows(Path(second.version_uri))) == 8
     assert run(workdir, spec).manifest is None  # read, nothing is left to read again
+
+
+def test_a_delta_version_holds_only_the_rows_read_again_once_their_image_can_be_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With carry_forward false, the JSONL read again for its unreadable rows was read whole: each run's delta
+    # version held the six readable records again (18 copies of 6 records after three runs).
+    good = pictures(workdir / "scans", 4)
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    spec = {**recipe("out", "state.db", carry_forward=False), "stages": []}
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 6
+    assert [run(workdir, spec).manifest for _ in range(2)] == [None, None]
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    second = run(workdir, spec)
+    assert (second.manifest.extends, second.manifest.counts.input, second.manifest.counts.written) == (1, 2, 2)
+    ids = [row["id"] for result in (first, second) for row in lineage_rows(Path(result.version_uri))]
+    assert len(ids) == len(set(ids)) == 8
 
 
 def test_a_published_record_whose_image_was_moved_away_stays_when_its_jsonl_is_read_again(workdir: Path) -> None:
@@ -237,3 +260,75 @@ def test_a_published_record_whose_image_was_moved_away_stays_when_its_jsonl_is_r
     assert len(now) == 4 - 1 and {i: now[i] for i in published(first)} == published(first)
     carried = [row for row in lineage_rows(Path(second.version_uri)) if row["carried_from"] == 1]
     assert [row["source"]["line"] for row in carried] == [1]
+
+
+def test_a_published_record_whose_image_cannot_be_read_for_now_stays_when_its_jsonl_is_read_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A line appended, the JSONL is read whole again while the share holding c1 refuses it (a permission, an
+    # I/O error): c1's two published records were quarantined as `unreadable` and left the new version. They
+    # stay as published (carried), as a record whose image was moved away does; only rows never published are
+    # quarantined.
+    good = pictures(workdir / "scans", 4)
+    rows = asks(good)
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = recipe("out", "state.db")
+    first = run(workdir, spec)
+    never = {"image": good[1], "question": "Never read?", "answer": "c1"}
+    write_jsonl(workdir / "qa.jsonl", [*rows, {"image": good[2], "question": "New?", "answer": "c2"}, never])
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert (counts.input, counts.carried, counts.reasons["quarantined"]) == (8, 2, {"unreadable": 1})
+    (aside,) = set_aside(Path(second.version_uri))
+    assert json.loads(aside["record"])["question"] == "Never read?"
+    now = published(second)
+    assert len(now) == 9 and {i: now[i] for i in published(first)} == published(first)
+
+
+def test_a_moved_image_record_of_a_file_read_again_for_a_duplicate_it_holds_stays(workdir: Path) -> None:
+    # qa.jsonl changes: its record is replaced, and qb.jsonl, which held its duplicate (set aside), is read again
+    # so that the content stays. qb's other record, whose image was moved away since, was quarantined as
+    # `missing_image` and left the dataset: the moved-away records were looked for before qb was added.
+    good = pictures(workdir / "scans", 3)
+    a = [{"image": good[0], "question": "Colour?", "answer": "c0"}]
+    b = [dict(a[0]), {"image": good[1], "question": "Colour?", "answer": "c1"}]
+    write_jsonl(workdir / "in" / "qa.jsonl", a)
+    write_jsonl(workdir / "in" / "qb.jsonl", b)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [{"path": "in"}]}
+    first = run(workdir, spec)
+    assert len(published(first)) == 2  # qa's row, qb's c1 row (qb's first row a duplicate)
+    Path(good[1]).unlink()
+    write_jsonl(workdir / "in" / "qa.jsonl", [*a, {"image": good[2], "question": "Colour?", "answer": "c2"}])
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert "quarantined" not in counts.reasons and counts.carried == 1
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+
+
+def test_a_sql_row_whose_image_cannot_be_read_for_now_says_what_reads_it_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only a files source reads a marked input's rows again. A SQL table read by its cursor never did: its detail
+    # said "the next run reads it again", a mark nothing used was kept, and the next run warned of review
+    # decisions on the table's rows. It says what does read it again: --full-refresh.
+    good = pictures(workdir / "scans", 2)
+    url = sqlite_db(
+        workdir / "qa.db",
+        "CREATE TABLE t (id INTEGER, image TEXT, question TEXT, answer TEXT, u INTEGER)",
+        f"INSERT INTO t VALUES (1, '{good[0]}', 'q?', 'a', 1)",
+        f"INSERT INTO t VALUES (2, '{good[1]}', 'q?', 'b', 2)",
+    )
+    spec = recipe("out", "state.db", validation_fraction=0.0)
+    spec["sources"] = [{"type": "sql", "url": url, "table": "t", "cursor": "u", "key": ["id"]}]
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    first = run(workdir, spec)
+    (aside,) = set_aside(Path(first.version_uri))
+    assert aside["reason"] == "unreadable"
+    assert aside["detail"].endswith(": cannot read (Permission denied); --full-refresh reads it again")
+    with sqlite3.connect(workdir / "state.db") as db:
+        assert db.execute("SELECT item FROM watermarks WHERE source = 'read-again'").fetchall() == []
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    assert run(workdir, spec).manifest is None and "review decisions" not in caplog.text
+    assert run(workdir, spec, full_refresh=True).manifest.counts.written == 2

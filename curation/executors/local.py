@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.base import Source
+from connectors.files import CONNECTOR as FILES
 from connectors.read_ahead import read_ahead
 from connectors.state import process_alive
 from curation.stages.base import GlobalStage, Stage
@@ -64,9 +65,9 @@ class Tally:
     queued: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     queued_read: set[str] = field(default_factory=set)
     # Inputs (URIs) holding records a stage could not read for now (``unreadable``: a VQA row's image it may
-    # not read), how many each: the next run reads them again (``Watermarks.read_next_run``). One the reader
-    # could not read keeps such a watermark of its own (stage ``read``).
-    unread_inputs: Counter[str] = field(default_factory=Counter)
+    # not read) of a files source, the ids of those: the next run reads them again (``Watermarks.read_next_run``).
+    # One the reader could not read keeps such a watermark of its own (stage ``read``).
+    unread_inputs: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -339,8 +340,15 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
             zip(copies["duplicate_of"].to_pylist(), copies["id"].to_pylist(), uris, strict=True)
         )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
-    unread = table.filter(pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")))
-    tally.unread_inputs.update(pc.struct_field(unread["source"], "uri").to_pylist())
+    # A files source's alone: another reads its rows again only on --full-refresh (a SQL cursor moved past them).
+    unread = table.filter(
+        pc.and_(
+            pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")),
+            pc.equal(pc.struct_field(table["source"], "connector"), FILES),
+        )
+    )
+    for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
+        tally.unread_inputs[uri].append(record)
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
     )

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from pyarrow.fs import FileType
 
 from connectors.base import Source
+from connectors.files import CONNECTOR as FILES
 from connectors.files import FilesSourceReader
 from connectors.storage import filesystem, is_s3
 from curation.formats import IMAGE_EXTENSIONS
@@ -29,7 +30,11 @@ from schemas.records import input_record_json, location, set_aside_rows
 # Bytes read at a time while Pillow looks for the header: one request for most S3 images, not one per marker.
 _READ_SIZE = 64 * 1024
 
-_AGAIN = "; the next run reads it again"  # as the images connector says it of an image it could not read
+# What reads an ``unreadable`` row again: a files source's input, the next run (``Tally.unread_inputs``), as
+# the images connector says it of an image it could not read; a SQL (cursor) or Hugging Face source's, only
+# --full-refresh (or the images connector, whose rows keep their own watermarks).
+_AGAIN = {FILES: "; the next run reads it again"}
+_FULL_REFRESH = "; --full-refresh reads it again"
 
 
 class _Reads(io.RawIOBase):
@@ -69,15 +74,15 @@ def _why(error: Exception) -> str:
 
 def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
     """``missing_image`` where nothing, or a folder, is at ``path`` (the row's fault, as the images connector
-    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only, so the
-    pipeline has the next run read the row's input again (``Tally.unread_inputs``)."""
+    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only (``ImageCheck``
+    says what reads it again)."""
     try:
         found = fs.get_file_info(path).type
     except (OSError, ValueError):
         found = None
     if isinstance(error, FileNotFoundError) or found in (FileType.NotFound, FileType.Directory):
         return "missing_image", f"{name}: cannot read ({_why(error)})"
-    return "unreadable", f"{name}: cannot read ({_why(error)}){_AGAIN}"
+    return "unreadable", f"{name}: cannot read ({_why(error)})"
 
 
 def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
@@ -106,7 +111,7 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
         return "decompression_bomb", f"{name}: {error}"
     except Exception:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         if raw.error is not None:  # opened, then not read (an I/O error): for now only
-            return "unreadable", f"{name}: cannot read ({_why(raw.error)}){_AGAIN}"
+            return "unreadable", f"{name}: cannot read ({_why(raw.error)})"
         return "unsupported", f"{name}: not an image Pillow can read"
     finally:
         handle.close()
@@ -144,7 +149,9 @@ class ImageCheck:
         bad_problems = [p for p in problems if p is not None]
         rows = rows_as_python(bad, as_text=True)[0]
         details = [
-            f"{location(r['source'])}: image: {detail}" for r, (_, detail) in zip(rows, bad_problems, strict=True)
+            f"{location(r['source'])}: image: {detail}"
+            + (_AGAIN.get(r["source"]["connector"], _FULL_REFRESH) if reason == "unreadable" else "")
+            for r, (reason, detail) in zip(rows, bad_problems, strict=True)
         ]
         set_aside = set_aside_rows(
             bad["id"],
@@ -161,18 +168,24 @@ class ImageCheck:
         return _where(uri, self.folder)
 
 
-def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array) -> None:
-    """Of the ``published`` records (ids) of the files this run reads whole again (a line appended), those
-    whose image is no longer there (inputs are often moved away once taken) stay as published: carried, not
-    read (``SourceWatermark.kept``), as the images connector keeps such a row's record. Read with the rest,
-    each was quarantined as ``missing_image`` and so left the dataset. Known before the run reads (the
-    carry and cross-run dedup leave out the records read again): their files' rows are read for it here."""
+def keep_archived(
+    sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array, uris: set[str]
+) -> None:
+    """Of the ``published`` records (ids) of the files ``uris`` this run reads whole again (a line appended), those
+    whose image cannot be read now, whatever the reason (inputs are often moved away once taken; a share away,
+    a permission), stay as published: carried, not read (``SourceWatermark.kept``), as the images connector
+    keeps such a row's record. Read with the rest, each was quarantined (``missing_image``, ``unreadable``) and
+    so left the dataset. Known before the run reads (the carry and cross-run dedup leave out the records read
+    again): their files' rows are read for it here, and each image opened once (a stat, an S3 HEAD)."""
     wanted = published.cast(pa.string())  # Polars hands large strings on
+    unopened: dict[str, bool] = {}  # an image several questions ask about is opened once
     for source in sources:
         mark = getattr(source, "watermark", None)
         if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
             continue  # an images source keeps such rows itself; a SQL or Hugging Face one is not read twice
-        again = [entry for entry in source.entries() if entry.uri in mark.replaced]
+        again = [entry for entry in source.entries() if entry.uri in mark.replaced & uris]
+        if not again:
+            continue
         for batch in source.limited_to(again).batches():
             rows = batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted)) if batch.rows.num_rows else None
             if rows is None or not rows.num_rows:
@@ -184,17 +197,22 @@ def keep_archived(sources: list[Source], shape: Callable[[pa.Table], StageResult
             for row, (record, uri) in enumerate(
                 zip(records["id"].to_pylist(), records["image"].to_pylist(), strict=True)
             ):
-                if uri and not (held and held[row]) and _gone(_where(uri)):
+                if not uri or (held and held[row]):
+                    continue
+                if uri not in unopened:
+                    unopened[uri] = _cannot_open(_where(uri))
+                if unopened[uri]:
                     mark.kept.add(record)
 
 
-def _gone(uri: str) -> bool:
-    """Whether nothing is at ``uri`` now (an error asking says nothing: the run's reading says it)."""
+def _cannot_open(uri: str) -> bool:
+    """Whether the image at ``uri`` cannot be opened now: not there, a folder, or refused (for now or not)."""
     try:
         fs, path = filesystem(uri)
-        return fs.get_file_info(path).type == FileType.NotFound
+        fs.open_input_file(path).close()
     except (OSError, ValueError):
-        return False
+        return True
+    return False
 
 
 def _where(uri: str, folder: str | None = None) -> str:
