@@ -858,8 +858,9 @@ class ListedFiles:
         changed or not, and the run goes on with the other files. ``error`` is raised where the file
         cannot be left to the next run: without a watermark (an images sidecar, whose rows keep their
         own), or read again after an earlier run took it (changed: the records it gave are replaced by
-        what it holds now, which would be nothing)."""
-        if self.watermark is None or entry.uri in self.watermark.replaced:
+        what it holds now, which would be nothing; or for the rows an earlier run could not take, whose
+        mark would go, and the file, then new, be read whole again: its records published twice)."""
+        if self.watermark is None or entry.uri in self.watermark.replaced or entry.uri in self.watermark.retry:
             raise error
         self.watermark.set(entry.uri, UNREAD)
         set_aside = set_aside_rows(

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import curation.stages.image_check as image_check
-from connectors.storage import filesystem
+from connectors.storage import StorageError, filesystem
 from curation.pipeline import RunResult
 from tests.helpers import lineage_rows, refusing, run, set_aside, sqlite_db, write_jsonl
 
@@ -332,3 +332,30 @@ def test_a_sql_row_whose_image_cannot_be_read_for_now_says_what_reads_it_again(
     monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
     assert run(workdir, spec).manifest is None and "review decisions" not in caplog.text
     assert run(workdir, spec, full_refresh=True).manifest.counts.written == 2
+
+
+def test_a_file_read_again_for_its_marked_rows_that_cannot_be_read_fails_the_run_and_keeps_the_mark(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run that reads a file for the rows an earlier run could not take found the file itself unreadable
+    # (a share away): quarantined whole and staged unread, its mark went, and the next run read it whole as
+    # new: its six published records were written again beside their carried copies.
+    import connectors.files as files
+    import connectors.state as state
+
+    good = pictures(workdir / "scans", 4)
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    spec = recipe("out", "state.db")
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    assert run(workdir, spec).manifest.counts.written == 6
+    for module in (files, state):
+        monkeypatch.setattr(module, "filesystem", refusing(workdir / "qa.jsonl", filesystem))
+    with pytest.raises(StorageError, match=r"qa\.jsonl: cannot read"):
+        run(workdir, spec)
+    for module in (files, state, image_check):
+        monkeypatch.setattr(module, "filesystem", filesystem)
+    third = run(workdir, spec)
+    counts = third.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (2, 2, 6)
+    ids = [row["id"] for row in lineage_rows(Path(third.version_uri))]
+    assert len(ids) == len(set(ids)) == 8
