@@ -308,6 +308,50 @@ def own_scales(values: list[Any], array: pa.Array) -> pa.Array:
     return pa.array(texts, pa.string())
 
 
+def _mixed_zones(values: list[Any]) -> dict[Any, list[int]] | None:
+    """The rows of each zone (a UTC offset, or None for a moment without one) of a column of moments holding more
+    than one, else None. SQLite holds each DATETIME value as the text it was written as ('2026-01-01 10:00:00'
+    beside '2026-01-01 10:00:00+02:00', or '...Z'): Arrow gives a column one zone, its first value's, so a
+    value of another was published as another moment's text (naive beside a naive one) or in another offset, and
+    a row's id without a key changed with the rows read beside it."""
+    at_zone: dict[Any, list[int]] = {}
+    for row, value in enumerate(values):
+        if isinstance(value, datetime):
+            at_zone.setdefault(value.tzinfo, []).append(row)
+        elif value is not None:
+            return None
+    return at_zone if len(at_zone) > 1 else None
+
+
+def own_zones(values: list[Any]) -> tuple[pa.Array, pa.Array] | None:
+    """For a column of moments of more than one zone (``_mixed_zones``), each value as text, as it is published
+    when read alone (Python's str, as a template and a field write a moment), and as its row's content has it
+    when read alone (Arrow's text in a column of its zone), so the row's id and value are its own whatever rows
+    share its batch; None for a column of one zone, left as it is (its rows' ids stay as published)."""
+    at_zone = _mixed_zones(values)
+    if at_zone is None:
+        return None
+    contents: list[str | None] = [None] * len(values)
+    for at in at_zone.values():
+        for row, text in zip(at, pa.array([values[row] for row in at]).cast(pa.string()).to_pylist(), strict=True):
+            contents[row] = text
+    published = [None if value is None else str(value) for value in values]
+    return pa.array(published, pa.string()), pa.array(contents, pa.string())
+
+
+def table_and_contents(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[pa.Table, list[bytes]]:
+    """``arrow_table`` and each row's content (``row_contents``), a column of moments of more than one zone
+    hashed as each value is read alone (``own_zones``)."""
+    table = arrow_table(columns, rows)
+    as_read = table
+    for index, name in enumerate(columns):
+        if pa.types.is_string(table.schema.field(index).type):  # a column of mixed zones is published as text
+            zoned = own_zones([row[index] for row in rows])
+            if zoned is not None:
+                as_read = as_read.set_column(index, name, zoned[1])
+    return table, row_contents(as_read)
+
+
 class Fingerprint:
     """What a result holds, whatever order its rows come in (SQL gives none without ORDER BY): the
     row count and the sum of the rows' xxh3-128, modulo 2**128."""
@@ -369,6 +413,8 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             arrays[name] = pa.array(values)
             if pa.types.is_decimal(arrays[name].type):
                 arrays[name] = own_scales(values, arrays[name])
+            elif pa.types.is_timestamp(arrays[name].type) and (zoned := own_zones(values)) is not None:
+                arrays[name] = zoned[0]
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # TypeError: a decimal Infinity (PostgreSQL's)
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())
@@ -1029,13 +1075,12 @@ class SqlSourceReader:
         A value Python cannot hold is null in the table, and its row's content is its values' text (as
         ``_new_rows`` writes them): the row is set aside, and an edit of such a value is a change."""
         if not any(unreadable):
-            return (table := arrow_table(columns, rows)), row_contents(table)
+            return table_and_contents(columns, rows)
         at = [i for i, names in enumerate(unreadable) if names]
         clean = list(rows)
         for i in at:
             clean[i] = [None if _holds_unreadable(value) else value for value in rows[i]]
-        table = arrow_table(columns, clean)
-        contents = row_contents(table)
+        table, contents = table_and_contents(columns, clean)
         contents = [c if isinstance(c, bytes) else c.as_py().encode() for c in contents]
         for i in at:
             contents[i] = _values_text(rows[i])

@@ -1769,3 +1769,58 @@ def test_a_query_selecting_a_column_named_as_the_cursor_ties_keeps_its_values(tm
                 db.execute(sa.text(later))
     engine.dispose()
     assert read == [[("a", 1), ("b", 1), ("c", 1)], [("d", 1)]]
+
+
+@pytest.mark.parametrize("declared", ["DATETIME", "TIMESTAMP"])
+@pytest.mark.parametrize("cursor", ["u", None])
+def test_a_sqlite_moment_is_published_and_identified_alone_whatever_zones_share_its_batch(
+    tmp_path: Path, declared: str, cursor: str | None
+) -> None:
+    # SQLite holds each value as the text it was written as. Arrow gave a batch's column its first value's zone:
+    # '11:00:00+02:00' beside a naive value was published as '09:00:00' (another moment), '...Z' beside it in
+    # +02:00, and a row's id changed with batch_rows and with which rows were new (published twice).
+    rows = [
+        (1, "a", "x", "2026-01-01 10:00:00"),
+        (2, "b", "y", "2026-01-01 11:00:00+02:00"),
+        (3, "c", "z", "2026-01-01T12:00:00.5Z"),
+        (4, "d", "w", "2026-01-01 13:00:00"),
+    ]
+    config = SqlSource(type="sql", url=small_table(tmp_path / "crm.db", rows, declared), table="t", cursor=cursor)
+
+    def read(batch_rows: int) -> dict[str, tuple[str, str]]:
+        # A value as a template or a field writes it (Python's str, as the stages do).
+        return {r["subject"]: (r["id"], str(r["u"])) for b in read_all(config, batch_rows) for r in b.rows.to_pylist()}
+
+    alone = read(1)
+    assert read(1000) == alone
+    assert {subject: value for subject, (_, value) in alone.items()} == {
+        "a": "2026-01-01 10:00:00",
+        "b": "2026-01-01 11:00:00+02:00",
+        "c": "2026-01-01 12:00:00.500000+00:00",
+        "d": "2026-01-01 13:00:00",
+    }
+
+
+def test_sqlite_moments_of_one_zone_keep_the_ids_they_were_published_under(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A column of moments all naive, or all of one offset, is read as before: its rows' ids are persisted (the ids
+    # below are those the release before this one gave).
+    monkeypatch.chdir(tmp_path)  # the source's URI, part of each id, is the same in every run
+    tables = {
+        ("2026-01-01 10:00:00", "2026-01-01 11:00:00.5"): [
+            "e0f6b1957cd1694914cfb9ff221168d8",
+            "002d9d922c44f9e511a68ec611f0ab18",
+        ],
+        ("2026-01-01 10:00:00+02:00", "2026-01-01T11:00:00.5+02:00"): [
+            "80bcd8230cf0e284721cc14b4f4c0908",
+            "12a3c2bc4ebab0737dbbc2966363acdc",
+        ],
+    }
+    for (first, second), ids in tables.items():
+        Path("crm.db").unlink(missing_ok=True)
+        url = small_table(Path("crm.db"), [(1, "a", "x", first), (2, "b", "y", second)], "DATETIME")
+        for cursor in ("u", None):
+            for batch_rows in (1, 1000):
+                config = SqlSource(type="sql", url=url, table="t", cursor=cursor)
+                assert [r["id"] for b in read_all(config, batch_rows) for r in b.rows.to_pylist()] == ids
