@@ -1824,3 +1824,26 @@ def test_sqlite_moments_of_one_zone_keep_the_ids_they_were_published_under(
             for batch_rows in (1, 1000):
                 config = SqlSource(type="sql", url=url, table="t", cursor=cursor)
                 assert [r["id"] for b in read_all(config, batch_rows) for r in b.rows.to_pylist()] == ids
+
+
+def test_a_sqlite_table_gaining_a_moment_of_another_zone_keeps_its_records(workdir: Path) -> None:
+    # The first run read naive values only; the second read them beside a value with an offset, in one batch:
+    # that one was published as the naive '09:00:00' and, had it come first, the naive rows as other moments.
+    url = sqlite_db(
+        workdir / "crm.db", "CREATE TABLE t (q TEXT, u DATETIME)", "INSERT INTO t VALUES ('a', '2026-01-01 10:00:00')"
+    )
+    spec = recipe(url, table="t")
+    spec["record"] = {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ u }}"}
+    first = run(workdir, spec)
+    sqlite_db(workdir / "crm.db", "INSERT INTO t VALUES ('b', '2026-01-01 11:00:00+02:00')")
+    again = run(workdir, spec)
+    assert sorted((line["prompt"], line["completion"]) for line in outputs(Path(again.version_uri))) == [
+        ("a", "2026-01-01 10:00:00"),
+        ("b", "2026-01-01 11:00:00+02:00"),
+    ]
+    assert outputs(Path(first.version_uri))[0] in outputs(Path(again.version_uri))  # same record, same id
+    # A batch of mixed zones beside one of a single zone, in one run: the same records.
+    sqlite_db(workdir / "crm.db", "INSERT INTO t VALUES ('c', '2026-01-01 12:00:00')")
+    whole = outputs(Path(run(workdir, spec, full_refresh=True).version_uri))
+    spec["batch_rows"] = 2
+    assert sorted(outputs(Path(run(workdir, spec, full_refresh=True).version_uri)), key=str) == sorted(whole, key=str)
