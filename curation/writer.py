@@ -40,7 +40,7 @@ from curation.published import dataset_uri, published_versions, read_manifest, v
 from curation.report import reported_columns
 from curation.review.decisions import RunDecisions
 from curation.split import Splitter
-from curation.stopping import Stopped, stops_deferred
+from curation.stopping import stops_deferred
 from schemas.arrow_bytes import string_buffers
 from schemas.manifest import MANIFEST_NAME, Manifest, Shard, Split
 from schemas.records import SOURCE_TYPE
@@ -996,6 +996,30 @@ class DatasetWriter:
             raise PublishedMeanwhile(self._changed_meanwhile(builds_on, existing))
         self._check_staged()
         version = (existing[-1] + 1) if existing else 1
+        target_uri = version_uri(self.dest, self.dataset, version)
+        if self._has_manifest(filesystem(target_uri)[1]):
+            # Published since the versions were listed, a moment ago (by a run of another state store): a
+            # published version is never removed to make room for this one.
+            raise PublishedMeanwhile(self._changed_meanwhile(existing, [*existing, version]))
+        s3 = is_s3(target_uri)
+        if s3:  # the number first: one a stalled run of this store claimed is passed by (``_claim``)
+            version = self._claim(version)
+        try:
+            return self._publish_as(version, existing, build_manifest, side_files, before_visible)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the store out of reach: the claim stays, as a killed run's
+                if s3 and self._claim_holder(version) == self.run_id:  # copying takes its claim away itself
+                    self._unclaim(version)
+            raise
+
+    def _publish_as(
+        self,
+        version: int,
+        existing: list[int],
+        build_manifest: Callable[[int, dict[str, Split], list[str]], Manifest],
+        side_files: dict[str, str],
+        before_visible: Callable[[int], None],
+    ) -> Manifest:
         splits = {
             name: Split(records=sum(s.records for s in shards), shards=shards)
             for name, shards in ((name, self.carried[name] + series.shards) for name, series in self.splits.items())
@@ -1011,8 +1035,8 @@ class DatasetWriter:
         _, target = filesystem(target_uri)
         meanwhile = self._changed_meanwhile(existing, [*existing, version])
         if self._has_manifest(target):
-            # Published since the versions were listed, a moment ago (by a run of another state store): a
-            # published version is never removed to make room for this one.
+            # Published whole since the look in ``publish`` (on S3, before this run's claim: that run's claim
+            # is removed once its manifest is written): its files are not what a killed run left.
             raise PublishedMeanwhile(meanwhile)
         if is_s3(target_uri):
             self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
@@ -1102,15 +1126,9 @@ class DatasetWriter:
     def _publish_s3(
         self, version: int, target: str, manifest_body: bytes, before_visible: Callable[[], None], meanwhile: str
     ) -> None:
-        """Copies into ``vN/`` once this run holds the number's claim, and writes the manifest only where
-        there is none: a run of another state store publishing the same number at the same moment gets
-        neither, having copied nothing (their copies would mix under the same names)."""
-        self._claim(version)
-        if self._has_manifest(target):
-            # Published whole between the check in ``publish`` and the claim (that run's claim is removed
-            # once its manifest is written): its files are not what a killed run left.
-            self._unclaim(version)
-            raise PublishedMeanwhile(meanwhile)
+        """Copies into ``vN/``, whose claim this run holds, and writes the manifest only where there is
+        none: no other run writes under ``vN/`` while the claim is there (their copies would mix under the
+        same names), and only this run removes it."""
         # A folder without a manifest is no version: what a run killed while copying left there goes first.
         self.fs.delete_dir_contents(target, missing_dir_ok=True)
         try:
@@ -1128,9 +1146,9 @@ class DatasetWriter:
             raise
         try:
             before_visible()
-        except Stopped:
-            # Stopped (SIGTERM) with every copy made: taken away as when stopped while copying. Not when the
-            # lock was lost (LockLost): the run that took over may be publishing this number now.
+        except BaseException:
+            # Stopped (SIGTERM), or its lock lost, with every copy made: taken away as when stopped while
+            # copying. Even with its lock lost, ``vN`` is still this run's: no run takes a claim over.
             with stops_deferred():
                 self._take_away(target, version)
             raise
@@ -1142,14 +1160,13 @@ class DatasetWriter:
 
     def _take_away(self, target: str, version: int) -> None:
         """Remove what this run copied into ``vN/`` and its claim of the number, as far as the store lets it;
-        nothing where the number is no longer this run's: its lock lapsed (a stall), and the run that took it
-        over (which counts this one as ended) may have published ``vN`` or be copying into it now."""
+        nothing where the number is not known to be this run's still (its claim deleted by hand)."""
         try:
             ours = self._claim_holder(version) == self.run_id and not self._has_manifest(target)
         except OSError:  # the store out of reach (most often why the copy failed): whose it is now is not known
             ours = False
         if not ours:
-            # Left as it is: no version without a manifest, and the run that publishes ``vN`` clears it first.
+            # Left as it is: no version without a manifest.
             log.warning("%s v%d is not known to be this run's now: what it copied there is left", self.dataset, version)
             return
         try:
@@ -1164,7 +1181,7 @@ class DatasetWriter:
 
     def _unclaim(self, version: int) -> None:
         """Remove this run's claim of ``version``; left behind, it only keeps the number claimed (a run of
-        this run's state store takes it over, any other run's is refused until it is deleted)."""
+        this run's state store passes it by, any other run's is refused until it is deleted)."""
         claim = self._claim_path(version)
         _delete_or_say(
             lambda: self.fs.delete_file(claim),
@@ -1183,21 +1200,36 @@ class DatasetWriter:
     def _claim_path(self, version: int) -> str:
         return f"{self.staging.rsplit('/', 1)[0]}/v{version}.claim"
 
-    def _claim(self, version: int) -> None:
-        """Take the version number on S3 (a claim object written only where there is none), or raise
-        ``PublishedMeanwhile``. A claim of a run this run's state store knows is over (killed, or its lock
-        taken over) is taken over; one of any other run is left: that run may be copying now."""
-        claim, holder = self._claim_path(version), "(unknown)"
-        for _ in range(2):
+    def _claim(self, version: int) -> int:
+        """Take a version number on S3 from ``version`` up (a claim object written only where there is none)
+        and return it, or raise ``PublishedMeanwhile``. A number claimed by a run this run's state store
+        knows is over is passed by, never taken over: that run was killed, or its lock lapsed while it
+        stalled (a paused VM) and it writes under ``vN/`` when it wakes, which no store can stop. A claim of
+        any other run stops this one: that run may be copying now."""
+        claim, holder, tries = self._claim_path(version), "(unknown)", 0
+        while tries < 2:
             if put_if_absent(f"s3://{claim}", self.run_id.encode()):
-                return
+                return version
             found = self._claim_holder(version)
             if found is None:  # removed since: taken again
+                tries += 1
                 continue
             holder = found
             if not self.ended_runs([holder]):
                 break
-            self.fs.delete_file(claim)
+            target = version_uri(self.dest, self.dataset, version)
+            log.warning(
+                "%s v%d was claimed by run %s, which this state store counts as over but which may still write "
+                "there (its lock lapsed: killed, or stalled), so this run publishes the next number; once that run "
+                "is surely over, delete what it left: aws s3 rm --recursive %s/ and aws s3 rm s3://%s",
+                self.dataset,
+                version,
+                holder,
+                target,
+                claim,
+            )
+            version += 1
+            claim, tries = self._claim_path(version), 0
         raise PublishedMeanwhile(
             f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
             f"{holder}, which does not use this run's state store, so this run published nothing; {ONE_STORE}. "

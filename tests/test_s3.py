@@ -128,9 +128,9 @@ def test_what_killed_runs_left_on_s3_is_cleared_by_the_next_one(workdir: Path, b
 def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
     workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch, stopped: bool
 ) -> None:
-    """Stopped (SIGTERM) with every file copied into v1 but its manifest not yet written: the copies stayed
-    under v1/ until a later run published that number. A run whose lock was lost leaves them: the run
-    that took over may be publishing v1 now."""
+    """Stopped (SIGTERM), or its lock lost, with every file copied into v1 but its manifest not yet written:
+    the copies stayed under v1/ until a later run published that number. No run takes a claim over, so v1
+    is still this run's even with its lock lost: it takes them away too."""
     import signal
 
     from connectors.state import HeldLock, LockLost
@@ -149,13 +149,9 @@ def test_a_run_stopped_just_before_its_manifest_takes_its_copies_away(
     with pytest.raises(Stopped if stopped else LockLost):
         run(workdir, recipe)
     assert published_versions(f"s3://{bucket}/out", "docs") == []
-    left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/v1/").get("Contents", [])]
-    if stopped:
-        assert left == []
-    else:
-        assert "out/docs/v1/train/part-00000.jsonl" in left
-    # The next run of the store (as the one that took over) publishes v1: the claim on the number of a
-    # run its store knows is over is taken over, with what that run copied.
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/").get("Contents", [])]
+    assert [key for key in left if key.startswith("out/docs/v1/") or key.endswith(".claim")] == []
+    # The next run of the store publishes v1: the number was given back.
     monkeypatch.setattr(HeldLock, "confirm", confirm_lock)
     result = run(workdir, recipe)
     assert result.manifest.version == 1 and verify_checksums(result.version_uri, result.manifest) == []
@@ -165,8 +161,8 @@ def test_a_run_whose_lock_lapsed_while_it_copied_leaves_the_version_the_run_that
     workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Run A's lease lapses while it copies into v1/ (a stall); run B takes the lock over, counts A as ended
-    (its claim and staging folder taken over and removed) and publishes v1. A's next copy fails, and it
-    took away what it had copied: all of v1/, B's manifest with it."""
+    (its staging folder removed) and publishes v2, leaving v1 to A, which may still write there. A's next
+    copy fails, and it takes away what it had copied (it took away all of B's v1 when B took its claim over)."""
     import sqlalchemy as sa
 
     from curation import writer
@@ -204,9 +200,60 @@ def test_a_run_whose_lock_lapsed_while_it_copied_leaves_the_version_the_run_that
     with pytest.raises(OSError):  # A: its staging folder went with B's clean-up
         run(workdir, recipe)
     [published] = taken_over
-    assert published.manifest.version == 1
-    assert published_versions(f"s3://{bucket}/out", "docs") == [1]
+    assert published.manifest.version == 2
+    assert published_versions(f"s3://{bucket}/out", "docs") == [2]
     assert verify_checksums(published.version_uri, read_manifest(published.version_uri)) == []
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/").get("Contents", [])]
+    assert [key for key in left if key.startswith("out/docs/v1/") or key.endswith(".claim")] == []
+
+
+def test_a_run_stalled_past_its_lease_before_it_copies_leaves_the_version_the_run_that_took_over_published(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A claims v1, then stalls past its lease (a paused VM) just before it clears v1/ of what a killed run
+    left there and copies. Run B takes the lock over and publishes. When A wakes, it goes on with v1/: a
+    number another run took must not be one A still writes or deletes under (it emptied B's v1, manifest and all)."""
+    import sqlalchemy as sa
+
+    from curation import writer
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b"".join(b'{"text": "a%d"}\n' % i for i in range(40)))
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
+    taken_over: list = []
+    stalled: list = []
+    publish = writer.DatasetWriter._publish_s3
+
+    class Stalling:  # A's store: the stall comes between its claim of v1 and its first write under v1/
+        def __init__(self, fs: object) -> None:
+            self.fs = fs
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.fs, name)
+
+        def delete_dir_contents(self, *args: object, **kwargs: object) -> None:
+            if not stalled:
+                stalled.append(True)
+                with sa.create_engine("sqlite:///state.db").begin() as db:
+                    db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
+                s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
+                taken_over.append(run(workdir, recipe))  # B
+            self.fs.delete_dir_contents(*args, **kwargs)
+
+    def stalling(self: writer.DatasetWriter, *args: object, **kwargs: object) -> object:
+        if not stalled:  # A's
+            self.fs = Stalling(self.fs)
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer.DatasetWriter, "_publish_s3", stalling)
+    with pytest.raises(OSError):  # A publishes nothing: its staging folder went with B's clean-up
+        run(workdir, recipe)
+    [published] = taken_over
+    assert published_versions(f"s3://{bucket}/out", "docs") == [published.manifest.version]
+    assert verify_checksums(published.version_uri, read_manifest(published.version_uri)) == []
+    # v1 was left to A (B published v2), and A, its copies failing, took away what it had there and its claim.
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/").get("Contents", [])]
+    assert [key for key in left if key.startswith("out/docs/v1/") or key.endswith(".claim")] == []
 
 
 def test_an_s3_landing_folder_emptied_once_taken_has_nothing_new(workdir: Path, bucket: str, aws_env: str) -> None:
