@@ -590,7 +590,7 @@ def keep_links_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the listing (in this process, the driver's) keep a link out of the source's folder, which it
     refuses: a link to ``unreadable_file()`` is the only way to put a file no process may read in a folder; and
     two links to it, which it lists once, as two inputs."""
-    monkeypatch.setattr(storage, "_within", lambda uri, root, found, links, links_out: found)
+    monkeypatch.setattr(storage, "_within", lambda uri, root, found, *_: found)
     monkeypatch.setattr(storage, "_once", lambda uri, root, found, *rest: found)
 
 
