@@ -933,6 +933,18 @@ def make_dirs(fs: pafs.FileSystem, path: str) -> None:
         fs.create_dir(path, recursive=True)
 
 
+def _s3_key_exists(client: Any, bucket: str, key: str) -> bool:
+    import botocore.exceptions
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            return False
+        raise
+    return True
+
+
 def put_if_absent(uri: str, body: bytes) -> bool:
     """Write an S3 object only where there is none (``If-None-Match: *``): of runs writing one key at
     once, exactly one gets True. pyarrow cannot send the condition, so boto3 writes it."""
@@ -948,14 +960,17 @@ def put_if_absent(uri: str, body: bytes) -> bool:
             return False
         if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 501:
             raise StorageError(f"{uri}: cannot write: {error}") from None
-        # A store that answers 501 Not Implemented to conditional writes publishes as before them: runs
-        # sharing one state store are kept apart by its lock all the same; only two stores are not.
+        # A store that answers 501 Not Implemented to conditional writes: runs sharing one state store are
+        # kept apart by its lock all the same, and a key there already (a stalled run's claim) is looked for
+        # first; only two stores writing at the same moment are not kept apart.
         log.warning(
-            "%s: this S3 store does not take conditional writes (If-None-Match): written without; two runs "
-            "publishing here must share one state store",
+            "%s: this S3 store does not take conditional writes (If-None-Match): written where it was not found "
+            "a moment before; two runs publishing here must share one state store",
             uri,
         )
         try:
+            if _s3_key_exists(client, bucket, key):
+                return False
             client.put_object(Bucket=bucket, Key=key, Body=body)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as again:
             raise StorageError(f"{uri}: cannot write: {again}") from None

@@ -307,7 +307,8 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
 def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]) -> str | None:
     """Why what the state store says earlier runs read cannot be trusted, if it cannot: reading only
     what is new would then publish a wrong version."""
-    unrecorded = state.unrecorded_versions(recipe.dataset, previous) if previous else []
+    # Asked before a first version too: it marks killed the runs that died publishing one (their claim then passed by).
+    unrecorded = state.unrecorded_versions(recipe.dataset, previous)
     if unrecorded:
         gone = "" if unrecorded[-1] in previous else f" (not at {recipe.output.dest} now)"
         return (

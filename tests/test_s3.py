@@ -585,6 +585,15 @@ def test_a_store_without_conditional_writes_publishes_and_says_what_it_cannot_gu
     assert "does not take conditional writes (If-None-Match)" in caplog.text
     staged = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging").get("Contents", [])
     assert [o["Key"] for o in staged if o["Size"]] == []  # its claim on v1 removed (an empty folder marker stays)
+    # A claim a killed run of this store left on v2 is looked for before the unconditional write: passed by,
+    # not written over (the run that left it may wake and write under v2/).
+    store = StateStore(f"sqlite:///{workdir / 'state.db'}")
+    store.run_started("stalled-run", "docs", "0" * 64)
+    store.engine.dispose()
+    s3.put_object(Bucket=bucket, Key="out/docs/_staging/v2.claim", Body=b"stalled-run")
+    s3.put_object(Bucket=bucket, Key="in/docs.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n{"text": "three"}\n')
+    assert run(workdir, docs_recipe(f"s3://{bucket}/in/docs.jsonl", dest=f"s3://{bucket}/out")).manifest.version == 3
+    assert s3.get_object(Bucket=bucket, Key="out/docs/_staging/v2.claim")["Body"].read() == b"stalled-run"
 
 
 @pytest.mark.parametrize("kind", ["files", "documents"])
@@ -883,3 +892,24 @@ def test_copies_the_store_refuses_to_take_away_are_named_with_how_to_delete_them
     assert "out/docs/v1/train/part-00000.jsonl" in listed
     assert "out/docs/_staging/v1.claim" not in listed  # the claim, which the store lets go, went
     assert published_versions(f"s3://{bucket}/out", "docs") == []
+
+
+def test_a_first_version_claimed_by_a_run_of_this_store_killed_while_publishing_it_is_passed_by(
+    workdir: Path, bucket: str
+) -> None:
+    # A run killed (or stalled past its lease) after it claimed v1, before its manifest, stayed "publishing":
+    # only a dataset with a version asked the store which such runs were over, so every later run took the
+    # claim for another store's and refused to publish, for good.
+    import sqlalchemy as sa
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "alpha"}\n')
+    store = StateStore(f"sqlite:///{workdir / 'state.db'}")
+    store.run_started("dead-run", "docs", "0" * 64)
+    with store.engine.begin() as db:
+        db.execute(sa.text("UPDATE runs SET status = 'publishing', version = 1 WHERE run_id = 'dead-run'"))
+    store.engine.dispose()
+    s3.put_object(Bucket=bucket, Key="out/docs/_staging/v1.claim", Body=b"dead-run")
+    result = run(workdir, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0))
+    assert result.manifest.version == 2
+    assert published_versions(f"s3://{bucket}/out", "docs") == [2]
