@@ -714,6 +714,7 @@ def _run_locked(
             sides = plan.published_sides
             writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
         writer.on_written = on_written
+        writer.confirm_lock = lock.confirm
         state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)
     except BaseException:
         # Not yet a run the store knows of: no later run would remove its staging folder (``clean_up``).
