@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as day_time
@@ -347,8 +347,9 @@ class Watermarks:
         """Ids of records of the inputs in ``replaced`` that are kept as published (``SourceWatermark.kept``)."""
         return {record for source in self.sources.values() for record in source.kept}
 
-    def commit(self, run_id: str) -> None:
-        """Record what this run took, in one transaction; a full refresh forgets everything before."""
+    def commit(self, run_id: str, confirm: Callable[[sa.Connection], None] | None = None) -> None:
+        """Record what this run took, in one transaction; a full refresh forgets everything before.
+        ``confirm(db)`` first, in that transaction: it raises to record nothing (``HeldLock.confirm_within``)."""
         now = datetime.now(UTC)
         # A file its reader did not hash is hashed now, before the transaction: not with the store's write
         # lock held (all of a SQLite store) while a large file is read.
@@ -357,6 +358,8 @@ class Watermarks:
                 {item: value.value() for item, value in source.pending.items() if isinstance(value, HashedWhenRead)}
             )
         with self.engine.begin() as db:
+            if confirm is not None:
+                confirm(db)
 
             def insert(source: str, item: str, value: Any) -> None:
                 row = {"dataset": self.dataset, "source": source, "item": item, "run_id": run_id, "updated_at": now}
@@ -437,13 +440,25 @@ class HeldLock:
     def renew(self) -> bool:
         """Mark the lock renewed now; False if it is no longer this run's."""
         with self.engine.begin() as db:
-            renewed = db.execute(
-                run_locks.update()
-                .where((run_locks.c.dataset == self.dataset) & (run_locks.c.run_id == self.run_id))
-                .values(renewed_at=_store_now(db))
-            )
+            return self._renew_in(db)
+
+    def _renew_in(self, db: sa.Connection) -> bool:
+        renewed = db.execute(
+            run_locks.update()
+            .where((run_locks.c.dataset == self.dataset) & (run_locks.c.run_id == self.run_id))
+            .values(renewed_at=_store_now(db))
+        )
         self.lost = self.lost or renewed.rowcount == 0
         return not self.lost
+
+    def confirm_within(self, db: sa.Connection) -> None:
+        """Raise ``LockLost`` unless the lock is still this run's, within the transaction ``db``: the row it
+        renews stays this run's (written, so no other run takes it over) until that transaction ends."""
+        if not self._renew_in(db):
+            raise LockLost(
+                f"dataset {self.dataset!r}: this run's lock was taken over by another run as it published (it was "
+                f"not renewed for longer than {LEASE_SETTING} allows), so the state store did not record it"
+            )
 
     def confirm(self) -> None:
         """Raise ``LockLost`` unless the lock is still this run's (checked against the store, now)."""

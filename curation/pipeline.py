@@ -5,6 +5,7 @@ forward from the version it extends, and what it records once its version is vis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader, unread_partition
-from connectors.state import HeldLock, Watermarks, has_read_before, run_lock
+from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, run_lock
 from connectors.storage import StorageError
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
 from curation.formats import FormatOptions, output_format
@@ -715,6 +716,7 @@ def _run_locked(
             sides = plan.published_sides
             writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
         writer.on_written = on_written
+        writer.confirm_lock = lock.confirm
         state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)
     except BaseException:
         # Not yet a run the store knows of: no later run would remove its staging folder (``clean_up``).
@@ -808,8 +810,11 @@ def _run_locked(
     )
     try:  # the version is visible: what it took and what it holds are recorded before anything else
         try:
-            _record_published(recipe, state, plan, run_stages, writer, tally, published, rejected_keys)
+            _record_published(recipe, state, plan, run_stages, writer, tally, published, rejected_keys, lock)
         except Exception as error:  # said as such, not as a run that published nothing
+            if isinstance(error, LockLost):  # marked killed by the run that took over: publishing, so the
+                with contextlib.suppress(Exception):  # next run reads every input again
+                    state.run_publishing(writer.run_id, published.version)
             raise NotRecorded(result, error) from error
         finally:
             writer.clean_up()  # held too: a stop while it runs is raised below, with the result it published
@@ -1027,9 +1032,11 @@ def _record_published(
     tally: Tally,
     published: Manifest,
     rejected_keys: dict[str, int],
+    lock: HeldLock,
 ) -> None:
-    """Record what the visible version took and holds, before anything else."""
-    plan.watermarks.commit(writer.run_id)
+    """Record what the visible version took and holds, before anything else; nothing where this run's lock
+    was taken over (it stalled past its lease as it published): the run that took over records its own."""
+    plan.watermarks.commit(writer.run_id, lock.confirm_within)
     for stage in run_stages.with_index:  # stages that keep cross-run state learn the version they went into
         if hasattr(stage, "published"):
             stage.published(published.version)

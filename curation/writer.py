@@ -624,6 +624,9 @@ class DatasetWriter:
         # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
         # pipeline): what they left in the dest is removed; anything else may be a run of another store.
         self.ended_runs: Callable[[Iterable[str]], set[str]] = lambda _ids: set()
+        # Raises unless the run still holds the dataset's lock (set by the pipeline): checked before the run
+        # touches anything outside its own staging folder.
+        self.confirm_lock: Callable[[], None] = lambda: None
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
         self.fs, self.staging = filesystem(self.staging_uri)
         make_dirs(self.fs, self.staging)
@@ -1081,8 +1084,15 @@ class DatasetWriter:
 
     def _remove_leftover(self, target: str, meanwhile: str) -> None:
         """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
-        goes: renamed away first, so a version renamed into place since the check is put back, not removed."""
+        goes: renamed away first, so a version renamed into place since the check is put back, not removed.
+        Not once this run's lock is lost (it stalled past its lease): the run that took over may have renamed
+        its version there, and this run, killed between the two renames, would leave it in ``_staging/``."""
         leftover = f"{self.staging}{_LEFTOVER}"
+        if self.fs.get_file_info(target).type == pafs.FileType.NotFound:
+            return
+        self.confirm_lock()
+        if self._has_manifest(target):
+            raise PublishedMeanwhile(meanwhile)
         try:
             self.fs.move(target, leftover)
         except FileNotFoundError:
@@ -1254,12 +1264,34 @@ class DatasetWriter:
             folders = [info.base_name for info in self.fs.get_file_info(pafs.FileSelector(area))]
             # A run's folder, and what it moved out of a version folder to delete (``_remove_leftover``).
             ended = self.ended_runs({folder.removesuffix(_LEFTOVER) for folder in folders})
-            for folder in folders:
-                if folder.removesuffix(_LEFTOVER) in ended:
+            for folder in (folder for folder in folders if folder.removesuffix(_LEFTOVER) in ended):
+                if folder.endswith(_LEFTOVER) and self._has_manifest(f"{area}/{folder}"):
+                    self._put_back(f"{area}/{folder}")  # a published version: never deleted
+                else:
                     self.fs.delete_dir(f"{area}/{folder}")
         if isinstance(self.fs, pafs.LocalFileSystem):  # S3 has no folders
             with contextlib.suppress(OSError):  # rmdir, not a recursive removal: another run's folder may appear
                 os.rmdir(area)
+
+    def _put_back(self, moved: str) -> None:
+        """A published version that a run killed between the two renames of ``_remove_leftover`` left in
+        ``_staging/``: renamed back to its number where that is free, else left there, said."""
+        with self.fs.open_input_stream(f"{moved}/{MANIFEST_NAME}") as stream:
+            number = Manifest.model_validate_json(stream.read()).version
+        target = f"{moved.rsplit('/', 2)[0]}/v{number}"
+        if self.fs.get_file_info(target).type == pafs.FileType.NotFound:
+            self.fs.move(moved, target)
+            log.warning("%s v%d was found in %s (a run killed as it published): put back", self.dataset, number, moved)
+        else:
+            log.warning(
+                "%s v%d was found in %s (a run killed as it published), but v%d is there again: it is left; "
+                "delete it once it is not needed (rm -r %s)",
+                self.dataset,
+                number,
+                moved,
+                number,
+                moved,
+            )
 
     def abort(self) -> None:
         """Remove what this run staged (and what runs that are over left: see ``clean_up``); nothing of it was

@@ -638,9 +638,9 @@ def test_sigterm_once_the_version_is_visible_is_held_until_the_run_has_recorded_
     recipe = five_notes(tmp_path)
     commit = Watermarks.commit
 
-    def stopped_meanwhile(self: Watermarks, run_id: str) -> None:
+    def stopped_meanwhile(self: Watermarks, run_id: str, *args: Any) -> None:
         os.kill(os.getpid(), signal.Signals[stop])  # as cron, Kubernetes or ^C would, right after the version appeared
-        commit(self, run_id)
+        commit(self, run_id, *args)
 
     before = signal.signal(signal.Signals[stop], _stop)
     try:

@@ -1249,6 +1249,75 @@ def test_a_version_another_store_renames_into_place_as_this_run_publishes_is_the
     assert read_manifest(v1).inputs[0].uri.endswith("other.jsonl") and verify_checksums(v1, read_manifest(v1)) == []
 
 
+class _Killed(BaseException):
+    """SIGKILL, as a test can raise it: no handler of the run's catches it as an error of its own."""
+
+
+def test_a_run_that_stalled_past_its_lease_never_moves_the_version_of_the_run_that_took_over(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A stalls past its lease (a paused VM) with its manifest staged, just before it clears v1 of what a
+    killed run left there. Run B takes the lock over and renames its v1 into place. A wakes while B records
+    what it published: it moved B's v1 into _staging/A-leftover to look for a manifest (and put it back), and
+    killed between the two moves, that folder went with the clean-up of A's (a run the store counts as over):
+    B's published version lost. A must not touch v1 once its lock is lost."""
+    write_jsonl(workdir / "in.jsonl", [{"text": f"Parcel {n} left the depot."} for n in range(5)])
+    recipe = docs_recipe("in.jsonl")
+    remove_leftover, clean_up = DatasetWriter._remove_leftover, DatasetWriter.clean_up
+    a_stalled, b_recorded, a_ended = threading.Event(), threading.Event(), threading.Event()
+    a_writer: list[DatasetWriter] = []
+
+    class DiesOnceMovedAside:  # A's store: A is killed right after its first move
+        def __init__(self, fs: Any) -> None:
+            self.fs = fs
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fs, name)
+
+        def move(self, src: str, dest: str) -> None:
+            self.fs.move(src, dest)
+            if dest.endswith("-leftover"):
+                raise _Killed
+
+    def stalls(self: DatasetWriter, target: str, meanwhile: str) -> None:
+        if not a_writer:  # A's: its lease lapses here, and it wakes while B records
+            a_writer.append(self)
+            with sa.create_engine("sqlite:///state.db").begin() as db:
+                db.execute(run_locks.delete())
+            a_stalled.set()
+            assert b_recorded.wait(60)
+            self.fs = DiesOnceMovedAside(self.fs)
+        remove_leftover(self, target, meanwhile)
+
+    def b_waits_for_a(self: DatasetWriter) -> None:
+        if a_writer and self is not a_writer[0] and not b_recorded.is_set():
+            b_recorded.set()  # B's v1 is visible; its clean-up comes once A is over
+            assert a_ended.wait(60)
+        clean_up(self)
+
+    def run_a() -> None:
+        try:
+            run(workdir, recipe)
+        except BaseException as error:  # checked below
+            outcome.append(error)
+        finally:
+            a_ended.set()
+
+    outcome: list[BaseException] = []
+    monkeypatch.setattr(DatasetWriter, "_remove_leftover", stalls)
+    monkeypatch.setattr(DatasetWriter, "clean_up", b_waits_for_a)
+    a = threading.Thread(target=run_a)
+    a.start()
+    assert a_stalled.wait(60)
+    b = run(workdir, recipe)
+    a.join(60)
+    assert b.manifest.version == 1
+    assert published_versions(str(workdir / "output"), "docs") == [1]
+    assert verify_checksums(b.version_uri, read_manifest(b.version_uri)) == []
+    [error] = outcome
+    assert isinstance(error, LockLost) and "taken over" in str(error)
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.parametrize("ends", ["nothing new", "failed"])
 def test_a_run_of_another_store_that_ends_leaves_the_staged_files_of_a_run_going_on(

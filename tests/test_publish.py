@@ -458,3 +458,25 @@ def test_a_dictionary_column_with_other_values_in_each_input_passes_the_dedup_ba
     recipe["stages"] = [{"type": "exact_dedup"}]
     result = run_recipe(load_recipe(write_recipe(workdir, recipe)))
     assert result.manifest.counts.written == 8
+
+
+def test_a_version_a_killed_run_left_moved_aside_is_put_back_not_deleted(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A run killed between the two renames of a version folder it found (another store's version, renamed
+    # into place just then) left that version in _staging/RUN-leftover: the next clean-up deleted it.
+    from curation.pipeline import _writer
+    from curation.state import StateStore
+
+    write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
+    recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
+    v1 = run_recipe(recipe).version_uri
+    state = StateStore(recipe.state)
+    state.run_started("killedrun", "docs", "x")
+    state.run_finished("killedrun", "killed")
+    staging = workdir / "output" / "docs" / "_staging"
+    staging.mkdir()
+    (workdir / "output" / "docs" / "v1").rename(staging / "killedrun-leftover")
+    _writer(recipe, state, False).clean_up()  # the next run's, as it ends
+    assert verify_checksums(v1, read_manifest(v1)) == [] and "docs v1 was found in" in caplog.text
+    assert not staging.exists()

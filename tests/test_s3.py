@@ -913,3 +913,48 @@ def test_a_first_version_claimed_by_a_run_of_this_store_killed_while_publishing_
     result = run(workdir, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0.0))
     assert result.manifest.version == 2
     assert published_versions(f"s3://{bucket}/out", "docs") == [2]
+
+
+def test_a_run_stalled_past_its_lease_as_its_manifest_is_written_records_nothing(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A (a full refresh) confirms its lock, then stalls past its lease (a paused VM) just before it writes
+    v1's manifest. Run B takes the lock over, reads a.jsonl and b.jsonl, and publishes v2 (v1 is A's claim).
+    A wakes and makes v1 visible, as no run can stop it, but it recorded its watermarks too: its full refresh
+    forgot b.jsonl, which the next run read again and published a second time beside B's copy."""
+    import sqlalchemy as sa
+
+    from curation import pipeline
+    from curation.pipeline import NotRecorded
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b"".join(b'{"text": "a%d"}\n' % i for i in range(5)))
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
+    taken_over: list = []
+    stalled: list[bool] = []
+    raise_if_stopped = pipeline.raise_if_stopped
+
+    def stalls() -> None:  # right after A's lock.confirm()
+        if not stalled:
+            stalled.append(True)
+            with sa.create_engine("sqlite:///state.db").begin() as db:
+                db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
+            s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
+            taken_over.append(run(workdir, recipe))  # B
+        raise_if_stopped()
+
+    monkeypatch.setattr(pipeline, "raise_if_stopped", stalls)
+    with pytest.raises(NotRecorded, match="lock was taken over by another run as it published"):
+        run(workdir, recipe, full_refresh=True)  # A
+    assert taken_over[0].manifest.version == 2
+    assert published_versions(f"s3://{bucket}/out", "docs") == [1, 2]
+    latest = run(workdir, recipe)  # reads everything again: v1 is visible, and its run recorded nothing
+    texts = [
+        json.loads(line)["text"]
+        for split in latest.manifest.splits.values()
+        for shard in split.shards
+        for line in s3.get_object(Bucket=bucket, Key=f"out/docs/v{latest.manifest.version}/{shard.path}")["Body"]
+        .read()
+        .splitlines()
+    ]
+    assert sorted(texts) == ["a0", "a1", "a2", "a3", "a4", "b0"]
