@@ -743,14 +743,15 @@ def _once(
             kept.append(info)
     links_repeated.update(again)
     if again:
-        named = [f"{path} -> {at}" for path, at in sorted(again.items())]
-        log.warning(
-            "%s: not read: a path through a link to what the source reads under another path (it would be read "
-            "twice): %s",
-            uri,
-            _named(named),
+        _not_read(
+            uri, "a path through a link to what the source reads under another path (it would be read twice)", again
         )
     return kept
+
+
+def _not_read(uri: str, why: str, paths: dict[str, str]) -> None:
+    """One warning naming the paths left out of a listing and where each leads."""
+    log.warning("%s: not read: %s: %s", uri, why, _named([f"{path} -> {at}" for path, at in paths.items()]))
 
 
 def _within(
@@ -778,14 +779,8 @@ def _within(
         kept.append(info)
     links_out.update(out)
     if out:
-        away = [f"{link} -> {target}" for link, target in sorted(out.items())]
-        log.warning(
-            "%s: not read: a link that leads out of the source's folder %s (copy the file in, or point a source "
-            "at where it leads): %s",
-            uri,
-            root,
-            _named(away),
-        )
+        why = f"a link that leads out of the source's folder {root} (copy the file in, or point a source at where it leads)"
+        _not_read(uri, why, out)
     return kept
 
 

@@ -1722,17 +1722,24 @@ def test_an_s3_copy_skipped_for_a_taken_objects_etag_is_read_when_that_object_ch
     assert run(workdir, recipe).message.startswith("nothing new")
 
 
-def test_a_copy_skipped_for_a_taken_files_bytes_and_touched_since_is_still_read_when_that_file_changes(
-    workdir: Path,
-) -> None:
-    # Its mtime moved, its bytes did not: compared by their hash, it stays what it was, a copy not read.
-    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+def copied_once_taken(workdir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path, dict[str, Any]]:
+    """in/a.jsonl taken by a run of a recipe without stages, then copied to in/b.jsonl, which the next run
+    finds nothing new in (the same bytes)."""
+    a = write_jsonl(workdir / "in" / "a.jsonl", rows)
     recipe = docs_recipe("in", validation_fraction=0.0)
     recipe["stages"] = []
     run(workdir, recipe)
     b = workdir / "in" / "b.jsonl"
     b.write_bytes(a.read_bytes())
     assert run(workdir, recipe).message.startswith("nothing new")
+    return a, b, recipe
+
+
+def test_a_copy_skipped_for_a_taken_files_bytes_and_touched_since_is_still_read_when_that_file_changes(
+    workdir: Path,
+) -> None:
+    # Its mtime moved, its bytes did not: compared by their hash, it stays what it was, a copy not read.
+    a, b, recipe = copied_once_taken(workdir, [{"text": "alpha"}, {"text": "beta"}])
     os.utime(b, (1, 1))
     assert run(workdir, recipe).message.startswith("nothing new")
     write_jsonl(a, [{"text": "alpha, edited"}])
@@ -1741,13 +1748,7 @@ def test_a_copy_skipped_for_a_taken_files_bytes_and_touched_since_is_still_read_
 
 
 def test_a_copy_skipped_for_a_taken_files_bytes_edited_with_that_file_is_read_once(workdir: Path) -> None:
-    a = write_jsonl(workdir / "in" / "a.jsonl", [{"text": "alpha"}])
-    recipe = docs_recipe("in", validation_fraction=0.0)
-    recipe["stages"] = []
-    run(workdir, recipe)
-    b = workdir / "in" / "b.jsonl"
-    b.write_bytes(a.read_bytes())
-    assert run(workdir, recipe).message.startswith("nothing new")
+    a, b, recipe = copied_once_taken(workdir, [{"text": "alpha"}])
     write_jsonl(a, [{"text": "alpha, edited"}])
     write_jsonl(b, [{"text": "beta"}])
     third = run(workdir, recipe)

@@ -183,6 +183,17 @@ def test_a_phone_photo_written_as_mpo_is_published_as_a_jpeg(workdir: Path) -> N
     assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0))[0] > 150  # the photo, as it came
 
 
+def taken_with_one_image_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any]
+) -> tuple[list[str], dict[str, Any], RunResult]:
+    """Four pictures asked about twice each in qa.jsonl, and a first run of ``spec`` that may not read the
+    second picture (refused until the test puts ``image_check.filesystem`` back)."""
+    good = pictures(workdir / "scans", 4)
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
+    return good, spec, run(workdir, spec)
+
+
 def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_the_next_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,11 +202,7 @@ def test_a_row_whose_image_cannot_be_read_for_now_has_its_input_read_again_by_th
     # not. It was `missing_image` for good: the JSONL's watermark moved on, the next run found nothing new.
     # Unchanged, the JSONL gives the next runs only those rows: its others stay as published. Read whole, each
     # scheduled run published a version rewriting them while the image stayed unreadable ("nothing new" never).
-    good = pictures(workdir / "scans", 4)
-    write_jsonl(workdir / "qa.jsonl", asks(good))
-    spec = recipe("out", "state.db")
-    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
-    first = run(workdir, spec)
+    _good, spec, first = taken_with_one_image_refused(workdir, monkeypatch, recipe("out", "state.db"))
     assert first.manifest.counts.reasons["quarantined"] == {"unreadable": 2}
     details = [row["detail"] for row in set_aside(Path(first.version_uri))]
     assert all("cannot read (Permission denied); the next run reads it again" in d for d in details), details
@@ -219,11 +226,8 @@ def test_a_delta_version_holds_only_the_rows_read_again_once_their_image_can_be_
 ) -> None:
     # With carry_forward false, the JSONL read again for its unreadable rows was read whole: each run's delta
     # version held the six readable records again (18 copies of 6 records after three runs).
-    good = pictures(workdir / "scans", 4)
-    write_jsonl(workdir / "qa.jsonl", asks(good))
     spec = {**recipe("out", "state.db", carry_forward=False), "stages": []}
-    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
-    first = run(workdir, spec)
+    _good, spec, first = taken_with_one_image_refused(workdir, monkeypatch, spec)
     assert first.manifest.counts.written == 6
     assert [run(workdir, spec).manifest for _ in range(2)] == [None, None]
     monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
@@ -343,11 +347,8 @@ def test_a_file_read_again_for_its_marked_rows_that_cannot_be_read_fails_the_run
     import connectors.files as files
     import connectors.state as state
 
-    good = pictures(workdir / "scans", 4)
-    write_jsonl(workdir / "qa.jsonl", asks(good))
-    spec = recipe("out", "state.db")
-    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[1]), filesystem))
-    assert run(workdir, spec).manifest.counts.written == 6
+    _good, spec, first = taken_with_one_image_refused(workdir, monkeypatch, recipe("out", "state.db"))
+    assert first.manifest.counts.written == 6
     for module in (files, state):
         monkeypatch.setattr(module, "filesystem", refusing(workdir / "qa.jsonl", filesystem))
     with pytest.raises(StorageError, match=r"qa\.jsonl: cannot read"):
