@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import boto3
 import datasets
@@ -163,7 +164,6 @@ def test_a_run_whose_lock_lapsed_while_it_copied_leaves_the_version_the_run_that
     """Run A's lease lapses while it copies into v1/ (a stall); run B takes the lock over, counts A as ended
     (its staging folder removed) and publishes v2, leaving v1 to A, which may still write there. A's next
     copy fails, and it takes away what it had copied (it took away all of B's v1 when B took its claim over)."""
-    import sqlalchemy as sa
 
     from curation import writer
 
@@ -185,10 +185,7 @@ def test_a_run_whose_lock_lapsed_while_it_copied_leaves_the_version_the_run_that
             self.copies += 1
             if self.copies == 2 and not stalled:
                 stalled.append(True)
-                with sa.create_engine("sqlite:///state.db").begin() as db:
-                    db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
-                s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
-                taken_over.append(run(workdir, recipe))  # B
+                taken_over.append(lease_lapses_and_another_run_takes_over(s3, bucket, workdir, recipe))
             self.fs.copy_file(source, destination)
 
     def stalling(self: writer.DatasetWriter, *args: object, **kwargs: object) -> object:
@@ -207,13 +204,22 @@ def test_a_run_whose_lock_lapsed_while_it_copied_leaves_the_version_the_run_that
     assert [key for key in left if key.startswith("out/docs/v1/") or key.endswith(".claim")] == []
 
 
+def lease_lapses_and_another_run_takes_over(s3: Any, bucket: str, workdir: Path, recipe: dict[str, Any]) -> Any:
+    """Run A's lease lapses (its lock row gone), in/b.jsonl arrives and run B takes the lock and publishes."""
+    import sqlalchemy as sa
+
+    with sa.create_engine("sqlite:///state.db").begin() as db:
+        db.execute(sa.text("DELETE FROM run_locks"))
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
+    return run(workdir, recipe)
+
+
 def test_a_run_stalled_past_its_lease_before_it_copies_leaves_the_version_the_run_that_took_over_published(
     workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Run A claims v1, then stalls past its lease (a paused VM) just before it clears v1/ of what a killed run
     left there and copies. Run B takes the lock over and publishes. When A wakes, it goes on with v1/: a
     number another run took must not be one A still writes or deletes under (it emptied B's v1, manifest and all)."""
-    import sqlalchemy as sa
 
     from curation import writer
 
@@ -234,10 +240,7 @@ def test_a_run_stalled_past_its_lease_before_it_copies_leaves_the_version_the_ru
         def delete_dir_contents(self, *args: object, **kwargs: object) -> None:
             if not stalled:
                 stalled.append(True)
-                with sa.create_engine("sqlite:///state.db").begin() as db:
-                    db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
-                s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
-                taken_over.append(run(workdir, recipe))  # B
+                taken_over.append(lease_lapses_and_another_run_takes_over(s3, bucket, workdir, recipe))
             self.fs.delete_dir_contents(*args, **kwargs)
 
     def stalling(self: writer.DatasetWriter, *args: object, **kwargs: object) -> object:
@@ -922,7 +925,6 @@ def test_a_run_stalled_past_its_lease_as_its_manifest_is_written_records_nothing
     v1's manifest. Run B takes the lock over, reads a.jsonl and b.jsonl, and publishes v2 (v1 is A's claim).
     A wakes and makes v1 visible, as no run can stop it, but it recorded its watermarks too: its full refresh
     forgot b.jsonl, which the next run read again and published a second time beside B's copy."""
-    import sqlalchemy as sa
 
     from curation import pipeline
     from curation.pipeline import NotRecorded
@@ -937,10 +939,7 @@ def test_a_run_stalled_past_its_lease_as_its_manifest_is_written_records_nothing
     def stalls() -> None:  # right after A's lock.confirm()
         if not stalled:
             stalled.append(True)
-            with sa.create_engine("sqlite:///state.db").begin() as db:
-                db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
-            s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "b0"}\n')
-            taken_over.append(run(workdir, recipe))  # B
+            taken_over.append(lease_lapses_and_another_run_takes_over(s3, bucket, workdir, recipe))
         raise_if_stopped()
 
     monkeypatch.setattr(pipeline, "raise_if_stopped", stalls)
