@@ -750,7 +750,8 @@ def _run_locked(
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):
             writer.abort()
-            plan.watermarks.commit(writer.run_id)  # e.g. a new but empty file: no need to look at it again
+            # e.g. a new but empty file: no need to look at it again; not by a run whose lock was taken over
+            plan.watermarks.commit(writer.run_id, lock.confirm_within)
             state.run_finished(writer.run_id, "empty", counts=counts.model_dump())
             message = f"nothing new since {recipe.dataset} v{plan.extends}: published nothing" + (
                 f"; {changed}" if changed else ""

@@ -1275,9 +1275,21 @@ class DatasetWriter:
 
     def _put_back(self, moved: str) -> None:
         """A published version that a run killed between the two renames of ``_remove_leftover`` left in
-        ``_staging/``: renamed back to its number where that is free, else left there, said."""
-        with self.fs.open_input_stream(f"{moved}/{MANIFEST_NAME}") as stream:
-            number = Manifest.model_validate_json(stream.read()).version
+        ``_staging/``: renamed back to its number where that is free, else left there, said (so is one whose
+        manifest cannot be read: never deleted, nor in the way of clearing the other folders)."""
+        try:
+            with self.fs.open_input_stream(f"{moved}/{MANIFEST_NAME}") as stream:
+                number = Manifest.model_validate_json(stream.read()).version
+        except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+            log.warning(
+                "%s: a folder a run killed as it published left in %s holds a manifest that cannot be read (%s): "
+                "it is left; look at it, and delete it once it is not needed (rm -r %s)",
+                self.dataset,
+                moved,
+                str(error).splitlines()[0],
+                moved,
+            )
+            return
         target = f"{moved.rsplit('/', 2)[0]}/v{number}"
         if self.fs.get_file_info(target).type == pafs.FileType.NotFound:
             self.fs.move(moved, target)

@@ -16,7 +16,7 @@ from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.review.queue import review_items
 from schemas.config import load_recipe
-from tests.helpers import docs_recipe, outputs, write_jsonl, write_recipe
+from tests.helpers import docs_recipe, outputs, run, write_jsonl, write_recipe
 
 RECIPE = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
 
@@ -480,3 +480,40 @@ def test_a_version_a_killed_run_left_moved_aside_is_put_back_not_deleted(
     _writer(recipe, state, False).clean_up()  # the next run's, as it ends
     assert verify_checksums(v1, read_manifest(v1)) == [] and "docs v1 was found in" in caplog.text
     assert not staging.exists()
+
+
+def test_a_leftover_whose_manifest_cannot_be_read_is_left_said_and_the_other_folders_cleared(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Reading a leftover's manifest to put its version back raised, and the clean-up's loop stopped there
+    # without a word: the folders of ended runs after it stayed, on every run.
+    import logging
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    write_jsonl(workdir / "in.jsonl", [{"text": "alpha"}])
+    spec = {"dataset": "d", "sources": [{"path": "in.jsonl"}], "record": {"kind": "document"}, "stages": []}
+    assert run(workdir, spec).manifest.version == 1
+    staging = workdir / "output" / "d" / "_staging"
+    names = [f"run{i:02d}" for i in range(12)]
+    with sa.create_engine(f"sqlite:///{workdir}/state.db").begin() as db:
+        for name in names:
+            db.execute(
+                sa.text(
+                    "INSERT INTO runs (run_id, dataset, recipe_sha256, status, started_at) "
+                    "VALUES (:r, 'd', 'x', 'killed', :t)"
+                ),
+                {"r": name, "t": datetime.now(UTC)},
+            )
+    for name in names:
+        (staging / name).mkdir(parents=True)
+        (staging / name / "part.jsonl").write_text("x")
+    bad = staging / "run05-leftover"  # killed as it was written: its manifest cut short
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"version": ')
+    write_jsonl(workdir / "in.jsonl", [{"text": "alpha"}, {"text": "beta"}])
+    with caplog.at_level(logging.WARNING, logger="curation"):
+        assert run(workdir, spec).manifest.version == 2
+    assert sorted(p.name for p in staging.iterdir()) == ["run05-leftover"]
+    assert f"left in {bad} holds a manifest that cannot be read" in caplog.text

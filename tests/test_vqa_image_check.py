@@ -360,3 +360,42 @@ def test_a_file_read_again_for_its_marked_rows_that_cannot_be_read_fails_the_run
     assert (counts.input, counts.written, counts.carried) == (2, 2, 6)
     ids = [row["id"] for row in lineage_rows(Path(third.version_uri))]
     assert len(ids) == len(set(ids)) == 8
+
+
+def test_a_run_whose_lock_was_taken_over_records_nothing_when_it_finds_nothing_new(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stalled past its lease on its way to "nothing new"; B took the lock, published v2 and left a mark for
+    # rows whose image it could not read for now. A woke and committed its watermarks unchecked: that commit
+    # replaced the marks with its own (none), said success, and B's rows were never read again.
+    import sqlalchemy as sa
+
+    from connectors.state import _READ_AGAIN, LockLost
+    from curation import pipeline
+
+    good = pictures(workdir / "scans", 4)
+    write_jsonl(workdir / "qa" / "one.jsonl", asks(good[:2]))
+    spec = {**recipe("out", "state.db"), "sources": [{"path": "qa"}]}
+    assert run(workdir, spec).manifest.version == 1
+    nothing_new, taken_over, stalled = pipeline._nothing_new, [], []
+
+    def stalls(*args: Any, **kwargs: Any) -> bool:
+        if not stalled:  # A's; B's own passes straight on
+            stalled.append(True)
+            with sa.create_engine(f"sqlite:///{workdir}/state.db").begin() as db:
+                db.execute(sa.text("DELETE FROM run_locks"))  # A's lease lapsed
+            write_jsonl(workdir / "qa" / "two.jsonl", asks(good[2:]))
+            monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[3]), filesystem))
+            taken_over.append(run(workdir, spec))  # B
+            monkeypatch.setattr(image_check, "filesystem", filesystem)
+        return nothing_new(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_nothing_new", stalls)
+    with pytest.raises(LockLost, match="taken over by another run"):
+        run(workdir, spec)  # A
+    monkeypatch.setattr(pipeline, "_nothing_new", nothing_new)
+    assert taken_over[0].manifest.counts.reasons["quarantined"] == {"unreadable": 2}
+    with sa.create_engine(f"sqlite:///{workdir}/state.db").connect() as db:
+        marked = db.execute(sa.text("SELECT item FROM watermarks WHERE source = :s"), {"s": _READ_AGAIN}).scalars()
+        assert [Path(item).name for item in marked] == ["two.jsonl"]
+    assert run(workdir, spec).manifest.counts.written == 2  # B's rows, read again
