@@ -561,9 +561,13 @@ def run_lock(engine: sa.Engine, dataset: str, run_id: str) -> Iterator[HeldLock]
                             holder["host"],
                             f"{_aware(holder['renewed_at']):%Y-%m-%d %H:%M:%S}",
                         )
+                    # Only the row as it was read: renewed since (its run woke, and renews it inside its
+                    # watermarks commit), it is that run's still, and this run takes no lock.
                     db.execute(
                         run_locks.delete().where(
-                            (run_locks.c.dataset == dataset) & (run_locks.c.run_id == holder["run_id"])
+                            (run_locks.c.dataset == dataset)
+                            & (run_locks.c.run_id == holder["run_id"])
+                            & (run_locks.c.renewed_at == holder["renewed_at"])
                         )
                     )
                     continue

@@ -310,6 +310,33 @@ def test_a_postgresql_store_times_the_lease_by_its_own_clock(
     assert abs((renewed - store_now).total_seconds()) < 30  # renewed by the store's clock too
 
 
+def test_a_lock_renewed_after_a_later_run_found_it_lapsed_is_not_taken_over(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A later run read the holder's row as lapsed (a stalled run); the holder woke and renewed it (inside its
+    # watermarks commit, so that it records what it published) before the takeover's DELETE, which removed
+    # the row all the same: both runs went on, each holding "the" lock.
+    engine = sa.create_engine(postgres_url)
+    monkeypatch.setenv("CURATION_LOCK_LEASE", "60")
+    with engine.connect() as db:
+        store_now = db.execute(sa.select(sa.func.now())).scalar_one()
+    lock_held_elsewhere(engine, store_now - timedelta(seconds=90))  # lapsed when read
+    expired = state._expired
+
+    def holder_wakes(*args: Any) -> bool:
+        lapsed = expired(*args)
+        with engine.begin() as db:  # the holder renews its row now, committed before the takeover's DELETE
+            db.execute(run_locks.update().where(run_locks.c.run_id == "pod7run").values(renewed_at=sa.func.now()))
+        return lapsed
+
+    monkeypatch.setattr(state, "_expired", holder_wakes)
+    with pytest.raises(RunLocked, match="run pod7run"), run_lock(engine, "d", "here"):
+        pass
+    with engine.connect() as db:
+        assert db.execute(sa.select(run_locks.c.run_id)).scalars().all() == ["pod7run"]
+    engine.dispose()
+
+
 @pytest.mark.parametrize("lease", ["abc", "-5", "0", "0.00001", "nan", "inf", "1e400"])
 def test_a_lease_setting_that_is_no_sensible_time_is_refused_by_name(
     lease: str, monkeypatch: pytest.MonkeyPatch
