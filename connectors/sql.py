@@ -141,6 +141,11 @@ class _KeepsNotUtf8(sa.types.TypeDecorator):
         return lambda value: value if isinstance(value, NotUtf8) else own(value)
 
 
+def _as_read(column: sa.Column[Any]) -> sa.Label[Any]:
+    """A SQLite table's column as a read takes it: converted by its type, but text that is not UTF-8 as it is."""
+    return sa.type_coerce(column, _KeepsNotUtf8(column.type)).label(column.name)
+
+
 def _lenient_text(connection: Any, _record: Any = None) -> None:
     """Have a sqlite3 connection give text that is not UTF-8 as ``NotUtf8``, decided per value."""
     connection.text_factory = _text_or_not_utf8
@@ -830,7 +835,7 @@ class SqlSourceReader:
             source: Any = table
             statement = sa.select(table)
             if engine.dialect.name == "sqlite":
-                statement = sa.select(*(sa.type_coerce(c, _KeepsNotUtf8(c.type)).label(c.name) for c in table.c))
+                statement = sa.select(*(_as_read(c) for c in table.c))
             column = table.c.__getitem__
             if config.cursor is not None and config.cursor not in table.c:
                 raise SqlSourceError(
@@ -886,13 +891,13 @@ class SqlSourceReader:
                     if config.query is not None and engine.dialect.name == "postgresql" and isinstance(last, float):
                         # A query's column has no type here: the bound goes as untyped text, which PostgreSQL
                         # reads as the column's own type (a real's 0.7 too, as psycopg read it from the text '0.7').
-                        last = sa.bindparam("curation_watermark", repr(last), type_=sa.types.NullType())
+                        last = _untyped(last)
                     past = cursor >= last if span.inclusive else cursor > last
                     at_last = cursor == last if span.inclusive else None
                 if config.key and (config.table is None or all(k in table.c for k in config.key)):
                     keys = [column(k) for k in config.key]
                     if config.table is not None and engine.dialect.name == "sqlite":  # as the read takes them
-                        keys = [sa.type_coerce(c, _KeepsNotUtf8(c.type)).label(c.name) for c in keys]
+                        keys = [_as_read(c) for c in keys]
                     before = sa.select(*keys).select_from(source).where(sa.not_(past))
                     self._not_returned = (before, keys)
                 # A row without a value is read each run too (set aside once, see ``CursorRange``).
