@@ -75,7 +75,7 @@ def key_text(value: Any) -> str:
     if isinstance(value, float | np.floating) and (number := float(value)).is_integer() and abs(number) < 2**63:
         return str(int(number))  # an int64 once (not inf or nan)
     if isinstance(value, Decimal) and value.is_finite():  # a SQL NUMERIC(10,2)'s 5.00 is the customer 5
-        return str(int(value)) if value == value.to_integral_value() else decimal_text(value)
+        return decimal_text(value)
     return str(value)
 
 

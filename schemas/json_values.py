@@ -134,5 +134,8 @@ def rewritten(
 def decimal_text(value: Decimal) -> str:
     """A finite decimal written in full, without trailing zeros (``7.00`` is ``7``, ``5.50`` is ``5.5``),
     every digit it holds kept: normalised in Python's default context, a decimal128(38)'s value was
-    rounded to 28 digits, and two values became one."""
+    rounded to 28 digits, and two values became one. A zero is ``0`` whatever its sign or scale (``-0.00``).
+    A whole value is its integer's text (``5.00`` is ``5``, ``1E+30`` written out)."""
+    if value.is_zero():
+        return "0"
     return format(value.normalize(Context(prec=max(1, len(value.as_tuple().digits)))), "f")

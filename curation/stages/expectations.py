@@ -334,7 +334,7 @@ def _number_text(number: Decimal | None) -> str | None:
         return None
     if not number.is_finite():
         return str(float(number))
-    return "0" if number.is_zero() else decimal_text(number)
+    return decimal_text(number)
 
 
 def _shown(comparable: str | None) -> Any:

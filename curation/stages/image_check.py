@@ -183,7 +183,8 @@ def keep_archived(
         mark = getattr(source, "watermark", None)
         if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
             continue  # an images source keeps such rows itself; a SQL or Hugging Face one is not read twice
-        again = [entry for entry in source.entries() if entry.uri in mark.replaced & uris]
+        read_again = mark.replaced & uris
+        again = [entry for entry in source.entries() if entry.uri in read_again]
         if not again:
             continue
         for batch in source.limited_to(again).batches():
