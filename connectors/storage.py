@@ -634,11 +634,12 @@ def _list_local(
             # Where a file is listed under a path that names only what it matches, a folder seen once is
             # all of it: one reached again holds the same files, left out whole (not so for a glob).
             tree = _walk(root, once=links_repeated is not None and not _is_glob(path))
-            listed = [file for file in tree.files if wanted(file[0])]
-            found = [info for file in listed if (info := _file_info(file[0])) is not None]
+            # Each listed path -> (its real path, whether reached through a link), as the walk found them.
+            listed = {path: (real, through) for path, real, through in tree.files if wanted(path)}
+            found = [info for path in listed if (info := _file_info(path)) is not None]
             _warn_of_broken_links(uri, tree.links, wanted, suffixes if folder else ())
             if links_out is not None and tree.links:
-                found = _within(uri, root, found, tree.links, links_out, reads if folder else _always)
+                found = _within(uri, root, found, listed, links_out, reads if folder else _always)
             if links_repeated is not None:
                 found = _once(uri, root, found, listed, tree.folded, reads if folder else _always, links_repeated)
     except OSError as exc:
@@ -713,7 +714,7 @@ def _once(
     uri: str,
     root: str,
     found: list[pafs.FileInfo],
-    listed: list[tuple[str, str, bool]],
+    listed: dict[str, tuple[str, bool]],
     folded: dict[str, str],
     reads: Callable[[str], bool],
     links_repeated: dict[str, str],
@@ -723,18 +724,17 @@ def _once(
     ``links_repeated`` with the path it is listed at, and is named. A file is kept once among those
     the source reads and once among the others (``b.jsonl -> a.txt``: read as ``b.jsonl``, ``a.txt``
     named as not read)."""
-    real = {path: (real, through) for path, real, through in listed}
     first: dict[tuple[bool, str], str] = {}
     kept: list[pafs.FileInfo] = []
     # Only what the source reads is named: a linked folder of scripts or a second name of a README is not.
-    read = [path for path, *_ in listed if reads(path)]
+    read = [path for path in listed if reads(path)]
     again = {
         path: at
         for path, at in folded.items()
         if _in_folder(path, root) and any(file.startswith(f"{at}/") for file in read)
     }
-    for info in sorted(found, key=lambda info: (real[info.path][1], info.path)):
-        key = (reads(info.path), real[info.path][0])
+    for info in sorted(found, key=lambda info: (listed[info.path][1], info.path)):
+        key = (reads(info.path), listed[info.path][0])
         if key in first:
             if key[0]:
                 again[info.path] = first[key]
@@ -758,7 +758,7 @@ def _within(
     uri: str,
     root: str,
     found: list[pafs.FileInfo],
-    links: set[str],
+    listed: dict[str, tuple[str, bool]],
     links_out: dict[str, str],
     reads: Callable[[str], bool] = _always,
 ) -> list[pafs.FileInfo]:
@@ -771,26 +771,16 @@ def _within(
     kept: list[pafs.FileInfo] = []
     out: dict[str, str] = {}
     for info in found:
-        if reads(info.path) and _through_link(info.path, root, links):
-            target = os.path.realpath(info.path)
-            if os.path.commonpath([folder, target]) != folder:
-                out[info.path] = target
-                continue
+        target, through = listed[info.path]
+        if reads(info.path) and through and os.path.commonpath([folder, target]) != folder:
+            out[info.path] = target
+            continue
         kept.append(info)
     links_out.update(out)
     if out:
         why = f"a link that leads out of the source's folder {root} (copy the file in, or point a source at where it leads)"
         _not_read(uri, why, out)
     return kept
-
-
-def _through_link(path: str, root: str, links: set[str]) -> bool:
-    """Whether ``path`` under ``root`` is, or lies under, one of ``links``."""
-    while len(path) > len(root):
-        if path in links:
-            return True
-        path = os.path.dirname(path)
-    return False
 
 
 def _warn_of_broken_links(uri: str, links: set[str], wanted: Callable[[str], bool], suffixes: tuple[str, ...]) -> None:
