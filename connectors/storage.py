@@ -636,6 +636,7 @@ def _list_local(
             tree = _walk(root, once=links_repeated is not None and not _is_glob(path))
             # Each listed path -> (its real path, whether reached through a link), as the walk found them.
             listed = {path: (real, through) for path, real, through in tree.files if wanted(path)}
+            listed = _utf8_named(uri, listed, reads if folder else _always)
             found = [info for path in listed if (info := _file_info(path)) is not None]
             _warn_of_broken_links(uri, tree.links, wanted, suffixes if folder else ())
             if links_out is not None and tree.links:
@@ -647,6 +648,39 @@ def _list_local(
             raise
         raise StorageError(f"{uri}: cannot list: {exc}") from None
     return sorted((_entry(i) for i in found), key=lambda e: e.uri), folder
+
+
+def _utf8_named(
+    uri: str, listed: dict[str, tuple[str, bool]], reads: Callable[[str], bool]
+) -> dict[str, tuple[str, bool]]:
+    """``listed`` but for the paths whose bytes are not UTF-8 (a Latin-1 tool's ``caf\\xe9.jsonl``), which
+    Python holds with surrogates: no input's URI can carry one (Arrow, the state store and the manifest
+    take UTF-8 text only, and failed deep inside with a bare UnicodeEncodeError). One the source reads fails
+    the listing, before anything is read, rather than leave its records out; the others are named."""
+    strange = {path: _escaped(path) for path in listed if not _is_utf8(path)}
+    if not strange:
+        return listed
+    if read := [shown for path, shown in strange.items() if reads(path)]:
+        raise StorageError(
+            f"{_named(read)}: a file name that is not UTF-8 (its bytes shown as \\xNN) cannot be read: an input "
+            "is named by its path as UTF-8 text (its records' ids, lineage, the manifest); rename it with a UTF-8 "
+            "name (convmv -f latin1 -t utf8 --notest renames Latin-1 names) and run again"
+        )
+    log.warning("%s: not read: a file name that is not UTF-8: %s", uri, _named(list(strange.values())))
+    return {path: found for path, found in listed.items() if path not in strange}
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(path: str) -> str:
+    """A path as its bytes, those that are not UTF-8 written ``\\xNN``."""
+    return os.fsencode(path).decode(errors="backslashreplace")
 
 
 @dataclass

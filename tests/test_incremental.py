@@ -628,6 +628,37 @@ def test_a_file_reached_only_through_links_is_listed_once_under_the_first_path(t
     assert everything == ["2024-02/x.jsonl", "a.txt", "b.jsonl", "b/f.jsonl", "c/f.jsonl", "old/feb/x.jsonl"]
 
 
+@pytest.mark.parametrize(("kind", "suffix"), [("files", ".jsonl"), ("documents", ".txt"), ("images", ".png")])
+def test_a_file_name_that_is_not_utf8_fails_the_listing_naming_the_file(
+    workdir: Path, caplog: pytest.LogCaptureFixture, kind: str, suffix: str
+) -> None:
+    # A Linux name is bytes: one a Latin-1 tool wrote (caf\xe9) failed the run with a bare UnicodeEncodeError from
+    # inside Arrow. No input's URI can carry it, so the listing fails first, naming it as its bytes.
+    (workdir / "in").mkdir()
+    (workdir / "in" / f"a{suffix}").write_text(json.dumps({"text": "Notes on refunds."}) + "\n")
+    strange = os.path.join(os.fsencode(workdir / "in"), b"caf\xe9" + suffix.encode())
+    with open(strange, "wb") as handle:
+        handle.write(b"Notes from the caf\xe9.\n")
+    if kind == "images":
+        write_jsonl(workdir / "qa.jsonl", [{"image": f"a{suffix}", "question": "What is it?", "answer": "A note."}])
+        source = {"type": kind, "path": "in", "sidecar": "qa.jsonl"}
+    else:
+        source = {"type": kind, "path": "in"}
+    spec = {"dataset": "notes", "sources": [source], "record": {"kind": "vqa" if kind == "images" else "document"}}
+    with pytest.raises(StorageError) as failed:
+        run(workdir, spec)
+    assert str(failed.value).startswith(f"{workdir}/in/caf\\xe9{suffix}: a file name that is not UTF-8 ")
+    assert "rename it with a UTF-8 name" in str(failed.value)
+    if kind == "images":
+        return
+    # One of a kind the source does not read is named, not read, and the run goes on.
+    os.rename(strange, os.path.join(os.fsencode(workdir / "in"), b"caf\xe9.bin"))
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        result = run(workdir, spec)
+    assert [entry.uri for entry in result.manifest.inputs] == [f"{workdir}/in/a{suffix}"]
+    assert f"{workdir}/in: not read: a file name that is not UTF-8: {workdir}/in/caf\\xe9.bin" in caplog.text
+
+
 def test_a_folder_listing_gives_each_file_as_arrows_listing_did(tmp_path: Path) -> None:
     # A file's id is its path, and a scheduled run compares its size and time: listing the folder here
     # rather than with Arrow must change neither, for a file or a link to one (the time of what it leads to).
