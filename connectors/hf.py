@@ -99,6 +99,35 @@ def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
     return [(split, join(folder, item["filename"])) for item in state["_data_files"]]
 
 
+def _read_once(
+    chosen: list[tuple[str, str]], entries: dict[str, FileEntry], repeated: dict[str, str], split: str | None
+) -> list[tuple[str, str]]:
+    """``chosen`` (split, URI) but for the paths the listing left out as second paths to a file it lists
+    (``repeated``: path -> the path it is listed at): that file is read once, under the other path. Where
+    that path is not chosen (another split's name for the same bytes), the file would not be read: an error."""
+    uris = {uri for _, uri in chosen}
+    kept: list[tuple[str, str]] = []
+    for name, uri in chosen:
+        at = None if uri in entries else _listed_at(uri, repeated)
+        if at is None:
+            kept.append((name, uri))
+        elif at not in uris:
+            raise StorageError(
+                f"{uri}: a link to the file read as {at}, which split {split!r} does not take: a file is read "
+                "once, under one of its paths; copy the file in place of the link to read it in this split"
+            )
+    return kept
+
+
+def _listed_at(uri: str, repeated: dict[str, str]) -> str | None:
+    """The path the listing lists ``uri``'s file at, where ``uri`` is, or lies under, a path it left out as a
+    second path to it (``repeated``); else None."""
+    for path, at in repeated.items():
+        if uri == path or uri.startswith(f"{path}/"):
+            return at + uri.removeprefix(path)
+    return None
+
+
 def _no_longer_named(watermark: SourceWatermark, named: set[str]) -> None:
     """The data files an earlier run took that the dataset's state.json no longer names leave the dataset:
     their records are replaced by nothing, as those of an input read whole again that holds nothing now.
@@ -126,9 +155,18 @@ class HFSourceReader:
 
     def files(self) -> list[tuple[str, FileEntry]]:
         if self._files is None:
-            files = list_files(self.config.path, suffixes=(".parquet", ".arrow"))  # listed once: S3 calls cost
-            listed, saved = data_files(self.config.path, self.config.split, files)
+            # Listed once (S3 calls cost), each file once: in the Hub's cache, ``snapshots/<rev>/...`` are links
+            # to ``blobs/<hash>``, two names often to one blob, whose rows were published twice. Not
+            # ``links_out``: a source at ``snapshots/<rev>`` reads through links out of it, to the blobs.
+            again: dict[str, str] = {}
+            files = list_files(self.config.path, suffixes=(".parquet", ".arrow"), links_repeated=again)
+            if self.watermark is not None:
+                self.watermark.links_repeated = again
+            # The paths left out are given to ``data_files`` too: a split is chosen by a path's name.
+            seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
+            chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
             entries = {e.uri: e for e in files}
+            listed = _read_once(chosen, entries, again, self.config.split)
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:
                 raise StorageError(f"{missing[0]}: named by the dataset's state.json but missing")

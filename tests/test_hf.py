@@ -277,6 +277,60 @@ def test_a_hub_style_folder_keeps_the_records_of_a_file_deleted_as_the_files_sou
     assert len(lineage_rows(second.version_uri)) == 31 + 3  # no state.json says what the folder holds
 
 
+def hub_cache(root: Path, names: dict[str, bytes]) -> Path:
+    """A dataset as the Hub's cache lays it out: each file of the snapshot a link to ``blobs/<hash>``, two
+    names with the same bytes to one blob. The snapshot's folder."""
+    snapshot = root / "datasets--acme--faq" / "snapshots" / "0123abcd"
+    (root / "datasets--acme--faq" / "blobs").mkdir(parents=True)
+    for name, data in names.items():
+        blob = root / "datasets--acme--faq" / "blobs" / xxhash.xxh3_64_hexdigest(data)
+        blob.write_bytes(data)
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
+    return snapshot
+
+
+def parquet_bytes(table: datasets.Dataset, path: Path) -> bytes:
+    table.to_parquet(str(path))
+    return path.read_bytes()
+
+
+def test_a_hub_cache_folder_reads_a_blob_two_names_link_to_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two names of a snapshot linked to one blob: its rows were read, and published, twice under two sets of ids.
+    faq = make_dataset()
+    train, test = parquet_bytes(faq["train"], workdir / "train.bin"), parquet_bytes(faq["test"], workdir / "test.bin")
+    names = {"data/train-00000-of-00001.parquet": train, "default/train/0000.parquet": train}
+    snapshot = hub_cache(workdir / "cache", {**names, "data/test-00000-of-00001.parquet": test})
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": str(snapshot)}],
+        "record": {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"},
+        "stages": [],
+    }
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        result = run(workdir, recipe)
+    assert [entry.uri for entry in result.manifest.inputs] == [
+        f"{snapshot}/data/test-00000-of-00001.parquet",
+        f"{snapshot}/data/train-00000-of-00001.parquet",
+    ]
+    assert len(lineage_rows(result.version_uri)) == 31
+    repeated = {f"{snapshot}/default/train/0000.parquet": f"{snapshot}/data/train-00000-of-00001.parquet"}
+    assert result.manifest.stats["links_repeated"] == repeated
+    assert f"(it would be read twice): {snapshot}/default/train/0000.parquet -> {snapshot}/data/train" in caplog.text
+    # A split is read whole where its file's other name is another split's: that one is not chosen.
+    assert len(read(str(snapshot), split="train")) == 25
+    shared = hub_cache(workdir / "shared", {"data/test-00000-of-00001.parquet": train, **names})
+    with pytest.raises(StorageError) as failed:
+        read(str(shared), split="train")
+    assert str(failed.value).startswith(
+        f"{shared}/data/train-00000-of-00001.parquet: a link to the file read as {shared}/data/test-00000-of-00001"
+        ".parquet, which split 'train' does not take"
+    )
+    assert len(read(str(shared), split="test")) == 25
+
+
 def test_a_split_no_longer_named_whose_record_another_split_held_a_duplicate_of_reads_that_split_again(
     workdir: Path,
 ) -> None:
