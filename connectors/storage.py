@@ -633,7 +633,10 @@ def _list_local(
             root = os.path.normpath(root)
             # Where a file is listed under a path that names only what it matches, a folder seen once is
             # all of it: one reached again holds the same files, left out whole (not so for a glob).
-            tree = _walk(root, once=links_repeated is not None and not _is_glob(path))
+            on_the_way = _on_the_way(path)
+            tree = _walk(root, links_repeated is not None and not _is_glob(path), on_the_way)
+            # A loop such a glob's walk did not go round holds nothing it matches: not named as left out.
+            folded = tree.folded if on_the_way is None else {}
             # Each listed path -> (its real path, whether reached through a link), as the walk found them.
             listed = {path: (real, through) for path, real, through in tree.files if wanted(path)}
             listed = _utf8_named(uri, listed, reads if folder else _always)
@@ -642,7 +645,7 @@ def _list_local(
             if links_out is not None and tree.links:
                 found = _within(uri, root, found, listed, links_out, reads if folder else _always)
             if links_repeated is not None:
-                found = _once(uri, root, found, listed, tree.folded, reads if folder else _always, links_repeated)
+                found = _once(uri, root, found, listed, folded, reads if folder else _always, links_repeated)
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
@@ -690,19 +693,21 @@ class _Tree:
     folded: dict[str, str]  # a folder not looked into (a loop, or listed already) -> the path it was listed at
 
 
-def _walk(root: str, once: bool) -> _Tree:
+def _walk(root: str, once: bool, on_the_way: Callable[[str], bool] | None = None) -> _Tree:
     """The files under a local folder, links followed, as Arrow's recursive listing gives them, but a
     folder is not looked into again below itself (``in/sub/up -> ..``: Arrow listed the folder again and
     again, 40 deep, until the path grew too long), nor at all with ``once``. Files not through a link
     come first, then those through links in the order of their paths, so that a folder is looked into at
-    the first of those. Hidden folders (see ``_visible``) are passed over: nothing under one is listed."""
+    the first of those. Hidden folders (see ``_visible``) are passed over: nothing under one is listed. A
+    folder ``on_the_way`` to what a glob matches is looked into, a loop or not (see ``_on_the_way``)."""
     tree = _Tree([], set(), {})
     seen: dict[str, str] = {}  # real path of a folder looked into -> the path it was listed at
     # (through a link, path, real path, real paths of the folders above it)
     heap: list[tuple[bool, str, str, tuple[str, ...]]] = [(False, root, os.path.realpath(root), ())]
     while heap:
         through, folder, real, above = heapq.heappop(heap)
-        if real in above or (once and real in seen):
+        looped = real in above and not (on_the_way is not None and on_the_way(folder))
+        if looped or (once and real in seen):
             tree.folded[folder] = seen[real]
             continue
         seen.setdefault(real, folder)
@@ -733,6 +738,22 @@ def _walk(root: str, once: bool) -> _Tree:
                 elif entry.is_file(follow_symlinks=False):
                     tree.files.append((entry.path, f"{real}/{entry.name}", through))
     return tree
+
+
+def _on_the_way(pattern: str) -> Callable[[str], bool] | None:
+    """For a glob of a fixed depth (no ``**``, not a glob of folders), whether a folder lies on the way to
+    what it matches: ``d/*/up/*.jsonl`` names ``d/sub/up/a.jsonl`` through ``sub/up -> ..``, which the walk,
+    cutting the loop, listed only as ``d/a.jsonl``, which the glob does not match. Its depth bounds the walk
+    round a loop. None for other paths: a loop is cut."""
+    if not _is_glob(pattern) or "**" in pattern or pattern.endswith("/"):
+        return None
+    parts = [_glob_regex(part) for part in pattern.split("/")]
+
+    def on_the_way(folder: str) -> bool:
+        names = folder.split("/")
+        return len(names) < len(parts) and all(part.match(name) for part, name in zip(parts, names, strict=False))
+
+    return on_the_way
 
 
 def _file_info(path: str) -> pafs.FileInfo | None:

@@ -659,6 +659,30 @@ def test_a_file_name_that_is_not_utf8_fails_the_listing_naming_the_file(
     assert f"{workdir}/in: not read: a file name that is not UTF-8: {workdir}/in/caf\\xe9.bin" in caplog.text
 
 
+def test_a_glob_of_a_fixed_depth_lists_a_file_it_names_through_a_loop_once(tmp_path: Path) -> None:
+    # The walk cut the loop `sub/up -> ..`, so d/sub/up/a.jsonl, which the glob names, was listed only as
+    # d/a.jsonl, which it does not match: the source read nothing. The glob's depth bounds the walk round it.
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"text": "a"}])
+    (tmp_path / "d" / "sub").mkdir()
+    (tmp_path / "d" / "sub" / "up").symlink_to("..", target_is_directory=True)
+    for glob, want in (("d/*/up/*.jsonl", ["d/sub/up/a.jsonl"]), ("d/*/*/*/*/*.jsonl", ["d/sub/up/sub/up/a.jsonl"])):
+        again: dict[str, str] = {}
+        listed = list_files(f"{tmp_path}/{glob}", (".jsonl",), links_repeated=again)
+        assert [Path(e.uri).relative_to(tmp_path).as_posix() for e in listed] == want
+        assert again == {}
+    # A loop a glob of a fixed depth does not reach into is not named as left out: it holds nothing it matches.
+    again = {}
+    assert [Path(e.uri).name for e in list_files(f"{tmp_path}/d/*.jsonl", (".jsonl",), links_repeated=again)] == [
+        "a.jsonl"
+    ]
+    assert again == {}
+    # With ** the loop is cut, and named: the glob matches the file under both paths.
+    assert [
+        Path(e.uri).parent.name for e in list_files(f"{tmp_path}/d/**/*.jsonl", (".jsonl",), links_repeated=again)
+    ] == ["d"]
+    assert again == {f"{tmp_path}/d/sub/up": f"{tmp_path}/d"}
+
+
 def test_a_folder_listing_gives_each_file_as_arrows_listing_did(tmp_path: Path) -> None:
     # A file's id is its path, and a scheduled run compares its size and time: listing the folder here
     # rather than with Arrow must change neither, for a file or a link to one (the time of what it leads to).
