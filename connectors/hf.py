@@ -14,6 +14,7 @@ The Arrow files are read directly with pyarrow, batch by batch, so a large datas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import re
@@ -100,22 +101,26 @@ def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
 
 
 def _read_once(
-    chosen: list[tuple[str, str]], entries: dict[str, FileEntry], repeated: dict[str, str], split: str | None
+    chosen: list[tuple[str, str]], entries: dict[str, FileEntry], repeated: dict[str, str]
 ) -> list[tuple[str, str]]:
     """``chosen`` (split, URI) but for the paths the listing left out as second paths to a file it lists
     (``repeated``: path -> the path it is listed at): that file is read once, under the other path. Where
-    that path is not chosen (another split's name for the same bytes), the file would not be read: an error."""
+    that path is not chosen (another split's name for the same bytes), the file is read under the first
+    chosen one (added to ``entries``, and in ``repeated`` the path the others are read at): once still."""
     uris = {uri for _, uri in chosen}
     kept: list[tuple[str, str]] = []
     for name, uri in chosen:
         at = None if uri in entries else _listed_at(uri, repeated)
         if at is None:
             kept.append((name, uri))
-        elif at not in uris:
-            raise StorageError(
-                f"{uri}: a link to the file read as {at}, which split {split!r} does not take: a file is read "
-                "once, under one of its paths; copy the file in place of the link to read it in this split"
-            )
+        elif at not in uris and at in entries:  # the first of its chosen names stands in for the file
+            entries[uri] = dataclasses.replace(entries[at], uri=uri)
+            repeated.pop(uri, None)
+            for other, listed_at in repeated.items():
+                if listed_at == at:
+                    repeated[other] = uri
+            uris.add(at)
+            kept.append((name, uri))
     return kept
 
 
@@ -166,7 +171,7 @@ class HFSourceReader:
             seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
             chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
             entries = {e.uri: e for e in files}
-            listed = _read_once(chosen, entries, again, self.config.split)
+            listed = _read_once(chosen, entries, again)
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:
                 raise StorageError(f"{missing[0]}: named by the dataset's state.json but missing")
