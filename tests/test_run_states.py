@@ -1,0 +1,106 @@
+"""The states a run is recorded in around publishing when its lock is taken over: a run that stalled past
+its lease (a paused VM) and the run that took over both end, and what each leaves recorded is true."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.state import Watermarks, run_locks
+from curation import pipeline
+from tests.helpers import docs_recipe, outputs, run, write_jsonl
+
+RECIPE = docs_recipe("in")
+
+
+class _Killed(BaseException):
+    """SIGKILL, as a test can raise it: no handler of the run's catches it as an error of its own."""
+
+
+def _statuses() -> dict[str, str]:
+    with sa.create_engine("sqlite:///state.db").connect() as db:
+        return dict(db.execute(sa.text("SELECT run_id, status FROM runs")).tuples().all())
+
+
+def _lease_lapses() -> None:
+    """As the run that takes over sees a lock not renewed for a lease: its row goes."""
+    with sa.create_engine("sqlite:///state.db").begin() as db:
+        db.execute(run_locks.delete())
+
+
+def _in_stalled_run(stalls: Callable[[], None], original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original``, after ``stalls()`` where the stalled run (not the main thread's) calls it."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
+            stalls()
+        return result
+
+    return wrapped
+
+
+def _run_a(workdir: Path, outcome: list[BaseException]) -> threading.Thread:
+    def run_a() -> None:
+        try:
+            run(workdir, RECIPE)
+        except BaseException as error:  # checked by the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    return thread
+
+
+def test_a_stalled_run_that_ends_published_leaves_the_run_that_took_over_publishing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's v2 is visible and what it read committed when A stalls past its lease. B takes over, reads
+    everything again (v2 is not recorded as published) and publishes v3. A wakes while B is marked
+    publishing, and ends as published: were B marked killed then, B killed before it recorded v3 left a
+    version the next run trusted the watermarks of A for, and c.jsonl's record was published twice."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, RECIPE)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    a_stalled, b_publishing = threading.Event(), threading.Event()
+
+    def a_stalls() -> None:  # after its watermarks were committed, before it is marked published
+        _lease_lapses()
+        a_stalled.set()
+        assert b_publishing.wait(60)
+
+    def b_killed(*_: object, **__: object) -> None:  # B's v3 visible: killed before it records anything
+        b_publishing.set()
+        a.join(60)
+        raise _Killed
+
+    commit = Watermarks.commit
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "add_items", _in_stalled_run(a_stalls, pipeline.add_items))
+        patch.setattr(
+            Watermarks,
+            "commit",
+            lambda self, *args, **kwargs: (
+                b_killed() if threading.current_thread() is threading.main_thread() else commit(self, *args, **kwargs)
+            ),
+        )
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+        try:
+            with pytest.raises(_Killed):
+                run(workdir, RECIPE)
+        finally:
+            b_publishing.set()
+            a.join(60)
+    assert outcome == [] and sorted(_statuses().values()) == ["published", "published", "publishing"]
+    write_jsonl(workdir / "in" / "d.jsonl", [{"text": "five"}])
+    fourth = run(workdir, RECIPE)
+    assert fourth.manifest.version == 4
+    assert sorted(line["text"] for line in outputs(Path(fourth.version_uri))) == ["five", "four", "one", "three", "two"]
