@@ -806,7 +806,11 @@ def _run_locked(
         # Failed once it was marked publishing (an error in the rename or a signal no handler holds), its
         # version may be visible: it stays marked so, and the next run reads everything again if it is.
         # Marked failed, the next would trust the watermarks and publish that version's records twice.
-        status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
+        # Not on ``LockLost``: raised only before it is (``PublishedMeanwhile``: its number holds another run's
+        # version, most often the one that took over its lock, which recorded it: this run, marked killed then,
+        # must not have the next run read everything again for it).
+        visible = publishing and not isinstance(error, LockLost)
+        status, version = ("publishing", publishing[0]) if visible else ("failed", None)
         state.run_finished(writer.run_id, status, version, error=type(error).__name__)
         raise
     result = RunResult(

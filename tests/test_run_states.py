@@ -3,6 +3,7 @@ its lease (a paused VM) and the run that took over both end, and what each leave
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connectors.state import Watermarks, run_locks
+from connectors.state import LockLost, Watermarks, run_locks
 from curation import pipeline
+from curation.state import StateStore
 from tests.helpers import docs_recipe, outputs, run, write_jsonl
 
 RECIPE = docs_recipe("in")
@@ -104,3 +106,47 @@ def test_a_stalled_run_that_ends_published_leaves_the_run_that_took_over_publish
     fourth = run(workdir, RECIPE)
     assert fourth.manifest.version == 4
     assert sorted(line["text"] for line in outputs(Path(fourth.version_uri))) == ["five", "four", "one", "three", "two"]
+
+
+def _stalled_as_its_version_becomes_visible(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> BaseException:
+    """A is marked publishing v2 and stalls past its lease before the rename that makes v2 visible; B takes
+    over (marking A killed: v2 is not there), publishes v2 and records it; A wakes and finds v2 there. The
+    error A ends with."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, RECIPE)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    a_stalled, b_ended = threading.Event(), threading.Event()
+
+    def a_stalls() -> None:
+        _lease_lapses()
+        a_stalled.set()
+        assert b_ended.wait(60)
+
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(StateStore, "run_publishing", _in_stalled_run(a_stalls, StateStore.run_publishing))
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        try:
+            assert run(workdir, RECIPE).manifest.version == 2
+        finally:
+            b_ended.set()
+        a.join(60)
+    [error] = outcome
+    return error
+
+
+def test_a_stalled_run_whose_version_number_the_run_that_took_over_published_is_recorded_failed(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A published nothing: recorded publishing (with v2, the number B published), the next run took B's
+    recorded v2 for one a killed run left unrecorded, and read everything again."""
+    error = _stalled_as_its_version_becomes_visible(workdir, monkeypatch)
+    assert isinstance(error, LockLost)
+    assert sorted(_statuses().values()) == ["failed", "published", "published"]
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    with caplog.at_level(logging.INFO, logger="curation.pipeline"):
+        third = run(workdir, RECIPE)
+    assert "killed before it recorded" not in caplog.text and "reads all of it again" not in caplog.text
+    assert third.manifest.inputs[-1].uri.endswith("c.jsonl") and len(third.manifest.inputs) == 1
+    assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["four", "one", "three", "two"]
