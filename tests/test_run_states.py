@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from connectors.state import LockLost, Watermarks, run_locks
 from curation import pipeline
 from curation.state import StateStore
+from curation.writer import DatasetWriter
 from tests.helpers import docs_recipe, outputs, run, write_jsonl
 
 RECIPE = docs_recipe("in")
@@ -150,3 +151,49 @@ def test_a_stalled_run_whose_version_number_the_run_that_took_over_published_is_
     assert "killed before it recorded" not in caplog.text and "reads all of it again" not in caplog.text
     assert third.manifest.inputs[-1].uri.endswith("c.jsonl") and len(third.manifest.inputs) == 1
     assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["four", "one", "three", "two"]
+
+
+def test_a_stalled_run_that_finds_the_version_of_the_run_that_took_over_says_so(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one state store, the version that appeared while A went on is the run's that took A's lock over,
+    not one of a run of another store."""
+    message = str(_stalled_as_its_version_becomes_visible(workdir, monkeypatch))
+    assert "docs v2 was published at" in message and "took over this run's lock" in message, message
+    assert "does not use this run's state store" not in message
+
+
+def test_a_stalled_run_whose_staging_folder_the_run_that_took_over_removed_says_so(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalls past its lease with its shards staged; B takes over (marking A killed: still running) and
+    fails, removing as it ends the staging folders of the runs that are over, A's among them. A wakes: with
+    one state store, that was the run that took A's lock over, not a run of another store."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    a_stalled, b_ended = threading.Event(), threading.Event()
+    publish = DatasetWriter.publish
+
+    def stalls_or_fails(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("B fails")
+        self.flush()  # its shards staged
+        _lease_lapses()
+        a_stalled.set()
+        assert b_ended.wait(60)
+        return publish(self, *args, **kwargs)
+
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(DatasetWriter, "publish", stalls_or_fails)
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        try:
+            with pytest.raises(RuntimeError, match="B fails"):
+                run(workdir, RECIPE)
+        finally:
+            b_ended.set()
+        a.join(60)
+    [error] = outcome
+    assert isinstance(error, LockLost) and "removed while this run went on" in str(error)
+    assert "took over this run's lock" in str(error) and "does not use this run's state store" not in str(error)
+    assert run(workdir, RECIPE).manifest.version == 1
