@@ -305,15 +305,16 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     )
 
 
-def _watermarks_untrusted(recipe: Recipe, state: StateStore, previous: list[int]) -> str | None:
+def _watermarks_untrusted(
+    recipe: Recipe, state: StateStore, previous: list[int], unrecorded: dict[str, int]
+) -> str | None:
     """Why what the state store says earlier runs read cannot be trusted, if it cannot: reading only
-    what is new would then publish a wrong version."""
-    # Asked before a first version too: it marks killed the runs that died publishing one (their claim then passed by).
-    unrecorded = state.unrecorded_versions(recipe.dataset, previous)
+    what is new would then publish a wrong version. ``unrecorded``: ``StateStore.unrecorded_runs``."""
     if unrecorded:
-        gone = "" if unrecorded[-1] in previous else f" (not at {recipe.output.dest} now)"
+        last = max(unrecorded.values())
+        gone = "" if last in previous else f" (not at {recipe.output.dest} now)"
         return (
-            f"{recipe.dataset} v{unrecorded[-1]}{gone} was published by a run killed before it recorded what it "
+            f"{recipe.dataset} v{last}{gone} was published by a run killed before it recorded what it "
             "read (reading only what is new would publish that version's new records a second time, or, where "
             "it was deleted since, leave them out)"
         )
@@ -645,6 +646,8 @@ class RunPlan:
     replaced_ids: pl.Series | None  # the latest version's records from inputs read whole again
     # ``id`` and ``validation`` of the published records this run may write again (``_earlier_sides``)
     published_sides: pl.DataFrame | None
+    # The runs that left a version unrecorded (``StateStore.unrecorded_runs``): this run reads everything again.
+    supersedes: list[str]
 
     @property
     def extends(self) -> int | None:
@@ -803,7 +806,11 @@ def _run_locked(
         # Failed once it was marked publishing (an error in the rename or a signal no handler holds), its
         # version may be visible: it stays marked so, and the next run reads everything again if it is.
         # Marked failed, the next would trust the watermarks and publish that version's records twice.
-        status, version = ("publishing", publishing[0]) if publishing else ("failed", None)
+        # Not on ``LockLost``: raised only before it is (``PublishedMeanwhile``: its number holds another run's
+        # version, most often the one that took over its lock, which recorded it: this run, marked killed then,
+        # must not have the next run read everything again for it).
+        visible = publishing and not isinstance(error, LockLost)
+        status, version = ("publishing", publishing[0]) if visible else ("failed", None)
         state.run_finished(writer.run_id, status, version, error=type(error).__name__)
         raise
     result = RunResult(
@@ -830,7 +837,9 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     """The versions the run builds on and the inputs it reads (the run holds the dataset's lock: no
     other run publishes a version until it ends)."""
     previous = published_versions(recipe.output.dest, recipe.dataset)
-    untrusted = _watermarks_untrusted(recipe, state, previous)
+    # Asked before a first version too: it marks killed the runs that died publishing one (their claim then passed by).
+    unrecorded = state.unrecorded_runs(recipe.dataset, previous)
+    untrusted = _watermarks_untrusted(recipe, state, previous, unrecorded)
     if untrusted and not full_refresh:
         log.warning("%s: this run reads all of it again (as --full-refresh)", untrusted)
         full_refresh = True
@@ -893,7 +902,9 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
         inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs)
     if previous and not full_refresh:
         sides = _earlier_sides(recipe, previous, sources, watermarks, sides)
-    return RunPlan(previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids, sides)
+    return RunPlan(
+        previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids, sides, [*unrecorded]
+    )
 
 
 def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWriter:
@@ -1053,5 +1064,6 @@ def _record_published(
     # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
     # published before its signatures were, the next run would trust the watermarks but compare with no
     # signature of this version, and publish its content a second time.
-    state.run_finished(writer.run_id, "published", published.version, published.counts.model_dump())
+    counts = published.counts.model_dump()
+    state.run_finished(writer.run_id, "published", published.version, counts, superseded=plan.supersedes)
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, published.counts.written)

@@ -127,11 +127,11 @@ class StateStore:
         with self.engine.begin() as db:
             db.execute(runs.update().where(runs.c.run_id == run_id).values(status="publishing", version=version))
 
-    def unrecorded_versions(self, dataset: str, published: list[int]) -> list[int]:
-        """Versions of ``dataset`` that became visible but whose run was killed before it recorded what
-        it read (a run must then not trust the watermarks). Their runs stay marked publishing until a run
-        that read everything again publishes (``run_finished``): killed before that too, it leaves the
-        next run to read everything again. So does one whose version is gone since (a rollback), once its
+    def unrecorded_runs(self, dataset: str, published: list[int]) -> dict[str, int]:
+        """The runs of ``dataset`` (and the version of each) whose version became visible but that were
+        killed before they recorded what they read (a run must then not trust the watermarks). They stay
+        marked publishing until a run that read everything again publishes (``run_finished``): killed
+        before that too, it leaves the next run to read everything again. So does one whose version is gone since (a rollback), once its
         run committed what it read: the watermarks say its input was read, and no version holds it. Runs
         killed before their version became visible are marked so."""
         with self.engine.begin() as db:
@@ -159,7 +159,7 @@ class StateStore:
                 )
                 .values(status="killed", finished_at=_now(), error="killed while publishing")
             )
-        return sorted(row.version for row in unrecorded)
+        return {row.run_id: row.version for row in unrecorded}
 
     def run_finished(
         self,
@@ -168,13 +168,16 @@ class StateStore:
         version: int | None = None,
         counts: dict[str, Any] | None = None,
         error: str | None = None,
+        superseded: Iterable[str] = (),
     ) -> None:
+        """Record how the run ended. Published, it read everything again where the runs ``superseded``
+        (``unrecorded_runs`` at its start) left a version unrecorded: they are marked killed. Not any other
+        run marked publishing: one that took this run's lock over as it stalled may be publishing now."""
         with self.engine.begin() as db:
-            if status == "published":  # it read everything again where a killed run left a version unrecorded
-                dataset = sa.select(runs.c.dataset).where(runs.c.run_id == run_id).scalar_subquery()
+            if status == "published" and (ids := list(superseded)):
                 db.execute(
                     runs.update()
-                    .where(runs.c.dataset == dataset, runs.c.status == "publishing", runs.c.run_id != run_id)
+                    .where(runs.c.run_id.in_(ids), runs.c.status == "publishing")
                     .values(status="killed", finished_at=_now(), error="killed while publishing")
                 )
             db.execute(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connectors.state import LockLost
+from connectors.state import LEASE_SETTING, LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
 from curation.formats import OutputFormat, take_rows
@@ -52,6 +53,8 @@ _LEFTOVER = "-leftover"  # a run's staging folder's name with it: what it moved 
 
 # What a run of a dataset that another state store's run got in the way of says to do.
 ONE_STORE = "the runs of a dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts)"
+# Why a run of the dataset's one state store got in the way of this one: it took over this run's lock.
+_STALLED = f" (this run stalled for longer than {LEASE_SETTING} allows)"
 
 
 class PublishedMeanwhile(LockLost):
@@ -1036,11 +1039,12 @@ class DatasetWriter:
         body = manifest.model_dump_json(indent=2).encode()
         target_uri = version_uri(self.dest, self.dataset, version)
         _, target = filesystem(target_uri)
-        meanwhile = self._changed_meanwhile(existing, [*existing, version])
+        # Said when it is raised: whether this run's lock was taken over is known then, not now.
+        meanwhile = functools.partial(self._changed_meanwhile, existing, [*existing, version])
         if self._has_manifest(target):
             # Published whole since the look in ``publish`` (on S3, before this run's claim: that run's claim
             # is removed once its manifest is written): its files are not what a killed run left.
-            raise PublishedMeanwhile(meanwhile)
+            raise PublishedMeanwhile(meanwhile())
         if is_s3(target_uri):
             self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
@@ -1054,7 +1058,7 @@ class DatasetWriter:
                 # A run of another store renamed its version into place since the check above: the rename
                 # (or the removal) fails on the folder it made, and the reason is the same.
                 if self._has_manifest(target):
-                    raise PublishedMeanwhile(meanwhile) from None
+                    raise PublishedMeanwhile(meanwhile()) from None
                 raise
         if not splits["train"].records and splits["validation"].records:  # said once the version is there
             self._warn_nothing_to_train_on(version, splits["validation"].records)
@@ -1082,7 +1086,7 @@ class DatasetWriter:
         """Whether ``folder`` is a published version (its manifest is written last)."""
         return self.fs.get_file_info(f"{folder}/{MANIFEST_NAME}").type != pafs.FileType.NotFound
 
-    def _remove_leftover(self, target: str, meanwhile: str) -> None:
+    def _remove_leftover(self, target: str, meanwhile: Callable[[], str]) -> None:
         """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
         goes: renamed away first, so a version renamed into place since the check is put back, not removed.
         Not once this run's lock is lost (it stalled past its lease): the run that took over may have renamed
@@ -1092,14 +1096,14 @@ class DatasetWriter:
             return
         self.confirm_lock()
         if self._has_manifest(target):
-            raise PublishedMeanwhile(meanwhile)
+            raise PublishedMeanwhile(meanwhile())
         try:
             self.fs.move(target, leftover)
         except FileNotFoundError:
             return
         if self._has_manifest(leftover):
             self.fs.move(leftover, target)
-            raise PublishedMeanwhile(meanwhile)
+            raise PublishedMeanwhile(meanwhile())
         self.fs.delete_dir(leftover)
 
     def _check_staged(self) -> None:
@@ -1114,10 +1118,16 @@ class DatasetWriter:
         listed = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True, allow_not_found=True))
         missing = sorted(staged - {info.path[len(self.staging) + 1 :] for info in listed})
         if missing:
+            by = (
+                f"by the run that took over this run's lock{_STALLED}, as it removed the staging folders of "
+                "runs that are over, so this run published nothing"
+                if self._lock_taken_over()
+                else f"by a run of {self.dataset} that does not use this run's state store (a release before this "
+                f"one clears the whole staging area as it ends), so this run published nothing; {ONE_STORE}"
+            )
             raise PublishedMeanwhile(
                 f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
-                f"while this run went on, by a run of {self.dataset} that does not use this run's state store (a "
-                f"release before this one clears the whole staging area as it ends), so this run published nothing; {ONE_STORE}"
+                f"while this run went on, {by}"
             )
 
     def _changed_meanwhile(self, builds_on: list[int], existing: list[int]) -> str:
@@ -1126,15 +1136,31 @@ class DatasetWriter:
         if not appeared:  # removed by hand (a rollback) while the run went on: what it built on is gone
             gone = ", ".join(f"v{number}" for number in sorted(set(builds_on) - set(existing)))
             return f"{self.dataset} {gone} was removed from {where} while this run went on; this run published nothing"
+        published = f"{self.dataset} v{appeared[-1]} was published at {where} while this run went on"
+        if self._lock_taken_over():
+            return f"{published}, by the run that took over this run's lock{_STALLED}, so this run published nothing"
         # Under one state store the dataset's lock keeps runs apart: this one came from another store.
         return (
-            f"{self.dataset} v{appeared[-1]} was published at {where} while this run went on, by a run that does "
-            "not use this run's state store (its lock keeps apart only the runs that share it), so this run "
-            f"published nothing; {ONE_STORE}"
+            f"{published}, by a run that does not use this run's state store (its lock keeps apart only the runs "
+            f"that share it), so this run published nothing; {ONE_STORE}"
         )
 
+    def _lock_taken_over(self) -> bool:
+        """Whether another run took this run's lock over: with one state store, what changed in the dest
+        while this run went on was that run's doing, not a run's of another store."""
+        try:
+            self.confirm_lock()
+        except LockLost:
+            return True
+        return False
+
     def _publish_s3(
-        self, version: int, target: str, manifest_body: bytes, before_visible: Callable[[], None], meanwhile: str
+        self,
+        version: int,
+        target: str,
+        manifest_body: bytes,
+        before_visible: Callable[[], None],
+        meanwhile: Callable[[], str],
     ) -> None:
         """Copies into ``vN/``, whose claim this run holds, and writes the manifest only where there is
         none: no other run writes under ``vN/`` while the claim is there (their copies would mix under the
@@ -1165,7 +1191,7 @@ class DatasetWriter:
         if not put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body):
             # Only a run that does not claim (of a release before claims) gets here: its copies and this
             # run's share names, so neither can take them away without breaking the other's version.
-            raise PublishedMeanwhile(meanwhile)
+            raise PublishedMeanwhile(meanwhile())
         self._unclaim(version)
 
     def _take_away(self, target: str, version: int) -> None:

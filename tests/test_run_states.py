@@ -1,0 +1,199 @@
+"""The states a run is recorded in around publishing when its lock is taken over: a run that stalled past
+its lease (a paused VM) and the run that took over both end, and what each leaves recorded is true."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from connectors.state import LockLost, Watermarks, run_locks
+from curation import pipeline
+from curation.state import StateStore
+from curation.writer import DatasetWriter
+from tests.helpers import docs_recipe, outputs, run, write_jsonl
+
+RECIPE = docs_recipe("in")
+
+
+class _Killed(BaseException):
+    """SIGKILL, as a test can raise it: no handler of the run's catches it as an error of its own."""
+
+
+def _statuses() -> dict[str, str]:
+    with sa.create_engine("sqlite:///state.db").connect() as db:
+        return dict(db.execute(sa.text("SELECT run_id, status FROM runs")).tuples().all())
+
+
+def _lease_lapses() -> None:
+    """As the run that takes over sees a lock not renewed for a lease: its row goes."""
+    with sa.create_engine("sqlite:///state.db").begin() as db:
+        db.execute(run_locks.delete())
+
+
+def _in_stalled_run(stalls: Callable[[], None], original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original``, after ``stalls()`` where the stalled run (not the main thread's) calls it."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
+            stalls()
+        return result
+
+    return wrapped
+
+
+def _run_a(workdir: Path, outcome: list[BaseException]) -> threading.Thread:
+    def run_a() -> None:
+        try:
+            run(workdir, RECIPE)
+        except BaseException as error:  # checked by the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    return thread
+
+
+def test_a_stalled_run_that_ends_published_leaves_the_run_that_took_over_publishing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's v2 is visible and what it read committed when A stalls past its lease. B takes over, reads
+    everything again (v2 is not recorded as published) and publishes v3. A wakes while B is marked
+    publishing, and ends as published: were B marked killed then, B killed before it recorded v3 left a
+    version the next run trusted the watermarks of A for, and c.jsonl's record was published twice."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, RECIPE)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    a_stalled, b_publishing = threading.Event(), threading.Event()
+
+    def a_stalls() -> None:  # after its watermarks were committed, before it is marked published
+        _lease_lapses()
+        a_stalled.set()
+        assert b_publishing.wait(60)
+
+    def b_killed(*_: object, **__: object) -> None:  # B's v3 visible: killed before it records anything
+        b_publishing.set()
+        a.join(60)
+        raise _Killed
+
+    commit = Watermarks.commit
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "add_items", _in_stalled_run(a_stalls, pipeline.add_items))
+        patch.setattr(
+            Watermarks,
+            "commit",
+            lambda self, *args, **kwargs: (
+                b_killed() if threading.current_thread() is threading.main_thread() else commit(self, *args, **kwargs)
+            ),
+        )
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+        try:
+            with pytest.raises(_Killed):
+                run(workdir, RECIPE)
+        finally:
+            b_publishing.set()
+            a.join(60)
+    assert outcome == [] and sorted(_statuses().values()) == ["published", "published", "publishing"]
+    write_jsonl(workdir / "in" / "d.jsonl", [{"text": "five"}])
+    fourth = run(workdir, RECIPE)
+    assert fourth.manifest.version == 4
+    assert sorted(line["text"] for line in outputs(Path(fourth.version_uri))) == ["five", "four", "one", "three", "two"]
+
+
+def _stalled_as_its_version_becomes_visible(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> BaseException:
+    """A is marked publishing v2 and stalls past its lease before the rename that makes v2 visible; B takes
+    over (marking A killed: v2 is not there), publishes v2 and records it; A wakes and finds v2 there. The
+    error A ends with."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, RECIPE)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    a_stalled, b_ended = threading.Event(), threading.Event()
+
+    def a_stalls() -> None:
+        _lease_lapses()
+        a_stalled.set()
+        assert b_ended.wait(60)
+
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(StateStore, "run_publishing", _in_stalled_run(a_stalls, StateStore.run_publishing))
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        try:
+            assert run(workdir, RECIPE).manifest.version == 2
+        finally:
+            b_ended.set()
+        a.join(60)
+    [error] = outcome
+    return error
+
+
+def test_a_stalled_run_whose_version_number_the_run_that_took_over_published_is_recorded_failed(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A published nothing: recorded publishing (with v2, the number B published), the next run took B's
+    recorded v2 for one a killed run left unrecorded, and read everything again."""
+    error = _stalled_as_its_version_becomes_visible(workdir, monkeypatch)
+    assert isinstance(error, LockLost)
+    assert sorted(_statuses().values()) == ["failed", "published", "published"]
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    with caplog.at_level(logging.INFO, logger="curation.pipeline"):
+        third = run(workdir, RECIPE)
+    assert "killed before it recorded" not in caplog.text and "reads all of it again" not in caplog.text
+    assert third.manifest.inputs[-1].uri.endswith("c.jsonl") and len(third.manifest.inputs) == 1
+    assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["four", "one", "three", "two"]
+
+
+def test_a_stalled_run_that_finds_the_version_of_the_run_that_took_over_says_so(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one state store, the version that appeared while A went on is the run's that took A's lock over,
+    not one of a run of another store."""
+    message = str(_stalled_as_its_version_becomes_visible(workdir, monkeypatch))
+    assert "docs v2 was published at" in message and "took over this run's lock" in message, message
+    assert "does not use this run's state store" not in message
+
+
+def test_a_stalled_run_whose_staging_folder_the_run_that_took_over_removed_says_so(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalls past its lease with its shards staged; B takes over (marking A killed: still running) and
+    fails, removing as it ends the staging folders of the runs that are over, A's among them. A wakes: with
+    one state store, that was the run that took A's lock over, not a run of another store."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    a_stalled, b_ended = threading.Event(), threading.Event()
+    publish = DatasetWriter.publish
+
+    def stalls_or_fails(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("B fails")
+        self.flush()  # its shards staged
+        _lease_lapses()
+        a_stalled.set()
+        assert b_ended.wait(60)
+        return publish(self, *args, **kwargs)
+
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(DatasetWriter, "publish", stalls_or_fails)
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        try:
+            with pytest.raises(RuntimeError, match="B fails"):
+                run(workdir, RECIPE)
+        finally:
+            b_ended.set()
+        a.join(60)
+    [error] = outcome
+    assert isinstance(error, LockLost) and "removed while this run went on" in str(error)
+    assert "took over this run's lock" in str(error) and "does not use this run's state store" not in str(error)
+    assert run(workdir, RECIPE).manifest.version == 1
