@@ -373,7 +373,7 @@ def test_a_run_whose_lock_was_taken_over_records_nothing_when_it_finds_nothing_n
     assert run(workdir, spec).manifest.counts.written == 2  # B's rows, read again
 
 
-def _jsonl_asks(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
+def asks_in_jsonl(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
     write_jsonl(
         workdir / "qa.jsonl",
         [{"image": i, "question": "Which colour?", "answer": f"c{n}"} for n, i in enumerate(images)],
@@ -381,7 +381,7 @@ def _jsonl_asks(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
     return {"path": "qa.jsonl"}
 
 
-def _sql_asks(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
+def asks_in_sql(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
     rows = ", ".join(f"({n}, '{image}', 'Which colour?', 'c{n}')" for n, image in enumerate(images))
     url = sqlite_db(
         workdir / "qa.db",
@@ -392,7 +392,7 @@ def _sql_asks(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
     return {"type": "sql", "url": url, "table": "t", **({"key": ["n"]} if key else {})}
 
 
-def _hf_asks(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
+def asks_in_hf(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -404,7 +404,7 @@ def _hf_asks(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("source", "key"),
-    [(_jsonl_asks, False), (_sql_asks, False), (_sql_asks, True), (_hf_asks, False)],
+    [(asks_in_jsonl, False), (asks_in_sql, False), (asks_in_sql, True), (asks_in_hf, False)],
     ids=["jsonl", "sql", "sql-keyed", "hf"],
 )
 def test_a_published_record_whose_image_was_moved_away_stays_when_its_input_is_read_again(
