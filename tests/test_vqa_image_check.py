@@ -432,3 +432,20 @@ def test_a_published_record_whose_image_was_moved_away_stays_when_its_input_is_r
     assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
     carried = [row for row in lineage_rows(Path(second.version_uri)) if row["carried_from"] == 1]
     assert [row["source"]["line"] for row in carried] == [1]
+
+
+@pytest.mark.parametrize("source", [asks_in_jsonl, asks_in_sql, asks_in_hf], ids=["jsonl", "sql", "hf"])
+def test_a_first_run_that_can_read_no_image_publishes_nothing_and_the_next_reads_them(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, source: Callable[[Path, list[str], bool], dict[str, Any]]
+) -> None:
+    # Every row of a first run names an image it may not read for now. A files source's run fails and publishes
+    # nothing; a SQL or Hugging Face source's published an empty version, holding only the quarantine, as if
+    # the source held nothing. It fails alike, and the next run reads the rows again.
+    good = pictures(workdir / "scans", 1)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [source(workdir, good * 2, False)]}
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[0]), filesystem))
+    with pytest.raises(StorageError, match=r"^scans: 2 input\(s\) \(files, image rows\) cannot be read, e\.g\. "):
+        run(workdir, spec)
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (2, 2, 0)
