@@ -773,11 +773,12 @@ class FilesSourceReader(ListedFiles):
                 else batch.rows,
                 set_aside=batch.set_aside.filter(pc.is_in(batch.set_aside["id"], value_set=wanted)),
             )
-        if not mark.kept or not batch.rows.num_rows:
-            return batch
-        kept = pa.array(sorted(mark.kept), pa.string())
-        rows = batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept)))
-        return dataclasses.replace(batch, rows=rows)
+        return mark.less_kept(batch)
+
+    def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
+        """The batches of its files in ``uris`` (read whole again), read before the run (``keep_archived``)."""
+        again = [entry for entry in self.entries() if entry.uri in uris]
+        return self.limited_to(again).batches() if again else iter(())
 
     def _steps(self, entries: Iterable[FileEntry], block_bytes: int) -> Iterator[_Step]:
         """Each file read ``block_bytes`` at a time (Parquet: a row group at a time): its batches to finish, then

@@ -193,13 +193,23 @@ class HFSourceReader:
     def batches(self) -> Iterator[SourceBatch]:
         for _split, entry in self.files():
             digest = read_digest(self.watermark, entry)
-            try:
-                yield from self._file(entry, digest)
-            except StorageError:
-                raise  # names the file already
-            except (pa.ArrowInvalid, OSError) as error:
-                raise StorageError(f"{entry.uri}: cannot read: {error}") from None
+            for batch in self._read(entry, digest):
+                yield batch if self.watermark is None else self.watermark.less_kept(batch)
             taken(self.watermark, entry, digest)
+
+    def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
+        """The batches of its data files in ``uris`` (read whole again), read before the run (``keep_archived``)."""
+        for _split, entry in self.files():
+            if entry.uri in uris:
+                yield from self._read(entry)
+
+    def _read(self, entry: FileEntry, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
+        try:
+            yield from self._file(entry, digest)
+        except StorageError:
+            raise  # names the file already
+        except (pa.ArrowInvalid, OSError) as error:
+            raise StorageError(f"{entry.uri}: cannot read: {error}") from None
 
     def _file(self, entry: FileEntry, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)

@@ -1137,6 +1137,14 @@ class SqlSourceReader:
         )
 
     def batches(self) -> Iterator[SourceBatch]:
+        for batch in self._batches():
+            yield batch if self.watermark is None else self.watermark.less_kept(batch)
+
+    def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
+        """Its rows, where the table is read whole again (in ``uris``), read before the run (``keep_archived``)."""
+        return self.batches() if self.uri in uris else iter(())
+
+    def _batches(self) -> Iterator[SourceBatch]:
         if self._unchanged:
             return
         ordinal = 0

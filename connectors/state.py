@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import Any
 from uuid import UUID
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 import xxhash
 from pydantic import BaseModel
@@ -213,7 +215,8 @@ class SourceWatermark:
         # before are replaced by what the run reads from them now, so an edited or removed line goes.
         self.replaced: set[str] = set()
         # Ids of published records from inputs in ``replaced`` that stay as published all the same (known
-        # before the run reads: an images sidecar's unchanged row whose image was taken and moved away).
+        # before the run reads: an images sidecar's unchanged row whose image was taken and moved away, a VQA row
+        # of a files, SQL or Hugging Face source whose image cannot be opened now: ``keep_archived``).
         self.kept: set[str] = set()
         # URI -> (fingerprint, xxh3) of each local file this run hashed: a file compared and then staged,
         # or listed again at planning, is not read again for it (``file_digest``).
@@ -227,6 +230,14 @@ class SourceWatermark:
 
     def get(self, item: str) -> Any:
         return self.committed.get(item)
+
+    def less_kept(self, batch: SourceBatch) -> SourceBatch:
+        """``batch`` less the rows whose published records stay as they were though their input is read again
+        (``kept``): carried, not read."""
+        if not self.kept or not batch.rows.num_rows:
+            return batch
+        kept = pa.array(sorted(self.kept), pa.string())
+        return dataclasses.replace(batch, rows=batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept))))
 
     def set(self, item: str, value: Any) -> None:
         if value == UNREAD:

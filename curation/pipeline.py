@@ -746,7 +746,8 @@ def _run_locked(
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
         changed = _recipe_changed(recipe, plan.extended)
-        if plan.extended is None and counts.input and counts.input == counts.quarantined == plan.watermarks.unread():
+        cannot_read = plan.watermarks.unread() + tally.unread_once
+        if plan.extended is None and counts.input and counts.input == counts.quarantined == cannot_read:
             # A version extending none would hold no record at all; failed, nothing is committed either.
             raise StorageError(
                 f"{recipe.dataset}: {counts.input} input(s) (files, image rows) cannot be read" + _first_detail(tally)

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,35 +238,6 @@ def test_a_delta_version_holds_only_the_rows_read_again_once_their_image_can_be_
     assert len(ids) == len(set(ids)) == 8
 
 
-def test_a_published_record_whose_image_was_moved_away_stays_when_its_jsonl_is_read_again(workdir: Path) -> None:
-    # Inputs are often moved away once taken. A line appended, the JSONL is read whole again: the unchanged
-    # row whose image is gone was quarantined as `missing_image`, and its published record left the dataset.
-    # It stays as published (carried, its image with it), as the images connector keeps such a row's record;
-    # a row never published whose image is not there is quarantined as ever.
-    good = pictures(workdir / "scans", 3)
-    rows = [{"image": image, "question": "Which colour?", "answer": Path(image).stem} for image in good[:2]]
-    write_jsonl(workdir / "qa.jsonl", rows)
-    spec = recipe("out", "state.db", validation_fraction=0.0)
-    first = run(workdir, spec)
-    Path(good[0]).unlink()
-    gone = str(workdir / "scans" / "never.png")
-    added = [
-        {"image": good[2], "question": "Which colour?", "answer": "c2"},
-        {"image": gone, "question": "?", "answer": "x"},
-    ]
-    write_jsonl(workdir / "qa.jsonl", rows + added)
-    second = run(workdir, spec)
-    counts = second.manifest.counts
-    assert (counts.input, counts.written, counts.carried) == (3, 2, 1)
-    assert counts.reasons["quarantined"] == {"missing_image": 1}
-    (aside,) = set_aside(Path(second.version_uri))
-    assert json.loads(aside["record"])["image"] == gone
-    now = published(second)
-    assert len(now) == 4 - 1 and {i: now[i] for i in published(first)} == published(first)
-    carried = [row for row in lineage_rows(Path(second.version_uri)) if row["carried_from"] == 1]
-    assert [row["source"]["line"] for row in carried] == [1]
-
-
 def test_a_published_record_whose_image_cannot_be_read_for_now_stays_when_its_jsonl_is_read_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -399,3 +371,81 @@ def test_a_run_whose_lock_was_taken_over_records_nothing_when_it_finds_nothing_n
         marked = db.execute(sa.text("SELECT item FROM watermarks WHERE source = :s"), {"s": _READ_AGAIN}).scalars()
         assert [Path(item).name for item in marked] == ["two.jsonl"]
     assert run(workdir, spec).manifest.counts.written == 2  # B's rows, read again
+
+
+def asks_in_jsonl(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
+    write_jsonl(
+        workdir / "qa.jsonl",
+        [{"image": i, "question": "Which colour?", "answer": f"c{n}"} for n, i in enumerate(images)],
+    )
+    return {"path": "qa.jsonl"}
+
+
+def asks_in_sql(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
+    rows = ", ".join(f"({n}, '{image}', 'Which colour?', 'c{n}')" for n, image in enumerate(images))
+    url = sqlite_db(
+        workdir / "qa.db",
+        "DROP TABLE IF EXISTS t",
+        "CREATE TABLE t (n INTEGER, image TEXT, question TEXT, answer TEXT)",
+        f"INSERT INTO t VALUES {rows}",
+    )
+    return {"type": "sql", "url": url, "table": "t", **({"key": ["n"]} if key else {})}
+
+
+def asks_in_hf(workdir: Path, images: list[str], key: bool) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"image": image, "question": "Which colour?", "answer": f"c{n}"} for n, image in enumerate(images)]
+    (workdir / "hub" / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), workdir / "hub" / "data" / "train-00000-of-00001.parquet")
+    return {"type": "hf", "path": "hub"}
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [(asks_in_jsonl, False), (asks_in_sql, False), (asks_in_sql, True), (asks_in_hf, False)],
+    ids=["jsonl", "sql", "sql-keyed", "hf"],
+)
+def test_a_published_record_whose_image_was_moved_away_stays_when_its_input_is_read_again(
+    workdir: Path, source: Callable[[Path, list[str], bool], dict[str, Any]], key: bool
+) -> None:
+    # Inputs are often moved away once taken. Rows added, the JSONL file, SQL table without a cursor or Hugging
+    # Face data file is read whole again: the unchanged row whose image is gone was quarantined as
+    # `missing_image`, and its published record left the dataset (a SQL or HF source's still did). It stays as
+    # published (carried, its image with it), as the images connector keeps such a row's record; a row never
+    # published whose image is not there is quarantined as ever.
+    good = pictures(workdir / "scans", 3)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [source(workdir, good[:2], key)]}
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 2
+    Path(good[0]).unlink()
+    gone = str(workdir / "scans" / "never.png")
+    source(workdir, [*good, gone], key)
+    second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (3, 2, 1)
+    assert counts.reasons["quarantined"] == {"missing_image": 1}
+    (aside,) = set_aside(Path(second.version_uri))
+    assert json.loads(aside["record"])["image"] == gone
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+    carried = [row for row in lineage_rows(Path(second.version_uri)) if row["carried_from"] == 1]
+    assert [row["source"]["line"] for row in carried] == [1]
+
+
+@pytest.mark.parametrize("source", [asks_in_jsonl, asks_in_sql, asks_in_hf], ids=["jsonl", "sql", "hf"])
+def test_a_first_run_that_can_read_no_image_publishes_nothing_and_the_next_reads_them(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, source: Callable[[Path, list[str], bool], dict[str, Any]]
+) -> None:
+    # Every row of a first run names an image it may not read for now. A files source's run fails and publishes
+    # nothing; a SQL or Hugging Face source's published an empty version, holding only the quarantine, as if
+    # the source held nothing. It fails alike, and the next run reads the rows again.
+    good = pictures(workdir / "scans", 1)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [source(workdir, good * 2, False)]}
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[0]), filesystem))
+    with pytest.raises(StorageError, match=r"^scans: 2 input\(s\) \(files, image rows\) cannot be read, e\.g\. "):
+        run(workdir, spec)
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (2, 2, 0)

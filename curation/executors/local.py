@@ -68,6 +68,9 @@ class Tally:
     # not read) of a files source, the ids of those: the next run reads them again (``Watermarks.read_next_run``).
     # One the reader could not read keeps such a watermark of its own (stage ``read``).
     unread_inputs: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # Such records of a SQL or Hugging Face source, which only --full-refresh reads again: a first run that reads
+    # nothing else fails, as one of a files source does, so that none of them is taken (``run_recipe``).
+    unread_once: int = 0
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -341,12 +344,9 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
         )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     # A files source's alone: another reads its rows again only on --full-refresh (a SQL cursor moved past them).
-    unread = table.filter(
-        pc.and_(
-            pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")),
-            pc.equal(pc.struct_field(table["source"], "connector"), FILES),
-        )
-    )
+    unreadable = table.filter(pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")))
+    unread = unreadable.filter(pc.equal(pc.struct_field(unreadable["source"], "connector"), FILES))
+    tally.unread_once += unreadable.num_rows - unread.num_rows
     for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
         tally.unread_inputs[uri].append(record)
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(

@@ -21,7 +21,6 @@ from pyarrow.fs import FileType
 
 from connectors.base import Source
 from connectors.files import CONNECTOR as FILES
-from connectors.files import FilesSourceReader
 from connectors.storage import filesystem, is_s3
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
@@ -171,23 +170,21 @@ class ImageCheck:
 def keep_archived(
     sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array, uris: set[str]
 ) -> None:
-    """Of the ``published`` records (ids) of the files ``uris`` this run reads whole again (a line appended), those
-    whose image cannot be read now, whatever the reason (inputs are often moved away once taken; a share away,
-    a permission), stay as published: carried, not read (``SourceWatermark.kept``), as the images connector
-    keeps such a row's record. Read with the rest, each was quarantined (``missing_image``, ``unreadable``) and
-    so left the dataset. Known before the run reads (the carry and cross-run dedup leave out the records read
-    again): their files' rows are read for it here, and each image opened once (a stat, an S3 HEAD)."""
+    """Of the ``published`` records (ids) of the inputs ``uris`` this run reads whole again (a line appended to a
+    file, a changed SQL table without a cursor or Hugging Face data file), those whose image cannot be read now,
+    whatever the reason (inputs are often moved away once taken; a share away, a permission), stay as published:
+    carried, not read (``SourceWatermark.kept``), as the images connector keeps such a row's record. Read with
+    the rest, each was quarantined (``missing_image``, ``unreadable``) and so left the dataset. Known before the
+    run reads (the carry and cross-run dedup leave out the records read again): their rows are read for it here
+    (``batches_of``), and each image opened once (a stat, an S3 HEAD)."""
     wanted = published.cast(pa.string())  # Polars hands large strings on
     unopened: dict[str, bool] = {}  # an image several questions ask about is opened once
     for source in sources:
         mark = getattr(source, "watermark", None)
-        if not isinstance(source, FilesSourceReader) or mark is None or not mark.replaced:
-            continue  # an images source keeps such rows itself; a SQL or Hugging Face one is not read twice
-        read_again = mark.replaced & uris
-        again = [entry for entry in source.entries() if entry.uri in read_again]
-        if not again:
+        batches_of = getattr(source, "batches_of", None)  # an images source keeps such rows itself
+        if batches_of is None or mark is None or not mark.replaced & uris:
             continue
-        for batch in source.limited_to(again).batches():
+        for batch in batches_of(mark.replaced & uris):
             rows = batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted)) if batch.rows.num_rows else None
             if rows is None or not rows.num_rows:
                 continue
