@@ -40,6 +40,7 @@ from connectors.storage import (
     list_files,
     open_input,
     open_listed,
+    os_reason,
     path_of,
 )
 from schemas.config import FilesSource, ImagesSource
@@ -495,7 +496,7 @@ class ImagesSourceReader:
                 if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
                     cache[name] = ImageProblem(reason, f"cannot read {uri}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
-                    why = os.strerror(error.errno) if error.errno else str(error)
+                    why = os_reason(error)
                     if isinstance(error, Changed):
                         why = "overwritten since the run listed it"
                     cache[name] = ImageProblem(

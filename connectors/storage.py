@@ -42,10 +42,16 @@ class Unreadable(StorageError):
 
     @classmethod
     def of(cls, uri: str, error: OSError) -> Unreadable:
-        why = os.strerror(error.errno) if error.errno else str(error)
+        why = os_reason(error)
         found = cls(f"{uri}: cannot read: {why}")
         found.uri, found.why = uri, why  # attributes, not arguments: pickled whole to and from Ray workers
         return found
+
+
+def os_reason(error: Exception) -> str:
+    """The OS's reason for ``error`` ("Permission denied") where it has an errno, else its message."""
+    errno = getattr(error, "errno", None)
+    return os.strerror(errno) if errno else str(error)
 
 
 class NotThere(StorageError):

@@ -22,7 +22,7 @@ from pyarrow.fs import FileType
 from connectors.base import Source
 from connectors.files import CONNECTOR as FILES
 from connectors.files import FilesSourceReader
-from connectors.storage import filesystem, is_s3
+from connectors.storage import filesystem, is_s3, os_reason
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
 from schemas.records import input_record_json, location, set_aside_rows
@@ -68,8 +68,7 @@ class _Reads(io.RawIOBase):
 
 
 def _why(error: Exception) -> str:
-    errno = getattr(error, "errno", None)
-    return os.strerror(errno) if errno else str(error).splitlines()[0]
+    return os_reason(error).splitlines()[0]  # a detail is one line
 
 
 def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
