@@ -155,6 +155,12 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def shows_through(image: Image.Image) -> bool:
+    """Whether part of ``image`` may be see-through: an alpha channel (straight or premultiplied), or a
+    palette entry or colour drawn transparent (``transparency``), which RGBA keeps and RGB or JPEG loses."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
 class _Hashed:
     """The size, xxh3 and line count (``LineCounter``) of bytes given a block at a time: what ``len``,
     ``xxh3_128_hexdigest`` and ``lines_in`` give of them whole (the values a sidecar's watermark keeps)."""
