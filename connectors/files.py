@@ -730,6 +730,7 @@ class FilesSourceReader(ListedFiles):
         read = self._steps(entries, BLOCK_BYTES)
         steps = read_ahead(read) if sum(entry.size or 0 for entry in entries) > BLOCK_BYTES else read
         passed_on = -1  # the file a batch was last passed on of
+        less_kept = functools.lru_cache(maxsize=1)(self._less_kept)  # files come in order: made once for each
         left = -1  # a file left to the next run: its other steps are passed over
         # However this ends, the reading stops and the file it read is closed (by the reading thread, if one).
         with contextlib.closing(steps):
@@ -743,7 +744,7 @@ class FilesSourceReader(ListedFiles):
                     except Unreadable as failed:
                         error = failed
                     else:
-                        yield self._less_kept(batch, step.entry.uri)
+                        yield less_kept(step.entry.uri)(batch)
                         passed_on = step.at
                         continue
                 if error is None:
@@ -756,28 +757,40 @@ class FilesSourceReader(ListedFiles):
                     # and the file read again from its start would give them twice.
                     raise error
 
-    def _less_kept(self, batch: SourceBatch, uri: str) -> SourceBatch:
-        """``batch`` (of file ``uri``) less the rows whose published records stay as they were though their
-        file is read again (``SourceWatermark.kept``: a VQA row whose image was moved away since): carried, not
-        read. Of an unchanged file read for the records an earlier run could not take (``SourceWatermark.retry``)
-        only those: its others stay as that run left them."""
+    def _less_kept(self, uri: str) -> Callable[[SourceBatch], SourceBatch]:
+        """What makes a batch of file ``uri`` that batch less the rows whose published records stay as they were
+        though their file is read again (``SourceWatermark.kept``: a VQA row whose image was moved away since):
+        carried, not read. Of an unchanged file read for the records an earlier run could not take
+        (``SourceWatermark.retry``) only those: its others stay as that run left them. Made once per file: the
+        ids can be many, and a file many batches."""
         mark = self.watermark
         if mark is None:
-            return batch
+            return lambda batch: batch
         if uri in mark.retry and uri not in mark.replaced:
             wanted = pa.array(sorted(mark.retry[uri]), pa.string())
-            return dataclasses.replace(
-                batch,
-                rows=batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted))
-                if batch.rows.num_rows
-                else batch.rows,
-                set_aside=batch.set_aside.filter(pc.is_in(batch.set_aside["id"], value_set=wanted)),
-            )
-        if not mark.kept or not batch.rows.num_rows:
-            return batch
+
+            def only_wanted(batch: SourceBatch) -> SourceBatch:
+                return dataclasses.replace(
+                    batch,
+                    rows=batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted))
+                    if batch.rows.num_rows
+                    else batch.rows,
+                    set_aside=batch.set_aside.filter(pc.is_in(batch.set_aside["id"], value_set=wanted)),
+                )
+
+            return only_wanted
+        if not mark.kept:
+            return lambda batch: batch
         kept = pa.array(sorted(mark.kept), pa.string())
-        rows = batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept)))
-        return dataclasses.replace(batch, rows=rows)
+
+        def less_kept(batch: SourceBatch) -> SourceBatch:
+            if not batch.rows.num_rows:
+                return batch
+            return dataclasses.replace(
+                batch, rows=batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept)))
+            )
+
+        return less_kept
 
     def _steps(self, entries: Iterable[FileEntry], block_bytes: int) -> Iterator[_Step]:
         """Each file read ``block_bytes`` at a time (Parquet: a row group at a time): its batches to finish, then
