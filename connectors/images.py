@@ -40,6 +40,7 @@ from connectors.storage import (
     list_files,
     open_input,
     open_listed,
+    os_reason,
     path_of,
 )
 from schemas.config import FilesSource, ImagesSource
@@ -152,6 +153,12 @@ def eight_bit(image: Image.Image) -> Image.Image:
         top = max(int(samples.max(initial=0)), 255)
         return Image.fromarray((samples * 255 // top).astype(np.uint8))  # 2-D uint8: mode L
     return image
+
+
+def shows_through(image: Image.Image) -> bool:
+    """Whether part of ``image`` may be see-through: an alpha channel (straight or premultiplied), or a
+    palette entry or colour drawn transparent (``transparency``), which RGBA keeps and RGB or JPEG loses."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 class _Hashed:
@@ -495,7 +502,7 @@ class ImagesSourceReader:
                 if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
                     cache[name] = ImageProblem(reason, f"cannot read {uri}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
-                    why = os.strerror(error.errno) if error.errno else str(error)
+                    why = os_reason(error)
                     if isinstance(error, Changed):
                         why = "overwritten since the run listed it"
                     cache[name] = ImageProblem(

@@ -312,12 +312,12 @@ class Watermarks:
         """Whether any source read again something an earlier run took."""
         return any(source.reread for source in self.sources.values())
 
-    def read_next_run(self, unread: dict[str, list[str]]) -> None:
+    def read_next_run(self, unread: dict[str, set[str]]) -> None:
         """Have the next run read these records again: this run read their inputs (URIs, of a files source),
         but could not take records ``unread[uri]`` (ids: an image a VQA row names it could not read for now).
         Unchanged, an input gives the next run only those (``SourceWatermark.retry``); its other records stay
         as published. Changed, it is read whole, as ever."""
-        self.pending_unread = {uri: sorted(set(ids)) for uri, ids in unread.items()}
+        self.pending_unread = {uri: sorted(ids) for uri, ids in unread.items()}
 
     def unread(self) -> int:
         """How many inputs this run could not read (``UNREAD``), whatever earlier runs made of them."""

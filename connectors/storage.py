@@ -42,10 +42,16 @@ class Unreadable(StorageError):
 
     @classmethod
     def of(cls, uri: str, error: OSError) -> Unreadable:
-        why = os.strerror(error.errno) if error.errno else str(error)
+        why = os_reason(error)
         found = cls(f"{uri}: cannot read: {why}")
         found.uri, found.why = uri, why  # attributes, not arguments: pickled whole to and from Ray workers
         return found
+
+
+def os_reason(error: Exception) -> str:
+    """The OS's reason for ``error`` ("Permission denied") where it has an errno, else its message."""
+    errno = getattr(error, "errno", None)
+    return os.strerror(errno) if errno else str(error)
 
 
 class NotThere(StorageError):
@@ -355,7 +361,7 @@ class _ListedObject(io.RawIOBase):
             code = error.response.get("Error", {}).get("Code")
             if answer == 412 or code == "PreconditionFailed":  # a HEAD's answer has no code, only its status
                 raise Changed(changed(self.uri)) from None
-            if answer == 404 or code in ("NoSuchKey", "NotFound"):
+            if _not_found(error):
                 raise FileNotFoundError(errno.ENOENT, "no such object", self.uri) from None
             raise Unreadable.of(self.uri, OSError(str(error))) from None  # denied, throttled: as Arrow's reads
         except botocore.exceptions.BotoCoreError as error:  # the endpoint away
@@ -876,7 +882,7 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
                 # An empty object named as the folder beside it (`data.jsonl` beside Spark's
                 # `data.jsonl/part-*`, written by some tools as a folder marker): the path names the folder.
             except botocore.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                if not _not_found(error):
                     raise  # denied, throttled, down: not "no such object"
 
         # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
@@ -979,10 +985,17 @@ def _s3_key_exists(client: Any, bucket: str, key: str) -> bool:
     try:
         client.head_object(Bucket=bucket, Key=key)
     except botocore.exceptions.ClientError as error:
-        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+        if _not_found(error):
             return False
         raise
     return True
+
+
+def _not_found(error: Any) -> bool:
+    """Whether an S3 ``ClientError`` says there is no such object: a HEAD's answer has no code of its
+    own (botocore gives its status, "404"), a GET's says ``NoSuchKey``; some stores say ``NotFound``."""
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status == 404 or error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def put_if_absent(uri: str, body: bytes) -> bool:

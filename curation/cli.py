@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from curation.stopping import STOP_SIGNALS, Stopped, on_stop_signal, stops_deferred
+from curation.stopping import Stopped, stops_deferred, take_stop_signals
 from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
@@ -106,8 +106,7 @@ def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, ori
     """Run a recipe with a progress bar; print where the output went. Returns the exit code. ``origin``:
     the recipe's file, which a recipe error found once records were read names (a scheduler's log holds
     the runs of many recipes). SIGTERM and ^C are said as a stopped run, from its start: never a traceback."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_stop_signal)
+    take_stop_signals()
     ran: list[RunResult] = []  # the run's result once it returned, or once its version was visible
     try:
         return _execute(recipe, quiet, full_refresh, origin, ran)
@@ -207,8 +206,7 @@ def stopped_before_reading() -> Iterator[None]:
     """SIGTERM and ^C from a command's start, before the run (``execute``, which takes them from there) has
     read anything: said as a stopped run says it, nothing published, and exit 128 + the signal, not a
     bare exit 130 (^C) or a silent death (SIGTERM) while a slow recipe file loads."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_stop_signal)
+    take_stop_signals()
     try:
         yield
     except Stopped as stop:
@@ -251,6 +249,7 @@ def _report(result: RunResult, recipe: Recipe) -> int:
 
 
 @app.command()
+@stopped_before_reading()  # a stop before execute takes the signals is said too (execute says every one after)
 def run(
     recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -266,26 +265,22 @@ def run(
     ] = None,
 ) -> None:
     """Run a recipe and publish the next version of its dataset (only what is new since the last run)."""
-    with stopped_before_reading():
-        _configure_logging(log_level)
-        loaded = _load(recipe)
-        if engine is not None and engine not in ("local", "ray"):
-            console.print(
-                f"[red]usage error[/red] --engine must be local or ray, not {escape(repr(engine))}", highlight=False
-            )
-            raise typer.Exit(EXIT_USAGE)
-        overrides = {"engine": engine, "ray_address": address}
-        loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-        if engine == "ray" and (problem := ray_missing()):
-            console.print(f"[red]usage error[/red] --engine ray: {escape(problem)}", highlight=False)
-            raise typer.Exit(EXIT_USAGE)
-        if address is not None and loaded.engine != "ray":
-            console.print(
-                "[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False
-            )
-            raise typer.Exit(EXIT_USAGE)
-        # Within: a stop before execute takes the signals is said too (execute says every one after, itself).
-        raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
+    _configure_logging(log_level)
+    loaded = _load(recipe)
+    if engine is not None and engine not in ("local", "ray"):
+        console.print(
+            f"[red]usage error[/red] --engine must be local or ray, not {escape(repr(engine))}", highlight=False
+        )
+        raise typer.Exit(EXIT_USAGE)
+    overrides = {"engine": engine, "ray_address": address}
+    loaded = loaded.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if engine == "ray" and (problem := ray_missing()):
+        console.print(f"[red]usage error[/red] --engine ray: {escape(problem)}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    if address is not None and loaded.engine != "ray":
+        console.print("[red]usage error[/red] --address names a Ray cluster: use it with --engine ray", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(execute(loaded, quiet, full_refresh, origin=recipe))
 
 
 @app.command()
@@ -514,6 +509,7 @@ def state_problem(url: str, error: SQLAlchemyError) -> str:
 
 
 @app.command()
+@stopped_before_reading()  # nothing published before execute, which says its own stops
 def demo(
     folder: Annotated[Path, typer.Option(help="where the demo writes its input, recipe and output")] = Path(
         "demo-output"
@@ -522,11 +518,6 @@ def demo(
     log_level: LogLevel = "warning",
 ) -> None:
     """Generate synthetic bank transactions and curate them into instructions; each run starts over (full refresh)."""
-    with stopped_before_reading():  # nothing published before execute, which says its own stops
-        _demo(folder, rows, log_level)
-
-
-def _demo(folder: Path, rows: int, log_level: str) -> None:
     from curation.demo import write_demo
 
     _configure_logging(log_level)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from connectors.images import eight_bit, encode_options
+from connectors.images import eight_bit, encode_options, shows_through
 from curation.pii_engine import LANGUAGE, EngineSpec, PiiEngineError, build_analyzer
 
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ _BLACK = {"RGB": (0, 0, 0), "CMYK": (0, 0, 0, 255)}  # else 0
 def _drawable(image: Image.Image) -> Image.Image:
     if image.mode in _KEPT_MODES:
         return image
-    clear = image.mode in ("PA", "RGBa", "La") or "transparency" in image.info
-    return image.convert("RGBA" if clear else "RGB")
+    return image.convert("RGBA" if shows_through(image) else "RGB")
 
 
 def _as_seen(image: Image.Image) -> Image.Image:

@@ -38,6 +38,12 @@ def on_stop_signal(signum: int, _frame: FrameType | None) -> None:
         raise Stopped(signum)
 
 
+def take_stop_signals() -> None:
+    """Put ``on_stop_signal`` in charge of every one of ``STOP_SIGNALS``."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop_signal)
+
+
 def raise_if_stopped() -> None:
     if stop_signals:
         raise Stopped(stop_signals[0])

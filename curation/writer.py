@@ -1041,11 +1041,12 @@ class DatasetWriter:
         _, target = filesystem(target_uri)
         # Said when it is raised: whether this run's lock was taken over is known then, not now.
         meanwhile = functools.partial(self._changed_meanwhile, existing, [*existing, version])
-        if self._has_manifest(target):
-            # Published whole since the look in ``publish`` (on S3, before this run's claim: that run's claim
-            # is removed once its manifest is written): its files are not what a killed run left.
-            raise PublishedMeanwhile(meanwhile())
         if is_s3(target_uri):
+            if self._has_manifest(target):
+                # Published whole since the look in ``publish``, before this run's claim (that run's claim is
+                # removed once its manifest is written): its files are not what a killed run left. On local
+                # disk, one renamed into place since is found by ``_remove_leftover`` or the failed rename.
+                raise PublishedMeanwhile(meanwhile())
             self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
             with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:

@@ -685,3 +685,26 @@ def test_unique_over_the_run_tells_text_from_numbers_and_booleans_but_not_1_from
     assert aside["record"].to_pylist() == ['{"k": 7}', '{"k": 7}']
     aside = stage.resolve([stage.signatures(file("a", [1, 3])), stage.signatures(file("b", [1.0, 3.5, None, None]))])
     assert aside["id"].to_pylist() == ["a1", "b1"]  # nulls are no value
+
+
+@pytest.mark.parametrize("kind", ["float64", "float32"])
+def test_a_float_columns_comparable_texts_are_each_values_number_text(kind: str) -> None:
+    """A float column's texts for uniqueness are each value's ``_number_text`` (the one text of every number
+    of one value): Arrow's exponent forms (1e+30, 1e-07) written out, its -0 as 0, nan and inf as Arrow
+    writes them, null no value. Values chosen where Arrow's text and that one differ, or nearly do."""
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curation.stages.expectations import _comparable, _number_text
+
+    values = [1e30, 1e-07, -0.0, 0.0, 0.1, 2.5, -2.5, 100.0, 1e16, 1e15, 123456789.0, 1e-05, 5e-324]
+    values += [1.7976931348623157e308, float("nan"), -float("nan"), float("inf"), -float("inf"), None, -1e-07]
+    column = pa.chunked_array([pa.array(values[:7], kind), pa.array(values[7:], kind)])
+    each = [
+        None if v is None else f"number:{_number_text(Decimal(v))}" for v in pc.cast(column, pa.string()).to_pylist()
+    ]
+    assert _comparable(column).to_pylist() == each
+    assert each[:5] == ["number:" + "1" + "0" * 30, "number:0.0000001", "number:0", "number:0", "number:0.1"]
+    assert each[-2] is None

@@ -65,9 +65,9 @@ class Tally:
     queued: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     queued_read: set[str] = field(default_factory=set)
     # Inputs (URIs) holding records a stage could not read for now (``unreadable``: a VQA row's image it may
-    # not read) of a files source, the ids of those: the next run reads them again (``Watermarks.read_next_run``).
-    # One the reader could not read keeps such a watermark of its own (stage ``read``).
-    unread_inputs: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # not read) of a files source, the ids of those, each once: the next run reads them again
+    # (``Watermarks.read_next_run``). One the reader could not read keeps such a watermark of its own (``read``).
+    unread_inputs: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     # Such records of a SQL or Hugging Face source, which only --full-refresh reads again: a first run that reads
     # nothing else fails, as one of a files source does, so that none of them is taken (``run_recipe``).
     unread_once: int = 0
@@ -348,7 +348,7 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     unread = unreadable.filter(pc.equal(pc.struct_field(unreadable["source"], "connector"), FILES))
     tally.unread_once += unreadable.num_rows - unread.num_rows
     for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
-        tally.unread_inputs[uri].append(record)
+        tally.unread_inputs[uri].add(record)
     counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
         [([], "count_all"), ("detail", "first")]
     )

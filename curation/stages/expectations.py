@@ -315,8 +315,7 @@ def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     elif pa.types.is_decimal(kind):
         tag, text = "number", pa.array([_number_text(v) for v in column.to_pylist()], pa.string())
     elif pa.types.is_floating(kind):  # Arrow's shortest text for the type: a float32's 0.1 is 0.1
-        texts = pc.cast(column, pa.string()).to_pylist()
-        tag, text = "number", pa.array([None if v is None else _number_text(Decimal(v)) for v in texts], pa.string())
+        tag, text = "number", _float_texts(column)
     elif pa.types.is_integer(kind):  # an integer's text is already the canonical one
         tag, text = "number", pc.cast(column, pa.string())
     elif pa.types.is_boolean(kind):
@@ -324,6 +323,17 @@ def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     else:
         tag, text = "text", pc.cast(column, pa.string())
     return pc.binary_join_element_wise(f"{tag}:", text, "")  # a null stays null: no value
+
+
+def _float_texts(column: pa.ChunkedArray) -> pa.Array:
+    """``_number_text`` of each float of ``column`` as Arrow writes it: only its exponent forms (``1e+30``,
+    ``1e-07``) and ``-0`` differ from that text, so only those rows are made in Python, not one per row."""
+    texts = pc.cast(column, pa.string()).combine_chunks()
+    redo = pc.fill_null(pc.or_(pc.match_substring(texts, "e"), pc.equal(texts, "-0")), False)
+    if not pc.any(redo).as_py():
+        return texts
+    redone = [_number_text(Decimal(v)) for v in texts.filter(redo).to_pylist()]
+    return pc.replace_with_mask(texts, redo, pa.array(redone, pa.string()))
 
 
 def _number_text(number: Decimal | None) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +21,7 @@ from pyarrow.fs import FileType
 
 from connectors.base import Source
 from connectors.files import CONNECTOR as FILES
-from connectors.storage import filesystem, is_s3
+from connectors.storage import filesystem, is_s3, os_reason
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
 from schemas.records import input_record_json, location, set_aside_rows
@@ -67,8 +67,7 @@ class _Reads(io.RawIOBase):
 
 
 def _why(error: Exception) -> str:
-    errno = getattr(error, "errno", None)
-    return os.strerror(errno) if errno else str(error).splitlines()[0]
+    return os_reason(error).splitlines()[0]  # a detail is one line
 
 
 def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
@@ -131,17 +130,12 @@ class ImageCheck:
         self.folder = os.getcwd()
 
     def __call__(self, batch: pa.Table) -> StageResult:
-        uris = batch["image"].to_pylist()
-        held = batch["image_bytes"].is_valid().to_pylist() if "image_bytes" in batch.column_names else None
         found: dict[str, tuple[str, str] | None] = {}  # an image asked about several times is checked once
-        problems: list[tuple[str, str] | None] = []
-        for row, uri in enumerate(uris):
-            if (held is not None and held[row]) or not uri:  # the connector's verified bytes; none: validation's
-                problems.append(None)
-                continue
+        problems: list[tuple[str, str] | None] = [None] * batch.num_rows
+        for row, uri in _named_images(batch):
             if uri not in found:
                 found[uri] = image_problem(self._where(uri), uri)
-            problems.append(found[uri])
+            problems[row] = found[uri]
         if not any(problems):
             return StageResult(kept=batch)
         kept, bad = split_by_mask(batch, pa.array([p is None for p in problems]))
@@ -191,16 +185,21 @@ def keep_archived(
             records = shape(rows).kept
             if "image" not in records.column_names:
                 continue
-            held = records["image_bytes"].is_valid().to_pylist() if "image_bytes" in records.column_names else None
-            for row, (record, uri) in enumerate(
-                zip(records["id"].to_pylist(), records["image"].to_pylist(), strict=True)
-            ):
-                if not uri or (held and held[row]):
-                    continue
+            ids = records["id"].to_pylist()
+            for row, uri in _named_images(records):
                 if uri not in unopened:
                     unopened[uri] = _cannot_open(_where(uri))
                 if unopened[uri]:
-                    mark.kept.add(record)
+                    mark.kept.add(ids[row])
+
+
+def _named_images(records: pa.Table) -> Iterator[tuple[int, str]]:
+    """Each row of ``records`` (and its image) whose image is to be opened here: not one the images connector
+    handed on as verified bytes, nor one naming none (validation's to set aside)."""
+    held = records["image_bytes"].is_valid().to_pylist() if "image_bytes" in records.column_names else None
+    for row, uri in enumerate(records["image"].to_pylist()):
+        if uri and not (held and held[row]):
+            yield row, uri
 
 
 def _cannot_open(uri: str) -> bool:

@@ -382,7 +382,7 @@ def thumbnail(data: bytes | None) -> str | None:
 
     from PIL import Image, UnidentifiedImageError
 
-    from connectors.images import eight_bit
+    from connectors.images import eight_bit, shows_through
 
     with warnings.catch_warnings():
         # The connector checked the picture against the recipe's max_pixels, which may be over Pillow's.
@@ -391,7 +391,7 @@ def thumbnail(data: bytes | None) -> str | None:
             with Image.open(io.BytesIO(data)) as opened:
                 image = eight_bit(opened)  # a 16-bit scan, which Pillow's convert would show white
                 image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-                clear = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+                clear = shows_through(image)
                 picture = image.convert("RGBA" if clear else "RGB")
                 buffer = io.BytesIO()
                 picture.save(buffer, format="PNG" if clear else "JPEG", **({} if clear else {"quality": 80}))
