@@ -1056,11 +1056,13 @@ class DatasetWriter:
                 before_visible(version)
                 self.fs.move(self.staging, target)  # one rename: the version appears whole
             except OSError:
+                if not self._has_manifest(target):
+                    raise
                 # A run of another store renamed its version into place since the check above: the rename
-                # (or the removal) fails on the folder it made, and the reason is the same.
-                if self._has_manifest(target):
+                # (or the removal) fails on the folder it made, and the reason is the same. Unless the rename
+                # happened and only its answer was lost (NFS): the version there is this run's own.
+                if not self._holds_manifest(target, body):
                     raise PublishedMeanwhile(meanwhile()) from None
-                raise
         if not splits["train"].records and splits["validation"].records:  # said once the version is there
             self._warn_nothing_to_train_on(version, splits["validation"].records)
         return manifest
@@ -1086,6 +1088,14 @@ class DatasetWriter:
     def _has_manifest(self, folder: str) -> bool:
         """Whether ``folder`` is a published version (its manifest is written last)."""
         return self.fs.get_file_info(f"{folder}/{MANIFEST_NAME}").type != pafs.FileType.NotFound
+
+    def _holds_manifest(self, folder: str, body: bytes) -> bool:
+        """Whether the manifest in ``folder`` is this run's ``body`` (its creation time and shard names are
+        this run's): a write or rename that was answered as failed but happened. An error reading it is
+        raised, not taken for another run's: not ``PublishedMeanwhile``, the run stays marked publishing
+        and the next reads everything again, as the version may be this run's."""
+        with self.fs.open_input_stream(f"{folder}/{MANIFEST_NAME}") as stream:
+            return stream.read() == body
 
     def _remove_leftover(self, target: str, meanwhile: Callable[[], str]) -> None:
         """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
@@ -1189,7 +1199,9 @@ class DatasetWriter:
             with stops_deferred():
                 self._take_away(target, version)
             raise
-        if not put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body):
+        written = put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body)
+        # Refused to boto3's retry of this run's own write, which landed though its answer was lost, as well.
+        if not written and not self._holds_manifest(target, manifest_body):
             # Only a run that does not claim (of a release before claims) gets here: its copies and this
             # run's share names, so neither can take them away without breaking the other's version.
             raise PublishedMeanwhile(meanwhile())

@@ -197,3 +197,39 @@ def test_a_stalled_run_whose_staging_folder_the_run_that_took_over_removed_says_
     assert isinstance(error, LockLost) and "removed while this run went on" in str(error)
     assert "took over this run's lock" in str(error) and "does not use this run's state store" not in str(error)
     assert run(workdir, RECIPE).manifest.version == 1
+
+
+def test_a_rename_that_happened_though_it_was_answered_failed_is_this_runs_version(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS a rename can happen and still be answered with an error (its answer lost, the retry finds no
+    source). The version there is this run's own: recorded failed, the next run trusted the watermarks and
+    published v2's records again."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, RECIPE)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    remove_leftover = DatasetWriter._remove_leftover
+
+    class AnsweredFailed:
+        def __init__(self, fs: Any) -> None:
+            self.fs = fs
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fs, name)
+
+        def move(self, src: str, dest: str) -> None:
+            self.fs.move(src, dest)
+            raise FileNotFoundError(f"{src}: no such file or directory")
+
+    def then_answered_failed(self: DatasetWriter, target: str, meanwhile: Callable[[], str]) -> None:
+        remove_leftover(self, target, meanwhile)
+        self.fs = AnsweredFailed(self.fs)  # the next move is the rename into place
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DatasetWriter, "_remove_leftover", then_answered_failed)
+        second = run(workdir, RECIPE)
+    assert second.manifest.version == 2
+    assert sorted(_statuses().values()) == ["published", "published"]
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    third = run(workdir, RECIPE)
+    assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["four", "one", "three", "two"]

@@ -957,3 +957,38 @@ def test_a_run_stalled_past_its_lease_as_its_manifest_is_written_records_nothing
         .splitlines()
     ]
     assert sorted(texts) == ["a0", "a1", "a2", "a3", "a4", "b0"]
+
+
+def test_a_manifest_write_that_landed_though_its_retry_was_refused_is_this_runs_version(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3 retries a PUT whose answer was lost (a 500, a read timeout): the first try landed, the retry is
+    refused (412, or 409 while the first is in flight). The version there is this run's: recorded failed, the
+    next run trusted the watermarks and published v2's records again."""
+    from curation import writer
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
+    run(workdir, recipe)
+    s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "three"}\n')
+    put_if_absent = writer.put_if_absent
+
+    def lands_then_refused(uri: str, body: bytes) -> bool:
+        landed = put_if_absent(uri, body)
+        return put_if_absent(uri, body) if uri.endswith("/manifest.json") else landed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer, "put_if_absent", lands_then_refused)
+        second = run(workdir, recipe)
+    assert second.manifest.version == 2 and second.manifest.counts.written == 1
+    staged = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging").get("Contents", [])
+    assert [o["Key"] for o in staged if o["Key"].endswith(".claim")] == []
+    s3.put_object(Bucket=bucket, Key="in/c.jsonl", Body=b'{"text": "four"}\n')
+    third = run(workdir, recipe)
+    texts = [
+        json.loads(line)["text"]
+        for shard in third.manifest.splits["train"].shards
+        for line in s3.get_object(Bucket=bucket, Key=f"out/docs/v3/{shard.path}")["Body"].read().splitlines()
+    ]
+    assert sorted(texts) == ["four", "one", "three", "two"]
