@@ -1141,8 +1141,10 @@ class SqlSourceReader:
             yield batch if self.watermark is None else self.watermark.less_kept(batch)
 
     def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
-        """Its rows, where the table is read whole again (in ``uris``), read before the run (``keep_archived``)."""
-        return self.batches() if self.uri in uris else iter(())
+        """Its rows, where the table is read whole again (in ``uris``), read before the run (``keep_archived``).
+        None of a keyed source: a row's id is its key, which an edited row (a corrected answer) keeps, so its
+        stale published record would be kept in its place; quarantined, the row's record leaves the dataset."""
+        return self.batches() if self.uri in uris and not self.config.key else iter(())
 
     def _batches(self) -> Iterator[SourceBatch]:
         if self._unchanged:

@@ -165,7 +165,7 @@ def keep_archived(
     sources: list[Source], shape: Callable[[pa.Table], StageResult], published: pa.Array, uris: set[str]
 ) -> None:
     """Of the ``published`` records (ids) of the inputs ``uris`` this run reads whole again (a line appended to a
-    file, a changed SQL table without a cursor or Hugging Face data file), those whose image cannot be read now,
+    file, a changed SQL table without a cursor or key, or Hugging Face data file), those whose image cannot be read now,
     whatever the reason (inputs are often moved away once taken; a share away, a permission), stay as published:
     carried, not read (``SourceWatermark.kept``), as the images connector keeps such a row's record. Read with
     the rest, each was quarantined (``missing_image``, ``unreadable``) and so left the dataset. Known before the
