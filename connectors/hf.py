@@ -167,8 +167,15 @@ class HFSourceReader:
             files = list_files(self.config.path, suffixes=(".parquet", ".arrow"), links_repeated=again)
             if self.watermark is not None:
                 self.watermark.links_repeated = again
-            # The paths left out are given to ``data_files`` too: a split is chosen by a path's name.
+            # The paths left out are given to ``data_files`` too: a split is chosen by a path's name. A folder
+            # left out (``validation -> test``) names each file under it: its split is the folder's name.
             seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
+            seconds += [
+                FileEntry(path + entry.uri.removeprefix(at), 0, None)
+                for path, at in again.items()
+                for entry in files
+                if entry.uri.startswith(f"{at}/")
+            ]
             chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
             entries = {e.uri: e for e in files}
             listed = _read_once(chosen, entries, again)

@@ -368,3 +368,19 @@ def test_a_split_skipped_for_another_splits_bytes_is_read_when_that_split_leaves
     assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in lineage_rows(third.version_uri)} == {"test"}
     assert sorted(r["text"] for r in outputs(Path(third.version_uri))) == ["one", "two"]
     assert run(workdir, dict(recipe)).message.startswith("nothing new")
+
+
+def test_a_split_folder_linked_to_another_splits_folder_reads_its_files_under_its_name(tmp_path: Path) -> None:
+    # validation -> test: the listing leaves the folder out as a second path, so the split had no files.
+    hub = tmp_path / "hub"
+    for split, count in (("train", 3), ("test", 2)):
+        (hub / split).mkdir(parents=True)
+        datasets.Dataset.from_dict({"q": [f"{split}{i}" for i in range(count)]}).to_parquet(
+            str(hub / split / "0000.parquet")
+        )
+    (hub / "validation").symlink_to("test")
+    rows = read(str(hub), split="validation")
+    assert [(r["q"], r["source"]["uri"]) for r in rows] == [
+        (f"test{i}", f"{hub}/validation/0000.parquet") for i in range(2)
+    ]
+    assert sorted(r["q"] for r in read(str(hub))) == ["test0", "test1", "train0", "train1", "train2"]
