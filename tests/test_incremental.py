@@ -659,6 +659,18 @@ def test_a_file_name_that_is_not_utf8_fails_the_listing_naming_the_file(
     assert f"{workdir}/in: not read: a file name that is not UTF-8: {workdir}/in/caf\\xe9.bin" in caplog.text
 
 
+def test_a_glob_of_a_fixed_depth_through_several_loop_links_walks_each_folder_once_per_depth(tmp_path: Path) -> None:
+    # Five links `l_i -> .` and a glob six folders deep: the walk went down every one of 5**6 paths round the
+    # loops (seconds; minutes a little deeper). Each folder is walked once at each depth, and the file listed once.
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"text": "a"}])
+    for i in range(5):
+        (tmp_path / "d" / f"l{i}").symlink_to(".", target_is_directory=True)
+    started = time.perf_counter()
+    listed = list_files(f"{tmp_path}/d/{'*/' * 6}*.jsonl", (".jsonl",), links_repeated={})
+    assert time.perf_counter() - started < 1.0
+    assert [Path(e.uri).relative_to(tmp_path).as_posix() for e in listed] == [f"d/{'l0/' * 6}a.jsonl"]
+
+
 def test_a_glob_of_a_fixed_depth_lists_a_file_it_names_through_a_loop_once(tmp_path: Path) -> None:
     # The walk cut the loop `sub/up -> ..`, so d/sub/up/a.jsonl, which the glob names, was listed only as
     # d/a.jsonl, which it does not match: the source read nothing. The glob's depth bounds the walk round it.
