@@ -810,6 +810,9 @@ def _once(
         else:
             first[key] = info.path
             kept.append(info)
+    # A folder left out whole may have a name that is not UTF-8 (its files are not listed, so not refused):
+    # the manifest and the log take UTF-8 text only.
+    again = {_escaped(path): _escaped(at) for path, at in again.items()}
     links_repeated.update(again)
     if again:
         _not_read(
@@ -842,7 +845,7 @@ def _within(
     for info in found:
         target, through = listed[info.path]
         if reads(info.path) and through and os.path.commonpath([folder, target]) != folder:
-            out[info.path] = target
+            out[_escaped(info.path)] = _escaped(target)  # where it leads may be a name that is not UTF-8
             continue
         kept.append(info)
     links_out.update(out)
