@@ -108,6 +108,11 @@ def _read_once(
     that path is not chosen (another split's name for the same bytes), the file is read under the first
     chosen one (added to ``entries``, and in ``repeated`` the path the others are read at): once still."""
     uris = {uri for _, uri in chosen}
+    # Each path -> the second paths listed at it, for the remapping below: scanning ``repeated`` for each
+    # file made a Hub cache of 8,000 shards take seconds (quadratic).
+    listed_there: dict[str, list[str]] = {}
+    for path, at in repeated.items():
+        listed_there.setdefault(at, []).append(path)
     kept: list[tuple[str, str]] = []
     for name, uri in chosen:
         at = None if uri in entries else _listed_at(uri, repeated)
@@ -116,9 +121,10 @@ def _read_once(
         elif at not in uris and at in entries:  # the first of its chosen names stands in for the file
             entries[uri] = dataclasses.replace(entries[at], uri=uri)
             repeated.pop(uri, None)
-            for other, listed_at in repeated.items():
-                if listed_at == at:
-                    repeated[other] = uri
+            others = [other for other in listed_there.pop(at, []) if other != uri]
+            for other in others:
+                repeated[other] = uri
+            listed_there[uri] = others
             uris.add(at)
             kept.append((name, uri))
     return kept
@@ -127,10 +133,13 @@ def _read_once(
 def _listed_at(uri: str, repeated: dict[str, str]) -> str | None:
     """The path the listing lists ``uri``'s file at, where ``uri`` is, or lies under, a path it left out as a
     second path to it (``repeated``); else None."""
-    for path, at in repeated.items():
-        if uri == path or uri.startswith(f"{path}/"):
-            return at + uri.removeprefix(path)
-    return None
+    path = uri
+    while (at := repeated.get(path)) is None:
+        parent = posixpath.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return at + uri.removeprefix(path)
 
 
 def _no_longer_named(watermark: SourceWatermark, named: set[str]) -> None:
@@ -167,8 +176,15 @@ class HFSourceReader:
             files = list_files(self.config.path, suffixes=(".parquet", ".arrow"), links_repeated=again)
             if self.watermark is not None:
                 self.watermark.links_repeated = again
-            # The paths left out are given to ``data_files`` too: a split is chosen by a path's name.
+            # The paths left out are given to ``data_files`` too: a split is chosen by a path's name. A folder
+            # left out (``validation -> test``) names each file under it: its split is the folder's name.
             seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
+            seconds += [
+                FileEntry(path + entry.uri.removeprefix(at), 0, None)
+                for path, at in again.items()
+                for entry in files
+                if entry.uri.startswith(f"{at}/")
+            ]
             chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
             entries = {e.uri: e for e in files}
             listed = _read_once(chosen, entries, again)

@@ -708,6 +708,10 @@ def _walk(root: str, once: bool, on_the_way: Callable[[str], bool] | None = None
     folder ``on_the_way`` to what a glob matches is looked into, a loop or not (see ``_on_the_way``)."""
     tree = _Tree([], set(), {})
     seen: dict[str, str] = {}  # real path of a folder looked into -> the path it was listed at
+    # A folder on the way to a glob's matches, as (real path, depth): reached again at the same depth (through
+    # another of several loop links, ``l0 -> .``, ``l1 -> .``) it leads to the same files, which a fixed-depth
+    # glob's walk otherwise listed under every path round the loops (exponential in the depth).
+    walked: set[tuple[str, int]] = set()
     # (through a link, path, real path, real paths of the folders above it)
     heap: list[tuple[bool, str, str, tuple[str, ...]]] = [(False, root, os.path.realpath(root), ())]
     while heap:
@@ -716,6 +720,10 @@ def _walk(root: str, once: bool, on_the_way: Callable[[str], bool] | None = None
         if looped or (once and real in seen):
             tree.folded[folder] = seen[real]
             continue
+        if on_the_way is not None and on_the_way(folder):
+            if (real, folder.count("/")) in walked:
+                continue
+            walked.add((real, folder.count("/")))
         seen.setdefault(real, folder)
         try:
             entries = os.scandir(folder)
@@ -802,6 +810,9 @@ def _once(
         else:
             first[key] = info.path
             kept.append(info)
+    # A folder left out whole may have a name that is not UTF-8 (its files are not listed, so not refused):
+    # the manifest and the log take UTF-8 text only.
+    again = {_escaped(path): _escaped(at) for path, at in again.items()}
     links_repeated.update(again)
     if again:
         _not_read(
@@ -834,7 +845,7 @@ def _within(
     for info in found:
         target, through = listed[info.path]
         if reads(info.path) and through and os.path.commonpath([folder, target]) != folder:
-            out[info.path] = target
+            out[_escaped(info.path)] = _escaped(target)  # where it leads may be a name that is not UTF-8
             continue
         kept.append(info)
     links_out.update(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import boto3
@@ -15,8 +16,8 @@ import pytest
 import xxhash
 
 import connectors.state as state
-from connectors.hf import HFSourceReader
-from connectors.storage import StorageError, list_files
+from connectors.hf import HFSourceReader, _listed_at, _read_once
+from connectors.storage import FileEntry, StorageError, list_files
 from schemas.config import HFSource
 from tests.helpers import lineage_rows, outputs, run, set_aside, watermark_values
 
@@ -368,3 +369,35 @@ def test_a_split_skipped_for_another_splits_bytes_is_read_when_that_split_leaves
     assert {r["source"]["uri"].rsplit("/", 2)[-2] for r in lineage_rows(third.version_uri)} == {"test"}
     assert sorted(r["text"] for r in outputs(Path(third.version_uri))) == ["one", "two"]
     assert run(workdir, dict(recipe)).message.startswith("nothing new")
+
+
+def test_a_split_folder_linked_to_another_splits_folder_reads_its_files_under_its_name(tmp_path: Path) -> None:
+    # validation -> test: the listing leaves the folder out as a second path, so the split had no files.
+    hub = tmp_path / "hub"
+    for split, count in (("train", 3), ("test", 2)):
+        (hub / split).mkdir(parents=True)
+        datasets.Dataset.from_dict({"q": [f"{split}{i}" for i in range(count)]}).to_parquet(
+            str(hub / split / "0000.parquet")
+        )
+    (hub / "validation").symlink_to("test")
+    rows = read(str(hub), split="validation")
+    assert [(r["q"], r["source"]["uri"]) for r in rows] == [
+        (f"test{i}", f"{hub}/validation/0000.parquet") for i in range(2)
+    ]
+    assert sorted(r["q"] for r in read(str(hub))) == ["test0", "test1", "train0", "train1", "train2"]
+
+
+def test_a_hub_cache_of_many_shards_each_with_a_second_name_is_sorted_out_in_linear_time() -> None:
+    # Each shard looked for among all second names: 8,000 shards took seconds (quadratic); now milliseconds.
+    snapshot, n = "/c/snapshots/r", 8000
+    firsts = [f"{snapshot}/data/train-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    seconds = [f"{snapshot}/default/train/{i:04d}.parquet" for i in range(n)]
+    entries = {uri: FileEntry(uri, 1, None) for uri in firsts}
+    started = time.perf_counter()
+    kept = _read_once([("train", uri) for uri in firsts + seconds], entries, dict(zip(seconds, firsts, strict=True)))
+    assert time.perf_counter() - started < 1.5
+    assert kept == [("train", uri) for uri in firsts]
+    # Under a folder left out as a second path, a file is found through the folder.
+    assert _listed_at(f"{snapshot}/alias/sub/0.parquet", {f"{snapshot}/alias": f"{snapshot}/data"}) == (
+        f"{snapshot}/data/sub/0.parquet"
+    )

@@ -659,6 +659,38 @@ def test_a_file_name_that_is_not_utf8_fails_the_listing_naming_the_file(
     assert f"{workdir}/in: not read: a file name that is not UTF-8: {workdir}/in/caf\\xe9.bin" in caplog.text
 
 
+def test_a_link_named_or_leading_to_a_name_that_is_not_utf8_is_named_escaped_in_the_manifest(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A folder link caf\xe9 -> sub, and a link leading out to else/caf\xe9.jsonl: their paths reached the
+    # manifest's stats as Python's surrogates, and publishing failed with a bare PydanticSerializationError.
+    write_jsonl(workdir / "in" / "sub" / "a.jsonl", [{"text": "Refunds take 5 days."}])
+    os.symlink(b"sub", os.path.join(os.fsencode(workdir / "in"), b"caf\xe9"))
+    (workdir / "else").mkdir()
+    with open(os.path.join(os.fsencode(workdir / "else"), b"caf\xe9.jsonl"), "wb") as handle:
+        handle.write(b'{"text": "Elsewhere."}\n')
+    os.symlink(os.path.join(os.fsencode(workdir / "else"), b"caf\xe9.jsonl"), workdir / "in" / "x.jsonl")
+    spec = {"dataset": "notes", "sources": [{"type": "files", "path": "in"}], "record": {"kind": "document"}}
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        result = run(workdir, spec)
+    assert [entry.uri for entry in result.manifest.inputs] == [f"{workdir}/in/sub/a.jsonl"]
+    assert result.manifest.stats["links_repeated"] == {f"{workdir}/in/caf\\xe9": f"{workdir}/in/sub"}
+    assert result.manifest.stats["links_out"] == {f"{workdir}/in/x.jsonl": f"{workdir}/else/caf\\xe9.jsonl"}
+    assert f"{workdir}/in/caf\\xe9 -> {workdir}/in/sub" in caplog.text
+
+
+def test_a_glob_of_a_fixed_depth_through_several_loop_links_walks_each_folder_once_per_depth(tmp_path: Path) -> None:
+    # Five links `l_i -> .` and a glob six folders deep: the walk went down every one of 5**6 paths round the
+    # loops (seconds; minutes a little deeper). Each folder is walked once at each depth, and the file listed once.
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"text": "a"}])
+    for i in range(5):
+        (tmp_path / "d" / f"l{i}").symlink_to(".", target_is_directory=True)
+    started = time.perf_counter()
+    listed = list_files(f"{tmp_path}/d/{'*/' * 6}*.jsonl", (".jsonl",), links_repeated={})
+    assert time.perf_counter() - started < 1.0
+    assert [Path(e.uri).relative_to(tmp_path).as_posix() for e in listed] == [f"d/{'l0/' * 6}a.jsonl"]
+
+
 def test_a_glob_of_a_fixed_depth_lists_a_file_it_names_through_a_loop_once(tmp_path: Path) -> None:
     # The walk cut the loop `sub/up -> ..`, so d/sub/up/a.jsonl, which the glob names, was listed only as
     # d/a.jsonl, which it does not match: the source read nothing. The glob's depth bounds the walk round it.
