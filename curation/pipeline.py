@@ -747,10 +747,14 @@ def _run_locked(
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
         changed = _recipe_changed(recipe, plan.extended)
         cannot_read = plan.watermarks.unread() + tally.unread_once
-        if plan.extended is None and counts.input and counts.input == counts.quarantined == cannot_read:
-            # A version extending none would hold no record at all; failed, nothing is committed either.
+        # A version extending none would hold no record at all; failed, nothing is committed either. So too where
+        # it would hold none and a SQL or Hugging Face row could not be read for now: its table or data file would
+        # be taken, and the row read again only by --full-refresh.
+        held_back = counts.input == counts.quarantined == cannot_read or tally.unread_once
+        if plan.extended is None and counts.input and counts.written == 0 and held_back:
             raise StorageError(
-                f"{recipe.dataset}: {counts.input} input(s) (files, image rows) cannot be read" + _first_detail(tally)
+                f"{recipe.dataset}: {cannot_read} input(s) (files, image rows) cannot be read"
+                + _first_detail(tally, "unreadable")
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):
             writer.abort()
@@ -930,8 +934,10 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
     return writer
 
 
-def _first_detail(tally: Tally) -> str:
-    found = [detail for (outcome, _), detail in tally.examples.items() if outcome == "quarantined"]
+def _first_detail(tally: Tally, reason: str | None = None) -> str:
+    """The first quarantined record's detail (of ``reason``'s first, where there is one)."""
+    found = [detail for (outcome, why), detail in tally.examples.items() if outcome == "quarantined" and why == reason]
+    found += [detail for (outcome, _), detail in tally.examples.items() if outcome == "quarantined"]
     return f", e.g. {found[0]}" if found else ""
 
 

@@ -473,3 +473,23 @@ def test_a_first_run_that_can_read_no_image_publishes_nothing_and_the_next_reads
     monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.written, counts.quarantined) == (2, 2, 0)
+
+
+@pytest.mark.parametrize("source", [asks_in_sql, asks_in_hf], ids=["sql", "hf"])
+def test_a_first_run_that_publishes_nothing_with_a_row_it_cannot_read_for_now_fails(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, source: Callable[[Path, list[str], bool], dict[str, Any]]
+) -> None:
+    # One row's image may not be read for now, the other's is gone. Published, the empty first version's table
+    # or data file was taken: the first row was read again only by --full-refresh, once the share was back.
+    good = pictures(workdir / "scans", 1)
+    spec = {
+        **recipe("out", "state.db", validation_fraction=0.0),
+        "sources": [source(workdir, [good[0], str(workdir / "scans" / "gone.png")], False)],
+    }
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[0]), filesystem))
+    with pytest.raises(StorageError, match=r"^scans: 1 input\(s\) \(files, image rows\) cannot be read, e\.g\. "):
+        run(workdir, spec)
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (2, 1, 1)
+    assert counts.reasons["quarantined"] == {"missing_image": 1}
