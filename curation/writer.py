@@ -1090,8 +1090,8 @@ class DatasetWriter:
         return self.fs.get_file_info(f"{folder}/{MANIFEST_NAME}").type != pafs.FileType.NotFound
 
     def _holds_manifest(self, folder: str, body: bytes) -> bool:
-        """Whether the manifest in ``folder`` is this run's ``body`` (its creation time and shard names are
-        this run's): a write or rename that was answered as failed but happened. An error reading it is
+        """Whether the manifest in ``folder`` is this run's ``body`` (its creation time, to the microsecond,
+        is this run's): a write or rename that was answered as failed but happened. An error reading it is
         raised, not taken for another run's: not ``PublishedMeanwhile``, the run stays marked publishing
         and the next reads everything again, as the version may be this run's."""
         with self.fs.open_input_stream(f"{folder}/{MANIFEST_NAME}") as stream:
@@ -1263,6 +1263,8 @@ class DatasetWriter:
             if found is None:  # removed since: taken again
                 tries += 1
                 continue
+            if found == self.run_id:  # this run's own write, which landed though boto3's retry of it was refused
+                return version
             holder = found
             if not self.ended_runs([holder]):
                 break
@@ -1279,9 +1281,15 @@ class DatasetWriter:
             )
             version += 1
             claim, tries = self._claim_path(version), 0
+        publishing = (
+            f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run {holder}"
+        )
+        if self._lock_taken_over():
+            raise PublishedMeanwhile(
+                f"{publishing}, which took over this run's lock{_STALLED}, so this run published nothing"
+            )
         raise PublishedMeanwhile(
-            f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
-            f"{holder}, which does not use this run's state store, so this run published nothing; {ONE_STORE}. "
+            f"{publishing}, which does not use this run's state store, so this run published nothing; {ONE_STORE}. "
             f"If that run was killed, no run of this store publishes v{version} until its claim s3://{claim} is deleted"
         )
 

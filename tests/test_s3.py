@@ -992,3 +992,25 @@ def test_a_manifest_write_that_landed_though_its_retry_was_refused_is_this_runs_
         for line in s3.get_object(Bucket=bucket, Key=f"out/docs/v3/{shard.path}")["Body"].read().splitlines()
     ]
     assert sorted(texts) == ["four", "one", "three", "two"]
+
+
+def test_a_claim_write_that_landed_though_its_retry_was_refused_is_this_runs_claim(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # boto3 retries a claim PUT whose answer was lost after it landed; the retry is refused (412). The claim
+    # named this run, yet it took it for another run's: it failed, left the claim, and v1 was never published.
+    from curation import writer
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
+    put_if_absent = writer.put_if_absent
+
+    def lands_then_refused(uri: str, body: bytes) -> bool:
+        landed = put_if_absent(uri, body)
+        return put_if_absent(uri, body) if uri.endswith(".claim") else landed
+
+    monkeypatch.setattr(writer, "put_if_absent", lands_then_refused)
+    assert run(workdir, recipe).manifest.version == 1
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", [])]
+    assert not [key for key in keys if key.endswith(".claim")]
