@@ -130,6 +130,25 @@ def _read_once(
     return kept
 
 
+def _under_folders(repeated: dict[str, str], listed: Collection[str]) -> list[str]:
+    """Each ``listed`` file under a folder that ``repeated`` left out as a second path to a folder (``validation
+    -> test``), named through it (``validation/0000.parquet``). Each file is looked up by its folders (the
+    depth of its path), not against every second name: a Hub cache holds thousands, most of them files."""
+    folders: dict[str, list[str]] = {}
+    for path, at in repeated.items():
+        if at not in listed:  # a file's second name is no folder
+            folders.setdefault(at, []).append(path)
+    found: list[str] = []
+    if not folders:
+        return found
+    for uri in listed:
+        folder = posixpath.dirname(uri)
+        while folder not in ("", "/") and folder != posixpath.dirname(folder):
+            found += [path + uri.removeprefix(folder) for path in folders.get(folder, ())]
+            folder = posixpath.dirname(folder)
+    return found
+
+
 def _listed_at(uri: str, repeated: dict[str, str]) -> str | None:
     """The path the listing lists ``uri``'s file at, where ``uri`` is, or lies under, a path it left out as a
     second path to it (``repeated``); else None."""
@@ -178,15 +197,10 @@ class HFSourceReader:
                 self.watermark.links_repeated = again
             # The paths left out are given to ``data_files`` too: a split is chosen by a path's name. A folder
             # left out (``validation -> test``) names each file under it: its split is the folder's name.
-            seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
-            seconds += [
-                FileEntry(path + entry.uri.removeprefix(at), 0, None)
-                for path, at in again.items()
-                for entry in files
-                if entry.uri.startswith(f"{at}/")
-            ]
-            chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
             entries = {e.uri: e for e in files}
+            seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
+            seconds += [FileEntry(path, 0, None) for path in _under_folders(again, entries)]
+            chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
             listed = _read_once(chosen, entries, again)
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:

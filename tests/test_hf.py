@@ -16,7 +16,7 @@ import pytest
 import xxhash
 
 import connectors.state as state
-from connectors.hf import HFSourceReader, _listed_at, _read_once
+from connectors.hf import HFSourceReader, _listed_at, _read_once, _under_folders
 from connectors.storage import FileEntry, StorageError, list_files
 from schemas.config import HFSource
 from tests.helpers import lineage_rows, outputs, run, set_aside, watermark_values
@@ -411,3 +411,14 @@ def test_a_hub_cache_of_many_shards_each_with_a_second_name_is_sorted_out_in_lin
     assert _listed_at(f"{snapshot}/alias/sub/0.parquet", {f"{snapshot}/alias": f"{snapshot}/data"}) == (
         f"{snapshot}/data/sub/0.parquet"
     )
+
+
+def test_each_file_under_a_folder_left_out_as_a_second_name_is_named_through_it_once() -> None:
+    listed = {"/h/test/0000.parquet", "/h/test/sub/1.parquet", "/h/train/0.parquet", "/h/x.parquet"}
+    repeated = {"/h/validation": "/h/test", "/h/dev": "/h/test/sub", "/h/default/0.parquet": "/h/train/0.parquet"}
+    assert sorted(_under_folders(repeated, listed)) == [
+        "/h/dev/1.parquet",
+        "/h/validation/0000.parquet",
+        "/h/validation/sub/1.parquet",
+    ]
+    assert _under_folders({"/h/default/0.parquet": "/h/train/0.parquet"}, listed) == []
