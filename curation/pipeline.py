@@ -755,6 +755,8 @@ def _run_locked(
             raise StorageError(
                 f"{recipe.dataset}: {cannot_read} input(s) (files, image rows) cannot be read"
                 + _first_detail(tally, "unreadable")
+                # The detail of a SQL or Hugging Face row says --full-refresh: not so here, nothing was taken.
+                + ("; nothing was taken: the next run reads them again" if tally.unread_once else "")
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):
             writer.abort()
