@@ -1055,13 +1055,20 @@ def _record_published(
     rejected_keys: dict[str, int],
     lock: HeldLock,
 ) -> None:
-    """Record what the visible version took and holds, before anything else; nothing where this run's lock
-    was taken over (it stalled past its lease as it published): the run that took over records its own."""
+    """Record what the visible version took and holds, before anything else; nothing more from the moment
+    this run's lock is found taken over (it stalled past its lease as it published, and may wake while the
+    run that took over records its own, after reading everything again): ``LockLost``."""
     plan.watermarks.commit(writer.run_id, lock.confirm_within)
     for stage in run_stages.with_index:  # stages that keep cross-run state learn the version they went into
         if hasattr(stage, "published"):
-            stage.published(published.version)
+            stage.published(published.version, lock.confirm_within)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
+    # The review tables are written by helpers in transactions of their own: the lock is confirmed once
+    # before them. A stall past the lease among them can still add this version's items or notes; the
+    # run's status, confirmed in its own transaction below, then stays publishing, and the next run
+    # reads everything again.
+    with state.engine.begin() as db:
+        lock.confirm_within(db)
     # Before this run's items are queued: which earlier items' records it did not find where it read.
     read_whole = None if plan.full_refresh or plan.extends is None else plan.watermarks.replaced()
     note_read(state.engine, recipe.dataset, writer.run_id, tally.queued_read | plan.watermarks.kept(), read_whole)
@@ -1069,10 +1076,13 @@ def _record_published(
     remember_rejected_content(state.engine, recipe.dataset, rejected_keys)
     remember_copies(state.engine, recipe.dataset, tally.rejected_copies)
     if writer.splitter.remembers_sides:
-        state.record_group_sides(recipe.dataset, writer.splitter.placed(), start_over=plan.full_refresh)
+        sides = writer.splitter.placed()
+        state.record_group_sides(recipe.dataset, sides, plan.full_refresh, lock.confirm_within)
     # Last: a run killed before this stays "publishing", and the next reads everything again. Marked
     # published before its signatures were, the next run would trust the watermarks but compare with no
     # signature of this version, and publish its content a second time.
     counts = published.counts.model_dump()
-    state.run_finished(writer.run_id, "published", published.version, counts, superseded=plan.supersedes)
+    state.run_finished(
+        writer.run_id, "published", published.version, counts, superseded=plan.supersedes, confirm=lock.confirm_within
+    )
     log.info("run=%s published version=%d written=%d", writer.run_id, published.version, published.counts.written)

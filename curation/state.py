@@ -4,7 +4,7 @@ index and review decisions. SQLAlchemy over a SQLite file by default, PostgreSQL
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,11 +169,15 @@ class StateStore:
         counts: dict[str, Any] | None = None,
         error: str | None = None,
         superseded: Iterable[str] = (),
+        confirm: Callable[[sa.Connection], None] | None = None,
     ) -> None:
         """Record how the run ended. Published, it read everything again where the runs ``superseded``
         (``unrecorded_runs`` at its start) left a version unrecorded: they are marked killed. Not any other
-        run marked publishing: one that took this run's lock over as it stalled may be publishing now."""
+        run marked publishing: one that took this run's lock over as it stalled may be publishing now.
+        ``confirm(db)`` first, in that transaction: it raises to record nothing (``HeldLock.confirm_within``)."""
         with self.engine.begin() as db:
+            if confirm is not None:
+                confirm(db)
             if status == "published" and (ids := list(superseded)):
                 db.execute(
                     runs.update()
@@ -246,10 +250,19 @@ class StateStore:
                 found.update((by_hash[group], bool(side)) for group, side in db.execute(query))
         return found
 
-    def record_group_sides(self, dataset: str, sides: dict[str, bool], start_over: bool) -> None:
+    def record_group_sides(
+        self,
+        dataset: str,
+        sides: dict[str, bool],
+        start_over: bool,
+        confirm: Callable[[sa.Connection], None] | None = None,
+    ) -> None:
         """Keep the sides of the groups a published run placed; ``start_over`` (a full refresh: every
-        record was split again) forgets the earlier ones first."""
+        record was split again) forgets the earlier ones first. ``confirm(db)`` first, in that transaction:
+        it raises to record nothing (``HeldLock.confirm_within``)."""
         with self.engine.begin() as db:
+            if confirm is not None:
+                confirm(db)
             if start_over:
                 db.execute(split_groups.delete().where(split_groups.c.dataset == dataset))
             rows = [

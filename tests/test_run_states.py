@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from connectors.state import LockLost, Watermarks, run_locks
 from curation import pipeline
+from curation.stages.dedup_index import SignatureIndex
 from curation.state import StateStore
 from curation.writer import DatasetWriter
 from tests.helpers import docs_recipe, outputs, run, write_jsonl
@@ -60,13 +61,14 @@ def _run_a(workdir: Path, outcome: list[BaseException]) -> threading.Thread:
     return thread
 
 
-def test_a_stalled_run_that_ends_published_leaves_the_run_that_took_over_publishing(
+def test_a_stalled_run_that_wakes_leaves_the_run_that_took_over_publishing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A's v2 is visible and what it read committed when A stalls past its lease. B takes over, reads
     everything again (v2 is not recorded as published) and publishes v3. A wakes while B is marked
-    publishing, and ends as published: were B marked killed then, B killed before it recorded v3 left a
-    version the next run trusted the watermarks of A for, and c.jsonl's record was published twice."""
+    publishing, and records nothing more (its status stays publishing): were B marked killed then, B
+    killed before it recorded v3 left a version the next run trusted the watermarks of A for, and
+    c.jsonl's record was published twice."""
     write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
     run(workdir, RECIPE)
     write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
@@ -102,7 +104,9 @@ def test_a_stalled_run_that_ends_published_leaves_the_run_that_took_over_publish
         finally:
             b_publishing.set()
             a.join(60)
-    assert outcome == [] and sorted(_statuses().values()) == ["published", "published", "publishing"]
+    [error] = outcome
+    assert isinstance(error, pipeline.NotRecorded) and isinstance(error.error, LockLost)
+    assert sorted(_statuses().values()) == ["published", "publishing", "publishing"]
     write_jsonl(workdir / "in" / "d.jsonl", [{"text": "five"}])
     fourth = run(workdir, RECIPE)
     assert fourth.manifest.version == 4
@@ -233,3 +237,50 @@ def test_a_rename_that_happened_though_it_was_answered_failed_is_this_runs_versi
     write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
     third = run(workdir, RECIPE)
     assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["four", "one", "three", "two"]
+
+
+def test_a_stalled_run_that_wakes_after_its_watermarks_commit_leaves_the_signatures_of_the_run_that_took_over(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's v2 is visible and its watermarks committed when A stalls past its lease. B takes over, reads
+    everything again, and A wakes while B's signatures are pending: recording v2's, A removed every pending
+    row not its own, B's among them, so v3 was recorded with no signature and the next run published
+    again a record v3 holds."""
+    recipe = {**RECIPE, "stages": [{"type": "exact_dedup"}]}
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    a_stalled, b_pending = threading.Event(), threading.Event()
+
+    def a_stalls() -> None:  # its watermarks committed, nothing else recorded
+        _lease_lapses()
+        a_stalled.set()
+        assert b_pending.wait(60)
+
+    index_published = SignatureIndex.published
+
+    def b_waits_for_a(self: SignatureIndex, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread():  # B's signatures staged: A wakes and ends
+            b_pending.set()
+            a.join(60)
+        index_published(self, *args, **kwargs)
+
+    outcome: list[BaseException] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(Watermarks, "commit", _in_stalled_run(a_stalls, Watermarks.commit))
+        patch.setattr(SignatureIndex, "published", b_waits_for_a)
+        a = _run_a(workdir, outcome)
+        assert a_stalled.wait(60)
+        try:
+            assert run(workdir, recipe).manifest.version == 3
+        finally:
+            b_pending.set()
+            a.join(60)
+    statuses = sorted(_statuses().values())
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "one"}, {"text": "four"}])
+    fourth = run(workdir, recipe)
+    assert sorted(line["text"] for line in outputs(Path(fourth.version_uri))) == ["four", "one", "three", "two"]
+    assert fourth.manifest.counts.duplicate == 1
+    [error] = outcome  # A recorded nothing after its watermarks: B, which read everything again, marked it killed
+    assert isinstance(error, pipeline.NotRecorded) and isinstance(error.error, LockLost)
+    assert statuses == ["killed", "published", "published"]

@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -184,10 +184,13 @@ class SignatureIndex:
                 )
             )
 
-    def published(self, version: int) -> None:
-        """This run published ``version``: its pending signatures count from now on."""
+    def published(self, version: int, confirm: Callable[[sa.Connection], None] | None = None) -> None:
+        """This run published ``version``: its pending signatures count from now on. ``confirm(db)`` first,
+        in that transaction: it raises to record nothing (``HeldLock.confirm_within``)."""
         table = published_signatures
         with self.engine.begin() as db:
+            if confirm is not None:  # taken over, the run that did may have rows pending: removed below
+                confirm(db)
             db.execute(table.update().where(table.c.token == self.token).values(version=version))
             if len(self.retired) and not self.start_over:
                 self._remove_retired(db, version)
@@ -506,5 +509,5 @@ class SignatureRecorder:
             self.index.stage_pending(stage.name, stage.params, rows)
         return StageResult(kept=batch)
 
-    def published(self, version: int) -> None:
-        self.index.published(version)
+    def published(self, version: int, confirm: Callable[[sa.Connection], None] | None = None) -> None:
+        self.index.published(version, confirm)
