@@ -49,7 +49,7 @@ from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
-from curation.state import StateStore
+from curation.state import StateStore, in_memory
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
 from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs
 from schemas.config import (
@@ -1059,9 +1059,12 @@ def _record_published(
     this run's lock is found taken over (it stalled past its lease as it published, and may wake while the
     run that took over records its own, after reading everything again): ``LockLost``."""
     plan.watermarks.commit(writer.run_id, lock.confirm_within)
+    # An in-memory store is a database per engine, the index's without the lock's table; and no other
+    # process sees it, so no run takes its lock over.
+    confirm = None if in_memory(recipe.state) else lock.confirm_within
     for stage in run_stages.with_index:  # stages that keep cross-run state learn the version they went into
         if hasattr(stage, "published"):
-            stage.published(published.version, lock.confirm_within)
+            stage.published(published.version, confirm)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
     # The review tables are written by helpers in transactions of their own: the lock is confirmed once
     # before them. A stall past the lease among them can still add this version's items or notes; the

@@ -30,6 +30,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def in_memory(url: str) -> bool:
+    """Whether a state URL names an in-memory SQLite database (one per engine, seen by no other process)."""
+    return plain_sqlite_url(url).startswith("sqlite:") and sqlite_file(url) is None
+
+
 def state_engine(url: str) -> sa.Engine:
     """An engine on the state store. A SQLite file gets 64 KiB pages and write-ahead-log mode with normal sync:
     a commit then appends to the log instead of waiting for the disk (a run commits once per batch

@@ -284,3 +284,12 @@ def test_a_stalled_run_that_wakes_after_its_watermarks_commit_leaves_the_signatu
     [error] = outcome  # A recorded nothing after its watermarks: B, which read everything again, marked it killed
     assert isinstance(error, pipeline.NotRecorded) and isinstance(error.error, LockLost)
     assert statuses == ["killed", "published", "published"]
+
+
+def test_a_run_with_an_in_memory_state_store_publishes_and_records(workdir: Path) -> None:
+    # Each engine on `sqlite:///:memory:` is a database of its own: the signature index's held no lock table,
+    # so confirming the lock there failed every such run after it published (NotRecorded).
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}, {"text": "one"}])
+    recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": "sqlite:///:memory:"}
+    counts = run(workdir, recipe).manifest.counts
+    assert (counts.input, counts.written, counts.duplicate) == (3, 2, 1)
