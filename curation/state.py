@@ -30,6 +30,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///"))
 
 
+# The error of a run killed while publishing whose version a later run read everything again for, and
+# recorded (``run_finished``): a run that wakes after that leaves it so (``run_publishing``).
+READ_AGAIN = "killed while publishing; a later run read everything again for its version"
+
+
 def in_memory(url: str) -> bool:
     """Whether a state URL names an in-memory SQLite database (one per engine, seen by no other process)."""
     return plain_sqlite_url(url).startswith("sqlite:") and sqlite_file(url) is None
@@ -128,9 +133,15 @@ class StateStore:
             )
 
     def run_publishing(self, run_id: str, version: int) -> None:
-        """The run's version is about to become visible; ``published`` follows once it is recorded."""
+        """The run's version is about to become visible, or is and is not recorded: ``published`` follows
+        once it is. Not a run a later one read everything again for (``READ_AGAIN``): that run recorded
+        what this one's version holds, and the next run would read everything again for nothing."""
         with self.engine.begin() as db:
-            db.execute(runs.update().where(runs.c.run_id == run_id).values(status="publishing", version=version))
+            db.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id, sa.or_(runs.c.error.is_(None), runs.c.error != READ_AGAIN))
+                .values(status="publishing", version=version)
+            )
 
     def unrecorded_runs(self, dataset: str, published: list[int]) -> dict[str, int]:
         """The runs of ``dataset`` (and the version of each) whose version became visible but that were
@@ -187,7 +198,7 @@ class StateStore:
                 db.execute(
                     runs.update()
                     .where(runs.c.run_id.in_(ids), runs.c.status == "publishing")
-                    .values(status="killed", finished_at=_now(), error="killed while publishing")
+                    .values(status="killed", finished_at=_now(), error=READ_AGAIN)
                 )
             db.execute(
                 runs.update()

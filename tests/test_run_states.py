@@ -293,3 +293,39 @@ def test_a_run_with_an_in_memory_state_store_publishes_and_records(workdir: Path
     recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": "sqlite:///:memory:"}
     counts = run(workdir, recipe).manifest.counts
     assert (counts.input, counts.written, counts.duplicate) == (3, 2, 1)
+
+
+def test_a_stalled_run_that_wakes_after_the_run_that_read_everything_again_for_it_stays_killed(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stalls after its watermarks commit; B takes over, reads everything again for A's version, publishes and
+    # records, marking A killed. A wakes to its lock lost: it marked itself publishing again, and the next run
+    # read everything again (and said A was killed before it recorded what it read) for nothing.
+    url = "sqlite:///state.db"
+    recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": url}
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    commit = Watermarks.commit
+
+    def then_b_ran_and_finished(self: Watermarks, run_id: str, *args: Any, **kwargs: Any) -> None:
+        commit(self, run_id, *args, **kwargs)
+        with sa.create_engine(url).begin() as db:
+            db.execute(run_locks.delete())  # B took the lock over, and let it go as it ended
+        StateStore(url).run_finished("b" * 12, "published", 3, superseded=[run_id])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Watermarks, "commit", then_b_ran_and_finished)
+        with pytest.raises(pipeline.NotRecorded) as failed:
+            run(workdir, recipe)
+    assert isinstance(failed.value.error, LockLost)
+    with sa.create_engine(url).begin() as db:
+        assert db.execute(sa.text("SELECT status FROM runs ORDER BY started_at")).scalars().all() == [
+            "published",
+            "killed",
+        ]
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    with caplog.at_level(logging.WARNING):
+        counts = run(workdir, recipe).manifest.counts
+    assert "killed before it recorded what it read" not in caplog.text
+    assert (counts.input, counts.written) == (1, 1)
