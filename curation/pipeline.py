@@ -43,7 +43,7 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
-from curation.stages.image_check import ImageCheck, keep_archived
+from curation.stages.image_check import FULL_REFRESH, ImageCheck, keep_archived
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
@@ -752,10 +752,12 @@ def _run_locked(
         # be taken, and the row read again only by --full-refresh.
         held_back = counts.input == counts.quarantined == cannot_read or tally.unread_once
         if plan.extended is None and counts.input and counts.written == 0 and held_back:
+            others = counts.input - cannot_read
             raise StorageError(
                 f"{recipe.dataset}: {cannot_read} input(s) (files, image rows) cannot be read"
-                + _first_detail(tally, "unreadable")
+                + (f" and the other {others} were set aside: the first version would hold no record" if others else "")
                 # The detail of a SQL or Hugging Face row says --full-refresh: not so here, nothing was taken.
+                + _first_detail(tally, "unreadable").removesuffix(FULL_REFRESH)
                 + ("; nothing was taken: the next run reads them again" if tally.unread_once else "")
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):

@@ -33,7 +33,7 @@ _READ_SIZE = 64 * 1024
 # the images connector says it of an image it could not read; a SQL (cursor) or Hugging Face source's, only
 # --full-refresh (or the images connector, whose rows keep their own watermarks).
 _AGAIN = {FILES: "; the next run reads it again"}
-_FULL_REFRESH = "; --full-refresh reads it again"
+FULL_REFRESH = "; --full-refresh reads it again"
 
 
 class _Reads(io.RawIOBase):
@@ -143,7 +143,7 @@ class ImageCheck:
         rows = rows_as_python(bad, as_text=True)[0]
         details = [
             f"{location(r['source'])}: image: {detail}"
-            + (_AGAIN.get(r["source"]["connector"], _FULL_REFRESH) if reason == "unreadable" else "")
+            + (_AGAIN.get(r["source"]["connector"], FULL_REFRESH) if reason == "unreadable" else "")
             for r, (reason, detail) in zip(rows, bad_problems, strict=True)
         ]
         set_aside = set_aside_rows(
