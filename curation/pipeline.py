@@ -753,12 +753,15 @@ def _run_locked(
         held_back = counts.input == counts.quarantined == cannot_read or tally.unread_once
         if plan.extended is None and counts.input and counts.written == 0 and held_back:
             others = counts.input - cannot_read
+            version = "the new version (it extends none)" if plan.previous else "the first version"
+            # A full refresh of a dataset with versions: a plain run would read from their watermarks on.
+            again = "the next run with --full-refresh" if plan.full_refresh and plan.previous else "the next run"
             raise StorageError(
                 f"{recipe.dataset}: {cannot_read} input(s) (files, image rows) cannot be read"
-                + (f" and the other {others} were set aside: the first version would hold no record" if others else "")
-                # The detail of a SQL or Hugging Face row says --full-refresh: not so here, nothing was taken.
+                + (f" and the other {others} were set aside: {version} would hold no record" if others else "")
+                # The detail of a SQL or Hugging Face row says --full-refresh: said below, as nothing was taken.
                 + _first_detail(tally, "unreadable").removesuffix(FULL_REFRESH)
-                + ("; nothing was taken: the next run reads them again" if tally.unread_once else "")
+                + (f"; nothing was taken: {again} reads them again" if tally.unread_once else "")
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):
             writer.abort()

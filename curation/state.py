@@ -35,6 +35,11 @@ def sqlite_file(url: str) -> Path | None:
 READ_AGAIN = "killed while publishing; a later run read everything again for its version"
 
 
+def _not_read_again() -> sa.ColumnElement[bool]:
+    """A run's row unless a later run read everything again for its version (``READ_AGAIN``)."""
+    return sa.or_(runs.c.error.is_(None), runs.c.error != READ_AGAIN)
+
+
 def in_memory(url: str) -> bool:
     """Whether a state URL names an in-memory SQLite database (one per engine, seen by no other process)."""
     return plain_sqlite_url(url).startswith("sqlite:") and sqlite_file(url) is None
@@ -139,7 +144,7 @@ class StateStore:
         with self.engine.begin() as db:
             db.execute(
                 runs.update()
-                .where(runs.c.run_id == run_id, sa.or_(runs.c.error.is_(None), runs.c.error != READ_AGAIN))
+                .where(runs.c.run_id == run_id, _not_read_again())
                 .values(status="publishing", version=version)
             )
 
@@ -200,9 +205,12 @@ class StateStore:
                     .where(runs.c.run_id.in_(ids), runs.c.status == "publishing")
                     .values(status="killed", finished_at=_now(), error=READ_AGAIN)
                 )
+            # Failed with its version visible, it stays publishing, unless a later run read everything again
+            # for that version already (``run_publishing``).
+            awake = _not_read_again() if status == "publishing" else sa.true()
             db.execute(
                 runs.update()
-                .where(runs.c.run_id == run_id)
+                .where(runs.c.run_id == run_id, awake)
                 .values(
                     status=status,
                     version=version,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from connectors.state import LockLost, Watermarks, run_locks
 from curation import pipeline
 from curation.stages.dedup_index import SignatureIndex
-from curation.state import StateStore
+from curation.state import READ_AGAIN, StateStore
 from curation.writer import DatasetWriter
 from tests.helpers import docs_recipe, outputs, run, write_jsonl
 
@@ -327,5 +327,48 @@ def test_a_stalled_run_that_wakes_after_the_run_that_read_everything_again_for_i
     write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
     with caplog.at_level(logging.WARNING):
         counts = run(workdir, recipe).manifest.counts
+    assert "killed before it recorded what it read" not in caplog.text
+    assert (counts.input, counts.written) == (1, 1)
+
+
+def test_a_run_that_fails_after_its_version_is_visible_stays_killed_once_a_later_run_read_everything_again(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A makes its version visible, then stalls past its lease; B takes over, reads everything again, publishes and
+    # records, marking A killed (READ_AGAIN). A wakes to an error that is no LockLost: it was marked publishing
+    # again, and the next run read everything again for nothing (r37).
+    url = "sqlite:///state.db"
+    recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": url}
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    publish_as = DatasetWriter._publish_as
+
+    took_over: list[str] = []
+
+    def visible_then_b_ran_then_error(self: DatasetWriter, *args: Any, **kwargs: Any) -> Any:
+        published = publish_as(self, *args, **kwargs)  # the version is visible
+        if took_over:  # B's own
+            return published
+        took_over.append(self.run_id)
+        with sa.create_engine(url).begin() as db:
+            db.execute(run_locks.delete())  # A stalled past its lease
+        assert run(workdir, recipe).manifest.version == 3  # B: reads everything again for v2, and records
+        with sa.create_engine(url).connect() as db:
+            error = db.execute(sa.text("SELECT error FROM runs WHERE run_id = :r"), {"r": self.run_id}).scalar()
+            assert error == READ_AGAIN
+        raise OSError("lost answer, manifest unreadable")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatasetWriter, "_publish_as", visible_then_b_ran_then_error)
+        with pytest.raises(OSError):
+            run(workdir, recipe)
+    with sa.create_engine(url).begin() as db:
+        rows = db.execute(sa.text("SELECT status, error FROM runs ORDER BY started_at")).all()
+    write_jsonl(workdir / "in" / "c.jsonl", [{"text": "four"}])
+    caplog.clear()  # B said it read everything again for A's version
+    with caplog.at_level(logging.WARNING):
+        counts = run(workdir, recipe).manifest.counts
+    assert [status for status, _ in rows] == ["published", "killed", "published"]
     assert "killed before it recorded what it read" not in caplog.text
     assert (counts.input, counts.written) == (1, 1)

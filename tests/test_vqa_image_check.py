@@ -501,3 +501,25 @@ def test_a_first_run_that_publishes_nothing_with_a_row_it_cannot_read_for_now_fa
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.written, counts.quarantined) == (2, 1, 1)
     assert counts.reasons["quarantined"] == {"missing_image": 1}
+
+
+def test_a_full_refresh_that_would_publish_no_record_says_a_run_with_full_refresh_reads_them_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # v1 holds a record. A full refresh that cannot read that row's image now fails: it said "the first
+    # version", and "the next run reads them again", which a plain run does not (v1's cursor is past the row).
+    good = pictures(workdir / "scans", 1)
+    spec = {
+        **recipe("out", "state.db", validation_fraction=0.0),
+        "sources": [asks_in_sql(workdir, [good[0], str(workdir / "scans" / "gone.png")], False)],
+    }
+    assert run(workdir, spec).manifest.counts.written == 1
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[0]), filesystem))
+    with pytest.raises(StorageError) as failed:
+        run(workdir, spec, full_refresh=True)
+    said = str(failed.value)
+    assert "the other 1 were set aside: the new version (it extends none) would hold no record, e.g. " in said
+    assert said.endswith("; nothing was taken: the next run with --full-refresh reads them again")
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    assert run(workdir, spec).manifest is None  # nothing new since v1
+    assert run(workdir, spec, full_refresh=True).manifest.counts.written == 1
