@@ -301,11 +301,7 @@ def test_a_stalled_run_that_wakes_after_the_run_that_read_everything_again_for_i
     # A stalls after its watermarks commit; B takes over, reads everything again for A's version, publishes and
     # records, marking A killed. A wakes to its lock lost: it marked itself publishing again, and the next run
     # read everything again (and said A was killed before it recorded what it read) for nothing.
-    url = "sqlite:///state.db"
-    recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": url}
-    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
-    run(workdir, recipe)
-    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    url, recipe = _published_then_more(workdir)
     commit = Watermarks.commit
 
     def then_b_ran_and_finished(self: Watermarks, run_id: str, *args: Any, **kwargs: Any) -> None:
@@ -337,11 +333,7 @@ def test_a_run_that_fails_after_its_version_is_visible_stays_killed_once_a_later
     # A makes its version visible, then stalls past its lease; B takes over, reads everything again, publishes and
     # records, marking A killed (READ_AGAIN). A wakes to an error that is no LockLost: it was marked publishing
     # again, and the next run read everything again for nothing (r37).
-    url = "sqlite:///state.db"
-    recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": url}
-    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
-    run(workdir, recipe)
-    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    url, recipe = _published_then_more(workdir)
     publish_as = DatasetWriter._publish_as
 
     took_over: list[str] = []
@@ -372,3 +364,13 @@ def test_a_run_that_fails_after_its_version_is_visible_stays_killed_once_a_later
     assert [status for status, _ in rows] == ["published", "killed", "published"]
     assert "killed before it recorded what it read" not in caplog.text
     assert (counts.input, counts.written) == (1, 1)
+
+
+def _published_then_more(workdir: Path) -> tuple[str, dict[str, Any]]:
+    """A state store's URL and a recipe with exact dedup, v1 published from a.jsonl, and b.jsonl added since."""
+    url = "sqlite:///state.db"
+    recipe = {**docs_recipe("in"), "stages": [{"type": "exact_dedup"}], "state": url}
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
+    return url, recipe
