@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
 from connectors.sql import row_contents
-from connectors.state import SourceWatermark, new_files, read_digest, taken
+from connectors.state import SourceWatermark, less_kept, new_files, read_digest, taken
 from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, join, list_files, open_input
 from schemas.config import HFSource
 from schemas.manifest import InputFile
@@ -143,7 +143,7 @@ def _under_folders(repeated: dict[str, str], listed: Collection[str]) -> list[st
         return found
     for uri in listed:
         folder = posixpath.dirname(uri)
-        while folder not in ("", "/") and folder != posixpath.dirname(folder):
+        while folder != posixpath.dirname(folder):
             found += [path + uri.removeprefix(folder) for path in folders.get(folder, ())]
             folder = posixpath.dirname(folder)
     return found
@@ -224,7 +224,7 @@ class HFSourceReader:
         for _split, entry in self.files():
             digest = read_digest(self.watermark, entry)
             for batch in self._read(entry, digest):
-                yield batch if self.watermark is None else self.watermark.less_kept(batch)
+                yield less_kept(self.watermark, batch)
             taken(self.watermark, entry, digest)
 
     def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:

@@ -33,7 +33,7 @@ from sqlparse import tokens as sql_tokens
 from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.batches import batched
 from connectors.files import MAX_RAW_CHARS, _rows_as_text
-from connectors.state import SourceWatermark, decode_cursor, encode_cursor, safe_url
+from connectors.state import SourceWatermark, decode_cursor, encode_cursor, less_kept, safe_url
 from connectors.storage import StorageError
 from schemas.config import SqlSource, parameter_places, query_parts
 from schemas.json_values import decimal_texts, json_values, value_text
@@ -1138,7 +1138,7 @@ class SqlSourceReader:
 
     def batches(self) -> Iterator[SourceBatch]:
         for batch in self._batches():
-            yield batch if self.watermark is None else self.watermark.less_kept(batch)
+            yield less_kept(self.watermark, batch)
 
     def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
         """Its rows, where the table is read whole again (in ``uris``), read before the run (``keep_archived``).

@@ -236,7 +236,7 @@ class SourceWatermark:
         (``kept``): carried, not read."""
         if not self.kept or not batch.rows.num_rows:
             return batch
-        kept = pa.array(sorted(self.kept), pa.string())
+        kept = pa.array(list(self.kept), pa.string())  # a look-up set: no order needed
         return dataclasses.replace(batch, rows=batch.rows.filter(pc.invert(pc.is_in(batch.rows["id"], value_set=kept))))
 
     def set(self, item: str, value: Any) -> None:
@@ -817,6 +817,11 @@ def _value_to_stage(entry: FileEntry, watermark: SourceWatermark, hashed_when_re
     if entry.etag or not hashed_when_read or (known is not None and known[0] == fingerprint(entry)):
         return file_value(entry, known=watermark.digests)
     return HashedWhenRead(entry)
+
+
+def less_kept(watermark: SourceWatermark | None, batch: SourceBatch) -> SourceBatch:
+    """``SourceWatermark.less_kept`` of a source that may keep no watermark (``batch`` as it is then)."""
+    return batch if watermark is None else watermark.less_kept(batch)
 
 
 def read_digest(watermark: SourceWatermark | None, entry: FileEntry) -> ReadDigest | None:

@@ -645,13 +645,14 @@ def _list_local(
             folded = tree.folded if on_the_way is None else {}
             # Each listed path -> (its real path, whether reached through a link), as the walk found them.
             listed = {path: (real, through) for path, real, through in tree.files if wanted(path)}
-            listed = _utf8_named(uri, listed, reads if folder else _always)
+            read = reads if folder else _always
+            listed = _utf8_named(uri, listed, read)
             found = [info for path in listed if (info := _file_info(path)) is not None]
             _warn_of_broken_links(uri, tree.links, wanted, suffixes if folder else ())
             if links_out is not None and tree.links:
-                found = _within(uri, root, found, listed, links_out, reads if folder else _always)
+                found = _within(uri, root, found, listed, links_out, read)
             if links_repeated is not None:
-                found = _once(uri, root, found, listed, folded, reads if folder else _always, links_repeated)
+                found = _once(uri, root, found, listed, folded, read, links_repeated)
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
@@ -716,14 +717,14 @@ def _walk(root: str, once: bool, on_the_way: Callable[[str], bool] | None = None
     heap: list[tuple[bool, str, str, tuple[str, ...]]] = [(False, root, os.path.realpath(root), ())]
     while heap:
         through, folder, real, above = heapq.heappop(heap)
-        looped = real in above and not (on_the_way is not None and on_the_way(folder))
-        if looped or (once and real in seen):
+        ahead = on_the_way is not None and on_the_way(folder)
+        if (real in above and not ahead) or (once and real in seen):
             tree.folded[folder] = seen[real]
             continue
-        if on_the_way is not None and on_the_way(folder):
-            if (real, folder.count("/")) in walked:
+        if ahead:
+            if (real, depth := folder.count("/")) in walked:
                 continue
-            walked.add((real, folder.count("/")))
+            walked.add((real, depth))
         seen.setdefault(real, folder)
         try:
             entries = os.scandir(folder)
@@ -845,7 +846,7 @@ def _within(
     for info in found:
         target, through = listed[info.path]
         if reads(info.path) and through and os.path.commonpath([folder, target]) != folder:
-            out[_escaped(info.path)] = _escaped(target)  # where it leads may be a name that is not UTF-8
+            out[info.path] = _escaped(target)  # where it leads may be a name that is not UTF-8 (not the link: listed)
             continue
         kept.append(info)
     links_out.update(out)

@@ -49,7 +49,7 @@ from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
 from curation.stages.shape import Shape
 from curation.stages.validate import SchemaValidation
-from curation.state import StateStore, in_memory
+from curation.state import StateStore
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
 from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs
 from schemas.config import (
@@ -753,12 +753,12 @@ def _run_locked(
         held_back = counts.input == counts.quarantined == cannot_read or tally.unread_once
         if plan.extended is None and counts.input and counts.written == 0 and held_back:
             others = counts.input - cannot_read
-            version = "the new version (it extends none)" if plan.previous else "the first version"
+            which = "the new version (it extends none)" if plan.previous else "the first version"
             # A full refresh of a dataset with versions: a plain run would read from their watermarks on.
             again = "the next run with --full-refresh" if plan.full_refresh and plan.previous else "the next run"
             raise StorageError(
                 f"{recipe.dataset}: {cannot_read} input(s) (files, image rows) cannot be read"
-                + (f" and the other {others} were set aside: {version} would hold no record" if others else "")
+                + (f" and the other {others} were set aside: {which} would hold no record" if others else "")
                 # The detail of a SQL or Hugging Face row says --full-refresh: said below, as nothing was taken.
                 + _first_detail(tally, "unreadable").removesuffix(FULL_REFRESH)
                 + (f"; nothing was taken: {again} reads them again" if tally.unread_once else "")
@@ -943,9 +943,11 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
 
 def _first_detail(tally: Tally, reason: str | None = None) -> str:
     """The first quarantined record's detail (of ``reason``'s first, where there is one)."""
-    found = [detail for (outcome, why), detail in tally.examples.items() if outcome == "quarantined" and why == reason]
-    found += [detail for (outcome, _), detail in tally.examples.items() if outcome == "quarantined"]
-    return f", e.g. {found[0]}" if found else ""
+    found = sorted(
+        ((why != reason, detail) for (outcome, why), detail in tally.examples.items() if outcome == "quarantined"),
+        key=lambda pair: pair[0],  # stable: otherwise in the order met
+    )
+    return f", e.g. {found[0][1]}" if found else ""
 
 
 def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: DecisionMark) -> bool:
@@ -1064,12 +1066,9 @@ def _record_published(
     this run's lock is found taken over (it stalled past its lease as it published, and may wake while the
     run that took over records its own, after reading everything again): ``LockLost``."""
     plan.watermarks.commit(writer.run_id, lock.confirm_within)
-    # An in-memory store is a database per engine, the index's without the lock's table; and no other
-    # process sees it, so no run takes its lock over.
-    confirm = None if in_memory(recipe.state) else lock.confirm_within
     for stage in run_stages.with_index:  # stages that keep cross-run state learn the version they went into
         if hasattr(stage, "published"):
-            stage.published(published.version, confirm)
+            stage.published(published.version, lock.confirm_within)
     flags = pa.concat_tables(tally.flags) if tally.flags else empty_flags()
     # The review tables are written by helpers in transactions of their own: the lock is confirmed once
     # before them. A stall past the lease among them can still add this version's items or notes; the

@@ -152,9 +152,9 @@ class StateStore:
         """The runs of ``dataset`` (and the version of each) whose version became visible but that were
         killed before they recorded what they read (a run must then not trust the watermarks). They stay
         marked publishing until a run that read everything again publishes (``run_finished``): killed
-        before that too, it leaves the next run to read everything again. So does one whose version is gone since (a rollback), once its
-        run committed what it read: the watermarks say its input was read, and no version holds it. Runs
-        killed before their version became visible are marked so."""
+        before that too, it leaves the next run to read everything again. So does one whose version is gone
+        since (a rollback), once its run committed what it read: the watermarks say its input was read, and
+        no version holds it. Runs killed before their version became visible are marked so."""
         with self.engine.begin() as db:
             rows = db.execute(
                 sa.select(runs.c.run_id, runs.c.version).where(runs.c.dataset == dataset, runs.c.status == "publishing")

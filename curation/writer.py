@@ -1058,9 +1058,10 @@ class DatasetWriter:
             except OSError:
                 if not self._has_manifest(target):
                     raise
-                # A run of another store renamed its version into place since the check above: the rename
-                # (or the removal) fails on the folder it made, and the reason is the same. Unless the rename
-                # happened and only its answer was lost (NFS): the version there is this run's own.
+                # A version renamed into place since ``publish`` looked (by a run of another store, or the one
+                # that took over this run's lock): the rename (or the removal) fails on the folder it made, and
+                # the reason is the same. Unless the rename happened and only its answer was lost (NFS): the
+                # version there is this run's own.
                 if not self._holds_manifest(target, body):
                     raise PublishedMeanwhile(meanwhile()) from None
         if not splits["train"].records and splits["validation"].records:  # said once the version is there
@@ -1119,7 +1120,8 @@ class DatasetWriter:
 
     def _check_staged(self) -> None:
         """Raise ``PublishedMeanwhile`` unless every file this run staged is still there: a run of another
-        state store of a release before this one clears the whole staging area as it ends, and the version
+        state store of a release before this one clears the whole staging area as it ends, and the run that
+        took over this run's lock (it stalled) removes the staging folders of runs that are over; the version
         would list files it does not hold."""
         staged = {
             shard.path for series in (*self.splits.values(), self.set_aside, self.lineage) for shard in series.shards

@@ -30,7 +30,7 @@ from curation.executors.envelope import pack, unpack
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import PUBLISHED_ID, PUBLISHED_PREFIX, holds_one_key_each, one_key_each
-from curation.state import runs, state_engine
+from curation.state import in_memory, runs, state_engine
 from schemas.hashing import hex_digests
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
@@ -189,7 +189,9 @@ class SignatureIndex:
         in that transaction: it raises to record nothing (``HeldLock.confirm_within``)."""
         table = published_signatures
         with self.engine.begin() as db:
-            if confirm is not None:  # taken over, the run that did may have rows pending: removed below
+            # Taken over, the run that did may have rows pending: removed below. Not in an in-memory store: a
+            # database per engine, this one's without the lock's table (and no other process sees the lock).
+            if confirm is not None and not in_memory(self.url):
                 confirm(db)
             db.execute(table.update().where(table.c.token == self.token).values(version=version))
             if len(self.retired) and not self.start_over:

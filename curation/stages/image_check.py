@@ -176,9 +176,10 @@ def keep_archived(
     for source in sources:
         mark = getattr(source, "watermark", None)
         batches_of = getattr(source, "batches_of", None)  # an images source keeps such rows itself
-        if batches_of is None or mark is None or not mark.replaced & uris:
+        again = mark.replaced & uris if mark is not None else set()
+        if batches_of is None or not again:
             continue
-        for batch in batches_of(mark.replaced & uris):
+        for batch in batches_of(again):
             rows = batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted)) if batch.rows.num_rows else None
             if rows is None or not rows.num_rows:
                 continue
