@@ -368,9 +368,7 @@ class Watermarks:
             source.pending.update(
                 {item: value.value() for item, value in source.pending.items() if isinstance(value, HashedWhenRead)}
             )
-        with self.engine.begin() as db:
-            if confirm is not None:
-                confirm(db)
+        with begin_confirmed(self.engine, confirm) as db:
 
             def insert(source: str, item: str, value: Any) -> None:
                 row = {"dataset": self.dataset, "source": source, "item": item, "run_id": run_id, "updated_at": now}
@@ -817,6 +815,16 @@ def _value_to_stage(entry: FileEntry, watermark: SourceWatermark, hashed_when_re
     if entry.etag or not hashed_when_read or (known is not None and known[0] == fingerprint(entry)):
         return file_value(entry, known=watermark.digests)
     return HashedWhenRead(entry)
+
+
+@contextlib.contextmanager
+def begin_confirmed(engine: sa.Engine, confirm: Callable[[sa.Connection], None] | None) -> Iterator[sa.Connection]:
+    """A transaction on ``engine`` that first runs ``confirm(db)`` (``HeldLock.confirm_within``), which raises
+    to record nothing once this run's lock is lost."""
+    with engine.begin() as db:
+        if confirm is not None:
+            confirm(db)
+        yield db
 
 
 def less_kept(watermark: SourceWatermark | None, batch: SourceBatch) -> SourceBatch:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import xxhash
 
 from connectors.batches import batched
-from connectors.state import add_missing_columns, watermarks
+from connectors.state import add_missing_columns, begin_confirmed, watermarks
 from schemas.config import plain_sqlite_url
 
 if TYPE_CHECKING:
@@ -196,9 +196,7 @@ class StateStore:
         (``unrecorded_runs`` at its start) left a version unrecorded: they are marked killed. Not any other
         run marked publishing: one that took this run's lock over as it stalled may be publishing now.
         ``confirm(db)`` first, in that transaction: it raises to record nothing (``HeldLock.confirm_within``)."""
-        with self.engine.begin() as db:
-            if confirm is not None:
-                confirm(db)
+        with begin_confirmed(self.engine, confirm) as db:
             if status == "published" and (ids := list(superseded)):
                 db.execute(
                     runs.update()
@@ -284,9 +282,7 @@ class StateStore:
         """Keep the sides of the groups a published run placed; ``start_over`` (a full refresh: every
         record was split again) forgets the earlier ones first. ``confirm(db)`` first, in that transaction:
         it raises to record nothing (``HeldLock.confirm_within``)."""
-        with self.engine.begin() as db:
-            if confirm is not None:
-                confirm(db)
+        with begin_confirmed(self.engine, confirm) as db:
             if start_over:
                 db.execute(split_groups.delete().where(split_groups.c.dataset == dataset))
             rows = [

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from connectors.state import begin_confirmed
 from curation.executors.envelope import pack, unpack
 from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
@@ -188,11 +189,9 @@ class SignatureIndex:
         """This run published ``version``: its pending signatures count from now on. ``confirm(db)`` first,
         in that transaction: it raises to record nothing (``HeldLock.confirm_within``)."""
         table = published_signatures
-        with self.engine.begin() as db:
-            # Taken over, the run that did may have rows pending: removed below. Not in an in-memory store: a
-            # database per engine, this one's without the lock's table (and no other process sees the lock).
-            if confirm is not None and not in_memory(self.url):
-                confirm(db)
+        # Taken over, the run that did may have rows pending: removed below. Not in an in-memory store: a
+        # database per engine, this one's without the lock's table (and no other process sees the lock).
+        with begin_confirmed(self.engine, None if in_memory(self.url) else confirm) as db:
             db.execute(table.update().where(table.c.token == self.token).values(version=version))
             if len(self.retired) and not self.start_over:
                 self._remove_retired(db, version)
