@@ -589,10 +589,7 @@ class CursorRange:
 
     def is_new_null(self, content: bytes) -> bool | None:
         """For a row without a cursor value: None if it is to be set aside, False if an earlier run did."""
-        identity = xxhash.xxh3_64_intdigest(content)
-        self.nulls.append(identity)
-        if self.nulls_before[identity] > 0:
-            self.nulls_before[identity] -= 1
+        if self._set_aside_before(content, self.nulls):
             return False
         self.new_nulls += 1
         return None
@@ -601,12 +598,17 @@ class CursorRange:
         """For a row whose cursor value is text that is not UTF-8 among moments (``as_moments``): it spells no moment,
         so it has no place in their order (compared, the run failed: 'values of types that do not compare'). True
         if it is to be set aside (as such text is), False if an earlier run did (kept as the rows without a value)."""
+        return not self._set_aside_before(content, self.unplaced)
+
+    def _set_aside_before(self, content: bytes, into: list[int]) -> bool:
+        """Whether an earlier run set aside a row of this content that had no place in the cursor's order (each
+        such row of the watermark's ``NULL_ITEM`` answers once); the row is noted in ``into`` for the next run."""
         identity = xxhash.xxh3_64_intdigest(content)
-        self.unplaced.append(identity)
+        into.append(identity)
         if self.nulls_before[identity] > 0:
             self.nulls_before[identity] -= 1
-            return False
-        return True
+            return True
+        return False
 
     def is_new(self, value: Any, content: bytes, group: Any = None, at_last: Any = None) -> bool:
         """Whether a row with a cursor value is new; notes the highest value read and the rows at it. ``group`` is
