@@ -765,7 +765,7 @@ class FilesSourceReader(ListedFiles):
         if mark is None:
             return batch
         if uri in mark.retry and uri not in mark.replaced:
-            wanted = pa.array(sorted(mark.retry[uri]), pa.string())
+            wanted = pa.array(list(mark.retry[uri]), pa.string())  # a look-up set: no order needed
             return dataclasses.replace(
                 batch,
                 rows=batch.rows.filter(pc.is_in(batch.rows["id"], value_set=wanted))

@@ -773,8 +773,9 @@ def _same_bytes(
     they were taken by (a record's id holds its input's URI), and read again under another they would be
     published twice. An S3 object is compared by its ETag; a local file by its size, then the xxh3 of its
     bytes, so only a file of the size of one taken is read for it. A taken file read again in this run
-    (changed since; not one read again unchanged, ``as_before``) is compared with none: its records are replaced by what it holds now; but where a file
-    holding what it held is read in its place (``promoted``), a new one holding that too repeats that file.
+    (changed since; not one read again unchanged, ``as_before``) is compared with none: its records are
+    replaced by what it holds now; but where a file holding what it held is read in its place
+    (``promoted``), a new one holding that too repeats that file.
     A file skipped before for its bytes is no file to compare with: the file it repeats is."""
     if not new or not watermark.committed:
         return set()
