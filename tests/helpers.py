@@ -158,6 +158,22 @@ class Refusing:
         return getattr(self.fs, name)
 
 
+class FailsOnceMoved:
+    """A filesystem whose ``move`` (to a ``dest`` ending in ``ending``) happens, then raises ``error``: a
+    rename answered as failed though it was done (NFS), or a process killed right after it."""
+
+    def __init__(self, fs: object, error: BaseException, ending: str = "") -> None:
+        self.fs, self.error, self.ending = fs, error, ending
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)  # type: ignore[attr-defined]
+        if dest.endswith(self.ending):
+            raise self.error
+
+    def __getattr__(self, name: str) -> object:  # every other call as the filesystem's
+        return getattr(self.fs, name)
+
+
 def refusing(refused: Path, filesystem: Callable[[str], tuple[Any, str]]) -> Callable[[str], tuple[Any, str]]:
     """``filesystem`` (a module's), with the file ``refused`` refused as ``Refusing`` does."""
 

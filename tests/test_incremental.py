@@ -35,6 +35,7 @@ from curation.published import published_versions, read_manifest, verify_checksu
 from curation.writer import DatasetWriter
 from schemas.config import FilesSource, Recipe, RecipeError, load_recipe, parse_recipe
 from tests.helpers import (
+    FailsOnceMoved,
     docs_recipe,
     lineage_rows,
     outputs,
@@ -1395,18 +1396,6 @@ def test_a_run_that_stalled_past_its_lease_never_moves_the_version_of_the_run_th
     a_stalled, b_recorded, a_ended = threading.Event(), threading.Event(), threading.Event()
     a_writer: list[DatasetWriter] = []
 
-    class DiesOnceMovedAside:  # A's store: A is killed right after its first move
-        def __init__(self, fs: Any) -> None:
-            self.fs = fs
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.fs, name)
-
-        def move(self, src: str, dest: str) -> None:
-            self.fs.move(src, dest)
-            if dest.endswith("-leftover"):
-                raise _Killed
-
     def stalls(self: DatasetWriter, target: str, meanwhile: str) -> None:
         if not a_writer:  # A's: its lease lapses here, and it wakes while B records
             a_writer.append(self)
@@ -1414,7 +1403,7 @@ def test_a_run_that_stalled_past_its_lease_never_moves_the_version_of_the_run_th
                 db.execute(run_locks.delete())
             a_stalled.set()
             assert b_recorded.wait(60)
-            self.fs = DiesOnceMovedAside(self.fs)
+            self.fs = FailsOnceMoved(self.fs, _Killed(), "-leftover")  # A is killed right after its first move
         remove_leftover(self, target, meanwhile)
 
     def b_waits_for_a(self: DatasetWriter) -> None:

@@ -17,7 +17,7 @@ from curation import pipeline
 from curation.stages.dedup_index import SignatureIndex
 from curation.state import READ_AGAIN, StateStore
 from curation.writer import DatasetWriter
-from tests.helpers import docs_recipe, outputs, run, write_jsonl
+from tests.helpers import FailsOnceMoved, docs_recipe, outputs, run, write_jsonl
 
 RECIPE = docs_recipe("in")
 
@@ -214,20 +214,10 @@ def test_a_rename_that_happened_though_it_was_answered_failed_is_this_runs_versi
     write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
     remove_leftover = DatasetWriter._remove_leftover
 
-    class AnsweredFailed:
-        def __init__(self, fs: Any) -> None:
-            self.fs = fs
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.fs, name)
-
-        def move(self, src: str, dest: str) -> None:
-            self.fs.move(src, dest)
-            raise FileNotFoundError(f"{src}: no such file or directory")
-
     def then_answered_failed(self: DatasetWriter, target: str, meanwhile: Callable[[], str]) -> None:
         remove_leftover(self, target, meanwhile)
-        self.fs = AnsweredFailed(self.fs)  # the next move is the rename into place
+        # The next move is the rename into place; its answer is lost, and the retry finds no source.
+        self.fs = FailsOnceMoved(self.fs, FileNotFoundError("no such file or directory"))
 
     with monkeypatch.context() as patch:
         patch.setattr(DatasetWriter, "_remove_leftover", then_answered_failed)
