@@ -1062,7 +1062,7 @@ class DatasetWriter:
                 # that took over this run's lock): the rename (or the removal) fails on the folder it made, and
                 # the reason is the same. Unless the rename happened and only its answer was lost (NFS): the
                 # version there is this run's own.
-                if not self._holds_manifest(target, body):
+                if not self._holds_manifest(version, target, body):
                     raise PublishedMeanwhile(meanwhile()) from None
         if not splits["train"].records and splits["validation"].records:  # said once the version is there
             self._warn_nothing_to_train_on(version, splits["validation"].records)
@@ -1090,13 +1090,23 @@ class DatasetWriter:
         """Whether ``folder`` is a published version (its manifest is written last)."""
         return self.fs.get_file_info(f"{folder}/{MANIFEST_NAME}").type != pafs.FileType.NotFound
 
-    def _holds_manifest(self, folder: str, body: bytes) -> bool:
+    def _holds_manifest(self, version: int, folder: str, body: bytes) -> bool:
         """Whether the manifest in ``folder`` is this run's ``body`` (its creation time, to the microsecond,
         is this run's): a write or rename that was answered as failed but happened. An error reading it is
         raised, not taken for another run's: not ``PublishedMeanwhile``, the run stays marked publishing
         and the next reads everything again, as the version may be this run's."""
-        with self.fs.open_input_stream(f"{folder}/{MANIFEST_NAME}") as stream:
-            return stream.read() == body
+        try:
+            with self.fs.open_input_stream(f"{folder}/{MANIFEST_NAME}") as stream:
+                return stream.read() == body
+        except FileNotFoundError:
+            # Not there yet: S3 answers 409 while a write of the key is in flight, this run's own first try
+            # (boto3 retried it) as well as another run's. Which lands is not known, so not ``PublishedMeanwhile``.
+            raise StorageError(
+                f"{join(version_uri(self.dest, self.dataset, version), MANIFEST_NAME)}: this run's write of it was "
+                "answered as failed, and no manifest is there: a write of it still in flight (this run's own, retried, or "
+                f"another run's) may land, so whether {self.dataset} v{version} is this run's is not known; the run "
+                f"stays marked publishing, and the next run reads every input again if v{version} appears"
+            ) from None
 
     def _remove_leftover(self, target: str, meanwhile: Callable[[], str]) -> None:
         """What a killed run left at ``target`` on local disk (a folder without a manifest is no version)
@@ -1203,7 +1213,7 @@ class DatasetWriter:
             raise
         written = put_if_absent(f"s3://{target}/{MANIFEST_NAME}", manifest_body)
         # Refused to boto3's retry of this run's own write, which landed though its answer was lost, as well.
-        if not written and not self._holds_manifest(target, manifest_body):
+        if not written and not self._holds_manifest(version, target, manifest_body):
             # Only a run that does not claim (of a release before claims) gets here: its copies and this
             # run's share names, so neither can take them away without breaking the other's version.
             raise PublishedMeanwhile(meanwhile())

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from connectors.storage import StorageError
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.state import StateStore
 from tests.helpers import docs_recipe, run, write_jsonl
@@ -992,6 +993,34 @@ def test_a_manifest_write_that_landed_though_its_retry_was_refused_is_this_runs_
         for line in s3.get_object(Bucket=bucket, Key=f"out/docs/v3/{shard.path}")["Body"].read().splitlines()
     ]
     assert sorted(texts) == ["four", "one", "three", "two"]
+
+
+def test_a_manifest_write_refused_while_none_is_there_yet_is_said_and_leaves_the_run_publishing(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 409 to boto3's retry while this run's first PUT is still in flight: no manifest is there yet. The run
+    # read it all the same and failed on pyarrow's "Path does not exist".
+    import sqlalchemy as sa
+
+    from curation import writer
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
+    put_if_absent = writer.put_if_absent
+
+    def refused_in_flight(uri: str, body: bytes) -> bool:
+        return False if uri.endswith("/manifest.json") else put_if_absent(uri, body)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(writer, "put_if_absent", refused_in_flight)
+        with pytest.raises(StorageError) as failed:
+            run(workdir, recipe)
+    assert str(failed.value).startswith(f"s3://{bucket}/out/docs/v1/manifest.json: this run's write of it was")
+    assert "whether docs v1 is this run's is not known" in str(failed.value)
+    with sa.create_engine("sqlite:///state.db").connect() as db:  # as its version may yet appear
+        assert db.execute(sa.text("SELECT status, version FROM runs")).tuples().all() == [("publishing", 1)]
+    assert run(workdir, recipe).manifest.version == 1  # it never appeared: the number is free
 
 
 def test_a_claim_write_that_landed_though_its_retry_was_refused_is_this_runs_claim(
