@@ -689,8 +689,9 @@ def _is_utf8(path: str) -> bool:
 
 
 def _escaped(path: str) -> str:
-    """A path as its bytes, those that are not UTF-8 written ``\\xNN``."""
-    return os.fsencode(path).decode(errors="backslashreplace")
+    """A path as its bytes, those that are not UTF-8 written ``\\xNN`` and a backslash doubled: else a name
+    holding the four characters ``\\xe9`` reads as one holding that byte, and one stats key hides the other."""
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode(errors="backslashreplace")
 
 
 @dataclass

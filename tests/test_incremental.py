@@ -681,6 +681,20 @@ def test_a_link_named_or_leading_to_a_name_that_is_not_utf8_is_named_escaped_in_
     assert f"{workdir}/in/caf\\xe9 -> {workdir}/in/sub" in caplog.text
 
 
+def test_two_links_whose_names_differ_only_in_how_their_bytes_escape_are_each_named(tmp_path: Path) -> None:
+    # Links named \xff then the bytes \xe9, and \xff then the four characters `\xe9`, to a folder listed
+    # already: both were written `\xff\xe9`, so stats.links_repeated held one key and hid the other link.
+    write_jsonl(tmp_path / "in" / "sub" / "a.jsonl", [{"text": "a"}])
+    for name in (b"\xff\xe9", b"\xff\\xe9"):
+        os.symlink(b"sub", os.path.join(os.fsencode(tmp_path / "in"), name))
+    again: dict[str, str] = {}
+    assert [Path(e.uri).name for e in list_files(f"{tmp_path}/in", (".jsonl",), links_repeated=again)] == ["a.jsonl"]
+    assert again == {
+        f"{tmp_path}/in/\\xff\\xe9": f"{tmp_path}/in/sub",
+        f"{tmp_path}/in/\\xff\\\\xe9": f"{tmp_path}/in/sub",
+    }
+
+
 def test_a_glob_of_a_fixed_depth_through_several_loop_links_walks_each_folder_once_per_depth(tmp_path: Path) -> None:
     # Five links `l_i -> .` and a glob six folders deep: the walk went down every one of 5**6 paths round the
     # loops (seconds; minutes a little deeper). Each folder is walked once at each depth, and the file listed once.
