@@ -51,12 +51,6 @@ log = logging.getLogger(__name__)
 _LEFTOVER = "-leftover"  # a run's staging folder's name with it: what it moved out of a version folder to delete
 
 
-# What a run of a dataset that another state store's run got in the way of says to do.
-ONE_STORE = "the runs of a dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts)"
-# Why a run of the dataset's one state store got in the way of this one: it took over this run's lock.
-_STALLED = f" (this run stalled for longer than {LEASE_SETTING} allows)"
-
-
 class PublishedMeanwhile(LockLost):
     """The dest's versions changed while the run went on (a run with another state store published): the
     run publishes nothing, as when its lock was taken over."""
@@ -1141,16 +1135,13 @@ class DatasetWriter:
         listed = self.fs.get_file_info(pafs.FileSelector(self.staging, recursive=True, allow_not_found=True))
         missing = sorted(staged - {info.path[len(self.staging) + 1 :] for info in listed})
         if missing:
-            by = (
-                f"by the run that took over this run's lock{_STALLED}, as it removed the staging folders of "
-                "runs that are over, so this run published nothing"
-                if self._lock_taken_over()
-                else f"by a run of {self.dataset} that does not use this run's state store (a release before this "
-                f"one clears the whole staging area as it ends), so this run published nothing; {ONE_STORE}"
+            who = self._who_changed_it(
+                ", as it removed the staging folders of runs that are over",
+                " (a release before this one clears the whole staging area as it ends)",
             )
             raise PublishedMeanwhile(
                 f"{self.staging_uri}: {len(missing)} file(s) this run staged, such as {missing[0]}, were removed "
-                f"while this run went on, {by}"
+                f"while this run went on, by {who}"
             )
 
     def _changed_meanwhile(self, builds_on: list[int], existing: list[int]) -> str:
@@ -1159,23 +1150,24 @@ class DatasetWriter:
         if not appeared:  # removed by hand (a rollback) while the run went on: what it built on is gone
             gone = ", ".join(f"v{number}" for number in sorted(set(builds_on) - set(existing)))
             return f"{self.dataset} {gone} was removed from {where} while this run went on; this run published nothing"
-        published = f"{self.dataset} v{appeared[-1]} was published at {where} while this run went on"
-        if self._lock_taken_over():
-            return f"{published}, by the run that took over this run's lock{_STALLED}, so this run published nothing"
-        # Under one state store the dataset's lock keeps runs apart: this one came from another store.
-        return (
-            f"{published}, by a run that does not use this run's state store (its lock keeps apart only the runs "
-            f"that share it), so this run published nothing; {ONE_STORE}"
-        )
+        who = self._who_changed_it(other_store=" (its lock keeps apart only the runs that share it)")
+        return f"{self.dataset} v{appeared[-1]} was published at {where} while this run went on, by {who}"
 
-    def _lock_taken_over(self) -> bool:
-        """Whether another run took this run's lock over: with one state store, what changed in the dest
-        while this run went on was that run's doing, not a run's of another store."""
+    def _who_changed_it(self, taken_over: str = "", other_store: str = "") -> str:
+        """Which run changed the dest while this run went on, and that this run published nothing: under one
+        state store the dataset's lock keeps runs apart, so the run that took over this run's lock (it stalled)
+        if there is one, else a run of another store. ``taken_over`` or ``other_store`` says more of that run."""
         try:
             self.confirm_lock()
         except LockLost:
-            return True
-        return False
+            return (
+                f"the run that took over this run's lock (this run stalled for longer than {LEASE_SETTING} allows)"
+                f"{taken_over}, so this run published nothing"
+            )
+        return (
+            f"a run that does not use this run's state store{other_store}, so this run published nothing; the runs "
+            "of a dataset that publish to one dest must share one state store (a PostgreSQL URL across hosts)"
+        )
 
     def _publish_s3(
         self,
@@ -1293,16 +1285,13 @@ class DatasetWriter:
             )
             version += 1
             claim, tries = self._claim_path(version), 0
-        publishing = (
-            f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run {holder}"
+        who = self._who_changed_it(
+            other_store=f" (if it was killed, no run of this store publishes v{version} until its claim "
+            f"s3://{claim} is deleted)"
         )
-        if self._lock_taken_over():
-            raise PublishedMeanwhile(
-                f"{publishing}, which took over this run's lock{_STALLED}, so this run published nothing"
-            )
         raise PublishedMeanwhile(
-            f"{publishing}, which does not use this run's state store, so this run published nothing; {ONE_STORE}. "
-            f"If that run was killed, no run of this store publishes v{version} until its claim s3://{claim} is deleted"
+            f"{self.dataset} v{version} is being published at {dataset_uri(self.dest, self.dataset)} by run "
+            f"{holder}, {who}"
         )
 
     def clean_up(self) -> None:

@@ -960,27 +960,38 @@ def test_a_run_stalled_past_its_lease_as_its_manifest_is_written_records_nothing
     assert sorted(texts) == ["a0", "a1", "a2", "a3", "a4", "b0"]
 
 
+def _refused(ending: str, landed: bool) -> Callable[[str, bytes], bool]:
+    """``put_if_absent``, with the write of a key ending ``ending`` answered as refused, as to boto3's retry
+    of a PUT whose answer was lost: after its first try ``landed`` (412), or while that is in flight (409)."""
+    from curation import writer
+
+    put_if_absent = writer.put_if_absent
+
+    def refused(uri: str, body: bytes) -> bool:
+        if not uri.endswith(ending):
+            return put_if_absent(uri, body)
+        if not landed:
+            return False  # the first try still in flight: no object there yet
+        put_if_absent(uri, body)  # the first try, whose answer is lost
+        return put_if_absent(uri, body)
+
+    return refused
+
+
 def test_a_manifest_write_that_landed_though_its_retry_was_refused_is_this_runs_version(
     workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """boto3 retries a PUT whose answer was lost (a 500, a read timeout): the first try landed, the retry is
     refused (412, or 409 while the first is in flight). The version there is this run's: recorded failed, the
     next run trusted the watermarks and published v2's records again."""
-    from curation import writer
 
     s3 = boto3.client("s3", endpoint_url=aws_env)
     s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n{"text": "two"}\n')
     recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
     run(workdir, recipe)
     s3.put_object(Bucket=bucket, Key="in/b.jsonl", Body=b'{"text": "three"}\n')
-    put_if_absent = writer.put_if_absent
-
-    def lands_then_refused(uri: str, body: bytes) -> bool:
-        landed = put_if_absent(uri, body)
-        return put_if_absent(uri, body) if uri.endswith("/manifest.json") else landed
-
     with monkeypatch.context() as patch:
-        patch.setattr(writer, "put_if_absent", lands_then_refused)
+        patch.setattr("curation.writer.put_if_absent", _refused("/manifest.json", landed=True))
         second = run(workdir, recipe)
     assert second.manifest.version == 2 and second.manifest.counts.written == 1
     staged = s3.list_objects_v2(Bucket=bucket, Prefix="out/docs/_staging").get("Contents", [])
@@ -995,6 +1006,13 @@ def test_a_manifest_write_that_landed_though_its_retry_was_refused_is_this_runs_
     assert sorted(texts) == ["four", "one", "three", "two"]
 
 
+def _one_file_published_from(bucket: str, aws_env: str) -> tuple[Any, dict[str, Any]]:
+    """An S3 client, and a recipe publishing ``in/a.jsonl`` (one record, written now) to ``out/``."""
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
+    return s3, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
+
+
 def test_a_manifest_write_refused_while_none_is_there_yet_is_said_and_leaves_the_run_publishing(
     workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1002,18 +1020,9 @@ def test_a_manifest_write_refused_while_none_is_there_yet_is_said_and_leaves_the
     # read it all the same and failed on pyarrow's "Path does not exist".
     import sqlalchemy as sa
 
-    from curation import writer
-
-    s3 = boto3.client("s3", endpoint_url=aws_env)
-    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
-    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
-    put_if_absent = writer.put_if_absent
-
-    def refused_in_flight(uri: str, body: bytes) -> bool:
-        return False if uri.endswith("/manifest.json") else put_if_absent(uri, body)
-
+    _, recipe = _one_file_published_from(bucket, aws_env)
     with monkeypatch.context() as patch:
-        patch.setattr(writer, "put_if_absent", refused_in_flight)
+        patch.setattr("curation.writer.put_if_absent", _refused("/manifest.json", landed=False))
         with pytest.raises(StorageError) as failed:
             run(workdir, recipe)
     assert str(failed.value).startswith(f"s3://{bucket}/out/docs/v1/manifest.json: this run's write of it was")
@@ -1028,18 +1037,9 @@ def test_a_claim_write_that_landed_though_its_retry_was_refused_is_this_runs_cla
 ) -> None:
     # boto3 retries a claim PUT whose answer was lost after it landed; the retry is refused (412). The claim
     # named this run, yet it took it for another run's: it failed, left the claim, and v1 was never published.
-    from curation import writer
 
-    s3 = boto3.client("s3", endpoint_url=aws_env)
-    s3.put_object(Bucket=bucket, Key="in/a.jsonl", Body=b'{"text": "one"}\n')
-    recipe = docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out", validation_fraction=0)
-    put_if_absent = writer.put_if_absent
-
-    def lands_then_refused(uri: str, body: bytes) -> bool:
-        landed = put_if_absent(uri, body)
-        return put_if_absent(uri, body) if uri.endswith(".claim") else landed
-
-    monkeypatch.setattr(writer, "put_if_absent", lands_then_refused)
+    s3, recipe = _one_file_published_from(bucket, aws_env)
+    monkeypatch.setattr("curation.writer.put_if_absent", _refused(".claim", landed=True))
     assert run(workdir, recipe).manifest.version == 1
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", [])]
     assert not [key for key in keys if key.endswith(".claim")]
