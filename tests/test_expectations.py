@@ -646,6 +646,41 @@ def test_unique_over_the_run_takes_equal_numbers_of_two_types_for_one_value(firs
     assert aside["id"].to_pylist() == ["a1", "b1"]
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [float("nan"), 1.0, float("nan"), 2.0],  # pandas takes NaN for a null: no value, so never a repeat
+        [float("nan"), None, -float("nan"), 3.0],
+        [0.0, 1.5, -0.0, 2.5],  # one value, two signs
+        [1e3, 7.0, 1000.0, float("inf"), 8.0, float("inf")],  # JSON's 1e3 and 1000.0 are one float
+    ],
+)
+@pytest.mark.parametrize("kind", ["float64", "float32"])
+def test_unique_over_the_run_fails_the_rows_great_expectations_fails_in_batches_of_any_size(
+    values: list[Any], kind: str
+) -> None:
+    import pyarrow as pa
+
+    from curation.stages.expectations import UniqueValues, _Suite
+    from schemas.records import source_array
+
+    column = pa.array(values, kind)
+    frame = pa.table({"k": column}).to_pandas()
+    (result,) = _Suite([Expectation(column="k", check="unique")]).failures(frame)
+    expected = [f"r{row}" for row in result[3]]  # great-expectations over the whole column at once
+    batch = pa.table(
+        {
+            "id": [f"r{row}" for row in range(len(values))],
+            "source": source_array("files", "/k.parquet", list(range(1, len(values) + 1))),
+            "k": column,
+        }
+    )
+    stage = UniqueValues(["k"])
+    for size in range(1, len(values) + 1):  # a NaN in one batch and one in the next: as in a single batch
+        parts = [batch.slice(start, size) for start in range(0, len(values), size)]
+        assert sorted(stage.resolve([stage.signatures(p) for p in parts])["id"].to_pylist()) == expected, size
+
+
 def test_unique_over_the_run_tells_apart_decimals_that_differ_past_28_digits() -> None:
     import pyarrow as pa
 
@@ -690,8 +725,8 @@ def test_unique_over_the_run_tells_text_from_numbers_and_booleans_but_not_1_from
 @pytest.mark.parametrize("kind", ["float64", "float32"])
 def test_a_float_columns_comparable_texts_are_each_values_number_text(kind: str) -> None:
     """A float column's texts for uniqueness are each value's ``_number_text`` (the one text of every number
-    of one value): Arrow's exponent forms (1e+30, 1e-07) written out, its -0 as 0, nan and inf as Arrow
-    writes them, null no value. Values chosen where Arrow's text and that one differ, or nearly do."""
+    of one value): Arrow's exponent forms (1e+30, 1e-07) written out, its -0 as 0, inf as Arrow writes it,
+    null and NaN no value. Values chosen where Arrow's text and that one differ, or nearly do."""
     from decimal import Decimal
 
     import pyarrow as pa
@@ -703,7 +738,8 @@ def test_a_float_columns_comparable_texts_are_each_values_number_text(kind: str)
     values += [1.7976931348623157e308, float("nan"), -float("nan"), float("inf"), -float("inf"), None, -1e-07]
     column = pa.chunked_array([pa.array(values[:7], kind), pa.array(values[7:], kind)])
     each = [
-        None if v is None else f"number:{_number_text(Decimal(v))}" for v in pc.cast(column, pa.string()).to_pylist()
+        None if v in (None, "nan", "-nan") else f"number:{_number_text(Decimal(v))}"
+        for v in pc.cast(column, pa.string()).to_pylist()
     ]
     assert _comparable(column).to_pylist() == each
     assert each[:5] == ["number:" + "1" + "0" * 30, "number:0.0000001", "number:0", "number:0", "number:0.1"]

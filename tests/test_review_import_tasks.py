@@ -9,7 +9,7 @@ from pathlib import Path
 
 from curation.review import decisions as dec
 from curation.review.labelstudio import export_tasks, import_annotations
-from tests.test_review_bulk import annotated, pii_queue
+from tests.test_review_bulk import NAME, annotated, pii_queue
 from tests.test_review_cli import review
 
 # The counts as the command prints them.
@@ -145,3 +145,55 @@ def test_an_item_is_named_once_among_those_changed_since_the_export(tmp_path: Pa
     tasks = [*annotated([stale], "approve"), *annotated([now], "reject")]
     counts = import_annotations(engine, tasks, "pia", changed)
     assert counts[CHANGED] == 2 and counts["reject"] == 0 and changed == [2]
+
+
+def test_an_approve_from_an_export_keeps_the_spans_marked_not_pii_that_it_showed(tmp_path: Path) -> None:
+    # Item 1's name is marked not PII: the redacted export shows it in clear, the raw one does not predict it.
+    # Approving either took the approve alone, which set the mark aside: the name was redacted again.
+    from curation.review.auth import add_user
+
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    add_user(engine, "rita", "reviewer", "correct horse battery")
+    marked = {("prompt", 5, 17)}
+    (redacted,) = export_tasks(engine, {"kind": "pii"})
+    assert redacted["data"]["text"].startswith(f"Call {NAME} at")
+    counts = import_annotations(engine, annotated([redacted], "approve"), "rita")
+    assert counts["already in force"] == 1 and dec.not_pii_in_force(engine, 1) == marked
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    assert [r["value"]["text"] for r in raw["predictions"][0]["result"]] == ["ada0@example.com"]
+    counts = import_annotations(engine, annotated([raw], "approve"), "pia")  # no label touched
+    assert counts["already in force"] == 1 and dec.not_pii_in_force(engine, 1) == marked
+    # Labelled PII again, every span, by the annotator: the approve is theirs to set the mark aside.
+    (task,) = annotated([raw], "approve")
+    name = {"from_name": "pii", "to_name": "text", "type": "labels"}
+    name["value"] = {"start": 5, "end": 17, "text": NAME, "labels": ["PERSON"]}
+    task["annotations"][0]["result"] += [*raw["predictions"][0]["result"], name]
+    assert import_annotations(engine, [task], "pia")["approve"] == 1 and dec.not_pii_in_force(engine, 1) == set()
+    assert [row["action"] for row in dec.history(engine, 1)] == ["edit", "approve"]
+
+
+def test_a_vqa_task_shows_the_edit_in_force_and_an_approve_keeps_it(tmp_path: Path) -> None:
+    # Exported as flagged, an edited answer was not what the annotator saw, and approving it undid the edit.
+    import pyarrow as pa
+
+    from curation.review.queue import add_items
+    from schemas.records import FLAG_SCHEMA
+
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    payload = {"image": "a.png", "question": "Which bar is tallest?", "answer": "the blue one"}
+    source = {"connector": "images", "uri": "a.png", "line": None, "page": None}
+    vqa = {"id": "v1", "source": source, "stage": "s", "kind": "vqa", "detail": "d", "payload": json.dumps(payload)}
+    add_items(engine, "charts", 1, "one", pa.Table.from_pylist([vqa], schema=FLAG_SCHEMA))
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"answer": "the orange one"}))
+    (task,) = export_tasks(engine, {"kind": "vqa"})
+    assert task["data"]["answer"] == "the orange one" and task["data"]["question"] == payload["question"]
+    counts = import_annotations(engine, annotated([task], "approve"), "pia")
+    assert counts["already in force"] == 1
+    assert dec.run_decisions(engine, "charts").edits == {"v1": {"answer": "the orange one"}}
+    # The annotator puts the flagged answer back: no edit, and the approve sets the one in force aside.
+    (task,) = annotated([task], "approve")
+    task["annotations"][0]["result"].append(
+        {"from_name": "answer", "type": "textarea", "value": {"text": ["the blue one"]}}
+    )
+    assert import_annotations(engine, [task], "pia")["approve"] == 1
+    assert dec.run_decisions(engine, "charts").edits == {}

@@ -795,7 +795,11 @@ def not_pii_of(current: dict[str, Any] | None) -> set[tuple[str, int, int]]:
 
 def fields_in_force(engine: sa.Engine, item_id: int) -> dict[str, str]:
     """The field values the decisions in force on an item set (its edits, as typed)."""
-    current = _in_force_for_item(engine, item_id)
+    return fields_of(_in_force_for_item(engine, item_id))
+
+
+def fields_of(current: dict[str, Any] | None) -> dict[str, str]:
+    """The field values a decision in force (``in_force_on``) sets."""
     return dict(json.loads(current["after"]).get("fields", {})) if current else {}
 
 

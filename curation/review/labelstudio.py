@@ -9,7 +9,9 @@ interfaces that match each kind.
 Import reads Label Studio's JSON export: per task, the latest annotation's ``decision`` choice
 (approve / reject, and keep: "not a duplicate", on a near-duplicate task) and, for PII tasks
 exported with raw text, the spans the annotator removed (those become "not PII"); for VQA, a
-changed ``answer`` becomes an edit.
+changed ``answer`` becomes an edit. A task shows the item as the next run publishes it (spans marked not
+PII in clear or not predicted, a VQA item's edited answer), so an approve that changes none of it keeps
+the edits in force, which an approve alone would set aside.
 
 An item whose record a later run no longer found in the input is exported as the page lists it, with
 ``data.gone`` true (a column Label Studio's data manager can filter on) and ``data.gone_note``, which
@@ -91,10 +93,16 @@ def label_config(kind: str, tasks: list[dict[str, Any]], entities: Iterable[str]
 
 
 def _task(
-    item: dict[str, Any], include_pii: bool, not_pii: set[tuple[str, int, int]], seen: str, gone: bool
+    item: dict[str, Any],
+    include_pii: bool,
+    not_pii: set[tuple[str, int, int]],
+    seen: str,
+    gone: bool,
+    edited: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``not_pii``: the spans of a PII item the decisions in force mark not PII, which the next run
     publishes in clear: in the text exported redacted, and not predicted as PII in the raw text.
+    ``edited``: the field values the edits in force set, a VQA item's shown as the next run publishes them.
     ``seen``: the item's decisions as exported (``decisions.revision``), for the import to tell an
     item decided on since. ``gone``: whether its record is no longer in the input."""
     payload = json.loads(item["payload"] or "{}")
@@ -155,7 +163,8 @@ def _task(
         raw = payload.get("record") if include_pii else payload.get("redacted_record", payload.get("record"))
         data.update(reason=payload.get("reason"), raw=raw)
     elif item["kind"] == "vqa":
-        data.update({name: payload.get(name) for name in ("image", "question", "answer")})
+        # As edited (what the next run publishes): an unchanged answer approved is then the edit, kept.
+        data.update({name: (edited or {}).get(name, payload.get(name)) for name in ("image", "question", "answer")})
     return task
 
 
@@ -172,7 +181,7 @@ def export_tasks(
         rows = [dict(row._mapping) for row in db.execute(query)]
     gone = gone_items(engine, rows)
     seen = dec.revisions(engine, [row["item_id"] for row in rows])
-    in_force = dec.in_force_on(engine, [row["item_id"] for row in rows if row["kind"] == "pii"])
+    in_force = dec.in_force_on(engine, [row["item_id"] for row in rows if row["kind"] in ("pii", "vqa")])
     return [
         _task(
             row,
@@ -180,6 +189,7 @@ def export_tasks(
             dec.not_pii_of(in_force.get(row["item_id"])),
             seen[row["item_id"]],
             (row["dataset"], row["record_id"]) in gone,
+            dec.fields_of(in_force.get(row["item_id"])),
         )
         for row in rows
     ]
@@ -254,7 +264,7 @@ def import_annotations(
                 raise LabelStudioError(f"{where}: review item {item_id} does not exist")
             if data.get("record_id") is not None:
                 _check_same_item(item, data, where)
-            decided = []  # each annotation's (where, choice, edit)
+            decided = []  # each annotation's (where, choice, edit, whether it says what the content is)
             for annotation in annotations:
                 at = where if len(annotations) == 1 else f"{where} annotation {annotation.get('id')}"
                 results = annotation.get("result") or []
@@ -264,7 +274,7 @@ def import_annotations(
                     raise LabelStudioError(
                         f"{at}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                     )
-                decided.append((at, choice, _edit(item, data, results)))
+                decided.append((at, choice, _edit(item, data, results), _says_content(item, data, results)))
             if data.get("record_id") is None and not _shows(item, data):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
@@ -279,7 +289,11 @@ def import_annotations(
         # A task stale since its export is never taken (counted CHANGED below), and the decisions in force
         # now are not those it left out: an undo since would read as spans it newly marks.
         task_stale = seen is not None and seen != revisions[item["item_id"]]
-        for at, choice, edit in decided:
+        for at, choice, edit, said in decided:
+            if choice == "approve" and edit is None and not said and not task_stale:
+                # An approve alone sets aside the edits in force, which the export showed as the next run
+                # publishes them: approving the item as shown keeps them.
+                edit = _shown_edits(item, in_force.get(item["item_id"]))
             if choice in ("reject", "keep"):
                 action = choice
             elif edit is not None:
@@ -437,11 +451,49 @@ def _exported_pii_text(payload: dict[str, Any], text: str) -> bool:
     return any(text[at:] == original[position:] for at in places)
 
 
+def _reads_labels(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> bool:
+    """Whether a PII task's labels say which spans are PII: exported raw, and labelled (no labels at all
+    means the annotator did not work on spans)."""
+    raw = data.get("text") == json.loads(item["payload"] or "{}").get("original")
+    return item["kind"] == "pii" and raw and any(r.get("type") == "labels" for r in results)
+
+
+def _says_content(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> bool:
+    """Whether an annotation says what the item's content is, not only a choice: a PII task's labels
+    (``_reads_labels``), a VQA task's answer other than the one exported."""
+    answer = _answer(results)
+    return _reads_labels(item, data, results) or (
+        item["kind"] == "vqa" and bool(answer) and answer != data.get("answer")
+    )
+
+
+def _shown_edits(item: dict[str, Any], current: dict[str, Any] | None) -> dec.Edit | None:
+    """The edits in force (``current``) that an export of the item shows as the next run publishes them:
+    a PII item's spans marked not PII (in clear, or not predicted), a VQA item's question and answer."""
+    if item["kind"] == "pii":
+        edit = dec.Edit(not_pii=sorted(dec.not_pii_of(current)))
+    elif item["kind"] == "vqa":
+        edit = dec.Edit(fields={k: v for k, v in dec.fields_of(current).items() if k in ("question", "answer")})
+    else:
+        return None
+    return edit if (edit.fields or edit.not_pii) else None
+
+
+def _answer(results: list[dict[str, Any]]) -> str | None:
+    """A VQA annotation's answer, if it gives one; TypeError if it is not text."""
+    answer = next((r["value"]["text"] for r in results if r.get("from_name") == "answer"), None)
+    if isinstance(answer, list):
+        answer = answer[0] if answer else None
+    if answer is not None and not isinstance(answer, str):
+        raise TypeError(f"the answer is a {type(answer).__name__}, not text")
+    return answer
+
+
 def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]]) -> dec.Edit | None:
     payload = json.loads(item["payload"] or "{}")
     edit = dec.Edit()
     labelled = [r for r in results if r.get("type") == "labels"]
-    if item["kind"] == "pii" and labelled and data.get("text") == payload.get("original"):
+    if _reads_labels(item, data, results):
         # Spans the annotator left labelled stay redacted; a detected span they removed is not PII. A
         # label whose edges they moved still covers the span: it stays redacted as detected.
         # (No labels at all means the annotator did not work on spans: nothing is restored.)
@@ -451,11 +503,7 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
             if not any(start < span["end"] and span["start"] < end for start, end in kept):
                 edit.not_pii.append((payload.get("field", ""), span["start"], span["end"]))
     if item["kind"] == "vqa":
-        answer = next((r["value"]["text"] for r in results if r.get("from_name") == "answer"), None)
-        if isinstance(answer, list):
-            answer = answer[0] if answer else None
-        if answer is not None and not isinstance(answer, str):
-            raise TypeError(f"the answer is a {type(answer).__name__}, not text")
+        answer = _answer(results)
         if answer and answer != payload.get("answer"):
             edit.fields["answer"] = answer
     return edit if (edit.fields or edit.not_pii) else None

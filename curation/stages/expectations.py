@@ -302,7 +302,8 @@ def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     as Arrow writes it (a decimal without its trailing zeros); a date or time is text, as the output writes
     it (``_as_written``: ``2024-01-02 03:04:05``, not Arrow's ``2024-01-02 03:04:05.000000``); JSON of a
     struct, list or map (the record's ``source``), which Arrow cannot cast to text; a binary value (an
-    image) by its sha256, which needs no UTF-8 and spares the set-aside record its megabytes."""
+    image) by its sha256, which needs no UTF-8 and spares the set-aside record its megabytes; a float's NaN
+    is null."""
     kind = column.type
     if pa.types.is_temporal(kind):
         tag, text = "text", _as_written(column)
@@ -315,7 +316,8 @@ def _comparable(column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     elif pa.types.is_decimal(kind):
         tag, text = "number", pa.array([_number_text(v) for v in column.to_pylist()], pa.string())
     elif pa.types.is_floating(kind):  # Arrow's shortest text for the type: a float32's 0.1 is 0.1
-        tag, text = "number", _float_texts(column)
+        # NaN is no value, as a null is: great-expectations (pandas) passes every NaN, and not_null fails it.
+        tag, text = "number", _float_texts(pc.if_else(pc.is_nan(column), None, column))
     elif pa.types.is_integer(kind):  # an integer's text is already the canonical one
         tag, text = "number", pc.cast(column, pa.string())
     elif pa.types.is_boolean(kind):
@@ -339,7 +341,7 @@ def _float_texts(column: pa.ChunkedArray) -> pa.Array:
 def _number_text(number: Decimal | None) -> str | None:
     """One text for every number of one value, as an integer column writes it where it is whole: Arrow
     writes a decimal's scale (1 as 1.00), a float as 1e+16 or 1e-07 and its zero as -0, and two files that
-    held one value as two types were no repeat. A NaN or infinity as Arrow writes a float's (nan, inf)."""
+    held one value as two types were no repeat. An infinity as Arrow writes a float's (inf)."""
     if number is None:
         return None
     if not number.is_finite():
@@ -363,8 +365,8 @@ def _shown(comparable: str | None) -> Any:
 
 class UniqueValues:
     """``unique`` expectations over the whole run: each record whose value in one of ``columns`` another
-    record also has is quarantined (all occurrences, as great-expectations defines it; nulls are not
-    values). A global stage: ``signatures`` per batch, ``resolve`` over them all, on either executor."""
+    record also has is quarantined (all occurrences, as great-expectations defines it; nulls and NaN are
+    not values). A global stage: ``signatures`` per batch, ``resolve`` over them all, on either executor."""
 
     name = "expectations"
 
