@@ -572,6 +572,43 @@ def test_a_sql_table_new_to_the_dataset_is_read_once_and_its_warnings_said_once(
     assert (reads, said) == (1, 1)
 
 
+def test_a_sql_table_given_a_cursor_keeps_a_record_whose_image_moved_and_says_its_warnings_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cursor given to a table the dataset holds records of: its settings changed, it is read whole, and a
+    # published record whose image was moved away since stays. Those rows are read before the run for that,
+    # which also said the run's warnings (a row without a cursor value) and staged its watermark: said twice.
+    good = pictures(workdir / "scans", 4)
+    url = sqlite_db(
+        workdir / "qa.db",
+        "CREATE TABLE t (n INTEGER, image TEXT, question TEXT, answer TEXT, u INTEGER)",
+        f"INSERT INTO t VALUES (0, '{good[0]}', 'Which colour?', 'c0', 1), (1, '{good[1]}', 'Which colour?', 'c1', 2)",
+    )
+    table = {"type": "sql", "url": url, "table": "t"}
+    spec = {
+        **recipe("out", "state.db", validation_fraction=0.0),
+        "sources": [asks_in_jsonl(workdir, good[3:], False), table],
+    }
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 3
+    Path(good[0]).unlink()
+    sqlite_db(workdir / "qa.db", f"INSERT INTO t VALUES (2, '{good[2]}', 'Which colour?', 'c2', NULL)")
+    table["cursor"] = "u"
+    second, reads, said = reads_of_t(workdir, spec, caplog)
+    counts = second.manifest.counts
+    # The JSONL line and the table's row whose image moved carried; its other row written again, as it was.
+    assert (counts.input, counts.written, counts.carried) == (2, 1, 2)
+    assert counts.reasons["quarantined"] == {"no_cursor_value": 1}
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+    # Read for the record kept, and by the run; said once.
+    assert (reads, said) == (2, 1)
+    # The watermark the run staged: a third run finds nothing new, and says the row set aside before.
+    third, reads, said = reads_of_t(workdir, spec, caplog)
+    assert third.manifest is None and (reads, said) == (1, 1)
+    assert "quarantined by an earlier run" in caplog.text
+
+
 @pytest.mark.parametrize("source", [asks_in_jsonl, asks_in_hf], ids=["jsonl", "hf"])
 def test_a_file_new_to_the_dataset_is_read_once(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, source: Callable[[Path, list[str], bool], dict[str, Any]]
@@ -592,3 +629,32 @@ def test_a_file_new_to_the_dataset_is_read_once(
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.written, counts.carried) == (2, 2, 1)
     assert len(opened) == 1
+
+
+def test_a_csv_file_read_again_keeps_a_record_whose_image_moved_and_says_its_header_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read before the run for its records whose image moved away, the file's header that is not UTF-8 was said
+    # by that read too.
+    good = pictures(workdir / "scans", 3)
+
+    def table(images: list[str]) -> None:
+        rows = "".join(f"{image},Which colour?,c{n},x\n" for n, image in enumerate(images))
+        (workdir / "qa.csv").write_bytes("image,question,answer,réponse\n".encode("latin-1") + rows.encode())
+
+    table(good[:2])
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [{"path": "qa.csv"}]}
+    first = run(workdir, spec)
+    Path(good[0]).unlink()
+    table(good)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (2, 2, 1)
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records if "header" in r.getMessage()] == [
+        "the header is not UTF-8: byte 0xe9 at column 24; its column names hold U+FFFD for such bytes (save the "
+        "file as UTF-8)"
+    ]
