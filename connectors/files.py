@@ -711,6 +711,8 @@ class FilesSourceReader(ListedFiles):
         self._not_text = [_not_a_string_after(name) for name in text_columns]
         self._keys: list[str] = []
         self._keys_of: list[str] | None = None  # the listing ``_keys`` were found in
+        # False for a read before the run's own (``batches_of``): what the file holds is said once, by the run's.
+        self._warns = True
 
     def entries(self) -> list[FileEntry]:
         """The files to read; one whose format its name does not tell (a path naming ``data.txt``) is an
@@ -778,7 +780,11 @@ class FilesSourceReader(ListedFiles):
     def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
         """The batches of its files in ``uris`` (read whole again), read before the run (``keep_archived``)."""
         again = [entry for entry in self.entries() if entry.uri in uris]
-        return self.limited_to(again).batches() if again else iter(())
+        if not again:
+            return iter(())
+        part = self.limited_to(again)
+        part._warns = False
+        return part.batches()
 
     def _steps(self, entries: Iterable[FileEntry], block_bytes: int) -> Iterator[_Step]:
         """Each file read ``block_bytes`` at a time (Parquet: a row group at a time): its batches to finish, then
@@ -1047,7 +1053,7 @@ class FilesSourceReader(ListedFiles):
         already is left out (its ids are counted again, as they were; ``digest`` is the last reading's)."""
         progress = _ByteProgress(entry.size)
         done = 0  # the last line handed on
-        first_try = True  # a header that is not UTF-8 is warned of once, not on each try
+        first_try = self._warns  # a header that is not UTF-8 is warned of once, not on each try
         while True:
             try:
                 for batch in self._csv_blocks(entry, block_bytes, progress, done, digest, first_try):
@@ -1313,9 +1319,11 @@ class FilesSourceReader(ListedFiles):
                 # No Parquet file, not even one of no rows (its footer takes bytes): what a writer leaves
                 # when it stops before writing any, which Spark and Trino pass over. As an empty JSONL or
                 # CSV file, it holds no record; the run goes on, and says so.
-                log.warning(
-                    "%s: 0 bytes, not a Parquet file (a writer that stopped?): read as holding no records", entry.uri
-                )
+                if self._warns:
+                    log.warning(
+                        "%s: 0 bytes, not a Parquet file (a writer that stopped?): read as holding no records",
+                        entry.uri,
+                    )
                 return
             handle.seek(0)
             parquet = pq.ParquetFile(handle)

@@ -1138,17 +1138,19 @@ class SqlSourceReader:
             rows.select(columns).to_pylist(),
         )
 
-    def batches(self) -> Iterator[SourceBatch]:
-        for batch in self._batches():
+    def batches(self, ends_read: bool = True) -> Iterator[SourceBatch]:
+        """Its batches; with ``ends_read`` false, a read before the run's own, which alone stages the watermark
+        and says what it set aside (said by both, it was said twice)."""
+        for batch in self._batches(ends_read):
             yield less_kept(self.watermark, batch)
 
     def batches_of(self, uris: set[str]) -> Iterator[SourceBatch]:
         """Its rows, where the table is read whole again (in ``uris``), read before the run (``keep_archived``).
         None of a keyed source: a row's id is its key, which an edited row (a corrected answer) keeps, so its
         stale published record would be kept in its place; quarantined, the row's record leaves the dataset."""
-        return self.batches() if self.uri in uris and not self.config.key else iter(())
+        return self.batches(ends_read=False) if self.uri in uris and not self.config.key else iter(())
 
-    def _batches(self) -> Iterator[SourceBatch]:
+    def _batches(self, ends_read: bool = True) -> Iterator[SourceBatch]:
         if self._unchanged:
             return
         ordinal = 0
@@ -1214,6 +1216,8 @@ class SqlSourceReader:
                     set_aside.append(self._unreadable(read.filter(bad), columns, values, [n for n in unreadable if n]))
                 kept = pc.invert(pc.or_(none, bad))
                 yield SourceBatch(rows=read.filter(kept), set_aside=pa.concat_tables(set_aside))
+        if not ends_read:
+            return
         if self.config.cursor is not None:
             self._cursor_read(self._range)
         elif self.watermark is not None:

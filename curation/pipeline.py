@@ -382,9 +382,12 @@ def _replaced_records(
     published = records_from_inputs(latest, watermarks.replaced())
 
     def keep(uris: set[str]) -> None:  # a VQA record whose image is gone, or unreadable now, stays as published
-        if recipe.record.kind == "vqa" and uris:
+        # Of inputs the latest version holds records of: another's rows (a source new to the dataset) have
+        # nothing to keep, and were read, and their warnings said, once more than the run reads them.
+        held = uris & set(published["uri"].unique().to_list())
+        if recipe.record.kind == "vqa" and held:
             shape = Shape(recipe.record, carry=recipe.output.carry_columns())
-            keep_archived(sources, shape, published["id"].to_arrow(), uris)
+            keep_archived(sources, shape, published["id"].to_arrow(), held)
 
     keep(watermarks.replaced())
     replaced_ids = _less_kept(published["id"], watermarks)

@@ -152,17 +152,20 @@ def _column_paths(schema: pa.Schema) -> list[str]:
 
 
 def records_from_inputs(version_dir: str, uris: set[str]) -> pl.DataFrame:
-    """The records that ``version_dir`` holds (its own and carried) from the inputs ``uris``: ``id``, and
-    ``validation`` where it holds it there."""
+    """The records that ``version_dir`` holds (its own and carried) from the inputs ``uris``: ``id``,
+    ``validation`` where it holds it there, and the ``uri`` of its input."""
     fs, folder = filesystem(version_dir)
     wanted = pl.Series(sorted(uris), dtype=pl.String).implode()
+    uri = pl.col("source").struct.field("uri")
     parts = [
-        rows.filter(pl.col("source").struct.field("uri").is_in(wanted)).select(
-            "id", validation=pl.col("shard").str.starts_with("validation/")
-        )
+        rows.filter(uri.is_in(wanted)).select("id", validation=pl.col("shard").str.starts_with("validation/"), uri=uri)
         for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, ("shard", "id", "source.uri"))
     ]
-    found = pl.concat(parts) if parts else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean})
+    found = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean, "uri": pl.String})
+    )
     return found.unique("id")  # a chunked document has a line a piece, all on its side
 
 

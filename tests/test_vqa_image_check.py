@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import sqlite3
 import struct
 import zlib
@@ -15,8 +17,11 @@ from typing import Any
 
 import boto3
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
+import connectors.files
+import connectors.hf
 import curation.stages.image_check as image_check
 from connectors.storage import StorageError, filesystem
 from curation.pipeline import RunResult
@@ -523,3 +528,133 @@ def test_a_full_refresh_that_would_publish_no_record_says_a_run_with_full_refres
     monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
     assert run(workdir, spec).manifest is None  # nothing new since v1
     assert run(workdir, spec, full_refresh=True).manifest.counts.written == 1
+
+
+def reads_of_t(workdir: Path, spec: dict[str, Any], caplog: pytest.LogCaptureFixture) -> tuple[RunResult, int, int]:
+    """A run, how many times it read table ``t`` of qa.db (SELECT ... FROM t), and how many times it warned of
+    its row without a cursor value."""
+    statements: list[str] = []
+
+    def note(conn: sa.Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if conn.engine.url.database == str(workdir / "qa.db") and re.search(r"\bFROM t\b", statement):
+            statements.append(statement)
+
+    caplog.clear()
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", note)
+    try:
+        with caplog.at_level(logging.WARNING):
+            result = run(workdir, spec)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", note)
+    said = [r for r in caplog.records if "no value (NULL, or NaN)" in r.getMessage()]
+    return result, len(statements), len(said)
+
+
+def test_a_sql_table_new_to_the_dataset_is_read_once_and_its_warnings_said_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A table added to a VQA recipe is read whole (nothing of it was taken). It was read before the run too, for
+    # published records whose image moved away (``keep_archived``), though the dataset holds none of its rows:
+    # the table was queried twice and its warnings (a row without a cursor value) said twice.
+    good = pictures(workdir / "scans", 3)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [asks_in_jsonl(workdir, good[:1], False)]}
+    assert run(workdir, spec).manifest.counts.written == 1
+    url = sqlite_db(
+        workdir / "qa.db",
+        "CREATE TABLE t (n INTEGER, image TEXT, question TEXT, answer TEXT, u INTEGER)",
+        f"INSERT INTO t VALUES (1, '{good[1]}', 'Which colour?', 'c1', 1), (2, '{good[2]}', 'Which colour?', 'c2', NULL)",
+    )
+    spec["sources"].append({"type": "sql", "url": url, "table": "t", "cursor": "u"})
+    second, reads, said = reads_of_t(workdir, spec, caplog)
+    counts = second.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (2, 1, 1)
+    assert counts.reasons["quarantined"] == {"no_cursor_value": 1}
+    assert (reads, said) == (1, 1)
+
+
+def test_a_sql_table_given_a_cursor_keeps_a_record_whose_image_moved_and_says_its_warnings_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cursor given to a table the dataset holds records of: its settings changed, it is read whole, and a
+    # published record whose image was moved away since stays. Those rows are read before the run for that,
+    # which also said the run's warnings (a row without a cursor value) and staged its watermark: said twice.
+    good = pictures(workdir / "scans", 4)
+    url = sqlite_db(
+        workdir / "qa.db",
+        "CREATE TABLE t (n INTEGER, image TEXT, question TEXT, answer TEXT, u INTEGER)",
+        f"INSERT INTO t VALUES (0, '{good[0]}', 'Which colour?', 'c0', 1), (1, '{good[1]}', 'Which colour?', 'c1', 2)",
+    )
+    table = {"type": "sql", "url": url, "table": "t"}
+    spec = {
+        **recipe("out", "state.db", validation_fraction=0.0),
+        "sources": [asks_in_jsonl(workdir, good[3:], False), table],
+    }
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 3
+    Path(good[0]).unlink()
+    sqlite_db(workdir / "qa.db", f"INSERT INTO t VALUES (2, '{good[2]}', 'Which colour?', 'c2', NULL)")
+    table["cursor"] = "u"
+    second, reads, said = reads_of_t(workdir, spec, caplog)
+    counts = second.manifest.counts
+    # The JSONL line and the table's row whose image moved carried; its other row written again, as it was.
+    assert (counts.input, counts.written, counts.carried) == (2, 1, 2)
+    assert counts.reasons["quarantined"] == {"no_cursor_value": 1}
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+    # Read for the record kept, and by the run; said once.
+    assert (reads, said) == (2, 1)
+    # The watermark the run staged: a third run finds nothing new, and says the row set aside before.
+    third, reads, said = reads_of_t(workdir, spec, caplog)
+    assert third.manifest is None and (reads, said) == (1, 1)
+    assert "quarantined by an earlier run" in caplog.text
+
+
+@pytest.mark.parametrize("source", [asks_in_jsonl, asks_in_hf], ids=["jsonl", "hf"])
+def test_a_file_new_to_the_dataset_is_read_once(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, source: Callable[[Path, list[str], bool], dict[str, Any]]
+) -> None:
+    # As a SQL table new to the dataset: read before the run too, for records the dataset does not hold.
+    good = pictures(workdir / "scans", 3)
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [asks_in_sql(workdir, good[:1], False)]}
+    assert run(workdir, spec).manifest.counts.written == 1
+    spec["sources"].append(source(workdir, good[1:], False))
+    opened: list[str] = []
+    for module in (connectors.files, connectors.hf):
+
+        def noted(fs: Any, path: str, *args: Any, read: Callable[..., Any] = module.open_input) -> Any:
+            opened.append(path)
+            return read(fs, path, *args)
+
+        monkeypatch.setattr(module, "open_input", noted)
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (2, 2, 1)
+    assert len(opened) == 1
+
+
+def test_a_csv_file_read_again_keeps_a_record_whose_image_moved_and_says_its_header_once(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read before the run for its records whose image moved away, the file's header that is not UTF-8 was said
+    # by that read too.
+    good = pictures(workdir / "scans", 3)
+
+    def table(images: list[str]) -> None:
+        rows = "".join(f"{image},Which colour?,c{n},x\n" for n, image in enumerate(images))
+        (workdir / "qa.csv").write_bytes("image,question,answer,réponse\n".encode("latin-1") + rows.encode())
+
+    table(good[:2])
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "sources": [{"path": "qa.csv"}]}
+    first = run(workdir, spec)
+    Path(good[0]).unlink()
+    table(good)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        second = run(workdir, spec)
+    counts = second.manifest.counts
+    assert (counts.input, counts.written, counts.carried) == (2, 2, 1)
+    now = published(second)
+    assert len(now) == 3 and {i: now[i] for i in published(first)} == published(first)
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records if "header" in r.getMessage()] == [
+        "the header is not UTF-8: byte 0xe9 at column 24; its column names hold U+FFFD for such bytes (save the "
+        "file as UTF-8)"
+    ]
