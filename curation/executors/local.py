@@ -71,6 +71,9 @@ class Tally:
     # Such records of a SQL or Hugging Face source, which only --full-refresh reads again: a first run that reads
     # nothing else fails, as one of a files source does, so that none of them is taken (``run_recipe``).
     unread_once: int = 0
+    # The first such record's detail (of any source), without what reads it again: a run that fails having taken
+    # nothing says its own (``reads_again``).
+    unread_example: str | None = None
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -329,9 +332,24 @@ class Spill:
                     yield pa.Table.from_batches([batch])
 
 
+def reads_again(connector: str | None, full_refresh: bool = False) -> str:
+    """What reads again a record a stage set aside as ``unreadable`` (for now: a VQA row's image it may not read).
+    Of a run that publishes, by its source's ``connector``: a files source's next run (``Tally.unread_inputs``),
+    another's only --full-refresh (a SQL cursor moved past it, a Hugging Face data file taken). Of a run that fails
+    having taken nothing (``connector`` None): the next run, but after a ``full_refresh`` of a dataset with
+    versions the next with --full-refresh (a plain one reads on from their watermarks)."""
+    if connector is None:
+        return "the next run with --full-refresh" if full_refresh else "the next run"
+    return "the next run" if connector == FILES else "--full-refresh"
+
+
 def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
     if table.num_rows == 0:
         return
+    # A reader's own rows (a file it could not open) say what reads them again themselves.
+    for_now = pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read"))
+    if pc.any(for_now).as_py():
+        table = _said_what_reads_again(table, for_now, tally)
     published = writer.write_set_aside(table)
     tally.count_inputs(table)
     by_review = table.filter(pc.equal(table["stage"], ReviewDecisions.name))
@@ -344,7 +362,7 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
         )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     # A files source's alone: another reads its rows again only on --full-refresh (a SQL cursor moved past them).
-    unreadable = table.filter(pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")))
+    unreadable = table.filter(for_now)
     unread = unreadable.filter(pc.equal(pc.struct_field(unreadable["source"], "connector"), FILES))
     tally.unread_once += unreadable.num_rows - unread.num_rows
     for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
@@ -357,6 +375,19 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     ):
         tally.reasons[(outcome, reason)] += count
         tally.examples.setdefault((outcome, reason), detail)
+
+
+def _said_what_reads_again(table: pa.Table, for_now: pa.Array, tally: Tally) -> pa.Table:
+    """``table`` with what reads each ``for_now`` row again (``reads_again``) at the end of its detail, as the run
+    publishes it; the first such detail kept as it was for a run that fails having taken nothing."""
+    if tally.unread_example is None:
+        tally.unread_example = table["detail"].filter(for_now)[0].as_py()
+    connectors = pc.struct_field(table["source"], "connector")
+    details = table["detail"]
+    for connector in pc.unique(connectors.filter(for_now)).to_pylist():
+        said = pc.binary_join_element_wise(details, f"; {reads_again(connector)} reads it again", "")
+        details = pc.if_else(pc.and_(for_now, pc.equal(connectors, connector)), said, details)
+    return table.set_column(table.column_names.index("detail"), "detail", details)
 
 
 def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:
