@@ -913,7 +913,7 @@ class ListedFiles:
             stage="read",
             outcome="quarantined",
             reasons="unreadable",
-            details=[f"{entry.uri}: cannot read ({error.why}); the next run reads it again"],
+            details=[f"{entry.uri}: cannot read ({error.why})"],  # the run says what reads it again
         )
         return SourceBatch(rows=pa.table({}), set_aside=set_aside, input_bytes=entry.size)
 

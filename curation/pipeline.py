@@ -26,7 +26,7 @@ from connectors.base import Source
 from connectors.files import FilesSourceReader, unread_partition
 from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, run_lock
 from connectors.storage import StorageError
-from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally
+from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally, reads_again
 from curation.formats import FormatOptions, output_format
 from curation.published import published_versions, read_manifest, version_uri
 from curation.report import Profile, attach_report
@@ -43,7 +43,7 @@ from curation.review.rejected_content import remember as remember_rejected_conte
 from curation.review.rejected_content import remember_copies
 from curation.stages.dedup import ExactDedup
 from curation.stages.dedup_index import CrossRunDedup, SignatureIndex, SignatureRecorder
-from curation.stages.image_check import FULL_REFRESH, ImageCheck, keep_archived
+from curation.stages.image_check import ImageCheck, keep_archived
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
@@ -757,14 +757,19 @@ def _run_locked(
         if plan.extended is None and counts.input and counts.written == 0 and held_back:
             others = counts.input - cannot_read
             which = "the new version (it extends none)" if plan.previous else "the first version"
-            # A full refresh of a dataset with versions: a plain run would read from their watermarks on.
-            again = "the next run with --full-refresh" if plan.full_refresh and plan.previous else "the next run"
+            again = reads_again(None, full_refresh=bool(plan.full_refresh and plan.previous))
+            said = (
+                f"; nothing was taken: {again} reads them again" if tally.unread_once else f"; {again} reads it again"
+            )
             raise StorageError(
                 f"{recipe.dataset}: {cannot_read} input(s) (files, image rows) cannot be read"
                 + (f" and the other {others} were set aside: {which} would hold no record" if others else "")
-                # The detail of a SQL or Hugging Face row says --full-refresh: said below, as nothing was taken.
-                + _first_detail(tally, "unreadable").removesuffix(FULL_REFRESH)
-                + (f"; nothing was taken: {again} reads them again" if tally.unread_once else "")
+                # A stage's row as published says what reads it again once its input is taken: not so here.
+                + (
+                    f", e.g. {tally.unread_example}{said}"
+                    if tally.unread_example
+                    else _first_detail(tally, "unreadable")
+                )
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):
             writer.abort()

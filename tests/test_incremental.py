@@ -1624,6 +1624,27 @@ def test_a_file_that_cannot_be_read_again_for_its_first_batchs_keys_is_quarantin
         run(workdir, spec)
 
 
+def test_a_full_refresh_that_can_read_none_of_its_inputs_says_a_run_with_full_refresh_reads_them_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "the next run reads it again", but a plain run reads on from v1's watermarks (the file is as it was).
+    (workdir / "in").mkdir()
+    denied = _export(workdir / "in", "a.jsonl", ["refunds take five days"])
+    spec = docs_recipe("in")
+    assert run(workdir, spec).manifest.counts.written == 1
+    _refuse(monkeypatch, denied)
+    with pytest.raises(StorageError) as failed:
+        run(workdir, spec, full_refresh=True)
+    assert str(failed.value) == (
+        f"docs: 1 input(s) (files, image rows) cannot be read, e.g. {denied}: cannot read (Permission denied); "
+        "the next run with --full-refresh reads it again"
+    )
+    _refuse(monkeypatch, None)
+    assert run(workdir, spec).manifest is None  # nothing new since v1
+    again = run(workdir, spec, full_refresh=True).manifest
+    assert (again.version, again.counts.input, again.counts.written) == (2, 1, 1)
+
+
 def test_a_first_run_that_can_read_none_of_its_inputs_publishes_nothing_and_fails(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

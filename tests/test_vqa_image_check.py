@@ -315,6 +315,30 @@ def test_a_sql_row_whose_image_cannot_be_read_for_now_says_what_reads_it_again(
     assert run(workdir, spec, full_refresh=True).manifest.counts.written == 2
 
 
+def test_a_full_refresh_of_a_files_source_that_reads_no_image_says_a_run_with_full_refresh_reads_them_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # v1 holds the two rows of c0. A full refresh that may not read c0 now fails having taken nothing: the rows'
+    # detail said "the next run reads it again", but a plain run reads on from v1's watermarks (the JSONL is as
+    # it was): only another full refresh reads them.
+    spec = {**recipe("out", "state.db", validation_fraction=0.0), "stages": []}
+    good = pictures(workdir / "scans", 1)
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    assert run(workdir, spec).manifest.counts.written == 2
+    monkeypatch.setattr(image_check, "filesystem", refusing(Path(good[0]), filesystem))
+    with pytest.raises(StorageError) as failed:
+        run(workdir, spec, full_refresh=True)
+    said = str(failed.value)
+    assert said.startswith("scans: 2 input(s) (files, image rows) cannot be read, e.g. ")
+    assert said.endswith(
+        f"image: {good[0]}: cannot read (Permission denied); the next run with --full-refresh reads it again"
+    )
+    monkeypatch.setattr(image_check, "filesystem", filesystem)  # the share is back
+    assert run(workdir, spec).manifest is None  # nothing new since v1
+    again = run(workdir, spec, full_refresh=True).manifest
+    assert (again.version, again.counts.input, again.counts.written) == (2, 2, 2)
+
+
 def test_a_file_read_again_for_its_marked_rows_that_cannot_be_read_fails_the_run_and_keeps_the_mark(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

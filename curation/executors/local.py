@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from connectors.base import Source
 from connectors.files import CONNECTOR as FILES
+from connectors.images import CONNECTOR as IMAGES
 from connectors.read_ahead import read_ahead
 from connectors.state import process_alive
 from curation.stages.base import GlobalStage, Stage
@@ -71,6 +72,10 @@ class Tally:
     # Such records of a SQL or Hugging Face source, which only --full-refresh reads again: a first run that reads
     # nothing else fails, as one of a files source does, so that none of them is taken (``run_recipe``).
     unread_once: int = 0
+    # The first detail of a record set aside as ``unreadable`` for now (a file the reader could not open, a row a
+    # stage could not read), without what reads it again: a run that fails having taken nothing says its own
+    # (``reads_again``).
+    unread_example: str | None = None
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -329,9 +334,27 @@ class Spill:
                     yield pa.Table.from_batches([batch])
 
 
+def reads_again(connector: str | None, stage: str = "", full_refresh: bool = False) -> str:
+    """What reads again a record set aside as ``unreadable`` (for now: a file the reader could not open, a VQA row's
+    image a stage may not read). Of a run that publishes, by its source's ``connector`` and the ``stage``: the next
+    run, for a file the reader marked ``UNREAD`` or a files source's row (``Tally.unread_inputs``); for another
+    source's row only --full-refresh (a SQL cursor moved past it, a Hugging Face data file taken). Of a run that
+    fails having taken nothing (``connector`` None): the next run, but after a ``full_refresh`` of a dataset with
+    versions the next with --full-refresh (a plain one reads on from their watermarks)."""
+    if connector is None:
+        return "the next run with --full-refresh" if full_refresh else "the next run"
+    return "the next run" if connector == FILES or stage == "read" else "--full-refresh"
+
+
 def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> None:
     if table.num_rows == 0:
         return
+    is_unreadable = pc.equal(table["reason"], "unreadable")
+    # The images connector's own rows say whether the next run reads them again (an image it could not read) or
+    # not (a folder the row names).
+    for_now = pc.and_(is_unreadable, pc.invert(pc.and_(pc.equal(table["stage"], "read"), _connector_is(table, IMAGES))))
+    if pc.any(for_now).as_py():
+        table = _said_what_reads_again(table, for_now, tally)
     published = writer.write_set_aside(table)
     tally.count_inputs(table)
     by_review = table.filter(pc.equal(table["stage"], ReviewDecisions.name))
@@ -344,8 +367,8 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
         )
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     # A files source's alone: another reads its rows again only on --full-refresh (a SQL cursor moved past them).
-    unreadable = table.filter(pc.and_(pc.equal(table["reason"], "unreadable"), pc.not_equal(table["stage"], "read")))
-    unread = unreadable.filter(pc.equal(pc.struct_field(unreadable["source"], "connector"), FILES))
+    unreadable = table.filter(pc.and_(is_unreadable, pc.not_equal(table["stage"], "read")))
+    unread = unreadable.filter(_connector_is(unreadable, FILES))
     tally.unread_once += unreadable.num_rows - unread.num_rows
     for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
         tally.unread_inputs[uri].add(record)
@@ -357,6 +380,25 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     ):
         tally.reasons[(outcome, reason)] += count
         tally.examples.setdefault((outcome, reason), detail)
+
+
+def _said_what_reads_again(table: pa.Table, for_now: pa.Array, tally: Tally) -> pa.Table:
+    """``table`` with what reads each ``for_now`` row again (``reads_again``) at the end of its detail, as the run
+    publishes it; the first such detail kept as it was for a run that fails having taken nothing."""
+    if tally.unread_example is None:
+        tally.unread_example = table["detail"].filter(for_now)[0].as_py()
+    by = pa.table({"connector": pc.struct_field(table["source"], "connector"), "stage": table["stage"]})
+    details = table["detail"]
+    pairs = by.filter(for_now).group_by(["connector", "stage"], use_threads=False).aggregate([])
+    for connector, stage in zip(pairs["connector"].to_pylist(), pairs["stage"].to_pylist(), strict=True):
+        said = pc.binary_join_element_wise(details, f"; {reads_again(connector, stage)} reads it again", "")
+        these = pc.and_(for_now, pc.and_(pc.equal(by["connector"], connector), pc.equal(by["stage"], stage)))
+        details = pc.if_else(these, said, details)
+    return table.set_column(table.column_names.index("detail"), "detail", details)
+
+
+def _connector_is(table: pa.Table, connector: str) -> pa.ChunkedArray:
+    return pc.equal(pc.struct_field(table["source"], "connector"), connector)
 
 
 def quarantine_flags(set_aside: pa.Table, redacted: pa.Table | None = None) -> pa.Table:

@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 from pyarrow.fs import FileType
 
 from connectors.base import Source
-from connectors.files import CONNECTOR as FILES
 from connectors.storage import filesystem, is_s3, os_reason
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
@@ -28,12 +27,6 @@ from schemas.records import input_record_json, location, set_aside_rows
 
 # Bytes read at a time while Pillow looks for the header: one request for most S3 images, not one per marker.
 _READ_SIZE = 64 * 1024
-
-# What reads an ``unreadable`` row again: a files source's input, the next run (``Tally.unread_inputs``), as
-# the images connector says it of an image it could not read; a SQL (cursor) or Hugging Face source's, only
-# --full-refresh (or the images connector, whose rows keep their own watermarks).
-_AGAIN = {FILES: "; the next run reads it again"}
-FULL_REFRESH = "; --full-refresh reads it again"
 
 
 class _Reads(io.RawIOBase):
@@ -72,8 +65,8 @@ def _why(error: Exception) -> str:
 
 def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
     """``missing_image`` where nothing, or a folder, is at ``path`` (the row's fault, as the images connector
-    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only (``ImageCheck``
-    says what reads it again)."""
+    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only (what reads it
+    again depends on the source and on the run: ``curation.executors.local.reads_again``)."""
     try:
         found = fs.get_file_info(path).type
     except (OSError, ValueError):
@@ -142,9 +135,7 @@ class ImageCheck:
         bad_problems = [p for p in problems if p is not None]
         rows = rows_as_python(bad, as_text=True)[0]
         details = [
-            f"{location(r['source'])}: image: {detail}"
-            + (_AGAIN.get(r["source"]["connector"], FULL_REFRESH) if reason == "unreadable" else "")
-            for r, (reason, detail) in zip(rows, bad_problems, strict=True)
+            f"{location(r['source'])}: image: {detail}" for r, (_, detail) in zip(rows, bad_problems, strict=True)
         ]
         set_aside = set_aside_rows(
             bad["id"],
