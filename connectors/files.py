@@ -608,10 +608,10 @@ def _opens_an_array(data: bytes) -> bool:
 
 class _KeysOfFile:
     """The columns of ``names`` a JSONL file holds: those some line of it has the key of. A line without
-    the key holds null in such a column, in a batch none of whose lines has it too, so what its record
+    the key holds null in such a column, in a block none of whose lines has it too, so what its record
     becomes (split as one with no value, or set aside as one of a file without the column) does not hang
-    on the lines batched with it (``batch_rows``, a block's end). ``held`` reads the whole file for the
-    keys, once, and only where a batch lacks one that the lines before it did not have either."""
+    on the lines read with it (a block's end). ``held`` reads the whole file for the
+    keys, once, and only where a block lacks one that the lines before it did not have either."""
 
     def __init__(self, names: Collection[str], held: Callable[[set[str]], set[str]]) -> None:
         self.names = set(names)
@@ -673,6 +673,33 @@ class _Step(NamedTuple):
     make: Callable[[], SourceBatch] | None = None
     error: Exception | None = None
     digest: ReadDigest | None = None
+
+
+def _by_lines(
+    make: Callable[[], SourceBatch], first_line: int, ends: np.ndarray, batch_rows: int
+) -> Iterator[Callable[[], SourceBatch]]:
+    """The batch ``make`` makes of a block's lines (numbered from ``first_line``, each ending at its
+    ``ends``), as a batch per ``batch_rows`` lines: each with its lines' rows, set-aside rows and bytes.
+    Made once, when the first is called, in the file's order (its ids count the contents before)."""
+    made: list[SourceBatch] = []
+
+    def part(start: int) -> SourceBatch:
+        if not made:
+            made.append(make())
+        end = min(start + batch_rows, len(ends))
+        low, high = first_line + start, first_line + end
+
+        def within(table: pa.Table) -> pa.Table:  # rows and set-aside rows are each in their lines' order
+            if not table.num_rows:
+                return table
+            first, last = np.searchsorted(lines_of(table), [low, high])
+            return table.slice(first, last - first)
+
+        input_bytes = int(ends[end - 1]) - (int(ends[start - 1]) if start else -1)  # with their newlines
+        return SourceBatch(within(made[0].rows), within(made[0].set_aside), input_bytes)
+
+    for start in range(0, len(ends), batch_rows):
+        yield functools.partial(part, start)
 
 
 def _as_made(batch: SourceBatch) -> SourceBatch:
@@ -894,12 +921,14 @@ class FilesSourceReader(ListedFiles):
                     data += b"\n"  # the last line, without its newline in the file
                 ends, scan = _line_ends(data)  # one newline per line
                 starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-                # One batch of the block (the usual): its text's scan is the block's (a blank line left out
-                # of the text holds no colon nor backslash).
-                whole = scan if len(ends) <= self.batch_rows else None
-                for start in range(0, len(ends), self.batch_rows):
-                    group = slice(start, start + self.batch_rows)
-                    yield self._parsed_lines(ids, line_no + start + 1, data, starts[group], ends[group], keys, whole)
+                # The block is parsed whole (a blank line left out of its text holds no colon nor backslash),
+                # so a value is typed by the lines of its block (a number beside text is text), not by those
+                # batched with it: ``batch_rows`` changes no record.
+                make = self._parsed_lines(ids, line_no + 1, data, starts, ends, keys, scan)
+                if len(ends) <= self.batch_rows:  # the usual: one batch of the block
+                    yield make
+                else:
+                    yield from _by_lines(make, line_no + 1, ends, self.batch_rows)
                 line_no += len(ends)
 
     def _keys_held(self, entry: FileEntry, names: Collection[str]) -> set[str]:

@@ -14,7 +14,7 @@ import pytest
 from curation.published import read_manifest
 from curation.stages.expectations import Expectations
 from schemas.config import Expectation, RecipeError, parse_recipe
-from tests.helpers import outputs, run, set_aside, sqlite_db, write_jsonl
+from tests.helpers import lineage_rows, outputs, processed, run, set_aside, sqlite_db, write_jsonl
 
 ROWS = [
     {"q": "Categorise: coffee at Blue Bottle", "a": "food", "tag": "food"},  # passes everything
@@ -744,3 +744,41 @@ def test_a_float_columns_comparable_texts_are_each_values_number_text(kind: str)
     assert _comparable(column).to_pylist() == each
     assert each[:5] == ["number:" + "1" + "0" * 30, "number:0.0000001", "number:0", "number:0", "number:0.1"]
     assert each[-2] is None
+
+
+# One JSONL file whose column "x" mixes numbers and text (and a line that does not parse, which sends its
+# block line by line): its values are typed over the read block, whatever rows share a batch with them.
+MIXED = ['{"x": 1}', '{"x": 2}', '{"x": "1"}', '{"x": NaN}', '{"x": "NaN"}', '{"x": 1e3}', '{"x": "1000.0"}']
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_jsonl_column_mixing_numbers_and_text_gives_the_same_records_at_any_batch_rows(
+    workdir: Path, broken: bool
+) -> None:
+    lines = MIXED + (['{"x": 3'] if broken else [])
+    write_jsonl(workdir / "in.jsonl", lines)
+    results = {}
+    for batch_rows in (100, 3, 2, 1):  # each run reads the whole file again
+        recipe = {
+            "dataset": "mixed",
+            "sources": [{"path": "in.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "value {{ x }}", "completion": "x", "label": "x"},
+            "stages": [{"type": "expectations", "expect": [{"column": "label", "check": "unique"}]}],
+            "batch_rows": batch_rows,
+        }
+        version = Path(run(workdir, recipe, full_refresh=True).version_uri)
+        lineage = [row for row in lineage_rows(version) if row["carried_from"] is None]
+        published = {
+            row["id"]: (row["source"]["line"], out) for row, out in zip(lineage, processed(version), strict=True)
+        }
+        aside = {row["id"]: (row["source"]["line"], row["reason"], row["record"]) for row in set_aside(version)}
+        results[batch_rows] = published, aside
+    # Every value of the column is text as Python's JSON writes it: 1 and "1", NaN and "NaN", 1e3 and
+    # "1000.0" are one value each, and only 2 is left.
+    published, aside = results[100]
+    assert list(published.values()) == [(2, {"prompt": "value 2", "completion": "2"})]
+    repeated = sorted((line, reason) for line, reason, _ in aside.values())
+    assert repeated[:6] == [(n, "expect_column_values_to_be_unique:label") for n in (1, 3, 4, 5, 6, 7)]
+    assert [reason for _, reason in repeated[6:]] == (["malformed_json"] if broken else [])
+    for batch_rows in (3, 2, 1):
+        assert results[batch_rows] == results[100], batch_rows

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import xxhash
@@ -60,7 +61,8 @@ def ids_in_order(uri: str, contents: list[bytes]) -> list[str]:
 
 
 def old_batches(reader: FilesSourceReader, uri: str, content: bytes, block: int) -> list[SourceBatch]:
-    """The reader as it was, over ``content`` read ``block`` bytes at a time."""
+    """The reader as it was, over ``content`` read ``block`` bytes at a time, but each block typed from all
+    its lines, then handed on ``batch_rows`` lines at a time."""
     batches, pending, line_no, at = [], b"", 0, 0
     ids = InputIds(uri)  # the ids are checked apart (assert_ids_follow_the_lines)
     while True:
@@ -73,12 +75,20 @@ def old_batches(reader: FilesSourceReader, uri: str, content: bytes, block: int)
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
+        numbered = [(line_no + 1 + i, line) for i, line in enumerate(lines) if line.strip()]
+        numbers, raws = [n for n, _ in numbered], [line for _, line in numbered]
+        whole = old_parse(reader, ids, numbers, raws, 0) if lines else None
         for start in range(0, len(lines), reader.batch_rows):
             group = lines[start : start + reader.batch_rows]
             input_bytes = sum(map(len, group)) + len(group)
-            numbered = [(line_no + start + 1 + i, line) for i, line in enumerate(group) if line.strip()]
-            numbers, raws = [n for n, _ in numbered], [line for _, line in numbered]
-            batches.append(old_parse(reader, ids, numbers, raws, input_bytes))
+            first = line_no + start + 1
+            rows, aside = (
+                t.filter(pc.is_in(pc.struct_field(t["source"], "line"), pa.array(range(first, first + len(group)))))
+                if t.num_rows
+                else t
+                for t in (whole.rows, whole.set_aside)
+            )
+            batches.append(SourceBatch(rows, aside, input_bytes))
         line_no += len(lines)
         if not chunk:
             return batches
