@@ -270,6 +270,16 @@ def recipe_template_error(errors: Counter[str], set_aside: int, shaped: int) -> 
     return None
 
 
+def _one_column_header(batch: pa.Table) -> str:
+    """A note where the rows have one column whose name holds a likely delimiter (``a;b;c``): a CSV file read
+    with another delimiter than its own, each line one value."""
+    names = [name for name in batch.column_names if name not in ("id", "source")]
+    delimiter = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
+    if delimiter is None:
+        return ""
+    return f"; the header is one column, {names[0]!r}: is the file {delimiter!r}-separated? set the source's csv_delimiter: {delimiter!r}"
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -375,7 +385,7 @@ class Shape:
                     return None, [], ""
                 return (
                     None if count == 0 else pa.nulls(count, pa.string()),
-                    [f"column '{field.column}' is missing"] * count,
+                    [f"column '{field.column}' is missing{_one_column_header(batch)}"] * count,
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
@@ -443,7 +453,8 @@ class Shape:
                 # beside one is said to be with it (``None`` has no ``upper``): the data's, not the recipe's.
                 empty = ", ".join(repr(name) for name in read if row.get(name) is None)
                 if missing:
-                    problems.append(f"column '{missing.group(1)}' is missing (the template uses it)")
+                    said = f"column '{missing.group(1)}' is missing (the template uses it){_one_column_header(batch)}"
+                    problems.append(said)
                 elif isinstance(error, EmptyValue):
                     problems.append(f"template failed: {error}{': ' + empty if empty else ''}")
                 else:
