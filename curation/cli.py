@@ -376,6 +376,7 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
+    from curation.stages.shape import Shape, recipe_template_error, template_errors
 
     shaping: list = []
     for stage in stages:  # those before the record exists: a column the recipe names is looked for
@@ -400,10 +401,14 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
                 problems.append(str(error))
                 continue
             rows, set_aside = batch.rows, [batch.set_aside]
+            template_error = None  # one failing every record shaped: the run fails on it (``recipe_template_error``)
             for stage in shaping:
                 if not rows.num_rows:
                     break
                 result = stage(rows)
+                if stage.name == Shape.name:
+                    aside = result.set_aside
+                    template_error = recipe_template_error(template_errors(aside), aside.num_rows, rows.num_rows)
                 rows = result.kept
                 set_aside.append(result.set_aside)
             for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)
@@ -412,9 +417,12 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
             tables = [scrub(table) if scrub and table.num_rows else table for table in set_aside]
             reasons = [(row["reason"], row["detail"]) for table in tables for row in table.to_pylist()]
             missing = [detail for reason, detail in reasons if reason == "missing_column"]
+            failed = [detail for reason, detail in reasons if reason == "template"]
             if missing:
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
                 problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
+            elif template_error is not None:
+                problems.append(f"{failed[0]}; so on all {len(failed):,} record(s) of the head: fix the template")
             elif reasons:
                 notes.append(
                     f"{len(reasons):,} of the first records of {entry.uri} would be set aside, for example {reasons[0][1]}"

@@ -47,7 +47,7 @@ from curation.stages.image_check import ImageCheck, keep_archived
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
-from curation.stages.shape import Shape
+from curation.stages.shape import Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
@@ -286,6 +286,22 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
             f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
             f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
             + next((hint for hint in hints if hint), "")
+        )
+
+
+def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Tally, stages: list[AnyStage]) -> None:
+    """A run whose every record the shape stage took failed one template in one way (``{{ x.upper(1) }}``) met a
+    recipe error, as for a misspelt column: it fails, publishes nothing and leaves its input to be read again
+    once fixed, not an empty version after which the fixed recipe finds nothing new."""
+    before = {"read", *itertools.takewhile(lambda name: name != Shape.name, (stage.name for stage in stages))}
+    shaped = counts.input - sum(tally.by_stage[name] for name in before)
+    error = recipe_template_error(tally.template_errors, tally.by_stage[Shape.name], shaped)
+    if error is not None:
+        target = error.split(":", 1)[0]
+        raise RecipeError(
+            f"none of the {counts.input:,} records could be made into a record: the template of record.{target} "
+            f"({recipe.record.mapping().get(target)!r}) failed on every record it was given ({shaped:,}), "
+            f"for example {tally.examples[('quarantined', 'template')]}; fix the template in the recipe and run again"
         )
 
 
@@ -748,6 +764,7 @@ def _run_locked(
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)
         counts = tally.counts()
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
+        _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages)
         changed = _recipe_changed(recipe, plan.extended)
         cannot_read = plan.watermarks.unread() + tally.unread_once
         # A version extending none would hold no record at all; failed, nothing is committed either. So too where

@@ -481,3 +481,19 @@ def test_a_csv_file_read_in_small_blocks_gives_every_record_on_its_line_every_ti
     monkeypatch.setattr(files, "BLOCK_BYTES", 64)
     for _ in range(30):
         assert read() == whole
+
+
+@pytest.mark.parametrize(("delimiter", "prompt"), [(";", "a"), ("\t", "{{ a }}"), ("|", "a")])
+def test_a_csv_of_another_delimiter_is_said_to_need_csv_delimiter(workdir: Path, delimiter: str, prompt: str) -> None:
+    # Read with commas, "a;b;c" is one column: "column 'a' is missing" did not say why.
+    path = workdir / "semi.csv"
+    path.write_text(f"a{delimiter}b{delimiter}c\n1{delimiter}2{delimiter}3\n")
+    record = {"kind": "instruction", "prompt": prompt, "completion": "b"}
+    spec = {"dataset": "semi", "sources": [{"path": "semi.csv"}], "record": record}
+    header = f"a{delimiter}b{delimiter}c"
+    hint = f"the header is one column, {header!r}: is the file {delimiter!r}-separated? set the source's csv_delimiter"
+    with pytest.raises(RecipeError) as error:
+        run(workdir, spec)
+    assert f"{path}:2: prompt: column 'a' is missing" in str(error.value) and hint in str(error.value)
+    spec["sources"][0]["csv_delimiter"] = delimiter
+    assert [line["prompt"] for line in outputs(Path(run(workdir, spec).version_uri))] == ["1"]

@@ -288,6 +288,39 @@ def test_a_misspelt_template_column_fails_the_run_though_some_rows_also_hold_a_n
         run(workdir, spec)
 
 
+@pytest.mark.parametrize("batch_rows", [1, 50_000])
+def test_a_template_failing_one_way_on_every_record_shaped_fails_the_run(workdir: Path, batch_rows: int) -> None:
+    # Line 1 is set aside before the template (its 'q' is no text): the other two, all the shape stage was given,
+    # fail it one way. That is the recipe's error, not the data's: no empty version is published.
+    write_jsonl(workdir / "qa.jsonl", [{"q": 5, "a": "A"}, {"q": "Q?", "a": "B"}, {"q": "Q2?", "a": "C"}])
+    spec = qa_recipe("qa.jsonl", prompt="{{ q.upper(1) }}", batch_rows=batch_rows)
+    spec["input_schema"] = {"columns": {"q": "str", "a": "str"}}
+    expected = (
+        r"record\.prompt \('\{\{ q\.upper\(1\) \}\}'\) failed on every record it was given \(2\), for example "
+        r".*qa\.jsonl:2: prompt: template failed: str\.upper\(\) takes no arguments \(1 given\); fix the template"
+    )
+    with pytest.raises(RecipeError, match=expected):
+        run(workdir, spec)
+    assert not (workdir / "output" / "qa").exists()
+
+
+@pytest.mark.parametrize("questions", [[None, "q?", None], [None, None]])
+def test_a_template_failing_on_a_null_is_the_datas_error_whatever_records_fail_so(
+    workdir: Path, questions: list[str | None]
+) -> None:
+    # The records lacking a value the template reads are quarantined one by one, even where no record is left.
+    rows = [{"q": q, "a": f"A{n}"} for n, q in enumerate(questions)]
+    path = write_jsonl(workdir / "qa.jsonl", rows)
+    result = run(workdir, qa_recipe("qa.jsonl", prompt="{{ q.upper() }}"))
+    published = [row["prompt"] for row in outputs(Path(result.version_uri))]
+    assert published == [q.upper() for q in questions if q is not None]
+    assert [row["detail"] for row in set_aside(Path(result.version_uri))] == [
+        f"{path}:{n + 1}: prompt: template failed: 'None' has no attribute 'upper', with 'q' empty (null)"
+        for n, q in enumerate(questions)
+        if q is None
+    ]
+
+
 def test_a_row_lacking_a_template_column_is_missing_column_whatever_rows_are_batched_with_it() -> None:
     shape = Shape(RecordShape(kind="instruction", prompt="{{ q }} {{ ctx }}", completion="a"))
 

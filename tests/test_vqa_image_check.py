@@ -112,6 +112,21 @@ def test_a_vqa_row_whose_image_is_missing_or_not_an_image_is_quarantined_and_the
     )
 
 
+def test_a_relative_image_path_that_is_not_there_is_named_with_the_path_tried(workdir: Path) -> None:
+    # "scans/a.png: cannot read" did not say from which folder: a run started elsewhere could not tell why.
+    (workdir / "scans").mkdir()
+    (workdir / "scans" / "b.png").write_bytes(png((0, 0, 255)))
+    rows = [{"image": f"scans/{name}.png", "question": "Which colour?", "answer": name} for name in "ab"]
+    rows.append({"image": str(workdir / "scans" / "c.png"), "question": "Which colour?", "answer": "c"})
+    path = write_jsonl(workdir / "qa.jsonl", rows)
+    result = run(workdir, {**recipe("out", "state.db"), "stages": []})
+    assert sorted(row["detail"] for row in set_aside(Path(result.version_uri))) == [
+        f"{path}:1: image: scans/a.png ({workdir / 'scans' / 'a.png'}): cannot read (No such file or directory)",
+        f"{path}:3: image: {workdir / 'scans' / 'c.png'}: cannot read (No such file or directory)",  # as the row says
+    ]
+    assert result.manifest.counts.written == 1
+
+
 def test_a_vqa_row_whose_s3_image_is_missing_is_quarantined(workdir: Path, bucket: str) -> None:
     s3 = boto3.client("s3")
     for name, color in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
@@ -150,8 +165,9 @@ def test_an_image_path_quoted_in_a_detail_is_scrubbed_by_the_pii_stage(workdir: 
     assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 1}
     (row,) = [row for row in set_aside(Path(result.version_uri)) if row["stage"] == "image_check"]
     assert "jane.doe" not in row["detail"] + row["record"]
+    tried = workdir / "scans" / "receipt - <EMAIL_ADDRESS> - 2024.png"  # the relative path as the run tried it
     assert row["detail"].startswith(
-        f"{workdir / 'qa.jsonl'}:2: image: scans/receipt - <EMAIL_ADDRESS> - 2024.png: cannot read"
+        f"{workdir / 'qa.jsonl'}:2: image: scans/receipt - <EMAIL_ADDRESS> - 2024.png ({tried}): cannot read"
     )
 
 

@@ -127,7 +127,8 @@ class ImageCheck:
         problems: list[tuple[str, str] | None] = [None] * batch.num_rows
         for row, uri in _named_images(batch):
             if uri not in found:
-                found[uri] = image_problem(self._where(uri), uri)
+                where = self._where(uri)
+                found[uri] = _with_path_tried(image_problem(where, uri), uri, where)
             problems[row] = found[uri]
         if not any(problems):
             return StageResult(kept=batch)
@@ -150,6 +151,16 @@ class ImageCheck:
 
     def _where(self, uri: str) -> str:
         return _where(uri, self.folder)
+
+
+def _with_path_tried(problem: tuple[str, str] | None, name: str, where: str) -> tuple[str, str] | None:
+    """``problem`` of an image not read, with the path tried where the row's ``name`` is another (a relative
+    path is the working folder's): a run started from another folder shows why."""
+    if problem is None or problem[0] not in ("missing_image", "unreadable") or where == name.removeprefix("file://"):
+        return problem
+    reason, detail = problem
+    said = f"{name}: "
+    return (reason, f"{name} ({where}): {detail.removeprefix(said)}") if detail.startswith(said) else problem
 
 
 def keep_archived(

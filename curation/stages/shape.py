@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Collection, Mapping
 from decimal import Decimal
 from typing import Any
@@ -32,6 +33,11 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, ke
 _UNDEFINED = re.compile(r"'(.+)' is undefined")  # jinja2's message for a name the row does not have
 
 
+# Said of a template's failure on a row lacking a value it reads: the data's, not the recipe's (``template_errors``).
+_EMPTY = "empty (null)"
+_NOT_HELD = "a value Python cannot hold (a year after 9999?)"
+
+
 class EmptyValue(ValueError):
     pass
 
@@ -42,7 +48,7 @@ def _finalize(value: Any) -> Any:
     column and a column of mixed types give it, and bytes as their UTF-8 text; not as Python writes a
     dict, list, boolean (``True``) or bytes."""
     if value is None:
-        raise EmptyValue("a value the template uses is empty (null)")
+        raise EmptyValue(f"a value the template uses is {_EMPTY}")
     if isinstance(value, bool):  # as a field naming its column, and a column of mixed types, give it
         return "true" if value else "false"
     if isinstance(value, dict | list | tuple):
@@ -242,6 +248,38 @@ def _first_problems(
     return problems, reasons
 
 
+def template_errors(set_aside: pa.Table) -> Counter[str]:
+    """The shape stage's template errors among ``set_aside`` rows, by field and message (``prompt: template
+    failed: ...``), each record's place left out: rows failing one way are counted as one error. A failure on a
+    row lacking a value the template reads (null, or one Python cannot hold) is the data's: it counts as none."""
+    failed = set_aside.filter(
+        pc.and_(pc.equal(set_aside["stage"], Shape.name), pc.equal(set_aside["reason"], "template"))
+    )
+    places = (location(source) for source in failed["source"].to_pylist())
+    problems = (d.removeprefix(f"{at}: ") for at, d in zip(places, failed["detail"].to_pylist(), strict=True))
+    return Counter(p for p in problems if _EMPTY not in p and not p.endswith(_NOT_HELD))
+
+
+def recipe_template_error(errors: Counter[str], set_aside: int, shaped: int) -> str | None:
+    """The template error (``field: message``) that set aside every one of the ``shaped`` records the shape stage
+    took (``set_aside`` of them in all, ``errors`` as ``template_errors`` counts them), where it is one: the
+    recipe's error (``{{ x.upper(1) }}``), as a misspelt column is, not the data's. Records failing in other
+    ways (a null some rows hold), or some records made, are the data's: quarantined one by one."""
+    if shaped and len(errors) == 1 and errors.total() == set_aside == shaped:
+        return next(iter(errors))
+    return None
+
+
+def _one_column_header(batch: pa.Table) -> str:
+    """A note where the rows have one column whose name holds a likely delimiter (``a;b;c``): a CSV file read
+    with another delimiter than its own, each line one value."""
+    names = [name for name in batch.column_names if name not in ("id", "source")]
+    delimiter = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
+    if delimiter is None:
+        return ""
+    return f"; the header is one column, {names[0]!r}: is the file {delimiter!r}-separated? set the source's csv_delimiter: {delimiter!r}"
+
+
 class Field:
     """How one record field is made from a row."""
 
@@ -347,7 +385,7 @@ class Shape:
                     return None, [], ""
                 return (
                     None if count == 0 else pa.nulls(count, pa.string()),
-                    [f"column '{field.column}' is missing"] * count,
+                    [f"column '{field.column}' is missing{_one_column_header(batch)}"] * count,
                     "missing_column",
                 )
             # Empty values are left to record validation, which owns the "must not be empty" rule.
@@ -399,7 +437,7 @@ class Shape:
                 rendered.append(None)
                 reasons.append("template")
                 named = ", ".join(repr(name) for name in unheld)
-                problems.append(f"template failed: {named} holds a value Python cannot hold (a year after 9999?)")
+                problems.append(f"template failed: {named} holds {_NOT_HELD}")
                 continue
             # A value the template cannot work with (a division by zero, a key .format() does not find)
             # is the row's problem: it is quarantined by its line, and the run goes on.
@@ -411,11 +449,14 @@ class Shape:
                 rendered.append(None)
                 missing = _UNDEFINED.fullmatch(str(error)) if isinstance(error, jinja2.UndefinedError) else None
                 reasons.append("template" if missing is None else "missing_column")
-                # Which of the template's values is empty: one of several it writes is no help.
-                empty = [repr(name) for name in read if row.get(name) is None] if isinstance(error, EmptyValue) else []
-                problems.append(
-                    f"column '{missing.group(1)}' is missing (the template uses it)"
-                    if missing
-                    else f"template failed: {error}{': ' + ', '.join(empty) if empty else ''}"
-                )
+                # Which of the template's values is empty: one of several it writes is no help. Any other error
+                # beside one is said to be with it (``None`` has no ``upper``): the data's, not the recipe's.
+                empty = ", ".join(repr(name) for name in read if row.get(name) is None)
+                if missing:
+                    said = f"column '{missing.group(1)}' is missing (the template uses it){_one_column_header(batch)}"
+                    problems.append(said)
+                elif isinstance(error, EmptyValue):
+                    problems.append(f"template failed: {error}{': ' + empty if empty else ''}")
+                else:
+                    problems.append(f"template failed: {error}{f', with {empty} {_EMPTY}' if empty else ''}")
         return pa.array(rendered, pa.string()), problems, reasons
