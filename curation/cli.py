@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from curation.stopping import Stopped, stops_deferred, take_stop_signals
+from curation.stopping import Stopped, stop_name, stops_deferred, take_stop_signals
 from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
@@ -191,7 +190,7 @@ def _stopped(stop: BaseException, published: RunResult | None) -> int:
     visible), and the exit code."""
     with stops_deferred():  # a second signal while this is said: not a traceback, nor said otherwise
         signum = int(stop.args[0])
-        name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
+        name = stop_name(signum)
         if published is not None and published.version_uri is not None:  # visible, and recorded
             console.print(
                 f"[red]stopped[/red] by {name} after publishing {escape(str(published.version_uri))}", highlight=False
