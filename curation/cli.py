@@ -297,6 +297,7 @@ def check(
     from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
     from curation.published import published_versions
     from curation.stages.base import StageError, raised_where
+    from curation.state import StateFolderError, sqlite_folder_problem
 
     _configure_logging(log_level)  # what the readers warn of (a CSV header that is not UTF-8), as in a run
     loaded = _load(recipe)
@@ -315,6 +316,8 @@ def check(
         # Building the stages reads the state store: the review decisions, the dedup index.
         reading.append((f"the stages (state store {safe_url(loaded.state)})", EXIT_FAILED))
         built = build_stages(loaded)
+        if (problem := sqlite_folder_problem(loaded.state)) is not None:  # as the run's first write would find
+            raise StateFolderError(problem)
         stages = [stage.name for stage in built]
         problems, notes = _read_heads(sources, built, head_files, reading)
         problems = lacking + problems

@@ -723,6 +723,26 @@ def test_usage_mistakes_are_usage_errors(tmp_path: Path) -> None:
         assert refused.returncode in (1, 2) and said in text and "Traceback" not in text, text
 
 
+def test_a_sqlite_state_file_that_cannot_be_created_is_a_state_store_error_in_check_and_run(tmp_path: Path) -> None:
+    # `check` said ok, and the run failed with "[Errno 2] No such file or directory: '/proc/nope'", naming no store.
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
+    (tmp_path / "a-file").write_text("")
+    for state, why in (
+        ("sqlite:////proc/nope/state.db", "cannot create the folder /proc/nope for the SQLite file"),
+        (
+            f"sqlite:///{tmp_path}/a-file/store/state.db",
+            f"cannot create the folder {tmp_path}/a-file/store for the SQLite file: {tmp_path}/a-file is a file",
+        ),
+    ):
+        spec = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+        recipe = write_recipe(tmp_path, {**spec, "state": state})
+        for command, said in (("check", "state store error"), ("run", "state store error, nothing published:")):
+            refused = curation(command, str(recipe), cwd=tmp_path)
+            text = " ".join((refused.stdout + refused.stderr).split())
+            assert refused.returncode == 1 and f"{said} {state}: {why}" in text and "Traceback" not in text, text
+    assert not (tmp_path / "output").exists()
+
+
 def test_an_input_two_sources_match_is_a_recipe_error(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": "Parcel 1 left the depot."}])
     spec = {"dataset": "docs", "sources": [{"path": "in"}, {"path": "in/*.jsonl"}], "record": {"kind": "document"}}
