@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -29,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from schemas.pii import DETECTION_RULES, PiiConfig
 from schemas.records import CONTENT_COLUMNS, TEXT_RULES
 from schemas.regex import re2_pattern
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 class RecipeError(ValueError):
@@ -69,6 +72,33 @@ def _no_bare_at_sign(host: str | None) -> None:
         raise ValueError("the URL's password or user name holds an '@': write it percent-encoded, as %40")
 
 
+# The pip package of the default driver of SQLAlchemy's own dialects, where its module is named otherwise.
+_DRIVER_PACKAGES = {"MySQLdb": "mysqlclient"}
+
+
+def _driver_installed(url: URL) -> None:
+    """A source URL's SQLAlchemy dialect and its driver, importable: said at load, by the recipe line, not
+    as a `ModuleNotFoundError` once the run connects."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    supported = "the toolkit installs the drivers for SQLite and PostgreSQL (psycopg)"
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"SQLAlchemy has no dialect {url.get_backend_name()!r}: {supported}; another database needs its "
+            "SQLAlchemy dialect's package installed"
+        ) from None
+    except ImportError as error:
+        module = error.name or str(error)
+        package = _DRIVER_PACKAGES.get(module, module)
+        raise ValueError(
+            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
+            f"database install the driver package of its SQLAlchemy dialect (pip install {package}), or name an "
+            f"installed driver in the URL ({url.get_backend_name()}+DRIVER://...)"
+        ) from None
+
+
 class SqlSource(Strict):
     """Rows of a table or a query from any SQLAlchemy URL (SQLite file, PostgreSQL, ...).
 
@@ -100,6 +130,8 @@ class SqlSource(Strict):
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
         _no_bare_at_sign(parsed.host)
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):  # whose drivers the toolkit installs
+            _driver_installed(parsed)
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
             # The connector sets psycopg (3) up to read a timestamptz in UTC and a date Python cannot hold as its
             # text (``connectors.sql._lenient_moments``); psycopg2 (SQLAlchemy 2.0's default for 'postgresql://')
