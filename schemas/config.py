@@ -31,6 +31,7 @@ from schemas.records import CONTENT_COLUMNS, TEXT_RULES
 from schemas.regex import re2_pattern
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
     from sqlalchemy.engine import URL
 
 
@@ -1137,6 +1138,25 @@ def _unknown_setting(loc: tuple[Any, ...], message: str) -> str:
     return f"{message}: {guess}the settings here are {', '.join(allowed)}"
 
 
+def _problem(error: ErrorDetails) -> str:
+    """A pydantic error in the recipe's words."""
+    if error["type"] == "extra_forbidden":
+        return _unknown_setting(error["loc"], error["msg"])
+    if error["type"] == "union_tag_invalid":
+        return _unknown_type(error["ctx"])
+    # A bare name in a list of mappings (`- exact_dedup`, `- docs.jsonl`): pydantic asks for a "dictionary".
+    written = {"stages": "type", "sources": "path"}.get(str(error["loc"][0]))
+    if (
+        error["type"] == "model_attributes_type"
+        and written
+        and len(error["loc"]) == 2
+        and isinstance(error["input"], str)
+    ):
+        kind = "a stage" if written == "type" else "a source"
+        return f"{kind} is a mapping of settings: write `- {written}: {error['input']}`"
+    return error["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
+
+
 def _unknown_type(ctx: dict[str, Any]) -> str:
     """pydantic's message for a ``type`` no member of a tagged union has, with the likely one first."""
     types = re.findall(r"'([^']*)'", ctx["expected_tags"])
@@ -1251,17 +1271,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         tags = _union_tags(SourceConfig, StageConfig)
-        found = [
-            (
-                tuple(part for part in e["loc"] if part not in tags),
-                _unknown_setting(e["loc"], e["msg"])
-                if e["type"] == "extra_forbidden"
-                else _unknown_type(e["ctx"])
-                if e["type"] == "union_tag_invalid"
-                else e["msg"].removeprefix("Value error, "),  # pydantic's prefix to a validator's own words
-            )
-            for e in exc.errors()
-        ]
+        found = [(tuple(part for part in e["loc"] if part not in tags), _problem(e)) for e in exc.errors()]
         raise _recipe_error(origin, node, found) from None
     found = [*format_problems(recipe), *stage_problems(recipe)]
     if found:
