@@ -175,7 +175,7 @@ def build_stages(
     stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
-    for number, config in enumerate(recipe.stages):
+    for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or dedup_fields(kind)
             stages.append(ExactDedup(fields, config.normalize, stage_name(config.type, (s.name for s in stages))))
@@ -190,8 +190,8 @@ def build_stages(
                 stages.append(
                     PiiRedaction(config, kind, undone=decisions.undone_in.get(name), marked=marked, name=name)
                 )
-            except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
-                raise PiiSettingError(f"stages.{number} (pii): {error}") from None
+            except PiiSettingError as error:  # found as the stage is built: the CLI names its place (stage_place)
+                raise PiiSettingError(f"{name}: {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
             stages.extend(quality_stages(config, kind, review.decisions.kept_apart_in, (s.name for s in stages)))
         if getattr(config, "across_runs", False):
