@@ -344,11 +344,18 @@ def _note_sources_new_to_the_dataset(
     the dataset holds from those inputs, as for a changed file: carried as well, a record was
     published twice. With no source read before, the version extends nothing: the run says so."""
     if not watermarks.had_previous():
+        # A store that holds no read of the dataset at all is likely not the one the earlier runs used.
+        cause = (
+            ""
+            if has_read_before(watermarks.engine, recipe.dataset)
+            else ", or the earlier runs used another state store"
+        )
         log.warning(
-            "%s: no source of the recipe was read for v%d (a path or setting changed?): this run reads all "
+            "%s: no source of the recipe was read for v%d (a path or setting changed%s?): this run reads all "
             "their input, and its version holds only what it reads, not v%d's records",
             recipe.dataset,
             latest,
+            cause,
             latest,
         )
         return
