@@ -305,6 +305,7 @@ def check(
     reading = [(str(recipe), EXIT_USAGE)]
     try:
         sources = build_sources(loaded)
+        reading.append(("the sources' listings", EXIT_USAGE))  # storage that cannot be reached: not the recipe's
         inputs = source_inputs(sources)
         results = {}  # a database's result: reachable, its table or query runs; its columns
         for source in sources:
@@ -329,7 +330,14 @@ def check(
     except (OSError, ValueError) as error:
         place = stage_place(recipe, loaded, str(error)) if isinstance(error, RecipeError) else None
         said = f"{place}: {error}" if place else str(error)
-        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
+        # An input or dest that cannot be reached (a database, an S3 endpoint, no credentials) is no error in
+        # the recipe: its message names it.
+        what = reading[-1][0]
+        if isinstance(error, RecipeError) or what == str(recipe):
+            console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
+        else:
+            label = "output error" if what == loaded.output.dest else "input error"
+            console.print(f"[red]{label}[/red] {escape(said)}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     except StageError as error:  # a stage that cannot go on with the head's records: as a run names it
         console.print(f"[red]stage error[/red] {escape(_in_recipe(recipe, loaded, str(error)))}", highlight=False)

@@ -76,6 +76,20 @@ def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path)
     assert not (tmp_path / "output").exists()  # nothing read, nothing run
 
 
+def test_check_says_a_source_it_cannot_reach_as_an_input_error_not_a_recipe_error(tmp_path: Path) -> None:
+    # An unreachable database or S3 endpoint was a "recipe error", with nothing wrong in the recipe.
+    record = {"kind": "document"}
+    env = {**cli_env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1"}
+    env |= {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    for source, said in (
+        ({"type": "sql", "url": "postgresql+psycopg://u@127.0.0.1:1/db", "table": "t"}, "postgresql+psycopg://u@"),
+        ({"path": "s3://bucket/in/*.jsonl"}, "s3://bucket/in/*.jsonl: cannot list"),
+    ):
+        recipe = write_recipe(tmp_path, {"dataset": "t", "sources": [source], "record": record})
+        checked = curation("check", str(recipe), cwd=tmp_path, env=env)
+        assert checked.returncode == 2 and checked.stderr.startswith(f"input error {said}"), checked.stderr
+
+
 def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Path) -> None:
     # `{{ replyy }}` passed check, and the run failed after reading every row.
     url = sqlite_db(
