@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from curation.review.cli import review_app
-from curation.stopping import Stopped, stops_deferred, take_stop_signals
+from curation.stopping import Stopped, stop_name, stops_deferred, take_stop_signals
 from schemas.config import Recipe, RecipeError, load_recipe, ray_missing, stage_place
 from schemas.manifest import Manifest
 from train.cli import app as train_app
@@ -191,7 +190,7 @@ def _stopped(stop: BaseException, published: RunResult | None) -> int:
     visible), and the exit code."""
     with stops_deferred():  # a second signal while this is said: not a traceback, nor said otherwise
         signum = int(stop.args[0])
-        name = "^C" if signum == signal.SIGINT else signal.Signals(signum).name
+        name = stop_name(signum)
         if published is not None and published.version_uri is not None:  # visible, and recorded
             console.print(
                 f"[red]stopped[/red] by {name} after publishing {escape(str(published.version_uri))}", highlight=False
@@ -298,6 +297,7 @@ def check(
     from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
     from curation.published import published_versions
     from curation.stages.base import StageError, raised_where
+    from curation.state import StateFolderError, sqlite_folder_problem
 
     _configure_logging(log_level)  # what the readers warn of (a CSV header that is not UTF-8), as in a run
     loaded = _load(recipe)
@@ -305,6 +305,7 @@ def check(
     reading = [(str(recipe), EXIT_USAGE)]
     try:
         sources = build_sources(loaded)
+        reading.append(("the sources' listings", EXIT_USAGE))  # storage that cannot be reached: not the recipe's
         inputs = source_inputs(sources)
         results = {}  # a database's result: reachable, its table or query runs; its columns
         for source in sources:
@@ -316,6 +317,8 @@ def check(
         # Building the stages reads the state store: the review decisions, the dedup index.
         reading.append((f"the stages (state store {safe_url(loaded.state)})", EXIT_FAILED))
         built = build_stages(loaded)
+        if (problem := sqlite_folder_problem(loaded.state)) is not None:  # as the run's first write would find
+            raise StateFolderError(problem)
         stages = [stage.name for stage in built]
         problems, notes = _read_heads(sources, built, head_files, reading)
         problems = lacking + problems
@@ -327,7 +330,14 @@ def check(
     except (OSError, ValueError) as error:
         place = stage_place(recipe, loaded, str(error)) if isinstance(error, RecipeError) else None
         said = f"{place}: {error}" if place else str(error)
-        console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
+        # An input or dest that cannot be reached (a database, an S3 endpoint, no credentials) is no error in
+        # the recipe: its message names it.
+        what = reading[-1][0]
+        if isinstance(error, RecipeError) or what == str(recipe):
+            console.print(f"[red]recipe error[/red] {escape(str(recipe))}: {escape(said)}", highlight=False)
+        else:
+            label = "output error" if what == loaded.output.dest else "input error"
+            console.print(f"[red]{label}[/red] {escape(said)}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
     except StageError as error:  # a stage that cannot go on with the head's records: as a run names it
         console.print(f"[red]stage error[/red] {escape(_in_recipe(recipe, loaded, str(error)))}", highlight=False)

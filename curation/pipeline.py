@@ -175,7 +175,7 @@ def build_stages(
     stages.append(review)
     across_runs: list[CrossRunDedup] = []
     index = None
-    for number, config in enumerate(recipe.stages):
+    for config in recipe.stages:
         if isinstance(config, ExactDedupConfig):
             fields = config.fields or dedup_fields(kind)
             stages.append(ExactDedup(fields, config.normalize, stage_name(config.type, (s.name for s in stages))))
@@ -190,8 +190,8 @@ def build_stages(
                 stages.append(
                     PiiRedaction(config, kind, undone=decisions.undone_in.get(name), marked=marked, name=name)
                 )
-            except PiiSettingError as error:  # found as the stage is built: named by its place in the recipe
-                raise PiiSettingError(f"stages.{number} (pii): {error}") from None
+            except PiiSettingError as error:  # found as the stage is built: the CLI names its place (stage_place)
+                raise PiiSettingError(f"{name}: {error}") from None
         elif isinstance(config, QUALITY_CONFIGS):
             stages.extend(quality_stages(config, kind, review.decisions.kept_apart_in, (s.name for s in stages)))
         if getattr(config, "across_runs", False):
@@ -360,11 +360,18 @@ def _note_sources_new_to_the_dataset(
     the dataset holds from those inputs, as for a changed file: carried as well, a record was
     published twice. With no source read before, the version extends nothing: the run says so."""
     if not watermarks.had_previous():
+        # A store that holds no read of the dataset at all is likely not the one the earlier runs used.
+        cause = (
+            ""
+            if has_read_before(watermarks.engine, recipe.dataset)
+            else ", or the earlier runs used another state store"
+        )
         log.warning(
-            "%s: no source of the recipe was read for v%d (a path or setting changed?): this run reads all "
+            "%s: no source of the recipe was read for v%d (a path or setting changed%s?): this run reads all "
             "their input, and its version holds only what it reads, not v%d's records",
             recipe.dataset,
             latest,
+            cause,
             latest,
         )
         return

@@ -4,6 +4,8 @@ index and review decisions. SQLAlchemy over a SQLite file by default, PostgreSQL
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,30 @@ def sqlite_file(url: str) -> Path | None:
     if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
         return None
     return Path(url.removeprefix("sqlite:///"))
+
+
+class StateFolderError(sa.exc.SQLAlchemyError):
+    """A SQLite state file's folder that does not exist and cannot be created, or cannot be written. A
+    SQLAlchemy error so that it is said, as any store that cannot be reached is, as a state store error."""
+
+
+def sqlite_folder_problem(url: str) -> str | None:
+    """Why a SQLite state file that does not exist yet could not be created where ``url`` puts it (its
+    folder, or the one it would be made in, refuses a new entry), without creating anything: ``curation
+    check`` asks before a run would find out, which SQLite says only as `unable to open database file`."""
+    path = sqlite_file(url)
+    if path is None or path.exists():
+        return None
+    folder = path.parent.absolute()
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        return f"cannot create the folder {folder} for the SQLite file: {existing} is a file"
+    try:  # an entry made and removed at once: the permissions, a read-only disk, /proc, as they are
+        os.rmdir(tempfile.mkdtemp(prefix=".curation-state-", dir=existing))
+    except OSError as error:
+        said = "cannot write in the folder" if existing == folder else "cannot create the folder"
+        return f"{said} {folder} for the SQLite file: {error.strerror or error}"
+    return None
 
 
 # The error of a run killed while publishing whose version a later run read everything again for, and
@@ -107,6 +133,8 @@ def _now() -> datetime:
 
 class StateStore:
     def __init__(self, url: str) -> None:
+        if (problem := sqlite_folder_problem(url)) is not None:
+            raise StateFolderError(problem)
         if (path := sqlite_file(url)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = state_engine(url)

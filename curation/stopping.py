@@ -44,6 +44,11 @@ def take_stop_signals() -> None:
         signal.signal(signum, on_stop_signal)
 
 
+def stop_name(signum: int) -> str:
+    """How a stop is said: ``^C`` for SIGINT (what the user typed), the signal's name otherwise."""
+    return "^C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 def raise_if_stopped() -> None:
     if stop_signals:
         raise Stopped(stop_signals[0])

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -29,6 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from schemas.pii import DETECTION_RULES, PiiConfig
 from schemas.records import CONTENT_COLUMNS, TEXT_RULES
 from schemas.regex import re2_pattern
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+    from sqlalchemy.engine import URL
 
 
 class RecipeError(ValueError):
@@ -69,6 +73,33 @@ def _no_bare_at_sign(host: str | None) -> None:
         raise ValueError("the URL's password or user name holds an '@': write it percent-encoded, as %40")
 
 
+# The pip package of the default driver of SQLAlchemy's own dialects, where its module is named otherwise.
+_DRIVER_PACKAGES = {"MySQLdb": "mysqlclient"}
+
+
+def _driver_installed(url: URL) -> None:
+    """A source URL's SQLAlchemy dialect and its driver, importable: said at load, by the recipe line, not
+    as a `ModuleNotFoundError` once the run connects."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    supported = "the toolkit installs the drivers for SQLite and PostgreSQL (psycopg)"
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"SQLAlchemy has no dialect {url.get_backend_name()!r}: {supported}; another database needs its "
+            "SQLAlchemy dialect's package installed"
+        ) from None
+    except ImportError as error:
+        module = error.name or str(error)
+        package = _DRIVER_PACKAGES.get(module, module)
+        raise ValueError(
+            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
+            f"database install the driver package of its SQLAlchemy dialect (pip install {package}), or name an "
+            f"installed driver in the URL ({url.get_backend_name()}+DRIVER://...)"
+        ) from None
+
+
 class SqlSource(Strict):
     """Rows of a table or a query from any SQLAlchemy URL (SQLite file, PostgreSQL, ...).
 
@@ -100,6 +131,8 @@ class SqlSource(Strict):
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
         _no_bare_at_sign(parsed.host)
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):  # whose drivers the toolkit installs
+            _driver_installed(parsed)
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
             # The connector sets psycopg (3) up to read a timestamptz in UTC and a date Python cannot hold as its
             # text (``connectors.sql._lenient_moments``); psycopg2 (SQLAlchemy 2.0's default for 'postgresql://')
@@ -1105,6 +1138,25 @@ def _unknown_setting(loc: tuple[Any, ...], message: str) -> str:
     return f"{message}: {guess}the settings here are {', '.join(allowed)}"
 
 
+def _problem(error: ErrorDetails) -> str:
+    """A pydantic error in the recipe's words."""
+    if error["type"] == "extra_forbidden":
+        return _unknown_setting(error["loc"], error["msg"])
+    if error["type"] == "union_tag_invalid":
+        return _unknown_type(error["ctx"])
+    # A bare name in a list of mappings (`- exact_dedup`, `- docs.jsonl`): pydantic asks for a "dictionary".
+    written = {"stages": "type", "sources": "path"}.get(str(error["loc"][0]))
+    if (
+        error["type"] == "model_attributes_type"
+        and written
+        and len(error["loc"]) == 2
+        and isinstance(error["input"], str)
+    ):
+        kind = "a stage" if written == "type" else "a source"
+        return f"{kind} is a mapping of settings: write `- {written}: {error['input']}`"
+    return error["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
+
+
 def _unknown_type(ctx: dict[str, Any]) -> str:
     """pydantic's message for a ``type`` no member of a tagged union has, with the likely one first."""
     types = re.findall(r"'([^']*)'", ctx["expected_tags"])
@@ -1219,17 +1271,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         tags = _union_tags(SourceConfig, StageConfig)
-        found = [
-            (
-                tuple(part for part in e["loc"] if part not in tags),
-                _unknown_setting(e["loc"], e["msg"])
-                if e["type"] == "extra_forbidden"
-                else _unknown_type(e["ctx"])
-                if e["type"] == "union_tag_invalid"
-                else e["msg"].removeprefix("Value error, "),  # pydantic's prefix to a validator's own words
-            )
-            for e in exc.errors()
-        ]
+        found = [(tuple(part for part in e["loc"] if part not in tags), _problem(e)) for e in exc.errors()]
         raise _recipe_error(origin, node, found) from None
     found = [*format_problems(recipe), *stage_problems(recipe)]
     if found:

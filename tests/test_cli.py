@@ -62,7 +62,7 @@ def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path)
         ({"query": "SELECT subject, reply FROM tickets"}, None),
         ({"query": "SELECT subjct FROM tickets"}, "cannot read: OperationalError: no such column: subjct"),
         ({"table": "tickets", "key": ["ticket_id"]}, "column 'ticket_id' is not in the result"),
-        ({"url": "nosuchdb://x/y", "table": "t"}, "cannot connect: NoSuchModuleError"),  # not the state store's
+        ({"url": "nosuchdb://x/y", "table": "t"}, "sources.0.url (line 4): SQLAlchemy has no dialect 'nosuchdb'"),
         ({"url": "not a url", "table": "t"}, "sources.0.url (line 4): not a database URL"),
     ):
         recipe = write_recipe(
@@ -74,6 +74,20 @@ def test_check_asks_the_database_for_the_columns_of_a_sql_source(tmp_path: Path)
         else:
             assert checked.returncode == 2 and problem in checked.stderr and "Traceback" not in checked.stderr
     assert not (tmp_path / "output").exists()  # nothing read, nothing run
+
+
+def test_check_says_a_source_it_cannot_reach_as_an_input_error_not_a_recipe_error(tmp_path: Path) -> None:
+    # An unreachable database or S3 endpoint was a "recipe error", with nothing wrong in the recipe.
+    record = {"kind": "document"}
+    env = {**cli_env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1"}
+    env |= {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    for source, said in (
+        ({"type": "sql", "url": "postgresql+psycopg://u@127.0.0.1:1/db", "table": "t"}, "postgresql+psycopg://u@"),
+        ({"path": "s3://bucket/in/*.jsonl"}, "s3://bucket/in/*.jsonl: cannot list"),
+    ):
+        recipe = write_recipe(tmp_path, {"dataset": "t", "sources": [source], "record": record})
+        checked = curation("check", str(recipe), cwd=tmp_path, env=env)
+        assert checked.returncode == 2 and checked.stderr.startswith(f"input error {said}"), checked.stderr
 
 
 def test_check_says_a_column_the_sql_result_lacks_as_the_run_would(tmp_path: Path) -> None:
@@ -601,6 +615,42 @@ def test_a_stop_while_the_run_loads_its_modules_says_nothing_was_published(
 
 
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
+def test_a_stop_while_the_command_imports_its_libraries_says_nothing_was_published(
+    tmp_path: Path, stop: str, said: str
+) -> None:
+    # The handler came with curation.cli, after its imports (~1.2 s): a SIGTERM before them was an exit 143
+    # without a word. The command is started as its console script is (pyproject's entry point), and the
+    # signal sent from an import hook as the first third-party library the command needs is imported.
+    import tomllib
+
+    five_notes(tmp_path)
+    root = Path(__file__).parents[1]
+    entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["curation"]
+    module, function = entry.split(":")
+    script = tmp_path / "console_script.py"
+    script.write_text(
+        "import importlib.abc, os, signal, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name in ('typer', 'rich', 'pydantic', 'sqlalchemy', 'yaml'):\n"
+        "            sys.meta_path.remove(self)\n"
+        f"            os.kill(os.getpid(), signal.{stop})\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "sys.argv = ['curation', 'run', 'recipe.yaml']\n"
+        f"from {module} import {function}\n"  # as the console script does, then calls it
+        f"sys.exit({function}())\n"
+    )
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 128 + signal.Signals[stop], done.stdout + done.stderr
+    assert f"stopped by {said}, nothing published" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "output").exists()
+
+
+@pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
 def test_sigterm_stops_a_run_and_leaves_nothing_behind(tmp_path: Path, stop: str, said: str) -> None:
     import signal
     import time
@@ -712,6 +762,26 @@ def test_usage_mistakes_are_usage_errors(tmp_path: Path) -> None:
         refused = curation("run", str(bad), cwd=tmp_path)
         text = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode in (1, 2) and said in text and "Traceback" not in text, text
+
+
+def test_a_sqlite_state_file_that_cannot_be_created_is_a_state_store_error_in_check_and_run(tmp_path: Path) -> None:
+    # `check` said ok, and the run failed with "[Errno 2] No such file or directory: '/proc/nope'", naming no store.
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
+    (tmp_path / "a-file").write_text("")
+    for state, why in (
+        ("sqlite:////proc/nope/state.db", "cannot create the folder /proc/nope for the SQLite file"),
+        (
+            f"sqlite:///{tmp_path}/a-file/store/state.db",
+            f"cannot create the folder {tmp_path}/a-file/store for the SQLite file: {tmp_path}/a-file is a file",
+        ),
+    ):
+        spec = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+        recipe = write_recipe(tmp_path, {**spec, "state": state})
+        for command, said in (("check", "state store error"), ("run", "state store error, nothing published:")):
+            refused = curation(command, str(recipe), cwd=tmp_path)
+            text = " ".join((refused.stdout + refused.stderr).split())
+            assert refused.returncode == 1 and f"{said} {state}: {why}" in text and "Traceback" not in text, text
+    assert not (tmp_path / "output").exists()
 
 
 def test_an_input_two_sources_match_is_a_recipe_error(tmp_path: Path) -> None:

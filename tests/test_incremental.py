@@ -786,6 +786,22 @@ def test_a_source_whose_settings_changed_is_read_whole_and_replaces_what_it_gave
     assert "no source of the recipe was read for v2 (a path or setting changed?)" in caplog.text
 
 
+def test_a_run_with_another_state_store_than_the_last_version_says_so_among_the_causes(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The warning's only hint was "a path or setting changed?", with neither changed.
+    write_jsonl(workdir / "a.jsonl", [{"text": f"Note {n} on refunds."} for n in range(3)])
+    spec = {"dataset": "notes", "sources": [{"path": "a.jsonl"}], "record": {"kind": "document"}}
+    run(workdir, {**spec, "state": "sqlite:///first.db"})
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        second = run(workdir, {**spec, "state": "sqlite:///second.db"})
+    assert second.manifest.version == 2 and second.manifest.extends is None
+    assert (
+        "no source of the recipe was read for v1 (a path or setting changed, or the earlier runs used another "
+        "state store?)" in caplog.text
+    )
+
+
 def test_inputs_moved_to_a_new_path_are_published_not_taken_for_repeats_of_a_version_not_held(
     workdir: Path,
 ) -> None:

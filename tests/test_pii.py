@@ -414,6 +414,28 @@ def test_pseudonym_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) 
     assert isinstance(error.value, ValueError)  # so `curation check` reports it as a recipe error
 
 
+def test_pseudonym_without_a_secret_is_said_by_the_stages_line_in_check_and_run(tmp_path: Path) -> None:
+    # It was `stages.1 (pii): ...`, the one recipe error without "(line N)".
+    from tests.cli_process import cli_env, curation
+    from tests.helpers import write_recipe
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "Call Ann."}])
+    spec = {
+        "dataset": "notes",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup"}, {"type": "pii", "operators": {"default": "pseudonym"}}],
+    }
+    recipe = write_recipe(tmp_path, spec)
+    line = next(n for n, text in enumerate(recipe.read_text().splitlines(), 1) if "type: pii" in text)
+    env = {name: value for name, value in cli_env().items() if name != "CURATION_PII_SECRET"}
+    for command in ("check", "run"):
+        refused = curation(command, str(recipe), cwd=tmp_path, env=env)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 2 and "Traceback" not in said, said
+        assert f"stages.1 (line {line}): pii: the pii stage's pseudonym operator needs a secret key" in said, said
+
+
 def test_mask_keeps_the_shape_and_drop_sets_the_record_aside() -> None:
     batch = records(
         ["My card 4111 1111 1111 1111 was declined.", "My SSN is 536-22-8146, please update it.", "Thanks!"]

@@ -65,6 +65,15 @@ def test_s3_paths_stay_as_given(tmp_path: Path) -> None:
             "not psycopg2",
         ),
         ("dataset: tx\nsources:\n  - path: a\nstate: sqlite+aiosqlite:///s.db\n", "state (line 4): "),
+        # A bare name in a list of mappings: pydantic's "Input should be a valid dictionary or object".
+        (
+            "dataset: tx\nsources:\n  - path: a\nstages:\n  - type: pii\n  - exact_dedup\n",
+            "stages.1 (line 6): a stage is a mapping of settings: write `- type: exact_dedup`",
+        ),
+        (
+            "dataset: tx\nsources:\n  - a.jsonl\n",
+            "sources.0 (line 3): a source is a mapping of settings: write `- path: a.jsonl`",
+        ),
     ],
 )
 def test_errors_name_setting_and_line(text: str, expected: str) -> None:

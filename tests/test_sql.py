@@ -1847,3 +1847,24 @@ def test_a_sqlite_table_gaining_a_moment_of_another_zone_keeps_its_records(workd
     whole = outputs(Path(run(workdir, spec, full_refresh=True).version_uri))
     spec["batch_rows"] = 2
     assert sorted(outputs(Path(run(workdir, spec, full_refresh=True).version_uri)), key=str) == sorted(whole, key=str)
+
+
+def test_a_source_url_whose_driver_is_not_installed_is_refused_at_load_before_any_connect() -> None:
+    # A run read the recipe, then failed to connect with "ModuleNotFoundError: No module named 'MySQLdb'",
+    # saying neither which source nor what to install.
+    from schemas.config import RecipeError, parse_recipe
+
+    for url, said in (
+        ("mysql://x@y/z", "mysql needs the driver 'MySQLdb', which is not installed"),
+        ("mssql+pyodbc://x@y/z", "mssql+pyodbc needs the driver 'pyodbc', which is not installed"),
+        ("nosuchdb://x/y", "SQLAlchemy has no dialect 'nosuchdb'"),
+    ):
+        recipe = (
+            f"dataset: support\nsources:\n  - type: sql\n    url: {url}\n    table: t\nrecord: {{kind: document}}\n"
+        )
+        with pytest.raises(RecipeError) as raised:
+            parse_recipe(recipe, origin="recipe.yaml")
+        (problem,) = str(raised.value).splitlines()[1:]
+        assert problem.startswith(f"  sources.0.url (line 4): {said}"), problem
+        assert "the toolkit installs the drivers for SQLite and PostgreSQL (psycopg)" in problem
+        assert url != "mysql://x@y/z" or "(pip install mysqlclient)" in problem  # the package, not the module
