@@ -39,7 +39,7 @@ import xxhash
 
 from curation.stages.base import as_python
 from schemas.config import RecipeError
-from schemas.hashing import Column, xxh3_64, xxh3_128_hex
+from schemas.hashing import Column, prefixed, xxh3_64, xxh3_128_hex
 from schemas.json_values import decimal_text
 
 log = logging.getLogger("curation.split")
@@ -147,9 +147,8 @@ def _unit_hashes(seed: str, values: Column) -> pa.Array:
     if values.null_count:  # a null would hash to null and its record would reach neither side
         raise ValueError("split keys must not be null")
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        values = values.cast(pa.large_string())  # string views: the join has no kernel for them
-    text = values.type
-    return xxh3_64(pc.binary_join_element_wise(pa.scalar(seed + "\x1f", text), values, pa.scalar("", text)))
+        values = values.cast(pa.large_string())  # string views: the kernel has none for them
+    return xxh3_64(prefixed(seed + "\x1f", values))
 
 
 class Splitter:
@@ -247,11 +246,8 @@ class Splitter:
         image with the other side, and moving it would put in validation what a model trained on."""
         keys = batch["id"].cast(pa.large_string())
         if "image_bytes" in batch.column_names:
-            text = pa.large_string()
-            digests = xxh3_128_hex(batch["image_bytes"]).cast(text)  # null where a record has no bytes
-            keys = pc.coalesce(
-                pc.binary_join_element_wise(pa.scalar("i\x1f", text), digests, pa.scalar("", text)), keys
-            )
+            digests = xxh3_128_hex(batch["image_bytes"]).cast(pa.large_string())  # null where a record has no bytes
+            keys = pc.coalesce(prefixed("i\x1f", digests), keys)
         hashed = self._under_threshold(_unit_hashes(self.seed, keys)).to_pylist()
         earlier = self._earlier_side(batch["id"]).to_pylist() if len(self._earlier_hashes) else [None] * len(hashed)
         units = keys.to_pylist()

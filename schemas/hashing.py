@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 import polars_hash as plh
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Column = pa.Array | pa.ChunkedArray
 
@@ -29,6 +30,13 @@ _HALVES = (
 
 def _hashed(column: Column, expression: pl.Expr) -> pl.DataFrame:
     return pl.DataFrame({"value": pl.from_arrow(column)}).select(expression)
+
+
+def prefixed(prefix: str | bytes, column: Column) -> Column:
+    """``prefix`` put before each value of a string or binary column (a null stays null), as a hash takes a
+    seed or a record's place: about a third of the CPU of ``binary_join_element_wise``, which builds each
+    value from a list of pieces."""
+    return pc.binary_replace_slice(column, 0, 0, prefix)
 
 
 def xxh3_64(column: Column) -> pa.Array:

@@ -32,7 +32,7 @@ from curation.stages.base import DuplicateStage, StageResult
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import PUBLISHED_ID, PUBLISHED_PREFIX, holds_one_key_each, one_key_each
 from curation.state import in_memory, runs, state_engine
-from schemas.hashing import hex_digests
+from schemas.hashing import hex_digests, prefixed
 from schemas.records import SIGNATURE_COLUMN_PREFIX, SOURCE_TYPE, empty_flags
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class SignatureIndex:
         parts = []
         for version, data in rows:
             part = self._not_retired(_unpacked(_holding(unpack(data), keys)))
-            ids = pc.binary_join_element_wise(f"{PUBLISHED_PREFIX}{version}:", part["id"], "")
+            ids = prefixed(f"{PUBLISHED_PREFIX}{version}:", part["id"])
             count = part.num_rows
             source = pa.StructArray.from_arrays(
                 [
