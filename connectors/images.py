@@ -48,6 +48,10 @@ from schemas.manifest import InputFile
 from schemas.records import INPUT_LINE_COLUMN, SOURCE_TYPE, input_record_json, set_aside_rows
 
 CONNECTOR = "images"
+# How the detail of a row naming something the listing did not find and that cannot be read (a folder) ends: the
+# row's fault, which no run reads again as it is, unlike an image listed then not read for now (``record_set_aside``
+# tells the two apart by it).
+NOT_LISTED = "not a file of the source's listing"
 IMAGES_PER_BATCH = 256  # decoded images are held in memory per batch: keep that bounded
 HASH_BYTES = 1024 * 1024  # a sidecar is hashed a block of this size at a time
 PARSED_BYTES = 256 * 1024 * 1024  # edited sidecars' rows kept from planning for the read, at most
@@ -500,14 +504,13 @@ class ImagesSourceReader:
                 missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
                 reason = "missing_image" if missing else "unreadable"
                 if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
-                    cache[name] = ImageProblem(reason, f"cannot read {uri}")
+                    cache[name] = ImageProblem(reason, f"cannot read {uri}: {NOT_LISTED}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
                     why = os_reason(error)
                     if isinstance(error, Changed):
                         why = "overwritten since the run listed it"
-                    cache[name] = ImageProblem(
-                        reason, f"cannot read {uri} ({why}); the next run reads it again", retry=True
-                    )
+                    # What reads it again depends on the run (``curation.executors.local.reads_again``).
+                    cache[name] = ImageProblem(reason, f"cannot read {uri} ({why})", retry=True)
                 return cache[name]
             self._digests[uri] = xxhash.xxh3_128_hexdigest(data)
             try:

@@ -402,15 +402,14 @@ def _replaced_records(
     duplicates): those inputs are read again as well (the listing, returned, grows), or the content
     would leave the dataset."""
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
-    published = records_from_inputs(latest, watermarks.replaced())
+    published, held = records_from_inputs(latest, watermarks.replaced())
 
     def keep(uris: set[str]) -> None:  # a VQA record whose image is gone, or unreadable now, stays as published
         # Of inputs the latest version holds records of: another's rows (a source new to the dataset) have
         # nothing to keep, and were read, and their warnings said, once more than the run reads them.
-        held = uris & set(published["uri"].unique().to_list())
-        if recipe.record.kind == "vqa" and held:
+        if recipe.record.kind == "vqa" and (of_latest := uris & held):
             shape = Shape(recipe.record, carry=recipe.output.carry_columns())
-            keep_archived(sources, shape, published["id"].to_arrow(), held)
+            keep_archived(sources, shape, published["id"].to_arrow(), of_latest)
 
     keep(watermarks.replaced())
     replaced_ids = _less_kept(published["id"], watermarks)
@@ -423,7 +422,7 @@ def _replaced_records(
         for source in sources:
             getattr(source, "list_again", lambda: None)()
         inputs = source_inputs(sources)
-        published = records_from_inputs(latest, watermarks.replaced())
+        published, held = records_from_inputs(latest, watermarks.replaced())
         keep(holding & watermarks.replaced())  # read again now: the set of files read again is final
         replaced_ids = _less_kept(published["id"], watermarks)
     # An input that cannot be read again (gone, a SQL cursor, a source that lists once): the records
@@ -456,7 +455,7 @@ def _earlier_sides(
         return replaced
     versions = previous[-1:] if recipe.output.carry_forward else _chain(recipe, previous)[::-1]
     found = [replaced] if replaced is not None else []
-    found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris) for v in versions]
+    found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris)[0] for v in versions]
     return pl.concat(found).unique("id", keep="first", maintain_order=True)
 
 

@@ -151,9 +151,10 @@ def _column_paths(schema: pa.Schema) -> list[str]:
     return paths
 
 
-def records_from_inputs(version_dir: str, uris: set[str]) -> pl.DataFrame:
-    """The records that ``version_dir`` holds (its own and carried) from the inputs ``uris``: ``id``,
-    ``validation`` where it holds it there, and the ``uri`` of its input."""
+def records_from_inputs(version_dir: str, uris: set[str]) -> tuple[pl.DataFrame, set[str]]:
+    """The records that ``version_dir`` holds (its own and carried) from the inputs ``uris`` (``id``, and
+    ``validation`` where it holds it there), and which of ``uris`` hold any. Their inputs apart: a run holds
+    the records all along (``RunPlan.published_sides``), a string per record at no use past the plan."""
     fs, folder = filesystem(version_dir)
     wanted = pl.Series(sorted(uris), dtype=pl.String).implode()
     uri = pl.col("source").struct.field("uri")
@@ -166,7 +167,8 @@ def records_from_inputs(version_dir: str, uris: set[str]) -> pl.DataFrame:
         if parts
         else pl.DataFrame(schema={"id": pl.String, "validation": pl.Boolean, "uri": pl.String})
     )
-    return found.unique("id")  # a chunked document has a line a piece, all on its side
+    held = set(found["uri"].unique().to_list())
+    return found.drop("uri").unique("id"), held  # a chunked document has a line a piece, all on its side
 
 
 def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> dict[str, set[str]]:

@@ -1012,6 +1012,49 @@ def test_a_first_run_that_can_read_none_of_its_images_publishes_nothing_and_fail
     assert (first.manifest.version, first.manifest.counts.input, first.manifest.counts.written) == (1, 2, 2)
 
 
+def test_a_full_refresh_that_can_read_none_of_its_images_says_a_run_with_full_refresh_reads_them_again(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connector's own detail said "the next run reads it again", but a plain run reads on from v1's
+    # watermarks (the image is as it was) and finds nothing new.
+    from connectors.storage import StorageError
+
+    (workdir / "img").mkdir()
+    (workdir / "img" / "form.png").write_bytes(png())
+    write_jsonl(workdir / "qa.jsonl", [{"image": "form.png", "question": "Signed?", "answer": "Yes"}])
+    spec = receipts()
+    assert run(workdir, spec).manifest.counts.written == 1
+    listed = images.filesystem
+    refused = workdir / "img" / "form.png"
+    monkeypatch.setattr(images, "filesystem", lambda uri: (Refusing(listed(uri)[0], str(refused)), listed(uri)[1]))
+    with pytest.raises(StorageError) as failed:
+        run(workdir, spec, full_refresh=True)
+    assert str(failed.value) == (
+        f"receipts: 1 input(s) (files, image rows) cannot be read, e.g. {workdir / 'qa.jsonl'}:1: form.png: "
+        f"cannot read {refused} (Permission denied); the next run with --full-refresh reads it again"
+    )
+    monkeypatch.setattr(images, "filesystem", listed)
+    assert run(workdir, spec).message.startswith("nothing new since receipts v1")
+    again = run(workdir, spec, full_refresh=True).manifest
+    assert (again.version, again.counts.input, again.counts.written) == (2, 1, 1)
+
+
+def test_a_row_naming_a_folder_is_not_said_to_be_read_again(workdir: Path) -> None:
+    # Not a file the listing found: the row's fault, which no run mends; an image beside it is published.
+    (workdir / "img" / "scans").mkdir(parents=True)
+    (workdir / "img" / "form.png").write_bytes(png())
+    rows = [{"image": name, "question": "Signed?", "answer": "Yes"} for name in ("form.png", "scans")]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    spec = receipts()
+    first = run(workdir, spec)
+    assert (first.manifest.counts.written, first.manifest.counts.reasons["quarantined"]) == (1, {"unreadable": 1})
+    [folder] = set_aside(Path(first.version_uri))
+    assert folder["detail"] == (
+        f"{workdir / 'qa.jsonl'}:2: scans: cannot read {workdir / 'img' / 'scans'}: not a file of the source's listing"
+    )
+    assert run(workdir, spec).message.startswith("nothing new since receipts v1")
+
+
 def test_an_image_that_could_not_be_read_and_was_then_moved_away_is_quarantined_as_missing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

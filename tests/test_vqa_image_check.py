@@ -698,3 +698,29 @@ def test_a_csv_file_read_again_keeps_a_record_whose_image_moved_and_says_its_hea
         "the header is not UTF-8: byte 0xe9 at column 24; its column names hold U+FFFD for such bytes (save the "
         "file as UTF-8)"
     ]
+
+
+def test_the_sides_a_run_holds_of_an_input_read_again_are_ids_and_sides_alone(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Held from the plan to the run's end to keep each record on its side, they held each record's input uri
+    # too (read for ``keep_archived`` alone): a string per record of the inputs read again, tens of MB at 1M.
+    import curation.pipeline as pipeline
+
+    good = pictures(workdir / "scans", 3)
+    write_jsonl(workdir / "qa.jsonl", asks(good[:2]))
+    spec = recipe("out", "state.db")
+    first = published(run(workdir, spec))
+    plans: list[Any] = []
+    plan_of = pipeline._plan
+    monkeypatch.setattr(pipeline, "_plan", lambda *args: plans.append(plan_of(*args)) or plans[-1])
+    Path(good[0]).unlink()  # moved away once taken: its records stay as published
+    write_jsonl(workdir / "qa.jsonl", asks(good))
+    second = run(workdir, spec)
+    [sides] = [plan.published_sides for plan in plans]
+    assert sides.columns == ["id", "validation"]
+    assert dict(zip(sides["id"], sides["validation"], strict=True)) == {
+        record: split == "validation" for record, (split, _, _) in first.items()
+    }
+    now = published(second)
+    assert len(now) == 6 and {record: now[record] for record in first} == first

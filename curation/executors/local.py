@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from connectors.base import Source
 from connectors.files import CONNECTOR as FILES
 from connectors.images import CONNECTOR as IMAGES
+from connectors.images import NOT_LISTED
 from connectors.read_ahead import read_ahead
 from connectors.state import process_alive
 from curation.stages.base import GlobalStage, Stage
@@ -355,9 +356,10 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     if table.num_rows == 0:
         return
     is_unreadable = pc.equal(table["reason"], "unreadable")
-    # The images connector's own rows say whether the next run reads them again (an image it could not read) or
-    # not (a folder the row names).
-    for_now = pc.and_(is_unreadable, pc.invert(pc.and_(pc.equal(table["stage"], "read"), _connector_is(table, IMAGES))))
+    # Each says what reads it again, but for the images connector's row naming what its listing did not find (a
+    # folder): the row's fault, which no run reads again.
+    not_listed = pc.and_(_connector_is(table, IMAGES), pc.fill_null(pc.ends_with(table["detail"], NOT_LISTED), False))
+    for_now = pc.and_(is_unreadable, pc.invert(pc.and_(pc.equal(table["stage"], "read"), not_listed)))
     if pc.any(for_now).as_py():
         table = _said_what_reads_again(table, for_now, tally)
     published = writer.write_set_aside(table)

@@ -64,9 +64,10 @@ def _why(error: Exception) -> str:
 
 
 def _not_read(fs: Any, path: str, name: str, error: OSError) -> tuple[str, str]:
-    """``missing_image`` where nothing, or a folder, is at ``path`` (the row's fault, as the images connector
-    has it); else ``unreadable`` (it may not be read, a share away, S3 throttling): for now only (what reads it
-    again depends on the source and on the run: ``curation.executors.local.reads_again``)."""
+    """``missing_image`` where nothing, or a folder, is at ``path`` (the row's fault: the images connector quarantines
+    a row naming a folder as ``unreadable``, but not to be read again); else ``unreadable`` (it may not be read,
+    a share away, S3 throttling): for now only (what reads it again depends on the source and on the run:
+    ``curation.executors.local.reads_again``)."""
     try:
         found = fs.get_file_info(path).type
     except (OSError, ValueError):
