@@ -10,8 +10,8 @@ Import reads Label Studio's JSON export: per task, the latest annotation's ``dec
 (approve / reject, and keep: "not a duplicate", on a near-duplicate task) and, for PII tasks
 exported with raw text, the spans the annotator removed (those become "not PII"); for VQA, a
 changed ``answer`` becomes an edit. A task shows the item as the next run publishes it (spans marked not
-PII in clear or not predicted, a VQA item's edited answer), so an approve that changes none of it keeps
-the edits in force, which an approve alone would set aside.
+PII in clear or not predicted, a VQA item's edited answer) or not at all (a PII item's edited fields), so an
+approve that changes none of it keeps the edits in force, which an approve alone would set aside.
 
 An item whose record a later run no longer found in the input is exported as the page lists it, with
 ``data.gone`` true (a column Label Studio's data manager can filter on) and ``data.gone_note``, which
@@ -292,8 +292,8 @@ def import_annotations(
         for at, choice, edit, said in decided:
             if choice == "approve" and edit is None and not said and not task_stale:
                 # An approve alone sets aside the edits in force, which the export showed as the next run
-                # publishes them: approving the item as shown keeps them.
-                edit = _shown_edits(item, in_force.get(item["item_id"]))
+                # publishes them, or not at all: approving the item as shown keeps them.
+                edit = _shown_edits(item, data, in_force.get(item["item_id"]))
             if choice in ("reject", "keep"):
                 action = choice
             elif edit is not None:
@@ -467,15 +467,19 @@ def _says_content(item: dict[str, Any], data: dict[str, Any], results: list[dict
     )
 
 
-def _shown_edits(item: dict[str, Any], current: dict[str, Any] | None) -> dec.Edit | None:
-    """The edits in force (``current``) that an export of the item shows as the next run publishes them:
-    a PII item's spans marked not PII (in clear, or not predicted), a VQA item's question and answer."""
-    if item["kind"] == "pii":
-        edit = dec.Edit(not_pii=sorted(dec.not_pii_of(current)))
-    elif item["kind"] == "vqa":
-        edit = dec.Edit(fields={k: v for k, v in dec.fields_of(current).items() if k in ("question", "answer")})
-    else:
+def _shown_edits(item: dict[str, Any], data: dict[str, Any], current: dict[str, Any] | None) -> dec.Edit | None:
+    """The edits in force (``current``) that an approve of the task as exported (``data``) keeps: all those
+    it showed as the next run publishes them or did not show. A PII task shows its spans marked not PII
+    (in clear, or not predicted) and not the fields its edits set: its text is the flagged one, for the
+    spans. A VQA task shows its question and answer; one exported before its tasks showed the edits in
+    force showed the flagged ones (``seen`` the same): its approve is of those, and keeps none."""
+    if item["kind"] not in ("pii", "vqa"):
         return None
+    fields = dec.fields_of(current)
+    if item["kind"] == "vqa" and any(data.get(name) != value for name, value in fields.items()):
+        # Keeping those it shows alike would read as already in force, and keep the others too.
+        return None
+    edit = dec.Edit(fields=fields, not_pii=sorted(dec.not_pii_of(current)))
     return edit if (edit.fields or edit.not_pii) else None
 
 
