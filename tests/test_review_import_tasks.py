@@ -241,3 +241,16 @@ def test_an_approve_of_a_vqa_task_that_showed_the_flagged_answer_approves_that_a
     # The question's edit, the one the task showed as in force, does not keep the answer's it did not.
     assert counts["approve"] == 1 and counts["already in force"] == 0
     assert dec.run_decisions(engine, "charts").edits == {}
+
+
+def test_a_vqa_task_without_a_record_id_is_of_its_item_by_the_question_as_edited(tmp_path: Path) -> None:
+    # The export shows the question its edit in force sets: such a task, trimmed of its record id, was
+    # refused as another item's, and exported again it was refused again.
+    engine = vqa_queue(tmp_path)
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"question": "Which bar is shortest?"}))
+    (task,) = export_tasks(engine, {"kind": "vqa"})
+    old = {**task, "data": {**task["data"], "question": VQA["question"]}}  # as exported before
+    for one in (task, old):
+        del one["data"]["record_id"]
+    counts = import_annotations(engine, [*annotated([task], "reject"), *annotated([old], "reject")], "pia")
+    assert counts["reject"] == 1 and counts[REPEATED] == 1

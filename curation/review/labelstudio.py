@@ -275,7 +275,7 @@ def import_annotations(
                         f"{at}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                     )
                 decided.append((at, choice, _edit(item, data, results), _says_content(item, data, results)))
-            if data.get("record_id") is None and not _shows(item, data):
+            if data.get("record_id") is None and not _shows(item, data, in_force.get(item["item_id"])):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
                     f"{item['item_id']}: export the tasks again (`curation review export`). Nothing was imported"
@@ -414,10 +414,11 @@ def _check_same_item(item: dict[str, Any], data: dict[str, Any], where: str) -> 
         )
 
 
-def _shows(item: dict[str, Any], data: dict[str, Any]) -> bool:
+def _shows(item: dict[str, Any], data: dict[str, Any], current: dict[str, Any] | None) -> bool:
     """Whether a task without a record id (item ids are the store's own: it could be any store's item)
     is of this item: its dataset, and its text as an export of the item holds it (raw or redacted, the
-    spans marked not PII in clear or not)."""
+    spans marked not PII in clear or not; a VQA question as flagged or as the edits in force, ``current``,
+    set it)."""
     field = _SHOWN.get(item["kind"])
     if field is None or data.get("dataset") != item["dataset"] or not data.get(field):
         return False
@@ -425,7 +426,12 @@ def _shows(item: dict[str, Any], data: dict[str, Any]) -> bool:
         return False
     if item["kind"] == "pii":
         return _exported_pii_text(json.loads(item["payload"] or "{}"), data[field])
-    return any(data[field] == _task(item, raw, set(), "", False)["data"].get(field) for raw in (True, False))
+    edited = dec.fields_of(current)
+    return any(
+        data[field] == _task(item, raw, set(), "", False, shown)["data"].get(field)
+        for raw in (True, False)
+        for shown in (None, edited)
+    )
 
 
 def _exported_pii_text(payload: dict[str, Any], text: str) -> bool:
