@@ -7,13 +7,31 @@ import copy
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import sqlalchemy as sa
+
 from curation.review import decisions as dec
 from curation.review.labelstudio import export_tasks, import_annotations
+from curation.review.queue import add_items
+from schemas.records import FLAG_SCHEMA
 from tests.test_review_bulk import NAME, annotated, pii_queue
 from tests.test_review_cli import review
 
 # The counts as the command prints them.
 CHANGED, REPEATED, DISAGREE = "changed since export", "same as another task", "tasks disagree"
+
+
+# A VQA item's flagged content: item 2 of ``vqa_queue``'s store.
+VQA = {"image": "a.png", "question": "Which bar is tallest?", "answer": "the blue one"}
+
+
+def vqa_queue(tmp_path: Path) -> sa.Engine:
+    """``pii_queue``'s store of one PII item, with a VQA item (2, record v1 of dataset charts) beside it."""
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    source = {"connector": "images", "uri": "a.png", "line": None, "page": None}
+    vqa = {"id": "v1", "source": source, "stage": "s", "kind": "vqa", "detail": "d", "payload": json.dumps(VQA)}
+    add_items(engine, "charts", 1, "one", pa.Table.from_pylist([vqa], schema=FLAG_SCHEMA))
+    return engine
 
 
 def twice(task: dict, first: str, second: str) -> list[dict]:
@@ -174,19 +192,10 @@ def test_an_approve_from_an_export_keeps_the_spans_marked_not_pii_that_it_showed
 
 def test_a_vqa_task_shows_the_edit_in_force_and_an_approve_keeps_it(tmp_path: Path) -> None:
     # Exported as flagged, an edited answer was not what the annotator saw, and approving it undid the edit.
-    import pyarrow as pa
-
-    from curation.review.queue import add_items
-    from schemas.records import FLAG_SCHEMA
-
-    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
-    payload = {"image": "a.png", "question": "Which bar is tallest?", "answer": "the blue one"}
-    source = {"connector": "images", "uri": "a.png", "line": None, "page": None}
-    vqa = {"id": "v1", "source": source, "stage": "s", "kind": "vqa", "detail": "d", "payload": json.dumps(payload)}
-    add_items(engine, "charts", 1, "one", pa.Table.from_pylist([vqa], schema=FLAG_SCHEMA))
+    engine = vqa_queue(tmp_path)
     dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"answer": "the orange one"}))
     (task,) = export_tasks(engine, {"kind": "vqa"})
-    assert task["data"]["answer"] == "the orange one" and task["data"]["question"] == payload["question"]
+    assert task["data"]["answer"] == "the orange one" and task["data"]["question"] == VQA["question"]
     counts = import_annotations(engine, annotated([task], "approve"), "pia")
     assert counts["already in force"] == 1
     assert dec.run_decisions(engine, "charts").edits == {"v1": {"answer": "the orange one"}}
@@ -197,3 +206,51 @@ def test_a_vqa_task_shows_the_edit_in_force_and_an_approve_keeps_it(tmp_path: Pa
     )
     assert import_annotations(engine, [task], "pia")["approve"] == 1
     assert dec.run_decisions(engine, "charts").edits == {}
+
+
+def test_an_approve_from_an_export_keeps_a_pii_items_field_edits_with_or_without_a_span_marked(
+    tmp_path: Path,
+) -> None:
+    # A PII task shows the text as flagged, for its spans, not the fields an edit sets. The approve kept
+    # item 1's field edit (it also had a span marked not PII) and set aside item 2's, unsaid.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    for item_id in (1, 2):
+        dec.decide(engine, item_id, "pia", "edit", dec.Edit(fields={"prompt": f"fixed prompt {item_id}"}))
+    marks = {1: {("prompt", 5, 17)}, 2: set()}
+    for include_pii in (False, True):
+        tasks = export_tasks(engine, {"kind": "pii"}, include_pii=include_pii)
+        counts = import_annotations(engine, annotated(tasks, "approve"), "pia")
+        assert counts["already in force"] == 2 and counts["approve"] == 0
+        for item_id in (1, 2):
+            assert dec.fields_in_force(engine, item_id) == {"prompt": f"fixed prompt {item_id}"}
+            assert dec.not_pii_in_force(engine, item_id) == marks[item_id]
+    assert [row["action"] for row in dec.history(engine, 2)] == ["edit"]
+
+
+def test_an_approve_of_a_vqa_task_that_showed_the_flagged_answer_approves_that_answer(tmp_path: Path) -> None:
+    # An export from before tasks showed the edits in force showed the flagged answer, with the same
+    # ``seen``: approving it kept the edited answer, which the annotator never saw.
+    engine = vqa_queue(tmp_path)
+    # The question edited and put back as flagged, then the answer edited.
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"question": "Which bar is shortest?"}))
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"question": VQA["question"]}))
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"answer": "the orange one"}))
+    (task,) = export_tasks(engine, {"kind": "vqa"})
+    task["data"].update(question=VQA["question"], answer=VQA["answer"])  # as exported before
+    counts = import_annotations(engine, annotated([task], "approve"), "pia")
+    # The question's edit, the one the task showed as in force, does not keep the answer's it did not.
+    assert counts["approve"] == 1 and counts["already in force"] == 0
+    assert dec.run_decisions(engine, "charts").edits == {}
+
+
+def test_a_vqa_task_without_a_record_id_is_of_its_item_by_the_question_as_edited(tmp_path: Path) -> None:
+    # The export shows the question its edit in force sets: such a task, trimmed of its record id, was
+    # refused as another item's, and exported again it was refused again.
+    engine = vqa_queue(tmp_path)
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"question": "Which bar is shortest?"}))
+    (task,) = export_tasks(engine, {"kind": "vqa"})
+    old = {**task, "data": {**task["data"], "question": VQA["question"]}}  # as exported before
+    for one in (task, old):
+        del one["data"]["record_id"]
+    counts = import_annotations(engine, [*annotated([task], "reject"), *annotated([old], "reject")], "pia")
+    assert counts["reject"] == 1 and counts[REPEATED] == 1

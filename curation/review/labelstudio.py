@@ -10,8 +10,8 @@ Import reads Label Studio's JSON export: per task, the latest annotation's ``dec
 (approve / reject, and keep: "not a duplicate", on a near-duplicate task) and, for PII tasks
 exported with raw text, the spans the annotator removed (those become "not PII"); for VQA, a
 changed ``answer`` becomes an edit. A task shows the item as the next run publishes it (spans marked not
-PII in clear or not predicted, a VQA item's edited answer), so an approve that changes none of it keeps
-the edits in force, which an approve alone would set aside.
+PII in clear or not predicted, a VQA item's edited answer) or not at all (a PII item's edited fields), so an
+approve that changes none of it keeps the edits in force, which an approve alone would set aside.
 
 An item whose record a later run no longer found in the input is exported as the page lists it, with
 ``data.gone`` true (a column Label Studio's data manager can filter on) and ``data.gone_note``, which
@@ -275,7 +275,7 @@ def import_annotations(
                         f"{at}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                     )
                 decided.append((at, choice, _edit(item, data, results), _says_content(item, data, results)))
-            if data.get("record_id") is None and not _shows(item, data):
+            if data.get("record_id") is None and not _shows(item, data, in_force.get(item["item_id"])):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
                     f"{item['item_id']}: export the tasks again (`curation review export`). Nothing was imported"
@@ -292,8 +292,8 @@ def import_annotations(
         for at, choice, edit, said in decided:
             if choice == "approve" and edit is None and not said and not task_stale:
                 # An approve alone sets aside the edits in force, which the export showed as the next run
-                # publishes them: approving the item as shown keeps them.
-                edit = _shown_edits(item, in_force.get(item["item_id"]))
+                # publishes them, or not at all: approving the item as shown keeps them.
+                edit = _shown_edits(item, data, in_force.get(item["item_id"]))
             if choice in ("reject", "keep"):
                 action = choice
             elif edit is not None:
@@ -414,10 +414,11 @@ def _check_same_item(item: dict[str, Any], data: dict[str, Any], where: str) -> 
         )
 
 
-def _shows(item: dict[str, Any], data: dict[str, Any]) -> bool:
+def _shows(item: dict[str, Any], data: dict[str, Any], current: dict[str, Any] | None) -> bool:
     """Whether a task without a record id (item ids are the store's own: it could be any store's item)
     is of this item: its dataset, and its text as an export of the item holds it (raw or redacted, the
-    spans marked not PII in clear or not)."""
+    spans marked not PII in clear or not; a VQA question as flagged or as the edits in force, ``current``,
+    set it)."""
     field = _SHOWN.get(item["kind"])
     if field is None or data.get("dataset") != item["dataset"] or not data.get(field):
         return False
@@ -425,7 +426,12 @@ def _shows(item: dict[str, Any], data: dict[str, Any]) -> bool:
         return False
     if item["kind"] == "pii":
         return _exported_pii_text(json.loads(item["payload"] or "{}"), data[field])
-    return any(data[field] == _task(item, raw, set(), "", False)["data"].get(field) for raw in (True, False))
+    edited = dec.fields_of(current)
+    return any(
+        data[field] == _task(item, raw, set(), "", False, shown)["data"].get(field)
+        for raw in (True, False)
+        for shown in (None, edited)
+    )
 
 
 def _exported_pii_text(payload: dict[str, Any], text: str) -> bool:
@@ -467,15 +473,19 @@ def _says_content(item: dict[str, Any], data: dict[str, Any], results: list[dict
     )
 
 
-def _shown_edits(item: dict[str, Any], current: dict[str, Any] | None) -> dec.Edit | None:
-    """The edits in force (``current``) that an export of the item shows as the next run publishes them:
-    a PII item's spans marked not PII (in clear, or not predicted), a VQA item's question and answer."""
-    if item["kind"] == "pii":
-        edit = dec.Edit(not_pii=sorted(dec.not_pii_of(current)))
-    elif item["kind"] == "vqa":
-        edit = dec.Edit(fields={k: v for k, v in dec.fields_of(current).items() if k in ("question", "answer")})
-    else:
+def _shown_edits(item: dict[str, Any], data: dict[str, Any], current: dict[str, Any] | None) -> dec.Edit | None:
+    """The edits in force (``current``) that an approve of the task as exported (``data``) keeps: all those
+    it showed as the next run publishes them or did not show. A PII task shows its spans marked not PII
+    (in clear, or not predicted) and not the fields its edits set: its text is the flagged one, for the
+    spans. A VQA task shows its question and answer; one exported before its tasks showed the edits in
+    force showed the flagged ones (``seen`` the same): its approve is of those, and keeps none."""
+    if item["kind"] not in ("pii", "vqa"):
         return None
+    fields = dec.fields_of(current)
+    if item["kind"] == "vqa" and any(data.get(name) != value for name, value in fields.items()):
+        # Keeping those it shows alike would read as already in force, and keep the others too.
+        return None
+    edit = dec.Edit(fields=fields, not_pii=sorted(dec.not_pii_of(current)))
     return edit if (edit.fields or edit.not_pii) else None
 
 
