@@ -316,7 +316,7 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     also = f" (or{pii_rules} how values are written as text or what a stage does, in a new release of curation)"
     return (
         f"the recipe changed since v{extended.version}{also}: records read "
-        "before keep what the old recipe made of them (only new input is read); run with --full-refresh to "
+        "before keep what the old recipe made of them (only new or changed input is read); run with --full-refresh to "
         "apply the new recipe to every record"
     )
 
