@@ -292,7 +292,8 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
 def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Tally, stages: list[AnyStage]) -> None:
     """A run whose every record the shape stage took failed one template in one way (``{{ x.upper(1) }}``) met a
     recipe error, as for a misspelt column: it fails, publishes nothing and leaves its input to be read again
-    once fixed, not an empty version after which the fixed recipe finds nothing new."""
+    once fixed, not an empty version after which the fixed recipe finds nothing new. Asked only of a recipe's
+    first run, a changed recipe's or a full refresh (``_run_locked``)."""
     before = {"read", *itertools.takewhile(lambda name: name != Shape.name, (stage.name for stage in stages))}
     shaped = counts.input - sum(tally.by_stage[name] for name in before)
     error = recipe_template_error(tally.template_errors, tally.by_stage[Shape.name], shaped)
@@ -769,9 +770,12 @@ def _run_locked(
         plan.watermarks.read_next_run(tally.unread_inputs)  # records a stage could not read for now
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)
         counts = tally.counts()
-        _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
-        _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages)
         changed = _recipe_changed(recipe, plan.extended)
+        _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
+        # A recipe that published the version this run extends made records with its templates: one failing on
+        # all of a few new rows is their data's fault (quarantined), or every later run would fail on them too.
+        if plan.extended is None or changed:
+            _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages)
         cannot_read = plan.watermarks.unread() + tally.unread_once
         # A version extending none would hold no record at all; failed, nothing is committed either. So too where
         # it would hold none and a SQL or Hugging Face row could not be read for now: its table or data file would

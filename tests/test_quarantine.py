@@ -304,6 +304,26 @@ def test_a_template_failing_one_way_on_every_record_shaped_fails_the_run(workdir
     assert not (workdir / "output" / "qa").exists()
 
 
+def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_fault(workdir: Path) -> None:
+    # v1 was made by this recipe's template: a scheduled run whose new rows all lack the colon it splits on failed
+    # "fix the template in the recipe", took nothing, and so every later run failed the same way.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q:{n}", "a": "A"} for n in range(5)] + [{"q": "Q", "a": "A"}])
+    spec = qa_recipe("qa", prompt="{{ q.split(':')[1] }}")
+    first = run(workdir, spec).manifest.counts
+    assert (first.input, first.written, first.quarantined) == (6, 5, 1)
+    for version, name in enumerate(["b.jsonl", "c.jsonl"], start=2):
+        path = write_jsonl(workdir / "qa" / name, [{"q": "no colon", "a": name}])
+        result = run(workdir, spec)
+        counts = result.manifest.counts
+        assert (result.manifest.version, counts.input, counts.quarantined, counts.carried) == (version, 1, 1, 5)
+        [aside] = set_aside(Path(result.version_uri))
+        assert aside["detail"].startswith(f"{path}:1: prompt: template failed:")
+    # A changed recipe whose template fails on every row it reads is still the recipe's error.
+    write_jsonl(workdir / "qa" / "d.jsonl", [{"q": "Q:1", "a": "D"}])
+    with pytest.raises(RecipeError, match=r"record\.prompt .* failed on every record it was given \(1\)"):
+        run(workdir, qa_recipe("qa", prompt="{{ q.split(':')[2] }}"))
+
+
 @pytest.mark.parametrize("questions", [[None, "q?", None], [None, None]])
 def test_a_template_failing_on_a_null_is_the_datas_error_whatever_records_fail_so(
     workdir: Path, questions: list[str | None]
