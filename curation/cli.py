@@ -386,7 +386,7 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
-    from curation.stages.shape import Shape, recipe_template_error, template_errors
+    from curation.stages.shape import Shape, TemplateErrors, recipe_template_error
 
     shaping: list = []
     for stage in stages:  # those before the record exists: a column the recipe names is looked for
@@ -418,7 +418,7 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
                 result = stage(rows)
                 if stage.name == Shape.name:
                     aside = result.set_aside
-                    template_error = recipe_template_error(template_errors(aside), aside.num_rows, rows.num_rows)
+                    template_error = recipe_template_error(TemplateErrors().add(aside), aside.num_rows, rows.num_rows)
                 rows = result.kept
                 set_aside.append(result.set_aside)
             for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.stages.shape import Shape
+import curation.pipeline as pipeline
+from curation.executors.local import Tally
+from curation.stages.shape import Shape, TemplateErrors
 from schemas.config import RecipeError, RecordShape
 from schemas.records import source_array
 from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl
@@ -322,6 +325,29 @@ def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_
     write_jsonl(workdir / "qa" / "d.jsonl", [{"q": "Q:1", "a": "D"}])
     with pytest.raises(RecipeError, match=r"record\.prompt .* failed on every record it was given \(1\)"):
         run(workdir, qa_recipe("qa", prompt="{{ q.split(':')[2] }}"))
+
+
+def test_a_run_whose_rows_fail_a_template_each_its_own_way_keeps_one_kind_of_template_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every message quotes the row's value: the tally held each one all run (~280 bytes a row) to ask only whether
+    # there was one kind. It keeps the first kind and its count, and that another was seen, whatever the rows.
+    tallies: list[Tally] = []
+
+    class KeptTally(Tally):
+        def __init__(self) -> None:
+            super().__init__()
+            tallies.append(self)
+
+    monkeypatch.setattr(pipeline, "Tally", KeptTally)
+    rows = [{"q": "ok", "a": "A"}] + [{"q": f"Q{n}", "a": "A"} for n in range(1_000)]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    result = run(workdir, qa_recipe("qa.jsonl", prompt="{{ {'ok': 'fine'}[q] }}", batch_rows=100))
+    assert (result.manifest.counts.written, result.manifest.counts.quarantined) == (1, 1_000)
+    [tally] = tallies
+    assert len(pickle.dumps(tally.template_errors)) < 1_000
+    kind = "prompt: template failed: 'dict object' has no attribute 'Q0'"
+    assert tally.template_errors == TemplateErrors(kind=kind, count=1, another=True)
 
 
 @pytest.mark.parametrize("questions", [[None, "q?", None], [None, None]])

@@ -34,7 +34,7 @@ from connectors.read_ahead import read_ahead
 from connectors.state import process_alive
 from curation.stages.base import GlobalStage, Stage
 from curation.stages.review import ReviewDecisions
-from curation.stages.shape import template_errors
+from curation.stages.shape import TemplateErrors
 from curation.stopping import raise_if_stopped
 from curation.writer import DatasetWriter
 from schemas.manifest import Counts
@@ -78,10 +78,11 @@ class Tally:
     # stage could not read), without what reads it again: a run that fails having taken nothing says its own
     # (``reads_again``).
     unread_example: str | None = None
-    # Records each stage set aside (the reader's as "read"), and the shape stage's template errors by kind: one
-    # that set aside every record the run shaped is the recipe's error (``recipe_template_error``).
+    # Records each stage set aside (the reader's as "read"), and the shape stage's first kind of template error
+    # (and whether another was seen): one that set aside every record the run shaped is the recipe's error
+    # (``recipe_template_error``).
     by_stage: Counter[str] = field(default_factory=Counter)
-    template_errors: Counter[str] = field(default_factory=Counter)
+    template_errors: TemplateErrors = field(default_factory=TemplateErrors)
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -375,7 +376,7 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     tally.flags.append(quarantine_flags(table, published if writer.scrub else None))
     stages = pc.value_counts(table["stage"])
     tally.by_stage.update(dict(zip(stages.field(0).to_pylist(), stages.field(1).to_pylist(), strict=True)))
-    tally.template_errors.update(template_errors(table))
+    tally.template_errors.add(table)
     # A files source's alone: another reads its rows again only on --full-refresh (a SQL cursor moved past them).
     unreadable = table.filter(pc.and_(is_unreadable, pc.not_equal(table["stage"], "read")))
     unread = unreadable.filter(_connector_is(unreadable, FILES))

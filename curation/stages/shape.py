@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +33,7 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, ke
 _UNDEFINED = re.compile(r"'(.+)' is undefined")  # jinja2's message for a name the row does not have
 
 
-# Said of a template's failure on a row lacking a value it reads: the data's, not the recipe's (``template_errors``).
+# Said of a template's failure on a row lacking a value it reads: the data's, not the recipe's (``TemplateErrors``).
 _EMPTY = "empty (null)"
 _NOT_HELD = "a value Python cannot hold (a year after 9999?)"
 
@@ -248,25 +248,46 @@ def _first_problems(
     return problems, reasons
 
 
-def template_errors(set_aside: pa.Table) -> Counter[str]:
-    """The shape stage's template errors among ``set_aside`` rows, by field and message (``prompt: template
-    failed: ...``), each record's place left out: rows failing one way are counted as one error. A failure on a
-    row lacking a value the template reads (null, or one Python cannot hold) is the data's: it counts as none."""
-    failed = set_aside.filter(
-        pc.and_(pc.equal(set_aside["stage"], Shape.name), pc.equal(set_aside["reason"], "template"))
-    )
-    places = (location(source) for source in failed["source"].to_pylist())
-    problems = (d.removeprefix(f"{at}: ") for at, d in zip(places, failed["detail"].to_pylist(), strict=True))
-    return Counter(p for p in problems if _EMPTY not in p and not p.endswith(_NOT_HELD))
+@dataclass
+class TemplateErrors:
+    """The shape stage's template errors by kind (field and message, ``prompt: template failed: ...``, each record's
+    place left out): the first kind, how many records failed so, and whether another kind was seen. No more is
+    kept, as no more is asked (``recipe_template_error``): a message quoting the row's value is a kind of its own
+    on every row. A failure on a row lacking a value the template reads (null, or one Python cannot hold) is the
+    data's: it counts as none."""
+
+    kind: str | None = None
+    count: int = 0
+    another: bool = False
+
+    def add(self, set_aside: pa.Table) -> TemplateErrors:
+        """Count the template errors among ``set_aside`` rows, until a second kind is seen."""
+        if self.another:
+            return self
+        failed = set_aside.filter(
+            pc.and_(pc.equal(set_aside["stage"], Shape.name), pc.equal(set_aside["reason"], "template"))
+        )
+        places = (location(source) for source in failed["source"].to_pylist())
+        for at, detail in zip(places, failed["detail"].to_pylist(), strict=True):
+            problem = detail.removeprefix(f"{at}: ")
+            if _EMPTY in problem or problem.endswith(_NOT_HELD):
+                continue
+            if self.kind is None:
+                self.kind = problem
+            elif problem != self.kind:
+                self.another = True
+                return self
+            self.count += 1
+        return self
 
 
-def recipe_template_error(errors: Counter[str], set_aside: int, shaped: int) -> str | None:
+def recipe_template_error(errors: TemplateErrors, set_aside: int, shaped: int) -> str | None:
     """The template error (``field: message``) that set aside every one of the ``shaped`` records the shape stage
-    took (``set_aside`` of them in all, ``errors`` as ``template_errors`` counts them), where it is one: the
-    recipe's error (``{{ x.upper(1) }}``), as a misspelt column is, not the data's. Records failing in other
-    ways (a null some rows hold), or some records made, are the data's: quarantined one by one."""
-    if shaped and len(errors) == 1 and errors.total() == set_aside == shaped:
-        return next(iter(errors))
+    took (``set_aside`` of them in all), where it is one: the recipe's error (``{{ x.upper(1) }}``), as a misspelt
+    column is, not the data's. Records failing in other ways (a null some rows hold), or some records made, are
+    the data's: quarantined one by one."""
+    if shaped and not errors.another and errors.count == set_aside == shaped:
+        return errors.kind
     return None
 
 
