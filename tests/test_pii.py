@@ -23,7 +23,7 @@ from bench.pii_corpus import generate, recall
 from curation.pii_engine import MODEL_VERSION, PiiEngineError, check_model
 from curation.stages.base import StageError
 from curation.stages.pii import PiiRedaction
-from schemas.config import RecipeError, parse_recipe
+from schemas.config import RecipeError, parse_recipe, stage_place
 from schemas.pii import PiiConfig
 from schemas.records import source_array
 from tests.helpers import BILLING, outputs, run, set_aside, write_jsonl
@@ -1697,8 +1697,11 @@ def test_a_pii_setting_found_wrong_as_the_stage_is_built_names_the_stage(tmp_pat
 
     spec = "dataset: d\nsources: [{path: in.jsonl}]\nrecord: {kind: document}\n"
     spec += f"state: sqlite:///{tmp_path}/state.db\nstages:\n  - type: exact_dedup\n  - type: pii\n    entities: [PERSONN]\n"
-    with pytest.raises(PiiSettingError, match=r"^stages\.1 \(pii\): no recognizer finds \['PERSONN'\]"):
+    (tmp_path / "r.yaml").write_text(spec)
+    with pytest.raises(PiiSettingError, match=r"^pii: no recognizer finds \['PERSONN'\]") as error:
         build_stages(parse_recipe(spec))
+    # The CLI puts the stage's place in the recipe before it, as for every stage error.
+    assert stage_place(tmp_path / "r.yaml", parse_recipe(spec), str(error.value)) == "stages.1 (line 7)"
 
 
 def test_a_pii_item_of_a_vqa_record_shows_its_image_as_published() -> None:
