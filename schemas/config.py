@@ -1270,22 +1270,68 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        tags = _union_tags(SourceConfig, StageConfig)
-        found = [(tuple(part for part in e["loc"] if part not in tags), _problem(e)) for e in exc.errors()]
-        raise _recipe_error(origin, node, found) from None
-    found = [*format_problems(recipe), *stage_problems(recipe)]
+        raise _recipe_error(origin, node, [*_found(exc), *_problems_past(data, exc, base_dir)]) from None
+    found = _whole_recipe_problems(recipe, base_dir)
     if found:
         raise _recipe_error(origin, node, found)
+    return recipe
+
+
+def _whole_recipe_problems(
+    recipe: Recipe, base_dir: Path | None, dataset_known: bool = True
+) -> list[tuple[tuple[Any, ...], str]]:
+    """(setting, problem) for what only the whole recipe shows, once its relative local paths are taken
+    from ``base_dir`` (the recipe's folder); a source taking in the output only with ``dataset_known``."""
     if base_dir is not None:
         for source in recipe.sources:
             _resolve_source_paths(source, base_dir)
         recipe.output.dest = _resolve_local(recipe.output.dest, base_dir)
         if recipe.state.startswith("sqlite:///") and recipe.state != "sqlite:///:memory:":
             recipe.state = "sqlite:///" + _resolve_local(recipe.state.removeprefix("sqlite:///"), base_dir)
-    found = published_in_sources(recipe)
-    if found:
-        raise _recipe_error(origin, node, found)
-    return recipe
+    published = published_in_sources(recipe) if dataset_known else []
+    return [*format_problems(recipe), *stage_problems(recipe), *published]
+
+
+def _found(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    """(setting, problem) for each of pydantic's errors, at the setting as the recipe writes it."""
+    tags = _union_tags(SourceConfig, StageConfig)
+    return [(tuple(part for part in e["loc"] if part not in tags), _problem(e)) for e in error.errors()]
+
+
+# The settings the whole-recipe checks read (record_columns, format_problems, stage_problems,
+# published_in_sources): with one of them wrong, what the records hold, or where they go, is not known.
+_JUDGED_ON = {"sources", "input_schema", "record", "output"}
+
+
+def _problems_past(
+    data: dict[str, Any], error: ValidationError, base_dir: Path | None
+) -> list[tuple[tuple[Any, ...], str]]:
+    """The whole-recipe problems of the settings that validated, which pydantic leaves unchecked when any
+    setting failed (it skips a model's after-validators, and ``stage_problems`` needs a Recipe): a user
+    would otherwise fix a wrong ``state`` only to learn of a misspelt stage field on the next try. The
+    recipe is validated again without the settings that failed (a failed stage left out, a setting
+    with a default taken at it); none where a setting the checks read failed."""
+    locs = [e["loc"] for e in error.errors()]
+    failed = {loc[0] for loc in locs if loc}
+    if not all(locs) or ("stages",) in locs or failed & _JUDGED_ON:
+        return []
+    kept = {name: value for name, value in data.items() if name not in failed}
+    if "dataset" in failed:
+        kept["dataset"] = "x"  # required, and read by none of the checks
+    bad_stages = {loc[1] for loc in locs if loc[0] == "stages"}
+    numbers = [number for number in range(len(data.get("stages") or [])) if number not in bad_stages]
+    if bad_stages:
+        kept["stages"] = [data["stages"][number] for number in numbers]
+    try:
+        recipe = Recipe.model_validate(kept)
+        found = _whole_recipe_problems(recipe, base_dir, dataset_known="dataset" not in failed)
+    except ValidationError as again:  # the recipe's own after-validators, which pydantic skipped too
+        found = _found(again)
+    at = dict(enumerate(numbers))  # the n-th stage kept is the stage at its place in the recipe
+    return [
+        (("stages", at.get(loc[1], loc[1]), *loc[2:]) if loc[:1] == ("stages",) and len(loc) > 1 else loc, problem)
+        for loc, problem in found
+    ]
 
 
 def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:

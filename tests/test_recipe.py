@@ -83,6 +83,48 @@ def test_errors_name_setting_and_line(text: str, expected: str) -> None:
     assert expected in str(error.value)
 
 
+def test_every_mistake_is_reported_in_one_try(tmp_path: Path) -> None:
+    # A stage's fields and columns were checked against the records only once every setting validated:
+    # a wrong state or a stage's option hid them until the user had fixed those and run again.
+    text = """dataset: tx
+sources:
+  - path: in
+record: {kind: instruction}
+stages:
+  - type: language_filter
+    languages: [english]
+  - type: length_filter
+    fields: [promt]
+  - type: expectations
+    expect:
+      - {column: labl, check: not_null}
+state: mysql://db/state
+output: {dest: in/curated}
+"""
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml", base_dir=tmp_path)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "r.yaml: 5 problem(s) in the recipe:"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "  stages.0.languages (line 7)",
+        "  state (line 13)",
+        "  stages.1.fields (line 9)",  # its place in the recipe, though stage 0 failed
+        "  stages.2.expect.0.column (line 12)",
+        "  sources.0.path (line 3)",
+    ]
+    assert "['promt'] are not columns of the records" in lines[3]
+    assert "'labl' is not a column" in lines[4]
+    assert "takes in what this recipe publishes" in lines[5]
+
+
+def test_no_stage_is_judged_against_a_record_that_failed() -> None:
+    # What the records hold is not known: a stage's fields would be judged against the wrong ones.
+    text = "dataset: tx\nsources:\n  - path: a\nrecord: {kind: essay}\nstages:\n  - {type: length_filter, fields: [promt]}\n"
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, origin="r.yaml")
+    assert str(error.value).startswith("r.yaml: 1 problem(s) in the recipe:\n  record.kind (line 4): ")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
