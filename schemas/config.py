@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -91,13 +92,24 @@ def _driver_installed(url: URL) -> None:
             "SQLAlchemy dialect's package installed"
         ) from None
     except ImportError as error:
-        module = error.name or str(error)
-        package = _DRIVER_PACKAGES.get(module, module)
+        # The package, not the module that failed: a driver's C extension whose library is missing
+        # (libmysqlclient.so) fails as 'MySQLdb._mysql', in a package that is installed.
+        package = (error.name or "").split(".")[0]
+        if not package or importlib.util.find_spec(package) is not None:
+            raise ValueError(
+                f"{url.drivername} needs the driver {package or url.get_driver_name()!r}, which is installed but "
+                f"cannot be imported: {error}"
+            ) from None
         raise ValueError(
-            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
-            f"database install the driver package of its SQLAlchemy dialect (pip install {package}), or name an "
-            f"installed driver in the URL ({url.get_backend_name()}+DRIVER://...)"
+            f"{url.drivername} needs the driver {package!r}, which is not installed: {supported}; for another "
+            f"database install the driver package of its SQLAlchemy dialect "
+            f"(pip install {_DRIVER_PACKAGES.get(package, package)}), or name an installed driver in the URL "
+            f"({url.get_backend_name()}+DRIVER://...)"
         ) from None
+    except Exception:
+        # Not a driver found missing: a dialect written for SQLAlchemy 1.x (a `dbapi()` classmethod, which
+        # create_engine still calls) has no import_dbapi. Connecting says what is wrong, if anything is.
+        return
 
 
 class SqlSource(Strict):
