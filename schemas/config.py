@@ -133,7 +133,7 @@ class SqlSource(Strict):
 
     @field_validator("url")
     @classmethod
-    def _a_database_url(cls, url: str) -> str:
+    def _a_database_url(cls, url: str, info: ValidationInfo) -> str:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -143,7 +143,10 @@ class SqlSource(Strict):
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
         _no_bare_at_sign(parsed.host)
-        if parsed.get_backend_name() not in ("sqlite", "postgresql"):  # whose drivers the toolkit installs
+        # SQLite's and PostgreSQL's drivers the toolkit installs; a command that never connects to the sources
+        # (`review`) loads the recipe for its state store.
+        reads_sources = (info.context or {}).get("reads_sources", True)
+        if reads_sources and parsed.get_backend_name() not in ("sqlite", "postgresql"):
             _driver_installed(parsed)
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
             # The connector sets psycopg (3) up to read a timestamptz in UTC and a date Python cannot hold as its
@@ -1263,8 +1266,11 @@ for _tag, (_pattern, _first) in _YAML_1_2.items():
         RecipeLoader.yaml_implicit_resolvers.setdefault(_char, []).append((_tag, re.compile(_pattern, re.X)))
 
 
-def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder)."""
+def parse_recipe(
+    text: str, origin: str = "<recipe>", base_dir: Path | None = None, reads_sources: bool = True
+) -> Recipe:
+    """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder).
+    ``reads_sources``: whether the caller connects to its sources (a SQL source's driver must be installed)."""
     try:
         data = yaml.load(text, Loader=RecipeLoader)
         node = yaml.compose(text, Loader=RecipeLoader)
@@ -1280,7 +1286,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
     if found:
         raise _recipe_error(origin, node, found)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"reads_sources": reads_sources})
     except ValidationError as exc:
         tags = _union_tags(SourceConfig, StageConfig)
         found = [(tuple(part for part in e["loc"] if part not in tags), _problem(e)) for e in exc.errors()]
@@ -1335,7 +1341,7 @@ def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], st
     return problems
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, reads_sources: bool = True) -> Recipe:
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -1349,4 +1355,4 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(
             f"{path}: not UTF-8: byte 0x{raw[exc.start]:02x} at line {line}, column {column} (save the recipe as UTF-8)"
         ) from None
-    return parse_recipe(text, origin=str(path), base_dir=path.parent)
+    return parse_recipe(text, origin=str(path), base_dir=path.parent, reads_sources=reads_sources)
