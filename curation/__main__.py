@@ -1,7 +1,9 @@
 """The ``curation`` command's entry point (``python -m curation`` runs it too).
 
-The stop signals' handler is taken here, before ``curation.cli`` imports what the commands run with
-(a second or more): a SIGTERM or ^C then is said as any stop before reading is, not a silent exit 143."""
+The stop signals' handler is taken here for the commands that read a recipe's sources (``run``, ``demo``,
+``check``), before ``curation.cli`` imports what they run with (a second or more): a SIGTERM or ^C then is
+said as any stop before reading is, not a silent exit 143. The other commands keep Python's and click's
+handling: ^C ends a served review page, and ``train wait`` with click's "Aborted!" (exit 1; the job goes on)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,14 @@ import sys
 
 from curation.stopping import Stopped, stop_name, take_stop_signals
 
+STOPPED_AS_A_RUN = ("run", "demo", "check")
+
 
 def main() -> int:
-    take_stop_signals()
+    # The command as click finds it: the first word that is no option (the app's own options take no value).
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command in STOPPED_AS_A_RUN:
+        take_stop_signals()
     try:
         from curation.cli import app
 

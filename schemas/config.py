@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -91,13 +92,24 @@ def _driver_installed(url: URL) -> None:
             "SQLAlchemy dialect's package installed"
         ) from None
     except ImportError as error:
-        module = error.name or str(error)
-        package = _DRIVER_PACKAGES.get(module, module)
+        # The package, not the module that failed: a driver's C extension whose library is missing
+        # (libmysqlclient.so) fails as 'MySQLdb._mysql', in a package that is installed.
+        package = (error.name or "").split(".")[0]
+        if not package or importlib.util.find_spec(package) is not None:
+            raise ValueError(
+                f"{url.drivername} needs the driver {package or url.get_driver_name()!r}, which is installed but "
+                f"cannot be imported: {error}"
+            ) from None
         raise ValueError(
-            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
-            f"database install the driver package of its SQLAlchemy dialect (pip install {package}), or name an "
-            f"installed driver in the URL ({url.get_backend_name()}+DRIVER://...)"
+            f"{url.drivername} needs the driver {package!r}, which is not installed: {supported}; for another "
+            f"database install the driver package of its SQLAlchemy dialect "
+            f"(pip install {_DRIVER_PACKAGES.get(package, package)}), or name an installed driver in the URL "
+            f"({url.get_backend_name()}+DRIVER://...)"
         ) from None
+    except Exception:
+        # Not a driver found missing: a dialect written for SQLAlchemy 1.x (a `dbapi()` classmethod, which
+        # create_engine still calls) has no import_dbapi. Connecting says what is wrong, if anything is.
+        return
 
 
 class SqlSource(Strict):
@@ -121,7 +133,7 @@ class SqlSource(Strict):
 
     @field_validator("url")
     @classmethod
-    def _a_database_url(cls, url: str) -> str:
+    def _a_database_url(cls, url: str, info: ValidationInfo) -> str:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
@@ -131,7 +143,10 @@ class SqlSource(Strict):
             # Not quoted back: a URL can hold a password.
             raise ValueError("not a database URL (sqlite:///path, postgresql+psycopg://user@host/db, ...)") from None
         _no_bare_at_sign(parsed.host)
-        if parsed.get_backend_name() not in ("sqlite", "postgresql"):  # whose drivers the toolkit installs
+        # SQLite's and PostgreSQL's drivers the toolkit installs; a command that never connects to the sources
+        # (`review`) loads the recipe for its state store.
+        reads_sources = (info.context or {}).get("reads_sources", True)
+        if reads_sources and parsed.get_backend_name() not in ("sqlite", "postgresql"):
             _driver_installed(parsed)
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
             # The connector sets psycopg (3) up to read a timestamptz in UTC and a date Python cannot hold as its
@@ -1251,8 +1266,11 @@ for _tag, (_pattern, _first) in _YAML_1_2.items():
         RecipeLoader.yaml_implicit_resolvers.setdefault(_char, []).append((_tag, re.compile(_pattern, re.X)))
 
 
-def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder)."""
+def parse_recipe(
+    text: str, origin: str = "<recipe>", base_dir: Path | None = None, reads_sources: bool = True
+) -> Recipe:
+    """Validate recipe YAML; relative local paths are taken from ``base_dir`` (the recipe's folder).
+    ``reads_sources``: whether the caller connects to its sources (a SQL source's driver must be installed)."""
     try:
         data = yaml.load(text, Loader=RecipeLoader)
         node = yaml.compose(text, Loader=RecipeLoader)
@@ -1268,7 +1286,7 @@ def parse_recipe(text: str, origin: str = "<recipe>", base_dir: Path | None = No
     if found:
         raise _recipe_error(origin, node, found)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"reads_sources": reads_sources})
     except ValidationError as exc:
         raise _recipe_error(origin, node, [*_found(exc), *_problems_past(data, exc, base_dir)]) from None
     found = _whole_recipe_problems(recipe, base_dir)
@@ -1369,7 +1387,7 @@ def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], st
     return problems
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, reads_sources: bool = True) -> Recipe:
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -1383,4 +1401,4 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(
             f"{path}: not UTF-8: byte 0x{raw[exc.start]:02x} at line {line}, column {column} (save the recipe as UTF-8)"
         ) from None
-    return parse_recipe(text, origin=str(path), base_dir=path.parent)
+    return parse_recipe(text, origin=str(path), base_dir=path.parent, reads_sources=reads_sources)

@@ -614,40 +614,54 @@ def test_a_stop_while_the_run_loads_its_modules_says_nothing_was_published(
     assert not list(tmp_path.glob("**/manifest.json"))
 
 
+def console_script(folder: Path, args: list[str], stop: str, at: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """``curation ARGS`` started as its console script is (pyproject's entry point), in ``folder``, sent the
+    signal ``stop`` from an import hook as the first of the modules ``at`` is imported."""
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["curation"]
+    module, function = entry.split(":")
+    script = folder / "console_script.py"
+    script.write_text(
+        "import importlib.abc, os, signal, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        f"        if name in {at!r}:\n"
+        "            sys.meta_path.remove(self)\n"
+        f"            os.kill(os.getpid(), signal.{stop})\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        f"sys.argv = ['curation', *{args!r}]\n"
+        f"from {module} import {function}\n"  # as the console script does, then calls it
+        f"sys.exit({function}())\n"
+    )
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
 def test_a_stop_while_the_command_imports_its_libraries_says_nothing_was_published(
     tmp_path: Path, stop: str, said: str
 ) -> None:
     # The handler came with curation.cli, after its imports (~1.2 s): a SIGTERM before them was an exit 143
-    # without a word. The command is started as its console script is (pyproject's entry point), and the
-    # signal sent from an import hook as the first third-party library the command needs is imported.
-    import tomllib
-
+    # without a word. The signal is sent as the first third-party library the command needs is imported.
     five_notes(tmp_path)
-    root = Path(__file__).parents[1]
-    entry = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["curation"]
-    module, function = entry.split(":")
-    script = tmp_path / "console_script.py"
-    script.write_text(
-        "import importlib.abc, os, signal, sys\n"
-        "class Hook(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name in ('typer', 'rich', 'pydantic', 'sqlalchemy', 'yaml'):\n"
-        "            sys.meta_path.remove(self)\n"
-        f"            os.kill(os.getpid(), signal.{stop})\n"
-        "sys.meta_path.insert(0, Hook())\n"
-        "sys.argv = ['curation', 'run', 'recipe.yaml']\n"
-        f"from {module} import {function}\n"  # as the console script does, then calls it
-        f"sys.exit({function}())\n"
-    )
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
+    done = console_script(tmp_path, ["run", "recipe.yaml"], stop, ("typer", "rich", "pydantic", "sqlalchemy", "yaml"))
     assert done.returncode == 128 + signal.Signals[stop], done.stdout + done.stderr
     assert f"stopped by {said}, nothing published" in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "output").exists()
+
+
+def test_a_command_that_publishes_nothing_is_stopped_by_ctrl_c_as_typer_stops_it(tmp_path: Path) -> None:
+    # The entry point took the stop signals for every command: `train wait` stopped by ^C said "stopped by ^C,
+    # nothing published" while the training job went on. Typer's own ending is kept: exit 130, no word.
+    # ^C is sent in the command, as it starts following the job.
+    done = console_script(tmp_path, ["train", "wait", "job-1"], "SIGINT", ("train.sagemaker",))
+    assert done.returncode == 128 + signal.SIGINT, done.stdout + done.stderr
+    assert "published" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(("stop", "said"), [("SIGTERM", "SIGTERM"), ("SIGINT", "^C")])
@@ -1220,3 +1234,26 @@ def test_the_run_summary_shows_reasons_and_split_names_as_they_are_not_as_markup
     shown = console.export_text()
     assert "expect_column_values_to_not_be_null:tags[/x]" in shown and "length:[b]" in shown
     assert "[i]train" in shown
+
+
+def test_a_review_page_stopped_by_ctrl_c_ends_as_before_without_a_word_of_publishing(tmp_path: Path) -> None:
+    # The entry point's handler, taken for every command, made the page's ^C "stopped by ^C, nothing
+    # published" and exit 130: uvicorn ends the page on ^C and hands the signal back to the handler it found.
+    from tests.conftest import free_port, wait_for_http
+
+    five_notes(tmp_path)
+    port = free_port()
+    args = ["review", "serve", "--port", str(port), "--recipe", "recipe.yaml"]
+    script = f"import sys\nsys.argv = ['curation', *{args!r}]\nfrom curation.__main__ import main\nsys.exit(main())\n"
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    with subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/login", process)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "published" not in stderr and "Traceback" not in stderr, stderr

@@ -206,3 +206,18 @@ def test_a_recipe_error_quoting_brackets_is_said_whole_in_one_line(tmp_path: Pat
     assert "[b]y (line 4): Extra inputs are not permitted" in said
     refused = review("export", "o.json", "--kind", "[b]pii", cwd=tmp_path)
     assert refused.returncode == 2 and "--kind [b]pii: use one of" in " ".join(refused.stderr.split())
+
+
+def test_a_recipe_whose_sql_driver_is_not_installed_is_refused_only_where_its_sources_are_read(tmp_path: Path) -> None:
+    # The review commands read the recipe's state store, never its sources: refusing the recipe for a database
+    # driver they do not use kept the page from starting (exit 2).
+    (tmp_path / "r.yaml").write_text(
+        "dataset: crm\nsources:\n  - type: sql\n    url: mysql://x@y/z\n    table: tickets\n"
+        f"record: {{kind: document}}\nstate: sqlite:///{tmp_path}/state.db\n"
+    )
+    done = review("export", "o.json", "--recipe", "r.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "o.json").read_text()) == []
+    checked = curation("check", "r.yaml", cwd=tmp_path)
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 2 and "sources.0.url (line 4): mysql needs the driver 'MySQLdb'" in said, said

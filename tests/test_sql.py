@@ -1868,3 +1868,73 @@ def test_a_source_url_whose_driver_is_not_installed_is_refused_at_load_before_an
         assert problem.startswith(f"  sources.0.url (line 4): {said}"), problem
         assert "the toolkit installs the drivers for SQLite and PostgreSQL (psycopg)" in problem
         assert url != "mysql://x@y/z" or "(pip install mysqlclient)" in problem  # the package, not the module
+
+
+def test_a_source_driver_installed_whose_c_library_is_missing_is_said_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mysqlclient installed without libmysqlclient: the import fails in its extension module 'MySQLdb._mysql',
+    # and the recipe error said that module "is not installed" (pip install MySQLdb._mysql), not the cause.
+    from schemas.config import RecipeError, parse_recipe
+
+    package = tmp_path / "MySQLdb"
+    package.mkdir()
+    (package / "__init__.py").write_text("from MySQLdb import _mysql\n")
+    # As CPython raises it when the extension's shared library cannot be loaded.
+    (package / "_mysql.py").write_text(
+        "raise ImportError('libmysqlclient.so.21: cannot open shared object file: No such file or directory', "
+        "name=__name__)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = (
+        "dataset: support\nsources:\n  - type: sql\n    url: mysql://x@y/z\n    table: t\nrecord: {kind: document}\n"
+    )
+    with pytest.raises(RecipeError) as raised:
+        parse_recipe(recipe, origin="recipe.yaml")
+    (problem,) = str(raised.value).splitlines()[1:]
+    assert problem == (
+        "  sources.0.url (line 4): mysql needs the driver 'MySQLdb', which is installed but cannot be imported: "
+        "libmysqlclient.so.21: cannot open shared object file: No such file or directory"
+    ), problem
+
+
+def test_a_dialect_written_for_sqlalchemy_1_is_read_as_create_engine_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A third-party dialect of SQLAlchemy 1.x names its driver by a `dbapi()` classmethod, which create_engine
+    # still calls; asked for its `import_dbapi()`, it raised NotImplementedError: a traceback loading the recipe.
+    import warnings
+
+    from sqlalchemy.dialects import registry
+
+    from schemas.config import parse_recipe
+
+    (tmp_path / "legacy_dialect.py").write_text(
+        "from sqlalchemy.dialects.sqlite.base import SQLiteDialect\n"
+        "class LegacyDialect(SQLiteDialect):\n"  # SQLite's, without its driver's module: as a 1.x one was written
+        "    name = 'legacydb'\n"
+        "    supports_statement_cache = True\n"
+        "    @classmethod\n"
+        "    def dbapi(cls):\n"
+        "        import sqlite3\n"
+        "        return sqlite3\n"
+    )
+    db = tmp_path / "t.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE t (id INTEGER, body TEXT)")
+        connection.execute("INSERT INTO t VALUES (1, 'hello')")
+    url = f"legacydb:///{db}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.register("legacydb", "legacy_dialect", "LegacyDialect")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SQLAlchemy's own, that dbapi() is deprecated
+            with sa.create_engine(url).connect() as connection:
+                assert connection.execute(sa.text("SELECT body FROM t")).scalar() == "hello"
+            recipe = (
+                f"dataset: support\nsources:\n  - type: sql\n    url: {url}\n    table: t\nrecord: {{kind: document}}\n"
+            )
+            (source,) = parse_recipe(recipe, origin="recipe.yaml").sources
+        assert source.url == url
+    finally:
+        registry.impls.pop("legacydb", None)

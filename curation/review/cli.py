@@ -45,7 +45,7 @@ def _recipes(paths: list[Path] | None) -> list[Recipe]:
     recipes = []
     for path in paths or []:
         try:
-            recipes.append(load_recipe(path))
+            recipes.append(load_recipe(path, reads_sources=False))  # the state store's, not the sources
         except RecipeError as error:
             _say("[red]recipe error[/red]", str(error))
             raise typer.Exit(2) from None
