@@ -2,8 +2,8 @@
 
 The stop signals' handler is taken here for the commands that read a recipe's sources (``run``, ``demo``,
 ``check``), before ``curation.cli`` imports what they run with (a second or more): a SIGTERM or ^C then is
-said as any stop before reading is, not a silent exit 143. The other commands keep Python's and click's
-handling: ^C ends a served review page, and ``train wait`` with click's "Aborted!" (exit 1; the job goes on)."""
+said as any stop before reading is, not a silent exit 143. The other commands keep Python's and typer's
+handling: ^C ends a served review page, and ``train wait`` with exit 130 (the training job goes on)."""
 
 from __future__ import annotations
 
