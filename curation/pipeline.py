@@ -289,11 +289,21 @@ def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: 
         )
 
 
+def templates_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
+    """Whether a template failing one way on every record is the recipe's error, not the records' (run and check
+    ask): unless ``made``, the version a run builds on, was made with the recipe's record templates. Those made
+    its records: failing on all of a few new rows is their data's fault (quarantined), or every later run would
+    fail on them too, whatever else changed (a stage, ``batch_rows``, a release of curation). A version of an
+    earlier release, which kept no hash of its templates, counts as made with them: a recipe error there would
+    block every scheduled run, where a quarantined row is only counted and reported."""
+    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint())
+
+
 def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Tally, stages: list[AnyStage]) -> None:
     """A run whose every record the shape stage took failed one template in one way (``{{ x.upper(1) }}``) met a
     recipe error, as for a misspelt column: it fails, publishes nothing and leaves its input to be read again
-    once fixed, not an empty version after which the fixed recipe finds nothing new. Asked only of a recipe's
-    first run, a changed recipe's or a full refresh (``_run_locked``)."""
+    once fixed, not an empty version after which the fixed recipe finds nothing new. Asked only where the
+    templates are on trial (``templates_on_trial``)."""
     before = {"read", *itertools.takewhile(lambda name: name != Shape.name, (stage.name for stage in stages))}
     shaped = counts.input - sum(tally.by_stage[name] for name in before)
     error = recipe_template_error(tally.template_errors, tally.by_stage[Shape.name], shaped)
@@ -772,9 +782,7 @@ def _run_locked(
         counts = tally.counts()
         changed = _recipe_changed(recipe, plan.extended)
         _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
-        # A recipe that published the version this run extends made records with its templates: one failing on
-        # all of a few new rows is their data's fault (quarantined), or every later run would fail on them too.
-        if plan.extended is None or changed:
+        if templates_on_trial(recipe, plan.extended):
             _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages)
         cannot_read = plan.watermarks.unread() + tally.unread_once
         # A version extending none would hold no record at all; failed, nothing is committed either. So too where
@@ -1066,6 +1074,7 @@ def _manifest(
         carried_from=plan.extends if recipe.output.carry_forward else None,
         created_at=datetime.now(UTC),
         recipe_sha256=recipe.fingerprint(),
+        record_sha256=recipe.record.fingerprint(),
         record_kind=recipe.record.kind,
         format=writer.format.name,
         counts=counts,

@@ -413,6 +413,11 @@ class RecordShape(Strict):
         """Target field -> template or column; a field not set takes the same-named column."""
         return {name: getattr(self, name) for name in CONTENT_COLUMNS[self.kind]}
 
+    def fingerprint(self) -> str:
+        """sha256 of the record kind and its fields' templates or columns: what made a version's records of its
+        input, whatever else in the recipe (a stage, ``batch_rows``, a release's ``TEXT_RULES``) changed since."""
+        return _sha256_of(self.model_dump(mode="json"))
+
 
 _SHAPE_FIELDS = ("text", "title", "prompt", "completion", "label", "image", "question", "answer")
 
@@ -844,8 +849,13 @@ class Recipe(Strict):
                 dumped["secret"] = key_id  # dumped as "**********" whatever it is; the environment's not at all
             dumped["detection_rules"] = DETECTION_RULES
         settings["text_rules"] = TEXT_RULES
-        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _sha256_of(settings)
+
+
+def _sha256_of(settings: dict[str, Any]) -> str:
+    """sha256 of settings as canonical JSON: the same for the same settings, however they were written."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # --- settings that only the whole recipe can judge -------------------------------------------------

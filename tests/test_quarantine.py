@@ -312,7 +312,8 @@ def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_
     # "fix the template in the recipe", took nothing, and so every later run failed the same way.
     write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q:{n}", "a": "A"} for n in range(5)] + [{"q": "Q", "a": "A"}])
     spec = qa_recipe("qa", prompt="{{ q.split(':')[1] }}")
-    first = run(workdir, spec).manifest.counts
+    v1 = run(workdir, spec).manifest
+    first, first_sha = v1.counts, v1.recipe_sha256
     assert (first.input, first.written, first.quarantined) == (6, 5, 1)
     for version, name in enumerate(["b.jsonl", "c.jsonl"], start=2):
         path = write_jsonl(workdir / "qa" / name, [{"q": "no colon", "a": name}])
@@ -321,10 +322,28 @@ def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_
         assert (result.manifest.version, counts.input, counts.quarantined, counts.carried) == (version, 1, 1, 5)
         [aside] = set_aside(Path(result.version_uri))
         assert aside["detail"].startswith(f"{path}:1: prompt: template failed:")
-    # A changed recipe whose template fails on every row it reads is still the recipe's error.
-    write_jsonl(workdir / "qa" / "d.jsonl", [{"q": "Q:1", "a": "D"}])
+    # Another setting changed, not the templates (the whole recipe's hash did, as a release of curation changes it):
+    # still the rows' fault. It failed, and every later run with it, told to fix a template that made v1.
+    write_jsonl(workdir / "qa" / "d.jsonl", [{"q": "no colon", "a": "D"}])
+    result = run(workdir, {**spec, "batch_rows": 1_000})
+    assert result.manifest.recipe_sha256 != first_sha
+    assert (result.manifest.version, result.manifest.counts.quarantined, result.manifest.counts.carried) == (4, 1, 5)
+    # A changed template failing on every row it reads is still the recipe's error.
+    changed = qa_recipe("qa", prompt="{{ q.split(':')[2] }}")
+    write_jsonl(workdir / "qa" / "e.jsonl", [{"q": "Q:1", "a": "E"}])
     with pytest.raises(RecipeError, match=r"record\.prompt .* failed on every record it was given \(1\)"):
-        run(workdir, qa_recipe("qa", prompt="{{ q.split(':')[2] }}"))
+        run(workdir, changed)
+    # A version an earlier release published kept no hash of its templates: taken as made with them, as
+    # blocking every scheduled run on a false recipe error is worse than a quarantined row.
+    manifest = Path(result.version_uri) / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "record_sha256"}))
+    last = run(workdir, changed).manifest
+    assert (last.version, last.counts.input, last.counts.quarantined, last.record_sha256) == (
+        5,
+        1,
+        1,
+        RecordShape.model_validate(changed["record"]).fingerprint(),
+    )
 
 
 def test_a_run_whose_rows_fail_a_template_each_its_own_way_keeps_one_kind_of_template_error(
