@@ -294,8 +294,8 @@ def check(
     """Validate a recipe and list what it would read, without running it; read the head of its first
     input files as a run reads them."""
     from connectors.state import safe_url
-    from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings
-    from curation.published import published_versions
+    from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings, templates_on_trial
+    from curation.published import published_versions, read_manifest, version_uri
     from curation.stages.base import StageError, raised_where
     from curation.state import StateFolderError, sqlite_folder_problem
 
@@ -320,10 +320,19 @@ def check(
         if (problem := sqlite_folder_problem(loaded.state)) is not None:  # as the run's first write would find
             raise StateFolderError(problem)
         stages = [stage.name for stage in built]
-        problems, notes = _read_heads(sources, built, head_files, reading)
+        problems, notes, templates_failed = _read_heads(sources, built, head_files, reading)
         problems = lacking + problems
         reading.append((loaded.output.dest, EXIT_USAGE))
-        published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no such bucket)
+        previous = published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no bucket)
+        if templates_failed:
+            # As a run judges them, against the latest version: the one it extends (unless no source was read before).
+            dest, dataset = loaded.output.dest, loaded.dataset
+            latest = read_manifest(version_uri(dest, dataset, previous[-1])) if previous else None
+            if latest is None or templates_on_trial(loaded, latest):
+                problems += [f"{failed}: fix the template" for failed in templates_failed]
+            else:
+                made = f"v{latest.version} was made with these templates: a run quarantines them as the rows' fault"
+                notes += [f"{failed}; {made}" for failed in templates_failed]
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
@@ -377,12 +386,15 @@ def check(
 SHOWN_INPUTS = 20
 
 
-def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str, int]]) -> tuple[list[str], list[str]]:
+def _read_heads(
+    sources: list, stages: list, files: int, reading: list[tuple[str, int]]
+) -> tuple[list[str], list[str], list[str]]:
     """Read the head of the first ``files`` files of each files source as a run reads them, and shape its
     rows as the run does: what would fail the run (a file it refuses, by the reader's own message)
-    and each file whose head lacks a column the recipe names (the first such record's line); and notes:
-    other records the head would set aside (the run quarantines them), files not opened. Each file is
-    added to ``reading`` as it is opened."""
+    and each file whose head lacks a column the recipe names (the first such record's line); notes:
+    other records the head would set aside (the run quarantines them), files not opened; and each file
+    whose every head record failed one template one way (the run's error only where ``templates_on_trial``).
+    Each file is added to ``reading`` as it is opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
@@ -398,6 +410,7 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
     scrub = next((stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")), None)
     problems: list[str] = []
     notes: list[str] = []
+    templates_failed: list[str] = []
     for source in sources:
         # An images source's sidecar files are read as a files source's (the images are left to the run).
         if not isinstance(source, FilesSourceReader | ImagesSourceReader):
@@ -432,7 +445,7 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
                 problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
             elif template_error is not None:
-                problems.append(f"{failed[0]}; so on all {len(failed):,} record(s) of the head: fix the template")
+                templates_failed.append(f"{failed[0]}; so on all {len(failed):,} record(s) of the head")
             elif reasons:
                 notes.append(
                     f"{len(reasons):,} of the first records of {entry.uri} would be set aside, for example {reasons[0][1]}"
@@ -445,7 +458,7 @@ def _read_heads(sources: list, stages: list, files: int, reading: list[tuple[str
                 if files
                 else f"opened none of the {len(entries):,} file(s) of {read_from} (--head-files 0)"
             )
-    return problems, notes
+    return problems, notes, templates_failed
 
 
 def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> tuple[list[str], list[str]]:

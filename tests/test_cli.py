@@ -484,6 +484,40 @@ def test_a_template_failing_on_every_record_fails_the_run_and_the_fixed_recipe_r
     assert (counts["written"], counts["reasons"]) == (2, {"quarantined": {"malformed_csv": 1}})
 
 
+def test_check_says_a_template_failing_on_every_head_row_as_the_run_does(tmp_path: Path) -> None:
+    # v1 was made by this template: a new file whose rows all lack the colon it splits on is the rows' fault, and
+    # the run quarantines them. Check called it an input error (exit 2), so `check && run` never ran again.
+    write_jsonl(tmp_path / "qa" / "a.jsonl", [{"q": f"Q:{n}", "a": "A"} for n in range(5)])
+    spec = {
+        "dataset": "qa",
+        "sources": [{"path": "qa"}],
+        "record": {"kind": "instruction", "prompt": "{{ q.split(':')[1] }}", "completion": "a"},
+    }
+    recipe = write_recipe(tmp_path, spec)
+    assert curation("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
+    path = write_jsonl(tmp_path / "qa" / "b.jsonl", [{"q": "no colon", "a": "B"}])
+    failure = f"{path}:1: prompt: template failed: list object has no element 1; so on all 1 record(s) of the head"
+    write_recipe(tmp_path, {**spec, "batch_rows": 1_000})  # another setting changed: not the templates
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 0 and f"ok {recipe}: dataset qa" in said and "input error" not in said, said
+    assert f"{failure}; v1 was made with these templates: a run quarantines them as the rows' fault" in said
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    counts = json.loads((tmp_path / "output" / "qa" / "v2" / "manifest.json").read_text())["counts"]
+    assert (counts["input"], counts["quarantined"]) == (1, 1)
+    # Changed templates are on trial again: check and run both call it the recipe's error.
+    write_recipe(tmp_path, {**spec, "record": {**spec["record"], "prompt": "{{ q.split(':')[2] }}"}})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 2 and "input error" in said, said
+    assert "no element 2; so on all 1 record(s) of the head: fix the template" in said, said
+    write_jsonl(tmp_path / "qa" / "c.jsonl", [{"q": "Q:1", "a": "C"}])
+    refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2 and "failed on every record it was given (1)" in said, said
+
+
 @pytest.mark.parametrize("prompt", ["questoin", "Q: {{ questoin }}"])  # a column name, a template
 def test_a_column_no_record_has_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path, prompt: str) -> None:
     write_jsonl(tmp_path / "faq.jsonl", [{"question": f"Q{n}?", "answer": f"A{n}."} for n in range(3)])
