@@ -1285,10 +1285,11 @@ def parse_recipe(
     found = _named_twice(node)
     if found:
         raise _recipe_error(origin, node, found)
+    context = {"reads_sources": reads_sources}
     try:
-        recipe = Recipe.model_validate(data, context={"reads_sources": reads_sources})
+        recipe = Recipe.model_validate(data, context=context)
     except ValidationError as exc:
-        raise _recipe_error(origin, node, [*_found(exc), *_problems_past(data, exc, base_dir)]) from None
+        raise _recipe_error(origin, node, [*_found(exc), *_problems_past(data, exc, base_dir, context)]) from None
     found = _whole_recipe_problems(recipe, base_dir)
     if found:
         raise _recipe_error(origin, node, found)
@@ -1322,13 +1323,14 @@ _JUDGED_ON = {"sources", "input_schema", "record", "output"}
 
 
 def _problems_past(
-    data: dict[str, Any], error: ValidationError, base_dir: Path | None
+    data: dict[str, Any], error: ValidationError, base_dir: Path | None, context: dict[str, Any]
 ) -> list[tuple[tuple[Any, ...], str]]:
     """The whole-recipe problems of the settings that validated, which pydantic leaves unchecked when any
     setting failed (it skips a model's after-validators, and ``stage_problems`` needs a Recipe): a user
     would otherwise fix a wrong ``state`` only to learn of a misspelt stage field on the next try. The
     recipe is validated again without the settings that failed (a failed stage left out, a setting
-    with a default taken at it); none where a setting the checks read failed."""
+    with a default taken at it), with the first validation's ``context``; none where a setting the checks read
+    failed."""
     locs = [e["loc"] for e in error.errors()]
     failed = {loc[0] for loc in locs if loc}
     if not all(locs) or ("stages",) in locs or failed & _JUDGED_ON:
@@ -1341,7 +1343,7 @@ def _problems_past(
     if bad_stages:
         kept["stages"] = [data["stages"][number] for number in numbers]
     try:
-        recipe = Recipe.model_validate(kept)
+        recipe = Recipe.model_validate(kept, context=context)
         found = _whole_recipe_problems(recipe, base_dir, dataset_known="dataset" not in failed)
     except ValidationError as again:  # the recipe's own after-validators, which pydantic skipped too
         found = _found(again)
