@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -91,20 +90,22 @@ def _driver_installed(url: URL) -> None:
             f"SQLAlchemy has no dialect {url.get_backend_name()!r}: {supported}; another database needs its "
             "SQLAlchemy dialect's package installed"
         ) from None
-    except ImportError as error:
-        # The package, not the module that failed: a driver's C extension whose library is missing
-        # (libmysqlclient.so) fails as 'MySQLdb._mysql', in a package that is installed.
-        package = (error.name or "").split(".")[0]
-        if not package or importlib.util.find_spec(package) is not None:
-            raise ValueError(
-                f"{url.drivername} needs the driver {package or url.get_driver_name()!r}, which is installed but "
-                f"cannot be imported: {error}"
-            ) from None
+    except ModuleNotFoundError as error:
+        # The module not found, whole: one under a namespace package that other packages install
+        # (google.cloud.x) is not installed, though its first part is found.
+        module = error.name or url.get_driver_name()
         raise ValueError(
-            f"{url.drivername} needs the driver {package!r}, which is not installed: {supported}; for another "
+            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
             f"database install the driver package of its SQLAlchemy dialect "
-            f"(pip install {_DRIVER_PACKAGES.get(package, package)}), or name an installed driver in the URL "
+            f"(pip install {_DRIVER_PACKAGES.get(module, module)}), or name an installed driver in the URL "
             f"({url.get_backend_name()}+DRIVER://...)"
+        ) from None
+    except ImportError as error:
+        # Found, but not loaded: the package, not the module that failed (a driver's C extension whose library is
+        # missing, libmysqlclient.so, fails as 'MySQLdb._mysql').
+        package = (error.name or "").split(".")[0] or url.get_driver_name()
+        raise ValueError(
+            f"{url.drivername} needs the driver {package!r}, which is installed but cannot be imported: {error}"
         ) from None
     except Exception:
         # Not a driver found missing: a dialect written for SQLAlchemy 1.x (a `dbapi()` classmethod, which
