@@ -501,16 +501,17 @@ class ImagesSourceReader:
                 with fs.open_input_stream(path) if etag is None else open_listed(uri, etag) as stream:
                     data = stream.read()
             except OSError as error:
-                missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
-                reason = "missing_image" if missing else "unreadable"
                 if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
+                    missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
+                    reason = "missing_image" if missing else "unreadable"
                     cache[name] = ImageProblem(reason, f"cannot read {uri}: {NOT_LISTED}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
                     why = os_reason(error)
                     if isinstance(error, Changed):
                         why = "overwritten since the run listed it"
-                    # What reads it again depends on the run (``curation.executors.local.reads_again``).
-                    cache[name] = ImageProblem(reason, f"cannot read {uri} ({why})", retry=True)
+                    # ``unreadable`` even where it was moved away: read again, as that reason's rows are, and its
+                    # detail says by what (``curation.executors.local.reads_again``), which depends on the run.
+                    cache[name] = ImageProblem("unreadable", f"cannot read {uri} ({why})", retry=True)
                 return cache[name]
             self._digests[uri] = xxhash.xxh3_128_hexdigest(data)
             try:

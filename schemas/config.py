@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -91,20 +90,22 @@ def _driver_installed(url: URL) -> None:
             f"SQLAlchemy has no dialect {url.get_backend_name()!r}: {supported}; another database needs its "
             "SQLAlchemy dialect's package installed"
         ) from None
-    except ImportError as error:
-        # The package, not the module that failed: a driver's C extension whose library is missing
-        # (libmysqlclient.so) fails as 'MySQLdb._mysql', in a package that is installed.
-        package = (error.name or "").split(".")[0]
-        if not package or importlib.util.find_spec(package) is not None:
-            raise ValueError(
-                f"{url.drivername} needs the driver {package or url.get_driver_name()!r}, which is installed but "
-                f"cannot be imported: {error}"
-            ) from None
+    except ModuleNotFoundError as error:
+        # The module not found, whole: one under a namespace package that other packages install
+        # (google.cloud.x) is not installed, though its first part is found.
+        module = error.name or url.get_driver_name()
         raise ValueError(
-            f"{url.drivername} needs the driver {package!r}, which is not installed: {supported}; for another "
+            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
             f"database install the driver package of its SQLAlchemy dialect "
-            f"(pip install {_DRIVER_PACKAGES.get(package, package)}), or name an installed driver in the URL "
+            f"(pip install {_DRIVER_PACKAGES.get(module, module)}), or name an installed driver in the URL "
             f"({url.get_backend_name()}+DRIVER://...)"
+        ) from None
+    except ImportError as error:
+        # Found, but not loaded: the package, not the module that failed (a driver's C extension whose library is
+        # missing, libmysqlclient.so, fails as 'MySQLdb._mysql').
+        package = (error.name or "").split(".")[0] or url.get_driver_name()
+        raise ValueError(
+            f"{url.drivername} needs the driver {package!r}, which is installed but cannot be imported: {error}"
         ) from None
     except Exception:
         # Not a driver found missing: a dialect written for SQLAlchemy 1.x (a `dbapi()` classmethod, which
@@ -1295,10 +1296,11 @@ def parse_recipe(
     found = _named_twice(node)
     if found:
         raise _recipe_error(origin, node, found)
+    context = {"reads_sources": reads_sources}
     try:
-        recipe = Recipe.model_validate(data, context={"reads_sources": reads_sources})
+        recipe = Recipe.model_validate(data, context=context)
     except ValidationError as exc:
-        raise _recipe_error(origin, node, [*_found(exc), *_problems_past(data, exc, base_dir)]) from None
+        raise _recipe_error(origin, node, [*_found(exc), *_problems_past(data, exc, base_dir, context)]) from None
     found = _whole_recipe_problems(recipe, base_dir)
     if found:
         raise _recipe_error(origin, node, found)
@@ -1332,13 +1334,14 @@ _JUDGED_ON = {"sources", "input_schema", "record", "output"}
 
 
 def _problems_past(
-    data: dict[str, Any], error: ValidationError, base_dir: Path | None
+    data: dict[str, Any], error: ValidationError, base_dir: Path | None, context: dict[str, Any]
 ) -> list[tuple[tuple[Any, ...], str]]:
     """The whole-recipe problems of the settings that validated, which pydantic leaves unchecked when any
     setting failed (it skips a model's after-validators, and ``stage_problems`` needs a Recipe): a user
     would otherwise fix a wrong ``state`` only to learn of a misspelt stage field on the next try. The
     recipe is validated again without the settings that failed (a failed stage left out, a setting
-    with a default taken at it); none where a setting the checks read failed."""
+    with a default taken at it), with the first validation's ``context``; none where a setting the checks read
+    failed."""
     locs = [e["loc"] for e in error.errors()]
     failed = {loc[0] for loc in locs if loc}
     if not all(locs) or ("stages",) in locs or failed & _JUDGED_ON:
@@ -1351,7 +1354,7 @@ def _problems_past(
     if bad_stages:
         kept["stages"] = [data["stages"][number] for number in numbers]
     try:
-        recipe = Recipe.model_validate(kept)
+        recipe = Recipe.model_validate(kept, context=context)
         found = _whole_recipe_problems(recipe, base_dir, dataset_known="dataset" not in failed)
     except ValidationError as again:  # the recipe's own after-validators, which pydantic skipped too
         found = _found(again)

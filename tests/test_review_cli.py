@@ -221,3 +221,16 @@ def test_a_recipe_whose_sql_driver_is_not_installed_is_refused_only_where_its_so
     checked = curation("check", "r.yaml", cwd=tmp_path)
     said = " ".join(checked.stderr.split())
     assert checked.returncode == 2 and "sources.0.url (line 4): mysql needs the driver 'MySQLdb'" in said, said
+
+
+def test_a_review_command_refusing_a_recipe_does_not_name_a_sql_driver_it_does_not_use(tmp_path: Path) -> None:
+    # The recipe is checked again past its wrong setting, for every mistake in one try: that check asked for the
+    # driver that review commands never use, so the message named a problem they do not have.
+    (tmp_path / "r.yaml").write_text(
+        "dataset: crm\nsources:\n  - type: sql\n    url: mysql://x@y/z\n    table: tickets\n"
+        "record: {kind: document}\nstate: ftp://nowhere\n"
+    )
+    done = review("export", "o.json", "--recipe", "r.yaml", cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "1 problem(s) in the recipe" in said, said
+    assert "state (line 7): the state store is SQLite or PostgreSQL, not ftp" in said and "MySQLdb" not in said, said

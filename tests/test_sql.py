@@ -1898,6 +1898,41 @@ def test_a_source_driver_installed_whose_c_library_is_missing_is_said_with_its_c
     ), problem
 
 
+def test_a_source_driver_missing_under_a_namespace_other_packages_provide_is_said_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A driver module under a namespace package (as google.cloud's are): the namespace is found, installed by
+    # other packages, so the recipe error said the driver "is installed but cannot be imported".
+    from sqlalchemy.dialects import registry
+
+    from schemas.config import RecipeError, parse_recipe
+
+    (tmp_path / "shared_ns" / "other").mkdir(parents=True)  # a namespace package: no __init__.py
+    (tmp_path / "shared_ns" / "other" / "__init__.py").write_text("")
+    (tmp_path / "ns_dialect.py").write_text(
+        "from sqlalchemy.dialects.sqlite.base import SQLiteDialect\n"
+        "class NsDialect(SQLiteDialect):\n"
+        "    name = 'nsdb'\n"
+        "    supports_statement_cache = True\n"
+        "    @classmethod\n"
+        "    def import_dbapi(cls):\n"
+        "        import shared_ns.nsdriver\n"
+        "        return shared_ns.nsdriver\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.register("nsdb", "ns_dialect", "NsDialect")
+    recipe = "dataset: support\nsources:\n  - type: sql\n    url: nsdb://x/y\n    table: t\nrecord: {kind: document}\n"
+    try:
+        with pytest.raises(RecipeError) as raised:
+            parse_recipe(recipe, origin="recipe.yaml")
+    finally:
+        registry.impls.pop("nsdb", None)
+    (problem,) = str(raised.value).splitlines()[1:]
+    assert problem.startswith(
+        "  sources.0.url (line 4): nsdb needs the driver 'shared_ns.nsdriver', which is not installed: "
+    ), problem
+
+
 def test_a_dialect_written_for_sqlalchemy_1_is_read_as_create_engine_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
