@@ -94,10 +94,14 @@ def _driver_installed(url: URL) -> None:
         # The module not found, whole: one under a namespace package that other packages install
         # (google.cloud.x) is not installed, though its first part is found.
         module = error.name or url.get_driver_name()
+        # A top-level module is mostly named as its package (MySQLdb is not: mysqlclient); one within a package
+        # is not one to pip install.
+        package = _DRIVER_PACKAGES.get(module, module)
+        package = f"the one providing {module}" if "." in package else f"pip install {package}"
         raise ValueError(
             f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
             f"database install the driver package of its SQLAlchemy dialect "
-            f"(pip install {_DRIVER_PACKAGES.get(module, module)}), or name an installed driver in the URL "
+            f"({package}), or name an installed driver in the URL "
             f"({url.get_backend_name()}+DRIVER://...)"
         ) from None
     except ImportError as error:
