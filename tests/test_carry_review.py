@@ -20,7 +20,7 @@ from curation.formats import FormatOptions, output_format
 from curation.ndjson import to_ndjson
 from curation.published import read_manifest, verify_checksums
 from curation.review import decisions as dec
-from curation.review.queue import add_items, review_items
+from curation.review.queue import add_items, list_items, review_items
 from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA
@@ -1061,3 +1061,33 @@ def test_an_edit_of_a_document_cut_into_pieces_by_an_earlier_recipe_is_not_writt
     assert after[whole] == [{"text": "Long."}]  # a document on one line takes its edit
     assert two.manifest.stats["carry"]["edits_not_applied"] == 1
     assert two.manifest.stats["carry"]["review_edited"] == 1
+
+
+def test_a_span_marked_not_pii_does_not_bring_its_record_back_for_the_spans_already_asked(workdir: Path) -> None:
+    spec = recipe("out")
+    spec["stages"] = [{"type": "pii", "entities": ["PHONE_NUMBER", "PERSON"], "review_below": 1.0}]
+    write_jsonl(
+        workdir / "in" / "a.jsonl", [{"q": "Who handles transfers?", "a": "Ask Dana Whitfield on +1 415 555 0132."}]
+    )
+    run(workdir, spec)
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    (item,) = list_items(engine)
+    spans = json.loads(item["payload"])["spans"]
+    assert len(spans) == 2
+    # The name is not PII (as a Label Studio approve with its span removed says); the phone number stays asked.
+    name = next(s for s in spans if s["entity"] == "PERSON")
+    dec.decide(engine, item["item_id"], "pia", "edit", dec.Edit(not_pii=[("completion", name["start"], name["end"])]))
+    for full_refresh in (False, True):
+        write_jsonl(
+            workdir / "in" / "a.jsonl", [{"q": "Who handles transfers?", "a": "Ask Dana Whitfield on +1 415 555 0132."}]
+        )
+        version = run(workdir, spec, full_refresh=full_refresh)
+        assert [i["item_id"] for i in list_items(engine)] == [item["item_id"]]
+    assert next(iter(lines_by_id(Path(version.version_uri)).values()))[0]["completion"].startswith("Ask Dana Whitfield")
+    # A span not asked before (the number changed, same offsets) is asked.
+    write_jsonl(
+        workdir / "in" / "a.jsonl", [{"q": "Who handles transfers?", "a": "Ask Dana Whitfield on +1 415 555 0199."}]
+    )
+    run(workdir, spec)
+    assert len(list_items(engine)) == 2
+    engine.dispose()

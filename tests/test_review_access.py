@@ -544,3 +544,49 @@ def test_label_studio_labels_after_emoji_are_read_in_characters_or_utf16_units(t
     assert import_annotations(engine, [task], "pia")["edit"] == 1
     omar = spans[2]
     assert dec.run_decisions(engine, "support").undone == {"r1": {("prompt", omar["start"], omar["end"])}}
+
+
+def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_sees_it(tmp_path: Path) -> None:
+    from curation.review.auth import add_user
+    from curation.review.queue import list_items
+    from tests.helpers import run, write_jsonl
+    from tests.review_seed import USERS
+
+    write_jsonl(tmp_path / "in.jsonl", [{"q": f"Ask {NAME} about it?", "a": f"Transfers, says {NAME}."}])
+    spec = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ a }}", "label": "kind"},
+        "stages": [{"type": "pii", "entities": ["PHONE_NUMBER", "PERSON"], "review_below": 1.0}],
+        "output": {"validation_fraction": 0.0},
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    run(tmp_path, spec)
+    engine = sa.create_engine(spec["state"])
+    for name, role in USERS.items():
+        add_user(engine, name, role, PASSWORD)
+    (item,) = [i for i in list_items(engine, kind="pii") if json.loads(i["payload"])["field"] == "prompt"]
+    app = create_app(spec["state"], [])
+
+    def editor(page: str) -> tuple[str, dict[str, str]]:
+        options = re.findall(r'<option value="([^"]+)" data-value="([^"]*)" data-shown="1" ?(selected)?', page)
+        values = {name: value.replace("&lt;", "<").replace("&gt;", ">") for name, value, _ in options}
+        return next(name for name, _, selected in options if selected), values
+
+    # The editor opens on the flagged prompt, and holds the completion as the role sees it: raw for a
+    # pii-reviewer, as published (redacted) for a reviewer.
+    client, _ = signed_in(app, "pia")
+    assert editor(client.get(f"/items/{item['item_id']}").text) == (
+        "prompt",
+        {"prompt": f"Ask {NAME} about it?", "completion": f"Transfers, says {NAME}."},
+    )
+    reviewer, csrf = signed_in(app, "rita")
+    page = reviewer.get(f"/items/{item['item_id']}").text
+    assert editor(page) == (
+        "prompt",
+        {"prompt": "Ask <PERSON> about it?", "completion": "Transfers, says <PERSON>."},
+    )
+    assert NAME not in page and PHONE not in page
+    # The completion left as shown is no edit of it (nothing else changed: refused).
+    same = {"action": "edit", "field": "completion", "value": "Transfers, says <PERSON>.", "csrf_token": csrf}
+    assert reviewer.post(f"/items/{item['item_id']}/decide", data=same).status_code == 400

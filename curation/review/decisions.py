@@ -166,7 +166,7 @@ def known_values(item: dict[str, Any]) -> dict[str, str]:
     """Record fields whose value the flag's payload holds (to prefill an edit and record "before")."""
     payload = json.loads(item["payload"] or "{}")
     if item["kind"] == "pii" and "field" in payload:
-        return {payload["field"]: payload.get("original", "")}
+        return {**payload.get("fields", {}), payload["field"]: payload.get("original", "")}
     if item["kind"] == "vqa":
         return {name: payload[name] for name in ("question", "answer") if name in payload}
     if item["kind"] == "near_duplicate":

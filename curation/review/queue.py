@@ -85,12 +85,13 @@ def create_tables(engine: sa.Engine) -> None:
 def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags: pa.Table) -> int:
     """Store a run's flags, but those the queue already holds (the same record, kind, stage and question:
     an input read again, a full refresh), open or decided: a decision on the item stays in force for the
-    record, so asking again would only repeat the annotators' work. Returns how many."""
+    record, so asking again would only repeat the annotators' work. A PII flag whose spans the record's
+    items of that stage already ask about is held too. Returns how many."""
     if flags.num_rows == 0:
         return 0
     create_tables(engine)
     now = datetime.now(UTC)
-    queued = _queued(engine, dataset, flags["id"].to_pylist())
+    queued, spans = _queued(engine, dataset, flags["id"].to_pylist())
     rows = [
         {
             "dataset": dataset,
@@ -107,6 +108,7 @@ def add_items(engine: sa.Engine, dataset: str, version: int, run_id: str, flags:
         }
         for flag in flags.to_pylist()
         if (flag["id"], flag["kind"], flag["stage"], question(flag["kind"], flag["payload"])) not in queued
+        and not _spans_asked(flag, spans)
     ]
     if rows:
         with engine.begin() as db:
@@ -131,19 +133,43 @@ def question(kind: str, payload: str | None) -> str | None:
     return json.dumps(asked, sort_keys=True)
 
 
-def _queued(engine: sa.Engine, dataset: str, record_ids: list[str]) -> set[tuple[str, str, str, str | None]]:
-    """(record, kind, stage, question) of the items of these records."""
+# A span a PII item asks about: (field, start, end, entity, its text).
+Span = tuple[str, int, int, str, str]
+
+
+def _asked_spans(payload: str | None) -> set[Span]:
+    """The spans a PII item asks about. A span an annotator marked not
+    PII is left in clear by the next run, so the record's flag then holds the others alone: the same
+    spans of the same text, already asked."""
+    asked = json.loads(payload or "{}")
+    field, original = asked.get("field", ""), asked.get("original", "")
+    return {(field, s["start"], s["end"], s["entity"], original[s["start"] : s["end"]]) for s in asked.get("spans", [])}
+
+
+def _spans_asked(flag: dict[str, Any], asked: dict[tuple[str, str], set[Span]]) -> bool:
+    """Whether ``flag`` is a PII flag whose spans the record's items of its stage ask about already."""
+    spans = _asked_spans(flag["payload"]) if flag["kind"] == "pii" else set()
+    return bool(spans) and spans <= asked.get((flag["id"], flag["stage"]), set())
+
+
+def _queued(
+    engine: sa.Engine, dataset: str, record_ids: list[str]
+) -> tuple[set[tuple[str, str, str, str | None]], dict[tuple[str, str], set[Span]]]:
+    """(record, kind, stage, question) of the items of these records, and the spans their PII items ask
+    about, by (record, stage)."""
     found: set[tuple[str, str, str, str | None]] = set()
+    spans: dict[tuple[str, str], set[Span]] = {}
     table = review_items
     with engine.connect() as db:
         for chunk in id_chunks(record_ids):
             query = sa.select(table.c.record_id, table.c.kind, table.c.stage, table.c.payload).where(
                 table.c.dataset == dataset, table.c.record_id.in_(chunk)
             )
-            found.update(
-                (row.record_id, row.kind, row.stage, question(row.kind, row.payload)) for row in db.execute(query)
-            )
-    return found
+            for row in db.execute(query):
+                found.add((row.record_id, row.kind, row.stage, question(row.kind, row.payload)))
+                if row.kind == "pii":
+                    spans.setdefault((row.record_id, row.stage), set()).update(_asked_spans(row.payload))
+    return found, spans
 
 
 def list_items(

@@ -86,6 +86,9 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
     if item["kind"] == "pii":
         spans = payload.get("spans", [])
         view["field"] = payload.get("field")
+        # The record's other fields (a flag made before they came with it has none: the editor then says
+        # it does not show them); the editor opens on the flagged one.
+        view["edit_selected"] = view["field"]
         view["thumbnail"] = payload.get("thumbnail")  # a VQA record's image, as published
         view["entities"] = [
             {"entity": s["entity"], "score": s["score"], "placeholder": s.get("placeholder", "")} for s in spans
@@ -97,13 +100,13 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
                 {**s, "text": original[s["start"] : s["end"]], "key": f"{payload.get('field')}:{s['start']}:{s['end']}"}
                 for s in spans
             ]
-            view["edit_values"] = {payload.get("field"): original}
+            view["edit_values"] = {**payload.get("fields", {}), payload.get("field"): original}
         else:
             # The text as the next run publishes it: an edit starts from it, and what it keeps stays so.
             places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
             shown = restored_text(payload, places) if places else None
             view["redacted"] = payload.get("redacted", "") if shown is None else shown
-            view["edit_values"] = {payload.get("field"): view["redacted"]}
+            view["edit_values"] = {**payload.get("redacted_fields", {}), payload.get("field"): view["redacted"]}
     elif item["kind"] == "near_duplicate":
         kept, member = payload.get("kept", {}), payload.get("member", {})
         # With the recipe's PII stage after the near-dedup stage, roles that do not see PII get the

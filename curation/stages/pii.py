@@ -551,6 +551,7 @@ class PiiRedaction:
         self.name = name or self.name  # a second stage of its type in the recipe: ``own_name``
         self.config = config
         self.fields = list(config.fields or DEFAULT_FIELDS[kind])
+        self.content = CONTENT_COLUMNS[kind]
         if not self.fields:
             raise PiiSettingError(
                 f"the pii stage needs `fields` for {kind} records: name the columns that can hold PII"
@@ -623,7 +624,7 @@ class PiiRedaction:
         stats: Counter[str] = Counter()  # entities redacted (schemas.pii.PII_FOUND), and records counted
         dropped: dict[int, str] = {}  # row -> PII-free reason
         counts: dict[int, Counter[str]] = {}  # row -> entities redacted in it
-        flags: dict[int, list[dict]] = {}
+        flags: dict[int, list[tuple[str, str, str, list[dict], list[dict]]]] = {}  # row -> its fields' flags
         redacted = {name: list(values) for name, values in columns.items()}
         kept_detections = []
         for part in parts:
@@ -667,7 +668,10 @@ class PiiRedaction:
             counts.setdefault(row, Counter()).update(entity for entity, *_ in keep)
             uncertain = [span for span in spans if span["score"] < self.config.review_below]
             if uncertain:
-                flags.setdefault(row, []).append(self._flag(batch, row, name, text, new_text, uncertain, spans))
+                flags.setdefault(row, []).append((name, text, new_text, uncertain, spans))
+        # Made once every field is redacted, from the batch as read: a flag holds the record's other
+        # fields raw and as this stage publishes them.
+        made = {row: [self._flag(batch, row, redacted, *flag) for flag in found] for row, found in flags.items()}
         stats["records_scanned"] += batch.num_rows
         bad_images: dict[int, str] = {}
         if self.config.ocr and "image_bytes" in batch.column_names:
@@ -688,7 +692,7 @@ class PiiRedaction:
             ]
         )
         # A dropped record is not published, so there is nothing left in it to review.
-        flagged = [(row, flag) for row, row_flags in sorted(flags.items()) if row not in out for flag in row_flags]
+        flagged = [(row, flag) for row, row_flags in sorted(made.items()) if row not in out for flag in row_flags]
         if "image_bytes" in batch.column_names:
             _with_pictures(flagged, batch["image_bytes"])
         flag_rows = [flag for _, flag in flagged]
@@ -851,13 +855,29 @@ class PiiRedaction:
         return marked is None or text[place[0] : place[1]] == marked
 
     def _flag(
-        self, batch: pa.Table, row: int, name: str, original: str, text: str, spans: list[dict], every: list[dict]
+        self,
+        batch: pa.Table,
+        row: int,
+        redacted: dict[str, list[str | None]],
+        name: str,
+        original: str,
+        text: str,
+        spans: list[dict],
+        every: list[dict],
     ) -> dict:
         """A review item for the uncertain ``spans``; ``every`` redaction of the field is kept beside them,
-        so a carried copy can be rebuilt when some of them are marked not PII."""
+        so a carried copy can be rebuilt when some of them are marked not PII. The record's other text
+        fields come with it, raw and as this stage publishes them (``redacted``): an edit of one starts
+        from its value, as the annotator's role may see it."""
         entities = ", ".join(sorted({span["entity"] for span in spans}))
         redactions = [{key: span[key] for key in ("start", "end", "placeholder")} for span in every]
         payload = {"field": name, "original": original, "redacted": text, "spans": spans, "redactions": redactions}
+        others = [other for other in self.content if other != name and other in batch.column_names]
+        raw = {other: batch[other][row].as_py() for other in others}
+        payload["fields"] = {other: value for other, value in raw.items() if isinstance(value, str)}
+        payload["redacted_fields"] = {
+            other: redacted[other][row] if other in redacted else value for other, value in payload["fields"].items()
+        }
         return {
             "id": batch["id"][row].as_py(),
             "source": batch["source"][row].as_py(),
