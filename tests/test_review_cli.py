@@ -92,6 +92,13 @@ def test_an_export_filter_that_can_match_nothing_is_said(seeded: Seeded) -> None
     assert unknown.returncode == 0 and "the queue holds no item of dataset 'nope'" in unknown.stderr
     known = review("export", out, "--dataset", "support", "--recipe", recipe, cwd=seeded.folder)
     assert known.returncode == 0 and "no item" not in known.stderr
+    # A version not run yet (or mistyped) is said as an unknown dataset is: not a bare "0 task(s)".
+    unrun = review("export", out, "--version", "7", "--recipe", recipe, cwd=seeded.folder)
+    assert unrun.returncode == 0 and "the queue holds no item of version 7" in unrun.stderr, unrun.stderr
+    unrun = review("export", out, "--dataset", "support", "--version", "7", "--recipe", recipe, cwd=seeded.folder)
+    assert "the queue holds no item of version 7 of dataset 'support'" in unrun.stderr, unrun.stderr
+    run = review("export", out, "--dataset", "support", "--version", "1", "--recipe", recipe, cwd=seeded.folder)
+    assert run.returncode == 0 and "no item" not in run.stderr and "0 task(s)" not in run.stderr, run.stderr
 
 
 def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_says_so(tmp_path: Path) -> None:

@@ -7,13 +7,16 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from schemas.config import Recipe
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 review_app = typer.Typer(help="The annotators' review page and its queue.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
@@ -251,7 +254,7 @@ def export(
 ) -> None:
     """Write the queue as Label Studio tasks; with --kind, also the matching labeling config next to it."""
     from curation.review.labelstudio import export_tasks, label_config
-    from curation.review.queue import KINDS, STATUSES, queued_datasets
+    from curation.review.queue import KINDS, STATUSES
     from schemas.pii import PiiConfig
 
     for option, value, known in (("kind", kind, KINDS), ("status", status, STATUSES)):
@@ -271,9 +274,9 @@ def export(
     with _state_store(url):
         engine = _engine(url)
         tasks = export_tasks(engine, filters, include_pii)
-        none_queued = dataset is not None and not tasks and dataset not in queued_datasets(engine)
-    if none_queued:
-        _say("[yellow]warning[/yellow]", f"the queue holds no item of dataset {dataset!r}")
+        unqueued = None if tasks else _not_queued(engine, dataset, version)
+    if unqueued:
+        _say("[yellow]warning[/yellow]", f"the queue holds no item of {unqueued}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
@@ -308,6 +311,18 @@ def export(
             "unless the record comes back",
             highlight=False,
         )
+
+
+def _not_queued(engine: sa.Engine, dataset: str | None, version: int | None) -> str | None:
+    """The --dataset or --version the queue holds no item of, as said (a typo, or a version not yet
+    run), rather than an export of nothing that looks like a queue with nothing left to review."""
+    from curation.review.queue import queued_datasets, queued_versions
+
+    if dataset is not None and dataset not in queued_datasets(engine):
+        return f"dataset {dataset!r}"
+    if version is not None and version not in queued_versions(engine, dataset):
+        return f"version {version}" + (f" of dataset {dataset!r}" if dataset is not None else "")
+    return None
 
 
 # A Label Studio export is read whole (no incremental JSON parser is installed), and its tasks take a
