@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -228,3 +229,13 @@ def test_a_recipe_whose_sql_driver_is_not_installed_is_refused_only_where_its_so
     checked = curation("check", "r.yaml", cwd=tmp_path)
     said = " ".join(checked.stderr.split())
     assert checked.returncode == 2 and "sources.0.url (line 4): mysql needs the driver 'MySQLdb'" in said, said
+
+
+def test_serving_on_a_port_another_process_holds_says_so_instead_of_the_pages_address(seeded: Seeded) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        done = review("serve", "--port", str(port), "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said  # README's exit codes: a setting this machine cannot serve
+    assert f"error port {port} on 127.0.0.1 is taken by another process: stop it, or pass another --port" in said
+    assert "review page on" not in said and "Errno" not in said, said

@@ -169,11 +169,39 @@ def serve(
     url = _state_url(state, recipes)
     with _state_store(url):
         app = create_app(url, recipes)
+    busy = _cannot_listen(host, port)
+    if busy:  # else uvicorn says it after the page's address, as its own ERROR line, and exits 3
+        _say("[red]error[/red]", busy)
+        raise typer.Exit(2)
     console.print(f"review page on http://{host}:{port}/", highlight=False, markup=False)
     # Failed sign-ins are counted per client address: behind a proxy that is the forwarded one, and
     # only the named proxy may say so (any other client could claim any address).
     forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
     uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the page cannot listen on ``host``:``port`` (another process has the port, or it is under
+    1024 and this user may not take it), tried as uvicorn binds: each address ``host`` names. An address
+    no interface has is left to uvicorn, which skips it as asyncio does (IPv6 turned off, for localhost)."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return None  # uvicorn names the host it cannot look up
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a port in TIME_WAIT is free
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return f"port {port} on {host} is taken by another process: stop it, or pass another --port"
+                if error.errno == errno.EACCES:  # a port under 1024, without the privilege
+                    return f"cannot listen on port {port} of {host}: {error.strerror}: pass another --port"
+    return None
 
 
 def _not_addresses(proxy: str) -> list[str]:
