@@ -250,7 +250,19 @@ def add_user(
 
     url = _state_url(state, _recipes(recipe))  # before the prompt: a wrong store is said at once
     password = os.environ.get(PASSWORD_ENV)
-    if not password:
+    if password == "":  # a variable meant to hold it, left empty: no prompt to fall back on unasked
+        _say(
+            "[red]error[/red]",
+            f"${PASSWORD_ENV} is set but empty, so no user made: set it to the password, or unset it",
+        )
+        raise typer.Exit(2)
+    if password is None:
+        if not _has_terminal():  # getpass would read stdin instead, warning that the password may be echoed
+            _say(
+                "[red]error[/red]",
+                f"no password given, so no user made: no terminal to type it at; set ${PASSWORD_ENV}",
+            )
+            raise typer.Exit(2)
         try:
             password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
         except typer.Abort:  # its input ended (a job with no terminal) or ^C: else a bare "Aborted.", exit 1
@@ -267,6 +279,15 @@ def add_user(
         raise typer.Exit(2) from None
     article = "an" if user.role[0] in "aeiou" else "a"
     console.print(f"user [bold]{escape(user.name)}[/bold] is {article} {user.role}", highlight=False)
+
+
+def _has_terminal() -> bool:
+    """Whether this process has a terminal for the password prompt: the one getpass opens."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
 
 
 @review_app.command("export")
