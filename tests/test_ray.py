@@ -513,6 +513,25 @@ def test_which_ray_a_run_joins(
     assert {key: options[key] for key in ("address", "num_cpus") if key in options} == expected
 
 
+def test_a_ray_address_where_no_cluster_answers_is_said_with_what_was_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray's own ray.init, finding no cluster: not this machine's processes (another test's local instance
+    # would answer), nor the address file `ray start` leaves.
+    monkeypatch.setattr("ray._private.services._find_address_from_flag", lambda _flag: [])
+    monkeypatch.setattr("ray._private.services.find_bootstrap_address", lambda _temp_dir: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    class NotJoined:  # this session's tests may have joined a local instance already
+        is_initialized = staticmethod(lambda: False)
+        init = staticmethod(ray.init)
+
+    with pytest.raises(ConnectionError) as raised:
+        RayExecutor(address="auto")._connect(NotJoined)
+    assert str(raised.value) == (
+        "no Ray cluster answers at --address auto: start one with `ray start --head`, "
+        "or leave out --address to start a local instance"
+    )
+
+
 def test_a_sql_cursor_and_vqa_rows_taken_on_ray_workers_are_committed(workdir: Path, local_ray: Any) -> None:
     """Sources that note what they took while they read (a SQL cursor, VQA rows) do it in a worker's
     copy: the driver commits it, so the next run takes only what is new, as the embedded executor does."""

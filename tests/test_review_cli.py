@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,18 +37,58 @@ def test_add_user_from_env_or_prompt(seeded: Seeded) -> None:
     recipe = str(seeded.recipe_path)
     done = review("add-user", "olga", "--role", "admin", "--recipe", recipe, cwd=seeded.folder, password="s3cret-pass")
     assert done.returncode == 0 and "user olga is an admin" in done.stderr, done.stderr
-    prompted = review("add-user", "ivan", "--recipe", recipe, cwd=seeded.folder, stdin="another-pass\nanother-pass\n")
-    assert prompted.returncode == 0, prompted.stderr
+    typed = ("password: ", "another-pass\n"), ("confirmation: ", "another-pass\n")
+    prompted, said = at_a_terminal("add-user", "ivan", "--recipe", recipe, cwd=seeded.folder, typing=typed)
+    assert prompted == 0 and "user ivan is a reviewer" in said, said
+    assert "another-pass" not in said  # not echoed
     engine = sa.create_engine(seeded.state_url)
     assert authenticate(engine, "olga", "s3cret-pass").role == "admin"
     assert authenticate(engine, "ivan", "another-pass").role == "reviewer"
     assert authenticate(engine, "olga", "another-pass") is None
     # Asked twice: a password typed differently the second time makes no user.
-    mistyped = review("add-user", "petra", "--recipe", recipe, cwd=seeded.folder, stdin="first-pass\nfirst-pasd\n")
-    assert mistyped.returncode == 2 and "do not match" in mistyped.stdout + mistyped.stderr, mistyped.stderr
+    # ^D at the prompt asking again: no user, and how to give the password.
+    typed = (
+        ("password: ", "first-pass\n"),
+        ("confirmation: ", "first-pasd\n"),
+        ("do not match", ""),
+        ("password: ", "\x04"),
+    )
+    mistyped, said = at_a_terminal("add-user", "petra", "--recipe", recipe, cwd=seeded.folder, typing=typed)
+    assert mistyped == 2 and "no password given, so no user made" in said, said
     assert authenticate(engine, "petra", "first-pass") is None and authenticate(engine, "petra", "first-pasd") is None
     bad = review("add-user", "x", "--role", "owner", "--recipe", recipe, cwd=seeded.folder, password="long-enough")
     assert bad.returncode == 2 and "unknown role 'owner'" in bad.stderr
+
+
+def at_a_terminal(*args: str, cwd: Path, typing: tuple[tuple[str, str], ...]) -> tuple[int, str]:
+    """`curation review ARGS` with a terminal of its own (a pseudo-terminal, as a user's shell gives it),
+    typing each text once what precedes it shows (typed before the prompt, the prompt would discard it);
+    its exit code and all it showed."""
+    main, terminal = pty.openpty()
+    # In the child, before the CLI: a session whose controlling terminal is the pty, which getpass opens.
+    start = "import os, runpy, sys\nos.login_tty(int(sys.argv.pop(1)))\n"
+    start += "runpy.run_module('curation.cli', run_name='__main__', alter_sys=True)\n"
+    env = {**cli_env(), "TERM": "dumb"}
+    env.pop("CURATION_REVIEW_PASSWORD", None)
+    command = [sys.executable, "-c", start, str(terminal), "review", *args]
+    shown = b""
+    with subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, pass_fds=(terminal,)) as process:
+        os.close(terminal)
+        try:
+            for awaited, text in typing:
+                while awaited.encode() not in shown:
+                    assert select.select([main], [], [], 60)[0], shown
+                    shown += os.read(main, 4096)
+                shown = shown.replace(awaited.encode(), b"", 1)  # the next one is the next prompt
+                os.write(main, text.encode())
+            while select.select([main], [], [], 60)[0]:
+                try:
+                    shown += os.read(main, 4096)
+                except OSError:  # the child ended, and its terminal with it
+                    break
+        finally:
+            os.close(main)
+    return process.returncode, " ".join(shown.decode(errors="replace").split())
 
 
 def test_export_then_import_label_studio(seeded: Seeded) -> None:
@@ -92,6 +137,13 @@ def test_an_export_filter_that_can_match_nothing_is_said(seeded: Seeded) -> None
     assert unknown.returncode == 0 and "the queue holds no item of dataset 'nope'" in unknown.stderr
     known = review("export", out, "--dataset", "support", "--recipe", recipe, cwd=seeded.folder)
     assert known.returncode == 0 and "no item" not in known.stderr
+    # A version not run yet (or mistyped) is said as an unknown dataset is: not a bare "0 task(s)".
+    unrun = review("export", out, "--version", "7", "--recipe", recipe, cwd=seeded.folder)
+    assert unrun.returncode == 0 and "the queue holds no item of version 7" in unrun.stderr, unrun.stderr
+    unrun = review("export", out, "--dataset", "support", "--version", "7", "--recipe", recipe, cwd=seeded.folder)
+    assert "the queue holds no item of version 7 of dataset 'support'" in unrun.stderr, unrun.stderr
+    run = review("export", out, "--dataset", "support", "--version", "1", "--recipe", recipe, cwd=seeded.folder)
+    assert run.returncode == 0 and "no item" not in run.stderr and "0 task(s)" not in run.stderr, run.stderr
 
 
 def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_says_so(tmp_path: Path) -> None:
@@ -109,13 +161,21 @@ def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_s
 
 
 def test_add_user_with_no_password_to_read_says_how_to_give_one(tmp_path: Path) -> None:
-    # A job without a terminal (cron, CI) and without the variable: click's bare "Aborted!", exit 1.
+    # A job without a terminal (cron, CI) and without the variable: not getpass's fallback to stdin, with
+    # its own warning and a line of its code, before the error.
     url = f"sqlite:///{tmp_path}/state.db"
     (tmp_path / "state.db").touch()  # a store that is there, empty
-    done = review("add-user", "olga", "--state", url, cwd=tmp_path, stdin="")
+    done = review("add-user", "olga", "--state", url, cwd=tmp_path, stdin="s3cret-pass\ns3cret-pass\n")
     said = " ".join(done.stderr.split())
     assert done.returncode == 2, said
-    assert "error no password given, so no user made: set $CURATION_REVIEW_PASSWORD" in said, said
+    assert said == "error no password given, so no user made: no terminal to type it at; set $CURATION_REVIEW_PASSWORD"
+    # Set but empty (a secret that did not come through): said as such, with no prompt.
+    empty = review("add-user", "olga", "--state", url, cwd=tmp_path, password="", stdin="s3cret-pass\ns3cret-pass\n")
+    said = " ".join(empty.stderr.split())
+    assert empty.returncode == 2, said
+    assert (
+        said == "error $CURATION_REVIEW_PASSWORD is set but empty, so no user made: set it to the password, or unset it"
+    )
 
 
 def test_a_state_store_that_cannot_be_read_is_said_in_one_line_not_a_traceback(tmp_path: Path) -> None:
@@ -234,3 +294,13 @@ def test_a_review_command_refusing_a_recipe_does_not_name_a_sql_driver_it_does_n
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and "1 problem(s) in the recipe" in said, said
     assert "state (line 7): the state store is SQLite or PostgreSQL, not ftp" in said and "MySQLdb" not in said, said
+
+
+def test_serving_on_a_port_another_process_holds_says_so_instead_of_the_pages_address(seeded: Seeded) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        done = review("serve", "--port", str(port), "--recipe", str(seeded.recipe_path), cwd=seeded.folder)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, said  # README's exit codes: a setting this machine cannot serve
+    assert f"error port {port} on 127.0.0.1 is taken by another process: stop it, or pass another --port" in said
+    assert "review page on" not in said and "Errno" not in said, said

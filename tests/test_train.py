@@ -633,6 +633,23 @@ def test_waiting_that_times_out_names_the_job_once_and_says_it_goes_on(
     assert "error job-1: still InProgress after 0s; it goes on: `curation train wait job-1`" in err, err
 
 
+def test_a_job_that_cannot_be_read_is_said_without_a_status_it_never_had(
+    aws_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.cli import EXIT_FAILED, _followed
+
+    client = boto3.client("sagemaker")
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_training_job", "ValidationException", "Requested resource not found.")
+        stopped = _followed("nosuchjob", 0, None, describe_job=describe_via(client))
+    assert stopped.exit_code == EXIT_FAILED
+    said = " ".join(capsys.readouterr().err.split())
+    assert said == (
+        "error nosuchjob: An error occurred (ValidationException) when calling the DescribeTrainingJob "
+        "operation: Requested resource not found."
+    )
+
+
 def describe_via(client: Any) -> Any:
     return lambda name: client.describe_training_job(TrainingJobName=name)
 

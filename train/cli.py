@@ -88,19 +88,29 @@ def follow(
     from train.logs import JobLogs
     from train.sagemaker import WaitTimedOut, describe, model_artifacts, wait
 
+    def status(info: dict) -> str:
+        return f"{job_name}: " + f"{info['TrainingJobStatus']} / {info.get('SecondaryStatus', '')}".rstrip(" /")
+
+    # Read before the spinner shows: a job that cannot be read (no such job, no credentials) is said
+    # alone, not after a status it never had. The wait's first poll is this answer.
+    read = describe_job or describe
+    first = [read(job_name)]
+
+    def described(name: str) -> dict:
+        return first.pop() if first else read(name)
+
     logs = JobLogs(job_name)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=console
     ) as bar:
-        task = bar.add_task(f"{job_name}: submitted", total=None)
+        task = bar.add_task(status(first[0]), total=None)
 
         def show_new_lines() -> None:
             for line in logs.new_lines():
                 bar.console.print(line, highlight=False, markup=False)
 
         def update(info: dict) -> None:
-            status = f"{info['TrainingJobStatus']} / {info.get('SecondaryStatus', '')}".rstrip(" /")
-            bar.update(task, description=f"{job_name}: {status}")
+            bar.update(task, description=status(info))
             show_new_lines()
 
         # Once more after the last status: a job writes its last lines (a failure's traceback) as it
@@ -111,7 +121,7 @@ def follow(
                 update,
                 poll_seconds=poll_seconds,
                 timeout_seconds=timeout_seconds,
-                describe_job=describe_job or describe,
+                describe_job=described,
             )
         except WaitTimedOut:
             show_new_lines()

@@ -340,7 +340,13 @@ class RayExecutor:
             runtime_env = {"py_modules": [curation, schemas, connectors]}
             ray.init(address=self.address, runtime_env=runtime_env, **said)
         elif self.address:
-            ray.init(address=self.address, **said)
+            try:
+                ray.init(address=self.address, **said)
+            except ConnectionError:  # Ray's text asks for the --address flag the user just passed
+                raise ConnectionError(
+                    f"no Ray cluster answers at --address {self.address}: start one with `ray start --head`, "
+                    "or leave out --address to start a local instance"
+                ) from None
         elif os.environ.get("RAY_ADDRESS"):  # a job on a cluster (`ray job submit`): that cluster
             ray.init(**said)
         else:

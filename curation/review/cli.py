@@ -7,13 +7,16 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from schemas.config import Recipe
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 review_app = typer.Typer(help="The annotators' review page and its queue.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line keeps its file name in one piece
@@ -166,11 +169,39 @@ def serve(
     url = _state_url(state, recipes)
     with _state_store(url):
         app = create_app(url, recipes)
+    busy = _cannot_listen(host, port)
+    if busy:  # else uvicorn says it after the page's address, as its own ERROR line, and exits 3
+        _say("[red]error[/red]", busy)
+        raise typer.Exit(2)
     console.print(f"review page on http://{host}:{port}/", highlight=False, markup=False)
     # Failed sign-ins are counted per client address: behind a proxy that is the forwarded one, and
     # only the named proxy may say so (any other client could claim any address).
     forwarded = {"proxy_headers": True, "forwarded_allow_ips": proxy} if proxy else {"proxy_headers": False}
     uvicorn.run(app, host=host, port=port, log_level="warning", **forwarded)
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the page cannot listen on ``host``:``port`` (another process has the port, or it is under
+    1024 and this user may not take it), tried as uvicorn binds: each address ``host`` names. An address
+    no interface has is left to uvicorn, which skips it as asyncio does (IPv6 turned off, for localhost)."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return None  # uvicorn names the host it cannot look up
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a port in TIME_WAIT is free
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return f"port {port} on {host} is taken by another process: stop it, or pass another --port"
+                if error.errno == errno.EACCES:  # a port under 1024, without the privilege
+                    return f"cannot listen on port {port} of {host}: {error.strerror}: pass another --port"
+    return None
 
 
 def _not_addresses(proxy: str) -> list[str]:
@@ -219,7 +250,19 @@ def add_user(
 
     url = _state_url(state, _recipes(recipe))  # before the prompt: a wrong store is said at once
     password = os.environ.get(PASSWORD_ENV)
-    if not password:
+    if password == "":  # a variable meant to hold it, left empty: no prompt to fall back on unasked
+        _say(
+            "[red]error[/red]",
+            f"${PASSWORD_ENV} is set but empty, so no user made: set it to the password, or unset it",
+        )
+        raise typer.Exit(2)
+    if password is None:
+        if not _has_terminal():  # getpass would read stdin instead, warning that the password may be echoed
+            _say(
+                "[red]error[/red]",
+                f"no password given, so no user made: no terminal to type it at; set ${PASSWORD_ENV}",
+            )
+            raise typer.Exit(2)
         try:
             password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
         except typer.Abort:  # its input ended (a job with no terminal) or ^C: else a bare "Aborted.", exit 1
@@ -238,6 +281,15 @@ def add_user(
     console.print(f"user [bold]{escape(user.name)}[/bold] is {article} {user.role}", highlight=False)
 
 
+def _has_terminal() -> bool:
+    """Whether this process has a terminal for the password prompt: the one getpass opens."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
 @review_app.command("export")
 def export(
     out: Annotated[Path, typer.Argument(help="where to write the Label Studio tasks (JSON)")],
@@ -251,7 +303,7 @@ def export(
 ) -> None:
     """Write the queue as Label Studio tasks; with --kind, also the matching labeling config next to it."""
     from curation.review.labelstudio import export_tasks, label_config
-    from curation.review.queue import KINDS, STATUSES, queued_datasets
+    from curation.review.queue import KINDS, STATUSES
     from schemas.pii import PiiConfig
 
     for option, value, known in (("kind", kind, KINDS), ("status", status, STATUSES)):
@@ -271,9 +323,9 @@ def export(
     with _state_store(url):
         engine = _engine(url)
         tasks = export_tasks(engine, filters, include_pii)
-        none_queued = dataset is not None and not tasks and dataset not in queued_datasets(engine)
-    if none_queued:
-        _say("[yellow]warning[/yellow]", f"the queue holds no item of dataset {dataset!r}")
+        unqueued = None if tasks else _not_queued(engine, dataset, version)
+    if unqueued:
+        _say("[yellow]warning[/yellow]", f"the queue holds no item of {unqueued}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(tasks, indent=2, ensure_ascii=False))
@@ -308,6 +360,18 @@ def export(
             "unless the record comes back",
             highlight=False,
         )
+
+
+def _not_queued(engine: sa.Engine, dataset: str | None, version: int | None) -> str | None:
+    """The --dataset or --version the queue holds no item of, as said (a typo, or a version not yet
+    run), rather than an export of nothing that looks like a queue with nothing left to review."""
+    from curation.review.queue import queued_datasets, queued_versions
+
+    if dataset is not None and dataset not in queued_datasets(engine):
+        return f"dataset {dataset!r}"
+    if version is not None and version not in queued_versions(engine, dataset):
+        return f"version {version}" + (f" of dataset {dataset!r}" if dataset is not None else "")
+    return None
 
 
 # A Label Studio export is read whole (no incremental JSON parser is installed), and its tasks take a

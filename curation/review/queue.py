@@ -191,6 +191,16 @@ def queued_datasets(engine: sa.Engine) -> set[str]:
         return set(db.execute(sa.select(review_items.c.dataset).distinct()).scalars())
 
 
+def queued_versions(engine: sa.Engine, dataset: str | None = None) -> set[int]:
+    """The versions with items in the queue: of ``dataset`` only, if given."""
+    create_tables(engine)
+    query = sa.select(review_items.c.version).distinct()
+    if dataset is not None:
+        query = query.where(review_items.c.dataset == dataset)
+    with engine.connect() as db:
+        return set(db.execute(query).scalars())
+
+
 def queued_records(engine: sa.Engine, dataset: str) -> pa.Array:
     """The record ids of a dataset's items: a run tells which of them it reads (``note_read``)."""
     if not sa.inspect(engine).has_table(review_items.name):
