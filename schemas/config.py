@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -77,6 +78,18 @@ def _no_bare_at_sign(host: str | None) -> None:
 _DRIVER_PACKAGES = {"MySQLdb": "mysqlclient"}
 
 
+def _within_regular_package(module: str) -> bool:
+    """Whether a dotted module's first part is a package installed with its own files (a namespace package,
+    as google.cloud, has no origin: other packages install its parts)."""
+    if "." not in module:
+        return False
+    try:
+        spec = importlib.util.find_spec(module.split(".")[0])
+    except (ImportError, ValueError):  # a module in sys.modules without a spec
+        return False
+    return spec is not None and spec.origin is not None
+
+
 def _driver_installed(url: URL) -> None:
     """A source URL's SQLAlchemy dialect and its driver, importable: said at load, by the recipe line, not
     as a `ModuleNotFoundError` once the run connects."""
@@ -90,26 +103,27 @@ def _driver_installed(url: URL) -> None:
             f"SQLAlchemy has no dialect {url.get_backend_name()!r}: {supported}; another database needs its "
             "SQLAlchemy dialect's package installed"
         ) from None
-    except ModuleNotFoundError as error:
-        # The module not found, whole: one under a namespace package that other packages install
-        # (google.cloud.x) is not installed, though its first part is found.
-        module = error.name or url.get_driver_name()
-        # A top-level module is mostly named as its package (MySQLdb is not: mysqlclient); one within a package
-        # is not one to pip install.
-        package = _DRIVER_PACKAGES.get(module, module)
-        package = f"the one providing {module}" if "." in package else f"pip install {package}"
-        raise ValueError(
-            f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
-            f"database install the driver package of its SQLAlchemy dialect "
-            f"({package}), or name an installed driver in the URL "
-            f"({url.get_backend_name()}+DRIVER://...)"
-        ) from None
     except ImportError as error:
+        module = error.name or url.get_driver_name()
+        # A module missing within an installed package is found, but not loaded (a C extension built for another
+        # Python, psycopg2._psycopg): said below. One under a namespace package that other packages install
+        # (google.cloud.x) is not installed, though its first part is found.
+        if isinstance(error, ModuleNotFoundError) and not _within_regular_package(module):
+            # A top-level module is mostly named as its package (MySQLdb is not: mysqlclient); one within a
+            # package is not one to pip install.
+            package = _DRIVER_PACKAGES.get(module, module)
+            package = f"the one providing {module}" if "." in package else f"pip install {package}"
+            raise ValueError(
+                f"{url.drivername} needs the driver {module!r}, which is not installed: {supported}; for another "
+                f"database install the driver package of its SQLAlchemy dialect "
+                f"({package}), or name an installed driver in the URL "
+                f"({url.get_backend_name()}+DRIVER://...)"
+            ) from None
         # Found, but not loaded: the package, not the module that failed (a driver's C extension whose library is
         # missing, libmysqlclient.so, fails as 'MySQLdb._mysql').
-        package = (error.name or "").split(".")[0] or url.get_driver_name()
         raise ValueError(
-            f"{url.drivername} needs the driver {package!r}, which is installed but cannot be imported: {error}"
+            f"{url.drivername} needs the driver {module.split('.')[0]!r}, which is installed but cannot be "
+            f"imported: {error}"
         ) from None
     except Exception:
         # Not a driver found missing: a dialect written for SQLAlchemy 1.x (a `dbapi()` classmethod, which

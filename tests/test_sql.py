@@ -1898,6 +1898,31 @@ def test_a_source_driver_installed_whose_c_library_is_missing_is_said_with_its_c
     ), problem
 
 
+def test_a_source_driver_whose_extension_module_is_missing_is_said_installed_but_not_importable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A driver package installed with its C extension built for another Python (psycopg2's '_psycopg'): the
+    # extension is not found, and the recipe error said that module "is not installed" (the one providing
+    # MySQLdb._mysql), not the package that is installed but broken.
+    from schemas.config import RecipeError, parse_recipe
+
+    package = tmp_path / "MySQLdb"
+    package.mkdir()
+    # Imported as psycopg2 imports its extension: a ModuleNotFoundError for the submodule, none beside it.
+    (package / "__init__.py").write_text("from MySQLdb._mysql import connect\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = (
+        "dataset: support\nsources:\n  - type: sql\n    url: mysql://x@y/z\n    table: t\nrecord: {kind: document}\n"
+    )
+    with pytest.raises(RecipeError) as raised:
+        parse_recipe(recipe, origin="recipe.yaml")
+    (problem,) = str(raised.value).splitlines()[1:]
+    assert problem == (
+        "  sources.0.url (line 4): mysql needs the driver 'MySQLdb', which is installed but cannot be imported: "
+        "No module named 'MySQLdb._mysql'"
+    ), problem
+
+
 def test_a_source_driver_missing_under_a_namespace_other_packages_provide_is_said_not_installed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
