@@ -532,6 +532,35 @@ def test_a_ray_address_where_no_cluster_answers_is_said_with_what_was_tried(monk
     )
 
 
+def test_a_ray_host_and_port_where_nothing_listens_is_said_before_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ray.init retried the GCS at an explicit host:port for minutes before failing; a port that answers is joined.
+    import socket
+
+    calls: list[dict[str, Any]] = []
+
+    class Ray:
+        is_initialized = staticmethod(lambda: False)
+
+        @staticmethod
+        def init(**options: Any) -> None:
+            calls.append(options)
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        open_port = listening.getsockname()[1]
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            closed_port = closed.getsockname()[1]  # closed below: nothing listens there
+        with pytest.raises(ConnectionError) as raised:
+            RayExecutor(address=f"127.0.0.1:{closed_port}")._connect(Ray)
+        assert str(raised.value) == (
+            f"no Ray cluster answers at --address 127.0.0.1:{closed_port}: start one with `ray start --head`, "
+            "or leave out --address to start a local instance"
+        )
+        assert calls == []
+        assert RayExecutor(address=f"127.0.0.1:{open_port}")._connect(Ray) is True
+    assert [options["address"] for options in calls] == [f"127.0.0.1:{open_port}"]
+
+
 def test_a_sql_cursor_and_vqa_rows_taken_on_ray_workers_are_committed(workdir: Path, local_ray: Any) -> None:
     """Sources that note what they took while they read (a SQL cursor, VQA rows) do it in a worker's
     copy: the driver commits it, so the next run takes only what is new, as the embedded executor does."""

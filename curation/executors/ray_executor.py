@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections import Counter
@@ -267,6 +268,18 @@ class ProjectErrorsUnlogged(logging.Filter):
         return error is None or unwrap(error) is None
 
 
+def _answers(address: str) -> None:
+    """Raises ConnectionError where nothing answers at a ``host:port`` address: ray.init retries its GCS there for
+    minutes before it says so. ``auto`` and the other forms are left to ray.init."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:  # refused, timed out, or a host that cannot be looked up
+        raise ConnectionError(str(error)) from None
+
+
 class RayExecutor:
     """Runs the stages on a Ray cluster: a local one by default, or the one at ``address``."""
 
@@ -341,6 +354,7 @@ class RayExecutor:
             ray.init(address=self.address, runtime_env=runtime_env, **said)
         elif self.address:
             try:
+                _answers(self.address)
                 ray.init(address=self.address, **said)
             except ConnectionError:  # Ray's text asks for the --address flag the user just passed
                 raise ConnectionError(
