@@ -304,3 +304,22 @@ def test_serving_on_a_port_another_process_holds_says_so_instead_of_the_pages_ad
     assert done.returncode == 2, said  # README's exit codes: a setting this machine cannot serve
     assert f"error port {port} on 127.0.0.1 is taken by another process: stop it, or pass another --port" in said
     assert "review page on" not in said and "Errno" not in said, said
+
+
+def test_serving_on_ipv6_is_not_refused_for_a_port_another_process_holds_on_ipv4_only() -> None:
+    # uvicorn's socket for '::' is IPv6 only (asyncio's): it serves beside a process on 0.0.0.0 at the same port,
+    # while the probe before it, binding IPv4 too, said the port was taken.
+    from curation.review.cli import _cannot_listen
+
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    with socket.create_server(("0.0.0.0", 0)) as other:
+        assert _cannot_listen("::", other.getsockname()[1]) is None
+    with socket.create_server(("::", 0), family=socket.AF_INET6) as other:  # the same port in IPv6: taken
+        port = other.getsockname()[1]
+        assert (
+            _cannot_listen("::", port)
+            == f"port {port} on :: is taken by another process: stop it, or pass another --port"
+        )

@@ -194,6 +194,9 @@ def _cannot_listen(host: str, port: int) -> str | None:
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's: a port in TIME_WAIT is free
+            if family == socket.AF_INET6:
+                # As asyncio binds uvicorn's: '::' alone, not IPv4 too, which another process may hold.
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(address)
             except OSError as error:
