@@ -1870,21 +1870,35 @@ def test_a_source_url_whose_driver_is_not_installed_is_refused_at_load_before_an
         assert url != "mysql://x@y/z" or "(pip install mysqlclient)" in problem  # the package, not the module
 
 
-def test_a_source_driver_installed_whose_c_library_is_missing_is_said_with_its_cause(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("modules", "cause"),
+    [
+        # mysqlclient installed without libmysqlclient: the import fails in its extension module 'MySQLdb._mysql',
+        # and the recipe error said that module "is not installed" (pip install MySQLdb._mysql), not the cause.
+        (
+            {
+                "__init__.py": "from MySQLdb import _mysql\n",
+                # As CPython raises it when the extension's shared library cannot be loaded.
+                "_mysql.py": "raise ImportError('libmysqlclient.so.21: cannot open shared object file: No such file "
+                "or directory', name=__name__)\n",
+            },
+            "libmysqlclient.so.21: cannot open shared object file: No such file or directory",
+        ),
+        # A driver package whose C extension was built for another Python is not found, imported as psycopg2
+        # imports its '_psycopg': the recipe error said that module "is not installed" (the one providing
+        # MySQLdb._mysql), not the package that is installed but broken.
+        ({"__init__.py": "from MySQLdb._mysql import connect\n"}, "No module named 'MySQLdb._mysql'"),
+    ],
+)
+def test_a_source_driver_installed_whose_extension_cannot_load_is_said_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modules: dict[str, str], cause: str
 ) -> None:
-    # mysqlclient installed without libmysqlclient: the import fails in its extension module 'MySQLdb._mysql',
-    # and the recipe error said that module "is not installed" (pip install MySQLdb._mysql), not the cause.
     from schemas.config import RecipeError, parse_recipe
 
     package = tmp_path / "MySQLdb"
     package.mkdir()
-    (package / "__init__.py").write_text("from MySQLdb import _mysql\n")
-    # As CPython raises it when the extension's shared library cannot be loaded.
-    (package / "_mysql.py").write_text(
-        "raise ImportError('libmysqlclient.so.21: cannot open shared object file: No such file or directory', "
-        "name=__name__)\n"
-    )
+    for name, code in modules.items():
+        (package / name).write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     recipe = (
         "dataset: support\nsources:\n  - type: sql\n    url: mysql://x@y/z\n    table: t\nrecord: {kind: document}\n"
@@ -1893,33 +1907,7 @@ def test_a_source_driver_installed_whose_c_library_is_missing_is_said_with_its_c
         parse_recipe(recipe, origin="recipe.yaml")
     (problem,) = str(raised.value).splitlines()[1:]
     assert problem == (
-        "  sources.0.url (line 4): mysql needs the driver 'MySQLdb', which is installed but cannot be imported: "
-        "libmysqlclient.so.21: cannot open shared object file: No such file or directory"
-    ), problem
-
-
-def test_a_source_driver_whose_extension_module_is_missing_is_said_installed_but_not_importable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A driver package installed with its C extension built for another Python (psycopg2's '_psycopg'): the
-    # extension is not found, and the recipe error said that module "is not installed" (the one providing
-    # MySQLdb._mysql), not the package that is installed but broken.
-    from schemas.config import RecipeError, parse_recipe
-
-    package = tmp_path / "MySQLdb"
-    package.mkdir()
-    # Imported as psycopg2 imports its extension: a ModuleNotFoundError for the submodule, none beside it.
-    (package / "__init__.py").write_text("from MySQLdb._mysql import connect\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    recipe = (
-        "dataset: support\nsources:\n  - type: sql\n    url: mysql://x@y/z\n    table: t\nrecord: {kind: document}\n"
-    )
-    with pytest.raises(RecipeError) as raised:
-        parse_recipe(recipe, origin="recipe.yaml")
-    (problem,) = str(raised.value).splitlines()[1:]
-    assert problem == (
-        "  sources.0.url (line 4): mysql needs the driver 'MySQLdb', which is installed but cannot be imported: "
-        "No module named 'MySQLdb._mysql'"
+        f"  sources.0.url (line 4): mysql needs the driver 'MySQLdb', which is installed but cannot be imported: {cause}"
     ), problem
 
 
