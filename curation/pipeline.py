@@ -253,14 +253,18 @@ Scrub = Callable[[list[str | None], list[int]], list[str | None]]  # a PII stage
 
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
-    """Near-duplicate flags made before a PII stage quote text it had yet to redact; they get the form
-    every PII stage after them makes of it (in recipe order), which the review page shows roles that
-    do not see PII."""
+    """Near-duplicate flags made before a PII stage quote text it had yet to redact, and a PII stage's
+    flags text that a later one redacts further; they get the form every PII stage after them makes of
+    it (in recipe order), which the review page shows roles that do not see PII."""
     pii = [at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")]
     for start, end in itertools.pairwise([-1, *pii]):  # the stages between two PII stages
         made_by = {stage.name for stage in stages[start + 1 : end]}
         scrub = _in_turn([stages[at].scrub_texts for at in pii if at >= end])
         flags = [with_published_texts(table, scrub, made_by=made_by) for table in flags]
+        if start >= 0:  # the PII stage's own flags: redacted further by the PII stages after it
+            from curation.stages.pii import as_published_after
+
+            flags = [as_published_after(table, stages[start].name, scrub) for table in flags]
     return flags
 
 
