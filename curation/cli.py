@@ -294,7 +294,14 @@ def check(
     """Validate a recipe and list what it would read, without running it; read the head of its first
     input files as a run reads them."""
     from connectors.state import safe_url
-    from curation.pipeline import build_sources, build_stages, source_inputs, stage_order_warnings, templates_on_trial
+    from curation.pipeline import (
+        build_sources,
+        build_stages,
+        source_inputs,
+        stage_order_warnings,
+        templates_on_trial,
+        version_a_run_extends,
+    )
     from curation.published import published_versions, read_manifest, version_uri
     from curation.stages.base import StageError, raised_where
     from curation.state import StateFolderError, sqlite_folder_problem
@@ -325,9 +332,10 @@ def check(
         reading.append((loaded.output.dest, EXIT_USAGE))
         previous = published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no bucket)
         if templates_failed:
-            # As a run judges them, against the latest version: the one it extends (unless no source was read before).
+            # As a run judges them, against the version it extends: none where no source was read before.
             dest, dataset = loaded.output.dest, loaded.dataset
-            latest = read_manifest(version_uri(dest, dataset, previous[-1])) if previous else None
+            extends = version_a_run_extends(loaded, previous)
+            latest = read_manifest(version_uri(dest, dataset, extends)) if extends is not None else None
             if latest is None or templates_on_trial(loaded, latest):
                 problems += [f"{failed}: fix the template" for failed in templates_failed]
             else:

@@ -49,7 +49,7 @@ from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
 from curation.stages.shape import Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
-from curation.state import StateStore
+from curation.state import StateStore, state_engine
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
 from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs
 from schemas.config import (
@@ -253,14 +253,18 @@ Scrub = Callable[[list[str | None], list[int]], list[str | None]]  # a PII stage
 
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
-    """Near-duplicate flags made before a PII stage quote text it had yet to redact; they get the form
-    every PII stage after them makes of it (in recipe order), which the review page shows roles that
-    do not see PII."""
+    """Near-duplicate flags made before a PII stage quote text it had yet to redact, and a PII stage's
+    flags text that a later one redacts further; they get the form every PII stage after them makes of
+    it (in recipe order), which the review page shows roles that do not see PII."""
     pii = [at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")]
     for start, end in itertools.pairwise([-1, *pii]):  # the stages between two PII stages
         made_by = {stage.name for stage in stages[start + 1 : end]}
         scrub = _in_turn([stages[at].scrub_texts for at in pii if at >= end])
         flags = [with_published_texts(table, scrub, made_by=made_by) for table in flags]
+        if start >= 0:  # the PII stage's own flags: redacted further by the PII stages after it
+            from curation.stages.pii import as_published_after
+
+            flags = [as_published_after(table, stages[start].name, scrub) for table in flags]
     return flags
 
 
@@ -297,6 +301,28 @@ def templates_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     earlier release, which kept no hash of its templates, counts as made with them: a recipe error there would
     block every scheduled run, where a quarantined row is only counted and reported."""
     return made is None or made.record_sha256 not in (None, recipe.record.fingerprint())
+
+
+def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
+    """The version a run extends: the latest, unless the state store holds no watermark for any of the
+    recipe's sources (a path or setting changed, another state store): its version then holds only what
+    it reads, and no version made its records (``templates_on_trial``: the templates are on trial)."""
+    return previous[-1] if previous and watermarks.had_previous() else None
+
+
+def version_a_run_extends(recipe: Recipe, previous: list[int]) -> int | None:
+    """``extended_version`` as a run of ``recipe`` would find it now (``curation check`` asks): the state
+    store's watermarks of the recipe's sources, as ``build_sources`` looks them up."""
+    if not previous:
+        return None
+    engine = state_engine(recipe.state)
+    try:
+        watermarks = Watermarks(engine, recipe.dataset)
+        for config in recipe.sources:
+            watermarks.for_source(config)
+        return extended_version(previous, watermarks)
+    finally:
+        engine.dispose()
 
 
 def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Tally, stages: list[AnyStage]) -> None:
@@ -688,7 +714,7 @@ class RunPlan:
     @property
     def extends(self) -> int | None:
         """The version this run extends: none when no source was read before (a path or setting changed)."""
-        return self.previous[-1] if self.previous and self.watermarks.had_previous() else None
+        return extended_version(self.previous, self.watermarks)
 
     @property
     def extended(self) -> Manifest | None:

@@ -484,9 +484,8 @@ def test_a_template_failing_on_every_record_fails_the_run_and_the_fixed_recipe_r
     assert (counts["written"], counts["reasons"]) == (2, {"quarantined": {"malformed_csv": 1}})
 
 
-def test_check_says_a_template_failing_on_every_head_row_as_the_run_does(tmp_path: Path) -> None:
-    # v1 was made by this template: a new file whose rows all lack the colon it splits on is the rows' fault, and
-    # the run quarantines them. Check called it an input error (exit 2), so `check && run` never ran again.
+def _v1_split_on_a_colon(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """A recipe whose template splits on a colon, and v1 that it made from ``qa/``."""
     write_jsonl(tmp_path / "qa" / "a.jsonl", [{"q": f"Q:{n}", "a": "A"} for n in range(5)])
     spec = {
         "dataset": "qa",
@@ -495,6 +494,13 @@ def test_check_says_a_template_failing_on_every_head_row_as_the_run_does(tmp_pat
     }
     recipe = write_recipe(tmp_path, spec)
     assert curation("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
+    return spec, recipe
+
+
+def test_check_says_a_template_failing_on_every_head_row_as_the_run_does(tmp_path: Path) -> None:
+    # v1 was made by this template: a new file whose rows all lack the colon it splits on is the rows' fault, and
+    # the run quarantines them. Check called it an input error (exit 2), so `check && run` never ran again.
+    spec, recipe = _v1_split_on_a_colon(tmp_path)
     path = write_jsonl(tmp_path / "qa" / "b.jsonl", [{"q": "no colon", "a": "B"}])
     failure = f"{path}:1: prompt: template failed: list object has no element 1; so on all 1 record(s) of the head"
     write_recipe(tmp_path, {**spec, "batch_rows": 1_000})  # another setting changed: not the templates
@@ -513,6 +519,21 @@ def test_check_says_a_template_failing_on_every_head_row_as_the_run_does(tmp_pat
     assert checked.returncode == 2 and "input error" in said, said
     assert "no element 2; so on all 1 record(s) of the head: fix the template" in said, said
     write_jsonl(tmp_path / "qa" / "c.jsonl", [{"q": "Q:1", "a": "C"}])
+    refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2 and "failed on every record it was given (1)" in said, said
+
+
+def test_check_puts_templates_on_trial_where_no_source_was_read_before_as_the_run_does(tmp_path: Path) -> None:
+    # A changed source path is read from scratch: the version it makes extends nothing, so its templates are on
+    # trial. Check judged the head against the latest version all the same: ok, where the run then failed.
+    spec, recipe = _v1_split_on_a_colon(tmp_path)
+    write_jsonl(tmp_path / "qa2" / "b.jsonl", [{"q": "no colon", "a": "B"}])
+    write_recipe(tmp_path, {**spec, "sources": [{"path": "qa2"}]})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 2 and "so on all 1 record(s) of the head: fix the template" in said, said
+    assert "v1 was made with these templates" not in said, said
     refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
     said = " ".join((refused.stdout + refused.stderr).split())
     assert refused.returncode == 2 and "failed on every record it was given (1)" in said, said

@@ -590,3 +590,68 @@ def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_se
     # The completion left as shown is no edit of it (nothing else changed: refused).
     same = {"action": "edit", "field": "completion", "value": "Transfers, says <PERSON>.", "csrf_token": csrf}
     assert reviewer.post(f"/items/{item['item_id']}/decide", data=same).status_code == 400
+
+
+def test_a_reviewer_sees_no_pii_that_a_later_pii_stage_redacts(tmp_path: Path) -> None:
+    from curation.review.auth import add_user
+    from tests.helpers import outputs, run, write_jsonl
+
+    phone = "+1 415 555 0132"
+    rows = [
+        {"q": f"Ask {NAME} about it?", "a": f"Call {phone} for transfers."},
+        {"q": f"Ask {NAME} on {phone}?", "a": "Transfers."},  # the flagged field holds what the second redacts
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    spec = {
+        "dataset": "support",
+        "sources": [{"path": "in.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ a }}", "label": "kind"},
+        "stages": [
+            {"type": "pii", "entities": ["PERSON"], "review_below": 1.0},
+            {"type": "pii", "entities": ["PHONE_NUMBER"], "threshold": 0, "review_below": 0},
+        ],
+        "output": {"validation_fraction": 0.0},
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+    }
+    result = run(tmp_path, spec)
+    published = sorted((r["prompt"], r["completion"]) for r in outputs(Path(result.version_uri)))
+    assert published == [
+        ("Ask <PERSON> about it?", "Call <PHONE_NUMBER> for transfers."),
+        ("Ask <PERSON> on <PHONE_NUMBER>?", "Transfers."),
+    ]
+    engine = sa.create_engine(spec["state"])
+    for name, role in USERS.items():
+        add_user(engine, name, role, PASSWORD)
+    items = list_items(engine, kind="pii")
+    assert len(items) == 2
+    app = create_app(spec["state"], [])
+    reviewer, _ = signed_in(app, "rita")
+    pii_reviewer, csrf = signed_in(app, "pia")
+    raw = [NAME, phone, "415 555", "0132"]
+
+    def no_raw_pii() -> None:
+        for item in items:
+            page = reviewer.get(f"/items/{item['item_id']}").text
+            assert not [text for text in raw if text in page], item
+        for task in export_tasks(engine, {"kind": "pii"}):
+            assert not [text for text in raw if text in json.dumps(task)], task
+
+    no_raw_pii()
+    # The reviewer's editor holds each field as published.
+    page = reviewer.get(f"/items/{items[0]['item_id']}").text
+    options = re.findall(r'<option value="([^"]+)" data-value="([^"]*)" data-shown="1"', page)
+    shown = tuple(
+        dict((n, v.replace("&lt;", "<").replace("&gt;", ">")) for n, v in options)[f] for f in ("prompt", "completion")
+    )
+    assert shown in published
+    # A span of the first stage marked not PII is shown in clear no more than a later stage leaves it.
+    for item in items:
+        span = json.loads(item["payload"])["spans"][0]
+        key = f"prompt:{span['start']}:{span['end']}"
+        response = pii_reviewer.post(
+            f"/items/{item['item_id']}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf}
+        )
+        assert response.status_code in (200, 303)
+    assert NAME not in raw[1:]
+    raw.remove(NAME)  # marked not PII: published in clear by the next run
+    no_raw_pii()

@@ -782,6 +782,15 @@ def restored_text(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str
     return redacted(original, [span for span in redactions if (span["start"], span["end"]) not in not_pii])
 
 
+def redacted_as_shown(payload: dict[str, Any], not_pii: set[tuple[int, int]]) -> str:
+    """A PII flag's field as a role that does not see PII is shown it: as published, the spans in
+    ``not_pii`` in clear. Not where a later PII stage redacted the field further (``published_after``):
+    put back from ``original``, the spans would bring back what that stage redacts with them, so they
+    stay redacted there (the next run may publish them in clear)."""
+    shown = restored_text(payload, not_pii) if not_pii and not payload.get("published_after") else None
+    return payload.get("redacted", "") if shown is None else shown
+
+
 def not_pii_in_force(engine: sa.Engine, item_id: int) -> set[tuple[str, int, int]]:
     """The spans of a PII item that the decisions in force on it mark not PII."""
     return not_pii_of(_in_force_for_item(engine, item_id))

@@ -147,8 +147,7 @@ def _task(
             ]
         else:
             places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
-            shown = dec.restored_text(payload, places) if places else None  # as the page shows a reviewer
-            data["text"] = payload.get("redacted", "") if shown is None else shown
+            data["text"] = dec.redacted_as_shown(payload, places)  # as the page shows a reviewer
     elif item["kind"] == "near_duplicate":
         # Texts taken before the recipe's PII stage have their redacted form beside them.
         text = "text" if include_pii else "published_text"

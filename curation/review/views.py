@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curation.review.auth import User
-from curation.review.decisions import restored_text
+from curation.review.decisions import redacted_as_shown
 
 _WORDS = re.compile(r"\s+|[^\s]+")
 # The keys of a near-duplicate item's side kept for a role shown its texts redacted (not ``fields``,
@@ -104,8 +104,7 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
         else:
             # The text as the next run publishes it: an edit starts from it, and what it keeps stays so.
             places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
-            shown = restored_text(payload, places) if places else None
-            view["redacted"] = payload.get("redacted", "") if shown is None else shown
+            view["redacted"] = redacted_as_shown(payload, places)
             view["edit_values"] = {**payload.get("redacted_fields", {}), payload.get("field"): view["redacted"]}
     elif item["kind"] == "near_duplicate":
         kept, member = payload.get("kept", {}), payload.get("member", {})

@@ -74,6 +74,39 @@ def _with_pictures(flagged: list[tuple[int, dict]], images: pa.ChunkedArray) -> 
             flag["payload"] = json.dumps({**json.loads(flag["payload"]), "thumbnail": picture})
 
 
+def as_published_after(
+    flags: pa.Table, stage: str, scrub: Callable[[list[str | None], list[int]], list[str | None]]
+) -> pa.Table:
+    """The PII flags of ``stage`` with the texts a role that does not see PII is shown (``redacted``,
+    ``redacted_fields``) as a PII stage after it publishes them (``scrub``, each flag's texts scanned as
+    one record): as the stage made them they hold in clear what a later stage redacts (a phone number
+    where this stage looks for names). ``published_after`` marks them: spans marked not PII are then
+    not put back from ``original`` for such a role (see ``review.decisions.redacted_as_shown``), which
+    would undo the later stages' redactions too."""
+    rows = [
+        row
+        for row, (kind, made_by) in enumerate(zip(flags["kind"].to_pylist(), flags["stage"].to_pylist(), strict=True))
+        if kind == "pii" and made_by == stage
+    ]
+    if not rows:
+        return flags
+    column = flags["payload"].to_pylist()
+    payloads = [json.loads(column[row]) for row in rows]
+    names = [list(payload.get("redacted_fields", {})) for payload in payloads]
+    values: list[str | None] = []
+    owners: list[int] = []
+    for at, payload in enumerate(payloads):
+        values += [payload.get("redacted", ""), *payload.get("redacted_fields", {}).values()]
+        owners += [at] * (1 + len(names[at]))
+    scrubbed = iter(scrub(values, owners))
+    for row, payload, own in zip(rows, payloads, names, strict=True):
+        payload["redacted"] = next(scrubbed)
+        payload["redacted_fields"] = {name: next(scrubbed) for name in own}
+        payload["published_after"] = True
+        column[row] = json.dumps(payload)
+    return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
+
+
 class PiiSettingError(StageError, RecipeError):
     """The stage's settings cannot work (no fields, no key, model or tesseract missing): found when it
     is built, so `curation check` reports it as a recipe error and `curation run` before reading."""
