@@ -279,6 +279,21 @@ def _in_turn(scrubs: list[Scrub]) -> Scrub:
     return scrub
 
 
+def _set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | None:
+    """Every PII stage's redaction of set-aside rows, in recipe order: each stage redacts its own
+    entities, so the first alone would publish in clear what a later one redacts on the records."""
+    scrubs = [stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")]
+    if not scrubs:
+        return None
+
+    def scrub(table: pa.Table) -> pa.Table:
+        for one in scrubs:
+            table = one(table)
+        return table
+
+    return scrub
+
+
 def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:
     """A run whose every record lacks a column the recipe names is a recipe error (a misspelt column),
     not bad data: it fails, publishes nothing and leaves its input to be read again once fixed."""
@@ -801,7 +816,7 @@ def _run_locked(
         if plan.replaced_ids is not None:
             run_stages.retire(plan.replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
-        writer.scrub = next((s.scrub_set_aside for s in run_stages.stages if hasattr(s, "scrub_set_aside")), None)
+        writer.scrub = _set_aside_scrub(run_stages.stages)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)
         plan.watermarks.read_next_run(tally.unread_inputs)  # records a stage could not read for now
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)

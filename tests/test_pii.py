@@ -1326,6 +1326,39 @@ def test_a_line_with_half_a_surrogate_pair_is_quarantined_scrubbed_and_the_run_g
     assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Hello?"]
 
 
+def test_a_quarantined_row_is_published_and_shown_as_every_pii_stage_redacts_it(workdir: Path) -> None:
+    # Set-aside rows were scrubbed by the first PII stage only: the phone number the second one
+    # redacts was published in clear in set_aside/ and shown to a reviewer.
+    (workdir / "faq.jsonl").write_text(
+        '{"q": "Hello?", "a": "Hi."}\n{"q": "Ask Maria Lopez on +1 415 555 0132", broken\n'
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii", "entities": ["PERSON"]}, {"type": "pii", "entities": ["PHONE_NUMBER"]}],
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [row] = set_aside(Path(result.version_uri))
+    assert row["reason"] == "malformed_json"
+    assert "<PERSON>" in row["record"] and "<PHONE_NUMBER>" in row["record"], row["record"]
+    from curation.review.auth import User
+    from curation.review.labelstudio import export_tasks
+    from curation.review.views import item_view
+
+    engine = sa.create_engine(f"sqlite:///{workdir / 'state.db'}")
+    with engine.connect() as conn:
+        [item] = [
+            dict(row)
+            for row in conn.execute(sa.text("select * from review_items where kind = 'quarantined'")).mappings()
+        ]
+    shown = item_view(item, User("rita", "reviewer"))
+    exported = json.dumps(export_tasks(engine, {"kind": "quarantined"}))
+    for published in (json.dumps(row), shown["raw"] + (shown["reason_detail"] or ""), exported):
+        assert "Lopez" not in published and "555 0132" not in published, published
+
+
 def test_a_changed_pseudonym_key_is_a_changed_recipe(
     workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
