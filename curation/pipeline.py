@@ -264,7 +264,8 @@ def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[p
         if start >= 0:  # the PII stage's own flags: redacted further by the PII stages after it
             from curation.stages.pii import as_published_after
 
-            flags = [as_published_after(table, stages[start].name, scrub) for table in flags]
+            ocr_later = any(getattr(stages[at].config, "ocr", False) for at in pii if at >= end)
+            flags = [as_published_after(table, stages[start].name, scrub, ocr_later) for table in flags]
     return flags
 
 

@@ -1766,6 +1766,41 @@ def test_a_pii_item_of_a_vqa_record_shows_its_image_as_published() -> None:
         assert item_view(item, user)["thumbnail"] == shown
 
 
+def test_a_pii_item_shows_no_image_where_a_later_pii_stage_redacts_text_in_images() -> None:
+    # The item's picture is its stage's: a later stage with ``ocr`` redacts the e-mail in the published
+    # image, yet every role was shown it in clear.
+    from curation.pipeline import _flags_as_published
+    from curation.review.auth import User
+    from curation.review.views import item_view
+
+    batch = pa.table(
+        {
+            "id": ["v0"],
+            "source": source_array("images", "mem://images.jsonl", [1]),
+            "image": ["statement.png"],
+            "question": ["Reach me at 212-555-0187: what is the total due?"],  # an uncertain phone number
+            "answer": ["120"],
+            "image_bytes": pa.array([document_image()], pa.binary()),
+        }
+    )
+    first = PiiRedaction(PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID]}), "vqa")
+    result = first(batch)
+    assert "thumbnail" in json.loads(result.flags["payload"][0].as_py())
+
+    def later(ocr: bool) -> PiiRedaction:
+        config = PiiConfig.model_validate({"type": "pii", "entities": ["EMAIL_ADDRESS"], "ocr": ocr})
+        return PiiRedaction(config, "vqa", name="pii_2")
+
+    # Without ``ocr`` the later stage leaves the image as it is: the picture is the published one.
+    for stages, shown in (([first, later(True)], False), ([first, later(False)], True)):
+        (flags,) = _flags_as_published(stages, [result.flags])
+        (flag,) = flags.to_pylist()
+        assert ("thumbnail" in json.loads(flag["payload"])) is shown
+        item = {**flag, "item_id": 1, "record_id": "v0", "source": json.dumps(flag["source"])}
+        for user in (User("rita", "reviewer"), User("pia", "pii-reviewer")):
+            assert bool(item_view(item, user)["thumbnail"]) is shown
+
+
 def test_two_pii_stages_of_one_recipe_count_what_each_found_under_its_own_name(workdir: Path) -> None:
     rows = [{"q": "Mail me at ana.lopez@example.com", "a": "Done: write to help@example.org or desk@example.net"}]
     write_jsonl(workdir / "in.jsonl", rows)

@@ -75,14 +75,19 @@ def _with_pictures(flagged: list[tuple[int, dict]], images: pa.ChunkedArray) -> 
 
 
 def as_published_after(
-    flags: pa.Table, stage: str, scrub: Callable[[list[str | None], list[int]], list[str | None]]
+    flags: pa.Table,
+    stage: str,
+    scrub: Callable[[list[str | None], list[int]], list[str | None]],
+    images_redacted_later: bool = False,
 ) -> pa.Table:
     """The PII flags of ``stage`` with the texts a role that does not see PII is shown (``redacted``,
     ``redacted_fields``) as a PII stage after it publishes them (``scrub``, each flag's texts scanned as
     one record): as the stage made them they hold in clear what a later stage redacts (a phone number
     where this stage looks for names). ``published_after`` marks them: spans marked not PII are then
     not put back from ``original`` for such a role (see ``review.decisions.redacted_as_shown``), which
-    would undo the later stages' redactions too."""
+    would undo the later stages' redactions too. With ``images_redacted_later`` (a later PII stage
+    with ``ocr``) a flag's ``thumbnail`` is dropped: it is this stage's picture, shown to every role,
+    and holds in clear text that the later stage redacts from the published image."""
     rows = [
         row
         for row, (kind, made_by) in enumerate(zip(flags["kind"].to_pylist(), flags["stage"].to_pylist(), strict=True))
@@ -103,6 +108,8 @@ def as_published_after(
         payload["redacted"] = next(scrubbed)
         payload["redacted_fields"] = {name: next(scrubbed) for name in own}
         payload["published_after"] = True
+        if images_redacted_later:
+            payload.pop("thumbnail", None)
         column[row] = json.dumps(payload)
     return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
 
