@@ -254,18 +254,21 @@ Scrub = Callable[[list[str | None], list[int]], list[str | None]]  # a PII stage
 
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
     """Near-duplicate flags made before a PII stage quote text it had yet to redact, and a PII stage's
-    flags text that a later one redacts further; they get the form every PII stage after them makes of
-    it (in recipe order), which the review page shows roles that do not see PII."""
-    pii = [at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")]
-    for start, end in itertools.pairwise([-1, *pii]):  # the stages between two PII stages
-        made_by = {stage.name for stage in stages[start + 1 : end]}
-        scrub = _in_turn([stages[at].scrub_texts for at in pii if at >= end])
-        flags = [with_published_texts(table, scrub, made_by=made_by) for table in flags]
-        if start >= 0:  # the PII stage's own flags: redacted further by the PII stages after it
-            from curation.stages.pii import as_published_after
+    flags text that a later one redacts further; they get the form the stages that rewrite text after
+    them make of it (each PII stage's, and a clean stage's between two, which turns markup the later
+    scan would miss into what it finds), in recipe order, which the review page shows roles that do
+    not see PII."""
+    from curation.stages.pii import as_published_after
 
-            ocr_later = any(getattr(stages[at].config, "ocr", False) for at in pii if at >= end)
-            flags = [as_published_after(table, stages[start].name, scrub, ocr_later) for table in flags]
+    rewriting = [at for at, stage in enumerate(stages) if getattr(stage, "rewrites_text", False)]
+    last_pii = max((at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")), default=-1)
+    for at, stage in enumerate(stages[:last_pii]):
+        later = [stages[after] for after in rewriting if after > at]
+        scrub = _in_turn([getattr(one, "scrub_texts", None) or one.clean_texts for one in later])  # type: ignore[union-attr]
+        flags = [with_published_texts(table, scrub, made_by={stage.name}) for table in flags]
+        if hasattr(stage, "scrub_texts"):  # the PII stage's own flags: redacted further after it
+            ocr_later = any(getattr(one, "redacts_images", False) for one in later)
+            flags = [as_published_after(table, stage.name, scrub, ocr_later) for table in flags]
     return flags
 
 

@@ -1801,6 +1801,24 @@ def test_a_pii_item_shows_no_image_where_a_later_pii_stage_redacts_text_in_image
             assert bool(item_view(item, user)["thumbnail"]) is shown
 
 
+def test_a_pii_item_is_shown_as_a_clean_stage_and_the_pii_stage_after_it_publish_it() -> None:
+    # The later PII stage scans the text the clean stage between them left: it finds the phone number
+    # once the markup is gone, yet the item was scrubbed without that clean, so it was shown in clear.
+    from curation.pipeline import _flags_as_published
+    from curation.stages.clean import Clean
+
+    batch = records(["Account CUST-204518, call +1 415 <b>555</b> 0132"])
+    first = stage(entities=["CUSTOMER_ID"])
+    result = first(batch)
+    phones = PiiConfig.model_validate({"type": "pii", "entities": ["PHONE_NUMBER"]})
+    stages = [first, Clean(["prompt", "completion"]), PiiRedaction(phones, "instruction", name="pii_2")]
+    published = stages[2](stages[1](result.kept).kept).kept["prompt"][0].as_py()
+    assert "<PHONE_NUMBER>" in published  # what the run publishes
+    (flags,) = _flags_as_published(stages, [result.flags])
+    (payload,) = [json.loads(text) for text in flags["payload"].to_pylist()]
+    assert payload["redacted"] == published
+
+
 def test_two_pii_stages_of_one_recipe_count_what_each_found_under_its_own_name(workdir: Path) -> None:
     rows = [{"q": "Mail me at ana.lopez@example.com", "a": "Done: write to help@example.org or desk@example.net"}]
     write_jsonl(workdir / "in.jsonl", rows)

@@ -201,6 +201,14 @@ class Clean:
             if on
         ]
 
+    def clean_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
+        """``values`` as the stage's steps leave a text field: for text taken before it (review items),
+        which a PII stage after it scans in this form."""
+        array = pa.array(values, pa.string())
+        for _, step in self.steps:
+            array = step(array)
+        return array.to_pylist()
+
     def __call__(self, batch: pa.Table) -> StageResult:
         stats: dict[str, int] = {}
         any_change = pa.array([False] * batch.num_rows)

@@ -785,6 +785,10 @@ class PiiRedaction:
         table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
         return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
+    @property
+    def redacts_images(self) -> bool:
+        return self.config.ocr
+
     @_messages_withheld
     def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         return self._scrub_texts(values, records)
