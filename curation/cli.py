@@ -406,6 +406,7 @@ def _read_heads(
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
+    from curation.pipeline import set_aside_scrub
     from curation.stages.shape import Shape, TemplateErrors, recipe_template_error
 
     shaping: list = []
@@ -415,7 +416,7 @@ def _read_heads(
             break
     # With a PII stage, a set-aside row's detail is redacted as the run publishes it (a reader's message
     # can quote what it could not parse: a key named twice).
-    scrub = next((stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")), None)
+    scrub = set_aside_scrub(stages)
     problems: list[str] = []
     notes: list[str] = []
     templates_failed: list[str] = []

@@ -261,7 +261,9 @@ def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[p
     from curation.stages.pii import as_published_after
 
     rewriting = [at for at, stage in enumerate(stages) if getattr(stage, "rewrites_text", False)]
-    last_pii = max((at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")), default=-1)
+    last_pii = max((at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")), default=None)
+    if last_pii is None:  # no text of a flag is redacted after it: every role sees it as flagged
+        return flags
     for at, stage in enumerate(stages[:last_pii]):
         later = [stages[after] for after in rewriting if after > at]
         scrub = _in_turn([getattr(one, "scrub_texts", None) or one.clean_texts for one in later])  # type: ignore[union-attr]
@@ -283,7 +285,7 @@ def _in_turn(scrubs: list[Scrub]) -> Scrub:
     return scrub
 
 
-def _set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | None:
+def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | None:
     """Every PII stage's redaction of set-aside rows, in recipe order: each stage redacts its own
     entities, so the first alone would publish in clear what a later one redacts on the records."""
     scrubs = [stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")]
@@ -820,7 +822,7 @@ def _run_locked(
         if plan.replaced_ids is not None:
             run_stages.retire(plan.replaced_ids.to_arrow())
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
-        writer.scrub = _set_aside_scrub(run_stages.stages)
+        writer.scrub = set_aside_scrub(run_stages.stages)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)
         plan.watermarks.read_next_run(tally.unread_inputs)  # records a stage could not read for now
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)

@@ -423,6 +423,10 @@ def test_check_notes_a_set_aside_record_redacted_as_the_run_publishes_it(tmp_pat
     said = " ".join(checked.stdout.split())
     assert "dana.whitfield" not in checked.stdout + checked.stderr
     assert 'the key "<EMAIL_ADDRESS>" appears twice in one object' in said
+    # A second PII stage redacts it as the run's set_aside/ does: check said it with the first stage's alone.
+    stages = [{"type": "pii", "fields": ["text"], "entities": ["PERSON"]}, {"type": "pii", "fields": ["text"]}]
+    checked = curation("check", str(write_recipe(tmp_path, {**spec, "stages": stages})), cwd=tmp_path)
+    assert "dana.whitfield" not in checked.stdout + checked.stderr, checked.stdout
 
 
 def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

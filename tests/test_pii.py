@@ -1842,3 +1842,23 @@ def test_regular_endings_give_the_base_forms_and_a_past_tense_its_doubled_conson
     assert "stop" in set(_base_forms("stopped", _PAST_ENDINGS, doubled=True))
     assert "stop" not in set(_base_forms("stopped", _REGULAR_ENDINGS))  # a word, not a past tense: "Manning"
     assert list(_base_forms("calling", _PAST_ENDINGS, doubled=True)) == []
+
+
+def test_near_duplicate_flags_of_a_recipe_without_a_pii_stage_are_left_as_flagged() -> None:
+    # No stage redacts their texts after them: given a published form all the same (the flag's stage is never
+    # the run's last), every role was shown them as redacted, a VQA item's images withheld.
+    from curation.pipeline import _flags_as_published
+    from curation.stages.clean import Clean
+
+    payload = {"kept": {"text": "<b>Hello</b> there!"}, "member": {"text": "<b>Hello</b> there", "fields": {}}}
+    flags = pa.table(
+        {"kind": ["near_duplicate"], "stage": ["near_dedup"], "payload": [json.dumps(payload)]},
+    )
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    stages = [Named("near_dedup"), Clean(["prompt"]), Named("profile")]
+    (shown,) = _flags_as_published(stages, [flags])  # type: ignore[arg-type]
+    assert json.loads(shown["payload"][0].as_py()) == payload
