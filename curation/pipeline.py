@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -249,9 +250,6 @@ def _review_changes(recipe: Recipe, state: StateStore, since: DecisionMark, now:
     return changes_since(state.engine, recipe.dataset, since, now)
 
 
-Scrub = Callable[[list[str | None], list[int]], list[str | None]]  # a PII stage's ``scrub_texts``
-
-
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
     """Near-duplicate flags made before a PII stage quote text it had yet to redact, and a PII stage's
     flags text that a later one redacts further; they get the form the stages that rewrite text after
@@ -274,30 +272,23 @@ def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[p
     return flags
 
 
-def _in_turn(scrubs: list[Scrub]) -> Scrub:
-    """One scrub that applies ``scrubs`` one after the other, as their stages run."""
+def _in_turn(steps: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """One step that applies ``steps`` one after the other to a value, as their stages run (each also given
+    the arguments after it: a scrub's records)."""
 
-    def scrub(values: list[str | None], records: list[int]) -> list[str | None]:
-        for one in scrubs:
-            values = one(values, records)
-        return values
+    def apply(value: Any, *rest: Any) -> Any:
+        for step in steps:
+            value = step(value, *rest)
+        return value
 
-    return scrub
+    return apply
 
 
 def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | None:
     """Every PII stage's redaction of set-aside rows, in recipe order: each stage redacts its own
     entities, so the first alone would publish in clear what a later one redacts on the records."""
     scrubs = [stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")]
-    if not scrubs:
-        return None
-
-    def scrub(table: pa.Table) -> pa.Table:
-        for one in scrubs:
-            table = one(table)
-        return table
-
-    return scrub
+    return _in_turn(scrubs) if scrubs else None
 
 
 def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:

@@ -8,8 +8,9 @@ them, so the embedded executor and a distributed one run the same code.
 
 from __future__ import annotations
 
+import json
 import traceback
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +65,21 @@ def rows_as_python(table: pa.Table, as_text: bool = False) -> tuple[list[dict[st
             for at in range(table.num_rows)
         ]
         return rows, [[n for n, values in columns.items() if values[at] is NOT_HELD] for at in range(table.num_rows)]
+
+
+def flag_payloads(flags: pa.Table, kind: str, made_by: Collection[str]) -> dict[int, dict[str, Any]]:
+    """The payloads, decoded, of the ``flags`` rows of ``kind`` that the stages ``made_by`` made, by row."""
+    column = flags["payload"].to_pylist()
+    found = zip(flags["kind"].to_pylist(), flags["stage"].to_pylist(), strict=True)
+    return {row: json.loads(column[row]) for row, (of, by) in enumerate(found) if of == kind and by in made_by}
+
+
+def with_payloads(flags: pa.Table, payloads: dict[int, dict[str, Any]]) -> pa.Table:
+    """``flags`` with the payloads of the rows in ``payloads`` replaced by them."""
+    column = flags["payload"].to_pylist()
+    for row, payload in payloads.items():
+        column[row] = json.dumps(payload)
+    return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
 
 
 class StageError(RuntimeError):

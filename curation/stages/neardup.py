@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stages.base import StageError, require_columns
+from curation.stages.base import StageError, flag_payloads, require_columns, with_payloads
 from curation.stages.dedup import normalised_text
 from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, resolve_duplicates, set_aside_for_clusters
 from schemas.hashing import xxh3_64
@@ -409,14 +409,10 @@ def with_published_texts(
     it, so they hold raw PII, and the review page shows roles that do not see PII the redacted form.
     The member's fields get theirs too (``published_fields``, scanned with its text as one record, so
     a value found in one is redacted in all): an edit by such a role starts from them."""
-    ours = pc.and_(
-        pc.equal(flags["kind"], "near_duplicate"), pc.is_in(flags["stage"], pa.array(sorted(made_by), pa.string()))
-    )
-    # (pyarrow 25's indices_nonzero crashes on a chunked array with no chunks: numpy finds the rows.)
-    rows = np.flatnonzero(ours.to_numpy(zero_copy_only=False)).tolist()
-    if not rows:
+    ours = flag_payloads(flags, "near_duplicate", made_by)
+    if not ours:
         return flags
-    payloads = [json.loads(text) for text in flags["payload"].take(rows).to_pylist()]
+    payloads = list(ours.values())
     kept_texts = list(dict.fromkeys(p["kept"]["text"] for p in payloads))
     fields = [list(p["member"].get("fields", {}).items()) for p in payloads]
     # One scan: each kept text alone, each member's text with its fields as one record.
@@ -427,14 +423,12 @@ def with_published_texts(
         owners += [len(kept_texts) + at] * (1 + len(fields[at]))
     scrubbed = iter(scrub(values, owners))
     published = {text: next(scrubbed) for text in kept_texts}
-    column = flags["payload"].to_pylist()
-    for row, payload, own in zip(rows, payloads, fields, strict=True):
+    for payload, own in zip(payloads, fields, strict=True):
         payload["kept"]["published_text"] = published[payload["kept"]["text"]]
         payload["member"]["published_text"] = next(scrubbed)
         if own:
             payload["member"]["published_fields"] = {name: next(scrubbed) for name, _ in own}
-        column[row] = json.dumps(payload)
-    return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
+    return with_payloads(flags, ours)
 
 
 # --- images ----------------------------------------------------------------------------------------

@@ -33,7 +33,15 @@ import pyarrow as pa
 from curation.pii_engine import CustomRecognizer, Detection, EngineSpec, PiiAnalyzer, PiiEngineError, PiiTextError
 from curation.pii_image import BadImage, check_tesseract, redact_image
 from curation.redaction import redacted
-from curation.stages.base import StageError, StageResult, StageSettingError, raised_where, require_columns
+from curation.stages.base import (
+    StageError,
+    StageResult,
+    StageSettingError,
+    flag_payloads,
+    raised_where,
+    require_columns,
+    with_payloads,
+)
 from schemas.config import RecipeError
 from schemas.pii import PiiConfig
 from schemas.records import CONTENT_COLUMNS, FLAG_SCHEMA, location, set_aside_rows
@@ -88,30 +96,23 @@ def as_published_after(
     would undo the later stages' redactions too. With ``images_redacted_later`` (a later PII stage
     with ``ocr``) a flag's ``thumbnail`` is dropped: it is this stage's picture, shown to every role,
     and holds in clear text that the later stage redacts from the published image."""
-    rows = [
-        row
-        for row, (kind, made_by) in enumerate(zip(flags["kind"].to_pylist(), flags["stage"].to_pylist(), strict=True))
-        if kind == "pii" and made_by == stage
-    ]
-    if not rows:
+    payloads = flag_payloads(flags, "pii", {stage})
+    if not payloads:
         return flags
-    column = flags["payload"].to_pylist()
-    payloads = [json.loads(column[row]) for row in rows]
-    names = [list(payload.get("redacted_fields", {})) for payload in payloads]
+    names = [list(payload.get("redacted_fields", {})) for payload in payloads.values()]
     values: list[str | None] = []
     owners: list[int] = []
-    for at, payload in enumerate(payloads):
+    for at, payload in enumerate(payloads.values()):
         values += [payload.get("redacted", ""), *payload.get("redacted_fields", {}).values()]
         owners += [at] * (1 + len(names[at]))
     scrubbed = iter(scrub(values, owners))
-    for row, payload, own in zip(rows, payloads, names, strict=True):
+    for payload, own in zip(payloads.values(), names, strict=True):
         payload["redacted"] = next(scrubbed)
         payload["redacted_fields"] = {name: next(scrubbed) for name in own}
         payload["published_after"] = True
         if images_redacted_later:
             payload.pop("thumbnail", None)
-        column[row] = json.dumps(payload)
-    return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
+    return with_payloads(flags, payloads)
 
 
 class PiiSettingError(StageError, RecipeError):
