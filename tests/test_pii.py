@@ -692,6 +692,7 @@ def test_a_format_name_in_a_message_is_not_taken_for_a_name() -> None:
 
 
 def test_a_set_aside_row_is_scrubbed_one_record_one_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    from curation.pipeline import set_aside_scrub
     from schemas.records import set_aside_rows
 
     pii = stage()
@@ -711,7 +712,7 @@ def test_a_set_aside_row_is_scrubbed_one_record_one_redaction(monkeypatch: pytes
         ["mem://input.jsonl:1: cannot read 'Dana Whitfield'", "mem://input.jsonl:2: Dana Whitfield"],
         [json.dumps(line), "Dana Whitfield wrote"],
     )
-    scrubbed = pii.scrub_set_aside(table).to_pylist()
+    scrubbed = set_aside_scrub([pii])(table).to_pylist()
     assert json.loads(scrubbed[0]["record"]) == {
         **line,
         "message": "Refund for <PERSON>",
@@ -1304,6 +1305,65 @@ def test_a_quarantined_row_has_its_numbers_and_keys_scrubbed_too(workdir: Path) 
     record = json.loads(row["record"])
     assert record["card"] == "<CREDIT_CARD>" and "Call <PERSON> tomorrow." in record, record
     assert "4111" not in row["record"] and "Okafor" not in row["record"]
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [{"type": "clean"}, {"type": "pii"}],
+        [{"type": "pii", "entities": ["PERSON"]}, {"type": "clean"}, {"type": "pii"}],
+    ],
+)
+def test_a_set_aside_row_is_cleaned_as_the_records_before_it_is_scrubbed(workdir: Path, stages: list) -> None:
+    # PII split by markup, or written with an HTML entity, is found once a clean stage has rewritten
+    # it: redacted on the records, it was published in clear in set_aside/, scrubbed on its raw text.
+    held = "<b>415</b>-555-0132, maria&#64;example.com"
+    lines = [
+        {"q": f"Call {held}", "a": "ok", "amount": 1.5},
+        {"q": f"Call {held}", "a": "a &quot;quote&quot;", "amount": "n/a"},  # quarantined by the schema
+    ]
+    (workdir / "faq.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + '{"q": "Call ' + held + '", broken\n'
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "input_schema": {"columns": {"q": "str", "a": "str", "amount": "float"}},
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": stages,
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [published] = outputs(Path(result.version_uri))
+    assert published["prompt"] == "Call <PHONE_NUMBER>, <EMAIL_ADDRESS>", published
+    rows = {row["reason"]: row["record"] for row in set_aside(Path(result.version_uri))}
+    assert sorted(rows) == ["malformed_json", "schema"]
+    for record in rows.values():
+        assert "555-0132" not in record and "maria" not in record, record
+        assert "<PHONE_NUMBER>" in record and "<EMAIL_ADDRESS>" in record, record
+    # The row the reader parsed stays JSON, its strings cleaned as the stage cleans a field.
+    assert json.loads(rows["schema"])["a"] == 'a "quote"'
+
+
+def test_a_clean_stage_after_the_last_pii_stage_leaves_set_aside_rows_as_they_were(workdir: Path) -> None:
+    # Only the stages up to the last PII one rewrite a set-aside row: after it nothing is left to redact,
+    # so the raw input is published as without a clean stage, markup and all.
+    line = '{"q": "Ask Maria Lopez about <i>billing</i>", broken'
+    (workdir / "faq.jsonl").write_text('{"q": "Hello?", "a": "Hi."}\n' + line + "\n")
+    published = []
+    for stages in ([{"type": "pii"}], [{"type": "pii"}, {"type": "clean"}]):
+        spec = {
+            "dataset": f"faq{len(stages)}",
+            "sources": [{"path": "faq.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": stages,
+            "output": {"validation_fraction": 0},
+        }
+        version = Path(run(workdir, spec).version_uri)
+        published.append(b"".join(path.read_bytes() for path in sorted((version / "set_aside").glob("*.jsonl"))))
+    assert published[0] == published[1]
+    [row] = [json.loads(text) for text in published[0].decode().splitlines()]
+    assert row["record"] == line.replace("Maria Lopez", "<PERSON>")
 
 
 def test_a_line_with_half_a_surrogate_pair_is_quarantined_scrubbed_and_the_run_goes_on(workdir: Path) -> None:
