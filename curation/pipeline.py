@@ -265,16 +265,16 @@ def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[p
     them make of it (each PII stage's, and a clean stage's between two, which turns markup the later
     scan would miss into what it finds), in recipe order, which the review page shows roles that do
     not see PII."""
-    from curation.stages.pii import as_published_after
+    from curation.stages.pii import PiiRedaction, as_published_after
 
     rewriting, last_pii = _rewriting_stages(stages)
     if last_pii is None:  # no text of a flag is redacted after it: every role sees it as flagged
         return flags
     for at, stage in enumerate(stages[:last_pii]):
         later = [stages[after] for after in rewriting if after > at]
-        scrub = _in_turn([getattr(one, "scrub_texts", None) or one.clean_texts for one in later])  # type: ignore[union-attr]
+        scrub = _in_turn([one.rewrite_texts for one in later])  # type: ignore[union-attr]
         flags = [with_published_texts(table, scrub, made_by={stage.name}) for table in flags]
-        if hasattr(stage, "scrub_texts"):  # the PII stage's own flags: redacted further after it
+        if isinstance(stage, PiiRedaction):  # the PII stage's own flags: redacted further after it
             ocr_later = any(getattr(one, "redacts_images", False) for one in later)
             flags = [as_published_after(table, stage.name, scrub, ocr_later) for table in flags]
     return flags
@@ -303,10 +303,10 @@ def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | 
     rewriting, last_pii = _rewriting_stages(stages)
     if last_pii is None:
         return None
+    # A PII stage scans a parsed row's JSON itself (keys and numbers too); a clean stage is given its strings.
     steps = [
-        stages[at].scrub_texts if isinstance(stages[at], PiiRedaction) else string_by_string(stages[at].clean_texts)  # type: ignore[union-attr]
-        for at in rewriting
-        if at <= last_pii
+        stage.rewrite_texts if isinstance(stage, PiiRedaction) else string_by_string(stage.rewrite_texts)  # type: ignore[union-attr]
+        for stage in (stages[at] for at in rewriting if at <= last_pii)
     ]
     return functools.partial(rewrite_set_aside, rewrite=_in_turn(steps))
 

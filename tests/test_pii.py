@@ -86,12 +86,12 @@ def test_a_local_phone_number_is_taken_beside_a_word_that_says_so() -> None:
         "Invoice 555-0199 was paid on time.",  # no such word: an invoice number stays
         "Reference ORD-555-0199 shipped.",
     ]
-    assert pii.scrub_texts(texts)[:3] == [
+    assert pii.rewrite_texts(texts)[:3] == [
         "Contact me at <PHONE_NUMBER> or by mail.",
         "My mobile: <PHONE_NUMBER>.",
         "Invoice 555-0199 was paid on time.",
     ]
-    assert "555-0199" in pii.scrub_texts(texts)[3]
+    assert "555-0199" in pii.rewrite_texts(texts)[3]
 
 
 def test_pool_of_processes_finds_the_same(corpus: list) -> None:
@@ -278,7 +278,7 @@ def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.Mon
     # Scrubbing texts for the review queue (near-duplicate items made before the stage) as well: a
     # KeyError quoting a name reached the run's error message and its traceback.
     with pytest.raises(StageError) as error:
-        stage().scrub_texts(["Dana Whitfield wrote from dana@example.org"])
+        stage().rewrite_texts(["Dana Whitfield wrote from dana@example.org"])
     assert "KeyError in missed" in str(error.value) and "whitfield" not in str(error.value).lower()
     assert error.value.__cause__ is None and error.value.__suppress_context__
 
@@ -301,7 +301,7 @@ def test_an_error_leaving_the_stage_carries_no_text_in_its_context_or_frames(mon
     text = "Dana Whitfield wrote from dana@example.org"
     for patch, call, said in (
         ((pii_module, "_found_elsewhere", missed), lambda pii: pii(records([text])), "KeyError in missed"),
-        ((pii_module, "_found_elsewhere", missed), lambda pii: pii.scrub_texts([text]), "KeyError in missed"),
+        ((pii_module, "_found_elsewhere", missed), lambda pii: pii.rewrite_texts([text]), "KeyError in missed"),
         ((pii_module.PiiAnalyzer, "analyze", presidio_failed), lambda pii: pii(records([text])), "with ValueError"),
     ):
         with monkeypatch.context() as patched:
@@ -629,7 +629,7 @@ def test_allowed_values_are_left_as_they_are() -> None:
     prompts = ["Customer CUST-000001 and customer CUST-123456 asked about fees."]
     kept = pii(records(prompts)).kept["prompt"].to_pylist()
     assert kept == ["Customer CUST-000001 and customer <CUSTOMER_ID> asked about fees."]
-    assert pii.scrub_texts(prompts) == kept
+    assert pii.rewrite_texts(prompts) == kept
 
 
 def test_ner_fields_must_be_fields_the_stage_scans() -> None:
@@ -686,7 +686,7 @@ def test_a_format_name_in_a_message_is_not_taken_for_a_name() -> None:
         "in.jsonl:3: malformed JSON: \\ud800 is half of a UTF-16 surrogate pair, not a character",
         "in.jsonl:4: q: a JSON array, not a string; ask Maria Garcia",
     ]
-    scrubbed = stage().scrub_texts(messages)
+    scrubbed = stage().rewrite_texts(messages)
     assert scrubbed[0] == messages[0]
     assert scrubbed[1] == "in.jsonl:4: q: a JSON array, not a string; ask <PERSON>"
 
@@ -1500,7 +1500,7 @@ def test_keys_redacted_alike_stay_distinct_keys(
     assert list(published.values())[:4] == ["called twice", "no answer", "as written", 3]
     assert not names.search(redacted)
     # A quarantined row's raw input, every entity made <ENTITY>, as well.
-    [scrubbed] = pii.scrub_texts([notes])
+    [scrubbed] = pii.rewrite_texts([notes])
     assert list(json.loads(scrubbed, object_pairs_hook=_no_key_twice))[:4] == [
         "<PERSON> (2)",
         "<PERSON> (3)",

@@ -823,7 +823,7 @@ class PiiRedaction:
         return self.config.ocr
 
     @_messages_withheld
-    def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
+    def rewrite_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         return self._scrub_texts(values, records)
 
     def _scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
