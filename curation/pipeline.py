@@ -250,23 +250,31 @@ def _review_changes(recipe: Recipe, state: StateStore, since: DecisionMark, now:
     return changes_since(state.engine, recipe.dataset, since, now)
 
 
+def _rewriting_stages(stages: list[AnyStage]) -> tuple[list[int], int | None]:
+    """Where the stages that rewrite text (clean, PII) stand in the recipe, and where its last PII stage
+    does (None: no PII stage): a text taken before a PII stage is published as those between make it."""
+    from curation.stages.pii import PiiRedaction
+
+    rewriting = [at for at, stage in enumerate(stages) if getattr(stage, "rewrites_text", False)]
+    return rewriting, max((at for at in rewriting if isinstance(stages[at], PiiRedaction)), default=None)
+
+
 def _flags_as_published(stages: list[AnyStage], flags: list[pa.Table]) -> list[pa.Table]:
     """Near-duplicate flags made before a PII stage quote text it had yet to redact, and a PII stage's
     flags text that a later one redacts further; they get the form the stages that rewrite text after
     them make of it (each PII stage's, and a clean stage's between two, which turns markup the later
     scan would miss into what it finds), in recipe order, which the review page shows roles that do
     not see PII."""
-    from curation.stages.pii import as_published_after
+    from curation.stages.pii import PiiRedaction, as_published_after
 
-    rewriting = [at for at, stage in enumerate(stages) if getattr(stage, "rewrites_text", False)]
-    last_pii = max((at for at, stage in enumerate(stages) if hasattr(stage, "scrub_texts")), default=None)
+    rewriting, last_pii = _rewriting_stages(stages)
     if last_pii is None:  # no text of a flag is redacted after it: every role sees it as flagged
         return flags
     for at, stage in enumerate(stages[:last_pii]):
         later = [stages[after] for after in rewriting if after > at]
-        scrub = _in_turn([getattr(one, "scrub_texts", None) or one.clean_texts for one in later])  # type: ignore[union-attr]
+        scrub = _in_turn([one.rewrite_texts for one in later])  # type: ignore[union-attr]
         flags = [with_published_texts(table, scrub, made_by={stage.name}) for table in flags]
-        if hasattr(stage, "scrub_texts"):  # the PII stage's own flags: redacted further after it
+        if isinstance(stage, PiiRedaction):  # the PII stage's own flags: redacted further after it
             ocr_later = any(getattr(one, "redacts_images", False) for one in later)
             flags = [as_published_after(table, stage.name, scrub, ocr_later) for table in flags]
     return flags
@@ -285,10 +293,22 @@ def _in_turn(steps: list[Callable[..., Any]]) -> Callable[..., Any]:
 
 
 def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | None:
-    """Every PII stage's redaction of set-aside rows, in recipe order: each stage redacts its own
-    entities, so the first alone would publish in clear what a later one redacts on the records."""
-    scrubs = [stage.scrub_set_aside for stage in stages if hasattr(stage, "scrub_set_aside")]
-    return _in_turn(scrubs) if scrubs else None
+    """The texts of set-aside rows as the stages that rewrite text make them, in recipe order, up to the
+    last PII stage (None without one): each PII stage redacts its own entities, so the first alone would
+    publish in clear what a later one redacts on the records, and a clean stage before one turns markup
+    and HTML entities it would miss (``<b>415</b>-555-0132``, ``maria&#64;example.com``) into what it
+    finds, as it does on the records. A clean stage after the last leaves nothing more to redact."""
+    from curation.stages.pii import PiiRedaction, rewrite_set_aside, string_by_string
+
+    rewriting, last_pii = _rewriting_stages(stages)
+    if last_pii is None:
+        return None
+    # A PII stage scans a parsed row's JSON itself (keys and numbers too); a clean stage is given its strings.
+    steps = [
+        stage.rewrite_texts if isinstance(stage, PiiRedaction) else string_by_string(stage.rewrite_texts)  # type: ignore[union-attr]
+        for stage in (stages[at] for at in rewriting if at <= last_pii)
+    ]
+    return functools.partial(rewrite_set_aside, rewrite=_in_turn(steps))
 
 
 def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:

@@ -86,12 +86,12 @@ def test_a_local_phone_number_is_taken_beside_a_word_that_says_so() -> None:
         "Invoice 555-0199 was paid on time.",  # no such word: an invoice number stays
         "Reference ORD-555-0199 shipped.",
     ]
-    assert pii.scrub_texts(texts)[:3] == [
+    assert pii.rewrite_texts(texts)[:3] == [
         "Contact me at <PHONE_NUMBER> or by mail.",
         "My mobile: <PHONE_NUMBER>.",
         "Invoice 555-0199 was paid on time.",
     ]
-    assert "555-0199" in pii.scrub_texts(texts)[3]
+    assert "555-0199" in pii.rewrite_texts(texts)[3]
 
 
 def test_pool_of_processes_finds_the_same(corpus: list) -> None:
@@ -278,7 +278,7 @@ def test_a_bug_in_the_stage_is_named_without_its_message(monkeypatch: pytest.Mon
     # Scrubbing texts for the review queue (near-duplicate items made before the stage) as well: a
     # KeyError quoting a name reached the run's error message and its traceback.
     with pytest.raises(StageError) as error:
-        stage().scrub_texts(["Dana Whitfield wrote from dana@example.org"])
+        stage().rewrite_texts(["Dana Whitfield wrote from dana@example.org"])
     assert "KeyError in missed" in str(error.value) and "whitfield" not in str(error.value).lower()
     assert error.value.__cause__ is None and error.value.__suppress_context__
 
@@ -301,7 +301,7 @@ def test_an_error_leaving_the_stage_carries_no_text_in_its_context_or_frames(mon
     text = "Dana Whitfield wrote from dana@example.org"
     for patch, call, said in (
         ((pii_module, "_found_elsewhere", missed), lambda pii: pii(records([text])), "KeyError in missed"),
-        ((pii_module, "_found_elsewhere", missed), lambda pii: pii.scrub_texts([text]), "KeyError in missed"),
+        ((pii_module, "_found_elsewhere", missed), lambda pii: pii.rewrite_texts([text]), "KeyError in missed"),
         ((pii_module.PiiAnalyzer, "analyze", presidio_failed), lambda pii: pii(records([text])), "with ValueError"),
     ):
         with monkeypatch.context() as patched:
@@ -629,7 +629,7 @@ def test_allowed_values_are_left_as_they_are() -> None:
     prompts = ["Customer CUST-000001 and customer CUST-123456 asked about fees."]
     kept = pii(records(prompts)).kept["prompt"].to_pylist()
     assert kept == ["Customer CUST-000001 and customer <CUSTOMER_ID> asked about fees."]
-    assert pii.scrub_texts(prompts) == kept
+    assert pii.rewrite_texts(prompts) == kept
 
 
 def test_ner_fields_must_be_fields_the_stage_scans() -> None:
@@ -686,12 +686,13 @@ def test_a_format_name_in_a_message_is_not_taken_for_a_name() -> None:
         "in.jsonl:3: malformed JSON: \\ud800 is half of a UTF-16 surrogate pair, not a character",
         "in.jsonl:4: q: a JSON array, not a string; ask Maria Garcia",
     ]
-    scrubbed = stage().scrub_texts(messages)
+    scrubbed = stage().rewrite_texts(messages)
     assert scrubbed[0] == messages[0]
     assert scrubbed[1] == "in.jsonl:4: q: a JSON array, not a string; ask <PERSON>"
 
 
 def test_a_set_aside_row_is_scrubbed_one_record_one_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    from curation.pipeline import set_aside_scrub
     from schemas.records import set_aside_rows
 
     pii = stage()
@@ -711,7 +712,7 @@ def test_a_set_aside_row_is_scrubbed_one_record_one_redaction(monkeypatch: pytes
         ["mem://input.jsonl:1: cannot read 'Dana Whitfield'", "mem://input.jsonl:2: Dana Whitfield"],
         [json.dumps(line), "Dana Whitfield wrote"],
     )
-    scrubbed = pii.scrub_set_aside(table).to_pylist()
+    scrubbed = set_aside_scrub([pii])(table).to_pylist()
     assert json.loads(scrubbed[0]["record"]) == {
         **line,
         "message": "Refund for <PERSON>",
@@ -1306,6 +1307,65 @@ def test_a_quarantined_row_has_its_numbers_and_keys_scrubbed_too(workdir: Path) 
     assert "4111" not in row["record"] and "Okafor" not in row["record"]
 
 
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [{"type": "clean"}, {"type": "pii"}],
+        [{"type": "pii", "entities": ["PERSON"]}, {"type": "clean"}, {"type": "pii"}],
+    ],
+)
+def test_a_set_aside_row_is_cleaned_as_the_records_before_it_is_scrubbed(workdir: Path, stages: list) -> None:
+    # PII split by markup, or written with an HTML entity, is found once a clean stage has rewritten
+    # it: redacted on the records, it was published in clear in set_aside/, scrubbed on its raw text.
+    held = "<b>415</b>-555-0132, maria&#64;example.com"
+    lines = [
+        {"q": f"Call {held}", "a": "ok", "amount": 1.5},
+        {"q": f"Call {held}", "a": "a &quot;quote&quot;", "amount": "n/a"},  # quarantined by the schema
+    ]
+    (workdir / "faq.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + '{"q": "Call ' + held + '", broken\n'
+    )
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "input_schema": {"columns": {"q": "str", "a": "str", "amount": "float"}},
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": stages,
+        "output": {"validation_fraction": 0},
+    }
+    result = run(workdir, spec)
+    [published] = outputs(Path(result.version_uri))
+    assert published["prompt"] == "Call <PHONE_NUMBER>, <EMAIL_ADDRESS>", published
+    rows = {row["reason"]: row["record"] for row in set_aside(Path(result.version_uri))}
+    assert sorted(rows) == ["malformed_json", "schema"]
+    for record in rows.values():
+        assert "555-0132" not in record and "maria" not in record, record
+        assert "<PHONE_NUMBER>" in record and "<EMAIL_ADDRESS>" in record, record
+    # The row the reader parsed stays JSON, its strings cleaned as the stage cleans a field.
+    assert json.loads(rows["schema"])["a"] == 'a "quote"'
+
+
+def test_a_clean_stage_after_the_last_pii_stage_leaves_set_aside_rows_as_they_were(workdir: Path) -> None:
+    # Only the stages up to the last PII one rewrite a set-aside row: after it nothing is left to redact,
+    # so the raw input is published as without a clean stage, markup and all.
+    line = '{"q": "Ask Maria Lopez about <i>billing</i>", broken'
+    (workdir / "faq.jsonl").write_text('{"q": "Hello?", "a": "Hi."}\n' + line + "\n")
+    published = []
+    for stages in ([{"type": "pii"}], [{"type": "pii"}, {"type": "clean"}]):
+        spec = {
+            "dataset": f"faq{len(stages)}",
+            "sources": [{"path": "faq.jsonl"}],
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": stages,
+            "output": {"validation_fraction": 0},
+        }
+        version = Path(run(workdir, spec).version_uri)
+        published.append(b"".join(path.read_bytes() for path in sorted((version / "set_aside").glob("*.jsonl"))))
+    assert published[0] == published[1]
+    [row] = [json.loads(text) for text in published[0].decode().splitlines()]
+    assert row["record"] == line.replace("Maria Lopez", "<PERSON>")
+
+
 def test_a_line_with_half_a_surrogate_pair_is_quarantined_scrubbed_and_the_run_goes_on(workdir: Path) -> None:
     # The reader quarantines the line (malformed JSON), yet Python's json reads it: its strings held a
     # lone surrogate, on which spaCy failed, and the whole run with it.
@@ -1440,7 +1500,7 @@ def test_keys_redacted_alike_stay_distinct_keys(
     assert list(published.values())[:4] == ["called twice", "no answer", "as written", 3]
     assert not names.search(redacted)
     # A quarantined row's raw input, every entity made <ENTITY>, as well.
-    [scrubbed] = pii.scrub_texts([notes])
+    [scrubbed] = pii.rewrite_texts([notes])
     assert list(json.loads(scrubbed, object_pairs_hook=_no_key_twice))[:4] == [
         "<PERSON> (2)",
         "<PERSON> (3)",

@@ -201,9 +201,9 @@ class Clean:
             if on
         ]
 
-    def clean_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
-        """``values`` as the stage's steps leave a text field: for text taken before it (review items),
-        which a PII stage after it scans in this form."""
+    def rewrite_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
+        """``values`` as the stage's steps leave a text field: for text taken before it (review items,
+        set-aside rows), which a PII stage after it scans in this form."""
         array = pa.array(values, pa.string())
         for _, step in self.steps:
             array = step(array)

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from connectors.state import begin_confirmed
 from curation.executors.envelope import pack, unpack
-from curation.stages.base import DuplicateStage, StageResult
+from curation.stages.base import DuplicateStage, StageResult, flag_payloads, with_payloads
 from curation.stages.dedup import ExactDedup
 from curation.stages.duplicates import PUBLISHED_ID, PUBLISHED_PREFIX, holds_one_key_each, one_key_each
 from curation.state import in_memory, runs, state_engine
@@ -477,14 +477,13 @@ class CrossRunDedup:
         again = again.set_column(index, again.field(index), pa.array([self.reason] * again.num_rows, pa.string()))
         published = self._published_signatures(again["duplicate_of"], signatures[0].schema if signatures else None)
         found = flags(pa.concat_tables([dropped, again]), [*signatures, *published], batches)
-        asked = set(again["id"].to_pylist())
-        payloads = found["payload"].to_pylist()
-        for row, record in enumerate(found["id"].to_pylist()):
-            if record in asked:
-                payload = json.loads(payloads[row])
-                payload["kept"] = {**payload["kept"], **self.kept_from.get(payload["kept"]["id"], {})}
-                payloads[row] = json.dumps(payload)
-        return found.set_column(found.schema.get_field_index("payload"), "payload", pa.array(payloads, pa.string()))
+        asked, ids = set(again["id"].to_pylist()), found["id"].to_pylist()
+        payloads = {
+            row: p for row, p in flag_payloads(found, "near_duplicate", {self.name}).items() if ids[row] in asked
+        }
+        for payload in payloads.values():
+            payload["kept"] = {**payload["kept"], **self.kept_from.get(payload["kept"]["id"], {})}
+        return with_payloads(found, payloads)
 
     def _published_signatures(self, ids: pa.Array, schema: pa.Schema | None) -> list[pa.Table]:
         """The published signature rows of ``ids``, under their own ids (for the flags' similarity)."""

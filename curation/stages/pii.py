@@ -534,6 +534,71 @@ class Part(NamedTuple):
         return placed
 
 
+TextsRewrite = Callable[[list[str | None], list[int]], list[str | None]]
+
+
+def rewrite_set_aside(table: pa.Table, rewrite: TextsRewrite) -> pa.Table:
+    """Set-aside rows with their raw input and detail as ``rewrite`` makes them (the PII stages' redaction,
+    see ``set_aside_scrub`` in the pipeline), before they are published.
+
+    A quarantined record never reached the PII stage, yet its raw input (``record``) and the reader's
+    or template's message (``detail``, which can quote what it could not parse) are published in
+    the version's ``set_aside/``. A detail's ``file:line`` is left as it is, and so are the details
+    the other stages write: they name fields, limits and measures, never values, and their words
+    would be taken for names ("Input should be a valid number"). The review queue keeps the raw
+    input (state store only) for annotators.
+    """
+    records, details = table["record"].to_pylist(), table["detail"].to_pylist()
+    sources, stages = table["source"].to_pylist(), table["stage"].to_pylist()
+    quoting = [row for row, detail in enumerate(details) if detail and stages[row] in _QUOTING_STAGES]
+    prefix = {}
+    for row in quoting:
+        at = location(sources[row])
+        prefix[row] = len(at) + 2 if details[row].startswith(f"{at}: ") else 0
+    # One scan of every text, each with its row: a name found in one value of a row is found in its
+    # other values and its detail too, as on the stage's path. A raw input that is a JSON object (a
+    # row the reader could parse) is scanned as the stage scans a field of JSON: string by string
+    # (keys too) and whole, a number found (a card) made a string.
+    texts = [*records, *(details[row][prefix[row] :] for row in quoting)]
+    rewritten = iter(rewrite(texts, [*range(len(records)), *quoting]))
+    records = [next(rewritten) for _ in records]
+    for row in quoting:
+        details[row] = details[row][: prefix[row]] + (next(rewritten) or "")
+    table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
+    return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
+
+
+def string_by_string(rewrite: TextsRewrite) -> TextsRewrite:
+    """``rewrite`` applied to each string value of a text holding JSON (a raw input the reader parsed),
+    keys and the JSON around them left as they are, as a stage meets the record's fields; to the whole of
+    any other text. So a clean stage's rewrite of a set-aside row keeps its JSON valid (``&quot;``
+    decoded within a string) and reaches markup written as JSON escapes (``\\u003cb\\u003e``)."""
+
+    def apply(values: list[str | None], records: list[int]) -> list[str | None]:
+        structured = [json_values(value) if value else None for value in values]
+        pieces: list[tuple[int, JsonValue | None]] = []
+        for index, found in enumerate(structured):
+            if found is None:
+                pieces.append((index, None))
+            else:
+                pieces += [(index, one) for one in found if one.is_string and one.key_of is None]
+        texts = [values[index] if one is None else one.value for index, one in pieces]
+        out = list(values)
+        # From the end of each text, so the places of the strings before stay right.
+        for (index, one), text, new in reversed(
+            list(zip(pieces, texts, rewrite(texts, [records[i] for i, _ in pieces]), strict=True))
+        ):
+            if one is None:
+                out[index] = new
+            elif new != text:
+                written = new if one.raw else json.dumps(new, ensure_ascii=False)[1:-1]
+                start, end = one.places[0], one.places[-1]
+                out[index] = str(out[index])[:start] + written + str(out[index])[end:]
+        return out
+
+    return apply
+
+
 class Scan:
     """Texts as the analyzer scans them. A text holding the JSON of a list or an object (as a whole,
     or within words: see ``json_values``) is scanned whole (its keys give the pattern recognisers
@@ -753,45 +818,12 @@ class PiiRedaction:
         """``detections`` less those of a value the recipe allows (``allow``) or a format's name."""
         return [det for det in detections if text[det[1] : det[2]].casefold() not in self.allowed]
 
-    @_messages_withheld
-    def scrub_set_aside(self, table: pa.Table) -> pa.Table:
-        return self._scrub_set_aside(table)
-
-    def _scrub_set_aside(self, table: pa.Table) -> pa.Table:
-        """Set-aside rows with PII redacted from their raw input and detail, before they are published.
-
-        A quarantined record never reached this stage, yet its raw input (``record``) and the reader's
-        or template's message (``detail``, which can quote what it could not parse) are published in
-        the version's ``set_aside/``. A detail's ``file:line`` is left as it is, and so are the details
-        the other stages write: they name fields, limits and measures, never values, and their words
-        would be taken for names ("Input should be a valid number"). The review queue keeps the raw
-        input (state store only) for annotators.
-        """
-        records, details = table["record"].to_pylist(), table["detail"].to_pylist()
-        sources, stages = table["source"].to_pylist(), table["stage"].to_pylist()
-        quoting = [row for row, detail in enumerate(details) if detail and stages[row] in _QUOTING_STAGES]
-        prefix = {}
-        for row in quoting:
-            at = location(sources[row])
-            prefix[row] = len(at) + 2 if details[row].startswith(f"{at}: ") else 0
-        # One scan of every text, each with its row: a name found in one value of a row is found in its
-        # other values and its detail too, as on the stage's path. A raw input that is a JSON object (a
-        # row the reader could parse) is scanned as the stage scans a field of JSON: string by string
-        # (keys too) and whole, a number found (a card) made a string.
-        texts = [*records, *(details[row][prefix[row] :] for row in quoting)]
-        scrubbed = iter(self._scrub_texts(texts, [*range(len(records)), *quoting]))
-        records = [next(scrubbed) for _ in records]
-        for row in quoting:
-            details[row] = details[row][: prefix[row]] + (next(scrubbed) or "")
-        table = table.set_column(table.column_names.index("record"), "record", pa.array(records, pa.string()))
-        return table.set_column(table.column_names.index("detail"), "detail", pa.array(details, pa.string()))
-
     @property
     def redacts_images(self) -> bool:
         return self.config.ocr
 
     @_messages_withheld
-    def scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
+    def rewrite_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         return self._scrub_texts(values, records)
 
     def _scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
