@@ -312,7 +312,7 @@ def templates_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     fail on them too, whatever else changed (a stage, ``batch_rows``, a release of curation). A version of an
     earlier release, which kept no hash of its templates, counts as made with them: a recipe error there would
     block every scheduled run, where a quarantined row is only counted and reported."""
-    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint())
+    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint(recipe.input_schema))
 
 
 def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
@@ -1112,7 +1112,7 @@ def _manifest(
         carried_from=plan.extends if recipe.output.carry_forward else None,
         created_at=datetime.now(UTC),
         recipe_sha256=recipe.fingerprint(),
-        record_sha256=recipe.record.fingerprint(),
+        record_sha256=recipe.record.fingerprint(recipe.input_schema),
         record_kind=recipe.record.kind,
         format=writer.format.name,
         counts=counts,

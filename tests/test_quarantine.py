@@ -372,8 +372,24 @@ def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_
         5,
         1,
         1,
-        RecordShape.model_validate(changed["record"]).fingerprint(),
+        RecordShape.model_validate(changed["record"]).fingerprint(None),
     )
+
+
+def test_a_template_failing_on_every_row_since_the_input_schema_changed_is_the_recipes_error(workdir: Path) -> None:
+    # The templates see the values as input_schema reads them: v1's templates read 'q' as text, and the changed schema
+    # gives them a float. Every row of the next run failed one way, each quarantined, and an empty v2 was published.
+    (workdir / "qa").mkdir()
+    (workdir / "qa" / "a.csv").write_text("q,a\n1.5,A\n2.5,B\n")
+    spec = qa_recipe("qa", prompt="{{ q.upper() }}", input_schema={"columns": {"q": "str", "a": "str"}})
+    assert run(workdir, spec).manifest.counts.written == 2
+    (workdir / "qa" / "b.csv").write_text("q,a\n3.5,C\n4.5,D\n")
+    as_float = {**spec, "input_schema": {"columns": {"q": "float", "a": "str"}}}
+    with pytest.raises(RecipeError, match=r"failed on every record it was given \(2\), .*'float object' has no attr"):
+        run(workdir, as_float)
+    fixed = run(workdir, {**as_float, "record": {**spec["record"], "prompt": "{{ q * 2 }}"}})
+    published = sorted(row["prompt"] for row in outputs(Path(fixed.version_uri)))
+    assert (fixed.manifest.version, published) == (2, ["1.5", "2.5", "7.0", "9.0"])  # v1's, and the new rows'
 
 
 def test_a_run_whose_rows_fail_a_template_each_its_own_way_keeps_one_kind_of_template_error(
