@@ -403,6 +403,8 @@ def _read_heads(
     other records the head would set aside (the run quarantines them), files not opened; and each file
     whose every head record failed one template one way (the run's error only where ``templates_on_trial``).
     Each file is added to ``reading`` as it is opened."""
+    import pyarrow.compute as pc
+
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
@@ -433,14 +435,17 @@ def _read_heads(
                 problems.append(str(error))
                 continue
             rows, set_aside = batch.rows, [batch.set_aside]
-            template_error = None  # one failing every record shaped: the run fails on it (``recipe_template_error``)
+            # The first record failing a template as every record shaped did: the run fails on it
+            # (``recipe_template_error``), and says it, not a record of those lacking a value.
+            template_error = None
             for stage in shaping:
                 if not rows.num_rows:
                     break
                 result = stage(rows)
                 if stage.name == Shape.name:
-                    aside = result.set_aside
-                    template_error = recipe_template_error(TemplateErrors().add(aside), aside.num_rows, rows.num_rows)
+                    aside, errors = result.set_aside, TemplateErrors().add(result.set_aside)
+                    if recipe_template_error(errors, aside.num_rows, rows.num_rows) is not None:
+                        template_error = aside.filter(pc.equal(aside["detail"], errors.example)).slice(0, 1)
                 rows = result.kept
                 set_aside.append(result.set_aside)
             for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)
@@ -454,7 +459,8 @@ def _read_heads(
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
                 problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
             elif template_error is not None:
-                templates_failed.append(f"{failed[0]}; so on all {len(failed):,} record(s) of the head")
+                example = (scrub(template_error) if scrub else template_error)["detail"][0].as_py()
+                templates_failed.append(f"{example}; so on all {len(failed):,} record(s) of the head")
             elif reasons:
                 notes.append(
                     f"{len(reasons):,} of the first records of {entry.uri} would be set aside, for example {reasons[0][1]}"

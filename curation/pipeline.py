@@ -332,7 +332,7 @@ def templates_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     fail on them too, whatever else changed (a stage, ``batch_rows``, a release of curation). A version of an
     earlier release, which kept no hash of its templates, counts as made with them: a recipe error there would
     block every scheduled run, where a quarantined row is only counted and reported."""
-    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint())
+    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint(recipe.input_schema))
 
 
 def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
@@ -370,7 +370,7 @@ def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Ta
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: the template of record.{target} "
             f"({recipe.record.mapping().get(target)!r}) failed on every record it was given ({shaped:,}), "
-            f"for example {tally.examples[('quarantined', 'template')]}; fix the template in the recipe and run again"
+            f"for example {tally.template_errors.example}; fix the template in the recipe and run again"
         )
 
 
@@ -1132,7 +1132,7 @@ def _manifest(
         carried_from=plan.extends if recipe.output.carry_forward else None,
         created_at=datetime.now(UTC),
         recipe_sha256=recipe.fingerprint(),
-        record_sha256=recipe.record.fingerprint(),
+        record_sha256=recipe.record.fingerprint(recipe.input_schema),
         record_kind=recipe.record.kind,
         format=writer.format.name,
         counts=counts,

@@ -432,10 +432,15 @@ class RecordShape(Strict):
         """Target field -> template or column; a field not set takes the same-named column."""
         return {name: getattr(self, name) for name in CONTENT_COLUMNS[self.kind]}
 
-    def fingerprint(self) -> str:
-        """sha256 of the record kind and its fields' templates or columns: what made a version's records of its
-        input, whatever else in the recipe (a stage, ``batch_rows``, a release's ``TEXT_RULES``) changed since."""
-        return _sha256_of(self.model_dump(mode="json"))
+    def fingerprint(self, input_schema: InputSchema | None) -> str:
+        """sha256 of the record kind and its fields' templates or columns, and of the recipe's ``input_schema``,
+        which reads and casts the values they see (a column as text or a float): what made a version's records of
+        its input, whatever else in the recipe (a stage, ``batch_rows``, a release's ``TEXT_RULES``) changed since.
+        Without declared columns, the hash of earlier releases, which left the schema out."""
+        settings = self.model_dump(mode="json")
+        if input_schema is not None and input_schema.columns:
+            settings["input_schema"] = input_schema.model_dump(mode="json")
+        return _sha256_of(settings)
 
 
 _SHAPE_FIELDS = ("text", "title", "prompt", "completion", "label", "image", "question", "answer")

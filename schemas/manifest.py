@@ -63,7 +63,8 @@ class Manifest(BaseModel):
     carried_from: int | None = None  # the version whose published records this one also holds (carry_forward)
     created_at: datetime
     recipe_sha256: str
-    # ``RecordShape.fingerprint``: the templates that made its records (none in a manifest of an earlier release).
+    # ``RecordShape.fingerprint``: the templates that made its records, and the input_schema they read by (none in a
+    # manifest of an earlier release).
     record_sha256: str | None = None
     record_kind: str
     format: str

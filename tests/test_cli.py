@@ -461,31 +461,46 @@ def test_check_reads_only_the_head_of_a_large_input(tmp_path: Path, monkeypatch:
     assert reader.head(reader.entries()[0]).rows.num_rows == 2
 
 
-def test_a_template_failing_on_every_record_fails_the_run_and_the_fixed_recipe_reads_the_input(tmp_path: Path) -> None:
+# A malformed line beside them is set aside before the template; a null (line 1) fails it as the data's fault.
+_NULL_ROW = '{"description": null, "category": "Dining"}\n'
+_ROWS = '{"description": "coffee", "category": "Dining"}\n{"description": "taxi", "category": "Travel"}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "shaped", "aside"),
+    [
+        ("tx.csv", "description,category\ncoffee,Dining\ntea,Dining,extra\ntaxi,Travel\n", 2, "malformed_csv"),
+        ("tx.jsonl", _NULL_ROW + _ROWS, 3, "template"),
+    ],
+)
+def test_a_template_failing_on_every_record_fails_the_run_and_the_fixed_recipe_reads_the_input(
+    tmp_path: Path, name: str, text: str, shaped: int, aside: str
+) -> None:
     # A TypeError on every row: check said ok, its example a malformed line beside it; the run published an empty
     # v1, after which the fixed recipe found nothing new. As for a misspelt column, the run fails and takes nothing.
-    (tmp_path / "tx.csv").write_text("description,category\ncoffee,Dining\ntea,Dining,extra\ntaxi,Travel\n")
+    # A null row among them hid it so too, as the data's fault.
+    (tmp_path / name).write_text(text)
     spec = {
         "dataset": "tx",
-        "sources": [{"path": "tx.csv"}],
+        "sources": [{"path": name}],
         "record": {"kind": "instruction", "prompt": "{{ description.upper(1) }}", "completion": "category"},
     }
     recipe = write_recipe(tmp_path, spec)
-    failure = f"{tmp_path / 'tx.csv'}:2: prompt: template failed: str.upper() takes no arguments (1 given)"
+    failure = f"{tmp_path / name}:2: prompt: template failed: str.upper() takes no arguments (1 given)"
     checked = curation("check", str(recipe), cwd=tmp_path)
     said = " ".join((checked.stdout + checked.stderr).split())
-    assert checked.returncode == 2 and f"input error {failure}; so on all 2 record(s) of the head" in said, said
+    assert checked.returncode == 2 and f"input error {failure}; so on all {shaped} record(s) of the head" in said, said
     refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
     said = " ".join((refused.stdout + refused.stderr).split())
     assert refused.returncode == 2 and "Traceback" not in said, said
     assert "recipe error, nothing published" in said and "record.prompt ('{{ description.upper(1) }}')" in said
-    assert f"failed on every record it was given (2), for example {failure}; fix the template" in said
+    assert f"failed on every record it was given ({shaped}), for example {failure}; fix the template" in said
     assert not (tmp_path / "output" / "tx" / "v1").exists()
     write_recipe(tmp_path, {**spec, "record": {**spec["record"], "prompt": "{{ description.upper() }}"}})
     ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     counts = json.loads((tmp_path / "output" / "tx" / "v1" / "manifest.json").read_text())["counts"]
-    assert (counts["written"], counts["reasons"]) == (2, {"quarantined": {"malformed_csv": 1}})
+    assert (counts["written"], counts["reasons"]) == (2, {"quarantined": {aside: 1}})
 
 
 def _v1_split_on_a_colon(tmp_path: Path) -> tuple[dict[str, Any], Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,35 @@ def test_a_template_failing_one_way_on_every_record_shaped_fails_the_run(workdir
     assert not (workdir / "output" / "qa").exists()
 
 
+@pytest.mark.parametrize("batch_rows", [1, 50_000])
+def test_a_template_failing_one_way_on_every_record_but_a_null_one_fails_the_run(
+    workdir: Path, batch_rows: int
+) -> None:
+    # Line 1's null 'q' fails the template as the data's fault: it hid the recipe's error on the others, and an empty
+    # v1 was published, after which the fixed template found nothing new.
+    path = write_jsonl(workdir / "qa.jsonl", [{"q": None, "a": "A"}, {"q": "Q?", "a": "B"}, {"q": "Q2?", "a": "C"}])
+    spec = qa_recipe("qa.jsonl", prompt="{{ q.upper(1) }}", batch_rows=batch_rows)
+    expected = (  # the example is one of the recipe's failures, not the null row's
+        r"failed on every record it was given \(3\), for example "
+        + re.escape(f"{path}:2:")
+        + r" prompt: template failed: str\.upper\(\) takes no arguments \(1 given\); fix the template"
+    )
+    with pytest.raises(RecipeError, match=expected):
+        run(workdir, spec)
+    assert not (workdir / "output" / "qa").exists()
+    result = run(workdir, {**spec, "record": {**spec["record"], "prompt": "{{ q.upper() }}"}})
+    assert [row["prompt"] for row in outputs(Path(result.version_uri))] == ["Q?", "Q2?"]
+    assert [row["source"]["line"] for row in set_aside(Path(result.version_uri))] == [1]
+
+
+def test_a_template_failing_only_on_null_rows_is_the_datas_error_though_it_would_fail_on_any(workdir: Path) -> None:
+    # No row shows the template failing otherwise: nothing says the recipe is wrong, and the rows are quarantined.
+    write_jsonl(workdir / "qa.jsonl", [{"q": None, "a": "A"}, {"q": None, "a": "B"}])
+    result = run(workdir, qa_recipe("qa.jsonl", prompt="{{ q.upper(1) }}"))
+    counts = result.manifest.counts
+    assert (result.manifest.version, counts.written, counts.reasons) == (1, 0, {"quarantined": {"template": 2}})
+
+
 def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_fault(workdir: Path) -> None:
     # v1 was made by this recipe's template: a scheduled run whose new rows all lack the colon it splits on failed
     # "fix the template in the recipe", took nothing, and so every later run failed the same way.
@@ -342,8 +372,24 @@ def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_
         5,
         1,
         1,
-        RecordShape.model_validate(changed["record"]).fingerprint(),
+        RecordShape.model_validate(changed["record"]).fingerprint(None),
     )
+
+
+def test_a_template_failing_on_every_row_since_the_input_schema_changed_is_the_recipes_error(workdir: Path) -> None:
+    # The templates see the values as input_schema reads them: v1's templates read 'q' as text, and the changed schema
+    # gives them a float. Every row of the next run failed one way, each quarantined, and an empty v2 was published.
+    (workdir / "qa").mkdir()
+    (workdir / "qa" / "a.csv").write_text("q,a\n1.5,A\n2.5,B\n")
+    spec = qa_recipe("qa", prompt="{{ q.upper() }}", input_schema={"columns": {"q": "str", "a": "str"}})
+    assert run(workdir, spec).manifest.counts.written == 2
+    (workdir / "qa" / "b.csv").write_text("q,a\n3.5,C\n4.5,D\n")
+    as_float = {**spec, "input_schema": {"columns": {"q": "float", "a": "str"}}}
+    with pytest.raises(RecipeError, match=r"failed on every record it was given \(2\), .*'float object' has no attr"):
+        run(workdir, as_float)
+    fixed = run(workdir, {**as_float, "record": {**spec["record"], "prompt": "{{ q * 2 }}"}})
+    published = sorted(row["prompt"] for row in outputs(Path(fixed.version_uri)))
+    assert (fixed.manifest.version, published) == (2, ["1.5", "2.5", "7.0", "9.0"])  # v1's, and the new rows'
 
 
 def test_a_run_whose_rows_fail_a_template_each_its_own_way_keeps_one_kind_of_template_error(
@@ -360,13 +406,13 @@ def test_a_run_whose_rows_fail_a_template_each_its_own_way_keeps_one_kind_of_tem
 
     monkeypatch.setattr(pipeline, "Tally", KeptTally)
     rows = [{"q": "ok", "a": "A"}] + [{"q": f"Q{n}", "a": "A"} for n in range(1_000)]
-    write_jsonl(workdir / "qa.jsonl", rows)
+    path = write_jsonl(workdir / "qa.jsonl", rows)
     result = run(workdir, qa_recipe("qa.jsonl", prompt="{{ {'ok': 'fine'}[q] }}", batch_rows=100))
     assert (result.manifest.counts.written, result.manifest.counts.quarantined) == (1, 1_000)
     [tally] = tallies
     assert len(pickle.dumps(tally.template_errors)) < 1_000
     kind = "prompt: template failed: 'dict object' has no attribute 'Q0'"
-    assert tally.template_errors == TemplateErrors(kind=kind, count=1, another=True)
+    assert tally.template_errors == TemplateErrors(kind=kind, count=1, another=True, example=f"{path}:2: {kind}")
 
 
 @pytest.mark.parametrize("questions", [[None, "q?", None], [None, None]])

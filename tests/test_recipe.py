@@ -288,6 +288,26 @@ def test_fingerprint_changes_with_settings() -> None:
     assert a.fingerprint() != b.fingerprint()
 
 
+@pytest.mark.parametrize("schema", ["", "input_schema: {}\n"])
+def test_the_record_fingerprint_of_a_recipe_without_input_schema_is_the_one_earlier_releases_wrote(schema: str) -> None:
+    # Its versions' record_sha256: another hash would put their templates on trial again (``templates_on_trial``).
+    recipe = parse_recipe(
+        f"dataset: tx\nsources:\n  - path: /a\n{schema}record:\n  prompt: 'Q: {{{{ q }}}}'\n  completion: a\n"
+    )
+    assert recipe.record.fingerprint(recipe.input_schema) == (
+        "a1cbf279012509d4d9c23b5ace10f8d60f02ef632422575618a8682a2754162d"  # as the release before wrote it
+    )
+
+
+def test_the_record_fingerprint_changes_with_the_input_schema_the_templates_read_by() -> None:
+    def fingerprint(schema: str) -> str:
+        recipe = parse_recipe(f"dataset: tx\nsources:\n  - path: /a\ninput_schema:\n  columns: {schema}\n")
+        return recipe.record.fingerprint(recipe.input_schema)
+
+    assert len({fingerprint("{}"), fingerprint("{q: str}"), fingerprint("{q: float}")}) == 3
+    assert fingerprint("{q: str, a: int}") == fingerprint("{a: int, q: str}")
+
+
 @pytest.mark.parametrize("stage", ["clean", "length_filter", "repetition_filter", "ratio_filter"])
 def test_a_release_changing_a_stages_rules_changes_the_fingerprint_of_recipes_with_that_stage(
     stage: str, monkeypatch: pytest.MonkeyPatch

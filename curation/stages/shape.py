@@ -251,14 +251,16 @@ def _first_problems(
 @dataclass
 class TemplateErrors:
     """The shape stage's template errors by kind (field and message, ``prompt: template failed: ...``, each record's
-    place left out): the first kind, how many records failed so, and whether another kind was seen. No more is
-    kept, as no more is asked (``recipe_template_error``): a message quoting the row's value is a kind of its own
-    on every row. A failure on a row lacking a value the template reads (null, or one Python cannot hold) is the
-    data's: it counts as none."""
+    place left out): the first kind, its first record's detail, how many records failed so, and whether another
+    kind was seen. No more is kept, as no more is asked (``recipe_template_error``): a message quoting the row's
+    value is a kind of its own on every row. A failure on a row lacking a value the template reads (null, or one
+    Python cannot hold) is the data's: counted apart (``data``), of no kind."""
 
     kind: str | None = None
     count: int = 0
     another: bool = False
+    example: str | None = None
+    data: int = 0
 
     def add(self, set_aside: pa.Table) -> TemplateErrors:
         """Count the template errors among ``set_aside`` rows, until a second kind is seen."""
@@ -271,9 +273,10 @@ class TemplateErrors:
         for at, detail in zip(places, failed["detail"].to_pylist(), strict=True):
             problem = detail.removeprefix(f"{at}: ")
             if _EMPTY in problem or problem.endswith(_NOT_HELD):
+                self.data += 1
                 continue
             if self.kind is None:
-                self.kind = problem
+                self.kind, self.example = problem, detail
             elif problem != self.kind:
                 self.another = True
                 return self
@@ -284,9 +287,11 @@ class TemplateErrors:
 def recipe_template_error(errors: TemplateErrors, set_aside: int, shaped: int) -> str | None:
     """The template error (``field: message``) that set aside every one of the ``shaped`` records the shape stage
     took (``set_aside`` of them in all), where it is one: the recipe's error (``{{ x.upper(1) }}``), as a misspelt
-    column is, not the data's. Records failing in other ways (a null some rows hold), or some records made, are
-    the data's: quarantined one by one."""
-    if shaped and not errors.another and errors.count == set_aside == shaped:
+    column is, not the data's. Records lacking a value the template reads fail it whatever the recipe: beside
+    the one kind they do not hide it, alone they are the data's. Records failing in another way, or some
+    records made, are the data's too: quarantined one by one."""
+    every_one_failed = set_aside == shaped == errors.count + errors.data
+    if errors.count and not errors.another and every_one_failed:
         return errors.kind
     return None
 
