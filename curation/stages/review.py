@@ -5,43 +5,20 @@ so edits go through every later stage (PII redaction included) like any other co
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import pyarrow as pa
 import pyarrow.compute as pc
-import sqlalchemy as sa
 
 from curation.review.decisions import DecisionMark, RunDecisions, run_decisions
 from curation.review.rejected_content import content_keys
 from curation.stages.base import StageResult, split_by_mask
 from curation.stages.duplicates import one_key_each
-from curation.state import sqlite_file, state_engine
+from curation.state import read_state
 from schemas.records import SIGNATURE_COLUMN_PREFIX, dedup_fields, set_aside_rows
-
-T = TypeVar("T")
-
-
-def _state_exists(state_url: str) -> bool:
-    # Do not create a state file just to find it empty (`curation check`, a first run).
-    path = sqlite_file(state_url)
-    return path is None or path.exists()
-
-
-def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
-    """``read`` on the state store, or ``empty`` when it does not exist yet (nothing decided)."""
-    if not _state_exists(state_url):
-        return empty
-    engine = state_engine(state_url)
-    try:
-        return read(engine)
-    finally:
-        engine.dispose()
 
 
 def load_decisions(state_url: str, dataset: str, as_of: DecisionMark | None = None) -> RunDecisions:
     """The dataset's decisions in force (now, or as of ``as_of``); none when the state store does not exist yet."""
-    return _read_state(state_url, lambda engine: run_decisions(engine, dataset, as_of), RunDecisions())
+    return read_state(state_url, lambda engine: run_decisions(engine, dataset, as_of), RunDecisions())
 
 
 class ReviewDecisions:
