@@ -261,11 +261,21 @@ class Watermarks:
     """The watermarks of one dataset, read at the start of a run and committed after it publishes."""
 
     def __init__(
-        self, engine: sa.Engine, dataset: str, full_refresh: bool = False, read_again: set[str] | None = None
+        self,
+        engine: sa.Engine,
+        dataset: str,
+        full_refresh: bool = False,
+        read_again: set[str] | None = None,
+        only_read: bool = False,
     ) -> None:
+        """``only_read``: the store is left as it is (``curation check`` changes nothing); one whose tables are not
+        made yet holds no watermark, as for a full refresh."""
+        if only_read:
+            full_refresh = full_refresh or not sa.inspect(engine).has_table(watermarks.name)
+        else:
+            create_tables(engine)
         self.engine, self.dataset, self.full_refresh = engine, dataset, full_refresh
         self.read_again = set(read_again or ())  # shared with each source's
-        create_tables(engine)
         self.sources: dict[str, SourceWatermark] = {}
         # Inputs an earlier run read, but not all their records (a VQA row's image it could not read for
         # now: ``read_next_run``) -> the ids of those records: this run reads them again, changed or not (a

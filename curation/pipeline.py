@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+from sqlalchemy import Engine
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader, unread_partition
@@ -50,7 +51,7 @@ from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
 from curation.stages.shape import Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
-from curation.state import StateStore, state_engine
+from curation.state import StateStore, read_state
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
 from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs
 from schemas.config import (
@@ -344,17 +345,16 @@ def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
 
 def version_a_run_extends(recipe: Recipe, previous: list[int]) -> int | None:
     """``extended_version`` as a run of ``recipe`` would find it now (``curation check`` asks): the state
-    store's watermarks of the recipe's sources, as ``build_sources`` looks them up."""
-    if not previous:
-        return None
-    engine = state_engine(recipe.state)
-    try:
-        watermarks = Watermarks(engine, recipe.dataset)
+    store's watermarks of the recipe's sources, as ``build_sources`` looks them up. A store not made yet (no
+    SQLite file, no watermark table) holds none, and is left so."""
+
+    def extends(engine: Engine) -> int | None:
+        watermarks = Watermarks(engine, recipe.dataset, only_read=True)
         for config in recipe.sources:
             watermarks.for_source(config)
         return extended_version(previous, watermarks)
-    finally:
-        engine.dispose()
+
+    return read_state(recipe.state, extends, None) if previous else None
 
 
 def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Tally, stages: list[AnyStage]) -> None:

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 import xxhash
@@ -90,6 +90,23 @@ def state_engine(url: str) -> sa.Engine:
             cursor.close()
 
     return engine
+
+
+T = TypeVar("T")
+
+
+def read_state(url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
+    """``read`` on the state store, or ``empty`` when its SQLite file does not exist yet: a command that only
+    reads (``curation check``, a first run's review stage) creates no file, nor the folder it would be in. Not
+    ``state_engine``: its settings would write the header of an empty file."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        return empty
+    engine = sa.create_engine(url)
+    try:
+        return read(engine)
+    finally:
+        engine.dispose()
 
 
 runs = sa.Table(

@@ -852,6 +852,29 @@ def test_usage_mistakes_are_usage_errors(tmp_path: Path) -> None:
         assert refused.returncode in (1, 2) and said in text and "Traceback" not in text, text
 
 
+def test_check_creates_no_state_store_where_it_reads_which_version_a_run_would_extend(tmp_path: Path) -> None:
+    # A template failing on the head had check open the state store for the watermarks: a store not made yet
+    # was created there (its folder, its SQLite file and tables) by a command that is to change nothing.
+    spec, recipe = _v1_split_on_a_colon(tmp_path)
+    write_jsonl(tmp_path / "qa" / "b.jsonl", [{"q": "no colon", "a": "B"}])
+    folder = tmp_path / "moved"
+    state = folder / "state.db"
+    write_recipe(tmp_path, {**spec, "state": f"sqlite:///{state}"})
+    for lacking in ("folder", "file", "tables"):
+        if lacking == "file":
+            folder.mkdir()
+        if lacking == "tables":
+            state.touch()
+        checked = curation("check", str(recipe), cwd=tmp_path)
+        said = " ".join((checked.stdout + checked.stderr).split())
+        # No store: no source was read before, so the version a run makes extends nothing and the templates are on
+        # trial, as the run judges them.
+        assert checked.returncode == 2 and "so on all 1 record(s) of the head: fix the template" in said, said
+        assert folder.exists() == (lacking != "folder"), lacking
+        left = [(path.name, path.stat().st_size) for path in folder.glob("*")]
+        assert left == ([("state.db", 0)] if lacking == "tables" else []), lacking
+
+
 def test_a_sqlite_state_file_that_cannot_be_created_is_a_state_store_error_in_check_and_run(tmp_path: Path) -> None:
     # `check` said ok, and the run failed with "[Errno 2] No such file or directory: '/proc/nope'", naming no store.
     write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])

@@ -1011,6 +1011,19 @@ def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
 
 
+def test_a_not_pii_mark_is_counted_as_an_edit_read_again_as_carried(workdir: Path) -> None:
+    # The mark is an edit decision: the carry counted the line it put the span back in as `review_edited`, the
+    # review stage did not count the record read again with it as `edited`.
+    published_then_marked_not_pii(workdir)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"message": "Thanks!", "reply": "Welcome."}])
+    carried = run(workdir, UNDO_RECIPE)
+    assert carried.manifest.counts.carried == 1 and carried.manifest.stats["carry"]["review_edited"] == 1
+    again = run(workdir, UNDO_RECIPE, full_refresh=True)
+    stages = again.manifest.stats["stages"]
+    assert again.manifest.counts.input == 2 and stages["pii"]["review_restored"] == 1
+    assert stages.get("review", {}).get("edited") == 1, stages
+
+
 def test_a_not_pii_mark_holds_only_while_its_place_holds_the_text_marked(workdir: Path) -> None:
     # A keyed SQL row edited in place keeps its id: the mark's offsets alone left the new phone number at
     # that place in clear, and queued nothing for review.

@@ -532,33 +532,52 @@ def test_a_ray_address_where_no_cluster_answers_is_said_with_what_was_tried(monk
     )
 
 
-def test_a_ray_host_and_port_where_nothing_listens_is_said_before_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
-    # ray.init retried the GCS at an explicit host:port for minutes before failing; a port that answers is joined.
+class RecordedRay:
+    """Stands in for ray: records what ``init`` is given, joins nothing."""
+
+    calls: list[dict[str, Any]]
+    is_initialized = staticmethod(lambda: False)
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def init(self, **options: Any) -> None:
+        self.calls.append(options)
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_a_ray_host_and_port_where_nothing_listens_is_said_before_ray_init(
+    monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    # ray.init retried the GCS at an explicit host:port for minutes before failing (Ray Client at a ray://host:port,
+    # which went unprobed, too); a port that answers is joined.
     import socket
 
-    calls: list[dict[str, Any]] = []
-
-    class Ray:
-        is_initialized = staticmethod(lambda: False)
-
-        @staticmethod
-        def init(**options: Any) -> None:
-            calls.append(options)
-
+    ray_ = RecordedRay()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with socket.create_server(("127.0.0.1", 0)) as listening:
         open_port = listening.getsockname()[1]
         with socket.create_server(("127.0.0.1", 0)) as closed:
             closed_port = closed.getsockname()[1]  # closed below: nothing listens there
         with pytest.raises(ConnectionError) as raised:
-            RayExecutor(address=f"127.0.0.1:{closed_port}")._connect(Ray)
+            RayExecutor(address=f"{scheme}127.0.0.1:{closed_port}")._connect(ray_)
         assert str(raised.value) == (
-            f"no Ray cluster answers at --address 127.0.0.1:{closed_port}: start one with `ray start --head`, "
+            f"no Ray cluster answers at --address {scheme}127.0.0.1:{closed_port}: start one with `ray start --head`, "
             "or leave out --address to start a local instance"
         )
-        assert calls == []
-        assert RayExecutor(address=f"127.0.0.1:{open_port}")._connect(Ray) is True
-    assert [options["address"] for options in calls] == [f"127.0.0.1:{open_port}"]
+        assert ray_.calls == []
+        assert RayExecutor(address=f"{scheme}127.0.0.1:{open_port}")._connect(ray_) is True
+    assert [options["address"] for options in ray_.calls] == [f"{scheme}127.0.0.1:{open_port}"]
+
+
+def test_a_ray_client_address_without_a_port_is_probed_at_ray_clients_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    tried: list[tuple[str, int]] = []
+    monkeypatch.setattr(socket, "create_connection", lambda at, timeout: tried.append(at) or socket.socket())
+    ray_ = RecordedRay()
+    assert RayExecutor(address="ray://head.example")._connect(ray_) is True
+    assert tried == [("head.example", 10001)] and ray_.calls[0]["address"] == "ray://head.example"
 
 
 def test_a_sql_cursor_and_vqa_rows_taken_on_ray_workers_are_committed(workdir: Path, local_ray: Any) -> None:

@@ -160,16 +160,25 @@ def test_without_a_recipe_or_state_in_a_folder_with_no_state_store_the_command_s
     assert asked.returncode == 2 and "no state store" in asked.stderr and "password" not in asked.stdout
 
 
-def test_add_user_with_no_password_to_read_says_how_to_give_one(tmp_path: Path) -> None:
-    # A job without a terminal (cron, CI) and without the variable: not getpass's fallback to stdin, with
-    # its own warning and a line of its code, before the error.
+def test_add_user_reads_one_line_piped_on_stdin_with_the_same_checks(tmp_path: Path) -> None:
+    # `printf 'secret-pass\n' | curation review add-user ann`: refused for want of a terminal, where a script has
+    # no other way than the variable. Its first line is the password, held to the prompt's checks.
     url = f"sqlite:///{tmp_path}/state.db"
     (tmp_path / "state.db").touch()  # a store that is there, empty
-    done = review("add-user", "olga", "--state", url, cwd=tmp_path, stdin="s3cret-pass\ns3cret-pass\n")
-    said = " ".join(done.stderr.split())
-    assert done.returncode == 2, said
-    assert said == "error no password given, so no user made: no terminal to type it at; set $CURATION_REVIEW_PASSWORD"
-    # Set but empty (a secret that did not come through): said as such, with no prompt.
+    none = (
+        "error no password given, so no user made: nothing on stdin (not a terminal) to read it from; "
+        "pipe it in or set $CURATION_REVIEW_PASSWORD"
+    )
+    for piped, said in (("", none), ("\n", none), ("short\n", "error a password needs at least 8 characters")):
+        refused = review("add-user", "ann", "--state", url, cwd=tmp_path, stdin=piped)
+        assert refused.returncode == 2 and " ".join(refused.stderr.split()) == said, refused.stderr
+    done = review("add-user", "ann", "--state", url, cwd=tmp_path, stdin="secret pass\r\nignored\n")
+    assert done.returncode == 0 and "user ann is a reviewer" in done.stderr, done.stderr
+    assert "secret" not in done.stdout + done.stderr
+    engine = sa.create_engine(url)
+    assert authenticate(engine, "ann", "secret pass").role == "reviewer"  # its line ending is not the password's
+    assert authenticate(engine, "ann", "ignored") is None
+    # Set but empty (a secret that did not come through): said as such, stdin not read.
     empty = review("add-user", "olga", "--state", url, cwd=tmp_path, password="", stdin="s3cret-pass\ns3cret-pass\n")
     said = " ".join(empty.stderr.split())
     assert empty.returncode == 2, said

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -268,10 +269,20 @@ class ProjectErrorsUnlogged(logging.Filter):
         return error is None or unwrap(error) is None
 
 
+RAY_CLIENT_PORT = 10001  # where Ray Client listens on a head node: a ray:// address without a port
+
+
 def _answers(address: str) -> None:
-    """Raises ConnectionError where nothing answers at a ``host:port`` address: ray.init retries its GCS there for
-    minutes before it says so. ``auto`` and the other forms are left to ray.init."""
-    host, _, port = address.rpartition(":")
+    """Raises ConnectionError where nothing answers at a ``host:port`` or ``ray://host[:port]`` address: ray.init
+    retries there for minutes before it says so. ``auto`` and the other forms are left to ray.init."""
+    if address.startswith("ray://"):
+        try:
+            parts = urlsplit(address)
+            host, port = parts.hostname, str(parts.port or RAY_CLIENT_PORT)
+        except ValueError:  # a port that is no number: Ray's message says so
+            return
+    else:
+        host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         return
     try:
@@ -342,17 +353,16 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         level = logging.ERROR if self.quiet else logging.WARNING
-        said = {"logging_level": level, **({"log_to_driver": False} if self.quiet else {})}
-        if self.address and self.address.startswith("ray://"):
-            # Ray Client from outside the cluster: ship this driver's packages, so the workers run
-            # the same code as the driver (inside a cluster, the image or the job's working_dir has it).
-            import connectors
-            import curation
-            import schemas
+        said: dict[str, Any] = {"logging_level": level, **({"log_to_driver": False} if self.quiet else {})}
+        if self.address:
+            if self.address.startswith("ray://"):
+                # Ray Client from outside the cluster: ship this driver's packages, so the workers run
+                # the same code as the driver (inside a cluster, the image or the job's working_dir has it).
+                import connectors
+                import curation
+                import schemas
 
-            runtime_env = {"py_modules": [curation, schemas, connectors]}
-            ray.init(address=self.address, runtime_env=runtime_env, **said)
-        elif self.address:
+                said["runtime_env"] = {"py_modules": [curation, schemas, connectors]}
             try:
                 _answers(self.address)
                 ray.init(address=self.address, **said)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -260,20 +261,7 @@ def add_user(
         )
         raise typer.Exit(2)
     if password is None:
-        if not _has_terminal():  # getpass would read stdin instead, warning that the password may be echoed
-            _say(
-                "[red]error[/red]",
-                f"no password given, so no user made: no terminal to type it at; set ${PASSWORD_ENV}",
-            )
-            raise typer.Exit(2)
-        try:
-            password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-        except typer.Abort:  # its input ended (a job with no terminal) or ^C: else a bare "Aborted.", exit 1
-            _say(
-                "[red]error[/red]",
-                f"no password given, so no user made: set ${PASSWORD_ENV}, or type it at the prompt (twice)",
-            )
-            raise typer.Exit(2) from None
+        password = _typed_password() if sys.stdin.isatty() else _piped_password()
     try:
         with _state_store(url):
             user = create(_engine(url), name, role, password)
@@ -284,13 +272,35 @@ def add_user(
     console.print(f"user [bold]{escape(user.name)}[/bold] is {article} {user.role}", highlight=False)
 
 
-def _has_terminal() -> bool:
-    """Whether this process has a terminal for the password prompt: the one getpass opens."""
+def _typed_password() -> str:
+    """The password typed at the terminal, twice."""
     try:
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
-    except OSError:
-        return False
-    return True
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    except typer.Abort:  # its input ended or ^C: else a bare "Aborted.", exit 1
+        _say(
+            "[red]error[/red]",
+            f"no password given, so no user made: set ${PASSWORD_ENV}, or type it at the prompt (twice)",
+        )
+        raise typer.Exit(2) from None
+
+
+def _piped_password() -> str:
+    """The first line of stdin, piped by a script (``printf 'pass\\n' | curation review add-user ann``): not
+    getpass's fallback to it, which warns that the password may be echoed, and reads none from an empty stdin
+    (cron, CI) without saying how to give one."""
+    try:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        _say("[red]error[/red]", "the password piped on stdin is not UTF-8 text, so no user made")
+        raise typer.Exit(2) from None
+    if not password:
+        _say(
+            "[red]error[/red]",
+            "no password given, so no user made: nothing on stdin (not a terminal) to read it from; "
+            f"pipe it in or set ${PASSWORD_ENV}",
+        )
+        raise typer.Exit(2)
+    return password
 
 
 @review_app.command("export")

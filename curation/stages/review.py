@@ -5,43 +5,20 @@ so edits go through every later stage (PII redaction included) like any other co
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import pyarrow as pa
 import pyarrow.compute as pc
-import sqlalchemy as sa
 
 from curation.review.decisions import DecisionMark, RunDecisions, run_decisions
 from curation.review.rejected_content import content_keys
 from curation.stages.base import StageResult, split_by_mask
 from curation.stages.duplicates import one_key_each
-from curation.state import sqlite_file, state_engine
+from curation.state import read_state
 from schemas.records import SIGNATURE_COLUMN_PREFIX, dedup_fields, set_aside_rows
-
-T = TypeVar("T")
-
-
-def _state_exists(state_url: str) -> bool:
-    # Do not create a state file just to find it empty (`curation check`, a first run).
-    path = sqlite_file(state_url)
-    return path is None or path.exists()
-
-
-def _read_state(state_url: str, read: Callable[[sa.Engine], T], empty: T) -> T:
-    """``read`` on the state store, or ``empty`` when it does not exist yet (nothing decided)."""
-    if not _state_exists(state_url):
-        return empty
-    engine = state_engine(state_url)
-    try:
-        return read(engine)
-    finally:
-        engine.dispose()
 
 
 def load_decisions(state_url: str, dataset: str, as_of: DecisionMark | None = None) -> RunDecisions:
     """The dataset's decisions in force (now, or as of ``as_of``); none when the state store does not exist yet."""
-    return _read_state(state_url, lambda engine: run_decisions(engine, dataset, as_of), RunDecisions())
+    return read_state(state_url, lambda engine: run_decisions(engine, dataset, as_of), RunDecisions())
 
 
 class ReviewDecisions:
@@ -60,6 +37,9 @@ class ReviewDecisions:
         self.rejected = pa.array(sorted(decisions.rejected), pa.string())
         self.edits = decisions.edits
         self.edited_ids = pa.array(sorted(decisions.edits), pa.string())
+        # A not-PII mark is an edit too (the PII stage whose item it was applies it), counted as carry counts it.
+        marked = {record for in_stage in decisions.undone_in.values() for record in in_stage}
+        self.marked_ids = pa.array(sorted(marked), pa.string())
         self.kept_apart_ids = pa.array(sorted(decisions.kept_apart), pa.string())
         self.content = dict(decisions.rejected_content)  # content key -> the rejected record
         self.learned: dict[str, int] = {}
@@ -93,7 +73,7 @@ class ReviewDecisions:
         return {"kept_apart": count} if count else {}
 
     def _decide(self, batch: pa.Table, keys: pa.Array | None) -> StageResult:
-        if len(self.rejected) == 0 and len(self.edited_ids) == 0:
+        if len(self.rejected) == 0 and len(self.edited_ids) == 0 and len(self.marked_ids) == 0:
             return StageResult(kept=batch, stats=self._kept_apart(batch))
         by_id = pc.is_in(batch["id"], value_set=self.rejected)
         of = self._same_content(batch, by_id, keys)
@@ -107,7 +87,9 @@ class ReviewDecisions:
             copy_of.get(record) if found is None else found for record, found in zip(ids, of.to_pylist(), strict=True)
         ]
         set_aside = self.set_aside(rejected, originals)
-        kept, edited, skipped = self._apply_edits(kept)
+        kept, applied, skipped = self._apply_edits(kept)
+        marked = kept["id"].filter(pc.is_in(kept["id"], value_set=self.marked_ids)).to_pylist()
+        edited = len(applied.union(marked))
         copies = sum(1 for original in originals if original is not None)
         stats = {
             name: count
@@ -171,11 +153,11 @@ class ReviewDecisions:
         own = pc.or_(by_id, pc.is_in(batch["id"], value_set=self.edited_ids))
         return pc.if_else(own, pa.scalar(None, pa.string()), found)
 
-    def _apply_edits(self, batch: pa.Table) -> tuple[pa.Table, int, int]:
-        """The batch with edited values; how many records were edited, and edits of unknown fields."""
+    def _apply_edits(self, batch: pa.Table) -> tuple[pa.Table, set[str], int]:
+        """The batch with edited values; the records edited, and edits of unknown fields."""
         touched = pc.is_in(batch["id"], value_set=self.edited_ids)
         if not pc.any(touched).as_py():
-            return batch, 0, 0
+            return batch, set(), 0
         ids = batch["id"].to_pylist()
         fields = {name for record in ids if record in self.edits for name in self.edits[record]}
         skipped = 0
@@ -196,7 +178,7 @@ class ReviewDecisions:
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     skipped += 1
             batch = batch.set_column(batch.column_names.index(name), name, pa.array(values, column.type))
-        return batch, len(applied), skipped
+        return batch, applied, skipped
 
 
 class ContentKeys:
