@@ -546,11 +546,11 @@ def test_label_studio_labels_after_emoji_are_read_in_characters_or_utf16_units(t
     assert dec.run_decisions(engine, "support").undone == {"r1": {("prompt", omar["start"], omar["end"])}}
 
 
-def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_sees_it(tmp_path: Path) -> None:
+def both_fields_flagged(tmp_path: Path) -> tuple[sa.Engine, dict[str, dict]]:
+    """A run whose one record holds a name in its prompt and its completion: a PII item for each field
+    (by field name), and the users of ``USERS``."""
     from curation.review.auth import add_user
-    from curation.review.queue import list_items
     from tests.helpers import run, write_jsonl
-    from tests.review_seed import USERS
 
     write_jsonl(tmp_path / "in.jsonl", [{"q": f"Ask {NAME} about it?", "a": f"Transfers, says {NAME}."}])
     spec = {
@@ -565,13 +565,20 @@ def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_se
     engine = sa.create_engine(spec["state"])
     for name, role in USERS.items():
         add_user(engine, name, role, PASSWORD)
-    (item,) = [i for i in list_items(engine, kind="pii") if json.loads(i["payload"])["field"] == "prompt"]
-    app = create_app(spec["state"], [])
+    return engine, {json.loads(i["payload"])["field"]: i for i in list_items(engine, kind="pii")}
 
-    def editor(page: str) -> tuple[str, dict[str, str]]:
-        options = re.findall(r'<option value="([^"]+)" data-value="([^"]*)" data-shown="1" ?(selected)?', page)
-        values = {name: value.replace("&lt;", "<").replace("&gt;", ">") for name, value, _ in options}
-        return next(name for name, _, selected in options if selected), values
+
+def editor(page: str) -> tuple[str, dict[str, str]]:
+    """The field the item page's editor opens on, and the value it holds for each field it shows."""
+    options = re.findall(r'<option value="([^"]+)" data-value="([^"]*)" data-shown="1" ?(selected)?', page)
+    values = {name: value.replace("&lt;", "<").replace("&gt;", ">") for name, value, _ in options}
+    return next(name for name, _, selected in options if selected), values
+
+
+def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_sees_it(tmp_path: Path) -> None:
+    engine, items = both_fields_flagged(tmp_path)
+    item = items["prompt"]
+    app = create_app(str(engine.url), [])
 
     # The editor opens on the flagged prompt, and holds the completion as the role sees it: raw for a
     # pii-reviewer, as published (redacted) for a reviewer.
@@ -590,6 +597,35 @@ def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_se
     # The completion left as shown is no edit of it (nothing else changed: refused).
     same = {"action": "edit", "field": "completion", "value": "Transfers, says <PERSON>.", "csrf_token": csrf}
     assert reviewer.post(f"/items/{item['item_id']}/decide", data=same).status_code == 400
+
+
+def test_a_pii_items_editor_holds_the_other_fields_as_the_records_other_items_decide_them(tmp_path: Path) -> None:
+    # The prompt item's editor held the completion as first flagged, though the completion's item had an
+    # edit in force (or its name marked not PII): an edit of the completion from there put the name back.
+    engine, items = both_fields_flagged(tmp_path)
+    prompt, completion = items["prompt"]["item_id"], items["completion"]["item_id"]
+    app = create_app(str(engine.url), [])
+    pii_reviewer, csrf = signed_in(app, "pia")
+    reviewer, _ = signed_in(app, "rita")
+    fixed = {"action": "edit", "field": "completion", "value": "Transfers, says the bank.", "csrf_token": csrf}
+    assert pii_reviewer.post(f"/items/{completion}/decide", data=fixed, follow_redirects=False).status_code == 303
+    assert editor(pii_reviewer.get(f"/items/{prompt}").text)[1]["completion"] == "Transfers, says the bank."
+    # The edit is stored as typed (a pii-reviewer's may hold PII): a reviewer is told of it, not shown it.
+    page = reviewer.get(f"/items/{prompt}").text
+    assert "Transfers, says the bank." not in page and NAME not in page
+    assert re.search(r'id="edit-hidden">An edit in force sets completion;', page)
+    # Posted again unchanged from the prompt's editor, the completion is no edit.
+    again = {**fixed, "value": "Transfers, says the bank.", "field": "completion"}
+    assert pii_reviewer.post(f"/items/{prompt}/decide", data=again).status_code == 400
+    # Undone, and the completion's name marked not PII instead: published in clear, to every role.
+    dec.undo_last(engine, "pia")
+    span = json.loads(items["completion"]["payload"])["spans"][0]
+    marked = {"action": "edit", "not_pii": f"completion:{span['start']}:{span['end']}", "csrf_token": csrf}
+    assert pii_reviewer.post(f"/items/{completion}/decide", data=marked, follow_redirects=False).status_code == 303
+    assert editor(reviewer.get(f"/items/{prompt}").text) == (
+        "prompt",
+        {"prompt": "Ask <PERSON> about it?", "completion": f"Transfers, says {NAME}."},
+    )
 
 
 def test_a_reviewer_sees_no_pii_that_a_later_pii_stage_redacts(tmp_path: Path) -> None:

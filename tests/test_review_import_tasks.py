@@ -254,3 +254,56 @@ def test_a_vqa_task_without_a_record_id_is_of_its_item_by_the_question_as_edited
         del one["data"]["record_id"]
     counts = import_annotations(engine, [*annotated([task], "reject"), *annotated([old], "reject")], "pia")
     assert counts["reject"] == 1 and counts[REPEATED] == 1
+
+
+def labels(task: dict, *spans: tuple[int, int, str]) -> list[dict]:
+    """``task`` approved with these spans labelled (start, end, entity), as an annotator submits them."""
+    (done,) = annotated([task], "approve")
+    text = task["data"]["text"]
+    done["annotations"][0]["result"] += [
+        {
+            "from_name": "pii",
+            "to_name": "text",
+            "type": "labels",
+            "value": {"start": start, "end": end, "text": text[start:end], "labels": [entity]},
+        }
+        for start, end, entity in spans
+    ]
+    return [done]
+
+
+def test_a_raw_pii_task_relabelled_in_part_decides_by_the_spans_as_submitted(tmp_path: Path) -> None:
+    # Item 1's name is marked not PII, so its raw task predicts the e-mail address alone. The annotator
+    # labels the name PII again and leaves the address unlabelled: the edit added the address's mark to
+    # the name's in force, and the name the annotator labelled was published in clear.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    assert [r["value"]["start"] for r in raw["predictions"][0]["result"]] == [21]
+    published = dec.mark_now(engine)  # a version published with the name in clear
+    counts = import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")
+    assert counts["edit"] == 1
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+    assert dec.run_decisions(engine, "notes").undone == {"r0": {("prompt", 21, 37)}}
+    # Its carried line holds the name in clear: the next run reads the input again, to redact it.
+    assert dec.inputs_to_read_again(engine, "notes", published) == {"a.jsonl"}
+    # Undone, the relabelling takes out its own values alone: the name's mark stands again.
+    dec.undo_last(engine, "pia")
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 5, 17)}
+
+
+def test_a_raw_pii_task_relabelled_keeps_the_field_edits_in_force_it_did_not_show(tmp_path: Path) -> None:
+    # Item 2's prompt is edited; its raw task shows the flagged text, for the spans. An annotator who moved
+    # the address label's edge (it still covers the span: redacted as detected), or labelled every span,
+    # approved the item as flagged: the edit, never shown, was set aside.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(fields={"prompt": "fixed prompt"}))
+    raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    moved = labels(raw[1], (5, 17, "PERSON"), (21, 33, "EMAIL_ADDRESS"))
+    assert import_annotations(engine, moved, "pia")["already in force"] == 1
+    assert dec.run_decisions(engine, "notes").edits == {"r1": {"prompt": "fixed prompt"}}
+    # Item 1 has its name marked and its prompt edited: every span labelled sets the mark aside, not the edit.
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(fields={"prompt": "fixed prompt"}))
+    raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    counts = import_annotations(engine, labels(raw[0], (5, 17, "LOCATION"), (21, 37, "EMAIL_ADDRESS")), "pia")
+    assert counts["edit"] == 1 and dec.not_pii_in_force(engine, 1) == set()
+    assert dec.fields_in_force(engine, 1) == {"prompt": "fixed prompt"}

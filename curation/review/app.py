@@ -351,7 +351,7 @@ def create_app(
         row = _get_item(engine, item_id)
         filters = _filters(request, engine)
         position, previous, following = _neighbours(engine, item_id, filters)
-        view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
+        view = _view(engine, row, user)
         return render(
             request,
             "item.html",
@@ -391,7 +391,7 @@ def create_app(
             raise StalePage(error, form) from None
         edit = None
         if action == "edit":
-            view = item_view(row, user, dec.not_pii_in_force(engine, item_id), dec.fields_in_force(engine, item_id))
+            view = _view(engine, row, user)
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
         if action == "keep" and dec.holds_already(engine, item_id, action):
             # Taken again, a keep would set aside the edits made after the one in force (see ``in_force``).
@@ -882,6 +882,17 @@ def _train_module() -> tuple[Any, str | None]:
 # compared fields): editing another one starts from an empty box, which must not read as the field
 # being empty.
 UNSHOWN_VALUE = "This item does not show the field's current value: what you type replaces all of it."
+
+
+def _view(engine: sa.Engine, row: dict[str, Any], user: User) -> dict[str, Any]:
+    """The item as its page shows it, with the decisions in force. A PII item's editor holds the record's
+    other fields too, so it takes the decisions in force through the record's other items (its other
+    flagged fields, stages, versions) as the next run applies them: an edit started from the fields as
+    first flagged would put back what those edits changed."""
+    not_pii = dec.not_pii_in_force(engine, row["item_id"])
+    if row["kind"] != "pii":
+        return item_view(row, user, not_pii, dec.fields_in_force(engine, row["item_id"]))
+    return item_view(row, user, not_pii, *dec.record_in_force(engine, row))
 
 
 # Content fields an edit cannot change: a VQA record's picture is read (from its ``image`` name) before

@@ -59,13 +59,20 @@ class DecisionError(ValueError):
 
 @dataclass
 class Edit:
-    """What an ``edit`` changes: field values, and redaction spans an annotator says are not PII."""
+    """What an ``edit`` changes: field values, redaction spans an annotator says are not PII, and spans
+    marked not PII before that they say are PII after all (``pii``: a Label Studio task labelled again)."""
 
     fields: dict[str, str] = field(default_factory=dict)
     not_pii: list[tuple[str, int, int]] = field(default_factory=list)
+    pii: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.fields or self.not_pii or self.pii)
 
     def as_json(self) -> dict[str, Any]:
-        return {"fields": self.fields, "not_pii": [list(span) for span in self.not_pii]}
+        # ``pii`` only when set: the decisions stored before it have none, and read the same.
+        marked_again = {"pii": [list(span) for span in self.pii]} if self.pii else {}
+        return {"fields": self.fields, "not_pii": [list(span) for span in self.not_pii], **marked_again}
 
 
 def _now() -> datetime:
@@ -188,14 +195,14 @@ def check_decision(item: dict[str, Any], action: str, edit: Edit | None) -> None
             f"only a near-duplicate item can be marked not a duplicate; item {item['item_id']} is {item['kind']}"
         )
     if action == "edit":
-        if edit is None or not (edit.fields or edit.not_pii):
-            raise DecisionError("an edit needs at least one changed field or one span marked not PII")
+        if not edit:
+            raise DecisionError("an edit needs at least one changed field or one span marked not PII (or PII again)")
         empty = [name for name, value in edit.fields.items() if not value.strip()]
         if empty:
             raise DecisionError(f"edited field(s) {', '.join(empty)} must not be empty")
-        unknown = set(edit.not_pii) - _pii_spans(item)
+        unknown = {*edit.not_pii, *edit.pii} - _pii_spans(item)
         if unknown:
-            raise DecisionError("only spans the PII stage flagged on this item can be marked not PII")
+            raise DecisionError("only spans the PII stage flagged on this item can be marked not PII, or PII again")
 
 
 class StaleDecision(DecisionError):
@@ -382,6 +389,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         after = json.loads(row["after"])
         rejected = False  # a keep ("not a duplicate") stands: an edit after it adds to it
         fields.update(after.get("fields", {}))
+        spans = [span for span in spans if span not in after.get("pii", [])]  # marked PII again: a later value wins
         spans += [span for span in after.get("not_pii", []) if span not in spans]
     action = "reject" if rejected else "keep" if kept else "edit" if fields or spans else "approve"
     edits = {"fields": fields, "not_pii": spans} if action == "edit" or (action == "keep" and (fields or spans)) else {}
@@ -430,8 +438,10 @@ def holds(current: dict[str, Any] | None, action: str, edit: Edit | None = None)
         return True
     after = json.loads(current["after"])
     fields, spans = after.get("fields", {}), [tuple(span) for span in after.get("not_pii", [])]
-    return all(fields.get(name) == value for name, value in edit.fields.items()) and all(
-        tuple(span) in spans for span in edit.not_pii
+    return (
+        all(fields.get(name) == value for name, value in edit.fields.items())
+        and all(tuple(span) in spans for span in edit.not_pii)
+        and not any(tuple(span) in spans for span in edit.pii)
     )
 
 
@@ -810,6 +820,27 @@ def fields_in_force(engine: sa.Engine, item_id: int) -> dict[str, str]:
 def fields_of(current: dict[str, Any] | None) -> dict[str, str]:
     """The field values a decision in force (``in_force_on``) sets."""
     return dict(json.loads(current["after"]).get("fields", {})) if current else {}
+
+
+def record_in_force(engine: sa.Engine, item: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The record's fields as the decisions in force through any of its items (one per flagged field or
+    stage, an earlier version's) leave them for the next run: the values their edits set (a later one wins,
+    as ``run_decisions`` takes them), and the fields other than ``item``'s that PII items flagged, as a role
+    that does not see PII is shown them (``redacted_as_shown``: the spans marked not PII there in clear)."""
+    own = _in_force_for_item(engine, item["item_id"])
+    others = in_force_for_record(engine, item["dataset"], item["record_id"], item["item_id"])
+    fields: dict[str, str] = {}
+    for decision in sorted([*others, *([own] if own else [])], key=lambda row: row["decision_id"]):
+        fields.update(fields_of(decision))
+    marked = {decision["item_id"]: not_pii_of(decision) for decision in others if not_pii_of(decision)}
+    flagged = json.loads(item["payload"] or "{}").get("field")
+    shown: dict[str, str] = {}
+    for other in get_items(engine, marked).values():
+        payload = json.loads(other["payload"] or "{}")
+        name = payload.get("field")
+        if other["kind"] == "pii" and name != flagged:
+            shown[name] = redacted_as_shown(payload, {(start, end) for _, start, end in marked[other["item_id"]]})
+    return fields, shown
 
 
 def all_redactions(payload: dict[str, Any]) -> list[dict[str, Any]] | None:

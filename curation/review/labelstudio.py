@@ -8,8 +8,9 @@ interfaces that match each kind.
 
 Import reads Label Studio's JSON export: per task, the latest annotation's ``decision`` choice
 (approve / reject, and keep: "not a duplicate", on a near-duplicate task) and, for PII tasks
-exported with raw text, the spans the annotator removed (those become "not PII"); for VQA, a
-changed ``answer`` becomes an edit. A task shows the item as the next run publishes it (spans marked not
+exported with raw text, the spans as the annotator submitted them, set against those the task showed
+(a span they removed becomes "not PII", one marked not PII that they labelled is PII again:
+``_as_submitted``); for VQA, a changed ``answer`` becomes an edit. A task shows the item as the next run publishes it (spans marked not
 PII in clear or not predicted, a VQA item's edited answer) or not at all (a PII item's edited fields), so an
 approve that changes none of it keeps the edits in force, which an approve alone would set aside.
 
@@ -289,6 +290,8 @@ def import_annotations(
         # now are not those it left out: an undo since would read as spans it newly marks.
         task_stale = seen is not None and seen != revisions[item["item_id"]]
         for at, choice, edit, said in decided:
+            if said and item["kind"] == "pii" and not task_stale:
+                edit, said = _as_submitted(edit, in_force.get(item["item_id"]), choice)
             if choice == "approve" and edit is None and not said and not task_stale:
                 # An approve alone sets aside the edits in force, which the export showed as the next run
                 # publishes them, or not at all: approving the item as shown keeps them.
@@ -354,12 +357,12 @@ def import_annotations(
     return counts
 
 
-def _decides(task: tuple[str, str, dec.Edit | None, str | None]) -> tuple[str, Any, Any]:
+def _decides(task: tuple[str, str, dec.Edit | None, str | None]) -> tuple[str, Any, Any, Any]:
     """What a task's annotation decides (its action and edit), for telling whether two tasks agree."""
     _, action, edit, _ = task
     if edit is None:
-        return action, None, None
-    return action, sorted(edit.fields.items()), sorted(edit.not_pii)
+        return action, None, None, None
+    return action, sorted(edit.fields.items()), sorted(edit.not_pii), sorted(edit.pii)
 
 
 def _said(action: str, edit: dec.Edit | None) -> str:
@@ -368,6 +371,7 @@ def _said(action: str, edit: dec.Edit | None) -> str:
         return action
     changes = [f"{name}={value!r}" for name, value in sorted(edit.fields.items())]
     changes += [f"{field}[{start}:{end}] not PII" for field, start, end in sorted(edit.not_pii)]
+    changes += [f"{field}[{start}:{end}] PII" for field, start, end in sorted(edit.pii)]
     return f"edit ({', '.join(changes)})"
 
 
@@ -486,6 +490,25 @@ def _shown_edits(item: dict[str, Any], data: dict[str, Any], current: dict[str, 
         return None
     edit = dec.Edit(fields=fields, not_pii=sorted(dec.not_pii_of(current)))
     return edit if (edit.fields or edit.not_pii) else None
+
+
+def _as_submitted(
+    labelled: dec.Edit | None, current: dict[str, Any] | None, choice: str | None
+) -> tuple[dec.Edit | None, bool]:
+    """A raw PII task's labels (``labelled``: the spans they leave unlabelled) as the decision, set against
+    the spans the task showed: it predicted those not marked not PII by the decisions in force (``current``).
+    A span newly left unlabelled is marked not PII, a marked one labelled again is PII again, the others
+    stand as they are; the field edits in force, which the task does not show, stand too (edits add up).
+    Taken whole instead, the labels would keep a mark the annotator set aside (edits add up) and an approve
+    with them would set aside the field edits. Returns the edit, and whether the labels say anything: not
+    when they are those the task showed (an approve of the task as shown, ``_shown_edits``), nor when
+    every span is labelled and nothing else is in force (an approve of the item as flagged)."""
+    marks = dec.not_pii_of(current)
+    submitted = set(labelled.not_pii) if labelled else set()
+    if choice == "approve" and not submitted and not dec.fields_of(current):
+        return None, True
+    edit = dec.Edit(not_pii=sorted(submitted - marks), pii=sorted(marks - submitted))
+    return (edit, True) if edit else (None, False)
 
 
 def _answer(results: list[dict[str, Any]]) -> str | None:

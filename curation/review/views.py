@@ -63,12 +63,15 @@ def item_view(
     user: User,
     not_pii: Iterable[tuple[str, int, int]] = (),
     edited: dict[str, str] | None = None,
+    published: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The template context for one item; raw PII only for users whose role may see it. ``not_pii``:
     the spans of a PII item that the decisions in force mark not PII, shown in clear to every role
     (the next run publishes them so). ``edited``: the field values the edits in force set, which an
-    edit starts from (what the next run publishes), for a role that sees the item's texts raw."""
-    view = _item_view(item, user, not_pii)
+    edit starts from (what the next run publishes), for a role that sees the item's texts raw.
+    ``published``: a PII item's other fields as a role that does not see PII is shown them, with the
+    spans marked not PII on their own items in clear (``decisions.record_in_force``)."""
+    view = _item_view(item, user, not_pii, published or {})
     if edited:
         # An edit is stored as typed: a pii-reviewer's may hold raw PII, so a role shown the texts
         # redacted is told that one is in force, not shown it.
@@ -80,7 +83,9 @@ def item_view(
     return view
 
 
-def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
+def _item_view(
+    item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, int, int]], published: dict[str, str]
+) -> dict[str, Any]:
     payload = json.loads(item["payload"] or "{}")
     view: dict[str, Any] = {"kind": item["kind"], "detail": item["detail"], "source": json.loads(item["source"])}
     if item["kind"] == "pii":
@@ -105,7 +110,8 @@ def _item_view(item: dict[str, Any], user: User, not_pii: Iterable[tuple[str, in
             # The text as the next run publishes it: an edit starts from it, and what it keeps stays so.
             places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
             view["redacted"] = redacted_as_shown(payload, places)
-            view["edit_values"] = {**payload.get("redacted_fields", {}), payload.get("field"): view["redacted"]}
+            others = {**payload.get("redacted_fields", {}), **published}
+            view["edit_values"] = {**others, payload.get("field"): view["redacted"]}
     elif item["kind"] == "near_duplicate":
         kept, member = payload.get("kept", {}), payload.get("member", {})
         # With the recipe's PII stage after the near-dedup stage, roles that do not see PII get the
