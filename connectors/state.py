@@ -799,30 +799,33 @@ def _same_bytes(
     the same partition (``partition_of``) are compared: the same bytes in another are other records."""
     if not new or not watermark.committed:
         return set()
-    by_etag: dict[tuple[Hashable, str], str] = {}
-    by_size: dict[int, dict[tuple[Hashable, str], str]] = {}
+    # Bytes -> the taken files holding them, in the watermark's order; a file's partition is found only
+    # where its bytes match (a source may have taken a hundred thousand).
+    by_etag: dict[str, list[str]] = {}
+    by_size: dict[int, dict[str, list[str]]] = {}
     for uri, value in watermark.committed.items():
         replaced = uri in watermark.replaced and uri not in as_before  # read again unchanged: gives what it gave
         if (replaced and uri not in promoted) or value == UNREAD or _held_bytes_of(value):
             continue
         uri = promoted.get(uri, uri)
-        partition = partition_of(uri)
         if isinstance(value, dict):
             size = int(value["fingerprint"].split(":", 1)[0])
-            by_size.setdefault(size, {}).setdefault((partition, value["xxh3"]), uri)
+            by_size.setdefault(size, {}).setdefault(value["xxh3"], []).append(uri)
         else:  # an ETag (or a local file's size and mtime, from a release that did not hash it: no ETag)
-            by_etag.setdefault((partition, value), uri)
+            by_etag.setdefault(value, []).append(uri)
     same = set()
     for entry in new:
         if entry.etag:
-            taken = by_etag.get((partition_of(entry.uri), entry.etag))
+            holding = by_etag.get(entry.etag, [])
         elif entry.size in by_size:
             try:
-                taken = by_size[entry.size].get((partition_of(entry.uri), file_digest(entry, watermark.digests)))
+                holding = by_size[entry.size].get(file_digest(entry, watermark.digests), [])
             except OSError:  # its reader meets the error and says so
-                taken = None
+                holding = []
         else:
-            taken = None
+            holding = []
+        partition = partition_of(entry.uri)
+        taken = next((uri for uri in holding if partition_of(uri) == partition), None)
         if taken is not None:
             watermark.same_bytes[entry.uri] = taken
             same.add(entry.uri)
