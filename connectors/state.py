@@ -41,7 +41,16 @@ from pydantic import BaseModel
 
 from connectors.base import SourceBatch
 from connectors.batches import id_chunks
-from connectors.storage import FileEntry, ReadDigest, StorageError, Unreadable, filesystem, list_files, readable
+from connectors.storage import (
+    FileEntry,
+    ReadDigest,
+    StorageError,
+    Unreadable,
+    filesystem,
+    list_files,
+    pattern_hint,
+    readable,
+)
 from schemas.manifest import InputFile
 from schemas.records import record_ids, set_aside_rows, source_array
 
@@ -906,7 +915,7 @@ class ListedFiles:
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):
-                raise StorageError(f"{self.config.path}: {self.nothing_found}")
+                raise StorageError(f"{self.config.path}: {self.nothing_found}{pattern_hint(self.config.path)}")
             self.listed_uris = [entry.uri for entry in entries]
             self._listed = new_files(entries, self.watermark, hashed_when_read=True, partition_of=self.partition_of)
         return self._listed
