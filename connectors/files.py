@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -852,6 +852,16 @@ class FilesSourceReader(ListedFiles):
             raise StorageError(
                 f"{entry.uri}: not a readable {file_format(entry.uri, self.config.format)} file: {exc}"
             ) from None
+
+    def partition_of(self, uri: str) -> Hashable:
+        """The file's hive partition values: its rows' columns, so the same bytes in another partition
+        are other records (``new_files``)."""
+        if not self.config.hive_partitioning:
+            return None
+        try:
+            return frozenset(partitions_below(hive_base(self.config.path), uri).items())
+        except StorageError:  # a key named twice: refused when the file is read; alike no other file
+            return uri
 
     def _partition_keys(self) -> list[str]:
         """The partition keys of every file the source lists (new or not, so each run and each Ray read

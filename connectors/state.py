@@ -24,7 +24,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as day_time
@@ -41,7 +41,16 @@ from pydantic import BaseModel
 
 from connectors.base import SourceBatch
 from connectors.batches import id_chunks
-from connectors.storage import FileEntry, ReadDigest, StorageError, Unreadable, filesystem, list_files, readable
+from connectors.storage import (
+    FileEntry,
+    ReadDigest,
+    StorageError,
+    Unreadable,
+    filesystem,
+    list_files,
+    pattern_hint,
+    readable,
+)
 from schemas.manifest import InputFile
 from schemas.records import record_ids, set_aside_rows, source_array
 
@@ -700,14 +709,20 @@ def kept_value(before: Any, entry: FileEntry, known: dict[str, tuple[str, str]] 
 
 
 def new_files(
-    entries: list[FileEntry], watermark: SourceWatermark | None, hashed_when_read: bool = False
+    entries: list[FileEntry],
+    watermark: SourceWatermark | None,
+    hashed_when_read: bool = False,
+    partition_of: Callable[[str], Hashable] | None = None,
 ) -> list[FileEntry]:
     """The files that are new or changed since the committed watermark; stages their watermarks, and
     the new mtime of a file that holds what it held (so it is not read again for it). With
     ``hashed_when_read`` (the reader hashes what it reads: ``ListedFiles``), a file not hashed to be
-    compared is staged ``HashedWhenRead``, not read for its hash now."""
+    compared is staged ``HashedWhenRead``, not read for its hash now. ``partition_of`` (a URI -> what its
+    path gives its rows: hive partition values) tells files holding the same bytes apart: one in another
+    partition gives other records, so it is read."""
     if watermark is None:
         return entries
+    partition_of = partition_of or _unpartitioned
     fresh, new = set(), []
     linked: list[tuple[FileEntry, Any]] = []  # taken before as holding another file's bytes, and still so
     as_before: set[str] = set()  # read again for a review decision, unchanged: what it gave stays as it was
@@ -727,13 +742,18 @@ def new_files(
                 kept = _unlinked(kept)  # read now: from this run on its records are its own
         elif entry.uri in watermark.retry:  # unchanged: read for the records an earlier run could not take
             fresh.add(entry.uri)
+        elif _held_bytes_of(kept) is not None and partition_of(entry.uri) != partition_of(_held_bytes_of(kept)):
+            # Skipped by a release that compared bytes only: its rows' partition values were never published.
+            fresh.add(entry.uri)
+            kept = _unlinked(kept)
+            log.info("%s: skipped before for the bytes of a file in another partition: read", entry.uri)
         elif _held_bytes_of(kept) is not None:
             linked.append((entry, kept))
         if kept != before:
             watermark.set(entry.uri, kept or _value_to_stage(entry, watermark, hashed_when_read))
     released = watermark.replaced - as_before
     promoted = _read_in_place_of(linked, watermark, released, fresh, {entry.uri for entry in entries})
-    same = _same_bytes(new, watermark, promoted, as_before)
+    same = _same_bytes(new, watermark, promoted, as_before, partition_of)
     for entry in new:
         watermark.set(
             entry.uri,
@@ -742,6 +762,10 @@ def new_files(
             else _value_to_stage(entry, watermark, hashed_when_read),
         )
     return [entry for entry in entries if entry.uri in fresh and entry.uri not in same]
+
+
+def _unpartitioned(uri: str) -> None:
+    return None
 
 
 def _read_in_place_of(
@@ -776,7 +800,11 @@ def _read_in_place_of(
 
 
 def _same_bytes(
-    new: list[FileEntry], watermark: SourceWatermark, promoted: dict[str, str], as_before: set[str]
+    new: list[FileEntry],
+    watermark: SourceWatermark,
+    promoted: dict[str, str],
+    as_before: set[str],
+    partition_of: Callable[[str], Hashable],
 ) -> set[str]:
     """The files of ``new`` that hold the bytes of a file an earlier run took (renamed or moved within the
     source, or copied), noted in ``watermark.same_bytes``: their records were published under the name
@@ -786,11 +814,14 @@ def _same_bytes(
     (changed since; not one read again unchanged, ``as_before``) is compared with none: its records are
     replaced by what it holds now; but where a file holding what it held is read in its place
     (``promoted``), a new one holding that too repeats that file.
-    A file skipped before for its bytes is no file to compare with: the file it repeats is."""
+    A file skipped before for its bytes is no file to compare with: the file it repeats is. Only files of
+    the same partition (``partition_of``) are compared: the same bytes in another are other records."""
     if not new or not watermark.committed:
         return set()
-    by_etag: dict[str, str] = {}
-    by_size: dict[int, dict[str, str]] = {}
+    # Bytes -> the taken files holding them, in the watermark's order; a file's partition is found only
+    # where its bytes match (a source may have taken a hundred thousand).
+    by_etag: dict[str, list[str]] = {}
+    by_size: dict[int, dict[str, list[str]]] = {}
     for uri, value in watermark.committed.items():
         replaced = uri in watermark.replaced and uri not in as_before  # read again unchanged: gives what it gave
         if (replaced and uri not in promoted) or value == UNREAD or _held_bytes_of(value):
@@ -798,20 +829,22 @@ def _same_bytes(
         uri = promoted.get(uri, uri)
         if isinstance(value, dict):
             size = int(value["fingerprint"].split(":", 1)[0])
-            by_size.setdefault(size, {}).setdefault(value["xxh3"], uri)
+            by_size.setdefault(size, {}).setdefault(value["xxh3"], []).append(uri)
         else:  # an ETag (or a local file's size and mtime, from a release that did not hash it: no ETag)
-            by_etag.setdefault(value, uri)
+            by_etag.setdefault(value, []).append(uri)
     same = set()
     for entry in new:
         if entry.etag:
-            taken = by_etag.get(entry.etag)
+            holding = by_etag.get(entry.etag, [])
         elif entry.size in by_size:
             try:
-                taken = by_size[entry.size].get(file_digest(entry, watermark.digests))
+                holding = by_size[entry.size].get(file_digest(entry, watermark.digests), [])
             except OSError:  # its reader meets the error and says so
-                taken = None
+                holding = []
         else:
-            taken = None
+            holding = []
+        partition = partition_of(entry.uri)
+        taken = next((uri for uri in holding if partition_of(uri) == partition), None)
         if taken is not None:
             watermark.same_bytes[entry.uri] = taken
             same.add(entry.uri)
@@ -892,10 +925,14 @@ class ListedFiles:
             # A source that gave files before may be empty now (inputs are moved away once taken): nothing
             # new. One that never did most likely names the wrong place.
             if not entries and not (self.watermark is not None and self.watermark.committed):
-                raise StorageError(f"{self.config.path}: {self.nothing_found}")
+                raise StorageError(f"{self.config.path}: {self.nothing_found}{pattern_hint(self.config.path)}")
             self.listed_uris = [entry.uri for entry in entries]
-            self._listed = new_files(entries, self.watermark, hashed_when_read=True)
+            self._listed = new_files(entries, self.watermark, hashed_when_read=True, partition_of=self.partition_of)
         return self._listed
+
+    def partition_of(self, uri: str) -> Hashable:
+        """What a file's path gives its rows besides its bytes (``FilesSourceReader``: hive partition values)."""
+        return None
 
     def read_digest(self, entry: FileEntry) -> ReadDigest | None:
         return read_digest(self.watermark, entry)

@@ -429,6 +429,22 @@ def _is_glob(path: str) -> bool:
     return any(char in path for char in "*?[")
 
 
+def _named_literally(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether a glob only by a ``[`` names a local file or folder that exists by that name (``exports [2026]``):
+    read as named, as there is no other way to name it; else it is a pattern."""
+    return "[" in path and fs.get_file_info(path).type in (pafs.FileType.File, pafs.FileType.Directory)
+
+
+def pattern_hint(path: str) -> str:
+    """What to add to "nothing matches ``path``" where a ``[`` in it made it a pattern."""
+    if "[" not in path:
+        return ""
+    return (
+        " (read as a pattern: '[...]' matches one of the characters inside, and no file or folder has the name as "
+        "written; in a pattern, '[[]' is a literal '[')"
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     """A glob as shells read it: ``*``, ``?`` and ``[...]`` within one path segment, ``**`` across
@@ -445,7 +461,8 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             out.append("[^/]*" if pattern[i] == "*" else "[^/]")
             i += 1
         elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end]
+            # A '[' or a backslash in a class is one of its characters, as in a shell's glob ('[[]': a literal '[').
+            body = pattern[i + 1 : end].replace("\\", "\\\\").replace("[", "\\[")
             out.append(f"[{'^' + body[1:] if body.startswith('!') else body}]")
             i = end + 1
         else:
@@ -617,11 +634,15 @@ def _list_local(
     ``links_out`` and ``links_repeated``, not those reached through a link that leads out of it or back
     to a file listed already (see ``list_files``, and ``reads`` there)."""
     fs, path = filesystem(uri)
-    if _is_glob(uri) and uri.endswith("/"):
-        path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
-    folder = path.endswith("/") or not _is_glob(path)
     try:
-        if _is_glob(path):
+        glob = _is_glob(path) and not _named_literally(fs, path)
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot list: {exc}") from None
+    if glob and uri.endswith("/"):
+        path += "/"  # a glob of folders (see _glob_match); made absolute, the path lost its slash
+    folder = path.endswith("/") or not glob
+    try:
+        if glob:
             root = _glob_base(path)
             wanted = functools.partial(_glob_match, pattern=path)
         else:
@@ -639,8 +660,8 @@ def _list_local(
             root = os.path.normpath(root)
             # Where a file is listed under a path that names only what it matches, a folder seen once is
             # all of it: one reached again holds the same files, left out whole (not so for a glob).
-            on_the_way = _on_the_way(path)
-            tree = _walk(root, links_repeated is not None and not _is_glob(path), on_the_way)
+            on_the_way = _on_the_way(path) if glob else None
+            tree = _walk(root, links_repeated is not None and not glob, on_the_way)
             # A loop such a glob's walk did not go round holds nothing it matches: not named as left out.
             folded = tree.folded if on_the_way is None else {}
             # Each listed path -> (its real path, whether reached through a link), as the walk found them.
@@ -881,30 +902,42 @@ def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:
     client = _s3_client()
     try:
         if _is_glob(path):
+            # A glob only by a ``[`` may name an object or folder by its name (``exports [2026]/``): read as named
+            # where it exists, as there is no other way to name it.
+            named = _list_s3_named(client, uri, bucket, key) if "[" in path else ([], True)
+            if named[0]:
+                return named
             base = _glob_base(path)
             prefix = _folder(base.partition("/")[2])
             found = [e for e in _files(_s3_objects(client, bucket, prefix)) if _glob_match(e.uri[5:], path)]
             return sorted(found, key=lambda e: e.uri), path.endswith("/")
-        if key and not key.endswith("/"):
-            # One object, if it is one: read access to it is enough, as for reading it.
-            try:
-                head = client.head_object(Bucket=bucket, Key=key)
-                modified = head["LastModified"].isoformat()
-                if head["ContentLength"] or not _holds_objects(client, bucket, f"{key}/"):
-                    return [FileEntry(uri, head["ContentLength"], modified, etag=_etag(head))], False
-                # An empty object named as the folder beside it (`data.jsonl` beside Spark's
-                # `data.jsonl/part-*`, written by some tools as a folder marker): the path names the folder.
-            except botocore.exceptions.ClientError as error:
-                if not _not_found(error):
-                    raise  # denied, throttled, down: not "no such object"
-
-        # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
-        # lists nothing, which the source decides about (see ListedFiles.entries).
-        folder = _folder(key)
-        found = _files(_s3_objects(client, bucket, folder))
-        found = [e for e in found if _visible(e.uri.removeprefix(f"s3://{bucket}/{folder}"))]
+        return _list_s3_named(client, uri, bucket, key)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
+
+
+def _list_s3_named(client: Any, uri: str, bucket: str, key: str) -> tuple[list[FileEntry], bool]:
+    """The object ``key`` names, or the objects under it as a folder (``_list_s3``)."""
+    import botocore.exceptions
+
+    if key and not key.endswith("/"):
+        # One object, if it is one: read access to it is enough, as for reading it.
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+            modified = head["LastModified"].isoformat()
+            if head["ContentLength"] or not _holds_objects(client, bucket, f"{key}/"):
+                return [FileEntry(uri, head["ContentLength"], modified, etag=_etag(head))], False
+            # An empty object named as the folder beside it (`data.jsonl` beside Spark's
+            # `data.jsonl/part-*`, written by some tools as a folder marker): the path names the folder.
+        except botocore.exceptions.ClientError as error:
+            if not _not_found(error):
+                raise  # denied, throttled, down: not "no such object"
+
+    # A folder on S3 is there while it holds objects: one emptied (inputs moved away once taken)
+    # lists nothing, which the source decides about (see ListedFiles.entries).
+    folder = _folder(key)
+    found = _files(_s3_objects(client, bucket, folder))
+    found = [e for e in found if _visible(e.uri.removeprefix(f"s3://{bucket}/{folder}"))]
     return sorted(found, key=lambda e: e.uri), True
 
 

@@ -271,3 +271,65 @@ def test_a_split_by_a_partition_key_does_not_read_jsonl_files_twice_for_it(
     spec["record"] = {**RECORD, "prompt": "{{ description }}"}
     result = run(workdir, spec)
     assert result.manifest.counts.written == 2
+
+
+def _daily(workdir: Path) -> tuple[Path, dict]:
+    """A year=2024/ file taken by a first run of a recipe whose prompt holds its year."""
+    first = write_jsonl(workdir / "tx" / "year=2024" / "part-0.jsonl", [{"description": "balance check"}])
+    spec = recipe("tx", hive_partitioning=True)
+    spec["record"] = {**RECORD, "completion": "year"}
+    run(workdir, spec)
+    return first, spec
+
+
+def _prompts(result: Any) -> list[str]:
+    return sorted(row["prompt"] for row in outputs(Path(result.version_uri)))
+
+
+def test_the_same_bytes_in_another_partition_are_other_records(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A file was skipped as holding the bytes of a file taken before, its partition values not compared: the
+    # same daily file under a new day=... folder published nothing, its rows' day never read.
+    first, spec = _daily(workdir)
+    again = _made(workdir / "tx" / "year=2025") / "part-0.jsonl"
+    again.write_bytes(first.read_bytes())
+    second = run(workdir, spec)
+    assert _prompts(second) == ["balance check in 2024", "balance check in 2025"]
+    assert "same_bytes" not in second.manifest.stats
+    # In its own partition a copy is the same records still: not read again.
+    copy = workdir / "tx" / "year=2025" / "part-1.jsonl"
+    copy.write_bytes(first.read_bytes())
+    assert run(workdir, spec).message.startswith("nothing new")
+    # Moved to another partition, a file is new input there; the records its old path gave stay, as a deleted
+    # file's do (inputs are often moved away once taken).
+    again.rename(_made(workdir / "tx" / "year=2026") / "part-0.jsonl")
+    moved = run(workdir, spec)
+    assert moved.manifest.counts.written == 1
+    assert _prompts(moved) == ["balance check in 2024", "balance check in 2025", "balance check in 2026"]
+
+
+def test_a_file_skipped_for_the_bytes_of_another_partitions_file_by_a_release_before_is_read(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, spec = _daily(workdir)
+    (_made(workdir / "tx" / "year=2025") / "part-0.jsonl").write_bytes(first.read_bytes())
+    with monkeypatch.context() as before:  # as the release before compared files: by their bytes alone
+        before.setattr(FilesSourceReader, "partition_of", lambda self, uri: None)
+        assert run(workdir, spec).message.startswith("nothing new")
+    result = run(workdir, spec)
+    assert _prompts(result) == ["balance check in 2024", "balance check in 2025"]
+    assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_the_same_object_in_another_partition_on_s3_is_other_records(workdir: Path, bucket: str, aws_env: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    s3.put_object(Bucket=bucket, Key="tx/year=2024/part-0.jsonl", Body=b'{"description": "tea"}\n')
+    spec = recipe(f"s3://{bucket}/tx/", hive_partitioning=True)
+    spec["record"] = {**RECORD, "completion": "year"}
+    run(workdir, spec)
+    source = {"Bucket": bucket, "Key": "tx/year=2024/part-0.jsonl"}
+    s3.copy_object(Bucket=bucket, Key="tx/year=2025/part-0.jsonl", CopySource=source)  # the same ETag
+    second = run(workdir, spec)
+    assert _prompts(second) == ["tea in 2024", "tea in 2025"]
+    s3.copy_object(Bucket=bucket, Key="tx/year=2025/part-1.jsonl", CopySource=source)
+    third = run(workdir, spec)
+    assert third.message.startswith("nothing new") and "part-1.jsonl (same bytes as" in third.message

@@ -755,6 +755,25 @@ def test_a_folder_listing_gives_each_file_as_arrows_listing_did(tmp_path: Path) 
     assert [(e.uri, e.size, e.mtime) for e in list_files(str(tmp_path / "in"), (".jsonl",))] == files
 
 
+def test_a_path_naming_a_file_or_folder_with_a_bracket_reads_it_by_its_name(workdir: Path) -> None:
+    # Any '[' made the path a glob, whose class matched one character: "exports [2026]/a.jsonl", a file that is
+    # there, matched nothing ("no input files match"), and nothing could name it.
+    a = write_jsonl(workdir / "exports [2026]" / "a.jsonl", [{"text": "alpha"}])
+    write_jsonl(workdir / "exports [2026]" / "b.jsonl", [{"text": "beta"}])
+    write_jsonl(workdir / "exports 2" / "c.jsonl", [{"text": "gamma"}])  # what the path read as a pattern matches
+    assert [entry.uri for entry in list_files(str(a))] == [str(a)]
+    assert len(list_files(str(workdir / "exports [2026]"), (".jsonl",))) == 2
+    result = run(workdir, docs_recipe("exports [2026]/", validation_fraction=0.0))
+    assert sorted(row["text"] for row in outputs(Path(result.version_uri))) == ["alpha", "beta"]
+    # Where no file or folder has the name, the path is a pattern still: the run says it read it as one.
+    assert [e.uri for e in list_files(str(workdir / "exports [2]" / "*.jsonl"))] == [str(workdir / "exports 2/c.jsonl")]
+    with pytest.raises(StorageError, match=r"exports \[1999\]/\*\.jsonl: no input files match \(read as a pattern"):
+        run(workdir, docs_recipe("exports [1999]/*.jsonl"))
+    # ... in which '[[]' is a literal '[', as in a shell's glob.
+    escaped = list_files(str(workdir / "exports [[]2026]" / "*.jsonl"))
+    assert [entry.uri for entry in escaped] == [str(a), str(workdir / "exports [2026]" / "b.jsonl")]
+
+
 def test_a_glob_does_not_list_a_link_out_of_its_fixed_part(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "private").mkdir()

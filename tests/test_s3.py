@@ -18,7 +18,7 @@ import pytest
 from connectors.storage import StorageError
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.state import StateStore
-from tests.helpers import docs_recipe, run, write_jsonl
+from tests.helpers import docs_recipe, read_lines, run, write_jsonl
 
 
 def test_recipe_reads_from_and_publishes_to_s3(workdir: Path, bucket: str, aws_env: str) -> None:
@@ -470,6 +470,25 @@ def test_an_object_key_with_an_empty_part_is_named_at_listing(workdir: Path, buc
     s3.put_object(Bucket=bucket, Key="in//b.jsonl", Body=b'{"text": "two"}\n')
     with pytest.raises(StorageError, match=rf"^s3://{bucket}/in//b\.jsonl: an S3 key with an empty part"):
         run(workdir, docs_recipe(f"s3://{bucket}/in/", dest=f"s3://{bucket}/out"))
+
+
+def test_an_s3_path_naming_an_object_or_folder_with_a_bracket_reads_it_by_its_name(
+    workdir: Path, bucket: str, aws_env: str
+) -> None:
+    from connectors.storage import list_files
+
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    for key in ("exports [2026]/a.jsonl", "exports [2026]/b.jsonl", "exports 2/c.jsonl"):
+        s3.put_object(Bucket=bucket, Key=key, Body=f'{{"text": "{key}"}}\n'.encode())
+    uri = f"s3://{bucket}"
+    assert [e.uri for e in list_files(f"{uri}/exports [2026]/a.jsonl")] == [f"{uri}/exports [2026]/a.jsonl"]
+    result = run(workdir, docs_recipe(f"{uri}/exports [2026]/", validation_fraction=0.0))
+    texts = sorted(row["text"] for row in read_lines(sorted(Path(result.version_uri).glob("*/*.jsonl"))))
+    assert texts == ["exports [2026]/a.jsonl", "exports [2026]/b.jsonl"]
+    # No object or folder of the name: a pattern, and the run says it read it as one.
+    assert [e.uri for e in list_files(f"{uri}/exports [2]/*.jsonl")] == [f"{uri}/exports 2/c.jsonl"]
+    with pytest.raises(StorageError, match=r"no input files match \(read as a pattern"):
+        run(workdir, docs_recipe(f"{uri}/exports [1999]/"))
 
 
 def test_empty_folder_marker_objects_under_a_folder_or_glob_are_folders_not_inputs(

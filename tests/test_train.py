@@ -1341,3 +1341,72 @@ def test_a_format_whose_switch_the_model_lacks_is_refused_not_dropped(workdir: P
         f"{MODEL} trains on text, jumpstart-chat data, not 'jumpstart-instruction' (it has no instruction_tuned "
         "hyperparameter); publish the dataset in one of those formats"
     )
+
+
+def delta_versions(workdir: Path) -> tuple[dict[str, Any], Any, Any]:
+    """A recipe publishing with carry_forward off, its v1 (the whole dataset) and v2 (only its run's records)."""
+    rows = [{"q": f"Categorise purchase {i}", "a": "Dining" if i % 2 else "Travel"} for i in range(30)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    recipe = {
+        "dataset": "pairs",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {
+            "dest": str(workdir / "out"),
+            "format": "jumpstart-instruction",
+            "validation_fraction": 0.2,
+            "stratify_by": "a",
+            "carry_forward": False,
+        },
+    }
+    first = run(workdir, recipe)
+    write_jsonl(workdir / "in" / "b.jsonl", [{"q": f"Categorise refund {i}", "a": "Travel"} for i in range(5)])
+    return recipe, first, run(workdir, recipe)
+
+
+def test_a_launch_on_a_delta_version_says_it_trains_on_that_run_s_records_only(workdir: Path) -> None:
+    # With carry_forward off a version holds only its run's new records: a job on it trained on those alone,
+    # and nothing said so (the README's "trains on everything" holds for carried versions only).
+    recipe, first, second = delta_versions(workdir)
+    train = second.manifest.splits["train"].records
+
+    def notes(version: str) -> str:
+        done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+        assert done.returncode == 0, done.stderr  # said, not refused
+        return done.stderr
+
+    said = " ".join(notes(second.version_uri).split())  # as one line, however the console wrapped it
+    assert (
+        f"pairs v2 holds only the records new in its run (carry_forward is off; it extends v1): the job trains on "
+        f"its {train} training record(s), not the whole dataset"
+    ) in said
+    assert "holds only the records new" not in notes(first.version_uri)  # the first version is the whole dataset
+    recipe["output"]["carry_forward"] = True
+    write_jsonl(workdir / "in" / "c.jsonl", [{"q": "Categorise fare", "a": "Travel"}])
+    assert "holds only the records new" not in notes(run(workdir, recipe).version_uri)
+
+
+def test_the_review_page_s_launch_of_a_delta_version_says_it_too(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy as sa
+
+    from curation.review.app import create_app
+    from curation.review.auth import add_user
+    from tests.review_seed import PASSWORD
+    from tests.test_review_access import signed_in
+
+    monkeypatch.setenv("CURATION_JUMPSTART_SPECS", "pinned")
+    recipe, _, second = delta_versions(workdir)
+    loaded = load_recipe(write_recipe(workdir, recipe))
+    add_user(sa.create_engine(loaded.state), "ada", "admin", PASSWORD)
+    client, csrf = signed_in(create_app(loaded.state, [loaded]), "ada")
+    page = client.post("/datasets/pairs/v2/training", data={"csrf_token": csrf, "model_id": MODEL})
+    assert page.status_code == 200 and 'id="training-request"' in page.text  # the dry run, shown
+    train = second.manifest.splits["train"].records
+    assert re.search(
+        rf'id="training-delta-only">Note: pairs v2 holds only the records new in its run .*trains on its {train} ',
+        page.text,
+    )
+    first = client.post("/datasets/pairs/v1/training", data={"csrf_token": csrf, "model_id": MODEL})
+    assert 'id="training-request"' in first.text and "training-delta-only" not in first.text

@@ -185,7 +185,15 @@ def launch(
     ] = None,
 ) -> None:
     """Fine-tune a JumpStart model on a published dataset version."""
-    from train.sagemaker import TrainError, check_copy, check_output, held_out, placeholders, training_request
+    from train.sagemaker import (
+        TrainError,
+        check_copy,
+        check_output,
+        delta_only,
+        held_out,
+        placeholders,
+        training_request,
+    )
     from train.sagemaker import launch as create_job
 
     if dry_run and follow_job:
@@ -227,8 +235,9 @@ def launch(
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
-    if (kept := held_out(request)) is not None:
-        console.print(f"[yellow]note[/yellow] {escape(kept)}", highlight=False)
+    for note in (delta_only(dataset_version), held_out(request)):
+        if note is not None:
+            console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
     if dry_run:
         out.print_json(json.dumps(request))
         for need in placeholders(request):

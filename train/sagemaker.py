@@ -613,6 +613,20 @@ def held_out(request: Mapping[str, Any]) -> str | None:
     )
 
 
+def delta_only(version_uri: str) -> str | None:
+    """What a job on a version published with ``output.carry_forward: false`` trains on: only the records new in
+    its run (the dataset is the chain of versions), which a launch on it may have taken for the whole dataset."""
+    manifest = read_manifest(_folder(version_uri))
+    if manifest.extends is None or manifest.carried_from is not None:
+        return None
+    train = manifest.splits["train"].records
+    return (
+        f"{manifest.dataset} v{manifest.version} holds only the records new in its run (carry_forward is off; it "
+        f"extends v{manifest.extends}): the job trains on its {train} training record(s), not the whole dataset; "
+        "publish with output.carry_forward on, or a --full-refresh version, to train on everything"
+    )
+
+
 def _sagemaker() -> Any:
     """The SageMaker SDK's own botocore client, for this run's region (imported late: the SDK is slow to load)."""
     from sagemaker.core.resources import Base

@@ -517,15 +517,15 @@ def create_app(
             return RedirectResponse(f"/training/{job}", status_code=303)
         from curation.published import version_uri
 
+        uri = version_uri(recipe.output.dest, dataset, version)
         try:
-            request_body = sagemaker.training_request(
-                version_uri(recipe.output.dest, dataset, version), model_id, instance_type=instance_type
-            )
+            request_body = sagemaker.training_request(uri, model_id, instance_type=instance_type)
         except Exception as error:  # the handoff's own errors (no manifest, bad checksum, unknown model)
             context["error"] = f"no training request for {dataset} v{version}: {error}"
             return render(request, "training.html", user, status_code=400, **context)
         context["needs"] = sagemaker.placeholders(request_body)
-        context["held_out"] = sagemaker.held_out(request_body)  # the note the CLI prints too
+        context["held_out"] = sagemaker.held_out(request_body)  # the notes the CLI prints too
+        context["delta_only"] = sagemaker.delta_only(uri)
         return render(
             request,
             "training.html",
