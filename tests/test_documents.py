@@ -583,6 +583,39 @@ def test_equal_sections_of_documents_with_other_titles_are_duplicates(workdir: P
     assert texts.count(note) == 1 and result.manifest.counts.duplicate == 1
 
 
+def test_the_clean_stage_keeps_the_markup_of_code_in_markdown_and_web_pages(workdir: Path) -> None:
+    # Its HTML step stripped tags inside code as remnants: "Use the `<br>` element" was published as
+    # "Use the `\n` element", and a fenced HTML sample lost its tags.
+    docs = workdir / "docs"
+    docs.mkdir()
+    guide = (
+        'Use the `<br>` element to break a line, and `<p class="note">` for notes.\n\n'
+        "```html\n<p>First line<br>\nsecond line</p>\n```\n"
+    )
+    (docs / "guide.md").write_text(guide)
+    # A web page's code, which trafilatura writes as Markdown code (its &lt;br&gt; decoded to <br>).
+    page = (
+        "<html><head><title>Line breaks</title></head><body><article><h1>Line breaks</h1>"
+        "<p>Use the <code>&lt;br&gt;</code> element to break a line inside a paragraph of the page.</p>"
+        "<pre><code>&lt;p&gt;First line&lt;br&gt;\nsecond line&lt;/p&gt;</code></pre></article></body></html>"
+    )
+    (docs / "breaks.html").write_text(page)
+    spec = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": "docs"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "clean"}],
+    }
+    result = run(workdir, spec)
+    texts = sorted(line["text"] for line in outputs(Path(result.version_uri)))
+    assert texts == [
+        "# Line breaks\n\nUse the `<br>` element to break a line inside a paragraph of the page.\n\n"
+        "```\n<p>First line<br>\nsecond line</p>\n```",
+        guide.strip(),
+    ]
+    assert "html_removed" not in result.manifest.stats["stages"]["clean"]  # no remnant was removed
+
+
 def test_a_long_paragraph_is_not_cut_at_a_no_break_space_while_a_space_will_do() -> None:
     # A no-break space joins what it stands between ("10\u00a0000 euros", "12\u00a0kg"): taken for a space, a
     # piece ended "10" and the next began "000 euros".
