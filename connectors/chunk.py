@@ -9,7 +9,8 @@ not; nor after an initial or a title's full stop, "Daniel O. Okafor", "Mr. Okafo
 two is half a name in each piece, which the PII stage (it reads one record at a time) no longer
 recognises. A no-break space ("10\u00a0000", "Mr\u00a0Okafor") is no place to cut while a space is; a run
 of words without either (a URL, text in a script written without spaces) is cut between two characters
-as a reader sees them (grapheme clusters), not between a letter and its accent or inside an emoji.
+as a reader sees them (grapheme clusters), not between a letter and its accent or inside an emoji. With an
+overlap, each piece of a long paragraph starts inside the end of the one before, at a sentence end or a space.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ _SENTENCE_END = re.compile(
     r"(?:\.(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St)\.)(?<!\b(?:Mrs|Mme|Sir)\.)(?<!\bProf\.)|[!?])[\"')\]]?"
     rf"[^\S{_NO_BREAK}]"
 )
+# A number's full stop after a capitalised word or at a line's start labels what follows ("Chapter 4. Refunds",
+# "2. Fill in the form") and ends no sentence: a piece cut there began with the label's text, torn from its
+# number, and ended with the label. Not a full stop after a number in a sentence ("the total was 25. It ...").
+_LABEL_NUMBER = regex.compile(r"(?<=(?:^|\n|\b\p{Lu}\p{L}*[ \t]+)\d+)\.")
 # Lower-case words inside names ("Maria de la Cruz", "Ludwig van der Berg").
 _PARTICLES = frozenset(
     {"de", "la", "le", "del", "della", "der", "den", "van", "von", "da", "das", "dos", "di", "du", "bin", "al"}
@@ -66,26 +71,36 @@ def _paragraphs(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _cut_long(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
-    """Pieces of one over-long paragraph, each at most ``max_chars``, cut at sentence ends or spaces."""
+def _cut_long(text: str, start: int, end: int, max_chars: int, overlap_chars: int = 0) -> list[tuple[int, int]]:
+    """Pieces of one over-long paragraph, each at most ``max_chars``, cut at sentence ends or spaces; with
+    ``overlap_chars``, each piece starts inside the previous one's end (see ``_overlap_start``)."""
     pieces = []
     while end - start > max_chars:
         window = text[start : start + max_chars]
-        ends = [m.end() for m in _SENTENCE_END.finditer(window)]
+        ends = _sentence_ends(text, start, start + max_chars)
         cut = (
-            ends[-1]
-            if ends and ends[-1] > max_chars // 2
+            ends[-1] - start
+            if ends and ends[-1] - start > max_chars // 2
             else _space_cut(window, text[start + max_chars : start + max_chars + 40])
         )
         if cut <= 0:
             cut = _no_break_space_cut(window) or _grapheme_cut(text, start, max_chars)
         pieces.append((start, start + cut))
-        start += cut
+        start = _overlap_start(text, start, start + cut, overlap_chars) if overlap_chars else start + cut
         while start < end and text[start].isspace():
             start += 1
     if start < end:
         pieces.append((start, end))
     return pieces
+
+
+def _sentence_ends(text: str, start: int, end: int) -> list[int]:
+    """Where each sentence in ``text[start:end]`` ends, past the space after its full stop."""
+    return [
+        match.end()
+        for match in _SENTENCE_END.finditer(text, start, end)
+        if not (text[match.start() - 1].isdigit() and _LABEL_NUMBER.match(text, match.start()))
+    ]
 
 
 def _space_cut(window: str, following: str) -> int:
@@ -98,10 +113,26 @@ def _space_cut(window: str, following: str) -> int:
             break
         if "\n" in space.group():
             return space.end()
-        before, after = window[: space.start()].rsplit(None, 4), (window[space.end() :] + following).split(None, 4)
-        if not _inside_a_name(before, after):
+        if not _inside_a_name(window[: space.start()], window[space.end() :] + following):
             return space.end()
     return spaces[-1].end() if spaces else 0
+
+
+def _overlap_start(text: str, start: int, end: int, overlap_chars: int) -> int:
+    """Where the piece after ``text[start:end]`` starts, so that it repeats the end of that one: after the first
+    sentence end, else the first space not inside a name, in the piece's last ``overlap_chars`` (and its second
+    half: a piece repeats no more than it brings); ``end`` (no overlap) where there is neither, as in a text
+    written without spaces."""
+    tail = max(end - overlap_chars, start + (end - start) // 2)
+    for sentence_end in _sentence_ends(text, tail, end):
+        if sentence_end < end:
+            return sentence_end
+    for space in _SPACE.finditer(text, tail, end):
+        if space.end() < end and (
+            "\n" in space.group() or not _inside_a_name(text[start : space.start()], text[space.end() : end + 40])
+        ):
+            return space.end()
+    return end
 
 
 def _no_break_space_cut(window: str) -> int:
@@ -122,9 +153,10 @@ def _grapheme_cut(text: str, start: int, max_chars: int) -> int:
     return limit + 1 - len(last) - start or max_chars
 
 
-def _inside_a_name(before: list[str], after: list[str]) -> bool:
-    """Whether a space between the words ``before`` and ``after`` it stands inside a name: between two
+def _inside_a_name(text_before: str, text_after: str) -> bool:
+    """Whether a space between the texts ``text_before`` and ``text_after`` it stands inside a name: between two
     capitalised words, lower-case particles ("de la") between them or not ("Maria | de la Cruz")."""
+    before, after = text_before.rsplit(None, 4), text_after.split(None, 4)
     while before and before[-1] in _PARTICLES:
         before = before[:-1]
     while after and after[0] in _PARTICLES:
@@ -138,7 +170,7 @@ def chunk_text(text: str, max_chars: int, overlap_chars: int = 0) -> list[Chunk]
         raise ValueError("overlap_chars must be at most half of max_chars")
     units: list[tuple[int, int]] = []
     for start, end in _paragraphs(text):
-        units.extend(_cut_long(text, start, end, max_chars))
+        units.extend(_cut_long(text, start, end, max_chars, overlap_chars))
     chunks: list[Chunk] = []
     index = 0
     while index < len(units):

@@ -495,12 +495,13 @@ class CleanConfig(Ruled):
     #    new line and U+2029 a blank line, large_string columns (JSONL text) cleaned too.
     # 3: a comparison in code ("a<b and c>d") is not a tag; only complete entities ("&amp;", not "&copy")
     #    are decoded; fenced code blocks keep their whitespace.
-    RULES: ClassVar[int] = 3
+    # 4: the markup and entities of code (fenced code blocks, code spans) stay.
+    RULES: ClassVar[int] = 4
 
     type: Literal["clean"]
     fields: list[str] | None = None  # default: the record kind's text fields
     fix_unicode: bool = True  # mojibake ("cafÃ©" -> "café") with ftfy
-    strip_html: bool = True  # tags, comments and entities left over from HTML
+    strip_html: bool = True  # tags, comments and entities left over from HTML, not in code
     remove_control: bool = True  # control and zero-width characters (tabs and newlines stay)
     normalize_whitespace: bool = True  # runs of spaces, blank-line runs, leading/trailing space; not in ``` code
 

@@ -142,6 +142,28 @@ def test_fenced_code_blocks_keep_their_whitespace() -> None:
     assert result.stats["whitespace_normalized"] == 3
 
 
+def test_markup_in_code_spans_and_fenced_blocks_stays() -> None:
+    # The HTML step stripped tags in code as remnants ("Use the `<br>` element" became "Use the `\n`
+    # element"); outside code, a remnant goes as before.
+    block = "```html\n<p>First line<br>\nsecond &amp; last</p>\n```"
+    texts = [
+        'Use the `<br>` element, and ``<p class="note">`` for notes, `&amp;` for "&".',
+        f"<b>Intro</b>\n\n{block}\n<p>after</p>",
+        "\\`<b>escaped</b>\\` and it`s <b>stray</b>\nbut `<i>` is code: a code span ends on its line",
+        "List<String> in `code` only",
+    ]
+    result = Clean(["text"])(_batch(texts))
+    assert result.kept["text"].to_pylist() == [
+        texts[0],
+        f"Intro\n\n{block}\nafter",
+        "\\` escaped \\` and it`s stray\nbut `<i>` is code: a code span ends on its line",
+        texts[3],
+    ]
+    assert result.stats["html_removed"] == 2  # a text with markup in code alone had none removed
+    # Text taken before the stage (set-aside rows, review items) gets the same.
+    assert Clean(["text"]).rewrite_texts(texts) == result.kept["text"].to_pylist()
+
+
 def test_a_line_of_tildes_in_plain_text_is_no_fence_left_open() -> None:
     texts = [
         "Title\n~~~~~~~~\n\nlots    of   space   \n\n\n\n\nend",

@@ -6,6 +6,8 @@ import codecs
 import io
 import itertools
 import logging
+import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,12 @@ from typing import Any
 import boto3
 import docx
 import pytest
+import regex
 from fpdf import FPDF
 from pypdf.generic import ArrayObject, NumberObject, TextStringObject
 
-from connectors.chunk import chunk_text
-from connectors.documents import DocumentsSourceReader
+from connectors.chunk import Chunk, chunk_text
+from connectors.documents import DocumentsSourceReader, extract_pdf
 from schemas.config import ChunkConfig, DocumentsSource, RecipeError, parse_recipe
 from tests.helpers import outputs, refusing, run, set_aside
 
@@ -580,6 +583,39 @@ def test_equal_sections_of_documents_with_other_titles_are_duplicates(workdir: P
     assert texts.count(note) == 1 and result.manifest.counts.duplicate == 1
 
 
+def test_the_clean_stage_keeps_the_markup_of_code_in_markdown_and_web_pages(workdir: Path) -> None:
+    # Its HTML step stripped tags inside code as remnants: "Use the `<br>` element" was published as
+    # "Use the `\n` element", and a fenced HTML sample lost its tags.
+    docs = workdir / "docs"
+    docs.mkdir()
+    guide = (
+        'Use the `<br>` element to break a line, and `<p class="note">` for notes.\n\n'
+        "```html\n<p>First line<br>\nsecond line</p>\n```\n"
+    )
+    (docs / "guide.md").write_text(guide)
+    # A web page's code, which trafilatura writes as Markdown code (its &lt;br&gt; decoded to <br>).
+    page = (
+        "<html><head><title>Line breaks</title></head><body><article><h1>Line breaks</h1>"
+        "<p>Use the <code>&lt;br&gt;</code> element to break a line inside a paragraph of the page.</p>"
+        "<pre><code>&lt;p&gt;First line&lt;br&gt;\nsecond line&lt;/p&gt;</code></pre></article></body></html>"
+    )
+    (docs / "breaks.html").write_text(page)
+    spec = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": "docs"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "clean"}],
+    }
+    result = run(workdir, spec)
+    texts = sorted(line["text"] for line in outputs(Path(result.version_uri)))
+    assert texts == [
+        "# Line breaks\n\nUse the `<br>` element to break a line inside a paragraph of the page.\n\n"
+        "```\n<p>First line<br>\nsecond line</p>\n```",
+        guide.strip(),
+    ]
+    assert "html_removed" not in result.manifest.stats["stages"]["clean"]  # no remnant was removed
+
+
 def test_a_long_paragraph_is_not_cut_at_a_no_break_space_while_a_space_will_do() -> None:
     # A no-break space joins what it stands between ("10\u00a0000 euros", "12\u00a0kg"): taken for a space, a
     # piece ended "10" and the next began "000 euros".
@@ -610,6 +646,73 @@ def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a
         for piece in pieces:
             cut = [name for name in names if piece.rstrip().endswith(tuple(name.split()[:-1]))]
             assert not cut, (max_chars, piece)
+
+
+def _overlaps(chunks: list[Chunk], max_chars: int, overlap_chars: int) -> list[int]:
+    """How much each chunk repeats of the one before, once the chunks are checked to be exact, in order,
+    within ``max_chars`` and repeating at most ``overlap_chars``."""
+    assert all(len(chunk.text) <= max_chars for chunk in chunks)
+    overlaps = [before.start + len(before.text) - after.start for before, after in itertools.pairwise(chunks)]
+    assert all(before.start < after.start for before, after in itertools.pairwise(chunks))
+    assert all(overlap <= overlap_chars for overlap in overlaps), overlaps
+    return overlaps
+
+
+def test_a_pdf_page_and_a_long_paragraph_are_chunked_with_overlap() -> None:
+    # PDF text has no blank lines, so a page is one paragraph, cut into pieces back to back: overlap_chars
+    # did nothing, and the sentence at each cut lost its context.
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    for number in range(1, 7):
+        pdf.multi_cell(0, 8, f"Paragraph {number}. " + PARAGRAPHS[number % 3], new_x="LMARGIN", new_y="NEXT")
+    text = extract_pdf(bytes(pdf.output()), "page").parts[0].text
+    long_line = " ".join(f"Sentence {n} of the note is about the {n}th parcel sent abroad." for n in range(30))
+    for paragraph in (text, long_line):
+        chunks = chunk_text(paragraph, max_chars=400, overlap_chars=150)
+        assert len(chunks) > 1 and all(paragraph[c.start : c.start + len(c.text)] == c.text for c in chunks)
+        assert all(overlap > 0 for overlap in _overlaps(chunks, 400, 150))
+        # Each chunk after the first starts at a sentence: the overlap steps back to a sentence end.
+        assert all(re.match(r"Paragraph \d+\. |Sentence \d+ of ", c.text) for c in chunks[1:]), chunks
+    assert all(overlap == 0 for overlap in _overlaps(chunk_text(long_line, max_chars=400), 400, 0))
+    # Nor does a chunk start inside a name, which the PII stage, reading one chunk at a time, would miss.
+    line = "the refund for this account was approved by Daniel Okafor and sent to Maria de la Cruz today " * 12
+    for max_chars in range(60, 200, 3):
+        for overlap_chars in range(20, max_chars // 2 + 1, 5):
+            chunks = chunk_text(line, max_chars, overlap_chars)
+            assert any(_overlaps(chunks, max_chars, overlap_chars))
+            assert not [c for c in chunks if c.text.startswith(("Okafor", "de la", "la Cruz", "Cruz"))]
+
+
+def test_a_numbered_label_is_no_sentence_end_to_cut_at() -> None:
+    # "Paragraph 4." was a sentence end: the piece ended with the label, the next began with its text.
+    line = " ".join(f"Paragraph {n}. " + PARAGRAPHS[n % 3] for n in range(1, 9))
+    for max_chars in range(150, 400, 10):
+        pieces = _pieces(line, max_chars)
+        assert not [p for p in pieces if re.search(r"Paragraph \d+\.\s*$", p)], (max_chars, pieces)
+    # A number that ends a sentence still ends it.
+    assert _pieces("The total came to 25. " + "It was paid by card. " * 5, 40)[0] == "The total came to 25. "
+
+
+def test_chunks_with_overlap_keep_every_invariant_on_random_texts() -> None:
+    words = [
+        "parcel", "refund", "the", "Daniel", "O.", "Okafor", "Mr.", "Maria", "de", "la", "Cruz", "cafe\u0301",
+        "10\u00a0000", "\U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001f1eb\U0001f1f7", "\u4e2d\u6587\u4e2d\u6587",
+        "https://example.com/a/very/long/path/without/spaces", "2.", "Chapter", "3.", "done.", "why?", "(sure.)",
+    ]  # fmt: skip
+    separators = [" "] * 12 + ["\n", "\n\n", "\n  \n"]
+    generator = random.Random(181)
+    for _ in range(300):
+        text = "".join(generator.choice(words) + generator.choice(separators) for _ in range(generator.randint(1, 150)))
+        max_chars = generator.randint(20, 300)
+        overlap_chars = generator.randint(0, max_chars // 2)
+        chunks = chunk_text(text, max_chars, overlap_chars)
+        _overlaps(chunks, max_chars, overlap_chars)
+        assert all(text[c.start : c.start + len(c.text)] == c.text for c in chunks)
+        covered = set().union(*(range(c.start, c.start + len(c.text)) for c in chunks))
+        assert all(i in covered for i, character in enumerate(text) if not character.isspace()), (text, chunks)
+        boundaries = {match.start() for match in regex.finditer(r"\X", text)} | {len(text)}
+        assert all({c.start, c.start + len(c.text)} <= boundaries for c in chunks), (text, chunks)
 
 
 def test_a_file_opening_with_blank_lines_points_at_the_line_its_text_starts_on(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Steps, in order (each can be switched off in the recipe):
 
 - ``unicode_fixed``: mojibake and other encoding damage repaired with ftfy (only its encoding fixes:
   quotes, ligatures and widths are content and stay as they are);
-- ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``);
+- ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``); not in closed
+  fenced code blocks nor in code spans (`` `<br>` ``, on one line), whose markup is the text;
 - ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
   joiners letters and emoji need);
 - ``whitespace_normalized``: runs of spaces, space at lines' starts and ends, runs of blank lines, space
@@ -22,6 +23,7 @@ import html
 import html.entities
 import itertools
 import re
+from collections.abc import Callable
 
 import ftfy
 import pyarrow as pa
@@ -86,6 +88,10 @@ _CONTROL = r"[\x00-\x08\x0e-\x1f\x{7f}-\x{9f}\x{200b}\x{2060}\x{feff}]"
 _STRAY_JOINER = r"(^|[\x00-\x7f])[\x{200c}\x{200d}]+"
 # A text that may hold a fenced code block, whose whitespace is left as written.
 _FENCE_MARK = r"```|~~~"
+# A code span (`<br>`, ``a `b` c``): a run of backticks, not after a backslash that escapes it, closed by a
+# run as long, on the same line: across lines a stray backtick (an apostrophe typed as one) would make code
+# of all up to the next. The HTML step leaves it as written: its markup is the text, as in a fenced block.
+_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)[^\n]*?(?<!`)\1(?!`)")
 
 
 def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
@@ -103,6 +109,10 @@ def _fix_unicode(values: pa.Array) -> pa.Array:
 
 
 def _strip_html(values: pa.Array) -> pa.Array:
+    return _outside_code(values, _strip_tags_and_entities, inline=True)
+
+
+def _strip_tags_and_entities(values: pa.Array) -> pa.Array:
     values = pc.replace_substring_regex(values, _BREAK_TAG, "\n")
     values = pc.replace_substring_regex(values, _TAG, " ")
     has_entity = pc.fill_null(pc.match_substring_regex(values, _ENTITY.pattern), False).to_pylist()
@@ -126,12 +136,7 @@ def _remove_control(values: pa.Array) -> pa.Array:
 def _normalize_whitespace(values: pa.Array) -> pa.Array:
     values = pc.replace_substring_regex(values, r"\r\n?|\x{2028}", "\n")  # U+2028: Unicode's line separator
     values = pc.replace_substring_regex(values, r"\x{2029}", "\n\n")  # and its paragraph separator
-    tidied = _tidy_spaces(values)
-    fenced = pc.fill_null(pc.match_substring_regex(values, _FENCE_MARK), False)
-    if pc.any(fenced).as_py():
-        around = [_tidy_around_fences(text) for text in pc.filter(values, fenced).to_pylist()]
-        tidied = pc.replace_with_mask(tidied, fenced, pa.array(around, pa.string()))
-    return pc.utf8_trim_whitespace(tidied)
+    return pc.utf8_trim_whitespace(_outside_code(values, _tidy_spaces, inline=False))
 
 
 def _tidy_spaces(values: pa.Array) -> pa.Array:
@@ -141,20 +146,48 @@ def _tidy_spaces(values: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(values, r"\n{3,}", "\n\n")
 
 
-def _tidy_around_fences(text: str) -> str:
-    """``text`` with its spaces tidied outside its closed fenced code blocks (as CommonMark reads them, in
-    a list or quote too): in code, indentation, alignment and blank lines are content."""
-    lines = text.split("\n")
-    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]  # each line's, and past the end
-    blocks = [
-        (starts[token.map[0]], starts[token.map[1]] - 1)  # from its first line's start to its last line's end
-        for token in _markdown().parse(text)
-        if token.type == "fence" and token.map and _closed(token.markup, lines[token.map[0] : token.map[1]])
+def _outside_code(values: pa.Array, step: Callable[[pa.Array], pa.Array], inline: bool) -> pa.Array:
+    """``values`` with ``step`` applied around the code they hold, not in it (see ``_code``)."""
+    done = step(values)
+    # A text the step leaves as it is has nothing to change in its code either: only the others are cut up.
+    marked = pc.and_(
+        pc.fill_null(pc.match_substring_regex(values, f"`|{_FENCE_MARK}" if inline else _FENCE_MARK), False),
+        _changed(values, done),
+    )
+    if not pc.any(marked).as_py():
+        return done
+    texts = pc.filter(values, marked).to_pylist()
+    pieces = []  # each text's: outside, code, outside, ..., outside
+    for text in texts:
+        cuts = [0, *itertools.chain.from_iterable(_code(text, inline)), len(text)]
+        pieces.append([text[begin:end] for begin, end in itertools.pairwise(cuts)])
+    outside = iter(step(pa.array([piece for each in pieces for piece in each[::2]], pa.string())).to_pylist())
+    for each in pieces:
+        each[::2] = [next(outside) for _ in each[::2]]
+    return pc.replace_with_mask(done, marked, pa.array(["".join(each) for each in pieces], pa.string()))
+
+
+def _code(text: str, inline: bool) -> list[tuple[int, int]]:
+    """(start, end) of each closed fenced code block of ``text`` (as CommonMark reads them, in a list or quote
+    too: in code, markup, indentation, alignment and blank lines are content), and with ``inline`` of each
+    code span between them, in order."""
+    blocks = []
+    if re.search(_FENCE_MARK, text):
+        lines = text.split("\n")
+        starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]  # each line's, and past the end
+        blocks = [
+            (starts[token.map[0]], starts[token.map[1]] - 1)  # from its first line's start to its last line's end
+            for token in _markdown().parse(text)
+            if token.type == "fence" and token.map and _closed(token.markup, lines[token.map[0] : token.map[1]])
+        ]
+    if not inline:
+        return blocks
+    outside = itertools.pairwise([0, *itertools.chain.from_iterable(blocks), len(text)])
+    spans = [
+        [(span.start(), span.end()) for span in _CODE_SPAN.finditer(text, begin, end)]
+        for begin, end in itertools.islice(outside, 0, None, 2)
     ]
-    cuts = [0, *itertools.chain.from_iterable(blocks), len(text)]
-    pieces = [text[begin:end] for begin, end in itertools.pairwise(cuts)]  # outside, block, ..., outside
-    pieces[::2] = _tidy_spaces(pa.array(pieces[::2], pa.string())).to_pylist()
-    return "".join(pieces)
+    return sorted(blocks + list(itertools.chain.from_iterable(spans)))
 
 
 def _closed(markup: str, lines: list[str]) -> bool:
