@@ -826,19 +826,24 @@ def record_in_force(engine: sa.Engine, item: dict[str, Any]) -> tuple[dict[str, 
     """The record's fields as the decisions in force through any of its items (one per flagged field or
     stage, an earlier version's) leave them for the next run: the values their edits set (a later one wins,
     as ``run_decisions`` takes them), and the fields other than ``item``'s that PII items flagged, as a role
-    that does not see PII is shown them (``redacted_as_shown``: the spans marked not PII there in clear)."""
+    that does not see PII is shown them (``redacted_as_shown``: the spans marked not PII there in clear),
+    those items that redacted the field as ``item``'s flag shows it (``redacted_fields``) alone."""
     own = _in_force_for_item(engine, item["item_id"])
     others = in_force_for_record(engine, item["dataset"], item["record_id"], item["item_id"])
     fields: dict[str, str] = {}
     for decision in sorted([*others, *([own] if own else [])], key=lambda row: row["decision_id"]):
         fields.update(fields_of(decision))
     marked = {decision["item_id"]: not_pii_of(decision) for decision in others if not_pii_of(decision)}
-    flagged = json.loads(item["payload"] or "{}").get("field")
+    own_payload = json.loads(item["payload"] or "{}")
+    flagged, published = own_payload.get("field"), own_payload.get("redacted_fields", {})
     shown: dict[str, str] = {}
     for other in get_items(engine, marked).values():
         payload = json.loads(other["payload"] or "{}")
         name = payload.get("field")
-        if other["kind"] == "pii" and name != flagged:
+        # Only where the other item redacted the field as this flag shows it: another version's (or
+        # stage's) item may leave in clear what this one redacts (a later stage's phone number), and its
+        # spans put back would show it.
+        if other["kind"] == "pii" and name != flagged and payload.get("redacted") == published.get(name):
             shown[name] = redacted_as_shown(payload, {(start, end) for _, start, end in marked[other["item_id"]]})
     return fields, shown
 
