@@ -329,6 +329,18 @@ def test_a_raw_pii_task_labelled_again_is_stored_as_any_release_reads_it(tmp_pat
     assert list_items(engine)[0]["status"] == "edited"
 
 
+def test_a_task_from_an_export_before_seen_adds_its_marks_to_those_made_since(tmp_path: Path) -> None:
+    # A task exported by an earlier release (no ``seen``) cannot say which marks it showed: read as
+    # submitted, a name marked not PII on the page after the export, labelled as the task predicted it,
+    # was set aside though the annotator never saw the mark.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)[1]
+    del raw["data"]["seen"]
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(not_pii=[("prompt", 5, 17)]))
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    assert dec.not_pii_in_force(engine, 2) == {("prompt", 5, 17), ("prompt", 21, 37)}
+
+
 def test_every_span_labelled_with_no_decision_chosen_approves_the_item(tmp_path: Path) -> None:
     # The name's mark set aside with nothing else in force: the item is approved, not left edited.
     engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)

@@ -290,7 +290,9 @@ def import_annotations(
         # now are not those it left out: an undo since would read as spans it newly marks.
         task_stale = seen is not None and seen != revisions[item["item_id"]]
         for at, choice, edit, said in decided:
-            if said and item["kind"] == "pii" and not task_stale:
+            if said and item["kind"] == "pii" and seen is not None and not task_stale:
+                # Only a task that says when it was exported shows the marks in force: one without
+                # (an earlier release's) adds its own, or it would set aside marks made since.
                 edit, said = _as_submitted(edit, in_force.get(item["item_id"]), choice)
             if choice == "approve" and edit is None and not said and not task_stale:
                 # An approve alone sets aside the edits in force, which the export showed as the next run
