@@ -628,6 +628,49 @@ def test_a_pii_items_editor_holds_the_other_fields_as_the_records_other_items_de
     )
 
 
+def test_a_pii_items_editor_takes_another_items_field_only_as_the_current_flag_shows_it(tmp_path: Path) -> None:
+    # Another version's item of the record showed the completion as that version redacted it: with its
+    # name marked not PII, the v2 prompt item's editor showed a reviewer the phone v2 redacts.
+    import pyarrow as pa
+
+    from curation.review.auth import add_user
+    from curation.review.queue import add_items
+    from schemas.records import FLAG_SCHEMA
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    for name, role in USERS.items():
+        add_user(engine, name, role, PASSWORD)
+    prompt, completion = f"Ask {NAME} about it?", f"Transfers, says {NAME}, {PHONE}."
+
+    def flag(stage: str, field: str, spans: list[dict], redacted: str, other: str, other_redacted: str) -> pa.Table:
+        original = prompt if field == "prompt" else completion
+        payload = {"field": field, "original": original, "redacted": redacted, "spans": spans, "redactions": spans}
+        payload |= {"fields": {other: completion if other == "completion" else prompt}}
+        payload |= {"redacted_fields": {other: other_redacted}}
+        src = {"connector": "files", "uri": "a.jsonl", "line": 1, "page": None}
+        row = {"id": "r0", "source": src, "stage": stage, "kind": "pii", "detail": "d", "payload": json.dumps(payload)}
+        return pa.Table.from_pylist([row], schema=FLAG_SCHEMA)
+
+    def person(start: int) -> dict:
+        return {"start": start, "end": start + len(NAME), "entity": "PERSON", "score": 0.6, "placeholder": "<PERSON>"}
+
+    # v1 (one PII stage, names): the completion's item, its name then marked not PII.
+    v1 = flag(
+        "pii", "completion", [person(16)], f"Transfers, says <PERSON>, {PHONE}.", "prompt", "Ask <PERSON> about it?"
+    )
+    add_items(engine, "d", 1, "one", v1)
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[("completion", 16, 16 + len(NAME))]))
+    # v2 adds a phone stage, which flags the prompt: the completion it publishes has the phone redacted.
+    v2 = flag(
+        "pii2", "prompt", [person(4)], "Ask <PERSON> about it?", "completion", f"Transfers, says {NAME}, <PHONE>."
+    )
+    add_items(engine, "d", 2, "two", v2)
+    reviewer, _ = signed_in(create_app(str(engine.url), []), "rita")
+    page = reviewer.get("/items/2").text
+    assert PHONE not in page
+    assert editor(page)[1]["completion"] == f"Transfers, says {NAME}, <PHONE>."
+
+
 def test_a_reviewer_sees_no_pii_that_a_later_pii_stage_redacts(tmp_path: Path) -> None:
     from curation.review.auth import add_user
     from tests.helpers import outputs, run, write_jsonl

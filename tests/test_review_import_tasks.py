@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.labelstudio import export_tasks, import_annotations
-from curation.review.queue import add_items
+from curation.review.queue import add_items, list_items
 from schemas.records import FLAG_SCHEMA
 from tests.test_review_bulk import NAME, annotated, pii_queue
 from tests.test_review_cli import review
@@ -307,3 +307,46 @@ def test_a_raw_pii_task_relabelled_keeps_the_field_edits_in_force_it_did_not_sho
     counts = import_annotations(engine, labels(raw[0], (5, 17, "LOCATION"), (21, 37, "EMAIL_ADDRESS")), "pia")
     assert counts["edit"] == 1 and dec.not_pii_in_force(engine, 1) == set()
     assert dec.fields_in_force(engine, 1) == {"prompt": "fixed prompt"}
+
+
+def test_a_raw_pii_task_labelled_again_is_stored_as_any_release_reads_it(tmp_path: Path) -> None:
+    # "PII again" was stored as a new part of an edit (``pii``), which an earlier release reading the
+    # store does not know: it kept the name marked not PII, and published it in clear.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    # An approve (it sets the mark aside) and an edit with what stands after the task (the address's mark).
+    rows = [row for row in dec.history(engine, 1) if row["undone_at"] is None]
+    assert [(row["action"], json.loads(row["after"])) for row in rows[1:]] == [
+        ("approve", {"status": "approved"}),
+        ("edit", {"status": "edited", "fields": {}, "not_pii": [["prompt", 21, 37]]}),
+    ]
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+    # One undo takes both out: the name's mark stands again, and the item is edited as before.
+    dec.undo_last(engine, "pia")
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 5, 17)}
+    assert [row["undone_at"] is None for row in dec.history(engine, 1)] == [True, False, False]
+    assert list_items(engine)[0]["status"] == "edited"
+
+
+def test_a_task_from_an_export_before_seen_adds_its_marks_to_those_made_since(tmp_path: Path) -> None:
+    # A task exported by an earlier release (no ``seen``) cannot say which marks it showed: read as
+    # submitted, a name marked not PII on the page after the export, labelled as the task predicted it,
+    # was set aside though the annotator never saw the mark.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)[1]
+    del raw["data"]["seen"]
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(not_pii=[("prompt", 5, 17)]))
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    assert dec.not_pii_in_force(engine, 2) == {("prompt", 5, 17), ("prompt", 21, 37)}
+
+
+def test_every_span_labelled_with_no_decision_chosen_approves_the_item(tmp_path: Path) -> None:
+    # The name's mark set aside with nothing else in force: the item is approved, not left edited.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    (task,) = labels(raw, (5, 17, "PERSON"), (21, 37, "EMAIL_ADDRESS"))
+    task["annotations"][0]["result"] = task["annotations"][0]["result"][1:]  # labels alone, no decision
+    assert import_annotations(engine, [task], "pia")["approve"] == 1
+    assert list_items(engine)[0]["status"] == "approved"
+    assert dec.in_force_on(engine, [1])[1]["action"] == "approve"

@@ -59,20 +59,23 @@ class DecisionError(ValueError):
 
 @dataclass
 class Edit:
-    """What an ``edit`` changes: field values, redaction spans an annotator says are not PII, and spans
-    marked not PII before that they say are PII after all (``pii``: a Label Studio task labelled again)."""
+    """What an ``edit`` changes: field values, and redaction spans an annotator says are not PII.
+
+    ``replaces``: the edit is all that stands after it, setting aside the edits in force (a Label Studio
+    task whose spans marked not PII were labelled again). Edits add up, so it is stored as an approve
+    (which sets them aside) and this edit, one transaction, undone together (``undo_last``): a release
+    that knows nothing of it reads the same decisions in force, and one undoing the two apart goes
+    through the approve, the item as flagged, with every span redacted."""
 
     fields: dict[str, str] = field(default_factory=dict)
     not_pii: list[tuple[str, int, int]] = field(default_factory=list)
-    pii: list[tuple[str, int, int]] = field(default_factory=list)
+    replaces: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.fields or self.not_pii or self.pii)
+        return bool(self.fields or self.not_pii)
 
     def as_json(self) -> dict[str, Any]:
-        # ``pii`` only when set: the decisions stored before it have none, and read the same.
-        marked_again = {"pii": [list(span) for span in self.pii]} if self.pii else {}
-        return {"fields": self.fields, "not_pii": [list(span) for span in self.not_pii], **marked_again}
+        return {"fields": self.fields, "not_pii": [list(span) for span in self.not_pii]}
 
 
 def _now() -> datetime:
@@ -196,13 +199,13 @@ def check_decision(item: dict[str, Any], action: str, edit: Edit | None) -> None
         )
     if action == "edit":
         if not edit:
-            raise DecisionError("an edit needs at least one changed field or one span marked not PII (or PII again)")
+            raise DecisionError("an edit needs at least one changed field or one span marked not PII")
         empty = [name for name, value in edit.fields.items() if not value.strip()]
         if empty:
             raise DecisionError(f"edited field(s) {', '.join(empty)} must not be empty")
-        unknown = {*edit.not_pii, *edit.pii} - _pii_spans(item)
+        unknown = set(edit.not_pii) - _pii_spans(item)
         if unknown:
-            raise DecisionError("only spans the PII stage flagged on this item can be marked not PII, or PII again")
+            raise DecisionError("only spans the PII stage flagged on this item can be marked not PII")
 
 
 class StaleDecision(DecisionError):
@@ -256,10 +259,25 @@ def decide(
         check_seen(db, item_id, seen, action)
         status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
         previous = _in_force_for_item(db, item_id) if action == "edit" else None
-        row, status = _decision_row(item, user, action, edit, status, previous)
-        decision_id = db.execute(decisions.insert().values(**row)).inserted_primary_key[0]
+        rows, status = _decision_rows(item, user, action, edit, status, previous)
+        for row in rows:
+            decision_id = db.execute(decisions.insert().values(**row)).inserted_primary_key[0]
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=status))
     return int(decision_id)
+
+
+def _decision_rows(
+    item: dict[str, Any], user: str, action: str, edit: Edit | None, status: str, previous: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str]:
+    """``_decision_row``, with an edit that ``replaces`` those in force stored after an approve."""
+    if action != "edit" or edit is None or not edit.replaces:
+        row, status = _decision_row(item, user, action, edit, status, previous)
+        return [row], status
+    approve, status = _decision_row(item, user, "approve", None, status, None)
+    row, status = _decision_row(item, user, action, edit, status, None)
+    # Undone with the approve before it (``undo_last``); read by no release's ``in_force``.
+    row["before"] = json.dumps({**json.loads(row["before"]), "replaces": True})
+    return [approve, row], status
 
 
 def _decision_row(
@@ -327,8 +345,10 @@ def decide_all(
                 if seen is not None and seen != now_seen[item_id]:
                     stale.add(item_id)
                     continue
-                row, after[item_id] = _decision_row(item, user, action, edit, statuses[item_id], previous.get(item_id))
-                rows.append(row)
+                taken, after[item_id] = _decision_rows(
+                    item, user, action, edit, statuses[item_id], previous.get(item_id)
+                )
+                rows += taken
             if rows:
                 db.execute(decisions.insert(), rows)
             for status in set(after.values()):
@@ -389,7 +409,8 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         after = json.loads(row["after"])
         rejected = False  # a keep ("not a duplicate") stands: an edit after it adds to it
         fields.update(after.get("fields", {}))
-        spans = [span for span in spans if span not in after.get("pii", [])]  # marked PII again: a later value wins
+        # Spans marked PII again, as a store written by a release before ``Edit.replaces`` may hold them.
+        spans = [span for span in spans if span not in after.get("pii", [])]
         spans += [span for span in after.get("not_pii", []) if span not in spans]
     action = "reject" if rejected else "keep" if kept else "edit" if fields or spans else "approve"
     edits = {"fields": fields, "not_pii": spans} if action == "edit" or (action == "keep" and (fields or spans)) else {}
@@ -438,10 +459,10 @@ def holds(current: dict[str, Any] | None, action: str, edit: Edit | None = None)
         return True
     after = json.loads(current["after"])
     fields, spans = after.get("fields", {}), [tuple(span) for span in after.get("not_pii", [])]
-    return (
-        all(fields.get(name) == value for name, value in edit.fields.items())
-        and all(tuple(span) in spans for span in edit.not_pii)
-        and not any(tuple(span) in spans for span in edit.pii)
+    if edit.replaces:
+        return fields == edit.fields and set(spans) == set(edit.not_pii)
+    return all(fields.get(name) == value for name, value in edit.fields.items()) and all(
+        tuple(span) in spans for span in edit.not_pii
     )
 
 
@@ -487,6 +508,18 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
             )
             if taken.rowcount != 1:
                 continue
+            if undone["action"] == "edit" and json.loads(undone["before"]).get("replaces"):
+                # The approve stored with it, just before it on the item (``Edit.replaces``), unless
+                # a release that undoes them apart undid it.
+                with_it = decisions.c.item_id == undone["item_id"], decisions.c.decision_id < undone["decision_id"]
+                pair = db.execute(decisions.select().where(*with_it).order_by(decisions.c.decision_id.desc()).limit(1))
+                approve = pair.first()
+                if approve is not None and approve.action == "approve" and approve.undone_at is None:
+                    db.execute(
+                        decisions.update()
+                        .where(decisions.c.decision_id == approve.decision_id)
+                        .values(undone_at=_now(), undone_by=user, undo_seq=latest + 2)
+                    )
             # The item takes the status of the decisions now in force on it (another annotator's, maybe), else open.
             now = _in_force_for_item(db, undone["item_id"])
             status = STATUS_OF[now["action"]] if now else "open"
@@ -826,19 +859,24 @@ def record_in_force(engine: sa.Engine, item: dict[str, Any]) -> tuple[dict[str, 
     """The record's fields as the decisions in force through any of its items (one per flagged field or
     stage, an earlier version's) leave them for the next run: the values their edits set (a later one wins,
     as ``run_decisions`` takes them), and the fields other than ``item``'s that PII items flagged, as a role
-    that does not see PII is shown them (``redacted_as_shown``: the spans marked not PII there in clear)."""
+    that does not see PII is shown them (``redacted_as_shown``: the spans marked not PII there in clear),
+    those items that redacted the field as ``item``'s flag shows it (``redacted_fields``) alone."""
     own = _in_force_for_item(engine, item["item_id"])
     others = in_force_for_record(engine, item["dataset"], item["record_id"], item["item_id"])
     fields: dict[str, str] = {}
     for decision in sorted([*others, *([own] if own else [])], key=lambda row: row["decision_id"]):
         fields.update(fields_of(decision))
     marked = {decision["item_id"]: not_pii_of(decision) for decision in others if not_pii_of(decision)}
-    flagged = json.loads(item["payload"] or "{}").get("field")
+    own_payload = json.loads(item["payload"] or "{}")
+    flagged, published = own_payload.get("field"), own_payload.get("redacted_fields", {})
     shown: dict[str, str] = {}
     for other in get_items(engine, marked).values():
         payload = json.loads(other["payload"] or "{}")
         name = payload.get("field")
-        if other["kind"] == "pii" and name != flagged:
+        # Only where the other item redacted the field as this flag shows it: another version's (or
+        # stage's) item may leave in clear what this one redacts (a later stage's phone number), and its
+        # spans put back would show it.
+        if other["kind"] == "pii" and name != flagged and payload.get("redacted") == published.get(name):
             shown[name] = redacted_as_shown(payload, {(start, end) for _, start, end in marked[other["item_id"]]})
     return fields, shown
 

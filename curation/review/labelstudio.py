@@ -290,7 +290,9 @@ def import_annotations(
         # now are not those it left out: an undo since would read as spans it newly marks.
         task_stale = seen is not None and seen != revisions[item["item_id"]]
         for at, choice, edit, said in decided:
-            if said and item["kind"] == "pii" and not task_stale:
+            if said and item["kind"] == "pii" and seen is not None and not task_stale:
+                # Only a task that says when it was exported shows the marks in force: one without
+                # (an earlier release's) adds its own, or it would set aside marks made since.
                 edit, said = _as_submitted(edit, in_force.get(item["item_id"]), choice)
             if choice == "approve" and edit is None and not said and not task_stale:
                 # An approve alone sets aside the edits in force, which the export showed as the next run
@@ -298,9 +300,9 @@ def import_annotations(
                 edit = _shown_edits(item, data, in_force.get(item["item_id"]))
             if choice in ("reject", "keep"):
                 action = choice
-            elif edit is not None:
+            elif edit:
                 action = "edit"
-            elif choice == "approve":
+            elif choice == "approve" or (edit is not None and edit.replaces):  # every mark set aside, no field edit
                 action = "approve"
             else:
                 counts["skipped"] += 1
@@ -362,7 +364,7 @@ def _decides(task: tuple[str, str, dec.Edit | None, str | None]) -> tuple[str, A
     _, action, edit, _ = task
     if edit is None:
         return action, None, None, None
-    return action, sorted(edit.fields.items()), sorted(edit.not_pii), sorted(edit.pii)
+    return action, sorted(edit.fields.items()), sorted(edit.not_pii), edit.replaces
 
 
 def _said(action: str, edit: dec.Edit | None) -> str:
@@ -371,7 +373,7 @@ def _said(action: str, edit: dec.Edit | None) -> str:
         return action
     changes = [f"{name}={value!r}" for name, value in sorted(edit.fields.items())]
     changes += [f"{field}[{start}:{end}] not PII" for field, start, end in sorted(edit.not_pii)]
-    changes += [f"{field}[{start}:{end}] PII" for field, start, end in sorted(edit.pii)]
+    changes += ["the others PII"] if edit.replaces else []
     return f"edit ({', '.join(changes)})"
 
 
@@ -498,16 +500,20 @@ def _as_submitted(
     """A raw PII task's labels (``labelled``: the spans they leave unlabelled) as the decision, set against
     the spans the task showed: it predicted those not marked not PII by the decisions in force (``current``).
     A span newly left unlabelled is marked not PII, a marked one labelled again is PII again, the others
-    stand as they are; the field edits in force, which the task does not show, stand too (edits add up).
-    Taken whole instead, the labels would keep a mark the annotator set aside (edits add up) and an approve
-    with them would set aside the field edits. Returns the edit, and whether the labels say anything: not
-    when they are those the task showed (an approve of the task as shown, ``_shown_edits``), nor when
-    every span is labelled and nothing else is in force (an approve of the item as flagged)."""
-    marks = dec.not_pii_of(current)
+    stand as they are; the field edits in force, which the task does not show, stand too. Edits add up, so
+    a mark labelled again takes an edit that ``replaces`` those in force with all that stands after it
+    (empty, with no field edit: an approve). Taken whole instead, the labels would keep a mark the
+    annotator set aside and an approve with them would set aside the field edits. Returns the edit, and
+    whether the labels say anything: not when they are those the task showed (an approve of the task as
+    shown, ``_shown_edits``), nor when every span is labelled and nothing else is in force (an approve
+    of the item as flagged)."""
+    marks, fields = dec.not_pii_of(current), dec.fields_of(current)
     submitted = set(labelled.not_pii) if labelled else set()
-    if choice == "approve" and not submitted and not dec.fields_of(current):
+    if choice == "approve" and not submitted and not fields:
         return None, True
-    edit = dec.Edit(not_pii=sorted(submitted - marks), pii=sorted(marks - submitted))
+    if marks - submitted:
+        return dec.Edit(fields=fields, not_pii=sorted(submitted), replaces=True), True
+    edit = dec.Edit(not_pii=sorted(submitted - marks))
     return (edit, True) if edit else (None, False)
 
 
