@@ -455,24 +455,37 @@ def _text_boxes(element: Any) -> Iterator[Any]:
 
 def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:
     """A paragraph's text as Word shows it: with the runs python-docx's text passes over, those inside a
-    content control (w:sdt), a tracked insertion or move (w:ins, w:moveTo) or a simple field; not those
-    a tracked change deleted or moved away."""
-    from docx.text.run import Run
-
-    return "".join(Run(run, paragraph).text for run in _runs(paragraph._p))
+    content control (w:sdt), a tracked insertion or move (w:ins, w:moveTo), a simple field, a run of
+    set direction (w:dir, w:bdo) or an equation; not those a tracked change deleted or moved away."""
+    return "".join(_texts(paragraph._p, paragraph))
 
 
-_INLINE_CONTAINERS = ("ins", "moveTo", "sdt", "sdtContent", "hyperlink", "smartTag", "fldSimple", "customXml")
+_INLINE_CONTAINERS = (
+    "ins",
+    "moveTo",
+    "sdt",
+    "sdtContent",
+    "hyperlink",
+    "smartTag",
+    "fldSimple",
+    "customXml",
+    "dir",
+    "bdo",
+)
 
 
-def _runs(element: Any) -> Iterator[Any]:
+def _texts(element: Any, paragraph: docx.text.paragraph.Paragraph) -> Iterator[str]:
     from docx.oxml.ns import qn
+    from docx.text.run import Run
 
     for child in element.iterchildren():
         if child.tag == qn("w:r"):
-            yield child
+            yield Run(child, paragraph).text
         elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
-            yield from _runs(child)
+            yield from _texts(child, paragraph)
+        elif child.tag in (qn("m:oMath"), qn("m:oMathPara")):
+            # An equation's text in its linear form ("x=2"): its runs (m:r) are not Word's and hold m:t.
+            yield "".join(found.text or "" for found in child.iter(qn("m:t")))
 
 
 def _span_at_least_one(table: docx.table.Table) -> None:

@@ -319,6 +319,27 @@ def test_docx_with_tracked_changes_reads_as_word_shows_it(tmp_path: Path) -> Non
     assert row["text"] == "Refunds take five days."
 
 
+def test_docx_text_in_equations_and_text_direction_runs_is_read(tmp_path: Path) -> None:
+    # Runs inside an equation (m:oMath, read in its linear form), a right-to-left run (w:dir) or one
+    # whose direction is overridden (w:bdo) were left out: "Rotate passwords every  days.", no phone.
+    ns = docx.oxml.ns.nsdecls("w", "m")
+    document = docx.Document()
+    maths = document.add_paragraph("Rotate passwords every ")
+    maths._p.append(docx.oxml.parse_xml(f"<m:oMath {ns}><m:r><m:t>90</m:t></m:r></m:oMath>"))
+    maths.add_run(" days.")
+    display = f"<m:oMathPara {ns}><m:oMath><m:r><m:t>x</m:t></m:r><m:r><m:t>=2</m:t></m:r></m:oMath></m:oMathPara>"
+    document.add_paragraph()._p.append(docx.oxml.parse_xml(display))
+    document.add_paragraph()._p.append(
+        docx.oxml.parse_xml(f'<w:dir {ns} w:val="rtl"><w:r><w:t>שלום עולם</w:t></w:r></w:dir>')
+    )
+    phone = document.add_paragraph("Call ")
+    phone._p.append(docx.oxml.parse_xml(f'<w:bdo {ns} w:val="ltr"><w:r><w:t>+44 20 7946 0000</w:t></w:r></w:bdo>'))
+    phone.add_run(" for help.")
+    document.save(tmp_path / "security.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == "Rotate passwords every 90 days.\n\nx=2\n\nשלום עולם\n\nCall +44 20 7946 0000 for help."
+
+
 def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
     (tmp_path / "shipping.html").write_text(HTML)
     rows, _ = read(tmp_path)
