@@ -576,6 +576,31 @@ def test_a_section_repeated_in_one_document_is_a_record_of_its_own_and_a_duplica
     assert texts.count("## Notes\n\nTo be decided later by the team.") == 1
 
 
+@pytest.mark.parametrize("stage", ["exact_dedup", "near_dedup"])
+def test_the_first_of_repeated_sections_of_a_page_is_the_one_kept(workdir: Path, stage: str) -> None:
+    # A page's sections share their source (its URI, no line, no page): the kept one was the one whose
+    # id sorted first, here Part 5, not the first in the page.
+    docs = workdir / "docs"
+    docs.mkdir()
+    words = "Passwords are rotated every ninety days and never sent by email to anyone"
+    sections = [f"<h2>Part {n}</h2><p>{words}{'.' * n}</p>" for n in range(1, 7)]
+    if stage == "exact_dedup":  # equal once case-folded, but each its own text
+        sections = [f"<h2>Part</h2><p>{words[:n].upper()}{words[n:]}</p>" for n in range(1, 7)]
+    (docs / "a.html").write_text(
+        f"<main><h1>Doc</h1><p>What the security team asks of everyone.</p>{''.join(sections)}</main>"
+    )
+    spec = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": "docs"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": stage, **({"threshold": 0.5} if stage == "near_dedup" else {})}],
+    }
+    result = run(workdir, spec)
+    texts = [line["text"] for line in outputs(Path(result.version_uri))]
+    intro, first = (row["text"] for row in read(docs)[0][:2])
+    assert result.manifest.counts.duplicate == 5 and texts == [intro, first]
+
+
 def test_text_files_lines_end_in_a_newline_whatever_the_file_used(tmp_path: Path) -> None:
     (tmp_path / "crlf.txt").write_bytes(b"Line one.\r\nLine two.\r\n\r\nLine four.\r\n")
     (tmp_path / "cr.txt").write_bytes(b"Line one.\rLine two.\r\rLine four.\r")
