@@ -20,6 +20,7 @@ import logging
 import math
 import posixpath
 import re
+import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -537,9 +538,10 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     # which would put every section after one at a line the file does not have there.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     title, offset = None, 0
-    if lines and lines[0].strip() == "---":  # YAML front matter
-        end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
-        front_matter = None if end is None else _front_matter("\n".join(lines[1:end]))
+    opening = lines[0].strip() if lines else ""
+    if opening in _FRONT_MATTER_ENDS:
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() in _FRONT_MATTER_ENDS[opening]), None)
+        front_matter = None if end is None else _front_matter("\n".join(lines[1:end]), toml=opening == "+++")
         if end is not None and front_matter is not None:
             found = next((value for key, value in front_matter.items() if key.lower() == "title"), None)
             title = found.strip() or None if found is not None else None
@@ -672,11 +674,22 @@ _FRONT_MATTER_KEY = re.compile(r"[a-z_][a-z0-9_.-]*")
 _YAML_NULL, _YAML_STR = "tag:yaml.org,2002:null", "tag:yaml.org,2002:str"
 
 
-def _front_matter(text: str) -> dict[str, str | None] | None:
+# A Markdown file's first line opening front matter -> the lines that close it: YAML's, and TOML's (Hugo).
+_FRONT_MATTER_ENDS = {"---": ("---", "..."), "+++": ("+++",)}
+
+
+def _front_matter(text: str, toml: bool = False) -> dict[str, str | None] | None:
     """The keys of a Markdown file's front matter, each with its value's text as the file shows it (None
     for a null, a list or a mapping), or None if it is not YAML keys: text between a first line "---"
     and the next (two horizontal rules around a paragraph) is the document's, not metadata. The text as
-    written, not as YAML 1.1 would read it: ``title: NO`` is "NO" (it was "False"), ``title: 1.10`` "1.10"."""
+    written, not as YAML 1.1 would read it: ``title: NO`` is "NO" (it was "False"), ``title: 1.10`` "1.10".
+    With ``toml``, TOML keys (between "+++" lines), a string's value its text and any other None."""
+    if toml:
+        try:
+            table = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError):
+            return None
+        return _front_matter_keys({key: value if isinstance(value, str) else None for key, value in table.items()})
     try:
         node = yaml.compose(text, Loader=RecipeLoader)
     except (yaml.YAMLError, RecursionError):  # nested deeper than the parser goes: no keys of ours
@@ -689,14 +702,18 @@ def _front_matter(text: str) -> dict[str, str | None] | None:
         key.value: value.value if isinstance(value, yaml.ScalarNode) and value.tag != _YAML_NULL else None
         for key, value in node.value
     }
+    # Text keys only: YAML reads `null: refunds take five days` or `true: ...` as a null or boolean key.
+    return _front_matter_keys(found, all(key.tag == _YAML_STR for key, _ in node.value))
+
+
+def _front_matter_keys(found: dict[str, str | None], text_keys: bool = True) -> dict[str, str | None] | None:
+    """``found`` if its keys are front matter's, else None (``text_keys``: whether each was written as text)."""
     # Site generators' keys are lower-case names (title, date, tags); "Note: refunds take five days" between
     # two rules is a sentence of the document that parses as YAML all the same, and was dropped unseen.
     # Hugo's capitalised keys are front matter where they name a title.
     if any(key.lower() == "title" for key in found):
         return found
-    # Text keys only: YAML reads `null: refunds take five days` or `true: ...` as a null or boolean key.
-    names = all(key.tag == _YAML_STR and _FRONT_MATTER_KEY.fullmatch(key.value) for key, _ in node.value)
-    return found if names else None
+    return found if text_keys and all(_FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
 
 
 def _set_text(part: Part, text: str) -> bool:

@@ -1062,6 +1062,25 @@ def test_a_markdown_title_in_front_matter_is_read_as_yaml(tmp_path: Path, front_
     assert row["source"]["line"] == front_matter.count("\n") + 5  # past the closing "---" and a blank line
 
 
+def test_a_markdown_files_toml_front_matter_is_read_as_yaml_front_matter_is(tmp_path: Path) -> None:
+    # Hugo's "+++" front matter was a record of its own, and the title the first heading's.
+    (tmp_path / "returns.md").write_text(
+        '+++\ntitle = "Returns and refunds"\ndate = 2026-03-01\ntags = ["a"]\n+++\n\n# Refunds\n\nFive days.\n'
+    )
+    (tmp_path / "keys.md").write_text('+++\ndraft = true\n[params]\nteam = "ops"\n+++\n\nSeven days.\n')
+    # Not TOML, or not front matter's keys: the file's text, as such a block between "---" lines is.
+    (tmp_path / "broken.md").write_text('+++\ntitle = "Returns\n+++\n\nTen days.\n')
+    (tmp_path / "sentence.md").write_text('+++\nNote = "refunds take five days"\n+++\n\nTwo days.\n')
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert sorted((row["title"], row["text"], row["source"]["line"]) for row in rows) == [
+        ("Returns and refunds › Refunds", "# Refunds\n\nFive days.", 7),
+        ("broken", '+++\ntitle = "Returns\n+++\n\nTen days.', 1),
+        ("keys", "Seven days.", 7),
+        ("sentence", '+++\nNote = "refunds take five days"\n+++\n\nTwo days.', 1),
+    ]
+
+
 def test_a_markdown_code_block_ends_only_at_a_fence_like_the_one_that_opened_it(tmp_path: Path) -> None:
     # Any fence toggled the block: "~~~" or a shorter "```" inside a code block ended it, so a shell
     # comment below was a heading that cut the block in two, and the heading after the block was not one.
