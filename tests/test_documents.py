@@ -598,7 +598,7 @@ def test_the_first_of_repeated_sections_of_a_page_is_the_one_kept(workdir: Path,
     result = run(workdir, spec)
     texts = [line["text"] for line in outputs(Path(result.version_uri))]
     intro, first = (row["text"] for row in read(docs)[0][:2])
-    assert result.manifest.counts.duplicate == 5 and texts == [intro, first]
+    assert result.manifest.counts.duplicate == 5 and sorted(texts) == sorted([intro, first])  # in either split
 
 
 def test_text_files_lines_end_in_a_newline_whatever_the_file_used(tmp_path: Path) -> None:
