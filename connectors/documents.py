@@ -760,7 +760,7 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
         tree = tree_cleaning(tree, options)
         # trafilatura ends each row of a Markdown table with a space ("| EU | 5 days | "): no text of the page's.
-        body = re.sub(r"[ \t]+$", "", _main_content(tree, options) or "", flags=re.MULTILINE)
+        body = _with_lost_heading(tree, re.sub(r"[ \t]+$", "", _main_content(tree, options) or "", flags=re.MULTILINE))
     first_heading, parts = markdown_sections(body)
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
@@ -866,7 +866,36 @@ def _extract(tree: Any, options: Extractor) -> Document | None:
 
 
 def _words(text: str) -> Counter[str]:
-    return Counter(re.findall(r"[^\W\d_]+", text.casefold()))
+    return Counter(_WORD.findall(text.casefold()))
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+
+
+def _with_lost_heading(tree: Any, body: str) -> str:
+    """``body`` (the page's extracted Markdown) with the page's first heading put back where trafilatura
+    left it out: a page's only heading, its h1, with no <article> or <main> around it, and the record
+    lost it (one more heading brings it back). Put back only into a body of no heading, where it comes
+    before the first paragraph kept, and is none of a page header's, navigation's, sidebar's or footer's
+    (a site's name)."""
+    if re.search(r"^#{1,6} ", body, flags=re.MULTILINE):
+        return body
+    first = next((h for h in tree.iter(_HEADINGS) if not _in_page_furniture(h)), None)
+    text = " ".join(first.text_content().split()) if first is not None else ""
+    if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
+        return body
+    opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
+    words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
+    after = len(_WORD.findall(" ".join(first.xpath("preceding::text()")).casefold()))
+    found = next((i for i in range(len(words)) if words[i : i + len(opening)] == opening), None)
+    if not opening or found is None or found < after + len(_WORD.findall(text.casefold())):
+        return body
+    return f"{'#' * int(first.tag[1])} {text}\n\n{body}"
+
+
+def _in_page_furniture(element: Any) -> bool:
+    return any(ancestor.tag in ("header", "nav", "aside", "footer") for ancestor in element.iterancestors())
 
 
 # What trafilatura's Markdown escapes so the page's text renders as itself: an inline special after a

@@ -340,6 +340,23 @@ def test_docx_text_in_equations_and_text_direction_runs_is_read(tmp_path: Path) 
     assert row["text"] == "Rotate passwords every 90 days.\n\nx=2\n\nשלום עולם\n\nCall +44 20 7946 0000 for help."
 
 
+def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) -> None:
+    # trafilatura left a lone h1 out of the text when no <article> or <main> held it (an h2 more brought
+    # it back). Not a page header's: a site's name is no heading of the page's text.
+    paragraphs = [
+        "Passwords are rotated every ninety days and never sent by email to anyone at all.",
+        "Use a manager for them, never a sticky note on the screen.",
+    ]
+    text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
+    (tmp_path / "policy.html").write_text(f"<html><body><h1>Password policy</h1>{text}</body></html>")
+    (tmp_path / "site.html").write_text(f"<html><body><header><h1>ACME intranet</h1></header>{text}</body></html>")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
+        ("ACME intranet", "\n\n".join(paragraphs)),
+    ]
+
+
 def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
     (tmp_path / "shipping.html").write_text(HTML)
     rows, _ = read(tmp_path)
