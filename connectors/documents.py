@@ -20,6 +20,7 @@ import logging
 import math
 import posixpath
 import re
+import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -455,24 +456,37 @@ def _text_boxes(element: Any) -> Iterator[Any]:
 
 def _paragraph_text(paragraph: docx.text.paragraph.Paragraph) -> str:
     """A paragraph's text as Word shows it: with the runs python-docx's text passes over, those inside a
-    content control (w:sdt), a tracked insertion or move (w:ins, w:moveTo) or a simple field; not those
-    a tracked change deleted or moved away."""
-    from docx.text.run import Run
-
-    return "".join(Run(run, paragraph).text for run in _runs(paragraph._p))
+    content control (w:sdt), a tracked insertion or move (w:ins, w:moveTo), a simple field, a run of
+    set direction (w:dir, w:bdo) or an equation; not those a tracked change deleted or moved away."""
+    return "".join(_texts(paragraph._p, paragraph))
 
 
-_INLINE_CONTAINERS = ("ins", "moveTo", "sdt", "sdtContent", "hyperlink", "smartTag", "fldSimple", "customXml")
+_INLINE_CONTAINERS = (
+    "ins",
+    "moveTo",
+    "sdt",
+    "sdtContent",
+    "hyperlink",
+    "smartTag",
+    "fldSimple",
+    "customXml",
+    "dir",
+    "bdo",
+)
 
 
-def _runs(element: Any) -> Iterator[Any]:
+def _texts(element: Any, paragraph: docx.text.paragraph.Paragraph) -> Iterator[str]:
     from docx.oxml.ns import qn
+    from docx.text.run import Run
 
     for child in element.iterchildren():
         if child.tag == qn("w:r"):
-            yield child
+            yield Run(child, paragraph).text
         elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
-            yield from _runs(child)
+            yield from _texts(child, paragraph)
+        elif child.tag in (qn("m:oMath"), qn("m:oMathPara")):
+            # An equation's text in its linear form ("x=2"): its runs (m:r) are not Word's and hold m:t.
+            yield "".join(found.text or "" for found in child.iter(qn("m:t")))
 
 
 def _span_at_least_one(table: docx.table.Table) -> None:
@@ -524,9 +538,10 @@ def markdown_sections(text: str) -> tuple[str | None, list[Part]]:
     # which would put every section after one at a line the file does not have there.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     title, offset = None, 0
-    if lines and lines[0].strip() == "---":  # YAML front matter
-        end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
-        front_matter = None if end is None else _front_matter("\n".join(lines[1:end]))
+    opening = lines[0].strip() if lines else ""
+    if opening in _FRONT_MATTER_ENDS:
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() in _FRONT_MATTER_ENDS[opening]), None)
+        front_matter = None if end is None else _front_matter("\n".join(lines[1:end]), toml=opening == "+++")
         if end is not None and front_matter is not None:
             found = next((value for key, value in front_matter.items() if key.lower() == "title"), None)
             title = found.strip() or None if found is not None else None
@@ -659,11 +674,22 @@ _FRONT_MATTER_KEY = re.compile(r"[a-z_][a-z0-9_.-]*")
 _YAML_NULL, _YAML_STR = "tag:yaml.org,2002:null", "tag:yaml.org,2002:str"
 
 
-def _front_matter(text: str) -> dict[str, str | None] | None:
+# A Markdown file's first line opening front matter -> the lines that close it: YAML's, and TOML's (Hugo).
+_FRONT_MATTER_ENDS = {"---": ("---", "..."), "+++": ("+++",)}
+
+
+def _front_matter(text: str, toml: bool = False) -> dict[str, str | None] | None:
     """The keys of a Markdown file's front matter, each with its value's text as the file shows it (None
     for a null, a list or a mapping), or None if it is not YAML keys: text between a first line "---"
     and the next (two horizontal rules around a paragraph) is the document's, not metadata. The text as
-    written, not as YAML 1.1 would read it: ``title: NO`` is "NO" (it was "False"), ``title: 1.10`` "1.10"."""
+    written, not as YAML 1.1 would read it: ``title: NO`` is "NO" (it was "False"), ``title: 1.10`` "1.10".
+    With ``toml``, TOML keys (between "+++" lines), a string's value its text and any other None."""
+    if toml:
+        try:
+            table = tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, RecursionError):
+            return None
+        return _front_matter_keys({key: value if isinstance(value, str) else None for key, value in table.items()})
     try:
         node = yaml.compose(text, Loader=RecipeLoader)
     except (yaml.YAMLError, RecursionError):  # nested deeper than the parser goes: no keys of ours
@@ -676,14 +702,18 @@ def _front_matter(text: str) -> dict[str, str | None] | None:
         key.value: value.value if isinstance(value, yaml.ScalarNode) and value.tag != _YAML_NULL else None
         for key, value in node.value
     }
+    # Text keys only: YAML reads `null: refunds take five days` or `true: ...` as a null or boolean key.
+    return _front_matter_keys(found, all(key.tag == _YAML_STR for key, _ in node.value))
+
+
+def _front_matter_keys(found: dict[str, str | None], text_keys: bool = True) -> dict[str, str | None] | None:
+    """``found`` if its keys are front matter's, else None (``text_keys``: whether each was written as text)."""
     # Site generators' keys are lower-case names (title, date, tags); "Note: refunds take five days" between
     # two rules is a sentence of the document that parses as YAML all the same, and was dropped unseen.
     # Hugo's capitalised keys are front matter where they name a title.
     if any(key.lower() == "title" for key in found):
         return found
-    # Text keys only: YAML reads `null: refunds take five days` or `true: ...` as a null or boolean key.
-    names = all(key.tag == _YAML_STR and _FRONT_MATTER_KEY.fullmatch(key.value) for key, _ in node.value)
-    return found if names else None
+    return found if text_keys and all(_FRONT_MATTER_KEY.fullmatch(key) for key in found) else None
 
 
 def _set_text(part: Part, text: str) -> bool:
@@ -730,7 +760,7 @@ def extract_html(data: bytes, stem: str) -> Extracted:
         # when that is longer, and their text alone made it so: one flat record, its headings lost.
         tree = tree_cleaning(tree, options)
         # trafilatura ends each row of a Markdown table with a space ("| EU | 5 days | "): no text of the page's.
-        body = re.sub(r"[ \t]+$", "", _main_content(tree, options) or "", flags=re.MULTILINE)
+        body = _with_lost_heading(tree, re.sub(r"[ \t]+$", "", _main_content(tree, options) or "", flags=re.MULTILINE))
     first_heading, parts = markdown_sections(body)
     for part in parts:
         part.line = None  # lines of the extracted text, not of the HTML file: not a place to point at
@@ -836,7 +866,36 @@ def _extract(tree: Any, options: Extractor) -> Document | None:
 
 
 def _words(text: str) -> Counter[str]:
-    return Counter(re.findall(r"[^\W\d_]+", text.casefold()))
+    return Counter(_WORD.findall(text.casefold()))
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+
+
+def _with_lost_heading(tree: Any, body: str) -> str:
+    """``body`` (the page's extracted Markdown) with the page's first heading put back where trafilatura
+    left it out: a page's only heading, its h1, with no <article> or <main> around it, and the record
+    lost it (one more heading brings it back). Put back only into a body of no heading, where it comes
+    before the first paragraph kept, and is none of a page header's, navigation's, sidebar's or footer's
+    (a site's name)."""
+    if re.search(r"^#{1,6} ", body, flags=re.MULTILINE):
+        return body
+    first = next((h for h in tree.iter(_HEADINGS) if not _in_page_furniture(h)), None)
+    text = " ".join(first.text_content().split()) if first is not None else ""
+    if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
+        return body
+    opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
+    words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
+    after = len(_WORD.findall(" ".join(first.xpath("preceding::text()")).casefold()))
+    found = next((i for i in range(len(words)) if words[i : i + len(opening)] == opening), None)
+    if not opening or found is None or found < after + len(_WORD.findall(text.casefold())):
+        return body
+    return f"{'#' * int(first.tag[1])} {text}\n\n{body}"
+
+
+def _in_page_furniture(element: Any) -> bool:
+    return any(ancestor.tag in ("header", "nav", "aside", "footer") for ancestor in element.iterancestors())
 
 
 # What trafilatura's Markdown escapes so the page's text renders as itself: an inline special after a

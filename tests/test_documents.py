@@ -322,6 +322,44 @@ def test_docx_with_tracked_changes_reads_as_word_shows_it(tmp_path: Path) -> Non
     assert row["text"] == "Refunds take five days."
 
 
+def test_docx_text_in_equations_and_text_direction_runs_is_read(tmp_path: Path) -> None:
+    # Runs inside an equation (m:oMath, read in its linear form), a right-to-left run (w:dir) or one
+    # whose direction is overridden (w:bdo) were left out: "Rotate passwords every  days.", no phone.
+    ns = docx.oxml.ns.nsdecls("w", "m")
+    document = docx.Document()
+    maths = document.add_paragraph("Rotate passwords every ")
+    maths._p.append(docx.oxml.parse_xml(f"<m:oMath {ns}><m:r><m:t>90</m:t></m:r></m:oMath>"))
+    maths.add_run(" days.")
+    display = f"<m:oMathPara {ns}><m:oMath><m:r><m:t>x</m:t></m:r><m:r><m:t>=2</m:t></m:r></m:oMath></m:oMathPara>"
+    document.add_paragraph()._p.append(docx.oxml.parse_xml(display))
+    document.add_paragraph()._p.append(
+        docx.oxml.parse_xml(f'<w:dir {ns} w:val="rtl"><w:r><w:t>שלום עולם</w:t></w:r></w:dir>')
+    )
+    phone = document.add_paragraph("Call ")
+    phone._p.append(docx.oxml.parse_xml(f'<w:bdo {ns} w:val="ltr"><w:r><w:t>+44 20 7946 0000</w:t></w:r></w:bdo>'))
+    phone.add_run(" for help.")
+    document.save(tmp_path / "security.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == "Rotate passwords every 90 days.\n\nx=2\n\nשלום עולם\n\nCall +44 20 7946 0000 for help."
+
+
+def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) -> None:
+    # trafilatura left a lone h1 out of the text when no <article> or <main> held it (an h2 more brought
+    # it back). Not a page header's: a site's name is no heading of the page's text.
+    paragraphs = [
+        "Passwords are rotated every ninety days and never sent by email to anyone at all.",
+        "Use a manager for them, never a sticky note on the screen.",
+    ]
+    text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
+    (tmp_path / "policy.html").write_text(f"<html><body><h1>Password policy</h1>{text}</body></html>")
+    (tmp_path / "site.html").write_text(f"<html><body><header><h1>ACME intranet</h1></header>{text}</body></html>")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
+        ("ACME intranet", "\n\n".join(paragraphs)),
+    ]
+
+
 def test_html_drops_navigation_and_footer(tmp_path: Path) -> None:
     (tmp_path / "shipping.html").write_text(HTML)
     rows, _ = read(tmp_path)
@@ -556,6 +594,31 @@ def test_a_section_repeated_in_one_document_is_a_record_of_its_own_and_a_duplica
     assert (result.manifest.counts.written, result.manifest.counts.duplicate) == (2, 1)
     texts = [line["text"] for line in outputs(Path(result.version_uri))]
     assert texts.count("## Notes\n\nTo be decided later by the team.") == 1
+
+
+@pytest.mark.parametrize("stage", ["exact_dedup", "near_dedup"])
+def test_the_first_of_repeated_sections_of_a_page_is_the_one_kept(workdir: Path, stage: str) -> None:
+    # A page's sections share their source (its URI, no line, no page): the kept one was the one whose
+    # id sorted first, here Part 5, not the first in the page.
+    docs = workdir / "docs"
+    docs.mkdir()
+    words = "Passwords are rotated every ninety days and never sent by email to anyone"
+    sections = [f"<h2>Part {n}</h2><p>{words}{'.' * n}</p>" for n in range(1, 7)]
+    if stage == "exact_dedup":  # equal once case-folded, but each its own text
+        sections = [f"<h2>Part</h2><p>{words[:n].upper()}{words[n:]}</p>" for n in range(1, 7)]
+    (docs / "a.html").write_text(
+        f"<main><h1>Doc</h1><p>What the security team asks of everyone.</p>{''.join(sections)}</main>"
+    )
+    spec = {
+        "dataset": "kb",
+        "sources": [{"type": "documents", "path": "docs"}],
+        "record": {"kind": "document"},
+        "stages": [{"type": stage, **({"threshold": 0.5} if stage == "near_dedup" else {})}],
+    }
+    result = run(workdir, spec)
+    texts = [line["text"] for line in outputs(Path(result.version_uri))]
+    intro, first = (row["text"] for row in read(docs)[0][:2])
+    assert result.manifest.counts.duplicate == 5 and sorted(texts) == sorted([intro, first])  # in either split
 
 
 def test_text_files_lines_end_in_a_newline_whatever_the_file_used(tmp_path: Path) -> None:
@@ -1117,6 +1180,25 @@ def test_a_markdown_title_in_front_matter_is_read_as_yaml(tmp_path: Path, front_
     [row] = read(tmp_path)[0]
     assert row["title"] == title and row["text"] == "Body text."
     assert row["source"]["line"] == front_matter.count("\n") + 5  # past the closing "---" and a blank line
+
+
+def test_a_markdown_files_toml_front_matter_is_read_as_yaml_front_matter_is(tmp_path: Path) -> None:
+    # Hugo's "+++" front matter was a record of its own, and the title the first heading's.
+    (tmp_path / "returns.md").write_text(
+        '+++\ntitle = "Returns and refunds"\ndate = 2026-03-01\ntags = ["a"]\n+++\n\n# Refunds\n\nFive days.\n'
+    )
+    (tmp_path / "keys.md").write_text('+++\ndraft = true\n[params]\nteam = "ops"\n+++\n\nSeven days.\n')
+    # Not TOML, or not front matter's keys: the file's text, as such a block between "---" lines is.
+    (tmp_path / "broken.md").write_text('+++\ntitle = "Returns\n+++\n\nTen days.\n')
+    (tmp_path / "sentence.md").write_text('+++\nNote = "refunds take five days"\n+++\n\nTwo days.\n')
+    rows, aside = read(tmp_path)
+    assert aside == []
+    assert sorted((row["title"], row["text"], row["source"]["line"]) for row in rows) == [
+        ("Returns and refunds › Refunds", "# Refunds\n\nFive days.", 7),
+        ("broken", '+++\ntitle = "Returns\n+++\n\nTen days.', 1),
+        ("keys", "Seven days.", 7),
+        ("sentence", '+++\nNote = "refunds take five days"\n+++\n\nTwo days.', 1),
+    ]
 
 
 def test_a_markdown_code_block_ends_only_at_a_fence_like_the_one_that_opened_it(tmp_path: Path) -> None:

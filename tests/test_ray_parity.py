@@ -505,6 +505,32 @@ def test_two_near_dedup_stages_of_one_recipe_run_on_ray_as_on_the_embedded_execu
     assert outcomes["ray"] == outcomes["local"]
 
 
+def test_the_first_of_a_pages_near_copies_is_kept_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """A page's sections share their source (URI, no line, no page): the one kept is the first in the
+    page on both executors, not the one whose id sorts first."""
+    words = "Passwords are rotated every ninety days and never sent by email to anyone"
+    for name in ("a", "b"):
+        sections = "".join(f"<h2>Part {n}</h2><p>{words}{'.' * n}</p>" for n in range(1, 7))
+        page = f"<main><h1>{name}</h1><p>What the security team asks of everyone.</p>{sections}</main>"
+        (workdir / "docs").mkdir(exist_ok=True)
+        (workdir / "docs" / f"{name}.html").write_text(page)
+    recipe = {
+        "dataset": "pages",
+        "sources": [{"type": "documents", "path": str(workdir / "docs")}],
+        "record": {"kind": "document"},
+        "stages": [{"type": "exact_dedup"}, {"type": "near_dedup", "threshold": 0.5}],
+        "output": {"dest": str(workdir / "out"), "format": "text"},
+    }
+    local, distributed = run_both(workdir, recipe)
+    texts = [line["text"] for line in outputs(Path(local.version_uri))]
+    assert sorted(texts) == ["# a\n\nWhat the security team asks of everyone.", f"## Part 1\n\n{words}."]
+    assert published(distributed)["set_aside"] == published(local)["set_aside"]
+    assert published(distributed)["ids"] == published(local)["ids"]
+
+
 def test_two_filter_and_expectations_stages_of_one_recipe_keep_their_names_on_ray(
     workdir: Path,
     local_ray: Any,  # noqa: F811

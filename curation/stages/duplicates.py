@@ -77,35 +77,41 @@ def clusters_from_pairs(ids: pa.Array | pa.ChunkedArray, pairs: pa.Table) -> pa.
 
 
 def set_aside_for_clusters(stage: DuplicateStage, clusters: pa.Table, signatures: pa.Table) -> pa.Table:
-    """Keep the first record of each cluster in input order; set the others aside, naming it."""
+    """Keep the first record of each cluster in input order; set the others aside, naming it. ``signatures``
+    come in the input's order (the embedded executor's batches, Ray's with ``preserve_order``)."""
     if clusters.num_rows == 0:
         return empty_set_aside()
     # Only the clustered records' sources: converting every signature's source costs memory that grows with input.
     sources = signatures.select(["id", "source"]).filter(
         pc.is_in(signatures["id"], value_set=clusters["id"].combine_chunks())
     )
-    members = pl.from_arrow(clusters).join(pl.from_arrow(sources).unique("id"), on="id")
+    members = (
+        pl.from_arrow(sources)
+        .unique("id", keep="first", maintain_order=True)
+        .join(pl.from_arrow(clusters), on="id", maintain_order="left")
+    )
     return keep_first(stage, members, signatures)
 
 
 def keep_first(stage: DuplicateStage, members: pl.DataFrame, signatures: pa.Table | None = None) -> pa.Table:
     """``set_aside_for_clusters`` once each clustered record's ``source`` is known: ``members`` has
-    ``id``, ``source`` and ``cluster`` (any value that is equal within a cluster). A record in the
-    stage's ``kept_apart`` (an annotator marked it "not a duplicate" of the records it maps to) is
+    ``id``, ``source`` and ``cluster`` (any value that is equal within a cluster), in the order the
+    signatures came in (see ``set_aside_for_clusters``). A record in the stage's ``kept_apart`` (an annotator marked it "not a duplicate" of the records it maps to) is
     not set aside, unless it is a near copy of another record its cluster publishes (see
     ``_kept_apart``; ``signatures``, the stage's rows of the members, say which are near)."""
     if members.height == 0:
         return empty_set_aside()
-    order = ["_uri", "_line", "_page", "id"]
     # In input order, the first member of a cluster is the one kept, and the rest are already in the
-    # order they are set aside in: one sort.
+    # order they are set aside in: one sort. Records of one source, line and page (an HTML page's
+    # sections, a PDF page's chunks) keep the order they came in, their order in the input: by id, the
+    # kept one was any of them. Published records (``CrossRunDedup``) sort first by their URI.
     frame = (
         members.with_columns(
             pl.col("source").struct.field("uri").alias("_uri"),
             pl.col("source").struct.field("line").alias("_line"),
             pl.col("source").struct.field("page").alias("_page"),
         )
-        .sort(order, nulls_last=True)
+        .sort(["_uri", "_line", "_page"], nulls_last=True, maintain_order=True)
         .with_columns(pl.col("id").first().over("cluster").alias("kept"))
     )
     dupes = frame.filter(pl.col("id") != pl.col("kept"))
