@@ -370,7 +370,8 @@ def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Ta
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: the template of record.{target} "
             f"({recipe.record.mapping().get(target)!r}) failed on every record it was given ({shaped:,}), "
-            f"for example {tally.template_errors.example}; fix the template in the recipe and run again"
+            f"for example {tally.template_errors.example_as_published(set_aside_scrub(stages))}; fix the template "
+            "in the recipe and run again"
         )
 
 
