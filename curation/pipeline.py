@@ -332,8 +332,10 @@ def templates_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     its records: failing on all of a few new rows is their data's fault (quarantined), or every later run would
     fail on them too, whatever else changed (a stage, ``batch_rows``, a release of curation). A version of an
     earlier release, which kept no hash of its templates, counts as made with them: a recipe error there would
-    block every scheduled run, where a quarantined row is only counted and reported."""
-    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint(recipe.input_schema))
+    block every scheduled run, where a quarantined row is only counted and reported. So does one whose hash left
+    the ``input_schema`` out, as releases before it did (the hash a recipe without one has)."""
+    made_by = (None, recipe.record.fingerprint(recipe.input_schema), recipe.record.fingerprint(None))
+    return made is None or made.record_sha256 not in made_by
 
 
 def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
