@@ -1358,6 +1358,38 @@ def test_a_set_aside_row_is_cleaned_as_the_records_before_it_is_scrubbed(workdir
     assert json.loads(rows["schema"])["a"] == 'a "quote"'
 
 
+@pytest.mark.parametrize(
+    ("stages", "redacted"),
+    [([{"type": "clean"}, {"type": "pii"}], [2, 3]), ([{"type": "pii"}], [3])],  # markup: found once cleaned
+)
+def test_a_set_aside_line_that_is_a_json_string_stays_one_and_its_pii_is_redacted(
+    workdir: Path, stages: list, redacted: list[int]
+) -> None:
+    # A line holding a JSON string (not an object) was cleaned and scanned as text: `&quot;` decoded between its
+    # quotes broke its JSON, and a name written with escapes (`Jos\u00e9`) was missed.
+    lines = [
+        json.dumps({"q": "Hello?", "a": "Hi."}),
+        json.dumps("Call &quot;Maria Garcia&quot; at <b>415</b>-555-0132"),
+        json.dumps("Write to Jos\u00e9 Garc\u00eda\nat 415-555-0132"),
+    ]
+    (workdir / "faq.jsonl").write_text("".join(line + "\n" for line in lines))
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": stages,
+        "output": {"validation_fraction": 0},
+    }
+    rows = set_aside(Path(run(workdir, spec).version_uri))
+    assert [row["source"]["line"] for row in rows] == [2, 3]
+    for row in rows:
+        text = json.loads(row["record"])
+        assert isinstance(text, str), row["record"]
+        if row["source"]["line"] in redacted:
+            assert "<PERSON>" in text and "<PHONE_NUMBER>" in text, text
+            assert "Garc" not in text and "555-0132" not in text, text
+
+
 def test_a_clean_stage_after_the_last_pii_stage_leaves_set_aside_rows_as_they_were(workdir: Path) -> None:
     # Only the stages up to the last PII one rewrite a set-aside row: after it nothing is left to redact,
     # so the raw input is published as without a clean stage, markup and all.

@@ -371,16 +371,17 @@ _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n"
 def json_values(text: str) -> list[JsonValue] | None:
     """The strings and numbers of ``text`` if it is the JSON text of an array or an object (how a
     column of lists or objects reaches a record field: a nested Parquet or JSONL column, a column of
-    mixed types), or if it holds such JSON within other text (a template that writes a list or an
+    mixed types) or of a string (a raw input line holding one, set aside: its escapes decoded, its
+    quotes kept), or if it holds such JSON within other text (a template that writes a list or an
     object column after words: ``Notes: ["Call Daniel Okafor"]``), else None. Told from the text,
     strictly: a part of it that starts with ``[`` or ``{`` and parses, holding a string; the text
     around it comes as ``raw`` values (scanned within the whole text only, written as it is)."""
-    if text[:1] in ("[", "{"):
+    if text[:1] in ("[", "{", '"'):
         try:
             parsed = json.loads(text)
         except (ValueError, RecursionError):
             parsed = None
-        if isinstance(parsed, list | dict):
+        if isinstance(parsed, list | dict | str):
             return _json_walk(text, 0, len(text))
     return _embedded_json(text)
 
@@ -600,7 +601,7 @@ def string_by_string(rewrite: TextsRewrite) -> TextsRewrite:
 
 
 class Scan:
-    """Texts as the analyzer scans them. A text holding the JSON of a list or an object (as a whole,
+    """Texts as the analyzer scans them. A text holding the JSON of a list, an object or a string (as a whole,
     or within words: see ``json_values``) is scanned whole (its keys give the pattern recognisers
     their context words: "phone": "555-0199") and each of its strings alone too (between JSON's
     quotes and commas the model misses a name it finds in the string alone); what is found is
