@@ -298,18 +298,21 @@ def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | 
     last PII stage (None without one): each PII stage redacts its own entities, so the first alone would
     publish in clear what a later one redacts on the records, and a clean stage before one turns markup
     and HTML entities it would miss (``<b>415</b>-555-0132``, ``maria&#64;example.com``) into what it
-    finds, as it does on the records. A clean stage after the last leaves nothing more to redact."""
-    from curation.stages.pii import PiiRedaction, rewrite_set_aside, string_by_string
+    finds, as it does on the records. A clean stage after the last leaves nothing more to redact. A text no PII
+    stage redacts anything in is published as the PII stages alone make it (``cleaned_where_redacted``)."""
+    from curation.stages.pii import PiiRedaction, cleaned_where_redacted, rewrite_set_aside, string_by_string
 
     rewriting, last_pii = _rewriting_stages(stages)
     if last_pii is None:
         return None
     # A PII stage scans a parsed row's JSON itself (keys and numbers too); a clean stage is given its strings.
     steps = [
-        stage.rewrite_texts if isinstance(stage, PiiRedaction) else string_by_string(stage.rewrite_texts)  # type: ignore[union-attr]
+        (stage.rewrite_texts, True)
+        if isinstance(stage, PiiRedaction)
+        else (string_by_string(stage.rewrite_texts), False)  # type: ignore[union-attr]
         for stage in (stages[at] for at in rewriting if at <= last_pii)
     ]
-    return functools.partial(rewrite_set_aside, rewrite=_in_turn(steps))
+    return functools.partial(rewrite_set_aside, rewrite=cleaned_where_redacted(steps))
 
 
 def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:

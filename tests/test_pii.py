@@ -1390,6 +1390,37 @@ def test_a_set_aside_line_that_is_a_json_string_stays_one_and_its_pii_is_redacte
             assert "Garc" not in text and "555-0132" not in text, text
 
 
+def test_a_set_aside_row_without_pii_is_published_as_read_whatever_a_clean_stage_makes_of_it(workdir: Path) -> None:
+    # A clean stage before the PII stage rewrote every set-aside row, PII or not: the control character the reader
+    # names was gone, half a surrogate pair made U+FFFD, spacing collapsed (the detail's column no longer matched).
+    # Its rewriting finds PII; only a row in which it does is published as cleaned and redacted.
+    held = '{"q": "Call <b>415</b>-555-0132", broken'
+    lines = [
+        json.dumps({"q": "Hello?", "a": "Hi.", "amount": 1}),
+        '{"q": "raw ctrl \x07 and &amp;", "a": "z", "amount": 1}',
+        json.dumps({"q": "lone \ud800 surrogate &amp;", "a": "y", "amount": 1}),
+        json.dumps({"q": "two  spaces &amp; <i>more</i>", "a": "w", "amount": "n/a"}),
+        held,
+    ]
+    (workdir / "faq.jsonl").write_text("".join(line + "\n" for line in lines))
+    published = {}
+    for stages in ([{"type": "pii"}], [{"type": "clean"}, {"type": "pii"}]):
+        spec = {
+            "dataset": f"faq{len(stages)}",
+            "sources": [{"path": "faq.jsonl"}],
+            "input_schema": {"columns": {"q": "str", "a": "str", "amount": "float"}},
+            "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+            "stages": stages,
+            "output": {"validation_fraction": 0},
+        }
+        rows = set_aside(Path(run(workdir, spec).version_uri))
+        published[len(stages)] = {row["source"]["line"]: (row["record"], row["detail"]) for row in rows}
+    assert sorted(published[2]) == [2, 3, 4, 5]
+    for line in (2, 3, 4):
+        assert published[2][line] == published[1][line] and published[2][line][0] == lines[line - 1]
+    assert published[2][5][0] == '{"q": "Call <PHONE_NUMBER>", broken', published[2][5]
+
+
 def test_a_clean_stage_after_the_last_pii_stage_leaves_set_aside_rows_as_they_were(workdir: Path) -> None:
     # Only the stages up to the last PII one rewrite a set-aside row: after it nothing is left to redact,
     # so the raw input is published as without a clean stage, markup and all.

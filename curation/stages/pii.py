@@ -600,6 +600,33 @@ def string_by_string(rewrite: TextsRewrite) -> TextsRewrite:
     return apply
 
 
+def cleaned_where_redacted(steps: list[tuple[TextsRewrite, bool]]) -> TextsRewrite:
+    """``steps`` in turn (each a rewrite and whether it is a PII stage's, the others a clean stage's), for the
+    texts a PII stage changes then; each other text as the PII stages alone make it of what was read. A clean
+    stage's rewriting makes markup and HTML entities found, yet a set-aside row is the evidence of what was read:
+    the control character or the column the reader's message names stays, where nothing was redacted."""
+    pii_alone = [rewrite for rewrite, is_pii in steps if is_pii]
+
+    def apply(values: list[str | None], records: list[int]) -> list[str | None]:
+        texts, redacted = list(values), [False] * len(values)
+        for rewrite, is_pii in steps:
+            rewritten = rewrite(texts, records)
+            if is_pii:
+                redacted = [was or new != old for was, old, new in zip(redacted, texts, rewritten, strict=True)]
+            texts = rewritten
+        # A text no stage changed is already what the PII stages alone make of it.
+        again = [at for at, was in enumerate(redacted) if not was and texts[at] != values[at]]
+        if again:
+            read = [values[at] for at in again]
+            for rewrite in pii_alone:
+                read = rewrite(read, [records[at] for at in again])
+            for at, text in zip(again, read, strict=True):
+                texts[at] = text
+        return texts
+
+    return apply
+
+
 class Scan:
     """Texts as the analyzer scans them. A text holding the JSON of a list, an object or a string (as a whole,
     or within words: see ``json_values``) is scanned whole (its keys give the pattern recognisers
