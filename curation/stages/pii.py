@@ -585,16 +585,17 @@ def string_by_string(rewrite: TextsRewrite) -> TextsRewrite:
                 pieces += [(index, one) for one in found if one.is_string and one.key_of is None]
         texts = [values[index] if one is None else one.value for index, one in pieces]
         out = list(values)
-        # From the end of each text, so the places of the strings before stay right.
-        for (index, one), text, new in reversed(
-            list(zip(pieces, texts, rewrite(texts, [records[i] for i, _ in pieces]), strict=True))
-        ):
+        # Each text's changed strings, put in at once: one slice of the whole per string was quadratic.
+        changed: dict[int, list[dict]] = {}
+        for (index, one), text, new in zip(pieces, texts, rewrite(texts, [records[i] for i, _ in pieces]), strict=True):
             if one is None:
                 out[index] = new
             elif new != text:
                 written = new if one.raw else json.dumps(new, ensure_ascii=False)[1:-1]
-                start, end = one.places[0], one.places[-1]
-                out[index] = str(out[index])[:start] + written + str(out[index])[end:]
+                span = {"start": one.places[0], "end": one.places[-1], "placeholder": written}
+                changed.setdefault(index, []).append(span)
+        for index, spans in changed.items():
+            out[index] = redacted(str(values[index]), spans)
         return out
 
     return apply
