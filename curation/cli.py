@@ -403,8 +403,6 @@ def _read_heads(
     other records the head would set aside (the run quarantines them), files not opened; and each file
     whose every head record failed one template one way (the run's error only where ``templates_on_trial``).
     Each file is added to ``reading`` as it is opened."""
-    import pyarrow.compute as pc
-
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
@@ -437,7 +435,7 @@ def _read_heads(
             rows, set_aside = batch.rows, [batch.set_aside]
             # The first record failing a template as every record shaped did: the run fails on it
             # (``recipe_template_error``), and says it, not a record of those lacking a value.
-            template_error = None
+            template_error: TemplateErrors | None = None
             for stage in shaping:
                 if not rows.num_rows:
                     break
@@ -445,7 +443,7 @@ def _read_heads(
                 if stage.name == Shape.name:
                     aside, errors = result.set_aside, TemplateErrors().add(result.set_aside)
                     if recipe_template_error(errors, aside.num_rows, rows.num_rows) is not None:
-                        template_error = aside.filter(pc.equal(aside["detail"], errors.example)).slice(0, 1)
+                        template_error = errors
                 rows = result.kept
                 set_aside.append(result.set_aside)
             for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)
@@ -459,7 +457,7 @@ def _read_heads(
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
                 problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
             elif template_error is not None:
-                example = (scrub(template_error) if scrub else template_error)["detail"][0].as_py()
+                example = template_error.example_as_published(scrub)
                 templates_failed.append(f"{example}; so on all {len(failed):,} record(s) of the head")
             elif reasons:
                 notes.append(

@@ -298,18 +298,21 @@ def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | 
     last PII stage (None without one): each PII stage redacts its own entities, so the first alone would
     publish in clear what a later one redacts on the records, and a clean stage before one turns markup
     and HTML entities it would miss (``<b>415</b>-555-0132``, ``maria&#64;example.com``) into what it
-    finds, as it does on the records. A clean stage after the last leaves nothing more to redact."""
-    from curation.stages.pii import PiiRedaction, rewrite_set_aside, string_by_string
+    finds, as it does on the records. A clean stage after the last leaves nothing more to redact. A text no PII
+    stage redacts anything in is published as the PII stages alone make it (``cleaned_where_redacted``)."""
+    from curation.stages.pii import PiiRedaction, cleaned_where_redacted, rewrite_set_aside, string_by_string
 
     rewriting, last_pii = _rewriting_stages(stages)
     if last_pii is None:
         return None
     # A PII stage scans a parsed row's JSON itself (keys and numbers too); a clean stage is given its strings.
     steps = [
-        stage.rewrite_texts if isinstance(stage, PiiRedaction) else string_by_string(stage.rewrite_texts)  # type: ignore[union-attr]
+        (stage.rewrite_texts, True)
+        if isinstance(stage, PiiRedaction)
+        else (string_by_string(stage.rewrite_texts), False)  # type: ignore[union-attr]
         for stage in (stages[at] for at in rewriting if at <= last_pii)
     ]
-    return functools.partial(rewrite_set_aside, rewrite=_in_turn(steps))
+    return functools.partial(rewrite_set_aside, rewrite=cleaned_where_redacted(steps))
 
 
 def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:
@@ -332,8 +335,10 @@ def templates_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     its records: failing on all of a few new rows is their data's fault (quarantined), or every later run would
     fail on them too, whatever else changed (a stage, ``batch_rows``, a release of curation). A version of an
     earlier release, which kept no hash of its templates, counts as made with them: a recipe error there would
-    block every scheduled run, where a quarantined row is only counted and reported."""
-    return made is None or made.record_sha256 not in (None, recipe.record.fingerprint(recipe.input_schema))
+    block every scheduled run, where a quarantined row is only counted and reported. So does one whose hash left
+    the ``input_schema`` out, as releases before it did (the hash a recipe without one has)."""
+    made_by = (None, recipe.record.fingerprint(recipe.input_schema), recipe.record.fingerprint(None))
+    return made is None or made.record_sha256 not in made_by
 
 
 def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
@@ -370,7 +375,8 @@ def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Ta
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: the template of record.{target} "
             f"({recipe.record.mapping().get(target)!r}) failed on every record it was given ({shaped:,}), "
-            f"for example {tally.template_errors.example}; fix the template in the recipe and run again"
+            f"for example {tally.template_errors.example_as_published(set_aside_scrub(stages))}; fix the template "
+            "in the recipe and run again"
         )
 
 

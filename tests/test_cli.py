@@ -503,6 +503,26 @@ def test_a_template_failing_on_every_record_fails_the_run_and_the_fixed_recipe_r
     assert (counts["written"], counts["reasons"]) == (2, {"quarantined": {aside: 1}})
 
 
+def test_a_template_failing_on_every_record_quotes_its_example_as_set_aside_rows_are_published(tmp_path: Path) -> None:
+    # The template's message quotes the row's value; with a PII stage, check redacted it, while the run's recipe
+    # error quoted it in clear (a name and an e-mail on stderr, in a scheduler's log).
+    text = "Write to Maria Garcia at maria.garcia@example.com"
+    write_jsonl(tmp_path / "qa.jsonl", [{"q": None, "a": "A"}, {"q": text, "a": "B"}])
+    spec = {
+        "dataset": "qa",
+        "sources": [{"path": "qa.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ {'x': 1}[q] }}", "completion": "a"},
+        "stages": [{"type": "pii"}],
+    }
+    recipe = write_recipe(tmp_path, spec)
+    quoted = f"{tmp_path / 'qa.jsonl'}:2: prompt: template failed: 'dict object' has no attribute 'Write to <PERSON> at <EMAIL_ADDRESS>'"
+    for command in ("check", "run"):
+        refused = curation(command, str(recipe), cwd=tmp_path)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and quoted in said, said
+        assert "Garcia" not in said and "maria.garcia@" not in said, said
+
+
 def _v1_split_on_a_colon(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     """A recipe whose template splits on a colon, and v1 that it made from ``qa/``."""
     write_jsonl(tmp_path / "qa" / "a.jsonl", [{"q": f"Q:{n}", "a": "A"} for n in range(5)])

@@ -376,6 +376,29 @@ def test_a_template_failing_on_every_new_row_of_an_unchanged_recipe_is_the_rows_
     )
 
 
+def test_a_version_an_earlier_release_made_with_an_input_schema_left_out_of_its_hash_made_it_with_these_templates(
+    workdir: Path,
+) -> None:
+    # Releases before this one left input_schema out of record_sha256: after an upgrade, a scheduled run whose new
+    # rows all fail the unchanged template one way failed "fix the template", and so did every run after it.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q:{n}", "a": "A"} for n in range(5)])
+    spec = qa_recipe("qa", prompt="{{ q.split(':')[1] }}", input_schema={"columns": {"q": "str", "a": "str"}})
+    v1 = run(workdir, spec)
+    manifest = Path(v1.version_uri) / "manifest.json"
+    legacy = RecordShape.model_validate(spec["record"]).fingerprint(None)  # as such a release wrote it
+    assert v1.manifest.record_sha256 != legacy
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "record_sha256": legacy}))
+    path = write_jsonl(workdir / "qa" / "b.jsonl", [{"q": "no colon", "a": "B"}])
+    v2 = run(workdir, spec)
+    assert (v2.manifest.version, v2.manifest.counts.input, v2.manifest.counts.quarantined) == (2, 1, 1)
+    [aside] = set_aside(Path(v2.version_uri))
+    assert aside["detail"] == f"{path}:1: prompt: template failed: list object has no element 1"
+    # Another template is on trial all the same.
+    write_jsonl(workdir / "qa" / "c.jsonl", [{"q": "Q:1", "a": "C"}])
+    with pytest.raises(RecipeError, match=r"failed on every record it was given \(1\)"):
+        run(workdir, {**spec, "record": {**spec["record"], "prompt": "{{ q.split(':')[2] }}"}})
+
+
 def test_a_template_failing_on_every_row_since_the_input_schema_changed_is_the_recipes_error(workdir: Path) -> None:
     # The templates see the values as input_schema reads them: v1's templates read 'q' as text, and the changed schema
     # gives them a float. Every row of the next run failed one way, each quarantined, and an empty v2 was published.

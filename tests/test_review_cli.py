@@ -187,6 +187,25 @@ def test_add_user_reads_one_line_piped_on_stdin_with_the_same_checks(tmp_path: P
     )
 
 
+def test_add_user_with_stdin_closed_says_no_password_was_given(tmp_path: Path) -> None:
+    # `curation review add-user ann 0<&-` (a daemon's closed stdin): Python makes sys.stdin None, and it crashed
+    # asking None whether it is a terminal.
+    url = f"sqlite:///{tmp_path}/state.db"
+    (tmp_path / "state.db").touch()
+    env = cli_env()
+    env.pop("CURATION_REVIEW_PASSWORD", None)
+    script = 'exec "$0" -m curation.cli review add-user ann --state "$1" 0<&-'
+    done = subprocess.run(
+        ["sh", "-c", script, sys.executable, url], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert said == (
+        "error no password given, so no user made: nothing on stdin (not a terminal) to read it from; "
+        "pipe it in or set $CURATION_REVIEW_PASSWORD"
+    )
+
+
 def test_a_state_store_that_cannot_be_read_is_said_in_one_line_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_text("not a SQLite database, e.g. a file copied over it\n")
     (tmp_path / "tasks.json").write_text("[]")

@@ -261,7 +261,8 @@ def add_user(
         )
         raise typer.Exit(2)
     if password is None:
-        password = _typed_password() if sys.stdin.isatty() else _piped_password()
+        # A closed stdin (``0<&-``, a daemon's) is None: no terminal, and no line piped on it.
+        password = _typed_password() if sys.stdin is not None and sys.stdin.isatty() else _piped_password()
     try:
         with _state_store(url):
             user = create(_engine(url), name, role, password)
@@ -289,7 +290,7 @@ def _piped_password() -> str:
     getpass's fallback to it, which warns that the password may be echoed, and reads none from an empty stdin
     (cron, CI) without saying how to give one."""
     try:
-        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r") if sys.stdin is not None else ""
     except UnicodeDecodeError:
         _say("[red]error[/red]", "the password piped on stdin is not UTF-8 text, so no user made")
         raise typer.Exit(2) from None

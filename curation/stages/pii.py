@@ -371,16 +371,17 @@ _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n"
 def json_values(text: str) -> list[JsonValue] | None:
     """The strings and numbers of ``text`` if it is the JSON text of an array or an object (how a
     column of lists or objects reaches a record field: a nested Parquet or JSONL column, a column of
-    mixed types), or if it holds such JSON within other text (a template that writes a list or an
+    mixed types) or of a string (a raw input line holding one, set aside: its escapes decoded, its
+    quotes kept), or if it holds such JSON within other text (a template that writes a list or an
     object column after words: ``Notes: ["Call Daniel Okafor"]``), else None. Told from the text,
     strictly: a part of it that starts with ``[`` or ``{`` and parses, holding a string; the text
     around it comes as ``raw`` values (scanned within the whole text only, written as it is)."""
-    if text[:1] in ("[", "{"):
+    if text[:1] in ("[", "{", '"'):
         try:
             parsed = json.loads(text)
         except (ValueError, RecursionError):
             parsed = None
-        if isinstance(parsed, list | dict):
+        if isinstance(parsed, list | dict | str):
             return _json_walk(text, 0, len(text))
     return _embedded_json(text)
 
@@ -584,23 +585,51 @@ def string_by_string(rewrite: TextsRewrite) -> TextsRewrite:
                 pieces += [(index, one) for one in found if one.is_string and one.key_of is None]
         texts = [values[index] if one is None else one.value for index, one in pieces]
         out = list(values)
-        # From the end of each text, so the places of the strings before stay right.
-        for (index, one), text, new in reversed(
-            list(zip(pieces, texts, rewrite(texts, [records[i] for i, _ in pieces]), strict=True))
-        ):
+        # Each text's changed strings, put in at once: one slice of the whole per string was quadratic.
+        changed: dict[int, list[dict]] = {}
+        for (index, one), text, new in zip(pieces, texts, rewrite(texts, [records[i] for i, _ in pieces]), strict=True):
             if one is None:
                 out[index] = new
             elif new != text:
                 written = new if one.raw else json.dumps(new, ensure_ascii=False)[1:-1]
-                start, end = one.places[0], one.places[-1]
-                out[index] = str(out[index])[:start] + written + str(out[index])[end:]
+                span = {"start": one.places[0], "end": one.places[-1], "placeholder": written}
+                changed.setdefault(index, []).append(span)
+        for index, spans in changed.items():
+            out[index] = redacted(str(values[index]), spans)
         return out
 
     return apply
 
 
+def cleaned_where_redacted(steps: list[tuple[TextsRewrite, bool]]) -> TextsRewrite:
+    """``steps`` in turn (each a rewrite and whether it is a PII stage's, the others a clean stage's), for the
+    texts a PII stage changes then; each other text as the PII stages alone make it of what was read. A clean
+    stage's rewriting makes markup and HTML entities found, yet a set-aside row is the evidence of what was read:
+    the control character or the column the reader's message names stays, where nothing was redacted."""
+    pii_alone = [rewrite for rewrite, is_pii in steps if is_pii]
+
+    def apply(values: list[str | None], records: list[int]) -> list[str | None]:
+        texts, redacted = list(values), [False] * len(values)
+        for rewrite, is_pii in steps:
+            rewritten = rewrite(texts, records)
+            if is_pii:
+                redacted = [was or new != old for was, old, new in zip(redacted, texts, rewritten, strict=True)]
+            texts = rewritten
+        # A text no stage changed is already what the PII stages alone make of it.
+        again = [at for at, was in enumerate(redacted) if not was and texts[at] != values[at]]
+        if again:
+            read = [values[at] for at in again]
+            for rewrite in pii_alone:
+                read = rewrite(read, [records[at] for at in again])
+            for at, text in zip(again, read, strict=True):
+                texts[at] = text
+        return texts
+
+    return apply
+
+
 class Scan:
-    """Texts as the analyzer scans them. A text holding the JSON of a list or an object (as a whole,
+    """Texts as the analyzer scans them. A text holding the JSON of a list, an object or a string (as a whole,
     or within words: see ``json_values``) is scanned whole (its keys give the pattern recognisers
     their context words: "phone": "555-0199") and each of its strings alone too (between JSON's
     quotes and commas the model misses a name it finds in the string alone); what is found is

@@ -7,9 +7,10 @@ anything richer (filters, conditions) renders row by row with Jinja.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -25,7 +26,7 @@ from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
 from schemas.json_values import decimal_texts, float_texts, rewritten
-from schemas.records import CONTENT_COLUMNS, input_record_json, location, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, SET_ASIDE_SCHEMA, input_record_json, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -251,7 +252,7 @@ def _first_problems(
 @dataclass
 class TemplateErrors:
     """The shape stage's template errors by kind (field and message, ``prompt: template failed: ...``, each record's
-    place left out): the first kind, its first record's detail, how many records failed so, and whether another
+    place left out): the first kind, its first record's set-aside row, how many records failed so, and whether another
     kind was seen. No more is kept, as no more is asked (``recipe_template_error``): a message quoting the row's
     value is a kind of its own on every row. A failure on a row lacking a value the template reads (null, or one
     Python cannot hold) is the data's: counted apart (``data``), of no kind."""
@@ -260,6 +261,9 @@ class TemplateErrors:
     count: int = 0
     another: bool = False
     example: str | None = None
+    # The example's set-aside row: its detail can quote the row's value, so it is quoted as the row is published
+    # (``example_as_published``). As Python values, not a slice of the table, which would hold its whole batch.
+    example_row: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
     data: int = 0
 
     def add(self, set_aside: pa.Table) -> TemplateErrors:
@@ -270,18 +274,26 @@ class TemplateErrors:
             pc.and_(pc.equal(set_aside["stage"], Shape.name), pc.equal(set_aside["reason"], "template"))
         )
         places = (location(source) for source in failed["source"].to_pylist())
-        for at, detail in zip(places, failed["detail"].to_pylist(), strict=True):
+        for row, (at, detail) in enumerate(zip(places, failed["detail"].to_pylist(), strict=True)):
             problem = detail.removeprefix(f"{at}: ")
             if _EMPTY in problem or problem.endswith(_NOT_HELD):
                 self.data += 1
                 continue
             if self.kind is None:
                 self.kind, self.example = problem, detail
+                self.example_row = failed.slice(row, 1).to_pylist()[0]
             elif problem != self.kind:
                 self.another = True
                 return self
             self.count += 1
         return self
+
+    def example_as_published(self, scrub: Callable[[pa.Table], pa.Table] | None) -> str | None:
+        """The example's detail as its set-aside row is published: with a PII stage, redacted by ``scrub`` (the
+        pipeline's ``set_aside_scrub``) with its raw input beside it, which run and check quote alike."""
+        if self.example_row is None or scrub is None:
+            return self.example
+        return scrub(pa.Table.from_pylist([self.example_row], schema=SET_ASIDE_SCHEMA))["detail"][0].as_py()
 
 
 def recipe_template_error(errors: TemplateErrors, set_aside: int, shaped: int) -> str | None:
