@@ -350,3 +350,42 @@ def test_every_span_labelled_with_no_decision_chosen_approves_the_item(tmp_path:
     assert import_annotations(engine, [task], "pia")["approve"] == 1
     assert list_items(engine)[0]["status"] == "approved"
     assert dec.in_force_on(engine, [1])[1]["action"] == "approve"
+
+
+def test_a_task_from_an_export_before_seen_labelling_a_mark_it_showed_redacts_it(tmp_path: Path) -> None:
+    # Item 1's name is marked not PII, so its raw task, exported by an earlier release (no ``seen``), does
+    # not predict it. The annotator labels the name PII: added to the marks in force, the name stayed in clear.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    del raw["data"]["seen"]
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+    dec.undo_last(engine, "pia")
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON"), (21, 37, "EMAIL_ADDRESS")), "pia")["approve"] == 1
+    assert dec.not_pii_in_force(engine, 1) == set()
+
+
+def test_a_task_from_an_export_before_seen_keeps_a_mark_made_since_with_every_span_labelled(tmp_path: Path) -> None:
+    # Exported before the name was marked, the task predicted it: labelled as predicted, with the address,
+    # the approve set aside the mark the annotator never saw.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)[1]
+    del raw["data"]["seen"]
+    dec.decide(engine, 2, "pia", "edit", dec.Edit(not_pii=[("prompt", 5, 17)]))
+    counts = import_annotations(engine, labels(raw, (5, 17, "PERSON"), (21, 37, "EMAIL_ADDRESS")), "pia")
+    assert counts["already in force"] == 1
+    assert dec.not_pii_in_force(engine, 2) == {("prompt", 5, 17)}
+
+
+def test_a_task_from_an_export_before_seen_whose_predictions_cannot_tell_is_read_as_submitted(tmp_path: Path) -> None:
+    # Without predictions (trimmed, written as ids, or another model's) the task cannot say which marks it
+    # showed: the name labelled is redacted, and nothing but the spans left unlabelled is in clear.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    del raw["data"]["seen"]
+    another = [{"result": [{"type": "labels", "value": {"start": 0, "end": 4, "labels": ["PERSON"]}}]}]
+    for predictions in (None, [7], another):
+        raw["predictions"] = predictions
+        assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+        assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+        dec.undo_last(engine, "pia")

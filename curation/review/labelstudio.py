@@ -290,10 +290,11 @@ def import_annotations(
         # now are not those it left out: an undo since would read as spans it newly marks.
         task_stale = seen is not None and seen != revisions[item["item_id"]]
         for at, choice, edit, said in decided:
-            if said and item["kind"] == "pii" and seen is not None and not task_stale:
-                # Only a task that says when it was exported shows the marks in force: one without
-                # (an earlier release's) adds its own, or it would set aside marks made since.
-                edit, said = _as_submitted(edit, in_force.get(item["item_id"]), choice)
+            if said and item["kind"] == "pii" and not task_stale:
+                # A task that says when it was exported showed the marks in force (none made since); one
+                # without (an earlier release's) showed those its predictions leave out.
+                shown = None if seen is not None else _marks_shown(item, task)
+                edit, said = _as_submitted(edit, in_force.get(item["item_id"]), choice, shown)
             if choice == "approve" and edit is None and not said and not task_stale:
                 # An approve alone sets aside the edits in force, which the export showed as the next run
                 # publishes them, or not at all: approving the item as shown keeps them.
@@ -495,26 +496,56 @@ def _shown_edits(item: dict[str, Any], data: dict[str, Any], current: dict[str, 
 
 
 def _as_submitted(
-    labelled: dec.Edit | None, current: dict[str, Any] | None, choice: str | None
+    labelled: dec.Edit | None,
+    current: dict[str, Any] | None,
+    choice: str | None,
+    shown: set[tuple[str, int, int]] | None = None,
 ) -> tuple[dec.Edit | None, bool]:
     """A raw PII task's labels (``labelled``: the spans they leave unlabelled) as the decision, set against
-    the spans the task showed: it predicted those not marked not PII by the decisions in force (``current``).
-    A span newly left unlabelled is marked not PII, a marked one labelled again is PII again, the others
-    stand as they are; the field edits in force, which the task does not show, stand too. Edits add up, so
-    a mark labelled again takes an edit that ``replaces`` those in force with all that stands after it
-    (empty, with no field edit: an approve). Taken whole instead, the labels would keep a mark the
-    annotator set aside and an approve with them would set aside the field edits. Returns the edit, and
-    whether the labels say anything: not when they are those the task showed (an approve of the task as
-    shown, ``_shown_edits``), nor when every span is labelled and nothing else is in force (an approve
-    of the item as flagged)."""
+    the spans the task showed: it predicted those not marked not PII by the decisions in force (``current``),
+    or, for a task that does not say when it was exported, not among the marks it ``shown`` (``None``: all
+    those in force); a mark made since, which the annotator never saw, stands. A span newly left unlabelled is marked not PII, a shown
+    mark labelled again is PII again, the others stand as they are; the field edits in force, which the
+    task does not show, stand too. Edits add up, so a mark labelled again takes an edit that ``replaces``
+    those in force with all that stands after it (empty, with no field edit: an approve). Taken whole
+    instead, the labels would keep a mark the annotator set aside and an approve with them would set aside
+    the field edits. Returns the edit, and whether the labels say anything: not when they are those the
+    task showed (an approve of the task as shown, ``_shown_edits``), nor when every span is labelled and
+    nothing else is in force (an approve of the item as flagged)."""
     marks, fields = dec.not_pii_of(current), dec.fields_of(current)
+    unseen = marks - shown if shown is not None else set()
     submitted = set(labelled.not_pii) if labelled else set()
-    if choice == "approve" and not submitted and not fields:
+    if choice == "approve" and not submitted and not fields and not unseen:
         return None, True
-    if marks - submitted:
-        return dec.Edit(fields=fields, not_pii=sorted(submitted), replaces=True), True
+    if marks - unseen - submitted:
+        return dec.Edit(fields=fields, not_pii=sorted(submitted | unseen), replaces=True), True
     edit = dec.Edit(not_pii=sorted(submitted - marks))
     return (edit, True) if edit else (None, False)
+
+
+def _marks_shown(item: dict[str, Any], task: dict[str, Any]) -> set[tuple[str, int, int]] | None:
+    """The spans a raw PII task showed marked not PII, read from the task itself (an earlier release's
+    export does not say which marks were in force): the flagged spans its predictions leave out, as the
+    export predicts all but those. ``None`` when its predictions cannot tell (none, not as the export
+    writes them, or of spans the item does not flag): the task is then read as submitted, so a span the
+    annotator labelled is redacted, and only those left unlabelled are in clear."""
+    payload = json.loads(item["payload"] or "{}")
+    flagged = {(span["start"], span["end"]) for span in payload.get("spans", [])}
+    predictions = task.get("predictions")
+    if not isinstance(predictions, list) or not predictions:
+        return None
+    predicted = set()
+    for prediction in predictions:
+        results = prediction.get("result") if isinstance(prediction, dict) else None
+        if not isinstance(results, list):
+            return None
+        for result in results:
+            value = result.get("value") if isinstance(result, dict) else {}
+            place = (value.get("start"), value.get("end")) if isinstance(value, dict) else ()
+            if not all(isinstance(at, int) for at in place) or place not in flagged:
+                return None
+            predicted.add(place)
+    return {(payload.get("field", ""), start, end) for start, end in flagged - predicted}
 
 
 def _answer(results: list[dict[str, Any]]) -> str | None:
