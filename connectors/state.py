@@ -832,6 +832,9 @@ def _same_bytes(
             by_size.setdefault(size, {}).setdefault(value["xxh3"], []).append(uri)
         else:  # an ETag (or a local file's size and mtime, from a release that did not hash it: no ETag)
             by_etag.setdefault(value, []).append(uri)
+    # Many taken files may share bytes (header-only CSVs, empty parts, the same daily file): each one's
+    # partition is worked out once, on the first new file holding its bytes, not once per new file.
+    first_in: dict[int, dict[Hashable, str]] = {}  # id(a list of holders above) -> partition -> its first file
     same = set()
     for entry in new:
         if entry.etag:
@@ -843,8 +846,14 @@ def _same_bytes(
                 holding = []
         else:
             holding = []
-        partition = partition_of(entry.uri)
-        taken = next((uri for uri in holding if partition_of(uri) == partition), None)
+        if not holding:
+            continue
+        places = first_in.get(id(holding))
+        if places is None:
+            places = first_in[id(holding)] = {}
+            for uri in holding:  # the first in the watermark's order, as before
+                places.setdefault(partition_of(uri), uri)
+        taken = places.get(partition_of(entry.uri))
         if taken is not None:
             watermark.same_bytes[entry.uri] = taken
             same.add(entry.uri)

@@ -20,6 +20,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from glob import iglob
 from typing import Any
 
 import pyarrow as pa
@@ -431,13 +432,47 @@ def _is_glob(path: str) -> bool:
 
 def _named_literally(fs: pafs.FileSystem, path: str) -> bool:
     """Whether a glob only by a ``[`` names a local file or folder that exists by that name (``exports [2026]``):
-    read as named, as there is no other way to name it; else it is a pattern."""
+    read as named, as one who wrote it most likely meant (``_warn_of_the_pattern_not_read``); else it is a pattern."""
     return "[" in path and fs.get_file_info(path).type in (pafs.FileType.File, pafs.FileType.Directory)
+
+
+def _read_as_glob(uri: str) -> bool:
+    """Whether ``list_files`` reads ``uri`` as a glob: it has ``*``, ``?`` or ``[``, and not only by a ``[`` in
+    the name of a file, folder or S3 object that exists (``_named_literally``, ``_list_s3_named``)."""
+    path = path_of(uri)
+    if "[" not in path:
+        return _is_glob(path)
+    if not is_s3(uri):
+        return not _named_literally(filesystem(uri)[0], path)
+    import botocore.exceptions
+
+    bucket, _, key = path.partition("/")
+    try:
+        return not _list_s3_named(_s3_client(), uri, bucket, key)[0]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise StorageError(f"{uri}: cannot list: {exc}") from None
+
+
+def _warn_of_the_pattern_not_read(uri: str, path: str) -> None:
+    """Name what a local path read by its name (``_named_literally``) matches as a pattern: ``a[12].jsonl``
+    read the file of that name, where ``a1.jsonl`` and ``a2.jsonl`` may have been meant."""
+    matched = [found for found in iglob(path) if found != path]
+    if matched:
+        # Without its '/', a glob names files only (``_glob_match``): the folder's escaped name would match none.
+        escaped = uri.replace("[", "[[]").rstrip("/") + ("/" if os.path.isdir(path) else "")
+        log.warning(
+            "%s: read as the file or folder of that name; read as a pattern ('[...]' matches one of the characters "
+            "inside) it matches %s instead: write the name as %s to say it is the one meant, or the pattern so that "
+            "nothing has it as its name (its class's characters in another order) to read those",
+            uri,
+            _named(matched),
+            escaped,
+        )
 
 
 def pattern_hint(path: str) -> str:
     """What to add to "nothing matches ``path``" where a ``[`` in it made it a pattern."""
-    if "[" not in path:
+    if "[" not in path or not _read_as_glob(path):
         return ""
     return (
         " (read as a pattern: '[...]' matches one of the characters inside, and no file or folder has the name as "
@@ -635,7 +670,9 @@ def _list_local(
     to a file listed already (see ``list_files``, and ``reads`` there)."""
     fs, path = filesystem(uri)
     try:
-        glob = _is_glob(path) and not _named_literally(fs, path)
+        glob = _read_as_glob(uri)
+        if _is_glob(path) and not glob:
+            _warn_of_the_pattern_not_read(uri, path)
     except OSError as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
     if glob and uri.endswith("/"):

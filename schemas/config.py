@@ -1409,10 +1409,10 @@ def published_in_sources(recipe: Recipe) -> list[tuple[tuple[str | int, ...], st
             if not isinstance(path, str):
                 continue
             path = plain(path)
-            if _is_glob(path):
-                takes = any(_glob_match(file, path) for file in files)
-            else:
-                takes = published.startswith(f"{path.rstrip('/')}/")
+            # A path with a '[' is read by its name once a file or folder has it (``_named_literally``), as
+            # publishing under it makes one: from then on it takes in what the pattern did not.
+            named = (not _is_glob(path) or "[" in path) and published.startswith(f"{path.rstrip('/')}/")
+            takes = named or (_is_glob(path) and any(_glob_match(file, path) for file in files))
             if takes:
                 problems.append(
                     (

@@ -3,6 +3,8 @@ with ``hive_partitioning: true`` the ``key=value`` folders below the source's pa
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,8 @@ import pytest
 
 import connectors.files as files_module
 from connectors.files import FilesSourceReader
-from connectors.state import SourceWatermark
-from connectors.storage import StorageError, hive_partitions
+from connectors.state import SourceWatermark, file_value, new_files
+from connectors.storage import StorageError, hive_partitions, list_files
 from schemas.config import FilesSource, RecipeError
 from tests.helpers import outputs, run, write_jsonl, write_recipe
 
@@ -318,6 +320,30 @@ def test_a_file_skipped_for_the_bytes_of_another_partitions_file_by_a_release_be
     result = run(workdir, spec)
     assert _prompts(result) == ["balance check in 2024", "balance check in 2025"]
     assert run(workdir, spec).message.startswith("nothing new")
+
+
+def test_many_taken_files_of_the_same_bytes_are_each_placed_in_their_partition_once(tmp_path: Path) -> None:
+    # Header-only CSVs, empty parts, the same daily file: each new file walked every taken file holding its
+    # bytes and worked out that file's partition again (20k files: minutes where it took a fraction of a second).
+    rows = [{"description": "balance check"}]
+    taken = [write_jsonl(tmp_path / "tx" / f"day={d}" / f"h={h}" / "a.jsonl", rows) for d in range(8) for h in range(3)]
+    config = FilesSource(path=str(tmp_path / "tx") + "/", hive_partitioning=True)
+    watermark = SourceWatermark({entry.uri: file_value(entry) for entry in list_files(config.path)})
+    copies = {_made(file.parent) / "b.jsonl": file for file in taken}  # a copy in its own partition: the same records
+    fresh = [_made(tmp_path / "tx" / "day=8" / f"h={h}") / "a.jsonl" for h in range(3)]  # other records
+    for file in [*copies, *fresh]:
+        write_jsonl(file, rows)
+    reader = FilesSourceReader(config, 100, watermark=watermark)
+    calls: collections.Counter[str] = collections.Counter()
+
+    def partition_of(uri: str) -> Hashable:
+        calls[uri] += 1
+        return reader.partition_of(uri)
+
+    read = new_files(list_files(config.path), watermark, hashed_when_read=True, partition_of=partition_of)
+    assert sorted(entry.uri for entry in read) == sorted(str(file) for file in fresh)
+    assert watermark.same_bytes == {str(copy): str(file) for copy, file in copies.items()}
+    assert max(calls[str(file)] for file in taken) == 1
 
 
 def test_the_same_object_in_another_partition_on_s3_is_other_records(workdir: Path, bucket: str, aws_env: str) -> None:

@@ -774,6 +774,42 @@ def test_a_path_naming_a_file_or_folder_with_a_bracket_reads_it_by_its_name(work
     assert [entry.uri for entry in escaped] == [str(a), str(workdir / "exports [2026]" / "b.jsonl")]
 
 
+def test_a_folder_read_by_its_name_with_a_bracket_is_not_said_to_be_read_as_a_pattern(workdir: Path) -> None:
+    # The hint said no file or folder had the name, of a folder there by that name holding nothing readable.
+    (workdir / "exports [2026]").mkdir()
+    (workdir / "exports [2026]" / "notes.txt").write_text("to do\n")
+    with pytest.raises(StorageError, match=r"exports \[2026\]: no input files match") as refused:
+        run(workdir, docs_recipe("exports [2026]/"))
+    assert "pattern" not in str(refused.value)
+
+
+def test_a_name_read_by_it_that_as_a_pattern_matches_other_files_names_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The file of that name was read, silently: a1.jsonl and a2.jsonl may have been meant.
+    literal = write_jsonl(tmp_path / "a[12].jsonl", [{"text": "alpha"}])
+    for name in ("a1.jsonl", "a2.jsonl"):
+        write_jsonl(tmp_path / name, [{"text": "beta"}])
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        assert [entry.uri for entry in list_files(str(literal))] == [str(literal)]
+    (warned,) = [record.getMessage() for record in caplog.records]
+    assert f"{tmp_path}/a1.jsonl, {tmp_path}/a2.jsonl" in warned
+    assert f"{tmp_path}/a[[]12].jsonl" in warned
+    assert [entry.uri for entry in list_files(f"{tmp_path}/a[[]12].jsonl")] == [str(literal)]  # as the warning says
+    caplog.clear()
+    (tmp_path / "a1.jsonl").unlink()
+    (tmp_path / "a2.jsonl").unlink()
+    list_files(str(literal))
+    assert not caplog.records  # nothing else it could mean
+    # A folder's name, so written, is a glob of folders: it keeps its '/'.
+    folder = write_jsonl(tmp_path / "in [2]" / "a.jsonl", [{"text": "gamma"}]).parent
+    write_jsonl(tmp_path / "in 2" / "b.jsonl", [{"text": "delta"}])
+    with caplog.at_level("WARNING", logger="connectors.storage"):
+        assert [entry.uri for entry in list_files(str(folder))] == [f"{folder}/a.jsonl"]
+    assert f"{tmp_path}/in 2 instead: write the name as {tmp_path}/in [[]2]/ to say" in caplog.text
+    assert [entry.uri for entry in list_files(f"{tmp_path}/in [[]2]/")] == [f"{folder}/a.jsonl"]
+
+
 def test_a_glob_does_not_list_a_link_out_of_its_fixed_part(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "private").mkdir()

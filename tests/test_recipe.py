@@ -408,6 +408,9 @@ def test_table_is_no_record_kind_a_recipe_publishes() -> None:
         ("s3://acme/r*/", "s3://acme/raw2/out"),  # a glob of folders
         ("in", "in/curated"),
         ("./in/../in/", "in/curated/"),
+        # Read by its name once it exists, as publishing makes it (a pattern till then: '[1]' is '1').
+        ("'data [1]/'", "'data [1]/out'"),
+        ("'s3://acme/data [1]/'", "'s3://acme/data [1]/out'"),
     ],
 )
 def test_a_source_that_takes_in_what_the_recipe_publishes_is_a_recipe_error(

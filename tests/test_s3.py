@@ -489,6 +489,11 @@ def test_an_s3_path_naming_an_object_or_folder_with_a_bracket_reads_it_by_its_na
     assert [e.uri for e in list_files(f"{uri}/exports [2]/*.jsonl")] == [f"{uri}/exports 2/c.jsonl"]
     with pytest.raises(StorageError, match=r"no input files match \(read as a pattern"):
         run(workdir, docs_recipe(f"{uri}/exports [1999]/"))
+    # Read by its name, a folder holding nothing readable is not said to be read as a pattern.
+    s3.put_object(Bucket=bucket, Key="notes [1]/notes.txt", Body=b"to do\n")
+    with pytest.raises(StorageError, match=r"no input files match") as refused:
+        run(workdir, docs_recipe(f"{uri}/notes [1]/"))
+    assert "pattern" not in str(refused.value)
 
 
 def test_empty_folder_marker_objects_under_a_folder_or_glob_are_folders_not_inputs(
