@@ -485,8 +485,31 @@ def _texts(element: Any, paragraph: docx.text.paragraph.Paragraph) -> Iterator[s
         elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
             yield from _texts(child, paragraph)
         elif child.tag in (qn("m:oMath"), qn("m:oMathPara")):
-            # An equation's text in its linear form ("x=2"): its runs (m:r) are not Word's and hold m:t.
-            yield "".join(found.text or "" for found in child.iter(qn("m:t")))
+            yield _math_text(child)
+
+
+def _math_text(element: Any) -> str:
+    """An equation's text in its linear form, as Word's linear format writes it: "x=2", "1/2", "(a+b)/c",
+    "c^2", "x_(i+1)"; its runs (m:r) are not Word's and hold m:t. A tracked change deleted or moved away is
+    no part of it ("x=3" changed to "x=2" read "x=3x=2"); structures other than fractions, superscripts and
+    subscripts read as their texts in order."""
+    from docx.oxml.ns import qn
+
+    def part(name: str) -> str:
+        found = element.find(qn(f"m:{name}"))
+        text = "" if found is None else _math_text(found)
+        return text if re.fullmatch(r"\w*", text) else f"({text})"  # "x^n+1" would read as "(x^n)+1"
+
+    if element.tag == qn("m:t"):
+        return element.text or ""
+    if element.tag == qn("m:f"):  # ½ read "12"
+        return f"{part('num')}/{part('den')}"
+    scripts = {qn("m:sSup"): ("^", "sup"), qn("m:sSub"): ("_", "sub")}
+    if element.tag in scripts:  # c² read "c2"
+        mark, script = scripts[element.tag]
+        return f"{part('e')}{mark}{part(script)}"
+    gone = (qn("w:del"), qn("w:moveFrom"))
+    return "".join(_math_text(child) for child in element.iterchildren() if child.tag not in gone)
 
 
 def _span_at_least_one(table: docx.table.Table) -> None:
