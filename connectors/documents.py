@@ -902,19 +902,24 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     lost it (one more heading brings it back). Put back only into a body of no heading, where it comes
     before the first paragraph kept, and is none of a page header's, navigation's, sidebar's or footer's
     (a site's name)."""
+    from trafilatura.xml import _escape_inline_specials
+
     if re.search(r"^#{1,6} ", body, flags=re.MULTILINE):
         return body
     first = next((h for h in tree.iter(_HEADINGS) if not _in_page_furniture(h)), None)
     text = " ".join(first.text_content().split()) if first is not None else ""
     if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
         return body
+    # The heading goes with the first paragraph kept only when nothing dropped stands between them: a
+    # cookie banner's "We value your privacy" headed the page's refund policy.
     opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
     words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
     after = len(_WORD.findall(" ".join(first.xpath("preceding::text()")).casefold()))
-    found = next((i for i in range(len(words)) if words[i : i + len(opening)] == opening), None)
-    if not opening or found is None or found < after + len(_WORD.findall(text.casefold())):
+    after += len(_WORD.findall(text.casefold()))
+    if not opening or words[after : after + len(opening)] != opening:
         return body
-    return f"{'#' * int(first.tag[1])} {text}\n\n{body}"
+    # Escaped as trafilatura escapes the body's text, which ``_unescape_markdown`` takes out again.
+    return f"{'#' * int(first.tag[1])} {_escape_inline_specials(text)}\n\n{body}"
 
 
 def _in_page_furniture(element: Any) -> bool:
