@@ -485,8 +485,31 @@ def _texts(element: Any, paragraph: docx.text.paragraph.Paragraph) -> Iterator[s
         elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
             yield from _texts(child, paragraph)
         elif child.tag in (qn("m:oMath"), qn("m:oMathPara")):
-            # An equation's text in its linear form ("x=2"): its runs (m:r) are not Word's and hold m:t.
-            yield "".join(found.text or "" for found in child.iter(qn("m:t")))
+            yield _math_text(child)
+
+
+def _math_text(element: Any) -> str:
+    """An equation's text in its linear form, as Word's linear format writes it: "x=2", "1/2", "(a+b)/c",
+    "c^2", "x_(i+1)"; its runs (m:r) are not Word's and hold m:t. A tracked change deleted or moved away is
+    no part of it ("x=3" changed to "x=2" read "x=3x=2"); structures other than fractions, superscripts and
+    subscripts read as their texts in order."""
+    from docx.oxml.ns import qn
+
+    def part(name: str) -> str:
+        found = element.find(qn(f"m:{name}"))
+        text = "" if found is None else _math_text(found)
+        return text if re.fullmatch(r"\w*", text) else f"({text})"  # "x^n+1" would read as "(x^n)+1"
+
+    if element.tag == qn("m:t"):
+        return element.text or ""
+    if element.tag == qn("m:f"):  # ½ read "12"
+        return f"{part('num')}/{part('den')}"
+    scripts = {qn("m:sSup"): ("^", "sup"), qn("m:sSub"): ("_", "sub")}
+    if element.tag in scripts:  # c² read "c2"
+        mark, script = scripts[element.tag]
+        return f"{part('e')}{mark}{part(script)}"
+    gone = (qn("w:del"), qn("w:moveFrom"))
+    return "".join(_math_text(child) for child in element.iterchildren() if child.tag not in gone)
 
 
 def _span_at_least_one(table: docx.table.Table) -> None:
@@ -879,19 +902,24 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     lost it (one more heading brings it back). Put back only into a body of no heading, where it comes
     before the first paragraph kept, and is none of a page header's, navigation's, sidebar's or footer's
     (a site's name)."""
+    from trafilatura.xml import _escape_inline_specials
+
     if re.search(r"^#{1,6} ", body, flags=re.MULTILINE):
         return body
     first = next((h for h in tree.iter(_HEADINGS) if not _in_page_furniture(h)), None)
     text = " ".join(first.text_content().split()) if first is not None else ""
     if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
         return body
+    # The heading goes with the first paragraph kept only when nothing dropped stands between them: a
+    # cookie banner's "We value your privacy" headed the page's refund policy.
     opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
     words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
     after = len(_WORD.findall(" ".join(first.xpath("preceding::text()")).casefold()))
-    found = next((i for i in range(len(words)) if words[i : i + len(opening)] == opening), None)
-    if not opening or found is None or found < after + len(_WORD.findall(text.casefold())):
+    after += len(_WORD.findall(text.casefold()))
+    if not opening or words[after : after + len(opening)] != opening:
         return body
-    return f"{'#' * int(first.tag[1])} {text}\n\n{body}"
+    # Escaped as trafilatura escapes the body's text, which ``_unescape_markdown`` takes out again.
+    return f"{'#' * int(first.tag[1])} {_escape_inline_specials(text)}\n\n{body}"
 
 
 def _in_page_furniture(element: Any) -> bool:

@@ -247,3 +247,25 @@ def test_text_left_as_spaces_alone_is_emptied_too(workdir: Path) -> None:
     assert (manifest.counts.written, manifest.counts.reasons["filtered"]) == (1, {"empty_after_clean": 1})
     assert [row["detail"] for row in set_aside(version)] == ["nothing left of text after cleaning"]
     assert [r["text"] for r in outputs(version)] == ["A real page."]
+
+
+def test_backticks_in_html_make_no_code_span() -> None:
+    # A pair of backticks made code of the markup between them, left as written: backticks as elements'
+    # text, in a comment or an attribute, typed for apostrophes; and an HTML line before a fence hid the fence.
+    texts = [
+        "<p>Press the <kbd>`</kbd> key, then <kbd>`</kbd> again.</p>",
+        "<!-- use `foo` here --><p>Hello</p>",
+        '<span title="run `date`">now</span> ok',
+        "It`s <b>bold</b> and don`t <i>stop</i>",
+        "<div>Intro</div>\n```html\n<p>a<br>b</p>\n```\nafter",
+        # Code still is: a tag after a span's start is its text, an element closed before it is no matter.
+        "<b>Note</b>: `<!--` opens a comment, `</b>` closes bold, and `-->` ends it",
+    ]
+    assert Clean(["text"]).rewrite_texts(texts) == [
+        "Press the ` key, then ` again.",
+        "Hello",
+        "now ok",
+        "It`s bold and don`t stop",
+        "Intro\n\n```html\n<p>a<br>b</p>\n```\nafter",
+        "Note : `<!--` opens a comment, `</b>` closes bold, and `-->` ends it",
+    ]

@@ -343,6 +343,31 @@ def test_docx_text_in_equations_and_text_direction_runs_is_read(tmp_path: Path) 
     assert row["text"] == "Rotate passwords every 90 days.\n\nx=2\n\nשלום עולם\n\nCall +44 20 7946 0000 for help."
 
 
+def test_docx_equations_read_fractions_scripts_and_tracked_changes_as_shown(tmp_path: Path) -> None:
+    # An equation's texts were joined as found: ½ read "12", c² "c2", and an edit x=3 -> x=2 tracked in it
+    # read "x=3x=2".
+    ns = docx.oxml.ns.nsdecls("w", "m")
+
+    def run(text: str) -> str:
+        return f"<m:r><m:t>{text}</m:t></m:r>"
+
+    change = 'w:id="{}" w:author="a" w:date="2024-01-01T00:00:00Z"'
+    equations = {
+        "Half is ": f"<m:f><m:num>{run('1')}</m:num><m:den>{run('2')}</m:den></m:f>",
+        "Energy: ": f"{run('E=m')}<m:sSup><m:e>{run('c')}</m:e><m:sup>{run('2')}</m:sup></m:sSup>",
+        "Next: ": f"<m:sSub><m:e>{run('x')}</m:e><m:sub>{run('i+1')}</m:sub></m:sSub>"
+        f"<m:f><m:num>{run('a+b')}</m:num><m:den>{run('c')}</m:den></m:f>",
+        "Tracked: ": f"<w:del {change.format(1)}>{run('x=3')}</w:del><w:ins {change.format(2)}>{run('x=2')}</w:ins>"
+        f"<w:moveFrom {change.format(3)}>{run('+y')}</w:moveFrom>",
+    }
+    document = docx.Document()
+    for words, maths in equations.items():
+        document.add_paragraph(words)._p.append(docx.oxml.parse_xml(f"<m:oMath {ns}>{maths}</m:oMath>"))
+    document.save(tmp_path / "maths.docx")
+    [row], _ = read(tmp_path)
+    assert row["text"] == "Half is 1/2\n\nEnergy: E=mc^2\n\nNext: x_(i+1)(a+b)/c\n\nTracked: x=2"
+
+
 def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) -> None:
     # trafilatura left a lone h1 out of the text when no <article> or <main> held it (an h2 more brought
     # it back). Not a page header's: a site's name is no heading of the page's text.
@@ -357,6 +382,24 @@ def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) 
     assert [(row["title"], row["text"]) for row in rows] == [
         ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
         ("ACME intranet", "\n\n".join(paragraphs)),
+    ]
+
+
+def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_written(tmp_path: Path) -> None:
+    # A cookie banner's heading, whose own text trafilatura dropped, headed the page's refund policy; and a
+    # heading's "a\*b" read "a*b": its backslash went as one of the escapes of trafilatura's Markdown.
+    paragraphs = [
+        "Refunds take five days to reach the card used for the order, and a note is sent by email.",
+        "Exchanges are free within thirty days of delivery for every item in the shop.",
+    ]
+    text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
+    banner = "<div class='cookie-banner'><h2>We value your privacy</h2><p>Accept cookies</p></div>"
+    (tmp_path / "banner.html").write_text(f"<html><body>{banner}<div>{text}</div></body></html>")
+    (tmp_path / "tips.html").write_text(f"<html><body><div><h1>C# *tips* [1] a\\*b</h1>{text}</div></body></html>")
+    rows, _ = read(tmp_path)
+    assert [row["text"] for row in rows] == [
+        "\n\n".join(paragraphs),
+        "\n\n".join(["# C# *tips* [1] a\\*b", *paragraphs]),
     ]
 
 

@@ -5,7 +5,8 @@ Steps, in order (each can be switched off in the recipe):
 - ``unicode_fixed``: mojibake and other encoding damage repaired with ftfy (only its encoding fixes:
   quotes, ligatures and widths are content and stay as they are);
 - ``html_removed``: tags, comments and entities left over from HTML (``<br>``, ``&amp;``); not in closed
-  fenced code blocks nor in code spans (`` `<br>` ``, on one line), whose markup is the text;
+  fenced code blocks nor in code spans (`` `<br>` ``, on one line), whose markup is the text (backticks in a
+  tag or comment, as elements' text or as apostrophes are no code span: see ``_is_code``);
 - ``control_removed``: control and zero-width characters (whitespace stays, and the zero-width
   joiners letters and emoji need);
 - ``whitespace_normalized``: runs of spaces, space at lines' starts and ends, runs of blank lines, space
@@ -23,7 +24,8 @@ import html
 import html.entities
 import itertools
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import ftfy
 import pyarrow as pa
@@ -92,6 +94,12 @@ _FENCE_MARK = r"```|~~~"
 # run as long, on the same line: across lines a stray backtick (an apostrophe typed as one) would make code
 # of all up to the next. The HTML step leaves it as written: its markup is the text, as in a fenced block.
 _CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)[^\n]*?(?<!`)\1(?!`)")
+# As CommonMark reads them, whichever starts first wins: a backtick in a tag or comment ("<span
+# title="run `date`">", "<!-- use `foo` -->") opens no code span, and a tag in a code span is its text.
+_SPAN_OR_TAG = re.compile(rf"{_CODE_SPAN.pattern}|{_TAG}")
+_TAG_RE = re.compile(_TAG)
+_TAG_NAME = re.compile(r"</?([^\s/>]+)")
+_IN_WORD = re.compile(r"\w`\w")  # a backtick typed for an apostrophe ("don`t")
 
 
 def _changed(before: pa.Array, after: pa.Array) -> pa.Array:
@@ -183,11 +191,55 @@ def _code(text: str, inline: bool) -> list[tuple[int, int]]:
     if not inline:
         return blocks
     outside = itertools.pairwise([0, *itertools.chain.from_iterable(blocks), len(text)])
-    spans = [
-        [(span.start(), span.end()) for span in _CODE_SPAN.finditer(text, begin, end)]
-        for begin, end in itertools.islice(outside, 0, None, 2)
+    spans = [span for begin, end in itertools.islice(outside, 0, None, 2) for span in _code_spans(text, begin, end)]
+    return sorted(blocks + spans)
+
+
+def _code_spans(text: str, begin: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each code span of ``text[begin:end]`` that is code, not backticks in HTML's text."""
+    open_elements: Counter[str] = Counter()  # of the tags read so far, outside code
+    at = begin
+    while found := _SPAN_OR_TAG.search(text, at, end):
+        at = found.end()
+        if found.group(1) is None:  # a tag or comment, and any backticks in it
+            if not found.group().startswith("<!--"):
+                closing, name = _element(found.group())
+                open_elements[name] += -1 if closing else 1
+        elif _is_code(text, found, open_elements):
+            yield found.span()
+        else:  # its closing backticks may open a span of their own
+            at = found.start() + len(found.group(1))
+
+
+def _is_code(text: str, span: re.Match[str], open_elements: Counter[str]) -> bool:
+    """Whether a code span is code: not when its closing backticks fall in a tag ("`a <span title="`">"),
+    when it closes an element open before it (``<kbd>`</kbd> or <kbd>`</kbd>``: backticks as the elements'
+    text), nor when its backticks stand in words as apostrophes do ("It`s <b>bold</b> and don`t") around
+    markup."""
+    close = span.end() - len(span.group(1))
+    tag_end = text.find(">", close) + 1  # of a tag holding the closing backticks
+    tags = [
+        tag
+        for tag in _TAG_RE.finditer(text, span.start(), tag_end or close)
+        if tag.start() < close and not tag.group().startswith("<!--")
     ]
-    return sorted(blocks + list(itertools.chain.from_iterable(spans)))
+    if any(tag.end() > close for tag in tags):
+        return False
+    opened = set()
+    for closing, name in (_element(tag.group()) for tag in tags):
+        if closing and name not in opened and open_elements[name] > 0:
+            return False
+        opened.add(name)
+    in_words = _IN_WORD.fullmatch(text, span.start() - 1, span.start() + 2) and _IN_WORD.fullmatch(
+        text, close - 1, close + 2
+    )
+    return not (in_words and tags)
+
+
+def _element(tag: str) -> tuple[bool, str]:
+    """Whether a tag closes its element, and the element's name (lower case)."""
+    name = _TAG_NAME.match(tag)
+    return tag.startswith("</"), name.group(1).lower() if name else ""
 
 
 def _closed(markup: str, lines: list[str]) -> bool:
@@ -200,7 +252,7 @@ def _closed(markup: str, lines: list[str]) -> bool:
 
 @functools.cache
 def _markdown() -> MarkdownIt:
-    return MarkdownIt("commonmark")
+    return MarkdownIt("commonmark", {"html": False})
 
 
 class Clean:
