@@ -1454,6 +1454,24 @@ def test_a_name_found_in_a_set_aside_row_is_redacted_in_its_detail_and_the_runs_
     assert "has no attribute '<span <" in str(failed.value) and "garcia" not in str(failed.value).lower()
 
 
+def test_a_missing_column_the_run_quotes_is_redacted_as_its_set_aside_row(workdir: Path) -> None:
+    # Every record lacking a column, the run failed quoting the first one's detail as read: here a one-column header
+    # (a ';'-separated file read with ','), which holds the file's first line. Check quoted it redacted.
+    (workdir / "faq.csv").write_text("Call Maria Garcia at 415-555-0132;hello\nx;y\n")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.csv"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    with pytest.raises(RecipeError, match="lack a column the recipe names") as failed:
+        run(workdir, spec)
+    message = str(failed.value)
+    assert "the header is one column, 'Call <PERSON> at <PHONE_NUMBER>;hello'" in message, message
+    assert "Garcia" not in message and "555-0132" not in message, message
+
+
 def test_a_clean_stage_rewrites_each_string_of_a_long_set_aside_line_in_its_place() -> None:
     # Each changed string was put in by slicing the whole line anew: 9 s for a line of 900 KB. Now put in at once,
     # each string in its own place, whatever the escapes and lengths before it.
