@@ -70,6 +70,7 @@ from schemas.records import (
     CONTENT_COLUMNS,
     RECORD_MODELS,
     SOURCE_TYPE,
+    SetAsideExample,
     dedup_fields,
     empty_flags,
     table_row_model,
@@ -315,17 +316,21 @@ def set_aside_scrub(stages: list[AnyStage]) -> Callable[[pa.Table], pa.Table] | 
     return functools.partial(rewrite_set_aside, rewrite=cleaned_where_redacted(steps))
 
 
-def _check_some_record_has_the_columns(recipe: Recipe, counts: Counts, example: str | None) -> None:
+def _check_some_record_has_the_columns(
+    recipe: Recipe, counts: Counts, example: SetAsideExample | None, scrub: Callable[[pa.Table], pa.Table] | None
+) -> None:
     """A run whose every record lacks a column the recipe names is a recipe error (a misspelt column),
-    not bad data: it fails, publishes nothing and leaves its input to be read again once fixed."""
+    not bad data: it fails, publishes nothing and leaves its input to be read again once fixed. Its ``example`` is
+    quoted as its set-aside row is published (``scrub``): the detail can quote a one-column CSV header."""
     missing = counts.reasons.get("quarantined", {}).get("missing_column", 0)
     if missing and counts.written == 0 and counts.quarantined == counts.input:
-        uri = re.match(r"(.+?)(?::\d+)?: ", example or "")  # a detail starts with ``uri:line`` (or ``uri``)
-        hints = (unread_partition(source, uri.group(1), example or "") for source in recipe.sources if uri)
+        detail = example.detail if example else None
+        uri = re.match(r"(.+?)(?::\d+)?: ", detail or "")  # a detail starts with ``uri:line`` (or ``uri``)
+        hints = (unread_partition(source, uri.group(1), detail or "") for source in recipe.sources if uri)
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: {missing:,} lack a column the "
-            f"recipe names, for example {example}; fix the column name in the recipe (or the input) and run again"
-            + next((hint for hint in hints if hint), "")
+            f"recipe names, for example {example.as_published(scrub) if example else None}; fix the column name in "
+            "the recipe (or the input) and run again" + next((hint for hint in hints if hint), "")
         )
 
 
@@ -845,7 +850,8 @@ def _run_locked(
         tally.flags = _flags_as_published(run_stages.stages, tally.flags)
         counts = tally.counts()
         changed = _recipe_changed(recipe, plan.extended)
-        _check_some_record_has_the_columns(recipe, counts, tally.examples.get(("quarantined", "missing_column")))
+        missing_column = tally.examples.get(("quarantined", "missing_column"))
+        _check_some_record_has_the_columns(recipe, counts, missing_column, writer.scrub)
         if templates_on_trial(recipe, plan.extended):
             _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages)
         cannot_read = plan.watermarks.unread() + tally.unread_once
@@ -865,9 +871,9 @@ def _run_locked(
                 + (f" and the other {others} were set aside: {which} would hold no record" if others else "")
                 # A stage's row as published says what reads it again once its input is taken: not so here.
                 + (
-                    f", e.g. {tally.unread_example}{said}"
+                    f", e.g. {tally.unread_example.as_published(writer.scrub)}{said}"
                     if tally.unread_example
-                    else _first_detail(tally, "unreadable")
+                    else _first_detail(tally, writer.scrub, "unreadable")
                 )
             )
         if _nothing_new(recipe, state, plan, counts, decided_by):
@@ -885,7 +891,9 @@ def _run_locked(
                     + (", ..." if len(same) > 3 else "")
                 )
             if counts.input:  # read again, still unreadable: said on each run, published once
-                unread = f"{counts.input} input(s) (files, image rows) still cannot be read" + _first_detail(tally)
+                unread = f"{counts.input} input(s) (files, image rows) still cannot be read" + _first_detail(
+                    tally, writer.scrub
+                )
                 log.warning("run=%s %s", writer.run_id, unread)
                 message += f"; {unread}"
             log.info("run=%s %s", writer.run_id, message)
@@ -1048,13 +1056,13 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
     return writer
 
 
-def _first_detail(tally: Tally, reason: str | None = None) -> str:
-    """The first quarantined record's detail (of ``reason``'s first, where there is one)."""
+def _first_detail(tally: Tally, scrub: Callable[[pa.Table], pa.Table] | None, reason: str | None = None) -> str:
+    """The first quarantined record's detail (of ``reason``'s first, where there is one), as published (``scrub``)."""
     found = sorted(
-        ((why != reason, detail) for (outcome, why), detail in tally.examples.items() if outcome == "quarantined"),
+        ((why != reason, example) for (outcome, why), example in tally.examples.items() if outcome == "quarantined"),
         key=lambda pair: pair[0],  # stable: otherwise in the order met
     )
-    return f", e.g. {found[0][1]}" if found else ""
+    return f", e.g. {found[0][1].as_published(scrub)}" if found else ""
 
 
 def _nothing_new(recipe: Recipe, state: StateStore, plan: RunPlan, counts: Counts, decided_by: DecisionMark) -> bool:

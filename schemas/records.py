@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -342,6 +343,28 @@ SET_ASIDE_SCHEMA = pa.schema(
         pa.field("duplicate_of", pa.string()),  # the kept record of a duplicate's cluster
     ]
 )
+
+
+@dataclass(frozen=True)
+class SetAsideExample:
+    """A set-aside row a run's or check's message quotes as an example (the first of a reason, of a kind of template
+    error): its detail can quote the row's values (a template's error, a one-column CSV header), so it is quoted as
+    the row is published. Its row as Python values, not a slice of the table, which would hold its whole batch."""
+
+    detail: str | None
+    row: dict[str, Any] = field(compare=False, repr=False)
+
+    @classmethod
+    def of(cls, table: pa.Table, at: int) -> SetAsideExample:
+        row = table.slice(at, 1).to_pylist()[0]
+        return cls(row["detail"], row)
+
+    def as_published(self, scrub: Callable[[pa.Table], pa.Table] | None) -> str | None:
+        """The detail as the row is published: with a PII stage, redacted by ``scrub`` (the pipeline's
+        ``set_aside_scrub``) with the row's raw input beside it."""
+        if scrub is None:
+            return self.detail
+        return scrub(pa.Table.from_pylist([self.row], schema=SET_ASIDE_SCHEMA))["detail"][0].as_py()
 
 
 def source_array(

@@ -1422,6 +1422,56 @@ def test_a_set_aside_row_without_pii_is_published_as_read_whatever_a_clean_stage
     assert published[2][5][0] == '{"q": "Call <PHONE_NUMBER>", broken', published[2][5]
 
 
+@pytest.mark.parametrize("stages", [[{"type": "pii"}], [{"type": "clean"}, {"type": "pii"}]])
+def test_a_name_found_in_a_set_aside_row_is_redacted_in_its_detail_and_the_runs_error(
+    workdir: Path, stages: list
+) -> None:
+    # A detail a clean stage changed but nothing was redacted in was scanned again alone, as read: the name found in
+    # its row's input ("Maria Garcia") was no longer looked for in it. And where a value found elsewhere in the row
+    # ('title="maria', taken for a place) overlapped the name, the rest of the name stayed in clear.
+    quoted = '<span title="maria garcia">hi</span>'
+    rows = [{"q": "ok fine", "a": "Thanks."}, {"q": quoted, "a": "Maria Garcia wrote this."}]
+    (workdir / "faq.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {
+            "kind": "instruction",
+            "prompt": "{% set m = {'x': 1} %}{{ q if q.startswith('ok') else m[q] }}",
+            "completion": "a",
+        },
+        "stages": stages,
+        "output": {"validation_fraction": 0},
+    }
+    [row] = set_aside(Path(run(workdir, spec).version_uri))
+    assert row["reason"] == "template" and "has no attribute '<span <" in row["detail"], row
+    for text in (row["record"], row["detail"]):
+        assert "garcia" not in text.lower(), text
+    # Every record failing so, the run fails quoting the detail as published.
+    (workdir / "faq.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(RecipeError, match="failed on every record") as failed:
+        run(workdir, {**spec, "dataset": "faq2"})
+    assert "has no attribute '<span <" in str(failed.value) and "garcia" not in str(failed.value).lower()
+
+
+def test_a_missing_column_the_run_quotes_is_redacted_as_its_set_aside_row(workdir: Path) -> None:
+    # Every record lacking a column, the run failed quoting the first one's detail as read: here a one-column header
+    # (a ';'-separated file read with ','), which holds the file's first line. Check quoted it redacted.
+    (workdir / "faq.csv").write_text("Call Maria Garcia at 415-555-0132;hello\nx;y\n")
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.csv"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [{"type": "pii"}],
+        "output": {"validation_fraction": 0},
+    }
+    with pytest.raises(RecipeError, match="lack a column the recipe names") as failed:
+        run(workdir, spec)
+    message = str(failed.value)
+    assert "the header is one column, 'Call <PERSON> at <PHONE_NUMBER>;hello'" in message, message
+    assert "Garcia" not in message and "555-0132" not in message, message
+
+
 def test_a_clean_stage_rewrites_each_string_of_a_long_set_aside_line_in_its_place() -> None:
     # Each changed string was put in by slicing the whole line anew: 9 s for a line of 900 KB. Now put in at once,
     # each string in its own place, whatever the escapes and lengths before it.

@@ -19,7 +19,7 @@ import curation.pipeline as pipeline
 from curation.executors.local import Tally
 from curation.stages.shape import Shape, TemplateErrors
 from schemas.config import RecipeError, RecordShape
-from schemas.records import source_array
+from schemas.records import SetAsideExample, source_array
 from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl
 
 
@@ -436,7 +436,8 @@ def test_a_run_whose_rows_fail_a_template_each_its_own_way_keeps_one_kind_of_tem
     [tally] = tallies
     assert len(pickle.dumps(tally.template_errors)) < 1_000
     kind = "prompt: template failed: 'dict object' has no attribute 'Q0'"
-    assert tally.template_errors == TemplateErrors(kind=kind, count=1, another=True, example=f"{path}:2: {kind}")
+    example = SetAsideExample(f"{path}:2: {kind}", {})  # its row is not compared
+    assert tally.template_errors == TemplateErrors(kind=kind, count=1, another=True, example=example)
 
 
 @pytest.mark.parametrize("questions", [[None, "q?", None], [None, None]])

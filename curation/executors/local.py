@@ -38,7 +38,7 @@ from curation.stages.shape import TemplateErrors
 from curation.stopping import raise_if_stopped
 from curation.writer import DatasetWriter
 from schemas.manifest import Counts
-from schemas.records import FLAG_SCHEMA, OUTCOMES
+from schemas.records import FLAG_SCHEMA, OUTCOMES, SetAsideExample
 
 log = logging.getLogger("curation.pipeline")
 
@@ -58,7 +58,7 @@ class Tally:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     stage_stats: dict[str, Counter[str]] = field(default_factory=dict)
     flags: list[pa.Table] = field(default_factory=list)
-    examples: dict[tuple[str, str], str] = field(default_factory=dict)  # the first detail of each reason
+    examples: dict[tuple[str, str], SetAsideExample] = field(default_factory=dict)  # the first row of each reason
     by_input: Counter[str] = field(default_factory=Counter)  # records per input URI, once each is accounted for
     # Records filtered for holding a rejected record's content: (that record, the copy's id, its input).
     rejected_copies: set[tuple[str, str, str]] = field(default_factory=set)
@@ -77,7 +77,7 @@ class Tally:
     # The first detail of a record set aside as ``unreadable`` for now (a file the reader could not open, a row a
     # stage could not read), without what reads it again: a run that fails having taken nothing says its own
     # (``reads_again``).
-    unread_example: str | None = None
+    unread_example: SetAsideExample | None = None
     # Records each stage set aside (the reader's as "read"), and the shape stage's first kind of template error
     # (and whether another was seen): one that set aside every record the run shaped is the recipe's error
     # (``recipe_template_error``).
@@ -383,21 +383,21 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     tally.unread_once += unreadable.num_rows - unread.num_rows
     for uri, record in zip(pc.struct_field(unread["source"], "uri").to_pylist(), unread["id"].to_pylist(), strict=True):
         tally.unread_inputs[uri].add(record)
-    counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate(
-        [([], "count_all"), ("detail", "first")]
-    )
-    for outcome, reason, count, detail in zip(
-        *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all", "detail_first")), strict=True
+    counted = table.group_by(["outcome", "reason"], use_threads=False).aggregate([([], "count_all")])
+    for outcome, reason, count in zip(
+        *(counted[c].to_pylist() for c in ("outcome", "reason", "count_all")), strict=True
     ):
         tally.reasons[(outcome, reason)] += count
-        tally.examples.setdefault((outcome, reason), detail)
+        if (outcome, reason) not in tally.examples:
+            first = pc.and_(pc.equal(table["outcome"], outcome), pc.equal(table["reason"], reason))
+            tally.examples[(outcome, reason)] = SetAsideExample.of(table, pc.index(first, True).as_py())
 
 
 def _said_what_reads_again(table: pa.Table, for_now: pa.Array, tally: Tally) -> pa.Table:
     """``table`` with what reads each ``for_now`` row again (``reads_again``) at the end of its detail, as the run
     publishes it; the first such detail kept as it was for a run that fails having taken nothing."""
     if tally.unread_example is None:
-        tally.unread_example = table["detail"].filter(for_now)[0].as_py()
+        tally.unread_example = SetAsideExample.of(table, pc.index(for_now, True).as_py())
     by = pa.table({"connector": pc.struct_field(table["source"], "connector"), "stage": table["stage"]})
     details = table["detail"]
     pairs = by.filter(for_now).group_by(["connector", "stage"], use_threads=False).aggregate([])

@@ -229,21 +229,18 @@ def _with_echoes(found: list[Detection], echoes: list[Echo]) -> list[Detection]:
 
 def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
     """(start, end, part) where each part stands in ``text`` as whole words, several words in any case
-    and with any whitespace between them (a name broken over a line): left to right, not overlapping,
-    the longest at a place. Found with ``str.find`` (in C): one regex of every part, tried at every
-    character, took minutes on a long text of many names."""
+    and with any whitespace between them (a name broken over a line): left to right, the longest at a place,
+    none within another. Places that overlap in part are all given, to be redacted as one span
+    (``resolve_overlaps``): kept apart, the rest of the later one stayed in clear ("<LOCATION> garcia" where
+    'title="maria' and "Maria Garcia" were found elsewhere). Found with ``str.find`` (in C): one regex of every
+    part, tried at every character, took minutes on a long text of many names."""
     spaced, original = _one_space(text)
     lowered = spaced.lower()
-    if len(lowered) != len(spaced):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
-        # Longest first: an alternation takes the first part that matches at a place, and a shorter one
-        # ("Sophie Smith") would leave the rest of a longer one ("Sophie Smith Jones") in clear.
-        parts = sorted(parts, key=lambda part: len(" ".join(part.split())), reverse=True)
-        pattern = re.compile("|".join(f"(?P<v{n}>{_pattern(part)})" for n, part in enumerate(parts)))
-        for match in pattern.finditer(text):
-            yield *match.span(), parts[int(str(match.lastgroup)[1:])]
-        return
     found = []
     for part in parts:
+        if len(lowered) != len(spaced):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
+            found += [(*match.span(), part) for match in re.finditer(_pattern(part), text)]
+            continue
         words = part.split()
         haystack, needle = (lowered, " ".join(words).lower()) if len(words) > 1 else (spaced, part.strip())
         at = haystack.find(needle) if needle else -1
@@ -256,7 +253,7 @@ def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
             at = haystack.find(needle, at + 1)
     reached = 0
     for start, end, part in sorted(found, key=lambda place: (place[0], place[0] - place[1])):
-        if start >= reached:
+        if end > reached:
             reached = end
             yield start, end, part
 
@@ -618,11 +615,15 @@ def cleaned_where_redacted(steps: list[tuple[TextsRewrite, bool]]) -> TextsRewri
         # A text no stage changed is already what the PII stages alone make of it.
         again = [at for at, was in enumerate(redacted) if not was and texts[at] != values[at]]
         if again:
-            read = [values[at] for at in again]
+            # Scanned with every other text of its row, as read: a name found in one is found in the others.
+            rows = {records[at] for at in again}
+            scanned = [at for at, record in enumerate(records) if record in rows]
+            read = [values[at] for at in scanned]
             for rewrite in pii_alone:
-                read = rewrite(read, [records[at] for at in again])
-            for at, text in zip(again, read, strict=True):
-                texts[at] = text
+                read = rewrite(read, [records[at] for at in scanned])
+            alone = dict(zip(scanned, read, strict=True))
+            for at in again:
+                texts[at] = alone[at]
         return texts
 
     return apply

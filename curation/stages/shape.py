@@ -7,7 +7,6 @@ anything richer (filters, conditions) renders row by row with Jinja.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -26,7 +25,7 @@ from curation.split import key_texts
 from curation.stages.base import NOT_HELD, StageResult, as_python, is_text, rows_as_python
 from schemas.config import RecordShape
 from schemas.json_values import decimal_texts, float_texts, rewritten
-from schemas.records import CONTENT_COLUMNS, SET_ASIDE_SCHEMA, input_record_json, location, set_aside_rows
+from schemas.records import CONTENT_COLUMNS, SetAsideExample, input_record_json, location, set_aside_rows
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
@@ -260,10 +259,7 @@ class TemplateErrors:
     kind: str | None = None
     count: int = 0
     another: bool = False
-    example: str | None = None
-    # The example's set-aside row: its detail can quote the row's value, so it is quoted as the row is published
-    # (``example_as_published``). As Python values, not a slice of the table, which would hold its whole batch.
-    example_row: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
+    example: SetAsideExample | None = None
     data: int = 0
 
     def add(self, set_aside: pa.Table) -> TemplateErrors:
@@ -280,8 +276,7 @@ class TemplateErrors:
                 self.data += 1
                 continue
             if self.kind is None:
-                self.kind, self.example = problem, detail
-                self.example_row = failed.slice(row, 1).to_pylist()[0]
+                self.kind, self.example = problem, SetAsideExample.of(failed, row)
             elif problem != self.kind:
                 self.another = True
                 return self
@@ -289,11 +284,8 @@ class TemplateErrors:
         return self
 
     def example_as_published(self, scrub: Callable[[pa.Table], pa.Table] | None) -> str | None:
-        """The example's detail as its set-aside row is published: with a PII stage, redacted by ``scrub`` (the
-        pipeline's ``set_aside_scrub``) with its raw input beside it, which run and check quote alike."""
-        if self.example_row is None or scrub is None:
-            return self.example
-        return scrub(pa.Table.from_pylist([self.example_row], schema=SET_ASIDE_SCHEMA))["detail"][0].as_py()
+        """The example's detail as its set-aside row is published, which run and check quote alike."""
+        return self.example.as_published(scrub) if self.example else None
 
 
 def recipe_template_error(errors: TemplateErrors, set_aside: int, shaped: int) -> str | None:
