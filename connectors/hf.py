@@ -301,9 +301,31 @@ class HFSourceReader:
         # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
         # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
+        _no_image_feature(table, ids.uri, self.used_columns)
         lines = np.arange(first_row, first_row + table.num_rows)
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
         return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)
+
+
+def _no_image_feature(table: pa.Table, uri: str, used: Collection[str] | None) -> None:
+    """Refuse, by file and column, a column the recipe reads that is a Hugging Face ``Image()`` feature
+    (``struct<bytes, path>``, the usual VQA image on the Hub): handed on as text, its bytes quarantined every
+    row as ``schema`` ("not UTF-8 text"), with nothing to say the dataset's images were the cause."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if (used is None or name in used) and _is_image_feature(column.type):
+            raise StorageError(
+                f"{uri}: column {name!r} is a Hugging Face Image feature: not supported as a VQA image yet "
+                "(only an image's path in a text column, or an `images` source, is)"
+            )
+
+
+def _is_image_feature(kind: pa.DataType) -> bool:
+    if not pa.types.is_struct(kind) or {kind.field(i).name for i in range(kind.num_fields)} != {"bytes", "path"}:
+        return False
+    data, path = kind.field("bytes").type, kind.field("path").type
+    return (pa.types.is_binary(data) or pa.types.is_large_binary(data)) and (
+        pa.types.is_string(path) or pa.types.is_large_string(path)
+    )

@@ -456,3 +456,22 @@ def test_a_shard_name_whose_split_load_dataset_refuses_is_refused_by_name(tmp_pa
     make_dataset()["train"].to_parquet(str(tmp_path / "hub" / "data" / "my-split-00000-of-00001.parquet"))
     with pytest.raises(StorageError, match=r"hub: Split name should match .*'my-split'"):
         read(str(tmp_path / "hub"))
+
+
+def test_an_image_feature_read_as_a_vqa_image_is_refused_by_name_and_an_unread_one_is_not(workdir: Path) -> None:
+    # The usual Hub VQA dataset: every row was quarantined as `schema` ("bytes that are not UTF-8 text").
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string")})
+    pictures = [Image.new("RGB", (30, 20), (40 * i, 0, 0)) for i in range(3)]
+    questions = [f"What colour is picture {i}?" for i in range(3)]
+    vqa = datasets.Dataset.from_dict({"image": pictures, "question": questions}, features=features)
+    datasets.DatasetDict({"train": vqa.add_column("answer", ["red"] * 3)}).save_to_disk("vqa")
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "vqa"}], "output": {"validation_fraction": 0.0}}
+    with pytest.raises(
+        StorageError, match=r"train/data-00000-of-00001.arrow: column 'image' is a Hugging Face Image feature"
+    ):
+        run(workdir, {**recipe, "record": {"kind": "vqa"}})
+    record = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"}
+    texts = run(workdir, {**recipe, "record": record})
+    assert sorted(r["prompt"] for r in outputs(Path(texts.version_uri))) == questions
