@@ -6,7 +6,7 @@ Two layouts are understood:
   Arrow stream files of a split; ``dataset_dict.json`` naming the splits), i.e. what
   ``datasets.load_from_disk`` reads;
 - a folder of parquet or ``.arrow`` files as the Hub stores them (``data/train-00000-of-00002.parquet``),
-  the split taken from the file name.
+  each file's split named as ``datasets.load_dataset`` names it.
 
 The Arrow files are read directly with pyarrow, batch by batch, so a large dataset streams without
 ``datasets`` building a cache, and S3 works through the same filesystem layer as every source.
@@ -15,6 +15,7 @@ The Arrow files are read directly with pyarrow, batch by batch, so a large datas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import posixpath
 import re
@@ -23,6 +24,8 @@ from collections.abc import Collection, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.data_files import _get_data_files_patterns  # private: get_data_patterns lists through fsspec, not ours
+from fsspec.utils import glob_translate
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
@@ -34,7 +37,6 @@ from schemas.manifest import InputFile
 from schemas.records import InputIds, source_array
 
 CONNECTOR = "hf"
-_SPLIT_IN_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.(parquet|arrow)$")
 
 
 def _read_json(uri: str) -> dict | None:
@@ -72,18 +74,43 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[
         files = _saved_split(path, None)
         found = [(name, uri) for name, uri in files if split in (None, name)]
     else:
-        files = []
-        for entry in entries:
-            name = posixpath.basename(entry.uri)
-            match = _SPLIT_IN_NAME.match(name)
-            file_split = match.group("split") if match else posixpath.basename(posixpath.dirname(entry.uri))
-            files.append((file_split, entry.uri))
+        files = _hub_splits(path, [entry.uri for entry in entries])
         if not files:
             raise StorageError(f"{path}: no dataset here (no dataset_dict.json, state.json, parquet or arrow files)")
         found = [(name, uri) for name, uri in files if split in (None, name)]
     if files and not found:  # a misspelt split would read nothing, and publish an empty version
         raise StorageError(f"{path}: no split {split!r}; the dataset has {sorted({name for name, _ in files})}")
     return found, saved
+
+
+def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
+    """(split, URI) of each of ``uris``, the data files of the Hub-style folder at ``path``, the split named by
+    ``datasets``' own rules, as ``load_dataset`` names it: ``data/<split>-00000-of-00002[-<hash>].parquet``,
+    else a folder or file name holding ``train``, ``test``, ``validation`` (``dev``, ``eval``, ...), else
+    ``train``. A hand-made pattern missed the names ``push_to_hub`` and the datasets cache write, and took the
+    folder's name as the split (``data``). A file those rules leave out (``default/train/0000.parquet`` beside
+    ``data/train-...``), which ``load_dataset`` would not read, keeps its folder's name: its rows are not lost."""
+    relative = [(uri, uri.removeprefix(join(path, ""))) for uri in uris]
+
+    def matching(pattern: str) -> list[str]:
+        return [name for _, name in relative if _glob(pattern).match(name)]
+
+    if not relative:
+        return []
+    try:
+        patterns = _get_data_files_patterns(matching)
+    except ValueError as error:  # a split name load_dataset refuses too (``data/my-split-00000-of-00001...``)
+        raise StorageError(f"{path}: {error}") from None
+    named = []
+    for uri, name in relative:
+        found = (str(split) for split, globs in patterns.items() if any(_glob(g).match(name) for g in globs))
+        named.append((next(found, posixpath.basename(posixpath.dirname(uri))), uri))
+    return named
+
+
+@functools.cache
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(glob_translate(pattern))
 
 
 def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:
@@ -274,9 +301,31 @@ class HFSourceReader:
         # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
         # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
+        _no_image_feature(table, ids.uri, self.used_columns)
         lines = np.arange(first_row, first_row + table.num_rows)
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
         return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)
+
+
+def _no_image_feature(table: pa.Table, uri: str, used: Collection[str] | None) -> None:
+    """Refuse, by file and column, a column the recipe reads that is a Hugging Face ``Image()`` feature
+    (``struct<bytes, path>``, the usual VQA image on the Hub): handed on as text, its bytes quarantined every
+    row as ``schema`` ("not UTF-8 text"), with nothing to say the dataset's images were the cause."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if (used is None or name in used) and _is_image_feature(column.type):
+            raise StorageError(
+                f"{uri}: column {name!r} is a Hugging Face Image feature: not supported as a VQA image yet "
+                "(only an image's path in a text column, or an `images` source, is)"
+            )
+
+
+def _is_image_feature(kind: pa.DataType) -> bool:
+    if not pa.types.is_struct(kind) or {kind.field(i).name for i in range(kind.num_fields)} != {"bytes", "path"}:
+        return False
+    data, path = kind.field("bytes").type, kind.field("path").type
+    return (pa.types.is_binary(data) or pa.types.is_large_binary(data)) and (
+        pa.types.is_string(path) or pa.types.is_large_string(path)
+    )

@@ -422,3 +422,56 @@ def test_each_file_under_a_folder_left_out_as_a_second_name_is_named_through_it_
         "/h/validation/sub/1.parquet",
     ]
     assert _under_folders({"/h/default/0.parquet": "/h/train/0.parquet"}, listed) == []
+
+
+def _hub_layout(folder: Path, form: str, faq: datasets.DatasetDict) -> None:
+    for name, split in faq.items():
+        if form == "push_to_hub":  # a fingerprint after the shard numbers
+            split.to_parquet(str(folder / "data" / f"{name}-00000-of-00001-5a1b2c3d4e5f6789.parquet"))
+        elif form == "root":
+            split.to_parquet(str(folder / f"{name}.parquet"))
+        else:  # the datasets cache: Arrow streams named <builder>-<split>-<shard>
+            split.save_to_disk(str(folder / ".saved" / name), num_shards=2)
+            for i, shard in enumerate(sorted((folder / ".saved" / name).glob("*.arrow"))):
+                shard.rename(folder / f"faq-{name}-{i:05d}-of-00002.arrow")
+    shutil.rmtree(folder / ".saved", ignore_errors=True)
+
+
+@pytest.mark.parametrize("form", ["push_to_hub", "root", "cache"])
+def test_hub_style_file_names_give_the_splits_load_dataset_finds(tmp_path: Path, form: str) -> None:
+    # Each of these names fell back to its folder's name as the split ("no split 'train'; the dataset has
+    # ['data']"), where load_dataset on the same folder finds train and test.
+    faq, hub = make_dataset(), tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    _hub_layout(hub, form, faq)
+    loaded = datasets.load_dataset(str(hub), cache_dir=str(tmp_path / "cache"))
+    assert sorted(loaded) == ["test", "train"]
+    for split in ("train", "test"):
+        ids = sorted(row["input_id"] for row in read(str(hub), split=split))
+        assert ids == sorted(loaded[split]["id"]) == sorted(faq[split]["id"])
+
+
+def test_a_shard_name_whose_split_load_dataset_refuses_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    make_dataset()["train"].to_parquet(str(tmp_path / "hub" / "data" / "my-split-00000-of-00001.parquet"))
+    with pytest.raises(StorageError, match=r"hub: Split name should match .*'my-split'"):
+        read(str(tmp_path / "hub"))
+
+
+def test_an_image_feature_read_as_a_vqa_image_is_refused_by_name_and_an_unread_one_is_not(workdir: Path) -> None:
+    # The usual Hub VQA dataset: every row was quarantined as `schema` ("bytes that are not UTF-8 text").
+    from PIL import Image
+
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string")})
+    pictures = [Image.new("RGB", (30, 20), (40 * i, 0, 0)) for i in range(3)]
+    questions = [f"What colour is picture {i}?" for i in range(3)]
+    vqa = datasets.Dataset.from_dict({"image": pictures, "question": questions}, features=features)
+    datasets.DatasetDict({"train": vqa.add_column("answer", ["red"] * 3)}).save_to_disk("vqa")
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "vqa"}], "output": {"validation_fraction": 0.0}}
+    with pytest.raises(
+        StorageError, match=r"train/data-00000-of-00001.arrow: column 'image' is a Hugging Face Image feature"
+    ):
+        run(workdir, {**recipe, "record": {"kind": "vqa"}})
+    record = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"}
+    texts = run(workdir, {**recipe, "record": record})
+    assert sorted(r["prompt"] for r in outputs(Path(texts.version_uri))) == questions
