@@ -86,8 +86,9 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[
 def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
     """(split, URI) of each of ``uris``, the data files of the Hub-style folder at ``path``, the split named by
     ``datasets``' own rules, as ``load_dataset`` names it: ``data/<split>-00000-of-00002[-<hash>].parquet``,
-    else a folder or file name holding ``train``, ``test``, ``validation`` (``dev``, ``eval``, ...), else
-    ``train``. A hand-made pattern missed the names ``push_to_hub`` and the datasets cache write, and took the
+    else a folder or file name holding ``train``, ``test``, ``validation`` (``dev``, ``eval``, ...). Where no
+    name holds a split (``load_dataset`` then calls every file ``train``), each file keeps its folder's name, as
+    earlier releases named it, so a recipe's ``split:`` goes on naming it. A hand-made pattern missed the names ``push_to_hub`` and the datasets cache write, and took the
     folder's name as the split (``data``). A file those rules leave out (``default/train/0000.parquet`` beside
     ``data/train-...``), which ``load_dataset`` would not read, keeps its folder's name: its rows are not lost."""
     relative = [(uri, uri.removeprefix(join(path, ""))) for uri in uris]
@@ -101,6 +102,8 @@ def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
         patterns = _get_data_files_patterns(matching)
     except ValueError as error:  # a split name load_dataset refuses too (``data/my-split-00000-of-00001...``)
         raise StorageError(f"{path}: {error}") from None
+    if list(patterns.values()) == [["**"]]:  # datasets' catch-all: no file or folder name holds a split
+        patterns = {}
     named = []
     for uri, name in relative:
         found = (str(split) for split, globs in patterns.items() if any(_glob(g).match(name) for g in globs))

@@ -451,6 +451,17 @@ def test_hub_style_file_names_give_the_splits_load_dataset_finds(tmp_path: Path,
         assert ids == sorted(loaded[split]["id"]) == sorted(faq[split]["id"])
 
 
+def test_files_whose_names_hold_no_split_keep_their_folders_name_as_earlier_releases_named_them(
+    tmp_path: Path,
+) -> None:
+    # load_dataset calls such files "train"; a recipe written against an earlier release names the folder.
+    (tmp_path / "hub" / "mydata").mkdir(parents=True)
+    make_dataset()["train"].to_parquet(str(tmp_path / "hub" / "mydata" / "part-0.parquet"))
+    assert len(read(str(tmp_path / "hub"), split="mydata")) == len(make_dataset()["train"])
+    with pytest.raises(StorageError, match=r"no split 'train'"):
+        read(str(tmp_path / "hub"), split="train")
+
+
 def test_a_shard_name_whose_split_load_dataset_refuses_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "hub" / "data").mkdir(parents=True)
     make_dataset()["train"].to_parquet(str(tmp_path / "hub" / "data" / "my-split-00000-of-00001.parquet"))
