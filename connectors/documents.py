@@ -910,16 +910,22 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     text = " ".join(first.text_content().split()) if first is not None else ""
     if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
         return body
-    # The heading goes with the first paragraph kept only when nothing dropped stands between them: a
-    # cookie banner's "We value your privacy" headed the page's refund policy.
+    # The heading goes with the first paragraph kept when nothing dropped stands between them, or when its
+    # own element holds that paragraph (an author line, share buttons or a breadcrumb dropped between): a
+    # cookie banner's "We value your privacy" headed the page's refund policy, its element the banner alone.
     opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
     words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
-    after = len(_WORD.findall(" ".join(first.xpath("preceding::text()")).casefold()))
-    after += len(_WORD.findall(text.casefold()))
-    if not opening or words[after : after + len(opening)] != opening:
+    after = _word_count(first.xpath("preceding::text()")) + len(_WORD.findall(text.casefold()))
+    parent = first.getparent()
+    end = _word_count(parent.xpath("preceding::text()")) + _word_count(parent.xpath(".//text()"))
+    if not opening or not any(words[at : at + len(opening)] == opening for at in range(after, end - len(opening) + 1)):
         return body
     # Escaped as trafilatura escapes the body's text, which ``_unescape_markdown`` takes out again.
     return f"{'#' * int(first.tag[1])} {_escape_inline_specials(text)}\n\n{body}"
+
+
+def _word_count(texts: list[str]) -> int:
+    return len(_WORD.findall(" ".join(texts).casefold()))
 
 
 def _in_page_furniture(element: Any) -> bool:

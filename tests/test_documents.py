@@ -387,7 +387,9 @@ def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) 
 
 def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_written(tmp_path: Path) -> None:
     # A cookie banner's heading, whose own text trafilatura dropped, headed the page's refund policy; and a
-    # heading's "a\*b" read "a*b": its backslash went as one of the escapes of trafilatura's Markdown.
+    # heading's "a\*b" read "a*b": its backslash went as one of the escapes of trafilatura's Markdown. An h1
+    # followed by an author line (share buttons, a breadcrumb) that trafilatura drops heads the text its own
+    # element holds: it was no longer put back.
     paragraphs = [
         "Refunds take five days to reach the card used for the order, and a note is sent by email.",
         "Exchanges are free within thirty days of delivery for every item in the shop.",
@@ -395,10 +397,13 @@ def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_writte
     text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
     banner = "<div class='cookie-banner'><h2>We value your privacy</h2><p>Accept cookies</p></div>"
     (tmp_path / "banner.html").write_text(f"<html><body>{banner}<div>{text}</div></body></html>")
+    author = "<div class='author'>Written by Ann Lee</div>"
+    (tmp_path / "refunds.html").write_text(f"<html><body><div><h1>Refund policy</h1>{author}{text}</div></body></html>")
     (tmp_path / "tips.html").write_text(f"<html><body><div><h1>C# *tips* [1] a\\*b</h1>{text}</div></body></html>")
     rows, _ = read(tmp_path)
     assert [row["text"] for row in rows] == [
         "\n\n".join(paragraphs),
+        "\n\n".join(["# Refund policy", *paragraphs]),
         "\n\n".join(["# C# *tips* [1] a\\*b", *paragraphs]),
     ]
 
