@@ -492,7 +492,7 @@ def _math_text(element: Any) -> str:
     """An equation's text in its linear form, as Word's linear format writes it: "x=2", "1/2", "(a+b)/c",
     "c^2", "x_(i+1)"; its runs (m:r) are not Word's and hold m:t. A tracked change deleted or moved away is
     no part of it ("x=3" changed to "x=2" read "x=3x=2"); structures other than fractions, superscripts and
-    subscripts read as their texts in order."""
+    subscripts (both on one base: "x_i^2") read as their texts in order."""
     from docx.oxml.ns import qn
 
     def part(name: str) -> str:
@@ -502,12 +502,17 @@ def _math_text(element: Any) -> str:
 
     if element.tag == qn("m:t"):
         return element.text or ""
-    if element.tag == qn("m:f"):  # ½ read "12"
-        return f"{part('num')}/{part('den')}"
-    scripts = {qn("m:sSup"): ("^", "sup"), qn("m:sSub"): ("_", "sub")}
-    if element.tag in scripts:  # c² read "c2"
-        mark, script = scripts[element.tag]
-        return f"{part('e')}{mark}{part(script)}"
+    # Each structure's parts, each after its mark: ½ read "12", c² "c2".
+    layouts = {
+        qn("m:f"): (("num", ""), ("den", "/")),
+        qn("m:sSup"): (("e", ""), ("sup", "^")),
+        qn("m:sSub"): (("e", ""), ("sub", "_")),
+        qn("m:sSubSup"): (("e", ""), ("sub", "_"), ("sup", "^")),
+    }
+    if element.tag in layouts:
+        parts = [(mark, part(name)) for name, mark in layouts[element.tag]]
+        # One whose parts were all deleted (a tracked change) is gone, marks too: "y=x+/" was left.
+        return "".join(mark + text for mark, text in parts) if any(text for _, text in parts) else ""
     gone = (qn("w:del"), qn("w:moveFrom"))
     return "".join(_math_text(child) for child in element.iterchildren() if child.tag not in gone)
 

@@ -359,13 +359,19 @@ def test_docx_equations_read_fractions_scripts_and_tracked_changes_as_shown(tmp_
         f"<m:f><m:num>{run('a+b')}</m:num><m:den>{run('c')}</m:den></m:f>",
         "Tracked: ": f"<w:del {change.format(1)}>{run('x=3')}</w:del><w:ins {change.format(2)}>{run('x=2')}</w:ins>"
         f"<w:moveFrom {change.format(3)}>{run('+y')}</w:moveFrom>",
+        # A fraction deleted whole left its bar ("y=x+/"); sub- and superscript on one base read as its texts.
+        "Deleted: ": f"{run('y=x+')}<m:f><m:num><w:del {change.format(4)}>{run('1')}</w:del></m:num>"
+        f"<m:den><w:del {change.format(5)}>{run('2')}</w:del></m:den></m:f>",
+        "Both: ": f"<m:sSubSup><m:e>{run('x')}</m:e><m:sub>{run('i')}</m:sub><m:sup>{run('n+1')}</m:sup></m:sSubSup>",
     }
     document = docx.Document()
     for words, maths in equations.items():
         document.add_paragraph(words)._p.append(docx.oxml.parse_xml(f"<m:oMath {ns}>{maths}</m:oMath>"))
     document.save(tmp_path / "maths.docx")
     [row], _ = read(tmp_path)
-    assert row["text"] == "Half is 1/2\n\nEnergy: E=mc^2\n\nNext: x_(i+1)(a+b)/c\n\nTracked: x=2"
+    assert row["text"] == (
+        "Half is 1/2\n\nEnergy: E=mc^2\n\nNext: x_(i+1)(a+b)/c\n\nTracked: x=2\n\nDeleted: y=x+\n\nBoth: x_i^(n+1)"
+    )
 
 
 def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) -> None:
