@@ -492,7 +492,7 @@ def _math_text(element: Any) -> str:
     """An equation's text in its linear form, as Word's linear format writes it: "x=2", "1/2", "(a+b)/c",
     "c^2", "x_(i+1)"; its runs (m:r) are not Word's and hold m:t. A tracked change deleted or moved away is
     no part of it ("x=3" changed to "x=2" read "x=3x=2"); structures other than fractions, superscripts and
-    subscripts read as their texts in order."""
+    subscripts (both on one base: "x_i^2") read as their texts in order."""
     from docx.oxml.ns import qn
 
     def part(name: str) -> str:
@@ -502,12 +502,17 @@ def _math_text(element: Any) -> str:
 
     if element.tag == qn("m:t"):
         return element.text or ""
-    if element.tag == qn("m:f"):  # ½ read "12"
-        return f"{part('num')}/{part('den')}"
-    scripts = {qn("m:sSup"): ("^", "sup"), qn("m:sSub"): ("_", "sub")}
-    if element.tag in scripts:  # c² read "c2"
-        mark, script = scripts[element.tag]
-        return f"{part('e')}{mark}{part(script)}"
+    # Each structure's parts, each after its mark: ½ read "12", c² "c2".
+    layouts = {
+        qn("m:f"): (("num", ""), ("den", "/")),
+        qn("m:sSup"): (("e", ""), ("sup", "^")),
+        qn("m:sSub"): (("e", ""), ("sub", "_")),
+        qn("m:sSubSup"): (("e", ""), ("sub", "_"), ("sup", "^")),
+    }
+    if element.tag in layouts:
+        parts = [(mark, part(name)) for name, mark in layouts[element.tag]]
+        # One whose parts were all deleted (a tracked change) is gone, marks too: "y=x+/" was left.
+        return "".join(mark + text for mark, text in parts) if any(text for _, text in parts) else ""
     gone = (qn("w:del"), qn("w:moveFrom"))
     return "".join(_math_text(child) for child in element.iterchildren() if child.tag not in gone)
 
@@ -910,16 +915,22 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     text = " ".join(first.text_content().split()) if first is not None else ""
     if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
         return body
-    # The heading goes with the first paragraph kept only when nothing dropped stands between them: a
-    # cookie banner's "We value your privacy" headed the page's refund policy.
+    # The heading goes with the first paragraph kept when nothing dropped stands between them, or when its
+    # own element holds that paragraph (an author line, share buttons or a breadcrumb dropped between): a
+    # cookie banner's "We value your privacy" headed the page's refund policy, its element the banner alone.
     opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
     words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
-    after = len(_WORD.findall(" ".join(first.xpath("preceding::text()")).casefold()))
-    after += len(_WORD.findall(text.casefold()))
-    if not opening or words[after : after + len(opening)] != opening:
+    after = _word_count(first.xpath("preceding::text()")) + len(_WORD.findall(text.casefold()))
+    parent = first.getparent()
+    end = _word_count(parent.xpath("preceding::text()")) + _word_count(parent.xpath(".//text()"))
+    if not opening or not any(words[at : at + len(opening)] == opening for at in range(after, end - len(opening) + 1)):
         return body
     # Escaped as trafilatura escapes the body's text, which ``_unescape_markdown`` takes out again.
     return f"{'#' * int(first.tag[1])} {_escape_inline_specials(text)}\n\n{body}"
+
+
+def _word_count(texts: list[str]) -> int:
+    return len(_WORD.findall(" ".join(texts).casefold()))
 
 
 def _in_page_furniture(element: Any) -> bool:

@@ -269,3 +269,20 @@ def test_backticks_in_html_make_no_code_span() -> None:
         "Intro\n\n```html\n<p>a<br>b</p>\n```\nafter",
         "Note : `<!--` opens a comment, `</b>` closes bold, and `-->` ends it",
     ]
+
+
+def test_many_code_spans_before_a_tag_stay_code_and_a_span_quoting_a_tag_is_code() -> None:
+    # Each span searched all the text up to the next ">" for a tag holding its closing backticks: one tag
+    # at the end of a long text made the step quadratic (170 KB took 20 s). The result must stay the same.
+    line = "Call `f(x)` then `<b>`; see `h`.\n"
+    texts = [
+        line * 2000 + "<br>\nend",
+        # A span holding a tag alone quotes it, even the one closing an element open around it.
+        "<li>Close the item with `</li>`.</li>",
+        "<p>Press the <kbd>`</kbd> key, then <kbd>`</kbd> again.</p>",
+    ]
+    assert Clean(["text"]).rewrite_texts(texts) == [
+        (line * 2000).rstrip("\n") + "\n\nend",
+        "Close the item with `</li>`.",
+        "Press the ` key, then ` again.",
+    ]

@@ -359,13 +359,19 @@ def test_docx_equations_read_fractions_scripts_and_tracked_changes_as_shown(tmp_
         f"<m:f><m:num>{run('a+b')}</m:num><m:den>{run('c')}</m:den></m:f>",
         "Tracked: ": f"<w:del {change.format(1)}>{run('x=3')}</w:del><w:ins {change.format(2)}>{run('x=2')}</w:ins>"
         f"<w:moveFrom {change.format(3)}>{run('+y')}</w:moveFrom>",
+        # A fraction deleted whole left its bar ("y=x+/"); sub- and superscript on one base read as its texts.
+        "Deleted: ": f"{run('y=x+')}<m:f><m:num><w:del {change.format(4)}>{run('1')}</w:del></m:num>"
+        f"<m:den><w:del {change.format(5)}>{run('2')}</w:del></m:den></m:f>",
+        "Both: ": f"<m:sSubSup><m:e>{run('x')}</m:e><m:sub>{run('i')}</m:sub><m:sup>{run('n+1')}</m:sup></m:sSubSup>",
     }
     document = docx.Document()
     for words, maths in equations.items():
         document.add_paragraph(words)._p.append(docx.oxml.parse_xml(f"<m:oMath {ns}>{maths}</m:oMath>"))
     document.save(tmp_path / "maths.docx")
     [row], _ = read(tmp_path)
-    assert row["text"] == "Half is 1/2\n\nEnergy: E=mc^2\n\nNext: x_(i+1)(a+b)/c\n\nTracked: x=2"
+    assert row["text"] == (
+        "Half is 1/2\n\nEnergy: E=mc^2\n\nNext: x_(i+1)(a+b)/c\n\nTracked: x=2\n\nDeleted: y=x+\n\nBoth: x_i^(n+1)"
+    )
 
 
 def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) -> None:
@@ -387,7 +393,9 @@ def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) 
 
 def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_written(tmp_path: Path) -> None:
     # A cookie banner's heading, whose own text trafilatura dropped, headed the page's refund policy; and a
-    # heading's "a\*b" read "a*b": its backslash went as one of the escapes of trafilatura's Markdown.
+    # heading's "a\*b" read "a*b": its backslash went as one of the escapes of trafilatura's Markdown. An h1
+    # followed by an author line (share buttons, a breadcrumb) that trafilatura drops heads the text its own
+    # element holds: it was no longer put back.
     paragraphs = [
         "Refunds take five days to reach the card used for the order, and a note is sent by email.",
         "Exchanges are free within thirty days of delivery for every item in the shop.",
@@ -395,10 +403,13 @@ def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_writte
     text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
     banner = "<div class='cookie-banner'><h2>We value your privacy</h2><p>Accept cookies</p></div>"
     (tmp_path / "banner.html").write_text(f"<html><body>{banner}<div>{text}</div></body></html>")
+    author = "<div class='author'>Written by Ann Lee</div>"
+    (tmp_path / "refunds.html").write_text(f"<html><body><div><h1>Refund policy</h1>{author}{text}</div></body></html>")
     (tmp_path / "tips.html").write_text(f"<html><body><div><h1>C# *tips* [1] a\\*b</h1>{text}</div></body></html>")
     rows, _ = read(tmp_path)
     assert [row["text"] for row in rows] == [
         "\n\n".join(paragraphs),
+        "\n\n".join(["# Refund policy", *paragraphs]),
         "\n\n".join(["# C# *tips* [1] a\\*b", *paragraphs]),
     ]
 

@@ -389,3 +389,20 @@ def test_a_task_from_an_export_before_seen_whose_predictions_cannot_tell_is_read
         assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
         assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
         dec.undo_last(engine, "pia")
+
+
+def test_a_task_from_an_export_before_seen_approved_as_shown_keeps_an_undo_made_since(tmp_path: Path) -> None:
+    # The task showed item 1's name marked not PII; the mark was undone after the export. Approved as it
+    # showed the item (name unlabelled), it marked the name not PII again: in clear, though no one decided so.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    del raw["data"]["seen"]
+    dec.undo_last(engine, "pia")
+    assert dec.not_pii_in_force(engine, 1) == set()
+    assert import_annotations(engine, labels(raw, (21, 37, "EMAIL_ADDRESS")), "pia")["approve"] == 1
+    assert dec.not_pii_in_force(engine, 1) == set()
+    # A span the task showed flagged and the annotator left unlabelled is a decision still.
+    dec.undo_last(engine, "pia")
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}

@@ -504,8 +504,8 @@ def _as_submitted(
     """A raw PII task's labels (``labelled``: the spans they leave unlabelled) as the decision, set against
     the spans the task showed: it predicted those not marked not PII by the decisions in force (``current``),
     or, for a task that does not say when it was exported, not among the marks it ``shown`` (``None``: all
-    those in force); a mark made since, which the annotator never saw, stands. A span newly left unlabelled is marked not PII, a shown
-    mark labelled again is PII again, the others stand as they are; the field edits in force, which the
+    those in force); a mark made since, which the annotator never saw, stands, and so does the undo since of
+    a mark it showed. A span newly left unlabelled is marked not PII, a shown mark labelled again is PII again, the others stand as they are; the field edits in force, which the
     task does not show, stand too. Edits add up, so a mark labelled again takes an edit that ``replaces``
     those in force with all that stands after it (empty, with no field edit: an approve). Taken whole
     instead, the labels would keep a mark the annotator set aside and an approve with them would set aside
@@ -515,6 +515,10 @@ def _as_submitted(
     marks, fields = dec.not_pii_of(current), dec.fields_of(current)
     unseen = marks - shown if shown is not None else set()
     submitted = set(labelled.not_pii) if labelled else set()
+    if shown is not None:
+        # A mark the task showed that is no longer in force was undone since: left unlabelled as shown, it
+        # is no new decision, and the later undo stands.
+        submitted -= shown - marks
     if choice == "approve" and not submitted and not fields and not unseen:
         return None, True
     if marks - unseen - submitted:

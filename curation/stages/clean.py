@@ -213,27 +213,36 @@ def _code_spans(text: str, begin: int, end: int) -> Iterator[tuple[int, int]]:
 
 def _is_code(text: str, span: re.Match[str], open_elements: Counter[str]) -> bool:
     """Whether a code span is code: not when its closing backticks fall in a tag ("`a <span title="`">"),
-    when it closes an element open before it (``<kbd>`</kbd> or <kbd>`</kbd>``: backticks as the elements'
-    text), nor when its backticks stand in words as apostrophes do ("It`s <b>bold</b> and don`t") around
-    markup."""
+    when it closes an element open before it and holds more than that tag (``<kbd>`</kbd> or <kbd>`</kbd>``:
+    backticks as the elements' text), nor when its backticks stand in words as apostrophes do ("It`s
+    <b>bold</b> and don`t") around markup."""
     close = span.end() - len(span.group(1))
-    tag_end = text.find(">", close) + 1  # of a tag holding the closing backticks
-    tags = [
-        tag
-        for tag in _TAG_RE.finditer(text, span.start(), tag_end or close)
-        if tag.start() < close and not tag.group().startswith("<!--")
-    ]
+    tags = [tag for tag in _tags_from(text, span.start(), close) if not tag.group().startswith("<!--")]
     if any(tag.end() > close for tag in tags):
         return False
+    # A span holding one tag alone quotes it ("<li>Close it with `</li>`.</li>"), as CommonMark reads it.
+    quoted = len(tags) == 1 and tags[0].group() == text[span.start() + len(span.group(1)) : close].strip(" ")
     opened = set()
     for closing, name in (_element(tag.group()) for tag in tags):
-        if closing and name not in opened and open_elements[name] > 0:
+        if closing and name not in opened and open_elements[name] > 0 and not quoted:
             return False
         opened.add(name)
     in_words = _IN_WORD.fullmatch(text, span.start() - 1, span.start() + 2) and _IN_WORD.fullmatch(
         text, close - 1, close + 2
     )
     return not (in_words and tags)
+
+
+def _tags_from(text: str, begin: int, end: int) -> Iterator[re.Match[str]]:
+    """The tags and comments that start in ``text[begin:end]``, each read whole (past ``end`` too). Only
+    their starts are searched: a search up to the next ">" after ``end`` read all the text after each
+    span again when that ">" was far, quadratic in the spans before it."""
+    at = text.find("<", begin, end)
+    while at >= 0:
+        tag = _TAG_RE.match(text, at)
+        at = text.find("<", tag.end() if tag else at + 1, end)
+        if tag:
+            yield tag
 
 
 def _element(tag: str) -> tuple[bool, str]:
