@@ -532,8 +532,12 @@ class ImagesSourceReader:
 
     def _image_uri(self, name: str) -> str:
         """Where the image a sidecar names is, as the folder's listing names it: "./a.png" and
-        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen."""
-        return join(self.config.path, posixpath.normpath(name))
+        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen. A local
+        folder is listed under its normalised path ("recipes/../data/img" as "data/img"); the recipe's
+        path keeps its "..", which is in the source's key (normalised there, a source's next run would
+        start afresh)."""
+        uri = join(self.config.path, posixpath.normpath(name))
+        return uri if is_s3(uri) else path_of(uri)
 
     def _is_new(self, row: dict, item: str, name: str | None) -> bool:
         """Whether this (image, question, answer) row (``item``: its ``_row_item``), with its image as it is

@@ -789,6 +789,38 @@ def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(
     assert Image.open(Path(second.version_uri) / "train" / line["file_name"]).size == (30, 30)
 
 
+def test_images_named_up_a_folder_from_the_recipe_are_taken_again_when_changed_and_kept_when_moved_away(
+    workdir: Path,
+) -> None:
+    # The recipe's "../data/img" kept its "..", the listing did not: no image was found listed, so none had a
+    # fingerprint. One changed in place was never read again, and one moved away lost its record.
+    (workdir / "data" / "img").mkdir(parents=True)
+    (workdir / "data" / "img" / "form.png").write_bytes(png((20, 20)))
+    (workdir / "data" / "img" / "scan.png").write_bytes(png((24, 24)))
+    rows = [{"image": name, "question": f"What is {name}?", "answer": "A form."} for name in ("form.png", "scan.png")]
+    write_jsonl(workdir / "data" / "qa.jsonl", rows)
+    (workdir / "recipes").mkdir()
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "../data/img", "sidecar": "../data/qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir / "recipes", spec).manifest.counts.written == 2
+    (workdir / "data" / "img" / "form.png").write_bytes(png((30, 30)))
+    os.utime(workdir / "data" / "img" / "form.png", (1, 1))
+    second = run(workdir / "recipes", spec)
+    assert second.manifest.counts.input == 1 and second.manifest.stats["carry"]["replaced"] == 1
+    files = {line["prompt"]: line["file_name"] for line in outputs(Path(second.version_uri))}
+    assert Image.open(Path(second.version_uri) / "train" / files["What is form.png?"]).size == (30, 30)
+    (workdir / "data" / "img" / "scan.png").rename(workdir / "scan.png")  # archived once taken
+    write_jsonl(workdir / "data" / "qa.jsonl", [rows[0] | {"answer": "A signed form."}, rows[1]])
+    third = run(workdir / "recipes", spec)
+    assert third.manifest.counts.quarantined == 0
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(third.version_uri))}
+    assert published == {"What is form.png?": "A signed form.", "What is scan.png?": "A form."}
+
+
 @pytest.mark.parametrize("sidecar", ["qa.csv", "qa.jsonl"])
 def test_an_unchanged_sidecar_with_lines_ending_in_cr_alone_publishes_nothing_new(workdir: Path, sidecar: str) -> None:
     # The lines an earlier run read were counted at LFs only, while the sidecar's rows are numbered at
