@@ -106,28 +106,43 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
         except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
             reason = "truncated" if "truncated" in str(error).lower() else "corrupt"
             raise ImageProblem(reason, f"{fmt} image does not decode: {error}") from None
-    # Rebuilt from pixels: nothing of the original's metadata (EXIF, XMP, ICC, comments) is carried.
+    out_format = REENCODE[fmt]
+    buffer = io.BytesIO()
+    try:
+        clean = _rebuilt(upright, out_format, max_side)
+        clean.save(buffer, format=out_format, **encode_options(out_format))
+    except (OSError, ValueError) as error:  # a mode Pillow cannot resize or write: this image's row, not the run
+        raise ImageProblem(
+            "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
+        ) from None
+    return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Image.Image:
+    """``upright`` rebuilt from its pixels, so nothing of the original's metadata (EXIF, XMP, ICC,
+    comments) is carried, resized to ``max_side``, in a mode ``out_format`` holds."""
     clean = Image.frombytes(upright.mode, upright.size, upright.tobytes())
     if upright.mode == "P":
         clean.putpalette(upright.getpalette())
+    if max_side is not None and max(clean.size) > max_side:
+        if clean.mode.startswith("I;16"):
+            # Pillow's shrinking refuses 16-bit samples ("image has wrong mode") but takes 32-bit ones; they
+            # go back to 16 bits, any overshoot of the filter past 65535 clipped rather than the image scaled.
+            clean = Image.fromarray(np.asarray(clean, dtype=np.int32))  # 2-D int32: mode I
+            clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            clean = Image.fromarray(np.clip(np.asarray(clean), 0, 65535).astype(np.uint16))  # mode I;16
+        else:
+            clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     if "transparency" in upright.info:  # a palette or colour drawn transparent: pixels, not metadata
         clean.info["transparency"] = upright.info["transparency"]
-    if max_side is not None and max(clean.size) > max_side:
-        clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    out_format = REENCODE[fmt]
     if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
-        clean = clean.convert("RGB")
-    elif out_format == "PNG" and clean.mode in ("I", "F"):
-        clean = _sixteen_bit(clean)
-    elif out_format == "PNG" and clean.mode not in PNG_MODES:
+        return clean.convert("RGB")
+    if out_format == "PNG" and clean.mode in ("I", "F"):
+        return _sixteen_bit(clean)
+    if out_format == "PNG" and clean.mode not in PNG_MODES:
         # A TIFF scan in CMYK, YCbCr or LAB: PNG cannot hold it.
-        clean = clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
-    buffer = io.BytesIO()
-    try:
-        clean.save(buffer, format=out_format, **encode_options(out_format))
-    except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
-        raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
-    return CleanImage(buffer.getvalue(), out_format, clean.size)
+        return clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
+    return clean
 
 
 def _sixteen_bit(image: Image.Image) -> Image.Image:

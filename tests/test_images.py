@@ -239,6 +239,59 @@ def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_16_bit_grey_not_clipp
     assert np.asarray(cleaned)[0, :3].tolist() == kept
 
 
+def grey16(fmt: str, value: int, mode: str = "I;16") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (120, 80), value).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_16_bit_grey_scans_are_resized_to_max_side_as_16_bit_not_failing_the_run(workdir: Path) -> None:
+    # Pillow's shrinking refuses I;16 and I;16B: "image has wrong mode" failed the whole run, naming no file.
+    (workdir / "img").mkdir()
+    scans = {"scan.png": grey16("PNG", 40000), "scan.tif": grey16("TIFF", 50000, "I;16B"), "form.png": png((120, 80))}
+    for name, data in scans.items():
+        (workdir / "img" / name).write_bytes(data)
+    write_jsonl(workdir / "qa.jsonl", [{"image": name, "question": "What is it?", "answer": name} for name in scans])
+    spec = {
+        **receipts(),
+        "sources": [
+            {"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_side": 24, "formats": ["PNG", "TIFF"]}
+        ],
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.written == 3 and result.manifest.counts.quarantined == 0
+    kept = {
+        line["completion"]: Image.open(Path(result.version_uri) / "train" / line["file_name"])
+        for line in outputs(Path(result.version_uri))
+    }
+    assert {name: image.size for name, image in kept.items()} == dict.fromkeys(scans, (24, 16))
+    # Still 16-bit, its samples as they were (neither clipped to 8 bits nor scaled).
+    assert kept["scan.png"].mode == kept["scan.tif"].mode == "I;16"
+    assert kept["scan.png"].getextrema() == (40000, 40000) and kept["scan.tif"].getextrema() == (50000, 50000)
+
+
+def test_an_image_pillow_cannot_resize_quarantines_its_row_naming_it_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "big.png").write_bytes(png((64, 48)))
+    (tmp_path / "img" / "small.png").write_bytes(png((8, 8)))  # within max_side: not resized
+    rows = [{"image": name, "question": "What is it?", "answer": name} for name in ("big.png", "small.png")]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+
+    def refused(image: Image.Image, *args: object, **kwargs: object) -> None:
+        raise ValueError("image has wrong mode")  # as Pillow refuses a mode it does not resample
+
+    monkeypatch.setattr(Image.Image, "thumbnail", refused)
+    kept, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), max_side=32))
+    assert [row["image"] for row in kept] == ["small.png"]
+    [problem] = aside
+    assert problem["reason"] == "unsupported"
+    assert problem["detail"] == (
+        f"{tmp_path}/qa.jsonl:1: big.png: PNG image in mode RGB cannot be resized or re-encoded: image has wrong mode"
+    )
+
+
 def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path) -> None:
     write_folder(tmp_path)
     (tmp_path / "private").mkdir()
