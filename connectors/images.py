@@ -16,6 +16,7 @@ import json
 import math
 import os
 import posixpath
+import threading
 import warnings
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes P
 # JPEG and WebP quality of every re-encoding of a kept image (here and after OCR redaction), so that
 # redacting a picture does not also blur it (Pillow's defaults are 75 and 80).
 ENCODE_QUALITY = 95
+_PIXELS_LOCK = threading.Lock()  # ``_allow_pixels``: two sources' settings, raised at once, leave the larger
 
 
 class ImageProblem(Exception):
@@ -78,6 +80,7 @@ class CleanImage:
 
 def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int | None = None) -> CleanImage:
     """The image verified, without metadata, optionally resized; ``ImageProblem`` says why not."""
+    _allow_pixels(max_pixels)
     with warnings.catch_warnings():
         # We enforce our own pixel limit below; Pillow's global one only warns (or errors at twice it).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -116,6 +119,16 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
         ) from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Have Pillow open images of up to ``max_pixels``, which ``clean_image`` checks itself: Pillow refuses one
+    past twice its own limit (``MAX_IMAGE_PIXELS``, about 179 million pixels in all) before that check could
+    read the size. Its limit is module-wide and images are decoded on a reading thread while stages open
+    others, so it is only ever raised (to the largest ``max_pixels`` a source sets), never put back."""
+    with _PIXELS_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Image.Image:
