@@ -84,18 +84,26 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
     with warnings.catch_warnings():
         # We enforce our own pixel limit below; Pillow's global one only warns (or errors at twice it).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        whole = None  # the bytes a WebP cut short says it holds
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 fmt, (width, height) = probe.format or "", probe.size
         except Image.DecompressionBombError as error:
             raise ImageProblem("decompression_bomb", str(error)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise ImageProblem("unsupported", "not an image Pillow can read") from None
+            # Pillow opens a WebP by decoding it, so one cut short does not open; its RIFF header tells it apart.
+            if (whole := _webp_cut_short(data)) is None:
+                raise ImageProblem("unsupported", "not an image Pillow can read") from None
+            fmt, width, height = "WEBP", 0, 0
         # Pillow names a JPEG that holds more pictures (a phone camera's depth map or preview, CIPA's
         # Multi-Picture Format) MPO; its first picture is the photo, a JPEG, and only that is kept.
         fmt = "JPEG" if fmt == "MPO" else fmt
         if fmt not in formats:
             raise ImageProblem("unsupported", f"{fmt} images are not accepted (accepted: {', '.join(formats)})")
+        if whole is not None:
+            raise ImageProblem(
+                "truncated", f"WEBP image is cut short: {len(data)} of the {whole} bytes its header gives"
+            )
         if width * height > max_pixels:
             raise ImageProblem(
                 "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
@@ -119,6 +127,14 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
         ) from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def _webp_cut_short(data: bytes) -> int | None:
+    """The size a WebP's RIFF header gives, where ``data`` is shorter than that; else None."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    whole = int.from_bytes(data[4:8], "little") + 8
+    return whole if len(data) < whole else None
 
 
 def _allow_pixels(max_pixels: int) -> None:

@@ -307,6 +307,37 @@ def test_max_pixels_past_pillows_own_limit_lets_such_an_image_through(monkeypatc
     assert problem.value.reason == "decompression_bomb"
 
 
+def noise(fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((200, 200), 50).convert("RGB").save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG"])
+def test_an_image_cut_short_is_quarantined_as_truncated(fmt: str) -> None:
+    # Pillow does not open a WebP cut short at all: it was reported as not an image (unsupported).
+    from connectors.images import clean_image
+
+    data = noise(fmt)
+    with pytest.raises(images.ImageProblem) as problem:
+        clean_image(data[: len(data) // 2], ["JPEG", "PNG", "WEBP"], 10**6)
+    assert problem.value.reason == "truncated" and fmt in problem.value.detail
+    with pytest.raises(images.ImageProblem, match="WEBP images are not accepted") as problem:
+        clean_image(noise("WEBP")[:500], ["PNG"], 10**6)  # a format the source does not take: that first
+    assert problem.value.reason == "unsupported"
+
+
+def test_a_tiff_of_several_pages_is_kept_as_its_first_page() -> None:
+    from connectors.images import clean_image
+
+    pages = [Image.new("L", (100, 140), 255), Image.new("L", (80, 60), 128), Image.new("L", (100, 140), 0)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+    kept = Image.open(io.BytesIO(clean_image(buffer.getvalue(), ["TIFF"], 10**6).data))
+    assert kept.format == "PNG" and getattr(kept, "n_frames", 1) == 1
+    assert kept.size == (100, 140) and kept.getextrema() == (255, 255)
+
+
 def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path) -> None:
     write_folder(tmp_path)
     (tmp_path / "private").mkdir()
