@@ -16,6 +16,7 @@ import json
 import math
 import os
 import posixpath
+import threading
 import warnings
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes P
 # JPEG and WebP quality of every re-encoding of a kept image (here and after OCR redaction), so that
 # redacting a picture does not also blur it (Pillow's defaults are 75 and 80).
 ENCODE_QUALITY = 95
+_PIXELS_LOCK = threading.Lock()  # ``_allow_pixels``: two sources' settings, raised at once, leave the larger
 
 
 class ImageProblem(Exception):
@@ -78,21 +80,30 @@ class CleanImage:
 
 def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int | None = None) -> CleanImage:
     """The image verified, without metadata, optionally resized; ``ImageProblem`` says why not."""
+    _allow_pixels(max_pixels)
     with warnings.catch_warnings():
         # We enforce our own pixel limit below; Pillow's global one only warns (or errors at twice it).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        whole = None  # the bytes a WebP cut short says it holds
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 fmt, (width, height) = probe.format or "", probe.size
         except Image.DecompressionBombError as error:
             raise ImageProblem("decompression_bomb", str(error)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise ImageProblem("unsupported", "not an image Pillow can read") from None
+            # Pillow opens a WebP by decoding it, so one cut short does not open; its RIFF header tells it apart.
+            if (whole := _webp_cut_short(data)) is None:
+                raise ImageProblem("unsupported", "not an image Pillow can read") from None
+            fmt, width, height = "WEBP", 0, 0
         # Pillow names a JPEG that holds more pictures (a phone camera's depth map or preview, CIPA's
         # Multi-Picture Format) MPO; its first picture is the photo, a JPEG, and only that is kept.
         fmt = "JPEG" if fmt == "MPO" else fmt
         if fmt not in formats:
             raise ImageProblem("unsupported", f"{fmt} images are not accepted (accepted: {', '.join(formats)})")
+        if whole is not None:
+            raise ImageProblem(
+                "truncated", f"WEBP image is cut short: {len(data)} of the {whole} bytes its header gives"
+            )
         if width * height > max_pixels:
             raise ImageProblem(
                 "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
@@ -106,28 +117,61 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
         except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
             reason = "truncated" if "truncated" in str(error).lower() else "corrupt"
             raise ImageProblem(reason, f"{fmt} image does not decode: {error}") from None
-    # Rebuilt from pixels: nothing of the original's metadata (EXIF, XMP, ICC, comments) is carried.
+    out_format = REENCODE[fmt]
+    buffer = io.BytesIO()
+    try:
+        clean = _rebuilt(upright, out_format, max_side)
+        clean.save(buffer, format=out_format, **encode_options(out_format))
+    except (OSError, ValueError) as error:  # a mode Pillow cannot resize or write: this image's row, not the run
+        raise ImageProblem(
+            "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
+        ) from None
+    return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def _webp_cut_short(data: bytes) -> int | None:
+    """The size a WebP's RIFF header gives, where ``data`` is shorter than that; else None."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    whole = int.from_bytes(data[4:8], "little") + 8
+    return whole if len(data) < whole else None
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Have Pillow open images of up to ``max_pixels``, which ``clean_image`` checks itself: Pillow refuses one
+    past twice its own limit (``MAX_IMAGE_PIXELS``, about 179 million pixels in all) before that check could
+    read the size. Its limit is module-wide and images are decoded on a reading thread while stages open
+    others, so it is only ever raised (to the largest ``max_pixels`` a source sets), never put back."""
+    with _PIXELS_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Image.Image:
+    """``upright`` rebuilt from its pixels, so nothing of the original's metadata (EXIF, XMP, ICC,
+    comments) is carried, resized to ``max_side``, in a mode ``out_format`` holds."""
     clean = Image.frombytes(upright.mode, upright.size, upright.tobytes())
     if upright.mode == "P":
         clean.putpalette(upright.getpalette())
+    if max_side is not None and max(clean.size) > max_side:
+        if clean.mode.startswith("I;16"):
+            # Pillow's shrinking refuses 16-bit samples ("image has wrong mode") but takes 32-bit ones; they
+            # go back to 16 bits, any overshoot of the filter past 65535 clipped rather than the image scaled.
+            clean = Image.fromarray(np.asarray(clean, dtype=np.int32))  # 2-D int32: mode I
+            clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            clean = Image.fromarray(np.clip(np.asarray(clean), 0, 65535).astype(np.uint16))  # mode I;16
+        else:
+            clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     if "transparency" in upright.info:  # a palette or colour drawn transparent: pixels, not metadata
         clean.info["transparency"] = upright.info["transparency"]
-    if max_side is not None and max(clean.size) > max_side:
-        clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    out_format = REENCODE[fmt]
     if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
-        clean = clean.convert("RGB")
-    elif out_format == "PNG" and clean.mode in ("I", "F"):
-        clean = _sixteen_bit(clean)
-    elif out_format == "PNG" and clean.mode not in PNG_MODES:
+        return clean.convert("RGB")
+    if out_format == "PNG" and clean.mode in ("I", "F"):
+        return _sixteen_bit(clean)
+    if out_format == "PNG" and clean.mode not in PNG_MODES:
         # A TIFF scan in CMYK, YCbCr or LAB: PNG cannot hold it.
-        clean = clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
-    buffer = io.BytesIO()
-    try:
-        clean.save(buffer, format=out_format, **encode_options(out_format))
-    except (OSError, ValueError) as error:  # a mode the encoder cannot write: this image, not the run
-        raise ImageProblem("unsupported", f"{fmt} image in mode {upright.mode} cannot be re-encoded: {error}") from None
-    return CleanImage(buffer.getvalue(), out_format, clean.size)
+        return clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
+    return clean
 
 
 def _sixteen_bit(image: Image.Image) -> Image.Image:
@@ -532,8 +576,12 @@ class ImagesSourceReader:
 
     def _image_uri(self, name: str) -> str:
         """Where the image a sidecar names is, as the folder's listing names it: "./a.png" and
-        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen."""
-        return join(self.config.path, posixpath.normpath(name))
+        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen. A local
+        folder is listed under its normalised path ("recipes/../data/img" as "data/img"); the recipe's
+        path keeps its "..", which is in the source's key (normalised there, a source's next run would
+        start afresh)."""
+        uri = join(self.config.path, posixpath.normpath(name))
+        return uri if is_s3(uri) else path_of(uri)
 
     def _is_new(self, row: dict, item: str, name: str | None) -> bool:
         """Whether this (image, question, answer) row (``item``: its ``_row_item``), with its image as it is

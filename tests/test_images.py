@@ -239,6 +239,105 @@ def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_16_bit_grey_not_clipp
     assert np.asarray(cleaned)[0, :3].tolist() == kept
 
 
+def grey16(fmt: str, value: int, mode: str = "I;16") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (120, 80), value).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_16_bit_grey_scans_are_resized_to_max_side_as_16_bit_not_failing_the_run(workdir: Path) -> None:
+    # Pillow's shrinking refuses I;16 and I;16B: "image has wrong mode" failed the whole run, naming no file.
+    (workdir / "img").mkdir()
+    scans = {"scan.png": grey16("PNG", 40000), "scan.tif": grey16("TIFF", 50000, "I;16B"), "form.png": png((120, 80))}
+    for name, data in scans.items():
+        (workdir / "img" / name).write_bytes(data)
+    write_jsonl(workdir / "qa.jsonl", [{"image": name, "question": "What is it?", "answer": name} for name in scans])
+    spec = {
+        **receipts(),
+        "sources": [
+            {"type": "images", "path": "img", "sidecar": "qa.jsonl", "max_side": 24, "formats": ["PNG", "TIFF"]}
+        ],
+    }
+    result = run(workdir, spec)
+    assert result.manifest.counts.written == 3 and result.manifest.counts.quarantined == 0
+    kept = {
+        line["completion"]: Image.open(Path(result.version_uri) / "train" / line["file_name"])
+        for line in outputs(Path(result.version_uri))
+    }
+    assert {name: image.size for name, image in kept.items()} == dict.fromkeys(scans, (24, 16))
+    # Still 16-bit, its samples as they were (neither clipped to 8 bits nor scaled).
+    assert kept["scan.png"].mode == kept["scan.tif"].mode == "I;16"
+    assert kept["scan.png"].getextrema() == (40000, 40000) and kept["scan.tif"].getextrema() == (50000, 50000)
+
+
+def test_an_image_pillow_cannot_resize_quarantines_its_row_naming_it_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "big.png").write_bytes(png((64, 48)))
+    (tmp_path / "img" / "small.png").write_bytes(png((8, 8)))  # within max_side: not resized
+    rows = [{"image": name, "question": "What is it?", "answer": name} for name in ("big.png", "small.png")]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+
+    def refused(image: Image.Image, *args: object, **kwargs: object) -> None:
+        raise ValueError("image has wrong mode")  # as Pillow refuses a mode it does not resample
+
+    monkeypatch.setattr(Image.Image, "thumbnail", refused)
+    kept, aside, _ = read(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl"), max_side=32))
+    assert [row["image"] for row in kept] == ["small.png"]
+    [problem] = aside
+    assert problem["reason"] == "unsupported"
+    assert problem["detail"] == (
+        f"{tmp_path}/qa.jsonl:1: big.png: PNG image in mode RGB cannot be resized or re-encoded: image has wrong mode"
+    )
+
+
+def test_max_pixels_past_pillows_own_limit_lets_such_an_image_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow refused an image past twice its MAX_IMAGE_PIXELS (about 179 million pixels) as a bomb: a
+    # larger max_pixels never took effect. Its limit is put back after the test (clean_image raises it).
+    from connectors.images import clean_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    buffer = io.BytesIO()
+    Image.new("1", (13_400, 13_400), 1).save(buffer, "PNG")  # 179.6 million pixels, a 30 KB file
+    cleaned = clean_image(buffer.getvalue(), ["PNG"], max_pixels=200_000_000)
+    assert cleaned.size == (13_400, 13_400)
+    with pytest.raises(images.ImageProblem, match="over max_pixels 150000000") as problem:
+        clean_image(buffer.getvalue(), ["PNG"], max_pixels=150_000_000)  # its own limit still applies
+    assert problem.value.reason == "decompression_bomb"
+
+
+def noise(fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((200, 200), 50).convert("RGB").save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG"])
+def test_an_image_cut_short_is_quarantined_as_truncated(fmt: str) -> None:
+    # Pillow does not open a WebP cut short at all: it was reported as not an image (unsupported).
+    from connectors.images import clean_image
+
+    data = noise(fmt)
+    with pytest.raises(images.ImageProblem) as problem:
+        clean_image(data[: len(data) // 2], ["JPEG", "PNG", "WEBP"], 10**6)
+    assert problem.value.reason == "truncated" and fmt in problem.value.detail
+    with pytest.raises(images.ImageProblem, match="WEBP images are not accepted") as problem:
+        clean_image(noise("WEBP")[:500], ["PNG"], 10**6)  # a format the source does not take: that first
+    assert problem.value.reason == "unsupported"
+
+
+def test_a_tiff_of_several_pages_is_kept_as_its_first_page() -> None:
+    from connectors.images import clean_image
+
+    pages = [Image.new("L", (100, 140), 255), Image.new("L", (80, 60), 128), Image.new("L", (100, 140), 0)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+    kept = Image.open(io.BytesIO(clean_image(buffer.getvalue(), ["TIFF"], 10**6).data))
+    assert kept.format == "PNG" and getattr(kept, "n_frames", 1) == 1
+    assert kept.size == (100, 140) and kept.getextrema() == (255, 255)
+
+
 def test_a_sidecar_cannot_name_an_image_outside_the_images_folder(tmp_path: Path) -> None:
     write_folder(tmp_path)
     (tmp_path / "private").mkdir()
@@ -787,6 +886,38 @@ def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(
     assert second.manifest.counts.written == 1 and second.manifest.stats["carry"]["replaced"] == 1
     [line] = outputs(Path(second.version_uri))
     assert Image.open(Path(second.version_uri) / "train" / line["file_name"]).size == (30, 30)
+
+
+def test_images_named_up_a_folder_from_the_recipe_are_taken_again_when_changed_and_kept_when_moved_away(
+    workdir: Path,
+) -> None:
+    # The recipe's "../data/img" kept its "..", the listing did not: no image was found listed, so none had a
+    # fingerprint. One changed in place was never read again, and one moved away lost its record.
+    (workdir / "data" / "img").mkdir(parents=True)
+    (workdir / "data" / "img" / "form.png").write_bytes(png((20, 20)))
+    (workdir / "data" / "img" / "scan.png").write_bytes(png((24, 24)))
+    rows = [{"image": name, "question": f"What is {name}?", "answer": "A form."} for name in ("form.png", "scan.png")]
+    write_jsonl(workdir / "data" / "qa.jsonl", rows)
+    (workdir / "recipes").mkdir()
+    spec = {
+        "dataset": "forms",
+        "sources": [{"type": "images", "path": "../data/img", "sidecar": "../data/qa.jsonl"}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert run(workdir / "recipes", spec).manifest.counts.written == 2
+    (workdir / "data" / "img" / "form.png").write_bytes(png((30, 30)))
+    os.utime(workdir / "data" / "img" / "form.png", (1, 1))
+    second = run(workdir / "recipes", spec)
+    assert second.manifest.counts.input == 1 and second.manifest.stats["carry"]["replaced"] == 1
+    files = {line["prompt"]: line["file_name"] for line in outputs(Path(second.version_uri))}
+    assert Image.open(Path(second.version_uri) / "train" / files["What is form.png?"]).size == (30, 30)
+    (workdir / "data" / "img" / "scan.png").rename(workdir / "scan.png")  # archived once taken
+    write_jsonl(workdir / "data" / "qa.jsonl", [rows[0] | {"answer": "A signed form."}, rows[1]])
+    third = run(workdir / "recipes", spec)
+    assert third.manifest.counts.quarantined == 0
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(third.version_uri))}
+    assert published == {"What is form.png?": "A signed form.", "What is scan.png?": "A form."}
 
 
 @pytest.mark.parametrize("sidecar", ["qa.csv", "qa.jsonl"])
