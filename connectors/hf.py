@@ -6,7 +6,7 @@ Two layouts are understood:
   Arrow stream files of a split; ``dataset_dict.json`` naming the splits), i.e. what
   ``datasets.load_from_disk`` reads;
 - a folder of parquet or ``.arrow`` files as the Hub stores them (``data/train-00000-of-00002.parquet``),
-  each file's split named as ``datasets.load_dataset`` names it.
+  the split taken from the file name as the Hub, ``push_to_hub`` and the datasets cache write it.
 
 The Arrow files are read directly with pyarrow, batch by batch, so a large dataset streams without
 ``datasets`` building a cache, and S3 works through the same filesystem layer as every source.
@@ -15,7 +15,6 @@ The Arrow files are read directly with pyarrow, batch by batch, so a large datas
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import posixpath
 import re
@@ -24,19 +23,20 @@ from collections.abc import Collection, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from datasets.data_files import _get_data_files_patterns  # private: get_data_patterns lists through fsspec, not ours
-from fsspec.utils import glob_translate
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, less_kept, new_files, read_digest, taken
-from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, join, list_files, open_input
+from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, join, list_files, open_input, path_of
 from schemas.config import HFSource
 from schemas.manifest import InputFile
 from schemas.records import InputIds, source_array
 
 CONNECTOR = "hf"
+_SPLIT_IN_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}(?:-[0-9a-f]{8,})?\.(parquet|arrow)$")
+_SPLIT_IN_CACHE_NAME = re.compile(r"^[^-]+-(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.arrow$")
+_TOP_SPLITS = ("train", "test", "validation")
 
 
 def _read_json(uri: str) -> dict | None:
@@ -84,36 +84,24 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[
 
 
 def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
-    """(split, URI) of each of ``uris``, the data files of the Hub-style folder at ``path``, the split named by
-    ``datasets``' own rules, as ``load_dataset`` names it: ``data/<split>-00000-of-00002[-<hash>].parquet``,
-    else a folder or file name holding ``train``, ``test``, ``validation`` (``dev``, ``eval``, ...). Where no
-    name holds a split (``load_dataset`` then calls every file ``train``), each file keeps its folder's name, as
-    earlier releases named it, so a recipe's ``split:`` goes on naming it. A hand-made pattern missed the names ``push_to_hub`` and the datasets cache write, and took the
-    folder's name as the split (``data``). A file those rules leave out (``default/train/0000.parquet`` beside
-    ``data/train-...``), which ``load_dataset`` would not read, keeps its folder's name: its rows are not lost."""
-    relative = [(uri, uri.removeprefix(join(path, ""))) for uri in uris]
-
-    def matching(pattern: str) -> list[str]:
-        return [name for _, name in relative if _glob(pattern).match(name)]
-
-    if not relative:
-        return []
-    try:
-        patterns = _get_data_files_patterns(matching)
-    except ValueError as error:  # a split name load_dataset refuses too (``data/my-split-00000-of-00001...``)
-        raise StorageError(f"{path}: {error}") from None
-    if list(patterns.values()) == [["**"]]:  # datasets' catch-all: no file or folder name holds a split
-        patterns = {}
-    named = []
-    for uri, name in relative:
-        found = (str(split) for split, globs in patterns.items() if any(_glob(g).match(name) for g in globs))
-        named.append((next(found, posixpath.basename(posixpath.dirname(uri))), uri))
+    """(split, URI) of each of ``uris``, the data files of the Hub-style folder at ``path``: the split in the
+    file's name as the Hub, ``push_to_hub`` (a fingerprint after the shard numbers) and the datasets cache
+    (``<builder>-<split>-...arrow``) write it, or a file ``train``/``test``/``validation`` at the top of the
+    folder; else its folder's name, as earlier releases named every file (a recipe's ``split:`` goes on naming
+    the same files: ``datasets``' looser rules would take ``train_clean/`` into ``train``)."""
+    named, top = [], path_of(path).rstrip("/")
+    for uri in uris:
+        name, folder = posixpath.basename(uri), posixpath.dirname(uri)
+        match = _SPLIT_IN_NAME.match(name) or (_SPLIT_IN_CACHE_NAME.match(name) if name.endswith(".arrow") else None)
+        stem, suffix = posixpath.splitext(name)
+        if match:
+            split = match.group("split")
+        elif stem in _TOP_SPLITS and suffix in (".parquet", ".arrow") and path_of(folder) == top:
+            split = stem
+        else:
+            split = posixpath.basename(folder)
+        named.append((split, uri))
     return named
-
-
-@functools.cache
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(glob_translate(pattern))
 
 
 def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:

@@ -462,11 +462,16 @@ def test_files_whose_names_hold_no_split_keep_their_folders_name_as_earlier_rele
         read(str(tmp_path / "hub"), split="train")
 
 
-def test_a_shard_name_whose_split_load_dataset_refuses_is_refused_by_name(tmp_path: Path) -> None:
-    (tmp_path / "hub" / "data").mkdir(parents=True)
-    make_dataset()["train"].to_parquet(str(tmp_path / "hub" / "data" / "my-split-00000-of-00001.parquet"))
-    with pytest.raises(StorageError, match=r"hub: Split name should match .*'my-split'"):
-        read(str(tmp_path / "hub"))
+def test_a_split_names_the_files_it_named_before_whatever_the_path_above_the_dataset(tmp_path: Path) -> None:
+    # datasets' looser rules took train_clean/ into train and read the folders above the dataset (a parent named
+    # test/) as the split: a recipe's split: picked other files than it did.
+    hub = tmp_path / "test" / "hub"
+    for folder in ("train", "train_clean", "x"):
+        (hub / folder).mkdir(parents=True)
+        make_dataset()["train"].to_parquet(str(hub / folder / "0.parquet"))
+    for path in (str(hub), f"{tmp_path}/test/../test/hub", f"{tmp_path}//test/hub"):
+        for split in ("train", "train_clean", "x"):
+            assert {row["source"]["uri"] for row in read(path, split=split)} == {str(hub / split / "0.parquet")}
 
 
 def test_an_image_feature_read_as_a_vqa_image_is_refused_by_name_and_an_unread_one_is_not(workdir: Path) -> None:
