@@ -922,7 +922,9 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
     after = _word_count(first.xpath("preceding::text()")) + len(_WORD.findall(text.casefold()))
     parent = first.getparent()
-    end = _word_count(parent.xpath("preceding::text()")) + _word_count(parent.xpath(".//text()"))
+    end = after + len(opening)  # right after the heading; within its own element, unless that is the whole page
+    if parent is not None and parent.tag not in ("body", "html"):
+        end = _word_count(parent.xpath("preceding::text()")) + _word_count(parent.xpath(".//text()"))
     if not opening or not any(words[at : at + len(opening)] == opening for at in range(after, end - len(opening) + 1)):
         return body
     # Escaped as trafilatura escapes the body's text, which ``_unescape_markdown`` takes out again.

@@ -406,8 +406,12 @@ def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_writte
     author = "<div class='author'>Written by Ann Lee</div>"
     (tmp_path / "refunds.html").write_text(f"<html><body><div><h1>Refund policy</h1>{author}{text}</div></body></html>")
     (tmp_path / "tips.html").write_text(f"<html><body><div><h1>C# *tips* [1] a\\*b</h1>{text}</div></body></html>")
+    # A heading right in <body>, whose own element is the whole page, heads only the text right after it.
+    bare = "<h2>We value your privacy</h2><div class='cookie-banner'><p>Accept cookies</p></div>"
+    (tmp_path / "bare_banner.html").write_text(f"<html><body>{bare}<div>{text}</div></body></html>")
     rows, _ = read(tmp_path)
     assert [row["text"] for row in rows] == [
+        "\n\n".join(paragraphs),
         "\n\n".join(paragraphs),
         "\n\n".join(["# Refund policy", *paragraphs]),
         "\n\n".join(["# C# *tips* [1] a\\*b", *paragraphs]),
