@@ -16,7 +16,6 @@ import json
 import math
 import os
 import posixpath
-import threading
 import warnings
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,7 +60,6 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # the modes P
 # JPEG and WebP quality of every re-encoding of a kept image (here and after OCR redaction), so that
 # redacting a picture does not also blur it (Pillow's defaults are 75 and 80).
 ENCODE_QUALITY = 95
-_PIXELS_LOCK = threading.Lock()  # ``_allow_pixels``: two sources' settings, raised at once, leave the larger
 
 
 class ImageProblem(Exception):
@@ -80,7 +78,6 @@ class CleanImage:
 
 def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int | None = None) -> CleanImage:
     """The image verified, without metadata, optionally resized; ``ImageProblem`` says why not."""
-    _allow_pixels(max_pixels)
     with warnings.catch_warnings():
         # We enforce our own pixel limit below; Pillow's global one only warns (or errors at twice it).
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -135,16 +132,6 @@ def _webp_cut_short(data: bytes) -> int | None:
         return None
     whole = int.from_bytes(data[4:8], "little") + 8
     return whole if len(data) < whole else None
-
-
-def _allow_pixels(max_pixels: int) -> None:
-    """Have Pillow open images of up to ``max_pixels``, which ``clean_image`` checks itself: Pillow refuses one
-    past twice its own limit (``MAX_IMAGE_PIXELS``, about 179 million pixels in all) before that check could
-    read the size. Its limit is module-wide and images are decoded on a reading thread while stages open
-    others, so it is only ever raised (to the largest ``max_pixels`` a source sets), never put back."""
-    with _PIXELS_LOCK:
-        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Image.Image:

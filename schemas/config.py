@@ -320,6 +320,9 @@ class DocumentsSource(Strict):
     chunk: ChunkConfig | None = None  # default: one record per PDF page or document section
 
 
+_PILLOW_BOMB_PIXELS = 2 * 89_478_485  # twice PIL.Image.MAX_IMAGE_PIXELS, its default
+
+
 class ImagesSource(Strict):
     """Images with questions and answers: a folder or ``s3://`` prefix and a JSONL/CSV sidecar.
 
@@ -337,6 +340,18 @@ class ImagesSource(Strict):
     formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP"]
     )
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _pillow_opens_it(cls, max_pixels: int) -> int:
+        # Pillow refuses an image past twice its own MAX_IMAGE_PIXELS before our check reads the size; its
+        # limit is module-wide (every image check and stage in the process, Ray workers apart), so it stays.
+        if max_pixels > _PILLOW_BOMB_PIXELS:
+            raise ValueError(
+                f"at most {_PILLOW_BOMB_PIXELS} (past it Pillow, which decodes the images, refuses one as a "
+                "decompression bomb)"
+            )
+        return max_pixels
 
 
 class HFSource(Strict):

@@ -292,19 +292,15 @@ def test_an_image_pillow_cannot_resize_quarantines_its_row_naming_it_not_the_run
     )
 
 
-def test_max_pixels_past_pillows_own_limit_lets_such_an_image_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Pillow refused an image past twice its MAX_IMAGE_PIXELS (about 179 million pixels) as a bomb: a
-    # larger max_pixels never took effect. Its limit is put back after the test (clean_image raises it).
-    from connectors.images import clean_image
+def test_max_pixels_past_pillows_own_limit_is_a_recipe_error() -> None:
+    # Pillow refuses an image past twice its MAX_IMAGE_PIXELS (about 179 million pixels) before the source's own
+    # check: a larger max_pixels never took effect. Raising Pillow's module-wide limit instead lowered every other
+    # image check in the process (a Ray worker's stages kept Pillow's own), so a larger value is refused.
+    from schemas.config import ImagesSource
 
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
-    buffer = io.BytesIO()
-    Image.new("1", (13_400, 13_400), 1).save(buffer, "PNG")  # 179.6 million pixels, a 30 KB file
-    cleaned = clean_image(buffer.getvalue(), ["PNG"], max_pixels=200_000_000)
-    assert cleaned.size == (13_400, 13_400)
-    with pytest.raises(images.ImageProblem, match="over max_pixels 150000000") as problem:
-        clean_image(buffer.getvalue(), ["PNG"], max_pixels=150_000_000)  # its own limit still applies
-    assert problem.value.reason == "decompression_bomb"
+    assert ImagesSource(type="images", path="i", sidecar="s.jsonl", max_pixels=2 * Image.MAX_IMAGE_PIXELS)
+    with pytest.raises(ValueError, match=r"at most 178956970 .*Pillow"):
+        ImagesSource(type="images", path="i", sidecar="s.jsonl", max_pixels=2 * Image.MAX_IMAGE_PIXELS + 1)
 
 
 def noise(fmt: str, **options: object) -> bytes:
