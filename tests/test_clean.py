@@ -277,7 +277,8 @@ def test_many_code_spans_before_a_tag_stay_code_and_a_span_quoting_a_tag_is_code
     line = "Call `f(x)` then `<b>`; see `h`.\n"
     texts = [
         line * 2000 + "<br>\nend",
-        # A span holding a tag alone quotes it, even the one closing an element open around it.
+        # A span holding a tag alone quotes it, even the one closing an element open around it, when a tag
+        # after it still closes that element.
         "<li>Close the item with `</li>`.</li>",
         "<p>Press the <kbd>`</kbd> key, then <kbd>`</kbd> again.</p>",
     ]
@@ -285,4 +286,19 @@ def test_many_code_spans_before_a_tag_stay_code_and_a_span_quoting_a_tag_is_code
         (line * 2000).rstrip("\n") + "\n\nend",
         "Close the item with `</li>`.",
         "Press the ` key, then ` again.",
+    ]
+
+
+def test_a_span_holding_the_only_close_of_an_open_element_is_the_elements_text() -> None:
+    # "`</kbd>`" alone looks like a quoted tag, but nothing after it closes the <kbd> it is in: the tag ends
+    # the element and the backticks are text around it; kept as code, the tag stayed in the cleaned text.
+    texts = [
+        "<p>Key <kbd>`</kbd>`</p>",
+        "<p>Shell: <b>`</b>`date` runs date</p>",
+        "<ul><li>Close the item with `</li>`.</li><li>Or `</ul>` the list.</li></ul>",
+    ]
+    assert Clean(["text"]).rewrite_texts(texts) == [
+        "Key ` `",
+        "Shell: ` `date` runs date",
+        "Close the item with `</li>`.\nOr `</ul>` the list.",
     ]

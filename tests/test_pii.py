@@ -2063,3 +2063,25 @@ def test_near_duplicate_flags_of_a_recipe_without_a_pii_stage_are_left_as_flagge
     stages = [Named("near_dedup"), Clean(["prompt"]), Named("profile")]
     (shown,) = _flags_as_published(stages, [flags])  # type: ignore[arg-type]
     assert json.loads(shown["payload"][0].as_py()) == payload
+
+
+def test_an_undo_of_places_found_again_that_overlap_holds_on_the_one_span_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CURATION_PII_SECRET", SECRET)
+    # "Maria Garcia" and "Garcia Lopez" found in the prompt stand in the completion as one name: its places
+    # are redacted as one span, the one the flag shows. An undo of that span was checked against each place
+    # before they were merged, matched neither, and the name was redacted again; it was counted as two.
+    pii = stage(ner_fields=["prompt"], operators={"PERSON": "pseudonym"}, review_below=0.99)
+    prompt, completion = "Maria Garcia wrote to us. Later Garcia Lopez replied.", "Sent to Maria Garcia Lopez today."
+    result = pii(records([prompt], completion=completion))
+    assert result.stats["found_elsewhere_in_record"] == 1
+    payloads = [json.loads(payload) for payload in result.flags["payload"].to_pylist()]
+    [span] = [span for payload in payloads if payload["field"] == "completion" for span in payload["spans"]]
+    assert completion[span["start"] : span["end"]] == "Maria Garcia Lopez"
+    undone = {"r0": [("completion", span["start"], span["end"])]}
+    again = PiiRedaction(pii.config, "instruction", undone=undone, analyzer=pii.analyzer)(
+        records([prompt], completion=completion)
+    )
+    assert again.kept["completion"][0].as_py() == completion
+    assert "found_elsewhere_in_record" not in again.stats

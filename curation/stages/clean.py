@@ -198,6 +198,8 @@ def _code(text: str, inline: bool) -> list[tuple[int, int]]:
 def _code_spans(text: str, begin: int, end: int) -> Iterator[tuple[int, int]]:
     """(start, end) of each code span of ``text[begin:end]`` that is code, not backticks in HTML's text."""
     open_elements: Counter[str] = Counter()  # of the tags read so far, outside code
+    # Read once, when a span first needs it: a search of the rest of the text per span is quadratic.
+    last_closes = functools.cache(lambda: _last_closes(text, begin, end))
     at = begin
     while found := _SPAN_OR_TAG.search(text, at, end):
         at = found.end()
@@ -205,26 +207,32 @@ def _code_spans(text: str, begin: int, end: int) -> Iterator[tuple[int, int]]:
             if not found.group().startswith("<!--"):
                 closing, name = _element(found.group())
                 open_elements[name] += -1 if closing else 1
-        elif _is_code(text, found, open_elements):
+        elif _is_code(text, found, open_elements, last_closes):
             yield found.span()
         else:  # its closing backticks may open a span of their own
             at = found.start() + len(found.group(1))
 
 
-def _is_code(text: str, span: re.Match[str], open_elements: Counter[str]) -> bool:
+def _is_code(
+    text: str, span: re.Match[str], open_elements: Counter[str], last_closes: Callable[[], dict[str, int]]
+) -> bool:
     """Whether a code span is code: not when its closing backticks fall in a tag ("`a <span title="`">"),
-    when it closes an element open before it and holds more than that tag (``<kbd>`</kbd> or <kbd>`</kbd>``:
-    backticks as the elements' text), nor when its backticks stand in words as apostrophes do ("It`s
-    <b>bold</b> and don`t") around markup."""
+    when it closes an element open before it (``<kbd>`</kbd> or <kbd>`</kbd>``, "<kbd>`</kbd>`": backticks
+    as the elements' text) unless it holds that tag alone and a tag after it still closes the element
+    ("<li>Close it with `</li>`.</li>"; ``last_closes``: where each element's last closing tag ends), nor
+    when its backticks stand in words as apostrophes do ("It`s <b>bold</b> and don`t") around markup."""
     close = span.end() - len(span.group(1))
     tags = [tag for tag in _tags_from(text, span.start(), close) if not tag.group().startswith("<!--")]
     if any(tag.end() > close for tag in tags):
         return False
-    # A span holding one tag alone quotes it ("<li>Close it with `</li>`.</li>"), as CommonMark reads it.
+    # A span holding one tag alone may quote it, as CommonMark reads it; but when nothing after it closes
+    # the element its tag closes, that tag is the element's end and the backticks its text ("Key
+    # <kbd>`</kbd>`</p>"): markup left in the text is worse than a quoted tag stripped.
     quoted = len(tags) == 1 and tags[0].group() == text[span.start() + len(span.group(1)) : close].strip(" ")
     opened = set()
     for closing, name in (_element(tag.group()) for tag in tags):
-        if closing and name not in opened and open_elements[name] > 0 and not quoted:
+        closes_open = closing and name not in opened and open_elements[name] > 0
+        if closes_open and not (quoted and last_closes().get(name, -1) > span.end()):
             return False
         opened.add(name)
     in_words = _IN_WORD.fullmatch(text, span.start() - 1, span.start() + 2) and _IN_WORD.fullmatch(
@@ -243,6 +251,16 @@ def _tags_from(text: str, begin: int, end: int) -> Iterator[re.Match[str]]:
         at = text.find("<", tag.end() if tag else at + 1, end)
         if tag:
             yield tag
+
+
+def _last_closes(text: str, begin: int, end: int) -> dict[str, int]:
+    """Where the last closing tag of each element in ``text[begin:end]`` ends."""
+    return {
+        name: tag.end()
+        for tag in _TAG_RE.finditer(text, begin, end)
+        for closing, name in [_element(tag.group())]
+        if closing
+    }
 
 
 def _element(tag: str) -> tuple[bool, str]:

@@ -785,10 +785,17 @@ class PiiRedaction:
                 for echo in echoes[at, row]
                 if not self._left_as_marked(ids[row], name, part.place(*echo.detection[1:3]), columns[name][row])
             ]
-            if echoed:
-                stats["found_elsewhere_in_record"] += len(echoed)
+            # Places found again that overlap are redacted as one span, the one a flag shows: an undo is
+            # marked on that span, and it is one place found again.
+            spans = [
+                det
+                for det in _with_echoes(keep, echoed)
+                if det in keep or not self._left_as_marked(ids[row], name, part.place(*det[1:3]), columns[name][row])
+            ]
+            if again := sum(det not in keep for det in spans):
+                stats["found_elsewhere_in_record"] += again
             values = {echo.detection[1:3]: echo.value for echo in echoed}
-            for det, own, value in part.in_text(_with_echoes(keep, echoed), values):
+            for det, own, value in part.in_text(spans, values):
                 in_field[part.text].append(det)
                 own_text[part.text][det[1:3]] = own
                 values_of[part.text][det[1:3]] = value
