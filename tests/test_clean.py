@@ -302,3 +302,20 @@ def test_a_span_holding_the_only_close_of_an_open_element_is_the_elements_text()
         "Shell: ` `date` runs date",
         "Close the item with `</li>`.\nOr `</ul>` the list.",
     ]
+
+
+def test_a_later_element_of_the_same_name_does_not_make_a_span_holding_the_close_code() -> None:
+    # Only a close no later opening matches can close the element around the span: a later <kbd> of its
+    # own, or a "`</kbd>`" quoted in a later span, left "</kbd>" in the cleaned text.
+    texts = [
+        "<p>Key <kbd>`</kbd>` then <kbd>Enter</kbd>.</p>",
+        "<p>Key <kbd>`</kbd>`</p><p>Then press <kbd>Enter</kbd> to go on.</p>",
+        "<p>Key <kbd>`</kbd>` and to close type `</kbd>` yourself</p>",
+        "<ul><li>Close the item with `</li>`.</li><li>Next</li></ul>",
+    ]
+    assert Clean(["text"]).rewrite_texts(texts) == [
+        "Key ` ` then Enter .",
+        "Key ` `\nThen press Enter to go on.",
+        "Key ` ` and to close type ` ` yourself",
+        "Close the item with `</li>`.\nNext",
+    ]

@@ -19,6 +19,7 @@ cleaning is filtered (reason ``empty_after_clean``): nothing is lost silently.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import html
 import html.entities
@@ -199,7 +200,7 @@ def _code_spans(text: str, begin: int, end: int) -> Iterator[tuple[int, int]]:
     """(start, end) of each code span of ``text[begin:end]`` that is code, not backticks in HTML's text."""
     open_elements: Counter[str] = Counter()  # of the tags read so far, outside code
     # Read once, when a span first needs it: a search of the rest of the text per span is quadratic.
-    last_closes = functools.cache(lambda: _last_closes(text, begin, end))
+    unmatched_closes = functools.cache(lambda: _unmatched_closes(text, begin, end))
     at = begin
     while found := _SPAN_OR_TAG.search(text, at, end):
         at = found.end()
@@ -207,19 +208,22 @@ def _code_spans(text: str, begin: int, end: int) -> Iterator[tuple[int, int]]:
             if not found.group().startswith("<!--"):
                 closing, name = _element(found.group())
                 open_elements[name] += -1 if closing else 1
-        elif _is_code(text, found, open_elements, last_closes):
+        elif _is_code(text, found, open_elements, unmatched_closes):
             yield found.span()
         else:  # its closing backticks may open a span of their own
             at = found.start() + len(found.group(1))
 
 
 def _is_code(
-    text: str, span: re.Match[str], open_elements: Counter[str], last_closes: Callable[[], dict[str, int]]
+    text: str,
+    span: re.Match[str],
+    open_elements: Counter[str],
+    unmatched_closes: Callable[[], Callable[[int, str], bool]],
 ) -> bool:
     """Whether a code span is code: not when its closing backticks fall in a tag ("`a <span title="`">"),
     when it closes an element open before it (``<kbd>`</kbd> or <kbd>`</kbd>``, "<kbd>`</kbd>`": backticks
     as the elements' text) unless it holds that tag alone and a tag after it still closes the element
-    ("<li>Close it with `</li>`.</li>"; ``last_closes``: where each element's last closing tag ends), nor
+    ("<li>Close it with `</li>`.</li>": a close no later opening of it matches, ``unmatched_closes``), nor
     when its backticks stand in words as apostrophes do ("It`s <b>bold</b> and don`t") around markup."""
     close = span.end() - len(span.group(1))
     tags = [tag for tag in _tags_from(text, span.start(), close) if not tag.group().startswith("<!--")]
@@ -227,12 +231,13 @@ def _is_code(
         return False
     # A span holding one tag alone may quote it, as CommonMark reads it; but when nothing after it closes
     # the element its tag closes, that tag is the element's end and the backticks its text ("Key
-    # <kbd>`</kbd>`</p>"): markup left in the text is worse than a quoted tag stripped.
+    # <kbd>`</kbd>`</p>"): markup left in the text is worse than a quoted tag stripped. A later element of
+    # that name closes itself, not this one ("<kbd>`</kbd>` then <kbd>Enter</kbd>").
     quoted = len(tags) == 1 and tags[0].group() == text[span.start() + len(span.group(1)) : close].strip(" ")
     opened = set()
     for closing, name in (_element(tag.group()) for tag in tags):
         closes_open = closing and name not in opened and open_elements[name] > 0
-        if closes_open and not (quoted and last_closes().get(name, -1) > span.end()):
+        if closes_open and not (quoted and unmatched_closes()(span.end(), name)):
             return False
         opened.add(name)
     in_words = _IN_WORD.fullmatch(text, span.start() - 1, span.start() + 2) and _IN_WORD.fullmatch(
@@ -253,14 +258,31 @@ def _tags_from(text: str, begin: int, end: int) -> Iterator[re.Match[str]]:
             yield tag
 
 
-def _last_closes(text: str, begin: int, end: int) -> dict[str, int]:
-    """Where the last closing tag of each element in ``text[begin:end]`` ends."""
-    return {
-        name: tag.end()
-        for tag in _TAG_RE.finditer(text, begin, end)
-        for closing, name in [_element(tag.group())]
-        if closing
-    }
+def _unmatched_closes(text: str, begin: int, end: int) -> Callable[[int, str], bool]:
+    """Whether a closing tag of an element that no later opening tag of it matches ends after a place in
+    ``text[begin:end]``: ``unmatched(at, name)``. Tags in code spans are their text and count for nothing
+    (each span read as code here: a quoted "`</kbd>`" later closes no element)."""
+    steps: dict[str, list[tuple[int, int]]] = {}  # per element: (tag's start, +1 closing or -1 opening)
+    for found in _SPAN_OR_TAG.finditer(text, begin, end):
+        if found.group(1) is None and not found.group().startswith("<!--"):
+            closing, name = _element(found.group())
+            steps.setdefault(name, []).append((found.start(), 1 if closing else -1))
+    # Per element and tag, the most that closes outnumber opens from that tag on (> 0: one is unmatched),
+    # read from the end in one pass; a place is then looked up in its element's tags' starts.
+    starts = {name: [at for at, _ in each] for name, each in steps.items()}
+    excess = {}
+    for name, each in steps.items():
+        most = [0] * (len(each) + 1)
+        for i in range(len(each) - 1, -1, -1):
+            most[i] = each[i][1] + max(0, most[i + 1])
+        excess[name] = most
+
+    def unmatched(at: int, name: str) -> bool:
+        if name not in starts:
+            return False
+        return excess[name][bisect.bisect_left(starts[name], at)] > 0
+
+    return unmatched
 
 
 def _element(tag: str) -> tuple[bool, str]:
