@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import posixpath
 import re
 from collections.abc import Collection, Iterator
@@ -34,9 +35,17 @@ from schemas.manifest import InputFile
 from schemas.records import InputIds, source_array
 
 CONNECTOR = "hf"
+log = logging.getLogger(__name__)
 _SPLIT_IN_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}(?:-[0-9a-f]{8,})?\.(parquet|arrow)$")
-_SPLIT_IN_CACHE_NAME = re.compile(r"^[^-]+-(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.arrow$")
+# The rule of releases before push_to_hub's and the cache's names were read: else the file's folder.
+_EARLIER_SPLIT_IN_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.(parquet|arrow)$")
 _TOP_SPLITS = ("train", "test", "validation")
+# The datasets cache's <builder>-<split>-00000-of-00002.arrow, or <builder>-<split>.arrow for one shard (a
+# builder's name may hold hyphens: fineweb-edu). One shard is only read so for the three usual splits: any
+# other hyphenated name (my-notes.arrow) is no cache file.
+_SPLIT_IN_CACHE_NAME = re.compile(
+    rf"^.+-(?:(?P<split>[A-Za-z0-9_.]+)-\d{{5}}-of-\d{{5}}|(?P<one>{'|'.join(_TOP_SPLITS)}))\.arrow$"
+)
 
 
 def _read_json(uri: str) -> dict | None:
@@ -77,7 +86,7 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[
         files = _hub_splits(path, [entry.uri for entry in entries])
         if not files:
             raise StorageError(f"{path}: no dataset here (no dataset_dict.json, state.json, parquet or arrow files)")
-        found = [(name, uri) for name, uri in files if split in (None, name)]
+        found = _named_hub_files(path, split, files)
     if files and not found:  # a misspelt split would read nothing, and publish an empty version
         raise StorageError(f"{path}: no split {split!r}; the dataset has {sorted({name for name, _ in files})}")
     return found, saved
@@ -86,22 +95,59 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[
 def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
     """(split, URI) of each of ``uris``, the data files of the Hub-style folder at ``path``: the split in the
     file's name as the Hub, ``push_to_hub`` (a fingerprint after the shard numbers) and the datasets cache
-    (``<builder>-<split>-...arrow``) write it, or a file ``train``/``test``/``validation`` at the top of the
-    folder; else its folder's name, as earlier releases named every file (a recipe's ``split:`` goes on naming
-    the same files: ``datasets``' looser rules would take ``train_clean/`` into ``train``)."""
+    (``<builder>-<split>-...arrow``, ``<builder>-train.arrow``) write it, or a file ``train``/``test``/
+    ``validation`` at the top of the folder; else its folder's name, as earlier releases named every other file
+    (``datasets``' looser rules would take ``train_clean/`` into ``train``; ``_named_hub_files`` reads a split
+    as earlier releases named it too)."""
     named, top = [], path_of(path).rstrip("/")
     for uri in uris:
         name, folder = posixpath.basename(uri), posixpath.dirname(uri)
         match = _SPLIT_IN_NAME.match(name) or (_SPLIT_IN_CACHE_NAME.match(name) if name.endswith(".arrow") else None)
         stem, suffix = posixpath.splitext(name)
         if match:
-            split = match.group("split")
+            split = match.group("split") or match.group("one")
         elif stem in _TOP_SPLITS and suffix in (".parquet", ".arrow") and path_of(folder) == top:
             split = stem
         else:
             split = posixpath.basename(folder)
         named.append((split, uri))
     return named
+
+
+def _named_hub_files(path: str, split: str | None, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Those of a Hub-style folder's ``files`` (split, URI) that a recipe's ``split`` reads: the files the split
+    names, and those earlier releases named it by their folder (``data/``) that their names now give another
+    split (``data/train-00000-of-00001-<fingerprint>.parquet``): the recipe read them, and would read fewer
+    files without a word."""
+    if split is None:
+        return files
+    found, moved = [], {}
+    for name, uri in files:
+        earlier = _earlier_split(uri)
+        if split in (name, earlier):
+            found.append((split, uri))
+        if earlier == split != name:
+            moved.setdefault(name, []).append(uri)
+    if moved:
+        log.warning(
+            "%s: split %r reads, as earlier releases did by their folder's name, files whose names now give them "
+            "other splits: %s; use `split: %s` to read them by their names",
+            path,
+            split,
+            "; ".join(f"{name!r} ({_some(uris)})" for name, uris in sorted(moved.items())),
+            "` or `split: ".join(sorted(moved)),
+        )
+    return found
+
+
+def _some(uris: list[str]) -> str:
+    return uris[0] if len(uris) == 1 else f"{len(uris)} files: {uris[0]}, ..."
+
+
+def _earlier_split(uri: str) -> str:
+    """A data file's split as releases before the Hub's other forms were read named it."""
+    match = _EARLIER_SPLIT_IN_NAME.match(posixpath.basename(uri))
+    return match.group("split") if match else posixpath.basename(posixpath.dirname(uri))
 
 
 def _saved_split(folder: str, name: str | None) -> list[tuple[str, str]]:

@@ -430,14 +430,17 @@ def _hub_layout(folder: Path, form: str, faq: datasets.DatasetDict) -> None:
             split.to_parquet(str(folder / "data" / f"{name}-00000-of-00001-5a1b2c3d4e5f6789.parquet"))
         elif form == "root":
             split.to_parquet(str(folder / f"{name}.parquet"))
-        else:  # the datasets cache: Arrow streams named <builder>-<split>-<shard>
-            split.save_to_disk(str(folder / ".saved" / name), num_shards=2)
+        else:  # the datasets cache: Arrow streams named <builder>-<split>-<shard>, <builder>-<split> for one
+            builder, shards = {"cache": ("faq", 2), "cache_hyphen": ("fineweb-edu", 2), "cache_one": ("parquet", 1)}[
+                form
+            ]
+            split.save_to_disk(str(folder / ".saved" / name), num_shards=shards)
             for i, shard in enumerate(sorted((folder / ".saved" / name).glob("*.arrow"))):
-                shard.rename(folder / f"faq-{name}-{i:05d}-of-00002.arrow")
+                shard.rename(folder / f"{builder}-{name}{f'-{i:05d}-of-00002' if shards > 1 else ''}.arrow")
     shutil.rmtree(folder / ".saved", ignore_errors=True)
 
 
-@pytest.mark.parametrize("form", ["push_to_hub", "root", "cache"])
+@pytest.mark.parametrize("form", ["push_to_hub", "root", "cache", "cache_hyphen", "cache_one"])
 def test_hub_style_file_names_give_the_splits_load_dataset_finds(tmp_path: Path, form: str) -> None:
     # Each of these names fell back to its folder's name as the split ("no split 'train'; the dataset has
     # ['data']"), where load_dataset on the same folder finds train and test.
@@ -457,9 +460,39 @@ def test_files_whose_names_hold_no_split_keep_their_folders_name_as_earlier_rele
     # load_dataset calls such files "train"; a recipe written against an earlier release names the folder.
     (tmp_path / "hub" / "mydata").mkdir(parents=True)
     make_dataset()["train"].to_parquet(str(tmp_path / "hub" / "mydata" / "part-0.parquet"))
-    assert len(read(str(tmp_path / "hub"), split="mydata")) == len(make_dataset()["train"])
+    # A one-shard cache file is <builder>-<split>.arrow for the three usual splits only: not any hyphenated name.
+    make_dataset()["train"].save_to_disk(str(tmp_path / ".saved"))
+    shutil.copy(next((tmp_path / ".saved").glob("*.arrow")), tmp_path / "hub" / "mydata" / "my-notes.arrow")
+    assert len(read(str(tmp_path / "hub"), split="mydata")) == 2 * len(make_dataset()["train"])
     with pytest.raises(StorageError, match=r"no split 'train'"):
         read(str(tmp_path / "hub"), split="train")
+
+
+def test_a_split_earlier_releases_named_by_a_folder_reads_the_files_whose_names_now_give_another_split(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `split: data` read every file under data/; push_to_hub's fingerprinted name (and a train.parquet at the top
+    # of a folder read as split `hub`) now names split train: the recipe read fewer files without a word.
+    train = make_dataset()["train"]
+    (tmp_path / "m" / "data").mkdir(parents=True)
+    train.to_parquet(str(tmp_path / "m" / "data" / "train-00000-of-00001-0123456789abcdef.parquet"))
+    train.select(range(3)).to_parquet(str(tmp_path / "m" / "data" / "extra.parquet"))
+    (tmp_path / "hub").mkdir()
+    train.to_parquet(str(tmp_path / "hub" / "train.parquet"))
+    train.select(range(3)).to_parquet(str(tmp_path / "hub" / "more.parquet"))
+    with caplog.at_level("WARNING", logger="connectors.hf"):
+        assert len(read(str(tmp_path / "m"), split="data")) == len(train) + 3
+        assert len(read(str(tmp_path / "hub"), split="hub")) == len(train) + 3
+    assert "split 'data' reads, as earlier releases did by their folder's name" in caplog.text
+    assert f"'train' ({tmp_path}/m/data/train-00000-of-00001-0123456789abcdef.parquet); use `split: train`" in (
+        caplog.text
+    )
+    assert f"'train' ({tmp_path}/hub/train.parquet); use `split: train`" in caplog.text
+    # By their names, as load_dataset reads them: train, and the files the names give no split (data, hub).
+    caplog.clear()
+    assert len(read(str(tmp_path / "m"), split="train")) == len(train)
+    assert len(read(str(tmp_path / "m"), split=None)) == len(train) + 3
+    assert "earlier releases" not in caplog.text
 
 
 def test_a_split_names_the_files_it_named_before_whatever_the_path_above_the_dataset(tmp_path: Path) -> None:
