@@ -920,7 +920,8 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     # cookie banner's "We value your privacy" headed the page's refund policy, its element the banner alone.
     opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
     words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
-    after = _word_count(first.xpath("preceding::text()")) + len(_WORD.findall(text.casefold()))
+    # Counted as ``words`` counts them, one text piece apart from the next: "Re<span>fund</span>" is two.
+    after = _word_count(first.xpath("preceding::text()")) + _word_count(first.xpath(".//text()"))
     parent = first.getparent()
     end = after + len(opening)  # right after the heading; within its own element, unless that is the whole page
     if parent is not None and parent.tag not in ("body", "html"):

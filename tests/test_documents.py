@@ -384,8 +384,13 @@ def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) 
     text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
     (tmp_path / "policy.html").write_text(f"<html><body><h1>Password policy</h1>{text}</body></html>")
     (tmp_path / "site.html").write_text(f"<html><body><header><h1>ACME intranet</h1></header>{text}</body></html>")
+    # Inline markup splitting its text: its words were counted as one text ("Password") where the page's are
+    # counted piece by piece ("Pass", "word"), so the place right after it was one word short: it stayed lost.
+    split = f"<html><body><h1>Pass<span>word</span> policy</h1>{text}</body></html>"
+    (tmp_path / "policy_split.html").write_text(split)
     rows, _ = read(tmp_path)
     assert [(row["title"], row["text"]) for row in rows] == [
+        ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
         ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
         ("ACME intranet", "\n\n".join(paragraphs)),
     ]
