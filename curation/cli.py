@@ -297,8 +297,8 @@ def check(
     from curation.pipeline import (
         build_sources,
         build_stages,
+        recipe_warnings,
         source_inputs,
-        stage_order_warnings,
         templates_on_trial,
         version_a_run_extends,
     )
@@ -381,7 +381,7 @@ def check(
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
     out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False, soft_wrap=True)
-    for warning in [*lacking_warnings, *stage_order_warnings(loaded)]:
+    for warning in [*lacking_warnings, *recipe_warnings(loaded)]:
         console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False)
     for note in notes:
         out.print(f"  {escape(note)}", highlight=False, soft_wrap=True)
@@ -485,7 +485,7 @@ def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> tuple[lis
     from curation.stages.shape import Shape
     from schemas.records import input_name
 
-    shape = Shape(recipe.record, carry=recipe.output.carry_columns())
+    shape = Shape(recipe.record, carry=recipe.carry_columns())
     schema = recipe.input_schema
     required = schema.required_columns() if schema is not None else []
     problems: list[str] = []

@@ -104,7 +104,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     """A reader per source; with ``watermarks``, each reads only what is new since the last run."""
     sources: list[Source] = []
     declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
-    shape = Shape(recipe.record, carry=recipe.output.carry_columns())
+    shape = Shape(recipe.record, carry=recipe.carry_columns())
     used = shape.reads | set(declared)  # what the recipe reads
     required = set(recipe.input_schema.required_columns()) if recipe.input_schema is not None else set()
     keyed = shape.keyed | required  # columns whose absence from a batch is not null: see ``_KeysOfFile``
@@ -170,7 +170,7 @@ def build_stages(
         columns = recipe.input_schema.columns
         required = set(recipe.input_schema.required_columns())
         stages.append(SchemaValidation(table_row_model(columns, required), name="validate_input"))
-    stages.append(Shape(recipe.record, carry=recipe.output.carry_columns()))
+    stages.append(Shape(recipe.record, carry=recipe.carry_columns()))
     stages.append(SchemaValidation(RECORD_MODELS[kind], name="validate_record"))
     if kind == "vqa":  # an image the writer could not read is quarantined here, not a failed run
         stages.append(ImageCheck())
@@ -233,6 +233,26 @@ def stage_order_warnings(recipe: Recipe) -> list[str]:
                 f"stages: clean (stage {number}) comes after pii (stage {pii}): the text it rewrites (markup, "
                 "HTML entities, spacing) is not scanned for PII again; put clean before pii"
             )
+    return warnings
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """What the recipe puts at risk, said at ``check`` and as a run starts: its stages' order
+    (``stage_order_warnings``), and a split that puts one document's overlapping chunks on both sides (a
+    model evaluated on text it trained on)."""
+    warnings = stage_order_warnings(recipe)
+    overlapping = [
+        source.path
+        for source in recipe.sources
+        if isinstance(source, DocumentsSource) and source.chunk is not None and source.chunk.overlap_chars > 0
+    ]
+    # Not the default: a version split chunk by chunk holds documents on both sides, and no later run moves
+    # a published record (README "Splits").
+    if overlapping and recipe.output.validation_fraction > 0 and not recipe.groups_by_document:
+        warnings.append(
+            f"sources {', '.join(overlapping)}: chunks of one document overlap (chunk.overlap_chars), and "
+            "the split places each on its own side: split them by document with group_by: document"
+        )
     return warnings
 
 
@@ -488,7 +508,7 @@ def _replaced_records(
         # Of inputs the latest version holds records of: another's rows (a source new to the dataset) have
         # nothing to keep, and were read, and their warnings said, once more than the run reads them.
         if recipe.record.kind == "vqa" and (of_latest := uris & held):
-            shape = Shape(recipe.record, carry=recipe.output.carry_columns())
+            shape = Shape(recipe.record, carry=recipe.carry_columns())
             keep_archived(sources, shape, published["id"].to_arrow(), of_latest)
 
     keep(watermarks.replaced())
@@ -1020,7 +1040,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
             "effect when it is read again, and it is no longer there to read again",
             gone,
         )
-    for warning in stage_order_warnings(recipe):
+    for warning in recipe_warnings(recipe):
         log.warning("%s", warning)
     if previous and not full_refresh:
         _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])
@@ -1048,6 +1068,7 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
         out.split_seed,
         stratify_by=out.stratify_by,
         group_by=out.group_by,
+        by_document=recipe.groups_by_document,
     )
     writer.ended_runs = functools.partial(state.ended_runs, recipe.dataset)
     # A group or image read again keeps the side its records are on.

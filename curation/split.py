@@ -159,9 +159,13 @@ class Splitter:
         stratify_by: str | None = None,
         group_by: str | None = None,
         by_image: bool = False,
+        by_document: bool = False,
     ) -> None:
         self.fraction, self.seed = validation_fraction, seed
         self.stratify_by, self.group_by = stratify_by, group_by
+        # ``group_by: document`` (``Recipe.groups_by_document``): the group key is each record's input, so the
+        # overlapping chunks of a document are on one side.
+        self.by_document = by_document and bool(group_by)
         # VQA records: split by record, one picture's questions landed on both sides and a model was
         # evaluated on pictures it trained on. The recipe's own group_by or stratify_by comes first.
         self.by_image = by_image and not group_by and not stratify_by
@@ -209,7 +213,10 @@ class Splitter:
             return to_validation
         ids = batch["id"].to_pylist()
         earlier = self._earlier_side(batch["id"]).to_pylist() if len(self._earlier_hashes) else [None] * len(ids)
-        keys = self._column(batch, self.group_by, "group_by", missing=None) if self.group_by else ids
+        if self.by_document:
+            keys = batch["source"].combine_chunks().field("uri").to_pylist()
+        else:
+            keys = self._column(batch, self.group_by, "group_by", missing=None) if self.group_by else ids
         # A record without a group key is a group of its own (a key that reads "(none)" is a key).
         keys = [i if k is None else f"g\x1f{k}" for k, i in zip(keys, ids, strict=True)] if self.group_by else keys
         if self.group_by and self.known is not None:
@@ -223,12 +230,11 @@ class Splitter:
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
-            # A record's own earlier side where it is its own unit (no group key); a group's, kept by the state store.
-            placed = zip(keys, sides, earlier, ids, strict=True)
-            sides = [
-                self._placed_before.get(key, kept if kept is not None and key == record else side)
-                for key, side, kept, record in placed
-            ]
+            # A record the extended version holds keeps its side, even where its group is placed elsewhere (a
+            # group_by set after it was published: a document's chunks split one by one); else its group's,
+            # kept by the state store.
+            placed = zip(keys, sides, earlier, strict=True)
+            sides = [kept if kept is not None else self._placed_before.get(key, side) for key, side, kept in placed]
         to_train = [not side for side in sides]
         for name, chosen in (("train", to_train), ("validation", sides)):
             if count := sum(chosen):

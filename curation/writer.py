@@ -617,11 +617,14 @@ class DatasetWriter:
         split_seed: str,
         stratify_by: str | None = None,
         group_by: str | None = None,
+        by_document: bool = False,
     ) -> None:
         self.dest, self.dataset, self.format = dest, dataset, fmt
         # VQA records are grouped by image unless the recipe says how to split (README "Splits").
         by_image = fmt.kinds == {"vqa"}
-        self.splitter = Splitter(validation_fraction, split_seed, stratify_by, group_by, by_image=by_image)
+        self.splitter = Splitter(
+            validation_fraction, split_seed, stratify_by, group_by, by_image=by_image, by_document=by_document
+        )
         self.run_id = uuid.uuid4().hex[:12]
         # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
         # pipeline): what they left in the dest is removed; anything else may be a run of another store.

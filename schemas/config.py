@@ -719,6 +719,9 @@ FORMAT_KINDS: dict[OutputFormat, str] = {
 }
 
 
+DOCUMENT_GROUP = "document"  # output.group_by: each record's input document (``Recipe.groups_by_document``)
+
+
 class OutputConfig(Strict):
     dest: str = "output"
     format: OutputFormat | None = None  # default: the natural format of the record kind
@@ -876,6 +879,21 @@ class Recipe(Strict):
             self.output.format = DEFAULT_FORMAT[self.record.kind]
         return self
 
+    @property
+    def groups_by_document(self) -> bool:
+        """Whether ``output.group_by: document`` splits by each record's input (``source.uri``): where the
+        recipe reads a ``documents`` source, whose records have no column of that name (or any other to
+        group chunks by), so a recipe grouping by an input column named ``document`` keeps its meaning."""
+        return self.output.group_by == DOCUMENT_GROUP and any(isinstance(s, DocumentsSource) for s in self.sources)
+
+    def carry_columns(self) -> dict[str, str]:
+        """Input columns the split needs at the writer (``OutputConfig.carry_columns``): none for the document
+        grouping, which reads the record's ``source``."""
+        carried = self.output.carry_columns()
+        if self.groups_by_document:
+            del carried[DOCUMENT_GROUP]
+        return carried
+
     def fingerprint(self) -> str:
         """sha256 of the validated recipe: two runs with the same hash did the same work."""
         # Where it runs (engine, cluster) does not change the work, so it is left out of the hash.
@@ -911,7 +929,7 @@ def record_columns(recipe: Recipe) -> dict[str, str | None]:
     if any(isinstance(source, ImagesSource) for source in recipe.sources):
         columns["image_bytes"] = "bytes"  # the images connector's verified image
     declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
-    for name in recipe.output.carry_columns():  # passed through from the input as they are
+    for name in recipe.carry_columns():  # passed through from the input as they are
         if name not in columns and name not in ("id", "source"):
             columns[name] = declared.get(name)
     return columns

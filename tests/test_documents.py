@@ -22,7 +22,7 @@ from pypdf.generic import ArrayObject, NumberObject, TextStringObject
 from connectors.chunk import Chunk, chunk_text
 from connectors.documents import DocumentsSourceReader, extract_pdf
 from schemas.config import ChunkConfig, DocumentsSource, RecipeError, parse_recipe
-from tests.helpers import outputs, refusing, run, set_aside
+from tests.helpers import outputs, read_lines, refusing, run, set_aside
 
 PARAGRAPHS = [
     "Refunds are paid within five working days of the returned item arriving at the warehouse.",
@@ -1834,3 +1834,68 @@ def test_a_document_a_library_cannot_read_is_quarantined_naming_it(
     [aside] = set_aside(Path(result.version_uri))
     assert aside["reason"] == "corrupt" and aside["detail"].startswith(f"{workdir}/docs/{name}")
     assert detail in aside["detail"]
+
+
+def _paragraphs_by_side(version: Path) -> dict[str, set[str]]:
+    return {
+        side: {p for line in read_lines(sorted(version.glob(f"{side}/*.jsonl"))) for p in line["text"].split("\n\n")}
+        for side in ("train", "validation")
+    }
+
+
+def _texts_by_side(version: Path) -> dict[str, set[str]]:
+    return {
+        side: {line["text"] for line in read_lines(sorted(version.glob(f"{side}/*.jsonl")))}
+        for side in ("train", "validation")
+    }
+
+
+def _handbooks(folder: Path, count: int) -> None:
+    folder.mkdir(exist_ok=True)
+    for n in range(count):
+        paragraphs = [f"Handbook {n} rule {k}: staff keep the {k}th register locked at night." for k in range(12)]
+        (folder / f"handbook-{n}.md").write_text("\n\n".join(paragraphs) + "\n")
+
+
+def test_overlapping_chunks_of_one_document_are_split_by_document_with_group_by_document(workdir: Path) -> None:
+    _handbooks(workdir / "in", 12)
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"dest": "out", "validation_fraction": 0.3, "group_by": "document"}
+    result = run(workdir, recipe)
+    sides = _paragraphs_by_side(Path(result.version_uri))
+    assert sides["train"] and sides["validation"]
+    assert not sides["train"] & sides["validation"]  # no overlapping text on both sides
+    assert sum(result.manifest.split["groups"].values()) == 12  # a group per document
+
+
+def test_a_split_of_overlapping_chunks_without_group_by_document_is_warned_about(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _handbooks(workdir / "in", 12)
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"dest": "out", "validation_fraction": 0.3}
+    with caplog.at_level(logging.WARNING):
+        result = run(workdir, recipe)
+    said = "chunks of one document overlap (chunk.overlap_chars), and the split places each on its own side"
+    assert any(said in message and "group_by: document" in message for message in caplog.messages)
+    sides = _paragraphs_by_side(Path(result.version_uri))
+    assert sides["train"] & sides["validation"]  # what it warns of
+
+
+def test_group_by_document_set_later_moves_no_published_chunk_of_a_changed_document(workdir: Path) -> None:
+    _handbooks(workdir / "in", 12)
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"dest": "out", "validation_fraction": 0.3}
+    first = run(workdir, recipe)
+    before = _texts_by_side(Path(first.version_uri))
+    for path in (workdir / "in").iterdir():  # every document changed: read again whole
+        path.write_text(path.read_text() + "\nA closing note on keys, added in this edition.\n")
+    recipe["output"]["group_by"] = "document"
+    second = run(workdir, recipe)
+    after = _texts_by_side(Path(second.version_uri))
+    assert before["train"] & after["validation"] == set()
+    assert before["validation"] & after["train"] == set()
+    assert before["train"] & after["train"] and before["validation"] & after["validation"]
