@@ -362,12 +362,15 @@ class Splitter:
 
     def deal_on_from(self, split: dict[str, Any]) -> None:
         """Go on with the label counters of the version this run extends (its manifest's ``split``), where it
-        was stratified by the same column and grouped alike (other counts are of other units). A version
-        written before it kept them has none: its records read again are counted as they come, as then."""
+        was stratified by the same column and grouped alike (other counts are of other units) at the same
+        fraction: under another, going on would send every new unit of a label to one side until the whole
+        caught up. A version written before it kept them has none: its records read again are counted as
+        they come, as then."""
         dealt = split.get("dealt")
         if not self.stratify_by or dealt is None:
             return
-        if (split.get("stratify_by"), split.get("group_by")) != (self.stratify_by, self.group_by):
+        settings = (split.get("stratify_by"), split.get("group_by"), split.get("validation_fraction"))
+        if settings != (self.stratify_by, self.group_by, self.fraction):
             return
         for label, counts in dealt.items():
             self._seen[label] = counts["units"]

@@ -137,6 +137,28 @@ def test_scheduled_runs_keep_every_labels_share_of_the_whole_version(
     assert prompt_sides(run(workdir, recipe, full_refresh=True)) == sides  # dealt from 0 again, as one run
 
 
+def test_a_changed_fraction_deals_the_new_records_at_it_without_catching_up(workdir: Path) -> None:
+    """The counters go on only at the fraction they were dealt at: at another, the new records of a label
+    would all go to one side until the whole version's share reached it."""
+    recipe: dict[str, Any] = {
+        "dataset": "tickets",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"validation_fraction": 0.1, "stratify_by": "label"},
+        "stages": [],
+    }
+    for day in range(1, 11):
+        write_jsonl(workdir / "in" / f"day{day:02d}.jsonl", days_tickets(day, 1))
+    first = prompt_sides(run(workdir, recipe))
+    write_jsonl(workdir / "in" / "day11.jsonl", days_tickets(11, 1) + days_tickets(12, 1))
+    recipe["output"] = {**recipe["output"], "validation_fraction": 0.5}
+    second = prompt_sides(run(workdir, recipe))
+    assert kept_sides(first, second) == {}
+    for label in LABELS:
+        new = [side for prompt, side in second.items() if prompt not in first and prompt.split()[2] == label]
+        assert len(new) == 6 and abs(new.count("validation") - 3) <= 1, (label, new)
+
+
 TICKETS = sa.MetaData()
 tickets = sa.Table(
     "tickets",
