@@ -843,6 +843,8 @@ def _run_locked(
         if plan.published_sides is not None and not plan.published_sides.is_empty():  # read again: same side
             sides = plan.published_sides
             writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
+        if plan.extended is not None:  # each label's balance holds across runs, not only within one
+            writer.splitter.deal_on_from(plan.extended.split)
         writer.on_written = on_written
         writer.confirm_lock = lock.confirm
         state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)

@@ -10,7 +10,12 @@
   steps up, which holds every label's validation share within one unit of the fraction. ``phase``
   comes from a hash of the seed and the label, so the seed still picks which units. This depends on
   the order records arrive in: the same input read in the same order always splits the same way.
-  A group's side is fixed by its first record and kept for the rest of the run.
+  A group's side is fixed by its first record and kept for the rest of the run. The counters go on
+  from the version a run extends (its manifest's ``split.dealt``): each run starting them at 0 dealt
+  every label the same pattern again, and the rounding error grew with every run (a label with 3 records
+  a run at 0.1 had none in validation after ten). So scheduled runs split as one run over all their
+  records in that order would; a record of an input read again that keeps its side was counted when it
+  was first dealt, and is not counted again.
 - Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
   group that comes again in a later run (a customer's new transactions) joins the side its records
   already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
@@ -174,6 +179,7 @@ class Splitter:
         self._seen: Counter[str] = Counter()  # label -> units seen
         self._to_validation: Counter[str] = Counter()  # label -> units sent to validation
         self._phases: dict[str, float] = {}  # label -> its phase (a hash of the seed and the label)
+        self._dealing_on = False  # whether the counters went on from the extended version's (``deal_on_from``)
         self.labels: dict[str, Counter[str]] = {"train": Counter(), "validation": Counter()}
         self.records: Counter[str] = Counter()
         self._group_sides: dict[str, set[str]] = {"train": set(), "validation": set()}
@@ -360,6 +366,23 @@ class Splitter:
         placed.update((key, side) for key, side in self._image_sides.items() if key.startswith(("i\x1f", "p\x1f")))
         return placed
 
+    def deal_on_from(self, split: dict[str, Any]) -> None:
+        """Go on with the label counters of the version this run extends (its manifest's ``split``), where it
+        was stratified by the same column and grouped alike (other counts are of other units) at the same
+        fraction: under another, going on would send every new unit of a label to one side until the whole
+        caught up. A version written before it kept them has none: its records read again are counted as
+        they come, as then."""
+        dealt = split.get("dealt")
+        if not self.stratify_by or dealt is None:
+            return
+        settings = (split.get("stratify_by"), split.get("group_by"), split.get("validation_fraction"))
+        if settings != (self.stratify_by, self.group_by, self.fraction):
+            return
+        for label, counts in dealt.items():
+            self._seen[label] = counts["units"]
+            self._to_validation[label] = counts["validation"]
+        self._dealing_on = True
+
     def _under_threshold(self, hashes: pa.Array) -> pa.Array:
         # The threshold fits uint64: the fraction is below 1 (the recipe checks it).
         return pc.less(hashes, pa.scalar(self._threshold, pa.uint64()))
@@ -367,6 +390,8 @@ class Splitter:
     def _stratified(self, key: str, label: str, earlier: bool | None = None) -> bool:
         if key in self._groups:
             return self._groups[key]
+        if earlier is not None and self._dealing_on:  # counted in the run that first dealt it
+            return earlier
         self._seen[label] += 1
         side = earlier  # counted as dealt, so the label's later units keep its balance
         if side is None:
@@ -395,6 +420,12 @@ class Splitter:
         }
         if self.stratify_by:
             report["labels"] = {side: dict(sorted(counter.items())) for side, counter in self.labels.items()}
+            # Every unit dealt since the chain began (this run's and the versions' it extends): the next run
+            # deals on from these.
+            report["dealt"] = {
+                label: {"units": units, "validation": self._to_validation[label]}
+                for label, units in sorted(self._seen.items())
+            }
             if total and set(self.labels["train"]) | set(self.labels["validation"]) == {NO_VALUE}:
                 log.warning(
                     "output.stratify_by: no record has a value in %r, so the split could not balance labels",

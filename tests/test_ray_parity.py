@@ -22,6 +22,7 @@ from schemas.config import Recipe, load_recipe
 from schemas.records import FLAG_SCHEMA, set_aside_rows
 from tests.helpers import BILLING, outputs, set_aside, write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
+from tests.test_split_sides import days_tickets
 
 ray = pytest.importorskip("ray")
 
@@ -648,3 +649,25 @@ def test_a_jsonl_key_only_later_lines_have_is_null_before_them_on_ray_as_on_the_
     expected, actual = published(local), published(distributed)
     assert expected["counts"]["written"] == 10 and expected["counts"]["quarantined"] == 1
     assert actual == expected
+
+
+def test_a_stratified_split_deals_on_across_scheduled_runs_on_ray_as_on_the_embedded_executor(
+    workdir: Path,
+    local_ray: Any,  # noqa: F811
+) -> None:
+    """Each run's label counters go on from the version it extends on Ray too: the same records on the same
+    sides, the same counts dealt, run after run."""
+    spec: dict[str, Any] = {
+        "dataset": "tickets",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"validation_fraction": 0.1, "stratify_by": "label"},
+        "stages": [],
+    }
+    recipes = side_by_side(workdir, spec)
+    for day in range(1, 5):
+        write_jsonl(workdir / "in" / f"day{day}.jsonl", days_tickets(day, 1))
+        local, distributed = (run_recipe(recipes[name], executor=EXECUTORS[name]()) for name in EXECUTORS)
+        assert published(distributed) == published(local)
+        assert distributed.manifest.split == local.manifest.split
+    assert sum(labels["units"] for labels in local.manifest.split["dealt"].values()) == 60

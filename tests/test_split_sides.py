@@ -72,6 +72,93 @@ def test_a_delta_keeps_the_sides_of_every_version_in_its_chain(workdir: Path) ->
     assert before.keys() <= third.keys() and kept_sides(before, third) == {}
 
 
+LABELS = ("billing", "refund", "login", "shipping", "other")
+
+
+def days_tickets(day: int, per_customer: int) -> list[dict[str, str]]:
+    """A day's export: 3 customers of each label, ``per_customer`` tickets each."""
+    return [
+        {
+            "q": f"day {day:02d} {label} customer {n} ticket {k}",
+            "a": "ok",
+            "label": label,
+            "customer": f"{day}-{label}-{n}",
+        }
+        for label in LABELS
+        for n in range(3)
+        for k in range(per_customer)
+    ]
+
+
+def prompt_sides(result: Any) -> dict[str, str]:
+    """prompt -> split, from the version's shards (carried ones too)."""
+    root = Path(result.version_uri)
+    return {
+        line["prompt"]: name
+        for name, split in result.manifest.splits.items()
+        for line in read_lines([root / shard.path for shard in split.shards])
+    }
+
+
+@pytest.mark.parametrize(("grouped", "appended"), [(False, False), (True, False), (False, True)])
+def test_scheduled_runs_keep_every_labels_share_of_the_whole_version(
+    workdir: Path, grouped: bool, appended: bool
+) -> None:
+    """Ten runs, each adding 3 records (or customers) of each label: every label's validation share of the
+    whole version is within one unit of the fraction, as one run over all the files would split them. Each
+    run dealt its few units from counters at 0 before: a label came out with none in validation, or a third.
+    Appended to one file, read again whole each run, the records read again keep their sides and are not
+    counted twice."""
+    recipe: dict[str, Any] = {
+        "dataset": "tickets",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"validation_fraction": 0.1, "stratify_by": "label", **({"group_by": "customer"} if grouped else {})},
+        "stages": [],
+    }
+    per_customer = 2 if grouped else 1
+    for day in range(1, 11):
+        if appended:
+            write_jsonl(workdir / "in" / "tickets.jsonl", [t for d in range(1, day + 1) for t in days_tickets(d, 1)])
+        else:
+            write_jsonl(workdir / "in" / f"day{day:02d}.jsonl", days_tickets(day, per_customer))
+        scheduled = run(workdir, recipe)
+    sides = prompt_sides(scheduled)
+    units: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for prompt, side in sides.items():
+        _, day, label, _, customer, _, _ = prompt.split()
+        units[label][side].add(f"{day} {customer}")  # a customer's tickets are one unit when grouped
+    assert len(sides) == 150 * per_customer
+    for label in LABELS:
+        assert len(units[label]["train"]) + len(units[label]["validation"]) == 30
+        assert abs(len(units[label]["validation"]) - 3) <= 1, (label, len(units[label]["validation"]))
+    once = run(workdir, {**recipe, "dataset": "tickets_once"})
+    assert prompt_sides(once) == sides
+    assert prompt_sides(run(workdir, recipe, full_refresh=True)) == sides  # dealt from 0 again, as one run
+
+
+def test_a_changed_fraction_deals_the_new_records_at_it_without_catching_up(workdir: Path) -> None:
+    """The counters go on only at the fraction they were dealt at: at another, the new records of a label
+    would all go to one side until the whole version's share reached it."""
+    recipe: dict[str, Any] = {
+        "dataset": "tickets",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"validation_fraction": 0.1, "stratify_by": "label"},
+        "stages": [],
+    }
+    for day in range(1, 11):
+        write_jsonl(workdir / "in" / f"day{day:02d}.jsonl", days_tickets(day, 1))
+    first = prompt_sides(run(workdir, recipe))
+    write_jsonl(workdir / "in" / "day11.jsonl", days_tickets(11, 1) + days_tickets(12, 1))
+    recipe["output"] = {**recipe["output"], "validation_fraction": 0.5}
+    second = prompt_sides(run(workdir, recipe))
+    assert kept_sides(first, second) == {}
+    for label in LABELS:
+        new = [side for prompt, side in second.items() if prompt not in first and prompt.split()[2] == label]
+        assert len(new) == 6 and abs(new.count("validation") - 3) <= 1, (label, new)
+
+
 TICKETS = sa.MetaData()
 tickets = sa.Table(
     "tickets",
