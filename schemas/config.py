@@ -946,6 +946,23 @@ def format_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     return [(("output", "format"), f"{fmt!r} publishes {FORMAT_KINDS[fmt]} records, and record.kind is {kind}: {fits}")]
 
 
+def group_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
+    """(setting, problem) for ``group_by: document`` where a documents source is read beside sources of other
+    types: the split groups every record by its input file then, so each file of rows (a JSONL of tickets)
+    was one group, whatever the ``document`` column of its rows said, and that column was not carried."""
+    others = sorted({source.type for source in recipe.sources if not isinstance(source, DocumentsSource)})
+    if not recipe.groups_by_document or not others:
+        return []
+    return [
+        (
+            ("output", "group_by"),
+            f"'document' groups a documents source's chunks by their file, and the recipe also reads "
+            f"{', '.join(others)} sources, whose records would be grouped by their file too (not by a column "
+            "'document'): split the documents source into a recipe of its own",
+        )
+    ]
+
+
 def between_needs_numbers(column: str, holds: str = "text") -> str:
     """Why ``between`` cannot check a column of text (or dates, lists...): great-expectations passes every
     such value, in any bounds."""
@@ -1376,7 +1393,7 @@ def _whole_recipe_problems(
         if recipe.state.startswith("sqlite:///") and recipe.state != "sqlite:///:memory:":
             recipe.state = "sqlite:///" + _resolve_local(recipe.state.removeprefix("sqlite:///"), base_dir)
     published = published_in_sources(recipe) if dataset_known else []
-    return [*format_problems(recipe), *stage_problems(recipe), *published]
+    return [*format_problems(recipe), *group_problems(recipe), *stage_problems(recipe), *published]
 
 
 def _found(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
@@ -1385,7 +1402,7 @@ def _found(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
     return [(tuple(part for part in e["loc"] if part not in tags), _problem(e)) for e in error.errors()]
 
 
-# The settings the whole-recipe checks read (record_columns, format_problems, stage_problems,
+# The settings the whole-recipe checks read (record_columns, format_problems, group_problems, stage_problems,
 # published_in_sources): with one of them wrong, what the records hold, or where they go, is not known.
 _JUDGED_ON = {"sources", "input_schema", "record", "output"}
 

@@ -22,7 +22,7 @@ from pypdf.generic import ArrayObject, NumberObject, TextStringObject
 from connectors.chunk import Chunk, chunk_text
 from connectors.documents import DocumentsSourceReader, extract_pdf
 from schemas.config import ChunkConfig, DocumentsSource, RecipeError, parse_recipe
-from tests.helpers import outputs, read_lines, refusing, run, set_aside
+from tests.helpers import outputs, read_lines, refusing, run, set_aside, write_jsonl
 
 PARAGRAPHS = [
     "Refunds are paid within five working days of the returned item arriving at the warehouse.",
@@ -1867,6 +1867,22 @@ def test_overlapping_chunks_of_one_document_are_split_by_document_with_group_by_
     assert sides["train"] and sides["validation"]
     assert not sides["train"] & sides["validation"]  # no overlapping text on both sides
     assert sum(result.manifest.split["groups"].values()) == 12  # a group per document
+
+
+def test_group_by_document_beside_a_source_of_rows_is_refused_at_recipe_load(workdir: Path) -> None:
+    # The rows' own `document` column would be dropped and each file of rows made one group.
+    _handbooks(workdir / "in", 2)
+    write_jsonl(
+        workdir / "rows" / "tickets.jsonl", [{"text": f"ticket {i}", "document": f"doc{i % 10}"} for i in range(20)]
+    )
+    sources = [{"type": "documents", "path": "in/"}, {"path": "rows/"}]
+    recipe = {"dataset": "mix", "sources": sources, "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"dest": "out", "validation_fraction": 0.3, "group_by": "document"}
+    with pytest.raises(
+        RecipeError, match=r"output\.group_by \(line \d+\): 'document' groups .* also reads files sources"
+    ):
+        run(workdir, recipe)
+    assert not (workdir / "out").exists()
 
 
 def test_a_split_of_overlapping_chunks_without_group_by_document_is_warned_about(
