@@ -229,10 +229,7 @@ class Splitter:
             self._look_up_earlier_sides(keys, self.known)
         if self.stratify_by:
             labels = self._column(batch, self.stratify_by, "stratify_by")
-            sides = [
-                self._stratified(key, label, kept if key == record else None)
-                for key, label, kept, record in zip(keys, labels, earlier, ids, strict=True)
-            ]
+            sides = [self._stratified(key, label, kept) for key, label, kept in zip(keys, labels, earlier, strict=True)]
         else:
             labels = None
             sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
@@ -388,22 +385,27 @@ class Splitter:
         return pc.less(hashes, pa.scalar(self._threshold, pa.uint64()))
 
     def _stratified(self, key: str, label: str, earlier: bool | None = None) -> bool:
-        if key in self._groups:
-            return self._groups[key]
-        if earlier is not None and self._dealing_on:  # counted in the run that first dealt it
-            return earlier
-        self._seen[label] += 1
-        side = earlier  # counted as dealt, so the label's later units keep its balance
+        """The side of a record of the unit ``key``: ``earlier`` where the extended version holds the record
+        (a published record never moves, even where its group is placed elsewhere), else its group's side,
+        else the side dealt to it. A unit is counted once, at its first record: a group new to this run
+        whose first record is one read again takes that record's side."""
+        side = self._groups.get(key)
         if side is None:
-            if label not in self._phases:
-                self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
-            due = math.floor(self._seen[label] * self.fraction + self._phases[label])
-            side = due > self._to_validation[label]
-        if side:
-            self._to_validation[label] += 1
-        if self.group_by:
-            self._groups[key] = side
-        return side
+            if earlier is not None and self._dealing_on:  # counted in the run that first dealt it
+                side = earlier
+            else:
+                self._seen[label] += 1
+                side = earlier  # counted as dealt, so the label's later units keep its balance
+                if side is None:
+                    if label not in self._phases:
+                        self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+                    due = math.floor(self._seen[label] * self.fraction + self._phases[label])
+                    side = due > self._to_validation[label]
+                if side:
+                    self._to_validation[label] += 1
+            if self.group_by:
+                self._groups[key] = side
+        return side if earlier is None else earlier
 
     def report(self) -> dict[str, Any]:
         """What the manifest says about the split: records per side, label balance and groups when used."""

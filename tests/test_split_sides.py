@@ -159,6 +159,66 @@ def test_a_changed_fraction_deals_the_new_records_at_it_without_catching_up(work
         assert len(new) == 6 and abs(new.count("validation") - 3) <= 1, (label, new)
 
 
+def customer_tickets(count: int) -> list[dict[str, str]]:
+    return [
+        {"q": f"ticket {n} about order {n * 7}", "a": "ok", "label": "ab"[n % 2], "customer": f"c{n % 15}"}
+        for n in range(count)
+    ]
+
+
+def test_grouping_a_stratified_split_later_moves_no_published_record(workdir: Path) -> None:
+    """``group_by`` set after a stratified version was published: a customer's records are on both sides,
+    and read again (their file changed) each keeps its side; its group joins the first one's, not a side
+    dealt to it anew (which moved 52 of 120)."""
+    write_jsonl(workdir / "in" / "tickets.jsonl", customer_tickets(120))
+    recipe: dict[str, Any] = {
+        "dataset": "tickets",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": {"validation_fraction": 0.3, "stratify_by": "label"},
+        "stages": [],
+    }
+    before = prompt_sides(run(workdir, recipe))
+    appended = {"q": "ticket 120, a new one", "a": "ok", "label": "a", "customer": "c1"}
+    write_jsonl(workdir / "in" / "tickets.jsonl", [*customer_tickets(120), appended])
+    recipe["output"]["group_by"] = "customer"
+    after = prompt_sides(run(workdir, recipe))
+    assert len(after) == 121 and kept_sides(before, after) == {}
+    assert after[appended["q"]] == before["ticket 1 about order 7"]  # the side of its customer's first record
+
+
+def test_an_edited_keyed_row_moved_to_another_group_keeps_its_side_in_a_stratified_split(workdir: Path) -> None:
+    """Keyed SQL rows edited into another customer's group: each keeps the side it was published on, not
+    its new group's (which moved 40 of 120)."""
+    url = f"sqlite:///{workdir}/crm.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.execute(
+            sa.text(
+                "create table t (id integer primary key, q text, a text, label text, customer text, updated integer)"
+            )
+        )
+        db.execute(
+            sa.text("insert into t values (:id, :q, :a, :label, :customer, 1)"),
+            [{"id": n, **row} for n, row in enumerate(customer_tickets(120))],
+        )
+    recipe: dict[str, Any] = {
+        "dataset": "tickets",
+        "sources": [{"type": "sql", "url": url, "table": "t", "key": ["id"], "cursor": "updated"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ a }}", "label": "label"},
+        "output": {"validation_fraction": 0.3, "stratify_by": "label", "group_by": "customer"},
+        "stages": [],
+    }
+    before = side_of_each(Path(run(workdir, recipe).version_uri))
+    with engine.begin() as db:  # every customer's tickets moved to c0
+        db.execute(sa.text("update t set customer = 'c0', a = 'ok, edited', updated = 2"))
+    engine.dispose()
+    second = run(workdir, recipe)
+    after = side_of_each(Path(second.version_uri))
+    assert second.manifest.counts.written == 120 and after.keys() == before.keys()
+    assert kept_sides(before, after) == {}
+
+
 TICKETS = sa.MetaData()
 tickets = sa.Table(
     "tickets",
