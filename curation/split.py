@@ -175,7 +175,9 @@ class Splitter:
         # evaluated on pictures it trained on. The recipe's own group_by or stratify_by comes first.
         self.by_image = by_image and not group_by and not stratify_by
         self._threshold = int(validation_fraction * 2**64)
-        self._groups: dict[str, bool] = {}  # group key -> goes to validation (stratified runs only)
+        self._groups: dict[
+            str, bool
+        ] = {}  # group key -> its records go to validation (the state store's, or this run's)
         self._seen: Counter[str] = Counter()  # label -> units seen
         self._to_validation: Counter[str] = Counter()  # label -> units sent to validation
         self._phases: dict[str, float] = {}  # label -> its phase (a hash of the seed and the label)
@@ -232,12 +234,20 @@ class Splitter:
             sides = [self._stratified(key, label, kept) for key, label, kept in zip(keys, labels, earlier, strict=True)]
         else:
             labels = None
-            sides = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
+            hashed = self._under_threshold(_unit_hashes(self.seed, pa.array(keys, pa.string()))).to_pylist()
             # A record the extended version holds keeps its side, even where its group is placed elsewhere (a
-            # group_by set after it was published: a document's chunks split one by one); else its group's,
-            # kept by the state store.
-            placed = zip(keys, sides, earlier, strict=True)
-            sides = [kept if kept is not None else self._placed_before.get(key, side) for key, side, kept in placed]
+            # group_by set after it was published: a document's chunks split one by one); else its group's:
+            # kept by the state store, or placed by this run, where a group new to it joins the side of its first
+            # record read again (else its hash), so its new records of later runs land beside this run's.
+            grouped = [key.startswith("g\x1f") for key in keys]
+            for key, kept, group in zip(keys, earlier, grouped, strict=True):
+                if kept is not None and group:
+                    self._groups.setdefault(key, kept)
+            placed = zip(keys, hashed, earlier, grouped, strict=True)
+            sides = [
+                kept if kept is not None else self._groups.setdefault(key, side) if group else side
+                for key, side, kept, group in placed
+            ]
         to_train = [not side for side in sides]
         for name, chosen in (("train", to_train), ("validation", sides)):
             if count := sum(chosen):
@@ -354,10 +364,10 @@ class Splitter:
     def placed(self) -> dict[str, bool]:
         """Group, image or image path key -> validation, for the groups and images this run placed first (for
         the state store; a record without a group key or image bytes is no group)."""
+        # A group's side, not its records': records read again keep theirs, and may be on both.
         placed = {
-            key: side == "validation"
-            for side, keys in self._group_sides.items()
-            for key in keys
+            key: side
+            for key, side in self._groups.items()
             if key.startswith("g\x1f") and key not in self._placed_before
         }
         placed.update((key, side) for key, side in self._image_sides.items() if key.startswith(("i\x1f", "p\x1f")))

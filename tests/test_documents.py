@@ -1915,3 +1915,25 @@ def test_group_by_document_set_later_moves_no_published_chunk_of_a_changed_docum
     assert before["train"] & after["validation"] == set()
     assert before["validation"] & after["train"] == set()
     assert before["train"] & after["train"] and before["validation"] & after["validation"]
+
+
+def test_group_by_document_set_later_puts_a_documents_new_chunks_of_every_run_on_one_side(workdir: Path) -> None:
+    """A document published chunk by chunk has chunks on both sides, which keep them: its group takes the side
+    of its first chunk read again, and the new chunks of this run and of later ones go there (the state store
+    kept validation wherever one chunk was there, and the next run's new chunks went to the other side)."""
+    _handbooks(workdir / "in", 12)
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    recipe["output"] = {"dest": "out", "validation_fraction": 0.3}
+    versions = [_texts_by_side(Path(run(workdir, recipe).version_uri))]
+    recipe["output"]["group_by"] = "document"
+    for note in ("A closing note on keys, added in this edition.", "A second note, on alarms, added later."):
+        for path in (workdir / "in").iterdir():  # read again whole
+            path.write_text(path.read_text() + f"\n{path.stem} rule x: {note}\n")
+        versions.append(_texts_by_side(Path(run(workdir, recipe).version_uri)))
+    new_sides: dict[str, set[str]] = {}
+    for before, after in itertools.pairwise(versions):
+        for side, texts in after.items():
+            for text in texts - before["train"] - before["validation"]:
+                new_sides.setdefault(re.findall(r"handbook-\d+", text)[-1], set()).add(side)
+    assert len(new_sides) == 12 and all(len(sides) == 1 for sides in new_sides.values()), new_sides
