@@ -1104,7 +1104,7 @@ def test_a_rejection_undone_brings_the_record_back_on_its_side_counted_once(
     spec = {**recipe("out", stratify_by="label"), "record": {"kind": "instruction", "prompt": "q", "completion": "a"}}
     spec["record"]["label"] = "label"
     v1 = run(workdir, spec)
-    dealt = {"x": {"units": 8, "validation": 2}}
+    dealt = {"x": [8, 2]}  # units dealt, of them to validation
     assert v1.manifest.split["dealt"] == dealt
     first = side_of_each(Path(v1.version_uri))
     (rejected, *_) = [record for record, side in first.items() if side == "validation"]
