@@ -547,13 +547,15 @@ def _earlier_sides(
     its side (README "Splits"): ``replaced`` (the latest version's records of inputs read whole again), and
     those of inputs whose records come again one by one (an edited keyed SQL row, a VQA row whose image
     changed). A delta version holds only its own records: there every version of its chain is looked in,
-    for the inputs read whole again too, the latest first."""
+    for the inputs read whole again too, the latest first. So are they for the inputs read again for review
+    decisions: the latest version left out a record whose rejection was undone since, and dealt as new it
+    could come back on the other side (and be counted twice in a stratified split's ``dealt``)."""
     uris = {uri for source in sources for uri in getattr(source, "records_again", set)()}
-    if not recipe.output.carry_forward:
-        uris |= watermarks.replaced()
+    chained = watermarks.replaced() if not recipe.output.carry_forward else watermarks.read_again
+    uris |= chained
     if not uris:  # before the chain's manifests are read: most runs have nothing to look up
         return replaced
-    versions = previous[-1:] if recipe.output.carry_forward else _chain(recipe, previous)[::-1]
+    versions = previous[-1:] if recipe.output.carry_forward and not chained else _chain(recipe, previous)[::-1]
     found = [replaced] if replaced is not None else []
     found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris)[0] for v in versions]
     return pl.concat(found).unique("id", keep="first", maintain_order=True)

@@ -50,6 +50,7 @@ from schemas.json_values import decimal_text
 log = logging.getLogger("curation.split")
 NO_VALUE = "(none)"  # how a missing label or group key is reported
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # as Python writes an int
+MAX_DEALT_LABELS = 100_000  # labels whose dealt counts a manifest keeps (``split.dealt``); past it, none
 
 
 class SplitError(RecipeError):
@@ -385,9 +386,15 @@ class Splitter:
         settings = (split.get("stratify_by"), split.get("group_by"), split.get("validation_fraction"))
         if settings != (self.stratify_by, self.group_by, self.fraction):
             return
-        for label, counts in dealt.items():
-            self._seen[label] = counts["units"]
-            self._to_validation[label] = counts["validation"]
+        counts = _dealt_counts(dealt)
+        if counts is None:  # edited by hand, or another shape: counters that might be wrong would skew every label
+            log.warning(
+                "split.dealt of the version this run extends is not label: [units, validation]: dealt from zero"
+            )
+            return
+        for label, (units, validation) in counts.items():
+            self._seen[label] = units
+            self._to_validation[label] = validation
         self._dealing_on = True
 
     def _under_threshold(self, hashes: pa.Array) -> pa.Array:
@@ -433,11 +440,20 @@ class Splitter:
         if self.stratify_by:
             report["labels"] = {side: dict(sorted(counter.items())) for side, counter in self.labels.items()}
             # Every unit dealt since the chain began (this run's and the versions' it extends): the next run
-            # deals on from these.
-            report["dealt"] = {
-                label: {"units": units, "validation": self._to_validation[label]}
-                for label, units in sorted(self._seen.items())
-            }
+            # deals on from these. Every manifest carries them (read by each run, train launch and review page),
+            # so a pair a label, and none past MAX_DEALT_LABELS: a label per user grew them by megabytes a run.
+            if len(self._seen) <= MAX_DEALT_LABELS:
+                report["dealt"] = {
+                    label: [units, self._to_validation[label]] for label, units in sorted(self._seen.items())
+                }
+            else:
+                log.warning(
+                    "output.stratify_by: %d labels in %r, over %d: split.dealt is left out of the manifest, so the "
+                    "next run deals every label from zero (each label's share holds within its own run only)",
+                    len(self._seen),
+                    self.stratify_by,
+                    MAX_DEALT_LABELS,
+                )
             if total and set(self.labels["train"]) | set(self.labels["validation"]) == {NO_VALUE}:
                 log.warning(
                     "output.stratify_by: no record has a value in %r, so the split could not balance labels",
@@ -448,3 +464,17 @@ class Splitter:
         if self.by_image:
             report["group_by_image"] = True
         return report
+
+
+def _dealt_counts(dealt: Any) -> dict[str, tuple[int, int]] | None:
+    """``split.dealt`` (label -> [units, to validation]) as counts, None where any entry is not such a pair."""
+    if not isinstance(dealt, dict):
+        return None
+    counts: dict[str, tuple[int, int]] = {}
+    for label, pair in dealt.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
+            return None
+        if not 0 <= pair[1] <= pair[0]:
+            return None
+        counts[label] = (pair[0], pair[1])
+    return counts

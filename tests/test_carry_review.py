@@ -27,6 +27,7 @@ from schemas.records import FLAG_SCHEMA
 from tests.helpers import BILLING, as_jsonl_lineage, lineage_rows, outputs, run, set_aside, write_jsonl
 from tests.test_carry import notes, recipe, shards, texts
 from tests.test_review_decisions import flag
+from tests.test_split_sides import side_of_each
 
 
 def lines_by_id(version: Path) -> dict[str, list[dict[str, Any]]]:
@@ -1090,4 +1091,31 @@ def test_a_span_marked_not_pii_does_not_bring_its_record_back_for_the_spans_alre
     )
     run(workdir, spec)
     assert len(list_items(engine)) == 2
+    engine.dispose()
+
+
+@pytest.mark.parametrize("then", [{}, {"split_seed": "another"}])
+def test_a_rejection_undone_brings_the_record_back_on_its_side_counted_once(
+    workdir: Path, then: dict[str, Any]
+) -> None:
+    """The latest version left the rejected record out, so the run that reads its input again finds its side in
+    the version before: dealt as a new unit it came back on train, and its label's ``dealt`` counted it twice."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{**note, "label": "x"} for note in notes(0, 8)])
+    spec = {**recipe("out", stratify_by="label"), "record": {"kind": "instruction", "prompt": "q", "completion": "a"}}
+    spec["record"]["label"] = "label"
+    v1 = run(workdir, spec)
+    dealt = {"x": [8, 2]}  # units dealt, of them to validation
+    assert v1.manifest.split["dealt"] == dealt
+    first = side_of_each(Path(v1.version_uri))
+    (rejected, *_) = [record for record, side in first.items() if side == "validation"]
+    engine = sa.create_engine(load_recipe(workdir / "recipe.yaml").state)
+    items = queue(workdir, "notes", 1, {rejected: sources_by_id(Path(v1.version_uri))[rejected]})
+    dec.decide(engine, items[rejected], "rita", "reject")
+    v2 = run(workdir, spec)
+    assert rejected not in side_of_each(Path(v2.version_uri)) and v2.manifest.split["dealt"] == dealt
+    dec.undo_last(engine, "rita")
+    spec["output"] = {**spec["output"], **then}
+    v3 = run(workdir, spec)
+    assert side_of_each(Path(v3.version_uri)) == first
+    assert v3.manifest.split["dealt"] == dealt
     engine.dispose()

@@ -670,4 +670,4 @@ def test_a_stratified_split_deals_on_across_scheduled_runs_on_ray_as_on_the_embe
         local, distributed = (run_recipe(recipes[name], executor=EXECUTORS[name]()) for name in EXECUTORS)
         assert published(distributed) == published(local)
         assert distributed.manifest.split == local.manifest.split
-    assert sum(labels["units"] for labels in local.manifest.split["dealt"].values()) == 60
+    assert sum(units for units, _ in local.manifest.split["dealt"].values()) == 60
