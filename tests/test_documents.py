@@ -1912,6 +1912,25 @@ def test_a_split_of_overlapping_chunks_without_group_by_document_is_warned_about
     assert sides["train"] & sides["validation"]  # what it warns of
 
 
+def test_a_split_of_overlapping_chunks_grouped_by_title_or_document_is_not_warned_about(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chunks overlap only within a section, whose chunks share its title: a split by title keeps them on one
+    # side as one by document does, yet it was told to split them by document.
+    _handbooks(workdir / "in", 12)
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    for group_by in ("title", "document"):
+        recipe["output"] = {"dest": f"out-{group_by}", "validation_fraction": 0.3, "group_by": group_by}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = run(workdir, recipe)
+        assert not [message for message in caplog.messages if "chunks of one document overlap" in message]
+        sides = _paragraphs_by_side(Path(result.version_uri))
+        assert sides["train"] and sides["validation"]
+        assert not sides["train"] & sides["validation"]  # as the missing warning says
+
+
 def test_group_by_document_set_later_moves_no_published_chunk_of_a_changed_document(workdir: Path) -> None:
     _handbooks(workdir / "in", 12)
     source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
