@@ -912,28 +912,48 @@ def _with_lost_heading(tree: Any, body: str) -> str:
     if re.search(r"^#{1,6} ", body, flags=re.MULTILINE):
         return body
     first = next((h for h in tree.iter(_HEADINGS) if not _in_page_furniture(h)), None)
-    text = " ".join(first.text_content().split()) if first is not None else ""
+    lines = _lines(first) if first is not None else []
+    text = " ".join(lines)
     if not text or not body or " ".join(text.casefold().split()) in " ".join(body.casefold().split()):
         return body
+    # trafilatura keeps each line after a <br> of the heading as a paragraph of its own ("Password<br>policy"
+    # left "policy" first in the body): the whole heading takes their place.
+    paragraphs = body.split("\n\n")
+    if len(paragraphs) >= len(lines) > 1 and [_WORD.findall(p.casefold()) for p in paragraphs[: len(lines) - 1]] == [
+        _WORD.findall(line.casefold()) for line in lines[1:]
+    ]:
+        paragraphs = paragraphs[len(lines) - 1 :]
     # The heading goes with the first paragraph kept when nothing dropped stands between them, or when its
     # own element holds that paragraph (an author line, share buttons or a breadcrumb dropped between): a
     # cookie banner's "We value your privacy" headed the page's refund policy, its element the banner alone.
-    opening = _WORD.findall(body.split("\n\n", 1)[0].casefold())[:8]
-    words = _WORD.findall(" ".join(tree.xpath("//text()")).casefold())
-    # Counted as ``words`` counts them, one text piece apart from the next: "Re<span>fund</span>" is two.
-    after = _word_count(first.xpath("preceding::text()")) + _word_count(first.xpath(".//text()"))
+    # Compared by their letters alone: inline markup splits the page's text into pieces mid-word
+    # ("Re<span>funds</span>", in the heading or the paragraph) where the body's text runs on.
+    opening = "".join(_WORD.findall(paragraphs[0].casefold())[:8])
+    after = _letter_count(first.xpath("preceding::text()")) + _letter_count(first.xpath(".//text()"))
     parent = first.getparent()
     end = after + len(opening)  # right after the heading; within its own element, unless that is the whole page
     if parent is not None and parent.tag not in ("body", "html"):
-        end = _word_count(parent.xpath("preceding::text()")) + _word_count(parent.xpath(".//text()"))
-    if not opening or not any(words[at : at + len(opening)] == opening for at in range(after, end - len(opening) + 1)):
+        end = _letter_count(parent.xpath("preceding::text()")) + _letter_count(parent.xpath(".//text()"))
+    if not opening or _letters(tree.xpath("//text()")).find(opening, after, end) < 0:
         return body
     # Escaped as trafilatura escapes the body's text, which ``_unescape_markdown`` takes out again.
-    return f"{'#' * int(first.tag[1])} {_escape_inline_specials(text)}\n\n{body}"
+    rest = "\n\n".join(paragraphs)
+    return f"{'#' * int(first.tag[1])} {_escape_inline_specials(text)}\n\n{rest}"
 
 
-def _word_count(texts: list[str]) -> int:
-    return len(_WORD.findall(" ".join(texts).casefold()))
+def _lines(element: Any) -> list[str]:
+    """The element's text, line by line: a <br> ends a line (``text_content()`` runs the words either side
+    of it together, "Passwordpolicy"); inline markup joins its pieces ("Pass<b>word</b>" is one word)."""
+    pieces = [piece if isinstance(piece, str) else "\n" for piece in element.xpath(".//text() | .//br")]
+    return [line for line in (" ".join(line.split()) for line in "".join(pieces).split("\n")) if line]
+
+
+def _letters(texts: list[str]) -> str:
+    return "".join(_WORD.findall(" ".join(texts).casefold()))
+
+
+def _letter_count(texts: list[str]) -> int:
+    return len(_letters(texts))
 
 
 def _in_page_furniture(element: Any) -> bool:

@@ -67,18 +67,21 @@ def _exists(uri: str) -> bool:
         return False
 
 
-def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[list[tuple[str, str]], bool]:
-    """(split, file URI) of every data file of the dataset at ``path``, in split and file order, and whether
-    they are what the dataset's ``state.json`` files name (``save_to_disk``'s layout); ``entries`` are the
-    parquet and arrow files listed under it."""
+def data_files(
+    path: str, split: str | None, entries: list[FileEntry]
+) -> tuple[list[tuple[str, str]], bool, dict[str, list[str]]]:
+    """(split, file URI) of every data file of the dataset at ``path``, in split and file order, whether
+    they are what the dataset's ``state.json`` files name (``save_to_disk``'s layout), and the files of them
+    read by the name earlier releases gave them, by the split their names now give (``_named_hub_files``);
+    ``entries`` are the parquet and arrow files listed under it."""
     path = path.rstrip("/")
     if _exists(join(path, "dataset_dict.json")):
         splits = (_read_json(join(path, "dataset_dict.json")) or {}).get("splits", [])
         if split is not None and split not in splits:
             raise StorageError(f"{path}: no split {split!r}; the dataset has {splits}")
         named = [item for name in splits if split in (None, name) for item in _saved_split(join(path, name), name)]
-        return named, True
-    saved = _exists(join(path, "state.json"))
+        return named, True, {}
+    saved, moved = _exists(join(path, "state.json")), {}
     if saved:
         files = _saved_split(path, None)
         found = [(name, uri) for name, uri in files if split in (None, name)]
@@ -86,10 +89,10 @@ def data_files(path: str, split: str | None, entries: list[FileEntry]) -> tuple[
         files = _hub_splits(path, [entry.uri for entry in entries])
         if not files:
             raise StorageError(f"{path}: no dataset here (no dataset_dict.json, state.json, parquet or arrow files)")
-        found = _named_hub_files(path, split, files)
+        found, moved = _named_hub_files(split, files)
     if files and not found:  # a misspelt split would read nothing, and publish an empty version
         raise StorageError(f"{path}: no split {split!r}; the dataset has {sorted({name for name, _ in files})}")
-    return found, saved
+    return found, saved, moved
 
 
 def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
@@ -114,30 +117,42 @@ def _hub_splits(path: str, uris: list[str]) -> list[tuple[str, str]]:
     return named
 
 
-def _named_hub_files(path: str, split: str | None, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _named_hub_files(
+    split: str | None, files: list[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     """Those of a Hub-style folder's ``files`` (split, URI) that a recipe's ``split`` reads: the files the split
     names, and those earlier releases named it by their folder (``data/``) that their names now give another
     split (``data/train-00000-of-00001-<fingerprint>.parquet``): the recipe read them, and would read fewer
-    files without a word."""
+    files without a word. Those, by the split their names give, come second (``_warn_moved``)."""
+    found: list[tuple[str, str]] = []
+    moved: dict[str, list[str]] = {}
     if split is None:
-        return files
-    found, moved = [], {}
+        return files, moved
     for name, uri in files:
         earlier = _earlier_split(uri)
         if split in (name, earlier):
             found.append((split, uri))
         if earlier == split != name:
             moved.setdefault(name, []).append(uri)
+    return found, moved
+
+
+def _warn_moved(path: str, split: str | None, moved: dict[str, list[str]], fresh: Collection[str]) -> None:
+    """Warn of the files ``split`` reads by the name earlier releases gave them (``_named_hub_files``) where
+    the run reads any of them new (``fresh``): said on every run, a scheduled one that read nothing new
+    too, it was noise the recipe could not silence but by reading other files."""
+    moved = {name: [uri for uri in uris if uri in fresh] for name, uris in moved.items()}
+    moved = {name: uris for name, uris in moved.items() if uris}
     if moved:
         log.warning(
             "%s: split %r reads, as earlier releases did by their folder's name, files whose names now give them "
-            "other splits: %s; use `split: %s` to read them by their names",
+            "other splits: %s; use `split: %s` to read them by their names (said only in a run that reads such a "
+            "file new)",
             path,
             split,
             "; ".join(f"{name!r} ({_some(uris)})" for name, uris in sorted(moved.items())),
             "` or `split: ".join(sorted(moved)),
         )
-    return found
 
 
 def _some(uris: list[str]) -> str:
@@ -264,7 +279,7 @@ class HFSourceReader:
             entries = {e.uri: e for e in files}
             seconds = [FileEntry(path, 0, None) for path in again if path.endswith((".parquet", ".arrow"))]
             seconds += [FileEntry(path, 0, None) for path in _under_folders(again, entries)]
-            chosen, saved = data_files(self.config.path, self.config.split, [*files, *seconds])
+            chosen, saved, moved = data_files(self.config.path, self.config.split, [*files, *seconds])
             listed = _read_once(chosen, entries, again)
             missing = [uri for _, uri in listed if uri not in entries]
             if missing:
@@ -274,6 +289,7 @@ class HFSourceReader:
             fresh = {
                 e.uri for e in new_files([entries[uri] for _, uri in listed], self.watermark, hashed_when_read=True)
             }
+            _warn_moved(self.config.path, self.config.split, moved, fresh)
             self._files = [(split, entries[uri]) for split, uri in listed if uri in fresh]
         return self._files
 

@@ -247,8 +247,10 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
         if isinstance(source, DocumentsSource) and source.chunk is not None and source.chunk.overlap_chars > 0
     ]
     # Not the default: a version split chunk by chunk holds documents on both sides, and no later run moves
-    # a published record (README "Splits").
-    if overlapping and recipe.output.validation_fraction > 0 and not recipe.groups_by_document:
+    # a published record (README "Splits"). Chunks overlap only within a section, whose chunks share its
+    # title: a split by title keeps them together too.
+    grouped = recipe.groups_by_document or recipe.output.group_by == "title"
+    if overlapping and recipe.output.validation_fraction > 0 and not grouped:
         warnings.append(
             f"sources {', '.join(overlapping)}: chunks of one document overlap (chunk.overlap_chars), and "
             "the split places each on its own side: split them by document with group_by: document"

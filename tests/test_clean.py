@@ -319,3 +319,24 @@ def test_a_later_element_of_the_same_name_does_not_make_a_span_holding_the_close
         "Key ` ` and to close type ` ` yourself",
         "Close the item with `</li>`.\nNext",
     ]
+
+
+def test_a_later_opening_of_an_element_whose_end_tag_may_be_left_out_closes_it() -> None:
+    # HTML ends a <p>, <li>, <td>... at the next opening of it: a quoted "`</li>`" with only a later <li>
+    # after it was read as the item's end and stripped, "`\n`." left in the text.
+    texts = [
+        "<ul><li>Close the item with `</li>`.<li>Next</li></ul>",
+        "<p>Use `</p>` to end a paragraph.<p>Next one</p>",
+        "<table><tr><td>Type `</td>` here<td>next</td></tr></table>",
+        "<dl><dt>Term `</dt>` quoted<dt>Other</dt></dl>",
+        # An element whose end tag must be written still is closed by its own close only.
+        "<p>Key <kbd>`</kbd>` then <kbd>Enter</kbd>.</p>",
+    ]
+    cleaned = Clean(["text"]).rewrite_texts(texts)
+    assert [text.split() for text in cleaned] == [
+        ["Close", "the", "item", "with", "`</li>`.", "Next"],
+        ["Use", "`</p>`", "to", "end", "a", "paragraph.", "Next", "one"],
+        ["Type", "`</td>`", "here", "next"],
+        ["Term", "`</dt>`", "quoted", "Other"],
+        ["Key", "`", "`", "then", "Enter", "."],
+    ]

@@ -396,6 +396,34 @@ def test_a_pages_only_heading_is_kept_with_no_article_around_it(tmp_path: Path) 
     ]
 
 
+def test_a_lost_heading_split_by_markup_or_a_line_break_is_put_back_whole(tmp_path: Path) -> None:
+    # The paragraph after the heading split by inline markup ("Re<span>funds</span>") was counted as one
+    # word in the text kept and as two in the page's: the heading stayed lost. A <br> in the heading ran its
+    # words together ("Passwordpolicy"), and trafilatura keeps the line after it as a paragraph: "policy"
+    # was all the text kept of "Password<br>policy".
+    paragraphs = [
+        "Refunds are paid within five working days of the returned item arriving at the warehouse.",
+        "Store credit is offered where the original payment method has expired or been closed.",
+    ]
+    text = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
+    split = text.replace("Refunds", "Re<span>funds</span>", 1)
+    pages = {
+        "a_split_paragraph": f"<h1>Password policy</h1>{split}",
+        "b_line_break": f"<h1>Password<br>policy</h1>{text}",
+        "c_line_breaks": f"<h1>Refund<br/>policy<br>for customers</h1>{text}",
+        "d_split_both": f"<h1>Pass<span>word</span><br>policy</h1>{split}",
+    }
+    for name, page in pages.items():
+        (tmp_path / f"{name}.html").write_text(f"<html><body>{page}</body></html>")
+    rows, _ = read(tmp_path)
+    assert [(row["title"], row["text"]) for row in rows] == [
+        ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
+        ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
+        ("Refund policy for customers", "\n\n".join(["# Refund policy for customers", *paragraphs])),
+        ("Password policy", "\n\n".join(["# Password policy", *paragraphs])),
+    ]
+
+
 def test_a_lost_heading_is_put_back_only_next_to_the_text_it_heads_and_as_written(tmp_path: Path) -> None:
     # A cookie banner's heading, whose own text trafilatura dropped, headed the page's refund policy; and a
     # heading's "a\*b" read "a*b": its backslash went as one of the escapes of trafilatura's Markdown. An h1
@@ -1898,6 +1926,25 @@ def test_a_split_of_overlapping_chunks_without_group_by_document_is_warned_about
     assert any(said in message and "group_by: document" in message for message in caplog.messages)
     sides = _paragraphs_by_side(Path(result.version_uri))
     assert sides["train"] & sides["validation"]  # what it warns of
+
+
+def test_a_split_of_overlapping_chunks_grouped_by_title_or_document_is_not_warned_about(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chunks overlap only within a section, whose chunks share its title: a split by title keeps them on one
+    # side as one by document does, yet it was told to split them by document.
+    _handbooks(workdir / "in", 12)
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    for group_by in ("title", "document"):
+        recipe["output"] = {"dest": f"out-{group_by}", "validation_fraction": 0.3, "group_by": group_by}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = run(workdir, recipe)
+        assert not [message for message in caplog.messages if "chunks of one document overlap" in message]
+        sides = _paragraphs_by_side(Path(result.version_uri))
+        assert sides["train"] and sides["validation"]
+        assert not sides["train"] & sides["validation"]  # as the missing warning says
 
 
 def test_group_by_document_set_later_moves_no_published_chunk_of_a_changed_document(workdir: Path) -> None:

@@ -468,15 +468,22 @@ def test_files_whose_names_hold_no_split_keep_their_folders_name_as_earlier_rele
         read(str(tmp_path / "hub"), split="train")
 
 
+def _pushed_beside_a_file_named_by_its_folder(folder: Path, shards: int) -> datasets.Dataset:
+    """push_to_hub's first shard of the train split in ``folder`` (data/), beside a file whose name gives
+    no split (its folder's then), of 3 of its rows; the split written."""
+    train = make_dataset()["train"]
+    folder.mkdir(parents=True)
+    train.to_parquet(str(folder / f"train-00000-of-{shards:05d}-0123456789abcdef.parquet"))
+    train.select(range(3)).to_parquet(str(folder / "extra.parquet"))
+    return train
+
+
 def test_a_split_earlier_releases_named_by_a_folder_reads_the_files_whose_names_now_give_another_split(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # `split: data` read every file under data/; push_to_hub's fingerprinted name (and a train.parquet at the top
     # of a folder read as split `hub`) now names split train: the recipe read fewer files without a word.
-    train = make_dataset()["train"]
-    (tmp_path / "m" / "data").mkdir(parents=True)
-    train.to_parquet(str(tmp_path / "m" / "data" / "train-00000-of-00001-0123456789abcdef.parquet"))
-    train.select(range(3)).to_parquet(str(tmp_path / "m" / "data" / "extra.parquet"))
+    train = _pushed_beside_a_file_named_by_its_folder(tmp_path / "m" / "data", shards=1)
     (tmp_path / "hub").mkdir()
     train.to_parquet(str(tmp_path / "hub" / "train.parquet"))
     train.select(range(3)).to_parquet(str(tmp_path / "hub" / "more.parquet"))
@@ -493,6 +500,31 @@ def test_a_split_earlier_releases_named_by_a_folder_reads_the_files_whose_names_
     assert len(read(str(tmp_path / "m"), split="train")) == len(train)
     assert len(read(str(tmp_path / "m"), split=None)) == len(train) + 3
     assert "earlier releases" not in caplog.text
+
+
+def test_the_warning_of_files_read_by_their_earlier_split_is_said_in_a_run_that_reads_one_new(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was said on every run, a scheduled one that read nothing new too: noise a recipe could not silence.
+    train = _pushed_beside_a_file_named_by_its_folder(workdir / "m" / "data", shards=2)
+    source = {"type": "hf", "path": "m", "split": "data"}
+    record = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"}
+    recipe = {"dataset": "q", "sources": [source], "record": record, "stages": []}
+    recipe["output"] = {"dest": "out", "validation_fraction": 0.2}
+    said = "split 'data' reads, as earlier releases did by their folder's name"
+    warned = []
+    added = [None, None, "extra-2.parquet", "train-00001-of-00002-0123456789abcdef.parquet"]
+    for n, name in enumerate(added):
+        if name:
+            train.select(range(3 * n, 3 * n + 3)).to_parquet(str(workdir / "m" / "data" / name))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="connectors.hf"):
+            result = run(workdir, recipe)
+        assert (result.version_uri is not None) == (n in (0, 2, 3))
+        warned.append([message for message in caplog.messages if said in message])
+    assert [len(messages) for messages in warned] == [1, 0, 0, 1]
+    assert "train-00000" in warned[0][0] and "said only in a run that reads such a file new" in warned[0][0]
+    assert "train-00001" in warned[3][0] and "train-00000" not in warned[3][0]  # the new file alone
 
 
 def test_a_split_names_the_files_it_named_before_whatever_the_path_above_the_dataset(tmp_path: Path) -> None:

@@ -223,7 +223,8 @@ def _is_code(
     """Whether a code span is code: not when its closing backticks fall in a tag ("`a <span title="`">"),
     when it closes an element open before it (``<kbd>`</kbd> or <kbd>`</kbd>``, "<kbd>`</kbd>`": backticks
     as the elements' text) unless it holds that tag alone and a tag after it still closes the element
-    ("<li>Close it with `</li>`.</li>": a close no later opening of it matches, ``unmatched_closes``), nor
+    ("<li>Close it with `</li>`.</li>": a close no later opening of it matches, or for an element whose
+    end tag may be left out a later opening of it, "<li>Next": ``unmatched_closes``), nor
     when its backticks stand in words as apostrophes do ("It`s <b>bold</b> and don`t") around markup."""
     close = span.end() - len(span.group(1))
     tags = [tag for tag in _tags_from(text, span.start(), close) if not tag.group().startswith("<!--")]
@@ -261,7 +262,9 @@ def _tags_from(text: str, begin: int, end: int) -> Iterator[re.Match[str]]:
 def _unmatched_closes(text: str, begin: int, end: int) -> Callable[[int, str], bool]:
     """Whether a closing tag of an element that no later opening tag of it matches ends after a place in
     ``text[begin:end]``: ``unmatched(at, name)``. Tags in code spans are their text and count for nothing
-    (each span read as code here: a quoted "`</kbd>`" later closes no element)."""
+    (each span read as code here: a quoted "`</kbd>`" later closes no element). An element whose end tag
+    HTML lets a writer leave out (``_OPTIONAL_END``) is also closed by the next opening of it while it is
+    open ("<li>Close it with `</li>`.<li>Next"): for those, any later tag of it ends the one open."""
     steps: dict[str, list[tuple[int, int]]] = {}  # per element: (tag's start, +1 closing or -1 opening)
     for found in _SPAN_OR_TAG.finditer(text, begin, end):
         if found.group(1) is None and not found.group().startswith("<!--"):
@@ -280,9 +283,16 @@ def _unmatched_closes(text: str, begin: int, end: int) -> Callable[[int, str], b
     def unmatched(at: int, name: str) -> bool:
         if name not in starts:
             return False
-        return excess[name][bisect.bisect_left(starts[name], at)] > 0
+        later = bisect.bisect_left(starts[name], at)
+        if name in _OPTIONAL_END:
+            return later < len(starts[name])
+        return excess[name][later] > 0
 
     return unmatched
+
+
+# Elements whose end tag HTML lets a writer leave out: a later opening of one while it is open closes it.
+_OPTIONAL_END = frozenset({"p", "li", "dt", "dd", "td", "th", "tr", "option"})
 
 
 def _element(tag: str) -> tuple[bool, str]:
