@@ -14,7 +14,7 @@ import re
 import signal
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -160,10 +160,14 @@ def _keyed_uris(recipe: Recipe) -> frozenset[str]:
 
 
 def build_stages(
-    recipe: Recipe, full_refresh: bool = False, decisions_as_of: DecisionMark | None = None
+    recipe: Recipe,
+    full_refresh: bool = False,
+    decisions_as_of: DecisionMark | None = None,
+    records_again: Collection[str] = (),
 ) -> list[AnyStage]:
     """The recipe's stages in order; ``full_refresh`` starts cross-run dedup over with this run; the
-    review decisions are those in force at ``decisions_as_of`` (default: now)."""
+    review decisions are those in force at ``decisions_as_of`` (default: now); ``records_again``: inputs
+    whose records come again one by one under their ids, changed (a VQA row whose image changed in place)."""
     kind = recipe.record.kind
     stages: list[AnyStage] = []
     if recipe.input_schema is not None and recipe.input_schema.columns:
@@ -203,7 +207,7 @@ def build_stages(
                 stages[-1],
                 index,
                 recipe.output.carry_forward,
-                _keyed_uris(recipe),
+                _keyed_uris(recipe) | frozenset(records_again),
                 review.decisions.kept_from.get(stages[-1].name),
             )
             across_runs.append(stages[-1])
@@ -805,7 +809,10 @@ class RunStages:
         # what this run reads: cross-run dedup starts over with it, as on a full refresh, or the records
         # it reads would be set aside as repeats of versions it does not hold.
         start_over = plan.full_refresh or not plan.watermarks.had_previous()
-        stages = build_stages(recipe, start_over, decided_by)
+        # A row of a sidecar not read whole again comes again only because its image changed in place: in a
+        # delta version it is a new version of its record (same id), as an edited keyed SQL row is.
+        again = {uri for source in plan.sources for uri in getattr(source, "records_again", set)()}
+        stages = build_stages(recipe, start_over, decided_by, again - plan.watermarks.replaced())
         index_only: list[AnyStage] = (
             []
             if any(isinstance(s, SignatureRecorder) for s in stages)

@@ -318,6 +318,39 @@ def test_an_image_changed_in_place_replaces_its_published_version(workdir: Path)
     assert sorted(f.path for f in v2.manifest.files) == sorted(f"train/{name}" for name in after)
 
 
+@pytest.mark.parametrize("carry_forward", [True, False])
+def test_an_image_changed_in_place_near_its_old_picture_is_a_new_version_of_its_own_record(
+    workdir: Path, carry_forward: bool
+) -> None:
+    import os
+
+    recipe = {**FORMS, "output": {"validation_fraction": 0.0, "carry_forward": carry_forward}}
+    (workdir / "img").mkdir()
+    (workdir / "img" / "a.jpg").write_bytes(_image(0, 1))
+    (workdir / "img" / "b.jpg").write_bytes(_image(0, 2))
+    rows = [{"image": n, "question": "Which form is this?", "answer": "Form 12."} for n in ("a.jpg", "b.jpg")]
+    write_jsonl(workdir / "qa.jsonl", rows)
+    v1 = run(workdir, recipe)
+    # b.jpg retouched in place (shifted a pixel, saved at another quality): a near copy of its old picture.
+    (workdir / "img" / "b.jpg").write_bytes(_image(1, 2))
+    os.utime(workdir / "img" / "b.jpg", (1, 1))  # a new mtime whatever the clock's resolution
+    # And a new row: another image, a near copy of a.jpg's published picture, asked the same question.
+    (workdir / "img" / "c.jpg").write_bytes(_image(1, 1))
+    with (workdir / "qa.jsonl").open("a") as sidecar:
+        sidecar.write(json.dumps({**rows[0], "image": "c.jpg"}) + "\n")
+    v2 = run(workdir, recipe)
+    assert v2.manifest.counts.written == 1  # b.jpg's row, with its new picture
+    (a, b) = [entry["id"] for entry in sorted(lineage_rows(Path(v1.version_uri)), key=lambda e: e["source"]["line"])]
+    assert [entry["id"] for entry in lineage_rows(Path(v2.version_uri)) if entry["carried_from"] is None] == [b]
+    (aside,) = set_aside(Path(v2.version_uri))
+    assert (aside["reason"], aside["source"]["line"], aside["duplicate_of"]) == ("earlier_version", 3, a)
+    if carry_forward:
+        assert v2.manifest.stats["carry"]["replaced"] == 1
+        before = {line["file_name"] for line in outputs(Path(v1.version_uri))}
+        after = {line["file_name"] for line in outputs(Path(v2.version_uri))}
+        assert len(after) == 2 and len(after & before) == 1  # a.jpg's as it was, b.jpg's new picture
+
+
 def test_image_near_duplicates_with_other_questions_are_kept_unless_asked_to_match_images_only() -> None:
     batch = pa.table(
         {
