@@ -393,7 +393,13 @@ def version_a_run_extends(recipe: Recipe, previous: list[int]) -> int | None:
     return read_state(recipe.state, extends, None) if previous else None
 
 
-def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Tally, stages: list[AnyStage]) -> None:
+def _check_a_template_made_some_record(
+    recipe: Recipe,
+    counts: Counts,
+    tally: Tally,
+    stages: list[AnyStage],
+    scrub: Callable[[pa.Table], pa.Table] | None,
+) -> None:
     """A run whose every record the shape stage took failed one template in one way (``{{ x.upper(1) }}``) met a
     recipe error, as for a misspelt column: it fails, publishes nothing and leaves its input to be read again
     once fixed, not an empty version after which the fixed recipe finds nothing new. Asked only where the
@@ -406,7 +412,7 @@ def _check_a_template_made_some_record(recipe: Recipe, counts: Counts, tally: Ta
         raise RecipeError(
             f"none of the {counts.input:,} records could be made into a record: the template of record.{target} "
             f"({recipe.record.mapping().get(target)!r}) failed on every record it was given ({shaped:,}), "
-            f"for example {tally.template_errors.example_as_published(set_aside_scrub(stages))}; fix the template "
+            f"for example {tally.template_errors.example_as_published(scrub)}; fix the template "
             "in the recipe and run again"
         )
 
@@ -556,7 +562,7 @@ def _earlier_sides(
     for the inputs read whole again too, the latest first. So are they for the inputs read again for review
     decisions: the latest version left out a record whose rejection was undone since, and dealt as new it
     could come back on the other side (and be counted twice in a stratified split's ``dealt``)."""
-    uris = {uri for source in sources for uri in getattr(source, "records_again", set)()}
+    uris = _records_again(sources)
     chained = watermarks.replaced() if not recipe.output.carry_forward else watermarks.read_again
     uris |= chained
     if not uris:  # before the chain's manifests are read: most runs have nothing to look up
@@ -565,6 +571,12 @@ def _earlier_sides(
     found = [replaced] if replaced is not None else []
     found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris)[0] for v in versions]
     return pl.concat(found).unique("id", keep="first", maintain_order=True)
+
+
+def _records_again(sources: list[Source]) -> set[str]:
+    """The inputs whose records come again one by one under their ids (an edited keyed SQL row, a VQA row whose
+    image changed in place)."""
+    return {uri for source in sources for uri in getattr(source, "records_again", set)()}
 
 
 def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
@@ -811,8 +823,8 @@ class RunStages:
         start_over = plan.full_refresh or not plan.watermarks.had_previous()
         # A row of a sidecar not read whole again comes again only because its image changed in place: in a
         # delta version it is a new version of its record (same id), as an edited keyed SQL row is.
-        again = {uri for source in plan.sources for uri in getattr(source, "records_again", set)()}
-        stages = build_stages(recipe, start_over, decided_by, again - plan.watermarks.replaced())
+        again = _records_again(plan.sources) - plan.watermarks.replaced()
+        stages = build_stages(recipe, start_over, decided_by, again)
         index_only: list[AnyStage] = (
             []
             if any(isinstance(s, SignatureRecorder) for s in stages)
@@ -886,7 +898,7 @@ def _run_locked(
         missing_column = tally.examples.get(("quarantined", "missing_column"))
         _check_some_record_has_the_columns(recipe, counts, missing_column, writer.scrub)
         if templates_on_trial(recipe, plan.extended):
-            _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages)
+            _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages, writer.scrub)
         cannot_read = plan.watermarks.unread() + tally.unread_once
         # A version extending none would hold no record at all; failed, nothing is committed either. So too where
         # it would hold none and a SQL or Hugging Face row could not be read for now: its table or data file would

@@ -176,9 +176,8 @@ class Splitter:
         # evaluated on pictures it trained on. The recipe's own group_by or stratify_by comes first.
         self.by_image = by_image and not group_by and not stratify_by
         self._threshold = int(validation_fraction * 2**64)
-        self._groups: dict[
-            str, bool
-        ] = {}  # group key -> its records go to validation (the state store's, or this run's)
+        # group key -> its records go to validation (the state store's, or this run's)
+        self._groups: dict[str, bool] = {}
         self._seen: Counter[str] = Counter()  # label -> units seen
         self._to_validation: Counter[str] = Counter()  # label -> units sent to validation
         self._phases: dict[str, float] = {}  # label -> its phase (a hash of the seed and the label)
