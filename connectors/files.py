@@ -859,7 +859,7 @@ class FilesSourceReader(ListedFiles):
         if not self.config.hive_partitioning:
             return None
         try:
-            return frozenset(partitions_below(hive_base(self.config.path), uri).items())
+            return frozenset(hive_partitions(self.config.path, uri).items())
         except StorageError:  # a key named twice: refused when the file is read; alike no other file
             return uri
 

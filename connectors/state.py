@@ -742,13 +742,14 @@ def new_files(
                 kept = _unlinked(kept)  # read now: from this run on its records are its own
         elif entry.uri in watermark.retry:  # unchanged: read for the records an earlier run could not take
             fresh.add(entry.uri)
-        elif _held_bytes_of(kept) is not None and partition_of(entry.uri) != partition_of(_held_bytes_of(kept)):
-            # Skipped by a release that compared bytes only: its rows' partition values were never published.
-            fresh.add(entry.uri)
-            kept = _unlinked(kept)
-            log.info("%s: skipped before for the bytes of a file in another partition: read", entry.uri)
-        elif _held_bytes_of(kept) is not None:
-            linked.append((entry, kept))
+        elif (held := _held_bytes_of(kept)) is not None:
+            if partition_of(entry.uri) != partition_of(held):
+                # Skipped by a release that compared bytes only: its rows' partition values were never published.
+                fresh.add(entry.uri)
+                kept = _unlinked(kept)
+                log.info("%s: skipped before for the bytes of a file in another partition: read", entry.uri)
+            else:
+                linked.append((entry, kept))
         if kept != before:
             watermark.set(entry.uri, kept or _value_to_stage(entry, watermark, hashed_when_read))
     released = watermark.replaced - as_before

@@ -670,7 +670,7 @@ def _list_local(
     to a file listed already (see ``list_files``, and ``reads`` there)."""
     fs, path = filesystem(uri)
     try:
-        glob = _read_as_glob(uri)
+        glob = _is_glob(path) and not _named_literally(fs, path)
         if _is_glob(path) and not glob:
             _warn_of_the_pattern_not_read(uri, path)
     except OSError as exc:

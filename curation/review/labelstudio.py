@@ -492,7 +492,7 @@ def _shown_edits(item: dict[str, Any], data: dict[str, Any], current: dict[str, 
         # Keeping those it shows alike would read as already in force, and keep the others too.
         return None
     edit = dec.Edit(fields=fields, not_pii=sorted(dec.not_pii_of(current)))
-    return edit if (edit.fields or edit.not_pii) else None
+    return edit or None
 
 
 def _as_submitted(
@@ -579,7 +579,7 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
         answer = _answer(results)
         if answer and answer != payload.get("answer"):
             edit.fields["answer"] = answer
-    return edit if (edit.fields or edit.not_pii) else None
+    return edit or None
 
 
 def _label_places(text: str, value: dict[str, Any]) -> list[tuple[int, int]]:

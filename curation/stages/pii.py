@@ -237,8 +237,9 @@ def _places(text: str, parts: list[str]) -> Iterator[tuple[int, int, str]]:
     spaced, original = _one_space(text)
     lowered = spaced.lower()
     found = []
+    shifted = len(lowered) != len(spaced)  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
     for part in parts:
-        if len(lowered) != len(spaced):  # lowercasing moved offsets (a dotted capital İ): a regex keeps them
+        if shifted:
             found += [(*match.span(), part) for match in re.finditer(_pattern(part), text)]
             continue
         words = part.split()
@@ -861,9 +862,6 @@ class PiiRedaction:
 
     @_messages_withheld
     def rewrite_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
-        return self._scrub_texts(values, records)
-
-    def _scrub_texts(self, values: list[str | None], records: list[int] | None = None) -> list[str | None]:
         """``values`` scanned as free text, every entity found replaced by ``<ENTITY>``: for text that
         leaves the stage's path (set-aside rows, review items made before it) and that no operator,
         undo or review flag applies to. With ``records`` (the record each value belongs to), a value
