@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import contextlib
+import functools
 import io
 import itertools
 import logging
@@ -476,16 +477,26 @@ _INLINE_CONTAINERS = (
 
 
 def _texts(element: Any, paragraph: docx.text.paragraph.Paragraph) -> Iterator[str]:
-    from docx.oxml.ns import qn
     from docx.text.run import Run
 
+    run, containers, math = _docx_tags()
     for child in element.iterchildren():
-        if child.tag == qn("w:r"):
+        if child.tag == run:
             yield Run(child, paragraph).text
-        elif child.tag in {qn(f"w:{name}") for name in _INLINE_CONTAINERS}:
+        elif child.tag in containers:
             yield from _texts(child, paragraph)
-        elif child.tag in (qn("m:oMath"), qn("m:oMathPara")):
+        elif child.tag in math:
             yield _math_text(child)
+
+
+@functools.cache
+def _docx_tags() -> tuple[str, frozenset[str], frozenset[str]]:
+    """The qualified tags ``_texts`` tells apart: a run, the inline containers it reads through, equations
+    (made once: ``_texts`` asks for every node of every paragraph)."""
+    from docx.oxml.ns import qn
+
+    containers = frozenset(qn(f"w:{name}") for name in _INLINE_CONTAINERS)
+    return qn("w:r"), containers, frozenset((qn("m:oMath"), qn("m:oMathPara")))
 
 
 def _math_text(element: Any) -> str:
