@@ -1021,12 +1021,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
         if previous and not full_refresh
         else None
     )
-    if (
-        latest is not None
-        and recipe.output.carry_forward
-        and latest.extends is not None
-        and latest.carried_from is None
-    ):
+    if latest is not None and recipe.output.carry_forward and latest.holds_only_its_run:
         # A delta version (made with carry_forward: false) holds only what its run read: carried alone, the
         # new version would say it holds the whole dataset and leave out every version before it.
         log.warning(

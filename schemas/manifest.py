@@ -81,6 +81,11 @@ class Manifest(BaseModel):
     # How records were split: method, seed, stratify_by/group_by, records per side, label balance, groups.
     split: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def holds_only_its_run(self) -> bool:
+        """A delta version (``output.carry_forward: false``): it extends one but holds only its run's records."""
+        return self.extends is not None and self.carried_from is None
+
     def all_files(self) -> list[Shard]:
         shards = [s for split in self.splits.values() for s in split.shards]
         return shards + self.set_aside + self.lineage + self.files

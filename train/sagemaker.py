@@ -617,7 +617,7 @@ def delta_only(version_uri: str) -> str | None:
     """What a job on a version published with ``output.carry_forward: false`` trains on: only the records new in
     its run (the dataset is the chain of versions), which a launch on it may have taken for the whole dataset."""
     manifest = read_manifest(_folder(version_uri))
-    if manifest.extends is None or manifest.carried_from is not None:
+    if not manifest.holds_only_its_run:
         return None
     train = manifest.splits["train"].records
     return (
