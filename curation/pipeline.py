@@ -861,20 +861,15 @@ def _run_locked(
     decided_by = mark_now(state.engine)
     plan = _plan(recipe, state, full_refresh, decided_by)
     on_start(sum(entry.size or 0 for entry in plan.inputs))
-    writer = _writer(recipe, state, plan.full_refresh)
-    try:
-        if plan.published_sides is not None and not plan.published_sides.is_empty():  # read again: same side
-            sides = plan.published_sides
-            writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
-        if plan.extended is not None:  # each label's balance holds across runs, not only within one
-            writer.splitter.deal_on_from(plan.extended.split)
-        writer.on_written = on_written
-        writer.confirm_lock = lock.confirm
-        state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)
-    except BaseException:
-        # Not yet a run the store knows of: no later run would remove its staging folder (``clean_up``).
-        writer.abort()
-        raise
+    writer = _writer(recipe, state, plan.full_refresh)  # it stages nothing before the run is recorded
+    if plan.published_sides is not None and not plan.published_sides.is_empty():  # read again: same side
+        sides = plan.published_sides
+        writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
+    if plan.extended is not None:  # each label's balance holds across runs, not only within one
+        writer.splitter.deal_on_from(plan.extended.split)
+    writer.on_written = on_written
+    writer.confirm_lock = lock.confirm
+    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)
     held = HeldStops()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(plan.inputs))
     tally = Tally()

@@ -633,8 +633,9 @@ class DatasetWriter:
         # touches anything outside its own staging folder.
         self.confirm_lock: Callable[[], None] = lambda: None
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
+        # Made by the first file written there, not here: the writer is built before the run is recorded, and
+        # a folder of a run killed in between, which no store knows of, no later run would remove.
         self.fs, self.staging = filesystem(self.staging_uri)
-        make_dirs(self.fs, self.staging)
         # A format read as one file per channel writes one file per split, whatever its size.
         split_bytes = UNBOUNDED if fmt.name in ONE_FILE_FORMATS else shard_max_bytes
         self.splits = {name: ShardSeries(self.fs, self.staging, name, split_bytes, fmt.data_file) for name in SPLITS}
@@ -992,6 +993,7 @@ class DatasetWriter:
         self._shut_down()
         for series in (*self.splits.values(), self.set_aside, self.lineage):
             series.close()
+        make_dirs(self.fs, self.staging)  # for the report and manifest, where nothing was staged before them
         side_files: dict[str, str] = {}
         for split in SPLITS:
             for name, content in self.format.side_files.items():

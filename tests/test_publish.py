@@ -82,6 +82,39 @@ def test_a_run_the_state_store_could_not_record_leaves_no_staging_folder(
     assert run_recipe(recipe).manifest.version == 1
 
 
+_KILLED_BEFORE_IT_IS_RECORDED = """
+import os, signal, sys
+from curation.pipeline import run_recipe
+from curation.state import StateStore
+from schemas.config import load_recipe
+
+StateStore.run_started = lambda *_, **__: os.kill(os.getpid(), signal.SIGKILL)
+run_recipe(load_recipe(sys.argv[1]))
+"""
+
+
+def test_a_run_killed_before_the_store_recorded_it_leaves_no_staging_folder(workdir: Path) -> None:
+    # No handler runs on SIGKILL: a staging folder made with the writer, before the run was recorded, stayed
+    # for good (no later run removes the folder of a run its store does not know of: another store's may be live).
+    import subprocess
+    import sys
+
+    write_jsonl(workdir / "docs.jsonl", [{"text": f"document {i}"} for i in range(20)])
+    path = write_recipe(workdir, dict(RECIPE))
+    killed_run = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_IT_IS_RECORDED, str(path)],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        capture_output=True,
+        text=True,
+    )
+    assert killed_run.returncode == -9, killed_run.stderr
+    staging = workdir / "output" / "docs" / "_staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert run_recipe(load_recipe(path)).manifest.version == 1
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
 def test_a_version_published_but_not_recorded_is_said_so_and_the_next_run_reads_everything_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
