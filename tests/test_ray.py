@@ -562,12 +562,26 @@ def test_a_ray_host_and_port_where_nothing_listens_is_said_before_ray_init(
         with pytest.raises(ConnectionError) as raised:
             RayExecutor(address=f"{scheme}127.0.0.1:{closed_port}")._connect(ray_)
         assert str(raised.value) == (
-            f"no Ray cluster answers at --address {scheme}127.0.0.1:{closed_port}: start one with `ray start --head`, "
-            "or leave out --address to start a local instance"
+            f"no Ray cluster answers at --address {scheme}127.0.0.1:{closed_port} (Connection refused): start one "
+            "with `ray start --head`, or leave out --address to start a local instance"
         )
         assert ray_.calls == []
         assert RayExecutor(address=f"{scheme}127.0.0.1:{open_port}")._connect(ray_) is True
     assert [options["address"] for options in ray_.calls] == [f"{scheme}127.0.0.1:{open_port}"]
+
+
+def test_a_ray_address_whose_host_cannot_be_looked_up_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The probe's reason was dropped: a mistyped host read as a cluster to start with `ray start --head`.
+    import socket
+
+    def unknown(at: tuple[str, int], timeout: float) -> socket.socket:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unknown)
+    ray_ = RecordedRay()
+    with pytest.raises(ConnectionError, match=r"^no Ray cluster answers at --address hed:6379 \(Name or service not"):
+        RayExecutor(address="hed:6379")._connect(ray_)
+    assert ray_.calls == []
 
 
 def test_a_ray_client_address_without_a_port_is_probed_at_ray_clients_port(monkeypatch: pytest.MonkeyPatch) -> None:

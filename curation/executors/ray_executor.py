@@ -272,9 +272,17 @@ class ProjectErrorsUnlogged(logging.Filter):
 RAY_CLIENT_PORT = 10001  # where Ray Client listens on a head node: a ray:// address without a port
 
 
+def _no_cluster(address: str, why: str = "") -> ConnectionError:
+    return ConnectionError(
+        f"no Ray cluster answers at --address {address}{why}: start one with `ray start --head`, "
+        "or leave out --address to start a local instance"
+    )
+
+
 def _answers(address: str) -> None:
-    """Raises ConnectionError where nothing answers at a ``host:port`` or ``ray://host[:port]`` address: ray.init
-    retries there for minutes before it says so. ``auto`` and the other forms are left to ray.init."""
+    """Raises ConnectionError, saying why, where nothing answers at a ``host:port`` or ``ray://host[:port]``
+    address: ray.init retries there for minutes before it says so. ``auto`` and the other forms are left to
+    ray.init."""
     if address.startswith("ray://"):
         try:
             parts = urlsplit(address)
@@ -287,8 +295,8 @@ def _answers(address: str) -> None:
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as error:  # refused, timed out, or a host that cannot be looked up
-        raise ConnectionError(str(error)) from None
+    except OSError as error:  # refused, timed out, or a host that cannot be looked up (a typo: no cluster to start)
+        raise _no_cluster(address, f" ({error.strerror or error})") from None
 
 
 class RayExecutor:
@@ -363,14 +371,11 @@ class RayExecutor:
                 import schemas
 
                 said["runtime_env"] = {"py_modules": [curation, schemas, connectors]}
+            _answers(self.address)
             try:
-                _answers(self.address)
                 ray.init(address=self.address, **said)
             except ConnectionError:  # Ray's text asks for the --address flag the user just passed
-                raise ConnectionError(
-                    f"no Ray cluster answers at --address {self.address}: start one with `ray start --head`, "
-                    "or leave out --address to start a local instance"
-                ) from None
+                raise _no_cluster(self.address) from None
         elif os.environ.get("RAY_ADDRESS"):  # a job on a cluster (`ray job submit`): that cluster
             ray.init(**said)
         else:
