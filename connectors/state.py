@@ -819,10 +819,10 @@ def _same_bytes(
     the same partition (``partition_of``) are compared: the same bytes in another are other records."""
     if not new or not watermark.committed:
         return set()
-    # Bytes -> the taken files holding them, in the watermark's order; a file's partition is found only
-    # where its bytes match (a source may have taken a hundred thousand).
-    by_etag: dict[str, list[str]] = {}
-    by_size: dict[int, dict[str, list[str]]] = {}
+    # Bytes (an ETag, or a local file's size and xxh3) -> the taken files holding them, in the watermark's
+    # order; a file's partition is found only where its bytes match (a source may have taken a hundred thousand).
+    holders: dict[Hashable, list[str]] = {}
+    sizes: set[int] = set()  # a local file of another size is not read to hash it
     for uri, value in watermark.committed.items():
         replaced = uri in watermark.replaced and uri not in as_before  # read again unchanged: gives what it gave
         if (replaced and uri not in promoted) or value == UNREAD or _held_bytes_of(value):
@@ -830,28 +830,30 @@ def _same_bytes(
         uri = promoted.get(uri, uri)
         if isinstance(value, dict):
             size = int(value["fingerprint"].split(":", 1)[0])
-            by_size.setdefault(size, {}).setdefault(value["xxh3"], []).append(uri)
+            sizes.add(size)
+            holders.setdefault((size, value["xxh3"]), []).append(uri)
         else:  # an ETag (or a local file's size and mtime, from a release that did not hash it: no ETag)
-            by_etag.setdefault(value, []).append(uri)
+            holders.setdefault(value, []).append(uri)
     # Many taken files may share bytes (header-only CSVs, empty parts, the same daily file): each one's
     # partition is worked out once, on the first new file holding its bytes, not once per new file.
-    first_in: dict[int, dict[Hashable, str]] = {}  # id(a list of holders above) -> partition -> its first file
+    first_in: dict[Hashable, dict[Hashable, str]] = {}  # bytes -> partition -> its first file
     same = set()
     for entry in new:
         if entry.etag:
-            holding = by_etag.get(entry.etag, [])
-        elif entry.size in by_size:
+            held: Hashable = entry.etag
+        elif entry.size in sizes:
             try:
-                holding = by_size[entry.size].get(file_digest(entry, watermark.digests), [])
+                held = (entry.size, file_digest(entry, watermark.digests))
             except OSError:  # its reader meets the error and says so
-                holding = []
+                continue
         else:
-            holding = []
+            continue
+        holding = holders.get(held)
         if not holding:
             continue
-        places = first_in.get(id(holding))
+        places = first_in.get(held)
         if places is None:
-            places = first_in[id(holding)] = {}
+            places = first_in[held] = {}
             for uri in holding:  # the first in the watermark's order, as before
                 places.setdefault(partition_of(uri), uri)
         taken = places.get(partition_of(entry.uri))
