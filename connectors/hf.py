@@ -27,12 +27,13 @@ import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
 from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
+from connectors.images import IMAGES_PER_BATCH, CleanImage, ImageProblem, clean_image
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, less_kept, new_files, read_digest, taken
 from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, join, list_files, open_input, path_of
-from schemas.config import HFSource
+from schemas.config import HFSource, ImagesSource
 from schemas.manifest import InputFile
-from schemas.records import InputIds, source_array
+from schemas.records import InputIds, empty_set_aside, input_record_json, set_aside_rows, source_array
 
 CONNECTOR = "hf"
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ _TOP_SPLITS = ("train", "test", "validation")
 _SPLIT_IN_CACHE_NAME = re.compile(
     rf"^.+-(?:(?P<split>[A-Za-z0-9_.]+)-\d{{5}}-of-\d{{5}}|(?P<one>{'|'.join(_TOP_SPLITS)}))\.arrow$"
 )
+# An Image() feature's pictures pass the checks an `images` source makes by default (an hf source has no
+# settings of its own for them): the formats it accepts, its pixel limit, no resizing.
+_IMAGE_CHECKS = ImagesSource(type="images", path="", sidecar="")
 
 
 def _read_json(uri: str) -> dict | None:
@@ -260,9 +264,14 @@ class HFSourceReader:
         batch_rows: int,
         watermark: SourceWatermark | None = None,
         used_columns: Collection[str] | None = None,
+        image_column: str | None = None,
     ) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
         self.used_columns = used_columns  # as the files connector's (``split_nested_not_utf8``)
+        # The column a VQA record takes its image from: an Image() feature there is the record's picture.
+        self.image_column = image_column
+        if image_column is not None:  # decoded images are held per batch, as the images connector bounds them
+            self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
         self._files: list[tuple[str, FileEntry]] | None = None
 
     def files(self) -> list[tuple[str, FileEntry]]:
@@ -354,24 +363,81 @@ class HFSourceReader:
         # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
         # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
-        _no_image_feature(table, ids.uri, self.used_columns)
+        used = table.column_names if self.used_columns is None else self.used_columns
+        _no_image_feature(table, ids.uri, set(used) - {self.image_column})
         lines = np.arange(first_row, first_row + table.num_rows)
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
+        column = self.image_column
+        if column is not None and column in rows.column_names and _is_image_feature(rows[column].type):
+            rows, bad = _with_images(rows, column)
+            set_aside = pa.concat_tables([set_aside, bad])
         return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)
 
 
-def _no_image_feature(table: pa.Table, uri: str, used: Collection[str] | None) -> None:
-    """Refuse, by file and column, a column the recipe reads that is a Hugging Face ``Image()`` feature
+def _with_images(rows: pa.Table, column: str) -> tuple[pa.Table, pa.Table]:
+    """The rows whose Image() feature in ``column`` holds a picture that passes an `images` source's checks,
+    with its cleaned bytes in ``image_bytes`` (as the images connector hands them on) and ``column`` the
+    image's name: its data file and row, so no two rows' pictures share a name (the split keeps a name's
+    images on one side, and datasets often name every picture alike, or not at all); the others set aside."""
+    sources = rows["source"].to_pylist()
+    names = [f"{source['uri']}:{source['line']}" for source in sources]
+    results = [_image_of(value) for value in rows[column].to_pylist()]
+    good = [row for row, result in enumerate(results) if isinstance(result, CleanImage)]
+    kept = rows.take(pa.array(good, pa.int64()))
+    kept = kept.set_column(
+        kept.column_names.index(column), column, pa.array([names[row] for row in good], pa.string())
+    ).append_column("image_bytes", pa.array([r.data for r in results if isinstance(r, CleanImage)], pa.binary()))
+    bad = [(row, result) for row, result in enumerate(results) if isinstance(result, ImageProblem)]
+    if not bad:
+        return kept, empty_set_aside()
+    at = pa.array([row for row, _ in bad], pa.int64())
+    problems = rows.take(at)
+    set_aside = set_aside_rows(
+        problems["id"],
+        problems["source"],
+        stage="read",
+        outcome="quarantined",
+        reasons=[problem.reason for _, problem in bad],
+        details=[f"{names[row]}: column {column!r}: {problem.detail}" for row, problem in bad],
+        # The row's image as its size (``record_json``), not its bytes spelt out as text.
+        records=[input_record_json(row) for row in problems.to_pylist()],
+    )
+    return kept, set_aside
+
+
+def _image_of(value: dict | None) -> CleanImage | ImageProblem:
+    """An Image() feature's picture as an `images` source keeps it, or why not. A value holding a path without
+    bytes is refused, not read: the path is of the machine the dataset was built on (``datasets`` keeps the
+    local file's path where it did not embed the image), and a file a row names was never the recipe's to
+    publish (an `images` source refuses a name outside its folder for that reason)."""
+    if value is None or (value["bytes"] is None and not value["path"]):
+        return ImageProblem("missing_image", "the row holds no image")
+    if value["bytes"] is None:
+        return ImageProblem(
+            "missing_image",
+            f"holds the path {value['path']!r} only, not the image's bytes (save the dataset with its images "
+            "embedded, as push_to_hub and to_parquet write them, or read the images with an `images` source)",
+        )
+    checks = _IMAGE_CHECKS
+    try:
+        return clean_image(value["bytes"], list(checks.formats), checks.max_pixels, checks.max_side)
+    except ImageProblem as problem:
+        return problem
+
+
+def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
+    """Refuse, by file and column, a column the recipe reads as text that is a Hugging Face ``Image()`` feature
     (``struct<bytes, path>``, the usual VQA image on the Hub): handed on as text, its bytes quarantined every
-    row as ``schema`` ("not UTF-8 text"), with nothing to say the dataset's images were the cause."""
+    row as ``schema`` ("not UTF-8 text"), with nothing to say the dataset's images were the cause. A VQA
+    record's ``image`` column is read as its picture (``_with_images``)."""
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if (used is None or name in used) and _is_image_feature(column.type):
+        if name in used and _is_image_feature(column.type):
             raise StorageError(
-                f"{uri}: column {name!r} is a Hugging Face Image feature: not supported as a VQA image yet "
-                "(only an image's path in a text column, or an `images` source, is)"
+                f"{uri}: column {name!r} is a Hugging Face Image feature, read here as text: only a `vqa` "
+                "record's image may be one (`image: <column>`)"
             )
 
 

@@ -108,6 +108,8 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     used = shape.reads | set(declared)  # what the recipe reads
     required = set(recipe.input_schema.required_columns()) if recipe.input_schema is not None else set()
     keyed = shape.keyed | required  # columns whose absence from a batch is not null: see ``_KeysOfFile``
+    # A VQA record's image column (not a template): an hf source reads an Image() feature there as its picture.
+    image = next((f.column for f in shape.fields if f.target == "image" and shape.kind == "vqa"), None)
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -125,7 +127,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         elif isinstance(config, HFSource):
             from connectors.hf import HFSourceReader
 
-            sources.append(HFSourceReader(config, recipe.batch_rows, mark, used_columns=used))
+            sources.append(HFSourceReader(config, recipe.batch_rows, mark, used_columns=used, image_column=image))
         else:
             text = [name for name, kind in declared.items() if kind == "str"]
             sources.append(

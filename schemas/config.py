@@ -926,8 +926,12 @@ def record_columns(recipe: Recipe) -> dict[str, str | None]:
     kind = recipe.record.kind
     columns: dict[str, str | None] = {"id": "str", "source": "struct"}
     columns.update(dict.fromkeys(CONTENT_COLUMNS[kind], "str"))  # fields are rendered as text
-    if any(isinstance(source, ImagesSource) for source in recipe.sources):
-        columns["image_bytes"] = "bytes"  # the images connector's verified image
+    # The images connector's verified image, and an hf source's Image() feature read as a VQA record's picture.
+    if any(
+        isinstance(source, ImagesSource) or (isinstance(source, HFSource) and kind == "vqa")
+        for source in recipe.sources
+    ):
+        columns["image_bytes"] = "bytes"
     declared = recipe.input_schema.columns if recipe.input_schema is not None else {}
     for name in recipe.carry_columns():  # passed through from the input as they are
         if name not in columns and name not in ("id", "source"):
@@ -1026,7 +1030,7 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                 (
                     ("stages", number),
                     f"image_dedup compares images in {stage.column!r}, a column {kind} records from these sources "
-                    f"do not have: images come from an `images` source (kind vqa)",
+                    f"do not have: images come from an `images` source, or an `hf` source's Image() feature (kind vqa)",
                 )
             )
         if isinstance(stage, PiiConfig) and stage.ocr and kind == "vqa" and not all_images:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -539,8 +540,108 @@ def test_a_split_names_the_files_it_named_before_whatever_the_path_above_the_dat
             assert {row["source"]["uri"] for row in read(path, split=split)} == {str(hub / split / "0.parquet")}
 
 
-def test_an_image_feature_read_as_a_vqa_image_is_refused_by_name_and_an_unread_one_is_not(workdir: Path) -> None:
-    # The usual Hub VQA dataset: every row was quarantined as `schema` ("bytes that are not UTF-8 text").
+def png(shade: int, size: tuple[int, int] = (30, 20), **save: Any) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (shade, 90, 40)).save(buffer, "JPEG" if save else "PNG", **save)
+    return buffer.getvalue()
+
+
+def image_rows(images: list[dict | None]) -> pa.Table:
+    """A VQA table as the Hub stores one: an Image() feature (``struct<bytes, path>``) beside text columns."""
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    count = len(images)
+    return pa.table(
+        {
+            "image": pa.array(images, kind),
+            "question": [f"What colour is picture {i}?" for i in range(count)],
+            "answer": [f"shade {i}" for i in range(count)],
+        }
+    )
+
+
+def test_an_image_feature_is_published_as_vqa_images_and_its_bad_rows_quarantined_by_file_and_row(
+    workdir: Path,
+) -> None:
+    # The usual Hub VQA dataset: the run failed, naming the column as not supported.
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010E] = "GPS 51.5N owner Ada"  # ImageDescription: metadata the published picture must not keep
+    shot = png(80, exif=exif.tobytes())
+    images = [
+        {"bytes": png(0), "path": None},
+        {"bytes": shot, "path": "shot.jpg"},
+        None,
+        {"bytes": b"not an image at all", "path": "x.png"},
+        {"bytes": None, "path": "/etc/hostname"},  # not embedded: the path of the machine that built it
+        {"bytes": png(0), "path": "again.png"},  # the first picture, asked about again
+    ]
+    (workdir / "hub" / "data").mkdir(parents=True)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(image_rows(images), file)
+    recipe = {
+        "dataset": "d",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "vqa"},
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, recipe)
+    version = Path(result.version_uri)
+    lines = outputs(version)
+    assert [line["prompt"] for line in lines] == [f"What colour is picture {i}?" for i in (0, 1, 5)]
+    published = [version / "train" / line["file_name"] for line in lines]
+    assert lines[0]["file_name"] == lines[2]["file_name"]  # one picture, written once
+    assert sorted(p.name for p in (version / "train" / "images").iterdir()) == sorted({p.name for p in published})
+    for path, data in zip(published, (png(0), shot), strict=False):
+        with Image.open(path) as kept, Image.open(io.BytesIO(data)) as given:
+            assert kept.format == given.format and list(kept.getdata()) == list(given.getdata())
+    with Image.open(published[1]) as kept:
+        assert not kept.getexif() and b"Ada" not in published[1].read_bytes()
+    aside = set_aside(version)
+    assert [(row["stage"], row["reason"], row["source"]["line"]) for row in aside] == [
+        ("read", "missing_image", 3),
+        ("read", "unsupported", 4),
+        ("read", "missing_image", 5),
+    ]
+    assert aside[0]["detail"] == f"{file}:3: column 'image': the row holds no image"
+    assert aside[1]["detail"] == f"{file}:4: column 'image': not an image Pillow can read"
+    assert aside[2]["detail"].startswith(f"{file}:5: column 'image': holds the path '/etc/hostname' only")
+    # The row as read, its image's bytes as their size: not spelt out as text in set_aside/.
+    assert json.loads(aside[1]["record"])["image"] == {"bytes": "<19 bytes>", "path": "x.png"}
+    counts = result.manifest.counts
+    assert (counts.input, counts.written, counts.quarantined) == (6, 3, 3)
+    assert counts.reasons["quarantined"] == {"missing_image": 2, "unsupported": 1}
+
+
+def test_an_image_feature_is_checked_as_an_images_sources_pictures_are(workdir: Path) -> None:
+    # Over an `images` source's default max_pixels (50 million), and a rescan of a form (shifted a pixel).
+    from PIL import Image
+
+    from tests.test_neardup import _image
+
+    huge = io.BytesIO()
+    Image.new("1", (8000, 7000)).save(huge, "PNG")
+    images = [{"bytes": _image(0, 1)}, {"bytes": huge.getvalue()}, {"bytes": _image(1, 1)}, {"bytes": _image(0, 2)}]
+    folder = workdir / "vqa" / "train"
+    datasets.Dataset(image_rows([{"path": None, **image} for image in images])).save_to_disk(str(folder))
+    recipe = {
+        "dataset": "d",
+        "sources": [{"type": "hf", "path": "vqa"}],
+        "record": {"kind": "vqa", "question": "{{ 'Which form is this?' }}"},
+        "stages": [{"type": "image_dedup", "max_distance": 6}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, recipe)
+    assert result.manifest.counts.reasons == {
+        "quarantined": {"decompression_bomb": 1},
+        "duplicate": {"near_duplicate_image": 1},
+    }
+    assert len(outputs(Path(result.version_uri))) == 2
+
+
+def test_an_image_feature_read_as_text_is_refused_by_name_and_an_unread_one_is_not(workdir: Path) -> None:
     from PIL import Image
 
     features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string")})
@@ -549,10 +650,18 @@ def test_an_image_feature_read_as_a_vqa_image_is_refused_by_name_and_an_unread_o
     vqa = datasets.Dataset.from_dict({"image": pictures, "question": questions}, features=features)
     datasets.DatasetDict({"train": vqa.add_column("answer", ["red"] * 3)}).save_to_disk("vqa")
     recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "vqa"}], "output": {"validation_fraction": 0.0}}
-    with pytest.raises(
-        StorageError, match=r"train/data-00000-of-00001.arrow: column 'image' is a Hugging Face Image feature"
-    ):
-        run(workdir, {**recipe, "record": {"kind": "vqa"}})
+    as_text = [
+        {"kind": "vqa", "image": "{{ image }}"},
+        {"kind": "instruction", "prompt": "{{ question }} {{ image }}", "completion": "answer"},
+    ]
+    for record in as_text:
+        with pytest.raises(
+            StorageError,
+            match=r"train/data-00000-of-00001.arrow: column 'image' is a Hugging Face Image feature, read here as text",
+        ):
+            run(workdir, {**recipe, "record": record})
     record = {"kind": "instruction", "prompt": "{{ question }}", "completion": "{{ answer }}"}
     texts = run(workdir, {**recipe, "record": record})
     assert sorted(r["prompt"] for r in outputs(Path(texts.version_uri))) == questions
+    pictures_of = run(workdir, {**recipe, "dataset": "v", "record": {"kind": "vqa"}})
+    assert sorted(r["prompt"] for r in outputs(Path(pictures_of.version_uri))) == questions

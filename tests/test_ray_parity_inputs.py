@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -298,3 +299,30 @@ def test_a_parquet_file_of_0_bytes_written_since_is_read_on_ray(workdir: Path, l
     assert [run["local"].manifest.counts.input for run in runs] == [6, 4]
     for run in runs:
         assert published(run["ray"]) == published(run["local"])
+
+
+def test_an_hf_image_feature_published_as_vqa_images_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    """A Hugging Face Image() feature's pictures are checked and published by the Ray workers as by the embedded
+    executor: the same records on the same sides, the same pictures, the same rows quarantined."""
+    from tests.test_hf import image_rows, png
+
+    images = [{"bytes": png(10 * n), "path": None} for n in range(8)]
+    images += [None, {"bytes": b"not an image", "path": "x.png"}, {"bytes": None, "path": "/etc/hostname"}]
+    (workdir / "hub" / "data").mkdir(parents=True)
+    pq.write_table(image_rows(images), workdir / "hub" / "data" / "train-00000-of-00001.parquet")
+    recipe = {
+        "dataset": "hub-vqa",
+        "sources": [{"type": "hf", "path": str(workdir / "hub")}],
+        "record": {"kind": "vqa"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.5},
+    }
+    local, distributed = run_both(workdir, recipe)
+    expected = published(local)
+    assert expected["counts"]["written"] == 8
+    assert expected["counts"]["reasons"] == {"quarantined": {"missing_image": 2, "unsupported": 1}}
+    assert published(distributed) == expected
+    pictures = [
+        {str(p.relative_to(run.version_uri)): p.read_bytes() for p in Path(run.version_uri).glob("*/images/*")}
+        for run in (local, distributed)
+    ]
+    assert len(pictures[0]) == 8 and pictures[0] == pictures[1]

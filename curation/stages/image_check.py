@@ -1,9 +1,10 @@
 """VQA records whose image the output format could not write are quarantined here, not at write time.
 
 A VQA record from a files, SQL or Hugging Face source names its image by a path or URI, which the
-``jumpstart-vqa`` format reads when it writes the record (the ``images`` connector hands the verified
-bytes on instead). An image that is not there, cannot be read or is not one of the format's image
-types failed the whole run after everything was read; here its record is set aside with its reason.
+``jumpstart-vqa`` format reads when it writes the record (the ``images`` connector, and a Hugging Face
+source's ``Image()`` feature, hand the verified bytes on instead). An image that is not there, cannot be
+read or is not one of the format's image types failed the whole run after everything was read; here its
+record is set aside with its reason.
 Only the image's header is read (Pillow identifies it from that): the writer reads it whole, once.
 """
 
