@@ -1012,6 +1012,51 @@ def test_annotator_undo_reaches_the_next_run(workdir: Path) -> None:
     assert second.manifest.stats["stages"]["pii"]["review_restored"] == 1
 
 
+def test_a_span_marked_pii_again_on_the_page_is_redacted_by_the_next_run_until_undone(workdir: Path) -> None:
+    # The page could set a "not PII" mark aside only by undoing the decision that made it: "PII again" on
+    # its span is stored as the Label Studio import stores it, and the next run redacts the span again.
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from curation.review.app import create_app
+    from curation.review.auth import add_user
+    from curation.review.decisions import not_pii_in_force
+    from curation.review.queue import list_items
+    from schemas.config import load_recipe
+
+    published_then_marked_not_pii(workdir)
+    marked_in_clear = run(workdir, UNDO_RECIPE)
+    assert outputs(Path(marked_in_clear.version_uri))[0]["prompt"] == "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>."
+    recipe = load_recipe(workdir / "recipe.yaml")
+    engine = sa.create_engine(recipe.state)
+    add_user(engine, "pia", "pii-reviewer", "a long enough password")
+    client = TestClient(create_app(recipe.state, [recipe]), base_url="https://testserver")
+    login = client.get("/login").text
+    form = {"username": "pia", "password": "a long enough password"}
+    client.post("/login", data={**form, "csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', login)[1]})
+    (item,) = list_items(engine, kind="pii")
+    item_id, marked = item["item_id"], not_pii_in_force(engine, item["item_id"])
+    [(name, start, end)] = marked
+    page = client.get(f"/items/{item_id}").text
+    key = f"{name}:{start}:{end}"
+    assert f'name="pii_again" value="{key}"' in page and f'name="not_pii" value="{key}"' not in page
+    csrf, seen = (re.search(rf'name="{field}" value="([^"]*)"', page)[1] for field in ("csrf_token", "seen"))
+    posted = client.post(
+        f"/items/{item_id}/decide",
+        data={"csrf_token": csrf, "seen": seen, "action": "edit", "pii_again": key},
+        follow_redirects=False,
+    )
+    assert posted.status_code == 303 and not_pii_in_force(engine, item_id) == set()
+    second = run(workdir, UNDO_RECIPE)
+    assert outputs(Path(second.version_uri))[0]["prompt"] == "Reach me at <PHONE_NUMBER> or at <EMAIL_ADDRESS>."
+    # Undone (`u`): the span is not PII again, and published in clear.
+    assert client.post("/undo", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    assert not_pii_in_force(engine, item_id) == marked
+    third = run(workdir, UNDO_RECIPE)
+    assert outputs(Path(third.version_uri))[0]["prompt"] == "Reach me at 212-555-0187 or at <EMAIL_ADDRESS>."
+
+
 def test_a_not_pii_mark_is_counted_as_an_edit_read_again_as_carried(workdir: Path) -> None:
     # The mark is an edit decision: the carry counted the line it put the span back in as `review_edited`, the
     # review stage did not count the record read again with it as `edited`.

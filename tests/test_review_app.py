@@ -217,6 +217,51 @@ def test_a_kept_item_offers_no_second_keep_and_its_editor_starts_from_the_edit_i
         pass
 
 
+def test_a_span_marked_not_pii_can_be_marked_pii_again_with_the_keys_and_undone(
+    base: str, browser: Browser, seeded: Seeded
+) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    (item,) = list_items(engine, dataset="support", kind="pii")
+    start = PII_COMPLETION.index(NAME)
+    name = ("completion", start, start + len(NAME))
+    key = ":".join(map(str, name))
+    fields = dec.fields_in_force(engine, item["item_id"])  # another annotator's edit, which stands throughout
+    page = sign_in(browser, base, "pia")
+    page.goto(f"{base}/items/{item['item_id']}")
+    expect(page.locator("#pii-again")).to_have_count(0)
+    page.check(f"input[name=not_pii][value='{key}']")
+    page.click("#save-edit")
+    expect(page.locator("p[role=status]")).to_contain_text(f"item {item['item_id']}: edited")
+    assert dec.not_pii_in_force(engine, item["item_id"]) == {name}
+
+    # Marked not PII, the span is offered "PII again" (not a second "not PII"), reached and saved with the keys.
+    page.goto(f"{base}/items/{item['item_id']}")
+    expect(page.locator(f"input[name=not_pii][value='{key}']")).to_have_count(0)
+    again = page.locator(f"#pii-again input[name=pii_again][value='{key}']")
+    expect(page.locator("#pii-again")).to_contain_text(NAME)
+    again.focus()
+    press(page, "Space")
+    expect(again).to_be_checked()
+    press(page, "Control+Enter")
+    expect(page.locator("p[role=status]")).to_contain_text(f"item {item['item_id']}:")
+    assert dec.not_pii_in_force(engine, item["item_id"]) == set()
+    assert dec.fields_in_force(engine, item["item_id"]) == fields
+    decided = [(d["action"], d["undone_at"]) for d in dec.history(engine, item["item_id"]) if d["user"] == "pia"]
+    # As the Label Studio import stores it: an approve and the edit with what stands after it (or the approve alone).
+    assert [action for action, _ in decided] == ["edit", "approve", *(["edit"] if fields else [])]
+    page.goto(f"{base}/items/{item['item_id']}")
+    expect(page.locator("#pii-again")).to_have_count(0)
+    expect(page.locator(f"input[name=not_pii][value='{key}']")).to_have_count(1)
+
+    # Undone (`u`), both go: the span is not PII again.
+    press(page, "u")
+    expect(page.locator("p[role=status]")).to_contain_text(f"on item {item['item_id']}")
+    assert dec.not_pii_in_force(engine, item["item_id"]) == {name}
+    expect(page.locator("#pii-again input[name=pii_again]")).to_have_count(1)
+    while dec.undo_last(engine, "pia") is not None:  # leave the queue as the other tests found it
+        pass
+
+
 def test_reviewer_is_refused_launch(base: str, browser: Browser) -> None:
     page = sign_in(browser, base, "rita")
     page.goto(f"{base}/datasets/support/v1")

@@ -19,11 +19,11 @@ from curation.review.app import MAX_FORM_BYTES, MAX_FORM_FIELDS, MAX_PICTURE_BYT
 from curation.review.cli import MAX_EXPORT_BYTES
 from curation.review.queue import add_items
 from tests.conftest import chromium
-from tests.review_seed import PASSWORD, Seeded, _flags, _source, seed
+from tests.review_seed import NAME, PASSWORD, PII_COMPLETION, Seeded, _flags, _source, seed
 from tests.review_server import review_server, sign_in
 from tests.test_review_cli import review
 
-VQA_ITEM = 4  # the seed's own VQA item: a real PNG
+PII_ITEM, VQA_ITEM = 2, 4  # the seed's own PII item; its VQA item: a real PNG
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +262,37 @@ def test_item_ids_past_the_stores_range_are_not_found(seeded: Seeded, server: st
         assert f"no item {huge}: an item is a number from 1 to 2147483647" in answer.text
         assert "rita" in answer.text  # the page, signed in
     assert rita.get("/items/2").status_code == 200
+
+
+def test_pii_again_is_posted_as_every_decision_is(seeded: Seeded, server: str) -> None:
+    engine = sa.create_engine(seeded.state_url)
+    item = dec.get_item(engine, PII_ITEM)
+    decide = f"/items/{item['item_id']}/decide"
+    start = PII_COMPLETION.index(NAME)
+    key = f"completion:{start}:{start + len(NAME)}"
+    pia = Session(server, "pia")
+    assert pia.post(decide, {"action": "edit", "not_pii": key}).status_code == 303
+    taken = dec.history(engine, item["item_id"])
+    # Not signed in, or without the session's CSRF token: refused, as every post is.
+    assert httpx.post(f"{server}{decide}", data={"action": "edit", "pii_again": key}).status_code == 401
+    forged = {"action": "edit", "pii_again": key, "csrf_token": "forged"}
+    assert httpx.post(f"{server}{decide}", data=forged, headers={"Cookie": pia.cookie}).status_code == 403
+    # A span not marked not PII, no span at all, or one marked both ways at once: refused, saying why.
+    for form, said in (
+        ({"pii_again": "completion:0:4"}, "only a span that the decisions in force mark not PII"),
+        ({"pii_again": "Maria"}, "a span is field:start:end"),
+        ({"pii_again": key, "not_pii": key}, "not PII and PII again at once"),
+    ):
+        refused = pia.post(decide, {"action": "edit", **form})
+        assert refused.status_code == 400 and said in refused.text
+    assert dec.history(engine, item["item_id"]) == taken
+    # A reviewer, who may not mark a span not PII, may mark it PII again: it only redacts more.
+    rita = Session(server, "rita")
+    assert f'name="pii_again" value="{key}"' in rita.get(f"/items/{item['item_id']}").text
+    assert rita.post(decide, {"action": "edit", "pii_again": key}).status_code == 303
+    assert dec.not_pii_in_force(engine, item["item_id"]) == set()
+    for name in ("rita", "pia"):  # leave the queue as the other tests found it
+        dec.undo_last(engine, name)
 
 
 def test_a_burst_of_guesses_gets_no_more_than_the_limit(server: str) -> None:

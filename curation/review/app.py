@@ -393,6 +393,7 @@ def create_app(
         if action == "edit":
             view = _view(engine, row, user)
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
+            action, edit = _with_pii_again(engine, item_id, _spans_posted(form, "pii_again"), edit)
         if action == "keep" and dec.holds_already(engine, item_id, action):
             # Taken again, a keep would set aside the edits made after the one in force (see ``in_force``).
             request.session["message"] = f"item {item_id}: already marked not a duplicate"
@@ -925,12 +926,35 @@ def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: li
         value = value.replace("\r\n", "\n")
         if value != shown.get(field):
             edit.fields[field] = value
-    not_pii = [str(v) for v in form.getlist("not_pii")]
-    if not_pii and not user.sees_pii:
+    edit.not_pii = _spans_posted(form, "not_pii")
+    if edit.not_pii and not user.sees_pii:
         raise HTTPException(403, NOT_PII_REFUSAL)
-    for key in not_pii:
+    return edit
+
+
+def _spans_posted(form: FormData, name: str) -> list[tuple[str, int, int]]:
+    """The spans a form's ``name`` fields name (``field:start:end`` each); 400 for one that is not a span."""
+    spans = []
+    for key in (str(v) for v in form.getlist(name)):
         span = re.fullmatch(r"(.+):(\d+):(\d+)", key)
         if span is None:
-            raise HTTPException(400, f"not_pii={key!r}: a span is field:start:end")
-        edit.not_pii.append((span.group(1), int(span.group(2)), int(span.group(3))))
-    return edit
+            raise HTTPException(400, f"{name}={key!r}: a span is field:start:end")
+        spans.append((span.group(1), int(span.group(2)), int(span.group(3))))
+    return spans
+
+
+def _with_pii_again(
+    engine: sa.Engine, item_id: int, again: list[tuple[str, int, int]], edit: dec.Edit
+) -> tuple[str, dec.Edit | None]:
+    """The decision an edit that marks ``again`` PII again takes, stored as the Label Studio import stores
+    it (``decisions.pii_again``): an approve and an edit with what stands after it, undone together; with
+    nothing left standing, an approve alone. Without ``again``, the edit as it is."""
+    if not again:
+        return "edit", edit
+    current = dec.in_force_on(engine, [item_id]).get(item_id)
+    if not set(again) <= dec.not_pii_of(current):
+        raise HTTPException(400, "only a span that the decisions in force mark not PII can be marked PII again")
+    if set(again) & set(edit.not_pii):
+        raise HTTPException(400, "a span cannot be marked not PII and PII again at once")
+    replacing = dec.pii_again(current, again, edit)
+    return ("edit", replacing) if replacing else ("approve", None)

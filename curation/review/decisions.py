@@ -855,6 +855,16 @@ def fields_of(current: dict[str, Any] | None) -> dict[str, str]:
     return dict(json.loads(current["after"]).get("fields", {})) if current else {}
 
 
+def pii_again(current: dict[str, Any] | None, spans: Iterable[tuple[str, int, int]], edit: Edit | None = None) -> Edit:
+    """The edit that makes ``spans``, marked not PII by the decisions in force (``current``), PII again,
+    with ``edit``'s values and marks too (the page's and the Label Studio import's "PII again"). Edits
+    add up, so it ``replaces`` those in force with all that stands after it: their field values and other
+    marks, and ``edit``'s. Empty (nothing left standing), it is to be taken as an approve alone."""
+    edit = edit or Edit()
+    standing = (not_pii_of(current) - set(spans)) | set(edit.not_pii)
+    return Edit(fields={**fields_of(current), **edit.fields}, not_pii=sorted(standing), replaces=True)
+
+
 def record_in_force(engine: sa.Engine, item: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     """The record's fields as the decisions in force through any of its items (one per flagged field or
     stage, an earlier version's) leave them for the next run: the values their edits set (a later one wins,

@@ -507,7 +507,8 @@ def _as_submitted(
     those in force); a mark made since, which the annotator never saw, stands, and so does the undo since of
     a mark it showed. A span newly left unlabelled is marked not PII, a shown mark labelled again is PII again, the others stand as they are; the field edits in force, which the
     task does not show, stand too. Edits add up, so a mark labelled again takes an edit that ``replaces``
-    those in force with all that stands after it (empty, with no field edit: an approve). Taken whole
+    those in force with all that stands after it (``decisions.pii_again``, as the page's "PII again";
+    empty, with no field edit: an approve). Taken whole
     instead, the labels would keep a mark the annotator set aside and an approve with them would set aside
     the field edits. Returns the edit, and whether the labels say anything: not when they are those the
     task showed (an approve of the task as shown, ``_shown_edits``), nor when every span is labelled and
@@ -521,8 +522,9 @@ def _as_submitted(
         submitted -= shown - marks
     if choice == "approve" and not submitted and not fields and not unseen:
         return None, True
-    if marks - unseen - submitted:
-        return dec.Edit(fields=fields, not_pii=sorted(submitted | unseen), replaces=True), True
+    again = marks - unseen - submitted
+    if again:  # what stands after it: the marks unseen, and those submitted
+        return dec.pii_again(current, again, dec.Edit(not_pii=sorted(submitted))), True
     edit = dec.Edit(not_pii=sorted(submitted - marks))
     return (edit, True) if edit else (None, False)
 

@@ -98,17 +98,20 @@ def _item_view(
         view["entities"] = [
             {"entity": s["entity"], "score": s["score"], "placeholder": s.get("placeholder", "")} for s in spans
         ]
+        places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
+        keyed = [{**s, "key": f"{payload.get('field')}:{s['start']}:{s['end']}"} for s in spans]
+        # The spans marked not PII in force may be marked PII again, by any role: it only redacts more. A
+        # role that does not see PII is not shown their text here (a later PII stage may redact it).
+        view["pii_again"] = [s for s in keyed if (s["start"], s["end"]) in places]
         if user.sees_pii:
             original = payload.get("original", "")
             view["segments"] = pii_segments(original, spans)
-            view["spans"] = [
-                {**s, "text": original[s["start"] : s["end"]], "key": f"{payload.get('field')}:{s['start']}:{s['end']}"}
-                for s in spans
-            ]
+            for s in keyed:
+                s["text"] = original[s["start"] : s["end"]]
+            view["spans"] = [s for s in keyed if (s["start"], s["end"]) not in places]
             view["edit_values"] = {**payload.get("fields", {}), payload.get("field"): original}
         else:
             # The text as the next run publishes it: an edit starts from it, and what it keeps stays so.
-            places = {(start, end) for name, start, end in not_pii if name == payload.get("field")}
             view["redacted"] = redacted_as_shown(payload, places)
             others = {**payload.get("redacted_fields", {}), **published}
             view["edit_values"] = {**others, payload.get("field"): view["redacted"]}

@@ -19,12 +19,13 @@
   document.addEventListener("DOMContentLoaded", function () {
     var select = document.getElementById("edit-field");
     if (select) { select.addEventListener("change", fillEdit); fillEdit(); }
-    var value = document.getElementById("edit-value");
-    if (value) {
-      value.addEventListener("keydown", function (event) {
+    // From the text or a span's checkbox ("not PII", "PII again"): the whole editor saves with the keys.
+    var form = document.getElementById("edit-form");
+    if (form) {
+      form.addEventListener("keydown", function (event) {
         if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
           event.preventDefault();
-          document.getElementById("edit-form").requestSubmit();
+          form.requestSubmit();
         }
       });
     }
