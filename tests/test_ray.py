@@ -579,8 +579,11 @@ def test_a_ray_address_whose_host_cannot_be_looked_up_says_so(monkeypatch: pytes
 
     monkeypatch.setattr(socket, "create_connection", unknown)
     ray_ = RecordedRay()
-    with pytest.raises(ConnectionError, match=r"^no Ray cluster answers at --address hed:6379 \(Name or service not"):
+    with pytest.raises(
+        ConnectionError, match=r"^no Ray cluster answers at --address hed:6379 \(Name or service not"
+    ) as said:
         RayExecutor(address="hed:6379")._connect(ray_)
+    assert "check the host name" in str(said.value) and "ray start" not in str(said.value)
     assert ray_.calls == []
 
 

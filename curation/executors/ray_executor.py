@@ -272,9 +272,11 @@ class ProjectErrorsUnlogged(logging.Filter):
 RAY_CLIENT_PORT = 10001  # where Ray Client listens on a head node: a ray:// address without a port
 
 
-def _no_cluster(address: str, why: str = "") -> ConnectionError:
+def _no_cluster(address: str, why: str = "", unknown_host: bool = False) -> ConnectionError:
+    # A host that cannot be looked up is most likely a typo: no cluster to start there.
+    advice = "check the host name" if unknown_host else "start one with `ray start --head`"
     return ConnectionError(
-        f"no Ray cluster answers at --address {address}{why}: start one with `ray start --head`, "
+        f"no Ray cluster answers at --address {address}{why}: {advice}, "
         "or leave out --address to start a local instance"
     )
 
@@ -296,7 +298,8 @@ def _answers(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as error:  # refused, timed out, or a host that cannot be looked up (a typo: no cluster to start)
-        raise _no_cluster(address, f" ({error.strerror or error})") from None
+        reason = error.strerror or str(error)
+        raise _no_cluster(address, f" ({reason})" if reason else "", isinstance(error, socket.gaierror)) from None
 
 
 class RayExecutor:
