@@ -265,11 +265,17 @@ class HFSourceReader:
         watermark: SourceWatermark | None = None,
         used_columns: Collection[str] | None = None,
         image_column: str | None = None,
+        text_columns: Collection[str] | None = None,
+        bytes_for: Collection[str] = (),
     ) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
         self.used_columns = used_columns  # as the files connector's (``split_nested_not_utf8``)
         # The column a VQA record takes its image from: an Image() feature there is the record's picture.
         self.image_column = image_column
+        # The columns read as text, where an Image() feature is refused (None: those used but the image column).
+        self.text_columns = text_columns
+        # The stages reading a VQA record's picture (``image_dedup``, ``pii ocr``): they need an Image() feature.
+        self.bytes_for = list(bytes_for)
         if image_column is not None:  # decoded images are held per batch, as the images connector bounds them
             self.batch_rows = min(batch_rows, IMAGES_PER_BATCH)
         self._files: list[tuple[str, FileEntry]] | None = None
@@ -364,7 +370,9 @@ class HFSourceReader:
         # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
         used = table.column_names if self.used_columns is None else self.used_columns
-        _no_image_feature(table, ids.uri, set(used) - {self.image_column})
+        text = set(used) - {self.image_column} if self.text_columns is None else self.text_columns
+        _no_image_feature(table, ids.uri, text)
+        _no_image_bytes(table, ids.uri, self.image_column, self.bytes_for)
         lines = np.arange(first_row, first_row + table.num_rows)
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
@@ -428,6 +436,26 @@ def _image_of(value: dict | None) -> CleanImage | ImageProblem:
         return problem
 
 
+def _no_image_bytes(table: pa.Table, uri: str, column: str | None, bytes_for: list[str]) -> None:
+    """Refuse, by file and column, stages reading VQA pictures (``bytes_for``) where the records' image is not an
+    Image() feature: an image named by a path is read by the writer alone, as it is, so ``image_dedup`` compared
+    nothing and ``ocr`` would publish it unredacted. The recipe check refuses them so for the other sources, but
+    cannot see an hf column's type."""
+    if not bytes_for or (column is not None and column not in table.column_names):
+        return  # a file without the column: its records are set aside for lacking it
+    if column is None:
+        held = "the records' image is a template (text: a path)"
+    elif _is_image_feature(kind := table.schema.field(column).type):
+        return
+    else:
+        held = f"column {column!r} holds {'text (paths)' if pa.types.is_string(kind) else kind}"
+    raise StorageError(
+        f"{uri}: {' and '.join(bytes_for)} need{'s' if len(bytes_for) == 1 else ''} the images' bytes; {held}, not a "
+        "Hugging Face Image feature: an image named by its path is published as it is, unread (read the images "
+        "with an `images` source, or save the dataset with an Image() feature)"
+    )
+
+
 def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
     """Refuse, by file and column, a column the recipe reads as text that is a Hugging Face ``Image()`` feature
     (``struct<bytes, path>``, the usual VQA image on the Hub): handed on as text, its bytes quarantined every
@@ -437,7 +465,7 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
         if name in used and _is_image_feature(column.type):
             raise StorageError(
                 f"{uri}: column {name!r} is a Hugging Face Image feature, read here as text: only a `vqa` "
-                "record's image may be one (`image: <column>`)"
+                "record's image may be one (`image: <column>`), which no template or other field reads"
             )
 
 

@@ -1011,7 +1011,9 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
     kind = recipe.record.kind
     have = f"{kind} records have {[name for name in columns if name not in ('id', 'source')]}"
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    all_images = all(isinstance(source, ImagesSource) for source in recipe.sources)
+    # The sources whose VQA records may hold their pictures' bytes: an hf source's Image() feature (one whose
+    # images are paths refuses ``ocr`` by file and column when read: this check cannot see a column's type).
+    all_images = all(isinstance(source, ImagesSource | HFSource) for source in recipe.sources)
     for number, stage in enumerate(recipe.stages):
         fields = getattr(stage, "fields", None) or []
         missing = [name for name in fields if name not in columns]
@@ -1039,8 +1041,9 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append(
                 (
                     ("stages", number, "ocr"),
-                    "ocr redacts text in the images an `images` source reads (image_bytes); a VQA record from "
-                    "another source names its image by a path, published as it is: read them with an `images` source",
+                    "ocr redacts text in the images an `images` source reads (image_bytes), or an `hf` source's "
+                    "Image() feature; a VQA record from another source names its image by a path, published as it "
+                    "is: read them with an `images` source",
                 )
             )
         for at, spec in enumerate(getattr(stage, "expect", [])):

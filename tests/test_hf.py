@@ -665,3 +665,81 @@ def test_an_image_feature_read_as_text_is_refused_by_name_and_an_unread_one_is_n
     assert sorted(r["prompt"] for r in outputs(Path(texts.version_uri))) == questions
     pictures_of = run(workdir, {**recipe, "dataset": "v", "record": {"kind": "vqa"}})
     assert sorted(r["prompt"] for r in outputs(Path(pictures_of.version_uri))) == questions
+
+
+def test_an_image_feature_a_template_also_reads_is_refused_by_name_not_rendered_empty(workdir: Path) -> None:
+    # The record's picture is named `image`, and a template (or another field) reads the struct's fields as
+    # text: made the picture's name before the templates ran, ``image.path`` rendered empty on every row.
+    (workdir / "hub" / "data").mkdir(parents=True)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(9), "path": "b.png"}]), file)
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}], "output": {"validation_fraction": 0.0}}
+    for record in (
+        {"kind": "vqa", "question": "{{ question }} ({{ image.path }})"},
+        {"kind": "vqa", "answer": "{{ image['bytes'] | length }}"},
+        {"kind": "vqa", "question": "image"},
+    ):
+        with pytest.raises(
+            StorageError, match=rf"{file}: column 'image' is a Hugging Face Image feature, read here as text"
+        ):
+            run(workdir, {**recipe, "record": record})
+
+
+def path_rows(workdir: Path, images: list[bytes]) -> Path:
+    """A Hub-style VQA parquet file whose `image` is a text column naming picture files beside it."""
+    (workdir / "hub" / "data").mkdir(parents=True)
+    for number, data in enumerate(images):
+        (workdir / "hub" / f"{number}.png").write_bytes(data)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    table = image_rows([None] * len(images)).drop_columns(["image"])
+    pq.write_table(
+        table.append_column("image", pa.array([str(workdir / "hub" / f"{n}.png") for n in range(len(images))])), file
+    )
+    return file
+
+
+def test_stages_needing_pictures_on_images_named_by_a_path_column_are_refused_by_file_and_column(
+    workdir: Path,
+) -> None:
+    # The recipe check cannot see that an hf column holds paths: image_dedup compared nothing (every
+    # picture kept), and ocr would publish the pictures unread.
+    file = path_rows(workdir, [png(0), png(0)])
+    recipe = {
+        "dataset": "d",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "vqa", "question": "{{ 'Which colour?' }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    assert len(outputs(Path(run(workdir, recipe).version_uri))) == 2  # read by the writer, as a files source's
+    for stage, needs in (({"type": "image_dedup"}, "image_dedup"), ({"type": "pii", "ocr": True}, "pii ocr")):
+        with pytest.raises(
+            StorageError, match=rf"{file}: {needs} needs the images' bytes; column 'image' holds text \(paths\)"
+        ):
+            run(workdir, {**recipe, "dataset": "again", "stages": [stage]})
+    templated = {**recipe, "dataset": "t", "record": {"kind": "vqa", "image": "{{ image }}"}}
+    with pytest.raises(StorageError, match=rf"{file}: image_dedup needs the images' bytes; the records' image is a"):
+        run(workdir, {**templated, "stages": [{"type": "image_dedup"}]})
+
+
+def test_ocr_redacts_the_text_in_an_image_features_pictures(workdir: Path) -> None:
+    # Refused by the recipe check (as an image named by a path is), though the feature's pictures are bytes.
+    import pytesseract
+    from PIL import Image
+
+    from tests.test_pii import document_image
+
+    (workdir / "hub" / "data").mkdir(parents=True)
+    pq.write_table(image_rows([{"bytes": document_image(), "path": None}]), workdir / "hub" / "data" / "train.parquet")
+    recipe = {
+        "dataset": "d",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "vqa"},
+        "stages": [{"type": "pii", "entities": ["EMAIL_ADDRESS"], "ocr": True}],
+        "output": {"validation_fraction": 0.0},
+    }
+    result = run(workdir, recipe)
+    (line,) = outputs(Path(result.version_uri))
+    with Image.open(Path(result.version_uri) / "train" / line["file_name"]) as published:
+        text = pytesseract.image_to_string(published)
+    assert "Statement for account holder" in text and "whitfield" not in text.lower()
+    assert result.manifest.stats["stages"]["pii"]["image_EMAIL_ADDRESS"] == 1

@@ -17,8 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from connectors.storage import StorageError
+from curation.executors.local import LocalExecutor
 from curation.pipeline import RunResult, run_recipe
-from tests.helpers import write_jsonl
+from schemas.config import load_recipe
+from tests.helpers import write_jsonl, write_recipe
 from tests.test_ray import local_ray, published, run_both  # noqa: F401  (the session's Ray instance)
 from tests.test_ray_parity import EXECUTORS, side_by_side
 from tests.test_split_sides import image_sides, kept_sides, picture, questions, scans, side_of_each
@@ -326,3 +329,25 @@ def test_an_hf_image_feature_published_as_vqa_images_on_ray(workdir: Path, local
         for run in (local, distributed)
     ]
     assert len(pictures[0]) == 8 and pictures[0] == pictures[1]
+
+
+def test_image_dedup_on_hf_images_named_by_paths_is_refused_by_name_on_ray(workdir: Path, local_ray: Any) -> None:  # noqa: F811
+    """Refused when the Ray workers read the file, by file and column as by the embedded executor."""
+    from curation.executors.ray_executor import RayExecutor
+    from tests.test_hf import path_rows, png
+
+    file = path_rows(workdir, [png(0), png(0)])
+    recipe = {
+        "dataset": "paths",
+        "sources": [{"type": "hf", "path": str(workdir / "hub")}],
+        "record": {"kind": "vqa", "question": "{{ 'Which colour?' }}"},
+        "stages": [{"type": "image_dedup"}],
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.0},
+    }
+    loaded = load_recipe(write_recipe(workdir, recipe))
+    for executor in (LocalExecutor(), RayExecutor()):
+        with pytest.raises(StorageError) as raised:
+            run_recipe(loaded, executor=executor, full_refresh=True)
+        assert str(raised.value).startswith(f"{file}: image_dedup needs the images' bytes; column 'image' holds text")
+        assert "Traceback" not in str(raised.value)
+    assert not (workdir / "out" / "paths").exists()

@@ -552,5 +552,8 @@ def test_ocr_on_vqa_images_named_by_path_is_a_recipe_error() -> None:
             parse_recipe(f"sources: {sources}\n" + vqa)
     images = parse_recipe("sources: [{type: images, path: img, sidecar: qa.jsonl}]\n" + vqa)
     assert images.stages[0].ocr
+    # An hf source's Image() feature holds the pictures' bytes; one whose images are paths is refused when read.
+    hf = parse_recipe("sources: [{type: hf, path: hub}, {type: images, path: img, sidecar: qa.jsonl}]\n" + vqa)
+    assert hf.stages[0].ocr
     document = parse_recipe("sources: [{path: docs.jsonl}]\ndataset: d\nstages:\n  - {type: pii, ocr: true}\n")
     assert document.stages[0].ocr  # no images to leave unread: the text is redacted as ever
