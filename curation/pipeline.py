@@ -585,18 +585,22 @@ def _earlier_sides(
     """``id`` and ``validation`` of each published record this run may write again under its id, so it keeps
     its side (README "Splits"): ``replaced`` (the latest version's records of inputs read whole again), and
     those of inputs whose records come again one by one (an edited keyed SQL row, a VQA row whose image
-    changed). A delta version holds only its own records: there every version of its chain is looked in,
-    for the inputs read whole again too, the latest first. So are they for the inputs read again for review
-    decisions: the latest version left out a record whose rejection was undone since, and dealt as new it
-    could come back on the other side (and be counted twice in a stratified split's ``dealt``)."""
-    uris = _records_again(sources)
-    chained = watermarks.replaced() if not recipe.output.carry_forward else watermarks.read_again
-    uris |= chained
+    changed). Every version of the chain is looked in, the latest first: a record may have left the latest (a
+    line deleted, a rejection since undone) and, dealt as new, could come back on the other side (and be
+    counted twice in a stratified split's ``dealt``). Of a version before the latest only the records its own
+    run wrote are read: a carried one is in the version it came from, on the same side, so the walk reads
+    about the records the chain's runs wrote, not every version's whole lineage."""
+    uris = _records_again(sources) | watermarks.replaced() | watermarks.read_again
     if not uris:  # before the chain's manifests are read: most runs have nothing to look up
         return replaced
-    versions = previous[-1:] if recipe.output.carry_forward and not chained else _chain(recipe, previous)[::-1]
+    latest, *earlier = _chain(recipe, previous)[::-1]
     found = [replaced] if replaced is not None else []
-    found += [records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, v), uris)[0] for v in versions]
+    if in_latest := (uris - watermarks.replaced()) if replaced is not None else uris:
+        found.append(records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, latest), in_latest)[0])
+    found += [
+        records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, version), uris, own=True)[0]
+        for version in earlier
+    ]
     return pl.concat(found).unique("id", keep="first", maintain_order=True)
 
 

@@ -19,7 +19,8 @@
 - Across runs (``group_by``): the side each group went to is kept in the state store (``sides``), so a
   group that comes again in a later run (a customer's new transactions) joins the side its records
   already are on, whatever the order, seed or fraction now: a group is never on both sides of a version.
-  So does a record of an input read again whole (a changed file) that the extended version holds (``keep_sides``),
+  So does a record of an input read again whole (a changed file) that a version of the chain holds (``keep_sides``:
+  the latest that does, for a line deleted and restored since),
   or one written again under its id (an edited keyed SQL row, a VQA row whose image changed), and, VQA records
   being split by image, each image: a new question about a picture joins the side its earlier ones are on.
 """
@@ -316,7 +317,8 @@ class Splitter:
         return bool(self.group_by) or self.by_image
 
     def keep_sides(self, ids: Column, validation: Column) -> None:
-        """The side (``validation``) of each record of inputs read again that the extended version holds."""
+        """The side (``validation``) of each record of inputs read again that the chain's latest version holding it
+        holds it on."""
         hashes = xxh3_64(ids).to_numpy(zero_copy_only=False)
         order = np.argsort(hashes, kind="stable")
         self._earlier_hashes = hashes[order]

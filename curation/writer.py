@@ -112,21 +112,28 @@ def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
 
 
 def _lineage_files(
-    fs: pafs.FileSystem, folder: str, shards: list[Shard], columns: tuple[str, ...] = ALL_LINEAGE
+    fs: pafs.FileSystem, folder: str, shards: list[Shard], columns: tuple[str, ...] = ALL_LINEAGE, own: bool = False
 ) -> Iterator[pl.DataFrame]:
     """A version's lineage rows, a file at a time: a version carried by every scheduled run can hold
     millions of rows, so they are read as columns (a JSON object per row cost more than the rest of
     an incremental run) and never all at once.
 
     ``columns`` are those the caller uses (``source.uri`` one field of ``source``): a Parquet file's
-    others are not read (its ids and sources are most of its work to read)."""
-    schema = _lineage_columns(columns)
+    others are not read (its ids and sources are most of its work to read). ``own``: only the rows of the
+    records the version's run wrote (``carried_from`` null), where a walk down a chain needs no others (a
+    carried record is in the version it came from, on its side); a Parquet file's row groups of carried
+    rows alone, as its statistics tell, are not read."""
+    schema = _lineage_columns((*columns, "carried_from") if own else columns)
     for shard in shards:
         path = f"{folder}/{shard.path}"
         if path.endswith(".parquet"):
-            yield from _parquet_lineage(fs, path, schema)
+            frames = _parquet_lineage(fs, path, schema, own)
         else:  # a version published before lineage was Parquet
-            yield _lineage_file(fs, path, schema)
+            frames = iter([_lineage_file(fs, path, schema)])
+        if own:
+            wanted = _lineage_columns(columns).names
+            frames = (frame.filter(pl.col("carried_from").is_null()).select(wanted) for frame in frames)
+        yield from frames
 
 
 def _lineage_columns(columns: tuple[str, ...]) -> pa.Schema:
@@ -151,16 +158,17 @@ def _column_paths(schema: pa.Schema) -> list[str]:
     return paths
 
 
-def records_from_inputs(version_dir: str, uris: set[str]) -> tuple[pl.DataFrame, set[str]]:
-    """The records that ``version_dir`` holds (its own and carried) from the inputs ``uris`` (``id``, and
-    ``validation`` where it holds it there), and which of ``uris`` hold any. Their inputs apart: a run holds
-    the records all along (``RunPlan.published_sides``), a string per record at no use past the plan."""
+def records_from_inputs(version_dir: str, uris: set[str], own: bool = False) -> tuple[pl.DataFrame, set[str]]:
+    """The records that ``version_dir`` holds (its own and carried; ``own``: its own alone) from the inputs
+    ``uris`` (``id``, and ``validation`` where it holds it there), and which of ``uris`` hold any. Their inputs
+    apart: a run holds the records all along (``RunPlan.published_sides``), a string per record at no use past
+    the plan."""
     fs, folder = filesystem(version_dir)
     wanted = pl.Series(sorted(uris), dtype=pl.String).implode()
     uri = pl.col("source").struct.field("uri")
     parts = [
         rows.filter(uri.is_in(wanted)).select("id", validation=pl.col("shard").str.starts_with("validation/"), uri=uri)
-        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, ("shard", "id", "source.uri"))
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, ("shard", "id", "source.uri"), own)
     ]
     found = (
         pl.concat(parts)
@@ -213,14 +221,14 @@ def _lineage_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pl.DataF
     return _complete(frame, path, 0)
 
 
-def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> Iterator[pl.DataFrame]:
-    """The ``schema`` columns of a Parquet lineage file, ``LINEAGE_READ_ROWS`` rows at a time."""
+def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema, own: bool = False) -> Iterator[pl.DataFrame]:
+    """The ``schema`` columns of a Parquet lineage file, ``LINEAGE_READ_ROWS`` rows at a time (``own``: less the
+    row groups of carried rows alone)."""
     with fs.open_input_file(path) as stream:
-        read = 0
-        batches = _parquet_batches(stream, schema)
+        batches = _parquet_batches(stream, schema, own)
         while True:
             try:
-                rows = next(batches, None)
+                read, rows = next(batches, (0, None))
             # pyarrow says what is wrong (a file cut short, not Parquet, a column of another type) from deep
             # inside; a store that failed reading it says so the same way, so its words are kept.
             except (pa.ArrowException, OSError, ValueError) as error:
@@ -231,16 +239,35 @@ def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> Itera
             if rows is None:
                 return
             yield _complete(pl.from_arrow(rows), path, read)
-            read += rows.num_rows
 
 
-def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema) -> Iterator[pa.Table]:
+def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema, own: bool = False) -> Iterator[tuple[int, pa.Table]]:
+    """Each batch of the file's rows with the number of rows before it (for the row an error names)."""
     parquet = pq.ParquetFile(stream)
     lacking = [name for name in LINEAGE_ARROW.names if name not in parquet.schema_arrow.names]
     if lacking:
         raise ValueError(f"it has no column {', '.join(lacking)}")
-    for batch in parquet.iter_batches(LINEAGE_READ_ROWS, columns=_column_paths(schema)):
-        yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+    columns = _column_paths(schema)
+    pieces = [(0, None)] if not own else _row_groups_of_own_rows(parquet.metadata)
+    for before, group in pieces:
+        groups = None if group is None else [group]
+        for batch in parquet.iter_batches(LINEAGE_READ_ROWS, row_groups=groups, columns=columns):
+            yield before, pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+            before += batch.num_rows
+
+
+def _row_groups_of_own_rows(metadata: pq.FileMetaData) -> list[tuple[int, int | None]]:
+    """The row groups that may hold rows of the version's own run (``carried_from`` null), each with the number of
+    rows before it: all but those whose statistics say they have no null there (a carry writes its rows apart)."""
+    column = [metadata.schema.column(i).path for i in range(metadata.num_columns)].index("carried_from")
+    found, before = [], 0
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group)
+        stats = rows.column(column).statistics
+        if stats is None or not stats.has_null_count or stats.null_count:
+            found.append((before, group))
+        before += rows.num_rows
+    return found
 
 
 def _complete(frame: pl.DataFrame, path: str, before: int) -> pl.DataFrame:

@@ -529,6 +529,45 @@ def test_lineage_read_for_some_columns_gives_those_of_the_whole_read(tmp_path: P
         assert read == expected
 
 
+@pytest.mark.parametrize("stored", ["parquet", "jsonl"])
+def test_a_versions_own_lineage_rows_are_those_its_run_wrote(tmp_path: Path, stored: str) -> None:
+    # A walk down a chain reads of each earlier version only the rows its run wrote (``carried_from`` null): a
+    # Parquet file's row groups of carried rows are skipped, and a bad row is still named by its place in the file.
+    from curation.writer import _lineage_files
+    from schemas.manifest import Shard
+
+    def rows(first: int, count: int, carried: int | None) -> list[dict]:
+        source = {"connector": "files", "uri": "/in/a.jsonl", "line": None, "page": None}
+        return [
+            {"shard": "train/part-00000.jsonl", "line": n, "id": f"{n:032x}", "source": source, "carried_from": carried}
+            for n in range(first, first + count)
+        ]
+
+    def stored_in(folder: Path) -> list[Shard]:
+        if stored == "jsonl":
+            (folder / "part-00000.jsonl").write_text(
+                "".join(json.dumps(row) + "\n" for piece in pieces for row in piece)
+            )
+            return [Shard(path="part-00000.jsonl", records=150, bytes=0, sha256="")]
+        series = LineageSeries(pafs.LocalFileSystem(), str(folder), "lineage", 1 << 30)
+        for piece in pieces:  # a run writes its rows and a carry its own apart
+            series.write(pa.Table.from_pylist(piece, schema=LINEAGE_ARROW))
+        series.close()
+        return series.shards
+
+    fs = pafs.LocalFileSystem()
+    pieces = [rows(1, 50, 3), rows(51, 20, None), rows(71, 40, 3), rows(111, 30, None), rows(141, 10, 3)]
+    pieces[3][-1]["id"] = None  # row 140 of the file
+    with pytest.raises(ValueError, match="lineage row 140 has no shard, line or id"):
+        list(_lineage_files(fs, str(tmp_path), stored_in(tmp_path), ("id",), own=True))
+    pieces[3][-1]["id"] = "f" * 32
+    (again := tmp_path / "again").mkdir()
+    frames = _lineage_files(fs, str(again), stored_in(again), ("id",), own=True)
+    assert [i for frame in frames for i in frame["id"]] == [
+        row["id"] for piece in (pieces[1], pieces[3]) for row in piece
+    ]
+
+
 def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path: Path) -> None:
     # Lineage is read as columns: a page number or ``carried_from`` seen only after the first rows
     # (a PDF after 150 text records, rows carried from an earlier version) must survive the read.

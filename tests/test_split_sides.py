@@ -17,7 +17,7 @@ from PIL import Image
 
 import curation.split as split_module
 from curation.split import Splitter
-from tests.helpers import lineage_rows, read_lines, run, write_jsonl
+from tests.helpers import as_jsonl_lineage, lineage_rows, read_lines, run, write_jsonl
 
 SEED_CHANGED = {"split_seed": "another"}  # a hashed split moves records with its seed
 
@@ -410,3 +410,60 @@ def test_dealt_is_a_pair_a_label_and_left_out_past_the_cap(
         with caplog.at_level(logging.WARNING, "curation.split"):
             assert deal(splitter({**report, "dealt": dealt}), 2, labels) == from_zero
         assert "not label: [units, validation]" in caplog.text
+
+
+def notes_of(numbers: list[int]) -> list[dict[str, str]]:
+    return [{"q": f"note {n}", "a": "ok", "label": "xyz"[n % 3]} for n in numbers]
+
+
+RESTORED_RECIPE: dict[str, Any] = {
+    "dataset": "notes",
+    "sources": [{"path": "in"}],
+    "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+    "output": {"validation_fraction": 0.2, "stratify_by": "label"},
+    "stages": [],
+}
+
+
+@pytest.mark.parametrize(
+    "then", [{}, SEED_CHANGED, {"stratify_by": None, **SEED_CHANGED}], ids=["stratified", "seed", "hashed"]
+)
+def test_lines_deleted_and_restored_come_back_on_their_side_counted_once(workdir: Path, then: dict[str, Any]) -> None:
+    """``carry_forward``: lines deleted from a file leave the next version and come back when restored. The latest
+    version lacks them, so a run that looked there alone dealt them as new: the stratified split counted them
+    again in ``dealt`` and put some on the other side, as did a hash under another seed."""
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(60))))
+    recipe = {**RESTORED_RECIPE, "output": dict(RESTORED_RECIPE["output"])}
+    v1 = run(workdir, recipe)
+    first = prompt_sides(v1)
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(0, 60, 2))))  # every odd note deleted
+    v2 = run(workdir, recipe)
+    assert len(prompt_sides(v2)) == 30 and v2.manifest.split["dealt"] == v1.manifest.split["dealt"]
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(60))))  # and restored
+    recipe["output"] |= then
+    v3 = run(workdir, recipe)
+    assert prompt_sides(v3) == first
+    if recipe["output"]["stratify_by"]:
+        assert v3.manifest.split["dealt"] == v1.manifest.split["dealt"]
+
+
+@pytest.mark.parametrize("jsonl", [False, True], ids=["parquet", "jsonl-lineage"])
+def test_a_restored_line_finds_its_side_in_the_version_that_wrote_it_past_those_that_carried_it(
+    workdir: Path, jsonl: bool
+) -> None:
+    """Of the versions before the latest only the records their own runs wrote are looked in: a record carried
+    through v2 is found in v1, which wrote it (a version published before lineage was Parquet too)."""
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(60))))
+    v1 = run(workdir, RESTORED_RECIPE)
+    first = prompt_sides(v1)
+    if jsonl:
+        as_jsonl_lineage(Path(v1.version_uri))
+    write_jsonl(workdir / "in" / "other.jsonl", [{"q": "other", "a": "ok", "label": "x"}])
+    v2 = run(workdir, RESTORED_RECIPE)
+    assert v2.manifest.counts.carried == 60  # notes.jsonl's records, carried
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(0, 60, 2))))
+    run(workdir, RESTORED_RECIPE)
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(60))))
+    v4 = run(workdir, RESTORED_RECIPE)
+    assert prompt_sides(v4) == {**first, "other": prompt_sides(v4)["other"]}
+    assert v4.manifest.split["dealt"] == v2.manifest.split["dealt"]
