@@ -57,6 +57,7 @@ from schemas.records import (
     InputIds,
     empty_set_aside,
     input_name,
+    record_json,
     set_aside_rows,
     sorted_holds,
     source_array,
@@ -1502,18 +1503,47 @@ def split_nested_not_utf8(
     keep = np.ones(table.num_rows, dtype=bool)
     keep[indices] = False
     bad = table.take(indices)
-    bad = pa.table([column.cast(_binary_leaves(column.type)) for column in bad.columns], names=bad.column_names)
-    records = [json.dumps(row, ensure_ascii=False, default=_bytes_as_text) for row in bad.to_pylist()]
+    whole = [json.dumps(row, ensure_ascii=False, default=_bytes_as_text) for row in _as_bytes(bad).to_pylist()]
     set_aside = set_aside_rows(
-        ids([record.encode() for record in records]),
+        ids([record.encode() for record in whole]),
         source_array(connector, ids.uri, lines[indices]),
         stage="read",
         outcome="quarantined",
         reasons="schema",
         details=[f"{ids.uri}:{lines[i]}: {problems[i]}" for i in indices],
-        records=[record[:MAX_RAW_CHARS] for record in records],
+        # A binary value (an hf Image() feature's picture) as its size: its bytes as text were megabytes.
+        records=[record_json(row)[:MAX_RAW_CHARS] for row in rows_as_read(bad)],
     )
     return table.filter(pa.array(keep)), lines[keep], set_aside
+
+
+def rows_as_read(table: pa.Table) -> list[dict[str, Any]]:
+    """``table``'s rows, whose text (in a struct, list or map too) that is not UTF-8, which Python's view of
+    the table fails on, holds U+FFFD for each such byte; binary values stay bytes."""
+    kinds = dict(zip(table.column_names, table.schema.types, strict=True))
+    return [
+        {name: _text_leaves(value, kinds[name]) for name, value in row.items()} for row in _as_bytes(table).to_pylist()
+    ]
+
+
+def _as_bytes(table: pa.Table) -> pa.Table:
+    """``table`` with each text in it binary (``_binary_leaves``)."""
+    return pa.table([column.cast(_binary_leaves(column.type)) for column in table.columns], names=table.column_names)
+
+
+def _text_leaves(value: Any, kind: pa.DataType) -> Any:
+    """``value``, read as ``_binary_leaves(kind)``, with the text ``kind`` holds as text again."""
+    if value is None:
+        return None
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return value.decode("utf-8", "replace")
+    if pa.types.is_struct(kind):
+        return {field.name: _text_leaves(value[field.name], field.type) for field in kind}
+    if pa.types.is_map(kind):
+        return [(_text_leaves(key, kind.key_type), _text_leaves(item, kind.item_type)) for key, item in value]
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_text_leaves(item, kind.value_type) for item in value]
+    return value
 
 
 def _valid(column: pa.ChunkedArray) -> bool:

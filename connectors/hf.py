@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
-from connectors.files import as_read, not_utf8_as_binary, split_nested_not_utf8
+from connectors.files import as_read, not_utf8_as_binary, rows_as_read, split_nested_not_utf8
 from connectors.images import IMAGES_PER_BATCH, CleanImage, ImageProblem, clean_image
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, less_kept, new_files, read_digest, taken
@@ -374,12 +374,15 @@ class HFSourceReader:
         _no_image_feature(table, ids.uri, text)
         _no_image_bytes(table, ids.uri, self.image_column, self.bytes_for)
         lines = np.arange(first_row, first_row + table.num_rows)
-        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, self.used_columns, CONNECTOR)
+        column = self.image_column
+        picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
+        # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
+        checked = [name for name in used if not (picture and name == column)]
+        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
-        column = self.image_column
-        if column is not None and column in rows.column_names and _is_image_feature(rows[column].type):
+        if picture:
             rows, bad = _with_images(rows, column)
             set_aside = pa.concat_tables([set_aside, bad])
         return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)
@@ -392,7 +395,7 @@ def _with_images(rows: pa.Table, column: str) -> tuple[pa.Table, pa.Table]:
     images on one side, and datasets often name every picture alike, or not at all); the others set aside."""
     sources = rows["source"].to_pylist()
     names = [f"{source['uri']}:{source['line']}" for source in sources]
-    results = [_image_of(value) for value in rows[column].to_pylist()]
+    results = [_image_of(row[column]) for row in rows_as_read(rows.select([column]))]
     good = [row for row, result in enumerate(results) if isinstance(result, CleanImage)]
     kept = rows.take(pa.array(good, pa.int64()))
     kept = kept.set_column(
@@ -411,7 +414,7 @@ def _with_images(rows: pa.Table, column: str) -> tuple[pa.Table, pa.Table]:
         reasons=[problem.reason for _, problem in bad],
         details=[f"{names[row]}: column {column!r}: {problem.detail}" for row, problem in bad],
         # The row's image as its size (``record_json``), not its bytes spelt out as text.
-        records=[input_record_json(row) for row in problems.to_pylist()],
+        records=[input_record_json(row) for row in rows_as_read(problems)],
     )
     return kept, set_aside
 
@@ -427,7 +430,8 @@ def _image_of(value: dict | None) -> CleanImage | ImageProblem:
         return ImageProblem(
             "missing_image",
             f"holds the path {value['path']!r} only, not the image's bytes (save the dataset with its images "
-            "embedded, as push_to_hub and to_parquet write them, or read the images with an `images` source)",
+            "embedded, as save_to_disk and push_to_hub write them and to_parquet does not, or read the images "
+            "with an `images` source)",
         )
     checks = _IMAGE_CHECKS
     try:
@@ -470,7 +474,9 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
 
 
 def _is_image_feature(kind: pa.DataType) -> bool:
-    if not pa.types.is_struct(kind) or {kind.field(i).name for i in range(kind.num_fields)} != {"bytes", "path"}:
+    """An Image() feature (``struct<bytes, path>``), or a struct holding one's fields beside others (a caption):
+    its picture is its bytes, the other fields are not read."""
+    if not pa.types.is_struct(kind) or not {"bytes", "path"} <= {field.name for field in kind}:
         return False
     data, path = kind.field("bytes").type, kind.field("path").type
     return (pa.types.is_binary(data) or pa.types.is_large_binary(data)) and (

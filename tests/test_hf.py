@@ -561,6 +561,20 @@ def image_rows(images: list[dict | None]) -> pa.Table:
     )
 
 
+def run_vqa(workdir: Path, table: pa.Table, **record: str) -> tuple[Any, Path]:
+    """A run of VQA records (``record``'s fields beside) from ``table``, a Hub-style dataset's one data file."""
+    (workdir / "hub" / "data").mkdir(parents=True)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(table, file)
+    recipe = {
+        "dataset": "d",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "vqa", **record},
+        "output": {"validation_fraction": 0.0},
+    }
+    return run(workdir, recipe), file
+
+
 def test_an_image_feature_is_published_as_vqa_images_and_its_bad_rows_quarantined_by_file_and_row(
     workdir: Path,
 ) -> None:
@@ -578,16 +592,7 @@ def test_an_image_feature_is_published_as_vqa_images_and_its_bad_rows_quarantine
         {"bytes": None, "path": "/etc/hostname"},  # not embedded: the path of the machine that built it
         {"bytes": png(0), "path": "again.png"},  # the first picture, asked about again
     ]
-    (workdir / "hub" / "data").mkdir(parents=True)
-    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(image_rows(images), file)
-    recipe = {
-        "dataset": "d",
-        "sources": [{"type": "hf", "path": "hub"}],
-        "record": {"kind": "vqa"},
-        "output": {"validation_fraction": 0.0},
-    }
-    result = run(workdir, recipe)
+    result, file = run_vqa(workdir, image_rows(images))
     version = Path(result.version_uri)
     lines = outputs(version)
     assert [line["prompt"] for line in lines] == [f"What colour is picture {i}?" for i in (0, 1, 5)]
@@ -608,6 +613,8 @@ def test_an_image_feature_is_published_as_vqa_images_and_its_bad_rows_quarantine
     assert aside[0]["detail"] == f"{file}:3: column 'image': the row holds no image"
     assert aside[1]["detail"] == f"{file}:4: column 'image': not an image Pillow can read"
     assert aside[2]["detail"].startswith(f"{file}:5: column 'image': holds the path '/etc/hostname' only")
+    # datasets' to_parquet writes an Image() feature's path alone: it is no way to embed the pictures.
+    assert "as save_to_disk and push_to_hub write them and to_parquet does not" in aside[2]["detail"]
     # The row as read, its image's bytes as their size: not spelt out as text in set_aside/.
     assert json.loads(aside[1]["record"])["image"] == {"bytes": "<19 bytes>", "path": "x.png"}
     counts = result.manifest.counts
@@ -743,3 +750,45 @@ def test_ocr_redacts_the_text_in_an_image_features_pictures(workdir: Path) -> No
         text = pytesseract.image_to_string(published)
     assert "Statement for account holder" in text and "whitfield" not in text.lower()
     assert result.manifest.stats["stages"]["pii"]["image_EMAIL_ADDRESS"] == 1
+
+
+def test_an_image_features_path_that_is_not_utf8_keeps_its_picture_and_a_row_set_aside_shows_its_size(
+    workdir: Path,
+) -> None:
+    # The path is not published: a byte there quarantined a good picture as `schema`. A row set aside for
+    # another column's text spelt its image's bytes out as text in set_aside/.
+    paths = pa.array([b"caf\xe9.png", b"b.png", None], pa.binary()).view(pa.string())
+    pictures = pa.array([png(0), png(9), png(20)], pa.binary())
+    notes = pa.array([b"ok", b"caf\xe9", b"fine"], pa.binary()).view(pa.string())
+    table = image_rows([None] * 3).drop_columns(["image"])
+    table = table.append_column("image", pa.StructArray.from_arrays([pictures, paths], names=["bytes", "path"]))
+    table = table.append_column("meta", pa.StructArray.from_arrays([notes], names=["note"]))
+    result, file = run_vqa(workdir, table, answer="{{ meta.note }}")
+    version = Path(result.version_uri)
+    assert sorted(line["completion"] for line in outputs(version)) == ["fine", "ok"]
+    (aside,) = set_aside(version)
+    assert (aside["reason"], aside["detail"]) == (
+        "schema",
+        f"{file}:2: column 'meta' holds bytes that are not UTF-8 text (byte 0xe9 at 4 of a value)",
+    )
+    record = json.loads(aside["record"])
+    assert record["image"] == {"bytes": f"<{len(png(9))} bytes>", "path": "b.png"}
+    assert record["meta"] == {"note": "caf\ufffd"} and "PNG" not in aside["record"]
+
+
+def test_an_image_feature_with_more_fields_is_read_as_its_picture(workdir: Path) -> None:
+    # struct<bytes, path, caption> was no Image() feature: every row quarantined as `schema` ("not UTF-8").
+    images = image_rows([{"bytes": png(shade), "path": f"{shade}.png"} for shade in (0, 9)])["image"].combine_chunks()
+    captions = pa.array(["dark", "darker"])
+    table = image_rows([None] * 2).set_column(
+        0,
+        "image",
+        pa.StructArray.from_arrays(
+            [images.field("bytes"), images.field("path"), captions], names=["bytes", "path", "caption"]
+        ),
+    )
+    result, _ = run_vqa(workdir, table)
+    lines = outputs(Path(result.version_uri))
+    assert [line["completion"] for line in lines] == ["shade 0", "shade 1"] and not set_aside(Path(result.version_uri))
+    for line, shade in zip(lines, (0, 9), strict=True):
+        assert (Path(result.version_uri) / "train" / line["file_name"]).read_bytes() == png(shade)
