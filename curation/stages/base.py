@@ -67,11 +67,18 @@ def rows_as_python(table: pa.Table, as_text: bool = False) -> tuple[list[dict[st
         return rows, [[n for n, values in columns.items() if values[at] is NOT_HELD] for at in range(table.num_rows)]
 
 
-def flag_payloads(flags: pa.Table, kind: str, made_by: Collection[str]) -> dict[int, dict[str, Any]]:
-    """The payloads, decoded, of the ``flags`` rows of ``kind`` that the stages ``made_by`` made, by row."""
+def flag_payloads(
+    flags: pa.Table, kind: str, made_by: Collection[str], ids: Collection[str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """The payloads, decoded, of the ``flags`` rows of ``kind`` that the stages ``made_by`` made, by row;
+    with ``ids``, of those records' flags alone (the others' payloads, records' texts, are not decoded)."""
     column = flags["payload"].to_pylist()
     found = zip(flags["kind"].to_pylist(), flags["stage"].to_pylist(), strict=True)
-    return {row: json.loads(column[row]) for row, (of, by) in enumerate(found) if of == kind and by in made_by}
+    rows = [row for row, (of, by) in enumerate(found) if of == kind and by in made_by]
+    if ids is not None:
+        records = flags["id"].to_pylist()
+        rows = [row for row in rows if records[row] in ids]
+    return {row: json.loads(column[row]) for row in rows}
 
 
 def with_payloads(flags: pa.Table, payloads: dict[int, dict[str, Any]]) -> pa.Table:
