@@ -40,6 +40,7 @@ from curation.stages.base import (
     flag_payloads,
     raised_where,
     require_columns,
+    scrubbed_as_records,
     with_payloads,
 )
 from schemas.config import RecipeError
@@ -99,16 +100,12 @@ def as_published_after(
     payloads = flag_payloads(flags, "pii", {stage})
     if not payloads:
         return flags
-    names = [list(payload.get("redacted_fields", {})) for payload in payloads.values()]
-    values: list[str | None] = []
-    owners: list[int] = []
-    for at, payload in enumerate(payloads.values()):
-        values += [payload.get("redacted", ""), *payload.get("redacted_fields", {}).values()]
-        owners += [at] * (1 + len(names[at]))
-    scrubbed = iter(scrub(values, owners))
-    for payload, own in zip(payloads.values(), names, strict=True):
-        payload["redacted"] = next(scrubbed)
-        payload["redacted_fields"] = {name: next(scrubbed) for name in own}
+    records = [
+        [payload.get("redacted", ""), *payload.get("redacted_fields", {}).values()] for payload in payloads.values()
+    ]
+    for payload, (text, *fields) in zip(payloads.values(), scrubbed_as_records(scrub, records), strict=True):
+        payload["redacted"] = text
+        payload["redacted_fields"] = dict(zip(payload.get("redacted_fields", {}), fields, strict=True))
         payload["published_after"] = True
         if images_redacted_later:
             payload.pop("thumbnail", None)
