@@ -26,7 +26,7 @@ import traceback
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import pyarrow as pa
 
@@ -811,8 +811,14 @@ class PiiRedaction:
             if uncertain:
                 flags.setdefault(row, []).append((name, text, new_text, uncertain, spans))
         # Made once every field is redacted, from the batch as read: a flag holds the record's other
-        # fields raw and as this stage publishes them.
-        made = {row: [self._flag(batch, row, redacted, *flag) for flag in found] for row, found in flags.items()}
+        # fields raw and as this stage publishes them. The flagged records are read in one take.
+        content = [other for other in self.content if other in batch.column_names]
+        rows = sorted(flags)
+        read = batch.select(["id", "source", *content]).take(pa.array(rows, pa.int64())).to_pylist()
+        made = {
+            row: [self._flag(record, content, {n: v[row] for n, v in redacted.items()}, *flag) for flag in flags[row]]
+            for row, record in zip(rows, read, strict=True)
+        }
         stats["records_scanned"] += batch.num_rows
         bad_images: dict[int, str] = {}
         if self.config.ocr and "image_bytes" in batch.column_names:
@@ -965,31 +971,30 @@ class PiiRedaction:
 
     def _flag(
         self,
-        batch: pa.Table,
-        row: int,
-        redacted: dict[str, list[str | None]],
+        record: dict[str, Any],
+        content: list[str],
+        redacted: dict[str, str | None],
         name: str,
         original: str,
         text: str,
         spans: list[dict],
         every: list[dict],
     ) -> dict:
-        """A review item for the uncertain ``spans``; ``every`` redaction of the field is kept beside them,
-        so a carried copy can be rebuilt when some of them are marked not PII. The record's other text
-        fields come with it, raw and as this stage publishes them (``redacted``): an edit of one starts
-        from its value, as the annotator's role may see it."""
+        """A review item for the uncertain ``spans`` of the ``record`` (its id, source and ``content``
+        fields, as read); ``every`` redaction of the field is kept beside them, so a carried copy can be
+        rebuilt when some of them are marked not PII. The record's other text fields come with it, raw and
+        as this stage publishes them (``redacted``, the fields it scans): an edit of one starts from its
+        value, as the annotator's role may see it."""
         entities = ", ".join(sorted({span["entity"] for span in spans}))
         redactions = [{key: span[key] for key in ("start", "end", "placeholder")} for span in every]
         payload = {"field": name, "original": original, "redacted": text, "spans": spans, "redactions": redactions}
-        others = [other for other in self.content if other != name and other in batch.column_names]
-        raw = {other: batch[other][row].as_py() for other in others}
-        payload["fields"] = {other: value for other, value in raw.items() if isinstance(value, str)}
-        payload["redacted_fields"] = {
-            other: redacted[other][row] if other in redacted else value for other, value in payload["fields"].items()
+        payload["fields"] = {
+            other: record[other] for other in content if other != name and isinstance(record[other], str)
         }
+        payload["redacted_fields"] = {other: redacted.get(other, value) for other, value in payload["fields"].items()}
         return {
-            "id": batch["id"][row].as_py(),
-            "source": batch["source"][row].as_py(),
+            "id": record["id"],
+            "source": record["source"],
             "stage": self.name,
             "kind": "pii",
             "detail": f"{len(spans)} uncertain PII span(s) in {name}: {entities}",
