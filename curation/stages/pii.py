@@ -214,6 +214,12 @@ def _found_elsewhere(
     return echoes
 
 
+def _left_in_clear(unmarked: list[Detection], redacted: list[Detection]) -> int:
+    """How many of the spans a text would be redacted at without annotators' marks (``unmarked``) overlap
+    none of those it is redacted at (``redacted``): the places the marks leave in clear."""
+    return sum(not any(det[1] < end and start < det[2] for _, start, end, _ in redacted) for det in unmarked)
+
+
 def _with_echoes(found: list[Detection], echoes: list[Echo]) -> list[Detection]:
     """A text's detections with the places of values found elsewhere in its record: a detection inside
     such a place ("Sophie" where "Sophie Smith" stands) gives way to it."""
@@ -760,18 +766,33 @@ class PiiRedaction:
         counts: dict[int, Counter[str]] = {}  # row -> entities redacted in it
         flags: dict[int, list[tuple[str, str, str, list[dict], list[dict]]]] = {}  # row -> its fields' flags
         redacted = {name: list(values) for name, values in columns.items()}
+        found_in = [resolve_overlaps(self._not_allowed(part.scanned, part.found)) for part in parts]
         kept_detections = []
-        for part in parts:
+        for part, found_here in zip(parts, found_in, strict=True):
             name, row = where[part.text]
-            keep = []
-            for det in resolve_overlaps(self._not_allowed(part.scanned, part.found)):
-                if self._left_as_marked(ids[row], name, part.place(det[1], det[2]), columns[name][row]):
-                    stats["review_restored"] += 1
-                else:
-                    keep.append(det)
-            kept_detections.append(keep)
+            kept_detections.append(
+                [
+                    det
+                    for det in found_here
+                    if not self._left_as_marked(ids[row], name, part.place(det[1], det[2]), columns[name][row])
+                ]
+            )
         keys = [(at, where[part.text][1]) for at, part in enumerate(parts)]
         echoes = _found_elsewhere(keys, [part.scanned for part in parts], kept_detections, self.allowed_places)
+        # The places the records holding a span marked not PII would be redacted at without the marks: a
+        # value marked so where the model found it is looked for nowhere else, so its places found again
+        # come back in clear with it, and each place left in clear is counted (``review_restored``).
+        marked = [at for at, (_, row) in enumerate(keys) if ids[row] in self.undone]
+        unmarked = (
+            _found_elsewhere(
+                [keys[at] for at in marked],
+                [parts[at].scanned for at in marked],
+                [found_in[at] for at in marked],
+                self.allowed_places,
+            )
+            if marked
+            else {}
+        )
         # Per field: its detections and, for each, its own text and the value it stands for, as decoded.
         in_field: list[list[Detection]] = [[] for _ in where]
         own_text: list[dict[tuple[int, int], str]] = [{} for _ in where]
@@ -792,6 +813,10 @@ class PiiRedaction:
             ]
             if again := sum(det not in keep for det in spans):
                 stats["found_elsewhere_in_record"] += again
+            if (at, row) in unmarked and (
+                restored := _left_in_clear(_with_echoes(found_in[at], unmarked[at, row]), spans)
+            ):
+                stats["review_restored"] += restored
             values = {echo.detection[1:3]: echo.value for echo in echoed}
             for det, own, value in part.in_text(spans, values):
                 in_field[part.text].append(det)
