@@ -517,6 +517,32 @@ def test_a_value_found_in_one_field_is_redacted_wherever_its_record_holds_it(mon
     assert undone(batch).kept["completion"][0].as_py() == "Refund sent to Dana Whitfield."
 
 
+def test_review_restored_counts_each_place_a_not_pii_leaves_in_clear_its_echoes_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The model sees an uncertain name in the prompt; the stage redacts it in the completion too (found
+    # elsewhere in the record). Marked not PII there or where the model saw it (which looks for it
+    # nowhere else), each place left in clear is counted: with the redactions made, as many as without
+    # a mark.
+    batch = records(["Customer Dana Whitfield asked about a refund"], completion="Refund sent to Dana Whitfield.")
+    pii = stage(ner_fields=["prompt"])
+    monkeypatch.setattr(
+        pii.analyzer, "analyze", lambda texts, *_: [[("PERSON", 9, 23, 0.5)] if "Customer" in t else [] for t in texts]
+    )
+    first = pii(batch)
+    assert first.stats["PERSON"] == 2 and first.stats["found_elsewhere_in_record"] == 1
+    prompt, completion = ("prompt", 9, 23), ("completion", 15, 29)
+    for marked, in_clear in (
+        ({prompt}, ["prompt", "completion"]),  # its echo in the completion comes back with it
+        ({completion}, ["completion"]),
+        ({prompt, completion}, ["prompt", "completion"]),
+    ):
+        again = PiiRedaction(pii.config, "instruction", undone={"r0": marked}, analyzer=pii.analyzer)(batch)
+        assert [name for name in ("prompt", "completion") if "Dana" in again.kept[name][0].as_py()] == in_clear
+        assert again.stats["review_restored"] == len(in_clear), marked
+        assert again.stats.get("PERSON", 0) + again.stats["review_restored"] == first.stats["PERSON"]
+
+
 def test_table_rows_need_fields_and_skip_ner_on_codes() -> None:
     config = PiiConfig.model_validate({"type": "pii", "recognizers": [CUSTOMER_ID]})
     with pytest.raises(StageError, match="needs `fields` for table records"):

@@ -351,7 +351,8 @@ def create_app(
         row = _get_item(engine, item_id)
         filters = _filters(request, engine)
         position, previous, following = _neighbours(engine, item_id, filters)
-        view = _view(engine, row, user)
+        own, earlier = dec.in_force_through_record(engine, row)
+        view = _view(engine, row, user, own, earlier)
         return render(
             request,
             "item.html",
@@ -373,7 +374,7 @@ def create_app(
                 {**d, "after": json.dumps(json.loads(d["after"]), ensure_ascii=False)}
                 for d in dec.history(engine, item_id)
             ],
-            earlier=dec.in_force_for_record(engine, row["dataset"], row["record_id"], item_id),
+            earlier=earlier,
             gone=bool(gone_records(engine, row["dataset"], [row["record_id"]])),
             message=request.session.pop("message", None),
         )
@@ -391,7 +392,7 @@ def create_app(
             raise StalePage(error, form) from None
         edit = None
         if action == "edit":
-            view = _view(engine, row, user)
+            view = _view(engine, row, user, *dec.in_force_through_record(engine, row))
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
             action, edit = _with_pii_again(engine, item_id, _spans_posted(form, "pii_again"), edit)
         if action == "keep" and dec.holds_already(engine, item_id, action):
@@ -885,15 +886,17 @@ def _train_module() -> tuple[Any, str | None]:
 UNSHOWN_VALUE = "This item does not show the field's current value: what you type replaces all of it."
 
 
-def _view(engine: sa.Engine, row: dict[str, Any], user: User) -> dict[str, Any]:
-    """The item as its page shows it, with the decisions in force. A PII item's editor holds the record's
-    other fields too, so it takes the decisions in force through the record's other items (its other
-    flagged fields, stages, versions) as the next run applies them: an edit started from the fields as
-    first flagged would put back what those edits changed."""
-    not_pii = dec.not_pii_in_force(engine, row["item_id"])
+def _view(
+    engine: sa.Engine, row: dict[str, Any], user: User, own: dict[str, Any] | None, others: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The item as its page shows it, with the decisions in force on it (``own``) and through the record's
+    other items (``others``: ``dec.in_force_through_record``). A PII item's editor holds the record's other
+    fields too, so it takes the latter (its other flagged fields, stages, versions) as the next run applies
+    them: an edit started from the fields as first flagged would put back what those edits changed."""
+    not_pii = dec.not_pii_of(own)
     if row["kind"] != "pii":
-        return item_view(row, user, not_pii, dec.fields_in_force(engine, row["item_id"]))
-    return item_view(row, user, not_pii, *dec.record_in_force(engine, row))
+        return item_view(row, user, not_pii, dec.fields_of(own))
+    return item_view(row, user, not_pii, *dec.record_in_force(engine, row, own, others))
 
 
 # Content fields an edit cannot change: a VQA record's picture is read (from its ``image`` name) before

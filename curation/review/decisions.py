@@ -544,10 +544,15 @@ def active_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None
     return sorted(in_force_now.values(), key=lambda row: row["decision_id"])
 
 
-def in_force_for_record(engine: sa.Engine, dataset: str, record_id: str, besides: int) -> list[dict[str, Any]]:
-    """Decisions in force on the same record through other items (an earlier version's flags)."""
-    where = (decisions.c.dataset == dataset, decisions.c.record_id == record_id, decisions.c.item_id != besides)
-    return sorted(_in_force_per_item(engine, *where).values(), key=lambda row: row["decision_id"])
+def in_force_through_record(
+    engine: sa.Engine, item: dict[str, Any]
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The decision in force on ``item``, and those in force on its record through its other items (an
+    earlier version's flags, its other fields and stages), oldest first: one query for both."""
+    where = (decisions.c.dataset == item["dataset"], decisions.c.record_id == item["record_id"])
+    found = _in_force_per_item(engine, *where)
+    own = found.pop(item["item_id"], None)
+    return own, sorted(found.values(), key=lambda row: row["decision_id"])
 
 
 @dataclass
@@ -865,14 +870,15 @@ def pii_again(current: dict[str, Any] | None, spans: Iterable[tuple[str, int, in
     return Edit(fields={**fields_of(current), **edit.fields}, not_pii=sorted(standing), replaces=True)
 
 
-def record_in_force(engine: sa.Engine, item: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+def record_in_force(
+    engine: sa.Engine, item: dict[str, Any], own: dict[str, Any] | None, others: list[dict[str, Any]]
+) -> tuple[dict[str, str], dict[str, str]]:
     """The record's fields as the decisions in force through any of its items (one per flagged field or
-    stage, an earlier version's) leave them for the next run: the values their edits set (a later one wins,
-    as ``run_decisions`` takes them), and the fields other than ``item``'s that PII items flagged, as a role
-    that does not see PII is shown them (``redacted_as_shown``: the spans marked not PII there in clear),
-    those items that redacted the field as ``item``'s flag shows it (``redacted_fields``) alone."""
-    own = _in_force_for_item(engine, item["item_id"])
-    others = in_force_for_record(engine, item["dataset"], item["record_id"], item["item_id"])
+    stage, an earlier version's: ``in_force_through_record``, ``own`` on ``item``) leave them for the next
+    run: the values their edits set (a later one wins, as ``run_decisions`` takes them), and the fields
+    other than ``item``'s that PII items flagged, as a role that does not see PII is shown them
+    (``redacted_as_shown``: the spans marked not PII there in clear), those items that redacted the field
+    as ``item``'s flag shows it (``redacted_fields``) alone."""
     fields: dict[str, str] = {}
     for decision in sorted([*others, *([own] if own else [])], key=lambda row: row["decision_id"]):
         fields.update(fields_of(decision))

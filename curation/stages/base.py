@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -67,11 +67,18 @@ def rows_as_python(table: pa.Table, as_text: bool = False) -> tuple[list[dict[st
         return rows, [[n for n, values in columns.items() if values[at] is NOT_HELD] for at in range(table.num_rows)]
 
 
-def flag_payloads(flags: pa.Table, kind: str, made_by: Collection[str]) -> dict[int, dict[str, Any]]:
-    """The payloads, decoded, of the ``flags`` rows of ``kind`` that the stages ``made_by`` made, by row."""
+def flag_payloads(
+    flags: pa.Table, kind: str, made_by: Collection[str], ids: Collection[str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """The payloads, decoded, of the ``flags`` rows of ``kind`` that the stages ``made_by`` made, by row;
+    with ``ids``, of those records' flags alone (the others' payloads, records' texts, are not decoded)."""
     column = flags["payload"].to_pylist()
     found = zip(flags["kind"].to_pylist(), flags["stage"].to_pylist(), strict=True)
-    return {row: json.loads(column[row]) for row, (of, by) in enumerate(found) if of == kind and by in made_by}
+    rows = [row for row, (of, by) in enumerate(found) if of == kind and by in made_by]
+    if ids is not None:
+        records = flags["id"].to_pylist()
+        rows = [row for row in rows if records[row] in ids]
+    return {row: json.loads(column[row]) for row in rows}
 
 
 def with_payloads(flags: pa.Table, payloads: dict[int, dict[str, Any]]) -> pa.Table:
@@ -80,6 +87,17 @@ def with_payloads(flags: pa.Table, payloads: dict[int, dict[str, Any]]) -> pa.Ta
     for row, payload in payloads.items():
         column[row] = json.dumps(payload)
     return flags.set_column(flags.schema.get_field_index("payload"), "payload", pa.array(column, pa.string()))
+
+
+def scrubbed_as_records(
+    scrub: Callable[[list[str | None], list[int]], list[str | None]], records: list[list[str | None]]
+) -> list[list[str | None]]:
+    """Each record's texts as ``scrub`` (a stage's ``rewrite_texts``: texts and the record each is of)
+    makes them, every record's texts scanned together (a name found in one redacted in all): one call
+    for them all."""
+    texts = [text for record in records for text in record]
+    scrubbed = iter(scrub(texts, [at for at, record in enumerate(records) for _ in record]))
+    return [[next(scrubbed) for _ in record] for record in records]
 
 
 class StageError(RuntimeError):

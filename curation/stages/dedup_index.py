@@ -477,10 +477,7 @@ class CrossRunDedup:
         again = again.set_column(index, again.field(index), pa.array([self.reason] * again.num_rows, pa.string()))
         published = self._published_signatures(again["duplicate_of"], signatures[0].schema if signatures else None)
         found = flags(pa.concat_tables([dropped, again]), [*signatures, *published], batches)
-        asked, ids = set(again["id"].to_pylist()), found["id"].to_pylist()
-        payloads = {
-            row: p for row, p in flag_payloads(found, "near_duplicate", {self.name}).items() if ids[row] in asked
-        }
+        payloads = flag_payloads(found, "near_duplicate", {self.name}, set(again["id"].to_pylist()))
         for payload in payloads.values():
             payload["kept"] = {**payload["kept"], **self.kept_from.get(payload["kept"]["id"], {})}
         return with_payloads(found, payloads)

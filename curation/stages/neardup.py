@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stages.base import StageError, flag_payloads, require_columns, with_payloads
+from curation.stages.base import StageError, flag_payloads, require_columns, scrubbed_as_records, with_payloads
 from curation.stages.dedup import normalised_text
 from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, resolve_duplicates, set_aside_for_clusters
 from schemas.hashing import xxh3_64
@@ -414,20 +414,15 @@ def with_published_texts(
         return flags
     payloads = list(ours.values())
     kept_texts = list(dict.fromkeys(p["kept"]["text"] for p in payloads))
-    fields = [list(p["member"].get("fields", {}).items()) for p in payloads]
     # One scan: each kept text alone, each member's text with its fields as one record.
-    values = [*kept_texts]
-    owners = list(range(len(kept_texts)))
-    for at, p in enumerate(payloads):
-        values += [p["member"]["text"], *(v for _, v in fields[at])]
-        owners += [len(kept_texts) + at] * (1 + len(fields[at]))
-    scrubbed = iter(scrub(values, owners))
-    published = {text: next(scrubbed) for text in kept_texts}
-    for payload, own in zip(payloads, fields, strict=True):
+    members = [[p["member"]["text"], *p["member"].get("fields", {}).values()] for p in payloads]
+    scrubbed = scrubbed_as_records(scrub, [[text] for text in kept_texts] + members)
+    published = {text: kept for text, (kept,) in zip(kept_texts, scrubbed[: len(kept_texts)], strict=True)}
+    for payload, (text, *fields) in zip(payloads, scrubbed[len(kept_texts) :], strict=True):
         payload["kept"]["published_text"] = published[payload["kept"]["text"]]
-        payload["member"]["published_text"] = next(scrubbed)
-        if own:
-            payload["member"]["published_fields"] = {name: next(scrubbed) for name, _ in own}
+        payload["member"]["published_text"] = text
+        if fields:
+            payload["member"]["published_fields"] = dict(zip(payload["member"]["fields"], fields, strict=True))
     return with_payloads(flags, ours)
 
 

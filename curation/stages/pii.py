@@ -26,7 +26,7 @@ import traceback
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import pyarrow as pa
 
@@ -40,6 +40,7 @@ from curation.stages.base import (
     flag_payloads,
     raised_where,
     require_columns,
+    scrubbed_as_records,
     with_payloads,
 )
 from schemas.config import RecipeError
@@ -99,16 +100,12 @@ def as_published_after(
     payloads = flag_payloads(flags, "pii", {stage})
     if not payloads:
         return flags
-    names = [list(payload.get("redacted_fields", {})) for payload in payloads.values()]
-    values: list[str | None] = []
-    owners: list[int] = []
-    for at, payload in enumerate(payloads.values()):
-        values += [payload.get("redacted", ""), *payload.get("redacted_fields", {}).values()]
-        owners += [at] * (1 + len(names[at]))
-    scrubbed = iter(scrub(values, owners))
-    for payload, own in zip(payloads.values(), names, strict=True):
-        payload["redacted"] = next(scrubbed)
-        payload["redacted_fields"] = {name: next(scrubbed) for name in own}
+    records = [
+        [payload.get("redacted", ""), *payload.get("redacted_fields", {}).values()] for payload in payloads.values()
+    ]
+    for payload, (text, *fields) in zip(payloads.values(), scrubbed_as_records(scrub, records), strict=True):
+        payload["redacted"] = text
+        payload["redacted_fields"] = dict(zip(payload.get("redacted_fields", {}), fields, strict=True))
         payload["published_after"] = True
         if images_redacted_later:
             payload.pop("thumbnail", None)
@@ -215,6 +212,12 @@ def _found_elsewhere(
                 (entity, _, _, score), value = parts[part]
                 echoes[name, row].append(Echo((entity, start, end, score), value))
     return echoes
+
+
+def _left_in_clear(unmarked: list[Detection], redacted: list[Detection]) -> int:
+    """How many of the spans a text would be redacted at without annotators' marks (``unmarked``) overlap
+    none of those it is redacted at (``redacted``): the places the marks leave in clear."""
+    return sum(not any(det[1] < end and start < det[2] for _, start, end, _ in redacted) for det in unmarked)
 
 
 def _with_echoes(found: list[Detection], echoes: list[Echo]) -> list[Detection]:
@@ -763,18 +766,33 @@ class PiiRedaction:
         counts: dict[int, Counter[str]] = {}  # row -> entities redacted in it
         flags: dict[int, list[tuple[str, str, str, list[dict], list[dict]]]] = {}  # row -> its fields' flags
         redacted = {name: list(values) for name, values in columns.items()}
+        found_in = [resolve_overlaps(self._not_allowed(part.scanned, part.found)) for part in parts]
         kept_detections = []
-        for part in parts:
+        for part, found_here in zip(parts, found_in, strict=True):
             name, row = where[part.text]
-            keep = []
-            for det in resolve_overlaps(self._not_allowed(part.scanned, part.found)):
-                if self._left_as_marked(ids[row], name, part.place(det[1], det[2]), columns[name][row]):
-                    stats["review_restored"] += 1
-                else:
-                    keep.append(det)
-            kept_detections.append(keep)
+            kept_detections.append(
+                [
+                    det
+                    for det in found_here
+                    if not self._left_as_marked(ids[row], name, part.place(det[1], det[2]), columns[name][row])
+                ]
+            )
         keys = [(at, where[part.text][1]) for at, part in enumerate(parts)]
         echoes = _found_elsewhere(keys, [part.scanned for part in parts], kept_detections, self.allowed_places)
+        # The places the records holding a span marked not PII would be redacted at without the marks: a
+        # value marked so where the model found it is looked for nowhere else, so its places found again
+        # come back in clear with it, and each place left in clear is counted (``review_restored``).
+        marked = [at for at, (_, row) in enumerate(keys) if ids[row] in self.undone]
+        unmarked = (
+            _found_elsewhere(
+                [keys[at] for at in marked],
+                [parts[at].scanned for at in marked],
+                [found_in[at] for at in marked],
+                self.allowed_places,
+            )
+            if marked
+            else {}
+        )
         # Per field: its detections and, for each, its own text and the value it stands for, as decoded.
         in_field: list[list[Detection]] = [[] for _ in where]
         own_text: list[dict[tuple[int, int], str]] = [{} for _ in where]
@@ -795,6 +813,10 @@ class PiiRedaction:
             ]
             if again := sum(det not in keep for det in spans):
                 stats["found_elsewhere_in_record"] += again
+            if (at, row) in unmarked and (
+                restored := _left_in_clear(_with_echoes(found_in[at], unmarked[at, row]), spans)
+            ):
+                stats["review_restored"] += restored
             values = {echo.detection[1:3]: echo.value for echo in echoed}
             for det, own, value in part.in_text(spans, values):
                 in_field[part.text].append(det)
@@ -814,8 +836,14 @@ class PiiRedaction:
             if uncertain:
                 flags.setdefault(row, []).append((name, text, new_text, uncertain, spans))
         # Made once every field is redacted, from the batch as read: a flag holds the record's other
-        # fields raw and as this stage publishes them.
-        made = {row: [self._flag(batch, row, redacted, *flag) for flag in found] for row, found in flags.items()}
+        # fields raw and as this stage publishes them. The flagged records are read in one take.
+        content = [other for other in self.content if other in batch.column_names]
+        rows = sorted(flags)
+        read = batch.select(["id", "source", *content]).take(pa.array(rows, pa.int64())).to_pylist()
+        made = {
+            row: [self._flag(record, content, {n: v[row] for n, v in redacted.items()}, *flag) for flag in flags[row]]
+            for row, record in zip(rows, read, strict=True)
+        }
         stats["records_scanned"] += batch.num_rows
         bad_images: dict[int, str] = {}
         if self.config.ocr and "image_bytes" in batch.column_names:
@@ -968,31 +996,30 @@ class PiiRedaction:
 
     def _flag(
         self,
-        batch: pa.Table,
-        row: int,
-        redacted: dict[str, list[str | None]],
+        record: dict[str, Any],
+        content: list[str],
+        redacted: dict[str, str | None],
         name: str,
         original: str,
         text: str,
         spans: list[dict],
         every: list[dict],
     ) -> dict:
-        """A review item for the uncertain ``spans``; ``every`` redaction of the field is kept beside them,
-        so a carried copy can be rebuilt when some of them are marked not PII. The record's other text
-        fields come with it, raw and as this stage publishes them (``redacted``): an edit of one starts
-        from its value, as the annotator's role may see it."""
+        """A review item for the uncertain ``spans`` of the ``record`` (its id, source and ``content``
+        fields, as read); ``every`` redaction of the field is kept beside them, so a carried copy can be
+        rebuilt when some of them are marked not PII. The record's other text fields come with it, raw and
+        as this stage publishes them (``redacted``, the fields it scans): an edit of one starts from its
+        value, as the annotator's role may see it."""
         entities = ", ".join(sorted({span["entity"] for span in spans}))
         redactions = [{key: span[key] for key in ("start", "end", "placeholder")} for span in every]
         payload = {"field": name, "original": original, "redacted": text, "spans": spans, "redactions": redactions}
-        others = [other for other in self.content if other != name and other in batch.column_names]
-        raw = {other: batch[other][row].as_py() for other in others}
-        payload["fields"] = {other: value for other, value in raw.items() if isinstance(value, str)}
-        payload["redacted_fields"] = {
-            other: redacted[other][row] if other in redacted else value for other, value in payload["fields"].items()
+        payload["fields"] = {
+            other: record[other] for other in content if other != name and isinstance(record[other], str)
         }
+        payload["redacted_fields"] = {other: redacted.get(other, value) for other, value in payload["fields"].items()}
         return {
-            "id": batch["id"][row].as_py(),
-            "source": batch["source"][row].as_py(),
+            "id": record["id"],
+            "source": record["source"],
             "stage": self.name,
             "kind": "pii",
             "detail": f"{len(spans)} uncertain PII span(s) in {name}: {entities}",
