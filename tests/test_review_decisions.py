@@ -127,6 +127,82 @@ def test_undoing_a_decision_takes_out_its_own_values_whatever_others_decided_sin
     assert dec.run_decisions(engine, "ds").edits == {"a": {"prompt": "Who pays refunds?"}}
 
 
+DANA_LONDON = {
+    "field": "completion",
+    "original": "Ask Dana in London.",
+    "redacted": "Ask <PERSON> in <LOCATION>.",
+    "spans": [
+        {"start": 4, "end": 8, "entity": "PERSON", "score": 0.5, "placeholder": "<PERSON>"},
+        {"start": 12, "end": 18, "entity": "LOCATION", "score": 0.4, "placeholder": "<LOCATION>"},
+    ],
+}
+DANA, LONDON = ("completion", 4, 8), ("completion", 12, 18)
+
+
+def pii_again(engine: sa.Engine, item_id: int, user: str, *spans: tuple[str, int, int]) -> None:
+    """``user`` marks ``spans`` PII again on the item, as the page stores it."""
+    current = dec.in_force_on(engine, [item_id]).get(item_id)
+    dec.decide(engine, item_id, user, "edit", dec.pii_again(current, spans))
+
+
+def test_pii_again_leaves_the_other_annotators_decisions_theirs_to_undo(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    add_items(
+        engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", json.dumps(DANA_LONDON))], schema=FLAG_SCHEMA)
+    )
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[DANA]))
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[LONDON]))
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(fields={"prompt": "Who handles refunds?"}))
+    before = dec.run_decisions(engine, "ds")
+    pii_again(engine, 1, "pia", DANA)
+    assert dec.not_pii_in_force(engine, 1) == {LONDON}
+    assert dec.fields_in_force(engine, 1) == {"prompt": "Who handles refunds?"}
+    # Stored whole for an earlier release, which reads what stands after it from the edit.
+    stored = json.loads(dec.history(engine, 1)[-1]["after"])
+    assert stored["not_pii"] == [list(LONDON)] and stored["fields"] == {"prompt": "Who handles refunds?"}
+    # Undone, the PII again leaves the item exactly as before it.
+    dec.undo_last(engine, "pia")
+    assert dec.run_decisions(engine, "ds") == before and dec.get_item(engine, 1)["status"] == "edited"
+    pii_again(engine, 1, "pia", DANA)
+
+    # ada's undos take out her own values, which pia's PII again did not make pia's: the prompt edit was
+    # kept, and London stayed not PII, published in clear.
+    dec.undo_last(engine, "ada")
+    assert dec.fields_in_force(engine, 1) == {} and dec.run_decisions(engine, "ds").edits == {}
+    assert dec.not_pii_in_force(engine, 1) == {LONDON}
+    dec.undo_last(engine, "ada")
+    assert dec.not_pii_in_force(engine, 1) == set() and dec.run_decisions(engine, "ds").undone == {}
+    assert dec.get_item(engine, 1)["status"] == "approved"
+    # pia's undo brings her mark back, alone.
+    dec.undo_last(engine, "pia")
+    assert dec.not_pii_in_force(engine, 1) == {DANA} and dec.get_item(engine, 1)["status"] == "edited"
+    # Stored by a release before (no ``again``), the pair is read as the copy it holds, as that release reads it.
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[LONDON], replaces=True))
+    assert dec.not_pii_in_force(engine, 1) == {LONDON}
+
+
+def test_the_newest_value_of_a_field_wins_across_the_items_of_a_record(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    prompt = {"field": "prompt", "original": "Ask Bob.", "spans": [{"start": 4, "end": 7, "entity": "PERSON"}]}
+    flags = [flag("a", "pii", json.dumps(DANA_LONDON)), flag("a", "pii", json.dumps(prompt))]
+    add_items(engine, "ds", 1, "run", pa.Table.from_pylist(flags, schema=FLAG_SCHEMA))
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(fields={"prompt": "older"}, not_pii=[DANA]))
+    dec.decide(engine, 2, "ada", "edit", dec.Edit(fields={"prompt": "newer"}))
+
+    def prompts() -> tuple[str, str]:
+        record, _ = dec.record_in_force(engine, dec.get_item(engine, 1))
+        return record["prompt"], dec.run_decisions(engine, "ds").edits["a"]["prompt"]
+
+    assert prompts() == ("newer", "newer")
+    # A later decision on item 1 that leaves its prompt as it was does not make its older value newer.
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[LONDON]))
+    assert prompts() == ("newer", "newer")
+    pii_again(engine, 1, "pia", DANA)
+    assert prompts() == ("newer", "newer")
+    dec.undo_last(engine, "ada")
+    assert prompts() == ("older", "older")
+
+
 def test_an_edit_of_a_field_keeps_the_spans_marked_not_pii_that_it_kept(tmp_path: Path) -> None:
     from curation.review.auth import User
     from curation.review.views import item_view

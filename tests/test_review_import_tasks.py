@@ -329,6 +329,21 @@ def test_a_raw_pii_task_labelled_again_is_stored_as_any_release_reads_it(tmp_pat
     assert list_items(engine)[0]["status"] == "edited"
 
 
+def test_a_raw_pii_task_labelled_again_leaves_another_annotators_mark_theirs_to_undo(tmp_path: Path) -> None:
+    # Item 1's name is marked not PII by pia, its address by ada; pia labels the name PII again. Stored
+    # with what stands after it (the address's mark) as pia's own, ada's undo of her mark kept it in
+    # force: the address was published in clear.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[("prompt", 21, 37)]))
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+    dec.undo_last(engine, "ada")
+    assert dec.not_pii_in_force(engine, 1) == set() and dec.run_decisions(engine, "notes").undone == {}
+    dec.undo_last(engine, "pia")  # the relabelling: the name's mark stands again, alone
+    assert dec.not_pii_in_force(engine, 1) == {("prompt", 5, 17)}
+
+
 def test_a_task_from_an_export_before_seen_adds_its_marks_to_those_made_since(tmp_path: Path) -> None:
     # A task exported by an earlier release (no ``seen``) cannot say which marks it showed: read as
     # submitted, a name marked not PII on the page after the export, labelled as the task predicted it,

@@ -65,11 +65,17 @@ class Edit:
     task whose spans marked not PII were labelled again). Edits add up, so it is stored as an approve
     (which sets them aside) and this edit, one transaction, undone together (``undo_last``): a release
     that knows nothing of it reads the same decisions in force, and one undoing the two apart goes
-    through the approve, the item as flagged, with every span redacted."""
+    through the approve, the item as flagged, with every span redacted.
+
+    ``again`` and ``own`` (``pii_again``'s): the spans it makes PII again, and the values of its own among
+    those it holds. This release reads the two rows as what they say alone (``in_force``), so the values
+    it copied stay the decisions of those who made them, for them to undo."""
 
     fields: dict[str, str] = field(default_factory=dict)
     not_pii: list[tuple[str, int, int]] = field(default_factory=list)
     replaces: bool = False
+    again: list[tuple[str, int, int]] = field(default_factory=list)
+    own: Edit | None = None
 
     def __bool__(self) -> bool:
         return bool(self.fields or self.not_pii)
@@ -275,8 +281,10 @@ def _decision_rows(
         return [row], status
     approve, status = _decision_row(item, user, "approve", None, status, None)
     row, status = _decision_row(item, user, action, edit, status, None)
-    # Undone with the approve before it (``undo_last``); read by no release's ``in_force``.
-    row["before"] = json.dumps({**json.loads(row["before"]), "replaces": True})
+    # Undone with the approve before it (``undo_last``). ``again`` holds what it says alone, in the shape
+    # of an edit's ``after`` (``in_force``); a release before reads the copy in ``after``.
+    said = {"again": {**edit.own.as_json(), "pii": [list(span) for span in edit.again]}} if edit.own is not None else {}
+    row["before"] = json.dumps({**json.loads(row["before"]), "replaces": True, **said})
     return [approve, row], status
 
 
@@ -398,24 +406,57 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     latest one's who and when, with the action and ``after`` they add up to. An approve or a reject
     sets aside what came before it; edits add up (a later value of a field wins), so two annotators'
     edits both stand and undoing one takes out its own values alone. A keep ("not a duplicate") sets
-    aside what came before it too, and edits after it add to it: the action stays ``keep``, with them."""
+    aside what came before it too, and edits after it add to it: the action stays ``keep``, with them.
+    A "PII again" (``pii_again``: an approve and an edit that copies what stands) is read as what it says
+    alone, the spans it makes PII again taken out and its own values added, so the values it copied stay
+    the edits of those who made them. ``field_ids`` says which decision set each field's value, for
+    merging the items of a record (``newest_fields``)."""
     if not rows:
         return None
-    rejected, kept, fields, spans = False, False, {}, []
-    for row in rows:
+    rejected, kept, fields, spans, field_ids = False, False, {}, [], {}
+    for place, row in enumerate(rows):
         if row["action"] != "edit":
-            rejected, kept, fields, spans = row["action"] == "reject", row["action"] == "keep", {}, []
+            if _pii_again_of(row, rows[place + 1 : place + 2]):
+                continue
+            rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
-        after = json.loads(row["after"])
+        after = json.loads(row["before"]).get("again") or json.loads(row["after"])
         rejected = False  # a keep ("not a duplicate") stands: an edit after it adds to it
         fields.update(after.get("fields", {}))
-        # Spans marked PII again, as a store written by a release before ``Edit.replaces`` may hold them.
+        field_ids.update(dict.fromkeys(after.get("fields", {}), row["decision_id"]))
+        # Spans marked PII again: ``Edit.again``, or as a store written by a release before ``Edit.replaces`` may hold them.
         spans = [span for span in spans if span not in after.get("pii", [])]
         spans += [span for span in after.get("not_pii", []) if span not in spans]
     action = "reject" if rejected else "keep" if kept else "edit" if fields or spans else "approve"
     edits = {"fields": fields, "not_pii": spans} if action == "edit" or (action == "keep" and (fields or spans)) else {}
     after = {"status": STATUS_OF[action], **edits}
-    return {**rows[-1], "action": action, "after": json.dumps(after)}
+    return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids if edits else {}}
+
+
+def _pii_again_of(row: dict[str, Any], following: list[dict[str, Any]]) -> bool:
+    """Whether ``row`` is the approve stored with the "PII again" edit that follows it (``Edit.again``),
+    which this release reads alone: the approve sets nothing aside."""
+    return (
+        row["action"] == "approve"
+        and bool(following)
+        and following[0]["action"] == "edit"
+        and following[0]["user"] == row["user"]
+        and "again" in json.loads(following[0]["before"])
+    )
+
+
+def newest_fields(in_force_rows: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """The field values the decisions in force on a record's items (``in_force``) set, each field's from
+    the newest decision that set it, whichever item it was on: an item's later decision on other
+    values leaves its older value of the field older."""
+    newest: dict[str, tuple[int, str]] = {}
+    for decision in in_force_rows:
+        ids = decision.get("field_ids", {})
+        for name, value in fields_of(decision).items():
+            decided = ids.get(name, decision["decision_id"])
+            if name not in newest or decided > newest[name][0]:
+                newest[name] = (decided, value)
+    return {name: value for name, (_, value) in newest.items()}
 
 
 def _in_force_per_item(
@@ -713,6 +754,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None = 
     result = RunDecisions()
     not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII
     not_duplicates: dict[int, str] = {}  # items marked not a duplicate -> their record
+    edited: dict[str, list[dict[str, Any]]] = {}  # record -> the decisions in force on its items that set fields
     for decision in active_decisions(engine, dataset, as_of):
         record = decision["record_id"]
         if decision["action"] == "reject":
@@ -723,9 +765,10 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None = 
                 not_duplicates[decision["item_id"]] = record
             after = json.loads(decision["after"])
             if after.get("fields"):
-                result.edits.setdefault(record, {}).update(after["fields"])
+                edited.setdefault(record, []).append(decision)
             if after.get("not_pii"):
                 not_pii[decision["item_id"]] = (record, after["not_pii"])
+    result.edits = {record: newest_fields(on_record) for record, on_record in edited.items()}
     if result.rejected:
         result.rejected_content = {
             key: record for record, key in sorted(keys_of(engine, dataset, result.rejected).items())
@@ -864,10 +907,14 @@ def pii_again(current: dict[str, Any] | None, spans: Iterable[tuple[str, int, in
     """The edit that makes ``spans``, marked not PII by the decisions in force (``current``), PII again,
     with ``edit``'s values and marks too (the page's and the Label Studio import's "PII again"). Edits
     add up, so it ``replaces`` those in force with all that stands after it: their field values and other
-    marks, and ``edit``'s. Empty (nothing left standing), it is to be taken as an approve alone."""
+    marks, and ``edit``'s; it says which are ``edit``'s own (its new marks, not those in force), and the
+    spans, for this release to read it as what it says alone (``in_force``). Empty (nothing left
+    standing), it is to be taken as an approve alone."""
     edit = edit or Edit()
     standing = (not_pii_of(current) - set(spans)) | set(edit.not_pii)
-    return Edit(fields={**fields_of(current), **edit.fields}, not_pii=sorted(standing), replaces=True)
+    own = Edit(fields=edit.fields, not_pii=sorted(set(edit.not_pii) - not_pii_of(current)))
+    fields = {**fields_of(current), **edit.fields}
+    return Edit(fields=fields, not_pii=sorted(standing), replaces=True, again=sorted(spans), own=own)
 
 
 def record_in_force(
@@ -879,9 +926,7 @@ def record_in_force(
     other than ``item``'s that PII items flagged, as a role that does not see PII is shown them
     (``redacted_as_shown``: the spans marked not PII there in clear), those items that redacted the field
     as ``item``'s flag shows it (``redacted_fields``) alone."""
-    fields: dict[str, str] = {}
-    for decision in sorted([*others, *([own] if own else [])], key=lambda row: row["decision_id"]):
-        fields.update(fields_of(decision))
+    fields = newest_fields([*others, *([own] if own else [])])
     marked = {decision["item_id"]: not_pii_of(decision) for decision in others if not_pii_of(decision)}
     own_payload = json.loads(item["payload"] or "{}")
     flagged, published = own_payload.get("field"), own_payload.get("redacted_fields", {})
