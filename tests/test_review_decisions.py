@@ -190,7 +190,8 @@ def test_the_newest_value_of_a_field_wins_across_the_items_of_a_record(tmp_path:
     dec.decide(engine, 2, "ada", "edit", dec.Edit(fields={"prompt": "newer"}))
 
     def prompts() -> tuple[str, str]:
-        record, _ = dec.record_in_force(engine, dec.get_item(engine, 1))
+        item = dec.get_item(engine, 1)
+        record, _ = dec.record_in_force(engine, item, *dec.in_force_through_record(engine, item))
         return record["prompt"], dec.run_decisions(engine, "ds").edits["a"]["prompt"]
 
     assert prompts() == ("newer", "newer")
