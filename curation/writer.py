@@ -111,6 +111,18 @@ def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
         yield rest + b"\n"
 
 
+def _line_array(fs: pafs.FileSystem, path: str) -> pa.LargeStringArray:
+    """The lines of a shard, each with its newline (one is added to a last line without it), as one column:
+    its offsets say where each ends, so those that stay are taken without a Python object a line."""
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
+    offsets = np.concatenate([np.zeros(1, np.int64), ends])
+    return pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
 def _lineage_files(
     fs: pafs.FileSystem, folder: str, shards: list[Shard], columns: tuple[str, ...] = ALL_LINEAGE, own: bool = False
 ) -> Iterator[pl.DataFrame]:
@@ -322,6 +334,18 @@ def _first_error(error: OSError) -> str:
     return f"{first.rstrip(':')}, such as {others[0].lstrip('- ')}" if others else first
 
 
+def _placed_lines(placed: list[tuple[str, int]], total: int, records: dict[str, int]) -> tuple[pa.Array, np.ndarray]:
+    """The shard and line of each of ``total`` lines a ``ShardSeries.write`` placed as ``placed``. Pieces fill
+    each shard to its end (closed by then: ``records`` has its count), so every piece but the last ends one."""
+    sizes = [records[shard] - first + 1 for shard, first in placed[:-1]]
+    counts = np.array([*sizes, total - sum(sizes)] if placed else [], np.int64)
+    firsts = np.array([first for _, first in placed], np.int64)
+    piece = np.repeat(np.arange(len(placed)), counts)  # which piece each line went into
+    starts = np.cumsum(counts) - counts  # index of each piece's first line
+    lines = np.arange(total, dtype=np.int64) - starts[piece] + firsts[piece]
+    return pa.array([shard for shard, _ in placed], pa.string()).take(piece), lines
+
+
 def _by_line(rows: pl.DataFrame | None) -> dict[int, dict[str, Any]]:
     """Lineage rows keyed by line, for the shards whose lines are read one by one."""
     return {} if rows is None else {row["line"]: row for row in rows.to_dicts()}
@@ -345,6 +369,8 @@ class _Carrying:
         # Carried records this run read again: what it wrote of them (if anything) replaces them.
         self.superseded: set[str] = set()
         self.replaced: set[str] = set()
+        self.decided_shards: set[str] = set()  # shards with a line a decision rejects or edits
+        self._superseded: pl.Series | None = None
 
     def decided(self) -> pl.Series:
         """The ids a decision rejects or edits."""
@@ -354,6 +380,26 @@ class _Carrying:
         """A shard copied whole: all its lines carried, ``known`` of them with a lineage row."""
         self.carried += lines
         self.unknown += max(lines - known, 0)
+
+    def sift(self, lines: int, rows: pl.DataFrame | None) -> tuple[np.ndarray, pl.DataFrame]:
+        """``review`` as columns, for a shard of ``lines`` lines no decision reaches: which lines stay (all but
+        those of records read again), and the lineage rows of those, each with ``at``, its index among them."""
+        rows = (rows if rows is not None else pl.DataFrame(schema=LINEAGE_SCHEMA)).filter(
+            pl.col("line").is_between(1, lines)
+        )
+        rows = rows.unique("line", keep="last", maintain_order=True)  # as ``_by_line``'s dict keeps them
+        if self._superseded is None:  # the set is whole by the time shards are sifted
+            self._superseded = pl.Series(list(self.superseded), dtype=pl.String)
+        gone = pl.col("id").is_in(self._superseded.implode()).fill_null(False)
+        replaced = rows.filter(gone)
+        self.replaced.update(replaced["id"].to_list())
+        keep = np.ones(lines, dtype=bool)
+        keep[replaced["line"].to_numpy() - 1] = False
+        self.unknown += lines - rows.height
+        self.carried += int(keep.sum())
+        at = np.cumsum(keep) - 1
+        stay = rows.filter(~gone)
+        return keep, stay.with_columns(at=pl.Series(at[stay["line"].to_numpy() - 1]))
 
     def review(
         self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]], where: str
@@ -734,24 +780,11 @@ class DatasetWriter:
 
     def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
         """One row per output record: which shard and line holds it, its id and its source."""
-        counts = np.array(self._piece_sizes(part.num_rows, placed), np.int64)
-        firsts = np.array([first for _, first in placed], np.int64)
-        piece = np.repeat(np.arange(len(placed)), counts)  # which piece each record went into
-        starts = np.cumsum(counts) - counts  # index in ``part`` of each piece's first record
-        lines = np.arange(part.num_rows, dtype=np.int64) - starts[piece] + firsts[piece]
-        shards = pa.array([shard for shard, _ in placed], pa.string()).take(piece)
+        records = {s.path: s.records for s in self.splits["train"].shards + self.splits["validation"].shards}
+        shards, lines = _placed_lines(placed, part.num_rows, records)
         rows = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
         # After the lineage's last job: its error fails this job, and so the writer's next call.
         self._lineage_worker.submit(lambda: self.lineage.write(rows))
-
-    def _piece_sizes(self, total: int, placed: list[tuple[str, int]]) -> list[int]:
-        # Pieces fill each shard to its end, so every piece but the last ends a shard.
-        sizes = []
-        shards = {s.path: s.records for s in self.splits["train"].shards + self.splits["validation"].shards}
-        for shard, first in placed[:-1]:
-            sizes.append(shards[shard] - first + 1)
-        sizes.append(total - sum(sizes))
-        return sizes
 
     def write_set_aside(self, table: pa.Table) -> pa.Table:
         """Write set-aside rows; returns them as published (with ``scrub``, their PII redacted)."""
@@ -806,9 +839,9 @@ class DatasetWriter:
         paths = {
             shard.path: self._carried_path(shard.path, previous.version) for name in SPLITS for shard in shards[name]
         }
-        # Shards read line by line: every shard of a one-file format, and those a review decision or a
-        # record written again reaches (a shard is size-bounded). The lineage of the others moves as it
-        # is, a file at a time.
+        # Shards read: every shard of a one-file format, and those a review decision or a record written
+        # again reaches (a shard is size-bounded), line by line where a decision reaches. The lineage of the
+        # others moves as it is, a file at a time.
         read_again = read_again if read_again is not None else pl.Series([], dtype=pl.String)
         reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread, read_again)
         by_line = set(paths) if append else reached
@@ -826,13 +859,10 @@ class DatasetWriter:
                 folder, renamed = path.rsplit("/", 1)
                 make_dirs(self.fs, f"{self.staging}/{folder}")
                 if shard.path in by_line:
-                    # Read the shard and rewrite it only if a line really changes: an edit carried
-                    # before is already in the line.
-                    lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    kept = list(carrying.review(lines, _by_line(rows), where))
-                    if len(kept) != shard.records or any(changed for _, _, changed in kept):
+                    write = self._reviewed(source_fs, f"{source}/{shard.path}", shard, rows, carrying, where)
+                    if write is not None:
                         rewritten = ShardSeries(self.fs, self.staging, folder, 0, file_name=renamed)
-                        self._emit(rewritten, kept)
+                        write(rewritten)
                         rewritten.close()
                         self.carried[name] += rewritten.shards
                         continue
@@ -867,6 +897,45 @@ class DatasetWriter:
         self.carry_rejected, self.carry_rejected_uris = carrying.rejected, carrying.rejected_uris
         self.carry_replaced = carrying.replaced
         return carrying.carried
+
+    def _reviewed(
+        self,
+        fs: pafs.FileSystem,
+        path: str,
+        shard: Shard,
+        rows: pl.DataFrame | None,
+        carrying: _Carrying,
+        where: str,
+    ) -> Callable[[ShardSeries], None] | None:
+        """Reads a shard a decision or a record read again reaches; returns what writes the lines that stay,
+        or None when the shard stays as it is (an edit carried before is already in the line). Only a shard
+        a decision reaches is read line by line (an edit is JSON work): the records read again of the others
+        (a changed input's records reach most shards) go as columns."""
+        if shard.path in carrying.decided_shards:
+            kept = list(carrying.review(_read_lines(fs, path), _by_line(rows), where))
+            if len(kept) == shard.records and not any(changed for _, _, changed in kept):
+                return None
+            return lambda series: self._emit(series, kept)
+        lines = _line_array(fs, path)
+        keep, stay = carrying.sift(len(lines), rows)
+        if int(keep.sum()) == shard.records:
+            return None
+        return lambda series: self._write_sifted(series, lines.filter(pa.array(keep)), stay)
+
+    def _write_sifted(self, series: ShardSeries, lines: pa.LargeStringArray, rows: pl.DataFrame) -> None:
+        """The lines that stay of a sifted shard, and their lineage rows (``at``: the index of each one's line)."""
+        placed = series.write(pa.chunked_array([lines]))
+        shards, numbers = _placed_lines(placed, len(lines), {shard.path: shard.records for shard in series.shards})
+        at = rows["at"].to_numpy()
+        self.lineage.write(
+            rows.drop("at")
+            .with_columns(
+                shard=pl.Series(shards.take(at)),
+                line=pl.Series(numbers[at]),
+                carried_from=pl.lit(self._carried_from, pl.Int64),
+            )
+            .to_arrow()
+        )
 
     def _carry_file(self, published: str, path: str) -> None:
         """A published file into the new version at ``path``: staged (a hard link on local disk), or on
@@ -927,10 +996,10 @@ class DatasetWriter:
             carrying.superseded.update(again["id"].to_list())
             found.update(again["shard"].to_list())
             hit = rows.filter(pl.col("id").is_in(decided.implode()))  # the edited are among the decided
-            found.update(hit["shard"].to_list())
+            carrying.decided_shards.update(hit["shard"].to_list())
             lines_of.update(hit.filter(pl.col("id").is_in(edited.implode()))["id"].to_list())
         carrying.in_pieces = {record for record, lines in lines_of.items() if lines > 1}
-        return found
+        return found | carrying.decided_shards
 
     def _read_ids(self) -> pl.Series:
         """The ids of the records this run read: those it wrote, from its own lineage in the staging
@@ -987,14 +1056,13 @@ class DatasetWriter:
 
     def _emit_chunk(self, series: ShardSeries, chunk: list[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
         placed = series.write(b"".join(line for line, _, _ in chunk))
-        # Pieces fill each shard to its end (that shard is closed by then), so every piece but the last ends one.
-        closed = {shard.path: shard.records for shard in series.shards}
-        positions: list[tuple[str, int]] = []
-        for index, (path, first) in enumerate(placed):
-            count = closed[path] - first + 1 if index < len(placed) - 1 else len(chunk) - len(positions)
-            positions += [(path, first + offset) for offset in range(count)]
+        shards, lines = _placed_lines(placed, len(chunk), {shard.path: shard.records for shard in series.shards})
         self._write_carried_lineage(
-            [(path, line, row) for (path, line), (_, row, _) in zip(positions, chunk, strict=True) if row is not None],
+            [
+                (path, line, row)
+                for path, line, (_, row, _) in zip(shards.to_pylist(), lines.tolist(), chunk, strict=True)
+                if row is not None
+            ],
         )
 
     def _write_carried_lineage(self, placed: list[tuple[str, int, dict[str, Any]]]) -> None:

@@ -3,12 +3,15 @@ its own, so the latest version is the whole dataset (what ``curation train launc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -184,6 +187,39 @@ def test_a_changed_file_replaces_the_records_it_gave_before(workdir: Path, stage
     v3 = run(workdir, spec)
     assert v3.manifest.counts.written == 2 and v3.manifest.counts.duplicate == 0
     assert len(outputs(Path(v3.version_uri))) == 16
+
+
+def test_a_changed_file_rewrites_the_shards_its_records_share_keeping_the_lines_without_lineage(workdir: Path) -> None:
+    spec = recipe("out", shard_max_bytes=1 << 20)  # one shard a split: each holds records of both files
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 10))
+    one = Path(run(workdir, spec).version_uri)
+    # One of b's lines loses its lineage row (a version written before every line had one).
+    manifest = Manifest.model_validate_json((one / "manifest.json").read_text())
+    (entry,) = manifest.lineage
+    rows = pq.read_table(one / entry.path)
+    lost = next(i for i, row in enumerate(rows.to_pylist()) if row["source"]["uri"].endswith("b.jsonl"))
+    pq.write_table(pa.concat_tables([rows.slice(0, lost), rows.slice(lost + 1)]), one / entry.path)
+    body = (one / entry.path).read_bytes()
+    manifest.lineage = [entry.model_copy(update={"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})]
+    (one / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+
+    edited = notes(0, 10)
+    del edited[6]
+    write_jsonl(workdir / "in" / "a.jsonl", edited)
+    v2 = run(workdir, spec)
+    two = Path(v2.version_uri)
+    assert texts(outputs(two)) == texts(edited + notes(10, 10))  # a's records once each, all of b's
+    assert v2.manifest.stats["carry"]["replaced"] == 10 and v2.manifest.stats["carry"]["lines_without_lineage"] == 1
+    assert v2.manifest.counts.carried == 10 and v2.manifest.counts.written == 9
+    assert sum(shard.records for path, shard in shards(v2.manifest).items() if "-v1-" in path) == 10
+    lineage = lineage_rows(two)
+    assert len(lineage) == 18 and sum(row["carried_from"] == 1 for row in lineage) == 9
+    for row in lineage:  # each row names the line of its record, in the shard it was rewritten to
+        line = json.loads((two / row["shard"]).read_text().splitlines()[row["line"] - 1])
+        wrote = edited if row["source"]["uri"].endswith("a.jsonl") else notes(10, 10)
+        assert line["prompt"] in texts(wrote) and (row["carried_from"] == 1) == row["source"]["uri"].endswith("b.jsonl")
+    assert verify_checksums(str(two), v2.manifest) == []
 
 
 def test_content_kept_from_a_changed_file_stays_when_another_file_holds_it_too(workdir: Path) -> None:
