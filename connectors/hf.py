@@ -378,7 +378,9 @@ class HFSourceReader:
         picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
         # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in used if not (picture and name == column)]
-        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
+        table, lines, set_aside = split_nested_not_utf8(
+            table, ids, lines, checked, CONNECTOR, column if picture else None
+        )
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
