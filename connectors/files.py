@@ -1481,12 +1481,14 @@ def split_nested_not_utf8(
     lines: np.ndarray,
     used: Collection[str] | None = None,
     connector: str = CONNECTOR,
+    picture: str | None = None,
 ) -> tuple[pa.Table, np.ndarray, pa.Table]:
     """``table`` (and its ``lines``) without the rows whose struct, list or map of a column the recipe reads
     (``used``; None: any) holds text that is not UTF-8, and those rows set aside, quarantined as a
     top-level text column's are (``Shape``): their record cannot hold that text, which Python's view of
     them failed the run on with a traceback. A column the recipe does not read is not published: its
-    rows stay (``not_utf8_as_binary`` makes its text bytes)."""
+    rows stay (``not_utf8_as_binary`` makes its text bytes). ``picture``: an hf Image() feature's column,
+    whose bytes a set-aside row shows as their size."""
     problems: dict[int, str] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         if not pa.types.is_nested(column.type) or (used is not None and name not in used) or _valid(column):
@@ -1503,18 +1505,28 @@ def split_nested_not_utf8(
     keep = np.ones(table.num_rows, dtype=bool)
     keep[indices] = False
     bad = table.take(indices)
-    whole = [json.dumps(row, ensure_ascii=False, default=_bytes_as_text) for row in _as_bytes(bad).to_pylist()]
+    rows = rows_as_read(bad)
     set_aside = set_aside_rows(
-        ids([record.encode() for record in whole]),
+        ids([_row_text(row).encode() for row in rows]),
         source_array(connector, ids.uri, lines[indices]),
         stage="read",
         outcome="quarantined",
         reasons="schema",
         details=[f"{ids.uri}:{lines[i]}: {problems[i]}" for i in indices],
-        # A binary value (an hf Image() feature's picture) as its size: its bytes as text were megabytes.
-        records=[record_json(row)[:MAX_RAW_CHARS] for row in rows_as_read(bad)],
+        records=[_row_text(row, picture)[:MAX_RAW_CHARS] for row in rows],
     )
     return table.filter(pa.array(keep)), lines[keep], set_aside
+
+
+def _row_text(row: dict[str, Any], picture: str | None = None) -> str:
+    """A set-aside row (``rows_as_read``) as JSON text: its bytes as text (a template reads a binary column as its
+    text, and the pii stage's scrub finds a name there), but ``picture``'s, an Image() feature's picture, as their
+    size (``record_json``): spelt out as text they were megabytes. Characters are not escaped: as ``\\u00e9``, a
+    row reached ``MAX_RAW_CHARS`` up to six times sooner, cut into text that is no JSON, whose names the scrub
+    did not recognise."""
+    if picture is not None and row[picture] is not None:
+        row = {**row, picture: json.loads(record_json(row[picture]))}
+    return json.dumps(row, ensure_ascii=False, default=_bytes_as_text)
 
 
 def rows_as_read(table: pa.Table) -> list[dict[str, Any]]:

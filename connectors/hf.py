@@ -378,7 +378,9 @@ class HFSourceReader:
         picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
         # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in used if not (picture and name == column)]
-        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
+        table, lines, set_aside = split_nested_not_utf8(
+            table, ids, lines, checked, CONNECTOR, column if picture else None
+        )
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
@@ -465,18 +467,34 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
     (``struct<bytes, path>``, the usual VQA image on the Hub): handed on as text, its bytes quarantined every
     row as ``schema`` ("not UTF-8 text"), with nothing to say the dataset's images were the cause. A VQA
     record's ``image`` column is read as its picture (``_with_images``)."""
+    declared = _declared_images(table.schema)
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if name in used and _is_image_feature(column.type):
+        if name in used and (name in declared if declared is not None else _is_image_feature(column.type, exact=True)):
             raise StorageError(
                 f"{uri}: column {name!r} is a Hugging Face Image feature, read here as text: only a `vqa` "
                 "record's image may be one (`image: <column>`), which no template or other field reads"
             )
 
 
-def _is_image_feature(kind: pa.DataType) -> bool:
-    """An Image() feature (``struct<bytes, path>``), or a struct holding one's fields beside others (a caption):
-    its picture is its bytes, the other fields are not read."""
-    if not pa.types.is_struct(kind) or not {"bytes", "path"} <= {field.name for field in kind}:
+def _declared_images(schema: pa.Schema) -> set[str] | None:
+    """The columns ``datasets`` declared ``Image()`` features (its ``huggingface`` schema metadata, which
+    ``save_to_disk``, ``push_to_hub`` and ``to_parquet`` write), None where it declared none: a dict feature of
+    the same shape is the dataset's own bytes and text, a template's to read."""
+    try:
+        features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(features, dict):
+        return None
+    return {name for name, feature in features.items() if isinstance(feature, dict) and feature.get("_type") == "Image"}
+
+
+def _is_image_feature(kind: pa.DataType, exact: bool = False) -> bool:
+    """An Image() feature (``struct<bytes, path>``), or, unless ``exact``, a struct holding one's fields beside
+    others (a caption), as a VQA record's image is read: its picture is its bytes, the other fields are not read.
+    Only ``exact`` is taken for one read as text: a metadata struct holding a caption beside them is text."""
+    names = {field.name for field in kind} if pa.types.is_struct(kind) else set()
+    if not {"bytes", "path"} <= names or (exact and names != {"bytes", "path"}):
         return False
     data, path = kind.field("bytes").type, kind.field("path").type
     return (pa.types.is_binary(data) or pa.types.is_large_binary(data)) and (

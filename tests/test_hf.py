@@ -792,3 +792,47 @@ def test_an_image_feature_with_more_fields_is_read_as_its_picture(workdir: Path)
     assert [line["completion"] for line in lines] == ["shade 0", "shade 1"] and not set_aside(Path(result.version_uri))
     for line, shade in zip(lines, (0, 9), strict=True):
         assert (Path(result.version_uri) / "train" / line["file_name"]).read_bytes() == png(shade)
+
+
+def test_a_struct_holding_bytes_and_path_beside_other_fields_is_text_where_it_is_not_the_vqa_image(
+    workdir: Path,
+) -> None:
+    # Read as an Image() feature wherever it was, a metadata struct failed the run: "read here as text".
+    meta = pa.StructArray.from_arrays(
+        [pa.array([b"\x00\x01", b"\x02"]), pa.array(["a.bin", "b.bin"]), pa.array(["first", "second"])],
+        names=["bytes", "path", "caption"],
+    )
+    (workdir / "hub" / "data").mkdir(parents=True)
+    table = pa.table({"q": ["Q1?", "Q2?"], "a": ["A1", "A2"], "meta": meta})
+    pq.write_table(table, workdir / "hub" / "data" / "train-00000-of-00001.parquet")
+    recipe = {
+        "dataset": "m",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }} ({{ meta.caption }})", "completion": "a"},
+        "output": {"validation_fraction": 0.0},
+    }
+    lines = outputs(Path(run(workdir, recipe).version_uri))
+    assert [line["prompt"] for line in lines] == ["Q1? (first)", "Q2? (second)"]
+
+
+def test_the_datasets_features_say_which_struct_of_bytes_and_path_is_an_image(workdir: Path) -> None:
+    # A dict feature of the Image() feature's shape is the dataset's own text and bytes, read by a template.
+    features = datasets.Features(
+        {
+            "q": datasets.Value("string"),
+            "image": datasets.Image(),
+            "attachment": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+        }
+    )
+    rows = {
+        "q": ["Q1?", "Q2?"],
+        "image": [{"bytes": png(0), "path": "0.png"}, {"bytes": png(9), "path": "9.png"}],
+        "attachment": [{"bytes": b"%PDF", "path": "loan.pdf"}, {"bytes": b"%PDF", "path": "memo.pdf"}],
+    }
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(workdir / "ds"))
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
+    record = {"kind": "instruction", "prompt": "{{ q }} ({{ attachment.path }})", "completion": "q"}
+    lines = outputs(Path(run(workdir, {**recipe, "record": record}).version_uri))
+    assert [line["prompt"] for line in lines] == ["Q1? (loan.pdf)", "Q2? (memo.pdf)"]
+    with pytest.raises(StorageError, match="column 'image' is a Hugging Face Image feature, read here as text"):
+        run(workdir, {**recipe, "dataset": "e", "record": {**record, "prompt": "{{ q }} {{ image.path }}"}})

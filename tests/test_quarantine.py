@@ -868,6 +868,39 @@ def test_text_that_is_not_utf8_inside_a_parquet_struct_or_list_quarantines_its_r
     assert written_ids(Path(again.version_uri)) < written_ids(Path(result.version_uri))
 
 
+def test_a_parquet_row_set_aside_for_its_struct_keeps_its_text_as_it_is_for_the_pii_scrub(workdir: Path) -> None:
+    # Escaped (\u00e9, six characters each), a long row was cut at MAX_RAW_CHARS into text that is no JSON, which
+    # the scrub reads as one string, and whose escaped name it does not recognise: published in clear.
+    text = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    question = "é" * 1500 + "Write to José Müller about the loan." + "é" * 3000
+    table = pa.table({"q": ["Hello?", question], "a": ["Hi.", "Oui."]})
+    pq.write_table(
+        table.append_column("meta", pa.StructArray.from_arrays([text], names=["note"])), workdir / "f.parquet"
+    )
+    stages = [{"type": "pii", "entities": ["PERSON"]}]
+    spec = qa_recipe("f.parquet", prompt="Q: {{ q }} {{ meta.note }}", stages=stages)
+    [row] = set_aside(Path(run(workdir, spec).version_uri))
+    assert row["reason"] == "schema"
+    record = json.loads(row["record"])
+    # (The model takes the "loan.ééé…" after it for a name too.)
+    assert record["q"].startswith("é" * 1500 + "Write to <PERSON> about the ") and "Jos" not in row["record"]
+    assert record["meta"] == {"note": "caf\ufffd"}
+
+
+def test_a_parquet_row_set_aside_for_its_struct_shows_a_binary_column_as_its_text(workdir: Path) -> None:
+    # A template reads a binary column as its text: its row set aside showed it as its size ("<12 bytes>").
+    text = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    table = pa.table({"q": ["Hello?", "Cafe?"], "a": ["Hi.", "Oui."]})
+    table = table.append_column("blob", pa.array([b"x", b"Jos\xc3\xa9 secret"], pa.binary()))
+    pq.write_table(
+        table.append_column("meta", pa.StructArray.from_arrays([text], names=["note"])), workdir / "f.parquet"
+    )
+    spec = qa_recipe("f.parquet", prompt="Q: {{ q }} {{ meta.note }} {{ blob }}")
+    [row] = set_aside(Path(run(workdir, spec).version_uri))
+    assert row["reason"] == "schema"
+    assert json.loads(row["record"])["blob"] == "José secret"
+
+
 def written_ids(version_dir: Path) -> set[str]:
     return {row["id"] for row in lineage_rows(version_dir)}
 
