@@ -98,14 +98,15 @@ ALL_LINEAGE = tuple(LINEAGE_ARROW.names)
 
 
 def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
-    """The lines of a file, each with its newline (one is added to a last line without it)."""
+    """The lines of a file, each with its newline (one is added to a last line without it). Cut at
+    ``\n`` alone, as shards and their lineage number lines (``splitlines`` also cuts at a lone ``\r``)."""
     rest = b""
     with fs.open_input_stream(path) as stream:
         while chunk := stream.read(1 << 20):
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
             if cut:
-                yield from data[:cut].splitlines(keepends=True)
+                yield from (line + b"\n" for line in data[: cut - 1].split(b"\n"))
             rest = data[cut:]
     if rest:
         yield rest + b"\n"

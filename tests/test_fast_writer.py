@@ -600,3 +600,14 @@ def test_a_stratified_split_without_any_label_says_so(caplog: pytest.LogCaptureF
     with caplog.at_level("WARNING", logger="curation.split"):
         labelled.report()
     assert caplog.text == ""
+
+
+def test_carried_lines_are_cut_at_newlines_alone_as_shards_number_them(tmp_path: Path) -> None:
+    # A raw carriage return inside a line (a shard written by another tool) made two lines of one, so every
+    # later line met the lineage row of the line before it.
+    from curation.writer import _read_lines
+
+    shard = tmp_path / "part.jsonl"
+    shard.write_bytes(b'{"q":"Par\rcel"}\n{"q":"two"}\r\n{"q":"last"}')
+    lines = list(_read_lines(pafs.LocalFileSystem(), str(shard)))
+    assert lines == [b'{"q":"Par\rcel"}\n', b'{"q":"two"}\r\n', b'{"q":"last"}\n']
