@@ -14,6 +14,7 @@ The Arrow files are read directly with pyarrow, batch by batch, so a large datas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -307,6 +308,17 @@ class HFSourceReader:
             _warn_moved(self.config.path, self.config.split, moved, fresh)
             self._files = [(split, entries[uri]) for split, uri in listed if uri in fresh]
         return self._files
+
+    def entries(self) -> list[FileEntry]:
+        """The data files to read, for ``curation check``."""
+        return [entry for _, entry in self.files()]
+
+    def head(self, entry: FileEntry) -> SourceBatch:
+        """For ``curation check``: the file's first batch as a run reads it (a file or column the run refuses
+        raises the same StorageError). The file is closed once it is made: only the row groups or record batches
+        it takes are read, not the rest of a split's file."""
+        with contextlib.closing(self._read(entry)) as batches:
+            return next(batches, SourceBatch(rows=pa.table({})))
 
     def list_again(self) -> None:
         """Forget the listing: the next ``files`` lists again (inputs added to ``read_again`` since)."""

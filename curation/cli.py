@@ -397,13 +397,15 @@ SHOWN_INPUTS = 20
 def _read_heads(
     sources: list, stages: list, files: int, reading: list[tuple[str, int]]
 ) -> tuple[list[str], list[str], list[str]]:
-    """Read the head of the first ``files`` files of each files source as a run reads them, and shape its
-    rows as the run does: what would fail the run (a file it refuses, by the reader's own message)
-    and each file whose head lacks a column the recipe names (the first such record's line); notes:
+    """Read the head of the first ``files`` files of each files, images (its sidecar) or hf source as a run
+    reads them (an hf data file's first batch), and shape its rows as the run does: what would fail the
+    run (a file it refuses, by the reader's own message) and each file whose head lacks a column the
+    recipe names (the first such record's line); notes:
     other records the head would set aside (the run quarantines them), files not opened; and each file
     whose every head record failed one template one way (the run's error only where ``templates_on_trial``).
     Each file is added to ``reading`` as it is opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
+    from connectors.hf import HFSourceReader
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
     from curation.pipeline import set_aside_scrub
@@ -422,7 +424,7 @@ def _read_heads(
     templates_failed: list[str] = []
     for source in sources:
         # An images source's sidecar files are read as a files source's (the images are left to the run).
-        if not isinstance(source, FilesSourceReader | ImagesSourceReader):
+        if not isinstance(source, FilesSourceReader | ImagesSourceReader | HFSourceReader):
             continue
         entries = source.entries()
         for entry in entries[:files]:
@@ -465,8 +467,10 @@ def _read_heads(
                 )
         if len(entries) > files:
             read_from = getattr(source.config, "sidecar", source.config.path)  # an images source: its sidecar
+            # An hf source's head is its first batch (``batch_rows`` rows at most), not a number of bytes.
+            head = "first batch" if isinstance(source, HFSourceReader) else f"head ({HEAD_BYTES // 1024:,} KiB)"
             notes.append(
-                f"read the head ({HEAD_BYTES // 1024:,} KiB) of the first {files:,} file(s) of {read_from}; "
+                f"read the {head} of the first {files:,} file(s) of {read_from}; "
                 f"{len(entries) - files:,} not opened (--head-files)"
                 if files
                 else f"opened none of the {len(entries):,} file(s) of {read_from} (--head-files 0)"

@@ -1217,6 +1217,48 @@ def test_check_reads_the_head_of_an_images_sidecar_for_the_columns_the_recipe_na
     assert checked.returncode == 2 and f"{tmp_path / 'qa.csv'}:2: question: column 'question' is missing" in said
 
 
+def test_check_reads_the_head_of_an_hf_source_as_the_run_reads_its_first_batch(tmp_path: Path) -> None:
+    # `check` opened no data file of an hf source: it said "ok" of an Image() column read as text, of a column
+    # the files lack, of image_dedup on pictures named by a path, of a damaged file, and the run failed at once.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_hf import image_rows, png
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    file = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
+    table = image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(9), "path": "b.png"}])
+    pq.write_table(table, file)
+    spec = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}]}
+
+    def check(record: dict[str, str], stages: list[dict[str, Any]] | None = None, *args: str) -> tuple[int, str]:
+        recipe = write_recipe(tmp_path, {**spec, "record": record, "stages": stages or []})
+        checked = curation("check", str(recipe), *args, cwd=tmp_path)
+        assert "Traceback" not in checked.stderr, checked.stderr
+        return checked.returncode, " ".join((checked.stdout + checked.stderr).split())
+
+    code, said = check({"kind": "vqa"}, [{"type": "image_dedup"}])
+    assert code == 0 and said.startswith("ok") and "input error" not in said, said
+    as_text = {"kind": "vqa", "question": "{{ question }} ({{ image.path }})"}
+    code, said = check(as_text)
+    assert code == 2 and f"input error {file}: column 'image' is a Hugging Face Image feature, read here" in said
+    code, said = check({"kind": "vqa", "answer": "answers"})
+    assert code == 2 and f"input error {file}:1: answer: column 'answers' is missing" in said, said
+    # Pictures named by a text column: image_dedup would compare nothing.
+    paths = table.drop_columns(["image"]).append_column("image", pa.array(["a.png", "b.png"]))
+    pq.write_table(paths, file)
+    code, said = check({"kind": "vqa"}, [{"type": "image_dedup"}])
+    assert code == 2 and f"input error {file}: image_dedup needs the images' bytes" in said, said
+    file.write_bytes(b"not a parquet file")
+    code, said = check({"kind": "vqa"})
+    assert code == 2 and f"input error {file}: cannot read" in said, said
+    pq.write_table(table, tmp_path / "hub" / "data" / "test-00000-of-00001.parquet")  # listed before train
+    code, said = check({"kind": "vqa"}, None, "--head-files", "1")
+    noted = f"read the first batch of the first 1 file(s) of {tmp_path / 'hub'}; 1 not opened (--head-files)"
+    assert code == 0 and noted in said, said
+    assert not (tmp_path / "output").exists() and not (tmp_path / "state.db").exists()  # nothing run
+
+
 def test_a_clean_stage_after_a_second_pii_stage_is_warned_of_too() -> None:
     from curation.pipeline import stage_order_warnings
     from schemas.config import parse_recipe

@@ -836,3 +836,27 @@ def test_the_datasets_features_say_which_struct_of_bytes_and_path_is_an_image(wo
     assert [line["prompt"] for line in lines] == ["Q1? (loan.pdf)", "Q2? (memo.pdf)"]
     with pytest.raises(StorageError, match="column 'image' is a Hugging Face Image feature, read here as text"):
         run(workdir, {**recipe, "dataset": "e", "record": {**record, "prompt": "{{ q }} {{ image.path }}"}})
+
+
+def test_the_head_of_a_data_file_is_its_first_batch_and_the_rest_is_not_read(tmp_path: Path) -> None:
+    # For `curation check`: a split file of many row groups is not read whole for its head.
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    file = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(make_dataset()["train"].data.table, file, row_group_size=5)
+    make_dataset().save_to_disk(str(tmp_path / "saved"), num_shards={"train": 2, "test": 1})
+    for path, files in ((tmp_path / "hub", 1), (tmp_path / "saved", 3)):
+        reader = HFSourceReader(HFSource(type="hf", path=str(path)), batch_rows=4)
+        entries = reader.entries()
+        assert [entry.uri for entry in entries] == [entry.uri for _, entry in reader.files()] and len(entries) == files
+        head = reader.head(entries[0])
+        assert [row["source"]["line"] for row in head.rows.to_pylist()] == [1, 2, 3, 4]
+        assert head.rows.to_pylist() == next(reader.batches()).rows.to_pylist()  # as the run reads it
+    # A file whose later row groups are damaged: its head is read all the same (they are not).
+    data = file.read_bytes()
+    footer = pq.ParquetFile(file).metadata
+    last = footer.row_group(footer.num_row_groups - 1).column(0).data_page_offset
+    file.write_bytes(data[:last] + b"\0" * 64 + data[last + 64 :])
+    reader = HFSourceReader(HFSource(type="hf", path=str(tmp_path / "hub")), batch_rows=4)
+    assert reader.head(reader.entries()[0]).rows.num_rows == 4
+    with pytest.raises(StorageError, match=f"{file}: cannot read"):
+        list(reader.batches())
