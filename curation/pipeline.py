@@ -589,19 +589,51 @@ def _earlier_sides(
     line deleted, a rejection since undone) and, dealt as new, could come back on the other side (and be
     counted twice in a stratified split's ``dealt``). Of a version before the latest only the records its own
     run wrote are read: a carried one is in the version it came from, on the same side, so the walk reads
-    about the records the chain's runs wrote, not every version's whole lineage."""
+    about the records the chain's runs wrote, not every version's whole lineage. None is read where the split
+    deals every record the side it has anyway (``_dealt_alike``): every run with a changed file walked the chain."""
     uris = _records_again(sources) | watermarks.replaced() | watermarks.read_again
     if not uris:  # before the chain's manifests are read: most runs have nothing to look up
         return replaced
-    latest, *earlier = _chain(recipe, previous)[::-1]
+    dest, dataset = recipe.output.dest, recipe.dataset
+    chain = _chain_manifests(recipe, previous)[::-1]
+    # The oldest version left extends one deleted since (a retention rule): the records it carried from there
+    # are in it alone, so it is read whole.
+    cut = chain[-1].extends is not None and chain[-1].extends not in previous
+    if _dealt_alike(recipe, chain, cut):
+        return replaced
+    latest, *earlier = [manifest.version for manifest in chain]
     found = [replaced] if replaced is not None else []
     if in_latest := (uris - watermarks.replaced()) if replaced is not None else uris:
-        found.append(records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, latest), in_latest)[0])
-    found += [
-        records_from_inputs(version_uri(recipe.output.dest, recipe.dataset, version), uris, own=True)[0]
-        for version in earlier
-    ]
+        found.append(records_from_inputs(version_uri(dest, dataset, latest), in_latest)[0])
+    seen = pl.concat(found)["id"]
+    for version in earlier:
+        rows = records_from_inputs(version_uri(dest, dataset, version), uris, own=version != earlier[-1] or not cut)[0]
+        # A record a later version holds is on its side there: of each version, only those not found yet.
+        rows = rows.filter(~pl.col("id").is_in(seen.implode()))
+        found.append(rows)
+        seen = seen.append(rows["id"])
     return pl.concat(found).unique("id", keep="first", maintain_order=True)
+
+
+def _dealt_alike(recipe: Recipe, chain: list[Manifest], cut: bool) -> bool:
+    """Whether this run's split deals each record the side every version of ``chain`` holds it on, so a record
+    that left the latest (a line deleted, a rejection undone) comes back on its side with no walk down the chain
+    (README "Splits"). At ``validation_fraction`` 0 every record goes to train: so it is where no version holds
+    a validation record. Else a plain hash split (of the id, by ``split_seed`` under the fraction: no
+    ``stratify_by``, group or image) deals a record the side it was dealt by every version split so too, the
+    chain whole (``cut``: its oldest carried records of a version deleted since, split by settings unknown)."""
+    out = recipe.output
+    if not out.validation_fraction:
+        return all(not (split := manifest.splits.get("validation")) or not split.records for manifest in chain)
+    if cut or out.stratify_by or out.group_by or recipe.record.kind == "vqa":
+        return False
+    plain = {"method": "hash", "seed": out.split_seed, "validation_fraction": out.validation_fraction}
+    return all(
+        {key: manifest.split.get(key) for key in plain} == plain
+        and not (manifest.split.get("stratify_by") or manifest.split.get("group_by"))
+        and not manifest.split.get("group_by_image")
+        for manifest in chain
+    )
 
 
 def _records_again(sources: list[Source]) -> set[str]:
@@ -613,11 +645,17 @@ def _records_again(sources: list[Source]) -> set[str]:
 def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
     """The versions the latest builds on: it and those it extends, back to one that extends nothing (a
     first run, a full refresh). What versions before that set aside describes input as it was then."""
-    chain: list[int] = []
+    return [manifest.version for manifest in _chain_manifests(recipe, previous)]
+
+
+def _chain_manifests(recipe: Recipe, previous: list[int]) -> list[Manifest]:
+    """The manifests of ``_chain``'s versions, oldest first: back to the oldest still there where one it
+    extends was deleted since."""
+    chain: list[Manifest] = []
     version: int | None = previous[-1]
-    while version is not None and version in previous and version not in chain:
-        chain.append(version)
-        version = read_manifest(version_uri(recipe.output.dest, recipe.dataset, version)).extends
+    while version is not None and version in previous and version not in (m.version for m in chain):
+        chain.append(read_manifest(version_uri(recipe.output.dest, recipe.dataset, version)))
+        version = chain[-1].extends
     return chain[::-1]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+import curation.pipeline as pipeline
 import curation.split as split_module
 from curation.split import Splitter
 from tests.helpers import as_jsonl_lineage, lineage_rows, read_lines, run, write_jsonl
@@ -467,3 +469,49 @@ def test_a_restored_line_finds_its_side_in_the_version_that_wrote_it_past_those_
     v4 = run(workdir, RESTORED_RECIPE)
     assert prompt_sides(v4) == {**first, "other": prompt_sides(v4)["other"]}
     assert v4.manifest.split["dealt"] == v2.manifest.split["dealt"]
+
+
+def test_a_restored_line_keeps_its_side_where_the_version_that_wrote_it_is_deleted(workdir: Path) -> None:
+    """v1 wrote the notes, v2 carried them, and v1 is gone (a retention rule): the chain stops at v2, whose carried
+    rows are the notes' only sides left, so v2 is read whole, not its own rows alone (12 of 60 moved then)."""
+    recipe = {**RESTORED_RECIPE, "output": {"validation_fraction": 0.5}}
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(60))))
+    v1 = run(workdir, recipe)
+    first = prompt_sides(v1)
+    write_jsonl(workdir / "in" / "other.jsonl", [{"q": "other", "a": "ok", "label": "x"}])
+    assert run(workdir, recipe).manifest.counts.carried == 60
+    shutil.rmtree(v1.version_uri)
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(0, 60, 2))))
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "notes.jsonl", notes_of(list(range(60))))
+    recipe["output"] |= SEED_CHANGED
+    sides = prompt_sides(run(workdir, recipe))
+    assert {prompt: sides[prompt] for prompt in first} == first
+
+
+@pytest.mark.parametrize("fraction", [0, 0.2])
+def test_a_growing_file_reads_no_older_version_where_the_split_deals_every_side_anyway(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, fraction: float
+) -> None:
+    """A log appended to each run is read whole each run: with no split (``validation_fraction`` 0), or a hash split
+    under the chain's seed and fraction, a restored line comes back on its side by itself, so no version before the
+    latest is looked in (each run walked the chain: the 30th read 29 versions)."""
+    recipe = {**RESTORED_RECIPE, "output": {"validation_fraction": fraction}}
+    read: list[str] = []
+    real = pipeline.records_from_inputs
+    monkeypatch.setattr(
+        pipeline, "records_from_inputs", lambda version, *args, **kw: read.append(version) or real(version, *args, **kw)
+    )
+    for runs in range(1, 5):
+        write_jsonl(workdir / "in" / "log.jsonl", notes_of(list(range(runs * 10))))
+        read.clear()
+        result = run(workdir, recipe)
+    assert result.manifest.counts.carried == 0 and result.manifest.extends == result.manifest.version - 1
+    assert read == [Path(result.version_uri).parent.joinpath(f"v{result.manifest.version - 1}").as_posix()]
+    sides = prompt_sides(result)
+    write_jsonl(workdir / "in" / "log.jsonl", notes_of(list(range(0, 40, 2))))
+    run(workdir, recipe)
+    write_jsonl(workdir / "in" / "log.jsonl", notes_of(list(range(40))))
+    read.clear()
+    assert prompt_sides(run(workdir, recipe)) == sides
+    assert len(read) == 1  # the latest's records of the log, replaced
