@@ -64,6 +64,9 @@ ONE_FILE_FORMATS = ("text",)
 UNBOUNDED = 1 << 62  # bytes: the size of a shard series that is one file
 CARRIED_NAME = re.compile(r"^part-v\d+-")
 SET_ASIDE_PIECE_ROWS = 16_384
+# Bytes of a one-file format's carried shard read at a time: its lines, and their lineage rows, go as columns a
+# block at a time.
+CARRY_BLOCK_BYTES = 8 << 20
 # A lineage row, as ``_write_lineage`` writes it and a carry adds ``carried_from`` (the version it came from).
 LINEAGE_ARROW = pa.schema(
     [
@@ -97,26 +100,31 @@ LINEAGE_READ_ROWS = 1 << 18
 ALL_LINEAGE = tuple(LINEAGE_ARROW.names)
 
 
-def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
-    """The lines of a file, each with its newline (one is added to a last line without it). Cut at
-    ``\n`` alone, as shards and their lineage number lines (``splitlines`` also cuts at a lone ``\r``)."""
+def _whole_lines(fs: pafs.FileSystem, path: str, size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of a file about ``size`` at a time, each piece whole lines ending in a newline (one is added to a
+    last line without it; a line longer than ``size`` makes its piece longer)."""
     rest = b""
     with fs.open_input_stream(path) as stream:
-        while chunk := stream.read(1 << 20):
+        while chunk := stream.read(size):
             data = rest + chunk
             cut = data.rfind(b"\n") + 1
             if cut:
-                yield from (line + b"\n" for line in data[: cut - 1].split(b"\n"))
+                yield data[:cut]
             rest = data[cut:]
     if rest:
         yield rest + b"\n"
 
 
-def _line_array(fs: pafs.FileSystem, path: str) -> pa.LargeStringArray:
-    """The lines of a shard, each with its newline (one is added to a last line without it), as one column:
-    its offsets say where each ends, so those that stay are taken without a Python object a line."""
-    with fs.open_input_stream(path) as stream:
-        data = stream.read()
+def _read_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
+    """The lines of a file, each with its newline (one is added to a last line without it). Cut at newlines
+    alone, as shards and their lineage number lines (``splitlines`` also cuts at a lone carriage return)."""
+    for data in _whole_lines(fs, path):
+        yield from (line + b"\n" for line in data[:-1].split(b"\n"))
+
+
+def _line_array(data: bytes) -> pa.LargeStringArray:
+    """Lines, each ending in a newline (one is added to a last line without it), as one column: its offsets say
+    where each ends, so those that stay are taken without a Python object a line."""
     if data and not data.endswith(b"\n"):
         data += b"\n"
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
@@ -293,9 +301,10 @@ def _complete(frame: pl.DataFrame, path: str, before: int) -> pl.DataFrame:
     return frame
 
 
-def _first_bad_line(data: bytes, error: Exception) -> str:
-    """Where polars' error is: the first line that is not a JSON object (polars names no line)."""
-    for number, line in enumerate(data.splitlines(), 1):
+def _first_bad_line(data: bytes, error: Exception, first: int = 1) -> str:
+    """Where polars' error is: the first line (numbered from ``first``) that is not a JSON object (polars names
+    no line)."""
+    for number, line in enumerate(data.splitlines(), first):
         if not line.strip():
             continue
         try:
@@ -316,6 +325,20 @@ def _noting_images(
         if isinstance(file_name, str):
             named.add(f"{split}/{file_name}")
         yield item
+
+
+def _images_named(data: bytes, keep: np.ndarray, split: str, where: str, first: int) -> set[str]:
+    """The images (``file_name``, relative to its split's folder) that the lines ``data``, lines ``first``... of
+    ``where``, name where ``keep`` keeps them: read as one column (a JSON object a line cost seconds a 300k)."""
+    try:
+        names = pl.read_ndjson(io.BytesIO(data), schema={"file_name": pl.String})["file_name"]
+    except pl.exceptions.PolarsError as error:
+        raise ValueError(f"{where}: {_first_bad_line(data, error, first)}") from None
+    if names.len() != len(keep):  # polars passes over a blank line
+        blank = next((number for number, line in enumerate(data.splitlines(), first) if not line.strip()), None)
+        said = f"line {blank} is blank" if blank else f"lines {first} to {first + len(keep) - 1} hold a line that is"
+        raise ValueError(f"{where}: {said}, not a JSON object")
+    return {f"{split}/{name}" for name in names.filter(pl.Series(keep)).drop_nulls().unique().to_list()}
 
 
 def _delete_or_say(delete: Callable[[], None], what: str, left: str) -> None:
@@ -382,12 +405,14 @@ class _Carrying:
         self.carried += lines
         self.unknown += max(lines - known, 0)
 
-    def sift(self, lines: int, rows: pl.DataFrame | None) -> tuple[np.ndarray, pl.DataFrame]:
-        """``review`` as columns, for a shard of ``lines`` lines no decision reaches: which lines stay (all but
-        those of records read again), and the lineage rows of those, each with ``at``, its index among them."""
-        rows = (rows if rows is not None else pl.DataFrame(schema=LINEAGE_SCHEMA)).filter(
-            pl.col("line").is_between(1, lines)
-        )
+    def sift(self, lines: int, rows: pl.DataFrame | None, first: int = 1) -> tuple[np.ndarray, pl.DataFrame]:
+        """``review`` as columns, for ``lines`` lines from line ``first`` of a shard no decision reaches (``rows``:
+        its lineage rows, in line order): which lines stay (all but those of records read again), and the
+        lineage rows of those, each with ``at``, its index among them."""
+        rows = rows if rows is not None else pl.DataFrame(schema=LINEAGE_SCHEMA)
+        # A slice, not a filter: a one-file format's shard is sifted a block at a time, and may be the dataset.
+        start, end = (rows["line"].search_sorted(line, "left") for line in (first, first + lines))
+        rows = rows.slice(start, end - start)
         rows = rows.unique("line", keep="last", maintain_order=True)  # as ``_by_line``'s dict keeps them
         if self._superseded is None:  # the set is whole by the time shards are sifted
             self._superseded = pl.Series(list(self.superseded), dtype=pl.String)
@@ -395,12 +420,12 @@ class _Carrying:
         replaced = rows.filter(gone)
         self.replaced.update(replaced["id"].to_list())
         keep = np.ones(lines, dtype=bool)
-        keep[replaced["line"].to_numpy() - 1] = False
+        keep[replaced["line"].to_numpy() - first] = False
         self.unknown += lines - rows.height
         self.carried += int(keep.sum())
         at = np.cumsum(keep) - 1
         stay = rows.filter(~gone)
-        return keep, stay.with_columns(at=pl.Series(at[stay["line"].to_numpy() - 1]))
+        return keep, stay.with_columns(at=pl.Series(at[stay["line"].to_numpy() - first]))
 
     def review(
         self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]], where: str
@@ -840,9 +865,9 @@ class DatasetWriter:
         paths = {
             shard.path: self._carried_path(shard.path, previous.version) for name in SPLITS for shard in shards[name]
         }
-        # Shards read: every shard of a one-file format, and those a review decision or a record written
-        # again reaches (a shard is size-bounded), line by line where a decision reaches. The lineage of the
-        # others moves as it is, a file at a time.
+        # Shards read: every shard of a one-file format (its lines go into this run's file), and those a review
+        # decision or a record written again reaches (a shard is size-bounded); line by line where a decision
+        # reaches, as columns elsewhere. The lineage of the others moves as it is, a file at a time.
         read_again = read_again if read_again is not None else pl.Series([], dtype=pl.String)
         reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread, read_again)
         by_line = set(paths) if append else reached
@@ -851,10 +876,14 @@ class DatasetWriter:
         for name in SPLITS:
             for shard in shards[name]:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
-                if append:
+                if append and shard.path in carrying.decided_shards:
                     lines = _read_lines(source_fs, f"{source}/{shard.path}")
                     kept = carrying.review(lines, _by_line(rows), where)
                     self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
+                    continue
+                if append:
+                    images = named if previous.files else None
+                    self._append_sifted(source_fs, f"{source}/{shard.path}", rows, carrying, name, images, where)
                     continue
                 path = paths[shard.path]
                 folder, renamed = path.rsplit("/", 1)
@@ -917,11 +946,34 @@ class DatasetWriter:
             if len(kept) == shard.records and not any(changed for _, _, changed in kept):
                 return None
             return lambda series: self._emit(series, kept)
-        lines = _line_array(fs, path)
+        with fs.open_input_stream(path) as stream:
+            lines = _line_array(stream.read())
         keep, stay = carrying.sift(len(lines), rows)
         if int(keep.sum()) == shard.records:
             return None
         return lambda series: self._write_sifted(series, lines.filter(pa.array(keep)), stay)
+
+    def _append_sifted(
+        self,
+        fs: pafs.FileSystem,
+        path: str,
+        rows: pl.DataFrame | None,
+        carrying: _Carrying,
+        split: str,
+        named: set[str] | None,
+        where: str,
+    ) -> None:
+        """The lines of a one-file format's shard that no decision reaches, appended to this run's file of
+        ``split`` as columns (all but those of records read again), a few MiB at a time: the shard may hold the
+        whole dataset. ``named`` (VQA) gets the images the lines that stay name."""
+        first = 1
+        for data in _whole_lines(fs, path, CARRY_BLOCK_BYTES):
+            lines = _line_array(data)
+            keep, stay = carrying.sift(len(lines), rows, first)
+            if named is not None:
+                named.update(_images_named(data, keep, split, where, first))
+            self._write_sifted(self.splits[split], lines.filter(pa.array(keep)), stay)
+            first += len(lines)
 
     def _write_sifted(self, series: ShardSeries, lines: pa.LargeStringArray, rows: pl.DataFrame) -> None:
         """The lines that stay of a sifted shard, and their lineage rows (``at``: the index of each one's line)."""

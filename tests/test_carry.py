@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from curation import writer
 from curation.published import published_versions, verify_checksums
 from curation.review.app import create_app
 from curation.review.auth import add_user
@@ -189,20 +190,25 @@ def test_a_changed_file_replaces_the_records_it_gave_before(workdir: Path, stage
     assert len(outputs(Path(v3.version_uri))) == 16
 
 
+def lose_a_lineage_row(version: Path, input_name: str) -> None:
+    """The first line from ``input_name`` in ``version`` loses its lineage row (a version written before every
+    line had one); its manifest still checks."""
+    manifest = Manifest.model_validate_json((version / "manifest.json").read_text())
+    (entry,) = manifest.lineage
+    rows = pq.read_table(version / entry.path)
+    lost = next(i for i, row in enumerate(rows.to_pylist()) if row["source"]["uri"].endswith(input_name))
+    pq.write_table(pa.concat_tables([rows.slice(0, lost), rows.slice(lost + 1)]), version / entry.path)
+    body = (version / entry.path).read_bytes()
+    manifest.lineage = [entry.model_copy(update={"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})]
+    (version / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+
+
 def test_a_changed_file_rewrites_the_shards_its_records_share_keeping_the_lines_without_lineage(workdir: Path) -> None:
     spec = recipe("out", shard_max_bytes=1 << 20)  # one shard a split: each holds records of both files
     write_jsonl(workdir / "in" / "a.jsonl", notes(0, 10))
     write_jsonl(workdir / "in" / "b.jsonl", notes(10, 10))
     one = Path(run(workdir, spec).version_uri)
-    # One of b's lines loses its lineage row (a version written before every line had one).
-    manifest = Manifest.model_validate_json((one / "manifest.json").read_text())
-    (entry,) = manifest.lineage
-    rows = pq.read_table(one / entry.path)
-    lost = next(i for i, row in enumerate(rows.to_pylist()) if row["source"]["uri"].endswith("b.jsonl"))
-    pq.write_table(pa.concat_tables([rows.slice(0, lost), rows.slice(lost + 1)]), one / entry.path)
-    body = (one / entry.path).read_bytes()
-    manifest.lineage = [entry.model_copy(update={"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})]
-    (one / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    lose_a_lineage_row(one, "b.jsonl")
 
     edited = notes(0, 10)
     del edited[6]
@@ -411,6 +417,74 @@ def test_one_file_formats_append_carried_lines_to_the_one_file(workdir: Path) ->
     v2 = run(workdir, text)
     assert len(v2.manifest.splits["train"].shards) == 1 and v2.manifest.splits["train"].records == 7
     assert len(outputs(Path(v2.version_uri))) == 7
+
+
+def scans(workdir: Path, colors: dict[str, tuple[int, int, int]]) -> dict[str, Any]:
+    """A VQA recipe over ``vqa/``, with a picture of each colour in ``scans/``."""
+    (workdir / "scans").mkdir(exist_ok=True)
+    for name, color in colors.items():
+        (workdir / "scans" / f"{name}.png").write_bytes(png(color))
+    return {
+        "dataset": "scans",
+        "sources": [{"path": "vqa"}],
+        "record": {"kind": "vqa"},
+        "output": {"dest": "out", "validation_fraction": 0.0},
+    }
+
+
+def asks(workdir: Path, names: list[str], tag: str) -> list[dict[str, str]]:
+    return [
+        {"image": str(workdir / "scans" / f"{name}.png"), "question": f"Colour? ({tag}{i})", "answer": name}
+        for i, name in enumerate(names)
+    ]
+
+
+def test_a_one_file_format_carries_its_file_in_blocks_keeping_the_lines_without_lineage(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A block of a line or two (a line is about 110 bytes): the carried metadata.jsonl goes in many blocks.
+    monkeypatch.setattr(writer, "CARRY_BLOCK_BYTES", 256)
+    colors = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
+    vqa = scans(workdir, colors)
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red", "green", "red"], "a"))
+    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["blue"] * 6, "b"))
+    one = Path(run(workdir, vqa).version_uri)
+    lose_a_lineage_row(one, "b.jsonl")
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["white"], "a"))  # a's three records replaced
+    v2 = run(workdir, vqa)
+    two = Path(v2.version_uri)
+    lines = read_lines([two / "train" / "metadata.jsonl"])
+    assert sorted(line["prompt"] for line in lines) == sorted(
+        ask["question"] for ask in asks(workdir, ["blue"] * 6, "b") + asks(workdir, ["white"], "a")
+    )
+    assert v2.manifest.stats["carry"]["replaced"] == 3 and v2.manifest.stats["carry"]["lines_without_lineage"] == 1
+    assert v2.manifest.counts.carried == 6 and v2.manifest.counts.written == 1
+    # Only the images the lines name travel: red and green went with a's records.
+    pixels = {Image.open(two / "train" / line["file_name"]).getpixel((0, 0)) for line in lines}
+    assert pixels == {colors["blue"], colors["white"]} and len(v2.manifest.files) == 2
+    lineage = lineage_rows(two)
+    assert len(lineage) == 6 and sum(row["carried_from"] == 1 for row in lineage) == 5
+    for row in lineage:  # each row names its record's line, in this run's file
+        line = lines[row["line"] - 1]
+        wrote = "a.jsonl" if line["completion"] == "white" else "b.jsonl"
+        assert row["shard"] == "train/metadata.jsonl" and row["source"]["uri"].endswith(wrote)
+    assert verify_checksums(str(two), v2.manifest) == []
+
+
+@pytest.mark.parametrize(
+    ("damaged", "said"),
+    [('{"file_name": "images/', "line 2 is not JSON"), ("\n", "line 2 is blank, not a JSON object")],
+)
+def test_a_damaged_line_of_a_carried_metadata_file_is_named(workdir: Path, damaged: str, said: str) -> None:
+    vqa = scans(workdir, {"red": (255, 0, 0)})
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red"] * 3, "a"))
+    one = Path(run(workdir, vqa).version_uri)
+    metadata = one / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines(keepends=True)
+    metadata.write_text(lines[0] + damaged + lines[2])  # line 2 cut short, or emptied, by hand
+    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+    with pytest.raises(ValueError, match=rf"v1/train/metadata.jsonl: {said}"):
+        run(workdir, vqa)
 
 
 def test_a_changed_format_cannot_be_carried(workdir: Path) -> None:
