@@ -623,9 +623,13 @@ def _dealt_alike(recipe: Recipe, chain: list[Manifest], cut: bool) -> bool:
     ``stratify_by``, group or image) deals a record the side it was dealt by every version split so too, the
     chain whole (``cut``: its oldest carried records of a version deleted since, split by settings unknown)."""
     out = recipe.output
+    # Groups and images keep their sides in the state store, past a full refresh that split without them: one
+    # there on validation takes a restored record to it at fraction 0 too.
+    if cut or out.group_by or recipe.record.kind == "vqa":
+        return False
     if not out.validation_fraction:
         return all(not (split := manifest.splits.get("validation")) or not split.records for manifest in chain)
-    if cut or out.stratify_by or out.group_by or recipe.record.kind == "vqa":
+    if out.stratify_by:
         return False
     plain = {"method": "hash", "seed": out.split_seed, "validation_fraction": out.validation_fraction}
     return all(

@@ -515,3 +515,29 @@ def test_a_growing_file_reads_no_older_version_where_the_split_deals_every_side_
     read.clear()
     assert prompt_sides(run(workdir, recipe)) == sides
     assert len(read) == 1  # the latest's records of the log, replaced
+
+
+def test_a_restored_line_keeps_its_side_at_fraction_0_where_its_group_was_on_validation_before(workdir: Path) -> None:
+    """Groups keep their sides in the state store past a full refresh that split without them: at fraction 0 with
+    ``group_by`` a restored line went back to the side its group was dealt before the refresh, though every version
+    since published it on train (r73)."""
+    recipe: dict[str, Any] = {
+        "dataset": "d",
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "stages": [],
+    }
+
+    def rows(names: list[str]) -> list[dict[str, str]]:
+        return [{"q": name, "a": "ok", "customer": "C" if name == "r" else "A"} for name in names]
+
+    grouped = {"validation_fraction": 0.5, "group_by": "customer"}
+    write_jsonl(workdir / "in" / "f.jsonl", rows(["r", "x"]))
+    assert prompt_sides(run(workdir, {**recipe, "output": grouped}))["r"] == "validation"
+    refreshed = run(workdir, {**recipe, "output": {"validation_fraction": 0.0}}, full_refresh=True)
+    assert prompt_sides(refreshed) == {"r": "train", "x": "train"}
+    grouped = {**grouped, "validation_fraction": 0.0}
+    write_jsonl(workdir / "in" / "f.jsonl", rows(["x"]))
+    run(workdir, {**recipe, "output": grouped})
+    write_jsonl(workdir / "in" / "f.jsonl", rows(["r", "x"]))
+    assert prompt_sides(run(workdir, {**recipe, "output": grouped})) == {"r": "train", "x": "train"}
