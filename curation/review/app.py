@@ -951,7 +951,7 @@ def _with_pii_again(
 ) -> tuple[str, dec.Edit | None]:
     """The decision an edit that marks ``again`` PII again takes, stored as the Label Studio import stores
     it (``decisions.pii_again``): an approve and an edit with what stands after it, undone together; with
-    nothing left standing, an approve alone. Without ``again``, the edit as it is."""
+    nothing left standing, an approve alone that says the spans. Without ``again``, the edit as it is."""
     if not again:
         return "edit", edit
     current = dec.in_force_on(engine, [item_id]).get(item_id)
@@ -960,4 +960,4 @@ def _with_pii_again(
     if set(again) & set(edit.not_pii):
         raise HTTPException(400, "a span cannot be marked not PII and PII again at once")
     replacing = dec.pii_again(current, again, edit)
-    return ("edit", replacing) if replacing else ("approve", None)
+    return ("edit" if replacing else "approve"), replacing
