@@ -369,11 +369,7 @@ def create_app(
             following=following,
             position=position,
             edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
-            # Stored as escaped JSON ("\u00dc"): shown with its characters.
-            history=[
-                {**d, "after": json.dumps(json.loads(d["after"]), ensure_ascii=False)}
-                for d in dec.history(engine, item_id)
-            ],
+            history=[{**d, "after": _history_after(d)} for d in dec.history(engine, item_id)],
             earlier=earlier,
             gone=bool(gone_records(engine, row["dataset"], [row["record_id"]])),
             message=request.session.pop("message", None),
@@ -944,6 +940,18 @@ def _spans_posted(form: FormData, name: str) -> list[tuple[str, int, int]]:
             raise HTTPException(400, f"{name}={key!r}: a span is field:start:end")
         spans.append((span.group(1), int(span.group(2)), int(span.group(3))))
     return spans
+
+
+def _history_after(decision: dict[str, Any]) -> str:
+    """What a decision says, for the item's history: its ``after``, stored as escaped JSON ("\u00dc"),
+    with its characters; a PII again (``decisions.pii_again``) as the spans it made PII again and its
+    author's own values, not the copy of the others' values it stores for an earlier release."""
+    again = json.loads(decision["before"]).get("again")
+    if again is None:
+        return json.dumps(json.loads(decision["after"]), ensure_ascii=False)
+    spans = ", ".join(f"{field}[{start}:{end}]" for field, start, end in again["pii"])
+    own = {key: again[key] for key in ("fields", "not_pii") if again.get(key)}
+    return f"PII again: {spans}" + (f" {json.dumps(own, ensure_ascii=False)}" if own else "")
 
 
 def _with_pii_again(
