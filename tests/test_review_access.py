@@ -18,7 +18,7 @@ from curation.review.app import create_app
 from curation.review.auth import SignInLimits
 from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations, label_config
 from curation.review.queue import list_items
-from tests.review_seed import NAME, PASSWORD, PHONE, USERS, Seeded, seed
+from tests.review_seed import NAME, PASSWORD, PHONE, PII_COMPLETION, USERS, Seeded, seed
 from tests.review_server import review_server
 from tests.test_review_cli import review
 
@@ -397,6 +397,28 @@ def test_a_proxy_that_is_not_an_address_or_network_is_refused(seeded: Seeded) ->
     said = " ".join(done.stderr.split())
     assert "error --proxy 10.0.0.5, proxy.internal: 'proxy.internal' is not an IP address or network" in said, said
     assert "Traceback" not in said
+
+
+def test_the_history_shows_a_pii_again_as_what_it_says(app, seeded: Seeded) -> None:
+    # It showed the edit's copy of all that stood: ada's mark as pia's, and no word of the span made PII again.
+    engine = sa.create_engine(seeded.state_url)
+    at_name, at_phone = PII_COMPLETION.index(NAME), PII_COMPLETION.index(PHONE)
+    name, phone = ("completion", at_name, at_name + len(NAME)), ("completion", at_phone, at_phone + len(PHONE))
+    dec.decide(engine, PII_ITEM, "ada", "edit", dec.Edit(not_pii=[phone]))
+    dec.decide(engine, PII_ITEM, "pia", "edit", dec.Edit(not_pii=[name]))
+    current = dec.in_force_on(engine, [PII_ITEM])[PII_ITEM]
+    own = dec.Edit(fields={"completion": "Call <b>them</b> back."})
+    dec.decide(engine, PII_ITEM, "pia", "edit", dec.pii_again(current, [name], own))
+    client, _ = signed_in(app, "pia")
+    row = client.get(f"/items/{PII_ITEM}").text.split('class="history"')[1].split("</tbody>")[0].split("<tr")[-1]
+    assert f"PII again: completion[{name[1]}:{name[2]}]" in row
+    assert "Call &lt;b&gt;them&lt;/b&gt; back." in row and "<b>" not in row
+    assert f"{phone[1]}, {phone[2]}" not in row  # ada's mark, which stands, is not pia's
+    reviewer, _ = signed_in(app, "rita")
+    row = reviewer.get(f"/items/{PII_ITEM}").text.split('class="history"')[1].split("</tbody>")[0].split("<tr")[-1]
+    assert "(hidden)" in row and "PII again" not in row and "them" not in row
+    for user in ("pia", "pia", "ada"):  # the other tests see the queue as seeded
+        dec.undo_last(engine, user)
 
 
 def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_history(tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ DANA, LONDON = ("completion", 4, 8), ("completion", 12, 18)
 def pii_again(engine: sa.Engine, item_id: int, user: str, *spans: tuple[str, int, int]) -> None:
     """``user`` marks ``spans`` PII again on the item, as the page stores it."""
     current = dec.in_force_on(engine, [item_id]).get(item_id)
-    dec.decide(engine, item_id, user, "edit", dec.pii_again(current, spans))
+    again = dec.pii_again(current, spans)
+    dec.decide(engine, item_id, user, "edit" if again else "approve", again)
 
 
 def test_pii_again_leaves_the_other_annotators_decisions_theirs_to_undo(tmp_path: Path) -> None:
@@ -179,6 +180,37 @@ def test_pii_again_leaves_the_other_annotators_decisions_theirs_to_undo(tmp_path
     # Stored by a release before (no ``again``), the pair is read as the copy it holds, as that release reads it.
     dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[LONDON], replaces=True))
     assert dec.not_pii_in_force(engine, 1) == {LONDON}
+
+
+def test_pii_again_stored_as_an_approve_alone_sets_aside_nothing_an_undo_brings_back(tmp_path: Path) -> None:
+    # r70: with nothing else standing, PII again was an approve alone, read as any approve: ada's set
+    # aside bob's, and when bob took his back, pia's mark (which his did not touch) stayed lost.
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    add_items(
+        engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", json.dumps(DANA_LONDON))], schema=FLAG_SCHEMA)
+    )
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[DANA]))
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(fields={"prompt": "Who handles refunds?"}))
+    dec.decide(engine, 1, "bob", "approve")  # sets ada's edit and pia's mark aside
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[DANA]))
+    pii_again(engine, 1, "bob", DANA)
+    assert dec.in_force_on(engine, [1])[1]["action"] == "approve" and dec.get_item(engine, 1)["status"] == "approved"
+    # Stored as an approve alone, which a release before reads as one, saying the span.
+    stored = dec.history(engine, 1)[-1]
+    assert stored["action"] == "approve"
+    assert json.loads(stored["before"])["again"] == {"pii": [list(DANA)], "fields": {}, "not_pii": []}
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[LONDON]))
+    pii_again(engine, 1, "ada", LONDON)
+    assert dec.not_pii_in_force(engine, 1) == set()
+    dec.undo_last(engine, "bob")  # his PII again of Dana: pia's mark stands again
+    assert dec.not_pii_in_force(engine, 1) == {DANA} and dec.get_item(engine, 1)["status"] == "edited"
+    assert dec.run_decisions(engine, "ds").undone_in == {"s": {"a": {DANA}}}
+    # Undoing the approve before them brings back what it set aside; ada's PII again of London stands.
+    dec.undo_last(engine, "pia")
+    dec.undo_last(engine, "bob")
+    assert dec.not_pii_in_force(engine, 1) == {DANA} and dec.fields_in_force(engine, 1) == {
+        "prompt": "Who handles refunds?"
+    }
 
 
 def test_the_newest_value_of_a_field_wins_across_the_items_of_a_record(tmp_path: Path) -> None:

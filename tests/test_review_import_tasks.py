@@ -344,6 +344,26 @@ def test_a_raw_pii_task_labelled_again_leaves_another_annotators_mark_theirs_to_
     assert dec.not_pii_in_force(engine, 1) == {("prompt", 5, 17)}
 
 
+def test_a_raw_pii_task_labelled_again_with_nothing_left_standing_sets_aside_nothing_else(tmp_path: Path) -> None:
+    # r70: pia's name mark (item 1), then ada's address mark; pia makes the name PII again, leaving the
+    # address's mark; ada labels the address again. Stored as an approve alone, read as any approve, it
+    # set the name's mark aside: pia's undo of her PII again did not bring it back.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    from curation.review.auth import add_user
+
+    add_user(engine, "ada", "admin", "correct horse battery")
+    name, address = ("prompt", 5, 17), ("prompt", 21, 37)
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[address]))
+    dec.decide(engine, 1, "pia", "edit", dec.pii_again(dec.in_force_on(engine, [1])[1], [name]))
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON"), (21, 37, "EMAIL_ADDRESS")), "ada")["approve"] == 1
+    stored = dec.history(engine, 1)[-1]  # an approve to a release before, saying the span to this one
+    assert stored["action"] == "approve" and json.loads(stored["before"])["again"]["pii"] == [list(address)]
+    assert dec.not_pii_in_force(engine, 1) == set()
+    dec.undo_last(engine, "pia")
+    assert dec.not_pii_in_force(engine, 1) == {name} and list_items(engine)[0]["status"] == "edited"
+
+
 def test_a_task_from_an_export_before_seen_adds_its_marks_to_those_made_since(tmp_path: Path) -> None:
     # A task exported by an earlier release (no ``seen``) cannot say which marks it showed: read as
     # submitted, a name marked not PII on the page after the export, labelled as the task predicted it,

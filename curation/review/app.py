@@ -369,11 +369,7 @@ def create_app(
             following=following,
             position=position,
             edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
-            # Stored as escaped JSON ("\u00dc"): shown with its characters.
-            history=[
-                {**d, "after": json.dumps(json.loads(d["after"]), ensure_ascii=False)}
-                for d in dec.history(engine, item_id)
-            ],
+            history=[{**d, "after": _history_after(d)} for d in dec.history(engine, item_id)],
             earlier=earlier,
             gone=bool(gone_records(engine, row["dataset"], [row["record_id"]])),
             message=request.session.pop("message", None),
@@ -946,12 +942,24 @@ def _spans_posted(form: FormData, name: str) -> list[tuple[str, int, int]]:
     return spans
 
 
+def _history_after(decision: dict[str, Any]) -> str:
+    """What a decision says, for the item's history: its ``after``, stored as escaped JSON ("\u00dc"),
+    with its characters; a PII again (``decisions.pii_again``) as the spans it made PII again and its
+    author's own values, not the copy of the others' values it stores for an earlier release."""
+    again = json.loads(decision["before"]).get("again")
+    if again is None:
+        return json.dumps(json.loads(decision["after"]), ensure_ascii=False)
+    spans = ", ".join(f"{field}[{start}:{end}]" for field, start, end in again["pii"])
+    own = {key: again[key] for key in ("fields", "not_pii") if again.get(key)}
+    return f"PII again: {spans}" + (f" {json.dumps(own, ensure_ascii=False)}" if own else "")
+
+
 def _with_pii_again(
     engine: sa.Engine, item_id: int, again: list[tuple[str, int, int]], edit: dec.Edit
 ) -> tuple[str, dec.Edit | None]:
     """The decision an edit that marks ``again`` PII again takes, stored as the Label Studio import stores
     it (``decisions.pii_again``): an approve and an edit with what stands after it, undone together; with
-    nothing left standing, an approve alone. Without ``again``, the edit as it is."""
+    nothing left standing, an approve alone that says the spans. Without ``again``, the edit as it is."""
     if not again:
         return "edit", edit
     current = dec.in_force_on(engine, [item_id]).get(item_id)
@@ -960,4 +968,4 @@ def _with_pii_again(
     if set(again) & set(edit.not_pii):
         raise HTTPException(400, "a span cannot be marked not PII and PII again at once")
     replacing = dec.pii_again(current, again, edit)
-    return ("edit", replacing) if replacing else ("approve", None)
+    return ("edit" if replacing else "approve"), replacing

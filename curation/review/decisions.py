@@ -275,17 +275,30 @@ def decide(
 def _decision_rows(
     item: dict[str, Any], user: str, action: str, edit: Edit | None, status: str, previous: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], str]:
-    """``_decision_row``, with an edit that ``replaces`` those in force stored after an approve."""
+    """``_decision_row``, with an edit that ``replaces`` those in force stored after an approve, and an
+    approve that makes spans PII again (``pii_again``, empty: nothing left standing) saying which."""
+    if action == "approve" and edit is not None and edit.again:
+        row, status = _decision_row(item, user, action, None, status, previous)
+        # A release before reads it as the approve it is; this one as the spans taken out (``in_force``),
+        # so it sets aside nothing that an undo before it brings back.
+        row["before"] = json.dumps({**json.loads(row["before"]), **_said_again(edit)})
+        return [row], status
     if action != "edit" or edit is None or not edit.replaces:
         row, status = _decision_row(item, user, action, edit, status, previous)
         return [row], status
     approve, status = _decision_row(item, user, "approve", None, status, None)
     row, status = _decision_row(item, user, action, edit, status, None)
-    # Undone with the approve before it (``undo_last``). ``again`` holds what it says alone, in the shape
-    # of an edit's ``after`` (``in_force``); a release before reads the copy in ``after``.
-    said = {"again": {**edit.own.as_json(), "pii": [list(span) for span in edit.again]}} if edit.own is not None else {}
+    # Undone with the approve before it (``undo_last``). ``again`` holds what it says alone; a release
+    # before reads the copy in ``after``.
+    said = _said_again(edit) if edit.own is not None else {}
     row["before"] = json.dumps({**json.loads(row["before"]), "replaces": True, **said})
     return [approve, row], status
+
+
+def _said_again(edit: Edit) -> dict[str, Any]:
+    """What a "PII again" (``pii_again``) says alone, in the shape of an edit's ``after`` (``in_force``):
+    the spans it makes PII again, and its own values."""
+    return {"again": {**(edit.own or Edit()).as_json(), "pii": [list(span) for span in edit.again]}}
 
 
 def _decision_row(
@@ -409,18 +422,20 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     aside what came before it too, and edits after it add to it: the action stays ``keep``, with them.
     A "PII again" (``pii_again``: an approve and an edit that copies what stands) is read as what it says
     alone, the spans it makes PII again taken out and its own values added, so the values it copied stay
-    the edits of those who made them. ``field_ids`` says which decision set each field's value, for
+    the edits of those who made them; stored as an approve alone (nothing else stood), it takes the spans
+    out and sets nothing aside. ``field_ids`` says which decision set each field's value, for
     merging the items of a record (``newest_fields``)."""
     if not rows:
         return None
     rejected, kept, fields, spans, field_ids = False, False, {}, [], {}
     for place, row in enumerate(rows):
-        if row["action"] != "edit":
+        again = json.loads(row["before"]).get("again")
+        if row["action"] != "edit" and again is None:
             if _pii_again_of(row, rows[place + 1 : place + 2]):
                 continue
             rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
-        after = json.loads(row["before"]).get("again") or json.loads(row["after"])
+        after = again if again is not None else json.loads(row["after"])
         rejected = False  # a keep ("not a duplicate") stands: an edit after it adds to it
         fields.update(after.get("fields", {}))
         field_ids.update(dict.fromkeys(after.get("fields", {}), row["decision_id"]))
@@ -909,7 +924,7 @@ def pii_again(current: dict[str, Any] | None, spans: Iterable[tuple[str, int, in
     add up, so it ``replaces`` those in force with all that stands after it: their field values and other
     marks, and ``edit``'s; it says which are ``edit``'s own (its new marks, not those in force), and the
     spans, for this release to read it as what it says alone (``in_force``). Empty (nothing left
-    standing), it is to be taken as an approve alone."""
+    standing), it is to be taken as an approve alone, given this edit to say the spans (``decide``)."""
     edit = edit or Edit()
     standing = (not_pii_of(current) - set(spans)) | set(edit.not_pii)
     own = Edit(fields=edit.fields, not_pii=sorted(set(edit.not_pii) - not_pii_of(current)))

@@ -308,7 +308,8 @@ def import_annotations(
             else:
                 counts["skipped"] += 1
                 continue
-            taken = edit if action == "edit" else None
+            # An approve that makes spans PII again (nothing else left standing) says which (``decide``).
+            taken = edit if action == "edit" or (action == "approve" and edit is not None and edit.again) else None
             try:
                 # Spans already not PII are left out of the export's predictions, so they come back without a
                 # label: only the others are marked now, and only an edit (not a reject or keep) marks them.
@@ -375,7 +376,7 @@ def _said(action: str, edit: dec.Edit | None) -> str:
     changes = [f"{name}={value!r}" for name, value in sorted(edit.fields.items())]
     changes += [f"{field}[{start}:{end}] not PII" for field, start, end in sorted(edit.not_pii)]
     changes += ["the others PII"] if edit.replaces else []
-    return f"edit ({', '.join(changes)})"
+    return f"{action} ({', '.join(changes)})"
 
 
 # The task's field that holds what the item is about, by kind: one of its texts as an export holds it.
@@ -508,11 +509,11 @@ def _as_submitted(
     a mark it showed. A span newly left unlabelled is marked not PII, a shown mark labelled again is PII again, the others stand as they are; the field edits in force, which the
     task does not show, stand too. Edits add up, so a mark labelled again takes an edit that ``replaces``
     those in force with all that stands after it (``decisions.pii_again``, as the page's "PII again";
-    empty, with no field edit: an approve). Taken whole
+    empty, with no field edit: an approve that says the spans, which sets aside nothing else). Taken whole
     instead, the labels would keep a mark the annotator set aside and an approve with them would set aside
     the field edits. Returns the edit, and whether the labels say anything: not when they are those the
     task showed (an approve of the task as shown, ``_shown_edits``), nor when every span is labelled and
-    nothing else is in force (an approve of the item as flagged)."""
+    nothing is in force (an approve of the item as flagged)."""
     marks, fields = dec.not_pii_of(current), dec.fields_of(current)
     unseen = marks - shown if shown is not None else set()
     submitted = set(labelled.not_pii) if labelled else set()
@@ -520,7 +521,7 @@ def _as_submitted(
         # A mark the task showed that is no longer in force was undone since: left unlabelled as shown, it
         # is no new decision, and the later undo stands.
         submitted -= shown - marks
-    if choice == "approve" and not submitted and not fields and not unseen:
+    if choice == "approve" and not submitted and not fields and not marks:
         return None, True
     again = marks - unseen - submitted
     if again:  # what stands after it: the marks unseen, and those submitted
