@@ -57,7 +57,6 @@ from schemas.records import (
     InputIds,
     empty_set_aside,
     input_name,
-    record_json,
     set_aside_rows,
     sorted_holds,
     source_array,
@@ -81,6 +80,22 @@ _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 _ANY_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, decoded with surrogateescape
 MAX_RAW_CHARS = 10_000  # how much of a bad line is kept for the reviewer
+_CUT = " [cut]"  # what ends a set-aside record cut at MAX_RAW_CHARS
+# A cut word's start that is dropped: an address (254 characters at most), a name or a number cut in two is no
+# longer one the pii scrub recognises. Bounded, so text without spaces (Chinese, base64) is not dropped whole.
+_CUT_WORD = re.compile(r"\s*\S{0,256}$")
+
+
+def raw_cut(text: str) -> str:
+    """``text`` as a set-aside record keeps it: whole, or its first ``MAX_RAW_CHARS`` characters ending in
+    `` [cut]``, the word the cut fell in left out. The scrub runs on the record as cut (the reader cuts it), and
+    did not recognise the start of an address it split (``Contact dana.whitfield@exa``): published in clear."""
+    if len(text) <= MAX_RAW_CHARS:
+        return text
+    kept = text[: MAX_RAW_CHARS - len(_CUT)]
+    if not text[len(kept)].isspace():
+        kept = _CUT_WORD.sub("", kept)
+    return kept.rstrip() + _CUT
 
 
 def file_format(uri: str, declared: str) -> str:
@@ -1071,7 +1086,7 @@ class FilesSourceReader(ListedFiles):
             outcome="quarantined",
             reasons=reasons,
             details=details,
-            records=[raw.decode("utf-8", "replace")[:MAX_RAW_CHARS] for raw in bad_raws],
+            records=[raw_cut(raw.decode("utf-8", "replace")) for raw in bad_raws],
         )
         return SourceBatch(rows=rows, set_aside=set_aside, input_bytes=input_bytes)
 
@@ -1251,7 +1266,7 @@ class FilesSourceReader(ListedFiles):
             return rows, set_aside.set_column(set_aside.column_names.index("detail"), "detail", details), nbytes
         at = pc.equal(lines_of(rows), last)
         bad = rows.filter(at)
-        record = text.decode("utf-8", "replace")[:MAX_RAW_CHARS]  # as the file has it: no quote closes it
+        record = raw_cut(text.decode("utf-8", "replace"))  # as the file has it: no quote closes it
         never_closed = set_aside_rows(
             bad["id"], bad["source"], "read", "quarantined", "malformed_csv", [detail], [record]
         )
@@ -1331,7 +1346,7 @@ class FilesSourceReader(ListedFiles):
             outcome="quarantined",
             reasons="malformed_csv",
             details=details,
-            records=[record[:MAX_RAW_CHARS] for record in records],
+            records=[raw_cut(record) for record in records],
         )
         return rows, set_aside
 
@@ -1347,7 +1362,7 @@ class FilesSourceReader(ListedFiles):
             outcome="quarantined",
             reasons="malformed_csv",
             details=[f"{uri}:{line}: expected {expected} fields, found {row.actual_columns}" for line, row in placed],
-            records=[t[:MAX_RAW_CHARS] for t in texts],
+            records=[raw_cut(t) for t in texts],
         )
 
     # --- Parquet -----------------------------------------------------------------------------
@@ -1481,14 +1496,12 @@ def split_nested_not_utf8(
     lines: np.ndarray,
     used: Collection[str] | None = None,
     connector: str = CONNECTOR,
-    picture: str | None = None,
 ) -> tuple[pa.Table, np.ndarray, pa.Table]:
     """``table`` (and its ``lines``) without the rows whose struct, list or map of a column the recipe reads
     (``used``; None: any) holds text that is not UTF-8, and those rows set aside, quarantined as a
     top-level text column's are (``Shape``): their record cannot hold that text, which Python's view of
     them failed the run on with a traceback. A column the recipe does not read is not published: its
-    rows stay (``not_utf8_as_binary`` makes its text bytes). ``picture``: an hf Image() feature's column,
-    whose bytes a set-aside row shows as their size."""
+    rows stay (``not_utf8_as_binary`` makes its text bytes)."""
     problems: dict[int, str] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         if not pa.types.is_nested(column.type) or (used is not None and name not in used) or _valid(column):
@@ -1507,26 +1520,34 @@ def split_nested_not_utf8(
     bad = table.take(indices)
     rows = rows_as_read(bad)
     set_aside = set_aside_rows(
-        ids([_row_text(row).encode() for row in rows]),
+        # The id from every byte (as ever): two pictures of one size are two rows.
+        ids([json.dumps(row, ensure_ascii=False, default=_bytes_as_text).encode() for row in rows]),
         source_array(connector, ids.uri, lines[indices]),
         stage="read",
         outcome="quarantined",
         reasons="schema",
         details=[f"{ids.uri}:{lines[i]}: {problems[i]}" for i in indices],
-        records=[_row_text(row, picture)[:MAX_RAW_CHARS] for row in rows],
+        records=[raw_cut(_row_text(row)) for row in rows],
     )
     return table.filter(pa.array(keep)), lines[keep], set_aside
 
 
-def _row_text(row: dict[str, Any], picture: str | None = None) -> str:
-    """A set-aside row (``rows_as_read``) as JSON text: its bytes as text (a template reads a binary column as its
-    text, and the pii stage's scrub finds a name there), but ``picture``'s, an Image() feature's picture, as their
-    size (``record_json``): spelt out as text they were megabytes. Characters are not escaped: as ``\\u00e9``, a
-    row reached ``MAX_RAW_CHARS`` up to six times sooner, cut into text that is no JSON, whose names the scrub
-    did not recognise."""
-    if picture is not None and row[picture] is not None:
-        row = {**row, picture: json.loads(record_json(row[picture]))}
-    return json.dumps(row, ensure_ascii=False, default=_bytes_as_text)
+def _row_text(row: dict[str, Any]) -> str:
+    """A set-aside row (``rows_as_read``) as JSON text: a binary value that is UTF-8 as its text (a template reads
+    it so, and the pii stage's scrub finds a name there), any other as its size: an Image() feature's picture,
+    the record's or another column's (a list of masks), was megabytes of text in ``set_aside/``. Characters are
+    not escaped: as ``\\u00e9``, a row reached ``MAX_RAW_CHARS`` up to six times sooner, cut into text that is
+    no JSON, whose names the scrub did not recognise."""
+    return json.dumps(row, ensure_ascii=False, default=_text_or_size)
+
+
+def _text_or_size(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<{len(value)} bytes>"
+    return str(value)
 
 
 def rows_as_read(table: pa.Table) -> list[dict[str, Any]]:

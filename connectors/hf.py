@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from connectors.base import SourceBatch, plain_strings, with_lineage
-from connectors.files import as_read, not_utf8_as_binary, rows_as_read, split_nested_not_utf8
+from connectors.files import HEAD_BYTES, as_read, not_utf8_as_binary, rows_as_read, split_nested_not_utf8
 from connectors.images import IMAGES_PER_BATCH, CleanImage, ImageProblem, clean_image
 from connectors.sql import row_contents
 from connectors.state import SourceWatermark, less_kept, new_files, read_digest, taken
@@ -51,6 +51,13 @@ _SPLIT_IN_CACHE_NAME = re.compile(
 # An Image() feature's pictures pass the checks an `images` source makes by default (an hf source has no
 # settings of its own for them): the formats it accepts, its pixel limit, no resizing.
 _IMAGE_CHECKS = ImagesSource(type="images", path="", sidecar="")
+# The most of a Parquet file's first row group (its columns the recipe reads) ``curation check`` decodes for a
+# head: a row group is decoded whole, and an image dataset's can be hundreds of MB (300 MB took 675 MB RSS).
+HEAD_ROW_GROUP_BYTES = 64 * HEAD_BYTES
+
+
+class HeadNotRead(Exception):
+    """A data file whose head ``curation check`` leaves to the run; the message says why."""
 
 
 def _read_json(uri: str) -> dict | None:
@@ -316,8 +323,9 @@ class HFSourceReader:
     def head(self, entry: FileEntry) -> SourceBatch:
         """For ``curation check``: the file's first batch as a run reads it (a file or column the run refuses
         raises the same StorageError). The file is closed once it is made: only the row groups or record batches
-        it takes are read, not the rest of a split's file."""
-        with contextlib.closing(self._read(entry)) as batches:
+        it takes are read, not the rest of a split's file; of a Parquet file, only the columns the recipe reads (a
+        file whose first row group holds more of them than ``HEAD_ROW_GROUP_BYTES`` raises HeadNotRead)."""
+        with contextlib.closing(self._read(entry, head=True)) as batches:
             return next(batches, SourceBatch(rows=pa.table({})))
 
     def list_again(self) -> None:
@@ -340,22 +348,23 @@ class HFSourceReader:
             if entry.uri in uris:
                 yield from self._read(entry)
 
-    def _read(self, entry: FileEntry, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
+    def _read(self, entry: FileEntry, digest: ReadDigest | None = None, head: bool = False) -> Iterator[SourceBatch]:
         try:
-            yield from self._file(entry, digest)
+            yield from self._file(entry, digest, head)
         except StorageError:
             raise  # names the file already
         except (pa.ArrowInvalid, OSError) as error:
             raise StorageError(f"{entry.uri}: cannot read: {error}") from None
 
-    def _file(self, entry: FileEntry, digest: ReadDigest | None = None) -> Iterator[SourceBatch]:
+    def _file(self, entry: FileEntry, digest: ReadDigest | None = None, head: bool = False) -> Iterator[SourceBatch]:
         fs, path = filesystem(entry.uri)
         row, ids = 1, InputIds(entry.uri)
         if entry.uri.endswith(".parquet"):
             with open_input(fs, path, entry.etag, digest) as handle:
                 parquet = pq.ParquetFile(handle)
                 total = max(parquet.metadata.num_rows, 1)
-                for batch in parquet.iter_batches(batch_size=self.batch_rows):
+                columns = self._head_columns(entry.uri, parquet) if head else None
+                for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=columns):
                     yield self._batch(
                         ids, pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
                     )
@@ -375,6 +384,30 @@ class HFSourceReader:
             if pending:
                 yield self._batch(ids, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
 
+    def _head_columns(self, uri: str, parquet: pq.ParquetFile) -> list[str] | None:
+        """The columns of ``parquet`` a head reads: those the recipe reads (None: all, where it did not say). The
+        first row group is decoded whole for the first batch: HeadNotRead where those columns of it are more
+        than ``HEAD_ROW_GROUP_BYTES``."""
+        names = parquet.schema_arrow.names
+        columns = names if self.used_columns is None else [name for name in names if name in self.used_columns]
+        if not parquet.metadata.num_row_groups:
+            return columns
+        group = parquet.metadata.row_group(0)
+        # A column chunk's path is its column's name, then its fields' (``meta.note``, ``masks.list.element``).
+        paths = [group.column(index).path_in_schema for index in range(group.num_columns)]
+        size = sum(
+            group.column(index).total_uncompressed_size
+            for index, path in enumerate(paths)
+            if any(path == name or path.startswith(f"{name}.") for name in columns)
+        )
+        if size > HEAD_ROW_GROUP_BYTES:
+            raise HeadNotRead(
+                f"{uri}: head not read: its first row group holds {size / 2**20:,.0f} MiB of the columns the recipe "
+                f"reads, decoded whole for a first batch (more than {HEAD_ROW_GROUP_BYTES // 2**20:,} MiB): the run "
+                "reads it"
+            )
+        return columns if self.used_columns is not None else None
+
     def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
         # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
         # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
@@ -390,9 +423,7 @@ class HFSourceReader:
         picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
         # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in used if not (picture and name == column)]
-        table, lines, set_aside = split_nested_not_utf8(
-            table, ids, lines, checked, CONNECTOR, column if picture else None
-        )
+        table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
@@ -481,24 +512,51 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
     record's ``image`` column is read as its picture (``_with_images``)."""
     declared = _declared_images(table.schema)
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if name in used and (name in declared if declared is not None else _is_image_feature(column.type, exact=True)):
-            raise StorageError(
-                f"{uri}: column {name!r} is a Hugging Face Image feature, read here as text: only a `vqa` "
-                "record's image may be one (`image: <column>`), which no template or other field reads"
-            )
+        if name not in used:
+            continue
+        if declared is not None:
+            if name not in declared:
+                continue
+            what = "is a Hugging Face Image feature" if declared[name] else "holds Hugging Face Image features"
+        elif _is_image_feature(column.type, exact=True):
+            what = "is a Hugging Face Image feature"
+        else:
+            continue
+        raise StorageError(
+            f"{uri}: column {name!r} {what}, read here as text: only a `vqa` record's image may be one "
+            "(`image: <column>`), which no template or other field reads"
+        )
 
 
-def _declared_images(schema: pa.Schema) -> set[str] | None:
-    """The columns ``datasets`` declared ``Image()`` features (its ``huggingface`` schema metadata, which
-    ``save_to_disk``, ``push_to_hub`` and ``to_parquet`` write), None where it declared none: a dict feature of
-    the same shape is the dataset's own bytes and text, a template's to read."""
+def _declared_images(schema: pa.Schema) -> dict[str, bool] | None:
+    """The columns ``datasets`` declared ``Image()`` features or holding them, each with whether it is one itself
+    (its ``huggingface`` schema metadata, which ``save_to_disk``, ``push_to_hub`` and ``to_parquet`` write), None
+    where it declared none: a dict feature of the same shape is the dataset's own bytes and text, a template's
+    to read."""
     try:
         features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
     except (KeyError, TypeError, ValueError):
         return None
     if not isinstance(features, dict):
         return None
-    return {name for name, feature in features.items() if isinstance(feature, dict) and feature.get("_type") == "Image"}
+    return {
+        name: isinstance(feature, dict) and feature.get("_type") == "Image"
+        for name, feature in features.items()
+        if _holds_image(feature)
+    }
+
+
+def _holds_image(feature: object) -> bool:
+    """Whether a feature as ``datasets`` declares it is an ``Image()`` or holds one: in a ``Sequence``'s or
+    ``List``'s ``feature``, a dict's field, or a list (``[Image()]``). Read as text, those bytes failed the
+    template ("not UTF-8 text"), nothing naming the images."""
+    if isinstance(feature, list):
+        return any(_holds_image(item) for item in feature)
+    if not isinstance(feature, dict):
+        return False
+    if "_type" in feature:
+        return feature["_type"] == "Image" or _holds_image(feature.get("feature"))
+    return any(_holds_image(item) for item in feature.values())
 
 
 def _is_image_feature(kind: pa.DataType, exact: bool = False) -> bool:

@@ -32,7 +32,7 @@ from sqlparse import tokens as sql_tokens
 
 from connectors.base import SourceBatch, reserved_clash, with_lineage
 from connectors.batches import batched
-from connectors.files import MAX_RAW_CHARS, _rows_as_text
+from connectors.files import _rows_as_text, raw_cut
 from connectors.state import SourceWatermark, decode_cursor, encode_cursor, less_kept, safe_url
 from connectors.storage import StorageError
 from schemas.config import SqlSource, parameter_places, query_parts
@@ -1302,5 +1302,5 @@ def _quarantined(
         outcome="quarantined",
         reasons=reason,
         details=[detail(line, at) for at, line in enumerate(lines)],
-        records=[json.dumps(record, default=str, ensure_ascii=False)[:MAX_RAW_CHARS] for record in records],
+        records=[raw_cut(json.dumps(record, default=str, ensure_ascii=False)) for record in records],
     )

@@ -405,7 +405,7 @@ def _read_heads(
     whose every head record failed one template one way (the run's error only where ``templates_on_trial``).
     Each file is added to ``reading`` as it is opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
-    from connectors.hf import HFSourceReader
+    from connectors.hf import HeadNotRead, HFSourceReader
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
     from curation.pipeline import set_aside_scrub
@@ -433,6 +433,9 @@ def _read_heads(
                 batch = source.head(entry)
             except StorageError as error:
                 problems.append(str(error))
+                continue
+            except HeadNotRead as error:
+                notes.append(str(error))
                 continue
             rows, set_aside = batch.rows, [batch.set_aside]
             # The first record failing a template as every record shaped did: the run fails on it

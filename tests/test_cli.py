@@ -1259,6 +1259,29 @@ def test_check_reads_the_head_of_an_hf_source_as_the_run_reads_its_first_batch(t
     assert not (tmp_path / "output").exists() and not (tmp_path / "state.db").exists()  # nothing run
 
 
+def test_check_leaves_to_the_run_an_hf_file_whose_first_row_group_it_would_decode_is_too_big(tmp_path: Path) -> None:
+    # The head decoded the first row group whole, every column: a 300 MB one took 675 MB for 4 rows.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from connectors.hf import HEAD_ROW_GROUP_BYTES
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    file = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
+    rows = HEAD_ROW_GROUP_BYTES // 2**20 + 1  # a MiB each, packed small
+    table = pa.table({"big": ["x" * 2**20] * rows, "q": ["Why?"] * rows})
+    pq.write_table(table, file, compression="zstd", use_dictionary=False)
+    spec = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}]}
+    for prompt, noted in (("{{ big }}", True), ("{{ q }}", False)):  # only the columns the recipe reads count
+        recipe = write_recipe(
+            tmp_path, {**spec, "record": {"kind": "instruction", "prompt": prompt, "completion": "q"}}
+        )
+        checked = curation("check", str(recipe), cwd=tmp_path)
+        said = " ".join((checked.stdout + checked.stderr).split())
+        assert checked.returncode == 0 and "Traceback" not in said, said
+        assert (f"{file}: head not read: its first row group holds {rows} MiB of the columns" in said) is noted, said
+
+
 def test_a_clean_stage_after_a_second_pii_stage_is_warned_of_too() -> None:
     from curation.pipeline import stage_order_warnings
     from schemas.config import parse_recipe

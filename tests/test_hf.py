@@ -860,3 +860,68 @@ def test_the_head_of_a_data_file_is_its_first_batch_and_the_rest_is_not_read(tmp
     assert reader.head(reader.entries()[0]).rows.num_rows == 4
     with pytest.raises(StorageError, match=f"{file}: cannot read"):
         list(reader.batches())
+
+
+def test_a_row_set_aside_as_schema_shows_every_picture_as_its_size_not_only_the_vqa_records(workdir: Path) -> None:
+    # Only the VQA record's image column was shown as its size: another Image() column (one an instruction recipe
+    # does not read, a VQA `masks` list of them) was spelt out as text in set_aside/, the PNG's bytes as U+FFFD.
+    kind = image_rows([]).schema.field("image").type
+    notes = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    table = image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(9), "path": "b.png"}])
+    masks = [[{"bytes": png(1), "path": "m.png"}], [{"bytes": png(2), "path": "n.png"}]]
+    table = table.append_column("masks", pa.array(masks, pa.list_(kind)))
+    table = table.append_column("blob", pa.array([b"x", "José".encode()], pa.binary()))
+    table = table.append_column("meta", pa.StructArray.from_arrays([notes], names=["note"]))
+    instruction = {"kind": "instruction", "prompt": "{{ question }} {{ meta.note }}", "completion": "answer"}
+    vqa, _ = run_vqa(workdir, table, answer="{{ meta.note }}")
+    texts = run(workdir, {"dataset": "t", "sources": [{"type": "hf", "path": "hub"}], "record": instruction})
+    for result in (vqa, texts):
+        (aside,) = set_aside(Path(result.version_uri))
+        record = json.loads(aside["record"])
+        assert aside["reason"] == "schema" and "PNG" not in aside["record"] and "\ufffd\ufffd" not in aside["record"]
+        assert record["image"] == {"bytes": f"<{len(png(9))} bytes>", "path": "b.png"}
+        assert record["masks"] == [{"bytes": f"<{len(png(2))} bytes>", "path": "n.png"}]
+        assert record["blob"] == "José"  # bytes that are UTF-8 are text a template reads: shown so
+
+
+def test_the_head_of_a_parquet_file_reads_only_the_columns_the_recipe_uses(tmp_path: Path) -> None:
+    # For `curation check`: the head decoded its first row group whole, every column (a 300 MB one took 675 MB).
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    file = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
+    table = pa.table({"q": ["a", "b"], "blob": [os.urandom(4096), os.urandom(4096)]})
+    pq.write_table(table, file, compression="none")
+    # The unread column damaged: decoding it fails.
+    chunk = pq.ParquetFile(file).metadata.row_group(0).column(1)
+    data = bytearray(file.read_bytes())
+    data[chunk.data_page_offset : chunk.data_page_offset + 64] = b"\xff" * 64
+    file.write_bytes(bytes(data))
+    source = HFSource(type="hf", path=str(tmp_path / "hub"))
+    reader = HFSourceReader(source, batch_rows=4, used_columns={"q", "answer"})
+    head = reader.head(reader.entries()[0])
+    assert [row["q"] for row in head.rows.to_pylist()] == ["a", "b"] and "blob" not in head.rows.column_names
+    whole = HFSourceReader(source, batch_rows=4)
+    with pytest.raises(StorageError, match=f"{file}: cannot read"):
+        whole.head(whole.entries()[0])
+
+
+def test_a_sequence_or_dict_of_image_features_read_as_text_is_refused_by_name(workdir: Path) -> None:
+    # Only a column that is an Image() was refused: a list of them, or a dict holding one, failed later
+    # with "a value holds bytes that are not UTF-8 text", nothing naming the dataset's images.
+    features = datasets.Features(
+        {
+            "q": datasets.Value("string"),
+            "pics": datasets.Sequence(datasets.Image()),
+            "shot": {"img": datasets.Image(), "cap": datasets.Value("string")},
+        }
+    )
+    picture = {"bytes": png(0), "path": "0.png"}
+    rows = {"q": ["Q1?"], "pics": [[picture]], "shot": [{"img": picture, "cap": "c"}]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(workdir / "ds"))
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
+    for column in ("pics", "shot"):
+        record = {"kind": "instruction", "prompt": f"{{{{ q }}}} {{{{ {column} }}}}", "completion": "q"}
+        with pytest.raises(StorageError, match=rf"column '{column}' holds Hugging Face Image features, read here as"):
+            run(workdir, {**recipe, "record": record})
+    record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap }}", "completion": "q"}
+    with pytest.raises(StorageError, match=r"column 'shot' holds Hugging Face Image features, read here as text"):
+        run(workdir, {**recipe, "record": record})

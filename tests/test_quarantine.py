@@ -901,6 +901,24 @@ def test_a_parquet_row_set_aside_for_its_struct_shows_a_binary_column_as_its_tex
     assert json.loads(row["record"])["blob"] == "José secret"
 
 
+def test_a_set_aside_record_cut_inside_an_email_drops_the_cut_word_for_the_pii_scrub(workdir: Path) -> None:
+    # Cut at MAX_RAW_CHARS, a record kept the start of the address it split ("dana.whitfield@exa"), which the
+    # scrub does not recognise: published in clear.
+    from connectors.files import MAX_RAW_CHARS
+
+    text = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    email = "dana.whitfield@example.com"
+    lead = ("Please write back. " * 600)[: MAX_RAW_CHARS - len('{"q": "Contact dana.whitfield@exa')]
+    table = pa.table({"q": ["Hello?", f"{lead}Contact {email} or Jose Martinez Garcia."], "a": ["Hi.", "Oui."]})
+    table = table.append_column("meta", pa.StructArray.from_arrays([text], names=["note"]))
+    pq.write_table(table, workdir / "f.parquet")
+    stages = [{"type": "pii", "entities": ["PERSON", "EMAIL_ADDRESS"]}]
+    spec = qa_recipe("f.parquet", prompt="Q: {{ q }} {{ meta.note }}", stages=stages)
+    [row] = set_aside(Path(run(workdir, spec).version_uri))
+    assert row["reason"] == "schema" and "whitfield" not in row["record"]
+    assert row["record"].endswith("Contact [cut]") and len(row["record"]) <= MAX_RAW_CHARS
+
+
 def written_ids(version_dir: Path) -> set[str]:
     return {row["id"] for row in lineage_rows(version_dir)}
 
