@@ -301,19 +301,23 @@ def _complete(frame: pl.DataFrame, path: str, before: int) -> pl.DataFrame:
     return frame
 
 
-def _first_bad_line(data: bytes, error: Exception, first: int = 1) -> str:
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _first_bad_line(data: bytes, error: Exception, first: int = 1, what: str = "lineage rows") -> str:
     """Where polars' error is: the first line (numbered from ``first``) that is not a JSON object (polars names
-    no line)."""
+    no line), as polars reads JSON (Python's also takes ``NaN`` and ``Infinity``)."""
     for number, line in enumerate(data.splitlines(), first):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_constant=_not_json)
         except ValueError as problem:
             return f"line {number} is not JSON ({problem})"
         if not isinstance(row, dict):
             return f"line {number} is not a JSON object"
-    return f"not JSON lines of lineage rows ({error})"
+    return f"not JSON lines of {what} ({error})"
 
 
 def _noting_images(
@@ -333,7 +337,7 @@ def _images_named(data: bytes, keep: np.ndarray, split: str, where: str, first: 
     try:
         names = pl.read_ndjson(io.BytesIO(data), schema={"file_name": pl.String})["file_name"]
     except pl.exceptions.PolarsError as error:
-        raise ValueError(f"{where}: {_first_bad_line(data, error, first)}") from None
+        raise ValueError(f"{where}: {_first_bad_line(data, error, first, 'metadata lines')}") from None
     if names.len() != len(keep):  # polars passes over a blank line
         blank = next((number for number, line in enumerate(data.splitlines(), first) if not line.strip()), None)
         said = f"line {blank} is blank" if blank else f"lines {first} to {first + len(keep) - 1} hold a line that is"
@@ -368,6 +372,58 @@ def _placed_lines(placed: list[tuple[str, int]], total: int, records: dict[str, 
     starts = np.cumsum(counts) - counts  # index of each piece's first line
     lines = np.arange(total, dtype=np.int64) - starts[piece] + firsts[piece]
     return pa.array([shard for shard, _ in placed], pa.string()).take(piece), lines
+
+
+def _in_line_order(fs: pafs.FileSystem, folder: str, lineage: list[Shard], shards: set[str]) -> set[str]:
+    """Those of ``shards`` whose lineage rows run in line order through the version's files, as a writer writes
+    them (its own rows as it places their lines, a carry's after them): read in step with their lines, a piece
+    at a time, not held whole. A pass over two columns of the lineage."""
+    last: dict[str, int] = {}
+    unordered: set[str] = set()
+    wanted = pl.Series(sorted(shards), dtype=pl.String).implode()
+    for rows in _lineage_files(fs, folder, lineage, ("shard", "line")):
+        line = pl.col("line")
+        ends = (
+            rows.filter(pl.col("shard").is_in(wanted))
+            .group_by("shard")
+            .agg(first=line.first(), last=line.last(), ordered=(line.diff() >= 0).all())
+        )
+        for shard, first, end, ordered in ends.iter_rows():
+            if not ordered or first < last.get(shard, first):
+                unordered.add(shard)
+            last[shard] = end
+    return shards - unordered
+
+
+class _LineOrdered:
+    """A shard's lineage rows in line order, taken as its lines are read: memory holds a piece of them (a
+    lineage read), not the shard's, which for a one-file format is the dataset's."""
+
+    WINDOW = 1 << 16  # lines whose rows ``get`` holds as Python objects at a time
+
+    def __init__(self, pieces: Iterable[pl.DataFrame]) -> None:
+        self._pieces = iter(pieces)
+        self._rest = pl.DataFrame(schema=LINEAGE_SCHEMA)
+        self._end, self._rows = 0, {}
+
+    def before(self, end: int) -> pl.DataFrame:
+        """The rows not taken yet of the lines before ``end``."""
+        taken = []
+        while True:
+            cut = self._rest["line"].search_sorted(end, "left")
+            taken.append(self._rest.slice(0, cut))
+            self._rest = self._rest.slice(cut)
+            piece = None if self._rest.height else next(self._pieces, None)
+            if piece is None:
+                return pl.concat(taken)
+            self._rest = piece
+
+    def get(self, line: int) -> dict[str, Any] | None:
+        """The row of ``line`` (lines asked for in order), as ``_by_line`` gives it."""
+        if line >= self._end:
+            self._end = line + self.WINDOW
+            self._rows = _by_line(self.before(self._end))
+        return self._rows.get(line)
 
 
 def _by_line(rows: pl.DataFrame | None) -> dict[int, dict[str, Any]]:
@@ -428,7 +484,7 @@ class _Carrying:
         return keep, stay.with_columns(at=pl.Series(at[stay["line"].to_numpy() - first]))
 
     def review(
-        self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]], where: str
+        self, lines: Iterable[bytes], rows: dict[int, dict[str, Any]] | _LineOrdered, where: str
     ) -> Iterator[tuple[bytes, dict[str, Any] | None, bool]]:
         """(line, its lineage row, whether an edit changed it) for each line of shard ``where`` that stays."""
         for number, line in enumerate(lines, 1):
@@ -871,19 +927,27 @@ class DatasetWriter:
         read_again = read_again if read_again is not None else pl.Series([], dtype=pl.String)
         reached = self._reached_shards(source_fs, source, previous.lineage, carrying, reread, read_again)
         by_line = set(paths) if append else reached
-        held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line)
+        # A one-file format's shard may be the dataset: its lineage rows are read in step with its lines where
+        # they are in line order (as a writer writes them), else held and sorted whole.
+        streamed = _in_line_order(source_fs, source, previous.lineage, by_line) if append else set()
+        held, known = self._carry_lineage(source_fs, source, previous.lineage, paths, by_line, streamed)
         named: set[str] = set()  # the images the carried lines name (VQA): those of dropped lines stay behind
         for name in SPLITS:
             for shard in shards[name]:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
-                if append and shard.path in carrying.decided_shards:
-                    lines = _read_lines(source_fs, f"{source}/{shard.path}")
-                    kept = carrying.review(lines, _by_line(rows), where)
-                    self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
-                    continue
                 if append:
-                    images = named if previous.files else None
-                    self._append_sifted(source_fs, f"{source}/{shard.path}", rows, carrying, name, images, where)
+                    ordered = _LineOrdered([] if rows is None else [rows])
+                    if shard.path in streamed:
+                        ordered = _LineOrdered(
+                            piece.filter(pl.col("shard") == shard.path)
+                            for piece in _lineage_files(source_fs, source, previous.lineage)
+                        )
+                    if shard.path in carrying.decided_shards:
+                        kept = carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), ordered, where)
+                        self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
+                    else:
+                        images = named if previous.files else None
+                        self._append_sifted(source_fs, f"{source}/{shard.path}", ordered, carrying, name, images, where)
                     continue
                 path = paths[shard.path]
                 folder, renamed = path.rsplit("/", 1)
@@ -957,7 +1021,7 @@ class DatasetWriter:
         self,
         fs: pafs.FileSystem,
         path: str,
-        rows: pl.DataFrame | None,
+        rows: _LineOrdered,
         carrying: _Carrying,
         split: str,
         named: set[str] | None,
@@ -969,7 +1033,7 @@ class DatasetWriter:
         first = 1
         for data in _whole_lines(fs, path, CARRY_BLOCK_BYTES):
             lines = _line_array(data)
-            keep, stay = carrying.sift(len(lines), rows, first)
+            keep, stay = carrying.sift(len(lines), rows.before(first + len(lines)), first)
             if named is not None:
                 named.update(_images_named(data, keep, split, where, first))
             self._write_sifted(self.splits[split], lines.filter(pa.array(keep)), stay)
@@ -1068,15 +1132,22 @@ class DatasetWriter:
         return pl.concat(parts) if parts else pl.Series([], dtype=pl.String)
 
     def _carry_lineage(
-        self, fs: pafs.FileSystem, folder: str, lineage: list[Shard], paths: dict[str, str], by_line: set[str]
+        self,
+        fs: pafs.FileSystem,
+        folder: str,
+        lineage: list[Shard],
+        paths: dict[str, str],
+        by_line: set[str],
+        streamed: set[str],
     ) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
         """Writes the moved lineage rows of the shards copied whole, a lineage file at a time; returns the
-        rows of the shards read line by line (``by_line``), each in line order, and how many rows each
-        shard has."""
+        rows of the shards read line by line (``by_line``) but not ``streamed`` (their rows read in step with
+        their lines), each in line order, and how many rows each shard has (not counted for ``streamed``)."""
         held: dict[str, list[pl.DataFrame]] = {}
         known: dict[str, int] = dict.fromkeys(paths, 0)
-        for rows in _lineage_files(fs, folder, lineage):
-            rows = rows.filter(pl.col("shard").is_in(pl.Series(list(paths), dtype=pl.String).implode()))
+        wanted = [path for path in paths if path not in streamed]
+        for rows in _lineage_files(fs, folder, lineage) if wanted else ():
+            rows = rows.filter(pl.col("shard").is_in(pl.Series(wanted, dtype=pl.String).implode()))
             for shard, count in rows["shard"].value_counts().iter_rows():
                 known[shard] += count
             reviewed = pl.col("shard").is_in(pl.Series(list(by_line), dtype=pl.String).implode())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +194,19 @@ def test_a_changed_file_replaces_the_records_it_gave_before(workdir: Path, stage
 def lose_a_lineage_row(version: Path, input_name: str) -> None:
     """The first line from ``input_name`` in ``version`` loses its lineage row (a version written before every
     line had one); its manifest still checks."""
+
+    def lose(rows: pa.Table) -> pa.Table:
+        lost = next(i for i, row in enumerate(rows.to_pylist()) if row["source"]["uri"].endswith(input_name))
+        return pa.concat_tables([rows.slice(0, lost), rows.slice(lost + 1)])
+
+    rewrite_lineage(version, lose)
+
+
+def rewrite_lineage(version: Path, change: Callable[[pa.Table], pa.Table]) -> None:
+    """``version``'s one lineage file as ``change`` makes it; its manifest still checks."""
     manifest = Manifest.model_validate_json((version / "manifest.json").read_text())
     (entry,) = manifest.lineage
-    rows = pq.read_table(version / entry.path)
-    lost = next(i for i, row in enumerate(rows.to_pylist()) if row["source"]["uri"].endswith(input_name))
-    pq.write_table(pa.concat_tables([rows.slice(0, lost), rows.slice(lost + 1)]), version / entry.path)
+    pq.write_table(change(pq.read_table(version / entry.path)), version / entry.path)
     body = (version / entry.path).read_bytes()
     manifest.lineage = [entry.model_copy(update={"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})]
     (version / "manifest.json").write_text(manifest.model_dump_json(indent=2))
@@ -471,9 +480,42 @@ def test_a_one_file_format_carries_its_file_in_blocks_keeping_the_lines_without_
     assert verify_checksums(str(two), v2.manifest) == []
 
 
+@pytest.mark.parametrize("reversed_rows", [False, True])
+def test_a_one_file_format_carries_lineage_rows_read_in_pieces_to_their_lines(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, reversed_rows: bool
+) -> None:
+    """A text file's lineage rows are read a few at a time, in step with its lines, each row moved to its
+    record's new line; rows not in line order (not as this writer writes them) are held and sorted instead."""
+    monkeypatch.setattr(writer, "CARRY_BLOCK_BYTES", 64)
+    monkeypatch.setattr(writer, "LINEAGE_READ_ROWS", 3)
+    text = {"dataset": "corpus", "sources": [{"path": "docs"}], "record": {"kind": "document"}}
+    text["output"] = {"dest": "out", "format": "text", "validation_fraction": 0.4}
+    write_jsonl(workdir / "docs" / "a.jsonl", [{"text": f"Document {i}."} for i in range(20)])
+    one = Path(run(workdir, text).version_uri)
+    if reversed_rows:
+        rewrite_lineage(one, lambda rows: rows.take(list(range(rows.num_rows - 1, -1, -1))))
+
+    def texts_by_id(version: Path) -> dict[str, str]:
+        return {
+            row["id"]: read_lines([version / row["shard"]])[row["line"] - 1]["text"] for row in lineage_rows(version)
+        }
+
+    before = texts_by_id(one)
+    write_jsonl(workdir / "docs" / "b.jsonl", [{"text": "Document 20."}])
+    v2 = run(workdir, text)
+    after = texts_by_id(Path(v2.version_uri))
+    assert len(before) == 20 and {record: after[record] for record in before} == before
+    assert v2.manifest.counts.carried == 20 and v2.manifest.stats["carry"]["lines_without_lineage"] == 0
+
+
 @pytest.mark.parametrize(
     ("damaged", "said"),
-    [('{"file_name": "images/', "line 2 is not JSON"), ("\n", "line 2 is blank, not a JSON object")],
+    [
+        ('{"file_name": "images/', "line 2 is not JSON"),
+        ("\n", "line 2 is blank, not a JSON object"),
+        # Python's json takes NaN, polars does not: the line is named all the same.
+        ('{"file_name": "images/x.png", "score": NaN}\n', r"line 2 is not JSON \(NaN is not a JSON value\)"),
+    ],
 )
 def test_a_damaged_line_of_a_carried_metadata_file_is_named(workdir: Path, damaged: str, said: str) -> None:
     vqa = scans(workdir, {"red": (255, 0, 0)})
