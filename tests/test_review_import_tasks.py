@@ -11,6 +11,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
+from curation.review.auth import add_user
 from curation.review.labelstudio import export_tasks, import_annotations
 from curation.review.queue import add_items, list_items
 from schemas.records import FLAG_SCHEMA
@@ -441,3 +442,19 @@ def test_a_task_from_an_export_before_seen_approved_as_shown_keeps_an_undo_made_
     assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
     assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
     assert dec.not_pii_in_force(engine, 1) == {("prompt", 21, 37)}
+
+
+def test_two_exports_of_an_item_approved_with_every_span_labelled_are_the_same_decision(tmp_path: Path) -> None:
+    # With a mark in force, the current task's approve says the spans it makes PII again and the stale task's is
+    # a plain approve: both are one decision, the second counted as the same, not as changed since export (r75).
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)  # the name marked not PII
+    add_user(engine, "ada", "admin", "correct horse battery")
+    (old,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    dec.decide(engine, 1, "ada", "reject")
+    dec.undo_last(engine, "ada")  # the item as it was: the older export is stale
+    (new,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    every = ((5, 17, "PERSON"), (21, 37, "EMAIL_ADDRESS"))
+    changed: list[int] = []
+    counts = import_annotations(engine, labels(old, *every) + labels(new, *every), "ada", changed=changed)
+    assert (counts["approve"], counts[REPEATED], counts[CHANGED], changed) == (1, 1, 0, [])
+    assert dec.not_pii_in_force(engine, 1) == set()

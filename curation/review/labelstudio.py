@@ -364,7 +364,9 @@ def import_annotations(
 def _decides(task: tuple[str, str, dec.Edit | None, str | None]) -> tuple[str, Any, Any, Any]:
     """What a task's annotation decides (its action and edit), for telling whether two tasks agree."""
     _, action, edit, _ = task
-    if edit is None:
+    # An approve that says the spans it makes PII again makes every mark in force PII again: the same as any
+    # other approve of the item, a plain one from an earlier export included.
+    if edit is None or action == "approve":
         return action, None, None, None
     return action, sorted(edit.fields.items()), sorted(edit.not_pii), edit.replaces
 
