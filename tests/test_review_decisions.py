@@ -213,6 +213,33 @@ def test_pii_again_stored_as_an_approve_alone_sets_aside_nothing_an_undo_brings_
     }
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["decide", "decide_all"])
+def test_a_pii_again_stored_alone_takes_its_status_from_what_stands_when_it_is_stored(
+    tmp_path: Path, many: bool
+) -> None:
+    # r75: the PII again read nothing else standing (an approve alone), but ada marked London not PII
+    # before it was stored (a Label Studio import of a task with no ``seen``): it was stored "approved"
+    # while her mark stands, so the status and the decisions in force disagreed.
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    add_items(
+        engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", json.dumps(DANA_LONDON))], schema=FLAG_SCHEMA)
+    )
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[DANA]))
+    again = dec.pii_again(dec.in_force_on(engine, [1])[1], [DANA])
+    assert not again  # nothing else stood: an approve that says its span
+    dec.decide(engine, 1, "ada", "edit", dec.Edit(not_pii=[LONDON]))
+    if many:
+        dec.decide_all(engine, "bob", [(dec.get_item(engine, 1), "approve", again, None)])
+    else:
+        dec.decide(engine, 1, "bob", "approve", again)
+    now = dec.in_force_on(engine, [1])[1]
+    assert dec.not_pii_of(now) == {LONDON} and now["action"] == "edit"
+    assert dec.get_item(engine, 1)["status"] == "edited"
+    # ada takes London back: the PII again alone stands, an approve.
+    dec.undo_last(engine, "ada")
+    assert dec.not_pii_in_force(engine, 1) == set() and dec.get_item(engine, 1)["status"] == "approved"
+
+
 def test_the_newest_value_of_a_field_wins_across_the_items_of_a_record(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     prompt = {"field": "prompt", "original": "Ask Bob.", "spans": [{"start": 4, "end": 7, "entity": "PERSON"}]}

@@ -264,12 +264,18 @@ def decide(
         _one_writer(db)
         check_seen(db, item_id, seen, action)
         status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
-        previous = _in_force_for_item(db, item_id) if action == "edit" else None
+        previous = _in_force_for_item(db, item_id) if _reads_previous(action, edit) else None
         rows, status = _decision_rows(item, user, action, edit, status, previous)
         for row in rows:
             decision_id = db.execute(decisions.insert().values(**row)).inserted_primary_key[0]
         db.execute(review_items.update().where(review_items.c.item_id == item_id).values(status=status))
     return int(decision_id)
+
+
+def _reads_previous(action: str, edit: Edit | None) -> bool:
+    """Whether ``_decision_rows`` needs the decision in force (``previous``): an edit's values replace
+    it, and an approve that says its spans leaves what it did not touch standing."""
+    return action == "edit" or (action == "approve" and edit is not None and bool(edit.again))
 
 
 def _decision_rows(
@@ -282,6 +288,12 @@ def _decision_rows(
         # A release before reads it as the approve it is; this one as the spans taken out (``in_force``),
         # so it sets aside nothing that an undo before it brings back.
         row["before"] = json.dumps({**json.loads(row["before"]), **_said_again(edit)})
+        # Nothing stood but these spans' marks when the caller read them; a decision may have come since
+        # (an import of a task with no ``seen``): the status is what stands now, as ``in_force`` reads it.
+        standing = json.loads(previous["after"]) if previous else {}
+        again = [list(span) for span in edit.again]
+        if standing.get("fields") or [span for span in standing.get("not_pii", []) if span not in again]:
+            status = STATUS_OF["edit"]
         return [row], status
     if action != "edit" or edit is None or not edit.replaces:
         row, status = _decision_row(item, user, action, edit, status, previous)
@@ -358,7 +370,7 @@ def decide_all(
             _one_writer(db)
             now_seen = _revisions(db, ids)
             statuses = dict(db.execute(sa.select(review_items.c.item_id, review_items.c.status).where(these)).all())
-            edited = [item["item_id"] for item, action, *_ in chunk if action == "edit"]
+            edited = [item["item_id"] for item, action, edit, _ in chunk if _reads_previous(action, edit)]
             previous = _in_force_per_item(db, decisions.c.item_id.in_(edited)) if edited else {}
             rows, after = [], {}
             for item, action, edit, seen in chunk:
