@@ -560,16 +560,15 @@ def _declared_images(schema: pa.Schema) -> dict[str, bool] | None:
 
 
 def _holds_image(feature: object) -> bool:
-    """Whether a feature as ``datasets`` declares it is an ``Image()`` or holds one: in a ``Sequence``'s or
-    ``List``'s ``feature``, a dict's field, or a list (``[Image()]``). Read as text, those bytes failed the
-    template ("not UTF-8 text"), nothing naming the images."""
+    """Whether a feature as ``datasets`` declares it is an ``Image()`` or a list of them (a ``Sequence``'s or
+    ``List``'s ``feature``, or ``[Image()]``): read as text, those bytes failed the template ("not UTF-8 text"),
+    nothing naming the images. A dict holding one is not: the recipe only names its column, and a template
+    reading the dict's other fields (``{{ shot.cap }}``) publishes them."""
     if isinstance(feature, list):
         return any(_holds_image(item) for item in feature)
-    if not isinstance(feature, dict):
+    if not isinstance(feature, dict) or "_type" not in feature:
         return False
-    if "_type" in feature:
-        return feature["_type"] == "Image" or _holds_image(feature.get("feature"))
-    return any(_holds_image(item) for item in feature.values())
+    return feature["_type"] == "Image" or _holds_image(feature.get("feature"))
 
 
 def _is_image_feature(kind: pa.DataType, exact: bool = False) -> bool:
