@@ -536,8 +536,9 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
         else:
             continue
         raise StorageError(
-            f"{uri}: column {name!r} {what}, read here as text: only a `vqa` record's image may be one "
-            "(`image: <column>`), which no template or other field reads"
+            # A list of pictures named as the VQA image quarantines every row "not UTF-8": say what it must be.
+            f"{uri}: column {name!r} {what}, read here as text: a `vqa` record's image (`image: <column>`) must be "
+            "a column that is itself one Image() feature, which no template or other field reads"
         )
 
 

@@ -922,7 +922,9 @@ def test_a_sequence_of_image_features_read_as_text_is_refused_by_name_a_dicts_ot
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(workdir / "ds"))
     recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
     record = {"kind": "instruction", "prompt": "{{ q }} {{ pics }}", "completion": "q"}
-    with pytest.raises(StorageError, match=r"column 'pics' holds Hugging Face Image features, read here as text"):
+    said = r"column 'pics' holds Hugging Face Image features, read here as text: a `vqa` record's image \(`image: "
+    said += r"<column>`\) must be a column that is itself one Image\(\) feature"
+    with pytest.raises(StorageError, match=said):
         run(workdir, {**recipe, "record": record})
     record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap }}", "completion": "q"}
     published = run(workdir, {**recipe, "record": record})
