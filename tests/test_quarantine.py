@@ -919,6 +919,21 @@ def test_a_set_aside_record_cut_inside_an_email_drops_the_cut_word_for_the_pii_s
     assert row["record"].endswith("Contact [cut]") and len(row["record"]) <= MAX_RAW_CHARS
 
 
+def test_a_cut_record_without_spaces_or_with_a_long_word_or_gap_at_its_end_is_cut_as_before() -> None:
+    # The cut word is looked for in the record's end only (over the whole text: ~50 ms a record without spaces):
+    # what is dropped is the same.
+    from connectors.files import MAX_RAW_CHARS, raw_cut
+
+    kept = MAX_RAW_CHARS - len(" [cut]")
+    for solid in ("Q" * 20_000, "\u6587" * 20_000):  # base64, Chinese: the word bounded, not the text dropped
+        assert raw_cut(solid) == solid[: kept - 256] + " [cut]"
+    words = "a " * 4_000
+    gap = f"{words}{' ' * 1_800}{'x' * 300}"  # spaces before the cut word reaching past the end looked at
+    assert raw_cut(gap) == words.rstrip() + " [cut]"
+    assert raw_cut(f"{'a' * (kept - 3)} Bob{'b' * 50}") == "a" * (kept - 3) + " [cut]"
+    assert raw_cut("short text") == "short text"
+
+
 def written_ids(version_dir: Path) -> set[str]:
     return {row["id"] for row in lineage_rows(version_dir)}
 
