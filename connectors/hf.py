@@ -34,7 +34,15 @@ from connectors.state import SourceWatermark, less_kept, new_files, read_digest,
 from connectors.storage import FileEntry, ReadDigest, StorageError, filesystem, join, list_files, open_input, path_of
 from schemas.config import HFSource, ImagesSource
 from schemas.manifest import InputFile
-from schemas.records import InputIds, empty_set_aside, input_record_json, set_aside_rows, source_array
+from schemas.records import (
+    RESERVED,
+    InputIds,
+    empty_set_aside,
+    input_name,
+    input_record_json,
+    set_aside_rows,
+    source_array,
+)
 
 CONNECTOR = "hf"
 log = logging.getLogger(__name__)
@@ -389,7 +397,7 @@ class HFSourceReader:
         first row group is decoded whole for the first batch: HeadNotRead where those columns of it are more
         than ``HEAD_ROW_GROUP_BYTES``."""
         names = parquet.schema_arrow.names
-        columns = names if self.used_columns is None else [name for name in names if name in self.used_columns]
+        columns = names if self.used_columns is None else [name for name in names if self._head_reads(name)]
         if not parquet.metadata.num_row_groups:
             return columns
         group = parquet.metadata.row_group(0)
@@ -407,6 +415,11 @@ class HFSourceReader:
                 "reads it"
             )
         return columns if self.used_columns is not None else None
+
+    def _head_reads(self, name: str) -> bool:
+        """Whether a head reads ``name``: the recipe reads a file's ``id`` as ``input_id``, and ``id``,
+        ``input_id`` (``source`` alike) are always read, so that the clash the run refuses is seen by the head."""
+        return input_name(name) in (self.used_columns or ()) or name in (*RESERVED, *map(input_name, RESERVED))
 
     def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
         # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
@@ -523,8 +536,9 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
         else:
             continue
         raise StorageError(
-            f"{uri}: column {name!r} {what}, read here as text: only a `vqa` record's image may be one "
-            "(`image: <column>`), which no template or other field reads"
+            # A list of pictures named as the VQA image quarantines every row "not UTF-8": say what it must be.
+            f"{uri}: column {name!r} {what}, read here as text: a `vqa` record's image (`image: <column>`) must be "
+            "a column that is itself one Image() feature, which no template or other field reads"
         )
 
 
@@ -547,16 +561,15 @@ def _declared_images(schema: pa.Schema) -> dict[str, bool] | None:
 
 
 def _holds_image(feature: object) -> bool:
-    """Whether a feature as ``datasets`` declares it is an ``Image()`` or holds one: in a ``Sequence``'s or
-    ``List``'s ``feature``, a dict's field, or a list (``[Image()]``). Read as text, those bytes failed the
-    template ("not UTF-8 text"), nothing naming the images."""
+    """Whether a feature as ``datasets`` declares it is an ``Image()`` or a list of them (a ``Sequence``'s or
+    ``List``'s ``feature``, or ``[Image()]``): read as text, those bytes failed the template ("not UTF-8 text"),
+    nothing naming the images. A dict holding one is not: the recipe only names its column, and a template
+    reading the dict's other fields (``{{ shot.cap }}``) publishes them."""
     if isinstance(feature, list):
         return any(_holds_image(item) for item in feature)
-    if not isinstance(feature, dict):
+    if not isinstance(feature, dict) or "_type" not in feature:
         return False
-    if "_type" in feature:
-        return feature["_type"] == "Image" or _holds_image(feature.get("feature"))
-    return any(_holds_image(item) for item in feature.values())
+    return feature["_type"] == "Image" or _holds_image(feature.get("feature"))
 
 
 def _is_image_feature(kind: pa.DataType, exact: bool = False) -> bool:

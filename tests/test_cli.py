@@ -1282,6 +1282,29 @@ def test_check_leaves_to_the_run_an_hf_file_whose_first_row_group_it_would_decod
         assert (f"{file}: head not read: its first row group holds {rows} MiB of the columns" in said) is noted, said
 
 
+def test_check_reads_an_hf_parquet_files_id_column_the_recipe_names_input_id(tmp_path: Path) -> None:
+    # The head kept a column only where the recipe named it as the file does: `id`, read as `input_id`, was left
+    # out, so `check` said "column 'input_id' is missing" of a file the run publishes, and missed an `id` beside
+    # an `input_id`, which the run refuses.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    file = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
+    spec = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}]}
+    recipe = write_recipe(
+        tmp_path, {**spec, "record": {"kind": "instruction", "prompt": "{{ input_id }}: {{ q }}", "completion": "q"}}
+    )
+    pq.write_table(pa.table({"id": ["a1", "a2"], "q": ["Why?", "How?"]}), file)
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 0 and said.startswith("ok") and "missing" not in said, said
+    pq.write_table(pa.table({"id": ["a1"], "input_id": ["b1"], "q": ["Why?"]}), file)
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 2 and f"{file}: column 'id' is read as 'input_id'" in said, said
+
+
 def test_a_clean_stage_after_a_second_pii_stage_is_warned_of_too() -> None:
     from curation.pipeline import stage_order_warnings
     from schemas.config import parse_recipe

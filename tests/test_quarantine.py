@@ -919,6 +919,47 @@ def test_a_set_aside_record_cut_inside_an_email_drops_the_cut_word_for_the_pii_s
     assert row["record"].endswith("Contact [cut]") and len(row["record"]) <= MAX_RAW_CHARS
 
 
+@pytest.mark.parametrize(
+    ("said", "cut_in", "entity"),
+    [
+        ("Call +1 415 555 0199", "Call +1 415 555 01", "PHONE_NUMBER"),
+        ("Card 4111 1111 1111 1111", "Card 4111 1111 1111 11", "CREDIT_CARD"),
+    ],
+)
+def test_a_set_aside_record_cut_inside_a_number_in_groups_drops_its_groups(
+    workdir: Path, said: str, cut_in: str, entity: str
+) -> None:
+    # Only the group the cut fell in was dropped: "Call +1 415 555 [cut]" was left, which the scrub does not
+    # recognise as a number, published in clear.
+    from connectors.files import MAX_RAW_CHARS
+
+    text = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    lead = ("Please write back. " * 600)[: MAX_RAW_CHARS - len(" [cut]") - len(f'{{"q": "{cut_in}')]
+    table = pa.table({"q": ["Hello?", f"{lead}{said} today."], "a": ["Hi.", "Oui."]})
+    table = table.append_column("meta", pa.StructArray.from_arrays([text], names=["note"]))
+    pq.write_table(table, workdir / "f.parquet")
+    spec = qa_recipe("f.parquet", prompt="Q: {{ q }} {{ meta.note }}", stages=[{"type": "pii", "entities": [entity]}])
+    [row] = set_aside(Path(run(workdir, spec).version_uri))
+    first = said.split()[1]
+    assert row["reason"] == "schema" and f"{first} " not in row["record"], row["record"][-80:]
+    assert row["record"].endswith(f"{said.split()[0]} [cut]") and len(row["record"]) <= MAX_RAW_CHARS
+
+
+def test_a_cut_record_without_spaces_or_with_a_long_word_or_gap_at_its_end_is_cut_as_before() -> None:
+    # The cut word is looked for in the record's end only (over the whole text: ~50 ms a record without spaces):
+    # what is dropped is the same.
+    from connectors.files import MAX_RAW_CHARS, raw_cut
+
+    kept = MAX_RAW_CHARS - len(" [cut]")
+    for solid in ("Q" * 20_000, "\u6587" * 20_000):  # base64, Chinese: the word bounded, not the text dropped
+        assert raw_cut(solid) == solid[: kept - 256] + " [cut]"
+    words = "a " * 4_000
+    gap = f"{words}{' ' * 1_800}{'x' * 300}"  # spaces before the cut word reaching past the end looked at
+    assert raw_cut(gap) == words.rstrip() + " [cut]"
+    assert raw_cut(f"{'a' * (kept - 3)} Bob{'b' * 50}") == "a" * (kept - 3) + " [cut]"
+    assert raw_cut("short text") == "short text"
+
+
 def written_ids(version_dir: Path) -> set[str]:
     return {row["id"] for row in lineage_rows(version_dir)}
 
