@@ -430,10 +430,10 @@ class HFSourceReader:
         used = table.column_names if self.used_columns is None else self.used_columns
         text = set(used) - {self.image_column} if self.text_columns is None else self.text_columns
         _no_image_feature(table, ids.uri, text)
-        _no_image_bytes(table, ids.uri, self.image_column, self.bytes_for)
-        lines = np.arange(first_row, first_row + table.num_rows)
         column = self.image_column
         picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
+        _no_image_bytes(table, ids.uri, column, self.bytes_for, picture)
+        lines = np.arange(first_row, first_row + table.num_rows)
         # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in used if not (picture and name == column)]
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
@@ -498,18 +498,17 @@ def _image_of(value: dict | None) -> CleanImage | ImageProblem:
         return problem
 
 
-def _no_image_bytes(table: pa.Table, uri: str, column: str | None, bytes_for: list[str]) -> None:
+def _no_image_bytes(table: pa.Table, uri: str, column: str | None, bytes_for: list[str], picture: bool) -> None:
     """Refuse, by file and column, stages reading VQA pictures (``bytes_for``) where the records' image is not an
-    Image() feature: an image named by a path is read by the writer alone, as it is, so ``image_dedup`` compared
-    nothing and ``ocr`` would publish it unredacted. The recipe check refuses them so for the other sources, but
-    cannot see an hf column's type."""
-    if not bytes_for or (column is not None and column not in table.column_names):
+    Image() feature (``picture``: it is): an image named by a path is read by the writer alone, as it is, so
+    ``image_dedup`` compared nothing and ``ocr`` would publish it unredacted. The recipe check refuses them so for
+    the other sources, but cannot see an hf column's type."""
+    if not bytes_for or picture or (column is not None and column not in table.column_names):
         return  # a file without the column: its records are set aside for lacking it
     if column is None:
         held = "the records' image is a template (text: a path)"
-    elif _is_image_feature(kind := table.schema.field(column).type):
-        return
     else:
+        kind = table.schema.field(column).type
         held = f"column {column!r} holds {'text (paths)' if pa.types.is_string(kind) else kind}"
     raise StorageError(
         f"{uri}: {' and '.join(bytes_for)} need{'s' if len(bytes_for) == 1 else ''} the images' bytes; {held}, not a "
