@@ -441,18 +441,17 @@ class HFSourceReader:
         contents = row_contents(as_read(table))
         rows = with_lineage(table, ids(contents), source_array(CONNECTOR, ids.uri, lines.tolist()))
         if picture:
-            rows, bad = _with_images(rows, column)
+            rows, bad = _with_images(rows, column, [f"{ids.uri}:{line}" for line in lines.tolist()])
             set_aside = pa.concat_tables([set_aside, bad])
         return SourceBatch(rows=not_utf8_as_binary(rows), set_aside=set_aside, input_bytes=input_bytes)
 
 
-def _with_images(rows: pa.Table, column: str) -> tuple[pa.Table, pa.Table]:
+def _with_images(rows: pa.Table, column: str, names: list[str]) -> tuple[pa.Table, pa.Table]:
     """The rows whose Image() feature in ``column`` holds a picture that passes an `images` source's checks,
     with its cleaned bytes in ``image_bytes`` (as the images connector hands them on) and ``column`` the
-    image's name: its data file and row, so no two rows' pictures share a name (the split keeps a name's
-    images on one side, and datasets often name every picture alike, or not at all); the others set aside."""
-    sources = rows["source"].to_pylist()
-    names = [f"{source['uri']}:{source['line']}" for source in sources]
+    image's name (``names``, a row's own: ``uri:line``, its data file and row, so no two rows' pictures share a
+    name: the split keeps a name's images on one side, and datasets often name every picture alike, or not at
+    all); the others set aside."""
     results = [_image_of(row[column]) for row in rows_as_read(rows.select([column]))]
     good = [row for row, result in enumerate(results) if isinstance(result, CleanImage)]
     kept = rows.take(pa.array(good, pa.int64()))
