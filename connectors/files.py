@@ -57,6 +57,7 @@ from schemas.records import (
     InputIds,
     empty_set_aside,
     input_name,
+    reads,
     set_aside_rows,
     sorted_holds,
     source_array,
@@ -1511,7 +1512,7 @@ def split_nested_not_utf8(
     rows stay (``not_utf8_as_binary`` makes its text bytes)."""
     problems: dict[int, str] = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if not pa.types.is_nested(column.type) or (used is not None and name not in used) or _valid(column):
+        if not pa.types.is_nested(column.type) or not reads(name, used) or _valid(column):
             continue
         for index in range(table.num_rows):
             try:

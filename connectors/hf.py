@@ -40,6 +40,7 @@ from schemas.records import (
     empty_set_aside,
     input_name,
     input_record_json,
+    reads,
     set_aside_rows,
     source_array,
 )
@@ -419,7 +420,7 @@ class HFSourceReader:
     def _head_reads(self, name: str) -> bool:
         """Whether a head reads ``name``: the recipe reads a file's ``id`` as ``input_id``, and ``id``,
         ``input_id`` (``source`` alike) are always read, so that the clash the run refuses is seen by the head."""
-        return input_name(name) in (self.used_columns or ()) or name in (*RESERVED, *map(input_name, RESERVED))
+        return reads(name, self.used_columns) or name in (*RESERVED, *map(input_name, RESERVED))
 
     def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
         # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
@@ -434,8 +435,10 @@ class HFSourceReader:
         picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
         _no_image_bytes(table, ids.uri, column, self.bytes_for, picture)
         lines = np.arange(first_row, first_row + table.num_rows)
-        # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
-        checked = [name for name in used if not (picture and name == column)]
+        # The names the recipe reads the columns under (a file's ``id`` its ``input_id``), as ``reads`` compares
+        # them. An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
+        read = [input_name(name) for name in table.column_names] if self.used_columns is None else self.used_columns
+        checked = [name for name in read if not (picture and name == column)]
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
         contents = row_contents(as_read(table))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -437,6 +437,13 @@ def input_name(name: str) -> str:
     """The name an input column is read under: ``id`` and ``source`` are the record's own, so an input's
     are ``input_id`` and ``input_source``."""
     return f"input_{name}" if name in RESERVED else name
+
+
+def reads(name: str, used: Collection[str] | None) -> bool:
+    """Whether a recipe reading ``used`` (None: all) reads an input's column ``name``: ``used`` are the names
+    the recipe reads them under, a file's ``id`` its ``input_id`` (compared as is, a nested ``id`` was never
+    checked for text that is not UTF-8)."""
+    return used is None or input_name(name) in used
 
 
 def _as_text(value: Any) -> str:

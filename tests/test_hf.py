@@ -929,3 +929,23 @@ def test_a_sequence_of_image_features_read_as_text_is_refused_by_name_a_dicts_ot
     record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap }}", "completion": "q"}
     published = run(workdir, {**recipe, "record": record})
     assert [line["prompt"] for line in outputs(Path(published.version_uri))] == ["Q1? c"]
+
+
+def test_a_nested_id_column_read_as_input_id_quarantines_its_text_that_is_not_utf8_as_read(workdir: Path) -> None:
+    # The recipe reads a file's `id` as `input_id`: the check of the columns it reads compared the file's names
+    # with the recipe's, skipped `id`, and its text failed the template later, nothing naming the column.
+    note = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    table = pa.table({"q": ["Hello?", "Bye?"], "id": pa.StructArray.from_arrays([note], names=["note"])})
+    (workdir / "hub" / "data").mkdir(parents=True)
+    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(table, file)
+    recipe = {
+        "dataset": "faq",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ input_id.note }}"},
+    }
+    result = run(workdir, recipe)
+    assert [line["completion"] for line in outputs(Path(result.version_uri))] == ["ok"]
+    assert [(row["stage"], row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))] == [
+        ("read", "schema", f"{file}:2: column 'id' holds bytes that are not UTF-8 text (byte 0xe9 at 4 of a value)")
+    ]

@@ -868,6 +868,25 @@ def test_text_that_is_not_utf8_inside_a_parquet_struct_or_list_quarantines_its_r
     assert written_ids(Path(again.version_uri)) < written_ids(Path(result.version_uri))
 
 
+def test_text_that_is_not_utf8_in_a_parquet_struct_named_id_read_as_input_id_quarantines_its_row(
+    workdir: Path,
+) -> None:
+    # The recipe reads a file's `id` as `input_id`: compared with the file's names, `id` went unchecked and its
+    # text failed the template later, nothing naming the column.
+    text = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
+    table = pa.table({"q": ["Hello?", "Cafe?"], "a": ["Hi.", "Oui."]})
+    pq.write_table(table.append_column("id", pa.StructArray.from_arrays([text], names=["note"])), workdir / "f.parquet")
+    result = run(workdir, qa_recipe("f.parquet", prompt="Q: {{ q }} {{ input_id.note }}"))
+    assert [(row["stage"], row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))] == [
+        (
+            "read",
+            "schema",
+            f"{workdir / 'f.parquet'}:2: column 'id' holds bytes that are not UTF-8 text (byte 0xe9 at 4 of a value)",
+        )
+    ]
+    assert [line["prompt"] for line in outputs(Path(result.version_uri))] == ["Q: Hello? ok"]
+
+
 def test_a_parquet_row_set_aside_for_its_struct_keeps_its_text_as_it_is_for_the_pii_scrub(workdir: Path) -> None:
     # Escaped (\u00e9, six characters each), a long row was cut at MAX_RAW_CHARS into text that is no JSON, which
     # the scrub reads as one string, and whose escaped name it does not recognise: published in clear.
