@@ -264,7 +264,7 @@ def decide(
         _one_writer(db)
         check_seen(db, item_id, seen, action)
         status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
-        previous = _in_force_for_item(db, item_id) if _reads_previous(action, edit) else None
+        previous = _in_force_for_item(db, item_id) if takes_edit(action, edit) else None
         rows, status = _decision_rows(item, user, action, edit, status, previous)
         for row in rows:
             decision_id = db.execute(decisions.insert().values(**row)).inserted_primary_key[0]
@@ -272,9 +272,11 @@ def decide(
     return int(decision_id)
 
 
-def _reads_previous(action: str, edit: Edit | None) -> bool:
-    """Whether ``_decision_rows`` needs the decision in force (``previous``): an edit's values replace
-    it, and an approve that says its spans leaves what it did not touch standing."""
+def takes_edit(action: str, edit: Edit | None) -> bool:
+    """Whether a decision ``action`` is stored with ``edit``: an edit, and an approve that says the spans
+    it makes PII again (``pii_again``). ``_decision_rows`` needs the decision in force (``previous``) for
+    these: an edit's values replace it, and an approve that says its spans leaves what it did not touch
+    standing."""
     return action == "edit" or (action == "approve" and edit is not None and bool(edit.again))
 
 
@@ -370,7 +372,7 @@ def decide_all(
             _one_writer(db)
             now_seen = _revisions(db, ids)
             statuses = dict(db.execute(sa.select(review_items.c.item_id, review_items.c.status).where(these)).all())
-            edited = [item["item_id"] for item, action, edit, _ in chunk if _reads_previous(action, edit)]
+            edited = [item["item_id"] for item, action, edit, _ in chunk if takes_edit(action, edit)]
             previous = _in_force_per_item(db, decisions.c.item_id.in_(edited)) if edited else {}
             rows, after = [], {}
             for item, action, edit, seen in chunk:
