@@ -442,10 +442,11 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not rows:
         return None
     rejected, kept, fields, spans, field_ids = False, False, {}, [], {}
-    for place, row in enumerate(rows):
-        again = json.loads(row["before"]).get("again")
+    parsed = [(row, json.loads(row["before"])) for row in rows]
+    for place, (row, before) in enumerate(parsed):
+        again = before.get("again")
         if row["action"] != "edit" and again is None:
-            if _pii_again_of(row, rows[place + 1 : place + 2]):
+            if _pii_again_of(row, parsed[place + 1] if place + 1 < len(parsed) else None):
                 continue
             rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
@@ -462,16 +463,14 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids if edits else {}}
 
 
-def _pii_again_of(row: dict[str, Any], following: list[dict[str, Any]]) -> bool:
+def _pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
     """Whether ``row`` is the approve stored with the "PII again" edit that follows it (``Edit.again``),
-    which this release reads alone: the approve sets nothing aside."""
-    return (
-        row["action"] == "approve"
-        and bool(following)
-        and following[0]["action"] == "edit"
-        and following[0]["user"] == row["user"]
-        and "again" in json.loads(following[0]["before"])
-    )
+    which this release reads alone: the approve sets nothing aside. ``following`` is the next row with
+    its ``before`` parsed, if there is one."""
+    if row["action"] != "approve" or following is None:
+        return False
+    after_it, its_before = following
+    return after_it["action"] == "edit" and after_it["user"] == row["user"] and "again" in its_before
 
 
 def newest_fields(in_force_rows: Iterable[dict[str, Any]]) -> dict[str, str]:
