@@ -292,9 +292,7 @@ def _decision_rows(
         row["before"] = json.dumps({**json.loads(row["before"]), **_said_again(edit)})
         # Nothing stood but these spans' marks when the caller read them; a decision may have come since
         # (an import of a task with no ``seen``): the status is what stands now, as ``in_force`` reads it.
-        standing = json.loads(previous["after"]) if previous else {}
-        again = [list(span) for span in edit.again]
-        if standing.get("fields") or [span for span in standing.get("not_pii", []) if span not in again]:
+        if fields_of(previous) or not_pii_of(previous) - set(edit.again):
             status = STATUS_OF["edit"]
         return [row], status
     if action != "edit" or edit is None or not edit.replaces:
