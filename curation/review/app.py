@@ -388,9 +388,10 @@ def create_app(
             raise StalePage(error, form) from None
         edit = None
         if action == "edit":
-            view = _view(engine, row, user, *dec.in_force_through_record(engine, row))
+            own, others = dec.in_force_through_record(engine, row)
+            view = _view(engine, row, user, own, others)
             edit = _edit_from_form(form, view, user, _edit_fields(row, view, destinations.get(row["dataset"])))
-            action, edit = _with_pii_again(engine, item_id, _spans_posted(form, "pii_again"), edit)
+            action, edit = _with_pii_again(own, _spans_posted(form, "pii_again"), edit)
         if action == "keep" and dec.holds_already(engine, item_id, action):
             # Taken again, a keep would set aside the edits made after the one in force (see ``in_force``).
             request.session["message"] = f"item {item_id}: already marked not a duplicate"
@@ -955,14 +956,14 @@ def _history_after(decision: dict[str, Any]) -> str:
 
 
 def _with_pii_again(
-    engine: sa.Engine, item_id: int, again: list[tuple[str, int, int]], edit: dec.Edit
+    current: dict[str, Any] | None, again: list[tuple[str, int, int]], edit: dec.Edit
 ) -> tuple[str, dec.Edit | None]:
     """The decision an edit that marks ``again`` PII again takes, stored as the Label Studio import stores
     it (``decisions.pii_again``): an approve and an edit with what stands after it, undone together; with
-    nothing left standing, an approve alone that says the spans. Without ``again``, the edit as it is."""
+    nothing left standing, an approve alone that says the spans. Without ``again``, the edit as it is.
+    ``current`` is the decision in force on the item that the page's edit was read against."""
     if not again:
         return "edit", edit
-    current = dec.in_force_on(engine, [item_id]).get(item_id)
     if not set(again) <= dec.not_pii_of(current):
         raise HTTPException(400, "only a span that the decisions in force mark not PII can be marked PII again")
     if set(again) & set(edit.not_pii):

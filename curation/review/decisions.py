@@ -264,7 +264,7 @@ def decide(
         _one_writer(db)
         check_seen(db, item_id, seen, action)
         status = db.execute(sa.select(review_items.c.status).where(review_items.c.item_id == item_id)).scalar_one()
-        previous = _in_force_for_item(db, item_id) if _reads_previous(action, edit) else None
+        previous = _in_force_for_item(db, item_id) if takes_edit(action, edit) else None
         rows, status = _decision_rows(item, user, action, edit, status, previous)
         for row in rows:
             decision_id = db.execute(decisions.insert().values(**row)).inserted_primary_key[0]
@@ -272,9 +272,11 @@ def decide(
     return int(decision_id)
 
 
-def _reads_previous(action: str, edit: Edit | None) -> bool:
-    """Whether ``_decision_rows`` needs the decision in force (``previous``): an edit's values replace
-    it, and an approve that says its spans leaves what it did not touch standing."""
+def takes_edit(action: str, edit: Edit | None) -> bool:
+    """Whether a decision ``action`` is stored with ``edit``: an edit, and an approve that says the spans
+    it makes PII again (``pii_again``). ``_decision_rows`` needs the decision in force (``previous``) for
+    these: an edit's values replace it, and an approve that says its spans leaves what it did not touch
+    standing."""
     return action == "edit" or (action == "approve" and edit is not None and bool(edit.again))
 
 
@@ -290,9 +292,7 @@ def _decision_rows(
         row["before"] = json.dumps({**json.loads(row["before"]), **_said_again(edit)})
         # Nothing stood but these spans' marks when the caller read them; a decision may have come since
         # (an import of a task with no ``seen``): the status is what stands now, as ``in_force`` reads it.
-        standing = json.loads(previous["after"]) if previous else {}
-        again = [list(span) for span in edit.again]
-        if standing.get("fields") or [span for span in standing.get("not_pii", []) if span not in again]:
+        if fields_of(previous) or not_pii_of(previous) - set(edit.again):
             status = STATUS_OF["edit"]
         return [row], status
     if action != "edit" or edit is None or not edit.replaces:
@@ -370,7 +370,7 @@ def decide_all(
             _one_writer(db)
             now_seen = _revisions(db, ids)
             statuses = dict(db.execute(sa.select(review_items.c.item_id, review_items.c.status).where(these)).all())
-            edited = [item["item_id"] for item, action, edit, _ in chunk if _reads_previous(action, edit)]
+            edited = [item["item_id"] for item, action, edit, _ in chunk if takes_edit(action, edit)]
             previous = _in_force_per_item(db, decisions.c.item_id.in_(edited)) if edited else {}
             rows, after = [], {}
             for item, action, edit, seen in chunk:
@@ -440,10 +440,11 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not rows:
         return None
     rejected, kept, fields, spans, field_ids = False, False, {}, [], {}
-    for place, row in enumerate(rows):
-        again = json.loads(row["before"]).get("again")
+    parsed = [(row, json.loads(row["before"])) for row in rows]
+    for place, (row, before) in enumerate(parsed):
+        again = before.get("again")
         if row["action"] != "edit" and again is None:
-            if _pii_again_of(row, rows[place + 1 : place + 2]):
+            if _pii_again_of(row, parsed[place + 1] if place + 1 < len(parsed) else None):
                 continue
             rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
@@ -460,16 +461,14 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids if edits else {}}
 
 
-def _pii_again_of(row: dict[str, Any], following: list[dict[str, Any]]) -> bool:
+def _pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
     """Whether ``row`` is the approve stored with the "PII again" edit that follows it (``Edit.again``),
-    which this release reads alone: the approve sets nothing aside."""
-    return (
-        row["action"] == "approve"
-        and bool(following)
-        and following[0]["action"] == "edit"
-        and following[0]["user"] == row["user"]
-        and "again" in json.loads(following[0]["before"])
-    )
+    which this release reads alone: the approve sets nothing aside. ``following`` is the next row with
+    its ``before`` parsed, if there is one."""
+    if row["action"] != "approve" or following is None:
+        return False
+    after_it, its_before = following
+    return after_it["action"] == "edit" and after_it["user"] == row["user"] and "again" in its_before
 
 
 def newest_fields(in_force_rows: Iterable[dict[str, Any]]) -> dict[str, str]:

@@ -309,7 +309,7 @@ def import_annotations(
                 counts["skipped"] += 1
                 continue
             # An approve that makes spans PII again (nothing else left standing) says which (``decide``).
-            taken = edit if action == "edit" or (action == "approve" and edit is not None and edit.again) else None
+            taken = edit if dec.takes_edit(action, edit) else None
             try:
                 # Spans already not PII are left out of the export's predictions, so they come back without a
                 # label: only the others are marked now, and only an edit (not a reject or keep) marks them.
