@@ -938,12 +938,14 @@ class DatasetWriter:
             for shard in shards[name]:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
                 if append:
-                    ordered = _LineOrdered([] if rows is None else [rows])
-                    if shard.path in streamed:
-                        ordered = _LineOrdered(
+                    ordered = _LineOrdered(
+                        (
                             piece.filter(pl.col("shard") == shard.path)
                             for piece in _lineage_files(source_fs, source, previous.lineage)
                         )
+                        if shard.path in streamed
+                        else ([] if rows is None else [rows])
+                    )
                     if shard.path in carrying.decided_shards:
                         kept = carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), ordered, where)
                         self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
