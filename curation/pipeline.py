@@ -110,7 +110,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     required = set(recipe.input_schema.required_columns()) if recipe.input_schema is not None else set()
     keyed = shape.keyed | required  # columns whose absence from a batch is not null: see ``_KeysOfFile``
     # A VQA record's image column (not a template): an hf source reads an Image() feature there as its picture.
-    picture = next((f for f in shape.fields if f.target == "image" and shape.kind == "vqa"), None)
+    picture = next((f for f in shape.fields if f.target == "image"), None) if shape.kind == "vqa" else None
     image = picture.column if picture is not None else None
     # Read besides as text (``{{ image.path }}``, another field naming it), an Image() feature there is refused
     # by name as any read as text: the templates would see the picture's name the reader puts in its place.
@@ -118,13 +118,16 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         n for f in shape.fields for n in f.template_columns
     }
     text_columns = used if image in as_text else used - {image}
-    # The stages that read the pictures' bytes: an hf source whose images are paths refuses them by name.
-    bytes_for = {
-        "image_dedup" if isinstance(stage, ImageDedupConfig) else "pii ocr": None
-        for stage in recipe.stages
-        if (isinstance(stage, ImageDedupConfig) and stage.column == "image_bytes")
-        or (isinstance(stage, PiiConfig) and stage.ocr)
-    }
+    # The stages that read the pictures' bytes (of a VQA record's picture only): an hf source whose images are
+    # paths refuses them by name.
+    bytes_for = list(
+        dict.fromkeys(
+            "image_dedup" if isinstance(stage, ImageDedupConfig) else "pii ocr"
+            for stage in (recipe.stages if picture is not None else [])
+            if (isinstance(stage, ImageDedupConfig) and stage.column == "image_bytes")
+            or (isinstance(stage, PiiConfig) and stage.ocr)
+        )
+    )
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -150,7 +153,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
                     used_columns=used,
                     image_column=image,
                     text_columns=text_columns,
-                    bytes_for=bytes_for if picture is not None else (),
+                    bytes_for=bytes_for,
                 )
             )
         else:
