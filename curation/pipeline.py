@@ -110,7 +110,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     required = set(recipe.input_schema.required_columns()) if recipe.input_schema is not None else set()
     keyed = shape.keyed | required  # columns whose absence from a batch is not null: see ``_KeysOfFile``
     # A VQA record's image column (not a template): an hf source reads an Image() feature there as its picture.
-    picture = next((f for f in shape.fields if f.target == "image" and shape.kind == "vqa"), None)
+    picture = next((f for f in shape.fields if f.target == "image"), None) if shape.kind == "vqa" else None
     image = picture.column if picture is not None else None
     # Read besides as text (``{{ image.path }}``, another field naming it), an Image() feature there is refused
     # by name as any read as text: the templates would see the picture's name the reader puts in its place.
@@ -118,13 +118,16 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         n for f in shape.fields for n in f.template_columns
     }
     text_columns = used if image in as_text else used - {image}
-    # The stages that read the pictures' bytes: an hf source whose images are paths refuses them by name.
-    bytes_for = {
-        "image_dedup" if isinstance(stage, ImageDedupConfig) else "pii ocr": None
-        for stage in recipe.stages
-        if (isinstance(stage, ImageDedupConfig) and stage.column == "image_bytes")
-        or (isinstance(stage, PiiConfig) and stage.ocr)
-    }
+    # The stages that read the pictures' bytes (of a VQA record's picture only): an hf source whose images are
+    # paths refuses them by name.
+    bytes_for = list(
+        dict.fromkeys(
+            "image_dedup" if isinstance(stage, ImageDedupConfig) else "pii ocr"
+            for stage in (recipe.stages if picture is not None else [])
+            if (isinstance(stage, ImageDedupConfig) and stage.column == "image_bytes")
+            or (isinstance(stage, PiiConfig) and stage.ocr)
+        )
+    )
     for config in recipe.sources:
         mark = watermarks.for_source(config) if watermarks is not None else None
         if isinstance(config, SqlSource):
@@ -150,7 +153,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
                     used_columns=used,
                     image_column=image,
                     text_columns=text_columns,
-                    bytes_for=bytes_for if picture is not None else (),
+                    bytes_for=bytes_for,
                 )
             )
         else:
@@ -531,7 +534,12 @@ def _less_kept(ids: pl.Series, watermarks: Watermarks) -> pl.Series:
 
 
 def _replaced_records(
-    recipe: Recipe, watermarks: Watermarks, sources: list[Source], previous: list[int], inputs: list[InputFile]
+    recipe: Recipe,
+    watermarks: Watermarks,
+    sources: list[Source],
+    previous: list[int],
+    inputs: list[InputFile],
+    read_chain: Callable[[], list[Manifest]],
 ) -> tuple[list[InputFile], pl.Series, pl.DataFrame]:
     """The ids of the records the latest version holds from inputs this run reads whole again (changed
     files): what those hold now replaces them, so neither cross-run dedup nor the carry keeps them; and
@@ -539,7 +547,7 @@ def _replaced_records(
 
     A replaced record may have been the kept copy of content other inputs hold too (set aside as its
     duplicates): those inputs are read again as well (the listing, returned, grows), or the content
-    would leave the dataset."""
+    would leave the dataset. ``read_chain``: the chain's manifests (``_chain_manifests``), read once a plan."""
     latest = version_uri(recipe.output.dest, recipe.dataset, previous[-1])
     published, held = records_from_inputs(latest, watermarks.replaced())
 
@@ -554,7 +562,7 @@ def _replaced_records(
     replaced_ids = _less_kept(published["id"], watermarks)
     if replaced_ids.is_empty():
         return inputs, replaced_ids, published
-    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, _chain(recipe, previous), replaced_ids)
+    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, [m.version for m in read_chain()], replaced_ids)
     holding = set(found) - watermarks.replaced()
     if holding:
         watermarks.read_again.update(holding)
@@ -580,7 +588,12 @@ def _replaced_records(
 
 
 def _earlier_sides(
-    recipe: Recipe, previous: list[int], sources: list[Source], watermarks: Watermarks, replaced: pl.DataFrame | None
+    recipe: Recipe,
+    previous: list[int],
+    sources: list[Source],
+    watermarks: Watermarks,
+    replaced: pl.DataFrame | None,
+    read_chain: Callable[[], list[Manifest]],
 ) -> pl.DataFrame | None:
     """``id`` and ``validation`` of each published record this run may write again under its id, so it keeps
     its side (README "Splits"): ``replaced`` (the latest version's records of inputs read whole again), and
@@ -595,7 +608,7 @@ def _earlier_sides(
     if not uris:  # before the chain's manifests are read: most runs have nothing to look up
         return replaced
     dest, dataset = recipe.output.dest, recipe.dataset
-    chain = _chain_manifests(recipe, previous)[::-1]
+    chain = read_chain()[::-1]
     # The oldest version left extends one deleted since (a retention rule): the records it carried from there
     # are in it alone, so it is read whole.
     cut = chain[-1].extends is not None and chain[-1].extends not in previous
@@ -646,15 +659,10 @@ def _records_again(sources: list[Source]) -> set[str]:
     return {uri for source in sources for uri in getattr(source, "records_again", set)()}
 
 
-def _chain(recipe: Recipe, previous: list[int]) -> list[int]:
-    """The versions the latest builds on: it and those it extends, back to one that extends nothing (a
-    first run, a full refresh). What versions before that set aside describes input as it was then."""
-    return [manifest.version for manifest in _chain_manifests(recipe, previous)]
-
-
 def _chain_manifests(recipe: Recipe, previous: list[int]) -> list[Manifest]:
-    """The manifests of ``_chain``'s versions, oldest first: back to the oldest still there where one it
-    extends was deleted since."""
+    """The manifests of the versions the latest builds on, oldest first: it and those it extends, back to one
+    that extends nothing (a first run, a full refresh), or to the oldest still there where one it extends was
+    deleted since. What versions before that set aside describes input as it was then."""
     chain: list[Manifest] = []
     version: int | None = previous[-1]
     while version is not None and version in previous and version not in (m.version for m in chain):
@@ -1133,10 +1141,12 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     if previous and not full_refresh:
         _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])
     replaced_ids, sides = None, None
+    # Read when first needed, once: a damaged manifest raises where it did when each caller read the chain.
+    chain = functools.cache(lambda: _chain_manifests(recipe, previous))
     if recipe.output.carry_forward and previous and watermarks.replaced():
-        inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs)
+        inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs, chain)
     if previous and not full_refresh:
-        sides = _earlier_sides(recipe, previous, sources, watermarks, sides)
+        sides = _earlier_sides(recipe, previous, sources, watermarks, sides, chain)
     return RunPlan(
         previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids, sides, [*unrecorded]
     )

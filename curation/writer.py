@@ -362,10 +362,12 @@ def _first_error(error: OSError) -> str:
     return f"{first.rstrip(':')}, such as {others[0].lstrip('- ')}" if others else first
 
 
-def _placed_lines(placed: list[tuple[str, int]], total: int, records: dict[str, int]) -> tuple[pa.Array, np.ndarray]:
-    """The shard and line of each of ``total`` lines a ``ShardSeries.write`` placed as ``placed``. Pieces fill
-    each shard to its end (closed by then: ``records`` has its count), so every piece but the last ends one."""
-    sizes = [records[shard] - first + 1 for shard, first in placed[:-1]]
+def _placed_lines(placed: list[tuple[str, int]], total: int, series: ShardSeries) -> tuple[pa.Array, np.ndarray]:
+    """The shard and line of each of ``total`` lines ``series.write`` placed as ``placed``. Pieces fill each
+    shard to its end, so every piece but the last ends one: the series' last closed shards, in order (their
+    counts read there, not looked up among every shard written so far)."""
+    ended = series.shards[len(series.shards) + 1 - len(placed) :] if len(placed) > 1 else []
+    sizes = [shard.records - first + 1 for shard, (_, first) in zip(ended, placed[:-1], strict=True)]
     counts = np.array([*sizes, total - sum(sizes)] if placed else [], np.int64)
     firsts = np.array([first for _, first in placed], np.int64)
     piece = np.repeat(np.arange(len(placed)), counts)  # which piece each line went into
@@ -836,8 +838,9 @@ class DatasetWriter:
             if part.num_rows:
                 rendered = self.format.render(part)
                 self._write_files(name, rendered.files)
-                placed = self.splits[name].write(ndjson_lines(rendered.rows), rendered.rows.num_rows)
-                self._write_lineage(take_rows(part, rendered), placed)
+                series = self.splits[name]
+                placed = series.write(ndjson_lines(rendered.rows), rendered.rows.num_rows)
+                self._write_lineage(take_rows(part, rendered), series, placed)
 
     def _submit(self, job: Callable[[], None]) -> None:
         # After the writer's last job only: the lineage's overlaps the next one (which waits for it before it
@@ -860,10 +863,9 @@ class DatasetWriter:
             if path not in self.files:
                 self.files[path] = put_file(self.fs, self.staging, path, content, 1)
 
-    def _write_lineage(self, part: pa.Table, placed: list[tuple[str, int]]) -> None:
+    def _write_lineage(self, part: pa.Table, series: ShardSeries, placed: list[tuple[str, int]]) -> None:
         """One row per output record: which shard and line holds it, its id and its source."""
-        records = {s.path: s.records for s in self.splits["train"].shards + self.splits["validation"].shards}
-        shards, lines = _placed_lines(placed, part.num_rows, records)
+        shards, lines = _placed_lines(placed, part.num_rows, series)
         rows = pa.table({"shard": shards, "line": lines, "id": part["id"], "source": part["source"]})
         # After the lineage's last job: its error fails this job, and so the writer's next call.
         self._lineage_worker.submit(lambda: self.lineage.write(rows))
@@ -936,12 +938,14 @@ class DatasetWriter:
             for shard in shards[name]:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
                 if append:
-                    ordered = _LineOrdered([] if rows is None else [rows])
-                    if shard.path in streamed:
-                        ordered = _LineOrdered(
+                    ordered = _LineOrdered(
+                        (
                             piece.filter(pl.col("shard") == shard.path)
                             for piece in _lineage_files(source_fs, source, previous.lineage)
                         )
+                        if shard.path in streamed
+                        else ([] if rows is None else [rows])
+                    )
                     if shard.path in carrying.decided_shards:
                         kept = carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), ordered, where)
                         self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
@@ -1042,7 +1046,7 @@ class DatasetWriter:
     def _write_sifted(self, series: ShardSeries, lines: pa.LargeStringArray, rows: pl.DataFrame) -> None:
         """The lines that stay of a sifted shard, and their lineage rows (``at``: the index of each one's line)."""
         placed = series.write(pa.chunked_array([lines]))
-        shards, numbers = _placed_lines(placed, len(lines), {shard.path: shard.records for shard in series.shards})
+        shards, numbers = _placed_lines(placed, len(lines), series)
         at = rows["at"].to_numpy()
         self.lineage.write(
             rows.drop("at")
@@ -1180,7 +1184,7 @@ class DatasetWriter:
 
     def _emit_chunk(self, series: ShardSeries, chunk: list[tuple[bytes, dict[str, Any] | None, bool]]) -> None:
         placed = series.write(b"".join(line for line, _, _ in chunk))
-        shards, lines = _placed_lines(placed, len(chunk), {shard.path: shard.records for shard in series.shards})
+        shards, lines = _placed_lines(placed, len(chunk), series)
         self._write_carried_lineage(
             [
                 (path, line, row)
