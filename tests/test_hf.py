@@ -85,9 +85,7 @@ def test_text_that_is_not_utf8_quarantines_its_row_as_the_files_connectors_parqu
     # A column the recipe does not read is not published: its text does not quarantine its row (4).
     tags = pa.array([b"a", b"b", b"c", b"caf\xe9"], pa.binary()).view(pa.string())
     table = table.append_column("tags", pa.ListArray.from_arrays(pa.array([0, 1, 2, 3, 4], pa.int32()), tags))
-    (workdir / "hub" / "data").mkdir(parents=True)
-    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(table, file)
+    file = hub_parquet(workdir, table)
     recipe = {
         "dataset": "faq",
         "sources": [{"type": "hf", "path": "hub"}],
@@ -540,6 +538,14 @@ def test_a_split_names_the_files_it_named_before_whatever_the_path_above_the_dat
             assert {row["source"]["uri"] for row in read(path, split=split)} == {str(hub / split / "0.parquet")}
 
 
+def hub_parquet(root: Path, table: pa.Table, **write: Any) -> Path:
+    """``table`` as a Hub dataset's one train split file under ``root/hub``; its path."""
+    (root / "hub" / "data").mkdir(parents=True)
+    file = root / "hub" / "data" / "train-00000-of-00001.parquet"
+    pq.write_table(table, file, **write)
+    return file
+
+
 def png(shade: int, size: tuple[int, int] = (30, 20), **save: Any) -> bytes:
     from PIL import Image
 
@@ -563,9 +569,7 @@ def image_rows(images: list[dict | None]) -> pa.Table:
 
 def run_vqa(workdir: Path, table: pa.Table, **record: str) -> tuple[Any, Path]:
     """A run of VQA records (``record``'s fields beside) from ``table``, a Hub-style dataset's one data file."""
-    (workdir / "hub" / "data").mkdir(parents=True)
-    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(table, file)
+    file = hub_parquet(workdir, table)
     recipe = {
         "dataset": "d",
         "sources": [{"type": "hf", "path": "hub"}],
@@ -677,9 +681,7 @@ def test_an_image_feature_read_as_text_is_refused_by_name_and_an_unread_one_is_n
 def test_an_image_feature_a_template_also_reads_is_refused_by_name_not_rendered_empty(workdir: Path) -> None:
     # The record's picture is named `image`, and a template (or another field) reads the struct's fields as
     # text: made the picture's name before the templates ran, ``image.path`` rendered empty on every row.
-    (workdir / "hub" / "data").mkdir(parents=True)
-    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(9), "path": "b.png"}]), file)
+    file = hub_parquet(workdir, image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(9), "path": "b.png"}]))
     recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}], "output": {"validation_fraction": 0.0}}
     for record in (
         {"kind": "vqa", "question": "{{ question }} ({{ image.path }})"},
@@ -840,9 +842,7 @@ def test_the_datasets_features_say_which_struct_of_bytes_and_path_is_an_image(wo
 
 def test_the_head_of_a_data_file_is_its_first_batch_and_the_rest_is_not_read(tmp_path: Path) -> None:
     # For `curation check`: a split file of many row groups is not read whole for its head.
-    (tmp_path / "hub" / "data").mkdir(parents=True)
-    file = tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(make_dataset()["train"].data.table, file, row_group_size=5)
+    file = hub_parquet(tmp_path, make_dataset()["train"].data.table, row_group_size=5)
     make_dataset().save_to_disk(str(tmp_path / "saved"), num_shards={"train": 2, "test": 1})
     for path, files in ((tmp_path / "hub", 1), (tmp_path / "saved", 3)):
         reader = HFSourceReader(HFSource(type="hf", path=str(path)), batch_rows=4)
@@ -936,9 +936,7 @@ def test_a_nested_id_column_read_as_input_id_quarantines_its_text_that_is_not_ut
     # with the recipe's, skipped `id`, and its text failed the template later, nothing naming the column.
     note = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())
     table = pa.table({"q": ["Hello?", "Bye?"], "id": pa.StructArray.from_arrays([note], names=["note"])})
-    (workdir / "hub" / "data").mkdir(parents=True)
-    file = workdir / "hub" / "data" / "train-00000-of-00001.parquet"
-    pq.write_table(table, file)
+    file = hub_parquet(workdir, table)
     recipe = {
         "dataset": "faq",
         "sources": [{"type": "hf", "path": "hub"}],
