@@ -526,7 +526,7 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
     record's ``image`` column is read as its picture (``_with_images``)."""
     declared = _declared_images(table.schema)
     for name, column in zip(table.column_names, table.columns, strict=True):
-        if name not in used:
+        if not reads(name, used):
             continue
         if declared is not None:
             if name not in declared:

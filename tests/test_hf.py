@@ -947,3 +947,18 @@ def test_a_nested_id_column_read_as_input_id_quarantines_its_text_that_is_not_ut
     assert [(row["stage"], row["reason"], row["detail"]) for row in set_aside(Path(result.version_uri))] == [
         ("read", "schema", f"{file}:2: column 'id' holds bytes that are not UTF-8 text (byte 0xe9 at 4 of a value)")
     ]
+
+
+def test_an_image_feature_in_a_column_named_id_read_as_input_id_text_is_refused_by_name(workdir: Path) -> None:
+    # The recipe reads a file's `id` as `input_id`: the refusal compared the file's names with the recipe's, let
+    # the picture through as text, and every row was quarantined "not UTF-8", nothing naming the images.
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"q": ["Q1?"], "id": pa.array([{"bytes": png(0), "path": "a.png"}], kind)})
+    file = hub_parquet(workdir, table)
+    recipe = {
+        "dataset": "d",
+        "sources": [{"type": "hf", "path": "hub"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "{{ input_id }}"},
+    }
+    with pytest.raises(StorageError, match=rf"{file}: column 'id' is a Hugging Face Image feature, read here as text"):
+        run(workdir, recipe)
