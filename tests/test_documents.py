@@ -1885,13 +1885,17 @@ def _handbooks(folder: Path, count: int) -> None:
         (folder / f"handbook-{n}.md").write_text("\n\n".join(paragraphs) + "\n")
 
 
+def _handbook_recipe(**output: Any) -> dict[str, Any]:
+    """The handbooks (``_handbooks``) read as documents in overlapping chunks, with ``output``."""
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
+    return {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": [], "output": output}
+
+
 def test_overlapping_chunks_of_one_document_are_split_by_document_with_group_by_document(workdir: Path) -> None:
     _handbooks(
         workdir / "in", 20
     )  # sides follow from temporary paths: 20 at a half leave a side empty once in half a million runs
-    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
-    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
-    recipe["output"] = {"dest": "out", "validation_fraction": 0.5, "group_by": "document"}
+    recipe = _handbook_recipe(dest="out", validation_fraction=0.5, group_by="document")
     result = run(workdir, recipe)
     sides = _paragraphs_by_side(Path(result.version_uri))
     assert sides["train"] and sides["validation"]
@@ -1919,9 +1923,7 @@ def test_a_split_of_overlapping_chunks_without_group_by_document_is_warned_about
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _handbooks(workdir / "in", 12)
-    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
-    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
-    recipe["output"] = {"dest": "out", "validation_fraction": 0.3}
+    recipe = _handbook_recipe(dest="out", validation_fraction=0.3)
     with caplog.at_level(logging.WARNING):
         result = run(workdir, recipe)
     said = "chunks of one document overlap (chunk.overlap_chars), and the split places each on its own side"
@@ -1938,8 +1940,7 @@ def test_a_split_of_overlapping_chunks_grouped_by_title_or_document_is_not_warne
     # its path, a temporary one: 20 at a half each leave one side empty once in half a million runs; 12 at 0.3
     # left validation empty once in 70.)
     _handbooks(workdir / "in", 20)
-    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
-    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
+    recipe = _handbook_recipe()
     for group_by in ("title", "document"):
         recipe["output"] = {"dest": f"out-{group_by}", "validation_fraction": 0.5, "group_by": group_by}
         caplog.clear()
@@ -1953,9 +1954,7 @@ def test_a_split_of_overlapping_chunks_grouped_by_title_or_document_is_not_warne
 
 def test_group_by_document_set_later_moves_no_published_chunk_of_a_changed_document(workdir: Path) -> None:
     _handbooks(workdir / "in", 12)
-    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
-    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
-    recipe["output"] = {"dest": "out", "validation_fraction": 0.3}
+    recipe = _handbook_recipe(dest="out", validation_fraction=0.3)
     first = run(workdir, recipe)
     before = _texts_by_side(Path(first.version_uri))
     for path in (workdir / "in").iterdir():  # every document changed: read again whole
@@ -1973,9 +1972,7 @@ def test_group_by_document_set_later_puts_a_documents_new_chunks_of_every_run_on
     of its first chunk read again, and the new chunks of this run and of later ones go there (the state store
     kept validation wherever one chunk was there, and the next run's new chunks went to the other side)."""
     _handbooks(workdir / "in", 12)
-    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 200, "overlap_chars": 80}}
-    recipe = {"dataset": "handbook", "sources": [source], "record": {"kind": "document"}, "stages": []}
-    recipe["output"] = {"dest": "out", "validation_fraction": 0.3}
+    recipe = _handbook_recipe(dest="out", validation_fraction=0.3)
     versions = [_texts_by_side(Path(run(workdir, recipe).version_uri))]
     recipe["output"]["group_by"] = "document"
     for note in ("A closing note on keys, added in this edition.", "A second note, on alarms, added later."):
