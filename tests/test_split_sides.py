@@ -24,6 +24,17 @@ from tests.helpers import as_jsonl_lineage, lineage_rows, read_lines, run, write
 SEED_CHANGED = {"split_seed": "another"}  # a hashed split moves records with its seed
 
 
+def labelled(dataset: str, output: dict[str, Any]) -> dict[str, Any]:
+    """A recipe of instruction records labelled by their ``label`` column, read from ``in``, with ``output``."""
+    return {
+        "dataset": dataset,
+        "sources": [{"path": "in"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
+        "output": output,
+        "stages": [],
+    }
+
+
 def side_of_each(version: Path) -> dict[str, str]:
     """record id -> split, from the lineage (carried records too)."""
     return {row["id"]: row["shard"].split("/")[0] for row in lineage_rows(version)}
@@ -43,13 +54,9 @@ def test_a_delta_version_keeps_the_sides_of_a_changed_files_records(workdir: Pat
         return [{"q": f"note {n}", "a": "ok", "label": "xyz"[n % 3]} for n in numbers]
 
     write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60)))
-    recipe: dict[str, Any] = {
-        "dataset": "notes",
-        "sources": [{"path": "in"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
-        "output": {"validation_fraction": 0.2, "carry_forward": False, "stratify_by": "label"},
-        "stages": [],  # with a dedup stage an unchanged record of a changed file is set aside as earlier_version
-    }
+    recipe: dict[str, Any] = labelled(
+        "notes", {"validation_fraction": 0.2, "carry_forward": False, "stratify_by": "label"}
+    )  # no stages: with a dedup stage an unchanged record of a changed file is set aside as earlier_version
     before = side_of_each(Path(run(workdir, recipe).version_uri))
     write_jsonl(workdir / "in" / "notes.jsonl", notes(range(60, 73)) + notes(range(60)))  # new notes on top
     recipe["output"] = {**recipe["output"], **then}
@@ -115,13 +122,9 @@ def test_scheduled_runs_keep_every_labels_share_of_the_whole_version(
     run dealt its few units from counters at 0 before: a label came out with none in validation, or a third.
     Appended to one file, read again whole each run, the records read again keep their sides and are not
     counted twice."""
-    recipe: dict[str, Any] = {
-        "dataset": "tickets",
-        "sources": [{"path": "in"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
-        "output": {"validation_fraction": 0.1, "stratify_by": "label", **({"group_by": "customer"} if grouped else {})},
-        "stages": [],
-    }
+    recipe: dict[str, Any] = labelled(
+        "tickets", {"validation_fraction": 0.1, "stratify_by": "label", **({"group_by": "customer"} if grouped else {})}
+    )
     per_customer = 2 if grouped else 1
     for day in range(1, 11):
         if appended:
@@ -146,13 +149,7 @@ def test_scheduled_runs_keep_every_labels_share_of_the_whole_version(
 def test_a_changed_fraction_deals_the_new_records_at_it_without_catching_up(workdir: Path) -> None:
     """The counters go on only at the fraction they were dealt at: at another, the new records of a label
     would all go to one side until the whole version's share reached it."""
-    recipe: dict[str, Any] = {
-        "dataset": "tickets",
-        "sources": [{"path": "in"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
-        "output": {"validation_fraction": 0.1, "stratify_by": "label"},
-        "stages": [],
-    }
+    recipe: dict[str, Any] = labelled("tickets", {"validation_fraction": 0.1, "stratify_by": "label"})
     for day in range(1, 11):
         write_jsonl(workdir / "in" / f"day{day:02d}.jsonl", days_tickets(day, 1))
     first = prompt_sides(run(workdir, recipe))
@@ -177,13 +174,7 @@ def test_grouping_a_stratified_split_later_moves_no_published_record(workdir: Pa
     and read again (their file changed) each keeps its side; its group joins the first one's, not a side
     dealt to it anew (which moved 52 of 120)."""
     write_jsonl(workdir / "in" / "tickets.jsonl", customer_tickets(120))
-    recipe: dict[str, Any] = {
-        "dataset": "tickets",
-        "sources": [{"path": "in"}],
-        "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
-        "output": {"validation_fraction": 0.3, "stratify_by": "label"},
-        "stages": [],
-    }
+    recipe: dict[str, Any] = labelled("tickets", {"validation_fraction": 0.3, "stratify_by": "label"})
     before = prompt_sides(run(workdir, recipe))
     appended = {"q": "ticket 120, a new one", "a": "ok", "label": "a", "customer": "c1"}
     write_jsonl(workdir / "in" / "tickets.jsonl", [*customer_tickets(120), appended])
@@ -418,13 +409,7 @@ def notes_of(numbers: list[int]) -> list[dict[str, str]]:
     return [{"q": f"note {n}", "a": "ok", "label": "xyz"[n % 3]} for n in numbers]
 
 
-RESTORED_RECIPE: dict[str, Any] = {
-    "dataset": "notes",
-    "sources": [{"path": "in"}],
-    "record": {"kind": "instruction", "prompt": "q", "completion": "a", "label": "label"},
-    "output": {"validation_fraction": 0.2, "stratify_by": "label"},
-    "stages": [],
-}
+RESTORED_RECIPE: dict[str, Any] = labelled("notes", {"validation_fraction": 0.2, "stratify_by": "label"})
 
 
 @pytest.mark.parametrize(
