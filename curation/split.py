@@ -409,21 +409,25 @@ class Splitter:
         whose first record is one read again takes that record's side."""
         side = self._groups.get(key)
         if side is None:
-            if earlier is not None and self._dealing_on:  # counted in the run that first dealt it
-                side = earlier
-            else:
-                self._seen[label] += 1
-                side = earlier  # counted as dealt, so the label's later units keep its balance
-                if side is None:
-                    if label not in self._phases:
-                        self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
-                    due = math.floor(self._seen[label] * self.fraction + self._phases[label])
-                    side = due > self._to_validation[label]
-                if side:
-                    self._to_validation[label] += 1
+            counted = earlier is not None and self._dealing_on  # counted in the run that first dealt it
+            side = earlier if counted else self._deal(label, earlier)
             if self.group_by:
                 self._groups[key] = side
         return side if earlier is None else earlier
+
+    def _deal(self, label: str, earlier: bool | None) -> bool:
+        """A new unit of ``label``, counted: its side dealt from the label's counts, or ``earlier`` where its
+        record has one (counted as dealt, so the label's later units keep its balance)."""
+        self._seen[label] += 1
+        side = earlier
+        if side is None:
+            if label not in self._phases:
+                self._phases[label] = _unit_hash(self.seed, "label\x1f" + label) / 2**64
+            due = math.floor(self._seen[label] * self.fraction + self._phases[label])
+            side = due > self._to_validation[label]
+        if side:
+            self._to_validation[label] += 1
+        return side
 
     def report(self) -> dict[str, Any]:
         """What the manifest says about the split: records per side, label balance and groups when used."""

@@ -1150,11 +1150,12 @@ class DatasetWriter:
         held: dict[str, list[pl.DataFrame]] = {}
         known: dict[str, int] = dict.fromkeys(paths, 0)
         wanted = [path for path in paths if path not in streamed]
+        in_wanted = pl.col("shard").is_in(pl.Series(wanted, dtype=pl.String).implode())
+        reviewed = pl.col("shard").is_in(pl.Series(list(by_line), dtype=pl.String).implode())
         for rows in _lineage_files(fs, folder, lineage) if wanted else ():
-            rows = rows.filter(pl.col("shard").is_in(pl.Series(wanted, dtype=pl.String).implode()))
+            rows = rows.filter(in_wanted)
             for shard, count in rows["shard"].value_counts().iter_rows():
                 known[shard] += count
-            reviewed = pl.col("shard").is_in(pl.Series(list(by_line), dtype=pl.String).implode())
             for (shard,), part in rows.filter(reviewed).partition_by("shard", as_dict=True).items():
                 held.setdefault(shard, []).append(part)
             self._write_moved_lineage(rows.filter(~reviewed), paths)
