@@ -458,7 +458,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     action = "reject" if rejected else "keep" if kept else "edit" if fields or spans else "approve"
     edits = {"fields": fields, "not_pii": spans} if action == "edit" or (action == "keep" and (fields or spans)) else {}
     after = {"status": STATUS_OF[action], **edits}
-    return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids if edits else {}}
+    return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids}
 
 
 def _pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
@@ -477,9 +477,8 @@ def newest_fields(in_force_rows: Iterable[dict[str, Any]]) -> dict[str, str]:
     values leaves its older value of the field older."""
     newest: dict[str, tuple[int, str]] = {}
     for decision in in_force_rows:
-        ids = decision.get("field_ids", {})
         for name, value in fields_of(decision).items():
-            decided = ids.get(name, decision["decision_id"])
+            decided = decision["field_ids"][name]
             if name not in newest or decided > newest[name][0]:
                 newest[name] = (decided, value)
     return {name: value for name, (_, value) in newest.items()}
@@ -936,9 +935,9 @@ def pii_again(current: dict[str, Any] | None, spans: Iterable[tuple[str, int, in
     marks, and ``edit``'s; it says which are ``edit``'s own (its new marks, not those in force), and the
     spans, for this release to read it as what it says alone (``in_force``). Empty (nothing left
     standing), it is to be taken as an approve alone, given this edit to say the spans (``decide``)."""
-    edit = edit or Edit()
-    standing = (not_pii_of(current) - set(spans)) | set(edit.not_pii)
-    own = Edit(fields=edit.fields, not_pii=sorted(set(edit.not_pii) - not_pii_of(current)))
+    edit, marks, spans = edit or Edit(), not_pii_of(current), set(spans)
+    standing = (marks - spans) | set(edit.not_pii)
+    own = Edit(fields=edit.fields, not_pii=sorted(set(edit.not_pii) - marks))
     fields = {**fields_of(current), **edit.fields}
     return Edit(fields=fields, not_pii=sorted(standing), replaces=True, again=sorted(spans), own=own)
 
