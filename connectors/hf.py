@@ -428,16 +428,15 @@ class HFSourceReader:
         # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
         # as text, it failed the run with a traceback from inside pyarrow.
         table = plain_strings(table)
-        used = table.column_names if self.used_columns is None else self.used_columns
-        text = set(used) - {self.image_column} if self.text_columns is None else self.text_columns
+        # The names the recipe reads the columns under (a file's ``id`` its ``input_id``), as ``reads`` compares them.
+        read = [input_name(name) for name in table.column_names] if self.used_columns is None else self.used_columns
+        text = set(read) - {self.image_column} if self.text_columns is None else self.text_columns
         _no_image_feature(table, ids.uri, text)
         column = self.image_column
         picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
         _no_image_bytes(table, ids.uri, column, self.bytes_for, picture)
         lines = np.arange(first_row, first_row + table.num_rows)
-        # The names the recipe reads the columns under (a file's ``id`` its ``input_id``), as ``reads`` compares
-        # them. An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
-        read = [input_name(name) for name in table.column_names] if self.used_columns is None else self.used_columns
+        # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in read if not (picture and name == column)]
         table, lines, set_aside = split_nested_not_utf8(table, ids, lines, checked, CONNECTOR)
         # The ids from the text as read: a column made binary writes its values' bytes otherwise.
@@ -460,7 +459,7 @@ def _with_images(rows: pa.Table, column: str, names: list[str]) -> tuple[pa.Tabl
     kept = rows.take(pa.array(good, pa.int64()))
     kept = kept.set_column(
         kept.column_names.index(column), column, pa.array([names[row] for row in good], pa.string())
-    ).append_column("image_bytes", pa.array([r.data for r in results if isinstance(r, CleanImage)], pa.binary()))
+    ).append_column("image_bytes", pa.array([results[row].data for row in good], pa.binary()))
     bad = [(row, result) for row, result in enumerate(results) if isinstance(result, ImageProblem)]
     if not bad:
         return kept, empty_set_aside()
