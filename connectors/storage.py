@@ -670,8 +670,9 @@ def _list_local(
     to a file listed already (see ``list_files``, and ``reads`` there)."""
     fs, path = filesystem(uri)
     try:
-        glob = _is_glob(path) and not _named_literally(fs, path)
-        if _is_glob(path) and not glob:
+        literal = _is_glob(path) and _named_literally(fs, path)
+        glob = _is_glob(path) and not literal
+        if literal:
             _warn_of_the_pattern_not_read(uri, path)
     except OSError as exc:
         raise StorageError(f"{uri}: cannot list: {exc}") from None
