@@ -58,6 +58,7 @@ from schemas.records import (
     empty_set_aside,
     input_name,
     reads,
+    record_json,
     set_aside_rows,
     sorted_holds,
     source_array,
@@ -1546,7 +1547,7 @@ def _row_text(row: dict[str, Any]) -> str:
     the record's or another column's (a list of masks), was megabytes of text in ``set_aside/``. Characters are
     not escaped: as ``\\u00e9``, a row reached ``MAX_RAW_CHARS`` up to six times sooner, cut into text that is
     no JSON, whose names the scrub did not recognise."""
-    return json.dumps(row, ensure_ascii=False, default=_text_or_size)
+    return record_json(row, ensure_ascii=False, default=_text_or_size)
 
 
 def _text_or_size(value: Any) -> str:

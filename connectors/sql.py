@@ -38,7 +38,7 @@ from connectors.storage import StorageError
 from schemas.config import SqlSource, parameter_places, query_parts
 from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
-from schemas.records import InputIds, record_ids, set_aside_rows, source_array
+from schemas.records import InputIds, record_ids, record_json, set_aside_rows, source_array
 
 log = logging.getLogger(__name__)
 
@@ -1302,5 +1302,5 @@ def _quarantined(
         outcome="quarantined",
         reasons=reason,
         details=[detail(line, at) for at, line in enumerate(lines)],
-        records=[raw_cut(json.dumps(record, default=str, ensure_ascii=False)) for record in records],
+        records=[raw_cut(record_json(record, ensure_ascii=False, default=str)) for record in records],
     )

@@ -405,11 +405,33 @@ def location(source: dict[str, Any] | None) -> str:
     return f"{source['uri']}:{source['line']}" if source.get("line") is not None else str(source["uri"])
 
 
-def record_json(row: dict[str, Any]) -> str:
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{value.nbytes if isinstance(value, memoryview) else len(value)} bytes>"
+    return str(value)
+
+
+def record_json(row: dict[str, Any], ensure_ascii: bool = True, default: Callable[[Any], str] = _as_text) -> str:
     """A set-aside record's fields as JSON text (its ``record``): a binary value (a VQA record's
     ``image_bytes``) as its size, not as Python's bytes repr, which spells every byte as an escape:
-    megabytes of text in ``set_aside/``, the review queue and the page, for one photo."""
-    return json.dumps(row, default=_as_text)
+    megabytes of text in ``set_aside/``, the review queue and the page, for one photo. A float JSON
+    cannot hold (NaN, an infinity) is null: Python writes the bare words NaN and Infinity, which no
+    other JSON parser reads (jq, a browser, SageMaker), and this is a copy of a row not published."""
+    try:
+        return json.dumps(row, ensure_ascii=ensure_ascii, default=default, allow_nan=False)
+    except ValueError:  # rare: only then is the row walked
+        return json.dumps(_finite(row), ensure_ascii=ensure_ascii, default=default, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each float that is NaN or infinite, at any depth, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def input_record_json(row: dict[str, Any]) -> str:
@@ -444,12 +466,6 @@ def reads(name: str, used: Collection[str] | None) -> bool:
     the recipe reads them under, a file's ``id`` its ``input_id`` (compared as is, a nested ``id`` was never
     checked for text that is not UTF-8)."""
     return used is None or input_name(name) in used
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"<{value.nbytes if isinstance(value, memoryview) else len(value)} bytes>"
-    return str(value)
 
 
 def set_aside_rows(

@@ -87,6 +87,15 @@ def as_jsonl_lineage(version_dir: Path) -> None:
     (version_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2))
 
 
+def strict_json(text: str) -> Any:
+    """``text`` parsed as JSON parsers other than Python's read it: ``NaN`` and ``Infinity`` are no JSON."""
+
+    def refused(token: str) -> None:
+        raise ValueError(f"{token} is no JSON")
+
+    return json.loads(text, parse_constant=refused)
+
+
 def set_aside(version_dir: Path) -> list[dict[str, Any]]:
     return read_lines(sorted((version_dir / "set_aside").glob("*.jsonl")))
 

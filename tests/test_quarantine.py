@@ -20,7 +20,7 @@ from curation.executors.local import Tally
 from curation.stages.shape import Shape, TemplateErrors
 from schemas.config import RecipeError, RecordShape
 from schemas.records import SetAsideExample, source_array
-from tests.helpers import lineage_rows, outputs, run, set_aside, write_jsonl
+from tests.helpers import lineage_rows, outputs, run, set_aside, strict_json, write_jsonl
 
 
 def qa_recipe(file: str, prompt: str = "q", completion: str = "a", **more: Any) -> dict[str, Any]:
@@ -616,6 +616,32 @@ def test_a_parquet_text_value_that_is_not_utf8_quarantines_its_row(workdir: Path
         (aside,) = set_aside(Path(result.version_uri))
         assert aside["reason"] == "schema" and aside["detail"].startswith(f"{workdir / 'faq.parquet'}:2: ")
         assert_adds_up(result.manifest.counts)
+
+
+def test_a_float_json_cannot_hold_is_null_in_a_set_aside_record_which_any_json_parser_reads(workdir: Path) -> None:
+    # Python's json wrote NaN and Infinity as those bare words, in the record of a row set aside as read
+    # (text in a struct not UTF-8) or by a later stage: jq, a browser or SageMaker refused the line.
+    inf, nan = float("inf"), float("nan")
+    notes = pa.array([b"ok", b"fine", b"caf\xe9"], pa.binary()).view(pa.string())
+    table = pa.table(
+        {
+            "q": ["Fine?", "No answer?", "Cafe?"],
+            "a": ["Yes.", None, "Oui."],
+            "score": [nan, inf, -inf],
+            "meta": pa.StructArray.from_arrays([notes, pa.array([[1.5], [-inf, nan], [inf]])], names=["note", "xs"]),
+        }
+    )
+    pq.write_table(table, workdir / "faq.parquet")
+    result = run(workdir, qa_recipe("faq.parquet", "{{ q }} {{ meta.note }}", "{{ a }}"))
+    version = Path(result.version_uri)
+    assert [line["prompt"] for line in outputs(version)] == ["Fine? ok"]
+    lines = [strict_json(line) for line in (version / "set_aside" / "part-00000.jsonl").read_text().splitlines()]
+    records = {line["source"]["line"]: (line["reason"], strict_json(line["record"])) for line in lines}
+    assert records == {
+        2: ("template", {"q": "No answer?", "a": None, "score": None, "meta": {"note": "fine", "xs": [None, None]}}),
+        3: ("schema", {"q": "Cafe?", "a": "Oui.", "score": None, "meta": {"note": "caf\ufffd", "xs": [None]}}),
+    }
+    assert_adds_up(result.manifest.counts)
 
 
 def test_a_field_naming_a_column_of_json_objects_or_arrays_writes_them_as_json(workdir: Path) -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import lineage_rows, outputs, processed, run, set_aside, sqlite_db
+from tests.helpers import lineage_rows, outputs, processed, run, set_aside, sqlite_db, strict_json
 
 CUSTOMERS = sa.MetaData()
 tickets = sa.Table(
@@ -362,6 +362,26 @@ def test_sqlite_text_that_is_not_utf8_quarantines_its_row_and_the_cursor_moves_p
     second = run(workdir, spec)
     assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (1, 0)
     assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["new"]
+
+
+def test_a_sqlite_float_infinity_is_null_in_a_set_aside_record_which_any_json_parser_reads(workdir: Path) -> None:
+    # SQLite holds an infinity (9e999): Python's json wrote it as the bare word Infinity in the record of a
+    # row set aside as read (its text not UTF-8) or by a later stage, which no other JSON parser reads.
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (id INTEGER, subject TEXT, reply TEXT, score REAL)",
+        "INSERT INTO t VALUES (1, 'ok', 'fine', 1.5), (2, 'no reply', NULL, 9e999),"
+        " (3, CAST(X'6A616E65E9' AS TEXT), 'bad', -9e999)",
+    )
+    result = run(workdir, recipe(url, table="t"))
+    version = Path(result.version_uri)
+    assert [line["prompt"] for line in outputs(version)] == ["ok"]
+    lines = [strict_json(line) for line in (version / "set_aside" / "part-00000.jsonl").read_text().splitlines()]
+    records = {line["source"]["line"]: (line["reason"], strict_json(line["record"])) for line in lines}
+    assert records == {
+        2: ("template", {"input_id": 2, "subject": "no reply", "reply": None, "score": None}),
+        3: ("schema", {"id": 3, "subject": "jane\\xe9", "reply": "bad", "score": None}),
+    }
 
 
 def test_a_key_that_is_not_utf8_is_asked_of_the_rows_before_the_watermark(tmp_path: Path) -> None:
