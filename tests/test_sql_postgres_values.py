@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import SqlSource
-from tests.helpers import lineage_rows, processed, run, set_aside
+from tests.helpers import lineage_rows, processed, run, set_aside, strict_json
 
 
 def postgres_table(url: str, name: str, columns: str, *inserts: str) -> None:
@@ -507,3 +507,31 @@ def test_a_small_decimal_in_an_array_is_written_as_a_scalar_one_is(workdir: Path
     assert published == [
         ('0.0000001 ["0.0000001", "1.5"] ["0.00000010", "2.00000000"] 0.0000001', '["0.0000001", "1.5"]')
     ]
+
+
+def test_a_float8_nan_or_infinity_is_null_in_a_set_aside_record_which_any_json_parser_reads(
+    workdir: Path, postgres_url: str
+) -> None:
+    # Python's json wrote them as the bare words NaN and Infinity, which no other JSON parser reads, in the
+    # record of a row set aside as read (an infinite moment) or by a later stage (a template's empty value).
+    postgres_table(
+        postgres_url,
+        "scores",
+        "id int, q text, a text, v float8, vs float8[], at timestamptz",
+        "(1, 'one', 'ok', 'NaN', '{NaN,1.5}', '2024-01-02'), (2, 'two', NULL, 'Infinity', '{-Infinity}', NULL),"
+        " (3, 'three', 'x', '-Infinity', NULL, 'infinity')",
+    )
+    spec = {
+        "dataset": "scores",
+        "sources": [{"type": "sql", "url": postgres_url, "table": "scores"}],
+        "record": {"kind": "instruction", "prompt": "{{ q }} {{ v }}", "completion": "{{ a }}"},
+        "output": {"validation_fraction": 0.0},
+    }
+    version = Path(run(workdir, spec).version_uri)
+    assert [line["prompt"] for line in processed(version)] == ["one nan"]
+    lines = [strict_json(line) for line in (version / "set_aside" / "part-00000.jsonl").read_text().splitlines()]
+    records = {line["source"]["line"]: (line["reason"], strict_json(line["record"])) for line in lines}
+    assert records == {
+        2: ("template", {"input_id": 2, "q": "two", "a": None, "v": None, "vs": [None], "at": None}),
+        3: ("schema", {"id": 3, "q": "three", "a": "x", "v": None, "vs": None, "at": "infinity"}),
+    }
