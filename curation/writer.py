@@ -133,7 +133,12 @@ def _line_array(data: bytes) -> pa.LargeStringArray:
 
 
 def _lineage_files(
-    fs: pafs.FileSystem, folder: str, shards: list[Shard], columns: tuple[str, ...] = ALL_LINEAGE, own: bool = False
+    fs: pafs.FileSystem,
+    folder: str,
+    shards: list[Shard],
+    columns: tuple[str, ...] = ALL_LINEAGE,
+    own: bool = False,
+    of_shard: str | None = None,
 ) -> Iterator[pl.DataFrame]:
     """A version's lineage rows, a file at a time: a version carried by every scheduled run can hold
     millions of rows, so they are read as columns (a JSON object per row cost more than the rest of
@@ -143,17 +148,21 @@ def _lineage_files(
     others are not read (its ids and sources are most of its work to read). ``own``: only the rows of the
     records the version's run wrote (``carried_from`` null), where a walk down a chain needs no others (a
     carried record is in the version it came from, on its side); a Parquet file's row groups of carried
-    rows alone, as its statistics tell, are not read."""
+    rows alone, as its statistics tell, are not read. ``of_shard``: the rows of that shard alone, and a Parquet
+    file's row groups whose statistics say they hold none are not read (a one-file format's carry reads each
+    shard's rows in a pass of its own)."""
     schema = _lineage_columns((*columns, "carried_from") if own else columns)
     for shard in shards:
         path = f"{folder}/{shard.path}"
         if path.endswith(".parquet"):
-            frames = _parquet_lineage(fs, path, schema, own)
+            frames = _parquet_lineage(fs, path, schema, own, of_shard)
         else:  # a version published before lineage was Parquet
             frames = iter([_lineage_file(fs, path, schema)])
         if own:
             wanted = _lineage_columns(columns).names
             frames = (frame.filter(pl.col("carried_from").is_null()).select(wanted) for frame in frames)
+        if of_shard is not None:
+            frames = (frame.filter(pl.col("shard") == of_shard) for frame in frames)
         yield from frames
 
 
@@ -242,11 +251,13 @@ def _lineage_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pl.DataF
     return _complete(frame, path, 0)
 
 
-def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema, own: bool = False) -> Iterator[pl.DataFrame]:
+def _parquet_lineage(
+    fs: pafs.FileSystem, path: str, schema: pa.Schema, own: bool = False, shard: str | None = None
+) -> Iterator[pl.DataFrame]:
     """The ``schema`` columns of a Parquet lineage file, ``LINEAGE_READ_ROWS`` rows at a time (``own``: less the
-    row groups of carried rows alone)."""
+    row groups of carried rows alone; ``shard``: less those of other shards' rows alone)."""
     with fs.open_input_file(path) as stream:
-        batches = _parquet_batches(stream, schema, own)
+        batches = _parquet_batches(stream, schema, own, shard)
         while True:
             try:
                 read, rows = next(batches, (0, None))
@@ -262,14 +273,16 @@ def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema, own: boo
             yield _complete(pl.from_arrow(rows), path, read)
 
 
-def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema, own: bool = False) -> Iterator[tuple[int, pa.Table]]:
+def _parquet_batches(
+    stream: pa.NativeFile, schema: pa.Schema, own: bool = False, shard: str | None = None
+) -> Iterator[tuple[int, pa.Table]]:
     """Each batch of the file's rows with the number of rows before it (for the row an error names)."""
     parquet = pq.ParquetFile(stream)
     lacking = [name for name in LINEAGE_ARROW.names if name not in parquet.schema_arrow.names]
     if lacking:
         raise ValueError(f"it has no column {', '.join(lacking)}")
     columns = _column_paths(schema)
-    pieces = [(0, None)] if not own else _row_groups_of_own_rows(parquet.metadata)
+    pieces = [(0, None)] if not own and shard is None else _row_groups_holding(parquet.metadata, own, shard)
     for before, group in pieces:
         groups = None if group is None else [group]
         for batch in parquet.iter_batches(LINEAGE_READ_ROWS, row_groups=groups, columns=columns):
@@ -277,15 +290,22 @@ def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema, own: bool = False
             before += batch.num_rows
 
 
-def _row_groups_of_own_rows(metadata: pq.FileMetaData) -> list[tuple[int, int | None]]:
-    """The row groups that may hold rows of the version's own run (``carried_from`` null), each with the number of
-    rows before it: all but those whose statistics say they have no null there (a carry writes its rows apart)."""
-    column = [metadata.schema.column(i).path for i in range(metadata.num_columns)].index("carried_from")
+def _row_groups_holding(metadata: pq.FileMetaData, own: bool, shard: str | None) -> list[tuple[int, int | None]]:
+    """The row groups that may hold rows of the version's own run (``own``: ``carried_from`` null) of ``shard``
+    (where given), each with the number of rows before it: all but those whose statistics say they hold none (a
+    carry writes its rows apart, and a writer each split's part apart). A group without statistics is read."""
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    carried_from, shards = paths.index("carried_from"), paths.index("shard")
+    wanted = None if shard is None else shard.encode()  # Parquet orders strings by their UTF-8 bytes
     found, before = [], 0
     for group in range(metadata.num_row_groups):
         rows = metadata.row_group(group)
-        stats = rows.column(column).statistics
-        if stats is None or not stats.has_null_count or stats.null_count:
+        stats = rows.column(carried_from).statistics
+        may = not own or stats is None or not stats.has_null_count or stats.null_count > 0
+        stats = rows.column(shards).statistics
+        if wanted is not None and stats is not None and stats.has_min_max:
+            may = may and stats.min_raw <= wanted <= stats.max_raw
+        if may:
             found.append((before, group))
         before += rows.num_rows
     return found
@@ -939,10 +959,7 @@ class DatasetWriter:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
                 if append:
                     ordered = _LineOrdered(
-                        (
-                            piece.filter(pl.col("shard") == shard.path)
-                            for piece in _lineage_files(source_fs, source, previous.lineage)
-                        )
+                        _lineage_files(source_fs, source, previous.lineage, of_shard=shard.path)
                         if shard.path in streamed
                         else ([] if rows is None else [rows])
                     )
