@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from connectors.files import _one_value_per_key, _RepeatedKey
 from connectors.state import LEASE_SETTING, LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
@@ -351,9 +352,38 @@ def _noting_images(
         yield item
 
 
-def _images_named(data: bytes, keep: np.ndarray, split: str, where: str, first: int) -> set[str]:
-    """The images (``file_name``, relative to its split's folder) that the lines ``data``, lines ``first``... of
-    ``where``, name where ``keep`` keeps them: read as one column (a JSON object a line cost seconds a 300k)."""
+def _one_file_name(line: bytes, where: str, number: int) -> None:
+    """Refuses line ``number`` of the metadata file ``where`` if it names ``file_name`` twice (a hand edit): polars
+    keeps the first and Python's json the last, so which image it names cannot be told. Only a line that spells
+    the name twice, or holds an escape that may spell it, is read as JSON."""
+    if line.count(b"file_name") < 2 and b"\\u" not in line:
+        return
+    try:
+        json.loads(line, object_pairs_hook=_one_value_per_key)
+    except _RepeatedKey as repeated:
+        if repeated.args[0] == "file_name":
+            raise ValueError(f'{where} line {number}: the key "file_name" appears twice in one object') from None
+    except (ValueError, RecursionError):  # not JSON: named where the line is read
+        pass
+
+
+def _checked_file_names(lines: Iterable[bytes], where: str) -> Iterator[bytes]:
+    """``lines`` of the metadata file ``where`` as they pass, each refused if it names ``file_name`` twice."""
+    for number, line in enumerate(lines, 1):
+        _one_file_name(line, where, number)
+        yield line
+
+
+def _images_named(
+    data: bytes, lines: pa.LargeStringArray, keep: np.ndarray, split: str, where: str, first: int
+) -> set[str]:
+    """The images (``file_name``, relative to its split's folder) that the lines ``data`` (as ``lines``), lines
+    ``first``... of ``where``, name where ``keep`` keeps them: read as one column (a JSON object a line cost
+    seconds a 300k)."""
+    lines = pl.Series(lines)
+    twice = lines.str.count_matches("file_name", literal=True) > 1
+    for index in (twice | lines.str.contains("\\u", literal=True)).arg_true().to_list():
+        _one_file_name(lines[index].encode(), where, first + index)
     try:
         names = pl.read_ndjson(io.BytesIO(data), schema={"file_name": pl.String})["file_name"]
     except pl.exceptions.PolarsError as error:
@@ -964,7 +994,9 @@ class DatasetWriter:
                         else ([] if rows is None else [rows])
                     )
                     if shard.path in carrying.decided_shards:
-                        kept = carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), ordered, where)
+                        lines = _read_lines(source_fs, f"{source}/{shard.path}")
+                        lines = _checked_file_names(lines, where) if previous.files else lines
+                        kept = carrying.review(lines, ordered, where)
                         self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
                     else:
                         images = named if previous.files else None
@@ -1056,7 +1088,7 @@ class DatasetWriter:
             lines = _line_array(data)
             keep, stay = carrying.sift(len(lines), rows.before(first + len(lines)), first)
             if named is not None:
-                named.update(_images_named(data, keep, split, where, first))
+                named.update(_images_named(data, lines, keep, split, where, first))
             self._write_sifted(self.splits[split], lines.filter(pa.array(keep)), stay)
             first += len(lines)
 
