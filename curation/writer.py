@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from connectors.files import _one_value_per_key, _RepeatedKey
 from connectors.state import LEASE_SETTING, LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
@@ -133,7 +134,12 @@ def _line_array(data: bytes) -> pa.LargeStringArray:
 
 
 def _lineage_files(
-    fs: pafs.FileSystem, folder: str, shards: list[Shard], columns: tuple[str, ...] = ALL_LINEAGE, own: bool = False
+    fs: pafs.FileSystem,
+    folder: str,
+    shards: list[Shard],
+    columns: tuple[str, ...] = ALL_LINEAGE,
+    own: bool = False,
+    of_shard: str | None = None,
 ) -> Iterator[pl.DataFrame]:
     """A version's lineage rows, a file at a time: a version carried by every scheduled run can hold
     millions of rows, so they are read as columns (a JSON object per row cost more than the rest of
@@ -143,17 +149,21 @@ def _lineage_files(
     others are not read (its ids and sources are most of its work to read). ``own``: only the rows of the
     records the version's run wrote (``carried_from`` null), where a walk down a chain needs no others (a
     carried record is in the version it came from, on its side); a Parquet file's row groups of carried
-    rows alone, as its statistics tell, are not read."""
+    rows alone, as its statistics tell, are not read. ``of_shard``: the rows of that shard alone, and a Parquet
+    file's row groups whose statistics say they hold none are not read (a one-file format's carry reads each
+    shard's rows in a pass of its own)."""
     schema = _lineage_columns((*columns, "carried_from") if own else columns)
     for shard in shards:
         path = f"{folder}/{shard.path}"
         if path.endswith(".parquet"):
-            frames = _parquet_lineage(fs, path, schema, own)
+            frames = _parquet_lineage(fs, path, schema, own, of_shard)
         else:  # a version published before lineage was Parquet
             frames = iter([_lineage_file(fs, path, schema)])
         if own:
             wanted = _lineage_columns(columns).names
             frames = (frame.filter(pl.col("carried_from").is_null()).select(wanted) for frame in frames)
+        if of_shard is not None:
+            frames = (frame.filter(pl.col("shard") == of_shard) for frame in frames)
         yield from frames
 
 
@@ -242,11 +252,13 @@ def _lineage_file(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pl.DataF
     return _complete(frame, path, 0)
 
 
-def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema, own: bool = False) -> Iterator[pl.DataFrame]:
+def _parquet_lineage(
+    fs: pafs.FileSystem, path: str, schema: pa.Schema, own: bool = False, shard: str | None = None
+) -> Iterator[pl.DataFrame]:
     """The ``schema`` columns of a Parquet lineage file, ``LINEAGE_READ_ROWS`` rows at a time (``own``: less the
-    row groups of carried rows alone)."""
+    row groups of carried rows alone; ``shard``: less those of other shards' rows alone)."""
     with fs.open_input_file(path) as stream:
-        batches = _parquet_batches(stream, schema, own)
+        batches = _parquet_batches(stream, schema, own, shard)
         while True:
             try:
                 read, rows = next(batches, (0, None))
@@ -262,14 +274,16 @@ def _parquet_lineage(fs: pafs.FileSystem, path: str, schema: pa.Schema, own: boo
             yield _complete(pl.from_arrow(rows), path, read)
 
 
-def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema, own: bool = False) -> Iterator[tuple[int, pa.Table]]:
+def _parquet_batches(
+    stream: pa.NativeFile, schema: pa.Schema, own: bool = False, shard: str | None = None
+) -> Iterator[tuple[int, pa.Table]]:
     """Each batch of the file's rows with the number of rows before it (for the row an error names)."""
     parquet = pq.ParquetFile(stream)
     lacking = [name for name in LINEAGE_ARROW.names if name not in parquet.schema_arrow.names]
     if lacking:
         raise ValueError(f"it has no column {', '.join(lacking)}")
     columns = _column_paths(schema)
-    pieces = [(0, None)] if not own else _row_groups_of_own_rows(parquet.metadata)
+    pieces = [(0, None)] if not own and shard is None else _row_groups_holding(parquet.metadata, own, shard)
     for before, group in pieces:
         groups = None if group is None else [group]
         for batch in parquet.iter_batches(LINEAGE_READ_ROWS, row_groups=groups, columns=columns):
@@ -277,15 +291,22 @@ def _parquet_batches(stream: pa.NativeFile, schema: pa.Schema, own: bool = False
             before += batch.num_rows
 
 
-def _row_groups_of_own_rows(metadata: pq.FileMetaData) -> list[tuple[int, int | None]]:
-    """The row groups that may hold rows of the version's own run (``carried_from`` null), each with the number of
-    rows before it: all but those whose statistics say they have no null there (a carry writes its rows apart)."""
-    column = [metadata.schema.column(i).path for i in range(metadata.num_columns)].index("carried_from")
+def _row_groups_holding(metadata: pq.FileMetaData, own: bool, shard: str | None) -> list[tuple[int, int | None]]:
+    """The row groups that may hold rows of the version's own run (``own``: ``carried_from`` null) of ``shard``
+    (where given), each with the number of rows before it: all but those whose statistics say they hold none (a
+    carry writes its rows apart, and a writer each split's part apart). A group without statistics is read."""
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    carried_from, shards = paths.index("carried_from"), paths.index("shard")
+    wanted = None if shard is None else shard.encode()  # Parquet orders strings by their UTF-8 bytes
     found, before = [], 0
     for group in range(metadata.num_row_groups):
         rows = metadata.row_group(group)
-        stats = rows.column(column).statistics
-        if stats is None or not stats.has_null_count or stats.null_count:
+        stats = rows.column(carried_from).statistics
+        may = not own or stats is None or not stats.has_null_count or stats.null_count > 0
+        stats = rows.column(shards).statistics
+        if wanted is not None and stats is not None and stats.has_min_max:
+            may = may and stats.min_raw <= wanted <= stats.max_raw
+        if may:
             found.append((before, group))
         before += rows.num_rows
     return found
@@ -331,9 +352,38 @@ def _noting_images(
         yield item
 
 
-def _images_named(data: bytes, keep: np.ndarray, split: str, where: str, first: int) -> set[str]:
-    """The images (``file_name``, relative to its split's folder) that the lines ``data``, lines ``first``... of
-    ``where``, name where ``keep`` keeps them: read as one column (a JSON object a line cost seconds a 300k)."""
+def _one_file_name(line: bytes, where: str, number: int) -> None:
+    """Refuses line ``number`` of the metadata file ``where`` if it names ``file_name`` twice (a hand edit): polars
+    keeps the first and Python's json the last, so which image it names cannot be told. Only a line that spells
+    the name twice, or holds an escape that may spell it, is read as JSON."""
+    if line.count(b"file_name") < 2 and b"\\u" not in line:
+        return
+    try:
+        json.loads(line, object_pairs_hook=_one_value_per_key)
+    except _RepeatedKey as repeated:
+        if repeated.args[0] == "file_name":
+            raise ValueError(f'{where} line {number}: the key "file_name" appears twice in one object') from None
+    except (ValueError, RecursionError):  # not JSON: named where the line is read
+        pass
+
+
+def _checked_file_names(lines: Iterable[bytes], where: str) -> Iterator[bytes]:
+    """``lines`` of the metadata file ``where`` as they pass, each refused if it names ``file_name`` twice."""
+    for number, line in enumerate(lines, 1):
+        _one_file_name(line, where, number)
+        yield line
+
+
+def _images_named(
+    data: bytes, lines: pa.LargeStringArray, keep: np.ndarray, split: str, where: str, first: int
+) -> set[str]:
+    """The images (``file_name``, relative to its split's folder) that the lines ``data`` (as ``lines``), lines
+    ``first``... of ``where``, name where ``keep`` keeps them: read as one column (a JSON object a line cost
+    seconds a 300k)."""
+    lines = pl.Series(lines)
+    twice = lines.str.count_matches("file_name", literal=True) > 1
+    for index in (twice | lines.str.contains("\\u", literal=True)).arg_true().to_list():
+        _one_file_name(lines[index].encode(), where, first + index)
     try:
         names = pl.read_ndjson(io.BytesIO(data), schema={"file_name": pl.String})["file_name"]
     except pl.exceptions.PolarsError as error:
@@ -939,15 +989,14 @@ class DatasetWriter:
                 rows, where = held.get(shard.path), f"{version_dir}/{shard.path}"
                 if append:
                     ordered = _LineOrdered(
-                        (
-                            piece.filter(pl.col("shard") == shard.path)
-                            for piece in _lineage_files(source_fs, source, previous.lineage)
-                        )
+                        _lineage_files(source_fs, source, previous.lineage, of_shard=shard.path)
                         if shard.path in streamed
                         else ([] if rows is None else [rows])
                     )
                     if shard.path in carrying.decided_shards:
-                        kept = carrying.review(_read_lines(source_fs, f"{source}/{shard.path}"), ordered, where)
+                        lines = _read_lines(source_fs, f"{source}/{shard.path}")
+                        lines = _checked_file_names(lines, where) if previous.files else lines
+                        kept = carrying.review(lines, ordered, where)
                         self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
                     else:
                         images = named if previous.files else None
@@ -1039,7 +1088,7 @@ class DatasetWriter:
             lines = _line_array(data)
             keep, stay = carrying.sift(len(lines), rows.before(first + len(lines)), first)
             if named is not None:
-                named.update(_images_named(data, keep, split, where, first))
+                named.update(_images_named(data, lines, keep, split, where, first))
             self._write_sifted(self.splits[split], lines.filter(pa.array(keep)), stay)
             first += len(lines)
 

@@ -202,11 +202,12 @@ def lose_a_lineage_row(version: Path, input_name: str) -> None:
     rewrite_lineage(version, lose)
 
 
-def rewrite_lineage(version: Path, change: Callable[[pa.Table], pa.Table]) -> None:
-    """``version``'s one lineage file as ``change`` makes it; its manifest still checks."""
+def rewrite_lineage(version: Path, change: Callable[[pa.Table], pa.Table], **parquet: Any) -> None:
+    """``version``'s one lineage file as ``change`` makes it (written with the ``parquet`` options); its manifest
+    still checks."""
     manifest = Manifest.model_validate_json((version / "manifest.json").read_text())
     (entry,) = manifest.lineage
-    pq.write_table(change(pq.read_table(version / entry.path)), version / entry.path)
+    pq.write_table(change(pq.read_table(version / entry.path)), version / entry.path, **parquet)
     body = (version / entry.path).read_bytes()
     manifest.lineage = [entry.model_copy(update={"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})]
     (version / "manifest.json").write_text(manifest.model_dump_json(indent=2))
@@ -480,20 +481,26 @@ def test_a_one_file_format_carries_its_file_in_blocks_keeping_the_lines_without_
     assert verify_checksums(str(two), v2.manifest) == []
 
 
-@pytest.mark.parametrize("reversed_rows", [False, True])
+@pytest.mark.parametrize("layout", ["as written", "reversed", "interleaved", "without statistics"])
 def test_a_one_file_format_carries_lineage_rows_read_in_pieces_to_their_lines(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, reversed_rows: bool
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, layout: str
 ) -> None:
     """A text file's lineage rows are read a few at a time, in step with its lines, each row moved to its
-    record's new line; rows not in line order (not as this writer writes them) are held and sorted instead."""
+    record's new line; rows not in line order (not as this writer writes them) are held and sorted instead.
+    Each split's rows are read past the row groups whose statistics say they hold the other's alone: rows of
+    both splits interleaved in small groups (each split over several), or groups without statistics, are read."""
     monkeypatch.setattr(writer, "CARRY_BLOCK_BYTES", 64)
     monkeypatch.setattr(writer, "LINEAGE_READ_ROWS", 3)
     text = {"dataset": "corpus", "sources": [{"path": "docs"}], "record": {"kind": "document"}}
     text["output"] = {"dest": "out", "format": "text", "validation_fraction": 0.4}
     write_jsonl(workdir / "docs" / "a.jsonl", [{"text": f"Document {i}."} for i in range(20)])
     one = Path(run(workdir, text).version_uri)
-    if reversed_rows:
+    if layout == "reversed":
         rewrite_lineage(one, lambda rows: rows.take(list(range(rows.num_rows - 1, -1, -1))))
+    elif layout == "interleaved":  # train's line 1, validation's line 1, train's line 2, ...: each in line order
+        rewrite_lineage(one, lambda rows: rows.sort_by("line"), row_group_size=3)
+    elif layout == "without statistics":
+        rewrite_lineage(one, lambda rows: rows, row_group_size=3, write_statistics=False)
 
     def texts_by_id(version: Path) -> dict[str, str]:
         return {

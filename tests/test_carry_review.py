@@ -25,7 +25,7 @@ from schemas.config import load_recipe
 from schemas.manifest import Manifest
 from schemas.records import FLAG_SCHEMA
 from tests.helpers import BILLING, as_jsonl_lineage, lineage_rows, outputs, run, set_aside, write_jsonl
-from tests.test_carry import notes, recipe, shards, texts
+from tests.test_carry import asks, notes, recipe, scans, shards, texts
 from tests.test_review_decisions import flag
 from tests.test_split_sides import side_of_each
 
@@ -1119,3 +1119,23 @@ def test_a_rejection_undone_brings_the_record_back_on_its_side_counted_once(
     assert side_of_each(Path(v3.version_uri)) == first
     assert v3.manifest.split["dealt"] == dealt
     engine.dispose()
+
+
+@pytest.mark.parametrize("decided", [False, True])
+def test_a_carried_metadata_line_naming_file_name_twice_is_refused_by_its_line(workdir: Path, decided: bool) -> None:
+    # A hand edit: polars (the lines carried as columns) takes the first file_name, Python's json (the lines a
+    # decision reaches, read one by one) the last, so which image travels depended on the path; neither is told.
+    vqa = scans(workdir, {"red": (255, 0, 0), "green": (0, 255, 0)})
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red", "green", "red"], "a"))
+    one = Path(run(workdir, vqa).version_uri)
+    metadata = one / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines(keepends=True)
+    green = json.loads(lines[1])["file_name"]
+    lines[2] = lines[2].replace("{", '{"file_name": "' + green + '", ', 1)
+    metadata.write_text("".join(lines))
+    if decided:  # the first line's record rejected: the file is read line by line
+        first = next(row["id"] for row in lineage_rows(one) if row["line"] == 1)
+        decide(workdir, "scans", 1, {first: ("reject", None)})
+    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+    with pytest.raises(ValueError, match=r'v1/train/metadata.jsonl line 3: the key "file_name" appears twice'):
+        run(workdir, vqa)

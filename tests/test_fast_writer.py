@@ -568,6 +568,44 @@ def test_a_versions_own_lineage_rows_are_those_its_run_wrote(tmp_path: Path, sto
     ]
 
 
+@pytest.mark.parametrize("statistics", [True, False])
+def test_a_shards_lineage_rows_are_read_past_row_groups_of_other_shards_alone(tmp_path: Path, statistics: bool) -> None:
+    # A one-file format's carry reads each shard's rows in a pass of its own: a row group whose statistics say it
+    # holds other shards alone is not read; one holding several shards interleaved, one between others' names, a
+    # shard over several groups, and every group of a file without statistics are, and each shard gets its rows.
+    from curation.writer import LINEAGE_PARQUET, _lineage_files, _row_groups_holding
+    from schemas.manifest import Shard
+
+    source = {"connector": "files", "uri": "/in/a.jsonl", "line": None, "page": None}
+    groups = [["b", "b"], ["c", "b", "c"], ["a", "a"], ["c"], ["a", "c"], ["b"]]  # a shard's letter a row
+    lines: Counter[str] = Counter()
+    pieces = []
+    for group in groups:
+        piece = []
+        for letter in group:
+            lines[letter] += 1
+            row = {"shard": f"{letter}/metadata.jsonl", "line": lines[letter], "id": f"{letter}{lines[letter]}"}
+            piece.append({**row, "source": source, "carried_from": None})
+        pieces.append(piece)
+    options = {**LINEAGE_PARQUET, "write_statistics": ["shard", "line", "carried_from"] if statistics else False}
+    with pq.ParquetWriter(tmp_path / "part-00000.parquet", LINEAGE_ARROW, **options) as out:
+        for piece in pieces:
+            out.write_table(pa.Table.from_pylist(piece, schema=LINEAGE_ARROW))
+    shards = [Shard(path="part-00000.parquet", records=sum(map(len, groups)), bytes=0, sha256="")]
+    fs = pafs.LocalFileSystem()
+    metadata = pq.ParquetFile(tmp_path / "part-00000.parquet").metadata
+    for letter, read in {"a": [2, 4], "b": [0, 1, 4, 5], "c": [1, 3, 4]}.items():
+        shard = f"{letter}/metadata.jsonl"
+        ids = [
+            i
+            for frame in _lineage_files(fs, str(tmp_path), shards, ("shard", "id"), of_shard=shard)
+            for i in frame["id"]
+        ]
+        assert ids == [f"{letter}{n}" for n in range(1, lines[letter] + 1)]
+        chosen = [group for _, group in _row_groups_holding(metadata, False, shard)]
+        assert chosen == (read if statistics else list(range(len(groups))))
+
+
 def test_carried_lineage_keeps_fields_that_first_appear_deep_in_a_file(tmp_path: Path) -> None:
     # Lineage is read as columns: a page number or ``carried_from`` seen only after the first rows
     # (a PDF after 150 text records, rows carried from an earlier version) must survive the read.
