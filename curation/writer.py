@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connectors.files import _one_value_per_key, _RepeatedKey
+from connectors.files import RepeatedKey, one_value_per_key
 from connectors.state import LEASE_SETTING, LockLost
 from connectors.storage import StorageError, copy_published, filesystem, is_s3, join, make_dirs, put_if_absent
 from curation.carried_edits import apply_edits
@@ -359,8 +359,8 @@ def _one_file_name(line: bytes, where: str, number: int) -> None:
     if line.count(b"file_name") < 2 and b"\\u" not in line:
         return
     try:
-        json.loads(line, object_pairs_hook=_one_value_per_key)
-    except _RepeatedKey as repeated:
+        json.loads(line, object_pairs_hook=one_value_per_key)
+    except RepeatedKey as repeated:
         if repeated.args[0] == "file_name":
             raise ValueError(f'{where} line {number}: the key "file_name" appears twice in one object') from None
     except (ValueError, RecursionError):  # not JSON: named where the line is read
