@@ -931,6 +931,27 @@ def test_a_sequence_of_image_features_read_as_text_is_refused_by_name_a_dicts_ot
     assert [line["prompt"] for line in outputs(Path(published.version_uri))] == ["Q1? c"]
 
 
+def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_by_name(workdir: Path) -> None:
+    # A template reading the dict whole ({{ shot }}) or at its image ({{ shot.img }}) rendered the picture's bytes
+    # as text: every row quarantined "not UTF-8 text", nothing naming the image.
+    features = datasets.Features(
+        {"q": datasets.Value("string"), "shot": {"img": datasets.Image(), "cap": datasets.Value("string")}}
+    )
+    rows = {"q": ["Q1?", "Q2?"], "shot": [{"img": {"bytes": png(0), "path": "0.png"}, "cap": c} for c in "cd"]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(workdir / "ds"))
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
+    said = r"data-00000-of-00001.arrow: column 'shot' holds a Hugging Face Image feature \(shot.img\), read here "
+    said += r"as text: a template may read the dict's other fields \(`{{ shot.cap }}`\), not the image in it"
+    for prompt in ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].path }}", "{{ shot.get('img') }}"):
+        with pytest.raises(StorageError, match=said):
+            run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": prompt, "completion": "q"}})
+    with pytest.raises(StorageError, match=said):  # a field naming the column reads it whole
+        run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": "q", "completion": "shot"}})
+    record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap | upper }}", "completion": "{{ shot['cap'] }}"}
+    lines = outputs(Path(run(workdir, {**recipe, "record": record}).version_uri))
+    assert [(line["prompt"], line["completion"]) for line in lines] == [("Q1? C", "c"), ("Q2? D", "d")]
+
+
 def test_a_nested_id_column_read_as_input_id_quarantines_its_text_that_is_not_utf8_as_read(workdir: Path) -> None:
     # The recipe reads a file's `id` as `input_id`: the check of the columns it reads compared the file's names
     # with the recipe's, skipped `id`, and its text failed the template later, nothing naming the column.
