@@ -370,17 +370,30 @@ class HFSourceReader:
             raise StorageError(f"{entry.uri}: cannot read: {error}") from None
 
     def _file(self, entry: FileEntry, digest: ReadDigest | None = None, head: bool = False) -> Iterator[SourceBatch]:
+        ids, checked = InputIds(entry.uri), None
+        for table, row, input_bytes in self._tables(entry, digest, head):
+            # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
+            # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
+            # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
+            # as text, it failed the run with a traceback from inside pyarrow.
+            table = plain_strings(table)
+            # The checks of the columns read look at the schema alone, which a file's batches share: made at its
+            # first batch, not at every one (a VQA recipe reads 256 rows a batch).
+            checked = checked or self._checked(ids.uri, table.schema)
+            yield self._batch(ids, table, row, input_bytes, *checked)
+
+    def _tables(self, entry: FileEntry, digest: ReadDigest | None, head: bool) -> Iterator[tuple[pa.Table, int, int]]:
+        """The data file's batches of ``batch_rows`` rows, each with its first row's number and its share of the
+        file's bytes."""
         fs, path = filesystem(entry.uri)
-        row, ids = 1, InputIds(entry.uri)
+        row = 1
         if entry.uri.endswith(".parquet"):
             with open_input(fs, path, entry.etag, digest) as handle:
                 parquet = pq.ParquetFile(handle)
                 total = max(parquet.metadata.num_rows, 1)
                 columns = self._head_columns(entry.uri, parquet) if head else None
                 for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=columns):
-                    yield self._batch(
-                        ids, pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
-                    )
+                    yield pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
                     row += batch.num_rows
             return
         with open_input(fs, path, entry.etag, digest) as stream:  # save_to_disk writes Arrow IPC streams
@@ -390,12 +403,24 @@ class HFSourceReader:
                 pending.append(batch)
                 while sum(b.num_rows for b in pending) >= self.batch_rows:
                     table = pa.Table.from_batches(pending)
-                    head, rest = table.slice(0, self.batch_rows), table.slice(self.batch_rows)
-                    yield self._batch(ids, head, row, 0)
-                    row += head.num_rows
+                    first, rest = table.slice(0, self.batch_rows), table.slice(self.batch_rows)
+                    yield first, row, 0
+                    row += first.num_rows
                     pending = rest.to_batches()
             if pending:
-                yield self._batch(ids, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
+                yield pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0
+
+    def _checked(self, uri: str, schema: pa.Schema) -> tuple[Collection[str], bool]:
+        """The names the recipe reads a data file's columns under (a file's ``id`` its ``input_id``, as ``reads``
+        compares them), and whether its image column is an Image() feature, the record's picture; a column read
+        so that the file cannot give it refused (``_no_image_feature``, ``_no_image_bytes``)."""
+        read = [input_name(name) for name in schema.names] if self.used_columns is None else self.used_columns
+        text = set(read) - {self.image_column} if self.text_columns is None else self.text_columns
+        _no_image_feature(schema, uri, text, self.text_paths)
+        column = self.image_column
+        picture = column in schema.names and _is_image_feature(schema.field(column).type)
+        _no_image_bytes(schema, uri, column, self.bytes_for, picture)
+        return read, picture
 
     def _head_columns(self, uri: str, parquet: pq.ParquetFile) -> list[str] | None:
         """The columns of ``parquet`` a head reads: those the recipe reads (None: all, where it did not say). The
@@ -426,19 +451,10 @@ class HFSourceReader:
         ``input_id`` (``source`` alike) are always read, so that the clash the run refuses is seen by the head."""
         return reads(name, self.used_columns) or name in (*RESERVED, *map(input_name, RESERVED))
 
-    def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
-        # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
-        # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
-        # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
-        # as text, it failed the run with a traceback from inside pyarrow.
-        table = plain_strings(table)
-        # The names the recipe reads the columns under (a file's ``id`` its ``input_id``), as ``reads`` compares them.
-        read = [input_name(name) for name in table.column_names] if self.used_columns is None else self.used_columns
-        text = set(read) - {self.image_column} if self.text_columns is None else self.text_columns
-        _no_image_feature(table.schema, ids.uri, text, self.text_paths)
+    def _batch(
+        self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int, read: Collection[str], picture: bool
+    ) -> SourceBatch:
         column = self.image_column
-        picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
-        _no_image_bytes(table, ids.uri, column, self.bytes_for, picture)
         lines = np.arange(first_row, first_row + table.num_rows)
         # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in read if not (picture and name == column)]
@@ -503,17 +519,17 @@ def _image_of(value: dict | None) -> CleanImage | ImageProblem:
         return problem
 
 
-def _no_image_bytes(table: pa.Table, uri: str, column: str | None, bytes_for: list[str], picture: bool) -> None:
+def _no_image_bytes(schema: pa.Schema, uri: str, column: str | None, bytes_for: list[str], picture: bool) -> None:
     """Refuse, by file and column, stages reading VQA pictures (``bytes_for``) where the records' image is not an
     Image() feature (``picture``: it is): an image named by a path is read by the writer alone, as it is, so
     ``image_dedup`` compared nothing and ``ocr`` would publish it unredacted. The recipe check refuses them so for
     the other sources, but cannot see an hf column's type."""
-    if not bytes_for or picture or (column is not None and column not in table.column_names):
+    if not bytes_for or picture or (column is not None and column not in schema.names):
         return  # a file without the column: its records are set aside for lacking it
     if column is None:
         held = "the records' image is a template (text: a path)"
     else:
-        kind = table.schema.field(column).type
+        kind = schema.field(column).type
         held = f"column {column!r} holds {'text (paths)' if pa.types.is_string(kind) else kind}"
     raise StorageError(
         f"{uri}: {' and '.join(bytes_for)} need{'s' if len(bytes_for) == 1 else ''} the images' bytes; {held}, not a "
