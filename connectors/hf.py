@@ -20,7 +20,7 @@ import json
 import logging
 import posixpath
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -283,6 +283,7 @@ class HFSourceReader:
         used_columns: Collection[str] | None = None,
         image_column: str | None = None,
         text_columns: Collection[str] | None = None,
+        text_paths: Mapping[str, Collection[tuple[str | int, ...]]] | None = None,
         bytes_for: Collection[str] = (),
     ) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
@@ -291,6 +292,9 @@ class HFSourceReader:
         self.image_column = image_column
         # The columns read as text, where an Image() feature is refused (None: those used but the image column).
         self.text_columns = text_columns
+        # What of each column is read as text (``shot.cap``: ("cap",)), where not whole: a dict feature holding
+        # an Image() is refused where that reaches the image.
+        self.text_paths = text_paths or {}
         # The stages reading a VQA record's picture (``image_dedup``, ``pii ocr``): they need an Image() feature.
         self.bytes_for = list(bytes_for)
         if image_column is not None:  # decoded images are held per batch, as the images connector bounds them
@@ -366,17 +370,30 @@ class HFSourceReader:
             raise StorageError(f"{entry.uri}: cannot read: {error}") from None
 
     def _file(self, entry: FileEntry, digest: ReadDigest | None = None, head: bool = False) -> Iterator[SourceBatch]:
+        ids, checked = InputIds(entry.uri), None
+        for table, row, input_bytes in self._tables(entry, digest, head):
+            # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
+            # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
+            # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
+            # as text, it failed the run with a traceback from inside pyarrow.
+            table = plain_strings(table)
+            # The checks of the columns read look at the schema alone, which a file's batches share: made at its
+            # first batch, not at every one (a VQA recipe reads 256 rows a batch).
+            checked = checked or self._checked(ids.uri, table.schema)
+            yield self._batch(ids, table, row, input_bytes, *checked)
+
+    def _tables(self, entry: FileEntry, digest: ReadDigest | None, head: bool) -> Iterator[tuple[pa.Table, int, int]]:
+        """The data file's batches of ``batch_rows`` rows, each with its first row's number and its share of the
+        file's bytes."""
         fs, path = filesystem(entry.uri)
-        row, ids = 1, InputIds(entry.uri)
+        row = 1
         if entry.uri.endswith(".parquet"):
             with open_input(fs, path, entry.etag, digest) as handle:
                 parquet = pq.ParquetFile(handle)
                 total = max(parquet.metadata.num_rows, 1)
                 columns = self._head_columns(entry.uri, parquet) if head else None
                 for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=columns):
-                    yield self._batch(
-                        ids, pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
-                    )
+                    yield pa.Table.from_batches([batch]), row, (entry.size or 0) * batch.num_rows // total
                     row += batch.num_rows
             return
         with open_input(fs, path, entry.etag, digest) as stream:  # save_to_disk writes Arrow IPC streams
@@ -386,12 +403,24 @@ class HFSourceReader:
                 pending.append(batch)
                 while sum(b.num_rows for b in pending) >= self.batch_rows:
                     table = pa.Table.from_batches(pending)
-                    head, rest = table.slice(0, self.batch_rows), table.slice(self.batch_rows)
-                    yield self._batch(ids, head, row, 0)
-                    row += head.num_rows
+                    first, rest = table.slice(0, self.batch_rows), table.slice(self.batch_rows)
+                    yield first, row, 0
+                    row += first.num_rows
                     pending = rest.to_batches()
             if pending:
-                yield self._batch(ids, pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0)
+                yield pa.Table.from_batches(pending, schema=reader.schema), row, entry.size or 0
+
+    def _checked(self, uri: str, schema: pa.Schema) -> tuple[Collection[str], bool]:
+        """The names the recipe reads a data file's columns under (a file's ``id`` its ``input_id``, as ``reads``
+        compares them), and whether its image column is an Image() feature, the record's picture; a column read
+        so that the file cannot give it refused (``_no_image_feature``, ``_no_image_bytes``)."""
+        read = [input_name(name) for name in schema.names] if self.used_columns is None else self.used_columns
+        text = set(read) - {self.image_column} if self.text_columns is None else self.text_columns
+        _no_image_feature(schema, uri, text, self.text_paths)
+        column = self.image_column
+        picture = column in schema.names and _is_image_feature(schema.field(column).type)
+        _no_image_bytes(schema, uri, column, self.bytes_for, picture)
+        return read, picture
 
     def _head_columns(self, uri: str, parquet: pq.ParquetFile) -> list[str] | None:
         """The columns of ``parquet`` a head reads: those the recipe reads (None: all, where it did not say). The
@@ -422,19 +451,10 @@ class HFSourceReader:
         ``input_id`` (``source`` alike) are always read, so that the clash the run refuses is seen by the head."""
         return reads(name, self.used_columns) or name in (*RESERVED, *map(input_name, RESERVED))
 
-    def _batch(self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int) -> SourceBatch:
-        # Text that is not UTF-8 (Parquet and Arrow readers do not check) is dealt with as the files
-        # connector's Parquet: a row holding it in a struct, list or map set aside, and a text column
-        # holding it made binary, whose values that are not UTF-8 quarantine their rows (``Shape``). Left
-        # as text, it failed the run with a traceback from inside pyarrow.
-        table = plain_strings(table)
-        # The names the recipe reads the columns under (a file's ``id`` its ``input_id``), as ``reads`` compares them.
-        read = [input_name(name) for name in table.column_names] if self.used_columns is None else self.used_columns
-        text = set(read) - {self.image_column} if self.text_columns is None else self.text_columns
-        _no_image_feature(table, ids.uri, text)
+    def _batch(
+        self, ids: InputIds, table: pa.Table, first_row: int, input_bytes: int, read: Collection[str], picture: bool
+    ) -> SourceBatch:
         column = self.image_column
-        picture = column in table.column_names and _is_image_feature(table.schema.field(column).type)
-        _no_image_bytes(table, ids.uri, column, self.bytes_for, picture)
         lines = np.arange(first_row, first_row + table.num_rows)
         # An Image() feature's path is not published: a byte there that is not UTF-8 must not lose its picture.
         checked = [name for name in read if not (picture and name == column)]
@@ -499,17 +519,17 @@ def _image_of(value: dict | None) -> CleanImage | ImageProblem:
         return problem
 
 
-def _no_image_bytes(table: pa.Table, uri: str, column: str | None, bytes_for: list[str], picture: bool) -> None:
+def _no_image_bytes(schema: pa.Schema, uri: str, column: str | None, bytes_for: list[str], picture: bool) -> None:
     """Refuse, by file and column, stages reading VQA pictures (``bytes_for``) where the records' image is not an
     Image() feature (``picture``: it is): an image named by a path is read by the writer alone, as it is, so
     ``image_dedup`` compared nothing and ``ocr`` would publish it unredacted. The recipe check refuses them so for
     the other sources, but cannot see an hf column's type."""
-    if not bytes_for or picture or (column is not None and column not in table.column_names):
+    if not bytes_for or picture or (column is not None and column not in schema.names):
         return  # a file without the column: its records are set aside for lacking it
     if column is None:
         held = "the records' image is a template (text: a path)"
     else:
-        kind = table.schema.field(column).type
+        kind = schema.field(column).type
         held = f"column {column!r} holds {'text (paths)' if pa.types.is_string(kind) else kind}"
     raise StorageError(
         f"{uri}: {' and '.join(bytes_for)} need{'s' if len(bytes_for) == 1 else ''} the images' bytes; {held}, not a "
@@ -518,20 +538,27 @@ def _no_image_bytes(table: pa.Table, uri: str, column: str | None, bytes_for: li
     )
 
 
-def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
+def _no_image_feature(
+    schema: pa.Schema, uri: str, used: Collection[str], paths: Mapping[str, Collection[tuple[str | int, ...]]]
+) -> None:
     """Refuse, by file and column, a column the recipe reads as text that is a Hugging Face ``Image()`` feature
-    (``struct<bytes, path>``, the usual VQA image on the Hub): handed on as text, its bytes quarantined every
-    row as ``schema`` ("not UTF-8 text"), with nothing to say the dataset's images were the cause. A VQA
-    record's ``image`` column is read as its picture (``_with_images``)."""
-    declared = _declared_images(table.schema)
-    for name, column in zip(table.column_names, table.columns, strict=True):
+    (``struct<bytes, path>``, the usual VQA image on the Hub), or a dict feature holding one read so that it
+    reaches the image (``paths``: what of each column is read, ``shot.cap``, by default the column whole): handed
+    on as text, its bytes quarantined every row as ``schema`` ("not UTF-8 text"), with nothing to say the
+    dataset's images were the cause. A VQA record's ``image`` column is read as its picture (``_with_images``)."""
+    features = _declared_features(schema)
+    for field in schema:
+        name = field.name
         if not reads(name, used):
             continue
-        if declared is not None:
-            if name not in declared:
+        if features is not None:
+            feature = features.get(name)
+            if not _holds_image(feature):
+                _no_image_in_dict(uri, name, feature, paths.get(input_name(name), [()]))
                 continue
-            what = "is a Hugging Face Image feature" if declared[name] else "holds Hugging Face Image features"
-        elif _is_image_feature(column.type, exact=True):
+            is_one = isinstance(feature, dict) and feature.get("_type") == "Image"
+            what = "is a Hugging Face Image feature" if is_one else "holds Hugging Face Image features"
+        elif _is_image_feature(field.type, exact=True):
             what = "is a Hugging Face Image feature"
         else:
             continue
@@ -542,22 +569,66 @@ def _no_image_feature(table: pa.Table, uri: str, used: Collection[str]) -> None:
         )
 
 
-def _declared_images(schema: pa.Schema) -> dict[str, bool] | None:
-    """The columns ``datasets`` declared ``Image()`` features or holding them, each with whether it is one itself
-    (its ``huggingface`` schema metadata, which ``save_to_disk``, ``push_to_hub`` and ``to_parquet`` write), None
-    where it declared none: a dict feature of the same shape is the dataset's own bytes and text, a template's
-    to read."""
+def _declared_features(schema: pa.Schema) -> dict | None:
+    """The features ``datasets`` declared, by column (its ``huggingface`` schema metadata, which ``save_to_disk``,
+    ``push_to_hub`` and ``to_parquet`` write), None where it declared none: then a struct of exactly ``bytes`` and
+    ``path`` is taken for an Image() feature; where it did, a dict feature of the same shape is the dataset's own
+    bytes and text, a template's to read."""
     try:
         features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
     except (KeyError, TypeError, ValueError):
         return None
-    if not isinstance(features, dict):
+    return features if isinstance(features, dict) else None
+
+
+def _no_image_in_dict(uri: str, name: str, feature: object, paths: Collection[tuple[str | int, ...]]) -> None:
+    """Refuse a read of a dict feature (``paths``) that reaches an Image() feature in it: ``{{ shot }}`` or
+    ``{{ shot.img }}`` rendered the picture's bytes as text. Its other fields (``{{ shot.cap }}``) are text."""
+    for path in paths:
+        image = _image_in(*_feature_at(feature, name, path))
+        if image is None:
+            continue
+        others = (
+            [key for key, field in feature.items() if _image_in(field, key) is None]
+            if isinstance(feature, dict)
+            else []
+        )
+        other = f" (`{{{{ {name}.{others[0]} }}}}`)" if others else ""
+        raise StorageError(
+            f"{uri}: column {name!r} holds a Hugging Face Image feature ({image}), read here as text: a template "
+            f"may read the dict's other fields{other}, not the image in it"
+        )
+
+
+def _feature_at(feature: object, name: str, path: tuple[str | int, ...]) -> tuple[object, str]:
+    """The feature a template reaches reading ``path`` of column ``name``'s ``feature`` (None: none, the template
+    fails on its own), or the one it stops at: an Image() read at its fields (``img.path``) is read as text still;
+    and where that is (``shot.img``). A list's item is reached by a number, and by a field's name too: ``datasets``
+    stores a ``Sequence`` of a dict as a dict of lists."""
+    where = name
+    for key in path:
+        while isinstance(feature, list) or (isinstance(feature, dict) and "_type" in feature and "feature" in feature):
+            feature = feature[0] if isinstance(feature, list) else feature["feature"]
+            if isinstance(key, int):
+                where += f"[{key}]"
+                break
+        else:
+            # A dict's method (``shot.items()``, ``shot.get('img')``) reads it whole, as jinja takes it first.
+            if not isinstance(feature, dict) or "_type" in feature or hasattr(dict, str(key)):
+                return feature, where
+            feature, where = (feature.get(key) if isinstance(key, str) else None), f"{where}.{key}"
+    return feature, where
+
+
+def _image_in(feature: object, where: str) -> str | None:
+    """Where ``feature`` holds an Image() feature (``where``, or a field under it: ``shot.img``), None if nowhere."""
+    if isinstance(feature, list):
+        return next(filter(None, (_image_in(item, where) for item in feature)), None)
+    if not isinstance(feature, dict):
         return None
-    return {
-        name: isinstance(feature, dict) and feature.get("_type") == "Image"
-        for name, feature in features.items()
-        if _holds_image(feature)
-    }
+    if "_type" not in feature:  # a dict feature
+        return next(filter(None, (_image_in(field, f"{where}.{key}") for key, field in feature.items())), None)
+    return where if feature["_type"] == "Image" else _image_in(feature.get("feature"), where)
 
 
 def _holds_image(feature: object) -> bool:

@@ -1035,6 +1035,17 @@ def stage_problems(recipe: Recipe) -> list[tuple[tuple[str | int, ...], str]]:
                     f"do not have: images come from an `images` source, or an `hf` source's Image() feature (kind vqa)",
                 )
             )
+        elif isinstance(stage, ImageDedupConfig) and columns[stage.column] not in ("bytes", None):
+            # A record's text (its question, a VQA image's name or path) failed the run with a TypeError.
+            holds = "text" if columns[stage.column] == "str" else columns[stage.column]
+            problems.append(
+                (
+                    ("stages", number, "column"),
+                    f"image_dedup compares images in {stage.column!r}, which {kind} records hold as {holds}, not an "
+                    "image's bytes: compare `image_bytes`, the pictures an `images` source or an `hf` source's "
+                    "Image() feature gives",
+                )
+            )
         if isinstance(stage, PiiConfig) and stage.ocr and kind == "vqa" and not all_images:
             # The stage reads the text in images the images connector hands on; an image named by a path in
             # a row is read by the writer alone, as it is: asked to redact it, the run would publish it unread.

@@ -19,7 +19,8 @@ import xxhash
 import connectors.state as state
 from connectors.hf import HFSourceReader, _listed_at, _read_once, _under_folders
 from connectors.storage import FileEntry, StorageError, list_files
-from schemas.config import HFSource
+from curation.stages.base import StageSettingError
+from schemas.config import HFSource, RecipeError
 from tests.helpers import lineage_rows, outputs, run, set_aside, watermark_values
 
 
@@ -929,6 +930,44 @@ def test_a_sequence_of_image_features_read_as_text_is_refused_by_name_a_dicts_ot
     record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap }}", "completion": "q"}
     published = run(workdir, {**recipe, "record": record})
     assert [line["prompt"] for line in outputs(Path(published.version_uri))] == ["Q1? c"]
+
+
+def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_by_name(workdir: Path) -> None:
+    # A template reading the dict whole ({{ shot }}) or at its image ({{ shot.img }}) rendered the picture's bytes
+    # as text: every row quarantined "not UTF-8 text", nothing naming the image.
+    features = datasets.Features(
+        {"q": datasets.Value("string"), "shot": {"img": datasets.Image(), "cap": datasets.Value("string")}}
+    )
+    rows = {"q": ["Q1?", "Q2?"], "shot": [{"img": {"bytes": png(0), "path": "0.png"}, "cap": c} for c in "cd"]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(workdir / "ds"))
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
+    said = r"data-00000-of-00001.arrow: column 'shot' holds a Hugging Face Image feature \(shot.img\), read here "
+    said += r"as text: a template may read the dict's other fields \(`{{ shot.cap }}`\), not the image in it"
+    for prompt in ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].path }}", "{{ shot.get('img') }}"):
+        with pytest.raises(StorageError, match=said):
+            run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": prompt, "completion": "q"}})
+    with pytest.raises(StorageError, match=said):  # a field naming the column reads it whole
+        run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": "q", "completion": "shot"}})
+    record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap | upper }}", "completion": "{{ shot['cap'] }}"}
+    lines = outputs(Path(run(workdir, {**recipe, "record": record}).version_uri))
+    assert [(line["prompt"], line["completion"]) for line in lines] == [("Q1? C", "c"), ("Q2? D", "d")]
+
+
+def test_image_dedup_on_a_column_of_text_is_refused_by_the_recipe_check_not_a_type_error(workdir: Path) -> None:
+    # image_dedup's `column` naming a VQA record's text (its question, or its image's name) failed the run with
+    # "TypeError: a bytes-like object is required, not 'str'"; a carried input column of text alike, at the stage.
+    table = image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(0), "path": "b.png"}])
+    hub_parquet(workdir, table.append_column("team", pa.array(["x", "y"])))
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}], "record": {"kind": "vqa"}}
+    for column in ("question", "image"):
+        said = rf"image_dedup compares images in {column!r}, which vqa records hold as text, not an image's bytes"
+        with pytest.raises(RecipeError, match=said):
+            run(workdir, {**recipe, "stages": [{"type": "image_dedup", "column": column}]})
+    grouped = {**recipe, "output": {"group_by": "team"}, "stages": [{"type": "image_dedup", "column": "team"}]}
+    with pytest.raises(StageSettingError, match="compares images in 'team', which holds string, not an image's bytes"):
+        run(workdir, grouped)
+    published = run(workdir, {**recipe, "stages": [{"type": "image_dedup", "match_question": False}]})
+    assert published.manifest.counts.reasons == {"duplicate": {"near_duplicate_image": 1}}
 
 
 def test_a_nested_id_column_read_as_input_id_quarantines_its_text_that_is_not_utf8_as_read(workdir: Path) -> None:

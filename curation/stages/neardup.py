@@ -33,7 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from curation.stages.base import StageError, flag_payloads, require_columns, scrubbed_as_records, with_payloads
+from curation.stages.base import (
+    StageError,
+    StageSettingError,
+    flag_payloads,
+    require_columns,
+    scrubbed_as_records,
+    with_payloads,
+)
 from curation.stages.dedup import normalised_text
 from curation.stages.duplicates import PAIR_SCHEMA, clusters_from_pairs, resolve_duplicates, set_aside_for_clusters
 from schemas.hashing import xxh3_64
@@ -480,6 +487,13 @@ class ImageNearDedup:
         self.kept_apart = dict(kept_apart or {})  # as ``NearDedup.kept_apart``
 
     def signatures(self, batch: pa.Table) -> pa.Table:
+        kind = batch.schema.field(self.column).type if self.column in batch.column_names else pa.binary()
+        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            # A carried input column of another type (the recipe check knows the records' own): a TypeError else.
+            raise StageSettingError(
+                f"{self.name} compares images in {self.column!r}, which holds {kind}, not an image's bytes: "
+                "compare `image_bytes`"
+            )
         data = batch[self.column].to_pylist() if self.column in batch.column_names else [None] * batch.num_rows
         hashes = [_phash(d) for d in data]
         asked = self._question_hashes(batch)

@@ -95,6 +95,35 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
     return parts
 
 
+def _paths_read(node: jn.Node, names: Collection[str]) -> dict[str, set[tuple[str | int, ...]]]:
+    """Each of ``names`` a template reads, with the attributes and constant keys it reads it along (``{{ shot.cap
+    }}``, ``{{ shot['cap'] }}``: ("cap",)); a use of the name in any other way (``{{ shot }}``, ``shot[key]``,
+    ``shot | tojson``, ``{% set s = shot %}``) reads it whole, (). A name the template also binds itself (a loop
+    variable) is taken as the column's all the same: that may only refuse more."""
+    paths: dict[str, set[tuple[str | int, ...]]] = {}
+
+    def visit(node: jn.Node) -> None:
+        keys: list[str | int] = []
+        inner = node
+        while isinstance(inner, jn.Getattr | jn.Getitem):
+            if isinstance(inner, jn.Getattr):
+                keys.append(inner.attr)
+            elif isinstance(inner.arg, jn.Const) and isinstance(inner.arg.value, str | int):
+                keys.append(inner.arg.value)
+            else:
+                break
+            inner = inner.node
+        if isinstance(inner, jn.Name) and inner.ctx == "load":
+            if inner.name in names:
+                paths.setdefault(inner.name, set()).add(tuple(reversed(keys)))
+            return
+        for child in node.iter_child_nodes():
+            visit(child)
+
+    visit(node)
+    return paths
+
+
 def _text_of_bytes(column: str, values: pa.ChunkedArray) -> tuple[pa.Array, list[str | None], str]:
     """A binary column's values as text, each that is not UTF-8 a problem of its record's."""
     texts, problems = utf8_texts(values.to_pylist(), column)
@@ -323,6 +352,11 @@ class Field:
         # The names the template reads (a row holding a value Python cannot hold in one fails the template).
         self.template_columns = (
             jinja2.meta.find_undeclared_variables(_ROW_ENV.parse(spec)) if self.is_template else set()
+        )
+        # What of each column the field reads: a column whole is (), a template's ``shot.cap`` ("cap",). An
+        # hf source refuses a read that reaches an Image() feature in a dict (``{{ shot }}``, ``{{ shot.img }}``).
+        self.paths: dict[str, set[tuple[str | int, ...]]] = (
+            _paths_read(_ROW_ENV.parse(spec), self.template_columns) if self.is_template else {spec: {()}}
         )
 
     def __reduce__(self) -> tuple[type[Field], tuple[str, str | None]]:
