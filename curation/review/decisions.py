@@ -444,7 +444,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     for place, (row, before) in enumerate(parsed):
         again = before.get("again")
         if row["action"] != "edit" and again is None:
-            if _pii_again_of(row, parsed[place + 1] if place + 1 < len(parsed) else None):
+            if pii_again_of(row, parsed[place + 1] if place + 1 < len(parsed) else None):
                 continue
             rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
@@ -461,7 +461,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids}
 
 
-def _pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
+def pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
     """Whether ``row`` is the approve stored with the "PII again" edit that follows it (``Edit.again``),
     which this release reads alone: the approve sets nothing aside. ``following`` is the next row with
     its ``before`` parsed, if there is one."""
