@@ -343,6 +343,16 @@ def test_a_raw_pii_task_labelled_again_is_one_entry_of_the_items_history(tmp_pat
         ("edit", "PII again: prompt[5:17]"),
         ("approve", json.dumps({"status": "approved"})),
     ]
+    # An earlier release undoes the edit alone: the approve stands by itself, an approve, and is listed.
+    edit_id = listed[2]["decision_id"]
+    with engine.begin() as db:
+        db.execute(dec.decisions.update().where(dec.decisions.c.decision_id == edit_id).values(undone_at=dec._now()))
+    listed = history_listed(dec.history(engine, 1))
+    assert [(row["action"], row["undone_at"] is None) for row in listed[2:]] == [
+        ("approve", True),
+        ("edit", False),
+        ("approve", True),
+    ]
 
 
 def test_a_raw_pii_task_labelled_again_leaves_another_annotators_mark_theirs_to_undo(tmp_path: Path) -> None:
