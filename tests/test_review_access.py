@@ -421,6 +421,47 @@ def test_the_history_shows_a_pii_again_as_what_it_says(app, seeded: Seeded) -> N
         dec.undo_last(engine, user)
 
 
+def history_rows(page: str) -> list[list[str]]:
+    """The cells of each row of an item page's history, oldest first."""
+    body = page.split('class="history"')[1].split("</tbody>")[0]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in body.split("<tr")[2:]]
+
+
+def test_the_history_lists_a_pii_again_once_not_beside_an_approve_nobody_took(app, seeded: Seeded) -> None:
+    # A PII again is stored as an approve and an edit (``decisions.pii_again``): the history listed the
+    # approve too, an approve pia never clicked, between her marks and her PII again.
+    engine = sa.create_engine(seeded.state_url)
+    at_name, at_phone = PII_COMPLETION.index(NAME), PII_COMPLETION.index(PHONE)
+    name, phone = ("completion", at_name, at_name + len(NAME)), ("completion", at_phone, at_phone + len(PHONE))
+    client, _ = signed_in(app, "pia")
+    earlier = len(history_rows(client.get(f"/items/{PII_ITEM}").text)) if dec.history(engine, PII_ITEM) else 0
+    dec.decide(engine, PII_ITEM, "pia", "approve")  # approves taken, before and after it, are listed as such
+    dec.decide(engine, PII_ITEM, "ada", "edit", dec.Edit(not_pii=[phone]))
+    dec.decide(engine, PII_ITEM, "pia", "edit", dec.Edit(not_pii=[name]))
+    dec.decide(engine, PII_ITEM, "pia", "edit", dec.pii_again(dec.in_force_on(engine, [PII_ITEM])[PII_ITEM], [name]))
+    dec.decide(engine, PII_ITEM, "pia", "approve")
+    rows = history_rows(client.get(f"/items/{PII_ITEM}").text)[earlier:]
+    assert [(user, action) for _, user, action, *_ in rows] == [
+        ("pia", "approve"),
+        ("ada", "edit"),
+        ("pia", "edit"),
+        ("pia", "edit"),
+        ("pia", "approve"),
+    ]
+    assert rows[3][3] == f"PII again: completion[{name[1]}:{name[2]}]"
+    # Undone (one undo takes both rows), it is still one entry, undone.
+    dec.undo_last(engine, "pia")
+    dec.undo_last(engine, "pia")
+    rows = history_rows(client.get(f"/items/{PII_ITEM}").text)[earlier:]
+    assert [(action, undone) for _, _, action, _, undone in rows][2:] == [
+        ("edit", ""),
+        ("edit", "undone by pia"),
+        ("approve", "undone by pia"),
+    ]
+    for user in ("pia", "ada", "pia"):  # the other tests see the queue as seeded
+        dec.undo_last(engine, user)
+
+
 def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_history(tmp_path: Path) -> None:
     from curation.review.queue import add_items, list_items
     from tests.review_seed import _flags, _source

@@ -11,6 +11,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
+from curation.review.app import history_listed
 from curation.review.auth import add_user
 from curation.review.labelstudio import export_tasks, import_annotations
 from curation.review.queue import add_items, list_items
@@ -328,6 +329,30 @@ def test_a_raw_pii_task_labelled_again_is_stored_as_any_release_reads_it(tmp_pat
     assert dec.not_pii_in_force(engine, 1) == {("prompt", 5, 17)}
     assert [row["undone_at"] is None for row in dec.history(engine, 1)] == [True, False, False]
     assert list_items(engine)[0]["status"] == "edited"
+
+
+def test_a_raw_pii_task_labelled_again_is_one_entry_of_the_items_history(tmp_path: Path) -> None:
+    # Stored as an approve and an edit, the import's PII again was listed as an approve pia never took too.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 1)
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=[("prompt", 21, 37)]))
+    (raw,) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    assert import_annotations(engine, labels(raw, (5, 17, "PERSON")), "pia")["edit"] == 1
+    dec.decide(engine, 1, "pia", "approve")
+    listed = history_listed(dec.history(engine, 1))
+    assert [(row["action"], row["after"]) for row in listed[2:]] == [
+        ("edit", "PII again: prompt[5:17]"),
+        ("approve", json.dumps({"status": "approved"})),
+    ]
+    # An earlier release undoes the edit alone: the approve stands by itself, an approve, and is listed.
+    edit_id = listed[2]["decision_id"]
+    with engine.begin() as db:
+        db.execute(dec.decisions.update().where(dec.decisions.c.decision_id == edit_id).values(undone_at=dec._now()))
+    listed = history_listed(dec.history(engine, 1))
+    assert [(row["action"], row["undone_at"] is None) for row in listed[2:]] == [
+        ("approve", True),
+        ("edit", False),
+        ("approve", True),
+    ]
 
 
 def test_a_raw_pii_task_labelled_again_leaves_another_annotators_mark_theirs_to_undo(tmp_path: Path) -> None:

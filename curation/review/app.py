@@ -17,6 +17,7 @@ import posixpath
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import zip_longest
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -369,7 +370,7 @@ def create_app(
             following=following,
             position=position,
             edit_fields=_edit_fields(row, view, destinations.get(row["dataset"])),
-            history=[{**d, "after": _history_after(d)} for d in dec.history(engine, item_id)],
+            history=history_listed(dec.history(engine, item_id)),
             earlier=earlier,
             gone=bool(gone_records(engine, row["dataset"], [row["record_id"]])),
             message=request.session.pop("message", None),
@@ -943,11 +944,26 @@ def _spans_posted(form: FormData, name: str) -> list[tuple[str, int, int]]:
     return spans
 
 
-def _history_after(decision: dict[str, Any]) -> str:
-    """What a decision says, for the item's history: its ``after``, stored as escaped JSON ("\u00dc"),
-    with its characters; a PII again (``decisions.pii_again``) as the spans it made PII again and its
-    author's own values, not the copy of the others' values it stores for an earlier release."""
-    again = json.loads(decision["before"]).get("again")
+def history_listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An item's decision rows (``decisions.history``) as its page lists them, each with what it says
+    (``_history_after``). The approve stored with a PII again's edit (``decisions.pii_again``) is no
+    decision anyone took but part of that one, which lists it: shown, it read as an approve nobody
+    clicked. Undone apart from its edit (an earlier release's undo), it stood alone, and is listed."""
+    parsed = [(row, json.loads(row["before"])) for row in rows]
+    listed = []
+    for (row, before), following in zip_longest(parsed, parsed[1:]):
+        with_its_edit = following is not None and (row["undone_at"] is None) == (following[0]["undone_at"] is None)
+        if not (with_its_edit and dec.pii_again_of(row, following)):
+            listed.append({**row, "after": _history_after(row, before)})
+    return listed
+
+
+def _history_after(decision: dict[str, Any], before: dict[str, Any]) -> str:
+    """What a decision (its ``before`` parsed) says, for the item's history: its ``after``, stored as
+    escaped JSON ("\u00dc"), with its characters; a PII again (``decisions.pii_again``) as the spans it
+    made PII again and its author's own values, not the copy of the others' values it stores for an
+    earlier release."""
+    again = before.get("again")
     if again is None:
         return json.dumps(json.loads(decision["after"]), ensure_ascii=False)
     spans = ", ".join(f"{field}[{start}:{end}]" for field, start, end in again["pii"])

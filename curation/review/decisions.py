@@ -444,7 +444,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     for place, (row, before) in enumerate(parsed):
         again = before.get("again")
         if row["action"] != "edit" and again is None:
-            if _pii_again_of(row, parsed[place + 1] if place + 1 < len(parsed) else None):
+            if pii_again_of(row, parsed[place + 1] if place + 1 < len(parsed) else None):
                 continue
             rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
@@ -461,7 +461,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**rows[-1], "action": action, "after": json.dumps(after), "field_ids": field_ids}
 
 
-def _pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
+def pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
     """Whether ``row`` is the approve stored with the "PII again" edit that follows it (``Edit.again``),
     which this release reads alone: the approve sets nothing aside. ``following`` is the next row with
     its ``before`` parsed, if there is one."""
@@ -471,13 +471,14 @@ def _pii_again_of(row: dict[str, Any], following: tuple[dict[str, Any], dict[str
     return after_it["action"] == "edit" and after_it["user"] == row["user"] and "again" in its_before
 
 
-def newest_fields(in_force_rows: Iterable[dict[str, Any]]) -> dict[str, str]:
+def newest_fields(in_force_rows: Iterable[tuple[dict[str, Any], dict[str, str]]]) -> dict[str, str]:
     """The field values the decisions in force on a record's items (``in_force``) set, each field's from
     the newest decision that set it, whichever item it was on: an item's later decision on other
-    values leaves its older value of the field older."""
+    values leaves its older value of the field older. Each decision comes with the values it sets
+    (``fields_of``), which its caller has read already (``run_decisions``)."""
     newest: dict[str, tuple[int, str]] = {}
-    for decision in in_force_rows:
-        for name, value in fields_of(decision).items():
+    for decision, fields in in_force_rows:
+        for name, value in fields.items():
             decided = decision["field_ids"][name]
             if name not in newest or decided > newest[name][0]:
                 newest[name] = (decided, value)
@@ -779,7 +780,8 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None = 
     result = RunDecisions()
     not_pii: dict[int, tuple[str, list[list[Any]]]] = {}  # item -> record, spans marked not PII
     not_duplicates: dict[int, str] = {}  # items marked not a duplicate -> their record
-    edited: dict[str, list[dict[str, Any]]] = {}  # record -> the decisions in force on its items that set fields
+    # record -> the decisions in force on its items that set fields, with those values
+    edited: dict[str, list[tuple[dict[str, Any], dict[str, str]]]] = {}
     for decision in active_decisions(engine, dataset, as_of):
         record = decision["record_id"]
         if decision["action"] == "reject":
@@ -790,7 +792,7 @@ def run_decisions(engine: sa.Engine, dataset: str, as_of: DecisionMark | None = 
                 not_duplicates[decision["item_id"]] = record
             after = json.loads(decision["after"])
             if after.get("fields"):
-                edited.setdefault(record, []).append(decision)
+                edited.setdefault(record, []).append((decision, after["fields"]))
             if after.get("not_pii"):
                 not_pii[decision["item_id"]] = (record, after["not_pii"])
     result.edits = {record: newest_fields(on_record) for record, on_record in edited.items()}
@@ -951,7 +953,7 @@ def record_in_force(
     other than ``item``'s that PII items flagged, as a role that does not see PII is shown them
     (``redacted_as_shown``: the spans marked not PII there in clear), those items that redacted the field
     as ``item``'s flag shows it (``redacted_fields``) alone."""
-    fields = newest_fields([*others, *([own] if own else [])])
+    fields = newest_fields((decision, fields_of(decision)) for decision in [*others, *([own] if own else [])])
     marked = {decision["item_id"]: not_pii_of(decision) for decision in others if not_pii_of(decision)}
     own_payload = json.loads(item["payload"] or "{}")
     flagged, published = own_payload.get("field"), own_payload.get("redacted_fields", {})
