@@ -297,6 +297,7 @@ def check(
     from curation.pipeline import (
         build_sources,
         build_stages,
+        columns_on_trial,
         recipe_warnings,
         source_inputs,
         templates_on_trial,
@@ -327,20 +328,29 @@ def check(
         if (problem := sqlite_folder_problem(loaded.state)) is not None:  # as the run's first write would find
             raise StateFolderError(problem)
         stages = [stage.name for stage in built]
-        problems, notes, templates_failed = _read_heads(sources, built, head_files, reading)
+        problems, notes, templates_failed, columns_missing = _read_heads(sources, built, head_files, reading)
         problems = lacking + problems
         reading.append((loaded.output.dest, EXIT_USAGE))
         previous = published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no bucket)
-        if templates_failed:
+        if templates_failed or columns_missing:
             # As a run judges them, against the version it extends: none where no source was read before.
             dest, dataset = loaded.output.dest, loaded.dataset
             extends = version_a_run_extends(loaded, previous)
             latest = read_manifest(version_uri(dest, dataset, extends)) if extends is not None else None
+            quarantines = "a run quarantines them as the rows' fault"
             if latest is None or templates_on_trial(loaded, latest):
                 problems += [f"{failed}: fix the template" for failed in templates_failed]
             else:
-                made = f"v{latest.version} was made with these templates: a run quarantines them as the rows' fault"
-                notes += [f"{failed}; {made}" for failed in templates_failed]
+                notes += [
+                    f"{failed}; v{latest.version} was made with these templates: {quarantines}"
+                    for failed in templates_failed
+                ]
+            if latest is not None and not columns_on_trial(loaded, latest):
+                problems = [problem for problem in problems if problem not in columns_missing]
+                notes += [
+                    f"{missing}; v{latest.version} was made naming these columns: {quarantines}"
+                    for missing in columns_missing
+                ]
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
@@ -396,13 +406,15 @@ SHOWN_INPUTS = 20
 
 def _read_heads(
     sources: list, stages: list, files: int, reading: list[tuple[str, int]]
-) -> tuple[list[str], list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str], list[str]]:
     """Read the head of the first ``files`` files of each files, images (its sidecar) or hf source as a run
     reads them (an hf data file's first batch), and shape its rows as the run does: what would fail the
-    run (a file it refuses, by the reader's own message) and each file whose head lacks a column the
-    recipe names (the first such record's line); notes:
-    other records the head would set aside (the run quarantines them), files not opened; and each file
-    whose every head record failed one template one way (the run's error only where ``templates_on_trial``).
+    run (a file it refuses, by the reader's own message); notes:
+    other records the head would set aside (the run quarantines them), files not opened; each file
+    whose every head record failed one template one way (the run's error only where ``templates_on_trial``);
+    and each file whose head lacks a column the recipe names, by the first such record's line, among the problems
+    too (the run's error only where ``columns_on_trial``: a file lacking it beside those having it is likely a
+    bad export).
     Each file is added to ``reading`` as it is opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.hf import HeadNotRead, HFSourceReader
@@ -422,6 +434,7 @@ def _read_heads(
     problems: list[str] = []
     notes: list[str] = []
     templates_failed: list[str] = []
+    columns_missing: list[str] = []
     for source in sources:
         # An images source's sidecar files are read as a files source's (the images are left to the run).
         if not isinstance(source, FilesSourceReader | ImagesSourceReader | HFSourceReader):
@@ -460,7 +473,8 @@ def _read_heads(
             failed = [detail for reason, detail in reasons if reason == "template"]
             if missing:
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
-                problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
+                columns_missing.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
+                problems.append(columns_missing[-1])  # in file order; dropped where the run would quarantine it
             elif template_error is not None:
                 example = template_error.example_as_published(scrub)
                 templates_failed.append(f"{example}; so on all {len(failed):,} record(s) of the head")
@@ -478,7 +492,7 @@ def _read_heads(
                 if files
                 else f"opened none of the {len(entries):,} file(s) of {read_from} (--head-files 0)"
             )
-    return problems, notes, templates_failed
+    return problems, notes, templates_failed, columns_missing
 
 
 def _lacking_columns(recipe: Recipe, results: dict[str, list[str]]) -> tuple[list[str], list[str]]:

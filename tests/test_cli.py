@@ -1462,3 +1462,32 @@ def test_a_review_page_stopped_by_ctrl_c_ends_as_before_without_a_word_of_publis
             process.kill()
     assert process.returncode == 0, stderr
     assert "published" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_check_says_a_file_lacking_a_column_a_version_was_made_naming_as_the_run_does(tmp_path: Path) -> None:
+    # v1 was made naming 'q': a new file without it is a bad export the run quarantines. Check called it an input
+    # error (exit 2), so a scheduled `check && run` stopped for good.
+    write_jsonl(tmp_path / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A"} for n in range(3)])
+    record = {"kind": "instruction", "prompt": "q", "completion": "a"}
+    spec = {"dataset": "qa", "sources": [{"path": "qa"}], "record": record}
+    recipe = write_recipe(tmp_path, spec)
+    assert curation("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
+    path = write_jsonl(tmp_path / "qa" / "b.jsonl", [{"a": "B"}])
+    lacking = f"{path}:1: prompt: column 'q' is missing"
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 0 and "input error" not in said, said
+    assert f"{lacking}; v1 was made naming these columns: a run quarantines them as the rows' fault" in said, said
+    # A recipe naming another column puts it on trial: check and run both call it the recipe's error.
+    write_recipe(tmp_path, {**spec, "record": {**record, "completion": "{{ a }} {{ ctx }}"}})
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 2 and "input error" in said and "column 'ctx' is missing" in said, said
+    assert "made naming these columns" not in said, said
+    refused = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert refused.returncode == 2 and "lack a column the recipe names" in refused.stderr, refused.stderr
+    write_recipe(tmp_path, spec)
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    counts = json.loads((tmp_path / "output" / "qa" / "v2" / "manifest.json").read_text())["counts"]
+    assert counts["reasons"] == {"quarantined": {"missing_column": 1}}

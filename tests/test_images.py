@@ -1692,3 +1692,31 @@ def test_a_sidecar_line_lacking_a_key_other_lines_have_has_one_outcome_whatever_
         "Q3?",
         "Q5?",
     ]  # line 4: no customer, split as such
+
+
+def test_a_new_sidecar_lacking_the_image_column_a_version_was_made_with_is_quarantined(workdir: Path) -> None:
+    # A scheduled run whose only new sidecar (a bad export) names its images under another column failed "fix the
+    # column name in the recipe", and so did every run after it: the image_column made v1, so the rows are at fault.
+    (workdir / "img").mkdir()
+    for name, data in IMAGES.items():
+        (workdir / "img" / name).write_bytes(data)
+    write_jsonl(workdir / "qa" / "a.jsonl", sidecar_rows()[:2])
+    source = {"type": "images", "path": "img", "sidecar": "qa", "max_pixels": 1_000_000}
+    spec = {"dataset": "receipts", "sources": [source], "record": {"kind": "vqa"}}
+    assert run(workdir, spec).manifest.counts.written == 2
+    path = write_jsonl(workdir / "qa" / "b.jsonl", [{"picture": "receipt.jpg", "question": "Q?", "answer": "A."}])
+    v2 = run(workdir, spec)
+    counts = v2.manifest.counts
+    assert (v2.manifest.version, counts.input, counts.carried, counts.reasons) == (
+        2,
+        1,
+        2,
+        {"quarantined": {"missing_column": 1}},
+    )
+    assert [row["detail"] for row in set_aside(Path(v2.version_uri))] == [
+        f"{path}:1: column 'image' (image_column) is missing"
+    ]
+    assert run(workdir, spec).manifest is None  # taken: not read again
+    # Another image_column is the source read anew, extending no version: on trial, a misspelt name as ever.
+    with pytest.raises(RecipeError, match=r"column 'pic' \(image_column\) is missing"):
+        run(workdir, {**spec, "sources": [{**source, "image_column": "pic"}]})

@@ -1418,3 +1418,69 @@ def test_a_fraction_where_a_whole_number_is_declared_is_quarantined_as_one(workd
     details = {row["source"]["line"]: row["detail"] for row in set_aside(Path(result.version_uri))}
     assert details[1] == f"{path}:1: amount: a number (1.5), not a whole number (the input schema declares int)"
     assert_adds_up(result.manifest.counts)
+
+
+# A part of the recipe that names a column, and the rows of a new export that lack it (each also lacks nothing else).
+MADE_WITH = {
+    "a template's column": ({}, {"a": "A"}),
+    "a required input_schema column": (
+        {"input_schema": {"columns": {"q": "str", "a": "str", "n": "int"}}},
+        {"q": "Q", "a": "A"},
+    ),
+    "output.group_by": ({"output": {"group_by": "g"}}, {"q": "Q", "a": "A"}),
+}
+
+
+@pytest.mark.parametrize("part", MADE_WITH)
+def test_new_rows_all_lacking_a_column_the_extended_version_was_made_with_are_the_rows_fault(
+    workdir: Path, part: str
+) -> None:
+    # A scheduled run whose only new file (a bad export) lacks a column failed "fix the column name in the recipe",
+    # took nothing, and so every later run failed on the same file until someone deleted it.
+    more, lacking = MADE_WITH[part]
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A", "n": n, "g": "x"} for n in range(3)])
+    spec = qa_recipe("qa", prompt="{{ q }}", **more)
+    assert run(workdir, spec).manifest.counts.written == 3
+    path = write_jsonl(workdir / "qa" / "b.jsonl", [lacking, lacking])
+    v2 = run(workdir, spec)
+    counts = v2.manifest.counts
+    assert (v2.manifest.version, counts.input, counts.written, counts.carried) == (2, 2, 0, 3)
+    assert counts.reasons == {"quarantined": {"missing_column": 2}}
+    aside = set_aside(Path(v2.version_uri))
+    assert [(row["reason"], row["detail"].split(": ")[0]) for row in aside] == [
+        ("missing_column", f"{path}:1"),
+        ("missing_column", f"{path}:2"),
+    ]
+    # Taken: the next run does not read the file again.
+    again = run(workdir, spec)
+    assert again.manifest is None and "nothing new since qa v2" in again.message
+
+
+def test_new_rows_all_lacking_a_column_a_changed_recipe_names_fail_the_run(workdir: Path) -> None:
+    # The column is new to the recipe (v1 was made without it): a misspelt name, the recipe's error as on a first run.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A", "g": "x"} for n in range(3)])
+    schema = {"columns": {"q": "str", "a": "str"}}
+    spec = qa_recipe("qa", prompt="{{ q }}", input_schema=schema)
+    run(workdir, spec)
+    write_jsonl(workdir / "qa" / "b.jsonl", [{"q": "Q", "a": "B", "g": "y"}])
+    for changed in (
+        {"record": {**spec["record"], "prompt": "{{ q }} {{ ctx }}"}},
+        {"input_schema": {"columns": {**schema["columns"], "ctx": "str"}}},
+        {"output": {"group_by": "grp"}},
+        {"output": {"stratify_by": "topic"}},
+    ):
+        with pytest.raises(RecipeError, match=r"none of the 1 records .* 1 lack a column the recipe names"):
+            run(workdir, {**spec, **changed})
+
+
+def test_a_version_of_an_earlier_release_was_made_with_the_columns_the_recipe_names(workdir: Path) -> None:
+    # A manifest without record_sha256 (or without a split's settings) cannot say what made it: taken as made by
+    # this recipe, as blocking every scheduled run on a false recipe error is worse than a quarantined row.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A", "g": "x"} for n in range(3)])
+    spec = qa_recipe("qa", prompt="{{ q }}", output={"group_by": "g"})
+    manifest = Path(run(workdir, spec).version_uri) / "manifest.json"
+    earlier = {k: v for k, v in json.loads(manifest.read_text()).items() if k not in ("record_sha256", "split")}
+    manifest.write_text(json.dumps(earlier))
+    write_jsonl(workdir / "qa" / "b.jsonl", [{"a": "B"}])
+    counts = run(workdir, spec).manifest.counts
+    assert (counts.input, counts.reasons) == (1, {"quarantined": {"missing_column": 1}})
