@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
-from schemas.config import SqlSource
+from schemas.config import RecipeError, SqlSource
 from tests.helpers import lineage_rows, outputs, processed, run, set_aside, sqlite_db, strict_json
 
 CUSTOMERS = sa.MetaData()
@@ -2006,3 +2006,25 @@ def test_a_dialect_written_for_sqlalchemy_1_is_read_as_create_engine_reads_it(
         assert source.url == url
     finally:
         registry.impls.pop("legacydb", None)
+
+
+def test_new_rows_of_a_table_that_lost_a_column_the_recipe_names_fail_the_run_and_are_read_again(
+    workdir: Path,
+) -> None:
+    # A column gone from a SQL result is the table's (or query's) schema, shared by every later row: quarantined,
+    # each run would take them all (read again only by --full-refresh). The run fails, as a misspelt name does.
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 3)
+    spec = recipe(url, table="tickets", cursor="id")
+    assert run(workdir, spec).manifest.counts.written == 3
+    with sa.create_engine(url).begin() as db:
+        db.execute(sa.text("ALTER TABLE tickets RENAME COLUMN reply TO answer"))
+    fill_renamed = "INSERT INTO tickets (id, subject, answer, amount, updated_at) VALUES (4, 's', 'a', 1, '2026-01-02')"
+    with sa.create_engine(url).begin() as db:
+        db.execute(sa.text(fill_renamed))
+    for _ in range(2):  # nothing taken: the next run reads the row again
+        with pytest.raises(RecipeError, match=r"none of the 1 records .* 1 lack a column the recipe names"):
+            run(workdir, spec)
+    fixed = {**spec, "record": {**spec["record"], "completion": "{{ answer }}"}}
+    counts = run(workdir, fixed).manifest.counts
+    assert (counts.input, counts.written) == (1, 1)
