@@ -1121,8 +1121,21 @@ def test_a_rejection_undone_brings_the_record_back_on_its_side_counted_once(
     engine.dispose()
 
 
+# What a hand edit puts before a line's own keys (GREEN: the other image's name), and whether the line is refused.
+TWICE = {
+    "file_name twice": ('"file_name": GREEN, ', True),
+    "after another key twice": ('"a": 1, "a": 2, "file_name": GREEN, ', True),
+    "after a nested key twice": ('"m": {"k": 1, "k": 2}, "file_name": GREEN, ', True),
+    "spelt with an escape": ('"\\u0066ile_name": GREEN, ', True),
+    "twice in a nested object only": ('"m": {"file_name": 1, "file_name": 2}, ', False),
+}
+
+
 @pytest.mark.parametrize("decided", [False, True])
-def test_a_carried_metadata_line_naming_file_name_twice_is_refused_by_its_line(workdir: Path, decided: bool) -> None:
+@pytest.mark.parametrize("edit", TWICE)
+def test_a_carried_metadata_line_naming_file_name_twice_is_refused_by_its_line(
+    workdir: Path, decided: bool, edit: str
+) -> None:
     # A hand edit: polars (the lines carried as columns) takes the first file_name, Python's json (the lines a
     # decision reaches, read one by one) the last, so which image travels depended on the path; neither is told.
     vqa = scans(workdir, {"red": (255, 0, 0), "green": (0, 255, 0)})
@@ -1130,12 +1143,15 @@ def test_a_carried_metadata_line_naming_file_name_twice_is_refused_by_its_line(w
     one = Path(run(workdir, vqa).version_uri)
     metadata = one / "train" / "metadata.jsonl"
     lines = metadata.read_text().splitlines(keepends=True)
-    green = json.loads(lines[1])["file_name"]
-    lines[2] = lines[2].replace("{", '{"file_name": "' + green + '", ', 1)
+    prefix, refused = TWICE[edit]
+    lines[2] = lines[2].replace("{", "{" + prefix.replace("GREEN", json.dumps(json.loads(lines[1])["file_name"])), 1)
     metadata.write_text("".join(lines))
     if decided:  # the first line's record rejected: the file is read line by line
         first = next(row["id"] for row in lineage_rows(one) if row["line"] == 1)
         decide(workdir, "scans", 1, {first: ("reject", None)})
     write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+    if not refused:
+        assert run(workdir, vqa).manifest.counts.carried == 3 - decided
+        return
     with pytest.raises(ValueError, match=r'v1/train/metadata.jsonl line 3: the key "file_name" appears twice'):
         run(workdir, vqa)
