@@ -353,6 +353,18 @@ def test_a_raw_pii_task_labelled_again_is_one_entry_of_the_items_history(tmp_pat
         ("edit", False),
         ("approve", True),
     ]
+    # This release then undoes pia's approves, that one last: both rows of the pair are undone, by two
+    # undos, and the approve stays listed, undone (as pia was told, "undid approve on item 1").
+    assert [dec.undo_last(engine, "pia")["decision_id"] for _ in range(2)] == [
+        listed[4]["decision_id"],
+        listed[2]["decision_id"],
+    ]
+    listed = history_listed(dec.history(engine, 1))
+    assert [(row["action"], row["undone_at"] is None) for row in listed[2:]] == [
+        ("approve", False),
+        ("edit", False),
+        ("approve", False),
+    ]
 
 
 def test_a_raw_pii_task_labelled_again_leaves_another_annotators_mark_theirs_to_undo(tmp_path: Path) -> None:

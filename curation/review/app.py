@@ -948,11 +948,12 @@ def history_listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """An item's decision rows (``decisions.history``) as its page lists them, each with what it says
     (``_history_after``). The approve stored with a PII again's edit (``decisions.pii_again``) is no
     decision anyone took but part of that one, which lists it: shown, it read as an approve nobody
-    clicked. Undone apart from its edit (an earlier release's undo), it stood alone, and is listed."""
+    clicked. Undone apart from its edit (an earlier release's undo), it stood alone, and is listed,
+    undone too when an undo took it later (``dec.undone_together``)."""
     parsed = [(row, json.loads(row["before"])) for row in rows]
     listed = []
     for (row, before), following in zip_longest(parsed, parsed[1:]):
-        with_its_edit = following is not None and (row["undone_at"] is None) == (following[0]["undone_at"] is None)
+        with_its_edit = following is not None and dec.undone_together(row, following[0])
         if not (with_its_edit and dec.pii_again_of(row, following)):
             listed.append({**row, "after": _history_after(row, before)})
     return listed

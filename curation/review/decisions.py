@@ -594,6 +594,18 @@ def undo_last(engine: sa.Engine, user: str) -> dict[str, Any] | None:
         return undone
 
 
+def undone_together(approve: dict[str, Any], edit: dict[str, Any]) -> bool:
+    """Whether the approve stored with an edit (``Edit.replaces``) and that edit stand or fell as one:
+    both in force, or both undone by one ``undo_last``, which numbers the approve's undo right after
+    the edit's. Not when one was undone alone (an earlier release's undo), though an undo took the
+    other later: each was then a decision of its own. An undo left unnumbered (a server of a release
+    before undo numbers, still running) took one row alone, as those releases did."""
+    if approve["undone_at"] is None and edit["undone_at"] is None:
+        return True
+    approve_undo, edit_undo = approve["undo_seq"], edit["undo_seq"]
+    return approve_undo is not None and edit_undo is not None and approve_undo == edit_undo + 1
+
+
 def history(engine: sa.Engine, item_id: int) -> list[dict[str, Any]]:
     """Every decision on an item, oldest first, undone ones included."""
     create_tables(engine)
