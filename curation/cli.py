@@ -335,7 +335,7 @@ def check(
         if templates_failed or columns_missing:
             # As a run judges them, against the version it extends: none where no source was read before.
             dest, dataset = loaded.output.dest, loaded.dataset
-            extends = version_a_run_extends(loaded, previous)
+            extends, untried = version_a_run_extends(loaded, previous)
             latest = read_manifest(version_uri(dest, dataset, extends)) if extends is not None else None
             quarantines = "a run quarantines them as the rows' fault"
             if latest is None or templates_on_trial(loaded, latest):
@@ -346,10 +346,11 @@ def check(
                     for failed in templates_failed
                 ]
             if latest is not None and not columns_on_trial(loaded, latest):
-                problems = [problem for problem in problems if problem not in columns_missing]
+                # A source no version read names its columns for the first time: on trial, as the run judges it.
+                made = [missing for number, missing in columns_missing if number not in untried]
+                problems = [problem for problem in problems if problem not in made]
                 notes += [
-                    f"{missing}; v{latest.version} was made naming these columns: {quarantines}"
-                    for missing in columns_missing
+                    f"{missing}; v{latest.version} was made naming these columns: {quarantines}" for missing in made
                 ]
     except SQLAlchemyError as error:
         console.print(f"[red]state store error[/red] {escape(state_problem(loaded.state, error))}", highlight=False)
@@ -406,15 +407,15 @@ SHOWN_INPUTS = 20
 
 def _read_heads(
     sources: list, stages: list, files: int, reading: list[tuple[str, int]]
-) -> tuple[list[str], list[str], list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str], list[tuple[int, str]]]:
     """Read the head of the first ``files`` files of each files, images (its sidecar) or hf source as a run
     reads them (an hf data file's first batch), and shape its rows as the run does: what would fail the
     run (a file it refuses, by the reader's own message); notes:
     other records the head would set aside (the run quarantines them), files not opened; each file
     whose every head record failed one template one way (the run's error only where ``templates_on_trial``);
-    and each file whose head lacks a column the recipe names, by the first such record's line, among the problems
-    too (the run's error only where ``columns_on_trial``: a file lacking it beside those having it is likely a
-    bad export).
+    and each file whose head lacks a column the recipe names, by its source's number and the first such record's
+    line, among the problems too (the run's error only where ``columns_on_trial`` or its source is new to the
+    dataset: a file lacking it beside those having it is likely a bad export).
     Each file is added to ``reading`` as it is opened."""
     from connectors.files import HEAD_BYTES, FilesSourceReader, unread_partition
     from connectors.hf import HeadNotRead, HFSourceReader
@@ -434,8 +435,8 @@ def _read_heads(
     problems: list[str] = []
     notes: list[str] = []
     templates_failed: list[str] = []
-    columns_missing: list[str] = []
-    for source in sources:
+    columns_missing: list[tuple[int, str]] = []
+    for number, source in enumerate(sources):
         # An images source's sidecar files are read as a files source's (the images are left to the run).
         if not isinstance(source, FilesSourceReader | ImagesSourceReader | HFSourceReader):
             continue
@@ -473,8 +474,8 @@ def _read_heads(
             failed = [detail for reason, detail in reasons if reason == "template"]
             if missing:
                 more = f" (and {len(missing) - 1:,} more of the first records)" if len(missing) > 1 else ""
-                columns_missing.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
-                problems.append(columns_missing[-1])  # in file order; dropped where the run would quarantine it
+                problems.append(f"{missing[0]}{more}{unread_partition(source.config, entry.uri, missing[0])}")
+                columns_missing.append((number, problems[-1]))  # in file order; dropped where the run quarantines it
             elif template_error is not None:
                 example = template_error.example_as_published(scrub)
                 templates_failed.append(f"{example}; so on all {len(failed):,} record(s) of the head")

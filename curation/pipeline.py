@@ -411,20 +411,29 @@ def columns_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     """Whether every record lacking a column the recipe names is the recipe's error, a misspelt name (run and check
     ask): unless ``made``, the version a run builds on, was made naming the same columns. Then a few new rows all
     lacking one (a bad export) are their data's fault, quarantined, or every later run would fail on them too. The
-    record templates and the ``input_schema`` name columns, and ``templates_on_trial`` judges them by their hash (a
-    version of an earlier release, with none, made with them); so do ``output.group_by`` and ``stratify_by``, which
-    ``made``'s ``split`` records (one recording none counts as made with them). An images source's column settings
-    are in its watermarks' key: changed, the source is read from scratch, as if new to the dataset."""
+    record templates and the ``input_schema`` name columns: ``made`` by the same hash of both, or by an earlier
+    release's, with none (one whose hash left the ``input_schema`` out, which ``templates_on_trial`` accepts, was not
+    made naming its columns: a recipe adding an ``input_schema`` names them first); so do ``output.group_by`` and
+    ``stratify_by``, which ``made``'s ``split`` records (one recording none counts as made with them). A source no
+    version read is judged apart (``lacking_from_untried``)."""
     split = made.split if made is not None else {}
     changed = any(name in split and split[name] != getattr(recipe.output, name) for name in ("group_by", "stratify_by"))
-    return changed or templates_on_trial(recipe, made)
+    return changed or made is None or made.record_sha256 not in (None, recipe.record.fingerprint(recipe.input_schema))
 
 
-def _of_a_sql_result(example: SetAsideExample | None) -> bool:
-    """Whether records lacking a column came from a SQL result: a column gone from it is the table's (or query's)
-    schema, which every later row shares, not a bad export's; quarantined, each run would take them all, read again
-    only by --full-refresh. Such a run fails whatever made the version it extends."""
-    return example is not None and (example.row.get("source") or {}).get("connector") == SQL
+def new_to_the_dataset(source: Source) -> bool:
+    """Whether no version read ``source``: added to the recipe, or its settings changed (an images source's column
+    settings too), its watermarks keyed by them hold nothing committed."""
+    mark = getattr(source, "watermark", None)
+    return mark is not None and not mark.committed
+
+
+def lacking_from_untried(lacking: set[tuple[str, str]], untried: frozenset[str]) -> bool:
+    """Whether a record lacking a column (``Tally.lacking_column``: connector, input) came from an input of a source
+    no version read (``untried``), whose names are on trial as on a first run, or from a SQL result: a column gone
+    from it is the table's (or query's) schema, which every later row shares, not a bad export's; quarantined, each
+    run would take them all (the cursor moved past them), read again only by --full-refresh."""
+    return any(connector == SQL or uri in untried for connector, uri in lacking)
 
 
 def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
@@ -434,18 +443,20 @@ def extended_version(previous: list[int], watermarks: Watermarks) -> int | None:
     return previous[-1] if previous and watermarks.had_previous() else None
 
 
-def version_a_run_extends(recipe: Recipe, previous: list[int]) -> int | None:
-    """``extended_version`` as a run of ``recipe`` would find it now (``curation check`` asks): the state
-    store's watermarks of the recipe's sources, as ``build_sources`` looks them up. A store not made yet (no
-    SQLite file, no watermark table) holds none, and is left so."""
+def version_a_run_extends(recipe: Recipe, previous: list[int]) -> tuple[int | None, set[int]]:
+    """``extended_version`` as a run of ``recipe`` would find it now (``curation check`` asks), and the sources (by
+    number) no version read (``new_to_the_dataset``): the state store's watermarks of the recipe's sources, as
+    ``build_sources`` looks them up. A store not made yet (no SQLite file, no watermark table) holds none, and is
+    left so."""
 
-    def extends(engine: Engine) -> int | None:
+    def extends(engine: Engine) -> tuple[int | None, set[int]]:
         watermarks = Watermarks(engine, recipe.dataset, only_read=True)
-        for config in recipe.sources:
-            watermarks.for_source(config)
-        return extended_version(previous, watermarks)
+        marks = [watermarks.for_source(config) for config in recipe.sources]
+        return extended_version(previous, watermarks), {
+            number for number, mark in enumerate(marks) if not mark.committed
+        }
 
-    return read_state(recipe.state, extends, None) if previous else None
+    return read_state(recipe.state, extends, (None, set())) if previous else (None, set())
 
 
 def _check_a_template_made_some_record(
@@ -543,9 +554,9 @@ def _note_sources_new_to_the_dataset(
         )
         return
     for number, source in enumerate(sources):
-        mark = getattr(source, "watermark", None)
-        if mark is None or mark.committed:
+        if not new_to_the_dataset(source):
             continue
+        mark = source.watermark  # type: ignore[attr-defined]
         log.info("sources.%d: not read for an earlier version (new, or its settings changed): read whole", number)
         mark.reread = True
         mark.replaced.update(entry.uri for entry in source.inputs())
@@ -899,6 +910,7 @@ class RunPlan:
     published_sides: pl.DataFrame | None
     # The runs that left a version unrecorded (``StateStore.unrecorded_runs``): this run reads everything again.
     supersedes: list[str]
+    untried: frozenset[str]  # the inputs of sources no version read (``new_to_the_dataset``)
 
     @property
     def extends(self) -> int | None:
@@ -997,7 +1009,7 @@ def _run_locked(
         counts = tally.counts()
         changed = _recipe_changed(recipe, plan.extended)
         missing_column = tally.examples.get(("quarantined", "missing_column"))
-        if columns_on_trial(recipe, plan.extended) or _of_a_sql_result(missing_column):
+        if columns_on_trial(recipe, plan.extended) or lacking_from_untried(tally.lacking_column, plan.untried):
             _check_some_record_has_the_columns(recipe, counts, missing_column, writer.scrub)
         if templates_on_trial(recipe, plan.extended):
             _check_a_template_made_some_record(recipe, counts, tally, run_stages.stages, writer.scrub)
@@ -1173,8 +1185,19 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
         inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs, chain)
     if previous and not full_refresh:
         sides = _earlier_sides(recipe, previous, sources, watermarks, sides, chain)
+    untried = frozenset(entry.uri for source in sources if new_to_the_dataset(source) for entry in source.inputs())
     return RunPlan(
-        previous, latest, full_refresh, decided_before, watermarks, sources, inputs, replaced_ids, sides, [*unrecorded]
+        previous,
+        latest,
+        full_refresh,
+        decided_before,
+        watermarks,
+        sources,
+        inputs,
+        replaced_ids,
+        sides,
+        [*unrecorded],
+        untried,
     )
 
 

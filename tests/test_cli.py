@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1491,3 +1491,72 @@ def test_check_says_a_file_lacking_a_column_a_version_was_made_naming_as_the_run
     assert ran.returncode == 0, ran.stdout + ran.stderr
     counts = json.loads((tmp_path / "output" / "qa" / "v2" / "manifest.json").read_text())["counts"]
     assert counts["reasons"] == {"quarantined": {"missing_column": 1}}
+
+
+def _images_sources(tmp_path: Path) -> tuple[dict, Callable[[], dict]]:
+    from tests.test_images import two_sidecars
+
+    spec, first, second = two_sidecars(tmp_path)
+    return spec, lambda: {**spec, "sources": [first, {**second, "image_column": "imgae"}]}
+
+
+def _instructions(tmp_path: Path) -> tuple[dict, Callable[[], dict]]:
+    write_jsonl(tmp_path / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A", "category": "x"} for n in range(3)])
+    spec = {
+        "dataset": "qa",
+        "sources": [{"path": "qa"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+    }
+
+    def after() -> dict:
+        write_jsonl(tmp_path / "qa" / "b.jsonl", [{"q": "Q", "a": "B", "category": "y"}])
+        return {**spec, "input_schema": {"columns": {"q": "str", "a": "str", "catgory": "str"}}}
+
+    return spec, after
+
+
+def _sql_and_files(tmp_path: Path) -> tuple[dict, Callable[[], dict]]:
+    import sqlalchemy as sa
+
+    from tests.test_sql import fill
+    from tests.test_sql import recipe as sql_recipe
+
+    url = f"sqlite:///{tmp_path}/crm.db"
+    fill(url, 1, 3)
+    write_jsonl(tmp_path / "qa" / "a.jsonl", [{"subject": f"S{n}", "reply": "R"} for n in range(3)])
+    spec = sql_recipe(url, table="tickets", cursor="id")
+    spec["sources"] = [{"path": "qa"}, spec["sources"][0]]
+
+    def after() -> dict:
+        with sa.create_engine(url).begin() as db:
+            db.execute(sa.text("ALTER TABLE tickets RENAME COLUMN reply TO answer"))
+            insert = (
+                "INSERT INTO tickets (id, subject, answer, amount, updated_at) VALUES (4, 's', 'a', 1, '2026-01-02')"
+            )
+            db.execute(sa.text(insert))
+        write_jsonl(tmp_path / "qa" / "b.jsonl", [{"subject": "S", "answer": "R"}])
+        return spec
+
+    return spec, after
+
+
+# The recipe of v1, and what its next run meets (the recipe and input changed since).
+NAMED_FIRST = {
+    "an input_schema added, a required column misspelt": _instructions,
+    "an images source's image_column changed, misspelt": _images_sources,
+    "a table that lost a column, beside a files source listed first": _sql_and_files,
+}
+
+
+@pytest.mark.parametrize("case", NAMED_FIRST)
+def test_check_and_run_agree_on_columns_a_version_was_not_made_naming(tmp_path: Path, case: str) -> None:
+    # Each run quarantined, exit 0, rows lacking a column no version was made naming (check said so of two as an
+    # input error, exit 2): the recipe's error, as on a first run, which both say.
+    spec, after = NAMED_FIRST[case](tmp_path)
+    assert curation("run", str(write_recipe(tmp_path, spec)), "--quiet", cwd=tmp_path).returncode == 0
+    recipe = write_recipe(tmp_path, after())
+    checked = curation("check", str(recipe), cwd=tmp_path)
+    said = " ".join((checked.stdout + checked.stderr).split())
+    assert checked.returncode == 2 and "input error" in said, said
+    ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert ran.returncode == 2 and "lack a column the recipe names" in ran.stderr, ran.stdout + ran.stderr

@@ -1720,3 +1720,25 @@ def test_a_new_sidecar_lacking_the_image_column_a_version_was_made_with_is_quara
     # Another image_column is the source read anew, extending no version: on trial, a misspelt name as ever.
     with pytest.raises(RecipeError, match=r"column 'pic' \(image_column\) is missing"):
         run(workdir, {**spec, "sources": [{**source, "image_column": "pic"}]})
+
+
+def two_sidecars(root: Path) -> tuple[dict, dict, dict]:
+    """A recipe of VQA records of the images under ``root``/img, named by two sidecars (qa: two rows, qb: one);
+    and its two sources."""
+    (root / "img").mkdir()
+    for name, data in IMAGES.items():
+        (root / "img" / name).write_bytes(data)
+    write_jsonl(root / "qa" / "a.jsonl", sidecar_rows()[:2])
+    write_jsonl(root / "qb" / "a.jsonl", sidecar_rows()[2:3])
+    first = {"type": "images", "path": "img", "sidecar": "qa", "max_pixels": 1_000_000}
+    second = {"type": "images", "path": "img", "sidecar": "qb", "max_pixels": 1_000_000}
+    return {"dataset": "receipts", "sources": [first, second], "record": {"kind": "vqa"}}, first, second
+
+
+def test_an_images_source_whose_column_settings_changed_is_on_trial_beside_one_read_before(workdir: Path) -> None:
+    # Another image_column keys the source's watermarks anew: the version extended (made by both sources) never
+    # read it so, and a misspelt name quarantined its every row and took its sidecar.
+    spec, first, second = two_sidecars(workdir)
+    assert run(workdir, spec).manifest.counts.written == 3
+    with pytest.raises(RecipeError, match=r"column 'imgae' \(image_column\) is missing"):
+        run(workdir, {**spec, "sources": [first, {**second, "image_column": "imgae"}]})

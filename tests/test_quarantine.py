@@ -1484,3 +1484,32 @@ def test_a_version_of_an_earlier_release_was_made_with_the_columns_the_recipe_na
     write_jsonl(workdir / "qa" / "b.jsonl", [{"a": "B"}])
     counts = run(workdir, spec).manifest.counts
     assert (counts.input, counts.reasons) == (1, {"quarantined": {"missing_column": 1}})
+
+
+def test_an_input_schema_added_to_a_recipe_names_its_columns_for_the_first_time(workdir: Path) -> None:
+    # v1 was made with no input_schema: its hash is the one earlier releases gave a recipe with one, which made a
+    # misspelt required column new to the recipe look like a bad export, quarantined, and its file taken.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A", "category": "x"} for n in range(3)])
+    spec = qa_recipe("qa", prompt="{{ q }}")
+    run(workdir, spec)
+    write_jsonl(workdir / "qa" / "b.jsonl", [{"q": "Q", "a": "B", "category": "y"}])
+    misspelt = {"input_schema": {"columns": {"q": "str", "a": "str", "catgory": "str"}}}
+    with pytest.raises(RecipeError, match=r"none of the 1 records .* required column 'catgory' is missing"):
+        run(workdir, {**spec, **misspelt})
+    fixed = run(workdir, {**spec, "input_schema": {"columns": {"q": "str", "a": "str", "category": "str"}}})
+    assert (fixed.manifest.counts.input, fixed.manifest.counts.written) == (1, 1)  # nothing taken by the failed run
+
+
+def test_a_source_new_to_the_dataset_whose_rows_all_lack_a_column_fails_the_run(workdir: Path) -> None:
+    # The version extended never read the added source: its rows lacking a column are a misspelt name or the wrong
+    # folder, as on a first run, not a bad export of a source the dataset was made from.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A"} for n in range(3)])
+    spec = qa_recipe("qa", prompt="{{ q }}")
+    run(workdir, spec)
+    path = write_jsonl(workdir / "qb" / "a.jsonl", [{"question": "Q", "a": "B"}])
+    added = {**spec, "sources": [{"path": "qa"}, {"path": "qb"}]}
+    with pytest.raises(RecipeError, match=rf"none of the 1 records .* {path}:1: prompt: column 'q' is missing"):
+        run(workdir, added)
+    write_jsonl(workdir / "qb" / "a.jsonl", [{"q": "Q", "a": "B"}])
+    counts = run(workdir, added).manifest.counts
+    assert (counts.input, counts.written) == (1, 1)

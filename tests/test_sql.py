@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlSourceError, SqlSourceReader
 from connectors.state import Watermarks
 from schemas.config import RecipeError, SqlSource
-from tests.helpers import lineage_rows, outputs, processed, run, set_aside, sqlite_db, strict_json
+from tests.helpers import lineage_rows, outputs, processed, run, set_aside, sqlite_db, strict_json, write_jsonl
 
 CUSTOMERS = sa.MetaData()
 tickets = sa.Table(
@@ -2028,3 +2028,30 @@ def test_new_rows_of_a_table_that_lost_a_column_the_recipe_names_fail_the_run_an
     fixed = {**spec, "record": {**spec["record"], "completion": "{{ answer }}"}}
     counts = run(workdir, fixed).manifest.counts
     assert (counts.input, counts.written) == (1, 1)
+
+
+@pytest.mark.parametrize("files_first", [True, False])
+def test_a_table_that_lost_a_column_fails_the_run_whatever_source_is_listed_before_it(
+    workdir: Path, files_first: bool
+) -> None:
+    # With a files source listed first, its bad export's row was the one example asked, so the run quarantined the
+    # table's rows too and moved its cursor past them.
+    url = f"sqlite:///{workdir}/crm.db"
+    fill(url, 1, 3)
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"subject": f"S{n}", "reply": "R"} for n in range(3)])
+    spec = recipe(url, table="tickets", cursor="id")
+    sources = [{"path": "qa"}, spec["sources"][0]]
+    spec["sources"] = sources if files_first else sources[::-1]
+    assert run(workdir, spec).manifest.counts.written == 6
+    with sa.create_engine(url).begin() as db:
+        db.execute(sa.text("ALTER TABLE tickets RENAME COLUMN reply TO answer"))
+        db.execute(
+            sa.text(
+                "INSERT INTO tickets (id, subject, answer, amount, updated_at) VALUES (4, 's', 'a', 1, '2026-01-02')"
+            )
+        )
+    write_jsonl(workdir / "qa" / "b.jsonl", [{"subject": "S", "answer": "R"}])
+    with pytest.raises(RecipeError, match=r"none of the 2 records .* 2 lack a column the recipe names"):
+        run(workdir, spec)
+    fixed = run(workdir, {**spec, "record": {**spec["record"], "completion": "{{ answer }}"}})
+    assert (fixed.manifest.counts.input, fixed.manifest.counts.written) == (2, 2)  # the table's row read again

@@ -83,6 +83,9 @@ class Tally:
     # (``recipe_template_error``).
     by_stage: Counter[str] = field(default_factory=Counter)
     template_errors: TemplateErrors = field(default_factory=TemplateErrors)
+    # The inputs (connector, URI) of records lacking a column the recipe names: a run setting aside every record
+    # fails where one is of a source no version read (``lacking_from_untried``).
+    lacking_column: set[tuple[str, str]] = field(default_factory=set)
 
     def count_inputs(self, table: pa.Table) -> None:
         """Every record is written or set aside once: counted then, by the input it came from."""
@@ -377,6 +380,10 @@ def record_set_aside(table: pa.Table, writer: DatasetWriter, tally: Tally) -> No
     stages = pc.value_counts(table["stage"])
     tally.by_stage.update(dict(zip(stages.field(0).to_pylist(), stages.field(1).to_pylist(), strict=True)))
     tally.template_errors.add(table)
+    lacking = table.filter(pc.equal(table["reason"], "missing_column"))["source"]
+    tally.lacking_column.update(
+        zip(pc.struct_field(lacking, "connector").to_pylist(), pc.struct_field(lacking, "uri").to_pylist(), strict=True)
+    )
     # A files source's alone: another reads its rows again only on --full-refresh (a SQL cursor moved past them).
     unreadable = table.filter(pc.and_(is_unreadable, pc.not_equal(table["stage"], "read")))
     unread = unreadable.filter(_connector_is(unreadable, FILES))
