@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from connectors.storage import StorageError, filesystem, is_s3, join
+from connectors.storage import StorageError, Unreadable, filesystem, is_s3, join
 from schemas.manifest import MANIFEST_NAME, Manifest
 
 VERSION_DIR = re.compile(r"^v(\d+)$")
@@ -39,6 +39,11 @@ def published_versions(dest: str, dataset: str) -> list[int]:
         there = next(folder for folder in (Path(path), *Path(path).parents) if folder.exists())
         if not there.is_dir():
             raise StorageError(f"{there} is a file, not a folder: no version can be published under {dest}")
+    return _with_manifest(fs, infos)
+
+
+def _with_manifest(fs: pafs.FileSystem, infos: list[pafs.FileInfo]) -> list[int]:
+    """The numbers of the version folders among ``infos`` that hold a manifest, ascending."""
     versions = []
     for info in infos:
         match = VERSION_DIR.match(info.base_name)
@@ -56,11 +61,49 @@ def read_manifest(version_dir: str) -> Manifest:
     except FileNotFoundError:
         if is_s3(version_dir) and not bucket_exists(fs, path.partition("/")[0]):
             raise StorageError(f"{version_dir}: there is no bucket {path.partition('/')[0]!r}") from None
-        raise StorageError(f"{version_dir}: no {MANIFEST_NAME}; this version was never published") from None
+        raise StorageError(f"{version_dir}: no {MANIFEST_NAME}; {_not_a_version(fs, version_dir, path)}") from None
+    except OSError as error:  # denied, or unsigned for want of credentials: S3's 403, no missing manifest
+        raise _unreadable(f"{version_dir}/{MANIFEST_NAME}", error) from None
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
         raise StorageError(f"{version_dir}/{MANIFEST_NAME}: not a manifest ({where}: {first['msg']})") from None
+
+
+def _not_a_version(fs: pafs.FileSystem, version_dir: str, path: str) -> str:
+    """Why a folder without a manifest is no version: a dataset folder, or a name such as ``latest``
+    beside the dataset's versions, names the published versions to pass instead."""
+    folder = version_dir.rstrip("/")
+    if versions := _versions_in(fs, path):
+        return f"it is a dataset folder; pass one of its published versions: {_listed(folder, versions)}"
+    parent, name = path.rpartition("/")[0], folder.rpartition("/")[2]
+    if parent and not VERSION_DIR.match(name) and (versions := _versions_in(fs, parent)):
+        dataset = folder.removesuffix(name).rstrip("/")
+        return f"{name!r} is no version; pass one of the published versions beside it: {_listed(dataset, versions)}"
+    return "this version was never published"
+
+
+def _listed(dataset: str, versions: list[int]) -> str:
+    """The newest five of ``versions`` as paths to pass."""
+    shown = ", ".join(join(dataset, f"v{number}") for number in versions[-5:])
+    return shown + (f" (or one of {len(versions) - 5} earlier)" if len(versions) > 5 else "")
+
+
+def _versions_in(fs: pafs.FileSystem, path: str) -> list[int]:
+    """The published versions in the folder at ``path``; none where it cannot be listed (only a hint hangs on it)."""
+    try:
+        return _with_manifest(fs, fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+    except OSError:
+        return []
+
+
+def _unreadable(uri: str, error: OSError) -> StorageError:
+    """A published file that the disk or S3 would not give, in one line: on S3 what it said (pyarrow's
+    message names the bucket and key again, before it) and what to check."""
+    if not is_s3(uri):
+        return Unreadable.of(uri, error)
+    said = str(error).partition("AWS Error ")[2].rstrip(".") or str(error)
+    return StorageError(f"{uri}: cannot read: S3 said {said}; AWS credentials? access to the bucket?")
 
 
 def bucket_exists(fs: pafs.FileSystem, bucket: str) -> bool:
@@ -84,6 +127,8 @@ def verify_checksums(version_dir: str, manifest: Manifest) -> list[str]:
         except FileNotFoundError:
             bad.append(f"{relative} (missing)")
             continue
+        except OSError as error:  # a policy that lets the manifest be read, not the data
+            raise _unreadable(join(version_dir, relative), error) from None
         if digest.hexdigest() != sha256:
             bad.append(relative)
     known = set(expected) | set(manifest.side_files)

@@ -327,6 +327,45 @@ def test_errors_about_a_launch_option_name_the_option_the_user_typed(workdir: Pa
         )  # fmt: skip
 
 
+def test_data_no_format_of_the_model_holds_asks_for_another_model(workdir: Path) -> None:
+    """VQA records are written only as jumpstart-vqa, which only vision-language models take: no
+    output.format makes them fit a text model, nor instruction records a vision one."""
+    vision = "meta-vlm-llama-3-2-11b-vision-instruct"
+    with pytest.raises(TrainError) as refused:
+        training_request(vqa_version(workdir), MODEL, specs=PINNED)
+    assert str(refused.value).endswith(
+        "no format of vqa records is one of those: choose a vision-language model (-vlm- in its id) for them, "
+        f"such as {vision}"
+    )
+    with pytest.raises(TrainError) as refused:
+        training_request(publish(workdir / "pairs", "jumpstart-instruction"), vision, specs=PINNED)
+    assert str(refused.value).endswith(
+        "no format of instruction records is one of those: choose a text model for them, such as "
+        f"{MODEL} or meta-textgeneration-llama-3-2-3b"
+    )
+
+
+def test_a_dataset_folder_or_a_name_beside_its_versions_lists_the_versions_to_pass(workdir: Path) -> None:
+    """A dataset folder, or ``latest`` in it, was "this version was never published", of a dataset published twice."""
+    publish(workdir, "jumpstart-instruction")
+    dataset = Path(publish(workdir, "jumpstart-instruction")).parent
+    versions = f"{dataset}/v1, {dataset}/v2"
+    done = curation("train", "launch", f"{dataset}/", "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert (
+        said
+        == f"error {dataset}/: no manifest.json; it is a dataset folder; pass one of its published versions: {versions}"
+    )
+    with pytest.raises(TrainError) as refused:
+        training_request(f"{dataset}/latest", MODEL, specs=PINNED)
+    assert str(refused.value).endswith(
+        f"'latest' is no version; pass one of the published versions beside it: {versions}"
+    )
+    with pytest.raises(TrainError, match=r"v3: no manifest\.json; this version was never published$"):
+        training_request(f"{dataset}/v3", MODEL, specs=PINNED)
+
+
 def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: str) -> None:
     from train.sagemaker import check_copy
 
@@ -889,6 +928,45 @@ def no_aws_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+
+
+def test_a_version_s3_will_not_give_is_one_line_naming_it_and_what_to_check(
+    workdir: Path, bucket: str, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without credentials pyarrow's requests go unsigned and S3 answers 403 (as moto does): that was a
+    traceback and exit 1, a failed job's code, for a launch that never reached SageMaker."""
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets")
+    local = Path(publish(workdir / "local", "jumpstart-instruction"))
+    copy = f"s3://{bucket}/copy/pairs/v1"
+    for path in local.rglob("*"):
+        if path.is_file():
+            boto3.client("s3").upload_file(str(path), bucket, f"copy/pairs/v1/{path.relative_to(local)}")
+    no_aws_credentials(workdir, monkeypatch)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_env)
+    denied = "cannot read: S3 said ACCESS_DENIED during HeadObject operation"
+    for dry_run in (["--dry-run"], []):
+        done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", *dry_run, cwd=workdir)
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "Traceback" not in said, said
+        assert said.startswith(f"error {version}/manifest.json: {denied}") and "AWS credentials? access to" in said
+    # A copy named by --data-uri is read only by a real launch.
+    done = curation(
+        "train", "launch", str(local), "--model", MODEL, "--specs", "pinned", "--data-uri", copy, cwd=workdir
+    )
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert said.startswith(f"error --data-uri {copy}/manifest.json: {denied}")
+    # A manifest anyone may read, its data not: the files' checksums are what S3 refuses.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    manifest_key = f"{version.removeprefix(f's3://{bucket}/')}/manifest.json"
+    boto3.client("s3").put_object_acl(Bucket=bucket, Key=manifest_key, ACL="public-read")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert said.startswith(f"error {version}/train/part-00000.jsonl: {denied}"), said
 
 
 def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(

@@ -37,6 +37,7 @@ from train.jumpstart import (
     ModelSpec,
     SpecError,
     SpecResolver,
+    VendoredSpecs,
     has_switch,
     spec_resolver,
     volume_gb,
@@ -188,9 +189,9 @@ def load_version(version_uri: str) -> Manifest:
     version_uri = _folder(version_uri)
     try:
         manifest = read_manifest(version_uri)
+        bad = verify_checksums(version_uri, manifest)
     except StorageError as error:
         raise TrainError(str(error)) from None
-    bad = verify_checksums(version_uri, manifest)
     if bad:
         listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise TrainError(
@@ -394,7 +395,7 @@ def hyperparameters_for(
         lacks = f" (it has no {switch} hyperparameter)" if manifest.format in spec.formats and switch else ""
         raise TrainError(
             f"{spec.model_id} trains on {', '.join(offered) or 'none of our formats'} data, not "
-            f"{manifest.format!r}{lacks}; publish the dataset in one of those formats (output.format in the recipe)"
+            f"{manifest.format!r}{lacks}; {_way_out(offered, manifest.record_kind)}"
         )
     if manifest.format == "text":
         # JumpStart domain adaptation reads exactly one file per channel.
@@ -432,6 +433,21 @@ def hyperparameters_for(
             raise SpecError(f"{int8} does not work with enable_fsdp=True; choose one")
         values["enable_fsdp"] = "False"
     return values
+
+
+def _way_out(offered: list[str], record_kind: str) -> str:
+    """What to change when a model does not take a version's format: the format, where one the model
+    takes is written from the version's kind of records; else the model (VQA records are written only
+    as jumpstart-vqa, which vision-language models alone take)."""
+    from curation.formats import FORMATS
+
+    if any(record_kind in FORMATS[fmt].kinds for fmt in offered):
+        return "publish the dataset in one of those formats (output.format in the recipe)"
+    pinned = VendoredSpecs().models
+    fitting = [model for model, raw in pinned.items() if any(record_kind in FORMATS[f].kinds for f in raw["formats"])]
+    kind = "a vision-language model (-vlm- in its id)" if record_kind == "vqa" else "a text model"
+    such = f", such as {' or '.join(fitting[:2])}" if fitting else ""
+    return f"no format of {record_kind} records is one of those: choose {kind} for them{such}"
 
 
 def _too_long(value: str) -> str | None:
