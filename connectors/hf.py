@@ -542,8 +542,8 @@ def _no_image_feature(
     schema: pa.Schema, uri: str, used: Collection[str], paths: Mapping[str, Collection[tuple[str | int, ...]]]
 ) -> None:
     """Refuse, by file and column, a column the recipe reads as text that is a Hugging Face ``Image()`` feature
-    (``struct<bytes, path>``, the usual VQA image on the Hub), or a dict feature holding one read so that it
-    reaches the image (``paths``: what of each column is read, ``shot.cap``, by default the column whole): handed
+    (``struct<bytes, path>``, the usual VQA image on the Hub), or a dict feature holding one rendered so that it
+    reaches the image (``paths``: what of each column is certainly rendered, ``shot.cap``; none if not named): handed
     on as text, its bytes quarantined every row as ``schema`` ("not UTF-8 text"), with nothing to say the
     dataset's images were the cause. A VQA record's ``image`` column is read as its picture (``_with_images``)."""
     features = _declared_features(schema)
@@ -554,7 +554,7 @@ def _no_image_feature(
         if features is not None:
             feature = features.get(name)
             if not _holds_image(feature):
-                _no_image_in_dict(uri, name, feature, paths.get(input_name(name), [()]))
+                _no_image_in_dict(uri, name, feature, paths.get(input_name(name), ()))
                 continue
             is_one = isinstance(feature, dict) and feature.get("_type") == "Image"
             what = "is a Hugging Face Image feature" if is_one else "holds Hugging Face Image features"
@@ -582,8 +582,9 @@ def _declared_features(schema: pa.Schema) -> dict | None:
 
 
 def _no_image_in_dict(uri: str, name: str, feature: object, paths: Collection[tuple[str | int, ...]]) -> None:
-    """Refuse a read of a dict feature (``paths``) that reaches an Image() feature in it: ``{{ shot }}`` or
-    ``{{ shot.img }}`` rendered the picture's bytes as text. Its other fields (``{{ shot.cap }}``) are text."""
+    """Refuse a rendering of a dict feature (``paths``) that reaches an Image() feature in it: ``{{ shot }}`` or
+    ``{{ shot.img }}`` rendered the picture's bytes as text. Its other fields (``{{ shot.cap }}``) are text; a
+    template testing or passing on the dict (``{% if shot %}``) is left to fail as it does, if it does."""
     for path in paths:
         image = _image_in(*_feature_at(feature, name, path))
         if image is None:
@@ -604,7 +605,8 @@ def _feature_at(feature: object, name: str, path: tuple[str | int, ...]) -> tupl
     """The feature a template reaches reading ``path`` of column ``name``'s ``feature`` (None: none, the template
     fails on its own), or the one it stops at: an Image() read at its fields (``img.path``) is read as text still;
     and where that is (``shot.img``). A list's item is reached by a number, and by a field's name too: ``datasets``
-    stores a ``Sequence`` of a dict as a dict of lists."""
+    stores a ``Sequence`` of a dict as a dict of lists. A key is a field's name even where it is a dict's method
+    (``shot['items']``): ``_paths_read`` has stopped a path at an attribute that is one (``shot.items``)."""
     where = name
     for key in path:
         while isinstance(feature, list) or (isinstance(feature, dict) and "_type" in feature and "feature" in feature):
@@ -613,8 +615,7 @@ def _feature_at(feature: object, name: str, path: tuple[str | int, ...]) -> tupl
                 where += f"[{key}]"
                 break
         else:
-            # A dict's method (``shot.items()``, ``shot.get('img')``) reads it whole, as jinja takes it first.
-            if not isinstance(feature, dict) or "_type" in feature or hasattr(dict, str(key)):
+            if not isinstance(feature, dict) or "_type" in feature:
                 return feature, where
             feature, where = (feature.get(key) if isinstance(key, str) else None), f"{where}.{key}"
     return feature, where

@@ -422,6 +422,7 @@ def _read_heads(
     from connectors.images import ImagesSourceReader
     from connectors.storage import StorageError
     from curation.pipeline import set_aside_scrub
+    from curation.stages.base import StageSettingError
     from curation.stages.shape import Shape, TemplateErrors, recipe_template_error
 
     shaping: list = []
@@ -467,7 +468,10 @@ def _read_heads(
                 set_aside.append(result.set_aside)
             for stage in stages:  # a setting the records' values cannot satisfy (between on a column of text)
                 if rows.num_rows and hasattr(stage, "check_columns"):
-                    stage.check_columns(rows)
+                    try:
+                        stage.check_columns(rows)
+                    except StageSettingError as error:  # a column's type is its file's: which the head read
+                        raise StageSettingError(f"{error} (the first records of {entry.uri})") from None
             tables = [scrub(table) if scrub and table.num_rows else table for table in set_aside]
             reasons = [(row["reason"], row["detail"]) for table in tables for row in table.to_pylist()]
             missing = [detail for reason, detail in reasons if reason == "missing_column"]

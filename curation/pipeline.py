@@ -115,13 +115,16 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
     image = picture.column if picture is not None else None
     # Read besides as text (``{{ image.path }}``, another field naming it), an Image() feature there is refused
     # by name as any read as text: the templates would see the picture's name the reader puts in its place.
-    # What of each column the fields read as text (``shot.cap``): a dict holding an Image() feature is refused
-    # where that reaches the image.
+    as_text = {f.column for f in shape.fields if f is not picture} | {
+        n for f in shape.fields for n in f.template_columns
+    }
+    text_columns = used if image in as_text else used - {image}
+    # What of each column the fields certainly render as text (``shot.cap``): a dict holding an Image() feature
+    # is refused where that reaches the image.
     text_paths: dict[str, set[tuple[str | int, ...]]] = {}
     for field in shape.fields:
         for name, paths in field.paths.items() if field is not picture else ():
             text_paths.setdefault(name, set()).update(paths)
-    text_columns = used if image in text_paths else used - {image}
     # The stages that read the pictures' bytes (of a VQA record's picture only): an hf source whose images are
     # paths refuses them by name.
     bytes_for = list(

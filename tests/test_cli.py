@@ -1259,6 +1259,28 @@ def test_check_reads_the_head_of_an_hf_source_as_the_run_reads_its_first_batch(t
     assert not (tmp_path / "output").exists() and not (tmp_path / "state.db").exists()  # nothing run
 
 
+def test_check_refuses_image_dedup_on_a_carried_column_of_text_as_the_run_does(tmp_path: Path) -> None:
+    # `group_by: team` carries `team`: image_dedup comparing it said "ok" in check, and the run failed at the stage.
+    import pyarrow as pa
+
+    from tests.test_hf import hub_parquet, image_rows, png
+
+    table = image_rows([{"bytes": png(0), "path": "a.png"}, {"bytes": png(0), "path": "b.png"}])
+    file = hub_parquet(tmp_path, table.append_column("team", pa.array(["x", "y"], pa.large_string())))
+    recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "hub"}], "record": {"kind": "vqa"}}
+    grouped = {**recipe, "output": {"group_by": "team"}, "stages": [{"type": "image_dedup", "column": "team"}]}
+    path = write_recipe(tmp_path, grouped)
+    said = "image_near_dedup compares images in 'team', which holds string, not an image's bytes"
+    for command in ("check", "run"):
+        done = curation(command, str(path), cwd=tmp_path)
+        told = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "Traceback" not in told and f"{path}: stages.0 (line" in told, told
+        assert said in told and (command == "run" or f"(the first records of {file})" in told), told
+    path = write_recipe(tmp_path, {**recipe, "output": {"group_by": "team"}, "stages": [{"type": "image_dedup"}]})
+    checked = curation("check", str(path), cwd=tmp_path)
+    assert checked.returncode == 0 and checked.stdout.startswith("ok"), checked.stdout + checked.stderr
+
+
 def test_check_leaves_to_the_run_an_hf_file_whose_first_row_group_it_would_decode_is_too_big(tmp_path: Path) -> None:
     # The head decoded the first row group whole, every column: a 300 MB one took 675 MB for 4 rows.
     import pyarrow as pa

@@ -935,15 +935,19 @@ def test_a_sequence_of_image_features_read_as_text_is_refused_by_name_a_dicts_ot
 def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_by_name(workdir: Path) -> None:
     # A template reading the dict whole ({{ shot }}) or at its image ({{ shot.img }}) rendered the picture's bytes
     # as text: every row quarantined "not UTF-8 text", nothing naming the image.
+    text = datasets.Value("string")
     features = datasets.Features(
-        {"q": datasets.Value("string"), "shot": {"img": datasets.Image(), "cap": datasets.Value("string")}}
+        {"q": text, "shot": {"img": datasets.Image(), "cap": text, "items": text, "meta": {"k": text}}}
     )
-    rows = {"q": ["Q1?", "Q2?"], "shot": [{"img": {"bytes": png(0), "path": "0.png"}, "cap": c} for c in "cd"]}
-    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(workdir / "ds"))
+    shots = [{"img": {"bytes": png(0), "path": "0.png"}, "cap": c, "items": c * 2, "meta": {"k": c}} for c in "cd"]
+    datasets.Dataset.from_dict({"q": ["Q1?", "Q2?"], "shot": shots}, features=features).save_to_disk(
+        str(workdir / "ds")
+    )
     recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
     said = r"data-00000-of-00001.arrow: column 'shot' holds a Hugging Face Image feature \(shot.img\), read here "
     said += r"as text: a template may read the dict's other fields \(`{{ shot.cap }}`\), not the image in it"
-    for prompt in ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].path }}", "{{ shot.get('img') }}"):
+    rendered = ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].path }}", "{{ shot | string }}")
+    for prompt in (*rendered, "{% if q %}{{ shot.img | upper }}{% endif %}", "{{ shot.items }}"):
         with pytest.raises(StorageError, match=said):
             run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": prompt, "completion": "q"}})
     with pytest.raises(StorageError, match=said):  # a field naming the column reads it whole
@@ -951,6 +955,18 @@ def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_b
     record = {"kind": "instruction", "prompt": "{{ q }} {{ shot.cap | upper }}", "completion": "{{ shot['cap'] }}"}
     lines = outputs(Path(run(workdir, {**recipe, "record": record}).version_uri))
     assert [(line["prompt"], line["completion"]) for line in lines] == [("Q1? C", "c"), ("Q2? D", "d")]
+    # Only what certainly renders the image is refused: a test, a condition, a `set`, a key that is a field's
+    # name as well as a dict's method (looked up first) render as they did before the refusal was made.
+    for prompt in (
+        "{{ shot.cap if shot is defined else '' }}",
+        "{% if shot %}{{ shot.cap }}{% endif %}",
+        "{{ shot['items'][:1] }}{{ shot['items'] | upper }}{{ shot.meta['values'] is defined }}",
+        "{% set s = shot %}{{ s.cap }}",
+    ):
+        record = {"kind": "instruction", "prompt": prompt, "completion": "{{ shot['items'] }}"}
+        lines = outputs(Path(run(workdir, {**recipe, "record": record}, full_refresh=True).version_uri))
+        assert [line["completion"] for line in lines] == ["cc", "dd"], prompt
+    assert [line["prompt"] for line in lines] == ["c", "d"]
 
 
 def test_image_dedup_on_a_column_of_text_is_refused_by_the_recipe_check_not_a_type_error(workdir: Path) -> None:

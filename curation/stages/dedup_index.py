@@ -366,6 +366,11 @@ class CrossRunDedup:
         run's keys can be in a cluster. A scheduled run adding a few records to millions loads only those."""
         return isinstance(self.inner, ExactDedup)
 
+    def check_columns(self, batch: pa.Table) -> None:
+        """The inner stage's check of the records' columns, where it has one (``curation check``)."""
+        if hasattr(self.inner, "check_columns"):
+            self.inner.check_columns(batch)
+
     def signatures(self, batch: pa.Table) -> pa.Table:
         return self.inner.signatures(batch)
 

@@ -486,14 +486,19 @@ class ImageNearDedup:
         self.signature_version = self.SIGNATURE_VERSION
         self.kept_apart = dict(kept_apart or {})  # as ``NearDedup.kept_apart``
 
-    def signatures(self, batch: pa.Table) -> pa.Table:
+    def check_columns(self, batch: pa.Table) -> None:
+        """Raise ``StageSettingError`` where ``column`` holds no bytes: a carried input column of another type
+        (the recipe check knows the records' own), a TypeError else. ``curation check`` asks it of the head of
+        the input, the run of each batch it compares."""
         kind = batch.schema.field(self.column).type if self.column in batch.column_names else pa.binary()
         if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
-            # A carried input column of another type (the recipe check knows the records' own): a TypeError else.
             raise StageSettingError(
                 f"{self.name} compares images in {self.column!r}, which holds {kind}, not an image's bytes: "
                 "compare `image_bytes`"
             )
+
+    def signatures(self, batch: pa.Table) -> pa.Table:
+        self.check_columns(batch)
         data = batch[self.column].to_pylist() if self.column in batch.column_names else [None] * batch.num_rows
         hashes = [_phash(d) for d in data]
         asked = self._question_hashes(batch)

@@ -96,31 +96,29 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
 
 
 def _paths_read(node: jn.Node, names: Collection[str]) -> dict[str, set[tuple[str | int, ...]]]:
-    """Each of ``names`` a template reads, with the attributes and constant keys it reads it along (``{{ shot.cap
-    }}``, ``{{ shot['cap'] }}``: ("cap",)); a use of the name in any other way (``{{ shot }}``, ``shot[key]``,
-    ``shot | tojson``, ``{% set s = shot %}``) reads it whole, (). A name the template also binds itself (a loop
-    variable) is taken as the column's all the same: that may only refuse more."""
+    """Each of ``names`` a template certainly renders as text, with the attributes and constant keys it reads it
+    along: the expression of an output, or the value a filter there takes (``{{ shot.cap }}``, ``{{ shot['cap']
+    | upper }}``: ("cap",); ``{{ shot }}``: ()). An attribute that is a dict's method (``shot.items``) stops
+    there, the dict read whole, as jinja's getattr takes the method first (its getitem, ``shot['items']``, the
+    key). Any other use (a test, a condition, ``{% set %}``, a loop, a function's argument) is left out: a
+    refusal of what it reads could only be a guess. A name the template also binds itself (a loop variable) is
+    taken as the column's all the same: that may only refuse more."""
     paths: dict[str, set[tuple[str | int, ...]]] = {}
-
-    def visit(node: jn.Node) -> None:
-        keys: list[str | int] = []
-        inner = node
-        while isinstance(inner, jn.Getattr | jn.Getitem):
-            if isinstance(inner, jn.Getattr):
-                keys.append(inner.attr)
-            elif isinstance(inner.arg, jn.Const) and isinstance(inner.arg.value, str | int):
-                keys.append(inner.arg.value)
-            else:
-                break
-            inner = inner.node
-        if isinstance(inner, jn.Name) and inner.ctx == "load":
-            if inner.name in names:
-                paths.setdefault(inner.name, set()).add(tuple(reversed(keys)))
-            return
-        for child in node.iter_child_nodes():
-            visit(child)
-
-    visit(node)
+    for output in node.find_all(jn.Output):
+        for expression in output.nodes:
+            while isinstance(expression, jn.Filter) and expression.node is not None:
+                expression = expression.node
+            keys: list[str | int] = []
+            while isinstance(expression, jn.Getattr | jn.Getitem):
+                if isinstance(expression, jn.Getattr):
+                    keys = [] if hasattr(dict, expression.attr) else [expression.attr, *keys]
+                elif isinstance(expression.arg, jn.Const) and isinstance(expression.arg.value, str | int):
+                    keys = [expression.arg.value, *keys]
+                else:
+                    break
+                expression = expression.node
+            if isinstance(expression, jn.Name) and expression.ctx == "load" and expression.name in names:
+                paths.setdefault(expression.name, set()).add(tuple(keys))
     return paths
 
 
@@ -353,8 +351,8 @@ class Field:
         self.template_columns = (
             jinja2.meta.find_undeclared_variables(_ROW_ENV.parse(spec)) if self.is_template else set()
         )
-        # What of each column the field reads: a column whole is (), a template's ``shot.cap`` ("cap",). An
-        # hf source refuses a read that reaches an Image() feature in a dict (``{{ shot }}``, ``{{ shot.img }}``).
+        # What of each column the field certainly renders: a column whole is (), a template's ``shot.cap``
+        # ("cap",). An hf source refuses one that reaches an Image() feature in a dict (``{{ shot.img }}``).
         self.paths: dict[str, set[tuple[str | int, ...]]] = (
             _paths_read(_ROW_ENV.parse(spec), self.template_columns) if self.is_template else {spec: {()}}
         )
