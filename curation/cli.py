@@ -303,7 +303,7 @@ def check(
         templates_on_trial,
         version_a_run_extends,
     )
-    from curation.published import published_versions, read_manifest, version_uri
+    from curation.published import published_versions, read_manifest, refuse_unwritable_dest, version_uri
     from curation.stages.base import StageError, raised_where
     from curation.state import StateFolderError, sqlite_folder_problem
 
@@ -332,6 +332,7 @@ def check(
         problems = lacking + problems
         reading.append((loaded.output.dest, EXIT_USAGE))
         previous = published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no bucket)
+        refuse_unwritable_dest(loaded.output.dest, loaded.dataset)
         if templates_failed or columns_missing:
             # As a run judges them, against the version it extends: none where no source was read before.
             dest, dataset = loaded.output.dest, loaded.dataset

@@ -31,7 +31,7 @@ from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, ru
 from connectors.storage import StorageError
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally, reads_again
 from curation.formats import FormatOptions, output_format
-from curation.published import published_versions, read_manifest, version_uri
+from curation.published import published_versions, read_manifest, refuse_unwritable_dest, version_uri
 from curation.report import Profile, attach_report
 from curation.review.decisions import (
     DecisionMark,
@@ -1126,6 +1126,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     """The versions the run builds on and the inputs it reads (the run holds the dataset's lock: no
     other run publishes a version until it ends)."""
     previous = published_versions(recipe.output.dest, recipe.dataset)
+    refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
     # Asked before a first version too: it marks killed the runs that died publishing one (their claim then passed by).
     unrecorded = state.unrecorded_runs(recipe.dataset, previous)
     untrusted = _watermarks_untrusted(recipe, state, previous, unrecorded)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -51,6 +52,21 @@ def _with_manifest(fs: pafs.FileSystem, infos: list[pafs.FileInfo]) -> list[int]
         if is_version and fs.get_file_info(f"{info.path}/{MANIFEST_NAME}").type == pafs.FileType.File:
             versions.append(int(match.group(1)))
     return sorted(versions)
+
+
+def refuse_unwritable_dest(dest: str, dataset: str) -> None:
+    """Raise when a local ``dest`` cannot be written under, before any input is read: its nearest existing
+    folder is written to (a file made and removed there; nothing of the dest is created). Else the run fails
+    once all is read, in Arrow's words, never naming ``output.dest``."""
+    if is_s3(dest):
+        return
+    wanted = Path(filesystem(dataset_uri(dest, dataset))[1])
+    there = next(folder for folder in (wanted, *wanted.parents) if folder.exists())
+    try:
+        with tempfile.TemporaryFile(dir=there):
+            pass
+    except OSError as error:
+        raise StorageError(f"output.dest {dest}: cannot be written ({there}: {error.strerror or error})") from None
 
 
 def read_manifest(version_dir: str) -> Manifest:

@@ -1272,6 +1272,10 @@ def _problem(error: ErrorDetails) -> str:
     ):
         kind = "a stage" if written == "type" else "a source"
         return f"{kind} is a mapping of settings: write `- {written}: {error['input']}`"
+    # One where a list is asked for (`sources: in/`): pydantic says only that it "should be a valid list".
+    if error["type"] == "list_type" and written and len(error["loc"]) == 1:
+        value = error["input"] if isinstance(error["input"], str) else "..."
+        return f"{error['msg']}: a list of {error['loc'][0]}, each a mapping: write `- {written}: {value}`"
     return error["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
 
 

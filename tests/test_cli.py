@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -1582,3 +1583,44 @@ def test_check_and_run_agree_on_columns_a_version_was_not_made_naming(tmp_path: 
     assert checked.returncode == 2 and "input error" in said, said
     ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
     assert ran.returncode == 2 and "lack a column the recipe names" in ran.stderr, ran.stdout + ran.stderr
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` made so that no file can be made in it: by its mode, or, for root (whom a mode does not stop),
+    marked immutable; the test is skipped where neither stops this process."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    marked = False
+    try:
+        if os.access(folder, os.W_OK) and shutil.which("chattr"):
+            marked = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        try:
+            (folder / "probe").touch()
+        except OSError:
+            yield
+            return
+        (folder / "probe").unlink()
+        pytest.skip("no folder this process cannot write to can be made here")
+    finally:
+        if marked:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_a_dest_that_cannot_be_written_is_an_output_error_in_check_and_refused_before_the_run_reads(
+    tmp_path: Path,
+) -> None:
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
+    spec = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
+    recipe = write_recipe(tmp_path, {**spec, "output": {"dest": "locked/out"}})
+    with unwritable(tmp_path / "locked"):
+        said = f"output.dest {tmp_path / 'locked/out'}: cannot be written ({tmp_path / 'locked'}: "
+        checked = curation("check", str(recipe), cwd=tmp_path)  # it said ok
+        assert checked.returncode == 2 and f"output error {said}" in checked.stderr, checked.stderr
+        # It failed once all was read, in Arrow's words: "Cannot create directory ...".
+        ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+        assert ran.returncode == 1 and f"run failed, nothing published: {said}" in ran.stderr, ran.stderr
+        assert not any((tmp_path / "locked").iterdir())  # check made nothing there
+    assert curation("check", str(recipe), cwd=tmp_path).returncode == 0  # writable once more
+    assert not any((tmp_path / "locked").iterdir())  # the dest is not created by check

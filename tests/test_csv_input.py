@@ -497,3 +497,22 @@ def test_a_csv_of_another_delimiter_is_said_to_need_csv_delimiter(workdir: Path,
     assert f"{path}:2: prompt: column 'a' is missing" in str(error.value) and hint in str(error.value)
     spec["sources"][0]["csv_delimiter"] = delimiter
     assert [line["prompt"] for line in outputs(Path(run(workdir, spec).version_uri))] == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "prompt"),
+    [(['{"q": "hi", "a": "yo"}', '{"q": "up", "a": "on"}'], "q"), (["[1, 2]", "[3, 4]"], "{{ q }}")],
+)
+def test_json_lines_read_as_csv_are_said_to_look_like_json_lines(workdir: Path, lines: list[str], prompt: str) -> None:
+    # Its first line taken for the header, "column 'q' is missing" sent the user to fix the column name.
+    path = workdir / "qa.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    record = {"kind": "instruction", "prompt": prompt, "completion": "a"}
+    spec = {"dataset": "qa", "sources": [{"path": "qa.jsonl", "format": "csv"}], "record": record}
+    with pytest.raises(RecipeError) as error:
+        run(workdir, spec)
+    said = str(error.value)
+    assert f"{path}:2: prompt: column 'q' is missing" in said and "this looks like JSON Lines: format: jsonl?" in said
+    if lines[0].startswith("{"):
+        spec["sources"][0]["format"] = "jsonl"
+        assert [line["prompt"] for line in outputs(Path(run(workdir, spec).version_uri))] == ["hi", "up"]

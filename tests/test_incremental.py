@@ -30,7 +30,7 @@ import connectors.state as state
 import connectors.storage as storage
 from connectors.state import LockLost, RunLocked, create_tables, lock_lease, run_lock, run_locks
 from connectors.storage import StorageError, list_files
-from curation.pipeline import build_sources, run_recipe
+from curation.pipeline import build_sources, recipe_warnings, run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.writer import DatasetWriter
 from schemas.config import FilesSource, Recipe, RecipeError, load_recipe, parse_recipe
@@ -391,12 +391,13 @@ def test_a_lock_table_from_an_earlier_release_gains_the_renewal_column(workdir: 
     assert "renewed_at" in {column["name"] for column in sa.inspect(engine).get_columns("run_locks")}
 
 
-def test_readme_connector_recipes_are_valid(tmp_path: Path) -> None:
+def test_readme_connector_recipes_are_valid_and_warned_of_nothing(tmp_path: Path) -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## Connectors", 1)[1].split("\n## ", 1)[0]
-    recipes = [block for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
-    kinds = {parse_recipe(text, base_dir=tmp_path).sources[0].type for text in recipes}
-    assert kinds == {"sql", "documents", "images", "hf"}
+    recipes = [parse_recipe(block, base_dir=tmp_path) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    assert {recipe.sources[0].type for recipe in recipes} == {"sql", "documents", "images", "hf"}
+    # A user copies them as written: the documents one warned that its overlapping chunks were split apart.
+    assert [warning for recipe in recipes for warning in recipe_warnings(recipe)] == []
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])

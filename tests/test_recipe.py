@@ -74,6 +74,16 @@ def test_s3_paths_stay_as_given(tmp_path: Path) -> None:
             "dataset: tx\nsources:\n  - a.jsonl\n",
             "sources.0 (line 3): a source is a mapping of settings: write `- path: a.jsonl`",
         ),
+        # Text where a list is asked for: pydantic's "Input should be a valid list" alone.
+        (
+            "dataset: tx\nsources: in/\n",
+            "sources (line 2): Input should be a valid list: a list of sources, each a mapping: write `- path: in/`",
+        ),
+        (
+            "dataset: tx\nsources:\n  - path: a\nstages: exact_dedup\n",
+            "stages (line 4): Input should be a valid list: a list of stages, each a mapping: write "
+            "`- type: exact_dedup`",
+        ),
     ],
 )
 def test_errors_name_setting_and_line(text: str, expected: str) -> None:

@@ -329,8 +329,11 @@ def recipe_template_error(errors: TemplateErrors, set_aside: int, shaped: int) -
 
 def _one_column_header(batch: pa.Table) -> str:
     """A note where the rows have one column whose name holds a likely delimiter (``a;b;c``): a CSV file read
-    with another delimiter than its own, each line one value."""
+    with another delimiter than its own, each line one value; or where the first column's name opens a JSON
+    object or array (``{"q": "hi"``): a JSON Lines file read as CSV, its first line taken for the header."""
     names = [name for name in batch.column_names if name not in ("id", "source")]
+    if names and names[0].lstrip().startswith(("{", "[")):
+        return f"; the header's first column is {names[0]!r}: this looks like JSON Lines: format: jsonl?"
     delimiter = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
     if delimiter is None:
         return ""
