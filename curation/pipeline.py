@@ -415,13 +415,16 @@ def columns_on_trial(recipe: Recipe, made: Manifest | None) -> bool:
     ask): unless ``made``, the version a run builds on, was made naming the same columns. Then a few new rows all
     lacking one (a bad export) are their data's fault, quarantined, or every later run would fail on them too. The
     record templates and the ``input_schema`` name columns: ``made`` by the same hash of both, or by an earlier
-    release's, with none (one whose hash left the ``input_schema`` out, which ``templates_on_trial`` accepts, was not
-    made naming its columns: a recipe adding an ``input_schema`` names them first); so do ``output.group_by`` and
+    release's, with none (one whose hash left the ``input_schema`` out, which ``templates_on_trial`` accepts, only where
+    the whole recipe is unchanged since: a recipe adding an ``input_schema`` leaves that hash as it was); so do ``output.group_by`` and
     ``stratify_by``, which ``made``'s ``split`` records (one recording none counts as made with them). A source no
     version read is judged apart (``lacking_from_untried``)."""
     split = made.split if made is not None else {}
     changed = any(name in split and split[name] != getattr(recipe.output, name) for name in ("group_by", "stratify_by"))
-    return changed or made is None or made.record_sha256 not in (None, recipe.record.fingerprint(recipe.input_schema))
+    if changed or made is None:
+        return True
+    earlier = made.record_sha256 == recipe.record.fingerprint(None) and made.recipe_sha256 == recipe.fingerprint()
+    return not (earlier or made.record_sha256 in (None, recipe.record.fingerprint(recipe.input_schema)))
 
 
 def new_to_the_dataset(source: Source) -> bool:

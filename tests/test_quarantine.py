@@ -1500,6 +1500,20 @@ def test_an_input_schema_added_to_a_recipe_names_its_columns_for_the_first_time(
     assert (fixed.manifest.counts.input, fixed.manifest.counts.written) == (1, 1)  # nothing taken by the failed run
 
 
+def test_an_earlier_releases_version_of_an_unchanged_recipe_with_an_input_schema_was_made_naming_it(
+    workdir: Path,
+) -> None:
+    # Its record hash left the input_schema out (the hash of a recipe without one): with the recipe as it was (its
+    # own hash), a bad export is the data's fault, as ever, not a failed run on every schedule after an upgrade.
+    write_jsonl(workdir / "qa" / "a.jsonl", [{"q": f"Q{n}", "a": "A"} for n in range(3)])
+    spec = qa_recipe("qa", prompt="{{ q }}", input_schema={"columns": {"q": "str", "a": "str"}})
+    manifest = Path(run(workdir, spec).version_uri) / "manifest.json"
+    earlier = RecordShape.model_validate(spec["record"]).fingerprint(None)
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "record_sha256": earlier}))
+    write_jsonl(workdir / "qa" / "b.jsonl", [{"a": "B"}])
+    assert run(workdir, spec).manifest.counts.reasons == {"quarantined": {"missing_column": 1}}
+
+
 def test_a_source_new_to_the_dataset_whose_rows_all_lack_a_column_fails_the_run(workdir: Path) -> None:
     # The version extended never read the added source: its rows lacking a column are a misspelt name or the wrong
     # folder, as on a first run, not a bad export of a source the dataset was made from.
