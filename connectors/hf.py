@@ -603,9 +603,10 @@ def _no_image_in_dict(uri: str, name: str, feature: object, paths: Collection[tu
 
 def _feature_at(feature: object, name: str, path: tuple[str | int, ...]) -> tuple[object, str]:
     """The feature a template reaches reading ``path`` of column ``name``'s ``feature`` (None: none, the template
-    fails on its own), or the one it stops at: an Image() read at its fields (``img.path``) is read as text still;
-    and where that is (``shot.img``). A list's item is reached by a number, and by a field's name too: ``datasets``
-    stores a ``Sequence`` of a dict as a dict of lists. A key is a field's name even where it is a dict's method
+    fails on its own), or the one it stops at: an Image() read at its fields (``img.bytes``) is read as text still,
+    but at its ``path``, the picture's file name, is text; and where that is (``shot.img``). A list's item is
+    reached by a number, and by a field's name too: ``datasets`` stores a ``Sequence`` of a dict as a dict of
+    lists. A key is a field's name even where it is a dict's method
     (``shot['items']``): ``_paths_read`` has stopped a path at an attribute that is one (``shot.items``)."""
     where = name
     for key in path:
@@ -615,6 +616,9 @@ def _feature_at(feature: object, name: str, path: tuple[str | int, ...]) -> tupl
                 where += f"[{key}]"
                 break
         else:
+            if isinstance(feature, dict) and feature.get("_type") == "Image" and key == "path":
+                feature, where = {"dtype": "string", "_type": "Value"}, f"{where}.{key}"
+                continue
             if not isinstance(feature, dict) or "_type" in feature:
                 return feature, where
             feature, where = (feature.get(key) if isinstance(key, str) else None), f"{where}.{key}"

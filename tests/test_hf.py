@@ -946,7 +946,7 @@ def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_b
     recipe = {"dataset": "d", "sources": [{"type": "hf", "path": "ds"}], "output": {"validation_fraction": 0.0}}
     said = r"data-00000-of-00001.arrow: column 'shot' holds a Hugging Face Image feature \(shot.img\), read here "
     said += r"as text: a template may read the dict's other fields \(`{{ shot.cap }}`\), not the image in it"
-    rendered = ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].path }}", "{{ shot | string }}")
+    rendered = ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].bytes }}", "{{ shot | string }}")
     for prompt in (*rendered, "{% if q %}{{ shot.img | upper }}{% endif %}", "{{ shot.items }}"):
         with pytest.raises(StorageError, match=said):
             run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": prompt, "completion": "q"}})
@@ -967,6 +967,17 @@ def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_b
         lines = outputs(Path(run(workdir, {**recipe, "record": record}, full_refresh=True).version_uri))
         assert [line["completion"] for line in lines] == ["cc", "dd"], prompt
     assert [line["prompt"] for line in lines] == ["c", "d"]
+    # A filter giving a number (its length) renders none of the image, nor does the image's `path`, its file name.
+    counted = {
+        "{{ shot | length }}": str(len(shots[0])),
+        "{{ shot.img | length }}": "2",
+        "{{ shot.img.bytes | length | string }}": str(len(png(0))),
+        "{{ shot['img'].path | default('') }}": "0.png",
+    }
+    for prompt, shown in counted.items():
+        record = {"kind": "instruction", "prompt": prompt, "completion": "q"}
+        lines = outputs(Path(run(workdir, {**recipe, "record": record}, full_refresh=True).version_uri))
+        assert [line["prompt"] for line in lines] == [shown, shown], prompt
 
 
 def test_image_dedup_on_a_column_of_text_is_refused_by_the_recipe_check_not_a_type_error(workdir: Path) -> None:

@@ -95,18 +95,25 @@ def _plain_parts(template: str) -> list[tuple[str, str]] | None:
     return parts
 
 
+# jinja's filters whose value is a number, not the text of the value they take: ``{{ shot.img | length }}``
+# renders none of the image.
+_NUMBER_FILTERS = frozenset({"abs", "count", "float", "int", "length", "round", "sum", "wordcount"})
+
+
 def _paths_read(node: jn.Node, names: Collection[str]) -> dict[str, set[tuple[str | int, ...]]]:
     """Each of ``names`` a template certainly renders as text, with the attributes and constant keys it reads it
-    along: the expression of an output, or the value a filter there takes (``{{ shot.cap }}``, ``{{ shot['cap']
-    | upper }}``: ("cap",); ``{{ shot }}``: ()). An attribute that is a dict's method (``shot.items``) stops
-    there, the dict read whole, as jinja's getattr takes the method first (its getitem, ``shot['items']``, the
-    key). Any other use (a test, a condition, ``{% set %}``, a loop, a function's argument) is left out: a
-    refusal of what it reads could only be a guess. A name the template also binds itself (a loop variable) is
-    taken as the column's all the same: that may only refuse more."""
+    along: the expression of an output, or the value a filter there takes (``{{ shot.cap }}``, ``{{ shot['cap'] |
+    upper }}``: ("cap",); ``{{ shot }}``: ()), unless a filter gives a number (``| length``). An attribute that is a
+    dict's method (``shot.items``) stops there, the dict read whole, as jinja's getattr takes the method first (its
+    getitem, ``shot['items']``, the key). Any other use (a test, a condition, ``{% set %}``, a loop, a function's
+    argument) is left out: a refusal of what it reads could only be a guess. A name the template also binds itself
+    (a loop variable) is taken as the column's all the same: that may only refuse more."""
     paths: dict[str, set[tuple[str | int, ...]]] = {}
     for output in node.find_all(jn.Output):
         for expression in output.nodes:
             while isinstance(expression, jn.Filter) and expression.node is not None:
+                if expression.name in _NUMBER_FILTERS:
+                    break
                 expression = expression.node
             keys: list[str | int] = []
             while isinstance(expression, jn.Getattr | jn.Getitem):
