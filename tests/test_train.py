@@ -5,6 +5,7 @@ come from the pinned file, so nothing here needs the network."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -23,8 +24,17 @@ from schemas.config import load_recipe
 from tests import cli_process
 from tests.helpers import run, write_jsonl, write_recipe
 from train.bedrock import import_request, request_for_job, start_import
-from train.jumpstart import SpecError, VendoredSpecs
-from train.sagemaker import TrainError, describe, launch, training_request, validate, wait
+from train.jumpstart import SpecError, VendoredSpecs, formats_for
+from train.sagemaker import (
+    TrainError,
+    describe,
+    hyperparameters_for,
+    launch,
+    load_version,
+    training_request,
+    validate,
+    wait,
+)
 
 ROLE = "arn:aws:iam::123456789012:role/curation-training"
 PINNED = VendoredSpecs()
@@ -340,7 +350,20 @@ def test_data_no_format_of_the_model_holds_asks_for_another_model(workdir: Path)
     with pytest.raises(TrainError) as refused:
         training_request(publish(workdir / "pairs", "jumpstart-instruction"), vision, specs=PINNED)
     assert str(refused.value).endswith(
-        "no format of instruction records is one of those: choose a text model for them, such as "
+        "no format of instruction records is one of those: choose a text model with the instruction_tuned or "
+        f"chat_dataset switch for them, such as {MODEL} or meta-textgeneration-llama-3-2-3b"
+    )
+    # A text model without those switches (a base model) was told to "choose a text model": it is one.
+    spec = PINNED(MODEL, "us-east-1")
+    kept = {k: v for k, v in spec.hyperparameters.items() if k not in ("instruction_tuned", "chat_dataset")}
+    base = dataclasses.replace(
+        spec, model_id="a-textgeneration-base", formats=formats_for("base", kept), hyperparameters=kept
+    )
+    with pytest.raises(TrainError) as refused:
+        hyperparameters_for(base, load_version(publish(workdir / "again", "jumpstart-instruction")))
+    assert str(refused.value) == (
+        "a-textgeneration-base trains on text data, not 'jumpstart-instruction'; no format of instruction records is "
+        "one of those: choose a text model with the instruction_tuned or chat_dataset switch for them, such as "
         f"{MODEL} or meta-textgeneration-llama-3-2-3b"
     )
 
