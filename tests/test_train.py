@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import json
 import re
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -990,6 +991,21 @@ def test_a_version_s3_will_not_give_is_one_line_naming_it_and_what_to_check(
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and "Traceback" not in said, said
     assert said.startswith(f"error {version}/train/part-00000.jsonl: {denied}"), said
+
+
+def test_a_version_on_an_s3_endpoint_that_cannot_be_reached_asks_whether_it_is_reachable(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer came: it was told "AWS credentials? access to the bucket?", which S3 had not said."""
+    with socket.socket() as free:  # a port nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{free.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    version = "s3://nowhere/datasets/pairs/v1"
+    done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and said.startswith(f"error {version}/manifest.json: cannot read: S3 said "), said
+    assert said.endswith(f"is the S3 endpoint {endpoint} reachable?") and "credentials" not in said, said
 
 
 def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
