@@ -84,6 +84,11 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return _s3_filesystem(*_s3_settings(tuple(os.environ.get(name) for name in _AWS_SETTINGS)))
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint the environment or the profile sets; None: AWS's own."""
+    return _s3_settings(tuple(os.environ.get(name) for name in _AWS_SETTINGS))[0]
+
+
 @functools.lru_cache(maxsize=8)
 def _s3_settings(_environment: tuple[str | None, ...]) -> tuple[str | None, str | None]:
     """The endpoint and region boto3 takes for S3 (which lists what pyarrow reads and writes): the

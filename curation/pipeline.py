@@ -465,6 +465,16 @@ def version_a_run_extends(recipe: Recipe, previous: list[int]) -> tuple[int | No
     return read_state(recipe.state, extends, (None, set())) if previous else (None, set())
 
 
+def reads_anything_new(recipe: Recipe) -> bool:
+    """Whether a run of ``recipe`` would find an input to read now, against the state store's watermarks
+    (``curation check`` asks; the store is left as it is)."""
+
+    def inputs(engine: Engine) -> bool:
+        return bool(source_inputs(build_sources(recipe, Watermarks(engine, recipe.dataset, only_read=True))))
+
+    return read_state(recipe.state, inputs, True)
+
+
 def _check_a_template_made_some_record(
     recipe: Recipe,
     counts: Counts,
@@ -1065,6 +1075,8 @@ def _run_locked(
             return RunResult(manifest=None, version_uri=None, message=message)
         if changed:
             log.warning("%s", changed)
+        # Something to publish though nothing was read (a review decision since): not staged yet, refused here.
+        refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
 
         review_rejected = review.keys_unknown()  # rejected records whose content is not known yet
         rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
@@ -1129,7 +1141,6 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     """The versions the run builds on and the inputs it reads (the run holds the dataset's lock: no
     other run publishes a version until it ends)."""
     previous = published_versions(recipe.output.dest, recipe.dataset)
-    refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
     # Asked before a first version too: it marks killed the runs that died publishing one (their claim then passed by).
     unrecorded = state.unrecorded_runs(recipe.dataset, previous)
     untrusted = _watermarks_untrusted(recipe, state, previous, unrecorded)
@@ -1175,6 +1186,8 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
     inputs = source_inputs(sources)
+    if inputs or not previous:  # what it reads is staged under the dest; nothing new over a read-only one is no error
+        refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
     for gone in sorted(read_again - {entry.uri for entry in inputs}):
         log.warning(
             "%s: review decisions on its records (one that ended, or one on a set-aside near duplicate) take "

@@ -10,10 +10,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from connectors.storage import StorageError, Unreadable, filesystem, is_s3, join
+from connectors.storage import StorageError, Unreadable, filesystem, is_s3, join, s3_endpoint
 from schemas.manifest import MANIFEST_NAME, Manifest
 
 VERSION_DIR = re.compile(r"^v(\d+)$")
+# What S3 answers a request it refuses (no credentials, no access), as pyarrow says it.
+_DENIED = re.compile(r"ACCESS_DENIED|\b403\b")
 
 
 def dataset_uri(dest: str, dataset: str) -> str:
@@ -119,7 +121,12 @@ def _unreadable(uri: str, error: OSError) -> StorageError:
     if not is_s3(uri):
         return Unreadable.of(uri, error)
     said = str(error).partition("AWS Error ")[2].rstrip(".") or str(error)
-    return StorageError(f"{uri}: cannot read: S3 said {said}; AWS credentials? access to the bucket?")
+    if _DENIED.search(said):
+        check = "AWS credentials? access to the bucket?"
+    else:  # not S3's answer: none came (a network failure, an endpoint that is not there)
+        endpoint = s3_endpoint()
+        check = f"is the S3 endpoint {endpoint} reachable?" if endpoint else "is S3 reachable from here?"
+    return StorageError(f"{uri}: cannot read: S3 said {said}; {check}")
 
 
 def bucket_exists(fs: pafs.FileSystem, bucket: str) -> bool:

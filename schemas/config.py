@@ -1274,8 +1274,12 @@ def _problem(error: ErrorDetails) -> str:
         return f"{kind} is a mapping of settings: write `- {written}: {error['input']}`"
     # One where a list is asked for (`sources: in/`): pydantic says only that it "should be a valid list".
     if error["type"] == "list_type" and written and len(error["loc"]) == 1:
-        value = error["input"] if isinstance(error["input"], str) else "..."
-        return f"{error['msg']}: a list of {error['loc'][0]}, each a mapping: write `- {written}: {value}`"
+        given, each = error["input"], f"{error['msg']}: a list of {error['loc'][0]}, each a mapping"
+        if isinstance(given, dict) and given:  # one mapping, unlisted (`sources:\n  path: in/`): its first line
+            key, value = next(iter(given.items()))
+            return f"{each}: put `- ` before `{key}: {value if isinstance(value, str | int | float) else '...'}`"
+        value = given if isinstance(given, str) else "..."
+        return f"{each}: write `- {written}: {value}`"
     return error["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
 
 

@@ -19,7 +19,7 @@ from curation.pipeline import run_recipe
 from curation.stopping import STOP_SIGNALS
 from schemas.config import Recipe, load_recipe
 from tests.cli_process import cli_env, curation
-from tests.helpers import sqlite_db, write_jsonl, write_recipe
+from tests.helpers import docs_recipe, sqlite_db, write_jsonl, write_recipe
 
 
 def five_notes(folder: Path) -> Recipe:
@@ -1588,8 +1588,8 @@ def test_check_and_run_agree_on_columns_a_version_was_not_made_naming(tmp_path: 
 @contextlib.contextmanager
 def unwritable(folder: Path) -> Iterator[None]:
     """``folder`` made so that no file can be made in it: by its mode, or, for root (whom a mode does not stop),
-    marked immutable; the test is skipped where neither stops this process."""
-    folder.mkdir()
+    marked immutable (made, if it is not there); the test is skipped where neither stops this process."""
+    folder.mkdir(exist_ok=True)
     folder.chmod(0o555)
     marked = False
     try:
@@ -1624,3 +1624,20 @@ def test_a_dest_that_cannot_be_written_is_an_output_error_in_check_and_refused_b
         assert not any((tmp_path / "locked").iterdir())  # check made nothing there
     assert curation("check", str(recipe), cwd=tmp_path).returncode == 0  # writable once more
     assert not any((tmp_path / "locked").iterdir())  # the dest is not created by check
+
+
+def test_nothing_new_over_a_dest_that_cannot_be_written_publishes_nothing_as_before(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": "hello"}])
+    recipe = write_recipe(tmp_path, {**docs_recipe("in/"), "output": {"dest": "out"}})
+    assert curation("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
+    said = f"output.dest {tmp_path / 'out'}: cannot be written ({tmp_path / 'out' / 'docs'}: "
+    with unwritable(tmp_path / "out" / "docs"):  # a scheduled run over a published dataset made read-only
+        checked = curation("check", str(recipe), cwd=tmp_path)  # it said: output error, exit 2
+        assert checked.returncode == 0 and f"warning {said}" in checked.stderr, checked.stderr
+        ran = curation("run", str(recipe), cwd=tmp_path)  # it failed, exit 1
+        assert ran.returncode == 0 and "nothing new since docs v1: published nothing" in ran.stdout, ran.stderr
+        write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": "news"}])  # now a run has something to write there
+        checked = curation("check", str(recipe), cwd=tmp_path)
+        assert checked.returncode == 2 and f"output error {said}" in checked.stderr, checked.stderr
+        ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
+        assert ran.returncode == 1 and f"run failed, nothing published: {said}" in ran.stderr, ran.stderr

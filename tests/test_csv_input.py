@@ -501,7 +501,11 @@ def test_a_csv_of_another_delimiter_is_said_to_need_csv_delimiter(workdir: Path,
 
 @pytest.mark.parametrize(
     ("lines", "prompt"),
-    [(['{"q": "hi", "a": "yo"}', '{"q": "up", "a": "on"}'], "q"), (["[1, 2]", "[3, 4]"], "{{ q }}")],
+    [
+        (['{"q": "hi", "a": "yo"}', '{"q": "up", "a": "on"}'], "q"),
+        (["[1, 2]", "[3, 4]"], "{{ q }}"),
+        (['["hi", "yo"]', '["up", "on"]'], "{{ q }}"),
+    ],
 )
 def test_json_lines_read_as_csv_are_said_to_look_like_json_lines(workdir: Path, lines: list[str], prompt: str) -> None:
     # Its first line taken for the header, "column 'q' is missing" sent the user to fix the column name.
@@ -516,3 +520,16 @@ def test_json_lines_read_as_csv_are_said_to_look_like_json_lines(workdir: Path, 
     if lines[0].startswith("{"):
         spec["sources"][0]["format"] = "jsonl"
         assert [line["prompt"] for line in outputs(Path(run(workdir, spec).version_uri))] == ["hi", "up"]
+
+
+@pytest.mark.parametrize("first", ["[id]", "{x}"])
+def test_a_csv_whose_header_is_bracketed_is_not_said_to_look_like_json_lines(workdir: Path, first: str) -> None:
+    # A JSON line cut at a comma opens ``{"`` or ``[`` and a value: a bracketed column name does not.
+    path = workdir / "q.csv"
+    path.write_text(f"{first},question\n1,hi\n")
+    record = {"kind": "instruction", "prompt": "{{ prompt }}", "completion": "a"}
+    spec = {"dataset": "qa", "sources": [{"path": "q.csv", "format": "csv"}], "record": record}
+    with pytest.raises(RecipeError) as error:
+        run(workdir, spec)
+    said = str(error.value)
+    assert f"{path}:2: prompt: column 'prompt' is missing" in said and "JSON Lines" not in said, said

@@ -84,6 +84,17 @@ def test_s3_paths_stay_as_given(tmp_path: Path) -> None:
             "stages (line 4): Input should be a valid list: a list of stages, each a mapping: write "
             "`- type: exact_dedup`",
         ),
+        # A mapping where the list belongs: it was told to write `- path: ...`, which it had, but for the `- `.
+        (
+            "dataset: tx\nsources:\n  path: in/\n  format: csv\n",
+            "sources (line 2): Input should be a valid list: a list of sources, each a mapping: put `- ` before "
+            "`path: in/`",
+        ),
+        (
+            "dataset: tx\nsources:\n  - path: a\nstages:\n  type: exact_dedup\n",
+            "stages (line 4): Input should be a valid list: a list of stages, each a mapping: put `- ` before "
+            "`type: exact_dedup`",
+        ),
     ],
 )
 def test_errors_name_setting_and_line(text: str, expected: str) -> None:

@@ -5,9 +5,11 @@ come from the pinned file, so nothing here needs the network."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +25,17 @@ from schemas.config import load_recipe
 from tests import cli_process
 from tests.helpers import run, write_jsonl, write_recipe
 from train.bedrock import import_request, request_for_job, start_import
-from train.jumpstart import SpecError, VendoredSpecs
-from train.sagemaker import TrainError, describe, launch, training_request, validate, wait
+from train.jumpstart import SpecError, VendoredSpecs, formats_for
+from train.sagemaker import (
+    TrainError,
+    describe,
+    hyperparameters_for,
+    launch,
+    load_version,
+    training_request,
+    validate,
+    wait,
+)
 
 ROLE = "arn:aws:iam::123456789012:role/curation-training"
 PINNED = VendoredSpecs()
@@ -340,7 +351,20 @@ def test_data_no_format_of_the_model_holds_asks_for_another_model(workdir: Path)
     with pytest.raises(TrainError) as refused:
         training_request(publish(workdir / "pairs", "jumpstart-instruction"), vision, specs=PINNED)
     assert str(refused.value).endswith(
-        "no format of instruction records is one of those: choose a text model for them, such as "
+        "no format of instruction records is one of those: choose a text model with the instruction_tuned or "
+        f"chat_dataset switch for them, such as {MODEL} or meta-textgeneration-llama-3-2-3b"
+    )
+    # A text model without those switches (a base model) was told to "choose a text model": it is one.
+    spec = PINNED(MODEL, "us-east-1")
+    kept = {k: v for k, v in spec.hyperparameters.items() if k not in ("instruction_tuned", "chat_dataset")}
+    base = dataclasses.replace(
+        spec, model_id="a-textgeneration-base", formats=formats_for("base", kept), hyperparameters=kept
+    )
+    with pytest.raises(TrainError) as refused:
+        hyperparameters_for(base, load_version(publish(workdir / "again", "jumpstart-instruction")))
+    assert str(refused.value) == (
+        "a-textgeneration-base trains on text data, not 'jumpstart-instruction'; no format of instruction records is "
+        "one of those: choose a text model with the instruction_tuned or chat_dataset switch for them, such as "
         f"{MODEL} or meta-textgeneration-llama-3-2-3b"
     )
 
@@ -967,6 +991,21 @@ def test_a_version_s3_will_not_give_is_one_line_naming_it_and_what_to_check(
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and "Traceback" not in said, said
     assert said.startswith(f"error {version}/train/part-00000.jsonl: {denied}"), said
+
+
+def test_a_version_on_an_s3_endpoint_that_cannot_be_reached_asks_whether_it_is_reachable(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer came: it was told "AWS credentials? access to the bucket?", which S3 had not said."""
+    with socket.socket() as free:  # a port nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{free.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    version = "s3://nowhere/datasets/pairs/v1"
+    done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and said.startswith(f"error {version}/manifest.json: cannot read: S3 said "), said
+    assert said.endswith(f"is the S3 endpoint {endpoint} reachable?") and "credentials" not in said, said
 
 
 def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(

@@ -445,7 +445,10 @@ def _way_out(offered: list[str], record_kind: str) -> str:
         return "publish the dataset in one of those formats (output.format in the recipe)"
     pinned = VendoredSpecs().models
     fitting = [model for model, raw in pinned.items() if any(record_kind in FORMATS[f].kinds for f in raw["formats"])]
-    kind = "a vision-language model (-vlm- in its id)" if record_kind == "vqa" else "a text model"
+    # A text model takes instruction records only with a format's switch (a base model has none).
+    switches = [switch for fmt, switch in FORMAT_SWITCH.items() if record_kind in FORMATS[fmt].kinds]
+    text = f"a text model with the {' or '.join(switches)} switch" if switches else "a text model"
+    kind = "a vision-language model (-vlm- in its id)" if record_kind == "vqa" else text
     such = f", such as {' or '.join(fitting[:2])}" if fitting else ""
     return f"no format of {record_kind} records is one of those: choose {kind} for them{such}"
 

@@ -334,12 +334,17 @@ def recipe_template_error(errors: TemplateErrors, set_aside: int, shaped: int) -
     return None
 
 
+# A JSON object or array's first line cut at its first comma: ``{"q": "hi"``, ``[1``, ``[["a"``; not a CSV's
+# bracketed column name (``[id]``, ``{x}``).
+_JSON_OPENING = re.compile(r'\s*(\{\s*"|\[\s*[\d"\[{\]-])')
+
+
 def _one_column_header(batch: pa.Table) -> str:
     """A note where the rows have one column whose name holds a likely delimiter (``a;b;c``): a CSV file read
     with another delimiter than its own, each line one value; or where the first column's name opens a JSON
     object or array (``{"q": "hi"``): a JSON Lines file read as CSV, its first line taken for the header."""
     names = [name for name in batch.column_names if name not in ("id", "source")]
-    if names and names[0].lstrip().startswith(("{", "[")):
+    if names and _JSON_OPENING.match(names[0]):
         return f"; the header's first column is {names[0]!r}: this looks like JSON Lines: format: jsonl?"
     delimiter = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
     if delimiter is None:
