@@ -14,8 +14,9 @@ from connectors.storage import StorageError, Unreadable, filesystem, is_s3, join
 from schemas.manifest import MANIFEST_NAME, Manifest
 
 VERSION_DIR = re.compile(r"^v(\d+)$")
-# What S3 answers a request it refuses (no credentials, no access), as pyarrow says it.
-_DENIED = re.compile(r"ACCESS_DENIED|\b403\b")
+# What pyarrow says where no answer came from S3 (a network failure, an endpoint that is not there); any other
+# error is S3's answer refusing the request (ACCESS_DENIED, INVALID_ACCESS_KEY_ID, SIGNATURE_DOES_NOT_MATCH...).
+_NO_ANSWER = re.compile(r"NETWORK_CONNECTION|could not connect|resolve host|curlCode|timed out", re.IGNORECASE)
 
 
 def dataset_uri(dest: str, dataset: str) -> str:
@@ -121,11 +122,11 @@ def _unreadable(uri: str, error: OSError) -> StorageError:
     if not is_s3(uri):
         return Unreadable.of(uri, error)
     said = str(error).partition("AWS Error ")[2].rstrip(".") or str(error)
-    if _DENIED.search(said):
-        check = "AWS credentials? access to the bucket?"
-    else:  # not S3's answer: none came (a network failure, an endpoint that is not there)
+    if _NO_ANSWER.search(said):
         endpoint = s3_endpoint()
         check = f"is the S3 endpoint {endpoint} reachable?" if endpoint else "is S3 reachable from here?"
+    else:
+        check = "AWS credentials? access to the bucket?"
     return StorageError(f"{uri}: cannot read: S3 said {said}; {check}")
 
 

@@ -1008,6 +1008,28 @@ def test_a_version_on_an_s3_endpoint_that_cannot_be_reached_asks_whether_it_is_r
     assert said.endswith(f"is the S3 endpoint {endpoint} reachable?") and "credentials" not in said, said
 
 
+@pytest.mark.parametrize(
+    ("said", "check"),
+    [
+        ("AWS Error INVALID_ACCESS_KEY_ID during HeadObject operation: The key id does not exist", "credentials"),
+        ("AWS Error SIGNATURE_DOES_NOT_MATCH during HeadObject operation: No response body.", "credentials"),
+        ("AWS Error UNKNOWN (HTTP status 403) during HeadObject operation: No response body.", "credentials"),
+        ("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Could not connect", "reachable"),
+    ],
+)
+def test_what_a_refused_s3_read_asks_follows_whether_s3_answered(
+    said: str, check: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any answer of S3's refusing a read is asked about credentials and access; only no answer about the endpoint
+    (a wrong key was asked whether S3 was reachable, as only ACCESS_DENIED and 403 were taken for a refusal)."""
+    from curation.published import _unreadable
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    message = str(_unreadable("s3://b/d/v1/manifest.json", OSError(f"When reading key 'd/v1': {said}")))
+    asked = "AWS credentials? access to the bucket?" if check == "credentials" else "is S3 reachable from here?"
+    assert message.endswith(asked), message
+
+
 def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
