@@ -294,12 +294,10 @@ def check(
     """Validate a recipe and list what it would read, without running it; read the head of its first
     input files as a run reads them."""
     from connectors.state import safe_url
-    from connectors.storage import StorageError
     from curation.pipeline import (
         build_sources,
         build_stages,
         columns_on_trial,
-        reads_anything_new,
         recipe_warnings,
         source_inputs,
         templates_on_trial,
@@ -313,7 +311,6 @@ def check(
     loaded = _load(recipe)
     # What check is reading, and the exit code for an error no handler below expects there.
     reading = [(str(recipe), EXIT_USAGE)]
-    dest_warnings: list[str] = []
     try:
         sources = build_sources(loaded)
         reading.append(("the sources' listings", EXIT_USAGE))  # storage that cannot be reached: not the recipe's
@@ -335,12 +332,7 @@ def check(
         problems = lacking + problems
         reading.append((loaded.output.dest, EXIT_USAGE))
         previous = published_versions(loaded.output.dest, loaded.dataset)  # a dest the run cannot list (no bucket)
-        try:
-            refuse_unwritable_dest(loaded.output.dest, loaded.dataset)
-        except StorageError as error:  # as the run judges it: a run finding nothing new writes nothing there
-            if not previous or reads_anything_new(loaded):
-                raise
-            dest_warnings = [f"{error}: a run finding something new fails (this one would find nothing new)"]
+        refuse_unwritable_dest(loaded.output.dest, loaded.dataset)  # a run with anything new to publish fails there
         if templates_failed or columns_missing:
             # As a run judges them, against the version it extends: none where no source was read before.
             dest, dataset = loaded.output.dest, loaded.dataset
@@ -401,7 +393,7 @@ def check(
     if len(inputs) > SHOWN_INPUTS:
         out.print(f"  ... and {len(inputs) - SHOWN_INPUTS:,} more", highlight=False)
     out.print(f"publishes {loaded.output.format} to {escape(loaded.output.dest)}", highlight=False, soft_wrap=True)
-    for warning in [*lacking_warnings, *dest_warnings, *recipe_warnings(loaded)]:
+    for warning in [*lacking_warnings, *recipe_warnings(loaded)]:
         console.print(f"[yellow]warning[/yellow] {escape(warning)}", highlight=False)
     for note in notes:
         out.print(f"  {escape(note)}", highlight=False, soft_wrap=True)

@@ -465,16 +465,6 @@ def version_a_run_extends(recipe: Recipe, previous: list[int]) -> tuple[int | No
     return read_state(recipe.state, extends, (None, set())) if previous else (None, set())
 
 
-def reads_anything_new(recipe: Recipe) -> bool:
-    """Whether a run of ``recipe`` would find an input to read now, against the state store's watermarks
-    (``curation check`` asks; the store is left as it is)."""
-
-    def inputs(engine: Engine) -> bool:
-        return bool(source_inputs(build_sources(recipe, Watermarks(engine, recipe.dataset, only_read=True))))
-
-    return read_state(recipe.state, inputs, True)
-
-
 def _check_a_template_made_some_record(
     recipe: Recipe,
     counts: Counts,

@@ -1632,8 +1632,8 @@ def test_nothing_new_over_a_dest_that_cannot_be_written_publishes_nothing_as_bef
     assert curation("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
     said = f"output.dest {tmp_path / 'out'}: cannot be written ({tmp_path / 'out' / 'docs'}: "
     with unwritable(tmp_path / "out" / "docs"):  # a scheduled run over a published dataset made read-only
-        checked = curation("check", str(recipe), cwd=tmp_path)  # it said: output error, exit 2
-        assert checked.returncode == 0 and f"warning {said}" in checked.stderr, checked.stderr
+        checked = curation("check", str(recipe), cwd=tmp_path)  # what a run with anything new would meet
+        assert checked.returncode == 2 and f"output error {said}" in checked.stderr, checked.stderr
         ran = curation("run", str(recipe), cwd=tmp_path)  # it failed, exit 1
         assert ran.returncode == 0 and "nothing new since docs v1: published nothing" in ran.stdout, ran.stderr
         write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": "news"}])  # now a run has something to write there

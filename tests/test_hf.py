@@ -947,7 +947,13 @@ def test_a_dict_holding_an_image_feature_read_whole_or_at_its_image_is_refused_b
     said = r"data-00000-of-00001.arrow: column 'shot' holds a Hugging Face Image feature \(shot.img\), read here "
     said += r"as text: a template may read the dict's other fields \(`{{ shot.cap }}`\), not the image in it"
     rendered = ("{{ q }} {{ shot }}", "{{ shot.img }}", "{{ shot['img'].bytes }}", "{{ shot | string }}")
-    for prompt in (*rendered, "{% if q %}{{ shot.img | upper }}{% endif %}", "{{ shot.items }}"):
+    # `int` with a default gives the default where its value is no number: here the image.
+    for prompt in (
+        *rendered,
+        "{% if q %}{{ shot.img | upper }}{% endif %}",
+        "{{ shot.items }}",
+        "{{ shot.img | int(shot.img) }}",
+    ):
         with pytest.raises(StorageError, match=said):
             run(workdir, {**recipe, "record": {"kind": "instruction", "prompt": prompt, "completion": "q"}})
     with pytest.raises(StorageError, match=said):  # a field naming the column reads it whole

@@ -112,7 +112,8 @@ def _paths_read(node: jn.Node, names: Collection[str]) -> dict[str, set[tuple[st
     for output in node.find_all(jn.Output):
         for expression in output.nodes:
             while isinstance(expression, jn.Filter) and expression.node is not None:
-                if expression.name in _NUMBER_FILTERS:
+                # With arguments, ``int``/``float`` give their default where the value is no number: it may be the image.
+                if expression.name in _NUMBER_FILTERS and not (expression.args or expression.kwargs):
                     break
                 expression = expression.node
             keys: list[str | int] = []
