@@ -54,7 +54,7 @@ from curation.stages.shape import Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore, read_state
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
-from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs
+from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs, records_of_other_inputs
 from schemas.config import (
     DocumentsSource,
     ExactDedupConfig,
@@ -534,6 +534,25 @@ def _watermarks_untrusted(
             "keeps both)"
         )
     return None
+
+
+def _refuse_to_drop_moved_away(recipe: Recipe, latest: int, inputs: list[InputFile]) -> None:
+    """Fail before reading where a run that reads all input again (the watermarks untrusted) would leave out
+    the records ``latest`` holds of inputs no longer listed (moved away once taken, their records carried):
+    its version holds only what it reads."""
+    gone = records_of_other_inputs(
+        version_uri(recipe.output.dest, recipe.dataset, latest), {entry.uri for entry in inputs}
+    )
+    if gone:
+        names = sorted(gone)
+        raise StorageError(
+            f"{recipe.dataset}: this run reads all input again, and v{latest} holds {sum(gone.values())} record(s) "
+            f"of {len(gone)} input(s) no longer listed ("
+            + ", ".join(names[:3])
+            + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            + ") that its version would leave out: put them back and run again, or run with --full-refresh to "
+            "publish only what is there now"
+        )
 
 
 def _note_sources_new_to_the_dataset(
@@ -1134,6 +1153,8 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     # Asked before a first version too: it marks killed the runs that died publishing one (their claim then passed by).
     unrecorded = state.unrecorded_runs(recipe.dataset, previous)
     untrusted = _watermarks_untrusted(recipe, state, previous, unrecorded)
+    # Not asked for: records of inputs moved away since they were taken (carried) must not leave silently.
+    unasked = bool(untrusted and previous and recipe.output.carry_forward and not full_refresh)
     if untrusted and not full_refresh:
         log.warning("%s: this run reads all of it again (as --full-refresh)", untrusted)
         full_refresh = True
@@ -1184,6 +1205,8 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
             "effect when it is read again, and it is no longer there to read again",
             gone,
         )
+    if unasked:
+        _refuse_to_drop_moved_away(recipe, previous[-1], inputs)
     for warning in recipe_warnings(recipe):
         log.warning("%s", warning)
     if previous and not full_refresh:

@@ -209,6 +209,21 @@ def records_from_inputs(version_dir: str, uris: set[str], own: bool = False) -> 
     return found.drop("uri").unique("id"), held  # a chunked document has a line a piece, all on its side
 
 
+def records_of_other_inputs(version_dir: str, uris: set[str]) -> dict[str, int]:
+    """How many records ``version_dir`` holds (its own and carried) of each input not in ``uris``."""
+    fs, folder = filesystem(version_dir)
+    listed = pl.Series(sorted(uris), dtype=pl.String).implode()
+    uri = pl.col("source").struct.field("uri")
+    parts = [
+        rows.select("id", uri=uri).filter(pl.col("uri").is_not_null() & ~pl.col("uri").is_in(listed))
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, ("id", "source.uri"))
+    ]
+    if not parts:
+        return {}
+    found = pl.concat(parts).unique(["uri", "id"]).group_by("uri").len()  # a chunked document has a line a piece
+    return dict(zip(found["uri"].to_list(), found["len"].to_list(), strict=True))
+
+
 def inputs_of_duplicates(dest: str, dataset: str, versions: list[int], ids: pl.Series) -> dict[str, set[str]]:
     """The inputs of records that ``versions`` set aside as duplicates of one of ``ids``, each with the
     ids it holds duplicates of: when those are replaced (their input changed), the content may live

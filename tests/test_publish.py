@@ -16,7 +16,7 @@ from curation.pipeline import run_recipe
 from curation.published import published_versions, read_manifest, verify_checksums
 from curation.review.queue import review_items
 from schemas.config import load_recipe
-from tests.helpers import docs_recipe, outputs, run, write_jsonl, write_recipe
+from tests.helpers import docs_recipe, lineage_rows, outputs, run, write_jsonl, write_recipe
 
 RECIPE = {"dataset": "docs", "sources": [{"path": "docs.jsonl"}], "record": {"kind": "document"}}
 
@@ -550,3 +550,66 @@ def test_a_leftover_whose_manifest_cannot_be_read_is_left_said_and_the_other_fol
         assert run(workdir, spec).manifest.version == 2
     assert sorted(p.name for p in staging.iterdir()) == ["run05-leftover"]
     assert f"left in {bad} holds a manifest that cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize("then", ["killed", "deleted"])
+def test_a_run_reading_everything_again_refuses_to_drop_the_records_of_inputs_moved_away(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """Inputs are moved away once taken, their records carried; a run that must read all input again (a version
+    left unrecorded, or the last one deleted) publishes what is listed now alone: it fails before reading, naming
+    the inputs whose records it would drop, until they are back or --full-refresh is asked."""
+    import shutil
+
+    from connectors.state import Watermarks
+    from connectors.storage import StorageError
+
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    write_jsonl(workdir / "in" / "day1.jsonl", [{"text": "one"}, {"text": "two"}])
+    run_recipe(recipe)
+    (workdir / "in" / "day1.jsonl").unlink()
+    write_jsonl(workdir / "in" / "day2.jsonl", [{"text": "three"}])
+    if then == "killed":
+        with monkeypatch.context() as patch:
+            patch.setattr(Watermarks, "commit", killed)
+            with pytest.raises(Killed):
+                run_recipe(recipe)
+    else:
+        run_recipe(recipe)
+        shutil.rmtree(workdir / "output" / "docs" / "v2")
+    assert published_versions(str(workdir / "output"), "docs") == ([1, 2] if then == "killed" else [1])
+    (workdir / "in" / "day2.jsonl").unlink()
+    write_jsonl(workdir / "in" / "day3.jsonl", [{"text": "four"}])
+    latest = workdir / "output" / "docs" / f"v{published_versions(str(workdir / 'output'), 'docs')[-1]}"
+    held = {row["id"] for row in lineage_rows(latest)}
+    gone = ["day1.jsonl", "day2.jsonl"] if then == "killed" else ["day1.jsonl"]
+    with pytest.raises(
+        StorageError, match=rf"{len(held)} record\(s\) of {len(gone)} input\(s\) no longer listed"
+    ) as raised:
+        run_recipe(recipe)
+    assert all(name in str(raised.value) for name in gone) and "--full-refresh" in str(raised.value)
+    assert published_versions(str(workdir / "output"), "docs") == ([1, 2] if then == "killed" else [1])
+    write_jsonl(workdir / "in" / "day1.jsonl", [{"text": "one"}, {"text": "two"}])  # put back
+    if then == "killed":
+        write_jsonl(workdir / "in" / "day2.jsonl", [{"text": "three"}])
+    third = run_recipe(recipe)
+    ids = {row["id"] for row in lineage_rows(third.version_uri)}
+    assert held < ids and len(ids) == len(held) + 1  # each record once, and day3's
+
+
+def test_a_run_asked_to_read_everything_again_publishes_only_what_is_listed_now(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.state import Watermarks
+
+    recipe = load_recipe(write_recipe(workdir, {**RECIPE, "sources": [{"path": "in"}]}))
+    write_jsonl(workdir / "in" / "day1.jsonl", [{"text": "one"}, {"text": "two"}])
+    run_recipe(recipe)
+    (workdir / "in" / "day1.jsonl").unlink()
+    write_jsonl(workdir / "in" / "day2.jsonl", [{"text": "three"}])
+    with monkeypatch.context() as patch:
+        patch.setattr(Watermarks, "commit", killed)
+        with pytest.raises(Killed):
+            run_recipe(recipe)
+    third = run_recipe(recipe, full_refresh=True)
+    assert sorted(line["text"] for line in outputs(Path(third.version_uri))) == ["three"]
