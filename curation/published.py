@@ -96,10 +96,13 @@ def _not_a_version(fs: pafs.FileSystem, version_dir: str, path: str) -> str:
     if versions := _versions_in(fs, path):
         return f"it is a dataset folder; pass one of its published versions: {_listed(folder, versions)}"
     parent, name = path.rpartition("/")[0], folder.rpartition("/")[2]
-    if parent and not VERSION_DIR.match(name) and (versions := _versions_in(fs, parent)):
-        dataset = folder.removesuffix(name).rstrip("/")
-        return f"{name!r} is no version; pass one of the published versions beside it: {_listed(dataset, versions)}"
-    return "this version was never published"
+    beside = _versions_in(fs, parent) if parent else []
+    dataset = folder.removesuffix(name).rstrip("/")
+    if beside and not VERSION_DIR.match(name):
+        return f"{name!r} is no version; pass one of the published versions beside it: {_listed(dataset, beside)}"
+    # A number once published is never published again (``DatasetWriter.publish``): one gone was deleted.
+    gone = "this version was not published, or was deleted since"
+    return f"{gone}; the published versions beside it: {_listed(dataset, beside)}" if beside else gone
 
 
 def _listed(dataset: str, versions: list[int]) -> str:

@@ -152,7 +152,7 @@ def test_staged_files_without_manifest_are_not_a_version(workdir: Path) -> None:
     (workdir / "output" / "docs" / "v1" / "train").mkdir(parents=True)
     (workdir / "output" / "docs" / "v1" / "train" / "part-00000.jsonl").write_text('{"text": "half"}\n')
     assert published_versions(str(workdir / "output"), "docs") == []
-    with pytest.raises(StorageError, match="never published"):
+    with pytest.raises(StorageError, match="not published, or was deleted since"):
         read_manifest(str(workdir / "output" / "docs" / "v1"))
 
 

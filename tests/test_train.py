@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import json
 import re
+import shutil
 import socket
 import subprocess
 from datetime import UTC, datetime
@@ -157,7 +158,7 @@ def test_refuses_a_version_without_manifest_or_with_a_bad_shard(workdir: Path) -
     assert done.returncode == 2 and "manifest.json: not a manifest" in done.stderr and "Traceback" not in done.stderr
     (version / "manifest.json").unlink()
     done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
-    assert done.returncode == 2 and "never published" in done.stderr
+    assert done.returncode == 2 and "not published, or was deleted since" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -386,8 +387,26 @@ def test_a_dataset_folder_or_a_name_beside_its_versions_lists_the_versions_to_pa
     assert str(refused.value).endswith(
         f"'latest' is no version; pass one of the published versions beside it: {versions}"
     )
-    with pytest.raises(TrainError, match=r"v3: no manifest\.json; this version was never published$"):
+    with pytest.raises(TrainError) as refused:
         training_request(f"{dataset}/v3", MODEL, specs=PINNED)
+    assert str(refused.value).endswith(
+        f"v3: no manifest.json; this version was not published, or was deleted since; the published versions "
+        f"beside it: {versions}"
+    )
+
+
+def test_a_deleted_version_is_said_to_be_deleted_not_never_published(workdir: Path) -> None:
+    """``train launch .../v2`` after v2 was deleted (a rollback) said "this version was never published"."""
+    publish(workdir, "jumpstart-instruction")
+    version = Path(publish(workdir, "jumpstart-instruction"))
+    shutil.rmtree(version)
+    done = curation("train", "launch", str(version), "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, said
+    assert said == (
+        f"error {version}: no manifest.json; this version was not published, or was deleted since; the published "
+        f"versions beside it: {version.parent}/v1"
+    )
 
 
 def test_a_copy_on_s3_must_be_the_version_it_stands_for(workdir: Path, bucket: str) -> None:
