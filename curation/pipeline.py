@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 
 from connectors.base import Source
 from connectors.files import FilesSourceReader, unread_partition
+from connectors.hf import CONNECTOR as HF
 from connectors.sql import CONNECTOR as SQL
 from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, run_lock
 from connectors.storage import StorageError
@@ -539,9 +540,10 @@ def _watermarks_untrusted(
 def _refuse_to_drop_moved_away(recipe: Recipe, latest: int, inputs: list[InputFile]) -> None:
     """Fail before reading where a run that reads all input again (the watermarks untrusted) would leave out
     the records ``latest`` holds of inputs no longer listed (moved away once taken, their records carried):
-    its version holds only what it reads."""
+    its version holds only what it reads. A Hugging Face dataset's data files are those its ``state.json`` names
+    now (saved again with other shards, the old files stay, unread): none is moved away."""
     gone = records_of_other_inputs(
-        version_uri(recipe.output.dest, recipe.dataset, latest), {entry.uri for entry in inputs}
+        version_uri(recipe.output.dest, recipe.dataset, latest), {entry.uri for entry in inputs}, skip=(HF,)
     )
     if gone:
         names = sorted(gone)

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -209,14 +209,19 @@ def records_from_inputs(version_dir: str, uris: set[str], own: bool = False) -> 
     return found.drop("uri").unique("id"), held  # a chunked document has a line a piece, all on its side
 
 
-def records_of_other_inputs(version_dir: str, uris: set[str]) -> dict[str, int]:
-    """How many records ``version_dir`` holds (its own and carried) of each input not in ``uris``."""
+def records_of_other_inputs(version_dir: str, uris: set[str], skip: Collection[str] = ()) -> dict[str, int]:
+    """How many records ``version_dir`` holds (its own and carried) of each input not in ``uris``, but for
+    those of the connectors ``skip``."""
     fs, folder = filesystem(version_dir)
     listed = pl.Series(sorted(uris), dtype=pl.String).implode()
-    uri = pl.col("source").struct.field("uri")
+    skipped = pl.Series(sorted(skip), dtype=pl.String).implode()
+    source = pl.col("source").struct
+    columns = ("id", "source.uri", "source.connector")
     parts = [
-        rows.select("id", uri=uri).filter(pl.col("uri").is_not_null() & ~pl.col("uri").is_in(listed))
-        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, ("id", "source.uri"))
+        rows.select("id", uri=source.field("uri"), connector=source.field("connector")).filter(
+            pl.col("uri").is_not_null() & ~pl.col("uri").is_in(listed) & ~pl.col("connector").is_in(skipped)
+        )
+        for rows in _lineage_files(fs, folder, read_manifest(version_dir).lineage, columns)
     ]
     if not parts:
         return {}

@@ -597,6 +597,43 @@ def test_a_run_reading_everything_again_refuses_to_drop_the_records_of_inputs_mo
     assert held < ids and len(ids) == len(held) + 1  # each record once, and day3's
 
 
+@pytest.mark.parametrize("then", ["killed", "deleted"])
+def test_a_hugging_face_dataset_saved_again_with_other_shards_is_no_input_moved_away(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """Its data files are those its state.json names now: the old shards stay on disk, unread, as a plain run
+    leaves them; a run reading all again was refused as if they had been moved away, with nothing to put back."""
+    import shutil
+
+    import datasets
+
+    from connectors.state import Watermarks
+
+    def save(texts: list[str], shards: int) -> None:
+        datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(workdir / "ds"), num_shards=shards)
+
+    texts = [f"document number {i} holds a few words of text" for i in range(6)]
+    save(texts, 3)
+    spec = {"dataset": "docs", "sources": [{"type": "hf", "path": "ds"}], "record": {"kind": "document"}}
+    recipe = load_recipe(write_recipe(workdir, spec))
+    run_recipe(recipe)
+    texts[0] = "edited zero"
+    if then == "killed":
+        save(texts, 3)
+        with monkeypatch.context() as patch:
+            patch.setattr(Watermarks, "commit", killed)
+            with pytest.raises(Killed):
+                run_recipe(recipe)
+    else:
+        save(texts, 2)
+        run_recipe(recipe)
+        shutil.rmtree(workdir / "output" / "docs" / "v2")
+    texts[1] = "edited one"
+    save(texts, 1)
+    published = run_recipe(recipe)
+    assert sorted(line["text"] for line in outputs(Path(published.version_uri))) == sorted(texts)
+
+
 def test_a_run_asked_to_read_everything_again_publishes_only_what_is_listed_now(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
