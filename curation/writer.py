@@ -361,11 +361,15 @@ def _first_bad_line(data: bytes, error: Exception, first: int = 1, what: str = "
 
 
 def _noting_images(
-    lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]], split: str, named: set[str]
+    lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]], split: str, named: set[str], where: str
 ) -> Iterator[tuple[bytes, dict[str, Any] | None, bool]]:
-    """``lines`` as they pass, noting the image each names (``file_name``, relative to its split's folder)."""
+    """``lines`` as they pass (each a JSON object, as ``_checked_file_names`` saw), noting the image each names
+    (``file_name``, relative to its split's folder)."""
     for item in lines:
-        file_name = json.loads(item[0]).get("file_name")
+        try:
+            file_name = json.loads(item[0]).get("file_name")
+        except ValueError as error:  # braces around what is no JSON: a hand edit
+            raise ValueError(f"{where}: a line is not JSON ({error})") from None
         if isinstance(file_name, str):
             named.add(f"{split}/{file_name}")
         yield item
@@ -393,8 +397,11 @@ def _one_file_name(line: bytes, where: str, number: int) -> None:
 
 
 def _checked_file_names(lines: Iterable[bytes], where: str) -> Iterator[bytes]:
-    """``lines`` of the metadata file ``where`` as they pass, each refused if it names ``file_name`` twice."""
+    """``lines`` of the metadata file ``where`` as they pass, each refused if it is no JSON object (a hand edit, as
+    the lines read as a column are) or names ``file_name`` twice."""
     for number, line in enumerate(lines, 1):
+        if not (line.lstrip().startswith(b"{") and line.rstrip().endswith(b"}")):
+            raise ValueError(f"{where}: line {number} is not a JSON object")
         _one_file_name(line, where, number)
         yield line
 
@@ -1022,7 +1029,9 @@ class DatasetWriter:
                         lines = _read_lines(source_fs, f"{source}/{shard.path}")
                         lines = _checked_file_names(lines, where) if previous.files else lines
                         kept = carrying.review(lines, ordered, where)
-                        self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
+                        self._emit(
+                            self.splits[name], _noting_images(kept, name, named, where) if previous.files else kept
+                        )
                     else:
                         images = named if previous.files else None
                         self._append_sifted(source_fs, f"{source}/{shard.path}", ordered, carrying, name, images, where)

@@ -1121,6 +1121,28 @@ def test_a_rejection_undone_brings_the_record_back_on_its_side_counted_once(
     engine.dispose()
 
 
+@pytest.mark.parametrize("decided", [False, True])
+@pytest.mark.parametrize("edited", ["[1, 2]", '{"file_name": "x.png", "prompt": '])
+def test_a_carried_metadata_line_that_is_no_json_object_is_named_by_its_line(
+    workdir: Path, decided: bool, edited: str
+) -> None:
+    # A hand edit: read line by line (a decision reaching the file), it failed with an AttributeError ('list' object
+    # has no attribute 'get') or a bare JSON error, where the lines read as a column name the line.
+    vqa = scans(workdir, {"red": (255, 0, 0), "green": (0, 255, 0)})
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red", "green", "red"], "a"))
+    one = Path(run(workdir, vqa).version_uri)
+    metadata = one / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines(keepends=True)
+    lines[2] = edited + "\n"
+    metadata.write_text("".join(lines))
+    if decided:  # the first line's record rejected: the file is read line by line
+        first = next(row["id"] for row in lineage_rows(one) if row["line"] == 1)
+        decide(workdir, "scans", 1, {first: ("reject", None)})
+    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+    with pytest.raises(ValueError, match=r"v1/train/metadata.jsonl: line 3 is not "):
+        run(workdir, vqa)
+
+
 # What a hand edit puts before a line's own keys (GREEN: the other image's name), and whether the line is refused.
 TWICE = {
     "file_name twice": ('"file_name": GREEN, ', True),
