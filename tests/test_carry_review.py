@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -1121,6 +1122,24 @@ def test_a_rejection_undone_brings_the_record_back_on_its_side_counted_once(
     engine.dispose()
 
 
+def _third_metadata_line_edited(workdir: Path, edit: Callable[[list[str]], str], decided: bool) -> dict:
+    """A VQA dataset of three lines whose v1 had its third metadata line edited by hand (``edit`` of the lines
+    makes it), and a new input for the next run (``decided``: the first line's record rejected, so that the file
+    is read line by line, not as a column); its recipe."""
+    vqa = scans(workdir, {"red": (255, 0, 0), "green": (0, 255, 0)})
+    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red", "green", "red"], "a"))
+    one = Path(run(workdir, vqa).version_uri)
+    metadata = one / "train" / "metadata.jsonl"
+    lines = metadata.read_text().splitlines(keepends=True)
+    lines[2] = edit(lines)
+    metadata.write_text("".join(lines))
+    if decided:
+        first = next(row["id"] for row in lineage_rows(one) if row["line"] == 1)
+        decide(workdir, "scans", 1, {first: ("reject", None)})
+    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+    return vqa
+
+
 @pytest.mark.parametrize("decided", [False, True])
 @pytest.mark.parametrize("edited", ["[1, 2]", '{"file_name": "x.png", "prompt": '])
 def test_a_carried_metadata_line_that_is_no_json_object_is_named_by_its_line(
@@ -1128,17 +1147,7 @@ def test_a_carried_metadata_line_that_is_no_json_object_is_named_by_its_line(
 ) -> None:
     # A hand edit: read line by line (a decision reaching the file), it failed with an AttributeError ('list' object
     # has no attribute 'get') or a bare JSON error, where the lines read as a column name the line.
-    vqa = scans(workdir, {"red": (255, 0, 0), "green": (0, 255, 0)})
-    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red", "green", "red"], "a"))
-    one = Path(run(workdir, vqa).version_uri)
-    metadata = one / "train" / "metadata.jsonl"
-    lines = metadata.read_text().splitlines(keepends=True)
-    lines[2] = edited + "\n"
-    metadata.write_text("".join(lines))
-    if decided:  # the first line's record rejected: the file is read line by line
-        first = next(row["id"] for row in lineage_rows(one) if row["line"] == 1)
-        decide(workdir, "scans", 1, {first: ("reject", None)})
-    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+    vqa = _third_metadata_line_edited(workdir, lambda lines: edited + "\n", decided)
     with pytest.raises(ValueError, match=r"v1/train/metadata.jsonl: line 3 is not "):
         run(workdir, vqa)
 
@@ -1160,18 +1169,13 @@ def test_a_carried_metadata_line_naming_file_name_twice_is_refused_by_its_line(
 ) -> None:
     # A hand edit: polars (the lines carried as columns) takes the first file_name, Python's json (the lines a
     # decision reaches, read one by one) the last, so which image travels depended on the path; neither is told.
-    vqa = scans(workdir, {"red": (255, 0, 0), "green": (0, 255, 0)})
-    write_jsonl(workdir / "vqa" / "a.jsonl", asks(workdir, ["red", "green", "red"], "a"))
-    one = Path(run(workdir, vqa).version_uri)
-    metadata = one / "train" / "metadata.jsonl"
-    lines = metadata.read_text().splitlines(keepends=True)
     prefix, refused = TWICE[edit]
-    lines[2] = lines[2].replace("{", "{" + prefix.replace("GREEN", json.dumps(json.loads(lines[1])["file_name"])), 1)
-    metadata.write_text("".join(lines))
-    if decided:  # the first line's record rejected: the file is read line by line
-        first = next(row["id"] for row in lineage_rows(one) if row["line"] == 1)
-        decide(workdir, "scans", 1, {first: ("reject", None)})
-    write_jsonl(workdir / "vqa" / "b.jsonl", asks(workdir, ["red"], "b"))
+
+    def named_twice(lines: list[str]) -> str:
+        green = json.dumps(json.loads(lines[1])["file_name"])
+        return lines[2].replace("{", "{" + prefix.replace("GREEN", green), 1)
+
+    vqa = _third_metadata_line_edited(workdir, named_twice, decided)
     if not refused:
         assert run(workdir, vqa).manifest.counts.carried == 3 - decided
         return
