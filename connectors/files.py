@@ -340,16 +340,16 @@ def read_json_objects(text: bytes, count: int, scan: _Scan | None = None) -> pa.
     return None
 
 
-class RepeatedKey(Exception):
+class _RepeatedKey(Exception):
     pass
 
 
-def one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's pairs as a dict; a key named twice raises ``RepeatedKey`` (``object_pairs_hook``)."""
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key named twice raises ``_RepeatedKey`` (``object_pairs_hook``)."""
     value = dict(pairs)
     if len(value) != len(pairs):
         seen: set[str] = set()
-        raise RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+        raise _RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
     return value
 
 
@@ -433,8 +433,8 @@ def _repeats_a_key(text: bytes) -> bool:
     for line in text.split(b"\n"):
         try:
             if line.strip():
-                json.loads(line.decode("utf-8-sig"), object_pairs_hook=one_value_per_key)
-        except RepeatedKey:
+                json.loads(line.decode("utf-8-sig"), object_pairs_hook=_one_value_per_key)
+        except _RepeatedKey:
             return True
         except (ValueError, RecursionError):  # read line by line, the problem is named there
             return True
@@ -679,8 +679,8 @@ def _keys_in(data: bytes, keys: Collection[str]) -> set[str]:
         end = data.find(b"\n", start)
         try:
             line = data[start : None if end < 0 else end].decode("utf-8-sig")
-            value = json.loads(line, object_pairs_hook=one_value_per_key)
-        except (ValueError, RecursionError, RepeatedKey):  # no record: a line the reader quarantines holds no key
+            value = json.loads(line, object_pairs_hook=_one_value_per_key)
+        except (ValueError, RecursionError, _RepeatedKey):  # no record: a line the reader quarantines holds no key
             continue
         if isinstance(value, dict):
             found_keys |= spelt.keys() & value.keys()
@@ -1061,7 +1061,7 @@ class FilesSourceReader(ListedFiles):
             try:
                 # Decoded first: given bytes, json guesses UTF-16 or -32 from the first bytes, and JSON
                 # Lines are UTF-8 (a file may start with a byte-order mark).
-                value = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=one_value_per_key)
+                value = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_one_value_per_key)
                 problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
                 if problem is None and _ANY_SURROGATE_ESCAPE.search(raw):  # a pair may follow an escaped \\
                     problem = _lone_surrogate(raw, value)
@@ -1069,7 +1069,7 @@ class FilesSourceReader(ListedFiles):
                     reason = "schema"
             except UnicodeDecodeError as exc:
                 problem = f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}"
-            except RepeatedKey as exc:  # which value is meant cannot be told: readers keep the first or the last
+            except _RepeatedKey as exc:  # which value is meant cannot be told: readers keep the first or the last
                 problem = (
                     f"malformed JSON: the key {json.dumps(exc.args[0], ensure_ascii=False)} appears twice in one object"
                 )

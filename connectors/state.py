@@ -237,6 +237,12 @@ class SourceWatermark:
         # dataset's state.json no longer names), so one of that name later is new.
         self.forgotten: set[str] = set()
 
+    @property
+    def read_before(self) -> bool:
+        """Whether a version read this source: nothing committed under its key (its path and settings), it is new to
+        the dataset (added to the recipe, or its settings changed)."""
+        return bool(self.committed)
+
     def get(self, item: str) -> Any:
         return self.committed.get(item)
 

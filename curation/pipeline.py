@@ -432,7 +432,7 @@ def new_to_the_dataset(source: Source) -> bool:
     """Whether no version read ``source``: added to the recipe, or its settings changed (an images source's column
     settings too), its watermarks keyed by them hold nothing committed."""
     mark = getattr(source, "watermark", None)
-    return mark is not None and not mark.committed
+    return mark is not None and not mark.read_before
 
 
 def lacking_from_untried(lacking: set[tuple[str, str]], untried: frozenset[str]) -> bool:
@@ -460,7 +460,7 @@ def version_a_run_extends(recipe: Recipe, previous: list[int]) -> tuple[int | No
         watermarks = Watermarks(engine, recipe.dataset, only_read=True)
         marks = [watermarks.for_source(config) for config in recipe.sources]
         return extended_version(previous, watermarks), {
-            number for number, mark in enumerate(marks) if not mark.committed
+            number for number, mark in enumerate(marks) if not mark.read_before
         }
 
     return read_state(recipe.state, extends, (None, set())) if previous else (None, set())

@@ -58,9 +58,10 @@ def _with_manifest(fs: pafs.FileSystem, infos: list[pafs.FileInfo]) -> list[int]
 
 
 def refuse_unwritable_dest(dest: str, dataset: str) -> None:
-    """Raise when a local ``dest`` cannot be written under, before any input is read: its nearest existing
-    folder is written to (a file made and removed there; nothing of the dest is created). Else the run fails
-    once all is read, in Arrow's words, never naming ``output.dest``."""
+    """Raise when a local ``dest`` cannot be written under, before any input is read (or, where nothing new is
+    read, before publishing what review decisions changed): its nearest existing folder is written to (a file made
+    and removed there; nothing of the dest is created). Else the run fails once all is read, in Arrow's words,
+    never naming ``output.dest``."""
     if is_s3(dest):
         return
     wanted = Path(filesystem(dataset_uri(dest, dataset))[1])
@@ -100,7 +101,7 @@ def _not_a_version(fs: pafs.FileSystem, version_dir: str, path: str) -> str:
     dataset = folder.removesuffix(name).rstrip("/")
     if beside and not VERSION_DIR.match(name):
         return f"{name!r} is no version; pass one of the published versions beside it: {_listed(dataset, beside)}"
-    # A number once published is never published again (``DatasetWriter.publish``): one gone was deleted.
+    # Not there now: never published, or deleted since (a deleted latest version's number is published again).
     gone = "this version was not published, or was deleted since"
     return f"{gone}; the published versions beside it: {_listed(dataset, beside)}" if beside else gone
 

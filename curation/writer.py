@@ -361,15 +361,12 @@ def _first_bad_line(data: bytes, error: Exception, first: int = 1, what: str = "
 
 
 def _noting_images(
-    lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]], split: str, named: set[str], where: str
+    lines: Iterable[tuple[bytes, dict[str, Any] | None, bool]], split: str, named: set[str]
 ) -> Iterator[tuple[bytes, dict[str, Any] | None, bool]]:
-    """``lines`` as they pass (each a JSON object, as ``_checked_file_names`` saw), noting the image each names
+    """``lines`` as they pass (each a JSON object: ``_checked_file_names``), noting the image each names
     (``file_name``, relative to its split's folder)."""
     for item in lines:
-        try:
-            file_name = json.loads(item[0]).get("file_name")
-        except ValueError as error:  # braces around what is no JSON: a hand edit
-            raise ValueError(f"{where}: a line is not JSON ({error})") from None
+        file_name = json.loads(item[0]).get("file_name")
         if isinstance(file_name, str):
             named.add(f"{split}/{file_name}")
         yield item
@@ -387,8 +384,12 @@ def _one_file_name(line: bytes, where: str, number: int) -> None:
         return
     try:
         pairs = json.loads(line, object_pairs_hook=list)  # each object as its pairs: a key twice stays twice
-    except (ValueError, RecursionError):  # not JSON: named where the line is read
+    except (ValueError, RecursionError):  # not JSON: named where the lines are read as a column
         return
+    _file_name_once(pairs, line, where, number)
+
+
+def _file_name_once(pairs: Any, line: bytes, where: str, number: int) -> None:
     if line.lstrip().startswith(b"{") and sum(key == "file_name" for key, _ in pairs) > 1:
         raise ValueError(
             f'{where} line {number}: the key "file_name" appears twice in one object, so which image the line names '
@@ -397,12 +398,16 @@ def _one_file_name(line: bytes, where: str, number: int) -> None:
 
 
 def _checked_file_names(lines: Iterable[bytes], where: str) -> Iterator[bytes]:
-    """``lines`` of the metadata file ``where`` as they pass, each refused if it is no JSON object (a hand edit, as
-    the lines read as a column are) or names ``file_name`` twice."""
+    """``lines`` of the metadata file ``where`` as they pass, read one by one, each refused by its number if it is
+    no JSON object (a hand edit, as the lines read as a column are) or names ``file_name`` twice."""
     for number, line in enumerate(lines, 1):
-        if not (line.lstrip().startswith(b"{") and line.rstrip().endswith(b"}")):
+        try:
+            pairs = json.loads(line, object_pairs_hook=list)
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"{where}: line {number} is not JSON ({error})") from None
+        if not line.lstrip().startswith(b"{"):
             raise ValueError(f"{where}: line {number} is not a JSON object")
-        _one_file_name(line, where, number)
+        _file_name_once(pairs, line, where, number)
         yield line
 
 
@@ -1029,9 +1034,7 @@ class DatasetWriter:
                         lines = _read_lines(source_fs, f"{source}/{shard.path}")
                         lines = _checked_file_names(lines, where) if previous.files else lines
                         kept = carrying.review(lines, ordered, where)
-                        self._emit(
-                            self.splits[name], _noting_images(kept, name, named, where) if previous.files else kept
-                        )
+                        self._emit(self.splits[name], _noting_images(kept, name, named) if previous.files else kept)
                     else:
                         images = named if previous.files else None
                         self._append_sifted(source_fs, f"{source}/{shard.path}", ordered, carrying, name, images, where)

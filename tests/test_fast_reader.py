@@ -678,8 +678,8 @@ def repeats_a_key(text: bytes) -> bool:
     """The definition: some line names a key twice in one object, at any depth."""
     try:
         for line in text.splitlines():
-            json.loads(line, object_pairs_hook=files.one_value_per_key)
-    except files.RepeatedKey:
+            json.loads(line, object_pairs_hook=files._one_value_per_key)
+    except files._RepeatedKey:
         return True
     return False
 

@@ -346,7 +346,10 @@ def _one_column_header(batch: pa.Table) -> str:
     object or array (``{"q": "hi"``): a JSON Lines file read as CSV, its first line taken for the header."""
     names = [name for name in batch.column_names if name not in ("id", "source")]
     if names and _JSON_OPENING.match(names[0]):
-        return f"; the header's first column is {names[0]!r}: this looks like JSON Lines: format: jsonl?"
+        # Its first key at most, not a value: the header is the file's first record (a name, an e-mail).
+        key = re.match(r'\s*\{\s*"[^"]*"', names[0])
+        opens = key.group(0).strip() if key else "["
+        return f"; the header's first column opens {opens!r}: this looks like JSON Lines: format: jsonl?"
     delimiter = next((d for d in ";\t|" if len(names) == 1 and d in names[0]), None)
     if delimiter is None:
         return ""
