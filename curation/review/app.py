@@ -463,6 +463,7 @@ def create_app(
             request,
             "version.html",
             user,
+            404 if manifest is None else 200,  # the page still links the version's queue, if it has one
             dataset=dataset,
             version=version,
             manifest=manifest,
