@@ -797,3 +797,16 @@ def test_a_reviewer_sees_no_pii_that_a_later_pii_stage_redacts(tmp_path: Path) -
     assert NAME not in raw[1:]
     raw.remove(NAME)  # marked not PII: published in clear by the next run
     no_raw_pii()
+
+
+def test_a_version_the_page_cannot_show_is_not_found(app, seeded: Seeded) -> None:
+    client, _ = signed_in(app, "rita")
+    for path, said in (
+        ("/datasets/nosuch/v1", "the server does not know where nosuch is published: start it with --recipe"),
+        ("/datasets/support/v99", "support v99 has no manifest under"),
+    ):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert said in response.text and 'id="version-queue"' in response.text, path  # the version's page, saying why
+        assert "<h2>Manifest</h2>" not in response.text, path
+    assert client.get("/datasets/support/v1").status_code == 200

@@ -10,9 +10,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from curation.review import decisions as dec
 from curation.review.app import create_app
 from curation.review.auth import add_user
-from tests.test_review_queue_page import queue_of
+from tests.test_review_queue_page import queue_of, rita_on
 
 PASSWORD = "correct horse battery"
 
@@ -73,3 +74,24 @@ def test_a_filter_the_page_does_not_take_is_refused_saying_what_it_takes(tmp_pat
     for query in (*taken, "page=7"):  # a page past the last (its items decided meanwhile): the last
         assert client.get(f"/?{query}").status_code == 200, query
         assert client.get(f"/items/1?{query}").status_code == 200, query
+
+
+def test_a_decision_with_a_malformed_seen_is_refused_as_malformed_not_as_stale(tmp_path: Path) -> None:
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "support", 1)
+    engine = sa.create_engine(state_url)
+    dec.decide(engine, 1, "bob", "reject")  # a change a malformed seen was taken to be behind
+    client = rita_on(state_url)
+    page = client.get("/items/1").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    for seen in ("zzz", "", "3", "1.0.0", "١.٠"):  # not as dec.revision makes it (nor digits int() would take)
+        form = {"action": "approve", "csrf_token": csrf, "seen": seen}
+        response = client.post("/items/1/decide", data=form, follow_redirects=False)
+        assert response.status_code == 400, seen
+        text = html.unescape(response.text)
+        assert f"no seen {seen!r}" in text and "reload the item's page" in text and "changed since" not in text, seen
+    assert dec.get_item(engine, 1)["status"] == "rejected"  # bob's decision stands
+    seen = re.search(r'name="seen" value="([^"]+)"', page).group(1)  # what the page sends is taken
+    form = {"action": "approve", "csrf_token": csrf, "seen": seen}
+    assert client.post("/items/1/decide", data=form, follow_redirects=False).status_code == 303
+    assert dec.get_item(engine, 1)["status"] == "approved"

@@ -380,8 +380,7 @@ def create_app(
     def decide(request: Request, item_id: ItemId, user: CurrentUser, form: CheckedForm) -> Response:
         row = _get_item(engine, item_id)
         action = str(form.get("action", ""))
-        seen = form.get("seen")
-        seen = seen if isinstance(seen, str) else None
+        seen = _seen_posted(form)
         try:
             # Before the edit is read: what it changes is judged against the item as it is now.
             dec.check_seen(engine, item_id, seen, action)
@@ -464,6 +463,7 @@ def create_app(
             request,
             "version.html",
             user,
+            404 if manifest is None else 200,  # the page still links the version's queue, if it has one
             dataset=dataset,
             version=version,
             manifest=manifest,
@@ -931,6 +931,17 @@ def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: li
     if edit.not_pii and not user.sees_pii:
         raise HTTPException(403, NOT_PII_REFUSAL)
     return edit
+
+
+def _seen_posted(form: FormData) -> str | None:
+    """The revision of the item's decisions the form's page showed (none from a form without one); 400
+    for one no page sends: taken as stale, it would be refused as changed since the page showed it."""
+    seen = form.get("seen")
+    if not isinstance(seen, str):
+        return None
+    if not dec.REVISION.fullmatch(seen):
+        raise HTTPException(400, f"no seen {seen!r}: it is the item's revision its page showed; reload the item's page")
+    return seen
 
 
 def _spans_posted(form: FormData, name: str) -> list[tuple[str, int, int]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -247,6 +248,10 @@ def _revisions(conn: sa.Connection, item_ids: list[int]) -> dict[int, str]:
 
 def _revision_text(latest: int | None, undone: int) -> str:
     return f"{latest}.{undone}" if latest is not None else "0.0"
+
+
+# Every text ``revision`` makes, and nothing else: a form's ``seen`` not of it came from no page.
+REVISION = re.compile(r"[0-9]+\.[0-9]+")
 
 
 def decide(
