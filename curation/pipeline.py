@@ -1253,6 +1253,7 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
         by_document=recipe.groups_by_document,
     )
     writer.ended_runs = functools.partial(state.ended_runs, recipe.dataset)
+    writer.last_published = functools.partial(state.last_published, recipe.dataset)
     # A group or image read again keeps the side its records are on.
     if writer.splitter.remembers_sides and not full_refresh:
         writer.splitter.known = functools.partial(state.group_sides, recipe.dataset)

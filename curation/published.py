@@ -101,7 +101,7 @@ def _not_a_version(fs: pafs.FileSystem, version_dir: str, path: str) -> str:
     dataset = folder.removesuffix(name).rstrip("/")
     if beside and not VERSION_DIR.match(name):
         return f"{name!r} is no version; pass one of the published versions beside it: {_listed(dataset, beside)}"
-    # Not there now: never published, or deleted since (a deleted latest version's number is published again).
+    # Not there now: never published, or deleted since.
     gone = "this version was not published, or was deleted since"
     return f"{gone}; the published versions beside it: {_listed(dataset, beside)}" if beside else gone
 

@@ -876,6 +876,8 @@ class DatasetWriter:
         # Raises unless the run still holds the dataset's lock (set by the pipeline): checked before the run
         # touches anything outside its own staging folder.
         self.confirm_lock: Callable[[], None] = lambda: None
+        # The version the state store's latest publishing run of the dataset made (set by the pipeline).
+        self.last_published: Callable[[], int | None] = lambda: None
         self.staging_uri = join(dataset_uri(dest, dataset), "_staging", self.run_id)
         # Made by the first file written there, not here: the writer is built before the run is recorded, and
         # a folder of a run killed in between, which no store knows of, no later run would remove.
@@ -1315,7 +1317,10 @@ class DatasetWriter:
         if builds_on is not None and existing != builds_on:
             raise PublishedMeanwhile(self._changed_meanwhile(builds_on, existing))
         self._check_staged()
-        version = (existing[-1] + 1) if existing else 1
+        # Past the last number the state store saw published here too: a latest version deleted since (a rollback)
+        # keeps its number, which a training request or a model's lineage may name. A dest without versions (a new
+        # one, the store's runs published elsewhere) starts at 1.
+        version = max(existing[-1], self.last_published() or 0) + 1 if existing else 1
         target_uri = version_uri(self.dest, self.dataset, version)
         if self._has_manifest(filesystem(target_uri)[1]):
             # Published since the versions were listed, a moment ago (by a run of another state store): a

@@ -912,9 +912,11 @@ def test_a_deleted_latest_version_makes_the_next_run_read_everything_again(
     # b.jsonl's record is not lost (its watermark said v2 took it), nor taken for a repeat of the deleted v2.
     assert sorted(line["text"] for line in outputs(Path(again.version_uri))) == ["four", "one", "three", "two"]
     assert again.manifest.counts.reasons == {}
+    # Not v2 again: a training request or a model's lineage naming the deleted v2 would name other records.
+    assert again.manifest.version == 3 and published_versions(str(workdir / "output"), "docs") == [1, 3]
     write_jsonl(workdir / "in" / "d.jsonl", [{"text": "five"}])
     later = run(workdir, docs_recipe("in"))  # and from there on, only what is new
-    assert later.manifest.extends == 2 and later.manifest.counts.input == 1
+    assert later.manifest.extends == 3 and later.manifest.counts.input == 1
 
 
 def test_a_glob_beside_the_output_does_not_read_the_published_version(workdir: Path) -> None:
