@@ -810,3 +810,21 @@ def test_a_version_the_page_cannot_show_is_not_found(app, seeded: Seeded) -> Non
         assert said in response.text and 'id="version-queue"' in response.text, path  # the version's page, saying why
         assert "<h2>Manifest</h2>" not in response.text, path
     assert client.get("/datasets/support/v1").status_code == 200
+
+
+def test_a_version_the_store_will_not_give_is_no_missing_manifest(
+    app, seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any error reading it was taken for "support v1 has no manifest" (404) for a published version.
+    import connectors.storage
+
+    class Denying:
+        def open_input_stream(self, path: str) -> object:
+            raise PermissionError(13, "Permission denied", path)
+
+    found = connectors.storage.filesystem
+    client, _ = signed_in(app, "rita")
+    monkeypatch.setattr(connectors.storage, "filesystem", lambda uri: (Denying(), found(uri)[1]))
+    response = client.get("/datasets/support/v1")
+    assert response.status_code == 502 and "cannot read manifest.json of support v1" in response.text, response.text
+    assert "has no manifest" not in response.text

@@ -789,8 +789,10 @@ def _read_version_file(recipe: Recipe | None, dataset: str, version: int, name: 
         fs, path = filesystem(version_uri(recipe.output.dest, dataset, version))
         with fs.open_input_stream(f"{path}/{name}") as stream:
             return stream.read()
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):
         return None
+    except OSError as error:  # there, maybe, but not given (no access, the store out of reach): not "no manifest"
+        raise HTTPException(502, f"cannot read {name} of {dataset} v{version}: {error}") from None
 
 
 def _manifest(recipe: Recipe | None, dataset: str, version: int) -> tuple[dict[str, Any] | None, bool, str | None]:
