@@ -32,7 +32,7 @@ from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, ru
 from connectors.storage import StorageError
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally, reads_again
 from curation.formats import FormatOptions, output_format
-from curation.published import published_versions, read_manifest, refuse_unwritable_dest, version_uri
+from curation.published import dataset_uri, published_versions, read_manifest, refuse_unwritable_dest, version_uri
 from curation.report import Profile, attach_report
 from curation.review.decisions import (
     DecisionMark,
@@ -520,6 +520,13 @@ def _watermarks_untrusted(
             "it was deleted since, leave them out)"
         )
     last = state.last_published(recipe.dataset) if previous else None
+    elsewhere = state.last_published_at(recipe.dataset) if last is not None else None
+    if elsewhere is not None and elsewhere != dataset_uri(recipe.output.dest, recipe.dataset):
+        # The watermarks say what the runs at that dest read: here, its versions hold none of what they took since.
+        return (
+            f"{recipe.dataset}'s last run of this state store published at {elsewhere}, not at {recipe.output.dest} "
+            "(reading only what is new would leave out what the runs there read)"
+        )
     if last is not None and last not in previous:
         # Deleted (a rollback of a bad version, a retention rule): the watermarks say its input was read.
         return (
@@ -1014,7 +1021,10 @@ def _run_locked(
         writer.splitter.deal_on_from(plan.extended.split)
     writer.on_written = on_written
     writer.confirm_lock = lock.confirm
-    state.run_started(writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by)
+    published_at = dataset_uri(recipe.output.dest, recipe.dataset)
+    state.run_started(
+        writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by, published_at=published_at
+    )
     held = HeldStops()
     log.info("run=%s dataset=%s inputs=%d", writer.run_id, recipe.dataset, len(plan.inputs))
     tally = Tally()

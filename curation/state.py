@@ -125,6 +125,8 @@ runs = sa.Table(
     # The review decisions the run read (``DecisionMark``): decision ids and undo numbers up to these.
     sa.Column("decisions_through", sa.Integer),
     sa.Column("undos_through", sa.Integer),
+    # Where the run publishes: the dataset's folder (``dataset_uri``); null in a store of an earlier release.
+    sa.Column("published_at", sa.Text),
 )
 
 
@@ -156,10 +158,15 @@ class StateStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = state_engine(url)
         metadata.create_all(self.engine)
-        add_missing_columns(self.engine, runs)  # decisions_through, undos_through
+        add_missing_columns(self.engine, runs)  # decisions_through, undos_through, published_at
 
     def run_started(
-        self, run_id: str, dataset: str, recipe_sha256: str, decisions_read: DecisionMark | None = None
+        self,
+        run_id: str,
+        dataset: str,
+        recipe_sha256: str,
+        decisions_read: DecisionMark | None = None,
+        published_at: str | None = None,
     ) -> None:
         """Record a run as running, with the review decisions it reads (``decisions_read``); called under
         the dataset's lock, so runs of it still marked running were killed (SIGKILL, a lost machine):
@@ -179,6 +186,7 @@ class StateStore:
                     started_at=_now(),
                     decisions_through=decisions_read.decided if decisions_read else None,
                     undos_through=decisions_read.undone if decisions_read else None,
+                    published_at=published_at,
                 )
             )
 
@@ -297,6 +305,12 @@ class StateStore:
         """The version the latest run of ``dataset`` that published made, or None when none did."""
         row = self._of_latest_published((runs.c.version,), dataset)
         return row.version if row else None
+
+    def last_published_at(self, dataset: str) -> str | None:
+        """Where the latest run of ``dataset`` that published published (its dataset folder), or None when none
+        did or its store's release did not record it."""
+        row = self._of_latest_published((runs.c.published_at,), dataset)
+        return row.published_at if row else None
 
     def _of_latest_published(self, columns: tuple[sa.Column, ...], dataset: str, *where: Any) -> sa.Row | None:
         """``columns`` of the latest run of ``dataset`` that published (and meets ``where``), or None."""

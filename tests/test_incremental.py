@@ -895,6 +895,28 @@ def test_a_new_dest_reads_all_input_instead_of_publishing_an_empty_version(
     assert again.manifest is None and "nothing new" in again.message
 
 
+def test_a_dest_the_dataset_comes_back_to_is_read_for_what_the_runs_elsewhere_took(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Back at A, the store's last run had published v2 at B, a number A has too: its watermarks were trusted, and
+    # what the runs at B took ("three") was in no version at A, nor read again: lost, nothing said.
+    spec = docs_recipe("in")
+    at = {name: {**spec, "output": {"dest": name}} for name in ("a", "b")}
+    write_jsonl(workdir / "in" / "1.jsonl", [{"text": "one"}])
+    run(workdir, at["a"])
+    write_jsonl(workdir / "in" / "2.jsonl", [{"text": "two"}])
+    assert run(workdir, at["a"]).manifest.version == 2
+    run(workdir, at["b"])  # a dest without versions: reads all
+    write_jsonl(workdir / "in" / "3.jsonl", [{"text": "three"}])
+    assert run(workdir, at["b"]).manifest.version == 2
+    write_jsonl(workdir / "in" / "4.jsonl", [{"text": "four"}])
+    with caplog.at_level("WARNING", logger="curation.pipeline"):
+        back = run(workdir, at["a"])
+    assert "last run of this state store published at" in caplog.text and "reads all of it again" in caplog.text
+    assert sorted(line["text"] for line in outputs(Path(back.version_uri))) == ["four", "one", "three", "two"]
+    assert run(workdir, at["a"]).manifest is None  # and from there on, only what is new
+
+
 def test_a_deleted_latest_version_makes_the_next_run_read_everything_again(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
