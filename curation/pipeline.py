@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import os
 import re
 import signal
 import threading
@@ -29,7 +30,7 @@ from connectors.files import FilesSourceReader, unread_partition
 from connectors.hf import CONNECTOR as HF
 from connectors.sql import CONNECTOR as SQL
 from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, run_lock
-from connectors.storage import StorageError
+from connectors.storage import StorageError, filesystem, is_s3
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally, reads_again
 from curation.formats import FormatOptions, output_format
 from curation.published import dataset_uri, published_versions, read_manifest, refuse_unwritable_dest, version_uri
@@ -506,6 +507,13 @@ def _recipe_changed(recipe: Recipe, extended: Manifest | None) -> str | None:
     )
 
 
+def published_place(recipe: Recipe) -> str:
+    """Where a run of ``recipe`` publishes, one spelling per place: the dataset's folder on S3 as written, a local one
+    as the real path (``file://``, a symlink, ``//`` or ``..`` name the same folder)."""
+    uri = dataset_uri(recipe.output.dest, recipe.dataset)
+    return uri if is_s3(uri) else os.path.realpath(filesystem(uri)[1])
+
+
 def _watermarks_untrusted(
     recipe: Recipe, state: StateStore, previous: list[int], unrecorded: dict[str, int]
 ) -> str | None:
@@ -521,7 +529,7 @@ def _watermarks_untrusted(
         )
     last = state.last_published(recipe.dataset) if previous else None
     elsewhere = state.last_published_at(recipe.dataset) if last is not None else None
-    if elsewhere is not None and elsewhere != dataset_uri(recipe.output.dest, recipe.dataset):
+    if elsewhere is not None and elsewhere != published_place(recipe):
         # The watermarks say what the runs at that dest read: here, its versions hold none of what they took since.
         return (
             f"{recipe.dataset}'s last run of this state store published at {elsewhere}, not at {recipe.output.dest} "
@@ -1021,7 +1029,7 @@ def _run_locked(
         writer.splitter.deal_on_from(plan.extended.split)
     writer.on_written = on_written
     writer.confirm_lock = lock.confirm
-    published_at = dataset_uri(recipe.output.dest, recipe.dataset)
+    published_at = published_place(recipe)
     state.run_started(
         writer.run_id, recipe.dataset, recipe.fingerprint(), decisions_read=decided_by, published_at=published_at
     )

@@ -915,6 +915,10 @@ def test_a_dest_the_dataset_comes_back_to_is_read_for_what_the_runs_elsewhere_to
     assert "last run of this state store published at" in caplog.text and "reads all of it again" in caplog.text
     assert sorted(line["text"] for line in outputs(Path(back.version_uri))) == ["four", "one", "three", "two"]
     assert run(workdir, at["a"]).manifest is None  # and from there on, only what is new
+    # The same folder spelt another way is no other dest: nothing new, not all read again.
+    (workdir / "link").symlink_to(workdir, target_is_directory=True)
+    for spelt in (f"file://{workdir / 'a'}", str(workdir / "link" / "a"), f"{workdir}//a"):
+        assert run(workdir, {**spec, "output": {"dest": spelt}}).manifest is None, spelt
 
 
 def test_a_deleted_latest_version_makes_the_next_run_read_everything_again(
