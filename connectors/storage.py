@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from glob import iglob
 from typing import Any
@@ -470,7 +470,7 @@ def _warn_of_the_pattern_not_read(uri: str, path: str) -> None:
             "inside) it matches %s instead: write the name as %s to say it is the one meant, or the pattern so that "
             "nothing has it as its name (its class's characters in another order) to read those",
             uri,
-            _named(matched),
+            some_named(matched),
             escaped,
         )
 
@@ -620,7 +620,7 @@ def list_files(
             (packed if entry.uri.lower().endswith(UNREAD_CODECS) else unread).append(entry.uri)
     if name_unread and unread:
         log.warning(
-            "%s: not read: not a kind of file this source reads (%s): %s", uri, ", ".join(suffixes), _named(unread)
+            "%s: not read: not a kind of file this source reads (%s): %s", uri, ", ".join(suffixes), some_named(unread)
         )
     if name_unread and packed:
         log.warning(
@@ -629,7 +629,7 @@ def list_files(
             uri,
             ", ".join(UNREAD_CODECS),
             ", ".join(PACKED_SUFFIXES),
-            _named(packed),
+            some_named(packed),
         )
     return kept
 
@@ -648,15 +648,15 @@ def readable(entries: list[FileEntry]) -> list[FileEntry]:
     refused = [entry.uri for entry in entries if is_s3(entry.uri) and "//" in entry.uri.removeprefix("s3://")]
     if refused:
         raise StorageError(
-            f"{_named(refused)}: an S3 key with an empty part ('//') cannot be read (Arrow's S3 client refuses "
+            f"{some_named(refused)}: an S3 key with an empty part ('//') cannot be read (Arrow's S3 client refuses "
             "it); copy the object to a key without one"
         )
     return entries
 
 
-def _named(uris: list[str]) -> str:
-    """The first few of ``uris``, and how many more."""
-    return ", ".join(sorted(uris)[:5]) + (f" and {len(uris) - 5} more" if len(uris) > 5 else "")
+def some_named(uris: Collection[str], shown: int = 5) -> str:
+    """The first ``shown`` of ``uris`` in order, and how many more."""
+    return ", ".join(sorted(uris)[:shown]) + (f" and {len(uris) - shown} more" if len(uris) > shown else "")
 
 
 def _always(path: str) -> bool:
@@ -736,11 +736,11 @@ def _utf8_named(
         return listed
     if read := [shown for path, shown in strange.items() if reads(path)]:
         raise StorageError(
-            f"{_named(read)}: a file name that is not UTF-8 (its bytes shown as \\xNN) cannot be read: an input "
+            f"{some_named(read)}: a file name that is not UTF-8 (its bytes shown as \\xNN) cannot be read: an input "
             "is named by its path as UTF-8 text (its records' ids, lineage, the manifest); rename it with a UTF-8 "
             "name (convmv -f latin1 -t utf8 --notest renames Latin-1 names) and run again"
         )
-    log.warning("%s: not read: a file name that is not UTF-8: %s", uri, _named(list(strange.values())))
+    log.warning("%s: not read: a file name that is not UTF-8: %s", uri, some_named(list(strange.values())))
     return {path: found for path, found in listed.items() if path not in strange}
 
 
@@ -889,7 +889,7 @@ def _once(
 
 def _not_read(uri: str, why: str, paths: dict[str, str]) -> None:
     """One warning naming the paths left out of a listing and where each leads."""
-    log.warning("%s: not read: %s: %s", uri, why, _named([f"{path} -> {at}" for path, at in paths.items()]))
+    log.warning("%s: not read: %s: %s", uri, why, some_named([f"{path} -> {at}" for path, at in paths.items()]))
 
 
 def _within(
@@ -931,7 +931,7 @@ def _warn_of_broken_links(uri: str, links: set[str], wanted: Callable[[str], boo
         if wanted(found) and found.lower().endswith(suffixes or "") and not os.path.exists(found)
     ]
     if broken:
-        log.warning("%s: not read: link to a file that is not there: %s", uri, _named(broken))
+        log.warning("%s: not read: link to a file that is not there: %s", uri, some_named(broken))
 
 
 def _list_s3(uri: str) -> tuple[list[FileEntry], bool]:

@@ -30,7 +30,7 @@ from connectors.files import FilesSourceReader, unread_partition
 from connectors.hf import CONNECTOR as HF
 from connectors.sql import CONNECTOR as SQL
 from connectors.state import HeldLock, LockLost, Watermarks, has_read_before, run_lock
-from connectors.storage import StorageError, filesystem, is_s3
+from connectors.storage import StorageError, filesystem, is_s3, some_named
 from curation.executors.local import AnyStage, Executor, LocalExecutor, Tally, reads_again
 from curation.formats import FormatOptions, output_format
 from curation.published import dataset_uri, published_versions, read_manifest, refuse_unwritable_dest, version_uri
@@ -561,14 +561,10 @@ def _refuse_to_drop_moved_away(recipe: Recipe, latest: int, inputs: list[InputFi
         version_uri(recipe.output.dest, recipe.dataset, latest), {entry.uri for entry in inputs}, skip=(HF,)
     )
     if gone:
-        names = sorted(gone)
         raise StorageError(
             f"{recipe.dataset}: this run reads all input again, and v{latest} holds {sum(gone.values())} record(s) "
-            f"of {len(gone)} input(s) no longer listed ("
-            + ", ".join(names[:3])
-            + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            + ") that its version would leave out: put them back and run again, or run with --full-refresh to "
-            "publish only what is there now"
+            f"of {len(gone)} input(s) no longer listed ({some_named(gone, 3)}) that its version would leave out: put "
+            "them back and run again, or run with --full-refresh to publish only what is there now"
         )
 
 
@@ -660,7 +656,7 @@ def _replaced_records(
             "%d record(s) of changed inputs stay as published: %s also held them (set aside as duplicates) "
             "and cannot be read again",
             len(kept),
-            ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
+            some_named(unread, 3),
         )
     return inputs, replaced_ids, published
 
@@ -1212,7 +1208,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
                 "review decisions on the records of %d input(s) (%s) take effect when they are read again: with "
                 "output.carry_forward false only new input is read, so run with --full-refresh",
                 len(unread),
-                ", ".join(sorted(unread)[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else ""),
+                some_named(unread, 3),
             )
     watermarks = Watermarks(state.engine, recipe.dataset, full_refresh, read_again)
     sources = build_sources(recipe, watermarks)
