@@ -345,18 +345,28 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON value")
 
 
+def _json_object_pairs(line: bytes, number: int) -> list[tuple[str, Any]]:
+    """The pairs of the JSON object ``line`` holds (a key twice stays twice), read as polars reads JSON (Python's
+    also takes ``NaN`` and ``Infinity``); a ValueError naming line ``number`` where it holds none."""
+    try:
+        pairs = json.loads(line, object_pairs_hook=list, parse_constant=_not_json)
+    except (ValueError, RecursionError) as problem:
+        raise ValueError(f"line {number} is not JSON ({problem})") from None
+    if not line.lstrip().startswith(b"{"):
+        raise ValueError(f"line {number} is not a JSON object")
+    return pairs
+
+
 def _first_bad_line(data: bytes, error: Exception, first: int = 1, what: str = "lineage rows") -> str:
     """Where polars' error is: the first line (numbered from ``first``) that is not a JSON object (polars names
-    no line), as polars reads JSON (Python's also takes ``NaN`` and ``Infinity``)."""
+    no line)."""
     for number, line in enumerate(data.splitlines(), first):
         if not line.strip():
             continue
         try:
-            row = json.loads(line, parse_constant=_not_json)
+            _json_object_pairs(line, number)
         except ValueError as problem:
-            return f"line {number} is not JSON ({problem})"
-        if not isinstance(row, dict):
-            return f"line {number} is not a JSON object"
+            return str(problem)
     return f"not JSON lines of {what} ({error})"
 
 
@@ -390,6 +400,8 @@ def _one_file_name(line: bytes, where: str, number: int) -> None:
 
 
 def _file_name_once(pairs: Any, line: bytes, where: str, number: int) -> None:
+    """Refuses line ``number`` of ``where`` if its object (``pairs``, as ``object_pairs_hook=list`` reads it) names
+    ``file_name`` twice."""
     if line.lstrip().startswith(b"{") and sum(key == "file_name" for key, _ in pairs) > 1:
         raise ValueError(
             f'{where} line {number}: the key "file_name" appears twice in one object, so which image the line names '
@@ -399,14 +411,13 @@ def _file_name_once(pairs: Any, line: bytes, where: str, number: int) -> None:
 
 def _checked_file_names(lines: Iterable[bytes], where: str) -> Iterator[bytes]:
     """``lines`` of the metadata file ``where`` as they pass, read one by one, each refused by its number if it is
-    no JSON object (a hand edit, as the lines read as a column are) or names ``file_name`` twice."""
+    no JSON object (a hand edit: as the lines read as a column are, ``_first_bad_line``) or names ``file_name``
+    twice."""
     for number, line in enumerate(lines, 1):
         try:
-            pairs = json.loads(line, object_pairs_hook=list)
-        except (ValueError, RecursionError) as error:
-            raise ValueError(f"{where}: line {number} is not JSON ({error})") from None
-        if not line.lstrip().startswith(b"{"):
-            raise ValueError(f"{where}: line {number} is not a JSON object")
+            pairs = _json_object_pairs(line, number)
+        except ValueError as problem:
+            raise ValueError(f"{where}: {problem}") from None
         _file_name_once(pairs, line, where, number)
         yield line
 

@@ -1141,7 +1141,7 @@ def _third_metadata_line_edited(workdir: Path, edit: Callable[[list[str]], str],
 
 
 @pytest.mark.parametrize("decided", [False, True])
-@pytest.mark.parametrize("edited", ["[1, 2]", '{"file_name": "x.png", "prompt": ', '{"file_name": x}'])
+@pytest.mark.parametrize("edited", ["[1, 2]", '{"file_name": "x.png", "prompt": ', '{"file_name": x}', '{"a": NaN}'])
 def test_a_carried_metadata_line_that_is_no_json_object_is_named_by_its_line(
     workdir: Path, decided: bool, edited: str
 ) -> None:
