@@ -1100,8 +1100,9 @@ def _run_locked(
             return RunResult(manifest=None, version_uri=None, message=message)
         if changed:
             log.warning("%s", changed)
-        # Something to publish though nothing was read (a review decision since): not staged yet, refused here.
-        refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
+        if not plan.inputs and plan.previous:  # ``_plan`` refused it where there was input to read (or no version)
+            # Something to publish though nothing was read (a review decision since): not staged yet, refused here.
+            refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
 
         review_rejected = review.keys_unknown()  # rejected records whose content is not known yet
         rejected_keys = dict(review.learned)  # content keys of rejected records, to keep once published
