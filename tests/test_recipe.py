@@ -578,3 +578,41 @@ def test_ocr_on_vqa_images_named_by_path_is_a_recipe_error() -> None:
     assert hf.stages[0].ocr
     document = parse_recipe("sources: [{path: docs.jsonl}]\ndataset: d\nstages:\n  - {type: pii, ocr: true}\n")
     assert document.stages[0].ocr  # no images to leave unread: the text is redacted as ever
+
+
+def test_a_relative_file_uri_is_taken_from_the_recipes_folder(workdir: Path) -> None:
+    # Storage takes `file://out` from the current directory: run from elsewhere, the recipe published there
+    # and read `file://in/` there, not beside the recipe as `dest: out` and `path: in/` do.
+    from curation.pipeline import published_place, run_recipe
+    from tests.helpers import docs_recipe, outputs, write_jsonl, write_recipe
+
+    sub = workdir / "sub"
+    write_jsonl(sub / "in" / "a.jsonl", [{"text": "alpha"}])
+    write_jsonl(workdir / "in" / "b.jsonl", [{"text": "beta"}])  # what the current directory would read
+    recipe = load_recipe(write_recipe(sub, docs_recipe("file://in/", dest="file://out", validation_fraction=0.0)))
+    assert (recipe.sources[0].path, recipe.output.dest) == (f"file://{sub}/in", f"file://{sub}/out")
+    result = run_recipe(recipe)
+    assert Path(result.version_uri.removeprefix("file://")) == sub / "out" / "docs" / "v1"
+    assert [row["text"] for row in outputs(sub / "out" / "docs" / "v1")] == ["alpha"]
+    assert not (workdir / "out").exists()
+    bare = load_recipe(write_recipe(sub, docs_recipe("in/", dest="out"), name="bare.yaml"))
+    assert published_place(bare) == published_place(recipe)  # one spelling per place: the run lock and state
+    absolute = parse_recipe(f"dataset: d\nsources: [{{path: 'file://{sub}/in/'}}]\noutput: {{dest: 'file:///o'}}\n")
+    assert (absolute.sources[0].path, absolute.output.dest) == (f"file://{sub}/in/", "file:///o")
+
+
+def test_a_relative_glob_of_folders_keeps_its_slash(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `data/*/` names the folders in data/ (a source reads the files under them); resolved from the recipe's
+    # folder it lost its slash and became `data/*`, the files in data/ itself.
+    from curation.pipeline import run_recipe
+    from tests.helpers import docs_recipe, outputs, write_jsonl, write_recipe
+
+    sub = workdir / "sub"
+    write_jsonl(sub / "data" / "2026" / "a.jsonl", [{"text": "alpha"}])
+    write_jsonl(sub / "data" / "top.jsonl", [{"text": "top"}])
+    (workdir / "elsewhere").mkdir()
+    monkeypatch.chdir(workdir / "elsewhere")
+    recipe = load_recipe(write_recipe(sub, docs_recipe("data/*/", validation_fraction=0.0)))
+    assert recipe.sources[0].path == f"{sub}/data/*/"
+    result = run_recipe(recipe)
+    assert [row["text"] for row in outputs(Path(result.version_uri))] == ["alpha"]
