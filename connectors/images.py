@@ -16,6 +16,7 @@ import json
 import math
 import os
 import posixpath
+import unicodedata
 import warnings
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from connectors.storage import (
     filesystem,
     is_s3,
     join,
+    key_as_a_path,
     list_files,
     open_input,
     open_listed,
@@ -238,6 +240,7 @@ class ImagesSourceReader:
         self.sidecar = FilesSourceReader(FilesSource(path=config.sidecar), self.batch_rows, keyed=sidecar_keyed)
         self._fingerprints: dict[str, str] | None = None
         self._listed: dict[str, FileEntry] = {}  # image URI -> its listing
+        self._forms: dict[str, str] | None = None  # a listed image's URI in NFC -> that URI
         self._digests: dict[str, str] = {}  # image URI -> the xxh3 of its bytes, once read
         self._changed: set[str] | None = None
         self._taken_lines: dict[str, float] = {}  # sidecar URI -> how many of its lines an earlier run read
@@ -523,6 +526,16 @@ class ImagesSourceReader:
             # Nor through a link in the folder (to a file, or a folder, elsewhere): the review page, which
             # checks the path as the file system finds it, would refuse to show what was published.
             cache[name] = ImageProblem("missing_image", f"is a link to {away}, outside {self.config.path}")
+        if (
+            name not in cache
+            and (normal := key_as_a_path(uri := self._image_uri(name)))
+            and uri not in self.fingerprints()
+        ):
+            # Arrow would read the object of the path the key spells ("x/../b.png" as "b.png"), another picture;
+            # a listed key is read as written (``open_listed``).
+            cache[name] = ImageProblem(
+                "missing_image", f"cannot read {uri} (S3 keys are taken as written: this is not {normal}): {NOT_LISTED}"
+            )
         if name not in cache:
             uri = self._image_uri(name)
             fs, path = filesystem(uri)
@@ -535,7 +548,7 @@ class ImagesSourceReader:
                 if uri not in self.fingerprints():  # not a file the listing found (a folder): the name's fault
                     missing = isinstance(error, FileNotFoundError) or "not found" in str(error).lower()
                     reason = "missing_image" if missing else "unreadable"
-                    cache[name] = ImageProblem(reason, f"cannot read {uri}: {NOT_LISTED}")
+                    cache[name] = ImageProblem(reason, f"cannot read {uri}{self._in_another_form(uri)}: {NOT_LISTED}")
                 else:  # listed, then not read (a permission, a share away, moved meanwhile): for now only
                     why = os_reason(error)
                     if isinstance(error, Changed):
@@ -562,13 +575,27 @@ class ImagesSourceReader:
         return None if os.path.commonpath([folder, found]) == folder else found
 
     def _image_uri(self, name: str) -> str:
-        """Where the image a sidecar names is, as the folder's listing names it: "./a.png" and
-        "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen. A local
+        """Where the image a sidecar names is, as the folder's listing names it. On local disk "./a.png"
+        and "scans//a.png" are "a.png" and "scans/a.png" there, so a change to the image is seen; a local
         folder is listed under its normalised path ("recipes/../data/img" as "data/img"); the recipe's
         path keeps its "..", which is in the source's key (normalised there, a source's next run would
-        start afresh)."""
-        uri = join(self.config.path, posixpath.normpath(name))
-        return uri if is_s3(uri) else path_of(uri)
+        start afresh). On S3 a name is its key as written: "x/../b.png" is no path to "b.png" but another
+        object's key, which S3 does not resolve."""
+        if is_s3(self.config.path):
+            return join(self.config.path, name)
+        return path_of(join(self.config.path, posixpath.normpath(name)))
+
+    def _in_another_form(self, uri: str) -> str:
+        """What the detail of an image ``uri`` not listed adds where a listed file's name differs from it
+        only by its Unicode form (macOS writes names decomposed, NFD; an editor types them composed, NFC):
+        the two look the same to whoever reads the detail. Said, not matched: a name is read as written."""
+        if self._forms is None:
+            self._forms = {unicodedata.normalize("NFC", listed): listed for listed in self.fingerprints()}
+        other = self._forms.get(unicodedata.normalize("NFC", uri))
+        if other is None or other == uri:
+            return ""
+        name = os.path.relpath(path_of(other), path_of(self.config.path))
+        return f" (a file named so in another Unicode form is there: {name!a})"
 
     def _is_new(self, row: dict, item: str, name: str | None) -> bool:
         """Whether this (image, question, answer) row (``item``: its ``_row_item``), with its image as it is

@@ -418,6 +418,18 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri, *parts) if is_s3(uri) else os.path.join(uri, *parts)
 
 
+def key_as_a_path(uri: str) -> str | None:
+    """For an ``s3://`` URI whose key a path's normalising changes (a ".", ".." or empty part, a trailing "/"):
+    the URI of the key so normalised ("r/x/../b.png" as "r/b.png"); else None. S3 keys are literal, but
+    Arrow's S3 file system reads the normalised key in such a key's place, or refuses it (an empty part):
+    such a URI is not to be read through it."""
+    if not is_s3(uri):
+        return None
+    key = uri.removeprefix("s3://")
+    normal = posixpath.normpath(key)
+    return None if normal == key else f"s3://{normal}"
+
+
 @dataclass(frozen=True)
 class FileEntry:
     uri: str

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tracemalloc
+import unicodedata
 from pathlib import Path
 
 import boto3
@@ -27,7 +28,17 @@ from curation.stages.validate import SchemaValidation
 from curation.writer import SPLITS
 from schemas.config import ImagesSource, RecipeError, RecordShape, load_recipe
 from schemas.records import VQARecord
-from tests.helpers import Refusing, outputs, processed, read_lines, run, set_aside, write_jsonl, write_recipe
+from tests.helpers import (
+    Refusing,
+    lineage_rows,
+    outputs,
+    processed,
+    read_lines,
+    run,
+    set_aside,
+    write_jsonl,
+    write_recipe,
+)
 
 GPS_IFD = 0x8825
 
@@ -452,6 +463,51 @@ def test_images_from_s3(bucket: str) -> None:
     assert [(a["reason"], a["source"]["uri"]) for a in aside] == [("truncated", f"s3://{bucket}/vqa/qa.jsonl")]
 
 
+def grey(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 6), (value, value, value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.s3
+def test_an_s3_image_is_named_by_its_key_as_written_not_as_a_path(bucket: str) -> None:
+    # "x/../b.png" was normalised to "b.png" and that object's picture published, though S3 keys are literal
+    # (the object "x/../b.png", another picture, is there too); Arrow's reader normalises it the same way.
+    s3 = boto3.client("s3")
+    for key, value in (("x/../b.png", 7), ("b.png", 8), ("scans//c.png", 9), ("d.png", 10)):
+        s3.put_object(Bucket=bucket, Key=f"vqa/img/{key}", Body=grey(value))
+    names = ["x/../b.png", "b.png", "scans//c.png", "./d.png"]
+    rows = [{"image": name, "question": "Grey?", "answer": "Yes"} for name in names]
+    s3.put_object(Bucket=bucket, Key="vqa/qa.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows).encode())
+    got, aside, _ = read(config_for(f"s3://{bucket}/vqa/img", f"s3://{bucket}/vqa/qa.jsonl"))
+    pixels = {r["image"]: Image.open(io.BytesIO(r["image_bytes"])).getpixel((0, 0)) for r in got}
+    assert pixels == {"b.png": (8, 8, 8), "scans//c.png": (9, 9, 9)}  # a listed key is read as written
+    assert [(a["source"]["line"], a["reason"]) for a in aside] == [(1, "missing_image"), (4, "missing_image")]
+    assert aside[0]["detail"] == (
+        f"s3://{bucket}/vqa/qa.jsonl:1: x/../b.png: cannot read s3://{bucket}/vqa/img/x/../b.png (S3 keys are "
+        f"taken as written: this is not s3://{bucket}/vqa/img/b.png): {images.NOT_LISTED}"
+    )
+    assert "S3 keys are taken as written" in aside[1]["detail"]
+
+
+@pytest.mark.parametrize("written", ["NFC", "NFD"])
+def test_an_image_named_in_another_unicode_form_than_its_file_says_so(tmp_path: Path, written: str) -> None:
+    # macOS names files decomposed (NFD), an editor types names composed (NFC): the row said only that the
+    # file, which looks named the same, was not in the listing. A name is read as written: it is said, not matched.
+    on_disk = "NFD" if written == "NFC" else "NFC"
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / unicodedata.normalize(on_disk, "café.png")).write_bytes(png())
+    row = {"image": unicodedata.normalize(written, "café.png"), "question": "Menu?", "answer": "Yes"}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(row) + "\n")
+    reader = ImagesSourceReader(config_for(str(tmp_path / "img"), str(tmp_path / "qa.jsonl")), batch_rows=4)
+    [batch] = list(reader.batches())
+    aside = batch.set_aside.to_pylist()
+    assert batch.rows.num_rows == 0 and [a["reason"] for a in aside] == ["missing_image"]
+    other = ascii(unicodedata.normalize(on_disk, "café.png"))
+    assert f"(a file named so in another Unicode form is there: {other}): " in aside[0]["detail"]
+    assert aside[0]["detail"].endswith(images.NOT_LISTED)  # the row's fault: no run reads it again
+
+
 def test_vqa_recipe_publishes_clean_images_beside_the_shards(workdir: Path) -> None:
     write_folder(workdir)
     result = run(
@@ -862,12 +918,15 @@ def test_a_phone_jpeg_holding_a_second_picture_is_read_as_the_jpeg_it_is(tmp_pat
     assert (kept.format, kept.size, getattr(kept, "n_frames", 1)) == ("JPEG", (40, 30), 1)  # the photo alone
 
 
-def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(workdir: Path) -> None:
+@pytest.mark.parametrize("name", ["./form.png", "sub/../form.png", "scans//../form.png"])
+def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(workdir: Path, name: str) -> None:
     # "./form.png" was looked up as such among the folder's files, which list "form.png": it had no
-    # fingerprint, so a run never saw the image change and its old picture stayed published.
+    # fingerprint, so a run never saw the image change and its old picture stayed published. On local
+    # disk such a name stays a path (S3 takes it as a key), so a run after an upgrade finds the image
+    # unchanged, and one changed replaces the record under the same id.
     (workdir / "img").mkdir()
     (workdir / "img" / "form.png").write_bytes(png((20, 20)))
-    row = {"image": "./form.png", "question": "Signed?", "answer": "Yes"}
+    row = {"image": name, "question": "Signed?", "answer": "Yes"}
     (workdir / "qa.jsonl").write_text(json.dumps(row) + "\n")
     spec = {
         "dataset": "forms",
@@ -875,11 +934,15 @@ def test_an_image_named_with_a_leading_dot_slash_is_taken_again_when_it_changes(
         "record": {"kind": "vqa"},
         "output": {"validation_fraction": 0.0},
     }
-    assert run(workdir, spec).manifest.counts.written == 1
+    first = run(workdir, spec)
+    assert first.manifest.counts.written == 1
+    assert run(workdir, spec).message.startswith("nothing new")
     (workdir / "img" / "form.png").write_bytes(png((30, 30)))
     os.utime(workdir / "img" / "form.png", (1, 1))
     second = run(workdir, spec)
     assert second.manifest.counts.written == 1 and second.manifest.stats["carry"]["replaced"] == 1
+    ids = [[r["id"] for r in lineage_rows(result.version_uri)] for result in (first, second)]
+    assert ids[0] == ids[1] and len(ids[0]) == 1
     [line] = outputs(Path(second.version_uri))
     assert Image.open(Path(second.version_uri) / "train" / line["file_name"]).size == (30, 30)
 
