@@ -482,6 +482,17 @@ def test_html_text_is_published_without_the_escapes_of_trafilaturas_markdown(tmp
     assert row["title"] == "Retry_settings"
 
 
+def test_a_web_pages_superscripts_and_subscripts_are_published_as_their_text(tmp_path: Path) -> None:
+    # trafilatura's Markdown kept the tags: "footnote<sup>1</sup> here", "H<sub>2</sub>O" in training text.
+    (tmp_path / "claims.html").write_text(
+        "<html><head><title>Claims</title></head><body><article><p>Claim with a footnote"
+        '<sup><a href="#fn1">1</a></sup> here: water is H<sub>2</sub>O and energy is mc<sup>2</sup>.</p>'
+        "</article></body></html>"
+    )
+    [row], _ = read(tmp_path)
+    assert row["text"] == "Claim with a footnote1 here: water is H2O and energy is mc2."
+
+
 WEB_PAGE_HEADS = [
     "<title>Shipping times | ACME</title>",
     '<meta property="og:title" content="Returns"><title>Site</title>',
