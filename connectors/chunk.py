@@ -5,9 +5,9 @@ the next chunk starts with the last paragraphs of the previous one, up to ``over
 no sentence loses its context at a cut. A paragraph longer than a chunk is cut at the last
 sentence end (or space or line break) that fits, never inside a word unless it has no space at all, and not
 inside a name where another space will do (between two capitalised words, "de la" between them or
-not; nor after an initial or a title's full stop, "Daniel O. Okafor", "Mr. Okafor"): a name cut in
-two is half a name in each piece, which the PII stage (it reads one record at a time) no longer
-recognises. A no-break space ("10\u00a0000", "Mr\u00a0Okafor") is no place to cut while a space is; a run
+not; nor after an initial or a title's full stop, "Daniel O. Okafor", "Mr. Okafor"), nor between two groups
+of a number ("4111 1111", "+1 415 555 0100", "DE89 3704"): a name or number cut in two is half of it in each
+piece, which the PII stage (it reads one record at a time) no longer recognises. A no-break space ("10\u00a0000", "Mr\u00a0Okafor") is no place to cut while a space is; a run
 of words without either (a URL, text in a script written without spaces) is cut between two characters
 as a reader sees them (grapheme clusters), not between a letter and its accent or inside an emoji. With an
 overlap, each piece of a long paragraph starts inside the end of the one before, at a sentence end or a space.
@@ -35,6 +35,10 @@ _SENTENCE_END = re.compile(
 # "2. Fill in the form") and ends no sentence: a piece cut there began with the label's text, torn from its
 # number, and ended with the label. Not a full stop after a number in a sentence ("the total was 25. It ...").
 _LABEL_NUMBER = regex.compile(r"(?<=(?:^|\n|\b\p{Lu}\p{L}*[ \t]+)\d+)\.")
+# A word ending a number's group ("4111", "+1", "(415)"), or a "+" or "(" opening one, and a word starting one
+# ("1111", "(415)"): a space between them is inside a number (a card's, a phone's, an IBAN's).
+_NUMBER_GROUP_END = re.compile(r"(?:\d\)?|^[+(])$")
+_NUMBER_GROUP_START = re.compile(r"\(?\d")
 # Lower-case words inside names ("Maria de la Cruz", "Ludwig van der Berg").
 _PARTICLES = frozenset(
     {"de", "la", "le", "del", "della", "der", "den", "van", "von", "da", "das", "dos", "di", "du", "bin", "al"}
@@ -105,22 +109,22 @@ def _sentence_ends(text: str, start: int, end: int) -> list[int]:
 
 def _space_cut(window: str, following: str) -> int:
     """Where to cut ``window`` (followed in the text by ``following``) at a space: the last one in its
-    second half that does not stand inside a name (see ``_inside_a_name``; a line break never does: a
-    list of names, one a line), else the last one; 0 if it has none."""
+    second half that does not stand inside a name or a number (see ``_inside_a_name_or_number``; a line break
+    never does: a list of names, one a line), else the last one; 0 if it has none."""
     spaces = list(_SPACE.finditer(window))
     for space in reversed(spaces):
         if space.start() <= len(window) // 2:
             break
         if "\n" in space.group():
             return space.end()
-        if not _inside_a_name(window[: space.start()], window[space.end() :] + following):
+        if not _inside_a_name_or_number(window[: space.start()], window[space.end() :] + following):
             return space.end()
     return spaces[-1].end() if spaces else 0
 
 
 def _overlap_start(text: str, start: int, end: int, overlap_chars: int) -> int:
     """Where the piece after ``text[start:end]`` starts, so that it repeats the end of that one: after the first
-    sentence end, else the first space not inside a name, in the piece's last ``overlap_chars`` (and its second
+    sentence end, else the first space not inside a name or a number, in the piece's last ``overlap_chars`` (and its second
     half: a piece repeats no more than it brings); ``end`` (no overlap) where there is neither, as in a text
     written without spaces."""
     tail = max(end - overlap_chars, start + (end - start) // 2)
@@ -129,7 +133,8 @@ def _overlap_start(text: str, start: int, end: int, overlap_chars: int) -> int:
             return sentence_end
     for space in _SPACE.finditer(text, tail, end):
         if space.end() < end and (
-            "\n" in space.group() or not _inside_a_name(text[start : space.start()], text[space.end() : end + 40])
+            "\n" in space.group()
+            or not _inside_a_name_or_number(text[start : space.start()], text[space.end() : end + 40])
         ):
             return space.end()
     return end
@@ -162,6 +167,16 @@ def _inside_a_name(text_before: str, text_after: str) -> bool:
     while after and after[0] in _PARTICLES:
         after = after[1:]
     return bool(before and after and before[-1][:1].isupper() and after[0][:1].isupper())
+
+
+def _inside_a_name_or_number(text_before: str, text_after: str) -> bool:
+    """Whether a space between ``text_before`` and ``text_after`` stands inside a name (``_inside_a_name``) or
+    between two groups of a number ("4111 | 1111", "+1 415 555 | 0100"): either cut in two is half of it in each
+    piece, which the PII stage, reading one piece at a time, recognises in neither."""
+    before, after = text_before.rsplit(None, 1)[-1:], text_after.split(None, 1)[:1]
+    if before and after and _NUMBER_GROUP_END.search(before[0]) and _NUMBER_GROUP_START.match(after[0]):
+        return True
+    return _inside_a_name(text_before, text_after)
 
 
 def chunk_text(text: str, max_chars: int, overlap_chars: int = 0) -> list[Chunk]:

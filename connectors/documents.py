@@ -789,8 +789,13 @@ def extract_html(data: bytes, stem: str) -> Extracted:
     body = ""
     if tree is not None:
         # trafilatura drops the date out of a sentence ("closed until <time>9 January</time>, when"): it
-        # is the sentence's text. A caption is a paragraph of the page (of a table's figure, which is kept).
-        strip_tags(tree, "time")
+        # is the sentence's text. Its Markdown keeps superscripts' and subscripts' tags ("footnote<sup>1</sup>",
+        # "H<sub>2</sub>O"): their text alone is the page's (a footnote's link in one too: a short page's dump
+        # put a link on a line of its own, "footnote\n1\nhere"). A caption is a paragraph of the page (of a
+        # table's figure, which is kept).
+        for script in list(tree.iter("sup", "sub")):
+            strip_tags(script, "*")
+        strip_tags(tree, "time", "sup", "sub")
         for caption in tree.iter("figcaption"):
             caption.tag = "p"
         _pair_definitions(tree)

@@ -95,7 +95,7 @@ _STRING = {"type": "string"}
 
 def chunk_text(text: str, limit: int) -> list[str]:
     """Pieces of at most ``limit`` characters, as the documents chunker cuts them (whole paragraphs,
-    a longer one at a sentence end or space, not inside a name; no overlap), each stripped; a text
+    a longer one at a sentence end or space, not inside a name or number; no overlap), each stripped; a text
     that fits is its one piece, as it is. Cut at the last space before the limit instead, a piece
     ran into the next paragraph, and the text left was copied at each cut (a 6 MB text took 2 s)."""
     if len(text) <= limit:

@@ -482,6 +482,17 @@ def test_html_text_is_published_without_the_escapes_of_trafilaturas_markdown(tmp
     assert row["title"] == "Retry_settings"
 
 
+def test_a_web_pages_superscripts_and_subscripts_are_published_as_their_text(tmp_path: Path) -> None:
+    # trafilatura's Markdown kept the tags: "footnote<sup>1</sup> here", "H<sub>2</sub>O" in training text.
+    (tmp_path / "claims.html").write_text(
+        "<html><head><title>Claims</title></head><body><article><p>Claim with a footnote"
+        '<sup><a href="#fn1">1</a></sup> here: water is H<sub>2</sub>O and energy is mc<sup>2</sup>.</p>'
+        "</article></body></html>"
+    )
+    [row], _ = read(tmp_path)
+    assert row["text"] == "Claim with a footnote1 here: water is H2O and energy is mc2."
+
+
 WEB_PAGE_HEADS = [
     "<title>Shipping times | ACME</title>",
     '<meta property="og:title" content="Returns"><title>Site</title>',
@@ -782,6 +793,29 @@ def test_a_long_paragraph_is_not_cut_at_a_no_break_space_while_a_space_will_do()
         "12\u00a0345\u00a0",
         "678\u00a0901",
     ]
+
+
+def _cut_inside_a_number(text: str, at: int) -> bool:
+    """Whether a cut at ``at`` in ``text`` falls between two digit groups of a number, spaces around it or not."""
+    before, after = text[:at].rstrip(), text[at:].lstrip()
+    return bool(before and before[-1] in "0123456789)+(" and re.match(r"\(?\d", after))
+
+
+def test_a_long_paragraph_is_not_cut_between_the_digit_groups_of_a_number() -> None:
+    # A cut on the space between two groups ("card 4111 1111 " | "1111 1111", "+1 415 555 " | "0100") left part
+    # of the number in each piece, and the PII stage, which reads one piece at a time, found it in neither.
+    line = (
+        "the refund went to card 4111 1111 1111 1111 and the desk called +1 (415) 555 0100 to confirm "
+        "that the iban DE89 3704 0044 0532 0130 00 was right for the account "
+    ) * 6
+    for max_chars in range(60, 200):
+        for overlap_chars in (0, max_chars // 3):
+            chunks = chunk_text(line, max_chars, overlap_chars)
+            assert all(len(chunk.text) <= max_chars for chunk in chunks)
+            cuts = [chunk.start for chunk in chunks[1:]] + [chunk.start + len(chunk.text) for chunk in chunks[:-1]]
+            assert not [at for at in cuts if _cut_inside_a_number(line, at)], (max_chars, overlap_chars, chunks)
+    # A wall of digit groups longer than a piece: cut at a space all the same, never inside a group.
+    assert all(group == "4111" for piece in _pieces("4111 " * 20, max_chars=22) for group in piece.split())
 
 
 def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a_name() -> None:
@@ -1985,3 +2019,18 @@ def test_group_by_document_set_later_puts_a_documents_new_chunks_of_every_run_on
             for text in texts - before["train"] - before["validation"]:
                 new_sides.setdefault(re.findall(r"handbook-\d+", text)[-1], set()).add(side)
     assert len(new_sides) == 12 and all(len(sides) == 1 for sides in new_sides.values()), new_sides
+
+
+def test_numbers_in_a_long_paragraph_are_redacted_whatever_the_chunks_cuts(workdir: Path) -> None:
+    # A chunk cut on the space between two digit groups ("card 4111 1111 " | "1111 1111") published the number
+    # in clear: the PII stage reads one chunk at a time and recognised neither half.
+    numbers = "card 4111 1111 1111 1111 or phone +1 415 555 0100 or iban DE89 3704 0044 0532 0130 00"
+    paragraph = " ".join(f"the customer {'wrote again ' * k}and gave {numbers} for the refund" for k in range(12))
+    (workdir / "in").mkdir()
+    (workdir / "in" / "refunds.txt").write_text(paragraph + "\n")
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 300, "overlap_chars": 60}}
+    recipe = {"dataset": "refunds", "sources": [source], "record": {"kind": "document"}, "stages": [{"type": "pii"}]}
+    recipe["output"] = {"group_by": "document"}  # the chunks overlap
+    texts = [line["text"] for line in outputs(Path(run(workdir, recipe).version_uri))]
+    assert any("<CREDIT_CARD>" in text for text in texts)
+    assert not [text for text in texts if re.search(r"\d", text)]
