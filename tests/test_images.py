@@ -655,7 +655,8 @@ def test_near_duplicates_of_vqa_records_are_queued_with_both_images(workdir: Pat
     assert page.count('<img class="record-image"') == 2 and text["member"]["thumbnail"] in page
     # The picture is read before the review stage: its name is not a field an edit could change.
     assert re.findall(r'<option value="([^"]+)"', page) == ["question", "answer"]
-    edit = {"action": "edit", "field": "image", "value": "orange.png", "csrf_token": csrf}
+    seen = re.search(r'name="seen" value="([^"]+)"', page).group(1)
+    edit = {"action": "edit", "field": "image", "value": "orange.png", "csrf_token": csrf, "seen": seen}
     response = client.post(f"/items/{items['near_dedup']['item_id']}/decide", data=edit)
     assert response.status_code == 400 and "cannot be edited on this item" in response.text
 
@@ -746,7 +747,8 @@ def test_a_near_dedup_comparing_the_image_name_does_not_offer_it_for_an_edit(wor
     client, csrf = signed_in(create_app(url, [load_recipe(workdir / "recipe.yaml")]), "pia")
     page = client.get(f"/items/{item['item_id']}").text
     assert re.findall(r'<option value="([^"]+)"', page) == ["question", "answer"]
-    edit = {"action": "edit", "field": "image", "value": "blue.png", "csrf_token": csrf}
+    seen = re.search(r'name="seen" value="([^"]+)"', page).group(1)
+    edit = {"action": "edit", "field": "image", "value": "blue.png", "csrf_token": csrf, "seen": seen}
     response = client.post(f"/items/{item['item_id']}/decide", data=edit)
     assert response.status_code == 400 and "cannot be edited on this item" in response.text
 

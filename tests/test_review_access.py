@@ -53,6 +53,11 @@ def status(seeded: Seeded, item_id: int) -> str:
     return dec.get_item(sa.create_engine(seeded.state_url), item_id)["status"]
 
 
+def seen(seeded: Seeded, item_id: int) -> str:
+    """What the item's page posts as ``seen``: the revision of its decisions it showed."""
+    return dec.revision(sa.create_engine(seeded.state_url), item_id)
+
+
 def test_no_session_is_refused(app, seeded: Seeded) -> None:
     client = TestClient(app, base_url="https://testserver")
     page = client.get(f"/items/{PII_ITEM}?kind=pii&status=open", follow_redirects=False)
@@ -114,7 +119,7 @@ def test_bad_csrf_token_is_refused(app, seeded: Seeded) -> None:
     # The header works as well as the form field (for scripts), and the right token is accepted.
     response = client.post(
         f"/items/{NEAR_DUP_ITEM}/decide",
-        data={"action": "reject"},
+        data={"action": "reject", "seen": seen(seeded, NEAR_DUP_ITEM)},
         headers={"X-CSRF-Token": csrf},
         follow_redirects=False,
     )
@@ -153,13 +158,12 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     engine = sa.create_engine(seeded.state_url)
     reviewer, csrf = signed_in(app, "rita")
     key = "completion:5:16"
-    response = reviewer.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf})
+    marked = {"action": "edit", "not_pii": key, "csrf_token": csrf, "seen": seen(seeded, PII_ITEM)}
+    response = reviewer.post(f"/items/{PII_ITEM}/decide", data=marked)
     assert response.status_code == 403
     assert dec.run_decisions(engine, "support").undone == {}
     client, csrf = signed_in(app, "pia")
-    response = client.post(
-        f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf}, follow_redirects=False
-    )
+    response = client.post(f"/items/{PII_ITEM}/decide", data={**marked, "csrf_token": csrf}, follow_redirects=False)
     assert response.status_code == 303
     assert dec.run_decisions(engine, "support").undone == {seeded.ids[1]: {("completion", 5, 16)}}
     # A reviewer now sees, and edits, the text as the next run publishes it: that span in clear.
@@ -173,7 +177,10 @@ def test_only_pii_reviewers_restore_redactions(app, seeded: Seeded) -> None:
     dec.undo_last(engine, "pia")
     assert dec.run_decisions(engine, "support").undone == {}
     for bad in ("garbage", "completion:a:b"):
-        response = client.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "not_pii": bad, "csrf_token": csrf})
+        response = client.post(
+            f"/items/{PII_ITEM}/decide",
+            data={**marked, "not_pii": bad, "csrf_token": csrf, "seen": seen(seeded, PII_ITEM)},
+        )
         assert response.status_code == 400 and "a span is field:start:end" in response.text
 
 
@@ -184,16 +191,19 @@ def test_edit_checks_field_and_value(app, seeded: Seeded) -> None:
         ({"field": "completion", "value": "   "}, "must not be empty"),
         ({"field": "completion", "value": "Call <PERSON> at <PHONE_NUMBER> about the refund."}, "an edit needs"),
     ):
-        response = client.post(f"/items/{PII_ITEM}/decide", data={"action": "edit", "csrf_token": csrf, **data})
+        data = {"action": "edit", "csrf_token": csrf, "seen": seen(seeded, PII_ITEM), **data}
+        response = client.post(f"/items/{PII_ITEM}/decide", data=data)
         assert response.status_code == 400 and message in response.text
     response = client.post(
-        "/items/1/decide", data={"action": "edit", "field": "prompt", "value": "x", "csrf_token": csrf}
+        "/items/1/decide",
+        data={"action": "edit", "field": "prompt", "value": "x", "csrf_token": csrf, "seen": seen(seeded, 1)},
     )
     assert response.status_code == 400 and "no fields" in response.text
     assert status(seeded, PII_ITEM) == "open" and status(seeded, 1) == "open"
     # The history shows an edit's characters, not JSON escapes.
     client, csrf = signed_in(app, "pia")
     edit = {"action": "edit", "field": "completion", "value": "Rückruf morgen 📞", "csrf_token": csrf}
+    edit["seen"] = seen(seeded, PII_ITEM)
     assert client.post(f"/items/{PII_ITEM}/decide", data=edit).status_code in (200, 303)
     page = client.get(f"/items/{PII_ITEM}").text
     assert "Rückruf morgen 📞" in page.split('class="history"')[1] and "\\u00fc" not in page
@@ -483,6 +493,7 @@ def test_a_near_duplicate_shown_redacted_hides_the_values_edits_put_in_its_histo
     app = create_app(seeded.state_url, [seeded.recipe])
     client, csrf = signed_in(app, "pia")  # sees the raw texts, and types a fix holding the name
     edit = {"action": "edit", "field": "completion", "value": f"Call {NAME} tomorrow.", "csrf_token": csrf}
+    edit["seen"] = dec.revision(engine, item)
     assert client.post(f"/items/{item}/decide", data=edit).status_code in (200, 303)
     assert f"Call {NAME} tomorrow." in client.get(f"/items/{item}").text
     reviewer, _ = signed_in(app, "rita")  # sees the texts as published: redacted
@@ -532,6 +543,7 @@ def test_an_edit_of_a_near_duplicate_starts_from_the_set_aside_records_fields(tm
     # The reviewer rewrites the prompt and leaves the completion as shown: only the prompt is edited,
     # and the next run publishes the record with its own completion, redacted.
     edit = {"action": "edit", "field": "prompt", "value": "How do I change my e-mail address?", "csrf_token": csrf}
+    edit["seen"] = dec.revision(engine, item["item_id"])
     assert reviewer.post(f"/items/{item['item_id']}/decide", data=edit).status_code in (200, 303)
     (decision,) = dec.history(engine, item["item_id"])
     assert json.loads(decision["after"])["fields"] == {"prompt": "How do I change my e-mail address?"}
@@ -562,11 +574,14 @@ def test_not_a_duplicate_on_the_page_and_through_label_studio(seeded: Seeded, ap
     client, csrf = signed_in(app, "rita")
     assert 'value="keep" id="keep"' in client.get(f"/items/{item['item_id']}").text
     response = client.post(
-        f"/items/{quarantined['data']['item_id']}/decide", data={"csrf_token": csrf, "action": "keep"}
+        f"/items/{quarantined['data']['item_id']}/decide",
+        data={"csrf_token": csrf, "action": "keep", "seen": dec.revision(engine, quarantined["data"]["item_id"])},
     )
     assert response.status_code == 400 and "only a near-duplicate item" in response.text
     response = client.post(
-        f"/items/{item['item_id']}/decide", data={"csrf_token": csrf, "action": "keep"}, follow_redirects=False
+        f"/items/{item['item_id']}/decide",
+        data={"csrf_token": csrf, "action": "keep", "seen": dec.revision(engine, item["item_id"])},
+        follow_redirects=False,
     )
     assert response.status_code == 303 and dec.get_item(engine, item["item_id"])["status"] == "kept"
     dec.undo_last(engine, "rita")
@@ -659,6 +674,7 @@ def test_an_edit_of_a_pii_items_other_field_starts_from_its_value_as_the_role_se
     assert NAME not in page and PHONE not in page
     # The completion left as shown is no edit of it (nothing else changed: refused).
     same = {"action": "edit", "field": "completion", "value": "Transfers, says <PERSON>.", "csrf_token": csrf}
+    same["seen"] = dec.revision(engine, item["item_id"])
     assert reviewer.post(f"/items/{item['item_id']}/decide", data=same).status_code == 400
 
 
@@ -671,6 +687,7 @@ def test_a_pii_items_editor_holds_the_other_fields_as_the_records_other_items_de
     pii_reviewer, csrf = signed_in(app, "pia")
     reviewer, _ = signed_in(app, "rita")
     fixed = {"action": "edit", "field": "completion", "value": "Transfers, says the bank.", "csrf_token": csrf}
+    fixed["seen"] = dec.revision(engine, completion)
     assert pii_reviewer.post(f"/items/{completion}/decide", data=fixed, follow_redirects=False).status_code == 303
     assert editor(pii_reviewer.get(f"/items/{prompt}").text)[1]["completion"] == "Transfers, says the bank."
     # The edit is stored as typed (a pii-reviewer's may hold PII): a reviewer is told of it, not shown it.
@@ -678,12 +695,13 @@ def test_a_pii_items_editor_holds_the_other_fields_as_the_records_other_items_de
     assert "Transfers, says the bank." not in page and NAME not in page
     assert re.search(r'id="edit-hidden">An edit in force sets completion;', page)
     # Posted again unchanged from the prompt's editor, the completion is no edit.
-    again = {**fixed, "value": "Transfers, says the bank.", "field": "completion"}
+    again = {**fixed, "value": "Transfers, says the bank.", "field": "completion", "seen": dec.revision(engine, prompt)}
     assert pii_reviewer.post(f"/items/{prompt}/decide", data=again).status_code == 400
     # Undone, and the completion's name marked not PII instead: published in clear, to every role.
     dec.undo_last(engine, "pia")
     span = json.loads(items["completion"]["payload"])["spans"][0]
     marked = {"action": "edit", "not_pii": f"completion:{span['start']}:{span['end']}", "csrf_token": csrf}
+    marked["seen"] = dec.revision(engine, completion)
     assert pii_reviewer.post(f"/items/{completion}/decide", data=marked, follow_redirects=False).status_code == 303
     assert editor(reviewer.get(f"/items/{prompt}").text) == (
         "prompt",
@@ -791,7 +809,8 @@ def test_a_reviewer_sees_no_pii_that_a_later_pii_stage_redacts(tmp_path: Path) -
         span = json.loads(item["payload"])["spans"][0]
         key = f"prompt:{span['start']}:{span['end']}"
         response = pii_reviewer.post(
-            f"/items/{item['item_id']}/decide", data={"action": "edit", "not_pii": key, "csrf_token": csrf}
+            f"/items/{item['item_id']}/decide",
+            data={"action": "edit", "not_pii": key, "csrf_token": csrf, "seen": dec.revision(engine, item["item_id"])},
         )
         assert response.status_code in (200, 303)
     assert NAME not in raw[1:]

@@ -207,7 +207,10 @@ def test_a_kept_item_offers_no_second_keep_and_its_editor_starts_from_the_edit_i
     # A keep posted anyway (a second tab) takes no decision: it would set aside the edit made after it.
     page.goto(f"{base}/items/{item['item_id']}")
     csrf = page.locator("#undo-form input[name=csrf_token]").get_attribute("value")
-    page.request.post(f"{base}/items/{item['item_id']}/decide", form={"csrf_token": csrf, "action": "keep"})
+    seen = page.locator("#approve-form input[name=seen]").get_attribute("value")
+    page.request.post(
+        f"{base}/items/{item['item_id']}/decide", form={"csrf_token": csrf, "action": "keep", "seen": seen}
+    )
     record = item["record_id"]
     assert [d["action"] for d in dec.history(engine, item["item_id"]) if d["user"] == "pia"][-2:] == ["keep", "edit"]
     decisions = dec.run_decisions(engine, "support")

@@ -240,6 +240,32 @@ def test_a_pii_again_stored_alone_takes_its_status_from_what_stands_when_it_is_s
     assert dec.not_pii_in_force(engine, 1) == set() and dec.get_item(engine, 1)["status"] == "approved"
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["decide", "decide_all"])
+@pytest.mark.parametrize("marks", [[DANA], [DANA, LONDON]], ids=["approve_alone", "approve_and_edit"])
+def test_a_pii_again_stored_after_a_reject_it_did_not_see_leaves_the_reject_standing(
+    tmp_path: Path, many: bool, marks: list[tuple[str, int, int]]
+) -> None:
+    # A PII again read before rita's reject and stored after it (a Label Studio task with no ``seen``)
+    # undid her reject: read as an edit, it published the record rejected, though it only redacts more.
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    add_items(
+        engine, "ds", 1, "run", pa.Table.from_pylist([flag("a", "pii", json.dumps(DANA_LONDON))], schema=FLAG_SCHEMA)
+    )
+    dec.decide(engine, 1, "pia", "edit", dec.Edit(not_pii=marks))
+    again = dec.pii_again(dec.in_force_on(engine, [1])[1], [DANA])
+    dec.decide(engine, 1, "rita", "reject")
+    action = "edit" if again else "approve"
+    if many:
+        dec.decide_all(engine, "bob", [(dec.get_item(engine, 1), action, again, None)])
+    else:
+        dec.decide(engine, 1, "bob", action, again)
+    assert dec.in_force_on(engine, [1])[1]["action"] == "reject" and dec.get_item(engine, 1)["status"] == "rejected"
+    assert dec.run_decisions(engine, "ds").rejected == {"a"}
+    # rita takes her reject back: bob's PII again stands, Dana redacted.
+    dec.undo_last(engine, "rita")
+    assert DANA not in dec.not_pii_in_force(engine, 1) and dec.run_decisions(engine, "ds").rejected == set()
+
+
 def test_the_newest_value_of_a_field_wins_across_the_items_of_a_record(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     prompt = {"field": "prompt", "original": "Ask Bob.", "spans": [{"start": 4, "end": 7, "entity": "PERSON"}]}

@@ -95,3 +95,20 @@ def test_a_decision_with_a_malformed_seen_is_refused_as_malformed_not_as_stale(t
     form = {"action": "approve", "csrf_token": csrf, "seen": seen}
     assert client.post("/items/1/decide", data=form, follow_redirects=False).status_code == 303
     assert dec.get_item(engine, 1)["status"] == "approved"
+
+
+def test_a_decision_without_seen_is_refused_not_taken_over_another_annotators(tmp_path: Path) -> None:
+    # Without a seen the two-annotator check was skipped: an old page or a script decided over bob's
+    # rejection without the 409 a page's post gets.
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    queue_of(state_url, "support", 1)
+    engine = sa.create_engine(state_url)
+    client = rita_on(state_url)
+    page = client.get("/items/1").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    dec.decide(engine, 1, "bob", "reject")
+    response = client.post("/items/1/decide", data={"action": "approve", "csrf_token": csrf}, follow_redirects=False)
+    assert response.status_code == 400
+    text = html.unescape(response.text)
+    assert "no seen:" in text and "the item's revision its page showed" in text and "reload the item's page" in text
+    assert [d["user"] for d in dec.history(engine, 1)] == ["bob"] and dec.get_item(engine, 1)["status"] == "rejected"

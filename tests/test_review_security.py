@@ -271,7 +271,8 @@ def test_pii_again_is_posted_as_every_decision_is(seeded: Seeded, server: str) -
     start = PII_COMPLETION.index(NAME)
     key = f"completion:{start}:{start + len(NAME)}"
     pia = Session(server, "pia")
-    assert pia.post(decide, {"action": "edit", "not_pii": key}).status_code == 303
+    seen = dec.revision(engine, item["item_id"])  # what the item's page posts
+    assert pia.post(decide, {"action": "edit", "not_pii": key, "seen": seen}).status_code == 303
     taken = dec.history(engine, item["item_id"])
     # Not signed in, or without the session's CSRF token: refused, as every post is.
     assert httpx.post(f"{server}{decide}", data={"action": "edit", "pii_again": key}).status_code == 401
@@ -283,13 +284,14 @@ def test_pii_again_is_posted_as_every_decision_is(seeded: Seeded, server: str) -
         ({"pii_again": "Maria"}, "a span is field:start:end"),
         ({"pii_again": key, "not_pii": key}, "not PII and PII again at once"),
     ):
-        refused = pia.post(decide, {"action": "edit", **form})
+        refused = pia.post(decide, {"action": "edit", "seen": dec.revision(engine, item["item_id"]), **form})
         assert refused.status_code == 400 and said in refused.text
     assert dec.history(engine, item["item_id"]) == taken
     # A reviewer, who may not mark a span not PII, may mark it PII again: it only redacts more.
     rita = Session(server, "rita")
     assert f'name="pii_again" value="{key}"' in rita.get(f"/items/{item['item_id']}").text
-    assert rita.post(decide, {"action": "edit", "pii_again": key}).status_code == 303
+    marked = {"action": "edit", "pii_again": key, "seen": dec.revision(engine, item["item_id"])}
+    assert rita.post(decide, marked).status_code == 303
     assert dec.not_pii_in_force(engine, item["item_id"]) == set()
     for name in ("rita", "pia"):  # leave the queue as the other tests found it
         dec.undo_last(engine, name)

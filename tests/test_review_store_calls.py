@@ -40,10 +40,13 @@ def test_pages_and_decisions_do_not_check_the_tables_again(tmp_path: Path) -> No
     engine: sa.Engine = app.state.engine
     statements: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    assert client.get("/items/1").status_code == 200
+    page = client.get("/items/1")
+    assert page.status_code == 200
     assert statements and _table_checks(statements) == []
     statements.clear()
-    decided = client.post("/items/1/decide", data={"action": "reject", "csrf_token": csrf}, follow_redirects=False)
+    seen = re.search(r'name="seen" value="([^"]+)"', page.text).group(1)
+    form = {"action": "reject", "csrf_token": csrf, "seen": seen}
+    decided = client.post("/items/1/decide", data=form, follow_redirects=False)
     assert decided.status_code == 303, decided.text
     assert statements and _table_checks(statements) == []
     statements.clear()

@@ -935,15 +935,15 @@ def _edit_from_form(form: FormData, view: dict[str, Any], user: User, fields: li
     return edit
 
 
-def _seen_posted(form: FormData) -> str | None:
-    """The revision of the item's decisions the form's page showed (none from a form without one); 400
-    for one no page sends: taken as stale, it would be refused as changed since the page showed it."""
+def _seen_posted(form: FormData) -> str:
+    """The revision of the item's decisions the form's page showed; 400 for a form without one (taken, it
+    would decide over another annotator's decision unchecked) or with one no page sends (taken as stale,
+    it would be refused as changed since the page showed it)."""
     seen = form.get("seen")
-    if not isinstance(seen, str):
-        return None
-    if not dec.REVISION.fullmatch(seen):
-        raise HTTPException(400, f"no seen {seen!r}: it is the item's revision its page showed; reload the item's page")
-    return seen
+    if isinstance(seen, str) and dec.REVISION.fullmatch(seen):
+        return seen
+    sent = f" {seen!r}" if isinstance(seen, str) else ""
+    raise HTTPException(400, f"no seen{sent}: it is the item's revision its page showed; reload the item's page")
 
 
 def _spans_posted(form: FormData, name: str) -> list[tuple[str, int, int]]:

@@ -299,7 +299,7 @@ def _decision_rows(
         # (an import of a task with no ``seen``): the status is what stands now, as ``in_force`` reads it.
         if fields_of(previous) or not_pii_of(previous) - set(edit.again):
             status = STATUS_OF["edit"]
-        return [row], status
+        return [row], _status_after_again(status, previous, edit)
     if action != "edit" or edit is None or not edit.replaces:
         row, status = _decision_row(item, user, action, edit, status, previous)
         return [row], status
@@ -309,7 +309,13 @@ def _decision_rows(
     # before reads the copy in ``after``.
     said = _said_again(edit) if edit.own is not None else {}
     row["before"] = json.dumps({**json.loads(row["before"]), "replaces": True, **said})
-    return [approve, row], status
+    return [approve, row], _status_after_again(status, previous, edit) if said else status
+
+
+def _status_after_again(status: str, previous: dict[str, Any] | None, edit: Edit) -> str:
+    """The item's status after a "PII again" (``pii_again``): a reject in force that it was read before
+    (a task with no ``seen``) stands after one with nothing of its own, as ``in_force`` reads it."""
+    return STATUS_OF["reject"] if previous is not None and previous["action"] == "reject" and not edit.own else status
 
 
 def _said_again(edit: Edit) -> dict[str, Any]:
@@ -440,7 +446,7 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     A "PII again" (``pii_again``: an approve and an edit that copies what stands) is read as what it says
     alone, the spans it makes PII again taken out and its own values added, so the values it copied stay
     the edits of those who made them; stored as an approve alone (nothing else stood), it takes the spans
-    out and sets nothing aside. ``field_ids`` says which decision set each field's value, for
+    out and sets nothing aside, and with nothing of its own it leaves a reject standing. ``field_ids`` says which decision set each field's value, for
     merging the items of a record (``newest_fields``)."""
     if not rows:
         return None
@@ -454,7 +460,10 @@ def in_force(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             rejected, kept, fields, spans, field_ids = row["action"] == "reject", row["action"] == "keep", {}, [], {}
             continue
         after = again if again is not None else json.loads(row["after"])
-        rejected = False  # a keep ("not a duplicate") stands: an edit after it adds to it
+        # A keep ("not a duplicate") stands: an edit after it adds to it. A reject stands after a PII
+        # again with nothing of its own: that only redacts more (one read before the reject came).
+        if again is None or again.get("fields") or again.get("not_pii"):
+            rejected = False
         fields.update(after.get("fields", {}))
         field_ids.update(dict.fromkeys(after.get("fields", {}), row["decision_id"]))
         # Spans marked PII again: ``Edit.again``, or as a store written by a release before ``Edit.replaces`` may hold them.
