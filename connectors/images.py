@@ -89,10 +89,10 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
                 fmt, (width, height) = probe.format or "", probe.size
         except Image.DecompressionBombError as error:
             raise ImageProblem("decompression_bomb", str(error)) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             # Pillow opens a WebP by decoding it, so one cut short does not open; its RIFF header tells it apart.
             if (whole := _webp_cut_short(data)) is None:
-                raise ImageProblem("unsupported", "not an image Pillow can read") from None
+                raise ImageProblem("unsupported", not_an_image(error)) from None
             fmt, width, height = "WEBP", 0, 0
         # Pillow names a JPEG that holds more pictures (a phone camera's depth map or preview, CIPA's
         # Multi-Picture Format) MPO; its first picture is the photo, a JPEG, and only that is kept.
@@ -114,8 +114,7 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
                 image.load()  # decodes every pixel: catches truncated data that verify() lets through
                 upright = ImageOps.exif_transpose(image)
         except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
-            reason = "truncated" if "truncated" in str(error).lower() else "corrupt"
-            raise ImageProblem(reason, f"{fmt} image does not decode: {error}") from None
+            raise undecoded(fmt, error) from None
     out_format = REENCODE[fmt]
     buffer = io.BytesIO()
     try:
@@ -126,6 +125,22 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
         ) from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def not_an_image(error: Exception) -> str:
+    """The detail of bytes Pillow did not open, with its own reason where it gave one (a PNG text chunk too
+    large to decompress); not where it found no format, whose message only shows the file object's address."""
+    why = str(error).strip().splitlines()
+    if isinstance(error, UnidentifiedImageError) or not why:
+        return "not an image Pillow can read"
+    return f"not an image Pillow can read ({why[0]})"
+
+
+def undecoded(fmt: str, error: Exception) -> ImageProblem:
+    """Why an image of ``fmt`` that Pillow opened did not decode (``error``): ``truncated`` where its data
+    ends early, else ``corrupt``."""
+    reason = "truncated" if "truncated" in str(error).lower() else "corrupt"
+    return ImageProblem(reason, f"{fmt} image does not decode: {error}")
 
 
 def _webp_cut_short(data: bytes) -> int | None:
@@ -142,31 +157,37 @@ def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Ima
     clean = Image.frombytes(upright.mode, upright.size, upright.tobytes())
     if upright.mode == "P":
         clean.putpalette(upright.getpalette())
+    clean = _eight_bit_grey(clean)
     if max_side is not None and max(clean.size) > max_side:
-        if clean.mode.startswith("I;16"):
-            # Pillow's shrinking refuses 16-bit samples ("image has wrong mode") but takes 32-bit ones; they
-            # go back to 16 bits, any overshoot of the filter past 65535 clipped rather than the image scaled.
-            clean = Image.fromarray(np.asarray(clean, dtype=np.int32))  # 2-D int32: mode I
-            clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            clean = Image.fromarray(np.clip(np.asarray(clean), 0, 65535).astype(np.uint16))  # mode I;16
-        else:
-            clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        clean.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     if "transparency" in upright.info:  # a palette or colour drawn transparent: pixels, not metadata
         clean.info["transparency"] = upright.info["transparency"]
     if out_format == "JPEG" and clean.mode not in ("RGB", "L", "CMYK"):
         return clean.convert("RGB")
-    if out_format == "PNG" and clean.mode in ("I", "F"):
-        return _sixteen_bit(clean)
     if out_format == "PNG" and clean.mode not in PNG_MODES:
         # A TIFF scan in CMYK, YCbCr or LAB: PNG cannot hold it.
         return clean.convert("RGBA" if clean.mode in ("PA", "RGBa", "La") else "RGB")
     return clean
 
 
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """Greyscale of 16 or 32 bits, or float (``I;16*``, ``I``, ``F``), as 8-bit grey (``L``): a trainer's
+    processor converts the image to RGB, which clips every sample over 255, so a 16-bit scan reached it as a
+    white page. Samples of the 16-bit range are scaled as a viewer shows them (/257); ones of 0-255 alone
+    (8-bit values widened) are kept, which that conversion never clipped. Other modes are returned as they are."""
+    if image.mode in ("I", "F"):
+        image = _sixteen_bit(image)
+    if not image.mode.startswith("I;16"):
+        return image
+    samples = np.asarray(image).astype(np.float64)
+    if samples.max(initial=0) > 255:
+        samples = np.rint(samples / 257)
+    return Image.fromarray(samples.astype(np.uint8))  # 2-D uint8: mode L
+
+
 def _sixteen_bit(image: Image.Image) -> Image.Image:
-    """A greyscale TIFF of 32-bit int or float samples (``I``, ``F``) as 16-bit greyscale, which PNG holds:
-    samples past 65535 scaled into it, a float image of 0-1 spread over it. Pillow's conversion to RGB
-    clipped every sample over 255: a 16-bit scan kept as 32-bit samples became a white page."""
+    """A greyscale TIFF of 32-bit int or float samples (``I``, ``F``) as 16-bit greyscale: samples past 65535
+    scaled into it, a float image of 0-1 spread over it."""
     samples = np.clip(np.asarray(image, dtype=np.float64), 0, None)
     top = float(samples.max(initial=0))
     if top > 65535 or (image.mode == "F" and 0 < top <= 1):

@@ -219,8 +219,8 @@ def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: P
     assert {answer: image.mode for answer, image in cleaned.items() if answer != "RGB"} == {
         "CMYK": "RGB",
         "YCbCr": "RGB",
-        "I": "I;16",
-        "F": "I;16",
+        "I": "L",
+        "F": "L",
         "LAB": "RGB",
         "PA": "RGBA",
     }
@@ -230,12 +230,13 @@ def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: P
 @pytest.mark.parametrize(
     ("mode", "samples", "kept"),
     [
-        ("I", [0, 4000, 60000], [0, 4000, 60000]),  # a 16-bit scan kept as 32-bit samples
-        ("I", [0, 70000, 140000], [0, 32768, 65535]),  # past 16 bits: scaled into them
-        ("F", [0.0, 0.5, 1.0], [0, 32768, 65535]),  # a float image of 0-1
+        ("I", [0, 4000, 60000], [0, 16, 233]),  # a 16-bit scan kept as 32-bit samples
+        ("I", [0, 70000, 140000], [0, 128, 255]),  # past 16 bits: scaled into them
+        ("F", [0.0, 0.5, 1.0], [0, 128, 255]),  # a float image of 0-1
+        ("I", [0, 20, 230], [0, 20, 230]),  # 8-bit values widened: kept
     ],
 )
-def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_16_bit_grey_not_clipped_white(
+def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_8_bit_grey_not_clipped_white(
     mode: str, samples: list[float], kept: list[int]
 ) -> None:
     import numpy as np
@@ -246,8 +247,35 @@ def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_16_bit_grey_not_clipp
     buffer = io.BytesIO()
     Image.fromarray(values, mode=mode).save(buffer, "TIFF")
     cleaned = Image.open(io.BytesIO(clean_image(buffer.getvalue(), ["TIFF"], 10**6).data))
-    assert cleaned.format == "PNG" and cleaned.mode == "I;16"
-    assert np.asarray(cleaned)[0, :3].tolist() == kept
+    assert cleaned.format == "PNG" and cleaned.mode == "L"
+    assert np.asarray(cleaned.convert("RGB"))[0, :3, 0].tolist() == kept
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "levels", "kept"),
+    [
+        ("PNG", "I;16", (5140, 60000), (20, 233)),  # a 16-bit scanner's page
+        ("TIFF", "I;16B", (5140, 60000), (20, 233)),
+        ("PNG", "I;16", (20, 230), (20, 230)),  # 8-bit values widened, which RGB never clipped
+    ],
+)
+def test_a_16_bit_grey_scan_is_kept_as_8_bit_grey_that_a_trainers_rgb_conversion_shows(
+    fmt: str, mode: str, levels: tuple[int, int], kept: tuple[int, int]
+) -> None:
+    # Kept 16-bit, it reached the trainer white: its processor's convert("RGB") clips every sample over 255.
+    import numpy as np
+
+    from connectors.images import clean_image
+
+    page = np.full((40, 60), levels[1], dtype=np.uint16)
+    page[10:30, 10:50] = levels[0]  # dark text on it
+    buffer = io.BytesIO()
+    big_endian = mode == "I;16B"  # Pillow's convert to I;16B clips at 255 itself
+    Image.frombytes(mode, (60, 40), page.astype(">u2" if big_endian else "<u2").tobytes()).save(buffer, fmt)
+    cleaned = Image.open(io.BytesIO(clean_image(buffer.getvalue(), ["PNG", "TIFF"], 10**6).data))
+    assert cleaned.format == "PNG" and cleaned.mode == "L"
+    seen = np.asarray(cleaned.convert("RGB"))
+    assert (seen[20, 20].tolist(), seen[2, 2].tolist()) == ([kept[0]] * 3, [kept[1]] * 3)
 
 
 def grey16(fmt: str, value: int, mode: str = "I;16") -> bytes:
@@ -256,7 +284,7 @@ def grey16(fmt: str, value: int, mode: str = "I;16") -> bytes:
     return buffer.getvalue()
 
 
-def test_16_bit_grey_scans_are_resized_to_max_side_as_16_bit_not_failing_the_run(workdir: Path) -> None:
+def test_16_bit_grey_scans_are_resized_to_max_side_as_8_bit_grey_not_failing_the_run(workdir: Path) -> None:
     # Pillow's shrinking refuses I;16 and I;16B: "image has wrong mode" failed the whole run, naming no file.
     (workdir / "img").mkdir()
     scans = {"scan.png": grey16("PNG", 40000), "scan.tif": grey16("TIFF", 50000, "I;16B"), "form.png": png((120, 80))}
@@ -276,9 +304,9 @@ def test_16_bit_grey_scans_are_resized_to_max_side_as_16_bit_not_failing_the_run
         for line in outputs(Path(result.version_uri))
     }
     assert {name: image.size for name, image in kept.items()} == dict.fromkeys(scans, (24, 16))
-    # Still 16-bit, its samples as they were (neither clipped to 8 bits nor scaled).
-    assert kept["scan.png"].mode == kept["scan.tif"].mode == "I;16"
-    assert kept["scan.png"].getextrema() == (40000, 40000) and kept["scan.tif"].getextrema() == (50000, 50000)
+    # As 8-bit grey, its samples scaled from the 16-bit range (not clipped white).
+    assert kept["scan.png"].mode == kept["scan.tif"].mode == "L"
+    assert kept["scan.png"].getextrema() == (156, 156) and kept["scan.tif"].getextrema() == (195, 195)
 
 
 def test_an_image_pillow_cannot_resize_quarantines_its_row_naming_it_not_the_run(
@@ -332,6 +360,26 @@ def test_an_image_cut_short_is_quarantined_as_truncated(fmt: str) -> None:
     with pytest.raises(images.ImageProblem, match="WEBP images are not accepted") as problem:
         clean_image(noise("WEBP")[:500], ["PNG"], 10**6)  # a format the source does not take: that first
     assert problem.value.reason == "unsupported"
+
+
+def test_a_png_pillow_will_not_open_says_pillows_reason() -> None:
+    # "not an image Pillow can read" alone did not say the file was a PNG whose text chunk was too large.
+    from PIL import PngImagePlugin
+
+    from connectors.images import clean_image
+
+    texts = PngImagePlugin.PngInfo()
+    texts.add_text("notes", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 8)).save(buffer, "PNG", pnginfo=texts)
+    with pytest.raises(images.ImageProblem) as problem:
+        clean_image(buffer.getvalue(), ["PNG"], 10**6)
+    assert problem.value.reason == "unsupported"
+    assert problem.value.detail == (
+        "not an image Pillow can read (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"
+    )
+    with pytest.raises(images.ImageProblem, match=r"^not an image Pillow can read$"):  # no format found: no more said
+        clean_image(b"plain text", ["PNG"], 10**6)
 
 
 def test_a_tiff_of_several_pages_is_kept_as_its_first_page() -> None:

@@ -208,6 +208,43 @@ def test_an_image_of_more_pixels_than_pillow_opens_is_quarantined_not_a_tracebac
     assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:2: image: bomb.png: Image size (400000000 pixels)")
 
 
+def noise(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((200, 200), 50).convert("RGB").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_an_image_cut_short_or_damaged_is_quarantined_not_published(workdir: Path) -> None:
+    # Only its header was read: a JPEG cut in half was published, and any loader of the dataset raised
+    # "image file is truncated" (the images source quarantines it). A PNG whose text chunk Pillow will not
+    # decompress was "not an image Pillow can read", without Pillow's reason.
+    from PIL import PngImagePlugin
+
+    jpeg, png_data = noise("JPEG"), bytearray(noise("PNG"))
+    png_data[300:500] = bytes(b ^ 0xFF for b in png_data[300:500])  # in its pixel data: a broken stream
+    texts = PngImagePlugin.PngInfo()
+    texts.add_text("notes", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 8)).save(buffer, "PNG", pnginfo=texts)
+    bad = {"cut.jpg": jpeg[: len(jpeg) // 2], "broken.png": bytes(png_data), "notes.png": buffer.getvalue()}
+    for name, data in bad.items():
+        (workdir / name).write_bytes(data)
+    images = [*pictures(workdir / "scans", 1), *bad]
+    write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
+    result = run(workdir, recipe("out", "state.db", validation_fraction=0.0))
+    assert result.manifest.counts.written == 1
+    details = sorted(row["detail"] for row in set_aside(Path(result.version_uri)))
+    path = workdir / "qa.jsonl"
+    said = [
+        f"{path}:2: image: cut.jpg: JPEG image does not decode: image file is truncated",  # (N bytes not processed)
+        f"{path}:3: image: broken.png: PNG image does not decode: broken data stream when reading image file",
+        f"{path}:4: image: notes.png: not an image Pillow can read "
+        "(Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)",
+    ]
+    assert len(details) == 3 and all(d.startswith(s) for d, s in zip(details, said, strict=True))
+    assert result.manifest.counts.reasons["quarantined"] == {"truncated": 1, "corrupt": 1, "unsupported": 1}
+
+
 def test_a_phone_photo_written_as_mpo_is_published_as_a_jpeg(workdir: Path) -> None:
     # Many phone cameras write a JPEG as MPO (Multi-Picture Format: the photo, then a second picture);
     # Pillow names its format MPO, which the format took for no image: quarantined as `unsupported`.

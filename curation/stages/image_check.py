@@ -4,8 +4,9 @@ A VQA record from a files, SQL or Hugging Face source names its image by a path 
 ``jumpstart-vqa`` format reads when it writes the record (the ``images`` connector, and a Hugging Face
 source's ``Image()`` feature, hand the verified bytes on instead). An image that is not there, cannot be
 read or is not one of the format's image types failed the whole run after everything was read; here its
-record is set aside with its reason.
-Only the image's header is read (Pillow identifies it from that): the writer reads it whole, once.
+record is set aside with its reason. Each image is decoded here, one at a time, as the images connector
+decodes its own: one cut short or damaged was published as it is (the writer copies its bytes), and failed
+the training job that loaded it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
 from schemas.records import input_record_json, location, set_aside_rows
 
-# Bytes read at a time while Pillow looks for the header: one request for most S3 images, not one per marker.
+# Bytes read at a time as Pillow reads an image: one request for most S3 images, not one per marker.
 _READ_SIZE = 64 * 1024
 
 
@@ -83,6 +84,8 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     begins with its ``name`` as the record gives it, as the images connector's details do), or None."""
     from PIL import Image
 
+    from connectors.images import not_an_image, undecoded
+
     name = uri if name is None else name
     if "\x00" in uri:  # no file system takes it (Arrow raises ValueError), and a detail should not hold it
         return "missing_image", "names no file: the name holds a NUL character"
@@ -103,26 +106,36 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     raw = _Reads(handle)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only its header is read here
+            # Pillow's own limit (twice this warning's) is the one enforced here: past it, opening raises.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BufferedReader(raw, _READ_SIZE)) as image:
                 found = image.format or ""
+                if found not in IMAGE_EXTENSIONS:
+                    accepted = ", ".join(IMAGE_EXTENSIONS)
+                    return "unsupported", f"{name}: {found} images are not accepted (accepted: {accepted})"
+                try:
+                    image.load()
+                except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
+                    if raw.error is not None:
+                        raise
+                    problem = undecoded(found, error)
+                    return problem.reason, f"{name}: {problem.detail}"
     except Image.DecompressionBombError as error:
         return "decompression_bomb", f"{name}: {error}"
-    except Exception:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
+    except Exception as error:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         if raw.error is not None:  # opened, then not read (an I/O error): for now only
             return "unreadable", f"{name}: cannot read ({_why(raw.error)})"
-        return "unsupported", f"{name}: not an image Pillow can read"
+        return "unsupported", f"{name}: {not_an_image(error)}"
     finally:
         handle.close()
-    if found not in IMAGE_EXTENSIONS:
-        return "unsupported", f"{name}: {found} images are not accepted (accepted: {', '.join(IMAGE_EXTENSIONS)})"
     return None
 
 
 class ImageCheck:
     """Per batch: the VQA records whose image (a path or URI, with no bytes from the images connector) is
-    not there, cannot be read or is not an image the output takes, set aside as the images connector sets
-    such a row aside (``missing_image``, ``unreadable``, ``unsupported``); the rest kept as they are."""
+    not there, cannot be read, is not an image the output takes or does not decode, set aside as the images
+    connector sets such a row aside (``missing_image``, ``unreadable``, ``unsupported``, ``truncated``,
+    ``corrupt``); the rest kept as they are."""
 
     name = "image_check"
 
