@@ -119,10 +119,45 @@ def _text_or_not_utf8(data: bytes) -> str | NotUtf8:
         return NotUtf8(data)
 
 
-class _KeepsNotUtf8(sa.types.TypeDecorator):
-    """A SQLite column's type whose values SQLAlchemy converts as it fetches them (DATETIME, DATE, JSON, BOOLEAN),
-    giving ``NotUtf8`` as it is: converted, it failed the run ('not of its column's declared type'), or, a
-    BOOLEAN, was published as true; kept, its row is set aside as any other such text's."""
+class Mistyped(Unreadable):
+    """A SQLite value its column's declared type does not take ('garbage' in a DATE, 'not json' in a JSON, text in
+    a NUMERIC or a BOOLEAN), as SQLite holds it: SQLite keeps any value in any column; converted, it failed the
+    run, or, text in a BOOLEAN, was published as its truthiness ('false' as true); its row is set aside."""
+
+    __slots__ = ("declared", "value")
+
+    def __init__(self, value: str | bytes | int | float, declared: str) -> None:
+        text = value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
+        super().__init__(text, 0)
+        self.value, self.declared = value, declared
+
+    def bound(self) -> sa.ColumnElement[Any]:
+        """The value as SQLite holds it, for a key asked (through the column's type it would be converted)."""
+        return sa.literal(self.value, sa.types.NullType())
+
+
+def _sqlite_decimal(value: Any) -> Any:
+    """A SQLite NUMERIC or DECIMAL value as the number SQLite holds: SQLAlchemy's Decimal rounds it to the scale
+    declared, else to 10 places (0.123456789012 was 0.1234567890, 1200 was 1200.0000000000), though SQLite
+    keeps every digit whatever the scale. A float by its shortest text, the one Python and SQLite write."""
+    if isinstance(value, int | float):
+        return Decimal(value if isinstance(value, int) else repr(value))
+    raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
+
+
+def _sqlite_boolean(value: Any) -> Any:
+    """A SQLite BOOLEAN value as SQLite's own IS TRUE takes it: any number but 0 is true. Text there ('false',
+    'no') is not SQLite's (which writes a boolean as 0 or 1, and its affinity makes '0' and '1' numbers):
+    SQLAlchemy published it by Python's truthiness, 'false' as true."""
+    if isinstance(value, int | float):
+        return value != 0
+    raise TypeError("text where a boolean is declared")
+
+
+class _AsSqliteHolds(sa.types.TypeDecorator):
+    """A SQLite column's type whose values SQLAlchemy converts as it fetches them (DATETIME, DATE, JSON, BOOLEAN,
+    NUMERIC), giving ``NotUtf8`` as it is, and a value the type does not take as ``Mistyped``: converted, either
+    failed the run ('not of its column's declared type'); kept, its row is set aside as any other such value's."""
 
     impl = sa.types.NullType
     cache_ok = False  # the type it wraps is no cache key
@@ -136,14 +171,29 @@ class _KeepsNotUtf8(sa.types.TypeDecorator):
 
     def result_processor(self, dialect: sa.Dialect, coltype: object) -> Callable[[Any], Any] | None:
         own = super().result_processor(dialect, coltype)
+        if isinstance(self.inner, sa.Boolean):
+            own = _sqlite_boolean
+        elif isinstance(self.inner, sa.Numeric) and own is not None:  # a Float (REAL) is read as it is
+            own = _sqlite_decimal
         if own is None:
             return None
-        return lambda value: value if isinstance(value, NotUtf8) else own(value)
+        declared = str(self.inner)
+
+        def read(value: Any) -> Any:
+            if value is None or isinstance(value, NotUtf8):
+                return value
+            try:
+                return own(value)
+            except (ValueError, TypeError, ArithmeticError):  # its message may quote the value: not kept
+                return Mistyped(value, declared)
+
+        return read
 
 
 def _as_read(column: sa.Column[Any]) -> sa.Label[Any]:
-    """A SQLite table's column as a read takes it: converted by its type, but text that is not UTF-8 as it is."""
-    return sa.type_coerce(column, _KeepsNotUtf8(column.type)).label(column.name)
+    """A SQLite table's column as a read takes it: converted by its type, but text that is not UTF-8, and a value
+    the type does not take, as they are."""
+    return sa.type_coerce(column, _AsSqliteHolds(column.type)).label(column.name)
 
 
 def _lenient_text(connection: Any, _record: Any = None) -> None:
@@ -252,6 +302,13 @@ def unreadable_columns(columns: Sequence[str], rows: Sequence[Sequence[Any]], ma
     if Unreadable.made == made:
         return [[]] * len(rows)
     return [[name for name, value in zip(columns, row, strict=True) if _holds_unreadable(value)] for row in rows]
+
+
+def _sqlite_kind(value: Any) -> str:
+    """What SQLite holds, by its storage class (not the value: it may be customer data)."""
+    if isinstance(value, bytes):
+        return "a blob"
+    return "text" if isinstance(value, str) else "an integer" if isinstance(value, int) else "a real"
 
 
 def _columns_named(names: list[str]) -> str:
@@ -489,10 +546,11 @@ def _no_value(value: Any) -> bool:
     """NULL, NaN (PostgreSQL's float and numeric hold it; it equals nothing in Python, and a decimal NaN
     does not compare at all) or an infinity (of a number too: a watermark at it would take no later row):
     no place in the cursor's order. SQLite text that is not UTF-8 has one (its bytes'): its row is set aside
-    for what it holds, and the watermark may be it (``cursor_encoded``)."""
+    for what it holds, and the watermark may be it (``cursor_encoded``); so is one of a ``Mistyped`` value, which
+    has none (``CursorRange.is_new_unplaced``)."""
     if isinstance(value, float | Decimal):
         return value != value or math.isinf(value)
-    return value is None or (isinstance(value, Unreadable) and not isinstance(value, NotUtf8))
+    return value is None or (isinstance(value, Unreadable) and not isinstance(value, NotUtf8 | Mistyped))
 
 
 def _above(value: Any, other: Any) -> bool:
@@ -1003,7 +1061,9 @@ class SqlSourceReader:
             # before the watermark are read, compared by their text.
             yield sa.true()
             return
-        values = [tuple(part.bound() if isinstance(part, NotUtf8) else part for part in value) for value in values]
+        values = [
+            tuple(part.bound() if isinstance(part, NotUtf8 | Mistyped) else part for part in value) for value in values
+        ]
         dialect = self._db.dialect.name if self._db is not None else ""
         if dialect == "postgresql":
             # A float goes as untyped text, which PostgreSQL reads as the key column's own type: bound as a
@@ -1057,7 +1117,7 @@ class SqlSourceReader:
                 span.is_new_null(content)
                 if _no_value(value)
                 else span.is_new_unplaced(content)
-                if span.as_moments and isinstance(value, NotUtf8)
+                if isinstance(value, Mistyped) or (span.as_moments and isinstance(value, NotUtf8))
                 else span.is_new(value, content, *tie)
                 for value, content, tie in zip(values, contents, ties, strict=True)
             ]
@@ -1104,14 +1164,19 @@ class SqlSourceReader:
         def said(line: int, at: int) -> str:
             record, names = records[at], unreadable[at]
             text = [n for n in names if isinstance(record[n], NotUtf8)]
-            moments = [n for n in names if n not in text]
+            mistyped = [n for n in names if isinstance(record[n], Mistyped)]
+            moments = [n for n in names if n not in text and n not in mistyped]
             parts = [f"{_columns_named(text)} text that is not UTF-8"] if text else []
+            parts += [
+                f"column {n!r} holds {_sqlite_kind(record[n].value)} that is no {record[n].declared} value"
+                for n in mistyped
+            ]
             if moments:
                 parts.append(
                     f"{_columns_named(moments)} a date or time Python cannot hold (infinity, a year before 1 or "
                     "after 9999, 24:00, an interval past 999,999,999 days)"
                 )
-            cast = "text" if moments else "BLOB"
+            cast = "text" if moments or mistyped else "BLOB"
             where = f"{self.uri}:{line}{self._row_named(record)}"
             return f"{where}: {'; '.join(parts)}; CAST it to {cast} in a query to read such rows"
 

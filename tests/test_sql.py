@@ -491,29 +491,99 @@ def test_sqlite_text_that_is_not_utf8_in_a_table_without_a_cursor_is_set_aside_o
     assert "jane" not in aside["detail"]
 
 
-def test_a_value_not_of_its_columns_declared_type_is_named_not_shown(tmp_path: Path) -> None:
-    # SQLite keeps text in a DATETIME column; SQLAlchemy converts it as it fetches the row.
-    url = f"sqlite:///{tmp_path}/crm.db"
-    engine = sa.create_engine(url)
-    with engine.begin() as db:
-        db.execute(sa.text("CREATE TABLE events (subject TEXT, reply TEXT, at DATETIME)"))
-        db.execute(sa.text("INSERT INTO events VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', 'Maria Lopez')"))
-        db.execute(sa.text("CREATE TABLE stamps (subject TEXT, reply TEXT, at DATETIME)"))
-        db.execute(
-            sa.text(
-                "INSERT INTO stamps VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', '2026-01-02 10:00:00+02:00')"
-            )
-        )
-    engine.dispose()
-    with pytest.raises(
-        SqlSourceError,
-        match=r"crm.db#events: cannot read rows 1 to 10: a value there is not of its column's declared type",
-    ) as raised:
-        read_all(SqlSource(type="sql", url=url, table="events"), 10)
-    assert "Maria" not in str(raised.value)
-    # A moment without a UTC offset is UTC (as SQLite's date functions read it): it compares with one with.
-    stamps = read_all(SqlSource(type="sql", url=url, table="stamps", cursor="at"), 10)
-    assert [row["subject"] for batch in stamps for row in batch.rows.to_pylist()] == ["a", "b"]
+@pytest.mark.parametrize("key", [["id"], []])
+@pytest.mark.parametrize(
+    ("declared", "good", "bad", "kind"),
+    [
+        ("DATETIME", "'2026-01-01 10:00:00'", "'Maria Lopez'", "text"),
+        ("DATE", "'2026-01-01'", "20260101", "an integer"),
+        ("JSON", "'{\"a\": 1}'", "'Maria Lopez'", "text"),
+        ("NUMERIC", "1.5", "'Maria Lopez'", "text"),
+        ("BOOLEAN", "0", "'false'", "text"),
+    ],
+)
+def test_a_sqlite_value_not_of_its_columns_declared_type_quarantines_its_row_naming_not_showing_it(
+    workdir: Path, key: list, declared: str, good: str, bad: str, kind: str
+) -> None:
+    # SQLite keeps any value in any column; SQLAlchemy converts it as it fetches the row: one such value failed
+    # the whole run ("cannot read rows 1 to 50000: a value there is not of its column's declared type"), or, text
+    # in a BOOLEAN, was published by Python's truthiness ('false' as true).
+    url = sqlite_db(
+        workdir / "crm.db",
+        f"CREATE TABLE t (id INTEGER, subject TEXT, v {declared}, u INTEGER)",
+        f"INSERT INTO t VALUES (1, 'ok', {good}, 1), (2, 'bad', {bad}, 2), (3, 'fine', {good}, 3)",
+    )
+    spec = recipe(url, table="t", cursor="u", key=key)
+    spec["record"]["completion"] = "{{ subject }}."
+    first = run(workdir, spec)
+    assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["fine", "ok"]
+    assert first.manifest.counts.quarantined == 1 == first.manifest.counts.reasons["quarantined"]["schema"]
+    (aside,) = set_aside(Path(first.version_uri))
+    named = "(key id=2)" if key else "(cursor u=2)"
+    assert aside["detail"] == (
+        f"{url}#t:2 {named}: column 'v' holds {kind} that is no {declared} value; CAST it to text in a query to read "
+        "such rows"
+    )
+    assert json.loads(aside["record"])["v"] == bad.strip("'")
+    with contextlib.closing(sqlite3.connect(workdir / "crm.db")) as db:
+        db.execute(f"INSERT INTO t VALUES (4, 'new', {good}, 4)")
+        db.commit()
+    second = run(workdir, spec)
+    assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (1, 0)
+
+
+def test_a_sqlite_cursor_of_moments_holding_a_value_that_is_no_moment_sets_its_row_aside_once(workdir: Path) -> None:
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (subject TEXT, reply TEXT, at DATETIME)",
+        "INSERT INTO t VALUES ('a', 'x', '2026-01-01 10:00:00'), ('b', 'y', 'Maria Lopez'),"
+        " ('c', 'z', '2026-01-02 10:00:00+02:00')",
+    )
+    first = run(workdir, recipe(url, table="t", cursor="at"))
+    assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["a", "c"]
+    (aside,) = set_aside(Path(first.version_uri))
+    assert aside["detail"].startswith(f"{url}#t:3 (cursor at=Maria Lopez): column 'at' holds text that is no DATETIME")
+    with contextlib.closing(sqlite3.connect(workdir / "crm.db")) as db:
+        db.execute("INSERT INTO t VALUES ('d', 'w', '2026-01-03 10:00:00')")
+        db.commit()
+    second = run(workdir, recipe(url, table="t", cursor="at"))
+    assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (1, 0)
+    assert [line["prompt"] for line in processed(Path(second.version_uri))] == ["d"]
+
+
+def _sqlite_published(workdir: Path, columns: str, rows: str, completion: str) -> tuple[dict[str, str], Path]:
+    """Each row's completion, by its subject, as a run of table t (``columns``, after id and subject) publishes it."""
+    url = sqlite_db(
+        workdir / "crm.db", f"CREATE TABLE t (id INTEGER, subject TEXT, {columns})", f"INSERT INTO t VALUES {rows}"
+    )
+    spec = recipe(url, table="t", key=["id"])
+    spec["record"]["completion"] = completion
+    version = Path(run(workdir, spec).version_uri)
+    return {line["prompt"]: line["completion"] for line in processed(version)}, version
+
+
+def test_a_sqlite_numeric_is_published_as_the_number_sqlite_holds(workdir: Path) -> None:
+    # SQLAlchemy's Decimal rounded it to the declared scale, else to 10 places, though SQLite keeps every digit.
+    published, _ = _sqlite_published(
+        workdir,
+        "n NUMERIC, fee DECIMAL(10, 2)",
+        "(1, 'a', 0.123456789012, 3.14159), (2, 'b', 1e-12, 2), (3, 'c', 1200, 0.5)",
+        "{{ n }} {{ fee }}",
+    )
+    assert published == {"a": "0.123456789012 3.14159", "b": "0.000000000001 2", "c": "1200 0.5"}
+
+
+def test_a_sqlite_boolean_is_true_for_any_number_but_0_as_sqlite_takes_it(workdir: Path) -> None:
+    # SQLite's IS TRUE: any number but 0; its affinity makes the text '0' and '1' numbers. Other text is no
+    # boolean SQLite wrote (see the test above): 'false' was published as true.
+    published, version = _sqlite_published(
+        workdir,
+        "flag BOOLEAN",
+        "(1, 'a', 1), (2, 'b', 0), (3, 'c', 2), (4, 'd', -1), (5, 'e', '0'), (6, 'f', 'no')",
+        "{{ flag }}",
+    )
+    assert published == {"a": "true", "b": "false", "c": "true", "d": "true", "e": "false"}
+    assert [json.loads(line["record"])["flag"] for line in set_aside(version)] == ["no"]
 
 
 @pytest.mark.parametrize("source", [{"table": "tickets"}, {"query": "SELECT * FROM tickets"}])
