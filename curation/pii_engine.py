@@ -130,15 +130,32 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
     # Its bundled snapshot is enough to tell a domain from a non-domain (and needs no disk cache).
     offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
+    # An address in a URL's query has its @ percent-encoded (email=tom.jones%40example.org), which
+    # presidio's pattern, needing a literal @, misses. The local part stops at the query's own
+    # delimiters (= & ?), so the span is the address alone; it is scored as presidio scores an address.
+    encoded_email = Pattern(
+        "Email, URL-encoded @ (medium)",
+        r"(?<![\w.+%-])(?:[\w.+-]|%[0-9A-Fa-f]{2})*\w%40\w+(?:-+\w+)*(?:\.\w+(?:-+\w+)*)+\b",
+        EmailRecognizer.PATTERNS[0].score,
+    )
+
     class OfflineEmailRecognizer(EmailRecognizer):
         def validate_result(self, pattern_text: str) -> bool:
-            return offline(pattern_text).fqdn != ""
+            return offline(pattern_text.replace("%40", "@")).fqdn != ""
 
-    # presidio's card pattern predates Mastercard's 2-series (2221-2720, issued since 2017): add it.
-    # The Luhn check still decides.
+    # presidio's card pattern predates Mastercard's 2-series (2221-2720, issued since 2017), and takes
+    # only spaces and dashes between the groups: add the 2-series, and cards written with dots,
+    # underscores or slashes (one separator throughout, so a date or a version is no card). The Luhn
+    # check still decides, once the separators are taken out.
+    card_separators = "-. _/"
     cards = [
         *CreditCardRecognizer.PATTERNS,
         Pattern("Mastercard 2-series (weak)", r"\b2[2-7]\d{2}[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b", 0.3),
+        Pattern(
+            "Card with . _ or / (weak)",
+            r"(?<![\w./])(?:4\d{3}|5[0-5]\d{2}|6\d{3}|1\d{3}|3\d{3}|2[2-7]\d{2})([._/])\d{3,4}\1\d{3,4}\1\d{3,5}(?![\w/]|\.\d)",
+            0.3,
+        ),
     ]
 
     class RoleAwareSpacyRecognizer(SpacyRecognizer):
@@ -209,8 +226,10 @@ def _recognizers(spec: EngineSpec, nlp_engine: NlpEngine) -> RecognizerRegistry:
     registry.add_recognizer(
         RoleAwareSpacyRecognizer(supported_language=LANGUAGE, supported_entities=nlp_engine.get_supported_entities())
     )
-    registry.add_recognizer(OfflineEmailRecognizer())
-    registry.add_recognizer(CreditCardRecognizer(patterns=cards))
+    registry.add_recognizer(OfflineEmailRecognizer(patterns=[*EmailRecognizer.PATTERNS, encoded_email]))
+    registry.add_recognizer(
+        CreditCardRecognizer(patterns=cards, replacement_pairs=[(sep, "") for sep in card_separators])
+    )
     # presidio's phone recognizer (python-phonenumbers) takes only numbers valid in a region, so a
     # local number without its area code ("call 555-0199") passes. Such a number is one only beside
     # a word that says so: its score reaches the threshold through the context step alone.

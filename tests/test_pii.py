@@ -95,6 +95,44 @@ def test_a_local_phone_number_is_taken_beside_a_word_that_says_so() -> None:
     assert "555-0199" in pii.rewrite_texts(texts)[3]
 
 
+def test_an_address_with_its_at_sign_url_encoded_is_redacted_alone() -> None:
+    texts = [
+        "see https://crm.example.com/c?email=tom.jones%40example.org&name=x",
+        "write to Tom.Jones%2Bnews%40Example.ORG today",
+        "x%40localhost and 50%40 off",  # no domain: no address
+    ]
+    assert stage().rewrite_texts(texts) == [
+        "see https://crm.example.com/c?email=<EMAIL_ADDRESS>&name=x",
+        "write to <EMAIL_ADDRESS> today",
+        "x%40localhost and 50%40 off",
+    ]
+
+
+def test_a_card_written_with_dots_underscores_or_slashes_is_redacted_whole() -> None:
+    pii = stage()
+    texts = [
+        "card 5555.5555.5555.4444 was declined",
+        "card 5555_5555_5555_4444 was declined",
+        "card 5555/5555/5555/4444 please",
+        "card 2221.0000.0000.0009.",
+    ]
+    assert pii.rewrite_texts(texts) == [
+        "card <CREDIT_CARD> was declined",
+        "card <CREDIT_CARD> was declined",
+        "card <CREDIT_CARD> please",
+        "card <CREDIT_CARD>.",
+    ]
+    # The Luhn check still decides, the separator is one throughout, and versions and dates are no cards.
+    clear = [
+        "card 5555.5555.5555.4445 was declined",
+        "card 5555.5555_5555.4444 was declined",
+        "release 1.2.3.4 of 2024.01.15, card 2024/01/15",
+    ]
+    found = pii.analyzer.analyze(clear, pii.config.threshold)
+    assert [[entity for entity, *_ in detections if entity == "CREDIT_CARD"] for detections in found] == [[], [], []]
+    assert pii.rewrite_texts(clear)[:2] == clear[:2]
+
+
 def test_pool_of_processes_finds_the_same(corpus: list) -> None:
     pii = stage()
     texts = [doc.text for doc in corpus] * 2  # enough texts for two workers
