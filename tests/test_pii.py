@@ -23,7 +23,7 @@ from bench.pii_corpus import generate, recall
 from curation.pii_engine import MODEL_VERSION, PiiEngineError, check_model
 from curation.stages.base import StageError
 from curation.stages.clean import Clean
-from curation.stages.pii import PiiRedaction, string_by_string
+from curation.stages.pii import PiiRedaction, Placeholders, string_by_string
 from schemas.config import RecipeError, parse_recipe, stage_place
 from schemas.pii import PiiConfig
 from schemas.records import source_array
@@ -251,8 +251,8 @@ def test_a_name_is_found_again_whole_or_by_its_capitalised_runs_but_not_by_commo
     allowed = re.compile(r"(?<!\w)(?:Sushi\ Go|Paris)(?!\w)", re.IGNORECASE)
     echoes = _found_elsewhere([("prompt", 0), ("completion", 0)], [prompt, completion], found, allowed)
     assert echoes["prompt", 0] == []  # its own detections are not found twice
-    # The name, or its runs between capitals, in any case; not "de la", not "Customer" alone (single
-    # words are words too), not inside an allowed value ("Paris" alone), though a name may hold one.
+    # The name, or its runs between capitals, in any case; a first or last word alone as written; not "de la",
+    # not "Customer" alone (a title), not inside an allowed value ("Paris" alone), though a name may hold one.
     got = [(completion[e.detection[1] : e.detection[2]], e.value) for e in echoes["completion", 0]]
     assert got == [
         ("MARIA DE LA CRUZ", "Customer Maria de la Cruz"),
@@ -260,7 +260,7 @@ def test_a_name_is_found_again_whole_or_by_its_capitalised_runs_but_not_by_commo
         ("Customer Maria", "Customer Maria de la Cruz"),
         ("JOHN SMITH", "John Smith"),
         ("John SMİTH", "John Smith"),
-        ("Sophie", "Sophie"),  # what the model found in this text, found again in it
+        ("Sophie", "Sophie Smith"),  # its first word alone: the name's placeholder
         ("Sophie Smith", "Sophie Smith"),  # holds the model's "Sophie", which gives way
         ("paris hilton", "Paris Hilton"),
     ]
@@ -2193,3 +2193,57 @@ def test_an_undo_of_places_found_again_that_overlap_holds_on_the_one_span_shown(
     )
     assert again.kept["completion"][0].as_py() == completion
     assert "found_elsewhere_in_record" not in again.stats
+
+
+def test_a_name_the_template_gives_its_context_is_redacted_in_set_aside_rows(workdir: Path) -> None:
+    # A set-aside row was scanned string by string and whole: a name whose context is only in the template
+    # ("Customer {{ name }}", "{{ first }} {{ last }}") was published in clear in set_aside/ (and shown to a
+    # plain reviewer), beside the same person's record published as "Customer <PERSON>".
+    lines = [
+        json.dumps({"name": "Wei Zhang", "phone": "4155550132", "ssn": "536221234", "amount": 10}),
+        json.dumps({"name": "Olu Adeyemi", "phone": "4155550133", "ssn": "536221235", "amount": "abc"}),  # no number
+        '{"first": "Helen", "last": "Park", "q": "my card 4111 1111 1111 1111 email helen.park@example.com"',
+    ]
+    (workdir / "faq.jsonl").write_text("".join(line + "\n" for line in lines))
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "input_schema": {"columns": {"name": "str", "phone": "str", "ssn": "str", "amount": "float"}},
+        "record": {"kind": "instruction", "prompt": "Customer {{ name }}, SSN {{ ssn }}", "completion": "phone"},
+        "stages": [{"type": "pii", "workers": 1}],
+        "output": {"validation_fraction": 0},
+    }
+    version = Path(run(workdir, spec).version_uri)
+    assert [row["prompt"] for row in outputs(version)] == ["Customer <PERSON>, SSN <US_SSN>"]
+    rows = {row["reason"]: row["record"] for row in set_aside(version)}
+    record = {"name": "<PERSON>", "phone": "<PHONE_NUMBER>", "ssn": "<US_SSN>", "amount": "abc"}
+    assert json.loads(rows["schema"]) == record
+    assert rows["malformed_json"].startswith('{"first": "<PERSON>", "last": "<PERSON>", "q": "my card <CREDIT_CARD>')
+    for name in ("Olu", "Adeyemi", "Helen", "Park"):
+        assert name not in json.dumps(set_aside(version)), name
+
+
+def test_a_lone_first_or_last_word_of_a_name_is_redacted_as_the_name_but_not_a_common_word(workdir: Path) -> None:
+    # "<PERSON_7eb342386a> asks: Reply to Priya about it" tied "Priya" to the pseudonym in every record.
+    rows = [
+        {"first": "Priya", "last": "Raman", "q": "Reply to Priya about it", "a": "Priya said fine, not priya."},
+        {"first": "Will", "last": "Smith", "q": "Will you send it", "a": "Smith said yes"},
+    ]
+    write_jsonl(workdir / "faq.jsonl", rows)
+    spec = {
+        "dataset": "faq",
+        "sources": [{"path": "faq.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "{{ first }} {{ last }} asks: {{ q }}", "completion": "a"},
+        "stages": [{"type": "pii", "workers": 1, "operators": {"PERSON": "pseudonym"}, "secret": SECRET}],
+        "output": {"validation_fraction": 0},
+    }
+    published = outputs(Path(run(workdir, spec).version_uri))
+    pseudonym = Placeholders(SECRET.encode(), "*")
+    priya, will = pseudonym("pseudonym", "PERSON", "Priya Raman"), pseudonym("pseudonym", "PERSON", "Will Smith")
+    # One person, one placeholder: a word alone takes the name's; lowercase "priya" is no name as written.
+    assert published[0] == {
+        "prompt": f"{priya} asks: Reply to {priya} about it",
+        "completion": f"{priya} said fine, not priya.",
+    }
+    # "Will" opens sentences: left alone; "Smith" is the name's.
+    assert published[1] == {"prompt": f"{will} asks: Will you send it", "completion": f"{will} said yes"}

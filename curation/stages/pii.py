@@ -297,11 +297,26 @@ def _free(start: int, end: int, found: list[Detection]) -> bool:
     return not any(det[1] <= start and end <= det[2] for det in found)
 
 
+# Names that are English words a sentence opens with ("Will you send it?", "May I?", "Grace period"),
+# and the titles and roles the model takes into a name ("Customer Sophie Smith"): the first or last word
+# of a name is not looked for alone when it is one of these. A short list on purpose: it holds the
+# names most often met as such words, not every one (a lone "Rose" of "Rose Tyler" rests on the model).
+_WORDS_NOT_NAMES = frozenset(
+    {
+        "will", "may", "mark", "bill", "grace", "hope", "june", "april", "august", "rose", "faith", "joy",
+        "jack", "frank", "sue", "art", "pat", "rich", "dawn", "ray", "max", "chase", "drew", "grant",
+        "guy", "miles", "summer", "young", "white", "brown", "green", "black", "king", "long",
+        "customer", "client", "dear", "mrs", "miss", "sir", "madam", "doctor", "professor", "agent",
+    }
+)  # fmt: skip
+
+
 def _parts(value: str, entity: str) -> Iterator[str]:
     """The value, and for a name of three to six words ("Customer Sophie Smith") its runs of two to
-    four that start and end with a capital ("Sophie Smith"): not "de la" of "Maria de la Cruz", not
-    single words ("Will", "May", "Customer" are words too), nor the runs of a long span the model
-    took for a name (a heading)."""
+    four that start and end with a capital ("Sophie Smith"): not "de la" of "Maria de la Cruz", nor
+    the runs of a long span the model took for a name (a heading). Of a name of two to six words, its
+    first and last word too, capitalised, of three letters or more and not a word of
+    ``_WORDS_NOT_NAMES``: "Priya" alone beside the placeholder of "Priya Raman" names her."""
     yield value
     words = value.split()
     if entity != "PERSON" or len(words) > 6:
@@ -311,6 +326,10 @@ def _parts(value: str, entity: str) -> Iterator[str]:
             run = words[first : first + size]
             if run[0][:1].isupper() and run[-1][:1].isupper():
                 yield " ".join(run)
+    if len(words) > 1:
+        for word in dict.fromkeys((words[0], words[-1])):
+            if len(word) >= 3 and word.isalpha() and word[0].isupper() and word.casefold() not in _WORDS_NOT_NAMES:
+                yield word
 
 
 def _pattern(part: str) -> str:
@@ -362,6 +381,26 @@ class JsonValue(NamedTuple):
         if start >= end:
             return None
         return bisect.bisect_right(self.places, start) - 1, bisect.bisect_left(self.places, end)
+
+
+# A JSON string in a text, a key too: found left to right, so a quote inside one is never taken for an
+# opening one; in a line that does not parse as well (the reader quarantined it), up to where it breaks.
+_JSON_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+
+
+def _decoded(match: re.Match) -> str:
+    """The value of a JSON string ``_JSON_STRING`` found: its escapes decoded where they are valid JSON,
+    half a UTF-16 pair alone as U+FFFD (spaCy fails on it; see ``_json_walk``)."""
+    try:
+        return _LONE_HALF.sub("\ufffd", json.loads(match.group()))
+    except ValueError:
+        return match.group(1)
+
+
+_LONE_HALF = re.compile("[\ud800-\udfff]")
+# How a set-aside row's string values are joined to be scanned for names across them (separator, and
+# whether each value follows its key): the model finds a different few in each, none finds them all.
+_JOINS = ((" ", False), ("\n", False), (", ", True))
 
 
 _JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -900,7 +939,10 @@ class PiiRedaction:
         if not where:
             return values
         scan = Scan([str(values[row]) for row in where])
-        parts = scan.parts(self.analyzer.analyze(scan.texts, self.config.threshold))
+        found = self.analyzer.analyze(scan.texts, self.config.threshold)
+        for index, across in enumerate(self._names_across_values(scan.texts[: len(where)])):
+            found[index] = found[index] + across
+        parts = scan.parts(found)
         kept = [resolve_overlaps(self._not_allowed(part.scanned, part.found)) for part in parts]
         places = [
             (at, where[part.text] if records is None else records[where[part.text]]) for at, part in enumerate(parts)
@@ -918,6 +960,48 @@ class PiiRedaction:
                 _distinct_keys(scan.texts[index], scan.structured[index], spans[index])
             values[row] = redacted(scan.texts[index], spans[index])
         return values
+
+    def _names_across_values(self, texts: list[str]) -> list[list[Detection]]:
+        """Per text that is the line of a JSON object (a set-aside row's raw input, parsed or not), the
+        names found in its string values joined, as a template writes them ("Customer {{ name }}",
+        "{{ first }} {{ last }}"): alone, the model misses "Olu Adeyemi", and "Helen" and "Park". Each is
+        given as the values it covers whole (the name, or one of its words), to be redacted there and
+        wherever else the row holds them (``_found_elsewhere``); a value it covers in part (the model's span
+        ran on into the next value: "Raman Reply") is left to that value's own scan."""
+        joined: list[str] = []
+        placed: list[tuple[int, list[tuple[int, int, re.Match]]]] = []  # text, its values in the joined one
+        for index, text in enumerate(texts):
+            if not text.lstrip().startswith("{"):
+                continue
+            strings: list[tuple[str, re.Match]] = []  # each value, with the key before it ("" for none)
+            key = ""
+            for match in _JSON_STRING.finditer(text):
+                if _COLON.match(text, match.end()):
+                    key = _decoded(match)
+                else:
+                    strings.append((key, match))
+                    key = ""
+            if len(strings) < 2:
+                continue
+            for separator, keyed in _JOINS:
+                pieces, written, at = [], [], 0
+                for key, match in strings:
+                    label, value = f"{key}: " if keyed and key else "", _decoded(match)
+                    pieces.append((at + len(label), at + len(label) + len(value), match))
+                    written.append(label + value)
+                    at += len(written[-1]) + len(separator)
+                joined.append(separator.join(written))
+                placed.append((index, pieces))
+        across: list[list[Detection]] = [[] for _ in texts]
+        if not joined:
+            return across
+        for (index, pieces), found in zip(placed, self.analyzer.analyze(joined, self.config.threshold), strict=True):
+            for entity, start, end, score in found:
+                if entity == "PERSON":
+                    across[index] += [
+                        (entity, *match.span(1), score) for a, b, match in pieces if start <= a < b <= end
+                    ]
+        return across
 
     def _set_aside(self, batch: pa.Table, rows: dict[int, str], outcome: str, reason: str) -> pa.Table:
         order = sorted(rows)
