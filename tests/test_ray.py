@@ -587,6 +587,48 @@ def test_a_ray_address_whose_host_cannot_be_looked_up_says_so(monkeypatch: pytes
     assert ray_.calls == []
 
 
+@pytest.mark.parametrize(
+    ("refusal", "said"),
+    [
+        (
+            ray.exceptions.AuthenticationError(
+                "RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+            ),
+            "the Ray cluster at --address 127.0.0.1:{port} wants token authentication: set RAY_AUTH_MODE=token "
+            "(its token in ~/.ray/auth_token on the head node, or RAY_AUTH_TOKEN)",
+        ),
+        (
+            ray.exceptions.RpcError("Timed out while waiting for GCS to become available."),
+            "--address 127.0.0.1:{port} answers on its port, but Ray would not connect (Timed out while waiting "
+            "for GCS to become available.): check that it is the head node's GCS port (6379 by default; 10001 for ray://)",
+        ),
+    ],
+)
+def test_a_ray_cluster_that_answers_but_refuses_the_driver_is_not_said_to_be_missing(
+    monkeypatch: pytest.MonkeyPatch, refusal: Exception, said: str
+) -> None:
+    # Ray 2.60's `ray start --head` wants a token: joining without one was said as "no Ray cluster answers ...
+    # start one", of a cluster that was up. Ray's own ray.init, its GCS client refusing as Ray's raises it.
+    import socket
+
+    def refused(**_: Any) -> None:
+        raise refusal
+
+    monkeypatch.setattr("ray._private.node.GcsClient", refused)
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "1")  # one try, not twenty
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+
+    class NotJoined:
+        is_initialized = staticmethod(lambda: False)
+        init = staticmethod(ray.init)
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        with pytest.raises(ConnectionError) as raised:
+            RayExecutor(address=f"127.0.0.1:{port}")._connect(NotJoined)
+    assert str(raised.value) == said.format(port=port)
+
+
 def test_a_ray_client_address_without_a_port_is_probed_at_ray_clients_port(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 

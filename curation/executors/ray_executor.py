@@ -281,25 +281,52 @@ def _no_cluster(address: str, why: str = "", unknown_host: bool = False) -> Conn
     )
 
 
-def _answers(address: str) -> None:
+def _answers(address: str) -> bool:
     """Raises ConnectionError, saying why, where nothing answers at a ``host:port`` or ``ray://host[:port]``
-    address: ray.init retries there for minutes before it says so. ``auto`` and the other forms are left to
-    ray.init."""
+    address: ray.init retries there for minutes before it says so. True where the port answered; ``auto``
+    and the other forms are left to ray.init (False)."""
     if address.startswith("ray://"):
         try:
             parts = urlsplit(address)
             host, port = parts.hostname, str(parts.port or RAY_CLIENT_PORT)
         except ValueError:  # a port that is no number: Ray's message says so
-            return
+            return False
     else:
         host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        return
+        return False
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as error:  # refused, timed out, or a host that cannot be looked up (a typo: no cluster to start)
         reason = error.strerror or str(error)
         raise _no_cluster(address, f" ({reason})" if reason else "", isinstance(error, socket.gaierror)) from None
+    return True
+
+
+def _not_joined(address: str, failed: ConnectionError) -> ConnectionError:
+    """Why ray.init could not join the cluster at a ``host:port`` that answers. Ray keeps its last retry's
+    error only as the text of its traceback (the cause of the ConnectionError), whose last line names the
+    exception's class: a cluster that wants token authentication (Ray 2.60's ``ray start --head`` turns it
+    on) raises ``AuthenticationError``. A second connection to find it as an object would wait out the
+    GCS client's timeouts again where the port is no Ray's."""
+    from ray.exceptions import AuthenticationError
+
+    lines = str(failed.__cause__ or "").strip().splitlines()
+    kind, _, reason = (lines[-1] if lines else "").partition(": ")
+    if kind == f"{AuthenticationError.__module__}.{AuthenticationError.__qualname__}":
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return ConnectionError(
+                f"the Ray cluster at --address {address} refused this token: give it the one in "
+                "~/.ray/auth_token on its head node (that file here, or RAY_AUTH_TOKEN)"
+            )
+        return ConnectionError(
+            f"the Ray cluster at --address {address} wants token authentication: set RAY_AUTH_MODE=token "
+            "(its token in ~/.ray/auth_token on the head node, or RAY_AUTH_TOKEN)"
+        )
+    return ConnectionError(
+        f"--address {address} answers on its port, but Ray would not connect ({reason or failed}): "
+        "check that it is the head node's GCS port (6379 by default; 10001 for ray://)"
+    )
 
 
 class RayExecutor:
@@ -374,11 +401,11 @@ class RayExecutor:
                 import schemas
 
                 said["runtime_env"] = {"py_modules": [curation, schemas, connectors]}
-            _answers(self.address)
+            probed = _answers(self.address)
             try:
                 ray.init(address=self.address, **said)
-            except ConnectionError:  # Ray's text asks for the --address flag the user just passed
-                raise _no_cluster(self.address) from None
+            except ConnectionError as error:  # Ray's text asks for the --address flag the user just passed
+                raise (_not_joined(self.address, error) if probed else _no_cluster(self.address)) from None
         elif os.environ.get("RAY_ADDRESS"):  # a job on a cluster (`ray job submit`): that cluster
             ray.init(**said)
         else:
