@@ -47,6 +47,9 @@ _PARTICLES = frozenset(
 # inside a word at the limit, half an address in each piece, which the PII stage did not recognise.
 # A no-break space joins its words: cut there only where no other space is.
 _SPACE = re.compile(rf"[^\S{_NO_BREAK}]+")
+# The characters either side of a space that say whether it stands inside a name or a number: the few words
+# there (a name's last and first, "de la" between them; a number's groups) fit in them.
+_CONTEXT = 100
 _GRAPHEME = regex.compile(r"\X")
 # A grapheme cluster boundary sure without looking further back (UAX #29): none of its rules joins a character
 # after Prepend, ZWJ, CR, a regional indicator, a Hangul L or Extend (an Indic linker is one), nor one that is
@@ -82,11 +85,7 @@ def _cut_long(text: str, start: int, end: int, max_chars: int, overlap_chars: in
     while end - start > max_chars:
         window = text[start : start + max_chars]
         ends = _sentence_ends(text, start, start + max_chars)
-        cut = (
-            ends[-1] - start
-            if ends and ends[-1] - start > max_chars // 2
-            else _space_cut(window, text[start + max_chars : start + max_chars + 40])
-        )
+        cut = ends[-1] - start if ends and ends[-1] - start > max_chars // 2 else _space_cut(text, start, max_chars)
         if cut <= 0:
             cut = _no_break_space_cut(window) or _grapheme_cut(text, start, max_chars)
         pieces.append((start, start + cut))
@@ -107,19 +106,17 @@ def _sentence_ends(text: str, start: int, end: int) -> list[int]:
     ]
 
 
-def _space_cut(window: str, following: str) -> int:
-    """Where to cut ``window`` (followed in the text by ``following``) at a space: the last one in its
-    second half that does not stand inside a name or a number (see ``_inside_a_name_or_number``; a line break
-    never does: a list of names, one a line), else the last one; 0 if it has none."""
-    spaces = list(_SPACE.finditer(window))
+def _space_cut(text: str, start: int, max_chars: int) -> int:
+    """Where to cut the window of ``max_chars`` from ``start`` in ``text`` at a space (from ``start``): the last one
+    in its second half that does not stand inside a name or a number (``_cuttable``), else the last one; 0 if it
+    has none."""
+    spaces = list(_SPACE.finditer(text, start, start + max_chars))
     for space in reversed(spaces):
-        if space.start() <= len(window) // 2:
+        if space.start() - start <= max_chars // 2:
             break
-        if "\n" in space.group():
-            return space.end()
-        if not _inside_a_name_or_number(window[: space.start()], window[space.end() :] + following):
-            return space.end()
-    return spaces[-1].end() if spaces else 0
+        if _cuttable(text, space, start):
+            return space.end() - start
+    return spaces[-1].end() - start if spaces else 0
 
 
 def _overlap_start(text: str, start: int, end: int, overlap_chars: int) -> int:
@@ -132,12 +129,20 @@ def _overlap_start(text: str, start: int, end: int, overlap_chars: int) -> int:
         if sentence_end < end:
             return sentence_end
     for space in _SPACE.finditer(text, tail, end):
-        if space.end() < end and (
-            "\n" in space.group()
-            or not _inside_a_name_or_number(text[start : space.start()], text[space.end() : end + 40])
-        ):
+        if space.end() < end and _cuttable(text, space, start):
             return space.end()
     return end
+
+
+def _cuttable(text: str, space: re.Match[str], start: int) -> bool:
+    """Whether ``space`` in ``text`` (a piece of which starts at ``start``) is a place to cut: a line break always
+    is (a list of names, one a line); another space where it stands inside no name or number
+    (``_inside_a_name_or_number``). Only the words next to it are read: passed the whole piece, each space
+    tried copied it, and a long paragraph of numbers, all spaces inside one, took minutes to cut."""
+    if "\n" in space.group():
+        return True
+    before = text[max(start, space.start() - _CONTEXT) : space.start()]
+    return not _inside_a_name_or_number(before, text[space.end() : space.end() + _CONTEXT])
 
 
 def _no_break_space_cut(window: str) -> int:
@@ -160,8 +165,10 @@ def _grapheme_cut(text: str, start: int, max_chars: int) -> int:
 
 def _inside_a_name(text_before: str, text_after: str) -> bool:
     """Whether a space between the texts ``text_before`` and ``text_after`` it stands inside a name: between two
-    capitalised words, lower-case particles ("de la") between them or not ("Maria | de la Cruz")."""
-    before, after = text_before.rsplit(None, 4), text_after.split(None, 4)
+    capitalised words, lower-case particles ("de la") between them or not ("Maria | de la Cruz"). The texts are the
+    few words either side (``_CONTEXT``), all split: split four times at most, the "word" before four particles
+    in a row was the whole text before them, whose first letter decided."""
+    before, after = text_before.split(), text_after.split()
     while before and before[-1] in _PARTICLES:
         before = before[:-1]
     while after and after[0] in _PARTICLES:

@@ -35,6 +35,7 @@ from connectors.storage import (
     FileEntry,
     NotThere,
     StorageError,
+    climbs,
     filesystem,
     is_s3,
     join,
@@ -601,10 +602,15 @@ class ImagesSourceReader:
         folder is listed under its normalised path ("recipes/../data/img" as "data/img"); the recipe's
         path keeps its "..", which is in the source's key (normalised there, a source's next run would
         start afresh). On S3 a name is its key as written: "x/../b.png" is no path to "b.png" but another
-        object's key, which S3 does not resolve."""
-        if is_s3(self.config.path):
-            return join(self.config.path, name)
-        return path_of(join(self.config.path, posixpath.normpath(name)))
+        object's key, which S3 does not resolve. But where the key as written is not listed and its
+        normalised one is, a name with no ".." part ("./a.png", "scans//c.png") is that key: the earlier
+        release read it so, and its records keep their image's URI (a change to the image is seen)."""
+        normal = join(self.config.path, posixpath.normpath(name))
+        if not is_s3(self.config.path):
+            return path_of(normal)
+        uri = join(self.config.path, name)
+        listed = self.fingerprints()
+        return normal if uri not in listed and normal in listed and not climbs(name) else uri
 
     def _in_another_form(self, uri: str) -> str:
         """What the detail of an image ``uri`` not listed adds where a listed file's name differs from it

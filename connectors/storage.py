@@ -422,12 +422,19 @@ def key_as_a_path(uri: str) -> str | None:
     """For an ``s3://`` URI whose key a path's normalising changes (a ".", ".." or empty part, a trailing "/"):
     the URI of the key so normalised ("r/x/../b.png" as "r/b.png"); else None. S3 keys are literal, but
     Arrow's S3 file system reads the normalised key in such a key's place, or refuses it (an empty part):
-    such a URI is not to be read through it."""
+    such a URI is not to be read through it as written; without a ``..`` part (``climbs``) its normalised key
+    spells the same path another way, which the earlier release read in its place."""
     if not is_s3(uri):
         return None
     key = uri.removeprefix("s3://")
     normal = posixpath.normpath(key)
     return None if normal == key else f"s3://{normal}"
+
+
+def climbs(key: str) -> bool:
+    """Whether an S3 key (or a URI, or a name in a folder) has a ``..`` part: normalised, it names another
+    object ("x/../b.png" as "b.png"), where a "." or empty part does not take it out of its folder."""
+    return ".." in key.split("/")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from connectors.chunk import chunk_text as chunk_pieces
-from connectors.storage import filesystem
+from connectors.storage import filesystem, key_as_a_path
 
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 # JumpStart's dialog convention writes each turn as {"content": ..., "role": ...}.
@@ -225,7 +225,8 @@ def image_extension(data: bytes) -> str | None:
 
 
 def _read_image(uri: str) -> bytes:
-    fs, path = filesystem(uri)
+    # The key image_check read: it refuses one with a '..' part; Arrow refuses an empty part ("c//d.png").
+    fs, path = filesystem(key_as_a_path(uri) or uri)
     with fs.open_input_stream(path) as stream:
         return stream.read()
 

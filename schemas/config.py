@@ -1193,14 +1193,16 @@ def _named_twice(node: yaml.Node, path: tuple[Any, ...] = ()) -> list[tuple[tupl
 def _resolve_local(path: str, base: Path) -> str:
     """A relative local path (bare or ``file://``, which storage would take from the current directory) taken from
     ``base``. A glob's trailing ``/`` is kept: ``data/*/`` names folders, ``data/*`` files. A folder's is not: storage
-    reads ``in/`` and ``in`` alike, and the path is in the source's watermark key, which would change with it."""
-    from connectors.storage import _is_glob  # connectors import this module
+    reads ``in/`` and ``in`` alike, and the path is in the source's watermark key, which would change with it. That
+    holds for a folder named like a glob too (``exports [2026]/``), which storage reads by its name."""
+    from connectors.storage import _read_as_glob  # connectors import this module
 
     scheme = "file://" if path.startswith("file://") else ""
     local = path.removeprefix(scheme)
     if "://" in local or Path(local).is_absolute():
         return path
-    return scheme + str(base.resolve() / local) + ("/" if _is_glob(local) and local.endswith("/") else "")
+    resolved = str(base.resolve() / local)
+    return scheme + resolved + ("/" if local.endswith("/") and _read_as_glob(resolved) else "")
 
 
 def _resolve_source_paths(source: Any, base_dir: Path) -> None:

@@ -818,6 +818,27 @@ def test_a_long_paragraph_is_not_cut_between_the_digit_groups_of_a_number() -> N
     assert all(group == "4111" for piece in _pieces("4111 " * 20, max_chars=22) for group in piece.split())
 
 
+def test_a_space_in_a_long_paragraph_is_judged_by_the_words_next_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each space tried was judged with the whole piece up to it and from it on, copied: in a paragraph of numbers,
+    # every space inside one, cutting took time quadratic in max_chars (4 MB at max_chars 1M: minutes).
+    import connectors.chunk as chunk
+
+    judged: list[int] = []
+    judge = chunk._inside_a_name_or_number
+
+    def judging(before: str, after: str) -> bool:
+        judged.append(len(before) + len(after))
+        return judge(before, after)
+
+    monkeypatch.setattr(chunk, "_inside_a_name_or_number", judging)
+    text = " ".join(f"{n % 90 + 10}" for n in range(30_000)) + " to Maria de la Cruz"
+    for max_chars, overlap_chars in ((20_000, 0), (20_000, 2_000), (500, 100)):
+        chunks = chunk_text(text, max_chars, overlap_chars)
+        assert all(len(piece.text) <= max_chars for piece in chunks)
+        assert all(len(group) == 2 for piece in chunks[:-1] for group in piece.text.split())  # cut at spaces
+    assert len(judged) > 1000 and max(judged) <= 200  # a few words either side, however long the piece
+
+
 def test_a_long_paragraph_is_not_cut_after_an_initial_a_title_or_a_particle_of_a_name() -> None:
     # A full stop after an initial was taken for a sentence end ("... by Daniel O." | "Okafor who"),
     # and a space before "de la" was free ("... to Maria" | "de la Cruz"): half a name in each piece,

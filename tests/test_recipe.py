@@ -616,3 +616,19 @@ def test_a_relative_glob_of_folders_keeps_its_slash(workdir: Path, monkeypatch: 
     assert recipe.sources[0].path == f"{sub}/data/*/"
     result = run_recipe(recipe)
     assert [row["text"] for row in outputs(Path(result.version_uri))] == ["alpha"]
+
+
+def test_a_folder_named_like_a_glob_keeps_its_key_without_the_slash(workdir: Path) -> None:
+    # Storage reads `exports [2026]/` as the folder of that name, not as a pattern: resolved with its '/', the
+    # path (and so the watermark key) differed from the earlier release's, whose next run read everything again.
+    from connectors.state import source_keys
+    from tests.helpers import docs_recipe, write_jsonl, write_recipe
+
+    sub = workdir / "sub"
+    write_jsonl(sub / "exports [2026]" / "a.jsonl", [{"text": "alpha"}])
+    recipe = load_recipe(write_recipe(sub, docs_recipe("exports [2026]/", validation_fraction=0.0)))
+    assert recipe.sources[0].path == f"{sub.resolve()}/exports [2026]"  # as the earlier release resolved it
+    earlier = recipe.sources[0].model_copy(update={"path": str(sub.resolve() / "exports [2026]")})
+    assert source_keys(recipe.sources[0]) == source_keys(earlier)
+    pattern = load_recipe(write_recipe(sub, docs_recipe("export[s]/", validation_fraction=0.0), name="p.yaml"))
+    assert pattern.sources[0].path == f"{sub.resolve()}/export[s]/"  # no folder has that name: a glob of folders

@@ -4,6 +4,7 @@ the format's failure to read it at write time failed the whole run."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -147,22 +148,27 @@ def test_a_vqa_row_whose_s3_image_is_missing_is_quarantined(workdir: Path, bucke
 
 def test_an_s3_image_uri_is_its_key_as_written_not_a_path_to_another_object(workdir: Path, bucket: str) -> None:
     # Arrow's S3 reader took "x/../b.png" as the path to "b.png" and published that object's picture (the
-    # object "x/../b.png", another picture, is there too); one with an empty part ("//") failed the run.
+    # object "x/../b.png", another picture, is there too); one with an empty part ("//") failed the run. A "." or
+    # empty part spells the same key another way ("./b.png" is "b.png"), which the earlier release read.
     s3 = boto3.client("s3")
-    for key, color in (("x/../b.png", (7, 7, 7)), ("b.png", (8, 8, 8)), ("c//d.png", (9, 9, 9))):
+    for key, color in (("x/../b.png", (7, 7, 7)), ("b.png", (8, 8, 8)), ("c/d.png", (9, 9, 9))):
         s3.put_object(Bucket=bucket, Key=f"scans/{key}", Body=png(color))
-    images = [f"s3://{bucket}/scans/{key}" for key in ("x/../b.png", "b.png", "c//d.png")]
+    images = [f"s3://{bucket}/scans/{key}" for key in ("x/../b.png", "b.png", "./b.png", "c//d.png", "e//f.png")]
     write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
     result = run(workdir, recipe(f"s3://{bucket}/out", "state.db", validation_fraction=0.0))
-    assert result.manifest.counts.written == 1
+    assert result.manifest.counts.written == 3
     assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 2}
     aside = [json.loads(line) for line in _s3_text(bucket, result, "set_aside/").splitlines()]
     detail = {json.loads(row["record"])["image"]: row["detail"] for row in aside}
     assert detail[images[0]] == (
-        f"{workdir / 'qa.jsonl'}:1: image: {images[0]}: cannot read (S3 keys are taken as written, and one with an "
-        f"empty, '.' or '..' part is not read as written: this is not s3://{bucket}/scans/b.png)"
+        f"{workdir / 'qa.jsonl'}:1: image: {images[0]}: cannot read (S3 keys are taken as written, and one with a "
+        f"'..' part is not read as written: this is not s3://{bucket}/scans/b.png)"
     )
-    assert detail[images[2]].startswith(f"{workdir / 'qa.jsonl'}:3: image: {images[2]}: cannot read (S3 keys")
+    assert detail[images[4]].startswith(f"{workdir / 'qa.jsonl'}:5: image: {images[4]}: cannot read (")
+    written = [json.loads(line) for line in _s3_text(bucket, result, "train/metadata.jsonl").splitlines()]
+    published = sorted(line["file_name"].rsplit("/", 1)[-1] for line in written)
+    read = [png(color) for color in ((8, 8, 8), (8, 8, 8), (9, 9, 9))]  # b.png twice, then c/d.png
+    assert published == sorted(f"{hashlib.sha256(data).hexdigest()}.png" for data in read)
 
 
 def _s3_text(bucket: str, result: RunResult, prefix: str) -> str:
