@@ -103,10 +103,8 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             raise ImageProblem(
                 "truncated", f"WEBP image is cut short: {len(data)} of the {whole} bytes its header gives"
             )
-        if width * height > max_pixels:
-            raise ImageProblem(
-                "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
-            )
+        if (bomb := too_many_pixels(width, height, max_pixels)) is not None:
+            raise bomb
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()  # checks structure and checksums without decoding
@@ -125,6 +123,15 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
         ) from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageProblem | None:
+    """``decompression_bomb`` where an image of ``width`` x ``height`` (its header's) is over ``max_pixels``."""
+    if width * height <= max_pixels:
+        return None
+    return ImageProblem(
+        "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
+    )
 
 
 def not_an_image(error: Exception) -> str:
