@@ -180,15 +180,17 @@ def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Ima
 def _eight_bit_grey(image: Image.Image) -> Image.Image:
     """Greyscale of 16 or 32 bits, or float (``I;16*``, ``I``, ``F``), as 8-bit grey (``L``): a trainer's
     processor converts the image to RGB, which clips every sample over 255, so a 16-bit scan reached it as a
-    white page. Samples of the 16-bit range are scaled as a viewer shows them (/257); ones of 0-255 alone
-    (8-bit values widened) are kept, which that conversion never clipped. Other modes are returned as they are."""
+    white page. Samples are scaled from the bit depth the largest one needs (at least 8), as a viewer shows a
+    12-bit scan (0-4095) or a 16-bit one: samples all of 0-255 (8-bit values widened) are kept, which that
+    conversion never clipped, and scaling by the 16-bit range alone made a 12-bit scan near black. Negative
+    samples (``I``) are taken as 0. Other modes are returned as they are."""
     if image.mode in ("I", "F"):
         image = _sixteen_bit(image)
     if not image.mode.startswith("I;16"):
         return image
     samples = np.asarray(image).astype(np.float64)
-    if samples.max(initial=0) > 255:
-        samples = np.rint(samples / 257)
+    bits = max(8, int(samples.max(initial=0)).bit_length())
+    samples = np.rint(samples * (255 / (2**bits - 1)))
     return Image.fromarray(samples.astype(np.uint8))  # 2-D uint8: mode L
 
 
