@@ -104,10 +104,8 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             raise ImageProblem(
                 "truncated", f"WEBP image is cut short: {len(data)} of the {whole} bytes its header gives"
             )
-        if width * height > max_pixels:
-            raise ImageProblem(
-                "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
-            )
+        if (bomb := too_many_pixels(width, height, max_pixels)) is not None:
+            raise bomb
         try:
             with Image.open(io.BytesIO(data)) as image:
                 image.verify()  # checks structure and checksums without decoding
@@ -126,6 +124,15 @@ def clean_image(data: bytes, formats: list[str], max_pixels: int, max_side: int 
             "unsupported", f"{fmt} image in mode {upright.mode} cannot be resized or re-encoded: {error}"
         ) from None
     return CleanImage(buffer.getvalue(), out_format, clean.size)
+
+
+def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageProblem | None:
+    """``decompression_bomb`` where an image of ``width`` x ``height`` (its header's) is over ``max_pixels``."""
+    if width * height <= max_pixels:
+        return None
+    return ImageProblem(
+        "decompression_bomb", f"{width}x{height} is {width * height} pixels, over max_pixels {max_pixels}"
+    )
 
 
 def not_an_image(error: Exception) -> str:
@@ -174,15 +181,17 @@ def _rebuilt(upright: Image.Image, out_format: str, max_side: int | None) -> Ima
 def _eight_bit_grey(image: Image.Image) -> Image.Image:
     """Greyscale of 16 or 32 bits, or float (``I;16*``, ``I``, ``F``), as 8-bit grey (``L``): a trainer's
     processor converts the image to RGB, which clips every sample over 255, so a 16-bit scan reached it as a
-    white page. Samples of the 16-bit range are scaled as a viewer shows them (/257); ones of 0-255 alone
-    (8-bit values widened) are kept, which that conversion never clipped. Other modes are returned as they are."""
+    white page. Samples are scaled from the bit depth the largest one needs (at least 8), as a viewer shows a
+    12-bit scan (0-4095) or a 16-bit one: samples all of 0-255 (8-bit values widened) are kept, which that
+    conversion never clipped, and scaling by the 16-bit range alone made a 12-bit scan near black. Negative
+    samples (``I``) are taken as 0. Other modes are returned as they are."""
     if image.mode in ("I", "F"):
         image = _sixteen_bit(image)
     if not image.mode.startswith("I;16"):
         return image
     samples = np.asarray(image).astype(np.float64)
-    if samples.max(initial=0) > 255:
-        samples = np.rint(samples / 257)
+    bits = max(8, int(samples.max(initial=0)).bit_length())
+    samples = np.rint(samples * (255 / (2**bits - 1)))
     return Image.fromarray(samples.astype(np.uint8))  # 2-D uint8: mode L
 
 

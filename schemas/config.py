@@ -321,6 +321,9 @@ class DocumentsSource(Strict):
 
 
 _PILLOW_BOMB_PIXELS = 2 * 89_478_485  # twice PIL.Image.MAX_IMAGE_PIXELS, its default
+# An images source's default pixel limit, also the one a VQA record's image named by a path or URI is held to
+# (a files, SQL or Hugging Face source has no setting for it).
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class ImagesSource(Strict):
@@ -336,7 +339,7 @@ class ImagesSource(Strict):
     question_column: str = "question"
     answer_column: str = "answer"
     max_side: int | None = Field(default=None, ge=16)  # resize so the longer side is at most this
-    max_pixels: int = Field(default=50_000_000, ge=1)  # larger is treated as a decompression bomb
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)  # larger is treated as a decompression bomb
     formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP"]
     )

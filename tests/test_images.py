@@ -234,6 +234,7 @@ def test_tiff_scans_in_modes_png_cannot_hold_are_converted_not_fatal(tmp_path: P
         ("I", [0, 70000, 140000], [0, 128, 255]),  # past 16 bits: scaled into them
         ("F", [0.0, 0.5, 1.0], [0, 128, 255]),  # a float image of 0-1
         ("I", [0, 20, 230], [0, 20, 230]),  # 8-bit values widened: kept
+        ("I", [-500, 2000, 4095], [0, 125, 255]),  # a 12-bit scan; a negative sample taken as 0
     ],
 )
 def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_8_bit_grey_not_clipped_white(
@@ -257,6 +258,9 @@ def test_a_tiff_of_32_bit_or_float_grey_samples_is_kept_as_8_bit_grey_not_clippe
         ("PNG", "I;16", (5140, 60000), (20, 233)),  # a 16-bit scanner's page
         ("TIFF", "I;16B", (5140, 60000), (20, 233)),
         ("PNG", "I;16", (20, 230), (20, 230)),  # 8-bit values widened, which RGB never clipped
+        # Scaled by the 16-bit range alone, a 12-bit scan (0-4095) came out 0-16 and one of 9 bits near black.
+        ("PNG", "I;16", (400, 4000), (25, 249)),
+        ("TIFF", "I;16B", (100, 300), (50, 150)),
     ],
 )
 def test_a_16_bit_grey_scan_is_kept_as_8_bit_grey_that_a_trainers_rgb_conversion_shows(

@@ -197,21 +197,46 @@ def test_an_image_path_quoted_in_a_detail_is_scrubbed_by_the_pii_stage(workdir: 
     )
 
 
-def test_an_image_of_more_pixels_than_pillow_opens_is_quarantined_not_a_traceback(workdir: Path) -> None:
-    # A PNG whose header claims 20000x20000: Pillow refuses to open it (DecompressionBombError), which the
-    # writer did not catch, failing the run with a traceback from inside Pillow.
+def png_chunks(width: int, height: int, bit_depth: int, idat: bytes = b"") -> bytes:
+    """A greyscale PNG of ``width`` x ``height`` as its header says, with ``idat`` (compressed rows) as its data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
-    (workdir / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    data = chunk(b"IDAT", idat) if idat else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
+
+
+def black_one_bit_png(side: int) -> bytes:
+    """A square of ``side`` black pixels, 1 bit each: a few KB of file whatever its size."""
+    rows = zlib.compressobj(9)
+    return png_chunks(side, side, 1, b"".join(rows.compress(bytes(1 + side // 8)) for _ in range(side)) + rows.flush())
+
+
+@pytest.mark.parametrize(
+    ("image", "detail"),
+    [
+        # Its header claims 20000x20000: Pillow refuses to open it (DecompressionBombError), which the writer
+        # did not catch, failing the run with a traceback from inside Pillow.
+        (png_chunks(20000, 20000, 8), "Image size (400000000 pixels) exceeds limit of 178956970 pixels"),
+        # 8 KB of file. Under Pillow's own limit it was decoded whole and published (a 13000x13000 RGBA one:
+        # 3.3 s and 817 MB, per Ray worker); now refused before it is decoded, as an images source refuses it.
+        (black_one_bit_png(8000), "8000x8000 is 64000000 pixels, over max_pixels 50000000"),
+    ],
+    ids=["past_pillows_limit", "past_max_pixels"],
+)
+def test_an_image_of_more_pixels_than_an_images_source_takes_is_quarantined_not_a_traceback(
+    workdir: Path, image: bytes, detail: str
+) -> None:
+    (workdir / "bomb.png").write_bytes(image)
     images = [*pictures(workdir / "scans", 1), "bomb.png"]
     write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
     result = run(workdir, recipe("out", "state.db", validation_fraction=0.0))
     assert result.manifest.counts.written == 1
     assert result.manifest.counts.reasons["quarantined"] == {"decompression_bomb": 1}
     (row,) = set_aside(Path(result.version_uri))
-    assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:2: image: bomb.png: Image size (400000000 pixels)")
+    assert row["detail"].startswith(f"{workdir / 'qa.jsonl'}:2: image: bomb.png: {detail}")
 
 
 def noise(fmt: str) -> bytes:

@@ -25,6 +25,7 @@ from connectors.base import Source
 from connectors.storage import climbs, filesystem, is_s3, key_as_a_path, os_reason
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
+from schemas.config import DEFAULT_MAX_PIXELS
 from schemas.records import input_record_json, location, set_aside_rows
 
 # Bytes read at a time as Pillow reads an image: one request for most S3 images, not one per marker.
@@ -84,7 +85,7 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     begins with its ``name`` as the record gives it, as the images connector's details do), or None."""
     from PIL import Image
 
-    from connectors.images import not_an_image, undecoded
+    from connectors.images import not_an_image, too_many_pixels, undecoded
 
     name = uri if name is None else name
     if "\x00" in uri:  # no file system takes it (Arrow raises ValueError), and a detail should not hold it
@@ -110,13 +111,17 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     raw = _Reads(handle)
     try:
         with warnings.catch_warnings():
-            # Pillow's own limit (twice this warning's) is the one enforced here: past it, opening raises.
+            # Past twice this warning's limit Pillow refuses to open; below it, an images source's default
+            # max_pixels is enforced.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BufferedReader(raw, _READ_SIZE)) as image:
                 found = image.format or ""
                 if found not in IMAGE_EXTENSIONS:
                     accepted = ", ".join(IMAGE_EXTENSIONS)
                     return "unsupported", f"{name}: {found} images are not accepted (accepted: {accepted})"
+                # Before decoding (the header gives the size): a small file can decode to gigabytes, per worker.
+                if (bomb := too_many_pixels(*image.size, DEFAULT_MAX_PIXELS)) is not None:
+                    return bomb.reason, f"{name}: {bomb.detail}"
                 try:
                     image.load()
                 except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ...
@@ -137,9 +142,9 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
 
 class ImageCheck:
     """Per batch: the VQA records whose image (a path or URI, with no bytes from the images connector) is
-    not there, cannot be read, is not an image the output takes or does not decode, set aside as the images
-    connector sets such a row aside (``missing_image``, ``unreadable``, ``unsupported``, ``truncated``,
-    ``corrupt``); the rest kept as they are."""
+    not there, cannot be read, is not an image the output takes, is over an images source's default pixel limit
+    or does not decode, set aside as the images connector sets such a row aside (``missing_image``,
+    ``unreadable``, ``unsupported``, ``decompression_bomb``, ``truncated``, ``corrupt``); the rest kept as they are."""
 
     name = "image_check"
 
