@@ -405,6 +405,11 @@ def location(source: dict[str, Any] | None) -> str:
     return f"{source['uri']}:{source['line']}" if source.get("line") is not None else str(source["uri"])
 
 
+def shortened(value: str, room: int = 40) -> str:
+    """``value`` cut to ``room`` characters, ``...`` ending it, for a detail or an error that quotes a value."""
+    return value if len(value) <= room else f"{value[: room - 3]}..."
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{value.nbytes if isinstance(value, memoryview) else len(value)} bytes>"

@@ -142,8 +142,20 @@ def test_instruction_rules() -> None:
     assert result.set_aside["detail"].to_pylist() == [
         "empty completion",
         "completion equals the prompt",
-        "trivial completion",
-        "trivial completion",
+        "trivial completion 'N/A' (in trivial_completions)",
+        "trivial completion '...' (no letter or digit)",
+    ]
+
+
+def test_a_trivial_completion_is_named_as_the_record_has_it() -> None:
+    # "trivial completion" alone: a bank whose categories include "None" could not tell which rule took them.
+    long_dashes = "-" * 60
+    batch = _batch(prompt=["p", "p", "p"], completion=[" None ", "NO\u00a0Answer", long_dashes])
+    result = InstructionFilter(1, ["none", "no answer"], True)(batch)
+    assert result.set_aside["detail"].to_pylist() == [
+        "trivial completion ' None ' (in trivial_completions)",
+        "trivial completion 'NO\\xa0Answer' (in trivial_completions)",
+        f"trivial completion '{'-' * 37}...' (no letter or digit)",
     ]
 
 

@@ -31,6 +31,7 @@ from botocore.validate import ParamValidator
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import bucket_exists, read_manifest, verify_checksums
 from schemas.manifest import Manifest
+from schemas.records import shortened
 from train.jumpstart import (
     BOUNDS,
     FORMAT_SWITCH,
@@ -107,7 +108,7 @@ def pattern_misses(value: Any, shape: Any, where: str) -> Iterator[str]:
     elif shape.type_name == "string" and isinstance(value, str):
         shortest, longest = shape.metadata.get("min", 0), shape.metadata.get("max", len(value))
         pattern = _compiled(shape.metadata["pattern"]) if "pattern" in shape.metadata else None
-        shown = repr(_shortened(value))  # an S3 URI or a hyperparameter can run to thousands of characters
+        shown = repr(shortened(value))  # an S3 URI or a hyperparameter can run to thousands of characters
         if shape.enum and value not in shape.enum:
             yield f"{where}: {shown} is not one of {', '.join(shape.enum)}"
         # AWS services match the whole value (their models come from Java's matches()), anchored or not.
@@ -421,7 +422,7 @@ def hyperparameters_for(
             str(value), spec.hyperparameters[key], spec.hyperparameter_ranges.get(key)
         )
         if problem:
-            shown = f"{key}={_shortened(str(value))}"
+            shown = f"{key}={shortened(str(value))}"
             where = f"{typed[key]} ({shown})" if key in typed else f"hyperparameter {shown}"
             raise SpecError(f"{where}: {problem}")
         values[key] = str(value)
@@ -458,10 +459,6 @@ def _too_long(value: str) -> str | None:
     request's check would find too, but naming the request field and echoing the whole value."""
     longest = input_shape("CreateTrainingJob").members["HyperParameters"].value.metadata["max"]
     return f"{len(value)} characters; SageMaker takes at most {longest}" if len(value) > longest else None
-
-
-def _shortened(value: str, room: int = 40) -> str:
-    return value if len(value) <= room else f"{value[: room - 3]}..."
 
 
 def _beyond(given: float, bounds: Mapping[str, Any]) -> str | None:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stages.base import StageResult, require_columns, split_by_mask
-from schemas.records import set_aside_rows
+from schemas.records import set_aside_rows, shortened
 
 
 def joined_text(batch: pa.Table, fields: Sequence[str], stage: str) -> pa.Array:
@@ -318,14 +318,19 @@ class InstructionFilter:
         completions = _squash(batch["completion"])
         reasons: list[str | None] = []
         details: list[str | None] = []
-        for prompt, completion in zip(prompts, completions, strict=True):
+        # The detail quotes the completion as the record has it: "trivial completion" alone left a user
+        # whose labels include "None" or "N/A" guessing which rule took their records.
+        given = batch["completion"].to_pylist()
+        for prompt, completion, raw in zip(prompts, completions, given, strict=True):
             problem = None
             if not completion:
                 problem = "empty completion"
             elif len(completion) < self.min_chars:
                 problem = f"completion of {len(completion)} characters < min_completion_chars {self.min_chars}"
-            elif completion in self.trivial or not re.search(r"\w", completion):
-                problem = "trivial completion"
+            elif completion in self.trivial:
+                problem = f"trivial completion {shortened(raw)!r} (in trivial_completions)"
+            elif not re.search(r"\w", completion):
+                problem = f"trivial completion {shortened(raw)!r} (no letter or digit)"
             elif self.drop_equal and completion == prompt:
                 problem = "completion equals the prompt"
             reasons.append("instruction" if problem else None)
