@@ -136,13 +136,21 @@ class Mistyped(Unreadable):
         return sa.literal(self.value, sa.types.NullType())
 
 
-def _sqlite_decimal(value: Any) -> Any:
-    """A SQLite NUMERIC or DECIMAL value as the number SQLite holds: SQLAlchemy's Decimal rounds it to the scale
-    declared, else to 10 places (0.123456789012 was 0.1234567890, 1200 was 1200.0000000000), though SQLite
-    keeps every digit whatever the scale. A float by its shortest text, the one Python and SQLite write."""
-    if isinstance(value, int | float):
-        return Decimal(value if isinstance(value, int) else repr(value))
-    raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
+def _sqlite_decimal(rounded: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A SQLite NUMERIC or DECIMAL value's reader: the Decimal SQLAlchemy's ``rounded`` gives (to the scale declared,
+    else to 10 places: 1200 as 1200.0000000000), which an earlier release published and whose text a keyless row's
+    id holds; but where that rounding changed the number SQLite holds (0.123456789012 as 0.1234567890, 1e-12 as 0,
+    3.14159 in a DECIMAL(10, 2) as 3.14), that number: SQLite keeps every digit whatever the scale. A float's
+    number is its shortest text, the one Python and SQLite write."""
+
+    def read(value: Any) -> Any:
+        if not isinstance(value, int | float):
+            raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
+        held = Decimal(value if isinstance(value, int) else repr(value))
+        earlier = rounded(value)
+        return earlier if earlier == held else held
+
+    return read
 
 
 def _sqlite_boolean(value: Any) -> Any:
@@ -174,7 +182,7 @@ class _AsSqliteHolds(sa.types.TypeDecorator):
         if isinstance(self.inner, sa.Boolean):
             own = _sqlite_boolean
         elif isinstance(self.inner, sa.Numeric) and own is not None:  # a Float (REAL) is read as it is
-            own = _sqlite_decimal
+            own = _sqlite_decimal(own)
         if own is None:
             return None
         declared = str(self.inner)

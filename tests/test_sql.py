@@ -562,15 +562,36 @@ def _sqlite_published(workdir: Path, columns: str, rows: str, completion: str) -
     return {line["prompt"]: line["completion"] for line in processed(version)}, version
 
 
-def test_a_sqlite_numeric_is_published_as_the_number_sqlite_holds(workdir: Path) -> None:
-    # SQLAlchemy's Decimal rounded it to the declared scale, else to 10 places, though SQLite keeps every digit.
+def test_a_sqlite_numeric_is_published_as_an_earlier_release_did_unless_that_changed_the_number(
+    workdir: Path,
+) -> None:
+    # SQLAlchemy's Decimal rounds to the declared scale, else to 10 places, though SQLite keeps every digit. A value
+    # the rounding keeps is written as before (2 as 2.0000000000): a keyless row's id holds its text, so another text
+    # published it again beside its old record, and a NUMERIC key's row under another id. One it changed (1e-12 was
+    # 0.0000000000) is the number SQLite holds.
+    dialect = sa.create_engine("sqlite://").dialect
+
+    def earlier(value: float, declared: sa.Numeric) -> str:
+        return format(declared.dialect_impl(dialect).result_processor(dialect, None)(value), "f")
+
     published, _ = _sqlite_published(
         workdir,
         "n NUMERIC, fee DECIMAL(10, 2)",
-        "(1, 'a', 0.123456789012, 3.14159), (2, 'b', 1e-12, 2), (3, 'c', 1200, 0.5)",
+        "(1, 'a', 2, 2), (2, 'b', 1200, 1200), (3, 'c', 0.1, 0.1), (4, 'd', 1e-12, 3.14159),"
+        " (5, 'e', 0.123456789012, 0.5), (6, 'f', 1180591620717411303424, 1180591620717411303424)",
         "{{ n }} {{ fee }}",
     )
-    assert published == {"a": "0.123456789012 3.14159", "b": "0.000000000001 2", "c": "1200 0.5"}
+    kept = {"a": 2, "b": 1200, "c": 0.1}
+    assert {s: published[s] for s in kept} == {
+        s: f"{earlier(v, sa.Numeric())} {earlier(v, sa.Numeric(10, 2))}" for s, v in kept.items()
+    }
+    assert published["a"] == "2.0000000000 2.00"
+    # 2**70 is a REAL in SQLite, whose shortest text is 1.1805916207174113e+21.
+    assert {s: published[s] for s in "def"} == {
+        "d": "0.000000000001 3.14159",
+        "e": f"0.123456789012 {earlier(0.5, sa.Numeric(10, 2))}",
+        "f": "1180591620717411300000 1180591620717411300000",
+    }
 
 
 def test_a_sqlite_boolean_is_true_for_any_number_but_0_as_sqlite_takes_it(workdir: Path) -> None:
