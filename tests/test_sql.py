@@ -514,7 +514,7 @@ def test_a_sqlite_value_not_of_its_columns_declared_type_quarantines_its_row_nam
         f"INSERT INTO t VALUES (1, 'ok', {good}, 1), (2, 'bad', {bad}, 2), (3, 'fine', {good}, 3)",
     )
     spec = recipe(url, table="t", cursor="u", key=key)
-    spec["record"]["completion"] = "{{ subject }}."
+    spec["record"]["completion"] = "{{ subject }}: {{ v }}"
     first = run(workdir, spec)
     assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["fine", "ok"]
     assert first.manifest.counts.quarantined == 1 == first.manifest.counts.reasons["quarantined"]["schema"]
@@ -530,6 +530,44 @@ def test_a_sqlite_value_not_of_its_columns_declared_type_quarantines_its_row_nam
         db.commit()
     second = run(workdir, spec)
     assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (1, 0)
+
+
+@pytest.mark.parametrize("key", [["id"], []])
+def test_a_sqlite_value_not_of_its_declared_type_in_a_column_the_recipe_does_not_read_quarantines_nothing(
+    workdir: Path, key: list
+) -> None:
+    # As a Parquet column it does not read: the value is in no record. Its row was set aside (schema), though the
+    # same rows read by a query (whose values SQLite gives untyped) were published.
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (id INTEGER, subject TEXT, v TEXT, d DATE)",
+        "INSERT INTO t VALUES (1, 'a', 'x', '2026-01-01'), (2, 'b', 'y', 'garbage'), (3, 'c', 'z', 20260101)",
+    )
+    published = {}
+    for source in ({"table": "t"}, {"query": "SELECT * FROM t"}):
+        spec = recipe(url, key=key, **source)
+        spec["record"]["completion"] = "{{ v }}"
+        (workdir / next(iter(source))).mkdir()
+        result = run(workdir / next(iter(source)), spec)
+        assert (result.manifest.counts.input, result.manifest.counts.quarantined) == (3, 0)
+        published[next(iter(source))] = sorted(
+            (line["prompt"], line["completion"]) for line in processed(Path(result.version_uri))
+        )
+    assert published["table"] == published["query"] == [("a", "x"), ("b", "y"), ("c", "z")]
+    # The rows hold it as SQLite does, the column as text in that batch (as a set-aside row's record shows it).
+    reader = SqlSourceReader(SqlSource(type="sql", url=url, table="t"), 10, used_columns={"subject", "v"})
+    assert [row["d"] for batch in reader.batches() for row in batch.rows.to_pylist()] == [
+        "2026-01-01",
+        "garbage",
+        "20260101",
+    ]
+    # Read, it sets its row aside (see above); an unread one is read as SQLite holds it, as text beside the dates.
+    spec = recipe(url, key=key, table="t")
+    spec["record"]["completion"] = "{{ v }} {{ d }}"
+    (workdir / "read").mkdir()
+    again = run(workdir / "read", spec)
+    assert sorted(line["prompt"] for line in processed(Path(again.version_uri))) == ["a"]
+    assert again.manifest.counts.reasons["quarantined"]["schema"] == 2
 
 
 def test_a_sqlite_cursor_of_moments_holding_a_value_that_is_no_moment_sets_its_row_aside_once(workdir: Path) -> None:
