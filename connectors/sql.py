@@ -15,7 +15,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -38,7 +38,7 @@ from connectors.storage import StorageError
 from schemas.config import SqlSource, parameter_places, query_parts
 from schemas.json_values import decimal_texts, json_values, value_text
 from schemas.manifest import InputFile
-from schemas.records import InputIds, record_ids, record_json, set_aside_rows, source_array
+from schemas.records import InputIds, reads, record_ids, record_json, set_aside_rows, source_array
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,21 @@ class Mistyped(Unreadable):
         return sa.literal(self.value, sa.types.NullType())
 
 
-def _sqlite_decimal(value: Any) -> Any:
-    """A SQLite NUMERIC or DECIMAL value as the number SQLite holds: SQLAlchemy's Decimal rounds it to the scale
-    declared, else to 10 places (0.123456789012 was 0.1234567890, 1200 was 1200.0000000000), though SQLite
-    keeps every digit whatever the scale. A float by its shortest text, the one Python and SQLite write."""
-    if isinstance(value, int | float):
-        return Decimal(value if isinstance(value, int) else repr(value))
-    raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
+def _sqlite_decimal(rounded: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A SQLite NUMERIC or DECIMAL value's reader: the Decimal SQLAlchemy's ``rounded`` gives (to the scale declared,
+    else to 10 places: 1200 as 1200.0000000000), which an earlier release published and whose text a keyless row's
+    id holds; but where that rounding changed the number SQLite holds (0.123456789012 as 0.1234567890, 1e-12 as 0,
+    3.14159 in a DECIMAL(10, 2) as 3.14), that number: SQLite keeps every digit whatever the scale. A float's
+    number is its shortest text, the one Python and SQLite write."""
+
+    def read(value: Any) -> Any:
+        if not isinstance(value, int | float):
+            raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
+        held = Decimal(value if isinstance(value, int) else repr(value))
+        earlier = rounded(value)
+        return earlier if earlier == held else held
+
+    return read
 
 
 def _sqlite_boolean(value: Any) -> Any:
@@ -174,7 +182,7 @@ class _AsSqliteHolds(sa.types.TypeDecorator):
         if isinstance(self.inner, sa.Boolean):
             own = _sqlite_boolean
         elif isinstance(self.inner, sa.Numeric) and own is not None:  # a Float (REAL) is read as it is
-            own = _sqlite_decimal
+            own = _sqlite_decimal(own)
         if own is None:
             return None
         declared = str(self.inner)
@@ -707,8 +715,15 @@ class CursorRange:
 class SqlSourceReader:
     name = CONNECTOR
 
-    def __init__(self, config: SqlSource, batch_rows: int, watermark: SourceWatermark | None = None) -> None:
+    def __init__(
+        self,
+        config: SqlSource,
+        batch_rows: int,
+        watermark: SourceWatermark | None = None,
+        used_columns: Collection[str] | None = None,
+    ) -> None:
         self.config, self.batch_rows, self.watermark = config, batch_rows, watermark
+        self.used_columns = used_columns  # as the files connector's (``_unread_mistyped``)
         self.uri = source_uri(config)
         self.listed_uris = [self.uri]  # also when it has nothing new: another source may not take it
         self._unchanged = False
@@ -1153,6 +1168,29 @@ class SqlSourceReader:
             contents[i] = _values_text(rows[i])
         return table, contents
 
+    def _unread_mistyped(
+        self, table: pa.Table, columns: list[str], rows: Sequence[Sequence[Any]], unreadable: list[list[str]]
+    ) -> tuple[pa.Table, list[list[str]]]:
+        """The table and each row's unreadable columns less a ``Mistyped`` value in a column the recipe does not
+        read (not its key or cursor, nor in ``used_columns``): as a Parquet column it does not read, it is in no
+        record, so its row is not set aside (read by a query, untyped, it was published). Such a column is text in
+        this batch, each value as SQLite holds it, as a set-aside row's ``record`` shows it; the row's content, its
+        id without a key, holds the value as ``_contents`` wrote it."""
+        if self.used_columns is None or not any(unreadable):
+            return table, unreadable
+        read = {self.config.cursor, *self.config.key}
+
+        def loose(row: Sequence[Any], name: str) -> bool:
+            unread = name not in read and not reads(name, self.used_columns)
+            return unread and isinstance(row[columns.index(name)], Mistyped)
+
+        kept = [[n for n in names if not loose(row, n)] for row, names in zip(rows, unreadable, strict=True)]
+        for name in {n for names, left in zip(unreadable, kept, strict=True) for n in names if n not in left}:
+            at = columns.index(name)
+            texts = pa.array([None if row[at] is None else _as_text(row[at]) for row in rows], pa.string())
+            table = table.set_column(at, name, texts)
+        return table, kept
+
     def _unreadable(
         self, rows: pa.Table, columns: list[str], values: list[Sequence[Any]], unreadable: list[list[str]]
     ) -> pa.Table:
@@ -1234,6 +1272,7 @@ class SqlSourceReader:
                     rows = [row[:width] for row in rows]
                 unreadable = unreadable_columns(columns, rows, made)
                 table, contents = self._contents(columns, rows, unreadable)
+                table, unreadable = self._unread_mistyped(table, columns, rows, unreadable)
                 lines = list(range(ordinal + 1, ordinal + 1 + table.num_rows))
                 ordinal += table.num_rows
                 # Without a key, ids number equal rows in the order read: the rows taken before count too, so a

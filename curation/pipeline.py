@@ -142,7 +142,7 @@ def build_sources(recipe: Recipe, watermarks: Watermarks | None = None) -> list[
         if isinstance(config, SqlSource):
             from connectors.sql import SqlSourceReader
 
-            sources.append(SqlSourceReader(config, recipe.batch_rows, mark))
+            sources.append(SqlSourceReader(config, recipe.batch_rows, mark, used_columns=used))
         elif isinstance(config, DocumentsSource):
             from connectors.documents import DocumentsSourceReader
 

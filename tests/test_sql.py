@@ -514,7 +514,7 @@ def test_a_sqlite_value_not_of_its_columns_declared_type_quarantines_its_row_nam
         f"INSERT INTO t VALUES (1, 'ok', {good}, 1), (2, 'bad', {bad}, 2), (3, 'fine', {good}, 3)",
     )
     spec = recipe(url, table="t", cursor="u", key=key)
-    spec["record"]["completion"] = "{{ subject }}."
+    spec["record"]["completion"] = "{{ subject }}: {{ v }}"
     first = run(workdir, spec)
     assert sorted(line["prompt"] for line in processed(Path(first.version_uri))) == ["fine", "ok"]
     assert first.manifest.counts.quarantined == 1 == first.manifest.counts.reasons["quarantined"]["schema"]
@@ -530,6 +530,44 @@ def test_a_sqlite_value_not_of_its_columns_declared_type_quarantines_its_row_nam
         db.commit()
     second = run(workdir, spec)
     assert (second.manifest.counts.input, second.manifest.counts.quarantined) == (1, 0)
+
+
+@pytest.mark.parametrize("key", [["id"], []])
+def test_a_sqlite_value_not_of_its_declared_type_in_a_column_the_recipe_does_not_read_quarantines_nothing(
+    workdir: Path, key: list
+) -> None:
+    # As a Parquet column it does not read: the value is in no record. Its row was set aside (schema), though the
+    # same rows read by a query (whose values SQLite gives untyped) were published.
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (id INTEGER, subject TEXT, v TEXT, d DATE)",
+        "INSERT INTO t VALUES (1, 'a', 'x', '2026-01-01'), (2, 'b', 'y', 'garbage'), (3, 'c', 'z', 20260101)",
+    )
+    published = {}
+    for source in ({"table": "t"}, {"query": "SELECT * FROM t"}):
+        spec = recipe(url, key=key, **source)
+        spec["record"]["completion"] = "{{ v }}"
+        (workdir / next(iter(source))).mkdir()
+        result = run(workdir / next(iter(source)), spec)
+        assert (result.manifest.counts.input, result.manifest.counts.quarantined) == (3, 0)
+        published[next(iter(source))] = sorted(
+            (line["prompt"], line["completion"]) for line in processed(Path(result.version_uri))
+        )
+    assert published["table"] == published["query"] == [("a", "x"), ("b", "y"), ("c", "z")]
+    # The rows hold it as SQLite does, the column as text in that batch (as a set-aside row's record shows it).
+    reader = SqlSourceReader(SqlSource(type="sql", url=url, table="t"), 10, used_columns={"subject", "v"})
+    assert [row["d"] for batch in reader.batches() for row in batch.rows.to_pylist()] == [
+        "2026-01-01",
+        "garbage",
+        "20260101",
+    ]
+    # Read, it sets its row aside (see above); an unread one is read as SQLite holds it, as text beside the dates.
+    spec = recipe(url, key=key, table="t")
+    spec["record"]["completion"] = "{{ v }} {{ d }}"
+    (workdir / "read").mkdir()
+    again = run(workdir / "read", spec)
+    assert sorted(line["prompt"] for line in processed(Path(again.version_uri))) == ["a"]
+    assert again.manifest.counts.reasons["quarantined"]["schema"] == 2
 
 
 def test_a_sqlite_cursor_of_moments_holding_a_value_that_is_no_moment_sets_its_row_aside_once(workdir: Path) -> None:
@@ -562,15 +600,36 @@ def _sqlite_published(workdir: Path, columns: str, rows: str, completion: str) -
     return {line["prompt"]: line["completion"] for line in processed(version)}, version
 
 
-def test_a_sqlite_numeric_is_published_as_the_number_sqlite_holds(workdir: Path) -> None:
-    # SQLAlchemy's Decimal rounded it to the declared scale, else to 10 places, though SQLite keeps every digit.
+def test_a_sqlite_numeric_is_published_as_an_earlier_release_did_unless_that_changed_the_number(
+    workdir: Path,
+) -> None:
+    # SQLAlchemy's Decimal rounds to the declared scale, else to 10 places, though SQLite keeps every digit. A value
+    # the rounding keeps is written as before (2 as 2.0000000000): a keyless row's id holds its text, so another text
+    # published it again beside its old record, and a NUMERIC key's row under another id. One it changed (1e-12 was
+    # 0.0000000000) is the number SQLite holds.
+    dialect = sa.create_engine("sqlite://").dialect
+
+    def earlier(value: float, declared: sa.Numeric) -> str:
+        return format(declared.dialect_impl(dialect).result_processor(dialect, None)(value), "f")
+
     published, _ = _sqlite_published(
         workdir,
         "n NUMERIC, fee DECIMAL(10, 2)",
-        "(1, 'a', 0.123456789012, 3.14159), (2, 'b', 1e-12, 2), (3, 'c', 1200, 0.5)",
+        "(1, 'a', 2, 2), (2, 'b', 1200, 1200), (3, 'c', 0.1, 0.1), (4, 'd', 1e-12, 3.14159),"
+        " (5, 'e', 0.123456789012, 0.5), (6, 'f', 1180591620717411303424, 1180591620717411303424)",
         "{{ n }} {{ fee }}",
     )
-    assert published == {"a": "0.123456789012 3.14159", "b": "0.000000000001 2", "c": "1200 0.5"}
+    kept = {"a": 2, "b": 1200, "c": 0.1}
+    assert {s: published[s] for s in kept} == {
+        s: f"{earlier(v, sa.Numeric())} {earlier(v, sa.Numeric(10, 2))}" for s, v in kept.items()
+    }
+    assert published["a"] == "2.0000000000 2.00"
+    # 2**70 is a REAL in SQLite, whose shortest text is 1.1805916207174113e+21.
+    assert {s: published[s] for s in "def"} == {
+        "d": "0.000000000001 3.14159",
+        "e": f"0.123456789012 {earlier(0.5, sa.Numeric(10, 2))}",
+        "f": "1180591620717411300000 1180591620717411300000",
+    }
 
 
 def test_a_sqlite_boolean_is_true_for_any_number_but_0_as_sqlite_takes_it(workdir: Path) -> None:
