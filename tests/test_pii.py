@@ -2223,6 +2223,31 @@ def test_a_name_the_template_gives_its_context_is_redacted_in_set_aside_rows(wor
         assert name not in json.dumps(set_aside(version)), name
 
 
+def test_product_and_status_values_of_a_set_aside_row_stay_in_clear(workdir: Path) -> None:
+    # Scanned joined by spaces, by lines and as "key: value", a row's short values made names: "Coffee Maker",
+    # "Returned", "Pending" were published as <PERSON> in set_aside/ (77% of such rows lost a value, from 40%).
+    rows = [
+        {"product": "Coffee Maker", "status": "Delivered", "category": "account", "a": "Done"},
+        {"product": "Office Chair", "status": "Returned", "category": "returns", "a": "Refund issued"},
+        {"product": "Phone Case", "status": "Pending", "category": "returns", "ref": "SKU-5585", "a": "Done"},
+    ]
+    write_jsonl(workdir / "orders.jsonl", [*rows, {"product": "Kettle", "status": "Lost", "q": "where", "a": "Sorry"}])
+    spec = {
+        "dataset": "orders",
+        "sources": [{"path": "orders.jsonl"}],
+        "record": {
+            "kind": "instruction",
+            "prompt": "Order of {{ product }} is {{ status }}: {{ q }}",
+            "completion": "a",
+        },
+        "stages": [{"type": "pii", "workers": 1}],
+        "output": {"validation_fraction": 0},
+    }
+    version = Path(run(workdir, spec).version_uri)
+    published = sorted((json.loads(row["record"]) for row in set_aside(version)), key=lambda row: row["product"])
+    assert published == sorted(rows, key=lambda row: row["product"])
+
+
 def test_a_lone_first_or_last_word_of_a_name_is_redacted_as_the_name_but_not_a_common_word(workdir: Path) -> None:
     # "<PERSON_7eb342386a> asks: Reply to Priya about it" tied "Priya" to the pseudonym in every record.
     rows = [
