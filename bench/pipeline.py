@@ -132,7 +132,7 @@ def child(kind: str, source: str, dest: str, recipe_json: str) -> dict[str, Any]
 
             from curation.executors.ray_executor import RayExecutor, code_root
 
-            ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": code_root()}})
+            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": code_root()}})
             warm_up(ray)
             executor = RayExecutor()
 

@@ -42,6 +42,9 @@ def local_ray(aws_env: str) -> Any:
     started = not ray.is_initialized()
     if started:
         ray.init(
+            # A new instance of its own, as the executor starts one: without it, Ray joins a cluster that
+            # `ray start` left on this machine (or the one it last named, gone since) and refuses num_cpus.
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
