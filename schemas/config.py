@@ -1198,14 +1198,23 @@ def _resolve_local(path: str, base: Path) -> str:
     ``base``. A glob's trailing ``/`` is kept: ``data/*/`` names folders, ``data/*`` files. A folder's is not: storage
     reads ``in/`` and ``in`` alike, and the path is in the source's watermark key, which would change with it. That
     holds for a folder named like a glob too (``exports [2026]/``), which storage reads by its name."""
-    from connectors.storage import _read_as_glob  # connectors import this module
-
     scheme = "file://" if path.startswith("file://") else ""
     local = path.removeprefix(scheme)
     if "://" in local or Path(local).is_absolute():
         return path
     resolved = str(base.resolve() / local)
     return scheme + resolved + ("/" if local.endswith("/") and _read_as_glob(resolved) else "")
+
+
+def _read_as_glob(path: str) -> bool:
+    """Whether storage reads ``path`` as a glob; True where the file system will not say (a name too long, no
+    permission): the run's listing then names the path and the error, as an input error, not a traceback here."""
+    from connectors.storage import _read_as_glob  # connectors import this module
+
+    try:
+        return _read_as_glob(path)
+    except OSError:  # StorageError too
+        return True
 
 
 def _resolve_source_paths(source: Any, base_dir: Path) -> None:

@@ -632,3 +632,13 @@ def test_a_folder_named_like_a_glob_keeps_its_key_without_the_slash(workdir: Pat
     assert source_keys(recipe.sources[0]) == source_keys(earlier)
     pattern = load_recipe(write_recipe(sub, docs_recipe("export[s]/", validation_fraction=0.0), name="p.yaml"))
     assert pattern.sources[0].path == f"{sub.resolve()}/export[s]/"  # no folder has that name: a glob of folders
+
+
+def test_a_relative_glob_the_file_system_cannot_look_at_still_loads(workdir: Path) -> None:
+    # Whether `name[1]/` is a folder of that name is asked of the file system at recipe load: a name it refuses
+    # (too long) raised OSError there, a traceback from `curation check`, where the listing said it as an input error.
+    from tests.helpers import docs_recipe, write_recipe
+
+    long = "x" + "a" * 300 + "[1]/"
+    recipe = load_recipe(write_recipe(workdir, docs_recipe(long, validation_fraction=0.0)))
+    assert recipe.sources[0].path == f"{workdir.resolve()}/{long}"
