@@ -431,6 +431,21 @@ def key_as_a_path(uri: str) -> str | None:
     return None if normal == key else f"s3://{normal}"
 
 
+def exists_as_written(uri: str) -> bool:
+    """Whether an object has the key of the S3 ``uri`` as written (a HEAD through boto3: Arrow asks about the key
+    normalised, ``key_as_a_path``); ``Unreadable`` where S3 does not say (denied, throttled, away)."""
+    import botocore.exceptions
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not key:  # "s3://bucket/": a bucket, no object (botocore refuses to ask)
+        return False
+    client = _reading_client(tuple(os.environ.get(name) for name in _AWS_READING), os.getpid())
+    try:
+        return _s3_key_exists(client, bucket, key)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        raise Unreadable.of(uri, OSError(str(error))) from None
+
+
 def climbs(key: str) -> bool:
     """Whether an S3 key (or a URI, or a name in a folder) has a ``..`` part: normalised, it names another
     object ("x/../b.png" as "b.png"), where a "." or empty part does not take it out of its folder."""

@@ -171,6 +171,33 @@ def test_an_s3_image_uri_is_its_key_as_written_not_a_path_to_another_object(work
     assert published == sorted(f"{hashlib.sha256(data).hexdigest()}.png" for data in read)
 
 
+def test_an_s3_image_key_with_an_empty_or_dot_part_that_exists_as_written_is_not_read_as_another_object(
+    workdir: Path, bucket: str
+) -> None:
+    # S3 keys are literal: "c//d.png" and "c/d.png" are two objects, two pictures. The writer reads through Arrow,
+    # which reads "c/d.png" in the place of "c//d.png" (and "b.png" in the place of "./b.png"): another picture
+    # was published. Only where no object has the key as written is it read as the key without the part.
+    s3 = boto3.client("s3")
+    for key, color in (("c//d.png", (1, 1, 1)), ("c/d.png", (9, 9, 9)), ("./b.png", (2, 2, 2)), ("b.png", (8, 8, 8))):
+        s3.put_object(Bucket=bucket, Key=f"scans/{key}", Body=png(color))
+    s3.put_object(Bucket=bucket, Key="scans/e/f.png", Body=png((5, 5, 5)))  # "e//f.png" is not there as written
+    images = [f"s3://{bucket}/scans/{key}" for key in ("c//d.png", "./b.png", "e//f.png")]
+    write_jsonl(workdir / "qa.jsonl", [{"image": image, "question": "Colour?", "answer": "x"} for image in images])
+    result = run(workdir, recipe(f"s3://{bucket}/out", "state.db", validation_fraction=0.0))
+    assert result.manifest.counts.reasons["quarantined"] == {"missing_image": 2}
+    aside = [json.loads(line) for line in _s3_text(bucket, result, "set_aside/").splitlines()]
+    detail = {json.loads(row["record"])["image"]: row["detail"] for row in aside}
+    assert detail == {
+        image: f"{workdir / 'qa.jsonl'}:{line}: image: {image}: cannot read (S3 keys are taken as written, and one "
+        f"with a '.' or empty part is not read as written: this is not s3://{bucket}/scans/{normal})"
+        for line, image, normal in ((1, images[0], "c/d.png"), (2, images[1], "b.png"))
+    }
+    written = [json.loads(line) for line in _s3_text(bucket, result, "train/metadata.jsonl").splitlines()]
+    assert [line["file_name"].rsplit("/", 1)[-1] for line in written] == [
+        f"{hashlib.sha256(png((5, 5, 5))).hexdigest()}.png"
+    ]
+
+
 def _s3_text(bucket: str, result: RunResult, prefix: str) -> str:
     """The text of the version's objects under ``prefix``, in key order."""
     s3 = boto3.client("s3")

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from pyarrow.fs import FileType
 
 from connectors.base import Source
-from connectors.storage import climbs, filesystem, is_s3, key_as_a_path, os_reason
+from connectors.storage import Unreadable, climbs, exists_as_written, filesystem, is_s3, key_as_a_path, os_reason
 from curation.formats import IMAGE_EXTENSIONS
 from curation.stages.base import StageResult, rows_as_python, split_by_mask
 from schemas.config import DEFAULT_MAX_PIXELS
@@ -91,14 +91,20 @@ def image_problem(uri: str, name: str | None = None) -> tuple[str, str] | None:
     if "\x00" in uri:  # no file system takes it (Arrow raises ValueError), and a detail should not hold it
         return "missing_image", "names no file: the name holds a NUL character"
     if (normal := key_as_a_path(uri)) is not None:
-        if climbs(uri):
-            # The writer reads through Arrow, which would read another object in its place ("x/../b.png" as "b.png").
+        try:
+            # The writer reads through Arrow, which would read another object in its place ("x/../b.png" as "b.png",
+            # "c//d.png" as "c/d.png" where both are there: S3 keys are literal).
+            other = climbs(uri) or exists_as_written(uri)
+        except Unreadable as error:  # S3 did not say (denied, throttled): for now only
+            return "unreadable", f"{name}: cannot read ({error.why})"
+        if other:
+            part = "'..'" if climbs(uri) else "'.' or empty"
             return "missing_image", (
-                f"{name}: cannot read (S3 keys are taken as written, and one with a '..' part is not read as "
+                f"{name}: cannot read (S3 keys are taken as written, and one with a {part} part is not read as "
                 f"written: this is not {normal})"
             )
-        # "./a.png" spells "a.png" another way, which Arrow reads in its place (the earlier release did); it
-        # refuses an empty part ("c//d.png"), which is read as "c/d.png" the same way.
+        # No object has it as written: "./a.png" spells "a.png" another way, which Arrow reads in its place (the
+        # earlier release did); it refuses an empty part ("c//d.png"), which is read as "c/d.png" the same way.
         uri = normal
     try:
         fs, path = filesystem(uri)
