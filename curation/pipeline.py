@@ -42,6 +42,7 @@ from curation.review.decisions import (
     changes_since,
     inputs_to_read_again,
     mark_now,
+    rejected_since,
 )
 from curation.review.queue import add_items, note_read, queued_records
 from curation.review.rejected_content import remember as remember_rejected_content
@@ -1163,6 +1164,26 @@ def _run_locked(
     return result
 
 
+def _clusters_of_rejected(
+    recipe: Recipe,
+    state: StateStore,
+    since: DecisionMark,
+    until: DecisionMark,
+    read_chain: Callable[[], list[Manifest]],
+) -> set[str]:
+    """The inputs of the records the chain set aside as duplicates of a record rejected since ``since``, and
+    the rejected record's own: a carried line takes the rejection, but the cluster it kept is resolved again
+    only when its members are read again (as a full refresh would: without the rejected record, one of them
+    may be published). Only a run with a new rejection reads the chain's set-aside rows for it."""
+    rejected = rejected_since(state.engine, recipe.dataset, since, until)
+    if not rejected:
+        return set()
+    ids = pl.Series(sorted(rejected), dtype=pl.String)
+    found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, [m.version for m in read_chain()], ids)
+    kept = set().union(*found.values())
+    return set(found) | {uri for record in kept if (uri := rejected[record])}
+
+
 def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: DecisionMark) -> RunPlan:
     """The versions the run builds on and the inputs it reads (the run holds the dataset's lock: no
     other run publishes a version until it ends)."""
@@ -1193,8 +1214,11 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
         )
         full_refresh, latest = True, None
     decided_before = _decisions_read(recipe, state, latest) if latest is not None else None
+    # Read when first needed, once: a damaged manifest raises where it did when each caller read the chain.
+    chain = functools.cache(lambda: _chain_manifests(recipe, previous))
     read_again = (
         inputs_to_read_again(state.engine, recipe.dataset, decided_before, decided_by)
+        | _clusters_of_rejected(recipe, state, decided_before, decided_by, chain)
         if decided_before is not None and recipe.output.carry_forward and not full_refresh
         else set()
     )
@@ -1218,8 +1242,9 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
         refuse_unwritable_dest(recipe.output.dest, recipe.dataset)
     for gone in sorted(read_again - {entry.uri for entry in inputs}):
         log.warning(
-            "%s: review decisions on its records (one that ended, or one on a set-aside near duplicate) take "
-            "effect when it is read again, and it is no longer there to read again",
+            "%s: review decisions on its records (one that ended, one on a set-aside near duplicate, or a "
+            "rejection of the record their cluster kept) take effect when it is read again, and it is no longer "
+            "there to read again",
             gone,
         )
     if unasked:
@@ -1229,8 +1254,6 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     if previous and not full_refresh:
         _note_sources_new_to_the_dataset(recipe, sources, watermarks, previous[-1])
     replaced_ids, sides = None, None
-    # Read when first needed, once: a damaged manifest raises where it did when each caller read the chain.
-    chain = functools.cache(lambda: _chain_manifests(recipe, previous))
     if recipe.output.carry_forward and previous and watermarks.replaced():
         inputs, replaced_ids, sides = _replaced_records(recipe, watermarks, sources, previous, inputs, chain)
     if previous and not full_refresh:

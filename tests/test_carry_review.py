@@ -1181,3 +1181,43 @@ def test_a_carried_metadata_line_naming_file_name_twice_is_refused_by_its_line(
         return
     with pytest.raises(ValueError, match=r'v1/train/metadata.jsonl line 3: the key "file_name" appears twice'):
         run(workdir, vqa)
+
+
+PIN = {
+    "q": "How do I reset the PIN number on my debit card when I have forgotten it completely",
+    "a": "Open the banking app, choose the card, then select Reset PIN and follow the steps shown",
+}
+
+
+@pytest.mark.parametrize("across_runs", [True, False])
+@pytest.mark.parametrize("layout", ["one-input", "another-input"])
+def test_a_rejected_kept_record_has_its_cluster_resolved_again_by_the_next_run(
+    workdir: Path, layout: str, across_runs: bool
+) -> None:
+    # A cluster of three: the record kept, its content in other case and spacing (a copy of its content,
+    # filtered once it is rejected), and a near duplicate that a full refresh publishes in its place.
+    copy = {"q": f"  {PIN['q'].replace('reset', 'RESET')}   ", "a": PIN["a"].upper()}
+    near = {"q": PIN["q"].replace(" ", ", ") + "!!!", "a": f"{PIN['a']}."}
+    cluster = [copy, near]
+    write_jsonl(workdir / "in" / "a.jsonl", [PIN, *(cluster if layout == "one-input" else []), *notes(0, 1)])
+    if layout == "another-input":
+        write_jsonl(workdir / "in" / "b.jsonl", cluster)
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "across_runs": across_runs}]}
+    v1 = run(workdir, spec)
+    assert v1.manifest.counts.reasons["duplicate"] == {"near_duplicate": 2}
+    reject(workdir, Path(v1.version_uri), PIN["q"])[0].dispose()
+    write_jsonl(workdir / "in" / "c.jsonl", notes(5, 1))
+    v2 = run(workdir, spec)
+    published = texts(outputs(Path(v2.version_uri)))
+    assert near["q"] in published and PIN["q"] not in published and copy["q"] not in published
+    # Read again: the cluster's inputs (the rejected record's and its duplicates'), beside the new file.
+    cluster_inputs = ["a.jsonl"] if layout == "one-input" else ["a.jsonl", "b.jsonl"]
+    assert sorted(Path(i.uri).name for i in v2.manifest.inputs) == [*cluster_inputs, "c.jsonl"]
+    assert adds_up(v2.manifest)
+    refreshed = run(workdir, spec, full_refresh=True)
+    assert texts(outputs(Path(refreshed.version_uri))) == published
+    # A rejected record whose cluster set nothing aside has no input read again: its carried line is left out.
+    reject(workdir, Path(refreshed.version_uri), notes(5, 1)[0]["q"])[0].dispose()
+    v4 = run(workdir, spec)
+    assert v4.manifest.inputs == [] and v4.manifest.stats["carry"]["review_rejected"] == 1
+    assert texts(outputs(Path(v4.version_uri))) == [t for t in published if t != notes(5, 1)[0]["q"]]

@@ -777,6 +777,17 @@ def inputs_to_read_again(
     return uris | {uri for copies in copies_of(engine, dataset, ended).values() for _, uri in copies if uri}
 
 
+def rejected_since(
+    engine: sa.Engine, dataset: str, since: DecisionMark, until: DecisionMark | None = None
+) -> dict[str, str | None]:
+    """The records rejected since ``since`` (in force now, not then), each with the URI of its input."""
+    return {
+        c.now["record_id"]: json.loads(c.source).get("uri")
+        for c in changes(engine, dataset, since, until)
+        if c.now is not None and c.now["action"] == "reject" and (c.then is None or c.then["action"] != "reject")
+    }
+
+
 def _effect(decision: dict[str, Any] | None) -> tuple[str, str] | None:
     """What a decision in force does to its record: nothing for an approve (it confirms the flag)."""
     return None if decision is None or decision["action"] == "approve" else (decision["action"], decision["after"])
