@@ -59,11 +59,13 @@ from curation.state import StateStore, read_state
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
 from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs, records_of_other_inputs
 from schemas.config import (
+    ChunkConfig,
     DocumentsSource,
     ExactDedupConfig,
     HFSource,
     ImageDedupConfig,
     ImagesSource,
+    NearDedupConfig,
     Recipe,
     RecipeError,
     SqlSource,
@@ -281,16 +283,52 @@ def stage_order_warnings(recipe: Recipe) -> list[str]:
     return warnings
 
 
-def recipe_warnings(recipe: Recipe) -> list[str]:
-    """What the recipe puts at risk, said at ``check`` and as a run starts: its stages' order
-    (``stage_order_warnings``), and a split that puts one document's overlapping chunks on both sides (a
-    model evaluated on text it trained on)."""
-    warnings = stage_order_warnings(recipe)
-    overlapping = [
-        source.path
+def _overlapping_chunks(recipe: Recipe) -> dict[str, ChunkConfig]:
+    """The chunk settings of the recipe's documents sources whose chunks overlap, by the source's path."""
+    return {
+        source.path: source.chunk
         for source in recipe.sources
         if isinstance(source, DocumentsSource) and source.chunk is not None and source.chunk.overlap_chars > 0
-    ]
+    }
+
+
+def chunk_overlap_warnings(recipe: Recipe) -> list[str]:
+    """A ``near_dedup`` threshold that neighbouring chunks of one document reach by their overlap alone: the
+    later one is set aside as a near-duplicate of the earlier, and the text it adds is lost.
+
+    Two neighbouring chunks of ``max_chars`` (m) sharing ``overlap_chars`` (o) hold m + m - o characters
+    between them, o of which both hold. The threshold is estimated Jaccard of their shingle sets, word or
+    character shingles alike, and a shingle's count follows the length of the text it is cut from, so they
+    share about o / (2m - o) of their shingles: 400 of 800 characters, a third. A shingle of k words or
+    characters is shared only whole inside the overlap, k - 1 fewer in both counts, little next to a chunk;
+    chunks packed short of ``max_chars`` by whole paragraphs share more, so a threshold a little above the
+    figure still loses some (the estimate varies too, by about 0.04 at 128 permutations)."""
+    shared = {
+        path: chunk.overlap_chars / (2 * chunk.max_chars - chunk.overlap_chars)
+        for path, chunk in _overlapping_chunks(recipe).items()
+    }
+    warnings: list[str] = []
+    for number, config in enumerate(recipe.stages, 1):
+        if isinstance(config, NearDedupConfig):
+            warnings.extend(
+                f"stages: near_dedup (stage {number}) threshold {config.threshold:g} is at or below the "
+                f"~{jaccard:.2f} Jaccard neighbouring chunks of one document of source {path} share by their "
+                "overlap (chunk.overlap_chars / (2 * max_chars - overlap_chars)): they are set aside as "
+                "near-duplicates of each other and their own text is lost; raise the threshold well above it "
+                "(default 0.7) or lower chunk.overlap_chars"
+                for path, jaccard in shared.items()
+                if config.threshold <= jaccard
+            )
+    return warnings
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """What the recipe puts at risk, said at ``check`` and as a run starts: its stages' order
+    (``stage_order_warnings``), a near-duplicate threshold that one document's overlapping chunks reach
+    (``chunk_overlap_warnings``), and a split that puts one document's overlapping chunks on both sides (a
+    model evaluated on text it trained on)."""
+    warnings = stage_order_warnings(recipe) + chunk_overlap_warnings(recipe)
+    overlapping = list(_overlapping_chunks(recipe))
     # Not the default: a version split chunk by chunk holds documents on both sides, and no later run moves
     # a published record (README "Splits"). Chunks overlap only within a section, whose chunks share its
     # title: a split by title keeps them together too.

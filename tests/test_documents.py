@@ -2055,3 +2055,36 @@ def test_numbers_in_a_long_paragraph_are_redacted_whatever_the_chunks_cuts(workd
     texts = [line["text"] for line in outputs(Path(run(workdir, recipe).version_uri))]
     assert any("<CREDIT_CARD>" in text for text in texts)
     assert not [text for text in texts if re.search(r"\d", text)]
+
+
+def test_a_near_dedup_threshold_neighbouring_overlapping_chunks_reach_is_warned_about(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chunks of 800 characters sharing 400 share about 400 / (1600 - 400), a third, of their shingles: at a
+    # threshold of 0.3 a document's chunks were set aside as near-duplicates of its own earlier ones.
+    rng = random.Random(252)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=6)) for _ in range(3000)]
+    paragraphs = [" ".join(rng.choices(words, k=14)) + "." for _ in range(60)]
+    (workdir / "in").mkdir()
+    (workdir / "in" / "guide.md").write_text("\n\n".join(paragraphs) + "\n")
+    source = {"type": "documents", "path": "in/", "chunk": {"max_chars": 800, "overlap_chars": 400}}
+    recipe = {"dataset": "guide", "sources": [source], "record": {"kind": "document"}, "output": {"dest": "out"}}
+    said = "near_dedup (stage 1) threshold 0.3 is at or below the ~0.33 Jaccard neighbouring chunks"
+    for threshold, warned in ((0.3, True), (0.7, False)):
+        # 64 bands of 2: pairs near 0.3 are candidates (with 32 of 4, about a third are)
+        stage = {"type": "near_dedup", "threshold": threshold, "bands": 64, "across_runs": False}
+        recipe["stages"] = [stage]
+        recipe["output"]["dest"] = f"out-{threshold}"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = run(workdir, recipe)
+        warning = [message for message in caplog.messages if "neighbouring chunks of one document" in message]
+        assert bool(warning) == warned
+        published = {p for line in outputs(Path(result.version_uri)) for p in line["text"].split("\n\n")}
+        lost = [paragraph for paragraph in paragraphs if paragraph not in published]
+        if warned:
+            assert said in warning[0] and "lower chunk.overlap_chars" in warning[0]
+            reasons = {row["reason"] for row in set_aside(Path(result.version_uri))}
+            assert lost and reasons == {"near_duplicate"}  # what it warns of: text in no published chunk
+        else:
+            assert not lost

@@ -1034,3 +1034,33 @@ def test_an_image_feature_in_a_column_named_id_read_as_input_id_text_is_refused_
     }
     with pytest.raises(StorageError, match=rf"{file}: column 'id' is a Hugging Face Image feature, read here as text"):
         run(workdir, recipe)
+
+
+def test_a_class_label_renders_as_its_number_and_a_template_indexing_its_names_publishes_them(workdir: Path) -> None:
+    # `datasets` returns a ClassLabel as its integer; the names live in the features alone, so the README tells a
+    # recipe to write them in its template.
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["neg", "pos"]),
+            "tags": datasets.Sequence(datasets.ClassLabel(names=["plot", "cast"])),
+        }
+    )
+    reviews = {"text": ["a dull film", "a fine film"], "label": [0, 1], "tags": [[0, 1], [1]]}
+    datasets.Dataset.from_dict(reviews, features=features).save_to_disk(str(workdir / "reviews"))
+    names = (
+        "{{ ['neg', 'pos'][label] }}: "
+        "{% for tag in tags %}{{ ['plot', 'cast'][tag] }}{{ ', ' if not loop.last }}{% endfor %}"
+    )
+    recipe = {
+        "dataset": "reviews",
+        "sources": [{"type": "hf", "path": "reviews"}],
+        "record": {"kind": "instruction", "prompt": "{{ text }}", "completion": "{{ label }} {{ tags }}"},
+        "output": {"dest": "numbers", "validation_fraction": 0.0},
+    }
+    numbers = outputs(Path(run(workdir, recipe).version_uri))
+    assert sorted(line["completion"] for line in numbers) == ["0 [0, 1]", "1 [1]"]
+    recipe["record"] = {"kind": "instruction", "prompt": "{{ text }}", "completion": names}
+    recipe["output"]["dest"] = "names"
+    published = {line["prompt"]: line["completion"] for line in outputs(Path(run(workdir, recipe).version_uri))}
+    assert published == {"a dull film": "neg: plot, cast", "a fine film": "pos: cast"}
