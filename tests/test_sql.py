@@ -1950,6 +1950,32 @@ def test_a_sqlite_moment_is_published_and_identified_alone_whatever_zones_share_
     }
 
 
+def test_a_sqlite_number_is_published_and_identified_alone_whatever_numbers_share_its_batch(workdir: Path) -> None:
+    # SQLite holds each number as an integer or a real whatever a query's column (v has no type: each as written).
+    # Arrow typed a batch's column double when it held both: 1200 was published as '1200.0' beside a 0.5 and
+    # '1200' alone, 10**15 hashed as '1e+15': a row's text and id without a key changed with batch_rows,
+    # or with a new row read beside it. A batch of one holds one kind, which keeps its text and ids as before.
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (q TEXT, v)",
+        "INSERT INTO t VALUES ('a', 1200), ('b', 0.5), ('c', 1000000000000000), ('d', 1200.0), ('e', 1e-12)",
+    )
+    spec = recipe(url, query="SELECT q, v, typeof(v) AS held FROM t")
+    spec["record"] = {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ v }} {{ held }}"}
+    published = []
+    for batch_rows in (1, 100):
+        spec["batch_rows"] = batch_rows
+        published.append(sorted(outputs(Path(run(workdir, spec, full_refresh=True).version_uri)), key=str))
+    assert published[1] == published[0]  # the same texts and ids
+    assert {line["prompt"]: line["completion"] for line in published[0]} == {
+        "a": "1200 integer",
+        "b": "0.5 real",
+        "c": "1000000000000000 integer",
+        "d": "1200.0 real",
+        "e": "1e-12 real",
+    }
+
+
 def test_sqlite_moments_of_one_zone_keep_the_ids_they_were_published_under(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
