@@ -141,14 +141,15 @@ def _sqlite_decimal(rounded: Callable[[Any], Any]) -> Callable[[Any], Any]:
     else to 10 places: 1200 as 1200.0000000000), which an earlier release published and whose text a keyless row's
     id holds; but where that rounding changed the number SQLite holds (0.123456789012 as 0.1234567890, 1e-12 as 0,
     3.14159 in a DECIMAL(10, 2) as 3.14), that number: SQLite keeps every digit whatever the scale. A float's
-    number is its shortest text, the one Python and SQLite write."""
+    number is its shortest text, the one Python and SQLite write; a rounding that kept the float's exact value
+    lost nothing either (a REAL 2**70 as 1180591620717411303424.0000000000, not its shortest 1.1805916207174113e+21)."""
 
     def read(value: Any) -> Any:
         if not isinstance(value, int | float):
             raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
         held = Decimal(value if isinstance(value, int) else repr(value))
         earlier = rounded(value)
-        return earlier if earlier == held else held
+        return earlier if earlier in (held, Decimal(value)) else held
 
     return read
 
