@@ -141,14 +141,15 @@ def _sqlite_decimal(rounded: Callable[[Any], Any]) -> Callable[[Any], Any]:
     else to 10 places: 1200 as 1200.0000000000), which an earlier release published and whose text a keyless row's
     id holds; but where that rounding changed the number SQLite holds (0.123456789012 as 0.1234567890, 1e-12 as 0,
     3.14159 in a DECIMAL(10, 2) as 3.14), that number: SQLite keeps every digit whatever the scale. A float's
-    number is its shortest text, the one Python and SQLite write."""
+    number is its shortest text, the one Python and SQLite write; a rounding that kept the float's exact value
+    lost nothing either (a REAL 2**70 as 1180591620717411303424.0000000000, not its shortest 1.1805916207174113e+21)."""
 
     def read(value: Any) -> Any:
         if not isinstance(value, int | float):
             raise TypeError("text where a number is declared")  # SQLite's NUMERIC affinity made any number's text one
         held = Decimal(value if isinstance(value, int) else repr(value))
         earlier = rounded(value)
-        return earlier if earlier == held else held
+        return earlier if earlier in (held, Decimal(value)) else held
 
     return read
 
@@ -393,16 +394,32 @@ def _mixed_zones(values: list[Any]) -> dict[Any, list[int]] | None:
     return at_zone if len(at_zone) > 1 else None
 
 
-def own_zones(values: list[Any]) -> tuple[pa.Array, pa.Array] | None:
-    """For a column of moments of more than one zone (``_mixed_zones``), each value as text, as it is published
-    when read alone (Python's str, as a template and a field write a moment), and as its row's content has it
-    when read alone (Arrow's text in a column of its zone), so the row's id and value are its own whatever rows
-    share its batch; None for a column of one zone, left as it is (its rows' ids stay as published)."""
-    at_zone = _mixed_zones(values)
-    if at_zone is None:
+def _mixed_numbers(values: list[Any]) -> dict[Any, list[int]] | None:
+    """The rows of integers and of reals of a column holding both, else None. SQLite holds each number as one or
+    the other whatever the column (a query's expression, a column without a type, an INTEGER one keeping a 0.5):
+    Arrow types such a column double, so 1200 was published as '1200.0' beside a 0.5 and '1200' alone, an integer
+    past 2**53 was hashed as another number, and a row's text and id without a key changed with the rows read
+    beside it."""
+    at_kind: dict[Any, list[int]] = {}
+    for row, value in enumerate(values):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            at_kind.setdefault(type(value), []).append(row)
+        elif value is not None:
+            return None
+    return at_kind if len(at_kind) > 1 else None
+
+
+def own_texts(values: list[Any]) -> tuple[pa.Array, pa.Array] | None:
+    """For a column of moments of more than one zone (``_mixed_zones``), or of integers beside reals
+    (``_mixed_numbers``), each value as text, as it is published when read alone (Python's str, as a template and
+    a field write a moment or a number), and as its row's content has it when read alone (Arrow's text in a column
+    of its zone or kind), so the row's id and value are its own whatever rows share its batch; None for a column of
+    one zone or kind, left as it is (its rows' ids stay as published)."""
+    at_kind = _mixed_zones(values) or _mixed_numbers(values)
+    if at_kind is None:
         return None
     contents: list[str | None] = [None] * len(values)
-    for at in at_zone.values():
+    for at in at_kind.values():
         for row, text in zip(at, pa.array([values[row] for row in at]).cast(pa.string()).to_pylist(), strict=True):
             contents[row] = text
     published = [None if value is None else str(value) for value in values]
@@ -410,15 +427,15 @@ def own_zones(values: list[Any]) -> tuple[pa.Array, pa.Array] | None:
 
 
 def table_and_contents(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[pa.Table, list[bytes]]:
-    """``arrow_table`` and each row's content (``row_contents``), a column of moments of more than one zone
-    hashed as each value is read alone (``own_zones``)."""
+    """``arrow_table`` and each row's content (``row_contents``), a column of moments of more than one zone, or of
+    integers beside reals, hashed as each value is read alone (``own_texts``)."""
     table = arrow_table(columns, rows)
     as_read = table
     for index, name in enumerate(columns):
-        if pa.types.is_string(table.schema.field(index).type):  # a column of mixed zones is published as text
-            zoned = own_zones([row[index] for row in rows])
-            if zoned is not None:
-                as_read = as_read.set_column(index, name, zoned[1])
+        if pa.types.is_string(table.schema.field(index).type):  # a column of mixed kinds is published as text
+            own = own_texts([row[index] for row in rows])
+            if own is not None:
+                as_read = as_read.set_column(index, name, own[1])
     return table, row_contents(as_read)
 
 
@@ -483,8 +500,10 @@ def arrow_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.Tab
             arrays[name] = pa.array(values)
             if pa.types.is_decimal(arrays[name].type):
                 arrays[name] = own_scales(values, arrays[name])
-            elif pa.types.is_timestamp(arrays[name].type) and (zoned := own_zones(values)) is not None:
-                arrays[name] = zoned[0]
+            elif (pa.types.is_timestamp(arrays[name].type) or pa.types.is_floating(arrays[name].type)) and (
+                own := own_texts(values)
+            ) is not None:
+                arrays[name] = own[0]
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # TypeError: a decimal Infinity (PostgreSQL's)
             # An object or array (a JSON column's, beside other types) as JSON, not as Python writes a dict.
             arrays[name] = pa.array([None if v is None else _as_text(v) for v in values], pa.string())

@@ -619,16 +619,17 @@ def test_a_sqlite_numeric_is_published_as_an_earlier_release_did_unless_that_cha
         " (5, 'e', 0.123456789012, 0.5), (6, 'f', 1180591620717411303424, 1180591620717411303424)",
         "{{ n }} {{ fee }}",
     )
-    kept = {"a": 2, "b": 1200, "c": 0.1}
+    # 2**70 is a REAL in SQLite, whose shortest text (1.1805916207174113e+21) is not its exact value, which the
+    # rounding kept: it was published as 1180591620717411300000, another number, a keyless row's id changed.
+    kept = {"a": 2, "b": 1200, "c": 0.1, "f": 2.0**70}
     assert {s: published[s] for s in kept} == {
         s: f"{earlier(v, sa.Numeric())} {earlier(v, sa.Numeric(10, 2))}" for s, v in kept.items()
     }
     assert published["a"] == "2.0000000000 2.00"
-    # 2**70 is a REAL in SQLite, whose shortest text is 1.1805916207174113e+21.
-    assert {s: published[s] for s in "def"} == {
+    assert published["f"] == "1180591620717411303424.0000000000 1180591620717411303424.00"
+    assert {s: published[s] for s in "de"} == {
         "d": "0.000000000001 3.14159",
         "e": f"0.123456789012 {earlier(0.5, sa.Numeric(10, 2))}",
-        "f": "1180591620717411300000 1180591620717411300000",
     }
 
 
@@ -1947,6 +1948,32 @@ def test_a_sqlite_moment_is_published_and_identified_alone_whatever_zones_share_
         "b": "2026-01-01 11:00:00+02:00",
         "c": "2026-01-01 12:00:00.500000+00:00",
         "d": "2026-01-01 13:00:00",
+    }
+
+
+def test_a_sqlite_number_is_published_and_identified_alone_whatever_numbers_share_its_batch(workdir: Path) -> None:
+    # SQLite holds each number as an integer or a real whatever a query's column (v has no type: each as written).
+    # Arrow typed a batch's column double when it held both: 1200 was published as '1200.0' beside a 0.5 and
+    # '1200' alone, 10**15 hashed as '1e+15': a row's text and id without a key changed with batch_rows,
+    # or with a new row read beside it. A batch of one holds one kind, which keeps its text and ids as before.
+    url = sqlite_db(
+        workdir / "crm.db",
+        "CREATE TABLE t (q TEXT, v)",
+        "INSERT INTO t VALUES ('a', 1200), ('b', 0.5), ('c', 1000000000000000), ('d', 1200.0), ('e', 1e-12)",
+    )
+    spec = recipe(url, query="SELECT q, v, typeof(v) AS held FROM t")
+    spec["record"] = {"kind": "instruction", "prompt": "{{ q }}", "completion": "{{ v }} {{ held }}"}
+    published = []
+    for batch_rows in (1, 100):
+        spec["batch_rows"] = batch_rows
+        published.append(sorted(outputs(Path(run(workdir, spec, full_refresh=True).version_uri)), key=str))
+    assert published[1] == published[0]  # the same texts and ids
+    assert {line["prompt"]: line["completion"] for line in published[0]} == {
+        "a": "1200 integer",
+        "b": "0.5 real",
+        "c": "1000000000000000 integer",
+        "d": "1200.0 real",
+        "e": "1e-12 real",
     }
 
 
