@@ -23,7 +23,7 @@ from bench.pii_corpus import generate, recall
 from curation.pii_engine import MODEL_VERSION, PiiEngineError, check_model
 from curation.stages.base import StageError
 from curation.stages.clean import Clean
-from curation.stages.pii import PiiRedaction, Placeholders, string_by_string
+from curation.stages.pii import PiiRedaction, Placeholders, _names_a_person, string_by_string
 from schemas.config import RecipeError, parse_recipe, stage_place
 from schemas.pii import PiiConfig
 from schemas.records import source_array
@@ -2246,6 +2246,43 @@ def test_product_and_status_values_of_a_set_aside_row_stay_in_clear(workdir: Pat
     version = Path(run(workdir, spec).version_uri)
     published = sorted((json.loads(row["record"]) for row in set_aside(version)), key=lambda row: row["product"])
     assert published == sorted(rows, key=lambda row: row["product"])
+
+
+def test_a_name_under_a_person_key_of_a_set_aside_row_is_redacted(workdir: Path) -> None:
+    # Scanned each alone after "Customer:", under keys whose last word names a person, names were published
+    # in clear in set_aside/: "Olu Adeyemi" under `patient`, "Helen" and "Park" under `name_first` and
+    # `name_last`, "Olu" under `fname` (and `first` in a CSV file), beside "Adeyemi" taken for a place.
+    rows = [
+        {"patient": "Olu Adeyemi", "ward": "B", "amount": "abc", "q": "hi"},
+        {"name_first": "Helen", "name_last": "Park", "amount": "abc", "q": "hi"},
+        {"fname": "Olu", "lname": "Adeyemi", "amount": "abc", "q": "hi"},
+    ]
+    write_jsonl(workdir / "visits.jsonl", [*rows, {"patient": "x", "amount": 1, "q": "hi"}])
+    (workdir / "visits.csv").write_text("first,last,amount,q\nOlu,Adeyemi,abc,hi\nHelen,Park,abc,hi\nx,y,1,hi\n")
+    spec = {
+        "dataset": "visits",
+        "sources": [{"path": "visits.jsonl"}, {"path": "visits.csv"}],
+        "input_schema": {"columns": {"amount": "float"}},
+        "record": {"kind": "instruction", "prompt": "Amount {{ amount }}", "completion": "q"},
+        "stages": [{"type": "pii", "workers": 1}],
+        "output": {"validation_fraction": 0},
+    }
+    version = Path(run(workdir, spec).version_uri)
+    published = [row["record"] for row in set_aside(version)]
+    assert len(published) == 5
+    assert json.loads(published[0]) == {"patient": "<PERSON>", "ward": "B", "amount": "abc", "q": "hi"}
+    for name in ("Olu", "Adeyemi", "Helen", "Park"):
+        assert name not in json.dumps(published), name
+
+
+def test_a_key_names_a_person_by_its_words() -> None:
+    # "name" qualified on either side, a first or last name's own key, a person's role; not a thing's name, a
+    # person's id or address, nor a handle.
+    person = ["name", "first_name", "name_first", "nameLast", "Customer Name", "fname", "lname", "surname", "first"]
+    person += ["forename", "patient", "assignee", "requester", "cardholder", "account_holder", "beneficiary"]
+    assert [key for key in person if not _names_a_person(key)] == []
+    other = ["product_name", "account_name", "file_name", "customer_id", "username", "user", "contact_email"]
+    assert [key for key in other if _names_a_person(key)] == []
 
 
 def test_a_lone_first_or_last_word_of_a_name_is_redacted_as_the_name_but_not_a_common_word(workdir: Path) -> None:

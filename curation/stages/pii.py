@@ -398,13 +398,16 @@ def _decoded(match: re.Match) -> str:
 
 
 _LONE_HALF = re.compile("[\ud800-\udfff]")
-# The words of a key whose values are people's names (``first_name``, ``customerName``, ``Customer Name``):
-# the last word one of these, and for "name" the words before it only these or the qualifiers below, so
-# ``product_name`` and ``file_name`` are not. Only such a value is scanned in a name's context.
+# The words of a key whose values are people's names (``first_name``, ``name_last``, ``customerName``, ``fname``,
+# ``patient``): the last word one of these; with "name" anywhere, every word one of these or the qualifiers
+# below, so ``product_name``, ``account_name`` and ``file_name`` are not; or a qualifier alone (a template's
+# "{{ first }} {{ last }}"). ``user`` and ``username`` are left out: their values are handles, not names.
+# Only such a value is scanned in a name's context.
 _PERSON_KEY_WORDS = frozenset(
     {
-        "name", "surname", "fullname", "firstname", "lastname", "customer", "client", "contact", "payee", "payer",
-        "holder", "owner", "sender", "recipient", "author", "employee", "person",
+        "name", "surname", "fullname", "firstname", "lastname", "fname", "lname", "forename", "customer", "client",
+        "contact", "payee", "payer", "holder", "cardholder", "owner", "sender", "recipient", "author", "employee",
+        "person", "patient", "member", "guest", "assignee", "requester", "applicant", "beneficiary",
     }
 )  # fmt: skip
 _NAME_QUALIFIERS = frozenset({"first", "last", "given", "family", "middle", "full"})
@@ -414,21 +417,21 @@ _KEY_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 def _names_a_person(key: str) -> bool:
     """Whether ``key`` names a person by its words (see ``_PERSON_KEY_WORDS``)."""
     words = [word.casefold() for word in _KEY_WORD.findall(key)]
-    if not words or words[-1] not in _PERSON_KEY_WORDS:
-        return False
-    return words[-1] != "name" or all(word in _PERSON_KEY_WORDS | _NAME_QUALIFIERS for word in words[:-1])
+    if "name" in words:
+        return all(word in _PERSON_KEY_WORDS | _NAME_QUALIFIERS for word in words)
+    return bool(words) and (words[-1] in _PERSON_KEY_WORDS or (len(words) == 1 and words[0] in _NAME_QUALIFIERS))
 
 
-def _joined(labelled: list[tuple[str, re.Match]]) -> tuple[str, list[tuple[int, int, re.Match]]]:
-    """The values ``_JSON_STRING`` found, each after its label, one a line (spaces made more names of
-    product and status values: "SKU-1791 Done"), and where each value lies in that text."""
-    pieces, written, at = [], [], 0
-    for label, match in labelled:
+def _joined(label: str, matches: list[re.Match], between: str) -> tuple[str, list[tuple[int, int, re.Match]]]:
+    """The values ``_JSON_STRING`` found, after ``label`` and ``between`` each other, and where each value
+    lies in that text."""
+    text, pieces = label, []
+    for match in matches:
         value = _decoded(match)
-        pieces.append((at + len(label), at + len(label) + len(value), match))
-        written.append(label + value)
-        at += len(written[-1]) + 1
-    return "\n".join(written), pieces
+        text += between if pieces else ""
+        pieces.append((len(text), len(text) + len(value), match))
+        text += value
+    return text, pieces
 
 
 _JSON_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -996,7 +999,8 @@ class PiiRedaction:
         at most, each taking only what a name across values looks like, since the model makes names of
         short values ("Coffee Maker", "Returned") as readily: the values joined, a PERSON covering two
         or more of them whole (first and last name); and the values under a key that names a person
-        (``_names_a_person``), each after "Customer:", a PERSON covering one whole. Each is given as the
+        (``_names_a_person``) on one line after "Customer:", in the row's order ("Customer: Helen Park"),
+        a PERSON covering one or more whole. Each is given as the
         values it covers, to be redacted there and wherever else the row holds them
         (``_found_elsewhere``); a value a PERSON covers in part is left to that value's own scan."""
         joined: list[str] = []
@@ -1012,11 +1016,14 @@ class PiiRedaction:
                 else:
                     strings.append((key, match))
                     key = ""
-            scans = [(2, [("", match) for _, match in strings])] if len(strings) > 1 else []
-            # One label for all: after "Customer:" the model takes 13 of 13 test names, after "name:" 8.
-            named = [("Customer: ", match) for key, match in strings if _names_a_person(key)]
-            for covers, labelled in scans + ([(1, named)] if named else []):
-                text_joined, pieces = _joined(labelled)
+            # One a line: spaces made more names of product and status values ("SKU-1791 Done").
+            scans = [(2, "", [match for _, match in strings], "\n")] if len(strings) > 1 else []
+            # One label for all, on one line so a first and a last name are read as one: after "Customer:"
+            # the model takes 13 of 13 test names, after "name:" 8.
+            named = [match for key, match in strings if _names_a_person(key)]
+            scans += [(1, "Customer: ", named, " ")] if named else []
+            for covers, label, matches, between in scans:
+                text_joined, pieces = _joined(label, matches, between)
                 joined.append(text_joined)
                 placed.append((index, covers, pieces))
         across: list[list[Detection]] = [[] for _ in texts]
