@@ -779,7 +779,7 @@ def test_a_folder_read_by_its_name_with_a_bracket_is_not_said_to_be_read_as_a_pa
     # The hint said no file or folder had the name, of a folder there by that name holding nothing readable.
     (workdir / "exports [2026]").mkdir()
     (workdir / "exports [2026]" / "notes.txt").write_text("to do\n")
-    with pytest.raises(StorageError, match=r"exports \[2026\]/: no input files match") as refused:  # as written
+    with pytest.raises(StorageError, match=r"exports \[2026\]: no input files match") as refused:
         run(workdir, docs_recipe("exports [2026]/"))
     assert "pattern" not in str(refused.value)
 

@@ -6,6 +6,10 @@ Ray runs locally with 2 CPUs (a session fixture), its workers importing this che
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -594,42 +598,50 @@ def test_a_ray_address_whose_host_cannot_be_looked_up_says_so(monkeypatch: pytes
     ("refusal", "said"),
     [
         (
-            ray.exceptions.AuthenticationError(
-                "RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
-            ),
+            'AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect")',
             "the Ray cluster at --address 127.0.0.1:{port} wants token authentication: set RAY_AUTH_MODE=token "
             "(its token in ~/.ray/auth_token on the head node, or RAY_AUTH_TOKEN)",
         ),
         (
-            ray.exceptions.RpcError("Timed out while waiting for GCS to become available."),
+            'RpcError("Timed out while waiting for GCS to become available.")',
             "--address 127.0.0.1:{port} answers on its port, but Ray would not connect (Timed out while waiting "
             "for GCS to become available.): check that it is the head node's GCS port (6379 by default; 10001 for ray://)",
         ),
     ],
 )
-def test_a_ray_cluster_that_answers_but_refuses_the_driver_is_not_said_to_be_missing(
-    monkeypatch: pytest.MonkeyPatch, refusal: Exception, said: str
-) -> None:
+def test_a_ray_cluster_that_answers_but_refuses_the_driver_is_not_said_to_be_missing(refusal: str, said: str) -> None:
     # Ray 2.60's `ray start --head` wants a token: joining without one was said as "no Ray cluster answers ...
-    # start one", of a cluster that was up. Ray's own ray.init, its GCS client refusing as Ray's raises it.
-    import socket
+    # start one", of a cluster that was up. Ray's own ray.init, its GCS client refusing as Ray's raises it; in a
+    # process of its own, as ray.init refuses to run again where an earlier test of this worker started Ray.
+    script = textwrap.dedent(
+        f"""
+        import socket
+        import ray, ray.exceptions, ray._private.node
+        from curation.executors.ray_executor import RayExecutor
 
-    def refused(**_: Any) -> None:
-        raise refusal
+        def refused(**_):
+            raise ray.exceptions.{refusal}
 
-    monkeypatch.setattr("ray._private.node.GcsClient", refused)
-    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "1")  # one try, not twenty
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        ray._private.node.GcsClient = refused
 
-    class NotJoined:
-        is_initialized = staticmethod(lambda: False)
-        init = staticmethod(ray.init)
+        class NotJoined:
+            is_initialized = staticmethod(lambda: False)
+            init = staticmethod(ray.init)
 
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        port = listening.getsockname()[1]
-        with pytest.raises(ConnectionError) as raised:
-            RayExecutor(address=f"127.0.0.1:{port}")._connect(NotJoined)
-    assert str(raised.value) == said.format(port=port)
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            port = listening.getsockname()[1]
+            try:
+                RayExecutor(address=f"127.0.0.1:{{port}}")._connect(NotJoined)
+            except ConnectionError as error:
+                print(port, error, sep="\\n")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_gcs_server_port_wait_time_s": "1"}  # one try, not twenty
+    env.pop("RAY_AUTH_MODE", None)
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    port, _, message = done.stdout.partition("\n")
+    assert message.strip() == said.format(port=port), done.stderr[-2000:]
 
 
 def test_a_ray_client_address_without_a_port_is_probed_at_ray_clients_port(monkeypatch: pytest.MonkeyPatch) -> None:
