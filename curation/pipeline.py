@@ -53,7 +53,7 @@ from curation.stages.image_check import ImageCheck, keep_archived
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
-from curation.stages.shape import Shape, recipe_template_error
+from curation.stages.shape import Field, Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore, read_state
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
@@ -307,9 +307,16 @@ def chunk_overlap_warnings(recipe: Recipe) -> list[str]:
         path: chunk.overlap_chars / (2 * chunk.max_chars - chunk.overlap_chars)
         for path, chunk in _overlapping_chunks(recipe).items()
     }
+    # The record fields a chunk's text lands in (a documents source's ``text`` column, by name or template): a
+    # stage comparing none of them (``fields: [title]``) never sees two chunks' overlap.
+    chunk_fields = {
+        field.target for field in (Field(*item) for item in recipe.record.mapping().items()) if "text" in field.paths
+    }
     warnings: list[str] = []
     for number, config in enumerate(recipe.stages, 1):
-        if isinstance(config, NearDedupConfig):
+        if isinstance(config, NearDedupConfig) and chunk_fields & set(
+            config.fields or dedup_fields(recipe.record.kind)
+        ):
             warnings.extend(
                 f"stages: near_dedup (stage {number}) threshold {config.threshold:g} is at or below the "
                 f"~{jaccard:.2f} Jaccard neighbouring chunks of one document of source {path} share by their "
