@@ -1088,6 +1088,9 @@ def _run_locked(
         review.know(_content_keys_of(recipe, run_stages.with_index, review.keys_unknown(), warn=False))
         if plan.replaced_ids is not None:
             run_stages.retire(plan.replaced_ids.to_arrow())
+        # A rejected record leaves the dataset as a replaced one does: no record read now is an earlier version
+        # of it (its input may be gone, so that it is never read again to take its place in its cluster).
+        run_stages.retire(review.rejected)
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = set_aside_scrub(run_stages.stages)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)

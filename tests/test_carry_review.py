@@ -1221,3 +1221,21 @@ def test_a_rejected_kept_record_has_its_cluster_resolved_again_by_the_next_run(
     v4 = run(workdir, spec)
     assert v4.manifest.inputs == [] and v4.manifest.stats["carry"]["review_rejected"] == 1
     assert texts(outputs(Path(v4.version_uri))) == [t for t in published if t != notes(5, 1)[0]["q"]]
+
+
+def test_a_rejected_kept_record_whose_input_is_gone_is_no_earlier_version_of_its_near_duplicate(
+    workdir: Path,
+) -> None:
+    # Its near duplicate's input is read again, and compared across runs with the published records: the
+    # rejected one, still among them, set it aside again as its earlier version, and neither was published.
+    near = {"q": PIN["q"].replace(" ", ", ") + "!!!", "a": f"{PIN['a']}."}
+    write_jsonl(workdir / "in" / "a.jsonl", [PIN, *notes(0, 1)])
+    write_jsonl(workdir / "in" / "b.jsonl", [near])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "across_runs": True}]}
+    v1 = run(workdir, spec)
+    reject(workdir, Path(v1.version_uri), PIN["q"])[0].dispose()
+    (workdir / "in" / "a.jsonl").rename(workdir / "a.jsonl")
+    v2 = run(workdir, spec)
+    assert [Path(i.uri).name for i in v2.manifest.inputs] == ["b.jsonl"]
+    assert texts(outputs(Path(v2.version_uri))) == sorted([near["q"], notes(0, 1)[0]["q"]])
+    assert v2.manifest.counts.duplicate == 0 and adds_up(v2.manifest)
