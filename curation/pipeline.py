@@ -42,7 +42,7 @@ from curation.review.decisions import (
     changes_since,
     inputs_to_read_again,
     mark_now,
-    rejected_since,
+    rejections_changed,
 )
 from curation.review.queue import add_items, note_read, queued_records
 from curation.review.rejected_content import remember as remember_rejected_content
@@ -1219,17 +1219,18 @@ def _clusters_of_rejected(
     until: DecisionMark,
     read_chain: Callable[[], list[Manifest]],
 ) -> set[str]:
-    """The inputs of the records the chain set aside as duplicates of a record rejected since ``since``, and
-    the rejected record's own: a carried line takes the rejection, but the cluster it kept is resolved again
-    only when its members are read again (as a full refresh would: without the rejected record, one of them
-    may be published). Only a run with a new rejection reads the chain's set-aside rows for it."""
-    rejected = rejected_since(state.engine, recipe.dataset, since, until)
-    if not rejected:
+    """The inputs of the records the chain set aside as duplicates of a record rejected since ``since``, or no
+    longer rejected, and that record's own: a carried line takes the rejection, but the cluster it kept is
+    resolved again only when its members are read again (as a full refresh would: without the rejected
+    record, one of them may be published; with it back, the one published in its place is set aside
+    again). Only a run with such a change reads the chain's set-aside rows for it."""
+    changed = rejections_changed(state.engine, recipe.dataset, since, until)
+    if not changed:
         return set()
-    ids = pl.Series(sorted(rejected), dtype=pl.String)
+    ids = pl.Series(sorted(changed), dtype=pl.String)
     found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, [m.version for m in read_chain()], ids)
     kept = set().union(*found.values())
-    return set(found) | {uri for record in kept if (uri := rejected[record])}
+    return set(found) | {uri for record in kept if (uri := changed[record])}
 
 
 def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: DecisionMark) -> RunPlan:
@@ -1291,7 +1292,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     for gone in sorted(read_again - {entry.uri for entry in inputs}):
         log.warning(
             "%s: review decisions on its records (one that ended, one on a set-aside near duplicate, or a "
-            "rejection of the record their cluster kept) take effect when it is read again, and it is no longer "
+            "rejection of the record their cluster kept, or its end) take effect when it is read again, and it is no longer "
             "there to read again",
             gone,
         )
