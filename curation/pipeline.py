@@ -42,7 +42,7 @@ from curation.review.decisions import (
     changes_since,
     inputs_to_read_again,
     mark_now,
-    rejected_since,
+    rejections_changed,
 )
 from curation.review.queue import add_items, note_read, queued_records
 from curation.review.rejected_content import remember as remember_rejected_content
@@ -53,7 +53,7 @@ from curation.stages.image_check import ImageCheck, keep_archived
 from curation.stages.neardup import with_published_texts
 from curation.stages.quality import QUALITY_CONFIGS, quality_stages
 from curation.stages.review import ContentKeys, ReviewDecisions, default_content_params, stores_content_keys
-from curation.stages.shape import Shape, recipe_template_error
+from curation.stages.shape import Field, Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore, read_state
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
@@ -307,9 +307,16 @@ def chunk_overlap_warnings(recipe: Recipe) -> list[str]:
         path: chunk.overlap_chars / (2 * chunk.max_chars - chunk.overlap_chars)
         for path, chunk in _overlapping_chunks(recipe).items()
     }
+    # The record fields a chunk's text lands in (a documents source's ``text`` column, by name or template): a
+    # stage comparing none of them (``fields: [title]``) never sees two chunks' overlap.
+    chunk_fields = {
+        field.target for field in (Field(*item) for item in recipe.record.mapping().items()) if "text" in field.paths
+    }
     warnings: list[str] = []
     for number, config in enumerate(recipe.stages, 1):
-        if isinstance(config, NearDedupConfig):
+        if isinstance(config, NearDedupConfig) and chunk_fields & set(
+            config.fields or dedup_fields(recipe.record.kind)
+        ):
             warnings.extend(
                 f"stages: near_dedup (stage {number}) threshold {config.threshold:g} is at or below the "
                 f"~{jaccard:.2f} Jaccard neighbouring chunks of one document of source {path} share by their "
@@ -1081,6 +1088,9 @@ def _run_locked(
         review.know(_content_keys_of(recipe, run_stages.with_index, review.keys_unknown(), warn=False))
         if plan.replaced_ids is not None:
             run_stages.retire(plan.replaced_ids.to_arrow())
+        # A rejected record leaves the dataset as a replaced one does: no record read now is an earlier version
+        # of it (its input may be gone, so that it is never read again to take its place in its cluster).
+        run_stages.retire(review.rejected)
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = set_aside_scrub(run_stages.stages)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)
@@ -1209,17 +1219,18 @@ def _clusters_of_rejected(
     until: DecisionMark,
     read_chain: Callable[[], list[Manifest]],
 ) -> set[str]:
-    """The inputs of the records the chain set aside as duplicates of a record rejected since ``since``, and
-    the rejected record's own: a carried line takes the rejection, but the cluster it kept is resolved again
-    only when its members are read again (as a full refresh would: without the rejected record, one of them
-    may be published). Only a run with a new rejection reads the chain's set-aside rows for it."""
-    rejected = rejected_since(state.engine, recipe.dataset, since, until)
-    if not rejected:
+    """The inputs of the records the chain set aside as duplicates of a record rejected since ``since``, or no
+    longer rejected, and that record's own: a carried line takes the rejection, but the cluster it kept is
+    resolved again only when its members are read again (as a full refresh would: without the rejected
+    record, one of them may be published; with it back, the one published in its place is set aside
+    again). Only a run with such a change reads the chain's set-aside rows for it."""
+    changed = rejections_changed(state.engine, recipe.dataset, since, until)
+    if not changed:
         return set()
-    ids = pl.Series(sorted(rejected), dtype=pl.String)
+    ids = pl.Series(sorted(changed), dtype=pl.String)
     found = inputs_of_duplicates(recipe.output.dest, recipe.dataset, [m.version for m in read_chain()], ids)
     kept = set().union(*found.values())
-    return set(found) | {uri for record in kept if (uri := rejected[record])}
+    return set(found) | {uri for record in kept if (uri := changed[record])}
 
 
 def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: DecisionMark) -> RunPlan:
@@ -1281,7 +1292,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     for gone in sorted(read_again - {entry.uri for entry in inputs}):
         log.warning(
             "%s: review decisions on its records (one that ended, one on a set-aside near duplicate, or a "
-            "rejection of the record their cluster kept) take effect when it is read again, and it is no longer "
+            "rejection of the record their cluster kept, or its end) take effect when it is read again, and it is no longer "
             "there to read again",
             gone,
         )

@@ -1221,3 +1221,45 @@ def test_a_rejected_kept_record_has_its_cluster_resolved_again_by_the_next_run(
     v4 = run(workdir, spec)
     assert v4.manifest.inputs == [] and v4.manifest.stats["carry"]["review_rejected"] == 1
     assert texts(outputs(Path(v4.version_uri))) == [t for t in published if t != notes(5, 1)[0]["q"]]
+
+
+def test_a_rejected_kept_record_whose_input_is_gone_is_no_earlier_version_of_its_near_duplicate(
+    workdir: Path,
+) -> None:
+    # Its near duplicate's input is read again, and compared across runs with the published records: the
+    # rejected one, still among them, set it aside again as its earlier version, and neither was published.
+    near = {"q": PIN["q"].replace(" ", ", ") + "!!!", "a": f"{PIN['a']}."}
+    write_jsonl(workdir / "in" / "a.jsonl", [PIN, *notes(0, 1)])
+    write_jsonl(workdir / "in" / "b.jsonl", [near])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "across_runs": True}]}
+    v1 = run(workdir, spec)
+    reject(workdir, Path(v1.version_uri), PIN["q"])[0].dispose()
+    (workdir / "in" / "a.jsonl").rename(workdir / "a.jsonl")
+    v2 = run(workdir, spec)
+    assert [Path(i.uri).name for i in v2.manifest.inputs] == ["b.jsonl"]
+    assert texts(outputs(Path(v2.version_uri))) == sorted([near["q"], notes(0, 1)[0]["q"]])
+    assert v2.manifest.counts.duplicate == 0 and adds_up(v2.manifest)
+
+
+@pytest.mark.parametrize("across_runs", [True, False])
+def test_an_undone_rejection_of_a_kept_record_has_its_cluster_resolved_again(workdir: Path, across_runs: bool) -> None:
+    # Rejected, its near duplicate was published in its place; undone, only its own input was read again:
+    # without dedup across runs both were published, with it the record was set aside as the other's earlier
+    # version. A full refresh publishes the record and sets the near duplicate aside again.
+    near = {"q": PIN["q"].replace(" ", ", ") + "!!!", "a": f"{PIN['a']}."}
+    write_jsonl(workdir / "in" / "a.jsonl", [PIN, *notes(0, 1)])
+    write_jsonl(workdir / "in" / "b.jsonl", [near])
+    spec = {**recipe("out"), "stages": [{"type": "near_dedup", "across_runs": across_runs}]}
+    v1 = run(workdir, spec)
+    engine = reject(workdir, Path(v1.version_uri), PIN["q"])[0]
+    v2 = run(workdir, spec)
+    assert texts(outputs(Path(v2.version_uri))) == sorted([near["q"], notes(0, 1)[0]["q"]])
+    dec.undo_last(engine, "rita")
+    engine.dispose()
+    v3 = run(workdir, spec)
+    published = texts(outputs(Path(v3.version_uri)))
+    assert published == sorted([PIN["q"], notes(0, 1)[0]["q"]]) and adds_up(v3.manifest)
+    # Read again: its own input and that of the record its cluster had set aside.
+    assert sorted(Path(i.uri).name for i in v3.manifest.inputs) == ["a.jsonl", "b.jsonl"]
+    refreshed = run(workdir, spec, full_refresh=True)
+    assert texts(outputs(Path(refreshed.version_uri))) == published

@@ -2088,3 +2088,30 @@ def test_a_near_dedup_threshold_neighbouring_overlapping_chunks_reach_is_warned_
             assert lost and reasons == {"near_duplicate"}  # what it warns of: text in no published chunk
         else:
             assert not lost
+
+
+@pytest.mark.parametrize(
+    ("record", "fields", "warned"),
+    [
+        ("{kind: document}", "[title]", False),  # titles alone: no overlap to reach
+        ("{kind: document}", "[text, title]", True),
+        # The chunk's text reaches the record through a template: the stage compares it under that field's name.
+        ('{kind: instruction, prompt: "Summarise {{ title }}", completion: "{{ text | trim }}"}', "[prompt]", False),
+        ('{kind: instruction, prompt: "Summarise {{ title }}", completion: "{{ text | trim }}"}', "null", True),
+    ],
+)
+def test_a_near_dedup_stage_that_does_not_compare_the_chunk_text_is_not_warned_about_their_overlap(
+    record: str, fields: str, warned: bool
+) -> None:
+    from curation.pipeline import recipe_warnings
+
+    recipe = parse_recipe(
+        "dataset: guide\n"
+        "sources: [{type: documents, path: in/, chunk: {max_chars: 800, overlap_chars: 400}}]\n"
+        f"record: {record}\n"
+        f"stages: [{{type: near_dedup, threshold: 0.3, fields: {fields}}}]\n"
+        "output: {dest: out, group_by: document}\n",
+        reads_sources=False,
+    )
+    said = [w for w in recipe_warnings(recipe) if "neighbouring chunks of one document" in w]
+    assert bool(said) == warned

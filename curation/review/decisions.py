@@ -777,15 +777,20 @@ def inputs_to_read_again(
     return uris | {uri for copies in copies_of(engine, dataset, ended).values() for _, uri in copies if uri}
 
 
-def rejected_since(
+def rejections_changed(
     engine: sa.Engine, dataset: str, since: DecisionMark, until: DecisionMark | None = None
 ) -> dict[str, str | None]:
-    """The records rejected since ``since`` (in force now, not then), each with the URI of its input."""
+    """The records rejected since ``since``, or no longer rejected (in force then or now, not both), each
+    with the URI of its input."""
     return {
-        c.now["record_id"]: json.loads(c.source).get("uri")
+        (c.now or c.then)["record_id"]: json.loads(c.source).get("uri")
         for c in changes(engine, dataset, since, until)
-        if c.now is not None and c.now["action"] == "reject" and (c.then is None or c.then["action"] != "reject")
+        if _rejects(c.now) != _rejects(c.then)
     }
+
+
+def _rejects(decision: dict[str, Any] | None) -> bool:
+    return decision is not None and decision["action"] == "reject"
 
 
 def _effect(decision: dict[str, Any] | None) -> tuple[str, str] | None:
