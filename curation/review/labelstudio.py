@@ -591,17 +591,24 @@ def _label_places(text: str, value: dict[str, Any]) -> list[tuple[int, int]]:
     """Where a label lies in ``text``, in characters. Label Studio releases differ in how they count a
     label's ``start`` and ``end`` after an emoji or another character outside the BMP: in characters,
     or in JavaScript's UTF-16 units (two for such a character). The reading whose slice is the label's
-    ``text`` wins; with no such reading both are taken, so a label the annotator kept is never read as
-    lying somewhere else, which would mark the span it covers "not PII"."""
+    ``text`` wins; a label without one is taken at both. ValueError for a label on no text of ``text``
+    (outside it, empty) or not on its own ``text``: read as covering nothing, it would mark the span the
+    annotator kept "not PII"."""
     start, end = int(value["start"]), int(value["end"])
-    places = [(start, end)]
+    places = [(start, end)] if 0 <= start < end <= len(text) else []
     units = text.encode("utf-16-le")
-    if len(units) != 2 * len(text):
+    # Checked in units before reading them in characters, which stops at the text's end.
+    if len(units) != 2 * len(text) and 0 <= start < end <= len(units) // 2:
 
         def in_characters(unit: int) -> int:
             return len(units[: 2 * unit].decode("utf-16-le", errors="ignore"))
 
         places.append((in_characters(start), in_characters(end)))
+    if not places:
+        raise ValueError(f"a label at {start}:{end} lies outside the text ({len(text)} characters)")
     said = value.get("text")
-    matching = [(a, b) for a, b in places if text[a:b] == said]
-    return matching[:1] or places
+    if said is not None:
+        places = [(a, b) for a, b in places if text[a:b] == said][:1]
+        if not places:
+            raise ValueError(f"a label at {start}:{end} does not hold the text it names")
+    return places
