@@ -527,3 +527,34 @@ def test_a_label_that_is_not_on_the_text_refuses_the_task(tmp_path: Path, name: 
     with pytest.raises(LabelStudioError, match=r"task 0 .* is not a task as Label Studio exports them: a label at"):
         import_annotations(engine, approved_with(raw, name, address), "pia")
     assert dec.history(engine, 2) == [] and dec.not_pii_in_force(engine, 2) == set()
+
+
+def test_a_label_on_text_the_pipeline_did_not_flag_is_named_not_taken(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    _, raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    text = raw["data"]["text"]
+    spans = [{"start": 5, "end": 17, "text": NAME}, {"start": 21, "end": len(text), "text": text[21:]}]
+    notes: list[str] = []
+    counts = import_annotations(
+        engine, approved_with(raw, *spans, {"start": 0, "end": 4, "text": "Call"}), "pia", notes=notes
+    )
+    # Taken as before (every span labelled: the item approved as flagged), and the new label named.
+    assert counts["approve"] == 1 and [row["action"] for row in dec.history(engine, 2)] == ["approve"]
+    assert notes == [
+        "task 0 (Label Studio id None), item 2: a label on 'Call' 0:4 is no span the pipeline found: not taken; "
+        "to redact more, edit the text on the review page"
+    ]
+
+
+def test_a_task_whose_labels_were_all_removed_is_named_not_worked_on(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    _, raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    notes: list[str] = []
+    counts = import_annotations(engine, approved_with(raw), "pia", notes=notes)
+    assert counts["approve"] == 1 and dec.not_pii_in_force(engine, 2) == set()
+    assert len(notes) == 1 and notes[0].startswith("task 0 (Label Studio id None), item 2: its labels were all removed")
+    # A reject says nothing of the spans: nothing to name.
+    notes.clear()
+    (_, raw) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    import_annotations(engine, annotated([raw], "reject"), "pia", notes=notes)
+    assert notes == []

@@ -220,6 +220,7 @@ def import_annotations(
     changed: list[int] | None = None,
     gone: list[int] | None = None,
     disagreeing: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, int]:
     """Take each task's annotations as decisions by ``user`` (a user of the review page, whose
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
@@ -232,7 +233,8 @@ def import_annotations(
     Several tasks of one item (or annotations of one task: annotators' overlap) that decide alike are one
     decision (the others counted ``REPEATED``), taken as the one exported from the item as it is now, if
     any; tasks of one item that decide differently are none: the item is counted (``DISAGREE``), and
-    ``disagreeing`` says which tasks decide what, to settle in Label Studio or on the page."""
+    ``disagreeing`` says which tasks decide what, to settle in Label Studio or on the page. ``notes`` names
+    each task whose labels were not taken (``_not_taken``), for the user to do on the page instead."""
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
@@ -241,6 +243,7 @@ def import_annotations(
     changed = [] if changed is None else changed
     gone = [] if gone is None else gone
     disagreeing = [] if disagreeing is None else disagreeing
+    notes = [] if notes is None else notes
     # Each item's decided tasks, in task order: (where, action, edit, seen).
     asked: dict[int, list[tuple[str, str, dec.Edit | None, str | None]]] = {}
     decisions: list[tuple[dict[str, Any], str, dec.Edit | None, str | None]] = []
@@ -275,6 +278,9 @@ def import_annotations(
                         f"{at}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                     )
                 decided.append((at, choice, _edit(item, data, results), _says_content(item, data, results)))
+                if choice != "reject":  # a reject's labels say nothing: the record is not published
+                    current = in_force.get(item_id)
+                    notes.extend(f"{at}, item {item_id}: {what}" for what in _not_taken(item, data, results, current))
             if data.get("record_id") is None and not _shows(item, data, in_force.get(item["item_id"])):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
@@ -578,13 +584,49 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
         original = payload.get("original", "")
         kept = [place for r in labelled for place in _label_places(original, r["value"])]
         for span in payload.get("spans", []):
-            if not any(start < span["end"] and span["start"] < end for start, end in kept):
+            if not _overlaps(kept, span):
                 edit.not_pii.append((payload.get("field", ""), span["start"], span["end"]))
     if item["kind"] == "vqa":
         answer = _answer(results)
         if answer and answer != payload.get("answer"):
             edit.fields["answer"] = answer
     return edit or None
+
+
+def _overlaps(places: list[tuple[int, int]], span: dict[str, Any]) -> bool:
+    """Whether any of ``places`` (start, end) overlaps a flagged ``span``."""
+    return any(start < span["end"] and span["start"] < end for start, end in places)
+
+
+def _not_taken(
+    item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]], current: dict[str, Any] | None
+) -> list[str]:
+    """What a raw PII task's labels say that the import does not take, in words: a label on text the
+    pipeline did not flag (decisions mark flagged spans, not new ones), and no labels left of those the
+    task showed (read as not worked on, ``_reads_labels``). Said, not dropped silently."""
+    payload = json.loads(item["payload"] or "{}")
+    original, spans = payload.get("original"), payload.get("spans", [])
+    if item["kind"] != "pii" or data.get("text") != original:
+        return []
+    labelled = [r["value"] for r in results if r.get("type") == "labels"]
+    if not labelled:
+        marks = dec.not_pii_of(current)
+        if all((payload.get("field"), span["start"], span["end"]) in marks for span in spans):
+            return []  # it showed no label to remove
+        return [
+            "its labels were all removed: taken as not worked on, no span marked not PII; "
+            "to mark spans not PII, do it on the review page"
+        ]
+    said = []
+    for value in labelled:
+        places = _label_places(original, value)
+        if not any(_overlaps(places, span) for span in spans):
+            start, end = places[0]
+            said.append(
+                f"a label on {original[start:end]!r} {value['start']}:{value['end']} is no span the pipeline "
+                "found: not taken; to redact more, edit the text on the review page"
+            )
+    return said
 
 
 def _label_places(text: str, value: dict[str, Any]) -> list[tuple[int, int]]:
