@@ -270,8 +270,10 @@ def test_label_studio_round_trip(seeded: Seeded) -> None:
     dec.undo_last(engine, "pia")
     dec.undo_last(engine, "pia")
     assert dec.run_decisions(engine, "support").undone == {}
-    # A label whose edges the annotator moved still covers its span: it stays redacted.
-    moved = {**spans[0], "value": {**spans[0]["value"], "end": spans[0]["value"]["end"] + 1}}
+    # A label whose edges the annotator moved still covers its span: it stays redacted. Label Studio
+    # exports the text at its new edges.
+    start, end = spans[0]["value"]["start"], spans[0]["value"]["end"] + 1
+    moved = {**spans[0], "value": {**spans[0]["value"], "end": end, "text": task["data"]["text"][start:end]}}
     task["annotations"] = [{"id": 4, "result": [moved, spans[1]]}]
     assert import_annotations(engine, [task], "pia")["skipped"] == 1  # no decision, no span removed
     assert dec.run_decisions(engine, "support").undone == {}

@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
 from curation.review import decisions as dec
 from curation.review.app import history_listed
 from curation.review.auth import add_user
-from curation.review.labelstudio import export_tasks, import_annotations
+from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations
 from curation.review.queue import add_items, list_items
 from schemas.records import FLAG_SCHEMA
 from tests.test_review_bulk import NAME, annotated, pii_queue
@@ -495,3 +496,65 @@ def test_two_exports_of_an_item_approved_with_every_span_labelled_are_the_same_d
     counts = import_annotations(engine, labels(old, *every) + labels(new, *every), "ada", changed=changed)
     assert (counts["approve"], counts[REPEATED], counts[CHANGED], changed) == (1, 1, 0, [])
     assert dec.not_pii_in_force(engine, 1) == set()
+
+
+def approved_with(task: dict, *values: dict) -> list[dict]:
+    """``task`` approved with these label values (``start``, ``end``, ``text``), as an export holds them."""
+    (done,) = annotated([task], "approve")
+    done["annotations"][0]["result"] += [
+        {"from_name": "pii", "to_name": "text", "type": "labels", "value": {**value, "labels": ["PERSON"]}}
+        for value in values
+    ]
+    return [done]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        {"start": 500, "end": 512, "text": NAME},  # past the end of the text
+        {"start": -3, "end": 17, "text": NAME},
+        {"start": 17, "end": 5, "text": NAME},
+        {"start": 5, "end": 17, "text": "Grace Hopper"},  # not the text at its offsets
+    ],
+)
+def test_a_label_that_is_not_on_the_text_refuses_the_task(tmp_path: Path, name: dict) -> None:
+    # Item 2's raw task with its name label somewhere else than the text (and its address labelled as
+    # exported): read as covering nothing, the name was marked not PII and published in clear.
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    _, raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    text = raw["data"]["text"]
+    address = {"start": 21, "end": len(text), "text": text[21:]}
+    with pytest.raises(LabelStudioError, match=r"task 0 .* is not a task as Label Studio exports them: a label at"):
+        import_annotations(engine, approved_with(raw, name, address), "pia")
+    assert dec.history(engine, 2) == [] and dec.not_pii_in_force(engine, 2) == set()
+
+
+def test_a_label_on_text_the_pipeline_did_not_flag_is_named_not_taken(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    _, raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    text = raw["data"]["text"]
+    spans = [{"start": 5, "end": 17, "text": NAME}, {"start": 21, "end": len(text), "text": text[21:]}]
+    notes: list[str] = []
+    counts = import_annotations(
+        engine, approved_with(raw, *spans, {"start": 0, "end": 4, "text": "Call"}), "pia", notes=notes
+    )
+    # Taken as before (every span labelled: the item approved as flagged), and the new label named.
+    assert counts["approve"] == 1 and [row["action"] for row in dec.history(engine, 2)] == ["approve"]
+    assert notes == [
+        "task 0 (Label Studio id None), item 2: a label on 'Call' 0:4 is no span the pipeline found: not taken; "
+        "to redact more, edit the text on the review page"
+    ]
+
+
+def test_a_task_whose_labels_were_all_removed_is_named_not_worked_on(tmp_path: Path) -> None:
+    engine = pii_queue(f"sqlite:///{tmp_path / 'state.db'}", 2)
+    _, raw = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    notes: list[str] = []
+    counts = import_annotations(engine, approved_with(raw), "pia", notes=notes)
+    assert counts["approve"] == 1 and dec.not_pii_in_force(engine, 2) == set()
+    assert len(notes) == 1 and notes[0].startswith("task 0 (Label Studio id None), item 2: its labels were all removed")
+    # A reject says nothing of the spans: nothing to name.
+    notes.clear()
+    (_, raw) = export_tasks(engine, {"kind": "pii"}, include_pii=True)
+    import_annotations(engine, annotated([raw], "reject"), "pia", notes=notes)
+    assert notes == []

@@ -459,7 +459,8 @@ def import_(
             changed: list[int] = []
             gone: list[int] = []
             disagreeing: list[str] = []
-            counts = import_annotations(_engine(url), tasks, user, changed, gone, disagreeing)
+            notes: list[str] = []
+            counts = import_annotations(_engine(url), tasks, user, changed, gone, disagreeing, notes)
     except (LabelStudioError, DecisionError) as error:
         _say("[red]error[/red]", f"{path}: {error}")
         raise typer.Exit(2) from None
@@ -470,6 +471,8 @@ def import_(
             f"task(s) not taken, their item decided on since they were exported: item(s) "
             f"{', '.join(map(str, changed))}; look at them on the page (or export them again)",
         )
+    for note in notes:
+        _say("[yellow]warning[/yellow]", note)
     for item in disagreeing:
         _say(
             "[yellow]warning[/yellow]",

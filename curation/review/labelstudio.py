@@ -220,6 +220,7 @@ def import_annotations(
     changed: list[int] | None = None,
     gone: list[int] | None = None,
     disagreeing: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, int]:
     """Take each task's annotations as decisions by ``user`` (a user of the review page, whose
     role allows each decision, as on the page); returns counts per action. Nothing is recorded unless
@@ -232,7 +233,8 @@ def import_annotations(
     Several tasks of one item (or annotations of one task: annotators' overlap) that decide alike are one
     decision (the others counted ``REPEATED``), taken as the one exported from the item as it is now, if
     any; tasks of one item that decide differently are none: the item is counted (``DISAGREE``), and
-    ``disagreeing`` says which tasks decide what, to settle in Label Studio or on the page."""
+    ``disagreeing`` says which tasks decide what, to settle in Label Studio or on the page. ``notes`` names
+    each task whose labels were not taken (``_not_taken``), for the user to do on the page instead."""
     reviewer = find_user(engine, user)
     if reviewer is None:
         raise LabelStudioError(f"no review user {user!r}; create one with `curation review add-user`")
@@ -241,6 +243,7 @@ def import_annotations(
     changed = [] if changed is None else changed
     gone = [] if gone is None else gone
     disagreeing = [] if disagreeing is None else disagreeing
+    notes = [] if notes is None else notes
     # Each item's decided tasks, in task order: (where, action, edit, seen).
     asked: dict[int, list[tuple[str, str, dec.Edit | None, str | None]]] = {}
     decisions: list[tuple[dict[str, Any], str, dec.Edit | None, str | None]] = []
@@ -275,6 +278,9 @@ def import_annotations(
                         f"{at}: unknown decision {choice!r}; the choices are approve, reject and keep (not a duplicate)"
                     )
                 decided.append((at, choice, _edit(item, data, results), _says_content(item, data, results)))
+                if choice != "reject":  # a reject's labels say nothing: the record is not published
+                    current = in_force.get(item_id)
+                    notes.extend(f"{at}, item {item_id}: {what}" for what in _not_taken(item, data, results, current))
             if data.get("record_id") is None and not _shows(item, data, in_force.get(item["item_id"])):
                 raise LabelStudioError(
                     f"{where} has no data.record_id, and its dataset and text are not those of item "
@@ -578,7 +584,7 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
         original = payload.get("original", "")
         kept = [place for r in labelled for place in _label_places(original, r["value"])]
         for span in payload.get("spans", []):
-            if not any(start < span["end"] and span["start"] < end for start, end in kept):
+            if not _overlaps(kept, span):
                 edit.not_pii.append((payload.get("field", ""), span["start"], span["end"]))
     if item["kind"] == "vqa":
         answer = _answer(results)
@@ -587,21 +593,64 @@ def _edit(item: dict[str, Any], data: dict[str, Any], results: list[dict[str, An
     return edit or None
 
 
+def _overlaps(places: list[tuple[int, int]], span: dict[str, Any]) -> bool:
+    """Whether any of ``places`` (start, end) overlaps a flagged ``span``."""
+    return any(start < span["end"] and span["start"] < end for start, end in places)
+
+
+def _not_taken(
+    item: dict[str, Any], data: dict[str, Any], results: list[dict[str, Any]], current: dict[str, Any] | None
+) -> list[str]:
+    """What a raw PII task's labels say that the import does not take, in words: a label on text the
+    pipeline did not flag (decisions mark flagged spans, not new ones), and no labels left of those the
+    task showed (read as not worked on, ``_reads_labels``). Said, not dropped silently."""
+    payload = json.loads(item["payload"] or "{}")
+    original, spans = payload.get("original"), payload.get("spans", [])
+    if item["kind"] != "pii" or data.get("text") != original:
+        return []
+    labelled = [r["value"] for r in results if r.get("type") == "labels"]
+    if not labelled:
+        marks = dec.not_pii_of(current)
+        if all((payload.get("field"), span["start"], span["end"]) in marks for span in spans):
+            return []  # it showed no label to remove
+        return [
+            "its labels were all removed: taken as not worked on, no span marked not PII; "
+            "to mark spans not PII, do it on the review page"
+        ]
+    said = []
+    for value in labelled:
+        places = _label_places(original, value)
+        if not any(_overlaps(places, span) for span in spans):
+            start, end = places[0]
+            said.append(
+                f"a label on {original[start:end]!r} {value['start']}:{value['end']} is no span the pipeline "
+                "found: not taken; to redact more, edit the text on the review page"
+            )
+    return said
+
+
 def _label_places(text: str, value: dict[str, Any]) -> list[tuple[int, int]]:
     """Where a label lies in ``text``, in characters. Label Studio releases differ in how they count a
     label's ``start`` and ``end`` after an emoji or another character outside the BMP: in characters,
     or in JavaScript's UTF-16 units (two for such a character). The reading whose slice is the label's
-    ``text`` wins; with no such reading both are taken, so a label the annotator kept is never read as
-    lying somewhere else, which would mark the span it covers "not PII"."""
+    ``text`` wins; a label without one is taken at both. ValueError for a label on no text of ``text``
+    (outside it, empty) or not on its own ``text``: read as covering nothing, it would mark the span the
+    annotator kept "not PII"."""
     start, end = int(value["start"]), int(value["end"])
-    places = [(start, end)]
+    places = [(start, end)] if 0 <= start < end <= len(text) else []
     units = text.encode("utf-16-le")
-    if len(units) != 2 * len(text):
+    # Checked in units before reading them in characters, which stops at the text's end.
+    if len(units) != 2 * len(text) and 0 <= start < end <= len(units) // 2:
 
         def in_characters(unit: int) -> int:
             return len(units[: 2 * unit].decode("utf-16-le", errors="ignore"))
 
         places.append((in_characters(start), in_characters(end)))
+    if not places:
+        raise ValueError(f"a label at {start}:{end} lies outside the text ({len(text)} characters)")
     said = value.get("text")
-    matching = [(a, b) for a, b in places if text[a:b] == said]
-    return matching[:1] or places
+    if said is not None:
+        places = [(a, b) for a, b in places if text[a:b] == said][:1]
+        if not places:
+            raise ValueError(f"a label at {start}:{end} does not hold the text it names")
+    return places
