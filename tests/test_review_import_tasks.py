@@ -541,7 +541,7 @@ def test_a_label_on_text_the_pipeline_did_not_flag_is_named_not_taken(tmp_path: 
     # Taken as before (every span labelled: the item approved as flagged), and the new label named.
     assert counts["approve"] == 1 and [row["action"] for row in dec.history(engine, 2)] == ["approve"]
     assert notes == [
-        "task 0 (Label Studio id None), item 2: a label on 'Call' 0:4 is no span the pipeline found: not taken; "
+        "task 0 (Label Studio id None), item 2: a label at 0:4 is on no span the pipeline found: not taken; "
         "to redact more, edit the text on the review page"
     ]
 

@@ -621,10 +621,10 @@ def _not_taken(
     for value in labelled:
         places = _label_places(original, value)
         if not any(_overlaps(places, span) for span in spans):
-            start, end = places[0]
+            # Its offsets, not its text: what an annotator took for PII is not written to the import's log.
             said.append(
-                f"a label on {original[start:end]!r} {value['start']}:{value['end']} is no span the pipeline "
-                "found: not taken; to redact more, edit the text on the review page"
+                f"a label at {value['start']}:{value['end']} is on no span the pipeline found: not taken; to redact "
+                "more, edit the text on the review page"
             )
     return said
 
