@@ -853,6 +853,11 @@ class _OneAtATime:
         self._pool.shutdown()
 
 
+def new_run_id() -> str:
+    """A new run's id: its run lock, its row in the runs table, its log lines and its staging folder use it."""
+    return uuid.uuid4().hex[:12]
+
+
 def put_file(fs: pafs.FileSystem, folder: str, path: str, data: bytes | pa.Buffer, records: int) -> Shard:
     """Write ``data`` to ``folder/path`` (its folder made first); the manifest's entry for it."""
     make_dirs(fs, f"{folder}/{path.rsplit('/', 1)[0]}")
@@ -873,6 +878,7 @@ class DatasetWriter:
         stratify_by: str | None = None,
         group_by: str | None = None,
         by_document: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.dest, self.dataset, self.format = dest, dataset, fmt
         # VQA records are grouped by image unless the recipe says how to split (README "Splits").
@@ -880,7 +886,7 @@ class DatasetWriter:
         self.splitter = Splitter(
             validation_fraction, split_seed, stratify_by, group_by, by_image=by_image, by_document=by_document
         )
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or new_run_id()  # the pipeline's: the one its run lock holds too
         # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
         # pipeline): what they left in the dest is removed; anything else may be a run of another store.
         self.ended_runs: Callable[[Iterable[str]], set[str]] = lambda _ids: set()
