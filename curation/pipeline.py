@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,7 +56,13 @@ from curation.stages.shape import Field, Shape, recipe_template_error
 from curation.stages.validate import SchemaValidation
 from curation.state import StateStore, read_state
 from curation.stopping import STOP_SIGNALS, Stopped, raise_if_stopped, stop_signals
-from curation.writer import DatasetWriter, inputs_of_duplicates, records_from_inputs, records_of_other_inputs
+from curation.writer import (
+    DatasetWriter,
+    inputs_of_duplicates,
+    new_run_id,
+    records_from_inputs,
+    records_of_other_inputs,
+)
 from schemas.config import (
     ChunkConfig,
     DocumentsSource,
@@ -969,7 +974,7 @@ def run_recipe(
     state = StateStore(recipe.state)
     result: RunResult | None = None
     try:
-        with run_lock(state.engine, recipe.dataset, uuid.uuid4().hex[:12]) as lock:
+        with run_lock(state.engine, recipe.dataset, new_run_id()) as lock:
             result = _run_locked(recipe, state, lock, on_start, on_input, executor, full_refresh, on_written)
             return result
     except Stopped as stop:  # while the lock was given back: the run had ended, and published if it says so
@@ -1063,7 +1068,7 @@ def _run_locked(
     decided_by = mark_now(state.engine)
     plan = _plan(recipe, state, full_refresh, decided_by)
     on_start(sum(entry.size or 0 for entry in plan.inputs))
-    writer = _writer(recipe, state, plan.full_refresh)  # it stages nothing before the run is recorded
+    writer = _writer(recipe, state, plan.full_refresh, lock.run_id)  # it stages nothing before the run is recorded
     if plan.published_sides is not None and not plan.published_sides.is_empty():  # read again: same side
         sides = plan.published_sides
         writer.splitter.keep_sides(sides["id"].to_arrow(), sides["validation"].to_arrow())
@@ -1323,7 +1328,7 @@ def _plan(recipe: Recipe, state: StateStore, full_refresh: bool, decided_by: Dec
     )
 
 
-def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWriter:
+def _writer(recipe: Recipe, state: StateStore, full_refresh: bool, run_id: str) -> DatasetWriter:
     out = recipe.output
     fmt = output_format(
         out.format, recipe.record.kind, FormatOptions(system_prompt=out.system_prompt, chunk_chars=out.chunk_chars)
@@ -1338,6 +1343,7 @@ def _writer(recipe: Recipe, state: StateStore, full_refresh: bool) -> DatasetWri
         stratify_by=out.stratify_by,
         group_by=out.group_by,
         by_document=recipe.groups_by_document,
+        run_id=run_id,
     )
     writer.ended_runs = functools.partial(state.ended_runs, recipe.dataset)
     writer.last_published = functools.partial(state.last_published, recipe.dataset)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import hashlib
 import io
@@ -686,7 +687,8 @@ class ShardSeries:
                     cut = ends.next(start)  # one line longer than a shard: it gets a shard alone
             placed.append((self._path_relative(), self._records + 1))
             piece = view[start:cut]  # pieces are views: no copy of a large ``data`` per shard
-            self._stream.write(piece)
+            with writing(f"{self.folder}/{self._path_relative()}"):
+                self._stream.write(piece)
             self._digest.update(piece)
             self._bytes += cut - start
             self._records += ends.count(start, cut)
@@ -710,7 +712,8 @@ class ShardSeries:
         self._digest, self._bytes, self._records = hashlib.sha256(), 0, 0
 
     def _close(self) -> None:
-        self._stream.close()
+        with writing(f"{self.folder}/{self._path_relative()}"):
+            self._stream.close()
         self.shards.append(
             Shard(path=self._path_relative(), records=self._records, bytes=self._bytes, sha256=self._digest.hexdigest())
         )
@@ -853,10 +856,28 @@ class _OneAtATime:
         self._pool.shutdown()
 
 
+@contextlib.contextmanager
+def writing(path: str, full: str = "") -> Iterator[None]:
+    """Raise an error writing ``path`` as one line naming it, its errno kept (the CLI says it as a failed run):
+    pyarrow's names no file, so a full dest and a full spill folder read alike. ``full`` is added where the
+    disk is full."""
+    try:
+        yield
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        is_full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise OSError(error.errno, f"cannot write {path}: {reason}{full if is_full else ''}") from error
+
+
+def new_run_id() -> str:
+    """A new run's id: its run lock, its row in the runs table, its log lines and its staging folder use it."""
+    return uuid.uuid4().hex[:12]
+
+
 def put_file(fs: pafs.FileSystem, folder: str, path: str, data: bytes | pa.Buffer, records: int) -> Shard:
     """Write ``data`` to ``folder/path`` (its folder made first); the manifest's entry for it."""
     make_dirs(fs, f"{folder}/{path.rsplit('/', 1)[0]}")
-    with fs.open_output_stream(f"{folder}/{path}") as out:
+    with writing(f"{folder}/{path}"), fs.open_output_stream(f"{folder}/{path}") as out:
         out.write(data)
     return Shard(path=path, records=records, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -873,6 +894,7 @@ class DatasetWriter:
         stratify_by: str | None = None,
         group_by: str | None = None,
         by_document: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.dest, self.dataset, self.format = dest, dataset, fmt
         # VQA records are grouped by image unless the recipe says how to split (README "Splits").
@@ -880,7 +902,7 @@ class DatasetWriter:
         self.splitter = Splitter(
             validation_fraction, split_seed, stratify_by, group_by, by_image=by_image, by_document=by_document
         )
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or new_run_id()  # the pipeline's: the one its run lock holds too
         # Which of the given run ids the state store knows as runs of the dataset that are over (set by the
         # pipeline): what they left in the dest is removed; anything else may be a run of another store.
         self.ended_runs: Callable[[Iterable[str]], set[str]] = lambda _ids: set()
@@ -1320,10 +1342,7 @@ class DatasetWriter:
         side_files: dict[str, str] = {}
         for split in SPLITS:
             for name, content in self.format.side_files.items():
-                make_dirs(self.fs, f"{self.staging}/{split}")
-                with self.fs.open_output_stream(f"{self.staging}/{split}/{name}") as out:
-                    out.write(content)
-                side_files[f"{split}/{name}"] = hashlib.sha256(content).hexdigest()
+                side_files[f"{split}/{name}"] = put_file(self.fs, self.staging, f"{split}/{name}", content, 0).sha256
         existing = published_versions(self.dest, self.dataset)
         if builds_on is not None and existing != builds_on:
             raise PublishedMeanwhile(self._changed_meanwhile(builds_on, existing))
@@ -1379,7 +1398,10 @@ class DatasetWriter:
                 raise PublishedMeanwhile(meanwhile())
             self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
-            with self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out:
+            with (
+                writing(f"{self.staging}/{MANIFEST_NAME}"),
+                self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out,
+            ):
                 out.write(body)
             try:
                 self._remove_leftover(target, meanwhile)

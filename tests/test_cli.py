@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -1641,3 +1642,40 @@ def test_nothing_new_over_a_dest_that_cannot_be_written_publishes_nothing_as_bef
         assert checked.returncode == 2 and f"output error {said}" in checked.stderr, checked.stderr
         ran = curation("run", str(recipe), "--quiet", cwd=tmp_path)
         assert ran.returncode == 1 and f"run failed, nothing published: {said}" in ran.stderr, ran.stderr
+
+
+def _run_on_a_full_disk(tmp_path: Path, stages: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """`curation run` where no file may grow past 4 MiB (``RLIMIT_FSIZE``: a write past it fails as one on a
+    full disk does, from the file system) over 8 MB of distinct records."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": f"{n} " + "x" * 10_000} for n in range(800)])
+    recipe = write_recipe(tmp_path, {**docs_recipe("in"), "stages": stages})
+    (tmp_path / "tmp").mkdir()
+
+    def files_limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) rather than the process dying
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    return subprocess.run(
+        [sys.executable, "-m", "curation.cli", "run", str(recipe), "--quiet"],
+        cwd=tmp_path,
+        env={**cli_env(), "TMPDIR": str(tmp_path / "tmp")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=files_limited,
+    )
+
+
+def test_a_full_dest_names_the_shard_it_could_not_write(tmp_path: Path) -> None:
+    done = _run_on_a_full_disk(tmp_path, [])
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "run failed, nothing published: [Errno 27] cannot write " in said
+    assert "/_staging/" in said and "/train/part-00000.jsonl: File too large" in said
+    assert "spill folder" not in said
+
+
+def test_a_full_spill_folder_is_named_as_such(tmp_path: Path) -> None:
+    done = _run_on_a_full_disk(tmp_path, [{"type": "exact_dedup"}])
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and f"run failed, nothing published: [Errno 27] cannot write {tmp_path}/tmp/" in said
+    assert "the spill folder (TMPDIR, or the executor's spill_dir) has no room for it" in said

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connectors.state import LockLost, Watermarks, run_locks
+from connectors.state import LockLost, RunLocked, Watermarks, run_locks
 from curation import pipeline
 from curation.stages.dedup_index import SignatureIndex
 from curation.state import READ_AGAIN, StateStore
 from curation.writer import DatasetWriter
-from tests.helpers import FailsOnceMoved, docs_recipe, outputs, run, write_jsonl
+from schemas.config import load_recipe
+from tests.helpers import FailsOnceMoved, docs_recipe, outputs, run, write_jsonl, write_recipe
 
 RECIPE = docs_recipe("in")
 
@@ -364,3 +365,22 @@ def _published_then_more(workdir: Path) -> tuple[str, dict[str, Any]]:
     run(workdir, recipe)
     write_jsonl(workdir / "in" / "b.jsonl", [{"text": "three"}])
     return url, recipe
+
+
+def test_a_run_refused_the_lock_names_the_holder_by_the_id_of_its_runs_row(workdir: Path) -> None:
+    """The id a second run is refused with is the one to look up: the holder's row in the runs table, its
+    staging folder and its log lines use it."""
+    write_jsonl(workdir / "in" / "a.jsonl", [{"text": "one"}, {"text": "two"}])
+    recipe = load_recipe(write_recipe(workdir, RECIPE))
+    refusals: list[str] = []
+
+    def second_run_while_writing(_written: int) -> None:
+        if not refusals:
+            with pytest.raises(RunLocked) as refused:
+                run(workdir, RECIPE)
+            refusals.append(str(refused.value))
+
+    pipeline.run_recipe(recipe, on_written=second_run_while_writing)
+    [run_id] = _statuses()
+    [refusal] = refusals
+    assert f"(run {run_id}, pid " in refusal

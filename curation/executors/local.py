@@ -36,7 +36,7 @@ from curation.stages.base import GlobalStage, Stage
 from curation.stages.review import ReviewDecisions
 from curation.stages.shape import TemplateErrors
 from curation.stopping import raise_if_stopped
-from curation.writer import DatasetWriter
+from curation.writer import DatasetWriter, writing
 from schemas.manifest import Counts
 from schemas.records import FLAG_SCHEMA, OUTCOMES, SetAsideExample
 
@@ -302,6 +302,10 @@ def _remove_spills_of_ended_runs(folder: str | None) -> None:
             os.close(handle)
 
 
+# Said where a spill file cannot be written for want of room: the spill folder, not the dest, is the one to free.
+FULL_SPILL = "; the spill folder (TMPDIR, or the executor's spill_dir) has no room for it"
+
+
 class Spill:
     """The batches before a barrier, in Arrow files under ``prefix``: a new file whenever a batch's
     schema differs from the one before (a column that is a number in one input and text in another),
@@ -320,14 +324,20 @@ class Spill:
             self.files.append(self.prefix.with_name(f"{self.prefix.name}-{len(self.files)}.arrow"))
             # The stream format, not the file format: a dictionary column (a category from Parquet) may hold
             # other values in each batch, and an Arrow IPC file takes one dictionary per column for good.
-            self._sink, self._schema = pa.ipc.new_stream(str(self.files[-1]), batch.schema), batch.schema
-        self._sink.write_table(batch)
+            with self._writing():
+                self._sink, self._schema = pa.ipc.new_stream(str(self.files[-1]), batch.schema), batch.schema
+        with self._writing():
+            self._sink.write_table(batch)
         self.rows += batch.num_rows
 
     def close(self) -> None:
         if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+            sink, self._sink = self._sink, None  # not closed twice: ``__exit__`` closes after a failed write too
+            with self._writing():
+                sink.close()
+
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return writing(str(self.files[-1]), FULL_SPILL)
 
     def __enter__(self) -> Spill:
         return self
