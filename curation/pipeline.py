@@ -315,7 +315,9 @@ def chunk_overlap_warnings(recipe: Recipe) -> list[str]:
     # The record fields a chunk's text lands in (a documents source's ``text`` column, by name or template): a
     # stage comparing none of them (``fields: [title]``) never sees two chunks' overlap.
     chunk_fields = {
-        field.target for field in (Field(*item) for item in recipe.record.mapping().items()) if "text" in field.paths
+        field.target
+        for field in (Field(*item) for item in recipe.record.mapping().items())
+        if field.column == "text" or "text" in field.template_columns
     }
     warnings: list[str] = []
     for number, config in enumerate(recipe.stages, 1):
@@ -1094,8 +1096,11 @@ def _run_locked(
         if plan.replaced_ids is not None:
             run_stages.retire(plan.replaced_ids.to_arrow())
         # A rejected record leaves the dataset as a replaced one does: no record read now is an earlier version
-        # of it (its input may be gone, so that it is never read again to take its place in its cluster).
-        run_stages.retire(review.rejected)
+        # of it (its input may be gone, so that it is never read again to take its place in its cluster). Not in a
+        # delta version: the record stays in the version that published it, its signatures with it (retired, they
+        # would be removed for good, and a copy read once the rejection is undone published a second time).
+        if recipe.output.carry_forward:
+            run_stages.retire(review.rejected)
         # With a PII stage, set-aside rows are redacted too: their raw input is published in set_aside/.
         writer.scrub = set_aside_scrub(run_stages.stages)
         (executor or default_executor(recipe)).run(plan.sources, run_stages.stages, writer, tally, on_input)

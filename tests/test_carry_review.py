@@ -1263,3 +1263,20 @@ def test_an_undone_rejection_of_a_kept_record_has_its_cluster_resolved_again(wor
     assert sorted(Path(i.uri).name for i in v3.manifest.inputs) == ["a.jsonl", "b.jsonl"]
     refreshed = run(workdir, spec, full_refresh=True)
     assert texts(outputs(Path(refreshed.version_uri))) == published
+
+
+def test_an_undone_rejection_in_delta_versions_keeps_a_later_copy_from_being_published_twice(workdir: Path) -> None:
+    # A rejected record was retired from the cross-run signatures for good, though a delta version leaves it in
+    # the version that published it: once the rejection was undone, an exact copy read later was published too.
+
+    spec = recipe("out", carry_forward=False)
+    write_jsonl(workdir / "in" / "a.jsonl", notes(0, 3))
+    first = run(workdir, spec)
+    engine, _ = reject(workdir, Path(first.version_uri), notes(1, 1)[0]["q"])
+    write_jsonl(workdir / "in" / "b.jsonl", notes(10, 1))
+    second = run(workdir, spec)
+    dec.undo_last(engine, "rita")
+    write_jsonl(workdir / "in" / "c.jsonl", notes(1, 1))  # an exact copy of the record, its rejection undone
+    third = run(workdir, spec)
+    chain = [text for result in (first, second, third) for text in texts(outputs(Path(result.version_uri)))]
+    assert chain.count(notes(1, 1)[0]["q"]) == 1

@@ -2098,6 +2098,9 @@ def test_a_near_dedup_threshold_neighbouring_overlapping_chunks_reach_is_warned_
         # The chunk's text reaches the record through a template: the stage compares it under that field's name.
         ('{kind: instruction, prompt: "Summarise {{ title }}", completion: "{{ text | trim }}"}', "[prompt]", False),
         ('{kind: instruction, prompt: "Summarise {{ title }}", completion: "{{ text | trim }}"}', "null", True),
+        # A template that renders only part of the text, or through a method call, still renders the chunk's text.
+        ('{kind: instruction, prompt: "{{ text[:300] }}", completion: "{{ title }}"}', "[prompt]", True),
+        ('{kind: instruction, prompt: "{{ text.strip() }}", completion: "{{ title }}"}', "[prompt]", True),
     ],
 )
 def test_a_near_dedup_stage_that_does_not_compare_the_chunk_text_is_not_warned_about_their_overlap(

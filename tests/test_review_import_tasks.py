@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from curation.review import decisions as dec
 from curation.review.app import history_listed
 from curation.review.auth import add_user
-from curation.review.labelstudio import LabelStudioError, export_tasks, import_annotations
+from curation.review.labelstudio import LabelStudioError, _label_places, export_tasks, import_annotations
 from curation.review.queue import add_items, list_items
 from schemas.records import FLAG_SCHEMA
 from tests.test_review_bulk import NAME, annotated, pii_queue
@@ -527,6 +527,15 @@ def test_a_label_that_is_not_on_the_text_refuses_the_task(tmp_path: Path, name: 
     with pytest.raises(LabelStudioError, match=r"task 0 .* is not a task as Label Studio exports them: a label at"):
         import_annotations(engine, approved_with(raw, name, address), "pia")
     assert dec.history(engine, 2) == [] and dec.not_pii_in_force(engine, 2) == set()
+
+
+def test_a_label_whose_text_collapses_a_run_of_spaces_is_taken_at_its_offsets() -> None:
+    # Label Studio may collapse whitespace in a label's `text` while its offsets cover the run of spaces
+    # (HumanSignal/label-studio#3078): refused as not on its text, the whole import was blocked.
+    text = "Text: Berlin,  Germany."
+    assert _label_places(text, {"start": 6, "end": 22, "text": "Berlin, Germany"}) == [(6, 22)]
+    with pytest.raises(ValueError, match="does not hold the text it names"):
+        _label_places(text, {"start": 6, "end": 22, "text": "Paris, France"})
 
 
 def test_a_label_on_text_the_pipeline_did_not_flag_is_named_not_taken(tmp_path: Path) -> None:

@@ -407,7 +407,7 @@ _PERSON_KEY_WORDS = frozenset(
     {
         "name", "surname", "fullname", "firstname", "lastname", "fname", "lname", "forename", "customer", "client",
         "contact", "payee", "payer", "holder", "cardholder", "owner", "sender", "recipient", "author", "employee",
-        "person", "patient", "member", "guest", "assignee", "requester", "applicant", "beneficiary",
+        "person", "patient", "guest", "assignee", "requester", "applicant", "beneficiary",
     }
 )  # fmt: skip
 _NAME_QUALIFIERS = frozenset({"first", "last", "given", "family", "middle", "full"})
