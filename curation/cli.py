@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.filesize import decimal as file_size
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -48,6 +50,11 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 
 LEVELS = ("debug", "info", "warning", "error")
 HEAD_FILES = 20  # files of each source whose head ``check`` reads: a folder of thousands, on S3 too, stays quick
+HEARTBEAT_S = 60.0  # the least time between two progress lines in a log file (stderr not a terminal)
+
+# Progress in a log file: said whatever --log-level (as the bar is on a terminal); --quiet says none.
+progress_log = logging.getLogger("curation.progress")
+progress_log.setLevel(logging.INFO)
 
 
 def _configure_logging(level: str) -> None:
@@ -101,6 +108,50 @@ def summary_table(manifest: Manifest, pieces: bool = False) -> Table:
     return table
 
 
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class _Heartbeat:
+    """What the bar shows, as a log line at most every ``HEARTBEAT_S`` and once all input is read: a
+    log file (cron) gets no bar, and an hours-long run would otherwise say nothing until it ends."""
+
+    def __init__(self) -> None:
+        self.started = self.said = time.monotonic()
+        self.total = self.read = self.written = 0
+        self.read_all = False
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def input(self, done: int) -> None:
+        self.read += done
+        if self.total and not self.read_all and self.read >= self.total:
+            self.read_all = True
+            self.say()
+        else:
+            self.beat()
+
+    def output(self, records: int) -> None:
+        self.written = records
+        self.beat()
+
+    def beat(self) -> None:
+        if time.monotonic() - self.said >= HEARTBEAT_S:
+            self.say()
+
+    def say(self) -> None:
+        self.said = time.monotonic()
+        read = f"read {file_size(self.read)}"
+        if self.total:
+            read += f" of {file_size(self.total)} ({min(100, 100 * self.read // self.total)}%)"
+        progress_log.info(
+            "progress: %s, %s records written, %s", read, f"{self.written:,}", _elapsed(self.said - self.started)
+        )
+
+
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, origin: Path | None = None) -> int:
     """Run a recipe with a progress bar; print where the output went. Returns the exit code. ``origin``:
     the recipe's file, which a recipe error found once records were read names (a scheduler's log holds
@@ -127,21 +178,34 @@ def _execute(recipe: Recipe, quiet: bool, full_refresh: bool, origin: Path | Non
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=quiet,
+        disable=quiet or not console.is_terminal,  # a log file gets the heartbeat, not a bar's stray line
     )
     task = progress.add_task(f"curating {recipe.dataset}", total=None)
+    heartbeat = _Heartbeat() if not quiet and progress.disable else None
+
+    def started(total: int) -> None:
+        progress.update(task, total=total or None)
+        if heartbeat:
+            heartbeat.start(total)
+
+    def read(done: int) -> None:
+        progress.advance(task, done)
+        if heartbeat:
+            heartbeat.input(done)
 
     def written(records: int) -> None:
         # The bar is the input read; after a dedup stage's barrier it is full while the writing goes on.
         progress.update(task, description=f"curating {recipe.dataset}: {records:,} records written")
+        if heartbeat:
+            heartbeat.output(records)
 
     try:
         with progress:
             ran.append(
                 run_recipe(
                     recipe,
-                    on_start=lambda total: progress.update(task, total=total or None),
-                    on_input=lambda done: progress.advance(task, done),
+                    on_start=started,
+                    on_input=read,
                     full_refresh=full_refresh,
                     on_written=written,
                     executor=default_executor(recipe, quiet),
@@ -251,7 +315,9 @@ def _report(result: RunResult, recipe: Recipe) -> int:
 @stopped_before_reading()  # a stop before execute takes the signals is said too (execute says every one after)
 def run(
     recipe: Annotated[Path, typer.Argument(help="the recipe YAML")],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress (the bar, or in a log file its lines)")
+    ] = False,
     full_refresh: Annotated[
         bool, typer.Option("--full-refresh", help="forget what earlier runs took and read all input again")
     ] = False,

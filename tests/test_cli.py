@@ -1679,3 +1679,39 @@ def test_a_full_spill_folder_is_named_as_such(tmp_path: Path) -> None:
     said = " ".join(done.stderr.split())
     assert done.returncode == 1 and f"run failed, nothing published: [Errno 27] cannot write {tmp_path}/tmp/" in said
     assert "the spill folder (TMPDIR, or the executor's spill_dir) has no room for it" in said
+
+
+def test_a_run_logged_to_a_file_says_its_progress_in_log_lines_without_an_empty_line(tmp_path: Path) -> None:
+    # cron keeps stderr in a file: the terminal's bar left only an empty line there, and said no progress.
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note number {n}"} for n in range(30)])
+    recipe = str(write_recipe(tmp_path, {**docs_recipe("docs.jsonl"), "batch_rows": 10}))
+    ran = curation("run", recipe, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert "" not in lines, ran.stderr
+    # Under a minute: only the line said once all input is read.
+    (said,) = [line for line in lines if " INFO curation.progress progress: " in line]
+    size = (tmp_path / "docs.jsonl").stat().st_size
+    assert f"progress: read {size} bytes of {size} bytes (100%), " in said, said
+    quiet = curation("run", recipe, "--quiet", "--full-refresh", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_a_run_logged_to_a_file_says_its_progress_as_often_as_the_heartbeat_interval_lets(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": f"note number {n}"} for n in range(30)])
+    recipe = str(write_recipe(tmp_path, {**docs_recipe("docs.jsonl"), "batch_rows": 10}))
+    # A real interpreter, whose module's interval the test shortens (a forked run imports the module afresh).
+    shortened = "import sys, curation.cli as cli; cli.HEARTBEAT_S = 0; sys.argv[0] = 'curation'; cli.app()"
+    ran = subprocess.run(
+        [sys.executable, "-c", shortened, "run", recipe], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "" not in ran.stderr.splitlines(), ran.stderr
+    said = [line.split(" progress: ")[1] for line in ran.stderr.splitlines() if " INFO curation.progress " in line]
+    lines = (tmp_path / "docs.jsonl").read_bytes().splitlines(keepends=True)
+    size = sum(map(len, lines))
+    ends = [sum(map(len, lines[: end + 10])) for end in (0, 10, 20)]
+    # Each of the three batches read said as it came (the records written, said between them, aside).
+    reads = list(dict.fromkeys(line.split(",")[0] for line in said))
+    assert reads == [f"read {n} bytes of {size} bytes ({n * 100 // size}%)" for n in ends], said
+    assert said[-1].startswith(f"read {size} bytes of {size} bytes (100%), 30 records written, "), said
