@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from schemas.pii import DETECTION_RULES, PiiConfig
-from schemas.records import CONTENT_COLUMNS, TEXT_RULES
+from schemas.records import CONTENT_COLUMNS, RESERVED, TEXT_RULES
 from schemas.regex import re2_pattern
 
 if TYPE_CHECKING:
@@ -373,11 +373,30 @@ SourceConfig = Annotated[
 # --- what the input rows must look like, and what record they become ------------------------------
 
 
+def not_input_columns(names: Iterable[str]) -> None:
+    """Refuse input column names that are the record's own: its id (a hash) and source (a struct). The
+    readers rename an input's columns of those names (connectors/base.py, with_lineage), so a setting naming
+    them meant the input's and would be given the record's: rendered into training data, checked against
+    the hash, or grouping each record alone."""
+    reserved = sorted(set(names) & set(RESERVED))
+    if reserved:
+        raise ValueError(
+            "; ".join(f"{n!r} is the record's own {n}, not an input column: use input_{n}" for n in reserved)
+            + " (an input's columns of these names are renamed so)"
+        )
+
+
 class InputSchema(Strict):
     """Columns the input rows must have, with their types; checked before anything else."""
 
     columns: dict[str, Literal["str", "int", "float", "bool"]] = Field(default_factory=dict)
     optional: list[str] = Field(default_factory=list)
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_are_the_inputs(cls, columns: dict[str, str]) -> dict[str, str]:
+        not_input_columns(columns)
+        return columns
 
     def required_columns(self) -> list[str]:
         """The declared columns every row must have (those not ``optional``), sorted."""
@@ -427,14 +446,7 @@ class RecordShape(Strict):
                 kind, known = ("filter", env.filters) if isinstance(node, jinja2.nodes.Filter) else ("test", env.tests)
                 if node.name not in known:
                     raise ValueError(f"template syntax error: No {kind} named {node.name!r}.")
-        # The record's own id (a hash) and source (a struct) would be rendered into training data, or
-        # not found: an input's columns of those names are renamed (connectors/base.py, with_lineage).
-        reserved = sorted(names & {"id", "source"})
-        if reserved:
-            raise ValueError(
-                "; ".join(f"{n!r} is the record's own {n}, not an input column: use input_{n}" for n in reserved)
-                + " (an input's columns of these names are renamed so)"
-            )
+        not_input_columns(names)
         return spec
 
     @model_validator(mode="after")
@@ -746,6 +758,13 @@ class OutputConfig(Strict):
     def _seed_as_text(cls, seed: Any) -> Any:
         # YAML reads `split_seed: 7` as a number; it is the seed "7" (the same split).
         return str(seed) if isinstance(seed, int) and not isinstance(seed, bool) else seed
+
+    @field_validator("stratify_by", "group_by")
+    @classmethod
+    def _splits_by_an_input_column(cls, column: str | None) -> str | None:
+        if column is not None:
+            not_input_columns([column])
+        return column
 
     @model_validator(mode="after")
     def _options_fit_format(self) -> OutputConfig:

@@ -536,3 +536,14 @@ def test_a_csv_whose_header_is_bracketed_is_not_said_to_look_like_json_lines(wor
         run(workdir, spec)
     said = str(error.value)
     assert f"{path}:2: prompt: column 'prompt' is missing" in said and "JSON Lines" not in said, said
+
+
+def test_input_schema_checks_a_csv_id_column_under_input_id(workdir: Path) -> None:
+    # The column `id` is read as `input_id`: declared so, its values are checked and cast, not the record's hash.
+    (workdir / "t.csv").write_text("id,question,answer\n7,Where?,Here.\nA-8,Why?,Because.\n9,How?,So.\n")
+    spec = {**recipe("t.csv"), "input_schema": {"columns": {"input_id": "int"}}, "output": {"validation_fraction": 0}}
+    spec["record"] = {"kind": "instruction", "prompt": "#{{ input_id + 1 }} {{ question }}", "completion": "answer"}
+    version = Path(run(workdir, spec).version_uri)
+    assert sorted(row["prompt"] for row in outputs(version)) == ["#10 How?", "#8 Where?"]
+    (aside,) = set_aside(version)
+    assert (aside["reason"], aside["source"]["line"]) == ("schema", 3) and "input_id" in aside["detail"], aside

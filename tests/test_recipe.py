@@ -387,6 +387,29 @@ def test_a_record_field_from_the_record_id_or_source_is_a_recipe_error(prompt: s
 
 
 @pytest.mark.parametrize(
+    ("setting", "where"),
+    [
+        ("input_schema:\n  columns: {NAME: int}\n", "input_schema.columns"),
+        ("output:\n  group_by: NAME\n", "output.group_by"),
+        ("output:\n  stratify_by: NAME\n", "output.stratify_by"),
+    ],
+    ids=["input_schema", "group_by", "stratify_by"],
+)
+@pytest.mark.parametrize("name", ["id", "source"])
+def test_a_setting_naming_the_record_id_or_source_as_an_input_column_is_a_recipe_error(
+    setting: str, where: str, name: str
+) -> None:
+    # An input's `id` is read as `input_id`: `input_schema` checked the record's hash against the type (or nothing),
+    # and grouping or stratifying by the record's id or source put each record in a group of its own.
+    def recipe(column: str) -> str:
+        return "dataset: tx\nsources:\n  - path: a\n" + setting.replace("NAME", column)
+
+    with pytest.raises(RecipeError, match=rf"{where} \(line 5\): '{name}' is the record's own {name}, .*input_{name}"):
+        parse_recipe(recipe(name))
+    parse_recipe(recipe(f"input_{name}"))
+
+
+@pytest.mark.parametrize(
     ("prompt", "expected"),
     [
         ("{{ q | nosuch }}", "No filter named 'nosuch'"),
