@@ -687,7 +687,7 @@ class ShardSeries:
                     cut = ends.next(start)  # one line longer than a shard: it gets a shard alone
             placed.append((self._path_relative(), self._records + 1))
             piece = view[start:cut]  # pieces are views: no copy of a large ``data`` per shard
-            with writing(f"{self.folder}/{self._path_relative()}"):
+            with writing(f"{self.folder}/{self._path_relative()}", fs=self.fs):
                 self._stream.write(piece)
             self._digest.update(piece)
             self._bytes += cut - start
@@ -712,7 +712,7 @@ class ShardSeries:
         self._digest, self._bytes, self._records = hashlib.sha256(), 0, 0
 
     def _close(self) -> None:
-        with writing(f"{self.folder}/{self._path_relative()}"):
+        with writing(f"{self.folder}/{self._path_relative()}", fs=self.fs):
             self._stream.close()
         self.shards.append(
             Shard(path=self._path_relative(), records=self._records, bytes=self._bytes, sha256=self._digest.hexdigest())
@@ -857,16 +857,20 @@ class _OneAtATime:
 
 
 @contextlib.contextmanager
-def writing(path: str, full: str = "") -> Iterator[None]:
-    """Raise an error writing ``path`` as one line naming it, its errno kept (the CLI says it as a failed run):
-    pyarrow's names no file, so a full dest and a full spill folder read alike. ``full`` is added where the
-    disk is full."""
+def writing(path: str, full: str = "", fs: pafs.FileSystem | None = None) -> Iterator[None]:
+    """Raise an error writing ``path`` (of ``fs``: on S3 named by its URI) as one line naming it, its errno kept
+    where it has one (the CLI says it as a failed run): pyarrow's names no file, so a full dest and a full spill
+    folder read alike. ``full`` is added where the disk is full."""
     try:
         yield
     except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
+        where = f"s3://{path}" if fs is not None and fs.type_name == "s3" else path
+        if not error.errno:  # S3's errors have none: "[Errno None]" would say nothing
+            raise OSError(f"cannot write {where}: {error}") from error
         is_full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        raise OSError(error.errno, f"cannot write {path}: {reason}{full if is_full else ''}") from error
+        raise OSError(
+            error.errno, f"cannot write {where}: {os.strerror(error.errno)}{full if is_full else ''}"
+        ) from error
 
 
 def new_run_id() -> str:
@@ -877,7 +881,7 @@ def new_run_id() -> str:
 def put_file(fs: pafs.FileSystem, folder: str, path: str, data: bytes | pa.Buffer, records: int) -> Shard:
     """Write ``data`` to ``folder/path`` (its folder made first); the manifest's entry for it."""
     make_dirs(fs, f"{folder}/{path.rsplit('/', 1)[0]}")
-    with writing(f"{folder}/{path}"), fs.open_output_stream(f"{folder}/{path}") as out:
+    with writing(f"{folder}/{path}", fs=fs), fs.open_output_stream(f"{folder}/{path}") as out:
         out.write(data)
     return Shard(path=path, records=records, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -1399,7 +1403,7 @@ class DatasetWriter:
             self._publish_s3(version, target, body, lambda: before_visible(version), meanwhile)
         else:
             with (
-                writing(f"{self.staging}/{MANIFEST_NAME}"),
+                writing(f"{self.staging}/{MANIFEST_NAME}", fs=self.fs),
                 self.fs.open_output_stream(f"{self.staging}/{MANIFEST_NAME}") as out,
             ):
                 out.write(body)

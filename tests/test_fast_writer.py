@@ -649,3 +649,23 @@ def test_carried_lines_are_cut_at_newlines_alone_as_shards_number_them(tmp_path:
     shard.write_bytes(b'{"q":"Par\rcel"}\n{"q":"two"}\r\n{"q":"last"}')
     lines = list(_read_lines(pafs.LocalFileSystem(), str(shard)))
     assert lines == [b'{"q":"Par\rcel"}\n', b'{"q":"two"}\r\n', b'{"q":"last"}\n']
+
+
+def test_a_failed_write_names_its_file_by_its_uri_and_an_s3_error_has_no_errno() -> None:
+    # S3's errors carry no errno: re-raised with one, they read "[Errno None] cannot write bkt/out/...", the bucket
+    # path without its scheme.
+    from pyarrow import fs as pafs
+
+    from curation.writer import writing
+
+    s3 = pafs.S3FileSystem(anonymous=True, endpoint_override="http://127.0.0.1:9", region="us-east-1")
+    with pytest.raises(OSError) as raised, writing("bkt/out/part-00000.jsonl", fs=s3):
+        raise OSError("When uploading part for key 'out/part-00000.jsonl': AWS Error NETWORK_CONNECTION")
+    assert str(raised.value) == (
+        "cannot write s3://bkt/out/part-00000.jsonl: When uploading part for key 'out/part-00000.jsonl': "
+        "AWS Error NETWORK_CONNECTION"
+    )
+    with pytest.raises(OSError) as raised, writing("/data/out/part-00000.jsonl", " (full)"):
+        raise OSError(28, "Error writing bytes to file")
+    assert raised.value.errno == 28
+    assert str(raised.value) == "[Errno 28] cannot write /data/out/part-00000.jsonl: No space left on device (full)"
