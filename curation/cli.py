@@ -115,8 +115,9 @@ def _elapsed(seconds: float) -> str:
 
 
 class _Heartbeat:
-    """What the bar shows, as a log line at most every ``HEARTBEAT_S`` and once all input is read: a
-    log file (cron) gets no bar, and an hours-long run would otherwise say nothing until it ends."""
+    """What the bar shows, as a log line at most every ``HEARTBEAT_S``, once all input of known size is read,
+    and once the run ends: a log file (cron) gets no bar, and an hours-long run would otherwise say nothing
+    until it ends."""
 
     def __init__(self) -> None:
         self.started = self.said = time.monotonic()
@@ -130,7 +131,8 @@ class _Heartbeat:
         self.read += done
         if self.total and not self.read_all and self.read >= self.total:
             self.read_all = True
-            self.say()
+            # Without the records written: with a dedup stage, or a short run, none are yet.
+            self.say(self.bytes_read())
         else:
             self.beat()
 
@@ -140,16 +142,19 @@ class _Heartbeat:
 
     def beat(self) -> None:
         if time.monotonic() - self.said >= HEARTBEAT_S:
-            self.say()
+            # A SQL table's size is not known: its bytes read would say "read 0 bytes" all along.
+            read = f"{self.bytes_read()}, " if self.total else ""
+            self.say(f"{read}{self.written:,} records written")
 
-    def say(self) -> None:
+    def end(self) -> None:
+        self.say(f"run ended, {self.written:,} records written")
+
+    def bytes_read(self) -> str:
+        return f"read {file_size(self.read)} of {file_size(self.total)} ({min(100, 100 * self.read // self.total)}%)"
+
+    def say(self, what: str) -> None:
         self.said = time.monotonic()
-        read = f"read {file_size(self.read)}"
-        if self.total:
-            read += f" of {file_size(self.total)} ({min(100, 100 * self.read // self.total)}%)"
-        progress_log.info(
-            "progress: %s, %s records written, %s", read, f"{self.written:,}", _elapsed(self.said - self.started)
-        )
+        progress_log.info("progress: %s, %s", what, _elapsed(self.said - self.started))
 
 
 def execute(recipe: Recipe, quiet: bool = False, full_refresh: bool = False, origin: Path | None = None) -> int:
@@ -211,6 +216,8 @@ def _execute(recipe: Recipe, quiet: bool, full_refresh: bool, origin: Path | Non
                     executor=default_executor(recipe, quiet),
                 )
             )
+        if heartbeat:
+            heartbeat.end()
     except RunLocked as error:
         console.print(f"[red]not started[/red]: {escape(str(error))}", highlight=False)
         return EXIT_FAILED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -1689,10 +1690,12 @@ def test_a_run_logged_to_a_file_says_its_progress_in_log_lines_without_an_empty_
     assert ran.returncode == 0, ran.stderr
     lines = ran.stderr.splitlines()
     assert "" not in lines, ran.stderr
-    # Under a minute: only the line said once all input is read.
-    (said,) = [line for line in lines if " INFO curation.progress progress: " in line]
+    # Under a minute: only the line said once all input is read, and the one said as the run ends.
+    read, ended = [line.split(" progress: ")[1] for line in lines if " INFO curation.progress " in line]
     size = (tmp_path / "docs.jsonl").stat().st_size
-    assert f"progress: read {size} bytes of {size} bytes (100%), " in said, said
+    # Not "0 records written": said before any was (a short run's, or a dedup stage's, writes come after).
+    assert re.fullmatch(rf"read {size} bytes of {size} bytes \(100%\), \d+s", read), read
+    assert re.fullmatch(r"run ended, 30 records written, \d+s", ended), ended
     quiet = curation("run", recipe, "--quiet", "--full-refresh", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
@@ -1712,6 +1715,32 @@ def test_a_run_logged_to_a_file_says_its_progress_as_often_as_the_heartbeat_inte
     size = sum(map(len, lines))
     ends = [sum(map(len, lines[: end + 10])) for end in (0, 10, 20)]
     # Each of the three batches read said as it came (the records written, said between them, aside).
-    reads = list(dict.fromkeys(line.split(",")[0] for line in said))
+    reads = list(dict.fromkeys(line.split(",")[0] for line in said[:-1]))
     assert reads == [f"read {n} bytes of {size} bytes ({n * 100 // size}%)" for n in ends], said
-    assert said[-1].startswith(f"read {size} bytes of {size} bytes (100%), 30 records written, "), said
+    assert f"read {size} bytes of {size} bytes (100%), 30 records written" in [line.rsplit(", ", 1)[0] for line in said]
+    assert said[-1].startswith("run ended, 30 records written, "), said
+
+
+def test_a_sql_run_logged_to_a_file_says_the_records_written_not_the_bytes_it_cannot_count(tmp_path: Path) -> None:
+    # A table's size is not known: its progress said "read 0 bytes" all along, and no line as the run ended.
+    rows = [f"insert into t (subject, reply) values ('s{n}', 'r{n}')" for n in range(30)]
+    url = sqlite_db(tmp_path / "src.db", "create table t (id integer primary key, subject text, reply text)", *rows)
+    recipe = {
+        "dataset": "support",
+        "sources": [{"type": "sql", "url": url, "table": "t"}],
+        "record": {"kind": "instruction", "prompt": "{{ subject }}", "completion": "{{ reply }}"},
+        "batch_rows": 10,
+    }
+    shortened = "import sys, curation.cli as cli; cli.HEARTBEAT_S = 0; sys.argv[0] = 'curation'; cli.app()"
+    ran = subprocess.run(
+        [sys.executable, "-c", shortened, "run", str(write_recipe(tmp_path, recipe))],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 0, ran.stderr
+    said = [line.split(" progress: ")[1] for line in ran.stderr.splitlines() if " INFO curation.progress " in line]
+    assert said and all(re.fullmatch(r"(run ended, )?[\d,]+ records written, \d+s", line) for line in said), said
+    assert [line for line in said if line.startswith("run ended, ")] == [said[-1]], said
+    assert said[-1].startswith("run ended, 30 records written, "), said
