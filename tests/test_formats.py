@@ -799,3 +799,39 @@ def test_decimal_group_keys_that_differ_past_28_digits_are_two_keys() -> None:
     assert key_text(first) == "0.12345678901234567890123456789012345678"
     assert key_text(second) == "0.12345678901234567890123456789012345679"
     assert key_text(Decimal("5.50")) == "5.5" and key_text(Decimal("5.00")) == "5"
+
+
+def test_a_version_whose_validation_side_came_out_empty_says_so(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Too few records (here one customer's, grouped) at validation_fraction 0.1 all hash to train: the recipe
+    asked for a validation side and the version has none, which the manifest records but the run did not say.
+    Grouped so the side does not hang on the record ids, which hold the input's absolute path."""
+
+    def placed_in_train(seed: str) -> bool:
+        return not Splitter(0.1, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0]
+
+    seed = next(seed for seed in map(str, range(100)) if placed_in_train(seed))
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(2)])
+    recipe = {
+        "dataset": "tiny",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {
+            "dest": str(workdir / "out"),
+            "validation_fraction": 0.1,
+            "split_seed": seed,
+            "group_by": "customer",
+        },
+    }
+    with caplog.at_level("WARNING"):
+        manifest = run_fresh(workdir, recipe).manifest
+    assert manifest.splits["train"].records == 2 and manifest.splits["validation"].records == 0
+    said = [r.getMessage() for r in caplog.records if "the validation side is empty" in r.getMessage()]
+    assert said and "tiny v1: too few records for validation_fraction 0.1" in said[0], caplog.text
+    # At validation_fraction 0 an empty validation side is what the recipe asked for: nothing to say.
+    caplog.clear()
+    recipe["output"]["validation_fraction"] = 0.0
+    with caplog.at_level("WARNING"):
+        run_fresh(workdir, recipe)
+    assert "the validation side is empty" not in caplog.text
