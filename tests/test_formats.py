@@ -25,7 +25,7 @@ from curation.split import Splitter
 from curation.writer import DatasetWriter
 from schemas.config import RecipeError, load_recipe
 from schemas.records import source_array
-from tests.helpers import lineage_rows, outputs, read_lines, write_jsonl, write_recipe
+from tests.helpers import lineage_rows, outputs, read_lines, seed_placing_group, write_jsonl, write_recipe
 
 
 def run_fresh(folder: Path, recipe: dict[str, Any]) -> RunResult:
@@ -748,11 +748,7 @@ def test_a_version_whose_records_all_went_to_validation_says_so(
 ) -> None:
     """One customer's records, grouped: hashing puts the one group on either side, and on validation the
     version has nothing to train on (training refuses it), which later runs keep so (a group keeps its side)."""
-
-    def placed_in_validation(seed: str) -> bool:
-        return Splitter(0.5, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0].as_py()
-
-    seed = next(seed for seed in map(str, range(100)) if placed_in_validation(seed))
+    seed = seed_placing_group(0.5, in_validation=True)
     write_jsonl(workdir / "in" / "notes.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(3)])
     recipe = {
         "dataset": "notes",
@@ -807,11 +803,7 @@ def test_a_version_whose_validation_side_came_out_empty_says_so(
     """Too few records (here one customer's, grouped) at validation_fraction 0.1 all hash to train: the recipe
     asked for a validation side and the version has none, which the manifest records but the run did not say.
     Grouped so the side does not hang on the record ids, which hold the input's absolute path."""
-
-    def placed_in_train(seed: str) -> bool:
-        return not Splitter(0.1, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0]
-
-    seed = next(seed for seed in map(str, range(100)) if placed_in_train(seed))
+    seed = seed_placing_group(0.1, in_validation=False)
     write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(2)])
     recipe = {
         "dataset": "tiny",

@@ -24,7 +24,7 @@ from botocore.stub import Stubber
 from curation.pipeline import run_recipe
 from schemas.config import load_recipe
 from tests import cli_process
-from tests.helpers import run, write_jsonl, write_recipe
+from tests.helpers import run, seed_placing_group, write_jsonl, write_recipe
 from train.bedrock import import_request, request_for_job, start_import
 from train.jumpstart import SpecError, VendoredSpecs, formats_for
 from train.sagemaker import (
@@ -223,14 +223,7 @@ def test_a_version_whose_validation_fraction_placed_none_is_not_told_to_set_it(w
     """A recipe with validation_fraction 0.1 whose few records (here one customer's, grouped: the side then
     does not hang on the record ids) all went to train: the note says too few records, not to set the
     validation_fraction the recipe set."""
-    import pyarrow as pa
-
-    from curation.split import Splitter
-
-    def placed_in_train(seed: str) -> bool:
-        return not Splitter(0.1, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0]
-
-    seed = next(seed for seed in map(str, range(100)) if placed_in_train(seed))
+    seed = seed_placing_group(0.1, in_validation=False)
     write_jsonl(
         workdir / "few.jsonl", [{"q": f"Categorise: coffee {n}", "a": "Dining", "customer": "c1"} for n in range(3)]
     )
