@@ -339,9 +339,20 @@ def chunk_overlap_warnings(recipe: Recipe) -> list[str]:
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """What the recipe puts at risk, said at ``check`` and as a run starts: its stages' order
     (``stage_order_warnings``), a near-duplicate threshold that one document's overlapping chunks reach
-    (``chunk_overlap_warnings``), and a split that puts one document's overlapping chunks on both sides (a
-    model evaluated on text it trained on)."""
+    (``chunk_overlap_warnings``), and a split that puts one document's overlapping chunks on both sides, or
+    a later version's repeat of published content on the other side from it (a model evaluated on text it
+    trained on)."""
     warnings = stage_order_warnings(recipe) + chunk_overlap_warnings(recipe)
+    if recipe.output.validation_fraction > 0:
+        # A repeat is a new record with its own id, hashed to either side: the signatures kept across runs are
+        # what set it aside.
+        warnings.extend(
+            f"stages: {config.type} (stage {number}) has across_runs: false, so a later version may repeat "
+            "content published in an earlier one, on either side of the split (validation_fraction "
+            f"{recipe.output.validation_fraction:g}): keep across_runs on"
+            for number, config in enumerate(recipe.stages, 1)
+            if isinstance(config, ExactDedupConfig | NearDedupConfig | ImageDedupConfig) and not config.across_runs
+        )
     overlapping = list(_overlapping_chunks(recipe))
     # Not the default: a version split chunk by chunk holds documents on both sides, and no later run moves
     # a published record (README "Splits"). Chunks overlap only within a section, whose chunks share its

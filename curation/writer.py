@@ -1422,6 +1422,16 @@ class DatasetWriter:
                     raise PublishedMeanwhile(meanwhile()) from None
         if not splits["train"].records and splits["validation"].records:  # said once the version is there
             self._warn_nothing_to_train_on(version, splits["validation"].records)
+        elif splits["train"].records and not splits["validation"].records and self.splitter.fraction > 0:
+            # The manifest says so too, but a recipe that asked for a validation side expects one.
+            log.warning(
+                "%s v%d: too few records for validation_fraction %s: the validation side is empty (all %d went "
+                "to train); training will split its own, or publish more records to choose them",
+                self.dataset,
+                version,
+                self.splitter.fraction,
+                splits["train"].records,
+            )
         return manifest
 
     def _warn_nothing_to_train_on(self, version: int, records: int) -> None:

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
 from connectors.storage import filesystem
 from curation.pipeline import RunResult, run_recipe
 from curation.published import read_manifest
+from curation.split import Splitter
 from schemas.config import load_recipe
 
 # A support request long enough that its near copies (one punctuation mark changed) clear near_dedup's threshold.
@@ -191,3 +193,14 @@ def refusing(refused: Path, filesystem: Callable[[str], tuple[Any, str]]) -> Cal
         return Refusing(fs, str(refused)), path
 
     return refusing_filesystem
+
+
+def seed_placing_group(fraction: float, in_validation: bool, group_by: str = "customer") -> str:
+    """A split_seed that places the one group ``c1`` of ``group_by`` on the side asked for: a grouped split
+    hashes the group key, not the record ids (which hold the input's absolute path, a test's temporary folder)."""
+    table = pa.table({"id": ["r"], group_by: ["c1"]})
+
+    def side(seed: str) -> bool:
+        return Splitter(fraction, seed, group_by=group_by).assign(table)[0].as_py()
+
+    return next(seed for seed in map(str, range(100)) if side(seed) == in_validation)

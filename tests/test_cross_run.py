@@ -320,3 +320,33 @@ def test_spilled_batches_go_on_filtered_with_their_signatures_and_one_keeping_ev
     for table, read in zip(kept, spill.read, strict=True):
         same = table["text"].chunk(0).buffers()[2].address == read["text"].chunk(0).buffers()[2].address
         assert same == (table.num_rows == read.num_rows)
+
+
+@pytest.mark.parametrize(
+    ("stages", "fraction", "warned"),
+    [
+        ("[{type: exact_dedup, across_runs: false}]", 0.1, ["exact_dedup (stage 1)"]),
+        ("[{type: clean}, {type: near_dedup, across_runs: false}]", 0.5, ["near_dedup (stage 2)"]),
+        ("[{type: exact_dedup}, {type: near_dedup}]", 0.1, []),
+        ("[{type: exact_dedup, across_runs: false}]", 0.0, []),  # one side: nothing to evaluate on
+    ],
+)
+def test_a_dedup_stage_off_across_runs_under_a_split_is_warned_about(
+    stages: str, fraction: float, warned: list[str]
+) -> None:
+    """Off across runs, a later version's record that repeats published content is a new record hashed to
+    either side: a model evaluated on what it trained on (the same line read again in new files)."""
+    from curation.pipeline import recipe_warnings
+    from schemas.config import parse_recipe
+
+    recipe = parse_recipe(
+        "dataset: notes\n"
+        "sources: [{path: in/}]\n"
+        "record: {kind: instruction, prompt: q, completion: a}\n"
+        f"stages: {stages}\n"
+        f"output: {{dest: out, validation_fraction: {fraction}}}\n",
+        reads_sources=False,
+    )
+    said = [w for w in recipe_warnings(recipe) if "across_runs: false" in w]
+    assert [w.split(": ", 1)[1].split(" has ")[0] for w in said] == warned
+    assert all("on either side of the split" in w and "keep across_runs on" in w for w in said)

@@ -25,7 +25,7 @@ from curation.split import Splitter
 from curation.writer import DatasetWriter
 from schemas.config import RecipeError, load_recipe
 from schemas.records import source_array
-from tests.helpers import lineage_rows, outputs, read_lines, write_jsonl, write_recipe
+from tests.helpers import lineage_rows, outputs, read_lines, seed_placing_group, write_jsonl, write_recipe
 
 
 def run_fresh(folder: Path, recipe: dict[str, Any]) -> RunResult:
@@ -748,11 +748,7 @@ def test_a_version_whose_records_all_went_to_validation_says_so(
 ) -> None:
     """One customer's records, grouped: hashing puts the one group on either side, and on validation the
     version has nothing to train on (training refuses it), which later runs keep so (a group keeps its side)."""
-
-    def placed_in_validation(seed: str) -> bool:
-        return Splitter(0.5, seed, group_by="customer").assign(pa.table({"id": ["r"], "customer": ["c1"]}))[0].as_py()
-
-    seed = next(seed for seed in map(str, range(100)) if placed_in_validation(seed))
+    seed = seed_placing_group(0.5, in_validation=True)
     write_jsonl(workdir / "in" / "notes.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(3)])
     recipe = {
         "dataset": "notes",
@@ -799,3 +795,35 @@ def test_decimal_group_keys_that_differ_past_28_digits_are_two_keys() -> None:
     assert key_text(first) == "0.12345678901234567890123456789012345678"
     assert key_text(second) == "0.12345678901234567890123456789012345679"
     assert key_text(Decimal("5.50")) == "5.5" and key_text(Decimal("5.00")) == "5"
+
+
+def test_a_version_whose_validation_side_came_out_empty_says_so(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Too few records (here one customer's, grouped) at validation_fraction 0.1 all hash to train: the recipe
+    asked for a validation side and the version has none, which the manifest records but the run did not say.
+    Grouped so the side does not hang on the record ids, which hold the input's absolute path."""
+    seed = seed_placing_group(0.1, in_validation=False)
+    write_jsonl(workdir / "in" / "a.jsonl", [{"q": f"note {n}", "a": "ok", "customer": "c1"} for n in range(2)])
+    recipe = {
+        "dataset": "tiny",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {
+            "dest": str(workdir / "out"),
+            "validation_fraction": 0.1,
+            "split_seed": seed,
+            "group_by": "customer",
+        },
+    }
+    with caplog.at_level("WARNING"):
+        manifest = run_fresh(workdir, recipe).manifest
+    assert manifest.splits["train"].records == 2 and manifest.splits["validation"].records == 0
+    said = [r.getMessage() for r in caplog.records if "the validation side is empty" in r.getMessage()]
+    assert said and "tiny v1: too few records for validation_fraction 0.1" in said[0], caplog.text
+    # At validation_fraction 0 an empty validation side is what the recipe asked for: nothing to say.
+    caplog.clear()
+    recipe["output"]["validation_fraction"] = 0.0
+    with caplog.at_level("WARNING"):
+        run_fresh(workdir, recipe)
+    assert "the validation side is empty" not in caplog.text

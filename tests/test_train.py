@@ -24,7 +24,7 @@ from botocore.stub import Stubber
 from curation.pipeline import run_recipe
 from schemas.config import load_recipe
 from tests import cli_process
-from tests.helpers import run, write_jsonl, write_recipe
+from tests.helpers import run, seed_placing_group, write_jsonl, write_recipe
 from train.bedrock import import_request, request_for_job, start_import
 from train.jumpstart import SpecError, VendoredSpecs, formats_for
 from train.sagemaker import (
@@ -217,6 +217,29 @@ def test_a_single_record_without_validation_records_is_refused(workdir: Path) ->
     assert "its train split holds 1 record and it has no validation records" in done.stderr
     write_jsonl(workdir / "one.jsonl", [{"q": f"Categorise: coffee {n}", "a": "Dining"} for n in range(2)])
     assert training_request(run(workdir, spec).version_uri, MODEL, specs=PINNED)  # two records split
+
+
+def test_a_version_whose_validation_fraction_placed_none_is_not_told_to_set_it(workdir: Path) -> None:
+    """A recipe with validation_fraction 0.1 whose few records (here one customer's, grouped: the side then
+    does not hang on the record ids) all went to train: the note says too few records, not to set the
+    validation_fraction the recipe set."""
+    seed = seed_placing_group(0.1, in_validation=False)
+    write_jsonl(
+        workdir / "few.jsonl", [{"q": f"Categorise: coffee {n}", "a": "Dining", "customer": "c1"} for n in range(3)]
+    )
+    spec = {
+        "dataset": "few",
+        "sources": [{"path": "few.jsonl"}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"validation_fraction": 0.1, "split_seed": seed, "group_by": "customer"},
+    }
+    version = run(workdir, spec).version_uri
+    done = curation("train", "launch", version, "--model", MODEL, "--specs", "pinned", "--dry-run", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stderr.split())  # the console wraps long notes
+    assert "no validation records, so JumpStart holds out validation_split_ratio=0.2" in said, said
+    assert "its validation_fraction 0.1 found too few records to place any there" in said, said
+    assert "publish with output.validation_fraction" not in said
 
 
 def test_a_manifest_edited_to_another_format_is_refused(workdir: Path) -> None:

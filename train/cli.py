@@ -235,7 +235,7 @@ def launch(
         )
     except (TrainError, SpecError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
-    for note in (delta_only(dataset_version), held_out(request)):
+    for note in (delta_only(dataset_version), held_out(request, dataset_version)):
         if note is not None:
             console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
     if dry_run:

@@ -616,16 +616,22 @@ def placeholders(request: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def held_out(request: Mapping[str, Any]) -> str | None:
+def held_out(request: Mapping[str, Any], version_uri: str) -> str | None:
     """What JumpStart keeps from training when the request has no validation channel: it evaluates on
     ``validation_split_ratio`` of the training records, which a recipe with no validation_fraction may
-    have meant to train on whole."""
+    have meant to train on whole, and one with a validation_fraction had too few records to fill."""
     ratio = request["HyperParameters"].get("validation_split_ratio")
     if ratio is None or any(c["ChannelName"] == "validation" for c in request["InputDataConfig"]):
         return None
+    fraction = read_manifest(_folder(version_uri)).split.get("validation_fraction") or 0
+    how = (
+        f"its validation_fraction {fraction} found too few records to place any there: publish more records"
+        if fraction > 0
+        else "publish with output.validation_fraction"
+    )
     return (
         f"the version has no validation records, so JumpStart holds out validation_split_ratio={ratio} of the "
-        "training records for evaluation (publish with output.validation_fraction to choose them)"
+        f"training records for evaluation ({how} to choose them)"
     )
 
 

@@ -524,7 +524,7 @@ def create_app(
             context["error"] = f"no training request for {dataset} v{version}: {error}"
             return render(request, "training.html", user, status_code=400, **context)
         context["needs"] = sagemaker.placeholders(request_body)
-        context["held_out"] = sagemaker.held_out(request_body)  # the notes the CLI prints too
+        context["held_out"] = sagemaker.held_out(request_body, uri)  # the notes the CLI prints too
         context["delta_only"] = sagemaker.delta_only(uri)
         return render(
             request,
