@@ -873,6 +873,14 @@ def writing(path: str, full: str = "", fs: pafs.FileSystem | None = None) -> Ite
         ) from error
 
 
+def how_to_fill_validation(group_by: str | None) -> str:
+    """What places records in an empty validation side: more records, or, where groups keep their sides across
+    runs, more groups or another split_seed with --full-refresh."""
+    if group_by:
+        return f"publish more groups of {group_by!r} (each keeps its side), or another split_seed with --full-refresh"
+    return "publish more records to choose them"
+
+
 def new_run_id() -> str:
     """A new run's id: its run lock, its row in the runs table, its log lines and its staging folder use it."""
     return uuid.uuid4().hex[:12]
@@ -1422,15 +1430,21 @@ class DatasetWriter:
                     raise PublishedMeanwhile(meanwhile()) from None
         if not splits["train"].records and splits["validation"].records:  # said once the version is there
             self._warn_nothing_to_train_on(version, splits["validation"].records)
-        elif splits["train"].records and not splits["validation"].records and self.splitter.fraction > 0:
+        elif (
+            splits["train"].records
+            and not splits["validation"].records
+            and self.splitter.fraction > 0
+            and not manifest.holds_only_its_run  # a delta version's few records: the chain holds the rest
+        ):
             # The manifest says so too, but a recipe that asked for a validation side expects one.
             log.warning(
-                "%s v%d: too few records for validation_fraction %s: the validation side is empty (all %d went "
-                "to train); training will split its own, or publish more records to choose them",
+                "%s v%d: the validation side is empty (all %d went to train) under validation_fraction %s; "
+                "training will split its own, or %s",
                 self.dataset,
                 version,
-                self.splitter.fraction,
                 splits["train"].records,
+                self.splitter.fraction,
+                how_to_fill_validation(self.splitter.group_by),
             )
         return manifest
 

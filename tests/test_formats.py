@@ -820,10 +820,35 @@ def test_a_version_whose_validation_side_came_out_empty_says_so(
         manifest = run_fresh(workdir, recipe).manifest
     assert manifest.splits["train"].records == 2 and manifest.splits["validation"].records == 0
     said = [r.getMessage() for r in caplog.records if "the validation side is empty" in r.getMessage()]
-    assert said and "tiny v1: too few records for validation_fraction 0.1" in said[0], caplog.text
+    assert said and said[0].startswith("tiny v1: the validation side is empty (all 2 went to train)"), caplog.text
+    # Grouped: groups keep their sides, so more records of the one group would never fill it.
+    assert "publish more groups of 'customer' (each keeps its side)" in said[0], said
     # At validation_fraction 0 an empty validation side is what the recipe asked for: nothing to say.
     caplog.clear()
     recipe["output"]["validation_fraction"] = 0.0
     with caplog.at_level("WARNING"):
         run_fresh(workdir, recipe)
+    assert "the validation side is empty" not in caplog.text
+
+
+def test_a_delta_version_with_an_empty_validation_side_is_not_warned_about(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `carry_forward: false`: a scheduled run's few new records make a version of their own, whose validation side
+    # is often empty while the chain's is not: every small run warned.
+    rows = [{"q": f"note {n}", "a": "ok"} for n in range(60)]
+    write_jsonl(workdir / "in" / "a.jsonl", rows)
+    recipe = {
+        "dataset": "chain",
+        "sources": [{"path": str(workdir / "in")}],
+        "record": {"kind": "instruction", "prompt": "q", "completion": "a"},
+        "output": {"dest": str(workdir / "out"), "validation_fraction": 0.1, "carry_forward": False},
+    }
+    first = run_recipe(load_recipe(write_recipe(workdir, recipe)))
+    assert first.manifest.splits["validation"].records > 0
+    for n in range(3):  # one new record a run: its version's validation side is empty, or not, by its hash
+        write_jsonl(workdir / "in" / f"new-{n}.jsonl", [{"q": f"late note {n}", "a": "ok"}])
+        with caplog.at_level("WARNING"):
+            later = run_recipe(load_recipe(write_recipe(workdir, recipe)))
+        assert later.manifest.holds_only_its_run
     assert "the validation side is empty" not in caplog.text

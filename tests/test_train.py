@@ -238,7 +238,7 @@ def test_a_version_whose_validation_fraction_placed_none_is_not_told_to_set_it(w
     assert done.returncode == 0, done.stderr
     said = " ".join(done.stderr.split())  # the console wraps long notes
     assert "no validation records, so JumpStart holds out validation_split_ratio=0.2" in said, said
-    assert "its validation_fraction 0.1 found too few records to place any there" in said, said
+    assert "its validation_fraction 0.1 placed none there: publish more groups of 'customer'" in said, said
     assert "publish with output.validation_fraction" not in said
 
 

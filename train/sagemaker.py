@@ -30,6 +30,7 @@ from botocore.validate import ParamValidator
 
 from connectors.storage import FileEntry, StorageError, filesystem, is_s3, s3_objects
 from curation.published import bucket_exists, read_manifest, verify_checksums
+from curation.writer import how_to_fill_validation
 from schemas.manifest import Manifest
 from schemas.records import shortened
 from train.jumpstart import (
@@ -623,15 +624,16 @@ def held_out(request: Mapping[str, Any], version_uri: str) -> str | None:
     ratio = request["HyperParameters"].get("validation_split_ratio")
     if ratio is None or any(c["ChannelName"] == "validation" for c in request["InputDataConfig"]):
         return None
-    fraction = read_manifest(_folder(version_uri)).split.get("validation_fraction") or 0
+    split = read_manifest(_folder(version_uri)).split
+    fraction = split.get("validation_fraction") or 0
     how = (
-        f"its validation_fraction {fraction} found too few records to place any there: publish more records"
+        f"its validation_fraction {fraction} placed none there: {how_to_fill_validation(split.get('group_by'))}"
         if fraction > 0
-        else "publish with output.validation_fraction"
+        else "publish with output.validation_fraction to choose them"
     )
     return (
         f"the version has no validation records, so JumpStart holds out validation_split_ratio={ratio} of the "
-        f"training records for evaluation ({how} to choose them)"
+        f"training records for evaluation ({how})"
     )
 
 
