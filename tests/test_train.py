@@ -1095,6 +1095,21 @@ def test_a_real_launch_does_not_fall_back_to_the_unverified_pin(
     assert jobs() == [chosen.stdout.split("launched ")[1].split()[0]]
 
 
+def test_a_count_whose_default_is_minus_one_takes_minus_one_or_a_positive_count(workdir: Path) -> None:
+    """JumpStart takes "a positive integer or -1" for max_train_samples, max_val_samples and max_input_length,
+    though their ranges' min is -1: 0 passed, and the job trained on no samples or no tokens."""
+    version = publish(workdir, "jumpstart-instruction")
+    for key in ("max_train_samples", "max_val_samples", "max_input_length"):
+        for value in ("0", "-0", "-2"):
+            with pytest.raises(
+                SpecError, match=rf"^hyperparameter {key}={value}: must be -1 or above 0 \(default -1\)$"
+            ):
+                training_request(version, MODEL, hyperparameters={key: value}, specs=PINNED)
+        for value in ("-1", "512"):
+            sent = training_request(version, MODEL, hyperparameters={key: value}, specs=PINNED)["HyperParameters"]
+            assert sent[key] == value
+
+
 def test_the_default_output_stays_in_the_bucket_of_a_copy_at_its_root(workdir: Path) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for data_uri, output in (
