@@ -1084,6 +1084,55 @@ def test_the_auto_lookup_falls_back_to_the_pin_and_names_an_unknown_model(
         specs("nope-model", "us-east-1")
 
 
+def test_a_real_launch_does_not_fall_back_to_the_unverified_pin(
+    workdir: Path, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pinned specs were written offline, not fetched: a launch on them, after the live lookup failed,
+    created a job SageMaker might start (billed) and then fail on a script or weights not where the pin
+    says. Against the emulated endpoint the lookup fails (JumpStart's spec bucket is not there), as it
+    does without network: the launch refuses, naming the error and how to choose the pin knowingly."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    version = publish(workdir, "jumpstart-instruction", dest=f"s3://{bucket}/datasets", dataset="unverified")
+    launch_it = ["launch", version, "--model", MODEL, "--role", ROLE]
+
+    def jobs() -> list[str]:
+        found = boto3.client("sagemaker").list_training_jobs(NameContains="unverified-v1-")["TrainingJobSummaries"]
+        return [job["TrainingJobName"] for job in found]
+
+    refused = CliRunner().invoke(app, launch_it)
+    said = " ".join(refused.stderr.split())
+    assert refused.exit_code == 2, said
+    # NoSuchBucket, or NoCredentialsError where an earlier test left the SDK's JumpStart session without credentials.
+    assert re.search(rf"JumpStart live lookup of '{MODEL}' failed \((NoSuchBucket|NoCredentialsError): ", said), said
+    assert "--specs pinned (or CURATION_JUMPSTART_SPECS=pinned)" in said and "Traceback" not in said
+    assert jobs() == []
+    # A dry run still shows the request from the pin, saying so; the pin chosen knowingly still launches.
+    with caplog.at_level("WARNING", logger="curation.train"):
+        assert CliRunner().invoke(app, [*launch_it, "--dry-run"]).exit_code == 0
+    assert f"using the pinned spec for {MODEL}" in caplog.text
+    chosen = CliRunner().invoke(app, [*launch_it, "--specs", "pinned"])
+    assert chosen.exit_code == 0, chosen.output
+    assert jobs() == [chosen.stdout.split("launched ")[1].split()[0]]
+
+
+def test_a_count_whose_default_is_minus_one_takes_minus_one_or_a_positive_count(workdir: Path) -> None:
+    """JumpStart takes "a positive integer or -1" for max_train_samples, max_val_samples and max_input_length,
+    though their ranges' min is -1: 0 passed, and the job trained on no samples or no tokens."""
+    version = publish(workdir, "jumpstart-instruction")
+    for key in ("max_train_samples", "max_val_samples", "max_input_length"):
+        for value in ("0", "-0", "-2"):
+            with pytest.raises(
+                SpecError, match=rf"^hyperparameter {key}={value}: must be -1 or above 0 \(default -1\)$"
+            ):
+                training_request(version, MODEL, hyperparameters={key: value}, specs=PINNED)
+        for value in ("-1", "512"):
+            sent = training_request(version, MODEL, hyperparameters={key: value}, specs=PINNED)["HyperParameters"]
+            assert sent[key] == value
+
+
 def test_the_default_output_stays_in_the_bucket_of_a_copy_at_its_root(workdir: Path) -> None:
     version = publish(workdir, "jumpstart-instruction")
     for data_uri, output in (

@@ -23,10 +23,10 @@ console = Console(stderr=True, soft_wrap=True)  # messages whole: a log line kee
 out = Console()
 
 
-def _resolver(name: str | None) -> SpecResolver:
+def _resolver(name: str | None, pinned_fallback: bool = True) -> SpecResolver:
     if name is not None and name not in SPEC_SOURCES:
         raise typer.BadParameter(f"--specs takes {', '.join(SPEC_SOURCES)}")
-    return spec_resolver(name)
+    return spec_resolver(name, pinned_fallback)
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -174,7 +174,7 @@ def launch(
     specs: Annotated[
         str | None,
         typer.Option(
-            help="JumpStart specs: auto (live, else pinned), live or pinned; default $CURATION_JUMPSTART_SPECS, else auto"
+            help="JumpStart specs: auto (live; pinned only for --dry-run), live or pinned; default $CURATION_JUMPSTART_SPECS, else auto"
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the request; call nothing")] = False,
@@ -229,7 +229,7 @@ def launch(
             role_arn=role,
             output_uri=output,
             data_uri=data_uri,
-            specs=_resolver(specs),
+            specs=_resolver(specs, pinned_fallback=dry_run),
             typed=typed,
             max_runtime_s=max_runtime,
         )

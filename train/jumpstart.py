@@ -5,7 +5,7 @@ Two resolvers with one interface: ``SdkSpecs`` asks the installed SageMaker SDK'
 (``sagemaker.core.image_uris`` / ``script_uris`` / ``model_uris`` / ``hyperparameters``, which read
 JumpStart's spec files over the network), ``VendoredSpecs`` reads the pinned ``jumpstart_specs.json``
 beside this file (no network: tests and offline dry runs). ``AutoSpecs`` (the default) tries the SDK
-and falls back to the pin when the lookup cannot be made, saying so.
+and falls back to the pin when the lookup cannot be made, saying so (not for a real launch: see ``AutoSpecs``).
 """
 
 from __future__ import annotations
@@ -232,11 +232,15 @@ def live_ranges(
 
 
 class AutoSpecs:
-    """Live lookup first; the pin when the lookup cannot be made (no network, no credentials)."""
+    """Live lookup first; the pin when the lookup cannot be made (no network, no credentials), unless
+    ``fallback`` is off: the pin was written offline, not fetched, so a real launch on it may start a
+    job (billed) whose artifacts are not where the pin says; only a dry run, or a user who chose the
+    pin (``--specs pinned``), goes on with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, fallback: bool = True) -> None:
         self.vendored = VendoredSpecs()
         self.sdk = SdkSpecs(self.vendored)
+        self.fallback = fallback
 
     def __call__(self, model_id: str, region: str, instance_type: str | None = None) -> ModelSpec:
         try:
@@ -248,6 +252,12 @@ class AutoSpecs:
                     f"JumpStart model {model_id!r} is not among the pinned specs ({known}), and the live lookup "
                     f"failed ({type(error).__name__}: {error}): check the model id, or the AWS credentials"
                 ) from None
+            if not self.fallback:
+                raise SpecError(
+                    f"JumpStart live lookup of {model_id!r} failed ({type(error).__name__}: {error}); the pinned "
+                    "spec is not verified against AWS, so a launch does not fall back to it: fix the lookup "
+                    f"(credentials, network), or pass --specs pinned (or {SPECS_ENV}=pinned) to launch with it knowingly"
+                ) from None
             log.warning(
                 "JumpStart live lookup failed (%s); using the pinned spec for %s", type(error).__name__, model_id
             )
@@ -258,13 +268,14 @@ SPEC_SOURCES: dict[str, type[SpecResolver]] = {"auto": AutoSpecs, "live": SdkSpe
 SPECS_ENV = "CURATION_JUMPSTART_SPECS"
 
 
-def spec_resolver(name: str | None = None) -> SpecResolver:
-    """The named lookup; by default ``$CURATION_JUMPSTART_SPECS`` or ``auto`` (offline hosts set ``pinned``)."""
+def spec_resolver(name: str | None = None, pinned_fallback: bool = True) -> SpecResolver:
+    """The named lookup; by default ``$CURATION_JUMPSTART_SPECS`` or ``auto`` (offline hosts set ``pinned``).
+    ``pinned_fallback`` off: ``auto`` refuses rather than falls back to the pin (a real launch)."""
     setting = "--specs" if name else SPECS_ENV  # named in the error: where the user can change it
     name = name or os.environ.get(SPECS_ENV) or "auto"
     if name not in SPEC_SOURCES:
         raise SpecError(f"{setting}={name}: JumpStart specs come from one of {', '.join(SPEC_SOURCES)}")
-    return SPEC_SOURCES[name]()
+    return AutoSpecs(pinned_fallback) if name == "auto" else SPEC_SOURCES[name]()
 
 
 def volume_gb(spec: ModelSpec) -> int:

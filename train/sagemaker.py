@@ -480,7 +480,8 @@ def _value_problem(value: str, default: str, bounds: Mapping[str, Any] | None = 
     model's options where it lists them, of the default's kind (True/False, a whole number, a number)
     and within the model's ``bounds`` (JumpStart's min, max, exclusive_min, exclusive_max); without
     bounds a positive default stays positive (epochs, ranks, rates; -1 and None stand for "all" or
-    "unset" and leave the value free); a text within its ``length`` bounds."""
+    "unset" and leave the value free, but a default of -1 takes -1 or above 0); a text within its
+    ``length`` bounds."""
     if bounds and "options" in bounds and value not in bounds["options"]:
         return f"takes one of {', '.join(bounds['options'])} (default {default})"
     if bounds and (outside := _beyond(len(value), bounds.get("length", {}))):
@@ -498,6 +499,10 @@ def _value_problem(value: str, default: str, bounds: Mapping[str, Any] | None = 
             return f"takes {name} (default {default})"
         if not math.isfinite(given):
             return f"takes a finite number (default {default})"
+        if number == -1 and given != -1 and given <= 0:
+            # -1 is JumpStart's "all" (max_train_samples) or "the model's own" (max_input_length); otherwise
+            # it takes a positive count, whatever lower bound (-1) the spec's range gives: 0 is no count.
+            return f"must be -1 or above 0 (default {default})"
         if not set(BOUNDS) & set(bounds or {}):
             return f"must be above 0 (default {default})" if number > 0 and given <= 0 else None
         outside = _beyond(given, bounds or {})
