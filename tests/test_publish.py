@@ -500,6 +500,7 @@ def test_a_version_a_killed_run_left_moved_aside_is_put_back_not_deleted(
     # into place just then) left that version in _staging/RUN-leftover: the next clean-up deleted it.
     from curation.pipeline import _writer
     from curation.state import StateStore
+    from curation.writer import new_run_id
 
     write_jsonl(workdir / "in.jsonl", [{"text": "one"}])
     recipe = load_recipe(write_recipe(workdir, docs_recipe("in.jsonl")))
@@ -510,7 +511,7 @@ def test_a_version_a_killed_run_left_moved_aside_is_put_back_not_deleted(
     staging = workdir / "output" / "docs" / "_staging"
     staging.mkdir()
     (workdir / "output" / "docs" / "v1").rename(staging / "killedrun-leftover")
-    _writer(recipe, state, False).clean_up()  # the next run's, as it ends
+    _writer(recipe, state, False, new_run_id()).clean_up()  # the next run's, as it ends
     assert verify_checksums(v1, read_manifest(v1)) == [] and "docs v1 was found in" in caplog.text
     assert not staging.exists()
 
