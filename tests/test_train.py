@@ -1640,3 +1640,29 @@ def test_the_review_page_s_launch_of_a_delta_version_says_it_too(
     )
     first = client.post("/datasets/pairs/v1/training", data={"csrf_token": csrf, "model_id": MODEL})
     assert 'id="training-request"' in first.text and "training-delta-only" not in first.text
+
+
+def test_the_review_page_s_launch_does_not_fall_back_to_the_unverified_pin(
+    workdir: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page's dry run is the request its confirm launches: built on the pin after the live lookup failed, a
+    # confirm launched it, where `curation train launch` refuses.
+    import sqlalchemy as sa
+
+    from curation.review.app import create_app
+    from curation.review.auth import add_user
+    from tests.review_seed import PASSWORD
+    from tests.test_review_access import signed_in
+
+    monkeypatch.delenv("CURATION_JUMPSTART_SPECS", raising=False)
+    recipe, _, _ = delta_versions(workdir)
+    loaded = load_recipe(write_recipe(workdir, recipe))
+    add_user(sa.create_engine(loaded.state), "ada", "admin", PASSWORD)
+    client, csrf = signed_in(create_app(loaded.state, [loaded]), "ada")
+    page = client.post("/datasets/pairs/v1/training", data={"csrf_token": csrf, "model_id": MODEL})
+    said = " ".join(page.text.split())
+    assert page.status_code == 400 and 'id="training-request"' not in page.text
+    assert f"JumpStart live lookup of &#39;{MODEL}&#39; failed" in said and "CURATION_JUMPSTART_SPECS=pinned" in said
+    monkeypatch.setenv("CURATION_JUMPSTART_SPECS", "pinned")  # chosen knowingly: the dry run is shown
+    page = client.post("/datasets/pairs/v1/training", data={"csrf_token": csrf, "model_id": MODEL})
+    assert page.status_code == 200 and 'id="training-request"' in page.text

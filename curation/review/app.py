@@ -519,7 +519,10 @@ def create_app(
 
         uri = version_uri(recipe.output.dest, dataset, version)
         try:
-            request_body = sagemaker.training_request(uri, model_id, instance_type=instance_type)
+            # The page's dry run is the request its confirm launches: no fallback to the unverified pinned spec
+            # there, as `curation train launch` refuses it (the server's CURATION_JUMPSTART_SPECS=pinned chooses it).
+            specs = sagemaker.spec_resolver(pinned_fallback=False)
+            request_body = sagemaker.training_request(uri, model_id, instance_type=instance_type, specs=specs)
         except Exception as error:  # the handoff's own errors (no manifest, bad checksum, unknown model)
             context["error"] = f"no training request for {dataset} v{version}: {error}"
             return render(request, "training.html", user, status_code=400, **context)
